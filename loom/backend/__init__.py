@@ -1,0 +1,53 @@
+"""The backend protocol: where arrays live and which library does the arithmetic.
+
+A backend names its array module (`xp`, NumPy-compatible) and the few primitives whose results
+depend on summation order (GEMM and reductions), so that deterministic mode can replace exactly
+those. Layers never ask where an array lives; they use the backend they were built with.
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+
+from ..errors import BackendError
+
+
+class Backend(Protocol):
+    name: str
+    xp: Any  # the array module: numpy, or cupy on the GPU
+
+    def asarray(self, x, dtype=None): ...
+    def to_numpy(self, x) -> np.ndarray: ...
+    def matmul(self, a, b): ...
+    def sum(self, x, axis=None, keepdims: bool = False): ...
+
+
+def get(name: str) -> Backend:
+    """The backend called `name` ("cpu" or "cuda")."""
+    if name == "cpu":
+        from .cpu import CPU
+        return CPU
+    if name == "cuda":
+        raise BackendError("device 'cuda' is not available: this build of Loom has no CUDA backend yet "
+                           "(it arrives with the CuPy backend; use device 'cpu')")
+    raise BackendError(f"unknown device {name!r}; expected 'cpu' or 'cuda'")
+
+
+def of(array) -> Backend:
+    """The backend that owns `array` (NumPy arrays and Python scalars belong to the CPU)."""
+    if isinstance(array, (np.ndarray, np.generic, float, int)):
+        from .cpu import CPU
+        return CPU
+    raise BackendError(f"no backend owns arrays of type {type(array).__module__}.{type(array).__name__}")
+
+
+def available() -> dict[str, str]:
+    """Each known device and whether it can run here ("ok" or the reason it cannot)."""
+    out = {"cpu": "ok"}
+    try:
+        get("cuda")
+        out["cuda"] = "ok"
+    except BackendError as exc:
+        out["cuda"] = str(exc)
+    return out

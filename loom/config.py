@@ -1,0 +1,403 @@
+"""Network config format v1: parse, validate, normalize and dump canonically.
+
+`loads` checks every key of every layer against the schema below and returns the normalized config:
+defaults filled in, keys in canonical order, numbers in their canonical type. `dumps` writes that
+form; `dumps(loads(s)) == s` holds for every canonical `s`. Errors are `ConfigError`s naming the JSON
+path of the bad value. Shapes are checked later, when a `Network` is built from the config.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Callable
+
+from . import dtypes
+from .errors import ConfigError
+
+VERSION = 1
+
+ACTIVATIONS = ("linear", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh", "silu", "mish",
+               "softplus", "sigmoid", "tanh", "hard_sigmoid")
+SOFTMAX_VARIANTS = ("standard", "temperature", "grid", "hierarchical", "gumbel", "masked", "sparsemax",
+                    "entmax", "adaptive", "mixture")
+COMBINE_MODES = ("concat", "add", "avg", "multiply", "grid_scatter", "filter")
+
+REQUIRED = object()  # marks a key with no default
+
+
+# --- value checkers: each takes (value, path) and returns the canonical value or raises ----------
+
+def _describe(v: Any) -> str:
+    return json.dumps(v) if _jsonable(v) else repr(v)
+
+
+def _jsonable(v: Any) -> bool:
+    try:
+        json.dumps(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def positive_int(v, path):
+    if not _is_int(v) or v <= 0:
+        raise ConfigError(path, f"expected a positive integer, got {_describe(v)}")
+    return v
+
+
+def nonneg_int(v, path):
+    if not _is_int(v) or v < 0:
+        raise ConfigError(path, f"expected a non-negative integer, got {_describe(v)}")
+    return v
+
+
+def boolean(v, path):
+    if not isinstance(v, bool):
+        raise ConfigError(path, f"expected true or false, got {_describe(v)}")
+    return v
+
+
+def string(v, path):
+    if not isinstance(v, str):
+        raise ConfigError(path, f"expected a string, got {_describe(v)}")
+    return v
+
+
+def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+    """A finite float in a range; ints are accepted and stored as floats."""
+    lb = "(" if lo_open else "["
+    rb = ")" if hi_open else "]"
+    what = f"a number in {lb}{lo}, {hi}{rb}"
+
+    def check(v, path):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ConfigError(path, f"expected {what}, got {_describe(v)}")
+        if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
+            raise ConfigError(path, f"expected {what}, got {_describe(v)}")
+        return float(v)
+    return check
+
+
+def one_of(*choices):
+    def check(v, path):
+        if v not in choices or isinstance(v, bool):
+            raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}; got {_describe(v)}")
+        return v
+    return check
+
+
+def optional(inner):
+    def check(v, path):
+        return None if v is None else inner(v, path)
+    return check
+
+
+def list_of(inner, min_len=0):
+    def check(v, path):
+        if not isinstance(v, list):
+            raise ConfigError(path, f"expected a list, got {_describe(v)}")
+        if len(v) < min_len:
+            raise ConfigError(path, f"expected at least {min_len} entries, got {len(v)}")
+        return [inner(item, f"{path}[{i}]") for i, item in enumerate(v)]
+    return check
+
+
+def int_or_list(item):
+    """An integer applied to every spatial dimension, or one integer per dimension."""
+    def check(v, path):
+        if isinstance(v, list):
+            if not v:
+                raise ConfigError(path, "expected an integer or a non-empty list of integers, got []")
+            return [item(x, f"{path}[{i}]") for i, x in enumerate(v)]
+        return item(v, path)
+    return check
+
+
+def padding(v, path):
+    if v == "same":
+        return v
+    if isinstance(v, str):
+        raise ConfigError(path, f'expected a non-negative integer, a list of them or "same", got {_describe(v)}')
+    return int_or_list(nonneg_int)(v, path)
+
+
+def reshape_shape(v, path):
+    def dim(x, p):
+        if not _is_int(x) or (x <= 0 and x != -1):
+            raise ConfigError(p, f"expected a positive integer or -1, got {_describe(x)}")
+        return x
+    dims = list_of(dim, min_len=1)(v, path)
+    if dims.count(-1) > 1:
+        raise ConfigError(path, f"at most one dimension may be -1, got {_describe(v)}")
+    return dims
+
+
+def mask_list(v, path):
+    def bit(x, p):
+        if not _is_int(x) or x not in (0, 1):
+            raise ConfigError(p, f"expected 0 or 1, got {_describe(x)}")
+        return x
+    bits = list_of(bit, min_len=1)(v, path)
+    if not any(bits):
+        raise ConfigError(path, "a mask must keep at least one position (all entries are 0)")
+    return bits
+
+
+def _record(schema: dict[str, tuple[Callable, Any]], what: str):
+    """A JSON object with exactly the keys of `schema` (missing ones take their default)."""
+    def check(v, path):
+        if not isinstance(v, dict):
+            raise ConfigError(path, f"expected an object ({what}), got {_describe(v)}")
+        return _apply_schema(v, schema, path, what)
+    return check
+
+
+def _apply_schema(obj: dict, schema: dict, path: str, what: str) -> dict:
+    for key in obj:
+        if key not in schema:
+            raise ConfigError(_join(path, key), f"unknown key for {what}; expected one of {', '.join(schema)}")
+    out = {}
+    for key, (check, default) in schema.items():
+        p = _join(path, key)
+        if key in obj:
+            out[key] = check(obj[key], p)
+        elif default is REQUIRED:
+            raise ConfigError(p, f"missing required key for {what}")
+        else:
+            out[key] = default
+    return out
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+# --- nested layers --------------------------------------------------------------------------------
+
+def layer(v, path):
+    return parse_layer(v, path)
+
+
+layer_list = list_of(layer, min_len=1)
+
+
+rope = _record({"theta": (number(0, lo_open=True), 10000.0),
+                "scaling": (optional(number(1.0)), None)}, "rope settings")
+
+
+def grid_position(v, path):
+    coords = list_of(nonneg_int)(v, path)
+    if len(coords) != 3:
+        raise ConfigError(path, f"expected [row, col, layer], got {_describe(v)}")
+    return coords
+
+
+grid = _record({"rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED),
+                "layers": (positive_int, 1),
+                "positions": (list_of(grid_position, min_len=1), REQUIRED)}, "grid_scatter grid")
+
+
+# --- the layer schema: type -> ordered {key: (check, default)} --------------------------------------
+
+def _conv(transpose: bool):
+    keys = {"filters": (positive_int, REQUIRED), "kernel_size": (int_or_list(positive_int), REQUIRED),
+            "stride": (int_or_list(positive_int), 1),
+            "padding": (int_or_list(nonneg_int) if transpose else padding, 0)}
+    if transpose:
+        keys["output_padding"] = (int_or_list(nonneg_int), 0)
+    keys.update({"dilation": (int_or_list(positive_int), 1), "groups": (positive_int, 1),
+                 "activation": (one_of(*ACTIVATIONS), "linear"), "bias": (boolean, True)})
+    return keys
+
+
+_POOL = {"pool_size": (int_or_list(positive_int), REQUIRED), "stride": (optional(int_or_list(positive_int)), None),
+         "padding": (int_or_list(nonneg_int), 0)}
+_RECURRENT = {"hidden": (positive_int, REQUIRED), "return_sequences": (boolean, False), "bias": (boolean, True)}
+
+LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
+    "dense": {"units": (positive_int, REQUIRED), "activation": (one_of(*ACTIVATIONS), "linear"),
+              "bias": (boolean, True)},
+    **{f"conv{n}d": _conv(False) for n in (1, 2, 3)},
+    **{f"conv_transpose{n}d": _conv(True) for n in (1, 2, 3)},
+    **{f"{kind}_pool{n}d": _POOL for kind in ("max", "avg") for n in (1, 2, 3)},
+    "embedding": {"vocab_size": (positive_int, REQUIRED), "dim": (positive_int, REQUIRED)},
+    "layer_norm": {"eps": (number(0, lo_open=True), 1e-5), "affine": (boolean, True)},
+    "rms_norm": {"eps": (number(0, lo_open=True), 1e-6)},
+    "batch_norm": {"eps": (number(0, lo_open=True), 1e-5), "momentum": (number(0, 1), 0.1)},
+    "dropout": {"rate": (number(0, 1, hi_open=True), REQUIRED)},
+    "rnn": _RECURRENT, "lstm": _RECURRENT, "gru": _RECURRENT,
+    "multi_head_attention": {
+        "heads": (positive_int, REQUIRED), "kv_heads": (optional(positive_int), None),
+        "head_dim": (optional(positive_int), None), "causal": (boolean, False),
+        "rope": (optional(rope), None), "qk_norm": (boolean, False), "bias": (boolean, True)},
+    "swiglu": {"hidden": (positive_int, REQUIRED), "bias": (boolean, False)},
+    "activation": {"fn": (one_of(*ACTIVATIONS), REQUIRED)},
+    "softmax": None,  # per-variant keys, see SOFTMAX_KEYS
+    "flatten": {},
+    "reshape": {"shape": (reshape_shape, REQUIRED)},
+    "residual": {"layers": (layer_list, REQUIRED)},
+    "sequential": {"layers": (layer_list, REQUIRED)},
+    "parallel": {"branches": (layer_list, REQUIRED), "combine": (one_of(*COMBINE_MODES), "concat"),
+                 "grid": (optional(grid), None), "gate": (optional(layer), None),
+                 "top_k": (optional(positive_int), None)},
+    "kmeans": {"clusters": (positive_int, REQUIRED),
+               "output": (one_of("probabilities", "features"), "probabilities"),
+               "temperature": (number(0, lo_open=True), 1.0)},
+}
+
+_TEMPERATURE = {"temperature": (number(0, lo_open=True), 1.0)}
+SOFTMAX_KEYS: dict[str, dict] = {
+    "standard": _TEMPERATURE,
+    "temperature": _TEMPERATURE,
+    "grid": {**_TEMPERATURE, "rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED)},
+    "hierarchical": {**_TEMPERATURE, "levels": (list_of(positive_int, min_len=1), REQUIRED)},
+    "gumbel": _TEMPERATURE,
+    "masked": {**_TEMPERATURE, "mask": (mask_list, REQUIRED)},
+    "sparsemax": _TEMPERATURE,
+    "entmax": {**_TEMPERATURE, "alpha": (number(1, lo_open=True), 1.5)},
+    "adaptive": {**_TEMPERATURE, "classes": (positive_int, REQUIRED),
+                 "cutoffs": (list_of(positive_int, min_len=1), REQUIRED),
+                 "div_value": (number(1), 4.0), "head_bias": (boolean, False)},
+    "mixture": {**_TEMPERATURE, "components": (positive_int, 2)},
+}
+
+
+def parse_layer(obj: Any, path: str) -> dict:
+    """Validate one layer config (recursively) and return its canonical form."""
+    if not isinstance(obj, dict):
+        raise ConfigError(path, f"expected a layer object, got {_describe(obj)}")
+    if "type" not in obj:
+        raise ConfigError(_join(path, "type"), "missing required key")
+    kind = obj["type"]
+    if not isinstance(kind, str) or kind not in LAYER_KEYS:
+        raise ConfigError(_join(path, "type"),
+                          f"unknown layer type {_describe(kind)}; expected one of {', '.join(LAYER_KEYS)}")
+    rest = {k: v for k, v in obj.items() if k != "type"}
+    if kind == "softmax":
+        variant = rest.pop("variant", "standard")
+        if variant not in SOFTMAX_KEYS:
+            raise ConfigError(_join(path, "variant"), f"unknown softmax variant {_describe(variant)}; "
+                              f"expected one of {', '.join(SOFTMAX_VARIANTS)}")
+        body = _apply_schema(rest, SOFTMAX_KEYS[variant], path, f"softmax variant {variant}")
+        out = {"type": kind, "variant": variant, **body}
+    else:
+        out = {"type": kind, **_apply_schema(rest, LAYER_KEYS[kind], path, f"layer type {kind}")}
+    _check_cross_keys(out, path)
+    return out
+
+
+def _check_cross_keys(cfg: dict, path: str) -> None:
+    """Rules that involve more than one key of the same layer (shape-free)."""
+    kind = cfg["type"]
+    if kind == "parallel":
+        mode, n = cfg["combine"], len(cfg["branches"])
+        if mode == "grid_scatter" and cfg["grid"] is None:
+            raise ConfigError(_join(path, "grid"), "combine grid_scatter needs a grid {rows, cols, layers, positions}")
+        if mode != "grid_scatter" and cfg["grid"] is not None:
+            raise ConfigError(_join(path, "grid"), f"only combine grid_scatter takes a grid (combine is {mode})")
+        if mode != "filter" and (cfg["gate"] is not None or cfg["top_k"] is not None):
+            key = "gate" if cfg["gate"] is not None else "top_k"
+            raise ConfigError(_join(path, key), f"only combine filter takes {key} (combine is {mode})")
+        if cfg["top_k"] is not None and cfg["top_k"] > n:
+            raise ConfigError(_join(path, "top_k"), f"top_k {cfg['top_k']} exceeds the {n} branches")
+        if mode == "grid_scatter":
+            g = cfg["grid"]
+            if len(g["positions"]) != n:
+                raise ConfigError(_join(path, "grid.positions"),
+                                  f"expected one position per branch ({n}), got {len(g['positions'])}")
+            seen = {}
+            for i, (r, c, l) in enumerate(g["positions"]):
+                p = f"{path}.grid.positions[{i}]"
+                if r >= g["rows"] or c >= g["cols"] or l >= g["layers"]:
+                    raise ConfigError(p, f"cell {[r, c, l]} is outside the {g['rows']}x{g['cols']}x{g['layers']} grid")
+                if (r, c, l) in seen:
+                    raise ConfigError(p, f"cell {[r, c, l]} is already taken by branch {seen[(r, c, l)]}")
+                seen[(r, c, l)] = i
+    elif kind == "multi_head_attention":
+        kv = cfg["kv_heads"]
+        if kv is not None and cfg["heads"] % kv:
+            raise ConfigError(_join(path, "kv_heads"), f"heads ({cfg['heads']}) must be a multiple of kv_heads, got {kv}")
+    elif kind == "softmax" and cfg["variant"] == "adaptive":
+        cuts, classes = cfg["cutoffs"], cfg["classes"]
+        if any(b <= a for a, b in zip(cuts, cuts[1:])) or cuts[-1] >= classes:
+            raise ConfigError(_join(path, "cutoffs"),
+                              f"expected increasing cutoffs below classes ({classes}), got {_describe(cuts)}")
+    elif kind.startswith("conv_transpose"):
+        pass  # output_padding < stride is a per-dimension rule, checked with the shapes
+
+
+# --- whole networks ---------------------------------------------------------------------------------
+
+def _input_spec(v, path):
+    spec = _record({"shape": (list_of(positive_int, min_len=1), REQUIRED),
+                    "dtype": (optional(one_of(*dtypes.INPUT)), None)}, "input spec")(v, path)
+    return spec
+
+
+def _version(v, path):
+    if not _is_int(v) or v != VERSION:
+        raise ConfigError(path, f"unsupported format version {_describe(v)}; this Loom reads version {VERSION}")
+    return v
+
+
+def _metadata(v, path):
+    if not isinstance(v, dict):
+        raise ConfigError(path, f"expected an object, got {_describe(v)}")
+    return v
+
+
+NETWORK_KEYS = {
+    "loom": (_version, REQUIRED),
+    "name": (string, "network"),
+    "seed": (nonneg_int, 0),
+    "dtype": (one_of(*dtypes.COMPUTE), "float32"),
+    "input": (_input_spec, REQUIRED),
+    "layers": (layer_list, REQUIRED),
+    "metadata": (_metadata, None),
+}
+
+
+def validate(cfg: Any) -> dict:
+    """Validate a config dict and return its normalized form (a new dict)."""
+    if not isinstance(cfg, dict):
+        raise ConfigError("", f"expected a JSON object for the network config, got {type(cfg).__name__}")
+    out = _apply_schema(cfg, NETWORK_KEYS, "", "a network config")
+    if out["input"]["dtype"] is None:
+        out["input"]["dtype"] = out["dtype"]
+    if out["metadata"] is None:
+        del out["metadata"]
+    return out
+
+
+def loads(text: str) -> dict:
+    """Parse JSON text into a validated, normalized config."""
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError("", f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    return validate(obj)
+
+
+def dumps(cfg: dict) -> str:
+    """Canonical JSON text of a config (validated first): two-space indent, schema key order."""
+    return json.dumps(validate(cfg), indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+
+
+def load(source: Any) -> dict:
+    """A config from a dict, a JSON string, or a path to a JSON file."""
+    if isinstance(source, dict):
+        return validate(source)
+    if isinstance(source, os.PathLike) or (isinstance(source, str) and not source.lstrip().startswith("{")):
+        try:
+            with open(source, encoding="utf-8") as fh:
+                return loads(fh.read())
+        except OSError as exc:
+            raise ConfigError("", f"cannot read config file {os.fspath(source)!r}: {exc.strerror}") from None
+    if isinstance(source, str):
+        return loads(source)
+    raise ConfigError("", f"expected a config dict, JSON string or path, got {type(source).__name__}")

@@ -1,0 +1,184 @@
+"""What every layer is: a forward/backward pair over batch-first arrays, with named parameters.
+
+A layer is built from its normalized config (see loom/config.py) and the `Spec` of one input
+sample (shape without the batch, dtype name). Building infers the output spec, raising
+`ConfigError` at the layer's JSON path when the shapes cannot work, and draws initial parameters
+from the counter RNG keyed by the parameter's dotted name.
+
+`forward(x, fc)` caches what `backward` needs; `backward(dy)` adds parameter gradients into
+`self.grads` (they accumulate until `zero_grad`) and returns the gradient of the input (None for
+integer inputs). Nested layers live in `self.children`, named as their parameters are prefixed.
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ... import rng
+from ...errors import ConfigError
+
+REGISTRY: dict[str, type["Layer"]] = {}
+
+
+def register(*types: str):
+    """Class decorator: the layer class that builds configs of these `type`s."""
+    def deco(cls):
+        for t in types:
+            if t in REGISTRY:
+                raise RuntimeError(f"layer type {t!r} registered twice")
+            REGISTRY[t] = cls
+        return cls
+    return deco
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One sample's shape (batch excluded) and dtype name."""
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype.startswith("float")
+
+
+@dataclass
+class BuildContext:
+    """Where a layer is being built: backend, compute dtype, seed, JSON path and parameter prefix."""
+    backend: Any
+    dtype: str
+    seed: int
+    path: str = ""    # JSON path for errors: "layers[2].branches[0]"
+    prefix: str = ""  # parameter-name prefix: "layers.2.branches.0"
+
+    def child(self, key: str, index: int | None = None) -> "BuildContext":
+        path = f"{self.path}.{key}" if self.path else key
+        prefix = f"{self.prefix}.{key}" if self.prefix else key
+        if index is not None:
+            path, prefix = f"{path}[{index}]", f"{prefix}.{index}"
+        return BuildContext(self.backend, self.dtype, self.seed, path, prefix)
+
+    def error(self, message: str, key: str | None = None) -> ConfigError:
+        where = self.path if key is None else (f"{self.path}.{key}" if self.path else key)
+        return ConfigError(where, message)
+
+    def stream(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    # --- initial values, drawn on the host in float64 and rounded once to the compute dtype ---
+    def _put(self, host: np.ndarray):
+        return self.backend.asarray(host.astype(self.dtype))
+
+    def uniform(self, name: str, shape, bound: float):
+        u = rng.Generator(self.seed, self.stream(name)).uniform(shape)
+        return self._put((2.0 * u - 1.0) * bound)
+
+    def normal(self, name: str, shape, std: float = 1.0):
+        return self._put(rng.Generator(self.seed, self.stream(name)).normal(shape) * std)
+
+    def full(self, shape, value: float):
+        return self._put(np.full(shape, value, dtype=np.float64))
+
+
+@dataclass
+class ForwardContext:
+    """Per-call state: train or eval, the RNG counter of this call, the optional attention mask."""
+    training: bool = False
+    counter: int = 0
+    attention_mask: Any = None  # [batch, T] with 1 for real tokens, 0 for padding
+    extras: dict = field(default_factory=dict)
+
+
+class Layer(ABC):
+    def __init__(self, cfg: dict, in_spec: Spec, ctx: BuildContext):
+        self.cfg = cfg
+        self.type: str = cfg["type"]
+        self.in_spec = in_spec
+        self.ctx = ctx
+        self.path, self.name = ctx.path, ctx.prefix
+        self.B = ctx.backend
+        self.xp = ctx.backend.xp
+        self.dtype = ctx.dtype
+        self.params: dict[str, Any] = {}
+        self.grads: dict[str, Any] = {}
+        self.buffers: dict[str, Any] = {}
+        self.children: dict[str, Layer] = {}
+        self.out_spec: Spec = self.build(cfg, in_spec, ctx)
+
+    # --- every layer implements these three ---
+    @abstractmethod
+    def build(self, cfg: dict, in_spec: Spec, ctx: BuildContext) -> Spec:
+        """Check shapes, create parameters and children; return the output spec."""
+
+    @abstractmethod
+    def forward(self, x, fc: ForwardContext):
+        """y for a batch x; caches what backward needs."""
+
+    @abstractmethod
+    def backward(self, dy):
+        """Add parameter gradients for the cached forward; return the input gradient."""
+
+    # --- helpers for subclasses ---
+    def add_param(self, name: str, value) -> Any:
+        self.params[name] = value
+        self.grads[name] = self.xp.zeros_like(value)
+        return value
+
+    def add_buffer(self, name: str, value) -> Any:
+        self.buffers[name] = value
+        return value
+
+    def add_child(self, key: str, cfg: dict, in_spec: Spec, ctx: BuildContext) -> "Layer":
+        """Build a nested layer registered as `key` ("layers.0", "gate")."""
+        layer = build(cfg, in_spec, ctx)
+        self.children[key] = layer
+        return layer
+
+    def require_float(self, in_spec: Spec, ctx: BuildContext) -> None:
+        if not in_spec.is_float:
+            raise ctx.error(f"{self.type} needs floating-point input, got {in_spec.dtype} "
+                            "(only embedding takes integer ids)")
+
+    def noise_uniform(self, shape, fc: ForwardContext):
+        """Uniform [0, 1) noise for this call, from the stream '<layer>.noise' at the call's counter."""
+        gen = rng.Generator(self.ctx.seed, self.ctx.stream("noise"))
+        return self.B.asarray(gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype)))
+
+    def walk(self, prefix: str = ""):
+        """Yield (dotted prefix, layer) for this layer and every nested layer."""
+        yield prefix, self
+        for key, child in self.children.items():
+            yield from child.walk(f"{prefix}.{key}" if prefix else key)
+
+    def param_count(self) -> int:
+        own = sum(int(np.prod(p.shape)) for p in self.params.values())
+        return own + sum(c.param_count() for c in self.children.values())
+
+    def describe(self) -> str:
+        """A short detail for summaries (e.g. "units=10, relu")."""
+        keys = [k for k in self.cfg if k not in ("type", "layers", "branches", "gate", "grid")]
+        return ", ".join(f"{k}={self.cfg[k]}" for k in keys if self.cfg[k] is not None)
+
+
+def build(cfg: dict, in_spec: Spec, ctx: BuildContext) -> Layer:
+    cls = REGISTRY.get(cfg["type"])
+    if cls is None:
+        raise ctx.error(f"layer type {cfg['type']!r} has no implementation", "type")
+    return cls(cfg, in_spec, ctx)
+
+
+def dims(value, n: int, ctx: BuildContext, key: str) -> tuple[int, ...]:
+    """Expand an int-or-list config value to one int per spatial dimension."""
+    if isinstance(value, list):
+        if len(value) != n:
+            raise ctx.error(f"expected 1 or {n} values, got {len(value)}: {value}", key)
+        return tuple(value)
+    return (value,) * n

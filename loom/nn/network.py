@@ -1,0 +1,242 @@
+"""Network: a validated config built into live layers, run forward and backward batch-first."""
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend as backends
+from .. import config as configs
+from ..errors import BackendError, ShapeError
+from .layers import BuildContext, ForwardContext, Spec
+from .layers.structure import Sequential
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    """Where a NaN or Inf first appeared (see Network.check_finite)."""
+    where: str      # dotted layer name ("layers.2") or parameter name
+    type: str       # layer type, or "parameter" / "input"
+    nan: int
+    inf: int
+
+    def __str__(self) -> str:
+        return f"{self.where} ({self.type}) produced {self.nan} NaN and {self.inf} Inf values"
+
+
+class Network:
+    """A network built from a format-v1 config. Starts in eval mode (dropout off, batch-norm
+    running statistics); `train()` switches to training behaviour, as in PyTorch."""
+
+    def __init__(self, cfg: dict, device: str = "cpu"):
+        self._cfg = cfg
+        self.backend = backends.get(device)
+        self.input_spec = Spec(tuple(cfg["input"]["shape"]), cfg["input"]["dtype"])
+        ctx = BuildContext(self.backend, cfg["dtype"], cfg["seed"])
+        self.root = Sequential({"type": "sequential", "layers": cfg["layers"]}, self.input_spec, ctx)
+        self.output_spec = self.root.out_spec
+        self.training = False
+        self.rng_counter = 0   # advances once per training-mode forward; seeds dropout/gumbel noise
+        self._has_forward = False
+
+    # --- construction ---
+    @classmethod
+    def from_config(cls, cfg, seed: int | None = None) -> "Network":
+        """Build from a config dict, JSON string or path; `seed` overrides the config's seed."""
+        cfg = configs.load(cfg)
+        if seed is not None:
+            cfg["seed"] = configs.nonneg_int(seed, "seed")
+        return cls(cfg)
+
+    @property
+    def config(self) -> dict:
+        """The normalized config (a copy: editing it does not change the network)."""
+        return copy.deepcopy(self._cfg)
+
+    @property
+    def device(self) -> str:
+        return self.backend.name
+
+    # --- modes ---
+    def train(self, mode: bool = True) -> "Network":
+        self.training = bool(mode)
+        return self
+
+    def eval(self) -> "Network":
+        return self.train(False)
+
+    # --- running ---
+    def forward(self, x, attention_mask=None):
+        """Outputs for the batch `x` (shape [batch, *input.shape], dtype input.dtype)."""
+        x = self._check_input(x)
+        if attention_mask is not None:
+            attention_mask = self._check_mask(attention_mask, x.shape[0])
+        fc = ForwardContext(training=self.training, counter=self.rng_counter, attention_mask=attention_mask)
+        y = self.root.forward(x, fc)
+        if self.training:
+            self.rng_counter += 1
+        self._has_forward = True
+        self._batch = x.shape[0]
+        return y
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """Accumulate parameter gradients for the last forward; return the gradient of its input
+        (None when the input is integer ids)."""
+        if not self._has_forward:
+            raise ShapeError("backward() needs a forward() first")
+        expected = (self._batch,) + self.output_spec.shape
+        dy = self.backend.asarray(dy)
+        if tuple(dy.shape) != expected:
+            raise ShapeError(f"backward: dy has shape {list(dy.shape)}, expected {list(expected)}")
+        if dy.dtype != np.dtype(self._cfg["dtype"]):
+            raise ShapeError(f"backward: dy has dtype {dy.dtype}, expected {self._cfg['dtype']}")
+        return self.root.backward(dy)
+
+    def _check_input(self, x):
+        spec = self.input_spec
+        x = self.backend.asarray(x)
+        expected = spec.shape
+        if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
+            raise ShapeError(f"input has shape {list(x.shape)}, expected [batch, {', '.join(map(str, expected))}]")
+        if x.shape[0] == 0:
+            raise ShapeError("input batch is empty (shape[0] == 0)")
+        if spec.is_float:
+            if x.dtype != np.dtype(spec.dtype):
+                raise ShapeError(f"input has dtype {x.dtype}, expected {spec.dtype} "
+                                 f"(convert with x.astype('{spec.dtype}'))")
+        elif x.dtype.kind not in "iu":
+            raise ShapeError(f"input has dtype {x.dtype}, expected integer ids ({spec.dtype})")
+        return x
+
+    def _check_mask(self, mask, batch):
+        mask = self.backend.asarray(mask)
+        if mask.ndim != 2 or mask.shape[0] != batch:
+            raise ShapeError(f"attention_mask has shape {list(mask.shape)}, expected [batch={batch}, T]")
+        return mask.astype(bool)
+
+    # --- parameters ---
+    def _named(self, attr: str) -> dict:
+        out = {}
+        for prefix, layer in self.root.walk():
+            for key, value in getattr(layer, attr).items():
+                out[f"{prefix}.{key}" if prefix else key] = value
+        return out
+
+    def parameters(self) -> dict:
+        """Trainable parameters by dotted name; the arrays are live (writing into them changes the net)."""
+        return self._named("params")
+
+    def gradients(self) -> dict:
+        """Accumulated gradients by the same names as parameters()."""
+        return self._named("grads")
+
+    def buffers(self) -> dict:
+        """Non-trainable state (batch-norm running statistics) by dotted name."""
+        return self._named("buffers")
+
+    def state_dict(self) -> dict:
+        return {**self.parameters(), **self.buffers()}
+
+    def load_state_dict(self, state: dict, strict: bool = True) -> None:
+        """Copy arrays into the network by name (PyTorch names and layouts). With strict, missing or
+        unexpected names raise ShapeError; shapes must always match."""
+        own = self.state_dict()
+        unknown = sorted(set(state) - set(own))
+        missing = sorted(set(own) - set(state))
+        if strict and (unknown or missing):
+            raise ShapeError(f"state dict mismatch: unexpected {unknown}, missing {missing}")
+        for name, value in state.items():
+            if name not in own:
+                continue
+            src = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            dst = own[name]
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
+            dst[...] = self.backend.asarray(src.astype(dst.dtype))
+
+    def zero_grad(self) -> None:
+        for g in self.gradients().values():
+            g[...] = 0
+
+    def to(self, device: str) -> "Network":
+        """Move every parameter, gradient and buffer to `device` ("cpu" or "cuda")."""
+        target = backends.get(device)
+        if target is self.backend:
+            return self
+        raise BackendError(f"cannot move from {self.backend.name} to {device}")
+
+    # --- inspection ---
+    def summary(self) -> str:
+        rows = [("layer", "type", "output shape", "params")]
+        for prefix, layer in self.root.walk():
+            if layer is self.root:
+                continue
+            depth = prefix.count("layers.") + prefix.count("branches.") - 1
+            rows.append(("  " * depth + prefix, layer.type,
+                         str(list(layer.out_spec.shape)), f"{layer.param_count():,}"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = [f"{self._cfg['name']}: input {list(self.input_spec.shape)} {self.input_spec.dtype}, "
+                 f"dtype {self._cfg['dtype']}, seed {self._cfg['seed']}, device {self.device}"]
+        for i, r in enumerate(rows):
+            lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
+            if i == 0:
+                lines.append("-" * (sum(widths) + 6))
+        lines.append(f"total parameters: {self.root.param_count():,}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (f"Network({self._cfg['name']!r}, input={list(self.input_spec.shape)}, "
+                f"output={list(self.output_spec.shape)}, params={self.root.param_count():,}, device={self.device!r})")
+
+    def check_finite(self, x=None, attention_mask=None) -> NonFinite | None:
+        """The first parameter, or (given x) the first layer in execution order whose output holds a
+        NaN or Inf; None when everything is finite. Runs x through the layers one at a time."""
+        xp = self.backend.xp
+        for name, p in self.parameters().items():
+            bad = _count_bad(xp, p)
+            if bad:
+                return NonFinite(name, "parameter", *bad)
+        if x is None:
+            return None
+        x = self._check_input(x)
+        if self.input_spec.is_float and _count_bad(xp, x):
+            return NonFinite("input", "input", *_count_bad(xp, x))
+        found: list[NonFinite] = []
+
+        def watch(layer, prefix):
+            original = layer.forward
+
+            def checked(inp, fc):
+                out = original(inp, fc)
+                bad = _count_bad(xp, out) if out.dtype.kind == "f" else None
+                if bad and not found:
+                    found.append(NonFinite(prefix, layer.cfg["type"], *bad))
+                return out
+            layer.forward = checked
+            return original
+
+        watched = [(layer, watch(layer, prefix)) for prefix, layer in self.root.walk() if layer is not self.root]
+        try:
+            fc = ForwardContext(training=self.training, counter=self.rng_counter,
+                                attention_mask=None if attention_mask is None else self._check_mask(attention_mask, x.shape[0]))
+            self.root.forward(x, fc)
+        finally:
+            for layer, original in watched:
+                del layer.forward
+        # Inner layers finish before their containers, so the first report is the innermost culprit.
+        return found[0] if found else None
+
+    def fingerprint(self, x) -> str:
+        """SHA-256 of the output bytes for x (eval mode is not forced)."""
+        y = self.backend.to_numpy(self.forward(x))
+        return hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()
+
+
+def _count_bad(xp, a):
+    nan = int(xp.isnan(a).sum())
+    inf = int(xp.isinf(a).sum())
+    return (nan, inf) if nan or inf else None

@@ -1,0 +1,125 @@
+"""Counter-based random numbers: Philox4x32-10 keyed by (seed, stream), indexed by a counter.
+
+A draw is a pure function of (seed, stream name, counter, element index), so any process on any
+machine, and any backend that implements the same 32-bit integer rounds, produces the same bits.
+Streams are named after what consumes them ("layers.0.weight", "layers.3.dropout"), so adding a
+layer never shifts another layer's numbers.
+
+Uniforms use only integer operations and one exact scaling. Normals use the Box-Muller transform
+with this module's own log and cos, built from correctly rounded IEEE operations only, because
+libm and NumPy's SIMD transcendentals differ between machines in the last bit.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+_W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
+_LO32 = np.uint64(0xFFFFFFFF)
+_SHIFT32 = np.uint64(32)
+
+
+def stream_key(seed: int, stream: str) -> tuple[int, int]:
+    """The 64-bit Philox key for a (seed, stream name) pair: SHA-256 of both, first 8 bytes."""
+    digest = hashlib.sha256(f"loom-rng\0{int(seed)}\0{stream}".encode()).digest()
+    return int.from_bytes(digest[0:4], "little"), int.from_bytes(digest[4:8], "little")
+
+
+def philox(key: tuple[int, int], counter: int, n: int) -> np.ndarray:
+    """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i."""
+    blocks = (n + 3) // 4
+    idx = np.arange(blocks, dtype=np.uint64)
+    c0 = (idx & _LO32).astype(np.uint32)
+    c1 = (idx >> _SHIFT32).astype(np.uint32)
+    c2 = np.full(blocks, counter & 0xFFFFFFFF, dtype=np.uint32)
+    c3 = np.full(blocks, (counter >> 32) & 0xFFFFFFFF, dtype=np.uint32)
+    k0, k1 = np.uint32(key[0]), np.uint32(key[1])
+    with np.errstate(over="ignore"):
+        for _ in range(10):
+            p0 = c0.astype(np.uint64) * _M0
+            p1 = c2.astype(np.uint64) * _M1
+            hi0, lo0 = (p0 >> _SHIFT32).astype(np.uint32), (p0 & _LO32).astype(np.uint32)
+            hi1, lo1 = (p1 >> _SHIFT32).astype(np.uint32), (p1 & _LO32).astype(np.uint32)
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+            k0, k1 = k0 + _W0, k1 + _W1
+    return np.stack([c0, c1, c2, c3], axis=1).reshape(-1)[:n]
+
+
+class Generator:
+    """Draws for one stream. Each call takes a counter; equal arguments give equal bits."""
+
+    def __init__(self, seed: int, stream: str):
+        self.seed, self.stream = int(seed), stream
+        self.key = stream_key(seed, stream)
+
+    def bits(self, shape, counter: int = 0) -> np.ndarray:
+        shape = _shape(shape)
+        return philox(self.key, counter, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+
+    def uniform(self, shape, counter: int = 0, dtype=np.float64) -> np.ndarray:
+        """Uniform on [0, 1): the top 24 (float32) or 53 (float64) bits scaled by a power of two."""
+        dtype = np.dtype(dtype)
+        if dtype == np.float32:
+            return (self.bits(shape, counter) >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+        shape = _shape(shape)
+        w = self.bits((*shape, 2), counter).astype(np.uint64)
+        mant = ((w[..., 0] >> np.uint64(5)) << np.uint64(26)) | (w[..., 1] >> np.uint64(6))
+        return (mant.astype(np.float64) * 2.0 ** -53).astype(dtype)
+
+    def normal(self, shape, counter: int = 0, dtype=np.float64) -> np.ndarray:
+        """Standard normal draws (Box-Muller in float64 with exact-operation log and cos)."""
+        shape = _shape(shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        u = self.uniform((n + 1) // 2 * 2, counter, np.float64).reshape(-1, 2)
+        radius = np.sqrt(-2.0 * exact_log(1.0 - u[:, 0]))    # 1 - u lies in (0, 1]: log is finite
+        angle = u[:, 1]
+        z = np.stack([radius * exact_cos_2pi(angle), radius * exact_cos_2pi(angle + 0.75)], axis=1)
+        return z.reshape(-1)[:n].reshape(shape).astype(dtype)
+
+
+_LN2_HI = 6.93147180369123816490e-01   # ln 2 split so that k * _LN2_HI is exact for |k| < 2^11
+_LN2_LO = 1.90821492927058770002e-10
+
+
+def exact_log(x: np.ndarray) -> np.ndarray:
+    """Natural log of positive finite float64s using only + - * / and frexp (exact everywhere)."""
+    m, e = np.frexp(x)                       # x = m * 2^e, m in [0.5, 1)
+    small = m < np.sqrt(0.5)
+    m = np.where(small, m * 2.0, m)          # m in [sqrt(1/2), sqrt(2))
+    k = (e - small).astype(np.float64)
+    s = (m - 1.0) / (m + 1.0)                # |s| <= 0.1716
+    s2 = s * s
+    series = np.zeros_like(s)
+    for n in range(23, 0, -2):               # atanh series: 2 (s + s^3/3 + ... + s^23/23)
+        series = series * s2 + 1.0 / n
+    return k * _LN2_HI + (2.0 * s * series + k * _LN2_LO)
+
+
+def exact_cos_2pi(t: np.ndarray) -> np.ndarray:
+    """cos(2 pi t) using only + - * and rounding: reduce t to [-1/8, 1/8] turns, then Taylor."""
+    t = t - np.round(t)                      # [-1/2, 1/2]
+    quarter = np.round(t * 4.0)              # nearest quarter turn: -2..2
+    r = (t - quarter * 0.25) * (2.0 * np.pi)  # |r| <= pi/4
+    r2 = r * r
+    cos_r = np.zeros_like(r)
+    sin_r = np.zeros_like(r)
+    for n in range(20, -1, -2):              # cos: sum (-1)^j r^2j/(2j)!, sin: r * sum (-1)^j r^2j/(2j+1)!
+        j = n // 2
+        cos_r = cos_r * r2 + (-1.0) ** j / _factorial(2 * j)
+        sin_r = sin_r * r2 + (-1.0) ** j / _factorial(2 * j + 1)
+    sin_r = sin_r * r
+    q = np.mod(quarter, 4.0)
+    return np.select([q == 0, q == 1, q == 2], [cos_r, -sin_r, -cos_r], sin_r)
+
+
+def _shape(shape) -> tuple[int, ...]:
+    return (int(shape),) if np.isscalar(shape) else tuple(int(d) for d in shape)
+
+
+def _factorial(n: int) -> float:
+    out = 1.0
+    for i in range(2, n + 1):
+        out *= i
+    return out
