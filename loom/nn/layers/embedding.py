@@ -1,1 +1,31 @@
-"""(being written)"""
+"""Embedding: integer ids [..] -> vectors [.., dim] by row lookup in weight [vocab_size, dim]."""
+from __future__ import annotations
+
+from ...errors import ShapeError
+from .base import Layer, Spec, register
+
+
+@register("embedding")
+class Embedding(Layer):
+    def build(self, cfg, in_spec, ctx):
+        if in_spec.is_float:
+            raise ctx.error(f"embedding needs integer ids as input, got {in_spec.dtype} "
+                            "(set input.dtype to int64 or int32)")
+        self.vocab = cfg["vocab_size"]
+        self.add_param("weight", ctx.normal("weight", (self.vocab, cfg["dim"])))  # N(0, 1) as in PyTorch
+        return Spec(in_spec.shape + (cfg["dim"],), self.dtype)
+
+    def forward(self, ids, fc):
+        xp = self.xp
+        bad = (ids < 0) | (ids >= self.vocab)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in xp.argwhere(bad)[0])
+            raise ShapeError(f"{self.path}: token id {int(ids[where])} at index {list(where)} is outside "
+                             f"[0, vocab_size={self.vocab})")
+        self.ids = ids
+        return self.params["weight"][ids]
+
+    def backward(self, dy):
+        flat = dy.reshape(-1, dy.shape[-1])
+        self.xp.add.at(self.grads["weight"], self.ids.reshape(-1), flat)
+        return None

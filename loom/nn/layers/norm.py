@@ -1,1 +1,120 @@
-"""(being written)"""
+"""Normalization layers: layer_norm and rms_norm over the last axis, batch_norm per channel.
+
+Parameter and buffer names follow PyTorch: weight, bias; batch_norm also keeps running_mean,
+running_var (unbiased, as PyTorch) and num_batches_tracked. Variances in the normalization itself
+are biased (divide by N), as in PyTorch.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ...errors import ShapeError
+from ...kernels import ops
+from .base import Layer, Spec, register
+
+
+@register("layer_norm")
+class LayerNorm(Layer):
+    def build(self, cfg, in_spec, ctx):
+        self.require_float(in_spec, ctx)
+        self.eps = cfg["eps"]
+        if cfg["affine"]:
+            f = in_spec.shape[-1]
+            self.add_param("weight", ctx.full((f,), 1.0))
+            self.add_param("bias", ctx.full((f,), 0.0))
+        return in_spec
+
+    def forward(self, x, fc):
+        mu = ops.mean(x, axis=-1, keepdims=True)
+        xc = x - mu
+        var = ops.mean(xc * xc, axis=-1, keepdims=True)
+        self.rstd = 1 / ops.sqrt(var + x.dtype.type(self.eps))
+        self.xhat = xc * self.rstd
+        if not self.params:
+            return self.xhat
+        return self.xhat * self.params["weight"] + self.params["bias"]
+
+    def backward(self, dy):
+        xhat = self.xhat
+        if self.params:
+            lead = tuple(range(dy.ndim - 1))
+            self.grads["weight"] += ops.sum(dy * xhat, axis=lead)
+            self.grads["bias"] += ops.sum(dy, axis=lead)
+            dy = dy * self.params["weight"]
+        mean_dy = ops.mean(dy, axis=-1, keepdims=True)
+        mean_dy_xhat = ops.mean(dy * xhat, axis=-1, keepdims=True)
+        return self.rstd * (dy - mean_dy - xhat * mean_dy_xhat)
+
+
+@register("rms_norm")
+class RMSNorm(Layer):
+    def build(self, cfg, in_spec, ctx):
+        self.require_float(in_spec, ctx)
+        self.eps = cfg["eps"]
+        self.add_param("weight", ctx.full((in_spec.shape[-1],), 1.0))
+        return in_spec
+
+    def forward(self, x, fc):
+        self.x = x
+        self.rstd = 1 / ops.sqrt(ops.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(self.eps))
+        self.xhat = x * self.rstd
+        return self.xhat * self.params["weight"]
+
+    def backward(self, dy):
+        self.grads["weight"] += ops.sum(dy * self.xhat, axis=tuple(range(dy.ndim - 1)))
+        g = dy * self.params["weight"]
+        return self.rstd * (g - self.xhat * ops.mean(g * self.xhat, axis=-1, keepdims=True))
+
+
+@register("batch_norm")
+class BatchNorm(Layer):
+    """Per-channel normalization of [C, *spatial] samples (channels first; a [C] sample works too)."""
+
+    def build(self, cfg, in_spec, ctx):
+        self.require_float(in_spec, ctx)
+        self.eps, self.momentum = cfg["eps"], cfg["momentum"]
+        c = in_spec.shape[0]
+        self.add_param("weight", ctx.full((c,), 1.0))
+        self.add_param("bias", ctx.full((c,), 0.0))
+        self.add_buffer("running_mean", ctx.full((c,), 0.0))
+        self.add_buffer("running_var", ctx.full((c,), 1.0))
+        self.add_buffer("num_batches_tracked", self.B.asarray(np.zeros((), dtype=np.int64)))
+        return in_spec
+
+    def _bcast(self, v, ndim):
+        return v.reshape((1, -1) + (1,) * (ndim - 2))
+
+    def forward(self, x, fc):
+        axes = (0,) + tuple(range(2, x.ndim))
+        n = x.size // x.shape[1]
+        self.axes = axes
+        self.training_step = fc.training
+        if fc.training:
+            if n < 2:
+                raise ShapeError(f"{self.path}: batch_norm in training needs more than one value per channel, "
+                                 f"got input shape {list(x.shape)}")
+            mu = ops.mean(x, axis=axes, keepdims=True)
+            xc = x - mu
+            var = ops.mean(xc * xc, axis=axes, keepdims=True)
+            m = x.dtype.type(self.momentum)
+            rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
+            rm[...] = (1 - m) * rm + m * mu.reshape(-1)
+            rv[...] = (1 - m) * rv + m * var.reshape(-1) * x.dtype.type(n / (n - 1))
+            self.buffers["num_batches_tracked"][...] += 1
+        else:
+            mu = self._bcast(self.buffers["running_mean"], x.ndim)
+            var = self._bcast(self.buffers["running_var"], x.ndim)
+            xc = x - mu
+        self.rstd = 1 / ops.sqrt(var + x.dtype.type(self.eps))
+        self.xhat = xc * self.rstd
+        return self.xhat * self._bcast(self.params["weight"], x.ndim) + self._bcast(self.params["bias"], x.ndim)
+
+    def backward(self, dy):
+        axes, xhat = self.axes, self.xhat
+        self.grads["weight"] += ops.sum(dy * xhat, axis=axes)
+        self.grads["bias"] += ops.sum(dy, axis=axes)
+        g = dy * self._bcast(self.params["weight"], dy.ndim)
+        if not self.training_step:        # running statistics are constants
+            return g * self.rstd
+        return self.rstd * (g - ops.mean(g, axis=axes, keepdims=True)
+                            - xhat * ops.mean(g * xhat, axis=axes, keepdims=True))

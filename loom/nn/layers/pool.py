@@ -1,1 +1,79 @@
-"""(being written)"""
+"""Max and average pooling over 1, 2 or 3 spatial dimensions, channels first (PyTorch semantics).
+
+Both read a strided window view [B, C, *out, *k] of the padded input (conv.windows) and write
+their gradient back with its adjoint (conv.windows_adjoint), so overlapping windows accumulate.
+Max pooling pads with -inf and sends each window's gradient to its first maximal element in
+row-major window order (torch's tie rule); average pooling divides by prod(pool_size), padded zeros
+included (torch's count_include_pad=True).
+"""
+from __future__ import annotations
+
+import math
+
+from ...kernels import ops
+from .base import Layer, Spec, dims, register
+from .conv import AXIS_NAMES, crop, pad, windows, windows_adjoint
+
+
+class _Pool(Layer):
+    def build(self, cfg, in_spec, ctx):
+        self.require_float(in_spec, ctx)
+        n = int(self.type[-2])
+        if len(in_spec.shape) != n + 1:
+            raise ctx.error(f"{self.type} expects input [C, {AXIS_NAMES[n]}] ({n + 1} axes), "
+                            f"got shape {list(in_spec.shape)}")
+        c, size = in_spec.shape[0], tuple(in_spec.shape[1:])
+        k = dims(cfg["pool_size"], n, ctx, "pool_size")
+        s = k if cfg["stride"] is None else dims(cfg["stride"], n, ctx, "stride")
+        p = dims(cfg["padding"], n, ctx, "padding")
+        out = []
+        for i in range(n):
+            if p[i] > k[i] // 2:
+                raise ctx.error(f"padding {p[i]} must be at most half the pool size ({k[i]}) along "
+                                f"spatial dimension {i}", "padding")
+            avail = size[i] + 2 * p[i]
+            if k[i] > avail:
+                raise ctx.error(f"pool size {k[i]} exceeds the padded input ({avail}) along spatial "
+                                f"dimension {i} (input shape {[c, *size]})", "pool_size")
+            out.append((avail - k[i]) // s[i] + 1)
+        self.n, self.k, self.s, self.p = n, k, s, p
+        self.size, self.out = size, tuple(out)
+        self.padded = tuple(a + 2 * b for a, b in zip(size, p))
+        return Spec((c,) + self.out, in_spec.dtype)
+
+    def _windows(self, x, value):
+        xpad = pad(self.xp, x, self.p, self.p, value)
+        return windows(self.xp, xpad, self.out, self.k, self.s, (1,) * self.n)   # [B, C, *out, *k]
+
+    def _scatter(self, parts):
+        """parts [B, C, *out, *k] -> input gradient [B, C, *size]."""
+        acc = windows_adjoint(self.xp, parts, self.padded, self.s, (1,) * self.n)
+        return crop(self.xp, acc, self.p, self.size)
+
+
+@register("max_pool1d", "max_pool2d", "max_pool3d")
+class MaxPool(_Pool):
+    def forward(self, x, fc):
+        w = self._windows(x, -math.inf)
+        flat = w.reshape(w.shape[:2 + self.n] + (-1,))           # [B, C, *out, prod(k)] (a copy)
+        self.arg = self.xp.argmax(flat, axis=-1)                  # first maximum (NaN counts as max)
+        return self.xp.take_along_axis(flat, self.arg[..., None], axis=-1)[..., 0]
+
+    def backward(self, dy):
+        xp = self.xp
+        hit = self.arg[..., None] == xp.arange(math.prod(self.k))
+        parts = xp.where(hit, dy[..., None], xp.zeros((), dtype=dy.dtype))
+        return self._scatter(parts.reshape(dy.shape + self.k))
+
+
+@register("avg_pool1d", "avg_pool2d", "avg_pool3d")
+class AvgPool(_Pool):
+    def forward(self, x, fc):
+        w = self._windows(x, 0.0)
+        total = ops.sum(w, axis=tuple(range(-self.n, 0)))
+        return total / self.xp.asarray(math.prod(self.k), dtype=x.dtype)
+
+    def backward(self, dy):
+        g = dy / self.xp.asarray(math.prod(self.k), dtype=dy.dtype)
+        parts = self.xp.broadcast_to(g.reshape(g.shape + (1,) * self.n), g.shape + self.k)
+        return self._scatter(parts)
