@@ -1,0 +1,1 @@
+"""The `loom` command; one module per subcommand, main.py only dispatches."""

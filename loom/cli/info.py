@@ -1,0 +1,25 @@
+"""`loom info`: versions, devices and what this build supports."""
+from __future__ import annotations
+
+import json
+
+HELP = "show versions, devices and supported layers"
+
+
+def add_arguments(p):
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+
+
+def run(args) -> int:
+    from ..info import info
+    data = info()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    for key in ("loom", "python", "platform", "numpy", "ml_dtypes", "format_version"):
+        print(f"{key:<15} {data[key]}")
+    for device, status in data["devices"].items():
+        print(f"{'device ' + device:<15} {status}")
+    print(f"{'layers':<15} {', '.join(data['layer_types'])}")
+    print(f"{'softmax':<15} {', '.join(data['softmax_variants'])}")
+    return 0
