@@ -244,7 +244,7 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     "sequential": {"layers": (layer_list, REQUIRED)},
     "parallel": {"branches": (layer_list, REQUIRED), "combine": (one_of(*COMBINE_MODES), "concat"),
                  "grid": (optional(grid), None), "gate": (optional(layer), None),
-                 "top_k": (optional(positive_int), None)},
+                 "top_k": (optional(positive_int), None), "renormalize": (optional(boolean), None)},
     "kmeans": {"clusters": (positive_int, REQUIRED),
                "output": (one_of("probabilities", "features"), "probabilities"),
                "temperature": (number(0, lo_open=True), 1.0)},
@@ -300,9 +300,9 @@ def _check_cross_keys(cfg: dict, path: str) -> None:
             raise ConfigError(_join(path, "grid"), "combine grid_scatter needs a grid {rows, cols, layers, positions}")
         if mode != "grid_scatter" and cfg["grid"] is not None:
             raise ConfigError(_join(path, "grid"), f"only combine grid_scatter takes a grid (combine is {mode})")
-        if mode != "filter" and (cfg["gate"] is not None or cfg["top_k"] is not None):
-            key = "gate" if cfg["gate"] is not None else "top_k"
-            raise ConfigError(_join(path, key), f"only combine filter takes {key} (combine is {mode})")
+        for key in ("gate", "top_k", "renormalize"):
+            if mode != "filter" and cfg[key] is not None:
+                    raise ConfigError(_join(path, key), f"only combine filter takes {key} (combine is {mode})")
         if cfg["top_k"] is not None and cfg["top_k"] > n:
             raise ConfigError(_join(path, "top_k"), f"top_k {cfg['top_k']} exceeds the {n} branches")
         if mode == "grid_scatter":

@@ -49,7 +49,7 @@ SAMPLES = [
     ("softmax/masked", [{"type": "softmax", "variant": "masked", "mask": [1, 0, 1, 1, 0]}], [5], None),
     ("softmax/sparsemax", [{"type": "softmax", "variant": "sparsemax"}], [5], None),
     ("softmax/entmax", [{"type": "softmax", "variant": "entmax", "alpha": 1.5}], [5], None),
-    ("softmax/adaptive", [{"type": "softmax", "variant": "adaptive", "classes": 10, "cutoffs": [4, 7]}], [8], None),
+    ("softmax/adaptive", [{"type": "softmax", "variant": "adaptive", "classes": 10, "cutoffs": [4, 7], "div_value": 2}], [16], None),
     ("softmax/mixture", [{"type": "softmax", "variant": "mixture", "components": 3}], [5], None),
     ("parallel/concat", [{"type": "parallel", "branches": [D, {"type": "dense", "units": 2}]}], [3], None),
     ("parallel/add", [{"type": "parallel", "combine": "add", "branches": [D, D]}], [3], None),

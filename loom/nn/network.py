@@ -172,12 +172,14 @@ class Network:
     # --- inspection ---
     def summary(self) -> str:
         rows = [("layer", "type", "output shape", "params")]
-        for prefix, layer in self.root.walk():
-            if layer is self.root:
-                continue
-            depth = prefix.count("layers.") + prefix.count("branches.") - 1
-            rows.append(("  " * depth + prefix, layer.type,
-                         str(list(layer.out_spec.shape)), f"{layer.param_count():,}"))
+
+        def add(layer, prefix, depth):
+            for key, child in layer.children.items():
+                name = f"{prefix}.{key}" if prefix else key
+                rows.append(("  " * depth + name, child.type, str(list(child.out_spec.shape)),
+                             f"{child.param_count():,}"))
+                add(child, name, depth + 1)
+        add(self.root, "", 0)
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [f"{self._cfg['name']}: input {list(self.input_spec.shape)} {self.input_spec.dtype}, "
                  f"dtype {self._cfg['dtype']}, seed {self._cfg['seed']}, device {self.device}"]

@@ -117,8 +117,12 @@ class GridScatter:
 
 
 class Filter:
-    """Soft mixture of experts: w = softmax(gate(x)) over the branches (or over each sample's top_k
-    scores, the rest weighted exactly 0); y = sum_i w_i o_i. The gate trains through w."""
+    """Soft mixture of experts: p = softmax(gate(x)) over the branches; y = sum_i w_i o_i.
+
+    With top_k, each sample keeps its k highest-scoring branches and the rest weigh exactly 0. The
+    kept branches weigh p_i (Switch-Transformer style, the default), or with renormalize = true a
+    softmax over just the kept scores (Mixtral style). Renormalized top-1 weighs the winner exactly
+    1, so its gate receives no gradient; the default keeps the gate learning for every k."""
 
     def build(self, layer, specs, ctx):
         n = len(specs)
@@ -133,6 +137,7 @@ class Filter:
             raise ctx.error(f"the gate must output one score per branch, shape [{n}], but it outputs "
                             f"{list(self.gate.out_spec.shape)}", "gate")
         self.n, self.k = n, layer.cfg["top_k"] or n
+        self.renormalize = bool(layer.cfg["renormalize"])
         return spec
 
     def select(self, xp, g):
@@ -149,10 +154,12 @@ class Filter:
         xp = layer.xp
         g = self.gate.forward(x, fc)                          # [B, n]
         mask = self.select(xp, g)
-        top = xp.max(xp.where(mask, g, -xp.inf), axis=1, keepdims=True)
-        e = xp.where(mask, ops.exp(xp.where(mask, g - top, 0)), 0)
-        w = e / ops.sum(e, axis=1, keepdims=True)
-        self.outs, self.mask, self.w = outs, mask, w
+        pool = mask if self.renormalize else xp.ones(mask.shape, dtype=bool)   # what the softmax covers
+        top = xp.max(xp.where(pool, g, -xp.inf), axis=1, keepdims=True)
+        e = xp.where(pool, ops.exp(xp.where(pool, g - top, 0)), 0)
+        p = e / ops.sum(e, axis=1, keepdims=True)
+        w = xp.where(mask, p, 0)
+        self.outs, self.mask, self.p, self.w = outs, mask, p, w
         # where() keeps unselected experts out entirely, even if their output is not finite
         return ops.sum(xp.stack([xp.where(self._col(mask, i, o), self._col(w, i, o) * o, 0)
                                  for i, o in enumerate(outs)]), axis=0)
@@ -166,9 +173,9 @@ class Filter:
         xp, mask, w = layer.xp, self.mask, self.w
         batch = dy.shape[0]
         dw = xp.stack([ops.sum((dy * o).reshape(batch, -1), axis=1) for o in self.outs], axis=1)
-        dw = xp.where(mask, dw, 0)
-        mixed = ops.sum(w * dw, axis=1, keepdims=True)
-        dg = xp.where(mask, w * (dw - mixed), 0)              # softmax backward over the selected
+        dp = xp.where(mask, dw, 0)                            # unselected branches do not depend on p
+        p = self.p
+        dg = p * (dp - ops.sum(p * dp, axis=1, keepdims=True))  # softmax backward (p is 0 outside its pool)
         dx_gate = self.gate.backward(dg)
         grads = [xp.where(self._col(mask, i, dy), self._col(w, i, dy) * dy, 0) for i in range(self.n)]
         return grads, dx_gate
