@@ -22,7 +22,9 @@ import numpy as np
 from ... import rng
 from ...errors import ShapeError
 from ...kernels import ops
+from . import linear
 from .base import Layer, Spec, register
+from .norm import rms_norm, rms_norm_backward
 
 NORM_EPS = 1e-6
 
@@ -69,11 +71,8 @@ class MultiHeadAttention(Layer):
         self.causal, self.qk_norm = cfg["causal"], cfg["qk_norm"]
         self.scale = 1.0 / math.sqrt(hd)
 
-        def proj(name, rows, cols):
-            bound = math.sqrt(6.0 / (rows + cols))  # Glorot uniform
-            self.add_param(f"{name}.weight", ctx.uniform(f"{name}.weight", (rows, cols), bound))
-            if cfg["bias"]:
-                self.add_param(f"{name}.bias", ctx.full((rows,), 0.0))
+        def proj(name, rows, cols):  # Glorot uniform
+            linear.create(self, ctx, name, rows, cols, math.sqrt(6.0 / (rows + cols)), cfg["bias"])
 
         proj("q_proj", heads * hd, embed)
         proj("k_proj", kv * hd, embed)
@@ -89,31 +88,13 @@ class MultiHeadAttention(Layer):
         return Spec((steps, embed), in_spec.dtype)
 
     # --- pieces, each with its gradient ---
-    def _linear(self, x, name):
-        y = ops.matmul(x, self.params[f"{name}.weight"].T)
-        if f"{name}.bias" in self.params:
-            y = y + self.params[f"{name}.bias"]
-        return y
-
-    def _linear_back(self, x2, dy, name):
-        """dy [B, T, out] -> parameter grads; returns dx [B, T, in]."""
-        dy2 = dy.reshape(-1, dy.shape[-1])
-        self.grads[f"{name}.weight"] += ops.matmul(dy2.T, x2)
-        if f"{name}.bias" in self.params:
-            self.grads[f"{name}.bias"] += ops.sum(dy2, axis=0)
-        return ops.matmul(dy, self.params[f"{name}.weight"])
-
     def _rms(self, x, name):
-        """RMSNorm over the last axis (hd) with weight `name`; returns (y, (x, 1/rms))."""
-        inv = 1 / ops.sqrt(ops.mean(x * x, axis=-1, keepdims=True) + NORM_EPS)
-        return x * inv * self.params[name], (x, inv)
+        return rms_norm(x, self.params[name], NORM_EPS)
 
     def _rms_back(self, dy, cache, name):
-        x, inv = cache
-        w = self.params[name]
-        self.grads[name] += ops.sum((dy * x * inv).reshape(-1, self.hd), axis=0)
-        g = dy * w
-        return inv * g - x * (inv * inv * inv) * ops.mean(g * x, axis=-1, keepdims=True)
+        dx, dweight = rms_norm_backward(dy, cache, self.params[name])
+        self.grads[name] += dweight
+        return dx
 
     def _rotate(self, x, sign):
         """rotate_half(x) = [-x2, x1] (sign=1) or its transpose [x2, -x1] (sign=-1)."""
@@ -159,9 +140,9 @@ class MultiHeadAttention(Layer):
         xp = self.xp
         B, T, _ = x.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
-        q = self._heads(self._linear(x, "q_proj"), H)               # [B, H, T, hd]
-        k = self._heads(self._linear(x, "k_proj"), KV)              # [B, KV, T, hd]
-        v = self._heads(self._linear(x, "v_proj"), KV)
+        q = self._heads(linear.forward(self, "q_proj", x), H)               # [B, H, T, hd]
+        k = self._heads(linear.forward(self, "k_proj", x), KV)              # [B, KV, T, hd]
+        v = self._heads(linear.forward(self, "v_proj", x), KV)
         self.qn = self.kn = None
         if self.qk_norm:
             q, self.qn = self._rms(q, "q_norm.weight")
@@ -185,13 +166,13 @@ class MultiHeadAttention(Layer):
         ctx = ops.matmul(p, v).reshape(B, H, T, hd)                  # [B, H, T, hd]
         ctx = self._unheads(ctx)                                     # [B, T, H*hd]
         self.x, self.q, self.k, self.v, self.p, self.ctx_out = x, q, k, v, p, ctx
-        return self._linear(ctx, "o_proj")
+        return linear.forward(self, "o_proj", ctx)
 
     def backward(self, dy):
         B, T, E = dy.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
         q, k, v, p = self.q, self.k, self.v, self.p
-        dctx = self._linear_back(self.ctx_out.reshape(B * T, -1), dy, "o_proj")
+        dctx = linear.backward(self, "o_proj", self.ctx_out, dy)
         dctx = self._heads(dctx, H).reshape(B, KV, R * T, hd)
         dv = ops.matmul(p.transpose(0, 1, 3, 2), dctx)               # [B, KV, T, hd], summed over R
         dp = ops.matmul(dctx, v.transpose(0, 1, 3, 2))               # [B, KV, R*T, T]
@@ -204,8 +185,7 @@ class MultiHeadAttention(Layer):
         if self.qk_norm:
             dq = self._rms_back(dq, self.qn, "q_norm.weight")
             dk = self._rms_back(dk, self.kn, "k_norm.weight")
-        x2 = self.x.reshape(B * T, -1)
-        dx = self._linear_back(x2, self._unheads(dq), "q_proj")
-        dx = dx + self._linear_back(x2, self._unheads(dk), "k_proj")
-        dx = dx + self._linear_back(x2, self._unheads(dv), "v_proj")
+        dx = linear.backward(self, "q_proj", self.x, self._unheads(dq))
+        dx = dx + linear.backward(self, "k_proj", self.x, self._unheads(dk))
+        dx = dx + linear.backward(self, "v_proj", self.x, self._unheads(dv))
         return dx

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ...kernels import ops
-from . import activation
+from . import activation, linear
 from .base import Layer, Spec, register
 
 
@@ -27,25 +26,14 @@ class Dense(Layer):
         self.require_float(in_spec, ctx)
         fan_in, units = in_spec.shape[-1], cfg["units"]
         self.act = cfg["activation"]
-        self.add_param("weight", ctx.uniform("weight", (units, fan_in), init_bound(self.act, fan_in, units)))
-        if cfg["bias"]:
-            self.add_param("bias", ctx.full((units,), 0.0))
+        linear.create(self, ctx, "", units, fan_in, init_bound(self.act, fan_in, units), cfg["bias"])
         return Spec(in_spec.shape[:-1] + (units,), in_spec.dtype)
 
     def forward(self, x, fc):
         self.x = x
-        z = ops.matmul(x, self.params["weight"].T)
-        if "bias" in self.params:
-            z = z + self.params["bias"]
-        self.z = z
-        self.y = activation.apply(self.act, z)
+        self.z = linear.forward(self, "", x)
+        self.y = activation.apply(self.act, self.z)
         return self.y
 
     def backward(self, dy):
-        dz = activation.grad(self.act, self.z, self.y, dy)
-        dz2 = dz.reshape(-1, dz.shape[-1])
-        x2 = self.x.reshape(-1, self.x.shape[-1])
-        self.grads["weight"] += ops.matmul(dz2.T, x2)
-        if "bias" in self.params:
-            self.grads["bias"] += ops.sum(dz2, axis=0)
-        return ops.matmul(dz, self.params["weight"])
+        return linear.backward(self, "", self.x, activation.grad(self.act, self.z, self.y, dy))

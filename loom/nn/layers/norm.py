@@ -46,6 +46,21 @@ class LayerNorm(Layer):
         return self.rstd * (dy - mean_dy - xhat * mean_dy_xhat)
 
 
+def rms_norm(x, weight, eps: float):
+    """y = x / sqrt(mean(x^2) + eps) * weight over the last axis; returns (y, cache for backward)."""
+    rstd = 1 / ops.sqrt(ops.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(eps))
+    xhat = x * rstd
+    return xhat * weight, (xhat, rstd)
+
+
+def rms_norm_backward(dy, cache, weight):
+    """(dL/dx, dL/dweight) for rms_norm's output gradient dy."""
+    xhat, rstd = cache
+    dweight = ops.sum((dy * xhat).reshape(-1, dy.shape[-1]), axis=0)
+    g = dy * weight
+    return rstd * (g - xhat * ops.mean(g * xhat, axis=-1, keepdims=True)), dweight
+
+
 @register("rms_norm")
 class RMSNorm(Layer):
     def build(self, cfg, in_spec, ctx):
@@ -55,15 +70,13 @@ class RMSNorm(Layer):
         return in_spec
 
     def forward(self, x, fc):
-        self.x = x
-        self.rstd = 1 / ops.sqrt(ops.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(self.eps))
-        self.xhat = x * self.rstd
-        return self.xhat * self.params["weight"]
+        y, self.cache = rms_norm(x, self.params["weight"], self.eps)
+        return y
 
     def backward(self, dy):
-        self.grads["weight"] += ops.sum(dy * self.xhat, axis=tuple(range(dy.ndim - 1)))
-        g = dy * self.params["weight"]
-        return self.rstd * (g - self.xhat * ops.mean(g * self.xhat, axis=-1, keepdims=True))
+        dx, dweight = rms_norm_backward(dy, self.cache, self.params["weight"])
+        self.grads["weight"] += dweight
+        return dx
 
 
 @register("batch_norm")

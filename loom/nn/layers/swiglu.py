@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import math
 
-from ...kernels import ops
-from . import activation
+from . import activation, linear
 from .base import Layer, register
 
 _PROJ = ("gate_proj", "up_proj", "down_proj")
@@ -20,32 +19,19 @@ class SwiGLU(Layer):
         self.require_float(in_spec, ctx)
         e, h = in_spec.shape[-1], cfg["hidden"]
         bound = math.sqrt(6.0 / (e + h))
-        for name, shape in zip(_PROJ, ((h, e), (h, e), (e, h))):
-            self.add_param(f"{name}.weight", ctx.uniform(f"{name}.weight", shape, bound))
-            if cfg["bias"]:
-                self.add_param(f"{name}.bias", ctx.full(shape[:1], 0.0))
+        for name, (out, inp) in zip(_PROJ, ((h, e), (h, e), (e, h))):
+            linear.create(self, ctx, name, out, inp, bound, cfg["bias"])
         return in_spec
-
-    def _linear(self, name, x):
-        y = ops.matmul(x, self.params[f"{name}.weight"].T)
-        return y + self.params[f"{name}.bias"] if f"{name}.bias" in self.params else y
-
-    def _linear_backward(self, name, x, dy):
-        dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-        self.grads[f"{name}.weight"] += ops.matmul(dy2.T, x2)
-        if f"{name}.bias" in self.params:
-            self.grads[f"{name}.bias"] += ops.sum(dy2, axis=0)
-        return ops.matmul(dy, self.params[f"{name}.weight"])
 
     def forward(self, x, fc):
         self.x = x
-        self.g = self._linear("gate_proj", x)
-        self.u = self._linear("up_proj", x)
+        self.g = linear.forward(self, "gate_proj", x)
+        self.u = linear.forward(self, "up_proj", x)
         self.a = activation.apply("silu", self.g)
         self.h = self.a * self.u
-        return self._linear("down_proj", self.h)
+        return linear.forward(self, "down_proj", self.h)
 
     def backward(self, dy):
-        dh = self._linear_backward("down_proj", self.h, dy)
+        dh = linear.backward(self, "down_proj", self.h, dy)
         dg = activation.grad("silu", self.g, self.a, dh * self.u)
-        return self._linear_backward("gate_proj", self.x, dg) + self._linear_backward("up_proj", self.x, dh * self.a)
+        return linear.backward(self, "gate_proj", self.x, dg) + linear.backward(self, "up_proj", self.x, dh * self.a)
