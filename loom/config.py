@@ -75,7 +75,7 @@ def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
     what = f"a number in {lb}{lo}, {hi}{rb}"
 
     def check(v, path):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite_float(v):
             raise ConfigError(path, f"expected {what}, got {_describe(v)}")
         if v < lo or v > hi or (lo_open and v == lo) or (hi_open and v == hi):
             raise ConfigError(path, f"expected {what}, got {_describe(v)}")
@@ -83,10 +83,17 @@ def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
     return check
 
 
+def _finite_float(v) -> bool:
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:          # an integer beyond the float range
+        return False
+
+
 def one_of(*choices):
     def check(v, path):
-        if v not in choices or isinstance(v, bool):
-            raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}; got {_describe(v)}")
+        if isinstance(v, (bool, list, dict)) or v not in choices:
+            raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}, got {_describe(v)}")
         return v
     return check
 
@@ -280,7 +287,7 @@ def parse_layer(obj: Any, path: str) -> dict:
     rest = {k: v for k, v in obj.items() if k != "type"}
     if kind == "softmax":
         variant = rest.pop("variant", "standard")
-        if variant not in SOFTMAX_KEYS:
+        if not isinstance(variant, str) or variant not in SOFTMAX_KEYS:
             raise ConfigError(_join(path, "variant"), f"unknown softmax variant {_describe(variant)}; "
                               f"expected one of {', '.join(SOFTMAX_VARIANTS)}")
         body = _apply_schema(rest, SOFTMAX_KEYS[variant], path, f"softmax variant {variant}")
@@ -346,9 +353,13 @@ def _version(v, path):
 
 
 def _metadata(v, path):
+    """Free-form user data: any JSON object of finite numbers, stored as a copy."""
     if not isinstance(v, dict):
         raise ConfigError(path, f"expected an object, got {_describe(v)}")
-    return v
+    try:
+        return json.loads(json.dumps(v, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(path, f"metadata must be plain JSON with finite numbers ({exc})") from None
 
 
 NETWORK_KEYS = {
@@ -367,8 +378,12 @@ def validate(cfg: Any) -> dict:
     if not isinstance(cfg, dict):
         raise ConfigError("", f"expected a JSON object for the network config, got {type(cfg).__name__}")
     out = _apply_schema(cfg, NETWORK_KEYS, "", "a network config")
-    if out["input"]["dtype"] is None:
+    input_dtype = out["input"]["dtype"]
+    if input_dtype is None:
         out["input"]["dtype"] = out["dtype"]
+    elif input_dtype.startswith("float") and input_dtype != out["dtype"]:
+        raise ConfigError("input.dtype", f"a float input must have the network's dtype {out['dtype']}, "
+                          f"got {input_dtype} (integer ids may differ)")
     if out["metadata"] is None:
         del out["metadata"]
     return out

@@ -126,3 +126,25 @@ def test_dumps_is_stable_json():
     text = C.dumps(cfg)
     assert text.endswith("\n") and json.loads(text) == C.validate(cfg)
     assert '"eps": 1e-05' in C.dumps(config([{"type": "layer_norm"}], [2]))
+
+
+@pytest.mark.parametrize("cfg, message", [
+    ({"loom": 1, "dtype": "float32", "input": {"shape": [4], "dtype": "float64"}, "layers": [D]},
+     "input.dtype: a float input must have the network's dtype float32, got float64"),
+    ({"loom": 1, "input": {"shape": [4]}, "layers": [D], "metadata": {"x": float("nan")}},
+     "metadata: metadata must be plain JSON"),
+    (_layers({"type": "activation", "fn": ["relu"]}), 'layers[0].fn: expected one of'),
+    (_layers({"type": "softmax", "variant": {"a": 1}}), "layers[0].variant: unknown softmax variant"),
+    (_layers({"type": "layer_norm", "eps": 10 ** 400}), "layers[0].eps: expected a number"),
+])
+def test_odd_values_are_config_errors(cfg, message):
+    with pytest.raises(loom.ConfigError) as err:
+        C.validate(cfg)
+    assert str(err.value).startswith(message), str(err.value)
+
+
+def test_metadata_is_copied():
+    meta = {"author": "me", "tags": ["a"]}
+    cfg = C.validate({"loom": 1, "input": {"shape": [4]}, "layers": [D], "metadata": meta})
+    cfg["metadata"]["tags"].append("b")
+    assert meta == {"author": "me", "tags": ["a"]}

@@ -77,6 +77,7 @@ def test_wrong_input_shape_or_dtype():
         loom.Network.from_config(CFG).backward(np.zeros((3, 2), np.float32))
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 def test_nan_and_inf_propagate_and_check_finite_finds_the_first_layer():
     net = loom.Network.from_config(CFG)
     bad = x()
@@ -91,6 +92,7 @@ def test_nan_and_inf_propagate_and_check_finite_finds_the_first_layer():
     assert (report.where, report.type) == ("layers.1.layers.0.weight", "parameter")
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered", "ignore:invalid value encountered")
 def test_check_finite_names_the_layer_that_overflowed():
     net = loom.Network.from_config(CFG)
     net.parameters()["layers.1.layers.0.weight"][...] = 3e38
