@@ -59,3 +59,18 @@ def test_eval_is_deterministic_and_training_noise_follows_the_counter(name, laye
         assert np.array_equal(first, second)
     net.rng_counter = 0
     assert np.array_equal(net(x), first)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+@pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_nan_stays_in_its_sample(name, layers, shape, idt):
+    """IEEE propagation, no clamping: a NaN in sample 1 reaches sample 1's output and no other."""
+    if idt:
+        pytest.skip("integer ids cannot hold NaN")
+    net = loom.Network.from_config(config(layers, shape, idt, dtype="float64"))
+    x = _input(shape, idt, 3)
+    clean = net(x)
+    x[(1,) + (0,) * len(shape)] = np.nan       # position 0 is kept by the masked-softmax sample
+    y = net(x)
+    assert np.isnan(y[1]).any(), "the NaN vanished"
+    assert np.array_equal(y[[0, 2]], clean[[0, 2]])
