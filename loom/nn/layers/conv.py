@@ -141,16 +141,21 @@ def weight_grad(xp, rows, cols, shape):
 
 # --- the layers -----------------------------------------------------------------------------------
 
+def spatial_input(layer, in_spec, ctx):
+    """(N, channels, spatial size) of a [C, *spatial] float input to an N-d conv or pool layer."""
+    layer.require_float(in_spec, ctx)
+    n = int(layer.type[-2])
+    if len(in_spec.shape) != n + 1:
+        raise ctx.error(f"{layer.type} expects input [C, {AXIS_NAMES[n]}] ({n + 1} axes), "
+                        f"got shape {list(in_spec.shape)}")
+    return n, in_spec.shape[0], tuple(in_spec.shape[1:])
+
+
 class _ConvBase(Layer):
     transposed = False
 
     def build(self, cfg, in_spec, ctx):
-        self.require_float(in_spec, ctx)
-        n = int(self.type[-2])
-        if len(in_spec.shape) != n + 1:
-            raise ctx.error(f"{self.type} expects input [C, {AXIS_NAMES[n]}] ({n + 1} axes), "
-                            f"got shape {list(in_spec.shape)}")
-        c, size = in_spec.shape[0], tuple(in_spec.shape[1:])
+        n, c, size = spatial_input(self, in_spec, ctx)
         f, G = cfg["filters"], cfg["groups"]
         if c % G or f % G:
             raise ctx.error(f"groups ({G}) must divide both the input channels ({c}) and filters ({f})", "groups")

@@ -12,17 +12,12 @@ import math
 
 from ...kernels import ops
 from .base import Layer, Spec, dims, register
-from .conv import AXIS_NAMES, crop, pad, windows, windows_adjoint
+from .conv import crop, pad, spatial_input, windows, windows_adjoint
 
 
 class _Pool(Layer):
     def build(self, cfg, in_spec, ctx):
-        self.require_float(in_spec, ctx)
-        n = int(self.type[-2])
-        if len(in_spec.shape) != n + 1:
-            raise ctx.error(f"{self.type} expects input [C, {AXIS_NAMES[n]}] ({n + 1} axes), "
-                            f"got shape {list(in_spec.shape)}")
-        c, size = in_spec.shape[0], tuple(in_spec.shape[1:])
+        n, c, size = spatial_input(self, in_spec, ctx)
         k = dims(cfg["pool_size"], n, ctx, "pool_size")
         s = k if cfg["stride"] is None else dims(cfg["stride"], n, ctx, "stride")
         p = dims(cfg["padding"], n, ctx, "padding")
