@@ -3,7 +3,18 @@ from .errors import BackendError, ConfigError, DeterminismError, FormatError, Lo
 from .nn import Network, NonFinite
 from .info import info
 
+
+def load(path) -> Network:
+    """A network from a Loom model file (see Network.save)."""
+    from .formats import loomfile
+    return loomfile.load(path)[0]
+
+
+def from_bytes(data: bytes) -> Network:
+    from .formats import loomfile
+    return loomfile.from_bytes(data)[0]
+
 __version__ = "0.1.0"
 
-__all__ = ["Network", "NonFinite", "info", "LoomError", "ConfigError", "ShapeError", "FormatError",
+__all__ = ["Network", "NonFinite", "info", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
            "BackendError", "DeterminismError", "__version__"]

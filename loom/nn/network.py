@@ -232,6 +232,16 @@ class Network:
         # Inner layers finish before their containers, so the first report is the innermost culprit.
         return found[0] if found else None
 
+    # --- files (loom.formats sits above nn in the dependency order, hence the local imports) ---
+    def save(self, path, optimizer=None) -> None:
+        """Write config + weights (+ optimizer state) to one model file, atomically."""
+        from ..formats import loomfile
+        loomfile.save(self, path, optimizer)
+
+    def to_bytes(self) -> bytes:
+        from ..formats import loomfile
+        return loomfile.to_bytes(self)
+
     def fingerprint(self, x) -> str:
         """SHA-256 of the output bytes for x (eval mode is not forced)."""
         y = self.backend.to_numpy(self.forward(x))

@@ -1,0 +1,1 @@
+"""File formats: safetensors, the Loom model file."""

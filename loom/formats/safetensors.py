@@ -1,0 +1,195 @@
+"""safetensors read and write, validated against malformed and hostile files.
+
+Layout: an 8-byte little-endian header length N, N bytes of UTF-8 JSON
+{"name": {"dtype": "F32", "shape": [..], "data_offsets": [begin, end]}, ..., "__metadata__": {str: str}},
+then the data buffer, the tensors packed back to back with no gaps or overlaps. Reads are
+memory-mapped: `load` returns read-only arrays viewing the file. Every check raises FormatError
+naming the tensor and the byte offset; nothing is read outside the file and nothing larger than the
+file is allocated.
+"""
+from __future__ import annotations
+
+import json
+import math
+import mmap
+import os
+import struct
+import tempfile
+
+import ml_dtypes
+import numpy as np
+
+from ..errors import FormatError
+
+MAX_HEADER = 100 * 1024 * 1024  # bytes; the reference implementation's limit
+
+DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    "BOOL": np.dtype("bool"),
+}
+_NAMES = {dt: name for name, dt in DTYPES.items()}
+
+
+def dtype_name(dtype) -> str:
+    dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    for name, known in DTYPES.items():
+        if known == dt:
+            return name
+    raise FormatError(f"dtype {dtype} has no safetensors equivalent")
+
+
+# --- writing ---------------------------------------------------------------------------------------
+
+def dumps(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
+    """The safetensors bytes of `tensors` (written in the given order) with optional string metadata."""
+    header: dict = {}
+    if metadata:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise FormatError(f"metadata values must be strings; offending keys: {bad}")
+        header["__metadata__"] = dict(metadata)
+    offset, blobs = 0, []
+    for name, array in tensors.items():
+        if not isinstance(name, str) or name == "__metadata__":
+            raise FormatError(f"invalid tensor name {name!r}")
+        a = np.asarray(array)
+        a = a if a.flags.c_contiguous else a.copy(order="C")   # (ascontiguousarray would make 0-d arrays 1-d)
+        blob = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
+        header[name] = {"dtype": dtype_name(a.dtype), "shape": list(a.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-(8 + len(text)) % 8)   # data starts 8-byte aligned, as the reference writer does
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def save(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then rename over `path`."""
+    atomic_write(path, dumps(tensors, metadata))
+
+
+def atomic_write(path, data: bytes) -> None:
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+def parse_header(buf, size: int) -> tuple[dict, dict, int]:
+    """Validate the header of a safetensors buffer of `size` bytes.
+    Returns (entries in file order, metadata, start of the data buffer)."""
+    if size < 8:
+        raise FormatError(f"file is {size} bytes, too short for the 8-byte header length")
+    (n,) = struct.unpack("<Q", bytes(buf[:8]))
+    if n > MAX_HEADER:
+        raise FormatError(f"header length {n} at offset 0 exceeds the {MAX_HEADER}-byte limit")
+    if 8 + n > size:
+        raise FormatError(f"header length {n} at offset 0 runs past the end of the {size}-byte file")
+    try:
+        text = bytes(buf[8:8 + n]).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"header is not valid UTF-8 (byte {8 + exc.start})") from None
+
+    def no_duplicates(pairs):
+        seen = {}
+        for k, v in pairs:
+            if k in seen:
+                raise FormatError(f"header names {k!r} twice")
+            seen[k] = v
+        return seen
+    try:
+        header = json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"header is not valid JSON: {exc.msg} at offset {8 + exc.pos}") from None
+    if not isinstance(header, dict):
+        raise FormatError("header is not a JSON object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise FormatError("__metadata__ must be an object of strings")
+    start, data_size = 8 + n, size - 8 - n
+    entries, spans = {}, []
+    for name, info in header.items():
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise FormatError(f"tensor {name!r}: expected exactly dtype, shape and data_offsets")
+        dt = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dt is None:
+            raise FormatError(f"tensor {name!r}: unknown dtype {info['dtype']!r}")
+        shape, offs = info["shape"], info["data_offsets"]
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise FormatError(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_count(o) for o in offs) or offs[0] > offs[1]:
+            raise FormatError(f"tensor {name!r}: data_offsets must be [begin, end] with 0 <= begin <= end, got {offs!r}")
+        if offs[1] > data_size:
+            raise FormatError(f"tensor {name!r}: data ends at offset {start + offs[1]}, past the end of the "
+                              f"{size}-byte file")
+        expected = math.prod(shape) * dt.itemsize
+        if offs[1] - offs[0] != expected:
+            raise FormatError(f"tensor {name!r}: {info['dtype']} x {shape} needs {expected} bytes, "
+                              f"data_offsets give {offs[1] - offs[0]} (at offset {start + offs[0]})")
+        entries[name] = (dt, tuple(shape), offs[0], offs[1])
+        spans.append((offs[0], offs[1], name))
+    spans.sort()
+    cursor = 0
+    for begin, end, name in spans:
+        if begin != cursor:
+            what = "overlaps the previous tensor" if begin < cursor else "leaves a gap before it"
+            raise FormatError(f"tensor {name!r} at offset {start + begin} {what}")
+        cursor = end
+    if cursor != data_size:
+        raise FormatError(f"{data_size - cursor} bytes after the last tensor (offset {start + cursor}) belong to no tensor")
+    return entries, metadata, start
+
+
+def _is_count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def loads(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors (read-only views of `data`) and metadata from safetensors bytes."""
+    entries, metadata, start = parse_header(memoryview(data), len(data))
+    return {name: _view(data, start, *e) for name, e in entries.items()}, metadata
+
+
+def load(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Memory-map a file: returns read-only arrays backed by the file, and the metadata."""
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            raise FormatError(f"{os.fspath(path)}: empty file")
+        mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        entries, metadata, start = parse_header(mm, size)
+    except FormatError as exc:
+        mm.close()
+        raise FormatError(f"{os.fspath(path)}: {exc}") from None
+    return {name: _view(mm, start, *e) for name, e in entries.items()}, metadata
+
+
+def _view(buf, start, dt, shape, begin, end):
+    if begin == end:                     # an empty tensor may sit at the very end of the buffer
+        return np.zeros(shape, dtype=dt)
+    return np.frombuffer(buf, dtype=dt, count=math.prod(shape), offset=start + begin).reshape(shape)
