@@ -362,6 +362,37 @@ def _metadata(v, path):
         raise ConfigError(path, f"metadata must be plain JSON with finite numbers ({exc})") from None
 
 
+def _spec(kinds: str):
+    """A loss/optimizer/schedule spec: a type name or an object with a "type"; its keys are checked
+    by the builder in loom.nn when training starts."""
+    def check(v, path):
+        if isinstance(v, str) and "name" in kinds:
+            return v
+        if isinstance(v, dict) and isinstance(v.get("type"), str):
+            return json.loads(json.dumps(v))
+        raise ConfigError(path, f"expected {kinds}, got {_describe(v)}")
+    return check
+
+
+def _early_stopping(v, path):
+    if isinstance(v, bool):
+        return v
+    return _record({"monitor": (string, "val_loss"), "patience": (positive_int, 3),
+                    "min_delta": (number(0), 0.0), "mode": (one_of("min", "max"), "min"),
+                    "restore_best": (boolean, True)}, "early stopping settings")(v, path)
+
+
+training_block = _record({
+    "loss": (_spec("a loss name or an object with a type"), "cross_entropy"),
+    "optimizer": (_spec("an object with a type"), {"type": "adam", "lr": 0.001}),
+    "schedule": (optional(_spec("an object with a type")), None),
+    "epochs": (positive_int, 10), "batch_size": (positive_int, 32), "seed": (nonneg_int, 0),
+    "metrics": (optional(list_of(string)), None),
+    "validation": (optional(number(0, 1, lo_open=True, hi_open=True)), None),
+    "early_stopping": (optional(_early_stopping), None),
+    "shuffle": (boolean, True)}, "training settings")
+
+
 NETWORK_KEYS = {
     "loom": (_version, REQUIRED),
     "name": (string, "network"),
@@ -369,6 +400,7 @@ NETWORK_KEYS = {
     "dtype": (one_of(*dtypes.COMPUTE), "float32"),
     "input": (_input_spec, REQUIRED),
     "layers": (layer_list, REQUIRED),
+    "training": (optional(training_block), None),
     "metadata": (_metadata, None),
 }
 
@@ -384,8 +416,9 @@ def validate(cfg: Any) -> dict:
     elif input_dtype.startswith("float") and input_dtype != out["dtype"]:
         raise ConfigError("input.dtype", f"a float input must have the network's dtype {out['dtype']}, "
                           f"got {input_dtype} (integer ids may differ)")
-    if out["metadata"] is None:
-        del out["metadata"]
+    for key in ("training", "metadata"):
+        if out[key] is None:
+            del out[key]
     return out
 
 
