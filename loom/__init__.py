@@ -1,6 +1,7 @@
 """Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy)."""
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
 from .nn import Network, NonFinite
+from .nn.train import evaluate, predict, train
 from .info import info
 
 
@@ -16,5 +17,5 @@ def from_bytes(data: bytes) -> Network:
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "NonFinite", "info", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
+__all__ = ["Network", "NonFinite", "train", "evaluate", "predict", "info", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
            "BackendError", "DeterminismError", "__version__"]

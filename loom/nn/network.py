@@ -158,6 +158,16 @@ class Network:
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
             dst[...] = self.backend.asarray(src.astype(dst.dtype))
 
+    def step_state(self):
+        """A StepState: run the network as a pipeline, one tick at a time (see loom/nn/step.py)."""
+        from .step import StepState
+        return StepState(self)
+
+    def apply_gradients(self, optimizer) -> None:
+        """One optimizer update from the accumulated gradients, then zero them."""
+        optimizer.step(self.gradients())
+        self.zero_grad()
+
     def zero_grad(self) -> None:
         for g in self.gradients().values():
             g[...] = 0

@@ -1,0 +1,292 @@
+"""Loss functions: the value and dL/dpred from one call, with PyTorch's definitions.
+
+    loss = build("cross_entropy")        # or {"type": "cross_entropy", "label_smoothing": 0.1}
+    value, grad = loss(pred, target)     # value: 0-d array of pred's dtype; grad: like pred
+
+Every loss computes a pointwise term (one per element, or one per row for the class losses), then
+reduces: "sum" adds them, "mean" divides by their count (elements, or non-ignored rows), and kl_div
+alone also has "batchmean" (sum / pred.shape[0]). A mean over nothing (an empty batch, every row
+ignored) is NaN with a zero gradient, as in PyTorch. Targets are cast to pred's dtype, so float32 in
+gives float32 out. NaN in pred propagates; nothing is clamped.
+
+Transcendentals and reductions go through `kernels.ops` (so deterministic mode covers them);
+structural operations (where, maximum, abs, take_along_axis) use the array module.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..config import number, one_of
+from ..errors import ConfigError, ShapeError
+from ..kernels import ops
+
+REGISTRY: dict[str, type["Loss"]] = {}
+
+
+def register(name: str):
+    """Class decorator: the loss class that builds configs of this `type`."""
+    def deco(cls):
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+    return deco
+
+
+def build(spec) -> "Loss":
+    """A loss from its type name, its config dict ({"type": ..., keys}) or an existing loss."""
+    if isinstance(spec, Loss):
+        return spec
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        raise ConfigError("loss", f"expected a loss name or an object with a \"type\", got {spec!r}")
+    if "type" not in spec:
+        raise ConfigError("loss.type", f"missing required key; expected one of {', '.join(REGISTRY)}")
+    name = spec["type"]
+    if not isinstance(name, str) or name not in REGISTRY:
+        raise ConfigError("loss.type", f"unknown loss {name!r}; expected one of {', '.join(REGISTRY)}")
+    return REGISTRY[name](**{k: v for k, v in spec.items() if k != "type"})
+
+
+# --- config checkers (each takes (value, path), returns the canonical value or raises) ------------
+
+def _class_index(v, path):
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ConfigError(path, f"expected an integer or null, got {v!r}")
+    return v
+
+
+def _optional_positive(v, path):
+    return None if v is None else number(0, lo_open=True)(v, path)
+
+
+_REDUCTION = ("reduction", one_of("mean", "sum"), "mean")
+
+
+class Loss:
+    """Base: parses keys against KEYS [(key, checker, default)], keeps the canonical config."""
+    name = "loss"
+    KEYS: tuple = (_REDUCTION,)
+
+    def __init__(self, **keys):
+        known = [k for k, _, _ in self.KEYS]
+        for key in keys:
+            if key not in known:
+                raise ConfigError(f"loss.{key}", f"unknown key for loss {self.name!r}; "
+                                                 f"expected one of type, {', '.join(known)}")
+        self._config = {"type": self.name}
+        for key, check, default in self.KEYS:
+            value = check(keys[key], f"loss.{key}") if key in keys else default
+            self._config[key] = value
+            setattr(self, key, value)
+
+    @property
+    def config(self) -> dict:
+        return dict(self._config)
+
+    def __repr__(self):
+        keys = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k != "type")
+        return f"{type(self).__name__}({keys})"
+
+    def __call__(self, pred, target):
+        xp = backend.of(pred).xp
+        if pred.dtype.kind != "f":
+            raise ShapeError(f"{self.name}: pred must be a floating-point array, got dtype {pred.dtype}")
+        return self.compute(pred, xp.asarray(target), xp)
+
+    def compute(self, pred, target, xp):
+        raise NotImplementedError
+
+    def reduce(self, pointwise, grad, count, xp):
+        """(value, dL/dpred) from the pointwise losses and their unreduced derivatives: "sum" adds,
+        every other reduction ("mean", "batchmean") divides by `count`."""
+        dtype = grad.dtype
+        total = ops.sum(pointwise)
+        if self.reduction == "sum":
+            return xp.asarray(total, dtype=dtype), grad
+        if count == 0:                    # PyTorch: a mean over nothing is NaN, its gradient zero
+            return xp.asarray(math.nan, dtype=dtype), xp.zeros_like(grad)
+        n = xp.asarray(count, dtype=dtype)
+        return xp.asarray(total / n, dtype=dtype), grad / n
+
+    # --- target checks shared by the subclasses ----------------------------------------------------
+
+    def same_shape_target(self, pred, target, xp):
+        """An elementwise target: pred's shape, any real dtype, cast to pred's dtype."""
+        if tuple(target.shape) != tuple(pred.shape):
+            raise ShapeError(f"{self.name}: target shape {tuple(target.shape)} does not match pred; "
+                             f"expected {tuple(pred.shape)}")
+        if target.dtype.kind not in "biuf":
+            raise ShapeError(f"{self.name}: target must be a real numeric array, got dtype {target.dtype}")
+        return target.astype(pred.dtype, copy=False)
+
+    def class_ids(self, pred, target, xp, ignore_index=None):
+        """Integer class ids over pred's last axis: (ids safe to index with, rows kept, count kept)."""
+        if pred.ndim == 0 or pred.shape[-1] == 0:
+            raise ShapeError(f"{self.name}: pred needs a class axis (last) of length >= 1, "
+                             f"got shape {tuple(pred.shape)}")
+        expected = tuple(pred.shape[:-1])
+        if tuple(target.shape) != expected:
+            raise ShapeError(f"{self.name}: class-id target shape {tuple(target.shape)} does not match "
+                             f"pred {tuple(pred.shape)}; expected {expected}")
+        if target.dtype.kind not in "iu":
+            raise ShapeError(f"{self.name}: class ids must be integers, got dtype {target.dtype} "
+                             f"(expected an integer array of shape {expected})")
+        n_classes = pred.shape[-1]
+        keep = xp.ones(expected, dtype=bool) if ignore_index is None else target != ignore_index
+        bad = keep & ((target < 0) | (target >= n_classes))
+        if bool(xp.any(bad)):
+            where = tuple(int(i) for i in xp.argwhere(bad)[0])
+            raise ShapeError(f"{self.name}: class id {int(target[where])} at target index {list(where)} is "
+                             f"out of range; expected 0 <= id < {n_classes}"
+                             + ("" if ignore_index is None else f" or the ignore_index {ignore_index}"))
+        ids = xp.where(keep, target, 0).astype(xp.int64)
+        return ids, keep, int(ops.sum(keep.astype(xp.int64)))
+
+
+def _onehot(ids, n_classes, xp):
+    """Boolean [..., C]: True at each row's class id."""
+    return xp.arange(n_classes) == ids[..., None]
+
+
+def _log_softmax(x, xp):
+    """log softmax over the last axis, shifted by the row max so that exp never overflows."""
+    z = x - xp.max(x, axis=-1, keepdims=True)
+    return z - ops.log(ops.sum(ops.exp(z), axis=-1, keepdims=True))
+
+
+# --- regression ------------------------------------------------------------------------------------
+
+@register("mse")
+class MSE(Loss):
+    """(pred - target)^2 per element."""
+
+    def compute(self, pred, target, xp):
+        r = pred - self.same_shape_target(pred, target, xp)
+        return self.reduce(r * r, 2 * r, r.size, xp)
+
+
+@register("mae")
+class MAE(Loss):
+    """|pred - target| per element; the gradient is sign(r), 0 at r == 0 (as torch)."""
+
+    def compute(self, pred, target, xp):
+        r = pred - self.same_shape_target(pred, target, xp)
+        return self.reduce(xp.abs(r), xp.sign(r), r.size, xp)
+
+
+@register("huber")
+class Huber(Loss):
+    """0.5 r^2 where |r| < delta, else delta (|r| - 0.5 delta) (torch's HuberLoss)."""
+    KEYS = (_REDUCTION, ("delta", number(0, lo_open=True), 1.0))
+
+    def compute(self, pred, target, xp):
+        r = pred - self.same_shape_target(pred, target, xp)
+        a = xp.abs(r)
+        d = self.delta
+        pointwise = xp.where(a < d, 0.5 * r * r, d * (a - 0.5 * d))
+        return self.reduce(pointwise, xp.clip(r, -d, d), r.size, xp)
+
+
+# --- classification --------------------------------------------------------------------------------
+
+@register("cross_entropy")
+class CrossEntropy(Loss):
+    """-sum_c q_c log softmax(pred)_c per row, q = (1 - eps) target + eps / C.
+
+    target: integer class ids of shape pred.shape[:-1] (rows equal to ignore_index contribute nothing
+    and are not counted by "mean"), or float probabilities / one-hot of pred's shape (ignore_index
+    does not apply to them, as in torch).
+    """
+    KEYS = (_REDUCTION,
+            ("label_smoothing", number(0, 1, hi_open=True), 0.0),
+            ("ignore_index", _class_index, None))
+
+    def compute(self, pred, target, xp):
+        if pred.ndim >= 1 and tuple(target.shape) == tuple(pred.shape):
+            return self._probabilities(pred, target, xp)
+        return self._class_ids(pred, target, xp)
+
+    def _class_ids(self, pred, target, xp):
+        ids, keep, count = self.class_ids(pred, target, xp, self.ignore_index)
+        n_classes = pred.shape[-1]
+        eps = self.label_smoothing
+        logp = _log_softmax(pred, xp)
+        row = -xp.take_along_axis(logp, ids[..., None], axis=-1)[..., 0]
+        if eps:
+            row = (1 - eps) * row - (eps / n_classes) * ops.sum(logp, axis=-1)
+        grad = ops.exp(logp) - eps / n_classes                     # softmax - q
+        grad = xp.where(_onehot(ids, n_classes, xp), grad - (1 - eps), grad)
+        row = xp.where(keep, row, 0)
+        grad = xp.where(keep[..., None], grad, 0)
+        return self.reduce(row, grad, count, xp)
+
+    def _probabilities(self, pred, target, xp):
+        if target.dtype.kind != "f":
+            raise ShapeError(f"{self.name}: probability targets of shape {tuple(target.shape)} must be "
+                             f"floating point, got dtype {target.dtype} (class ids have shape "
+                             f"{tuple(pred.shape[:-1])})")
+        q = target.astype(pred.dtype, copy=False)
+        n_classes = pred.shape[-1]
+        if self.label_smoothing:
+            q = (1 - self.label_smoothing) * q + self.label_smoothing / n_classes
+        logp = _log_softmax(pred, xp)
+        row = -ops.sum(q * logp, axis=-1)
+        # d/dx of -sum_c q_c log p_c is p * sum(q) - q: targets need not sum to one.
+        grad = ops.exp(logp) * ops.sum(q, axis=-1, keepdims=True) - q
+        return self.reduce(row, grad, row.size, xp)
+
+
+@register("nll")
+class NLL(Loss):
+    """-pred[target] per row: pred holds log-probabilities over the last axis (torch's nll_loss)."""
+    KEYS = (_REDUCTION, ("ignore_index", _class_index, None))
+
+    def compute(self, pred, target, xp):
+        ids, keep, count = self.class_ids(pred, target, xp, self.ignore_index)
+        row = xp.where(keep, -xp.take_along_axis(pred, ids[..., None], axis=-1)[..., 0], 0)
+        pick = _onehot(ids, pred.shape[-1], xp) & keep[..., None]
+        return self.reduce(row, -pick.astype(pred.dtype), count, xp)
+
+
+@register("binary_cross_entropy")
+class BinaryCrossEntropy(Loss):
+    """From logits x, per element: max(x, 0) - x t + log1p(e^-|x|); with pos_weight p (torch's
+    BCEWithLogitsLoss): (1 - t) x + (1 + (p - 1) t) (log1p(e^-|x|) + max(-x, 0))."""
+    KEYS = (_REDUCTION, ("pos_weight", _optional_positive, None))
+
+    def compute(self, pred, target, xp):
+        t = self.same_shape_target(pred, target, xp)
+        log1p_exp = ops.log1p(ops.exp(-xp.abs(pred)))     # never overflows
+        if self.pos_weight is None:
+            pointwise = xp.maximum(pred, 0) - pred * t + log1p_exp
+            grad = ops.sigmoid(pred) - t
+        else:
+            w = 1 + (self.pos_weight - 1) * t
+            pointwise = (1 - t) * pred + w * (log1p_exp + xp.maximum(-pred, 0))
+            grad = (1 - t) - w * ops.sigmoid(-pred)
+        return self.reduce(pointwise, grad, pred.size, xp)
+
+
+@register("kl_div")
+class KLDiv(Loss):
+    """t (log t - pred) per element, 0 where t == 0 (torch's KLDivLoss: pred log-probabilities,
+    target probabilities). "mean" divides by the element count, "batchmean" by pred.shape[0]."""
+    KEYS = (("reduction", one_of("mean", "sum", "batchmean"), "mean"),)
+
+    def compute(self, pred, target, xp):
+        t = self.same_shape_target(pred, target, xp)
+        t_log_t = t * ops.log(xp.where(t > 0, t, 1))               # 0 log 0 = 0
+        t_log_t = xp.where(t < 0, xp.asarray(math.nan, dtype=t.dtype), t_log_t)   # as torch's xlogy
+        pointwise = t_log_t - t * pred
+        if self.reduction != "batchmean":
+            return self.reduce(pointwise, -t, pred.size, xp)
+        if pred.ndim == 0:
+            raise ShapeError(f"{self.name}: reduction 'batchmean' needs a batch axis, got a 0-d pred")
+        return self.reduce(pointwise, -t, pred.shape[0], xp)
+
+
+NAMES: tuple[str, ...] = tuple(REGISTRY)

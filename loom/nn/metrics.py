@@ -1,0 +1,552 @@
+"""Evaluation metrics on host NumPy arrays: classification scores, regression errors, the deviation
+metric (7 buckets, quality score, worst samples), full reports and training curves.
+
+Every function is a pure function of its arrays. Sums over samples use `math.fsum` (exact, then
+rounded once), so a metric does not depend on the order or batching of the samples it sums.
+Definitions: docs/evaluation.md.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import ConfigError, LoomError, ShapeError
+
+EPS = 1e-9                       # below this |target|, deviation uses the absolute error
+WORST_K = 10
+BUCKET_EDGES = (10.0, 20.0, 30.0, 40.0, 50.0, 100.0)
+BUCKETS = ("0-10%", "10-20%", "20-30%", "30-40%", "40-50%", "50-100%", "100%+")
+PROB_ATOL = 1e-3                 # rows summing to 1 within this are read as probabilities
+CONFUSION_MAX_CLASSES = 1024     # evaluate() skips the [C, C] matrix above this
+_CHUNK = 1 << 22                 # elements per chunk when ranking scores
+
+
+# ---------------------------------------------------------------- input checks
+
+def _numeric(x, name: str) -> np.ndarray:
+    a = np.asarray(x)
+    if a.dtype.kind not in "biuf":
+        raise ShapeError(f"{name}: expected a numeric array, got dtype {a.dtype}")
+    return a
+
+
+def _labels(x, name: str = "labels") -> np.ndarray:
+    """Integer class labels as int64. Floats are accepted only when every value is a whole number."""
+    a = _numeric(x, name)
+    if a.dtype.kind in "iu":
+        return a.astype(np.int64)
+    if a.dtype.kind == "f":
+        bad = ~np.isfinite(a) | (a != np.round(a))
+        if not bad.any():
+            return a.astype(np.int64)
+        where = np.unravel_index(int(np.argmax(bad)), a.shape)
+        raise ShapeError(f"{name}: expected integer class labels, got {a[where].item()!r} at index "
+                         f"{tuple(int(i) for i in where)} (dtype {a.dtype})")
+    raise ShapeError(f"{name}: expected integer class labels, got dtype {a.dtype}")
+
+
+def _check_range(y: np.ndarray, classes: int, name: str) -> None:
+    bad = (y < 0) | (y >= classes)
+    if bad.any():
+        i = int(np.argmax(bad.reshape(-1)))
+        raise ShapeError(f"{name}: expected class indices in [0, {classes}), got {int(y.reshape(-1)[i])} "
+                         f"at flat index {i}")
+
+
+def _scores(scores, labels):
+    """-> scores [n, C] float64 (NaN read as -inf), labels [n] int64, label shape.
+    `labels` may also be one-hot / soft targets shaped like `scores` (argmax taken)."""
+    s = _numeric(scores, "scores").astype(np.float64)
+    if s.ndim < 1:
+        raise ShapeError("scores: expected shape [..., classes], got a scalar")
+    raw = np.asarray(labels)
+    y = np.argmax(raw, axis=-1) if raw.shape == s.shape and s.ndim >= 2 else _labels(raw)
+    if y.shape != s.shape[:-1]:
+        raise ShapeError(f"labels: expected shape {s.shape[:-1]} (scores {s.shape} without the class "
+                         f"axis) or {s.shape} (one-hot), got {raw.shape}")
+    classes = s.shape[-1]
+    if classes < 2:
+        raise ShapeError(f"scores: expected at least 2 classes on the last axis, got shape {s.shape}")
+    if y.size == 0:
+        raise ShapeError(f"labels: expected at least one sample, got shape {y.shape}")
+    _check_range(y, classes, "labels")
+    s = np.where(np.isnan(s), -np.inf, s).reshape(-1, classes)
+    return s, y.reshape(-1).astype(np.int64), y.shape
+
+
+def _paired(pred, target):
+    """Regression pair -> float64 arrays of one shape, batch first. A trailing size-1 axis on one side
+    is tolerated ([N, 1] vs [N]); anything else that differs is a ShapeError."""
+    p = np.atleast_1d(_numeric(pred, "pred")).astype(np.float64)
+    t = np.atleast_1d(_numeric(target, "target")).astype(np.float64)
+    if p.shape != t.shape:
+        if p.shape == t.shape + (1,) or t.shape == p.shape + (1,):
+            t = t.reshape(p.shape)
+        else:
+            raise ShapeError(f"target: expected shape {p.shape} (same as pred), got {t.shape}")
+    if p.shape[0] == 0 or p.size == 0:
+        raise ShapeError(f"pred: expected at least one sample with at least one value, got shape {p.shape}")
+    return p, t
+
+
+def _mean(values) -> float:
+    values = np.asarray(values, dtype=np.float64).reshape(-1)
+    return math.fsum(values.tolist()) / values.size
+
+
+# ---------------------------------------------------------------- classification
+
+def _true_rank(s: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Rank of the true class in each row, 0 = best. A class with an equal score and a lower index
+    ranks ahead (ties toward the lower class index, like np.argmax)."""
+    n, classes = s.shape
+    rank = np.empty(n, dtype=np.int64)
+    idx = np.arange(classes)
+    step = max(1, _CHUNK // classes)
+    for a in range(0, n, step):
+        sc, yc = s[a:a + step], y[a:a + step]
+        true = sc[np.arange(len(yc)), yc][:, None]
+        rank[a:a + step] = (sc > true).sum(1) + ((sc == true) & (idx < yc[:, None])).sum(1)
+    return rank
+
+
+def top_k_accuracy(scores, labels, k: int) -> float:
+    """Fraction of samples whose true class is among the k highest scores (ties toward the lower
+    class index). k >= classes gives 1.0."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError("k", f"expected an integer >= 1, got {k!r}")
+    s, y, _ = _scores(scores, labels)
+    return int((_true_rank(s, y) < k).sum()) / len(y)
+
+
+def accuracy(logits_or_probs, labels) -> float:
+    """Fraction of samples whose argmax over the last axis equals the integer label."""
+    return top_k_accuracy(logits_or_probs, labels, 1)
+
+
+def confusion_matrix(pred_labels, labels, classes: int) -> np.ndarray:
+    """int64 [classes, classes]; cm[i, j] counts samples of true class i predicted as j. `pred_labels`
+    are integer labels shaped like `labels`, or scores with one more (class) axis."""
+    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
+        raise ConfigError("classes", f"expected an integer >= 1, got {classes!r}")
+    p = np.asarray(pred_labels)
+    y = _labels(labels)
+    if p.ndim == y.ndim + 1 and p.dtype.kind == "f":
+        s, y, _ = _scores(p, y)
+        p = np.argmax(s, axis=1)
+        if s.shape[1] != classes:
+            raise ShapeError(f"pred_labels: expected {classes} classes on the last axis, got {s.shape[1]}")
+    else:
+        p = _labels(p, "pred_labels")
+        if p.shape != y.shape:
+            raise ShapeError(f"pred_labels: expected shape {y.shape} (same as labels), got {p.shape}")
+    _check_range(y, classes, "labels")
+    _check_range(p, classes, "pred_labels")
+    flat = y.reshape(-1) * classes + p.reshape(-1)
+    return np.bincount(flat, minlength=classes * classes).astype(np.int64).reshape(classes, classes)
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    num = np.asarray(num, dtype=np.float64)
+    den = np.asarray(den, dtype=np.float64)
+    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+
+
+def precision_recall_f1(cm) -> dict:
+    """Per-class precision, recall, F1 and support from a confusion matrix (rows = true), with macro
+    and support-weighted averages. 0 where a ratio is undefined (sklearn's zero_division=0); the macro
+    average runs over the classes that occur as a true or a predicted label (sklearn's default)."""
+    cm = np.asarray(cm)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.dtype.kind not in "iu":
+        raise ShapeError(f"cm: expected a square integer matrix [classes, classes], got shape "
+                         f"{cm.shape} dtype {cm.dtype}")
+    tp = np.diag(cm).astype(np.int64)
+    return _prf_counts(tp, cm.sum(0).astype(np.int64), cm.sum(1).astype(np.int64))
+
+
+def _prf_counts(tp, predicted, support) -> dict:
+    """precision_recall_f1 from the diagonal and the column/row sums (no [C, C] matrix needed)."""
+    tp, predicted, support = (np.asarray(a, dtype=np.int64) for a in (tp, predicted, support))
+    precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+    f1 = _ratio(2 * tp, support + predicted)          # = 2PR/(P+R), and 0 when tp = 0
+    seen = (support + predicted) > 0
+    total = int(support.sum())
+    out = {"precision": precision, "recall": recall, "f1": f1, "support": support,
+           "accuracy": int(tp.sum()) / total if total else 0.0}
+    for avg, w in (("macro", seen.astype(np.float64)), ("weighted", support.astype(np.float64))):
+        wsum = math.fsum(w.tolist())
+        out[avg] = {m: (math.fsum((out[m] * w).tolist()) / wsum if wsum else 0.0)
+                    for m in ("precision", "recall", "f1")}
+    return out
+
+
+def _probabilities(s: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Rows already in [0, 1] summing to 1 are probabilities; anything else gets a stable softmax."""
+    if np.isfinite(s).all() and s.min() >= 0 and s.max() <= 1 \
+            and np.all(np.abs(s.sum(1) - 1) <= PROB_ATOL):
+        return s, True
+    with np.errstate(invalid="ignore", over="ignore"):
+        e = np.exp(s - s.max(1, keepdims=True))
+        p = e / e.sum(1, keepdims=True)
+    return np.nan_to_num(p, nan=0.0), False
+
+
+# ---------------------------------------------------------------- regression and deviation
+
+def _abs_err(pred, target) -> np.ndarray:
+    p, t = _paired(pred, target)
+    return np.abs(p - t)
+
+
+def mae(pred, target) -> float:
+    return _mean(_abs_err(pred, target))
+
+
+def mse(pred, target) -> float:
+    return _mean(_abs_err(pred, target) ** 2)
+
+
+def rmse(pred, target) -> float:
+    return math.sqrt(mse(pred, target))
+
+
+def _number(x):
+    """A Python float (or list of floats) for reports."""
+    x = np.asarray(x, dtype=np.float64)
+    return float(x.reshape(-1)[0]) if x.size == 1 else x.reshape(-1).tolist()
+
+
+@dataclass
+class Deviation:
+    """The deviation metric: per-sample percent deviation, its 7 buckets, quality score, worst samples."""
+    per_sample: np.ndarray   # [N] float64, percent (NaN where pred or target was non-finite)
+    pred: np.ndarray         # [N, ...] float64
+    target: np.ndarray
+    k: int = WORST_K
+
+    @property
+    def samples(self) -> int:
+        return len(self.per_sample)
+
+    @property
+    def mean(self) -> float:
+        """Average deviation in percent (NaN if any sample's deviation is NaN)."""
+        return _mean(self.per_sample)
+
+    @property
+    def score(self) -> float:
+        """Quality score 0-100: mean of max(0, 100 - deviation); a NaN sample scores 0."""
+        d = self.per_sample
+        return _mean(np.where(np.isnan(d), 0.0, np.maximum(0.0, 100.0 - d)))
+
+    def _bucket_of(self) -> np.ndarray:
+        # side="right": a value on an edge goes to the bucket above ([a, b)); NaN sorts past 100
+        return np.searchsorted(np.array(BUCKET_EDGES), self.per_sample, side="right")
+
+    @property
+    def buckets(self) -> list[dict]:
+        counts = np.bincount(self._bucket_of(), minlength=len(BUCKETS))
+        return [{"range": name, "count": int(c), "percent": 100.0 * int(c) / self.samples}
+                for name, c in zip(BUCKETS, counts)]
+
+    @property
+    def failures(self) -> int:
+        """Samples in the 100%+ bucket (deviation >= 100 or NaN)."""
+        return self.buckets[-1]["count"]
+
+    def samples_in_bucket(self, name: str) -> np.ndarray:
+        if name not in BUCKETS:
+            raise ConfigError("bucket", f"expected one of {list(BUCKETS)}, got {name!r}")
+        return np.flatnonzero(self._bucket_of() == BUCKETS.index(name))
+
+    def worst_samples(self, k: int | None = None) -> list[dict]:
+        """The k samples with the largest deviation, largest first (NaN first; ties by index)."""
+        k = self.k if k is None else k
+        key = np.where(np.isnan(self.per_sample), np.inf, self.per_sample)
+        order = np.argsort(-key, kind="stable")[:k]
+        return [{"index": int(i), "prediction": _number(self.pred[i]), "target": _number(self.target[i]),
+                 "deviation": float(self.per_sample[i])} for i in order]
+
+    @property
+    def worst(self) -> list[dict]:
+        return self.worst_samples()
+
+    def to_dict(self) -> dict:
+        return _jsonable({"samples": self.samples, "mean_deviation": self.mean, "quality_score": self.score,
+                          "failures": self.failures, "buckets": self.buckets, "worst": self.worst})
+
+    def summary(self) -> str:
+        return "\n".join(_deviation_lines(self))
+
+
+def deviation(pred, target, k: int = WORST_K) -> Deviation:
+    """Per element: 100 * |pred - target| / |target|, or 100 * |pred - target| where |target| < EPS;
+    per sample: the mean over its output elements (all axes after the first)."""
+    p, t = _paired(pred, target)
+    err, mag = np.abs(p - t), np.abs(t)
+    with np.errstate(invalid="ignore"):
+        dev = np.where(mag >= EPS, err * 100.0 / np.where(mag >= EPS, mag, 1.0), err * 100.0)
+    per_sample = dev.reshape(len(dev), -1).mean(axis=1)
+    return Deviation(per_sample, p, t, k)
+
+
+def top5(scores, labels) -> float:
+    return top_k_accuracy(scores, labels, 5)
+
+
+# name -> fn(pred, target) -> float, for loom.train(metrics=[...])
+METRICS = {"accuracy": accuracy, "top5": top5, "mae": mae, "rmse": rmse, "mse": mse}
+
+
+# ---------------------------------------------------------------- reports
+
+def _jsonable(x):
+    """Python scalars/lists only; non-finite floats become None (strict JSON has no NaN)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    return x
+
+
+def _write_atomic(path, data: bytes) -> None:
+    """Write to a temp file in the same directory, fsync, then os.replace: readers see the old file or
+    the whole new one, never a part."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
+                               prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class _Report:
+    """Shared by the two reports, which define to_dict() and summary()."""
+
+    def __str__(self) -> str:
+        return self.summary()
+
+    def to_json(self, path) -> None:
+        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
+        _write_atomic(path, text.encode("utf-8"))
+
+
+def _fmt(v, digits: int = 4) -> str:
+    if isinstance(v, list):
+        shown = ", ".join(_fmt(x, digits) for x in v[:4])
+        return f"[{shown}{', ...' if len(v) > 4 else ''}]"
+    return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
+
+
+def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
+    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
+    return [indent + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
+
+
+def _deviation_lines(d: Deviation) -> list[str]:
+    pct = lambda v: "nan" if not math.isfinite(v) else f"{v:.2f}%"  # noqa: E731
+    out = [f"Quality score      : {d.score:.2f}/100", f"Average deviation  : {pct(d.mean)}",
+           f"Failures (>= 100%) : {d.failures} ({100.0 * d.failures / d.samples:.1f}%)", "",
+           "Deviation distribution:"]
+    for b in d.buckets:
+        bar = "█" * int(round(b["percent"] / 2))
+        out.append(f"  {b['range']:>7}: {b['count']:>6} samples ({b['percent']:5.1f}%) {bar}".rstrip())
+    rows = [[str(r + 1), str(w["index"]), _fmt(w["target"]), _fmt(w["prediction"]), pct(w["deviation"])]
+            for r, w in enumerate(d.worst)]
+    out += ["", f"Worst {len(rows)} samples (largest deviation):"]
+    out += _table(["rank", "index", "target", "prediction", "deviation"], rows)
+    out += ["", "Samples by bucket (first indices):"]
+    for name in BUCKETS:
+        idx = d.samples_in_bucket(name)
+        if len(idx):
+            more = f" ... ({len(idx) - 5} more)" if len(idx) > 5 else ""
+            out.append(f"  {name:>7}: {idx[:5].tolist()}{more}")
+    return out
+
+
+@dataclass
+class RegressionReport(_Report):
+    samples: int
+    outputs: int             # values per sample
+    mae: float
+    mse: float
+    rmse: float
+    deviation: Deviation
+
+    def to_dict(self) -> dict:
+        return _jsonable({"task": "regression", "samples": self.samples, "outputs": self.outputs,
+                          "mae": self.mae, "mse": self.mse, "rmse": self.rmse,
+                          "deviation": self.deviation.to_dict()})
+
+    def summary(self) -> str:
+        out = ["=== Regression report ===", f"Samples            : {self.samples}",
+               f"Outputs per sample : {self.outputs}", f"MAE                : {_fmt(self.mae, 6)}",
+               f"RMSE               : {_fmt(self.rmse, 6)}"]
+        return "\n".join(out + _deviation_lines(self.deviation))
+
+
+@dataclass
+class ClassificationReport(_Report):
+    samples: int
+    classes: int
+    correct: int
+    accuracy: float
+    top5: float | None                 # only when classes > 5
+    confusion: np.ndarray | None       # None when classes > CONFUSION_MAX_CLASSES
+    prf: dict                          # precision_recall_f1() of the predictions
+    worst: list[dict]                  # index, label, predicted, p_true
+    input: str                         # "probabilities" or "logits"
+    nonfinite_rows: int
+
+    def to_dict(self) -> dict:
+        return _jsonable({
+            "task": "classification", "samples": self.samples, "classes": self.classes,
+            "accuracy": self.accuracy, "top5": self.top5, "input": self.input,
+            "nonfinite_rows": self.nonfinite_rows,
+            "confusion_matrix": self.confusion,
+            "per_class": {m: self.prf[m] for m in ("precision", "recall", "f1", "support")},
+            "macro": self.prf["macro"], "weighted": self.prf["weighted"], "worst": self.worst})
+
+    def summary(self) -> str:
+        f4 = lambda v: f"{v:.4f}"  # noqa: E731
+        out = ["=== Classification report ===", f"Samples        : {self.samples}",
+               f"Classes        : {self.classes}",
+               f"Input read as  : {self.input}" + (" (softmax applied)" if self.input == "logits" else ""),
+               f"Accuracy       : {f4(self.accuracy)}  ({self.correct}/{self.samples})"]
+        if self.top5 is not None:
+            out.append(f"Top-5 accuracy : {f4(self.top5)}")
+        out += [f"Macro F1       : {f4(self.prf['macro']['f1'])}",
+                f"Weighted F1    : {f4(self.prf['weighted']['f1'])}"]
+        if self.nonfinite_rows:
+            out.append(f"WARNING        : {self.nonfinite_rows} rows hold NaN/Inf scores (NaN read as -inf)")
+        p = self.prf
+        rows = [[str(c), f4(p["precision"][c]), f4(p["recall"][c]), f4(p["f1"][c]), str(p["support"][c])]
+                for c in range(self.classes)] if self.classes <= 30 else []
+        rows += [[a, f4(p[a]["precision"]), f4(p[a]["recall"]), f4(p[a]["f1"]), str(self.samples)]
+                 for a in ("macro", "weighted")]
+        out += ["", "Per class" + ("" if self.classes <= 30 else " (rows in to_dict(); averages here)") + ":"]
+        out += _table(["class", "precision", "recall", "f1", "support"], rows)
+        if self.confusion is not None and self.classes <= 20:
+            out += ["", "Confusion matrix (rows = true class, columns = predicted):"]
+            out += _table(["true\\pred"] + [str(c) for c in range(self.classes)],
+                          [[str(i)] + [str(v) for v in row] for i, row in enumerate(self.confusion.tolist())])
+        rows = [[str(r + 1), str(w["index"]), str(w["label"]), str(w["predicted"]), f4(w["p_true"])]
+                for r, w in enumerate(self.worst)]
+        out += ["", f"Worst {len(rows)} samples (lowest probability of the true class):"]
+        out += _table(["rank", "index", "true", "predicted", "p(true)"], rows)
+        return "\n".join(out)
+
+
+def _classification(pred, target, k: int) -> ClassificationReport:
+    raw = _numeric(pred, "pred")
+    s, y, label_shape = _scores(raw, target)
+    n, classes = s.shape
+    rank = _true_rank(s, y)
+    predicted = np.argmax(s, axis=1)          # NaN already read as -inf; first maximum wins
+    if classes <= CONFUSION_MAX_CLASSES:
+        cm = confusion_matrix(predicted, y, classes)
+        prf = precision_recall_f1(cm)
+    else:                                     # same numbers from O(C) counts, without the [C, C] matrix
+        cm = None
+        prf = _prf_counts(np.bincount(y[predicted == y], minlength=classes),
+                          np.bincount(predicted, minlength=classes), np.bincount(y, minlength=classes))
+    probs, is_prob = _probabilities(s)
+    p_true = probs[np.arange(n), y]
+    order = np.argsort(p_true, kind="stable")[:k]
+    index = (lambda i: int(i)) if len(label_shape) <= 1 else \
+        (lambda i: [int(v) for v in np.unravel_index(i, label_shape)])
+    worst = [{"index": index(i), "label": int(y[i]), "predicted": int(predicted[i]),
+              "p_true": float(p_true[i])} for i in order]
+    correct = int((rank < 1).sum())
+    return ClassificationReport(
+        samples=n, classes=classes, correct=correct, accuracy=correct / n,
+        top5=int((rank < 5).sum()) / n if classes > 5 else None, confusion=cm, prf=prf, worst=worst,
+        input="probabilities" if is_prob else "logits",
+        nonfinite_rows=int((~np.isfinite(raw.reshape(-1, classes))).any(1).sum()))
+
+
+def evaluate(pred, target, task: str | None = None, k: int = WORST_K) -> _Report:
+    """A full report. task=None infers: pred with one more axis than target (of at least 2 classes)
+    and integer labels (an integer dtype, or floats that are all whole numbers, as CSV files give) is
+    classification; anything else regression."""
+    if task is None:
+        p, t = np.asarray(pred), np.asarray(target)
+        whole = t.dtype.kind in "iu" or (t.dtype.kind == "f" and bool(np.all(np.isfinite(t) & (t == np.round(t)))))
+        task = "classification" if p.ndim == t.ndim + 1 and p.shape[-1] >= 2 and whole else "regression"
+    if task == "classification":
+        return _classification(pred, target, k)
+    if task == "regression":
+        p, t = _paired(pred, target)
+        err = np.abs(p - t)
+        m = _mean(err ** 2)
+        return RegressionReport(samples=p.shape[0], outputs=p.size // p.shape[0], mae=_mean(err), mse=m,
+                                rmse=math.sqrt(m), deviation=deviation(p, t, k))
+    raise ConfigError("task", f"expected 'classification', 'regression' or None, got {task!r}")
+
+
+# ---------------------------------------------------------------- training curves
+
+def plot_history(history: dict, path) -> None:
+    """Training curves as a PNG: one panel per quantity ("loss", each metric), its "val_" twin on the
+    same axes, epochs on x. Needs the `plot` extra (matplotlib); written atomically."""
+    history = getattr(history, "logs", history)      # loom.train's History holds its dict in .logs
+    if not isinstance(history, dict) or not history:
+        raise ShapeError(f"history: expected a non-empty dict of name -> list of floats, got {history!r}")
+    curves = {}
+    for name, values in history.items():
+        v = np.asarray(values)
+        if v.ndim != 1 or v.size == 0 or v.dtype.kind not in "biuf":
+            raise ShapeError(f"history[{name!r}]: expected a non-empty list of numbers, got {values!r}")
+        curves[str(name)] = v.astype(np.float64)
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+        from matplotlib.ticker import MaxNLocator
+    except ImportError as e:
+        raise LoomError("plot_history needs matplotlib: pip install 'loom[plot]'") from e
+    panels = []
+    for name in curves:
+        base = name[4:] if name.startswith("val_") and name[4:] in curves else name
+        if base not in panels:
+            panels.append(base)
+    panels.sort(key=lambda b: b != "loss")          # loss first, the rest in history order
+    cols = min(3, len(panels))
+    rows = -(-len(panels) // cols)
+    fig = Figure(figsize=(4.5 * cols, 3.2 * rows), dpi=100)
+    FigureCanvasAgg(fig)
+    for i, base in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        for name in (base, "val_" + base):
+            if name in curves:
+                ax.plot(np.arange(1, len(curves[name]) + 1), curves[name], marker="o", markersize=3,
+                        label=name)
+        ax.set_title(base)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    _write_atomic(path, buf.getvalue())

@@ -1,0 +1,48 @@
+"""A one-line progress bar for training, on stderr.
+
+Hand-written rather than tqdm/rich because Loom's runtime dependencies are numpy and ml_dtypes only,
+and a training bar needs ~40 lines. On a terminal the line redraws in place (at most 10 times a
+second); elsewhere (CI logs, pipes) only the finished epoch's summary line is printed.
+"""
+from __future__ import annotations
+
+import sys
+import time
+
+_WIDTH = 24
+
+
+class Progress:
+    def __init__(self, title: str, total: int, enabled: bool = True, stream=None):
+        self.title, self.total, self.enabled = title, max(total, 1), enabled
+        self.stream = stream or sys.stderr
+        self.live = enabled and getattr(self.stream, "isatty", lambda: False)()
+        self.start = self.last = time.perf_counter()
+
+    def update(self, done: int, samples: int = 0, **values) -> None:
+        if not self.live:
+            return
+        now = time.perf_counter()
+        if now - self.last < 0.1 and done < self.total:
+            return
+        self.last = now
+        filled = _WIDTH * done // self.total
+        rate = samples / max(now - self.start, 1e-9)
+        text = " ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        self.stream.write(f"\r{self.title} [{'#' * filled}{'.' * (_WIDTH - filled)}] {done}/{self.total} "
+                          f"{text} {rate:,.0f} samples/s\033[K")
+        self.stream.flush()
+
+    def close(self, rate: float = 0.0, **values) -> None:
+        if not self.enabled:
+            return
+        text = " ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        seconds = time.perf_counter() - self.start
+        self.stream.write(f"{chr(13) if self.live else ''}{self.title} {text} | {rate:,.0f} samples/s, "
+                          f"{seconds:.1f}s\033[K\n" if self.live else
+                          f"{self.title} {text} | {rate:,.0f} samples/s, {seconds:.1f}s\n")
+        self.stream.flush()
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)

@@ -1,0 +1,293 @@
+"""loom.train: fit a network to (X, Y) with a loss and an optimizer, epoch by epoch.
+
+Everything that could make two runs differ comes from the counter RNG or is saved in checkpoints:
+the shuffle of epoch e is a pure function of (seed, e); dropout/gumbel noise follows the network's
+rng_counter; a checkpoint holds weights, buffers, optimizer state, rng_counter, the epoch reached,
+the history and the early-stopping state. So training N epochs straight and training k epochs,
+resuming from the checkpoint and training N - k more give bit-identical weights.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .. import rng
+from ..errors import ConfigError, ShapeError
+from . import losses, metrics, optim
+from .network import Network
+from .progress import Progress
+
+DEFAULTS = {"loss": "cross_entropy", "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": None, "epochs": 10,
+            "batch_size": 32, "validation": None, "seed": 0, "metrics": None, "early_stopping": None,
+            "shuffle": True}
+
+
+@dataclass
+class History:
+    """Per-epoch logs: history["loss"], history["val_loss"], history["accuracy"], history["lr"], ..."""
+    logs: dict[str, list[float]] = field(default_factory=dict)
+    epochs: int = 0
+    stopped_early: bool = False
+
+    def __getitem__(self, key):
+        return self.logs[key]
+
+    def __contains__(self, key):
+        return key in self.logs
+
+    def keys(self):
+        return self.logs.keys()
+
+    def add(self, logs: dict) -> None:
+        for k, v in logs.items():
+            self.logs.setdefault(k, []).append(float(v))
+        self.epochs += 1
+
+
+@dataclass
+class EarlyStopping:
+    """Stop when `monitor` has not improved by more than min_delta for `patience` epochs; optionally
+    put back the best epoch's weights."""
+    monitor: str = "val_loss"
+    patience: int = 3
+    min_delta: float = 0.0
+    mode: str = "min"
+    restore_best: bool = True
+    best: float | None = None
+    wait: int = 0
+    best_state: dict | None = None
+
+    @classmethod
+    def build(cls, spec) -> "EarlyStopping | None":
+        if spec is None or spec is False:
+            return None
+        if spec is True:
+            spec = {}
+        if not isinstance(spec, dict):
+            raise ConfigError("early_stopping", f"expected an object or true, got {spec!r}")
+        unknown = set(spec) - {"monitor", "patience", "min_delta", "mode", "restore_best"}
+        if unknown:
+            raise ConfigError(f"early_stopping.{sorted(unknown)[0]}", "unknown key; expected monitor, patience, "
+                              "min_delta, mode, restore_best")
+        out = cls(**spec)
+        if out.mode not in ("min", "max"):
+            raise ConfigError("early_stopping.mode", f"expected min or max, got {out.mode!r}")
+        return out
+
+    def update(self, logs: dict, net: Network) -> bool:
+        """Record this epoch; True when training should stop."""
+        if self.monitor not in logs:
+            raise ConfigError("early_stopping.monitor", f"{self.monitor!r} is not logged; logged: {sorted(logs)}")
+        value = logs[self.monitor]
+        better = self.best is None or (value < self.best - self.min_delta if self.mode == "min"
+                                       else value > self.best + self.min_delta)
+        if better:
+            self.best, self.wait = value, 0
+            if self.restore_best:
+                self.best_state = {k: net.backend.to_numpy(v).copy() for k, v in net.state_dict().items()}
+            return False
+        self.wait += 1
+        return self.wait >= self.patience
+
+    def to_json(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+
+def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=None, batch_size=None,
+          validation=None, seed=None, verbose=True, metrics=None, callbacks=(), early_stopping=None,
+          checkpoint=None, resume=None, shuffle=None) -> History:
+    """Train `net` on inputs X and targets Y (arrays with the batch first).
+
+    Arguments left as None come from the config's "training" block, then from DEFAULTS:
+    loss="cross_entropy", optimizer={"type": "adam", "lr": 1e-3}, epochs=10, batch_size=32, seed=0.
+    validation: (X_val, Y_val) or a fraction of (X, Y) held out (the last part after a seeded shuffle).
+    metrics: names from loom.nn.metrics.METRICS, logged for training and validation.
+    callbacks: callables cb(epoch, logs) run after each epoch; returning True stops training.
+    early_stopping: {"monitor": "val_loss", "patience": 3, "min_delta": 0, "mode": "min", "restore_best": true}.
+    checkpoint: a model-file path rewritten (atomically) after every epoch with the full training state;
+    resume: such a path to continue from (the network must have the same config).
+    """
+    settings = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
+                                   batch_size=batch_size, validation=validation, seed=seed, metrics=metrics,
+                                   early_stopping=early_stopping, shuffle=shuffle))
+    X, Y = _as_arrays(net, X, Y)
+    Xv, Yv, X, Y = _validation(settings["validation"], X, Y, settings["seed"])
+    loss_fn = losses.build(settings["loss"])
+    opt_spec = dict(settings["optimizer"]) if isinstance(settings["optimizer"], dict) else {"type": settings["optimizer"]}
+    if settings["schedule"] is not None:
+        opt_spec["schedule"] = settings["schedule"]
+    opt = optim.build(opt_spec, net.parameters())
+    metric_fns = _metric_fns(settings["metrics"])
+    stopper = EarlyStopping.build(settings["early_stopping"])
+    history, start = History(), 0
+    if resume is not None:
+        start = _resume(resume, net, opt, history, stopper)
+
+    epochs, bs, n = settings["epochs"], settings["batch_size"], len(X)
+    batches = math.ceil(n / bs)
+    for epoch in range(start, epochs):
+        t0 = time.perf_counter()
+        order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
+        bar = Progress(f"epoch {epoch + 1}/{epochs}", batches, enabled=verbose)
+        net.train()
+        total, seen, outs = 0.0, 0, []
+        for b in range(batches):
+            idx = order[b * bs:(b + 1) * bs]
+            xb, yb = net.backend.asarray(X[idx]), net.backend.asarray(Y[idx])
+            pred = net.forward(xb)
+            value, grad = loss_fn(pred, yb)
+            net.zero_grad()
+            net.backward(grad)
+            opt.step(net.gradients())
+            total += float(value) * len(idx)
+            seen += len(idx)
+            if metric_fns:
+                outs.append((net.backend.to_numpy(pred), Y[idx]))
+            bar.update(b + 1, loss=total / seen, samples=seen)
+        net.eval()
+        logs = {"loss": total / seen}
+        if metric_fns:
+            P, T = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+            logs.update({name: fn(P, T) for name, fn in metric_fns.items()})
+        if Xv is not None:
+            logs.update(_evaluate(net, loss_fn, metric_fns, Xv, Yv, bs, prefix="val_"))
+        logs["lr"] = opt.lr if opt.schedule is None else opt.schedule(max(opt.steps - 1, 0))
+        logs["seconds"] = time.perf_counter() - t0
+        history.add(logs)
+        bar.close(**{k: v for k, v in logs.items() if k not in ("lr", "seconds")},
+                  rate=seen / max(logs["seconds"], 1e-9))
+        stop = stopper.update(logs, net) if stopper else False
+        for cb in callbacks or ():
+            stop = bool(cb(epoch, dict(logs))) or stop
+        if checkpoint is not None:
+            _save_checkpoint(checkpoint, net, opt, history, stopper, epoch + 1, settings)
+        if stop:
+            history.stopped_early = True
+            break
+    if stopper and stopper.restore_best and stopper.best_state is not None:
+        net.load_state_dict(stopper.best_state)
+    return history
+
+
+def evaluate(net: Network, X, Y, loss="cross_entropy", metrics_names=("accuracy",), batch_size=256) -> dict:
+    """Loss and metrics of `net` (in eval mode) over (X, Y)."""
+    X, Y = _as_arrays(net, X, Y)
+    net.eval()
+    return _evaluate(net, losses.build(loss), _metric_fns(metrics_names), X, Y, batch_size, prefix="")
+
+
+def predict(net: Network, X, batch_size=256):
+    """Outputs for X in eval mode, computed in batches, as one host array."""
+    net.eval()
+    outs = [net.backend.to_numpy(net.forward(net.backend.asarray(X[i:i + batch_size])))
+            for i in range(0, len(X), batch_size)]
+    return np.concatenate(outs)
+
+
+# --- pieces -----------------------------------------------------------------------------------------
+
+def _settings(net, given: dict) -> dict:
+    block = net.config.get("training") or {}
+    out = {}
+    for key, default in DEFAULTS.items():
+        out[key] = given[key] if given.get(key) is not None else block.get(key, default)
+    for key in ("epochs", "batch_size"):
+        v = out[key]
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ConfigError(f"training.{key}", f"expected a positive integer, got {v!r}")
+    if not isinstance(out["seed"], int) or out["seed"] < 0:
+        raise ConfigError("training.seed", f"expected a non-negative integer, got {out['seed']!r}")
+    return out
+
+
+def _as_arrays(net, X, Y):
+    X, Y = np.asarray(X), np.asarray(Y)
+    if len(X) != len(Y):
+        raise ShapeError(f"X has {len(X)} samples but Y has {len(Y)}")
+    if len(X) == 0:
+        raise ShapeError("no training samples (X is empty)")
+    spec = net.input_spec
+    if spec.is_float and X.dtype != np.dtype(spec.dtype):
+        if X.dtype.kind not in "fiub":
+            raise ShapeError(f"X has dtype {X.dtype}, expected numbers ({spec.dtype})")
+        X = X.astype(spec.dtype)   # data files hold uint8 pixels or float64: convert once, here
+    if Y.dtype.kind == "f" and Y.dtype != np.dtype(net.config["dtype"]):
+        Y = Y.astype(net.config["dtype"])
+    return X, Y
+
+
+def _validation(spec, X, Y, seed):
+    if spec is None:
+        return None, None, X, Y
+    if isinstance(spec, float):
+        if not 0 < spec < 1:
+            raise ConfigError("validation", f"expected a fraction in (0, 1) or (X, Y), got {spec}")
+        order = _shuffle(len(X), seed, -1)
+        cut = len(X) - max(1, int(round(len(X) * spec)))
+        if cut < 1:
+            raise ShapeError(f"validation fraction {spec} leaves no training samples out of {len(X)}")
+        return X[order[cut:]], Y[order[cut:]], X[order[:cut]], Y[order[:cut]]
+    Xv, Yv = spec
+    return np.asarray(Xv), np.asarray(Yv), X, Y
+
+
+def _shuffle(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The permutation for `epoch`: a stable argsort of counter-RNG keys (epoch -1: the validation split)."""
+    keys = rng.Generator(seed, "train.shuffle").bits(n, counter=epoch + 1)
+    return np.argsort(keys, kind="stable")
+
+
+def _metric_fns(names):
+    if not names:
+        return {}
+    out = {}
+    for i, name in enumerate(names):
+        if name not in metrics.METRICS:
+            raise ConfigError(f"metrics[{i}]", f"unknown metric {name!r}; expected one of {sorted(metrics.METRICS)}")
+        out[name] = metrics.METRICS[name]
+    return out
+
+
+def _evaluate(net, loss_fn, metric_fns, X, Y, bs, prefix):
+    total, outs = 0.0, []
+    for i in range(0, len(X), bs):
+        xb = net.backend.asarray(X[i:i + bs])
+        pred = net.forward(xb)
+        value, _ = loss_fn(pred, net.backend.asarray(Y[i:i + bs]))
+        total += float(value) * len(xb)
+        outs.append(net.backend.to_numpy(pred))
+    logs = {prefix + "loss": total / len(X)}
+    if metric_fns:
+        P = np.concatenate(outs)
+        logs.update({prefix + name: fn(P, Y) for name, fn in metric_fns.items()})
+    return logs
+
+
+def _save_checkpoint(path, net, opt, history, stopper, epoch, settings):
+    from ..formats import loomfile  # formats sits above nn in the dependency order
+    state = {"epoch": epoch, "rng_counter": net.rng_counter, "history": history.logs,
+             "stopped_early": history.stopped_early,
+             "early_stopping": stopper.to_json() if stopper else None, "seed": settings["seed"],
+             "epochs": settings["epochs"], "batch_size": settings["batch_size"]}
+    loomfile.save(net, path, optimizer=opt, training_state=state)
+
+
+def _resume(path, net, opt, history, stopper) -> int:
+    from ..formats import loomfile
+    saved, ckpt = loomfile.load(path)
+    if saved.config != net.config:
+        raise ConfigError("resume", f"checkpoint {path} was made for a different network config")
+    net.load_state_dict(saved.state_dict())
+    if ckpt.optimizer_config is None:
+        raise ConfigError("resume", f"{path} holds no optimizer state (not a training checkpoint)")
+    opt.load_state_dict(ckpt.optimizer_state)
+    state = ckpt.training_state
+    net.rng_counter = int(state["rng_counter"])
+    history.logs = {k: list(v) for k, v in state["history"].items()}
+    history.epochs = int(state["epoch"])
+    if stopper and state.get("early_stopping"):
+        stopper.best, stopper.wait = state["early_stopping"]["best"], state["early_stopping"]["wait"]
+    return int(state["epoch"])
