@@ -15,6 +15,11 @@ class CPUBackend:
         return np.asarray(x)
 
     def matmul(self, a, b):
+        # OpenBLAS runs x @ W.T (a transposed view on the right, as in every dense forward) markedly
+        # slower than the same product computed as (W @ x.T).T: measured 138 vs 83 us at [32, 784] x
+        # [784, 256] with 2 threads. The results are the same sums in another order (fast mode).
+        if a.ndim == 2 and b.ndim == 2 and b.flags.f_contiguous and not b.flags.c_contiguous:
+            return np.matmul(b.T, a.T).T
         return np.matmul(a, b)
 
     def sum(self, x, axis=None, keepdims: bool = False):

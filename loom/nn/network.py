@@ -83,9 +83,9 @@ class Network:
 
     __call__ = forward
 
-    def backward(self, dy):
+    def backward(self, dy, input_grad: bool = True):
         """Accumulate parameter gradients for the last forward; return the gradient of its input
-        (None when the input is integer ids)."""
+        (None when the input is integer ids, or when input_grad is false: training skips that work)."""
         if not self._has_forward:
             raise ShapeError("backward() needs a forward() first")
         expected = (self._batch,) + self.output_spec.shape
@@ -94,7 +94,12 @@ class Network:
             raise ShapeError(f"backward: dy has shape {list(dy.shape)}, expected {list(expected)}")
         if dy.dtype != np.dtype(self._cfg["dtype"]):
             raise ShapeError(f"backward: dy has dtype {dy.dtype}, expected {self._cfg['dtype']}")
-        return self.root.backward(dy)
+        first = next(iter(self.root.children.values()))
+        first.input_grad = input_grad
+        try:
+            return self.root.backward(dy)
+        finally:
+            first.input_grad = True
 
     def _check_input(self, x):
         spec = self.input_spec

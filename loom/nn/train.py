@@ -140,7 +140,7 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
             pred = net.forward(xb)
             value, grad = loss_fn(pred, yb)
             net.zero_grad()
-            net.backward(grad)
+            net.backward(grad, input_grad=False)
             opt.step(net.gradients())
             total += float(value) * len(idx)
             seen += len(idx)

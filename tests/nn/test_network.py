@@ -152,3 +152,22 @@ def test_same_config_and_seed_give_identical_weights_in_another_process():
     out = subprocess.run([sys.executable, "-c", code], input=json.dumps(cfgs), capture_output=True, text=True,
                          check=True, cwd=__file__.rsplit("/tests/", 1)[0])
     assert json.loads(out.stdout) == here
+
+
+@pytest.mark.parametrize("first", [{"type": "dense", "units": 4, "activation": "relu"},
+                                   {"type": "conv1d", "filters": 2, "kernel_size": 2}])
+def test_backward_without_input_grad_gives_the_same_parameter_gradients(first):
+    shape = [4] if first["type"] == "dense" else [2, 4]
+    net = loom.Network.from_config({"loom": 1, "input": {"shape": shape},
+                                    "layers": [first, {"type": "flatten"}, {"type": "dense", "units": 3}]})
+    x = np.random.default_rng(0).normal(size=(5, *shape)).astype(np.float32)
+    dy = np.ones((5, 3), np.float32)
+    net(x)
+    assert net.backward(dy).shape == x.shape
+    full = {k: g.copy() for k, g in net.gradients().items()}
+    net.zero_grad()
+    net(x)
+    assert net.backward(dy, input_grad=False) is None
+    assert all(np.array_equal(g, full[k]) for k, g in net.gradients().items())
+    net(x)
+    assert net.backward(dy) is not None          # the switch applies to one call only

@@ -111,6 +111,9 @@ class Layer(ABC):
         self.grads: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         self.children: dict[str, Layer] = {}
+        # False when nobody needs dL/d(input) (the network's first layer during training): layers that
+        # can save work then return None from backward.
+        self.input_grad = True
         self.out_spec: Spec = self.build(cfg, in_spec, ctx)
 
     # --- every layer implements these three ---

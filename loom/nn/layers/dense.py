@@ -31,9 +31,14 @@ class Dense(Layer):
 
     def forward(self, x, fc):
         self.x = x
-        self.z = linear.forward(self, "", x)
-        self.y = activation.apply(self.act, self.z)
+        z = linear.forward(self, "", x)
+        if self.act == "relu":
+            # in place: relu's gradient needs only z > 0, which is y > 0, so z need not be kept
+            self.z = self.y = self.xp.maximum(z, 0, out=z)
+        else:
+            self.z, self.y = z, activation.apply(self.act, z)
         return self.y
 
     def backward(self, dy):
-        return linear.backward(self, "", self.x, activation.grad(self.act, self.z, self.y, dy))
+        dz = activation.grad(self.act, self.z, self.y, dy)
+        return linear.backward(self, "", self.x, dz, need_dx=self.input_grad)

@@ -20,13 +20,18 @@ def create(layer, ctx, name: str, out: int, inp: int, bound: float, bias: bool) 
 def forward(layer, name: str, x):
     y = ops.matmul(x, layer.params[_key(name, "weight")].T)
     bias = layer.params.get(_key(name, "bias"))
-    return y if bias is None else y + bias
+    if bias is not None:
+        y += bias                  # in place: y is a fresh array
+    return y
 
 
-def backward(layer, name: str, x, dy):
-    """Accumulate the weight and bias gradients for input x (any leading axes); return dL/dx."""
+def backward(layer, name: str, x, dy, need_dx: bool = True):
+    """Accumulate the weight and bias gradients for input x (any leading axes); return dL/dx
+    (None when need_dx is false)."""
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
     layer.grads[_key(name, "weight")] += ops.matmul(dy2.T, x2)
     if _key(name, "bias") in layer.params:
         layer.grads[_key(name, "bias")] += ops.sum(dy2, axis=0)
+    if not need_dx:
+        return None
     return ops.matmul(dy, layer.params[_key(name, "weight")])
