@@ -338,6 +338,24 @@ def _check_cross_keys(cfg: dict, path: str) -> None:
         pass  # output_padding < stride is a per-dimension rule, checked with the shapes
 
 
+# --- specs of pluggable parts (losses, optimizers, schedules) --------------------------------------
+
+def resolve_type(spec, path: str, types, what: str) -> tuple[dict, str]:
+    """(spec as a dict, its type name) for a spec given as a type name or an object with a "type";
+    ConfigError at `path` when the type is missing or not one of `types`."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict):
+        article = "an" if what[0] in "aeiou" else "a"
+        raise ConfigError(path, f"expected {article} {what} object or type name, got {_describe(spec)}")
+    if "type" not in spec:
+        raise ConfigError(_join(path, "type"), f"missing required key; expected one of {', '.join(types)}")
+    kind = spec["type"]
+    if not isinstance(kind, str) or kind not in types:
+        raise ConfigError(_join(path, "type"), f"unknown {what} type {_describe(kind)}; expected one of {', '.join(types)}")
+    return spec, kind
+
+
 # --- whole networks ---------------------------------------------------------------------------------
 
 def _input_spec(v, path):

@@ -17,7 +17,7 @@ def run(args) -> int:
     from .. import load
     from ..datasets.files import load_x
     from ..errors import ConfigError
-    from ..formats.safetensors import atomic_write
+    from ..atomic import write_bytes
     from ..nn.train import predict
 
     if args.batch_size < 1:
@@ -30,6 +30,6 @@ def run(args) -> int:
     import io
     buf = io.BytesIO()
     np.save(buf, Y)
-    atomic_write(args.output, buf.getvalue())
+    write_bytes(args.output, buf.getvalue())
     print(f"wrote {list(Y.shape)} {Y.dtype} outputs to {args.output}")
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import atomic
 from .. import config as configs
 from ..errors import ConfigError, FormatError
 from ..nn.network import Network
@@ -52,7 +53,7 @@ def to_bytes(net: Network, optimizer=None, training_state: dict | None = None) -
 
 
 def save(net: Network, path, optimizer=None, training_state: dict | None = None) -> None:
-    safetensors.atomic_write(path, to_bytes(net, optimizer, training_state))
+    atomic.write_bytes(path, to_bytes(net, optimizer, training_state))
 
 
 def from_bytes(data: bytes) -> tuple[Network, Checkpoint]:

@@ -14,11 +14,11 @@ import math
 import mmap
 import os
 import struct
-import tempfile
 
 import ml_dtypes
 import numpy as np
 
+from .. import atomic
 from ..errors import FormatError
 
 MAX_HEADER = 100 * 1024 * 1024  # bytes; the reference implementation's limit
@@ -70,31 +70,7 @@ def dumps(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
 
 def save(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over `path`."""
-    atomic_write(path, dumps(tensors, metadata))
-
-
-def atomic_write(path, data: bytes) -> None:
-    path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    try:  # make the rename itself durable
-        dfd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic.write_bytes(path, dumps(tensors, metadata))
 
 
 # --- reading ---------------------------------------------------------------------------------------

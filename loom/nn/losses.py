@@ -15,8 +15,10 @@ structural operations (where, maximum, abs, take_along_axis) use the array modul
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 from .. import backend
+from .. import config as configs
 from ..config import number, one_of
 from ..errors import ConfigError, ShapeError
 from ..kernels import ops
@@ -37,15 +39,7 @@ def build(spec) -> "Loss":
     """A loss from its type name, its config dict ({"type": ..., keys}) or an existing loss."""
     if isinstance(spec, Loss):
         return spec
-    if isinstance(spec, str):
-        spec = {"type": spec}
-    if not isinstance(spec, dict):
-        raise ConfigError("loss", f"expected a loss name or an object with a \"type\", got {spec!r}")
-    if "type" not in spec:
-        raise ConfigError("loss.type", f"missing required key; expected one of {', '.join(REGISTRY)}")
-    name = spec["type"]
-    if not isinstance(name, str) or name not in REGISTRY:
-        raise ConfigError("loss.type", f"unknown loss {name!r}; expected one of {', '.join(REGISTRY)}")
+    spec, name = configs.resolve_type(spec, "loss", REGISTRY, "loss")
     return REGISTRY[name](**{k: v for k, v in spec.items() if k != "type"})
 
 
@@ -66,7 +60,7 @@ def _optional_positive(v, path):
 _REDUCTION = ("reduction", one_of("mean", "sum"), "mean")
 
 
-class Loss:
+class Loss(ABC):
     """Base: parses keys against KEYS [(key, checker, default)], keeps the canonical config."""
     name = "loss"
     KEYS: tuple = (_REDUCTION,)
@@ -97,8 +91,9 @@ class Loss:
             raise ShapeError(f"{self.name}: pred must be a floating-point array, got dtype {pred.dtype}")
         return self.compute(pred, xp.asarray(target), xp)
 
+    @abstractmethod
     def compute(self, pred, target, xp):
-        raise NotImplementedError
+        """(value, grad) for validated pred and target."""
 
     def reduce(self, pointwise, grad, count, xp):
         """(value, dL/dpred) from the pointwise losses and their unreduced derivatives: "sum" adds,

@@ -10,12 +10,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import atomic
 from ..errors import ConfigError, LoomError, ShapeError
 
 EPS = 1e-9                       # below this |target|, deviation uses the absolute error
@@ -323,24 +322,6 @@ def _jsonable(x):
     return x
 
 
-def _write_atomic(path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then os.replace: readers see the old file or
-    the whole new one, never a part."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)),
-                               prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 class _Report:
     """Shared by the two reports, which define to_dict() and summary()."""
 
@@ -349,7 +330,7 @@ class _Report:
 
     def to_json(self, path) -> None:
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        _write_atomic(path, text.encode("utf-8"))
+        atomic.write_bytes(path, text.encode("utf-8"))
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -549,4 +530,4 @@ def plot_history(history: dict, path) -> None:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    _write_atomic(path, buf.getvalue())
+    atomic.write_bytes(path, buf.getvalue())

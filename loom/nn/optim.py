@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+from abc import ABC, abstractmethod
 from fnmatch import fnmatchcase
 from typing import Any, Callable
 
@@ -50,20 +51,20 @@ def _lerp(a, b, w: float) -> None:
         a[...] = b - (b - a) * (1 - w)
 
 
-class Optimizer:
+class Optimizer(ABC):
     """Base class. A subclass names its hyperparameters (HYPER: key -> (check, default); "lr" and
     "weight_decay" always among them), the state slots a parameter needs, and the update of one
     parameter; the base class does groups, clipping, accumulation, schedules and state."""
     type: str = ""
     HYPER: dict[str, tuple[Callable, Any]] = {}
 
+    @abstractmethod
     def slots(self, hp: dict) -> dict[str, float]:
         """State arrays this parameter needs: slot name -> initial fill value."""
-        raise NotImplementedError
 
+    @abstractmethod
     def update(self, p, g, state: dict, hp: dict, lr: float, t: int) -> None:
         """Apply update number t (1-based) to p in place. g must not be written to."""
-        raise NotImplementedError
 
     def check(self, hp: dict, path: str) -> None:
         """Rules across hyperparameters of one group (path names the group)."""
@@ -451,16 +452,7 @@ TYPES: dict[str, type[Optimizer]] = {cls.type: cls for cls in (SGD, Adam, AdamW,
 
 def build(spec: Any, params: dict) -> Optimizer:
     """An optimizer over `params` (name -> live array) from a spec dict or a type name ("adam")."""
-    if isinstance(spec, str):
-        spec = {"type": spec}
-    if not isinstance(spec, dict):
-        raise ConfigError(PATH, f"expected an optimizer object or type name, got {configs._describe(spec)}")
-    kind = spec.get("type")
-    if kind is None:
-        raise ConfigError(f"{PATH}.type", "missing required key")
-    if not isinstance(kind, str) or kind not in TYPES:
-        raise ConfigError(f"{PATH}.type", f"unknown optimizer type {configs._describe(kind)}; "
-                          f"expected one of {', '.join(TYPES)}")
+    spec, kind = configs.resolve_type(spec, PATH, TYPES, "optimizer")
     return TYPES[kind](spec, params)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import math
 import operator
+from abc import ABC, abstractmethod
 from typing import Any, Callable
 
 from .. import config as configs
@@ -36,7 +37,7 @@ def power(base: float, n: int) -> float:
     return result
 
 
-class Schedule:
+class Schedule(ABC):
     """Base class: a validated config and `__call__(step) -> float`."""
     type: str = ""
     KEYS: dict[str, tuple[Callable, Any]] = {}
@@ -55,8 +56,9 @@ class Schedule:
     def __call__(self, step) -> float:
         return float(self.at(_step(step)))
 
+    @abstractmethod
     def at(self, t: int) -> float:
-        raise NotImplementedError
+        """The learning rate at update index t."""
 
     def __repr__(self) -> str:
         keys = ", ".join(f"{k}={v!r}" for k, v in self._cfg.items() if k != "type")
@@ -245,16 +247,7 @@ def parse(spec: Any, path: str = "schedule", default_lr: float | None = None) ->
 def _build_checked(spec, path, default_lr=None) -> Schedule:
     if isinstance(spec, Schedule):
         spec = spec.config
-    if isinstance(spec, str):
-        spec = {"type": spec}
-    if not isinstance(spec, dict):
-        raise ConfigError(path, f"expected a schedule object, got {configs._describe(spec)}")
-    kind = spec.get("type")
-    if kind is None:
-        raise ConfigError(f"{path}.type", "missing required key")
-    if not isinstance(kind, str) or kind not in TYPES:
-        raise ConfigError(f"{path}.type", f"unknown schedule type {configs._describe(kind)}; "
-                          f"expected one of {', '.join(TYPES)}")
+    spec, kind = configs.resolve_type(spec, path, TYPES, "schedule")
     cls = TYPES[kind]
     rest = {k: v for k, v in spec.items() if k != "type"}
     if default_lr is not None:

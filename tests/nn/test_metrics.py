@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import loom
+from loom import atomic
 from loom.nn import metrics
 
 RNG = np.random.default_rng(1234)
@@ -333,7 +334,7 @@ def test_to_json_writes_atomically(tmp_path, monkeypatch):
 
     def broken_replace(src, dst):
         raise OSError("disk gone")
-    monkeypatch.setattr(metrics.os, "replace", broken_replace)
+    monkeypatch.setattr(atomic.os, "replace", broken_replace)   # the shared writer in loom/atomic.py
     with pytest.raises(OSError, match="disk gone"):
         r.to_json(path)
     assert path.read_text() == "old"                 # the old file is untouched
