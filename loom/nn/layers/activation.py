@@ -22,6 +22,21 @@ _TANH_K = 0.044715
 RELU_LIKE = frozenset({"relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "mish"})
 
 
+# Activations whose gradient needs only the output y: y > 0 exactly where x > 0, and the derivative is a
+# function of y. Layers need not keep the pre-activation for these.
+OUTPUT_GRAD = frozenset({"linear", "relu", "leaky_relu", "elu", "sigmoid", "tanh"})
+
+
+def forward(fn: str, z):
+    """(what grad() needs as its x, y) for a pre-activation z that the caller owns and will not reuse:
+    for OUTPUT_GRAD functions that is y itself (relu then runs in place on z, saving an allocation)."""
+    if fn == "relu":
+        y = _xp(z).maximum(z, 0, out=z)
+        return y, y
+    y = apply(fn, z)
+    return (y if fn in OUTPUT_GRAD else z), y
+
+
 def _xp(x):
     from ... import backend
     return backend.of(x).xp

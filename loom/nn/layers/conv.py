@@ -183,8 +183,7 @@ class _ConvBase(Layer):
     def _finish(self, z):
         if "bias" in self.params:
             z = z + self.params["bias"].reshape((self.f,) + (1,) * self.n)
-        self.z = z
-        self.y = activation.apply(self.act, z)
+        self.z, self.y = activation.forward(self.act, z)
         return self.y
 
     def _dz(self, dy):

@@ -31,12 +31,7 @@ class Dense(Layer):
 
     def forward(self, x, fc):
         self.x = x
-        z = linear.forward(self, "", x)
-        if self.act == "relu":
-            # in place: relu's gradient needs only z > 0, which is y > 0, so z need not be kept
-            self.z = self.y = self.xp.maximum(z, 0, out=z)
-        else:
-            self.z, self.y = z, activation.apply(self.act, z)
+        self.z, self.y = activation.forward(self.act, linear.forward(self, "", x))
         return self.y
 
     def backward(self, dy):
