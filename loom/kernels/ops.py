@@ -60,6 +60,21 @@ def sqrt(x):
     return _xp(x).sqrt(x)
 
 
+def softmax(x, axis=-1, mask=None):
+    """exp(x - max) / sum along `axis`. With a boolean `mask` (broadcastable to x), entries outside it
+    are exactly 0 and are ignored by the max and the sum; a row with no entry inside the mask is all
+    0 (not NaN). Non-finite inputs inside the mask propagate as IEEE says."""
+    xp = _xp(x)
+    if mask is None:
+        e = exp(x - xp.max(x, axis=axis, keepdims=True))
+        return e / sum(e, axis=axis, keepdims=True)
+    any_kept = xp.any(mask, axis=axis, keepdims=True)
+    peak = xp.max(xp.where(mask, x, -xp.inf), axis=axis, keepdims=True)
+    peak = xp.where(any_kept, peak, 0)
+    e = xp.where(mask, exp(xp.where(mask, x - peak, 0)), 0)
+    return e / xp.where(any_kept, sum(e, axis=axis, keepdims=True), 1)
+
+
 def sigmoid(x):
     """1 / (1 + e^-x), evaluated so that neither branch overflows."""
     xp = _xp(x)

@@ -1,10 +1,8 @@
 """The bundled UCI digits set: contents, the deterministic stratified split, damage detection."""
 import hashlib
-import io
 import shutil
 import subprocess
 import sys
-import zipfile
 from importlib import resources
 
 import numpy as np

@@ -11,7 +11,7 @@ import pytest
 import loom
 from catalogue import SAMPLES, config
 from loom import FormatError
-from loom.formats import loomfile, safetensors
+from loom.formats import safetensors
 
 
 @pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from ...kernels import ops
-from .base import Layer, Spec, register
+from .base import Layer, register
 
 LEAKY_SLOPE = 0.01
 SELU_LAMBDA = 1.0507009873554804934193349852946

@@ -137,7 +137,6 @@ class MultiHeadAttention(Layer):
 
     # --- forward / backward ---
     def forward(self, x, fc):
-        xp = self.xp
         B, T, _ = x.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
         q = self._heads(linear.forward(self, "q_proj", x), H)               # [B, H, T, hd]
@@ -153,16 +152,9 @@ class MultiHeadAttention(Layer):
         s = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale     # [B, KV, R*T, T]
         allowed = self._allowed(fc, B, T)
         if allowed is None:
-            s = s - xp.max(s, axis=-1, keepdims=True)
-            e = ops.exp(s)
-            p = e / ops.sum(e, axis=-1, keepdims=True)
-        else:
-            s = s.reshape(B, KV, R, T, T)
-            peak = xp.max(xp.where(allowed, s, -xp.inf), axis=-1, keepdims=True)
-            peak = xp.where(xp.isfinite(peak), peak, 0)              # rows with every key masked
-            e = xp.where(allowed, ops.exp(xp.where(allowed, s - peak, 0)), 0)
-            den = ops.sum(e, axis=-1, keepdims=True)
-            p = (e / xp.where(den > 0, den, 1)).reshape(B, KV, R * T, T)
+            p = ops.softmax(s, axis=-1)
+        else:                                                        # a query with every key masked gets 0
+            p = ops.softmax(s.reshape(B, KV, R, T, T), axis=-1, mask=allowed).reshape(B, KV, R * T, T)
         ctx = ops.matmul(p, v).reshape(B, H, T, hd)                  # [B, H, T, hd]
         ctx = self._unheads(ctx)                                     # [B, T, H*hd]
         self.x, self.q, self.k, self.v, self.p, self.ctx_out = x, q, k, v, p, ctx

@@ -32,9 +32,7 @@ class KMeans(Layer):
         x2 = x.reshape(-1, self.features)                               # [N, F]
         scale = 2.0 / self.temperature
         z = ops.matmul(x2, c.T) * scale - ops.sum(c * c, axis=1) / self.temperature   # [N, K]
-        z = z - self.xp.max(z, axis=1, keepdims=True)
-        e = ops.exp(z)
-        p = e / ops.sum(e, axis=1, keepdims=True)                       # [N, K]
+        p = ops.softmax(z, axis=1)                                      # [N, K]
         self.x2, self.p, self.in_shape = x2, p, x.shape
         if self.output == "probabilities":
             return p.reshape(x.shape[:-1] + (self.clusters,))

@@ -10,7 +10,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from ...kernels import ops
-from .base import Layer, Spec, register
+from .base import Layer, register
 
 
 @register("layer_norm")

@@ -154,10 +154,7 @@ class Filter:
         xp = layer.xp
         g = self.gate.forward(x, fc)                          # [B, n]
         mask = self.select(xp, g)
-        pool = mask if self.renormalize else xp.ones(mask.shape, dtype=bool)   # what the softmax covers
-        top = xp.max(xp.where(pool, g, -xp.inf), axis=1, keepdims=True)
-        e = xp.where(pool, ops.exp(xp.where(pool, g - top, 0)), 0)
-        p = e / ops.sum(e, axis=1, keepdims=True)
+        p = ops.softmax(g, axis=1, mask=mask if self.renormalize else None)   # over the kept, or over all
         w = xp.where(mask, p, 0)
         self.outs, self.mask, self.p, self.w = outs, mask, p, w
         # where() keeps unselected experts out entirely, even if their output is not finite

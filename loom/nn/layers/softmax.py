@@ -24,8 +24,7 @@ def _xp(x):
 
 def softmax(s):
     """exp(s - max) / sum over the last axis."""
-    e = ops.exp(s - _xp(s).max(s, axis=-1, keepdims=True))
-    return e / ops.sum(e, axis=-1, keepdims=True)
+    return ops.softmax(s, axis=-1)
 
 
 def softmax_grad(p, dp):
@@ -150,10 +149,7 @@ class Masked:
         self.out_shape = in_spec.shape
 
     def forward(self, s, fc):
-        xp, keep = _xp(s), self.keep
-        top = xp.max(xp.where(keep, s, -np.inf), axis=-1, keepdims=True)   # finite: one is kept
-        e = xp.where(keep, ops.exp(xp.where(keep, s - top, 0)), 0)
-        self.p = e / ops.sum(e, axis=-1, keepdims=True)
+        self.p = ops.softmax(s, axis=-1, mask=self.keep)      # the config keeps at least one position
         return self.p
 
     def backward(self, dy):
