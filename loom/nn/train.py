@@ -128,6 +128,7 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
 
     epochs, bs, n = settings["epochs"], settings["batch_size"], len(X)
     batches = math.ceil(n / bs)
+    grads = net.gradients()          # live arrays: looked up once, not once per batch
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
@@ -141,7 +142,7 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
             value, grad = loss_fn(pred, yb)
             net.zero_grad()
             net.backward(grad, input_grad=False)
-            opt.step(net.gradients())
+            opt.step(grads)
             total += float(value) * len(idx)
             seen += len(idx)
             if metric_fns:
