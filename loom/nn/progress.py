@@ -37,10 +37,9 @@ class Progress:
         if not self.enabled:
             return
         text = " ".join(f"{k} {_fmt(v)}" for k, v in values.items())
-        seconds = time.perf_counter() - self.start
-        self.stream.write(f"{chr(13) if self.live else ''}{self.title} {text} | {rate:,.0f} samples/s, "
-                          f"{seconds:.1f}s\033[K\n" if self.live else
-                          f"{self.title} {text} | {rate:,.0f} samples/s, {seconds:.1f}s\n")
+        line = f"{self.title} {text} | {rate:,.0f} samples/s, {time.perf_counter() - self.start:.1f}s"
+        # on a terminal, overwrite the live bar and clear what is left of it
+        self.stream.write(f"\r{line}\033[K\n" if self.live else f"{line}\n")
         self.stream.flush()
 
 

@@ -129,3 +129,23 @@ def test_mnist_5k_mlp_reaches_95_percent():
                      "schedule": {"type": "cosine", "steps": 30 * 63}}, epochs=30, batch_size=64, verbose=False)
     acc = evaluate(net, x[4000:], y[4000:])["accuracy"]    # 1,000 held-out images
     assert acc >= 0.95, acc
+
+
+def test_progress_redraws_in_place_on_a_terminal():
+    import io
+    from loom.nn.progress import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+    out = Tty()
+    bar = Progress("epoch 1/1", 4, stream=out)
+    for i in range(1, 5):
+        bar.update(i, samples=8 * i, loss=0.5)
+    bar.close(rate=100.0, loss=0.25)
+    text = out.getvalue()
+    assert text.startswith("\r") and "[" in text and text.endswith("\033[K\n")
+    assert "epoch 1/1 loss 0.2500 | 100 samples/s" in text
+    plain = io.StringIO()
+    Progress("epoch 1/1", 4, stream=plain).close(rate=5.0, loss=1.0)
+    assert plain.getvalue().startswith("epoch 1/1 loss 1.0000 | 5 samples/s") and "\r" not in plain.getvalue()
