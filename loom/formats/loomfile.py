@@ -1,7 +1,8 @@
 """The Loom model file: one safetensors file holding the network's config, weights and buffers,
 and optionally an optimizer's state and the training position (a checkpoint).
 
-Tensors: the network's state_dict under its own names, optimizer arrays under "optimizer.<key>".
+Tensors: the network's state_dict under its own names, optimizer arrays under "optimizer.<key>",
+and in checkpoints early stopping's best weights so far under "best.<name>".
 __metadata__ (strings): format = "loom-model", format_version, loom_version, config (canonical
 JSON), and for checkpoints optimizer_config, optimizer_scalars and training_state (JSON).
 Saves are atomic (temp file, fsync, rename): an interrupted save leaves the previous file intact.
@@ -23,6 +24,7 @@ from . import safetensors
 FORMAT = "loom-model"
 VERSION = 1
 _OPT = "optimizer."
+_BEST = "best."
 
 
 @dataclass
@@ -31,9 +33,11 @@ class Checkpoint:
     optimizer_config: dict | None = None
     optimizer_state: dict = field(default_factory=dict)
     training_state: dict = field(default_factory=dict)
+    best_state: dict | None = None    # early stopping's best weights, by state_dict name
 
 
-def to_bytes(net: Network, optimizer=None, training_state: dict | None = None) -> bytes:
+def to_bytes(net: Network, optimizer=None, training_state: dict | None = None,
+             best_state: dict | None = None) -> bytes:
     from .. import __version__
     tensors = {name: np.asarray(net.backend.to_numpy(a)) for name, a in net.state_dict().items()}
     meta = {"format": FORMAT, "format_version": str(VERSION), "loom_version": __version__,
@@ -49,11 +53,14 @@ def to_bytes(net: Network, optimizer=None, training_state: dict | None = None) -
         meta["optimizer_scalars"] = json.dumps(scalars)
     if training_state is not None:
         meta["training_state"] = json.dumps(training_state)
+    for name, value in (best_state or {}).items():
+        tensors[_BEST + name] = np.asarray(value)
     return safetensors.dumps(tensors, meta)
 
 
-def save(net: Network, path, optimizer=None, training_state: dict | None = None) -> None:
-    atomic.write_bytes(path, to_bytes(net, optimizer, training_state))
+def save(net: Network, path, optimizer=None, training_state: dict | None = None,
+         best_state: dict | None = None) -> None:
+    atomic.write_bytes(path, to_bytes(net, optimizer, training_state, best_state))
 
 
 def from_bytes(data: bytes) -> tuple[Network, Checkpoint]:
@@ -79,7 +86,7 @@ def _build(tensors, meta, where) -> tuple[Network, Checkpoint]:
     except ConfigError as exc:
         raise FormatError(f"{where}: the stored config is invalid: {exc}") from None
     own = net.state_dict()
-    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPT)}
+    weights = {k: v for k, v in tensors.items() if not k.startswith((_OPT, _BEST))}
     missing, unknown = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unknown:
         raise FormatError(f"{where}: tensors do not match the config: missing {missing}, unexpected {unknown}")
@@ -90,6 +97,11 @@ def _build(tensors, meta, where) -> tuple[Network, Checkpoint]:
                               f"{dst.dtype}{list(dst.shape)}")
         dst[...] = net.backend.asarray(value)
     ckpt = Checkpoint()
+    best = {k[len(_BEST):]: np.array(v) for k, v in tensors.items() if k.startswith(_BEST)}
+    if best:
+        if set(best) != set(own):
+            raise FormatError(f"{where}: the best-weights tensors do not match the config's names")
+        ckpt.best_state = best
     try:
         if "optimizer_config" in meta:
             ckpt.optimizer_config = json.loads(meta["optimizer_config"])

@@ -17,9 +17,9 @@ def _xp(x):
     return backend.of(x).xp
 
 
-def matmul(a, b):
-    """a @ b with NumPy broadcasting over leading dimensions."""
-    return backend.of(a).matmul(a, b)
+def matmul(a, b, out=None):
+    """a @ b with NumPy broadcasting over leading dimensions (written into `out` when given)."""
+    return backend.of(a).matmul(a, b, out=out)
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy's name on purpose

@@ -100,6 +100,7 @@ class Network:
             return self.root.backward(dy)
         finally:
             first.input_grad = True
+            self._settle_grads()
 
     def _check_input(self, x):
         spec = self.input_spec
@@ -136,8 +137,15 @@ class Network:
         return self._named("params")
 
     def gradients(self) -> dict:
-        """Accumulated gradients by the same names as parameters()."""
+        """Accumulated gradients by the same names as parameters(); live arrays, valid after a
+        backward (zero_grad's clearing of dense weights is finished by the next backward or by this
+        call, so a dict fetched before zero_grad reads stale values until then)."""
+        self._settle_grads()
         return self._named("grads")
+
+    def _settle_grads(self) -> None:
+        for _, layer in self.root.walk():
+            layer.settle_grads()
 
     def buffers(self) -> dict:
         """Non-trainable state (batch-norm running statistics) by dotted name."""
@@ -174,8 +182,8 @@ class Network:
         self.zero_grad()
 
     def zero_grad(self) -> None:
-        for g in self.gradients().values():
-            g[...] = 0
+        for _, layer in self.root.walk():
+            layer.clear_grads()
 
     def to(self, device: str) -> "Network":
         """Move every parameter, gradient and buffer to `device` ("cpu" or "cuda")."""

@@ -54,6 +54,9 @@ class StepState:
         dy = self.net.backend.asarray(dy)
         if dy.shape != out.shape:
             raise ShapeError(f"backward: dy has shape {list(dy.shape)}, expected {list(out.shape)}")
-        for layer in reversed(self.layers):
-            dy = layer.backward(dy)
+        try:
+            for layer in reversed(self.layers):
+                dy = layer.backward(dy)
+        finally:
+            self.net._settle_grads()
         return dy

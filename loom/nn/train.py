@@ -273,7 +273,8 @@ def _save_checkpoint(path, net, opt, history, stopper, epoch, settings):
              "stopped_early": history.stopped_early,
              "early_stopping": stopper.to_json() if stopper else None, "seed": settings["seed"],
              "epochs": settings["epochs"], "batch_size": settings["batch_size"]}
-    loomfile.save(net, path, optimizer=opt, training_state=state)
+    loomfile.save(net, path, optimizer=opt, training_state=state,
+                  best_state=stopper.best_state if stopper else None)
 
 
 def _resume(path, net, opt, history, stopper) -> int:
@@ -291,4 +292,5 @@ def _resume(path, net, opt, history, stopper) -> int:
     history.epochs = int(state["epoch"])
     if stopper and state.get("early_stopping"):
         stopper.best, stopper.wait = state["early_stopping"]["best"], state["early_stopping"]["wait"]
+        stopper.best_state = ckpt.best_state
     return int(state["epoch"])

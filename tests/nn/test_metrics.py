@@ -10,7 +10,7 @@ import pytest
 
 import loom
 from loom import atomic
-from loom.nn import metrics
+from loom.nn import metrics, reports
 
 RNG = np.random.default_rng(1234)
 
@@ -287,7 +287,7 @@ def test_classification_report_values_and_worst_samples():
 def test_classification_report_without_confusion_matrix_for_many_classes(monkeypatch):
     s, y = RNG.normal(size=(60, 7)), RNG.integers(0, 7, 60)
     full = metrics.evaluate(s, y)
-    monkeypatch.setattr(metrics, "CONFUSION_MAX_CLASSES", 3)
+    monkeypatch.setattr(reports, "CONFUSION_MAX_CLASSES", 3)
     lean = metrics.evaluate(s, y)
     assert lean.confusion is None and full.confusion is not None
     assert json.dumps(lean.to_dict()["macro"]) == json.dumps(full.to_dict()["macro"])

@@ -149,3 +149,23 @@ def test_progress_redraws_in_place_on_a_terminal():
     plain = io.StringIO()
     Progress("epoch 1/1", 4, stream=plain).close(rate=5.0, loss=1.0)
     assert plain.getvalue().startswith("epoch 1/1 loss 1.0000 | 5 samples/s") and "\r" not in plain.getvalue()
+
+
+def test_resume_keeps_early_stoppings_best_weights(tmp_path):
+    """The best epoch comes before the checkpoint (the validation labels are flipped, so validation
+    loss only rises): the resumed run must still restore it, as the straight run does."""
+    x, y = blobs()
+    plain = {**CFG, "layers": [CFG["layers"][0], CFG["layers"][3]]}
+    kw = dict(optimizer={"type": "sgd", "lr": 0.1}, batch_size=32, validation=(x[:64], 1 - y[:64]),
+              early_stopping={"patience": 50, "restore_best": True}, verbose=False)
+    straight = loom.Network.from_config(plain)
+    train(straight, x, y, epochs=8, **kw)
+    first = loom.Network.from_config(plain)
+    train(first, x, y, epochs=4, checkpoint=tmp_path / "c.loom", **kw)
+    resumed = loom.Network.from_config(plain)
+    train(resumed, x, y, epochs=8, resume=tmp_path / "c.loom", **kw)
+    last = loom.Network.from_config(plain)
+    train(last, x, y, epochs=8, **{**kw, "early_stopping": None})
+    for k, v in weights(straight).items():
+        assert np.array_equal(v, resumed.state_dict()[k]), k
+    assert not all(np.array_equal(v, last.state_dict()[k]) for k, v in weights(straight).items())

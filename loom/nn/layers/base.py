@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from ... import rng
+from ...kernels import ops
 from ...errors import ConfigError
 
 REGISTRY: dict[str, type["Layer"]] = {}
@@ -111,6 +112,9 @@ class Layer(ABC):
         self.grads: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         self.children: dict[str, Layer] = {}
+        # Gradients cleared by zero_grad but not yet written: the next accumulation overwrites them
+        # instead of adding to zeros (see clear_grads).
+        self.stale_grads: set[str] = set()
         # False when nobody needs dL/d(input) (the network's first layer during training): layers that
         # can save work then return None from backward.
         self.input_grad = True
@@ -134,6 +138,40 @@ class Layer(ABC):
         self.params[name] = value
         self.grads[name] = self.xp.zeros_like(value)
         return value
+
+    # --- gradient accumulation ---
+    # Layers whose every gradient write goes through accumulate/accumulate_matmul set this: their
+    # zero_grad is deferred, and the first backward writes the gradient instead of adding it to
+    # zeros (PyTorch's set_to_none, without the None). It saves a fill and an add over every weight.
+    LAZY_GRADS = False
+
+    def clear_grads(self) -> None:
+        if self.LAZY_GRADS:
+            self.stale_grads = set(self.grads)
+        else:
+            for g in self.grads.values():
+                g[...] = 0
+
+    def settle_grads(self) -> None:
+        """Zero the gradients still pending from clear_grads (those no backward has written)."""
+        for name in self.stale_grads:
+            self.grads[name][...] = 0
+        self.stale_grads.clear()
+
+    def accumulate(self, name: str, value) -> None:
+        if name in self.stale_grads:
+            self.stale_grads.discard(name)
+            self.grads[name][...] = value
+        else:
+            self.grads[name] += value
+
+    def accumulate_matmul(self, name: str, a, b) -> None:
+        """grads[name] += a @ b, written in place when the gradient is pending a clear."""
+        if name in self.stale_grads:
+            self.stale_grads.discard(name)
+            ops.matmul(a, b, out=self.grads[name])
+        else:
+            self.grads[name] += ops.matmul(a, b)
 
     def add_buffer(self, name: str, value) -> Any:
         self.buffers[name] = value

@@ -22,6 +22,8 @@ def init_bound(fn: str, fan_in: int, fan_out: int) -> float:
 
 @register("dense")
 class Dense(Layer):
+    LAZY_GRADS = True   # all its gradient writes go through linear.backward's accumulate calls
+
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         fan_in, units = in_spec.shape[-1], cfg["units"]

@@ -29,9 +29,9 @@ def backward(layer, name: str, x, dy, need_dx: bool = True):
     """Accumulate the weight and bias gradients for input x (any leading axes); return dL/dx
     (None when need_dx is false)."""
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-    layer.grads[_key(name, "weight")] += ops.matmul(dy2.T, x2)
+    layer.accumulate_matmul(_key(name, "weight"), dy2.T, x2)
     if _key(name, "bias") in layer.params:
-        layer.grads[_key(name, "bias")] += ops.sum(dy2, axis=0)
+        layer.accumulate(_key(name, "bias"), ops.sum(dy2, axis=0))
     if not need_dx:
         return None
     return ops.matmul(dy, layer.params[_key(name, "weight")])
