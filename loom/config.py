@@ -228,7 +228,7 @@ _RECURRENT = {"hidden": (positive_int, REQUIRED), "return_sequences": (boolean, 
 
 LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     "dense": {"units": (positive_int, REQUIRED), "activation": (one_of(*ACTIVATIONS), "linear"),
-              "bias": (boolean, True)},
+              "bias": (boolean, True), "accumulate_block": (optional(positive_int), None)},
     **{f"conv{n}d": _conv(False) for n in (1, 2, 3)},
     **{f"conv_transpose{n}d": _conv(True) for n in (1, 2, 3)},
     **{f"{kind}_pool{n}d": _POOL for kind in ("max", "avg") for n in (1, 2, 3)},
@@ -258,20 +258,27 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
 }
 
 _TEMPERATURE = {"temperature": (number(0, lo_open=True), 1.0)}
+# "batch" normalizes the whole batch tensor as one vector (openfluke welvet's softmax; docs/interop.md)
+_NORMALIZE = {"normalize": (one_of("row", "batch"), "row")}
 SOFTMAX_KEYS: dict[str, dict] = {
-    "standard": _TEMPERATURE,
-    "temperature": _TEMPERATURE,
-    "grid": {**_TEMPERATURE, "rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED)},
+    "standard": {**_TEMPERATURE, **_NORMALIZE},
+    "temperature": {**_TEMPERATURE, **_NORMALIZE},
+    "grid": {**_TEMPERATURE, "rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED), **_NORMALIZE},
     "hierarchical": {**_TEMPERATURE, "levels": (list_of(positive_int, min_len=1), REQUIRED)},
     "gumbel": _TEMPERATURE,
     "masked": {**_TEMPERATURE, "mask": (mask_list, REQUIRED)},
-    "sparsemax": _TEMPERATURE,
-    "entmax": {**_TEMPERATURE, "alpha": (number(1, lo_open=True), 1.5)},
+    "sparsemax": {**_TEMPERATURE, **_NORMALIZE},
+    "entmax": {**_TEMPERATURE, "alpha": (number(1, lo_open=True), 1.5),
+               "form": (one_of("exact", "blend"), "exact"), **_NORMALIZE},
     "adaptive": {**_TEMPERATURE, "classes": (positive_int, REQUIRED),
                  "cutoffs": (list_of(positive_int, min_len=1), REQUIRED),
                  "div_value": (number(1), 4.0), "head_bias": (boolean, False)},
     "mixture": {**_TEMPERATURE, "components": (positive_int, 2)},
 }
+
+# Keys left out of the normalized config while they hold their default, so that configs written
+# before the key existed keep their canonical form.
+QUIET_DEFAULTS: dict[str, tuple[str, ...]] = {"dense": ("accumulate_block",), "softmax": ("normalize", "form")}
 
 
 def parse_layer(obj: Any, path: str) -> dict:
@@ -294,6 +301,10 @@ def parse_layer(obj: Any, path: str) -> dict:
         out = {"type": kind, "variant": variant, **body}
     else:
         out = {"type": kind, **_apply_schema(rest, LAYER_KEYS[kind], path, f"layer type {kind}")}
+    schema = SOFTMAX_KEYS[out["variant"]] if kind == "softmax" else LAYER_KEYS[kind]
+    for key in QUIET_DEFAULTS.get(kind, ()):
+        if key in out and out[key] == schema[key][1]:
+            del out[key]
     _check_cross_keys(out, path)
     return out
 
@@ -329,6 +340,8 @@ def _check_cross_keys(cfg: dict, path: str) -> None:
         kv = cfg["kv_heads"]
         if kv is not None and cfg["heads"] % kv:
             raise ConfigError(_join(path, "kv_heads"), f"heads ({cfg['heads']}) must be a multiple of kv_heads, got {kv}")
+    elif kind == "softmax" and cfg["variant"] == "entmax" and cfg.get("form") == "blend" and cfg["alpha"] >= 2:
+        raise ConfigError(_join(path, "alpha"), f"form blend needs alpha below 2, got {cfg['alpha']}")
     elif kind == "softmax" and cfg["variant"] == "adaptive":
         cuts, classes = cfg["cutoffs"], cfg["classes"]
         if any(b <= a for a, b in zip(cuts, cuts[1:])) or cuts[-1] >= classes:
@@ -411,6 +424,22 @@ training_block = _record({
     "shuffle": (boolean, True)}, "training settings")
 
 
+def _quant_type(v, path):
+    """A storage type for weights: any table type but the compute types."""
+    names = [n for n in dtypes.TABLE if n not in dtypes.COMPUTE]
+    if not isinstance(v, str) or v not in names:
+        raise ConfigError(path, f"expected one of {', '.join(names)}, got {_describe(v)}")
+    return v
+
+
+# "quantization": the network's GEMM weights are stored and run in `dtype` (inference only);
+# "qat": quantization-aware training, the float weights are fake-quantized to `dtype` in every forward.
+QUANT_KEYS = {
+    "dtype": (_quant_type, REQUIRED),
+    "per": (one_of("channel", "tensor"), "channel"),
+}
+
+
 NETWORK_KEYS = {
     "loom": (_version, REQUIRED),
     "name": (string, "network"),
@@ -418,6 +447,8 @@ NETWORK_KEYS = {
     "dtype": (one_of(*dtypes.COMPUTE), "float32"),
     "input": (_input_spec, REQUIRED),
     "layers": (layer_list, REQUIRED),
+    "quantization": (optional(_record(QUANT_KEYS, "a quantization block")), None),
+    "qat": (optional(_record(QUANT_KEYS, "a qat block")), None),
     "training": (optional(training_block), None),
     "metadata": (_metadata, None),
 }
@@ -434,7 +465,10 @@ def validate(cfg: Any) -> dict:
     elif input_dtype.startswith("float") and input_dtype != out["dtype"]:
         raise ConfigError("input.dtype", f"a float input must have the network's dtype {out['dtype']}, "
                           f"got {input_dtype} (integer ids may differ)")
-    for key in ("training", "metadata"):
+    if out["quantization"] is not None and out["qat"] is not None:
+        raise ConfigError("qat", "a quantized network runs inference only; drop qat (quantize the qat-trained "
+                          "float network instead)")
+    for key in ("quantization", "qat", "training", "metadata"):
         if out[key] is None:
             del out[key]
     return out

@@ -10,6 +10,7 @@ FD = {"type": "sequential", "layers": [{"type": "flatten"}, D]}
 # (name, layers, input shape, input dtype)
 SAMPLES = [
     ("dense", [{"type": "dense", "units": 3, "activation": "relu"}], [5], None),
+    ("dense/accumulate_block", [{"type": "dense", "units": 3, "activation": "tanh", "accumulate_block": 2}], [5], None),
     ("conv1d", [{"type": "conv1d", "filters": 2, "kernel_size": 3, "padding": "same"}], [2, 7], None),
     ("conv2d", [{"type": "conv2d", "filters": 4, "kernel_size": [2, 3], "stride": [1, 2], "groups": 2,
                  "activation": "gelu"}], [2, 5, 6], None),
@@ -51,6 +52,13 @@ SAMPLES = [
     ("softmax/entmax", [{"type": "softmax", "variant": "entmax", "alpha": 1.5}], [5], None),
     ("softmax/adaptive", [{"type": "softmax", "variant": "adaptive", "classes": 10, "cutoffs": [4, 7], "div_value": 2}], [16], None),
     ("softmax/mixture", [{"type": "softmax", "variant": "mixture", "components": 3}], [5], None),
+    # openfluke welvet semantics (docs/interop.md): whole-batch normalization, blended entmax
+    ("softmax/standard/batch", [{"type": "softmax", "temperature": 0.5, "normalize": "batch"}], [2, 3], None),
+    ("softmax/grid/batch", [{"type": "softmax", "variant": "grid", "rows": 2, "cols": 3, "normalize": "batch"}], [6], None),
+    ("softmax/sparsemax/batch", [{"type": "softmax", "variant": "sparsemax", "normalize": "batch"}], [5], None),
+    ("softmax/entmax/blend", [{"type": "softmax", "variant": "entmax", "alpha": 1.3, "form": "blend"}], [5], None),
+    ("softmax/entmax/blend-batch", [{"type": "softmax", "variant": "entmax", "alpha": 1.6, "form": "blend",
+                                     "normalize": "batch"}], [4], None),
     ("parallel/concat", [{"type": "parallel", "branches": [D, {"type": "dense", "units": 2}]}], [3], None),
     ("parallel/add", [{"type": "parallel", "combine": "add", "branches": [D, D]}], [3], None),
     ("parallel/avg", [{"type": "parallel", "combine": "avg", "branches": [D, D, D]}], [3], None),

@@ -10,10 +10,10 @@ import sys
 import traceback
 
 from ..errors import LoomError
-from . import demo, info, run, train
+from . import convert, demo, info, run, train
 from . import eval as eval_cmd
 
-COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info}
+COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -2,10 +2,18 @@
 and optionally an optimizer's state and the training position (a checkpoint).
 
 Tensors: the network's state_dict under its own names, optimizer arrays under "optimizer.<key>",
-and in checkpoints early stopping's best weights so far under "best.<name>".
+and in checkpoints early stopping's best weights so far under "best.<name>". A quantized network's
+weights are stored in their type (sub-byte types packed into U8, see docs/dtypes.md) with
+"<name>.scale" and "<name>.zero_point" beside them; __metadata__ "quantized" (JSON) lists each
+such name with its Loom type and shape.
 __metadata__ (strings): format = "loom-model", format_version, loom_version, config (canonical
 JSON), and for checkpoints optimizer_config, optimizer_scalars and training_state (JSON).
 Saves are atomic (temp file, fsync, rename): an interrupted save leaves the previous file intact.
+
+Directory form (`save(net, "dir/", ...)`, or any path that is an existing directory): the same
+file as `dir/model.safetensors` plus `dir/config.json`, a readable copy of the config written after
+it. The config inside model.safetensors is the one that loads, so a save interrupted between the
+two files still loads the complete new model.
 """
 from __future__ import annotations
 
@@ -17,11 +25,13 @@ import numpy as np
 
 from .. import atomic
 from .. import config as configs
-from ..errors import ConfigError, FormatError
+from .. import quant
+from ..errors import ConfigError, FormatError, LoomError
 from ..nn.network import Network
 from . import safetensors
 
 FORMAT = "loom-model"
+DIR_MODEL, DIR_CONFIG = "model.safetensors", "config.json"
 VERSION = 1
 _OPT = "optimizer."
 _BEST = "best."
@@ -39,9 +49,18 @@ class Checkpoint:
 def to_bytes(net: Network, optimizer=None, training_state: dict | None = None,
              best_state: dict | None = None) -> bytes:
     from .. import __version__
-    tensors = {name: np.asarray(net.backend.to_numpy(a)) for name, a in net.state_dict().items()}
+    tensors, quantized = {}, {}
+    for name, a in net.state_dict().items():
+        if isinstance(a, quant.QTensor):
+            quantized[name] = {"dtype": a.dtype, "shape": list(a.shape)}
+            for part, array in quant.to_storage(a).items():
+                tensors[name if part == "q" else f"{name}.{part}"] = array
+        else:
+            tensors[name] = np.asarray(net.backend.to_numpy(a))
     meta = {"format": FORMAT, "format_version": str(VERSION), "loom_version": __version__,
             "config": configs.dumps(net.config)}
+    if quantized:
+        meta["quantized"] = json.dumps(quantized)
     if optimizer is not None:
         scalars = {}
         for key, value in optimizer.state_dict().items():
@@ -60,7 +79,18 @@ def to_bytes(net: Network, optimizer=None, training_state: dict | None = None,
 
 def save(net: Network, path, optimizer=None, training_state: dict | None = None,
          best_state: dict | None = None) -> None:
-    atomic.write_bytes(path, to_bytes(net, optimizer, training_state, best_state))
+    data = to_bytes(net, optimizer, training_state, best_state)
+    if not _is_directory(path):
+        atomic.write_bytes(path, data)
+        return
+    os.makedirs(path, exist_ok=True)
+    atomic.write_bytes(os.path.join(path, DIR_MODEL), data)
+    atomic.write_bytes(os.path.join(path, DIR_CONFIG), configs.dumps(net.config).encode("utf-8"))
+
+
+def _is_directory(path) -> bool:
+    text = os.fspath(path)
+    return os.path.isdir(text) or text.endswith((os.sep, "/"))
 
 
 def from_bytes(data: bytes) -> tuple[Network, Checkpoint]:
@@ -70,9 +100,39 @@ def from_bytes(data: bytes) -> tuple[Network, Checkpoint]:
 
 def load(path) -> tuple[Network, Checkpoint]:
     if os.path.isdir(path):
-        raise FormatError(f"{os.fspath(path)} is a directory; expected a .loom model file")
+        inner = os.path.join(path, DIR_MODEL)
+        if not os.path.isfile(inner):
+            raise FormatError(f"{os.fspath(path)} is a directory without {DIR_MODEL}; expected a Loom model "
+                              "file or a model directory")
+        path = inner
     tensors, meta = safetensors.load(path)
     return _build(tensors, meta, os.fspath(path))
+
+
+def _quantized(weights: dict, meta: dict, own: dict, where: str) -> dict:
+    """The quantized weights listed in the metadata, rebuilt; their parts are removed from weights."""
+    try:
+        listed = json.loads(meta.get("quantized", "{}"))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{where}: quantized metadata is not valid JSON ({exc.msg})") from None
+    if not isinstance(listed, dict):
+        raise FormatError(f"{where}: quantized metadata must be an object of name -> {{dtype, shape}}")
+    expected = {n for n, a in own.items() if isinstance(a, quant.QTensor)}
+    if set(listed) != expected:
+        raise FormatError(f"{where}: quantized tensors {sorted(listed)} do not match the config's {sorted(expected)}")
+    out = {}
+    for name, info in listed.items():
+        if name not in weights:
+            raise FormatError(f"{where}: quantized tensor {name!r} is missing")
+        parts = {"q": weights[name]}
+        for part in ("scale", "zero_point"):
+            if f"{name}.{part}" in weights:
+                parts[part] = weights.pop(f"{name}.{part}")
+        try:
+            out[name] = quant.from_storage(parts, info["dtype"], info["shape"])
+        except (LoomError, KeyError, TypeError) as exc:
+            raise FormatError(f"{where}: quantized tensor {name!r}: {exc}") from None
+    return out
 
 
 def _build(tensors, meta, where) -> tuple[Network, Checkpoint]:
@@ -87,6 +147,10 @@ def _build(tensors, meta, where) -> tuple[Network, Checkpoint]:
         raise FormatError(f"{where}: the stored config is invalid: {exc}") from None
     own = net.state_dict()
     weights = {k: v for k, v in tensors.items() if not k.startswith((_OPT, _BEST))}
+    for name, qt in _quantized(weights, meta, own, where).items():
+        net._load_quantized(name, own[name], qt)
+        weights.pop(name)
+        own.pop(name)
     missing, unknown = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))
     if missing or unknown:
         raise FormatError(f"{where}: tensors do not match the config: missing {missing}, unexpected {unknown}")

@@ -9,7 +9,8 @@ import numpy as np
 
 from .. import backend as backends
 from .. import config as configs
-from ..errors import BackendError, ShapeError
+from .. import quant
+from ..errors import BackendError, ConfigError, ShapeError
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
 
@@ -37,6 +38,7 @@ class Network:
         ctx = BuildContext(self.backend, cfg["dtype"], cfg["seed"])
         self.root = Sequential({"type": "sequential", "layers": cfg["layers"]}, self.input_spec, ctx)
         self.output_spec = self.root.out_spec
+        self._setup_quantization()
         self.training = False
         self.rng_counter = 0   # advances once per training-mode forward; seeds dropout/gumbel noise
         self._has_forward = False
@@ -49,6 +51,38 @@ class Network:
         if seed is not None:
             cfg["seed"] = configs.nonneg_int(seed, "seed")
         return cls(cfg)
+
+    def _setup_quantization(self) -> None:
+        qat, q = self._cfg.get("qat"), self._cfg.get("quantization")
+        for _, layer in self.root.walk():
+            if qat is not None and layer.SUPPORTS_QAT:
+                layer.qat = (qat["dtype"], qat["per"])
+            if q is not None:
+                for name in layer.QUANT_WEIGHTS:
+                    layer.params[name] = quant.quantize(self.backend.to_numpy(layer.params[name]),
+                                                        q["dtype"], per=q["per"], axis=0)
+                    del layer.grads[name]
+
+    @property
+    def quantized(self) -> bool:
+        """True when the GEMM weights are stored in a quantized type (inference only)."""
+        return "quantization" in self._cfg
+
+    def quantize(self, dtype: str, per: str = "channel") -> "Network":
+        """A new network whose GEMM weights (dense, conv, attention and swiglu projections, recurrent
+        and embedding weights) are stored and run in `dtype`, scaled per output channel or per
+        tensor; biases, norms and the rest stay in the compute dtype. See docs/dtypes.md."""
+        if self.quantized:
+            raise ConfigError("quantization", "the network is already quantized; quantize its float original")
+        cfg = self.config
+        cfg.pop("qat", None)
+        cfg["quantization"] = {"dtype": dtype, "per": per}
+        float_cfg = {k: v for k, v in cfg.items() if k != "quantization"}
+        out = Network(configs.validate(float_cfg), self.device)
+        out.load_state_dict(self.state_dict())
+        out._cfg = configs.validate(cfg)
+        out._setup_quantization()
+        return out
 
     @property
     def config(self) -> dict:
@@ -88,6 +122,9 @@ class Network:
         (None when the input is integer ids, or when input_grad is false: training skips that work)."""
         if not self._has_forward:
             raise ShapeError("backward() needs a forward() first")
+        if self.quantized:
+            raise ConfigError("quantization", f"a network quantized to {self._cfg['quantization']['dtype']} runs "
+                              "inference only; train the float network (with qat for quantization-aware training)")
         expected = (self._batch,) + self.output_spec.shape
         dy = self.backend.asarray(dy)
         if tuple(dy.shape) != expected:
@@ -165,11 +202,35 @@ class Network:
         for name, value in state.items():
             if name not in own:
                 continue
-            src = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
             dst = own[name]
+            if isinstance(dst, quant.QTensor):
+                self._load_quantized(name, dst, value)
+                continue
+            if isinstance(value, quant.QTensor):
+                raise ShapeError(f"{name}: a {value.dtype} quantized tensor cannot load into a float parameter "
+                                 "(dequantize it, or quantize the network first)")
+            src = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
             if tuple(src.shape) != tuple(dst.shape):
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
             dst[...] = self.backend.asarray(src.astype(dst.dtype))
+
+    def _load_quantized(self, name: str, dst, value) -> None:
+        """A stored quantized weight replaces dst as it is; a float array is quantized per the config."""
+        q = self._cfg["quantization"]
+        if not isinstance(value, quant.QTensor):
+            src = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            if tuple(src.shape) != tuple(dst.shape):
+                raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
+            value = quant.quantize(src.astype(np.float64), q["dtype"], per=q["per"], axis=0)
+        elif value.dtype != dst.dtype or tuple(value.shape) != tuple(dst.shape):
+            raise ShapeError(f"{name}: {value.dtype}{list(value.shape)} does not match the network's "
+                             f"{dst.dtype}{list(dst.shape)}")
+        for prefix, layer in self.root.walk():
+            key = name[len(prefix) + 1:] if prefix else name
+            if (not prefix or name.startswith(prefix + ".")) and layer.params.get(key) is dst:
+                layer.params[key] = value
+                return
+        raise ShapeError(f"{name}: no layer owns this parameter")   # unreachable: own came from the layers
 
     def step_state(self):
         """A StepState: run the network as a pipeline, one tick at a time (see loom/nn/step.py)."""
@@ -222,7 +283,7 @@ class Network:
         NaN or Inf; None when everything is finite. Runs x through the layers one at a time."""
         xp = self.backend.xp
         for name, p in self.parameters().items():
-            bad = _count_bad(xp, p)
+            bad = _count_bad(xp, p.dequantize("float64") if isinstance(p, quant.QTensor) else p)
             if bad:
                 return NonFinite(name, "parameter", *bad)
         if x is None:
@@ -257,7 +318,8 @@ class Network:
 
     # --- files (loom.formats sits above nn in the dependency order, hence the local imports) ---
     def save(self, path, optimizer=None) -> None:
-        """Write config + weights (+ optimizer state) to one model file, atomically."""
+        """Write config + weights (+ optimizer state) to one model file, atomically; a path that is a
+        directory (or ends with "/") gets model.safetensors + config.json inside it."""
         from ..formats import loomfile
         loomfile.save(self, path, optimizer)
 

@@ -46,11 +46,23 @@ def test_malformed_model_files(tmp_path):
     for meta, tensors, message in cases:
         with pytest.raises(FormatError, match=message):
             loom.from_bytes(safetensors.dumps(tensors, meta))
-    with pytest.raises(FormatError, match="is a directory"):
+    with pytest.raises(FormatError, match="is a directory without model.safetensors"):
         loom.load(tmp_path)
     (tmp_path / "t.loom").write_bytes(_net().to_bytes()[:-3])
     with pytest.raises(FormatError, match="t.loom"):
         loom.load(tmp_path / "t.loom")
+
+
+def test_directory_form_round_trip(tmp_path):
+    net = _net(3)
+    x = np.random.default_rng(5).standard_normal((4, 4)).astype(np.float32)
+    net.save(f"{tmp_path}/m/")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["config.json", "model.safetensors"]
+    assert loom.Network.from_config(tmp_path / "m" / "config.json").config == net.config
+    again = loom.load(tmp_path / "m")
+    assert np.array_equal(again(x), net(x))
+    _net(4).save(tmp_path / "m")                      # an existing directory is saved into, not over
+    assert not np.array_equal(loom.load(tmp_path / "m")(x), net(x))
 
 
 _WRITER = """

@@ -47,6 +47,9 @@ def rope_tables(steps: int, hd: int, theta: float, scaling: float | None):
 
 @register("multi_head_attention")
 class MultiHeadAttention(Layer):
+    QUANT_WEIGHTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
+    SUPPORTS_QAT = True      # through linear.forward/backward
+
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         if len(in_spec.shape) != 2:

@@ -112,6 +112,10 @@ class Layer(ABC):
         self.grads: dict[str, Any] = {}
         self.buffers: dict[str, Any] = {}
         self.children: dict[str, Layer] = {}
+        # Quantization-aware training: (dtype, per) when the network's config has "qat" and this layer
+        # supports it (SUPPORTS_QAT); qat_cache holds the fake-quantized operands its backward needs.
+        self.qat: tuple[str, str] | None = None
+        self.qat_cache: dict[str, Any] = {}
         # Gradients cleared by zero_grad but not yet written: the next accumulation overwrites them
         # instead of adding to zeros (see clear_grads).
         self.stale_grads: set[str] = set()
@@ -138,6 +142,14 @@ class Layer(ABC):
         self.params[name] = value
         self.grads[name] = self.xp.zeros_like(value)
         return value
+
+    # --- quantization ---
+    # Parameters that are GEMM weights [out, in, ...]: a quantized network stores and runs them in
+    # its storage type (loom/quant.py), per channel along axis 0. Everything else stays float.
+    QUANT_WEIGHTS: tuple[str, ...] = ()
+    # Whether the layer fake-quantizes its QUANT_WEIGHTS (and, for integer types, its GEMM inputs)
+    # in forward and passes straight-through gradients in backward when self.qat is set.
+    SUPPORTS_QAT = False
 
     # --- gradient accumulation ---
     # Layers whose every gradient write goes through accumulate/accumulate_matmul set this: their

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ... import quant
 from ...kernels import ops
-from . import activation
+from . import activation, linear
 from .base import Layer, Spec, dims, register
 from .dense import init_bound
 
@@ -195,6 +196,9 @@ class _ConvBase(Layer):
 
 @register("conv1d", "conv2d", "conv3d")
 class Conv(_ConvBase):
+    QUANT_WEIGHTS = ("weight",)
+    SUPPORTS_QAT = True
+
     def _geometry(self, cfg, ctx, size, k, s, d):
         if cfg["padding"] == "same":
             if any(v != 1 for v in s):
@@ -215,16 +219,43 @@ class Conv(_ConvBase):
         return Geometry(k, s, d, lo, hi, size, tuple(out), cfg["groups"])
 
     def forward(self, x, fc):
+        w = self.params["weight"]
+        if isinstance(w, quant.QTensor):
+            return self._finish(self._quantized(x, w))
+        if self.qat is not None:
+            return self._finish(self._fake_quantized(x, w))
         z, self.cols = correlate(self.xp, x, self._wm(), self.geom)
         return self._finish(z)
 
+    def _quantized(self, x, w):
+        """The convolution with stored quantized weights: one quant.qmatmul per group."""
+        g = self.geom
+        cols = _im2col(self.xp, pad(self.xp, x, g.lo, g.hi), g)              # [G, B*P, Ci/G*prod(k)]
+        out = self.xp.stack([quant.qmatmul(cols[i], part, x.dtype)
+                             for i, part in enumerate(quant.split_rows(w, g.groups))])
+        return _from_rows(out, x.shape[0], g.small)
+
+    def _fake_quantized(self, x, w):
+        """QAT: the weight fake-quantized per output channel and, for integer types, each im2col row
+        per row, as _quantized computes them; the operands are kept for backward."""
+        g = self.geom
+        cols = _im2col(self.xp, pad(self.xp, x, g.lo, g.hi), g)
+        cols, wq, mask = linear.fake_quant_operands(self.qat, cols, w)
+        wm = wq.reshape(g.groups, w.shape[0] // g.groups, -1)
+        self.cols, self.qat_cache["weight"] = cols, (wm, mask)
+        return _from_rows(ops.matmul(cols, wm.transpose(0, 2, 1)), x.shape[0], g.small)
+
     def backward(self, dy):
         dz = self._dz(dy)
+        wm, mask = self._wm(), None
+        if self.qat is not None and "weight" in self.qat_cache:     # straight-through to the float weight
+            wm, mask = self.qat_cache["weight"]
         if self.input_grad:
-            dx, rows = correlate_adjoint(self.xp, dz, self._wm(), self.geom, self.c)
+            dx, rows = correlate_adjoint(self.xp, dz, wm, self.geom, self.c)
         else:                                      # skip the col2im nobody reads
             dx, rows = None, _to_rows(dz, self.geom.groups)
-        self.grads["weight"] += weight_grad(self.xp, rows, self.cols, self.params["weight"].shape)
+        gw = weight_grad(self.xp, rows, self.cols, self.params["weight"].shape)
+        self.grads["weight"] += gw if mask is None else gw * mask
         return dx
 
 

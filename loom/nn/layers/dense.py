@@ -2,11 +2,18 @@
 
 Parameters as in torch.nn.Linear: weight [units, in], bias [units]. Inputs may carry extra axes
 between the batch and the features ([B, T, F] applies the same weights at every position).
+
+With accumulate_block = k the products are summed in float64 over consecutive blocks of k inputs and
+the running sum is rounded to the compute dtype after each block, reproducing openfluke welvet's
+float32 dense (docs/interop.md). The backward pass is that of the exact product x W^T.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from ...kernels import ops
 from . import activation, linear
 from .base import Layer, Spec, register
 
@@ -23,18 +30,33 @@ def init_bound(fn: str, fan_in: int, fan_out: int) -> float:
 @register("dense")
 class Dense(Layer):
     LAZY_GRADS = True   # all its gradient writes go through linear.backward's accumulate calls
+    QUANT_WEIGHTS = ("weight",)
+    SUPPORTS_QAT = True
 
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         fan_in, units = in_spec.shape[-1], cfg["units"]
         self.act = cfg["activation"]
+        self.block = cfg.get("accumulate_block")
         linear.create(self, ctx, "", units, fan_in, init_bound(self.act, fan_in, units), cfg["bias"])
         return Spec(in_spec.shape[:-1] + (units,), in_spec.dtype)
 
     def forward(self, x, fc):
         self.x = x
-        self.z, self.y = activation.forward(self.act, linear.forward(self, "", x))
+        z = linear.forward(self, "", x) if self.block is None else self._blocked(x)
+        self.z, self.y = activation.forward(self.act, z)
         return self.y
+
+    def _blocked(self, x):
+        """x W^T (+ b) with float64 block sums, the running sum rounded to x.dtype after each block."""
+        w64 = self.params["weight"].astype(np.float64)
+        x64 = x.astype(np.float64)
+        acc = self.xp.zeros(x.shape[:-1] + (w64.shape[0],), dtype=x.dtype)
+        for start in range(0, w64.shape[1], self.block):
+            part = ops.matmul(x64[..., start:start + self.block], w64[:, start:start + self.block].T)
+            acc = (acc.astype(np.float64) + part).astype(x.dtype)
+        bias = self.params.get("bias")
+        return acc + bias if bias is not None else acc
 
     def backward(self, dy):
         dz = activation.grad(self.act, self.z, self.y, dy)

@@ -1,12 +1,15 @@
 """Embedding: integer ids [..] -> vectors [.., dim] by row lookup in weight [vocab_size, dim]."""
 from __future__ import annotations
 
+from ... import quant
 from ...errors import ShapeError
 from .base import Layer, Spec, register
 
 
 @register("embedding")
 class Embedding(Layer):
+    QUANT_WEIGHTS = ("weight",)      # rows dequantized on lookup; per channel = one scale per token
+
     def build(self, cfg, in_spec, ctx):
         if in_spec.is_float:
             raise ctx.error(f"embedding needs integer ids as input, got {in_spec.dtype} "
@@ -23,7 +26,10 @@ class Embedding(Layer):
             raise ShapeError(f"{self.path}: token id {int(ids[where])} at index {list(where)} is outside "
                              f"[0, vocab_size={self.vocab})")
         self.ids = ids
-        return self.params["weight"][ids]
+        w = self.params["weight"]
+        if isinstance(w, quant.QTensor):
+            return quant.take_rows(w, ids, self.dtype)
+        return w[ids]
 
     def backward(self, dy):
         flat = dy.reshape(-1, dy.shape[-1])

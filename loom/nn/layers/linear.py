@@ -3,6 +3,7 @@ owns a projection (dense, swiglu, attention). Parameters are "<name>.weight" [ou
 "<name>.bias" [out] (just "weight"/"bias" when name is empty), PyTorch's nn.Linear layout."""
 from __future__ import annotations
 
+from ... import quant
 from ...kernels import ops
 
 
@@ -17,8 +18,35 @@ def create(layer, ctx, name: str, out: int, inp: int, bound: float, bias: bool) 
         layer.add_param(_key(name, "bias"), ctx.full((out,), 0.0))
 
 
+def project(layer, key: str, x):
+    """x @ W^T for the weight layer.params[key]: a float array, a quantized weight (an exact integer
+    GEMM for integer types, see quant.qmatmul), or, under quantization-aware training, the
+    fake-quantized weight and input (cached for backward)."""
+    w = layer.params[key]
+    if isinstance(w, quant.QTensor):
+        return quant.qmatmul(x, w, x.dtype)
+    if layer.qat is None:
+        return ops.matmul(x, w.T)
+    xq, wq, mask = fake_quant_operands(layer.qat, x, w)
+    layer.qat_cache[key] = (xq, wq, mask)
+    return ops.matmul(xq, wq.T)
+
+
+def fake_quant_operands(qat, x, w):
+    """(x', w', mask) for QAT: w' = dequant(quant(w)) per the qat setting; for integer types x' is
+    quantized per row to int8 as quant.qmatmul does at inference, so the trained network sees the
+    arithmetic the quantized one runs. mask is the straight-through gradient mask of w."""
+    dtype, per = qat
+    wq = quant.fake_quantize(w, dtype, per=per, axis=0)
+    mask = quant.ste_mask(w, dtype, per=per, axis=0)
+    if quant.is_integer(dtype):
+        x = quant.fake_quantize(x.reshape(-1, x.shape[-1]), quant.activation_type(dtype), per="channel",
+                                axis=0).reshape(x.shape)
+    return x, wq, mask
+
+
 def forward(layer, name: str, x):
-    y = ops.matmul(x, layer.params[_key(name, "weight")].T)
+    y = project(layer, _key(name, "weight"), x)
     bias = layer.params.get(_key(name, "bias"))
     if bias is not None:
         y += bias                  # in place: y is a fresh array
@@ -28,10 +56,17 @@ def forward(layer, name: str, x):
 def backward(layer, name: str, x, dy, need_dx: bool = True):
     """Accumulate the weight and bias gradients for input x (any leading axes); return dL/dx
     (None when need_dx is false)."""
+    key = _key(name, "weight")
+    w, mask = layer.params[key], None
+    if layer.qat is not None and key in layer.qat_cache:      # straight-through: the grads of w' go to w
+        x, w, mask = layer.qat_cache[key]
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
-    layer.accumulate_matmul(_key(name, "weight"), dy2.T, x2)
+    if mask is None:
+        layer.accumulate_matmul(key, dy2.T, x2)
+    else:
+        layer.accumulate(key, ops.matmul(dy2.T, x2) * mask)
     if _key(name, "bias") in layer.params:
         layer.accumulate(_key(name, "bias"), ops.sum(dy2, axis=0))
     if not need_dx:
         return None
-    return ops.matmul(dy, layer.params[_key(name, "weight")])
+    return ops.matmul(dy, w)

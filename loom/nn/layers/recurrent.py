@@ -18,6 +18,7 @@ from abc import abstractmethod
 
 from ...errors import ShapeError
 from ...kernels import ops
+from . import linear
 from .base import Layer, Spec, register
 
 
@@ -33,6 +34,7 @@ def _sequence_mask(layer: Layer, fc, batch: int, steps: int):
 
 
 class _Recurrent(Layer):
+    QUANT_WEIGHTS = ("weight_ih", "weight_hh")
     GATES = 1          # stacked gate blocks in weight_ih / weight_hh
     STATES = 1         # h, or (h, c) for lstm
 
@@ -69,7 +71,7 @@ class _Recurrent(Layer):
         B, T, _ = x.shape
         p = self.params
         mask = _sequence_mask(self, fc, B, T)
-        ax = ops.matmul(x, p["weight_ih"].T)                       # [B, T, G*H]
+        ax = linear.project(self, "weight_ih", x)                    # [B, T, G*H]
         if "bias_ih" in p:
             ax = ax + p["bias_ih"]
         state = tuple(xp.zeros((B, self.H), dtype=x.dtype) for _ in range(self.STATES))
@@ -79,7 +81,7 @@ class _Recurrent(Layer):
         for t in range(T):
             h = state[0]
             hprev[:, t] = h
-            ah = ops.matmul(h, p["weight_hh"].T)                     # [B, G*H]
+            ah = linear.project(self, "weight_hh", h)                  # [B, G*H]
             if "bias_hh" in p:
                 ah = ah + p["bias_hh"]
             new, cache = self.cell(ax[:, t], ah, state)

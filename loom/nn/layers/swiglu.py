@@ -15,6 +15,9 @@ _PROJ = ("gate_proj", "up_proj", "down_proj")
 
 @register("swiglu")
 class SwiGLU(Layer):
+    QUANT_WEIGHTS = tuple(f"{name}.weight" for name in _PROJ)
+    SUPPORTS_QAT = True
+
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         e, h = in_spec.shape[-1], cfg["hidden"]
