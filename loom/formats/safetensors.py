@@ -6,6 +6,11 @@ then the data buffer, the tensors packed back to back with no gaps or overlaps. 
 memory-mapped: `load` returns read-only arrays viewing the file. Every check raises FormatError
 naming the tensor and the byte offset; nothing is read outside the file and nothing larger than the
 file is allocated.
+
+Sub-byte types (ml_dtypes int4, uint4, int2, uint2, float4_e2m1fn arrays) are stored packed as U8
+(loom.dtypes.pack: little-endian bit order) and listed in __metadata__["loom.packed"] as JSON
+{name: {"dtype": loom type, "shape": [...]}}; reading unpacks them (a copy, not a view), and
+readers without Loom see plain U8 bytes.
 """
 from __future__ import annotations
 
@@ -18,8 +23,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
-from .. import atomic
-from ..errors import FormatError
+from .. import atomic, dtypes
+from ..errors import FormatError, LoomError
 
 MAX_HEADER = 100 * 1024 * 1024  # bytes; the reference implementation's limit
 
@@ -32,6 +37,10 @@ DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("bool"),
 }
 _NAMES = {dt: name for name, dt in DTYPES.items()}
+PACKED_KEY = "loom.packed"
+# numpy dtype -> Loom type for the types stored packed (ternary and binary share int8 with int8, so
+# they are written packed only through the model file, which records their type itself)
+_PACKED = {row.numpy: row.name for row in dtypes.TABLE.values() if row.packed and row.kind not in ("ternary", "binary")}
 
 
 def dtype_name(dtype) -> str:
@@ -47,22 +56,35 @@ def dtype_name(dtype) -> str:
 def dumps(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> bytes:
     """The safetensors bytes of `tensors` (written in the given order) with optional string metadata."""
     header: dict = {}
-    if metadata:
-        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
-        if bad:
-            raise FormatError(f"metadata values must be strings; offending keys: {bad}")
-        header["__metadata__"] = dict(metadata)
+    metadata = dict(metadata or {})
+    bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        raise FormatError(f"metadata values must be strings; offending keys: {bad}")
+    if PACKED_KEY in metadata:
+        raise FormatError(f"metadata key {PACKED_KEY!r} is reserved for Loom's packed sub-byte tensors")
+    packed = {}
     offset, blobs = 0, []
     for name, array in tensors.items():
         if not isinstance(name, str) or name == "__metadata__":
             raise FormatError(f"invalid tensor name {name!r}")
         a = np.asarray(array)
         a = a if a.flags.c_contiguous else a.copy(order="C")   # (ascontiguousarray would make 0-d arrays 1-d)
+        if a.dtype in _PACKED:
+            packed[name] = {"dtype": _PACKED[a.dtype], "shape": list(a.shape)}
+            blob = dtypes.pack(a, _PACKED[a.dtype]).tobytes()
+            header[name] = {"dtype": "U8", "shape": [len(blob)], "data_offsets": [offset, offset + len(blob)]}
+            offset += len(blob)
+            blobs.append(blob)
+            continue
         blob = a.astype(a.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": dtype_name(a.dtype), "shape": list(a.shape),
                         "data_offsets": [offset, offset + len(blob)]}
         offset += len(blob)
         blobs.append(blob)
+    if packed:
+        metadata[PACKED_KEY] = json.dumps(packed, separators=(",", ":"))
+    if metadata:
+        header = {"__metadata__": metadata, **header}
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     text += b" " * (-(8 + len(text)) % 8)   # data starts 8-byte aligned, as the reference writer does
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
@@ -147,7 +169,7 @@ def _is_count(v) -> bool:
 def loads(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Tensors (read-only views of `data`) and metadata from safetensors bytes."""
     entries, metadata, start = parse_header(memoryview(data), len(data))
-    return {name: _view(data, start, *e) for name, e in entries.items()}, metadata
+    return _unpack({name: _view(data, start, *e) for name, e in entries.items()}, metadata)
 
 
 def load(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
@@ -159,10 +181,39 @@ def load(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
     try:
         entries, metadata, start = parse_header(mm, size)
+        return _unpack({name: _view(mm, start, *e) for name, e in entries.items()}, metadata)
     except FormatError as exc:
         mm.close()
         raise FormatError(f"{os.fspath(path)}: {exc}") from None
-    return {name: _view(mm, start, *e) for name, e in entries.items()}, metadata
+
+
+def _unpack(tensors: dict, metadata: dict) -> tuple[dict, dict]:
+    """Unpack the sub-byte tensors listed under PACKED_KEY (which is removed from the metadata)."""
+    if PACKED_KEY not in metadata:
+        return tensors, metadata
+    metadata = dict(metadata)
+    try:
+        listed = json.loads(metadata.pop(PACKED_KEY))
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"__metadata__[{PACKED_KEY!r}] is not valid JSON ({exc.msg})") from None
+    if not isinstance(listed, dict):
+        raise FormatError(f"__metadata__[{PACKED_KEY!r}] must be an object of name -> {{dtype, shape}}")
+    for name, info in listed.items():
+        if name not in tensors:
+            raise FormatError(f"packed tensor {name!r} is listed in the metadata but not in the file")
+        raw = tensors[name]
+        if not isinstance(info, dict) or info.get("dtype") not in _PACKED.values():
+            raise FormatError(f"packed tensor {name!r}: unknown packed type {info!r}")
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise FormatError(f"packed tensor {name!r}: stored as {raw.dtype}{list(raw.shape)}, expected 1-D U8")
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+            raise FormatError(f"packed tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
+        try:
+            tensors[name] = dtypes.unpack(raw, info["dtype"], shape)
+        except LoomError as exc:
+            raise FormatError(f"packed tensor {name!r}: {exc}") from None
+    return tensors, metadata
 
 
 def _view(buf, start, dt, shape, begin, end):
