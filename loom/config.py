@@ -233,8 +233,9 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     **{f"conv_transpose{n}d": _conv(True) for n in (1, 2, 3)},
     **{f"{kind}_pool{n}d": _POOL for kind in ("max", "avg") for n in (1, 2, 3)},
     "embedding": {"vocab_size": (positive_int, REQUIRED), "dim": (positive_int, REQUIRED)},
-    "layer_norm": {"eps": (number(0, lo_open=True), 1e-5), "affine": (boolean, True)},
-    "rms_norm": {"eps": (number(0, lo_open=True), 1e-6)},
+    "layer_norm": {"eps": (number(0, lo_open=True), 1e-5), "affine": (boolean, True),
+                   "compute_dtype": (optional(one_of("float64")), None)},
+    "rms_norm": {"eps": (number(0, lo_open=True), 1e-6), "compute_dtype": (optional(one_of("float64")), None)},
     "batch_norm": {"eps": (number(0, lo_open=True), 1e-5), "momentum": (number(0, 1), 0.1)},
     "dropout": {"rate": (number(0, 1, hi_open=True), REQUIRED)},
     "rnn": _RECURRENT, "lstm": _RECURRENT, "gru": _RECURRENT,
@@ -278,7 +279,8 @@ SOFTMAX_KEYS: dict[str, dict] = {
 
 # Keys left out of the normalized config while they hold their default, so that configs written
 # before the key existed keep their canonical form.
-QUIET_DEFAULTS: dict[str, tuple[str, ...]] = {"dense": ("accumulate_block",), "softmax": ("normalize", "form")}
+QUIET_DEFAULTS: dict[str, tuple[str, ...]] = {"dense": ("accumulate_block",), "softmax": ("normalize", "form"),
+                                              "layer_norm": ("compute_dtype",), "rms_norm": ("compute_dtype",)}
 
 
 def parse_layer(obj: Any, path: str) -> dict:

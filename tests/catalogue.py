@@ -28,6 +28,8 @@ SAMPLES = [
     ("embedding", [{"type": "embedding", "vocab_size": 10, "dim": 4}], [3], "int64"),
     ("layer_norm", [{"type": "layer_norm", "eps": 1e-6}], [3, 4], None),
     ("rms_norm", [{"type": "rms_norm"}], [4], None),
+    ("layer_norm/float64", [{"type": "layer_norm", "compute_dtype": "float64"}], [3, 4], None),
+    ("rms_norm/float64", [{"type": "rms_norm", "eps": 1e-5, "compute_dtype": "float64"}], [4], None),
     ("batch_norm", [{"type": "batch_norm", "momentum": 0.2}], [3, 4, 4], None),
     ("dropout", [{"type": "dropout", "rate": 0.1}], [6], None),
     ("rnn", [{"type": "rnn", "hidden": 3}], [4, 2], None),

@@ -2,6 +2,9 @@
 
     loom convert --from welvet IN OUT [--input-shape 4,16]   an openfluke welvet model (JSON wire or
                                                             .entity) -> a Loom model file (net.save)
+    loom convert MODEL --dtype int8 [--per channel] --out OUT
+                                                            a Loom model with its GEMM weights
+                                                            quantized (net.quantize; docs/dtypes.md)
 
 Each source format is one mode, chosen by --from; a mode is a function taking the parsed args and
 returning the Network to write. Other conversions (e.g. `--dtype` re-quantization of a Loom model)
@@ -14,20 +17,30 @@ HELP = "convert a model from another format into a Loom model file"
 
 def add_arguments(p):
     p.add_argument("input", metavar="IN", help="the model to convert")
-    p.add_argument("output", metavar="OUT", nargs="?", help="where to write the Loom model file")
+    p.add_argument("output", metavar="OUT", nargs="?", help="where to write the Loom model file (or --out)")
+    p.add_argument("--out", dest="out", default=None, help="where to write the Loom model file")
     p.add_argument("--from", dest="source_format", default=None, choices=sorted(MODES),
                    help="format of IN: welvet (an openfluke welvet JSON wire or .entity file)")
     p.add_argument("--input-shape", default=None, metavar="D1,D2,...",
                    help="--from welvet: per-sample input shape (batch excluded), when the first layer "
                         "does not imply the one wanted")
-    # a mode for Loom models (IN a .loom file, e.g. --dtype ... --out OUT) adds its options here
+    p.add_argument("--dtype", default=None, metavar="TYPE",
+                   help="quantize a Loom model's weights to TYPE (int8, int4, ternary, ...; docs/dtypes.md)")
+    p.add_argument("--per", default="channel", choices=["channel", "tensor"],
+                   help="--dtype: one scale per output channel (default) or per tensor")
     p.set_defaults(convert_parser=p)
 
 
 def run(args) -> int:
-    if args.source_format is None:
-        args.convert_parser.error("say what IN is: --from welvet")
-    net = MODES[args.source_format](args)
+    if args.out is not None:
+        if args.output is not None:
+            args.convert_parser.error("give OUT once: as the second argument or as --out")
+        args.output = args.out
+    if args.source_format is None and args.dtype is None:
+        args.convert_parser.error("say what to do: --from welvet (import) or --dtype TYPE (quantize a Loom model)")
+    net = _quantize(args) if args.source_format is None else MODES[args.source_format](args)
+    if args.source_format is not None and args.dtype is not None:
+        net = net.quantize(args.dtype, per=args.per)
     net.save(args.output)
     print(f"wrote {args.output}: {net!r}")
     return 0
@@ -51,6 +64,13 @@ def _from_welvet(args):
     if args.output is None:
         args.convert_parser.error("--from welvet needs IN and OUT")
     return welvet.load(args.input, input_shape=_shape(args.input_shape))
+
+
+def _quantize(args):
+    from .. import load
+    if args.output is None:
+        args.convert_parser.error("--dtype needs MODEL and --out OUT")
+    return load(args.input).quantize(args.dtype, per=args.per)
 
 
 MODES = {"welvet": _from_welvet}

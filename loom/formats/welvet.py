@@ -74,9 +74,12 @@ class Model:
 def read(source, name: str | None = None) -> Model:
     """A Model from a path, bytes (.entity or JSON text) or a JSON string."""
     data, where = _bytes_of(source, name)
-    if data[:6] == MAGIC[:6]:
-        return _read_entity(data, where)
-    return _read_wire(data, where)
+    try:
+        if data[:6] == MAGIC[:6]:
+            return _read_entity(data, where)
+        return _read_wire(data, where)
+    except RecursionError:
+        raise FormatError(f"{where}: layers are nested too deeply to read") from None
 
 
 def convert(source, input_shape=None, name: str | None = None) -> tuple[dict, dict]:
@@ -84,7 +87,10 @@ def convert(source, input_shape=None, name: str | None = None) -> tuple[dict, di
     shape inferred from the first layer."""
     from . import welvet_layers
     model = read(source, name)
-    return welvet_layers.to_loom(model, input_shape)
+    try:
+        return welvet_layers.to_loom(model, input_shape)
+    except RecursionError:
+        raise FormatError(f"{model.source}: layers are nested too deeply to convert") from None
 
 
 def load(source, input_shape=None, name: str | None = None):
@@ -221,7 +227,8 @@ def _build(spec, where, blobs) -> Model:
         raise FormatError(f"{where}: expected a JSON object for the network, got {_show(spec)}")
     for key in spec:
         if key not in _NETWORK_KEYS:
-            raise FormatError(f"{where}: {key}: unknown key for a welvet network; expected one of {', '.join(_NETWORK_KEYS)}")
+            raise FormatError(f"{where}: {key}: unknown key for a welvet network; "
+                              f"expected one of {', '.join(_NETWORK_KEYS)}")
     grid = []
     for key in _GRID:
         v = spec.get(key)
@@ -317,7 +324,8 @@ def _layer(ls, where, path, wpath, blobs, cell) -> Layer:
         if wpath in blobs:
             raw, b = blobs[wpath]
             blob = dict(ls, dtype=_dtype(b["dtype"], f"{b['where']}.dtype"), native=b["native"], scale=b["scale"])
-            if isinstance(b["scale"], bool) or not isinstance(b["scale"], (int, float)) or not math.isfinite(b["scale"]):
+            if isinstance(b["scale"], bool) or not isinstance(b["scale"], (int, float)) \
+                    or not math.isfinite(b["scale"]):
                 raise FormatError(f"{b['where']}.scale: expected a finite number, got {_show(b['scale'])}")
             if not isinstance(b["native"], bool):
                 raise FormatError(f"{b['where']}.native: expected true or false, got {_show(b['native'])}")
@@ -387,7 +395,8 @@ def decode(raw: bytes, ls: dict, where: str):
         q = np.frombuffer(raw, f"<{kind}{bits // 8}").astype(np.float32)
     elif dt in ("int4", "uint4", "fp4"):
         n = np.stack([b >> 4, b & 15], axis=1).reshape(-1)
-        q = _FP4[n] if dt == "fp4" else np.where((n > 7) & (dt == "int4"), n.astype(np.int16) - 16, n).astype(np.float32)
+        signed = np.where((n > 7) & (dt == "int4"), n.astype(np.int16) - 16, n)
+        q = _FP4[n] if dt == "fp4" else signed.astype(np.float32)
     elif dt in ("int2", "uint2", "ternary"):
         n = np.stack([(b >> 6) & 3, (b >> 4) & 3, (b >> 2) & 3, b & 3], axis=1).reshape(-1)
         q = np.where((n > 1) & (dt != "uint2"), n.astype(np.int16) - 4, n).astype(np.float32)

@@ -68,8 +68,10 @@ def to_loom(model, input_shape=None) -> tuple[dict, dict]:
     else:
         shape, ids = tuple(int(d) for d in input_shape), False
         if not shape or min(shape) < 1:
-            raise FormatError(f"{model.source}: input_shape must be a non-empty list of positive sizes, got {list(shape)}")
-        ids = bool(top) and kind(_first(top)) == "embedding"
+            raise FormatError(f"{model.source}: input_shape must be a non-empty list of positive sizes, "
+                              f"got {list(shape)}")
+        head = _first(top)
+        ids = head is not None and kind(head) == "embedding"
     state: dict = {}
     chain = Chain("layers", state)
     spec = (shape, "int64" if ids else "float32")
@@ -94,12 +96,12 @@ def _first(layers):
         k = kind(layer)
         if k == "residual" or layer.spec.get("is_disabled"):
             continue
-        if k == "sequential" and layer.children:
-            return _first(layer.children)
-        if k == "parallel" and layer.branches:
-            return _first(layer.branches[:1])
-        if k not in ("sequential", "parallel"):
-            return layer
+        if k in ("sequential", "parallel"):      # every branch sees the same input
+            found = _first(layer.children if k == "sequential" else layer.branches)
+            if found is not None:
+                return found
+            continue                              # only residuals inside: the input passes on
+        return layer
     return None
 
 
@@ -214,10 +216,10 @@ def _norm(layer, chain, shape):
     orig = shape
     shape = _flat_to(layer, chain, shape, (f,), "")
     if kind(layer) == "rmsnorm":
-        chain.add({"type": "rms_norm", "eps": 1e-6}, {"weight": _take(layer, f)})
+        chain.add({"type": "rms_norm", "eps": 1e-6, "compute_dtype": "float64"}, {"weight": _take(layer, f)})
     else:
         w = _take(layer, 2 * f)
-        chain.add({"type": "layer_norm", "eps": 1e-5}, {"weight": w[:f], "bias": w[f:]})
+        chain.add({"type": "layer_norm", "eps": 1e-5, "compute_dtype": "float64"}, {"weight": w[:f], "bias": w[f:]})
     return _reshape(chain, shape, orig)
 
 
@@ -332,7 +334,8 @@ def _parallel(layer, chain, spec):
         raise FormatError(f"{layer.where}: combine filter: welvet does not save the filter gate, so its "
                           "reloaded model outputs zeros; nothing to import")
     if mode not in ("concat", "add", "avg"):
-        raise FormatError(f"{layer.where}: unknown combine_mode {mode!r}; expected concat, add, avg, grid_scatter or filter")
+        raise FormatError(f"{layer.where}: unknown combine_mode {mode!r}; expected concat, add, avg, "
+                          "grid_scatter or filter")
     branches, sizes = [], []
     for j, branch in enumerate(layer.branches):
         sub = chain.child(f"branches.{j}.layers")

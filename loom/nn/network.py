@@ -267,11 +267,18 @@ class Network:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = [f"{self._cfg['name']}: input {list(self.input_spec.shape)} {self.input_spec.dtype}, "
                  f"dtype {self._cfg['dtype']}, seed {self._cfg['seed']}, device {self.device}"]
+        for key, what in (("quantization", "weights stored in"), ("qat", "quantization-aware training for")):
+            if key in self._cfg:
+                q = self._cfg[key]
+                lines.append(f"{what} {q['dtype']} (scales per {q['per']})")
         for i, r in enumerate(rows):
             lines.append("  ".join(c.ljust(w) if j < 3 else c.rjust(w) for j, (c, w) in enumerate(zip(r, widths))))
             if i == 0:
                 lines.append("-" * (sum(widths) + 6))
         lines.append(f"total parameters: {self.root.param_count():,}")
+        if self.quantized:
+            size = sum(p.nbytes for p in self.parameters().values())
+            lines.append(f"parameter bytes: {size:,} (quantized weights with their scales)")
         return "\n".join(lines)
 
     def __repr__(self) -> str:

@@ -93,3 +93,20 @@ def test_usage_errors_exit_2(tmp_path):
         run = loom_cli(*args)
         assert run.returncode == 2, (args, run.stderr)
         assert len(run.stderr.strip().splitlines()) == 1 and run.stderr.startswith("loom: usage error"), run.stderr
+
+
+def test_convert_dtype_quantizes_a_loom_model(tmp_path):
+    cfg = {"loom": 1, "input": {"shape": [6]}, "layers": [{"type": "dense", "units": 4, "activation": "relu"},
+                                                          {"type": "dense", "units": 3}]}
+    net = loom.Network.from_config(cfg, seed=2)
+    net.save(tmp_path / "f.loom")
+    r = loom_cli("convert", str(tmp_path / "f.loom"), "--dtype", "int4", "--out", str(tmp_path / "q.loom"))
+    assert r.returncode == 0, r.stderr
+    q = loom.load(tmp_path / "q.loom")
+    assert q.config["quantization"] == {"dtype": "int4", "per": "channel"}
+    x = np.random.default_rng(0).standard_normal((5, 6)).astype(np.float32)
+    assert np.array_equal(q(x), net.quantize("int4")(x))
+    bad = loom_cli("convert", str(tmp_path / "f.loom"), "--dtype", "int9", "--out", str(tmp_path / "x.loom"))
+    assert bad.returncode == 3 and "int9" in bad.stderr and bad.stderr.count("\n") == 1
+    usage = loom_cli("convert", str(tmp_path / "f.loom"))
+    assert usage.returncode == 2 and "--dtype" in usage.stderr

@@ -373,7 +373,8 @@ def _wire_error(mutate, match):
     (lambda s: s["layers"][1].update(l=5), r"layers\[1\]: cell \(z=0, y=0, x=0, l=5\) lies outside the 1x1x1x2 grid"),
     (lambda s: s["layers"][1].update(l=0), r"layers\[1\]: cell \(z=0, y=0, x=0, l=0\) is already taken by layers\[0\]"),
     (lambda s: s["layers"].pop(), r"grid cell \(z=0, y=0, x=0, l=1\) has no layer"),
-    (lambda s: s["layers"][0].update(type="Hopfield"), r"layers\[0\] \(z=0, y=0, x=0, l=0\): unknown welvet layer type 'Hopfield'"),
+    (lambda s: s["layers"][0].update(type="Hopfield"),
+     r"layers\[0\] \(z=0, y=0, x=0, l=0\): unknown welvet layer type 'Hopfield'"),
     (lambda s: s["layers"][0].update(type="ConvTransposed2D"), r"ConvTransposed2D' has no Loom import yet"),
     (lambda s: s["layers"][0].update(activation="Swish"), r"layers\[0\] .*\.activation: unknown welvet activation 'Swish'"),
     (lambda s: s["layers"][0].update(dtype="float8"), r"layers\[0\]\.dtype: unknown welvet dtype 'float8'"),
@@ -439,19 +440,33 @@ def _entity(mutate_header=None, payload=None, **fields):
     (_entity(lambda h: h.update(format_version=3)), r"header\.format_version: expected 1, got 3"),
     (_entity(lambda h: h.update(extra=True)), r"header\.extra: unknown key"),
     (_entity(lambda h: h.pop("blobs")), r"header\.blobs: expected a list"),
-    (_entity(lambda h: h["blobs"][1].update(offset=26)), r"header\.blobs\[1\]: bytes \d+\.\.\d+ run past the end of the file \(\d+ bytes; truncated\?\)"),
+    (_entity(lambda h: h["blobs"][1].update(offset=26)),
+     r"header\.blobs\[1\]: bytes \d+\.\.\d+ run past the end of the file \(\d+ bytes; truncated\?\)"),
     (_entity(lambda h: h["blobs"][1].update(length=-1)), r"header\.blobs\[1\]\.length: expected a non-negative integer"),
-    (_entity(lambda h: h["blobs"][1].update(path="layers.7")), r"header\.blobs\[1\]: blob 'layers\.7' belongs to no weighted layer"),
+    (_entity(lambda h: h["blobs"][1].update(path="layers.7")),
+     r"header\.blobs\[1\]: blob 'layers\.7' belongs to no weighted layer"),
     (_entity(lambda h: h["blobs"][1].update(path="weights")), r"header\.blobs\[1\]\.path: expected \"layers\.<index>"),
     (_entity(lambda h: h["blobs"][1].update(path="layers.0")), r"header\.blobs\[1\]\.path: blob 'layers\.0' appears twice"),
-    (_entity(lambda h: h["blobs"][1].update(dtype="int16")), r"header\.blobs\[1\]\.dtype: blob is int16 but layer layers\[1\] is int8"),
+    (_entity(lambda h: h["blobs"][1].update(dtype="int16")),
+     r"header\.blobs\[1\]\.dtype: blob is int16 but layer layers\[1\] is int8"),
     (_entity(lambda h: h["blobs"][1].update(scale="big")), r"header\.blobs\[1\]\.scale: expected a finite number"),
     (_entity(lambda h: h["blobs"].pop()), r"layers\[1\] .*: Dense layer has no weights"),
-    (_entity(lambda h: h["network"]["layers"][0].update(weights="AAAA")), r"layers\[0\]\.weights: an \.entity header carries no inline weights"),
+    (_entity(lambda h: h["network"]["layers"][0].update(weights="AAAA")),
+     r"layers\[0\]\.weights: an \.entity header carries no inline weights"),
 ])
 def test_malformed_entity_names_the_byte_offset_or_header_path(data, match):
     with pytest.raises(FormatError, match=match):
         welvet.load(data)
+
+
+def test_deep_nesting_is_a_format_error():
+    inner = '{"type": "Dense", "input_height": 2, "output_height": 2}'
+    for _ in range(3000):
+        inner = '{"type": "Sequential", "sequential_layers": [' + inner + ']}'
+    text = ('{"id": "x", "depth": 1, "rows": 1, "cols": 1, "layers_per_cell": 1, "layers": ['
+            + inner[:-1] + ', "z": 0, "y": 0, "x": 0, "l": 0}]}')
+    with pytest.raises(FormatError, match="nested too deeply"):
+        welvet.load(text)
 
 
 def test_unreadable_sources():
@@ -489,7 +504,8 @@ def _fill(layer):
     (_one(Dn(4, 4), par("filter", Dn(4, 2), Dn(4, 2))), r"combine filter: welvet does not save the filter gate"),
     (_one(Dn(4, 4), par("multiply", Dn(4, 2), Dn(4, 2))), r"unknown combine_mode 'multiply'"),
     (_one(Dn(4, 4), par("add", Dn(4, 2), Dn(4, 3))), r"combine add needs branch outputs of one size, got \[2, 3\]"),
-    (_one(L(type="MultiHeadAttention", d_model=4, num_heads=1, head_dim=4, seq_length=600)), r"exceeds welvet's 512-entry KV cache"),
+    (_one(L(type="MultiHeadAttention", d_model=4, num_heads=1, head_dim=4, seq_length=600)),
+     r"exceeds welvet's 512-entry KV cache"),
     (_one(L(type="MultiHeadAttention", d_model=6, num_heads=2, head_dim=3, seq_length=2)), r"head_dim 3 is odd"),
     (_one(L(type="CNN1", input_channels=1, input_height=5, filters=1, kernel_size=3, stride=1, output_height=4)),
      r"output_height is 4, but kernel 3, stride 1, padding 0 on 5 positions give 3"),

@@ -5,7 +5,7 @@ between the batch and the features ([B, T, F] applies the same weights at every 
 
 With accumulate_block = k the products are summed in float64 over consecutive blocks of k inputs and
 the running sum is rounded to the compute dtype after each block, reproducing openfluke welvet's
-float32 dense (docs/interop.md). The backward pass is that of the exact product x W^T.
+dense (docs/interop.md). The backward pass is that of the exact product x W^T.
 """
 from __future__ import annotations
 
@@ -43,7 +43,9 @@ class Dense(Layer):
 
     def forward(self, x, fc):
         self.x = x
-        z = linear.forward(self, "", x) if self.block is None else self._blocked(x)
+        # accumulate_block describes float arithmetic: a quantized weight or QAT runs its own GEMM
+        float_weight = isinstance(self.params["weight"], self.xp.ndarray) and self.qat is None
+        z = self._blocked(x) if self.block is not None and float_weight else linear.forward(self, "", x)
         self.z, self.y = activation.forward(self.act, z)
         return self.y
 

@@ -3,6 +3,10 @@
 Parameter and buffer names follow PyTorch: weight, bias; batch_norm also keeps running_mean,
 running_var (unbiased, as PyTorch) and num_batches_tracked. Variances in the normalization itself
 are biased (divide by N), as in PyTorch.
+
+layer_norm and rms_norm take compute_dtype "float64": statistics, normalization and the affine map
+run in float64 on the widened input and the result is rounded once to the network dtype (how
+openfluke welvet normalizes, docs/interop.md); the backward pass runs in float64 too.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ class LayerNorm(Layer):
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         self.eps = cfg["eps"]
+        self.wide = cfg.get("compute_dtype") is not None
         if cfg["affine"]:
             f = in_spec.shape[-1]
             self.add_param("weight", ctx.full((f,), 1.0))
@@ -25,6 +30,11 @@ class LayerNorm(Layer):
         return in_spec
 
     def forward(self, x, fc):
+        if self.wide:
+            return self._forward(x.astype(np.float64)).astype(x.dtype)
+        return self._forward(x)
+
+    def _forward(self, x):
         mu = ops.mean(x, axis=-1, keepdims=True)
         xc = x - mu
         var = ops.mean(xc * xc, axis=-1, keepdims=True)
@@ -35,15 +45,16 @@ class LayerNorm(Layer):
         return self.xhat * self.params["weight"] + self.params["bias"]
 
     def backward(self, dy):
-        xhat = self.xhat
+        xhat, out = self.xhat, dy.dtype
+        dy = dy.astype(xhat.dtype)
         if self.params:
             lead = tuple(range(dy.ndim - 1))
-            self.grads["weight"] += ops.sum(dy * xhat, axis=lead)
-            self.grads["bias"] += ops.sum(dy, axis=lead)
+            self.grads["weight"] += ops.sum(dy * xhat, axis=lead).astype(out)
+            self.grads["bias"] += ops.sum(dy, axis=lead).astype(out)
             dy = dy * self.params["weight"]
         mean_dy = ops.mean(dy, axis=-1, keepdims=True)
         mean_dy_xhat = ops.mean(dy * xhat, axis=-1, keepdims=True)
-        return self.rstd * (dy - mean_dy - xhat * mean_dy_xhat)
+        return (self.rstd * (dy - mean_dy - xhat * mean_dy_xhat)).astype(out)
 
 
 def rms_norm(x, weight, eps: float):
@@ -66,17 +77,20 @@ class RMSNorm(Layer):
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         self.eps = cfg["eps"]
+        self.wide = cfg.get("compute_dtype") is not None
         self.add_param("weight", ctx.full((in_spec.shape[-1],), 1.0))
         return in_spec
 
     def forward(self, x, fc):
-        y, self.cache = rms_norm(x, self.params["weight"], self.eps)
-        return y
+        wide = x.astype(np.float64) if self.wide else x
+        y, self.cache = rms_norm(wide, self.params["weight"], self.eps)
+        return y.astype(x.dtype)
 
     def backward(self, dy):
-        dx, dweight = rms_norm_backward(dy, self.cache, self.params["weight"])
-        self.grads["weight"] += dweight
-        return dx
+        wide = dy.astype(np.float64) if self.wide else dy
+        dx, dweight = rms_norm_backward(wide, self.cache, self.params["weight"])
+        self.grads["weight"] += dweight.astype(dy.dtype)
+        return dx.astype(dy.dtype)
 
 
 @register("batch_norm")
