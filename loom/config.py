@@ -242,7 +242,8 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     "multi_head_attention": {
         "heads": (positive_int, REQUIRED), "kv_heads": (optional(positive_int), None),
         "head_dim": (optional(positive_int), None), "causal": (boolean, False),
-        "rope": (optional(rope), None), "qk_norm": (boolean, False), "bias": (boolean, True)},
+        "rope": (optional(rope), None), "qk_norm": (boolean, False), "bias": (boolean, True),
+        "span": (one_of("sample", "batch"), "sample")},
     "swiglu": {"hidden": (positive_int, REQUIRED), "bias": (boolean, False)},
     "activation": {"fn": (one_of(*ACTIVATIONS), REQUIRED)},
     "softmax": None,  # per-variant keys, see SOFTMAX_KEYS
@@ -280,6 +281,7 @@ SOFTMAX_KEYS: dict[str, dict] = {
 # Keys left out of the normalized config while they hold their default, so that configs written
 # before the key existed keep their canonical form.
 QUIET_DEFAULTS: dict[str, tuple[str, ...]] = {"dense": ("accumulate_block",), "softmax": ("normalize", "form"),
+                                              "multi_head_attention": ("span",),
                                               "layer_norm": ("compute_dtype",), "rms_norm": ("compute_dtype",)}
 
 

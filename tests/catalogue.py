@@ -37,6 +37,8 @@ SAMPLES = [
     ("gru", [{"type": "gru", "hidden": 3, "bias": False}], [4, 2], None),
     ("multi_head_attention", [{"type": "multi_head_attention", "heads": 4, "kv_heads": 2, "causal": True,
                                "rope": {"theta": 10000}, "qk_norm": True}], [5, 8], None),
+    ("multi_head_attention/span_batch", [{"type": "multi_head_attention", "heads": 2, "causal": True,
+                                          "rope": {"theta": 100}, "span": "batch"}], [3, 4], None),
     ("swiglu", [{"type": "swiglu", "hidden": 8}], [4], None),
     ("activation", [{"type": "activation", "fn": "mish"}], [4], None),
     ("flatten", [{"type": "flatten"}], [2, 3], None),

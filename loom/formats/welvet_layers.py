@@ -184,8 +184,9 @@ def _mha(layer, chain, shape):
         parts[name] = w[at:at + size].reshape(shp)
         at += size
     theta = layer.spec.get("rope_freq_base") or 10000.0
+    # span batch: welvet's KV cache runs on across the samples of a call, so the batch is one sequence
     chain.add({"type": "multi_head_attention", "heads": heads, "kv_heads": kv, "head_dim": hd, "causal": True,
-               "rope": {"theta": float(theta)}, "bias": True}, parts)
+               "rope": {"theta": float(theta)}, "bias": True, "span": "batch"}, parts)
     return _reshape(chain, shape, orig)
 
 

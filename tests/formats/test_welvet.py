@@ -264,14 +264,24 @@ def test_dense_is_bit_exact_with_float64_blocks(welvet_runs, name):
         assert not np.array_equal(plain(x), want)
 
 
-def test_welvet_attention_runs_a_batch_as_one_sequence_loom_does_not(welvet_runs):
-    """Documented difference: welvet's KV cache runs on across the samples of a batch (sample 1
-    attends to sample 0 at positions T..2T-1). Loom matches welvet run on one sample at a time."""
+def test_welvet_attention_runs_a_batch_as_one_sequence_and_so_does_the_converted_net(welvet_runs):
+    """welvet's KV cache runs on across the samples of a batch (sample 1 attends to sample 0, at
+    positions T..2T-1); the converted attention has span "batch", which does the same. With the
+    per-sample span the second sample differs."""
     (x,), res = welvet_runs["mha-batch"]
     want = np.asarray(res["wire"][0], np.float32).reshape(x.shape)
-    y = welvet.load(res["paths"]["wire"])(x)
-    assert np.max(np.abs(y[0] - want[0])) <= RTOL * np.max(np.abs(want[0]))
-    assert np.max(np.abs(y[1] - want[1])) > 1e-3 * np.max(np.abs(want[1]))
+    net = welvet.load(res["paths"]["wire"])
+    assert [layer.get("span") for layer in net.config["layers"] if layer["type"] == "multi_head_attention"] == ["batch"]
+    y = net(x)
+    assert np.max(np.abs(y - want)) <= RTOL * np.max(np.abs(want))
+    cfg = net.config
+    for layer in cfg["layers"]:
+        layer.pop("span", None)
+    per_sample = loom.Network.from_config(cfg)
+    per_sample.load_state_dict(net.state_dict())
+    y1 = per_sample(x)
+    assert np.max(np.abs(y1[0] - want[0])) <= RTOL * np.max(np.abs(want[0]))
+    assert np.max(np.abs(y1[1] - want[1])) > 1e-3 * np.max(np.abs(want[1]))
 
 
 def test_softmax_normalizes_the_whole_batch_like_welvet(welvet_runs):

@@ -10,7 +10,8 @@ from catalogue import SAMPLES, config
 NOISY = {"dropout", "softmax/gumbel"}       # outputs depend on the RNG counter in training
 BATCH_COUPLED = {"batch_norm"}              # training statistics mix the batch by definition
 # normalize "batch" (openfluke welvet semantics) mixes the batch in eval mode too
-BATCH_NORMALIZED = {name for name, layers, *_ in SAMPLES if layers[0].get("normalize") == "batch"}
+BATCH_NORMALIZED = {name for name, layers, *_ in SAMPLES
+                    if layers[0].get("normalize") == "batch" or layers[0].get("span") == "batch"}
 
 
 def _input(shape, idt, batch, seed=0, dtype=np.float64):
@@ -41,7 +42,7 @@ def test_float32_agrees_with_float64(name, layers, shape, idt):
 @pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
 def test_samples_are_independent_of_the_batch(name, layers, shape, idt):
     if name in BATCH_NORMALIZED:
-        pytest.skip("normalize batch couples the samples by definition")
+        pytest.skip("normalize or span batch couples the samples by definition")
     net = loom.Network.from_config(config(layers, shape, idt, dtype="float64"))
     x = _input(shape, idt, 5)
     together = net(x)

@@ -84,11 +84,21 @@ class MultiHeadAttention(Layer):
         if self.qk_norm:
             self.add_param("q_norm.weight", ctx.full((hd,), 1.0))
             self.add_param("k_norm.weight", ctx.full((hd,), 1.0))
-        self.rope = None
-        if cfg["rope"] is not None:
-            cos, sin = rope_tables(steps, hd, cfg["rope"]["theta"], cfg["rope"]["scaling"])
-            self.rope = (ctx.backend.asarray(cos.astype(ctx.dtype)), ctx.backend.asarray(sin.astype(ctx.dtype)))
+        # span "batch": the whole batch is one sequence (sample b follows sample b-1, positions run on),
+        # as openfluke welvet's attention runs a batch; RoPE tables are then made per total length.
+        self.span = cfg.get("span", "sample")
+        self._rope_cfg, self._rope_tables = cfg["rope"], {}
+        self.rope = self._rope_for(steps)
         return Spec((steps, embed), in_spec.dtype)
+
+    def _rope_for(self, n):
+        """cos/sin tables for n positions (None without RoPE), made once per length."""
+        if self._rope_cfg is None:
+            return None
+        if n not in self._rope_tables:
+            cos, sin = rope_tables(n, self.hd, self._rope_cfg["theta"], self._rope_cfg["scaling"])
+            self._rope_tables[n] = (self.B.asarray(cos.astype(self.dtype)), self.B.asarray(sin.astype(self.dtype)))
+        return self._rope_tables[n]
 
     # --- pieces, each with its gradient ---
     def _rms(self, x, name):
@@ -140,6 +150,21 @@ class MultiHeadAttention(Layer):
 
     # --- forward / backward ---
     def forward(self, x, fc):
+        if self.span == "sample":
+            return self._forward(x, fc)
+        if fc.attention_mask is not None:
+            raise ShapeError(f"{self.path}: span batch runs the batch as one sequence; it takes no attention_mask")
+        B, T, E = x.shape
+        self.rope = self._rope_for(B * T)
+        return self._forward(x.reshape(1, B * T, E), fc).reshape(B, T, -1)
+
+    def backward(self, dy):
+        if self.span == "sample":
+            return self._backward(dy)
+        B, T, E = dy.shape
+        return self._backward(dy.reshape(1, B * T, E)).reshape(B, T, -1)
+
+    def _forward(self, x, fc):
         B, T, _ = x.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
         q = self._heads(linear.forward(self, "q_proj", x), H)               # [B, H, T, hd]
@@ -163,7 +188,7 @@ class MultiHeadAttention(Layer):
         self.x, self.q, self.k, self.v, self.p, self.ctx_out = x, q, k, v, p, ctx
         return linear.forward(self, "o_proj", ctx)
 
-    def backward(self, dy):
+    def _backward(self, dy):
         B, T, E = dy.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
         q, k, v, p = self.q, self.k, self.v, self.p
