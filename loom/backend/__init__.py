@@ -29,8 +29,8 @@ def get(name: str) -> Backend:
         from .cpu import CPU
         return CPU
     if name == "cuda":
-        raise BackendError("device 'cuda' is not available: this build of Loom has no CUDA backend yet "
-                           "(it arrives with the CuPy backend; use device 'cpu')")
+        from . import cuda
+        return cuda.get()
     raise BackendError(f"unknown device {name!r}; expected 'cpu' or 'cuda'")
 
 
@@ -39,6 +39,9 @@ def of(array) -> Backend:
     if isinstance(array, (np.ndarray, np.generic, float, int)):
         from .cpu import CPU
         return CPU
+    from . import cuda
+    if cuda.owns(array):
+        return cuda.get()
     raise BackendError(f"no backend owns arrays of type {type(array).__module__}.{type(array).__name__}")
 
 

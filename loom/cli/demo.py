@@ -21,6 +21,7 @@ def add_arguments(p):
     p.add_argument("--out", default="loom-demo", help="folder for the trained model (default ./loom-demo)")
     p.add_argument("--epochs", type=int, help="override the config's epochs (default 12)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
 def demo_config() -> dict:
@@ -37,7 +38,7 @@ def run(args) -> int:
         raise ConfigError("--epochs", f"expected a positive integer, got {args.epochs}")
     start = time.perf_counter()
     cfg = demo_config()
-    net = Network.from_config(cfg)
+    net = Network.from_config(cfg).to(args.device)
     (x_train, y_train), (x_test, y_test) = datasets.digits_split(test_fraction=0.2, seed=0)
     print(f"Loom {__version__} demo: train {cfg['name']} on handwritten digits "
           f"(UCI, 8x8 images: {len(x_train)} for training, {len(x_test)} held out)\n")
@@ -52,7 +53,7 @@ def run(args) -> int:
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "digits.loom")
     net.save(path)
-    reloaded = predict(load(path), x_test)
+    reloaded = predict(load(path).to(args.device), x_test)
     same = reloaded.tobytes() == predictions.tobytes()
     digest = hashlib.sha256(np.ascontiguousarray(predictions).tobytes()).hexdigest()
     print(f"saved {path} ({os.path.getsize(path):,} bytes) and loaded it back: predictions on the held-out "

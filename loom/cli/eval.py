@@ -10,6 +10,7 @@ def add_arguments(p):
     p.add_argument("--target", default="last", help="CSV target column: index, header name, first or last")
     p.add_argument("--task", choices=["classification", "regression"], help="default: inferred from the targets")
     p.add_argument("--json", help="also write the report as JSON to this path")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
 def run(args) -> int:
@@ -18,7 +19,7 @@ def run(args) -> int:
     from ..nn import metrics
     from ..nn.train import predict
 
-    net = load(args.model)
+    net = load(args.model).to(args.device)
     X, Y = load_xy(args.data, net.input_spec.shape, args.target)
     if net.input_spec.is_float:
         X = X.astype(net.input_spec.dtype)

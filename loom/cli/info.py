@@ -20,6 +20,11 @@ def run(args) -> int:
         print(f"{key:<15} {data[key]}")
     for device, status in data["devices"].items():
         print(f"{'device ' + device:<15} {status}")
+    for gpu in data["gpus"]:
+        print(f"{'gpu ' + str(gpu['index']):<15} {gpu['name']}, {gpu['memory_bytes'] / 2**30:.1f} GiB, "
+              f"compute capability {gpu['compute_capability']}")
+    if data["cuda"]:
+        print(f"{'cuda':<15} " + ", ".join(f"{k} {v}" for k, v in data["cuda"].items()))
     print(f"{'layers':<15} {', '.join(data['layer_types'])}")
     print(f"{'softmax':<15} {', '.join(data['softmax_variants'])}")
     return 0

@@ -11,6 +11,7 @@ def add_arguments(p):
     p.add_argument("--input", required=True, help=".npy array [N, *input shape] (or .npz / .csv inputs)")
     p.add_argument("--output", required=True, help="where to write the outputs (.npy)")
     p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
 def run(args) -> int:
@@ -22,7 +23,7 @@ def run(args) -> int:
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size", f"expected a positive integer, got {args.batch_size}")
-    net = load(args.model)
+    net = load(args.model).to(args.device)
     X = load_x(args.input, net.input_spec.shape)
     if net.input_spec.is_float:
         X = X.astype(net.input_spec.dtype)

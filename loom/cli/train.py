@@ -20,6 +20,7 @@ def add_arguments(p):
     p.add_argument("--resume", help="continue from this checkpoint file")
     p.add_argument("--out", required=True, help="output folder: model.loom, checkpoint.loom, history.json")
     p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
 def run(args) -> int:
@@ -36,7 +37,7 @@ def run(args) -> int:
             raise ConfigError("--lr", f"expected a positive number, got {args.lr}")
         optimizer = dict((net.config.get("training") or {}).get("optimizer") or DEFAULTS["optimizer"], lr=args.lr)
     os.makedirs(args.out, exist_ok=True)
-    history = train(net, X, Y, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+    history = train(net, X, Y, device=args.device, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
                     validation=args.validation, metrics=args.metrics.split(",") if args.metrics else None,
                     verbose=not args.quiet, checkpoint=os.path.join(args.out, "checkpoint.loom"), resume=args.resume)
     net.save(os.path.join(args.out, "model.loom"))

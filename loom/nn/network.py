@@ -247,11 +247,24 @@ class Network:
             layer.clear_grads()
 
     def to(self, device: str) -> "Network":
-        """Move every parameter, gradient and buffer to `device` ("cpu" or "cuda")."""
+        """Move every parameter, gradient and buffer to `device` ("cpu" or "cuda"), in place; returns
+        the network. As in PyTorch, arrays fetched before (parameters(), an optimizer built on
+        them) still belong to the old device: build optimizers after moving."""
         target = backends.get(device)
         if target is self.backend:
             return self
-        raise BackendError(f"cannot move from {self.backend.name} to {device}")
+        if self.quantized:
+            raise BackendError(f"a quantized network runs on the CPU only (its exact integer GEMMs are host "
+                               f"code); quantize after training on {device}, or run it with device 'cpu'")
+        state = {k: self.backend.to_numpy(v) for k, v in self.state_dict().items()}
+        grads = {k: self.backend.to_numpy(v) for k, v in self.gradients().items()}
+        moved = Network(self._cfg, device)       # rebuilt there: constants (RoPE tables, masks) too
+        moved.load_state_dict(state)
+        for name, g in moved.gradients().items():
+            g[...] = target.asarray(grads[name])
+        self.backend, self.root = moved.backend, moved.root
+        self._has_forward = False
+        return self
 
     # --- inspection ---
     def summary(self) -> str:

@@ -98,7 +98,7 @@ class EarlyStopping:
 
 def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=None, batch_size=None,
           validation=None, seed=None, verbose=True, metrics=None, callbacks=(), early_stopping=None,
-          checkpoint=None, resume=None, shuffle=None) -> History:
+          checkpoint=None, resume=None, shuffle=None, device=None) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -109,7 +109,10 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
     early_stopping: {"monitor": "val_loss", "patience": 3, "min_delta": 0, "mode": "min", "restore_best": true}.
     checkpoint: a model-file path rewritten (atomically) after every epoch with the full training state;
     resume: such a path to continue from (the network must have the same config).
+    device: "cpu" or "cuda": the network is moved there first (net.to); None keeps it where it is.
     """
+    if device is not None:
+        net.to(device)
     settings = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
                                    batch_size=batch_size, validation=validation, seed=seed, metrics=metrics,
                                    early_stopping=early_stopping, shuffle=shuffle))

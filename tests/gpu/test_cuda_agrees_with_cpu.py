@@ -1,0 +1,123 @@
+"""Every layer sample, loss, optimizer and a whole training run on the GPU agree with the CPU in
+fast mode: forward, input gradient and parameter gradients within relative 1e-5 (TF32 off)."""
+import numpy as np
+import pytest
+
+import loom
+from catalogue import SAMPLES, config
+from loom import backend
+from loom.nn import losses, optim
+
+pytestmark = pytest.mark.gpu
+RTOL = 1e-5
+
+
+def _close(gpu, cpu, what):
+    gpu = backend.get("cuda").to_numpy(gpu) if not isinstance(gpu, np.ndarray) else gpu
+    scale = max(1.0, float(np.max(np.abs(cpu)))) if cpu.size else 1.0
+    err = float(np.max(np.abs(gpu - cpu))) if cpu.size else 0.0
+    assert err <= RTOL * scale, f"{what}: max abs difference {err:.3g} (scale {scale:.3g})"
+
+
+def _input(shape, idt, batch, dtype):
+    rng = np.random.default_rng(7)
+    if idt:
+        return rng.integers(0, 10, size=(batch, *shape))
+    return rng.normal(size=(batch, *shape)).astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_layer_forward_and_backward(name, layers, shape, idt, training, dtype):
+    cfg = config(layers, shape, idt, dtype=dtype)
+    cpu = loom.Network.from_config(cfg).train(training)
+    gpu = loom.Network.from_config(cfg).to("cuda").train(training)
+    assert gpu.device == "cuda"
+    x = _input(shape, idt, 3, dtype)
+    y = cpu(x)
+    _close(gpu(x), y, f"{name} forward")
+    dy = np.random.default_rng(8).normal(size=y.shape).astype(dtype)
+    dx_cpu, dx_gpu = cpu.backward(dy), gpu.backward(dy)
+    if dx_cpu is not None:
+        _close(dx_gpu, dx_cpu, f"{name} input gradient")
+    for k, g in cpu.gradients().items():
+        _close(gpu.gradients()[k], g, f"{name} gradient {k}")
+    for k, b in cpu.buffers().items():
+        _close(gpu.buffers()[k], b, f"{name} buffer {k}")
+
+
+@pytest.mark.parametrize("name", losses.NAMES)
+def test_losses(name):
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=(6, 5))
+    if name in ("cross_entropy", "nll"):
+        target = rng.integers(0, 5, 6)
+    elif name == "binary_cross_entropy":
+        target = rng.integers(0, 2, (6, 5)).astype(np.float64)
+    elif name == "kl_div":
+        t = rng.random((6, 5))
+        target = t / t.sum(axis=1, keepdims=True)
+        pred = pred - np.log(np.exp(pred).sum(axis=1, keepdims=True))
+    else:
+        target = rng.normal(size=(6, 5))
+    fn = losses.build(name)
+    v_cpu, g_cpu = fn(pred, target)
+    cuda = backend.get("cuda")
+    v_gpu, g_gpu = fn(cuda.asarray(pred), cuda.asarray(target))
+    _close(np.asarray(float(v_gpu)), np.asarray(float(v_cpu)), f"{name} value")
+    _close(g_gpu, g_cpu, f"{name} gradient")
+
+
+@pytest.mark.parametrize("kind", sorted(optim.TYPES))
+def test_optimizer_steps(kind):
+    cuda = backend.get("cuda")
+    rng = np.random.default_rng(4)
+    p = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
+    spec = {"type": kind, "lr": 0.01, "clip_norm": 0.5, "schedule": {"type": "cosine", "steps": 10}}
+    p_gpu = {k: cuda.asarray(v) for k, v in p.items()}
+    o_cpu, o_gpu = optim.build(spec, p), optim.build(spec, p_gpu)
+    for step in range(4):
+        g = {k: rng.normal(size=v.shape) for k, v in p.items()}
+        o_cpu.step(g)
+        o_gpu.step({k: cuda.asarray(v) for k, v in g.items()})
+    for k in p:
+        _close(p_gpu[k], p[k], f"{kind} {k}")
+
+
+def test_training_the_demo_model_on_the_gpu():
+    from loom import datasets
+    from loom.cli.demo import demo_config
+    (x, y), (xt, yt) = datasets.digits_split(test_fraction=0.2, seed=0)
+    cpu = loom.Network.from_config(demo_config())
+    gpu = loom.Network.from_config(demo_config())
+    h_cpu = loom.train(cpu, x, y, epochs=2, verbose=False)
+    h_gpu = loom.train(gpu, x, y, epochs=2, verbose=False, device="cuda")
+    assert gpu.device == "cuda"
+    assert abs(h_gpu["loss"][-1] - h_cpu["loss"][-1]) <= 1e-4 * abs(h_cpu["loss"][-1])
+    for k, v in cpu.state_dict().items():
+        _close(gpu.state_dict()[k], v, f"demo {k}")
+    acc = (loom.predict(gpu, xt).argmax(1) == yt).mean()
+    assert acc > 0.8
+
+
+def test_moving_back_and_forth_keeps_the_bits():
+    cfg = config([{"type": "dense", "units": 4, "activation": "relu"}, {"type": "layer_norm"}], [5], None)
+    net = loom.Network.from_config(cfg)
+    before = {k: v.copy() for k, v in net.state_dict().items()}
+    net.to("cuda").to("cpu")
+    assert net.device == "cpu"
+    for k, v in before.items():
+        assert np.array_equal(net.state_dict()[k], v)
+
+
+def test_out_of_memory_is_a_backend_error_and_the_network_survives():
+    cfg = config([{"type": "dense", "units": 4}], [8], None)
+    net = loom.Network.from_config(cfg).to("cuda")
+    cuda = backend.get("cuda")
+    a, b = cuda.xp.ones((1 << 19, 1), np.float32), cuda.xp.ones((1, 1 << 19), np.float32)   # 1 TiB result
+    with pytest.raises(loom.BackendError, match=r"CUDA matmul failed on \[524288, 1\] float32"):
+        cuda.matmul(a, b)
+    x = np.ones((2, 8), np.float32)
+    assert net(x).shape == (2, 4)
+    assert net.to("cpu")(x).shape == (2, 4)
