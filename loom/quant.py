@@ -265,12 +265,13 @@ def fake_quantize(x, dtype: str, per: str = "tensor", axis: int = 0) -> np.ndarr
     return dequantize(quantize(x, dtype, per, axis), x.dtype)
 
 
-def ste_mask(x, dtype: str, per: str = "tensor", axis: int = 0) -> np.ndarray:
+def ste_mask(x, dtype: str, per: str = "tensor", axis: int = 0, qt: QTensor | None = None) -> np.ndarray:
     """Straight-through-estimator gradient mask in x's dtype: 1 where quantize(x) kept the value
     inside the representable range, 0 where it clipped or saturated (or x is NaN or inf). Floats:
     |x / scale| <= finite max + half an ulp there (what rounds to the max is not saturated).
     Scales computed from x itself cover x, so for scaled types this is all ones in practice.
-    ternary and binary use the hard-tanh STE of BinaryConnect/XNOR-Net: 1 where |x| <= 1."""
+    ternary and binary use the hard-tanh STE of BinaryConnect/XNOR-Net: 1 where |x| <= 1.
+    qt: quantize(x, dtype, per, axis) when the caller already has it (saves quantizing twice)."""
     x = np.asarray(x)
     row, v = _row(dtype), _as_float64(x, "ste_mask")
     if row.kind in ("ternary", "binary"):
@@ -278,11 +279,12 @@ def ste_mask(x, dtype: str, per: str = "tensor", axis: int = 0) -> np.ndarray:
         keep = np.abs(v) <= 1.0
     elif row.is_float:                          # past max + half an ulp a value is clamped, not rounded
         top = row.fmax + 2.0 ** (math.floor(math.log2(row.fmax)) - row.nmant - 1)
-        u = v if row.bits > 8 else v / quantize(v, row.name, per, axis).scale.astype(np.float64)
+        qt = qt if qt is not None or row.bits > 8 else quantize(v, row.name, per, axis)
+        u = v if row.bits > 8 else v / qt.scale.astype(np.float64)
         with np.errstate(invalid="ignore"):
             keep = np.isfinite(u) & (np.abs(u) <= top)
     else:
-        qt = quantize(v, row.name, per, axis)
+        qt = qt if qt is not None else quantize(v, row.name, per, axis)
         u = v / qt.scale.astype(np.float64)
         if row.kind == "int":
             keep = np.abs(np.rint(u)) <= row.qmax

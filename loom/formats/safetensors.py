@@ -20,7 +20,6 @@ import mmap
 import os
 import struct
 
-import ml_dtypes
 import numpy as np
 
 from .. import atomic, dtypes
@@ -28,12 +27,9 @@ from ..errors import FormatError, LoomError
 
 MAX_HEADER = 100 * 1024 * 1024  # bytes; the reference implementation's limit
 
+# safetensors name -> element dtype, from loom.dtypes' table (its byte-or-wider types), plus BOOL
 DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn), "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
-    "U64": np.dtype("<u8"), "U32": np.dtype("<u4"), "U16": np.dtype("<u2"), "U8": np.dtype("u1"),
+    **{row.safetensors: row.numpy.newbyteorder("<") for row in dtypes.TABLE.values() if not row.packed},
     "BOOL": np.dtype("bool"),
 }
 _NAMES = {dt: name for name, dt in DTYPES.items()}

@@ -77,11 +77,8 @@ class Network:
         cfg = self.config
         cfg.pop("qat", None)
         cfg["quantization"] = {"dtype": dtype, "per": per}
-        float_cfg = {k: v for k, v in cfg.items() if k != "quantization"}
-        out = Network(configs.validate(float_cfg), self.device)
-        out.load_state_dict(self.state_dict())
-        out._cfg = configs.validate(cfg)
-        out._setup_quantization()
+        out = Network(configs.validate(cfg), self.device)
+        out.load_state_dict(self.state_dict())      # float weights are quantized on the way in
         return out
 
     @property
@@ -209,7 +206,7 @@ class Network:
             if isinstance(value, quant.QTensor):
                 raise ShapeError(f"{name}: a {value.dtype} quantized tensor cannot load into a float parameter "
                                  "(dequantize it, or quantize the network first)")
-            src = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            src = _host(value)
             if tuple(src.shape) != tuple(dst.shape):
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
             dst[...] = self.backend.asarray(src.astype(dst.dtype))
@@ -218,7 +215,7 @@ class Network:
         """A stored quantized weight replaces dst as it is; a float array is quantized per the config."""
         q = self._cfg["quantization"]
         if not isinstance(value, quant.QTensor):
-            src = np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
+            src = _host(value)
             if tuple(src.shape) != tuple(dst.shape):
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
             value = quant.quantize(src.astype(np.float64), q["dtype"], per=q["per"], axis=0)
@@ -351,6 +348,11 @@ class Network:
         """SHA-256 of the output bytes for x (eval mode is not forced)."""
         y = self.backend.to_numpy(self.forward(x))
         return hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()
+
+
+def _host(value) -> np.ndarray:
+    """A state-dict value as a NumPy array (torch tensors are detached and copied to the host)."""
+    return np.asarray(value.detach().cpu().numpy() if hasattr(value, "detach") else value)
 
 
 def _count_bad(xp, a):

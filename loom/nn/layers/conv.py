@@ -122,7 +122,7 @@ def _col2im(xp, cols, b, c, g: Geometry):
 
 def correlate(xp, big, wm, g: Geometry):
     """big [B, Ci, *big] with weight rows wm [G, Co/G, Ci/G*prod(k)] -> ([B, Co, *small], cols)."""
-    cols = _im2col(xp, pad(xp, big, g.lo, g.hi), g)
+    cols = im2col(xp, big, g)
     out = ops.matmul(cols, wm.transpose(0, 2, 1))          # [G, B*P, Co/G]
     return _from_rows(out, big.shape[0], g.small), cols
 
@@ -132,6 +132,11 @@ def correlate_adjoint(xp, small, wm, g: Geometry, ci: int):
     rows = _to_rows(small, g.groups)                       # [G, B*P, Co/G]
     cols = ops.matmul(rows, wm)                            # [G, B*P, Ci/G*prod(k)]
     return _col2im(xp, cols, small.shape[0], ci, g), rows
+
+
+def im2col(xp, big, g: Geometry):
+    """The padded input's patches as GEMM rows [G, B*P, Ci/G*prod(k)]."""
+    return _im2col(xp, pad(xp, big, g.lo, g.hi), g)
 
 
 def weight_grad(xp, rows, cols, shape):
@@ -230,7 +235,7 @@ class Conv(_ConvBase):
     def _quantized(self, x, w):
         """The convolution with stored quantized weights: one quant.qmatmul per group."""
         g = self.geom
-        cols = _im2col(self.xp, pad(self.xp, x, g.lo, g.hi), g)              # [G, B*P, Ci/G*prod(k)]
+        cols = im2col(self.xp, x, g)                                          # [G, B*P, Ci/G*prod(k)]
         out = self.xp.stack([quant.qmatmul(cols[i], part, x.dtype)
                              for i, part in enumerate(quant.split_rows(w, g.groups))])
         return _from_rows(out, x.shape[0], g.small)
@@ -239,8 +244,7 @@ class Conv(_ConvBase):
         """QAT: the weight fake-quantized per output channel and, for integer types, each im2col row
         per row, as _quantized computes them; the operands are kept for backward."""
         g = self.geom
-        cols = _im2col(self.xp, pad(self.xp, x, g.lo, g.hi), g)
-        cols, wq, mask = linear.fake_quant_operands(self.qat, cols, w)
+        cols, wq, mask = linear.fake_quant_operands(self.qat, im2col(self.xp, x, g), w)
         wm = wq.reshape(g.groups, w.shape[0] // g.groups, -1)
         self.cols, self.qat_cache["weight"] = cols, (wm, mask)
         return _from_rows(ops.matmul(cols, wm.transpose(0, 2, 1)), x.shape[0], g.small)

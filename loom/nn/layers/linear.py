@@ -37,8 +37,9 @@ def fake_quant_operands(qat, x, w):
     quantized per row to int8 as quant.qmatmul does at inference, so the trained network sees the
     arithmetic the quantized one runs. mask is the straight-through gradient mask of w."""
     dtype, per = qat
-    wq = quant.fake_quantize(w, dtype, per=per, axis=0)
-    mask = quant.ste_mask(w, dtype, per=per, axis=0)
+    qt = quant.quantize(w, dtype, per=per, axis=0)
+    wq = quant.dequantize(qt, w.dtype)                      # = quant.fake_quantize(w, ...)
+    mask = quant.ste_mask(w, dtype, per=per, axis=0, qt=qt)
     if quant.is_integer(dtype):
         x = quant.fake_quantize(x.reshape(-1, x.shape[-1]), quant.activation_type(dtype), per="channel",
                                 axis=0).reshape(x.shape)
