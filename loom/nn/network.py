@@ -247,12 +247,13 @@ class Network:
         """Move every parameter, gradient and buffer to `device` ("cpu" or "cuda"), in place; returns
         the network. As in PyTorch, arrays fetched before (parameters(), an optimizer built on
         them) still belong to the old device: build optimizers after moving."""
+        if device != "cpu" and ("quantization" in self._cfg or "qat" in self._cfg):
+            what = "quantized" if self.quantized else "quantization-aware (qat)"
+            raise BackendError(f"a {what} network runs on the CPU only (loom.quant is host code); "
+                               f"train the float network on {device}, then quantize it on the CPU")
         target = backends.get(device)
         if target is self.backend:
             return self
-        if self.quantized:
-            raise BackendError(f"a quantized network runs on the CPU only (its exact integer GEMMs are host "
-                               f"code); quantize after training on {device}, or run it with device 'cpu'")
         state = {k: self.backend.to_numpy(v) for k, v in self.state_dict().items()}
         grads = {k: self.backend.to_numpy(v) for k, v in self.gradients().items()}
         moved = Network(self._cfg, device)       # rebuilt there: constants (RoPE tables, masks) too

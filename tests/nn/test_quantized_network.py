@@ -192,3 +192,10 @@ def _check_integer_qat_dense(dtype):
     np.testing.assert_allclose(net.gradients()["layers.0.weight"], (dy.T @ xq) * mask, rtol=1e-12)
     np.testing.assert_allclose(net.gradients()["layers.0.bias"], dy.sum(0), rtol=1e-12)
     np.testing.assert_allclose(dx, dy @ wq, rtol=1e-12)
+
+
+def test_quantized_and_qat_networks_stay_on_the_cpu():
+    for net in (loom.Network.from_config(MLP).quantize("int8"), loom.Network.from_config({**MLP, "qat": {"dtype": "int4"}})):
+        with pytest.raises(loom.BackendError, match="CPU only"):
+            net.to("cuda")
+        assert net.to("cpu") is net
