@@ -1,5 +1,6 @@
 """GPU train-step benchmark: Loom (CuPy backend, eager) vs PyTorch eager and PyTorch with a captured
-CUDA graph, on the same GPU in the same run. Run on the device machine:
+CUDA graph, on the same GPU in the same run. Loom is timed eagerly and as a dispatch chain
+(loom.nn.chain.TrainStep: the step recorded once into a CUDA graph and replayed). Run on the device machine:
     PYTHONPATH=. python benchmarks/gpu_train.py
 Cases (issue 5): (a) MLP 784-256-10, batch 32 and 4096; (b) 6-layer pre-norm transformer encoder,
 d=512, 8 heads, sequence 256, batch 32 (Loom: residual(layer_norm, attention) +
@@ -17,6 +18,7 @@ import numpy as np
 import loom
 from loom import backend
 from loom.nn import losses, optim
+from loom.nn.chain import TrainStep
 
 STEPS, WINDOWS = 50, 5
 
@@ -54,20 +56,26 @@ def timed(step, sync) -> float:
     return statistics.median(out)
 
 
-def loom_step(cfg, batch):
+def loom_steps(cfg, batch):
+    """(eager ms, dispatch-chain ms) per train step."""
     cuda = backend.get("cuda")
-    net = loom.Network.from_config(cfg).to("cuda").train()
-    rng = np.random.default_rng(0)
-    x = cuda.asarray(rng.standard_normal((batch, *cfg["input"]["shape"]), dtype=np.float32))
-    y = cuda.asarray(rng.standard_normal((batch, *net.output_spec.shape), dtype=np.float32))
-    loss, opt, grads = losses.build("mse"), optim.build({"type": "sgd", "lr": 0.01}, net.parameters()), net.gradients()
+    out = []
+    for chained in (False, True):
+        net = loom.Network.from_config(cfg).to("cuda").train()
+        rng = np.random.default_rng(0)
+        x = cuda.asarray(rng.standard_normal((batch, *cfg["input"]["shape"]), dtype=np.float32))
+        y = cuda.asarray(rng.standard_normal((batch, *net.output_spec.shape), dtype=np.float32))
+        loss, opt, grads = losses.build("mse"), optim.build({"type": "sgd", "lr": 0.01}, net.parameters()), net.gradients()
+        chain = TrainStep(net, loss, opt)
 
-    def step():
-        _, g = loss(net.forward(x), y)
-        net.zero_grad()
-        net.backward(g, input_grad=False)
-        opt.step(grads)
-    return timed(step, cuda.xp.cuda.Device().synchronize)
+        def eager():
+            _, g = loss(net.forward(x), y)
+            net.zero_grad()
+            net.backward(g, input_grad=False)
+            opt.step(grads)
+        out.append(timed((lambda: chain(x, y, checked=False)) if chained else eager, cuda.synchronize))
+        assert not chain.eager_reasons, chain.eager_reasons
+    return tuple(out)
 
 
 def torch_model(cfg):
@@ -134,14 +142,16 @@ def main():
     gpu = backend.get("cuda").devices()[0]["name"]
     rows = []
     for name, cfg, batch in cases():
-        lm = loom_step(cfg, batch)
+        le, lc = loom_steps(cfg, batch)
         te, tg = torch_steps(cfg, batch)
-        rows.append({"case": name, "loom_ms": lm, "torch_eager_ms": te, "torch_graph_ms": tg})
+        rows.append({"case": name, "loom_eager_ms": le, "loom_ms": lc, "torch_eager_ms": te, "torch_graph_ms": tg})
     print(f"GPU: {gpu}; torch {torch.__version__}; ms per train step, median of {WINDOWS} windows x {STEPS} steps")
-    print(f"{'case':<26}{'loom':>10}{'torch eager':>13}{'torch graph':>13}{'eager/loom':>12}{'best/loom':>11}")
+    print(f"{'case':<26}{'loom eager':>11}{'loom chain':>11}{'torch eager':>13}{'torch graph':>13}"
+          f"{'eager/loom':>12}{'best/loom':>11}")
     for r in rows:
         best = min(r["torch_eager_ms"], r["torch_graph_ms"])
-        print(f"{r['case']:<26}{r['loom_ms']:>10.3f}{r['torch_eager_ms']:>13.3f}{r['torch_graph_ms']:>13.3f}"
+        print(f"{r['case']:<26}{r['loom_eager_ms']:>11.3f}{r['loom_ms']:>11.3f}{r['torch_eager_ms']:>13.3f}"
+              f"{r['torch_graph_ms']:>13.3f}"
               f"{r['torch_eager_ms'] / r['loom_ms']:>11.2f}x{best / r['loom_ms']:>10.2f}x")
     if len(sys.argv) > 1:
         json.dump(rows, open(sys.argv[1], "w"), indent=1)

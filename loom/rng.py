@@ -27,14 +27,20 @@ def stream_key(seed: int, stream: str) -> tuple[int, int]:
     return int.from_bytes(digest[0:4], "little"), int.from_bytes(digest[4:8], "little")
 
 
-def philox(key: tuple[int, int], counter: int, n: int) -> np.ndarray:
-    """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i."""
+def philox(key: tuple[int, int], counter, n: int, xp=np):
+    """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i.
+
+    `counter` is an int, or a uint32 array [lo, hi] on xp's device (a recorded train step reads
+    the counter from memory). Only integer operations: every backend gives the same bits."""
     blocks = (n + 3) // 4
-    idx = np.arange(blocks, dtype=np.uint64)
+    idx = xp.arange(blocks, dtype=np.uint64)
     c0 = (idx & _LO32).astype(np.uint32)
     c1 = (idx >> _SHIFT32).astype(np.uint32)
-    c2 = np.full(blocks, counter & 0xFFFFFFFF, dtype=np.uint32)
-    c3 = np.full(blocks, (counter >> 32) & 0xFFFFFFFF, dtype=np.uint32)
+    if isinstance(counter, (int, np.integer)):
+        c2 = xp.full(blocks, int(counter) & 0xFFFFFFFF, dtype=np.uint32)
+        c3 = xp.full(blocks, (int(counter) >> 32) & 0xFFFFFFFF, dtype=np.uint32)
+    else:
+        c2, c3 = counter[0], counter[1]          # 0-d: broadcast by the first round
     k0, k1 = np.uint32(key[0]), np.uint32(key[1])
     with np.errstate(over="ignore"):
         for _ in range(10):
@@ -44,7 +50,12 @@ def philox(key: tuple[int, int], counter: int, n: int) -> np.ndarray:
             hi1, lo1 = (p1 >> _SHIFT32).astype(np.uint32), (p1 & _LO32).astype(np.uint32)
             c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
             k0, k1 = k0 + _W0, k1 + _W1
-    return np.stack([c0, c1, c2, c3], axis=1).reshape(-1)[:n]
+    return xp.stack([c0, c1, c2, c3], axis=1).reshape(-1)[:n]
+
+
+def counter_words(counter: int) -> np.ndarray:
+    """A counter as the uint32 pair [lo, hi] that philox() accepts in place of the int."""
+    return np.array([counter & 0xFFFFFFFF, (counter >> 32) & 0xFFFFFFFF], dtype=np.uint32)
 
 
 class Generator:
@@ -54,17 +65,18 @@ class Generator:
         self.seed, self.stream = int(seed), stream
         self.key = stream_key(seed, stream)
 
-    def bits(self, shape, counter: int = 0) -> np.ndarray:
+    def bits(self, shape, counter=0, xp=np):
         shape = _shape(shape)
-        return philox(self.key, counter, int(np.prod(shape, dtype=np.int64))).reshape(shape)
+        return philox(self.key, counter, int(np.prod(shape, dtype=np.int64)), xp).reshape(shape)
 
-    def uniform(self, shape, counter: int = 0, dtype=np.float64) -> np.ndarray:
-        """Uniform on [0, 1): the top 24 (float32) or 53 (float64) bits scaled by a power of two."""
+    def uniform(self, shape, counter=0, dtype=np.float64, xp=np):
+        """Uniform on [0, 1): the top 24 (float32) or 53 (float64) bits scaled by a power of two
+        (exact on every backend; `xp` and `counter` as in philox())."""
         dtype = np.dtype(dtype)
         if dtype == np.float32:
-            return (self.bits(shape, counter) >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+            return (self.bits(shape, counter, xp) >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
         shape = _shape(shape)
-        w = self.bits((*shape, 2), counter).astype(np.uint64)
+        w = self.bits((*shape, 2), counter, xp).astype(np.uint64)
         mant = ((w[..., 0] >> np.uint64(5)) << np.uint64(26)) | (w[..., 1] >> np.uint64(6))
         return (mant.astype(np.float64) * 2.0 ** -53).astype(dtype)
 

@@ -7,6 +7,10 @@ import numpy as np
 class CPUBackend:
     name = "cpu"
     xp = np
+    graphs = False      # steps run eagerly; there is no launch overhead to record away
+
+    def synchronize(self) -> None:
+        pass
 
     def asarray(self, x, dtype=None):
         return np.asarray(x, dtype=dtype)

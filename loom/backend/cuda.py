@@ -45,9 +45,13 @@ def translating(op: str, *arrays):
 
 class CUDABackend:
     name = "cuda"
+    graphs = True       # record() can capture a step into a CUDA graph
 
     def __init__(self):
         self.xp = _import_cupy()
+        self._blas = None
+        from . import cuda_kernels      # fused kernels behind loom.kernels.fused
+        self.fused = cuda_kernels
 
     def asarray(self, x, dtype=None):
         with translating("copy to the GPU", x):
@@ -57,8 +61,42 @@ class CUDABackend:
         return self.xp.asnumpy(x) if isinstance(x, self.xp.ndarray) else np.asarray(x)
 
     def matmul(self, a, b, out=None):
+        from .cublas import supports
         with translating("matmul", a, b):
-            return self.xp.matmul(a, b, out=out)
+            if supports(a, b):
+                return self.blas.gemm(a, b, out=out)
+            return self.xp.matmul(a, b, out=out)     # integer and mixed dtypes: eager only
+
+    @property
+    def blas(self):
+        """Loom's own cuBLAS handle (see cublas.py: CuPy's cannot be recorded into graphs)."""
+        if self._blas is None:
+            from .cublas import CuBLAS
+            self._blas = CuBLAS(self.xp)
+        return self._blas
+
+    def synchronize(self) -> None:
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def record(self, fn):
+        """Run fn() under stream capture and return (Graph, fn's result). Nothing runs on the GPU
+        while recording; the graph's memory comes from its own pool, so nothing else can reuse the
+        buffers it reads and writes between launches. Host transfers and synchronizations inside
+        fn raise (CuPy refuses them while capturing) and the capture is abandoned."""
+        cp = self.xp
+        pool = cp.cuda.MemoryPool()
+        stream = cp.cuda.Stream(non_blocking=False)      # ordered with the default stream
+        self.synchronize()
+        with cp.cuda.using_allocator(pool.malloc), stream:
+            stream.begin_capture()
+            try:
+                result = fn()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    stream.end_capture()
+                raise
+            graph = stream.end_capture()
+        return Graph(graph, pool, stream, cp), result
 
     def sum(self, x, axis=None, keepdims: bool = False):
         with translating("sum", x):
@@ -81,6 +119,22 @@ class CUDABackend:
         d = rt.driverGetVersion()
         return {"cupy": self.xp.__version__, "cuda_runtime": f"{v // 1000}.{v % 1000 // 10}",
                 "cuda_driver": f"{d // 1000}.{d % 1000 // 10}"}
+
+
+class Graph:
+    """A recorded CUDA graph with the memory pool and stream it was recorded with (kept alive)."""
+
+    def __init__(self, graph, pool, stream, cp):
+        self.graph, self.pool, self.stream, self._cp = graph, pool, stream, cp
+
+    def launch(self) -> None:
+        """Replay on the current stream (after whatever was queued there, e.g. input copies)."""
+        with translating("graph launch"):
+            self.graph.launch(self._cp.cuda.get_current_stream())
+
+    @property
+    def nbytes(self) -> int:
+        return self.pool.total_bytes()
 
 
 _CUDA: CUDABackend | None = None

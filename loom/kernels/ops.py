@@ -27,9 +27,9 @@ def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy's name on p
 
 
 def mean(x, axis=None, keepdims=False):
-    xp = _xp(x)
     count = x.size if axis is None else math.prod(x.shape[a] for a in _axes(axis, x.ndim))
-    return sum(x, axis=axis, keepdims=keepdims) / xp.asarray(count, dtype=x.dtype)
+    # a NumPy scalar, not a device array: no host-to-device copy (recorded steps allow none)
+    return sum(x, axis=axis, keepdims=keepdims) / x.dtype.type(count)
 
 
 def _axes(axis, ndim):

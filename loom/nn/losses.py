@@ -17,6 +17,8 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 
+import numpy as np
+
 from .. import backend
 from .. import config as configs
 from ..config import number, one_of
@@ -44,6 +46,9 @@ def build(spec) -> "Loss":
 
 
 # --- config checkers (each takes (value, path), returns the canonical value or raises) ------------
+
+_ABSENT = object()
+
 
 def _class_index(v, path):
     if v is None:
@@ -85,11 +90,24 @@ class Loss(ABC):
         keys = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k != "type")
         return f"{type(self).__name__}({keys})"
 
-    def __call__(self, pred, target):
+    def __call__(self, pred, target, checked: bool = True):
+        """(value, dL/dpred). checked=False skips the data-dependent target checks (class ids in
+        range), which synchronize with the device: a recorded train step checks its targets with
+        check_target() before they are copied in."""
         xp = backend.of(pred).xp
         if pred.dtype.kind != "f":
             raise ShapeError(f"{self.name}: pred must be a floating-point array, got dtype {pred.dtype}")
-        return self.compute(pred, xp.asarray(target), xp)
+        self._checked = checked
+        try:
+            return self.compute(pred, xp.asarray(target), xp)
+        finally:
+            self._checked = True
+
+    def check_target(self, target, n_classes: int) -> None:
+        """The checks __call__ skips when checked=False: class ids inside [0, n_classes) (or equal to
+        ignore_index). Other targets need no data-dependent check."""
+        if getattr(self, "ignore_index", _ABSENT) is not _ABSENT and target.dtype.kind in "iu":
+            self._check_ids(target, n_classes, backend.of(target).xp)
 
     @abstractmethod
     def compute(self, pred, target, xp):
@@ -102,9 +120,14 @@ class Loss(ABC):
         total = ops.sum(pointwise)
         if self.reduction == "sum":
             return xp.asarray(total, dtype=dtype), grad
-        if count == 0:                    # PyTorch: a mean over nothing is NaN, its gradient zero
-            return xp.asarray(math.nan, dtype=dtype), xp.zeros_like(grad)
-        n = xp.asarray(count, dtype=dtype)
+        if not isinstance(count, int):    # counted on the device (rows not ignored): no synchronization
+            n = count.astype(dtype)
+            with np.errstate(invalid="ignore"):      # PyTorch: a mean over nothing is NaN (0 / 0), its gradient zero
+                value = xp.asarray(total / n, dtype=dtype)
+            return value, xp.where(n > 0, grad / xp.where(n > 0, n, 1), 0).astype(dtype)
+        if count == 0:
+            return xp.full((), math.nan, dtype=dtype), xp.zeros_like(grad)
+        n = xp.full((), count, dtype=dtype)
         return xp.asarray(total / n, dtype=dtype), grad / n
 
     # --- target checks shared by the subclasses ----------------------------------------------------
@@ -130,16 +153,24 @@ class Loss(ABC):
         if target.dtype.kind not in "iu":
             raise ShapeError(f"{self.name}: class ids must be integers, got dtype {target.dtype} "
                              f"(expected an integer array of shape {expected})")
-        n_classes = pred.shape[-1]
-        keep = xp.ones(expected, dtype=bool) if ignore_index is None else target != ignore_index
-        bad = keep & ((target < 0) | (target >= n_classes))
+        if getattr(self, "_checked", True):
+            self._check_ids(target, pred.shape[-1], xp)
+        if ignore_index is None:
+            return target.astype(xp.int64), xp.ones(expected, dtype=bool), math.prod(expected)
+        keep = target != ignore_index
+        ids = xp.where(keep, target, 0).astype(xp.int64)
+        return ids, keep, ops.sum(keep.astype(xp.int64))
+
+    def _check_ids(self, target, n_classes, xp) -> None:
+        ignore_index = getattr(self, "ignore_index", None)
+        bad = (target < 0) | (target >= n_classes)
+        if ignore_index is not None:
+            bad &= target != ignore_index
         if bool(xp.any(bad)):
             where = tuple(int(i) for i in xp.argwhere(bad)[0])
             raise ShapeError(f"{self.name}: class id {int(target[where])} at target index {list(where)} is "
                              f"out of range; expected 0 <= id < {n_classes}"
                              + ("" if ignore_index is None else f" or the ignore_index {ignore_index}"))
-        ids = xp.where(keep, target, 0).astype(xp.int64)
-        return ids, keep, int(ops.sum(keep.astype(xp.int64)))
 
 
 def _onehot(ids, n_classes, xp):
@@ -275,7 +306,7 @@ class KLDiv(Loss):
     def compute(self, pred, target, xp):
         t = self.same_shape_target(pred, target, xp)
         t_log_t = t * ops.log(xp.where(t > 0, t, 1))               # 0 log 0 = 0
-        t_log_t = xp.where(t < 0, xp.asarray(math.nan, dtype=t.dtype), t_log_t)   # as torch's xlogy
+        t_log_t = xp.where(t < 0, xp.full((), math.nan, dtype=t.dtype), t_log_t)   # as torch's xlogy
         pointwise = t_log_t - t * pred
         if self.reduction != "batchmean":
             return self.reduce(pointwise, -t, pred.size, xp)

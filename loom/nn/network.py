@@ -42,6 +42,7 @@ class Network:
         self.training = False
         self.rng_counter = 0   # advances once per training-mode forward; seeds dropout/gumbel noise
         self._has_forward = False
+        self._compiled = None  # an InferenceChain after compile()
 
     # --- construction ---
     @classmethod
@@ -100,17 +101,35 @@ class Network:
 
     # --- running ---
     def forward(self, x, attention_mask=None):
-        """Outputs for the batch `x` (shape [batch, *input.shape], dtype input.dtype)."""
+        """Outputs for the batch `x` (shape [batch, *input.shape], dtype input.dtype). After
+        compile(), eval-mode batches on the GPU run as recorded dispatch chains."""
+        if self._compiled is not None and not self.training and self.backend.graphs:
+            return self._compiled(x, attention_mask)
         x = self._check_input(x)
         if attention_mask is not None:
             attention_mask = self._check_mask(attention_mask, x.shape[0])
-        fc = ForwardContext(training=self.training, counter=self.rng_counter, attention_mask=attention_mask)
+        return self._forward(x, attention_mask)
+
+    def _forward(self, x, attention_mask=None, counter=None, checked=True):
+        """forward() on validated device arrays; a recorded step passes its device counter and
+        checked=False (its inputs were validated before they were copied in)."""
+        fc = ForwardContext(training=self.training, counter=self.rng_counter if counter is None else counter,
+                            attention_mask=attention_mask, checked=checked)
         y = self.root.forward(x, fc)
         if self.training:
             self.rng_counter += 1
         self._has_forward = True
         self._batch = x.shape[0]
         return y
+
+    def compile(self, cache_size: int = 4) -> "Network":
+        """Run eval-mode forward passes on the GPU as dispatch chains: each new input shape runs
+        once eagerly, is then recorded into a CUDA graph and replayed with one launch (see
+        loom/nn/chain.py). Results are bit-identical to the eager forward. On the CPU this changes
+        nothing. Returns the network."""
+        from .chain import InferenceChain
+        self._compiled = InferenceChain(self, cache_size)
+        return self
 
     __call__ = forward
 
@@ -137,8 +156,11 @@ class Network:
             self._settle_grads()
 
     def _check_input(self, x):
+        return self.check_spec(self.backend.asarray(x))
+
+    def check_spec(self, x):
+        """ShapeError unless x (an array on any device) is a batch of this network's input; returns x."""
         spec = self.input_spec
-        x = self.backend.asarray(x)
         expected = spec.shape
         if x.ndim != len(expected) + 1 or tuple(x.shape[1:]) != expected:
             raise ShapeError(f"input has shape {list(x.shape)}, expected [batch, {', '.join(map(str, expected))}]")
@@ -229,6 +251,19 @@ class Network:
                 return
         raise ShapeError(f"{name}: no layer owns this parameter")   # unreachable: own came from the layers
 
+    def check_ids(self, x) -> None:
+        """For integer-id inputs: ShapeError unless every id fits every embedding fed by the input
+        (what their forward checks; recorded steps check here, before the ids are copied in)."""
+        if self.input_spec.is_float:
+            return
+        for _, layer in self.root.walk():
+            if hasattr(layer, "check_ids"):
+                layer.check_ids(x)
+
+    def uses_noise(self) -> bool:
+        """Whether training-mode forward passes draw from the counter RNG (dropout, gumbel)."""
+        return any(getattr(layer, "USES_NOISE", False) for _, layer in self.root.walk())
+
     def step_state(self):
         """A StepState: run the network as a pipeline, one tick at a time (see loom/nn/step.py)."""
         from .step import StepState
@@ -262,6 +297,8 @@ class Network:
             g[...] = target.asarray(grads[name])
         self.backend, self.root = moved.backend, moved.root
         self._has_forward = False
+        if self._compiled is not None:
+            self.compile(self._compiled.cache_size)       # recorded chains belong to the old device
         return self
 
     # --- inspection ---

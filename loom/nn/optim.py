@@ -25,7 +25,7 @@ from .. import backend as backends
 from .. import config as configs
 from ..config import REQUIRED, boolean, list_of, number, optional, positive_int, string
 from ..errors import ConfigError, ShapeError
-from ..kernels import ops
+from ..kernels import fused, ops
 from . import schedules
 from .schedules import Schedule, power
 
@@ -63,8 +63,9 @@ class Optimizer(ABC):
         """State arrays this parameter needs: slot name -> initial fill value."""
 
     @abstractmethod
-    def update(self, p, g, state: dict, hp: dict, lr: float, t: int) -> None:
-        """Apply update number t (1-based) to p in place. g must not be written to."""
+    def update(self, p, g, state: dict, hp: dict, s: dict) -> None:
+        """Apply one update to p in place, with this step's values `s` from scalars() (Python floats,
+        or 0-d arrays of p's dtype on p's device inside a recorded step). g must not be written to."""
 
     def check(self, hp: dict, path: str) -> None:
         """Rules across hyperparameters of one group (path names the group)."""
@@ -180,8 +181,9 @@ class Optimizer(ABC):
         return f"Optimizer({self.type}, lr={self.lr:g}, params={len(self._params)}, steps={self._steps})"
 
     # --- stepping ---
-    def step(self, grads: dict) -> bool:
-        """Feed one set of gradients; returns True when an update was applied (every accumulate-th call)."""
+    def step(self, grads: dict, scalars: dict | None = None) -> bool:
+        """Feed one set of gradients; returns True when an update was applied (every accumulate-th call).
+        `scalars` replaces plan() (a recorded graph passes the same values as device arrays)."""
         self._check_grads(grads)
         k = self._cfg["accumulate"]
         if k > 1:
@@ -198,17 +200,46 @@ class Optimizer(ABC):
                 buf[...] = 0
             self._count = 0
         grads = self._clip(grads)
+        plan = self.plan() if scalars is None else scalars
+        for name, p in self._params.items():
+            self.update(p, grads[name], self._state[name], self._hp[name], plan[name])
+        self._steps += 1
+        return True
+
+    def plan(self) -> dict:
+        """The host values the next update uses, per parameter: {name: {key: float or bool}}. Floats
+        (learning rates, bias corrections) change from step to step; a recorded train step reads
+        them from device memory. Bools are control flow (the first step) and belong to phase()."""
         base = self.lr
         # A group's own lr keeps its ratio to the base lr (as torch schedulers scale every group);
         # unscaled while the base is unchanged, so group rates are used exactly as written.
         scale = None if base == self._lr0 or not self._lr0 else base / self._lr0   # _lr0 > 0 if any group has an lr
         t = self._steps + 1
-        for name, p in self._params.items():
+        out = {}
+        for name in self._params:
             hp = self._hp[name]
             lr = base if not self._own_lr[name] else hp["lr"] if scale is None else hp["lr"] * scale
-            self.update(p, grads[name], self._state[name], hp, lr, t)
-        self._steps = t
-        return True
+            out[name] = self.scalars(hp, lr, t)
+        return out
+
+    def advance(self) -> None:
+        """The host bookkeeping of one step() whose device work ran elsewhere (a replayed graph)."""
+        k = self._cfg["accumulate"]
+        if k > 1:
+            self._count += 1
+            if self._count < k:
+                return
+            self._count = 0
+        self._steps += 1
+
+    def phase(self) -> tuple:
+        """What decides which device work the next step() does (besides shapes): the position in the
+        accumulation cycle and whether this is the first update."""
+        return self._count, self._steps == 0
+
+    def scalars(self, hp: dict, lr: float, t: int) -> dict:
+        """This rule's per-step host values for one parameter (default: the learning rate)."""
+        return {"lr": float(lr)}
 
     def _check_grads(self, grads) -> None:
         if not isinstance(grads, dict):
@@ -229,15 +260,22 @@ class Optimizer(ABC):
                 raise ShapeError(f"gradient {name} has dtype {g.dtype}, expected {p.dtype}")
 
     def _clip(self, grads: dict) -> dict:
-        """clip_value (clamp to [-v, v]) then clip_norm (scale by min(1, c / (norm + 1e-6))), as new arrays."""
+        """clip_value (clamp to [-v, v]) then clip_norm (scale by min(1, c / (norm + 1e-6))), as new arrays.
+
+        The norm stays on the device (no synchronization, so a train step can be recorded): the
+        per-tensor sums of squares are added in float64 in parameter order, as Python's sum() of
+        their float() values would, and the coefficient is applied as min(coef, 1), which leaves
+        the gradients unchanged bit for bit when no clipping is needed."""
         v, c = self._cfg["clip_value"], self._cfg["clip_norm"]
         if v is not None:
             grads = {n: backends.of(g).xp.clip(g, -v, v) for n, g in grads.items()}
-        if c is not None:
-            total = math.sqrt(sum(float(ops.sum(g * g)) for g in grads.values()))
-            coef = c / (total + CLIP_EPS)
-            if coef < 1.0:
-                grads = {n: g * coef for n, g in grads.items()}
+        if c is not None and grads:
+            xp = backends.of(next(iter(grads.values()))).xp
+            total = xp.zeros((), dtype=np.float64)
+            for g in grads.values():
+                total = total + ops.sum(g * g).astype(np.float64)
+            coef = xp.minimum(c / (xp.sqrt(total) + CLIP_EPS), 1.0)
+            grads = {n: g * coef.astype(g.dtype) for n, g in grads.items()}
         return grads
 
     # --- saving ---
@@ -320,19 +358,12 @@ class SGD(Optimizer):
     def slots(self, hp):
         return {"momentum_buffer": 0.0} if hp["momentum"] != 0 else {}
 
-    def update(self, p, g, state, hp, lr, t):
-        if hp["weight_decay"] != 0:
-            g = g + hp["weight_decay"] * p
-        m = hp["momentum"]
-        if m != 0:
-            buf = state["momentum_buffer"]
-            if t == 1:
-                buf[...] = g
-            else:
-                buf *= m
-                buf += (1 - hp["dampening"]) * g
-            g = g + m * buf if hp["nesterov"] else buf
-        p -= lr * g
+    def scalars(self, hp, lr, t):
+        return {"lr": float(lr), "first": t == 1}
+
+    def update(self, p, g, state, hp, s):
+        fused.sgd_update(p, g, state.get("momentum_buffer"), s["lr"], hp["momentum"], hp["dampening"],
+                         hp["nesterov"], hp["weight_decay"], s["first"])
 
 
 class Adam(Optimizer):
@@ -346,26 +377,17 @@ class Adam(Optimizer):
     def slots(self, hp):
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0, **({"max_exp_avg_sq": 0.0} if hp["amsgrad"] else {})}
 
-    def update(self, p, g, state, hp, lr, t):
+    def scalars(self, hp, lr, t):
+        b1, b2 = hp["betas"]
+        return {"decay": 1 - lr * hp["weight_decay"], "step_size": lr / (1 - power(b1, t)),
+                "bc2_sqrt": math.sqrt(1 - power(b2, t))}
+
+    def update(self, p, g, state, hp, s):
         b1, b2 = hp["betas"]
         wd = hp["weight_decay"]
-        if wd != 0:
-            if self.DECOUPLED:
-                p *= 1 - lr * wd
-            else:
-                g = g + wd * p
-        m, v = state["exp_avg"], state["exp_avg_sq"]
-        _lerp(m, g, 1 - b1)
-        v *= b2
-        v += (1 - b2) * g * g
-        step_size = lr / (1 - power(b1, t))
-        bc2_sqrt = math.sqrt(1 - power(b2, t))
-        if hp["amsgrad"]:
-            vmax = state["max_exp_avg_sq"]
-            backends.of(vmax).xp.maximum(vmax, v, out=vmax)
-            v = vmax
-        denom = ops.sqrt(v) / bc2_sqrt + hp["eps"]
-        p += (-step_size * m) / denom
+        fused.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
+                          s["step_size"], s["bc2_sqrt"], b1, b2, hp["eps"], 0.0 if self.DECOUPLED else wd,
+                          s["decay"] if self.DECOUPLED and wd != 0 else None)
 
 
 class AdamW(Adam):
@@ -387,7 +409,8 @@ class RMSprop(Optimizer):
         return {"square_avg": 0.0, **({"momentum_buffer": 0.0} if hp["momentum"] > 0 else {}),
                 **({"grad_avg": 0.0} if hp["centered"] else {})}
 
-    def update(self, p, g, state, hp, lr, t):
+    def update(self, p, g, state, hp, s):
+        lr = s["lr"]
         alpha = hp["alpha"]
         if hp["weight_decay"] != 0:
             g = g + hp["weight_decay"] * p
@@ -419,13 +442,15 @@ class Adagrad(Optimizer):
     def slots(self, hp):
         return {"sum": hp["initial_accumulator_value"]}
 
-    def update(self, p, g, state, hp, lr, t):
+    def scalars(self, hp, lr, t):
+        return {"clr": lr / (1 + (t - 1) * hp["lr_decay"])}
+
+    def update(self, p, g, state, hp, s):
         if hp["weight_decay"] != 0:
             g = g + hp["weight_decay"] * p
-        clr = lr / (1 + (t - 1) * hp["lr_decay"])
-        s = state["sum"]
-        s += g * g
-        p += (-clr * g) / (ops.sqrt(s) + hp["eps"])
+        total = state["sum"]
+        total += g * g
+        p += (-s["clr"] * g) / (ops.sqrt(total) + hp["eps"])
 
 
 class Lion(Optimizer):
@@ -437,12 +462,15 @@ class Lion(Optimizer):
     def slots(self, hp):
         return {"exp_avg": 0.0}
 
-    def update(self, p, g, state, hp, lr, t):
+    def scalars(self, hp, lr, t):
+        return {"lr": float(lr), "decay": 1 - lr * hp["weight_decay"]}
+
+    def update(self, p, g, state, hp, s):
         b1, b2 = hp["betas"]
         if hp["weight_decay"] != 0:
-            p *= 1 - lr * hp["weight_decay"]
+            p *= s["decay"]
         m = state["exp_avg"]
-        p -= lr * backends.of(m).xp.sign(m * b1 + g * (1 - b1))
+        p -= s["lr"] * backends.of(m).xp.sign(m * b1 + g * (1 - b1))
         m *= b2
         m += g * (1 - b2)
 

@@ -20,6 +20,7 @@ class Progress:
         self.start = self.last = time.perf_counter()
 
     def update(self, done: int, samples: int = 0, **values) -> None:
+        """Redraw (at most 10 times a second); a value may be a callable, evaluated only when drawn."""
         if not self.live:
             return
         now = time.perf_counter()
@@ -28,7 +29,7 @@ class Progress:
         self.last = now
         filled = _WIDTH * done // self.total
         rate = samples / max(now - self.start, 1e-9)
-        text = " ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        text = " ".join(f"{k} {_fmt(v() if callable(v) else v)}" for k, v in values.items())
         self.stream.write(f"\r{self.title} [{'#' * filled}{'.' * (_WIDTH - filled)}] {done}/{self.total} "
                           f"{text} {rate:,.0f} samples/s\033[K")
         self.stream.flush()

@@ -17,6 +17,7 @@ import numpy as np
 from .. import rng
 from ..errors import ConfigError, ShapeError
 from . import losses, metrics, optim
+from .chain import TrainStep
 from .network import Network
 from .progress import Progress
 
@@ -131,26 +132,26 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
 
     epochs, bs, n = settings["epochs"], settings["batch_size"], len(X)
     batches = math.ceil(n / bs)
-    grads = net.gradients()          # live arrays: looked up once, not once per batch
+    # Data checks run once over the whole dataset here, not once per batch on the device.
+    net.check_ids(X)
+    loss_fn.check_target(Y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
+    step = TrainStep(net, loss_fn, opt)       # on the GPU: each step replays one recorded graph
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
         bar = Progress(f"epoch {epoch + 1}/{epochs}", batches, enabled=verbose)
         net.train()
-        total, seen, outs = 0.0, 0, []
+        step.reset_total()
+        seen, outs = 0, []
         for b in range(batches):
             idx = order[b * bs:(b + 1) * bs]
-            xb, yb = net.backend.asarray(X[idx]), net.backend.asarray(Y[idx])
-            pred = net.forward(xb)
-            value, grad = loss_fn(pred, yb)
-            net.zero_grad()
-            net.backward(grad, input_grad=False)
-            opt.step(grads)
-            total += float(value) * len(idx)
+            step(X[idx], Y[idx], checked=False)
             seen += len(idx)
             if metric_fns:
-                outs.append((net.backend.to_numpy(pred), Y[idx]))
-            bar.update(b + 1, loss=total / seen, samples=seen)
+                outs.append((net.backend.to_numpy(step.pred), Y[idx]))
+            # the running loss is read from the device only when the bar redraws
+            bar.update(b + 1, loss=lambda: float(step.total) / seen, samples=seen)
+        total = float(step.total)
         net.eval()
         logs = {"loss": total / seen}
         if metric_fns:

@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import math
 
-from ...kernels import ops
+from ...kernels import fused, ops
 from .base import Layer, register
 
 LEAKY_SLOPE = 0.01
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
-_INV_SQRT2 = 1 / math.sqrt(2)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
 _TANH_C = math.sqrt(2 / math.pi)
 _TANH_K = 0.044715
 # Activations whose default weight init is He (Kaiming) uniform; the rest use Glorot uniform.
@@ -56,7 +54,7 @@ def apply(fn: str, x):
     if fn == "selu":
         return SELU_LAMBDA * xp.where(x > 0, x, SELU_ALPHA * ops.expm1(xp.minimum(x, 0)))
     if fn == "gelu":
-        return 0.5 * x * (1 + ops.erf(x * _INV_SQRT2))
+        return fused.gelu(x)
     if fn == "gelu_tanh":
         return 0.5 * x * (1 + ops.tanh(_TANH_C * (x + _TANH_K * x * x * x)))
     if fn == "silu":
@@ -88,8 +86,7 @@ def grad(fn: str, x, y, dy):
     if fn == "selu":
         return dy * xp.where(x > 0, SELU_LAMBDA, y + SELU_LAMBDA * SELU_ALPHA)
     if fn == "gelu":
-        cdf = 0.5 * (1 + ops.erf(x * _INV_SQRT2))
-        return dy * (cdf + x * _INV_SQRT_2PI * ops.exp(-0.5 * x * x))
+        return fused.gelu_grad(x, dy)
     if fn == "gelu_tanh":
         t = ops.tanh(_TANH_C * (x + _TANH_K * x * x * x))
         return dy * (0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _TANH_C * (1 + 3 * _TANH_K * x * x))

@@ -21,7 +21,7 @@ import numpy as np
 
 from ... import rng
 from ...errors import ShapeError
-from ...kernels import ops
+from ...kernels import fused, ops
 from . import linear
 from .base import Layer, Spec, register
 from .norm import rms_norm, rms_norm_backward
@@ -177,12 +177,13 @@ class MultiHeadAttention(Layer):
         if self.rope is not None:
             q, k = self._rope(q), self._rope(k)
         q = q.reshape(B, KV, R * T, hd)                              # query head h = j*R + r
-        s = ops.matmul(q, k.transpose(0, 1, 3, 2)) * self.scale     # [B, KV, R*T, T]
-        allowed = self._allowed(fc, B, T)
-        if allowed is None:
-            p = ops.softmax(s, axis=-1)
+        scores = ops.matmul(q, k.transpose(0, 1, 3, 2))              # [B, KV, R*T, T]
+        if fc.attention_mask is None:                                # scale, causal mask, softmax: one kernel on the GPU
+            p = fused.scaled_masked_softmax(scores.reshape(B, KV, R, T, T), self.scale,
+                                            self.causal).reshape(B, KV, R * T, T)
         else:                                                        # a query with every key masked gets 0
-            p = ops.softmax(s.reshape(B, KV, R, T, T), axis=-1, mask=allowed).reshape(B, KV, R * T, T)
+            p = ops.softmax((scores * self.scale).reshape(B, KV, R, T, T), axis=-1,
+                            mask=self._allowed(fc, B, T)).reshape(B, KV, R * T, T)
         ctx = ops.matmul(p, v).reshape(B, H, T, hd)                  # [B, H, T, hd]
         ctx = self._unheads(ctx)                                     # [B, T, H*hd]
         self.x, self.q, self.k, self.v, self.p, self.ctx_out = x, q, k, v, p, ctx
@@ -196,8 +197,7 @@ class MultiHeadAttention(Layer):
         dctx = self._heads(dctx, H).reshape(B, KV, R * T, hd)
         dv = ops.matmul(p.transpose(0, 1, 3, 2), dctx)               # [B, KV, T, hd], summed over R
         dp = ops.matmul(dctx, v.transpose(0, 1, 3, 2))               # [B, KV, R*T, T]
-        ds = p * (dp - ops.sum(dp * p, axis=-1, keepdims=True))      # zero where masked (p = 0)
-        ds = ds * self.scale
+        ds = fused.softmax_grad(p, dp) * self.scale                  # zero where masked (p = 0)
         dq = ops.matmul(ds, k).reshape(B, H, T, hd)
         dk = ops.matmul(ds.transpose(0, 1, 3, 2), q)                 # [B, KV, T, hd], summed over R
         if self.rope is not None:

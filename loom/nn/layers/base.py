@@ -93,12 +93,15 @@ class BuildContext:
 class ForwardContext:
     """Per-call state: train or eval, the RNG counter of this call, the optional attention mask."""
     training: bool = False
-    counter: int = 0
+    counter: Any = 0            # an int, or a device uint32 [lo, hi] inside a recorded step
     attention_mask: Any = None  # [batch, T] with 1 for real tokens, 0 for padding
+    checked: bool = True        # False inside a recorded step: input ids were validated beforehand
     extras: dict = field(default_factory=dict)
 
 
 class Layer(ABC):
+    USES_NOISE = False      # draws from the counter RNG in training (dropout, gumbel softmax)
+
     def __init__(self, cfg: dict, in_spec: Spec, ctx: BuildContext):
         self.cfg = cfg
         self.type: str = cfg["type"]
@@ -203,7 +206,10 @@ class Layer(ABC):
     def noise_uniform(self, shape, fc: ForwardContext):
         """Uniform [0, 1) noise for this call, from the stream '<layer>.noise' at the call's counter."""
         gen = rng.Generator(self.ctx.seed, self.ctx.stream("noise"))
-        return self.B.asarray(gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype)))
+        if isinstance(fc.counter, int):
+            return self.B.asarray(gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype)))
+        # a recorded step: the counter lives in device memory and the bits are drawn there
+        return gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype), xp=self.xp)
 
     def walk(self, prefix: str = ""):
         """Yield (dotted prefix, layer) for this layer and every nested layer."""

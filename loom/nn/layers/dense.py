@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from ...kernels import ops
+from ...kernels import fused, ops
 from . import activation, linear
 from .base import Layer, Spec, register
 
@@ -45,6 +45,12 @@ class Dense(Layer):
         self.x = x
         # accumulate_block describes float arithmetic: a quantized weight or QAT runs its own GEMM
         float_weight = isinstance(self.params["weight"], self.xp.ndarray) and self.qat is None
+        bias = self.params.get("bias")
+        if (self.block is None and float_weight and bias is not None and self.act in fused.BIAS_ACTIVATIONS
+                and getattr(self.B, "fused", None) is not None):
+            # one kernel for bias + activation where the backend has it (the GPU: launches dominate)
+            self.z, self.y = fused.bias_act(linear.project(self, "weight", x), bias, self.act)
+            return self.y
         z = self._blocked(x) if self.block is not None and float_weight else linear.forward(self, "", x)
         self.z, self.y = activation.forward(self.act, z)
         return self.y

@@ -10,6 +10,7 @@ from .base import Layer, register
 
 @register("dropout")
 class Dropout(Layer):
+    USES_NOISE = True
     def build(self, cfg, in_spec, ctx):
         self.require_float(in_spec, ctx)
         self.rate = cfg["rate"]

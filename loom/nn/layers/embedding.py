@@ -19,17 +19,23 @@ class Embedding(Layer):
         return Spec(in_spec.shape + (cfg["dim"],), self.dtype)
 
     def forward(self, ids, fc):
-        xp = self.xp
-        bad = (ids < 0) | (ids >= self.vocab)
-        if bool(bad.any()):
-            where = tuple(int(i) for i in xp.argwhere(bad)[0])
-            raise ShapeError(f"{self.path}: token id {int(ids[where])} at index {list(where)} is outside "
-                             f"[0, vocab_size={self.vocab})")
+        if fc.checked:
+            self.check_ids(ids)
         self.ids = ids
         w = self.params["weight"]
         if isinstance(w, quant.QTensor):
             return quant.take_rows(w, ids, self.dtype)
         return w[ids]
+
+    def check_ids(self, ids) -> None:
+        """ShapeError naming the first id outside [0, vocab_size) (synchronizes with the device)."""
+        from ... import backend
+        xp = backend.of(ids).xp            # ids may still be on the host (checked before copying in)
+        bad = (ids < 0) | (ids >= self.vocab)
+        if bool(bad.any()):
+            where = tuple(int(i) for i in xp.argwhere(bad)[0])
+            raise ShapeError(f"{self.path}: token id {int(ids[where])} at index {list(where)} is outside "
+                             f"[0, vocab_size={self.vocab})")
 
     def backward(self, dy):
         flat = dy.reshape(-1, dy.shape[-1])

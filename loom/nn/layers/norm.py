@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ...errors import ShapeError
-from ...kernels import ops
+from ...kernels import fused, ops
 from .base import Layer, register
 
 
@@ -35,14 +35,8 @@ class LayerNorm(Layer):
         return self._forward(x)
 
     def _forward(self, x):
-        mu = ops.mean(x, axis=-1, keepdims=True)
-        xc = x - mu
-        var = ops.mean(xc * xc, axis=-1, keepdims=True)
-        self.rstd = 1 / ops.sqrt(var + x.dtype.type(self.eps))
-        self.xhat = xc * self.rstd
-        if not self.params:
-            return self.xhat
-        return self.xhat * self.params["weight"] + self.params["bias"]
+        y, self.xhat, self.rstd = fused.layer_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps)
+        return y
 
     def backward(self, dy):
         xhat, out = self.xhat, dy.dtype
@@ -51,25 +45,20 @@ class LayerNorm(Layer):
             lead = tuple(range(dy.ndim - 1))
             self.grads["weight"] += ops.sum(dy * xhat, axis=lead).astype(out)
             self.grads["bias"] += ops.sum(dy, axis=lead).astype(out)
-            dy = dy * self.params["weight"]
-        mean_dy = ops.mean(dy, axis=-1, keepdims=True)
-        mean_dy_xhat = ops.mean(dy * xhat, axis=-1, keepdims=True)
-        return (self.rstd * (dy - mean_dy - xhat * mean_dy_xhat)).astype(out)
+        return fused.layer_norm_grad(dy, xhat, self.rstd, self.params.get("weight")).astype(out)
 
 
 def rms_norm(x, weight, eps: float):
     """y = x / sqrt(mean(x^2) + eps) * weight over the last axis; returns (y, cache for backward)."""
-    rstd = 1 / ops.sqrt(ops.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(eps))
-    xhat = x * rstd
-    return xhat * weight, (xhat, rstd)
+    y, xhat, rstd = fused.rms_norm(x, weight, eps)
+    return y, (xhat, rstd)
 
 
 def rms_norm_backward(dy, cache, weight):
     """(dL/dx, dL/dweight) for rms_norm's output gradient dy."""
     xhat, rstd = cache
     dweight = ops.sum((dy * xhat).reshape(-1, dy.shape[-1]), axis=0)
-    g = dy * weight
-    return rstd * (g - xhat * ops.mean(g * xhat, axis=-1, keepdims=True)), dweight
+    return fused.rms_norm_grad(dy, xhat, rstd, weight), dweight
 
 
 @register("rms_norm")

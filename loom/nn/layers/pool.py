@@ -66,9 +66,9 @@ class AvgPool(_Pool):
     def forward(self, x, fc):
         w = self._windows(x, 0.0)
         total = ops.sum(w, axis=tuple(range(-self.n, 0)))
-        return total / self.xp.asarray(math.prod(self.k), dtype=x.dtype)
+        return total / x.dtype.type(math.prod(self.k))
 
     def backward(self, dy):
-        g = dy / self.xp.asarray(math.prod(self.k), dtype=dy.dtype)
+        g = dy / dy.dtype.type(math.prod(self.k))
         parts = self.xp.broadcast_to(g.reshape(g.shape + (1,) * self.n), g.shape + self.k)
         return self._scatter(parts)

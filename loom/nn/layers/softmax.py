@@ -352,6 +352,7 @@ class Softmax(Layer):
         elif self.batch and cfg["variant"] == "grid":
             kind = BatchGrid
         self.variant = kind(self, cfg, in_spec, ctx)
+        self.USES_NOISE = isinstance(self.variant, Gumbel)
         return Spec(tuple(self.variant.out_shape), in_spec.dtype)
 
     def forward(self, x, fc):

@@ -1,0 +1,176 @@
+"""cuBLAS GEMMs called through ctypes, so that they can be recorded into CUDA graphs.
+
+CuPy refuses every cuBLAS call while a stream is capturing (its setStream raises
+NotImplementedError), although cuBLAS itself supports stream capture once the workspace is set by
+the caller (cuBLAS docs, "CUDA Graphs Support"). Loom's float GEMMs therefore go through this module
+on every call, eager or recorded, so that a replayed dispatch chain runs exactly the cuBLAS kernels
+the eager step ran and gives the same bits.
+
+Row-major C = A @ B is computed as the column-major product C^T = B^T A^T: a C-contiguous row-major
+matrix is its own transpose in column-major order, so no copies are needed for C-ordered operands or
+for transposed views (W.T); anything else is made contiguous first. Batched products map to
+cublasGemmStridedBatchedEx when every operand's batch dimensions collapse to one stride (0 for a
+broadcast operand). TF32 is never used: float32 runs with CUBLAS_COMPUTE_32F.
+"""
+from __future__ import annotations
+
+import ctypes
+import importlib
+import math
+
+import numpy as np
+
+from ..errors import BackendError
+
+_OP_N, _OP_T = 0, 1
+_CUDA_R_32F, _CUDA_R_64F = 0, 1
+_COMPUTE_32F, _COMPUTE_64F = 68, 70
+_GEMM_DEFAULT = -1
+_TYPES = {np.dtype(np.float32): (_CUDA_R_32F, _COMPUTE_32F, ctypes.c_float),
+          np.dtype(np.float64): (_CUDA_R_64F, _COMPUTE_64F, ctypes.c_double)}
+WORKSPACE_BYTES = 32 << 20      # NVIDIA's recommendation for Hopper; fixed so algorithm choice never varies
+
+
+def supports(a, b) -> bool:
+    """Whether gemm() handles these operands (float32/float64, same dtype, at least 1-D)."""
+    return a.dtype == b.dtype and a.dtype in _TYPES and a.ndim >= 1 and b.ndim >= 1
+
+
+def _find_library() -> ctypes.CDLL:
+    """The libcublas CuPy already loaded (same copy, same version), else the usual names."""
+    importlib.import_module("cupy_backends.cuda.libs.cublas")   # loads libcublas into this process
+    try:
+        with open("/proc/self/maps") as f:
+            paths = {line.split()[-1] for line in f if "libcublas.so" in line and "libcublasLt" not in line}
+    except OSError:
+        paths = set()
+    for path in sorted(paths) + ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]:
+        try:
+            return ctypes.CDLL(path)
+        except OSError:
+            continue
+    raise BackendError("device 'cuda': cannot locate libcublas (the library CuPy uses for GEMMs)")
+
+
+class CuBLAS:
+    """One cuBLAS handle with a fixed workspace, used from the thread that created it."""
+
+    def __init__(self, cupy):
+        self.cp = cupy
+        lib = self.lib = _find_library()
+        for name in ("cublasCreate_v2", "cublasSetStream_v2", "cublasSetWorkspace_v2", "cublasSetMathMode",
+                     "cublasGemmEx", "cublasGemmStridedBatchedEx"):
+            getattr(lib, name).restype = ctypes.c_int
+        handle = ctypes.c_void_p()
+        self._check(lib.cublasCreate_v2(ctypes.byref(handle)), "cublasCreate")
+        self.handle = handle
+        self._check(lib.cublasSetMathMode(handle, ctypes.c_int(0)), "cublasSetMathMode")  # default math, no TF32
+        self.workspace = cupy.empty(WORKSPACE_BYTES, dtype=cupy.uint8)
+        self._stream = None
+        self._scalars = {dt: (ctype(1.0), ctype(0.0)) for dt, (_, _, ctype) in _TYPES.items()}
+
+    @staticmethod
+    def _check(status: int, what: str) -> None:
+        if status != 0:
+            raise BackendError(f"cuBLAS {what} failed with status {status}")
+
+    def _bind_stream(self) -> None:
+        # cublasSetStream resets the workspace to cuBLAS's own pool, so the fixed one is set again.
+        ptr = self.cp.cuda.get_current_stream().ptr
+        if ptr != self._stream:
+            self._check(self.lib.cublasSetStream_v2(self.handle, ctypes.c_void_p(ptr)), "cublasSetStream")
+            self._check(self.lib.cublasSetWorkspace_v2(self.handle, ctypes.c_void_p(self.workspace.data.ptr),
+                                                       ctypes.c_size_t(WORKSPACE_BYTES)), "cublasSetWorkspace")
+            self._stream = ptr
+
+    def gemm(self, a, b, out=None):
+        """a @ b with NumPy's matmul semantics (1-D promotion, broadcast batch dimensions), written
+        into `out` when given."""
+        vec_a, vec_b = a.ndim == 1, b.ndim == 1
+        a = a[None, :] if vec_a else a
+        b = b[:, None] if vec_b else b
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: inner dimensions differ: {list(a.shape)} @ {list(b.shape)}")
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        shape = batch + (a.shape[-2], b.shape[-1])
+        final = shape[:-2] + shape[-2:-1] * (not vec_a) + shape[-1:] * (not vec_b)
+        if out is not None and not (tuple(out.shape) == final and out.dtype == a.dtype and out.flags.c_contiguous):
+            out[...] = self.gemm(a if not vec_a else a[0], b if not vec_b else b[:, 0])
+            return out
+        c = self.cp.empty(shape, dtype=a.dtype) if out is None else out.reshape(shape)
+        if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
+            # [..., M, K] @ [K, N] is one [(... M), K] x [K, N] GEMM
+            self._gemm(a.reshape(-1, a.shape[-1]), b, c.reshape(-1, c.shape[-1]), ())
+        else:
+            self._gemm(a, b, c, batch)
+        return c.reshape(final)
+
+    def _gemm(self, a, b, c, batch) -> None:
+        """c (C-contiguous, batch + (M, N)) = a @ b."""
+        rows, k, n = c.shape[-2], a.shape[-1], c.shape[-1]
+        if c.size == 0:
+            return
+        if k == 0:
+            c.fill(0)
+            return
+        at, lda, sa, a = _operand(self.cp, a, batch)
+        bt, ldb, sb, b = _operand(self.cp, b, batch)
+        aptr, bptr = a.data.ptr, b.data.ptr
+        self._bind_stream()
+        dtype_id, compute, _ = _TYPES[a.dtype]
+        one, zero = self._scalars[a.dtype]
+        count = math.prod(batch)
+        # column-major: C^T (n x rows) = op(B stored) (n x k) . op(A stored) (k x rows)
+        if count == 1:
+            status = self.lib.cublasGemmEx(
+                self.handle, bt, at, n, rows, k, ctypes.byref(one),
+                ctypes.c_void_p(bptr), dtype_id, ldb, ctypes.c_void_p(aptr), dtype_id, lda,
+                ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), dtype_id, n, compute, _GEMM_DEFAULT)
+        else:
+            status = self.lib.cublasGemmStridedBatchedEx(
+                self.handle, bt, at, n, rows, k, ctypes.byref(one),
+                ctypes.c_void_p(bptr), dtype_id, ldb, ctypes.c_longlong(sb),
+                ctypes.c_void_p(aptr), dtype_id, lda, ctypes.c_longlong(sa),
+                ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), dtype_id, n, ctypes.c_longlong(rows * n),
+                count, compute, _GEMM_DEFAULT)
+        self._check(status, f"GEMM {list(a.shape)} @ {list(b.shape)}")
+
+
+def _operand(cp, x, batch):
+    """(cuBLAS op, leading dimension, batch stride in elements, array to read from) for a row-major
+    operand x broadcast to `batch`: op N when x's memory read column-major is x^T (C order), op T
+    when it is x itself (a transposed view); x is copied once when its layout is neither."""
+    rows, cols = x.shape[-2], x.shape[-1]
+    item = x.itemsize
+    x = cp.broadcast_to(x, batch + (rows, cols)) if x.shape[:-2] != batch else x
+    for _ in range(2):
+        sr, sc = (s // item for s in x.strides[-2:])
+        if cols == 1:
+            sc = 1                              # a single column: its stride is never used
+        if rows == 1:
+            sr = cols if sc == 1 else 1         # a single row: likewise
+        layout = None
+        if sc == 1 and sr >= max(cols, 1):
+            layout = (_OP_N, sr)                # row-major: column-major reads its transpose
+        elif sr == 1 and sc >= max(rows, 1):
+            layout = (_OP_T, sc)                # a transposed view: column-major reads x itself
+        stride = _batch_stride(x, item, len(batch))
+        if layout is not None and stride is not None:
+            return layout[0], layout[1], stride, x
+        x = cp.ascontiguousarray(x)             # one copy, then the row-major case applies
+    raise BackendError(f"cuBLAS GEMM: no strided layout for an operand of shape {list(x.shape)}")
+
+
+def _batch_stride(x, item, nbatch):
+    """One element stride that walks every batch entry of x in C order, or None."""
+    if nbatch == 0:
+        return 0
+    dims = [(d, s // item) for d, s in zip(x.shape[:nbatch], x.strides[:nbatch]) if d != 1]
+    if not dims:
+        return 0
+    if all(s == 0 for _, s in dims):
+        return 0
+    for (d0, s0), (d1, s1) in zip(dims, dims[1:]):
+        if s0 != s1 * d1:
+            return None
+    return dims[-1][1] if dims[-1][1] != 0 else None

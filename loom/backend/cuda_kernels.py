@@ -1,0 +1,485 @@
+"""Fused CUDA kernels behind loom.kernels.fused (fast mode): one launch where the CuPy composition takes
+several, and no temporaries beyond the outputs.
+
+`CUDABackend.fused` is this module. Callers (loom/kernels/fused.py) have already checked that every array
+is C-contiguous, non-empty, float32 or float64 and of one dtype; these functions only launch.
+
+Determinism of the arithmetic: everything is compiled by NVRTC with `--fmad=false` (no multiply-add
+contraction), IEEE division and square root and no flush-to-zero, and each formula keeps the operation
+order of the NumPy reference. So elementwise code built from + - * / sqrt (the optimizer updates) gives the
+reference's bits; transcendentals (CUDA's exp, tanh, erf) and the order of row sums differ from NumPy by
+rounding only. float32 computes in float, except erf, which the reference widens to float64 too.
+
+Capturable into a CUDA graph: no function synchronizes or copies between host and device. Python scalars
+travel as kernel arguments; optimizer scalars may instead be 0-d device arrays (a recorded graph passes
+those), read inside the same kernel as the same type T, so both forms give the same bits. Kernels compile
+on first use (per dtype and variant) and are cached; run each once before capturing a graph.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import cupy
+import numpy as np
+
+from .cuda import translating
+
+OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
+_MAX_GRID = 2 ** 31 - 1
+
+# Constants spelled exactly as loom/nn/layers/activation.py computes them; repr() round-trips the double,
+# and (T) then rounds it once, as NumPy rounds a Python float against a float32 array.
+_INV_SQRT2 = repr(1 / math.sqrt(2))
+_INV_SQRT_2PI = repr(1 / math.sqrt(2 * math.pi))
+_TANH_C = repr(math.sqrt(2 / math.pi))
+_TANH_K = repr(0.044715)
+
+# Device helpers shared by the elementwise and the row kernels. Overloads (not T) so that they compile
+# before or after CuPy's `typedef ... T`.
+_HELPERS = r"""
+__device__ __forceinline__ float loom_exp(float x) { return expf(x); }
+__device__ __forceinline__ double loom_exp(double x) { return exp(x); }
+__device__ __forceinline__ float loom_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double loom_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float loom_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double loom_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float loom_abs(float x) { return fabsf(x); }
+__device__ __forceinline__ double loom_abs(double x) { return fabs(x); }
+// ops.erf evaluates float32 inputs in float64 and rounds once; so does this.
+__device__ __forceinline__ float loom_erf(float x) { return (float)erf((double)x); }
+__device__ __forceinline__ double loom_erf(double x) { return erf(x); }
+__device__ __forceinline__ float loom_neg_inf(float) { return __int_as_float((int)0xff800000u); }
+__device__ __forceinline__ double loom_neg_inf(double) {
+    return __longlong_as_double((long long)0xfff0000000000000ull);
+}
+// ops.sigmoid: e = exp(-|x|); x >= 0 ? 1 / (1 + e) : e / (1 + e), so that neither branch overflows.
+template <typename F> __device__ __forceinline__ F loom_sigmoid(F x) {
+    F e = loom_exp(-loom_abs(x));
+    return x >= (F)0 ? (F)1 / ((F)1 + e) : e / ((F)1 + e);
+}
+"""
+
+# Row kernels: one block per row of n contiguous entries (grid-stride over rows), blockDim a multiple
+# of 32. Every reduction leaves the same value in every thread: each warp reduces the per-warp partials
+# itself, in the same order, so no broadcast through shared memory is needed.
+_ROWS = _HELPERS + r"""
+__device__ __forceinline__ T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }  // NaN wins, as np.max
+
+__device__ __forceinline__ T warp_sum(T v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ T warp_max(T v) {
+    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ T block_sum(T v, T* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_sum(v);
+    if (nwarps == 1) return v;
+    __syncthreads();                  // the previous reduction's readers are done with red
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_sum(lane < nwarps ? red[lane] : (T)0);
+}
+
+__device__ T block_max(T v, T* red) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    v = warp_max(v);
+    if (nwarps == 1) return v;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    return warp_max(lane < nwarps ? red[lane] : loom_neg_inf((T)0));
+}
+
+// y = exp(s - max) / sum over the row, s = x * scale. Entries j >= kept are masked: exactly 0 and left out
+// of the max and the sum. kept = n, or when causal: row r is query i = r % tq, which keeps keys
+// j <= i + offset (none when i + offset < 0: the row is all 0, as ops.softmax with a mask).
+extern "C" __global__ void loom_softmax_rows(const T* __restrict__ x, T* __restrict__ y, long long rows,
+                                             long long n, T scale, int causal, long long tq,
+                                             long long offset) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* xr = x + r * n;
+        T* yr = y + r * n;
+        long long kept = n;
+        if (causal) {
+            const long long last = r % tq + offset;
+            kept = last < 0 ? 0 : (last < n ? last + 1 : n);
+        }
+        T peak = loom_neg_inf((T)0);
+        for (long long j = threadIdx.x; j < kept; j += blockDim.x) peak = max_nan(peak, xr[j] * scale);
+        peak = block_max(peak, red);
+        T total = (T)0;
+        for (long long j = threadIdx.x; j < kept; j += blockDim.x) {
+            const T e = loom_exp(xr[j] * scale - peak);
+            yr[j] = e;                // read back below by this same thread: no barrier needed
+            total += e;
+        }
+        total = block_sum(total, red);
+        for (long long j = threadIdx.x; j < kept; j += blockDim.x) yr[j] = yr[j] / total;
+        for (long long j = kept + threadIdx.x; j < n; j += blockDim.x) yr[j] = (T)0;
+    }
+}
+
+// dx = y * (dy - sum(dy * y)) over the row.
+extern "C" __global__ void loom_softmax_grad_rows(const T* __restrict__ y, const T* __restrict__ dy,
+                                                  T* __restrict__ dx, long long rows, long long n) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* yr = y + r * n;
+        const T* dyr = dy + r * n;
+        T dot = (T)0;
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) dot += dyr[j] * yr[j];
+        dot = block_sum(dot, red);
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) dx[r * n + j] = yr[j] * (dyr[j] - dot);
+    }
+}
+
+// LayerNorm._forward: mu = sum(x) / n; var = sum((x - mu)^2) / n; rstd = 1 / sqrt(var + eps);
+// xhat = (x - mu) * rstd; y = xhat (* w) (+ b). w and b are read only when has_w / has_b (else the caller
+// passes another array as a stand-in pointer).
+extern "C" __global__ void loom_layer_norm_rows(const T* __restrict__ x, const T* __restrict__ w,
+                                                const T* __restrict__ b, T* __restrict__ y,
+                                                T* __restrict__ xhat, T* __restrict__ rstd, long long rows,
+                                                long long n, T eps, int has_w, int has_b) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* xr = x + r * n;
+        T s = (T)0;
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) s += xr[j];
+        const T mu = block_sum(s, red) / (T)n;
+        T q = (T)0;
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T c = xr[j] - mu;
+            q += c * c;
+        }
+        const T var = block_sum(q, red) / (T)n;
+        const T inv = (T)1 / loom_sqrt(var + eps);
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T h = (xr[j] - mu) * inv;
+            xhat[r * n + j] = h;
+            if (has_w || has_b) {       // else y is xhat (the caller passes the same array): not written
+                T o = h;
+                if (has_w) o = o * w[j];
+                if (has_b) o = o + b[j];
+                y[r * n + j] = o;
+            }
+        }
+        if (threadIdx.x == 0) rstd[r] = inv;
+    }
+}
+
+// LayerNorm.backward (input part): g = dy (* w); dx = rstd * (g - mean(g) - xhat * mean(g * xhat)).
+extern "C" __global__ void loom_layer_norm_grad_rows(const T* __restrict__ dy, const T* __restrict__ xhat,
+                                                     const T* __restrict__ rstd, const T* __restrict__ w,
+                                                     T* __restrict__ dx, long long rows, long long n,
+                                                     int has_w) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* dyr = dy + r * n;
+        const T* hr = xhat + r * n;
+        T s = (T)0, sh = (T)0;
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T g = has_w ? dyr[j] * w[j] : dyr[j];
+            s += g;
+            sh += g * hr[j];
+        }
+        const T mean_g = block_sum(s, red) / (T)n;
+        const T mean_gh = block_sum(sh, red) / (T)n;
+        const T inv = rstd[r];
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T g = has_w ? dyr[j] * w[j] : dyr[j];
+            dx[r * n + j] = inv * (g - mean_g - hr[j] * mean_gh);
+        }
+    }
+}
+
+// norm.rms_norm: rstd = 1 / sqrt(sum(x * x) / n + eps); xhat = x * rstd; y = xhat (* w).
+extern "C" __global__ void loom_rms_norm_rows(const T* __restrict__ x, const T* __restrict__ w,
+                                              T* __restrict__ y, T* __restrict__ xhat, T* __restrict__ rstd,
+                                              long long rows, long long n, T eps, int has_w) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* xr = x + r * n;
+        T q = (T)0;
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) q += xr[j] * xr[j];
+        const T inv = (T)1 / loom_sqrt(block_sum(q, red) / (T)n + eps);
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T h = xr[j] * inv;
+            xhat[r * n + j] = h;
+            if (has_w) y[r * n + j] = h * w[j];      // else y is xhat: not written
+        }
+        if (threadIdx.x == 0) rstd[r] = inv;
+    }
+}
+
+// norm.rms_norm_backward (input part): g = dy (* w); dx = rstd * (g - xhat * mean(g * xhat)).
+extern "C" __global__ void loom_rms_norm_grad_rows(const T* __restrict__ dy, const T* __restrict__ xhat,
+                                                   const T* __restrict__ rstd, const T* __restrict__ w,
+                                                   T* __restrict__ dx, long long rows, long long n, int has_w) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* dyr = dy + r * n;
+        const T* hr = xhat + r * n;
+        T sh = (T)0;
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T g = has_w ? dyr[j] * w[j] : dyr[j];
+            sh += g * hr[j];
+        }
+        const T mean_gh = block_sum(sh, red) / (T)n;
+        const T inv = rstd[r];
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+            const T g = has_w ? dyr[j] * w[j] : dyr[j];
+            dx[r * n + j] = inv * (g - hr[j] * mean_gh);
+        }
+    }
+}
+"""
+
+_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+@lru_cache(maxsize=None)
+def _row_kernel(dtype: np.dtype, name: str):
+    """The row kernel `name` for one dtype (one module per dtype, compiled on first use)."""
+    return _row_module(dtype).get_function(name)
+
+
+@lru_cache(maxsize=None)
+def _row_module(dtype: np.dtype):
+    return cupy.RawModule(code=f"typedef {_CTYPE[dtype]} T;\n" + _ROWS, options=OPTIONS)
+
+
+def _threads(n: int) -> int:
+    """Threads per row: about 4 entries each, a power of two from one warp (short rows) up to 1024."""
+    want = 1 << max(0, (n - 1).bit_length())          # next power of two >= n
+    return min(1024, max(32, want // 4))
+
+
+def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
+    kernel = _row_kernel(np.dtype(dtype), name)
+    kernel((min(rows, _MAX_GRID),), (_threads(n),), args)
+
+
+def _shape_rows(x) -> tuple[int, int]:
+    n = x.shape[-1]
+    return x.size // n, n
+
+
+def _rstd_like(x):
+    return cupy.empty(x.shape[:-1] + (1,), dtype=x.dtype)
+
+
+# --- softmax ---------------------------------------------------------------------------------------
+
+def softmax(x):
+    return scaled_masked_softmax(x, 1.0, False, 0)   # x * 1 is exact: the plain softmax
+
+
+def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
+    rows, n = _shape_rows(scores)
+    tq = scores.shape[-2] if causal else 1
+    y = cupy.empty_like(scores)
+    with translating("fused softmax", scores):
+        _launch_rows("loom_softmax_rows", scores.dtype, rows, n,
+                     (scores, y, np.int64(rows), np.int64(n), scores.dtype.type(scale), np.int32(bool(causal)),
+                      np.int64(tq), np.int64(offset)))
+    return y
+
+
+def softmax_grad(y, dy):
+    rows, n = _shape_rows(y)
+    dx = cupy.empty_like(y)
+    with translating("fused softmax_grad", y, dy):
+        _launch_rows("loom_softmax_grad_rows", y.dtype, rows, n, (y, dy, dx, np.int64(rows), np.int64(n)))
+    return dx
+
+
+# --- norms -----------------------------------------------------------------------------------------
+
+def layer_norm(x, weight, bias, eps):
+    rows, n = _shape_rows(x)
+    xhat, rstd = cupy.empty_like(x), _rstd_like(x)
+    affine = weight is not None or bias is not None
+    y = cupy.empty_like(x) if affine else xhat       # LayerNorm without parameters returns xhat itself
+    # A missing weight or bias is never read (has_w / has_b = 0); x stands in for the pointer.
+    w = x if weight is None else weight
+    b = x if bias is None else bias
+    with translating("fused layer_norm", x):
+        _launch_rows("loom_layer_norm_rows", x.dtype, rows, n,
+                     (x, w, b, y, xhat, rstd, np.int64(rows), np.int64(n), x.dtype.type(eps),
+                      np.int32(weight is not None), np.int32(bias is not None)))
+    return y, xhat, rstd
+
+
+def layer_norm_grad(dy, xhat, rstd, weight):
+    rows, n = _shape_rows(dy)
+    dx = cupy.empty_like(dy)
+    w = dy if weight is None else weight
+    with translating("fused layer_norm_grad", dy, xhat):
+        _launch_rows("loom_layer_norm_grad_rows", dy.dtype, rows, n,
+                     (dy, xhat, rstd, w, dx, np.int64(rows), np.int64(n), np.int32(weight is not None)))
+    return dx
+
+
+def rms_norm(x, weight, eps):
+    rows, n = _shape_rows(x)
+    xhat, rstd = cupy.empty_like(x), _rstd_like(x)
+    y = xhat if weight is None else cupy.empty_like(x)
+    w = x if weight is None else weight
+    with translating("fused rms_norm", x):
+        _launch_rows("loom_rms_norm_rows", x.dtype, rows, n,
+                     (x, w, y, xhat, rstd, np.int64(rows), np.int64(n), x.dtype.type(eps),
+                      np.int32(weight is not None)))
+    return y, xhat, rstd
+
+
+def rms_norm_grad(dy, xhat, rstd, weight):
+    rows, n = _shape_rows(dy)
+    dx = cupy.empty_like(dy)
+    w = dy if weight is None else weight
+    with translating("fused rms_norm_grad", dy, xhat):
+        _launch_rows("loom_rms_norm_grad_rows", dy.dtype, rows, n,
+                     (dy, xhat, rstd, w, dx, np.int64(rows), np.int64(n), np.int32(weight is not None)))
+    return dx
+
+
+# --- activations -----------------------------------------------------------------------------------
+
+# fn(pre) as C, in activation.apply's operation order; the constants are cast to T as NumPy casts them.
+_ACT = {
+    "linear": "pre",
+    "relu": "(pre > (T)0 || pre != pre) ? pre : (T)0",      # np.maximum(x, 0): NaN stays, -0 becomes +0
+    "gelu": f"(T)0.5 * pre * ((T)1 + loom_erf(pre * (T){_INV_SQRT2}))",
+    "gelu_tanh": f"(T)0.5 * pre * ((T)1 + loom_tanh((T){_TANH_C} * (pre + (T){_TANH_K} * pre * pre * pre)))",
+    "silu": "pre * loom_sigmoid(pre)",
+    "sigmoid": "loom_sigmoid(pre)",
+    "tanh": "loom_tanh(pre)",
+}
+# activation.OUTPUT_GRAD: their gradient needs only y, so y overwrites the pre-activation in place.
+_OUTPUT_GRAD = frozenset({"linear", "relu", "sigmoid", "tanh"})
+ACTIVATIONS = frozenset(_ACT)
+
+
+@lru_cache(maxsize=None)
+def _bias_act_kernel(fn: str, has_bias: bool):
+    pre = "T pre = z + b;" if has_bias else "T pre = z;"
+    ins = "T b" if has_bias else ""
+    if fn in _OUTPUT_GRAD:
+        return cupy.ElementwiseKernel(ins, "T z", f"{pre} z = {_ACT[fn]};", f"loom_bias_{fn}",
+                                      preamble=_HELPERS, options=OPTIONS)
+    return cupy.ElementwiseKernel(ins, "T z, T y", f"{pre} z = pre; y = {_ACT[fn]};", f"loom_bias_{fn}",
+                                  preamble=_HELPERS, options=OPTIONS)
+
+
+def bias_act(z, bias, fn: str):
+    """(saved, y) as activation.forward(fn, z + bias); z is overwritten with the saved array."""
+    if fn == "linear" and bias is None:
+        return z, z
+    kernel = _bias_act_kernel(fn, bias is not None)
+    args = (z,) if bias is None else (bias, z)
+    with translating(f"fused bias + {fn}", z):
+        if fn in _OUTPUT_GRAD:
+            kernel(*args)
+            return z, z
+        y = cupy.empty_like(z)
+        kernel(*args, y)
+    return z, y
+
+
+@lru_cache(maxsize=None)
+def _gelu_kernels():
+    forward = cupy.ElementwiseKernel("T x", "T y", f"const T pre = x; y = {_ACT['gelu']};", "loom_gelu",
+                                     preamble=_HELPERS, options=OPTIONS)
+    # activation.grad("gelu"): dy * (cdf + x * (1 / sqrt(2 pi)) * exp(-0.5 * x * x)), cdf = 0.5 (1 + erf(x / sqrt2))
+    grad = cupy.ElementwiseKernel(
+        "T x, T dy", "T dx",
+        f"const T cdf = (T)0.5 * ((T)1 + loom_erf(x * (T){_INV_SQRT2}));"
+        f"dx = dy * (cdf + x * (T){_INV_SQRT_2PI} * loom_exp((T)-0.5 * x * x));",
+        "loom_gelu_grad", preamble=_HELPERS, options=OPTIONS)
+    return forward, grad
+
+
+def gelu(x):
+    with translating("fused gelu", x):
+        return _gelu_kernels()[0](x)
+
+
+def gelu_grad(x, dy):
+    with translating("fused gelu_grad", x, dy):
+        return _gelu_kernels()[1](x, dy)
+
+
+# --- optimizers ------------------------------------------------------------------------------------
+
+def _scalar(value, dtype):
+    """An optimizer scalar as a kernel argument of `dtype`: a device array stays on the device (a cast,
+    if any, is a kernel launch, not a copy); a Python number becomes a NumPy scalar, rounded once, as
+    NumPy rounds a Python float against an array of `dtype`."""
+    if isinstance(value, cupy.ndarray):
+        return value if value.dtype == dtype else value.astype(dtype)
+    return dtype.type(value)
+
+
+@lru_cache(maxsize=None)
+def _adam_kernel(l2: bool, decay: bool, lerp_small: bool, amsgrad: bool):
+    # optim.Adam.update, one statement per NumPy operation; `lerp_w` is w = 1 - b1 for torch.lerp's first
+    # form (|w| < 0.5) and 1 - w for its second.
+    body = ["T gg = g;"]
+    if l2:
+        body.append("gg = gg + l2 * p;")
+    if decay:
+        body.append("p = p * decay;")
+    body.append("m = m + lerp_w * (gg - m);" if lerp_small else "m = gg - (gg - m) * lerp_w;")
+    body += ["v = v * b2;", "v = v + one_minus_b2 * gg * gg;"]
+    if amsgrad:   # np.maximum(vmax, v, out=vmax): NaN from either side, the second operand on ties
+        body += ["vmax = (vmax > v || vmax != vmax) ? vmax : v;", "const T vv = vmax;"]
+    else:
+        body.append("const T vv = v;")
+    body += ["const T denom = loom_sqrt(vv) / bc2_sqrt + eps;", "p = p + (-step_size * m) / denom;"]
+    outs = "T p, T m, T v" + (", T vmax" if amsgrad else "")
+    return cupy.ElementwiseKernel(
+        "T g, T step_size, T bc2_sqrt, T decay, T l2, T lerp_w, T b2, T one_minus_b2, T eps", outs,
+        "\n".join(body), "loom_adam", preamble=_HELPERS, options=OPTIONS)
+
+
+def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1, b2, eps, l2, decay):
+    dtype = p.dtype
+    w = 1 - b1
+    small = abs(w) < 0.5
+    kernel = _adam_kernel(l2 != 0, decay is not None, small, vmax is not None)
+    scalars = (_scalar(step_size, dtype), _scalar(bc2_sqrt, dtype), _scalar(1.0 if decay is None else decay, dtype),
+               dtype.type(l2), dtype.type(w if small else 1 - w), dtype.type(b2), dtype.type(1 - b2),
+               dtype.type(eps))
+    outs = (p, m, v) if vmax is None else (p, m, v, vmax)
+    with translating("fused adam update", p, g):
+        kernel(g, *scalars, *outs)
+
+
+@lru_cache(maxsize=None)
+def _sgd_kernel(wd: bool, momentum: bool, first: bool, nesterov: bool):
+    # optim.SGD.update, one statement per NumPy operation.
+    body = ["T gg = g;"]
+    if wd:
+        body.append("gg = gg + wd * p;")
+    if momentum:
+        body.append("buf = gg;" if first else "buf = buf * mom; buf = buf + one_minus_damp * gg;")
+        body.append("gg = gg + mom * buf;" if nesterov else "gg = buf;")
+    body.append("p = p - lr * gg;")
+    outs = "T p, T buf" if momentum else "T p"
+    return cupy.ElementwiseKernel("T g, T lr, T wd, T mom, T one_minus_damp", outs, "\n".join(body), "loom_sgd",
+                                  preamble=_HELPERS, options=OPTIONS)
+
+
+def sgd_update(p, g, buf, lr, momentum, dampening, nesterov, wd, first):
+    dtype = p.dtype
+    has_momentum = momentum != 0
+    kernel = _sgd_kernel(wd != 0, has_momentum, bool(first), bool(nesterov) and has_momentum)
+    outs = (p, buf) if has_momentum else (p,)
+    with translating("fused sgd update", p, g):
+        kernel(g, _scalar(lr, dtype), dtype.type(wd), dtype.type(momentum), dtype.type(1 - dampening), *outs)

@@ -1,0 +1,270 @@
+"""Fused operations: several array operations as one, on any backend.
+
+Each function asks the backend that owns its arrays for fused kernels (`backend.fused`: the CUDA backend
+has them, loom/backend/cuda_kernels.py). They run when every array is non-empty, C-contiguous and of one
+dtype, float32 or float64; anything else runs the reference here, with the array module.
+
+The references are the formulas the layers and optimizers use (activation.py, norm.py, attention.py,
+optim.py), copied operation for operation, so a layer that switches to these functions keeps its CPU
+results bit for bit (tests/kernels/test_fused_reference.py checks that). They are copies, not imports,
+because loom/kernels sits below loom/nn. The fused kernels keep the same operation order; they differ from
+the reference only where CUDA's transcendentals or a row sum's order round differently.
+
+Optimizer scalars (step_size, bc2_sqrt, decay, lr) may be Python floats or 0-d arrays of the parameter's
+dtype on its device (what a recorded CUDA graph passes); both give the same bits.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend
+from . import ops
+
+_FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+# loom/nn/layers/activation.py's constants
+_INV_SQRT2 = 1 / math.sqrt(2)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+_TANH_C = math.sqrt(2 / math.pi)
+_TANH_K = 0.044715
+BIAS_ACTIVATIONS = ("linear", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
+_OUTPUT_GRAD = frozenset({"linear", "relu", "sigmoid", "tanh"})   # activation.OUTPUT_GRAD among them
+
+
+def _xp(x):
+    return backend.of(x).xp
+
+
+def _kernels(*arrays):
+    """The owning backend's fused kernels when they can take `arrays` (None entries are absent
+    arguments), else None: the reference runs."""
+    fused = getattr(backend.of(arrays[0]), "fused", None)
+    if fused is None:
+        return None
+    kind, dtype = type(arrays[0]), arrays[0].dtype
+    if dtype not in _FAST_DTYPES:
+        return None
+    for a in arrays:
+        if a is not None and (type(a) is not kind or a.dtype != dtype or a.size == 0 or not a.flags.c_contiguous):
+            return None
+    return fused
+
+
+def _row_kernels(x, *per_feature):
+    """_kernels for a row operation over x's last axis; per-feature arrays must be exactly [n]."""
+    n = x.shape[-1] if x.ndim else 0
+    if any(v is not None and tuple(v.shape) != (n,) for v in per_feature):
+        return None
+    return _kernels(x, *per_feature) if x.ndim else None
+
+
+# --- activations -----------------------------------------------------------------------------------
+
+def gelu(x):
+    """Exact GELU, 0.5 x (1 + erf(x / sqrt 2))."""
+    fused = _kernels(x)
+    if fused is not None:
+        return fused.gelu(x)
+    return _gelu_reference(x)
+
+
+def _gelu_reference(x):
+    return 0.5 * x * (1 + ops.erf(x * _INV_SQRT2))
+
+
+def gelu_grad(x, dy):
+    """dL/dx of gelu at x for dL/dy = dy."""
+    fused = _kernels(x, dy) if x.shape == dy.shape else None
+    if fused is not None:
+        return fused.gelu_grad(x, dy)
+    cdf = 0.5 * (1 + ops.erf(x * _INV_SQRT2))
+    return dy * (cdf + x * _INV_SQRT_2PI * ops.exp(-0.5 * x * x))
+
+
+def bias_act(z, bias, fn: str):
+    """(saved, y): y = fn(z + bias), bias [F] over z's last axis (None: no bias); saved is what
+    activation.grad needs as its x: y itself for relu, linear, sigmoid, tanh, else z + bias.
+    z may be overwritten (the caller owns it)."""
+    if fn not in BIAS_ACTIVATIONS:
+        raise ValueError(f"bias_act: unknown activation {fn!r}; expected one of {', '.join(BIAS_ACTIVATIONS)}")
+    fused = _row_kernels(z, bias)
+    if fused is not None:
+        return fused.bias_act(z, bias, fn)
+    pre = z if bias is None else z + bias
+    y = _activation(fn, pre)
+    return (y if fn in _OUTPUT_GRAD else pre), y
+
+
+def _activation(fn, x):
+    """activation.forward's y for the bias_act functions (relu in place on x, as there)."""
+    if fn == "linear":
+        return x
+    if fn == "relu":
+        return _xp(x).maximum(x, 0, out=x)
+    if fn == "gelu":
+        return _gelu_reference(x)
+    if fn == "gelu_tanh":
+        return 0.5 * x * (1 + ops.tanh(_TANH_C * (x + _TANH_K * x * x * x)))
+    if fn == "silu":
+        return x * ops.sigmoid(x)
+    if fn == "sigmoid":
+        return ops.sigmoid(x)
+    return ops.tanh(x)
+
+
+# --- softmax ---------------------------------------------------------------------------------------
+
+def softmax(x):
+    """Softmax over the last axis."""
+    fused = _row_kernels(x)
+    if fused is not None:
+        return fused.softmax(x)
+    return ops.softmax(x, axis=-1)
+
+
+def softmax_grad(y, dy):
+    """dL/dx of y = softmax(x) over the last axis for dL/dy = dy: y (dy - sum(dy y))."""
+    fused = _row_kernels(y, dy) if y.shape == dy.shape else None
+    if fused is not None:
+        return fused.softmax_grad(y, dy)
+    return y * (dy - ops.sum(dy * y, axis=-1, keepdims=True))
+
+
+def scaled_masked_softmax(scores, scale: float, causal: bool, offset: int = 0):
+    """softmax(scores * scale) over the last axis of scores [..., Tq, Tk]; when causal, entry [..., i, j]
+    with j > i + offset is masked out (exactly 0), and a query with no key left is all 0."""
+    if causal and scores.ndim < 2:
+        raise ValueError(f"scaled_masked_softmax: causal scores need shape [..., Tq, Tk], got {list(scores.shape)}")
+    fused = _row_kernels(scores)
+    if fused is not None:
+        return fused.scaled_masked_softmax(scores, scale, causal, offset)
+    s = scores * scale
+    if not causal:
+        return ops.softmax(s, axis=-1)
+    xp = _xp(s)
+    tq, tk = s.shape[-2:]
+    allowed = xp.arange(tk)[None, :] <= xp.arange(tq)[:, None] + offset
+    return ops.softmax(s, axis=-1, mask=allowed)
+
+
+# --- norms -----------------------------------------------------------------------------------------
+
+def layer_norm(x, weight, bias, eps: float):
+    """(y, xhat, rstd) over the last axis: xhat = (x - mean) / sqrt(var + eps) (biased variance),
+    y = xhat * weight + bias (either may be None; without both y is xhat), rstd [..., 1]."""
+    fused = _row_kernels(x, weight, bias)
+    if fused is not None:
+        return fused.layer_norm(x, weight, bias, eps)
+    mu = ops.mean(x, axis=-1, keepdims=True)
+    xc = x - mu
+    var = ops.mean(xc * xc, axis=-1, keepdims=True)
+    rstd = 1 / ops.sqrt(var + x.dtype.type(eps))
+    xhat = xc * rstd
+    y = xhat
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y, xhat, rstd
+
+
+def layer_norm_grad(dy, xhat, rstd, weight):
+    """dL/dx of layer_norm (weight may be None); the weight and bias gradients stay with the caller."""
+    fused = _norm_grad_kernels(dy, xhat, rstd, weight)
+    if fused is not None:
+        return fused.layer_norm_grad(dy, xhat, rstd, weight)
+    if weight is not None:
+        dy = dy * weight
+    mean_dy = ops.mean(dy, axis=-1, keepdims=True)
+    mean_dy_xhat = ops.mean(dy * xhat, axis=-1, keepdims=True)
+    return rstd * (dy - mean_dy - xhat * mean_dy_xhat)
+
+
+def rms_norm(x, weight, eps: float):
+    """(y, xhat, rstd) over the last axis: xhat = x / sqrt(mean(x^2) + eps), y = xhat * weight
+    (weight may be None: y is xhat), rstd [..., 1]."""
+    fused = _row_kernels(x, weight)
+    if fused is not None:
+        return fused.rms_norm(x, weight, eps)
+    rstd = 1 / ops.sqrt(ops.mean(x * x, axis=-1, keepdims=True) + x.dtype.type(eps))
+    xhat = x * rstd
+    return (xhat if weight is None else xhat * weight), xhat, rstd
+
+
+def rms_norm_grad(dy, xhat, rstd, weight):
+    """dL/dx of rms_norm (weight may be None); the weight gradient stays with the caller."""
+    fused = _norm_grad_kernels(dy, xhat, rstd, weight)
+    if fused is not None:
+        return fused.rms_norm_grad(dy, xhat, rstd, weight)
+    g = dy if weight is None else dy * weight
+    return rstd * (g - xhat * ops.mean(g * xhat, axis=-1, keepdims=True))
+
+
+def _norm_grad_kernels(dy, xhat, rstd, weight):
+    if dy.shape != xhat.shape or dy.ndim == 0 or tuple(rstd.shape) != dy.shape[:-1] + (1,):
+        return None
+    fused = _row_kernels(dy, weight)
+    return fused if fused is not None and _kernels(dy, xhat, rstd) is not None else None
+
+
+# --- optimizers ------------------------------------------------------------------------------------
+
+def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1: float, b2: float, eps: float, l2: float, decay):
+    """One Adam/AdamW step in place, as optim.Adam.update: l2 (0 for none) adds l2 * p to the gradient;
+    decay (None for none) is AdamW's factor 1 - lr * wd; step_size = lr / (1 - b1^t);
+    bc2_sqrt = sqrt(1 - b2^t); vmax (None without amsgrad) keeps the running maximum of v.
+    g is not modified."""
+    fused = _kernels(p, g, m, v, vmax) if _same_shapes(p, g, m, v, vmax) else None
+    if fused is not None:
+        fused.adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1, b2, eps, l2, decay)
+        return
+    if l2 != 0:
+        g = g + l2 * p
+    if decay is not None:
+        p *= decay
+    _lerp(m, g, 1 - b1)
+    v *= b2
+    v += (1 - b2) * g * g
+    if vmax is not None:
+        _xp(vmax).maximum(vmax, v, out=vmax)
+        v = vmax
+    denom = ops.sqrt(v) / bc2_sqrt + eps
+    p += (-step_size * m) / denom
+
+
+def sgd_update(p, g, buf, lr, momentum: float, dampening: float, nesterov: bool, wd: float, first: bool):
+    """One SGD step in place, as optim.SGD.update: buf is the momentum buffer (None when momentum is 0);
+    first: this is update 1 (buf = g). g is not modified."""
+    if momentum != 0 and buf is None:
+        raise ValueError(f"sgd_update: momentum {momentum:g} needs a momentum buffer, got buf=None")
+    fused = _kernels(p, g, buf) if _same_shapes(p, g, buf) else None
+    if fused is not None:
+        fused.sgd_update(p, g, buf, lr, momentum, dampening, nesterov, wd, first)
+        return
+    if wd != 0:
+        g = g + wd * p
+    if momentum != 0:
+        if first:
+            buf[...] = g
+        else:
+            buf *= momentum
+            buf += (1 - dampening) * g
+        g = g + momentum * buf if nesterov else buf
+    p -= lr * g
+
+
+def _same_shapes(p, *others) -> bool:
+    return all(a is None or a.shape == p.shape for a in others)
+
+
+def _lerp(a, b, w: float) -> None:
+    """optim._lerp: a <- a + w (b - a) in place, with torch.lerp's two forms."""
+    if abs(w) < 0.5:
+        a += w * (b - a)
+    else:
+        a[...] = b - (b - a) * (1 - w)
+
+
+__all__ = ["gelu", "gelu_grad", "bias_act", "softmax", "softmax_grad", "scaled_masked_softmax", "layer_norm",
+           "layer_norm_grad", "rms_norm", "rms_norm_grad", "adam_update", "sgd_update", "BIAS_ACTIVATIONS"]

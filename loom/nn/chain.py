@@ -1,0 +1,268 @@
+"""Dispatch chains: a whole train step (or an inference forward) recorded once as a CUDA graph and
+replayed with one launch per step.
+
+A chain is keyed by everything that changes the device work of a step: the input and target shapes
+and dtypes, train/eval mode and the optimizer's phase (accumulation position, first update). The
+first step with a new key runs eagerly (kernels compile, lazily created state appears); the second
+records the step into a graph, with its own memory pool and static input buffers, and launches it;
+later steps copy the batch into the static buffers, upload the step's host values (learning rates,
+bias corrections, the RNG counter) and launch. The host-side counters (optimizer steps, the
+network's rng_counter) advance exactly as the eager step advances them, so eager and replayed steps
+can be mixed freely and give bit-identical results.
+
+Recording needs device work free of host synchronization. When a step cannot be recorded (a layer
+that reads a device value on the host), that key runs eagerly from then on and the reason is kept in
+`eager_reasons` (and warned about once): slower, never wrong. On the CPU every step is eager.
+"""
+from __future__ import annotations
+
+import warnings
+from collections import OrderedDict
+
+import numpy as np
+
+from .. import rng
+from ..errors import LoomError, ShapeError
+
+
+class _Cache:
+    """The recorded chains of one step function, least recently used evicted first."""
+
+    def __init__(self, size: int):
+        if not isinstance(size, int) or size < 1:
+            raise ValueError(f"cache_size must be a positive integer, got {size!r}")
+        self.size = size
+        self.entries: OrderedDict = OrderedDict()
+        self.seen: set = set()
+        self.eager_reasons: dict = {}
+
+    def get(self, key):
+        entry = self.entries.get(key)
+        if entry is not None:
+            self.entries.move_to_end(key)
+        return entry
+
+    def put(self, key, entry) -> None:
+        self.entries[key] = entry
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+    def wants_recording(self, key) -> bool:
+        """True on the second sighting of a key that is neither recorded nor known to be eager-only."""
+        if key in self.eager_reasons:
+            return False
+        if key not in self.seen:
+            self.seen.add(key)
+            return False
+        return True
+
+    def refuse(self, key, exc: BaseException, what: str) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        self.eager_reasons[key] = reason
+        warnings.warn(f"{what} for shapes {key[0]} could not be recorded as a dispatch chain and runs "
+                      f"eagerly ({reason})", RuntimeWarning, stacklevel=3)
+
+
+def _copy_in(dst, src) -> None:
+    """Copy a batch (host or device array of dst's shape and dtype) into a static device buffer."""
+    if isinstance(src, np.ndarray):
+        dst.set(np.ascontiguousarray(src))
+    else:
+        dst[...] = src
+
+
+class _Scalars:
+    """Per-step host values that a recorded graph reads from device memory: one device vector per
+    dtype, whose elements are handed to the step as 0-d views and refreshed before each launch."""
+
+    def __init__(self, xp, values: list):
+        self.xp = xp
+        self.dtypes = sorted({d for d, _ in values}, key=str)
+        self.index = []
+        counts = dict.fromkeys(self.dtypes, 0)
+        for d, _ in values:
+            self.index.append((d, counts[d]))
+            counts[d] += 1
+        self.device = {d: xp.zeros(counts[d], dtype=d) for d in self.dtypes}
+        self.last = None
+
+    def views(self):
+        return [self.device[d][i] for d, i in self.index]
+
+    def upload(self, values: list) -> None:
+        if values == self.last:
+            return                                   # constant values (e.g. plain SGD): nothing to copy
+        for d in self.dtypes:
+            self.device[d].set(np.array([v for vd, v in values if vd == d], dtype=d))
+        self.last = values
+
+
+def _plan_values(opt, plan) -> list:
+    """The float entries of an optimizer plan as (dtype of the parameter, value), in plan order."""
+    return [(np.dtype(opt._params[name].dtype), v) for name, vals in plan.items()
+            for v in vals.values() if isinstance(v, float)]
+
+
+def _bind_plan(plan, views) -> dict:
+    """The plan with its float entries replaced, in order, by device views."""
+    it = iter(views)
+    return {name: {k: next(it) if isinstance(v, float) else v for k, v in vals.items()}
+            for name, vals in plan.items()}
+
+
+class TrainStep:
+    """One training step — forward, loss, backward, optimizer update — as a dispatch chain:
+
+        step = TrainStep(net, loss, opt)
+        value = step(x, y)          # the loss as a 0-d device array (valid until the next call)
+
+    x and y may be host (NumPy) or device arrays. `total` accumulates value * batch on the device
+    (float64, the sum train() logs as the epoch loss); reset it with reset_total().
+    """
+
+    def __init__(self, net, loss, optimizer, cache_size: int = 4):
+        self.net, self.loss, self.opt = net, loss, optimizer
+        self.cache = _Cache(cache_size)
+        self.grads = net.gradients()
+        self.total = net.backend.xp.zeros((), dtype=np.float64)
+        self.pred = None
+
+    @property
+    def eager_reasons(self) -> dict:
+        return dict(self.cache.eager_reasons)
+
+    def reset_total(self) -> None:
+        self.total.fill(0)
+
+    def __call__(self, x, y, checked: bool = True):
+        """Run one step on batch (x, y). checked=False skips the data checks (input ids, class-id
+        targets) the caller has already made, e.g. once over a whole dataset."""
+        net = self.net
+        net.check_spec(x)
+        if len(y) != x.shape[0]:
+            raise ShapeError(f"targets have {len(y)} rows but the batch has {x.shape[0]}")
+        if checked:
+            net.check_ids(x)
+            self.loss.check_target(y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
+        if not net.backend.graphs:
+            return self._eager(x, y)
+        key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase())
+        entry = self.cache.get(key)
+        if entry is None and self.cache.wants_recording(key):
+            try:
+                entry = _RecordedStep(self, x, y)
+            except (LoomError, RuntimeError, NotImplementedError) as exc:
+                self.cache.refuse(key, exc, "a train step")
+            else:
+                self.cache.put(key, entry)
+        if entry is None:
+            return self._eager(x, y)
+        return entry.run(x, y)
+
+    def _eager(self, x, y):
+        net, B = self.net, self.net.backend
+        xb, yb = B.asarray(x), B.asarray(y)
+        pred = net._forward(xb, checked=False)
+        value, grad = self.loss(pred, yb, checked=False)
+        self._finish(pred, value, grad, None, x.shape[0])
+        return value
+
+    def _finish(self, pred, value, grad, plan, n) -> None:
+        """Everything after the loss (shared by the eager and the recorded step)."""
+        net = self.net
+        net.zero_grad()
+        net.backward(grad, input_grad=False)
+        self.opt.step(self.grads, scalars=plan)
+        self.total += value.astype(np.float64) * n
+        self.pred = pred
+
+
+class _RecordedStep:
+    """A train step recorded for one key: static buffers, scalar slots and the graph."""
+
+    def __init__(self, owner: TrainStep, x, y):
+        net, opt = owner.net, owner.opt
+        B, xp = net.backend, net.backend.xp
+        self.owner = owner
+        self.x = xp.empty(x.shape, dtype=x.dtype)
+        self.y = xp.empty(y.shape, dtype=y.dtype)
+        plan = opt.plan()
+        self.scalars = _Scalars(xp, _plan_values(opt, plan))
+        bound = _bind_plan(plan, self.scalars.views())
+        self.counter = xp.zeros(2, dtype=np.uint32) if net.training and net.uses_noise() else None
+        n = x.shape[0]
+        saved = net.rng_counter, opt._steps, opt._count
+
+        def body():
+            pred = net._forward(self.x, counter=self.counter, checked=False)
+            value, grad = owner.loss(pred, self.y, checked=False)
+            owner._finish(pred, value, grad, bound, n)
+            return pred, value
+        try:
+            self.graph, (self.pred, self.value) = B.record(body)
+        finally:
+            net.rng_counter, opt._steps, opt._count = saved   # recording ran no step: undo its bookkeeping
+
+    def run(self, x, y):
+        owner, net, opt = self.owner, self.owner.net, self.owner.opt
+        _copy_in(self.x, x)
+        _copy_in(self.y, y)
+        self.scalars.upload(_plan_values(opt, opt.plan()))
+        if self.counter is not None:
+            self.counter.set(rng.counter_words(net.rng_counter))
+        self.graph.launch()
+        if net.training:
+            net.rng_counter += 1
+        opt.advance()
+        net._has_forward, net._batch = True, x.shape[0]
+        owner.pred = self.pred
+        return self.value
+
+
+class InferenceChain:
+    """Eval-mode forward passes as dispatch chains (Network.compile()); returns a fresh copy of the
+    output each call, so results never change under the caller when the graph runs again."""
+
+    def __init__(self, net, cache_size: int = 4):
+        self.net = net
+        self.cache_size = cache_size
+        self.cache = _Cache(cache_size)
+
+    @property
+    def eager_reasons(self) -> dict:
+        return dict(self.cache.eager_reasons)
+
+    def __call__(self, x, attention_mask=None):
+        net = self.net
+        net.check_spec(x)
+        mask = None if attention_mask is None else net._check_mask(attention_mask, x.shape[0])
+        net.check_ids(x)
+        key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape))
+        entry = self.cache.get(key)
+        if entry is None and self.cache.wants_recording(key):
+            try:
+                entry = _RecordedForward(net, x, mask)
+            except (LoomError, RuntimeError, NotImplementedError) as exc:
+                self.cache.refuse(key, exc, "a forward pass")
+            else:
+                self.cache.put(key, entry)
+        if entry is None:
+            return net._forward(net.backend.asarray(x), mask, checked=False)
+        return entry.run(x, mask)
+
+
+class _RecordedForward:
+    def __init__(self, net, x, mask):
+        xp = net.backend.xp
+        self.net = net
+        self.x = xp.empty(x.shape, dtype=x.dtype)
+        self.mask = None if mask is None else xp.empty(mask.shape, dtype=mask.dtype)
+        self.graph, self.y = net.backend.record(lambda: net._forward(self.x, self.mask, checked=False))
+
+    def run(self, x, mask):
+        _copy_in(self.x, x)
+        if mask is not None:
+            _copy_in(self.mask, mask)
+        self.graph.launch()
+        self.net._has_forward, self.net._batch = True, x.shape[0]
+        return self.y.copy()
