@@ -50,6 +50,7 @@ class CUDABackend:
     def __init__(self):
         self.xp = _import_cupy()
         self._blas = None
+        self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         from . import cuda_kernels      # fused kernels behind loom.kernels.fused
         self.fused = cuda_kernels
 
@@ -100,7 +101,28 @@ class CUDABackend:
 
     def sum(self, x, axis=None, keepdims: bool = False):
         with translating("sum", x):
+            ones = self._column_sum_ones(x, axis)
+            if ones is not None:
+                out = self.blas.gemm(ones, x.reshape(-1, x.shape[-1]))
+                return out.reshape((1,) * (x.ndim - 1) + out.shape) if keepdims else out
             return self.xp.sum(x, axis=axis, keepdims=keepdims)
+
+    def _column_sum_ones(self, x, axis):
+        """A ones vector when sum(x, axis) adds up every leading axis of a C-contiguous float array
+        (bias and norm-weight gradients): as ones @ x it is one cuBLAS call, several times faster
+        than CuPy's strided column reduction at [8192, 512]. None otherwise. The vectors are made
+        outside graph recording only (one made while recording would be filled only by the graph)."""
+        if axis is None or x.ndim < 2 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
+            return None
+        axes = tuple(sorted(a % x.ndim for a in (axis if isinstance(axis, tuple) else (axis,))))
+        rows = x.size // max(x.shape[-1], 1)
+        if axes != tuple(range(x.ndim - 1)) or rows < 64 or x.size == 0:
+            return None
+        key = (rows, x.dtype)
+        ones = self._ones.get(key)
+        if ones is None and not self.xp.cuda.get_current_stream().is_capturing():
+            ones = self._ones[key] = self.xp.ones(rows, dtype=x.dtype)
+        return ones
 
     def devices(self) -> list[dict]:
         """Every visible GPU: name, memory, compute capability."""

@@ -121,3 +121,17 @@ def test_out_of_memory_is_a_backend_error_and_the_network_survives():
     x = np.ones((2, 8), np.float32)
     assert net(x).shape == (2, 4)
     assert net.to("cpu")(x).shape == (2, 4)
+
+
+@pytest.mark.parametrize("shape, axis", [((300, 17), 0), ((4, 80, 33), (0, 1)), ((4, 80, 33), (1, 0)),
+                                         ((70, 5), -2), ((10, 7), 0), ((4, 80, 33), 1)])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_column_sums(shape, axis, keepdims):
+    """Sums over every leading axis run as ones @ x on cuBLAS; the others stay CuPy reductions."""
+    cuda = backend.get("cuda")
+    for dtype in ("float32", "float64"):
+        x = np.random.default_rng(11).normal(size=shape).astype(dtype)
+        got = cuda.sum(cuda.asarray(x), axis=axis, keepdims=keepdims)
+        want = np.sum(x.astype(np.float64), axis=axis, keepdims=keepdims)
+        assert got.shape == want.shape and got.dtype == x.dtype
+        _close(got, want, f"sum {shape} axis {axis} {dtype}")
