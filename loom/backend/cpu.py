@@ -15,6 +15,9 @@ class CPUBackend:
     def asarray(self, x, dtype=None):
         return np.asarray(x, dtype=dtype)
 
+    def copy_into(self, dst, src) -> None:
+        dst[...] = src
+
     def to_numpy(self, x) -> np.ndarray:
         return np.asarray(x)
 

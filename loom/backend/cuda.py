@@ -12,6 +12,7 @@ import contextlib
 import numpy as np
 
 from ..errors import BackendError
+from . import cublas        # ctypes only; it loads libcublas when the first handle is made
 
 
 def _import_cupy():
@@ -58,13 +59,22 @@ class CUDABackend:
         with translating("copy to the GPU", x):
             return self.xp.asarray(x, dtype=dtype)
 
+    def copy_into(self, dst, src) -> None:
+        """dst[...] = src for a device array dst and a host or device array src of its shape and dtype,
+        without allocating on the device (host data is staged by the driver, so src may change
+        as soon as this returns)."""
+        with translating("copy into a device buffer", src):
+            if isinstance(src, np.ndarray):
+                dst.set(np.ascontiguousarray(src))
+            else:
+                dst[...] = src
+
     def to_numpy(self, x) -> np.ndarray:
         return self.xp.asnumpy(x) if isinstance(x, self.xp.ndarray) else np.asarray(x)
 
     def matmul(self, a, b, out=None):
-        from .cublas import supports
         with translating("matmul", a, b):
-            if supports(a, b):
+            if cublas.supports(a, b):
                 return self.blas.gemm(a, b, out=out)
             return self.xp.matmul(a, b, out=out)     # integer and mixed dtypes: eager only
 
@@ -72,8 +82,7 @@ class CUDABackend:
     def blas(self):
         """Loom's own cuBLAS handle (see cublas.py: CuPy's cannot be recorded into graphs)."""
         if self._blas is None:
-            from .cublas import CuBLAS
-            self._blas = CuBLAS(self.xp)
+            self._blas = cublas.CuBLAS(self.xp)
         return self._blas
 
     def synchronize(self) -> None:

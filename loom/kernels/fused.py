@@ -26,8 +26,8 @@ _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # loom/nn/layers/activation.py's constants
 _INV_SQRT2 = 1 / math.sqrt(2)
 _INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
-_TANH_C = math.sqrt(2 / math.pi)
-_TANH_K = 0.044715
+TANH_C = math.sqrt(2 / math.pi)     # gelu_tanh's constants (activation.grad uses them too)
+TANH_K = 0.044715
 BIAS_ACTIVATIONS = ("linear", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh")
 _OUTPUT_GRAD = frozenset({"linear", "relu", "sigmoid", "tanh"})   # activation.OUTPUT_GRAD among them
 
@@ -92,25 +92,28 @@ def bias_act(z, bias, fn: str):
     if fused is not None:
         return fused.bias_act(z, bias, fn)
     pre = z if bias is None else z + bias
-    y = _activation(fn, pre)
+    y = activation(fn, pre, overwrite=True)
     return (y if fn in _OUTPUT_GRAD else pre), y
 
 
-def _activation(fn, x):
-    """activation.forward's y for the bias_act functions (relu in place on x, as there)."""
+def activation(fn: str, x, overwrite: bool = False):
+    """fn(x) for the BIAS_ACTIVATIONS, the formulas activation.apply uses for them (one copy, here,
+    below loom/nn); overwrite lets relu run in place on x."""
     if fn == "linear":
         return x
     if fn == "relu":
-        return _xp(x).maximum(x, 0, out=x)
+        return _xp(x).maximum(x, 0, out=x if overwrite else None)
     if fn == "gelu":
-        return _gelu_reference(x)
+        return gelu(x)
     if fn == "gelu_tanh":
-        return 0.5 * x * (1 + ops.tanh(_TANH_C * (x + _TANH_K * x * x * x)))
+        return 0.5 * x * (1 + ops.tanh(TANH_C * (x + TANH_K * x * x * x)))
     if fn == "silu":
         return x * ops.sigmoid(x)
     if fn == "sigmoid":
         return ops.sigmoid(x)
-    return ops.tanh(x)
+    if fn == "tanh":
+        return ops.tanh(x)
+    raise ValueError(f"activation: {fn!r} is not one of {', '.join(BIAS_ACTIVATIONS)}")
 
 
 # --- softmax ---------------------------------------------------------------------------------------
@@ -223,7 +226,7 @@ def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1: float, b2: float, eps
         g = g + l2 * p
     if decay is not None:
         p *= decay
-    _lerp(m, g, 1 - b1)
+    lerp(m, g, 1 - b1)
     v *= b2
     v += (1 - b2) * g * g
     if vmax is not None:
@@ -258,8 +261,8 @@ def _same_shapes(p, *others) -> bool:
     return all(a is None or a.shape == p.shape for a in others)
 
 
-def _lerp(a, b, w: float) -> None:
-    """optim._lerp: a <- a + w (b - a) in place, with torch.lerp's two forms."""
+def lerp(a, b, w: float) -> None:
+    """a <- a + w (b - a) in place, with torch.lerp's two forms (the second keeps w near 1 exact)."""
     if abs(w) < 0.5:
         a += w * (b - a)
     else:
@@ -267,4 +270,5 @@ def _lerp(a, b, w: float) -> None:
 
 
 __all__ = ["gelu", "gelu_grad", "bias_act", "softmax", "softmax_grad", "scaled_masked_softmax", "layer_norm",
-           "layer_norm_grad", "rms_norm", "rms_norm_grad", "adam_update", "sgd_update", "BIAS_ACTIVATIONS"]
+           "layer_norm_grad", "rms_norm", "rms_norm_grad", "adam_update", "sgd_update", "BIAS_ACTIVATIONS",
+           "activation", "lerp"]

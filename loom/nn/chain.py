@@ -56,6 +56,21 @@ class _Cache:
             return False
         return True
 
+    def lookup(self, key, record, what: str):
+        """The recorded entry for key, recording it with record() on the key's second sighting; None
+        when this call runs eagerly (first sighting, or the step cannot be recorded). CuPy raises
+        RuntimeError for a host transfer while capturing and NotImplementedError for its own cuBLAS
+        calls (the integer GEMM fallback); either makes the key eager-only."""
+        entry = self.get(key)
+        if entry is None and self.wants_recording(key):
+            try:
+                entry = record()
+            except (LoomError, RuntimeError, NotImplementedError) as exc:
+                self.refuse(key, exc, what)
+            else:
+                self.put(key, entry)
+        return entry
+
     def refuse(self, key, exc: BaseException, what: str) -> None:
         reason = f"{type(exc).__name__}: {exc}"
         self.eager_reasons[key] = reason
@@ -63,20 +78,13 @@ class _Cache:
                       f"eagerly ({reason})", RuntimeWarning, stacklevel=3)
 
 
-def _copy_in(dst, src) -> None:
-    """Copy a batch (host or device array of dst's shape and dtype) into a static device buffer."""
-    if isinstance(src, np.ndarray):
-        dst.set(np.ascontiguousarray(src))
-    else:
-        dst[...] = src
-
-
 class _Scalars:
     """Per-step host values that a recorded graph reads from device memory: one device vector per
     dtype, whose elements are handed to the step as 0-d views and refreshed before each launch."""
 
-    def __init__(self, xp, values: list):
-        self.xp = xp
+    def __init__(self, backend, values: list):
+        self.backend = backend
+        xp = backend.xp
         self.dtypes = sorted({d for d, _ in values}, key=str)
         self.index = []
         counts = dict.fromkeys(self.dtypes, 0)
@@ -93,7 +101,7 @@ class _Scalars:
         if values == self.last:
             return                                   # constant values (e.g. plain SGD): nothing to copy
         for d in self.dtypes:
-            self.device[d].set(np.array([v for vd, v in values if vd == d], dtype=d))
+            self.backend.copy_into(self.device[d], np.array([v for vd, v in values if vd == d], dtype=d))
         self.last = values
 
 
@@ -147,14 +155,7 @@ class TrainStep:
         if not net.backend.graphs:
             return self._eager(x, y)
         key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase())
-        entry = self.cache.get(key)
-        if entry is None and self.cache.wants_recording(key):
-            try:
-                entry = _RecordedStep(self, x, y)
-            except (LoomError, RuntimeError, NotImplementedError) as exc:
-                self.cache.refuse(key, exc, "a train step")
-            else:
-                self.cache.put(key, entry)
+        entry = self.cache.lookup(key, lambda: _RecordedStep(self, x, y), "a train step")
         if entry is None:
             return self._eager(x, y)
         return entry.run(x, y)
@@ -187,7 +188,7 @@ class _RecordedStep:
         self.x = xp.empty(x.shape, dtype=x.dtype)
         self.y = xp.empty(y.shape, dtype=y.dtype)
         plan = opt.plan()
-        self.scalars = _Scalars(xp, _plan_values(opt, plan))
+        self.scalars = _Scalars(B, _plan_values(opt, plan))
         bound = _bind_plan(plan, self.scalars.views())
         self.counter = xp.zeros(2, dtype=np.uint32) if net.training and net.uses_noise() else None
         n = x.shape[0]
@@ -205,11 +206,12 @@ class _RecordedStep:
 
     def run(self, x, y):
         owner, net, opt = self.owner, self.owner.net, self.owner.opt
-        _copy_in(self.x, x)
-        _copy_in(self.y, y)
+        B = net.backend
+        B.copy_into(self.x, x)
+        B.copy_into(self.y, y)
         self.scalars.upload(_plan_values(opt, opt.plan()))
         if self.counter is not None:
-            self.counter.set(rng.counter_words(net.rng_counter))
+            B.copy_into(self.counter, rng.counter_words(net.rng_counter))
         self.graph.launch()
         if net.training:
             net.rng_counter += 1
@@ -238,14 +240,7 @@ class InferenceChain:
         mask = None if attention_mask is None else net._check_mask(attention_mask, x.shape[0])
         net.check_ids(x)
         key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape))
-        entry = self.cache.get(key)
-        if entry is None and self.cache.wants_recording(key):
-            try:
-                entry = _RecordedForward(net, x, mask)
-            except (LoomError, RuntimeError, NotImplementedError) as exc:
-                self.cache.refuse(key, exc, "a forward pass")
-            else:
-                self.cache.put(key, entry)
+        entry = self.cache.lookup(key, lambda: _RecordedForward(net, x, mask), "a forward pass")
         if entry is None:
             return net._forward(net.backend.asarray(x), mask, checked=False)
         return entry.run(x, mask)
@@ -260,9 +255,10 @@ class _RecordedForward:
         self.graph, self.y = net.backend.record(lambda: net._forward(self.x, self.mask, checked=False))
 
     def run(self, x, mask):
-        _copy_in(self.x, x)
+        B = self.net.backend
+        B.copy_into(self.x, x)
         if mask is not None:
-            _copy_in(self.mask, mask)
+            B.copy_into(self.mask, mask)
         self.graph.launch()
         self.net._has_forward, self.net._batch = True, x.shape[0]
         return self.y.copy()

@@ -47,9 +47,6 @@ def build(spec) -> "Loss":
 
 # --- config checkers (each takes (value, path), returns the canonical value or raises) ------------
 
-_ABSENT = object()
-
-
 def _class_index(v, path):
     if v is None:
         return None
@@ -69,6 +66,7 @@ class Loss(ABC):
     """Base: parses keys against KEYS [(key, checker, default)], keeps the canonical config."""
     name = "loss"
     KEYS: tuple = (_REDUCTION,)
+    CLASS_IDS = False       # integer targets are class ids along pred's last axis (cross_entropy, nll)
 
     def __init__(self, **keys):
         known = [k for k, _, _ in self.KEYS]
@@ -106,7 +104,7 @@ class Loss(ABC):
     def check_target(self, target, n_classes: int) -> None:
         """The checks __call__ skips when checked=False: class ids inside [0, n_classes) (or equal to
         ignore_index). Other targets need no data-dependent check."""
-        if getattr(self, "ignore_index", _ABSENT) is not _ABSENT and target.dtype.kind in "iu":
+        if self.CLASS_IDS and target.dtype.kind in "iu":
             self._check_ids(target, n_classes, backend.of(target).xp)
 
     @abstractmethod
@@ -227,6 +225,7 @@ class CrossEntropy(Loss):
     and are not counted by "mean"), or float probabilities / one-hot of pred's shape (ignore_index
     does not apply to them, as in torch).
     """
+    CLASS_IDS = True
     KEYS = (_REDUCTION,
             ("label_smoothing", number(0, 1, hi_open=True), 0.0),
             ("ignore_index", _class_index, None))
@@ -269,6 +268,7 @@ class CrossEntropy(Loss):
 @register("nll")
 class NLL(Loss):
     """-pred[target] per row: pred holds log-probabilities over the last axis (torch's nll_loss)."""
+    CLASS_IDS = True
     KEYS = (_REDUCTION, ("ignore_index", _class_index, None))
 
     def compute(self, pred, target, xp):

@@ -43,14 +43,6 @@ def _betas(v, path):
     return betas
 
 
-def _lerp(a, b, w: float) -> None:
-    """a <- a + w (b - a) in place, with torch.lerp's two forms (the second keeps w near 1 exact)."""
-    if abs(w) < 0.5:
-        a += w * (b - a)
-    else:
-        a[...] = b - (b - a) * (1 - w)
-
-
 class Optimizer(ABC):
     """Base class. A subclass names its hyperparameters (HYPER: key -> (check, default); "lr" and
     "weight_decay" always among them), the state slots a parameter needs, and the update of one
@@ -419,7 +411,7 @@ class RMSprop(Optimizer):
         sq += (1 - alpha) * g * g
         if hp["centered"]:
             ga = state["grad_avg"]
-            _lerp(ga, g, 1 - alpha)
+            fused.lerp(ga, g, 1 - alpha)
             avg = ops.sqrt(sq - ga * ga)
         else:
             avg = ops.sqrt(sq)

@@ -6,7 +6,6 @@ relu6(x + 3) / 6.
 """
 from __future__ import annotations
 
-import math
 
 from ...kernels import fused, ops
 from .base import Layer, register
@@ -14,8 +13,7 @@ from .base import Layer, register
 LEAKY_SLOPE = 0.01
 SELU_LAMBDA = 1.0507009873554804934193349852946
 SELU_ALPHA = 1.6732632423543772848170429916717
-_TANH_C = math.sqrt(2 / math.pi)
-_TANH_K = 0.044715
+_TANH_C, _TANH_K = fused.TANH_C, fused.TANH_K
 # Activations whose default weight init is He (Kaiming) uniform; the rest use Glorot uniform.
 RELU_LIKE = frozenset({"relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu", "mish"})
 
@@ -42,31 +40,19 @@ def _xp(x):
 
 def apply(fn: str, x):
     """fn(x) elementwise."""
+    if fn in fused.BIAS_ACTIVATIONS:        # linear, relu, gelu, gelu_tanh, silu, sigmoid, tanh
+        return fused.activation(fn, x)
     xp = _xp(x)
-    if fn == "linear":
-        return x
-    if fn == "relu":
-        return xp.maximum(x, 0)
     if fn == "leaky_relu":
         return xp.where(x > 0, x, x * LEAKY_SLOPE)
     if fn == "elu":
         return xp.where(x > 0, x, ops.expm1(xp.minimum(x, 0)))
     if fn == "selu":
         return SELU_LAMBDA * xp.where(x > 0, x, SELU_ALPHA * ops.expm1(xp.minimum(x, 0)))
-    if fn == "gelu":
-        return fused.gelu(x)
-    if fn == "gelu_tanh":
-        return 0.5 * x * (1 + ops.tanh(_TANH_C * (x + _TANH_K * x * x * x)))
-    if fn == "silu":
-        return x * ops.sigmoid(x)
     if fn == "mish":
         return x * ops.tanh(ops.softplus(x))
     if fn == "softplus":
         return ops.softplus(x)
-    if fn == "sigmoid":
-        return ops.sigmoid(x)
-    if fn == "tanh":
-        return ops.tanh(x)
     if fn == "hard_sigmoid":
         return xp.clip(x + 3, 0, 6) / 6
     raise ValueError(f"unknown activation {fn!r}")
