@@ -3,6 +3,7 @@ from .errors import BackendError, ConfigError, DeterminismError, FormatError, Lo
 from .nn import Network, NonFinite
 from .nn.train import evaluate, predict, train
 from .info import info
+from .mode import deterministic, is_deterministic
 
 
 def load(path) -> Network:
@@ -17,5 +18,5 @@ def from_bytes(data: bytes) -> Network:
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "NonFinite", "train", "evaluate", "predict", "info", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
+__all__ = ["Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
            "BackendError", "DeterminismError", "__version__"]

@@ -34,5 +34,8 @@ class CPUBackend:
     def sum(self, x, axis=None, keepdims: bool = False):
         return np.sum(x, axis=axis, keepdims=keepdims)
 
+    def may_be_true(self, flag) -> bool:
+        return bool(flag)
+
 
 CPU = CPUBackend()

@@ -108,6 +108,13 @@ class CUDABackend:
             graph = stream.end_capture()
         return Graph(graph, pool, stream, cp), result
 
+    def may_be_true(self, flag) -> bool:
+        """bool(flag) for a device flag, read back to the host; True while recording, when the
+        graph cannot branch on data (the caller then takes the path that is right either way)."""
+        if self.xp.cuda.get_current_stream().is_capturing():
+            return True
+        return bool(flag)
+
     def sum(self, x, axis=None, keepdims: bool = False):
         with translating("sum", x):
             ones = self._column_sum_ones(x, axis)

@@ -3,12 +3,17 @@
 Each function works on the arrays of any backend (it asks `backend.of` for the array module).
 Structural operations (reshape, transpose, indexing, where, maximum) stay with the array module:
 they are exact on every backend.
+
+In deterministic mode (loom.mode, the default) GEMMs and sums are exact and order-independent
+(`exact`); in fast mode they are the backend's BLAS and reductions.
 """
 from __future__ import annotations
 
 import math
 
 from .. import backend
+from ..mode import is_deterministic
+from . import exact
 
 _SQRT_PI = math.sqrt(math.pi)
 
@@ -19,11 +24,21 @@ def _xp(x):
 
 def matmul(a, b, out=None):
     """a @ b with NumPy broadcasting over leading dimensions (written into `out` when given)."""
+    if is_deterministic():
+        return exact.matmul(a, b, out=out)
     return backend.of(a).matmul(a, b, out=out)
 
 
 def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy's name on purpose
+    if is_deterministic():
+        return exact.sum(x, axis=axis, keepdims=keepdims)
     return backend.of(x).sum(x, axis=axis, keepdims=keepdims)
+
+
+def cumsum(x, axis=-1):
+    if is_deterministic():
+        return exact.cumsum(x, axis=axis)
+    return _xp(x).cumsum(x, axis=axis)
 
 
 def mean(x, axis=None, keepdims=False):

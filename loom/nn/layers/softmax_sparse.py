@@ -24,7 +24,7 @@ def sparsemax(z):
     xp = _xp(z)
     n = z.shape[-1]
     zs = -xp.sort(-z, axis=-1)                                 # descending
-    cs = xp.cumsum(zs, axis=-1)                                # cumsum of sorted values
+    cs = ops.cumsum(zs, axis=-1)                                # cumsum of sorted values
     k = xp.arange(1, n + 1, dtype=z.dtype)
     support = 1 + k * zs > cs                                  # true on a prefix of the sorted row
     size = xp.count_nonzero(support, axis=-1)[..., None]      # [..., 1], >= 1

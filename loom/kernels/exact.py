@@ -1,0 +1,200 @@
+"""Exact, order-independent GEMM and sums: deterministic mode's reductions.
+
+A float sum's bits depend on the order of its additions, and every BLAS, thread split and GPU
+kernel picks its own order. Here every reduction is made exact instead, so order cannot matter:
+
+- each row (of a GEMM's left operand, or of a sum) is scaled by a power of two to integers of at
+  most `bits` bits (one rounding per element, which depends on that element and its row's
+  maximum only);
+- the integers are accumulated in float64, where every partial sum is an integer below 2^53 and so
+  exact, whatever order a BLAS or a GPU adds them in;
+- the exact total is scaled back and rounded once to the result's type.
+
+GEMM splits the left operand into two integer slices (hi and lo, `29 - log2 K` bits each for float32
+inputs) and keeps the right operand at 24 bits (a float32 mantissa) relative to its column maximum:
+2 float64 GEMMs' worth of work, done as one GEMM on the slices stacked along M. Measured error
+against a float64 reference is at most about NumPy's float32 GEMM error on random and on
+wide-dynamic-range inputs (tests/kernels/test_exact.py). float64 inputs use three slices on each
+side (the six pairs whose product is not negligible, 2^-63 relative).
+
+Non-finite inputs: rows or columns holding inf or NaN get IEEE's answer, computed from a product of
+the operands' signs and special values (0 * inf = NaN, inf - inf = NaN, otherwise the infinity),
+which no summation order can change.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .. import backend, dtypes
+
+MAX_CHUNK_BITS = 14                       # K above 2^14 is summed in chunks: the slices keep >= 30 bits
+_F32_RIGHT_BITS = 24                      # a float32 mantissa
+
+
+def matmul(a, b, out=None):
+    """a @ b (NumPy broadcasting over leading axes) with exactly accumulated sums."""
+    be = backend.of(a)
+    xp = be.xp
+    dtype = np.result_type(a.dtype, b.dtype)
+    if not _is_float(dtype) or a.ndim == 0 or b.ndim == 0 or a.size == 0 or b.size == 0 \
+            or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+        # integer products are exact already; empty sums are exactly 0; the backend names bad shapes
+        return be.matmul(a, b, out=out)
+    result = _matmul_exact(be, a, b, dtype)
+    if out is not None:
+        out[...] = result
+        return out
+    return result
+
+
+def _matmul_exact(be, a, b, dtype):
+    xp = be.xp
+    vector_left, vector_right = a.ndim == 1, b.ndim == 1
+    a2 = a[None, :] if vector_left else a
+    b2 = b[:, None] if vector_right else b
+    a64, b64 = a2.astype(np.float64), b2.astype(np.float64)
+    amax = xp.max(xp.abs(a64), axis=-1, keepdims=True)            # [..., M, 1]
+    bmax = xp.max(xp.abs(b64), axis=-2, keepdims=True)            # [..., 1, N]
+    special = None
+    if be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax)))):
+        special = _special_values(be, a2, b2)
+        a64 = xp.where(xp.isfinite(a64), a64, 0.0)
+        b64 = xp.where(xp.isfinite(b64), b64, 0.0)
+        amax = xp.max(xp.abs(a64), axis=-1, keepdims=True)
+        bmax = xp.max(xp.abs(b64), axis=-2, keepdims=True)
+    k = a64.shape[-1]
+    total = None
+    step = 1 << MAX_CHUNK_BITS
+    for start in range(0, k, step):                     # fixed chunk order: deterministic
+        part = _matmul_chunk(be, a64[..., start:start + step], b64[..., start:start + step, :],
+                             amax, bmax, np.dtype(dtype) == np.float64)
+        total = part if total is None else total + part
+    if special is not None:
+        total = xp.where(xp.isfinite(special), total, special)
+    result = total.astype(dtype)
+    if vector_left:
+        result = result[..., 0, :]
+    if vector_right:
+        result = result[..., 0]
+    return result
+
+
+def _matmul_chunk(be, a64, b64, amax, bmax, wide: bool):
+    """sum_k a[.., m, k] b[.., k, n] exactly (in float64, scaled back), for one chunk of K."""
+    xp = be.xp
+    budget = 53 - _log2_ceil(a64.shape[-1])             # bits of |a_int| * |b_int| summed K times
+    if wide:                                            # float64: 3 x 3 slices of budget/2 bits
+        bits_a = bits_b = budget // 2
+        n_a, n_b = 3, 3
+    else:                                               # float32 and narrower: 2 x 1 slices
+        bits_b = min(_F32_RIGHT_BITS, budget - 12)
+        bits_a = budget - bits_b
+        n_a, n_b = 2, 1
+    ea, a_slices = _slices(xp, a64, amax, bits_a, n_a)
+    eb, b_slices = _slices(xp, b64, bmax, bits_b, n_b)
+    m = a64.shape[-2]
+    terms = {}
+    for j, bj in enumerate(b_slices):                   # the pairs (i, j) with i + j < max(n_a, n_b)
+        keep = min(n_a, max(n_a, n_b) - j)
+        stacked = xp.concatenate(a_slices[:keep], axis=-2) if keep > 1 else a_slices[0]
+        g = be.matmul(stacked, bj)                      # exact: integer partial sums below 2^53
+        for i in range(keep):
+            terms[(i, j)] = g[..., i * m:(i + 1) * m, :]
+    acc = None
+    for (i, j) in sorted(terms, key=lambda t: (-(t[0] * bits_a + t[1] * bits_b), t)):   # smallest first
+        term = xp.ldexp(terms[(i, j)], -(i * bits_a + j * bits_b))
+        acc = term if acc is None else acc + term
+    shift = (ea - bits_a) + (eb - bits_b)               # [..., M, 1] + [..., 1, N]
+    return xp.ldexp(acc, shift.astype(np.int32))
+
+
+def _slices(xp, x64, xmax, bits: int, count: int):
+    """(e, [s_0, s_1, ...]): x = 2^(e - bits) sum_i s_i 2^(-i bits) + a remainder below the last
+    slice, each s_i an integer-valued float64 with |s_i| <= 2^bits; e broadcasts like xmax."""
+    _, e = xp.frexp(xmax)                               # xmax < 2^e (e = 0 for an all-zero row)
+    scaled = xp.ldexp(x64, (bits - e).astype(np.int32))    # exact: a power-of-two scaling
+    out = []
+    for i in range(count):
+        whole = xp.rint(scaled)
+        out.append(whole)
+        if i + 1 < count:
+            scaled = xp.ldexp(scaled - whole, bits)     # the remainder, exactly, shifted up
+    return e, out
+
+
+def _special_values(be, a, b):
+    """The IEEE result where a row or column holds inf or NaN (finite elsewhere): a product of
+    sign(x) (0 for zeros) with infinities and NaNs kept, so 0 * inf = NaN and inf + -inf = NaN as in
+    the real product, and no finite sum can overflow."""
+    xp = be.xp
+
+    def marks(x):
+        x = x.astype(np.float32)
+        return xp.where(xp.isfinite(x), xp.sign(x), x)
+    with np.errstate(invalid="ignore"):                 # the NaNs asked for
+        return be.matmul(marks(a), marks(b)).astype(np.float64)
+
+
+def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name on purpose
+    """x summed over `axis` exactly, rounded once to x's dtype (float inputs; others as NumPy)."""
+    be = backend.of(x)
+    xp = be.xp
+    if not _is_float(x.dtype):
+        return be.sum(x, axis=axis, keepdims=keepdims)
+    axes = tuple(range(x.ndim)) if axis is None else tuple(
+        a % x.ndim for a in (axis if isinstance(axis, tuple) else (axis,)))
+    n = math.prod(x.shape[a] for a in axes)
+    if n == 0 or x.size == 0:
+        return xp.sum(x, axis=axes, keepdims=keepdims)
+    x64 = x.astype(np.float64)
+    finite = xp.isfinite(x64)
+    top = xp.max(xp.abs(x64), axis=axes, keepdims=True)
+    special = None
+    if be.may_be_true(~xp.all(xp.isfinite(top))):
+        # only infinities and NaNs: their sum is the same in every order (finite overflow excluded)
+        with np.errstate(invalid="ignore"):             # inf - inf: the NaN asked for
+            special = xp.sum(xp.where(finite, 0.0, x64), axis=axes, keepdims=True)
+        x64 = xp.where(finite, x64, 0.0)
+        top = xp.max(xp.abs(x64), axis=axes, keepdims=True)
+    bits = 53 - _log2_ceil(n)
+    e, parts = _slices(xp, x64, top, bits, 1 if x.dtype.itemsize <= 4 else 2)
+    total = xp.sum(parts[0], axis=axes, keepdims=True)
+    if len(parts) == 2:
+        total = total + xp.ldexp(xp.sum(parts[1], axis=axes, keepdims=True), -bits)
+    total = xp.ldexp(total, (e - bits).astype(np.int32))
+    if special is not None:
+        total = xp.where(xp.isfinite(special), total, special)
+    if not keepdims:
+        total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+    return total.astype(x.dtype)
+
+
+def cumsum(x, axis: int = -1):
+    """Inclusive prefix sums along `axis` (float inputs): each element is first rounded to
+    53 - log2(n) bits of its row's largest magnitude, then every prefix sum is exact and rounded once."""
+    be = backend.of(x)
+    xp = be.xp
+    if not _is_float(x.dtype) or x.size == 0:
+        return xp.cumsum(x, axis=axis)
+    x64 = x.astype(np.float64)
+    finite = xp.isfinite(x64)
+    top = xp.max(xp.abs(xp.where(finite, x64, 0.0)), axis=axis, keepdims=True)
+    with np.errstate(invalid="ignore"):
+        special = xp.cumsum(xp.where(finite, 0.0, x64), axis=axis)
+    bits = 53 - _log2_ceil(x.shape[axis])
+    e, parts = _slices(xp, xp.where(finite, x64, 0.0), top, bits, 1 if x.dtype.itemsize <= 4 else 2)
+    total = xp.cumsum(parts[0], axis=axis)
+    if len(parts) == 2:
+        total = total + xp.ldexp(xp.cumsum(parts[1], axis=axis), -bits)
+    total = xp.ldexp(total, (e - bits).astype(np.int32))
+    return xp.where(special == 0, total, special).astype(x.dtype)
+
+
+def _is_float(dtype) -> bool:
+    return np.dtype(dtype).kind == "f" or np.dtype(dtype) in dtypes.FLOAT_NUMPY
+
+
+def _log2_ceil(n: int) -> int:
+    return max(0, (int(n) - 1).bit_length())

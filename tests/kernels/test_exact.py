@@ -1,0 +1,209 @@
+"""Exact GEMM and sums (deterministic mode): order independence, accuracy against float64, IEEE
+special values, shapes as NumPy's."""
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import loom
+from loom.backend.cpu import CPU
+from loom.kernels import exact, ops
+
+RNG = np.random.default_rng(20261121)
+
+
+def _wide(shape):
+    return RNG.standard_normal(shape) * np.exp2(RNG.integers(-20, 21, shape))
+
+
+GENERATORS = {"normal": RNG.standard_normal, "uniform": RNG.random, "wide": _wide}
+
+
+def _err(c, ref):
+    return np.max(np.abs(c.astype(np.float64) - ref)) / np.max(np.abs(ref))
+
+
+def _bits(x):
+    return np.ascontiguousarray(x).view(np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("kind", sorted(GENERATORS))
+@pytest.mark.parametrize("k", [1, 9, 784, 4096])
+def test_gemm_is_at_least_half_as_accurate_as_float32_blas(kind, k):
+    a = GENERATORS[kind]((48, k)).astype(np.float32)
+    b = GENERATORS[kind]((k, 40)).astype(np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert _err(exact.matmul(a, b), ref) <= 2 * max(_err(a @ b, ref), np.finfo(np.float32).eps / 2)
+
+
+def test_float64_gemm_is_as_accurate_as_float64_blas():
+    a, b = RNG.standard_normal((30, 500)), _wide((500, 20))
+    ref = a.astype(np.longdouble) @ b.astype(np.longdouble)
+    got = exact.matmul(a, b)
+    assert got.dtype == np.float64
+    assert _err(got, ref) <= 2 * max(_err(a @ b, ref), np.finfo(np.float64).eps)
+
+
+def test_gemm_bits_do_not_depend_on_summation_order():
+    a = _wide((33, 300)).astype(np.float32)
+    b = RNG.standard_normal((300, 17)).astype(np.float32)
+    want = exact.matmul(a, b)
+    perm = RNG.permutation(300)
+    assert _bits(exact.matmul(a[:, perm], b[perm])) == _bits(want)            # shuffled K
+    assert _bits(exact.matmul(a[::-1], b)[::-1]) == _bits(want)                 # reversed rows
+    halves = np.concatenate([exact.matmul(a[:10], b), exact.matmul(a[10:], b)])
+    assert _bits(halves) == _bits(want)                                         # another batch split
+    assert _bits(exact.matmul(a, b[:, 5:])) == _bits(want[:, 5:])               # a column split
+
+
+def test_gemm_bits_do_not_depend_on_the_blas(monkeypatch):
+    """A float64 GEMM adding its products in the opposite order gives the same bits."""
+    a = RNG.standard_normal((9, 70)).astype(np.float32)
+    b = _wide((70, 6)).astype(np.float32)
+    want = exact.matmul(a, b)
+
+    def reversed_order_matmul(x, y, out=None):
+        prod = x[..., :, :, None] * y[..., None, :, :]            # [.., M, K, N] exact products
+        total = np.zeros(prod.shape[:-3] + (x.shape[-2], y.shape[-1]))
+        for k in reversed(range(x.shape[-1])):
+            total = total + prod[..., k, :]
+        return total
+    monkeypatch.setattr(CPU, "matmul", reversed_order_matmul, raising=False)
+    assert _bits(exact.matmul(a, b)) == _bits(want)
+
+
+def test_gemm_bits_do_not_depend_on_blas_threads():
+    code = ("import hashlib, numpy as np; from loom.kernels import exact; r = np.random.default_rng(3); "
+            "a = r.standard_normal((256, 784)).astype(np.float32); b = r.standard_normal((784, 256)).astype(np.float32); "
+            "print(hashlib.sha256(exact.matmul(a, b).tobytes()).hexdigest())")
+    outs = set()
+    for threads in ("1", "2"):
+        env = {**os.environ, "OPENBLAS_NUM_THREADS": threads, "OMP_NUM_THREADS": threads}
+        outs.add(subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                                check=True).stdout)
+    assert len(outs) == 1
+
+
+def test_gemm_shapes_and_broadcasting_match_numpy():
+    cases = [((5,), (5,)), ((5,), (5, 3)), ((4, 5), (5,)), ((2, 4, 5), (5, 3)), ((4, 5), (3, 5, 2)),
+             ((2, 1, 4, 5), (3, 5, 2)), ((0, 5), (5, 3)), ((4, 0), (0, 3))]
+    for sa, sb in cases:
+        a, b = RNG.standard_normal(sa).astype(np.float32), RNG.standard_normal(sb).astype(np.float32)
+        got, ref = exact.matmul(a, b), np.matmul(a, b)
+        assert np.shape(got) == ref.shape and np.asarray(got).dtype == ref.dtype, (sa, sb)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+    out = np.empty((4, 3), np.float32)
+    a, b = RNG.standard_normal((4, 5)).astype(np.float32), RNG.standard_normal((5, 3)).astype(np.float32)
+    assert exact.matmul(a, b, out=out) is out and _bits(out) == _bits(exact.matmul(a, b))
+    ints = np.arange(6).reshape(2, 3)
+    assert np.array_equal(exact.matmul(ints, ints.T), ints @ ints.T)
+
+
+def test_gemm_is_exact_where_float32_products_sum_exactly():
+    a = RNG.integers(-1000, 1000, (20, 64)).astype(np.float32)
+    b = RNG.integers(-1000, 1000, (64, 8)).astype(np.float32)
+    assert np.array_equal(exact.matmul(a, b), (a.astype(np.int64) @ b.astype(np.int64)).astype(np.float32))
+
+
+def test_gemm_special_values_follow_ieee():
+    a = RNG.standard_normal((6, 5)).astype(np.float32)
+    b = RNG.standard_normal((5, 4)).astype(np.float32)
+    a[1, 2], a[2, 0], a[3, 1], a[3, 3] = np.inf, np.nan, np.inf, -np.inf
+    b[2, 1] = 0.0
+    b[4, 3] = -np.inf
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    got = exact.matmul(a, b)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isposinf(got), np.isposinf(ref))
+    np.testing.assert_array_equal(np.isneginf(got), np.isneginf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-6)
+    assert finite.any() and (~finite).any()
+
+
+def test_gemm_long_k_is_summed_in_chunks(monkeypatch):
+    monkeypatch.setattr(exact, "MAX_CHUNK_BITS", 6)          # chunks of 64 over K = 300
+    a = RNG.standard_normal((7, 300)).astype(np.float32)
+    b = RNG.standard_normal((300, 5)).astype(np.float32)
+    ref = a.astype(np.float64) @ b.astype(np.float64)
+    assert _err(exact.matmul(a, b), ref) <= 2 * _err(a @ b, ref) + 1e-7
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("axis", [None, 0, 1, -1, (0, 2)])
+def test_sum_matches_numpy_shapes_and_is_accurate(dtype, axis):
+    x = _wide((6, 50, 7)).astype(dtype)
+    for keepdims in (False, True):
+        got = exact.sum(x, axis=axis, keepdims=keepdims)
+        ref = np.sum(x.astype(np.longdouble), axis=axis, keepdims=keepdims)
+        assert np.shape(got) == np.shape(ref) and got.dtype == dtype
+        tol = np.finfo(dtype).eps * np.max(np.sum(np.abs(x.astype(np.longdouble)), axis=axis, keepdims=keepdims))
+        assert np.max(np.abs(got - ref)) <= tol
+
+
+def test_sum_bits_do_not_depend_on_order():
+    x = _wide((40, 1000)).astype(np.float32)
+    want = exact.sum(x, axis=1)
+    assert _bits(exact.sum(x[:, RNG.permutation(1000)], axis=1)) == _bits(want)
+    assert _bits(exact.sum(x.T, axis=0)) == _bits(want)
+    assert _bits(exact.sum(x.T.copy(), axis=0)) == _bits(want)
+
+
+def test_sum_is_exact_where_the_true_sum_is_representable():
+    x = np.array([1e8, 1.0, -1e8, 1.0, 2.0**-20], np.float32)
+    assert exact.sum(x) == np.float32(2.0 + 2.0**-20)              # float32 left to right loses the ones
+
+
+def test_sum_special_values():
+    x = np.array([[1, np.inf, 2], [np.inf, -np.inf, 0], [np.nan, 1, 1], [3e38, 3e38, -np.inf],
+                  [3e38, 3e38, 0]], np.float32)
+    got = exact.sum(x, axis=1)
+    assert got[0] == np.inf and np.isnan(got[1]) and np.isnan(got[2]) and got[3] == -np.inf
+    assert got[4] == np.inf                                          # 6e38 rounds to float32 inf
+
+
+def test_cumsum_is_exact_and_order_free():
+    x = _wide((5, 200)).astype(np.float32)
+    got = exact.cumsum(x, axis=1)
+    ref = np.cumsum(x.astype(np.longdouble), axis=1)
+    assert got.dtype == np.float32 and got.shape == x.shape
+    # one rounding to float32, plus each element's rounding to 53 - 8 bits of its row's maximum
+    grid = np.exp2(-45.0) * np.max(np.abs(x), axis=1, keepdims=True) * np.arange(1, 201)
+    assert np.all(np.abs(got - ref) <= np.finfo(np.float32).eps / 2 * np.abs(ref) + grid)
+    y = x.copy()
+    y[2, 7] = np.inf
+    got = exact.cumsum(y, axis=1)
+    assert np.all(np.isfinite(got[2, :7])) and np.all(got[2, 7:] == np.inf) and np.isfinite(got[3]).all()
+
+
+def test_ops_use_exact_sums_in_deterministic_mode_only(monkeypatch):
+    calls = []
+    monkeypatch.setattr(CPU, "matmul", lambda a, b, out=None: calls.append(a.dtype) or np.matmul(a, b), raising=False)
+    a = RNG.standard_normal((3, 4)).astype(np.float32)
+    assert loom.is_deterministic()
+    d = ops.matmul(a, a.T)
+    assert calls == [np.float64]                                     # the integer slices, one GEMM
+    with loom.deterministic(False):
+        assert not loom.is_deterministic()
+        f = ops.matmul(a, a.T)
+        assert calls == [np.float64, np.float32]
+        with loom.deterministic(True):
+            assert loom.is_deterministic()
+    assert loom.is_deterministic()
+    np.testing.assert_allclose(d, f, rtol=1e-6)
+
+
+def test_mode_is_per_thread_and_checked():
+    seen = []
+    with loom.deterministic(False):
+        t = threading.Thread(target=lambda: seen.append(loom.is_deterministic()))
+        t.start()
+        t.join()
+        assert not loom.is_deterministic()
+    assert seen == [True]
+    with pytest.raises(TypeError, match="True or False"):
+        with loom.deterministic("fast"):
+            pass
