@@ -2,7 +2,8 @@
 
 784 -> 256 (ReLU) -> 10 MLP, MSE loss, SGD lr 0.05, batch 32, 512 random samples per epoch, 2 threads.
 Reports microseconds per sample for a training epoch and for batch-256 forward passes, best of
-several repeats. Run: .venv/bin/python benchmarks/cpu_mlp.py
+several repeats, for Loom in fast mode and in deterministic mode (the default) and for PyTorch.
+Run: .venv/bin/python benchmarks/cpu_mlp.py
 """
 import os
 
@@ -42,11 +43,11 @@ def measure(which: str) -> dict:
     rng = np.random.default_rng(0)
     x = rng.random((SAMPLES, 784), dtype=np.float32)
     y = rng.random((SAMPLES, 10), dtype=np.float32)
-    if which == "loom":
-        train, forward = loom_fns(x, y)
-        version = loom.__version__
-    else:
-        train, forward, version = torch_fns(x, y)
+    if which.startswith("loom"):
+        with loom.deterministic(which == "loom-deterministic"):
+            train, forward = loom_fns(x, y)
+            return {"train": best_of(train), "forward": best_of(forward), "version": loom.__version__}
+    train, forward, version = torch_fns(x, y)
     return {"train": best_of(train), "forward": best_of(forward), "version": version}
 
 
@@ -97,9 +98,9 @@ def main():
         return
     try:
         import torch  # noqa: F401
-        names = ["loom", "torch"]
+        names = ["loom-fast", "loom-deterministic", "torch"]
     except ImportError:
-        names = ["loom"]
+        names = ["loom-fast", "loom-deterministic"]
     best = {}
     for _ in range(ROUNDS):                       # alternate A, B, A, B: both see the same drift in load
         for name in names:
@@ -113,7 +114,8 @@ def main():
     print(f"{'':32} {'train us/sample':>16} {'forward us/sample':>18} {'train vs torch':>15} {'fwd vs torch':>13}")
     for name in names:
         r = best[name]
-        label = "loom (fast path, NumPy BLAS)" if name == "loom" else f"pytorch {r['version']}"
+        label = {"loom-fast": "loom fast mode (NumPy BLAS)", "loom-deterministic": "loom deterministic mode"}.get(
+            name, f"pytorch {r['version']}")
         ratio = (f"{r['train'] / best['torch']['train']:>14.2f}x {r['forward'] / best['torch']['forward']:>12.2f}x"
                  if "torch" in best else "")
         print(f"{label:32} {r['train'] / SAMPLES * 1e6:>16.2f} {r['forward'] / SAMPLES * 1e6:>18.2f} {ratio}")

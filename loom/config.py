@@ -425,7 +425,8 @@ training_block = _record({
     "metrics": (optional(list_of(string)), None),
     "validation": (optional(number(0, 1, lo_open=True, hi_open=True)), None),
     "early_stopping": (optional(_early_stopping), None),
-    "shuffle": (boolean, True)}, "training settings")
+    "shuffle": (boolean, True),
+    "deterministic": (optional(boolean), None)}, "training settings")
 
 
 def _quant_type(v, path):

@@ -9,11 +9,13 @@ import argparse
 import sys
 import traceback
 
+from .. import mode
 from ..errors import LoomError
-from . import convert, demo, info, run, train
+from . import convert, demo, info, run, train, verify
 from . import eval as eval_cmd
 
-COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert}
+COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert,
+            "verify": verify}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -30,7 +32,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.HELP))
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        if "--fast" not in command._option_string_actions:
+            command.add_argument("--fast", action="store_true",
+                                 help="fast mode: vendor BLAS and libm, results not bit-reproducible across "
+                                      "machines (deterministic mode is the default; docs/determinism.md)")
     return parser
 
 
@@ -42,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        return COMMANDS[args.command].run(args) or 0
+        with mode.deterministic(not getattr(args, "fast", False)):
+            return COMMANDS[args.command].run(args) or 0
     except _UsageError as exc:
         print(f"loom: usage error: {exc} (see loom --help)", file=sys.stderr)
         return 2

@@ -21,7 +21,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import rng
+from .. import mode, rng
 from ..errors import LoomError, ShapeError
 
 
@@ -154,7 +154,8 @@ class TrainStep:
             self.loss.check_target(y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
         if not net.backend.graphs:
             return self._eager(x, y)
-        key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase())
+        key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase(),
+               mode.name())                # the two modes record different kernels
         entry = self.cache.lookup(key, lambda: _RecordedStep(self, x, y), "a train step")
         if entry is None:
             return self._eager(x, y)
@@ -239,7 +240,7 @@ class InferenceChain:
         net.check_spec(x)
         mask = None if attention_mask is None else net._check_mask(attention_mask, x.shape[0])
         net.check_ids(x)
-        key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape))
+        key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape), mode.name())
         entry = self.cache.lookup(key, lambda: _RecordedForward(net, x, mask), "a forward pass")
         if entry is None:
             return net._forward(net.backend.asarray(x), mask, checked=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import rng
+from .. import mode, rng
 from ..errors import ConfigError, ShapeError
 from . import losses, metrics, optim
 from .chain import TrainStep
@@ -99,7 +99,7 @@ class EarlyStopping:
 
 def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=None, batch_size=None,
           validation=None, seed=None, verbose=True, metrics=None, callbacks=(), early_stopping=None,
-          checkpoint=None, resume=None, shuffle=None, device=None) -> History:
+          checkpoint=None, resume=None, shuffle=None, device=None, deterministic=None) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -111,7 +111,20 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
     checkpoint: a model-file path rewritten (atomically) after every epoch with the full training state;
     resume: such a path to continue from (the network must have the same config).
     device: "cpu" or "cuda": the network is moved there first (net.to); None keeps it where it is.
+    deterministic: True or False runs the whole training in that mode (loom.deterministic); None takes
+    the config's training.deterministic, else the mode already in effect.
     """
+    if deterministic is None:
+        deterministic = (net.config.get("training") or {}).get("deterministic")
+    if deterministic is None:
+        deterministic = mode.is_deterministic()
+    with mode.deterministic(deterministic):
+        return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
+                      metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device)
+
+
+def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose, metrics,
+           callbacks, early_stopping, checkpoint, resume, shuffle, device) -> History:
     if device is not None:
         net.to(device)
     settings = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,

@@ -12,6 +12,13 @@ pytestmark = pytest.mark.gpu
 RTOL = 1e-5
 
 
+@pytest.fixture(autouse=True)
+def fast_mode():
+    """These are fast mode's tolerances; deterministic mode's bits: test_deterministic_bits.py."""
+    with loom.deterministic(False):
+        yield
+
+
 def _close(gpu, cpu, what):
     gpu = backend.get("cuda").to_numpy(gpu) if not isinstance(gpu, np.ndarray) else gpu
     scale = max(1.0, float(np.max(np.abs(cpu)))) if cpu.size else 1.0

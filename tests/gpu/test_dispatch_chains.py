@@ -16,6 +16,13 @@ pytestmark = pytest.mark.gpu
 STEPS = 4            # eager warm-up, record + launch, then two replays
 
 
+@pytest.fixture(autouse=True, params=["deterministic", "fast"])
+def mode(request):
+    """Both modes record and replay (they record different kernels: exact sums or cuBLAS SGEMMs)."""
+    with loom.deterministic(request.param == "deterministic"):
+        yield request.param
+
+
 def _host(a):
     return backend.get("cuda").to_numpy(a)
 

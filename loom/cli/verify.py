@@ -1,0 +1,50 @@
+"""`loom verify`: fingerprint every layer, optimizer and a short demo training run on every backend
+and show where they agree bit-for-bit. Exit 0 when every check agrees, 1 on any mismatch.
+
+With --fast the same checks run in fast mode (vendor BLAS and libm), where mismatches between
+backends and thread counts are expected; they are still reported and still exit 1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+HELP = "fingerprint every layer, optimizer and a demo training run on each backend; exit 1 on a mismatch"
+DEVICES = {"all": None, "cpu": ["cpu", "cpu:1thread"], "cuda": ["cpu", "cuda"]}
+
+
+def add_arguments(p):
+    p.add_argument("--device", choices=list(DEVICES), default="all",
+                   help="all (default): cpu, cpu with one BLAS thread, and cuda when available; "
+                        "cpu: the two cpu columns; cuda: cpu against cuda (an error without a GPU)")
+    p.add_argument("--steps", type=int, default=50, help="demo training steps (default 50)")
+    p.add_argument("--json", metavar="FILE", help="also write every full fingerprint as JSON to FILE")
+    p.add_argument("--fast", action="store_true",
+                   help="verify fast mode instead of deterministic mode (mismatches expected; still exit 1)")
+    p.add_argument("--sample", action="append", metavar="NAME",
+                   help="only this layer sample from loom.nn.catalogue (repeatable; default: all)")
+    # internal: the cpu:1thread column is this command in a subprocess, printing its fingerprints
+    p.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
+
+
+def run(args) -> int:
+    from .. import verify as verifier
+    from ..errors import ConfigError
+    from ..mode import deterministic
+
+    if args.steps < 1:
+        raise ConfigError("--steps", f"expected a positive integer, got {args.steps}")
+    with deterministic(not args.fast):
+        if args.emit_json:
+            print(verifier.emit_json(args.steps, args.sample))
+            return 0
+        report = verifier.verify(DEVICES[args.device], steps=args.steps, samples=args.sample)
+    print(report.table())
+    if args.json:
+        try:
+            with open(args.json, "w", encoding="utf-8") as f:
+                json.dump(report.to_json(), f, indent=1)
+                f.write("\n")
+        except OSError as exc:      # a bad path is bad input (exit 3), not a mismatch (exit 1)
+            raise ConfigError("--json", f"cannot write {args.json}: {exc.strerror}") from exc
+    return 0 if report.ok else 1

@@ -1,0 +1,140 @@
+"""Deterministic mode on the GPU gives the CPU's bits: exact GEMMs and sums, every layer sample
+(forward, input gradient, parameter gradients), every loss, every optimizer, and 100 steps of
+training the demo model, eager and as a recorded dispatch chain."""
+import numpy as np
+import pytest
+
+import loom
+from catalogue import SAMPLES, config
+from loom import backend
+from loom.kernels import exact, ops
+from loom.nn import losses, optim
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def deterministic_mode():
+    with loom.deterministic(True):
+        yield
+
+
+def _host(a):
+    return backend.get("cuda").to_numpy(a) if not isinstance(a, (np.ndarray, np.generic)) else np.asarray(a)
+
+
+def _same(gpu, cpu, what):
+    g, c = _host(gpu), np.asarray(cpu)
+    assert g.dtype == c.dtype and g.shape == c.shape, f"{what}: {g.dtype}{g.shape} vs {c.dtype}{c.shape}"
+    if not np.array_equal(g.view(np.uint8), c.view(np.uint8)):
+        bad = np.flatnonzero(g.reshape(-1) != c.reshape(-1))
+        raise AssertionError(f"{what}: {bad.size} of {c.size} elements differ, first at {bad[:3]}: "
+                             f"{g.reshape(-1)[bad[:3]]} vs {c.reshape(-1)[bad[:3]]}")
+
+
+def _wide(rng, shape):
+    return rng.standard_normal(shape) * np.exp2(rng.integers(-20, 21, shape))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("shape", [((64, 784), (784, 256)), ((3, 40, 17), (17, 9)), ((5,), (5, 7)),
+                                   ((33, 20000), (20000, 3))])
+def test_gemm_bits(shape, dtype):
+    rng = np.random.default_rng(1)
+    cuda = backend.get("cuda")
+    a, b = _wide(rng, shape[0]).astype(dtype), rng.standard_normal(shape[1]).astype(dtype)
+    _same(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"gemm {shape} {dtype}")
+    bt = np.ascontiguousarray(b.T)                               # a transposed view, as dense uses
+    _same(exact.matmul(cuda.asarray(a), cuda.asarray(bt).T), exact.matmul(a, bt.T), "gemm transposed")
+
+
+def test_gemm_special_value_bits():
+    rng = np.random.default_rng(2)
+    cuda = backend.get("cuda")
+    a, b = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
+    a[1, 2], a[2, 0], a[3, 1], a[3, 3], b[2, 1], b[4, 3] = np.inf, np.nan, np.inf, -np.inf, 0, -np.inf
+    _same(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("axis", [None, 0, -1, (0, 2)])
+def test_sum_and_cumsum_bits(axis, dtype):
+    rng = np.random.default_rng(3)
+    cuda = backend.get("cuda")
+    x = _wide(rng, (6, 300, 7)).astype(dtype)
+    _same(exact.sum(cuda.asarray(x), axis=axis), exact.sum(x, axis=axis), f"sum axis {axis}")
+    _same(ops.mean(cuda.asarray(x), axis=axis), ops.mean(x, axis=axis), f"mean axis {axis}")
+    _same(exact.cumsum(cuda.asarray(x), axis=1), exact.cumsum(x, axis=1), "cumsum")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_layer_bits(name, layers, shape, idt, training, dtype):
+    cfg = config(layers, shape, idt, dtype=dtype)
+    cpu = loom.Network.from_config(cfg).train(training)
+    gpu = loom.Network.from_config(cfg).to("cuda").train(training)
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 10, size=(3, *shape)) if idt else rng.normal(size=(3, *shape)).astype(dtype)
+    y = cpu(x)
+    _same(gpu(x), y, f"{name} forward")
+    dy = np.random.default_rng(8).normal(size=y.shape).astype(dtype)
+    dx_cpu, dx_gpu = cpu.backward(dy), gpu.backward(dy)
+    if dx_cpu is not None:
+        _same(dx_gpu, dx_cpu, f"{name} input gradient")
+    for k, g in cpu.gradients().items():
+        _same(gpu.gradients()[k], g, f"{name} gradient {k}")
+    for k, b in cpu.buffers().items():
+        _same(gpu.buffers()[k], b, f"{name} buffer {k}")
+
+
+@pytest.mark.parametrize("name", losses.NAMES)
+def test_loss_bits(name):
+    rng = np.random.default_rng(3)
+    pred = rng.normal(size=(6, 5)).astype(np.float32)
+    if name in ("cross_entropy", "nll"):
+        target = rng.integers(0, 5, 6)
+    elif name == "binary_cross_entropy":
+        target = rng.integers(0, 2, (6, 5)).astype(np.float32)
+    elif name == "kl_div":
+        t = rng.random((6, 5))
+        target = (t / t.sum(axis=1, keepdims=True)).astype(np.float32)
+        pred = (pred - np.log(np.exp(pred).sum(axis=1, keepdims=True))).astype(np.float32)
+    else:
+        target = rng.normal(size=(6, 5)).astype(np.float32)
+    fn = losses.build(name)
+    cuda = backend.get("cuda")
+    v_cpu, g_cpu = fn(pred, target)
+    v_gpu, g_gpu = fn(cuda.asarray(pred), cuda.asarray(target))
+    _same(v_gpu, v_cpu, f"{name} value")
+    _same(g_gpu, g_cpu, f"{name} gradient")
+
+
+@pytest.mark.parametrize("kind", sorted(optim.TYPES))
+def test_optimizer_bits(kind):
+    cuda = backend.get("cuda")
+    rng = np.random.default_rng(4)
+    p = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
+    spec = {"type": kind, "lr": 0.01, "clip_norm": 0.5, "schedule": {"type": "cosine", "steps": 10}}
+    p_gpu = {k: cuda.asarray(v) for k, v in p.items()}
+    o_cpu, o_gpu = optim.build(spec, p), optim.build(spec, p_gpu)
+    for _ in range(4):
+        g = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in p.items()}
+        o_cpu.step(g)
+        o_gpu.step({k: cuda.asarray(v) for k, v in g.items()})
+    for k in p:
+        _same(p_gpu[k], p[k], f"{kind} {k}")
+
+
+def test_100_steps_of_the_demo_model_give_the_cpu_bits():
+    """loom.train on cuda (a recorded dispatch chain after the first steps) against the CPU."""
+    from loom import datasets
+    from loom.cli.demo import demo_config
+    (x, y), _ = datasets.digits_split(test_fraction=0.2, seed=0)
+    x, y = x[:1600], y[:1600]                       # 100 steps of 16
+    cpu, gpu = loom.Network.from_config(demo_config()), loom.Network.from_config(demo_config())
+    h_cpu = loom.train(cpu, x, y, epochs=1, batch_size=16, verbose=False)
+    h_gpu = loom.train(gpu, x, y, epochs=1, batch_size=16, verbose=False, device="cuda")
+    assert h_gpu["loss"] == h_cpu["loss"]
+    for k, v in cpu.state_dict().items():
+        _same(gpu.state_dict()[k], v, f"demo {k}")
