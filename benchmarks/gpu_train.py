@@ -56,11 +56,17 @@ def timed(step, sync) -> float:
     return statistics.median(out)
 
 
-def loom_steps(cfg, batch):
-    """(eager ms, dispatch-chain ms) per train step."""
+def loom_steps(cfg, batch, deterministic=False, modes=(False, True)):
+    """(eager ms, dispatch-chain ms) per train step, in fast mode unless asked (issue 5's targets are
+    fast mode's; benchmarks/determinism.py times deterministic mode)."""
+    with loom.deterministic(deterministic):
+        return _loom_steps(cfg, batch, modes)
+
+
+def _loom_steps(cfg, batch, modes):
     cuda = backend.get("cuda")
     out = []
-    for chained in (False, True):
+    for chained in modes:
         net = loom.Network.from_config(cfg).to("cuda").train()
         rng = np.random.default_rng(0)
         x = cuda.asarray(rng.standard_normal((batch, *cfg["input"]["shape"]), dtype=np.float32))

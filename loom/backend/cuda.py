@@ -52,6 +52,7 @@ class CUDABackend:
         self.xp = _import_cupy()
         self._blas = None
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
+        self._generated = {}            # generated kernel source -> compiled function
         from . import cuda_kernels      # fused kernels behind loom.kernels.fused
         self.fused = cuda_kernels
 
@@ -107,6 +108,25 @@ class CUDABackend:
                 raise
             graph = stream.end_capture()
         return Graph(graph, pool, stream, cp), result
+
+    def run_elementwise(self, source: str, name: str, inputs, out_dtypes):
+        """Launch the generated elementwise kernel `name` in `source` (loom.kernels.lower_cuda's
+        signature: inputs, outputs, element count) over inputs broadcast to one shape; returns the
+        outputs. Modules are compiled once per source text, with --fmad=false."""
+        from . import cuda_kernels
+        cp = self.xp
+        with translating(f"kernel {name}", *inputs):
+            inputs = [cp.ascontiguousarray(a) for a in cp.broadcast_arrays(*inputs)]
+            outs = [cp.empty(inputs[0].shape, dtype=d) for d in out_dtypes]
+            n = inputs[0].size
+            if n:
+                kernel = self._generated.get(source)
+                if kernel is None:
+                    module = cp.RawModule(code=source, options=cuda_kernels.OPTIONS)
+                    kernel = self._generated[source] = module.get_function(name)
+                blocks = min((n + 255) // 256, 65536)
+                kernel((blocks,), (256,), (*inputs, *outs, np.int64(n)))
+            return outs
 
     def may_be_true(self, flag) -> bool:
         """bool(flag) for a device flag, read back to the host; True while recording, when the

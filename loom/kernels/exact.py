@@ -54,31 +54,74 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
-    a64, b64 = a2.astype(np.float64), b2.astype(np.float64)
-    amax = xp.max(xp.abs(a64), axis=-1, keepdims=True)            # [..., M, 1]
-    bmax = xp.max(xp.abs(b64), axis=-2, keepdims=True)            # [..., 1, N]
-    special = None
-    if be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax)))):
-        special = _special_values(be, a2, b2)
-        a64 = xp.where(xp.isfinite(a64), a64, 0.0)
-        b64 = xp.where(xp.isfinite(b64), b64, 0.0)
-        amax = xp.max(xp.abs(a64), axis=-1, keepdims=True)
-        bmax = xp.max(xp.abs(b64), axis=-2, keepdims=True)
-    k = a64.shape[-1]
-    total = None
-    step = 1 << MAX_CHUNK_BITS
-    for start in range(0, k, step):                     # fixed chunk order: deterministic
-        part = _matmul_chunk(be, a64[..., start:start + step], b64[..., start:start + step, :],
-                             amax, bmax, np.dtype(dtype) == np.float64)
-        total = part if total is None else total + part
-    if special is not None:
-        total = xp.where(xp.isfinite(special), total, special)
-    result = total.astype(dtype)
+    amax = _absmax(xp, a2, -1)                                    # [..., M, 1]
+    bmax = _absmax(xp, b2, -2)                                    # [..., 1, N]
+    finite = not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
+    wide = np.dtype(dtype).itemsize > 4
+    if finite and not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+        result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
+    else:
+        result = _matmul_general(be, a2, b2, amax, bmax, finite, wide, dtype)
     if vector_left:
         result = result[..., 0, :]
     if vector_right:
         result = result[..., 0]
     return result
+
+
+def _absmax(xp, x, axis):
+    """max |x| along axis (kept): two reductions and no |x| temporary."""
+    return xp.maximum(xp.max(x, axis=axis, keepdims=True), -xp.min(x, axis=axis, keepdims=True))
+
+
+def _matmul_narrow(be, a, b, amax, bmax, dtype):
+    """float32 (and narrower) operands, all finite, K <= 2^14: the 2 x 1 slice scheme. The scaling
+    runs in float32 (ldexp by a power of two and rint are exact there: the scaled values keep their
+    24-bit mantissas and the integers are below 2^24) and every later step in place, because each
+    pass over the operands costs a sizeable share of the GEMM on the CPU."""
+    xp = be.xp
+    bits_b = min(_F32_RIGHT_BITS, 53 - _log2_ceil(a.shape[-1]) - 12)
+    bits_a = 53 - _log2_ceil(a.shape[-1]) - bits_b
+    ea, eb = xp.frexp(amax)[1], xp.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    m = a.shape[-2]
+    stacked = xp.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
+    hi, lo = stacked[..., :m, :], stacked[..., m:, :]
+    scaled = xp.ldexp(a, (bits_a - ea).astype(np.int32))         # |scaled| < 2^bits_a
+    xp.rint(scaled, out=hi)
+    xp.subtract(scaled, hi, out=lo)                     # the remainder, |r| <= 1/2, exact
+    xp.multiply(lo, 2.0 ** bits_a, out=lo)
+    xp.rint(lo, out=lo)
+    b_int = xp.empty_like(b, dtype=np.float64)          # b's layout (a transposed weight stays so)
+    xp.rint(xp.ldexp(b, (bits_b - eb).astype(np.int32)), out=b_int)
+    g = be.matmul(stacked, b_int)                       # exact: integer partial sums <= 2^53
+    acc = xp.multiply(g[..., m:, :], 2.0 ** -bits_a)
+    acc += g[..., :m, :]                                # the one rounding
+    acc *= xp.ldexp(1.0, (ea - bits_a).astype(np.int32))
+    out = xp.empty(acc.shape, dtype=dtype)
+    xp.multiply(acc, xp.ldexp(1.0, (eb - bits_b).astype(np.int32)), out=out, casting="unsafe")
+    return out
+
+
+def _matmul_general(be, a, b, amax, bmax, finite, wide, dtype):
+    xp = be.xp
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    special = None
+    if not finite:
+        special = _special_values(be, a, b)
+        a64 = xp.where(xp.isfinite(a64), a64, 0.0)
+        b64 = xp.where(xp.isfinite(b64), b64, 0.0)
+    amax, bmax = _absmax(xp, a64, -1), _absmax(xp, b64, -2)
+    k = a64.shape[-1]
+    total = None
+    step = 1 << MAX_CHUNK_BITS
+    for start in range(0, k, step):                     # fixed chunk order: deterministic
+        part = _matmul_chunk(be, a64[..., start:start + step], b64[..., start:start + step, :],
+                             amax, bmax, wide)
+        total = part if total is None else total + part
+    if special is not None:
+        total = xp.where(xp.isfinite(special), total, special)
+    return total.astype(dtype)
 
 
 def _matmul_chunk(be, a64, b64, amax, bmax, wide: bool):
@@ -169,6 +212,34 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
     if not keepdims:
         total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
     return total.astype(x.dtype)
+
+
+def index_add(dst, ids, rows) -> None:
+    """dst[ids[i]] += rows[i] for every i (ids may repeat), each row of dst getting its exact sum,
+    rounded once, then one addition: no atomic or loop order can change the bits. Each column of
+    rows is scaled by its own power of two (from its largest magnitude over all i)."""
+    be = backend.of(rows)
+    xp = be.xp
+    if rows.shape[0] == 0:
+        return
+    x64 = rows.astype(np.float64)
+    finite = xp.isfinite(x64)
+    top = xp.max(xp.abs(xp.where(finite, x64, 0.0)), axis=0, keepdims=True)
+    bits = 53 - _log2_ceil(rows.shape[0])
+    e, parts = _slices(xp, xp.where(finite, x64, 0.0), top, bits, 1 if rows.dtype.itemsize <= 4 else 2)
+    total = xp.zeros(dst.shape, dtype=np.float64)
+    xp.add.at(total, ids, parts[0])                     # integer partial sums <= 2^53: exact
+    if len(parts) == 2:
+        low = xp.zeros(dst.shape, dtype=np.float64)
+        xp.add.at(low, ids, parts[1])
+        total += xp.ldexp(low, -bits)
+    total = xp.ldexp(total, (e - bits).astype(np.int32))
+    if be.may_be_true(~xp.all(finite)):
+        special = xp.zeros(dst.shape, dtype=np.float64)
+        with np.errstate(invalid="ignore"):             # inf - inf: the NaN asked for
+            xp.add.at(special, ids, xp.where(finite, 0.0, x64))
+        total = xp.where(special == 0, total, special)
+    dst += total.astype(dst.dtype)
 
 
 def cumsum(x, axis: int = -1):

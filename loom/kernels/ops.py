@@ -41,6 +41,14 @@ def cumsum(x, axis=-1):
     return _xp(x).cumsum(x, axis=axis)
 
 
+def index_add(dst, ids, rows) -> None:
+    """dst[ids[i]] += rows[i] in place, ids may repeat (an embedding's gradient)."""
+    if is_deterministic():
+        exact.index_add(dst, ids, rows)
+    else:
+        _xp(rows).add.at(dst, ids, rows)
+
+
 def mean(x, axis=None, keepdims=False):
     count = x.size if axis is None else math.prod(x.shape[a] for a in _axes(axis, x.ndim))
     # a NumPy scalar, not a device array: no host-to-device copy (recorded steps allow none)
@@ -52,27 +60,49 @@ def _axes(axis, ndim):
 
 
 def exp(x):
+    if is_deterministic():
+        return canonical("exp", x)
     return _xp(x).exp(x)
 
 
 def log(x):
+    if is_deterministic():
+        return canonical("log", x)
     return _xp(x).log(x)
 
 
 def log1p(x):
+    if is_deterministic():
+        return canonical("log1p", x)
     return _xp(x).log1p(x)
 
 
 def expm1(x):
+    if is_deterministic():
+        return canonical("expm1", x)
     return _xp(x).expm1(x)
 
 
 def tanh(x):
+    if is_deterministic():
+        return canonical("tanh", x)
     return _xp(x).tanh(x)
 
 
 def sqrt(x):
     return _xp(x).sqrt(x)
+
+
+def canonical(name: str, *xs):
+    """Loom's own `name` from loom.kernels.mathlib (the same bits on every backend): a generated
+    CUDA kernel on a backend that runs them, the NumPy lowering of the same IR elsewhere."""
+    from . import mathlib
+    be = backend.of(xs[0])
+    run = getattr(be, "run_elementwise", None)
+    if run is None:
+        return mathlib.evaluate(name, *xs, xp=be.xp)
+    source, kernel = mathlib.kernel_source(name, xs[0].dtype)
+    return run(source, kernel, xs, [xs[0].dtype])[0]
 
 
 def softmax(x, axis=-1, mask=None):
@@ -92,6 +122,8 @@ def softmax(x, axis=-1, mask=None):
 
 def sigmoid(x):
     """1 / (1 + e^-x), evaluated so that neither branch overflows."""
+    if is_deterministic():
+        return canonical("sigmoid", x)
     xp = _xp(x)
     e = xp.exp(-xp.abs(x))
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
@@ -99,6 +131,8 @@ def sigmoid(x):
 
 def softplus(x):
     """log(1 + e^x) without overflow: max(x, 0) + log1p(e^-|x|)."""
+    if is_deterministic():
+        return canonical("softplus", x)
     xp = _xp(x)
     return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
 
@@ -108,8 +142,11 @@ def erf(x):
 
     |x| < 3: erf(x) = 2/sqrt(pi) x e^-x^2 sum_n (2x^2)^n / (2n+1)!!  (all terms positive, no
     cancellation); |x| >= 3: 1 - erfc(x) with erfc from its continued fraction. The term counts
-    (50, 30) were chosen by measuring the error against math.erf over [-8, 8].
+    (50, 30) were chosen by measuring the error against math.erf over [-8, 8]. Deterministic mode
+    uses mathlib's erf instead.
     """
+    if is_deterministic():
+        return canonical("erf", x)
     xp = _xp(x)
     dtype = x.dtype
     x64 = x.astype(xp.float64)

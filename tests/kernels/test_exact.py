@@ -207,3 +207,25 @@ def test_mode_is_per_thread_and_checked():
     with pytest.raises(TypeError, match="True or False"):
         with loom.deterministic("fast"):
             pass
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_index_add_is_exact_and_order_free(dtype):
+    rows = _wide((300, 6)).astype(dtype)
+    ids = RNG.integers(0, 5, 300)
+    dst = RNG.standard_normal((5, 6)).astype(dtype)
+    got = dst.copy()
+    exact.index_add(got, ids, rows)
+    perm = RNG.permutation(300)
+    again = dst.copy()
+    exact.index_add(again, ids[perm], rows[perm])
+    assert _bits(got) == _bits(again)
+    ref = dst.astype(np.longdouble)
+    np.add.at(ref, ids, rows.astype(np.longdouble))
+    scale = np.abs(dst) + np.max(np.abs(rows), axis=0)
+    assert np.all(np.abs(got - ref) <= 2 * np.finfo(dtype).eps * scale)
+    rows[3, 2], rows[7, 2] = np.inf, -np.inf
+    got = dst.copy()
+    exact.index_add(got, ids, rows)
+    want_nan = ids[3] == ids[7]
+    assert np.isnan(got[ids[3], 2]) == want_nan and np.isfinite(np.delete(got, 2, axis=1)).all()

@@ -320,9 +320,17 @@ class _Recorder:
 
 @pytest.fixture
 def recorder(monkeypatch):
+    """A backend whose fused kernels record their calls; fast mode (deterministic mode never uses them)."""
     rec = _Recorder()
     monkeypatch.setattr(CPU, "fused", rec, raising=False)
-    return rec
+    with loom.deterministic(False):
+        yield rec
+
+
+def test_deterministic_mode_never_calls_the_backend_kernels(monkeypatch):
+    monkeypatch.setattr(CPU, "fused", _Recorder(), raising=False)
+    x = np.ones((4, 8), np.float32)
+    assert isinstance(fused.softmax(x), np.ndarray) and isinstance(fused.gelu(x), np.ndarray)
 
 
 def test_qualifying_arrays_go_to_the_backend_kernels(recorder):

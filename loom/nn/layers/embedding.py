@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ... import quant
 from ...errors import ShapeError
+from ...kernels import ops
 from .base import Layer, Spec, register
 
 
@@ -39,5 +40,5 @@ class Embedding(Layer):
 
     def backward(self, dy):
         flat = dy.reshape(-1, dy.shape[-1])
-        self.xp.add.at(self.grads["weight"], self.ids.reshape(-1), flat)
+        ops.index_add(self.grads["weight"], self.ids.reshape(-1), flat)
         return None

@@ -1,0 +1,80 @@
+"""Deterministic mode's cost (issue 6): exact GEMM against the vendor GEMM, and deterministic train
+steps against fast mode, in the same run.
+
+    PYTHONPATH=. python benchmarks/determinism.py          # GPU (device machine) and CPU
+    .venv/bin/python benchmarks/determinism.py --cpu        # CPU only
+
+GPU: loom.kernels.exact.matmul on float32 (two float64 DGEMM slices on cuBLAS) vs cuBLAS SGEMM
+(TF32 off) and DGEMM at 4096^3 and 8192^3; the train steps of benchmarks/gpu_train.py as dispatch
+chains in both modes. CPU: exact GEMM vs NumPy float32 matmul (2 BLAS threads).
+"""
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
+
+import numpy as np  # noqa: E402
+
+import loom  # noqa: E402
+from loom import backend  # noqa: E402
+from loom.kernels import exact  # noqa: E402
+
+
+def timed(fn, sync, repeats=5, inner=3):
+    fn()
+    sync()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        for _ in range(inner):
+            fn()
+        sync()
+        out.append((time.perf_counter() - t) / inner)
+    return statistics.median(out)
+
+
+def gemm_rows(be, sizes):
+    rng = np.random.default_rng(0)
+    rows = []
+    for m, k, n in sizes:
+        a32 = be.asarray(rng.standard_normal((m, k), dtype=np.float32))
+        b32 = be.asarray(rng.standard_normal((k, n), dtype=np.float32))
+        a64, b64 = a32.astype(np.float64), b32.astype(np.float64)
+        flops = 2.0 * m * k * n
+        t_exact = timed(lambda: exact.matmul(a32, b32), be.synchronize)
+        t_s = timed(lambda: be.matmul(a32, b32), be.synchronize)
+        t_d = timed(lambda: be.matmul(a64, b64), be.synchronize)
+        rows.append((f"{m}x{k}x{n}", flops / t_exact / 1e12, flops / t_s / 1e12, flops / t_d / 1e12, t_s / t_exact))
+    print(f"{'shape':<16}{'exact f32 TFLOP/s':>19}{'SGEMM':>10}{'DGEMM':>10}{'exact/SGEMM speed':>19}")
+    for r in rows:
+        print(f"{r[0]:<16}{r[1]:>19.3f}{r[2]:>10.3f}{r[3]:>10.3f}{r[4]:>18.2f}x")
+
+
+def train_rows():
+    sys.path.insert(0, os.path.dirname(__file__))
+    import gpu_train
+    print(f"{'train step (dispatch chain)':<28}{'fast ms':>10}{'deterministic ms':>18}{'det/fast':>10}")
+    for name, cfg, batch in gpu_train.cases():
+        fast = gpu_train.loom_steps(cfg, batch, deterministic=False, modes=(True,))[0]
+        det = gpu_train.loom_steps(cfg, batch, deterministic=True, modes=(True,))[0]
+        print(f"{name:<28}{fast:>10.3f}{det:>18.3f}{det / fast:>9.2f}x")
+
+
+def main():
+    cpu_only = "--cpu" in sys.argv
+    if not cpu_only:
+        cuda = backend.get("cuda")
+        import cupy
+        cupy.cuda.Device().use()
+        print(f"GPU: {cuda.devices()[0]['name']}; CuPy {cupy.__version__}")
+        gemm_rows(cuda, [(4096, 4096, 4096), (8192, 8192, 8192)])
+        train_rows()
+    cpu = backend.get("cpu")
+    print(f"CPU: {os.cpu_count()} cores, NumPy {np.__version__}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}")
+    gemm_rows(cpu, [(256, 784, 256), (32, 784, 256), (1024, 1024, 1024)])
+
+
+if __name__ == "__main__":
+    main()
