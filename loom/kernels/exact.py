@@ -58,8 +58,16 @@ def _matmul_exact(be, a, b, dtype):
     bmax = _absmax(xp, b2, -2)                                    # [..., 1, N]
     finite = not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     wide = np.dtype(dtype).itemsize > 4
-    if finite and not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+    if not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+        special = None
+        if not finite:              # (always while recording a graph: it cannot branch on data)
+            special = _special_values(be, a2, b2).astype(dtype)
+            a2 = xp.where(xp.isfinite(a2), a2, 0)
+            b2 = xp.where(xp.isfinite(b2), b2, 0)
+            amax, bmax = _absmax(xp, a2, -1), _absmax(xp, b2, -2)
         result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
+        if special is not None:
+            result = xp.where(xp.isfinite(special), result, special)
     else:
         result = _matmul_general(be, a2, b2, amax, bmax, finite, wide, dtype)
     if vector_left:
