@@ -53,8 +53,9 @@ class CUDABackend:
         self._blas = None
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         self._generated = {}            # generated kernel source -> compiled function
-        from . import cuda_kernels      # fused kernels behind loom.kernels.fused
+        from . import cuda_exact, cuda_kernels   # fused kernels behind loom.kernels.fused and .exact
         self.fused = cuda_kernels
+        self.exact_kernels = cuda_exact
 
     def asarray(self, x, dtype=None):
         with translating("copy to the GPU", x):

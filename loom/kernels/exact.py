@@ -95,19 +95,27 @@ def _matmul_narrow(be, a, b, amax, bmax, dtype):
     m = a.shape[-2]
     stacked = xp.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
     hi, lo = stacked[..., :m, :], stacked[..., m:, :]
-    scaled = xp.ldexp(a, (bits_a - ea).astype(np.int32))         # |scaled| < 2^bits_a
+    shift_a, shift_b = (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32)
+    row_scale = xp.ldexp(1.0, (ea - bits_a).astype(np.int32))
+    col_scale = xp.ldexp(1.0, (eb - bits_b).astype(np.int32))
+    fused = getattr(be, "exact_kernels", None)          # one kernel per step on the GPU, same bits
+    if fused is not None:
+        fused.slice_left(a, shift_a, bits_a, hi, lo)
+        g = be.matmul(stacked, fused.slice_right(b, shift_b))
+        return fused.combine(g, m, bits_a, row_scale, col_scale, dtype)
+    scaled = xp.ldexp(a, shift_a)                       # |scaled| < 2^bits_a
     xp.rint(scaled, out=hi)
     xp.subtract(scaled, hi, out=lo)                     # the remainder, |r| <= 1/2, exact
     xp.multiply(lo, 2.0 ** bits_a, out=lo)
     xp.rint(lo, out=lo)
     b_int = xp.empty_like(b, dtype=np.float64)          # b's layout (a transposed weight stays so)
-    xp.rint(xp.ldexp(b, (bits_b - eb).astype(np.int32)), out=b_int)
+    xp.rint(xp.ldexp(b, shift_b), out=b_int)
     g = be.matmul(stacked, b_int)                       # exact: integer partial sums <= 2^53
     acc = xp.multiply(g[..., m:, :], 2.0 ** -bits_a)
     acc += g[..., :m, :]                                # the one rounding
-    acc *= xp.ldexp(1.0, (ea - bits_a).astype(np.int32))
+    acc *= row_scale
     out = xp.empty(acc.shape, dtype=dtype)
-    xp.multiply(acc, xp.ldexp(1.0, (eb - bits_b).astype(np.int32)), out=out, casting="unsafe")
+    xp.multiply(acc, col_scale, out=out, casting="unsafe")
     return out
 
 
