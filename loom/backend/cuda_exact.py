@@ -61,3 +61,63 @@ def combine(g, m: int, bits_a: int, row_scale, col_scale, dtype):
         out = cupy.empty(g.shape[:-2] + (m, g.shape[-1]), dtype=dtype)
         _kernels()[2](g[..., :m, :], g[..., m:, :], np.float64(2.0 ** -bits_a), row_scale, col_scale, out)
         return out
+
+
+_GUARD = r"""
+__device__ __forceinline__ float loom_mark(float x) {     // sign, 0, or the special value itself
+    return isfinite(x) ? (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f)) : x;
+}
+extern "C" __global__ void loom_exact_specials(
+        const float* a, const float* b, const bool* rowbad, const bool* colbad, T* out,
+        long long batches, long long m, long long n, long long k,
+        long long sab, long long sam, long long sak, long long sbb, long long sbk, long long sbn) {
+    long long total = batches * m * n;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        long long j = idx % n, i = (idx / n) % m, z = idx / (m * n);
+        if (!rowbad[z * m + i] && !colbad[z * n + j]) continue;
+        float s = 0.0f;                 // finite terms are +-1 or 0: only the special outcome is used
+        for (long long q = 0; q < k; ++q)
+            s = __fadd_rn(s, __fmul_rn(loom_mark(a[z * sab + i * sam + q * sak]),
+                                       loom_mark(b[z * sbb + q * sbk + j * sbn])));
+        if (!isfinite(s)) out[idx] = (T)s;
+    }
+}
+"""
+
+
+@lru_cache(maxsize=None)
+def _guard(dtype):
+    ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
+    return cupy.RawModule(code=f"typedef {ctype} T;\n" + _GUARD, options=OPTIONS).get_function("loom_exact_specials")
+
+
+def guardable(a, b) -> bool:
+    """Whether patch_specials takes these operands."""
+    return a.dtype == np.float32 and b.dtype == np.float32 and a.ndim == b.ndim and a.ndim in (2, 3)
+
+
+def patch_specials(a, b, amax, bmax, out) -> bool:
+    """Where a row of a or a column of b holds inf or NaN, overwrite out with IEEE's special result
+    (the sign-and-special product, as exact._special_values); every other thread returns at once,
+    so this costs one pass over out when everything is finite, and needs no host read. float32
+    operands of at most three dimensions (batch, M, K) x (batch, K, N); False otherwise (the caller
+    then takes the general path)."""
+    if not guardable(a, b) or out.ndim != a.ndim or not out.flags.c_contiguous:
+        return False
+    a3, b3 = (a, b) if a.ndim == 3 else (a[None], b[None])
+    batches = out.size // (out.shape[-2] * out.shape[-1]) if out.size else 0
+    a3 = cupy.broadcast_to(a3, (batches,) + a3.shape[1:])
+    b3 = cupy.broadcast_to(b3, (batches,) + b3.shape[1:])
+    m, k, n = a3.shape[1], a3.shape[2], b3.shape[2]
+    rowbad = cupy.ascontiguousarray(cupy.broadcast_to(~cupy.isfinite(amax), (batches, m, 1)))
+    colbad = cupy.ascontiguousarray(cupy.broadcast_to(~cupy.isfinite(bmax), (batches, 1, n)))
+    sa = [s // 4 for s in a3.strides]
+    sb = [s // 4 for s in b3.strides]
+    total = batches * m * n
+    if total:
+        with translating("exact GEMM special values", a, b):
+            _guard(out.dtype)((min((total + 255) // 256, 65536),), (256,),
+                              (a3, b3, rowbad, colbad, out, np.int64(batches), np.int64(m), np.int64(n),
+                               np.int64(k), *(np.int64(s) for s in sa), *(np.int64(s) for s in sb)))
+    return True

@@ -56,8 +56,15 @@ def _matmul_exact(be, a, b, dtype):
     b2 = b[:, None] if vector_right else b
     amax = _absmax(xp, a2, -1)                                    # [..., M, 1]
     bmax = _absmax(xp, b2, -2)                                    # [..., 1, N]
-    finite = not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     wide = np.dtype(dtype).itemsize > 4
+    kernels = getattr(be, "exact_kernels", None)
+    if kernels is not None and not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS and kernels.guardable(a2, b2):
+        # the GPU: no host read of a finiteness flag, no extra product; a guarded kernel writes IEEE's
+        # special values where a row or column holds inf or NaN (the same values as below)
+        result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
+        kernels.patch_specials(a2, b2, amax, bmax, result)
+        return _unvector(result, vector_left, vector_right)
+    finite = not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     if not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
         special = None
         if not finite:              # (always while recording a graph: it cannot branch on data)
@@ -70,6 +77,10 @@ def _matmul_exact(be, a, b, dtype):
             result = xp.where(xp.isfinite(special), result, special)
     else:
         result = _matmul_general(be, a2, b2, amax, bmax, finite, wide, dtype)
+    return _unvector(result, vector_left, vector_right)
+
+
+def _unvector(result, vector_left: bool, vector_right: bool):
     if vector_left:
         result = result[..., 0, :]
     if vector_right:

@@ -56,6 +56,10 @@ def test_gemm_special_value_bits():
     a, b = rng.standard_normal((6, 5)).astype(np.float32), rng.standard_normal((5, 4)).astype(np.float32)
     a[1, 2], a[2, 0], a[3, 1], a[3, 3], b[2, 1], b[4, 3] = np.inf, np.nan, np.inf, -np.inf, 0, -np.inf
     _same(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
+    a3, b3 = np.stack([a, a[::-1]]), np.stack([b, b[:, ::-1]])              # batched, as attention
+    _same(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "batched gemm specials")
+    _same(exact.matmul(cuda.asarray(a3[:1]), cuda.asarray(b3)), exact.matmul(a3[:1], b3), "broadcast batch")
+    _same(exact.matmul(cuda.asarray(a).T, cuda.asarray(a)), exact.matmul(a.T, a), "transposed specials")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
