@@ -121,3 +121,34 @@ def patch_specials(a, b, amax, bmax, out) -> bool:
                               (a3, b3, rowbad, colbad, out, np.int64(batches), np.int64(m), np.int64(n),
                                np.int64(k), *(np.int64(s) for s in sa), *(np.int64(s) for s in sb)))
     return True
+
+
+@lru_cache(maxsize=None)
+def _sum_kernels():
+    absmax = cupy.ReductionKernel(
+        "float32 x", "float32 y", "isfinite(x) ? fabsf(x) : 0.0f", "max(a, b)", "y = a", "0.0f",
+        "loom_exact_absmax", options=OPTIONS)
+    integers = cupy.ReductionKernel(
+        "float32 x, int32 shift", "float64 y", "isfinite(x) ? rint(ldexp((double)x, shift)) : 0.0",
+        "a + b", "y = a", "0.0", "loom_exact_integer_sum", options=OPTIONS)
+    specials = cupy.ReductionKernel(
+        "float32 x", "float64 y", "isfinite(x) ? 0.0 : (double)x", "a + b", "y = a", "0.0",
+        "loom_exact_special_sum", options=OPTIONS)
+    finish = cupy.ElementwiseKernel(
+        "float64 total, int32 e, float64 special", "float32 out",
+        "out = special == 0.0 ? __double2float_rn(ldexp(total, e)) : (float)special;",
+        "loom_exact_sum_finish", options=OPTIONS)
+    return absmax, integers, specials, finish
+
+
+def sum_float32(x, axes: tuple, bits: int):
+    """exact.sum for float32 x over `axes` (kept as size-1 axes), in four launches: the finite
+    maximum, the integer sum (every partial sum an integer below 2^53: exact in any order), the sum
+    of infinities and NaNs (the same in any order), and the scaling back: the NumPy path's bits."""
+    absmax, integers, specials, finish = _sum_kernels()
+    with translating("exact sum", x):
+        top = absmax(x, axis=axes, keepdims=True)
+        e = cupy.frexp(top)[1]
+        total = integers(x, (bits - e).astype(np.int32), axis=axes, keepdims=True)
+        special = specials(x, axis=axes, keepdims=True)
+        return finish(total, (e - bits).astype(np.int32), special)

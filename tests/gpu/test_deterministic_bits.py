@@ -71,6 +71,9 @@ def test_sum_and_cumsum_bits(axis, dtype):
     _same(exact.sum(cuda.asarray(x), axis=axis), exact.sum(x, axis=axis), f"sum axis {axis}")
     _same(ops.mean(cuda.asarray(x), axis=axis), ops.mean(x, axis=axis), f"mean axis {axis}")
     _same(exact.cumsum(cuda.asarray(x), axis=1), exact.cumsum(x, axis=1), "cumsum")
+    x[0, 3, 1], x[1, 5, 2], x[1, 7, 2], x[2, 0, 0] = np.inf, np.inf, -np.inf, np.nan
+    _same(exact.sum(cuda.asarray(x), axis=axis), exact.sum(x, axis=axis), f"sum with specials, axis {axis}")
+    _same(exact.sum(cuda.asarray(x), axis=axis, keepdims=True), exact.sum(x, axis=axis, keepdims=True), "keepdims")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
