@@ -17,7 +17,7 @@ import cupy
 import numpy as np
 
 from .cuda import translating
-from .cuda_kernels import OPTIONS
+from .cuda_kernels import C_TYPES, OPTIONS
 
 
 @lru_cache(maxsize=None)
@@ -88,8 +88,8 @@ extern "C" __global__ void loom_exact_specials(
 
 @lru_cache(maxsize=None)
 def _guard(dtype):
-    ctype = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[np.dtype(dtype)]
-    return cupy.RawModule(code=f"typedef {ctype} T;\n" + _GUARD, options=OPTIONS).get_function("loom_exact_specials")
+    module = cupy.RawModule(code=f"typedef {C_TYPES[np.dtype(dtype)]} T;\n" + _GUARD, options=OPTIONS)
+    return module.get_function("loom_exact_specials")
 
 
 def guardable(a, b) -> bool:
@@ -97,14 +97,14 @@ def guardable(a, b) -> bool:
     return a.dtype == np.float32 and b.dtype == np.float32 and a.ndim == b.ndim and a.ndim in (2, 3)
 
 
-def patch_specials(a, b, amax, bmax, out) -> bool:
+def patch_specials(a, b, amax, bmax, out) -> None:
     """Where a row of a or a column of b holds inf or NaN, overwrite out with IEEE's special result
     (the sign-and-special product, as exact._special_values); every other thread returns at once,
-    so this costs one pass over out when everything is finite, and needs no host read. float32
-    operands of at most three dimensions (batch, M, K) x (batch, K, N); False otherwise (the caller
-    then takes the general path)."""
+    so this costs one pass over out when everything is finite, and needs no host read. Operands
+    as `guardable` says; out is the C-contiguous product."""
     if not guardable(a, b) or out.ndim != a.ndim or not out.flags.c_contiguous:
-        return False
+        raise ValueError(f"patch_specials: operands {a.dtype}{a.shape} x {b.dtype}{b.shape} into "
+                         f"{out.dtype}{out.shape} are not guardable")
     a3, b3 = (a, b) if a.ndim == 3 else (a[None], b[None])
     batches = out.size // (out.shape[-2] * out.shape[-1]) if out.size else 0
     a3 = cupy.broadcast_to(a3, (batches,) + a3.shape[1:])
@@ -120,7 +120,6 @@ def patch_specials(a, b, amax, bmax, out) -> bool:
             _guard(out.dtype)((min((total + 255) // 256, 65536),), (256,),
                               (a3, b3, rowbad, colbad, out, np.int64(batches), np.int64(m), np.int64(n),
                                np.int64(k), *(np.int64(s) for s in sa), *(np.int64(s) for s in sb)))
-    return True
 
 
 @lru_cache(maxsize=None)

@@ -242,7 +242,7 @@ extern "C" __global__ void loom_rms_norm_grad_rows(const T* __restrict__ dy, con
 }
 """
 
-_CTYPE = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 @lru_cache(maxsize=None)
@@ -253,7 +253,7 @@ def _row_kernel(dtype: np.dtype, name: str):
 
 @lru_cache(maxsize=None)
 def _row_module(dtype: np.dtype):
-    return cupy.RawModule(code=f"typedef {_CTYPE[dtype]} T;\n" + _ROWS, options=OPTIONS)
+    return cupy.RawModule(code=f"typedef {C_TYPES[dtype]} T;\n" + _ROWS, options=OPTIONS)
 
 
 def _threads(n: int) -> int:

@@ -36,7 +36,6 @@ _F32_RIGHT_BITS = 24                      # a float32 mantissa
 def matmul(a, b, out=None):
     """a @ b (NumPy broadcasting over leading axes) with exactly accumulated sums."""
     be = backend.of(a)
-    xp = be.xp
     dtype = np.result_type(a.dtype, b.dtype)
     if not _is_float(dtype) or a.ndim == 0 or b.ndim == 0 or a.size == 0 or b.size == 0 \
             or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
@@ -57,26 +56,22 @@ def _matmul_exact(be, a, b, dtype):
     amax = _absmax(xp, a2, -1)                                    # [..., M, 1]
     bmax = _absmax(xp, b2, -2)                                    # [..., 1, N]
     wide = np.dtype(dtype).itemsize > 4
-    kernels = getattr(be, "exact_kernels", None)
-    if kernels is not None and not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS and kernels.guardable(a2, b2):
-        # the GPU: no host read of a finiteness flag, no extra product; a guarded kernel writes IEEE's
-        # special values where a row or column holds inf or NaN (the same values as below)
-        result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
-        kernels.patch_specials(a2, b2, amax, bmax, result)
-        return _unvector(result, vector_left, vector_right)
-    finite = not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
-    if not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
-        special = None
-        if not finite:              # (always while recording a graph: it cannot branch on data)
+    # Rows and columns holding inf or NaN come out of the slices as NaN; every one of their entries
+    # is then overwritten with IEEE's special value, and no other entry depends on them.
+    guard = getattr(be, "exact_kernels", None)
+    if guard is not None and not guard.guardable(a2, b2):
+        guard = None
+    finite = guard is not None or not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
+    with np.errstate(invalid="ignore"):
+        if not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+            result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
+        else:
+            result = _matmul_general(be, a2, b2, amax, bmax, wide, dtype)
+        if guard is not None:       # the GPU: a guarded kernel, no host read, no extra product
+            guard.patch_specials(a2, b2, amax, bmax, result)
+        elif not finite:            # (always while recording a graph: it cannot branch on data)
             special = _special_values(be, a2, b2).astype(dtype)
-            a2 = xp.where(xp.isfinite(a2), a2, 0)
-            b2 = xp.where(xp.isfinite(b2), b2, 0)
-            amax, bmax = _absmax(xp, a2, -1), _absmax(xp, b2, -2)
-        result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
-        if special is not None:
             result = xp.where(xp.isfinite(special), result, special)
-    else:
-        result = _matmul_general(be, a2, b2, amax, bmax, finite, wide, dtype)
     return _unvector(result, vector_left, vector_right)
 
 
@@ -94,7 +89,7 @@ def _absmax(xp, x, axis):
 
 
 def _matmul_narrow(be, a, b, amax, bmax, dtype):
-    """float32 (and narrower) operands, all finite, K <= 2^14: the 2 x 1 slice scheme. The scaling
+    """float32 (and narrower) operands, K <= 2^14: the 2 x 1 slice scheme. The scaling
     runs in float32 (ldexp by a power of two and rint are exact there: the scaled values keep their
     24-bit mantissas and the integers are below 2^24) and every later step in place, because each
     pass over the operands costs a sizeable share of the GEMM on the CPU."""
@@ -130,24 +125,16 @@ def _matmul_narrow(be, a, b, amax, bmax, dtype):
     return out
 
 
-def _matmul_general(be, a, b, amax, bmax, finite, wide, dtype):
-    xp = be.xp
+def _matmul_general(be, a, b, amax, bmax, wide, dtype):
+    """float64 operands, or K above 2^14: the slices of _matmul_chunk over fixed-order chunks of K."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    special = None
-    if not finite:
-        special = _special_values(be, a, b)
-        a64 = xp.where(xp.isfinite(a64), a64, 0.0)
-        b64 = xp.where(xp.isfinite(b64), b64, 0.0)
-    amax, bmax = _absmax(xp, a64, -1), _absmax(xp, b64, -2)
     k = a64.shape[-1]
     total = None
     step = 1 << MAX_CHUNK_BITS
     for start in range(0, k, step):                     # fixed chunk order: deterministic
         part = _matmul_chunk(be, a64[..., start:start + step], b64[..., start:start + step, :],
-                             amax, bmax, wide)
+                             amax.astype(np.float64), bmax.astype(np.float64), wide)
         total = part if total is None else total + part
-    if special is not None:
-        total = xp.where(xp.isfinite(special), total, special)
     return total.astype(dtype)
 
 

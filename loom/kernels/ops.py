@@ -13,7 +13,7 @@ import math
 
 from .. import backend
 from ..mode import is_deterministic
-from . import exact
+from . import exact, mathlib
 
 _SQRT_PI = math.sqrt(math.pi)
 
@@ -96,7 +96,6 @@ def sqrt(x):
 def canonical(name: str, *xs):
     """Loom's own `name` from loom.kernels.mathlib (the same bits on every backend): a generated
     CUDA kernel on a backend that runs them, the NumPy lowering of the same IR elsewhere."""
-    from . import mathlib
     be = backend.of(xs[0])
     run = getattr(be, "run_elementwise", None)
     if run is None:

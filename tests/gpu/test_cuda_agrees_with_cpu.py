@@ -8,6 +8,8 @@ from catalogue import SAMPLES, config
 from loom import backend
 from loom.nn import losses, optim
 
+from .cpu_gpu import layer_results, loss_results, optimizer_results
+
 pytestmark = pytest.mark.gpu
 RTOL = 1e-5
 
@@ -26,70 +28,24 @@ def _close(gpu, cpu, what):
     assert err <= RTOL * scale, f"{what}: max abs difference {err:.3g} (scale {scale:.3g})"
 
 
-def _input(shape, idt, batch, dtype):
-    rng = np.random.default_rng(7)
-    if idt:
-        return rng.integers(0, 10, size=(batch, *shape))
-    return rng.normal(size=(batch, *shape)).astype(dtype)
-
-
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
 def test_layer_forward_and_backward(name, layers, shape, idt, training, dtype):
-    cfg = config(layers, shape, idt, dtype=dtype)
-    cpu = loom.Network.from_config(cfg).train(training)
-    gpu = loom.Network.from_config(cfg).to("cuda").train(training)
-    assert gpu.device == "cuda"
-    x = _input(shape, idt, 3, dtype)
-    y = cpu(x)
-    _close(gpu(x), y, f"{name} forward")
-    dy = np.random.default_rng(8).normal(size=y.shape).astype(dtype)
-    dx_cpu, dx_gpu = cpu.backward(dy), gpu.backward(dy)
-    if dx_cpu is not None:
-        _close(dx_gpu, dx_cpu, f"{name} input gradient")
-    for k, g in cpu.gradients().items():
-        _close(gpu.gradients()[k], g, f"{name} gradient {k}")
-    for k, b in cpu.buffers().items():
-        _close(gpu.buffers()[k], b, f"{name} buffer {k}")
+    for what, gpu, cpu in layer_results(name, layers, shape, idt, training, dtype):
+        _close(gpu, cpu, what)
 
 
 @pytest.mark.parametrize("name", losses.NAMES)
 def test_losses(name):
-    rng = np.random.default_rng(3)
-    pred = rng.normal(size=(6, 5))
-    if name in ("cross_entropy", "nll"):
-        target = rng.integers(0, 5, 6)
-    elif name == "binary_cross_entropy":
-        target = rng.integers(0, 2, (6, 5)).astype(np.float64)
-    elif name == "kl_div":
-        t = rng.random((6, 5))
-        target = t / t.sum(axis=1, keepdims=True)
-        pred = pred - np.log(np.exp(pred).sum(axis=1, keepdims=True))
-    else:
-        target = rng.normal(size=(6, 5))
-    fn = losses.build(name)
-    v_cpu, g_cpu = fn(pred, target)
-    cuda = backend.get("cuda")
-    v_gpu, g_gpu = fn(cuda.asarray(pred), cuda.asarray(target))
-    _close(np.asarray(float(v_gpu)), np.asarray(float(v_cpu)), f"{name} value")
-    _close(g_gpu, g_cpu, f"{name} gradient")
+    for what, gpu, cpu in loss_results(name, np.float64):
+        _close(gpu, np.asarray(cpu), what)
 
 
 @pytest.mark.parametrize("kind", sorted(optim.TYPES))
 def test_optimizer_steps(kind):
-    cuda = backend.get("cuda")
-    rng = np.random.default_rng(4)
-    p = {"w": rng.normal(size=(4, 3)), "b": rng.normal(size=3)}
-    spec = {"type": kind, "lr": 0.01, "clip_norm": 0.5, "schedule": {"type": "cosine", "steps": 10}}
-    p_gpu = {k: cuda.asarray(v) for k, v in p.items()}
-    o_cpu, o_gpu = optim.build(spec, p), optim.build(spec, p_gpu)
-    for step in range(4):
-        g = {k: rng.normal(size=v.shape) for k, v in p.items()}
-        o_cpu.step(g)
-        o_gpu.step({k: cuda.asarray(v) for k, v in g.items()})
-    for k in p:
-        _close(p_gpu[k], p[k], f"{kind} {k}")
+    for what, gpu, cpu in optimizer_results(kind, np.float64):
+        _close(gpu, cpu, what)
 
 
 def test_training_the_demo_model_on_the_gpu():

@@ -10,6 +10,8 @@ from loom import backend
 from loom.kernels import exact, ops
 from loom.nn import losses, optim
 
+from .cpu_gpu import layer_results, loss_results, optimizer_results
+
 pytestmark = pytest.mark.gpu
 
 
@@ -80,59 +82,20 @@ def test_sum_and_cumsum_bits(axis, dtype):
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
 def test_layer_bits(name, layers, shape, idt, training, dtype):
-    cfg = config(layers, shape, idt, dtype=dtype)
-    cpu = loom.Network.from_config(cfg).train(training)
-    gpu = loom.Network.from_config(cfg).to("cuda").train(training)
-    rng = np.random.default_rng(7)
-    x = rng.integers(0, 10, size=(3, *shape)) if idt else rng.normal(size=(3, *shape)).astype(dtype)
-    y = cpu(x)
-    _same(gpu(x), y, f"{name} forward")
-    dy = np.random.default_rng(8).normal(size=y.shape).astype(dtype)
-    dx_cpu, dx_gpu = cpu.backward(dy), gpu.backward(dy)
-    if dx_cpu is not None:
-        _same(dx_gpu, dx_cpu, f"{name} input gradient")
-    for k, g in cpu.gradients().items():
-        _same(gpu.gradients()[k], g, f"{name} gradient {k}")
-    for k, b in cpu.buffers().items():
-        _same(gpu.buffers()[k], b, f"{name} buffer {k}")
+    for what, gpu, cpu in layer_results(name, layers, shape, idt, training, dtype):
+        _same(gpu, cpu, what)
 
 
 @pytest.mark.parametrize("name", losses.NAMES)
 def test_loss_bits(name):
-    rng = np.random.default_rng(3)
-    pred = rng.normal(size=(6, 5)).astype(np.float32)
-    if name in ("cross_entropy", "nll"):
-        target = rng.integers(0, 5, 6)
-    elif name == "binary_cross_entropy":
-        target = rng.integers(0, 2, (6, 5)).astype(np.float32)
-    elif name == "kl_div":
-        t = rng.random((6, 5))
-        target = (t / t.sum(axis=1, keepdims=True)).astype(np.float32)
-        pred = (pred - np.log(np.exp(pred).sum(axis=1, keepdims=True))).astype(np.float32)
-    else:
-        target = rng.normal(size=(6, 5)).astype(np.float32)
-    fn = losses.build(name)
-    cuda = backend.get("cuda")
-    v_cpu, g_cpu = fn(pred, target)
-    v_gpu, g_gpu = fn(cuda.asarray(pred), cuda.asarray(target))
-    _same(v_gpu, v_cpu, f"{name} value")
-    _same(g_gpu, g_cpu, f"{name} gradient")
+    for what, gpu, cpu in loss_results(name, np.float32):
+        _same(gpu, cpu, what)
 
 
 @pytest.mark.parametrize("kind", sorted(optim.TYPES))
 def test_optimizer_bits(kind):
-    cuda = backend.get("cuda")
-    rng = np.random.default_rng(4)
-    p = {"w": rng.normal(size=(4, 3)).astype(np.float32), "b": rng.normal(size=3).astype(np.float32)}
-    spec = {"type": kind, "lr": 0.01, "clip_norm": 0.5, "schedule": {"type": "cosine", "steps": 10}}
-    p_gpu = {k: cuda.asarray(v) for k, v in p.items()}
-    o_cpu, o_gpu = optim.build(spec, p), optim.build(spec, p_gpu)
-    for _ in range(4):
-        g = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in p.items()}
-        o_cpu.step(g)
-        o_gpu.step({k: cuda.asarray(v) for k, v in g.items()})
-    for k in p:
-        _same(p_gpu[k], p[k], f"{kind} {k}")
+    for what, gpu, cpu in optimizer_results(kind, np.float32):
+        _same(gpu, cpu, what)
 
 
 def test_100_steps_of_the_demo_model_give_the_cpu_bits():
