@@ -11,6 +11,7 @@ reference's order: the bits are the NumPy path's (tests/gpu/test_deterministic_b
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cupy
@@ -143,11 +144,64 @@ def _sum_kernels():
 def sum_float32(x, axes: tuple, bits: int):
     """exact.sum for float32 x over `axes` (kept as size-1 axes), in four launches: the finite
     maximum, the integer sum (every partial sum an integer below 2^53: exact in any order), the sum
-    of infinities and NaNs (the same in any order), and the scaling back: the NumPy path's bits."""
+    of infinities and NaNs (the same in any order), and the scaling back: the NumPy path's bits.
+    Few long sums (a convolution's bias gradient: 32 sums of 200k) are split into parts first: CuPy
+    gives each output one block, and exactness makes any grouping give the same bits."""
     absmax, integers, specials, finish = _sum_kernels()
     with translating("exact sum", x):
-        top = absmax(x, axis=axes, keepdims=True)
+        n = math.prod(x.shape[a] for a in axes)
+        m = x.size // n
+        if m >= _SPREAD or n < 4096:
+            top = absmax(x, axis=axes, keepdims=True)
+            e = cupy.frexp(top)[1]
+            total = integers(x, (bits - e).astype(np.int32), axis=axes, keepdims=True)
+            special = specials(x, axis=axes, keepdims=True)
+            return finish(total, (e - bits).astype(np.int32), special)
+        parts = _split(x, axes, m, n)                                   # [m, c, L]
+        top = absmax(absmax(parts, axis=2), axis=1, keepdims=True)      # [m, 1]
         e = cupy.frexp(top)[1]
-        total = integers(x, (bits - e).astype(np.int32), axis=axes, keepdims=True)
-        special = specials(x, axis=axes, keepdims=True)
-        return finish(total, (e - bits).astype(np.int32), special)
+        total = integers(parts, (bits - e).astype(np.int32)[:, :, None], axis=2).sum(axis=1, keepdims=True)
+        special = specials(parts, axis=2).sum(axis=1, keepdims=True)
+        out = finish(total, (e - bits).astype(np.int32), special)
+        return out.reshape(tuple(1 if i in axes else d for i, d in enumerate(x.shape)))
+
+
+_SPREAD = 1024      # outputs (or parts of them) that keep the device busy
+
+
+@lru_cache(maxsize=None)
+def _absmax_kernel():
+    return cupy.ReductionKernel(
+        "T x", "T y", "abs(x)", "(isnan(a) || a > b) ? a : b", "y = a", "0",
+        "loom_exact_absmax_nan", options=OPTIONS)
+
+
+def absmax(x, axis: int):
+    """max |x| along `axis` (-1 or -2), kept as size 1; NaN where a NaN is: exact._absmax's result in
+    one reduction (two there). Few outputs over a long axis are reduced in parts first (a maximum
+    is the same in any grouping): CuPy gives each output one block."""
+    with translating("exact GEMM scaling", x):
+        ax = axis % x.ndim
+        k = x.shape[ax]
+        outputs = x.size // k if k else 0
+        parts = -(-_SPREAD // outputs) if outputs else 1
+        split = next((d for d in range(parts, 2 * parts) if k % d == 0), None) if parts > 1 and k >= 4 * parts else None
+        if split is None:
+            return _absmax_kernel()(x, axis=ax, keepdims=True)
+        view = x.reshape(x.shape[:ax] + (split, k // split) + x.shape[ax + 1:])
+        return _absmax_kernel()(_absmax_kernel()(view, axis=ax + 1), axis=ax, keepdims=True)
+
+
+def _split(x, axes, m: int, n: int):
+    """x with the reduced axes last, as [m, c, L]: each output's n values in c parts of L (zero
+    padded: zeros change neither the maximum nor the sums), m * c >= _SPREAD."""
+    kept = [i for i in range(x.ndim) if i not in axes]
+    flat = x.transpose(kept + list(axes)).reshape(m, n)                 # a copy unless already in order
+    c = -(-_SPREAD // m)
+    divisor = next((d for d in range(c, 2 * c) if n % d == 0), None)
+    if divisor is not None:
+        return flat.reshape(m, divisor, n // divisor)
+    length = -(-n // c)
+    padded = cupy.zeros((m, c * length), dtype=x.dtype)
+    padded[:, :n] = flat
+    return padded.reshape(m, c, length)

@@ -53,8 +53,8 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
-    amax = _absmax(xp, a2, -1)                                    # [..., M, 1]
-    bmax = _absmax(xp, b2, -2)                                    # [..., 1, N]
+    amax = _absmax(be, a2, -1)                                    # [..., M, 1]
+    bmax = _absmax(be, b2, -2)                                    # [..., 1, N]
     wide = np.dtype(dtype).itemsize > 4
     # Rows and columns holding inf or NaN come out of the slices as NaN; every one of their entries
     # is then overwritten with IEEE's special value, and no other entry depends on them.
@@ -63,8 +63,8 @@ def _matmul_exact(be, a, b, dtype):
         guard = None
     finite = guard is not None or not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     with np.errstate(invalid="ignore"):
-        if not wide and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
-            result = _matmul_narrow(be, a2, b2, amax, bmax, dtype)
+        if not wide:
+            result = _matmul_float32(be, a2, b2, amax, bmax, dtype)
         else:
             result = _matmul_general(be, a2, b2, amax, bmax, wide, dtype)
         if guard is not None:       # the GPU: a guarded kernel, no host read, no extra product
@@ -83,9 +83,31 @@ def _unvector(result, vector_left: bool, vector_right: bool):
     return result
 
 
-def _absmax(xp, x, axis):
-    """max |x| along axis (kept): two reductions and no |x| temporary."""
+def _absmax(be, x, axis):
+    """max |x| along axis (kept; NaN where one is NaN): two reductions and no |x| temporary, or
+    the backend's own kernel (the GPU: one reduction, split into parts when there are few outputs)."""
+    kernels = getattr(be, "exact_kernels", None)
+    if kernels is not None and x.dtype in kernels.C_TYPES:
+        return kernels.absmax(x, axis)
+    xp = be.xp
     return xp.maximum(xp.max(x, axis=axis, keepdims=True), -xp.min(x, axis=axis, keepdims=True))
+
+
+def _matmul_float32(be, a, b, amax, bmax, dtype):
+    """float32 (and narrower) operands: the narrow scheme, over fixed-order chunks of 2^14 along K when
+    K is longer (each chunk's product kept in float64, the chunks added in order, one rounding to
+    dtype at the end). The maxima, and so the slices' scales, are the whole rows' and columns'."""
+    step = 1 << MAX_CHUNK_BITS
+    if a.shape[-1] <= step:
+        return _matmul_narrow(be, a, b, amax, bmax, dtype)
+    total = None
+    for start in range(0, a.shape[-1], step):
+        part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], amax, bmax, np.float64)
+        if total is None:
+            total = part
+        else:
+            total += part
+    return total.astype(dtype)
 
 
 def _matmul_narrow(be, a, b, amax, bmax, dtype):
@@ -126,7 +148,7 @@ def _matmul_narrow(be, a, b, amax, bmax, dtype):
 
 
 def _matmul_general(be, a, b, amax, bmax, wide, dtype):
-    """float64 operands, or K above 2^14: the slices of _matmul_chunk over fixed-order chunks of K."""
+    """float64 operands: the slices of _matmul_chunk over fixed-order chunks of K."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     k = a64.shape[-1]
     total = None
@@ -207,10 +229,8 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
         return xp.sum(x, axis=axes, keepdims=keepdims)
     bits = 53 - _log2_ceil(n)
     kernels = getattr(be, "exact_kernels", None)
-    # the GPU: the same arithmetic in four launches, where there are enough outputs to spread over
-    # the device (CuPy reduces each output in one block: a conv bias gradient, 32 sums of 200k, is
-    # faster as the general path's full-device passes)
-    if kernels is not None and x.dtype == np.float32 and (n <= 1 << 16 or x.size // n >= 1024):
+    # the GPU: the same arithmetic in four launches (few long sums split into parts first)
+    if kernels is not None and x.dtype == np.float32:
         total = kernels.sum_float32(x, axes, bits)
         return total if keepdims else total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
     x64 = x.astype(np.float64)

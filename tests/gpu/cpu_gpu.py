@@ -62,3 +62,19 @@ def optimizer_results(kind, dtype, steps=4):
         o_cpu.step(g)
         o_gpu.step({k: cuda.asarray(v) for k, v in g.items()})
     return [(f"{kind} {k}", p_gpu[k], p[k]) for k in p]
+
+
+def host(a):
+    return backend.get("cuda").to_numpy(a) if not isinstance(a, (np.ndarray, np.generic)) else np.asarray(a)
+
+
+def same_bits(gpu, cpu, what):
+    """gpu and cpu hold the same bits (NaN payloads aside), or an error naming the first differences."""
+    g, c = host(gpu), np.asarray(cpu)
+    assert g.dtype == c.dtype and g.shape == c.shape, f"{what}: {g.dtype}{g.shape} vs {c.dtype}{c.shape}"
+    if g.dtype.kind == "f":          # NaN payloads are not part of the contract; NaN-ness is
+        g, c = np.where(np.isnan(g), np.nan, g).astype(g.dtype), np.where(np.isnan(c), np.nan, c).astype(c.dtype)
+    if np.ascontiguousarray(g).tobytes() != np.ascontiguousarray(c).tobytes():
+        bad = np.flatnonzero(g.reshape(-1) != c.reshape(-1))
+        raise AssertionError(f"{what}: {bad.size} of {c.size} elements differ, first at {bad[:3]}: "
+                             f"{g.reshape(-1)[bad[:3]]} vs {c.reshape(-1)[bad[:3]]}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ... import quant
+from ... import backend, quant
 from ...kernels import ops
 from . import activation, linear
 from .base import Layer, Spec, dims, register
@@ -54,6 +54,13 @@ def windows(xp, x, out, k, s, d):
     shape = tuple(x.shape[:2]) + tuple(out) + tuple(k)
     strides = (st[0], st[1]) + tuple(st[2 + i] * s[i] for i in range(n)) + tuple(st[2 + i] * d[i] for i in range(n))
     return xp.lib.stride_tricks.as_strided(x, shape, strides)
+
+
+def window_kernels(*arrays):
+    """The owning backend's sliding-window kernels (loom/backend/cuda_windows.py: im2col, col2im, max
+    pooling, the same bits as the code here) when they take `arrays`, else None."""
+    kernels = getattr(backend.of(arrays[0]), "windows", None)
+    return kernels if kernels is not None and kernels.supports(*arrays) else None
 
 
 def windows_adjoint(xp, parts, size, s, d):
@@ -113,6 +120,9 @@ def _im2col(xp, xpad, g: Geometry):
 
 def _col2im(xp, cols, b, c, g: Geometry):
     """The adjoint of _im2col followed by the crop: cols -> [B, C, *big]."""
+    kernels = window_kernels(cols)
+    if kernels is not None:
+        return kernels.col2im(cols, b, c, g)
     n, G = len(g.k), g.groups
     r = cols.reshape((G, b) + g.small + (c // G,) + g.k)
     perm = (1, 0, 2 + n) + tuple(range(2, 2 + n)) + tuple(range(3 + n, 3 + 2 * n))  # [B, G, Cg, *small, *k]
@@ -120,27 +130,41 @@ def _col2im(xp, cols, b, c, g: Geometry):
     return crop(xp, windows_adjoint(xp, parts, g.padded, g.s, g.d), g.lo, g.big)
 
 
+def correlate_rows(xp, big, wm, g: Geometry):
+    """big [B, Ci, *big] with weight rows wm [G, Co/G, Ci/G*prod(k)] -> (GEMM rows [G, B*P, Co/G], cols)."""
+    cols = im2col(xp, big, g)
+    return ops.matmul(cols, wm.transpose(0, 2, 1)), cols
+
+
 def correlate(xp, big, wm, g: Geometry):
     """big [B, Ci, *big] with weight rows wm [G, Co/G, Ci/G*prod(k)] -> ([B, Co, *small], cols)."""
-    cols = im2col(xp, big, g)
-    out = ops.matmul(cols, wm.transpose(0, 2, 1))          # [G, B*P, Co/G]
+    out, cols = correlate_rows(xp, big, wm, g)
     return _from_rows(out, big.shape[0], g.small), cols
 
 
 def correlate_adjoint(xp, small, wm, g: Geometry, ci: int):
     """small [B, Co, *small] -> ([B, Ci, *big], rows): the input gradient of `correlate`."""
     rows = _to_rows(small, g.groups)                       # [G, B*P, Co/G]
-    cols = ops.matmul(rows, wm)                            # [G, B*P, Ci/G*prod(k)]
-    return _col2im(xp, cols, small.shape[0], ci, g), rows
+    return correlate_adjoint_rows(xp, rows, wm, g, small.shape[0], ci), rows
+
+
+def correlate_adjoint_rows(xp, rows, wm, g: Geometry, b: int, ci: int):
+    """GEMM rows [G, B*P, Co/G] -> [B, Ci, *big]: the transposed GEMM, then col2im."""
+    return _col2im(xp, ops.matmul(rows, wm), b, ci, g)     # cols [G, B*P, Ci/G*prod(k)]
 
 
 def im2col(xp, big, g: Geometry):
     """The padded input's patches as GEMM rows [G, B*P, Ci/G*prod(k)]."""
+    kernels = window_kernels(big)
+    if kernels is not None:
+        return kernels.im2col(big, g)
     return _im2col(xp, pad(xp, big, g.lo, g.hi), g)
 
 
 def weight_grad(xp, rows, cols, shape):
     """d weight from the small side's rows and the big side's cols: [G, Co/G, Ci/G*prod(k)] -> shape."""
+    if rows.shape[0] == 1:      # one group: a 2-D product, which every BLAS takes transposed as it is
+        return ops.matmul(rows[0].T, cols[0]).reshape(shape)
     # a contiguous transpose: NumPy's stacked matmul of a transposed view can miss BLAS (~6x slower)
     return ops.matmul(xp.ascontiguousarray(rows.transpose(0, 2, 1)), cols).reshape(shape)
 
@@ -192,6 +216,27 @@ class _ConvBase(Layer):
         self.z, self.y = activation.forward(self.act, z)
         return self.y
 
+    def _finish_rows(self, out, b: int):
+        """_finish for the GEMM rows [G, B*P, Co/G] of a convolution: one kernel (layout, bias, relu)
+        where the backend has it, the same bits as _finish(_from_rows(out))."""
+        kernels, bias = window_kernels(out), self.params.get("bias")
+        if kernels is not None and self.act in kernels.ROW_ACTIVATIONS and (bias is None or window_kernels(out, bias)):
+            self.z = self.y = kernels.rows_to_channels(out, bias, self.act, b, self.geom.small)
+            return self.y
+        return self._finish(_from_rows(out, b, self.geom.small))
+
+    def _dz_rows(self, dy):
+        """The pre-activation gradient as GEMM rows [G, B*P, Co/G] (bias gradient accumulated): one
+        kernel where the backend has it (exact sums make the bias gradient the same bits either way)."""
+        kernels = window_kernels(dy, self.y)
+        if kernels is None or self.act not in kernels.ROW_ACTIVATIONS:
+            return _to_rows(self._dz(dy), self.geom.groups)
+        rows = kernels.channels_to_rows(dy, self.y, self.act, self.geom.groups)
+        if "bias" in self.params:
+            total = ops.sum(rows[0], axis=0) if self.geom.groups == 1 else ops.sum(rows, axis=1)
+            self.grads["bias"] += total.reshape(self.f)
+        return rows
+
     def _dz(self, dy):
         dz = activation.grad(self.act, self.z, self.y, dy)
         if "bias" in self.params:
@@ -229,8 +274,8 @@ class Conv(_ConvBase):
             return self._finish(self._quantized(x, w))
         if self.qat is not None:
             return self._finish(self._fake_quantized(x, w))
-        z, self.cols = correlate(self.xp, x, self._wm(), self.geom)
-        return self._finish(z)
+        out, self.cols = correlate_rows(self.xp, x, self._wm(), self.geom)
+        return self._finish_rows(out, x.shape[0])
 
     def _quantized(self, x, w):
         """The convolution with stored quantized weights: one quant.qmatmul per group."""
@@ -250,14 +295,13 @@ class Conv(_ConvBase):
         return _from_rows(ops.matmul(cols, wm.transpose(0, 2, 1)), x.shape[0], g.small)
 
     def backward(self, dy):
-        dz = self._dz(dy)
+        rows = self._dz_rows(dy)
         wm, mask = self._wm(), None
         if self.qat is not None and "weight" in self.qat_cache:     # straight-through to the float weight
             wm, mask = self.qat_cache["weight"]
+        dx = None                                  # no col2im when nobody reads the input gradient
         if self.input_grad:
-            dx, rows = correlate_adjoint(self.xp, dz, wm, self.geom, self.c)
-        else:                                      # skip the col2im nobody reads
-            dx, rows = None, _to_rows(dz, self.geom.groups)
+            dx = correlate_adjoint_rows(self.xp, rows, wm, self.geom, dy.shape[0], self.c)
         gw = weight_grad(self.xp, rows, self.cols, self.params["weight"].shape)
         self.grads["weight"] += gw if mask is None else gw * mask
         return dx

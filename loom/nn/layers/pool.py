@@ -12,7 +12,7 @@ import math
 
 from ...kernels import ops
 from .base import Layer, Spec, dims, register
-from .conv import crop, pad, spatial_input, windows, windows_adjoint
+from .conv import crop, pad, spatial_input, window_kernels, windows, windows_adjoint
 
 
 class _Pool(Layer):
@@ -49,6 +49,10 @@ class _Pool(Layer):
 @register("max_pool1d", "max_pool2d", "max_pool3d")
 class MaxPool(_Pool):
     def forward(self, x, fc):
+        kernels = window_kernels(x)
+        if kernels is not None:
+            y, self.arg = kernels.max_pool(x, self.k, self.s, self.p, self.out)
+            return y
         w = self._windows(x, -math.inf)
         flat = w.reshape(w.shape[:2 + self.n] + (-1,))           # [B, C, *out, prod(k)] (a copy)
         self.arg = self.xp.argmax(flat, axis=-1)                  # first maximum (NaN counts as max)
@@ -56,6 +60,9 @@ class MaxPool(_Pool):
 
     def backward(self, dy):
         xp = self.xp
+        kernels = window_kernels(dy)
+        if kernels is not None and self.arg.dtype == kernels.ARG_DTYPE:   # the arg the kernel wrote
+            return kernels.max_pool_grad(dy, self.arg, self.k, self.s, self.p, self.size)
         hit = self.arg[..., None] == xp.arange(math.prod(self.k))
         parts = xp.where(hit, dy[..., None], xp.zeros((), dtype=dy.dtype))
         return self._scatter(parts.reshape(dy.shape + self.k))

@@ -1,0 +1,137 @@
+"""The sliding-window CUDA kernels (loom/backend/cuda_windows.py) against the NumPy code they replace,
+bit for bit: im2col, col2im (the gather form of the strided scatter-add), and max pooling with its
+gradient, over 1-, 2- and 3-d geometries with strides, dilations, padding and groups."""
+import math
+
+import numpy as np
+import pytest
+
+from loom.nn.layers import conv
+
+from .cpu_gpu import same_bits
+
+cupy = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+
+
+def _geometry(k, s, d, lo, hi, big, groups):
+    small = tuple((b + a + h - d_ * (k_ - 1) - 1) // s_ + 1 for b, a, h, k_, s_, d_ in zip(big, lo, hi, k, s, d))
+    return conv.Geometry(tuple(k), tuple(s), tuple(d), tuple(lo), tuple(hi), tuple(big), small, groups)
+
+
+GEOMETRIES = [
+    # k, s, d, lo, hi, big, groups, channels
+    ((3,), (1,), (1,), (1,), (1,), (9,), 1, 3),
+    ((3,), (2,), (2,), (0,), (1,), (11,), 1, 2),
+    ((3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (7, 6), 1, 4),
+    ((2, 3), (1, 2), (1, 1), (0, 1), (1, 1), (6, 7), 2, 4),
+    ((3, 3), (2, 2), (2, 1), (2, 0), (1, 2), (9, 8), 3, 6),
+    ((2, 2, 2), (1, 2, 1), (1, 1, 2), (0, 1, 1), (1, 0, 1), (4, 5, 5), 1, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", range(len(GEOMETRIES)))
+def test_im2col_and_col2im_match_numpy_bits(case, dtype):
+    k, s, d, lo, hi, big, groups, c = GEOMETRIES[case]
+    g = _geometry(k, s, d, lo, hi, big, groups)
+    rng = np.random.default_rng(case)
+    x = rng.standard_normal((3, c) + big).astype(dtype)
+    ref_cols = conv.im2col(np, x, g)
+    cols = conv.im2col(cupy, cupy.asarray(x), g)
+    np.testing.assert_array_equal(cupy.asnumpy(cols), ref_cols)
+
+    upstream = rng.standard_normal(ref_cols.shape).astype(dtype)
+    ref_dx = conv._col2im(np, upstream, 3, c, g)
+    dx = conv._col2im(cupy, cupy.asarray(upstream), 3, c, g)
+    assert dx.shape == ref_dx.shape == (3, c) + big
+    assert cupy.asnumpy(dx).tobytes() == ref_dx.tobytes()
+
+
+def _pool(cfg, shape, x, dy, xp):
+    import loom
+    net = loom.Network.from_config({"loom": 1, "dtype": np.dtype(x.dtype).name, "input": {"shape": list(shape)},
+                                    "layers": [cfg]})
+    if xp is cupy:
+        net = net.to("cuda")
+        x, dy = cupy.asarray(x), cupy.asarray(dy)
+    y = net.forward(x)
+    dx = net.backward(dy)
+    return cupy.asnumpy(y) if xp is cupy else y, cupy.asnumpy(dx) if xp is cupy else dx
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cfg,shape", [
+    ({"type": "max_pool1d", "pool_size": 3, "stride": 1, "padding": 1}, (2, 9)),
+    ({"type": "max_pool2d", "pool_size": 2}, (3, 8, 6)),
+    ({"type": "max_pool2d", "pool_size": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
+    ({"type": "max_pool3d", "pool_size": [2, 3, 2], "stride": [1, 2, 2]}, (1, 4, 7, 6)),
+])
+def test_max_pool_matches_numpy_bits_with_ties_and_specials(cfg, shape, dtype):
+    rng = np.random.default_rng(7)
+    # few distinct values so windows tie; NaN and -inf where the tie rule and padding matter
+    x = rng.integers(-2, 3, size=(4,) + shape).astype(dtype)
+    flat = x.reshape(-1)
+    flat[rng.choice(flat.size, flat.size // 10, replace=False)] = -np.inf
+    flat[rng.choice(flat.size, flat.size // 20, replace=False)] = np.nan
+    n = len(shape) - 1
+    k = cfg["pool_size"] if isinstance(cfg["pool_size"], list) else [cfg["pool_size"]] * n
+    s = cfg.get("stride", k)
+    s = s if isinstance(s, list) else [s] * n
+    p = cfg.get("padding", 0)
+    out = [(shape[1 + i] + 2 * p - k[i]) // s[i] + 1 for i in range(n)]
+    dy = rng.standard_normal((4, shape[0], *out)).astype(dtype)
+    y_ref, dx_ref = _pool(cfg, shape, x, dy, np)
+    y, dx = _pool(cfg, shape, x, dy, cupy)
+    same_bits(y, y_ref, "max pool output")
+    same_bits(dx, dx_ref, "max pool gradient")
+    assert math.prod(dx.shape) == x.size
+
+
+@pytest.mark.parametrize("layer", [
+    {"type": "conv2d", "filters": 6, "kernel_size": 3, "padding": "same", "activation": "relu", "groups": 2},
+    {"type": "conv2d", "filters": 4, "kernel_size": [2, 3], "stride": 2, "activation": "relu", "bias": False},
+    {"type": "conv1d", "filters": 3, "kernel_size": 3, "dilation": 2, "activation": "linear"},
+])
+def test_conv_layers_with_fused_output_kernels_match_cpu_bits(layer):
+    """rows_to_channels / channels_to_rows (layout, bias, relu) and the bias gradient from GEMM rows:
+    the same bits as the CPU in deterministic mode, with zeros and NaN where relu's rules matter."""
+    import loom
+    shape = [4, 7, 8] if layer["type"] == "conv2d" else [4, 9]
+    cfg = {"loom": 1, "seed": 3, "input": {"shape": shape}, "layers": [layer]}
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, *shape)).astype(np.float32)
+    x[0, 0, 0] = np.nan
+    results, dy_cpu = [], None
+    for device in ("cpu", "cuda"):
+        net = loom.Network.from_config(cfg).to(device).train()
+        xin = x if device == "cpu" else cupy.asarray(x)
+        y = net.forward(xin)
+        if dy_cpu is None:
+            dy_cpu = rng.standard_normal(y.shape).astype(np.float32)
+        dy = dy_cpu if device == "cpu" else cupy.asarray(dy_cpu)
+        dx = net.backward(dy)
+        grads = {k: cupy.asnumpy(v) if device == "cuda" else v for k, v in net.gradients().items()}
+        results.append((cupy.asnumpy(y) if device == "cuda" else y, cupy.asnumpy(dx) if device == "cuda" else dx, grads))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    assert np.isnan(y0).any() and ((y0 == 0).any() or layer["activation"] != "relu")
+    same_bits(y1, y0, "output")
+    same_bits(dx1, dx0, "input gradient")
+    for k in g0:
+        same_bits(g1[k], g0[k], k)
+
+
+def test_backend_sum_over_batch_and_space_matches_numpy():
+    """The cuBLAS ones-vector sums cover leading and trailing blocks of axes (conv bias gradients)."""
+    import loom
+    from loom import backend
+    cuda = backend.get("cuda")
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((16, 5, 6, 7)).astype(np.float32)
+    with loom.deterministic(False):
+        for axis, keep in [((0, 2, 3), False), ((0, 2, 3), True), ((2, 3), False), ((0, 1), True), (0, False),
+                           ((0, 1, 2), False)]:
+            got = cupy.asnumpy(cuda.sum(cupy.asarray(x), axis=axis, keepdims=keep))
+            want = x.astype(np.float64).sum(axis=axis, keepdims=keep)
+            assert got.shape == want.shape, axis
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
