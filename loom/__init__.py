@@ -1,9 +1,10 @@
-"""Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy)."""
+"""Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy) and NVIDIA GPUs (CuPy)."""
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
 from .nn import Network, NonFinite
 from .nn.train import evaluate, predict, train
 from .info import info
 from .mode import deterministic, is_deterministic
+from . import llm       # loom.llm.load: language models from GGUF files and HuggingFace directories
 
 
 def load(path) -> Network:
@@ -18,5 +19,5 @@ def from_bytes(data: bytes) -> Network:
 
 __version__ = "0.1.0"
 
-__all__ = ["Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
+__all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
            "BackendError", "DeterminismError", "__version__"]

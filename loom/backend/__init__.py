@@ -6,6 +6,7 @@ those. Layers never ask where an array lives; they use the backend they were bui
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Protocol
 
 import numpy as np
@@ -38,11 +39,16 @@ def get(name: str) -> Backend:
     raise BackendError(f"unknown device {name!r}; expected 'cpu' or 'cuda'")
 
 
+@functools.lru_cache(maxsize=None)
+def _cpu() -> Backend:
+    from .cpu import CPU        # imported once: `of` runs hundreds of times per LLM decode step
+    return CPU
+
+
 def of(array) -> Backend:
     """The backend that owns `array` (NumPy arrays and Python scalars belong to the CPU)."""
     if isinstance(array, (np.ndarray, np.generic, float, int)):
-        from .cpu import CPU
-        return CPU
+        return _cpu()
     from . import cuda
     if cuda.owns(array):
         return cuda.get()

@@ -5,6 +5,8 @@
     loom convert MODEL --dtype int8 [--per channel] --out OUT
                                                             a Loom model with its GEMM weights
                                                             quantized (net.quantize; docs/dtypes.md)
+    loom convert MODEL.gguf --to hf DIR                     a GGUF language model -> a HuggingFace
+                                                            directory (loom.llm.convert)
 
 Each source format is one mode, chosen by --from; a mode is a function taking the parsed args and
 returning the Network to write. Other conversions (e.g. `--dtype` re-quantization of a Loom model)
@@ -12,7 +14,7 @@ add their own mode to MODES and their options to add_arguments.
 """
 from __future__ import annotations
 
-HELP = "convert a model from another format into a Loom model file"
+HELP = "convert a model from another format into a Loom model file (or a GGUF model into an HF directory)"
 
 
 def add_arguments(p):
@@ -26,6 +28,10 @@ def add_arguments(p):
                         "does not imply the one wanted")
     p.add_argument("--dtype", default=None, metavar="TYPE",
                    help="quantize a Loom model's weights to TYPE (int8, int4, ternary, ...; docs/dtypes.md)")
+    # `--to hf DIR` takes the directory with it: argparse cannot give a positional OUT after an option
+    p.add_argument("--to", dest="target", default=None, nargs="+", metavar="hf [DIR]",
+                   help="--to hf DIR: write a GGUF language model as a HuggingFace directory (config.json, "
+                        "model.safetensors in float32, tokenizer.json); DIR may also be OUT")
     p.add_argument("--per", default="channel", choices=["channel", "tensor"],
                    help="--dtype: one scale per output channel (default) or per tensor")
     p.set_defaults(convert_parser=p)
@@ -36,6 +42,8 @@ def run(args) -> int:
         if args.output is not None:
             args.convert_parser.error("give OUT once: as the second argument or as --out")
         args.output = args.out
+    if args.target is not None:
+        return _to_hf(args)
     if args.source_format is None and args.dtype is None:
         args.convert_parser.error("say what to do: --from welvet (import) or --dtype TYPE (quantize a Loom model)")
     net = _quantize(args) if args.source_format is None else MODES[args.source_format](args)
@@ -57,6 +65,24 @@ def _shape(text):
     if not dims or min(dims) < 1:
         raise ConfigError("--input-shape", f"expected positive sizes separated by commas, got {text!r}")
     return dims
+
+
+def _to_hf(args) -> int:
+    from ..llm.convert import gguf_to_hf
+    kind, *where = args.target
+    if kind != "hf" or len(where) > 1:
+        args.convert_parser.error(f"--to takes 'hf' and the output directory, got {' '.join(args.target)!r}")
+    if where and args.output is not None:
+        args.convert_parser.error("give the output directory once: after --to hf, as OUT or as --out")
+    args.output = where[0] if where else args.output
+    if args.output is None:
+        args.convert_parser.error("--to hf needs MODEL.gguf and an output directory")
+    if args.source_format is not None or args.dtype is not None:
+        args.convert_parser.error("--to hf takes a GGUF file as it is: no --from or --dtype")
+    config = gguf_to_hf(args.input, args.output)
+    print(f"wrote {args.output}: {config.get('model_type')} with {config.get('num_hidden_layers')} layers "
+          f"(config.json, model.safetensors, tokenizer.json)")
+    return 0
 
 
 def _from_welvet(args):

@@ -11,11 +11,11 @@ import traceback
 
 from .. import mode
 from ..errors import LoomError
-from . import convert, demo, info, run, train, verify
+from . import chat, convert, demo, embed, generate, info, run, train, verify
 from . import eval as eval_cmd
 
 COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert,
-            "verify": verify}
+            "verify": verify, "generate": generate, "chat": chat, "embed": embed}
 
 
 class _Parser(argparse.ArgumentParser):

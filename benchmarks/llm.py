@@ -1,0 +1,154 @@
+"""LLM speed (issue 7): SmolLM2-135M decode tokens/s at batch 1 and prefill tokens/s, Q4_1 and bf16.
+
+    python benchmarks/llm.py --device cpu [--file SmolLM2-135M-Instruct.Q4_1.gguf]
+    python benchmarks/llm.py --device cuda [--transformers]
+
+The weights are random with the real shapes (30 layers, hidden 576, 9/3 heads, vocab 49152, tied):
+speed does not depend on their values, and the device machine takes no 98 MB upload. Q4_1 blocks
+have fixed scales and random 4-bit codes (the embeddings Q8_0, as in the published file); bf16 weights
+are normal * 0.02. With --file the real GGUF is timed too. Loom runs in fast mode unless
+--deterministic. --transformers adds transformers' LlamaForCausalLM with the same config in bf16 on the
+same device: eager, and (CUDA) static cache + torch.compile(mode="reduce-overhead").
+Decode: a prompt of PROMPT tokens is prefilled, then DECODE greedy tokens are timed one by one.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import loom
+from loom.kernels import gguf_quants
+from loom.kernels.quantized import QuantizedTensor
+from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+
+PROMPT, DECODE, PREFILL = 16, 64, 256
+CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+          "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
+          "rope_theta": 100000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
+          "max_position_embeddings": 8192, "bos_token_id": 1, "eos_token_id": 2}
+
+
+def random_matrix(rng, qtype: str, shape) -> QuantizedTensor:
+    rows, cols = shape
+    if qtype == "BF16":
+        w = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype("bfloat16")
+        return QuantizedTensor(w.view(np.uint8).reshape(rows, -1), "BF16", shape)
+    elems, nbytes = gguf_quants.BLOCKS[qtype]
+    blocks = np.empty((rows, cols // elems, nbytes), dtype=np.uint8)
+    if qtype == "Q4_1":         # f16 scale d, f16 minimum m, 16 bytes of 4-bit codes: w = d q + m
+        blocks[..., 0:2] = np.array([0.004], np.float16).view(np.uint8)
+        blocks[..., 2:4] = np.array([-0.03], np.float16).view(np.uint8)
+        blocks[..., 4:] = rng.integers(0, 256, (rows, cols // elems, 16), dtype=np.uint8)
+    elif qtype == "Q8_0":       # f16 scale d, 32 int8 codes: w = d q
+        blocks[..., 0:2] = np.array([0.0002], np.float16).view(np.uint8)
+        blocks[..., 2:] = rng.integers(0, 256, (rows, cols // elems, 32), dtype=np.uint8)
+    else:
+        raise ValueError(qtype)
+    return QuantizedTensor(blocks.reshape(rows, -1), qtype, shape)
+
+
+def random_weights(qtype: str, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    required, _ = expected_tensors(DecoderConfig.from_hf(CONFIG))
+    out = {}
+    for name, shape in required.items():
+        if len(shape) == 1:
+            out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            kind = "Q8_0" if qtype == "Q4_1" and name == "model.embed_tokens.weight" else qtype
+            out[name] = random_matrix(rng, kind, shape)
+    return out
+
+
+def time_decoder(dec: Decoder, sync) -> dict:
+    """{'prefill tok/s', 'decode tok/s'} for one Decoder (greedy, batch 1)."""
+    xp = dec.xp
+    rng = np.random.default_rng(1)
+    prompt = rng.integers(0, CONFIG["vocab_size"], (1, PREFILL))
+    cache = dec.new_cache(PREFILL + 8)
+    dec.forward(prompt[:, :8], cache, last_only=True)          # warm-up (kernels compiled)
+    cache.reset()
+    sync()
+    t = time.perf_counter()
+    dec.forward(prompt, cache, last_only=True)
+    sync()
+    prefill = PREFILL / (time.perf_counter() - t)
+
+    cache = dec.new_cache(PROMPT + DECODE + 4)
+    logits = dec.forward(prompt[:, :PROMPT], cache, last_only=True)
+    token = int(xp.argmax(logits[0, -1]))
+    for _ in range(3):                                          # warm-up steps
+        token = int(xp.argmax(dec.forward(np.array([[token]]), cache, last_only=True)[0, -1]))
+    sync()
+    t = time.perf_counter()
+    for _ in range(DECODE):
+        token = int(xp.argmax(dec.forward(np.array([[token]]), cache, last_only=True)[0, -1]))
+    decode = DECODE / (time.perf_counter() - t)
+    return {"prefill tok/s": prefill, "decode tok/s": decode}
+
+
+def loom_rows(device: str, path: str | None) -> list:
+    from loom import backend
+    be = backend.get(device)
+    rows = []
+    for label, qtype in (("Q4_1 (random)", "Q4_1"), ("bf16 (random)", "BF16")):
+        dec = Decoder(DecoderConfig.from_hf(CONFIG), random_weights(qtype), device=device)
+        rows.append((f"loom {label}", time_decoder(dec, be.synchronize)))
+    if path:
+        model = loom.llm.load(path, device=device)
+        rows.append(("loom Q4_1 (SmolLM2 file)", time_decoder(model.decoder, be.synchronize)))
+    return rows
+
+
+def transformers_rows(device: str) -> list:
+    import torch
+    import transformers
+    cfg = transformers.LlamaConfig(**{k: v for k, v in CONFIG.items() if k != "model_type"})
+    model = transformers.LlamaForCausalLM(cfg).to(device=device, dtype=torch.bfloat16).eval()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    prompt = torch.randint(0, CONFIG["vocab_size"], (1, PROMPT), device=device)
+    rows = []
+
+    def run(**kw):
+        with torch.no_grad():
+            model.generate(prompt, max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False, **kw)
+            sync()
+            t = time.perf_counter()
+            model.generate(prompt, max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False, **kw)
+            sync()
+            return DECODE / (time.perf_counter() - t)     # prefill of PROMPT tokens included
+    rows.append(("transformers bf16 eager", {"decode tok/s": run()}))
+    if device == "cuda":
+        try:
+            model.forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+            rows.append(("transformers bf16 static+compile", {"decode tok/s": run(cache_implementation="static")}))
+        except Exception as exc:       # report, do not hide: the row says why it is missing
+            rows.append((f"transformers compile failed: {type(exc).__name__}: {str(exc)[:80]}", {}))
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--file", default=None, help="a SmolLM2 GGUF file to time as well")
+    ap.add_argument("--deterministic", action="store_true", help="time deterministic mode (default: fast)")
+    ap.add_argument("--transformers", action="store_true", help="add transformers rows")
+    args = ap.parse_args()
+    with loom.deterministic(args.deterministic):
+        rows = loom_rows(args.device, args.file)
+    if args.transformers:
+        rows += transformers_rows(args.device)
+    mode = "deterministic" if args.deterministic else "fast"
+    print(f"SmolLM2-135M shapes on {args.device}, loom {mode} mode; prefill {PREFILL} tokens, decode {DECODE} "
+          f"tokens after a {PROMPT}-token prompt, batch 1")
+    print(f"{'':40s} {'prefill tok/s':>14s} {'decode tok/s':>13s}")
+    for label, r in rows:
+        pre = f"{r['prefill tok/s']:14.1f}" if "prefill tok/s" in r else f"{'-':>14s}"
+        dec = f"{r['decode tok/s']:13.1f}" if "decode tok/s" in r else f"{'-':>13s}"
+        print(f"{label:40s} {pre} {dec}")
+
+
+if __name__ == "__main__":
+    main()

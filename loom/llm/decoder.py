@@ -1,0 +1,359 @@
+"""The Llama-family decoder (llama incl. SmolLM/TinyLlama, mistral, qwen2, qwen3) with a KV cache.
+
+Per layer, with HuggingFace's parameter names (B batch, T new tokens, E hidden, H query heads,
+KV key/value heads, R = H / KV, D head_dim, n = keys attended):
+
+    x   = rms_norm(h, input_layernorm)                         [B, T, E]
+    q, k, v = x q_proj^T, x k_proj^T, x v_proj^T (+ biases)    [B, T, H|KV, D]
+    q, k = rms_norm per head (qwen3's q_norm / k_norm), then RoPE at positions pos .. pos+T-1
+    cache[pos : pos+T] = k, v
+    p   = softmax(q k^T / sqrt(D)), masked causally (and to a sliding window) only in a prefill
+    h  += (p v) o_proj^T
+    h  += down(silu(gate(x2)) * up(x2)),  x2 = rms_norm(h, post_attention_layernorm)
+    logits = rms_norm(h, norm) lm_head^T   (lm_head = embed_tokens when the embeddings are tied)
+
+Grouped-query attention without repeating keys: the R query heads of a key/value head are stacked
+along the row axis, q as [B, KV, R*T, D], so every product is one batched GEMM over [B, KV] (no loop
+over heads). Q/K/V (and gate/up) weights are concatenated once at load when they are all float arrays
+or all QuantizedTensors of one type, so a step runs one product for them and q and k are normed and
+rotated in one pass. Weights are float32 arrays or loom.kernels.quantized.QuantizedTensor
+(dequantized block by block inside the product); GEMMs, sums, exp and sigmoid go through
+loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
+
+Prefill and decode are the same code: a prompt is T tokens at once, a decode step T = 1 (no mask).
+Long prompts run in chunks of PREFILL_CHUNK tokens so the score arrays stay small. In deterministic
+mode a cached decode matches the full forward to float32 rounding, not bit for bit: the exact sums of
+p v scale each column of v by its largest value over the keys present, and a full forward sees more
+keys than the step that produced a given position.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import backend
+from ..errors import ConfigError, FormatError
+from ..kernels import fused, ops
+from ..kernels.quantized import QuantizedTensor, linear
+from . import rope
+from .kv_cache import KVCache
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
+PREFILL_CHUNK = 512
+
+
+@dataclass(frozen=True)
+class DecoderConfig:
+    arch: str
+    vocab_size: int
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    eps: float
+    rope: rope.RopeSpec
+    max_positions: int
+    tied: bool
+    qkv_bias: bool
+    o_bias: bool
+    mlp_bias: bool
+    qk_norm: bool
+    windows: tuple          # per layer: sliding-window length, or None for full attention
+
+    @classmethod
+    def from_hf(cls, cfg: dict) -> "DecoderConfig":
+        """Read an HF config.json dict; every bad value raises ConfigError naming its key."""
+        arch = cfg.get("model_type")
+        if arch not in ARCHITECTURES:
+            raise ConfigError("model_type", f"unsupported decoder architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
+        n = {key: _count(cfg, key) for key in ("vocab_size", "hidden_size", "intermediate_size",
+                                               "num_hidden_layers", "num_attention_heads")}
+        heads = n["num_attention_heads"]
+        kv = _count(cfg, "num_key_value_heads") if cfg.get("num_key_value_heads") is not None else heads
+        if heads % kv:
+            raise ConfigError("num_key_value_heads", f"num_attention_heads ({heads}) must be a multiple of it, got {kv}")
+        if cfg.get("head_dim") is not None:
+            head_dim = _count(cfg, "head_dim")
+        elif n["hidden_size"] % heads:
+            raise ConfigError("num_attention_heads", f"hidden_size ({n['hidden_size']}) is not divisible by {heads} "
+                                                     "heads and config.json gives no head_dim")
+        else:
+            head_dim = n["hidden_size"] // heads
+        act = cfg.get("hidden_act", "silu")
+        if act != "silu":
+            raise ConfigError("hidden_act", f"the Llama-family MLP is SwiGLU with silu; got {act!r}")
+        eps = cfg.get("rms_norm_eps", 1e-6)
+        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
+            raise ConfigError("rms_norm_eps", f"expected a positive number, got {eps!r}")
+        max_pos = _count(cfg, "max_position_embeddings") if "max_position_embeddings" in cfg else 2048
+        attention_bias = _flag(cfg, "attention_bias", False)
+        return cls(arch=arch, vocab_size=n["vocab_size"], hidden=n["hidden_size"], intermediate=n["intermediate_size"],
+                   layers=n["num_hidden_layers"], heads=heads, kv_heads=kv, head_dim=head_dim, eps=float(eps),
+                   rope=rope.spec_from_hf(cfg, head_dim), max_positions=max_pos,
+                   tied=_flag(cfg, "tie_word_embeddings", False),
+                   qkv_bias=True if arch == "qwen2" else attention_bias and arch in ("llama", "qwen3"),
+                   o_bias=attention_bias and arch in ("llama", "qwen3"),
+                   mlp_bias=_flag(cfg, "mlp_bias", False) and arch == "llama",
+                   qk_norm=arch == "qwen3", windows=_windows(cfg, arch, n["num_hidden_layers"]))
+
+
+def _count(cfg, key) -> int:
+    v = cfg.get(key)
+    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+        raise ConfigError(key, f"expected a positive integer, got {v!r}")
+    return v
+
+
+def _flag(cfg, key, default) -> bool:
+    v = cfg.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(key, f"expected true or false, got {v!r}")
+    return v
+
+
+def _windows(cfg, arch, layers) -> tuple:
+    """Per-layer sliding windows as transformers applies them (keys j > i - window attend to query i)."""
+    if arch == "llama":
+        return (None,) * layers
+    if arch == "mistral":
+        w = cfg.get("sliding_window")
+        return (None if w is None else _count(cfg, "sliding_window"),) * layers
+    if not cfg.get("use_sliding_window", False) or cfg.get("sliding_window") is None:
+        return (None,) * layers
+    w = _count(cfg, "sliding_window")
+    types = cfg.get("layer_types")
+    if types is None:
+        first = cfg.get("max_window_layers", 28)
+        return tuple(w if i >= first else None for i in range(layers))
+    if not isinstance(types, list) or len(types) != layers or \
+            any(t not in ("full_attention", "sliding_attention") for t in types):
+        raise ConfigError("layer_types", f"expected {layers} entries of 'full_attention' / 'sliding_attention', got {types!r}")
+    return tuple(w if t == "sliding_attention" else None for t in types)
+
+
+def expected_tensors(c: DecoderConfig) -> tuple[dict, dict]:
+    """(required, optional): tensor name -> shape. A tied model may still store lm_head.weight
+    (transformers then ignores it and uses the embeddings, and so does Loom)."""
+    E, D = c.hidden, c.head_dim
+    req = {"model.embed_tokens.weight": (c.vocab_size, E), "model.norm.weight": (E,)}
+    opt = {}
+    (opt if c.tied else req)["lm_head.weight"] = (c.vocab_size, E)
+    for i in range(c.layers):
+        p = f"model.layers.{i}."
+        req.update({p + "input_layernorm.weight": (E,), p + "post_attention_layernorm.weight": (E,),
+                    p + "self_attn.q_proj.weight": (c.heads * D, E), p + "self_attn.k_proj.weight": (c.kv_heads * D, E),
+                    p + "self_attn.v_proj.weight": (c.kv_heads * D, E), p + "self_attn.o_proj.weight": (E, c.heads * D),
+                    p + "mlp.gate_proj.weight": (c.intermediate, E), p + "mlp.up_proj.weight": (c.intermediate, E),
+                    p + "mlp.down_proj.weight": (E, c.intermediate)})
+        if c.qkv_bias:
+            req.update({p + "self_attn.q_proj.bias": (c.heads * D,), p + "self_attn.k_proj.bias": (c.kv_heads * D,),
+                        p + "self_attn.v_proj.bias": (c.kv_heads * D,)})
+        if c.o_bias:
+            req[p + "self_attn.o_proj.bias"] = (E,)
+        if c.mlp_bias:
+            req.update({p + "mlp.gate_proj.bias": (c.intermediate,), p + "mlp.up_proj.bias": (c.intermediate,),
+                        p + "mlp.down_proj.bias": (E,)})
+        if c.qk_norm:
+            req.update({p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)})
+    return req, opt
+
+
+def check_weights(c: DecoderConfig, weights: dict) -> None:
+    """FormatError naming the first missing, unexpected or mis-shaped tensor."""
+    req, opt = expected_tensors(c)
+    missing = [name for name in req if name not in weights]
+    if missing:
+        raise FormatError(f"tensor {missing[0]!r} is missing ({len(missing)} expected tensors are absent)")
+    extra = sorted(set(weights) - set(req) - set(opt))
+    if extra:
+        raise FormatError(f"unexpected tensor {extra[0]!r} for a {c.arch} model ({len(extra)} unexpected in all)")
+    for name, w in weights.items():
+        shape = tuple(w.shape)
+        if shape != {**req, **opt}[name]:
+            raise FormatError(f"tensor {name!r} has shape {list(shape)}, the config implies {list({**req, **opt}[name])}")
+
+
+class _Layer:
+    __slots__ = ("ln1", "ln2", "qkv", "qkv_bias", "o", "o_bias", "gate_up", "gate_up_bias", "down", "down_bias",
+                 "qk_norm", "window")
+
+
+class Decoder:
+    """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache."""
+
+    def __init__(self, config: DecoderConfig, weights: dict, device: str = "cpu"):
+        check_weights(config, weights)
+        self.config = c = config
+        self.backend = be = backend.get(device)
+        self.xp = be.xp
+        self.device = device
+
+        def dense(name):                 # a float32 array on the device
+            w = weights[name]
+            w = be.asarray(w.dequantize() if isinstance(w, QuantizedTensor) else w)
+            return w if w.dtype == np.float32 else w.astype(np.float32)
+
+        def matrix(name):                # stays quantized when stored so
+            w = weights[name]
+            return w.to(device) if isinstance(w, QuantizedTensor) else dense(name)
+
+        def optional(name):
+            return dense(name) if name in weights else None
+
+        self.embed = matrix("model.embed_tokens.weight")
+        self.lm_head = self.embed if c.tied else matrix("lm_head.weight")
+        self.norm = dense("model.norm.weight")
+        self.layers = []
+        for i in range(c.layers):
+            p, L = f"model.layers.{i}.", _Layer()
+            L.ln1, L.ln2 = dense(p + "input_layernorm.weight"), dense(p + "post_attention_layernorm.weight")
+            L.qkv = _joined([matrix(p + f"self_attn.{n}_proj.weight") for n in "qkv"], self.xp)
+            L.qkv_bias = _cat([optional(p + f"self_attn.{n}_proj.bias") for n in "qkv"], self.xp)
+            L.o, L.o_bias = matrix(p + "self_attn.o_proj.weight"), optional(p + "self_attn.o_proj.bias")
+            L.gate_up = _joined([matrix(p + "mlp.gate_proj.weight"), matrix(p + "mlp.up_proj.weight")], self.xp)
+            L.gate_up_bias = _cat([optional(p + "mlp.gate_proj.bias"), optional(p + "mlp.up_proj.bias")], self.xp)
+            L.down, L.down_bias = matrix(p + "mlp.down_proj.weight"), optional(p + "mlp.down_proj.bias")
+            L.qk_norm = None
+            if c.qk_norm:                # one [H + KV, D] weight: q's norm on the q heads, k's on the k heads
+                L.qk_norm = self.xp.concatenate([
+                    self.xp.broadcast_to(dense(p + "self_attn.q_norm.weight"), (c.heads, c.head_dim)),
+                    self.xp.broadcast_to(dense(p + "self_attn.k_norm.weight"), (c.kv_heads, c.head_dim))])
+            L.window = c.windows[i]
+            self.layers.append(L)
+        self.scale = 1.0 / math.sqrt(c.head_dim)
+        self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
+
+    # --- cache ---------------------------------------------------------------------------------------
+    def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
+        """A cache for `max_len` positions (at most the model's max_position_embeddings)."""
+        c = self.config
+        if not isinstance(max_len, int) or max_len < 1 or max_len > c.max_positions:
+            raise ConfigError("max_len", f"a sequence of {max_len} positions does not fit the model's context of "
+                                         f"{c.max_positions} (max_position_embeddings)")
+        if self._cos is None or self._cos.shape[0] < max_len:
+            cos, sin = rope.tables(c.rope, max_len)
+            self._cos, self._sin = self.backend.asarray(cos), self.backend.asarray(sin)
+        return KVCache(self.xp, batch, c.layers, c.kv_heads, max_len, c.head_dim)
+
+    # --- forward -------------------------------------------------------------------------------------
+    def forward(self, ids, cache: KVCache, last_only: bool = False):
+        """Logits float32 [B, T, vocab] for token ids [B, T] (or [T]) that follow cache.length positions;
+        the cache advances by T. last_only: only the last position's logits, [B, 1, vocab]."""
+        ids = np.asarray(ids)
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
+            raise ConfigError("ids", f"expected integer token ids [batch, T] with T >= 1, got {ids.dtype} {list(ids.shape)}")
+        if ids.shape[0] != cache.batch:
+            raise ConfigError("ids", f"batch of {ids.shape[0]} sequences for a cache of batch {cache.batch}")
+        bad = (ids < 0) | (ids >= self.config.vocab_size)
+        if bad.any():
+            raise ConfigError("ids", f"token id {int(ids[bad][0])} is outside the vocabulary [0, {self.config.vocab_size})")
+        cache.check_room(ids.shape[1])
+        outs = []
+        for start in range(0, ids.shape[1], PREFILL_CHUNK):
+            chunk = ids[:, start:start + PREFILL_CHUNK]
+            h = self._hidden(chunk, cache)
+            if last_only and start + PREFILL_CHUNK < ids.shape[1]:
+                continue
+            if last_only:
+                h = h[:, -1:]
+            outs.append(self._logits(h))
+        return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
+
+    def _logits(self, h):
+        h = fused.rms_norm(h, self.norm, self.config.eps)[0]
+        return _linear(h, self.lm_head)
+
+    def _hidden(self, ids, cache: KVCache):
+        """Run every layer on ids [B, T] at positions cache.length ..; returns h [B, T, E]."""
+        B, T = ids.shape
+        if isinstance(self.embed, QuantizedTensor):
+            h = self.embed.take_rows(ids.reshape(-1)).reshape(B, T, -1)
+        else:
+            h = self.xp.take(self.embed, self.backend.asarray(ids), axis=0)
+        pos = cache.length
+        cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
+        for i, layer in enumerate(self.layers):
+            h = self._layer(layer, h, cache.layer_k[i], cache.layer_v[i], pos, cos, sin)
+        cache.length = pos + T
+        return h
+
+    def _layer(self, L: _Layer, h, cache_k, cache_v, pos: int, cos, sin):
+        c, xp = self.config, self.xp
+        B, T, _ = h.shape
+        H, KV, D = c.heads, c.kv_heads, c.head_dim
+        R = H // KV
+        x = fused.rms_norm(h, L.ln1, c.eps)[0]
+        qkv = _linear(x, L.qkv, L.qkv_bias)                              # [B, T, (H + 2 KV) D]
+        qk = qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D)          # q heads, then k heads
+        v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
+        if L.qk_norm is not None:                                        # qwen3: per-head RMSNorm before RoPE
+            qk = fused.rms_norm(qk, L.qk_norm, c.eps)[0]
+        qk = _rotate(qk, cos, sin, xp)                                   # q and k in one pass
+        q, k = qk[:, :, :H], qk[:, :, H:]
+        end = pos + T
+        cache_k[:, :, pos:end] = k.transpose(0, 2, 1, 3)
+        cache_v[:, :, pos:end] = v.transpose(0, 2, 1, 3)
+        lo = 0 if L.window is None else max(0, pos - L.window + 1)       # first key any query here may see
+        keys, values = cache_k[:, :, lo:end], cache_v[:, :, lo:end]      # [B, KV, n, D]
+        n = end - lo
+        q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
+        scores = ops.matmul(q, keys.transpose(0, 1, 3, 2))              # [B, KV, R*T, n]
+        if T == 1:                                                       # a decode step sees exactly its keys
+            p = ops.softmax(scores * scores.dtype.type(self.scale), axis=-1)
+        elif L.window is None and lo == 0:
+            p = fused.scaled_masked_softmax(scores.reshape(B, KV, R, T, n), self.scale, True, pos)
+        else:
+            qpos = xp.arange(pos, end)[:, None]
+            kpos = xp.arange(lo, end)[None, :]
+            allowed = (kpos <= qpos) & (kpos > qpos - L.window)
+            p = ops.softmax(scores.reshape(B, KV, R, T, n) * scores.dtype.type(self.scale), axis=-1, mask=allowed)
+        ctx = ops.matmul(p.reshape(B, KV, R * T, n), values)             # [B, KV, R*T, D]
+        ctx = ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+        h = h + _linear(ctx, L.o, L.o_bias)
+        x = fused.rms_norm(h, L.ln2, c.eps)[0]
+        gu = _linear(x, L.gate_up, L.gate_up_bias)                       # [B, T, 2 I]
+        gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
+        return h + _linear(fused.activation("silu", gate) * up, L.down, L.down_bias)
+
+
+def _rotate(x, cos, sin, xp):
+    """HF's rotate-half RoPE: x [B, T, heads, D] with cos, sin [T, 1, D]."""
+    half = x.shape[-1] // 2
+    rotated = xp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin
+
+
+def _linear(x, w, bias=None):
+    """x [..., in] @ w^T (+ bias); w is one weight, or a tuple of weights whose outputs are concatenated.
+    The product runs on x as a 2-D [rows, in] matrix: the CPU backend's fast path for x @ W^T is 2-D."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if isinstance(w, tuple):
+        y = backend.of(x).xp.concatenate([linear(x2, part) for part in w], axis=-1)
+    else:
+        y = linear(x2, w)
+    if bias is not None:
+        y += bias
+    return y.reshape(*lead, y.shape[-1])
+
+
+def _joined(ws: list, xp):
+    """One [sum of rows, in] weight (one product per step) when the parts are all float arrays or all
+    QuantizedTensors of one type (rows are independent, so their stored rows concatenate); else a tuple."""
+    if all(not isinstance(w, QuantizedTensor) for w in ws):
+        return xp.concatenate(ws, axis=0)
+    if all(isinstance(w, QuantizedTensor) for w in ws) and len({w.qtype for w in ws}) == 1:
+        data = xp.concatenate([w.data for w in ws], axis=0)
+        return QuantizedTensor(data, ws[0].qtype, (data.shape[0], ws[0].shape[1]))
+    return tuple(ws)
+
+
+def _cat(parts: list, xp):
+    """The biases of fused projections, concatenated (check_weights makes them all present or all absent)."""
+    return None if parts[0] is None else xp.concatenate(parts)

@@ -1,0 +1,221 @@
+"""Generation: sampling settings, the prefill + decode loop, stop tokens and strings, streamed text.
+
+Each step turns the last position's logits into one token, in transformers' order:
+1. repetition penalty (HF's RepetitionPenaltyLogitsProcessor): every token already in the sequence
+   (prompt included) has its logit divided by the penalty when positive, multiplied when negative;
+2. temperature 0: the argmax (greedy; the first of equal maxima). Otherwise:
+3. logits / temperature, then top-k (keep logits >= the k-th largest), top-p (drop the smallest tokens
+   whose cumulative probability stays <= 1 - top_p; the most likely token always stays, and tokens
+   tied with the smallest one kept are kept too, where HF's choice would depend on its sort), min-p
+   (drop tokens with probability < min_p x the largest probability);
+4. draw by inverse CDF over the kept tokens in id order, with the uniform number u of loom.rng's
+   Philox stream "loom.llm.sample" at counter = step. Softmax goes through loom.kernels.ops (exact
+   and backend-independent in deterministic mode) and the CDF is a float64 running sum on the host,
+   so a seed gives the same tokens on every machine and device whenever the logits agree.
+
+Stop token ids end generation without being emitted. Stop strings are matched on the decoded text:
+text that could still become the start of a stop string is held back until it cannot, and the stop
+string itself (and anything after it) is never emitted.
+"""
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .. import rng
+from ..errors import ConfigError
+from ..kernels import ops
+
+SAMPLE_STREAM = "loom.llm.sample"
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _number("temperature", self.temperature, lambda v: v >= 0, "a finite number >= 0 (0 = greedy)")
+        _integer("top_k", self.top_k, "an integer >= 0 (0 = off)")
+        _number("top_p", self.top_p, lambda v: 0 < v <= 1, "a number in (0, 1] (1 = off)")
+        _number("min_p", self.min_p, lambda v: 0 <= v <= 1, "a number in [0, 1] (0 = off)")
+        _number("repetition_penalty", self.repetition_penalty, lambda v: v > 0, "a finite number > 0 (1 = off)")
+        _integer("seed", self.seed, "an integer >= 0")
+
+
+def _number(name, value, ok, what):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
+        raise ConfigError(name, f"expected {what}, got {value!r}")
+
+
+def _integer(name, value, what):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise ConfigError(name, f"expected {what}, got {value!r}")
+
+
+# --- one step ------------------------------------------------------------------------------------
+
+def repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """HF's repetition penalty on float32 logits [V] for the tokens where `seen` [V] is True."""
+    if penalty == 1.0:
+        return logits
+    p = np.float32(penalty)
+    return np.where(seen, np.where(logits < 0, logits * p, logits / p), logits).astype(np.float32)
+
+
+def keep_mask(logits: np.ndarray, s: Sampling) -> np.ndarray:
+    """Bool [V]: the tokens top-k, top-p and min-p keep, for logits already divided by the temperature."""
+    keep = np.ones(logits.shape, dtype=bool)
+    if 0 < s.top_k < logits.size:
+        kth = np.partition(logits, logits.size - s.top_k)[logits.size - s.top_k]
+        keep &= logits >= kth
+    if s.top_p < 1.0:
+        probs = _softmax(logits, keep)
+        ascending = np.sort(probs)          # values only: no sort order of equal values to depend on
+        dropped = min(int(np.count_nonzero(np.cumsum(ascending.astype(np.float64)) <= 1.0 - s.top_p)),
+                      probs.size - 1)       # the most likely token always stays
+        keep &= probs >= ascending[dropped]                              # ties at the cut are kept
+    if s.min_p > 0.0:
+        probs = _softmax(logits, keep)
+        keep &= probs >= np.float32(s.min_p) * probs.max()
+    return keep
+
+
+def _softmax(logits, keep):
+    return np.asarray(ops.softmax(logits, axis=-1, mask=keep))
+
+
+def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int) -> int:
+    """The token for one step from float32 logits [V] (host array)."""
+    logits = repetition_penalty(logits, seen, s.repetition_penalty)
+    if s.temperature == 0.0:
+        return int(np.argmax(logits))
+    scaled = (logits / np.float32(s.temperature)).astype(np.float32)
+    keep = keep_mask(scaled, s)
+    cdf = np.cumsum(_softmax(scaled, keep).astype(np.float64))
+    u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
+    token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))        # cdf rises at the token: p > 0
+    if token == logits.size:            # u * total rounded up to the total: the last token with p > 0
+        token = int(np.flatnonzero(keep)[-1])
+    return token
+
+
+@functools.lru_cache(maxsize=64)
+def _generator(seed: int) -> rng.Generator:
+    return rng.Generator(seed, SAMPLE_STREAM)     # (its key is a SHA-256: made once per seed)
+
+
+# --- the loop ------------------------------------------------------------------------------------
+
+def fit_prompt(ids: list[int], max_tokens: int, context: int, vocab_size: int, truncate: bool) -> list[int]:
+    """The prompt ids checked against the vocabulary and the context: prompt + max_tokens must fit;
+    truncate=True drops the oldest prompt tokens instead of raising."""
+    _integer("max_tokens", max_tokens, "an integer >= 0")
+    if not ids:
+        raise ConfigError("prompt", "the prompt has no tokens; give text or at least one token id")
+    bad = [i for i in ids if not 0 <= i < vocab_size]
+    if bad:
+        raise ConfigError("prompt", f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    if len(ids) + max_tokens <= context:
+        return ids
+    if not truncate:
+        raise ConfigError("prompt", f"the prompt has {len(ids)} tokens and max_tokens is {max_tokens}: "
+                                    f"{len(ids) + max_tokens} positions exceed the model's context length "
+                                    f"{context}; shorten the prompt, lower max_tokens, or pass truncate=True")
+    if max_tokens >= context:
+        raise ConfigError("max_tokens", f"{max_tokens} new tokens leave no room for a prompt in a context of {context}")
+    return ids[len(ids) + max_tokens - context:]
+
+
+def generate_ids(decoder, prompt_ids: list[int], *, max_tokens: int, sampling: Sampling,
+                 stop_ids: Iterable[int] = (), truncate: bool = False) -> Iterator[int]:
+    """Token ids after the prompt, one per step, until a stop id (not yielded) or max_tokens."""
+    ids = fit_prompt([int(i) for i in prompt_ids], max_tokens, decoder.config.max_positions,
+                     decoder.config.vocab_size, truncate)
+    stops = frozenset(int(i) for i in stop_ids)
+    if max_tokens == 0:
+        return
+    vocab = decoder.config.vocab_size
+    seen = np.zeros(vocab, dtype=bool)
+    seen[np.asarray(ids)] = True
+    cache = decoder.new_cache(len(ids) + max_tokens)
+    logits = decoder.forward(np.asarray(ids, dtype=np.int64)[None], cache, last_only=True)
+    to_host = decoder.backend.to_numpy
+    step_ids = np.zeros((1, 1), dtype=np.int64)
+    for step in range(max_tokens):
+        token = choose(to_host(logits[0, -1]), seen, sampling, step)
+        if token in stops:
+            return
+        yield token
+        if step + 1 == max_tokens:
+            return
+        seen[token] = True
+        step_ids[0, 0] = token
+        logits = decoder.forward(step_ids, cache)
+
+
+def stream_text(tokens: Iterator[int], tokenizer, stop: tuple[str, ...] = ()) -> Iterator[str]:
+    """Decoded text pieces of a token stream, cut before the first stop string."""
+    decoder = tokenizer.stream_decoder()
+    pending = ""
+    for token in tokens:
+        pending += decoder.push(token)
+        cut = _find_stop(pending, stop)
+        if cut is not None:
+            if pending[:cut]:
+                yield pending[:cut]
+            return
+        safe = len(pending) - _held_back(pending, stop)
+        if safe > 0:
+            yield pending[:safe]
+            pending = pending[safe:]
+    pending += decoder.flush()
+    cut = _find_stop(pending, stop)
+    text = pending if cut is None else pending[:cut]
+    if text:
+        yield text
+
+
+def _find_stop(text: str, stop) -> int | None:
+    hits = [i for i in (text.find(s) for s in stop) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _held_back(text: str, stop) -> int:
+    """Length of the longest suffix of text that is a proper prefix of a stop string."""
+    best = 0
+    for s in stop:
+        for n in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:n]):
+                best = n
+                break
+    return best
+
+
+def check_stop(stop) -> tuple[str, ...]:
+    """stop as a tuple of non-empty strings (a single string is one stop string)."""
+    items = (stop,) if isinstance(stop, str) else tuple(stop)
+    for s in items:
+        if not isinstance(s, str) or not s:
+            raise ConfigError("stop", f"stop strings must be non-empty strings, got {s!r}")
+    return items
+
+
+def check_stop_ids(stop_ids, vocab_size: int) -> tuple[int, ...]:
+    items = tuple(stop_ids)
+    for i in items:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab_size:
+            raise ConfigError("stop_ids", f"expected token ids in [0, {vocab_size}), got {i!r}")
+    return tuple(int(i) for i in items)
+
+
+__all__ = ["Sampling", "choose", "keep_mask", "repetition_penalty", "fit_prompt", "generate_ids", "stream_text",
+           "check_stop", "check_stop_ids", "SAMPLE_STREAM"]

@@ -1,0 +1,41 @@
+"""The key/value cache of a decoder: every layer's keys and values, allocated once per generation.
+
+k and v are [batch, layers, kv_heads, max_len, head_dim] float32 arrays on the model's device. A
+prefill writes positions [length, length + T) of every layer and then advances `length` by T; a
+decode step writes one position. Nothing is reallocated while generating: a step that would run
+past max_len raises ConfigError instead (the caller sizes the cache for prompt + max_tokens).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+
+
+class KVCache:
+    def __init__(self, xp, batch: int, layers: int, kv_heads: int, max_len: int, head_dim: int):
+        if batch < 1 or max_len < 1:
+            raise ConfigError("max_len", f"a KV cache needs batch >= 1 and max_len >= 1, got batch={batch}, "
+                                         f"max_len={max_len}")
+        shape = (batch, layers, kv_heads, max_len, head_dim)
+        self.k = xp.zeros(shape, dtype=np.float32)
+        self.v = xp.zeros(shape, dtype=np.float32)
+        self.batch, self.max_len = batch, max_len
+        # per-layer views [batch, kv_heads, max_len, head_dim], made once: a decode step only slices them
+        self.layer_k = [self.k[:, i] for i in range(layers)]
+        self.layer_v = [self.v[:, i] for i in range(layers)]
+        self.length = 0              # positions filled (the same for every layer between forwards)
+
+    def check_room(self, steps: int) -> None:
+        """Raise unless `steps` more positions fit."""
+        if self.length + steps > self.max_len:
+            raise ConfigError("max_len", f"the KV cache holds {self.max_len} positions; {self.length} are used and "
+                                         f"{steps} more were asked for")
+
+    def reset(self) -> None:
+        """Forget every position (the arrays are reused, not cleared: positions past `length` are never read)."""
+        self.length = 0
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.k.nbytes + self.v.nbytes)

@@ -1,0 +1,164 @@
+"""loom.llm.load: a causal LM (or a BERT encoder) from a HuggingFace directory or a GGUF file.
+
+    model = loom.llm.load("SmolLM2-135M-Instruct.Q4_1.gguf")      # or an HF directory
+    for piece in model.generate("The capital of France is", max_tokens=20):
+        print(piece, end="", flush=True)
+
+A directory is read through its config.json: model_type llama / mistral / qwen2 / qwen3 becomes a
+CausalLM (weights from loom.formats.hf, tokenizer from tokenizer.json when present), bert a
+loom.llm.encoder.Encoder. A .gguf file is read through loom.formats.gguf (memory-mapped; quantized
+weights stay quantized) and mapped to the same HF names and config by loom.formats.gguf_hf, with the
+tokenizer rebuilt from its metadata. The GGUF file stays open while the model lives.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import ConfigError, FormatError
+from ..formats import hf
+from . import generate as gen
+from .decoder import ARCHITECTURES, Decoder, DecoderConfig, expected_tensors
+
+ENCODERS = ("bert",)
+
+
+def load(path, device: str = "cpu"):
+    """A CausalLM (or an Encoder for BERT-style models) from an HF directory or a .gguf file."""
+    p = os.fspath(path)
+    if os.path.isdir(p):
+        return _load_dir(p, device)
+    if not os.path.isfile(p):
+        raise FormatError(f"{p}: no such file or directory (expected a .gguf file or a HuggingFace model directory)")
+    with open(p, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise FormatError(f"{p}: not a GGUF file (starts with {magic!r}, not b'GGUF') and not a model directory")
+    return _load_gguf(p, device)
+
+
+def _supported_check(cfg: dict, where: str) -> str:
+    kind = cfg.get("model_type")
+    if kind not in ARCHITECTURES + ENCODERS:
+        raise ConfigError(f"{where}: model_type", f"unsupported architecture {kind!r}; supported: "
+                                                  f"{', '.join(ARCHITECTURES + ENCODERS)}")
+    return kind
+
+
+def _load_dir(folder: str, device: str):
+    cfg = hf.read_config(folder)
+    if _supported_check(cfg, os.path.join(folder, hf.CONFIG)) in ENCODERS:
+        from .encoder import Encoder
+        return Encoder.from_dir(folder, device=device)
+    config = DecoderConfig.from_hf(cfg)
+    cfg, weights = hf.read_dir(folder, "cpu", expected=expected_tensors(config))
+    tokenizer = None
+    if os.path.isfile(os.path.join(folder, "tokenizer.json")):
+        from .tokenizer import Tokenizer
+        tokenizer = Tokenizer.from_dir(folder)
+    eos = _ids(cfg.get("eos_token_id"))
+    generation = os.path.join(folder, "generation_config.json")
+    if os.path.isfile(generation):
+        try:
+            with open(generation, encoding="utf-8") as fh:
+                eos |= _ids(json.load(fh).get("eos_token_id"))
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
+            raise FormatError(f"{generation}: not a JSON object ({exc})") from None
+    return CausalLM(Decoder(config, weights, device), tokenizer, cfg, eos)
+
+
+def _load_gguf(path: str, device: str):
+    from ..formats import gguf, gguf_hf
+    from .tokenizer import Tokenizer
+    f = gguf.read(path)
+    cfg = gguf_hf.hf_config(f.metadata, f)
+    kind = _supported_check(cfg, path)
+    weights = gguf_hf.hf_weights(f)
+    tokenizer = Tokenizer.from_gguf(f.metadata)
+    if kind in ENCODERS:
+        from .encoder import Encoder
+        return Encoder.from_hf(cfg, weights, tokenizer, device=device)
+    model = CausalLM(Decoder(DecoderConfig.from_hf(cfg), weights, device), tokenizer, cfg,
+                     _ids(cfg.get("eos_token_id")))
+    model._source = f            # the weights view its memory map
+    return model
+
+
+def _ids(value) -> set[int]:
+    if value is None:
+        return set()
+    items = value if isinstance(value, (list, tuple)) else [value]
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in items):
+        raise ConfigError("eos_token_id", f"expected a token id or a list of them, got {value!r}")
+    return set(items)
+
+
+class CausalLM:
+    """A decoder with its tokenizer: logits, streamed generation and chat."""
+
+    def __init__(self, decoder: Decoder, tokenizer, config: dict, eos_ids=()):
+        self.decoder, self.tokenizer, self.config = decoder, tokenizer, config
+        eos = set(eos_ids) | set(getattr(tokenizer, "eos_ids", ()) or ())
+        self.eos_ids = tuple(sorted(i for i in eos if i < decoder.config.vocab_size))
+        self._source = None
+
+    @property
+    def device(self) -> str:
+        return self.decoder.device
+
+    def logits(self, ids):
+        """float32 logits [T, vocab] for token ids [T] (a fresh sequence), on the model's device."""
+        ids = np.asarray(ids)
+        if ids.ndim != 1 or ids.size == 0:
+            raise ConfigError("ids", f"expected a non-empty 1-D list of token ids, got shape {list(ids.shape)}")
+        cache = self.decoder.new_cache(int(ids.size))
+        return self.decoder.forward(ids[None], cache)[0]
+
+    def encode_prompt(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self._tokenizer("prompt").encode(prompt)
+        ids = list(prompt)
+        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+            raise ConfigError("prompt", "expected text or a list of integer token ids")
+        return [int(i) for i in ids]
+
+    def _tokenizer(self, what: str):
+        if self.tokenizer is None:
+            raise ConfigError(what, "this model has no tokenizer (no tokenizer.json beside config.json); "
+                                    "pass token ids and use generate_ids")
+        return self.tokenizer
+
+    def generate_ids(self, prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                     repetition_penalty=1.0, seed=0, stop_ids=None, truncate=False) -> Iterator[int]:
+        """The generated token ids (stop ids excluded); settings as in generate()."""
+        sampling = gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
+        stops = self.eos_ids if stop_ids is None else gen.check_stop_ids(stop_ids, self.decoder.config.vocab_size)
+        c = self.decoder.config
+        ids = gen.fit_prompt(self.encode_prompt(prompt), max_tokens, c.max_positions, c.vocab_size, truncate)
+        return gen.generate_ids(self.decoder, ids, max_tokens=max_tokens, sampling=sampling, stop_ids=stops)
+
+    def generate(self, prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
+                 repetition_penalty=1.0, seed=0, stop=(), stop_ids=None, truncate=False) -> Iterator[str]:
+        """Stream the continuation of `prompt` (text, encoded with the tokenizer's special tokens, or
+        token ids) as text pieces. temperature 0 is greedy; stop: strings that end the text (not
+        emitted); stop_ids: token ids that end it (default: the end-of-sequence ids). Settings are
+        checked here, before the first piece: bad ones raise ConfigError."""
+        tokenizer = self._tokenizer("prompt")
+        stop = gen.check_stop(stop)
+        tokens = self.generate_ids(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
+                                   top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
+                                   stop_ids=stop_ids, truncate=truncate)
+        return gen.stream_text(tokens, tokenizer, stop)
+
+    def chat_ids(self, messages: list[dict]) -> list[int]:
+        """The token ids of `messages` rendered with the chat template, ready for the reply."""
+        tokenizer = self._tokenizer("messages")
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        return tokenizer.encode(text, add_special_tokens=False)   # the template writes its own BOS
+
+    def chat(self, messages: list[dict], **sampling) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...])."""
+        return self.generate(self.chat_ids(messages), **sampling)

@@ -1,0 +1,196 @@
+"""The Llama-family decoder against transformers on tiny random checkpoints: logits, RoPE variants,
+KV-cache decoding, configuration and weight errors."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import loom
+import loom.llm
+from loom.errors import ConfigError, FormatError
+from loom.llm import decoder as decoder_module
+from loom.llm import rope
+from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny_decoders as td  # noqa: E402
+
+VARIANTS = {
+    "llama": dict(kind="llama"),
+    "llama-tied-linear": dict(kind="llama", tied=True, rope_scaling=td.LINEAR),
+    "llama-llama3-bias": dict(kind="llama", rope_scaling=td.LLAMA3, attention_bias=True, mlp_bias=True),
+    "tinyllama-3layers": dict(kind="llama", layers=3, num_key_value_heads=1),
+    "mistral-window": dict(kind="mistral", sliding_window=6),
+    "qwen2": dict(kind="qwen2", tied=True),
+    "qwen2-window": dict(kind="qwen2", use_sliding_window=True, sliding_window=5, max_window_layers=1),
+    "qwen3": dict(kind="qwen3", head_dim=32, rope_scaling=td.LINEAR),
+}
+MODES = {"deterministic": True, "fast": False}
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """name -> (transformers model, loom CausalLM), built once per module."""
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            opts = dict(VARIANTS[name])
+            model = td.build(opts.pop("kind"), seed=len(cache), **opts)
+            folder = td.save(model, tmp_path_factory.mktemp(name))
+            cache[name] = (model, loom.llm.load(folder))
+        return cache[name]
+    return get
+
+
+def _ids(n, seed=0):
+    return np.random.default_rng(seed).integers(0, td.VOCAB, size=n)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", VARIANTS)
+def test_logits_match_transformers(saved, name, mode):
+    model, lm = saved(name)
+    ids = _ids(24, seed=3)
+    reference = td.hf_logits(model, ids)
+    with loom.deterministic(MODES[mode]):
+        ours = lm.logits(ids)
+    assert ours.dtype == np.float32 and ours.shape == (24, td.VOCAB)
+    assert td.relative_error(ours, reference) < 1e-4
+
+
+def test_tied_model_shares_the_embedding(saved):
+    _, lm = saved("llama-tied-linear")
+    assert lm.decoder.lm_head is lm.decoder.embed
+    _, untied = saved("llama")
+    assert untied.decoder.lm_head is not untied.decoder.embed
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("name", ["llama", "mistral-window", "qwen3"])
+def test_cached_decode_matches_full_forward(saved, name, mode):
+    """Prefill 9 tokens, then 15 one-token steps: the same logits as one forward over all 24 (to float32
+    rounding; deterministic mode is not bit-identical here, see loom/llm/decoder.py)."""
+    _, lm = saved(name)
+    dec, ids = lm.decoder, _ids(24, seed=5)
+    with loom.deterministic(MODES[mode]):
+        full = dec.forward(ids[None], dec.new_cache(24))[0]
+        cache = dec.new_cache(24)
+        parts = [dec.forward(ids[None, :9], cache)[0]]
+        for t in range(9, 24):
+            parts.append(dec.forward(ids[None, t:t + 1], cache)[0])
+    assert cache.length == 24
+    steps = np.concatenate(parts)
+    assert td.relative_error(steps, full) < 1e-5
+
+
+def test_chunked_prefill_matches_one_chunk(saved, monkeypatch):
+    _, lm = saved("mistral-window")
+    dec, ids = lm.decoder, _ids(20, seed=7)
+    with loom.deterministic(False):
+        whole = dec.forward(ids[None], dec.new_cache(20))[0]
+        monkeypatch.setattr(decoder_module, "PREFILL_CHUNK", 6)
+        chunked = dec.forward(ids[None], dec.new_cache(20))[0]
+        last = dec.forward(ids[None], dec.new_cache(20), last_only=True)[0]
+    assert td.relative_error(chunked, whole) < 1e-5
+    assert last.shape == (1, td.VOCAB) and td.relative_error(last, whole[-1:]) < 1e-5
+
+
+def test_deterministic_rows_do_not_depend_on_the_batch(saved):
+    """In deterministic mode a sequence's logits are the same bits alone or next to another sequence."""
+    _, lm = saved("qwen3")
+    dec = lm.decoder
+    a, b = _ids(10, seed=1), _ids(10, seed=2)
+    alone = dec.forward(a[None], dec.new_cache(12))
+    batch_cache = dec.new_cache(12, batch=2)
+    both = dec.forward(np.stack([a, b]), batch_cache)
+    assert np.array_equal(alone[0], both[0])
+    step_alone = dec.forward(np.array([[7]]), _advance(dec, a))
+    step_both = dec.forward(np.array([[7], [9]]), batch_cache)
+    assert np.array_equal(step_alone[0], step_both[0])
+
+
+def _advance(dec, ids):
+    cache = dec.new_cache(12)
+    dec.forward(ids[None], cache)
+    return cache
+
+
+@pytest.mark.parametrize("scaling", [None, td.LINEAR, td.LLAMA3])
+def test_rope_tables_match_transformers(scaling):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+    model = td.build("llama", rope_scaling=scaling)
+    cfg = model.config.to_dict()
+    emb = LlamaRotaryEmbedding(model.config)
+    positions = torch.arange(100)[None]
+    cos_ref, sin_ref = (t[0].numpy() for t in emb(torch.zeros(1, dtype=torch.float32), positions))
+    cos, sin = rope.tables(rope.spec_from_hf(cfg, 16), 100)
+    assert np.abs(cos - cos_ref).max() < 5e-7 and np.abs(sin - sin_ref).max() < 5e-7
+    expected_inv = emb.inv_freq.numpy()
+    assert np.allclose(rope.inverse_frequencies(rope.spec_from_hf(cfg, 16)), expected_inv, rtol=1e-6, atol=0)
+
+
+def _config(**changes):
+    cfg = dict(model_type="llama", vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+               num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)
+    cfg.update(changes)
+    return cfg
+
+
+@pytest.mark.parametrize("changes, key, words", [
+    (dict(model_type="gpt2"), "model_type", "llama, mistral, qwen2, qwen3"),
+    (dict(num_key_value_heads=3), "num_key_value_heads", "multiple"),
+    (dict(hidden_size=30), "num_attention_heads", "divisible"),
+    (dict(hidden_act="gelu"), "hidden_act", "'gelu'"),
+    (dict(vocab_size=0), "vocab_size", "positive integer"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 4.0}), "rope_scaling.rope_type", "default, linear, llama3"),
+    (dict(rope_parameters={"rope_type": "linear", "factor": -2.0, "rope_theta": 1e4}), "rope_parameters.factor", "-2.0"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 4.0, "high_freq_factor": 1.0,
+                        "original_max_position_embeddings": 8}), "rope_scaling.high_freq_factor", "low_freq_factor"),
+    (dict(partial_rotary_factor=0.5), "partial_rotary_factor", "0.5"),
+    (dict(tie_word_embeddings="yes"), "tie_word_embeddings", "'yes'"),
+])
+def test_bad_config_names_the_key(changes, key, words):
+    with pytest.raises(ConfigError) as err:
+        DecoderConfig.from_hf(_config(**changes))
+    assert err.value.path == key and words in str(err.value)
+
+
+def _random_weights(config):
+    rng = np.random.default_rng(0)
+    req, _ = expected_tensors(config)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in req.items()}
+
+
+def test_weight_errors_name_the_tensor():
+    config = DecoderConfig.from_hf(_config())
+    weights = _random_weights(config)
+    Decoder(config, weights)                       # complete: accepted
+    missing = dict(weights)
+    del missing["model.layers.0.mlp.up_proj.weight"]
+    with pytest.raises(FormatError, match="'model.layers.0.mlp.up_proj.weight' is missing"):
+        Decoder(config, missing)
+    wrong = dict(weights, **{"model.layers.0.self_attn.k_proj.weight": np.zeros((8, 32), np.float32)})
+    with pytest.raises(FormatError, match=r"k_proj.weight' has shape \[8, 32\], the config implies \[16, 32\]"):
+        Decoder(config, wrong)
+    extra = dict(weights, **{"model.layers.1.mlp.up_proj.weight": weights["model.layers.0.mlp.up_proj.weight"]})
+    with pytest.raises(FormatError, match="unexpected tensor 'model.layers.1.mlp.up_proj.weight'"):
+        Decoder(config, extra)
+
+
+def test_context_and_id_errors():
+    config = DecoderConfig.from_hf(_config())
+    dec = Decoder(config, _random_weights(config))
+    with pytest.raises(ConfigError, match="17 positions .* context of 16"):
+        dec.new_cache(17)
+    cache = dec.new_cache(4)
+    with pytest.raises(ConfigError, match="token id 50 is outside the vocabulary"):
+        dec.forward(np.array([[1, 50]]), cache)
+    dec.forward(np.array([[1, 2, 3]]), cache)
+    with pytest.raises(ConfigError, match="holds 4 positions; 3 are used and 2 more"):
+        dec.forward(np.array([[4, 5]]), cache)
+    with pytest.raises(ConfigError, match="batch of 2"):
+        dec.forward(np.array([[4], [5]]), cache)

@@ -1,0 +1,145 @@
+"""QuantizedTensor: products, row lookups and permutations against dequantize-then-NumPy, in
+deterministic mode (bit-exact with loom.kernels.ops.matmul on the dequantized weight, whatever
+the row blocking) and in fast mode; linear(); bad input."""
+import numpy as np
+import pytest
+
+import loom
+from loom import ShapeError
+from loom.kernels import gguf_quants as gq
+from loom.kernels import ops
+from loom.kernels import quantized as qz
+
+TYPES = list(gq.BLOCKS)
+
+
+def random_weight(qtype, rows, blocks_per_row, seed):
+    """Random rows whose float16 scale fields hold moderate finite values, so products are finite."""
+    rng = np.random.default_rng(seed)
+    block, size = gq.BLOCKS[qtype]
+    raw = rng.integers(0, 256, (rows, blocks_per_row * size), dtype=np.uint8)
+    cols = blocks_per_row * block
+    if qtype in ("F32", "F16", "BF16"):
+        values = rng.standard_normal((rows, cols)).astype(np.float32)
+        raw = {"F32": values, "F16": values.astype(np.float16),
+               "BF16": (values.view(np.uint32) >> 16).astype(np.uint16)}[qtype].view(np.uint8).reshape(rows, -1)
+    else:
+        blocks = raw.reshape(-1, size)
+        scale_at = {"Q2_K": (80, 82), "Q3_K": (108,), "Q6_K": (208,), "Q8_0": (0,), "Q4_0": (0,),
+                    "Q5_0": (0,)}.get(qtype, (0, 2))            # the float16 scale (and min) fields
+        for at in scale_at:
+            scales = (rng.random(len(blocks)) * 0.02 + 1e-3).astype(np.float16)
+            blocks[:, at:at + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return qz.QuantizedTensor(raw, qtype, (rows, cols))
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_matmul_t_deterministic_is_exact_for_any_blocking(qtype, monkeypatch):
+    w = random_weight(qtype, 37, 2, seed=TYPES.index(qtype))
+    dense = w.dequantize()
+    x = np.random.default_rng(1).standard_normal((2, 3, w.shape[1])).astype(np.float32)
+    want = ops.matmul(x, dense.T)
+    for block_bytes in (1, 4 * w.shape[1] * 5, 1 << 20):     # 1 row, 5 rows (uneven), everything
+        monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", block_bytes)
+        got = w.matmul_t(x)
+        assert got.shape == (2, 3, 37) and got.dtype == np.float32
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), block_bytes
+    vector = w.matmul_t(x[0, 0])
+    assert vector.shape == (37,) and np.array_equal(vector, want[0, 0])
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q6_K", "F16"])
+@pytest.mark.parametrize("m", [1, 4, 40])     # 40 > gguf_gemv.MAX_ROWS: decoded blocks of W
+def test_matmul_t_fast_mode(qtype, m, monkeypatch):
+    """Fast mode: the factored block product (few rows of x) or BLAS on decoded blocks; both are
+    the dequantized weight's product up to float32 rounding."""
+    monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", 4 * 256 * 7)
+    monkeypatch.setattr(qz.gguf_gemv, "STEP_BYTES", 4 * 40 * 8 * 11)       # 11 rows per step: several
+    w = random_weight(qtype, 50, 1 if qtype.endswith("K") else 8, seed=3)
+    x = np.random.default_rng(2).standard_normal((m, w.shape[1])).astype(np.float32)
+    want = x.astype(np.float64) @ w.dequantize().astype(np.float64).T
+    with loom.deterministic(False):
+        got = w.matmul_t(x)
+    assert got.dtype == np.float32 and got.shape == (m, 50)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
+
+
+def test_block_rows_bound_the_temporary(monkeypatch):
+    w = random_weight("Q4_1", 1000, 18, seed=4)           # [1000, 576]
+    assert w.block_rows() * 576 * 4 <= qz.MATMUL_BLOCK_BYTES
+    calls = []
+    real = gq.dequantize
+
+    def spy(raw, qtype, shape, xp=np, out=None):
+        calls.append(shape)
+        return real(raw, qtype, shape, xp=xp, out=out)
+    monkeypatch.setattr(gq, "dequantize", spy)
+    monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", 576 * 4 * 300)
+    w.matmul_t(np.ones(576, np.float32))
+    assert [s[0] for s in calls] == [250, 250, 250, 250]  # 4 even blocks of <= 300 rows
+    assert all(s[1] == 576 for s in calls)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q5_1", "Q3_K", "BF16"])
+def test_take_rows(qtype):
+    w = random_weight(qtype, 20, 2, seed=5)
+    dense = w.dequantize()
+    ids = np.array([3, 0, 19, 3])
+    assert np.array_equal(w.take_rows(ids).view(np.uint32), dense[ids].view(np.uint32))
+    grid = np.array([[1, 2], [18, 0]])
+    assert w.take_rows(grid).shape == (2, 2, w.shape[1])
+    assert np.array_equal(w.take_rows(grid), dense[grid])
+    assert w.take_rows([7]).shape == (1, w.shape[1])
+    assert w.take_rows(np.zeros(0, np.int64)).shape == (0, w.shape[1])
+    for bad, message in ((np.array([20]), "row id 20"), (np.array([-1]), "row id -1"),
+                         (np.array([0.5]), "integers")):
+        with pytest.raises(ShapeError, match=message):
+            w.take_rows(bad)
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_K", "F32"])
+def test_permute_rows(qtype):
+    w = random_weight(qtype, 12, 2, seed=6)
+    perm = np.random.default_rng(0).permutation(12)
+    p = w.permute_rows(perm)
+    assert isinstance(p, qz.QuantizedTensor) and p.qtype == qtype and p.shape == w.shape
+    assert np.array_equal(p.dequantize().view(np.uint32), w.dequantize()[perm].view(np.uint32))
+    for bad, message in ((np.arange(11), "length 12"), (np.zeros(12, np.int64), "not a permutation"),
+                         (np.arange(12.0), "integer")):
+        with pytest.raises(ShapeError, match=message):
+            w.permute_rows(bad)
+
+
+def test_dequantize_rows_nbytes_and_to():
+    w = random_weight("Q4_1", 10, 3, seed=8)
+    assert w.nbytes == 10 * 3 * 20 and w.ndim == 2
+    full = w.dequantize()
+    assert full.shape == (10, 96) and np.array_equal(w.dequantize(slice(2, 5)), full[2:5])
+    moved = w.to("cpu")
+    assert moved.qtype == "Q4_1" and np.array_equal(moved.dequantize(), full)
+    assert "Q4_1" in repr(w)
+
+
+def test_linear_for_both_weight_kinds():
+    w = random_weight("Q8_0", 6, 2, seed=9)
+    x = np.random.default_rng(3).standard_normal((5, 64)).astype(np.float32)
+    dense = w.dequantize()
+    assert np.array_equal(qz.linear(x, w), qz.linear(x, dense))
+    assert np.array_equal(qz.linear(x, dense), ops.matmul(x, dense.T))
+    with pytest.raises(ShapeError, match="does not fit"):
+        qz.linear(x[:, :63], dense)
+    with pytest.raises(ShapeError, match=r"float32 \[\.\.\., 64\]"):
+        qz.linear(x[:, :63], w)
+    with pytest.raises(ShapeError, match="float32"):
+        w.matmul_t(x.astype(np.float64))
+
+
+def test_constructor_checks():
+    with pytest.raises(ShapeError, match="2-D"):
+        qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "Q8_0", (2, 32, 1))
+    with pytest.raises(ShapeError, match=r"uint8 \[2, 34\]"):
+        qz.QuantizedTensor(np.zeros((2, 33), np.uint8), "Q8_0", (2, 32))
+    with pytest.raises(ShapeError, match="not a multiple"):
+        qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "Q8_0", (2, 30))
+    with pytest.raises(loom.FormatError, match="unsupported"):
+        qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "IQ2_XS", (2, 32))

