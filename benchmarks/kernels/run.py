@@ -2,7 +2,8 @@
 the NumPy reference (loom.kernels.fused on the CPU) on fresh random inputs, then timed on the GPU, beside
 PyTorch's kernel for the same operation when a CUDA build of torch is installed. Run on the device machine:
 
-    PYTHONPATH=. python benchmarks/kernels/run.py [family ...]     # families: softmax layer_norm gelu adam
+    PYTHONPATH=. python benchmarks/kernels/run.py [family ...]
+    # families: softmax layer_norm gelu adam im2col max_pool
 
 Shapes come from the transformer encoder of benchmarks/gpu_train.py (d=512, 8 heads, sequence 256,
 batch 32): norms over 8192 rows of 512, softmax over [32, 8, 256, 256], gelu on 8192 x 2048, Adam on a
@@ -40,6 +41,7 @@ class Case:
     make: Callable                     # rng -> positional arguments (NumPy arrays and Python scalars)
     inplace: tuple[int, ...] = ()      # arguments the op updates in place: they are its outputs
     torch: Callable | None = None      # (torch, tensors) -> a callable timing PyTorch's kernel
+    reference: Callable | None = None  # the NumPy reference (default: loom.kernels.fused.<op>)
 
 
 def _f32(rng, *shape, scale=1.0):
@@ -94,6 +96,49 @@ def _torch_adam(torch, t):
     return opt.step
 
 
+# the convnet of benchmarks/gpu_train.py: its second convolution (32 -> 64 channels, 3x3, same padding
+# on 14x14, batch 256) and its first pooling (32 channels, 28x28 -> 14x14)
+def _conv_geometry():
+    from loom.nn.layers.conv import Geometry
+    return Geometry((3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (14, 14), (14, 14), 1)
+
+
+def _np_im2col(x, g):
+    from loom.nn.layers.conv import im2col_arrays
+    return im2col_arrays(np, x, g)
+
+
+def _np_col2im(cols, b, c, g):
+    from loom.nn.layers.conv import col2im_arrays
+    return col2im_arrays(np, cols, b, c, g)
+
+
+def _np_max_pool(x, k, s, p, out):
+    from loom.nn.layers.pool import max_pool_arrays
+    y, arg = max_pool_arrays(np, x, k, s, p, out)
+    return y, arg.astype(np.float32)
+
+
+def _np_max_pool_grad(dy, arg, k, s, p, size):
+    from loom.nn.layers.pool import max_pool_grad_arrays
+    return max_pool_grad_arrays(np, dy, arg, k, s, p, size)
+
+
+def _pool_grad_args(rng):
+    from loom.nn.layers.pool import max_pool_arrays
+    x = _f32(rng, 256, 32, 28, 28)
+    arg = max_pool_arrays(np, x, (2, 2), (2, 2), (0, 0), (14, 14))[1].astype(np.int32)
+    return [_f32(rng, 256, 32, 14, 14), arg, (2, 2), (2, 2), (0, 0), (28, 28)]
+
+
+def _torch_unfold(torch, t):
+    return lambda: torch.nn.functional.unfold(t[0], 3, padding=1)
+
+
+def _torch_max_pool(torch, t):
+    return lambda: torch.nn.functional.max_pool2d(t[0], 2, return_indices=True)
+
+
 CASES = [
     Case("softmax", "softmax", "[32, 8, 256, 256]", lambda rng: [_f32(rng, 32, 8, 256, 256, scale=3)],
          torch=_torch_softmax),
@@ -104,6 +149,14 @@ CASES = [
     Case("gelu", "gelu_grad", "[8192, 2048]", lambda rng: [_f32(rng, 8192, 2048, scale=3), _f32(rng, 8192, 2048)],
          torch=_torch_gelu_grad),
     Case("adam", "adam_update", "[1048576]", _adam_args, inplace=(0, 2, 3), torch=_torch_adam),
+    Case("im2col", "im2col", "[256, 32, 14, 14] 3x3", lambda rng: [_f32(rng, 256, 32, 14, 14), _conv_geometry()],
+         torch=_torch_unfold, reference=_np_im2col),
+    Case("im2col", "col2im", "[256, 32, 14, 14] 3x3",
+         lambda rng: [_f32(rng, 1, 256 * 196, 288), 256, 32, _conv_geometry()], reference=_np_col2im),
+    Case("max_pool", "max_pool", "[256, 32, 28, 28] 2x2",
+         lambda rng: [_f32(rng, 256, 32, 28, 28), (2, 2), (2, 2), (0, 0), (14, 14)], torch=_torch_max_pool,
+         reference=_np_max_pool),
+    Case("max_pool", "max_pool_grad", "[256, 32, 28, 28] 2x2", _pool_grad_args, reference=_np_max_pool_grad),
 ]
 
 
@@ -123,6 +176,7 @@ def _outputs(result, args, inplace):
 def rel_error(got: list, ref: list) -> float:
     err = 0.0
     for g, r in zip(got, ref):
+        g, r = g.astype(np.float64), r.astype(np.float64)      # integer outputs (argmax offsets) too
         scale = max(float(np.max(np.abs(r))), float(np.finfo(r.dtype).tiny))
         err = max(err, float(np.max(np.abs(g.astype(np.float64) - r.astype(np.float64)))) / scale)
     return err
@@ -149,7 +203,8 @@ def _torch():
 def run_case(case: Case, cuda, torch, rng) -> tuple[list[tuple], bool]:
     args = case.make(rng)
     ref_args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-    ref = _outputs(getattr(fused, case.op)(*ref_args), ref_args, case.inplace)
+    reference = case.reference or getattr(fused, case.op)
+    ref = _outputs(reference(*ref_args), ref_args, case.inplace)
     rows, ok = [], True
     base = None
     for name, module in versions(case.family):

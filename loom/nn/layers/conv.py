@@ -123,6 +123,11 @@ def _col2im(xp, cols, b, c, g: Geometry):
     kernels = window_kernels(cols)
     if kernels is not None:
         return kernels.col2im(cols, b, c, g)
+    return col2im_arrays(xp, cols, b, c, g)
+
+
+def col2im_arrays(xp, cols, b, c, g: Geometry):
+    """_col2im with array-module operations only (one strided add per kernel offset)."""
     n, G = len(g.k), g.groups
     r = cols.reshape((G, b) + g.small + (c // G,) + g.k)
     perm = (1, 0, 2 + n) + tuple(range(2, 2 + n)) + tuple(range(3 + n, 3 + 2 * n))  # [B, G, Cg, *small, *k]
@@ -158,6 +163,11 @@ def im2col(xp, big, g: Geometry):
     kernels = window_kernels(big)
     if kernels is not None:
         return kernels.im2col(big, g)
+    return im2col_arrays(xp, big, g)
+
+
+def im2col_arrays(xp, big, g: Geometry):
+    """im2col with array-module operations only (pad, strided window view, copy)."""
     return _im2col(xp, pad(xp, big, g.lo, g.hi), g)
 
 

@@ -46,6 +46,25 @@ class _Pool(Layer):
         return crop(self.xp, acc, self.p, self.size)
 
 
+def max_pool_arrays(xp, x, k, s, p, out):
+    """(y, arg): max pooling with array-module operations only (the -inf padded window view, argmax
+    over each flattened window: the first maximum, NaN counting as the maximum)."""
+    n = len(k)
+    w = windows(xp, pad(xp, x, p, p, -math.inf), out, k, s, (1,) * n)    # [B, C, *out, *k]
+    flat = w.reshape(w.shape[:2 + n] + (-1,))                            # [B, C, *out, prod(k)] (a copy)
+    arg = xp.argmax(flat, axis=-1)
+    return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0], arg
+
+
+def max_pool_grad_arrays(xp, dy, arg, k, s, p, size):
+    """Each window's gradient to its maximum (overlaps add up), array-module operations only."""
+    n = len(k)
+    hit = arg[..., None] == xp.arange(math.prod(k))
+    parts = xp.where(hit, dy[..., None], xp.zeros((), dtype=dy.dtype)).reshape(dy.shape + tuple(k))
+    padded = tuple(a + 2 * b for a, b in zip(size, p))
+    return crop(xp, windows_adjoint(xp, parts, padded, s, (1,) * n), p, size)
+
+
 @register("max_pool1d", "max_pool2d", "max_pool3d")
 class MaxPool(_Pool):
     def forward(self, x, fc):
@@ -53,19 +72,15 @@ class MaxPool(_Pool):
         if kernels is not None:
             y, self.arg = kernels.max_pool(x, self.k, self.s, self.p, self.out)
             return y
-        w = self._windows(x, -math.inf)
-        flat = w.reshape(w.shape[:2 + self.n] + (-1,))           # [B, C, *out, prod(k)] (a copy)
-        self.arg = self.xp.argmax(flat, axis=-1)                  # first maximum (NaN counts as max)
-        return self.xp.take_along_axis(flat, self.arg[..., None], axis=-1)[..., 0]
+        y, self.arg = max_pool_arrays(self.xp, x, self.k, self.s, self.p, self.out)
+        return y
 
     def backward(self, dy):
         xp = self.xp
         kernels = window_kernels(dy)
         if kernels is not None and self.arg.dtype == kernels.ARG_DTYPE:   # the arg the kernel wrote
             return kernels.max_pool_grad(dy, self.arg, self.k, self.s, self.p, self.size)
-        hit = self.arg[..., None] == xp.arange(math.prod(self.k))
-        parts = xp.where(hit, dy[..., None], xp.zeros((), dtype=dy.dtype))
-        return self._scatter(parts.reshape(dy.shape + self.k))
+        return max_pool_grad_arrays(xp, dy, self.arg, self.k, self.s, self.p, self.size)
 
 
 @register("avg_pool1d", "avg_pool2d", "avg_pool3d")
