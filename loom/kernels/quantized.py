@@ -87,6 +87,10 @@ class QuantizedTensor:
         lead = x.shape[:-1]
         x2 = x.reshape(-1, cols)
         out = xp.empty((x2.shape[0], rows), dtype=np.float32)
+        kernels = None if is_deterministic() else getattr(backend.of(self.data), "quant_kernels", None)
+        if kernels is not None and kernels.supports(self.qtype, x2):     # the GPU: one kernel, W read once
+            kernels.matmul_t(x2, self.data, self.qtype, out)
+            return out.reshape(lead + (rows,))
         if not is_deterministic() and self.qtype in gguf_gemv.TYPES and x2.shape[0] <= gguf_gemv.MAX_ROWS:
             gguf_gemv.matmul_t(x2, self.data, self.qtype, out, xp)     # decode-sized x: no W at all
             return out.reshape(lead + (rows,))
