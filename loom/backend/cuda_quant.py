@@ -1,7 +1,7 @@
 """CUDA products with GGML block-quantized weights for a few rows of x (decoding), fast mode.
 
 x @ W.T where W's rows are 32-value blocks of Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (loom.kernels.gguf_quants
-has the layouts): one warp per row of W reads that row's blocks straight from the stored bytes (one
+has the layouts), or plain F16 / BF16 values read 32 at a time: one warp per row of W reads that row's blocks straight from the stored bytes (one
 block per lane at a time), decodes each value as d * q (+ m) in registers and accumulates it against
 every row of x (at most MAX_ROWS), then the warp adds its lanes' sums. W is read once, never
 materialised in float32: for a decode step the weight bytes are the whole memory traffic.
@@ -24,7 +24,9 @@ MAX_ROWS = 16
 # block bytes, offset of the codes, of the float16 offset m (-1: none), of the 5th bits (-1: none),
 # and the value subtracted from symmetric codes
 LAYOUTS = {"Q8_0": (34, 2, -1, -1, 0), "Q4_0": (18, 2, -1, -1, 8), "Q4_1": (20, 4, 2, -1, 0),
-           "Q5_0": (22, 6, -1, 2, 16), "Q5_1": (24, 8, 2, 4, 0)}
+           "Q5_0": (22, 6, -1, 2, 16), "Q5_1": (24, 8, 2, 4, 0),
+           "F16": (64, 0, -1, -1, 0), "BF16": (64, 0, -1, -1, 0)}     # 32 plain 16-bit values per "block"
+_KIND = {"F16": 1, "BF16": 2}
 TYPES = tuple(LAYOUTS)
 
 _SOURCE = r"""
@@ -45,18 +47,26 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     for (int m = 0; m < 16; ++m) acc[m] = 0.0f;
     for (int b = lane; b < nb; b += 32) {
         const unsigned char* blk = row + (long long)b * BLOCK;
-        const float d = half_at(blk);
-        const float off = AT_M >= 0 ? half_at(blk + (AT_M >= 0 ? AT_M : 0)) : 0.0f;
-        unsigned int high = 0;
-        if (AT_H >= 0) high = blk[AT_H] | (blk[AT_H + 1] << 8) | (blk[AT_H + 2] << 16) | ((unsigned)blk[AT_H + 3] << 24);
         float w32[32];
-        #pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            int q;
-            if (BLOCK == 34) q = (int)(signed char)blk[AT_Q + j];                       // Q8_0
-            else q = j < 16 ? (blk[AT_Q + j] & 0x0F) : (blk[AT_Q + j - 16] >> 4);      // nibbles
-            if (AT_H >= 0) q |= ((high >> j) & 1) << 4;
-            w32[j] = d * (float)(q - SUB) + off;
+        if (KIND == 1) {                                        // F16
+            #pragma unroll
+            for (int j = 0; j < 32; ++j) w32[j] = half_at(blk + 2 * j);
+        } else if (KIND == 2) {                                 // BF16: the high half of a float32
+            #pragma unroll
+            for (int j = 0; j < 32; ++j) w32[j] = __uint_as_float((unsigned)(blk[2 * j] | (blk[2 * j + 1] << 8)) << 16);
+        } else {
+            const float d = half_at(blk);
+            const float off = AT_M >= 0 ? half_at(blk + (AT_M >= 0 ? AT_M : 0)) : 0.0f;
+            unsigned int high = 0;
+            if (AT_H >= 0) high = blk[AT_H] | (blk[AT_H + 1] << 8) | (blk[AT_H + 2] << 16) | ((unsigned)blk[AT_H + 3] << 24);
+            #pragma unroll
+            for (int j = 0; j < 32; ++j) {
+                int q;
+                if (BLOCK == 34) q = (int)(signed char)blk[AT_Q + j];                       // Q8_0
+                else q = j < 16 ? (blk[AT_Q + j] & 0x0F) : (blk[AT_Q + j - 16] >> 4);      // nibbles
+                if (AT_H >= 0) q |= ((high >> j) & 1) << 4;
+                w32[j] = d * (float)(q - SUB) + off;
+            }
         }
         for (int m = 0; m < M; ++m) {
             const float* xb = x + (long long)m * cols + b * 32;
@@ -79,7 +89,8 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
 @lru_cache(maxsize=None)
 def _kernel(qtype: str):
     block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
-    head = f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
+    head = (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
+            f"#define KIND {_KIND.get(qtype, 0)}\n")
     return cupy.RawModule(code=head + _SOURCE, options=OPTIONS).get_function("loom_quant_gemv")
 
 
