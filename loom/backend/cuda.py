@@ -150,10 +150,10 @@ class CUDABackend:
             y = x.reshape(lead * mid, trail)
             y = self.blas.gemm(y, ones_t) if ones_t is not None else y.reshape(-1)
             y = self.blas.gemm(ones_l, y.reshape(lead, mid)) if ones_l is not None else y
+            axes = _axes(axis, x.ndim)
             if keepdims:
-                kept = [a for a in range(x.ndim) if a not in _axes(axis, x.ndim)]
-                y = y.reshape(tuple(x.shape[a] if a in kept else 1 for a in range(x.ndim)))
-            return y
+                return y.reshape(tuple(1 if a in axes else x.shape[a] for a in range(x.ndim)))
+            return y.reshape(tuple(x.shape[a] for a in range(x.ndim) if a not in axes))
 
     def _ones_blocks(self, x, axis):
         """When sum(x, axis) reduces a leading and/or a trailing block of axes of a C-contiguous float
@@ -166,7 +166,7 @@ class CUDABackend:
         if axis is None or x.ndim < 2 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
             return None
         axes = _axes(axis, x.ndim)
-        kept = [a for a in range(x.ndim) if a not in axes]
+        kept = [a for a in range(x.ndim) if a not in axes and x.shape[a] > 1]   # size-1 axes go anywhere
         if not kept or kept != list(range(kept[0], kept[-1] + 1)) or x.size == 0:
             return None
         lead, trail = math.prod(x.shape[:kept[0]]), math.prod(x.shape[kept[-1] + 1:])

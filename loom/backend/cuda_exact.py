@@ -169,6 +169,13 @@ def sum_float32(x, axes: tuple, bits: int):
 _SPREAD = 1024      # outputs (or parts of them) that keep the device busy
 
 
+def _parts(outputs: int, n: int) -> tuple[int, int | None]:
+    """(c, d): each of `outputs` reductions of n values wants c parts (outputs * c >= _SPREAD), and d
+    is a divisor of n in [c, 2c) to split by without padding (None when there is none)."""
+    c = -(-_SPREAD // max(outputs, 1))
+    return c, next((d for d in range(c, 2 * c) if n % d == 0), None)
+
+
 @lru_cache(maxsize=None)
 def _absmax_kernel():
     return cupy.ReductionKernel(
@@ -183,10 +190,8 @@ def absmax(x, axis: int):
     with translating("exact GEMM scaling", x):
         ax = axis % x.ndim
         k = x.shape[ax]
-        outputs = x.size // k if k else 0
-        parts = -(-_SPREAD // outputs) if outputs else 1
-        split = next((d for d in range(parts, 2 * parts) if k % d == 0), None) if parts > 1 and k >= 4 * parts else None
-        if split is None:
+        parts, split = _parts(x.size // k if k else 0, k)
+        if parts == 1 or k < 4 * parts or split is None:
             return _absmax_kernel()(x, axis=ax, keepdims=True)
         view = x.reshape(x.shape[:ax] + (split, k // split) + x.shape[ax + 1:])
         return _absmax_kernel()(_absmax_kernel()(view, axis=ax + 1), axis=ax, keepdims=True)
@@ -197,8 +202,7 @@ def _split(x, axes, m: int, n: int):
     padded: zeros change neither the maximum nor the sums), m * c >= _SPREAD."""
     kept = [i for i in range(x.ndim) if i not in axes]
     flat = x.transpose(kept + list(axes)).reshape(m, n)                 # a copy unless already in order
-    c = -(-_SPREAD // m)
-    divisor = next((d for d in range(c, 2 * c) if n % d == 0), None)
+    c, divisor = _parts(m, n)
     if divisor is not None:
         return flat.reshape(m, divisor, n // divisor)
     length = -(-n // c)

@@ -28,6 +28,13 @@ struct Geo { int k[3], s[3], d[3], lo[3], big[3], small[3]; };
 // constant and every kernel-offset loop has a fixed trip count, several times faster than runtime values
 #define GEO_INIT const Geo g = GEO;
 
+// the 3-d coordinates of flat index p in a [dims0, dims1, dims2] box (row-major)
+__device__ __forceinline__ void unravel(I p, const int* dims, int* out) {
+    out[2] = (int)(p % dims[2]);
+    out[1] = (int)((p / dims[2]) % dims[1]);
+    out[0] = (int)(p / ((I)dims[1] * dims[2]));
+}
+
 // offset of big-side position pos (3-d) in a [.., big0, big1, big2] plane, or -1 when padding
 __device__ __forceinline__ I big_at(const Geo& g, const int* pos) {
     for (int i = 0; i < 3; ++i) if (pos[i] < 0 || pos[i] >= g.big[i]) return -1;
@@ -43,14 +50,14 @@ extern "C" __global__ void loom_im2col(const T* x, T* cols, I B, int G, int Cg) 
     const I total = (I)G * B * P * Cg * K;
     for (I idx = blockIdx.x * (I)blockDim.x + threadIdx.x; idx < total;
          idx += (I)gridDim.x * blockDim.x) {
-        I j = idx % K, r = idx / K;
+        const I j = idx % K;
+        I r = idx / K;
         const I cg = r % Cg; r /= Cg;
         const I p = r % P; r /= P;
         const I b = r % B, grp = r / B;
-        int o[3] = {(int)(p / ((I)g.small[1] * g.small[2])), (int)((p / g.small[2]) % g.small[1]),
-                    (int)(p % g.small[2])};
-        int jj[3] = {(int)(j / ((I)g.k[1] * g.k[2])), (int)((j / g.k[2]) % g.k[1]), (int)(j % g.k[2])};
-        int pos[3];
+        int o[3], jj[3], pos[3];
+        unravel(p, g.small, o);
+        unravel(j, g.k, jj);
         for (int i = 0; i < 3; ++i) pos[i] = o[i] * g.s[i] + jj[i] * g.d[i] - g.lo[i];
         const I at = big_at(g, pos);
         cols[idx] = at < 0 ? (T)0 : x[(b * G * Cg + grp * Cg + cg) * plane + at];
@@ -69,8 +76,8 @@ extern "C" __global__ void loom_col2im(const T* cols, T* dx, I B, int G, int Cg)
         const I q = idx % plane, bc = idx / plane;
         const I c = bc % (G * Cg), b = bc / (G * Cg);
         const I grp = c / Cg, cg = c % Cg;
-        const int pos[3] = {(int)(q / ((I)g.big[1] * g.big[2])), (int)((q / g.big[2]) % g.big[1]),
-                            (int)(q % g.big[2])};
+        int pos[3];
+        unravel(q, g.big, pos);
         const T* rows = cols + (grp * B + b) * P * Cg * K + cg * K;
         T acc = (T)0;
         for (int j0 = 0; j0 < g.k[0]; ++j0) {
@@ -101,8 +108,8 @@ extern "C" __global__ void loom_max_pool(const T* x, T* y, int* arg, I BC) {
     for (I idx = blockIdx.x * (I)blockDim.x + threadIdx.x; idx < BC * P;
          idx += (I)gridDim.x * blockDim.x) {
         const I p = idx % P, bc = idx / P;
-        const int o[3] = {(int)(p / ((I)g.small[1] * g.small[2])), (int)((p / g.small[2]) % g.small[1]),
-                          (int)(p % g.small[2])};
+        int o[3];
+        unravel(p, g.small, o);
         T best = (T)0;
         int at = -1, j = 0;
         for (int j0 = 0; j0 < g.k[0]; ++j0) for (int j1 = 0; j1 < g.k[1]; ++j1) for (int j2 = 0; j2 < g.k[2]; ++j2, ++j) {
@@ -124,8 +131,8 @@ extern "C" __global__ void loom_max_pool_grad(const T* dy, const int* arg, T* dx
     for (I idx = blockIdx.x * (I)blockDim.x + threadIdx.x; idx < BC * plane;
          idx += (I)gridDim.x * blockDim.x) {
         const I q = idx % plane, bc = idx / plane;
-        const int pos[3] = {(int)(q / ((I)g.big[1] * g.big[2])), (int)((q / g.big[2]) % g.big[1]),
-                            (int)(q % g.big[2])};
+        int pos[3];
+        unravel(q, g.big, pos);
         T acc = (T)0;
         int j = 0;
         for (int j0 = 0; j0 < g.k[0]; ++j0) for (int j1 = 0; j1 < g.k[1]; ++j1) for (int j2 = 0; j2 < g.k[2]; ++j2, ++j) {
@@ -146,7 +153,7 @@ extern "C" __global__ void loom_max_pool_grad(const T* dy, const int* arg, T* dx
 _LAYOUT_SOURCE = r"""
 // y [B, G*Cg, P] <- act(rows[g, b*P + p, cg] + bias[c]): a convolution's GEMM rows as channels-first
 // output, with the bias and relu (numpy.maximum(z, 0): NaN and -0.0 pass) or no activation
-extern "C" __global__ void loom_rows_to_channels(const T* rows, const T* bias, T* y, I B, int G, int Cg, I P,
+extern "C" __global__ void loom_rows_to_channels(const T* rows, const T* bias, T* y, I B, I P, int G, int Cg,
                                                  int has_bias, int relu) {
     const I C = (I)G * Cg, total = B * C * P;
     for (I idx = blockIdx.x * (I)blockDim.x + threadIdx.x; idx < total; idx += (I)gridDim.x * blockDim.x) {
@@ -158,7 +165,7 @@ extern "C" __global__ void loom_rows_to_channels(const T* rows, const T* bias, T
 }
 
 // rows[g, b*P + p, cg] <- dy[b, c, p] * (y[b, c, p] > 0) (relu) or dy: the upstream gradient as GEMM rows
-extern "C" __global__ void loom_channels_to_rows(const T* dy, const T* y, T* rows, I B, int G, int Cg, I P,
+extern "C" __global__ void loom_channels_to_rows(const T* dy, const T* y, T* rows, I B, I P, int G, int Cg,
                                                  int relu) {
     const I C = (I)G * Cg, total = B * C * P;
     for (I idx = blockIdx.x * (I)blockDim.x + threadIdx.x; idx < total; idx += (I)gridDim.x * blockDim.x) {
@@ -193,16 +200,16 @@ def _geo(k, s, d, lo, big, small) -> tuple:
     return tuple(out)
 
 
-def _launch(name: str, dtype, arrays, count: int, args: tuple, geo: tuple) -> None:
-    """Run kernel `name` over `arrays[-1]`'s elements; `count` (a batch size) and `args` lead the
-    arguments in the kernel's index type, then the geometry."""
+def _launch(name: str, dtype, arrays, counts: tuple, args: tuple, geo: tuple) -> None:
+    """Run kernel `name` over `arrays[-1]`'s elements with arguments arrays, then `counts` (sizes, in
+    the kernel's index type I), then `args` (ints); `geo` picks the compiled geometry."""
     total = arrays[-1].size
     if total:
         wide = max(a.size for a in arrays) >= 2 ** 30   # margin for the grid-stride step
         index = np.int64 if wide else np.int32
         blocks = min((total + _THREADS - 1) // _THREADS, 65536)
         _module(np.dtype(dtype), wide, geo).get_function(name)((blocks,), (_THREADS,),
-                                                              tuple(arrays) + (index(count),) + args)
+                                                              tuple(arrays) + tuple(map(index, counts)) + args)
 
 
 def supports(*arrays) -> bool:
@@ -220,7 +227,7 @@ def im2col(x, geom):
         P, K = int(np.prod(geom.small)), int(np.prod(geom.k))
         cols = cupy.empty((G, b * P, c // G * K), dtype=x.dtype)
         g = _geo(geom.k, geom.s, geom.d, geom.lo, geom.big, geom.small)
-        _launch("loom_im2col", x.dtype, (x, cols), b, (np.int32(G), np.int32(c // G)), g)
+        _launch("loom_im2col", x.dtype, (x, cols), (b,), (np.int32(G), np.int32(c // G)), g)
         return cols
 
 
@@ -229,7 +236,7 @@ def col2im(cols, b: int, c: int, geom):
     with translating("col2im", cols):
         dx = cupy.empty((b, c) + tuple(geom.big), dtype=cols.dtype)
         g = _geo(geom.k, geom.s, geom.d, geom.lo, geom.big, geom.small)
-        _launch("loom_col2im", cols.dtype, (cols, dx), b, (np.int32(geom.groups), np.int32(c // geom.groups)), g)
+        _launch("loom_col2im", cols.dtype, (cols, dx), (b,), (np.int32(geom.groups), np.int32(c // geom.groups)), g)
         return dx
 
 
@@ -242,9 +249,8 @@ def rows_to_channels(rows, bias, fn: str, b: int, small):
         G, _, cg = rows.shape
         y = cupy.empty((b, G * cg) + tuple(small), dtype=rows.dtype)
         P = y.size // (b * G * cg)
-        _launch("loom_rows_to_channels", rows.dtype, (rows, rows if bias is None else bias, y), b,
-                (np.int32(G), np.int32(cg), np.int64(P) if y.size >= 2 ** 30 else np.int32(P),
-                 np.int32(bias is not None), np.int32(fn == "relu")), ())
+        _launch("loom_rows_to_channels", rows.dtype, (rows, rows if bias is None else bias, y), (b, P),
+                (np.int32(G), np.int32(cg), np.int32(bias is not None), np.int32(fn == "relu")), ())
         return y
 
 
@@ -254,9 +260,8 @@ def channels_to_rows(dy, y, fn: str, groups: int):
         b, c = dy.shape[:2]
         P = dy.size // (b * c)
         rows = cupy.empty((groups, b * P, c // groups), dtype=dy.dtype)
-        _launch("loom_channels_to_rows", dy.dtype, (dy, y, rows), b,
-                (np.int32(groups), np.int32(c // groups), np.int64(P) if dy.size >= 2 ** 30 else np.int32(P),
-                 np.int32(fn == "relu")), ())
+        _launch("loom_channels_to_rows", dy.dtype, (dy, y, rows), (b, P),
+                (np.int32(groups), np.int32(c // groups), np.int32(fn == "relu")), ())
         return rows
 
 
@@ -266,7 +271,7 @@ def max_pool(x, k, s, p, out):
         y = cupy.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
         arg = cupy.empty(y.shape, dtype=ARG_DTYPE)
         g = _geo(k, s, (1,) * len(k), p, x.shape[2:], out)
-        _launch("loom_max_pool", x.dtype, (x, y, arg), x.shape[0] * x.shape[1], (), g)
+        _launch("loom_max_pool", x.dtype, (x, y, arg), (x.shape[0] * x.shape[1],), (), g)
         return y, arg
 
 
@@ -275,5 +280,5 @@ def max_pool_grad(dy, arg, k, s, p, size):
     with translating("max pool gradient", dy):
         dx = cupy.empty(dy.shape[:2] + tuple(size), dtype=dy.dtype)
         g = _geo(k, s, (1,) * len(k), p, size, dy.shape[2:])
-        _launch("loom_max_pool_grad", dy.dtype, (dy, arg, dx), dy.shape[0] * dy.shape[1], (), g)
+        _launch("loom_max_pool_grad", dy.dtype, (dy, arg, dx), (dy.shape[0] * dy.shape[1],), (), g)
         return dx

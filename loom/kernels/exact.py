@@ -96,13 +96,16 @@ def _absmax(be, x, axis):
 def _matmul_float32(be, a, b, amax, bmax, dtype):
     """float32 (and narrower) operands: the narrow scheme, over fixed-order chunks of 2^14 along K when
     K is longer (each chunk's product kept in float64, the chunks added in order, one rounding to
-    dtype at the end). The maxima, and so the slices' scales, are the whole rows' and columns'."""
+    dtype at the end). The maxima, and so the slices' scales, are the whole rows' and columns', and
+    every chunk uses the scales made once for the longest one."""
     step = 1 << MAX_CHUNK_BITS
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    scales = _narrow_scales(be.xp, amax, bmax, min(a.shape[-1], step))
     if a.shape[-1] <= step:
-        return _matmul_narrow(be, a, b, amax, bmax, dtype)
+        return _matmul_narrow(be, a, b, scales, dtype)
     total = None
     for start in range(0, a.shape[-1], step):
-        part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], amax, bmax, np.float64)
+        part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], scales, np.float64)
         if total is None:
             total = part
         else:
@@ -110,22 +113,27 @@ def _matmul_float32(be, a, b, amax, bmax, dtype):
     return total.astype(dtype)
 
 
-def _matmul_narrow(be, a, b, amax, bmax, dtype):
-    """float32 (and narrower) operands, K <= 2^14: the 2 x 1 slice scheme. The scaling
+def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
+    """(bits_a, shift_a, shift_b, row_scale, col_scale) of the 2 x 1 slice scheme for sums of at
+    most k products: a's rows become integers below 2^bits_a (two slices), b's columns below 2^bits_b,
+    so every partial sum of k products of slices stays an integer below 2^53."""
+    bits_b = min(_F32_RIGHT_BITS, 53 - _log2_ceil(k) - 12)
+    bits_a = 53 - _log2_ceil(k) - bits_b
+    ea, eb = xp.frexp(amax)[1], xp.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
+    return (bits_a, (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32),
+            xp.ldexp(1.0, (ea - bits_a).astype(np.int32)), xp.ldexp(1.0, (eb - bits_b).astype(np.int32)))
+
+
+def _matmul_narrow(be, a, b, scales: tuple, dtype):
+    """float32 operands, K <= 2^14, scales from _narrow_scales: the 2 x 1 slice scheme. The scaling
     runs in float32 (ldexp by a power of two and rint are exact there: the scaled values keep their
     24-bit mantissas and the integers are below 2^24) and every later step in place, because each
     pass over the operands costs a sizeable share of the GEMM on the CPU."""
     xp = be.xp
-    bits_b = min(_F32_RIGHT_BITS, 53 - _log2_ceil(a.shape[-1]) - 12)
-    bits_a = 53 - _log2_ceil(a.shape[-1]) - bits_b
-    ea, eb = xp.frexp(amax)[1], xp.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
-    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
+    bits_a, shift_a, shift_b, row_scale, col_scale = scales
     m = a.shape[-2]
     stacked = xp.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
     hi, lo = stacked[..., :m, :], stacked[..., m:, :]
-    shift_a, shift_b = (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32)
-    row_scale = xp.ldexp(1.0, (ea - bits_a).astype(np.int32))
-    col_scale = xp.ldexp(1.0, (eb - bits_b).astype(np.int32))
     fused = getattr(be, "exact_kernels", None)          # one kernel per step on the GPU, same bits
     if fused is not None:
         fused.slice_left(a, shift_a, bits_a, hi, lo)

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from loom import atomic
 from loom.errors import BackendError, ConfigError, FormatError
 from loom.llm import tokenizer_gguf
 
@@ -208,7 +209,7 @@ class Tokenizer:
         folder.mkdir(parents=True, exist_ok=True)
         if self._tk.post_processor is None:
             self._tk.post_processor = tokenizer_gguf.template(tk, None, None)
-        self._tk.save(str(folder / "tokenizer.json"))
+        atomic.write_bytes(folder / "tokenizer.json", self._tk.to_str().encode("utf-8"))
         config = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False}
         for name in ("bos_token", "eos_token", "pad_token", "unk_token"):
             if getattr(self, name) is not None:
@@ -340,7 +341,7 @@ def _read_json(file: Path) -> dict:
 
 
 def _write_json(file: Path, value: dict) -> None:
-    file.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    atomic.write_bytes(file, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def _token_text(value, where) -> str:

@@ -127,11 +127,15 @@ def test_backend_sum_over_batch_and_space_matches_numpy():
     from loom import backend
     cuda = backend.get("cuda")
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((16, 5, 6, 7)).astype(np.float32)
+    cases = {(16, 5, 6, 7): [((0, 2, 3), False), ((0, 2, 3), True), ((2, 3), False), ((0, 1), True), (0, False),
+                             ((0, 1, 2), False)],
+             (64, 5, 6, 3): [(0, False), (0, True), (3, False)],        # several kept axes
+             (1, 100, 8): [(1, False), (1, True)]}                      # a size-1 kept axis (conv rows)
     with loom.deterministic(False):
-        for axis, keep in [((0, 2, 3), False), ((0, 2, 3), True), ((2, 3), False), ((0, 1), True), (0, False),
-                           ((0, 1, 2), False)]:
-            got = cupy.asnumpy(cuda.sum(cupy.asarray(x), axis=axis, keepdims=keep))
-            want = x.astype(np.float64).sum(axis=axis, keepdims=keep)
-            assert got.shape == want.shape, axis
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        for shape, axes in cases.items():
+            x = rng.standard_normal(shape).astype(np.float32)
+            for axis, keep in axes:
+                got = cupy.asnumpy(cuda.sum(cupy.asarray(x), axis=axis, keepdims=keep))
+                want = x.astype(np.float64).sum(axis=axis, keepdims=keep)
+                assert got.shape == want.shape, (shape, axis, keep)
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -243,8 +243,7 @@ class _ConvBase(Layer):
             return _to_rows(self._dz(dy), self.geom.groups)
         rows = kernels.channels_to_rows(dy, self.y, self.act, self.geom.groups)
         if "bias" in self.params:
-            total = ops.sum(rows[0], axis=0) if self.geom.groups == 1 else ops.sum(rows, axis=1)
-            self.grads["bias"] += total.reshape(self.f)
+            self.grads["bias"] += ops.sum(rows, axis=1).reshape(self.f)
         return rows
 
     def _dz(self, dy):
