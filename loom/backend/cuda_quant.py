@@ -1,10 +1,22 @@
 """CUDA products with GGML block-quantized weights for a few rows of x (decoding), fast mode.
 
 x @ W.T where W's rows are 32-value blocks of Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (loom.kernels.gguf_quants
-has the layouts), or plain F16 / BF16 values read 32 at a time: one warp per row of W reads that row's blocks straight from the stored bytes (one
-block per lane at a time), decodes each value as d * q (+ m) in registers and accumulates it against
-every row of x (at most MAX_ROWS), then the warp adds its lanes' sums. W is read once, never
-materialised in float32: for a decode step the weight bytes are the whole memory traffic.
+has the layouts), or plain F16 / BF16 / F32 values read 32 at a time: one warp per row of W walks that
+row's blocks straight from the stored bytes, lane j decoding value j of each block as d * q (+ m) in
+registers: eight lanes share a block, four codes each, so a warp reads four blocks' bytes together
+(a lane per block made every load a scattered byte; a lane per value made four loads per value),
+and every lane accumulates against each row of x (at most MAX_ROWS, compiled in), then the warp
+adds its lanes' sums. W is read once, never materialised in float32: for a decode step the weight
+bytes are the whole memory traffic.
+
+`gemv` can also fold the operations around a decoder's products into the same kernel (the recorded
+decode step, loom/llm/decode_graph.py, uses them so a layer is six launches):
+- a prologue on x: RMSNorm with a weight (each warp computes the row's norm itself: x is one short
+  vector per row);
+- an epilogue: a bias, and a residual added into the output (out = residual + x W^T + bias), or
+  SwiGLU: one warp takes row r of the gate and of the up projection ([gate; up] stacked in W) and
+  writes silu(gate) * up, so the MLP's activation never makes a round trip through memory.
+`embed` decodes rows of such a weight picked by token ids held on the device (an embedding lookup).
 
 The sums run in another order than the dequantize-then-GEMM reference: fast mode only
 (loom.kernels.quantized uses this when the backend has it; deterministic mode decodes W and runs the
@@ -25,73 +37,161 @@ MAX_ROWS = 16
 # and the value subtracted from symmetric codes
 LAYOUTS = {"Q8_0": (34, 2, -1, -1, 0), "Q4_0": (18, 2, -1, -1, 8), "Q4_1": (20, 4, 2, -1, 0),
            "Q5_0": (22, 6, -1, 2, 16), "Q5_1": (24, 8, 2, 4, 0),
-           "F16": (64, 0, -1, -1, 0), "BF16": (64, 0, -1, -1, 0)}     # 32 plain 16-bit values per "block"
-_KIND = {"F16": 1, "BF16": 2}
+           "F16": (64, 0, -1, -1, 0), "BF16": (64, 0, -1, -1, 0),     # 32 plain 16-bit values per "block"
+           "F32": (128, 0, -1, -1, 0)}
+_KIND = {"F16": 1, "BF16": 2, "F32": 3}
 TYPES = tuple(LAYOUTS)
 
 _SOURCE = r"""
 #include <cuda_fp16.h>
-__device__ __forceinline__ float half_at(const unsigned char* p) {
-    return __half2float(__ushort_as_half((unsigned short)(p[0] | (p[1] << 8))));
+__device__ __forceinline__ unsigned short u16_at(const unsigned char* p) { return *(const unsigned short*)p; }
+__device__ __forceinline__ float half_at(const unsigned char* p) { return __half2float(__ushort_as_half(u16_at(p))); }
+__device__ __forceinline__ float bf16_at(const unsigned char* p) { return __uint_as_float((unsigned)u16_at(p) << 16); }
+
+// Four values of one stored block for lane i (0..7) of the eight that share it, and their positions
+// in the block: nibble types give lane i code bytes 2i, 2i+1 (values 2i, 2i+1 in the low nibbles,
+// 2i+16, 2i+17 in the high ones); the others values 4i .. 4i+3. Blocks and their 16-bit fields are
+// 2-byte aligned (F32 rows 16-byte aligned).
+__device__ __forceinline__ void block_values(const unsigned char* blk, int i, float* v, int* at) {
+    if (KIND != 0 || BLOCK == 34) {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) at[j] = 4 * i + j;
+    } else {
+        at[0] = 2 * i; at[1] = 2 * i + 1; at[2] = 2 * i + 16; at[3] = 2 * i + 17;
+    }
+    if (KIND == 1) {                                                             // F16
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = half_at(blk + 2 * at[j]);
+    } else if (KIND == 2) {                                                      // BF16: a float32's high half
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = bf16_at(blk + 2 * at[j]);
+    } else if (KIND == 3) {                                                      // F32
+        const float4 t = ((const float4*)blk)[i];
+        v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
+    } else {
+        int q[4];
+        if (BLOCK == 34) {                                                       // Q8_0
+            const unsigned lo = u16_at(blk + AT_Q + 4 * i), hi = u16_at(blk + AT_Q + 4 * i + 2);
+            q[0] = (int)(signed char)(lo & 0xFF); q[1] = (int)(signed char)(lo >> 8);
+            q[2] = (int)(signed char)(hi & 0xFF); q[3] = (int)(signed char)(hi >> 8);
+        } else {
+            const unsigned c = u16_at(blk + AT_Q + 2 * i);
+            q[0] = c & 0x0F; q[1] = (c >> 8) & 0x0F; q[2] = (c >> 4) & 0x0F; q[3] = c >> 12;
+        }
+        if (AT_H >= 0) {                                                         // Q5: the 5th bits
+            const unsigned high = u16_at(blk + AT_H) | ((unsigned)u16_at(blk + AT_H + 2) << 16);
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) q[j] |= ((high >> at[j]) & 1) << 4;
+        }
+        const float d = half_at(blk), off = AT_M >= 0 ? half_at(blk + (AT_M >= 0 ? AT_M : 0)) : 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = AT_M >= 0 ? d * (float)(q[j] - SUB) + off : d * (float)(q[j] - SUB);
+    }
 }
 
-// out[m, r] = sum_k x[m, k] W[r, k]; x float32 [M, cols] (M <= 16), W rows of `nb` QTYPE blocks
-extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* x, float* out,
-                                           int rows, int nb, int M) {
-    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
-    if (warp >= rows) return;
-    const unsigned char* row = w + (long long)warp * nb * BLOCK;
-    const int cols = nb * 32;
-    float acc[16];
+__device__ __forceinline__ float warp_sum(float s) {
     #pragma unroll
-    for (int m = 0; m < 16; ++m) acc[m] = 0.0f;
-    for (int b = lane; b < nb; b += 32) {
-        const unsigned char* blk = row + (long long)b * BLOCK;
-        float w32[32];
-        if (KIND == 1) {                                        // F16
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+
+// PRO 0: x as is; 1: rms_norm(x) * aux per row of x. EPI 0: out[m, r] = (res[m, r] +) x W[r]^T (+ bias[r]),
+// r < rows; 1 (SwiGLU): out[m, r] = silu(g) * u with g, u the products with W rows r and r + rows (+ bias).
+// MR rows of x [MR, cols]. One warp per output row; eight lanes share a block, so a warp reads four
+// blocks' bytes together and each lane turns four codes into values.
+extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* x, float* out, int rows, int nb,
+                                           const float* aux, float eps, const float* bias, const float* res) {
+    // WPR warps share an output row, each taking every WPR-th group of four blocks; their sums meet
+    // in shared memory, added in slice order
+    __shared__ float partial[8][EPI + 1][MR];
+    const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    const int warp = global_warp / WPR, slice = global_warp % WPR, local = threadIdx.x >> 5;
+    const bool valid = warp < rows;                             // no early return: WPR > 1 synchronises
+    const int cols = nb * 32, part = lane >> 3, i = lane & 7;
+    float scale[MR];
+    #pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        scale[m] = 1.0f;
+        if (PRO == 1 && valid) {                                // the row's RMSNorm factor, as fused.rms_norm
+            float s = 0.0f;
+            for (int k = lane; k < cols; k += 32) { const float v = x[m * cols + k]; s += v * v; }
+            scale[m] = 1.0f / sqrtf(warp_sum(s) / (float)cols + eps);
+        }
+    }
+    float acc[EPI + 1][MR];
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e) {
+        const unsigned char* row = w + (long long)(warp + e * rows) * nb * BLOCK;
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) acc[e][m] = 0.0f;
+        #pragma unroll 2
+        for (int b = part + 4 * slice; valid && b < nb; b += 4 * WPR) {
+            float v[4]; int at[4];
+            block_values(row + (long long)b * BLOCK, i, v, at);
             #pragma unroll
-            for (int j = 0; j < 32; ++j) w32[j] = half_at(blk + 2 * j);
-        } else if (KIND == 2) {                                 // BF16: the high half of a float32
-            #pragma unroll
-            for (int j = 0; j < 32; ++j) w32[j] = __uint_as_float((unsigned)(blk[2 * j] | (blk[2 * j + 1] << 8)) << 16);
-        } else {
-            const float d = half_at(blk);
-            const float off = AT_M >= 0 ? half_at(blk + (AT_M >= 0 ? AT_M : 0)) : 0.0f;
-            unsigned int high = 0;
-            if (AT_H >= 0) high = blk[AT_H] | (blk[AT_H + 1] << 8) | (blk[AT_H + 2] << 16) | ((unsigned)blk[AT_H + 3] << 24);
-            #pragma unroll
-            for (int j = 0; j < 32; ++j) {
-                int q;
-                if (BLOCK == 34) q = (int)(signed char)blk[AT_Q + j];                       // Q8_0
-                else q = j < 16 ? (blk[AT_Q + j] & 0x0F) : (blk[AT_Q + j - 16] >> 4);      // nibbles
-                if (AT_H >= 0) q |= ((high >> j) & 1) << 4;
-                w32[j] = d * (float)(q - SUB) + off;
+            for (int m = 0; m < MR; ++m) {
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k = b * 32 + at[j];
+                    float xv = x[m * cols + k];
+                    if (PRO == 1) xv = xv * scale[m] * aux[k];
+                    acc[e][m] += v[j] * xv;
+                }
             }
         }
-        for (int m = 0; m < M; ++m) {
-            const float* xb = x + (long long)m * cols + b * 32;
-            float s = 0.0f;
-            #pragma unroll
-            for (int j = 0; j < 32; ++j) s += w32[j] * xb[j];
-            acc[m] += s;
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            acc[e][m] = warp_sum(acc[e][m]);
+            if (WPR > 1 && lane == 0) partial[local][e][m] = acc[e][m];
         }
     }
-    for (int m = 0; m < M; ++m) {
-        float s = acc[m];
+    if (WPR > 1) {
+        __syncthreads();
+        if (slice != 0) return;
         #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_down_sync(0xffffffffu, s, o);
-        if (lane == 0) out[(long long)m * rows + warp] = s;
+        for (int e = 0; e <= EPI; ++e)
+            #pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                float s = partial[local][e][m];
+                for (int j = 1; j < WPR; ++j) s += partial[local + j][e][m];
+                acc[e][m] = s;
+            }
     }
+    if (!valid || lane != 0) return;
+    #pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        float s = acc[0][m];
+        if (bias != 0) s += bias[warp];
+        if (EPI == 1) {
+            float u = acc[EPI][m];
+            if (bias != 0) u += bias[warp + rows];
+            s = s / (1.0f + expf(-s)) * u;
+        }
+        const long long at = (long long)m * rows + warp;
+        out[at] = res != 0 ? res[at] + s : s;
+    }
+}
+
+// out[i, :] = W[ids[i], :] decoded; eight lanes per 32-value block
+extern "C" __global__ void loom_quant_embed(const unsigned char* w, const long long* ids, float* out, int n, int nb) {
+    const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 3;
+    if (t >= (long long)n * nb) return;
+    const long long r = t / nb, b = t % nb;
+    float v[4]; int at[4];
+    block_values(w + (ids[r] * nb + b) * BLOCK, threadIdx.x & 7, v, at);
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) out[r * nb * 32 + b * 32 + at[j]] = v[j];
 }
 """
 
 
 @lru_cache(maxsize=None)
-def _kernel(qtype: str):
+def _module(qtype: str, prologue: int = 0, epilogue: int = 0, x_rows: int = 1, warps_per_row: int = 1):
     block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
     head = (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
-            f"#define KIND {_KIND.get(qtype, 0)}\n")
-    return cupy.RawModule(code=head + _SOURCE, options=OPTIONS).get_function("loom_quant_gemv")
+            f"#define KIND {_KIND.get(qtype, 0)}\n#define PRO {prologue}\n#define EPI {epilogue}\n#define MR {x_rows}\n"
+            f"#define WPR {warps_per_row}\n")
+    return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
 def supports(qtype: str, x2) -> bool:
@@ -101,9 +201,34 @@ def supports(qtype: str, x2) -> bool:
 def matmul_t(x2, data, qtype: str, out) -> None:
     """out [M, R] = x2 [M, cols] @ W.T for W the `qtype` rows `data` (uint8 [R, row bytes])."""
     with translating(f"{qtype} product", x2, data):
-        rows, nb = data.shape[0], x2.shape[1] // 32
-        x2 = cupy.ascontiguousarray(x2)
+        gemv(data, qtype, cupy.ascontiguousarray(x2), out)
+
+
+def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, residual=None, swiglu: bool = False) -> None:
+    """out [M, R] = residual + pro(x) @ W.T + bias for W the `qtype` rows `data` (uint8 [R, row bytes]) and x a
+    C-contiguous float32 [M, cols], M <= MAX_ROWS; pro(x) = x, or x / sqrt(mean(x^2) + eps) * norm per row
+    when a norm weight [cols] is given. swiglu: W holds [gate; up] (2R rows) and out [M, R] = silu(x Wg^T + bg)
+    * (x Wu^T + bu) (no residual). bias ([R], or [2R] with swiglu) and residual [M, R] (may be `out`) are
+    optional; all device arrays."""
+    rows = data.shape[0] // 2 if swiglu else data.shape[0]
+    if rows and x.shape[0]:
+        # a few rows: several warps per row, so that ~4096 warps keep the GPU's memory system busy
+        wpr = 1 if rows >= 2048 else 2 if rows >= 1024 else 4
         threads = 256
-        blocks = (rows * 32 + threads - 1) // threads
-        if rows and x2.shape[0]:
-            _kernel(qtype)((blocks,), (threads,), (data, x2, out, np.int32(rows), np.int32(nb), np.int32(x2.shape[0])))
+        blocks = (rows * wpr * 32 + threads - 1) // threads
+        kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr).get_function("loom_quant_gemv")
+        kernel((blocks,), (threads,), (data, x, out, np.int32(rows), np.int32(x.shape[1] // 32),
+                                       _ptr(norm), np.float32(eps), _ptr(bias), _ptr(residual)))
+
+
+def _ptr(a):
+    """A device array, or a null pointer for an absent one."""
+    return np.uint64(0) if a is None else a
+
+
+def embed(data, qtype: str, ids, out) -> None:
+    """out [n, cols] = rows ids (int64 [n], on the device, already checked) of W decoded."""
+    n, nb = ids.shape[0], out.shape[1] // 32
+    if n:
+        kernel = _module(qtype).get_function("loom_quant_embed")
+        kernel(((n * nb * 8 + 255) // 256,), (256,), (data, ids, out, np.int32(n), np.int32(nb)))

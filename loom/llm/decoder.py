@@ -37,7 +37,8 @@ from .. import backend
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
 from ..kernels.quantized import QuantizedTensor, linear
-from . import rope
+from ..mode import is_deterministic
+from . import decode_graph, rope
 from .kv_cache import KVCache
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
@@ -183,7 +184,11 @@ class _Layer:
 
 
 class Decoder:
-    """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache."""
+    """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache.
+    On the GPU in fast mode a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless
+    `graphs` is set False."""
+
+    graphs = True
 
     def __init__(self, config: DecoderConfig, weights: dict, device: str = "cpu"):
         check_weights(config, weights)
@@ -226,6 +231,7 @@ class Decoder:
             self.layers.append(L)
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
+        self._graph = None               # the DecodeGraph of the cache last decoded with
 
     # --- cache ---------------------------------------------------------------------------------------
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
@@ -254,6 +260,10 @@ class Decoder:
         if bad.any():
             raise ConfigError("ids", f"token id {int(ids[bad][0])} is outside the vocabulary [0, {self.config.vocab_size})")
         cache.check_room(ids.shape[1])
+        if ids.shape[1] == 1 and self.graphs and not is_deterministic():
+            graph = self._decode_graph(cache)
+            if graph is not None:
+                return graph.step(ids[:, 0])[:, None, :]
         outs = []
         for start in range(0, ids.shape[1], PREFILL_CHUNK):
             chunk = ids[:, start:start + PREFILL_CHUNK]
@@ -264,6 +274,14 @@ class Decoder:
                 h = h[:, -1:]
             outs.append(self._logits(h))
         return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
+
+    def _decode_graph(self, cache: KVCache):
+        """The recorded decode step for `cache` (made on its first step), or None where unsupported."""
+        if self._graph is None or self._graph.cache is not cache:
+            self._graph = None
+            if decode_graph.supported(self, cache.batch):
+                self._graph = decode_graph.DecodeGraph(self, cache)
+        return self._graph
 
     def _logits(self, h):
         h = fused.rms_norm(h, self.norm, self.config.eps)[0]

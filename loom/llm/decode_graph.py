@@ -1,0 +1,98 @@
+"""A decoder's decode step (one new token per sequence) on the GPU as one recorded CUDA graph, fast mode.
+
+Launched one operation at a time, a decode step of a small model is ~300 kernels whose Python launch
+cost (about 25 ms for SmolLM2-135M) dwarfs their run time. Here a step is ~6 fused kernels per layer
+(loom/backend/cuda_quant.py: quantized products with RMSNorm / SwiGLU prologues and bias / residual
+epilogues; loom/backend/cuda_decode.py: RoPE + KV-cache write, attention over the cached keys),
+recorded once per KV cache into a CUDA graph and replayed for every token. The graph reads the token
+ids and the position from two small device buffers written before each replay, so one recording
+serves every position; it writes the logits into a buffer the step copies out.
+
+Per layer, with the Decoder's fused weights (h the residual stream [B, E]):
+    qkv = rms_norm(h, ln1) Wqkv^T (+ b)         gemv, RMSNorm prologue
+    q, cache[pos] = rope(qkv), k, v             rope_kv
+    ctx = attention(q, cache[lo..pos])          attention
+    h  += ctx Wo^T (+ b)                        gemv, residual epilogue
+    a   = silu(x2 Wg^T (+ b)) * (x2 Wu^T (+ b)), x2 = rms_norm(h, ln2)
+                                                gemv, RMSNorm prologue, SwiGLU epilogue
+    h  += a Wdown^T (+ b)                       gemv, residual epilogue
+then logits = rms_norm(h, norm) Wlm^T (the norm its own kernel).
+
+Fast mode only: the sums run in the kernels' own order, so logits agree with the array-at-a-time
+path to float32 rounding, not bit for bit (deterministic mode never comes here).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels import fused
+from ..kernels.quantized import QuantizedTensor
+
+
+def _stored(w):
+    """(uint8 rows, qtype) of a weight the block kernels read, or None."""
+    if isinstance(w, QuantizedTensor):
+        return w.data, w.qtype
+    if getattr(w, "dtype", None) == np.float32 and w.ndim == 2 and w.flags.c_contiguous:
+        return w.view(np.uint8), "F32"
+    return None
+
+
+def supported(dec, batch: int) -> bool:
+    """Whether a Decoder's step can run as a graph: the CUDA backend, block-kernel weight types, head_dim a
+    multiple of 64, widths multiples of 32 and at most MAX_ROWS sequences."""
+    be = dec.backend
+    quant, kernels = getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
+    if quant is None or kernels is None or not be.graphs or batch > quant.MAX_ROWS:
+        return False
+    c = dec.config
+    if not kernels.supports(c.head_dim) or c.hidden % 32 or c.intermediate % 32 or (c.heads * c.head_dim) % 32:
+        return False
+    mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
+    return all(_stored(w) is not None and _stored(w)[1] in quant.TYPES for w in mats)
+
+
+class DecodeGraph:
+    """The recorded decode step of `dec` for `cache` (its arrays are baked into the graph)."""
+
+    def __init__(self, dec, cache):
+        self.dec, self.cache = dec, cache
+        c, xp, B = dec.config, dec.xp, cache.batch
+        # token ids and the position, written by one copy per step; the warm-up run writes junk keys at
+        # the next position, which the first real step overwrites
+        self.inputs = xp.asarray(np.array([0] * B + [cache.length], dtype=np.int64))
+        self.ids, self.pos = self.inputs[:B], self.inputs[B:]
+        self.h = xp.empty((B, c.hidden), dtype=np.float32)
+        self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
+        self.q = xp.empty((B, c.heads, c.head_dim), dtype=np.float32)
+        self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
+        self.act = xp.empty((B, c.intermediate), dtype=np.float32)
+        self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
+        self._body()                                  # compiles every kernel before the capture (see pos)
+        self.graph, _ = dec.backend.record(self._body)
+
+    def _body(self):
+        dec, c, cache = self.dec, self.dec.config, self.cache
+        quant, kernels = dec.backend.quant_kernels, dec.backend.decode_kernels
+        data, qtype = _stored(dec.embed)
+        quant.embed(data, qtype, self.ids, self.h)
+        for i, L in enumerate(dec.layers):
+            ck, cv = cache.layer_k[i], cache.layer_v[i]
+            quant.gemv(*_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias)
+            kernels.rope_kv(self.qkv, self.q, ck, cv, dec._cos, dec._sin, L.qk_norm, self.pos, c.heads,
+                            c.kv_heads, c.eps)
+            kernels.attention(self.q, ck, cv, self.ctx, self.pos, L.window, dec.scale)
+            quant.gemv(*_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h)
+            quant.gemv(*_stored(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias, swiglu=True)
+            quant.gemv(*_stored(L.down), self.act, self.h, bias=L.down_bias, residual=self.h)
+        # normed once here: a norm prologue would be recomputed by each of the vocabulary's warps
+        quant.gemv(*_stored(dec.lm_head), fused.rms_norm(self.h, dec.norm, c.eps)[0], self.logits)
+
+    def step(self, ids):
+        """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;
+        advances the cache by one position."""
+        xp = self.dec.xp
+        self.inputs.set(np.append(np.asarray(ids, dtype=np.int64).reshape(-1), self.cache.length))
+        self.graph.launch()
+        self.cache.length += 1
+        return xp.copy(self.logits)

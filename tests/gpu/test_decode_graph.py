@@ -1,0 +1,171 @@
+"""The recorded decode step (loom/llm/decode_graph.py, fast mode): its logits agree with the array-at-a-time
+path and the CPU to float32 rounding for every architecture option it covers (biases, qk norm, sliding
+windows, tied embeddings, head_dim 64 and 128), for every weight type of the block kernels, for batches of
+sequences, and across caches (a new cache records a new graph)."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import loom
+from loom.backend import cuda_quant
+from loom.kernels.quantized import QuantizedTensor
+from loom.llm.decode_graph import DecodeGraph
+from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+
+from .cpu_gpu import host
+
+cupy = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "llm"))
+import tiny_decoders as td  # noqa: E402
+
+RNG = np.random.default_rng(20261121)
+PROMPT = [5, 17, 200, 3, 99, 41, 7]
+STEPS = 9
+
+
+def _both(dec_gpu, dec_ref, prompt, steps, batch=1):
+    """Logits of `steps` decode steps after `prompt`, by dec_gpu's graph and by dec_ref's array code."""
+    ids = np.array([prompt] * batch) + np.arange(batch)[:, None]
+    out = []
+    for dec in (dec_gpu, dec_ref):
+        cache = dec.new_cache(len(prompt) + steps + 1, batch=batch)
+        logits = host(dec.forward(ids, cache, last_only=True))
+        rows, toks = [], logits[:, -1].argmax(-1)
+        for _ in range(steps):
+            logits = host(dec.forward(toks[:, None], cache))
+            rows.append(logits[:, 0])
+            toks = (toks * 7 + 3) % logits.shape[-1]          # fixed inputs: both paths see the same ids
+        out.append(np.stack(rows))
+    return out
+
+
+def _graph_and_eager(folder):
+    graph = loom.llm.load(folder, device="cuda").decoder
+    eager = loom.llm.load(folder, device="cuda").decoder
+    eager.graphs = False
+    return graph, eager
+
+
+@pytest.mark.parametrize("kind, extra", [
+    ("llama", {}), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
+    ("mistral", {"sliding_window": 4}), ("qwen3", {"head_dim": 64, "tied": True})])
+def test_graph_decode_matches_the_array_path(kind, extra, tmp_path):
+    extra = dict(extra)
+    tied = extra.pop("tied", False)
+    model = td.build(kind, layers=2, tied=tied, hidden_size=256, intermediate_size=192, **extra)
+    td.save(model, tmp_path)
+    with loom.deterministic(False):
+        graph, eager = _graph_and_eager(tmp_path)
+        got, want = _both(graph, eager, PROMPT, STEPS)
+        assert isinstance(graph._graph, DecodeGraph) and eager._graph is None
+        assert td.relative_error(got, want) < 1e-5
+        cpu = loom.llm.load(tmp_path).decoder
+        got2, ref = _both(graph, cpu, PROMPT, STEPS, batch=3)
+        assert td.relative_error(got2, ref) < 1e-5
+
+
+def test_graph_follows_hf_logits(tmp_path):
+    """Independent reference: transformers' logits for the prompt plus the decoded tokens."""
+    model = td.build("llama", layers=2, hidden_size=256, intermediate_size=192)
+    td.save(model, tmp_path)
+    with loom.deterministic(False):
+        dec = loom.llm.load(tmp_path, device="cuda").decoder
+        cache = dec.new_cache(32)
+        ids = list(PROMPT)
+        dec.forward(np.array([ids]), cache)
+        for tok in (11, 250, 3, 42):
+            logits = host(dec.forward(np.array([[tok]]), cache))[0, 0]
+            ids.append(tok)
+            assert td.relative_error(logits, td.hf_logits(model, ids)[-1]) < 1e-5
+        assert isinstance(dec._graph, DecodeGraph)
+
+
+def _quant_weights(qtype, config):
+    """Random weights of `qtype` with small finite scales (random bytes would give inf/NaN scales)."""
+    required, _ = expected_tensors(DecoderConfig.from_hf(config))
+    out = {}
+    for name, shape in required.items():
+        if len(shape) == 1:
+            out[name] = (1 + 0.1 * RNG.standard_normal(shape)).astype(np.float32)
+            continue
+        rows, cols = shape
+        if qtype in ("F16", "BF16", "F32"):
+            w = (RNG.standard_normal(shape) * 0.05).astype(np.float32)
+            if qtype == "F32":
+                out[name] = w
+                continue
+            data = w.astype(np.float16 if qtype == "F16" else "bfloat16").view(np.uint8).reshape(rows, -1)
+        else:
+            block, _, at_m, _, _ = cuda_quant.LAYOUTS[qtype]
+            data = RNG.integers(0, 256, (rows, cols // 32, block), dtype=np.uint8)
+            data[..., 0:2] = (RNG.random((rows, cols // 32, 1)) * 0.01).astype(np.float16).view(np.uint8)
+            if at_m >= 0:
+                data[..., at_m:at_m + 2] = (RNG.random((rows, cols // 32, 1)) * -0.02).astype(np.float16).view(np.uint8)
+            data = data.reshape(rows, -1)
+        out[name] = QuantizedTensor(data, qtype, shape)
+    return out
+
+
+CONFIG = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 320, "num_hidden_layers": 2,
+          "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "rope_theta": 10000.0,
+          "rms_norm_eps": 1e-5, "tie_word_embeddings": True, "max_position_embeddings": 64}
+
+
+@pytest.mark.parametrize("qtype", cuda_quant.TYPES)
+def test_graph_decode_with_stored_weight_types(qtype):
+    weights = _quant_weights(qtype, CONFIG)
+    config = DecoderConfig.from_hf(CONFIG)
+    with loom.deterministic(False):
+        graph = Decoder(config, weights, device="cuda")
+        eager = Decoder(config, weights, device="cuda")
+        eager.graphs = False
+        got, want = _both(graph, eager, PROMPT, STEPS, batch=2)
+        assert isinstance(graph._graph, DecodeGraph)
+        assert td.relative_error(got, want) < 1e-5
+        got, ref = _both(graph, Decoder(config, weights), PROMPT, STEPS)       # the CPU's integer-code products
+        assert td.relative_error(got, ref) < 1e-5
+
+
+def test_a_new_cache_records_a_new_graph_and_the_old_one_is_released():
+    weights = _quant_weights("Q8_0", CONFIG)
+    with loom.deterministic(False):
+        dec = Decoder(DecoderConfig.from_hf(CONFIG), weights, device="cuda")
+        first = _both(dec, dec, PROMPT, 4)                    # two caches, one after the other
+        assert td.relative_error(first[0], first[1]) < 1e-6   # same inputs, same model: same logits
+        c1 = dec.new_cache(16)
+        dec.forward(np.array([PROMPT]), c1)
+        dec.forward(np.array([[1]]), c1)
+        g1 = dec._graph
+        c2 = dec.new_cache(16)
+        dec.forward(np.array([PROMPT]), c2)
+        dec.forward(np.array([[1]]), c2)
+        assert dec._graph is not g1 and dec._graph.cache is c2
+        assert np.array_equal(host(c1.k[:, :, :, :len(PROMPT) + 1]), host(c2.k[:, :, :, :len(PROMPT) + 1]))
+
+
+def test_deterministic_mode_and_unsupported_shapes_use_the_array_path(tmp_path):
+    td.save(td.build("llama", layers=1), tmp_path)              # head_dim 16: not a multiple of 64
+    dec = loom.llm.load(tmp_path, device="cuda").decoder
+    cache = dec.new_cache(16)
+    dec.forward(np.array([PROMPT]), cache)
+    with loom.deterministic(False):
+        dec.forward(np.array([[4]]), cache)
+    assert dec._graph is None
+    big = Decoder(DecoderConfig.from_hf(CONFIG), _quant_weights("Q4_0", CONFIG), device="cuda")
+    cache = big.new_cache(16)
+    big.forward(np.array([PROMPT]), cache)
+    big.forward(np.array([[4]]), cache)                          # deterministic (the default)
+    assert big._graph is None
+
+
+def test_a_full_cache_still_raises_before_any_graph_runs():
+    dec = Decoder(DecoderConfig.from_hf(CONFIG), _quant_weights("Q4_1", CONFIG), device="cuda")
+    with loom.deterministic(False):
+        cache = dec.new_cache(len(PROMPT) + 1)
+        dec.forward(np.array([PROMPT]), cache)
+        dec.forward(np.array([[4]]), cache)
+        with pytest.raises(loom.errors.ConfigError, match="KV cache holds"):
+            dec.forward(np.array([[4]]), cache)
