@@ -120,31 +120,35 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     }
     float acc[EPI + 1][MR];
     #pragma unroll
-    for (int e = 0; e <= EPI; ++e) {
-        const unsigned char* row = w + (long long)(warp + e * rows) * nb * BLOCK;
+    for (int e = 0; e <= EPI; ++e)
         #pragma unroll
         for (int m = 0; m < MR; ++m) acc[e][m] = 0.0f;
-        #pragma unroll 2
-        for (int b = part + 4 * slice; valid && b < nb; b += 4 * WPR) {
-            float v[4]; int at[4];
-            block_values(row + (long long)b * BLOCK, i, v, at);
+    const unsigned char* row = w + (long long)warp * nb * BLOCK;
+    const long long second = (long long)rows * nb * BLOCK;     // SwiGLU: the up row, `rows` rows further
+    #pragma unroll 4
+    for (int b = part + 4 * slice; valid && b < nb; b += 4 * WPR) {
+        float v[EPI + 1][4]; int at[4];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) block_values(row + e * second + (long long)b * BLOCK, i, v[e], at);
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) {
             #pragma unroll
-            for (int m = 0; m < MR; ++m) {
+            for (int j = 0; j < 4; ++j) {
+                const int k = b * 32 + at[j];
+                float xv = x[m * cols + k];
+                if (PRO == 1) xv = xv * scale[m] * aux[k];
                 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int k = b * 32 + at[j];
-                    float xv = x[m * cols + k];
-                    if (PRO == 1) xv = xv * scale[m] * aux[k];
-                    acc[e][m] += v[j] * xv;
-                }
+                for (int e = 0; e <= EPI; ++e) acc[e][m] += v[e][j] * xv;
             }
         }
+    }
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e)
         #pragma unroll
         for (int m = 0; m < MR; ++m) {
             acc[e][m] = warp_sum(acc[e][m]);
             if (WPR > 1 && lane == 0) partial[local][e][m] = acc[e][m];
         }
-    }
     if (WPR > 1) {
         __syncthreads();
         if (slice != 0) return;

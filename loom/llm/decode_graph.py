@@ -1,17 +1,17 @@
 """A decoder's decode step (one new token per sequence) on the GPU as one recorded CUDA graph, fast mode.
 
 Launched one operation at a time, a decode step of a small model is ~300 kernels whose Python launch
-cost (about 25 ms for SmolLM2-135M) dwarfs their run time. Here a step is ~6 fused kernels per layer
-(loom/backend/cuda_quant.py: quantized products with RMSNorm / SwiGLU prologues and bias / residual
-epilogues; loom/backend/cuda_decode.py: RoPE + KV-cache write, attention over the cached keys),
+cost (about 25 ms for SmolLM2-135M) dwarfs their run time. Here a step is 5 fused kernels per layer
+(loom/backend/cuda_quant.py: quantized products with an RMSNorm prologue and bias / residual / SwiGLU
+epilogues; loom/backend/cuda_decode.py: RoPE, KV-cache write and attention over the cached keys),
 recorded once per KV cache into a CUDA graph and replayed for every token. The graph reads the token
-ids and the position from two small device buffers written before each replay, so one recording
+ids and the position from a small device buffer written before each replay, so one recording
 serves every position; it writes the logits into a buffer the step copies out.
 
 Per layer, with the Decoder's fused weights (h the residual stream [B, E]):
     qkv = rms_norm(h, ln1) Wqkv^T (+ b)         gemv, RMSNorm prologue
-    q, cache[pos] = rope(qkv), k, v             rope_kv
-    ctx = attention(q, cache[lo..pos])          attention
+    q, cache[pos] = rope(qkv), k, v
+    ctx = attention(q, cache[lo..pos])          attention (with the RoPE and the cache write)
     h  += ctx Wo^T (+ b)                        gemv, residual epilogue
     a   = silu(x2 Wg^T (+ b)) * (x2 Wu^T (+ b)), x2 = rms_norm(h, ln2)
                                                 gemv, RMSNorm prologue, SwiGLU epilogue
@@ -64,7 +64,6 @@ class DecodeGraph:
         self.ids, self.pos = self.inputs[:B], self.inputs[B:]
         self.h = xp.empty((B, c.hidden), dtype=np.float32)
         self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
-        self.q = xp.empty((B, c.heads, c.head_dim), dtype=np.float32)
         self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
         self.act = xp.empty((B, c.intermediate), dtype=np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
@@ -79,9 +78,8 @@ class DecodeGraph:
         for i, L in enumerate(dec.layers):
             ck, cv = cache.layer_k[i], cache.layer_v[i]
             quant.gemv(*_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias)
-            kernels.rope_kv(self.qkv, self.q, ck, cv, dec._cos, dec._sin, L.qk_norm, self.pos, c.heads,
-                            c.kv_heads, c.eps)
-            kernels.attention(self.q, ck, cv, self.ctx, self.pos, L.window, dec.scale)
+            kernels.attention(self.qkv, ck, cv, self.ctx, dec._cos, dec._sin, L.qk_norm, self.pos, c.heads,
+                              L.window, dec.scale, c.eps)
             quant.gemv(*_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h)
             quant.gemv(*_stored(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias, swiglu=True)
             quant.gemv(*_stored(L.down), self.act, self.h, bias=L.down_bias, residual=self.h)
