@@ -28,6 +28,7 @@ import math
 import numpy as np
 
 from .. import backend, dtypes
+from . import exact_cpu
 
 MAX_CHUNK_BITS = 14                       # K above 2^14 is summed in chunks: the slices keep >= 30 bits
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
@@ -85,10 +86,13 @@ def _unvector(result, vector_left: bool, vector_right: bool):
 
 def _absmax(be, x, axis):
     """max |x| along axis (kept; NaN where one is NaN): two reductions and no |x| temporary, or
-    the backend's own kernel (the GPU: one reduction, split into parts when there are few outputs)."""
+    the backend's own kernel (the GPU: one reduction, split into parts when there are few outputs),
+    or on the CPU integer reductions of the bit patterns (exact_cpu.absmax)."""
     kernels = getattr(be, "exact_kernels", None)
     if kernels is not None and x.dtype in kernels.C_TYPES:
         return kernels.absmax(x, axis)
+    if x.dtype in (np.float32, np.float64) and be.xp is np:
+        return exact_cpu.absmax(x, axis)
     xp = be.xp
     return xp.maximum(xp.max(x, axis=axis, keepdims=True), -xp.min(x, axis=axis, keepdims=True))
 
@@ -125,34 +129,23 @@ def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
 
 
 def _matmul_narrow(be, a, b, scales: tuple, dtype):
-    """float32 operands, K <= 2^14, scales from _narrow_scales: the 2 x 1 slice scheme. The scaling
-    runs in float32 (ldexp by a power of two and rint are exact there: the scaled values keep their
-    24-bit mantissas and the integers are below 2^24) and every later step in place, because each
-    pass over the operands costs a sizeable share of the GEMM on the CPU."""
-    xp = be.xp
+    """float32 operands, K <= 2^14, scales from _narrow_scales: the 2 x 1 slice scheme. The reference
+    arithmetic, which both backends' kernels reproduce bit for bit:
+        s = ldexp(a, shift_a) in float32 (|s| < 2^bits_a), hi = rint(s), lo = rint((s - hi) 2^bits_a),
+        b_int = rint(ldexp(b, shift_b)), [g_hi; g_lo] = [hi; lo] @ b_int (one float64 GEMM: exact),
+        out = ((g_lo 2^-bits_a + g_hi) * row_scale) * col_scale in float64, then rounded to dtype,
+    where the sum is the one rounding in float64 (scaling by a power of two is exact there).
+    Each pass over the operands costs a sizeable share of the GEMM, so both backends fuse or
+    trim them: fused kernels on the GPU, exact_cpu's float32 passes on the CPU."""
+    fused = getattr(be, "exact_kernels", None)          # one kernel per step on the GPU, same bits
+    if fused is None:
+        return exact_cpu.matmul_narrow(be, a, b, scales, dtype)
     bits_a, shift_a, shift_b, row_scale, col_scale = scales
     m = a.shape[-2]
-    stacked = xp.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
-    hi, lo = stacked[..., :m, :], stacked[..., m:, :]
-    fused = getattr(be, "exact_kernels", None)          # one kernel per step on the GPU, same bits
-    if fused is not None:
-        fused.slice_left(a, shift_a, bits_a, hi, lo)
-        g = be.matmul(stacked, fused.slice_right(b, shift_b))
-        return fused.combine(g, m, bits_a, row_scale, col_scale, dtype)
-    scaled = xp.ldexp(a, shift_a)                       # |scaled| < 2^bits_a
-    xp.rint(scaled, out=hi)
-    xp.subtract(scaled, hi, out=lo)                     # the remainder, |r| <= 1/2, exact
-    xp.multiply(lo, 2.0 ** bits_a, out=lo)
-    xp.rint(lo, out=lo)
-    b_int = xp.empty_like(b, dtype=np.float64)          # b's layout (a transposed weight stays so)
-    xp.rint(xp.ldexp(b, shift_b), out=b_int)
-    g = be.matmul(stacked, b_int)                       # exact: integer partial sums <= 2^53
-    acc = xp.multiply(g[..., m:, :], 2.0 ** -bits_a)
-    acc += g[..., :m, :]                                # the one rounding
-    acc *= row_scale
-    out = xp.empty(acc.shape, dtype=dtype)
-    xp.multiply(acc, col_scale, out=out, casting="unsafe")
-    return out
+    stacked = be.xp.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
+    fused.slice_left(a, shift_a, bits_a, stacked[..., :m, :], stacked[..., m:, :])
+    g = be.matmul(stacked, fused.slice_right(b, shift_b))
+    return fused.combine(g, m, bits_a, row_scale, col_scale, dtype)
 
 
 def _matmul_general(be, a, b, amax, bmax, wide, dtype):
@@ -241,6 +234,18 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
     if kernels is not None and x.dtype == np.float32:
         total = kernels.sum_float32(x, axes, bits)
         return total if keepdims else total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+    total = exact_cpu.sum_float32(x, axes, bits) if x.dtype == np.float32 and xp is np else None
+    if total is None:
+        total = _sum_general(be, x, axes, bits)
+    if not keepdims:
+        total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+    return total.astype(x.dtype)
+
+
+def _sum_general(be, x, axes: tuple, bits: int):
+    """exact.sum's arithmetic in float64 (one slice per element, two for float64 elements), with
+    infinities and NaNs: the total over axes (kept), in float64."""
+    xp = be.xp
     x64 = x.astype(np.float64)
     finite = xp.isfinite(x64)
     top = xp.max(xp.abs(x64), axis=axes, keepdims=True)
@@ -258,9 +263,7 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
     total = xp.ldexp(total, (e - bits).astype(np.int32))
     if special is not None:
         total = xp.where(xp.isfinite(special), total, special)
-    if not keepdims:
-        total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
-    return total.astype(x.dtype)
+    return total
 
 
 def index_add(dst, ids, rows) -> None:

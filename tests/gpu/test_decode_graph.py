@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import loom
-from loom.backend import cuda_quant
 from loom.kernels.quantized import QuantizedTensor
 from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
@@ -17,6 +16,7 @@ from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
 from .cpu_gpu import host
 
 cupy = pytest.importorskip("cupy")
+from loom.backend import cuda_quant  # noqa: E402  (imports cupy)
 pytestmark = pytest.mark.gpu
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "llm"))
 import tiny_decoders as td  # noqa: E402

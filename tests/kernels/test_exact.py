@@ -1,5 +1,6 @@
 """Exact GEMM and sums (deterministic mode): order independence, accuracy against float64, IEEE
 special values, shapes as NumPy's."""
+import math
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import pytest
 
 import loom
 from loom.backend.cpu import CPU
-from loom.kernels import exact, ops
+from loom.kernels import exact, exact_cpu, ops
 
 RNG = np.random.default_rng(20261121)
 
@@ -236,3 +237,133 @@ def test_index_add_is_exact_and_order_free(dtype):
     exact.index_add(got, ids, rows)
     want_nan = ids[3] == ids[7]
     assert np.isnan(got[ids[3], 2]) == want_nan and np.isfinite(np.delete(got, 2, axis=1)).all()
+
+
+# The CPU kernels (exact_cpu) against the reference arithmetic, step by step, bit for bit.
+
+def _reference_narrow(a, b):
+    """exact._matmul_narrow's reference arithmetic for float32 a, b (K <= 2^14), one step a line."""
+    amax = np.maximum(a.max(axis=-1, keepdims=True), -a.min(axis=-1, keepdims=True))
+    bmax = np.maximum(b.max(axis=-2, keepdims=True), -b.min(axis=-2, keepdims=True))
+    bits_a, shift_a, shift_b, row_scale, col_scale = exact._narrow_scales(np, amax, bmax, a.shape[-1])
+    s = np.ldexp(a, shift_a)
+    hi = np.rint(s).astype(np.float64)
+    lo = np.rint((s - hi) * 2.0 ** bits_a)
+    b_int = np.rint(np.ldexp(b, shift_b)).astype(np.float64)
+    acc = np.matmul(lo, b_int) * 2.0 ** -bits_a + np.matmul(hi, b_int)        # the one rounding
+    return ((acc * row_scale) * col_scale).astype(np.float32)
+
+
+def _rows_of_every_range(shape):
+    """normal values, each row scaled by its own power of two from subnormal to near float32's max,
+    with a zero row and a row of negative zeros"""
+    x = RNG.standard_normal(shape) * np.exp2(RNG.integers(-160, 127, shape[:-1] + (1,)).astype(np.float64))
+    with np.errstate(over="ignore"):
+        x = np.clip(x, -3e38, 3e38).astype(np.float32)
+    x[..., 0, :] = 0.0
+    x[..., 1, :] = -0.0
+    return x
+
+
+@pytest.mark.parametrize("shapes", [((40, 300), (300, 30)),    # scales applied to the product
+                                    ((120, 3), (3, 70)),       # folded into the slices (output largest)
+                                    ((2, 9, 40), (40, 12)), ((3, 1, 6, 20), (2, 20, 50))])
+@pytest.mark.parametrize("data", ["normal", "rows", "columns"])
+@pytest.mark.parametrize("layout", ["C", "F"])
+def test_cpu_gemm_has_the_reference_bits(shapes, data, layout):
+    sa, sb = shapes
+    a, b = RNG.standard_normal(sa).astype(np.float32), RNG.standard_normal(sb).astype(np.float32)
+    if data == "rows":
+        a = _rows_of_every_range(sa)
+    if data == "columns":                   # per-column ranges of b, wide values in a
+        b = np.swapaxes(_rows_of_every_range(sb[:-2] + (sb[-1], sb[-2])), -1, -2).copy()
+        a = _wide(sa).astype(np.float32)
+    if layout == "F" and a.ndim == 2:       # transposed views, as x.T @ dy and x @ W.T pass them
+        a, b = np.asfortranarray(a), np.asfortranarray(b)
+    with np.errstate(over="ignore"):
+        assert _bits(exact.matmul(a, b)) == _bits(_reference_narrow(a, b))
+
+
+@pytest.mark.parametrize("edge, folded", [("normal", True), ("tiny rows", False), ("largest float32", False),
+                                          ("small columns", True), ("tiny columns", False)])
+def test_cpu_gemm_keeps_the_reference_bits_at_the_edges_of_float32(edge, folded):
+    """The output is the largest array here, so the scales go into the slices where those stay
+    float32s: not where lo's unit 2^(e - 2 bits_a) is below 2^-149, nor where hi rounds up to 2^128
+    (bits_a = 23 for K = 64), nor where a column's unit 2^-shift_b is below 2^-149."""
+    a, b = RNG.standard_normal((300, 64)).astype(np.float32), RNG.standard_normal((64, 300)).astype(np.float32)
+    if edge == "tiny rows":                 # every row's maximum in [2^-105, 2^-104)
+        a = (a * 2.0 ** -108).astype(np.float32)
+        a[:, 0] = 0.75 * 2.0 ** -104
+    if edge == "largest float32":
+        a[5, 1] = np.finfo(np.float32).max
+    if edge == "small columns":             # units 2^-135 or so: subnormal, still float32s
+        b = (b * 2.0 ** -112).astype(np.float32)
+    if edge == "tiny columns":
+        b = (b * np.exp2(RNG.integers(-140, -120, (1, 300)).astype(np.float64))).astype(np.float32)
+    amax = exact._absmax(CPU, a, -1)
+    bmax = exact._absmax(CPU, b, -2)
+    bits_a, shift_a, shift_b, _, _ = exact._narrow_scales(np, amax, bmax, 64)
+    assert exact_cpu._foldable(a, b, bits_a, shift_a, shift_b) == folded
+    with np.errstate(over="ignore"):
+        assert _bits(exact.matmul(a, b)) == _bits(_reference_narrow(a, b))
+
+
+def test_cpu_gemm_results_are_fresh_arrays_and_threads_share_nothing():
+    a, b = RNG.standard_normal((30, 50)).astype(np.float32), RNG.standard_normal((50, 20)).astype(np.float32)
+    c, d = RNG.standard_normal((30, 50)).astype(np.float32), RNG.standard_normal((50, 20)).astype(np.float32)
+    first = exact.matmul(a, b)
+    kept = first.copy()
+    second = exact.matmul(c, d)                  # the same scratch memory, reused
+    assert _bits(first) == _bits(kept) and not np.shares_memory(first, second)
+    want = {i: _bits(exact.matmul(a * (i + 1), b)) for i in range(4)}
+    got = {}
+
+    def work(i):
+        for _ in range(20):
+            got.setdefault(i, set()).add(_bits(exact.matmul(a * (i + 1), b)))
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == {i: {want[i]} for i in range(4)}
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size", [(40, 30), (300, 200)])        # |x|'s maximum, and the bit patterns'
+def test_cpu_absmax_matches_max_and_min(dtype, size):
+    x = _wide(size).astype(dtype)
+    x[0] = -0.0
+    x[1, :5] = [np.inf, -1.0, 0.0, 1e-45, -3.0]
+    x[2, 3] = -np.inf
+    x[3, 7] = np.nan
+    x[4, 9] = -np.nan
+    x[5] = -np.abs(x[5])                          # negative values only
+    x[6, :] = np.finfo(dtype).smallest_subnormal
+    for axis in (-1, -2):
+        want = np.maximum(x.max(axis=axis, keepdims=True), -x.min(axis=axis, keepdims=True))
+        got = exact_cpu.absmax(x, axis)
+        assert got.dtype == dtype and np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, (0, 2)])
+def test_cpu_float32_sum_has_the_general_paths_bits(axis):
+    x = _rows_of_every_range((6, 50, 40))
+    x[2, :, 5] = RNG.standard_normal(50).astype(np.float32) * 1e-30
+    axes = tuple(range(3)) if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+    bits = 53 - exact._log2_ceil(math.prod(x.shape[i] for i in axes))
+    with np.errstate(over="ignore"):
+        want = exact._sum_general(CPU, x, axes, bits).astype(np.float32)
+        got = exact.sum(x, axis=axis, keepdims=True)
+    assert _bits(got) == _bits(want)
+    x[1, 3, 4] = np.inf                           # the general path's special values
+    with np.errstate(over="ignore"):
+        assert np.isinf(exact.sum(x, axis=1)[1, 4])
+
+
+def test_cpu_kernels_leave_numpys_buffer_size_as_they_found_it():
+    a = RNG.standard_normal((40, 600)).astype(np.float32)       # rows long enough to cut the buffer
+    before = np.getbufsize()
+    exact.matmul(a, a.T)
+    exact.sum(a, axis=1)
+    assert np.getbufsize() == before
