@@ -27,25 +27,16 @@ import cupy
 import numpy as np
 
 from .cuda_kernels import OPTIONS
+from .cuda_quant import WARP_REDUCTIONS
 
 MAX_HEAD_DIM = 256
 WARPS = 8
 
-_SOURCE = r"""
+_SOURCE = WARP_REDUCTIONS + r"""
 #define PER (D / 32)
 #define G (D / 16)
 #define GROUPS (WARPS * 32 / G)
 #define SLICES (WARPS * 32 / D)
-__device__ __forceinline__ float warp_sum(float s) {
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return s;
-}
-__device__ __forceinline__ float warp_max(float s) {
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, o));
-    return s;
-}
 
 // one head vector of the Q/K/V product: (norm and) RoPE at row pos of the tables (rope = false: as is)
 __device__ void head_vector(const float* x, float* dst, float* also, const float* norm, const float* cos_t,

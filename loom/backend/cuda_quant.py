@@ -42,7 +42,21 @@ LAYOUTS = {"Q8_0": (34, 2, -1, -1, 0), "Q4_0": (18, 2, -1, -1, 8), "Q4_1": (20, 
 _KIND = {"F16": 1, "BF16": 2, "F32": 3}
 TYPES = tuple(LAYOUTS)
 
-_SOURCE = r"""
+# float warp reductions (every lane gets the result), shared with cuda_decode's attention kernel
+WARP_REDUCTIONS = r"""
+__device__ __forceinline__ float warp_sum(float s) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    return s;
+}
+__device__ __forceinline__ float warp_max(float s) {
+    #pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, o));
+    return s;
+}
+"""
+
+_SOURCE = WARP_REDUCTIONS + r"""
 #include <cuda_fp16.h>
 __device__ __forceinline__ unsigned short u16_at(const unsigned char* p) { return *(const unsigned short*)p; }
 __device__ __forceinline__ float half_at(const unsigned char* p) { return __half2float(__ushort_as_half(u16_at(p))); }
@@ -89,11 +103,6 @@ __device__ __forceinline__ void block_values(const unsigned char* blk, int i, fl
     }
 }
 
-__device__ __forceinline__ float warp_sum(float s) {
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return s;
-}
 
 // PRO 0: x as is; 1: rms_norm(x) * aux per row of x. EPI 0: out[m, r] = (res[m, r] +) x W[r]^T (+ bias[r]),
 // r < rows; 1 (SwiGLU): out[m, r] = silu(g) * u with g, u the products with W rows r and r + rows (+ bias).
