@@ -27,7 +27,7 @@ import cupy
 import numpy as np
 
 from .cuda_kernels import OPTIONS
-from .cuda_quant import WARP_REDUCTIONS
+from .cuda_quant import WARP_REDUCTIONS, pointer
 
 MAX_HEAD_DIM = 256
 WARPS = 8
@@ -163,10 +163,6 @@ def supports(head_dim: int) -> bool:
     return head_dim % 64 == 0 and head_dim <= MAX_HEAD_DIM
 
 
-def _null(a):
-    return np.uint64(0) if a is None else a
-
-
 def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
               eps: float) -> None:
     """out [B, H * D] = attention of the step's queries over the cache up to position pos[0] (int64 on the
@@ -176,6 +172,6 @@ def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, windo
     B, kv_heads, max_len, D = cache_k.shape
     _module(D).get_function("loom_decode_attention")(
         (B * heads,), (WARPS * 32,),
-        (qkv, cache_k, cache_v, out, cos, sin, _null(norm), pos, np.int32(heads), np.int32(kv_heads),
+        (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
          np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
          np.float32(eps)))

@@ -231,10 +231,10 @@ def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, resid
         blocks = (rows * wpr * 32 + threads - 1) // threads
         kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr).get_function("loom_quant_gemv")
         kernel((blocks,), (threads,), (data, x, out, np.int32(rows), np.int32(x.shape[1] // 32),
-                                       _ptr(norm), np.float32(eps), _ptr(bias), _ptr(residual)))
+                                       pointer(norm), np.float32(eps), pointer(bias), pointer(residual)))
 
 
-def _ptr(a):
+def pointer(a):
     """A device array, or a null pointer for an absent one."""
     return np.uint64(0) if a is None else a
 

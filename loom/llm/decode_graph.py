@@ -46,10 +46,11 @@ def supported(dec, batch: int) -> bool:
     if quant is None or kernels is None or not be.graphs or batch > quant.MAX_ROWS:
         return False
     c = dec.config
-    if not kernels.supports(c.head_dim) or c.hidden % 32 or c.intermediate % 32 or (c.heads * c.head_dim) % 32:
+    if not kernels.supports(c.head_dim) or c.hidden % 32 or c.intermediate % 32:   # (head_dim: a multiple of 64)
         return False
     mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
-    return all(_stored(w) is not None and _stored(w)[1] in quant.TYPES for w in mats)
+    stored = [_stored(w) for w in mats]
+    return all(s is not None and s[1] in quant.TYPES for s in stored)
 
 
 class DecodeGraph:

@@ -232,6 +232,7 @@ class Decoder:
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
         self._graph = None               # the DecodeGraph of the cache last decoded with
+        self._graph_ok = {}              # batch size -> whether a decode step can be recorded
 
     # --- cache ---------------------------------------------------------------------------------------
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
@@ -277,10 +278,12 @@ class Decoder:
 
     def _decode_graph(self, cache: KVCache):
         """The recorded decode step for `cache` (made on its first step), or None where unsupported."""
-        if self._graph is None or self._graph.cache is not cache:
-            self._graph = None
-            if decode_graph.supported(self, cache.batch):
-                self._graph = decode_graph.DecodeGraph(self, cache)
+        if self._graph is not None and self._graph.cache is cache:
+            return self._graph
+        ok = self._graph_ok.get(cache.batch)
+        if ok is None:                   # the weights never change: ask once per batch size
+            ok = self._graph_ok[cache.batch] = decode_graph.supported(self, cache.batch)
+        self._graph = decode_graph.DecodeGraph(self, cache) if ok else None
         return self._graph
 
     def _logits(self, h):
