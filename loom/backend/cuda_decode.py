@@ -27,20 +27,21 @@ import cupy
 import numpy as np
 
 from .cuda_kernels import OPTIONS
+from .cuda_launch import OVERLAP_PROLOGUE, launch
 from .cuda_quant import WARP_REDUCTIONS, pointer
 
 MAX_HEAD_DIM = 256
 WARPS = 8
 
-_SOURCE = WARP_REDUCTIONS + r"""
+_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + r"""
 #define PER (D / 32)
 #define G (D / 16)
 #define GROUPS (WARPS * 32 / G)
 #define SLICES (WARPS * 32 / D)
 
-// one head vector of the Q/K/V product: (norm and) RoPE at row pos of the tables (rope = false: as is)
-__device__ void head_vector(const float* x, float* dst, float* also, const float* norm, const float* cos_t,
-                            const float* sin_t, int pos, float eps, float scale, bool rope) {
+// one head vector of the Q/K/V product: (norm and) RoPE with this lane's cos/sin values (rope = false: as is)
+__device__ void head_vector(const float* x, float* dst, float* also, const float* norm, const float* cs,
+                            const float* sn, float eps, float scale, bool rope) {
     const int lane = threadIdx.x & 31;
     float v[PER];
     #pragma unroll
@@ -59,7 +60,7 @@ __device__ void head_vector(const float* x, float* dst, float* also, const float
         float o = v[i];
         if (rope) {                                              // x * cos + [-x2, x1] * sin
             const float partner = i < PER / 2 ? -v[i + PER / 2] : v[i - PER / 2];
-            o = v[i] * cos_t[(long long)pos * D + d] + partner * sin_t[(long long)pos * D + d];
+            o = v[i] * cs[i] + partner * sn[i];
         }
         dst[d] = o * scale;
         if (also != 0) also[d] = o;
@@ -81,14 +82,33 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
     float* keys_w = cache_k + b * batch_stride + (long long)kv * max_len * D;
     float* values_w = cache_v + b * batch_stride + (long long)kv * max_len * D;
     const bool writer = h % R == 0;                              // one query head per key/value head writes
-    if (w == 0) head_vector(x + h * D, q_s, 0, norm == 0 ? 0 : norm + h * D, cos_t, sin_t, pos, eps, scale, true);
+    const int group = threadIdx.x / G, sub = threadIdx.x % G;    // sub: elements sub*16 .. sub*16+15
+    // Before the wait (cuda_launch): only what no kernel of this step writes, the position's cos/sin
+    // row and the keys and values cached by earlier steps (each group's first key).
+    float cs[PER], sn[PER];
+    if (w < 2) {
+        #pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            cs[i] = cos_t[(long long)pos * D + i * 32 + (threadIdx.x & 31)];
+            sn[i] = sin_t[(long long)pos * D + i * 32 + (threadIdx.x & 31)];
+        }
+    }
+    float4 k_first[4], v_first[4];
+    if (lo + group < pos) {
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            k_first[i] = ((const float4*)(keys_w + (long long)(lo + group) * D + sub * 16))[i];
+            v_first[i] = ((const float4*)(values_w + (long long)(lo + group) * D + sub * 16))[i];
+        }
+    }
+    wait_for_previous_kernel();
+    if (w == 0) head_vector(x + h * D, q_s, 0, norm == 0 ? 0 : norm + h * D, cs, sn, eps, scale, true);
     if (w == 1) head_vector(x + (H + kv) * D, k_s, writer ? keys_w + (long long)pos * D : 0,
-                            norm == 0 ? 0 : norm + (H + kv) * D, cos_t, sin_t, pos, eps, 1.0f, true);
-    if (w == 2) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w + (long long)pos * D : 0, 0, cos_t,
-                            sin_t, pos, eps, 1.0f, false);
+                            norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, 1.0f, true);
+    if (w == 2) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w + (long long)pos * D : 0, 0, cs, sn,
+                            eps, 1.0f, false);
     __syncthreads();
 
-    const int group = threadIdx.x / G, sub = threadIdx.x % G;    // sub: elements sub*16 .. sub*16+15
     float qv[16], acc[16];
     #pragma unroll
     for (int i = 0; i < 16; ++i) { qv[i] = q_s[sub * 16 + i]; acc[i] = 0.0f; }
@@ -101,10 +121,11 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
         const bool valid = t <= pos;
         const float* k = t < pos ? keys_w + (long long)t * D + sub * 16 : k_s + sub * 16;   // pos: the new key
         const float* v = t < pos ? values_w + (long long)t * D + sub * 16 : v_s + sub * 16;
+        const bool loaded = base == 0 && t < pos;                // k_first / v_first hold this key
         float s = 0.0f;
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const float4 kk = ((const float4*)k)[i];
+            const float4 kk = loaded ? k_first[i] : ((const float4*)k)[i];
             s += qv[4 * i] * kk.x + qv[4 * i + 1] * kk.y + qv[4 * i + 2] * kk.z + qv[4 * i + 3] * kk.w;
         }
         #pragma unroll
@@ -114,7 +135,7 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
         l = l * c + p;
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            const float4 vv = ((const float4*)v)[i];
+            const float4 vv = loaded ? v_first[i] : ((const float4*)v)[i];
             acc[4 * i] = acc[4 * i] * c + p * vv.x; acc[4 * i + 1] = acc[4 * i + 1] * c + p * vv.y;
             acc[4 * i + 2] = acc[4 * i + 2] * c + p * vv.z; acc[4 * i + 3] = acc[4 * i + 3] * c + p * vv.w;
         }
@@ -164,14 +185,14 @@ def supports(head_dim: int) -> bool:
 
 
 def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
-              eps: float) -> None:
+              eps: float, overlap: bool = False) -> None:
     """out [B, H * D] = attention of the step's queries over the cache up to position pos[0] (int64 on the
     device), after writing the step's keys and values there. qkv [B, (H + 2 KV) D] is the Q/K/V product;
     cache_k/cache_v [B, KV, max_len, D] layer views; cos, sin [positions, D]; norm [H + KV, D] (qwen3's
-    q/k norms) or None; window: a sliding window's length or None."""
+    q/k norms) or None; window: a sliding window's length or None. overlap: launched to overlap the previous
+    kernel (loom.backend.cuda_launch; pos and the cache before pos must be written before it started)."""
     B, kv_heads, max_len, D = cache_k.shape
-    _module(D).get_function("loom_decode_attention")(
-        (B * heads,), (WARPS * 32,),
-        (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
-         np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
-         np.float32(eps)))
+    launch(_module(D).get_function("loom_decode_attention"), B * heads, WARPS * 32,
+           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
+            np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
+            np.float32(eps)), cupy.cuda.get_current_stream().ptr, overlap)

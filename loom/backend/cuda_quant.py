@@ -31,6 +31,7 @@ import numpy as np
 
 from .cuda import translating
 from .cuda_kernels import OPTIONS
+from .cuda_launch import OVERLAP_PROLOGUE, launch
 
 MAX_ROWS = 16
 # block bytes, offset of the codes, of the float16 offset m (-1: none), of the 5th bits (-1: none),
@@ -56,7 +57,7 @@ __device__ __forceinline__ float warp_max(float s) {
 }
 """
 
-_SOURCE = WARP_REDUCTIONS + r"""
+_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + r"""
 #include <cuda_fp16.h>
 __device__ __forceinline__ unsigned short u16_at(const unsigned char* p) { return *(const unsigned short*)p; }
 __device__ __forceinline__ float half_at(const unsigned char* p) { return __half2float(__ushort_as_half(u16_at(p))); }
@@ -104,26 +105,86 @@ __device__ __forceinline__ void block_values(const unsigned char* blk, int i, fl
 }
 
 
+// every `step`-th 128-byte line of [start, start + bytes), from line k on
+__device__ __forceinline__ void prefetch_row(const unsigned char* start, long long bytes, int k, int step) {
+    const unsigned long long end = (unsigned long long)start + bytes;
+    for (unsigned long long p = ((unsigned long long)start & ~127ull) + 128ull * k; p < end; p += 128ull * step)
+        prefetch_l1((const void*)p);
+}
+
 // PRO 0: x as is; 1: rms_norm(x) * aux per row of x. EPI 0: out[m, r] = (res[m, r] +) x W[r]^T (+ bias[r]),
 // r < rows; 1 (SwiGLU): out[m, r] = silu(g) * u with g, u the products with W rows r and r + rows (+ bias).
-// MR rows of x [MR, cols]. One warp per output row; eight lanes share a block, so a warp reads four
-// blocks' bytes together and each lane turns four codes into values.
-extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* x, float* out, int rows, int nb,
+// MR rows of x [MR, NB * 32]. One warp per output row; eight lanes share a block, so a warp reads four
+// blocks' bytes together and each lane turns four codes into values. NB (blocks per row) is compiled
+// in, so a short row's block loop unrolls completely and all of a warp's weight loads are in flight at once.
+#define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
+#define STAGE (MR * NB * 32 <= 8192)     // x [MR, cols] fits in 32 KB of shared memory (blocks of 8 warps)
+extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* x, float* out, int rows,
                                            const float* aux, float eps, const float* bias, const float* res) {
     // WPR warps share an output row, each taking every WPR-th group of four blocks; their sums meet
     // in shared memory, added in slice order
     __shared__ float partial[8][EPI + 1][MR];
+    __shared__ __align__(16) float x_s[STAGE ? MR * NB * 32 : 4];
+    __shared__ float squares_s[MR][8];
     const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     const int warp = global_warp / WPR, slice = global_warp % WPR, local = threadIdx.x >> 5;
     const bool valid = warp < rows;                             // no early return: WPR > 1 synchronises
-    const int cols = nb * 32, part = lane >> 3, i = lane & 7;
-    float scale[MR];
+    const int cols = NB * 32, part = lane >> 3, i = lane & 7;
+    const unsigned char* row = w + (long long)warp * NB * BLOCK;
+    const long long second = (long long)rows * NB * BLOCK;     // SwiGLU: the up row, `rows` rows further
+    // Before the wait (cuda_launch): only the constants. This warp's share of its row's cache lines is
+    // requested, and the bias read, while the previous kernel finishes.
+    float bias_v[EPI + 1];
+    if (valid) {
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) {
+            prefetch_row(row + e * second, (long long)NB * BLOCK, slice + WPR * lane, 32 * WPR);
+            bias_v[e] = bias != 0 && lane == 0 ? bias[warp + e * rows] : 0.0f;
+        }
+    }
+    wait_for_previous_kernel();
+    float res_v[MR];                                            // read early: its latency hides behind the sums
     #pragma unroll
-    for (int m = 0; m < MR; ++m) {
+    for (int m = 0; m < MR; ++m) res_v[m] = res != 0 && valid && lane == 0 ? res[(long long)m * rows + warp] : 0.0f;
+    // The RMSNorm factor of each row of x (as fused.rms_norm), applied to the finished sums. x (and aux)
+    // are read as float4: 16-byte aligned, cols % 32 == 0.
+    float scale[MR];
+    if (STAGE) {                    // the block copies x (times the norm weight) into shared memory once
+        float squares[MR];
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            squares[m] = 0.0f;
+            for (int k = threadIdx.x; k < cols / 4; k += blockDim.x) {
+                float4 v = ((const float4*)(x + m * cols))[k];
+                if (PRO == 1) {
+                    squares[m] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                    const float4 a = ((const float4*)aux)[k];
+                    v.x *= a.x; v.y *= a.y; v.z *= a.z; v.w *= a.w;
+                }
+                ((float4*)x_s)[m * cols / 4 + k] = v;
+            }
+            if (PRO == 1) {
+                squares[m] = warp_sum(squares[m]);
+                if (lane == 0) squares_s[m][local] = squares[m];
+            }
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            float t = 0.0f;
+            #pragma unroll
+            for (int j = 0; j < 8; ++j) t += PRO == 1 ? squares_s[m][j] : 0.0f;
+            scale[m] = PRO == 1 ? 1.0f / sqrtf(t / (float)cols + eps) : 1.0f;
+        }
+    }
+    #pragma unroll
+    for (int m = 0; !STAGE && m < MR; ++m) {      // x too long to stage: each warp reads it
         scale[m] = 1.0f;
-        if (PRO == 1 && valid) {                                // the row's RMSNorm factor, as fused.rms_norm
+        if (PRO == 1 && valid) {
+            const float4* xr = (const float4*)(x + m * cols);
             float s = 0.0f;
-            for (int k = lane; k < cols; k += 32) { const float v = x[m * cols + k]; s += v * v; }
+            #pragma unroll 8
+            for (int k = lane; k < cols / 4; k += 32) { const float4 v = xr[k]; s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
             scale[m] = 1.0f / sqrtf(warp_sum(s) / (float)cols + eps);
         }
     }
@@ -132,10 +193,10 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     for (int e = 0; e <= EPI; ++e)
         #pragma unroll
         for (int m = 0; m < MR; ++m) acc[e][m] = 0.0f;
-    const unsigned char* row = w + (long long)warp * nb * BLOCK;
-    const long long second = (long long)rows * nb * BLOCK;     // SwiGLU: the up row, `rows` rows further
-    #pragma unroll 4
-    for (int b = part + 4 * slice; valid && b < nb; b += 4 * WPR) {
+    #pragma unroll 8
+    for (int it = 0; it < ITERS; ++it) {
+        const int b = part + 4 * slice + it * 4 * WPR;
+        if (!valid || b >= NB) continue;
         float v[EPI + 1][4]; int at[4];
         #pragma unroll
         for (int e = 0; e <= EPI; ++e) block_values(row + e * second + (long long)b * BLOCK, i, v[e], at);
@@ -144,8 +205,8 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
             #pragma unroll
             for (int j = 0; j < 4; ++j) {
                 const int k = b * 32 + at[j];
-                float xv = x[m * cols + k];
-                if (PRO == 1) xv = xv * scale[m] * aux[k];
+                float xv = STAGE ? x_s[m * cols + k] : x[m * cols + k];
+                if (PRO == 1 && !STAGE) xv *= aux[k];
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) acc[e][m] += v[e][j] * xv;
             }
@@ -173,15 +234,12 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     if (!valid || lane != 0) return;
     #pragma unroll
     for (int m = 0; m < MR; ++m) {
-        float s = acc[0][m];
-        if (bias != 0) s += bias[warp];
+        float s = acc[0][m] * scale[m] + bias_v[0];
         if (EPI == 1) {
-            float u = acc[EPI][m];
-            if (bias != 0) u += bias[warp + rows];
+            const float u = acc[EPI][m] * scale[m] + bias_v[EPI];
             s = s / (1.0f + expf(-s)) * u;
         }
-        const long long at = (long long)m * rows + warp;
-        out[at] = res != 0 ? res[at] + s : s;
+        out[(long long)m * rows + warp] = res_v[m] + s;
     }
 }
 
@@ -199,11 +257,11 @@ extern "C" __global__ void loom_quant_embed(const unsigned char* w, const long l
 
 
 @lru_cache(maxsize=None)
-def _module(qtype: str, prologue: int = 0, epilogue: int = 0, x_rows: int = 1, warps_per_row: int = 1):
+def _module(qtype: str, prologue: int = 0, epilogue: int = 0, x_rows: int = 1, warps_per_row: int = 1, blocks: int = 1):
     block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
     head = (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
             f"#define KIND {_KIND.get(qtype, 0)}\n#define PRO {prologue}\n#define EPI {epilogue}\n#define MR {x_rows}\n"
-            f"#define WPR {warps_per_row}\n")
+            f"#define WPR {warps_per_row}\n#define NB {blocks}\n")
     return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
@@ -217,21 +275,28 @@ def matmul_t(x2, data, qtype: str, out) -> None:
         gemv(data, qtype, cupy.ascontiguousarray(x2), out)
 
 
-def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, residual=None, swiglu: bool = False) -> None:
+def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, residual=None, swiglu: bool = False,
+         overlap: bool = False) -> None:
     """out [M, R] = residual + pro(x) @ W.T + bias for W the `qtype` rows `data` (uint8 [R, row bytes]) and x a
     C-contiguous float32 [M, cols], M <= MAX_ROWS; pro(x) = x, or x / sqrt(mean(x^2) + eps) * norm per row
     when a norm weight [cols] is given. swiglu: W holds [gate; up] (2R rows) and out [M, R] = silu(x Wg^T + bg)
     * (x Wu^T + bu) (no residual). bias ([R], or [2R] with swiglu) and residual [M, R] (may be `out`) are
-    optional; all device arrays."""
+    optional; all device arrays. overlap: launched to overlap the previous kernel (loom.backend.cuda_launch;
+    x and residual must then come from that kernel or earlier ones, finished before it started)."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
+    if x.data.ptr % 16:                 # the kernel reads x and the norm weight as float4
+        x = x.copy()
+    if norm is not None and norm.data.ptr % 16:
+        norm = norm.copy()
     if rows and x.shape[0]:
         # a few rows: several warps per row, so that ~4096 warps keep the GPU's memory system busy
         wpr = 1 if rows >= 2048 else 2 if rows >= 1024 else 4
         threads = 256
         blocks = (rows * wpr * 32 + threads - 1) // threads
-        kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr).get_function("loom_quant_gemv")
-        kernel((blocks,), (threads,), (data, x, out, np.int32(rows), np.int32(x.shape[1] // 32),
-                                       pointer(norm), np.float32(eps), pointer(bias), pointer(residual)))
+        kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr,
+                         x.shape[1] // 32).get_function("loom_quant_gemv")
+        launch(kernel, blocks, threads, (data, x, out, np.int32(rows), pointer(norm), np.float32(eps), pointer(bias),
+                                         pointer(residual)), cupy.cuda.get_current_stream().ptr, overlap)
 
 
 def pointer(a):

@@ -4,7 +4,9 @@ Launched one operation at a time, a decode step of a small model is ~300 kernels
 cost (about 25 ms for SmolLM2-135M) dwarfs their run time. Here a step is 5 fused kernels per layer
 (loom/backend/cuda_quant.py: quantized products with an RMSNorm prologue and bias / residual / SwiGLU
 epilogues; loom/backend/cuda_decode.py: RoPE, KV-cache write and attention over the cached keys),
-recorded once per KV cache into a CUDA graph and replayed for every token. The graph reads the token
+recorded once per KV cache into a CUDA graph and replayed for every token. The kernels are launched
+to overlap their predecessor (loom/backend/cuda_launch.py): each fetches its weights while the kernel
+before it finishes. The graph reads the token
 ids and the position from a small device buffer written before each replay, so one recording
 serves every position; it writes the logits into a buffer the step copies out.
 
@@ -56,8 +58,8 @@ def supported(dec, batch: int) -> bool:
 class DecodeGraph:
     """The recorded decode step of `dec` for `cache` (its arrays are baked into the graph)."""
 
-    def __init__(self, dec, cache):
-        self.dec, self.cache = dec, cache
+    def __init__(self, dec, cache, overlap: bool = True):
+        self.dec, self.cache, self.overlap = dec, cache, overlap
         c, xp, B = dec.config, dec.xp, cache.batch
         # token ids and the position, written by one copy per step; the warm-up run writes junk keys at
         # the next position, which the first real step overwrites
@@ -76,16 +78,18 @@ class DecodeGraph:
         quant, kernels = dec.backend.quant_kernels, dec.backend.decode_kernels
         data, qtype = _stored(dec.embed)
         quant.embed(data, qtype, self.ids, self.h)
+        ov = self.overlap             # each kernel's weights load while the one before finishes
         for i, L in enumerate(dec.layers):
             ck, cv = cache.layer_k[i], cache.layer_v[i]
-            quant.gemv(*_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias)
+            quant.gemv(*_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias, overlap=ov)
             kernels.attention(self.qkv, ck, cv, self.ctx, dec._cos, dec._sin, L.qk_norm, self.pos, c.heads,
-                              L.window, dec.scale, c.eps)
-            quant.gemv(*_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h)
-            quant.gemv(*_stored(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias, swiglu=True)
-            quant.gemv(*_stored(L.down), self.act, self.h, bias=L.down_bias, residual=self.h)
+                              L.window, dec.scale, c.eps, overlap=ov)
+            quant.gemv(*_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h, overlap=ov)
+            quant.gemv(*_stored(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias, swiglu=True,
+                       overlap=ov)
+            quant.gemv(*_stored(L.down), self.act, self.h, bias=L.down_bias, residual=self.h, overlap=ov)
         # normed once here: a norm prologue would be recomputed by each of the vocabulary's warps
-        quant.gemv(*_stored(dec.lm_head), fused.rms_norm(self.h, dec.norm, c.eps)[0], self.logits)
+        quant.gemv(*_stored(dec.lm_head), fused.rms_norm(self.h, dec.norm, c.eps)[0], self.logits, overlap=ov)
 
     def step(self, ids):
         """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;

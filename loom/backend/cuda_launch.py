@@ -1,0 +1,93 @@
+"""Kernel launches that may overlap the previous kernel's tail (Hopper's programmatic dependent launch).
+
+A recorded decode step is ~150 short, latency-bound kernels in a row. Launched plainly, each starts
+only after the previous one has finished and its blocks have drained, and then spends its first
+microsecond waiting for weights from device memory. Launched with the driver's
+CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, a kernel may start as soon as every block of
+the one before has executed `griddepcontrol.launch_dependents`; it then loads what does not depend on
+that kernel (its weights, the cached keys) and executes `griddepcontrol.wait`, which returns once the
+previous kernel has completed and its writes are visible. Kernels launched this way must read
+nothing the previous kernels write, and write nothing at all, before that wait (OVERLAP_PROLOGUE
+below is the convention the decode kernels follow).
+
+CuPy's RawKernel call has no launch attributes, so `launch` calls the driver's cuLaunchKernelEx
+through ctypes with CuPy's function handle and current stream (stream capture records it like any
+launch). Without the driver entry point (a CUDA older than 12) it falls back to CuPy's plain launch:
+`griddepcontrol.wait` is then a no-op, so the kernels are correct either way.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import numpy as np
+
+from ..errors import BackendError
+
+# The two instructions every overlapping kernel runs: wait for the previous kernel (its writes are
+# visible after this), then let the next kernel launch (placed after the wait, so at most one kernel
+# ahead is resident and waiting).
+OVERLAP_PROLOGUE = r"""
+__device__ __forceinline__ void wait_for_previous_kernel() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" :::);
+}
+__device__ __forceinline__ void prefetch_l1(const void* p) { asm volatile("prefetch.global.L1 [%0];" :: "l"(p)); }
+"""
+
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6      # CUlaunchAttributeID
+
+
+class _Attribute(ctypes.Structure):          # CUlaunchAttribute: id, padding, a 64-byte value union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int),
+                ("rest", ctypes.c_char * 60)]
+
+
+class _Config(ctypes.Structure):             # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3), ("shared", ctypes.c_uint),
+                ("stream", ctypes.c_void_p), ("attrs", ctypes.POINTER(_Attribute)), ("num_attrs", ctypes.c_uint)]
+
+
+_DRIVER: list = []                            # [libcuda or None], resolved once
+
+
+def _driver():
+    if not _DRIVER:
+        lib = None
+        try:
+            lib = ctypes.CDLL("libcuda.so.1")
+            lib.cuLaunchKernelEx.restype = ctypes.c_int
+            lib.cuGetErrorName.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            lib = None
+        _DRIVER.append(lib)
+    return _DRIVER[0]
+
+
+def _c_value(a):
+    """A ctypes value for one kernel argument (a device array's address, or a NumPy scalar)."""
+    if hasattr(a, "data") and hasattr(a.data, "ptr"):
+        return ctypes.c_uint64(a.data.ptr)
+    for kind, ctype in ((np.uint64, ctypes.c_uint64), (np.int64, ctypes.c_int64), (np.int32, ctypes.c_int32),
+                        (np.float32, ctypes.c_float)):
+        if isinstance(a, kind):
+            return ctype(a)
+    raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
+
+
+def launch(kernel, grid: int, block: int, args, stream_ptr: int, overlap: bool) -> None:
+    """kernel<<<grid, block, 0, stream>>>(*args) for a cupy.RawKernel; with overlap, as a programmatic
+    dependent launch."""
+    lib = _driver() if overlap else None
+    if lib is None:
+        kernel((grid,), (block,), args)
+        return
+    values = [_c_value(a) for a in args]
+    params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
+    attr = _Attribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)     # programmaticStreamSerializationAllowed
+    config = _Config((grid, 1, 1), (block, 1, 1), 0, ctypes.c_void_p(stream_ptr), ctypes.pointer(attr), 1)
+    function = kernel.kernel            # a RawKernel's compiled cupy.cuda.Function for the current device
+    status = lib.cuLaunchKernelEx(ctypes.byref(config), ctypes.c_void_p(function.ptr), params, None)
+    if status != 0:
+        name = ctypes.c_char_p()
+        lib.cuGetErrorName(status, ctypes.byref(name))
+        raise BackendError(f"cuLaunchKernelEx failed: {(name.value or b'?').decode()} ({status})")
