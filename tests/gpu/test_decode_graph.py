@@ -169,3 +169,20 @@ def test_a_full_cache_still_raises_before_any_graph_runs():
         dec.forward(np.array([[4]]), cache)
         with pytest.raises(loom.errors.ConfigError, match="KV cache holds"):
             dec.forward(np.array([[4]]), cache)
+
+
+@pytest.mark.parametrize("context", [7, 150])          # 150 keys: past one pass of the attention's key groups
+def test_overlapped_launches_give_the_plain_launches_bits(context):
+    """The graph's kernels overlap their predecessors (loom/backend/cuda_launch.py); recorded with plain
+    launches instead, the same kernels must give the same logits bit for bit, step after step."""
+    config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": 256})
+    dec = Decoder(config, _quant_weights("Q4_1", CONFIG), device="cuda")
+    prompt = np.array([(np.arange(context) * 37 + 11) % CONFIG["vocab_size"]])
+    logits = []
+    with loom.deterministic(False):
+        for overlap in (False, True):
+            cache = dec.new_cache(context + 8)
+            dec.forward(prompt, cache, last_only=True)
+            graph = DecodeGraph(dec, cache, overlap=overlap)
+            logits.append(np.stack([host(graph.step([t])) for t in (3, 9, 27, 81)]))
+    np.testing.assert_array_equal(logits[1], logits[0])
