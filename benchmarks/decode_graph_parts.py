@@ -1,0 +1,88 @@
+"""Where a recorded decode step's time goes (issue 7): the step's CUDA graph replayed 200 times, then
+again recorded without one kind of kernel; the difference is that kernel's share, launch gaps included.
+
+    PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16] [--plain]
+
+SmolLM2-135M shapes with random weights (benchmarks/llm.py), 16 cached positions, batch 1, fast mode.
+--plain records plain launches instead of overlapped ones (loom/backend/cuda_launch.py).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+import loom
+from loom.kernels import fused
+from loom.llm import decode_graph
+from loom.llm.decoder import Decoder, DecoderConfig
+
+sys.path.insert(0, os.path.dirname(__file__))
+import llm  # noqa: E402  (the benchmark's model shapes and random weights)
+
+KINDS = ("qkv", "attention", "o", "gate_up", "down", "lm_head")
+
+
+class PartialGraph(decode_graph.DecodeGraph):
+    """The decode step with the kernels named in `skip` left out (the logits are then meaningless)."""
+
+    skip: tuple = ()
+
+    def _body(self):
+        dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap
+        quant, kernels, st = dec.backend.quant_kernels, dec.backend.decode_kernels, decode_graph._stored
+        quant.embed(*st(dec.embed), self.ids, self.h)
+        for i, L in enumerate(dec.layers):
+            if "qkv" not in self.skip:
+                quant.gemv(*st(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias, overlap=ov)
+            if "attention" not in self.skip:
+                kernels.attention(self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx, dec._cos, dec._sin,
+                                  L.qk_norm, self.pos, c.heads, L.window, dec.scale, c.eps, overlap=ov)
+            if "o" not in self.skip:
+                quant.gemv(*st(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h, overlap=ov)
+            if "gate_up" not in self.skip:
+                quant.gemv(*st(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias,
+                           swiglu=True, overlap=ov)
+            if "down" not in self.skip:
+                quant.gemv(*st(L.down), self.act, self.h, bias=L.down_bias, residual=self.h, overlap=ov)
+        if "lm_head" not in self.skip:
+            quant.gemv(*st(dec.lm_head), fused.rms_norm(self.h, dec.norm, c.eps)[0], self.logits, overlap=ov)
+
+
+def replay_us(graph, xp, n: int = 200) -> float:
+    for _ in range(3):
+        graph.graph.launch()
+    start, stop = xp.cuda.Event(), xp.cuda.Event()
+    start.record()
+    for _ in range(n):
+        graph.graph.launch()
+    stop.record()
+    stop.synchronize()
+    return xp.cuda.get_elapsed_time(start, stop) * 1000 / n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("qtype", nargs="?", default="Q4_1", choices=["Q4_1", "BF16"])
+    ap.add_argument("--plain", action="store_true", help="plain launches instead of overlapped ones")
+    args = ap.parse_args()
+    dec = Decoder(DecoderConfig.from_hf(llm.CONFIG), llm.random_weights(args.qtype), device="cuda")
+    xp, layers = dec.xp, llm.CONFIG["num_hidden_layers"]
+    prompt = np.random.default_rng(1).integers(0, llm.CONFIG["vocab_size"], (1, 16))
+    with loom.deterministic(False):
+        cache = dec.new_cache(64)
+        dec.forward(prompt, cache, last_only=True)
+        PartialGraph.skip = ()
+        whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain), xp)
+        print(f"{args.qtype}, {'plain' if args.plain else 'overlapped'} launches: whole step {whole:.1f} us")
+        for kind in KINDS:
+            PartialGraph.skip = (kind,)
+            share = whole - replay_us(PartialGraph(dec, cache, overlap=not args.plain), xp)
+            per = f"{share / layers:.2f} us per layer" if kind != "lm_head" else f"{share:.2f} us"
+            print(f"  {kind:10} {per}")
+
+
+if __name__ == "__main__":
+    main()
