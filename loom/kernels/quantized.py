@@ -9,9 +9,10 @@ the float32 temporary never exceeds MATMUL_BLOCK_BYTES whatever the matrix size.
 Row blocking changes no bits in deterministic mode: the exact GEMM scales each column of the
 right operand (a row of the weight) and each row of x on its own, so every output element is
 the same exact sum, rounded once, whichever block its row was decoded in. Fast mode uses the
-backend's BLAS per block, and for x of a few rows (decoding) and the 32-value block types it
-never decodes W at all: loom.kernels.gguf_gemv multiplies the integer codes and applies the
-scales per block afterwards.
+backend's BLAS per block, and for x of a few rows (decoding) it never decodes all of W: on the
+CPU with numba installed, loom.kernels.cpu_jit's compiled loops (32-value block types, F16, BF16);
+else, for the 32-value block types, loom.kernels.gguf_gemv multiplies the integer codes and
+applies the scales per block afterwards.
 
 Quantized rows are independent (a block never spans two rows), so `take_rows` (an embedding
 lookup) decodes only the rows asked for and `permute_rows` reorders the stored bytes exactly.
@@ -25,7 +26,7 @@ import numpy as np
 from .. import backend
 from ..errors import ShapeError
 from ..mode import is_deterministic
-from . import gguf_gemv, gguf_quants, ops
+from . import cpu_jit, gguf_gemv, gguf_quants, ops
 
 # About 1 MiB of float32 per decoded block of rows: with the exact GEMM's temporaries it stays in
 # this CPU's 2 MiB L2. Measured for 1 x 576 @ (1536 x 576 Q4_1)^T in deterministic mode: 3.6 ms,
@@ -90,6 +91,9 @@ class QuantizedTensor:
         kernels = None if is_deterministic() else getattr(backend.of(self.data), "quant_kernels", None)
         if kernels is not None and kernels.supports(self.qtype, x2):     # the GPU: one kernel, W read once
             kernels.matmul_t(x2, self.data, self.qtype, out)
+            return out.reshape(lead + (rows,))
+        if not is_deterministic() and xp is np and cpu_jit.supports(self.qtype, x2.shape[0]):
+            cpu_jit.matmul_t(x2, self.data, self.qtype, out)           # compiled loops (numba installed)
             return out.reshape(lead + (rows,))
         if not is_deterministic() and self.qtype in gguf_gemv.TYPES and x2.shape[0] <= gguf_gemv.MAX_ROWS:
             gguf_gemv.matmul_t(x2, self.data, self.qtype, out, xp)     # decode-sized x: no W at all
