@@ -15,40 +15,22 @@ import sys
 import numpy as np
 
 import loom
-from loom.kernels import fused
 from loom.llm import decode_graph
 from loom.llm.decoder import Decoder, DecoderConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
 
-KINDS = ("qkv", "attention", "o", "gate_up", "down", "lm_head")
-
 
 class PartialGraph(decode_graph.DecodeGraph):
-    """The decode step with the kernels named in `skip` left out (the logits are then meaningless)."""
+    """The decode step with the kernels of the kinds in `skip` left out (the logits are then meaningless)."""
 
     skip: tuple = ()
 
     def _body(self):
-        dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap
-        quant, kernels, st = dec.backend.quant_kernels, dec.backend.decode_kernels, decode_graph._stored
-        quant.embed(*st(dec.embed), self.ids, self.h)
-        for i, L in enumerate(dec.layers):
-            if "qkv" not in self.skip:
-                quant.gemv(*st(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias, overlap=ov)
-            if "attention" not in self.skip:
-                kernels.attention(self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx, dec._cos, dec._sin,
-                                  L.qk_norm, self.pos, c.heads, L.window, dec.scale, c.eps, overlap=ov)
-            if "o" not in self.skip:
-                quant.gemv(*st(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h, overlap=ov)
-            if "gate_up" not in self.skip:
-                quant.gemv(*st(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias,
-                           swiglu=True, overlap=ov)
-            if "down" not in self.skip:
-                quant.gemv(*st(L.down), self.act, self.h, bias=L.down_bias, residual=self.h, overlap=ov)
-        if "lm_head" not in self.skip:
-            quant.gemv(*st(dec.lm_head), fused.rms_norm(self.h, dec.norm, c.eps)[0], self.logits, overlap=ov)
+        for kind, launch in self.operations():
+            if kind not in self.skip:
+                launch()
 
 
 def replay_us(graph, xp, n: int = 200) -> float:
@@ -77,7 +59,7 @@ def main():
         PartialGraph.skip = ()
         whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain), xp)
         print(f"{args.qtype}, {'plain' if args.plain else 'overlapped'} launches: whole step {whole:.1f} us")
-        for kind in KINDS:
+        for kind in decode_graph.KINDS[1:]:           # (not the embedding: the step reads its output)
             PartialGraph.skip = (kind,)
             share = whole - replay_us(PartialGraph(dec, cache, overlap=not args.plain), xp)
             per = f"{share / layers:.2f} us per layer" if kind != "lm_head" else f"{share:.2f} us"

@@ -195,4 +195,4 @@ def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, windo
     launch(_module(D).get_function("loom_decode_attention"), B * heads, WARPS * 32,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
             np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
-            np.float32(eps)), cupy.cuda.get_current_stream().ptr, overlap)
+            np.float32(eps)), overlap)

@@ -74,13 +74,15 @@ def _c_value(a):
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
 
 
-def launch(kernel, grid: int, block: int, args, stream_ptr: int, overlap: bool) -> None:
-    """kernel<<<grid, block, 0, stream>>>(*args) for a cupy.RawKernel; with overlap, as a programmatic
-    dependent launch."""
+def launch(kernel, grid: int, block: int, args, overlap: bool) -> None:
+    """kernel<<<grid, block>>>(*args) for a cupy.RawKernel on CuPy's current stream; with overlap, as a
+    programmatic dependent launch."""
     lib = _driver() if overlap else None
     if lib is None:
         kernel((grid,), (block,), args)
         return
+    import cupy                         # (cupy is loaded: the kernel is one of its objects)
+    stream_ptr = cupy.cuda.get_current_stream().ptr
     values = [_c_value(a) for a in args]
     params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
     attr = _Attribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)     # programmaticStreamSerializationAllowed

@@ -10,9 +10,10 @@ adds its lanes' sums. W is read once, never materialised in float32: for a decod
 bytes are the whole memory traffic.
 
 `gemv` can also fold the operations around a decoder's products into the same kernel (the recorded
-decode step, loom/llm/decode_graph.py, uses them so a layer is six launches):
-- a prologue on x: RMSNorm with a weight (each warp computes the row's norm itself: x is one short
-  vector per row);
+decode step, loom/llm/decode_graph.py, uses them so a layer is five launches):
+- a prologue on x: RMSNorm with a weight. Each block of 8 warps copies x, times the norm weight,
+  into shared memory once and sums its squares (a row of x longer than fits: each warp reads x
+  itself); the norm factor multiplies the finished sums;
 - an epilogue: a bias, and a residual added into the output (out = residual + x W^T + bias), or
   SwiGLU: one warp takes row r of the gate and of the up projection ([gate; up] stacked in W) and
   writes silu(gate) * up, so the MLP's activation never makes a round trip through memory.
@@ -296,7 +297,7 @@ def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, resid
         kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr,
                          x.shape[1] // 32).get_function("loom_quant_gemv")
         launch(kernel, blocks, threads, (data, x, out, np.int32(rows), pointer(norm), np.float32(eps), pointer(bias),
-                                         pointer(residual)), cupy.cuda.get_current_stream().ptr, overlap)
+                                         pointer(residual)), overlap)
 
 
 def pointer(a):

@@ -18,7 +18,7 @@ Per layer, with the Decoder's fused weights (h the residual stream [B, E]):
     a   = silu(x2 Wg^T (+ b)) * (x2 Wu^T (+ b)), x2 = rms_norm(h, ln2)
                                                 gemv, RMSNorm prologue, SwiGLU epilogue
     h  += a Wdown^T (+ b)                       gemv, residual epilogue
-then logits = rms_norm(h, norm) Wlm^T (the norm its own kernel).
+then logits = rms_norm(h, norm) Wlm^T (gemv, RMSNorm prologue).
 
 Fast mode only: the sums run in the kernels' own order, so logits agree with the array-at-a-time
 path to float32 rounding, not bit for bit (deterministic mode never comes here).
@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..kernels import fused
+from functools import partial
+
 from ..kernels.quantized import QuantizedTensor
+
+KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
 
 
 def _stored(w):
@@ -74,22 +77,30 @@ class DecodeGraph:
         self.graph, _ = dec.backend.record(self._body)
 
     def _body(self):
-        dec, c, cache = self.dec, self.dec.config, self.cache
+        for _, launch in self.operations():
+            launch()
+
+    def operations(self) -> list:
+        """The step as (kind, launch) pairs in launch order, kind one of KINDS (benchmarks/
+        decode_graph_parts.py records the step without one kind to time its share)."""
+        dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap   # ov: weights load early
         quant, kernels = dec.backend.quant_kernels, dec.backend.decode_kernels
-        data, qtype = _stored(dec.embed)
-        quant.embed(data, qtype, self.ids, self.h)
-        ov = self.overlap             # each kernel's weights load while the one before finishes
+        ops = [("embed", partial(quant.embed, *_stored(dec.embed), self.ids, self.h))]
         for i, L in enumerate(dec.layers):
-            ck, cv = cache.layer_k[i], cache.layer_v[i]
-            quant.gemv(*_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias, overlap=ov)
-            kernels.attention(self.qkv, ck, cv, self.ctx, dec._cos, dec._sin, L.qk_norm, self.pos, c.heads,
-                              L.window, dec.scale, c.eps, overlap=ov)
-            quant.gemv(*_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h, overlap=ov)
-            quant.gemv(*_stored(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps, bias=L.gate_up_bias, swiglu=True,
-                       overlap=ov)
-            quant.gemv(*_stored(L.down), self.act, self.h, bias=L.down_bias, residual=self.h, overlap=ov)
-        # normed once here: a norm prologue would be recomputed by each of the vocabulary's warps
-        quant.gemv(*_stored(dec.lm_head), fused.rms_norm(self.h, dec.norm, c.eps)[0], self.logits, overlap=ov)
+            ops += [
+                ("qkv", partial(quant.gemv, *_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias,
+                                overlap=ov)),
+                ("attention", partial(kernels.attention, self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx,
+                                      dec._cos, dec._sin, L.qk_norm, self.pos, c.heads, L.window, dec.scale, c.eps,
+                                      overlap=ov)),
+                ("o", partial(quant.gemv, *_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h, overlap=ov)),
+                ("gate_up", partial(quant.gemv, *_stored(L.gate_up), self.h, self.act, norm=L.ln2, eps=c.eps,
+                                    bias=L.gate_up_bias, swiglu=True, overlap=ov)),
+                ("down", partial(quant.gemv, *_stored(L.down), self.act, self.h, bias=L.down_bias, residual=self.h,
+                                 overlap=ov))]
+        ops.append(("lm_head", partial(quant.gemv, *_stored(dec.lm_head), self.h, self.logits, norm=dec.norm,
+                                       eps=c.eps, overlap=ov)))
+        return ops
 
     def step(self, ids):
         """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;

@@ -97,7 +97,7 @@ def test_overlapped_launches_see_the_previous_kernels_writes_eagerly_and_recorde
     def chain():
         for s in range(steps):
             cuda_launch.launch(kernel, n // 256, 256, (bufs[s % 2], bufs[(s + 1) % 2], np.int32(n), np.float32(s)),
-                               cupy.cuda.get_current_stream().ptr, overlap=True)
+                               overlap=True)
     want = start.copy()
     for s in range(steps):
         want = np.roll(want, -1) + np.float32(s)
@@ -114,4 +114,4 @@ def test_an_argument_the_driver_cannot_take_is_a_backend_error():
     kernel = cupy.RawModule(code=_CHAIN).get_function("step")
     a = cupy.zeros(256, cupy.float32)
     with pytest.raises(BackendError, match="float"):
-        cuda_launch.launch(kernel, 1, 256, (a, a, np.int32(256), 1.5), cupy.cuda.get_current_stream().ptr, True)
+        cuda_launch.launch(kernel, 1, 256, (a, a, np.int32(256), 1.5), True)
