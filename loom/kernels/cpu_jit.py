@@ -82,16 +82,13 @@ def matmul_t(x2, data, qtype: str, out) -> None:
     kernel = globals()[_KERNELS[qtype]]
     x2 = np.ascontiguousarray(x2)
     data = np.asarray(data)             # a memory map as a plain array (numba types ndarrays only)
-    with _call_lock:
-        if qtype == "BF16":
-            kernel(x2, data.view(np.uint16), out)
-        else:
-            # 16 (codes bytes per block) passed at run time on purpose: with a literal trip count
-            # LLVM unrolls the code loop before its loop vectorizer runs, and the unrolled code stays
-            # scalar (measured 3x slower).
-            kernel(x2, data, out, f16, 16)
-        if "layer" not in _state:                   # known once a parallel kernel has run
-            _state["layer"] = _state["numba"].threading_layer()
+    if qtype == "BF16":
+        run(kernel, x2, data.view(np.uint16), out)
+    else:
+        # 16 (codes bytes per block) passed at run time on purpose: with a literal trip count
+        # LLVM unrolls the code loop before its loop vectorizer runs, and the unrolled code stays
+        # scalar (measured 3x slower).
+        run(kernel, x2, data, out, f16, 16)
 
 
 def decode_f16(bits):
@@ -131,16 +128,44 @@ def _load() -> dict:
 def _compile(numba) -> dict:
     """Wrap the functions below in numba dispatchers (compiled on their first call, then cached on
     disk beside this file, or in a user cache directory where that is read-only)."""
-    g = globals()
-    g["prange"] = numba.prange
-    for name in _HELPERS:
-        g[name] = numba.njit(fastmath=FASTMATH, cache=True)(g[name])
-    for name in _KERNELS.values():
-        g[name] = numba.njit(fastmath=FASTMATH, cache=True, parallel=True)(g[name])
+    _wrap(numba, globals(), _HELPERS, FASTMATH, parallel=False)
+    _wrap(numba, globals(), _KERNELS.values(), FASTMATH, parallel=True)
     # The scales: every float16 pattern converted once by NumPy (256 KiB). A lookup per scale field
     # measured 15-25% faster per Q4_1 row than converting by arithmetic.
     f16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
     return {"numba": numba, "f16": f16}
+
+
+def _wrap(numba, namespace: dict, names, fastmath, parallel: bool) -> None:
+    namespace["prange"] = numba.prange
+    for name in names:
+        namespace[name] = numba.njit(fastmath=fastmath, cache=True, parallel=parallel)(namespace[name])
+
+
+def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False) -> bool:
+    """For another module of compiled loops (loom.kernels.exact_jit): replace its functions named in
+    `plain` and `parallel` (module-level, for numba's on-disk cache) by numba dispatchers, once, and
+    its `prange` by numba's. False where the JIT is unavailable (available()); the module's plain
+    Python functions then stay as they are."""
+    if not available():
+        return False
+    if namespace.get("_numba_compiled"):
+        return True
+    with _load_lock:
+        if not namespace.get("_numba_compiled"):
+            numba = _state["numba"]
+            _wrap(numba, namespace, plain, fastmath, parallel=False)
+            _wrap(numba, namespace, parallel, fastmath, parallel=True)
+            namespace["_numba_compiled"] = True
+    return True
+
+
+def run(kernel, *args):
+    """Call a parallel kernel: one at a time (see _call_lock), noting numba's threading layer."""
+    with _call_lock:
+        kernel(*args)
+        if "layer" not in _state:                   # known once a parallel kernel has run
+            _state["layer"] = _state["numba"].threading_layer()
 
 
 # --- helpers ----------------------------------------------------------------------------------------

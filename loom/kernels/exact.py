@@ -54,6 +54,11 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
+    if xp is np and a.dtype == b.dtype == np.float32 and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+        # the CPU's compiled loops (numba installed, finite values): the same bits in fewer passes
+        result = exact_cpu.matmul_2d(be, a2, b2, *_narrow_bits(a2.shape[-1]))
+        if result is not None:
+            return _unvector(result, vector_left, vector_right)
     amax = _absmax(be, a2, -1)                                    # [..., M, 1]
     bmax = _absmax(be, b2, -2)                                    # [..., 1, N]
     wide = np.dtype(dtype).itemsize > 4
@@ -117,12 +122,17 @@ def _matmul_float32(be, a, b, amax, bmax, dtype):
     return total.astype(dtype)
 
 
-def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
-    """(bits_a, shift_a, shift_b, row_scale, col_scale) of the 2 x 1 slice scheme for sums of at
-    most k products: a's rows become integers below 2^bits_a (two slices), b's columns below 2^bits_b,
-    so every partial sum of k products of slices stays an integer below 2^53."""
+def _narrow_bits(k: int) -> tuple:
+    """(bits_a, bits_b) of the 2 x 1 slice scheme for sums of at most k products: a's rows become
+    integers below 2^bits_a (two slices), b's columns below 2^bits_b, so every partial sum of k
+    products of slices stays an integer below 2^53."""
     bits_b = min(_F32_RIGHT_BITS, 53 - _log2_ceil(k) - 12)
-    bits_a = 53 - _log2_ceil(k) - bits_b
+    return 53 - _log2_ceil(k) - bits_b, bits_b
+
+
+def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
+    """(bits_a, shift_a, shift_b, row_scale, col_scale) of the 2 x 1 slice scheme (_narrow_bits)."""
+    bits_a, bits_b = _narrow_bits(k)
     ea, eb = xp.frexp(amax)[1], xp.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
     return (bits_a, (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32),
             xp.ldexp(1.0, (ea - bits_a).astype(np.int32)), xp.ldexp(1.0, (eb - bits_b).astype(np.int32)))

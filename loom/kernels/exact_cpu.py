@@ -24,6 +24,8 @@ import threading
 
 import numpy as np
 
+from . import exact_jit
+
 _ALIGN = 64                         # bytes: a cache line, an AVX-512 register
 _REUSE_BYTES = 8 << 20              # scratch buffers up to this size are kept per thread and role
 _MAX_SHAPED = 64                    # scratch arrays (role, shape) kept before the cache is emptied
@@ -39,6 +41,8 @@ def absmax(x, axis):
     integer reductions of the bit patterns, which order like the magnitudes (sign-magnitude): the
     signed maximum is the largest non-negative pattern (if any), the unsigned maximum the largest
     negative one (if any); NaN patterns are above infinity's."""
+    if isinstance(axis, int) and exact_jit.takes(x) and exact_jit.available():
+        return exact_jit.absmax(x, axis)
     if x.size < _BIT_ABSMAX_MIN:
         return np.abs(x).max(axis=axis, keepdims=True)
     signed, unsigned = _INTS[x.dtype.itemsize]
@@ -65,6 +69,29 @@ def matmul_narrow(be, a, b, scales: tuple, dtype):
         np.add(g[..., :m, :], g[..., m:, :], out=out, casting="unsafe")     # the one rounding
     else:
         _combine(g, bits_a, row_scale, col_scale, out)
+    return out
+
+
+def matmul_2d(be, a, b, bits_a: int, bits_b: int):
+    """exact._matmul_narrow's bits for 2-D float32 a and b (C- or F-ordered; K <= 2^14) through
+    exact_jit's compiled loops: None where they cannot run (no numba) or an operand holds inf or NaN
+    (exact._matmul_exact then takes the general path)."""
+    if not (exact_jit.takes(a) and exact_jit.takes(b) and exact_jit.available()):
+        return None
+    left, right = exact_jit.exponents(a, -1), exact_jit.exponents(b, -2)
+    if left is None or right is None:
+        return None
+    (ea, ea_min, ea_max), (eb, eb_min, eb_max) = left, right
+    m, n = a.shape[0], b.shape[1]
+    # shift = bits - e: _foldable's conditions on the shifts' ranges
+    fold = _foldable_ranges(a, b, bits_a, bits_a - ea_max, bits_a - ea_min, bits_b - eb_max, bits_b - eb_min)
+    stacked = _scratch("stacked", (2 * m, a.shape[1]), np.float64, _order(a))
+    exact_jit.slice_operand(a, ea, True, bits_a, bits_a, fold, stacked[:m], stacked[m:])
+    b_q = _scratch("right64", b.shape, np.float64, _order(b))
+    exact_jit.slice_operand(b, eb, False, bits_b, 0, fold, b_q, None)
+    g = be.matmul(stacked, b_q, out=_scratch("product", (2 * m, n), np.float64))
+    out = np.empty((m, n), dtype=np.float32)
+    exact_jit.combine(g, m, bits_a, bits_b, ea, eb, fold, out)
     return out
 
 
@@ -101,14 +128,20 @@ def _foldable(a, b, bits_a: int, shift_a, shift_b) -> bool:
     """Whether to scale the slices rather than the product by row_scale = 2^-shift_a and
     col_scale = 2^-shift_b: cheaper where the output is the largest array, and exact in float32
     where every scaled slice is a float32 (the product's terms stay exact in float64 either way)."""
+    return _foldable_ranges(a, b, bits_a, int(shift_a.min()), int(shift_a.max()), int(shift_b.min()),
+                            int(shift_b.max()))
+
+
+def _foldable_ranges(a, b, bits_a: int, min_a: int, max_a: int, min_b: int, max_b: int) -> bool:
+    """_foldable for shifts in [min_a, max_a] (rows of a) and [min_b, max_b] (columns of b)."""
     batch = 1 if a.ndim == b.ndim == 2 else math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     if 2 * a.size + b.size > batch * a.shape[-2] * b.shape[-1]:
         return False
     # The folded slices are float32s (so the product's terms are exact) where their units, 2^-shift_b
     # for b and 2^(-shift_a - bits_a) for a's lo (hi's is larger), are at least 2^-149, and where
     # their largest values, 2^(bits_a - shift_a) and 2^(24 - shift_b), stay below 2^128.
-    return (int(shift_a.max()) <= -_F32_MIN_EXP - bits_a and int(shift_a.min()) >= bits_a - _F32_MAX_EXP
-            and int(shift_b.max()) <= -_F32_MIN_EXP and int(shift_b.min()) >= 24 - _F32_MAX_EXP)
+    return (max_a <= -_F32_MIN_EXP - bits_a and min_a >= bits_a - _F32_MAX_EXP
+            and max_b <= -_F32_MIN_EXP and min_b >= 24 - _F32_MAX_EXP)
 
 
 def _slice_left(a, shift_a, bits_a: int, fold: bool):
