@@ -101,6 +101,10 @@ def sum_float32(x, axes: tuple, bits: int):
     over axes; None where x holds an infinity or a NaN (exact._sum_general handles those). The
     float32 values are the float64 reference's: the scaling is exact but where it goes below 2^-126,
     and those elements are +-0 after rint either way."""
+    if exact_jit.available():           # compiled loops where they take x: the same totals
+        total = exact_jit.sum_float32(x, axes, bits)
+        if total is not None:
+            return total
     top = absmax(x, axes)
     if not np.isfinite(top).all():
         return None

@@ -29,7 +29,7 @@ import numpy as np
 from . import cpu_jit
 
 _LOOPS = ("_pow2_f32", "_factors", "_exponent", "_absmax_rows", "_absmax_cols", "_exponents_rows",
-          "_exponents_cols", "_slice_rows", "_slice_cols", "_combine_fold",
+          "_exponents_cols", "_sum_rows", "_sum_cols", "_slice_rows", "_slice_cols", "_combine_fold",
           "_combine_scaled")
 _MAGNITUDE_MASKS = {4: (np.uint32, np.uint32(0x7FFFFFFF)), 8: (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
 
@@ -94,6 +94,34 @@ def combine(g, m: int, bits_a: int, bits_b: int, ea, eb, fold: bool, out) -> Non
         _combine_scaled(g, m, bits_a, bits_b, ea, eb, out)
 
 
+def sum_float32(x, axes: tuple, bits: int):
+    """exact_cpu.sum_float32 (the float64 totals over axes, kept) for C- or F-contiguous float32 x
+    summed over all its axes, or 2-D x over one axis; None where these loops do not take it or x
+    holds inf or NaN."""
+    if x.dtype != np.float32 or not (x.flags.c_contiguous or x.flags.f_contiguous) or x.size == 0:
+        return None
+    if len(axes) == x.ndim:
+        rows, kept = x.reshape(1, -1, order="C" if x.flags.c_contiguous else "F"), (1,) * x.ndim   # a view
+        return _sum_of_rows(rows, bits, kept)
+    if x.ndim != 2 or len(axes) != 1:
+        return None
+    axis = axes[0] % 2
+    if not x.flags.c_contiguous:
+        x, axis = x.T, 1 - axis
+        kept = (1, x.shape[0]) if axis == 1 else (x.shape[1], 1)
+    else:
+        kept = (x.shape[0], 1) if axis == 1 else (1, x.shape[1])
+    if axis == 1:
+        return _sum_of_rows(x, bits, kept)
+    out = np.empty(x.shape[1], np.float64)
+    return out.reshape(kept) if _sum_cols(x.view(np.uint32), x, bits, out) else None
+
+
+def _sum_of_rows(rows, bits: int, kept: tuple):
+    out = np.empty(rows.shape[0], np.float64)
+    return out.reshape(kept) if _sum_rows(rows.view(np.uint32), rows, bits, out) else None
+
+
 # --- the loops ---------------------------------------------------------------------------------------
 
 def _absmax_rows(bits, mask, out):
@@ -151,6 +179,40 @@ def _exponents_cols(bits, e):
         e[j] = _exponent(top[j])
         low, high = min(low, e[j]), max(high, e[j])
     return True, low, high
+
+
+def _sum_rows(bits_x, x, bits, out):
+    for i in range(x.shape[0]):
+        top = bits_x[i, 0] & np.uint32(0x7FFFFFFF)
+        for k in range(1, x.shape[1]):
+            top = max(top, bits_x[i, k] & np.uint32(0x7FFFFFFF))
+        if top >= np.uint32(0x7F800000):
+            return False
+        e = _exponent(top)
+        f0, f1, _, _ = _factors(e, bits, 0)
+        total = 0.0
+        for k in range(x.shape[1]):
+            total += np.float64(np.rint(x[i, k] * f0 * f1))      # integers below 2^53: exact
+        out[i] = math.ldexp(total, e - bits)
+    return True
+
+
+def _sum_cols(bits_x, x, bits, out):
+    n = x.shape[1]
+    e = np.empty(n, np.int32)
+    if not _exponents_cols(bits_x, e)[0]:
+        return False
+    f0 = np.empty(n, np.float32)
+    f1 = np.empty(n, np.float32)
+    for j in range(n):
+        f0[j], f1[j], _, _ = _factors(e[j], bits, 0)
+        out[j] = 0.0
+    for i in range(x.shape[0]):
+        for j in range(n):
+            out[j] += np.float64(np.rint(x[i, j] * f0[j] * f1[j]))
+    for j in range(n):
+        out[j] = math.ldexp(out[j], e[j] - bits)
+    return True
 
 
 def _pow2_f32(n):

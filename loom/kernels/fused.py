@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import backend
 from ..mode import is_deterministic
-from . import ops
+from . import elementwise_jit, ops
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # loom/nn/layers/activation.py's constants
@@ -249,6 +249,11 @@ def sgd_update(p, g, buf, lr, momentum: float, dampening: float, nesterov: bool,
     if fused is not None:
         fused.sgd_update(p, g, buf, lr, momentum, dampening, nesterov, wd, first)
         return
+    if elementwise_jit.takes(p, g, buf):            # the CPU's compiled loop: these bits, one pass
+        lr_scalar = elementwise_jit.scalar(lr, p.dtype)
+        if lr_scalar is not None and elementwise_jit.available():
+            elementwise_jit.sgd_update(p, g, buf, lr_scalar, momentum, dampening, nesterov, wd, first)
+            return
     if wd != 0:
         g = g + wd * p
     if momentum != 0:

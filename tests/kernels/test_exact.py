@@ -412,3 +412,24 @@ def test_cpu_kernels_leave_numpys_buffer_size_as_they_found_it():
     exact.matmul(a, a.T)
     exact.sum(a, axis=1)
     assert np.getbufsize() == before
+
+
+@pytest.mark.parametrize("layout", ["C", "F"])
+@pytest.mark.parametrize("axis", [None, 0, 1])
+def test_compiled_sums_give_the_numpy_passes_bits(layout, axis, monkeypatch):
+    if not exact_jit.available():
+        pytest.skip("numba is not installed (the loom[cpu] extra)")
+    for shape in [(1, 1), (1, 300), (300, 1), (33, 257)]:
+        for x in (_rows_of_every_range(shape) if shape[0] > 2 else RNG.standard_normal(shape).astype(np.float32),
+                  _rows_of_every_range(shape[::-1]).T.copy() if shape[1] > 2 else _wide(shape).astype(np.float32)):
+            x = np.asfortranarray(x) if layout == "F" else np.ascontiguousarray(x)
+            axes = (0, 1) if axis is None else (axis,)
+            bits = 53 - exact._log2_ceil(math.prod(x.shape[i] for i in axes))
+            got = exact_jit.sum_float32(x, axes, bits)
+            monkeypatch.setenv("LOOM_JIT", "0")
+            want = exact_cpu.sum_float32(x, axes, bits)
+            monkeypatch.setenv("LOOM_JIT", "1")
+            assert got is not None and got.shape == want.shape and _bits(got) == _bits(want), (shape, axis)
+    x = RNG.standard_normal((5, 7)).astype(np.float32)
+    x[2, 3] = np.nan
+    assert exact_jit.sum_float32(x, (1,), 50) is None          # the general path handles specials
