@@ -1,5 +1,7 @@
 """The NumPy side of exact.py's float32 GEMM scheme and float32 sums: the reference arithmetic's
-bits (exact._matmul_narrow's docstring, exact._sum_general), in fewer and cheaper passes.
+bits (exact._matmul_narrow's docstring, exact._sum_general), in fewer and cheaper passes. Where
+numba is installed, 2-D products and sums run exact_jit's compiled loops instead (matmul_2d,
+sum_float32): the same bits again, in one pass per operand.
 
 Around the float64 GEMM, the slicing and recombination passes cost as much again as the GEMM
 (memory-bound: every pass streams its operands through memory). What makes them cheaper, measured

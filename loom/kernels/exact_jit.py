@@ -39,8 +39,10 @@ def available() -> bool:
 
 
 def takes(x) -> bool:
-    """Whether these loops take x: 2-D, C- or F-contiguous, float32 or float64."""
-    return x.ndim == 2 and x.dtype in (np.float32, np.float64) and (x.flags.c_contiguous or x.flags.f_contiguous)
+    """Whether these loops take x: 2-D and non-empty (they read each row's first element unchecked),
+    C- or F-contiguous, float32 or float64."""
+    return (x.ndim == 2 and x.size > 0 and x.dtype in (np.float32, np.float64)
+            and (x.flags.c_contiguous or x.flags.f_contiguous))
 
 
 def absmax(x, axis: int):
