@@ -28,7 +28,7 @@ import numpy as np
 
 from . import cpu_jit
 
-_LOOPS = ("_pow2_f32", "_factors", "_exponent", "_absmax_rows", "_absmax_cols", "_exponents_rows",
+_LOOPS = ("_pow2_f32", "_factors", "_exponent", "_row_top", "_absmax_rows", "_absmax_cols", "_exponents_rows",
           "_exponents_cols", "_sum_rows", "_sum_cols", "_slice_rows", "_slice_cols", "_combine_fold",
           "_combine_scaled")
 _MAGNITUDE_MASKS = {4: (np.uint32, np.uint32(0x7FFFFFFF)), 8: (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
@@ -126,12 +126,17 @@ def _sum_of_rows(rows, bits: int, kept: tuple):
 
 # --- the loops ---------------------------------------------------------------------------------------
 
+def _row_top(bits, i, mask):
+    """The largest magnitude bit pattern of row i (every row has at least one element: takes())."""
+    top = bits[i, 0] & mask
+    for k in range(1, bits.shape[1]):
+        top = max(top, bits[i, k] & mask)
+    return top
+
+
 def _absmax_rows(bits, mask, out):
     for i in range(bits.shape[0]):
-        top = bits[i, 0] & mask
-        for k in range(1, bits.shape[1]):
-            top = max(top, bits[i, k] & mask)
-        out[i] = top
+        out[i] = _row_top(bits, i, mask)
 
 
 def _absmax_cols(bits, mask, out):
@@ -156,9 +161,7 @@ def _exponent(bits):
 def _exponents_rows(bits, e):
     low, high = np.int32(1000), np.int32(-1000)
     for i in range(bits.shape[0]):
-        top = bits[i, 0] & np.uint32(0x7FFFFFFF)
-        for k in range(1, bits.shape[1]):
-            top = max(top, bits[i, k] & np.uint32(0x7FFFFFFF))
+        top = _row_top(bits, i, np.uint32(0x7FFFFFFF))
         if top >= np.uint32(0x7F800000):        # inf or NaN
             return False, low, high
         e[i] = _exponent(top)
@@ -169,11 +172,7 @@ def _exponents_rows(bits, e):
 def _exponents_cols(bits, e):
     n = bits.shape[1]
     top = np.empty(n, np.uint32)
-    for j in range(n):
-        top[j] = bits[0, j] & np.uint32(0x7FFFFFFF)
-    for i in range(1, bits.shape[0]):
-        for j in range(n):
-            top[j] = max(top[j], bits[i, j] & np.uint32(0x7FFFFFFF))
+    _absmax_cols(bits, np.uint32(0x7FFFFFFF), top)
     low, high = np.int32(1000), np.int32(-1000)
     for j in range(n):
         if top[j] >= np.uint32(0x7F800000):
@@ -185,9 +184,7 @@ def _exponents_cols(bits, e):
 
 def _sum_rows(bits_x, x, bits, out):
     for i in range(x.shape[0]):
-        top = bits_x[i, 0] & np.uint32(0x7FFFFFFF)
-        for k in range(1, x.shape[1]):
-            top = max(top, bits_x[i, k] & np.uint32(0x7FFFFFFF))
+        top = _row_top(bits_x, i, np.uint32(0x7FFFFFFF))
         if top >= np.uint32(0x7F800000):
             return False
         e = _exponent(top)
