@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 
 import math
+import warnings
 
 import numpy as np
 
@@ -28,6 +29,11 @@ def _import_cupy():
         raise BackendError(f"device 'cuda': CuPy is installed but finds no usable GPU ({exc})") from None
     if count < 1:
         raise BackendError("device 'cuda': CuPy is installed but finds no GPU")
+    from . import cuda_subnormals
+    if not (cuda_subnormals.install(cupy.cuda.compiler) and cuda_subnormals.check(cupy)):
+        warnings.warn("CuPy flushes float32 subnormals to zero in this process (loom/backend/"
+                      "cuda_subnormals.py could not turn that off): deterministic results on 'cuda' can "
+                      "differ from the CPU's where values below 1.2e-38 occur", RuntimeWarning, stacklevel=3)
     return cupy
 
 

@@ -91,7 +91,7 @@ def _unvector(result, vector_left: bool, vector_right: bool):
 
 def _absmax(be, x, axis):
     """max |x| along axis (kept; NaN where one is NaN): two reductions and no |x| temporary, or
-    the backend's own kernel (the GPU: one reduction, split into parts when there are few outputs),
+    the backend's own kernel (the GPU: one pass, split over warps and combined with atomics),
     or on the CPU integer reductions of the bit patterns (exact_cpu.absmax)."""
     kernels = getattr(be, "exact_kernels", None)
     if kernels is not None and x.dtype in kernels.C_TYPES:
@@ -106,15 +106,16 @@ def _matmul_float32(be, a, b, amax, bmax, dtype):
     """float32 (and narrower) operands: the narrow scheme, over fixed-order chunks of 2^14 along K when
     K is longer (each chunk's product kept in float64, the chunks added in order, one rounding to
     dtype at the end). The maxima, and so the slices' scales, are the whole rows' and columns', and
-    every chunk uses the scales made once for the longest one."""
+    every chunk uses the bits of the longest one."""
     step = 1 << MAX_CHUNK_BITS
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
-    scales = _narrow_scales(be.xp, amax, bmax, min(a.shape[-1], step))
+    k = min(a.shape[-1], step)
     if a.shape[-1] <= step:
-        return _matmul_narrow(be, a, b, scales, dtype)
+        return _matmul_narrow(be, a, b, amax, bmax, k, dtype)
     total = None
     for start in range(0, a.shape[-1], step):
-        part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], scales, np.float64)
+        part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], amax, bmax, k,
+                              np.float64)
         if total is None:
             total = part
         else:
@@ -138,24 +139,21 @@ def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
             xp.ldexp(1.0, (ea - bits_a).astype(np.int32)), xp.ldexp(1.0, (eb - bits_b).astype(np.int32)))
 
 
-def _matmul_narrow(be, a, b, scales: tuple, dtype):
-    """float32 operands, K <= 2^14, scales from _narrow_scales: the 2 x 1 slice scheme. The reference
-    arithmetic, which both backends' kernels reproduce bit for bit:
+def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype):
+    """float32 operands, K <= k <= 2^14, the row maxima of a and column maxima of b: the 2 x 1 slice
+    scheme, with _narrow_scales' shifts and scales. The reference arithmetic, which both backends'
+    kernels reproduce bit for bit:
         s = ldexp(a, shift_a) in float32 (|s| < 2^bits_a), hi = rint(s), lo = rint((s - hi) 2^bits_a),
         b_int = rint(ldexp(b, shift_b)), [g_hi; g_lo] = [hi; lo] @ b_int (one float64 GEMM: exact),
         out = ((g_lo 2^-bits_a + g_hi) * row_scale) * col_scale in float64, then rounded to dtype,
     where the sum is the one rounding in float64 (scaling by a power of two is exact there).
     Each pass over the operands costs a sizeable share of the GEMM, so both backends fuse or
-    trim them: fused kernels on the GPU, exact_cpu's float32 passes on the CPU."""
-    fused = getattr(be, "exact_kernels", None)          # one kernel per step on the GPU, same bits
-    if fused is None:
-        return exact_cpu.matmul_narrow(be, a, b, scales, dtype)
-    bits_a, shift_a, shift_b, row_scale, col_scale = scales
-    m = a.shape[-2]
-    stacked = be.xp.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
-    fused.slice_left(a, shift_a, bits_a, stacked[..., :m, :], stacked[..., m:, :])
-    g = be.matmul(stacked, fused.slice_right(b, shift_b))
-    return fused.combine(g, m, bits_a, row_scale, col_scale, dtype)
+    trim them: fused kernels on the GPU (which work the scales out from the maxima themselves),
+    exact_cpu's float32 passes on the CPU."""
+    fused = getattr(be, "exact_kernels", None)
+    if fused is not None:
+        return fused.matmul_narrow(be, a, b, amax, bmax, _narrow_bits(k), dtype)
+    return exact_cpu.matmul_narrow(be, a, b, _narrow_scales(be.xp, amax, bmax, k), dtype)
 
 
 def _matmul_general(be, a, b, amax, bmax, wide, dtype):
@@ -240,7 +238,7 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
         return xp.sum(x, axis=axes, keepdims=keepdims)
     bits = 53 - _log2_ceil(n)
     kernels = getattr(be, "exact_kernels", None)
-    # the GPU: the same arithmetic in four launches (few long sums split into parts first)
+    # the GPU: the same arithmetic in five launches (two of them memsets)
     if kernels is not None and x.dtype == np.float32:
         total = kernels.sum_float32(x, axes, bits)
         return total if keepdims else total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))

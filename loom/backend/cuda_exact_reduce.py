@@ -1,0 +1,240 @@
+"""Exact reductions on the GPU for deterministic mode: the largest magnitude along an axis (the scale of
+a GEMM operand's rows or columns, or of a sum) and exact float32 sums, one pass over the data each.
+
+Each reduction is split over as many warps as keep the device busy, and the parts are combined with
+atomics whose order cannot change a bit:
+- a maximum of magnitudes is an integer maximum of bit patterns with the sign cleared (IEEE orders
+  non-negative floats as their patterns, and every NaN's pattern lies above infinity's, so a NaN
+  anywhere gives a NaN, as the NumPy path's maximum does);
+- a sum adds integers below 2^53 in float64 (exact.sum's slices), so every partial sum, in any order,
+  is exact; infinities and NaNs are summed apart and win in the end, as in exact._sum_general.
+CuPy's reductions give each output one block and read a column reduction with a stride, so a
+[8192, 512] operand's column maxima took 3-4x the time of one pass over it; and the exponent
+arithmetic between the passes was five more launches (frexp, subtraction, int32 copies) per operand.
+
+Capturable: no synchronization; buffers are zeroed with memsets.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import cupy
+import numpy as np
+
+from .cuda import translating
+from .cuda_kernels import C_TYPES, OPTIONS
+
+# The exponent of a scale: m < 2^e as NumPy's frexp gives it (0 for zero, and for inf and NaN, whose
+# rows are overwritten with their special values later anyway).
+TOP_EXPONENT = r"""
+__device__ __forceinline__ int loom_top_exponent(float m) {
+    int e = 0;
+    if (isfinite(m) && m != 0.0f) frexpf(m, &e);
+    return e;
+}
+"""
+
+_REDUCE = TOP_EXPONENT + r"""
+// A reduction as outputs x length: output o = z * kept + i reads x[z * sb + i * sk + r * sr] for r < length.
+// "along": one warp per (output, chunk of r), lanes on consecutive r (sr == 1 reads coalesced);
+// "across": 32 consecutive outputs per block (sk == 1 reads coalesced), 8 rows of r at a time.
+__device__ __forceinline__ U loom_key(T x, int finite_only) {      // |x|'s pattern; 0 for inf/NaN if asked
+    U k = loom_bits(x) & MAGNITUDE;
+    return (finite_only && k >= INFINITY_BITS) ? (U)0 : k;
+}
+
+extern "C" __global__ void loom_absmax_along(
+        const T* x, U* out, long long outputs, long long length, long long kept,
+        long long sb, long long sk, long long sr, long long splits, long long chunk, int finite_only) {
+    long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (task >= outputs * splits) return;           // whole warps leave together
+    long long o = task / splits, start = (task % splits) * chunk;
+    long long end = min(start + chunk, length);
+    const T* p = x + (o / kept) * sb + (o % kept) * sk;
+    U m = 0;
+    for (long long r = start + lane; r < end; r += 32) m = max(m, loom_key(p[r * sr], finite_only));
+    for (int off = 16; off; off >>= 1) m = max(m, (U)__shfl_xor_sync(0xffffffffu, m, off));
+    if (lane == 0 && m) atomicMax(out + o, m);
+}
+
+extern "C" __global__ void loom_absmax_across(
+        const T* x, U* out, long long outputs, long long length, long long kept,
+        long long sb, long long sk, long long sr, long long chunk, int finite_only) {
+    __shared__ U part[8][32];
+    long long o = blockIdx.x * 32LL + threadIdx.x;
+    long long start = blockIdx.y * chunk, end = min(start + chunk, length);
+    U m = 0;
+    if (o < outputs) {
+        const T* p = x + (o / kept) * sb + (o % kept) * sk;
+        #pragma unroll 4
+        for (long long r = start + threadIdx.y; r < end; r += 8) m = max(m, loom_key(p[r * sr], finite_only));
+    }
+    part[threadIdx.y][threadIdx.x] = m;
+    __syncthreads();
+    if (threadIdx.y == 0 && o < outputs) {
+        for (int j = 1; j < 8; ++j) m = max(m, part[j][threadIdx.x]);
+        if (m) atomicMax(out + o, m);
+    }
+}
+
+// exact.sum's integers: rint(x 2^(bits - e)), e the exponent of the output's finite maximum; and the
+// sum of its infinities and NaNs apart. total and special are zeroed [outputs] float64 buffers.
+__device__ __forceinline__ void loom_sum_term(float v, int shift, double& acc, double& special) {
+    if (isfinite(v)) acc += rint(ldexp((double)v, shift));
+    else special += (double)v;
+}
+
+__device__ __forceinline__ void loom_sum_publish(double acc, double special, double* total, double* specials) {
+    if (acc != 0.0) atomicAdd(total, acc);
+    if (special != 0.0) atomicAdd(specials, special);      // NaN != 0 too
+}
+
+extern "C" __global__ void loom_exact_sum_along(
+        const float* x, const float* top, double* total, double* specials, long long outputs,
+        long long length, long long kept, long long sb, long long sk, long long sr, long long splits,
+        long long chunk, int bits) {
+    long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (task >= outputs * splits) return;
+    long long o = task / splits, start = (task % splits) * chunk;
+    long long end = min(start + chunk, length);
+    const float* p = x + (o / kept) * sb + (o % kept) * sk;
+    const int shift = bits - loom_top_exponent(top[o]);
+    double acc = 0.0, special = 0.0;
+    for (long long r = start + lane; r < end; r += 32) loom_sum_term(p[r * sr], shift, acc, special);
+    for (int off = 16; off; off >>= 1) {
+        acc += __shfl_xor_sync(0xffffffffu, acc, off);
+        special += __shfl_xor_sync(0xffffffffu, special, off);
+    }
+    if (lane == 0) loom_sum_publish(acc, special, total + o, specials + o);
+}
+
+extern "C" __global__ void loom_exact_sum_across(
+        const float* x, const float* top, double* total, double* specials, long long outputs,
+        long long length, long long kept, long long sb, long long sk, long long sr, long long chunk, int bits) {
+    __shared__ double parts[2][8][32];
+    long long o = blockIdx.x * 32LL + threadIdx.x;
+    long long start = blockIdx.y * chunk, end = min(start + chunk, length);
+    double acc = 0.0, special = 0.0;
+    if (o < outputs) {
+        const float* p = x + (o / kept) * sb + (o % kept) * sk;
+        const int shift = bits - loom_top_exponent(top[o]);
+        #pragma unroll 4
+        for (long long r = start + threadIdx.y; r < end; r += 8) loom_sum_term(p[r * sr], shift, acc, special);
+    }
+    parts[0][threadIdx.y][threadIdx.x] = acc;
+    parts[1][threadIdx.y][threadIdx.x] = special;
+    __syncthreads();
+    if (threadIdx.y == 0 && o < outputs) {
+        for (int j = 1; j < 8; ++j) {
+            acc += parts[0][j][threadIdx.x];
+            special += parts[1][j][threadIdx.x];
+        }
+        loom_sum_publish(acc, special, total + o, specials + o);
+    }
+}
+"""
+
+_TYPES = {  # dtype -> (pattern type, pattern of x, |x| mask, infinity's pattern)
+    np.dtype(np.float32): ("unsigned int", "__float_as_uint(x)", "0x7fffffffu", "0x7f800000u"),
+    np.dtype(np.float64): ("unsigned long long", "(unsigned long long)__double_as_longlong(x)",
+                           "0x7fffffffffffffffull", "0x7ff0000000000000ull"),
+}
+_PATTERN = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
+_BUSY_WARPS = 8192          # 132 SMs x 64 resident warps: enough tasks to keep the device busy
+_BUSY_BLOCKS = 1024
+
+
+@lru_cache(maxsize=None)
+def _module(dtype: np.dtype):
+    pattern, bits_of, magnitude, infinity = _TYPES[dtype]
+    head = (f"typedef {C_TYPES[dtype]} T;\ntypedef {pattern} U;\n"
+            f"__device__ __forceinline__ U loom_bits(T x) {{ return {bits_of}; }}\n"
+            f"#define MAGNITUDE {magnitude}\n#define INFINITY_BITS {infinity}\n")
+    return cupy.RawModule(code=head + _REDUCE, options=OPTIONS)
+
+
+def _layout(x, axes: tuple):
+    """(x, outputs, length, kept, sb, sk, sr): x read as outputs x length, output o = z * kept + i at
+    element offset z * sb + i * sk, its values r * sr further. The reduced axes must merge into one
+    and the kept ones into at most two; otherwise x is copied with the reduced axes last."""
+    dims = [(d, s // x.itemsize, i in axes) for i, (d, s) in enumerate(zip(x.shape, x.strides)) if d != 1]
+    groups = []                                     # merge neighbours of one kind that merge in memory
+    for d, s, reduced in dims:
+        if groups and groups[-1][2] == reduced and groups[-1][1] == d * s:
+            groups[-1] = (groups[-1][0] * d, s, reduced)
+        else:
+            groups.append((d, s, reduced))
+    red = [g for g in groups if g[2]]
+    kept = [g for g in groups if not g[2]]
+    if len(red) > 1 or len(kept) > 2:
+        keep = [i for i in range(x.ndim) if i not in axes]
+        length = math.prod(x.shape[a] for a in axes)
+        flat = cupy.ascontiguousarray(x.transpose(keep + list(axes))).reshape(-1, length)
+        return _layout(flat, (1,))
+    length, sr = (red[0][0], red[0][1]) if red else (1, 0)
+    (nb, sb), (nk, sk) = ([(1, 0)] * (2 - len(kept)) + [(g[0], g[1]) for g in kept])
+    return x, nb * nk, length, nk, sb, sk, sr
+
+
+def _launch(name: str, dtype, x, axes: tuple, args: tuple, tail: tuple) -> None:
+    """Launch the "along" or "across" form of reduction `name` over x's axes, with `args` before the
+    layout and `tail` after it."""
+    x, outputs, length, kept, sb, sk, sr = _layout(x, axes)
+    geometry = tuple(np.int64(v) for v in (outputs, length, kept, sb, sk, sr))
+    module = _module(np.dtype(dtype))
+    if sr == 1 or sk != 1:                          # along: one warp per (output, part)
+        splits = max(1, min(-(-length // 256), -(-_BUSY_WARPS // outputs)))
+        chunk = -(-length // splits)
+        chunk = -(-chunk // 32) * 32
+        splits = -(-length // chunk)
+        blocks = -(-outputs * splits // 8)
+        module.get_function(name + "_along")((blocks,), (256,), (x, *args, *geometry, np.int64(splits),
+                                                                  np.int64(chunk), *tail))
+    else:                                           # across: 32 outputs per block, rows in parts
+        columns = -(-outputs // 32)
+        splits = max(1, min(-(-length // 64), -(-_BUSY_BLOCKS // columns), 65535))
+        chunk = -(-length // splits)
+        splits = -(-length // chunk)
+        module.get_function(name + "_across")((columns, splits), (32, 8), (x, *args, *geometry,
+                                                                          np.int64(chunk), *tail))
+
+
+def _kept_shape(x, axes: tuple) -> tuple:
+    return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
+
+
+def _absmax(x, axes: tuple, finite_only: bool):
+    dtype = np.dtype(x.dtype)
+    shape = _kept_shape(x, axes)
+    out = cupy.zeros(shape, dtype=_PATTERN[dtype])
+    if x.size:
+        _launch("loom_absmax", dtype, x, axes, (out,), (np.int32(finite_only),))
+    return out.view(dtype)
+
+
+def absmax(x, axis: int):
+    """max |x| along `axis`, kept as size 1; NaN where a NaN is (a NaN of its own pattern: only
+    whether it is one is used): exact._absmax's result, for float32 and float64 x."""
+    with translating("exact GEMM scaling", x):
+        return _absmax(x, (axis % x.ndim,), False)
+
+
+@lru_cache(maxsize=None)
+def _finish():
+    return cupy.ElementwiseKernel(
+        "float64 total, float64 special, float32 top, int32 bits", "float32 out",
+        "out = special == 0.0 ? __double2float_rn(ldexp(total, loom_top_exponent(top) - bits)) : (float)special;",
+        "loom_exact_sum_finish", preamble=TOP_EXPONENT, options=OPTIONS)
+
+
+def sum_float32(x, axes: tuple, bits: int):
+    """exact.sum for float32 x over `axes` (kept as size-1 axes), exact._sum_general's bits: the
+    finite maximum, then the integer and special sums in one pass, then the scaling back."""
+    with translating("exact sum", x):
+        top = _absmax(x, axes, True)
+        sums = cupy.zeros((2,) + top.shape, dtype=np.float64)
+        _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1]), (np.int32(bits),))
+        return _finish()(sums[0], sums[1], top, np.int32(bits))
