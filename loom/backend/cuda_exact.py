@@ -75,23 +75,39 @@ _GUARD = r"""
 __device__ __forceinline__ float loom_mark(float x) {     // sign, 0, or the special value itself
     return isfinite(x) ? (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f)) : x;
 }
+__device__ __forceinline__ void loom_special_entry(
+        const float* ar, const float* bc, long long sak, long long sbk, long long k, T* out) {
+    float s = 0.0f;                     // finite terms are +-1 or 0: only the special outcome is used
+    for (long long q = 0; q < k; ++q)
+        s = __fadd_rn(s, __fmul_rn(loom_mark(ar[q * sak]), loom_mark(bc[q * sbk])));
+    if (!isfinite(s)) *out = (T)s;
+}
+
 extern "C" __global__ void loom_exact_specials(
         const float* a, const float* b, const float* rowmax, const float* colmax, T* out,
         long long inner, long long batches, long long m, long long n, long long k,
         long long sa1, long long sa2, long long sam, long long sak,
         long long sb1, long long sb2, long long sbk, long long sbn) {
-    // batch z = z1 * inner + z2 over two batch axes (attention's [batch, heads]); rowmax [z, m], colmax [z, n]
-    long long total = batches * m * n;
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+    // One thread per row of a and per column of b (batch z = z1 * inner + z2 over two batch axes,
+    // attention's [batch, heads]); only a row or column whose maximum is not finite computes its
+    // line of out. An entry in a bad row and a bad column is written twice with the same bits.
+    long long lines = batches * (m + n);
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < lines;
          idx += (long long)gridDim.x * blockDim.x) {
-        long long j = idx % n, i = (idx / n) % m, z = idx / (m * n);
-        if (isfinite(rowmax[z * m + i]) && isfinite(colmax[z * n + j])) continue;
-        const float* ar = a + (z / inner) * sa1 + (z % inner) * sa2 + i * sam;
-        const float* bc = b + (z / inner) * sb1 + (z % inner) * sb2 + j * sbn;
-        float s = 0.0f;                 // finite terms are +-1 or 0: only the special outcome is used
-        for (long long q = 0; q < k; ++q)
-            s = __fadd_rn(s, __fmul_rn(loom_mark(ar[q * sak]), loom_mark(bc[q * sbk])));
-        if (!isfinite(s)) out[idx] = (T)s;
+        long long z = idx / (m + n), line = idx % (m + n);
+        const float* az = a + (z / inner) * sa1 + (z % inner) * sa2;
+        const float* bz = b + (z / inner) * sb1 + (z % inner) * sb2;
+        T* oz = out + z * m * n;
+        if (line < m) {
+            if (isfinite(rowmax[z * m + line])) continue;
+            for (long long j = 0; j < n; ++j)
+                loom_special_entry(az + line * sam, bz + j * sbn, sak, sbk, k, oz + line * n + j);
+        } else {
+            long long j = line - m;
+            if (isfinite(colmax[z * n + j])) continue;
+            for (long long i = 0; i < m; ++i)
+                loom_special_entry(az + i * sam, bz + j * sbn, sak, sbk, k, oz + i * n + j);
+        }
     }
 }
 """
@@ -104,8 +120,9 @@ def _guard(dtype):
 
 
 def guardable(a, b) -> bool:
-    """Whether patch_specials takes these operands: float32, of one rank (any batch axes)."""
-    return a.dtype == np.float32 and b.dtype == np.float32 and a.ndim == b.ndim and a.ndim >= 2
+    """Whether patch_specials takes these operands: float32 matrices or stacks of them (batch axes
+    broadcast, as a dense layer's [batch, tokens, features] input against its 2-D weight)."""
+    return a.dtype == np.float32 and b.dtype == np.float32 and a.ndim >= 2 and b.ndim >= 2
 
 
 def _batched(x, batch: tuple):
@@ -120,9 +137,9 @@ def _batched(x, batch: tuple):
 def patch_specials(a, b, amax, bmax, out) -> None:
     """Where a row of a or a column of b holds inf or NaN (its maximum is not finite), overwrite out
     with IEEE's special result (the sign-and-special product, as exact._special_values); every other
-    thread returns at once, so this costs one pass over out when everything is finite, and needs no
-    host read. Operands as `guardable` says; out is the C-contiguous product."""
-    if not guardable(a, b) or out.ndim != a.ndim or not out.flags.c_contiguous:
+    line returns at once, so this costs one look at each maximum when everything is finite, and needs
+    no host read. Operands as `guardable` says; out is the C-contiguous product."""
+    if not guardable(a, b) or out.ndim != max(a.ndim, b.ndim) or not out.flags.c_contiguous:
         raise ValueError(f"patch_specials: operands {a.dtype}{a.shape} x {b.dtype}{b.shape} into "
                          f"{out.dtype}{out.shape} are not guardable")
     batch = out.shape[:-2] or (1,)
@@ -131,9 +148,9 @@ def patch_specials(a, b, amax, bmax, out) -> None:
     n = b4.shape[3]
     rowmax = cupy.ascontiguousarray(cupy.broadcast_to(amax.astype(np.float32, copy=False), batch + (m, 1)))
     colmax = cupy.ascontiguousarray(cupy.broadcast_to(bmax.astype(np.float32, copy=False), batch + (1, n)))
-    total = outer * inner * m * n
-    if total:
+    lines = outer * inner * (m + n)
+    if lines and k:
         with translating("exact GEMM special values", a, b):
-            _guard(out.dtype)((min((total + 255) // 256, 65536),), (256,),
+            _guard(out.dtype)((min((lines + 255) // 256, 65536),), (256,),
                               (a4, b4, rowmax, colmax, out, *(np.int64(v) for v in (inner, outer * inner, m, n, k)),
                                *(np.int64(s // 4) for s in a4.strides), *(np.int64(s // 4) for s in b4.strides)))

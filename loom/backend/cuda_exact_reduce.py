@@ -206,10 +206,11 @@ def _kept_shape(x, axes: tuple) -> tuple:
     return tuple(1 if i in axes else d for i, d in enumerate(x.shape))
 
 
-def _absmax(x, axes: tuple, finite_only: bool):
+def _absmax(x, axes: tuple, finite_only: bool, out=None):
+    """The maxima into `out` (zeroed patterns of x's width, x's kept shape), or a new array."""
     dtype = np.dtype(x.dtype)
-    shape = _kept_shape(x, axes)
-    out = cupy.zeros(shape, dtype=_PATTERN[dtype])
+    if out is None:
+        out = cupy.zeros(_kept_shape(x, axes), dtype=_PATTERN[dtype])
     if x.size:
         _launch("loom_absmax", dtype, x, axes, (out,), (np.int32(finite_only),))
     return out.view(dtype)
@@ -234,7 +235,10 @@ def sum_float32(x, axes: tuple, bits: int):
     """exact.sum for float32 x over `axes` (kept as size-1 axes), exact._sum_general's bits: the
     finite maximum, then the integer and special sums in one pass, then the scaling back."""
     with translating("exact sum", x):
-        top = _absmax(x, axes, True)
-        sums = cupy.zeros((2,) + top.shape, dtype=np.float64)
+        shape = _kept_shape(x, axes)
+        outputs = math.prod(shape)
+        zeros = cupy.zeros((3, outputs), dtype=np.float64)         # one memset: both sums and the maxima
+        top = _absmax(x, axes, True, zeros[2].view(np.uint32)[:outputs].reshape(shape))
+        sums = zeros[:2].reshape((2,) + shape)
         _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1]), (np.int32(bits),))
         return _finish()(sums[0], sums[1], top, np.int32(bits))
