@@ -37,11 +37,13 @@ def _xp(x):
     return backend.of(x).xp
 
 
-def _kernels(*arrays):
+def _kernels(*arrays, arithmetic: bool = False):
     """The owning backend's fused kernels when they can take `arrays` (None entries are absent
-    arguments), else None: the reference runs. Deterministic mode always runs the reference: its
-    sums and transcendentals are the exact, backend-independent ones of `ops`."""
-    if is_deterministic():
+    arguments), else None: the reference runs. Deterministic mode runs the reference (its sums and
+    transcendentals are the exact, backend-independent ones of `ops`) unless the kernel is
+    `arithmetic`: only + - * / sqrt and comparisons, correctly rounded, in the reference's order, with
+    no contraction and no flush to zero, so it gives the reference's bits (tests/gpu checks them)."""
+    if is_deterministic() and not arithmetic:
         return None
     fused = getattr(backend.of(arrays[0]), "fused", None)
     if fused is None:
@@ -55,12 +57,12 @@ def _kernels(*arrays):
     return fused
 
 
-def _row_kernels(x, *per_feature):
+def _row_kernels(x, *per_feature, arithmetic: bool = False):
     """_kernels for a row operation over x's last axis; per-feature arrays must be exactly [n]."""
     n = x.shape[-1] if x.ndim else 0
     if any(v is not None and tuple(v.shape) != (n,) for v in per_feature):
         return None
-    return _kernels(x, *per_feature) if x.ndim else None
+    return _kernels(x, *per_feature, arithmetic=arithmetic) if x.ndim else None
 
 
 # --- activations -----------------------------------------------------------------------------------
@@ -92,7 +94,7 @@ def bias_act(z, bias, fn: str):
     z may be overwritten (the caller owns it)."""
     if fn not in BIAS_ACTIVATIONS:
         raise ValueError(f"bias_act: unknown activation {fn!r}; expected one of {', '.join(BIAS_ACTIVATIONS)}")
-    fused = _row_kernels(z, bias)
+    fused = _row_kernels(z, bias, arithmetic=fn in ("linear", "relu"))
     if fused is not None:
         return fused.bias_act(z, bias, fn)
     pre = z if bias is None else z + bias
@@ -222,7 +224,7 @@ def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1: float, b2: float, eps
     decay (None for none) is AdamW's factor 1 - lr * wd; step_size = lr / (1 - b1^t);
     bc2_sqrt = sqrt(1 - b2^t); vmax (None without amsgrad) keeps the running maximum of v.
     g is not modified."""
-    fused = _kernels(p, g, m, v, vmax) if _same_shapes(p, g, m, v, vmax) else None
+    fused = _kernels(p, g, m, v, vmax, arithmetic=True) if _same_shapes(p, g, m, v, vmax) else None
     if fused is not None:
         fused.adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1, b2, eps, l2, decay)
         return
@@ -245,7 +247,7 @@ def sgd_update(p, g, buf, lr, momentum: float, dampening: float, nesterov: bool,
     first: this is update 1 (buf = g). g is not modified."""
     if momentum != 0 and buf is None:
         raise ValueError(f"sgd_update: momentum {momentum:g} needs a momentum buffer, got buf=None")
-    fused = _kernels(p, g, buf) if _same_shapes(p, g, buf) else None
+    fused = _kernels(p, g, buf, arithmetic=True) if _same_shapes(p, g, buf) else None
     if fused is not None:
         fused.sgd_update(p, g, buf, lr, momentum, dampening, nesterov, wd, first)
         return
