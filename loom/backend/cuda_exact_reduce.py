@@ -8,8 +8,8 @@ atomics whose order cannot change a bit:
   anywhere gives a NaN, as the NumPy path's maximum does);
 - a sum adds integers below 2^53 in float64 (exact.sum's slices), so every partial sum, in any order,
   is exact; infinities and NaNs are summed apart and win in the end, as in exact._sum_general.
-CuPy's reductions give each output one block and read a column reduction with a stride, so a
-[8192, 512] operand's column maxima took 3-4x the time of one pass over it; and the exponent
+CuPy's reductions give each output one block and read a column reduction with a stride: the
+encoder benchmark's 408 GEMM maxima per step took 10.3 ms that way, and 3.4 ms here. The exponent
 arithmetic between the passes was five more launches (frexp, subtraction, int32 copies) per operand.
 
 Capturable: no synchronization; buffers are zeroed with memsets.
@@ -39,101 +39,102 @@ _REDUCE = TOP_EXPONENT + r"""
 // A reduction as outputs x length: output o = z * kept + i reads x[z * sb + i * sk + r * sr] for r < length.
 // "along": one warp per (output, chunk of r), lanes on consecutive r (sr == 1 reads coalesced);
 // "across": 32 consecutive outputs per block (sk == 1 reads coalesced), 8 rows of r at a time.
-__device__ __forceinline__ U loom_key(T x, int finite_only) {      // |x|'s pattern; 0 for inf/NaN if asked
-    U k = loom_bits(x) & MAGNITUDE;
-    return (finite_only && k >= INFINITY_BITS) ? (U)0 : k;
-}
+// The reduction R says what is accumulated: R::Acc, R::zero(), begin(o) (per-output set-up),
+// take(acc, x), R::merge(a, b), R::shuffle(acc, offset), and publish(o, acc), which adds a part to
+// the output with an atomic.
+#define LOOM_GEOMETRY long long outputs, long long length, long long kept, long long sb, long long sk, long long sr
 
-extern "C" __global__ void loom_absmax_along(
-        const T* x, U* out, long long outputs, long long length, long long kept,
-        long long sb, long long sk, long long sr, long long splits, long long chunk, int finite_only) {
+template <class R> __device__ __forceinline__ void loom_along(
+        R red, const T* x, LOOM_GEOMETRY, long long splits, long long chunk) {
     long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
     int lane = threadIdx.x & 31;
     if (task >= outputs * splits) return;           // whole warps leave together
     long long o = task / splits, start = (task % splits) * chunk;
     long long end = min(start + chunk, length);
     const T* p = x + (o / kept) * sb + (o % kept) * sk;
-    U m = 0;
-    for (long long r = start + lane; r < end; r += 32) m = max(m, loom_key(p[r * sr], finite_only));
-    for (int off = 16; off; off >>= 1) m = max(m, (U)__shfl_xor_sync(0xffffffffu, m, off));
-    if (lane == 0 && m) atomicMax(out + o, m);
+    red.begin(o);
+    typename R::Acc acc = R::zero();
+    for (long long r = start + lane; r < end; r += 32) acc = red.take(acc, p[r * sr]);
+    for (int off = 16; off; off >>= 1) acc = R::merge(acc, R::shuffle(acc, off));
+    if (lane == 0) red.publish(o, acc);
 }
 
-extern "C" __global__ void loom_absmax_across(
-        const T* x, U* out, long long outputs, long long length, long long kept,
-        long long sb, long long sk, long long sr, long long chunk, int finite_only) {
-    __shared__ U part[8][32];
+template <class R> __device__ __forceinline__ void loom_across(R red, const T* x, LOOM_GEOMETRY, long long chunk) {
+    __shared__ typename R::Acc parts[8][32];
     long long o = blockIdx.x * 32LL + threadIdx.x;
     long long start = blockIdx.y * chunk, end = min(start + chunk, length);
-    U m = 0;
+    typename R::Acc acc = R::zero();
     if (o < outputs) {
         const T* p = x + (o / kept) * sb + (o % kept) * sk;
+        red.begin(o);
         #pragma unroll 4
-        for (long long r = start + threadIdx.y; r < end; r += 8) m = max(m, loom_key(p[r * sr], finite_only));
+        for (long long r = start + threadIdx.y; r < end; r += 8) acc = red.take(acc, p[r * sr]);
     }
-    part[threadIdx.y][threadIdx.x] = m;
+    parts[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
     if (threadIdx.y == 0 && o < outputs) {
-        for (int j = 1; j < 8; ++j) m = max(m, part[j][threadIdx.x]);
-        if (m) atomicMax(out + o, m);
+        for (int j = 1; j < 8; ++j) acc = R::merge(acc, parts[j][threadIdx.x]);
+        red.publish(o, acc);
     }
 }
 
-// exact.sum's integers: rint(x 2^(bits - e)), e the exponent of the output's finite maximum; and the
-// sum of its infinities and NaNs apart. total and special are zeroed [outputs] float64 buffers.
-__device__ __forceinline__ void loom_sum_term(float v, int shift, double& acc, double& special) {
-    if (isfinite(v)) acc += rint(ldexp((double)v, shift));
-    else special += (double)v;
-}
+// max |x| as a pattern (0 for inf and NaN when finite_only) into zeroed patterns out[outputs]
+struct LoomMax {
+    typedef U Acc;
+    U* out;
+    int finite_only;
+    __device__ void begin(long long) {}
+    __device__ static U zero() { return 0; }
+    __device__ U take(U acc, T x) const {
+        U k = loom_bits(x) & MAGNITUDE;
+        return max(acc, (finite_only && k >= INFINITY_BITS) ? (U)0 : k);
+    }
+    __device__ static U merge(U a, U b) { return max(a, b); }
+    __device__ static U shuffle(U a, int off) { return __shfl_xor_sync(0xffffffffu, a, off); }
+    __device__ void publish(long long o, U acc) const { if (acc) atomicMax(out + o, acc); }
+};
 
-__device__ __forceinline__ void loom_sum_publish(double acc, double special, double* total, double* specials) {
-    if (acc != 0.0) atomicAdd(total, acc);
-    if (special != 0.0) atomicAdd(specials, special);      // NaN != 0 too
-}
+// exact.sum's integers rint(x 2^(bits - e)), e the exponent of the output's finite maximum top[o],
+// and apart the sum of its infinities and NaNs, into zeroed float64 total[outputs], specials[outputs]
+struct LoomSumAcc { double integers, specials; };
+struct LoomSum {
+    typedef LoomSumAcc Acc;
+    const float* top;
+    double* total;
+    double* specials;
+    int bits, shift;
+    __device__ void begin(long long o) { shift = bits - loom_top_exponent(top[o]); }
+    __device__ static Acc zero() { return {0.0, 0.0}; }
+    __device__ Acc take(Acc acc, T x) const {
+        if (isfinite(x)) acc.integers += rint(ldexp((double)x, shift));
+        else acc.specials += (double)x;
+        return acc;
+    }
+    __device__ static Acc merge(Acc a, Acc b) { return {a.integers + b.integers, a.specials + b.specials}; }
+    __device__ static Acc shuffle(Acc a, int off) {
+        return {__shfl_xor_sync(0xffffffffu, a.integers, off), __shfl_xor_sync(0xffffffffu, a.specials, off)};
+    }
+    __device__ void publish(long long o, Acc acc) const {
+        if (acc.integers != 0.0) atomicAdd(total + o, acc.integers);
+        if (acc.specials != 0.0) atomicAdd(specials + o, acc.specials);      // NaN != 0 too
+    }
+};
 
+extern "C" __global__ void loom_absmax_along(
+        const T* x, U* out, int finite_only, LOOM_GEOMETRY, long long splits, long long chunk) {
+    loom_along(LoomMax{out, finite_only}, x, outputs, length, kept, sb, sk, sr, splits, chunk);
+}
+extern "C" __global__ void loom_absmax_across(const T* x, U* out, int finite_only, LOOM_GEOMETRY, long long chunk) {
+    loom_across(LoomMax{out, finite_only}, x, outputs, length, kept, sb, sk, sr, chunk);
+}
 extern "C" __global__ void loom_exact_sum_along(
-        const float* x, const float* top, double* total, double* specials, long long outputs,
-        long long length, long long kept, long long sb, long long sk, long long sr, long long splits,
-        long long chunk, int bits) {
-    long long task = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
-    int lane = threadIdx.x & 31;
-    if (task >= outputs * splits) return;
-    long long o = task / splits, start = (task % splits) * chunk;
-    long long end = min(start + chunk, length);
-    const float* p = x + (o / kept) * sb + (o % kept) * sk;
-    const int shift = bits - loom_top_exponent(top[o]);
-    double acc = 0.0, special = 0.0;
-    for (long long r = start + lane; r < end; r += 32) loom_sum_term(p[r * sr], shift, acc, special);
-    for (int off = 16; off; off >>= 1) {
-        acc += __shfl_xor_sync(0xffffffffu, acc, off);
-        special += __shfl_xor_sync(0xffffffffu, special, off);
-    }
-    if (lane == 0) loom_sum_publish(acc, special, total + o, specials + o);
+        const T* x, const float* top, double* total, double* specials, int bits, LOOM_GEOMETRY,
+        long long splits, long long chunk) {
+    loom_along(LoomSum{top, total, specials, bits, 0}, x, outputs, length, kept, sb, sk, sr, splits, chunk);
 }
-
 extern "C" __global__ void loom_exact_sum_across(
-        const float* x, const float* top, double* total, double* specials, long long outputs,
-        long long length, long long kept, long long sb, long long sk, long long sr, long long chunk, int bits) {
-    __shared__ double parts[2][8][32];
-    long long o = blockIdx.x * 32LL + threadIdx.x;
-    long long start = blockIdx.y * chunk, end = min(start + chunk, length);
-    double acc = 0.0, special = 0.0;
-    if (o < outputs) {
-        const float* p = x + (o / kept) * sb + (o % kept) * sk;
-        const int shift = bits - loom_top_exponent(top[o]);
-        #pragma unroll 4
-        for (long long r = start + threadIdx.y; r < end; r += 8) loom_sum_term(p[r * sr], shift, acc, special);
-    }
-    parts[0][threadIdx.y][threadIdx.x] = acc;
-    parts[1][threadIdx.y][threadIdx.x] = special;
-    __syncthreads();
-    if (threadIdx.y == 0 && o < outputs) {
-        for (int j = 1; j < 8; ++j) {
-            acc += parts[0][j][threadIdx.x];
-            special += parts[1][j][threadIdx.x];
-        }
-        loom_sum_publish(acc, special, total + o, specials + o);
-    }
+        const T* x, const float* top, double* total, double* specials, int bits, LOOM_GEOMETRY, long long chunk) {
+    loom_across(LoomSum{top, total, specials, bits, 0}, x, outputs, length, kept, sb, sk, sr, chunk);
 }
 """
 
@@ -179,9 +180,9 @@ def _layout(x, axes: tuple):
     return x, nb * nk, length, nk, sb, sk, sr
 
 
-def _launch(name: str, dtype, x, axes: tuple, args: tuple, tail: tuple) -> None:
-    """Launch the "along" or "across" form of reduction `name` over x's axes, with `args` before the
-    layout and `tail` after it."""
+def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
+    """Launch the "along" or "across" form of reduction `name` over x's axes, with the reduction's
+    own `args` (after x, before the layout)."""
     x, outputs, length, kept, sb, sk, sr = _layout(x, axes)
     geometry = tuple(np.int64(v) for v in (outputs, length, kept, sb, sk, sr))
     module = _module(np.dtype(dtype))
@@ -192,14 +193,13 @@ def _launch(name: str, dtype, x, axes: tuple, args: tuple, tail: tuple) -> None:
         splits = -(-length // chunk)
         blocks = -(-outputs * splits // 8)
         module.get_function(name + "_along")((blocks,), (256,), (x, *args, *geometry, np.int64(splits),
-                                                                  np.int64(chunk), *tail))
+                                                                  np.int64(chunk)))
     else:                                           # across: 32 outputs per block, rows in parts
         columns = -(-outputs // 32)
         splits = max(1, min(-(-length // 64), -(-_BUSY_BLOCKS // columns), 65535))
         chunk = -(-length // splits)
         splits = -(-length // chunk)
-        module.get_function(name + "_across")((columns, splits), (32, 8), (x, *args, *geometry,
-                                                                          np.int64(chunk), *tail))
+        module.get_function(name + "_across")((columns, splits), (32, 8), (x, *args, *geometry, np.int64(chunk)))
 
 
 def _kept_shape(x, axes: tuple) -> tuple:
@@ -212,7 +212,7 @@ def _absmax(x, axes: tuple, finite_only: bool, out=None):
     if out is None:
         out = cupy.zeros(_kept_shape(x, axes), dtype=_PATTERN[dtype])
     if x.size:
-        _launch("loom_absmax", dtype, x, axes, (out,), (np.int32(finite_only),))
+        _launch("loom_absmax", dtype, x, axes, (out, np.int32(finite_only)))
     return out.view(dtype)
 
 
@@ -240,5 +240,5 @@ def sum_float32(x, axes: tuple, bits: int):
         zeros = cupy.zeros((3, outputs), dtype=np.float64)         # one memset: both sums and the maxima
         top = _absmax(x, axes, True, zeros[2].view(np.uint32)[:outputs].reshape(shape))
         sums = zeros[:2].reshape((2,) + shape)
-        _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1]), (np.int32(bits),))
+        _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1], np.int32(bits)))
         return _finish()(sums[0], sums[1], top, np.int32(bits))
