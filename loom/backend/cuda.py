@@ -62,8 +62,9 @@ class CUDABackend:
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         self._generated = {}            # generated kernel source -> compiled function
         # fused kernels behind loom.kernels.fused and .exact, window kernels behind conv and pooling
-        from . import cuda_decode, cuda_exact, cuda_kernels, cuda_quant, cuda_windows
+        from . import cuda_decode, cuda_exact, cuda_fused_exact, cuda_kernels, cuda_quant, cuda_windows
         self.fused = cuda_kernels
+        self.fused_exact = cuda_fused_exact     # deterministic mode's, with the reference's bits
         self.exact_kernels = cuda_exact
         self.windows = cuda_windows
         self.quant_kernels = cuda_quant   # GGML block products for decoding (fast mode)

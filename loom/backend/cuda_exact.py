@@ -20,10 +20,10 @@ import cupy
 import numpy as np
 
 from .cuda import translating
-from .cuda_exact_reduce import TOP_EXPONENT, absmax, sum_float32
+from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, sum_float32
 from .cuda_kernels import C_TYPES, OPTIONS
 
-__all__ = ["C_TYPES", "absmax", "guardable", "matmul_narrow", "patch_specials", "sum_float32"]
+__all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "patch_specials", "sum_float32"]
 
 
 @lru_cache(maxsize=None)

@@ -23,7 +23,7 @@ import cupy
 import numpy as np
 
 from .cuda import translating
-from .cuda_kernels import C_TYPES, OPTIONS
+from .cuda_kernels import BASICS, BLOCK_REDUCTIONS, C_TYPES, MAX_GRID, OPTIONS, row_threads
 
 # The exponent of a scale: m < 2^e as NumPy's frexp gives it (0 for zero, and for inf and NaN, whose
 # rows are overwritten with their special values later anyway).
@@ -32,6 +32,49 @@ __device__ __forceinline__ int loom_top_exponent(float m) {
     int e = 0;
     if (isfinite(m) && m != 0.0f) frexpf(m, &e);
     return e;
+}
+"""
+
+# exact.sum of one row by one block (after cuda_kernels' BLOCK_REDUCTIONS): the finite maximum, then
+# the integers and the specials, each combined over the block; no atomics, no zeroed buffers.
+EXACT_ROW_SUM = TOP_EXPONENT + r"""
+struct Scratch { unsigned patterns[32]; double sums[32]; };   // for block_reduce
+
+// exact.sum of value(j) for j < n, rounded once to float (bits = 53 - ceil(log2 n)).
+template <class F> __device__ float exact_row_sum(F value, long long n, int bits, Scratch& s) {
+    unsigned top = 0;                 // the finite maximum of |v| as a pattern: they order alike
+    double specials = 0.0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = value(j);
+        const unsigned k = __float_as_uint(v) & 0x7fffffffu;
+        if (k < 0x7f800000u) top = max(top, k);
+        else specials += (double)v;
+    }
+    top = block_reduce(top, s.patterns, 0u, MaxOp());
+    specials = block_reduce(specials, s.sums, 0.0, AddOp());    // inf and NaN only: any order, same sum
+    const int shift = bits - loom_top_exponent(__uint_as_float(top));
+    double total = 0.0;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const float v = value(j);
+        if (isfinite(v)) total += rint(ldexp((double)v, shift));
+    }
+    total = block_reduce(total, s.sums, 0.0, AddOp());          // integers below 2^53: exact
+    return specials == 0.0 ? __double2float_rn(ldexp(total, -shift)) : (float)specials;
+}
+
+"""
+
+# Small sums (a bias gradient at batch 32, a loss): one block per output, one launch in all.
+_BLOCKS = r"""
+extern "C" __global__ void loom_exact_sum_blocks(const float* x, float* out, int bits, long long outputs,
+                                                 long long length, long long kept, long long sb, long long sk,
+                                                 long long sr) {
+    __shared__ Scratch s;
+    for (long long o = blockIdx.x; o < outputs; o += gridDim.x) {
+        const float* p = x + (o / kept) * sb + (o % kept) * sk;
+        const float total = exact_row_sum([&](long long r) { return p[r * sr]; }, length, bits, s);
+        if (threadIdx.x == 0) out[o] = total;
+    }
 }
 """
 
@@ -146,6 +189,7 @@ _TYPES = {  # dtype -> (pattern type, pattern of x, |x| mask, infinity's pattern
 _PATTERN = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 _BUSY_WARPS = 8192          # 132 SMs x 64 resident warps: enough tasks to keep the device busy
 _BUSY_BLOCKS = 1024
+_SMALL_SUM = 1 << 16        # elements up to which a sum takes one launch (_BLOCKS) instead of four
 
 
 @lru_cache(maxsize=None)
@@ -178,6 +222,12 @@ def _layout(x, axes: tuple):
     length, sr = (red[0][0], red[0][1]) if red else (1, 0)
     (nb, sb), (nk, sk) = ([(1, 0)] * (2 - len(kept)) + [(g[0], g[1]) for g in kept])
     return x, nb * nk, length, nk, sb, sk, sr
+
+
+@lru_cache(maxsize=None)
+def _blocks_kernel():
+    source = "typedef float T;\n" + BASICS + BLOCK_REDUCTIONS + EXACT_ROW_SUM + _BLOCKS
+    return cupy.RawModule(code=source, options=OPTIONS).get_function("loom_exact_sum_blocks")
 
 
 def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
@@ -233,12 +283,30 @@ def _finish():
 
 def sum_float32(x, axes: tuple, bits: int):
     """exact.sum for float32 x over `axes` (kept as size-1 axes), exact._sum_general's bits: the
-    finite maximum, then the integer and special sums in one pass, then the scaling back."""
+    finite maximum, then the integer and special sums, then the scaling back; one block per output
+    for small sums, else split over warps in three passes and a finish."""
     with translating("exact sum", x):
         shape = _kept_shape(x, axes)
         outputs = math.prod(shape)
+        if x.size <= _SMALL_SUM:
+            x, outputs, length, kept, sb, sk, sr = _layout(x, axes)
+            out = cupy.empty(shape, dtype=np.float32)
+            _blocks_kernel()((min(outputs, MAX_GRID),), (row_threads(length),),
+                             (x, out, np.int32(bits), *(np.int64(v) for v in (outputs, length, kept, sb, sk, sr))))
+            return out
         zeros = cupy.zeros((3, outputs), dtype=np.float64)         # one memset: both sums and the maxima
         top = _absmax(x, axes, True, zeros[2].view(np.uint32)[:outputs].reshape(shape))
         sums = zeros[:2].reshape((2,) + shape)
         _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1], np.int32(bits)))
         return _finish()(sums[0], sums[1], top, np.int32(bits))
+
+
+def gemm_maxima(a, b):
+    """(absmax(a, -1), absmax(b, -2)) for a GEMM's operands of one dtype, zeroed by one memset."""
+    with translating("exact GEMM scaling", a, b):
+        dtype = np.dtype(a.dtype)
+        shape_a, shape_b = _kept_shape(a, (a.ndim - 1,)), _kept_shape(b, (b.ndim - 2,))
+        size_a = math.prod(shape_a)
+        patterns = cupy.zeros(size_a + math.prod(shape_b), dtype=_PATTERN[dtype])
+        return (_absmax(a, (a.ndim - 1,), False, patterns[:size_a].reshape(shape_a)),
+                _absmax(b, (b.ndim - 2,), False, patterns[size_a:].reshape(shape_b)))

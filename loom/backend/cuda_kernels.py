@@ -26,7 +26,7 @@ import numpy as np
 from .cuda import translating
 
 OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
-_MAX_GRID = 2 ** 31 - 1
+MAX_GRID = 2 ** 31 - 1
 
 # Constants spelled exactly as loom/nn/layers/activation.py computes them; repr() round-trips the double,
 # and (T) then rounds it once, as NumPy rounds a Python float against a float32 array.
@@ -36,24 +36,27 @@ _TANH_C = repr(math.sqrt(2 / math.pi))
 _TANH_K = repr(0.044715)
 
 # Device helpers shared by the elementwise and the row kernels. Overloads (not T) so that they compile
-# before or after CuPy's `typedef ... T`.
-_HELPERS = r"""
-__device__ __forceinline__ float loom_exp(float x) { return expf(x); }
-__device__ __forceinline__ double loom_exp(double x) { return exp(x); }
+# before or after CuPy's `typedef ... T`. BASICS are correctly rounded (or exact) everywhere; the
+# transcendentals are CUDA's, and deterministic mode swaps them for mathlib's (cuda_fused_exact.py).
+BASICS = r"""
 __device__ __forceinline__ float loom_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double loom_sqrt(double x) { return sqrt(x); }
-__device__ __forceinline__ float loom_tanh(float x) { return tanhf(x); }
-__device__ __forceinline__ double loom_tanh(double x) { return tanh(x); }
 __device__ __forceinline__ float loom_abs(float x) { return fabsf(x); }
 __device__ __forceinline__ double loom_abs(double x) { return fabs(x); }
-// float32 erf in float32 (gelu v2): widening to float64 as ops.erf does (v3) measured 22-40% slower on
-// the H200 for a difference within float32 rounding (benchmarks/kernels/README.md).
-__device__ __forceinline__ float loom_erf(float x) { return erff(x); }
-__device__ __forceinline__ double loom_erf(double x) { return erf(x); }
 __device__ __forceinline__ float loom_neg_inf(float) { return __int_as_float((int)0xff800000u); }
 __device__ __forceinline__ double loom_neg_inf(double) {
     return __longlong_as_double((long long)0xfff0000000000000ull);
 }
+"""
+_HELPERS = BASICS + r"""
+__device__ __forceinline__ float loom_exp(float x) { return expf(x); }
+__device__ __forceinline__ double loom_exp(double x) { return exp(x); }
+__device__ __forceinline__ float loom_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double loom_tanh(double x) { return tanh(x); }
+// float32 erf in float32 (gelu v2): widening to float64 as ops.erf does (v3) measured 22-40% slower on
+// the H200 for a difference within float32 rounding (benchmarks/kernels/README.md).
+__device__ __forceinline__ float loom_erf(float x) { return erff(x); }
+__device__ __forceinline__ double loom_erf(double x) { return erf(x); }
 // ops.sigmoid: e = exp(-|x|); x >= 0 ? 1 / (1 + e) : e / (1 + e), so that neither branch overflows.
 template <typename F> __device__ __forceinline__ F loom_sigmoid(F x) {
     F e = loom_exp(-loom_abs(x));
@@ -63,40 +66,34 @@ template <typename F> __device__ __forceinline__ F loom_sigmoid(F x) {
 
 # Row kernels: one block per row of n contiguous entries (grid-stride over rows), blockDim a multiple
 # of 32. Every reduction leaves the same value in every thread: each warp reduces the per-warp partials
-# itself, in the same order, so no broadcast through shared memory is needed.
-_ROWS = _HELPERS + r"""
+# itself, in the same order, so no broadcast through shared memory is needed. (cuda_fused_exact.py's
+# row kernels use the same reductions.)
+BLOCK_REDUCTIONS = r"""
 __device__ __forceinline__ T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }  // NaN wins, as np.max
+struct AddOp { template <class V> __device__ V operator()(V a, V b) const { return a + b; } };
+struct MaxOp { template <class V> __device__ V operator()(V a, V b) const { return max(a, b); } };
+struct MaxNanOp { __device__ T operator()(T a, T b) const { return max_nan(a, b); } };
 
-__device__ __forceinline__ T warp_sum(T v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+template <class V, class Op> __device__ __forceinline__ V warp_reduce(V v, Op op) {
+    for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
 
-__device__ __forceinline__ T warp_max(T v) {
-    for (int o = 16; o > 0; o >>= 1) v = max_nan(v, __shfl_xor_sync(0xffffffffu, v, o));
-    return v;
-}
-
-__device__ T block_sum(T v, T* red) {
+// red: 32 entries of shared memory; `identity` fills the lanes past the last warp.
+template <class V, class Op> __device__ V block_reduce(V v, V* red, V identity, Op op) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_sum(v);
+    v = warp_reduce(v, op);
     if (nwarps == 1) return v;
     __syncthreads();                  // the previous reduction's readers are done with red
     if (lane == 0) red[warp] = v;
     __syncthreads();
-    return warp_sum(lane < nwarps ? red[lane] : (T)0);
+    return warp_reduce(lane < nwarps ? red[lane] : identity, op);
 }
 
-__device__ T block_max(T v, T* red) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    v = warp_max(v);
-    if (nwarps == 1) return v;
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    return warp_max(lane < nwarps ? red[lane] : loom_neg_inf((T)0));
-}
-
+__device__ T block_sum(T v, T* red) { return block_reduce(v, red, (T)0, AddOp()); }
+__device__ T block_max(T v, T* red) { return block_reduce(v, red, loom_neg_inf((T)0), MaxNanOp()); }
+"""
+_ROWS = _HELPERS + BLOCK_REDUCTIONS + r"""
 // y = exp(s - max) / sum over the row, s = x * scale. Entries j >= kept are masked: exactly 0 and left out
 // of the max and the sum. kept = n, or when causal: row r is query i = r % tq, which keeps keys
 // j <= i + offset (none when i + offset < 0: the row is all 0, as ops.softmax with a mask).
@@ -256,7 +253,7 @@ def _row_module(dtype: np.dtype):
     return cupy.RawModule(code=f"typedef {C_TYPES[dtype]} T;\n" + _ROWS, options=OPTIONS)
 
 
-def _threads(n: int) -> int:
+def row_threads(n: int) -> int:
     """Threads per row: about 4 entries each, a power of two from one warp (short rows) up to 1024."""
     want = 1 << max(0, (n - 1).bit_length())          # next power of two >= n
     return min(1024, max(32, want // 4))
@@ -264,15 +261,15 @@ def _threads(n: int) -> int:
 
 def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     kernel = _row_kernel(np.dtype(dtype), name)
-    kernel((min(rows, _MAX_GRID),), (_threads(n),), args)
+    kernel((min(rows, MAX_GRID),), (row_threads(n),), args)
 
 
-def _shape_rows(x) -> tuple[int, int]:
+def shape_rows(x) -> tuple[int, int]:
     n = x.shape[-1]
     return x.size // n, n
 
 
-def _rstd_like(x):
+def rstd_like(x):
     return cupy.empty(x.shape[:-1] + (1,), dtype=x.dtype)
 
 
@@ -283,7 +280,7 @@ def softmax(x):
 
 
 def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
-    rows, n = _shape_rows(scores)
+    rows, n = shape_rows(scores)
     tq = scores.shape[-2] if causal else 1
     y = cupy.empty_like(scores)
     with translating("fused softmax", scores):
@@ -294,7 +291,7 @@ def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
 
 
 def softmax_grad(y, dy):
-    rows, n = _shape_rows(y)
+    rows, n = shape_rows(y)
     dx = cupy.empty_like(y)
     with translating("fused softmax_grad", y, dy):
         _launch_rows("loom_softmax_grad_rows", y.dtype, rows, n, (y, dy, dx, np.int64(rows), np.int64(n)))
@@ -304,8 +301,8 @@ def softmax_grad(y, dy):
 # --- norms -----------------------------------------------------------------------------------------
 
 def layer_norm(x, weight, bias, eps):
-    rows, n = _shape_rows(x)
-    xhat, rstd = cupy.empty_like(x), _rstd_like(x)
+    rows, n = shape_rows(x)
+    xhat, rstd = cupy.empty_like(x), rstd_like(x)
     affine = weight is not None or bias is not None
     y = cupy.empty_like(x) if affine else xhat       # LayerNorm without parameters returns xhat itself
     # A missing weight or bias is never read (has_w / has_b = 0); x stands in for the pointer.
@@ -319,7 +316,7 @@ def layer_norm(x, weight, bias, eps):
 
 
 def layer_norm_grad(dy, xhat, rstd, weight):
-    rows, n = _shape_rows(dy)
+    rows, n = shape_rows(dy)
     dx = cupy.empty_like(dy)
     w = dy if weight is None else weight
     with translating("fused layer_norm_grad", dy, xhat):
@@ -329,8 +326,8 @@ def layer_norm_grad(dy, xhat, rstd, weight):
 
 
 def rms_norm(x, weight, eps):
-    rows, n = _shape_rows(x)
-    xhat, rstd = cupy.empty_like(x), _rstd_like(x)
+    rows, n = shape_rows(x)
+    xhat, rstd = cupy.empty_like(x), rstd_like(x)
     y = xhat if weight is None else cupy.empty_like(x)
     w = x if weight is None else weight
     with translating("fused rms_norm", x):
@@ -341,7 +338,7 @@ def rms_norm(x, weight, eps):
 
 
 def rms_norm_grad(dy, xhat, rstd, weight):
-    rows, n = _shape_rows(dy)
+    rows, n = shape_rows(dy)
     dx = cupy.empty_like(dy)
     w = dy if weight is None else weight
     with translating("fused rms_norm_grad", dy, xhat):
@@ -368,21 +365,22 @@ ACTIVATIONS = frozenset(_ACT)
 
 
 @lru_cache(maxsize=None)
-def _bias_act_kernel(fn: str, has_bias: bool):
+def _bias_act_kernel(fn: str, has_bias: bool, helpers: str):
     pre = "T pre = z + b;" if has_bias else "T pre = z;"
     ins = "T b" if has_bias else ""
     if fn in _OUTPUT_GRAD:
         return cupy.ElementwiseKernel(ins, "T z", f"{pre} z = {_ACT[fn]};", f"loom_bias_{fn}",
-                                      preamble=_HELPERS, options=OPTIONS)
+                                      preamble=helpers, options=OPTIONS)
     return cupy.ElementwiseKernel(ins, "T z, T y", f"{pre} z = pre; y = {_ACT[fn]};", f"loom_bias_{fn}",
-                                  preamble=_HELPERS, options=OPTIONS)
+                                  preamble=helpers, options=OPTIONS)
 
 
-def bias_act(z, bias, fn: str):
-    """(saved, y) as activation.forward(fn, z + bias); z is overwritten with the saved array."""
+def bias_act(z, bias, fn: str, helpers: str = _HELPERS):
+    """(saved, y) as activation.forward(fn, z + bias); z is overwritten with the saved array.
+    `helpers` defines the transcendentals (deterministic mode passes mathlib's)."""
     if fn == "linear" and bias is None:
         return z, z
-    kernel = _bias_act_kernel(fn, bias is not None)
+    kernel = _bias_act_kernel(fn, bias is not None, helpers)
     args = (z,) if bias is None else (bias, z)
     with translating(f"fused bias + {fn}", z):
         if fn in _OUTPUT_GRAD:
@@ -394,26 +392,26 @@ def bias_act(z, bias, fn: str):
 
 
 @lru_cache(maxsize=None)
-def _gelu_kernels():
+def _gelu_kernels(helpers: str):
     forward = cupy.ElementwiseKernel("T x", "T y", f"const T pre = x; y = {_ACT['gelu']};", "loom_gelu",
-                                     preamble=_HELPERS, options=OPTIONS)
+                                     preamble=helpers, options=OPTIONS)
     # activation.grad("gelu"): dy * (cdf + x * (1 / sqrt(2 pi)) * exp(-0.5 * x * x)), cdf = 0.5 (1 + erf(x / sqrt2))
     grad = cupy.ElementwiseKernel(
         "T x, T dy", "T dx",
         f"const T cdf = (T)0.5 * ((T)1 + loom_erf(x * (T){_INV_SQRT2}));"
         f"dx = dy * (cdf + x * (T){_INV_SQRT_2PI} * loom_exp((T)-0.5 * x * x));",
-        "loom_gelu_grad", preamble=_HELPERS, options=OPTIONS)
+        "loom_gelu_grad", preamble=helpers, options=OPTIONS)
     return forward, grad
 
 
-def gelu(x):
+def gelu(x, helpers: str = _HELPERS):
     with translating("fused gelu", x):
-        return _gelu_kernels()[0](x)
+        return _gelu_kernels(helpers)[0](x)
 
 
-def gelu_grad(x, dy):
+def gelu_grad(x, dy, helpers: str = _HELPERS):
     with translating("fused gelu_grad", x, dy):
-        return _gelu_kernels()[1](x, dy)
+        return _gelu_kernels(helpers)[1](x, dy)
 
 
 # --- optimizers ------------------------------------------------------------------------------------

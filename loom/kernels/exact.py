@@ -59,14 +59,16 @@ def _matmul_exact(be, a, b, dtype):
         result = exact_cpu.matmul_2d(be, a2, b2, *_narrow_bits(a2.shape[-1]))
         if result is not None:
             return _unvector(result, vector_left, vector_right)
-    amax = _absmax(be, a2, -1)                                    # [..., M, 1]
-    bmax = _absmax(be, b2, -2)                                    # [..., 1, N]
+    kernels = getattr(be, "exact_kernels", None)
+    if kernels is not None and a2.dtype == b2.dtype and a2.dtype in kernels.C_TYPES:
+        amax, bmax = kernels.gemm_maxima(a2, b2)                 # the GPU: one memset for both
+    else:
+        amax = _absmax(be, a2, -1)                                # [..., M, 1]
+        bmax = _absmax(be, b2, -2)                                # [..., 1, N]
     wide = np.dtype(dtype).itemsize > 4
     # Rows and columns holding inf or NaN come out of the slices as NaN; every one of their entries
     # is then overwritten with IEEE's special value, and no other entry depends on them.
-    guard = getattr(be, "exact_kernels", None)
-    if guard is not None and not guard.guardable(a2, b2):
-        guard = None
+    guard = kernels if kernels is not None and kernels.guardable(a2, b2) else None
     finite = guard is not None or not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     with np.errstate(invalid="ignore"):
         if not wide:

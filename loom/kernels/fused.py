@@ -37,15 +37,22 @@ def _xp(x):
     return backend.of(x).xp
 
 
-def _kernels(*arrays, arithmetic: bool = False):
+def _kernels(*arrays, arithmetic: bool = False, row_sums: bool = False):
     """The owning backend's fused kernels when they can take `arrays` (None entries are absent
-    arguments), else None: the reference runs. Deterministic mode runs the reference (its sums and
-    transcendentals are the exact, backend-independent ones of `ops`) unless the kernel is
-    `arithmetic`: only + - * / sqrt and comparisons, correctly rounded, in the reference's order, with
-    no contraction and no flush to zero, so it gives the reference's bits (tests/gpu checks them)."""
+    arguments), else None: the reference runs.
+
+    Fast mode: `backend.fused`. Deterministic mode: `backend.fused_exact`, kernels built to give the
+    reference's bits (mathlib's transcendentals, exact.sum's row sums; for float32 only where the
+    kernel sums rows), or for an `arithmetic` kernel the fast one: only + - * / sqrt and comparisons,
+    correctly rounded, in the reference's order, with no contraction and no flush to zero, so it gives
+    the reference's bits too. tests/gpu checks both against the reference."""
+    be = backend.of(arrays[0])
     if is_deterministic() and not arithmetic:
-        return None
-    fused = getattr(backend.of(arrays[0]), "fused", None)
+        fused = getattr(be, "fused_exact", None)
+        if fused is not None and row_sums and arrays[0].dtype not in fused.ROW_DTYPES:
+            return None
+    else:
+        fused = getattr(be, "fused", None)
     if fused is None:
         return None
     kind, dtype = type(arrays[0]), arrays[0].dtype
@@ -57,12 +64,13 @@ def _kernels(*arrays, arithmetic: bool = False):
     return fused
 
 
-def _row_kernels(x, *per_feature, arithmetic: bool = False):
-    """_kernels for a row operation over x's last axis; per-feature arrays must be exactly [n]."""
+def _row_kernels(x, *per_feature, arithmetic: bool = False, row_sums: bool = True):
+    """_kernels for a row operation over x's last axis (summing each row unless not `row_sums`);
+    per-feature arrays must be exactly [n]."""
     n = x.shape[-1] if x.ndim else 0
     if any(v is not None and tuple(v.shape) != (n,) for v in per_feature):
         return None
-    return _kernels(x, *per_feature, arithmetic=arithmetic) if x.ndim else None
+    return _kernels(x, *per_feature, arithmetic=arithmetic, row_sums=row_sums) if x.ndim else None
 
 
 # --- activations -----------------------------------------------------------------------------------
@@ -94,7 +102,7 @@ def bias_act(z, bias, fn: str):
     z may be overwritten (the caller owns it)."""
     if fn not in BIAS_ACTIVATIONS:
         raise ValueError(f"bias_act: unknown activation {fn!r}; expected one of {', '.join(BIAS_ACTIVATIONS)}")
-    fused = _row_kernels(z, bias, arithmetic=fn in ("linear", "relu"))
+    fused = _row_kernels(z, bias, arithmetic=fn in ("linear", "relu"), row_sums=False)
     if fused is not None:
         return fused.bias_act(z, bias, fn)
     pre = z if bias is None else z + bias
@@ -134,7 +142,8 @@ def softmax(x):
 
 def softmax_grad(y, dy):
     """dL/dx of y = softmax(x) over the last axis for dL/dy = dy: y (dy - sum(dy y))."""
-    fused = _row_kernels(y, dy) if y.shape == dy.shape else None
+    # (dy is a whole array like y, not a per-feature one: _kernels, not _row_kernels, checks it)
+    fused = _kernels(y, dy, row_sums=True) if y.shape == dy.shape and y.ndim else None
     if fused is not None:
         return fused.softmax_grad(y, dy)
     return y * (dy - ops.sum(dy * y, axis=-1, keepdims=True))
@@ -214,7 +223,7 @@ def _norm_grad_kernels(dy, xhat, rstd, weight):
     if dy.shape != xhat.shape or dy.ndim == 0 or tuple(rstd.shape) != dy.shape[:-1] + (1,):
         return None
     fused = _row_kernels(dy, weight)
-    return fused if fused is not None and _kernels(dy, xhat, rstd) is not None else None
+    return fused if fused is not None and _kernels(dy, xhat, rstd, row_sums=True) is not None else None
 
 
 # --- optimizers ------------------------------------------------------------------------------------
