@@ -50,10 +50,12 @@ def _kernels():
     return left, right, combine
 
 
-def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
+def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False):
     """exact._matmul_narrow for float32 a and b given their row and column maxima (bits = (bits_a,
     bits_b)): both slices of a in one pass (stacked along M, so one float64 GEMM takes them), b's
-    in one, the product's recombination in one."""
+    in one, the product's recombination in one. With `guard` (operands `guardable`), the
+    recombination also writes IEEE's special values where a row or column holds inf or NaN, as
+    patch_specials would in a launch of its own."""
     bits_a, bits_b = bits
     amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
     left, right, combine = _kernels()
@@ -61,13 +63,20 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
     with translating("exact GEMM slicing", a, b):
         stacked = cupy.empty(a.shape[:-2] + (2 * m, a.shape[-1]), dtype=np.float64)
         left(a, amax, np.int32(bits_a), np.float64(2.0 ** bits_a), stacked[..., :m, :], stacked[..., m:, :])
-        q = cupy.empty_like(b, dtype=np.float64)                    # in b's layout
+        # a matrix keeps b's layout (cuBLAS takes a transposed one as it is); a stack of them is made
+        # C-ordered, which CuPy's batched GEMM would otherwise copy to
+        q = cupy.empty_like(b, dtype=np.float64, order="K" if b.ndim == 2 else "C")
         right(b, bmax, np.int32(bits_b), q)
     g = be.matmul(stacked, q)
     with translating("exact GEMM recombination", g):
         out = cupy.empty(g.shape[:-2] + (m, g.shape[-1]), dtype=dtype)
+        if guard and g.flags.c_contiguous:
+            _combine_guarded(g, a, b, amax, bmax, bits, out)
+            return out
         combine(g[..., :m, :], g[..., m:, :], np.float64(2.0 ** -bits_a), amax, bmax,
                 np.int32(bits_a), np.int32(bits_b), out)
+        if guard:
+            patch_specials(a, b, amax, bmax, out)
         return out
 
 
@@ -81,6 +90,30 @@ __device__ __forceinline__ void loom_special_entry(
     for (long long q = 0; q < k; ++q)
         s = __fadd_rn(s, __fmul_rn(loom_mark(ar[q * sak]), loom_mark(bc[q * sbk])));
     if (!isfinite(s)) *out = (T)s;
+}
+
+// loom_exact_combine over a C-ordered product g [batches, 2m, n] (hi rows, then lo rows), with the
+// entries of rows and columns whose maximum is not finite replaced by their special values.
+extern "C" __global__ void loom_exact_combine_guarded(
+        const double* g, const float* a, const float* b, const float* rowmax, const float* colmax, T* out,
+        double down, int abits, int bbits, long long inner, long long batches, long long m, long long n,
+        long long k, long long sa1, long long sa2, long long sam, long long sak,
+        long long sb1, long long sb2, long long sbk, long long sbn,
+        long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
+    const long long total = batches * m * n;
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long z = idx / (m * n), i = (idx / n) % m, j = idx % n;
+        const long long z1 = z / inner, z2 = z % inner;
+        const float atop = rowmax[z1 * sr1 + z2 * sr2 + i * srm], btop = colmax[z1 * sc1 + z2 * sc2 + j * scn];
+        const double* gz = g + z * 2 * m * n;
+        double acc = __dadd_rn(__dmul_rn(gz[(m + i) * n + j], down), gz[i * n + j]);   // the one rounding
+        acc = __dmul_rn(acc, ldexp(1.0, loom_top_exponent(atop) - abits));
+        T o = (T)__dmul_rn(acc, ldexp(1.0, loom_top_exponent(btop) - bbits));
+        if (!isfinite(atop) || !isfinite(btop))
+            loom_special_entry(a + z1 * sa1 + z2 * sa2 + i * sam, b + z1 * sb1 + z2 * sb2 + j * sbn, sak, sbk, k, &o);
+        out[idx] = o;
+    }
 }
 
 extern "C" __global__ void loom_exact_specials(
@@ -114,9 +147,16 @@ extern "C" __global__ void loom_exact_specials(
 
 
 @lru_cache(maxsize=None)
+def _guard_module(dtype):
+    return cupy.RawModule(code=f"typedef {C_TYPES[np.dtype(dtype)]} T;\n" + TOP_EXPONENT + _GUARD, options=OPTIONS)
+
+
 def _guard(dtype):
-    module = cupy.RawModule(code=f"typedef {C_TYPES[np.dtype(dtype)]} T;\n" + _GUARD, options=OPTIONS)
-    return module.get_function("loom_exact_specials")
+    return _guard_module(np.dtype(dtype)).get_function("loom_exact_specials")
+
+
+def _elements(x4) -> tuple:
+    return tuple(np.int64(s // x4.itemsize) for s in x4.strides)
 
 
 def guardable(a, b) -> bool:
@@ -153,4 +193,20 @@ def patch_specials(a, b, amax, bmax, out) -> None:
         with translating("exact GEMM special values", a, b):
             _guard(out.dtype)((min((lines + 255) // 256, 65536),), (256,),
                               (a4, b4, rowmax, colmax, out, *(np.int64(v) for v in (inner, outer * inner, m, n, k)),
-                               *(np.int64(s // 4) for s in a4.strides), *(np.int64(s // 4) for s in b4.strides)))
+                               *_elements(a4), *_elements(b4)))
+
+
+def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> None:
+    """loom_exact_combine_guarded into out (C-ordered, g's batch shape) from the C-ordered product g."""
+    batch = out.shape[:-2] or (1,)
+    a4, b4 = _batched(a, batch), _batched(b, batch)
+    r4, c4 = _batched(amax, batch), _batched(bmax, batch)
+    outer, inner, m, k = a4.shape
+    n = b4.shape[3]
+    total = outer * inner * m * n
+    if total:
+        _guard_module(np.dtype(out.dtype)).get_function("loom_exact_combine_guarded")(
+            (min((total + 255) // 256, 1 << 20),), (256,),
+            (g, a4, b4, r4, c4, out, np.float64(2.0 ** -bits[0]), np.int32(bits[0]), np.int32(bits[1]),
+             *(np.int64(v) for v in (inner, outer * inner, m, n, k)), *_elements(a4), *_elements(b4),
+             *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))

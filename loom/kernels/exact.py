@@ -71,13 +71,11 @@ def _matmul_exact(be, a, b, dtype):
     guard = kernels if kernels is not None and kernels.guardable(a2, b2) else None
     finite = guard is not None or not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     with np.errstate(invalid="ignore"):
-        if not wide:
-            result = _matmul_float32(be, a2, b2, amax, bmax, dtype)
+        if not wide:                # the GPU's guard (float32 only) runs inside: no host read, no extra product
+            result = _matmul_float32(be, a2, b2, amax, bmax, dtype, guard)
         else:
             result = _matmul_general(be, a2, b2, amax, bmax, wide, dtype)
-        if guard is not None:       # the GPU: a guarded kernel, no host read, no extra product
-            guard.patch_specials(a2, b2, amax, bmax, result)
-        elif not finite:            # (always while recording a graph: it cannot branch on data)
+        if not finite:              # (always while recording a graph: it cannot branch on data)
             special = _special_values(be, a2, b2).astype(dtype)
             result = xp.where(xp.isfinite(special), result, special)
     return _unvector(result, vector_left, vector_right)
@@ -104,16 +102,17 @@ def _absmax(be, x, axis):
     return xp.maximum(xp.max(x, axis=axis, keepdims=True), -xp.min(x, axis=axis, keepdims=True))
 
 
-def _matmul_float32(be, a, b, amax, bmax, dtype):
+def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     """float32 (and narrower) operands: the narrow scheme, over fixed-order chunks of 2^14 along K when
     K is longer (each chunk's product kept in float64, the chunks added in order, one rounding to
     dtype at the end). The maxima, and so the slices' scales, are the whole rows' and columns', and
-    every chunk uses the bits of the longest one."""
+    every chunk uses the bits of the longest one. `guard`: the GPU's special-value kernels, applied
+    to the result (inside the recombination when there is one chunk)."""
     step = 1 << MAX_CHUNK_BITS
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     k = min(a.shape[-1], step)
     if a.shape[-1] <= step:
-        return _matmul_narrow(be, a, b, amax, bmax, k, dtype)
+        return _matmul_narrow(be, a, b, amax, bmax, k, dtype, guard is not None)
     total = None
     for start in range(0, a.shape[-1], step):
         part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], amax, bmax, k,
@@ -122,7 +121,10 @@ def _matmul_float32(be, a, b, amax, bmax, dtype):
             total = part
         else:
             total += part
-    return total.astype(dtype)
+    result = total.astype(dtype)
+    if guard is not None:
+        guard.patch_specials(a, b, amax, bmax, result)
+    return result
 
 
 def _narrow_bits(k: int) -> tuple:
@@ -141,7 +143,7 @@ def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
             xp.ldexp(1.0, (ea - bits_a).astype(np.int32)), xp.ldexp(1.0, (eb - bits_b).astype(np.int32)))
 
 
-def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype):
+def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype, guarded: bool = False):
     """float32 operands, K <= k <= 2^14, the row maxima of a and column maxima of b: the 2 x 1 slice
     scheme, with _narrow_scales' shifts and scales. The reference arithmetic, which both backends'
     kernels reproduce bit for bit:
@@ -151,10 +153,11 @@ def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype):
     where the sum is the one rounding in float64 (scaling by a power of two is exact there).
     Each pass over the operands costs a sizeable share of the GEMM, so both backends fuse or
     trim them: fused kernels on the GPU (which work the scales out from the maxima themselves),
-    exact_cpu's float32 passes on the CPU."""
+    exact_cpu's float32 passes on the CPU. `guarded` (the GPU, `guardable` operands): special values
+    patched in as well."""
     fused = getattr(be, "exact_kernels", None)
     if fused is not None:
-        return fused.matmul_narrow(be, a, b, amax, bmax, _narrow_bits(k), dtype)
+        return fused.matmul_narrow(be, a, b, amax, bmax, _narrow_bits(k), dtype, guarded)
     return exact_cpu.matmul_narrow(be, a, b, _narrow_scales(be.xp, amax, bmax, k), dtype)
 
 
