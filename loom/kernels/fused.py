@@ -1,14 +1,17 @@
 """Fused operations: several array operations as one, on any backend.
 
-Each function asks the backend that owns its arrays for fused kernels (`backend.fused`: the CUDA backend
-has them, loom/backend/cuda_kernels.py). They run when every array is non-empty, C-contiguous and of one
-dtype, float32 or float64; anything else runs the reference here, with the array module.
+Each function asks the backend that owns its arrays for fused kernels (the CUDA backend has them:
+`backend.fused`, loom/backend/cuda_kernels.py, in fast mode; `backend.fused_exact`,
+loom/backend/cuda_fused_exact.py, in deterministic mode). They run when every array is non-empty,
+C-contiguous and of one dtype, float32 or float64 (deterministic row sums: float32); anything else runs
+the reference here, with the array module.
 
 The references are the formulas the layers and optimizers use (activation.py, norm.py, attention.py,
 optim.py), copied operation for operation, so a layer that switches to these functions keeps its CPU
 results bit for bit (tests/kernels/test_fused_reference.py checks that). They are copies, not imports,
-because loom/kernels sits below loom/nn. The fused kernels keep the same operation order; they differ from
-the reference only where CUDA's transcendentals or a row sum's order round differently.
+because loom/kernels sits below loom/nn. The fast kernels keep the same operation order; they differ from
+the reference only where CUDA's transcendentals or a row sum's order round differently. The deterministic
+ones differ nowhere: mathlib's transcendentals and exact.sum's row sums give the reference's bits.
 
 Optimizer scalars (step_size, bc2_sqrt, decay, lr) may be Python floats or 0-d arrays of the parameter's
 dtype on its device (what a recorded CUDA graph passes); both give the same bits.
