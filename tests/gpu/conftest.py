@@ -13,3 +13,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    """spy(module, names): a list that records, in order, which of module's functions `names` are
+    called during the test (they still run). Proves a fused kernel ran rather than a fallback."""
+    def install(module, names):
+        called = []
+        for name in names:
+            real = getattr(module, name)
+
+            def wrapper(*args, _real=real, _name=name, **kwargs):
+                called.append(_name)
+                return _real(*args, **kwargs)
+            monkeypatch.setattr(module, name, wrapper)
+        return called
+    return install

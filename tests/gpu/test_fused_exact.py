@@ -33,15 +33,10 @@ def cuda():
 
 
 @pytest.fixture
-def ran(monkeypatch):
+def ran(spy):
     """The names of cuda_fused_exact's functions called during the test."""
-    called = []
-    for name in ("softmax", "scaled_masked_softmax", "softmax_grad", "layer_norm", "layer_norm_grad", "rms_norm",
-                 "rms_norm_grad", "gelu", "gelu_grad", "bias_act"):
-        real = getattr(cuda_fused_exact, name)
-        monkeypatch.setattr(cuda_fused_exact, name, lambda *a, _real=real, _name=name, **k: (called.append(_name),
-                                                                                            _real(*a, **k))[1])
-    return called
+    return spy(cuda_fused_exact, ("softmax", "scaled_masked_softmax", "softmax_grad", "layer_norm", "layer_norm_grad",
+                                  "rms_norm", "rms_norm_grad", "gelu", "gelu_grad", "bias_act"))
 
 
 def _values(rng, shape, kind, dtype=np.float32):

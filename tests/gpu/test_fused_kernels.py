@@ -253,6 +253,32 @@ def test_sgd_update(cuda, dtype, case, shape):
         _bits(f, r, f"sgd {name}: CPU bits")
 
 
+def test_every_function_runs_its_kernel_on_rows_of_any_rank(cuda, spy):
+    """Each fused.py function reaches cuda_kernels for C-ordered 2-D and 3-D inputs (softmax_grad once
+    took the reference for every input of rank 2 or more, silently)."""
+    from loom.backend import cuda_kernels
+    called = spy(cuda_kernels, FUNCTIONS)
+    rng = np.random.default_rng(41)
+    for shape in [(8, 33), (2, 3, 33)]:
+        x, g = (cuda.asarray(_normal(rng, shape, np.float32)) for _ in range(2))
+        w = cuda.asarray(_normal(rng, (33,), np.float32))
+        scalar = cuda.asarray(np.asarray(0.01, np.float32))
+        y, xhat, rstd = fused.layer_norm(x, w, w, 1e-5)
+        fused.layer_norm_grad(g, xhat, rstd, w)
+        _, rhat, rr = fused.rms_norm(x, w, 1e-6)
+        fused.rms_norm_grad(g, rhat, rr, w)
+        fused.softmax_grad(fused.softmax(x), g)
+        fused.scaled_masked_softmax(x, 0.5, True, 0)
+        fused.gelu_grad(fused.gelu(x), g)
+        fused.bias_act(x.copy(), w, "gelu")
+        fused.adam_update(x.copy(), g, cuda.xp.zeros_like(x), cuda.xp.zeros_like(x), None, scalar, scalar,
+                          0.9, 0.999, 1e-8, 0.0, None)
+        fused.sgd_update(x.copy(), g, None, scalar, 0.0, 0.0, False, 0.0, False)
+        missing = sorted(set(FUNCTIONS) - set(called))
+        assert not missing, f"shape {shape}: the reference ran instead of {missing}"
+        called.clear()
+
+
 # --- CUDA graphs -------------------------------------------------------------------------------------
 
 def test_every_kernel_records_into_a_cuda_graph(cuda):
