@@ -23,7 +23,7 @@ import cupy
 import numpy as np
 
 from .cuda import translating
-from .cuda_kernels import BASICS, BLOCK_REDUCTIONS, C_TYPES, MAX_GRID, OPTIONS, row_threads
+from .cuda_kernels import BASICS, C_TYPES, MAX_GRID, OPTIONS, ROW_HELPERS, row_threads
 
 # The exponent of a scale: m < 2^e as NumPy's frexp gives it (0 for zero, and for inf and NaN, whose
 # rows are overwritten with their special values later anyway).
@@ -35,7 +35,7 @@ __device__ __forceinline__ int loom_top_exponent(float m) {
 }
 """
 
-# exact.sum of one row by one block (after cuda_kernels' BLOCK_REDUCTIONS): the finite maximum, then
+# exact.sum of one row by one block (after cuda_kernels' ROW_HELPERS): the finite maximum, then
 # the integers and the specials, each combined over the block; no atomics, no zeroed buffers.
 EXACT_ROW_SUM = TOP_EXPONENT + r"""
 struct Scratch { unsigned patterns[32]; double sums[32]; };   // for block_reduce
@@ -226,7 +226,7 @@ def _layout(x, axes: tuple):
 
 @lru_cache(maxsize=None)
 def _blocks_kernel():
-    source = "typedef float T;\n" + BASICS + BLOCK_REDUCTIONS + EXACT_ROW_SUM + _BLOCKS
+    source = "typedef float T;\n" + BASICS + ROW_HELPERS + EXACT_ROW_SUM + _BLOCKS
     return cupy.RawModule(code=source, options=OPTIONS).get_function("loom_exact_sum_blocks")
 
 

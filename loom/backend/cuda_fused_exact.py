@@ -26,18 +26,17 @@ import cupy
 import numpy as np
 
 from . import cuda_kernels
-from .cuda import translating
 from .cuda_exact_reduce import EXACT_ROW_SUM
-from .cuda_kernels import BASICS, BLOCK_REDUCTIONS, OPTIONS
+from .cuda_kernels import BASICS, OPTIONS, ROW_HELPERS
 
 ROW_DTYPES = (np.dtype(np.float32),)
 _TRANSCENDENTALS = ("exp", "erf", "tanh", "sigmoid")
 
-# One block per row (grid-stride over rows), blockDim a multiple of 32; after cuda_kernels' BLOCK_REDUCTIONS
+# One block per row (grid-stride over rows), blockDim a multiple of 32; after cuda_kernels' ROW_HELPERS
 # and cuda_exact_reduce's EXACT_ROW_SUM.
 _ROWS = r"""
 // ops.softmax of s = x * scale (fused.scaled_masked_softmax): e = exp(s - max) / sum. Entries j >= kept
-// are masked: e = 0, left out of the max; a row with nothing kept divides by 1 (all 0).
+// (softmax_kept) are masked: e = 0, left out of the max; a row with nothing kept divides by 1 (all 0).
 extern "C" __global__ void loom_exact_softmax_rows(const T* __restrict__ x, T* __restrict__ y, long long rows,
                                                    long long n, T scale, int causal, long long tq,
                                                    long long offset, int bits) {
@@ -46,14 +45,8 @@ extern "C" __global__ void loom_exact_softmax_rows(const T* __restrict__ x, T* _
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const T* xr = x + r * n;
         T* yr = y + r * n;
-        long long kept = n;
-        if (causal) {
-            const long long last = r % tq + offset;
-            kept = last < 0 ? 0 : (last < n ? last + 1 : n);
-        }
-        T peak = loom_neg_inf((T)0);
-        for (long long j = threadIdx.x; j < kept; j += blockDim.x) peak = max_nan(peak, xr[j] * scale);
-        peak = block_max(peak, red);
+        const long long kept = softmax_kept(r, n, causal, tq, offset);
+        const T peak = softmax_peak(xr, kept, scale, red);
         for (long long j = threadIdx.x; j < n; j += blockDim.x) yr[j] = j < kept ? loom_exp(xr[j] * scale - peak) : (T)0;
         const T total = exact_row_sum([&](long long j) { return yr[j]; }, n, bits, s);   // this thread's own writes
         const T denom = kept > 0 ? total : (T)1;
@@ -85,17 +78,7 @@ extern "C" __global__ void loom_exact_layer_norm_rows(const T* __restrict__ x, c
         const T mu = exact_row_sum([&](long long j) { return xr[j]; }, n, bits, s) / (T)n;
         const T var = exact_row_sum([&](long long j) { const T c = xr[j] - mu; return c * c; }, n, bits, s) / (T)n;
         const T inv = (T)1 / loom_sqrt(var + eps);
-        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-            const T h = (xr[j] - mu) * inv;
-            xhat[r * n + j] = h;
-            if (has_w || has_b) {       // else y is xhat (the caller passes the same array): not written
-                T o = h;
-                if (has_w) o = o * w[j];
-                if (has_b) o = o + b[j];
-                y[r * n + j] = o;
-            }
-        }
-        if (threadIdx.x == 0) rstd[r] = inv;
+        layer_norm_outputs(xr, mu, inv, w, b, y, xhat, rstd, r, n, has_w, has_b);
     }
 }
 
@@ -165,7 +148,7 @@ def helpers() -> str:
 
 @lru_cache(maxsize=None)
 def _row_kernel(name: str):
-    source = "typedef float T;\n" + helpers() + BLOCK_REDUCTIONS + EXACT_ROW_SUM + _ROWS
+    source = "typedef float T;\n" + helpers() + ROW_HELPERS + EXACT_ROW_SUM + _ROWS
     return cupy.RawModule(code=source, options=OPTIONS).get_function(name)
 
 
@@ -173,76 +156,43 @@ def _bits(n: int) -> np.int32:
     return np.int32(53 - max(0, (n - 1).bit_length()))      # exact.sum's bits for rows of n
 
 
-def _launch(name: str, rows: int, n: int, args: tuple) -> None:
-    _row_kernel(name)((min(rows, cuda_kernels.MAX_GRID),), (cuda_kernels.row_threads(n),), args + (_bits(n),))
+def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
+    """cuda_kernels' row launcher for this module: its float32 kernel loom_exact_<name>, with exact.sum's
+    bits for rows of n as the last argument."""
+    kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1))
+    kernel((min(rows, cuda_kernels.MAX_GRID),), (cuda_kernels.row_threads(n),), args + (_bits(n),))
 
 
+# The row operations: cuda_kernels' (same arguments, same outputs) with this module's kernels.
 def softmax(x):
-    return scaled_masked_softmax(x, 1.0, False, 0)   # x * 1 is exact: the plain softmax
+    return cuda_kernels.softmax(x, _launch)
 
 
 def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
-    rows, n = cuda_kernels.shape_rows(scores)
-    tq = scores.shape[-2] if causal else 1
-    y = cupy.empty_like(scores)
-    with translating("fused softmax (deterministic)", scores):
-        _launch("loom_exact_softmax_rows", rows, n, (scores, y, np.int64(rows), np.int64(n), np.float32(scale),
-                                                     np.int32(bool(causal)), np.int64(tq), np.int64(offset)))
-    return y
+    return cuda_kernels.scaled_masked_softmax(scores, scale, causal, offset, _launch)
 
 
 def softmax_grad(y, dy):
-    rows, n = cuda_kernels.shape_rows(y)
-    dx = cupy.empty_like(y)
-    with translating("fused softmax_grad (deterministic)", y, dy):
-        _launch("loom_exact_softmax_grad_rows", rows, n, (y, dy, dx, np.int64(rows), np.int64(n)))
-    return dx
+    return cuda_kernels.softmax_grad(y, dy, _launch)
 
 
 def layer_norm(x, weight, bias, eps):
-    rows, n = cuda_kernels.shape_rows(x)
-    xhat, rstd = cupy.empty_like(x), cuda_kernels.rstd_like(x)
-    y = cupy.empty_like(x) if weight is not None or bias is not None else xhat
-    w = x if weight is None else weight               # stand-in pointers, never read
-    b = x if bias is None else bias
-    with translating("fused layer_norm (deterministic)", x):
-        _launch("loom_exact_layer_norm_rows", rows, n,
-                (x, w, b, y, xhat, rstd, np.int64(rows), np.int64(n), np.float32(eps),
-                 np.int32(weight is not None), np.int32(bias is not None)))
-    return y, xhat, rstd
+    return cuda_kernels.layer_norm(x, weight, bias, eps, _launch)
 
 
 def layer_norm_grad(dy, xhat, rstd, weight):
-    rows, n = cuda_kernels.shape_rows(dy)
-    dx = cupy.empty_like(dy)
-    with translating("fused layer_norm_grad (deterministic)", dy, xhat):
-        _launch("loom_exact_layer_norm_grad_rows", rows, n,
-                (dy, xhat, rstd, dy if weight is None else weight, dx, np.int64(rows), np.int64(n),
-                 np.int32(weight is not None)))
-    return dx
+    return cuda_kernels.layer_norm_grad(dy, xhat, rstd, weight, _launch)
 
 
 def rms_norm(x, weight, eps):
-    rows, n = cuda_kernels.shape_rows(x)
-    xhat, rstd = cupy.empty_like(x), cuda_kernels.rstd_like(x)
-    y = xhat if weight is None else cupy.empty_like(x)
-    with translating("fused rms_norm (deterministic)", x):
-        _launch("loom_exact_rms_norm_rows", rows, n,
-                (x, x if weight is None else weight, y, xhat, rstd, np.int64(rows), np.int64(n), np.float32(eps),
-                 np.int32(weight is not None)))
-    return y, xhat, rstd
+    return cuda_kernels.rms_norm(x, weight, eps, _launch)
 
 
 def rms_norm_grad(dy, xhat, rstd, weight):
-    rows, n = cuda_kernels.shape_rows(dy)
-    dx = cupy.empty_like(dy)
-    with translating("fused rms_norm_grad (deterministic)", dy, xhat):
-        _launch("loom_exact_rms_norm_grad_rows", rows, n,
-                (dy, xhat, rstd, dy if weight is None else weight, dx, np.int64(rows), np.int64(n),
-                 np.int32(weight is not None)))
-    return dx
+    return cuda_kernels.rms_norm_grad(dy, xhat, rstd, weight, _launch)
 
 
+# The element-wise ones: cuda_kernels' formulas with mathlib's transcendentals.
 def bias_act(z, bias, fn: str):
     return cuda_kernels.bias_act(z, bias, fn, helpers())
 

@@ -66,9 +66,9 @@ template <typename F> __device__ __forceinline__ F loom_sigmoid(F x) {
 
 # Row kernels: one block per row of n contiguous entries (grid-stride over rows), blockDim a multiple
 # of 32. Every reduction leaves the same value in every thread: each warp reduces the per-warp partials
-# itself, in the same order, so no broadcast through shared memory is needed. (cuda_fused_exact.py's
-# row kernels use the same reductions.)
-BLOCK_REDUCTIONS = r"""
+# itself, in the same order, so no broadcast through shared memory is needed. cuda_fused_exact.py's row
+# kernels use these reductions and the softmax and layer-norm pieces below too.
+ROW_HELPERS = r"""
 __device__ __forceinline__ T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }  // NaN wins, as np.max
 struct AddOp { template <class V> __device__ V operator()(V a, V b) const { return a + b; } };
 struct MaxOp { template <class V> __device__ V operator()(V a, V b) const { return max(a, b); } };
@@ -92,11 +92,42 @@ template <class V, class Op> __device__ V block_reduce(V v, V* red, V identity, 
 
 __device__ T block_sum(T v, T* red) { return block_reduce(v, red, (T)0, AddOp()); }
 __device__ T block_max(T v, T* red) { return block_reduce(v, red, loom_neg_inf((T)0), MaxNanOp()); }
+
+// Softmax rows: entries j >= kept are masked. kept = n, or when causal: row r is query i = r % tq, which
+// keeps keys j <= i + offset (none when i + offset < 0). The peak is the largest kept x * scale (NaN wins).
+__device__ __forceinline__ long long softmax_kept(long long r, long long n, int causal, long long tq,
+                                                  long long offset) {
+    if (!causal) return n;
+    const long long last = r % tq + offset;
+    return last < 0 ? 0 : (last < n ? last + 1 : n);
+}
+
+__device__ T softmax_peak(const T* xr, long long kept, T scale, T* red) {
+    T peak = loom_neg_inf((T)0);
+    for (long long j = threadIdx.x; j < kept; j += blockDim.x) peak = max_nan(peak, xr[j] * scale);
+    return block_max(peak, red);
+}
+
+// Layer norm's outputs for row r once mu and inv = rstd are known: xhat = (x - mu) * inv, y = xhat (* w) (+ b)
+// (w, b read only when has_w / has_b; without both y is xhat, not written), rstd[r] = inv.
+__device__ __forceinline__ void layer_norm_outputs(const T* xr, T mu, T inv, const T* w, const T* b, T* y, T* xhat,
+                                                   T* rstd, long long r, long long n, int has_w, int has_b) {
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const T h = (xr[j] - mu) * inv;
+        xhat[r * n + j] = h;
+        if (has_w || has_b) {
+            T o = h;
+            if (has_w) o = o * w[j];
+            if (has_b) o = o + b[j];
+            y[r * n + j] = o;
+        }
+    }
+    if (threadIdx.x == 0) rstd[r] = inv;
+}
 """
-_ROWS = _HELPERS + BLOCK_REDUCTIONS + r"""
-// y = exp(s - max) / sum over the row, s = x * scale. Entries j >= kept are masked: exactly 0 and left out
-// of the max and the sum. kept = n, or when causal: row r is query i = r % tq, which keeps keys
-// j <= i + offset (none when i + offset < 0: the row is all 0, as ops.softmax with a mask).
+_ROWS = _HELPERS + ROW_HELPERS + r"""
+// y = exp(s - max) / sum over the row, s = x * scale. Entries j >= kept (softmax_kept) are masked: exactly 0
+// and left out of the max and the sum (a row with none kept is all 0, as ops.softmax with a mask).
 extern "C" __global__ void loom_softmax_rows(const T* __restrict__ x, T* __restrict__ y, long long rows,
                                              long long n, T scale, int causal, long long tq,
                                              long long offset) {
@@ -104,14 +135,8 @@ extern "C" __global__ void loom_softmax_rows(const T* __restrict__ x, T* __restr
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
         const T* xr = x + r * n;
         T* yr = y + r * n;
-        long long kept = n;
-        if (causal) {
-            const long long last = r % tq + offset;
-            kept = last < 0 ? 0 : (last < n ? last + 1 : n);
-        }
-        T peak = loom_neg_inf((T)0);
-        for (long long j = threadIdx.x; j < kept; j += blockDim.x) peak = max_nan(peak, xr[j] * scale);
-        peak = block_max(peak, red);
+        const long long kept = softmax_kept(r, n, causal, tq, offset);
+        const T peak = softmax_peak(xr, kept, scale, red);
         T total = (T)0;
         for (long long j = threadIdx.x; j < kept; j += blockDim.x) {
             const T e = loom_exp(xr[j] * scale - peak);
@@ -158,17 +183,7 @@ extern "C" __global__ void loom_layer_norm_rows(const T* __restrict__ x, const T
         }
         const T var = block_sum(q, red) / (T)n;
         const T inv = (T)1 / loom_sqrt(var + eps);
-        for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-            const T h = (xr[j] - mu) * inv;
-            xhat[r * n + j] = h;
-            if (has_w || has_b) {       // else y is xhat (the caller passes the same array): not written
-                T o = h;
-                if (has_w) o = o * w[j];
-                if (has_b) o = o + b[j];
-                y[r * n + j] = o;
-            }
-        }
-        if (threadIdx.x == 0) rstd[r] = inv;
+        layer_norm_outputs(xr, mu, inv, w, b, y, xhat, rstd, r, n, has_w, has_b);
     }
 }
 
@@ -260,6 +275,8 @@ def row_threads(n: int) -> int:
 
 
 def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
+    """Launch row kernel `name` (e.g. "loom_softmax_rows") over rows of n. The functions below take
+    another launcher as `launch`: cuda_fused_exact runs its own kernels through them."""
     kernel = _row_kernel(np.dtype(dtype), name)
     kernel((min(rows, MAX_GRID),), (row_threads(n),), args)
 
@@ -275,32 +292,32 @@ def rstd_like(x):
 
 # --- softmax ---------------------------------------------------------------------------------------
 
-def softmax(x):
-    return scaled_masked_softmax(x, 1.0, False, 0)   # x * 1 is exact: the plain softmax
+def softmax(x, launch=_launch_rows):
+    return scaled_masked_softmax(x, 1.0, False, 0, launch)   # x * 1 is exact: the plain softmax
 
 
-def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
+def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0, launch=_launch_rows):
     rows, n = shape_rows(scores)
     tq = scores.shape[-2] if causal else 1
     y = cupy.empty_like(scores)
     with translating("fused softmax", scores):
-        _launch_rows("loom_softmax_rows", scores.dtype, rows, n,
-                     (scores, y, np.int64(rows), np.int64(n), scores.dtype.type(scale), np.int32(bool(causal)),
-                      np.int64(tq), np.int64(offset)))
+        launch("loom_softmax_rows", scores.dtype, rows, n,
+               (scores, y, np.int64(rows), np.int64(n), scores.dtype.type(scale), np.int32(bool(causal)),
+                np.int64(tq), np.int64(offset)))
     return y
 
 
-def softmax_grad(y, dy):
+def softmax_grad(y, dy, launch=_launch_rows):
     rows, n = shape_rows(y)
     dx = cupy.empty_like(y)
     with translating("fused softmax_grad", y, dy):
-        _launch_rows("loom_softmax_grad_rows", y.dtype, rows, n, (y, dy, dx, np.int64(rows), np.int64(n)))
+        launch("loom_softmax_grad_rows", y.dtype, rows, n, (y, dy, dx, np.int64(rows), np.int64(n)))
     return dx
 
 
 # --- norms -----------------------------------------------------------------------------------------
 
-def layer_norm(x, weight, bias, eps):
+def layer_norm(x, weight, bias, eps, launch=_launch_rows):
     rows, n = shape_rows(x)
     xhat, rstd = cupy.empty_like(x), rstd_like(x)
     affine = weight is not None or bias is not None
@@ -309,41 +326,41 @@ def layer_norm(x, weight, bias, eps):
     w = x if weight is None else weight
     b = x if bias is None else bias
     with translating("fused layer_norm", x):
-        _launch_rows("loom_layer_norm_rows", x.dtype, rows, n,
-                     (x, w, b, y, xhat, rstd, np.int64(rows), np.int64(n), x.dtype.type(eps),
-                      np.int32(weight is not None), np.int32(bias is not None)))
+        launch("loom_layer_norm_rows", x.dtype, rows, n,
+               (x, w, b, y, xhat, rstd, np.int64(rows), np.int64(n), x.dtype.type(eps),
+                np.int32(weight is not None), np.int32(bias is not None)))
     return y, xhat, rstd
 
 
-def layer_norm_grad(dy, xhat, rstd, weight):
+def layer_norm_grad(dy, xhat, rstd, weight, launch=_launch_rows):
     rows, n = shape_rows(dy)
     dx = cupy.empty_like(dy)
     w = dy if weight is None else weight
     with translating("fused layer_norm_grad", dy, xhat):
-        _launch_rows("loom_layer_norm_grad_rows", dy.dtype, rows, n,
-                     (dy, xhat, rstd, w, dx, np.int64(rows), np.int64(n), np.int32(weight is not None)))
+        launch("loom_layer_norm_grad_rows", dy.dtype, rows, n,
+               (dy, xhat, rstd, w, dx, np.int64(rows), np.int64(n), np.int32(weight is not None)))
     return dx
 
 
-def rms_norm(x, weight, eps):
+def rms_norm(x, weight, eps, launch=_launch_rows):
     rows, n = shape_rows(x)
     xhat, rstd = cupy.empty_like(x), rstd_like(x)
     y = xhat if weight is None else cupy.empty_like(x)
     w = x if weight is None else weight
     with translating("fused rms_norm", x):
-        _launch_rows("loom_rms_norm_rows", x.dtype, rows, n,
-                     (x, w, y, xhat, rstd, np.int64(rows), np.int64(n), x.dtype.type(eps),
-                      np.int32(weight is not None)))
+        launch("loom_rms_norm_rows", x.dtype, rows, n,
+               (x, w, y, xhat, rstd, np.int64(rows), np.int64(n), x.dtype.type(eps),
+                np.int32(weight is not None)))
     return y, xhat, rstd
 
 
-def rms_norm_grad(dy, xhat, rstd, weight):
+def rms_norm_grad(dy, xhat, rstd, weight, launch=_launch_rows):
     rows, n = shape_rows(dy)
     dx = cupy.empty_like(dy)
     w = dy if weight is None else weight
     with translating("fused rms_norm_grad", dy, xhat):
-        _launch_rows("loom_rms_norm_grad_rows", dy.dtype, rows, n,
-                     (dy, xhat, rstd, w, dx, np.int64(rows), np.int64(n), np.int32(weight is not None)))
+        launch("loom_rms_norm_grad_rows", dy.dtype, rows, n,
+               (dy, xhat, rstd, w, dx, np.int64(rows), np.int64(n), np.int32(weight is not None)))
     return dx
 
 
