@@ -42,6 +42,21 @@ def test_gemm_bits(shape, dtype):
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
 
 
+@pytest.mark.parametrize("k", [2 << 14, 3 * (1 << 14) + 5])
+def test_chunked_gemm_bits(k):
+    """K above 2^14, summed in chunks (exact._matmul_float32): whole chunks only, and a short last
+    one; the left operand transposed, as a convolution's weight gradient passes it; specials in the
+    last chunk and the first."""
+    rng = np.random.default_rng(k)
+    cuda = backend.get("cuda")
+    a, b = _wide(rng, (7, k)).astype(np.float32), rng.standard_normal((k, 5)).astype(np.float32)
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"chunked gemm k={k}")
+    at = np.ascontiguousarray(a.T)
+    same_bits(exact.matmul(cuda.asarray(at).T, cuda.asarray(b)), exact.matmul(at.T, b), f"chunked gemm a.T k={k}")
+    a[3, k - 2], b[17, 1] = np.inf, np.nan
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"chunked gemm specials k={k}")
+
+
 def test_gemm_special_value_bits():
     rng = np.random.default_rng(2)
     cuda = backend.get("cuda")
