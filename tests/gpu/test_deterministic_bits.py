@@ -27,7 +27,9 @@ def _wide(rng, shape):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [((64, 784), (784, 256)), ((3, 40, 17), (17, 9)), ((5,), (5, 7)),
-                                   ((33, 20000), (20000, 3))])
+                                   ((33, 20000), (20000, 3)),
+                                   # K over 2^14 in chunks: whole chunks only, and a short last one
+                                   ((7, 2 << 14), (2 << 14, 5)), ((7, 3 * (1 << 14) + 5), (3 * (1 << 14) + 5, 5))])
 def test_gemm_bits(shape, dtype):
     rng = np.random.default_rng(1)
     cuda = backend.get("cuda")
@@ -39,22 +41,8 @@ def test_gemm_bits(shape, dtype):
         at = np.ascontiguousarray(a.T)
         same_bits(exact.matmul(cuda.asarray(at).T, cuda.asarray(b)), exact.matmul(at.T, b), "gemm left transposed")
         a[1, -1], a[2, 3] = np.nan, -np.inf                      # specials in the last chunk and the first
+        b[1, -1] = np.nan                                        # and in a column of b
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
-
-
-@pytest.mark.parametrize("k", [2 << 14, 3 * (1 << 14) + 5])
-def test_chunked_gemm_bits(k):
-    """K above 2^14, summed in chunks (exact._matmul_float32): whole chunks only, and a short last
-    one; the left operand transposed, as a convolution's weight gradient passes it; specials in the
-    last chunk and the first."""
-    rng = np.random.default_rng(k)
-    cuda = backend.get("cuda")
-    a, b = _wide(rng, (7, k)).astype(np.float32), rng.standard_normal((k, 5)).astype(np.float32)
-    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"chunked gemm k={k}")
-    at = np.ascontiguousarray(a.T)
-    same_bits(exact.matmul(cuda.asarray(at).T, cuda.asarray(b)), exact.matmul(at.T, b), f"chunked gemm a.T k={k}")
-    a[3, k - 2], b[17, 1] = np.inf, np.nan
-    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"chunked gemm specials k={k}")
 
 
 def test_gemm_special_value_bits():
