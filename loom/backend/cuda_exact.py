@@ -23,7 +23,8 @@ from .cuda import translating
 from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, sum_float32
 from .cuda_kernels import C_TYPES, OPTIONS
 
-__all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "patch_specials", "sum_float32"]
+__all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_rounded", "patch_specials",
+           "sum_float32"]
 
 
 # Products up to this many entries recombine and guard in one launch (they are launch-bound: the MLP
@@ -231,3 +232,104 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
              np.uint32(inner), np.uint32(total), np.uint32(m), np.uint32(n), np.int64(k), *_elements(a4),
              *_elements(b4), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))
     return True
+
+
+# exact_rounded's certification and exact sums: loom/kernels/rounded_jit.py's algorithm (its
+# docstring), in CUDA C. One thread per entry; the rare thread that cannot certify its entry sums the
+# row and column exactly in its own integer accumulator (local memory).
+_ROUNDED = r"""
+#define LOOM_LIMBS 21
+__device__ float loom_round_limbs(long long* limb) {      // sum limb[t] 2^(32 t - 350), rounded once
+    long long carry = 0;
+    for (int t = 0; t < LOOM_LIMBS; ++t) { const long long v = limb[t] + carry; carry = v >> 32; limb[t] = v & 0xffffffffll; }
+    const bool negative = carry < 0;
+    if (negative) {
+        carry = 0;
+        for (int t = 0; t < LOOM_LIMBS; ++t) { const long long v = carry - limb[t]; carry = v >> 32; limb[t] = v & 0xffffffffll; }
+    }
+    int top = LOOM_LIMBS - 1;
+    while (top >= 0 && limb[top] == 0) --top;
+    if (top < 0) return 0.0f;                                   // an exact zero: +0
+    const int high = 32 * top + (63 - __clzll(limb[top])) - 350;
+    const int q = max(high - 23, -149), d = q + 350, w = d >> 5, s = d & 31;
+    const long long above = w + 1 < LOOM_LIMBS ? (limb[w + 1] & 0x1ffffffll) : 0;
+    long long mant = ((limb[w] >> s) | (above << (32 - s))) & 0x1ffffffll;
+    const int rw = (d - 1) >> 5, rs = (d - 1) & 31;
+    const long long half = (limb[rw] >> rs) & 1;
+    bool sticky = (limb[rw] & ((1ll << rs) - 1)) != 0;
+    for (int t = 0; t < rw; ++t) sticky = sticky || limb[t] != 0;
+    if (half && (sticky || (mant & 1))) ++mant;
+    unsigned bits = (unsigned)((q + 149) << 23) + (unsigned)mant;   // subnormal, normal and carry alike
+    if (bits >= 0x7f800000u) bits = 0x7f800000u;
+    return __uint_as_float(negative ? bits | 0x80000000u : bits);
+}
+
+__device__ float loom_exact_dot(const float* a, const float* b, long long sak, long long sbk, long long k) {
+    long long limb[LOOM_LIMBS];
+    for (int t = 0; t < LOOM_LIMBS; ++t) limb[t] = 0;
+    for (long long q = 0; q < k; ++q) {
+        const double p = __dmul_rn((double)a[q * sak], (double)b[q * sbk]);    // exact: 48 bits
+        if (p == 0.0) continue;
+        const unsigned long long bits = (unsigned long long)__double_as_longlong(p);
+        const long long sig = (long long)((bits & 0xfffffffffffffull) | (1ull << 52));
+        const int pos = (int)((bits >> 52) & 0x7ff) - 725, w = pos >> 5, sh = pos & 31;
+        const long long low = (sig & ((1ll << (32 - sh)) - 1)) << sh, rest = sig >> (32 - sh);
+        if (bits >> 63) { limb[w] -= low; limb[w + 1] -= rest & 0xffffffffll; limb[w + 2] -= rest >> 32; }
+        else { limb[w] += low; limb[w + 1] += rest & 0xffffffffll; limb[w + 2] += rest >> 32; }
+    }
+    return loom_round_limbs(limb);
+}
+
+extern "C" __global__ void loom_rounded_certify(
+        const double* r, const double* na, const double* nb, const float* a, const float* b, float* out,
+        double factor, long long total, long long inner, long long m, long long n, long long k,
+        long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
+        long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
+    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
+         idx += (long long)gridDim.x * blockDim.x) {
+        const long long z = idx / (m * n), rest = idx - z * m * n, i = rest / n, j = rest - i * n;
+        const long long z1 = z / inner, z2 = z - z1 * inner;
+        const double x = r[idx];
+        const double e = __dadd_rn(__dmul_rn(__dmul_rn(na[z1 * sr1 + z2 * sr2 + i * srm], factor),
+                                             nb[z1 * sc1 + z2 * sc2 + j * scn]), __dmul_rn(fabs(x), 0x1p-52));
+        const float lo = __double2float_rn(__dsub_rn(x, e)), hi = __double2float_rn(__dadd_rn(x, e));
+        float v = e == 0.0 ? 0.0f : hi;
+        if (__float_as_uint(lo) != __float_as_uint(hi) && isfinite(e))
+            v = loom_exact_dot(a + z1 * sa1 + z2 * sa2 + i * sam, b + z1 * sb1 + z2 * sb2 + j * sbn, sak, sbk, k);
+        out[idx] = v;
+    }
+}
+"""
+
+
+@lru_cache(maxsize=None)
+def _rounded_kernels():
+    norm = cupy.ReductionKernel("float32 x", "float64 y", "(double)x * (double)x", "a + b", "y = sqrt(a)", "0",
+                                "loom_rounded_norm", options=OPTIONS)
+    return norm, cupy.RawModule(code=_ROUNDED, options=OPTIONS).get_function("loom_rounded_certify")
+
+
+def matmul_rounded(be, a, b, factor: float):
+    """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies
+    and the rows' and columns' 2-norms, cuBLAS's float64 GEMM, then one kernel that certifies each
+    entry (or sums it exactly) and rounds it; IEEE's special values patched in (patch_specials)."""
+    norm, certify = _rounded_kernels()
+    with translating("exact GEMM (rounded) operands", a, b):
+        a64 = a.astype(np.float64, order="K" if a.ndim == 2 else "C")
+        b64 = b.astype(np.float64, order="K" if b.ndim == 2 else "C")
+        na, nb = norm(a, axis=-1, keepdims=True), norm(b, axis=-2, keepdims=True)
+    r = cupy.ascontiguousarray(be.matmul(a64, b64))
+    batch = r.shape[:-2] or (1,)
+    a4, b4 = _batched(a, batch), _batched(b, batch)
+    r4, c4 = _batched(na, batch), _batched(nb, batch)
+    outer, inner, m, k = a4.shape
+    n = b4.shape[3]
+    out = cupy.empty(r.shape, dtype=np.float32)
+    total = r.size
+    if total:
+        with translating("exact GEMM (rounded) certification", r):
+            certify((min(-(-total // 256), 1 << 16),), (256,),
+                    (r, r4, c4, a4, b4, out, np.float64(factor), *(np.int64(v) for v in (total, inner, m, n, k)),
+                     *_elements(a4), *_elements(b4), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))
+        patch_specials(a, b, na, nb, out)
+    return out

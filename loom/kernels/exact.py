@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from .. import backend, dtypes
-from . import exact_cpu
+from . import exact_cpu, exact_rounded
 
 MAX_CHUNK_BITS = 14                       # K above 2^14 is summed in chunks: the slices keep >= 30 bits
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
@@ -54,11 +54,26 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
-    if xp is np and a.dtype == b.dtype == np.float32 and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+    if np.dtype(dtype).itemsize <= 4 and a2.shape[-1] <= exact_rounded.MAX_K:
+        # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
+        result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False), b2.astype(np.float32, copy=False))
+        if not finite:
+            with np.errstate(invalid="ignore"):
+                special = _special_values(be, a2, b2).astype(np.float32)
+                result = xp.where(xp.isfinite(special), result, special)
+        return _unvector(result.astype(dtype, copy=False), vector_left, vector_right)
+    return _unvector(_matmul_sliced(be, a2, b2, dtype), vector_left, vector_right)
+
+
+def _matmul_sliced(be, a2, b2, dtype):
+    """The slice scheme (the module's docstring) for matrices or stacks of them: float64 operands,
+    and float32 ones with K > exact_rounded.MAX_K."""
+    xp = be.xp
+    if xp is np and a2.dtype == b2.dtype == np.float32 and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
         # the CPU's compiled loops (numba installed, finite values): the same bits in fewer passes
         result = exact_cpu.matmul_2d(be, a2, b2, *_narrow_bits(a2.shape[-1]))
         if result is not None:
-            return _unvector(result, vector_left, vector_right)
+            return result
     kernels = getattr(be, "exact_kernels", None)
     if kernels is not None and a2.dtype == b2.dtype and a2.dtype in kernels.C_TYPES:
         amax, bmax = kernels.gemm_maxima(a2, b2)                 # the GPU: one memset for both
@@ -78,7 +93,7 @@ def _matmul_exact(be, a, b, dtype):
         if not finite:              # (always while recording a graph: it cannot branch on data)
             special = _special_values(be, a2, b2).astype(dtype)
             result = xp.where(xp.isfinite(special), result, special)
-    return _unvector(result, vector_left, vector_right)
+    return result
 
 
 def _unvector(result, vector_left: bool, vector_right: bool):

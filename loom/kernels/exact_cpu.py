@@ -62,7 +62,7 @@ def matmul_narrow(be, a, b, scales: tuple, dtype):
     stacked = _slice_left(a, shift_a, bits_a, fold)
     b_q = _slice_right(b, shift_b, fold)
     if stacked.ndim == 2 and b_q.ndim == 2:     # the product in scratch memory too
-        g = be.matmul(stacked, b_q, out=_scratch("product", (stacked.shape[0], b.shape[-1]), np.float64))
+        g = be.matmul(stacked, b_q, out=scratch("product", (stacked.shape[0], b.shape[-1]), np.float64))
     else:
         g = be.matmul(stacked, b_q)             # exact: integer partial sums below 2^53
     m = a.shape[-2]
@@ -87,11 +87,11 @@ def matmul_2d(be, a, b, bits_a: int, bits_b: int):
     m, n = a.shape[0], b.shape[1]
     # shift = bits - e: _foldable's conditions on the shifts' ranges
     fold = _foldable_ranges(a, b, bits_a, bits_a - ea_max, bits_a - ea_min, bits_b - eb_max, bits_b - eb_min)
-    stacked = _scratch("stacked", (2 * m, a.shape[1]), np.float64, _order(a))
+    stacked = scratch("stacked", (2 * m, a.shape[1]), np.float64, _order(a))
     exact_jit.slice_operand(a, ea, True, bits_a, bits_a, fold, stacked[:m], stacked[m:])
-    b_q = _scratch("right64", b.shape, np.float64, _order(b))
+    b_q = scratch("right64", b.shape, np.float64, _order(b))
     exact_jit.slice_operand(b, eb, False, bits_b, 0, fold, b_q, None)
-    g = be.matmul(stacked, b_q, out=_scratch("product", (2 * m, n), np.float64))
+    g = be.matmul(stacked, b_q, out=scratch("product", (2 * m, n), np.float64))
     out = np.empty((m, n), dtype=np.float32)
     exact_jit.combine(g, m, bits_a, bits_b, ea, eb, fold, out)
     return out
@@ -111,7 +111,7 @@ def sum_float32(x, axes: tuple, bits: int):
     if not np.isfinite(top).all():
         return None
     e = np.frexp(top)[1]
-    s = _scratch("sum", x.shape, np.float32, _order(x))
+    s = scratch("sum", x.shape, np.float32, _order(x))
     with _row_buffer(x):
         _multiply(x, _powers_of_two(bits - e), s)     # |s| < 2^bits
         np.rint(s, out=s)
@@ -156,8 +156,8 @@ def _slice_left(a, shift_a, bits_a: int, fold: bool):
     folded. Two float32 buffers of a's layout (the halves of one stacked buffer would be strided for
     a transposed view), each converted once."""
     m, order = a.shape[-2], _order(a)
-    s = _scratch("scaled", a.shape, np.float32, order)
-    hi = _scratch("hi", a.shape, np.float32, order)
+    s = scratch("scaled", a.shape, np.float32, order)
+    hi = scratch("hi", a.shape, np.float32, order)
     with _row_buffer(a):
         _multiply(a, _powers_of_two(shift_a), s)      # |s| < 2^bits_a
         np.rint(s, out=hi)
@@ -167,7 +167,7 @@ def _slice_left(a, shift_a, bits_a: int, fold: bool):
         if fold:                                    # float32 powers: _foldable
             np.multiply(hi, _pow2(-shift_a), out=hi)
             np.multiply(s, _pow2(-shift_a - bits_a), out=s)
-    stacked = _scratch("stacked", a.shape[:-2] + (2 * m, a.shape[-1]), np.float64, order)
+    stacked = scratch("stacked", a.shape[:-2] + (2 * m, a.shape[-1]), np.float64, order)
     stacked[..., :m, :] = hi
     stacked[..., m:, :] = s
     return stacked
@@ -176,13 +176,13 @@ def _slice_left(a, shift_a, bits_a: int, fold: bool):
 def _slice_right(b, shift_b, fold: bool):
     """rint(b 2^shift_b) as float64 in b's layout (a transposed weight stays so), times 2^-shift_b
     when folded."""
-    q = _scratch("right", b.shape, np.float32, _order(b))
+    q = scratch("right", b.shape, np.float32, _order(b))
     with _row_buffer(b):
         _multiply(b, _powers_of_two(shift_b), q)
         np.rint(q, out=q)
         if fold:                                    # a float32 power: _foldable
             np.multiply(q, _pow2(-shift_b), out=q)
-    b_q = _scratch("right64", b.shape, np.float64, _order(b))
+    b_q = scratch("right64", b.shape, np.float64, _order(b))
     b_q[...] = q
     return b_q
 
@@ -239,7 +239,7 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def _scratch(role: str, shape: tuple, dtype, order: str = "C"):
+def scratch(role: str, shape: tuple, dtype, order: str = "C"):
     """An uninitialized 64-byte-aligned array, the same memory on every call for one role and thread
     (up to _REUSE_BYTES): a caller keeps nothing in it past the next call that names the role."""
     key = (role, shape, dtype, order)

@@ -6,6 +6,7 @@ import pytest
 
 import loom
 from catalogue import SAMPLES, config
+from rounded_cases import CASES, case
 from loom import backend
 from loom.kernels import exact, ops
 from loom.nn import losses, optim
@@ -43,6 +44,34 @@ def test_gemm_bits(shape, dtype):
         a[1, -1], a[2, 3] = np.nan, -np.inf                      # specials in the last chunk and the first
         b[1, -1] = np.nan                                        # and in a column of b
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_rounded_gemm_bits_on_midpoints_subnormals_and_overflow(name, spy):
+    """The GPU's certification kernel and its exact sums give the CPU's correctly rounded bits, for
+    operands whose products land on float32's midpoints (the CPU tests check those against exact
+    rational arithmetic), plain, transposed and batched."""
+    from loom.backend import cuda_exact
+    calls = spy(cuda_exact, ["matmul_rounded"])
+    cuda = backend.get("cuda")
+    a, b = case(name)
+    with np.errstate(over="ignore"):
+        same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"rounded gemm {name}")
+        at, bt = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)
+        same_bits(exact.matmul(cuda.asarray(at).T, cuda.asarray(bt).T), exact.matmul(at.T, bt.T), f"transposed {name}")
+        a3 = np.stack([a, -a, a[::-1]])
+        same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b)), exact.matmul(a3, b), f"batched {name}")
+    assert calls == ["matmul_rounded"] * 3
+
+
+@pytest.mark.parametrize("k", [1, 784, 4096])
+def test_rounded_gemm_bits_on_large_integer_products(k):
+    """Many entries exactly on midpoints (integer data): the exact sums run in many threads at once."""
+    rng = np.random.default_rng(k)
+    cuda = backend.get("cuda")
+    a = (rng.integers(-7, 8, (300, k)) * 2.0 ** 18 + rng.integers(0, 2, (300, k))).astype(np.float32)
+    b = rng.integers(-7, 8, (k, 200)).astype(np.float32)
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"integer gemm k={k}")
 
 
 def test_gemm_special_value_bits():

@@ -1,0 +1,127 @@
+"""exact_rounded: every entry of a float32 product is the exact dot product rounded once (to nearest,
+ties to even), on both CPU forms (numba's loops and the NumPy passes), checked against exact rational
+arithmetic on inputs chosen to land on float32's midpoints, subnormals, overflow and signed zeros."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from loom.backend.cpu import CPU
+from loom.kernels import exact, exact_rounded, rounded_jit
+from rounded_cases import CASES, case as _case
+
+RNG = np.random.default_rng(20261121)
+_BIG = Fraction(2 ** 128 - 2 ** 103)          # from here on, float32 rounds to inf
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def cpu_path(request, monkeypatch):
+    monkeypatch.setenv("LOOM_JIT", "1" if request.param == "compiled" else "0")
+    if request.param == "compiled" and not rounded_jit.available():
+        pytest.skip("numba is not installed (the loom[cpu] extra)")
+    return request.param
+
+
+def _round(x: Fraction) -> np.float32:
+    """x rounded to the nearest float32, ties to the even significand: by comparing distances."""
+    if x == 0:
+        return np.float32(0.0)
+    if abs(x) >= _BIG:
+        return np.float32(np.inf if x > 0 else -np.inf)
+    with np.errstate(over="ignore"):
+        c = np.float32(float(x))
+        near = [v for v in (np.nextafter(c, np.float32(-np.inf)), c, np.nextafter(c, np.float32(np.inf)))
+                if np.isfinite(v)]
+    best = min(near, key=lambda v: (abs(Fraction(float(v)) - x), int(np.array(v).view(np.uint32)) & 1))
+    return np.float32(-0.0) if best == 0 and x < 0 else best
+
+
+def _reference(a, b):
+    out = np.empty(a.shape[:-1] + b.shape[-1:], np.float32)
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            out[i, j] = _round(sum((Fraction(float(x)) * Fraction(float(y)) for x, y in zip(a[i], b[:, j])),
+                                   Fraction(0)))
+    return out
+
+
+def _bits(x):
+    return np.ascontiguousarray(x).view(np.uint32).tolist()
+
+
+def _doubtful(a, b) -> int:
+    """How many entries the float64 GEMM's error bound cannot certify: these take the exact sum."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    r = a64 @ b64
+    e = np.linalg.norm(a64, axis=1)[:, None] * np.linalg.norm(b64, axis=0) * exact_rounded.error_factor(
+        a.shape[1]) + np.abs(r) * 2.0 ** -52
+    with np.errstate(over="ignore"):
+        return int(((r - e).astype(np.float32).view(np.uint32) != (r + e).astype(np.float32).view(np.uint32)).sum())
+
+
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_every_entry_is_the_exact_dot_product_rounded_once(name, cpu_path):
+    a, b = _case(name)
+    with np.errstate(over="ignore"):
+        got = exact.matmul(a, b)
+        assert got.dtype == np.float32 and _bits(got) == _bits(_reference(a, b))
+        if name != "normal":                   # these reach the exact sums, not only the certified path
+            assert _doubtful(a, b) > 0
+
+
+@pytest.mark.parametrize("name", ["wide", "integers", "midpoints"])
+def test_both_cpu_forms_agree_on_transposed_operands(name, monkeypatch):
+    a, b = _case(name)
+    want = _bits(_reference(a, b))
+    for jit in ("0", "1"):
+        monkeypatch.setenv("LOOM_JIT", jit)
+        # F-ordered views, as x.T @ dy and x @ W.T pass them
+        got = exact.matmul(np.asfortranarray(a), np.asfortranarray(b))
+        assert _bits(got) == want, jit
+
+
+def test_zero_results_are_positive_and_tiny_negative_results_are_negative_zero(cpu_path):
+    a = np.array([[1.0, -1.0], [-0.0, 0.0], [-2.0 ** -100, 0.0], [0.0, 0.0]], np.float32)
+    b = np.array([[1.0, 1.0], [-0.0, 2.0 ** -100]], np.float32).T.copy()
+    got = exact.matmul(a, b)
+    assert _bits(got) == _bits(_reference(a, b))
+    assert np.signbit(got[2, 0]) and not np.signbit(got[0, 0]) and not np.signbit(got[1, 0])
+
+
+def test_batched_vector_and_half_precision_products_round_each_entry(cpu_path):
+    a = RNG.standard_normal((3, 5, 30)).astype(np.float32)
+    b = RNG.standard_normal((30, 7)).astype(np.float32)
+    got = exact.matmul(a, b)
+    assert _bits(got) == _bits(np.stack([_reference(x, b) for x in a]))
+    v = RNG.standard_normal(30).astype(np.float32)
+    assert _bits(exact.matmul(v, b)) == _bits(_reference(v[None], b)[0])
+    assert _bits(exact.matmul(a[0], v)) == _bits(_reference(a[0], v[:, None])[:, 0])
+    h = a[0].astype(np.float16)
+    got16 = exact.matmul(h, b.astype(np.float16))
+    assert got16.dtype == np.float16
+    want16 = _reference(h.astype(np.float32), b.astype(np.float16).astype(np.float32)).astype(np.float16)
+    assert got16.view(np.uint16).tolist() == want16.view(np.uint16).tolist()
+
+
+def test_special_values_follow_ieee_and_leave_other_entries_alone(cpu_path):
+    a, b = _case("integers")
+    a, b = a.copy(), b.copy()
+    a[2, 5], b[7, 4], a[3, 0] = np.inf, np.nan, -np.inf
+    got = exact.matmul(a, b)
+    with np.errstate(invalid="ignore"):
+        ieee = a.astype(np.float64) @ b.astype(np.float64)
+    special = ~np.isfinite(ieee)
+    assert np.array_equal(np.isnan(got), np.isnan(ieee)) and np.array_equal(got[special & ~np.isnan(ieee)],
+                                                                              ieee[special & ~np.isnan(ieee)])
+    clean = np.ones_like(special)
+    clean[[2, 3], :], clean[:, 4] = False, False
+    want = _reference(np.nan_to_num(a, posinf=0, neginf=0), np.nan_to_num(b))    # the other entries' values
+    assert _bits(got[clean]) == _bits(want[clean])
+
+
+def test_long_products_take_the_slice_scheme():
+    k = exact_rounded.MAX_K + 1
+    a, b = RNG.standard_normal((3, k)).astype(np.float32), RNG.standard_normal((k, 2)).astype(np.float32)
+    assert _bits(exact.matmul(a, b)) == _bits(exact._matmul_sliced(CPU, a, b, np.float32))
