@@ -11,10 +11,12 @@ How it is found cheaply (for K <= MAX_K; exact.py uses its slice scheme beyond):
   e = (K + 2) u (1 + 2^-20) ||a|| ||b|| + 2^-52 |r| bounds |r - exact| in the floats r - e, r + e;
 - rounding to nearest is monotonic, so where float32(r - e) and float32(r + e) have the same bits
   the exact value rounds to them too: that is the answer;
-- otherwise (about 0.06% of entries at K = 784 on random data, more where results sit on float32
-  midpoints, as integer-valued data can) the dot product is summed exactly and rounded:
-  `rounded_jit`'s integer accumulator (numba; the GPU kernel is the same algorithm in CUDA C), or
-  here math.fsum with the midpoint check of `_round_float32`.
+- otherwise (about 0.06% of entries at K = 784 on random data; far more where no product is nonzero
+  but the norms are, as in the weight gradients of sparse inputs) the entry takes cheaper stages
+  first: +0 where no product is nonzero, a compensated sum certified the same way (rounded_jit's
+  docstring; the GPU kernel runs it with a warp per entry), and only then the exact sum: an
+  integer accumulator (numba, CUDA C), or here math.fsum with the midpoint check of
+  `_round_float32`.
 
 Zero: an exact zero is +0 (a tiny negative result rounds to -0, as IEEE's rounding does). Rows and
 columns holding inf or NaN are the caller's (exact.py patches in IEEE's special values).
@@ -88,6 +90,11 @@ def _matmul_numpy(be, a, b) -> tuple:
     finite = bool(np.isfinite(na).all() and np.isfinite(nb).all())
     if not flagged.any():
         return out, finite
+    if flagged.sum() > 64:      # many: mostly entries with no nonzero product (sparse data), cheaply
+        with np.errstate(invalid="ignore"):
+            overlap = be.matmul((a != 0).astype(np.float32), (b != 0).astype(np.float32))   # counts < 2^24: exact
+        out[flagged & (overlap == 0)] = 0
+        flagged &= overlap != 0
     a_b, b_b = np.broadcast_to(a, out.shape[:-2] + a.shape[-2:]), np.broadcast_to(b, out.shape[:-2] + b.shape[-2:])
     for index in zip(*np.nonzero(flagged)):
         *batch, i, j = index

@@ -1,6 +1,16 @@
 """exact_rounded's CPU loops (numba, the optional `loom[cpu]` extra): the float64 copies of the
-operands with their row or column 2-norms in one pass, and the certification of the float64 GEMM's
-result with the exact sum of every entry it cannot certify.
+operands with their row or column 2-norms (and bit masks of their nonzero elements) in one pass,
+and the certification of the float64 GEMM's result, with three stages for the entries it cannot
+certify, cheapest first:
+
+1. no product is nonzero (the masks of the row and the column share no bit: sparse data, ReLU
+   gradients): the sum is exactly 0, so +0;
+2. a compensated sum (`_dot2`): every addition's rounding error is recovered exactly (TwoSum) and
+   the errors are summed in float64, so the result errs by at most about (K u)^2 sum |a_k b_k|
+   (Ogita, Rump and Oishi, Accurate sum and dot product, SIAM J. Sci. Comput. 26, 2005); the same
+   certification as the GEMM's decides it;
+3. what the compensated sum cannot certify either (results on or next to a float32 midpoint, or
+   cancelling to zero) is summed exactly.
 
 The exact sum is an integer accumulator (`_exact_dot`): each product of two float32 numbers is a
 53-bit integer times 2^(pos - 350), 0 <= pos <= 553, added as three 32-bit pieces to int64 limbs
@@ -16,7 +26,9 @@ import numpy as np
 
 from . import cpu_jit
 
-_LOOPS = ("_cast_rows", "_cast_cols", "_bit_length", "_round_limbs", "_exact_dot", "_certify")
+_LOOPS = ("_cast_rows", "_cast_cols", "_row_masks", "_col_masks", "_bit_length", "_round_limbs", "_exact_dot",
+          "_dot2", "_certified", "_disjoint", "_certify", "_settle")
+_MASKED_FROM = 256      # doubtful entries: from here on, certify builds the nonzero masks
 LIMBS = 21              # bits 0 .. 671 of 2^350 |sum|: products reach bit 606, 2^12 of them bit 618
 _OFFSET = 297           # pos = frexp exponent + 297 (= the float64 exponent field - 725)
 _MASK = 0xFFFFFFFF
@@ -41,18 +53,62 @@ def cast_norms(x, rows: bool, out, norms) -> None:
 
 def certify(r, na, nb, factor: float, a, b, out) -> None:
     """out = every entry of r (the float64 GEMM of a and b) rounded to float32 where the error bound
-    certifies it (exact_rounded's docstring), the exact sum rounded otherwise."""
-    _certify(r, na, nb, factor, a, b, out, np.zeros(LIMBS, np.int64))
+    certifies it (exact_rounded's docstring), by the module docstring's stages otherwise."""
+    rows = np.zeros(r.shape[0], np.uint8)
+    doubtful = _certify(r, na, nb, factor, out, rows)
+    if not doubtful:
+        return
+    if doubtful > _MASKED_FROM:         # many (sparse data): the nonzero masks pay for themselves
+        ma, mb = _masks(a, rows=True), _masks(b, rows=False)
+    else:
+        ma = mb = np.zeros((0, 0), np.uint64)
+    _settle(r, na, nb, factor, a, b, ma, mb, out, rows, np.zeros(LIMBS, np.int64))
+
+
+def _masks(x, rows: bool):
+    """[rows or columns of x, ceil(K / 64)] uint64: bit k % 64 of word k // 64 set where element k of
+    the row (column) is nonzero."""
+    count, k = (x.shape[0], x.shape[1]) if rows else (x.shape[1], x.shape[0])
+    masks = np.zeros((count, (k + 63) // 64), np.uint64)
+    if x.flags.c_contiguous == rows:
+        _row_masks(x if rows else x.T, masks)
+    else:
+        _col_masks(x.T if rows else x, masks)
+    return masks
+
+
+def _row_masks(x, masks):
+    for i in range(x.shape[0]):
+        for k in range(x.shape[1]):
+            if x[i, k] != 0:
+                masks[i, k >> 6] |= np.uint64(1) << np.uint64(k & 63)
+
+
+def _col_masks(x, masks):
+    for k in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if x[k, j] != 0:
+                masks[j, k >> 6] |= np.uint64(1) << np.uint64(k & 63)
 
 
 def _cast_rows(x, out, norms):
+    # four partial sums: LLVM keeps a single one serial (no reassociation without fastmath); the
+    # bound allows any order (exact_rounded.error_factor)
+    k4 = x.shape[1] - x.shape[1] % 4
     for i in range(x.shape[0]):
-        s = 0.0
-        for k in range(x.shape[1]):
+        s0 = s1 = s2 = s3 = 0.0
+        for k in range(0, k4, 4):
+            v0, v1, v2, v3 = np.float64(x[i, k]), np.float64(x[i, k + 1]), np.float64(x[i, k + 2]), np.float64(x[i, k + 3])
+            out[i, k], out[i, k + 1], out[i, k + 2], out[i, k + 3] = v0, v1, v2, v3
+            s0 += v0 * v0
+            s1 += v1 * v1
+            s2 += v2 * v2
+            s3 += v3 * v3
+        for k in range(k4, x.shape[1]):
             v = np.float64(x[i, k])
             out[i, k] = v
-            s += v * v
-        norms[i] = math.sqrt(s)
+            s0 += v * v
+        norms[i] = math.sqrt((s0 + s1) + (s2 + s3))
 
 
 def _cast_cols(x, out, norms):
@@ -66,25 +122,79 @@ def _cast_cols(x, out, norms):
         norms[k] = math.sqrt(norms[k])
 
 
-def _certify(r, na, nb, factor, a, b, out, limbs):
+def _certified(x, e):
+    """float32(x - e) if it has the bits of float32(x + e) (so the exact value, within e of x, rounds
+    to it), else NaN; e == 0 means every product is 0: +0."""
+    lo, hi = np.float32(x - e), np.float32(x + e)
+    if e == 0.0:
+        return np.float32(0.0)
+    if lo == hi and math.copysign(1.0, lo) == math.copysign(1.0, hi) or not math.isfinite(e):
+        return hi               # (an infinite or NaN bound: a row or column the caller patches)
+    return np.float32(np.nan)
+
+
+def _disjoint(ma, mb, i, j):
+    for w in range(ma.shape[1]):
+        if ma[i, w] & mb[j, w]:
+            return False
+    return True
+
+
+def _certify(r, na, nb, factor, out, rows):
+    """The first stage over every entry; returns how many it could not certify, and marks their rows."""
     m, n = r.shape
+    doubtful = 0
     for i in range(m):
         scale = na[i] * factor
-        doubtful = False
+        row = 0
         for j in range(n):
             x = r[i, j]
             e = scale * nb[j] + abs(x) * 2.0 ** -52
             lo, hi = np.float32(x - e), np.float32(x + e)
             out[i, j] = hi if e != 0.0 else np.float32(0.0)
-            doubtful |= (lo != hi or math.copysign(1.0, lo) != math.copysign(1.0, hi)) and math.isfinite(e)
-        if not doubtful:
+            row += (lo != hi or math.copysign(1.0, lo) != math.copysign(1.0, hi)) and math.isfinite(e)
+        rows[i] = row != 0
+        doubtful += row
+    return doubtful
+
+
+def _settle(r, na, nb, factor, a, b, ma, mb, out, rows, limbs):
+    """The later stages for the entries _certify could not certify (masks empty: not built)."""
+    m, n = r.shape
+    for i in range(m):
+        if not rows[i]:
             continue
-        for j in range(n):      # the row again: the rare entries to sum exactly
-            x = r[i, j]
-            e = scale * nb[j] + abs(x) * 2.0 ** -52
-            lo, hi = np.float32(x - e), np.float32(x + e)
-            if (lo != hi or math.copysign(1.0, lo) != math.copysign(1.0, hi)) and math.isfinite(e):
-                out[i, j] = _exact_dot(a, b, i, j, limbs)
+        scale = na[i] * factor
+        for j in range(n):
+            v = _certified(r[i, j], scale * nb[j] + abs(r[i, j]) * 2.0 ** -52)
+            if v == v:
+                continue
+            if ma.shape[0] and _disjoint(ma, mb, i, j):
+                out[i, j] = np.float32(0.0)
+                continue
+            v = _dot2(a, b, i, j)
+            out[i, j] = v if v == v else _exact_dot(a, b, i, j, limbs)
+
+
+def _dot2(a, b, i, j):
+    """sum_q a[i, q] b[q, j] by a compensated sum, rounded to float32 where its error bound certifies
+    it, else NaN. Each product is exact in float64; TwoSum splits each addition into the rounded
+    sum s and its exact error, and c adds up the errors (K of them, each below u sum |p|), so
+    |exact - (s + c)| <= gamma_K K u (1 + gamma_K) sum |p| <= (K + 2)^2 u^2 (1 + 2^-20) t, t the
+    computed sum |p|; f = s + c adds u |f|, and 2^-52 |f| covers that and f +- e's own rounding."""
+    s = 0.0
+    c = 0.0
+    t = 0.0
+    for q in range(a.shape[1]):
+        p = np.float64(a[i, q]) * np.float64(b[q, j])
+        total = s + p
+        back = total - s
+        c += (s - (total - back)) + (p - back)
+        s = total
+        t += abs(p)
+    f = s + c
+    k = a.shape[1] + 2.0
+    return _certified(f, k * k * 2.0 ** -106 * (1.0 + 2.0 ** -20) * t + abs(f) * 2.0 ** -52)
 
 
 def _exact_dot(a, b, i, j, limbs):
