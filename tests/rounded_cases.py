@@ -1,6 +1,6 @@
 """Operands for the correctly rounded float32 GEMM (loom/kernels/exact_rounded.py), shared by the
-CPU tests and the GPU ones: random data, and data whose exact products land on float32's midpoints,
-subnormals, overflow threshold and signed zeros."""
+CPU tests and the GPU ones: random data, sparse data (entries with no nonzero product), and data whose exact products land
+on float32's midpoints, subnormals, overflow threshold and signed zeros."""
 import numpy as np
 
 
@@ -33,7 +33,11 @@ def case(name, rng=None):
         a = np.array([[top, 2.0 ** 103], [top, 2.0 ** 102], [top, -2.0 ** 102], [-top, -2.0 ** 103],
                       [top, 2.0 ** 102 + 2.0 ** 90]], np.float32)
         return a, np.ones((2, 3), np.float32)
+    if name == "sparse":                       # 90% zeros: half the entries have no nonzero product
+        a = rng.standard_normal((64, 64)) * (rng.random((64, 64)) < 0.1)
+        b = rng.standard_normal((64, 48)) * (rng.random((64, 48)) < 0.1)
+        return a.astype(np.float32), b.astype(np.float32)
     raise ValueError(name)
 
 
-CASES = ["normal", "wide", "integers", "midpoints", "subnormal", "overflow"]
+CASES = ["normal", "wide", "integers", "midpoints", "subnormal", "overflow", "sparse"]

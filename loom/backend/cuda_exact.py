@@ -234,11 +234,15 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
     return True
 
 
-# exact_rounded's certification and exact sums: loom/kernels/rounded_jit.py's algorithm (its
-# docstring), in CUDA C. One thread per entry; the rare thread that cannot certify its entry sums the
-# row and column exactly in its own integer accumulator (local memory).
+# exact_rounded's certification and the later stages (loom/kernels/rounded_jit.py's docstring), in
+# CUDA C. A warp takes 32 consecutive entries, a lane each; for every entry the first stage cannot
+# certify, the whole warp sums that entry's products: a compensated sum (each lane a strided share,
+# then a butterfly of TwoSums, which leaves every lane the same values), and where that cannot
+# certify it either, an exact integer accumulator per lane (local memory), the lanes' limbs added
+# exactly and rounded once.
 _ROUNDED = r"""
 #define LOOM_LIMBS 21
+#define LOOM_FULL 0xffffffffu
 __device__ float loom_round_limbs(long long* limb) {      // sum limb[t] 2^(32 t - 350), rounded once
     long long carry = 0;
     for (int t = 0; t < LOOM_LIMBS; ++t) { const long long v = limb[t] + carry; carry = v >> 32; limb[t] = v & 0xffffffffll; }
@@ -264,11 +268,43 @@ __device__ float loom_round_limbs(long long* limb) {      // sum limb[t] 2^(32 t
     return __uint_as_float(negative ? bits | 0x80000000u : bits);
 }
 
-__device__ float loom_exact_dot(const float* a, const float* b, long long sak, long long sbk, long long k) {
-    long long limb[LOOM_LIMBS];
-    for (int t = 0; t < LOOM_LIMBS; ++t) limb[t] = 0;
-    for (long long q = 0; q < k; ++q) {
+// float32(x - e) if its bits are float32(x + e)'s (the exact value, within e of x, rounds to it),
+// +0 where e == 0 (every product is 0); false where neither holds. An infinite or NaN bound (a row
+// or column the caller patches) counts as certified.
+__device__ bool loom_certified(double x, double e, float* v) {
+    const float lo = __double2float_rn(__dsub_rn(x, e)), hi = __double2float_rn(__dadd_rn(x, e));
+    *v = e == 0.0 ? 0.0f : hi;
+    return e == 0.0 || __float_as_uint(lo) == __float_as_uint(hi) || !isfinite(e);
+}
+
+// The warp's two later stages for one entry (row a, column b, k products), every lane calling.
+__device__ float loom_settle(const float* a, const float* b, long long sak, long long sbk, long long k, int lane) {
+    double s = 0.0, c = 0.0, t = 0.0;
+    for (long long q = lane; q < k; q += 32) {
         const double p = __dmul_rn((double)a[q * sak], (double)b[q * sbk]);    // exact: 48 bits
+        const double total = __dadd_rn(s, p), back = __dsub_rn(total, s);
+        c = __dadd_rn(c, __dadd_rn(__dsub_rn(s, __dsub_rn(total, back)), __dsub_rn(p, back)));
+        s = total;
+        t = __dadd_rn(t, fabs(p));
+    }
+    for (int o = 16; o; o >>= 1) {          // TwoSum is symmetric: lanes l and l ^ o end up equal
+        const double so = __shfl_xor_sync(LOOM_FULL, s, o), co = __shfl_xor_sync(LOOM_FULL, c, o);
+        const double total = __dadd_rn(s, so), back = __dsub_rn(total, s);
+        const double err = __dadd_rn(__dsub_rn(s, __dsub_rn(total, back)), __dsub_rn(so, back));
+        c = __dadd_rn(__dadd_rn(c, co), err);
+        s = total;
+        t = __dadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
+    }
+    // K + 31 errors, each below u t: (K + 64)^2 u^2 (1 + 2^-20) t bounds their rounded sum's error
+    const double f = __dadd_rn(s, c), kk = (double)k + 64.0;
+    float v;
+    if (loom_certified(f, __dadd_rn(__dmul_rn(__dmul_rn(__dmul_rn(kk, kk), 0x1.00001p-106), t),
+                                    __dmul_rn(fabs(f), 0x1p-51)), &v))
+        return v;
+    long long limb[LOOM_LIMBS];
+    for (int i = 0; i < LOOM_LIMBS; ++i) limb[i] = 0;
+    for (long long q = lane; q < k; q += 32) {
+        const double p = __dmul_rn((double)a[q * sak], (double)b[q * sbk]);
         if (p == 0.0) continue;
         const unsigned long long bits = (unsigned long long)__double_as_longlong(p);
         const long long sig = (long long)((bits & 0xfffffffffffffull) | (1ull << 52));
@@ -277,6 +313,8 @@ __device__ float loom_exact_dot(const float* a, const float* b, long long sak, l
         if (bits >> 63) { limb[w] -= low; limb[w + 1] -= rest & 0xffffffffll; limb[w + 2] -= rest >> 32; }
         else { limb[w] += low; limb[w + 1] += rest & 0xffffffffll; limb[w + 2] += rest >> 32; }
     }
+    for (int i = 0; i < LOOM_LIMBS; ++i)    // below 2^(32 + 12) each: the lanes' sums stay exact
+        for (int o = 16; o; o >>= 1) limb[i] += __shfl_xor_sync(LOOM_FULL, limb[i], o);
     return loom_round_limbs(limb);
 }
 
@@ -285,18 +323,30 @@ extern "C" __global__ void loom_rounded_certify(
         double factor, long long total, long long inner, long long m, long long n, long long k,
         long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
         long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
-    for (long long idx = blockIdx.x * (long long)blockDim.x + threadIdx.x; idx < total;
-         idx += (long long)gridDim.x * blockDim.x) {
-        const long long z = idx / (m * n), rest = idx - z * m * n, i = rest / n, j = rest - i * n;
-        const long long z1 = z / inner, z2 = z - z1 * inner;
-        const double x = r[idx];
-        const double e = __dadd_rn(__dmul_rn(__dmul_rn(na[z1 * sr1 + z2 * sr2 + i * srm], factor),
-                                             nb[z1 * sc1 + z2 * sc2 + j * scn]), __dmul_rn(fabs(x), 0x1p-52));
-        const float lo = __double2float_rn(__dsub_rn(x, e)), hi = __double2float_rn(__dadd_rn(x, e));
-        float v = e == 0.0 ? 0.0f : hi;
-        if (__float_as_uint(lo) != __float_as_uint(hi) && isfinite(e))
-            v = loom_exact_dot(a + z1 * sa1 + z2 * sa2 + i * sam, b + z1 * sb1 + z2 * sb2 + j * sbn, sak, sbk, k);
-        out[idx] = v;
+    const int lane = threadIdx.x & 31;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long base = (blockIdx.x * (long long)blockDim.x + threadIdx.x) - lane; base < total; base += stride) {
+        const long long idx = base + lane;
+        float v = 0.0f;
+        bool doubtful = false;
+        if (idx < total) {
+            const long long z = idx / (m * n), rest = idx - z * m * n, i = rest / n, j = rest - i * n;
+            const long long z1 = z / inner, z2 = z - z1 * inner;
+            const double x = r[idx];
+            const double e = __dadd_rn(__dmul_rn(__dmul_rn(na[z1 * sr1 + z2 * sr2 + i * srm], factor),
+                                                 nb[z1 * sc1 + z2 * sc2 + j * scn]), __dmul_rn(fabs(x), 0x1p-52));
+            doubtful = !loom_certified(x, e, &v);
+        }
+        for (unsigned pending = __ballot_sync(LOOM_FULL, doubtful); pending; pending &= pending - 1) {
+            const int src = __ffs(pending) - 1;
+            const long long id = base + src;
+            const long long z = id / (m * n), rest = id - z * m * n, i = rest / n, j = rest - i * n;
+            const long long z1 = z / inner, z2 = z - z1 * inner;
+            const float w = loom_settle(a + z1 * sa1 + z2 * sa2 + i * sam, b + z1 * sb1 + z2 * sb2 + j * sbn,
+                                        sak, sbk, k, lane);
+            if (lane == src) v = w;
+        }
+        if (idx < total) out[idx] = v;
     }
 }
 """

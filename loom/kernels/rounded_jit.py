@@ -181,7 +181,8 @@ def _dot2(a, b, i, j):
     it, else NaN. Each product is exact in float64; TwoSum splits each addition into the rounded
     sum s and its exact error, and c adds up the errors (K of them, each below u sum |p|), so
     |exact - (s + c)| <= gamma_K K u (1 + gamma_K) sum |p| <= (K + 2)^2 u^2 (1 + 2^-20) t, t the
-    computed sum |p|; f = s + c adds u |f|, and 2^-52 |f| covers that and f +- e's own rounding."""
+    computed sum |p|; f = s + c adds u |f|, and 2^-51 |f| covers that and f +- e's own rounding
+    (2^-52, as the first stage has, would leave no room for the latter here: this e's slack is tiny)."""
     s = 0.0
     c = 0.0
     t = 0.0
@@ -194,7 +195,7 @@ def _dot2(a, b, i, j):
         t += abs(p)
     f = s + c
     k = a.shape[1] + 2.0
-    return _certified(f, k * k * 2.0 ** -106 * (1.0 + 2.0 ** -20) * t + abs(f) * 2.0 ** -52)
+    return _certified(f, k * k * 2.0 ** -106 * (1.0 + 2.0 ** -20) * t + abs(f) * 2.0 ** -51)
 
 
 def _exact_dot(a, b, i, j, limbs):

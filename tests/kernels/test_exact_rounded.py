@@ -82,6 +82,27 @@ def test_both_cpu_forms_agree_on_transposed_operands(name, monkeypatch):
         assert _bits(got) == want, jit
 
 
+def test_each_later_stage_is_reached_and_rounds_correctly():
+    """The compensated sum certifies what the GEMM's bound cannot on random data; entries with no
+    nonzero product are +0 (through the masks when many); midpoints need the exact sum."""
+    if not rounded_jit.available():
+        pytest.skip("numba is not installed (the loom[cpu] extra)")
+    a = RNG.standard_normal((40, 4096)).astype(np.float32)
+    b = RNG.standard_normal((4096, 40)).astype(np.float32)
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    r = a64 @ b64
+    e = np.linalg.norm(a64, axis=1)[:, None] * np.linalg.norm(b64, axis=0) * exact_rounded.error_factor(4096)
+    doubtful = np.argwhere((r - e).astype(np.float32) != (r + e).astype(np.float32))
+    assert len(doubtful) > 0
+    for i, j in doubtful:
+        got = np.float32(rounded_jit._dot2(a, b, i, j))
+        assert not np.isnan(got) and _bits(got) == _bits(_reference(a[i:i + 1], b[:, j:j + 1])[0, 0])
+    m, mid = _case("midpoints")
+    assert np.isnan(rounded_jit._dot2(m, mid, 0, 0))            # 2^24 + 1 + 2^-30: too close to call
+    s, t = _case("sparse")
+    assert rounded_jit._MASKED_FROM < (s.astype(np.float64) @ t == 0).sum() < s.shape[0] * t.shape[1]
+
+
 def test_zero_results_are_positive_and_tiny_negative_results_are_negative_zero(cpu_path):
     a = np.array([[1.0, -1.0], [-0.0, 0.0], [-2.0 ** -100, 0.0], [0.0, 0.0]], np.float32)
     b = np.array([[1.0, 1.0], [-0.0, 2.0 ** -100]], np.float32).T.copy()
