@@ -14,13 +14,14 @@ Capturable: no synchronization, scalars as arguments.
 """
 from __future__ import annotations
 
+import math
 from functools import lru_cache
 
 import cupy
 import numpy as np
 
 from .cuda import translating
-from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, sum_float32
+from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, squares_copy, sum_float32
 from .cuda_kernels import C_TYPES, OPTIONS
 
 __all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_rounded", "patch_specials",
@@ -318,30 +319,30 @@ __device__ float loom_settle(const float* a, const float* b, long long sak, long
     return loom_round_limbs(limb);
 }
 
-extern "C" __global__ void loom_rounded_certify(
-        const double* r, const double* na, const double* nb, const float* a, const float* b, float* out,
-        double factor, long long total, long long inner, long long m, long long n, long long k,
+// I: the index type, 32-bit where the product's entries allow (64-bit divisions are slow).
+template <typename I> __device__ void loom_rounded_certify_body(
+        const double* r, const double* sa, const double* sb, const float* a, const float* b, float* out,
+        double factor, I total, I inner, I m, I n, long long k,
         long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
         long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
     const int lane = threadIdx.x & 31;
-    const long long stride = (long long)gridDim.x * blockDim.x;
-    for (long long base = (blockIdx.x * (long long)blockDim.x + threadIdx.x) - lane; base < total; base += stride) {
-        const long long idx = base + lane;
+    const I stride = (I)gridDim.x * blockDim.x;
+    for (I base = ((I)blockIdx.x * blockDim.x + threadIdx.x) - lane; base < total; base += stride) {
+        const I idx = base + lane;
         float v = 0.0f;
         bool doubtful = false;
         if (idx < total) {
-            const long long z = idx / (m * n), rest = idx - z * m * n, i = rest / n, j = rest - i * n;
-            const long long z1 = z / inner, z2 = z - z1 * inner;
+            const I z = idx / (m * n), rest = idx - z * m * n, i = rest / n, j = rest - i * n;
+            const I z1 = z / inner, z2 = z - z1 * inner;
             const double x = r[idx];
-            const double e = __dadd_rn(__dmul_rn(__dmul_rn(na[z1 * sr1 + z2 * sr2 + i * srm], factor),
-                                                 nb[z1 * sc1 + z2 * sc2 + j * scn]), __dmul_rn(fabs(x), 0x1p-52));
-            doubtful = !loom_certified(x, e, &v);
+            const double norms = __dsqrt_rn(__dmul_rn(sa[z1 * sr1 + z2 * sr2 + i * srm], sb[z1 * sc1 + z2 * sc2 + j * scn]));
+            doubtful = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v);
         }
         for (unsigned pending = __ballot_sync(LOOM_FULL, doubtful); pending; pending &= pending - 1) {
             const int src = __ffs(pending) - 1;
-            const long long id = base + src;
-            const long long z = id / (m * n), rest = id - z * m * n, i = rest / n, j = rest - i * n;
-            const long long z1 = z / inner, z2 = z - z1 * inner;
+            const I id = base + src;
+            const I z = id / (m * n), rest = id - z * m * n, i = rest / n, j = rest - i * n;
+            const I z1 = z / inner, z2 = z - z1 * inner;
             const float w = loom_settle(a + z1 * sa1 + z2 * sa2 + i * sam, b + z1 * sb1 + z2 * sb2 + j * sbn,
                                         sak, sbk, k, lane);
             if (lane == src) v = w;
@@ -349,37 +350,62 @@ extern "C" __global__ void loom_rounded_certify(
         if (idx < total) out[idx] = v;
     }
 }
+
+#define LOOM_CERTIFY(NAME, I) extern "C" __global__ void NAME( \
+        const double* r, const double* sa, const double* sb, const float* a, const float* b, float* out, \
+        double factor, long long total, long long inner, long long m, long long n, long long k, \
+        long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk, \
+        long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) { \
+    loom_rounded_certify_body<I>(r, sa, sb, a, b, out, factor, (I)total, (I)inner, (I)m, (I)n, k, sa1, sa2, sam, sak, \
+                                 sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn); }
+LOOM_CERTIFY(loom_rounded_certify32, unsigned)
+LOOM_CERTIFY(loom_rounded_certify64, long long)
 """
 
 
 @lru_cache(maxsize=None)
-def _rounded_kernels():
-    norm = cupy.ReductionKernel("float32 x", "float64 y", "(double)x * (double)x", "a + b", "y = sqrt(a)", "0",
-                                "loom_rounded_norm", options=OPTIONS)
-    return norm, cupy.RawModule(code=_ROUNDED, options=OPTIONS).get_function("loom_rounded_certify")
+def _rounded_module():
+    return cupy.RawModule(code=_ROUNDED, options=OPTIONS)
 
 
 def matmul_rounded(be, a, b, factor: float):
-    """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies
-    and the rows' and columns' 2-norms, cuBLAS's float64 GEMM, then one kernel that certifies each
-    entry (or sums it exactly) and rounds it; IEEE's special values patched in (patch_specials)."""
-    norm, certify = _rounded_kernels()
+    """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
+    the operands with their rows' and columns' sums of squares (one pass each), cuBLAS's float64
+    GEMM, then one kernel that certifies each entry (or settles it) and rounds it; IEEE's special
+    values patched in (patch_specials)."""
     with translating("exact GEMM (rounded) operands", a, b):
-        a64 = a.astype(np.float64, order="K" if a.ndim == 2 else "C")
-        b64 = b.astype(np.float64, order="K" if b.ndim == 2 else "C")
-        na, nb = norm(a, axis=-1, keepdims=True), norm(b, axis=-2, keepdims=True)
+        a, b = _dense(a), _dense(b)
+        shape_a, shape_b = a.shape[:-1] + (1,), b.shape[:-2] + (1, b.shape[-1])
+        size_a = math.prod(shape_a)
+        squares = cupy.zeros(size_a + math.prod(shape_b), dtype=np.float64)      # one memset for both
+        sa, sb = squares[:size_a].reshape(shape_a), squares[size_a:].reshape(shape_b)
+        a64, b64 = squares_copy(a, -1, sa), squares_copy(b, -2, sb)
     r = cupy.ascontiguousarray(be.matmul(a64, b64))
     batch = r.shape[:-2] or (1,)
     a4, b4 = _batched(a, batch), _batched(b, batch)
-    r4, c4 = _batched(na, batch), _batched(nb, batch)
+    r4, c4 = _batched(sa, batch), _batched(sb, batch)
     outer, inner, m, k = a4.shape
     n = b4.shape[3]
     out = cupy.empty(r.shape, dtype=np.float32)
     total = r.size
     if total:
+        certify = _rounded_module().get_function("loom_rounded_certify32" if total < 1 << 31 else
+                                                 "loom_rounded_certify64")
         with translating("exact GEMM (rounded) certification", r):
             certify((min(-(-total // 256), 1 << 16),), (256,),
                     (r, r4, c4, a4, b4, out, np.float64(factor), *(np.int64(v) for v in (total, inner, m, n, k)),
                      *_elements(a4), *_elements(b4), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))
-        patch_specials(a, b, na, nb, out)
+        patch_specials(a, b, sa, sb, out)      # (sums of squares: not finite where a maximum is not)
     return out
+
+
+def _dense(x):
+    """x itself where its elements fill its memory exactly in some axis order (C- or F-ordered, or a
+    transposed view of such), else a C-ordered copy: squares_copy's float64 copy takes its strides."""
+    dims = sorted((s, d) for s, d in zip(x.strides, x.shape) if d != 1)
+    expected = x.itemsize
+    for stride, size in dims:
+        if stride != expected:
+            return cupy.ascontiguousarray(x)
+        expected *= size
+    return x

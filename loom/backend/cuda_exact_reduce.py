@@ -83,8 +83,8 @@ _REDUCE = TOP_EXPONENT + r"""
 // "along": one warp per (output, chunk of r), lanes on consecutive r (sr == 1 reads coalesced);
 // "across": 32 consecutive outputs per block (sk == 1 reads coalesced), 8 rows of r at a time.
 // The reduction R says what is accumulated: R::Acc, R::zero(), begin(o) (per-output set-up),
-// take(acc, x), R::merge(a, b), R::shuffle(acc, offset), and publish(o, acc), which adds a part to
-// the output with an atomic.
+// take(acc, x, at) (at: x's element offset), R::merge(a, b), R::shuffle(acc, offset), and publish(o,
+// acc), which adds a part to the output with an atomic.
 #define LOOM_GEOMETRY long long outputs, long long length, long long kept, long long sb, long long sk, long long sr
 
 template <class R> __device__ __forceinline__ void loom_along(
@@ -94,10 +94,10 @@ template <class R> __device__ __forceinline__ void loom_along(
     if (task >= outputs * splits) return;           // whole warps leave together
     long long o = task / splits, start = (task % splits) * chunk;
     long long end = min(start + chunk, length);
-    const T* p = x + (o / kept) * sb + (o % kept) * sk;
+    const long long at = (o / kept) * sb + (o % kept) * sk;
     red.begin(o);
     typename R::Acc acc = R::zero();
-    for (long long r = start + lane; r < end; r += 32) acc = red.take(acc, p[r * sr]);
+    for (long long r = start + lane; r < end; r += 32) acc = red.take(acc, x[at + r * sr], at + r * sr);
     for (int off = 16; off; off >>= 1) acc = R::merge(acc, R::shuffle(acc, off));
     if (lane == 0) red.publish(o, acc);
 }
@@ -108,10 +108,10 @@ template <class R> __device__ __forceinline__ void loom_across(R red, const T* x
     long long start = blockIdx.y * chunk, end = min(start + chunk, length);
     typename R::Acc acc = R::zero();
     if (o < outputs) {
-        const T* p = x + (o / kept) * sb + (o % kept) * sk;
+        const long long at = (o / kept) * sb + (o % kept) * sk;
         red.begin(o);
         #pragma unroll 4
-        for (long long r = start + threadIdx.y; r < end; r += 8) acc = red.take(acc, p[r * sr]);
+        for (long long r = start + threadIdx.y; r < end; r += 8) acc = red.take(acc, x[at + r * sr], at + r * sr);
     }
     parts[threadIdx.y][threadIdx.x] = acc;
     __syncthreads();
@@ -128,7 +128,7 @@ struct LoomMax {
     int finite_only;
     __device__ void begin(long long) {}
     __device__ static U zero() { return 0; }
-    __device__ U take(U acc, T x) const {
+    __device__ U take(U acc, T x, long long) const {
         U k = loom_bits(x) & MAGNITUDE;
         return max(acc, (finite_only && k >= INFINITY_BITS) ? (U)0 : k);
     }
@@ -148,7 +148,7 @@ struct LoomSum {
     int bits, shift;
     __device__ void begin(long long o) { shift = bits - loom_top_exponent(top[o]); }
     __device__ static Acc zero() { return {0.0, 0.0}; }
-    __device__ Acc take(Acc acc, T x) const {
+    __device__ Acc take(Acc acc, T x, long long) const {
         if (isfinite(x)) acc.integers += rint(ldexp((double)x, shift));
         else acc.specials += (double)x;
         return acc;
@@ -163,6 +163,31 @@ struct LoomSum {
     }
 };
 
+// exact_rounded's sums of squares (its norms, squared) into zeroed float64 out[outputs], writing
+// the float64 copy of each element as it goes (copy: x's element strides)
+struct LoomSquares {
+    typedef double Acc;
+    double* out;
+    double* copy;
+    __device__ void begin(long long) {}
+    __device__ static double zero() { return 0.0; }
+    __device__ double take(double acc, T x, long long at) const {
+        const double v = (double)x;
+        copy[at] = v;
+        return __dadd_rn(acc, __dmul_rn(v, v));
+    }
+    __device__ static double merge(double a, double b) { return __dadd_rn(a, b); }
+    __device__ static double shuffle(double a, int off) { return __shfl_xor_sync(0xffffffffu, a, off); }
+    __device__ void publish(long long o, double acc) const { if (acc != 0.0) atomicAdd(out + o, acc); }
+};
+
+extern "C" __global__ void loom_squares_along(
+        const T* x, double* out, double* copy, LOOM_GEOMETRY, long long splits, long long chunk) {
+    loom_along(LoomSquares{out, copy}, x, outputs, length, kept, sb, sk, sr, splits, chunk);
+}
+extern "C" __global__ void loom_squares_across(const T* x, double* out, double* copy, LOOM_GEOMETRY, long long chunk) {
+    loom_across(LoomSquares{out, copy}, x, outputs, length, kept, sb, sk, sr, chunk);
+}
 extern "C" __global__ void loom_absmax_along(
         const T* x, U* out, int finite_only, LOOM_GEOMETRY, long long splits, long long chunk) {
     loom_along(LoomMax{out, finite_only}, x, outputs, length, kept, sb, sk, sr, splits, chunk);
@@ -250,6 +275,21 @@ def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
         chunk = -(-length // splits)
         splits = -(-length // chunk)
         module.get_function(name + "_across")((columns, splits), (32, 8), (x, *args, *geometry, np.int64(chunk)))
+
+
+def squares_copy(x, axis: int, out):
+    """The float64 copy of float32 x (x's element strides: x must be dense, as a C- or F-ordered array
+    or a transposed view of one is) and the sums of the squares of x along `axis` added into `out`
+    (zeroed float64 of x's kept shape): exact_rounded's norms, squared, in the copy's one pass. NaN
+    where a NaN is, inf where an inf is; the order of the additions is free (atomics)."""
+    layout = _layout(x, (axis % x.ndim,))
+    if layout[0] is not x:
+        raise ValueError(f"squares_copy: x {x.shape} with strides {x.strides} does not reduce in place")
+    base = cupy.empty(x.size, dtype=np.float64)
+    copy = cupy.ndarray(x.shape, np.float64, base.data, strides=tuple(2 * s for s in x.strides))
+    if x.size:
+        _launch("loom_squares", x.dtype, x, (axis % x.ndim,), (out, copy))
+    return copy
 
 
 def _kept_shape(x, axes: tuple) -> tuple:
