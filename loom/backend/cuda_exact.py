@@ -320,30 +320,41 @@ __device__ float loom_settle(const float* a, const float* b, long long sak, long
 }
 
 // I: the index type, 32-bit where the product's entries allow (64-bit divisions are slow).
+// sa, sb: the rows' and columns' 2-norms where rooted, else their squares (a square root per entry
+// then: small products, where one more launch would cost more).
 template <typename I> __device__ void loom_rounded_certify_body(
         const double* r, const double* sa, const double* sb, const float* a, const float* b, float* out,
-        double factor, I total, I inner, I m, I n, long long k,
+        double factor, int rooted, I total, I inner, I m, I n, long long k,
         long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
         long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
     const int lane = threadIdx.x & 31;
     const I stride = (I)gridDim.x * blockDim.x;
+    const bool batched = total != m * n;
     for (I base = ((I)blockIdx.x * blockDim.x + threadIdx.x) - lane; base < total; base += stride) {
         const I idx = base + lane;
         float v = 0.0f;
         bool doubtful = false;
+        I i = 0, j = 0, z1 = 0, z2 = 0;
         if (idx < total) {
-            const I z = idx / (m * n), rest = idx - z * m * n, i = rest / n, j = rest - i * n;
-            const I z1 = z / inner, z2 = z - z1 * inner;
+            const I line = idx / n;
+            j = idx - line * n;
+            i = line;
+            if (batched) {
+                const I z = line / m;
+                i = line - z * m;
+                z1 = z / inner;
+                z2 = z - z1 * inner;
+            }
             const double x = r[idx];
-            const double norms = __dsqrt_rn(__dmul_rn(sa[z1 * sr1 + z2 * sr2 + i * srm], sb[z1 * sc1 + z2 * sc2 + j * scn]));
+            const double ra = sa[z1 * sr1 + z2 * sr2 + i * srm], cb = sb[z1 * sc1 + z2 * sc2 + j * scn];
+            const double norms = rooted ? __dmul_rn(ra, cb) : __dsqrt_rn(__dmul_rn(ra, cb));
             doubtful = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v);
         }
         for (unsigned pending = __ballot_sync(LOOM_FULL, doubtful); pending; pending &= pending - 1) {
             const int src = __ffs(pending) - 1;
-            const I id = base + src;
-            const I z = id / (m * n), rest = id - z * m * n, i = rest / n, j = rest - i * n;
-            const I z1 = z / inner, z2 = z - z1 * inner;
-            const float w = loom_settle(a + z1 * sa1 + z2 * sa2 + i * sam, b + z1 * sb1 + z2 * sb2 + j * sbn,
+            const I si = __shfl_sync(LOOM_FULL, i, src), sj = __shfl_sync(LOOM_FULL, j, src);
+            const I s1 = __shfl_sync(LOOM_FULL, z1, src), s2 = __shfl_sync(LOOM_FULL, z2, src);
+            const float w = loom_settle(a + s1 * sa1 + s2 * sa2 + si * sam, b + s1 * sb1 + s2 * sb2 + sj * sbn,
                                         sak, sbk, k, lane);
             if (lane == src) v = w;
         }
@@ -353,14 +364,17 @@ template <typename I> __device__ void loom_rounded_certify_body(
 
 #define LOOM_CERTIFY(NAME, I) extern "C" __global__ void NAME( \
         const double* r, const double* sa, const double* sb, const float* a, const float* b, float* out, \
-        double factor, long long total, long long inner, long long m, long long n, long long k, \
+        double factor, int rooted, long long total, long long inner, long long m, long long n, long long k, \
         long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk, \
         long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) { \
-    loom_rounded_certify_body<I>(r, sa, sb, a, b, out, factor, (I)total, (I)inner, (I)m, (I)n, k, sa1, sa2, sam, sak, \
-                                 sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn); }
+    loom_rounded_certify_body<I>(r, sa, sb, a, b, out, factor, rooted, (I)total, (I)inner, (I)m, (I)n, k, sa1, sa2, \
+                                 sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn); }
 LOOM_CERTIFY(loom_rounded_certify32, unsigned)
 LOOM_CERTIFY(loom_rounded_certify64, long long)
 """
+
+
+_ROOTS_FROM = 1 << 18      # entries: larger products take the norms' square roots in a launch of their own
 
 
 @lru_cache(maxsize=None)
@@ -383,7 +397,6 @@ def matmul_rounded(be, a, b, factor: float):
     r = cupy.ascontiguousarray(be.matmul(a64, b64))
     batch = r.shape[:-2] or (1,)
     a4, b4 = _batched(a, batch), _batched(b, batch)
-    r4, c4 = _batched(sa, batch), _batched(sb, batch)
     outer, inner, m, k = a4.shape
     n = b4.shape[3]
     out = cupy.empty(r.shape, dtype=np.float32)
@@ -391,9 +404,13 @@ def matmul_rounded(be, a, b, factor: float):
     if total:
         certify = _rounded_module().get_function("loom_rounded_certify32" if total < 1 << 31 else
                                                  "loom_rounded_certify64")
+        rooted = total > _ROOTS_FROM
         with translating("exact GEMM (rounded) certification", r):
+            norms = cupy.sqrt(squares) if rooted else squares
+            r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:].reshape(shape_b), batch)
             certify((min(-(-total // 256), 1 << 16),), (256,),
-                    (r, r4, c4, a4, b4, out, np.float64(factor), *(np.int64(v) for v in (total, inner, m, n, k)),
+                    (r, r4, c4, a4, b4, out, np.float64(factor), np.int32(rooted),
+                     *(np.int64(v) for v in (total, inner, m, n, k)),
                      *_elements(a4), *_elements(b4), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))
         patch_specials(a, b, sa, sb, out)      # (sums of squares: not finite where a maximum is not)
     return out

@@ -33,7 +33,7 @@ import numpy as np
 
 from . import exact_cpu, rounded_jit
 
-MAX_K = 1 << 12         # flagged entries grow as K^1.5 (random data): 0.06% at K = 784, ~0.7% at 4096
+MAX_K = 1 << 11         # uncertified entries grow as K^1.5 (random data): 0.05% at K = 784, 0.2% at 2048
 
 
 def error_factor(k: int) -> float:

@@ -8,7 +8,7 @@ import loom
 from catalogue import SAMPLES, config
 from rounded_cases import CASES, case
 from loom import backend
-from loom.kernels import exact, ops
+from loom.kernels import exact, exact_rounded, ops
 from loom.nn import losses, optim
 
 from .cpu_gpu import layer_results, loss_results, optimizer_results, same_bits
@@ -64,14 +64,28 @@ def test_rounded_gemm_bits_on_midpoints_subnormals_and_overflow(name, spy):
     assert calls == ["matmul_rounded"] * 3
 
 
-@pytest.mark.parametrize("k", [1, 784, 4096])
+@pytest.mark.parametrize("k", [1, 784, 2048])
 def test_rounded_gemm_bits_on_large_integer_products(k):
-    """Many entries exactly on midpoints (integer data): the exact sums run in many threads at once."""
+    """Many entries exactly on midpoints (integer data): the exact sums run in many warps at once."""
     rng = np.random.default_rng(k)
     cuda = backend.get("cuda")
     a = (rng.integers(-7, 8, (300, k)) * 2.0 ** 18 + rng.integers(0, 2, (300, k))).astype(np.float32)
     b = rng.integers(-7, 8, (k, 200)).astype(np.float32)
     same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"integer gemm k={k}")
+
+
+def test_rounded_gemm_bits_where_the_compensated_sum_decides():
+    """Random data at K = 2048: the GEMM's bound leaves about 0.2% of the entries to the warps'
+    compensated sums (on the CPU, rounded_jit._dot2), large enough to take the norms' own launch."""
+    rng = np.random.default_rng(7)
+    cuda = backend.get("cuda")
+    a = rng.standard_normal((640, 2048)).astype(np.float32)
+    b = rng.standard_normal((2048, 512)).astype(np.float32)
+    r = a.astype(np.float64) @ b.astype(np.float64)
+    e = np.linalg.norm(a.astype(np.float64), axis=1)[:, None] * np.linalg.norm(b.astype(np.float64), axis=0)
+    e *= exact_rounded.error_factor(2048)
+    assert ((r - e).astype(np.float32) != (r + e).astype(np.float32)).sum() > 100
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "compensated gemm")
 
 
 def test_gemm_special_value_bits():
