@@ -278,13 +278,12 @@ def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
 
 
 def squares_copy(x, axis: int, out):
-    """The float64 copy of float32 x (x's element strides: x must be dense, as a C- or F-ordered array
-    or a transposed view of one is) and the sums of the squares of x along `axis` added into `out`
+    """The float64 copy of float32 x (x's element strides where x is dense, as a C- or F-ordered array
+    or a transposed view of one is, and its axes merge for the reduction; else C-ordered) and the sums of the squares of x along `axis` added into `out`
     (zeroed float64 of x's kept shape): exact_rounded's norms, squared, in the copy's one pass. NaN
     where a NaN is, inf where an inf is; the order of the additions is free (atomics)."""
-    layout = _layout(x, (axis % x.ndim,))
-    if layout[0] is not x:
-        raise ValueError(f"squares_copy: x {x.shape} with strides {x.strides} does not reduce in place")
+    if _layout(x, (axis % x.ndim,))[0] is not x:        # (axes that do not merge: a copy to reduce)
+        x = cupy.ascontiguousarray(x)
     base = cupy.empty(x.size, dtype=np.float64)
     copy = cupy.ndarray(x.shape, np.float64, base.data, strides=tuple(2 * s for s in x.strides))
     if x.size:
