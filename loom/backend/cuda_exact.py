@@ -349,6 +349,11 @@ template <typename I> __device__ void loom_rounded_certify_body(
             const double ra = sa[z1 * sr1 + z2 * sr2 + i * srm], cb = sb[z1 * sc1 + z2 * sc2 + j * scn];
             const double norms = rooted ? __dmul_rn(ra, cb) : __dsqrt_rn(__dmul_rn(ra, cb));
             doubtful = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v);
+            if (!isfinite(ra) || !isfinite(cb)) {   // a row or column holding inf or NaN: IEEE's value
+                const float special = loom_special_sum(a + z1 * sa1 + z2 * sa2 + i * sam,
+                                                       b + z1 * sb1 + z2 * sb2 + j * sbn, sak, sbk, k);
+                if (!isfinite(special)) v = special;
+            }
         }
         for (unsigned pending = __ballot_sync(LOOM_FULL, doubtful); pending; pending &= pending - 1) {
             const int src = __ffs(pending) - 1;
@@ -379,14 +384,14 @@ _ROOTS_FROM = 1 << 18      # entries: larger products take the norms' square roo
 
 @lru_cache(maxsize=None)
 def _rounded_module():
-    return cupy.RawModule(code=_ROUNDED, options=OPTIONS)
+    return cupy.RawModule(code="typedef float T;\n" + TOP_EXPONENT + _GUARD + _ROUNDED, options=OPTIONS)
 
 
 def matmul_rounded(be, a, b, factor: float):
     """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
     the operands with their rows' and columns' sums of squares (one pass each), cuBLAS's float64
-    GEMM, then one kernel that certifies each entry (or settles it) and rounds it; IEEE's special
-    values patched in (patch_specials)."""
+    GEMM, then one kernel that certifies each entry (or settles it) and rounds it, and writes IEEE's
+    special value where a row or column holds inf or NaN (its sum of squares is then not finite)."""
     with translating("exact GEMM (rounded) operands", a, b):
         a, b = _dense(a), _dense(b)
         shape_a, shape_b = a.shape[:-1] + (1,), b.shape[:-2] + (1, b.shape[-1])
@@ -412,7 +417,6 @@ def matmul_rounded(be, a, b, factor: float):
                     (r, r4, c4, a4, b4, out, np.float64(factor), np.int32(rooted),
                      *(np.int64(v) for v in (total, inner, m, n, k)),
                      *_elements(a4), *_elements(b4), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))
-        patch_specials(a, b, sa, sb, out)      # (sums of squares: not finite where a maximum is not)
     return out
 
 
