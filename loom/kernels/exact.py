@@ -10,8 +10,11 @@ kernel picks its own order. Here every reduction is made exact instead, so order
   exact, whatever order a BLAS or a GPU adds them in;
 - the exact total is scaled back and rounded once to the result's type.
 
-GEMM splits the left operand into two integer slices (hi and lo, `29 - log2 K` bits each for float32
-inputs) and keeps the right operand at 24 bits (a float32 mantissa) relative to its column maximum:
+float32 (and narrower) GEMMs with K <= exact_rounded.MAX_K are rounded correctly instead: each entry
+is the exact dot product rounded once (exact_rounded.py), one float64 GEMM's work.
+
+Longer GEMMs split the left operand into two integer slices (hi and lo, `29 - log2 K` bits each for float32
+inputs) and keep the right operand at 24 bits (a float32 mantissa) relative to its column maximum:
 2 float64 GEMMs' worth of work, done as one GEMM on the slices stacked along M. Measured error
 against a float64 reference is at most about NumPy's float32 GEMM error on random and on
 wide-dynamic-range inputs (tests/kernels/test_exact.py). float64 inputs use three slices on each

@@ -23,15 +23,6 @@ def _wide(shape):
 GENERATORS = {"normal": RNG.standard_normal, "uniform": RNG.random, "wide": _wide}
 
 
-@pytest.fixture(params=["compiled", "numpy"])
-def cpu_path(request, monkeypatch):
-    """Both CPU forms of the exact GEMM: exact_jit's compiled loops (numba) and exact_cpu's NumPy passes."""
-    monkeypatch.setenv("LOOM_JIT", "1" if request.param == "compiled" else "0")
-    if request.param == "compiled" and not exact_jit.available():
-        pytest.skip("numba is not installed (the loom[cpu] extra)")
-    return request.param
-
-
 def _err(c, ref):
     return np.max(np.abs(c.astype(np.float64) - ref)) / np.max(np.abs(ref))
 

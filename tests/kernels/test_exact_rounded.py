@@ -14,14 +14,6 @@ RNG = np.random.default_rng(20261121)
 _BIG = Fraction(2 ** 128 - 2 ** 103)          # from here on, float32 rounds to inf
 
 
-@pytest.fixture(params=["compiled", "numpy"])
-def cpu_path(request, monkeypatch):
-    monkeypatch.setenv("LOOM_JIT", "1" if request.param == "compiled" else "0")
-    if request.param == "compiled" and not rounded_jit.available():
-        pytest.skip("numba is not installed (the loom[cpu] extra)")
-    return request.param
-
-
 def _round(x: Fraction) -> np.float32:
     """x rounded to the nearest float32, ties to the even significand: by comparing distances."""
     if x == 0:
