@@ -4,7 +4,7 @@ steps against fast mode, in the same run.
     PYTHONPATH=. python benchmarks/determinism.py          # GPU (device machine) and CPU
     .venv/bin/python benchmarks/determinism.py --cpu        # CPU only
 
-GPU: loom.kernels.exact.matmul on float32 (two float64 DGEMM slices on cuBLAS) vs cuBLAS SGEMM
+GPU: loom.kernels.exact.matmul on float32 (at K > 2048, as here: two float64 DGEMM slices on cuBLAS) vs cuBLAS SGEMM
 (TF32 off) and DGEMM at 4096^3 and 8192^3; the train steps of benchmarks/gpu_train.py as dispatch
 chains in both modes. CPU: exact GEMM vs NumPy float32 matmul (2 BLAS threads).
 """
