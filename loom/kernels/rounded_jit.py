@@ -1,10 +1,10 @@
 """exact_rounded's CPU loops (numba, the optional `loom[cpu]` extra): the float64 copies of the
-operands with their row or column 2-norms (and bit masks of their nonzero elements) in one pass,
-and the certification of the float64 GEMM's result, with three stages for the entries it cannot
+operands with their row or column 2-norms in one pass, and the certification of the float64 GEMM's result, with three stages for the entries it cannot
 certify, cheapest first:
 
-1. no product is nonzero (the masks of the row and the column share no bit: sparse data, ReLU
-   gradients): the sum is exactly 0, so +0;
+1. no product is nonzero (bit masks of the nonzero elements of the row and the column share no bit:
+   sparse data, ReLU gradients; the masks are built only when many entries are uncertified): the
+   sum is exactly 0, so +0;
 2. a compensated sum (`_dot2`): every addition's rounding error is recovered exactly (TwoSum) and
    the errors are summed in float64, so the result errs by at most about (K u)^2 sum |a_k b_k|
    (Ogita, Rump and Oishi, Accurate sum and dot product, SIAM J. Sci. Comput. 26, 2005); the same
