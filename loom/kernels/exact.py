@@ -34,7 +34,6 @@ from .. import backend, dtypes
 from . import exact_cpu, exact_rounded
 
 MAX_CHUNK_BITS = 14                       # K above 2^14 is summed in chunks: the slices keep >= 30 bits
-CHUNKED_ROUNDED = True                    # float32 K > exact_rounded.MAX_K: rounded chunks, not slices
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
 
 
@@ -58,43 +57,15 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
-    if np.dtype(dtype).itemsize <= 4 and (a2.shape[-1] <= exact_rounded.MAX_K or CHUNKED_ROUNDED):
+    if np.dtype(dtype).itemsize <= 4 and a2.shape[-1] <= exact_rounded.MAX_K:
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
-        a32, b32 = a2.astype(np.float32, copy=False), b2.astype(np.float32, copy=False)
-        if a2.shape[-1] <= exact_rounded.MAX_K:
-            result, finite = exact_rounded.matmul(be, a32, b32)
-        else:
-            result, finite = _matmul_rounded_chunks(be, a32, b32)
+        result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False), b2.astype(np.float32, copy=False))
         if not finite:
             with np.errstate(invalid="ignore"):
                 special = _special_values(be, a2, b2).astype(np.float32)
                 result = xp.where(xp.isfinite(special), result, special)
         return _unvector(result.astype(dtype, copy=False), vector_left, vector_right)
     return _unvector(_matmul_sliced(be, a2, b2, dtype), vector_left, vector_right)
-
-
-def _matmul_rounded_chunks(be, a, b):
-    """float32 a [..., M, K] and b [..., K, N] with K > exact_rounded.MAX_K: K cut into chunks of
-    MAX_K (the last one zero-padded, which adds nothing), each chunk's product rounded correctly
-    (one batched call), and the chunks' float32 results summed exactly and rounded once (sum).
-    Returns (product, finite) as exact_rounded.matmul does."""
-    xp = be.xp
-    k, step = a.shape[-1], exact_rounded.MAX_K
-    chunks = -(-k // step)
-    if chunks * step != k:
-        pad = chunks * step - k
-        a = xp.concatenate([a, xp.zeros(a.shape[:-1] + (pad,), np.float32)], axis=-1)
-        b = xp.concatenate([b, xp.zeros(b.shape[:-2] + (pad, b.shape[-1]), np.float32)], axis=-2)
-    a_c = xp.swapaxes(a.reshape(a.shape[:-1] + (chunks, step)), -2, -3)      # [..., chunks, M, step]
-    b_c = b.reshape(b.shape[:-2] + (chunks, step, b.shape[-1]))              # [..., chunks, step, N]
-    if xp is np and a_c.ndim == 3 and b_c.ndim == 3:
-        # the CPU's compiled loops take matrices: one chunk at a time
-        parts = [exact_rounded.matmul(be, np.ascontiguousarray(a_c[c]), np.ascontiguousarray(b_c[c]))
-                 for c in range(chunks)]
-        total = sum(np.stack([p for p, _ in parts]), axis=0)
-        return total, all(f for _, f in parts)
-    product, finite = exact_rounded.matmul(be, a_c, b_c)
-    return sum(product, axis=-3), finite
 
 
 def _matmul_sliced(be, a2, b2, dtype):

