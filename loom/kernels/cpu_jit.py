@@ -142,11 +142,12 @@ def _wrap(numba, namespace: dict, names, fastmath, parallel: bool) -> None:
         namespace[name] = numba.njit(fastmath=fastmath, cache=True, parallel=parallel)(namespace[name])
 
 
-def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False) -> bool:
+def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False, reassociated=()) -> bool:
     """For another module of compiled loops (loom.kernels.exact_jit): replace its functions named in
     `plain` and `parallel` (module-level, for numba's on-disk cache) by numba dispatchers, once, and
-    its `prange` by numba's. False where the JIT is unavailable (available()); the module's plain
-    Python functions then stay as they are."""
+    its `prange` by numba's; those in `reassociated` get FASTMATH (loops whose result may depend on
+    the order of their additions, as a bound's may). False where the JIT is unavailable
+    (available()); the module's plain Python functions then stay as they are."""
     if not available():
         return False
     if namespace.get("_numba_compiled"):
@@ -156,6 +157,7 @@ def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False) -> bo
             numba = _state["numba"]
             _wrap(numba, namespace, plain, fastmath, parallel=False)
             _wrap(numba, namespace, parallel, fastmath, parallel=True)
+            _wrap(numba, namespace, reassociated, FASTMATH, parallel=False)
             namespace["_numba_compiled"] = True
     return True
 

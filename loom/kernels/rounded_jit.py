@@ -26,7 +26,7 @@ import numpy as np
 
 from . import cpu_jit
 
-_LOOPS = ("_cast_rows", "_cast_cols", "_row_masks", "_col_masks", "_bit_length", "_round_limbs", "_exact_dot",
+_LOOPS = ("_row_masks", "_col_masks", "_bit_length", "_round_limbs", "_exact_dot",
           "_dot2", "_certified", "_disjoint", "_certify", "_settle")
 _MASKED_FROM = 256      # doubtful entries: from here on, certify builds the nonzero masks
 LIMBS = 21              # bits 0 .. 671 of 2^350 |sum|: products reach bit 606, 2^12 of them bit 618
@@ -35,7 +35,9 @@ _MASK = 0xFFFFFFFF
 
 
 def available() -> bool:
-    return cpu_jit.compile_module(globals(), plain=_LOOPS)
+    # the casts' norms may be summed in any order (exact_rounded.error_factor allows for it), so
+    # LLVM may vectorize their sums of squares
+    return cpu_jit.compile_module(globals(), plain=_LOOPS, reassociated=("_cast_rows", "_cast_cols"))
 
 
 def takes(x) -> bool:
@@ -92,23 +94,13 @@ def _col_masks(x, masks):
 
 
 def _cast_rows(x, out, norms):
-    # four partial sums: LLVM keeps a single one serial (no reassociation without fastmath); the
-    # bound allows any order (exact_rounded.error_factor)
-    k4 = x.shape[1] - x.shape[1] % 4
     for i in range(x.shape[0]):
-        s0 = s1 = s2 = s3 = 0.0
-        for k in range(0, k4, 4):
-            v0, v1, v2, v3 = np.float64(x[i, k]), np.float64(x[i, k + 1]), np.float64(x[i, k + 2]), np.float64(x[i, k + 3])
-            out[i, k], out[i, k + 1], out[i, k + 2], out[i, k + 3] = v0, v1, v2, v3
-            s0 += v0 * v0
-            s1 += v1 * v1
-            s2 += v2 * v2
-            s3 += v3 * v3
-        for k in range(k4, x.shape[1]):
+        s = 0.0
+        for k in range(x.shape[1]):
             v = np.float64(x[i, k])
             out[i, k] = v
-            s0 += v * v
-        norms[i] = math.sqrt((s0 + s1) + (s2 + s3))
+            s += v * v
+        norms[i] = math.sqrt(s)
 
 
 def _cast_cols(x, out, norms):

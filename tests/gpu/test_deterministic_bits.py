@@ -98,7 +98,7 @@ def test_gemm_special_value_bits():
     same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "batched gemm specials")
     same_bits(exact.matmul(cuda.asarray(a3[:1]), cuda.asarray(b3)), exact.matmul(a3[:1], b3), "broadcast batch")
     same_bits(exact.matmul(cuda.asarray(a).T, cuda.asarray(a)), exact.matmul(a.T, a), "transposed specials")
-    # products above cuda_exact._GUARD_INSIDE_MAX entries recombine and guard in two kernels
+    # a large product: the certification kernel writes its special values over many blocks
     big_a, big_b = rng.standard_normal((700, 40)).astype(np.float32), rng.standard_normal((40, 600)).astype(np.float32)
     big_a[3, 7], big_a[650, 0], big_b[5, 599] = np.nan, -np.inf, np.inf
     same_bits(exact.matmul(cuda.asarray(big_a), cuda.asarray(big_b)), exact.matmul(big_a, big_b), "large product specials")
