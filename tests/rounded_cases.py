@@ -3,6 +3,8 @@ CPU tests and the GPU ones: random data, sparse data (entries with no nonzero pr
 on float32's midpoints, subnormals, overflow threshold and signed zeros."""
 import numpy as np
 
+from loom.kernels import exact_rounded
+
 
 def case(name, rng=None):
     """(a, b) float32 operands of the named kind."""
@@ -41,3 +43,14 @@ def case(name, rng=None):
 
 
 CASES = ["normal", "wide", "integers", "midpoints", "subnormal", "overflow", "sparse"]
+
+
+def doubtful(a, b):
+    """Boolean [M, N]: the entries of a @ b whose float64 GEMM's error bound cannot certify them (they
+    take exact_rounded's later stages)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    r = a64 @ b64
+    e = np.linalg.norm(a64, axis=1)[:, None] * np.linalg.norm(b64, axis=0) * exact_rounded.error_factor(
+        a.shape[1]) + np.abs(r) * 2.0 ** -52
+    with np.errstate(over="ignore"):
+        return (r - e).astype(np.float32).view(np.uint32) != (r + e).astype(np.float32).view(np.uint32)

@@ -278,22 +278,25 @@ __device__ bool loom_certified(double x, double e, float* v) {
     return e == 0.0 || __float_as_uint(lo) == __float_as_uint(hi) || !isfinite(e);
 }
 
+// Knuth's TwoSum: *s becomes *s + y rounded; returns that addition's exact error.
+__device__ double loom_two_sum(double* s, double y) {
+    const double x = *s, total = __dadd_rn(x, y), back = __dsub_rn(total, x);
+    *s = total;
+    return __dadd_rn(__dsub_rn(x, __dsub_rn(total, back)), __dsub_rn(y, back));
+}
+
 // The warp's two later stages for one entry (row a, column b, k products), every lane calling.
 __device__ float loom_settle(const float* a, const float* b, long long sak, long long sbk, long long k, int lane) {
     double s = 0.0, c = 0.0, t = 0.0;
     for (long long q = lane; q < k; q += 32) {
         const double p = __dmul_rn((double)a[q * sak], (double)b[q * sbk]);    // exact: 48 bits
-        const double total = __dadd_rn(s, p), back = __dsub_rn(total, s);
-        c = __dadd_rn(c, __dadd_rn(__dsub_rn(s, __dsub_rn(total, back)), __dsub_rn(p, back)));
-        s = total;
+        c = __dadd_rn(c, loom_two_sum(&s, p));
         t = __dadd_rn(t, fabs(p));
     }
     for (int o = 16; o; o >>= 1) {          // TwoSum is symmetric: lanes l and l ^ o end up equal
         const double so = __shfl_xor_sync(LOOM_FULL, s, o), co = __shfl_xor_sync(LOOM_FULL, c, o);
-        const double total = __dadd_rn(s, so), back = __dsub_rn(total, s);
-        const double err = __dadd_rn(__dsub_rn(s, __dsub_rn(total, back)), __dsub_rn(so, back));
+        const double err = loom_two_sum(&s, so);
         c = __dadd_rn(__dadd_rn(c, co), err);
-        s = total;
         t = __dadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
     }
     // K + 31 errors, each below u t: (K + 64)^2 u^2 (1 + 2^-20) t bounds their rounded sum's error

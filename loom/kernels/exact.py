@@ -53,7 +53,6 @@ def matmul(a, b, out=None):
 
 
 def _matmul_exact(be, a, b, dtype):
-    xp = be.xp
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
@@ -62,8 +61,7 @@ def _matmul_exact(be, a, b, dtype):
         result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False), b2.astype(np.float32, copy=False))
         if not finite:
             with np.errstate(invalid="ignore"):
-                special = _special_values(be, a2, b2).astype(np.float32)
-                result = xp.where(xp.isfinite(special), result, special)
+                result = _with_specials(be, a2, b2, result)
         return _unvector(result.astype(dtype, copy=False), vector_left, vector_right)
     return _unvector(_matmul_sliced(be, a2, b2, dtype), vector_left, vector_right)
 
@@ -94,9 +92,15 @@ def _matmul_sliced(be, a2, b2, dtype):
         else:
             result = _matmul_general(be, a2, b2, amax, bmax, wide, dtype)
         if not finite:              # (always while recording a graph: it cannot branch on data)
-            special = _special_values(be, a2, b2).astype(dtype)
-            result = xp.where(xp.isfinite(special), result, special)
+            result = _with_specials(be, a2, b2, result)
     return result
+
+
+def _with_specials(be, a, b, result):
+    """result with IEEE's special value wherever a row of a or a column of b holding inf or NaN makes
+    the product's entry one (_special_values); every other entry as it was."""
+    special = _special_values(be, a, b).astype(result.dtype)
+    return be.xp.where(be.xp.isfinite(special), result, special)
 
 
 def _unvector(result, vector_left: bool, vector_right: bool):

@@ -115,14 +115,13 @@ def _cast_cols(x, out, norms):
 
 
 def _certified(x, e):
-    """float32(x - e) if it has the bits of float32(x + e) (so the exact value, within e of x, rounds
-    to it), else NaN; e == 0 means every product is 0: +0."""
+    """(value, certain): float32(x + e), certain where it has the bits of float32(x - e) (so the exact
+    value, within e of x, rounds to it); e == 0 means every product is 0: +0, certain. An infinite or
+    NaN bound counts as certain: its row or column holds inf or NaN, and the caller patches it."""
     lo, hi = np.float32(x - e), np.float32(x + e)
     if e == 0.0:
-        return np.float32(0.0)
-    if lo == hi and math.copysign(1.0, lo) == math.copysign(1.0, hi) or not math.isfinite(e):
-        return hi               # (an infinite or NaN bound: a row or column the caller patches)
-    return np.float32(np.nan)
+        return np.float32(0.0), True
+    return hi, (lo == hi and math.copysign(1.0, lo) == math.copysign(1.0, hi)) or not math.isfinite(e)
 
 
 def _disjoint(ma, mb, i, j):
@@ -139,7 +138,7 @@ def _certify(r, na, nb, factor, out, rows):
     for i in range(m):
         scale = na[i] * factor
         row = 0
-        for j in range(n):
+        for j in range(n):      # _certified written out: branch-free, LLVM vectorizes it (4x faster)
             x = r[i, j]
             e = scale * nb[j] + abs(x) * 2.0 ** -52
             lo, hi = np.float32(x - e), np.float32(x + e)
@@ -158,19 +157,18 @@ def _settle(r, na, nb, factor, a, b, ma, mb, out, rows, limbs):
             continue
         scale = na[i] * factor
         for j in range(n):
-            v = _certified(r[i, j], scale * nb[j] + abs(r[i, j]) * 2.0 ** -52)
-            if v == v:
+            if _certified(r[i, j], scale * nb[j] + abs(r[i, j]) * 2.0 ** -52)[1]:
                 continue
             if ma.shape[0] and _disjoint(ma, mb, i, j):
                 out[i, j] = np.float32(0.0)
                 continue
-            v = _dot2(a, b, i, j)
-            out[i, j] = v if v == v else _exact_dot(a, b, i, j, limbs)
+            v, certain = _dot2(a, b, i, j)
+            out[i, j] = v if certain else _exact_dot(a, b, i, j, limbs)
 
 
 def _dot2(a, b, i, j):
-    """sum_q a[i, q] b[q, j] by a compensated sum, rounded to float32 where its error bound certifies
-    it, else NaN. Each product is exact in float64; TwoSum splits each addition into the rounded
+    """sum_q a[i, q] b[q, j] by a compensated sum, rounded to float32: (value, certain), certain where
+    its error bound certifies it (_certified). Each product is exact in float64; TwoSum splits each addition into the rounded
     sum s and its exact error, and c adds up the errors (K of them, each below u sum |p|), so
     |exact - (s + c)| <= gamma_K K u (1 + gamma_K) sum |p| <= (K + 2)^2 u^2 (1 + 2^-20) t, t the
     computed sum |p|; f = s + c adds u |f|, and 2^-51 |f| covers that and f +- e's own rounding
