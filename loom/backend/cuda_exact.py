@@ -236,11 +236,10 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
 
 
 # exact_rounded's certification and the later stages (loom/kernels/rounded_jit.py's docstring), in
-# CUDA C. A warp takes 32 consecutive entries, a lane each; for every entry the first stage cannot
-# certify, the whole warp sums that entry's products: a compensated sum (each lane a strided share,
-# then a butterfly of TwoSums, which leaves every lane the same values), and where that cannot
-# certify it either, an exact integer accumulator per lane (local memory), the lanes' limbs added
-# exactly and rounded once.
+# CUDA C, as two kernels: a thread per entry certifies it or lists it; then a warp per listed entry
+# sums its products: a compensated sum (each lane a strided share, then a butterfly of TwoSums,
+# which leaves every lane the same values), and where that cannot certify it either, an exact
+# integer accumulator per lane (local memory), the lanes' limbs added exactly and rounded once.
 _ROUNDED = r"""
 #define LOOM_LIMBS 21
 #define LOOM_FULL 0xffffffffu
@@ -322,67 +321,112 @@ __device__ float loom_settle(const float* a, const float* b, long long sak, long
     return loom_round_limbs(limb);
 }
 
-// I: the index type, 32-bit where the product's entries allow (64-bit divisions are slow).
+// An entry's place: row i, column j and batch indices z1, z2 of entry idx (C order over
+// [outer, inner, m, n]). I: the index type, 32-bit where the product's entries allow (64-bit
+// divisions are slow).
+template <typename I> struct LoomEntry { I i, j, z1, z2; };
+template <typename I> __device__ LoomEntry<I> loom_entry(I idx, I inner, I m, I n, bool batched) {
+    LoomEntry<I> e;
+    const I line = idx / n;
+    e.j = idx - line * n;
+    e.i = line;
+    e.z1 = e.z2 = 0;
+    if (batched) {
+        const I z = line / m;
+        e.i = line - z * m;
+        e.z1 = z / inner;
+        e.z2 = z - e.z1 * inner;
+    }
+    return e;
+}
+
+// The first stage, a thread per entry: certified entries are written; the others (and those whose
+// row or column holds inf or NaN) go on a list for loom_rounded_settle, in any order (each entry's
+// value depends on that entry alone). Kept lean: the later stages' registers and local memory in
+// this kernel cost it three quarters of its memory bandwidth.
 // sa, sb: the rows' and columns' 2-norms where rooted, else their squares (a square root per entry
 // then: small products, where one more launch would cost more).
 template <typename I> __device__ void loom_rounded_certify_body(
-        const double* r, const double* sa, const double* sb, const float* a, const float* b, float* out,
-        double factor, int rooted, I total, I inner, I m, I n, long long k,
-        long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
-        long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
+        const double* r, const double* sa, const double* sb, float* out, I* doubtful, unsigned long long* count,
+        double factor, int rooted, I total, I inner, I m, I n,
+        long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
     const int lane = threadIdx.x & 31;
     const I stride = (I)gridDim.x * blockDim.x;
     const bool batched = total != m * n;
     for (I base = ((I)blockIdx.x * blockDim.x + threadIdx.x) - lane; base < total; base += stride) {
         const I idx = base + lane;
-        float v = 0.0f;
-        bool doubtful = false;
-        I i = 0, j = 0, z1 = 0, z2 = 0;
+        bool settle = false;
         if (idx < total) {
-            const I line = idx / n;
-            j = idx - line * n;
-            i = line;
-            if (batched) {
-                const I z = line / m;
-                i = line - z * m;
-                z1 = z / inner;
-                z2 = z - z1 * inner;
-            }
+            const LoomEntry<I> e = loom_entry(idx, inner, m, n, batched);
             const double x = r[idx];
-            const double ra = sa[z1 * sr1 + z2 * sr2 + i * srm], cb = sb[z1 * sc1 + z2 * sc2 + j * scn];
+            const double ra = sa[e.z1 * sr1 + e.z2 * sr2 + e.i * srm], cb = sb[e.z1 * sc1 + e.z2 * sc2 + e.j * scn];
             const double norms = rooted ? __dmul_rn(ra, cb) : __dsqrt_rn(__dmul_rn(ra, cb));
-            doubtful = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v);
-            if (!isfinite(ra) || !isfinite(cb)) {   // a row or column holding inf or NaN: IEEE's value
-                const float special = loom_special_sum(a + z1 * sa1 + z2 * sa2 + i * sam,
-                                                       b + z1 * sb1 + z2 * sb2 + j * sbn, sak, sbk, k);
-                if (!isfinite(special)) v = special;
-            }
+            float v;
+            settle = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v)
+                     || !isfinite(norms);
+            out[idx] = v;
         }
-        for (unsigned pending = __ballot_sync(LOOM_FULL, doubtful); pending; pending &= pending - 1) {
-            const int src = __ffs(pending) - 1;
-            const I si = __shfl_sync(LOOM_FULL, i, src), sj = __shfl_sync(LOOM_FULL, j, src);
-            const I s1 = __shfl_sync(LOOM_FULL, z1, src), s2 = __shfl_sync(LOOM_FULL, z2, src);
-            const float w = loom_settle(a + s1 * sa1 + s2 * sa2 + si * sam, b + s1 * sb1 + s2 * sb2 + sj * sbn,
-                                        sak, sbk, k, lane);
-            if (lane == src) v = w;
+        const unsigned pending = __ballot_sync(LOOM_FULL, settle);
+        if (pending) {                      // one atomic per warp
+            unsigned long long at = 0;
+            if (lane == __ffs(pending) - 1) at = atomicAdd(count, (unsigned long long)__popc(pending));
+            at = __shfl_sync(LOOM_FULL, at, __ffs(pending) - 1);
+            if (settle) doubtful[at + __popc(pending & ((1u << lane) - 1))] = idx;
         }
-        if (idx < total) out[idx] = v;
     }
 }
 
-#define LOOM_CERTIFY(NAME, I) extern "C" __global__ void NAME( \
-        const double* r, const double* sa, const double* sb, const float* a, const float* b, float* out, \
-        double factor, int rooted, long long total, long long inner, long long m, long long n, long long k, \
+// The later stages, a warp per listed entry (loom_settle), or IEEE's special value where the
+// entry's row or column holds inf or NaN.
+template <typename I> __device__ void loom_rounded_settle_body(
+        const double* sa, const double* sb, const float* a, const float* b, float* out, const I* doubtful,
+        const unsigned long long* count, I total, I inner, I m, I n, long long k,
+        long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
+        long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
+    const int lane = threadIdx.x & 31;
+    const unsigned long long listed = *count, warps = (unsigned long long)gridDim.x * (blockDim.x >> 5);
+    const bool batched = total != m * n;
+    for (unsigned long long w = (blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x) >> 5; w < listed;
+         w += warps) {
+        const I idx = doubtful[w];
+        const LoomEntry<I> e = loom_entry(idx, inner, m, n, batched);
+        const float* ar = a + e.z1 * sa1 + e.z2 * sa2 + e.i * sam;
+        const float* bc = b + e.z1 * sb1 + e.z2 * sb2 + e.j * sbn;
+        if (isfinite(sa[e.z1 * sr1 + e.z2 * sr2 + e.i * srm]) && isfinite(sb[e.z1 * sc1 + e.z2 * sc2 + e.j * scn])) {
+            const float v = loom_settle(ar, bc, sak, sbk, k, lane);
+            if (lane == 0) out[idx] = v;
+        } else if (lane == 0) {
+            const float special = loom_special_sum(ar, bc, sak, sbk, k);
+            if (!isfinite(special)) out[idx] = special;
+        }
+    }
+}
+
+#define LOOM_ROUNDED(CERTIFY, SETTLE, I) \
+extern "C" __global__ void CERTIFY( \
+        const double* r, const double* sa, const double* sb, float* out, I* doubtful, unsigned long long* count, \
+        double factor, int rooted, long long total, long long inner, long long m, long long n, \
+        long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) { \
+    loom_rounded_certify_body<I>(r, sa, sb, out, doubtful, count, factor, rooted, (I)total, (I)inner, (I)m, (I)n, \
+                                 sr1, sr2, srm, sc1, sc2, scn); } \
+extern "C" __global__ void SETTLE( \
+        const double* sa, const double* sb, const float* a, const float* b, float* out, const I* doubtful, \
+        const unsigned long long* count, long long total, long long inner, long long m, long long n, long long k, \
         long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk, \
         long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) { \
-    loom_rounded_certify_body<I>(r, sa, sb, a, b, out, factor, rooted, (I)total, (I)inner, (I)m, (I)n, k, sa1, sa2, \
-                                 sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn); }
-LOOM_CERTIFY(loom_rounded_certify32, unsigned)
-LOOM_CERTIFY(loom_rounded_certify64, long long)
+    loom_rounded_settle_body<I>(sa, sb, a, b, out, doubtful, count, (I)total, (I)inner, (I)m, (I)n, k, sa1, sa2, \
+                                sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn); }
+LOOM_ROUNDED(loom_rounded_certify32, loom_rounded_settle32, unsigned)
+LOOM_ROUNDED(loom_rounded_certify64, loom_rounded_settle64, unsigned long long)
 """
 
 
 _ROOTS_FROM = 1 << 18      # entries: larger products take the norms' square roots in a launch of their own
+
+
+@lru_cache(maxsize=None)
+def _multiprocessors(device: int) -> int:
+    return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
 
 
 @lru_cache(maxsize=None)
@@ -393,14 +437,16 @@ def _rounded_module():
 def matmul_rounded(be, a, b, factor: float):
     """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
     the operands with their rows' and columns' sums of squares (one pass each), cuBLAS's float64
-    GEMM, then one kernel that certifies each entry (or settles it) and rounds it, and writes IEEE's
-    special value where a row or column holds inf or NaN (its sum of squares is then not finite)."""
+    GEMM, then a kernel that certifies and rounds each entry or lists it, and one that settles the
+    listed entries, or writes IEEE's special value where a row or column holds inf or NaN (its sum
+    of squares is then not finite)."""
     with translating("exact GEMM (rounded) operands", a, b):
         a, b = _dense(a), _dense(b)
         shape_a, shape_b = a.shape[:-1] + (1,), b.shape[:-2] + (1, b.shape[-1])
         size_a = math.prod(shape_a)
-        squares = cupy.zeros(size_a + math.prod(shape_b), dtype=np.float64)      # one memset for both
-        sa, sb = squares[:size_a].reshape(shape_a), squares[size_a:].reshape(shape_b)
+        # one memset for both sums of squares and the count of entries to settle (its last element)
+        squares = cupy.zeros(size_a + math.prod(shape_b) + 1, dtype=np.float64)
+        sa, sb = squares[:size_a].reshape(shape_a), squares[size_a:-1].reshape(shape_b)
         a64, b64 = squares_copy(a, -1, sa), squares_copy(b, -2, sb)
     r = cupy.ascontiguousarray(be.matmul(a64, b64))
     batch = r.shape[:-2] or (1,)
@@ -410,16 +456,25 @@ def matmul_rounded(be, a, b, factor: float):
     out = cupy.empty(r.shape, dtype=np.float32)
     total = r.size
     if total:
-        certify = _rounded_module().get_function("loom_rounded_certify32" if total < 1 << 31 else
-                                                 "loom_rounded_certify64")
+        wide = total >= 1 << 31
+        module = _rounded_module()
         rooted = total > _ROOTS_FROM
+        doubtful = cupy.empty(total, dtype=np.uint64 if wide else np.uint32)     # the entries to settle
+        count = squares[-1:].view(np.uint64)                                      # zeroed with the squares
+        sizes = tuple(np.int64(v) for v in (total, inner, m, n))
         with translating("exact GEMM (rounded) certification", r):
             norms = cupy.sqrt(squares) if rooted else squares
-            r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:].reshape(shape_b), batch)
-            certify((min(-(-total // 256), 1 << 16),), (256,),
-                    (r, r4, c4, a4, b4, out, np.float64(factor), np.int32(rooted),
-                     *(np.int64(v) for v in (total, inner, m, n, k)),
-                     *_elements(a4), *_elements(b4), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:])))
+            r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:-1].reshape(shape_b), batch)
+            strides = (*_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:]))
+            module.get_function("loom_rounded_certify64" if wide else "loom_rounded_certify32")(
+                (min(-(-total // 256), 1 << 16),), (256,),
+                (r, r4, c4, out, doubtful, count, np.float64(factor), np.int32(rooted), *sizes, *strides))
+            # a warp per listed entry; the grid cannot know how many (no host read), so it is one
+            # wave of the GPU (two blocks per multiprocessor: the kernel's registers allow two) whose
+            # warps take turns; a larger grid costs a few microseconds when nothing is listed
+            module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
+                (min(-(-total // 8), 2 * _multiprocessors(cupy.cuda.Device().id)),), (256,),
+                (r4, c4, a4, b4, out, doubtful, count, *sizes, np.int64(k), *_elements(a4), *_elements(b4), *strides))
     return out
 
 
