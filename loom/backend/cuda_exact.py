@@ -288,7 +288,9 @@ __device__ double loom_two_sum(double* s, double y) {
 __device__ float loom_settle(const float* a, const float* b, long long sak, long long sbk, long long k, int lane) {
     double s = 0.0, c = 0.0, t = 0.0;
     for (long long q = lane; q < k; q += 32) {
-        const double p = __dmul_rn((double)a[q * sak], (double)b[q * sbk]);    // exact: 48 bits
+        const float x = a[q * sak];
+        if (x == 0.0f) continue;            // adds nothing (finite b here); b's load is saved
+        const double p = __dmul_rn((double)x, (double)b[q * sbk]);    // exact: 48 bits
         c = __dadd_rn(c, loom_two_sum(&s, p));
         t = __dadd_rn(t, fabs(p));
     }
@@ -307,7 +309,9 @@ __device__ float loom_settle(const float* a, const float* b, long long sak, long
     long long limb[LOOM_LIMBS];
     for (int i = 0; i < LOOM_LIMBS; ++i) limb[i] = 0;
     for (long long q = lane; q < k; q += 32) {
-        const double p = __dmul_rn((double)a[q * sak], (double)b[q * sbk]);
+        const float x = a[q * sak];
+        if (x == 0.0f) continue;
+        const double p = __dmul_rn((double)x, (double)b[q * sbk]);
         if (p == 0.0) continue;
         const unsigned long long bits = (unsigned long long)__double_as_longlong(p);
         const long long sig = (long long)((bits & 0xfffffffffffffull) | (1ull << 52));
@@ -340,88 +344,117 @@ template <typename I> __device__ LoomEntry<I> loom_entry(I idx, I inner, I m, I 
     return e;
 }
 
-// The first stage, a thread per entry: certified entries are written; the others (and those whose
-// row or column holds inf or NaN) go on a list for loom_rounded_settle, in any order (each entry's
-// value depends on that entry alone). Kept lean: the later stages' registers and local memory in
-// this kernel cost it three quarters of its memory bandwidth.
-// sa, sb: the rows' and columns' 2-norms where rooted, else their squares (a square root per entry
-// then: small products, where one more launch would cost more).
-template <typename I> __device__ void loom_rounded_certify_body(
-        const double* r, const double* sa, const double* sb, float* out, I* doubtful, unsigned long long* count,
-        double factor, int rooted, I total, I inner, I m, I n,
-        long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
+// A product's operands, norms and output, and their element strides (z1, z2: batch axes; m/n:
+// rows of a / columns of b; k: the summed axis).
+struct LoomProduct {
+    const double *sa, *sb;          // the rows' and columns' 2-norms (or their squares, `rooted` 0)
+    const float *a, *b;
+    float* out;
+    long long k, sa1, sa2, sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn;
+};
+
+// The later stages for entry idx at e, every lane of the warp calling; lane 0 writes the value:
+// loom_settle's, or IEEE's special value where the entry's row or column holds inf or NaN.
+template <typename I> __device__ void loom_settle_entry(const LoomProduct& p, I idx, LoomEntry<I> e, int lane) {
+    const float* ar = p.a + e.z1 * p.sa1 + e.z2 * p.sa2 + e.i * p.sam;
+    const float* bc = p.b + e.z1 * p.sb1 + e.z2 * p.sb2 + e.j * p.sbn;
+    if (isfinite(p.sa[e.z1 * p.sr1 + e.z2 * p.sr2 + e.i * p.srm]) &&
+            isfinite(p.sb[e.z1 * p.sc1 + e.z2 * p.sc2 + e.j * p.scn])) {
+        const float v = loom_settle(ar, bc, p.sak, p.sbk, p.k, lane);
+        if (lane == 0) p.out[idx] = v;
+    } else if (lane == 0) {
+        const float special = loom_special_sum(ar, bc, p.sak, p.sbk, p.k);
+        if (!isfinite(special)) p.out[idx] = special;
+    }
+}
+
+// The first stage, a thread per entry: each entry is written certified (or provisionally), and
+// those it cannot certify (or whose row or column holds inf or NaN) are settled by the warp at once
+// (LIST false: small products, where a second launch costs more) or listed for loom_rounded_settle
+// in any order (each entry's value depends on that entry alone). The listing form is kept lean:
+// the later stages' registers and local memory in it cost three quarters of its bandwidth.
+template <typename I, bool LIST> __device__ void loom_rounded_certify_body(
+        const LoomProduct& p, const double* r, I* doubtful, unsigned long long* count, double factor, int rooted,
+        I total, I inner, I m, I n) {
     const int lane = threadIdx.x & 31;
     const I stride = (I)gridDim.x * blockDim.x;
     const bool batched = total != m * n;
     for (I base = ((I)blockIdx.x * blockDim.x + threadIdx.x) - lane; base < total; base += stride) {
         const I idx = base + lane;
         bool settle = false;
+        LoomEntry<I> e = {0, 0, 0, 0};
         if (idx < total) {
-            const LoomEntry<I> e = loom_entry(idx, inner, m, n, batched);
+            e = loom_entry(idx, inner, m, n, batched);
             const double x = r[idx];
-            const double ra = sa[e.z1 * sr1 + e.z2 * sr2 + e.i * srm], cb = sb[e.z1 * sc1 + e.z2 * sc2 + e.j * scn];
+            const double ra = p.sa[e.z1 * p.sr1 + e.z2 * p.sr2 + e.i * p.srm];
+            const double cb = p.sb[e.z1 * p.sc1 + e.z2 * p.sc2 + e.j * p.scn];
             const double norms = rooted ? __dmul_rn(ra, cb) : __dsqrt_rn(__dmul_rn(ra, cb));
             float v;
             settle = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v)
                      || !isfinite(norms);
-            out[idx] = v;
+            p.out[idx] = v;
         }
         const unsigned pending = __ballot_sync(LOOM_FULL, settle);
-        if (pending) {                      // one atomic per warp
+        if (!pending) continue;
+        if (LIST) {                         // one atomic per warp
             unsigned long long at = 0;
             if (lane == __ffs(pending) - 1) at = atomicAdd(count, (unsigned long long)__popc(pending));
             at = __shfl_sync(LOOM_FULL, at, __ffs(pending) - 1);
             if (settle) doubtful[at + __popc(pending & ((1u << lane) - 1))] = idx;
+        } else {
+            __syncwarp();                   // the provisional writes land before lane 0's
+            for (unsigned left = pending; left; left &= left - 1) {
+                const int src = __ffs(left) - 1;
+                const LoomEntry<I> se = {__shfl_sync(LOOM_FULL, e.i, src), __shfl_sync(LOOM_FULL, e.j, src),
+                                         __shfl_sync(LOOM_FULL, e.z1, src), __shfl_sync(LOOM_FULL, e.z2, src)};
+                loom_settle_entry(p, __shfl_sync(LOOM_FULL, idx, src), se, lane);
+            }
         }
     }
 }
 
-// The later stages, a warp per listed entry (loom_settle), or IEEE's special value where the
-// entry's row or column holds inf or NaN.
+// The listed entries, a warp each, the grid's warps taking turns.
 template <typename I> __device__ void loom_rounded_settle_body(
-        const double* sa, const double* sb, const float* a, const float* b, float* out, const I* doubtful,
-        const unsigned long long* count, I total, I inner, I m, I n, long long k,
-        long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk,
-        long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) {
+        const LoomProduct& p, const I* doubtful, const unsigned long long* count, I total, I inner, I m, I n) {
     const int lane = threadIdx.x & 31;
     const unsigned long long listed = *count, warps = (unsigned long long)gridDim.x * (blockDim.x >> 5);
     const bool batched = total != m * n;
     for (unsigned long long w = (blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x) >> 5; w < listed;
          w += warps) {
         const I idx = doubtful[w];
-        const LoomEntry<I> e = loom_entry(idx, inner, m, n, batched);
-        const float* ar = a + e.z1 * sa1 + e.z2 * sa2 + e.i * sam;
-        const float* bc = b + e.z1 * sb1 + e.z2 * sb2 + e.j * sbn;
-        if (isfinite(sa[e.z1 * sr1 + e.z2 * sr2 + e.i * srm]) && isfinite(sb[e.z1 * sc1 + e.z2 * sc2 + e.j * scn])) {
-            const float v = loom_settle(ar, bc, sak, sbk, k, lane);
-            if (lane == 0) out[idx] = v;
-        } else if (lane == 0) {
-            const float special = loom_special_sum(ar, bc, sak, sbk, k);
-            if (!isfinite(special)) out[idx] = special;
-        }
+        loom_settle_entry(p, idx, loom_entry(idx, inner, m, n, batched), lane);
     }
 }
 
+#define LOOM_PRODUCT_ARGS const double* sa, const double* sb, const float* a, const float* b, float* out, \
+        long long k, long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, \
+        long long sbk, long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, \
+        long long scn
+#define LOOM_PRODUCT {sa, sb, a, b, out, k, sa1, sa2, sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn}
 #define LOOM_ROUNDED(CERTIFY, SETTLE, I) \
-extern "C" __global__ void CERTIFY( \
-        const double* r, const double* sa, const double* sb, float* out, I* doubtful, unsigned long long* count, \
-        double factor, int rooted, long long total, long long inner, long long m, long long n, \
-        long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) { \
-    loom_rounded_certify_body<I>(r, sa, sb, out, doubtful, count, factor, rooted, (I)total, (I)inner, (I)m, (I)n, \
-                                 sr1, sr2, srm, sc1, sc2, scn); } \
-extern "C" __global__ void SETTLE( \
-        const double* sa, const double* sb, const float* a, const float* b, float* out, const I* doubtful, \
-        const unsigned long long* count, long long total, long long inner, long long m, long long n, long long k, \
-        long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, long long sbk, \
-        long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, long long scn) { \
-    loom_rounded_settle_body<I>(sa, sb, a, b, out, doubtful, count, (I)total, (I)inner, (I)m, (I)n, k, sa1, sa2, \
-                                sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn); }
+extern "C" __global__ void CERTIFY(LOOM_PRODUCT_ARGS, const double* r, I* doubtful, unsigned long long* count, \
+        double factor, int rooted, long long total, long long inner, long long m, long long n) { \
+    const LoomProduct p = LOOM_PRODUCT; \
+    loom_rounded_certify_body<I, true>(p, r, doubtful, count, factor, rooted, (I)total, (I)inner, (I)m, (I)n); } \
+extern "C" __global__ void SETTLE(LOOM_PRODUCT_ARGS, const I* doubtful, const unsigned long long* count, \
+        long long total, long long inner, long long m, long long n) { \
+    const LoomProduct p = LOOM_PRODUCT; \
+    loom_rounded_settle_body<I>(p, doubtful, count, (I)total, (I)inner, (I)m, (I)n); }
 LOOM_ROUNDED(loom_rounded_certify32, loom_rounded_settle32, unsigned)
 LOOM_ROUNDED(loom_rounded_certify64, loom_rounded_settle64, unsigned long long)
+extern "C" __global__ void loom_rounded_certify_settle(LOOM_PRODUCT_ARGS, const double* r, double factor, int rooted,
+        long long total, long long inner, long long m, long long n) {
+    const LoomProduct p = LOOM_PRODUCT;
+    loom_rounded_certify_body<unsigned, false>(p, r, nullptr, nullptr, factor, rooted, (unsigned)total,
+                                               (unsigned)inner, (unsigned)m, (unsigned)n);
+}
 """
 
 
 _ROOTS_FROM = 1 << 18      # entries: larger products take the norms' square roots in a launch of their own
+# Products up to this many entries certify and settle in one kernel (launch-bound ones: a second
+# launch cost the MLP at batch 32 about 5%); larger ones list the entries left for a second kernel.
+_SETTLE_INSIDE_MAX = 1 << 18
 
 
 @lru_cache(maxsize=None)
@@ -459,22 +492,27 @@ def matmul_rounded(be, a, b, factor: float):
         wide = total >= 1 << 31
         module = _rounded_module()
         rooted = total > _ROOTS_FROM
-        doubtful = cupy.empty(total, dtype=np.uint64 if wide else np.uint32)     # the entries to settle
-        count = squares[-1:].view(np.uint64)                                      # zeroed with the squares
         sizes = tuple(np.int64(v) for v in (total, inner, m, n))
         with translating("exact GEMM (rounded) certification", r):
             norms = cupy.sqrt(squares) if rooted else squares
             r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:-1].reshape(shape_b), batch)
-            strides = (*_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:]))
+            product = (r4, c4, a4, b4, out, np.int64(k), *_elements(a4), *_elements(b4), *_elements(r4)[:3],
+                       *(_elements(c4)[:2] + _elements(c4)[3:]))
+            blocks = (min(-(-total // 256), 1 << 16),)
+            if total <= _SETTLE_INSIDE_MAX:
+                module.get_function("loom_rounded_certify_settle")(
+                    blocks, (256,), (*product, r, np.float64(factor), np.int32(rooted), *sizes))
+                return out
+            doubtful = cupy.empty(total, dtype=np.uint64 if wide else np.uint32)     # the entries to settle
+            count = squares[-1:].view(np.uint64)                                      # zeroed with the squares
             module.get_function("loom_rounded_certify64" if wide else "loom_rounded_certify32")(
-                (min(-(-total // 256), 1 << 16),), (256,),
-                (r, r4, c4, out, doubtful, count, np.float64(factor), np.int32(rooted), *sizes, *strides))
+                blocks, (256,), (*product, r, doubtful, count, np.float64(factor), np.int32(rooted), *sizes))
             # a warp per listed entry; the grid cannot know how many (no host read), so it is one
             # wave of the GPU (two blocks per multiprocessor: the kernel's registers allow two) whose
             # warps take turns; a larger grid costs a few microseconds when nothing is listed
             module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
                 (min(-(-total // 8), 2 * _multiprocessors(cupy.cuda.Device().id)),), (256,),
-                (r4, c4, a4, b4, out, doubtful, count, *sizes, np.int64(k), *_elements(a4), *_elements(b4), *strides))
+                (*product, doubtful, count, *sizes))
     return out
 
 

@@ -214,6 +214,7 @@ _TYPES = {  # dtype -> (pattern type, pattern of x, |x| mask, infinity's pattern
 _PATTERN = {np.dtype(np.float32): np.uint32, np.dtype(np.float64): np.uint64}
 _BUSY_WARPS = 8192          # 132 SMs x 64 resident warps: enough tasks to keep the device busy
 _BUSY_BLOCKS = 1024
+_SHORT = 32                 # rows this short leave most of an "along" warp's lanes idle (im2col's 9)
 _SMALL_SUM = 1 << 16        # elements up to which a sum takes one launch (_BLOCKS) instead of four
 
 
@@ -261,7 +262,7 @@ def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
     x, outputs, length, kept, sb, sk, sr = _layout(x, axes)
     geometry = tuple(np.int64(v) for v in (outputs, length, kept, sb, sk, sr))
     module = _module(np.dtype(dtype))
-    if sr == 1 or sk != 1:                          # along: one warp per (output, part)
+    if (sr == 1 and length > _SHORT) or (sk != 1 and sr != 1):       # along: one warp per (output, part)
         splits = max(1, min(-(-length // 256), -(-_BUSY_WARPS // outputs)))
         chunk = -(-length // splits)
         chunk = -(-chunk // 32) * 32
@@ -269,7 +270,7 @@ def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
         blocks = -(-outputs * splits // 8)
         module.get_function(name + "_along")((blocks,), (256,), (x, *args, *geometry, np.int64(splits),
                                                                   np.int64(chunk)))
-    else:                                           # across: 32 outputs per block, rows in parts
+    else:   # across: 32 outputs per block, rows in parts (short rows too: the block reads one stretch)
         columns = -(-outputs // 32)
         splits = max(1, min(-(-length // 64), -(-_BUSY_BLOCKS // columns), 65535))
         chunk = -(-length // splits)
