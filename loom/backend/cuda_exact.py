@@ -455,6 +455,9 @@ _ROOTS_FROM = 1 << 18      # entries: larger products take the norms' square roo
 # Products up to this many entries certify and settle in one kernel (launch-bound ones: a second
 # launch cost the MLP at batch 32 about 5%); larger ones list the entries left for a second kernel.
 _SETTLE_INSIDE_MAX = 1 << 18
+# the certification's grid: 32 blocks of 256 per multiprocessor, each thread then taking several
+# entries (H100: convnet step 1.680 -> 1.671 ms, encoder 54.9 -> 54.4 ms against a block per 256)
+_CERTIFY_BLOCKS_PER_SM = 32
 
 
 @lru_cache(maxsize=None)
@@ -498,7 +501,7 @@ def matmul_rounded(be, a, b, factor: float):
             r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:-1].reshape(shape_b), batch)
             product = (r4, c4, a4, b4, out, np.int64(k), *_elements(a4), *_elements(b4), *_elements(r4)[:3],
                        *(_elements(c4)[:2] + _elements(c4)[3:]))
-            blocks = (min(-(-total // 256), 1 << 16),)
+            blocks = (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * _multiprocessors(cupy.cuda.Device().id)),)
             if total <= _SETTLE_INSIDE_MAX:
                 module.get_function("loom_rounded_certify_settle")(
                     blocks, (256,), (*product, r, np.float64(factor), np.int32(rooted), *sizes))
