@@ -143,7 +143,8 @@ def _certify(r, na, nb, factor, out, rows):
             e = scale * nb[j] + abs(x) * 2.0 ** -52
             lo, hi = np.float32(x - e), np.float32(x + e)
             out[i, j] = hi if e != 0.0 else np.float32(0.0)
-            row += (lo != hi or math.copysign(1.0, lo) != math.copysign(1.0, hi)) and math.isfinite(e)
+            # bits compared (-0 and +0 differ), and e < inf for "finite" (e >= 0): 50 -> 34 us at 256 x 256
+            row += np.int64(lo.view(np.int32) != hi.view(np.int32)) & np.int64(e < np.inf)
         rows[i] = row != 0
         doubtful += row
     return doubtful
@@ -156,8 +157,10 @@ def _settle(r, na, nb, factor, a, b, ma, mb, out, rows, limbs):
         if not rows[i]:
             continue
         scale = na[i] * factor
-        for j in range(n):
-            if _certified(r[i, j], scale * nb[j] + abs(r[i, j]) * 2.0 ** -52)[1]:
+        for j in range(n):      # _certify's test again, as cheaply (most of a marked row certifies)
+            x = r[i, j]
+            e = scale * nb[j] + abs(x) * 2.0 ** -52
+            if np.float32(x - e).view(np.int32) == np.float32(x + e).view(np.int32) or not e < np.inf:
                 continue
             if ma.shape[0] and _disjoint(ma, mb, i, j):
                 out[i, j] = np.float32(0.0)
