@@ -501,7 +501,8 @@ def matmul_rounded(be, a, b, factor: float):
             r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:-1].reshape(shape_b), batch)
             product = (r4, c4, a4, b4, out, np.int64(k), *_elements(a4), *_elements(b4), *_elements(r4)[:3],
                        *(_elements(c4)[:2] + _elements(c4)[3:]))
-            blocks = (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * _multiprocessors(cupy.cuda.Device().id)),)
+            sms = _multiprocessors(cupy.cuda.Device().id)
+            blocks = (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * sms),)
             if total <= _SETTLE_INSIDE_MAX:
                 module.get_function("loom_rounded_certify_settle")(
                     blocks, (256,), (*product, r, np.float64(factor), np.int32(rooted), *sizes))
@@ -514,7 +515,7 @@ def matmul_rounded(be, a, b, factor: float):
             # wave of the GPU (two blocks per multiprocessor: the kernel's registers allow two) whose
             # warps take turns; a larger grid costs a few microseconds when nothing is listed
             module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
-                (min(-(-total // 8), 2 * _multiprocessors(cupy.cuda.Device().id)),), (256,),
+                (min(-(-total // 8), 2 * sms),), (256,),
                 (*product, doubtful, count, *sizes))
     return out
 
