@@ -1,7 +1,9 @@
-"""Deterministic mode's two float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
-in the same run: the correctly rounded product (loom/kernels/exact_rounded.py, used for K <= 2048)
-and the integer slices (used beyond), each forced for every shape here by setting
-exact_rounded.MAX_K. Also the share of entries the float64 GEMM's bound leaves to the later stages.
+"""Deterministic mode's float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
+in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
+the same summed in pieces (where K > 2048 and the pieces fit: exact_rounded.span), and the integer
+slices, each forced for every shape here by setting exact_rounded.MAX_K (and MAX_PIECE_ENTRIES);
+"shipped" names the one exact.matmul takes. Also the share of entries the one float64 GEMM's bound
+leaves to the later stages.
 
     PYTHONPATH=. python benchmarks/exact_schemes.py            # GPU (device machine)
     .venv/bin/python benchmarks/exact_schemes.py --cpu          # CPU (2 BLAS threads)
@@ -21,8 +23,10 @@ from loom import backend  # noqa: E402
 from loom.kernels import exact, exact_rounded  # noqa: E402
 
 GPU_SHAPES = [(4096, 784, 4096), (4096, 2048, 4096), (4096, 4096, 4096), (8192, 512, 2048), (8192, 2048, 512),
-              (256 * 784, 288, 32), (256 * 784, 32, 288), (32, 784, 256)]
-CPU_SHAPES = [(256, 784, 256), (32, 784, 256), (256, 32, 784), (1024, 1024, 1024)]
+              (256 * 784, 288, 32), (256 * 784, 32, 288), (32, 784, 256),
+              # weight gradients (K = batch x positions): the convnet's second convolution, the encoder's
+              (288, 256 * 196, 64), (512, 32 * 256, 512), (512, 32 * 256, 2048)]
+CPU_SHAPES = [(256, 784, 256), (32, 784, 256), (256, 32, 784), (1024, 1024, 1024), (288, 64 * 196, 64)]
 
 
 def timed(fn, sync, gpu: bool) -> float:
@@ -52,22 +56,31 @@ def main():
     gpu = "--cpu" not in sys.argv
     be = backend.get("cuda" if gpu else "cpu")
     rng = np.random.default_rng(0)
-    limit = exact_rounded.MAX_K
-    print(f"{'M x K x N':<20}{'rounded ms':>12}{'slices ms':>12}{'float32 ms':>12}{'uncertified %':>15}")
+    print(f"{'M x K x N':<20}{'rounded ms':>12}{'pieces ms':>12}{'slices ms':>12}{'float32 ms':>12}"
+          f"{'shipped':>9}{'uncertified %':>15}")
     for m, k, n in GPU_SHAPES if gpu else CPU_SHAPES:
         a = be.asarray(rng.standard_normal((m, k), dtype=np.float32))
         b = be.asarray(rng.standard_normal((k, n), dtype=np.float32))
-        try:
-            exact_rounded.MAX_K = 1 << 14
-            rounded = timed(lambda: exact.matmul(a, b), be.synchronize, gpu)
-            exact_rounded.MAX_K = 0
-            sliced = timed(lambda: exact.matmul(a, b), be.synchronize, gpu)
-        finally:
-            exact_rounded.MAX_K = limit
+        split = exact_rounded.span(k, m * n)
+        shipped = "slices" if split is None else "rounded" if split[1] == 1 else "pieces"
+        rounded = forced(lambda: exact.matmul(a, b), be, gpu, max_k=1 << 30)
+        pieces = forced(lambda: exact.matmul(a, b), be, gpu, max_k=exact_rounded.MAX_K, pieces=1 << 62) \
+            if k > exact_rounded.MAX_K else float("nan")
+        sliced = forced(lambda: exact.matmul(a, b), be, gpu, max_k=0)
         vendor = timed(lambda: be.matmul(a, b), be.synchronize, gpu)
-        print(f"{f'{m}x{k}x{n}':<20}{rounded:>12.3f}{sliced:>12.3f}{vendor:>12.3f}{uncertified(a, b):>15.3f}",
-              flush=True)
+        print(f"{f'{m}x{k}x{n}':<20}{rounded:>12.3f}{pieces:>12.3f}{sliced:>12.3f}{vendor:>12.3f}{shipped:>9}"
+              f"{uncertified(a, b):>15.3f}", flush=True)
 
+
+def forced(fn, be, gpu: bool, max_k: int, pieces: int = 0) -> float:
+    """fn's time with exact_rounded's limits set: max_k 0 forces the slices, a huge one a single
+    float64 GEMM; `pieces` lifts the memory limit on the pieces."""
+    saved = exact_rounded.MAX_K, exact_rounded.MAX_PIECE_ENTRIES
+    exact_rounded.MAX_K, exact_rounded.MAX_PIECE_ENTRIES = max_k, pieces or saved[1]
+    try:
+        return timed(fn, be.synchronize, gpu)
+    finally:
+        exact_rounded.MAX_K, exact_rounded.MAX_PIECE_ENTRIES = saved
 
 if __name__ == "__main__":
     main()

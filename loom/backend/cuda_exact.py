@@ -284,31 +284,58 @@ __device__ double loom_two_sum(double* s, double y) {
     return __dadd_rn(__dsub_rn(x, __dsub_rn(total, back)), __dsub_rn(y, back));
 }
 
-// The warp's two later stages for one entry (row a, column b, k products), every lane calling.
-__device__ float loom_settle(const float* a, const float* b, long long sak, long long sbk, long long k, int lane) {
-    double s = 0.0, c = 0.0, t = 0.0;
-    for (long long q = lane; q < k; q += 32) {
+// One product x y added to a compensated sum (s, c) and to t, the sum of magnitudes.
+__device__ __forceinline__ void loom_dot2_add(float x, float y, double* s, double* c, double* t) {
+    const double p = __dmul_rn((double)x, (double)y);     // exact: 48 bits
+    *c = __dadd_rn(*c, loom_two_sum(s, p));
+    *t = __dadd_rn(*t, fabs(p));
+}
+
+// A thread's share of an entry's compensated sum: products first, first + step, ... of the k, four
+// at a time so that their loads are in flight together (long strided sums are latency-bound).
+__device__ void loom_dot2_share(const float* a, const float* b, long long sak, long long sbk, long long k,
+                                long long first, long long step, double* s, double* c, double* t) {
+    long long q = first;
+    for (; q + 3 * step < k; q += 4 * step) {
+        float x[4], y[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) x[u] = a[(q + u * step) * sak];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) y[u] = x[u] != 0.0f ? b[(q + u * step) * sbk] : 0.0f;  // b's load saved
+#pragma unroll
+        for (int u = 0; u < 4; ++u)
+            if (x[u] != 0.0f) loom_dot2_add(x[u], y[u], s, c, t);     // adds nothing otherwise (finite b)
+    }
+    for (; q < k; q += step) {
         const float x = a[q * sak];
-        if (x == 0.0f) continue;            // adds nothing (finite b here); b's load is saved
-        const double p = __dmul_rn((double)x, (double)b[q * sbk]);    // exact: 48 bits
-        c = __dadd_rn(c, loom_two_sum(&s, p));
-        t = __dadd_rn(t, fabs(p));
+        if (x != 0.0f) loom_dot2_add(x, b[q * sbk], s, c, t);
     }
-    for (int o = 16; o; o >>= 1) {          // TwoSum is symmetric: lanes l and l ^ o end up equal
-        const double so = __shfl_xor_sync(LOOM_FULL, s, o), co = __shfl_xor_sync(LOOM_FULL, c, o);
-        const double err = loom_two_sum(&s, so);
-        c = __dadd_rn(__dadd_rn(c, co), err);
-        t = __dadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
+}
+
+// The warp's shares combined; TwoSum is symmetric: lanes l and l ^ o end up equal, so every lane
+// ends with the warp's values.
+__device__ void loom_dot2_warp(double* s, double* c, double* t) {
+    for (int o = 16; o; o >>= 1) {
+        const double so = __shfl_xor_sync(LOOM_FULL, *s, o), co = __shfl_xor_sync(LOOM_FULL, *c, o);
+        const double err = loom_two_sum(s, so);
+        *c = __dadd_rn(__dadd_rn(*c, co), err);
+        *t = __dadd_rn(*t, __shfl_xor_sync(LOOM_FULL, *t, o));
     }
-    // K + 31 errors, each below u t: (K + 64)^2 u^2 (1 + 2^-20) t bounds their rounded sum's error
-    const double f = __dadd_rn(s, c), kk = (double)k + 64.0;
-    float v;
-    if (loom_certified(f, __dadd_rn(__dmul_rn(__dmul_rn(__dmul_rn(kk, kk), 0x1.00001p-106), t),
-                                    __dmul_rn(fabs(f), 0x1p-51)), &v))
-        return v;
-    long long limb[LOOM_LIMBS];
+}
+
+// The compensated sum s + c certified: its n error terms (k products' and the combinations'), each
+// below u t, leave at most kk^2 u^2 (1 + 2^-20) t, kk >= n + 32, in their rounded sum.
+__device__ bool loom_dot2_certified(double s, double c, double t, double kk, float* v) {
+    const double f = __dadd_rn(s, c);
+    return loom_certified(f, __dadd_rn(__dmul_rn(__dmul_rn(__dmul_rn(kk, kk), 0x1.00001p-106), t),
+                                       __dmul_rn(fabs(f), 0x1p-51)), v);
+}
+
+// A thread's share of an entry's exact sum, added into its limbs (zeroed here).
+__device__ void loom_exact_share(const float* a, const float* b, long long sak, long long sbk, long long k,
+                                 long long first, long long step, long long* limb) {
     for (int i = 0; i < LOOM_LIMBS; ++i) limb[i] = 0;
-    for (long long q = lane; q < k; q += 32) {
+    for (long long q = first; q < k; q += step) {
         const float x = a[q * sak];
         if (x == 0.0f) continue;
         const double p = __dmul_rn((double)x, (double)b[q * sbk]);
@@ -320,9 +347,87 @@ __device__ float loom_settle(const float* a, const float* b, long long sak, long
         if (bits >> 63) { limb[w] -= low; limb[w + 1] -= rest & 0xffffffffll; limb[w + 2] -= rest >> 32; }
         else { limb[w] += low; limb[w + 1] += rest & 0xffffffffll; limb[w + 2] += rest >> 32; }
     }
-    for (int i = 0; i < LOOM_LIMBS; ++i)    // below 2^(32 + 12) each: the lanes' sums stay exact
+}
+
+// The warp's two later stages for one entry (row a, column b, k products), every lane calling.
+__device__ float loom_settle(const float* a, const float* b, long long sak, long long sbk, long long k, int lane) {
+    double s = 0.0, c = 0.0, t = 0.0;
+    loom_dot2_share(a, b, sak, sbk, k, lane, 32, &s, &c, &t);
+    loom_dot2_warp(&s, &c, &t);
+    float v;
+    if (loom_dot2_certified(s, c, t, (double)k + 64.0, &v))     // K + 31 error terms
+        return v;
+    long long limb[LOOM_LIMBS];
+    loom_exact_share(a, b, sak, sbk, k, lane, 32, limb);
+    for (int i = 0; i < LOOM_LIMBS; ++i)    // each below 2^32 k: the lanes' sums stay exact (k < 2^31)
         for (int o = 16; o; o >>= 1) limb[i] += __shfl_xor_sync(LOOM_FULL, limb[i], o);
     return loom_round_limbs(limb);
+}
+
+// loom_special_sum for long sums by a block (LOOM_TEAM threads, every one calling): the terms'
+// shares added in any order, as only a non-finite outcome is used and that does not depend on the
+// order. The value is thread 0's.
+__device__ float loom_special_team(const float* a, const float* b, long long sak, long long sbk, long long k) {
+    __shared__ float shared_f[32];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    float sp = 0.0f;
+    for (long long q = tid; q < k; q += blockDim.x)
+        sp = __fadd_rn(sp, __fmul_rn(loom_mark(a[q * sak]), loom_mark(b[q * sbk])));
+    for (int o = 16; o; o >>= 1) sp = __fadd_rn(sp, __shfl_xor_sync(LOOM_FULL, sp, o));
+    if (lane == 0) shared_f[warp] = sp;
+    __syncthreads();
+    float total = 0.0f;
+    if (tid == 0)
+        for (int w = 0; w < (int)(blockDim.x >> 5); ++w) total = __fadd_rn(total, shared_f[w]);
+    __syncthreads();                        // shared_f free for the next entry
+    return total;
+}
+
+// The same for long sums, a block of LOOM_TEAM threads sharing one entry's products (a warp alone
+// would walk K / 32 strided loads one after another: milliseconds at K = 200704). The warps'
+// values are combined by warp 0 in a fixed order, the limbs by exact integer sums. The value is
+// thread 0's; every thread of the block calls.
+#define LOOM_TEAM 256
+__device__ float loom_settle_team(const float* a, const float* b, long long sak, long long sbk, long long k) {
+    __shared__ double shared_d[3][LOOM_TEAM / 32];
+    __shared__ long long shared_limb[LOOM_TEAM / 32][LOOM_LIMBS];
+    __shared__ int decided;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    double s = 0.0, c = 0.0, t = 0.0;
+    loom_dot2_share(a, b, sak, sbk, k, tid, LOOM_TEAM, &s, &c, &t);
+    loom_dot2_warp(&s, &c, &t);
+    if (lane == 0) { shared_d[0][warp] = s; shared_d[1][warp] = c; shared_d[2][warp] = t; }
+    __syncthreads();
+    float v = 0.0f;
+    if (warp == 0) {
+        const bool mine = lane < LOOM_TEAM / 32;
+        s = mine ? shared_d[0][lane] : 0.0; c = mine ? shared_d[1][lane] : 0.0; t = mine ? shared_d[2][lane] : 0.0;
+        loom_dot2_warp(&s, &c, &t);
+        // K error terms from the products, 31 per warp and 31 more from combining: K + 279 < K + 512 - 32
+        const bool certain = loom_dot2_certified(s, c, t, (double)k + 512.0, &v);
+        if (tid == 0) decided = certain;
+    }
+    __syncthreads();
+    if (decided) {
+        __syncthreads();                    // every thread has read `decided` before the next entry's write
+        return v;
+    }
+    long long limb[LOOM_LIMBS];
+    loom_exact_share(a, b, sak, sbk, k, tid, LOOM_TEAM, limb);
+    for (int i = 0; i < LOOM_LIMBS; ++i) {  // each below 2^32 k: every sum here stays exact (k < 2^31)
+        for (int o = 16; o; o >>= 1) limb[i] += __shfl_xor_sync(LOOM_FULL, limb[i], o);
+        if (lane == 0) shared_limb[warp][i] = limb[i];
+    }
+    __syncthreads();
+    if (tid == 0) {
+        for (int i = 0; i < LOOM_LIMBS; ++i) {
+            limb[i] = 0;
+            for (int w = 0; w < LOOM_TEAM / 32; ++w) limb[i] += shared_limb[w][i];
+        }
+        v = loom_round_limbs(limb);
+    }
+    __syncthreads();                        // shared memory free for the next entry
+    return v;
 }
 
 // An entry's place: row i, column j and batch indices z1, z2 of entry idx (C order over
@@ -353,13 +458,20 @@ struct LoomProduct {
     long long k, sa1, sa2, sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn;
 };
 
+// Entry e's row of a and column of b; false where either holds inf or NaN (its norm is not finite).
+template <typename I> __device__ bool loom_entry_lines(const LoomProduct& p, LoomEntry<I> e, const float** ar,
+                                                       const float** bc) {
+    *ar = p.a + e.z1 * p.sa1 + e.z2 * p.sa2 + e.i * p.sam;
+    *bc = p.b + e.z1 * p.sb1 + e.z2 * p.sb2 + e.j * p.sbn;
+    return isfinite(p.sa[e.z1 * p.sr1 + e.z2 * p.sr2 + e.i * p.srm]) &&
+           isfinite(p.sb[e.z1 * p.sc1 + e.z2 * p.sc2 + e.j * p.scn]);
+}
+
 // The later stages for entry idx at e, every lane of the warp calling; lane 0 writes the value:
 // loom_settle's, or IEEE's special value where the entry's row or column holds inf or NaN.
 template <typename I> __device__ void loom_settle_entry(const LoomProduct& p, I idx, LoomEntry<I> e, int lane) {
-    const float* ar = p.a + e.z1 * p.sa1 + e.z2 * p.sa2 + e.i * p.sam;
-    const float* bc = p.b + e.z1 * p.sb1 + e.z2 * p.sb2 + e.j * p.sbn;
-    if (isfinite(p.sa[e.z1 * p.sr1 + e.z2 * p.sr2 + e.i * p.srm]) &&
-            isfinite(p.sb[e.z1 * p.sc1 + e.z2 * p.sc2 + e.j * p.scn])) {
+    const float *ar, *bc;
+    if (loom_entry_lines(p, e, &ar, &bc)) {
         const float v = loom_settle(ar, bc, p.sak, p.sbk, p.k, lane);
         if (lane == 0) p.out[idx] = v;
     } else if (lane == 0) {
@@ -426,12 +538,30 @@ template <typename I> __device__ void loom_rounded_settle_body(
     }
 }
 
+// The listed entries of a long product (K > _TEAM_FROM), a block each, the grid's blocks taking turns.
+template <typename I> __device__ void loom_rounded_settle_team_body(
+        const LoomProduct& p, const I* doubtful, const unsigned long long* count, I total, I inner, I m, I n) {
+    const unsigned long long listed = *count;
+    const bool batched = total != m * n;
+    for (unsigned long long w = blockIdx.x; w < listed; w += gridDim.x) {
+        const I idx = doubtful[w];
+        const float *ar, *bc;
+        if (loom_entry_lines(p, loom_entry(idx, inner, m, n, batched), &ar, &bc)) {
+            const float v = loom_settle_team(ar, bc, p.sak, p.sbk, p.k);
+            if (threadIdx.x == 0) p.out[idx] = v;
+        } else {
+            const float special = loom_special_team(ar, bc, p.sak, p.sbk, p.k);
+            if (threadIdx.x == 0 && !isfinite(special)) p.out[idx] = special;
+        }
+    }
+}
+
 #define LOOM_PRODUCT_ARGS const double* sa, const double* sb, const float* a, const float* b, float* out, \
         long long k, long long sa1, long long sa2, long long sam, long long sak, long long sb1, long long sb2, \
         long long sbk, long long sbn, long long sr1, long long sr2, long long srm, long long sc1, long long sc2, \
         long long scn
 #define LOOM_PRODUCT {sa, sb, a, b, out, k, sa1, sa2, sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn}
-#define LOOM_ROUNDED(CERTIFY, SETTLE, I) \
+#define LOOM_ROUNDED(CERTIFY, SETTLE, TEAM, I) \
 extern "C" __global__ void CERTIFY(LOOM_PRODUCT_ARGS, const double* r, I* doubtful, unsigned long long* count, \
         double factor, int rooted, long long total, long long inner, long long m, long long n) { \
     const LoomProduct p = LOOM_PRODUCT; \
@@ -439,9 +569,13 @@ extern "C" __global__ void CERTIFY(LOOM_PRODUCT_ARGS, const double* r, I* doubtf
 extern "C" __global__ void SETTLE(LOOM_PRODUCT_ARGS, const I* doubtful, const unsigned long long* count, \
         long long total, long long inner, long long m, long long n) { \
     const LoomProduct p = LOOM_PRODUCT; \
-    loom_rounded_settle_body<I>(p, doubtful, count, (I)total, (I)inner, (I)m, (I)n); }
-LOOM_ROUNDED(loom_rounded_certify32, loom_rounded_settle32, unsigned)
-LOOM_ROUNDED(loom_rounded_certify64, loom_rounded_settle64, unsigned long long)
+    loom_rounded_settle_body<I>(p, doubtful, count, (I)total, (I)inner, (I)m, (I)n); } \
+extern "C" __global__ void __launch_bounds__(LOOM_TEAM) TEAM(LOOM_PRODUCT_ARGS, const I* doubtful, \
+        const unsigned long long* count, long long total, long long inner, long long m, long long n) { \
+    const LoomProduct p = LOOM_PRODUCT; \
+    loom_rounded_settle_team_body<I>(p, doubtful, count, (I)total, (I)inner, (I)m, (I)n); }
+LOOM_ROUNDED(loom_rounded_certify32, loom_rounded_settle32, loom_rounded_settle_team32, unsigned)
+LOOM_ROUNDED(loom_rounded_certify64, loom_rounded_settle64, loom_rounded_settle_team64, unsigned long long)
 extern "C" __global__ void loom_rounded_certify_settle(LOOM_PRODUCT_ARGS, const double* r, double factor, int rooted,
         long long total, long long inner, long long m, long long n) {
     const LoomProduct p = LOOM_PRODUCT;
@@ -458,6 +592,9 @@ _SETTLE_INSIDE_MAX = 1 << 18
 # the certification's grid: 32 blocks of 256 per multiprocessor, each thread then taking several
 # entries (H100: convnet step 1.680 -> 1.671 ms, encoder 54.9 -> 54.4 ms against a block per 256)
 _CERTIFY_BLOCKS_PER_SM = 32
+# sums longer than this (exact_rounded's pieces) are settled by a block of 256 per listed entry, and
+# never inside the first kernel: a warp walks K / 32 strided loads in turn (milliseconds at K = 200704)
+_TEAM_FROM = 2048
 
 
 @lru_cache(maxsize=None)
@@ -470,10 +607,10 @@ def _rounded_module():
     return cupy.RawModule(code="typedef float T;\n" + TOP_EXPONENT + _GUARD + _ROUNDED, options=OPTIONS)
 
 
-def matmul_rounded(be, a, b, factor: float):
+def matmul_rounded(be, a, b, factor: float, product):
     """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
-    the operands with their rows' and columns' sums of squares (one pass each), cuBLAS's float64
-    GEMM, then a kernel that certifies and rounds each entry or lists it, and one that settles the
+    the operands with their rows' and columns' sums of squares (one pass each), their float64 product
+    (`product(a64, b64)`: cuBLAS's GEMM, or the sum of its pieces', whose error `factor` bounds), then a kernel that certifies and rounds each entry or lists it, and one that settles the
     listed entries, or writes IEEE's special value where a row or column holds inf or NaN (its sum
     of squares is then not finite)."""
     with translating("exact GEMM (rounded) operands", a, b):
@@ -484,7 +621,7 @@ def matmul_rounded(be, a, b, factor: float):
         squares = cupy.zeros(size_a + math.prod(shape_b) + 1, dtype=np.float64)
         sa, sb = squares[:size_a].reshape(shape_a), squares[size_a:-1].reshape(shape_b)
         a64, b64 = squares_copy(a, -1, sa), squares_copy(b, -2, sb)
-    r = cupy.ascontiguousarray(be.matmul(a64, b64))
+    r = cupy.ascontiguousarray(product(a64, b64))
     batch = r.shape[:-2] or (1,)
     a4, b4 = _batched(a, batch), _batched(b, batch)
     outer, inner, m, k = a4.shape
@@ -503,7 +640,8 @@ def matmul_rounded(be, a, b, factor: float):
                        *(_elements(c4)[:2] + _elements(c4)[3:]))
             sms = _multiprocessors(cupy.cuda.Device().id)
             blocks = (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * sms),)
-            if total <= _SETTLE_INSIDE_MAX:
+            team = k > _TEAM_FROM
+            if total <= _SETTLE_INSIDE_MAX and not team:
                 module.get_function("loom_rounded_certify_settle")(
                     blocks, (256,), (*product, r, np.float64(factor), np.int32(rooted), *sizes))
                 return out
@@ -511,12 +649,16 @@ def matmul_rounded(be, a, b, factor: float):
             count = squares[-1:].view(np.uint64)                                      # zeroed with the squares
             module.get_function("loom_rounded_certify64" if wide else "loom_rounded_certify32")(
                 blocks, (256,), (*product, r, doubtful, count, np.float64(factor), np.int32(rooted), *sizes))
-            # a warp per listed entry; the grid cannot know how many (no host read), so it is one
-            # wave of the GPU (two blocks per multiprocessor: the kernel's registers allow two) whose
-            # warps take turns; a larger grid costs a few microseconds when nothing is listed
-            module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
-                (min(-(-total // 8), 2 * sms),), (256,),
-                (*product, doubtful, count, *sizes))
+            # a warp per listed entry (a block for long sums); the grid cannot know how many (no
+            # host read), so it is one wave of the GPU (two blocks per multiprocessor: the kernel's
+            # registers allow two) whose warps take turns; a larger grid costs a few microseconds
+            # when nothing is listed
+            if team:
+                module.get_function("loom_rounded_settle_team64" if wide else "loom_rounded_settle_team32")(
+                    (min(total, 2 * sms),), (256,), (*product, doubtful, count, *sizes))
+            else:
+                module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
+                    (min(-(-total // 8), 2 * sms),), (256,), (*product, doubtful, count, *sizes))
     return out
 
 

@@ -10,10 +10,12 @@ kernel picks its own order. Here every reduction is made exact instead, so order
   exact, whatever order a BLAS or a GPU adds them in;
 - the exact total is scaled back and rounded once to the result's type.
 
-float32 (and narrower) GEMMs with K <= exact_rounded.MAX_K are rounded correctly instead: each entry
-is the exact dot product rounded once (exact_rounded.py), one float64 GEMM's work.
+float32 (and narrower) GEMMs are rounded correctly instead: each entry is the exact dot product
+rounded once (exact_rounded.py), one float64 GEMM's work; where K > exact_rounded.MAX_K that GEMM
+is summed in pieces, as far as the pieces' results fit exact_rounded.MAX_PIECE_ENTRIES (shapes
+alone decide: exact_rounded.span).
 
-Longer GEMMs split the left operand into two integer slices (hi and lo, `29 - log2 K` bits each for float32
+The other float32 GEMMs (long sums with large outputs, as 4096^3) split the left operand into two integer slices (hi and lo, `29 - log2 K` bits each for float32
 inputs) and keep the right operand at 24 bits (a float32 mantissa) relative to its column maximum:
 2 float64 GEMMs' worth of work, done as one GEMM on the slices stacked along M. Measured error
 against a float64 reference is at most about NumPy's float32 GEMM error on random and on
@@ -56,9 +58,11 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
-    if np.dtype(dtype).itemsize <= 4 and a2.shape[-1] <= exact_rounded.MAX_K:
+    split = exact_rounded.span(a2.shape[-1], exact_rounded.entries(a2.shape, b2.shape))
+    if np.dtype(dtype).itemsize <= 4 and split is not None:
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
-        result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False), b2.astype(np.float32, copy=False))
+        result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False),
+                                              b2.astype(np.float32, copy=False), split)
         if not finite:
             with np.errstate(invalid="ignore"):
                 result = _with_specials(be, a2, b2, result)
@@ -68,7 +72,7 @@ def _matmul_exact(be, a, b, dtype):
 
 def _matmul_sliced(be, a2, b2, dtype):
     """The slice scheme (the module's docstring) for matrices or stacks of them: float64 operands,
-    and float32 ones with K > exact_rounded.MAX_K."""
+    and float32 ones that exact_rounded.span does not take."""
     xp = be.xp
     if xp is np and a2.dtype == b2.dtype == np.float32 and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
         # the CPU's compiled loops (numba installed, finite values): the same bits in fewer passes

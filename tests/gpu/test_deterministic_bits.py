@@ -46,6 +46,29 @@ def test_gemm_bits(shape, dtype):
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
 
 
+def test_gemm_bits_on_the_float32_slices(monkeypatch):
+    """float32 products that exact_rounded.span leaves to the slice scheme (here: all with K > MAX_K)."""
+    from loom.kernels import exact_rounded
+    monkeypatch.setattr(exact_rounded, "MAX_PIECE_ENTRIES", 0)
+    rng = np.random.default_rng(3)
+    cuda = backend.get("cuda")
+    for m, k, n in [(33, 20000, 3), (40, 2100, 30)]:
+        a, b = _wide(rng, (m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
+        same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"sliced gemm {m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("k, m, n", [(8192, 256, 320), (32768, 40, 24), (50176, 288, 64)])
+def test_weight_gradient_bits(k, m, n):
+    """Weight gradients, x.T @ dy (K = batch x positions, above MAX_K): ReLU outputs against signed,
+    sparse gradients, in the layout the layers pass; summed in pieces up to MAX_PIECED_K (their
+    open entries settled by a block each), by the slices beyond."""
+    rng = np.random.default_rng(k)
+    cuda = backend.get("cuda")
+    x = np.maximum(rng.standard_normal((k, m)), 0).astype(np.float32)
+    dy = (rng.standard_normal((k, n)) * (rng.random((k, n)) < 0.25)).astype(np.float32)
+    same_bits(exact.matmul(cuda.asarray(x).T, cuda.asarray(dy)), exact.matmul(x.T, dy), f"weight gradient K={k}")
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_rounded_gemm_bits_on_midpoints_subnormals_and_overflow(name, spy):
     """The GPU's certification kernel and its exact sums give the CPU's correctly rounded bits, for
