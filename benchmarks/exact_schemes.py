@@ -1,7 +1,8 @@
 """Deterministic mode's float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
 in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
-the same summed in pieces (where K > 2048 and the pieces fit: exact_rounded.span), and the integer
-slices, each forced for every shape here by setting exact_rounded.MAX_K (and MAX_PIECE_ENTRIES);
+the same summed in pieces (shipped for 2048 < K <= 2^15 where the pieces' results fit:
+exact_rounded.span), and the integer slices, each forced for every shape here by setting
+exact_rounded's limits;
 "shipped" names the one exact.matmul takes. Also the share of entries the one float64 GEMM's bound
 leaves to the later stages.
 
@@ -26,7 +27,8 @@ GPU_SHAPES = [(4096, 784, 4096), (4096, 2048, 4096), (4096, 4096, 4096), (8192, 
               (256 * 784, 288, 32), (256 * 784, 32, 288), (32, 784, 256),
               # weight gradients (K = batch x positions): the convnet's second convolution, the encoder's
               (288, 256 * 196, 64), (512, 32 * 256, 512), (512, 32 * 256, 2048)]
-CPU_SHAPES = [(256, 784, 256), (32, 784, 256), (256, 32, 784), (1024, 1024, 1024), (288, 64 * 196, 64)]
+CPU_SHAPES = [(256, 784, 256), (32, 784, 256), (256, 32, 784), (1024, 1024, 1024), (288, 64 * 196, 64),
+              (1024, 4096, 1024)]
 
 
 def timed(fn, sync, gpu: bool) -> float:
@@ -64,7 +66,7 @@ def main():
         split = exact_rounded.span(k, m * n)
         shipped = "slices" if split is None else "rounded" if split[1] == 1 else "pieces"
         rounded = forced(lambda: exact.matmul(a, b), be, gpu, max_k=1 << 30)
-        pieces = forced(lambda: exact.matmul(a, b), be, gpu, max_k=exact_rounded.MAX_K, pieces=1 << 62) \
+        pieces = forced(lambda: exact.matmul(a, b), be, gpu, pieced_k=1 << 30) \
             if k > exact_rounded.MAX_K else float("nan")
         sliced = forced(lambda: exact.matmul(a, b), be, gpu, max_k=0)
         vendor = timed(lambda: be.matmul(a, b), be.synchronize, gpu)
@@ -72,15 +74,17 @@ def main():
               f"{uncertified(a, b):>15.3f}", flush=True)
 
 
-def forced(fn, be, gpu: bool, max_k: int, pieces: int = 0) -> float:
-    """fn's time with exact_rounded's limits set: max_k 0 forces the slices, a huge one a single
-    float64 GEMM; `pieces` lifts the memory limit on the pieces."""
-    saved = exact_rounded.MAX_K, exact_rounded.MAX_PIECE_ENTRIES
-    exact_rounded.MAX_K, exact_rounded.MAX_PIECE_ENTRIES = max_k, pieces or saved[1]
+def forced(fn, be, gpu: bool, max_k: int | None = None, pieced_k: int | None = None) -> float:
+    """fn's time with exact_rounded's limits set (None: as shipped): MAX_K 0 forces the slices, a
+    huge MAX_K a single float64 GEMM, a huge MAX_PIECED_K the pieces at any K and size."""
+    saved = exact_rounded.MAX_K, exact_rounded.MAX_PIECED_K, exact_rounded.MAX_PIECE_ENTRIES
+    exact_rounded.MAX_K = saved[0] if max_k is None else max_k
+    if pieced_k is not None:
+        exact_rounded.MAX_PIECED_K, exact_rounded.MAX_PIECE_ENTRIES = pieced_k, 1 << 62
     try:
         return timed(fn, be.synchronize, gpu)
     finally:
-        exact_rounded.MAX_K, exact_rounded.MAX_PIECE_ENTRIES = saved
+        exact_rounded.MAX_K, exact_rounded.MAX_PIECED_K, exact_rounded.MAX_PIECE_ENTRIES = saved
 
 if __name__ == "__main__":
     main()

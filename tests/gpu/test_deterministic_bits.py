@@ -49,7 +49,7 @@ def test_gemm_bits(shape, dtype):
 def test_gemm_bits_on_the_float32_slices(monkeypatch):
     """float32 products that exact_rounded.span leaves to the slice scheme (here: all with K > MAX_K)."""
     from loom.kernels import exact_rounded
-    monkeypatch.setattr(exact_rounded, "MAX_PIECE_ENTRIES", 0)
+    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
     rng = np.random.default_rng(3)
     cuda = backend.get("cuda")
     for m, k, n in [(33, 20000, 3), (40, 2100, 30)]:
