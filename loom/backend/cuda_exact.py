@@ -24,8 +24,8 @@ from .cuda import translating
 from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, squares_copy, sum_float32
 from .cuda_kernels import C_TYPES, OPTIONS
 
-__all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_rounded", "patch_specials",
-           "sum_float32"]
+__all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_narrow_chunks", "matmul_rounded",
+           "patch_specials", "sum_float32"]
 
 
 # Products up to this many entries recombine and guard in one launch (they are launch-bound: the MLP
@@ -59,6 +59,33 @@ def _kernels():
     return left, right, combine
 
 
+@lru_cache(maxsize=None)
+def _combine_chunks():
+    # g C-ordered [batches, pieces, 2m, n] (hi rows, then lo rows): each chunk's exact integer
+    # product is the sum of its `per` pieces' (the last chunk's may be fewer), exact in float64 as
+    # every partial sum of the chunk's terms is an integer below 2^53; then loom_exact_combine for
+    # each chunk, the chunks' float64 values added in chunk order, and one conversion to T
+    return cupy.ElementwiseKernel(
+        "raw float64 g, float64 down, float32 atop, float32 btop, int32 abits, int32 bbits, int64 pieces, "
+        "int64 per, int64 m, int64 n", "T out",
+        """const long long mn = m * n, z = i / mn;
+           const double* gz = &g[0] + z * pieces * 2 * mn + (i - z * mn);
+           const double rs = ldexp(1.0, loom_top_exponent(atop) - abits);
+           const double cs = ldexp(1.0, loom_top_exponent(btop) - bbits);
+           double total = 0.0;
+           for (long long first = 0; first < pieces; first += per) {
+               double hi = 0.0, lo = 0.0;
+               for (long long p = first; p < min(first + per, pieces); ++p) {
+                   hi = __dadd_rn(hi, gz[p * 2 * mn]);
+                   lo = __dadd_rn(lo, gz[p * 2 * mn + mn]);
+               }
+               const double part = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(lo, down), hi), rs), cs);
+               total = first == 0 ? part : __dadd_rn(total, part);
+           }
+           out = (T)total;""",
+        "loom_exact_combine_chunks", preamble=TOP_EXPONENT, options=OPTIONS)
+
+
 def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False):
     """exact._matmul_narrow for float32 a and b given their row and column maxima (bits = (bits_a,
     bits_b)): both slices of a in one pass (stacked along M, so one float64 GEMM takes them), b's
@@ -87,6 +114,49 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False)
         if guard:
             patch_specials(a, b, amax, bmax, out)
         return out
+
+
+# Chunked slice products are multiplied in pieces of at least this many products, as many as keep
+# the pieces' float64 results within _CHUNK_PIECE_ENTRIES (256 MiB): a chunk of 2^14 as a single
+# batch was one or two thread blocks per chunk for a convolution's small weight gradient (convnet
+# step 1.66 -> 1.72 ms), where cuBLAS splits a lone GEMM's K over many.
+_CHUNK_PIECE = 512
+_CHUNK_PIECE_ENTRIES = 1 << 25
+
+
+def matmul_narrow_chunks(be, a, b, amax, bmax, bits: tuple, dtype, step: int):
+    """exact._matmul_float32's chunks of `step` along K (K > step) in one go, with the same bits: the
+    slices of the whole operands (a slice depends on its element and its row's or column's maximum
+    only, not on its chunk), padded with zeros to whole pieces (zero products add exact zeros), one
+    batched float64 GEMM over the pieces, and one kernel that sums each chunk's pieces (exactly),
+    recombines each chunk to float64, adds the chunks in order and converts once. The loop over
+    chunks launched five to six kernels per chunk (the convnet's weight gradients at K = 200704
+    have 13 chunks)."""
+    bits_a, bits_b = bits
+    amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
+    left, right, _ = _kernels()
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    outputs = 2 * m * n * math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
+    piece = step
+    while piece > _CHUNK_PIECE and -(-k // (piece // 2)) * outputs <= _CHUNK_PIECE_ENTRIES:
+        piece //= 2
+    pieces = -(-k // piece)
+    padded = pieces * piece
+    with translating("exact GEMM slicing", a, b):
+        stacked = cupy.empty(a.shape[:-2] + (2 * m, padded), dtype=np.float64)
+        left(a, amax, np.int32(bits_a), np.float64(2.0 ** bits_a), stacked[..., :m, :k], stacked[..., m:, :k])
+        q = cupy.empty(b.shape[:-2] + (padded, n), dtype=np.float64)
+        right(b, bmax, np.int32(bits_b), q[..., :k, :])
+        if padded > k:
+            stacked[..., k:].fill(0)
+            q[..., k:, :].fill(0)
+    g = be.matmul(cupy.moveaxis(stacked.reshape(stacked.shape[:-1] + (pieces, piece)), -2, -3),
+                  q.reshape(q.shape[:-2] + (pieces, piece, n)))
+    with translating("exact GEMM recombination", g):
+        out = cupy.empty(g.shape[:-3] + (m, n), dtype=dtype)
+        _combine_chunks()(g, np.float64(2.0 ** -bits_a), amax, bmax, np.int32(bits_a), np.int32(bits_b),
+                          np.int64(pieces), np.int64(step // piece), np.int64(m), np.int64(n), out)
+    return out
 
 
 _GUARD = r"""

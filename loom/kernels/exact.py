@@ -139,6 +139,12 @@ def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     k = min(a.shape[-1], step)
     if a.shape[-1] <= step:
         return _matmul_narrow(be, a, b, amax, bmax, k, dtype, guard is not None)
+    fused = getattr(be, "exact_kernels", None)
+    if fused is not None:                   # the GPU: every chunk at once, the same bits
+        result = fused.matmul_narrow_chunks(be, a, b, amax, bmax, _narrow_bits(k), dtype, step)
+        if guard is not None:
+            guard.patch_specials(a, b, amax, bmax, result)
+        return result
     total = None
     for start in range(0, a.shape[-1], step):
         part = _matmul_narrow(be, a[..., start:start + step], b[..., start:start + step, :], amax, bmax, k,

@@ -77,11 +77,26 @@ def bound_length(split: tuple) -> int:
 
 def float64_product(be, a64, b64, split: tuple, out=None):
     """a64 @ b64 (float64, [..., M, K] and [..., K, N]) summed as `split` says: one GEMM, or the
-    full pieces as one batched GEMM (views of the operands, no copies), their results added up, and
-    the last, shorter piece's added to that."""
+    pieces: a batched GEMM over them, their results added up, and the last, shorter piece's added
+    to that. A stack against a matrix is folded into one matrix product first (the batch into M,
+    or into N), so the pieces are views of the operands; cuBLAS would otherwise copy a broadcast
+    operand once per batch. `out` (2-D products only) receives the result."""
     size, pieces = split
     if pieces == 1:
         return be.matmul(a64, b64, out=out)
+    xp = be.xp
+    k, m, n = a64.shape[-1], a64.shape[-2], b64.shape[-1]
+    if b64.ndim == 2 and a64.ndim > 2:                  # [..., M, K] @ [K, N]: rows of one matrix
+        return _pieces_sum(be, a64.reshape(-1, k), b64, size).reshape(a64.shape[:-1] + (n,))
+    if a64.ndim == 2 and b64.ndim > 2:                  # [M, K] @ [..., K, N]: columns of one matrix
+        folded = xp.moveaxis(b64, -2, 0).reshape(k, -1)
+        r = _pieces_sum(be, a64, folded, size).reshape((m,) + b64.shape[:-2] + (n,))
+        return xp.moveaxis(r, 0, -2)
+    return _pieces_sum(be, a64, b64, size, out)
+
+
+def _pieces_sum(be, a64, b64, size: int, out=None):
+    """The sum of the products of a64's and b64's pieces of `size` along K (the last one shorter)."""
     k = a64.shape[-1]
     full = k // size
     xp = be.xp

@@ -8,7 +8,7 @@ import loom
 from catalogue import SAMPLES, config
 from rounded_cases import CASES, case, doubtful
 from loom import backend
-from loom.kernels import exact, ops
+from loom.kernels import exact, exact_rounded, ops
 from loom.nn import losses, optim
 
 from .cpu_gpu import layer_results, loss_results, optimizer_results, same_bits
@@ -29,7 +29,8 @@ def _wide(rng, shape):
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("shape", [((64, 784), (784, 256)), ((3, 40, 17), (17, 9)), ((5,), (5, 7)),
                                    ((33, 20000), (20000, 3)),
-                                   # K over 2^14 in chunks: whole chunks only, and a short last one
+                                   # K over 2^14: float64 in chunks (whole ones only, and a short last one);
+                                   # float32 in pieces up to 2^15, in chunks of the slices beyond
                                    ((7, 2 << 14), (2 << 14, 5)), ((7, 3 * (1 << 14) + 5), (3 * (1 << 14) + 5, 5))])
 def test_gemm_bits(shape, dtype):
     rng = np.random.default_rng(1)
@@ -48,13 +49,20 @@ def test_gemm_bits(shape, dtype):
 
 def test_gemm_bits_on_the_float32_slices(monkeypatch):
     """float32 products that exact_rounded.span leaves to the slice scheme (here: all with K > MAX_K)."""
-    from loom.kernels import exact_rounded
     monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
     rng = np.random.default_rng(3)
     cuda = backend.get("cuda")
-    for m, k, n in [(33, 20000, 3), (40, 2100, 30)]:
+    for m, k, n in [(33, 20000, 3), (40, 2100, 30), (6, 3 << 14, 5)]:    # 2 chunks (a short last one), 1, 3
         a, b = _wide(rng, (m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"sliced gemm {m}x{k}x{n}")
+        same_bits(exact.matmul(cuda.asarray(a.T.copy()).T, cuda.asarray(b)), exact.matmul(a.T.copy().T, b),
+                  f"sliced gemm {m}x{k}x{n}, left transposed")
+    a3 = _wide(rng, (2, 5, 20000)).astype(np.float32)               # chunks of a stack, and broadcast
+    b3 = rng.standard_normal((2, 20000, 4)).astype(np.float32)
+    same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "sliced batched gemm")
+    same_bits(exact.matmul(cuda.asarray(a3[0]), cuda.asarray(b3)), exact.matmul(a3[0], b3), "sliced broadcast gemm")
+    a3[1, 2, 7], b3[0, 19999, 1] = np.inf, np.nan                   # special values in a chunked product
+    same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "sliced gemm specials")
 
 
 @pytest.mark.parametrize("k, m, n", [(8192, 256, 320), (32768, 40, 24), (50176, 288, 64)])
@@ -66,6 +74,8 @@ def test_weight_gradient_bits(k, m, n):
     cuda = backend.get("cuda")
     x = np.maximum(rng.standard_normal((k, m)), 0).astype(np.float32)
     dy = (rng.standard_normal((k, n)) * (rng.random((k, n)) < 0.25)).astype(np.float32)
+    if k <= exact_rounded.MAX_PIECED_K:
+        assert doubtful(x.T, dy).sum() > 0                  # the block settles have work
     same_bits(exact.matmul(cuda.asarray(x).T, cuda.asarray(dy)), exact.matmul(x.T, dy), f"weight gradient K={k}")
 
 
@@ -87,9 +97,10 @@ def test_rounded_gemm_bits_on_midpoints_subnormals_and_overflow(name, spy):
     assert calls == ["matmul_rounded"] * 3
 
 
-@pytest.mark.parametrize("k", [1, 784, 2048])
+@pytest.mark.parametrize("k", [1, 784, 2048, 2600, 8192])
 def test_rounded_gemm_bits_on_large_integer_products(k):
-    """Many entries exactly on midpoints (integer data): the exact sums run in many warps at once."""
+    """Many entries exactly on midpoints (integer data): the exact sums run in many warps at once,
+    or for K > 2048 (pieces) in many blocks, each taking several listed entries in turn."""
     rng = np.random.default_rng(k)
     cuda = backend.get("cuda")
     a = (rng.integers(-7, 8, (300, k)) * 2.0 ** 18 + rng.integers(0, 2, (300, k))).astype(np.float32)

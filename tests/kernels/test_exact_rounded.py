@@ -133,6 +133,19 @@ def test_long_random_products_round_each_entry_from_pieces(k, layout, cpu_path):
     assert _bits(exact.matmul(a, b)) == _bits(_reference(a, b))
 
 
+@pytest.mark.parametrize("shapes", [((2, 3, 2600), (2600, 4)), ((3, 2600), (2, 2600, 4)),
+                                    ((2, 3, 2600), (2, 2600, 4)), ((2, 1, 3, 2600), (2, 2600, 5))])
+def test_stacked_long_products_round_each_entry(shapes, cpu_path):
+    """Pieces of stacks: a stack against a matrix (folded into one matrix product), two stacks, and
+    broadcast batch axes; every entry against exact arithmetic."""
+    a, b = RNG.standard_normal(shapes[0]).astype(np.float32), RNG.standard_normal(shapes[1]).astype(np.float32)
+    got = exact.matmul(a, b)
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a_all, b_all = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+    for index in np.ndindex(*batch):
+        assert _bits(got[index]) == _bits(_reference(a_all[index], b_all[index])), index
+
+
 def test_span_splits_long_sums_within_the_bound_and_the_memory():
     assert exact_rounded.span(784, 10 ** 9) == (784, 1)
     assert exact_rounded.span(8192, 512 * 2048) == (512, 16)     # a transformer's weight gradient
