@@ -117,10 +117,11 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False)
 
 
 # Chunked slice products are multiplied in pieces of at least this many products, as many as keep
-# the pieces' float64 results within _CHUNK_PIECE_ENTRIES (256 MiB): a chunk of 2^14 as a single
-# batch was one or two thread blocks per chunk for a convolution's small weight gradient (convnet
-# step 1.66 -> 1.72 ms), where cuBLAS splits a lone GEMM's K over many.
-_CHUNK_PIECE = 512
+# the pieces' float64 results within _CHUNK_PIECE_ENTRIES (256 MiB). The convnet's step on the H100
+# with pieces of 512 / 1024 / 2048 / 4096 / 16384 (a whole chunk): 1.57 / 1.52 / 1.49 / 1.50 /
+# 1.73 ms. Whole chunks give a small weight gradient one or two thread blocks per chunk; small
+# pieces lengthen the combining kernel's loop, a thread per entry.
+_CHUNK_PIECE = 2048
 _CHUNK_PIECE_ENTRIES = 1 << 25
 
 
