@@ -133,10 +133,19 @@ def matmul_narrow_chunks(be, a, b, amax, bmax, bits: tuple, dtype, step: int):
     recombines each chunk to float64, adds the chunks in order and converts once. The loop over
     chunks launched five to six kernels per chunk (the convnet's weight gradients at K = 200704
     have 13 chunks)."""
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    # a stack against a matrix is one matrix product (the batch folded into M, or into N): the pieces
+    # of a stack's slices against a broadcast matrix's would be copied once per batch entry
+    if b.ndim == 2 and a.ndim > 2:
+        out = matmul_narrow_chunks(be, a.reshape(-1, k), b, amax.reshape(-1, 1), bmax, bits, dtype, step)
+        return out.reshape(a.shape[:-1] + (n,))
+    if a.ndim == 2 and b.ndim > 2:
+        out = matmul_narrow_chunks(be, a, cupy.moveaxis(b, -2, 0).reshape(k, -1), amax,
+                                   cupy.moveaxis(bmax, -2, 0).reshape(1, -1), bits, dtype, step)
+        return cupy.ascontiguousarray(cupy.moveaxis(out.reshape((m,) + b.shape[:-2] + (n,)), 0, -2))
     bits_a, bits_b = bits
     amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
     left, right, _ = _kernels()
-    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     outputs = 2 * m * n * math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     piece = step
     while piece > _CHUNK_PIECE and -(-k // (piece // 2)) * outputs <= _CHUNK_PIECE_ENTRIES:

@@ -61,6 +61,7 @@ def test_gemm_bits_on_the_float32_slices(monkeypatch):
     b3 = rng.standard_normal((2, 20000, 4)).astype(np.float32)
     same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "sliced batched gemm")
     same_bits(exact.matmul(cuda.asarray(a3[0]), cuda.asarray(b3)), exact.matmul(a3[0], b3), "sliced broadcast gemm")
+    same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3[1])), exact.matmul(a3, b3[1]), "sliced stack x matrix")
     a3[1, 2, 7], b3[0, 19999, 1] = np.inf, np.nan                   # special values in a chunked product
     same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "sliced gemm specials")
 
