@@ -123,6 +123,21 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False)
 # pieces lengthen the combining kernel's loop, a thread per entry.
 _CHUNK_PIECE = 2048
 _CHUNK_PIECE_ENTRIES = 1 << 25
+# Slices of the whole K, and the pieces' results, for all chunks at once take up to this much memory
+# (with room for cuBLAS's copies of stacked operands); larger products loop over the chunks.
+_CHUNKS_AT_ONCE_BYTES = 1 << 30
+
+
+def _chunk_plan(m: int, k: int, n: int, batch: int, step: int, stacked: bool):
+    """(piece, pieces) for matmul_narrow_chunks, or None where it would need more than
+    _CHUNKS_AT_ONCE_BYTES."""
+    outputs = 2 * m * n * batch
+    piece = step
+    while piece > _CHUNK_PIECE and -(-k // (piece // 2)) * outputs <= _CHUNK_PIECE_ENTRIES:
+        piece //= 2
+    pieces = -(-k // piece)
+    slices = (2 * m + n) * pieces * piece * batch * (2 if stacked else 1)
+    return (piece, pieces) if 8 * (slices + pieces * outputs) <= _CHUNKS_AT_ONCE_BYTES else None
 
 
 def matmul_narrow_chunks(be, a, b, amax, bmax, bits: tuple, dtype, step: int):
@@ -132,25 +147,29 @@ def matmul_narrow_chunks(be, a, b, amax, bmax, bits: tuple, dtype, step: int):
     batched float64 GEMM over the pieces, and one kernel that sums each chunk's pieces (exactly),
     recombines each chunk to float64, adds the chunks in order and converts once. The loop over
     chunks launched five to six kernels per chunk (the convnet's weight gradients at K = 200704
-    have 13 chunks)."""
+    have 13 chunks). None where that needs too much memory (_chunk_plan): the caller loops."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     # a stack against a matrix is one matrix product (the batch folded into M, or into N): the pieces
     # of a stack's slices against a broadcast matrix's would be copied once per batch entry
+    batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
     if b.ndim == 2 and a.ndim > 2:
+        if _chunk_plan(m * batch, k, n, 1, step, False) is None:
+            return None
         out = matmul_narrow_chunks(be, a.reshape(-1, k), b, amax.reshape(-1, 1), bmax, bits, dtype, step)
         return out.reshape(a.shape[:-1] + (n,))
     if a.ndim == 2 and b.ndim > 2:
+        if _chunk_plan(m, k, n * batch, 1, step, False) is None:
+            return None
         out = matmul_narrow_chunks(be, a, cupy.moveaxis(b, -2, 0).reshape(k, -1), amax,
                                    cupy.moveaxis(bmax, -2, 0).reshape(1, -1), bits, dtype, step)
         return cupy.ascontiguousarray(cupy.moveaxis(out.reshape((m,) + b.shape[:-2] + (n,)), 0, -2))
+    plan = _chunk_plan(m, k, n, batch, step, a.ndim > 2)
+    if plan is None:
+        return None
+    piece, pieces = plan
     bits_a, bits_b = bits
     amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
     left, right, _ = _kernels()
-    outputs = 2 * m * n * math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-    piece = step
-    while piece > _CHUNK_PIECE and -(-k // (piece // 2)) * outputs <= _CHUNK_PIECE_ENTRIES:
-        piece //= 2
-    pieces = -(-k // piece)
     padded = pieces * piece
     with translating("exact GEMM slicing", a, b):
         stacked = cupy.empty(a.shape[:-2] + (2 * m, padded), dtype=np.float64)

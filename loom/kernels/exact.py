@@ -140,8 +140,9 @@ def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     if a.shape[-1] <= step:
         return _matmul_narrow(be, a, b, amax, bmax, k, dtype, guard is not None)
     fused = getattr(be, "exact_kernels", None)
-    if fused is not None:                   # the GPU: every chunk at once, the same bits
-        result = fused.matmul_narrow_chunks(be, a, b, amax, bmax, _narrow_bits(k), dtype, step)
+    # the GPU: every chunk at once where the memory allows, the same bits
+    result = None if fused is None else fused.matmul_narrow_chunks(be, a, b, amax, bmax, _narrow_bits(k), dtype, step)
+    if result is not None:
         if guard is not None:
             guard.patch_specials(a, b, amax, bmax, result)
         return result

@@ -47,23 +47,33 @@ def test_gemm_bits(shape, dtype):
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "gemm specials")
 
 
-def test_gemm_bits_on_the_float32_slices(monkeypatch):
-    """float32 products that exact_rounded.span leaves to the slice scheme (here: all with K > MAX_K)."""
+@pytest.mark.parametrize("form", ["pieces of 2048", "whole chunks", "a loop over chunks"])
+def test_gemm_bits_on_the_float32_slices(form, monkeypatch):
+    """float32 products that exact_rounded.span leaves to the slice scheme (here: all with K > MAX_K),
+    with the GPU's chunks (K > 2^14) multiplied in pieces of 2048, in whole chunks (as for large
+    outputs), or one chunk at a time (products too large to slice whole)."""
+    from loom.backend import cuda_exact
     monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
+    if form == "whole chunks":
+        monkeypatch.setattr(cuda_exact, "_CHUNK_PIECE_ENTRIES", 0)
+    if form == "a loop over chunks":
+        monkeypatch.setattr(cuda_exact, "_CHUNKS_AT_ONCE_BYTES", 0)
     rng = np.random.default_rng(3)
     cuda = backend.get("cuda")
     for m, k, n in [(33, 20000, 3), (40, 2100, 30), (6, 3 << 14, 5)]:    # 2 chunks (a short last one), 1, 3
         a, b = _wide(rng, (m, k)).astype(np.float32), rng.standard_normal((k, n)).astype(np.float32)
         same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"sliced gemm {m}x{k}x{n}")
-        same_bits(exact.matmul(cuda.asarray(a.T.copy()).T, cuda.asarray(b)), exact.matmul(a.T.copy().T, b),
-                  f"sliced gemm {m}x{k}x{n}, left transposed")
+        same_bits(exact.matmul(cuda.asarray(a.T.copy()).T, cuda.asarray(b.T.copy()).T),
+                  exact.matmul(a.T.copy().T, b.T.copy().T), f"sliced gemm {m}x{k}x{n}, transposed operands")
     a3 = _wide(rng, (2, 5, 20000)).astype(np.float32)               # chunks of a stack, and broadcast
     b3 = rng.standard_normal((2, 20000, 4)).astype(np.float32)
-    same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "sliced batched gemm")
-    same_bits(exact.matmul(cuda.asarray(a3[0]), cuda.asarray(b3)), exact.matmul(a3[0], b3), "sliced broadcast gemm")
-    same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3[1])), exact.matmul(a3, b3[1]), "sliced stack x matrix")
-    a3[1, 2, 7], b3[0, 19999, 1] = np.inf, np.nan                   # special values in a chunked product
-    same_bits(exact.matmul(cuda.asarray(a3), cuda.asarray(b3)), exact.matmul(a3, b3), "sliced gemm specials")
+    a3[0, 1, :300] *= 2.0 ** -140                                   # products that underflow, signed
+    for x, y, what in [(a3, b3, "stacks"), (a3[0], b3, "matrix x stack"), (a3, b3[1], "stack x matrix"),
+                       (a3, b3[:1], "stack x stack of one"), (a3[:, None], b3, "broadcast stacks")]:
+        same_bits(exact.matmul(cuda.asarray(x), cuda.asarray(y)), exact.matmul(x, y), f"sliced gemm, {what}")
+    a3[1, 2, 7], b3[0, 19999, 1], b3[1, 5, 3] = np.inf, np.nan, -np.inf   # special values in chunked products
+    for x, y, what in [(a3, b3, "stacks"), (a3[1], b3, "matrix x stack"), (a3, b3[0], "stack x matrix")]:
+        same_bits(exact.matmul(cuda.asarray(x), cuda.asarray(y)), exact.matmul(x, y), f"sliced specials, {what}")
 
 
 @pytest.mark.parametrize("k, m, n", [(8192, 256, 320), (32768, 40, 24), (50176, 288, 64)])
