@@ -147,23 +147,10 @@ def matmul_narrow_chunks(be, a, b, amax, bmax, bits: tuple, dtype, step: int):
     batched float64 GEMM over the pieces, and one kernel that sums each chunk's pieces (exactly),
     recombines each chunk to float64, adds the chunks in order and converts once. The loop over
     chunks launched five to six kernels per chunk (the convnet's weight gradients at K = 200704
-    have 13 chunks). None where that needs too much memory (_chunk_plan): the caller loops."""
+    have 13 chunks). a and b are both matrices or both stacks (exact.py folds a stack against a
+    matrix). None where that needs too much memory (_chunk_plan): the caller loops."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    # a stack against a matrix is one matrix product (the batch folded into M, or into N): the pieces
-    # of a stack's slices against a broadcast matrix's would be copied once per batch entry
-    batch = math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]))
-    if b.ndim == 2 and a.ndim > 2:
-        if _chunk_plan(m * batch, k, n, 1, step, False) is None:
-            return None
-        out = matmul_narrow_chunks(be, a.reshape(-1, k), b, amax.reshape(-1, 1), bmax, bits, dtype, step)
-        return out.reshape(a.shape[:-1] + (n,))
-    if a.ndim == 2 and b.ndim > 2:
-        if _chunk_plan(m, k, n * batch, 1, step, False) is None:
-            return None
-        out = matmul_narrow_chunks(be, a, cupy.moveaxis(b, -2, 0).reshape(k, -1), amax,
-                                   cupy.moveaxis(bmax, -2, 0).reshape(1, -1), bits, dtype, step)
-        return cupy.ascontiguousarray(cupy.moveaxis(out.reshape((m,) + b.shape[:-2] + (n,)), 0, -2))
-    plan = _chunk_plan(m, k, n, batch, step, a.ndim > 2)
+    plan = _chunk_plan(m, k, n, math.prod(np.broadcast_shapes(a.shape[:-2], b.shape[:-2])), step, a.ndim > 2)
     if plan is None:
         return None
     piece, pieces = plan

@@ -12,11 +12,12 @@ kernel picks its own order. Here every reduction is made exact instead, so order
 
 float32 (and narrower) GEMMs are rounded correctly instead: each entry is the exact dot product
 rounded once (exact_rounded.py), one float64 GEMM's work; where K > exact_rounded.MAX_K that GEMM
-is summed in pieces, as far as the pieces' results fit exact_rounded.MAX_PIECE_ENTRIES (shapes
-alone decide: exact_rounded.span).
+is summed in pieces, up to K = exact_rounded.MAX_PIECED_K and as far as the pieces' results fit
+exact_rounded.MAX_PIECE_ENTRIES (shapes alone decide: exact_rounded.span).
 
-The other float32 GEMMs (long sums with large outputs, as 4096^3) split the left operand into two integer slices (hi and lo, `29 - log2 K` bits each for float32
-inputs) and keep the right operand at 24 bits (a float32 mantissa) relative to its column maximum:
+The other float32 GEMMs (long sums: K > 2^15, or large outputs, as 4096^3) split the left operand
+into two integer slices (hi and lo, `29 - log2 K` bits each for float32 inputs) and keep the right
+operand at 24 bits (a float32 mantissa) relative to its column maximum:
 2 float64 GEMMs' worth of work, done as one GEMM on the slices stacked along M. Measured error
 against a float64 reference is at most about NumPy's float32 GEMM error on random and on
 wide-dynamic-range inputs (tests/kernels/test_exact.py). float64 inputs use three slices on each
@@ -58,8 +59,11 @@ def _matmul_exact(be, a, b, dtype):
     vector_left, vector_right = a.ndim == 1, b.ndim == 1
     a2 = a[None, :] if vector_left else a
     b2 = b[:, None] if vector_right else b
-    split = exact_rounded.span(a2.shape[-1], exact_rounded.entries(a2.shape, b2.shape))
-    if np.dtype(dtype).itemsize <= 4 and split is not None:
+    if (a2.ndim > 2) != (b2.ndim > 2):
+        return _unvector(_folded(be, a2, b2, dtype), vector_left, vector_right)
+    narrow = np.dtype(dtype).itemsize <= 4
+    split = exact_rounded.span(a2.shape[-1], exact_rounded.entries(a2.shape, b2.shape)) if narrow else None
+    if split is not None:
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
         result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False),
                                               b2.astype(np.float32, copy=False), split)
@@ -68,6 +72,19 @@ def _matmul_exact(be, a, b, dtype):
                 result = _with_specials(be, a2, b2, result)
         return _unvector(result.astype(dtype, copy=False), vector_left, vector_right)
     return _unvector(_matmul_sliced(be, a2, b2, dtype), vector_left, vector_right)
+
+
+def _folded(be, a2, b2, dtype):
+    """A stack against a matrix as one matrix product: the batch folded into M ([..., M, K] @ [K, N])
+    or into N ([M, K] @ [..., K, N]). Every scheme makes each entry from its own row and column, so
+    the bits are the stack's; the matrix paths (the CPU's compiled loops, the pieces' and chunks'
+    views of the operands) then take it, and nothing is copied once per batch entry."""
+    xp = be.xp
+    k, m, n = a2.shape[-1], a2.shape[-2], b2.shape[-1]
+    if a2.ndim > 2:
+        return _matmul_exact(be, a2.reshape(-1, k), b2, dtype).reshape(a2.shape[:-1] + (n,))
+    result = _matmul_exact(be, a2, xp.moveaxis(b2, -2, 0).reshape(k, -1), dtype)
+    return xp.ascontiguousarray(xp.moveaxis(result.reshape((m,) + b2.shape[:-2] + (n,)), 0, -2))
 
 
 def _matmul_sliced(be, a2, b2, dtype):

@@ -18,8 +18,8 @@ How it is found cheaply (for the products `span` takes; exact.py uses its slice 
 - otherwise (about 0.06% of entries at K = 784 on random data; far more where no product is nonzero
   but the norms are, as in the weight gradients of sparse inputs) the entry takes cheaper stages
   first: +0 where no product is nonzero, a compensated sum certified the same way (rounded_jit's
-  docstring; the GPU kernel runs it with a warp per entry), and only then the exact sum: an
-  integer accumulator (numba, CUDA C), or here math.fsum with the midpoint check of
+  docstring; the GPU runs it with a warp per entry, a block where K > MAX_K), and only then the
+  exact sum: an integer accumulator (numba, CUDA C), or here math.fsum with the midpoint check of
   `_round_float32`.
 
 Zero: an exact zero is +0 (a tiny negative result rounds to -0, as IEEE's rounding does). Rows and
@@ -55,8 +55,8 @@ MAX_PIECE_ENTRIES = 1 << 25
 def span(k: int, entries: int) -> tuple | None:
     """(C, P): the products each piece sums and the number of pieces, for K-long sums and `entries`
     entries (every batch's): (K, 1) where K <= MAX_K; None where K > MAX_PIECED_K or no split keeps
-    C + P <= MAX_K within MAX_PIECE_ENTRIES (exact.py then takes the slice scheme). Shapes alone decide it, so
-    every backend takes the same scheme and gives the same bits."""
+    C + P <= MAX_K within MAX_PIECE_ENTRIES (exact.py then takes the slice scheme). Shapes alone
+    decide it, so every backend takes the same scheme and gives the same bits."""
     if k <= MAX_K:
         return k, 1
     if k > MAX_PIECED_K:
@@ -76,22 +76,13 @@ def bound_length(split: tuple) -> int:
 
 
 def float64_product(be, a64, b64, split: tuple, out=None):
-    """a64 @ b64 (float64, [..., M, K] and [..., K, N]) summed as `split` says: one GEMM, or the
-    pieces: a batched GEMM over them, their results added up, and the last, shorter piece's added
-    to that. A stack against a matrix is folded into one matrix product first (the batch into M,
-    or into N), so the pieces are views of the operands; cuBLAS would otherwise copy a broadcast
-    operand once per batch. `out` (2-D products only) receives the result."""
+    """a64 @ b64 (float64, [..., M, K] and [..., K, N], both matrices or both stacks: exact.py folds
+    a stack against a matrix) summed as `split` says: one GEMM, or the pieces: a batched GEMM over
+    views of the operands, their results added up, and the last, shorter piece's added to that.
+    `out` receives the result."""
     size, pieces = split
     if pieces == 1:
         return be.matmul(a64, b64, out=out)
-    xp = be.xp
-    k, m, n = a64.shape[-1], a64.shape[-2], b64.shape[-1]
-    if b64.ndim == 2 and a64.ndim > 2:                  # [..., M, K] @ [K, N]: rows of one matrix
-        return _pieces_sum(be, a64.reshape(-1, k), b64, size).reshape(a64.shape[:-1] + (n,))
-    if a64.ndim == 2 and b64.ndim > 2:                  # [M, K] @ [..., K, N]: columns of one matrix
-        folded = xp.moveaxis(b64, -2, 0).reshape(k, -1)
-        r = _pieces_sum(be, a64, folded, size).reshape((m,) + b64.shape[:-2] + (n,))
-        return xp.moveaxis(r, 0, -2)
     return _pieces_sum(be, a64, b64, size, out)
 
 
