@@ -323,7 +323,7 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
 
 # exact_rounded's certification and the later stages (loom/kernels/rounded_jit.py's docstring), in
 # CUDA C, as two kernels: a thread per entry certifies it or lists it; then a warp per listed entry
-# sums its products: a compensated sum (each lane a strided share, then a butterfly of TwoSums,
+# (a block of 256 for sums longer than _TEAM_FROM) sums its products: a compensated sum (each lane a strided share, then a butterfly of TwoSums,
 # which leaves every lane the same values), and where that cannot certify it either, an exact
 # integer accumulator per lane (local memory), the lanes' limbs added exactly and rounded once.
 _ROUNDED = r"""
@@ -696,9 +696,10 @@ def _rounded_module():
 def matmul_rounded(be, a, b, factor: float, product):
     """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
     the operands with their rows' and columns' sums of squares (one pass each), their float64 product
-    (`product(a64, b64)`: cuBLAS's GEMM, or the sum of its pieces', whose error `factor` bounds), then a kernel that certifies and rounds each entry or lists it, and one that settles the
-    listed entries, or writes IEEE's special value where a row or column holds inf or NaN (its sum
-    of squares is then not finite)."""
+    (`product(a64, b64)`: cuBLAS's GEMM, or the sum of its pieces', whose error `factor` bounds),
+    then a kernel that certifies and rounds each entry or lists it, and one that settles the listed
+    entries, or writes IEEE's special value where a row or column holds inf or NaN (its sum of
+    squares is then not finite)."""
     with translating("exact GEMM (rounded) operands", a, b):
         a, b = _dense(a), _dense(b)
         shape_a, shape_b = a.shape[:-1] + (1,), b.shape[:-2] + (1, b.shape[-1])
@@ -722,29 +723,29 @@ def matmul_rounded(be, a, b, factor: float, product):
         with translating("exact GEMM (rounded) certification", r):
             norms = cupy.sqrt(squares) if rooted else squares
             r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:-1].reshape(shape_b), batch)
-            product = (r4, c4, a4, b4, out, np.int64(k), *_elements(a4), *_elements(b4), *_elements(r4)[:3],
+            args = (r4, c4, a4, b4, out, np.int64(k), *_elements(a4), *_elements(b4), *_elements(r4)[:3],
                        *(_elements(c4)[:2] + _elements(c4)[3:]))
             sms = _multiprocessors(cupy.cuda.Device().id)
             blocks = (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * sms),)
             team = k > _TEAM_FROM
             if total <= _SETTLE_INSIDE_MAX and not team:
                 module.get_function("loom_rounded_certify_settle")(
-                    blocks, (256,), (*product, r, np.float64(factor), np.int32(rooted), *sizes))
+                    blocks, (256,), (*args, r, np.float64(factor), np.int32(rooted), *sizes))
                 return out
             doubtful = cupy.empty(total, dtype=np.uint64 if wide else np.uint32)     # the entries to settle
             count = squares[-1:].view(np.uint64)                                      # zeroed with the squares
             module.get_function("loom_rounded_certify64" if wide else "loom_rounded_certify32")(
-                blocks, (256,), (*product, r, doubtful, count, np.float64(factor), np.int32(rooted), *sizes))
+                blocks, (256,), (*args, r, doubtful, count, np.float64(factor), np.int32(rooted), *sizes))
             # a warp per listed entry (a block for long sums); the grid cannot know how many (no
             # host read), so it is one wave of the GPU (two blocks per multiprocessor: the kernel's
             # registers allow two) whose warps take turns; a larger grid costs a few microseconds
             # when nothing is listed
             if team:
                 module.get_function("loom_rounded_settle_team64" if wide else "loom_rounded_settle_team32")(
-                    (min(total, 2 * sms),), (256,), (*product, doubtful, count, *sizes))
+                    (min(total, 2 * sms),), (256,), (*args, doubtful, count, *sizes))
             else:
                 module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
-                    (min(-(-total // 8), 2 * sms),), (256,), (*product, doubtful, count, *sizes))
+                    (min(-(-total // 8), 2 * sms),), (256,), (*args, doubtful, count, *sizes))
     return out
 
 
