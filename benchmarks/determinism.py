@@ -4,9 +4,10 @@ steps against fast mode, in the same run.
     PYTHONPATH=. python benchmarks/determinism.py          # GPU (device machine) and CPU
     .venv/bin/python benchmarks/determinism.py --cpu        # CPU only
 
-GPU: loom.kernels.exact.matmul on float32 (at K > 2048, as here: two float64 DGEMM slices on cuBLAS) vs cuBLAS SGEMM
-(TF32 off) and DGEMM at 4096^3 and 8192^3; the train steps of benchmarks/gpu_train.py as dispatch
-chains in both modes. CPU: exact GEMM vs NumPy float32 matmul (2 BLAS threads).
+GPU: loom.kernels.exact.matmul on float32 at 4096^3 and 8192^3 (the slice scheme: as shipped, on int8
+tensor cores, and forced onto the two float64 slices' DGEMM) vs cuBLAS SGEMM (TF32 off), DGEMM and
+one int8 GEMM (int32 sums; the exact product runs nine); the train steps of benchmarks/gpu_train.py
+as dispatch chains in both modes. CPU: exact GEMM vs NumPy float32 matmul (2 BLAS threads).
 """
 import os
 import statistics
@@ -44,12 +45,26 @@ def gemm_rows(be, sizes):
         a64, b64 = a32.astype(np.float64), b32.astype(np.float64)
         flops = 2.0 * m * k * n
         t_exact = timed(lambda: exact.matmul(a32, b32), be.synchronize)
+        t_f64 = float("nan")
+        int8 = getattr(be.exact_kernels, "cuda_exact_int8", None) if hasattr(be, "exact_kernels") else None
+        if int8 is not None:
+            saved, int8.MIN_WORK = int8.MIN_WORK, 1 << 62       # the float64 slices: same bits, for comparison
+            try:
+                t_f64 = timed(lambda: exact.matmul(a32, b32), be.synchronize)
+            finally:
+                int8.MIN_WORK = saved
+            i8a = be.xp.ones((1, m, k), dtype=np.int8)
+            i8b = be.xp.ones((1, k, n), dtype=np.int8)
+            t_i8 = timed(lambda: be.blas.gemm_int8(i8a, i8b), be.synchronize)
         t_s = timed(lambda: be.matmul(a32, b32), be.synchronize)
         t_d = timed(lambda: be.matmul(a64, b64), be.synchronize)
-        rows.append((f"{m}x{k}x{n}", flops / t_exact / 1e12, flops / t_s / 1e12, flops / t_d / 1e12, t_s / t_exact))
-    print(f"{'shape':<16}{'exact f32 TFLOP/s':>19}{'SGEMM':>10}{'DGEMM':>10}{'exact/SGEMM speed':>19}")
+        rows.append((f"{m}x{k}x{n}", flops / t_exact / 1e12, flops / t_f64 / 1e12, flops / t_s / 1e12,
+                     flops / t_d / 1e12, flops / t_i8 / 1e12 if int8 is not None else float("nan"),
+                     t_s / t_exact, t_s / t_f64))
+    print(f"{'shape':<16}{'exact TFLOP/s':>14}{'f64 slices':>11}{'SGEMM':>9}{'DGEMM':>9}{'int8 TOP/s':>11}"
+          f"{'exact/SGEMM':>12}{'f64 slices/SGEMM':>17}")
     for r in rows:
-        print(f"{r[0]:<16}{r[1]:>19.3f}{r[2]:>10.3f}{r[3]:>10.3f}{r[4]:>18.2f}x")
+        print(f"{r[0]:<16}{r[1]:>14.3f}{r[2]:>11.3f}{r[3]:>9.3f}{r[4]:>9.3f}{r[5]:>11.1f}{r[6]:>11.2f}x{r[7]:>16.2f}x")
 
 
 def train_rows():

@@ -23,8 +23,8 @@ import numpy as np
 from ..errors import BackendError
 
 _OP_N, _OP_T = 0, 1
-_CUDA_R_32F, _CUDA_R_64F = 0, 1
-_COMPUTE_32F, _COMPUTE_64F = 68, 70
+_CUDA_R_32F, _CUDA_R_64F, _CUDA_R_8I, _CUDA_R_32I = 0, 1, 3, 10
+_COMPUTE_32F, _COMPUTE_64F, _COMPUTE_32I = 68, 70, 72
 _GEMM_DEFAULT = -1
 _TYPES = {np.dtype(np.float32): (_CUDA_R_32F, _COMPUTE_32F, ctypes.c_float),
           np.dtype(np.float64): (_CUDA_R_64F, _COMPUTE_64F, ctypes.c_double)}
@@ -104,6 +104,30 @@ class CuBLAS:
         else:
             self._gemm(a, b, c, batch)
         return c.reshape(final)
+
+    def gemm_int8(self, a, bt):
+        """int32 [P, M, N] = a @ bt^T for C-contiguous int8 stacks a [P, M, K] and bt [P, N, K] (the
+        right operand transposed, K contiguous in both: cuBLAS's fast "TN" int8 layout; measured on
+        the H200, nine 4096^3 products took 1.07 ms so against 9.5 with b as [P, K, N]), every product
+        summed exactly in int32 (no overflow is the caller's to ensure) by the int8 tensor cores; M, N
+        and K multiples of 16."""
+        count, rows, k = a.shape
+        n = bt.shape[1]
+        if k % 16 or n % 16 or rows % 16 or bt.shape != (count, n, k) or not (a.flags.c_contiguous and bt.flags.c_contiguous):
+            raise ValueError(f"gemm_int8: operands {list(a.shape)} x {list(bt.shape)} are not C-ordered "
+                             "stacks [P, M, K] x [P, N, K] with dimensions divisible by 16")
+        c = self.cp.empty((count, rows, n), dtype=np.int32)
+        self._bind_stream()
+        one, zero = ctypes.c_int32(1), ctypes.c_int32(0)
+        # column-major: C^T (n x rows) = (bt stored, k x n)^T . (a stored, k x rows)
+        status = self.lib.cublasGemmStridedBatchedEx(
+            self.handle, _OP_T, _OP_N, n, rows, k, ctypes.byref(one),
+            ctypes.c_void_p(bt.data.ptr), _CUDA_R_8I, k, ctypes.c_longlong(k * n),
+            ctypes.c_void_p(a.data.ptr), _CUDA_R_8I, k, ctypes.c_longlong(rows * k),
+            ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), _CUDA_R_32I, n, ctypes.c_longlong(rows * n),
+            count, _COMPUTE_32I, _GEMM_DEFAULT)
+        self._check(status, f"int8 GEMM {list(a.shape)} x {list(bt.shape)}^T")
+        return c
 
     def _gemm(self, a, b, c, batch) -> None:
         """c (C-contiguous, batch + (M, N)) = a @ b."""

@@ -20,6 +20,7 @@ from functools import lru_cache
 import cupy
 import numpy as np
 
+from . import cuda_exact_int8
 from .cuda import translating
 from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, squares_copy, sum_float32
 from .cuda_kernels import C_TYPES, OPTIONS
@@ -94,6 +95,11 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False)
     patch_specials would in a launch of its own."""
     bits_a, bits_b = bits
     amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
+    if cuda_exact_int8.takes(a, b, bits):      # large products: the same bits on int8 tensor cores
+        out = cuda_exact_int8.matmul_narrow(be, a, b, amax, bmax, bits, dtype)
+        if guard:
+            patch_specials(a, b, amax, bmax, out)
+        return out
     left, right, combine = _kernels()
     m = a.shape[-2]
     with translating("exact GEMM slicing", a, b):
