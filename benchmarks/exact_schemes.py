@@ -1,8 +1,8 @@
 """Deterministic mode's float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
 in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
 the same summed in pieces (shipped for 2048 < K <= 2^15 where the pieces' results fit:
-exact_rounded.span), and the integer slices, each forced for every shape here by setting
-exact_rounded's limits;
+exact_rounded.span), and the integer slices (on the GPU, large ones on int8 tensor cores:
+loom/backend/cuda_exact_int8.py), each forced for every shape here by setting exact_rounded's limits;
 "shipped" names the one exact.matmul takes. Also the share of entries the one float64 GEMM's bound
 leaves to the later stages.
 

@@ -9,6 +9,8 @@ subtraction of a number's own integer part) except the one rounding in the recom
 conversion, which are written with explicitly rounded intrinsics in the reference's order: the bits
 are the NumPy path's (tests/gpu/test_deterministic_bits.py).
 
+Large products (cuda_exact_int8.takes) find the same integers on int8 tensor cores instead.
+
 `CUDABackend.exact_kernels` is this module (with the maxima and sums of cuda_exact_reduce).
 Capturable: no synchronization, scalars as arguments.
 """

@@ -16,10 +16,11 @@ even: the float64 path's one rounding, so every entry has its bits. The moduli's
 exceeds 2 |G| <= K 2^(2 bits_a + bits_b + 1) = 2^(107 - log2 K - bits_b) <= 2^71 for the K this
 takes (2^12 <= K <= 2^14, bits_b = 24; `takes`), so G is the balanced representative.
 
-Nine int8 GEMMs are about 1.6 SGEMMs' worth of int8 tensor-core time at torch._int_mm's measured
-826 TOP/s; the residues (nine bytes per element of each operand) and the nine int32 products (36
-bytes per entry, written and read once) are the rest. Only large products come here (`takes`):
-below that the float64 slices are faster, and both give the same bits.
+On the H100 the nine int8 GEMMs of a 4096^3 product take 1.13 ms (SGEMM: 2.66 ms); the residues
+(nine bytes per element of each operand) and the nine int32 products (36 bytes per entry, written
+and read once) bring it to 1.96 ms, 1.32x SGEMM's speed (docs/performance.md, "Slices on int8
+tensor cores"). The right operand's residues are stored transposed, as the int8 GEMM's fast "TN"
+layout wants (cublas.CuBLAS.gemm_int8).
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from .cuda_exact_reduce import TOP_EXPONENT
 from .cuda_kernels import OPTIONS
 
 MODULI = (256, 255, 253, 251, 247, 241, 239, 233, 229)
-# products with fewer multiply-adds take the float64 slices (measured on the H100: see
-# docs/performance.md, "Slices on int8 tensor cores")
+# a floor, not a measured crossover: every float32 product that exact.py gives the slices with K <=
+# 2^14 has more than 2^34 multiply-adds (smaller ones take exact_rounded's pieces); tests lower it
+# to run the path on small products
 MIN_WORK = 1 << 33
 # the left residues and int32 products of one panel of rows held at once (with b's residues):
 # larger products run panel by panel
