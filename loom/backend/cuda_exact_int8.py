@@ -13,8 +13,9 @@ in int32, exactly (|sum| <= K 2^14 < 2^31 for K <= 2^14), and its sum mod p is G
 algorithm turns the nine residues into G's mixed-radix digits, Horner's rule those into a 128-bit
 integer (two uint64 words), and that integer is rounded once to float64, to nearest with ties to
 even: the float64 path's one rounding, so every entry has its bits. The moduli's product, 2^71.41,
-exceeds 2 |G| <= K 2^(2 bits_a + bits_b + 1) = 2^(107 - log2 K - bits_b) <= 2^71 for the K this
-takes (2^12 <= K <= 2^14, bits_b = 24; `takes`), so G is the balanced representative.
+exceeds 2 |G| <= K 2^(2 bits_a + bits_b + 1) = 2^(107 - log2 K - bits_b) <= 2^71 for the K that
+reach it (2048 < K <= 2^14, bits_b = 24; `takes` checks the bound itself), so G is the balanced
+representative.
 
 On the H100 the nine int8 GEMMs of a 4096^3 product take 1.13 ms (SGEMM: 2.66 ms); the residues
 (nine bytes per element of each operand) and the nine int32 products (36 bytes per entry, written
@@ -112,12 +113,14 @@ def _residues(store: str, value: str = "x % {p}") -> str:
 
 
 # b's residues, transposed ([9, N, K]: the int8 GEMM's fast layout) through shared memory: a block
-# reads a 32 x 32 tile of b along its rows and writes 32 bytes of K per row of the transpose
+# reads a 32 x 32 tile of b along its rows and writes 32 bytes of K per row of the transpose (for
+# b stored by columns, as a weight's transpose W.T, `right_rows` writes them straight)
 _RIGHT = TOP_EXPONENT + r"""
 extern "C" __global__ void loom_exact_int8_right(const float* b, long long sk, long long sn, const float* top,
                                                  int bits, long long k, long long n, signed char* r) {
     __shared__ __align__(4) signed char tile[MODULI_COUNT][32][36];   // [q][n][k], rows 4-byte aligned
-    const long long k0 = (long long)blockIdx.x * 32, n0 = (long long)blockIdx.y * 32, col = n0 + threadIdx.x;
+    // N's tiles on the grid's x axis (2^31 - 1 of them allowed), K's (at most 512) on y (65535)
+    const long long n0 = (long long)blockIdx.x * 32, k0 = (long long)blockIdx.y * 32, col = n0 + threadIdx.x;
     if (col < n) {
         const int shift = bits - loom_top_exponent(top[col]);
         for (int j = threadIdx.y; j < 32 && k0 + j < k; j += 8) {
@@ -143,12 +146,17 @@ def _kernels():
         """const float s = ldexpf(a, bits - loom_top_exponent(top));
            const float h = rintf(s);
            const double lo = rint(__dmul_rn(__dsub_rn((double)s, (double)h), ldexp(1.0, bits)));
-           // x = h 2^bits + lo (|h| <= 2^bits, |lo| <= 2^(bits - 1), bits <= 17) mod p, in int32:
-           // ((h mod p) (2^bits mod p) + lo) mod p, every term below 2^17
+           // x = h 2^bits + lo (|h| <= 2^bits, |lo| <= 2^(bits - 1), bits <= 18) mod p, in int32:
+           // ((h mod p) (2^bits mod p) + lo) mod p, every term below 2^18
            const int high = (int)h, low = (int)lo, unit = 1 << bits;
            """ + _residues("r[{q} * plane + i] = {v};", "((high % {p}) * (unit % {p}) + low) % {p}"),
         "loom_exact_int8_left", preamble=TOP_EXPONENT, options=OPTIONS)
     right = cupy.RawModule(code=_RIGHT, options=OPTIONS).get_function("loom_exact_int8_right")
+    right_rows = cupy.ElementwiseKernel(          # bt = b.T, C-ordered [N, K]: its residues in its own order
+        "float32 bt, float32 top, int32 bits, int64 plane", "raw int8 r",
+        """const int x = (int)rintf(ldexpf(bt, bits - loom_top_exponent(top)));    // |x| <= 2^24
+           """ + _residues("r[{q} * plane + i] = {v};"),
+        "loom_exact_int8_right_rows", preamble=TOP_EXPONENT, options=OPTIONS)
     # the int32 sums of the nine GEMMs ([9, M, N]) -> G -> loom_exact_combine's arithmetic
     combine = cupy.ElementwiseKernel(
         "raw int32 s, float32 atop, float32 btop, int32 abits, int32 bbits, int64 plane", "T out",
@@ -160,7 +168,7 @@ def _kernels():
            acc = __dmul_rn(acc, ldexp(1.0, loom_top_exponent(atop) - abits));
            out = (T)__dmul_rn(acc, ldexp(1.0, loom_top_exponent(btop) - bbits));""",
         "loom_exact_int8_combine", preamble=TOP_EXPONENT + _TO_DOUBLE, options=OPTIONS)
-    return left, right, combine
+    return left, right, right_rows, combine
 
 
 def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
@@ -170,12 +178,16 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
     m, k = a.shape
     n = b.shape[1]
     count = len(MODULI)
-    left, right, combine = _kernels()
+    amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
+    left, right, right_rows, combine = _kernels()
     with translating("exact GEMM int8 slicing", a, b):
         rbt = cupy.empty((count, n, k), dtype=np.int8)
-        top = cupy.ascontiguousarray(bmax.reshape(-1))
-        right((-(-k // 32), -(-n // 32)), (32, 8), (b, np.int64(b.strides[0] // 4), np.int64(b.strides[1] // 4), top,
-                                                    np.int32(bits_b), np.int64(k), np.int64(n), rbt))
+        if b.T.flags.c_contiguous:
+            right_rows(b.T, bmax.reshape(n, 1), np.int32(bits_b), np.int64(n * k), rbt)
+        else:
+            top = cupy.ascontiguousarray(bmax.reshape(-1))
+            right((-(-n // 32), -(-k // 32)), (32, 8), (b, np.int64(b.strides[0] // 4), np.int64(b.strides[1] // 4),
+                                                        top, np.int32(bits_b), np.int64(k), np.int64(n), rbt))
         out = cupy.empty((m, n), dtype=dtype)
     rows = max(16, PANEL_BYTES // (count * (k + 4 * n)) // 16 * 16)
     for first in range(0, m, rows):

@@ -77,34 +77,66 @@ def _operands(rng, m, k, n):
     a[3] = 0                                                # a zero row
     a[5, :] = rng.standard_normal(k).astype(np.float32)     # a plain one
     b[:, 2] = np.float32(2.0 ** -140)                       # a column of subnormals
+    # the largest |G|: rows and columns of one magnitude just below a power of two (h rounds up to
+    # 2^bits_a, B = 2^24 - 1), of one sign, so G = +-K (2^(2 bits_a) - 2^(bits_a - 7)) (2^24 - 1)
+    top = np.float32(1 - 2.0 ** -24)
+    a[6], a[7], b[:, 3], b[:, 4] = top, -top, top, -top
     return a, b
 
 
+def _spy(int8, monkeypatch) -> list:
+    calls = []
+    original = int8.matmul_narrow
+    monkeypatch.setattr(int8, "matmul_narrow", lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
+@pytest.mark.parametrize("panel_rows", [None, 32], ids=["one panel", "panels of 32 rows"])
 @pytest.mark.parametrize("m, k, n", [(64, 4096, 48), (32, 8192, 16), (48, 16384, 32), (16, 2064, 80)])
-def test_forced_int8_products_give_the_cpu_bits(m, k, n, int8, monkeypatch):
+def test_forced_int8_products_give_the_cpu_bits(m, k, n, panel_rows, int8, monkeypatch):
     from loom.kernels import exact_rounded
     monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)    # the slices for every K > 2048
     monkeypatch.setattr(int8, "MIN_WORK", 0)
-    calls = []
-    original = int8.matmul_narrow
-    monkeypatch.setattr(int8, "matmul_narrow", lambda *args: calls.append(1) or original(*args))
+    if panel_rows:
+        monkeypatch.setattr(int8, "PANEL_BYTES", len(int8.MODULI) * (k + 4 * n) * panel_rows)
+    calls = _spy(int8, monkeypatch)
     rng = np.random.default_rng(m + k + n)
     cuda = backend.get("cuda")
     a, b = _operands(rng, m, k, n)
-    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), f"int8 {m}x{k}x{n}")
+    cpu = exact.matmul(a, b)
+    assert cpu[6, 3] == cpu[7, 4] == -cpu[6, 4] == np.float32(k * float(a[6, 0]) ** 2)    # the largest |G|, both signs
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), cpu, f"int8 {m}x{k}x{n}")
     assert calls, "the int8 path did not run"
     at, bt = np.ascontiguousarray(a.T), np.ascontiguousarray(b.T)     # transposed views, as dense layers use
-    same_bits(exact.matmul(cuda.asarray(at).T, cuda.asarray(bt).T), exact.matmul(a, b), "int8 transposed views")
+    same_bits(exact.matmul(cuda.asarray(at).T, cuda.asarray(bt).T), cpu, "int8 transposed views")
+    ar, br = a[:, ::-1], b[::-1]                            # negative strides (the same K, reversed)
+    same_bits(exact.matmul(cuda.asarray(a)[:, ::-1], cuda.asarray(b)[::-1]), exact.matmul(ar, br), "int8 reversed")
     a[1, 7], a[2, 0], b[-1, 4] = np.nan, -np.inf, np.inf    # special values: patched as the float64 path does
     same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "int8 specials")
-    h, g = a.astype(np.float16), b.astype(np.float16)       # float16 operands, float16 result
+    # float16 operands and result: the unguarded path (the caller patches specials itself)
+    h = (rng.standard_normal((m, k)) * 8).astype(np.float16)
+    g = (rng.standard_normal((k, n)) * 8).astype(np.float16)
+    h[0, 1] = np.inf
+    calls.clear()
     same_bits(exact.matmul(cuda.asarray(h), cuda.asarray(g)), exact.matmul(h, g), "int8 float16")
+    assert calls
+
+
+def test_shapes_the_int8_path_declines_keep_the_bits(int8, monkeypatch):
+    """K not a multiple of 16 (the int8 GEMM's alignment): the float64 slices, the same bits."""
+    from loom.kernels import exact_rounded
+    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
+    monkeypatch.setattr(int8, "MIN_WORK", 0)
+    calls = _spy(int8, monkeypatch)
+    rng = np.random.default_rng(3)
+    cuda = backend.get("cuda")
+    a, b = _operands(rng, 32, 2056, 16)
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "declined")
+    assert not calls
 
 
 def test_a_large_product_takes_the_int8_path_by_default(int8, monkeypatch):
-    calls = []
-    original = int8.matmul_narrow
-    monkeypatch.setattr(int8, "matmul_narrow", lambda *args: calls.append(1) or original(*args))
+    calls = _spy(int8, monkeypatch)
     rng = np.random.default_rng(7)
     cuda = backend.get("cuda")
     a = rng.standard_normal((4096, 4096), dtype=np.float32)
