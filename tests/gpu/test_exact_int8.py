@@ -144,3 +144,24 @@ def test_a_large_product_takes_the_int8_path_by_default(int8, monkeypatch):
     got = exact.matmul(cuda.asarray(a), cuda.asarray(b))
     assert calls, "a 4096^3 product did not take the int8 path"
     same_bits(got, exact.matmul(a, b), "int8 default")
+
+
+def test_int8_products_replay_from_a_recorded_graph(int8, monkeypatch):
+    """Recorded into a dispatch chain (panels freed and reallocated inside the capture) and replayed on
+    new operands, the int8 path gives the CPU's bits for those operands."""
+    from loom.kernels import exact_rounded
+    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
+    monkeypatch.setattr(int8, "MIN_WORK", 0)
+    monkeypatch.setattr(int8, "PANEL_BYTES", len(int8.MODULI) * (4096 + 4 * 48) * 32)
+    calls = _spy(int8, monkeypatch)
+    cuda = backend.get("cuda")
+    a, b = _operands(np.random.default_rng(11), 64, 4096, 48)
+    da, db = cuda.asarray(a), cuda.asarray(b)
+    same_bits(exact.matmul(da, db), exact.matmul(a, b), "eager")    # compiles the kernels first
+    graph, recorded = cuda.record(lambda: exact.matmul(da, db))
+    a2, b2 = _operands(np.random.default_rng(12), 64, 4096, 48)
+    da[...], db[...] = cuda.asarray(a2), cuda.asarray(b2)
+    graph.launch()
+    cuda.synchronize()
+    same_bits(recorded, exact.matmul(a2, b2), "replayed on new operands")
+    assert len(calls) == 2
