@@ -2,7 +2,9 @@
 
 784 -> 256 (ReLU) -> 10 MLP, MSE loss, SGD lr 0.05, batch 32, 512 random samples per epoch, 2 threads.
 Reports microseconds per sample for a training epoch and for batch-256 forward passes, best of
-several repeats, for Loom in fast mode and in deterministic mode (the default) and for PyTorch.
+several repeats, for Loom in fast mode and in deterministic mode (the default) and for PyTorch; and
+the floor under Loom's forward: NumPy's two GEMMs alone (float32, which fast mode runs, and float64,
+which deterministic mode's correctly rounded products run), without the bias, activation or checks.
 Run: .venv/bin/python benchmarks/cpu_mlp.py
 """
 import os
@@ -43,6 +45,20 @@ def measure(which: str) -> dict:
     rng = np.random.default_rng(0)
     x = rng.random((SAMPLES, 784), dtype=np.float32)
     y = rng.random((SAMPLES, 10), dtype=np.float32)
+    if which == "numpy-gemms":
+        w1 = rng.standard_normal((256, 784), dtype=np.float32)
+        w2 = rng.standard_normal((10, 256), dtype=np.float32)
+        h = rng.standard_normal((FWD_BATCH, 256), dtype=np.float32)
+        out = {}
+        for name, dtype in (("forward", np.float32), ("forward64", np.float64)):
+            xs, a, b, c = x.astype(dtype), w1.astype(dtype), w2.astype(dtype), h.astype(dtype)
+
+            def gemms():
+                for i in range(0, SAMPLES, FWD_BATCH):
+                    xs[i:i + FWD_BATCH] @ a.T
+                    c @ b.T
+            out[name] = best_of(gemms)
+        return {**out, "train": float("nan"), "version": np.__version__}
     if which.startswith("loom"):
         with loom.deterministic(which == "loom-deterministic"):
             train, forward = loom_fns(x, y)
@@ -98,27 +114,32 @@ def main():
         return
     try:
         import torch  # noqa: F401
-        names = ["loom-fast", "loom-deterministic", "torch"]
+        names = ["loom-fast", "loom-deterministic", "torch", "numpy-gemms"]
     except ImportError:
-        names = ["loom-fast", "loom-deterministic"]
+        names = ["loom-fast", "loom-deterministic", "numpy-gemms"]
     best = {}
     for _ in range(ROUNDS):                       # alternate A, B, A, B: both see the same drift in load
         for name in names:
             out = subprocess.run([sys.executable, __file__, "--only", name], capture_output=True, text=True, check=True)
             r = json.loads(out.stdout)
             old = best.get(name)
-            best[name] = r if old is None else {**r, "train": min(old["train"], r["train"]),
-                                                "forward": min(old["forward"], r["forward"])}
+            best[name] = r if old is None else {**r, **{key: min(old[key], r[key]) for key in r if key != "version"}}
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; numpy {np.__version__}; 2 threads; "
           f"best of {ROUNDS} processes x {REPEATS} repeats; {SAMPLES} samples, train batch {BATCH}, forward batch {FWD_BATCH}")
     print(f"{'':32} {'train us/sample':>16} {'forward us/sample':>18} {'train vs torch':>15} {'fwd vs torch':>13}")
     for name in names:
         r = best[name]
+        if name == "numpy-gemms":
+            continue
         label = {"loom-fast": "loom fast mode (NumPy BLAS)", "loom-deterministic": "loom deterministic mode"}.get(
             name, f"pytorch {r['version']}")
         ratio = (f"{r['train'] / best['torch']['train']:>14.2f}x {r['forward'] / best['torch']['forward']:>12.2f}x"
                  if "torch" in best else "")
         print(f"{label:32} {r['train'] / SAMPLES * 1e6:>16.2f} {r['forward'] / SAMPLES * 1e6:>18.2f} {ratio}")
+    floor = best["numpy-gemms"]
+    for key, what in (("forward", "float32"), ("forward64", "float64")):
+        vs = f" ({floor[key] / best['torch']['forward']:.2f}x PyTorch's whole forward)" if "torch" in best else ""
+        print(f"NumPy's two forward GEMMs alone, {what}: {floor[key] / SAMPLES * 1e6:.2f} us/sample{vs}")
 
 
 if __name__ == "__main__":
