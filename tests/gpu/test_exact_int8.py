@@ -165,3 +165,19 @@ def test_int8_products_replay_from_a_recorded_graph(int8, monkeypatch):
     cuda.synchronize()
     same_bits(recorded, exact.matmul(a2, b2), "replayed on new operands")
     assert len(calls) == 2
+
+
+def test_int8_chunks_of_a_long_product_give_the_cpu_bits(int8, monkeypatch):
+    """K > 2^14 looped over chunks (products too large to slice whole): each chunk, a column slice of
+    the operands with the whole rows' scales, runs on the int8 path with a float64 result, and the
+    chunks add up in order as the float64 slices' do."""
+    from loom.backend import cuda_exact
+    monkeypatch.setattr(int8, "MIN_WORK", 0)
+    monkeypatch.setattr(cuda_exact, "_CHUNKS_AT_ONCE_BYTES", 0)
+    calls = _spy(int8, monkeypatch)
+    rng = np.random.default_rng(5)
+    cuda = backend.get("cuda")
+    k = 2 * (1 << 14) + 4096                                  # two whole chunks and a short one
+    a, b = _operands(rng, 32, k, 16)
+    same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "int8 chunks")
+    assert len(calls) == 3
