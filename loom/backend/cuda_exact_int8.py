@@ -19,7 +19,7 @@ representative.
 
 On the H100 the nine int8 GEMMs of a 4096^3 product take 1.13 ms (SGEMM: 2.66 ms); the residues
 (nine bytes per element of each operand) and the nine int32 products (36 bytes per entry, written
-and read once) bring it to 1.96 ms, 1.32x SGEMM's speed (docs/performance.md, "Slices on int8
+and read once) bring it to 1.96 ms, 1.35x SGEMM's speed (docs/performance.md, "Slices on int8
 tensor cores"). The right operand's residues are stored transposed, as the int8 GEMM's fast "TN"
 layout wants (cublas.CuBLAS.gemm_int8).
 """
@@ -101,7 +101,6 @@ __device__ __forceinline__ double loom_u128_to_double(unsigned long long hi, uns
     return ldexp(__ull2double_rn(top | (lost != 0ull)), shift);
 }
 """
-
 
 
 def _residues(store: str, value: str = "x % {p}") -> str:
