@@ -36,6 +36,7 @@ from .cuda_exact_reduce import TOP_EXPONENT
 from .cuda_kernels import OPTIONS
 
 MODULI = (256, 255, 253, 251, 247, 241, 239, 233, 229)
+_PRODUCT = math.prod(MODULI)        # 2^71.41
 # a floor, not a measured crossover: every float32 product that exact.py gives the slices with K <=
 # 2^14 has more than 2^34 multiply-adds (smaller ones take exact_rounded's pieces); tests lower it
 # to run the path on small products
@@ -56,16 +57,19 @@ def takes(a, b, bits: tuple) -> bool:
     if m % 16 or k % 16 or n % 16 or k > 1 << 14:
         return False
     bits_a, bits_b = bits
-    if k * 2.0 ** (2 * bits_a + bits_b + 1) >= math.prod(MODULI):
+    if k * 2.0 ** (2 * bits_a + bits_b + 1) >= _PRODUCT:
         return False
     return m * n * k >= MIN_WORK
 
 
-def _garner_source() -> str:
-    """CUDA C: G mod each modulus -> the balanced G as (negative, high word, low word), from Garner's
-    algorithm with the inverses worked out here, exactly."""
+def _garner_source(load: str) -> str:
+    """CUDA C: G mod each modulus (`load`, a format string of the modulus' index q: an integer
+    congruent to G) -> the balanced G as (negative, high word, low word), from Garner's algorithm
+    with the inverses worked out here, exactly."""
     count = len(MODULI)
-    lines = ["const int v0 = r[0];"]
+    lines = [f"int r[{count}];"]
+    lines += [f"r[{q}] = (int)({load.format(q=q)} % {p}); if (r[{q}] < 0) r[{q}] += {p};" for q, p in enumerate(MODULI)]
+    lines.append("const int v0 = r[0];")
     for i in range(1, count):
         p = MODULI[i]
         lines.append(f"int v{i} = r[{i}];")
@@ -79,11 +83,10 @@ def _garner_source() -> str:
         horner.append(f"{{ const unsigned long long t = lo * {p}ull; "
                       f"hi = hi * {p}ull + __umul64hi(lo, {p}ull); lo = t + (unsigned long long)v{i}; "
                       f"hi += lo < t; }}")
-    product = math.prod(MODULI)
-    half = product // 2
+    half = _PRODUCT // 2
     return "\n".join(lines + horner + [
         # X >= M / 2: G = X - M < 0, |G| = M - X
-        f"const unsigned long long mhi = {product >> 64}ull, mlo = {product & (2 ** 64 - 1)}ull;",
+        f"const unsigned long long mhi = {_PRODUCT >> 64}ull, mlo = {_PRODUCT & (2 ** 64 - 1)}ull;",
         f"const bool negative = hi > {half >> 64}ull || (hi == {half >> 64}ull && lo >= {half & (2 ** 64 - 1)}ull);",
         "if (negative) { const unsigned long long nlo = mlo - lo; hi = mhi - hi - (mlo < lo); lo = nlo; }",
     ])
@@ -159,9 +162,7 @@ def _kernels():
     # the int32 sums of the nine GEMMs ([9, M, N]) -> G -> loom_exact_combine's arithmetic
     combine = cupy.ElementwiseKernel(
         "raw int32 s, float32 atop, float32 btop, int32 abits, int32 bbits, int64 plane", "T out",
-        f"""int r[{len(MODULI)}];
-           """ + "\n".join(f"r[{q}] = s[{q} * plane + i] % {p}; if (r[{q}] < 0) r[{q}] += {p};"
-                           for q, p in enumerate(MODULI)) + "\n" + _garner_source() + """
+        _garner_source("s[{q} * plane + i]") + """
            double acc = ldexp(loom_u128_to_double(hi, lo), -abits);    // G 2^-bits_a, rounded once
            if (negative) acc = -acc;
            acc = __dmul_rn(acc, ldexp(1.0, loom_top_exponent(atop) - abits));
@@ -203,16 +204,19 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
     return out
 
 
-def crt_to_double(residues):
-    """Test hook: the balanced G for int64 residues [9, N] (G mod each modulus), rounded once to
-    float64, by the combine kernel's device code."""
-    kernel = cupy.ElementwiseKernel(
+@lru_cache(maxsize=None)
+def _crt_kernel():
+    return cupy.ElementwiseKernel(
         "raw int64 s, int64 plane", "float64 out",
-        f"int r[{len(MODULI)}];\n" + "\n".join(f"r[{q}] = (int)(s[{q} * plane + i] % {p}); if (r[{q}] < 0) r[{q}] += {p};"
-                                               for q, p in enumerate(MODULI)) + "\n" + _garner_source() + """
+        _garner_source("s[{q} * plane + i]") + """
            const double d = loom_u128_to_double(hi, lo);
            out = negative ? -d : d;""",
         "loom_exact_int8_crt_test", preamble=_TO_DOUBLE, options=OPTIONS)
+
+
+def crt_to_double(residues):
+    """Test hook: the balanced G for int64 residues [9, N] (G mod each modulus), rounded once to
+    float64, by the combine kernel's device code."""
     out = cupy.empty(residues.shape[1], dtype=np.float64)
-    kernel(residues, np.int64(residues.shape[1]), out)
+    _crt_kernel()(residues, np.int64(residues.shape[1]), out)
     return out

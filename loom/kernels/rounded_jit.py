@@ -1,5 +1,5 @@
 """exact_rounded's CPU loops (numba, the optional `loom[cpu]` extra): the float64 copies of the
-operands with their row or column 2-norms in one pass, and the certification of the float64 GEMM's
+operands with their row or column 2-norms (`cast_norms`), and the certification of the float64 GEMM's
 result, with three stages for the entries it cannot certify, cheapest first:
 
 1. no product is nonzero (bit masks of the nonzero elements of the row and the column share no bit:
