@@ -18,7 +18,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 
 import numpy as np  # noqa: E402
 
-import loom  # noqa: E402
 from loom import backend  # noqa: E402
 from loom.kernels import exact  # noqa: E402
 
