@@ -1,6 +1,7 @@
 """GPU tests run only where CuPy finds an NVIDIA GPU (the device machine); elsewhere they skip."""
 import pytest
 
+import loom
 from loom import backend
 
 REASON = backend.available()["cuda"]
@@ -30,3 +31,11 @@ def spy(monkeypatch):
             monkeypatch.setattr(module, name, wrapper)
         return called
     return install
+
+
+@pytest.fixture
+def deterministic_mode():
+    """Deterministic mode for the whole test, whatever an earlier test left set (modules that prove
+    CPU == GPU bits name it in their pytestmark)."""
+    with loom.deterministic(True):
+        yield

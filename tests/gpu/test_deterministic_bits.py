@@ -13,13 +13,7 @@ from loom.nn import losses, optim
 
 from .cpu_gpu import layer_results, loss_results, optimizer_results, same_bits
 
-pytestmark = pytest.mark.gpu
-
-
-@pytest.fixture(autouse=True)
-def deterministic_mode():
-    with loom.deterministic(True):
-        yield
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
 
 def _wide(rng, shape):

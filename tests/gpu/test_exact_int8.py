@@ -7,21 +7,14 @@ import math
 import numpy as np
 import pytest
 
-import loom
 from loom import backend
 from loom.kernels import exact
 
 from .cpu_gpu import same_bits
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
 cupy = pytest.importorskip("cupy")
-
-
-@pytest.fixture(autouse=True)
-def deterministic_mode():
-    with loom.deterministic(True):
-        yield
 
 
 @pytest.fixture

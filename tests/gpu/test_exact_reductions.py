@@ -14,14 +14,8 @@ from loom.kernels import exact
 
 from .cpu_gpu import host, same_bits
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 cupy = pytest.importorskip("cupy")
-
-
-@pytest.fixture(autouse=True)
-def deterministic_mode():
-    with loom.deterministic(True):
-        yield
 
 
 def _values(rng, shape, dtype):

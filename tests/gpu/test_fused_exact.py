@@ -8,23 +8,16 @@ import pytest
 
 pytest.importorskip("cupy")
 
-import loom  # noqa: E402
 from loom import backend  # noqa: E402
 from loom.backend import cuda_fused_exact  # noqa: E402
 from loom.kernels import fused  # noqa: E402
 
 from .cpu_gpu import same_bits  # noqa: E402
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
 ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (5, 1000), (2, 4097), (2, 2, 3, 256)]
 KINDS = ["normal", "wide", "specials"]
-
-
-@pytest.fixture(autouse=True)
-def deterministic_mode():
-    with loom.deterministic(True):
-        yield
 
 
 @pytest.fixture
