@@ -1,9 +1,8 @@
 """Deterministic mode's float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
 in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
-the same summed in pieces (shipped for 2048 < K <= 2^15 where the pieces' results fit:
-exact_rounded.span), and the integer slices (on the GPU, large ones on int8 tensor cores:
-loom/backend/cuda_exact_int8.py), each forced for every shape here by setting exact_rounded's limits;
-"shipped" names the one exact.matmul takes. Also the share of entries the one float64 GEMM's bound
+and the integer slices as float64 GEMMs and (GPU) on int8 tensor cores
+(loom/backend/cuda_exact_int8.py), each forced for every shape here; "shipped" names the scheme the
+dispatch table (loom/kernels/exact_dispatch.py) gives the shape, and whether the int8 path takes it. Also the share of entries the one float64 GEMM's bound
 leaves to the later stages.
 
     PYTHONPATH=. python benchmarks/exact_schemes.py            # GPU (device machine)
@@ -21,7 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 from loom import backend  # noqa: E402
-from loom.kernels import exact, exact_rounded  # noqa: E402
+from loom.kernels import exact, exact_dispatch, exact_rounded  # noqa: E402
 
 GPU_SHAPES = [(4096, 784, 4096), (4096, 2048, 4096), (4096, 4096, 4096), (8192, 512, 2048), (8192, 2048, 512),
               (256 * 784, 288, 32), (256 * 784, 32, 288), (32, 784, 256),
@@ -57,34 +56,42 @@ def uncertified(a, b) -> float:
 def main():
     gpu = "--cpu" not in sys.argv
     be = backend.get("cuda" if gpu else "cpu")
+    int8 = None
+    if gpu:
+        from loom.backend import cuda_exact_int8 as int8
     rng = np.random.default_rng(0)
-    print(f"{'M x K x N':<20}{'rounded ms':>12}{'pieces ms':>12}{'slices ms':>12}{'float32 ms':>12}"
-          f"{'shipped':>9}{'uncertified %':>15}")
+    print(f"{'M x K x N':<20}{'rounded ms':>12}{'slices ms':>12}{'int8 ms':>10}{'float32 ms':>12}"
+          f"{'shipped':>14}{'uncertified %':>15}")
     for m, k, n in GPU_SHAPES if gpu else CPU_SHAPES:
         a = be.asarray(rng.standard_normal((m, k), dtype=np.float32))
         b = be.asarray(rng.standard_normal((k, n), dtype=np.float32))
-        split = exact_rounded.span(k, m * n)
-        shipped = "slices" if split is None else "rounded" if split[1] == 1 else "pieces"
-        rounded = forced(lambda: exact.matmul(a, b), be, gpu, max_k=1 << 30)
-        pieces = forced(lambda: exact.matmul(a, b), be, gpu, pieced_k=1 << 30) \
-            if k > exact_rounded.MAX_K else float("nan")
-        sliced = forced(lambda: exact.matmul(a, b), be, gpu, max_k=0)
+        shipped = exact_dispatch.matmul_scheme(np.float32, k)
+        if int8 is not None and shipped != exact_dispatch.ROUNDED and int8.takes(a, b, exact._narrow_bits(k)):
+            shipped += " int8"
+        rounded = forced(lambda: exact.matmul(a, b), be, gpu, exact_dispatch.ROUNDED)
+        sliced = forced(lambda: exact.matmul(a, b), be, gpu, exact_dispatch.SLICES_2X1, int8, 1 << 62)
+        aligned = int8 is not None and m % 16 == k % 16 == n % 16 == 0      # where the int8 path can run
+        on_int8 = forced(lambda: exact.matmul(a, b), be, gpu, exact_dispatch.SLICES_2X1, int8, 0) \
+            if aligned else float("nan")
         vendor = timed(lambda: be.matmul(a, b), be.synchronize, gpu)
-        print(f"{f'{m}x{k}x{n}':<20}{rounded:>12.3f}{pieces:>12.3f}{sliced:>12.3f}{vendor:>12.3f}{shipped:>9}"
+        print(f"{f'{m}x{k}x{n}':<20}{rounded:>12.3f}{sliced:>12.3f}{on_int8:>10.3f}{vendor:>12.3f}{shipped:>14}"
               f"{uncertified(a, b):>15.3f}", flush=True)
 
 
-def forced(fn, be, gpu: bool, max_k: int | None = None, pieced_k: int | None = None) -> float:
-    """fn's time with exact_rounded's limits set (None: as shipped): MAX_K 0 forces the slices, a
-    huge MAX_K a single float64 GEMM, a huge MAX_PIECED_K the pieces at any K and size."""
-    saved = exact_rounded.MAX_K, exact_rounded.MAX_PIECED_K, exact_rounded.MAX_PIECE_ENTRIES
-    exact_rounded.MAX_K = saved[0] if max_k is None else max_k
-    if pieced_k is not None:
-        exact_rounded.MAX_PIECED_K, exact_rounded.MAX_PIECE_ENTRIES = pieced_k, 1 << 62
+def forced(fn, be, gpu: bool, scheme: str, int8=None, min_work: int | None = None) -> float:
+    """fn's time with every float32 product given `scheme` (and, on the GPU, the int8 path's size
+    floor set to min_work: 0 takes it wherever it can, a huge one never)."""
+    saved = exact_dispatch.matmul_scheme, None if int8 is None else int8.MIN_WORK
+    exact_dispatch.matmul_scheme = lambda dtype, k: scheme if np.dtype(dtype).itemsize <= 4 else saved[0](dtype, k)
+    if int8 is not None and min_work is not None:
+        int8.MIN_WORK = min_work
     try:
         return timed(fn, be.synchronize, gpu)
     finally:
-        exact_rounded.MAX_K, exact_rounded.MAX_PIECED_K, exact_rounded.MAX_PIECE_ENTRIES = saved
+        exact_dispatch.matmul_scheme = saved[0]
+        if int8 is not None:
+            int8.MIN_WORK = saved[1]
+
 
 if __name__ == "__main__":
     main()

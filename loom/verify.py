@@ -5,7 +5,10 @@ For each backend it fingerprints (SHA-256 of dtype, shape and bytes) the results
   (float inputs), every parameter gradient and every buffer, for a fixed random upstream gradient;
 - every optimizer type with its defaults: the weights of a small network after one step;
 - the demo convnet (the `loom demo` config) trained `steps` steps by loom.train on a fixed slice of
-  the bundled digits: the final weights and the loss history.
+  the bundled digits: the final weights and the loss history;
+- in deterministic mode, batch invariance: every catalogue sample whose rows are independent
+  (loom.batch_invariance) gives each row's output and input gradient the same bits alone, reordered
+  and beside NaN, huge, zero and subnormal padding rows; the row shows the batch's output fingerprint.
 Inputs and upstream gradients come from loom.rng and weights from the config's seed, so they are
 the same bits everywhere; only the arithmetic under test can differ.
 
@@ -27,7 +30,7 @@ from importlib import resources
 import numpy as np
 
 from . import backend as _backend
-from . import mode, rng
+from . import batch_invariance, mode, rng
 from .errors import BackendError, ConfigError
 
 BACKENDS = ("cpu", "cpu:1thread", "cuda")
@@ -80,6 +83,11 @@ def compute(device: str, steps: int = 50, samples=None) -> dict[str, str]:
     out: dict[str, str] = {}
     for name, layers, shape, idt in _select(SAMPLES, samples):
         _guarded(out, f"{name}{SEP}forward", lambda: _layer_checks(device, name, layers, shape, idt))
+    if mode.is_deterministic():     # fast mode promises no batch invariance
+        for name, layers, shape, idt in _select(SAMPLES, samples):
+            if not batch_invariance.mixes_rows(layers):
+                check = f"{name}{SEP}batch-invariant"
+                _guarded(out, check, lambda: {check: _batch_check(device, name, layers, shape, idt)})
     for kind in TYPES:
         _guarded(out, f"{kind}{SEP}step", lambda: {f"{kind}{SEP}step": _optimizer_step(device, kind)})
     _guarded(out, f"demo{SEP}weights after {steps} steps", lambda: _demo_checks(device, steps))
@@ -120,6 +128,17 @@ def _layer_checks(device, name, layers, shape, idt) -> dict[str, str]:
     for key, b in net.buffers().items():
         out[f"{name}{SEP}buffer {_short(key)}"] = fingerprint(b)
     return out
+
+
+def _batch_check(device, name, layers, shape, idt) -> str:
+    """The fingerprint of the sample's inference-mode output for a batch, once batch_invariance.check
+    has found every row's output and input gradient the same alone, reordered and beside padding
+    rows (it raises, and the row reads ERROR, otherwise)."""
+    from .nn import Network
+    from .nn.catalogue import config
+    net = Network.from_config(config(layers, shape, idt)).to(device)
+    with np.errstate(all="ignore"):                    # NaN and huge padding rows
+        return fingerprint(batch_invariance.check_network(net, _sample_input(name, layers, shape, idt), name))
 
 
 def _sample_input(name, layers, shape, idt) -> np.ndarray:

@@ -1,7 +1,6 @@
 """Operands for the correctly rounded float32 GEMM (loom/kernels/exact_rounded.py), shared by the
 CPU tests and the GPU ones: random data, sparse data (entries with no nonzero product), data whose exact products land
-on float32's midpoints, subnormals, overflow threshold and signed zeros, and long sums (K > MAX_K,
-summed in pieces) whose results land on midpoints."""
+on float32's midpoints, subnormals, overflow threshold and signed zeros."""
 import numpy as np
 
 from loom.kernels import exact_rounded
@@ -40,14 +39,10 @@ def case(name, rng=None):
         a = rng.standard_normal((64, 64)) * (rng.random((64, 64)) < 0.1)
         b = rng.standard_normal((64, 48)) * (rng.random((64, 48)) < 0.1)
         return a.astype(np.float32), b.astype(np.float32)
-    if name == "long":                         # K = 2600 > MAX_K: five pieces of 434 and a last of 430;
-        a = rng.integers(-3, 4, (6, 2600)) * 2.0 ** 20     # odd results above 2^24 on midpoints
-        a[:, 0] += 1
-        return a.astype(np.float32), rng.integers(-3, 4, (2600, 5)).astype(np.float32)
     raise ValueError(name)
 
 
-CASES = ["normal", "wide", "integers", "midpoints", "subnormal", "overflow", "sparse", "long"]
+CASES = ["normal", "wide", "integers", "midpoints", "subnormal", "overflow", "sparse"]
 
 
 def doubtful(a, b):
@@ -55,8 +50,7 @@ def doubtful(a, b):
     take exact_rounded's later stages)."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     r = a64 @ b64
-    split = exact_rounded.span(a.shape[1], a.shape[0] * b.shape[1])
     e = np.linalg.norm(a64, axis=1)[:, None] * np.linalg.norm(b64, axis=0) * exact_rounded.error_factor(
-        exact_rounded.bound_length(split)) + np.abs(r) * 2.0 ** -52
+        a.shape[1]) + np.abs(r) * 2.0 ** -52
     with np.errstate(over="ignore"):
         return (r - e).astype(np.float32).view(np.uint32) != (r + e).astype(np.float32).view(np.uint32)

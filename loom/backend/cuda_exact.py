@@ -686,8 +686,9 @@ _SETTLE_INSIDE_MAX = 1 << 18
 # the certification's grid: 32 blocks of 256 per multiprocessor, each thread then taking several
 # entries (H100: convnet step 1.680 -> 1.671 ms, encoder 54.9 -> 54.4 ms against a block per 256)
 _CERTIFY_BLOCKS_PER_SM = 32
-# sums longer than this (exact_rounded's pieces) are settled by a block of 256 per listed entry, and
-# never inside the first kernel: a warp walks K / 32 strided loads in turn (milliseconds at K = 200704)
+# sums longer than this (the dispatch table gives them the slices; benchmarks/exact_schemes.py forces
+# this scheme on them to compare) are settled by a block of 256 per listed entry, and never inside
+# the first kernel: a warp walks K / 32 strided loads in turn (milliseconds at K = 200704)
 _TEAM_FROM = 2048
 
 
@@ -701,10 +702,10 @@ def _rounded_module():
     return cupy.RawModule(code="typedef float T;\n" + TOP_EXPONENT + _GUARD + _ROUNDED, options=OPTIONS)
 
 
-def matmul_rounded(be, a, b, factor: float, product):
+def matmul_rounded(be, a, b, factor: float):
     """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
     the operands with their rows' and columns' sums of squares (one pass each), their float64 product
-    (`product(a64, b64)`: cuBLAS's GEMM, or the sum of its pieces', whose error `factor` bounds),
+    (cuBLAS's GEMM, whose error `factor` bounds),
     then a kernel that certifies and rounds each entry or lists it, and one that settles the listed
     entries, or writes IEEE's special value where a row or column holds inf or NaN (its sum of
     squares is then not finite)."""
@@ -716,7 +717,7 @@ def matmul_rounded(be, a, b, factor: float, product):
         squares = cupy.zeros(size_a + math.prod(shape_b) + 1, dtype=np.float64)
         sa, sb = squares[:size_a].reshape(shape_a), squares[size_a:-1].reshape(shape_b)
         a64, b64 = squares_copy(a, -1, sa), squares_copy(b, -2, sb)
-    r = cupy.ascontiguousarray(product(a64, b64))
+    r = cupy.ascontiguousarray(be.matmul(a64, b64))
     batch = r.shape[:-2] or (1,)
     a4, b4 = _batched(a, batch), _batched(b, batch)
     outer, inner, m, k = a4.shape

@@ -37,9 +37,7 @@ from .cuda_kernels import OPTIONS
 
 MODULI = (256, 255, 253, 251, 247, 241, 239, 233, 229)
 _PRODUCT = math.prod(MODULI)        # 2^71.41
-# a floor, not a measured crossover: every float32 product that exact.py gives the slices with K <=
-# 2^14 has more than 2^34 multiply-adds (smaller ones take exact_rounded's pieces); tests lower it
-# to run the path on small products
+# smaller slice products run as float64 GEMMs; tests lower it to run the path on small products
 MIN_WORK = 1 << 33
 # the left residues and int32 products of one panel of rows held at once (with b's residues):
 # larger products run panel by panel

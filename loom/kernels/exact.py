@@ -10,12 +10,12 @@ kernel picks its own order. Here every reduction is made exact instead, so order
   exact, whatever order a BLAS or a GPU adds them in;
 - the exact total is scaled back and rounded once to the result's type.
 
-float32 (and narrower) GEMMs are rounded correctly instead: each entry is the exact dot product
-rounded once (exact_rounded.py), one float64 GEMM's work; where K > exact_rounded.MAX_K that GEMM
-is summed in pieces, up to K = exact_rounded.MAX_PIECED_K and as far as the pieces' results fit
-exact_rounded.MAX_PIECE_ENTRIES (shapes alone decide: exact_rounded.span).
+Which scheme a product or sum takes is decided by exact_dispatch's table from the dtype and the
+reduced length alone, so a row's bits never depend on its batch. float32 (and narrower) GEMMs with
+K <= 2048 are rounded correctly instead: each entry is the exact dot product rounded once
+(exact_rounded.py), one float64 GEMM's work.
 
-The other float32 GEMMs (long sums: K > 2^15, or large outputs, as 4096^3) split the left operand
+Longer float32 GEMMs (K > 2048) split the left operand
 into two integer slices (hi and lo, `29 - log2 K` bits each for float32 inputs) and keep the right
 operand at 24 bits (a float32 mantissa) relative to its column maximum:
 2 float64 GEMMs' worth of work, done as one GEMM on the slices stacked along M (on the GPU, large
@@ -35,9 +35,8 @@ import math
 import numpy as np
 
 from .. import backend, dtypes
-from . import exact_cpu, exact_rounded
+from . import exact_cpu, exact_dispatch, exact_rounded
 
-MAX_CHUNK_BITS = 14                       # K above 2^14 is summed in chunks: the slices keep >= 30 bits
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
 
 
@@ -62,12 +61,10 @@ def _matmul_exact(be, a, b, dtype):
     b2 = b[:, None] if vector_right else b
     if (a2.ndim > 2) != (b2.ndim > 2):
         return _unvector(_folded(be, a2, b2, dtype), vector_left, vector_right)
-    narrow = np.dtype(dtype).itemsize <= 4
-    split = exact_rounded.span(a2.shape[-1], exact_rounded.entries(a2.shape, b2.shape)) if narrow else None
-    if split is not None:
+    if exact_dispatch.matmul_scheme(dtype, a2.shape[-1]) == exact_dispatch.ROUNDED:
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
         result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False),
-                                              b2.astype(np.float32, copy=False), split)
+                                              b2.astype(np.float32, copy=False))
         if not finite:
             with np.errstate(invalid="ignore"):
                 result = _with_specials(be, a2, b2, result)
@@ -90,9 +87,9 @@ def _folded(be, a2, b2, dtype):
 
 def _matmul_sliced(be, a2, b2, dtype):
     """The slice scheme (the module's docstring) for matrices or stacks of them: float64 operands,
-    and float32 ones that exact_rounded.span does not take."""
+    and float32 ones with K > 2048 (exact_dispatch)."""
     xp = be.xp
-    if xp is np and a2.dtype == b2.dtype == np.float32 and a2.shape[-1] <= 1 << MAX_CHUNK_BITS:
+    if xp is np and a2.dtype == b2.dtype == np.float32 and a2.shape[-1] <= 1 << exact_dispatch.CHUNK_BITS:
         # the CPU's compiled loops (numba installed, finite values): the same bits in fewer passes
         result = exact_cpu.matmul_2d(be, a2, b2, *_narrow_bits(a2.shape[-1]))
         if result is not None:
@@ -152,7 +149,7 @@ def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     dtype at the end). The maxima, and so the slices' scales, are the whole rows' and columns', and
     every chunk uses the bits of the longest one. `guard`: the GPU's special-value kernels, applied
     to the result (inside the recombination when there is one chunk)."""
-    step = 1 << MAX_CHUNK_BITS
+    step = 1 << exact_dispatch.CHUNK_BITS
     a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     k = min(a.shape[-1], step)
     if a.shape[-1] <= step:
@@ -217,7 +214,7 @@ def _matmul_general(be, a, b, amax, bmax, wide, dtype):
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     k = a64.shape[-1]
     total = None
-    step = 1 << MAX_CHUNK_BITS
+    step = 1 << exact_dispatch.CHUNK_BITS
     for start in range(0, k, step):                     # fixed chunk order: deterministic
         part = _matmul_chunk(be, a64[..., start:start + step], b64[..., start:start + step, :],
                              amax.astype(np.float64), bmax.astype(np.float64), wide)
@@ -281,8 +278,12 @@ def _special_values(be, a, b):
         return be.matmul(marks(a), marks(b)).astype(np.float64)
 
 
-def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's name on purpose
-    """x summed over `axis` exactly, rounded once to x's dtype (float inputs; others as NumPy)."""
+def sum(x, axis=None, keepdims: bool = False, padded: bool = False):  # noqa: A001 - numpy's name on purpose
+    """x summed over `axis` exactly, rounded once to x's dtype (float inputs; others as NumPy).
+
+    padded: the summed axis holds padding (masked entries, exactly 0), so each sum takes the bits of
+    the count of its nonzero entries instead of the axis length: the same bits however much padding
+    surrounds the real entries (a sequence alone or padded in a batch)."""
     be = backend.of(x)
     xp = be.xp
     if not _is_float(x.dtype):
@@ -292,6 +293,12 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
     n = math.prod(x.shape[a] for a in axes)
     if n == 0 or x.size == 0:
         return xp.sum(x, axis=axes, keepdims=keepdims)
+    if padded:
+        nonzero = xp.count_nonzero(x, axis=axes, keepdims=True)
+        total = _sum_general(be, x, axes, 53 - _log2_ceil_array(xp, nonzero))
+        if not keepdims:
+            total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
+        return total.astype(x.dtype)
     bits = 53 - _log2_ceil(n)
     kernels = getattr(be, "exact_kernels", None)
     # the GPU: the same arithmetic in five launches (two of them memsets)
@@ -306,9 +313,10 @@ def sum(x, axis=None, keepdims: bool = False):  # noqa: A001 - mirrors numpy's n
     return total.astype(x.dtype)
 
 
-def _sum_general(be, x, axes: tuple, bits: int):
+def _sum_general(be, x, axes: tuple, bits):
     """exact.sum's arithmetic in float64 (one slice per element, two for float64 elements), with
-    infinities and NaNs: the total over axes (kept), in float64."""
+    infinities and NaNs: the total over axes (kept), in float64. `bits`: an int, or an int array of
+    the kept shape (each sum its own)."""
     xp = be.xp
     x64 = x.astype(np.float64)
     finite = xp.isfinite(x64)
@@ -385,3 +393,9 @@ def _is_float(dtype) -> bool:
 
 def _log2_ceil(n: int) -> int:
     return max(0, (int(n) - 1).bit_length())
+
+
+def _log2_ceil_array(xp, n):
+    """_log2_ceil of each count (int32; 0 for counts of 0 and 1): frexp's exponent of n - 1 is its
+    bit length."""
+    return xp.frexp(xp.maximum(n, 1).astype(np.float64) - 1)[1].astype(np.int32)

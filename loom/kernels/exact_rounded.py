@@ -2,23 +2,19 @@
 its row and column, rounded once to float32 (to nearest, ties to even). One right answer exists, so
 any BLAS, thread split, GPU kernel or summation order that finds it gives the same bits.
 
-How it is found cheaply (for the products `span` takes; exact.py uses its slice scheme for the rest):
+How it is found cheaply (the products exact_dispatch's table gives this scheme: K <= 2048):
 - the operands are converted to float64, where each product of two float32 numbers is exact, and
   multiplied by any float64 GEMM: r = the dot product with rounding errors from the additions only;
 - in any order, K additions err by at most gamma_K sum_k |a_k b_k| <= gamma_K ||a||_2 ||b||_2
   (Cauchy-Schwarz), gamma_K = K u / (1 - K u), u = 2^-53 (Higham, Accuracy and Stability of
   Numerical Algorithms, 2nd ed., section 3.1); with the norms' own rounding and r +- e's allowed for,
   e = (K + 2) u (1 + 2^-20) ||a|| ||b|| + 2^-52 |r| bounds |r - exact| in the floats r - e, r + e;
-- K > MAX_K: the sum is split into P pieces of at most C products, each piece a float64 GEMM (one
-  batched GEMM), and the pieces' results are added up: each piece errs by gamma_C, their sum by
-  gamma_P, together by at most gamma_(C + P), so C + P stands for K in e (P ~ K / 512: 528 for
-  K = 8192, a transformer's weight gradient, against 8192 for one GEMM);
 - rounding to nearest is monotonic, so where float32(r - e) and float32(r + e) have the same bits
   the exact value rounds to them too: that is the answer;
 - otherwise (about 0.06% of entries at K = 784 on random data; far more where no product is nonzero
   but the norms are, as in the weight gradients of sparse inputs) the entry takes cheaper stages
   first: +0 where no product is nonzero, a compensated sum certified the same way (rounded_jit's
-  docstring; the GPU runs it with a warp per entry, a block where K > MAX_K), and only then the
+  docstring; the GPU runs it with a warp per entry), and only then the
   exact sum: an integer accumulator (numba, CUDA C), or here math.fsum with the midpoint check of
   `_round_float32`.
 
@@ -37,66 +33,10 @@ import numpy as np
 
 from . import exact_cpu, rounded_jit
 
-MAX_K = 1 << 11         # uncertified entries grow as K^1.5 (random data): 0.05% at K = 784, 0.2% at 2048
-PIECE = 512             # products per piece where K > MAX_K
-# Longer sums take the slice scheme: an entry the bound leaves open is summed along its whole row
-# and column (strided loads, latency-bound), and the sparse gradients of a convolution leave many
-# open (3.6% of a [64, 288] weight gradient at K = 50176): on the H100 those settles cost the
-# convnet's train step 0.49 ms where the slices took 0.24.
-MAX_PIECED_K = 1 << 15
-# the pieces' float64 results held at once, in entries (256 MiB); products that would need more
-# pieces than this allows to keep C + P <= MAX_K take the slice scheme. (Summing the pieces in
-# groups instead, each group's sum added to a running total, was measured on the H100: 4096^3 4.82
-# ms against the slices' 4.84, 8192^3 0.42x SGEMM against 0.60x; the extra passes over the output
-# cost what the halved GEMM saves.)
-MAX_PIECE_ENTRIES = 1 << 25
-
-
-def span(k: int, entries: int) -> tuple | None:
-    """(C, P): the products each piece sums and the number of pieces, for K-long sums and `entries`
-    entries (every batch's): (K, 1) where K <= MAX_K; None where K > MAX_PIECED_K or no split keeps
-    C + P <= MAX_K within MAX_PIECE_ENTRIES (exact.py then takes the slice scheme). Shapes alone
-    decide it, so every backend takes the same scheme and gives the same bits."""
-    if k <= MAX_K:
-        return k, 1
-    if k > MAX_PIECED_K:
-        return None
-    pieces = min(-(-k // PIECE), MAX_PIECE_ENTRIES // max(entries, 1))
-    if pieces < 2:
-        return None
-    size = -(-k // pieces)
-    pieces = -(-k // size)
-    return (size, pieces) if size + pieces <= MAX_K else None
-
-
-def bound_length(split: tuple) -> int:
-    """The K that error_factor takes for a product summed as `split` (span's answer)."""
-    size, pieces = split
-    return size if pieces == 1 else size + pieces
-
-
-def float64_product(be, a64, b64, split: tuple, out=None):
-    """a64 @ b64 (float64, [..., M, K] and [..., K, N], both matrices or both stacks: exact.py folds
-    a stack against a matrix) summed as `split` says: one GEMM, or the pieces: a batched GEMM over
-    views of the operands, their results added up, and the last, shorter piece's added to that.
-    `out` receives the result."""
-    size, pieces = split
-    if pieces == 1:
-        return be.matmul(a64, b64, out=out)
-    return _pieces_sum(be, a64, b64, size, out)
-
-
-def _pieces_sum(be, a64, b64, size: int, out=None):
-    """The sum of the products of a64's and b64's pieces of `size` along K (the last one shorter)."""
-    k = a64.shape[-1]
-    full = k // size
-    xp = be.xp
-    a_pieces = xp.moveaxis(a64[..., :full * size].reshape(a64.shape[:-1] + (full, size)), -2, -3)
-    b_pieces = b64[..., :full * size, :].reshape(b64.shape[:-2] + (full, size, b64.shape[-1]))
-    r = xp.sum(be.matmul(a_pieces, b_pieces), axis=-3, out=out)
-    if full * size < k:
-        r += be.matmul(a64[..., full * size:], b64[..., full * size:, :])
-    return r
+# Longer sums (K > exact_dispatch.ROUNDED_MAX_K) take the slice scheme. Until spec 1, sums up to
+# 2^15 were summed here in pieces of 512 (a float64 GEMM each, the bound's K replaced by pieces +
+# piece length) while the pieces' results fitted a memory budget, which made the scheme depend on
+# M x N and so on the batch: spec 1 chooses from K alone (exact_dispatch).
 
 
 def error_factor(k: int) -> float:
@@ -105,34 +45,26 @@ def error_factor(k: int) -> float:
     return (k + 2) * 2.0 ** -53 * (1.0 + 2.0 ** -20)
 
 
-def matmul(be, a, b, split: tuple) -> tuple:
-    """(product, finite) for float32 a [..., M, K] and b [..., K, N] summed as `split` (span's answer
-    for their shapes): the float32 product, each entry the exact dot product rounded once. Where
+def matmul(be, a, b) -> tuple:
+    """(product, finite) for float32 a [..., M, K] and b [..., K, N]: the float32 product, each entry the exact dot product rounded once. Where
     `finite` is False a row or column holds inf or NaN, and its entries are left for the caller to
     patch; the GPU patches them itself (no host read) and says True."""
-    factor = error_factor(bound_length(split))
+    factor = error_factor(a.shape[-1])
     kernels = getattr(be, "exact_kernels", None)
     if kernels is not None:
-        return kernels.matmul_rounded(be, a, b, factor, lambda x, y: float64_product(be, x, y, split)), True
+        return kernels.matmul_rounded(be, a, b, factor), True
     if a.ndim == 2 and b.ndim == 2 and rounded_jit.takes(a) and rounded_jit.takes(b) and rounded_jit.available():
-        return _matmul_jit(be, a, b, split, factor)
-    return _matmul_numpy(be, a, b, split, factor)
+        return _matmul_jit(be, a, b, factor)
+    return _matmul_numpy(be, a, b, factor)
 
 
-def entries(shape_a: tuple, shape_b: tuple) -> int:
-    """How many entries a @ b has, over its broadcast batch axes (a, b at least 2-D)."""
-    if len(shape_a) == len(shape_b) == 2:
-        return shape_a[0] * shape_b[1]
-    return math.prod(np.broadcast_shapes(shape_a[:-2], shape_b[:-2])) * shape_a[-2] * shape_b[-1]
-
-
-def _matmul_jit(be, a, b, split, factor) -> tuple:
+def _matmul_jit(be, a, b, factor) -> tuple:
     m = a.shape[0]
     n = b.shape[1]
     a64, na = _cast(a, "rounded_left", rows=True)
     b64, nb = _cast(b, "rounded_right", rows=False)
     with np.errstate(invalid="ignore"):                     # inf and NaN rows: patched by the caller
-        r = float64_product(be, a64, b64, split, out=exact_cpu.scratch("rounded_product", (m, n), np.float64))
+        r = be.matmul(a64, b64, out=exact_cpu.scratch("rounded_product", (m, n), np.float64))
     out = np.empty((m, n), np.float32)
     rounded_jit.certify(r, na, nb, factor, a, b, out)
     # inf and NaN reach the norms' sums (float64 norms of float32 rows cannot overflow): one test
@@ -148,11 +80,11 @@ def _cast(x, role: str, rows: bool):
     return x64, norms
 
 
-def _matmul_numpy(be, a, b, split, factor) -> tuple:
+def _matmul_numpy(be, a, b, factor) -> tuple:
     xp = be.xp
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):      # inf and NaN rows: patched by the caller
-        r = float64_product(be, a64, b64, split)
+        r = be.matmul(a64, b64)
         na = xp.sqrt(xp.sum(a64 * a64, axis=-1, keepdims=True))
         nb = xp.sqrt(xp.sum(b64 * b64, axis=-2, keepdims=True))
         e = (na * nb) * factor + xp.abs(r) * 2.0 ** -52

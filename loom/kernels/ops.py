@@ -29,9 +29,11 @@ def matmul(a, b, out=None):
     return backend.of(a).matmul(a, b, out=out)
 
 
-def sum(x, axis=None, keepdims=False):  # noqa: A001 - mirrors numpy's name on purpose
+def sum(x, axis=None, keepdims=False, padded=False):  # noqa: A001 - mirrors numpy's name on purpose
+    """padded (deterministic mode): the axis holds zero padding that must not change the bits
+    (exact.sum)."""
     if is_deterministic():
-        return exact.sum(x, axis=axis, keepdims=keepdims)
+        return exact.sum(x, axis=axis, keepdims=keepdims, padded=padded)
     return backend.of(x).sum(x, axis=axis, keepdims=keepdims)
 
 
@@ -104,10 +106,11 @@ def canonical(name: str, *xs):
     return run(source, kernel, xs, [xs[0].dtype])[0]
 
 
-def softmax(x, axis=-1, mask=None):
+def softmax(x, axis=-1, mask=None, padded=False):
     """exp(x - max) / sum along `axis`. With a boolean `mask` (broadcastable to x), entries outside it
     are exactly 0 and are ignored by the max and the sum; a row with no entry inside the mask is all
-    0 (not NaN). Non-finite inputs inside the mask propagate as IEEE says."""
+    0 (not NaN). Non-finite inputs inside the mask propagate as IEEE says. padded: the mask is padding,
+    whose width must not change a row's bits (sum's `padded`)."""
     xp = _xp(x)
     if mask is None:
         e = exp(x - xp.max(x, axis=axis, keepdims=True))
@@ -116,7 +119,7 @@ def softmax(x, axis=-1, mask=None):
     peak = xp.max(xp.where(mask, x, -xp.inf), axis=axis, keepdims=True)
     peak = xp.where(any_kept, peak, 0)
     e = xp.where(mask, exp(xp.where(mask, x - peak, 0)), 0)
-    return e / xp.where(any_kept, sum(e, axis=axis, keepdims=True), 1)
+    return e / xp.where(any_kept, sum(e, axis=axis, keepdims=True, padded=padded), 1)
 
 
 def sigmoid(x):

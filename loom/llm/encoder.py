@@ -13,8 +13,9 @@ The pooler and any task heads in the checkpoint are not part of this and are not
 
 A batch is padded on the right to its longest sequence for attention only: the other work runs on
 the real tokens packed as rows. Padded keys are masked out of the softmax (exactly 0) and padded
-query/key/value rows are exactly 0, so in deterministic mode, where every GEMM row and column is
-scaled on its own (loom.kernels.exact), padding cannot change a real token's bits. Pooling sums the
+query/key/value rows are exactly 0; in deterministic mode every GEMM entry depends on its own row
+and column only, and the softmax's and the pooling's sums take their bits from their nonzero terms
+(ops.sum's `padded`), so padding cannot change a real token's bits. Pooling sums the
 real tokens only. Sequences longer than max_position_embeddings are an error
 unless truncation is asked for; the tokenizer itself neither pads nor truncates (tokenizer.json of
 all-MiniLM-L6-v2 asks to pad everything to 128 tokens and cut at 128: Loom ignores both).
@@ -193,7 +194,7 @@ class Encoder:
         # per-column scaling of the exact GEMM below: padding cannot change a real token's bits
         q, k, v = heads("query"), heads("key"), heads("value")
         scores = ops.matmul(q, k.transpose(0, 1, 3, 2)) * np.float32(1 / math.sqrt(d))   # [B, heads, T, T]
-        probs = ops.softmax(scores, axis=-1, mask=keep[:, None, None, :])
+        probs = ops.softmax(scores, axis=-1, mask=keep[:, None, None, :], padded=True)
         return ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b * t, nh * d)[rows]
 
     def _linear(self, x, name: str):
@@ -313,7 +314,7 @@ def _scattered(packed, rows, total: int):
 
 def _mean_over_tokens(states, lengths):
     """sum_t states[b, t] / lengths[b] for states [B, T, H] that are exactly 0 at padding -> [B, H]."""
-    return ops.sum(states, axis=1) / lengths[:, None]
+    return ops.sum(states, axis=1, padded=True) / lengths[:, None]
 
 
 def _l2_normalized(x):

@@ -8,7 +8,7 @@ import loom
 from catalogue import SAMPLES, config
 from rounded_cases import CASES, case, doubtful
 from loom import backend
-from loom.kernels import exact, exact_rounded, ops
+from loom.kernels import exact, ops
 from loom.nn import losses, optim
 
 from .cpu_gpu import layer_results, loss_results, optimizer_results, same_bits
@@ -43,11 +43,10 @@ def test_gemm_bits(shape, dtype):
 
 @pytest.mark.parametrize("form", ["pieces of 2048", "whole chunks", "a loop over chunks"])
 def test_gemm_bits_on_the_float32_slices(form, monkeypatch):
-    """float32 products that exact_rounded.span leaves to the slice scheme (here: all with K > MAX_K),
+    """float32 products that the dispatch table gives the slice scheme (K > 2048),
     with the GPU's chunks (K > 2^14) multiplied in pieces of 2048, in whole chunks (as for large
     outputs), or one chunk at a time (products too large to slice whole)."""
     from loom.backend import cuda_exact
-    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
     if form == "whole chunks":
         monkeypatch.setattr(cuda_exact, "_CHUNK_PIECE_ENTRIES", 0)
     if form == "a loop over chunks":
@@ -72,15 +71,12 @@ def test_gemm_bits_on_the_float32_slices(form, monkeypatch):
 
 @pytest.mark.parametrize("k, m, n", [(8192, 256, 320), (32768, 40, 24), (50176, 288, 64)])
 def test_weight_gradient_bits(k, m, n):
-    """Weight gradients, x.T @ dy (K = batch x positions, above MAX_K): ReLU outputs against signed,
-    sparse gradients, in the layout the layers pass; summed in pieces up to MAX_PIECED_K (their
-    open entries settled by a block each), by the slices beyond."""
+    """Weight gradients, x.T @ dy (K = batch x positions, above 2048: the slices): ReLU outputs against
+    signed, sparse gradients, in the layout the layers pass."""
     rng = np.random.default_rng(k)
     cuda = backend.get("cuda")
     x = np.maximum(rng.standard_normal((k, m)), 0).astype(np.float32)
     dy = (rng.standard_normal((k, n)) * (rng.random((k, n)) < 0.25)).astype(np.float32)
-    if k <= exact_rounded.MAX_PIECED_K:
-        assert doubtful(x.T, dy).sum() > 0                  # the block settles have work
     same_bits(exact.matmul(cuda.asarray(x).T, cuda.asarray(dy)), exact.matmul(x.T, dy), f"weight gradient K={k}")
 
 

@@ -87,8 +87,6 @@ def _spy(int8, monkeypatch) -> list:
 @pytest.mark.parametrize("panel_rows", [None, 32], ids=["one panel", "panels of 32 rows"])
 @pytest.mark.parametrize("m, k, n", [(64, 4096, 48), (32, 8192, 16), (48, 16384, 32), (16, 2064, 80)])
 def test_forced_int8_products_give_the_cpu_bits(m, k, n, panel_rows, int8, monkeypatch):
-    from loom.kernels import exact_rounded
-    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)    # the slices for every K > 2048
     monkeypatch.setattr(int8, "MIN_WORK", 0)
     if panel_rows:
         monkeypatch.setattr(int8, "PANEL_BYTES", len(int8.MODULI) * (k + 4 * n) * panel_rows)
@@ -117,8 +115,6 @@ def test_forced_int8_products_give_the_cpu_bits(m, k, n, panel_rows, int8, monke
 
 def test_shapes_the_int8_path_declines_keep_the_bits(int8, monkeypatch):
     """K not a multiple of 16 (the int8 GEMM's alignment): the float64 slices, the same bits."""
-    from loom.kernels import exact_rounded
-    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
     monkeypatch.setattr(int8, "MIN_WORK", 0)
     calls = _spy(int8, monkeypatch)
     rng = np.random.default_rng(3)
@@ -142,8 +138,6 @@ def test_a_large_product_takes_the_int8_path_by_default(int8, monkeypatch):
 def test_int8_products_replay_from_a_recorded_graph(int8, monkeypatch):
     """Recorded into a dispatch chain (panels freed and reallocated inside the capture) and replayed on
     new operands, the int8 path gives the CPU's bits for those operands."""
-    from loom.kernels import exact_rounded
-    monkeypatch.setattr(exact_rounded, "MAX_PIECED_K", exact_rounded.MAX_K)
     monkeypatch.setattr(int8, "MIN_WORK", 0)
     monkeypatch.setattr(int8, "PANEL_BYTES", len(int8.MODULI) * (4096 + 4 * 48) * 32)
     calls = _spy(int8, monkeypatch)

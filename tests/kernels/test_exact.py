@@ -11,7 +11,7 @@ import pytest
 
 import loom
 from loom.backend.cpu import CPU
-from loom.kernels import exact, exact_cpu, exact_jit, ops
+from loom.kernels import exact, exact_cpu, exact_dispatch, exact_jit, ops
 
 RNG = np.random.default_rng(20261121)
 
@@ -112,7 +112,7 @@ def test_gemm_is_exact_where_float32_products_sum_exactly():
 @pytest.mark.parametrize("dtype, chunk_bits", [(np.float32, None), (np.float64, None), (np.float32, 1)])
 def test_gemm_special_values_follow_ieee(dtype, chunk_bits, monkeypatch, cpu_path):
     if chunk_bits is not None:
-        monkeypatch.setattr(exact, "MAX_CHUNK_BITS", chunk_bits)     # the chunked general path
+        monkeypatch.setattr(exact_dispatch, "CHUNK_BITS", chunk_bits)     # the chunked general path
     a = RNG.standard_normal((6, 5)).astype(dtype)
     b = RNG.standard_normal((5, 4)).astype(dtype)
     a[1, 2], a[2, 0], a[3, 1], a[3, 3] = np.inf, np.nan, np.inf, -np.inf
@@ -134,7 +134,7 @@ def test_gemm_special_values_follow_ieee(dtype, chunk_bits, monkeypatch, cpu_pat
 
 
 def test_gemm_long_k_is_summed_in_chunks(monkeypatch):
-    monkeypatch.setattr(exact, "MAX_CHUNK_BITS", 6)          # chunks of 64 over K = 300
+    monkeypatch.setattr(exact_dispatch, "CHUNK_BITS", 6)          # chunks of 64 over K = 300
     a = RNG.standard_normal((7, 300)).astype(np.float32)
     b = RNG.standard_normal((300, 5)).astype(np.float32)
     ref = a.astype(np.float64) @ b.astype(np.float64)
@@ -240,7 +240,7 @@ def test_index_add_is_exact_and_order_free(dtype):
     assert np.isnan(got[ids[3], 2]) == want_nan and np.isfinite(np.delete(got, 2, axis=1)).all()
 
 
-# The slice scheme (K > exact_rounded.MAX_K, and float64): the CPU kernels (exact_cpu) against the
+# The slice scheme (float32 with K > 2048, and float64): the CPU kernels (exact_cpu) against the
 # reference arithmetic, step by step, bit for bit. Small K keeps these fast: the scheme is the same.
 
 def _reference_narrow(a, b):
@@ -429,3 +429,27 @@ def test_compiled_sums_give_the_numpy_passes_bits(layout, axis, monkeypatch):
     x = RNG.standard_normal((5, 7)).astype(np.float32)
     x[2, 3] = np.nan
     assert exact_jit.sum_float32(x, (1,), 50) is None          # the general path handles specials
+
+
+def test_padded_sums_take_their_bits_from_their_nonzero_terms():
+    """1 + 2^-24 + 2^-50: the last term decides the rounding of a tie. Summed alone (3 terms, 51 bits)
+    it is kept; padded with zeros to 16 terms (49 bits) the plain scheme rounds it away and the total
+    ties to even, while a padded sum still sizes its bits for its 3 nonzero terms."""
+    row = np.array([1.0, 2.0 ** -24, 2.0 ** -50], np.float32)
+    wide = np.zeros((2, 16), np.float32)
+    wide[0, 5:8], wide[1, :3] = row, row[::-1]
+    alone = exact.sum(row[None], axis=-1)
+    assert alone[0] == np.float32(1 + 2.0 ** -23)
+    assert exact.sum(wide, axis=-1)[0] == np.float32(1.0)            # the padding changed the bits
+    got = exact.sum(wide, axis=-1, padded=True)
+    assert got.view(np.uint32).tolist() == [alone.view(np.uint32)[0]] * 2
+    assert exact.sum(wide, axis=-1, keepdims=True, padded=True).shape == (2, 1)
+    wide64 = wide.astype(np.float64)
+    wide64[0, 9] = 2.0 ** -80                                       # float64: two slices, still exact
+    assert exact.sum(wide64, axis=-1, padded=True)[0] == 1 + 2.0 ** -24 + 2.0 ** -50 + 2.0 ** -80
+
+
+def test_padded_sums_keep_special_values():
+    x = np.array([[1.0, np.inf, 0, 0], [np.nan, 1.0, 0, 0], [0, 0, 0, 0]], np.float32)
+    got = exact.sum(x, axis=-1, padded=True)
+    assert got[0] == np.inf and np.isnan(got[1]) and got[2] == 0 and not np.signbit(got[2])

@@ -1,0 +1,92 @@
+"""Deterministic mode's one dispatch table: the scheme of every exact reduction, by operation,
+dtype and reduced length, and nothing else.
+
+A scheme fixes the bits of each result entry as a function of that entry's own operands (a GEMM
+entry: its row of a and its column of b; a sum: the values it adds). Choosing the scheme from the
+dtype and the reduced length K alone is what makes results batch-invariant: a row's bits do not
+depend on the batch size, its position, its batch-mates, padding, a memory budget, a chunk size,
+the backend or the GPU. Memory limits may split a product into tiles of rows and columns, or a
+kernel may run on other hardware (the GPU's int8 tensor cores, compiled CPU loops), but only inside
+a scheme, where the bits are the scheme's.
+
+docs/determinism.md quotes this table (`describe()` prints it); `loom.DETERMINISM_SPEC` names the
+version of these rules, and tests/golden/spec1.json pins their bits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SPEC = 1
+
+ROUNDED_MAX_K = 1 << 11     # uncertified entries grow as K^1.5 on random data: 0.05% at 784, 0.2% at 2048
+CHUNK_BITS = 14             # slice products longer than 2^14 are summed in chunks of 2^14, in order
+
+ROUNDED = "rounded"               # exact dot product, rounded once (exact_rounded.py)
+SLICES_2X1 = "slices 2x1"         # two integer slices of a's rows, b's columns at 24 bits (exact.py)
+SLICES_3X3 = "slices 3x3"         # three slices on each side, the six pairs that matter (exact.py)
+SUM_1 = "sum 1 slice"             # one integer slice per element, exact float64 sum (exact.py)
+SUM_2 = "sum 2 slices"            # two integer slices per element
+
+
+@dataclass(frozen=True)
+class Rule:
+    op: str                 # "matmul" or "sum" (sums, means, variances, norms, softmax, cumsum, index_add)
+    dtype: str              # the operands' dtype class: "float32" (and narrower) or "float64"
+    k_min: int              # reduced length K (a GEMM's inner dimension, a sum's count), inclusive
+    k_max: int | None       # None: no upper limit
+    scheme: str
+    detail: str
+
+
+TABLE = (
+    Rule("matmul", "float32", 1, ROUNDED_MAX_K, ROUNDED,
+         "each entry the exact dot product rounded once to float32: one float64 GEMM, an error bound "
+         "certifies the rounding, the rest settled exactly"),
+    Rule("matmul", "float32", ROUNDED_MAX_K + 1, 1 << CHUNK_BITS, SLICES_2X1,
+         "a's rows as two integer slices of 29 - ceil(log2 K) bits, b's columns at 24 bits, summed "
+         "exactly in float64 (GPU, large aligned products: the same integers on int8 tensor cores)"),
+    Rule("matmul", "float32", (1 << CHUNK_BITS) + 1, None, SLICES_2X1,
+         "as above with the bits of K = 2^14, in chunks of 2^14 along K, the chunks' float64 results "
+         "added in order and rounded once"),
+    Rule("matmul", "float64", 1, 1 << CHUNK_BITS, SLICES_3X3,
+         "three slices of (53 - ceil(log2 K)) / 2 bits on each side, the six products that matter, "
+         "summed smallest first"),
+    Rule("matmul", "float64", (1 << CHUNK_BITS) + 1, None, SLICES_3X3,
+         "as above per chunk of 2^14 along K, the chunks added in order"),
+    Rule("sum", "float32", 1, None, SUM_1,
+         "each value rounded to 53 - ceil(log2 n) bits of the largest magnitude it is summed with, "
+         "the integers summed exactly in float64, rounded once (a padded sum: n counts its nonzero terms)"),
+    Rule("sum", "float64", 1, None, SUM_2,
+         "two slices of 53 - ceil(log2 n) bits each (padded: as above)"),
+)
+
+
+def dtype_class(dtype) -> str:
+    """"float64" for float64 operands, "float32" for float32 and the narrower float types (computed
+    in float32)."""
+    return "float64" if np.dtype(dtype).itemsize > 4 else "float32"
+
+
+def rule(op: str, dtype, k: int) -> Rule:
+    """The table's rule for `op` on operands of `dtype` reducing over `k` values. Its arguments are
+    the only things a scheme may depend on."""
+    cls = dtype_class(dtype)
+    for r in TABLE:
+        if r.op == op and r.dtype == cls and r.k_min <= k and (r.k_max is None or k <= r.k_max):
+            return r
+    raise ValueError(f"no exact scheme for {op} on {np.dtype(dtype)} with reduced length {k}")
+
+
+def matmul_scheme(dtype, k: int) -> str:
+    return rule("matmul", dtype, k).scheme
+
+
+def describe() -> str:
+    """The table as Markdown (docs/determinism.md holds a copy; a test keeps them equal)."""
+    lines = ["| op | dtype | K | scheme | what |", "|---|---|---|---|---|"]
+    for r in TABLE:
+        span = f"{r.k_min} .. {r.k_max}" if r.k_max is not None else f">= {r.k_min}"
+        lines.append(f"| {r.op} | {r.dtype} | {span} | {r.scheme} | {r.detail} |")
+    return "\n".join(lines)
