@@ -19,5 +19,14 @@ def from_bytes(data: bytes) -> Network:
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # loom.DETERMINISM_SPEC, the version of deterministic mode's rules (docs/determinism.md), read
+    # from loom.spec on first use (importing it here would break `python -m loom.spec`)
+    if name == "DETERMINISM_SPEC":
+        from .spec import SPEC
+        return SPEC
+    raise AttributeError(f"module 'loom' has no attribute {name!r}")
+
 __all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
-           "BackendError", "DeterminismError", "__version__"]
+           "BackendError", "DeterminismError", "DETERMINISM_SPEC", "__version__"]

@@ -27,4 +27,5 @@ class BackendError(LoomError, RuntimeError):
 
 
 class DeterminismError(LoomError, RuntimeError):
-    """A result differs where the determinism contract says it cannot."""
+    """A result differs where the determinism contract says it cannot, or deterministic mode cannot
+    keep that contract for an operation (loom/fallback.py): the message names the operation and why."""

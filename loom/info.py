@@ -26,7 +26,56 @@ def info() -> dict:
         "devices": devices,
         "gpus": gpus,           # index, name, memory_bytes, compute_capability of each visible GPU
         "cuda": cuda,           # cupy, cuda_runtime and cuda_driver versions ({} without a GPU)
+        "accelerations": accelerations(devices.get("cuda", "not checked")),
         "layer_types": sorted(REGISTRY),
         "softmax_variants": list(SOFTMAX_VARIANTS),
         "format_version": 1,
+    }
+
+
+def accelerations(cuda: str) -> dict:
+    """Which optional accelerations are active in this process and mode: name -> {"what": what it
+    speeds up, "active": bool, "reason": why not (None when active)}. `cuda` is
+    backend.available()["cuda"]: "ok" or why the GPU cannot run here. Read from the flags the code
+    paths themselves check; CuPy is imported only where the GPU is available."""
+    from .kernels import cpu_jit, gguf_quants
+    from .llm.decoder import Decoder
+    from .mode import is_deterministic
+    fast_only = "deterministic mode runs the exact GEMM instead (fast mode only)"
+    gpu = None if cuda == "ok" else cuda
+    k_quants = [t for t in gguf_quants.BLOCKS if t.endswith("_K")]
+    block_types = set(cpu_jit.TYPES) if cpu_jit.available() else set()
+    if gpu is None:
+        from .backend import get
+        block_types |= set(get("cuda").quant_kernels.TYPES)
+
+    def why_not_decode_graphs():
+        if gpu or is_deterministic():
+            return gpu or fast_only
+        return None if Decoder.graphs else "loom.llm.decoder.Decoder.graphs is False"
+
+    def why_not_int8():
+        if gpu or not is_deterministic():
+            return gpu or "deterministic mode only (fast mode runs cuBLAS SGEMM)"
+        return None
+
+    def why_not_k_quants():
+        if is_deterministic():
+            return fast_only
+        if not block_types.intersection(k_quants):
+            return f"none written: {', '.join(k_quants)} weights are decoded to float32 blocks for the GEMM"
+        return None
+
+    def entry(what, why_not):
+        return {"what": what, "active": why_not is None, "reason": why_not}
+
+    return {
+        "numba": entry("CPU compiled loops: exact GEMM passes, SGD update, quantized decode products",
+                       cpu_jit.unavailable_reason()),
+        "cuda_graphs": entry("dispatch chains (TrainStep, net.compile()) replayed as CUDA graphs", gpu),
+        "decode_graphs": entry("LLM decode steps replayed as one CUDA graph", why_not_decode_graphs()),
+        "int8_exact_gemm": entry("exact GEMM slices on int8 tensor cores (loom/backend/cuda_exact_int8.py)",
+                                 why_not_int8()),
+        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products (cuda_quant, cpu_jit)",
+                                why_not_k_quants()),
     }

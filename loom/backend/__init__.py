@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, DeterminismError
 
 
 class Backend(Protocol):
@@ -56,11 +56,12 @@ def of(array) -> Backend:
 
 
 def available() -> dict[str, str]:
-    """Each known device and whether it can run here ("ok" or the reason it cannot)."""
+    """Each known device and whether it can run here in the current mode ("ok" or the reason it
+    cannot: a GPU that cannot keep deterministic mode's contract is not available in that mode)."""
     out = {"cpu": "ok"}
     try:
         get("cuda")
         out["cuda"] = "ok"
-    except BackendError as exc:
+    except (BackendError, DeterminismError) as exc:
         out["cuda"] = str(exc)
     return out

@@ -4,16 +4,19 @@ Only this module (and the CUDA kernel lowering in loom/kernels) imports cupy. TF
 default unless CUPY_TF32=1 is set): float32 GEMMs are full float32, so fast mode agrees with the CPU
 within float32 rounding. Errors from CUDA (out of memory, launch failures) become BackendError
 naming the operation and the shapes; the arrays already on the GPU stay valid.
+
+Where CuPy's flushing of float32 subnormals cannot be turned off (cuda_subnormals.py), the failure is
+remembered: from then on, obtaining the backend (`get()`, which `loom.backend.of` calls for every
+array operation) raises DeterminismError in deterministic mode and logs once in fast mode.
 """
 from __future__ import annotations
 
 import contextlib
-
 import math
-import warnings
 
 import numpy as np
 
+from .. import fallback
 from ..errors import BackendError
 from . import cublas        # ctypes only; it loads libcublas when the first handle is made
 
@@ -29,12 +32,31 @@ def _import_cupy():
         raise BackendError(f"device 'cuda': CuPy is installed but finds no usable GPU ({exc})") from None
     if count < 1:
         raise BackendError("device 'cuda': CuPy is installed but finds no GPU")
+    global _FLUSHES
     from . import cuda_subnormals
-    if not (cuda_subnormals.install(cupy.cuda.compiler) and cuda_subnormals.check(cupy)):
-        warnings.warn("CuPy flushes float32 subnormals to zero in this process (loom/backend/"
-                      "cuda_subnormals.py could not turn that off): deterministic results on 'cuda' can "
-                      "differ from the CPU's where values below 1.2e-38 occur", RuntimeWarning, stacklevel=3)
+    if not cuda_subnormals.install(cupy.cuda.compiler):
+        _FLUSHES = (f"CuPy {cupy.__version__}'s compiler internals are not the ones loom/backend/"
+                    "cuda_subnormals.py wraps to drop -ftz=true")
+    elif not cuda_subnormals.check(cupy):
+        _FLUSHES = ("a float32 subnormal (1e-40) times 1 on the GPU gave 0: a kernel CuPy compiled "
+                    "before Loom's fix, or a CuPy that flushes another way")
     return cupy
+
+
+# Why CuPy still flushes float32 subnormals to zero in this process (None: it does not).
+_FLUSHES: str | None = None
+
+
+def check_subnormals() -> None:
+    """DeterminismError in deterministic mode where CuPy flushes float32 subnormals (the CPU keeps
+    them, so results below 1.2e-38 would differ); in fast mode, where that is allowed, log it once."""
+    if _FLUSHES is None:
+        return
+    fallback.refuse(
+        f"device 'cuda' in deterministic mode: CuPy flushes float32 subnormals to zero ({_FLUSHES}), so "
+        "results on 'cuda' would differ from the CPU's where values below 1.2e-38 occur; use the CPU, "
+        "or fast mode (loom.deterministic(False))",
+        f"CuPy flushes float32 subnormals to zero in this process ({_FLUSHES})")
 
 
 @contextlib.contextmanager
@@ -236,6 +258,8 @@ def get() -> CUDABackend:
     global _CUDA
     if _CUDA is None:
         _CUDA = CUDABackend()
+    if _FLUSHES is not None:            # (one global read on the hot path when CuPy keeps subnormals)
+        check_subnormals()
     return _CUDA
 
 

@@ -18,9 +18,11 @@ launch). Without the driver entry point (a CUDA older than 12) it falls back to 
 from __future__ import annotations
 
 import ctypes
+import logging
 
 import numpy as np
 
+from .. import fallback
 from ..errors import BackendError
 
 # The two instructions every overlapping kernel runs: wait for the previous kernel (its writes are
@@ -57,8 +59,10 @@ def _driver():
             lib = ctypes.CDLL("libcuda.so.1")
             lib.cuLaunchKernelEx.restype = ctypes.c_int
             lib.cuGetErrorName.restype = ctypes.c_int
-        except (OSError, AttributeError):
+        except (OSError, AttributeError) as exc:
             lib = None
+            fallback.notice_once(f"fast mode: decode kernels launch one after another, without overlapping "
+                                 f"(no cuLaunchKernelEx in the CUDA driver: {exc})", logging.INFO)
         _DRIVER.append(lib)
     return _DRIVER[0]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-HELP = "show versions, devices and supported layers"
+HELP = "show versions, devices, active accelerations and supported layers"
 
 
 def add_arguments(p):
@@ -25,6 +25,10 @@ def run(args) -> int:
               f"compute capability {gpu['compute_capability']}")
     if data["cuda"]:
         print(f"{'cuda':<15} " + ", ".join(f"{k} {v}" for k, v in data["cuda"].items()))
+    print("accelerations   (in this process and mode; --fast shows fast mode's)")
+    for name, acc in data["accelerations"].items():
+        state = "active" if acc["active"] else f"inactive: {acc['reason']}"
+        print(f"  {name:<16} {state}")
     print(f"{'layers':<15} {', '.join(data['layer_types'])}")
     print(f"{'softmax':<15} {', '.join(data['softmax_variants'])}")
     return 0

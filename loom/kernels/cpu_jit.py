@@ -70,6 +70,13 @@ def available() -> bool:
     return "missing" not in _load()
 
 
+def unavailable_reason() -> str | None:
+    """Why the compiled loops do not run here (available() is False), or None where they do."""
+    if os.environ.get("LOOM_JIT", "1") == "0":
+        return "LOOM_JIT=0"
+    return _load().get("missing")
+
+
 def supports(qtype: str, m_rows: int) -> bool:
     return qtype in TYPES and m_rows <= MAX_ROWS and available()
 
@@ -119,7 +126,7 @@ def _load() -> dict:
                 try:
                     import numba
                 except ImportError as exc:
-                    _state["missing"] = str(exc)
+                    _state["missing"] = f"numba is not installed (pip install 'loom[cpu]'): {exc}"
                 else:
                     _state.update(_compile(numba))      # complete before any thread sees it
     return _state

@@ -294,7 +294,7 @@ def sum(x, axis=None, keepdims: bool = False, padded: bool = False):  # noqa: A0
     if n == 0 or x.size == 0:
         return xp.sum(x, axis=axes, keepdims=keepdims)
     if padded:
-        nonzero = xp.count_nonzero(x, axis=axes, keepdims=True)
+        nonzero = (x != 0).sum(axis=axes, keepdims=True)          # (CuPy's count_nonzero keeps no dims)
         total = _sum_general(be, x, axes, 53 - _log2_ceil_array(xp, nonzero))
         if not keepdims:
             total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))

@@ -10,15 +10,13 @@ kernel may run on other hardware (the GPU's int8 tensor cores, compiled CPU loop
 a scheme, where the bits are the scheme's.
 
 docs/determinism.md quotes this table (`describe()` prints it); `loom.DETERMINISM_SPEC` names the
-version of these rules, and tests/golden/spec1.json pins their bits.
+version of these rules (loom/spec.py), and tests/golden/spec1.json pins their bits.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-SPEC = 1
 
 ROUNDED_MAX_K = 1 << 11     # uncertified entries grow as K^1.5 on random data: 0.05% at 784, 0.2% at 2048
 CHUNK_BITS = 14             # slice products longer than 2^14 are summed in chunks of 2^14, in order

@@ -14,16 +14,21 @@ CPU with numba installed, loom.kernels.cpu_jit's compiled loops (32-value block 
 else, for the 32-value block types, loom.kernels.gguf_gemv multiplies the integer codes and
 applies the scales per block afterwards.
 
+Deterministic mode takes no block kernel for any type (the 32-value ones, the K-quants, F16, BF16):
+every product decodes W exactly and runs the exact GEMM, so it has no fallback to refuse. Fast mode
+logs once (logging, "loom") where a product of a few rows finds no block kernel for its type.
+
 Quantized rows are independent (a block never spans two rows), so `take_rows` (an embedding
 lookup) decodes only the rows asked for and `permute_rows` reorders the stored bytes exactly.
 """
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
-from .. import backend
+from .. import backend, fallback
 from ..errors import ShapeError
 from ..mode import is_deterministic
 from . import cpu_jit, gguf_gemv, gguf_quants, ops
@@ -98,6 +103,8 @@ class QuantizedTensor:
         if not is_deterministic() and self.qtype in gguf_gemv.TYPES and x2.shape[0] <= gguf_gemv.MAX_ROWS:
             gguf_gemv.matmul_t(x2, self.data, self.qtype, out, xp)     # decode-sized x: no W at all
             return out.reshape(lead + (rows,))
+        if not is_deterministic() and x2.shape[0] <= gguf_gemv.MAX_ROWS:
+            _no_block_kernel(self.qtype, backend.of(self.data).name)
         step = self.block_rows()
         buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)   # reused by every block
         for start in range(0, rows, step):
@@ -134,6 +141,14 @@ class QuantizedTensor:
 
     def to(self, device: str) -> "QuantizedTensor":
         return QuantizedTensor(backend.get(device).asarray(self.data), self.qtype, self.shape)
+
+
+def _no_block_kernel(qtype: str, device: str) -> None:
+    """Fast mode, x of a few rows (decoding), and no block kernel took the product: it decodes the
+    whole weight, which is what those kernels avoid, so say so (once)."""
+    fallback.notice_once(f"fast mode: products of a few rows with {qtype} weights on {device!r} decode the "
+                         f"weight to float32 blocks for the GEMM (no block kernel takes {qtype} there)",
+                         logging.INFO)
 
 
 def linear(x, w):

@@ -46,16 +46,29 @@ def _stored(w):
 def supported(dec, batch: int) -> bool:
     """Whether a Decoder's step can run as a graph: the CUDA backend, block-kernel weight types, head_dim a
     multiple of 64, widths multiples of 32 and at most MAX_ROWS sequences."""
+    return unsupported(dec, batch) is None
+
+
+def unsupported(dec, batch: int) -> str | None:
+    """Why a Decoder's step cannot run as a graph (supported()'s conditions), or None where it can."""
     be = dec.backend
     quant, kernels = getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
-    if quant is None or kernels is None or not be.graphs or batch > quant.MAX_ROWS:
-        return False
+    if quant is None or kernels is None or not be.graphs:
+        return f"device {be.name!r} has no decode kernels or graphs"
+    if batch > quant.MAX_ROWS:
+        return f"a batch of {batch} sequences is more than the kernels' {quant.MAX_ROWS}"
     c = dec.config
-    if not kernels.supports(c.head_dim) or c.hidden % 32 or c.intermediate % 32:   # (head_dim: a multiple of 64)
-        return False
+    if not kernels.supports(c.head_dim):
+        return f"head_dim {c.head_dim} is not a multiple of 64"
+    if c.hidden % 32 or c.intermediate % 32:
+        return f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
     mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
-    stored = [_stored(w) for w in mats]
-    return all(s is not None and s[1] in quant.TYPES for s in stored)
+    for w in mats:
+        s = _stored(w)
+        if s is None or s[1] not in quant.TYPES:
+            kind = s[1] if s is not None else "mixed types" if isinstance(w, tuple) else f"a {w.dtype} array"
+            return f"no block kernel for weights stored as {kind} (the kernels take {', '.join(quant.TYPES)})"
+    return None
 
 
 class DecodeGraph:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import backend
+from .. import backend, fallback
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
 from ..kernels.quantized import QuantizedTensor, linear
@@ -186,7 +186,9 @@ class _Layer:
 class Decoder:
     """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache.
     On the GPU in fast mode a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless
-    `graphs` is set False."""
+    `graphs` is set False; where the graph's kernels cannot take the model (decode_graph.unsupported),
+    steps run kernel by kernel and the reason is logged once on the "loom" logger. Deterministic mode
+    never records decode steps: its products are the exact GEMMs, run kernel by kernel."""
 
     graphs = True
 
@@ -282,7 +284,11 @@ class Decoder:
             return self._graph
         ok = self._graph_ok.get(cache.batch)
         if ok is None:                   # the weights never change: ask once per batch size
-            ok = self._graph_ok[cache.batch] = decode_graph.supported(self, cache.batch)
+            why = decode_graph.unsupported(self, cache.batch)
+            ok = self._graph_ok[cache.batch] = why is None
+            if why is not None and self.backend.graphs:      # (on the CPU there is no graph to miss)
+                fallback.notice_once(f"fast mode: decode steps of {cache.batch} sequence(s) run kernel by "
+                                     f"kernel, not as a recorded CUDA graph ({why})")
         self._graph = decode_graph.DecodeGraph(self, cache) if ok else None
         return self._graph
 

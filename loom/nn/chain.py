@@ -11,27 +11,34 @@ network's rng_counter) advance exactly as the eager step advances them, so eager
 can be mixed freely and give bit-identical results.
 
 Recording needs device work free of host synchronization. When a step cannot be recorded (a layer
-that reads a device value on the host), that key runs eagerly from then on and the reason is kept in
-`eager_reasons` (and warned about once): slower, never wrong. On the CPU every step is eager.
+that reads a device value on the host), deterministic mode raises DeterminismError naming the step,
+its shapes and the reason: the caller asked for a recorded chain ("strict by default",
+loom/fallback.py). With strict=False, or in fast mode, that key runs eagerly from then on instead
+(the same bits, slower), the reason is kept in `eager_reasons` and logged once on the "loom" logger.
+On the CPU every step is eager: there is nothing to record, so nothing is refused.
 """
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 
 import numpy as np
 
-from .. import mode, rng
-from ..errors import LoomError, ShapeError
+from .. import fallback, mode, rng
+from ..errors import ConfigError, LoomError, ShapeError
 
 
 class _Cache:
-    """The recorded chains of one step function, least recently used evicted first."""
+    """The recorded chains of one step function, least recently used evicted first. describe(key)
+    names a key's step and shapes in messages; strict: see refuse()."""
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, describe=repr, strict: bool = True):
         if not isinstance(size, int) or size < 1:
             raise ValueError(f"cache_size must be a positive integer, got {size!r}")
+        if not isinstance(strict, bool):
+            raise ConfigError("strict", f"expected True or False, got {strict!r}")
         self.size = size
+        self.describe = describe
+        self.strict = strict
         self.entries: OrderedDict = OrderedDict()
         self.seen: set = set()
         self.eager_reasons: dict = {}
@@ -56,26 +63,33 @@ class _Cache:
             return False
         return True
 
-    def lookup(self, key, record, what: str):
+    def lookup(self, key, record):
         """The recorded entry for key, recording it with record() on the key's second sighting; None
         when this call runs eagerly (first sighting, or the step cannot be recorded). CuPy raises
         RuntimeError for a host transfer while capturing and NotImplementedError for its own cuBLAS
-        calls (the integer GEMM fallback); either makes the key eager-only."""
+        calls (the integer GEMM fallback); either refuses the key (refuse())."""
         entry = self.get(key)
         if entry is None and self.wants_recording(key):
             try:
                 entry = record()
             except (LoomError, RuntimeError, NotImplementedError) as exc:
-                self.refuse(key, exc, what)
+                self.refuse(key, exc)
             else:
                 self.put(key, entry)
         return entry
 
-    def refuse(self, key, exc: BaseException, what: str) -> None:
+    def refuse(self, key, exc: BaseException) -> None:
+        """A key whose step cannot be recorded: DeterminismError in deterministic mode unless strict
+        is False (the caller asked for a chain, and eager steps are not one); otherwise the key runs
+        eagerly from now on, which changes no bits, and that is logged once."""
         reason = f"{type(exc).__name__}: {exc}"
+        what = self.describe(key)
+        fallback.refuse(
+            f"{what} cannot be recorded as a dispatch chain ({reason}); deterministic mode runs the "
+            "recorded chain it was asked for or nothing: pass strict=False to run such steps eagerly "
+            "(the same bits, slower)",
+            f"{what} cannot be recorded as a dispatch chain and runs eagerly ({reason})", self.strict)
         self.eager_reasons[key] = reason
-        warnings.warn(f"{what} for shapes {key[0]} could not be recorded as a dispatch chain and runs "
-                      f"eagerly ({reason})", RuntimeWarning, stacklevel=3)
 
 
 class _Scalars:
@@ -118,6 +132,19 @@ def _bind_plan(plan, views) -> dict:
             for name, vals in plan.items()}
 
 
+def _shape(shape, dtype) -> str:
+    return f"{list(shape)} {dtype}"
+
+
+def _describe_train(key) -> str:
+    return f"a train step on input {_shape(key[0], key[1])} and targets {_shape(key[2], key[3])}"
+
+
+def _describe_forward(key) -> str:
+    mask = "" if key[2] is None else f" with an attention mask {list(key[2])}"
+    return f"a forward pass on input {_shape(key[0], key[1])}{mask}"
+
+
 class TrainStep:
     """One training step — forward, loss, backward, optimizer update — as a dispatch chain:
 
@@ -126,11 +153,13 @@ class TrainStep:
 
     x and y may be host (NumPy) or device arrays. `total` accumulates value * batch on the device
     (float64, the sum train() logs as the epoch loss); reset it with reset_total().
+    strict: in deterministic mode a step that cannot be recorded raises DeterminismError; with
+    strict=False it runs eagerly instead (the same bits, slower) and is logged once, as in fast mode.
     """
 
-    def __init__(self, net, loss, optimizer, cache_size: int = 4):
+    def __init__(self, net, loss, optimizer, cache_size: int = 4, strict: bool = True):
         self.net, self.loss, self.opt = net, loss, optimizer
-        self.cache = _Cache(cache_size)
+        self.cache = _Cache(cache_size, _describe_train, strict)
         self.grads = net.gradients()
         self.total = net.backend.xp.zeros((), dtype=np.float64)
         self.pred = None
@@ -156,7 +185,7 @@ class TrainStep:
             return self._eager(x, y)
         key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase(),
                mode.name())                # the two modes record different kernels
-        entry = self.cache.lookup(key, lambda: _RecordedStep(self, x, y), "a train step")
+        entry = self.cache.lookup(key, lambda: _RecordedStep(self, x, y))
         if entry is None:
             return self._eager(x, y)
         return entry.run(x, y)
@@ -224,12 +253,13 @@ class _RecordedStep:
 
 class InferenceChain:
     """Eval-mode forward passes as dispatch chains (Network.compile()); returns a fresh copy of the
-    output each call, so results never change under the caller when the graph runs again."""
+    output each call, so results never change under the caller when the graph runs again.
+    strict: as TrainStep's."""
 
-    def __init__(self, net, cache_size: int = 4):
+    def __init__(self, net, cache_size: int = 4, strict: bool = True):
         self.net = net
-        self.cache_size = cache_size
-        self.cache = _Cache(cache_size)
+        self.cache_size, self.strict = cache_size, strict
+        self.cache = _Cache(cache_size, _describe_forward, strict)
 
     @property
     def eager_reasons(self) -> dict:
@@ -241,7 +271,7 @@ class InferenceChain:
         mask = None if attention_mask is None else net._check_mask(attention_mask, x.shape[0])
         net.check_ids(x)
         key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape), mode.name())
-        entry = self.cache.lookup(key, lambda: _RecordedForward(net, x, mask), "a forward pass")
+        entry = self.cache.lookup(key, lambda: _RecordedForward(net, x, mask))
         if entry is None:
             return net._forward(net.backend.asarray(x), mask, checked=False)
         return entry.run(x, mask)

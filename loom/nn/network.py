@@ -122,13 +122,14 @@ class Network:
         self._batch = x.shape[0]
         return y
 
-    def compile(self, cache_size: int = 4) -> "Network":
+    def compile(self, cache_size: int = 4, strict: bool = True) -> "Network":
         """Run eval-mode forward passes on the GPU as dispatch chains: each new input shape runs
         once eagerly, is then recorded into a CUDA graph and replayed with one launch (see
         loom/nn/chain.py). Results are bit-identical to the eager forward. On the CPU this changes
-        nothing. Returns the network."""
+        nothing. strict: in deterministic mode a forward pass that cannot be recorded raises
+        DeterminismError; strict=False runs it eagerly instead (logged once). Returns the network."""
         from .chain import InferenceChain
-        self._compiled = InferenceChain(self, cache_size)
+        self._compiled = InferenceChain(self, cache_size, strict)
         return self
 
     __call__ = forward
@@ -298,7 +299,7 @@ class Network:
         self.backend, self.root = moved.backend, moved.root
         self._has_forward = False
         if self._compiled is not None:
-            self.compile(self._compiled.cache_size)       # recorded chains belong to the old device
+            self.compile(self._compiled.cache_size, self._compiled.strict)   # chains belong to the old device
         return self
 
     # --- inspection ---

@@ -99,7 +99,8 @@ class EarlyStopping:
 
 def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=None, batch_size=None,
           validation=None, seed=None, verbose=True, metrics=None, callbacks=(), early_stopping=None,
-          checkpoint=None, resume=None, shuffle=None, device=None, deterministic=None) -> History:
+          checkpoint=None, resume=None, shuffle=None, device=None, deterministic=None,
+          strict: bool = True) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -113,6 +114,9 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
     device: "cpu" or "cuda": the network is moved there first (net.to); None keeps it where it is.
     deterministic: True or False runs the whole training in that mode (loom.deterministic); None takes
     the config's training.deterministic, else the mode already in effect.
+    strict: on the GPU each step replays a recorded dispatch chain; in deterministic mode a step that
+    cannot be recorded raises DeterminismError, and strict=False runs it eagerly instead (the same
+    bits, slower; logged once), as fast mode does.
     """
     if deterministic is None:
         deterministic = (net.config.get("training") or {}).get("deterministic")
@@ -120,11 +124,11 @@ def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=N
         deterministic = mode.is_deterministic()
     with mode.deterministic(deterministic):
         return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
-                      metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device)
+                      metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict)
 
 
 def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose, metrics,
-           callbacks, early_stopping, checkpoint, resume, shuffle, device) -> History:
+           callbacks, early_stopping, checkpoint, resume, shuffle, device, strict) -> History:
     if device is not None:
         net.to(device)
     settings = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
@@ -148,7 +152,7 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     # Data checks run once over the whole dataset here, not once per batch on the device.
     net.check_ids(X)
     loss_fn.check_target(Y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
-    step = TrainStep(net, loss_fn, opt)       # on the GPU: each step replays one recorded graph
+    step = TrainStep(net, loss_fn, opt, strict=strict)    # on the GPU: each step replays one recorded graph
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)

@@ -1,8 +1,14 @@
 """loom/backend/cuda_subnormals.py wraps CuPy's compiler so that no kernel is built with -ftz=true;
-checked here against a stand-in for cupy.cuda.compiler (the GPU tests check real kernels)."""
+checked here against a stand-in for cupy.cuda.compiler (the GPU tests check real kernels). Where that
+fails, the CUDA backend refuses deterministic mode and logs once in fast mode (stand-in CuPy modules)."""
+import sys
 import types
 
-from loom.backend import cuda_subnormals
+import pytest
+
+import loom
+from loom import backend
+from loom.backend import cuda, cuda_subnormals
 
 
 def _fake_compiler():
@@ -41,3 +47,52 @@ def test_install_is_idempotent_and_leaves_other_compiles_alone():
 
 def test_unknown_compiler_internals_are_reported():
     assert not cuda_subnormals.install(types.SimpleNamespace())
+
+
+def _fake_cupy():
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
+    return types.SimpleNamespace(__version__="99.0", cuda=types.SimpleNamespace(runtime=runtime, compiler=None))
+
+
+@pytest.mark.parametrize("installs, keeps, words", [(False, True, "compiler internals"),
+                                                    (True, False, "gave 0")])
+def test_import_remembers_why_subnormals_flush(monkeypatch, installs, keeps, words):
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy())
+    monkeypatch.setattr(cuda_subnormals, "install", lambda compiler: installs)
+    monkeypatch.setattr(cuda_subnormals, "check", lambda cupy: keeps)
+    monkeypatch.setattr(cuda, "_FLUSHES", None)
+    cuda._import_cupy()
+    assert words in cuda._FLUSHES
+
+
+@pytest.fixture
+def flushing_gpu(monkeypatch):
+    """A CUDA backend (a stand-in object) of a process where CuPy still flushes subnormals."""
+    gpu = object()
+    monkeypatch.setattr(cuda, "_CUDA", gpu)
+    monkeypatch.setattr(cuda, "_FLUSHES", "a float32 subnormal (1e-40) times 1 on the GPU gave 0")
+    return gpu
+
+
+def test_deterministic_mode_refuses_a_flushing_gpu(flushing_gpu, loom_log):
+    for obtain in (cuda.get, lambda: backend.get("cuda")):
+        with pytest.raises(loom.DeterminismError) as err:
+            obtain()
+        assert "CuPy flushes float32 subnormals to zero (a float32 subnormal (1e-40)" in str(err.value)
+    assert backend.available()["cuda"].startswith("device 'cuda' in deterministic mode: CuPy flushes")
+    assert loom_log() == []
+
+
+def test_fast_mode_uses_a_flushing_gpu_and_logs_once(flushing_gpu, loom_log):
+    with loom.deterministic(False):
+        assert cuda.get() is flushing_gpu and backend.get("cuda") is flushing_gpu
+        assert backend.available()["cuda"] == "ok"
+    assert loom_log() == [("CuPy flushes float32 subnormals to zero in this process (a float32 subnormal "
+                           "(1e-40) times 1 on the GPU gave 0)")]
+
+
+def test_a_gpu_that_keeps_subnormals_is_not_checked_again(monkeypatch, loom_log):
+    gpu = object()
+    monkeypatch.setattr(cuda, "_CUDA", gpu)
+    monkeypatch.setattr(cuda, "_FLUSHES", None)
+    assert cuda.get() is gpu and loom_log() == []

@@ -1,5 +1,6 @@
 """The `loom` command, run as a user runs it: a subprocess, checking output and exit codes."""
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -118,3 +119,18 @@ def test_cli_bad_inputs_exit_3(tmp_path):
         out = loom(*args)
         assert out.returncode == 3, (args, out.stderr)
         assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_info_lists_accelerations():
+    data = json.loads(loom("info", "--json").stdout)
+    assert set(data["accelerations"]) == {"numba", "cuda_graphs", "decode_graphs", "int8_exact_gemm",
+                                          "kquant_kernels"}
+    out = subprocess.run([sys.executable, "-m", "loom", "info"], capture_output=True, text=True, cwd=ROOT,
+                         env={**os.environ, "LOOM_JIT": "0"})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("accelerations"))
+    rows = dict(line.split(None, 1) for line in lines[start + 1:start + 6])
+    assert list(rows) == ["numba", "cuda_graphs", "decode_graphs", "int8_exact_gemm", "kquant_kernels"]
+    assert rows["numba"] == "inactive: LOOM_JIT=0"
+    assert rows["kquant_kernels"].startswith("inactive: deterministic mode")

@@ -143,3 +143,42 @@ def test_constructor_checks():
         qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "Q8_0", (2, 30))
     with pytest.raises(loom.FormatError, match="unsupported"):
         qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "IQ2_XS", (2, 32))
+
+
+class _NoBlockKernels:
+    """Stands in for every block kernel: taking one would be a test failure."""
+    TYPES = tuple(gq.BLOCKS)
+
+    def supports(self, *args):
+        return True
+
+    def matmul_t(self, *args):
+        raise AssertionError("a block kernel ran in deterministic mode")
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_deterministic_mode_decodes_every_type_for_the_exact_gemm(qtype, monkeypatch, loom_log):
+    """Every GGUF type, K-quants included, at decode size (one row: where fast mode takes a block
+    kernel): deterministic mode takes none, so it has no fallback to refuse, and gives the exact
+    GEMM's bits on the decoded weight."""
+    from loom.backend.cpu import CPU
+    kernels = _NoBlockKernels()
+    monkeypatch.setattr(CPU, "quant_kernels", kernels, raising=False)
+    monkeypatch.setattr(qz.cpu_jit, "matmul_t", kernels.matmul_t)
+    monkeypatch.setattr(qz.gguf_gemv, "matmul_t", kernels.matmul_t)
+    w = random_weight(qtype, 9, 1, seed=5)
+    x = np.random.default_rng(6).standard_normal((1, w.shape[1])).astype(np.float32)
+    got = w.matmul_t(x)
+    assert np.array_equal(got.view(np.uint32), ops.matmul(x, w.dequantize().T).view(np.uint32))
+    assert loom_log() == []
+
+
+def test_fast_mode_says_once_where_no_block_kernel_takes_a_type(loom_log):
+    w = random_weight("Q4_K", 9, 1, seed=7)
+    x = np.random.default_rng(8).standard_normal((1, w.shape[1])).astype(np.float32)
+    with loom.deterministic(False):
+        for _ in range(3):
+            w.matmul_t(x)
+        w.matmul_t(np.ones((40, w.shape[1]), np.float32))      # a prefill: decoding blocks is the plan
+    assert loom_log() == [("fast mode: products of a few rows with Q4_K weights on 'cpu' decode the weight to "
+                           "float32 blocks for the GEMM (no block kernel takes Q4_K there)")]

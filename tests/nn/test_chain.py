@@ -1,4 +1,5 @@
-"""Dispatch chains on the CPU (no graphs: every step eager) and the host bookkeeping they rely on.
+"""Dispatch chains on the CPU (no graphs: every step eager) and the host bookkeeping they rely on,
+and what happens when a step cannot be recorded (on a stand-in backend whose recording fails).
 The recorded path itself is tested on the GPU (tests/gpu/test_dispatch_chains.py)."""
 import numpy as np
 import pytest
@@ -74,11 +75,13 @@ def test_cache_records_on_the_second_sighting_and_evicts_the_oldest():
     for key in "abc":
         cache.put(key, key.upper())
     assert list(cache.entries) == ["b", "c"]
-    with pytest.warns(RuntimeWarning, match="runs eagerly"):
-        cache.refuse(("x",), RuntimeError("no"), "a step")
-    assert not cache.wants_recording(("x",))
+    with loom.deterministic(False):
+        cache.refuse(("x",), RuntimeError("no"))
+    assert not cache.wants_recording(("x",)) and cache.eager_reasons == {("x",): "RuntimeError: no"}
     with pytest.raises(ValueError):
         _Cache(0)
+    with pytest.raises(loom.ConfigError, match="strict: expected True or False, got 'no'"):
+        _Cache(2, strict="no")
 
 
 def test_compile_on_the_cpu_changes_nothing():
@@ -87,3 +90,88 @@ def test_compile_on_the_cpu_changes_nothing():
     y = net(x)
     assert net.compile() is net
     assert np.array_equal(net(x), y)
+
+
+class _Unrecordable:
+    """The CPU backend claiming graphs, whose record() fails as CuPy's capture does on a host read."""
+    graphs = True
+
+    def __init__(self, cpu):
+        self._cpu = cpu
+
+    def __getattr__(self, name):
+        return getattr(self._cpu, name)
+
+    def record(self, fn):
+        raise RuntimeError("operation not permitted when stream is capturing (D2H copy)")
+
+
+def _unrecordable_step(strict=True):
+    a, b = (loom.Network.from_config(CFG).train() for _ in range(2))
+    b.backend = _Unrecordable(b.backend)
+    loss = losses.build("cross_entropy")
+    oa, ob = (optim.build({"type": "sgd", "lr": 0.1}, n.parameters()) for n in (a, b))
+    return a, oa, TrainStep(b, loss, ob, strict=strict), loss
+
+
+def _batches(n):
+    rng = np.random.default_rng(3)
+    return [(rng.normal(size=(4, 6)).astype(np.float32), rng.integers(0, 3, 4)) for _ in range(n)]
+
+
+def test_deterministic_mode_refuses_a_step_that_cannot_be_recorded(loom_log):
+    _, _, step, _ = _unrecordable_step()
+    (x, y), (x2, y2), (x3, y3) = _batches(3)
+    step(x, y)                                   # the first update: a key of its own, seen once
+    step(x2, y2)                                 # first sighting of the later updates' key: eager
+    with pytest.raises(loom.DeterminismError) as err:
+        step(x3, y3)                             # second: recording fails
+    message = str(err.value)
+    for part in ("a train step on input [4, 6] float32 and targets [4] int64", "dispatch chain",
+                 "RuntimeError: operation not permitted when stream is capturing", "strict=False"):
+        assert part in message, part
+    assert step.eager_reasons == {} and loom_log() == []
+
+
+@pytest.mark.parametrize("deterministic, strict", [(True, False), (False, True)])
+def test_strict_false_or_fast_mode_runs_eagerly_and_logs_once(loom_log, deterministic, strict):
+    a, oa, step, loss = _unrecordable_step(strict)
+    with loom.deterministic(deterministic):
+        for x, y in _batches(5):
+            value, grad = loss(a(x), y)
+            a.zero_grad()
+            a.backward(grad, input_grad=False)
+            oa.step(a.gradients())
+            assert step(x, y) == value               # the eager step's bits
+    assert len(step.eager_reasons) == 1
+    assert loom_log() == [("a train step on input [4, 6] float32 and targets [4] int64 cannot be recorded as "
+                           "a dispatch chain and runs eagerly (RuntimeError: operation not permitted when "
+                           "stream is capturing (D2H copy))")]
+
+
+def test_compile_strict_false_falls_back_and_survives_a_move(loom_log):
+    net = loom.Network.from_config(CFG)
+    x = np.random.default_rng(1).normal(size=(3, 6)).astype(np.float32)
+    want = net(x)
+    net.backend = _Unrecordable(net.backend)
+    net.compile()
+    net(x)
+    with pytest.raises(loom.DeterminismError, match=r"a forward pass on input \[3, 6\] float32 cannot be"):
+        net(x)
+    net.compile(strict=False)
+    for _ in range(3):
+        assert np.array_equal(net(x), want)
+    assert len(loom_log()) == 1 and "a forward pass on input [3, 6] float32" in loom_log()[0]
+    assert net._compiled.strict is False
+
+
+def test_train_passes_strict_to_its_step(loom_log):
+    rng = np.random.default_rng(4)
+    X, Y = rng.normal(size=(24, 6)).astype(np.float32), rng.integers(0, 3, 24)
+    net = loom.Network.from_config(CFG)
+    net.backend = _Unrecordable(net.backend)
+    with pytest.raises(loom.DeterminismError, match="a train step on input"):
+        loom.train(net, X, Y, epochs=1, batch_size=4, optimizer="sgd", verbose=False)
+    history = loom.train(net, X, Y, epochs=2, batch_size=4, optimizer="sgd", verbose=False, strict=False)
+    assert history.epochs == 2
+    assert len(loom_log()) == 1
