@@ -11,7 +11,7 @@ import pytest
 
 import loom
 from catalogue import SAMPLES, config
-from loom import backend, rng, verify as verifier
+from loom import backend, batch_invariance, rng, verify as verifier
 from loom.cli.main import main
 from loom.nn import optim
 
@@ -39,6 +39,7 @@ def test_the_table_has_every_sample_parameter_optimizer_and_the_demo():
         expected = {f"{name}  forward"} | ({f"{name}  grad input"} if idt is None else set())
         expected |= {f"{name}  grad {k.removeprefix('layers.0.')}" for k in net.parameters()}
         expected |= {f"{name}  buffer {k.removeprefix('layers.0.')}" for k in net.buffers()}
+        expected |= set() if batch_invariance.mixes_rows(layers) else {f"{name}  batch-invariant"}
         assert {r for r in rows if r.split("  ")[0] == name} == expected, name
     for kind in optim.TYPES:
         assert f"{kind}  step" in rows
@@ -155,3 +156,13 @@ def test_the_command_end_to_end(tmp_path):
     else:
         assert data["backends"] == ["cpu", "cpu:1thread", "cuda"]
     assert out.stdout.rstrip().endswith(f"{len(rows)} checks, {len(data['backends'])} backends: all agree bit-for-bit")
+
+
+def test_a_batch_dependent_row_is_a_mismatch(monkeypatch):
+    """A sample whose row changes with its batch-mates reads ERROR in its batch-invariant row."""
+    def mixing(net, x, where, seed=0):
+        raise loom.DeterminismError(f"{where}: the output of a sample run alone differs")
+    monkeypatch.setattr(batch_invariance, "check_network", mixing)
+    report = verifier.verify(["cpu"], steps=1, samples=["dense"])
+    assert report.mismatches == ["dense  batch-invariant"]
+    assert "run alone differs" in report.errors()[0]
