@@ -17,7 +17,6 @@ import numpy as np
 from . import rng
 from .errors import DeterminismError
 
-BATCH = 5
 # padding rows put beside the batch: values that would leak into other rows through any shared
 # scale, maximum or memory budget
 PADDING = {"NaN": np.nan, "huge": 3.0e38, "zero": 0.0, "tiny": 1.0e-40}
@@ -36,30 +35,27 @@ def mixes_rows(layers) -> bool:
     return False
 
 
-def arrangements(x: np.ndarray, padding_row) -> list[tuple[str, np.ndarray, list[int]]]:
-    """(what, batch, where): batches that hold every row of x (x's row i at batch[where[i]])."""
+def arrangements(x: np.ndarray) -> list[tuple[str, np.ndarray, list[int]]]:
+    """(what, batch, where): batches that hold every row of x (x's row i at batch[where[i]]): x
+    reversed, and x between two padding rows of each PADDING value (token ids: of id 0)."""
     n = x.shape[0]
-    pad = np.broadcast_to(padding_row, x.shape[1:]).astype(x.dtype)[None]
+    fills = PADDING if x.dtype.kind == "f" else {"id 0": 0}
     out = [("reversed", x[::-1].copy(), list(range(n - 1, -1, -1)))]
-    for name, value in PADDING.items():
-        if x.dtype.kind != "f":
-            continue
-        fill = np.full((2,) + x.shape[1:], value, dtype=x.dtype)
-        out.append((f"between {name} rows", np.concatenate([fill[:1], x, fill[1:]]), [i + 1 for i in range(n)]))
-    if x.dtype.kind != "f":                   # token ids: pad with id 0
-        out.append(("between padding rows", np.concatenate([pad, x, pad]), [i + 1 for i in range(n)]))
+    for name, value in fills.items():
+        pad = np.full((1,) + x.shape[1:], value, dtype=x.dtype)
+        out.append((f"between {name} rows", np.concatenate([pad, x, pad]), list(range(1, n + 1))))
     return out
 
 
 def check(run, x: np.ndarray, dy: np.ndarray | None = None, where: str = "network"):
-    """The whole batch's output; raises DeterminismError unless `run(batch, dy_batch) -> (y, dx)` gives every row of x the same
-    bits alone, in the batch x, reversed, and beside padding rows. `run` gets host arrays and returns
-    host arrays (dx may be None; dy_batch is None when dy is)."""
+    """The whole batch's output; raises DeterminismError unless `run(batch, dy_batch) -> (y, dx)`
+    gives every row of x the same bits alone, in the batch x, reversed, and beside padding rows.
+    `run` gets host arrays and returns host arrays (dx may be None; dy_batch is None when dy is)."""
     y_full, dx_full = run(x, dy)
     for i in range(x.shape[0]):
         y, dx = run(x[i:i + 1], None if dy is None else dy[i:i + 1])
         _compare(where, f"alone (row {i})", y_full[i], y[0], _row(dx_full, i), _row(dx, 0))
-    for what, batch, rows in arrangements(x, 0):
+    for what, batch, rows in arrangements(x):
         dyb = None
         if dy is not None:
             dyb = rng.Generator(0, "batch_invariance.padding").normal(

@@ -23,6 +23,8 @@ _lock = threading.Lock()
 
 def notice_once(message: str, level: int = logging.WARNING) -> bool:
     """Log `message` on the "loom" logger the first time this process sees it; True if it logged."""
+    if message in _reported:        # the common case, on paths hit every step: no lock
+        return False
     with _lock:
         if message in _reported:
             return False

@@ -32,7 +32,7 @@ import sys
 
 import numpy as np
 
-from . import mode, rng, verify
+from . import atomic, mode, rng, verify
 from .verify import SEED, SEP, combined, fingerprint
 
 SPEC = 1
@@ -73,14 +73,14 @@ def fingerprints(device: str = "cpu") -> dict[str, str]:
     with mode.deterministic(True):
         out = verify.compute(device, steps=DEMO_STEPS)
         for name in NAMES:
-            verify._guarded(out, f"loss {name}{SEP}value", lambda name=name: _loss_checks(device, name))
+            verify.guarded(out, f"loss {name}{SEP}value", lambda name=name: _loss_checks(device, name))
         for sample in SAMPLES:
             for opt in TRAIN_OPTIMIZERS:
-                verify._guarded(out, f"{sample[0]}{SEP}{opt} {TRAIN_STEPS} steps",
+                verify.guarded(out, f"{sample[0]}{SEP}{opt} {TRAIN_STEPS} steps",
                                 lambda sample=sample, opt=opt: _training_checks(device, *sample, opt))
         for arch in DECODERS:
-            verify._guarded(out, f"llm {arch}{SEP}logits", lambda arch=arch: _decoder_checks(device, arch))
-        verify._guarded(out, f"encoder bert{SEP}embeddings", lambda: _encoder_checks(device))
+            verify.guarded(out, f"llm {arch}{SEP}logits", lambda arch=arch: _decoder_checks(device, arch))
+        verify.guarded(out, f"encoder bert{SEP}embeddings", lambda: _encoder_checks(device))
     return out
 
 
@@ -138,7 +138,7 @@ def _training_checks(device, name, layers, shape, idt, opt) -> dict[str, str]:
     if not net.parameters():
         return {}
     be = net.backend
-    x = be.asarray(verify._sample_input(name, layers, shape, idt))
+    x = be.asarray(verify.sample_input(name, layers, shape, idt))
     optimizer = optim.build(TRAIN_OPTIMIZERS[opt], net.parameters())    # built after .to(): live arrays
     mse = losses.build("mse")
     target, history = None, []
@@ -263,8 +263,7 @@ def main(argv=None) -> int:
                       f"(first: {bad[0]!r}); not written. A change of bits is a spec bump "
                       "(docs/determinism.md, 'Spec stability'); --force overwrites anyway.", file=sys.stderr)
                 return 1
-        with open(args.write, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        atomic.write_bytes(args.write, text.encode("utf-8"))
         print(f"wrote {args.write}: spec {SPEC}, {len(json.loads(text)['fingerprints'])} fingerprints")
     return 0
 

@@ -82,15 +82,15 @@ def compute(device: str, steps: int = 50, samples=None) -> dict[str, str]:
     from .nn.optim import TYPES
     out: dict[str, str] = {}
     for name, layers, shape, idt in _select(SAMPLES, samples):
-        _guarded(out, f"{name}{SEP}forward", lambda: _layer_checks(device, name, layers, shape, idt))
+        guarded(out, f"{name}{SEP}forward", lambda: _layer_checks(device, name, layers, shape, idt))
     if mode.is_deterministic():     # fast mode promises no batch invariance
         for name, layers, shape, idt in _select(SAMPLES, samples):
             if not batch_invariance.mixes_rows(layers):
                 check = f"{name}{SEP}batch-invariant"
-                _guarded(out, check, lambda: {check: _batch_check(device, name, layers, shape, idt)})
+                guarded(out, check, lambda: {check: _batch_check(device, name, layers, shape, idt)})
     for kind in TYPES:
-        _guarded(out, f"{kind}{SEP}step", lambda: {f"{kind}{SEP}step": _optimizer_step(device, kind)})
-    _guarded(out, f"demo{SEP}weights after {steps} steps", lambda: _demo_checks(device, steps))
+        guarded(out, f"{kind}{SEP}step", lambda: {f"{kind}{SEP}step": _optimizer_step(device, kind)})
+    guarded(out, f"demo{SEP}weights after {steps} steps", lambda: _demo_checks(device, steps))
     return out
 
 
@@ -105,7 +105,9 @@ def _select(samples, names):
     return [s for s in samples if s[0] in set(names)]
 
 
-def _guarded(out: dict, first_check: str, checks) -> None:
+def guarded(out: dict, first_check: str, checks) -> None:
+    """out.update(checks()), or, where checks() raises, out[first_check] = "error: ..." (a mismatch in
+    the table, the message among the errors)."""
     try:
         out.update(checks())
     except Exception as exc:  # reported in the table as a mismatch, with the message in the errors
@@ -116,7 +118,7 @@ def _layer_checks(device, name, layers, shape, idt) -> dict[str, str]:
     from .nn import Network
     from .nn.catalogue import config
     net = Network.from_config(config(layers, shape, idt)).to(device).train()
-    x = _sample_input(name, layers, shape, idt)
+    x = sample_input(name, layers, shape, idt)
     y = net(net.backend.asarray(x))
     dy = rng.Generator(SEED, f"verify.{name}.upstream").normal(tuple(y.shape), dtype=np.dtype(y.dtype))
     dx = net.backward(net.backend.asarray(dy))
@@ -138,10 +140,12 @@ def _batch_check(device, name, layers, shape, idt) -> str:
     from .nn.catalogue import config
     net = Network.from_config(config(layers, shape, idt)).to(device)
     with np.errstate(all="ignore"):                    # NaN and huge padding rows
-        return fingerprint(batch_invariance.check_network(net, _sample_input(name, layers, shape, idt), name))
+        return fingerprint(batch_invariance.check_network(net, sample_input(name, layers, shape, idt), name))
 
 
-def _sample_input(name, layers, shape, idt) -> np.ndarray:
+def sample_input(name, layers, shape, idt) -> np.ndarray:
+    """A catalogue sample's fixed input batch [BATCH, *shape] from loom.rng: token ids below the
+    embedding's vocabulary, or standard normal float32 values."""
     gen = rng.Generator(SEED, f"verify.{name}.input")
     if idt:       # token ids below the embedding's vocabulary
         return (gen.bits((BATCH, *shape)) % np.uint32(layers[0].get("vocab_size", 10))).astype(idt)
@@ -344,4 +348,4 @@ def emit_json(steps: int, samples) -> str:
     return json.dumps({"mode": mode.name(), "fingerprints": compute("cpu", steps, samples)})
 
 
-__all__ = ["verify", "compute", "fingerprint", "combined", "Report", "BACKENDS", "demo_config", "demo_plan"]
+__all__ = ["verify", "compute", "guarded", "sample_input", "fingerprint", "combined", "Report", "BACKENDS", "demo_config", "demo_plan"]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import loom
-from loom import batch_invariance as bi, rng
+from loom import batch_invariance as bi, rng, verify
 from loom.errors import DeterminismError
 from loom.kernels import exact
 from loom.nn.catalogue import SAMPLES, config
@@ -13,19 +13,12 @@ from loom.nn.catalogue import SAMPLES, config
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")     # NaN and huge padding rows
 
 
-def _input(name, layers, shape, idt, batch=bi.BATCH):
-    gen = rng.Generator(0, f"test.batch.{name}")
-    if idt:
-        return (gen.bits((batch, *shape)) % np.uint32(layers[0].get("vocab_size", 10))).astype(idt)
-    return gen.normal((batch, *shape), dtype=np.float32)
-
-
 @pytest.mark.parametrize("name, layers, shape, idt", [s for s in SAMPLES if not bi.mixes_rows(s[1])],
                          ids=[s[0] for s in SAMPLES if not bi.mixes_rows(s[1])])
 def test_every_layer_is_batch_invariant(name, layers, shape, idt):
     with loom.deterministic(True):
         net = loom.Network.from_config(config(layers, shape, idt))
-        bi.check_network(net, _input(name, layers, shape, idt), name)
+        bi.check_network(net, verify.sample_input(name, layers, shape, idt), name)
 
 
 @pytest.mark.parametrize("name", ["softmax/standard/batch", "multi_head_attention/span_batch"])
@@ -35,7 +28,7 @@ def test_layers_that_mix_rows_are_known_and_caught(name):
     assert bi.mixes_rows(layers)
     net = loom.Network.from_config(config(layers, shape, idt))
     with loom.deterministic(True), pytest.raises(DeterminismError, match=name):
-        bi.check_network(net, _input(name, layers, shape, idt), name)
+        bi.check_network(net, verify.sample_input(name, layers, shape, idt), name)
 
 
 @pytest.mark.parametrize("fan_in", [2048, 2049, 4096, 16385])

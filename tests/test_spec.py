@@ -44,8 +44,6 @@ def test_the_golden_file_is_this_spec_and_well_formed(golden):
 
 
 def test_loom_exports_the_spec_number():
-    if not hasattr(loom, "DETERMINISM_SPEC"):
-        pytest.skip("loom/__init__.py does not export DETERMINISM_SPEC yet (from .spec import SPEC as DETERMINISM_SPEC)")
     assert loom.DETERMINISM_SPEC == spec.SPEC
 
 

@@ -43,14 +43,10 @@ def _stored(w):
     return None
 
 
-def supported(dec, batch: int) -> bool:
-    """Whether a Decoder's step can run as a graph: the CUDA backend, block-kernel weight types, head_dim a
-    multiple of 64, widths multiples of 32 and at most MAX_ROWS sequences."""
-    return unsupported(dec, batch) is None
-
-
 def unsupported(dec, batch: int) -> str | None:
-    """Why a Decoder's step cannot run as a graph (supported()'s conditions), or None where it can."""
+    """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
+    block-kernel weight types, head_dim a multiple of 64, widths multiples of 32 and at most MAX_ROWS
+    sequences."""
     be = dec.backend
     quant, kernels = getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
     if quant is None or kernels is None or not be.graphs:

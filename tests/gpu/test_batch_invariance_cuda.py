@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import loom
-from loom import backend, batch_invariance as bi, rng
+from loom import backend, batch_invariance as bi, verify
 from loom.kernels import exact
 from loom.nn.catalogue import SAMPLES, config
 
@@ -18,9 +18,7 @@ ROWS = [s for s in SAMPLES if not bi.mixes_rows(s[1])]
 
 @pytest.mark.parametrize("name, layers, shape, idt", ROWS, ids=[s[0] for s in ROWS])
 def test_every_layer_is_batch_invariant_on_the_gpu(name, layers, shape, idt):
-    gen = rng.Generator(0, f"test.batch.{name}")
-    x = (gen.bits((bi.BATCH, *shape)) % np.uint32(layers[0].get("vocab_size", 10))).astype(idt) if idt \
-        else gen.normal((bi.BATCH, *shape), dtype=np.float32)
+    x = verify.sample_input(name, layers, shape, idt)
     gpu = bi.check_network(loom.Network.from_config(config(layers, shape, idt)).to("cuda"), x, name)
     cpu = bi.check_network(loom.Network.from_config(config(layers, shape, idt)), x, name)
     same_bits(gpu, cpu, f"{name} batch output")

@@ -5,13 +5,13 @@ import pytest
 
 import gradcheck
 import loom
+from loom import batch_invariance
 from catalogue import SAMPLES, config
 
 NOISY = {"dropout", "softmax/gumbel"}       # outputs depend on the RNG counter in training
 BATCH_COUPLED = {"batch_norm"}              # training statistics mix the batch by definition
 # normalize "batch" (openfluke welvet semantics) mixes the batch in eval mode too
-BATCH_NORMALIZED = {name for name, layers, *_ in SAMPLES
-                    if layers[0].get("normalize") == "batch" or layers[0].get("span") == "batch"}
+BATCH_NORMALIZED = {name for name, layers, *_ in SAMPLES if batch_invariance.mixes_rows(layers)}
 
 
 def _input(shape, idt, batch, seed=0, dtype=np.float64):
