@@ -293,21 +293,19 @@ def sum(x, axis=None, keepdims: bool = False, padded: bool = False):  # noqa: A0
     n = math.prod(x.shape[a] for a in axes)
     if n == 0 or x.size == 0:
         return xp.sum(x, axis=axes, keepdims=keepdims)
-    if padded:
-        nonzero = (x != 0).sum(axis=axes, keepdims=True)          # (CuPy's count_nonzero keeps no dims)
-        total = _sum_general(be, x, axes, 53 - _log2_ceil_array(xp, nonzero))
-        if not keepdims:
-            total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
-        return total.astype(x.dtype)
     bits = 53 - _log2_ceil(n)
     kernels = getattr(be, "exact_kernels", None)
     # the GPU: the same arithmetic in five launches (two of them memsets)
-    if kernels is not None and x.dtype == np.float32:
+    if kernels is not None and x.dtype == np.float32 and not padded:
         total = kernels.sum_float32(x, axes, bits)
         return total if keepdims else total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
-    total = exact_cpu.sum_float32(x, axes, bits) if x.dtype == np.float32 and xp is np else None
-    if total is None:
-        total = _sum_general(be, x, axes, bits)
+    if padded:          # bits per sum, from its nonzero terms: the float64 passes take an array of them
+        nonzero = (x != 0).sum(axis=axes, keepdims=True)          # (CuPy's count_nonzero keeps no dims)
+        total = _sum_general(be, x, axes, 53 - _log2_ceil_array(xp, nonzero))
+    else:
+        total = exact_cpu.sum_float32(x, axes, bits) if x.dtype == np.float32 and xp is np else None
+        if total is None:
+            total = _sum_general(be, x, axes, bits)
     if not keepdims:
         total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
     return total.astype(x.dtype)

@@ -65,9 +65,10 @@ class _Cache:
 
     def lookup(self, key, record):
         """The recorded entry for key, recording it with record() on the key's second sighting; None
-        when this call runs eagerly (first sighting, or the step cannot be recorded). CuPy raises
-        RuntimeError for a host transfer while capturing and NotImplementedError for its own cuBLAS
-        calls (the integer GEMM fallback); either refuses the key (refuse())."""
+        when this call runs eagerly (first sighting, or the step cannot be recorded). The exceptions
+        caught are how CuPy refuses work inside a stream capture: RuntimeError for a host transfer,
+        NotImplementedError (CuPy's, not Loom's) for a cuBLAS call it cannot capture, as its integer
+        GEMM; either refuses the key (refuse())."""
         entry = self.get(key)
         if entry is None and self.wants_recording(key):
             try:
