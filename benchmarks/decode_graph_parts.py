@@ -1,10 +1,11 @@
 """Where a recorded decode step's time goes (issue 7): the step's CUDA graph replayed 200 times, then
 again recorded without one kind of kernel; the difference is that kernel's share, launch gaps included.
 
-    PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16] [--plain]
+    PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16] [--plain] [--deterministic]
 
-SmolLM2-135M shapes with random weights (benchmarks/llm.py), 16 cached positions, batch 1, fast mode.
---plain records plain launches instead of overlapped ones (loom/backend/cuda_launch.py).
+SmolLM2-135M shapes with random weights (benchmarks/llm.py), 16 cached positions, batch 1, fast mode
+(--deterministic: deterministic mode's graph). --plain records plain launches instead of overlapped
+ones (loom/backend/cuda_launch.py).
 """
 from __future__ import annotations
 
@@ -49,19 +50,22 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("qtype", nargs="?", default="Q4_1", choices=["Q4_1", "BF16"])
     ap.add_argument("--plain", action="store_true", help="plain launches instead of overlapped ones")
+    ap.add_argument("--deterministic", action="store_true", help="deterministic mode's graph (default: fast)")
     args = ap.parse_args()
     dec = Decoder(DecoderConfig.from_hf(llm.CONFIG), llm.random_weights(args.qtype), device="cuda")
     xp, layers = dec.xp, llm.CONFIG["num_hidden_layers"]
     prompt = np.random.default_rng(1).integers(0, llm.CONFIG["vocab_size"], (1, 16))
-    with loom.deterministic(False):
+    exact = args.deterministic
+    with loom.deterministic(exact):
         cache = dec.new_cache(64)
         dec.forward(prompt, cache, last_only=True)
         PartialGraph.skip = ()
-        whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain), xp)
-        print(f"{args.qtype}, {'plain' if args.plain else 'overlapped'} launches: whole step {whole:.1f} us")
+        whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
+        mode = "deterministic" if exact else "fast"
+        print(f"{args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches: whole step {whole:.1f} us")
         for kind in decode_graph.KINDS[1:]:           # (not the embedding: the step reads its output)
             PartialGraph.skip = (kind,)
-            share = whole - replay_us(PartialGraph(dec, cache, overlap=not args.plain), xp)
+            share = whole - replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
             per = f"{share / layers:.2f} us per layer" if kind != "lm_head" else f"{share:.2f} us"
             print(f"  {kind:10} {per}")
 

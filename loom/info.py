@@ -50,8 +50,8 @@ def accelerations(cuda: str) -> dict:
         block_types |= set(get("cuda").quant_kernels.TYPES)
 
     def why_not_decode_graphs():
-        if gpu or is_deterministic():
-            return gpu or fast_only
+        if gpu:
+            return gpu
         return None if Decoder.graphs else "loom.llm.decoder.Decoder.graphs is False"
 
     def why_not_int8():

@@ -84,13 +84,16 @@ class CUDABackend:
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         self._generated = {}            # generated kernel source -> compiled function
         # fused kernels behind loom.kernels.fused and .exact, window kernels behind conv and pooling
-        from . import cuda_decode, cuda_exact, cuda_fused_exact, cuda_kernels, cuda_quant, cuda_windows
+        from . import (cuda_decode, cuda_decode_exact, cuda_exact, cuda_fused_exact, cuda_kernels, cuda_quant,
+                       cuda_quant_exact, cuda_windows)
         self.fused = cuda_kernels
         self.fused_exact = cuda_fused_exact     # deterministic mode's, with the reference's bits
         self.exact_kernels = cuda_exact
         self.windows = cuda_windows
         self.quant_kernels = cuda_quant   # GGML block products for decoding (fast mode)
         self.decode_kernels = cuda_decode  # RoPE + KV write and attention of a decode step (fast mode)
+        self.quant_exact_kernels = cuda_quant_exact     # the same two in deterministic mode, with its bits
+        self.decode_exact_kernels = cuda_decode_exact
 
     def asarray(self, x, dtype=None):
         with translating("copy to the GPU", x):

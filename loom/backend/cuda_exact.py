@@ -334,7 +334,9 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
 # (a block of 256 for sums longer than _TEAM_FROM) sums its products: a compensated sum (each lane a strided share, then a butterfly of TwoSums,
 # which leaves every lane the same values), and where that cannot certify it either, an exact
 # integer accumulator per lane (local memory), the lanes' limbs added exactly and rounded once.
-_ROUNDED = r"""
+# The value-level pieces of the rounded scheme (certification, compensated sums, integer limbs), also
+# compiled into the deterministic decode kernels (cuda_quant_exact, cuda_decode_exact).
+ROUNDED_DEVICE = r"""
 #define LOOM_LIMBS 21
 #define LOOM_FULL 0xffffffffu
 __device__ float loom_round_limbs(long long* limb) {      // sum limb[t] 2^(32 t - 350), rounded once
@@ -425,6 +427,19 @@ __device__ bool loom_dot2_certified(double s, double c, double t, double kk, flo
                                        __dmul_rn(fabs(f), 0x1p-51)), v);
 }
 
+// p (a nonzero product of two finite float32 numbers, exact in float64: its exponent is at least
+// -298) added into the limbs.
+__device__ __forceinline__ void loom_limbs_add(double p, long long* limb) {
+    const unsigned long long bits = (unsigned long long)__double_as_longlong(p);
+    const long long sig = (long long)((bits & 0xfffffffffffffull) | (1ull << 52));
+    const int pos = (int)((bits >> 52) & 0x7ff) - 725, w = pos >> 5, sh = pos & 31;
+    const long long low = (sig & ((1ll << (32 - sh)) - 1)) << sh, rest = sig >> (32 - sh);
+    if (bits >> 63) { limb[w] -= low; limb[w + 1] -= rest & 0xffffffffll; limb[w + 2] -= rest >> 32; }
+    else { limb[w] += low; limb[w + 1] += rest & 0xffffffffll; limb[w + 2] += rest >> 32; }
+}
+"""
+
+_ROUNDED = ROUNDED_DEVICE + r"""
 // A thread's share of an entry's exact sum, added into its limbs (zeroed here).
 __device__ void loom_exact_share(const float* a, const float* b, long long sak, long long sbk, long long k,
                                  long long first, long long step, long long* limb) {
@@ -433,13 +448,7 @@ __device__ void loom_exact_share(const float* a, const float* b, long long sak, 
         const float x = a[q * sak];
         if (x == 0.0f) continue;
         const double p = __dmul_rn((double)x, (double)b[q * sbk]);
-        if (p == 0.0) continue;
-        const unsigned long long bits = (unsigned long long)__double_as_longlong(p);
-        const long long sig = (long long)((bits & 0xfffffffffffffull) | (1ull << 52));
-        const int pos = (int)((bits >> 52) & 0x7ff) - 725, w = pos >> 5, sh = pos & 31;
-        const long long low = (sig & ((1ll << (32 - sh)) - 1)) << sh, rest = sig >> (32 - sh);
-        if (bits >> 63) { limb[w] -= low; limb[w + 1] -= rest & 0xffffffffll; limb[w + 2] -= rest >> 32; }
-        else { limb[w] += low; limb[w + 1] += rest & 0xffffffffll; limb[w + 2] += rest >> 32; }
+        if (p != 0.0) loom_limbs_add(p, limb);
     }
 }
 

@@ -72,7 +72,7 @@ def _c_value(a):
     if hasattr(a, "data") and hasattr(a.data, "ptr"):
         return ctypes.c_uint64(a.data.ptr)
     for kind, ctype in ((np.uint64, ctypes.c_uint64), (np.int64, ctypes.c_int64), (np.int32, ctypes.c_int32),
-                        (np.float32, ctypes.c_float)):
+                        (np.float32, ctypes.c_float), (np.float64, ctypes.c_double)):
         if isinstance(a, kind):
             return ctype(a)
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")

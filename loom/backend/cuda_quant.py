@@ -58,7 +58,10 @@ __device__ __forceinline__ float warp_max(float s) {
 }
 """
 
-_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + r"""
+# Reading the stored rows: 16-bit fields, a block's values for one of the eight lanes sharing it, and
+# L1 prefetches of a row (also compiled into cuda_quant_exact's deterministic products, with BLOCK,
+# AT_Q, AT_M, AT_H, SUB and KIND defined before it).
+BLOCK_DECODE = r"""
 #include <cuda_fp16.h>
 __device__ __forceinline__ unsigned short u16_at(const unsigned char* p) { return *(const unsigned short*)p; }
 __device__ __forceinline__ float half_at(const unsigned char* p) { return __half2float(__ushort_as_half(u16_at(p))); }
@@ -112,7 +115,9 @@ __device__ __forceinline__ void prefetch_row(const unsigned char* start, long lo
     for (unsigned long long p = ((unsigned long long)start & ~127ull) + 128ull * k; p < end; p += 128ull * step)
         prefetch_l1((const void*)p);
 }
+"""
 
+_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + BLOCK_DECODE + r"""
 // PRO 0: x as is; 1: rms_norm(x) * aux per row of x. EPI 0: out[m, r] = (res[m, r] +) x W[r]^T (+ bias[r]),
 // r < rows; 1 (SwiGLU): out[m, r] = silu(g) * u with g, u the products with W rows r and r + rows (+ bias).
 // MR rows of x [MR, NB * 32]. One warp per output row; eight lanes share a block, so a warp reads four

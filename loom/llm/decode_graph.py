@@ -20,8 +20,13 @@ Per layer, with the Decoder's fused weights (h the residual stream [B, E]):
     h  += a Wdown^T (+ b)                       gemv, residual epilogue
 then logits = rms_norm(h, norm) Wlm^T (gemv, RMSNorm prologue).
 
-Fast mode only: the sums run in the kernels' own order, so logits agree with the array-at-a-time
-path to float32 rounding, not bit for bit (deterministic mode never comes here).
+In fast mode the sums run in the kernels' own order, so logits agree with the array-at-a-time path to
+float32 rounding, not bit for bit. Deterministic mode records the same five kernels per layer from
+loom/backend/cuda_quant_exact.py and cuda_decode_exact.py, which give the array code's bits (the
+exact GEMM's correctly rounded products, exact.sum's norms and softmax, mathlib's exp and sigmoid): a
+recorded deterministic step's logits equal the kernel-by-kernel step's, and the CPU's, bit for bit.
+Those kernels take products whose K has the rounded scheme (K <= exact_dispatch.ROUNDED_MAX_K) and
+caches of at most that many positions; elsewhere deterministic steps run kernel by kernel.
 """
 from __future__ import annotations
 
@@ -43,21 +48,33 @@ def _stored(w):
     return None
 
 
-def unsupported(dec, batch: int) -> str | None:
+def _kernels(be, exact: bool) -> tuple:
+    """(products, attention) kernel modules of backend `be` for fast or deterministic (`exact`) mode."""
+    if exact:
+        return getattr(be, "quant_exact_kernels", None), getattr(be, "decode_exact_kernels", None)
+    return getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
+
+
+def unsupported(dec, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
-    block-kernel weight types, head_dim a multiple of 64, widths multiples of 32 and at most MAX_ROWS
-    sequences."""
+    block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim a
+    multiple of 64 (fast mode) or of 32 up to 128 with products over K <= ROUNDED_MAX_K (`exact`:
+    deterministic mode; the cache's length is DecodeGraph.unsupported_cache's)."""
     be = dec.backend
-    quant, kernels = getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
+    quant, kernels = _kernels(be, exact)
     if quant is None or kernels is None or not be.graphs:
         return f"device {be.name!r} has no decode kernels or graphs"
     if batch > quant.MAX_ROWS:
         return f"a batch of {batch} sequences is more than the kernels' {quant.MAX_ROWS}"
     c = dec.config
-    if not kernels.supports(c.head_dim):
-        return f"head_dim {c.head_dim} is not a multiple of 64"
-    if c.hidden % 32 or c.intermediate % 32:
-        return f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
+    why = kernels.unsupported(c.head_dim, 1) if exact else \
+        None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not a multiple of 64"
+    if why is None and (c.hidden % 32 or c.intermediate % 32):
+        why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
+    for cols in (c.hidden, c.heads * c.head_dim, c.intermediate) if exact else ():
+        why = why or quant.unsupported("F32", batch, cols)       # (the weight types: below)
+    if why is not None:
+        return why
     mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
     for w in mats:
         s = _stored(w)
@@ -67,11 +84,16 @@ def unsupported(dec, batch: int) -> str | None:
     return None
 
 
+def unsupported_cache(dec, cache, exact: bool) -> str | None:
+    """Why a graph cannot serve `cache` (deterministic mode: attention over at most ROUNDED_MAX_K keys)."""
+    return _kernels(dec.backend, True)[1].unsupported(dec.config.head_dim, cache.max_len) if exact else None
+
+
 class DecodeGraph:
     """The recorded decode step of `dec` for `cache` (its arrays are baked into the graph)."""
 
-    def __init__(self, dec, cache, overlap: bool = True):
-        self.dec, self.cache, self.overlap = dec, cache, overlap
+    def __init__(self, dec, cache, overlap: bool = True, exact: bool = False):
+        self.dec, self.cache, self.overlap, self.exact = dec, cache, overlap, exact
         c, xp, B = dec.config, dec.xp, cache.batch
         # token ids and the position, written by one copy per step; the warm-up run writes junk keys at
         # the next position, which the first real step overwrites
@@ -82,6 +104,7 @@ class DecodeGraph:
         self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
         self.act = xp.empty((B, c.intermediate), dtype=np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
+        self.normed = xp.empty((B, c.hidden), dtype=np.float32)      # deterministic mode's RMSNorm output
         self._body()                                  # compiles every kernel before the capture (see pos)
         self.graph, _ = dec.backend.record(self._body)
 
@@ -92,8 +115,10 @@ class DecodeGraph:
     def operations(self) -> list:
         """The step as (kind, launch) pairs in launch order, kind one of KINDS (benchmarks/
         decode_graph_parts.py records the step without one kind to time its share)."""
+        if self.exact:
+            return self._exact_operations()
         dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap   # ov: weights load early
-        quant, kernels = dec.backend.quant_kernels, dec.backend.decode_kernels
+        quant, kernels = _kernels(dec.backend, False)
         ops = [("embed", partial(quant.embed, *_stored(dec.embed), self.ids, self.h))]
         for i, L in enumerate(dec.layers):
             ops += [
@@ -110,6 +135,29 @@ class DecodeGraph:
         ops.append(("lm_head", partial(quant.gemv, *_stored(dec.lm_head), self.h, self.logits, norm=dec.norm,
                                        eps=c.eps, overlap=ov)))
         return ops
+
+    def _exact_operations(self) -> list:
+        """operations() in deterministic mode: each RMSNorm a kernel before its product (counted with it)."""
+        dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap
+        quant, kernels = _kernels(dec.backend, True)
+        x, h = self.normed, self.h
+
+        def normed(kind, weight, w, out, **kw):
+            """The product of rms_norm(h) * weight with w, the norm a kernel before it."""
+            return [(kind, partial(quant.rms_norm, h, weight, x, c.eps, overlap=ov)),
+                    (kind, partial(quant.gemv, *_stored(w), x, out, overlap=ov, **kw))]
+
+        ops = [("embed", partial(quant.embed, *_stored(dec.embed), self.ids, h))]
+        for i, L in enumerate(dec.layers):
+            ops += normed("qkv", L.ln1, L.qkv, self.qkv, bias=L.qkv_bias)
+            ops += [("attention", partial(kernels.attention, self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx,
+                                          dec._cos, dec._sin, L.qk_norm, self.pos, c.heads, L.window, dec.scale,
+                                          c.eps, overlap=ov)),
+                    ("o", partial(quant.gemv, *_stored(L.o), self.ctx, h, bias=L.o_bias, residual=h, overlap=ov))]
+            ops += normed("gate_up", L.ln2, L.gate_up, self.act, bias=L.gate_up_bias, swiglu=True)
+            ops.append(("down", partial(quant.gemv, *_stored(L.down), self.act, h, bias=L.down_bias, residual=h,
+                                        overlap=ov)))
+        return ops + normed("lm_head", dec.norm, dec.lm_head, self.logits)
 
     def step(self, ids):
         """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;

@@ -185,10 +185,10 @@ class _Layer:
 
 class Decoder:
     """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache.
-    On the GPU in fast mode a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless
-    `graphs` is set False; where the graph's kernels cannot take the model (decode_graph.unsupported),
-    steps run kernel by kernel and the reason is logged once on the "loom" logger. Deterministic mode
-    never records decode steps: its products are the exact GEMMs, run kernel by kernel."""
+    On the GPU a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless `graphs`
+    is set False; in deterministic mode its kernels give the kernel-by-kernel path's bits. Where the
+    graph's kernels cannot take the model or the cache (decode_graph.unsupported), steps run kernel by
+    kernel and the reason is logged once on the "loom" logger."""
 
     graphs = True
 
@@ -263,7 +263,7 @@ class Decoder:
         if bad.any():
             raise ConfigError("ids", f"token id {int(ids[bad][0])} is outside the vocabulary [0, {self.config.vocab_size})")
         cache.check_room(ids.shape[1])
-        if ids.shape[1] == 1 and self.graphs and not is_deterministic():
+        if ids.shape[1] == 1 and self.graphs:
             graph = self._decode_graph(cache)
             if graph is not None:
                 return graph.step(ids[:, 0])[:, None, :]
@@ -279,18 +279,27 @@ class Decoder:
         return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
 
     def _decode_graph(self, cache: KVCache):
-        """The recorded decode step for `cache` (made on its first step), or None where unsupported."""
-        if self._graph is not None and self._graph.cache is cache:
+        """The recorded decode step for `cache` in the current mode (made on its first step), or None
+        where unsupported. Both modes' steps give the kernel-by-kernel path's results (deterministic
+        mode: its bits), so a step that cannot be recorded runs that path, and says so once."""
+        exact = is_deterministic()
+        if self._graph is not None and self._graph.cache is cache and self._graph.exact == exact:
             return self._graph
-        ok = self._graph_ok.get(cache.batch)
-        if ok is None:                   # the weights never change: ask once per batch size
-            why = decode_graph.unsupported(self, cache.batch)
-            ok = self._graph_ok[cache.batch] = why is None
-            if why is not None and self.backend.graphs:      # (on the CPU there is no graph to miss)
-                fallback.notice_once(f"fast mode: decode steps of {cache.batch} sequence(s) run kernel by "
-                                     f"kernel, not as a recorded CUDA graph ({why})")
-        self._graph = decode_graph.DecodeGraph(self, cache) if ok else None
+        ok = self._graph_ok.get((cache.batch, exact))
+        if ok is None:                   # the weights never change: ask once per batch size and mode
+            why = decode_graph.unsupported(self, cache.batch, exact)
+            ok = self._graph_ok[cache.batch, exact] = why is None
+            self._graph_notice(cache.batch, exact, why)
+        why = decode_graph.unsupported_cache(self, cache, exact) if ok else None
+        self._graph_notice(cache.batch, exact, why)
+        self._graph = decode_graph.DecodeGraph(self, cache, exact=exact) if ok and why is None else None
         return self._graph
+
+    def _graph_notice(self, batch: int, exact: bool, why: str | None) -> None:
+        if why is not None and self.backend.graphs:          # (on the CPU there is no graph to miss)
+            mode = "deterministic" if exact else "fast"
+            fallback.notice_once(f"{mode} mode: decode steps of {batch} sequence(s) run kernel by kernel, not "
+                                 f"as a recorded CUDA graph ({why})")
 
     def _logits(self, h):
         h = fused.rms_norm(h, self.norm, self.config.eps)[0]

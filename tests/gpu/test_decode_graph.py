@@ -1,4 +1,5 @@
-"""The recorded decode step (loom/llm/decode_graph.py, fast mode): its logits agree with the array-at-a-time
+"""The recorded decode step (loom/llm/decode_graph.py) in fast mode (deterministic mode's:
+test_decode_graph_exact.py): its logits agree with the array-at-a-time
 path and the CPU to float32 rounding for every architecture option it covers (biases, qk norm, sliding
 windows, tied embeddings, head_dim 64 and 128), for every weight type of the block kernels, for batches of
 sequences, and across caches (a new cache records a new graph)."""
@@ -146,19 +147,26 @@ def test_a_new_cache_records_a_new_graph_and_the_old_one_is_released():
         assert np.array_equal(host(c1.k[:, :, :, :len(PROMPT) + 1]), host(c2.k[:, :, :, :len(PROMPT) + 1]))
 
 
-def test_deterministic_mode_and_unsupported_shapes_use_the_array_path(tmp_path):
-    td.save(td.build("llama", layers=1), tmp_path)              # head_dim 16: not a multiple of 64
+def test_unsupported_shapes_use_the_array_path(tmp_path):
+    td.save(td.build("llama", layers=1), tmp_path)              # head_dim 16: not a multiple of 64 (or 32)
     dec = loom.llm.load(tmp_path, device="cuda").decoder
+    for deterministic in (False, True):
+        with loom.deterministic(deterministic):
+            cache = dec.new_cache(16)
+            dec.forward(np.array([PROMPT]), cache)
+            dec.forward(np.array([[4]]), cache)
+        assert dec._graph is None
+
+
+def test_each_mode_records_its_own_graph():
+    dec = Decoder(DecoderConfig.from_hf(CONFIG), _quant_weights("Q4_0", CONFIG), device="cuda")
     cache = dec.new_cache(16)
     dec.forward(np.array([PROMPT]), cache)
     with loom.deterministic(False):
         dec.forward(np.array([[4]]), cache)
-    assert dec._graph is None
-    big = Decoder(DecoderConfig.from_hf(CONFIG), _quant_weights("Q4_0", CONFIG), device="cuda")
-    cache = big.new_cache(16)
-    big.forward(np.array([PROMPT]), cache)
-    big.forward(np.array([[4]]), cache)                          # deterministic (the default)
-    assert big._graph is None
+    assert not dec._graph.exact
+    dec.forward(np.array([[4]]), cache)                          # deterministic (the default)
+    assert dec._graph.exact and dec._graph.cache is cache
 
 
 def test_a_full_cache_still_raises_before_any_graph_runs():

@@ -1,0 +1,186 @@
+"""The attention of a decode step (one new token per sequence) in deterministic mode: one kernel with
+the bits of loom/llm/decoder.py's array code, for the recorded deterministic decode step.
+
+Per (sequence, query head), one block of THREADS threads does what the array code does with the step's
+Q/K/V product, each operation with its bits:
+1. the head's q and its key/value head's new k (qwen3: the per-head RMSNorm first, with exact.sum's sum
+   of squares) through HF's rotate-half RoPE, x * cos + rotated * sin rounded per operation; the first
+   query head of each key/value head writes k and v into the KV cache at the position, and every block
+   uses its own copy of them (no block waits for another);
+2. scores = q . k_j for the keys j = lo .. pos (lo from a sliding window), a thread per key, each the
+   exact dot product rounded once (the rounded scheme: K = head_dim), times the float32 scale;
+3. ops.softmax: the largest score (NaN wins), mathlib's exp of each score minus it, their exact sum
+   (exact.sum's scheme over the n keys), each divided by it;
+4. ctx_d = sum_j p_j v_jd, each rounded once (the rounded scheme over K = n keys: n <= ROUNDED_MAX_K,
+   so `unsupported` refuses longer caches), THREADS / head_dim threads per d sharing the keys.
+The certification and settling are cuda_quant_exact's (a thread's float64 sum and sum of magnitudes,
+then a compensated and an exact sum where those leave the rounding open).
+`CUDABackend.decode_exact_kernels` is this module. Capturable: sizes as arguments, no sync.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import cupy
+import numpy as np
+
+from .cuda_exact import ROUNDED_DEVICE
+from .cuda_exact_reduce import EXACT_ROW_SUM
+from .cuda_fused_exact import helpers
+from .cuda_kernels import OPTIONS, ROW_HELPERS
+from .cuda_launch import OVERLAP_PROLOGUE, launch
+from .cuda_quant import pointer
+from .cuda_quant_exact import _MARK, SETTLE, _rules
+
+THREADS = 256
+MAX_KEYS = 2048     # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slices scheme
+
+_SOURCE = r"""
+#define SLICES (THREADS / D)
+
+// One head vector of the Q/K/V product into dst: (rms_norm with weight norm, then) RoPE; every thread calls.
+__device__ void head_vector(const float* x, float* dst, float* tmp, const float* norm, const float* cs,
+                            const float* sn, float eps, int dbits, Scratch& scratch) {
+    float inv = 1.0f;
+    if (norm != 0) {
+        const float ms = exact_row_sum([&](long long d) { return x[d] * x[d]; }, D, dbits, scratch) / (float)D;
+        inv = 1.0f / loom_sqrt(ms + eps);
+    }
+    for (int d = threadIdx.x; d < D; d += blockDim.x) tmp[d] = norm != 0 ? (x[d] * inv) * norm[d] : x[d];
+    __syncthreads();
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        const float partner = d < D / 2 ? -tmp[d + D / 2] : tmp[d - D / 2];
+        dst[d] = tmp[d] * cs[d] + partner * sn[d];
+    }
+    __syncthreads();
+}
+
+// qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
+// b * batch_stride + (kv * max_len + t) * D + d; cos, sin [positions, D]; norm [H + KV, D] or null
+extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attention(
+        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
+        const float* norm, const long long* pos_p, int H, int KV, int max_len, long long batch_stride, int window,
+        float scale, float eps, int dbits, double dfactor) {
+    __shared__ __align__(16) float q_s[D], k_s[D], v_s[D], tmp[D];
+    __shared__ float p_s[MAX_KEYS];
+    __shared__ double part_s[SLICES][D], part_t[SLICES][D];
+    __shared__ Scratch scratch;
+    __shared__ float red[32];
+    const int b = blockIdx.x / H, h = blockIdx.x % H, R = H / KV, kv = h / R;
+    float* keys = cache_k + b * batch_stride + (long long)kv * max_len * D;
+    float* values = cache_v + b * batch_stride + (long long)kv * max_len * D;
+    // Before the wait (cuda_launch): the keys and values earlier steps cached are requested into L1
+    // (the position is this step's input, written before the graph starts)
+    const long long pos = *pos_p, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
+    for (long long line = threadIdx.x; line < (n - 1) * D / 32; line += blockDim.x) {
+        prefetch_l1(keys + lo * D + 32 * line);
+        prefetch_l1(values + lo * D + 32 * line);
+    }
+    wait_for_previous_kernel();
+    const float* x = qkv + (long long)b * (H + 2 * KV) * D;
+    const float* cs = cos_t + pos * D;
+    const float* sn = sin_t + pos * D;
+    head_vector(x + h * D, q_s, tmp, norm == 0 ? 0 : norm + h * D, cs, sn, eps, dbits, scratch);
+    head_vector(x + (H + kv) * D, k_s, tmp, norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
+    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+        v_s[d] = x[(H + KV + kv) * D + d];
+        if (h % R == 0) { keys[pos * D + d] = k_s[d]; values[pos * D + d] = x[(H + KV + kv) * D + d]; }
+    }
+    __syncthreads();
+    // scores, a thread per key (the new key from this block's copy), its row read as float4 all at once
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const float* key = lo + j < pos ? keys + (lo + j) * D : k_s;
+        double s = 0.0, t = 0.0;
+        #pragma unroll
+        for (int d4 = 0; d4 < D / 4; ++d4) {
+            const float4 k4 = ((const float4*)key)[d4];
+            const float kv[4] = {k4.x, k4.y, k4.z, k4.w};
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) {
+                const double p = __dmul_rn((double)q_s[4 * d4 + u], (double)kv[u]);
+                s = __dadd_rn(s, p);
+                t = __dadd_rn(t, fabs(p));
+            }
+        }
+        auto pair = [&](long long d, float* a, float* c) { *a = q_s[d]; *c = key[d]; };
+        float v;
+        if (!isfinite(t)) v = loom_special_pairs(pair, D);
+        else if (!loom_finish_certified(s, t, dfactor, &v)) v = loom_settle_pairs(pair, D);
+        p_s[j] = v * scale;
+    }
+    __syncthreads();
+    // ops.softmax over the n scores
+    T peak = loom_neg_inf(0.0f);
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) peak = max_nan(peak, p_s[j]);
+    peak = block_max(peak, red);
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = loom_exp(p_s[j] - peak);
+    __syncthreads();
+    const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0);
+    const float total = exact_row_sum([&](long long j) { return p_s[j]; }, n, nbits, scratch);
+    __syncthreads();
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
+    __syncthreads();
+    // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
+    const int d = threadIdx.x % D, slice = threadIdx.x / D;
+    const float* value_d = values + d;
+    auto v_at = [&](long long j) { return lo + j < pos ? value_d[(lo + j) * D] : v_s[d]; };
+    double s = 0.0, t = 0.0;
+    auto add = [&](float pj, float vj) {
+        const double p = __dmul_rn((double)pj, (double)vj);
+        s = __dadd_rn(s, p);
+        t = __dadd_rn(t, fabs(p));
+    };
+    long long j = slice;                        // the cached keys, four loads in flight, then the new one
+    for (; j + 3 * SLICES < n - 1; j += 4 * SLICES) {
+        float vv[4];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) vv[u] = value_d[(lo + j + u * SLICES) * D];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) add(p_s[j + u * SLICES], vv[u]);
+    }
+    for (; j < n - 1; j += SLICES) add(p_s[j], value_d[(lo + j) * D]);
+    if (slice == 0) add(p_s[n - 1], v_s[d]);
+    part_s[slice][d] = s;
+    part_t[slice][d] = t;
+    __syncthreads();
+    if (slice != 0) return;
+    for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
+    // exact_rounded.error_factor(n), as the host computes it: (n + 2) 2^-53 (1 + 2^-20)
+    const double factor = __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
+    auto pair = [&](long long j, float* a, float* c) { *a = p_s[j]; *c = v_at(j); };
+    float v;
+    if (!isfinite(t)) v = loom_special_pairs(pair, n);
+    else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
+    out[((long long)b * H + h) * D + d] = v;
+}
+"""
+
+
+@lru_cache(maxsize=None)
+def _module(head_dim: int):
+    head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {THREADS}\n#define MAX_KEYS {MAX_KEYS}\n"
+    source = head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE + _SOURCE
+    return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
+
+
+def unsupported(head_dim: int, max_len: int) -> str | None:
+    """Why `attention` cannot take a model's heads or a cache, or None where it can."""
+    if head_dim % 32 or head_dim > THREADS:
+        return f"head_dim {head_dim} is not a multiple of 32 up to {THREADS}"
+    exact_dispatch, _ = _rules()
+    if max_len > MAX_KEYS or max_len > exact_dispatch.ROUNDED_MAX_K:
+        return (f"a cache of {max_len} positions: attention over more than {MAX_KEYS} keys takes the "
+                f"{exact_dispatch.matmul_scheme(np.float32, MAX_KEYS + 1)} scheme")
+    return None
+
+
+def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
+              eps: float, overlap: bool = False) -> None:
+    """cuda_decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
+    checked `unsupported`."""
+    B, kv_heads, max_len, D = cache_k.shape
+    launch(_module(D).get_function("loom_exact_decode_attention"), B * heads, THREADS,
+           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
+            np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())),
+            np.float64(_rules()[1].error_factor(D))), overlap)
