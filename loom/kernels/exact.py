@@ -35,7 +35,7 @@ import math
 import numpy as np
 
 from .. import backend, dtypes
-from . import exact_cpu, exact_dispatch, exact_rounded
+from . import exact_cpu, exact_dispatch, exact_rounded, rounded_gemv_jit
 
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
 
@@ -62,6 +62,10 @@ def _matmul_exact(be, a, b, dtype):
     if (a2.ndim > 2) != (b2.ndim > 2):
         return _unvector(_folded(be, a2, b2, dtype), vector_left, vector_right)
     if exact_dispatch.matmul_scheme(dtype, a2.shape[-1]) == exact_dispatch.ROUNDED:
+        if be.xp is np and rounded_gemv_jit.takes_stack(a2, b2):
+            # stacks of a few rows (attention in a decode step) on the CPU: compiled loops, the same
+            # bits, special values included
+            return _unvector(rounded_gemv_jit.matmul_stack(a2, b2), vector_left, vector_right)
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
         result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False),
                                               b2.astype(np.float32, copy=False))

@@ -104,6 +104,14 @@ def sum_float32(x, axes: tuple, bits: int):
     float32 values are the float64 reference's: the scaling is exact but where it goes below 2^-126,
     and those elements are +-0 after rint either way."""
     if exact_jit.available():           # compiled loops where they take x: the same totals
+        lead = x.ndim - len(axes)
+        if x.ndim > 2 and 0 < lead and x.flags.c_contiguous and sorted(axes) == list(range(lead, x.ndim)):
+            # trailing axes of a C-ordered array (a norm's or softmax's rows, [B, T, E]): the rows of
+            # a 2-D view, each its own sum, where the loops took only 2-D x (NumPy's passes: 48 us
+            # against 5 for one row of 576)
+            total = exact_jit.sum_float32(x.reshape(-1, math.prod(x.shape[lead:])), (1,), bits)
+            if total is not None:
+                return total.reshape(x.shape[:lead] + (1,) * len(axes))
         total = exact_jit.sum_float32(x, axes, bits)
         if total is not None:
             return total

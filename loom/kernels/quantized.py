@@ -14,9 +14,14 @@ CPU with numba installed, loom.kernels.cpu_jit's compiled loops (32-value block 
 else, for the 32-value block types, loom.kernels.gguf_gemv multiplies the integer codes and
 applies the scales per block afterwards.
 
-Deterministic mode takes no block kernel for any type (the 32-value ones, the K-quants, F16, BF16):
-every product decodes W exactly and runs the exact GEMM, so it has no fallback to refuse. Fast mode
-logs once (logging, "loom") where a product of a few rows finds no block kernel for its type.
+Deterministic mode has the same bits whichever path takes a product (exact_dispatch's scheme for
+float32 and K). On the CPU with numba installed, x of at most rounded_gemv_jit.MAX_ROWS rows
+against the 32-value block types, F16, BF16 or F32 with K <= exact_dispatch.ROUNDED_MAX_K goes to
+loom.kernels.rounded_gemv_jit: the exact product rounded once, straight from the stored rows (W read
+once, 10-16x faster at one row of x). Every other product (the K-quants, longer x, longer K, the
+GPU, no numba) decodes W exactly and runs the exact GEMM, so deterministic mode has no fallback to
+refuse. Fast mode logs once (logging, "loom") where a product of a few rows finds no block kernel
+for its type.
 
 Quantized rows are independent (a block never spans two rows), so `take_rows` (an embedding
 lookup) decodes only the rows asked for and `permute_rows` reorders the stored bytes exactly.
@@ -31,12 +36,16 @@ import numpy as np
 from .. import backend, fallback
 from ..errors import ShapeError
 from ..mode import is_deterministic
-from . import cpu_jit, gguf_gemv, gguf_quants, ops
+from . import cpu_jit, gguf_gemv, gguf_quants, ops, rounded_gemv_jit
 
 # About 1 MiB of float32 per decoded block of rows: with the exact GEMM's temporaries it stays in
 # this CPU's 2 MiB L2. Measured for 1 x 576 @ (1536 x 576 Q4_1)^T in deterministic mode: 3.6 ms,
 # against 4.0 ms with 256 KiB blocks, 7.0 ms with 4 MiB and 6.3 ms decoding the whole weight at once.
 MATMUL_BLOCK_BYTES = 1 << 20
+# On a GPU the blocks only bound the temporary: each block is several launches (the decode, the exact
+# GEMM's casts, GEMM and certification), which at 1 MiB made a deterministic prefill of SmolLM2-135M
+# about 15 launches per product.
+GPU_MATMUL_BLOCK_BYTES = 1 << 28
 
 
 class QuantizedTensor:
@@ -76,10 +85,11 @@ class QuantizedTensor:
         return gguf_quants.dequantize(data, self.qtype, (data.shape[0], self.shape[1]), xp=self.xp, out=out)
 
     def block_rows(self) -> int:
-        """Rows decoded per block in matmul_t: about MATMUL_BLOCK_BYTES of float32, spread evenly
-        over the blocks so the last one is not a sliver."""
+        """Rows decoded per block in matmul_t: about MATMUL_BLOCK_BYTES of float32 (GPU_MATMUL_BLOCK_BYTES
+        on a GPU), spread evenly over the blocks so the last one is not a sliver."""
         rows, cols = self.shape
-        per_block = max(1, MATMUL_BLOCK_BYTES // (4 * max(cols, 1)))
+        budget = MATMUL_BLOCK_BYTES if self.xp is np else GPU_MATMUL_BLOCK_BYTES
+        per_block = max(1, budget // (4 * max(cols, 1)))
         n_blocks = max(1, math.ceil(rows / per_block))
         return math.ceil(rows / n_blocks) if rows else 1
 
@@ -105,6 +115,9 @@ class QuantizedTensor:
             return out.reshape(lead + (rows,))
         if not is_deterministic() and x2.shape[0] <= gguf_gemv.MAX_ROWS:
             _no_block_kernel(self.qtype, backend.of(self.data).name)
+        if is_deterministic() and xp is np and rounded_gemv_jit.supports(self.qtype, x2.shape[0], cols):
+            rounded_gemv_jit.matmul_t(x2, self.data, self.qtype, out)  # the exact GEMM's bits, W read once
+            return out.reshape(lead + (rows,))
         step = self.block_rows()
         buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)   # reused by every block
         for start in range(0, rows, step):

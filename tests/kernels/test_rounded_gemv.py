@@ -1,0 +1,263 @@
+"""loom.kernels.rounded_gemv_jit: deterministic mode's compiled x @ W.T from stored rows, and its
+stacked products, bit for bit against the exact GEMM (exact.matmul on the dequantized weight).
+
+Every covered type, K from one block to ROUNDED_MAX_K, x of 1, 3 and 16 rows, on weights built to
+reach every stage: rows whose products cancel exactly (the exact integer sum), rows that cancel
+but for one product 2^-20 of its size (the compensated sum), random rows (the first stage); then
+the correctly rounded cases of tests/rounded_cases.py (midpoints, subnormals, overflow) as F32
+weights; inf and NaN in x and in W (scales, values); zero rows; extreme float16 scales against
+gguf_quants' decoding; the dispatch from QuantizedTensor.matmul_t and exact.matmul."""
+import numpy as np
+import pytest
+
+import loom
+from loom.kernels import cpu_jit, exact, exact_dispatch, rounded_gemv_jit as gemv
+from loom.kernels import gguf_quants as gq
+from loom.kernels.quantized import QuantizedTensor
+from rounded_cases import CASES, case
+
+TYPES = list(gemv.TYPES)
+BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
+# per block type: the code of a zero value where value = d (code - zero) (Q4_1, Q5_1: m = -zero d)
+ZERO_CODE = {"Q8_0": 0, "Q4_0": 8, "Q4_1": 8, "Q5_0": 16, "Q5_1": 16}
+
+
+@pytest.fixture(autouse=True)
+def jit(monkeypatch):
+    """These tests are about the compiled loops: a LOOM_JIT=0 in the environment must not turn them
+    off (the dispatch test sets it itself); without numba they skip, saying so."""
+    monkeypatch.delenv("LOOM_JIT", raising=False)
+    if not gemv.available():
+        pytest.skip(f"the compiled loops do not run here: {cpu_jit.unavailable_reason()}")
+
+
+def bits(a):
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+def assert_same_bits(got, want):
+    """Equal bits everywhere, NaN where NaN (payloads aside, as exact.py's tests compare them)."""
+    assert got.dtype == np.float32 and got.shape == want.shape
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    np.testing.assert_array_equal(bits(got)[~nan], bits(want)[~nan])
+
+
+def reference(x, w: QuantizedTensor):
+    with loom.deterministic(True), np.errstate(all="ignore"):
+        return exact.matmul(x, w.dequantize().T)       # 2-D: the float64 GEMM and rounded_jit's stages
+
+
+def product(x, w: QuantizedTensor):
+    """(out, stage counts) from the module directly (any number of rows)."""
+    out = np.empty((x.shape[0], w.shape[0]), np.float32)
+    with np.errstate(all="ignore"):
+        counts = gemv.matmul_t(x, w.data, w.qtype, out)
+    return out, counts
+
+
+# --- weights ------------------------------------------------------------------------------------------
+
+def pack_blocks(qtype, codes, d, m=None):
+    """Stored rows from codes [rows, K] (value order) and float32 scales d (and offsets m) [rows, K/32]."""
+    rows, k = codes.shape
+    nb = k // 32
+    size = gq.BLOCKS[qtype][1]
+    blocks = np.zeros((rows, nb, size), np.uint8)
+    blocks[..., 0:2] = d.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+    at = 2
+    if m is not None:
+        blocks[..., 2:4] = m.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+        at = 4
+    c = codes.reshape(rows, nb, 32)
+    if qtype == "Q8_0":
+        blocks[..., 2:] = c.astype(np.int8).view(np.uint8)
+    else:
+        if qtype in ("Q5_0", "Q5_1"):
+            fifth = ((c >> 4) & 1).astype(np.uint32) << np.arange(32, dtype=np.uint32)
+            blocks[..., at:at + 4] = fifth.sum(axis=-1).astype(np.uint32)[..., None].view(np.uint8)
+            at += 4
+        low = c & 15
+        blocks[..., at:] = (low[..., :16] | (low[..., 16:] << 4)).astype(np.uint8)
+    return QuantizedTensor(blocks.reshape(rows, -1), qtype, (rows, k))
+
+
+def pack_values(qtype, values):
+    """F16, BF16 or F32 rows of float32 values (BF16: truncated; the tests want its values, not rounding)."""
+    v = np.ascontiguousarray(values, dtype=np.float32)
+    raw = {"F16": lambda: v.astype(np.float16).view(np.uint16),
+           "BF16": lambda: (v.view(np.uint32) >> 16).astype(np.uint16),
+           "F32": lambda: v}[qtype]()
+    return QuantizedTensor(raw.view(np.uint8).reshape(v.shape[0], -1), qtype, v.shape)
+
+
+def staged_weight(qtype, k, rng, rows_each=8):
+    """3 * rows_each rows: exact pairs (value 2j + 1 = -value 2j) with pair 0 zero; the same with
+    pair 0 nonzero; random. With staged_x's first row the first give exact zeros, the second sums
+    2^-20 of one product."""
+    n = 3 * rows_each
+    if qtype in BLOCK_TYPES:
+        zero = ZERO_CODE[qtype]
+        lo, hi = (-127, 128) if qtype == "Q8_0" else (1, 2 * zero)    # codes whose negation is a code
+        codes = rng.integers(-128, 128, (n, k)) if qtype == "Q8_0" else rng.integers(0, 2 * zero, (n, k))
+        codes[:2 * rows_each, 0::2] = rng.integers(lo, hi, (2 * rows_each, k // 2))
+        codes[:2 * rows_each, 1::2] = 2 * zero - codes[:2 * rows_each, 0::2]   # d (c' - zero) = -d (c - zero)
+        codes[:rows_each, 0:2] = zero
+        first = codes[rows_each:2 * rows_each, 0]
+        first[first == zero] = zero + 1
+        codes[rows_each:2 * rows_each, 1] = 2 * zero - first
+        nb = k // 32
+        d = rng.choice([-1, 1], (n, nb)) * 10.0 ** rng.uniform(-4, 1, (n, nb))
+        d = d.astype(np.float16).astype(np.float32)
+        if qtype in ("Q4_1", "Q5_1"):
+            m = -zero * d                                        # exact: d (c - zero)
+            m[2 * rows_each:] = (rng.standard_normal((rows_each, nb)) * np.abs(d[2 * rows_each:]) * 8)
+            return pack_blocks(qtype, codes, d, m)
+        return pack_blocks(qtype, codes, d)
+    values = (rng.standard_normal((n, k)) * 10.0 ** rng.uniform(-3, 2, (n, 1))).astype(np.float32)
+    if qtype == "BF16":
+        values = (values.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    elif qtype == "F16":
+        values = values.astype(np.float16).astype(np.float32)
+    values[:2 * rows_each, 1::2] = -values[:2 * rows_each, 0::2]
+    values[:rows_each, 0:2] = 0
+    return pack_values(qtype, values)
+
+
+def staged_x(m, k, rng):
+    """Row 0: pairs of equal values, pair 0's second 2^-20 larger; the other rows random."""
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    x[0, 1::2] = x[0, 0::2]
+    x[0, 1] = x[0, 0] * np.float32(1 + 2.0 ** -20)
+    return x
+
+
+# --- products ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", [32, 576, 1536, 2048])
+@pytest.mark.parametrize("qtype", TYPES)
+def test_every_stage_gives_the_exact_gemm_bits(qtype, k):
+    rng = np.random.default_rng([k, TYPES.index(qtype)])
+    w = staged_weight(qtype, k, rng)
+    reached = np.zeros(2, np.int64)
+    for m in (1, 3, 16):
+        x = staged_x(m, k, rng)
+        got, counts = product(x, w)
+        assert_same_bits(got, reference(x, w))
+        reached += counts
+    assert reached[0] > 0 and reached[1] > 0, reached      # the compensated sum, then the exact one
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_correctly_rounded_cases_as_f32_weights(name):
+    """tests/rounded_cases.py's operands (midpoints, subnormals, overflow, signed zeros): b's
+    columns as F32 weight rows."""
+    a, b = case(name)
+    w = pack_values("F32", b.T)
+    got, counts = product(a, w)
+    assert_same_bits(got, reference(a, w))
+    if name in ("integers", "midpoints", "subnormal", "overflow"):
+        assert counts[1] > 0
+
+
+@pytest.mark.parametrize("qtype", TYPES)
+def test_inf_nan_and_zero_rows(qtype):
+    """inf and NaN in x, in W's values or scales, and all-zero rows on either side: IEEE's values
+    where a row holds inf or NaN, +0 where no product is nonzero, exact.matmul's bits elsewhere."""
+    rng = np.random.default_rng(TYPES.index(qtype))
+    k = 96
+    w = staged_weight(qtype, k, rng, rows_each=4)
+    data = w.data.copy()
+    if qtype in BLOCK_TYPES:
+        halves = data.view(np.uint16)
+        per_block = gq.BLOCKS[qtype][1] // 2
+        halves[1, 0] = 0x7C00                                    # d = inf, block 0 of row 1
+        halves[2, per_block] = 0xFC00                            # d = -inf, block 1 of row 2
+        halves[3, 2 * per_block] = 0x7E00                        # d = NaN, block 2 of row 3
+        data[5] = 0                                              # d = 0 (and m = 0): a zero row
+    else:
+        values = w.dequantize()
+        values[1, 3], values[2, 40], values[3, 7], values[3, 8] = np.inf, -np.inf, np.nan, np.inf
+        values[5] = 0
+        data = pack_values(qtype, values).data
+    w = QuantizedTensor(data, qtype, w.shape)
+    x = rng.standard_normal((5, k)).astype(np.float32)
+    x[1, 10], x[2, 20], x[2, 21], x[3, 0] = np.inf, -np.inf, np.inf, np.nan
+    x[4] = 0
+    got, _ = product(x, w)
+    want = reference(x, w)
+    assert_same_bits(got, want)
+    assert np.isnan(want).any() and np.isinf(want).any()
+    zero = got[4][np.isfinite(want[4])]
+    assert zero.size and not bits(zero).any()                    # +0, not -0
+
+
+def test_extreme_scales_decode_exactly():
+    """float16 scales from subnormal to 65504, offsets of other exponents (Q4_1: float32(d q) + m
+    rounds there, and must round as NumPy does, without a fused multiply-add), against
+    gguf_quants.dequantize's bits, through the products with one-hot rows of x."""
+    rng = np.random.default_rng(7)
+    k = 64
+    for qtype in BLOCK_TYPES:
+        codes = rng.integers(-128, 128, (32, k)) if qtype == "Q8_0" else rng.integers(0, 2 * ZERO_CODE[qtype], (32, k))
+        exps = rng.integers(-24, 15, (32, 2))                     # |d| < 2^16: finite
+        d = (rng.choice([-1, 1], (32, 2)) * np.exp2(exps) * rng.uniform(1, 2, (32, 2))).astype(np.float16)
+        m = (rng.choice([-1, 1], (32, 2)) * np.exp2(rng.integers(-24, 16, (32, 2)))).astype(np.float16)
+        w = pack_blocks(qtype, codes, d.astype(np.float32), m.astype(np.float32) if qtype in ("Q4_1", "Q5_1") else None)
+        x = np.eye(k, dtype=np.float32)                          # entry (j, r): W[r, j] (a zero: +0)
+        for rows in (x[:16], x[16:32], x[32:48], x[48:]):
+            got, _ = product(rows, w)
+            assert_same_bits(got, reference(rows, w))
+        got, _ = product(x[:16], w)
+        values = w.dequantize()[:, :16].T
+        np.testing.assert_array_equal(bits(got), bits(np.where(values == 0, np.float32(0), values)))  # -0: +0
+
+
+# --- dispatch ------------------------------------------------------------------------------------------
+
+def test_quantized_matmul_t_dispatch(monkeypatch):
+    """Deterministic mode sends x of at most MAX_ROWS rows with K <= ROUNDED_MAX_K here; longer x,
+    longer K, LOOM_JIT=0 and fast mode do not come; the bits are the same either way."""
+    rng = np.random.default_rng(11)
+    calls = []
+    real = gemv.matmul_t
+    monkeypatch.setattr(gemv, "matmul_t", lambda x2, *a: calls.append(x2.shape) or real(x2, *a))
+    long_k = exact_dispatch.ROUNDED_MAX_K + 32
+    w = staged_weight("Q4_1", 256, rng)
+    w_long = staged_weight("Q4_1", long_k, rng, rows_each=2)
+    x = rng.standard_normal((gemv.MAX_ROWS + 1, 256)).astype(np.float32)
+    with loom.deterministic(True):
+        fast_path = w.matmul_t(x[:gemv.MAX_ROWS])
+        general = w.matmul_t(x)                                  # MAX_ROWS + 1 rows: the float64 GEMM
+        w_long.matmul_t(rng.standard_normal((1, long_k)).astype(np.float32))
+        monkeypatch.setenv("LOOM_JIT", "0")
+        unjitted = w.matmul_t(x[:3])
+        monkeypatch.delenv("LOOM_JIT")
+    with loom.deterministic(False):
+        w.matmul_t(x[:3])
+    assert calls == [(gemv.MAX_ROWS, 256)]
+    assert_same_bits(fast_path, general[:gemv.MAX_ROWS])
+    assert_same_bits(unjitted, fast_path[:3])
+
+
+def test_attention_stacks(monkeypatch):
+    """exact.matmul on stacks of a few rows (a decode step's q k^T against a cache's keys, and p v)
+    comes here in both of b's layouts, with the bits of each batch entry's 2-D product; more rows
+    do not."""
+    rng = np.random.default_rng(12)
+    cache = rng.standard_normal((1, 3, 40, 64)).astype(np.float32)
+    keys = cache[:, :, :25]                                       # [B, KV, n, D], a view
+    q = rng.standard_normal((1, 3, 3, 64)).astype(np.float32)
+    p = rng.standard_normal((1, 3, 3, 25)).astype(np.float32)
+    q[0, 1, 2, 5], keys[0, 2, 7, 1], p[0, 0, 1, 3] = np.inf, np.nan, -np.inf
+    calls = []
+    real = gemv.matmul_stack
+    monkeypatch.setattr(gemv, "matmul_stack", lambda a, b: calls.append(a.shape) or real(a, b))
+    with loom.deterministic(True), np.errstate(all="ignore"):
+        for a, b in ((q, keys.transpose(0, 1, 3, 2)), (p, keys), (q[:, :, :1], keys.transpose(0, 1, 3, 2))):
+            got = exact.matmul(a, b)
+            want = np.stack([exact.matmul(a[0, g], np.ascontiguousarray(b[0, g])) for g in range(3)])[None]
+            assert_same_bits(got, want)
+        many = rng.standard_normal((1, 3, gemv.MAX_ROWS + 1, 64)).astype(np.float32)
+        exact.matmul(many, keys.transpose(0, 1, 3, 2))
+    assert calls == [(1, 3, 3, 64), (1, 3, 3, 25), (1, 3, 1, 64)]
