@@ -43,11 +43,19 @@ def _both(dec_gpu, dec_ref, prompt, steps, batch=1):
     return out
 
 
-def _graph_and_eager(folder):
-    graph = loom.llm.load(folder, device="cuda").decoder
-    eager = loom.llm.load(folder, device="cuda").decoder
+def _graph_and_eager(make):
+    """Two decoders from make(): one that replays recorded decode steps, one run kernel by kernel."""
+    graph, eager = make(), make()
     eager.graphs = False
     return graph, eager
+
+
+def loaded(folder):
+    return lambda: loom.llm.load(folder, device="cuda").decoder
+
+
+def built(config, weights):
+    return lambda: Decoder(config, weights, device="cuda")
 
 
 @pytest.mark.parametrize("kind, extra", [
@@ -59,7 +67,7 @@ def test_graph_decode_matches_the_array_path(kind, extra, tmp_path):
     model = td.build(kind, layers=2, tied=tied, hidden_size=256, intermediate_size=192, **extra)
     td.save(model, tmp_path)
     with loom.deterministic(False):
-        graph, eager = _graph_and_eager(tmp_path)
+        graph, eager = _graph_and_eager(loaded(tmp_path))
         got, want = _both(graph, eager, PROMPT, STEPS)
         assert isinstance(graph._graph, DecodeGraph) and eager._graph is None
         assert td.relative_error(got, want) < 1e-5
@@ -120,9 +128,7 @@ def test_graph_decode_with_stored_weight_types(qtype):
     weights = _quant_weights(qtype, CONFIG)
     config = DecoderConfig.from_hf(CONFIG)
     with loom.deterministic(False):
-        graph = Decoder(config, weights, device="cuda")
-        eager = Decoder(config, weights, device="cuda")
-        eager.graphs = False
+        graph, eager = _graph_and_eager(built(config, weights))
         got, want = _both(graph, eager, PROMPT, STEPS, batch=2)
         assert isinstance(graph._graph, DecodeGraph)
         assert td.relative_error(got, want) < 1e-5

@@ -14,7 +14,7 @@ from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig
 
 from .cpu_gpu import host, same_bits
-from .test_decode_graph import CONFIG, PROMPT, _quant_weights
+from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, loaded
 
 cupy = pytest.importorskip("cupy")
 from loom.backend import cuda_quant, cuda_quant_exact  # noqa: E402  (imports cupy)
@@ -59,9 +59,7 @@ def test_exact_graph_gives_the_array_paths_bits(kind, extra, tmp_path):
     tied = extra.pop("tied", False)
     td.save(td.build(kind, layers=2, tied=tied, hidden_size=256, intermediate_size=192, **extra), tmp_path)
     with loom.deterministic(True):
-        graph = loom.llm.load(tmp_path, device="cuda").decoder
-        eager = loom.llm.load(tmp_path, device="cuda").decoder
-        eager.graphs = False
+        graph, eager = _graph_and_eager(loaded(tmp_path))
         prompts = np.array([PROMPT, [(t * 5 + 1) % 97 for t in PROMPT], PROMPT[::-1]])
         _check(graph, eager, loom.llm.load(tmp_path).decoder, prompts)
 
@@ -71,9 +69,7 @@ def test_exact_graph_with_stored_weight_types(qtype):
     weights = _quant_weights(qtype, CONFIG)
     config = DecoderConfig.from_hf(CONFIG)
     with loom.deterministic(True):
-        graph = Decoder(config, weights, device="cuda")
-        eager = Decoder(config, weights, device="cuda")
-        eager.graphs = False
+        graph, eager = _graph_and_eager(built(config, weights))
         _check(graph, eager, Decoder(config, weights), np.array([PROMPT, PROMPT[::-1]]))
 
 
