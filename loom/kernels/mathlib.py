@@ -19,7 +19,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from . import ir, lower_cuda, lower_numpy, mathlib_core, mathlib_exp, mathlib_special, mathlib_trig
+from . import ir, lower_cuda, lower_numba, lower_numpy, mathlib_core, mathlib_exp, mathlib_special, mathlib_trig
 
 _IMPL = {
     "exp": mathlib_core.exp, "log": mathlib_core.log, "log1p": mathlib_core.log1p,
@@ -80,7 +80,8 @@ def function(name: str, dtype) -> ir.Function:
 
 def evaluate(name: str, *arrays, xp=np):
     """`name` applied element-wise; all arrays of one dtype (float32 or float64), broadcastable.
-    Returns an array of that dtype."""
+    Returns an array of that dtype. NumPy arrays run the IR compiled by numba where the loom[cpu]
+    extra is installed (lower_numba), else through lower_numpy: the same bits either way."""
     _check_name(name)
     if len(arrays) != FUNCTIONS[name]["arity"]:
         raise TypeError(f"{name} takes {FUNCTIONS[name]['arity']} arrays, got {len(arrays)}")
@@ -90,7 +91,10 @@ def evaluate(name: str, *arrays, xp=np):
     dtypes = {np.dtype(a.dtype) for a in arrays}
     if len(dtypes) != 1:
         raise TypeError(f"{name}: arguments have different dtypes {sorted(map(str, dtypes))}")
-    return lower_numpy.evaluate(function(name, dtypes.pop()), *arrays, xp=xp)
+    fn = function(name, dtypes.pop())
+    if xp is np and lower_numba.available():      # one compiled loop instead of a ufunc per IR node
+        return lower_numba.evaluate(fn, *arrays)
+    return lower_numpy.evaluate(fn, *arrays, xp=xp)
 
 
 @lru_cache(maxsize=None)
