@@ -55,7 +55,34 @@ def matmul(be, a, b) -> tuple:
         return kernels.matmul_rounded(be, a, b, factor), True
     if a.ndim == 2 and b.ndim == 2 and rounded_jit.takes(a) and rounded_jit.takes(b) and rounded_jit.available():
         return _matmul_jit(be, a, b, factor)
+    if _stack_takes(a, b) and rounded_jit.available():
+        return _stack_jit(be, a, b, factor)
     return _matmul_numpy(be, a, b, factor)
+
+
+def _stack_takes(a, b) -> bool:
+    """Whether a stack (attention's scores and p @ v in a prefill) goes through the compiled loops
+    one matrix at a time: each matrix contiguous (every one has the first one's strides), and few
+    enough or large enough that a Python loop over them costs less than the NumPy passes save."""
+    if a.ndim < 3 and b.ndim < 3:
+        return False
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    count = math.prod(batch)
+    first = (0,) * len(batch)
+    return (count <= 256 or a.shape[-2] * a.shape[-1] * b.shape[-1] >= 1 << 16) and \
+        rounded_jit.takes(np.broadcast_to(a, batch + a.shape[-2:])[first]) and \
+        rounded_jit.takes(np.broadcast_to(b, batch + b.shape[-2:])[first])
+
+
+def _stack_jit(be, a, b, factor) -> tuple:
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a_b, b_b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+    out = np.empty(batch + (a.shape[-2], b.shape[-1]), np.float32)
+    finite = True
+    for index in np.ndindex(*batch):
+        out[index], ok = _matmul_jit(be, a_b[index], b_b[index], factor)
+        finite = finite and ok
+    return out, finite
 
 
 def _matmul_jit(be, a, b, factor) -> tuple:
