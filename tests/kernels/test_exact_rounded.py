@@ -133,3 +133,20 @@ def test_stacked_products_round_each_entry(shapes, cpu_path):
         assert _bits(got[index]) == _bits(_reference(a_all[index], b_all[index])), index
 
 
+
+
+def test_stacks_of_transposed_operands_and_specials_agree_on_both_cpu_forms(monkeypatch):
+    """Attention's shapes (q k^T with k^T a transposed view, then p v) with an inf and a NaN in one
+    matrix of the stack: the compiled loops, one matrix at a time, against the NumPy passes."""
+    q = RNG.standard_normal((3, 40, 64)).astype(np.float32)
+    k = RNG.standard_normal((3, 50, 64)).astype(np.float32)
+    q[1, 7, 3], k[2, 11, 5] = np.inf, np.nan
+    v = RNG.standard_normal((3, 50, 64)).astype(np.float32)
+    results = {}
+    for jit in ("1", "0"):
+        monkeypatch.setenv("LOOM_JIT", jit)
+        scores = exact.matmul(q, k.transpose(0, 2, 1))
+        results[jit] = (scores, exact.matmul(np.nan_to_num(scores, nan=0.5, posinf=2.0), v))
+    for got, want in zip(results["1"], results["0"]):
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert _bits(np.nan_to_num(got, nan=0)) == _bits(np.nan_to_num(want, nan=0))
