@@ -17,7 +17,6 @@ from loom import datasets, dtypes
 from loom.cli.demo import demo_config
 from loom.nn.train import predict, train
 
-
 QAT_TYPES, QAT_EPOCHS = ("int8", "int4", "ternary", "binary"), 6
 
 

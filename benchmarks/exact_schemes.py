@@ -2,8 +2,8 @@
 in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
 and the integer slices as float64 GEMMs and (GPU) on int8 tensor cores
 (loom/backend/cuda_exact_int8.py), each forced for every shape here; "shipped" names the scheme the
-dispatch table (loom/kernels/exact_dispatch.py) gives the shape, and whether the int8 path takes it. Also the share of entries the one float64 GEMM's bound
-leaves to the later stages.
+dispatch table (loom/kernels/exact_dispatch.py) gives the shape, and whether the int8 path takes it.
+Also the share of entries the one float64 GEMM's bound leaves to the later stages.
 
     PYTHONPATH=. python benchmarks/exact_schemes.py            # GPU (device machine)
     .venv/bin/python benchmarks/exact_schemes.py --cpu          # CPU (2 BLAS threads)

@@ -127,7 +127,7 @@ def compare_rows(device: str, repeats: int) -> list:
                         best[det][key] = max(best[det].get(key, 0.0), value)
         ratio = {key: best[True][key] / best[False][key] for key in best[False]}
         rows += [(f"loom fast {label}", best[False]), (f"loom deterministic {label}", best[True]),
-                 (f"  deterministic / fast", ratio)]
+                 ("  deterministic / fast", ratio)]
     return rows
 
 

@@ -7,10 +7,10 @@ import time
 from collections import defaultdict
 
 import numpy as np
+from gpu_train import cases  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 import loom
 from loom import backend
-from gpu_train import cases  # noqa: E402 - benchmarks/ is on sys.path when run as a script
 
 
 def main(which="encoder"):
@@ -39,7 +39,7 @@ def main(which="encoder"):
             return dx
         layer.forward, layer.backward = forward, backward
 
-    for prefix, layer in net.root.walk():
+    for _, layer in net.root.walk():
         if layer is not net.root and not layer.children:
             wrap(layer, layer.type)
     rng = np.random.default_rng(0)

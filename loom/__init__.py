@@ -1,10 +1,10 @@
 """Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy) and NVIDIA GPUs (CuPy)."""
+from . import llm  # loom.llm.load: language models from GGUF files and HuggingFace directories
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
-from .nn import Network, NonFinite
-from .nn.train import evaluate, predict, train
 from .info import info
 from .mode import deterministic, is_deterministic
-from . import llm       # loom.llm.load: language models from GGUF files and HuggingFace directories
+from .nn import Network, NonFinite
+from .nn.train import evaluate, predict, train
 
 
 def load(path) -> Network:
@@ -28,5 +28,6 @@ def __getattr__(name: str):
         return SPEC
     raise AttributeError(f"module 'loom' has no attribute {name!r}")
 
-__all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
+__all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic",
+           "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
            "BackendError", "DeterminismError", "DETERMINISM_SPEC", "__version__"]

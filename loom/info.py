@@ -10,8 +10,8 @@ def info() -> dict:
     import numpy as np
 
     from . import __version__, backend
-    from .nn.layers import REGISTRY
     from .config import SOFTMAX_VARIANTS
+    from .nn.layers import REGISTRY
     devices = backend.available()
     gpus, cuda = [], {}
     if devices.get("cuda") == "ok":

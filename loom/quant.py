@@ -26,6 +26,7 @@ import numpy as np
 from . import dtypes
 from .errors import ConfigError, ShapeError
 
+
 def activation_type(dtype) -> str:
     """The type activations entering an integer qmatmul are quantized to, per row (and so in QAT):
     int8 for weights of 8 bits or fewer, int16 for wider ones, whose own precision would otherwise

@@ -348,4 +348,5 @@ def emit_json(steps: int, samples) -> str:
     return json.dumps({"mode": mode.name(), "fingerprints": compute("cpu", steps, samples)})
 
 
-__all__ = ["verify", "compute", "guarded", "sample_input", "fingerprint", "combined", "Report", "BACKENDS", "demo_config", "demo_plan"]
+__all__ = ["verify", "compute", "guarded", "sample_input", "fingerprint", "combined", "Report", "BACKENDS",
+           "demo_config", "demo_plan"]

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import loom
-from loom import batch_invariance as bi, rng, verify
+from loom import batch_invariance as bi
+from loom import rng, verify
 from loom.errors import DeterminismError
 from loom.kernels import exact
 from loom.nn.catalogue import SAMPLES, config

@@ -2,9 +2,9 @@
 import json
 
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
-from catalogue import SAMPLES, config
 from loom import config as C
 from loom.nn.layers import REGISTRY
 

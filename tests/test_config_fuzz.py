@@ -2,16 +2,17 @@
 ConfigError (never a TypeError, KeyError, ZeroDivisionError ... from deep inside a layer)."""
 import copy
 
+from catalogue import SAMPLES, config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import loom
-from catalogue import SAMPLES, config
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 40) | st.floats(-3, 3, allow_nan=False) | st.sampled_from(
         ["same", "relu", "grid", "concat", "x", "float64", "int64"]),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(["type", "units", "layers", "a"]), inner, max_size=3),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.sampled_from(["type", "units", "layers", "a"]), inner, max_size=3),
     max_leaves=8)
 # Mostly values that pass validation, so that the shape checks of the layers get exercised too.
 plausible = st.integers(1, 12) | st.lists(st.integers(1, 6), min_size=1, max_size=4) | st.booleans()

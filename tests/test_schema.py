@@ -13,8 +13,9 @@ import pytest
 
 jsonschema = pytest.importorskip("jsonschema")
 
-import loom  # noqa: E402
 from catalogue import SAMPLES, config  # noqa: E402
+
+import loom  # noqa: E402
 from loom import config as C  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

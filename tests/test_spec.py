@@ -9,9 +9,9 @@ import pathlib
 import re
 
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
-from catalogue import SAMPLES, config
 from loom import spec
 from loom.nn import losses, optim
 

@@ -8,10 +8,11 @@ import sys
 
 import numpy as np
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
-from catalogue import SAMPLES, config
-from loom import backend, batch_invariance, rng, verify as verifier
+from loom import backend, batch_invariance, rng
+from loom import verify as verifier
 from loom.cli.main import main
 from loom.nn import optim
 

@@ -1,7 +1,7 @@
 """gelu v3: v2 with erf widened to float64 for float32 inputs, exactly as the reference (ops.erf) widens,
 so float32 results round like the CPU's almost everywhere. Measured on the H200 22% (forward) and 40%
 (backward) slower than v2, so v2 ships (README.md)."""
-from functools import lru_cache
+from functools import cache
 
 import cupy
 
@@ -13,7 +13,7 @@ __device__ __forceinline__ double loom_erf_wide(double x) { return erf(x); }
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kernels():
     preamble = ck._HELPERS + _ERF_WIDE
     forward = cupy.ElementwiseKernel(

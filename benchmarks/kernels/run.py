@@ -18,16 +18,16 @@ import importlib
 import math
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from loom import backend              # noqa: E402  (after the path set-up above)
-from loom.kernels import fused        # noqa: E402
+from loom import backend  # noqa: E402  (after the path set-up above)
+from loom.kernels import fused  # noqa: E402
 
 TOL = 1e-5
 REPEAT, WARMUP = 50, 5

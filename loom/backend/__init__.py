@@ -39,9 +39,9 @@ def get(name: str) -> Backend:
     raise BackendError(f"unknown device {name!r}; expected 'cpu' or 'cuda'")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cpu() -> Backend:
-    from .cpu import CPU        # imported once: `of` runs hundreds of times per LLM decode step
+    from .cpu import CPU  # imported once: `of` runs hundreds of times per LLM decode step
     return CPU
 
 

@@ -194,7 +194,7 @@ def _batch_stride(x, item, nbatch):
         return 0
     if all(s == 0 for _, s in dims):
         return 0
-    for (d0, s0), (d1, s1) in zip(dims, dims[1:]):
+    for (_, s0), (d1, s1) in zip(dims, dims[1:]):
         if s0 != s1 * d1:
             return None
     return dims[-1][1] if dims[-1][1] != 0 else None

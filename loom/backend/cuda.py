@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import fallback
 from ..errors import BackendError
-from . import cublas        # ctypes only; it loads libcublas when the first handle is made
+from . import cublas  # ctypes only; it loads libcublas when the first handle is made
 
 
 def _import_cupy():
@@ -84,8 +84,16 @@ class CUDABackend:
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         self._generated = {}            # generated kernel source -> compiled function
         # fused kernels behind loom.kernels.fused and .exact, window kernels behind conv and pooling
-        from . import (cuda_decode, cuda_decode_exact, cuda_exact, cuda_fused_exact, cuda_kernels, cuda_quant,
-                       cuda_quant_exact, cuda_windows)
+        from . import (
+            cuda_decode,
+            cuda_decode_exact,
+            cuda_exact,
+            cuda_fused_exact,
+            cuda_kernels,
+            cuda_quant,
+            cuda_quant_exact,
+            cuda_windows,
+        )
         self.fused = cuda_kernels
         self.fused_exact = cuda_fused_exact     # deterministic mode's, with the reference's bits
         self.exact_kernels = cuda_exact

@@ -21,7 +21,7 @@ Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -175,7 +175,7 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(head_dim: int):
     return cupy.RawModule(code=f"#define D {head_dim}\n#define WARPS {WARPS}\n" + _SOURCE, options=OPTIONS)
 

@@ -19,7 +19,7 @@ then a compensated and an exact sum where those leave the rounding open).
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -156,7 +156,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(head_dim: int):
     head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {THREADS}\n#define MAX_KEYS {MAX_KEYS}\n"
     source = head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE + _SOURCE

@@ -17,7 +17,7 @@ Capturable: no synchronization, scalars as arguments.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -38,7 +38,7 @@ __all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "ma
 _GUARD_INSIDE_MAX = 1 << 18
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kernels():
     # each scale is 2^(e - bits) for its row's or column's maximum below 2^e
     left = cupy.ElementwiseKernel(
@@ -62,7 +62,7 @@ def _kernels():
     return left, right, combine
 
 
-@lru_cache(maxsize=None)
+@cache
 def _combine_chunks():
     # g C-ordered [batches, pieces, 2m, n] (hi rows, then lo rows): each chunk's exact integer
     # product is the sum of its `per` pieces' (the last chunk's may be fewer), exact in float64 as
@@ -259,7 +259,7 @@ extern "C" __global__ void loom_exact_specials(
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def _guard_module(dtype):
     return cupy.RawModule(code=f"typedef {C_TYPES[np.dtype(dtype)]} T;\n" + TOP_EXPONENT + _GUARD, options=OPTIONS)
 
@@ -331,9 +331,10 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
 
 # exact_rounded's certification and the later stages (loom/kernels/rounded_jit.py's docstring), in
 # CUDA C, as two kernels: a thread per entry certifies it or lists it; then a warp per listed entry
-# (a block of 256 for sums longer than _TEAM_FROM) sums its products: a compensated sum (each lane a strided share, then a butterfly of TwoSums,
-# which leaves every lane the same values), and where that cannot certify it either, an exact
-# integer accumulator per lane (local memory), the lanes' limbs added exactly and rounded once.
+# (a block of 256 for sums longer than _TEAM_FROM) sums its products: a compensated sum (each lane a
+# strided share, then a butterfly of TwoSums, which leaves every lane the same values), and where that
+# cannot certify it either, an exact integer accumulator per lane (local memory), the lanes' limbs
+# added exactly and rounded once.
 # The value-level pieces of the rounded scheme (certification, compensated sums, integer limbs), also
 # compiled into the deterministic decode kernels (cuda_quant_exact, cuda_decode_exact).
 ROUNDED_DEVICE = r"""
@@ -701,12 +702,12 @@ _CERTIFY_BLOCKS_PER_SM = 32
 _TEAM_FROM = 2048
 
 
-@lru_cache(maxsize=None)
+@cache
 def _multiprocessors(device: int) -> int:
     return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rounded_module():
     return cupy.RawModule(code="typedef float T;\n" + TOP_EXPONENT + _GUARD + _ROUNDED, options=OPTIONS)
 

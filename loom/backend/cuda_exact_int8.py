@@ -26,7 +26,7 @@ layout wants (cublas.CuBLAS.gemm_int8).
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -138,7 +138,7 @@ extern "C" __global__ void loom_exact_int8_right(const float* b, long long sk, l
     "RESIDUES", _residues("tile[{q}][threadIdx.x][j] = {v};"))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _kernels():
     # the slices of exact._matmul_narrow (cuda_exact's loom_exact_slice_left/right), as integers
     left = cupy.ElementwiseKernel(
@@ -202,7 +202,7 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def _crt_kernel():
     return cupy.ElementwiseKernel(
         "raw int64 s, int64 plane", "float64 out",

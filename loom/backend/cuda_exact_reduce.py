@@ -17,7 +17,7 @@ Capturable: no synchronization; buffers are zeroed with memsets.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -218,7 +218,7 @@ _SHORT = 32                 # rows this short leave most of an "along" warp's la
 _SMALL_SUM = 1 << 16        # elements up to which a sum takes one launch (_BLOCKS) instead of four
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(dtype: np.dtype):
     pattern, bits_of, magnitude, infinity = _TYPES[dtype]
     head = (f"typedef {C_TYPES[dtype]} T;\ntypedef {pattern} U;\n"
@@ -250,7 +250,7 @@ def _layout(x, axes: tuple):
     return x, nb * nk, length, nk, sb, sk, sr
 
 
-@lru_cache(maxsize=None)
+@cache
 def _blocks_kernel():
     source = "typedef float T;\n" + BASICS + ROW_HELPERS + EXACT_ROW_SUM + _BLOCKS
     return cupy.RawModule(code=source, options=OPTIONS).get_function("loom_exact_sum_blocks")
@@ -280,9 +280,10 @@ def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
 
 def squares_copy(x, axis: int, out):
     """The float64 copy of float32 x (x's element strides where x is dense, as a C- or F-ordered array
-    or a transposed view of one is, and its axes merge for the reduction; else C-ordered) and the sums of the squares of x along `axis` added into `out`
-    (zeroed float64 of x's kept shape): exact_rounded's norms, squared, in the copy's one pass. NaN
-    where a NaN is, inf where an inf is; the order of the additions is free (atomics)."""
+    or a transposed view of one is, and its axes merge for the reduction; else C-ordered) and the sums
+    of the squares of x along `axis` added into `out` (zeroed float64 of x's kept shape): exact_rounded's
+    norms, squared, in the copy's one pass. NaN where a NaN is, inf where an inf is; the order of the
+    additions is free (atomics)."""
     if _layout(x, (axis % x.ndim,))[0] is not x:        # (axes that do not merge: a copy to reduce)
         x = cupy.ascontiguousarray(x)
     base = cupy.empty(x.size, dtype=np.float64)
@@ -313,7 +314,7 @@ def absmax(x, axis: int):
         return _absmax(x, (axis % x.ndim,), False)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _finish():
     return cupy.ElementwiseKernel(
         "float64 total, float64 special, float32 top, int32 bits", "float32 out",

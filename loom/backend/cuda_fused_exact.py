@@ -20,7 +20,7 @@ reference); the element-wise kernels take float32 and float64.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -134,11 +134,11 @@ extern "C" __global__ void loom_exact_rms_norm_grad_rows(const T* __restrict__ d
 }
 """
 
-@lru_cache(maxsize=None)
+@cache
 def helpers() -> str:
     """cuda_kernels' device helpers with mathlib's transcendentals (float and double overloads): what
     ops.exp, ops.erf, ops.tanh and ops.sigmoid run in deterministic mode."""
-    from ..kernels import lower_cuda, mathlib       # text generation only; no cycle at import time
+    from ..kernels import lower_cuda, mathlib  # text generation only; no cycle at import time
     parts = [BASICS]
     for name in _TRANSCENDENTALS:
         for dtype in (np.float32, np.float64):
@@ -146,7 +146,7 @@ def helpers() -> str:
     return "\n".join(parts)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _row_kernel(name: str):
     source = "typedef float T;\n" + helpers() + ROW_HELPERS + EXACT_ROW_SUM + _ROWS
     return cupy.RawModule(code=source, options=OPTIONS).get_function(name)

@@ -18,7 +18,7 @@ on first use (per dtype and variant) and are cached; run each once before captur
 from __future__ import annotations
 
 import math
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -257,13 +257,13 @@ extern "C" __global__ void loom_rms_norm_grad_rows(const T* __restrict__ dy, con
 C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _row_kernel(dtype: np.dtype, name: str):
     """The row kernel `name` for one dtype (one module per dtype, compiled on first use)."""
     return _row_module(dtype).get_function(name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _row_module(dtype: np.dtype):
     return cupy.RawModule(code=f"typedef {C_TYPES[dtype]} T;\n" + _ROWS, options=OPTIONS)
 
@@ -381,7 +381,7 @@ _OUTPUT_GRAD = frozenset({"linear", "relu", "sigmoid", "tanh"})
 ACTIVATIONS = frozenset(_ACT)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _bias_act_kernel(fn: str, has_bias: bool, helpers: str):
     pre = "T pre = z + b;" if has_bias else "T pre = z;"
     ins = "T b" if has_bias else ""
@@ -408,7 +408,7 @@ def bias_act(z, bias, fn: str, helpers: str = _HELPERS):
     return z, y
 
 
-@lru_cache(maxsize=None)
+@cache
 def _gelu_kernels(helpers: str):
     forward = cupy.ElementwiseKernel("T x", "T y", f"const T pre = x; y = {_ACT['gelu']};", "loom_gelu",
                                      preamble=helpers, options=OPTIONS)
@@ -442,7 +442,7 @@ def _scalar(value, dtype):
     return dtype.type(value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adam_kernel(l2: bool, decay: bool, lerp_small: bool, amsgrad: bool):
     # optim.Adam.update, one statement per NumPy operation; `lerp_w` is w = 1 - b1 for torch.lerp's first
     # form (|w| < 0.5) and 1 - w for its second.
@@ -477,7 +477,7 @@ def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1, b2, eps, l2, decay):
         kernel(g, *scalars, *outs)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sgd_kernel(wd: bool, momentum: bool, first: bool, nesterov: bool):
     # optim.SGD.update, one statement per NumPy operation.
     body = ["T gg = g;"]

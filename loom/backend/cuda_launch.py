@@ -85,7 +85,7 @@ def launch(kernel, grid: int, block: int, args, overlap: bool) -> None:
     if lib is None:
         kernel((grid,), (block,), args)
         return
-    import cupy                         # (cupy is loaded: the kernel is one of its objects)
+    import cupy  # (cupy is loaded: the kernel is one of its objects)
     stream_ptr = cupy.cuda.get_current_stream().ptr
     values = [_c_value(a) for a in args]
     params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])

@@ -25,7 +25,7 @@ exact GEMM). `CUDABackend.quant_kernels` is this module. Capturable: sizes as ar
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -190,7 +190,9 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
             const float4* xr = (const float4*)(x + m * cols);
             float s = 0.0f;
             #pragma unroll 8
-            for (int k = lane; k < cols / 4; k += 32) { const float4 v = xr[k]; s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w; }
+            for (int k = lane; k < cols / 4; k += 32) {
+                const float4 v = xr[k]; s += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+            }
             scale[m] = 1.0f / sqrtf(warp_sum(s) / (float)cols + eps);
         }
     }
@@ -262,7 +264,7 @@ extern "C" __global__ void loom_quant_embed(const unsigned char* w, const long l
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(qtype: str, prologue: int = 0, epilogue: int = 0, x_rows: int = 1, warps_per_row: int = 1, blocks: int = 1):
     block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
     head = (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"

@@ -28,7 +28,7 @@ mode. Capturable: sizes as arguments, no sync, no host read.
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import cupy
 import numpy as np
@@ -38,7 +38,7 @@ from .cuda_exact_reduce import EXACT_ROW_SUM
 from .cuda_fused_exact import helpers
 from .cuda_kernels import OPTIONS, ROW_HELPERS
 from .cuda_launch import OVERLAP_PROLOGUE, launch
-from .cuda_quant import BLOCK_DECODE, LAYOUTS, MAX_ROWS, TYPES, _KIND, embed, pointer   # noqa: F401 - embed: exact
+from .cuda_quant import _KIND, BLOCK_DECODE, LAYOUTS, MAX_ROWS, TYPES, embed, pointer  # noqa: F401 - embed: exact
 
 STAGE_FLOATS = 9216     # x staged in shared memory up to this many floats (36 KiB)
 # Blocks of 256 resident per multiprocessor the products' registers must allow: unbounded, the float64
@@ -197,7 +197,9 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
             #pragma unroll
             for (int m = 0; m < MR; ++m) {
                 double a = partial[local][0][e][m], c = partial[local][1][e][m];
-                for (int j = 1; j < WPR; ++j) { a = __dadd_rn(a, partial[local + j][0][e][m]); c = __dadd_rn(c, partial[local + j][1][e][m]); }
+                for (int j = 1; j < WPR; ++j) {
+                    a = __dadd_rn(a, partial[local + j][0][e][m]); c = __dadd_rn(c, partial[local + j][1][e][m]);
+                }
                 s[e][m] = a; t[e][m] = c;
             }
     }
@@ -233,7 +235,7 @@ extern "C" __global__ void loom_exact_rms_norm(const float* x, const float* w, f
 """
 
 
-@lru_cache(maxsize=None)
+@cache
 def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int):
     block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
     head = (f"typedef float T;\n#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n"

@@ -37,9 +37,10 @@ def run(args) -> int:
             raise ConfigError("--lr", f"expected a positive number, got {args.lr}")
         optimizer = dict((net.config.get("training") or {}).get("optimizer") or DEFAULTS["optimizer"], lr=args.lr)
     os.makedirs(args.out, exist_ok=True)
-    history = train(net, X, Y, device=args.device, optimizer=optimizer, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                    validation=args.validation, metrics=args.metrics.split(",") if args.metrics else None,
-                    verbose=not args.quiet, checkpoint=os.path.join(args.out, "checkpoint.loom"), resume=args.resume)
+    history = train(net, X, Y, device=args.device, optimizer=optimizer, epochs=args.epochs,
+                    batch_size=args.batch_size, seed=args.seed, validation=args.validation,
+                    metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
+                    checkpoint=os.path.join(args.out, "checkpoint.loom"), resume=args.resume)
     net.save(os.path.join(args.out, "model.loom"))
     with open(os.path.join(args.out, "history.json"), "w") as fh:
         json.dump(history.logs, fh, indent=2)

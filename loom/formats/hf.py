@@ -26,8 +26,8 @@ import os
 import numpy as np
 
 from .. import backend
-from ..kernels.quantized import QuantizedTensor
 from ..errors import FormatError
+from ..kernels.quantized import QuantizedTensor
 from . import safetensors
 
 CONFIG = "config.json"

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import atomic
+from .. import atomic, quant
 from .. import config as configs
-from .. import quant
 from ..errors import ConfigError, FormatError, LoomError
 from ..nn.network import Network
 from . import safetensors

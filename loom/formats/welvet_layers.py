@@ -54,7 +54,7 @@ class Chain:
             self.state[f"{self.prefix}.{index}.{name}"] = np.ascontiguousarray(value, dtype=np.float32)
         return index
 
-    def child(self, key: str = "layers") -> "Chain":
+    def child(self, key: str = "layers") -> Chain:
         """A chain for the container that the next add() will place."""
         return Chain(f"{self.prefix}.{len(self.layers)}.{key}", self.state)
 

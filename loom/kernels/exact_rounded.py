@@ -46,9 +46,9 @@ def error_factor(k: int) -> float:
 
 
 def matmul(be, a, b) -> tuple:
-    """(product, finite) for float32 a [..., M, K] and b [..., K, N]: the float32 product, each entry the exact dot product rounded once. Where
-    `finite` is False a row or column holds inf or NaN, and its entries are left for the caller to
-    patch; the GPU patches them itself (no host read) and says True."""
+    """(product, finite) for float32 a [..., M, K] and b [..., K, N]: the float32 product, each entry the
+    exact dot product rounded once. Where `finite` is False a row or column holds inf or NaN, and its
+    entries are left for the caller to patch; the GPU patches them itself (no host read) and says True."""
     factor = error_factor(a.shape[-1])
     kernels = getattr(be, "exact_kernels", None)
     if kernels is not None:

@@ -30,8 +30,9 @@ Semantics, identical in every lowering (the tests compare NumPy against the comp
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -161,10 +162,10 @@ class Value:
     def __lshift__(self, o): return self.fn.op("shl", self, o)
     def __rshift__(self, o): return self.fn.op("shr", self, o)
 
-    def convert(self, type_: Type) -> "Value":
+    def convert(self, type_: Type) -> Value:
         return self.fn.convert(self, type_)
 
-    def bitcast(self, type_: Type) -> "Value":
+    def bitcast(self, type_: Type) -> Value:
         return self.fn.bitcast(self, type_)
 
 

@@ -28,7 +28,7 @@ import os
 import sys
 import tempfile
 import threading
-from functools import lru_cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,7 @@ def source(fn: ir.Function) -> str:
     text = _PRELUDE + "".join(f'_as_{t} = _bitcaster("{t}")\n' for t in sorted(casts)) + "\n\n"
     text += '@njit(cache=True, error_model="numpy", fastmath=False)\n'
     text += f"def kernel({', '.join(params + outs)}):\n"
-    text += f"    for i in range(y0.shape[0]):\n"
+    text += "    for i in range(y0.shape[0]):\n"
     text += "".join(f"        {line}\n" for line in body)
     return text
 
@@ -206,7 +206,7 @@ def _kernel(fn: ir.Function):
     return _compiled(source(fn))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _compiled(text: str):
     with _lock:
         module = _import(text)

@@ -15,7 +15,6 @@ import numpy as np
 
 from . import ir
 
-
 CHUNK = 8192     # NumPy: elements per pass, so a kernel's temporaries stay in cache (2x faster)
 
 

@@ -15,7 +15,7 @@ which NaN payload an operation returns, and bit-identical means NaNs too.
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -62,7 +62,7 @@ def _check_name(name: str) -> None:
         raise KeyError(f"no mathlib function {name!r}; known: {', '.join(sorted(_IMPL))}")
 
 
-@lru_cache(maxsize=None)
+@cache
 def function(name: str, dtype) -> ir.Function:
     """The IR of `name` for float32 or float64 arguments (cached; the same object every time)."""
     _check_name(name)
@@ -97,7 +97,7 @@ def evaluate(name: str, *arrays, xp=np):
     return lower_numpy.evaluate(fn, *arrays, xp=xp)
 
 
-@lru_cache(maxsize=None)
+@cache
 def kernel_source(name: str, dtype) -> tuple[str, str]:
     """(CUDA C source, kernel name) of the element-wise kernel
     `extern "C" __global__ void loom_<name>_<f32|f64>(const T* x0[, const T* x1], T* y0, long long n)`.

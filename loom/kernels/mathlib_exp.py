@@ -7,9 +7,27 @@ once; the float32 versions can afford plain formulas, because float64 covers flo
 from __future__ import annotations
 
 from . import ir
-from .mathlib_core import (C, F64, INF, NAN, copysign, div_dd, exp, exp_parts, expm1_dd, fast_two_sum,
-                           horner, log, log1p, log_reduce, quotient_dd, scale, signbit, two_prod,
-                           two_sum)
+from .mathlib_core import (
+    F64,
+    INF,
+    NAN,
+    C,
+    copysign,
+    div_dd,
+    exp,
+    exp_parts,
+    expm1_dd,
+    fast_two_sum,
+    horner,
+    log,
+    log1p,
+    log_reduce,
+    quotient_dd,
+    scale,
+    signbit,
+    two_prod,
+    two_sum,
+)
 
 
 def tanh(b, g, x):

@@ -9,8 +9,19 @@ x <= -1/sqrt(2) (a relative error of ~1 ulp all the way down to gelu's underflow
 """
 from __future__ import annotations
 
-from .mathlib_core import (C, copysign, div_dd, exp, exp_parts, fast_two_sum, horner,
-                           horner_select, scale, two_prod, two_sum)
+from .mathlib_core import (
+    C,
+    copysign,
+    div_dd,
+    exp,
+    exp_parts,
+    fast_two_sum,
+    horner,
+    horner_select,
+    scale,
+    two_prod,
+    two_sum,
+)
 
 SQRT_HALF = C["INV_SQRT2"]
 H_END = {"f64": 39.5, "f32": 17.0}     # the fitted range of h; gelu is 0 beyond -H_END

@@ -141,7 +141,7 @@ class QuantizedTensor:
         values = gguf_quants.dequantize(self.data[flat], self.qtype, (flat.size, self.shape[1]), xp=be.xp)
         return values.reshape(ids.shape + (self.shape[1],))
 
-    def permute_rows(self, perm) -> "QuantizedTensor":
+    def permute_rows(self, perm) -> QuantizedTensor:
         """A new QuantizedTensor whose row i is this tensor's row perm[i] (the bytes, exactly)."""
         xp = self.xp
         perm = xp.asarray(perm)
@@ -152,7 +152,7 @@ class QuantizedTensor:
             raise ShapeError(f"perm is not a permutation of 0..{rows - 1}")
         return QuantizedTensor(self.data[perm], self.qtype, self.shape)
 
-    def to(self, device: str) -> "QuantizedTensor":
+    def to(self, device: str) -> QuantizedTensor:
         return QuantizedTensor(backend.get(device).asarray(self.data), self.qtype, self.shape)
 
 

@@ -30,9 +30,9 @@ caches of at most that many positions; elsewhere deterministic steps run kernel 
 """
 from __future__ import annotations
 
-import numpy as np
-
 from functools import partial
+
+import numpy as np
 
 from ..kernels.quantized import QuantizedTensor
 

@@ -66,7 +66,7 @@ class DecoderConfig:
     windows: tuple          # per layer: sliding-window length, or None for full attention
 
     @classmethod
-    def from_hf(cls, cfg: dict) -> "DecoderConfig":
+    def from_hf(cls, cfg: dict) -> DecoderConfig:
         """Read an HF config.json dict; every bad value raises ConfigError naming its key."""
         arch = cfg.get("model_type")
         if arch not in ARCHITECTURES:

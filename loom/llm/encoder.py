@@ -70,7 +70,7 @@ class Encoder:
     # --- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_hf(cls, config: dict, weights: dict, tokenizer, device: str | None = None) -> "Encoder":
+    def from_hf(cls, config: dict, weights: dict, tokenizer, device: str | None = None) -> Encoder:
         """An encoder from a HuggingFace BERT config dict and its state dict (names with or without the
         "bert." prefix). Float weights become float32; with `device` they are moved there (None: they
         stay where they are). Missing or misshapen tensors raise FormatError naming the tensor."""
@@ -87,7 +87,7 @@ class Encoder:
         return cls(config, picked, tokenizer)
 
     @classmethod
-    def from_dir(cls, path, device: str = "cpu") -> "Encoder":
+    def from_dir(cls, path, device: str = "cpu") -> Encoder:
         """An encoder from a HuggingFace model folder: config.json, model.safetensors (memory-mapped)
         and the tokenizer files (tokenizer.json, tokenizer_config.json)."""
         from ..formats import hf, safetensors

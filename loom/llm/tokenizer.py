@@ -92,7 +92,7 @@ class Tokenizer:
 
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path) -> "Tokenizer":
+    def from_dir(cls, path) -> Tokenizer:
         """From a HuggingFace model folder (tokenizer.json required)."""
         tk = _tokenizers()
         folder = Path(path)
@@ -152,7 +152,7 @@ class Tokenizer:
                    unk_id=unk[1] if unk else None, chat_template=_chat_template(folder, config))
 
     @classmethod
-    def from_gguf(cls, metadata: dict) -> "Tokenizer":
+    def from_gguf(cls, metadata: dict) -> Tokenizer:
         """From a GGUF file's metadata dict (keys "tokenizer.ggml.*", "tokenizer.chat_template")."""
         built = tokenizer_gguf.build(metadata, _tokenizers())
         return cls(built.backend, bos_id=built.bos_id, eos_ids=built.eos_ids, pad_id=built.pad_id,
@@ -182,7 +182,7 @@ class Tokenizer:
     def id_to_token(self, token_id: int) -> str:
         return self._tk.id_to_token(self._check_ids([token_id])[0])
 
-    def stream_decoder(self, skip_special_tokens: bool = False) -> "StreamDecoder":
+    def stream_decoder(self, skip_special_tokens: bool = False) -> StreamDecoder:
         """An incremental decoder for generated ids (see the module docstring)."""
         return StreamDecoder(self, skip_special_tokens)
 

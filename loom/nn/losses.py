@@ -25,7 +25,7 @@ from ..config import number, one_of
 from ..errors import ConfigError, ShapeError
 from ..kernels import ops
 
-REGISTRY: dict[str, type["Loss"]] = {}
+REGISTRY: dict[str, type[Loss]] = {}
 
 
 def register(name: str):
@@ -37,7 +37,7 @@ def register(name: str):
     return deco
 
 
-def build(spec) -> "Loss":
+def build(spec) -> Loss:
     """A loss from its type name, its config dict ({"type": ..., keys}) or an existing loss."""
     if isinstance(spec, Loss):
         return spec

@@ -295,7 +295,7 @@ class Deviation:
                           "failures": self.failures, "buckets": self.buckets, "worst": self.worst})
 
     def summary(self) -> str:
-        from .reports import deviation_lines   # reports imports this module
+        from .reports import deviation_lines  # reports imports this module
         return "\n".join(deviation_lines(self))
 
 

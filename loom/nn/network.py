@@ -46,7 +46,7 @@ class Network:
 
     # --- construction ---
     @classmethod
-    def from_config(cls, cfg, seed: int | None = None) -> "Network":
+    def from_config(cls, cfg, seed: int | None = None) -> Network:
         """Build from a config dict, JSON string or path; `seed` overrides the config's seed."""
         cfg = configs.load(cfg)
         if seed is not None:
@@ -69,7 +69,7 @@ class Network:
         """True when the GEMM weights are stored in a quantized type (inference only)."""
         return "quantization" in self._cfg
 
-    def quantize(self, dtype: str, per: str = "channel") -> "Network":
+    def quantize(self, dtype: str, per: str = "channel") -> Network:
         """A new network whose GEMM weights (dense, conv, attention and swiglu projections, recurrent
         and embedding weights) are stored and run in `dtype`, scaled per output channel or per
         tensor; biases, norms and the rest stay in the compute dtype. See docs/dtypes.md."""
@@ -92,11 +92,11 @@ class Network:
         return self.backend.name
 
     # --- modes ---
-    def train(self, mode: bool = True) -> "Network":
+    def train(self, mode: bool = True) -> Network:
         self.training = bool(mode)
         return self
 
-    def eval(self) -> "Network":
+    def eval(self) -> Network:
         return self.train(False)
 
     # --- running ---
@@ -122,7 +122,7 @@ class Network:
         self._batch = x.shape[0]
         return y
 
-    def compile(self, cache_size: int = 4, strict: bool = True) -> "Network":
+    def compile(self, cache_size: int = 4, strict: bool = True) -> Network:
         """Run eval-mode forward passes on the GPU as dispatch chains: each new input shape runs
         once eagerly, is then recorded into a CUDA graph and replayed with one launch (see
         loom/nn/chain.py). Results are bit-identical to the eager forward. On the CPU this changes
@@ -279,7 +279,7 @@ class Network:
         for _, layer in self.root.walk():
             layer.clear_grads()
 
-    def to(self, device: str) -> "Network":
+    def to(self, device: str) -> Network:
         """Move every parameter, gradient and buffer to `device` ("cpu" or "cuda"), in place; returns
         the network. As in PyTorch, arrays fetched before (parameters(), an optimizer built on
         them) still belong to the old device: build optimizers after moving."""
@@ -367,7 +367,7 @@ class Network:
                                 attention_mask=None if attention_mask is None else self._check_mask(attention_mask, x.shape[0]))
             self.root.forward(x, fc)
         finally:
-            for layer, original in watched:
+            for layer, _ in watched:
                 del layer.forward
         # Inner layers finish before their containers, so the first report is the innermost culprit.
         return found[0] if found else None

@@ -16,8 +16,9 @@ import copy
 import math
 import operator
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from fnmatch import fnmatchcase
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -12,9 +12,22 @@ import numpy as np
 
 from .. import atomic
 from ..errors import ConfigError, LoomError, ShapeError
-from .metrics import (BUCKETS, WORST_K, Deviation, _jsonable, _mean, _numeric,
-                      _paired, _prf_counts, _probabilities, _scores, _true_rank, confusion_matrix, deviation,
-                      precision_recall_f1)
+from .metrics import (
+    BUCKETS,
+    WORST_K,
+    Deviation,
+    _jsonable,
+    _mean,
+    _numeric,
+    _paired,
+    _prf_counts,
+    _probabilities,
+    _scores,
+    _true_rank,
+    confusion_matrix,
+    deviation,
+    precision_recall_f1,
+)
 
 CONFUSION_MAX_CLASSES = 1024     # evaluate() skips the [C, C] matrix above this
 

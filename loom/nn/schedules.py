@@ -16,7 +16,8 @@ import copy
 import math
 import operator
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .. import config as configs
 from ..config import REQUIRED, nonneg_int, number, one_of, optional, positive_int

@@ -62,7 +62,7 @@ class EarlyStopping:
     best_state: dict | None = None
 
     @classmethod
-    def build(cls, spec) -> "EarlyStopping | None":
+    def build(cls, spec) -> EarlyStopping | None:
         if spec is None or spec is False:
             return None
         if spec is True:

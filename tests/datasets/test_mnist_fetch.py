@@ -5,10 +5,9 @@ without it these tests skip and say why.
 """
 import subprocess
 
+import datacache
 import numpy as np
 import pytest
-
-import datacache
 
 
 def test_fetch_returns_cached_file():

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
-from catalogue import SAMPLES, config
 from loom import FormatError
 from loom.formats import safetensors
 

@@ -133,7 +133,8 @@ def test_sub_byte_types_round_trip_packed(tmp_path):
     for name, a in tensors.items():
         assert back[name].dtype == a.dtype and back[name].shape == a.shape
         assert np.array_equal(back[name].astype(np.float32), a.astype(np.float32)), name
-    entries, stored_meta, _ = sf.parse_header((tmp_path / "p.safetensors").read_bytes(), (tmp_path / "p.safetensors").stat().st_size)
+    path = tmp_path / "p.safetensors"
+    entries, stored_meta, _ = sf.parse_header(path.read_bytes(), path.stat().st_size)
     assert entries["int4"][0] == np.uint8 and entries["int4"][1] == (8,)     # 15 nibbles -> 8 bytes
     assert json.loads(stored_meta["loom.packed"])["int2"] == {"dtype": "int2", "shape": [3, 5]}
 

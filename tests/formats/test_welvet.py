@@ -17,10 +17,10 @@ import subprocess
 import sys
 import zlib
 
+import datacache
 import numpy as np
 import pytest
 
-import datacache
 import loom
 from loom.errors import FormatError
 from loom.formats import welvet

@@ -2,9 +2,9 @@
 layer sample's forward, gradients and buffers; each loss; optimizer steps. The fast-mode tolerance
 tests and the deterministic-mode bit tests compare these with their own rule."""
 import numpy as np
+from catalogue import config
 
 import loom
-from catalogue import config
 from loom import backend
 from loom.nn import losses, optim
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 import loom
-from loom import backend, batch_invariance as bi, verify
+from loom import backend, verify
+from loom import batch_invariance as bi
 from loom.kernels import exact
 from loom.nn.catalogue import SAMPLES, config
 

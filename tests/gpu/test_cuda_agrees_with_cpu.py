@@ -2,9 +2,9 @@
 fast mode: forward, input gradient and parameter gradients within relative 1e-5 (TF32 off)."""
 import numpy as np
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
-from catalogue import SAMPLES, config
 from loom import backend
 from loom.nn import losses, optim
 

@@ -9,7 +9,9 @@ from loom.errors import BackendError
 from loom.kernels import gguf_quants
 
 cupy = pytest.importorskip("cupy")
-from loom.backend import cuda as cuda_backend, cuda_launch, cuda_quant  # noqa: E402  (imports cupy)
+from loom.backend import cuda as cuda_backend  # noqa: E402  (imports cupy)
+from loom.backend import cuda_launch, cuda_quant  # noqa: E402
+
 pytestmark = pytest.mark.gpu
 
 RNG = np.random.default_rng(20261121)

@@ -18,6 +18,7 @@ from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights,
 
 cupy = pytest.importorskip("cupy")
 from loom.backend import cuda_quant, cuda_quant_exact  # noqa: E402  (imports cupy)
+
 pytestmark = pytest.mark.gpu
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "llm"))
 import tiny_decoders as td  # noqa: E402

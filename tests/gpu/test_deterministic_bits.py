@@ -3,10 +3,10 @@
 training the demo model, eager and as a recorded dispatch chain."""
 import numpy as np
 import pytest
-
-import loom
 from catalogue import SAMPLES, config
 from rounded_cases import CASES, case, doubtful
+
+import loom
 from loom import backend
 from loom.kernels import exact, ops
 from loom.nn import losses, optim

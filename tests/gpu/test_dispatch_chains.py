@@ -3,9 +3,9 @@ as the eager path, every layer sample records, new shapes record new chains, ste
 allocate nothing, and a step that cannot be recorded runs eagerly instead of wrongly."""
 import numpy as np
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
-from catalogue import SAMPLES, config
 from loom import backend
 from loom.nn import losses, optim
 from loom.nn.chain import TrainStep
@@ -83,7 +83,8 @@ def test_every_sample_records_and_replays_bit_identically(name, layers, shape, i
 
 @pytest.mark.parametrize("kind", sorted(optim.TYPES))
 @pytest.mark.parametrize("extra", [{}, {"accumulate": 2}, {"clip_value": 0.01, "schedule": {"type": "cosine", "steps": 8}},
-                                   {"groups": [{"params": ["*.bias"], "lr": 0.1}]}], ids=["plain", "accumulate", "clip+schedule", "groups"])
+                                   {"groups": [{"params": ["*.bias"], "lr": 0.1}]}],
+                         ids=["plain", "accumulate", "clip+schedule", "groups"])
 def test_every_optimizer_replays_bit_identically(kind, extra):
     cfg = {"loom": 1, "input": {"shape": [12]}, "layers": [{"type": "dense", "units": 16, "activation": "gelu"},
                                                           {"type": "dropout", "rate": 0.25},

@@ -5,9 +5,10 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from rounded_cases import CASES, doubtful
+from rounded_cases import case as _case
 
 from loom.kernels import exact, rounded_jit
-from rounded_cases import CASES, case as _case, doubtful
 
 RNG = np.random.default_rng(20261121)
 _BIG = Fraction(2 ** 128 - 2 ** 103)          # from here on, float32 rounds to inf

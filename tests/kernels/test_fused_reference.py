@@ -3,10 +3,10 @@ optimizers use today, its gradients agree with finite differences, and it hands 
 fused kernels only when they qualify."""
 import math
 
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 from loom.backend.cpu import CPU
 from loom.kernels import fused, ops

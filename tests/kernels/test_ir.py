@@ -2,10 +2,10 @@
 (compiled for the host with g++ through cuda_prelude_c.h) against the NumPy lowering's."""
 import math
 
+import cuda_host
 import numpy as np
 import pytest
 
-import cuda_host
 from loom.kernels import ir, lower_cuda, lower_numpy
 
 

@@ -3,10 +3,10 @@ NumPy lowering's bits on fresh random inputs with specials; the generated module
 by the hash of its text."""
 import numpy as np
 import pytest
-
-from loom.kernels import cpu_jit, ir, lower_numba, lower_numpy, mathlib
 from test_ir import _all_ops
 from test_mathlib import BITS, DTYPES, NAMES, _bit_test_inputs
+
+from loom.kernels import cpu_jit, ir, lower_numba, lower_numpy, mathlib
 
 pytestmark = pytest.mark.skipif(not cpu_jit.available(), reason="numba is not installed (the loom[cpu] extra)")
 

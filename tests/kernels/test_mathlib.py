@@ -2,10 +2,10 @@
 bits from the NumPy lowering and from the CUDA C lowering compiled for the host."""
 import math
 
+import cuda_host
 import numpy as np
 import pytest
 
-import cuda_host
 from loom.kernels import mathlib
 
 NAMES = list(mathlib.FUNCTIONS)

@@ -9,12 +9,13 @@ weights; inf and NaN in x and in W (scales, values); zero rows; extreme float16 
 gguf_quants' decoding; the dispatch from QuantizedTensor.matmul_t and exact.matmul."""
 import numpy as np
 import pytest
+from rounded_cases import CASES, case
 
 import loom
-from loom.kernels import cpu_jit, exact, exact_dispatch, rounded_gemv_jit as gemv
+from loom.kernels import cpu_jit, exact, exact_dispatch
 from loom.kernels import gguf_quants as gq
+from loom.kernels import rounded_gemv_jit as gemv
 from loom.kernels.quantized import QuantizedTensor
-from rounded_cases import CASES, case
 
 TYPES = list(gemv.TYPES)
 BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]

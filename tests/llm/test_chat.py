@@ -6,9 +6,9 @@ render_jinja_template for templates that exercise the environment (loop controls
 """
 import sys
 
+import datacache
 import pytest
 
-import datacache
 from loom.errors import BackendError, ConfigError
 
 jinja2 = pytest.importorskip("jinja2")

@@ -8,10 +8,10 @@ The real model comes from a registry wheel (datacache); those tests skip offline
 import argparse
 import json
 
+import datacache
 import numpy as np
 import pytest
 
-import datacache
 import loom
 import loom.llm
 from loom.cli import embed as embed_cli

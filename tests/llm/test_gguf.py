@@ -4,10 +4,10 @@ byte and corruption of each field -> FormatError with the offset, and the real S
 against gguf.GGUFReader."""
 import struct
 
+import datacache
 import numpy as np
 import pytest
 
-import datacache
 from loom import FormatError
 from loom.formats import gguf as lg
 from loom.kernels import gguf_quants as gq

@@ -6,10 +6,10 @@ permuted with convert_hf_to_gguf's formula, both independent of the code under t
 import json
 import math
 
+import datacache
 import numpy as np
 import pytest
 
-import datacache
 from loom import ConfigError
 from loom.formats import gguf as lg
 from loom.formats import gguf_hf

@@ -75,7 +75,7 @@ def test_block_rows_bound_the_temporary(monkeypatch):
         return real(raw, qtype, shape, xp=xp, out=out)
     monkeypatch.setattr(gq, "dequantize", spy)
     monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", 576 * 4 * 300)
-    from loom.kernels import rounded_gemv_jit           # (fewer rows of x take its loops: no blocks)
+    from loom.kernels import rounded_gemv_jit  # (fewer rows of x take its loops: no blocks)
     w.matmul_t(np.ones((rounded_gemv_jit.MAX_ROWS + 1, 576), np.float32))
     assert [s[0] for s in calls] == [250, 250, 250, 250]  # 4 even blocks of <= 300 rows
     assert all(s[1] == 576 for s in calls)

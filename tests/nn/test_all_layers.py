@@ -1,12 +1,12 @@
 """Generic checks run over every sample in the catalogue (every layer type, softmax variant and
 combine mode): gradients, float32 vs float64, batch independence, train/eval behaviour."""
+import gradcheck
 import numpy as np
 import pytest
+from catalogue import SAMPLES, config
 
-import gradcheck
 import loom
 from loom import batch_invariance
-from catalogue import SAMPLES, config
 
 NOISY = {"dropout", "softmax/gumbel"}       # outputs depend on the RNG counter in training
 BATCH_COUPLED = {"batch_norm"}              # training statistics mix the batch by definition

@@ -3,10 +3,10 @@ stability at large logits, NaN propagation, config round trips and errors."""
 import json
 import warnings
 
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 from loom.nn import losses
 

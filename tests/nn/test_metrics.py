@@ -145,11 +145,12 @@ def test_precision_recall_f1_hand_example_with_a_class_never_predicted():
 
 
 def test_precision_recall_f1_matches_sklearn_formulas_on_random_data():
-    for trial in range(5):
+    for _ in range(5):
         y = RNG.integers(0, 6, size=80)
         p = np.where(RNG.random(80) < 0.5, y, RNG.integers(0, 6, size=80))
         p[p == 5] = 4                                 # class 5 is never predicted
-        y[y == 3] = 2; p[p == 3] = 2                  # class 3 never occurs: out of the macro average
+        y[y == 3] = 2                                 # class 3 never occurs: out of the macro average
+        p[p == 3] = 2
         r = metrics.precision_recall_f1(metrics.confusion_matrix(p, y, 7))
         _check_prf(r, y, p)
     with pytest.raises(loom.ShapeError, match="square integer matrix"):

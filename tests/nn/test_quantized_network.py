@@ -168,7 +168,8 @@ def test_qat_gradients_are_straight_through(cfg, dtype):
         ref.backward(dy)
         want = ref.gradients()
         for name, g in got.items():
-            mask = quant.ste_mask(qat.parameters()[name], dtype, per="channel", axis=0) if fq[name] is not qat.parameters()[name] else 1
+            p = qat.parameters()[name]
+            mask = quant.ste_mask(p, dtype, per="channel", axis=0) if fq[name] is not p else 1
             np.testing.assert_allclose(g, want[name] * mask, rtol=1e-9, atol=1e-12, err_msg=name)
     else:
         _check_integer_qat_dense(dtype)

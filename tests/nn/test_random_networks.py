@@ -1,10 +1,9 @@
 """Gradient checks on randomly composed networks: seeded loops draw a layer stack that fits the
 shapes (images -> conv/pool, sequences -> recurrent/attention/conv1d, vectors -> everything else),
 then every input and parameter gradient is compared with finite differences in float64."""
+import gradcheck
 import numpy as np
 import pytest
-
-import gradcheck
 
 ACTS = ["relu", "tanh", "gelu", "silu", "sigmoid", "elu", "softplus", "mish", "linear"]
 

@@ -133,6 +133,7 @@ def test_mnist_5k_mlp_reaches_95_percent():
 
 def test_progress_redraws_in_place_on_a_terminal():
     import io
+
     from loom.nn.progress import Progress
 
     class Tty(io.StringIO):

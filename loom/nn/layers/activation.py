@@ -6,7 +6,6 @@ relu6(x + 3) / 6.
 """
 from __future__ import annotations
 
-
 from ...kernels import fused, ops
 from .base import Layer, register
 

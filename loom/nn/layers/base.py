@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from ... import rng
-from ...kernels import ops
 from ...errors import ConfigError
+from ...kernels import ops
 
-REGISTRY: dict[str, type["Layer"]] = {}
+REGISTRY: dict[str, type[Layer]] = {}
 
 
 def register(*types: str):
@@ -60,7 +60,7 @@ class BuildContext:
     path: str = ""    # JSON path for errors: "layers[2].branches[0]"
     prefix: str = ""  # parameter-name prefix: "layers.2.branches.0"
 
-    def child(self, key: str, index: int | None = None) -> "BuildContext":
+    def child(self, key: str, index: int | None = None) -> BuildContext:
         path = f"{self.path}.{key}" if self.path else key
         prefix = f"{self.prefix}.{key}" if self.prefix else key
         if index is not None:
@@ -192,7 +192,7 @@ class Layer(ABC):
         self.buffers[name] = value
         return value
 
-    def add_child(self, key: str, cfg: dict, in_spec: Spec, ctx: BuildContext) -> "Layer":
+    def add_child(self, key: str, cfg: dict, in_spec: Spec, ctx: BuildContext) -> Layer:
         """Build a nested layer registered as `key` ("layers.0", "gate")."""
         layer = build(cfg, in_spec, ctx)
         self.children[key] = layer

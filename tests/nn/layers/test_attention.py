@@ -1,7 +1,7 @@
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 
 TAIL_MASK = np.array([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=bool)

@@ -1,9 +1,9 @@
 """dropout, embedding, layer_norm, rms_norm, batch_norm, swiglu, activation, flatten, reshape,
 residual, sequential: gradients, PyTorch parity and behaviour."""
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 from loom.config import ACTIVATIONS
 

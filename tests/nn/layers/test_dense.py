@@ -1,7 +1,7 @@
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 from loom.config import ACTIVATIONS
 
 

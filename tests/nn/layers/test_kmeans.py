@@ -1,8 +1,8 @@
 """kmeans: gradients in both output modes, forward values against the definition, training."""
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 
 

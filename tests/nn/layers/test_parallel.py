@@ -1,9 +1,9 @@
 """parallel: every combine mode's gradients, grid_scatter placement, filter (mixture of experts)
 routing and training, shape errors and parameter names."""
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 from loom.nn.layers import ForwardContext
 

@@ -1,7 +1,7 @@
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 
 KINDS = ("rnn", "lstm", "gru")

@@ -1,9 +1,9 @@
 import math
 
+import gradcheck
 import numpy as np
 import pytest
 
-import gradcheck
 import loom
 from loom.nn.layers.softmax import gumbel_from_uniform
 
