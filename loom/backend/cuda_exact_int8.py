@@ -17,10 +17,9 @@ exceeds 2 |G| <= K 2^(2 bits_a + bits_b + 1) = 2^(107 - log2 K - bits_b) <= 2^71
 reach it (2048 < K <= 2^14, bits_b = 24; `takes` checks the bound itself), so G is the balanced
 representative.
 
-On the H100 the nine int8 GEMMs of a 4096^3 product take 1.13 ms (SGEMM: 2.66 ms); the residues
-(nine bytes per element of each operand) and the nine int32 products (36 bytes per entry, written
-and read once) bring it to 1.96 ms, 1.35x SGEMM's speed (docs/performance.md, "Slices on int8
-tensor cores"). The right operand's residues are stored transposed, as the int8 GEMM's fast "TN"
+Besides the nine int8 GEMMs, the cost is memory traffic: the residues (nine bytes per element of each
+operand) and the nine int32 products (36 bytes per entry, written and read once); docs/performance.md,
+"Deterministic GEMM and train steps", has the measured speed against SGEMM. The right operand's residues are stored transposed, as the int8 GEMM's fast "TN"
 layout wants (cublas.CuBLAS.gemm_int8).
 """
 from __future__ import annotations

@@ -4,8 +4,8 @@ reference's bits.
 
 `CUDABackend.fused_exact` is this module; loom/kernels/fused.py calls it in deterministic mode as it
 calls cuda_kernels in fast mode, after the same checks (C-contiguous, non-empty, one dtype).
-The reference composition is ten to twenty CuPy launches per call (each exact sum alone is five);
-in the encoder benchmark's deterministic step they were about 20 ms of 79 (docs/performance.md).
+The reference composition is ten to twenty CuPy launches per call (each exact sum alone is five),
+a large share of a deterministic transformer step before these kernels (docs/performance.md).
 
 Same bits as the reference, by construction:
 - the transcendentals are mathlib's (the kernel IR lowered to CUDA C, as ops.canonical runs them);
