@@ -19,8 +19,8 @@ representative.
 
 Besides the nine int8 GEMMs, the cost is memory traffic: the residues (nine bytes per element of each
 operand) and the nine int32 products (36 bytes per entry, written and read once); docs/performance.md,
-"Deterministic GEMM and train steps", has the measured speed against SGEMM. The right operand's residues are stored transposed, as the int8 GEMM's fast "TN"
-layout wants (cublas.CuBLAS.gemm_int8).
+"Deterministic GEMM and train steps", has the measured speed against SGEMM. The right operand's
+residues are stored transposed, as the int8 GEMM's fast "TN" layout wants (cublas.CuBLAS.gemm_int8).
 """
 from __future__ import annotations
 
