@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cpu_jit, ir
+from . import cpu_jit, ir, lower_numpy
 
 _PRELUDE = '''\
 import numpy as np
@@ -67,12 +67,7 @@ def available() -> bool:
 def evaluate(fn: ir.Function, *arrays):
     """lower_numpy.evaluate's result for NumPy `arrays` (same checks, same broadcasting, same bits),
     from the compiled loop. Call only where available()."""
-    if len(arrays) != len(fn.params):
-        raise TypeError(f"{fn.name} takes {len(fn.params)} arrays, got {len(arrays)}")
-    for i, (a, p) in enumerate(zip(arrays, fn.params)):
-        if np.dtype(a.dtype) != p.type.dtype:
-            raise TypeError(f"{fn.name}: argument {i} has dtype {a.dtype}, expected {p.type.dtype}")
-    shape = np.broadcast_shapes(*(np.shape(a) for a in arrays)) if arrays else ()
+    shape = lower_numpy.check_arguments(fn, arrays)
     flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrays]
     outs = tuple(np.empty(shape, dtype=r.type.dtype) for r in fn.results)
     _kernel(fn)(*flat, *(o.reshape(-1) for o in outs))

@@ -25,12 +25,7 @@ def evaluate(fn: ir.Function, *arrays, xp=np, chunk: int | None = None):
     With NumPy, large arrays go through in slices of `chunk` elements (CHUNK by default; 0 turns
     it off); elements are independent, so the bits are the same either way. Other array modules
     (CuPy) get whole arrays: there each ufunc is a kernel launch."""
-    if len(arrays) != len(fn.params):
-        raise TypeError(f"{fn.name} takes {len(fn.params)} arrays, got {len(arrays)}")
-    for i, (a, p) in enumerate(zip(arrays, fn.params)):
-        if np.dtype(a.dtype) != p.type.dtype:
-            raise TypeError(f"{fn.name}: argument {i} has dtype {a.dtype}, expected {p.type.dtype}")
-    shape = np.broadcast_shapes(*(tuple(a.shape) for a in arrays)) if arrays else ()
+    shape = check_arguments(fn, arrays)
     size = int(np.prod(shape, dtype=np.int64))
     chunk = (CHUNK if xp is np else 0) if chunk is None else chunk
     if not chunk or size <= chunk:
@@ -44,6 +39,17 @@ def evaluate(fn: ir.Function, *arrays, xp=np, chunk: int | None = None):
                 out[start:stop] = part
         outs = tuple(o.reshape(shape) for o in outs)
     return outs[0] if len(outs) == 1 else outs
+
+
+def check_arguments(fn: ir.Function, arrays) -> tuple:
+    """The broadcast shape of `arrays`, one per parameter of `fn` and each of exactly its dtype
+    (TypeError naming the argument otherwise): every lowering's evaluate takes the same arguments."""
+    if len(arrays) != len(fn.params):
+        raise TypeError(f"{fn.name} takes {len(fn.params)} arrays, got {len(arrays)}")
+    for i, (a, p) in enumerate(zip(arrays, fn.params)):
+        if np.dtype(a.dtype) != p.type.dtype:
+            raise TypeError(f"{fn.name}: argument {i} has dtype {a.dtype}, expected {p.type.dtype}")
+    return np.broadcast_shapes(*(tuple(np.shape(a)) for a in arrays)) if arrays else ()
 
 
 def _run(fn, arrays, shape, xp):
