@@ -55,6 +55,13 @@ def loaded(folder):
     return lambda: loom.llm.load(folder, device="cuda").decoder
 
 
+def saved(kind, extra, folder):
+    """A 2-layer tiny `kind` decoder (extra: its config keys, "tied" for tied embeddings) saved in folder."""
+    extra = dict(extra)
+    tied = extra.pop("tied", False)
+    td.save(td.build(kind, layers=2, tied=tied, hidden_size=256, intermediate_size=192, **extra), folder)
+
+
 def built(config, weights):
     return lambda: Decoder(config, weights, device="cuda")
 
@@ -63,10 +70,7 @@ def built(config, weights):
     ("llama", {}), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
     ("mistral", {"sliding_window": 4}), ("qwen3", {"head_dim": 64, "tied": True})])
 def test_graph_decode_matches_the_array_path(kind, extra, tmp_path):
-    extra = dict(extra)
-    tied = extra.pop("tied", False)
-    model = td.build(kind, layers=2, tied=tied, hidden_size=256, intermediate_size=192, **extra)
-    td.save(model, tmp_path)
+    saved(kind, extra, tmp_path)
     with loom.deterministic(False):
         graph, eager = _graph_and_eager(loaded(tmp_path))
         got, want = _both(graph, eager, PROMPT, STEPS)

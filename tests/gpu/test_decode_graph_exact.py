@@ -2,8 +2,6 @@
 cuda_decode_exact): its logits and KV cache equal the kernel-by-kernel path's and the CPU's bit for bit,
 for every architecture option and stored weight type, whatever the batch; its products equal the exact
 GEMM's bits where the certification must be settled and where inf and NaN meet."""
-import os
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +12,12 @@ from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig
 
 from .cpu_gpu import host, same_bits
-from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, loaded
+from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, loaded, saved
 
 cupy = pytest.importorskip("cupy")
 from loom.backend import cuda_quant, cuda_quant_exact  # noqa: E402  (imports cupy)
 
 pytestmark = pytest.mark.gpu
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "llm"))
-import tiny_decoders as td  # noqa: E402
 
 STEPS = 6
 
@@ -56,9 +52,7 @@ def _check(graph, eager, cpu, prompts):
     ("llama", {}), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
     ("mistral", {"sliding_window": 4}), ("qwen3", {"head_dim": 32, "tied": True})])
 def test_exact_graph_gives_the_array_paths_bits(kind, extra, tmp_path):
-    extra = dict(extra)
-    tied = extra.pop("tied", False)
-    td.save(td.build(kind, layers=2, tied=tied, hidden_size=256, intermediate_size=192, **extra), tmp_path)
+    saved(kind, extra, tmp_path)
     with loom.deterministic(True):
         graph, eager = _graph_and_eager(loaded(tmp_path))
         prompts = np.array([PROMPT, [(t * 5 + 1) % 97 for t in PROMPT], PROMPT[::-1]])
