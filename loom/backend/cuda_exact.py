@@ -17,7 +17,8 @@ Capturable: no synchronization, scalars as arguments.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
+from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -721,51 +722,106 @@ def matmul_rounded(be, a, b, factor: float):
     squares is then not finite)."""
     with translating("exact GEMM (rounded) operands", a, b):
         a, b = _dense(a), _dense(b)
-        shape_a, shape_b = a.shape[:-1] + (1,), b.shape[:-2] + (1, b.shape[-1])
-        size_a = math.prod(shape_a)
+        plan = _rounded_plan(a.shape, a.strides, b.shape, b.strides, cupy.cuda.runtime.getDevice())
         # one memset for both sums of squares and the count of entries to settle (its last element)
-        squares = cupy.zeros(size_a + math.prod(shape_b) + 1, dtype=np.float64)
-        sa, sb = squares[:size_a].reshape(shape_a), squares[size_a:-1].reshape(shape_b)
+        squares = cupy.zeros(plan.size_a + plan.size_b + 1, dtype=np.float64)
+        sa = squares[:plan.size_a].reshape(plan.shape_a)
+        sb = squares[plan.size_a:-1].reshape(plan.shape_b)
         a64, b64 = squares_copy(a, -1, sa), squares_copy(b, -2, sb)
     r = cupy.ascontiguousarray(be.matmul(a64, b64))
-    batch = r.shape[:-2] or (1,)
-    a4, b4 = _batched(a, batch), _batched(b, batch)
-    outer, inner, m, k = a4.shape
-    n = b4.shape[3]
     out = cupy.empty(r.shape, dtype=np.float32)
     total = r.size
     if total:
-        wide = total >= 1 << 31
-        module = _rounded_module()
-        rooted = total > _ROOTS_FROM
-        sizes = tuple(np.int64(v) for v in (total, inner, m, n))
         with translating("exact GEMM (rounded) certification", r):
-            norms = cupy.sqrt(squares) if rooted else squares
-            r4, c4 = _batched(norms[:size_a].reshape(shape_a), batch), _batched(norms[size_a:-1].reshape(shape_b), batch)
-            args = (r4, c4, a4, b4, out, np.int64(k), *_elements(a4), *_elements(b4), *_elements(r4)[:3],
-                       *(_elements(c4)[:2] + _elements(c4)[3:]))
-            sms = _multiprocessors(cupy.cuda.Device().id)
-            blocks = (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * sms),)
-            team = k > _TEAM_FROM
-            if total <= _SETTLE_INSIDE_MAX and not team:
-                module.get_function("loom_rounded_certify_settle")(
-                    blocks, (256,), (*args, r, np.float64(factor), np.int32(rooted), *sizes))
-                return out
-            doubtful = cupy.empty(total, dtype=np.uint64 if wide else np.uint32)     # the entries to settle
-            count = squares[-1:].view(np.uint64)                                      # zeroed with the squares
-            module.get_function("loom_rounded_certify64" if wide else "loom_rounded_certify32")(
-                blocks, (256,), (*args, r, doubtful, count, np.float64(factor), np.int32(rooted), *sizes))
-            # a warp per listed entry (a block for long sums); the grid cannot know how many (no
-            # host read), so it is one wave of the GPU (two blocks per multiprocessor: the kernel's
-            # registers allow two) whose warps take turns; a larger grid costs a few microseconds
-            # when nothing is listed
-            if team:
-                module.get_function("loom_rounded_settle_team64" if wide else "loom_rounded_settle_team32")(
-                    (min(total, 2 * sms),), (256,), (*args, doubtful, count, *sizes))
+            norms = cupy.sqrt(squares) if plan.rooted else squares
+            r4, c4 = norms, norms[plan.size_a:]         # (their strides are in the plan)
+            if plan.strides is None:                    # more than two batch axes that do not merge
+                a, b = _batched(a, plan.batch), _batched(b, plan.batch)
+                r4, c4 = (_batched(norms[:plan.size_a].reshape(plan.shape_a), plan.batch),
+                          _batched(norms[plan.size_a:-1].reshape(plan.shape_b), plan.batch))
+                strides = (*_elements(a), *_elements(b), *_elements(r4)[:3], *(_elements(c4)[:2] + _elements(c4)[3:]))
             else:
-                module.get_function("loom_rounded_settle64" if wide else "loom_rounded_settle32")(
-                    (min(-(-total // 8), 2 * sms),), (256,), (*args, doubtful, count, *sizes))
+                strides = plan.strides
+            args = (r4, c4, a, b, out, plan.k, *strides)
+            sizes = plan.sizes
+            if plan.kernels[1] is None:
+                plan.kernels[0](plan.blocks, (256,), (*args, r, np.float64(factor), np.int32(plan.rooted), *sizes))
+                return out
+            doubtful = cupy.empty(total, dtype=np.uint64 if plan.wide else np.uint32)   # the entries to settle
+            count = squares[-1:].view(np.uint64)                                        # zeroed with the squares
+            plan.kernels[0](plan.blocks, (256,), (*args, r, doubtful, count, np.float64(factor),
+                                                  np.int32(plan.rooted), *sizes))
+            plan.kernels[1](plan.settle_blocks, (256,), (*args, doubtful, count, *sizes))
     return out
+
+
+class _RoundedPlan(NamedTuple):
+    """What matmul_rounded computes from its operands' shapes and strides alone."""
+    shape_a: tuple          # the sums of squares' shapes and sizes
+    shape_b: tuple
+    size_a: int
+    size_b: int
+    batch: tuple            # the product's batch axes ((1,) for none)
+    k: np.int64
+    strides: tuple | None   # the element strides of a, b, the row norms and the column norms as the
+                            # kernels take them, or None where _batched must copy
+    sizes: tuple            # total, inner, m, n
+    rooted: bool
+    wide: bool
+    blocks: tuple
+    settle_blocks: tuple
+    kernels: tuple          # (certify, settle): (certify-and-settle, None) for small products
+
+
+@lru_cache(maxsize=1024)
+def _rounded_plan(shape_a: tuple, strides_a: tuple, shape_b: tuple, strides_b: tuple, device: int) -> _RoundedPlan:
+    """matmul_rounded's plan for float32 operands of these shapes and strides (cached: a prefill runs
+    the same few products hundreds of times, and working this out cost as much as the launches)."""
+    sq_a, sq_b = shape_a[:-1] + (1,), shape_b[:-2] + (1, shape_b[-1])
+    batch = np.broadcast_shapes(shape_a[:-2], shape_b[:-2]) or (1,)
+    m, k, n = shape_a[-2], shape_a[-1], shape_b[-1]
+    inner = batch[-1]                               # _batched's second axis
+    total = math.prod(batch) * m * n
+    strides = None
+    if len(batch) <= 2:
+        a4, b4 = _strides4(shape_a, strides_a, 4, batch), _strides4(shape_b, strides_b, 4, batch)
+        r4, c4 = _strides4(sq_a, _c_strides(sq_a, 8), 8, batch), _strides4(sq_b, _c_strides(sq_b, 8), 8, batch)
+        strides = tuple(np.int64(v) for v in (*a4, *b4, *r4[:3], *c4[:2], *c4[3:]))
+    sms = _multiprocessors(device)
+    module = _rounded_module()
+    team, wide = k > _TEAM_FROM, total >= 1 << 31
+    if total <= _SETTLE_INSIDE_MAX and not team:
+        kernels = (module.get_function("loom_rounded_certify_settle"), None)
+    else:
+        certify = "loom_rounded_certify64" if wide else "loom_rounded_certify32"
+        settle = ("loom_rounded_settle_team" if team else "loom_rounded_settle") + ("64" if wide else "32")
+        kernels = (module.get_function(certify), module.get_function(settle))
+    # the settling's grid: a warp per listed entry (a block for long sums); the grid cannot know how
+    # many (no host read), so it is one wave of the GPU (two blocks per multiprocessor: the kernel's
+    # registers allow two) whose warps take turns; a larger grid costs a few microseconds when
+    # nothing is listed
+    settle_blocks = (min(total, 2 * sms),) if team else (min(-(-total // 8), 2 * sms),)
+    return _RoundedPlan(sq_a, sq_b, math.prod(sq_a), math.prod(sq_b), batch, np.int64(k), strides,
+                        tuple(np.int64(v) for v in (total, inner, m, n)), total > _ROOTS_FROM, wide,
+                        (min(-(-total // 256), _CERTIFY_BLOCKS_PER_SM * sms),), settle_blocks, kernels)
+
+
+def _c_strides(shape: tuple, itemsize: int) -> tuple:
+    strides, step = [], itemsize
+    for d in reversed(shape):
+        strides.append(step)
+        step *= d
+    return tuple(reversed(strides))
+
+
+def _strides4(shape: tuple, strides: tuple, itemsize: int, batch: tuple) -> tuple:
+    """The element strides of _batched(x, batch) for x of this shape and strides (at most two batch
+    axes: a view then, broadcast axes of stride 0)."""
+    full = batch + shape[-2:]
+    pad = len(full) - len(shape)
+    out = [0 if i < pad or (shape[i - pad] == 1 and d != 1) else strides[i - pad] // itemsize
+           for i, d in enumerate(full)]
+    return tuple([0] * (4 - len(out)) + out)
 
 
 def _dense(x):

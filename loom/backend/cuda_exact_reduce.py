@@ -17,7 +17,7 @@ Capturable: no synchronization; buffers are zeroed with memsets.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 import cupy
 import numpy as np
@@ -37,12 +37,67 @@ __device__ __forceinline__ int loom_top_exponent(float m) {
 
 # exact.sum of one row by one block (after cuda_kernels' ROW_HELPERS): the finite maximum, then
 # the integers and the specials, each combined over the block; no atomics, no zeroed buffers.
+# A row of at most LOOM_HELD values per thread is read once into registers and combined with two
+# barriers (one for the maximum and whether any value is inf or NaN, one for the integers); a longer
+# one is read twice, with a barrier per block_reduce. Both give the same bits: the integers' sum is
+# exact in any order.
 EXACT_ROW_SUM = TOP_EXPONENT + r"""
-struct Scratch { unsigned patterns[32]; double sums[32]; };   // for block_reduce
+struct Scratch { unsigned patterns[32]; unsigned flags[32]; double sums[32]; };
+#define LOOM_HELD 8
+
+// exact.sum of the values v[i] (entry threadIdx.x + i blockDim.x of the row; 0 past its end) held by
+// every thread of the block, rounded once to float (bits = 53 - ceil(log2 n)). Each barrier separates
+// a write of an array of `s` from the previous call's reads of it.
+template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, Scratch& s) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    unsigned top = 0, special = 0;    // the finite maximum of |v| as a pattern: they order alike
+    #pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const unsigned k = __float_as_uint(v[i]) & 0x7fffffffu;
+        if (k < 0x7f800000u) top = max(top, k);
+        else special = 1u;
+    }
+    top = warp_reduce(top, MaxOp());
+    special = warp_reduce(special, MaxOp());
+    if (nwarps > 1) {
+        if (lane == 0) { s.patterns[warp] = top; s.flags[warp] = special; }
+        __syncthreads();
+        top = warp_reduce(lane < nwarps ? s.patterns[lane] : 0u, MaxOp());
+        special = warp_reduce(lane < nwarps ? s.flags[lane] : 0u, MaxOp());
+    }
+    if (special) {                    // inf and NaN only: any order, same sum
+        double specials = 0.0;
+        #pragma unroll
+        for (int i = 0; i < R; ++i) if (!isfinite(v[i])) specials += (double)v[i];
+        return (float)block_reduce(specials, s.sums, 0.0, AddOp());
+    }
+    const int shift = bits - loom_top_exponent(__uint_as_float(top));
+    // 2^shift: |shift| < 300, so v 2^shift is exact, ldexp's value
+    const double scale = __longlong_as_double((long long)(1023 + shift) << 52);
+    double total = 0.0;
+    #pragma unroll
+    for (int i = 0; i < R; ++i) total += rint(__dmul_rn((double)v[i], scale));
+    total = warp_reduce(total, AddOp());                        // integers below 2^53: exact
+    if (nwarps > 1) {
+        if (lane == 0) s.sums[warp] = total;
+        __syncthreads();
+        total = warp_reduce(lane < nwarps ? s.sums[lane] : 0.0, AddOp());
+    }
+    return __double2float_rn(ldexp(total, -shift));
+}
 
 // exact.sum of value(j) for j < n, rounded once to float (bits = 53 - ceil(log2 n)).
 template <class F> __device__ float exact_row_sum(F value, long long n, int bits, Scratch& s) {
-    unsigned top = 0;                 // the finite maximum of |v| as a pattern: they order alike
+    if (n <= LOOM_HELD * (long long)blockDim.x) {
+        float v[LOOM_HELD];
+        #pragma unroll
+        for (int i = 0; i < LOOM_HELD; ++i) {
+            const long long j = threadIdx.x + (long long)i * blockDim.x;
+            v[i] = j < n ? value(j) : 0.0f;
+        }
+        return exact_sum_held(v, bits, s);
+    }
+    unsigned top = 0;
     double specials = 0.0;
     for (long long j = threadIdx.x; j < n; j += blockDim.x) {
         const float v = value(j);
@@ -51,14 +106,14 @@ template <class F> __device__ float exact_row_sum(F value, long long n, int bits
         else specials += (double)v;
     }
     top = block_reduce(top, s.patterns, 0u, MaxOp());
-    specials = block_reduce(specials, s.sums, 0.0, AddOp());    // inf and NaN only: any order, same sum
+    specials = block_reduce(specials, s.sums, 0.0, AddOp());
     const int shift = bits - loom_top_exponent(__uint_as_float(top));
     double total = 0.0;
     for (long long j = threadIdx.x; j < n; j += blockDim.x) {
         const float v = value(j);
         if (isfinite(v)) total += rint(ldexp((double)v, shift));
     }
-    total = block_reduce(total, s.sums, 0.0, AddOp());          // integers below 2^53: exact
+    total = block_reduce(total, s.sums, 0.0, AddOp());
     return specials == 0.0 ? __double2float_rn(ldexp(total, -shift)) : (float)specials;
 }
 
@@ -231,7 +286,21 @@ def _layout(x, axes: tuple):
     """(x, outputs, length, kept, sb, sk, sr): x read as outputs x length, output o = z * kept + i at
     element offset z * sb + i * sk, its values r * sr further. The reduced axes must merge into one
     and the kept ones into at most two; otherwise x is copied with the reduced axes last."""
-    dims = [(d, s // x.itemsize, i in axes) for i, (d, s) in enumerate(zip(x.shape, x.strides)) if d != 1]
+    geometry = _geometry(x.shape, x.strides, x.itemsize, axes)
+    if geometry is None:
+        keep = [i for i in range(x.ndim) if i not in axes]
+        length = math.prod(x.shape[a] for a in axes)
+        flat = cupy.ascontiguousarray(x.transpose(keep + list(axes))).reshape(-1, length)
+        return _layout(flat, (1,))
+    return (x, *geometry)
+
+
+@lru_cache(maxsize=4096)
+def _geometry(shape: tuple, strides: tuple, itemsize: int, axes: tuple) -> tuple | None:
+    """_layout's (outputs, length, kept, sb, sk, sr) for an array of this shape and these strides, or
+    None where the axes do not merge (cached: a prefill asks for the same few shapes hundreds of
+    times)."""
+    dims = [(d, s // itemsize, i in axes) for i, (d, s) in enumerate(zip(shape, strides)) if d != 1]
     groups = []                                     # merge neighbours of one kind that merge in memory
     for d, s, reduced in dims:
         if groups and groups[-1][2] == reduced and groups[-1][1] == d * s:
@@ -241,13 +310,10 @@ def _layout(x, axes: tuple):
     red = [g for g in groups if g[2]]
     kept = [g for g in groups if not g[2]]
     if len(red) > 1 or len(kept) > 2:
-        keep = [i for i in range(x.ndim) if i not in axes]
-        length = math.prod(x.shape[a] for a in axes)
-        flat = cupy.ascontiguousarray(x.transpose(keep + list(axes))).reshape(-1, length)
-        return _layout(flat, (1,))
+        return None
     length, sr = (red[0][0], red[0][1]) if red else (1, 0)
     (nb, sb), (nk, sk) = ([(1, 0)] * (2 - len(kept)) + [(g[0], g[1]) for g in kept])
-    return x, nb * nk, length, nk, sb, sk, sr
+    return nb * nk, length, nk, sb, sk, sr
 
 
 @cache
@@ -259,23 +325,29 @@ def _blocks_kernel():
 def _launch(name: str, dtype, x, axes: tuple, args: tuple) -> None:
     """Launch the "along" or "across" form of reduction `name` over x's axes, with the reduction's
     own `args` (after x, before the layout)."""
-    x, outputs, length, kept, sb, sk, sr = _layout(x, axes)
+    x, *geometry = _layout(x, axes)
+    function, grid, block, tail = _launch_plan(name, np.dtype(dtype), *geometry)
+    function(grid, block, (x, *args, *tail))
+
+
+@lru_cache(maxsize=4096)
+def _launch_plan(name: str, dtype, outputs: int, length: int, kept: int, sb: int, sk: int, sr: int) -> tuple:
+    """(kernel, grid, block, the arguments after the reduction's own) of `_launch`."""
     geometry = tuple(np.int64(v) for v in (outputs, length, kept, sb, sk, sr))
-    module = _module(np.dtype(dtype))
+    module = _module(dtype)
     if (sr == 1 and length > _SHORT) or (sk != 1 and sr != 1):       # along: one warp per (output, part)
         splits = max(1, min(-(-length // 256), -(-_BUSY_WARPS // outputs)))
         chunk = -(-length // splits)
         chunk = -(-chunk // 32) * 32
         splits = -(-length // chunk)
         blocks = -(-outputs * splits // 8)
-        module.get_function(name + "_along")((blocks,), (256,), (x, *args, *geometry, np.int64(splits),
-                                                                  np.int64(chunk)))
-    else:   # across: 32 outputs per block, rows in parts (short rows too: the block reads one stretch)
-        columns = -(-outputs // 32)
-        splits = max(1, min(-(-length // 64), -(-_BUSY_BLOCKS // columns), 65535))
-        chunk = -(-length // splits)
-        splits = -(-length // chunk)
-        module.get_function(name + "_across")((columns, splits), (32, 8), (x, *args, *geometry, np.int64(chunk)))
+        return module.get_function(name + "_along"), (blocks,), (256,), (*geometry, np.int64(splits), np.int64(chunk))
+    # across: 32 outputs per block, rows in parts (short rows too: the block reads one stretch)
+    columns = -(-outputs // 32)
+    splits = max(1, min(-(-length // 64), -(-_BUSY_BLOCKS // columns), 65535))
+    chunk = -(-length // splits)
+    splits = -(-length // chunk)
+    return module.get_function(name + "_across"), (columns, splits), (32, 8), (*geometry, np.int64(chunk))
 
 
 def squares_copy(x, axis: int, out):
@@ -284,7 +356,7 @@ def squares_copy(x, axis: int, out):
     of the squares of x along `axis` added into `out` (zeroed float64 of x's kept shape): exact_rounded's
     norms, squared, in the copy's one pass. NaN where a NaN is, inf where an inf is; the order of the
     additions is free (atomics)."""
-    if _layout(x, (axis % x.ndim,))[0] is not x:        # (axes that do not merge: a copy to reduce)
+    if _geometry(x.shape, x.strides, x.itemsize, (axis % x.ndim,)) is None:   # (a copy to reduce)
         x = cupy.ascontiguousarray(x)
     base = cupy.empty(x.size, dtype=np.float64)
     copy = cupy.ndarray(x.shape, np.float64, base.data, strides=tuple(2 * s for s in x.strides))

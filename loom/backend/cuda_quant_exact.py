@@ -19,10 +19,11 @@ each value exactly as loom.kernels.gguf_quants does), with float64 sums instead 
 Around the product, the operations of loom/llm/decoder.py's array code, each with its bits: epilogues
 + bias, a residual (h + (x W^T + b)), or SwiGLU (silu(g) * u with mathlib's sigmoid, as
 fused.activation in deterministic mode); and `rms_norm`, fused.rms_norm's output (the exact sum of
-squares, exact.sum's scheme) as a kernel of its own: unlike fast mode's prologue, repeated by every
-block of a product it cost more than its launch (H100: the lm_head's 6,144 blocks, about 40 us a
-step; the layer's products, one wave of blocks, 0.5-1.5 us each even with one warp per block
-computing it).
+squares, exact.sum's scheme), either in the prologue of the product that reads it (`gemv`'s `norm`:
+every block computes it while staging x; the layer's products, one wave of blocks) or as a kernel of
+its own (`rms_norm`: before the lm_head, whose 6,144 blocks would repeat it). In a recorded step the
+prologue is cheaper than the extra kernel, and the last block of the product before computing it for
+all (a ticket counted with atomics) was dearer than either.
 `CUDABackend.quant_exact_kernels` is this module; loom/llm/decode_graph.py records it in deterministic
 mode. Capturable: sizes as arguments, no sync, no host read.
 """
@@ -116,6 +117,32 @@ __device__ __forceinline__ float loom_mark(float x) { return isfinite(x) ? (x > 
 """
 
 _SOURCE = r"""
+// fused.rms_norm's y = (x * rstd) * w, rstd = 1 / sqrt(exact sum(x^2) / cols + eps), for one row xr of
+// x, by a whole block. `at(k)` reads xr[k]; a row of at most LOOM_HELD entries per thread is read once.
+template <class At> __device__ void loom_rms_norm_row(At at, const float* w, float* out, int cols, float eps,
+                                                      int bits, Scratch& scratch) {
+    if (cols <= LOOM_HELD * (int)blockDim.x) {
+        float x[LOOM_HELD], sq[LOOM_HELD];
+        #pragma unroll
+        for (int i = 0; i < LOOM_HELD; ++i) {
+            const int k = threadIdx.x + i * blockDim.x;
+            x[i] = k < cols ? at(k) : 0.0f;
+            sq[i] = x[i] * x[i];
+        }
+        const float inv = 1.0f / loom_sqrt(exact_sum_held(sq, bits, scratch) / (float)cols + eps);
+        #pragma unroll
+        for (int i = 0; i < LOOM_HELD; ++i) {
+            const int k = threadIdx.x + i * blockDim.x;
+            if (k < cols) out[k] = (x[i] * inv) * w[k];
+        }
+        return;
+    }
+    const float ms = exact_row_sum([&](long long k) { const float v = at(k); return v * v; }, cols, bits, scratch)
+                     / (float)cols;
+    const float inv = 1.0f / loom_sqrt(ms + eps);
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) out[k] = (at(k) * inv) * w[k];
+}
+
 // EPI 0: out[m, r] = (res[m, r] +) (x W[r]^T (+ bias[r])); EPI 1 (SwiGLU): out[m, r] = silu(g) * u, g and u
 // the products with rows r and r + rows (+ bias). One warp (WPR warps, their sums met in shared memory)
 // per row of W; lanes as cuda_quant's kernel; x staged in shared memory when it fits.
@@ -123,8 +150,10 @@ _SOURCE = r"""
 #define STAGE (MR * NB * 32 <= STAGE_FLOATS)
 #define COLS (NB * 32)
 extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
-        const unsigned char* w, const float* x, float* out, int rows, const float* bias, const float* res, double factor) {
+        const unsigned char* w, const float* x, float* out, int rows, const float* bias, const float* res, double factor,
+        const float* norm_w, float eps, int bits) {
     __shared__ double partial[8][2][EPI + 1][MR];
+    __shared__ Scratch scratch;
     __shared__ __align__(16) float x_s[STAGE ? MR * COLS : 4];
     const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
     const int warp = global_warp / WPR, slice = global_warp % WPR, local = threadIdx.x >> 5;
@@ -138,7 +167,13 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
     }
     wait_for_previous_kernel();
     if (STAGE) {
-        for (int k = threadIdx.x; k < MR * COLS / 4; k += blockDim.x) ((float4*)x_s)[k] = ((const float4*)x)[k];
+        if (norm_w != 0) {          // x_s = rms_norm(x, norm_w), each block on its own
+            for (int m = 0; m < MR; ++m)
+                loom_rms_norm_row([&](long long k) { return x[m * COLS + k]; }, norm_w, x_s + m * COLS, COLS, eps, bits,
+                                  scratch);
+        } else {
+            for (int k = threadIdx.x; k < MR * COLS / 4; k += blockDim.x) ((float4*)x_s)[k] = ((const float4*)x)[k];
+        }
         __syncthreads();
     }
     const float* xv = STAGE ? x_s : x;
@@ -221,16 +256,14 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
     }
 }
 
-// fused.rms_norm's y = (x * rstd) * w, rstd = 1 / sqrt(exact sum(x^2) / cols + eps), for each row of x
-// [rows, cols], a block per row: once per step, where every block of a product would repeat it.
+// The same norm for each row of x [rows, cols], a block per row (the norm after the embedding).
 extern "C" __global__ void loom_exact_rms_norm(const float* x, const float* w, float* out, int cols, float eps,
                                                int bits) {
     __shared__ Scratch scratch;
     wait_for_previous_kernel();
     const float* xr = x + (long long)blockIdx.x * cols;
-    const float ms = exact_row_sum([&](long long k) { return xr[k] * xr[k]; }, cols, bits, scratch) / (float)cols;
-    const float inv = 1.0f / loom_sqrt(ms + eps);
-    for (int k = threadIdx.x; k < cols; k += blockDim.x) out[(long long)blockIdx.x * cols + k] = (xr[k] * inv) * w[k];
+    loom_rms_norm_row([&](long long k) { return xr[k]; }, w, out + (long long)blockIdx.x * cols, cols, eps, bits,
+                      scratch);
 }
 """
 
@@ -268,19 +301,29 @@ def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
     return None
 
 
-def gemv(data, qtype: str, x, out, bias=None, residual=None, swiglu: bool = False, overlap: bool = False) -> None:
-    """cuda_quant.gemv's product and epilogues (same arguments but the norm: `rms_norm` runs it once
-    before) with deterministic mode's bits; x C-contiguous and 16-byte aligned; the caller has checked
-    `unsupported`."""
+def gemv(data, qtype: str, x, out, bias=None, residual=None, swiglu: bool = False, overlap: bool = False,
+         norm=None, eps: float = 0.0) -> None:
+    """cuda_quant.gemv's product and epilogues with deterministic mode's bits; x C-contiguous and 16-byte
+    aligned; the caller has checked `unsupported`. With `norm` (a weight [K]), the product is that of
+    rms_norm(x, norm, eps) (`rms_norm`'s bits), each block computing it as it stages x, which needs
+    x to fit in shared memory (`stages`)."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
+    cols = x.shape[1]
+    if norm is not None and not stages(x.shape[0], cols):
+        raise ValueError(f"x [{x.shape[0]}, {cols}] is too large for the norm in the product's prologue")
     if rows and x.shape[0]:
         wpr = 1 if rows >= 2048 else 2 if rows >= 1024 else 4
         threads = 256
         blocks = (rows * wpr * 32 + threads - 1) // threads
-        cols = x.shape[1]
         kernel = _module(qtype, int(swiglu), x.shape[0], wpr, cols // 32).get_function("loom_exact_gemv")
         launch(kernel, blocks, threads, (data, x, out, np.int32(rows), pointer(bias), pointer(residual),
-                                         np.float64(_rules()[1].error_factor(cols))), overlap)
+                                         np.float64(_rules()[1].error_factor(cols)), pointer(norm), np.float32(eps),
+                                         _sum_bits(cols)), overlap)
+
+
+def stages(x_rows: int, cols: int) -> bool:
+    """Whether `gemv` stages x [x_rows, cols] in shared memory (and can take a norm)."""
+    return x_rows * cols <= STAGE_FLOATS
 
 
 def _sum_bits(n: int) -> np.int32:

@@ -137,13 +137,17 @@ class DecodeGraph:
         return ops
 
     def _exact_operations(self) -> list:
-        """operations() in deterministic mode: each RMSNorm a kernel before its product (counted with it)."""
+        """operations() in deterministic mode: each RMSNorm in its product's prologue, or a kernel before
+        it (counted with it)."""
         dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap
         quant, kernels = _kernels(dec.backend, True)
         x, h = self.normed, self.h
 
         def normed(kind, weight, w, out, **kw):
-            """The product of rms_norm(h) * weight with w, the norm a kernel before it."""
+            """The product of rms_norm(h) * weight with w: the norm in the product's prologue where h fits
+            in shared memory and the product has few blocks (not the lm_head), else a kernel before it."""
+            if kind != "lm_head" and quant.stages(*h.shape):
+                return [(kind, partial(quant.gemv, *_stored(w), h, out, norm=weight, eps=c.eps, overlap=ov, **kw))]
             return [(kind, partial(quant.rms_norm, h, weight, x, c.eps, overlap=ov)),
                     (kind, partial(quant.gemv, *_stored(w), x, out, overlap=ov, **kw))]
 
