@@ -1,23 +1,12 @@
 """Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy) and NVIDIA GPUs (CuPy)."""
 from . import llm  # loom.llm.load: language models from GGUF files and HuggingFace directories
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
+from .formats import from_bytes, load
 from .info import info
 from .mode import deterministic, is_deterministic
 from .nn import Network, NonFinite
 from .nn.train import evaluate, predict, train
-
-
-def load(path) -> Network:
-    """A network from a Loom model file (see Network.save)."""
-    from .formats import loomfile
-    return loomfile.load(path)[0]
-
-
-def from_bytes(data: bytes) -> Network:
-    from .formats import loomfile
-    return loomfile.from_bytes(data)[0]
-
-__version__ = "0.1.0"
+from .version import __version__
 
 
 def __getattr__(name: str):

@@ -9,9 +9,10 @@ def info() -> dict:
     import ml_dtypes
     import numpy as np
 
-    from . import __version__, backend
+    from . import backend
     from .config import SOFTMAX_VARIANTS
     from .nn.layers import REGISTRY
+    from .version import __version__
     devices = backend.available()
     gpus, cuda = [], {}
     if devices.get("cuda") == "ok":

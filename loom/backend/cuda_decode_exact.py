@@ -30,7 +30,7 @@ from .cuda_fused_exact import helpers
 from .cuda_kernels import OPTIONS, ROW_HELPERS
 from .cuda_launch import OVERLAP_PROLOGUE, launch
 from .cuda_quant import pointer
-from .cuda_quant_exact import _MARK, SETTLE, _rules
+from .cuda_quant_exact import _MARK, SETTLE
 
 THREADS = 256
 MAX_KEYS = 2048     # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slices scheme
@@ -164,23 +164,23 @@ def _module(head_dim: int):
 
 
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why `attention` cannot take a model's heads or a cache, or None where it can."""
+    """Why `attention` cannot take a model's heads or a cache, or None where it can. (Its products are
+    the rounded scheme's: the caller checks that exact_dispatch gives it to K = head_dim and to K =
+    max_len keys.)"""
     if head_dim % 32 or head_dim > THREADS:
         return f"head_dim {head_dim} is not a multiple of 32 up to {THREADS}"
-    exact_dispatch, _ = _rules()
-    if max_len > MAX_KEYS or max_len > exact_dispatch.ROUNDED_MAX_K:
-        return (f"a cache of {max_len} positions: attention over more than {MAX_KEYS} keys takes the "
-                f"{exact_dispatch.matmul_scheme(np.float32, MAX_KEYS + 1)} scheme")
+    if max_len > MAX_KEYS:
+        return f"a cache of {max_len} positions is more than the kernel's {MAX_KEYS} keys"
     return None
 
 
 def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
-              eps: float, overlap: bool = False) -> None:
+              eps: float, factor: float, overlap: bool = False) -> None:
     """cuda_decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
-    checked `unsupported`."""
+    checked `unsupported`; `factor` is exact_rounded.error_factor(head_dim)."""
     B, kv_heads, max_len, D = cache_k.shape
     launch(_module(D).get_function("loom_exact_decode_attention"), B * heads, THREADS,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
             np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())),
-            np.float64(_rules()[1].error_factor(D))), overlap)
+            np.float64(factor)), overlap)

@@ -25,12 +25,11 @@ from functools import cache
 import cupy
 import numpy as np
 
-from . import cuda_kernels
+from . import cuda_kernels, device_functions
 from .cuda_exact_reduce import EXACT_ROW_SUM
 from .cuda_kernels import BASICS, OPTIONS, ROW_HELPERS
 
 ROW_DTYPES = (np.dtype(np.float32),)
-_TRANSCENDENTALS = ("exp", "erf", "tanh", "sigmoid")
 
 # One block per row (grid-stride over rows), blockDim a multiple of 32; after cuda_kernels' ROW_HELPERS
 # and cuda_exact_reduce's EXACT_ROW_SUM.
@@ -136,14 +135,10 @@ extern "C" __global__ void loom_exact_rms_norm_grad_rows(const T* __restrict__ d
 
 @cache
 def helpers() -> str:
-    """cuda_kernels' device helpers with mathlib's transcendentals (float and double overloads): what
-    ops.exp, ops.erf, ops.tanh and ops.sigmoid run in deterministic mode."""
-    from ..kernels import lower_cuda, mathlib  # text generation only; no cycle at import time
-    parts = [BASICS]
-    for name in _TRANSCENDENTALS:
-        for dtype in (np.float32, np.float64):
-            parts.append(lower_cuda.device_function(mathlib.function(name, dtype), f"loom_{name}"))
-    return "\n".join(parts)
+    """cuda_kernels' device helpers with mathlib's transcendentals (float and double overloads, from
+    loom.kernels through device_functions): what ops.exp, ops.erf, ops.tanh and ops.sigmoid run in
+    deterministic mode."""
+    return BASICS + "\n" + device_functions.source("mathlib")
 
 
 @cache

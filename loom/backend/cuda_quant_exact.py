@@ -280,33 +280,24 @@ def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: 
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
-def _rules():
-    """(exact_dispatch, exact_rounded): the dispatch table this module's kernels follow (imported when
-    used: the backend does not import loom.kernels at import time)."""
-    from ..kernels import exact_dispatch, exact_rounded
-    return exact_dispatch, exact_rounded
-
-
 def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
-    """Why `gemv` cannot take a product, or None where it can."""
+    """Why `gemv` cannot take a product, or None where it can. (The kernels compute the rounded
+    scheme: the caller checks that exact_dispatch gives it to products over K = cols.)"""
     if qtype not in LAYOUTS:
         return f"no deterministic block kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})"
     if rows_of_x > MAX_ROWS:
         return f"{rows_of_x} rows of x are more than the kernel's {MAX_ROWS}"
     if cols % 32:
         return f"a width of {cols} is not a multiple of 32"
-    exact_dispatch, _ = _rules()
-    if exact_dispatch.matmul_scheme(np.float32, cols) != exact_dispatch.ROUNDED:
-        return f"products over K = {cols} take the {exact_dispatch.matmul_scheme(np.float32, cols)} scheme"
     return None
 
 
-def gemv(data, qtype: str, x, out, bias=None, residual=None, swiglu: bool = False, overlap: bool = False,
-         norm=None, eps: float = 0.0) -> None:
+def gemv(data, qtype: str, x, out, factor: float, bias=None, residual=None, swiglu: bool = False,
+         overlap: bool = False, norm=None, eps: float = 0.0) -> None:
     """cuda_quant.gemv's product and epilogues with deterministic mode's bits; x C-contiguous and 16-byte
-    aligned; the caller has checked `unsupported`. With `norm` (a weight [K]), the product is that of
-    rms_norm(x, norm, eps) (`rms_norm`'s bits), each block computing it as it stages x, which needs
-    x to fit in shared memory (`stages`)."""
+    aligned; the caller has checked `unsupported`; `factor` is exact_rounded.error_factor(K). With
+    `norm` (a weight [K]), the product is that of rms_norm(x, norm, eps) (`rms_norm`'s bits), each
+    block computing it as it stages x, which needs x to fit in shared memory (`stages`)."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
     cols = x.shape[1]
     if norm is not None and not stages(x.shape[0], cols):
@@ -317,7 +308,7 @@ def gemv(data, qtype: str, x, out, bias=None, residual=None, swiglu: bool = Fals
         blocks = (rows * wpr * 32 + threads - 1) // threads
         kernel = _module(qtype, int(swiglu), x.shape[0], wpr, cols // 32).get_function("loom_exact_gemv")
         launch(kernel, blocks, threads, (data, x, out, np.int32(rows), pointer(bias), pointer(residual),
-                                         np.float64(_rules()[1].error_factor(cols)), pointer(norm), np.float32(eps),
+                                         np.float64(factor), pointer(norm), np.float32(eps),
                                          _sum_bits(cols)), overlap)
 
 

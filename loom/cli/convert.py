@@ -93,7 +93,7 @@ def _from_welvet(args):
 
 
 def _quantize(args):
-    from .. import load
+    from ..formats import load
     if args.output is None:
         args.convert_parser.error("--dtype needs MODEL and --out OUT")
     return load(args.input).quantize(args.dtype, per=args.per)

@@ -29,10 +29,12 @@ def demo_config() -> dict:
 
 
 def run(args) -> int:
-    from .. import __version__, datasets, load
+    from .. import datasets
     from ..errors import ConfigError
+    from ..formats import load
     from ..nn import Network
     from ..nn.train import predict, train
+    from ..version import __version__
 
     if args.epochs is not None and args.epochs < 1:
         raise ConfigError("--epochs", f"expected a positive integer, got {args.epochs}")

@@ -14,8 +14,8 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from .. import load
     from ..datasets.files import load_xy
+    from ..formats import load
     from ..nn import metrics
     from ..nn.train import predict
 

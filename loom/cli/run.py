@@ -15,10 +15,10 @@ def add_arguments(p):
 
 
 def run(args) -> int:
-    from .. import load
     from ..atomic import write_bytes
     from ..datasets.files import load_x
     from ..errors import ConfigError
+    from ..formats import load
     from ..nn.train import predict
 
     if args.batch_size < 1:

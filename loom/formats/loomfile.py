@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,7 @@ import numpy as np
 from .. import atomic, quant
 from .. import config as configs
 from ..errors import ConfigError, FormatError, LoomError
+from ..nn import files
 from ..nn.network import Network
 from . import safetensors
 
@@ -47,7 +49,7 @@ class Checkpoint:
 
 def to_bytes(net: Network, optimizer=None, training_state: dict | None = None,
              best_state: dict | None = None) -> bytes:
-    from .. import __version__
+    from ..version import __version__
     tensors, quantized = {}, {}
     for name, a in net.state_dict().items():
         if isinstance(a, quant.QTensor):
@@ -175,3 +177,6 @@ def _build(tensors, meta, where) -> tuple[Network, Checkpoint]:
     except json.JSONDecodeError as exc:
         raise FormatError(f"{where}: checkpoint metadata is not valid JSON ({exc.msg})") from None
     return net, ckpt
+
+
+files.register(sys.modules[__name__])      # Network.save and loom.train's checkpoints use it

@@ -34,6 +34,7 @@ from functools import partial
 
 import numpy as np
 
+from ..kernels import exact_dispatch, exact_rounded
 from ..kernels.quantized import QuantizedTensor
 
 KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
@@ -71,8 +72,8 @@ def unsupported(dec, batch: int, exact: bool = False) -> str | None:
         None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not a multiple of 64"
     if why is None and (c.hidden % 32 or c.intermediate % 32):
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
-    for cols in (c.hidden, c.heads * c.head_dim, c.intermediate) if exact else ():
-        why = why or quant.unsupported("F32", batch, cols)       # (the weight types: below)
+    for cols in (c.hidden, c.heads * c.head_dim, c.intermediate, c.head_dim) if exact else ():
+        why = why or _not_rounded(cols) or quant.unsupported("F32", batch, cols)   # (the weight types: below)
     if why is not None:
         return why
     mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
@@ -86,7 +87,15 @@ def unsupported(dec, batch: int, exact: bool = False) -> str | None:
 
 def unsupported_cache(dec, cache, exact: bool) -> str | None:
     """Why a graph cannot serve `cache` (deterministic mode: attention over at most ROUNDED_MAX_K keys)."""
-    return _kernels(dec.backend, True)[1].unsupported(dec.config.head_dim, cache.max_len) if exact else None
+    if not exact:
+        return None
+    return _not_rounded(cache.max_len) or _kernels(dec.backend, True)[1].unsupported(dec.config.head_dim, cache.max_len)
+
+
+def _not_rounded(k: int) -> str | None:
+    """Why the deterministic kernels, which compute the rounded scheme, cannot take sums over k terms."""
+    scheme = exact_dispatch.matmul_scheme(np.float32, k)
+    return None if scheme == exact_dispatch.ROUNDED else f"products over K = {k} take the {scheme} scheme"
 
 
 class DecodeGraph:
@@ -143,24 +152,29 @@ class DecodeGraph:
         quant, kernels = _kernels(dec.backend, True)
         x, h = self.normed, self.h
 
+        def factor(a):
+            return exact_rounded.error_factor(a.shape[1])      # a: the product's x
+
         def normed(kind, weight, w, out, **kw):
             """The product of rms_norm(h) * weight with w: the norm in the product's prologue where h fits
             in shared memory and the product has few blocks (not the lm_head), else a kernel before it."""
             if kind != "lm_head" and quant.stages(*h.shape):
-                return [(kind, partial(quant.gemv, *_stored(w), h, out, norm=weight, eps=c.eps, overlap=ov, **kw))]
+                return [(kind, partial(quant.gemv, *_stored(w), h, out, factor(h), norm=weight, eps=c.eps, overlap=ov,
+                                       **kw))]
             return [(kind, partial(quant.rms_norm, h, weight, x, c.eps, overlap=ov)),
-                    (kind, partial(quant.gemv, *_stored(w), x, out, overlap=ov, **kw))]
+                    (kind, partial(quant.gemv, *_stored(w), x, out, factor(x), overlap=ov, **kw))]
 
         ops = [("embed", partial(quant.embed, *_stored(dec.embed), self.ids, h))]
         for i, L in enumerate(dec.layers):
             ops += normed("qkv", L.ln1, L.qkv, self.qkv, bias=L.qkv_bias)
             ops += [("attention", partial(kernels.attention, self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx,
                                           dec._cos, dec._sin, L.qk_norm, self.pos, c.heads, L.window, dec.scale,
-                                          c.eps, overlap=ov)),
-                    ("o", partial(quant.gemv, *_stored(L.o), self.ctx, h, bias=L.o_bias, residual=h, overlap=ov))]
+                                          c.eps, exact_rounded.error_factor(c.head_dim), overlap=ov)),
+                    ("o", partial(quant.gemv, *_stored(L.o), self.ctx, h, factor(self.ctx), bias=L.o_bias, residual=h,
+                                  overlap=ov))]
             ops += normed("gate_up", L.ln2, L.gate_up, self.act, bias=L.gate_up_bias, swiglu=True)
-            ops.append(("down", partial(quant.gemv, *_stored(L.down), self.act, h, bias=L.down_bias, residual=h,
-                                        overlap=ov)))
+            ops.append(("down", partial(quant.gemv, *_stored(L.down), self.act, h, factor(self.act), bias=L.down_bias,
+                                        residual=h, overlap=ov)))
         return ops + normed("lm_head", dec.norm, dec.lm_head, self.logits)
 
     def step(self, ids):

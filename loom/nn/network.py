@@ -11,6 +11,7 @@ from .. import backend as backends
 from .. import config as configs
 from .. import quant
 from ..errors import BackendError, ConfigError, ShapeError
+from . import files
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
 
@@ -372,16 +373,15 @@ class Network:
         # Inner layers finish before their containers, so the first report is the innermost culprit.
         return found[0] if found else None
 
-    # --- files (loom.formats sits above nn in the dependency order, hence the local imports) ---
+    # --- files (through nn.files: the codec, loom.formats.loomfile, sits above nn) ---
     def save(self, path, optimizer=None) -> None:
         """Write config + weights (+ optimizer state) to one model file, atomically; a path that is a
         directory (or ends with "/") gets model.safetensors + config.json inside it."""
-        from ..formats import loomfile
-        loomfile.save(self, path, optimizer)
+        files.codec().save(self, path, optimizer)
 
     def to_bytes(self) -> bytes:
-        from ..formats import loomfile
-        return loomfile.to_bytes(self)
+        """The model file's bytes (what `save` writes for a file path)."""
+        return files.codec().to_bytes(self)
 
     def fingerprint(self, x) -> str:
         """SHA-256 of the output bytes for x (eval mode is not forced)."""

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import mode, rng
 from ..errors import ConfigError, ShapeError
-from . import losses, metrics, optim
+from . import files, losses, metrics, optim
 from .chain import TrainStep
 from .network import Network
 from .progress import Progress
@@ -289,18 +289,16 @@ def _evaluate(net, loss_fn, metric_fns, X, Y, bs, prefix):
 
 
 def _save_checkpoint(path, net, opt, history, stopper, epoch, settings):
-    from ..formats import loomfile  # formats sits above nn in the dependency order
     state = {"epoch": epoch, "rng_counter": net.rng_counter, "history": history.logs,
              "stopped_early": history.stopped_early,
              "early_stopping": stopper.to_json() if stopper else None, "seed": settings["seed"],
              "epochs": settings["epochs"], "batch_size": settings["batch_size"]}
-    loomfile.save(net, path, optimizer=opt, training_state=state,
+    files.codec().save(net, path, optimizer=opt, training_state=state,
                   best_state=stopper.best_state if stopper else None)
 
 
 def _resume(path, net, opt, history, stopper) -> int:
-    from ..formats import loomfile
-    saved, ckpt = loomfile.load(path)
+    saved, ckpt = files.codec().load(path)
     if saved.config != net.config:
         raise ConfigError("resume", f"checkpoint {path} was made for a different network config")
     net.load_state_dict(saved.state_dict())

@@ -1,0 +1,108 @@
+"""The dependency direction between Loom's top-level modules (ARCHITECTURE.md, "The layering rule"):
+every import inside loom/ (at the top of a file or inside a function) goes to a module of a lower or
+the same level, never up; the package root `loom` (re-exports only) is imported by nothing inside
+loom; and only loom/backend/ imports cupy.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+LOOM = Path(__file__).resolve().parents[1] / "loom"
+
+# Level of each top-level module or package of loom/; a module may import its own level and below.
+LEVELS = {
+    # foundations: no Loom imports but each other
+    "errors": 0, "dtypes": 0, "version": 0, "atomic": 0, "mode": 0, "fallback": 0,
+    "config": 1, "rng": 1, "config_schema": 1,
+    "backend": 2,
+    "kernels": 3, "quant": 3,
+    "nn": 4, "batch_invariance": 4, "datasets": 4,
+    "formats": 5,
+    "llm": 6, "engine": 6, "db": 6, "distributed": 6, "verify": 6, "spec": 6,
+    "capi": 7, "web": 7, "info": 7,
+    "cli": 8,
+    "__main__": 9,
+}
+
+
+def _top_level(module: str) -> str | None:
+    """The top-level part of a dotted loom module name ('loom.kernels.exact' -> 'kernels'), or None for
+    the root package itself."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _imports(path: Path):
+    """(line, absolute module name) of every import in a loom source file, relative ones resolved;
+    `from package import name` gives package.name where name is a submodule."""
+    rel = path.relative_to(LOOM.parent).with_suffix("")
+    package = list(rel.parts[:-1])            # a module's package; an __init__'s own package
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = module + "." + alias.name
+                is_module = (LOOM.parent / sub.replace(".", "/")).with_suffix(".py").exists() or \
+                    (LOOM.parent / sub.replace(".", "/")).is_dir()
+                yield node.lineno, sub if is_module else module
+
+
+def _sources():
+    return sorted(p for p in LOOM.rglob("*.py") if "__pycache__" not in p.parts)
+
+
+def _source_level(path: Path) -> tuple[str, int]:
+    rel = path.relative_to(LOOM)
+    name = rel.parts[0].removesuffix(".py")
+    return name, LEVELS.get(name, -1)
+
+
+def test_every_top_level_module_has_a_level():
+    names = {p.name.removesuffix(".py") for p in LOOM.iterdir() if p.name != "__pycache__" and
+             (p.suffix == ".py" or p.is_dir())} - {"__init__"}
+    assert not names - set(LEVELS), f"give these a level in LEVELS: {sorted(names - set(LEVELS))}"
+
+
+def test_imports_follow_the_dependency_direction():
+    wrong = []
+    for path in _sources():
+        if path == LOOM / "__init__.py":
+            continue                          # the root re-exports the public API from every level
+        name, level = _source_level(path)
+        for line, module in _imports(path):
+            if module != "loom" and not module.startswith("loom."):
+                continue
+            target = _top_level(module)
+            where = f"{path.relative_to(LOOM.parent)}:{line}"
+            if target is None:
+                wrong.append(f"{where}: imports the package root (import {module}'s names from their modules)")
+            elif target != name and LEVELS.get(target, 99) > level:
+                wrong.append(f"{where}: {name} (level {level}) imports {module} (level {LEVELS.get(target)})")
+    assert not wrong, "imports against the dependency direction:\n" + "\n".join(wrong)
+
+
+def test_only_the_cuda_backend_imports_cupy():
+    wrong = [f"{p.relative_to(LOOM.parent)}:{line}" for p in _sources() for line, module in _imports(p)
+             if module.split(".")[0] == "cupy" and p.relative_to(LOOM).parts[0] != "backend"]
+    assert not wrong, "cupy imported outside loom/backend/:\n" + "\n".join(wrong)
+
+
+@pytest.mark.parametrize("source, expected", [
+    ("from ..kernels import exact\n", "loom.kernels.exact"),      # a submodule
+    ("from ..errors import LoomError\n", "loom.errors"),          # a name in a module
+    ("from . import no_such_module\n", "loom.backend"),
+    ("import loom.nn\n", "loom.nn"),
+    ("from .. import version\n", "loom.version"),
+])
+def test_imports_are_resolved(source, expected, monkeypatch):
+    # the checker itself: a file at loom/backend/x.py holding `source` is read as importing `expected`
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: source)
+    assert [m for _, m in _imports(LOOM / "backend" / "x.py")] == [expected]
