@@ -5,7 +5,7 @@ again recorded without one kind of kernel; the difference is that kernel's share
 
 SmolLM2-135M shapes with random weights (benchmarks/llm.py), 16 cached positions, batch 1, fast mode
 (--deterministic: deterministic mode's graph). --plain records plain launches instead of overlapped
-ones (loom/backend/cuda_launch.py).
+ones (loom/backend/cuda/launch.py).
 """
 from __future__ import annotations
 

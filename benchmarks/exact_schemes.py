@@ -1,7 +1,7 @@
 """Deterministic mode's float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
 in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
 and the integer slices as float64 GEMMs and (GPU) on int8 tensor cores
-(loom/backend/cuda_exact_int8.py), each forced for every shape here; "shipped" names the scheme the
+(loom/backend/cuda/exact_int8.py), each forced for every shape here; "shipped" names the scheme the
 dispatch table (loom/kernels/exact_dispatch.py) gives the shape, and whether the int8 path takes it.
 Also the share of entries the one float64 GEMM's bound leaves to the later stages.
 
@@ -58,7 +58,7 @@ def main():
     be = backend.get("cuda" if gpu else "cpu")
     int8 = None
     if gpu:
-        from loom.backend import cuda_exact_int8 as int8
+        from loom.backend.cuda import exact_int8 as int8
     rng = np.random.default_rng(0)
     print(f"{'M x K x N':<20}{'rounded ms':>12}{'slices ms':>12}{'int8 ms':>10}{'float32 ms':>12}"
           f"{'shipped':>17}{'uncertified %':>15}")

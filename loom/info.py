@@ -75,8 +75,8 @@ def accelerations(cuda: str) -> dict:
                        cpu_jit.unavailable_reason()),
         "cuda_graphs": entry("dispatch chains (TrainStep, net.compile()) replayed as CUDA graphs", gpu),
         "decode_graphs": entry("LLM decode steps replayed as one CUDA graph", why_not_decode_graphs()),
-        "int8_exact_gemm": entry("exact GEMM slices on int8 tensor cores (loom/backend/cuda_exact_int8.py)",
+        "int8_exact_gemm": entry("exact GEMM slices on int8 tensor cores (loom/backend/cuda/exact_int8.py)",
                                  why_not_int8()),
-        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products (cuda_quant, cpu_jit)",
+        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products (backend/cuda/quant.py, kernels/cpu_jit.py)",
                                 why_not_k_quants()),
     }

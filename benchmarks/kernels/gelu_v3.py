@@ -5,7 +5,7 @@ from functools import cache
 
 import cupy
 
-from loom.backend import cuda_kernels as ck
+from loom.backend.cuda import fused as ck
 
 _ERF_WIDE = r"""
 __device__ __forceinline__ float loom_erf_wide(float x) { return (float)erf((double)x); }

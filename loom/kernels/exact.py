@@ -19,7 +19,7 @@ Longer float32 GEMMs (K > 2048) split the left operand
 into two integer slices (hi and lo, `29 - log2 K` bits each for float32 inputs) and keep the right
 operand at 24 bits (a float32 mantissa) relative to its column maximum:
 2 float64 GEMMs' worth of work, done as one GEMM on the slices stacked along M (on the GPU, large
-ones find the same integers with nine int8 GEMMs instead: loom/backend/cuda_exact_int8.py). Measured error
+ones find the same integers with nine int8 GEMMs instead: loom/backend/cuda/exact_int8.py). Measured error
 against a float64 reference is at most about NumPy's float32 GEMM error on random and on
 wide-dynamic-range inputs (tests/kernels/test_exact.py). float64 inputs use three slices on each
 side (the six pairs whose product is not negligible, 2^-63 relative).

@@ -1,8 +1,8 @@
 """Fused operations: several array operations as one, on any backend.
 
 Each function asks the backend that owns its arrays for fused kernels (the CUDA backend has them:
-`backend.fused`, loom/backend/cuda_kernels.py, in fast mode; `backend.fused_exact`,
-loom/backend/cuda_fused_exact.py, in deterministic mode). They run when every array is non-empty,
+`backend.fused`, loom/backend/cuda/fused.py, in fast mode; `backend.fused_exact`,
+loom/backend/cuda/fused_exact.py, in deterministic mode). They run when every array is non-empty,
 C-contiguous and of one dtype, float32 or float64 (deterministic row sums: float32); anything else runs
 the reference here, with the array module.
 

@@ -16,7 +16,7 @@ The exact sum is an integer accumulator (`_exact_dot`): each product of two floa
 53-bit integer times 2^(pos - 350), 0 <= pos <= 553, added as three 32-bit pieces to int64 limbs
 of 32 bits each (headroom for 2^31 additions), so no sum is rounded; `_round_limbs` then rounds
 once to float32, to nearest with ties to even, subnormals and overflow included. The CUDA kernel
-(loom/backend/cuda_exact.py, ROUNDED) is the same algorithm, written in CUDA C.
+(loom/backend/cuda/exact.py, ROUNDED) is the same algorithm, written in CUDA C.
 """
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 Launched one operation at a time, a decode step of a small model is ~300 kernels whose Python launch
 cost (about 25 ms for SmolLM2-135M) dwarfs their run time. Here a step is 5 fused kernels per layer
-(loom/backend/cuda_quant.py: quantized products with an RMSNorm prologue and bias / residual / SwiGLU
-epilogues; loom/backend/cuda_decode.py: RoPE, KV-cache write and attention over the cached keys),
+(loom/backend/cuda/quant.py: quantized products with an RMSNorm prologue and bias / residual / SwiGLU
+epilogues; loom/backend/cuda/decode.py: RoPE, KV-cache write and attention over the cached keys),
 recorded once per KV cache into a CUDA graph and replayed for every token. The kernels are launched
-to overlap their predecessor (loom/backend/cuda_launch.py): each fetches its weights while the kernel
+to overlap their predecessor (loom/backend/cuda/launch.py): each fetches its weights while the kernel
 before it finishes. The graph reads the token
 ids and the position from a small device buffer written before each replay, so one recording
 serves every position; it writes the logits into a buffer the step copies out.
@@ -22,7 +22,7 @@ then logits = rms_norm(h, norm) Wlm^T (gemv, RMSNorm prologue).
 
 In fast mode the sums run in the kernels' own order, so logits agree with the array-at-a-time path to
 float32 rounding, not bit for bit. Deterministic mode records the same five kernels per layer from
-loom/backend/cuda_quant_exact.py and cuda_decode_exact.py, which give the array code's bits (the
+loom/backend/cuda/quant_exact.py and cuda/decode_exact.py, which give the array code's bits (the
 exact GEMM's correctly rounded products, exact.sum's norms and softmax, mathlib's exp and sigmoid): a
 recorded deterministic step's logits equal the kernel-by-kernel step's, and the CPU's, bit for bit.
 Those kernels take products whose K has the rounded scheme (K <= exact_dispatch.ROUNDED_MAX_K) and
@@ -89,7 +89,10 @@ def unsupported_cache(dec, cache, exact: bool) -> str | None:
     """Why a graph cannot serve `cache` (deterministic mode: attention over at most ROUNDED_MAX_K keys)."""
     if not exact:
         return None
-    return _not_rounded(cache.max_len) or _kernels(dec.backend, True)[1].unsupported(dec.config.head_dim, cache.max_len)
+    why = _not_rounded(cache.max_len)
+    if why is not None:
+        return f"a cache of {cache.max_len} positions: attention's {why}"
+    return _kernels(dec.backend, True)[1].unsupported(dec.config.head_dim, cache.max_len)
 
 
 def _not_rounded(k: int) -> str | None:

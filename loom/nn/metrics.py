@@ -318,4 +318,10 @@ def top5(scores, labels) -> float:
 METRICS = {"accuracy": accuracy, "top5": top5, "mae": mae, "rmse": rmse, "mse": mse}
 
 
-from .reports import evaluate, plot_history  # noqa: E402,F401 - the public names; reports uses this module
+def __getattr__(name: str):
+    # metrics.evaluate and metrics.plot_history live in reports.py, which imports this module: read on
+    # first use, so that neither module imports the other at import time
+    if name in ("evaluate", "plot_history"):
+        from . import reports
+        return getattr(reports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
-from loom.backend import cublas
+from loom.backend.cuda import cublas
 
 
 def _stored(op, ld, stride, x, rows, cols, count):

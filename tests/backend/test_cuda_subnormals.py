@@ -1,4 +1,4 @@
-"""loom/backend/cuda_subnormals.py wraps CuPy's compiler so that no kernel is built with -ftz=true;
+"""loom/backend/cuda/subnormals.py wraps CuPy's compiler so that no kernel is built with -ftz=true;
 checked here against a stand-in for cupy.cuda.compiler (the GPU tests check real kernels). Where that
 fails, the CUDA backend refuses deterministic mode and logs once in fast mode (stand-in CuPy modules)."""
 import sys
@@ -8,7 +8,8 @@ import pytest
 
 import loom
 from loom import backend
-from loom.backend import cuda, cuda_subnormals
+from loom.backend import cuda
+from loom.backend.cuda import subnormals as cuda_subnormals
 
 
 def _fake_compiler():

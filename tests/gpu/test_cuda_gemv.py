@@ -10,7 +10,8 @@ from loom.kernels import gguf_quants
 
 cupy = pytest.importorskip("cupy")
 from loom.backend import cuda as cuda_backend  # noqa: E402  (imports cupy)
-from loom.backend import cuda_launch, cuda_quant  # noqa: E402
+from loom.backend.cuda import launch as cuda_launch  # noqa: E402
+from loom.backend.cuda import quant as cuda_quant  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 

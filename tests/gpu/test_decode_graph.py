@@ -17,7 +17,7 @@ from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
 from .cpu_gpu import host
 
 cupy = pytest.importorskip("cupy")
-from loom.backend import cuda_quant  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
 
 pytestmark = pytest.mark.gpu
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), os.pardir, "llm"))
@@ -192,7 +192,7 @@ def test_a_full_cache_still_raises_before_any_graph_runs():
 
 @pytest.mark.parametrize("context", [7, 150])          # 150 keys: past one pass of the attention's key groups
 def test_overlapped_launches_give_the_plain_launches_bits(context):
-    """The graph's kernels overlap their predecessors (loom/backend/cuda_launch.py); recorded with plain
+    """The graph's kernels overlap their predecessors (loom/backend/cuda/launch.py); recorded with plain
     launches instead, the same kernels must give the same logits bit for bit, step after step."""
     config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": 256})
     dec = Decoder(config, _quant_weights("Q4_1", CONFIG), device="cuda")

@@ -15,7 +15,8 @@ from .cpu_gpu import host, same_bits
 from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, loaded, saved
 
 cupy = pytest.importorskip("cupy")
-from loom.backend import cuda_quant, cuda_quant_exact  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant_exact as cuda_quant_exact  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 
@@ -124,7 +125,8 @@ def test_exact_gemv_matches_the_exact_gemm_where_it_must_settle(m, cols, swiglu)
         want = (loom.kernels.fused.activation("silu", y[:, :rows]) * y[:, rows:]) if swiglu else residual + y
         out = cupy.empty((m, rows), dtype=np.float32)
         assert cuda_quant_exact.unsupported("F32", m, cols) is None
-        cuda_quant_exact.gemv(cupy.asarray(w).view(np.uint8), "F32", cupy.asarray(x), out, bias=cupy.asarray(bias),
+        cuda_quant_exact.gemv(cupy.asarray(w).view(np.uint8), "F32", cupy.asarray(x), out,
+                              exact_rounded.error_factor(cols), bias=cupy.asarray(bias),
                               residual=None if swiglu else cupy.asarray(residual), swiglu=swiglu)
         _same(host(out), want, "exact gemv")
     # the case does need settling: the float64 sum's error bound leaves many roundings open
@@ -136,18 +138,41 @@ def test_exact_gemv_matches_the_exact_gemm_where_it_must_settle(m, cols, swiglu)
     assert (open_ & np.isfinite(e)).sum() > 10
 
 
-def test_exact_rms_norm_matches_fused():
-    rng = np.random.default_rng(5)
-    x = (rng.standard_normal((3, 576)) * np.array([[1.0], [1e-20], [3e18]])).astype(np.float32)
-    weight = (1 + 0.1 * rng.standard_normal(576)).astype(np.float32)
+@pytest.mark.parametrize("cols", [576, 3000])        # a row held in registers, and a longer one
+def test_exact_rms_norm_matches_fused(cols):
+    rng = np.random.default_rng(cols)
+    x = (rng.standard_normal((5, cols)) * np.array([[1.0], [1e-20], [3e18], [1.0], [1.0]])).astype(np.float32)
+    x[3, 7], x[4, 1], x[4, 2] = np.nan, np.inf, -np.inf
+    weight = (1 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
     out = cupy.empty_like(cupy.asarray(x))
     cuda_quant_exact.rms_norm(cupy.asarray(x), cupy.asarray(weight), out, 1e-5)
     with loom.deterministic(True):
         _same(host(out), loom.kernels.fused.rms_norm(x, weight, 1e-5)[0], "rms_norm")
 
 
+@pytest.mark.parametrize("m, swiglu", [(1, False), (3, True)])
+def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
+    # gemv(norm=w) is the product of rms_norm(x, w): each block computes the norm as it stages x
+    rng = np.random.default_rng(m)
+    cols, rows = 576, 160
+    x = (rng.standard_normal((m, cols)) * 3.0).astype(np.float32)
+    x[0, :4] = [1e-30, 0.0, 2.5e7, -1e-38]
+    weight = (1 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    w = rng.standard_normal((2 * rows if swiglu else rows, cols)).astype(np.float32)
+    assert cuda_quant_exact.stages(m, cols)
+    out = cupy.empty((m, rows), dtype=np.float32)
+    cuda_quant_exact.gemv(cupy.asarray(w).view(np.uint8), "F32", cupy.asarray(x), out, exact_rounded.error_factor(cols),
+                          swiglu=swiglu, norm=cupy.asarray(weight), eps=1e-6)
+    with loom.deterministic(True):
+        y = exact.matmul(loom.kernels.fused.rms_norm(x, weight, 1e-6)[0], w.T)
+        want = loom.kernels.fused.activation("silu", y[:, :rows]) * y[:, rows:] if swiglu else y
+        _same(host(out), want, "gemv with the norm")
+
+
 def test_unsupported_products_say_why():
+    from loom.llm import decode_graph
     assert "Q4_K" in cuda_quant_exact.unsupported("Q4_K", 1, 256)
-    assert "slices" in cuda_quant_exact.unsupported("Q8_0", 1, 4096)
+    assert "slices" in decode_graph._not_rounded(4096)           # the kernels compute the rounded scheme
+    assert decode_graph._not_rounded(2048) is None
     assert "17 rows" in cuda_quant_exact.unsupported("Q8_0", 17, 256)
     assert cuda_quant_exact.unsupported("Q8_0", 16, 2048) is None

@@ -46,7 +46,7 @@ def test_gemm_bits_on_the_float32_slices(form, monkeypatch):
     """float32 products that the dispatch table gives the slice scheme (K > 2048),
     with the GPU's chunks (K > 2^14) multiplied in pieces of 2048, in whole chunks (as for large
     outputs), or one chunk at a time (products too large to slice whole)."""
-    from loom.backend import cuda_exact
+    from loom.backend.cuda import exact as cuda_exact
     if form == "whole chunks":
         monkeypatch.setattr(cuda_exact, "_CHUNK_PIECE_ENTRIES", 0)
     if form == "a loop over chunks":
@@ -85,7 +85,7 @@ def test_rounded_gemm_bits_on_midpoints_subnormals_and_overflow(name, spy):
     """The GPU's certification kernel and its exact sums give the CPU's correctly rounded bits, for
     operands whose products land on float32's midpoints (the CPU tests check those against exact
     rational arithmetic), plain, transposed and batched."""
-    from loom.backend import cuda_exact
+    from loom.backend.cuda import exact as cuda_exact
     calls = spy(cuda_exact, ["matmul_rounded"])
     cuda = backend.get("cuda")
     a, b = case(name)

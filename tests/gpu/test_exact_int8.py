@@ -1,4 +1,4 @@
-"""The slice scheme on int8 tensor cores (loom/backend/cuda_exact_int8.py) gives the float64 slices'
+"""The slice scheme on int8 tensor cores (loom/backend/cuda/exact_int8.py) gives the float64 slices'
 bits, which the CPU's give too: the residues' GEMMs, the Chinese-remainder reconstruction and its
 one rounding to float64, and whole products, forced onto the int8 path at small sizes and taken
 by default at a large one."""
@@ -19,7 +19,7 @@ cupy = pytest.importorskip("cupy")
 
 @pytest.fixture
 def int8():
-    from loom.backend import cuda_exact_int8
+    from loom.backend.cuda import exact_int8 as cuda_exact_int8
     return cuda_exact_int8
 
 
@@ -158,7 +158,7 @@ def test_int8_chunks_of_a_long_product_give_the_cpu_bits(int8, monkeypatch):
     """K > 2^14 looped over chunks (products too large to slice whole): each chunk, a column slice of
     the operands with the whole rows' scales, runs on the int8 path with a float64 result, and the
     chunks add up in order as the float64 slices' do."""
-    from loom.backend import cuda_exact
+    from loom.backend.cuda import exact as cuda_exact
     monkeypatch.setattr(int8, "MIN_WORK", 0)
     monkeypatch.setattr(cuda_exact, "_CHUNKS_AT_ONCE_BYTES", 0)
     calls = _spy(int8, monkeypatch)

@@ -1,4 +1,4 @@
-"""The GPU's exact reductions (loom/backend/cuda_exact_reduce.py: split over warps, combined with
+"""The GPU's exact reductions (loom/backend/cuda/exact_reduce.py: split over warps, combined with
 atomics) against the CPU's, bit for bit, on every layout they read: reduced axis contiguous, kept
 axis contiguous, batched, transposed, reversed, broadcast and unmergeable views that are copied
 first; few long reductions (many parts) and many short ones; values from subnormal to float32's
@@ -100,7 +100,7 @@ def test_rank4_gemm_specials_are_guarded():
 def test_float32_subnormals_are_kept():
     """CuPy appends -ftz=true to every compile; the backend takes it out (cuda_subnormals), so GEMMs,
     sums and whole layers on values below 2^-126 give the CPU's bits."""
-    from loom.backend import cuda_subnormals
+    from loom.backend.cuda import subnormals as cuda_subnormals
     cuda = backend.get("cuda")
     assert cuda_subnormals.check(cupy)
     rng = np.random.default_rng(14)

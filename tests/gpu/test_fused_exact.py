@@ -1,4 +1,4 @@
-"""Deterministic mode's fused CUDA kernels (loom/backend/cuda_fused_exact.py) give the bits of fused.py's
+"""Deterministic mode's fused CUDA kernels (loom/backend/cuda/fused_exact.py) give the bits of fused.py's
 reference on the CPU: norms, softmaxes, GELU and bias + activation, and their gradients, on fresh random
 inputs of several row lengths, on wide-dynamic-range rows, and on rows holding infinities, NaNs,
 signed zeros and subnormals. A spy checks that the fused kernel ran (not the GPU reference), and every
@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("cupy")
 
 from loom import backend  # noqa: E402
-from loom.backend import cuda_fused_exact  # noqa: E402
+from loom.backend.cuda import fused_exact as cuda_fused_exact  # noqa: E402
 from loom.kernels import fused  # noqa: E402
 
 from .cpu_gpu import same_bits  # noqa: E402

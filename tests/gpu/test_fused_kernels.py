@@ -1,4 +1,4 @@
-"""The fused CUDA kernels (loom/backend/cuda_kernels.py, reached through loom.kernels.fused with CuPy
+"""The fused CUDA kernels (loom/backend/cuda/fused.py, reached through loom.kernels.fused with CuPy
 arrays) against fused.py's NumPy reference on the CPU, on fresh random inputs: relative error (max abs
 difference over max abs value) below 1e-5 in float32 and 1e-12 in float64. Optimizer updates are built
 from + - * / sqrt only, in the reference's order, so they must also give the CPU's bits; Python floats and
@@ -256,7 +256,7 @@ def test_sgd_update(cuda, dtype, case, shape):
 def test_every_function_runs_its_kernel_on_rows_of_any_rank(cuda, spy):
     """Each fused.py function reaches cuda_kernels for C-ordered 2-D and 3-D inputs (softmax_grad once
     took the reference for every input of rank 2 or more, silently)."""
-    from loom.backend import cuda_kernels
+    from loom.backend.cuda import fused as cuda_kernels
     called = spy(cuda_kernels, FUNCTIONS)
     rng = np.random.default_rng(41)
     for shape in [(8, 33), (2, 3, 33)]:

@@ -1,4 +1,4 @@
-"""The sliding-window CUDA kernels (loom/backend/cuda_windows.py) against the NumPy code they replace,
+"""The sliding-window CUDA kernels (loom/backend/cuda/windows.py) against the NumPy code they replace,
 bit for bit: im2col, col2im (the gather form of the strided scatter-add), and max pooling with its
 gradient, over 1-, 2- and 3-d geometries with strides, dilations, padding and groups."""
 import math

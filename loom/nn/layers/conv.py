@@ -57,7 +57,7 @@ def windows(xp, x, out, k, s, d):
 
 
 def window_kernels(*arrays):
-    """The owning backend's sliding-window kernels (loom/backend/cuda_windows.py: im2col, col2im, max
+    """The owning backend's sliding-window kernels (loom/backend/cuda/windows.py: im2col, col2im, max
     pooling, the same bits as the code here) when they take `arrays`, else None."""
     kernels = getattr(backend.of(arrays[0]), "windows", None)
     return kernels if kernels is not None and kernels.supports(*arrays) else None

@@ -5,7 +5,7 @@ default unless CUPY_TF32=1 is set): float32 GEMMs are full float32, so fast mode
 within float32 rounding. Errors from CUDA (out of memory, launch failures) become BackendError
 naming the operation and the shapes; the arrays already on the GPU stay valid.
 
-Where CuPy's flushing of float32 subnormals cannot be turned off (cuda_subnormals.py), the failure is
+Where CuPy's flushing of float32 subnormals cannot be turned off (subnormals.py), the failure is
 remembered: from then on, obtaining the backend (`get()`, which `loom.backend.of` calls for every
 array operation) raises DeterminismError in deterministic mode and logs once in fast mode.
 """
@@ -16,9 +16,10 @@ import math
 
 import numpy as np
 
-from .. import fallback
-from ..errors import BackendError
+from ... import fallback
+from ...errors import BackendError
 from . import cublas  # ctypes only; it loads libcublas when the first handle is made
+from .compile import translating
 
 
 def _import_cupy():
@@ -33,11 +34,11 @@ def _import_cupy():
     if count < 1:
         raise BackendError("device 'cuda': CuPy is installed but finds no GPU")
     global _FLUSHES
-    from . import cuda_subnormals
-    if not cuda_subnormals.install(cupy.cuda.compiler):
+    from . import subnormals
+    if not subnormals.install(cupy.cuda.compiler):
         _FLUSHES = (f"CuPy {cupy.__version__}'s compiler internals are not the ones loom/backend/"
-                    "cuda_subnormals.py wraps to drop -ftz=true")
-    elif not cuda_subnormals.check(cupy):
+                    "subnormals.py wraps to drop -ftz=true")
+    elif not subnormals.check(cupy):
         _FLUSHES = ("a float32 subnormal (1e-40) times 1 on the GPU gave 0: a kernel CuPy compiled "
                     "before Loom's fix, or a CuPy that flushes another way")
     return cupy
@@ -59,21 +60,6 @@ def check_subnormals() -> None:
         f"CuPy flushes float32 subnormals to zero in this process ({_FLUSHES})")
 
 
-@contextlib.contextmanager
-def translating(op: str, *arrays):
-    """Turn CUDA/CuPy failures inside the block into BackendError naming `op` and the shapes."""
-    try:
-        yield
-    except BackendError:
-        raise
-    except Exception as exc:
-        name = type(exc).__name__
-        if "OutOfMemory" in name or "CUDA" in name.upper() or "cuda" in type(exc).__module__:
-            shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays if hasattr(a, "shape"))
-            raise BackendError(f"CUDA {op} failed on {shapes or 'its inputs'}: {name}: {exc}") from None
-        raise
-
-
 class CUDABackend:
     name = "cuda"
     graphs = True       # record() can capture a step into a CUDA graph
@@ -85,23 +71,23 @@ class CUDABackend:
         self._generated = {}            # generated kernel source -> compiled function
         # fused kernels behind loom.kernels.fused and .exact, window kernels behind conv and pooling
         from . import (
-            cuda_decode,
-            cuda_decode_exact,
-            cuda_exact,
-            cuda_fused_exact,
-            cuda_kernels,
-            cuda_quant,
-            cuda_quant_exact,
-            cuda_windows,
+            decode,
+            decode_exact,
+            exact,
+            fused,
+            fused_exact,
+            quant,
+            quant_exact,
+            windows,
         )
-        self.fused = cuda_kernels
-        self.fused_exact = cuda_fused_exact     # deterministic mode's, with the reference's bits
-        self.exact_kernels = cuda_exact
-        self.windows = cuda_windows
-        self.quant_kernels = cuda_quant   # GGML block products for decoding (fast mode)
-        self.decode_kernels = cuda_decode  # RoPE + KV write and attention of a decode step (fast mode)
-        self.quant_exact_kernels = cuda_quant_exact     # the same two in deterministic mode, with its bits
-        self.decode_exact_kernels = cuda_decode_exact
+        self.fused = fused
+        self.fused_exact = fused_exact     # deterministic mode's, with the reference's bits
+        self.exact_kernels = exact
+        self.windows = windows
+        self.quant_kernels = quant   # GGML block products for decoding (fast mode)
+        self.decode_kernels = decode  # RoPE + KV write and attention of a decode step (fast mode)
+        self.quant_exact_kernels = quant_exact     # the same two in deterministic mode, with its bits
+        self.decode_exact_kernels = decode_exact
 
     def asarray(self, x, dtype=None):
         with translating("copy to the GPU", x):
@@ -160,7 +146,7 @@ class CUDABackend:
         """Launch the generated elementwise kernel `name` in `source` (loom.kernels.lower_cuda's
         signature: inputs, outputs, element count) over inputs broadcast to one shape; returns the
         outputs. Modules are compiled once per source text, with --fmad=false."""
-        from . import cuda_kernels
+        from . import fused
         cp = self.xp
         with translating(f"kernel {name}", *inputs):
             inputs = [cp.ascontiguousarray(a) for a in cp.broadcast_arrays(*inputs)]
@@ -169,7 +155,7 @@ class CUDABackend:
             if n:
                 kernel = self._generated.get(source)
                 if kernel is None:
-                    module = cp.RawModule(code=source, options=cuda_kernels.OPTIONS)
+                    module = cp.RawModule(code=source, options=fused.OPTIONS)
                     kernel = self._generated[source] = module.get_function(name)
                 blocks = min((n + 255) // 256, 65536)
                 kernel((blocks,), (256,), (*inputs, *outs, np.int64(n)))

@@ -19,8 +19,8 @@ from functools import lru_cache
 import cupy
 import numpy as np
 
-from .cuda import translating
-from .cuda_kernels import C_TYPES, OPTIONS
+from .compile import OPTIONS, translating
+from .fused import C_TYPES
 
 _SOURCE = r"""
 struct Geo { int k[3], s[3], d[3], lo[3], big[3], small[3]; };

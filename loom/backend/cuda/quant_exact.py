@@ -3,17 +3,17 @@ decode step's products in deterministic mode, with the bits of the exact GEMM.
 
 The dispatch table (loom/kernels/exact_dispatch.py) gives a float32 product with K <= ROUNDED_MAX_K
 the rounded scheme: each entry is the exact dot product of its row of x and its row of the decoded W,
-rounded once. That value is unique, so a kernel may find it in any order. `gemv` finds it as cuda_quant
-does in fast mode, one warp per row of W reading the stored bytes once (cuda_quant.BLOCK_DECODE decodes
+rounded once. That value is unique, so a kernel may find it in any order. `gemv` finds it as quant
+does in fast mode, one warp per row of W reading the stored bytes once (quant.BLOCK_DECODE decodes
 each value exactly as loom.kernels.gguf_quants does), with float64 sums instead of float32:
 
 - each product of two float32 numbers is exact in float64; every lane adds its products (s) and their
   magnitudes (t), the warp combines them in any order;
 - |s - exact| <= gamma_K sum |products| <= exact_rounded.error_factor(K) t (the factor's 2^-20 covers
   t's own rounding), so where float32(s - e) and float32(s + e) agree, e that bound plus 2^-52 |s|,
-  the exact value rounds to them (cuda_exact's loom_certified): nearly every entry;
+  the exact value rounds to them (exact's loom_certified): nearly every entry;
 - the rest (about 0.1% on random data) are settled by the same warp at once: a compensated sum
-  certified the same way, then an exact sum in integer limbs (cuda_exact's later stages); a row of
+  certified the same way, then an exact sum in integer limbs (exact's later stages); a row of
   x or W holding inf or NaN gives IEEE's special value, as exact.matmul's patch does.
 
 Around the product, the operations of loom/llm/decoder.py's array code, each with its bits: epilogues
@@ -34,12 +34,13 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .cuda_exact import ROUNDED_DEVICE
-from .cuda_exact_reduce import EXACT_ROW_SUM
-from .cuda_fused_exact import helpers
-from .cuda_kernels import OPTIONS, ROW_HELPERS
-from .cuda_launch import OVERLAP_PROLOGUE, launch
-from .cuda_quant import _KIND, BLOCK_DECODE, LAYOUTS, MAX_ROWS, TYPES, embed, pointer  # noqa: F401 - embed: exact
+from .compile import OPTIONS
+from .exact import ROUNDED_DEVICE
+from .exact_reduce import EXACT_ROW_SUM
+from .fused import ROW_HELPERS
+from .fused_exact import helpers
+from .launch import OVERLAP_PROLOGUE, launch
+from .quant import _KIND, BLOCK_DECODE, LAYOUTS, MAX_ROWS, TYPES, embed, pointer  # noqa: F401 - embed: exact
 
 STAGE_FLOATS = 9216     # x staged in shared memory up to this many floats (36 KiB)
 # Blocks of 256 resident per multiprocessor the products' registers must allow: unbounded, the float64
@@ -111,7 +112,7 @@ template <class Pair> __device__ __noinline__ float loom_special_pairs(Pair pair
 }
 """
 
-# loom_mark (cuda_exact's guard) without the rest of the guard kernels
+# loom_mark (exact's guard) without the rest of the guard kernels
 _MARK = r"""
 __device__ __forceinline__ float loom_mark(float x) { return isfinite(x) ? (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f)) : x; }
 """
@@ -145,7 +146,7 @@ template <class At> __device__ void loom_rms_norm_row(At at, const float* w, flo
 
 // EPI 0: out[m, r] = (res[m, r] +) (x W[r]^T (+ bias[r])); EPI 1 (SwiGLU): out[m, r] = silu(g) * u, g and u
 // the products with rows r and r + rows (+ bias). One warp (WPR warps, their sums met in shared memory)
-// per row of W; lanes as cuda_quant's kernel; x staged in shared memory when it fits.
+// per row of W; lanes as quant's kernel; x staged in shared memory when it fits.
 #define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
 #define STAGE (MR * NB * 32 <= STAGE_FLOATS)
 #define COLS (NB * 32)
@@ -294,7 +295,7 @@ def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
 
 def gemv(data, qtype: str, x, out, factor: float, bias=None, residual=None, swiglu: bool = False,
          overlap: bool = False, norm=None, eps: float = 0.0) -> None:
-    """cuda_quant.gemv's product and epilogues with deterministic mode's bits; x C-contiguous and 16-byte
+    """quant.gemv's product and epilogues with deterministic mode's bits; x C-contiguous and 16-byte
     aligned; the caller has checked `unsupported`; `factor` is exact_rounded.error_factor(K). With
     `norm` (a weight [K]), the product is that of rms_norm(x, norm, eps) (`rms_norm`'s bits), each
     block computing it as it stages x, which needs x to fit in shared memory (`stages`)."""

@@ -26,9 +26,9 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .cuda_kernels import OPTIONS
-from .cuda_launch import OVERLAP_PROLOGUE, launch
-from .cuda_quant import WARP_REDUCTIONS, pointer
+from .compile import OPTIONS
+from .launch import OVERLAP_PROLOGUE, launch
+from .quant import WARP_REDUCTIONS, pointer
 
 MAX_HEAD_DIM = 256
 WARPS = 8
@@ -83,7 +83,7 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
     float* values_w = cache_v + b * batch_stride + (long long)kv * max_len * D;
     const bool writer = h % R == 0;                              // one query head per key/value head writes
     const int group = threadIdx.x / G, sub = threadIdx.x % G;    // sub: elements sub*16 .. sub*16+15
-    // Before the wait (cuda_launch): only what no kernel of this step writes, the position's cos/sin
+    // Before the wait (launch): only what no kernel of this step writes, the position's cos/sin
     // row and the keys and values cached by earlier steps (each group's first key).
     float cs[PER], sn[PER];
     if (w < 2) {
@@ -190,7 +190,7 @@ def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, windo
     device), after writing the step's keys and values there. qkv [B, (H + 2 KV) D] is the Q/K/V product;
     cache_k/cache_v [B, KV, max_len, D] layer views; cos, sin [positions, D]; norm [H + KV, D] (qwen3's
     q/k norms) or None; window: a sliding window's length or None. overlap: launched to overlap the previous
-    kernel (loom.backend.cuda_launch; pos and the cache before pos must be written before it started)."""
+    kernel (loom.backend.cuda.launch; pos and the cache before pos must be written before it started)."""
     B, kv_heads, max_len, D = cache_k.shape
     launch(_module(D).get_function("loom_decode_attention"), B * heads, WARPS * 32,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),

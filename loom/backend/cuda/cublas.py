@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from ..errors import BackendError
+from ...errors import BackendError
 
 _OP_N, _OP_T = 0, 1
 _CUDA_R_32F, _CUDA_R_64F, _CUDA_R_8I, _CUDA_R_32I = 0, 1, 3, 10

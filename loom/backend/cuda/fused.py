@@ -23,9 +23,8 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .cuda import translating
+from .compile import OPTIONS, translating
 
-OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 MAX_GRID = 2 ** 31 - 1
 
 # Constants spelled exactly as loom/nn/layers/activation.py computes them; repr() round-trips the double,
@@ -37,7 +36,7 @@ _TANH_K = repr(0.044715)
 
 # Device helpers shared by the elementwise and the row kernels. Overloads (not T) so that they compile
 # before or after CuPy's `typedef ... T`. BASICS are correctly rounded (or exact) everywhere; the
-# transcendentals are CUDA's, and deterministic mode swaps them for mathlib's (cuda_fused_exact.py).
+# transcendentals are CUDA's, and deterministic mode swaps them for mathlib's (fused_exact.py).
 BASICS = r"""
 __device__ __forceinline__ float loom_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double loom_sqrt(double x) { return sqrt(x); }
@@ -66,7 +65,7 @@ template <typename F> __device__ __forceinline__ F loom_sigmoid(F x) {
 
 # Row kernels: one block per row of n contiguous entries (grid-stride over rows), blockDim a multiple
 # of 32. Every reduction leaves the same value in every thread: each warp reduces the per-warp partials
-# itself, in the same order, so no broadcast through shared memory is needed. cuda_fused_exact.py's row
+# itself, in the same order, so no broadcast through shared memory is needed. fused_exact.py's row
 # kernels use these reductions and the softmax and layer-norm pieces below too.
 ROW_HELPERS = r"""
 __device__ __forceinline__ T max_nan(T a, T b) { return (a > b || a != a) ? a : b; }  // NaN wins, as np.max
@@ -276,7 +275,7 @@ def row_threads(n: int) -> int:
 
 def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     """Launch row kernel `name` (e.g. "loom_softmax_rows") over rows of n. The functions below take
-    another launcher as `launch`: cuda_fused_exact runs its own kernels through them."""
+    another launcher as `launch`: fused_exact runs its own kernels through them."""
     kernel = _row_kernel(np.dtype(dtype), name)
     kernel((min(rows, MAX_GRID),), (row_threads(n),), args)
 

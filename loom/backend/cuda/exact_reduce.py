@@ -22,8 +22,8 @@ from functools import cache, lru_cache
 import cupy
 import numpy as np
 
-from .cuda import translating
-from .cuda_kernels import BASICS, C_TYPES, MAX_GRID, OPTIONS, ROW_HELPERS, row_threads
+from .compile import OPTIONS, translating
+from .fused import BASICS, C_TYPES, MAX_GRID, ROW_HELPERS, row_threads
 
 # The exponent of a scale: m < 2^e as NumPy's frexp gives it (0 for zero, and for inf and NaN, whose
 # rows are overwritten with their special values later anyway).
@@ -35,7 +35,7 @@ __device__ __forceinline__ int loom_top_exponent(float m) {
 }
 """
 
-# exact.sum of one row by one block (after cuda_kernels' ROW_HELPERS): the finite maximum, then
+# exact.sum of one row by one block (after fused' ROW_HELPERS): the finite maximum, then
 # the integers and the specials, each combined over the block; no atomics, no zeroed buffers.
 # A row of at most LOOM_HELD values per thread is read once into registers and combined with two
 # barriers (one for the maximum and whether any value is inf or NaN, one for the integers); a longer

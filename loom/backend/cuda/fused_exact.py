@@ -3,14 +3,14 @@ and RMS norm, softmax, GELU, bias + activation, and their gradients) as one laun
 reference's bits.
 
 `CUDABackend.fused_exact` is this module; loom/kernels/fused.py calls it in deterministic mode as it
-calls cuda_kernels in fast mode, after the same checks (C-contiguous, non-empty, one dtype).
+calls fused in fast mode, after the same checks (C-contiguous, non-empty, one dtype).
 The reference composition is ten to twenty CuPy launches per call (each exact sum alone is five),
 a large share of a deterministic transformer step before these kernels (docs/performance.md).
 
 Same bits as the reference, by construction:
 - the transcendentals are mathlib's (the kernel IR lowered to CUDA C, as ops.canonical runs them);
 - every other operation is the reference's, in its order, correctly rounded (no contraction, no
-  flush to zero: cuda_kernels.OPTIONS);
+  flush to zero: fused.OPTIONS);
 - each row sum is exact.sum's: the row's finite maximum fixes a power-of-two scale, every value
   becomes the integer rint(v 2^(bits - e)), the integers are added in float64 (exact: every partial
   sum is an integer below 2^53, so the block's order cannot matter), infinities and NaNs are added
@@ -25,14 +25,16 @@ from functools import cache
 import cupy
 import numpy as np
 
-from . import cuda_kernels, device_functions
-from .cuda_exact_reduce import EXACT_ROW_SUM
-from .cuda_kernels import BASICS, OPTIONS, ROW_HELPERS
+from .. import device_functions
+from . import fused
+from .compile import OPTIONS
+from .exact_reduce import EXACT_ROW_SUM
+from .fused import BASICS, ROW_HELPERS
 
 ROW_DTYPES = (np.dtype(np.float32),)
 
-# One block per row (grid-stride over rows), blockDim a multiple of 32; after cuda_kernels' ROW_HELPERS
-# and cuda_exact_reduce's EXACT_ROW_SUM.
+# One block per row (grid-stride over rows), blockDim a multiple of 32; after fused' ROW_HELPERS
+# and exact_reduce's EXACT_ROW_SUM.
 _ROWS = r"""
 // ops.softmax of s = x * scale (fused.scaled_masked_softmax): e = exp(s - max) / sum. Entries j >= kept
 // (softmax_kept) are masked: e = 0, left out of the max; a row with nothing kept divides by 1 (all 0).
@@ -135,7 +137,7 @@ extern "C" __global__ void loom_exact_rms_norm_grad_rows(const T* __restrict__ d
 
 @cache
 def helpers() -> str:
-    """cuda_kernels' device helpers with mathlib's transcendentals (float and double overloads, from
+    """fused' device helpers with mathlib's transcendentals (float and double overloads, from
     loom.kernels through device_functions): what ops.exp, ops.erf, ops.tanh and ops.sigmoid run in
     deterministic mode."""
     return BASICS + "\n" + device_functions.source("mathlib")
@@ -152,49 +154,49 @@ def _bits(n: int) -> np.int32:
 
 
 def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
-    """cuda_kernels' row launcher for this module: its float32 kernel loom_exact_<name>, with exact.sum's
+    """fused' row launcher for this module: its float32 kernel loom_exact_<name>, with exact.sum's
     bits for rows of n as the last argument."""
     kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1))
-    kernel((min(rows, cuda_kernels.MAX_GRID),), (cuda_kernels.row_threads(n),), args + (_bits(n),))
+    kernel((min(rows, fused.MAX_GRID),), (fused.row_threads(n),), args + (_bits(n),))
 
 
-# The row operations: cuda_kernels' (same arguments, same outputs) with this module's kernels.
+# The row operations: fused' (same arguments, same outputs) with this module's kernels.
 def softmax(x):
-    return cuda_kernels.softmax(x, _launch)
+    return fused.softmax(x, _launch)
 
 
 def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
-    return cuda_kernels.scaled_masked_softmax(scores, scale, causal, offset, _launch)
+    return fused.scaled_masked_softmax(scores, scale, causal, offset, _launch)
 
 
 def softmax_grad(y, dy):
-    return cuda_kernels.softmax_grad(y, dy, _launch)
+    return fused.softmax_grad(y, dy, _launch)
 
 
 def layer_norm(x, weight, bias, eps):
-    return cuda_kernels.layer_norm(x, weight, bias, eps, _launch)
+    return fused.layer_norm(x, weight, bias, eps, _launch)
 
 
 def layer_norm_grad(dy, xhat, rstd, weight):
-    return cuda_kernels.layer_norm_grad(dy, xhat, rstd, weight, _launch)
+    return fused.layer_norm_grad(dy, xhat, rstd, weight, _launch)
 
 
 def rms_norm(x, weight, eps):
-    return cuda_kernels.rms_norm(x, weight, eps, _launch)
+    return fused.rms_norm(x, weight, eps, _launch)
 
 
 def rms_norm_grad(dy, xhat, rstd, weight):
-    return cuda_kernels.rms_norm_grad(dy, xhat, rstd, weight, _launch)
+    return fused.rms_norm_grad(dy, xhat, rstd, weight, _launch)
 
 
-# The element-wise ones: cuda_kernels' formulas with mathlib's transcendentals.
+# The element-wise ones: fused' formulas with mathlib's transcendentals.
 def bias_act(z, bias, fn: str):
-    return cuda_kernels.bias_act(z, bias, fn, helpers())
+    return fused.bias_act(z, bias, fn, helpers())
 
 
 def gelu(x):
-    return cuda_kernels.gelu(x, helpers())
+    return fused.gelu(x, helpers())
 
 
 def gelu_grad(x, dy):
-    return cuda_kernels.gelu_grad(x, dy, helpers())
+    return fused.gelu_grad(x, dy, helpers())

@@ -30,9 +30,8 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .cuda import translating
-from .cuda_exact_reduce import TOP_EXPONENT
-from .cuda_kernels import OPTIONS
+from .compile import OPTIONS, translating
+from .exact_reduce import TOP_EXPONENT
 
 MODULI = (256, 255, 253, 251, 247, 241, 239, 233, 229)
 _PRODUCT = math.prod(MODULI)        # 2^71.41
@@ -139,7 +138,7 @@ extern "C" __global__ void loom_exact_int8_right(const float* b, long long sk, l
 
 @cache
 def _kernels():
-    # the slices of exact._matmul_narrow (cuda_exact's loom_exact_slice_left/right), as integers
+    # the slices of exact._matmul_narrow (exact's loom_exact_slice_left/right), as integers
     left = cupy.ElementwiseKernel(
         "float32 a, float32 top, int32 bits, int64 plane", "raw int8 r",
         """const float s = ldexpf(a, bits - loom_top_exponent(top));
@@ -169,7 +168,7 @@ def _kernels():
 
 
 def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
-    """cuda_exact.matmul_narrow's product (without the special values) for operands `takes` accepts:
+    """exact.matmul_narrow's product (without the special values) for operands `takes` accepts:
     b's residues once, then a's and the product panel by panel of rows (PANEL_BYTES)."""
     bits_a, bits_b = bits
     m, k = a.shape

@@ -11,7 +11,7 @@ cache keeps these builds apart from flushing ones) and goes to NVRTC without `-f
 every CuPy kernel compiled in the process afterwards; on current GPUs float32 add, multiply and FMA
 run at full speed on subnormals. Kernels CuPy compiled before (it caches them in memory) keep
 flushing: `check()` finds that out, and the backend then refuses deterministic mode (DeterminismError;
-fast mode logs it once: loom/backend/cuda.py `check_subnormals`).
+fast mode logs it once: loom/backend/cuda/__init__.py `check_subnormals`).
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ Q/K/V product, each operation with its bits:
    (exact.sum's scheme over the n keys), each divided by it;
 4. ctx_d = sum_j p_j v_jd, each rounded once (the rounded scheme over K = n keys: n <= ROUNDED_MAX_K,
    so `unsupported` refuses longer caches), THREADS / head_dim threads per d sharing the keys.
-The certification and settling are cuda_quant_exact's (a thread's float64 sum and sum of magnitudes,
+The certification and settling are quant_exact's (a thread's float64 sum and sum of magnitudes,
 then a compensated and an exact sum where those leave the rounding open).
 `CUDABackend.decode_exact_kernels` is this module. Capturable: sizes as arguments, no sync.
 """
@@ -24,13 +24,14 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .cuda_exact import ROUNDED_DEVICE
-from .cuda_exact_reduce import EXACT_ROW_SUM
-from .cuda_fused_exact import helpers
-from .cuda_kernels import OPTIONS, ROW_HELPERS
-from .cuda_launch import OVERLAP_PROLOGUE, launch
-from .cuda_quant import pointer
-from .cuda_quant_exact import _MARK, SETTLE
+from .compile import OPTIONS
+from .exact import ROUNDED_DEVICE
+from .exact_reduce import EXACT_ROW_SUM
+from .fused import ROW_HELPERS
+from .fused_exact import helpers
+from .launch import OVERLAP_PROLOGUE, launch
+from .quant import pointer
+from .quant_exact import _MARK, SETTLE
 
 THREADS = 256
 MAX_KEYS = 2048     # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slices scheme
@@ -69,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
     const int b = blockIdx.x / H, h = blockIdx.x % H, R = H / KV, kv = h / R;
     float* keys = cache_k + b * batch_stride + (long long)kv * max_len * D;
     float* values = cache_v + b * batch_stride + (long long)kv * max_len * D;
-    // Before the wait (cuda_launch): the keys and values earlier steps cached are requested into L1
+    // Before the wait (launch): the keys and values earlier steps cached are requested into L1
     // (the position is this step's input, written before the graph starts)
     const long long pos = *pos_p, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
     for (long long line = threadIdx.x; line < (n - 1) * D / 32; line += blockDim.x) {
@@ -176,7 +177,7 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
 
 def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
               eps: float, factor: float, overlap: bool = False) -> None:
-    """cuda_decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
+    """decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
     checked `unsupported`; `factor` is exact_rounded.error_factor(head_dim)."""
     B, kv_heads, max_len, D = cache_k.shape
     launch(_module(D).get_function("loom_exact_decode_attention"), B * heads, THREADS,

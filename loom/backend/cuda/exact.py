@@ -9,9 +9,9 @@ subtraction of a number's own integer part) except the one rounding in the recom
 conversion, which are written with explicitly rounded intrinsics in the reference's order: the bits
 are the NumPy path's (tests/gpu/test_deterministic_bits.py).
 
-Large products (cuda_exact_int8.takes) find the same integers on int8 tensor cores instead.
+Large products (exact_int8.takes) find the same integers on int8 tensor cores instead.
 
-`CUDABackend.exact_kernels` is this module (with the maxima and sums of cuda_exact_reduce).
+`CUDABackend.exact_kernels` is this module (with the maxima and sums of exact_reduce).
 Capturable: no synchronization, scalars as arguments.
 """
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import NamedTuple
 import cupy
 import numpy as np
 
-from . import cuda_exact_int8
-from .cuda import translating
-from .cuda_exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, squares_copy, sum_float32
-from .cuda_kernels import C_TYPES, OPTIONS
+from . import exact_int8
+from .compile import OPTIONS, translating
+from .exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, squares_copy, sum_float32
+from .fused import C_TYPES
 
 __all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_narrow_chunks", "matmul_rounded",
            "patch_specials", "sum_float32"]
@@ -98,8 +98,8 @@ def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False)
     patch_specials would in a launch of its own."""
     bits_a, bits_b = bits
     amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
-    if cuda_exact_int8.takes(a, b, bits):      # large products: the same bits on int8 tensor cores
-        out = cuda_exact_int8.matmul_narrow(be, a, b, amax, bmax, bits, dtype)
+    if exact_int8.takes(a, b, bits):      # large products: the same bits on int8 tensor cores
+        out = exact_int8.matmul_narrow(be, a, b, amax, bmax, bits, dtype)
         if guard:
             patch_specials(a, b, amax, bmax, out)
         return out
@@ -337,7 +337,7 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
 # cannot certify it either, an exact integer accumulator per lane (local memory), the lanes' limbs
 # added exactly and rounded once.
 # The value-level pieces of the rounded scheme (certification, compensated sums, integer limbs), also
-# compiled into the deterministic decode kernels (cuda_quant_exact, cuda_decode_exact).
+# compiled into the deterministic decode kernels (quant_exact, decode_exact).
 ROUNDED_DEVICE = r"""
 #define LOOM_LIMBS 21
 #define LOOM_FULL 0xffffffffu

@@ -22,8 +22,8 @@ import logging
 
 import numpy as np
 
-from .. import fallback
-from ..errors import BackendError
+from ... import fallback
+from ...errors import BackendError
 
 # The two instructions every overlapping kernel runs: wait for the previous kernel (its writes are
 # visible after this), then let the next kernel launch (placed after the wait, so at most one kernel

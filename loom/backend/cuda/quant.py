@@ -30,9 +30,8 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .cuda import translating
-from .cuda_kernels import OPTIONS
-from .cuda_launch import OVERLAP_PROLOGUE, launch
+from .compile import OPTIONS, translating
+from .launch import OVERLAP_PROLOGUE, launch
 
 MAX_ROWS = 16
 # block bytes, offset of the codes, of the float16 offset m (-1: none), of the 5th bits (-1: none),
@@ -44,7 +43,7 @@ LAYOUTS = {"Q8_0": (34, 2, -1, -1, 0), "Q4_0": (18, 2, -1, -1, 8), "Q4_1": (20, 
 _KIND = {"F16": 1, "BF16": 2, "F32": 3}
 TYPES = tuple(LAYOUTS)
 
-# float warp reductions (every lane gets the result), shared with cuda_decode's attention kernel
+# float warp reductions (every lane gets the result), shared with decode's attention kernel
 WARP_REDUCTIONS = r"""
 __device__ __forceinline__ float warp_sum(float s) {
     #pragma unroll
@@ -59,7 +58,7 @@ __device__ __forceinline__ float warp_max(float s) {
 """
 
 # Reading the stored rows: 16-bit fields, a block's values for one of the eight lanes sharing it, and
-# L1 prefetches of a row (also compiled into cuda_quant_exact's deterministic products, with BLOCK,
+# L1 prefetches of a row (also compiled into quant_exact's deterministic products, with BLOCK,
 # AT_Q, AT_M, AT_H, SUB and KIND defined before it).
 BLOCK_DECODE = r"""
 #include <cuda_fp16.h>
@@ -138,7 +137,7 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     const int cols = NB * 32, part = lane >> 3, i = lane & 7;
     const unsigned char* row = w + (long long)warp * NB * BLOCK;
     const long long second = (long long)rows * NB * BLOCK;     // SwiGLU: the up row, `rows` rows further
-    // Before the wait (cuda_launch): only the constants. This warp's share of its row's cache lines is
+    // Before the wait (launch): only the constants. This warp's share of its row's cache lines is
     // requested, and the bias read, while the previous kernel finishes.
     float bias_v[EPI + 1];
     if (valid) {
@@ -289,7 +288,7 @@ def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, resid
     C-contiguous float32 [M, cols], M <= MAX_ROWS; pro(x) = x, or x / sqrt(mean(x^2) + eps) * norm per row
     when a norm weight [cols] is given. swiglu: W holds [gate; up] (2R rows) and out [M, R] = silu(x Wg^T + bg)
     * (x Wu^T + bu) (no residual). bias ([R], or [2R] with swiglu) and residual [M, R] (may be `out`) are
-    optional; all device arrays. overlap: launched to overlap the previous kernel (loom.backend.cuda_launch;
+    optional; all device arrays. overlap: launched to overlap the previous kernel (loom.backend.cuda.launch;
     x and residual must then come from that kernel or earlier ones, finished before it started)."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
     if x.data.ptr % 16:                 # the kernel reads x and the norm weight as float4

@@ -1,0 +1,27 @@
+"""What every CUDA kernel module of the backend shares, in a module of its own so that none of them
+imports the backend class: the compile options and the translation of CUDA failures into Loom's
+errors."""
+from __future__ import annotations
+
+import contextlib
+
+from ...errors import BackendError
+
+# Every kernel is compiled with IEEE arithmetic: no fused multiply-add contraction, correctly rounded
+# division and square root, subnormals kept (the CPU's results, bit for bit).
+OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
+
+
+@contextlib.contextmanager
+def translating(op: str, *arrays):
+    """Turn CUDA/CuPy failures inside the block into BackendError naming `op` and the shapes."""
+    try:
+        yield
+    except BackendError:
+        raise
+    except Exception as exc:
+        name = type(exc).__name__
+        if "OutOfMemory" in name or "CUDA" in name.upper() or "cuda" in type(exc).__module__:
+            shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays if hasattr(a, "shape"))
+            raise BackendError(f"CUDA {op} failed on {shapes or 'its inputs'}: {name}: {exc}") from None
+        raise
