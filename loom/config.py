@@ -22,9 +22,37 @@ ACTIVATIONS = ("linear", "relu", "leaky_relu", "elu", "selu", "gelu", "gelu_tanh
                "softplus", "sigmoid", "tanh", "hard_sigmoid")
 SOFTMAX_VARIANTS = ("standard", "temperature", "grid", "hierarchical", "gumbel", "masked", "sparsemax",
                     "entmax", "adaptive", "mixture")
+DEFAULT_SOFTMAX_VARIANT = "standard"  # of a softmax layer without a "variant"
 COMBINE_MODES = ("concat", "add", "avg", "multiply", "grid_scatter", "filter")
 
 REQUIRED = object()  # marks a key with no default
+
+
+# --- the JSON Schema of each checker -----------------------------------------------------------------
+# loom.config_schema builds docs/loom-config.schema.json from the key tables below. For that, every
+# checker carries the schema of what it accepts, written next to its code so that a change to one is
+# seen beside the other. Three attributes, set by `_schema` and `_named`:
+#   json_schema       a JSON Schema fragment in which a nested checker stands for its own schema;
+#   json_schema_keys  instead of a fragment: the key table of a closed object (records);
+#   json_schema_name  the schema goes under this name in $defs and each use refers to it.
+
+def _schema(fragment: dict | None = None, *, keys: dict | None = None,
+            name: str | None = None) -> Callable[[Callable], Callable]:
+    """Decorator attaching a checker's JSON Schema (a fragment or a key table) and its $defs name."""
+    def attach(check: Callable) -> Callable:
+        if fragment is not None:
+            check.json_schema = fragment
+        if keys is not None:
+            check.json_schema_keys = keys
+        if name is not None:
+            check.json_schema_name = name
+        return check
+    return attach
+
+
+def _named(name: str, check: Callable) -> Callable:
+    """`check`, its schema put under $defs as `name` (the tables share this one checker)."""
+    return _schema(name=name)(check)
 
 
 # --- value checkers: each takes (value, path) and returns the canonical value or raises ----------
@@ -45,24 +73,28 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+@_schema({"type": "integer", "minimum": 1}, name="positiveInt")
 def positive_int(v, path):
     if not _is_int(v) or v <= 0:
         raise ConfigError(path, f"expected a positive integer, got {_describe(v)}")
     return v
 
 
+@_schema({"type": "integer", "minimum": 0}, name="nonNegativeInt")
 def nonneg_int(v, path):
     if not _is_int(v) or v < 0:
         raise ConfigError(path, f"expected a non-negative integer, got {_describe(v)}")
     return v
 
 
+@_schema({"type": "boolean"})
 def boolean(v, path):
     if not isinstance(v, bool):
         raise ConfigError(path, f"expected true or false, got {_describe(v)}")
     return v
 
 
+@_schema({"type": "string"})
 def string(v, path):
     if not isinstance(v, str):
         raise ConfigError(path, f"expected a string, got {_describe(v)}")
@@ -74,7 +106,13 @@ def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
     lb = "(" if lo_open else "["
     rb = ")" if hi_open else "]"
     what = f"a number in {lb}{lo}, {hi}{rb}"
+    bounds = {}
+    if lo > -math.inf:
+        bounds["exclusiveMinimum" if lo_open else "minimum"] = lo
+    if hi < math.inf:
+        bounds["exclusiveMaximum" if hi_open else "maximum"] = hi
 
+    @_schema({"type": "number", **bounds})
     def check(v, path):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite_float(v):
             raise ConfigError(path, f"expected {what}, got {_describe(v)}")
@@ -92,6 +130,7 @@ def _finite_float(v) -> bool:
 
 
 def one_of(*choices):
+    @_schema({"enum": list(choices)})
     def check(v, path):
         if isinstance(v, (bool, list, dict)) or v not in choices:
             raise ConfigError(path, f"expected one of {', '.join(map(str, choices))}, got {_describe(v)}")
@@ -100,12 +139,14 @@ def one_of(*choices):
 
 
 def optional(inner):
+    @_schema({"anyOf": [{"type": "null"}, inner]})
     def check(v, path):
         return None if v is None else inner(v, path)
     return check
 
 
 def list_of(inner, min_len=0):
+    @_schema({"type": "array", **({"minItems": min_len} if min_len else {}), "items": inner})
     def check(v, path):
         if not isinstance(v, list):
             raise ConfigError(path, f"expected a list, got {_describe(v)}")
@@ -117,6 +158,8 @@ def list_of(inner, min_len=0):
 
 def int_or_list(item):
     """An integer applied to every spatial dimension, or one integer per dimension."""
+    @_schema({"description": "one integer for every spatial dimension, or one per dimension",
+              "anyOf": [item, {"type": "array", "minItems": 1, "items": item}]})
     def check(v, path):
         if isinstance(v, list):
             if not v:
@@ -126,14 +169,25 @@ def int_or_list(item):
     return check
 
 
+# Shared by many keys, so the schema names them once.
+positive_ints = _named("positiveIntOrList", int_or_list(positive_int))
+nonneg_ints = _named("nonNegativeIntOrList", int_or_list(nonneg_int))
+positive_number = _named("positiveNumber", number(0, lo_open=True))
+activation_name = _named("activation", one_of(*ACTIVATIONS))
+
+
+@_schema({"anyOf": [{"const": "same"}, nonneg_ints]})
 def padding(v, path):
     if v == "same":
         return v
     if isinstance(v, str):
         raise ConfigError(path, f'expected a non-negative integer, a list of them or "same", got {_describe(v)}')
-    return int_or_list(nonneg_int)(v, path)
+    return nonneg_ints(v, path)
 
 
+# JSON Schema counts matches of `contains`: minContains 0 with maxContains 1 is "at most one -1".
+@_schema({"type": "array", "minItems": 1, "items": {"type": "integer", "anyOf": [{"minimum": 1}, {"const": -1}]},
+          "contains": {"const": -1}, "minContains": 0, "maxContains": 1})
 def reshape_shape(v, path):
     def dim(x, p):
         if not _is_int(x) or (x <= 0 and x != -1):
@@ -145,6 +199,7 @@ def reshape_shape(v, path):
     return dims
 
 
+@_schema({"type": "array", "minItems": 1, "items": {"type": "integer", "enum": [0, 1]}, "contains": {"const": 1}})
 def mask_list(v, path):
     def bit(x, p):
         if not _is_int(x) or x not in (0, 1):
@@ -158,6 +213,7 @@ def mask_list(v, path):
 
 def _record(schema: dict[str, tuple[Callable, Any]], what: str):
     """A JSON object with exactly the keys of `schema` (missing ones take their default)."""
+    @_schema(keys=schema)
     def check(v, path):
         if not isinstance(v, dict):
             raise ConfigError(path, f"expected an object ({what}), got {_describe(v)}")
@@ -187,17 +243,20 @@ def _join(path: str, key: str) -> str:
 
 # --- nested layers --------------------------------------------------------------------------------
 
+# The "layer" definition is built from LAYER_KEYS and SOFTMAX_KEYS by loom.config_schema.
+@_schema({"$ref": "#/$defs/layer"})
 def layer(v, path):
     return parse_layer(v, path)
 
 
-layer_list = list_of(layer, min_len=1)
+layer_list = _named("layerList", list_of(layer, min_len=1))
 
 
-rope = _record({"theta": (number(0, lo_open=True), 10000.0),
-                "scaling": (optional(number(1.0)), None)}, "rope settings")
+rope = _named("rope", _record({"theta": (positive_number, 10000.0),
+                               "scaling": (optional(number(1.0)), None)}, "rope settings"))
 
 
+@_schema({"type": "array", "minItems": 3, "maxItems": 3, "items": nonneg_int})
 def grid_position(v, path):
     coords = list_of(nonneg_int)(v, path)
     if len(coords) != 3:
@@ -205,39 +264,38 @@ def grid_position(v, path):
     return coords
 
 
-grid = _record({"rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED),
-                "layers": (positive_int, 1),
-                "positions": (list_of(grid_position, min_len=1), REQUIRED)}, "grid_scatter grid")
+grid = _named("grid", _record({"rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED),
+                               "layers": (positive_int, 1),
+                               "positions": (list_of(grid_position, min_len=1), REQUIRED)}, "grid_scatter grid"))
 
 
 # --- the layer schema: type -> ordered {key: (check, default)} --------------------------------------
 
 def _conv(transpose: bool):
-    keys = {"filters": (positive_int, REQUIRED), "kernel_size": (int_or_list(positive_int), REQUIRED),
-            "stride": (int_or_list(positive_int), 1),
-            "padding": (int_or_list(nonneg_int) if transpose else padding, 0)}
+    keys = {"filters": (positive_int, REQUIRED), "kernel_size": (positive_ints, REQUIRED),
+            "stride": (positive_ints, 1), "padding": (nonneg_ints if transpose else padding, 0)}
     if transpose:
-        keys["output_padding"] = (int_or_list(nonneg_int), 0)
-    keys.update({"dilation": (int_or_list(positive_int), 1), "groups": (positive_int, 1),
-                 "activation": (one_of(*ACTIVATIONS), "linear"), "bias": (boolean, True)})
+        keys["output_padding"] = (nonneg_ints, 0)
+    keys.update({"dilation": (positive_ints, 1), "groups": (positive_int, 1),
+                 "activation": (activation_name, "linear"), "bias": (boolean, True)})
     return keys
 
 
-_POOL = {"pool_size": (int_or_list(positive_int), REQUIRED), "stride": (optional(int_or_list(positive_int)), None),
-         "padding": (int_or_list(nonneg_int), 0)}
+_POOL = {"pool_size": (positive_ints, REQUIRED), "stride": (optional(positive_ints), None),
+         "padding": (nonneg_ints, 0)}
 _RECURRENT = {"hidden": (positive_int, REQUIRED), "return_sequences": (boolean, False), "bias": (boolean, True)}
 
 LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
-    "dense": {"units": (positive_int, REQUIRED), "activation": (one_of(*ACTIVATIONS), "linear"),
+    "dense": {"units": (positive_int, REQUIRED), "activation": (activation_name, "linear"),
               "bias": (boolean, True), "accumulate_block": (optional(positive_int), None)},
     **{f"conv{n}d": _conv(False) for n in (1, 2, 3)},
     **{f"conv_transpose{n}d": _conv(True) for n in (1, 2, 3)},
     **{f"{kind}_pool{n}d": _POOL for kind in ("max", "avg") for n in (1, 2, 3)},
     "embedding": {"vocab_size": (positive_int, REQUIRED), "dim": (positive_int, REQUIRED)},
-    "layer_norm": {"eps": (number(0, lo_open=True), 1e-5), "affine": (boolean, True),
+    "layer_norm": {"eps": (positive_number, 1e-5), "affine": (boolean, True),
                    "compute_dtype": (optional(one_of("float64")), None)},
-    "rms_norm": {"eps": (number(0, lo_open=True), 1e-6), "compute_dtype": (optional(one_of("float64")), None)},
-    "batch_norm": {"eps": (number(0, lo_open=True), 1e-5), "momentum": (number(0, 1), 0.1)},
+    "rms_norm": {"eps": (positive_number, 1e-6), "compute_dtype": (optional(one_of("float64")), None)},
+    "batch_norm": {"eps": (positive_number, 1e-5), "momentum": (number(0, 1), 0.1)},
     "dropout": {"rate": (number(0, 1, hi_open=True), REQUIRED)},
     "rnn": _RECURRENT, "lstm": _RECURRENT, "gru": _RECURRENT,
     "multi_head_attention": {
@@ -246,7 +304,7 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
         "rope": (optional(rope), None), "qk_norm": (boolean, False), "bias": (boolean, True),
         "span": (one_of("sample", "batch"), "sample")},
     "swiglu": {"hidden": (positive_int, REQUIRED), "bias": (boolean, False)},
-    "activation": {"fn": (one_of(*ACTIVATIONS), REQUIRED)},
+    "activation": {"fn": (activation_name, REQUIRED)},
     "softmax": None,  # per-variant keys, see SOFTMAX_KEYS
     "flatten": {},
     "reshape": {"shape": (reshape_shape, REQUIRED)},
@@ -257,10 +315,10 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
                  "top_k": (optional(positive_int), None), "renormalize": (optional(boolean), None)},
     "kmeans": {"clusters": (positive_int, REQUIRED),
                "output": (one_of("probabilities", "features"), "probabilities"),
-               "temperature": (number(0, lo_open=True), 1.0)},
+               "temperature": (positive_number, 1.0)},
 }
 
-_TEMPERATURE = {"temperature": (number(0, lo_open=True), 1.0)}
+_TEMPERATURE = {"temperature": (positive_number, 1.0)}
 # "batch" normalizes the whole batch tensor as one vector (openfluke welvet's softmax; docs/interop.md)
 _NORMALIZE = {"normalize": (one_of("row", "batch"), "row")}
 SOFTMAX_KEYS: dict[str, dict] = {
@@ -298,7 +356,7 @@ def parse_layer(obj: Any, path: str) -> dict:
                           f"unknown layer type {_describe(kind)}; expected one of {', '.join(LAYER_KEYS)}")
     rest = {k: v for k, v in obj.items() if k != "type"}
     if kind == "softmax":
-        variant = rest.pop("variant", "standard")
+        variant = rest.pop("variant", DEFAULT_SOFTMAX_VARIANT)
         if not isinstance(variant, str) or variant not in SOFTMAX_KEYS:
             raise ConfigError(_join(path, "variant"), f"unknown softmax variant {_describe(variant)}; "
                               f"expected one of {', '.join(SOFTMAX_VARIANTS)}")
@@ -356,6 +414,21 @@ def _check_cross_keys(cfg: dict, path: str) -> None:
         pass  # output_padding < stride is a per-dimension rule, checked with the shapes
 
 
+# The part of the rules above that JSON Schema can state, per layer type (loom.config_schema adds it to
+# the type's definition; the schema's description lists the rest).
+CROSS_KEY_SCHEMA: dict[str, dict] = {
+    "parallel": {"allOf": [
+        {"if": {"properties": {"combine": {"const": "grid_scatter"}}, "required": ["combine"]},
+         "then": {"required": ["grid"],
+                  "properties": {"grid": {"type": "object", "properties": {"positions": {"uniqueItems": True}}}}},
+         "else": {"properties": {"grid": {"type": "null"}}}},
+        {"if": {"properties": {"combine": {"const": "filter"}}, "required": ["combine"]},
+         "then": True,
+         "else": {"properties": {key: {"type": "null"} for key in ("gate", "top_k", "renormalize")}}},
+    ]},
+}
+
+
 # --- specs of pluggable parts (losses, optimizers, schedules) --------------------------------------
 
 def resolve_type(spec, path: str, types, what: str) -> tuple[dict, str]:
@@ -376,18 +449,18 @@ def resolve_type(spec, path: str, types, what: str) -> tuple[dict, str]:
 
 # --- whole networks ---------------------------------------------------------------------------------
 
-def _input_spec(v, path):
-    spec = _record({"shape": (list_of(positive_int, min_len=1), REQUIRED),
-                    "dtype": (optional(one_of(*dtypes.INPUT)), None)}, "input spec")(v, path)
-    return spec
+_input_spec = _named("input", _record({"shape": (list_of(positive_int, min_len=1), REQUIRED),
+                                      "dtype": (optional(one_of(*dtypes.INPUT)), None)}, "input spec"))
 
 
+@_schema({"type": "integer", "const": VERSION})
 def _version(v, path):
     if not _is_int(v) or v != VERSION:
         raise ConfigError(path, f"unsupported format version {_describe(v)}; this Loom reads version {VERSION}")
     return v
 
 
+@_schema({"type": "object"})
 def _metadata(v, path):
     """Free-form user data: any JSON object of finite numbers, stored as a copy."""
     if not isinstance(v, dict):
@@ -401,6 +474,9 @@ def _metadata(v, path):
 def _spec(kinds: str):
     """A loss/optimizer/schedule spec: a type name or an object with a "type"; its keys are checked
     by the builder in loom.nn when training starts."""
+    typed = {"type": "object", "required": ["type"], "properties": {"type": {"type": "string"}}}
+
+    @_schema({"anyOf": [{"type": "string"}, typed]} if "name" in kinds else typed)
     def check(v, path):
         if isinstance(v, str) and "name" in kinds:
             return v
@@ -410,15 +486,19 @@ def _spec(kinds: str):
     return check
 
 
+_early_stopping_settings = _record({"monitor": (string, "val_loss"), "patience": (positive_int, 3),
+                                    "min_delta": (number(0), 0.0), "mode": (one_of("min", "max"), "min"),
+                                    "restore_best": (boolean, True)}, "early stopping settings")
+
+
+@_schema({"anyOf": [{"type": "boolean"}, _early_stopping_settings]})
 def _early_stopping(v, path):
     if isinstance(v, bool):
         return v
-    return _record({"monitor": (string, "val_loss"), "patience": (positive_int, 3),
-                    "min_delta": (number(0), 0.0), "mode": (one_of("min", "max"), "min"),
-                    "restore_best": (boolean, True)}, "early stopping settings")(v, path)
+    return _early_stopping_settings(v, path)
 
 
-training_block = _record({
+training_block = _named("training", _record({
     "loss": (_spec("a loss name or an object with a type"), "cross_entropy"),
     "optimizer": (_spec("an object with a type"), {"type": "adam", "lr": 0.001}),
     "schedule": (optional(_spec("an object with a type")), None),
@@ -427,14 +507,16 @@ training_block = _record({
     "validation": (optional(number(0, 1, lo_open=True, hi_open=True)), None),
     "early_stopping": (optional(_early_stopping), None),
     "shuffle": (boolean, True),
-    "deterministic": (optional(boolean), None)}, "training settings")
+    "deterministic": (optional(boolean), None)}, "training settings"))
+
+_QUANT_TYPES = tuple(n for n in dtypes.TABLE if n not in dtypes.COMPUTE)
 
 
+@_schema({"enum": list(_QUANT_TYPES)})
 def _quant_type(v, path):
     """A storage type for weights: any table type but the compute types."""
-    names = [n for n in dtypes.TABLE if n not in dtypes.COMPUTE]
-    if not isinstance(v, str) or v not in names:
-        raise ConfigError(path, f"expected one of {', '.join(names)}, got {_describe(v)}")
+    if not isinstance(v, str) or v not in _QUANT_TYPES:
+        raise ConfigError(path, f"expected one of {', '.join(_QUANT_TYPES)}, got {_describe(v)}")
     return v
 
 
@@ -453,11 +535,31 @@ NETWORK_KEYS = {
     "dtype": (one_of(*dtypes.COMPUTE), "float32"),
     "input": (_input_spec, REQUIRED),
     "layers": (layer_list, REQUIRED),
-    "quantization": (optional(_record(QUANT_KEYS, "a quantization block")), None),
-    "qat": (optional(_record(QUANT_KEYS, "a qat block")), None),
+    # two records (their errors name the block), one schema definition
+    "quantization": (optional(_named("quantization", _record(QUANT_KEYS, "a quantization block"))), None),
+    "qat": (optional(_named("quantization", _record(QUANT_KEYS, "a qat block"))), None),
     "training": (optional(training_block), None),
     "metadata": (_metadata, None),
 }
+# Keys left out of the normalized config while they are None (given as null or absent).
+DROPPED_WHEN_NONE = ("quantization", "qat", "training", "metadata")
+
+
+def _float_input_rule(dtype: str) -> dict:
+    """JSON Schema of validate()'s rule "a float input has the network's dtype", for networks of `dtype`."""
+    when = {"properties": {"dtype": {"const": dtype}}}
+    if dtype != NETWORK_KEYS["dtype"][1]:
+        when["required"] = ["dtype"]  # an absent dtype is the default one
+    others = [t for t in dtypes.INPUT if t.startswith("float") and t != dtype]
+    return {"if": when, "then": {"properties": {"input": {"properties": {"dtype": {"not": {"enum": others}}}}}}}
+
+
+# The rules of validate() below as JSON Schema (loom.config_schema adds them to the top level).
+NETWORK_CROSS_KEY_SCHEMA = {"allOf": [
+    *(_float_input_rule(t) for t in dtypes.COMPUTE),
+    {"not": {"required": ["quantization", "qat"],
+             "properties": {"quantization": {"type": "object"}, "qat": {"type": "object"}}}},
+]}
 
 
 def validate(cfg: Any) -> dict:
@@ -474,7 +576,7 @@ def validate(cfg: Any) -> dict:
     if out["quantization"] is not None and out["qat"] is not None:
         raise ConfigError("qat", "a quantized network runs inference only; drop qat (quantize the qat-trained "
                           "float network instead)")
-    for key in ("quantization", "qat", "training", "metadata"):
+    for key in DROPPED_WHEN_NONE:
         if out[key] is None:
             del out[key]
     return out

@@ -1,42 +1,74 @@
 """docs/loom-config.schema.json and the JSON examples in the docs, checked against loom/config.py.
 
-The schema must accept every valid config (catalogue samples, raw and normalized, and every ```json
-block in the docs), reject the malformed configs below exactly when loom.config does, and list the
-same keys, defaults and enums as config.py. Every layer key table in docs/format.md is compared
-with config.py too, so the reference cannot drift from the code.
+The schema file must be exactly what loom.config_schema generates from config.py's key tables. It
+must accept every valid config (catalogue samples, raw and normalized, and every ```json block in the
+docs), reject the malformed configs below exactly when loom.config does, and list the same keys,
+defaults and enums as config.py. Every layer key table in docs/format.md is compared with config.py
+too, so the reference cannot drift from the code. Only the tests that validate configs with the schema
+need jsonschema (the `validator` fixture skips them without it).
 """
 import json
 import re
 from pathlib import Path
 
 import pytest
+from catalogue import SAMPLES, config
 
-jsonschema = pytest.importorskip("jsonschema")
-
-from catalogue import SAMPLES, config  # noqa: E402
-
-import loom  # noqa: E402
-from loom import config as C  # noqa: E402
+import loom
+from loom import config as C
+from loom import config_schema
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-SCHEMA = json.loads((DOCS / "loom-config.schema.json").read_text(encoding="utf-8"))
-VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+SCHEMA_FILE = DOCS / "loom-config.schema.json"
+SCHEMA = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
 EXAMPLE_PAGES = ["format.md", "layers.md", "layers/core.md"]
 
 
-def schema_errors(cfg):
-    return [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(cfg)]
+@pytest.fixture(scope="module")
+def validator():
+    jsonschema = pytest.importorskip("jsonschema")
+    return jsonschema.Draft202012Validator(SCHEMA)
 
 
-def assert_valid_both(cfg):
-    errors = schema_errors(cfg)
+def schema_errors(validator, cfg):
+    return [f"/{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(cfg)]
+
+
+def assert_valid_both(validator, cfg):
+    errors = schema_errors(validator, cfg)
     assert not errors, errors
     C.validate(cfg)
 
 
 # --- the schema itself ------------------------------------------------------------------------------
 
+def test_schema_file_is_generated_from_the_config_tables():
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == config_schema.render(), (
+        f"docs/loom-config.schema.json differs from what loom/config.py's tables give; regenerate it with "
+        f"`{config_schema.REGENERATE}`")
+
+
+def test_main_writes_the_schema(capsys):
+    config_schema.main()
+    assert capsys.readouterr().out == config_schema.render()
+
+
+def test_a_checker_without_a_schema_fails_the_generation(monkeypatch):
+    def bare(v, path):
+        return v
+    monkeypatch.setitem(C.LAYER_KEYS, "dense", {**C.LAYER_KEYS["dense"], "extra": (bare, None)})
+    with pytest.raises(config_schema.SchemaError, match="bare carries no JSON Schema"):
+        config_schema.schema()
+
+
+def test_a_note_for_a_key_the_tables_lack_fails_the_generation(monkeypatch):
+    monkeypatch.setitem(config_schema.KEY_NOTES, ("dense", "unitz"), "a typo")
+    with pytest.raises(config_schema.SchemaError, match="unitz"):
+        config_schema.schema()
+
+
 def test_schema_is_a_valid_draft_2020_12_schema():
+    jsonschema = pytest.importorskip("jsonschema")
     assert SCHEMA["$schema"] == "https://json-schema.org/draft/2020-12/schema"
     jsonschema.Draft202012Validator.check_schema(SCHEMA)
 
@@ -84,11 +116,11 @@ def test_schema_mirrors_config_keys_defaults_and_enums():
 # --- valid configs ------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
-def test_catalogue_samples_and_their_normalized_form_pass_the_schema(name, layers, shape, idt):
+def test_catalogue_samples_and_their_normalized_form_pass_the_schema(validator, name, layers, shape, idt):
     cfg = config(layers, shape, idt)
-    assert_valid_both(cfg)
-    assert_valid_both(C.validate(cfg))
-    assert_valid_both(json.loads(C.dumps(cfg)))
+    assert_valid_both(validator, cfg)
+    assert_valid_both(validator, C.validate(cfg))
+    assert_valid_both(validator, json.loads(C.dumps(cfg)))
 
 
 _FENCE = re.compile(r"^```json\n(.*?)^```", re.S | re.M)
@@ -124,10 +156,10 @@ def example_config(block, before):
 
 
 @pytest.mark.parametrize("block, before, raw", DOC_EXAMPLES)
-def test_doc_examples_are_valid_and_build(block, before, raw):
+def test_doc_examples_are_valid_and_build(validator, block, before, raw):
     cfg = example_config(block, before)
-    assert_valid_both(cfg)
-    assert_valid_both(C.validate(cfg))
+    assert_valid_both(validator, cfg)
+    assert_valid_both(validator, C.validate(cfg))
     net = loom.Network.from_config(cfg)
     assert net.config == C.validate(cfg)
     if before == "<!-- canonical -->":
@@ -135,9 +167,9 @@ def test_doc_examples_are_valid_and_build(block, before, raw):
 
 
 @pytest.mark.parametrize("path", sorted((DOCS.parent / "examples").glob("*.json")), ids=lambda p: p.name)
-def test_example_files_pass_the_schema(path):
+def test_example_files_pass_the_schema(validator, path):
     cfg = json.loads(path.read_text(encoding="utf-8"))
-    assert_valid_both(cfg)
+    assert_valid_both(validator, cfg)
 
 
 def _walk(layer):
@@ -308,6 +340,9 @@ MALFORMED = {
     "layers not a list": {"loom": 1, "input": {"shape": [4]}, "layers": D},
     "wrong dtype": net(D, dtype="float16"),
     "wrong input dtype": {"loom": 1, "input": {"shape": [4], "dtype": "int8"}, "layers": [D]},
+    "float32 input of a float64 network": net(D, dtype="float64", input={"shape": [4], "dtype": "float32"}),
+    "float64 input of a default-dtype network": net(D, input={"shape": [4], "dtype": "float64"}),
+    "quantization with qat": net(D, quantization={"dtype": "int8"}, qat={"dtype": "int8"}),
     "empty input shape": {"loom": 1, "input": {"shape": []}, "layers": [D]},
     "negative input dim": {"loom": 1, "input": {"shape": [4, -1]}, "layers": [D]},
     "input shape missing": {"loom": 1, "input": {}, "layers": [D]},
@@ -321,10 +356,26 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("cfg", MALFORMED.values(), ids=MALFORMED.keys())
-def test_malformed_configs_are_rejected_by_both(cfg):
-    assert schema_errors(cfg), "the schema accepted it"
+def test_malformed_configs_are_rejected_by_both(validator, cfg):
+    assert schema_errors(validator, cfg), "the schema accepted it"
     with pytest.raises(loom.ConfigError):
         C.validate(cfg)
+
+
+# Edges of the rules above that loom.config accepts, so the schema must too.
+ACCEPTED = {
+    "null optional blocks": net(D, quantization=None, qat=None, training=None),
+    "quantization with a null qat": net(D, quantization={"dtype": "int8"}, qat=None),
+    "float64 input of a float64 network": net(D, dtype="float64", input={"shape": [4], "dtype": "float64"}),
+    "integer ids in a float64 network": net({"type": "embedding", "vocab_size": 10, "dim": 4}, dtype="float64",
+                                            input={"shape": [3], "dtype": "int64"}),
+    "grid_scatter with distinct cells": grid_par({"rows": 1, "cols": 2, "positions": [[0, 0, 0], [0, 1, 0]]}),
+}
+
+
+@pytest.mark.parametrize("cfg", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_edge_configs_are_accepted_by_both(validator, cfg):
+    assert_valid_both(validator, cfg)
 
 
 # Rules the schema cannot express (its description lists them): loom.config rejects these, the
@@ -341,8 +392,8 @@ SCHEMA_GAPS = {
 
 
 @pytest.mark.parametrize("cfg", SCHEMA_GAPS.values(), ids=SCHEMA_GAPS.keys())
-def test_cross_key_rules_only_config_checks(cfg):
-    assert not schema_errors(cfg)
+def test_cross_key_rules_only_config_checks(validator, cfg):
+    assert not schema_errors(validator, cfg)
     with pytest.raises(loom.ConfigError):
         C.validate(cfg)
 
