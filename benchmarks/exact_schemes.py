@@ -1,8 +1,8 @@
 """Deterministic mode's float32 GEMM schemes side by side, and the vendor float32 GEMM (the anchor)
-in the same run: the correctly rounded product (loom/kernels/exact_rounded.py) as one float64 GEMM,
+in the same run: the correctly rounded product (loom/kernels/exact/rounded.py) as one float64 GEMM,
 and the integer slices as float64 GEMMs and (GPU) on int8 tensor cores
 (loom/backend/cuda/exact_int8.py), each forced for every shape here; "shipped" names the scheme the
-dispatch table (loom/kernels/exact_dispatch.py) gives the shape, and whether the int8 path takes it.
+dispatch table (loom/kernels/exact/dispatch.py) gives the shape, and whether the int8 path takes it.
 Also the share of entries the one float64 GEMM's bound leaves to the later stages.
 
     PYTHONPATH=. python benchmarks/exact_schemes.py            # GPU (device machine)
@@ -20,7 +20,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "2")
 import numpy as np  # noqa: E402
 
 from loom import backend  # noqa: E402
-from loom.kernels import exact, exact_dispatch, exact_rounded  # noqa: E402
+from loom.kernels import exact  # noqa: E402
+from loom.kernels.exact import dispatch as exact_dispatch
+from loom.kernels.exact import rounded as exact_rounded
 
 GPU_SHAPES = [(4096, 784, 4096), (4096, 2048, 4096), (4096, 4096, 4096), (8192, 512, 2048), (8192, 2048, 512),
               (256 * 784, 288, 32), (256 * 784, 32, 288), (32, 784, 256),

@@ -20,8 +20,8 @@ import time
 import numpy as np
 
 import loom
-from loom.kernels import gguf_quants
-from loom.kernels.quantized import QuantizedTensor
+from loom.kernels.quant import gguf as gguf_quants
+from loom.kernels.quant.stored import QuantizedTensor
 from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
 
 PROMPT, DECODE, PREFILL = 16, 64, 256

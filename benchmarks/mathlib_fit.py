@@ -1,6 +1,6 @@
-"""Fit the polynomial coefficients of loom/kernels/mathlib_coeffs.py (needs mpmath).
+"""Fit the polynomial coefficients of loom/kernels/mathlib/coeffs.py (needs mpmath).
 
-    python benchmarks/mathlib_fit.py > loom/kernels/mathlib_coeffs.py
+    python benchmarks/mathlib_fit.py > loom/kernels/mathlib/coeffs.py
 
 Each table is a minimax fit (Remez exchange in 50-digit arithmetic, relative error) of a smooth
 function on the interval its caller reduces to, at two grades: "f64" (the float64 functions) and

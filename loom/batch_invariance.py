@@ -1,7 +1,7 @@
 """Batch invariance: a sample's bits do not depend on the batch it runs in.
 
 In deterministic mode every exact scheme is chosen from the dtype and the reduced length alone
-(loom/kernels/exact_dispatch.py), so a network in inference mode gives each sample's output row,
+(loom/kernels/exact/dispatch.py), so a network in inference mode gives each sample's output row,
 and the input-gradient row for its own upstream-gradient row, the same bits whether the sample runs
 alone, at another position, or beside padding rows of NaN, huge or zero values. `check()` runs one
 network through those arrangements and names the first row that differs; `loom verify` runs it on

@@ -3,7 +3,7 @@
 Each row ties a Loom name to its in-memory NumPy/ml_dtypes dtype (the dtype of *unpacked* values),
 its safetensors name, its C enum value (loom.h's LoomDType), its storage bits per element and its
 kind. Networks compute in float32/float64; integer types appear as inputs (token ids); every type
-can hold quantized weights (see loom/quant.py for the rules that map floats onto each type).
+can hold quantized weights (see loom/kernels/quant/affine.py for the rules that map floats onto each type).
 
 Packing (docs/dtypes.md has the table and worked bytes). Types of 8 bits or more are stored as their
 little-endian bytes. Sub-byte types (fp4_e2m1, int4, uint4, int2, uint2, ternary, binary) are packed

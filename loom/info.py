@@ -39,13 +39,15 @@ def accelerations(cuda: str) -> dict:
     speeds up, "active": bool, "reason": why not (None when active)}. `cuda` is
     backend.available()["cuda"]: "ok" or why the GPU cannot run here. Read from the flags the code
     paths themselves check; CuPy is imported only where the GPU is available."""
-    from .kernels import cpu_jit, gguf_quants
+    from .backend.cpu import gemv as cpu_gemv
+    from .backend.cpu import jit as cpu_jit
+    from .kernels.quant import gguf as gguf_quants
     from .llm.decoder import Decoder
     from .mode import is_deterministic
     fast_only = "deterministic mode runs the exact GEMM instead (fast mode only)"
     gpu = None if cuda == "ok" else cuda
     k_quants = [t for t in gguf_quants.BLOCKS if t.endswith("_K")]
-    block_types = set(cpu_jit.TYPES) if cpu_jit.available() else set()
+    block_types = set(cpu_gemv.TYPES) if cpu_jit.available() else set()
     if gpu is None:
         from .backend import get
         block_types |= set(get("cuda").quant_kernels.TYPES)
@@ -77,6 +79,6 @@ def accelerations(cuda: str) -> dict:
         "decode_graphs": entry("LLM decode steps replayed as one CUDA graph", why_not_decode_graphs()),
         "int8_exact_gemm": entry("exact GEMM slices on int8 tensor cores (loom/backend/cuda/exact_int8.py)",
                                  why_not_int8()),
-        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products (backend/cuda/quant.py, kernels/cpu_jit.py)",
+        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products (backend/cuda/quant.py, backend/cpu/gemv.py)",
                                 why_not_k_quants()),
     }

@@ -1,9 +1,9 @@
-"""Operands for the correctly rounded float32 GEMM (loom/kernels/exact_rounded.py), shared by the
+"""Operands for the correctly rounded float32 GEMM (loom/kernels/exact/rounded.py), shared by the
 CPU tests and the GPU ones: random data, sparse data (entries with no nonzero product), data whose exact products land
 on float32's midpoints, subnormals, overflow threshold and signed zeros."""
 import numpy as np
 
-from loom.kernels import exact_rounded
+from loom.kernels.exact import rounded as exact_rounded
 
 
 def case(name, rng=None):

@@ -16,7 +16,7 @@ LEVELS = {
     "errors": 0, "dtypes": 0, "version": 0, "atomic": 0, "mode": 0, "fallback": 0,
     "config": 1, "rng": 1, "config_schema": 1,
     "backend": 2,
-    "kernels": 3, "quant": 3,
+    "kernels": 3,
     "nn": 4, "batch_invariance": 4, "datasets": 4,
     "formats": 5,
     "llm": 6, "engine": 6, "db": 6, "distributed": 6, "verify": 6, "spec": 6,

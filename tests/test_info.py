@@ -31,5 +31,5 @@ def test_loom_jit_0_turns_numba_off(monkeypatch):
     monkeypatch.setenv("LOOM_JIT", "0")
     assert accelerations(NO_GPU)["numba"]["reason"] == "LOOM_JIT=0"
     monkeypatch.setenv("LOOM_JIT", "1")
-    from loom.kernels import cpu_jit
+    from loom.backend.cpu import jit as cpu_jit
     assert accelerations(NO_GPU)["numba"]["active"] == cpu_jit.available()

@@ -1,4 +1,4 @@
-"""Quantization (loom/quant.py) against references written out independently in this file."""
+"""Quantization (loom/kernels/quant/affine.py) against references written out independently in this file."""
 import math
 from fractions import Fraction
 
@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loom
-from loom import dtypes, quant
+from loom import dtypes
 from loom.formats import safetensors
+from loom.kernels.quant import affine as quant
 
 NAMES = list(dtypes.TABLE)
 INTS = [n for n, r in dtypes.TABLE.items() if r.kind in ("int", "uint")]

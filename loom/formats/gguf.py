@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError, LoomError
-from ..kernels import gguf_quants
-from ..kernels.quantized import QuantizedTensor
+from ..kernels.quant import gguf as gguf_quants
+from ..kernels.quant.stored import QuantizedTensor
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)

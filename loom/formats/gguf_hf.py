@@ -25,7 +25,7 @@ import re
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels.quantized import QuantizedTensor
+from ..kernels.quant.stored import QuantizedTensor
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "bert")
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "llama3")

@@ -7,7 +7,7 @@
 
 Shards are memory-mapped (loom.formats.safetensors.load): float32 tensors stay read-only views of
 the files. 2-D float16/bfloat16 tensors (the weights of most published checkpoints) stay in their
-stored form as loom.kernels.quantized.QuantizedTensor("F16"/"BF16") and are widened block by block
+stored form as loom.kernels.quant.stored.QuantizedTensor("F16"/"BF16") and are widened block by block
 inside each product; every other F32/F64/F16/BF16 tensor becomes a float32 array. Other types
 (integers, float8) are rejected rather than guessed at.
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import FormatError
-from ..kernels.quantized import QuantizedTensor
+from ..kernels.quant.stored import QuantizedTensor
 from . import safetensors
 
 CONFIG = "config.json"

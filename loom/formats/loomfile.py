@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import atomic, quant
+from .. import atomic
 from .. import config as configs
 from ..errors import ConfigError, FormatError, LoomError
+from ..kernels.quant import affine as quant
 from ..nn import files
 from ..nn.network import Network
 from . import safetensors

@@ -13,7 +13,8 @@ TRANSCENDENTALS = ("exp", "erf", "tanh", "sigmoid")
 def _mathlib_cuda() -> str:
     import numpy as np
 
-    from . import lower_cuda, mathlib
+    from . import mathlib
+    from .ir import lower_cuda
     return "\n".join(lower_cuda.device_function(mathlib.function(name, dtype), f"loom_{name}")
                      for name in TRANSCENDENTALS for dtype in (np.float32, np.float64))
 

@@ -23,8 +23,9 @@ import math
 import numpy as np
 
 from .. import backend
+from ..backend.cpu import elementwise as elementwise_jit
 from ..mode import is_deterministic
-from . import elementwise_jit, ops
+from . import ops
 
 _FAST_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 # loom/nn/layers/activation.py's constants

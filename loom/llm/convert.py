@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..formats import gguf, gguf_hf, safetensors
-from ..kernels.quantized import QuantizedTensor
+from ..kernels.quant.stored import QuantizedTensor
 
 
 def gguf_to_hf(source, target) -> dict:

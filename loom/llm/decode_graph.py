@@ -34,8 +34,9 @@ from functools import partial
 
 import numpy as np
 
-from ..kernels import exact_dispatch, exact_rounded
-from ..kernels.quantized import QuantizedTensor
+from ..kernels.exact import dispatch as exact_dispatch
+from ..kernels.exact import rounded as exact_rounded
+from ..kernels.quant.stored import QuantizedTensor
 
 KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
 

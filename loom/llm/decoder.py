@@ -16,7 +16,7 @@ Grouped-query attention without repeating keys: the R query heads of a key/value
 along the row axis, q as [B, KV, R*T, D], so every product is one batched GEMM over [B, KV] (no loop
 over heads). Q/K/V (and gate/up) weights are concatenated once at load when they are all float arrays
 or all QuantizedTensors of one type, so a step runs one product for them and q and k are normed and
-rotated in one pass. Weights are float32 arrays or loom.kernels.quantized.QuantizedTensor
+rotated in one pass. Weights are float32 arrays or loom.kernels.quant.stored.QuantizedTensor
 (dequantized block by block inside the product); GEMMs, sums, exp and sigmoid go through
 loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
 
@@ -36,7 +36,7 @@ import numpy as np
 from .. import backend, fallback
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
-from ..kernels.quantized import QuantizedTensor, linear
+from ..kernels.quant.stored import QuantizedTensor, linear
 from ..mode import is_deterministic
 from . import decode_graph, rope
 from .kv_cache import KVCache

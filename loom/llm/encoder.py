@@ -36,7 +36,7 @@ import numpy as np
 from .. import backend, dtypes
 from ..errors import ConfigError, FormatError, ShapeError
 from ..kernels import fused, ops
-from ..kernels.quantized import QuantizedTensor, linear
+from ..kernels.quant.stored import QuantizedTensor, linear
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 # config.hidden_act -> loom.kernels.fused.activation name (HF's gelu_new and gelu_pytorch_tanh are

@@ -9,8 +9,8 @@ import numpy as np
 
 from .. import backend as backends
 from .. import config as configs
-from .. import quant
 from ..errors import BackendError, ConfigError, ShapeError
+from ..kernels.quant import affine as quant
 from . import files
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
@@ -286,7 +286,7 @@ class Network:
         them) still belong to the old device: build optimizers after moving."""
         if device != "cpu" and ("quantization" in self._cfg or "qat" in self._cfg):
             what = "quantized" if self.quantized else "quantization-aware (qat)"
-            raise BackendError(f"a {what} network runs on the CPU only (loom.quant is host code); "
+            raise BackendError(f"a {what} network runs on the CPU only (loom.kernels.quant.affine is host code); "
                                f"train the float network on {device}, then quantize it on the CPU")
         target = backends.get(device)
         if target is self.backend:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from loom.errors import BackendError
-from loom.kernels import gguf_quants
+from loom.kernels.quant import gguf as gguf_quants
 
 cupy = pytest.importorskip("cupy")
 from loom.backend import cuda as cuda_backend  # noqa: E402  (imports cupy)

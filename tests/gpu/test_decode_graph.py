@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import loom
-from loom.kernels.quantized import QuantizedTensor
+from loom.kernels.quant.stored import QuantizedTensor
 from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
 

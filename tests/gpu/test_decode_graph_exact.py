@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 import loom
-from loom.kernels import exact, exact_rounded
+from loom.kernels import exact
+from loom.kernels.exact import rounded as exact_rounded
 from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import loom
-from loom.kernels import gguf_quants
-from loom.kernels.quantized import QuantizedTensor
+from loom.kernels.quant import gguf as gguf_quants
+from loom.kernels.quant.stored import QuantizedTensor
 
 from .cpu_gpu import host, same_bits
 

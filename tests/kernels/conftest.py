@@ -1,6 +1,6 @@
 import pytest
 
-from loom.kernels import cpu_jit
+from loom.backend.cpu import jit as cpu_jit
 
 
 @pytest.fixture(params=["compiled", "numpy"])

@@ -1,4 +1,4 @@
-"""loom.kernels.cpu_jit: the numba-compiled x @ W.T for few rows of x (fast mode, CPU).
+"""loom.backend.cpu.gemv: the numba-compiled x @ W.T for few rows of x (fast mode, CPU).
 
 Every covered type on fresh random codes and random scales of both signs and varied magnitudes,
 against a float64 product with the reference dequantization (the `gguf` package where installed,
@@ -15,9 +15,11 @@ import pytest
 pytest.importorskip("numba")
 
 import loom  # noqa: E402
-from loom.kernels import cpu_jit, gguf_gemv, ops  # noqa: E402
-from loom.kernels import gguf_quants as gq  # noqa: E402
-from loom.kernels.quantized import QuantizedTensor  # noqa: E402
+from loom.backend.cpu import gemv as cpu_jit  # noqa: E402  (the block loops; jit.py loads them)
+from loom.backend.cpu import gguf_gemv
+from loom.kernels import ops  # noqa: E402
+from loom.kernels.quant import gguf as gq  # noqa: E402
+from loom.kernels.quant.stored import QuantizedTensor  # noqa: E402
 
 TYPES = list(cpu_jit.TYPES)
 SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q5_0": (0,), "Q4_1": (0, 2), "Q5_1": (0, 2)}   # float16 fields
@@ -210,5 +212,5 @@ def test_forked_children_still_compute(monkeypatch):
     jit_product(_FORK_W, x)                                  # the parent has run the kernels
     with multiprocessing.get_context("fork").Pool(1) as pool:
         jit_in_child, got = pool.apply_async(_child_product, (x,)).get(timeout=120)
-    assert jit_in_child == (cpu_jit._state.get("layer") != "omp")
+    assert jit_in_child == (cpu_jit.jit._state.get("layer") != "omp")
     assert_close(got, x, reference_values(_FORK_W))

@@ -3,7 +3,8 @@ fresh random values with special values mixed in; and the cases that must stay o
 import numpy as np
 import pytest
 
-from loom.kernels import elementwise_jit, fused
+from loom.backend.cpu import elementwise as elementwise_jit
+from loom.kernels import fused
 
 pytestmark = pytest.mark.skipif(not elementwise_jit.available(), reason="numba is not installed (loom[cpu])")
 

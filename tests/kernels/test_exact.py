@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 import loom
-from loom.backend.cpu import CPU
-from loom.kernels import exact, exact_cpu, exact_dispatch, exact_jit, ops
+from loom.backend.cpu import CPU, exact_jit
+from loom.backend.cpu import exact as exact_cpu
+from loom.kernels import exact, ops
+from loom.kernels.exact import dispatch as exact_dispatch
 
 RNG = np.random.default_rng(20261121)
 

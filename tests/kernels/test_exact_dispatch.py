@@ -6,7 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from loom.kernels import exact_dispatch as dispatch
+from loom.kernels.exact import dispatch
 
 DOC = pathlib.Path(__file__).resolve().parents[2] / "docs" / "determinism.md"
 

@@ -8,7 +8,8 @@ import pytest
 from rounded_cases import CASES, doubtful
 from rounded_cases import case as _case
 
-from loom.kernels import exact, rounded_jit
+from loom.backend.cpu import rounded as rounded_jit
+from loom.kernels import exact
 
 RNG = np.random.default_rng(20261121)
 _BIG = Fraction(2 ** 128 - 2 ** 103)          # from here on, float32 rounds to inf

@@ -6,7 +6,8 @@ import cuda_host
 import numpy as np
 import pytest
 
-from loom.kernels import ir, lower_cuda, lower_numpy
+from loom.kernels import ir
+from loom.kernels.ir import lower_cuda, lower_numpy
 
 
 def run(fn, *arrays, **kw):

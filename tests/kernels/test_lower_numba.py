@@ -6,7 +6,9 @@ import pytest
 from test_ir import _all_ops
 from test_mathlib import BITS, DTYPES, NAMES, _bit_test_inputs
 
-from loom.kernels import cpu_jit, ir, lower_numba, lower_numpy, mathlib
+from loom.backend.cpu import jit as cpu_jit
+from loom.kernels import ir, mathlib
+from loom.kernels.ir import lower_numba, lower_numpy
 
 pytestmark = pytest.mark.skipif(not cpu_jit.available(), reason="numba is not installed (the loom[cpu] extra)")
 

@@ -1,4 +1,4 @@
-"""loom.kernels.rounded_gemv_jit: deterministic mode's compiled x @ W.T from stored rows, and its
+"""loom.backend.cpu.rounded_gemv: deterministic mode's compiled x @ W.T from stored rows, and its
 stacked products, bit for bit against the exact GEMM (exact.matmul on the dequantized weight).
 
 Every covered type, K from one block to ROUNDED_MAX_K, x of 1, 3 and 16 rows, on weights built to
@@ -12,10 +12,13 @@ import pytest
 from rounded_cases import CASES, case
 
 import loom
-from loom.kernels import cpu_jit, exact, exact_dispatch
-from loom.kernels import gguf_quants as gq
-from loom.kernels import rounded_gemv_jit as gemv
-from loom.kernels.quantized import QuantizedTensor
+from loom.backend.cpu import jit as cpu_jit
+from loom.backend.cpu import rounded_gemv as gemv
+from loom.kernels import exact
+from loom.kernels.exact import dispatch as exact_dispatch
+from loom.kernels.exact import rounded as exact_rounded
+from loom.kernels.quant import gguf as gq
+from loom.kernels.quant.stored import QuantizedTensor
 
 TYPES = list(gemv.TYPES)
 BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
@@ -53,7 +56,7 @@ def product(x, w: QuantizedTensor):
     """(out, stage counts) from the module directly (any number of rows)."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     with np.errstate(all="ignore"):
-        counts = gemv.matmul_t(x, w.data, w.qtype, out)
+        counts = gemv.matmul_t(x, w.data, w.qtype, out, exact_rounded.error_factor(x.shape[1]))
     return out, counts
 
 
@@ -253,7 +256,7 @@ def test_attention_stacks(monkeypatch):
     q[0, 1, 2, 5], keys[0, 2, 7, 1], p[0, 0, 1, 3] = np.inf, np.nan, -np.inf
     calls = []
     real = gemv.matmul_stack
-    monkeypatch.setattr(gemv, "matmul_stack", lambda a, b: calls.append(a.shape) or real(a, b))
+    monkeypatch.setattr(gemv, "matmul_stack", lambda a, b, f: calls.append(a.shape) or real(a, b, f))
     with loom.deterministic(True), np.errstate(all="ignore"):
         for a, b in ((q, keys.transpose(0, 1, 3, 2)), (p, keys), (q[:, :, :1], keys.transpose(0, 1, 3, 2))):
             got = exact.matmul(a, b)

@@ -234,7 +234,7 @@ def test_tiny_bert_bfloat16_weights_are_widened(tmp_path):
 def test_tiny_bert_quantized_weights(tmp_path, qtype):
     """2-D weights kept as QuantizedTensor (how loom.llm.load passes a GGUF's) give the bits of their
     float32 dequantization: the encoder's products and lookups decode them exactly."""
-    from loom.kernels.quantized import QuantizedTensor
+    from loom.kernels.quant.stored import QuantizedTensor
     _tiny_bert(tmp_path, seed=8)
     config = json.loads((tmp_path / "config.json").read_text())
     tensors, _ = safetensors.load(tmp_path / "model.safetensors")
@@ -252,7 +252,7 @@ def test_tiny_bert_quantized_weights(tmp_path, qtype):
 
 
 def _quantize(w, qtype):
-    from loom.kernels.quantized import QuantizedTensor
+    from loom.kernels.quant.stored import QuantizedTensor
     if qtype == "F16":
         data = w.astype("<f2").view(np.uint8).reshape(w.shape[0], -1)
     else:

@@ -10,8 +10,8 @@ import pytest
 
 from loom import FormatError
 from loom.formats import gguf as lg
-from loom.kernels import gguf_quants as gq
-from loom.kernels.quantized import QuantizedTensor
+from loom.kernels.quant import gguf as gq
+from loom.kernels.quant.stored import QuantizedTensor
 
 gguf = pytest.importorskip("gguf")
 V = gguf.GGUFValueType

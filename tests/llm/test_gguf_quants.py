@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from loom import FormatError, ShapeError
-from loom.kernels import gguf_quants as gq
+from loom.kernels.quant import gguf as gq
 
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402

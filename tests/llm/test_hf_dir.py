@@ -12,7 +12,7 @@ import loom
 import loom.llm
 from loom.errors import ConfigError, FormatError
 from loom.formats import hf, safetensors
-from loom.kernels.quantized import QuantizedTensor
+from loom.kernels.quant.stored import QuantizedTensor
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402

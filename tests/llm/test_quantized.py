@@ -6,9 +6,9 @@ import pytest
 
 import loom
 from loom import ShapeError
-from loom.kernels import gguf_quants as gq
 from loom.kernels import ops
-from loom.kernels import quantized as qz
+from loom.kernels.quant import gguf as gq
+from loom.kernels.quant import stored as qz
 
 TYPES = list(gq.BLOCKS)
 
@@ -75,7 +75,7 @@ def test_block_rows_bound_the_temporary(monkeypatch):
         return real(raw, qtype, shape, xp=xp, out=out)
     monkeypatch.setattr(gq, "dequantize", spy)
     monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", 576 * 4 * 300)
-    from loom.kernels import rounded_gemv_jit  # (fewer rows of x take its loops: no blocks)
+    from loom.backend.cpu import rounded_gemv as rounded_gemv_jit  # (fewer rows of x take its loops: no blocks)
     w.matmul_t(np.ones((rounded_gemv_jit.MAX_ROWS + 1, 576), np.float32))
     assert [s[0] for s in calls] == [250, 250, 250, 250]  # 4 even blocks of <= 300 rows
     assert all(s[1] == 576 for s in calls)
@@ -165,7 +165,7 @@ def test_deterministic_mode_decodes_every_type_for_the_exact_gemm(qtype, monkeyp
     from loom.backend.cpu import CPU
     kernels = _NoBlockKernels()
     monkeypatch.setattr(CPU, "quant_kernels", kernels, raising=False)
-    monkeypatch.setattr(qz.cpu_jit, "matmul_t", kernels.matmul_t)
+    monkeypatch.setattr(qz.cpu_gemv, "matmul_t", kernels.matmul_t)
     monkeypatch.setattr(qz.gguf_gemv, "matmul_t", kernels.matmul_t)
     w = random_weight(qtype, 9, 1, seed=5)
     x = np.random.default_rng(6).standard_normal((1, w.shape[1])).astype(np.float32)

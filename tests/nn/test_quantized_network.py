@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 import loom
-from loom import dtypes, quant
+from loom import dtypes
+from loom.kernels.quant import affine as quant
 from loom.nn.train import train
 
 QUANT_TYPES = [n for n in dtypes.TABLE if n not in dtypes.COMPUTE]

@@ -1,6 +1,6 @@
 """The CUDA backend: CuPy arrays on the current NVIDIA GPU, cuBLAS for GEMM.
 
-Only this module (and the CUDA kernel lowering in loom/kernels) imports cupy. TF32 stays off (CuPy's
+Only loom/backend/cuda/ imports cupy. TF32 stays off (CuPy's
 default unless CUPY_TF32=1 is set): float32 GEMMs are full float32, so fast mode agrees with the CPU
 within float32 rounding. Errors from CUDA (out of memory, launch failures) become BackendError
 naming the operation and the shapes; the arrays already on the GPU stay valid.
@@ -143,7 +143,7 @@ class CUDABackend:
         return Graph(graph, pool, stream, cp), result
 
     def run_elementwise(self, source: str, name: str, inputs, out_dtypes):
-        """Launch the generated elementwise kernel `name` in `source` (loom.kernels.lower_cuda's
+        """Launch the generated elementwise kernel `name` in `source` (loom.kernels.ir.lower_cuda's
         signature: inputs, outputs, element count) over inputs broadcast to one shape; returns the
         outputs. Modules are compiled once per source text, with --fmad=false."""
         from . import fused

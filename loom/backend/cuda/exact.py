@@ -1,4 +1,4 @@
-"""Fused CUDA kernels for deterministic mode's exact GEMM (loom/kernels/exact.py, `_matmul_narrow`).
+"""Fused CUDA kernels for deterministic mode's exact GEMM (loom/kernels/exact/__init__.py, `_matmul_narrow`).
 
 The NumPy path slices the operands and recombines the product in about fifteen separate passes; on
 the GPU each is a kernel over the whole operand, and together they cost ten times the float64 GEMM
@@ -330,7 +330,7 @@ def _combine_guarded(g, a, b, amax, bmax, bits: tuple, out) -> bool:
     return True
 
 
-# exact_rounded's certification and the later stages (loom/kernels/rounded_jit.py's docstring), in
+# exact_rounded's certification and the later stages (loom/backend/cpu/rounded.py's docstring), in
 # CUDA C, as two kernels: a thread per entry certifies it or lists it; then a warp per listed entry
 # (a block of 256 for sums longer than _TEAM_FROM) sums its products: a compensated sum (each lane a
 # strided share, then a butterfly of TwoSums, which leaves every lane the same values), and where that

@@ -1,6 +1,6 @@
 """CUDA products with GGML block-quantized weights for a few rows of x (decoding), fast mode.
 
-x @ W.T where W's rows are 32-value blocks of Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (loom.kernels.gguf_quants
+x @ W.T where W's rows are 32-value blocks of Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (loom.kernels.quant.gguf
 has the layouts), or plain F16 / BF16 / F32 values read 32 at a time: one warp per row of W walks that
 row's blocks straight from the stored bytes, lane j decoding value j of each block as d * q (+ m) in
 registers: eight lanes share a block, four codes each, so a warp reads four blocks' bytes together
@@ -20,7 +20,7 @@ decode step, loom/llm/decode_graph.py, uses them so a layer is five launches):
 `embed` decodes rows of such a weight picked by token ids held on the device (an embedding lookup).
 
 The sums run in another order than the dequantize-then-GEMM reference: fast mode only
-(loom.kernels.quantized uses this when the backend has it; deterministic mode decodes W and runs the
+(loom.kernels.quant.stored uses this when the backend has it; deterministic mode decodes W and runs the
 exact GEMM). `CUDABackend.quant_kernels` is this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Deterministic products with stored (block-quantized or 16/32-bit) weights for a few rows of x: the
 decode step's products in deterministic mode, with the bits of the exact GEMM.
 
-The dispatch table (loom/kernels/exact_dispatch.py) gives a float32 product with K <= ROUNDED_MAX_K
+The dispatch table (loom/kernels/exact/dispatch.py) gives a float32 product with K <= ROUNDED_MAX_K
 the rounded scheme: each entry is the exact dot product of its row of x and its row of the decoded W,
 rounded once. That value is unique, so a kernel may find it in any order. `gemv` finds it as quant
 does in fast mode, one warp per row of W reading the stored bytes once (quant.BLOCK_DECODE decodes
-each value exactly as loom.kernels.gguf_quants does), with float64 sums instead of float32:
+each value exactly as loom.kernels.quant.gguf does), with float64 sums instead of float32:
 
 - each product of two float32 numbers is exact in float64; every lane adds its products (s) and their
   magnitudes (t), the warp combines them in any order;

@@ -148,7 +148,7 @@ class Layer(ABC):
 
     # --- quantization ---
     # Parameters that are GEMM weights [out, in, ...]: a quantized network stores and runs them in
-    # its storage type (loom/quant.py), per channel along axis 0. Everything else stays float.
+    # its storage type (loom/kernels/quant/affine.py), per channel along axis 0. Everything else stays float.
     QUANT_WEIGHTS: tuple[str, ...] = ()
     # Whether the layer fake-quantizes its QUANT_WEIGHTS (and, for integer types, its GEMM inputs)
     # in forward and passes straight-through gradients in backward when self.qat is set.

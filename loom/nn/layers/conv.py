@@ -19,8 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ... import backend, quant
+from ... import backend
 from ...kernels import ops
+from ...kernels.quant import affine as quant
 from . import activation, linear
 from .base import Layer, Spec, dims, register
 from .dense import init_bound

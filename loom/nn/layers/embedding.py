@@ -1,9 +1,9 @@
 """Embedding: integer ids [..] -> vectors [.., dim] by row lookup in weight [vocab_size, dim]."""
 from __future__ import annotations
 
-from ... import quant
 from ...errors import ShapeError
 from ...kernels import ops
+from ...kernels.quant import affine as quant
 from .base import Layer, Spec, register
 
 

@@ -3,8 +3,8 @@ owns a projection (dense, swiglu, attention). Parameters are "<name>.weight" [ou
 "<name>.bias" [out] (just "weight"/"bias" when name is empty), PyTorch's nn.Linear layout."""
 from __future__ import annotations
 
-from ... import quant
 from ...kernels import ops
+from ...kernels.quant import affine as quant
 
 
 def _key(name: str, part: str) -> str:

@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import cpu_jit, ir, lower_numpy
+from ...backend.cpu import jit as cpu_jit
+from .. import ir
+from . import lower_numpy
 
 _PRELUDE = '''\
 import numpy as np

@@ -34,8 +34,11 @@ import math
 
 import numpy as np
 
-from .. import backend, dtypes
-from . import exact_cpu, exact_dispatch, exact_rounded, rounded_gemv_jit
+from ... import backend, dtypes
+from ...backend.cpu import exact as exact_cpu
+from ...backend.cpu import rounded_gemv as rounded_gemv_jit
+from . import dispatch as exact_dispatch
+from . import rounded as exact_rounded
 
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
 
@@ -65,7 +68,8 @@ def _matmul_exact(be, a, b, dtype):
         if be.xp is np and rounded_gemv_jit.takes_stack(a2, b2):
             # stacks of a few rows (attention in a decode step) on the CPU: compiled loops, the same
             # bits, special values included
-            return _unvector(rounded_gemv_jit.matmul_stack(a2, b2), vector_left, vector_right)
+            return _unvector(rounded_gemv_jit.matmul_stack(a2, b2, exact_rounded.error_factor(a2.shape[-1])),
+                             vector_left, vector_right)
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
         result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False),
                                               b2.astype(np.float32, copy=False))

@@ -9,8 +9,8 @@ Only correctly rounded operations appear, and no FMA: the double-double helpers 
 """
 from __future__ import annotations
 
-from . import ir
-from .mathlib_coeffs import COEFFS, CONSTS
+from .. import ir
+from .coeffs import COEFFS, CONSTS
 
 C = CONSTS
 INF, NAN = float("inf"), float("nan")

@@ -12,7 +12,7 @@ quadrant n mod 4 picks and signs one of them.
 """
 from __future__ import annotations
 
-from .mathlib_core import NAN, C, horner, small_int, two_sum
+from .core import NAN, C, horner, small_int, two_sum
 
 LIMIT = {"f64": 2.0 ** 20, "f32": 2.0 ** 29}
 

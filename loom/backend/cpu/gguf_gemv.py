@@ -12,11 +12,11 @@ headers are converted along with the codes and skipped by a strided view), where
 first needs several short per-block passes. Measured on this CPU (one BLAS thread), 1 x 576 @ W.T:
 0.58 ms against 1.6 ms for decode-then-BLAS with W 1536 x 576 Q4_1, 12.6 ms against 23 ms with
 W 49152 x 576 Q8_0. The products are the dequantized weight's, summed in another order: fast
-mode only. Deterministic mode decodes W exactly and uses the exact GEMM (loom.kernels.quantized).
+mode only. Deterministic mode decodes W exactly and uses the exact GEMM (loom.kernels.quant.stored).
 
 Used for x with at most MAX_ROWS rows: beyond that the [blocks, rows of x, rows of W] partial
 sums outgrow the decoded weight, and decoding once per block of rows amortises anyway. Where numba
-is installed, loom.kernels.quantized sends these products to loom.kernels.cpu_jit's compiled loops
+is installed, loom.kernels.quant.stored sends these products to loom.backend.cpu.gemv's compiled loops
 instead (measured 2.5-9x faster at one row of x); this NumPy path is the fallback (no numba, or
 LOOM_JIT=0).
 """

@@ -31,7 +31,8 @@ import math
 
 import numpy as np
 
-from . import exact_cpu, rounded_jit
+from ...backend.cpu import exact as exact_cpu
+from ...backend.cpu import rounded as rounded_jit
 
 # Longer sums (K > exact_dispatch.ROUNDED_MAX_K) take the slice scheme. Until spec 1, sums up to
 # 2^15 were summed here in pieces of 512 (a float64 GEMM each, the bound's K replaced by pieces +

@@ -1,9 +1,9 @@
 """Deterministic mode's x @ W.T for x of a few rows, straight from the stored weight rows, and the
 small stacked products of attention in a decode step (numba, the optional `loom[cpu]` extra, loaded
-by loom.kernels.cpu_jit): exact_rounded's bits, with W read once and never materialised.
+by loom.backend.cpu.jit): exact_rounded's bits, with W read once and never materialised.
 
 Why: decoding (batch 1) multiplies one row of activations with every weight once per token. The
-general path (loom.kernels.quantized) dequantizes W block by block with NumPy, casts it to float64
+general path (loom.kernels.quant.stored) dequantizes W block by block with NumPy, casts it to float64
 with its column norms and runs a float64 GEMM before rounded_jit.certify: several passes over
 every weight per token, 10-16x slower than this (SmolLM2-135M's shapes, Q4_1, one row of x).
 
@@ -55,7 +55,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cpu_jit, exact_dispatch, exact_rounded, rounded_jit
+from . import gemv
+from . import jit as cpu_jit
+from . import rounded as rounded_jit
 
 MAX_ROWS = 16           # x with more rows: decoded blocks of W and the float64 GEMM (quantized.py)
 CHUNK = 16              # rows of W per parallel task, as cpu_jit
@@ -81,40 +83,42 @@ f32, f64, u32 = np.float32, np.float64, np.uint32
 def available() -> bool:
     """Whether the compiled loops run here (cpu_jit.available(): numba importable, LOOM_JIT not "0",
     not a forked child of an OpenMP parent); compiles rounded_jit's helpers first, which these call."""
-    return rounded_jit.available() and cpu_jit.compile_module(
+    return rounded_jit.available() and gemv.available() and cpu_jit.compile_module(
         globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
 
 
 def supports(qtype: str, m_rows: int, cols: int) -> bool:
     """Whether matmul_t takes a product of `m_rows` rows of x with a `qtype` weight of `cols` columns:
-    the ROUNDED scheme's K, at most MAX_ROWS rows, and the JIT available."""
-    return (qtype in _KINDS and 1 <= m_rows <= MAX_ROWS and cols >= 1
-            and exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED and available())
+    at most MAX_ROWS rows, and the JIT available. (The loops compute the rounded scheme: the caller
+    checks that exact_dispatch gives it to K = cols.)"""
+    return qtype in _KINDS and 1 <= m_rows <= MAX_ROWS and cols >= 1 and available()
 
 
-def matmul_t(x2, data, qtype: str, out):
+def matmul_t(x2, data, qtype: str, out, factor: float):
     """out[m, r] = sum_k x2[m, k] W[r, k], each entry exact and rounded once (exact.matmul's bits,
     special values included), for W the `qtype` rows `data` (uint8 [R, row bytes]); x2 float32
-    [M, cols], out float32 [M, R] C-contiguous; the caller checked supports() and the shapes.
+    [M, cols], out float32 [M, R] C-contiguous; the caller checked supports() and the shapes;
+    `factor` is exact_rounded.error_factor(cols).
     Returns int64 [2]: how many entries reached the compensated sum, and how many of those the
     exact integer sum (the tests' window into the later stages)."""
     # 16 (code bytes per block) passed at run time, as in cpu_jit: a literal trip count gets the code
     # loop unrolled before LLVM's loop vectorizer sees it
     counts = np.zeros(2, np.int64)
     cpu_jit.run(_gemv, np.ascontiguousarray(x2), np.ascontiguousarray(data), _KINDS[qtype], out,
-                cpu_jit._load()["f16"], 16, exact_rounded.error_factor(x2.shape[1]), counts)
+                cpu_jit.f16_table(), 16, factor, counts)
     return counts
 
 
 def takes_stack(a, b) -> bool:
     """Whether matmul_stack takes a @ b: float32 stacks [..., M, K] @ [..., K, N] of one batch shape
-    (no broadcasting), M at most MAX_ROWS, the ROUNDED scheme's K, nothing empty, the JIT available."""
+    (no broadcasting), M at most MAX_ROWS, nothing empty, the JIT available (the caller checks that
+    K has the rounded scheme)."""
     return (a.dtype == np.float32 and b.dtype == np.float32 and a.ndim == b.ndim > 2
             and a.shape[:-2] == b.shape[:-2] and 1 <= a.shape[-2] <= MAX_ROWS and a.size > 0 and b.size > 0
-            and exact_dispatch.matmul_scheme(np.float32, a.shape[-1]) == exact_dispatch.ROUNDED and available())
+            and available())
 
 
-def matmul_stack(a, b):
+def matmul_stack(a, b, factor: float):
     """a @ b for stacks that takes_stack(), each entry exact and rounded once (exact.matmul's bits,
     special values included): attention's q k^T and p v in a decode step, whose stacks the float64
     GEMM path takes only through NumPy (exact_rounded._matmul_numpy: 40 us a head group where these
@@ -123,7 +127,6 @@ def matmul_stack(a, b):
     x = np.ascontiguousarray(a).reshape(-1, k)
     out = np.empty(a.shape[:-1] + (n,), np.float32)
     counts = np.zeros(2, np.int64)
-    factor = exact_rounded.error_factor(k)
     if b.strides[-2] == b.itemsize:     # b's columns are contiguous (k^T: the keys' rows): dots
         _stack_dots(x, np.swapaxes(b, -1, -2).reshape(-1, n, k), m, out.reshape(-1, n), factor, counts)
     else:                               # b's rows (v): sums along them, every column at once
@@ -224,7 +227,7 @@ def _dot(x64, ax, i, w):
 
 def _dot_direct(kind, x64, ax, i, u16, r):
     """_dot with stored row r of F16, BF16 or F32 values converted in the loop (exactly: bit
-    operations, and cpu_jit._half's product of a 10-bit integer and 2^-24 for subnormals): one pass
+    operations, and gemv._half's product of a 10-bit integer and 2^-24 for subnormals): one pass
     where decoding into the buffer first took 45 ns of 105 a BF16 row of 576."""
     s = 0.0
     t = f32(0.0)
@@ -235,7 +238,7 @@ def _dot_direct(kind, x64, ax, i, u16, r):
             t += ax[i, k] * abs(v)
     elif kind == _F16:
         for k in range(ax.shape[1]):
-            v = cpu_jit._half(u16[r, k])
+            v = gemv._half(u16[r, k])
             s += x64[i, k] * f64(v)
             t += ax[i, k] * abs(v)
     else:
@@ -363,7 +366,7 @@ def _q5_1(u8, u16, r, f16, w, n16):
 
 def _f16(u16, r, w):
     for k in range(w.shape[0]):
-        w[k] = cpu_jit._half(u16[r, k])
+        w[k] = gemv._half(u16[r, k])
 
 
 def _bf16(u16, r, w):

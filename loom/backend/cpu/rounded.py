@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from . import cpu_jit
+from . import jit as cpu_jit
 
 _LOOPS = ("_row_masks", "_col_masks", "_bit_length", "_round_limbs", "_exact_dot",
           "_dot2", "_uncertain", "_certified", "_disjoint", "_certify", "_settle")

@@ -39,7 +39,7 @@ import math
 
 import numpy as np
 
-from ..errors import FormatError, ShapeError
+from ...errors import FormatError, ShapeError
 
 QK_K = 256
 BLOCKS: dict[str, tuple[int, int]] = {   # type name -> (values per block, bytes per block)

@@ -1,5 +1,5 @@
 """Elementwise updates as compiled loops (numba, the optional `loom[cpu]` extra, loaded by
-loom.kernels.cpu_jit) with the bits of their NumPy references in loom.kernels.fused.
+loom.backend.cpu.jit) with the bits of their NumPy references in loom.kernels.fused.
 
 Why: the NumPy form of an optimizer step is several whole-array ufunc calls with temporaries
 (`p -= lr * g` writes and rereads a weight-sized array); one loop reads each array once. At
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import cpu_jit
+from . import jit as cpu_jit
 
 _LOOPS = ("_sgd",)
 _DTYPES = (np.dtype(np.float32), np.dtype(np.float64))

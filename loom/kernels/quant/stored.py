@@ -1,7 +1,7 @@
 """Weights kept in their stored quantized form, dequantized only inside the products that use them.
 
 A QuantizedTensor is a 2-D weight in PyTorch's Linear layout [out_features, in_features] whose
-rows are GGML blocks (loom.kernels.gguf_quants: Q4_0 ... Q6_K, or plain F16/BF16 rows). A Q4
+rows are GGML blocks (loom.kernels.quant.gguf: Q4_0 ... Q6_K, or plain F16/BF16 rows). A Q4
 matrix stays about a quarter of its bfloat16 size in memory; `matmul_t` decodes a bounded block of
 rows at a time into one reused float32 buffer and multiplies it with loom.kernels.ops.matmul, so
 the float32 temporary never exceeds MATMUL_BLOCK_BYTES whatever the matrix size.
@@ -10,14 +10,14 @@ Row blocking changes no bits in deterministic mode: the exact GEMM scales each c
 right operand (a row of the weight) and each row of x on its own, so every output element is
 the same exact sum, rounded once, whichever block its row was decoded in. Fast mode uses the
 backend's BLAS per block, and for x of a few rows (decoding) it never decodes all of W: on the
-CPU with numba installed, loom.kernels.cpu_jit's compiled loops (32-value block types, F16, BF16);
-else, for the 32-value block types, loom.kernels.gguf_gemv multiplies the integer codes and
+CPU with numba installed, loom.backend.cpu.gemv's compiled loops (32-value block types, F16, BF16);
+else, for the 32-value block types, loom.backend.cpu.gguf_gemv multiplies the integer codes and
 applies the scales per block afterwards.
 
 Deterministic mode has the same bits whichever path takes a product (exact_dispatch's scheme for
 float32 and K). On the CPU with numba installed, x of at most rounded_gemv_jit.MAX_ROWS rows
 against the 32-value block types, F16, BF16 or F32 with K <= exact_dispatch.ROUNDED_MAX_K goes to
-loom.kernels.rounded_gemv_jit: the exact product rounded once, straight from the stored rows (W read
+loom.backend.cpu.rounded_gemv: the exact product rounded once, straight from the stored rows (W read
 once, 10-16x faster at one row of x). Every other product (the K-quants, longer x, longer K, the
 GPU, no numba) decodes W exactly and runs the exact GEMM, so deterministic mode has no fallback to
 refuse. Fast mode logs once (logging, "loom") where a product of a few rows finds no block kernel
@@ -33,10 +33,16 @@ import math
 
 import numpy as np
 
-from .. import backend, fallback
-from ..errors import ShapeError
-from ..mode import is_deterministic
-from . import cpu_jit, gguf_gemv, gguf_quants, ops, rounded_gemv_jit
+from ... import backend, fallback
+from ...backend.cpu import gemv as cpu_gemv
+from ...backend.cpu import gguf_gemv
+from ...backend.cpu import rounded_gemv as rounded_gemv_jit
+from ...errors import ShapeError
+from ...mode import is_deterministic
+from .. import ops
+from ..exact import dispatch as exact_dispatch
+from ..exact import rounded as exact_rounded
+from . import gguf as gguf_quants
 
 # About 1 MiB of float32 per decoded block of rows: with the exact GEMM's temporaries it stays in
 # this CPU's 2 MiB L2. Measured for 1 x 576 @ (1536 x 576 Q4_1)^T in deterministic mode: 3.6 ms,
@@ -107,16 +113,18 @@ class QuantizedTensor:
         if kernels is not None and kernels.supports(self.qtype, x2):     # the GPU: one kernel, W read once
             kernels.matmul_t(x2, self.data, self.qtype, out)
             return out.reshape(lead + (rows,))
-        if not is_deterministic() and xp is np and cpu_jit.supports(self.qtype, x2.shape[0]):
-            cpu_jit.matmul_t(x2, self.data, self.qtype, out)           # compiled loops (numba installed)
+        if not is_deterministic() and xp is np and cpu_gemv.supports(self.qtype, x2.shape[0]):
+            cpu_gemv.matmul_t(x2, self.data, self.qtype, out)           # compiled loops (numba installed)
             return out.reshape(lead + (rows,))
         if not is_deterministic() and self.qtype in gguf_gemv.TYPES and x2.shape[0] <= gguf_gemv.MAX_ROWS:
             gguf_gemv.matmul_t(x2, self.data, self.qtype, out, xp)     # decode-sized x: no W at all
             return out.reshape(lead + (rows,))
         if not is_deterministic() and x2.shape[0] <= gguf_gemv.MAX_ROWS:
             _no_block_kernel(self.qtype, backend.of(self.data).name)
-        if is_deterministic() and xp is np and rounded_gemv_jit.supports(self.qtype, x2.shape[0], cols):
-            rounded_gemv_jit.matmul_t(x2, self.data, self.qtype, out)  # the exact GEMM's bits, W read once
+        if (is_deterministic() and xp is np and exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED
+                and rounded_gemv_jit.supports(self.qtype, x2.shape[0], cols)):
+            # the exact GEMM's bits, W read once
+            rounded_gemv_jit.matmul_t(x2, self.data, self.qtype, out, exact_rounded.error_factor(cols))
             return out.reshape(lead + (rows,))
         step = self.block_rows()
         buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)   # reused by every block

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import ir
+from .. import ir
 
 CHUNK = 8192     # NumPy: elements per pass, so a kernel's temporaries stay in cache (2x faster)
 

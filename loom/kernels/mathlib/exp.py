@@ -6,8 +6,8 @@ once; the float32 versions can afford plain formulas, because float64 covers flo
 """
 from __future__ import annotations
 
-from . import ir
-from .mathlib_core import (
+from .. import ir
+from .core import (
     F64,
     INF,
     NAN,

@@ -9,7 +9,7 @@ x <= -1/sqrt(2) (a relative error of ~1 ulp all the way down to gelu's underflow
 """
 from __future__ import annotations
 
-from .mathlib_core import (
+from .core import (
     C,
     copysign,
     div_dd,

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import dtypes
-from .errors import ConfigError, ShapeError
+from ... import dtypes
+from ...errors import ConfigError, ShapeError
 
 
 def activation_type(dtype) -> str:

@@ -1,5 +1,5 @@
 """Deterministic mode's exact float32 GEMM on the CPU as compiled loops around the float64 GEMM
-(numba, the optional `loom[cpu]` extra, loaded by loom.kernels.cpu_jit): exact._matmul_narrow's
+(numba, the optional `loom[cpu]` extra, loaded by loom.backend.cpu.jit): exact._matmul_narrow's
 reference bits, with one pass per operand.
 
 Why: the NumPy form (exact_cpu) needs about twenty NumPy calls on small arrays to find the scales,
@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from . import cpu_jit
+from . import jit as cpu_jit
 
 _LOOPS = ("_pow2_f32", "_factors", "_exponent", "_row_top", "_absmax_rows", "_absmax_cols", "_exponents_rows",
           "_exponents_cols", "_sum_rows", "_sum_cols", "_slice_rows", "_slice_cols", "_combine_fold",

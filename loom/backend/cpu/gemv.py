@@ -1,7 +1,8 @@
-"""x @ W.T on the CPU for x of a few rows, compiled by Numba (an optional extra: `pip install loom[cpu]`).
+"""x @ W.T on the CPU for x of a few rows, compiled by Numba (an optional extra: `pip install loom[cpu]`;
+loaded by loom/backend/cpu/jit.py).
 
 Why: decoding (batch 1) multiplies one row of activations with every weight, once per token. The
-NumPy path (loom.kernels.gguf_gemv) needs several whole-array passes per product (nibble masks,
+NumPy path (loom.backend.cpu.gguf_gemv) needs several whole-array passes per product (nibble masks,
 conversions, batched matmuls, scale passes), each a Python-level call that writes and rereads
 temporaries; that caps SmolLM2-135M decode at about 9 tokens/s on 2 cores. A compiled loop reads
 every stored byte once and keeps the decoded values in L1. Numba compiles it from this file with
@@ -10,9 +11,9 @@ numba (or with LOOM_JIT=0) the NumPy path runs as before.
 
 Fast mode only: the sums run in float32 in the loop's order, reassociated by the compiler
 (fastmath without nnan/ninf, so NaN and inf weights still propagate as in the dequantized
-product). Deterministic mode never comes here (loom.kernels.quantized decodes W exactly).
+product). Deterministic mode never comes here (loom.kernels.quant.stored decodes W exactly).
 
-Stored forms (loom.kernels.gguf_quants has the full table): F16/BF16 rows are plain uint16 values;
+Stored forms (loom.kernels.quant.gguf has the full table): F16/BF16 rows are plain uint16 values;
 the 32-value block types are a float16 scale d (and offset m) followed by the codes:
 
     Q8_0  34 bytes  d @0, int8[32] @2                        d * q
@@ -38,46 +39,27 @@ every process and never hit the cache.
 """
 from __future__ import annotations
 
-import os
-import threading
-
 import numpy as np
 
+from . import jit
+
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16")
-MAX_ROWS = 16           # x with more rows goes to BLAS on decoded blocks of W (loom.kernels.quantized)
+MAX_ROWS = 16           # x with more rows goes to BLAS on decoded blocks of W (loom.kernels.quant.stored)
 CHUNK = 16              # rows of W per parallel task: 36 tasks for a 576-row weight on 2 threads
-# Without nnan/ninf: NaN and inf scales must propagate as in gguf_quants' dequantization.
-FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 _HELPERS = ("_half", "_dots", "_f16_values")
 _KERNELS = {"Q8_0": "_q8_0", "Q4_0": "_q4_0", "Q4_1": "_q4_1", "Q5_0": "_q5_0", "Q5_1": "_q5_1",
             "F16": "_f16", "BF16": "_bf16"}
-
-_state: dict = {}       # after _load(): "numba", "f16" (the scale table), then "layer"; or "missing": why not
-_load_lock = threading.Lock()
-# numba's "workqueue" threading layer (its fallback where neither TBB nor OpenMP is found) aborts
-# the process when two threads launch parallel kernels at once; products from several Python
-# threads take turns instead.
-_call_lock = threading.Lock()
 prange = range
 f32, u32 = np.float32, np.uint32
 
 
 def available() -> bool:
-    """Whether products run here: numba importable and LOOM_JIT is not "0" (read on every call,
-    so the switch works at run time)."""
-    if os.environ.get("LOOM_JIT", "1") == "0":
-        return False
-    return "missing" not in _load()
-
-
-def unavailable_reason() -> str | None:
-    """Why the compiled loops do not run here (available() is False), or None where they do."""
-    if os.environ.get("LOOM_JIT", "1") == "0":
-        return "LOOM_JIT=0"
-    return _load().get("missing")
+    """Whether these loops run here (jit.available()); compiles them on the first call."""
+    return jit.compile_module(globals(), plain=_HELPERS, parallel=_KERNELS.values(), fastmath=jit.FASTMATH)
 
 
 def supports(qtype: str, m_rows: int) -> bool:
+    """Whether matmul_t takes a `qtype` weight and `m_rows` rows of x here."""
     return qtype in TYPES and m_rows <= MAX_ROWS and available()
 
 
@@ -85,96 +67,26 @@ def matmul_t(x2, data, qtype: str, out) -> None:
     """out[m, r] = sum_k x2[m, k] W[r, k] for W the `qtype` rows `data` (uint8 [R, row bytes]);
     x2 float32 [M, cols] with M <= MAX_ROWS, out float32 [M, R] C-contiguous. The caller
     (QuantizedTensor.matmul_t) has checked the shapes and dtypes."""
-    f16 = _load()["f16"]
+    f16 = jit.f16_table()
     kernel = globals()[_KERNELS[qtype]]
     x2 = np.ascontiguousarray(x2)
     data = np.asarray(data)             # a memory map as a plain array (numba types ndarrays only)
     if qtype == "BF16":
-        run(kernel, x2, data.view(np.uint16), out)
+        jit.run(kernel, x2, data.view(np.uint16), out)
     else:
         # 16 (codes bytes per block) passed at run time on purpose: with a literal trip count
         # LLVM unrolls the code loop before its loop vectorizer runs, and the unrolled code stays
         # scalar (measured 3x slower).
-        run(kernel, x2, data, out, f16, 16)
+        jit.run(kernel, x2, data, out, f16, 16)
 
 
 def decode_f16(bits):
     """float32 values of uint16 float16 bit patterns through the F16 kernel's own decoder (tests)."""
-    _load()
+    available()
     bits = np.ascontiguousarray(bits, dtype=np.uint16)
     out = np.empty(bits.shape, dtype=np.float32)
     _f16_values(bits.reshape(-1), out.reshape(-1))
     return out
-
-
-def _forked_child() -> None:
-    """GNU OpenMP (numba's threading layer on Linux where libgomp is found; its "workqueue"
-    alternative wakes threads too slowly: 2.5x slower decode) aborts a forked child that starts a
-    parallel region after the parent did. Such a child runs the NumPy path instead."""
-    if _state.get("layer") == "omp":
-        _state["missing"] = "forked from a process that ran the OpenMP kernels (GNU OpenMP is not fork-safe)"
-
-
-if hasattr(os, "register_at_fork"):          # absent where there is no fork (Pyodide, Windows)
-    os.register_at_fork(after_in_child=_forked_child)
-
-
-def _load() -> dict:
-    if not _state:
-        with _load_lock:
-            if not _state:
-                try:
-                    import numba
-                except ImportError as exc:
-                    _state["missing"] = f"numba is not installed (pip install 'loom[cpu]'): {exc}"
-                else:
-                    _state.update(_compile(numba))      # complete before any thread sees it
-    return _state
-
-
-def _compile(numba) -> dict:
-    """Wrap the functions below in numba dispatchers (compiled on their first call, then cached on
-    disk beside this file, or in a user cache directory where that is read-only)."""
-    _wrap(numba, globals(), _HELPERS, FASTMATH, parallel=False)
-    _wrap(numba, globals(), _KERNELS.values(), FASTMATH, parallel=True)
-    # The scales: every float16 pattern converted once by NumPy (256 KiB). A lookup per scale field
-    # measured 15-25% faster per Q4_1 row than converting by arithmetic.
-    f16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
-    return {"numba": numba, "f16": f16}
-
-
-def _wrap(numba, namespace: dict, names, fastmath, parallel: bool) -> None:
-    namespace["prange"] = numba.prange
-    for name in names:
-        namespace[name] = numba.njit(fastmath=fastmath, cache=True, parallel=parallel)(namespace[name])
-
-
-def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False, reassociated=()) -> bool:
-    """For another module of compiled loops (loom.kernels.exact_jit): replace its functions named in
-    `plain` and `parallel` (module-level, for numba's on-disk cache) by numba dispatchers, once, and
-    its `prange` by numba's; those in `reassociated` get FASTMATH (loops whose result may depend on
-    the order of their additions, as a bound's may). False where the JIT is unavailable
-    (available()); the module's plain Python functions then stay as they are."""
-    if not available():
-        return False
-    if namespace.get("_numba_compiled"):
-        return True
-    with _load_lock:
-        if not namespace.get("_numba_compiled"):
-            numba = _state["numba"]
-            _wrap(numba, namespace, plain, fastmath, parallel=False)
-            _wrap(numba, namespace, parallel, fastmath, parallel=True)
-            _wrap(numba, namespace, reassociated, FASTMATH, parallel=False)
-            namespace["_numba_compiled"] = True
-    return True
-
-
-def run(kernel, *args):
-    """Call a parallel kernel: one at a time (see _call_lock), noting numba's threading layer."""
-    with _call_lock:
-        kernel(*args)
-        if "layer" not in _state:                   # known once a parallel kernel has run
-            _state["layer"] = _state["numba"].threading_layer()
 
 
 # --- helpers ----------------------------------------------------------------------------------------

@@ -19,7 +19,12 @@ from functools import cache
 
 import numpy as np
 
-from . import ir, lower_cuda, lower_numba, lower_numpy, mathlib_core, mathlib_exp, mathlib_special, mathlib_trig
+from .. import ir
+from ..ir import lower_cuda, lower_numba, lower_numpy
+from . import core as mathlib_core
+from . import exp as mathlib_exp
+from . import special as mathlib_special
+from . import trig as mathlib_trig
 
 _IMPL = {
     "exp": mathlib_core.exp, "log": mathlib_core.log, "log1p": mathlib_core.log1p,
