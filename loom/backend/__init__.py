@@ -13,6 +13,10 @@ import numpy as np
 
 from ..errors import BackendError, DeterminismError
 
+# An array of some backend: numpy.ndarray on the CPU, cupy.ndarray on the GPU (annotations only; which
+# one is the owning backend's business, `of`).
+Array = Any
+
 
 class Backend(Protocol):
     name: str
