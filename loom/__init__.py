@@ -1,4 +1,6 @@
 """Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy) and NVIDIA GPUs (CuPy)."""
+from __future__ import annotations
+
 from . import llm  # loom.llm.load: language models from GGUF files and HuggingFace directories
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
 from .formats import from_bytes, load

@@ -12,17 +12,23 @@ Layers whose meaning mixes the rows of a batch (openfluke's `"normalize": "batch
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 
 from . import rng
 from .errors import DeterminismError
+
+if TYPE_CHECKING:
+    from .nn import Network
 
 # padding rows put beside the batch: values that would leak into other rows through any shared
 # scale, maximum or memory budget
 PADDING = {"NaN": np.nan, "huge": 3.0e38, "zero": 0.0, "tiny": 1.0e-40}
 
 
-def mixes_rows(layers) -> bool:
+def mixes_rows(layers: list[Any]) -> bool:
     """Whether a config's layers (a list of layer dicts) define an output row from other rows."""
     for layer in layers:
         if not isinstance(layer, dict):
@@ -47,7 +53,8 @@ def arrangements(x: np.ndarray) -> list[tuple[str, np.ndarray, list[int]]]:
     return out
 
 
-def check(run, x: np.ndarray, dy: np.ndarray | None = None, where: str = "network"):
+def check(run: Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]], x: np.ndarray,
+          dy: np.ndarray | None = None, where: str = "network") -> np.ndarray:
     """The whole batch's output; raises DeterminismError unless `run(batch, dy_batch) -> (y, dx)`
     gives every row of x the same bits alone, in the batch x, reversed, and beside padding rows.
     `run` gets host arrays and returns host arrays (dx may be None; dy_batch is None when dy is)."""
@@ -88,7 +95,8 @@ def _differing(want: np.ndarray, got: np.ndarray):
     return int(np.count_nonzero((as_bytes(want) != as_bytes(got)).any(axis=1)))
 
 
-def network_runner(net, backward: bool = True):
+def network_runner(net: Network, backward: bool = True
+                   ) -> Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray | None]]:
     """`run` for check(): the network's forward (and backward with the given upstream gradient) in
     its current mode, on host arrays."""
     be = net.backend
@@ -103,7 +111,7 @@ def network_runner(net, backward: bool = True):
     return run
 
 
-def check_network(net, x: np.ndarray, where: str, seed: int = 0):
+def check_network(net: Network, x: np.ndarray, where: str, seed: int = 0) -> np.ndarray:
     """check() for a Network in inference mode: the output and the input gradient of each row; returns
     the whole batch's output."""
     y = network_runner(net, backward=False)(x[:1], None)[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from . import dtypes
@@ -74,34 +74,35 @@ def _is_int(v: Any) -> bool:
 
 
 @_schema({"type": "integer", "minimum": 1}, name="positiveInt")
-def positive_int(v, path):
+def positive_int(v: Any, path: str) -> int:
     if not _is_int(v) or v <= 0:
         raise ConfigError(path, f"expected a positive integer, got {_describe(v)}")
     return v
 
 
 @_schema({"type": "integer", "minimum": 0}, name="nonNegativeInt")
-def nonneg_int(v, path):
+def nonneg_int(v: Any, path: str) -> int:
     if not _is_int(v) or v < 0:
         raise ConfigError(path, f"expected a non-negative integer, got {_describe(v)}")
     return v
 
 
 @_schema({"type": "boolean"})
-def boolean(v, path):
+def boolean(v: Any, path: str) -> bool:
     if not isinstance(v, bool):
         raise ConfigError(path, f"expected true or false, got {_describe(v)}")
     return v
 
 
 @_schema({"type": "string"})
-def string(v, path):
+def string(v: Any, path: str) -> str:
     if not isinstance(v, str):
         raise ConfigError(path, f"expected a string, got {_describe(v)}")
     return v
 
 
-def number(lo=-math.inf, hi=math.inf, lo_open=False, hi_open=False):
+def number(lo: float = -math.inf, hi: float = math.inf, lo_open: bool = False,
+           hi_open: bool = False) -> Callable[[Any, str], float]:
     """A finite float in a range; ints are accepted and stored as floats."""
     lb = "(" if lo_open else "["
     rb = ")" if hi_open else "]"
@@ -129,7 +130,7 @@ def _finite_float(v) -> bool:
         return False
 
 
-def one_of(*choices):
+def one_of(*choices: Any) -> Callable[[Any, str], Any]:
     @_schema({"enum": list(choices)})
     def check(v, path):
         if isinstance(v, (bool, list, dict)) or v not in choices:
@@ -138,14 +139,14 @@ def one_of(*choices):
     return check
 
 
-def optional(inner):
+def optional(inner: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     @_schema({"anyOf": [{"type": "null"}, inner]})
     def check(v, path):
         return None if v is None else inner(v, path)
     return check
 
 
-def list_of(inner, min_len=0):
+def list_of(inner: Callable[[Any, str], Any], min_len: int = 0) -> Callable[[Any, str], list]:
     @_schema({"type": "array", **({"minItems": min_len} if min_len else {}), "items": inner})
     def check(v, path):
         if not isinstance(v, list):
@@ -156,7 +157,7 @@ def list_of(inner, min_len=0):
     return check
 
 
-def int_or_list(item):
+def int_or_list(item: Callable[[Any, str], Any]) -> Callable[[Any, str], Any]:
     """An integer applied to every spatial dimension, or one integer per dimension."""
     @_schema({"description": "one integer for every spatial dimension, or one per dimension",
               "anyOf": [item, {"type": "array", "minItems": 1, "items": item}]})
@@ -177,7 +178,7 @@ activation_name = _named("activation", one_of(*ACTIVATIONS))
 
 
 @_schema({"anyOf": [{"const": "same"}, nonneg_ints]})
-def padding(v, path):
+def padding(v: Any, path: str) -> str | int | list[int]:
     if v == "same":
         return v
     if isinstance(v, str):
@@ -188,7 +189,7 @@ def padding(v, path):
 # JSON Schema counts matches of `contains`: minContains 0 with maxContains 1 is "at most one -1".
 @_schema({"type": "array", "minItems": 1, "items": {"type": "integer", "anyOf": [{"minimum": 1}, {"const": -1}]},
           "contains": {"const": -1}, "minContains": 0, "maxContains": 1})
-def reshape_shape(v, path):
+def reshape_shape(v: Any, path: str) -> list[int]:
     def dim(x, p):
         if not _is_int(x) or (x <= 0 and x != -1):
             raise ConfigError(p, f"expected a positive integer or -1, got {_describe(x)}")
@@ -200,7 +201,7 @@ def reshape_shape(v, path):
 
 
 @_schema({"type": "array", "minItems": 1, "items": {"type": "integer", "enum": [0, 1]}, "contains": {"const": 1}})
-def mask_list(v, path):
+def mask_list(v: Any, path: str) -> list[int]:
     def bit(x, p):
         if not _is_int(x) or x not in (0, 1):
             raise ConfigError(p, f"expected 0 or 1, got {_describe(x)}")
@@ -245,7 +246,7 @@ def _join(path: str, key: str) -> str:
 
 # The "layer" definition is built from LAYER_KEYS and SOFTMAX_KEYS by loom.config_schema.
 @_schema({"$ref": "#/$defs/layer"})
-def layer(v, path):
+def layer(v: Any, path: str) -> dict:
     return parse_layer(v, path)
 
 
@@ -257,7 +258,7 @@ rope = _named("rope", _record({"theta": (positive_number, 10000.0),
 
 
 @_schema({"type": "array", "minItems": 3, "maxItems": 3, "items": nonneg_int})
-def grid_position(v, path):
+def grid_position(v: Any, path: str) -> list[int]:
     coords = list_of(nonneg_int)(v, path)
     if len(coords) != 3:
         raise ConfigError(path, f"expected [row, col, layer], got {_describe(v)}")
@@ -431,7 +432,7 @@ CROSS_KEY_SCHEMA: dict[str, dict] = {
 
 # --- specs of pluggable parts (losses, optimizers, schedules) --------------------------------------
 
-def resolve_type(spec, path: str, types, what: str) -> tuple[dict, str]:
+def resolve_type(spec: Any, path: str, types: Collection[str], what: str) -> tuple[dict, str]:
     """(spec as a dict, its type name) for a spec given as a type name or an object with a "type";
     ConfigError at `path` when the type is missing or not one of `types`."""
     if isinstance(spec, str):

@@ -19,10 +19,13 @@ into uint8 and stored as safetensors "U8":
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import ml_dtypes
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .errors import ConfigError, FormatError
 
@@ -116,7 +119,7 @@ def get(name: str, path: str = "dtype") -> DType:
     return TABLE[name]
 
 
-def of_array(array) -> str:
+def of_array(array: Any) -> str:
     """Loom name of an array's dtype (raises ConfigError for types outside the table).
 
     int8 arrays are "int8": ternary and binary share that in-memory dtype and are never inferred."""
@@ -160,7 +163,7 @@ def _codes(values: np.ndarray, row: DType) -> np.ndarray:
     return codes.astype(np.uint8)
 
 
-def pack(values, name: str) -> np.ndarray:
+def pack(values: ArrayLike, name: str) -> np.ndarray:
     """Storage bytes (1-D uint8) of `values` as type `name` (see the module docstring for the layout).
 
     Values must be exactly representable in the type; a value that would round, wrap or change sign
@@ -202,7 +205,8 @@ def _shape(shape) -> tuple[int, ...]:
     return tuple(int(d) for d in s)
 
 
-def unpack(packed, name: str, shape) -> np.ndarray:
+def unpack(packed: bytes | bytearray | memoryview | np.ndarray, name: str,
+           shape: int | Sequence[int]) -> np.ndarray:
     """Values of type `name` (in the row's numpy dtype, with `shape`) from their storage bytes.
 
     `packed` is bytes-like or a uint8 array. Its length must be exactly ceil(n * bits / 8); a wrong

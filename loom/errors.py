@@ -1,4 +1,5 @@
 """Loom's typed errors. Every message names the bad value and where it is."""
+from __future__ import annotations
 
 
 class LoomError(Exception):

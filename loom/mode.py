@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+from collections.abc import Iterator
 
 _DETERMINISTIC = contextvars.ContextVar("loom_deterministic", default=True)
 
@@ -26,7 +27,7 @@ def set_deterministic(flag: bool) -> None:
 
 
 @contextlib.contextmanager
-def deterministic(flag: bool = True):
+def deterministic(flag: bool = True) -> Iterator[None]:
     """`with loom.deterministic(False):` runs the block in fast mode; `deterministic(True)` restores
     the default inside a fast block."""
     token = _DETERMINISTIC.set(_check(flag))

@@ -12,8 +12,12 @@ libm and NumPy's SIMD transcendentals differ between machines in the last bit.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
@@ -27,7 +31,7 @@ def stream_key(seed: int, stream: str) -> tuple[int, int]:
     return int.from_bytes(digest[0:4], "little"), int.from_bytes(digest[4:8], "little")
 
 
-def philox(key: tuple[int, int], counter, n: int, xp=np):
+def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np) -> Any:
     """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i.
 
     `counter` is an int, or a uint32 array [lo, hi] on xp's device (a recorded train step reads
@@ -65,11 +69,12 @@ class Generator:
         self.seed, self.stream = int(seed), stream
         self.key = stream_key(seed, stream)
 
-    def bits(self, shape, counter=0, xp=np):
+    def bits(self, shape: int | Sequence[int], counter: Any = 0, xp: ModuleType = np) -> Any:
         shape = _shape(shape)
         return philox(self.key, counter, int(np.prod(shape, dtype=np.int64)), xp).reshape(shape)
 
-    def uniform(self, shape, counter=0, dtype=np.float64, xp=np):
+    def uniform(self, shape: int | Sequence[int], counter: Any = 0, dtype: DTypeLike = np.float64,
+                xp: ModuleType = np) -> Any:
         """Uniform on [0, 1): the top 24 (float32) or 53 (float64) bits scaled by a power of two
         (exact on every backend; `xp` and `counter` as in philox())."""
         dtype = np.dtype(dtype)
@@ -80,7 +85,7 @@ class Generator:
         mant = ((w[..., 0] >> np.uint64(5)) << np.uint64(26)) | (w[..., 1] >> np.uint64(6))
         return (mant.astype(np.float64) * 2.0 ** -53).astype(dtype)
 
-    def normal(self, shape, counter: int = 0, dtype=np.float64) -> np.ndarray:
+    def normal(self, shape: int | Sequence[int], counter: int = 0, dtype: DTypeLike = np.float64) -> np.ndarray:
         """Standard normal draws (Box-Muller in float64 with exact-operation log and cos)."""
         shape = _shape(shape)
         n = int(np.prod(shape, dtype=np.int64))

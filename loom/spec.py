@@ -29,11 +29,16 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import atomic, mode, rng, verify
 from .verify import SEED, SEP, combined, fingerprint
+
+if TYPE_CHECKING:
+    from .llm.encoder import Encoder
+    from .llm.model import CausalLM
 
 SPEC = 1
 DEMO_STEPS = 20            # loom verify's demo run, shortened so the CPU test stays quick
@@ -164,7 +169,7 @@ def _random(stream: str, shape, scale: float, offset: float = 0.0) -> np.ndarray
     return (np.float32(offset) + np.float32(scale) * z).astype(np.float32)
 
 
-def tiny_decoder(arch: str, device: str = "cpu"):
+def tiny_decoder(arch: str, device: str = "cpu") -> CausalLM:
     """A CausalLM (no tokenizer) of DECODERS[arch] with random weights from loom.rng: every matrix
     N(0, 0.2²) and every norm weight 1 + N(0, 0.1²), the same bits on every machine."""
     from .llm.decoder import Decoder, DecoderConfig, expected_tensors
@@ -192,7 +197,7 @@ def _decoder_checks(device: str, arch: str) -> dict[str, str]:
             p + "sampled ids": fingerprint(np.asarray(list(sampled), dtype=np.int64))}
 
 
-def tiny_encoder(device: str = "cpu"):
+def tiny_encoder(device: str = "cpu") -> Encoder:
     """An Encoder (no tokenizer) of ENCODER with random weights from loom.rng: matrices and
     embeddings N(0, 0.2²), biases N(0, 0.1²), LayerNorm weights 1 + N(0, 0.1²)."""
     from .llm.encoder import Encoder, _checked_config, _expected_shapes
@@ -228,7 +233,7 @@ def dumps(doc: dict) -> str:
                       indent=1) + "\n"
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loom.spec", description=__doc__.split("\n")[0])
     what = ap.add_mutually_exclusive_group(required=True)
     what.add_argument("--write", metavar="FILE", help="write the golden file (spec, fingerprints)")

@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from . import backend as _backend
 from . import batch_invariance, mode, rng
+from .backend import Array
 from .errors import BackendError, ConfigError
 
 BACKENDS = ("cpu", "cpu:1thread", "cuda")
@@ -48,7 +50,7 @@ DEMO_BATCHES_PER_EPOCH = 10   # at most; the demo runs `steps` steps as epochs x
 
 # --- fingerprints -----------------------------------------------------------------------------------
 
-def fingerprint(array) -> str:
+def fingerprint(array: Array) -> str:
     """SHA-256 hex of an array's dtype, shape and bytes (from any backend), so equal fingerprints mean
     bit-identical arrays, -0.0 and NaN payloads included."""
     a = np.ascontiguousarray(_host(array))
@@ -73,7 +75,7 @@ def _host(array) -> np.ndarray:
 
 # --- the computations on one backend ----------------------------------------------------------------
 
-def compute(device: str, steps: int = 50, samples=None) -> dict[str, str]:
+def compute(device: str, steps: int = 50, samples: list[str] | None = None) -> dict[str, str]:
     """Every check's fingerprint on `device` ("cpu" or "cuda") in the current mode, in table order.
 
     A check that raises is recorded as "error: ..." (and its later checks are missing), so one broken
@@ -105,7 +107,7 @@ def _select(samples, names):
     return [s for s in samples if s[0] in set(names)]
 
 
-def guarded(out: dict, first_check: str, checks) -> None:
+def guarded(out: dict, first_check: str, checks: Callable[[], dict[str, str]]) -> None:
     """out.update(checks()), or, where checks() raises, out[first_check] = "error: ..." (a mismatch in
     the table, the message among the errors)."""
     try:
@@ -143,7 +145,7 @@ def _batch_check(device, name, layers, shape, idt) -> str:
         return fingerprint(batch_invariance.check_network(net, sample_input(name, layers, shape, idt), name))
 
 
-def sample_input(name, layers, shape, idt) -> np.ndarray:
+def sample_input(name: str, layers: list[dict], shape: Sequence[int], idt: str | None) -> np.ndarray:
     """A catalogue sample's fixed input batch [BATCH, *shape] from loom.rng: token ids below the
     embedding's vocabulary, or standard normal float32 values."""
     gen = rng.Generator(SEED, f"verify.{name}.input")
@@ -343,7 +345,7 @@ def _one_thread(steps: int, samples) -> dict[str, str]:
     return data["fingerprints"]
 
 
-def emit_json(steps: int, samples) -> str:
+def emit_json(steps: int, samples: list[str] | None) -> str:
     """What the cpu:1thread subprocess prints: the mode and this process's cpu fingerprints."""
     return json.dumps({"mode": mode.name(), "fingerprints": compute("cpu", steps, samples)})
 

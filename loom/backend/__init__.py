@@ -10,6 +10,7 @@ import functools
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ..errors import BackendError, DeterminismError
 
@@ -23,13 +24,13 @@ class Backend(Protocol):
     xp: Any  # the array module: numpy, or cupy on the GPU
     graphs: bool  # whether record() can capture work into a replayable graph (CUDA)
 
-    def asarray(self, x, dtype=None): ...
-    def to_numpy(self, x) -> np.ndarray: ...
-    def copy_into(self, dst, src) -> None: ...
-    def matmul(self, a, b, out=None): ...
-    def sum(self, x, axis=None, keepdims: bool = False): ...
+    def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...
+    def to_numpy(self, x: Array) -> np.ndarray: ...
+    def copy_into(self, dst: Array, src: Array) -> None: ...
+    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array: ...
+    def sum(self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array: ...
     def synchronize(self) -> None: ...
-    def may_be_true(self, flag) -> bool: ...   # a data-dependent branch: True when it cannot look
+    def may_be_true(self, flag: Array) -> bool: ...   # a data-dependent branch: True when it cannot look
 
 
 def get(name: str) -> Backend:
@@ -49,7 +50,7 @@ def _cpu() -> Backend:
     return CPU
 
 
-def of(array) -> Backend:
+def of(array: Array | float) -> Backend:
     """The backend that owns `array` (NumPy arrays and Python scalars belong to the CPU)."""
     if isinstance(array, (np.ndarray, np.generic, float, int)):
         return _cpu()

@@ -7,20 +7,22 @@ to stderr, and only when stdin is a terminal, so piped transcripts stay clean.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from typing import TextIO
 
 from .generate import add_sampling_arguments, load_causal, sampling_options, write_stream
 
 HELP = "chat with a language model interactively (chat template, history, streamed replies)"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a .gguf file or a HuggingFace model directory")
     p.add_argument("--system", help="a system message that starts the conversation")
     add_sampling_arguments(p)
 
 
-def run(args, stdin=None, stdout=None) -> int:
+def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     from ..errors import ConfigError
     from ..llm.generate import Sampling, check_stop
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout

@@ -14,10 +14,12 @@ add their own mode to MODES and their options to add_arguments.
 """
 from __future__ import annotations
 
+import argparse
+
 HELP = "convert a model from another format into a Loom model file (or a GGUF model into an HF directory)"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", metavar="IN", help="the model to convert")
     p.add_argument("output", metavar="OUT", nargs="?", help="where to write the Loom model file (or --out)")
     p.add_argument("--out", dest="out", default=None, help="where to write the Loom model file")
@@ -37,7 +39,7 @@ def add_arguments(p):
     p.set_defaults(convert_parser=p)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     if args.out is not None:
         if args.output is not None:
             args.convert_parser.error("give OUT once: as the second argument or as --out")

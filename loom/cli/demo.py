@@ -5,6 +5,7 @@ the package); the data is the UCI handwritten-digits set bundled in loom.dataset
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import os
@@ -17,7 +18,7 @@ HELP = "train the bundled digits convnet, then save, reload and verify it (no ar
 CONFIG = "digits-convnet.json"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="loom-demo", help="folder for the trained model (default ./loom-demo)")
     p.add_argument("--epochs", type=int, help="override the config's epochs (default 12)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress")
@@ -28,7 +29,7 @@ def demo_config() -> dict:
     return json.loads(resources.files(__package__).joinpath(CONFIG).read_text(encoding="utf-8"))
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from .. import datasets
     from ..errors import ConfigError
     from ..formats import load

@@ -6,6 +6,7 @@ Prints one line per text (its norm and first dimensions), or with --output write
 """
 from __future__ import annotations
 
+import argparse
 import io
 
 import numpy as np
@@ -14,7 +15,7 @@ HELP = "sentence embeddings from a BERT-style encoder (mean pooling, L2 normaliz
 _SHOWN_DIMS = 4
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="+", metavar="TEXT", help="texts to embed")
     p.add_argument("--model", required=True,
                    help="HuggingFace model folder (config.json, model.safetensors, tokenizer.json)")
@@ -26,7 +27,7 @@ def add_arguments(p):
                    help="cut texts longer than the model's max_position_embeddings instead of failing")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from .. import backend
     from ..atomic import write_bytes
     from ..errors import ConfigError

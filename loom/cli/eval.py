@@ -1,10 +1,12 @@
 """`loom eval MODEL --data FILE`: evaluate a saved model and print (or export) a report."""
 from __future__ import annotations
 
+import argparse
+
 HELP = "evaluate a saved model on a data file"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .loom model file")
     p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv with a target column")
     p.add_argument("--target", default="last", help="CSV target column: index, header name, first or last")
@@ -13,7 +15,7 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..datasets.files import load_xy
     from ..formats import load
     from ..nn import metrics

@@ -7,12 +7,18 @@ flushed as soon as it is decoded.
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from ..llm import CausalLM
 
 HELP = "generate text with a language model (GGUF file or HuggingFace directory), streamed to stdout"
 
 
-def add_sampling_arguments(p):
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     """The sampling flags `loom generate` and `loom chat` share."""
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate (default 256)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default); higher = more random")
@@ -26,12 +32,12 @@ def add_sampling_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
-def sampling_options(args) -> dict:
+def sampling_options(args: argparse.Namespace) -> dict:
     return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop))
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a .gguf file or a HuggingFace model directory")
     p.add_argument("--prompt", required=True, help="the text to continue (or, with --chat, the user's message)")
     p.add_argument("--chat", action="store_true", help="apply the model's chat template to the prompt")
@@ -41,7 +47,7 @@ def add_arguments(p):
     add_sampling_arguments(p)
 
 
-def load_causal(path: str, device: str):
+def load_causal(path: str, device: str) -> CausalLM:
     """The CausalLM at `path` (an encoder there is a usage mistake, said plainly)."""
     from ..errors import ConfigError
     from ..llm import CausalLM, load
@@ -52,7 +58,7 @@ def load_causal(path: str, device: str):
     return model
 
 
-def write_stream(pieces, out=None) -> str:
+def write_stream(pieces: Iterable[str], out: TextIO | None = None) -> str:
     """Write each piece as it arrives (flushed); returns the whole text."""
     out = out or sys.stdout
     text = []
@@ -63,7 +69,7 @@ def write_stream(pieces, out=None) -> str:
     return "".join(text)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     if args.system is not None and not args.chat:
         raise ConfigError("--system", "only applies with --chat")

@@ -1,16 +1,17 @@
 """`loom info`: versions, devices and what this build supports."""
 from __future__ import annotations
 
+import argparse
 import json
 
 HELP = "show versions, devices, active accelerations and supported layers"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..info import info
     data = info()
     if args.json:

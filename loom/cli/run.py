@@ -1,12 +1,14 @@
 """`loom run MODEL --input X.npy --output Y.npy`: run a saved model on an array of inputs."""
 from __future__ import annotations
 
+import argparse
+
 import numpy as np
 
 HELP = "run a saved model on inputs and save the outputs"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="a .loom model file")
     p.add_argument("--input", required=True, help=".npy array [N, *input shape] (or .npz / .csv inputs)")
     p.add_argument("--output", required=True, help="where to write the outputs (.npy)")
@@ -14,7 +16,7 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..atomic import write_bytes
     from ..datasets.files import load_x
     from ..errors import ConfigError

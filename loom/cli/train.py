@@ -1,13 +1,14 @@
 """`loom train CONFIG --data FILE --epochs N --out DIR`: train a network config on a data file."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
 HELP = "train a network config on an .npz or .csv data file"
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="network config (JSON file)")
     p.add_argument("--data", required=True, help=".npz with arrays x and y, or .csv with a target column")
     p.add_argument("--target", default="last", help="CSV target column: index, header name, first or last")
@@ -23,7 +24,7 @@ def add_arguments(p):
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..datasets.files import load_xy
     from ..errors import ConfigError
     from ..nn import Network

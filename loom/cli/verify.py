@@ -13,7 +13,7 @@ HELP = "fingerprint every layer, optimizer and a demo training run on each backe
 DEVICES = {"all": None, "cpu": ["cpu", "cpu:1thread"], "cuda": ["cpu", "cuda"]}
 
 
-def add_arguments(p):
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=list(DEVICES), default="all",
                    help="all (default): cpu, cpu with one BLAS thread, and cuda when available; "
                         "cpu: the two cpu columns; cuda: cpu against cuda (an error without a GPU)")
@@ -27,7 +27,7 @@ def add_arguments(p):
     p.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from .. import verify as verifier
     from ..errors import ConfigError
     from ..mode import deterministic

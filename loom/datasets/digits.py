@@ -40,7 +40,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     return _to_float(images), labels.astype(np.int64)
 
 
-def digits_split(test_fraction: float = 0.2, seed: int = 0):
+def digits_split(test_fraction: float = 0.2,
+                 seed: int = 0) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """A deterministic stratified split: ``(X_train, y_train), (X_test, y_test)``.
 
     Within each class the samples are ordered by a 32-bit ``loom.rng`` draw (stream

@@ -7,13 +7,15 @@ from __future__ import annotations
 import csv
 import math
 import os
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import FormatError, ShapeError
 
 
-def load_xy(path, input_shape=None, target: str | int = "last"):
+def load_xy(path: str | os.PathLike[str], input_shape: Sequence[int] | None = None,
+            target: str | int = "last") -> tuple[np.ndarray, np.ndarray]:
     """(X, Y) from `path`. X is reshaped to [N, *input_shape] when given.
     CSV: an optional header row; `target` is the target column (index, header name, or "last"/"first")."""
     path = os.fspath(path)
@@ -32,7 +34,7 @@ def load_xy(path, input_shape=None, target: str | int = "last"):
     return X, Y
 
 
-def load_x(path, input_shape=None):
+def load_x(path: str | os.PathLike[str], input_shape: Sequence[int] | None = None) -> np.ndarray:
     """Inputs only: a .npy array, or the x of an .npz / all columns of a .csv without a target."""
     path = os.fspath(path)
     if path.endswith(".npy"):
@@ -45,7 +47,7 @@ def load_x(path, input_shape=None):
     return reshape_inputs(X, input_shape, path) if input_shape is not None else X
 
 
-def reshape_inputs(X, input_shape, path):
+def reshape_inputs(X: np.ndarray, input_shape: Sequence[int], path: str) -> np.ndarray:
     per = math.prod(input_shape)
     if X.ndim >= 1 and math.prod(X.shape[1:]) == per:
         return X.reshape((len(X), *input_shape))

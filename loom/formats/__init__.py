@@ -1,11 +1,13 @@
 """File formats: safetensors, the Loom model file."""
 from __future__ import annotations
 
+import os
+
 from ..nn import Network
 from . import loomfile
 
 
-def load(path) -> Network:
+def load(path: str | os.PathLike[str]) -> Network:
     """A network from a Loom model file (see Network.save); `loom.load`."""
     return loomfile.load(path)[0]
 

@@ -149,7 +149,7 @@ class GGUFFile:
     """A GGUF file, memory-mapped: metadata and tensor infos are read at once, tensor data on
     demand. Use as a context manager or call close(); arrays already handed out stay valid."""
 
-    def __init__(self, path):
+    def __init__(self, path: str | os.PathLike[str]):
         self.path = os.fspath(path)
         with open(self.path, "rb") as fh:
             size = os.fstat(fh.fileno()).st_size
@@ -280,7 +280,7 @@ class GGUFFile:
         except LoomError as exc:
             raise FormatError(f"{self.path}: tensor {name!r}: {exc}") from None
 
-    def weight(self, name: str):
+    def weight(self, name: str) -> np.ndarray | QuantizedTensor:
         """F32 tensors as read-only float32 views of the file; other 2-D tensors as QuantizedTensor
         (kept in their stored form); other shapes dequantized to float32."""
         info = self.info(name)
@@ -305,6 +305,6 @@ class GGUFFile:
         self.close()
 
 
-def read(path) -> GGUFFile:
+def read(path: str | os.PathLike[str]) -> GGUFFile:
     """Open and validate a GGUF file (see GGUFFile)."""
     return GGUFFile(path)

@@ -21,11 +21,15 @@ from __future__ import annotations
 
 import math
 import re
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import ConfigError
 from ..kernels.quant.stored import QuantizedTensor
+
+if TYPE_CHECKING:
+    from .gguf import GGUFFile
 
 SUPPORTED_ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "bert")
 ROPE_SCALING_TYPES = ("none", "linear", "yarn", "llama3")
@@ -84,7 +88,7 @@ def _get(md: dict, key: str, kind, default=_MISSING):
     return kind(v)
 
 
-def hf_config(metadata: dict, file=None) -> dict:
+def hf_config(metadata: dict, file: GGUFFile | None = None) -> dict:
     """The HF config.json dict of a GGUF file from its metadata. Pass the GGUFFile as `file` too:
     GGUF records two facts only in its tensors, tie_word_embeddings (no output.weight) and llama3
     RoPE scaling (a rope_freqs.weight tensor); without `file`, tie_word_embeddings is left out."""
@@ -178,7 +182,8 @@ def _rope_scaling(md: dict, p: str, file, theta: float, head_dim: int):
     return out
 
 
-def llama3_divisors(theta: float, head_dim: int, factor: float, low: float, high: float, original: int):
+def llama3_divisors(theta: float, head_dim: int, factor: float, low: float, high: float,
+                    original: int) -> np.ndarray:
     """The per-frequency divisors convert_hf_to_gguf writes as rope_freqs.weight for llama3 scaling."""
     freqs = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
     wavelen = 2 * math.pi / freqs.astype(np.float64)
@@ -258,7 +263,7 @@ def hf_name(family: str, name: str, n_layers: int) -> str | None:
     return prefix.format(n=m.group(1)) + mapped if mapped else None
 
 
-def hf_weights(f) -> dict:
+def hf_weights(f: GGUFFile) -> dict:
     """The tensors of GGUFFile `f` under their HF names: float32 arrays (read-only views for F32
     tensors) or QuantizedTensor for quantized 2-D weights. lm_head.weight is absent when the
     embeddings are tied; llama and mistral Q/K rows (and biases) are un-permuted."""

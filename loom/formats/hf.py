@@ -37,12 +37,13 @@ DERIVED_SUFFIX = "rotary_emb.inv_freq"
 _HALF = {np.dtype(np.float16): "F16", np.dtype(safetensors.DTYPES["BF16"]): "BF16"}
 
 
-def read_config(path) -> dict:
+def read_config(path: str | os.PathLike[str]) -> dict:
     """The config.json dict of the HF directory `path`."""
     return _read_json(os.path.join(os.fspath(path), CONFIG), "the model's config")
 
 
-def read_dir(path, device: str = "cpu", expected: tuple[dict, dict] | None = None):
+def read_dir(path: str | os.PathLike[str], device: str = "cpu",
+             expected: tuple[dict, dict] | None = None) -> tuple[dict, dict]:
     """(config, weights) of the HF directory `path`; weights map names to float32 arrays or
     QuantizedTensor on `device`. expected = (required, optional), each name -> shape: check the
     checkpoint holds exactly those tensors with those shapes."""
@@ -135,7 +136,7 @@ def _stored(name: str, array: np.ndarray, file: str, be, device: str):
     return be.asarray(array.astype(np.float32, copy=False))
 
 
-def half_matrix(array: np.ndarray, qtype: str):
+def half_matrix(array: np.ndarray, qtype: str) -> QuantizedTensor:
     """A 2-D float16/bfloat16 array as a QuantizedTensor viewing the same bytes (no copy)."""
     rows, cols = array.shape
     raw = np.ascontiguousarray(array).view(np.uint8).reshape(rows, 2 * cols)

@@ -21,6 +21,7 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -31,6 +32,9 @@ from ..kernels.quant import affine as quant
 from ..nn import files
 from ..nn.network import Network
 from . import safetensors
+
+if TYPE_CHECKING:
+    from ..nn.optim import Optimizer
 
 FORMAT = "loom-model"
 DIR_MODEL, DIR_CONFIG = "model.safetensors", "config.json"
@@ -48,7 +52,7 @@ class Checkpoint:
     best_state: dict | None = None    # early stopping's best weights, by state_dict name
 
 
-def to_bytes(net: Network, optimizer=None, training_state: dict | None = None,
+def to_bytes(net: Network, optimizer: Optimizer | None = None, training_state: dict | None = None,
              best_state: dict | None = None) -> bytes:
     from ..version import __version__
     tensors, quantized = {}, {}
@@ -79,8 +83,8 @@ def to_bytes(net: Network, optimizer=None, training_state: dict | None = None,
     return safetensors.dumps(tensors, meta)
 
 
-def save(net: Network, path, optimizer=None, training_state: dict | None = None,
-         best_state: dict | None = None) -> None:
+def save(net: Network, path: str | os.PathLike[str], optimizer: Optimizer | None = None,
+         training_state: dict | None = None, best_state: dict | None = None) -> None:
     data = to_bytes(net, optimizer, training_state, best_state)
     if not _is_directory(path):
         atomic.write_bytes(path, data)
@@ -100,7 +104,7 @@ def from_bytes(data: bytes) -> tuple[Network, Checkpoint]:
     return _build(tensors, meta, "<bytes>")
 
 
-def load(path) -> tuple[Network, Checkpoint]:
+def load(path: str | os.PathLike[str]) -> tuple[Network, Checkpoint]:
     if os.path.isdir(path):
         inner = os.path.join(path, DIR_MODEL)
         if not os.path.isfile(inner):

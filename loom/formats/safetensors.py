@@ -21,6 +21,7 @@ import os
 import struct
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .. import atomic, dtypes
 from ..errors import FormatError, LoomError
@@ -39,7 +40,7 @@ PACKED_KEY = "loom.packed"
 _PACKED = {row.numpy: row.name for row in dtypes.TABLE.values() if row.packed and row.kind not in ("ternary", "binary")}
 
 
-def dtype_name(dtype) -> str:
+def dtype_name(dtype: DTypeLike) -> str:
     dt = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
     for name, known in DTYPES.items():
         if known == dt:
@@ -86,14 +87,14 @@ def dumps(tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
-def save(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+def save(path: str | os.PathLike[str], tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over `path`."""
     atomic.write_bytes(path, dumps(tensors, metadata))
 
 
 # --- reading ---------------------------------------------------------------------------------------
 
-def parse_header(buf, size: int) -> tuple[dict, dict, int]:
+def parse_header(buf: bytes | memoryview | mmap.mmap, size: int) -> tuple[dict, dict, int]:
     """Validate the header of a safetensors buffer of `size` bytes.
     Returns (entries in file order, metadata, start of the data buffer)."""
     if size < 8:
@@ -168,7 +169,7 @@ def loads(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     return _unpack({name: _view(data, start, *e) for name, e in entries.items()}, metadata)
 
 
-def load(path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def load(path: str | os.PathLike[str]) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Memory-map a file: returns read-only arrays backed by the file, and the metadata."""
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size

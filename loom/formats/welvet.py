@@ -23,12 +23,17 @@ import json
 import math
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import ml_dtypes
 import numpy as np
 
 from ..errors import FormatError
+
+if TYPE_CHECKING:
+    from ..nn.network import Network
 
 MAGIC = b"ENTITY\x00\x00"
 ENTITY_VERSION = 1
@@ -71,7 +76,7 @@ class Model:
 
 # --- public API -------------------------------------------------------------------------------------
 
-def read(source, name: str | None = None) -> Model:
+def read(source: str | os.PathLike[str] | bytes | bytearray | memoryview, name: str | None = None) -> Model:
     """A Model from a path, bytes (.entity or JSON text) or a JSON string."""
     data, where = _bytes_of(source, name)
     try:
@@ -82,7 +87,8 @@ def read(source, name: str | None = None) -> Model:
         raise FormatError(f"{where}: layers are nested too deeply to read") from None
 
 
-def convert(source, input_shape=None, name: str | None = None) -> tuple[dict, dict]:
+def convert(source: str | os.PathLike[str] | bytes | bytearray | memoryview, input_shape: Sequence[int] | None = None,
+            name: str | None = None) -> tuple[dict, dict]:
     """(Loom config, state dict) for a welvet model; input_shape (batch excluded) overrides the
     shape inferred from the first layer."""
     from . import welvet_layers
@@ -93,7 +99,8 @@ def convert(source, input_shape=None, name: str | None = None) -> tuple[dict, di
         raise FormatError(f"{model.source}: layers are nested too deeply to convert") from None
 
 
-def load(source, input_shape=None, name: str | None = None):
+def load(source: str | os.PathLike[str] | bytes | bytearray | memoryview, input_shape: Sequence[int] | None = None,
+         name: str | None = None) -> Network:
     """A Loom Network computing what welvet computes for this model (see docs/interop.md)."""
     from .. import config as configs
     from ..errors import ConfigError, ShapeError
@@ -365,7 +372,7 @@ def _wire_weights(ls, where):
     return decode(raw, ls, where + ".weights")
 
 
-def decode(raw: bytes, ls: dict, where: str):
+def decode(raw: bytes, ls: dict, where: str) -> tuple[np.ndarray, float]:
     """Native-packed little-endian bytes of dtype ls["dtype"] -> (stored values as float32, scale):
     welvet uses float types as stored (scale 1) and every other type as value * scale. Returns all
     packed values (sub-byte types may carry padding at the end; the caller checks the count)."""

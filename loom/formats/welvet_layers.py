@@ -9,10 +9,15 @@ compute something Loom cannot reproduce. docs/interop.md lists every mapping and
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FormatError
+
+if TYPE_CHECKING:
+    from .welvet import Layer, Model
 
 # welvet activation names (case-insensitive) -> Loom; welvet's GELU is the tanh approximation
 ACTIVATIONS = {"relu": "relu", "silu": "silu", "gelu": "gelu_tanh", "tanh": "tanh", "sigmoid": "sigmoid",
@@ -31,7 +36,7 @@ MHA_CACHE = 512          # welvet's KV cache length (positions wrap around beyon
 KMEANS_CONSTANT = ("int64", "int32", "int16", "int8", "uint64", "uint32", "uint16", "uint8")
 
 
-def kind(layer) -> str:
+def kind(layer: Layer) -> str:
     name = layer.type.strip().lower()
     if name in TYPES:
         return TYPES[name]
@@ -61,7 +66,7 @@ class Chain:
 
 # --- entry point ------------------------------------------------------------------------------------
 
-def to_loom(model, input_shape=None) -> tuple[dict, dict]:
+def to_loom(model: Model, input_shape: Sequence[int] | None = None) -> tuple[dict, dict]:
     top = [layer for layer in model.layers if not layer.spec.get("is_disabled")]
     if input_shape is None:
         shape, ids = _infer_input(top, model.source)
@@ -124,7 +129,7 @@ def _infer_input(top, source):
 
 # --- one welvet layer -------------------------------------------------------------------------------
 
-def emit(layer, chain: Chain, spec):
+def emit(layer: Layer, chain: Chain, spec: tuple[tuple[int, ...], str]) -> tuple[tuple[int, ...], str]:
     """Append the Loom layers for one welvet layer; return the (shape, dtype) they produce."""
     if layer.spec.get("is_disabled"):
         raise FormatError(f"{layer.where}: disabled layers inside parallel/sequential are not supported")

@@ -23,6 +23,7 @@ import math
 import numpy as np
 
 from .. import backend
+from ..backend import Array
 from ..backend.cpu import elementwise as elementwise_jit
 from ..mode import is_deterministic
 from . import ops
@@ -79,7 +80,7 @@ def _row_kernels(x, *per_feature, arithmetic: bool = False, row_sums: bool = Tru
 
 # --- activations -----------------------------------------------------------------------------------
 
-def gelu(x):
+def gelu(x: Array) -> Array:
     """Exact GELU, 0.5 x (1 + erf(x / sqrt 2))."""
     fused = _kernels(x)
     if fused is not None:
@@ -91,7 +92,7 @@ def _gelu_reference(x):
     return 0.5 * x * (1 + ops.erf(x * _INV_SQRT2))
 
 
-def gelu_grad(x, dy):
+def gelu_grad(x: Array, dy: Array) -> Array:
     """dL/dx of gelu at x for dL/dy = dy."""
     fused = _kernels(x, dy) if x.shape == dy.shape else None
     if fused is not None:
@@ -100,7 +101,7 @@ def gelu_grad(x, dy):
     return dy * (cdf + x * _INV_SQRT_2PI * ops.exp(-0.5 * x * x))
 
 
-def bias_act(z, bias, fn: str):
+def bias_act(z: Array, bias: Array | None, fn: str) -> tuple[Array, Array]:
     """(saved, y): y = fn(z + bias), bias [F] over z's last axis (None: no bias); saved is what
     activation.grad needs as its x: y itself for relu, linear, sigmoid, tanh, else z + bias.
     z may be overwritten (the caller owns it)."""
@@ -114,7 +115,7 @@ def bias_act(z, bias, fn: str):
     return (y if fn in _OUTPUT_GRAD else pre), y
 
 
-def activation(fn: str, x, overwrite: bool = False):
+def activation(fn: str, x: Array, overwrite: bool = False) -> Array:
     """fn(x) for the BIAS_ACTIVATIONS, the formulas activation.apply uses for them (one copy, here,
     below loom/nn); overwrite lets relu run in place on x."""
     if fn == "linear":
@@ -136,7 +137,7 @@ def activation(fn: str, x, overwrite: bool = False):
 
 # --- softmax ---------------------------------------------------------------------------------------
 
-def softmax(x):
+def softmax(x: Array) -> Array:
     """Softmax over the last axis."""
     fused = _row_kernels(x)
     if fused is not None:
@@ -144,7 +145,7 @@ def softmax(x):
     return ops.softmax(x, axis=-1)
 
 
-def softmax_grad(y, dy):
+def softmax_grad(y: Array, dy: Array) -> Array:
     """dL/dx of y = softmax(x) over the last axis for dL/dy = dy: y (dy - sum(dy y))."""
     # (dy is a whole array like y, not a per-feature one: _kernels, not _row_kernels, checks it)
     fused = _kernels(y, dy, row_sums=True) if y.shape == dy.shape and y.ndim else None
@@ -153,7 +154,7 @@ def softmax_grad(y, dy):
     return y * (dy - ops.sum(dy * y, axis=-1, keepdims=True))
 
 
-def scaled_masked_softmax(scores, scale: float, causal: bool, offset: int = 0):
+def scaled_masked_softmax(scores: Array, scale: float, causal: bool, offset: int = 0) -> Array:
     """softmax(scores * scale) over the last axis of scores [..., Tq, Tk]; when causal, entry [..., i, j]
     with j > i + offset is masked out (exactly 0), and a query with no key left is all 0."""
     if causal and scores.ndim < 2:
@@ -172,7 +173,7 @@ def scaled_masked_softmax(scores, scale: float, causal: bool, offset: int = 0):
 
 # --- norms -----------------------------------------------------------------------------------------
 
-def layer_norm(x, weight, bias, eps: float):
+def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float) -> tuple[Array, Array, Array]:
     """(y, xhat, rstd) over the last axis: xhat = (x - mean) / sqrt(var + eps) (biased variance),
     y = xhat * weight + bias (either may be None; without both y is xhat), rstd [..., 1]."""
     fused = _row_kernels(x, weight, bias)
@@ -191,7 +192,7 @@ def layer_norm(x, weight, bias, eps: float):
     return y, xhat, rstd
 
 
-def layer_norm_grad(dy, xhat, rstd, weight):
+def layer_norm_grad(dy: Array, xhat: Array, rstd: Array, weight: Array | None) -> Array:
     """dL/dx of layer_norm (weight may be None); the weight and bias gradients stay with the caller."""
     fused = _norm_grad_kernels(dy, xhat, rstd, weight)
     if fused is not None:
@@ -203,7 +204,7 @@ def layer_norm_grad(dy, xhat, rstd, weight):
     return rstd * (dy - mean_dy - xhat * mean_dy_xhat)
 
 
-def rms_norm(x, weight, eps: float):
+def rms_norm(x: Array, weight: Array | None, eps: float) -> tuple[Array, Array, Array]:
     """(y, xhat, rstd) over the last axis: xhat = x / sqrt(mean(x^2) + eps), y = xhat * weight
     (weight may be None: y is xhat), rstd [..., 1]."""
     fused = _row_kernels(x, weight)
@@ -214,7 +215,7 @@ def rms_norm(x, weight, eps: float):
     return (xhat if weight is None else xhat * weight), xhat, rstd
 
 
-def rms_norm_grad(dy, xhat, rstd, weight):
+def rms_norm_grad(dy: Array, xhat: Array, rstd: Array, weight: Array | None) -> Array:
     """dL/dx of rms_norm (weight may be None); the weight gradient stays with the caller."""
     fused = _norm_grad_kernels(dy, xhat, rstd, weight)
     if fused is not None:
@@ -232,7 +233,9 @@ def _norm_grad_kernels(dy, xhat, rstd, weight):
 
 # --- optimizers ------------------------------------------------------------------------------------
 
-def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1: float, b2: float, eps: float, l2: float, decay):
+def adam_update(p: Array, g: Array, m: Array, v: Array, vmax: Array | None, step_size: float | Array,
+                bc2_sqrt: float | Array, b1: float, b2: float, eps: float, l2: float,
+                decay: float | Array | None) -> None:
     """One Adam/AdamW step in place, as optim.Adam.update: l2 (0 for none) adds l2 * p to the gradient;
     decay (None for none) is AdamW's factor 1 - lr * wd; step_size = lr / (1 - b1^t);
     bc2_sqrt = sqrt(1 - b2^t); vmax (None without amsgrad) keeps the running maximum of v.
@@ -255,7 +258,8 @@ def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1: float, b2: float, eps
     p += (-step_size * m) / denom
 
 
-def sgd_update(p, g, buf, lr, momentum: float, dampening: float, nesterov: bool, wd: float, first: bool):
+def sgd_update(p: Array, g: Array, buf: Array | None, lr: float | Array, momentum: float, dampening: float,
+               nesterov: bool, wd: float, first: bool) -> None:
     """One SGD step in place, as optim.SGD.update: buf is the momentum buffer (None when momentum is 0);
     first: this is update 1 (buf = g). g is not modified."""
     if momentum != 0 and buf is None:
@@ -285,7 +289,7 @@ def _same_shapes(p, *others) -> bool:
     return all(a is None or a.shape == p.shape for a in others)
 
 
-def lerp(a, b, w: float) -> None:
+def lerp(a: Array, b: Array, w: float) -> None:
     """a <- a + w (b - a) in place, with torch.lerp's two forms (the second keeps w near 1 exact)."""
     if abs(w) < 0.5:
         a += w * (b - a)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from .. import backend
+from ..backend import Array
 from ..mode import is_deterministic
 from . import exact, mathlib
 
@@ -22,14 +23,15 @@ def _xp(x):
     return backend.of(x).xp
 
 
-def matmul(a, b, out=None):
+def matmul(a: Array, b: Array, out: Array | None = None) -> Array:
     """a @ b with NumPy broadcasting over leading dimensions (written into `out` when given)."""
     if is_deterministic():
         return exact.matmul(a, b, out=out)
     return backend.of(a).matmul(a, b, out=out)
 
 
-def sum(x, axis=None, keepdims=False, padded=False):  # noqa: A001 - mirrors numpy's name on purpose
+def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - mirrors numpy's name on purpose
+        keepdims: bool = False, padded: bool = False) -> Array:
     """padded (deterministic mode): the axis holds zero padding that must not change the bits
     (exact.sum)."""
     if is_deterministic():
@@ -37,13 +39,13 @@ def sum(x, axis=None, keepdims=False, padded=False):  # noqa: A001 - mirrors num
     return backend.of(x).sum(x, axis=axis, keepdims=keepdims)
 
 
-def cumsum(x, axis=-1):
+def cumsum(x: Array, axis: int = -1) -> Array:
     if is_deterministic():
         return exact.cumsum(x, axis=axis)
     return _xp(x).cumsum(x, axis=axis)
 
 
-def index_add(dst, ids, rows) -> None:
+def index_add(dst: Array, ids: Array, rows: Array) -> None:
     """dst[ids[i]] += rows[i] in place, ids may repeat (an embedding's gradient)."""
     if is_deterministic():
         exact.index_add(dst, ids, rows)
@@ -51,7 +53,7 @@ def index_add(dst, ids, rows) -> None:
         _xp(rows).add.at(dst, ids, rows)
 
 
-def mean(x, axis=None, keepdims=False):
+def mean(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array:
     count = x.size if axis is None else math.prod(x.shape[a] for a in _axes(axis, x.ndim))
     # a NumPy scalar, not a device array: no host-to-device copy (recorded steps allow none)
     return sum(x, axis=axis, keepdims=keepdims) / x.dtype.type(count)
@@ -61,41 +63,41 @@ def _axes(axis, ndim):
     return [a % ndim for a in (axis if isinstance(axis, tuple) else (axis,))]
 
 
-def exp(x):
+def exp(x: Array) -> Array:
     if is_deterministic():
         return canonical("exp", x)
     return _xp(x).exp(x)
 
 
-def log(x):
+def log(x: Array) -> Array:
     if is_deterministic():
         return canonical("log", x)
     return _xp(x).log(x)
 
 
-def log1p(x):
+def log1p(x: Array) -> Array:
     if is_deterministic():
         return canonical("log1p", x)
     return _xp(x).log1p(x)
 
 
-def expm1(x):
+def expm1(x: Array) -> Array:
     if is_deterministic():
         return canonical("expm1", x)
     return _xp(x).expm1(x)
 
 
-def tanh(x):
+def tanh(x: Array) -> Array:
     if is_deterministic():
         return canonical("tanh", x)
     return _xp(x).tanh(x)
 
 
-def sqrt(x):
+def sqrt(x: Array) -> Array:
     return _xp(x).sqrt(x)
 
 
-def canonical(name: str, *xs):
+def canonical(name: str, *xs: Array) -> Array:
     """Loom's own `name` from loom.kernels.mathlib (the same bits on every backend): a generated
     CUDA kernel on a backend that runs them, the NumPy lowering of the same IR elsewhere."""
     be = backend.of(xs[0])
@@ -106,7 +108,7 @@ def canonical(name: str, *xs):
     return run(source, kernel, xs, [xs[0].dtype])[0]
 
 
-def softmax(x, axis=-1, mask=None, padded=False):
+def softmax(x: Array, axis: int = -1, mask: Array | None = None, padded: bool = False) -> Array:
     """exp(x - max) / sum along `axis`. With a boolean `mask` (broadcastable to x), entries outside it
     are exactly 0 and are ignored by the max and the sum; a row with no entry inside the mask is all
     0 (not NaN). Non-finite inputs inside the mask propagate as IEEE says. padded: the mask is padding,
@@ -122,7 +124,7 @@ def softmax(x, axis=-1, mask=None, padded=False):
     return e / xp.where(any_kept, sum(e, axis=axis, keepdims=True, padded=padded), 1)
 
 
-def sigmoid(x):
+def sigmoid(x: Array) -> Array:
     """1 / (1 + e^-x), evaluated so that neither branch overflows."""
     if is_deterministic():
         return canonical("sigmoid", x)
@@ -131,7 +133,7 @@ def sigmoid(x):
     return xp.where(x >= 0, 1 / (1 + e), e / (1 + e))
 
 
-def softplus(x):
+def softplus(x: Array) -> Array:
     """log(1 + e^x) without overflow: max(x, 0) + log1p(e^-|x|)."""
     if is_deterministic():
         return canonical("softplus", x)
@@ -139,7 +141,7 @@ def softplus(x):
     return xp.maximum(x, 0) + xp.log1p(xp.exp(-xp.abs(x)))
 
 
-def erf(x):
+def erf(x: Array) -> Array:
     """Error function to within 8 ulp in float64 (float32 inputs are computed in float64).
 
     |x| < 3: erf(x) = 2/sqrt(pi) x e^-x^2 sum_n (2x^2)^n / (2n+1)!!  (all terms positive, no

@@ -18,17 +18,19 @@ becomes ConfigError("chat_template", ...) naming the problem and the template li
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 
 from loom.errors import BackendError, ConfigError
 
 
-def render(template: str, messages, *, add_generation_prompt: bool = True, bos_token: str = "",
-           eos_token: str = "", **extra) -> str:
+def render(template: str, messages: Sequence[dict], *, add_generation_prompt: bool = True, bos_token: str = "",
+           eos_token: str = "", **extra: Any) -> str:
     """Render `template` for `messages` (a list of {"role": ..., "content": ...} dicts)."""
     if not isinstance(template, str):
         raise ConfigError("chat_template", f"expected a template string, got {type(template).__name__}")

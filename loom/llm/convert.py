@@ -21,7 +21,7 @@ from ..formats import gguf, gguf_hf, safetensors
 from ..kernels.quant.stored import QuantizedTensor
 
 
-def gguf_to_hf(source, target) -> dict:
+def gguf_to_hf(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> dict:
     """Write the HF directory `target` for the GGUF file `source`; returns its config."""
     from .tokenizer import Tokenizer
     target = Path(target)

@@ -1,7 +1,7 @@
 """A decoder's decode step (one new token per sequence) on the GPU as one recorded CUDA graph, fast mode.
 
 Launched one operation at a time, a decode step of a small model is ~300 kernels whose Python launch
-cost (about 25 ms for SmolLM2-135M) dwarfs their run time. Here a step is 5 fused kernels per layer
+cost dwarfs their run time. Here a step is 5 fused kernels per layer
 (loom/backend/cuda/quant.py: quantized products with an RMSNorm prologue and bias / residual / SwiGLU
 epilogues; loom/backend/cuda/decode.py: RoPE, KV-cache write and attention over the cached keys),
 recorded once per KV cache into a CUDA graph and replayed for every token. The kernels are launched
@@ -31,12 +31,18 @@ caches of at most that many positions; elsewhere deterministic steps run kernel 
 from __future__ import annotations
 
 from functools import partial
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..backend import Array
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.stored import QuantizedTensor
+
+if TYPE_CHECKING:
+    from .decoder import Decoder
+    from .kv_cache import KVCache
 
 KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
 
@@ -57,7 +63,7 @@ def _kernels(be, exact: bool) -> tuple:
     return getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
 
 
-def unsupported(dec, batch: int, exact: bool = False) -> str | None:
+def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim a
     multiple of 64 (fast mode) or of 32 up to 128 with products over K <= ROUNDED_MAX_K (`exact`:
@@ -86,7 +92,7 @@ def unsupported(dec, batch: int, exact: bool = False) -> str | None:
     return None
 
 
-def unsupported_cache(dec, cache, exact: bool) -> str | None:
+def unsupported_cache(dec: Decoder, cache: KVCache, exact: bool) -> str | None:
     """Why a graph cannot serve `cache` (deterministic mode: attention over at most ROUNDED_MAX_K keys)."""
     if not exact:
         return None
@@ -105,7 +111,7 @@ def _not_rounded(k: int) -> str | None:
 class DecodeGraph:
     """The recorded decode step of `dec` for `cache` (its arrays are baked into the graph)."""
 
-    def __init__(self, dec, cache, overlap: bool = True, exact: bool = False):
+    def __init__(self, dec: Decoder, cache: KVCache, overlap: bool = True, exact: bool = False):
         self.dec, self.cache, self.overlap, self.exact = dec, cache, overlap, exact
         c, xp, B = dec.config, dec.xp, cache.batch
         # token ids and the position, written by one copy per step; the warm-up run writes junk keys at
@@ -181,7 +187,7 @@ class DecodeGraph:
                                         residual=h, overlap=ov)))
         return ops + normed("lm_head", dec.norm, dec.lm_head, self.logits)
 
-    def step(self, ids):
+    def step(self, ids: np.ndarray) -> Array:
         """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;
         advances the cache by one position."""
         xp = self.dec.xp

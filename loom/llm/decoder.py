@@ -32,8 +32,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import backend, fallback
+from ..backend import Array
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
 from ..kernels.quant.stored import QuantizedTensor, linear
@@ -249,7 +251,7 @@ class Decoder:
         return KVCache(self.xp, batch, c.layers, c.kv_heads, max_len, c.head_dim)
 
     # --- forward -------------------------------------------------------------------------------------
-    def forward(self, ids, cache: KVCache, last_only: bool = False):
+    def forward(self, ids: ArrayLike, cache: KVCache, last_only: bool = False) -> Array:
         """Logits float32 [B, T, vocab] for token ids [B, T] (or [T]) that follow cache.length positions;
         the cache advances by T. last_only: only the last position's logits, [B, 1, vocab]."""
         ids = np.asarray(ids)

@@ -30,13 +30,18 @@ from __future__ import annotations
 
 import math
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import backend, dtypes
+from ..backend import Array
 from ..errors import ConfigError, FormatError, ShapeError
 from ..kernels import fused, ops
 from ..kernels.quant.stored import QuantizedTensor, linear
+
+if TYPE_CHECKING:
+    from .tokenizer import Tokenizer
 
 SUPPORTED_MODEL_TYPES = ("bert",)
 # config.hidden_act -> loom.kernels.fused.activation name (HF's gelu_new and gelu_pytorch_tanh are
@@ -49,7 +54,7 @@ _NORM_EPS = 1e-12   # torch.nn.functional.normalize's floor on the norm
 class Encoder:
     """A BertModel with mean pooling: `embed(texts)` -> float32 [N, hidden] on the weights' device."""
 
-    def __init__(self, config: dict, weights: dict, tokenizer):
+    def __init__(self, config: dict, weights: dict, tokenizer: Tokenizer | None):
         self.config = config
         self.tokenizer = tokenizer
         self.hidden_size = config["hidden_size"]
@@ -70,7 +75,8 @@ class Encoder:
     # --- construction ------------------------------------------------------------------------------
 
     @classmethod
-    def from_hf(cls, config: dict, weights: dict, tokenizer, device: str | None = None) -> Encoder:
+    def from_hf(cls, config: dict, weights: dict, tokenizer: Tokenizer | None,
+                device: str | None = None) -> Encoder:
         """An encoder from a HuggingFace BERT config dict and its state dict (names with or without the
         "bert." prefix). Float weights become float32; with `device` they are moved there (None: they
         stay where they are). Missing or misshapen tensors raise FormatError naming the tensor."""
@@ -87,7 +93,7 @@ class Encoder:
         return cls(config, picked, tokenizer)
 
     @classmethod
-    def from_dir(cls, path, device: str = "cpu") -> Encoder:
+    def from_dir(cls, path: str | os.PathLike[str], device: str = "cpu") -> Encoder:
         """An encoder from a HuggingFace model folder: config.json, model.safetensors (memory-mapped)
         and the tokenizer files (tokenizer.json, tokenizer_config.json)."""
         from ..formats import hf, safetensors
@@ -110,7 +116,7 @@ class Encoder:
     # --- embedding ---------------------------------------------------------------------------------
 
     def embed(self, texts: list[str], normalize: bool = True, *, batch_size: int = 32,
-              truncate: bool = False):
+              truncate: bool = False) -> Array:
         """Sentence embeddings, float32 [len(texts), hidden], row i for texts[i].
 
         Texts are batched by similar length (less padding); a text of more than max_position_embeddings
@@ -131,7 +137,7 @@ class Encoder:
         xp = self.backend.xp
         return xp.concatenate(parts, axis=0)[self.backend.asarray(inverse)]
 
-    def embed_ids(self, batch: list[list[int]], normalize: bool = True):
+    def embed_ids(self, batch: list[list[int]], normalize: bool = True) -> Array:
         """Embeddings of token-id sequences (special tokens included), computed as one padded batch."""
         if not batch:
             return self.backend.xp.zeros((0, self.hidden_size), dtype=np.float32)
@@ -159,7 +165,7 @@ class Encoder:
 
     # --- the BertModel forward ---------------------------------------------------------------------
 
-    def hidden_states(self, ids, keep):
+    def hidden_states(self, ids: Array, keep: Array) -> Array:
         """Last-layer token states float32 [B, T, hidden] (exactly 0 at padded positions) for ids [B, T]
         (int) and keep [B, T] (bool, False on padding), both on the encoder's device.
 

@@ -23,12 +23,17 @@ import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import rng
 from ..errors import ConfigError
 from ..kernels import ops
+
+if TYPE_CHECKING:
+    from .decoder import Decoder
+    from .tokenizer import Tokenizer
 
 SAMPLE_STREAM = "loom.llm.sample"
 
@@ -135,7 +140,7 @@ def fit_prompt(ids: list[int], max_tokens: int, context: int, vocab_size: int, t
     return ids[len(ids) + max_tokens - context:]
 
 
-def generate_ids(decoder, prompt_ids: list[int], *, max_tokens: int, sampling: Sampling,
+def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sampling: Sampling,
                  stop_ids: Iterable[int] = (), truncate: bool = False) -> Iterator[int]:
     """Token ids after the prompt, one per step, until a stop id (not yielded) or max_tokens."""
     ids = fit_prompt([int(i) for i in prompt_ids], max_tokens, decoder.config.max_positions,
@@ -162,7 +167,7 @@ def generate_ids(decoder, prompt_ids: list[int], *, max_tokens: int, sampling: S
         logits = decoder.forward(step_ids, cache)
 
 
-def stream_text(tokens: Iterator[int], tokenizer, stop: tuple[str, ...] = ()) -> Iterator[str]:
+def stream_text(tokens: Iterator[int], tokenizer: Tokenizer, stop: tuple[str, ...] = ()) -> Iterator[str]:
     """Decoded text pieces of a token stream, cut before the first stop string."""
     decoder = tokenizer.stream_decoder()
     pending = ""
@@ -200,7 +205,7 @@ def _held_back(text: str, stop) -> int:
     return best
 
 
-def check_stop(stop) -> tuple[str, ...]:
+def check_stop(stop: str | Iterable[str]) -> tuple[str, ...]:
     """stop as a tuple of non-empty strings (a single string is one stop string)."""
     items = (stop,) if isinstance(stop, str) else tuple(stop)
     for s in items:
@@ -209,7 +214,7 @@ def check_stop(stop) -> tuple[str, ...]:
     return items
 
 
-def check_stop_ids(stop_ids, vocab_size: int) -> tuple[int, ...]:
+def check_stop_ids(stop_ids: Iterable[int], vocab_size: int) -> tuple[int, ...]:
     items = tuple(stop_ids)
     for i in items:
         if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < vocab_size:

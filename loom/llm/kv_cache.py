@@ -7,13 +7,15 @@ past max_len raises ConfigError instead (the caller sizes the cache for prompt +
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
 from ..errors import ConfigError
 
 
 class KVCache:
-    def __init__(self, xp, batch: int, layers: int, kv_heads: int, max_len: int, head_dim: int):
+    def __init__(self, xp: ModuleType, batch: int, layers: int, kv_heads: int, max_len: int, head_dim: int):
         if batch < 1 or max_len < 1:
             raise ConfigError("max_len", f"a KV cache needs batch >= 1 and max_len >= 1, got batch={batch}, "
                                          f"max_len={max_len}")

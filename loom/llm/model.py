@@ -14,19 +14,26 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from ..backend import Array
 from ..errors import ConfigError, FormatError
 from ..formats import hf
 from . import generate as gen
 from .decoder import ARCHITECTURES, Decoder, DecoderConfig, expected_tensors
 
+if TYPE_CHECKING:
+    from .encoder import Encoder
+    from .tokenizer import Tokenizer
+
 ENCODERS = ("bert",)
 
 
-def load(path, device: str = "cpu"):
+def load(path: str | os.PathLike[str], device: str = "cpu") -> CausalLM | Encoder:
     """A CausalLM (or an Encoder for BERT-style models) from an HF directory or a .gguf file."""
     p = os.fspath(path)
     if os.path.isdir(p):
@@ -99,7 +106,7 @@ def _ids(value) -> set[int]:
 class CausalLM:
     """A decoder with its tokenizer: logits, streamed generation and chat."""
 
-    def __init__(self, decoder: Decoder, tokenizer, config: dict, eos_ids=()):
+    def __init__(self, decoder: Decoder, tokenizer: Tokenizer | None, config: dict, eos_ids: Iterable[int] = ()):
         self.decoder, self.tokenizer, self.config = decoder, tokenizer, config
         eos = set(eos_ids) | set(getattr(tokenizer, "eos_ids", ()) or ())
         self.eos_ids = tuple(sorted(i for i in eos if i < decoder.config.vocab_size))
@@ -109,7 +116,7 @@ class CausalLM:
     def device(self) -> str:
         return self.decoder.device
 
-    def logits(self, ids):
+    def logits(self, ids: ArrayLike) -> Array:
         """float32 logits [T, vocab] for token ids [T] (a fresh sequence), on the model's device."""
         ids = np.asarray(ids)
         if ids.ndim != 1 or ids.size == 0:
@@ -117,7 +124,7 @@ class CausalLM:
         cache = self.decoder.new_cache(int(ids.size))
         return self.decoder.forward(ids[None], cache)[0]
 
-    def encode_prompt(self, prompt) -> list[int]:
+    def encode_prompt(self, prompt: str | Iterable[int]) -> list[int]:
         if isinstance(prompt, str):
             return self._tokenizer("prompt").encode(prompt)
         ids = list(prompt)
@@ -131,8 +138,9 @@ class CausalLM:
                                     "pass token ids and use generate_ids")
         return self.tokenizer
 
-    def generate_ids(self, prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                     repetition_penalty=1.0, seed=0, stop_ids=None, truncate=False) -> Iterator[int]:
+    def generate_ids(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
+                     top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                     seed: int = 0, stop_ids: Iterable[int] | None = None, truncate: bool = False) -> Iterator[int]:
         """The generated token ids (stop ids excluded); settings as in generate()."""
         sampling = gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         stops = self.eos_ids if stop_ids is None else gen.check_stop_ids(stop_ids, self.decoder.config.vocab_size)
@@ -140,8 +148,10 @@ class CausalLM:
         ids = gen.fit_prompt(self.encode_prompt(prompt), max_tokens, c.max_positions, c.vocab_size, truncate)
         return gen.generate_ids(self.decoder, ids, max_tokens=max_tokens, sampling=sampling, stop_ids=stops)
 
-    def generate(self, prompt, *, max_tokens=256, temperature=0.0, top_k=0, top_p=1.0, min_p=0.0,
-                 repetition_penalty=1.0, seed=0, stop=(), stop_ids=None, truncate=False) -> Iterator[str]:
+    def generate(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
+                 top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
+                 seed: int = 0, stop: str | Iterable[str] = (), stop_ids: Iterable[int] | None = None,
+                 truncate: bool = False) -> Iterator[str]:
         """Stream the continuation of `prompt` (text, encoded with the tokenizer's special tokens, or
         token ids) as text pieces. temperature 0 is greedy; stop: strings that end the text (not
         emitted); stop_ids: token ids that end it (default: the end-of-sequence ids). Settings are
@@ -159,6 +169,6 @@ class CausalLM:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
         return tokenizer.encode(text, add_special_tokens=False)   # the template writes its own BOS
 
-    def chat(self, messages: list[dict], **sampling) -> Iterator[str]:
+    def chat(self, messages: list[dict], **sampling: Any) -> Iterator[str]:
         """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...])."""
         return self.generate(self.chat_ids(messages), **sampling)

@@ -32,14 +32,19 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Iterable
 from numbers import Integral
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from loom import atomic
 from loom.errors import BackendError, ConfigError, FormatError
 from loom.llm import tokenizer_gguf
+
+if TYPE_CHECKING:
+    import tokenizers
 
 # Bytes that can occur in UTF-8 text (C0, C1 and F5..FF never do).
 _UTF8_BYTES = [b for b in range(256) if b not in (0xC0, 0xC1) and b < 0xF5]
@@ -59,7 +64,8 @@ def _tokenizers():
 class Tokenizer:
     """A model's tokenizer. Build it with `from_dir` or `from_gguf`."""
 
-    def __init__(self, backend, *, bos_id=None, eos_ids=(), pad_id=None, unk_id=None, chat_template=None):
+    def __init__(self, backend: tokenizers.Tokenizer, *, bos_id: int | None = None, eos_ids: Iterable[int] = (),
+                 pad_id: int | None = None, unk_id: int | None = None, chat_template: str | None = None):
         self._tk = backend
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.bos_id, self.eos_ids, self.pad_id, self.unk_id = bos_id, tuple(eos_ids), pad_id, unk_id
@@ -92,7 +98,7 @@ class Tokenizer:
 
     # ---- construction --------------------------------------------------------------------------------
     @classmethod
-    def from_dir(cls, path) -> Tokenizer:
+    def from_dir(cls, path: str | os.PathLike[str]) -> Tokenizer:
         """From a HuggingFace model folder (tokenizer.json required)."""
         tk = _tokenizers()
         folder = Path(path)
@@ -172,7 +178,7 @@ class Tokenizer:
             self._check_spellable(text)
         return self._tk.encode(text, add_special_tokens=bool(add_special_tokens)).ids
 
-    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """The text of `ids`; `skip_special_tokens` leaves out control tokens (BOS, EOS, <|im_start|>...)."""
         return self._decode(self._check_ids(ids), skip_special_tokens)
 
@@ -186,7 +192,7 @@ class Tokenizer:
         """An incremental decoder for generated ids (see the module docstring)."""
         return StreamDecoder(self, skip_special_tokens)
 
-    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra) -> str:
+    def apply_chat_template(self, messages: list[dict], add_generation_prompt: bool = True, **extra: Any) -> str:
         """The prompt text for a conversation, rendered with this model's chat template."""
         if self.chat_template is None:
             raise ConfigError("chat_template", "this tokenizer has no chat template (none in "
@@ -197,7 +203,7 @@ class Tokenizer:
         return chat.render(self.chat_template, messages, add_generation_prompt=add_generation_prompt,
                            **{**specials, **extra})
 
-    def save(self, path) -> None:
+    def save(self, path: str | os.PathLike[str]) -> None:
         """Write tokenizer.json + tokenizer_config.json (+ generation_config.json for the stop ids).
 
         transformers.AutoTokenizer.from_pretrained(path) then gives the same ids: the BOS/EOS rules live
@@ -281,7 +287,7 @@ class StreamDecoder:
         self._done = 0         # ids[start:done] have been emitted
         self._emitted = ""     # context-dependent decoders: all text emitted so far
 
-    def push(self, token_id) -> str:
+    def push(self, token_id: int) -> str:
         self._ids.append(self._tok._check_ids([token_id])[0])
         decode = lambda ids: self._tok._decode(ids, self._skip)   # noqa: E731
         if self._ids[-1] in self._tok._byte_tokens:      # a byte run may still turn invalid

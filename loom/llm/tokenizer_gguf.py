@@ -37,10 +37,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from numbers import Integral, Real
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from loom.errors import ConfigError, FormatError
+
+if TYPE_CHECKING:
+    import tokenizers
 
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 TOKEN_TYPES = (NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE)
@@ -87,7 +92,7 @@ class GGUFTokenizer:
     chat_template: str | None
 
 
-def build(metadata: dict, tk) -> GGUFTokenizer:
+def build(metadata: dict, tk: ModuleType) -> GGUFTokenizer:
     """The tokenizer GGUF `metadata` describes; `tk` is the imported `tokenizers` module."""
     if not isinstance(metadata, dict):
         raise FormatError(f"GGUF metadata must be a dict, got {type(metadata).__name__}")
@@ -263,7 +268,8 @@ def _add_special_tokens(tk, backend, tokens, types):
     backend.add_tokens(plain)
 
 
-def template(tk, bos: tuple[str, int] | None, eos: tuple[str, int] | None, repeat_bos=True):
+def template(tk: ModuleType, bos: tuple[str, int] | None, eos: tuple[str, int] | None,
+             repeat_bos: bool = True) -> tokenizers.processors.TemplateProcessing:
     """A post-processor wrapping encoded text in BOS/EOS, each a (text, id) or None.
 
     Pairs get transformers' layout (BOS A [EOS] BOS B [EOS]), or BERT's ([CLS] A [SEP] B [SEP]) when

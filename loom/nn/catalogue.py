@@ -4,6 +4,7 @@ Generic tests (config round trip, JSON Schema, building, reproducible init) run 
 and a test checks that the catalogue covers every registered type, variant and mode. It lives in
 the package, not in tests/, because `loom verify` fingerprints every sample on every backend.
 """
+from __future__ import annotations
 
 D = {"type": "dense", "units": 4}
 FD = {"type": "sequential", "layers": [{"type": "flatten"}, D]}
@@ -77,7 +78,8 @@ SAMPLES = [
 ]
 
 
-def config(layers, shape, input_dtype=None, dtype="float32", seed=0) -> dict:
+def config(layers: list[dict], shape: list[int] | tuple[int, ...], input_dtype: str | None = None,
+           dtype: str = "float32", seed: int = 0) -> dict:
     """A format-v1 network config around one sample's layers."""
     cfg = {"loom": 1, "name": "sample", "seed": seed, "dtype": dtype, "input": {"shape": list(shape)}, "layers": layers}
     if input_dtype:

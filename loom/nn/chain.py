@@ -20,11 +20,18 @@ On the CPU every step is eager: there is nothing to record, so nothing is refuse
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import fallback, mode, rng
+from ..backend import Array
 from ..errors import ConfigError, LoomError, ShapeError
+
+if TYPE_CHECKING:
+    from .losses import Loss
+    from .network import Network
+    from .optim import Optimizer
 
 
 class _Cache:
@@ -158,7 +165,7 @@ class TrainStep:
     strict=False it runs eagerly instead (the same bits, slower) and is logged once, as in fast mode.
     """
 
-    def __init__(self, net, loss, optimizer, cache_size: int = 4, strict: bool = True):
+    def __init__(self, net: Network, loss: Loss, optimizer: Optimizer, cache_size: int = 4, strict: bool = True):
         self.net, self.loss, self.opt = net, loss, optimizer
         self.cache = _Cache(cache_size, _describe_train, strict)
         self.grads = net.gradients()
@@ -172,7 +179,7 @@ class TrainStep:
     def reset_total(self) -> None:
         self.total.fill(0)
 
-    def __call__(self, x, y, checked: bool = True):
+    def __call__(self, x: Array, y: Array, checked: bool = True) -> Array:
         """Run one step on batch (x, y). checked=False skips the data checks (input ids, class-id
         targets) the caller has already made, e.g. once over a whole dataset."""
         net = self.net
@@ -257,7 +264,7 @@ class InferenceChain:
     output each call, so results never change under the caller when the graph runs again.
     strict: as TrainStep's."""
 
-    def __init__(self, net, cache_size: int = 4, strict: bool = True):
+    def __init__(self, net: Network, cache_size: int = 4, strict: bool = True):
         self.net = net
         self.cache_size, self.strict = cache_size, strict
         self.cache = _Cache(cache_size, _describe_forward, strict)
@@ -266,7 +273,7 @@ class InferenceChain:
     def eager_reasons(self) -> dict:
         return dict(self.cache.eager_reasons)
 
-    def __call__(self, x, attention_mask=None):
+    def __call__(self, x: Array, attention_mask: Array | None = None) -> Array:
         net = self.net
         net.check_spec(x)
         mask = None if attention_mask is None else net._check_mask(attention_mask, x.shape[0])

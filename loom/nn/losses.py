@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from .. import backend
 from .. import config as configs
+from ..backend import Array
 from ..config import number, one_of
 from ..errors import ConfigError, ShapeError
 from ..kernels import ops
@@ -28,7 +32,7 @@ from ..kernels import ops
 REGISTRY: dict[str, type[Loss]] = {}
 
 
-def register(name: str):
+def register(name: str) -> Callable[[type[Loss]], type[Loss]]:
     """Class decorator: the loss class that builds configs of this `type`."""
     def deco(cls):
         cls.name = name
@@ -37,7 +41,7 @@ def register(name: str):
     return deco
 
 
-def build(spec) -> Loss:
+def build(spec: str | dict | Loss) -> Loss:
     """A loss from its type name, its config dict ({"type": ..., keys}) or an existing loss."""
     if isinstance(spec, Loss):
         return spec
@@ -68,7 +72,7 @@ class Loss(ABC):
     KEYS: tuple = (_REDUCTION,)
     CLASS_IDS = False       # integer targets are class ids along pred's last axis (cross_entropy, nll)
 
-    def __init__(self, **keys):
+    def __init__(self, **keys: Any):
         known = [k for k, _, _ in self.KEYS]
         for key in keys:
             if key not in known:
@@ -84,11 +88,11 @@ class Loss(ABC):
     def config(self) -> dict:
         return dict(self._config)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         keys = ", ".join(f"{k}={v!r}" for k, v in self._config.items() if k != "type")
         return f"{type(self).__name__}({keys})"
 
-    def __call__(self, pred, target, checked: bool = True):
+    def __call__(self, pred: Array, target: Array, checked: bool = True) -> tuple[Array, Array]:
         """(value, dL/dpred). checked=False skips the data-dependent target checks (class ids in
         range), which synchronize with the device: a recorded train step checks its targets with
         check_target() before they are copied in."""
@@ -101,17 +105,17 @@ class Loss(ABC):
         finally:
             self._checked = True
 
-    def check_target(self, target, n_classes: int) -> None:
+    def check_target(self, target: Array, n_classes: int) -> None:
         """The checks __call__ skips when checked=False: class ids inside [0, n_classes) (or equal to
         ignore_index). Other targets need no data-dependent check."""
         if self.CLASS_IDS and target.dtype.kind in "iu":
             self._check_ids(target, n_classes, backend.of(target).xp)
 
     @abstractmethod
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         """(value, grad) for validated pred and target."""
 
-    def reduce(self, pointwise, grad, count, xp):
+    def reduce(self, pointwise: Array, grad: Array, count: int | Array, xp: ModuleType) -> tuple[Array, Array]:
         """(value, dL/dpred) from the pointwise losses and their unreduced derivatives: "sum" adds,
         every other reduction ("mean", "batchmean") divides by `count`."""
         dtype = grad.dtype
@@ -130,7 +134,7 @@ class Loss(ABC):
 
     # --- target checks shared by the subclasses ----------------------------------------------------
 
-    def same_shape_target(self, pred, target, xp):
+    def same_shape_target(self, pred: Array, target: Array, xp: ModuleType) -> Array:
         """An elementwise target: pred's shape, any real dtype, cast to pred's dtype."""
         if tuple(target.shape) != tuple(pred.shape):
             raise ShapeError(f"{self.name}: target shape {tuple(target.shape)} does not match pred; "
@@ -139,7 +143,8 @@ class Loss(ABC):
             raise ShapeError(f"{self.name}: target must be a real numeric array, got dtype {target.dtype}")
         return target.astype(pred.dtype, copy=False)
 
-    def class_ids(self, pred, target, xp, ignore_index=None):
+    def class_ids(self, pred: Array, target: Array, xp: ModuleType,
+                  ignore_index: int | None = None) -> tuple[Array, Array, int | Array]:
         """Integer class ids over pred's last axis: (ids safe to index with, rows kept, count kept)."""
         if pred.ndim == 0 or pred.shape[-1] == 0:
             raise ShapeError(f"{self.name}: pred needs a class axis (last) of length >= 1, "
@@ -188,7 +193,7 @@ def _log_softmax(x, xp):
 class MSE(Loss):
     """(pred - target)^2 per element."""
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         r = pred - self.same_shape_target(pred, target, xp)
         return self.reduce(r * r, 2 * r, r.size, xp)
 
@@ -197,7 +202,7 @@ class MSE(Loss):
 class MAE(Loss):
     """|pred - target| per element; the gradient is sign(r), 0 at r == 0 (as torch)."""
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         r = pred - self.same_shape_target(pred, target, xp)
         return self.reduce(xp.abs(r), xp.sign(r), r.size, xp)
 
@@ -207,7 +212,7 @@ class Huber(Loss):
     """0.5 r^2 where |r| < delta, else delta (|r| - 0.5 delta) (torch's HuberLoss)."""
     KEYS = (_REDUCTION, ("delta", number(0, lo_open=True), 1.0))
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         r = pred - self.same_shape_target(pred, target, xp)
         a = xp.abs(r)
         d = self.delta
@@ -230,7 +235,7 @@ class CrossEntropy(Loss):
             ("label_smoothing", number(0, 1, hi_open=True), 0.0),
             ("ignore_index", _class_index, None))
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         if pred.ndim >= 1 and tuple(target.shape) == tuple(pred.shape):
             return self._probabilities(pred, target, xp)
         return self._class_ids(pred, target, xp)
@@ -271,7 +276,7 @@ class NLL(Loss):
     CLASS_IDS = True
     KEYS = (_REDUCTION, ("ignore_index", _class_index, None))
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         ids, keep, count = self.class_ids(pred, target, xp, self.ignore_index)
         row = xp.where(keep, -xp.take_along_axis(pred, ids[..., None], axis=-1)[..., 0], 0)
         pick = _onehot(ids, pred.shape[-1], xp) & keep[..., None]
@@ -284,7 +289,7 @@ class BinaryCrossEntropy(Loss):
     BCEWithLogitsLoss): (1 - t) x + (1 + (p - 1) t) (log1p(e^-|x|) + max(-x, 0))."""
     KEYS = (_REDUCTION, ("pos_weight", _optional_positive, None))
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         t = self.same_shape_target(pred, target, xp)
         log1p_exp = ops.log1p(ops.exp(-xp.abs(pred)))     # never overflows
         if self.pos_weight is None:
@@ -303,7 +308,7 @@ class KLDiv(Loss):
     target probabilities). "mean" divides by the element count, "batchmean" by pred.shape[0]."""
     KEYS = (("reduction", one_of("mean", "sum", "batchmean"), "mean"),)
 
-    def compute(self, pred, target, xp):
+    def compute(self, pred: Array, target: Array, xp: ModuleType) -> tuple[Array, Array]:
         t = self.same_shape_target(pred, target, xp)
         t_log_t = t * ops.log(xp.where(t > 0, t, 1))               # 0 log 0 = 0
         t_log_t = xp.where(t < 0, xp.full((), math.nan, dtype=t.dtype), t_log_t)   # as torch's xlogy

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import ConfigError, ShapeError
 
@@ -112,7 +114,7 @@ def _true_rank(s: np.ndarray, y: np.ndarray) -> np.ndarray:
     return rank
 
 
-def top_k_accuracy(scores, labels, k: int) -> float:
+def top_k_accuracy(scores: ArrayLike, labels: ArrayLike, k: int) -> float:
     """Fraction of samples whose true class is among the k highest scores (ties toward the lower
     class index). k >= classes gives 1.0."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -121,12 +123,12 @@ def top_k_accuracy(scores, labels, k: int) -> float:
     return int((_true_rank(s, y) < k).sum()) / len(y)
 
 
-def accuracy(logits_or_probs, labels) -> float:
+def accuracy(logits_or_probs: ArrayLike, labels: ArrayLike) -> float:
     """Fraction of samples whose argmax over the last axis equals the integer label."""
     return top_k_accuracy(logits_or_probs, labels, 1)
 
 
-def confusion_matrix(pred_labels, labels, classes: int) -> np.ndarray:
+def confusion_matrix(pred_labels: ArrayLike, labels: ArrayLike, classes: int) -> np.ndarray:
     """int64 [classes, classes]; cm[i, j] counts samples of true class i predicted as j. `pred_labels`
     are integer labels shaped like `labels`, or scores with one more (class) axis."""
     if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
@@ -154,7 +156,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
-def precision_recall_f1(cm) -> dict:
+def precision_recall_f1(cm: ArrayLike) -> dict:
     """Per-class precision, recall, F1 and support from a confusion matrix (rows = true), with macro
     and support-weighted averages. 0 where a ratio is undefined (sklearn's zero_division=0); the macro
     average runs over the classes that occur as a true or a predicted label (sklearn's default)."""
@@ -200,15 +202,15 @@ def _abs_err(pred, target) -> np.ndarray:
     return np.abs(p - t)
 
 
-def mae(pred, target) -> float:
+def mae(pred: ArrayLike, target: ArrayLike) -> float:
     return _mean(_abs_err(pred, target))
 
 
-def mse(pred, target) -> float:
+def mse(pred: ArrayLike, target: ArrayLike) -> float:
     return _mean(_abs_err(pred, target) ** 2)
 
 
-def rmse(pred, target) -> float:
+def rmse(pred: ArrayLike, target: ArrayLike) -> float:
     return math.sqrt(mse(pred, target))
 
 
@@ -299,7 +301,7 @@ class Deviation:
         return "\n".join(deviation_lines(self))
 
 
-def deviation(pred, target, k: int = WORST_K) -> Deviation:
+def deviation(pred: ArrayLike, target: ArrayLike, k: int = WORST_K) -> Deviation:
     """Per element: 100 * |pred - target| / |target|, or 100 * |pred - target| where |target| < EPS;
     per sample: the mean over its output elements (all axes after the first)."""
     p, t = _paired(pred, target)
@@ -310,7 +312,7 @@ def deviation(pred, target, k: int = WORST_K) -> Deviation:
     return Deviation(per_sample, p, t, k)
 
 
-def top5(scores, labels) -> float:
+def top5(scores: ArrayLike, labels: ArrayLike) -> float:
     return top_k_accuracy(scores, labels, 5)
 
 
@@ -318,7 +320,7 @@ def top5(scores, labels) -> float:
 METRICS = {"accuracy": accuracy, "top5": top5, "mae": mae, "rmse": rmse, "mse": mse}
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     # metrics.evaluate and metrics.plot_history live in reports.py, which imports this module: read on
     # first use, so that neither module imports the other at import time
     if name in ("evaluate", "plot_history"):

@@ -4,16 +4,23 @@ from __future__ import annotations
 import copy
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import backend as backends
 from .. import config as configs
+from ..backend import Array
 from ..errors import BackendError, ConfigError, ShapeError
 from ..kernels.quant import affine as quant
 from . import files
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
+
+if TYPE_CHECKING:
+    from .optim import Optimizer
+    from .step import StepState
 
 
 @dataclass(frozen=True)
@@ -47,7 +54,7 @@ class Network:
 
     # --- construction ---
     @classmethod
-    def from_config(cls, cfg, seed: int | None = None) -> Network:
+    def from_config(cls, cfg: dict | str | Path, seed: int | None = None) -> Network:
         """Build from a config dict, JSON string or path; `seed` overrides the config's seed."""
         cfg = configs.load(cfg)
         if seed is not None:
@@ -101,7 +108,7 @@ class Network:
         return self.train(False)
 
     # --- running ---
-    def forward(self, x, attention_mask=None):
+    def forward(self, x: Array, attention_mask: Array | None = None) -> Array:
         """Outputs for the batch `x` (shape [batch, *input.shape], dtype input.dtype). After
         compile(), eval-mode batches on the GPU run as recorded dispatch chains."""
         if self._compiled is not None and not self.training and self.backend.graphs:
@@ -135,7 +142,7 @@ class Network:
 
     __call__ = forward
 
-    def backward(self, dy, input_grad: bool = True):
+    def backward(self, dy: Array, input_grad: bool = True) -> Array | None:
         """Accumulate parameter gradients for the last forward; return the gradient of its input
         (None when the input is integer ids, or when input_grad is false: training skips that work)."""
         if not self._has_forward:
@@ -160,7 +167,7 @@ class Network:
     def _check_input(self, x):
         return self.check_spec(self.backend.asarray(x))
 
-    def check_spec(self, x):
+    def check_spec(self, x: Array) -> Array:
         """ShapeError unless x (an array on any device) is a batch of this network's input; returns x."""
         spec = self.input_spec
         expected = spec.shape
@@ -253,7 +260,7 @@ class Network:
                 return
         raise ShapeError(f"{name}: no layer owns this parameter")   # unreachable: own came from the layers
 
-    def check_ids(self, x) -> None:
+    def check_ids(self, x: Array) -> None:
         """For integer-id inputs: ShapeError unless every id fits every embedding fed by the input
         (what their forward checks; recorded steps check here, before the ids are copied in)."""
         if self.input_spec.is_float:
@@ -266,12 +273,12 @@ class Network:
         """Whether training-mode forward passes draw from the counter RNG (dropout, gumbel)."""
         return any(getattr(layer, "USES_NOISE", False) for _, layer in self.root.walk())
 
-    def step_state(self):
+    def step_state(self) -> StepState:
         """A StepState: run the network as a pipeline, one tick at a time (see loom/nn/step.py)."""
         from .step import StepState
         return StepState(self)
 
-    def apply_gradients(self, optimizer) -> None:
+    def apply_gradients(self, optimizer: Optimizer) -> None:
         """One optimizer update from the accumulated gradients, then zero them."""
         optimizer.step(self.gradients())
         self.zero_grad()
@@ -335,7 +342,7 @@ class Network:
         return (f"Network({self._cfg['name']!r}, input={list(self.input_spec.shape)}, "
                 f"output={list(self.output_spec.shape)}, params={self.root.param_count():,}, device={self.device!r})")
 
-    def check_finite(self, x=None, attention_mask=None) -> NonFinite | None:
+    def check_finite(self, x: Array | None = None, attention_mask: Array | None = None) -> NonFinite | None:
         """The first parameter, or (given x) the first layer in execution order whose output holds a
         NaN or Inf; None when everything is finite. Runs x through the layers one at a time."""
         xp = self.backend.xp
@@ -374,7 +381,7 @@ class Network:
         return found[0] if found else None
 
     # --- files (through nn.files: the codec, loom.formats.loomfile, sits above nn) ---
-    def save(self, path, optimizer=None) -> None:
+    def save(self, path: str | Path, optimizer: Optimizer | None = None) -> None:
         """Write config + weights (+ optimizer state) to one model file, atomically; a path that is a
         directory (or ends with "/") gets model.safetensors + config.json inside it."""
         files.codec().save(self, path, optimizer)
@@ -383,7 +390,7 @@ class Network:
         """The model file's bytes (what `save` writes for a file path)."""
         return files.codec().to_bytes(self)
 
-    def fingerprint(self, x) -> str:
+    def fingerprint(self, x: Array) -> str:
         """SHA-256 of the output bytes for x (eval mode is not forced)."""
         y = self.backend.to_numpy(self.forward(x))
         return hashlib.sha256(np.ascontiguousarray(y).tobytes()).hexdigest()

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import backend as backends
 from .. import config as configs
+from ..backend import Array
 from ..config import REQUIRED, boolean, list_of, number, optional, positive_int, string
 from ..errors import ConfigError, ShapeError
 from ..kernels import fused, ops
@@ -56,7 +57,7 @@ class Optimizer(ABC):
         """State arrays this parameter needs: slot name -> initial fill value."""
 
     @abstractmethod
-    def update(self, p, g, state: dict, hp: dict, s: dict) -> None:
+    def update(self, p: Array, g: Array, state: dict, hp: dict, s: dict) -> None:
         """Apply one update to p in place, with this step's values `s` from scalars() (Python floats,
         or 0-d arrays of p's dtype on p's device inside a recorded step). g must not be written to."""
 
@@ -153,7 +154,7 @@ class Optimizer(ABC):
         return self._schedule(self._steps) if self._schedule is not None else self._lr
 
     @lr.setter
-    def lr(self, value) -> None:
+    def lr(self, value: float) -> None:
         if self._schedule is not None:
             raise ConfigError(f"{PATH}.lr", "the lr follows the schedule; set opt.schedule = None first")
         self._lr = RATE(value, f"{PATH}.lr")
@@ -163,7 +164,7 @@ class Optimizer(ABC):
         return self._schedule
 
     @schedule.setter
-    def schedule(self, spec) -> None:
+    def schedule(self, spec: Schedule | dict | str | None) -> None:
         self._schedule = None if spec is None else schedules.build(spec, f"{PATH}.schedule", default_lr=self._lr)
 
     def hyperparameters(self, name: str) -> dict:
@@ -343,18 +344,18 @@ class SGD(Optimizer):
     HYPER = {"lr": (RATE, 1e-3), "momentum": (NONNEG, 0.0), "dampening": (number(0, 1), 0.0),
              "nesterov": (boolean, False), "weight_decay": (NONNEG, 0.0)}
 
-    def check(self, hp, path):
+    def check(self, hp: dict, path: str) -> None:
         if hp["nesterov"] and (hp["momentum"] <= 0 or hp["dampening"] != 0):
             raise ConfigError(f"{path}.nesterov", f"nesterov needs momentum > 0 and dampening 0, got momentum "
                               f"{hp['momentum']:g} and dampening {hp['dampening']:g}")
 
-    def slots(self, hp):
+    def slots(self, hp: dict) -> dict[str, float]:
         return {"momentum_buffer": 0.0} if hp["momentum"] != 0 else {}
 
-    def scalars(self, hp, lr, t):
+    def scalars(self, hp: dict, lr: float, t: int) -> dict:
         return {"lr": float(lr), "first": t == 1}
 
-    def update(self, p, g, state, hp, s):
+    def update(self, p: Array, g: Array, state: dict, hp: dict, s: dict) -> None:
         fused.sgd_update(p, g, state.get("momentum_buffer"), s["lr"], hp["momentum"], hp["dampening"],
                          hp["nesterov"], hp["weight_decay"], s["first"])
 
@@ -367,15 +368,15 @@ class Adam(Optimizer):
     HYPER = {"lr": (RATE, 1e-3), "betas": (_betas, [0.9, 0.999]), "eps": (NONNEG, 1e-8),
              "weight_decay": (NONNEG, 0.0), "amsgrad": (boolean, False)}
 
-    def slots(self, hp):
+    def slots(self, hp: dict) -> dict[str, float]:
         return {"exp_avg": 0.0, "exp_avg_sq": 0.0, **({"max_exp_avg_sq": 0.0} if hp["amsgrad"] else {})}
 
-    def scalars(self, hp, lr, t):
+    def scalars(self, hp: dict, lr: float, t: int) -> dict:
         b1, b2 = hp["betas"]
         return {"decay": 1 - lr * hp["weight_decay"], "step_size": lr / (1 - power(b1, t)),
                 "bc2_sqrt": math.sqrt(1 - power(b2, t))}
 
-    def update(self, p, g, state, hp, s):
+    def update(self, p: Array, g: Array, state: dict, hp: dict, s: dict) -> None:
         b1, b2 = hp["betas"]
         wd = hp["weight_decay"]
         fused.adam_update(p, g, state["exp_avg"], state["exp_avg_sq"], state.get("max_exp_avg_sq"),
@@ -398,11 +399,11 @@ class RMSprop(Optimizer):
     HYPER = {"lr": (RATE, 1e-2), "alpha": (number(0, 1), 0.99), "eps": (NONNEG, 1e-8),
              "weight_decay": (NONNEG, 0.0), "momentum": (NONNEG, 0.0), "centered": (boolean, False)}
 
-    def slots(self, hp):
+    def slots(self, hp: dict) -> dict[str, float]:
         return {"square_avg": 0.0, **({"momentum_buffer": 0.0} if hp["momentum"] > 0 else {}),
                 **({"grad_avg": 0.0} if hp["centered"] else {})}
 
-    def update(self, p, g, state, hp, s):
+    def update(self, p: Array, g: Array, state: dict, hp: dict, s: dict) -> None:
         lr = s["lr"]
         alpha = hp["alpha"]
         if hp["weight_decay"] != 0:
@@ -432,13 +433,13 @@ class Adagrad(Optimizer):
     HYPER = {"lr": (RATE, 1e-2), "lr_decay": (NONNEG, 0.0), "weight_decay": (NONNEG, 0.0),
              "initial_accumulator_value": (NONNEG, 0.0), "eps": (NONNEG, 1e-10)}
 
-    def slots(self, hp):
+    def slots(self, hp: dict) -> dict[str, float]:
         return {"sum": hp["initial_accumulator_value"]}
 
-    def scalars(self, hp, lr, t):
+    def scalars(self, hp: dict, lr: float, t: int) -> dict:
         return {"clr": lr / (1 + (t - 1) * hp["lr_decay"])}
 
-    def update(self, p, g, state, hp, s):
+    def update(self, p: Array, g: Array, state: dict, hp: dict, s: dict) -> None:
         if hp["weight_decay"] != 0:
             g = g + hp["weight_decay"] * p
         total = state["sum"]
@@ -452,13 +453,13 @@ class Lion(Optimizer):
     type = "lion"
     HYPER = {"lr": (RATE, 1e-4), "betas": (_betas, [0.9, 0.99]), "weight_decay": (NONNEG, 0.0)}
 
-    def slots(self, hp):
+    def slots(self, hp: dict) -> dict[str, float]:
         return {"exp_avg": 0.0}
 
-    def scalars(self, hp, lr, t):
+    def scalars(self, hp: dict, lr: float, t: int) -> dict:
         return {"lr": float(lr), "decay": 1 - lr * hp["weight_decay"]}
 
-    def update(self, p, g, state, hp, s):
+    def update(self, p: Array, g: Array, state: dict, hp: dict, s: dict) -> None:
         b1, b2 = hp["betas"]
         if hp["weight_decay"] != 0:
             p *= s["decay"]

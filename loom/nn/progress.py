@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any, TextIO
 
 _WIDTH = 24
 
 
 class Progress:
-    def __init__(self, title: str, total: int, enabled: bool = True, stream=None):
+    def __init__(self, title: str, total: int, enabled: bool = True, stream: TextIO | None = None):
         self.title, self.total, self.enabled = title, max(total, 1), enabled
         self.stream = stream or sys.stderr
         self.live = enabled and getattr(self.stream, "isatty", lambda: False)()
         self.start = self.last = time.perf_counter()
 
-    def update(self, done: int, samples: int = 0, **values) -> None:
+    def update(self, done: int, samples: int = 0, **values: Any) -> None:
         """Redraw (at most 10 times a second); a value may be a callable, evaluated only when drawn."""
         if not self.live:
             return
@@ -34,7 +35,7 @@ class Progress:
                           f"{text} {rate:,.0f} samples/s\033[K")
         self.stream.flush()
 
-    def close(self, rate: float = 0.0, **values) -> None:
+    def close(self, rate: float = 0.0, **values: Any) -> None:
         if not self.enabled:
             return
         text = " ".join(f"{k} {_fmt(v)}" for k, v in values.items())

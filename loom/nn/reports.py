@@ -7,8 +7,11 @@ import io
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import atomic
 from ..errors import ConfigError, LoomError, ShapeError
@@ -29,6 +32,9 @@ from .metrics import (
     precision_recall_f1,
 )
 
+if TYPE_CHECKING:
+    from .train import History
+
 CONFUSION_MAX_CLASSES = 1024     # evaluate() skips the [C, C] matrix above this
 
 
@@ -38,7 +44,7 @@ class _Report:
     def __str__(self) -> str:
         return self.summary()
 
-    def to_json(self, path) -> None:
+    def to_json(self, path: str | Path) -> None:
         text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
         atomic.write_bytes(path, text.encode("utf-8"))
 
@@ -177,7 +183,7 @@ def _classification(pred, target, k: int) -> ClassificationReport:
         nonfinite_rows=int((~np.isfinite(raw.reshape(-1, classes))).any(1).sum()))
 
 
-def evaluate(pred, target, task: str | None = None, k: int = WORST_K) -> _Report:
+def evaluate(pred: ArrayLike, target: ArrayLike, task: str | None = None, k: int = WORST_K) -> _Report:
     """A full report. task=None infers: pred with one more axis than target (of at least 2 classes)
     and integer labels (an integer dtype, or floats that are all whole numbers, as CSV files give) is
     classification; anything else regression."""
@@ -198,7 +204,7 @@ def evaluate(pred, target, task: str | None = None, k: int = WORST_K) -> _Report
 
 # ---------------------------------------------------------------- training curves
 
-def plot_history(history: dict, path) -> None:
+def plot_history(history: dict[str, list[float]] | History, path: str | Path) -> None:
     """Training curves as a PNG: one panel per quantity ("loss", each metric), its "val_" twin on the
     same axes, epochs on x. Needs the `plot` extra (matplotlib); written atomically."""
     history = getattr(history, "logs", history)      # loom.train's History holds its dict in .logs

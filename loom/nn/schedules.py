@@ -54,7 +54,7 @@ class Schedule(ABC):
     def config(self) -> dict:
         return copy.deepcopy(self._cfg)
 
-    def __call__(self, step) -> float:
+    def __call__(self, step: int) -> float:
         return float(self.at(_step(step)))
 
     @abstractmethod
@@ -65,7 +65,7 @@ class Schedule(ABC):
         keys = ", ".join(f"{k}={v!r}" for k, v in self._cfg.items() if k != "type")
         return f"Schedule({self.type}: {keys})"
 
-    def __eq__(self, other) -> bool:
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, Schedule) and other._cfg == self._cfg
 
     __hash__ = None
@@ -86,7 +86,7 @@ class Constant(Schedule):
     type = "constant"
     KEYS = {"lr": (RATE, REQUIRED)}
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         return self._cfg["lr"]
 
 
@@ -96,7 +96,7 @@ class Linear(Schedule):
     type = "linear"
     KEYS = {"lr": (RATE, REQUIRED), "steps": (positive_int, REQUIRED), "end_lr": (RATE, 0.0)}
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         c = self._cfg
         if t >= c["steps"]:
             return c["end_lr"]
@@ -126,7 +126,7 @@ class Cosine(Schedule):
             raise ConfigError(f"{path}.steps", "cosine with restarts takes its cycle lengths from "
                               "restarts.period and restarts.mult; leave steps out")
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         c = self._cfg
         if c["restarts"] is None:
             cur, length = t, c["steps"]
@@ -149,7 +149,7 @@ class Exponential(Schedule):
     type = "exponential"
     KEYS = {"lr": (RATE, REQUIRED), "gamma": (number(0, lo_open=True), REQUIRED)}
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         return self._cfg["lr"] * power(self._cfg["gamma"], t)
 
 
@@ -159,7 +159,7 @@ class Step(Schedule):
     KEYS = {"lr": (RATE, REQUIRED), "step_size": (positive_int, REQUIRED),
             "gamma": (number(0, lo_open=True), 0.1)}
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         c = self._cfg
         return c["lr"] * power(c["gamma"], t // c["step_size"])
 
@@ -171,7 +171,7 @@ class Polynomial(Schedule):
     KEYS = {"lr": (RATE, REQUIRED), "steps": (positive_int, REQUIRED),
             "power": (number(0, lo_open=True), 1.0), "end_lr": (RATE, 0.0)}
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         c = self._cfg
         if t >= c["steps"]:
             return c["end_lr"]
@@ -189,11 +189,11 @@ class Warmup(Schedule):
     KEYS = {"steps": (positive_int, REQUIRED), "start_factor": (number(0, 1), 0.0),
             "after": (_spec, REQUIRED)}
 
-    def __init__(self, cfg, path):
+    def __init__(self, cfg: dict, path: str):
         super().__init__(cfg, path)
         self.after = _build_checked(cfg["after"], f"{path}.after")
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         c = self._cfg
         if t >= c["steps"]:
             return self.after.at(t - c["steps"])
@@ -219,7 +219,7 @@ class OneCycle(Schedule):
                               f"between 0 and total_steps - 1 = {c['total_steps'] - 1} (each phase needs "
                               f"a length), got {up:g}")
 
-    def at(self, t):
+    def at(self, t: int) -> float:
         c = self._cfg
         peak = c["max_lr"]
         start = peak / c["div_factor"]

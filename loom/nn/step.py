@@ -9,12 +9,18 @@ and this is exact backpropagation, otherwise it is the pipelined approximation t
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from ..backend import Array
 from ..errors import ShapeError
 from .layers import ForwardContext
 
+if TYPE_CHECKING:
+    from .network import Network
+
 
 class StepState:
-    def __init__(self, net):
+    def __init__(self, net: Network):
         self.net = net
         self.layers = list(net.root.children.values())
         self.buffers = [None] * len(self.layers)
@@ -26,7 +32,7 @@ class StepState:
         """Ticks an input needs to reach the output."""
         return len(self.layers)
 
-    def set_input(self, x) -> None:
+    def set_input(self, x: Array) -> None:
         self.x = self.net._check_input(x)
 
     def step(self) -> None:
@@ -42,11 +48,11 @@ class StepState:
             net.rng_counter += 1
         self.ticks += 1
 
-    def output(self):
+    def output(self) -> Array | None:
         """The last layer's buffer (None until the first input has travelled through all layers)."""
         return self.buffers[-1]
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         """Accumulate parameter gradients for the current output; return the input gradient."""
         if self.output() is None:
             raise ShapeError(f"backward() needs an output: step() {self.depth} times after set_input")

@@ -10,16 +10,22 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterable, KeysView, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .. import mode, rng
+from ..backend import Array
 from ..errors import ConfigError, ShapeError
 from . import files, losses, metrics, optim
 from .chain import TrainStep
 from .network import Network
 from .progress import Progress
+from .schedules import Schedule
 
 DEFAULTS = {"loss": "cross_entropy", "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": None, "epochs": 10,
             "batch_size": 32, "validation": None, "seed": 0, "metrics": None, "early_stopping": None,
@@ -33,13 +39,13 @@ class History:
     epochs: int = 0
     stopped_early: bool = False
 
-    def __getitem__(self, key):
+    def __getitem__(self, key: str) -> list[float]:
         return self.logs[key]
 
-    def __contains__(self, key):
+    def __contains__(self, key: object) -> bool:
         return key in self.logs
 
-    def keys(self):
+    def keys(self) -> KeysView[str]:
         return self.logs.keys()
 
     def add(self, logs: dict) -> None:
@@ -62,7 +68,7 @@ class EarlyStopping:
     best_state: dict | None = None
 
     @classmethod
-    def build(cls, spec) -> EarlyStopping | None:
+    def build(cls, spec: dict | bool | None) -> EarlyStopping | None:
         if spec is None or spec is False:
             return None
         if spec is True:
@@ -97,10 +103,14 @@ class EarlyStopping:
         return {"best": self.best, "wait": self.wait}
 
 
-def train(net: Network, X, Y, loss=None, optimizer=None, schedule=None, epochs=None, batch_size=None,
-          validation=None, seed=None, verbose=True, metrics=None, callbacks=(), early_stopping=None,
-          checkpoint=None, resume=None, shuffle=None, device=None, deterministic=None,
-          strict: bool = True) -> History:
+def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Loss | None = None,
+          optimizer: str | dict | None = None, schedule: str | dict | Schedule | None = None,
+          epochs: int | None = None, batch_size: int | None = None,
+          validation: float | tuple[ArrayLike, ArrayLike] | None = None, seed: int | None = None,
+          verbose: bool = True, metrics: Sequence[str] | None = None,
+          callbacks: Iterable[Callable[[int, dict], Any]] = (), early_stopping: dict | bool | None = None,
+          checkpoint: str | Path | None = None, resume: str | Path | None = None, shuffle: bool | None = None,
+          device: str | None = None, deterministic: bool | None = None, strict: bool = True) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -194,14 +204,15 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     return history
 
 
-def evaluate(net: Network, X, Y, loss="cross_entropy", metrics_names=("accuracy",), batch_size=256) -> dict:
+def evaluate(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Loss = "cross_entropy",
+             metrics_names: Sequence[str] = ("accuracy",), batch_size: int = 256) -> dict:
     """Loss and metrics of `net` (in eval mode) over (X, Y)."""
     X, Y = _as_arrays(net, X, Y)
     net.eval()
     return _evaluate(net, losses.build(loss), _metric_fns(metrics_names), X, Y, batch_size, prefix="")
 
 
-def predict(net: Network, X, batch_size=256):
+def predict(net: Network, X: Array, batch_size: int = 256) -> np.ndarray:
     """Outputs for X in eval mode, computed in batches, as one host array."""
     net.eval()
     outs = [net.backend.to_numpy(net.forward(net.backend.asarray(X[i:i + batch_size])))

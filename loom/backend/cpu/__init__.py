@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 
 class CPUBackend:
@@ -12,16 +13,16 @@ class CPUBackend:
     def synchronize(self) -> None:
         pass
 
-    def asarray(self, x, dtype=None):
+    def asarray(self, x: ArrayLike, dtype: DTypeLike = None) -> np.ndarray:
         return np.asarray(x, dtype=dtype)
 
-    def copy_into(self, dst, src) -> None:
+    def copy_into(self, dst: np.ndarray, src: ArrayLike) -> None:
         dst[...] = src
 
-    def to_numpy(self, x) -> np.ndarray:
+    def to_numpy(self, x: ArrayLike) -> np.ndarray:
         return np.asarray(x)
 
-    def matmul(self, a, b, out=None):
+    def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if out is not None:
             return np.matmul(a, b, out=out)
         # OpenBLAS runs x @ W.T (a transposed view on the right, as in every dense forward) markedly
@@ -31,10 +32,11 @@ class CPUBackend:
             return np.matmul(b.T, a.T).T
         return np.matmul(a, b)
 
-    def sum(self, x, axis=None, keepdims: bool = False):
+    def sum(self, x: ArrayLike, axis: int | tuple[int, ...] | None = None,
+            keepdims: bool = False) -> np.ndarray | np.generic:
         return np.sum(x, axis=axis, keepdims=keepdims)
 
-    def may_be_true(self, flag) -> bool:
+    def may_be_true(self, flag: ArrayLike) -> bool:
         return bool(flag)
 
 

@@ -3,7 +3,7 @@ loom.backend.cpu.jit) with the bits of their NumPy references in loom.kernels.fu
 
 Why: the NumPy form of an optimizer step is several whole-array ufunc calls with temporaries
 (`p -= lr * g` writes and rereads a weight-sized array); one loop reads each array once. At
-benchmarks/cpu_mlp.py's shapes the SGD step of a [256, 784] weight took about 80 µs in NumPy.
+benchmarks/cpu_mlp.py's shapes the SGD step of a [256, 784] weight was slow in NumPy.
 
 Strict IEEE arithmetic (no fastmath: no FMA contraction, nothing reordered), each operation in the
 reference's order and in the parameter's dtype, with the reference's Python-float constants
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import Array
 from . import jit as cpu_jit
 
 _LOOPS = ("_sgd",)
@@ -24,7 +25,7 @@ def available() -> bool:
     return cpu_jit.compile_module(globals(), plain=_LOOPS)
 
 
-def takes(*arrays) -> bool:
+def takes(*arrays: Array | None) -> bool:
     """Whether the loops take these NumPy arrays (None entries are absent arguments): all C-contiguous,
     of one shape and one dtype, float32 or float64."""
     first = arrays[0]
@@ -33,7 +34,7 @@ def takes(*arrays) -> bool:
                       and a.flags.c_contiguous) for a in arrays) and first.flags.writeable)
 
 
-def scalar(value, dtype):
+def scalar(value: float | Array, dtype: np.dtype) -> np.floating | None:
     """value as a scalar of dtype where NumPy's `value * array` would compute in dtype (a Python
     number, or a 0-d array or scalar of dtype itself), else None."""
     if isinstance(value, (int, float)):
@@ -43,7 +44,8 @@ def scalar(value, dtype):
     return None
 
 
-def sgd_update(p, g, buf, lr, momentum: float, dampening: float, nesterov: bool, wd: float, first: bool) -> None:
+def sgd_update(p: np.ndarray, g: np.ndarray, buf: np.ndarray | None, lr: np.floating, momentum: float,
+               dampening: float, nesterov: bool, wd: float, first: bool) -> None:
     """fused.sgd_update's reference, one pass (lr from scalar())."""
     t = p.dtype.type
     has_momentum = momentum != 0

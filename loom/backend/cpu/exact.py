@@ -3,17 +3,17 @@ bits (exact._matmul_narrow's docstring, exact._sum_general), in fewer and cheape
 numba is installed, 2-D products and sums run exact_jit's compiled loops instead (matmul_2d,
 sum_float32): the same bits again, in one pass per operand.
 
-Around the float64 GEMM, the slicing and recombination passes cost as much again as the GEMM
-(memory-bound: every pass streams its operands through memory). What makes them cheaper, measured
-on a 2-core AVX-512 VM with NumPy 2.4 and OpenBLAS:
+Around the float64 GEMM, the slicing and recombination passes are costly next to the GEMM
+(memory-bound: every pass streams its operands through memory). What makes them cheaper, with NumPy
+and OpenBLAS:
 - the slicing runs in float32: multiplying by a power of two, rint and the subtraction of a number's
   own integer part are all exact there, and half the bytes; each slice is converted to float64
   once (no mixed float32/float64 ufunc: NumPy runs those through a slow cast buffer);
 - scratch buffers are reused per thread (fresh multi-megabyte buffers are page-faulted in again on
-  every call, which made the whole exact GEMM 1.6x slower at [256, 784] x [784, 256]) and 64-byte
-  aligned (AVX-512 passes over NumPy's 16-byte-aligned arrays are slower: up to 1.2x for a sum);
+  every call, which slows the whole exact GEMM down) and 64-byte aligned (AVX-512 passes over
+  NumPy's 16-byte-aligned arrays are slower);
 - a multiply by a per-row factor runs with NumPy's ufunc buffer no longer than a row: with the
-  default 8192 elements NumPy first copies the broadcast factor into a buffer (2.5x the time);
+  default 8192 elements NumPy first copies the broadcast factor into a buffer, which is slower;
 - where the output is larger than the operands (a weight gradient, dy.T @ x) the power-of-two
   scales are folded into the slices instead of the product, so the recombination is one pass;
 - maxima come from integer reductions of the bit patterns (no NaN-aware float max and min).
@@ -25,7 +25,9 @@ import math
 import threading
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from .. import Backend
 from . import exact_jit
 
 _ALIGN = 64                         # bytes: a cache line, an AVX-512 register
@@ -38,7 +40,7 @@ _F32_MIN_EXP = -149                 # 2^-149: the smallest (subnormal)
 _INTS = {4: (np.int32, np.uint32), 8: (np.int64, np.uint64)}
 
 
-def absmax(x, axis):
+def absmax(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
     """max |x| along axis (kept), NaN where a NaN is, for float32 and float64 x. Large arrays: two
     integer reductions of the bit patterns, which order like the magnitudes (sign-magnitude): the
     signed maximum is the largest non-negative pattern (if any), the unsigned maximum the largest
@@ -55,7 +57,7 @@ def absmax(x, axis):
     return np.maximum(positive, negative ^ sign).view(x.dtype)
 
 
-def matmul_narrow(be, a, b, scales: tuple, dtype):
+def matmul_narrow(be: Backend, a: np.ndarray, b: np.ndarray, scales: tuple, dtype: DTypeLike) -> np.ndarray:
     """exact._matmul_narrow for float32 a and b on the CPU: the same bits."""
     bits_a, shift_a, shift_b, row_scale, col_scale = scales
     fold = _foldable(a, b, bits_a, shift_a, shift_b)
@@ -74,7 +76,7 @@ def matmul_narrow(be, a, b, scales: tuple, dtype):
     return out
 
 
-def matmul_2d(be, a, b, bits_a: int, bits_b: int):
+def matmul_2d(be: Backend, a: np.ndarray, b: np.ndarray, bits_a: int, bits_b: int) -> np.ndarray | None:
     """exact._matmul_narrow's bits for 2-D float32 a and b (C- or F-ordered; K <= 2^14) through
     exact_jit's compiled loops: None where they cannot run (no numba) or an operand holds inf or NaN
     (exact._matmul_exact then takes the general path)."""
@@ -97,7 +99,7 @@ def matmul_2d(be, a, b, bits_a: int, bits_b: int):
     return out
 
 
-def sum_float32(x, axes: tuple, bits: int):
+def sum_float32(x: np.ndarray, axes: tuple, bits: int) -> np.ndarray | None:
     """exact.sum's one-slice arithmetic for float32 x, in float32 up to the sum: the float64 total
     over axes (kept) of rint(x 2^(bits - e)) 2^(e - bits), e the exponent of the largest magnitude
     over axes; None where x holds an infinity or a NaN (exact._sum_general handles those). The
@@ -247,7 +249,7 @@ class _Scratch(threading.local):
 _SCRATCH = _Scratch()
 
 
-def scratch(role: str, shape: tuple, dtype, order: str = "C"):
+def scratch(role: str, shape: tuple, dtype: DTypeLike, order: str = "C") -> np.ndarray:
     """An uninitialized 64-byte-aligned array, the same memory on every call for one role and thread
     (up to _REUSE_BYTES): a caller keeps nothing in it past the next call that names the role."""
     key = (role, shape, dtype, order)

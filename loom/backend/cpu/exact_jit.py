@@ -4,8 +4,8 @@ reference bits, with one pass per operand.
 
 Why: the NumPy form (exact_cpu) needs about twenty NumPy calls on small arrays to find the scales,
 then several passes over each operand (scale, rint, subtract, scale, rint, convert to float64),
-each streaming it through memory. At training shapes those cost twice the GEMM: a [32, 784] x
-[784, 256] product took 370 µs of float64 GEMM and 730 µs around it on a 2-core VM. Here the scales
+each streaming it through memory. At training shapes those cost more than the GEMM itself (a
+[32, 784] x [784, 256] product, for one). Here the scales
 come from the exponents inside the loops, and each operand is read once and written once as its
 float64 slices.
 
@@ -18,7 +18,7 @@ float32. tests/kernels/test_exact.py runs the reference bit tests with and witho
 Loops take C-contiguous 2-D arrays: an F-ordered operand (x.T, W.T) comes as its transpose, its
 per-row scales then per column ("cols" loops). The loops are single-threaded: numba's OpenMP
 threads and OpenBLAS's, both spin-waiting on the same two cores between calls, made every product
-8 ms (a scheduler time slice); one thread per pass is memory-bound already.
+last a scheduler time slice; one thread per pass is memory-bound already.
 """
 from __future__ import annotations
 
@@ -38,14 +38,14 @@ def available() -> bool:
     return cpu_jit.compile_module(globals(), plain=_LOOPS)
 
 
-def takes(x) -> bool:
+def takes(x: np.ndarray) -> bool:
     """Whether these loops take x: 2-D and non-empty (they read each row's first element unchecked),
     C- or F-contiguous, float32 or float64."""
     return (x.ndim == 2 and x.size > 0 and x.dtype in (np.float32, np.float64)
             and (x.flags.c_contiguous or x.flags.f_contiguous))
 
 
-def absmax(x, axis: int):
+def absmax(x: np.ndarray, axis: int) -> np.ndarray:
     """exact_cpu.absmax for x that takes() (axis -1 or -2, kept): the maximum of the magnitudes'
     bit patterns (NaN patterns are above infinity's, so a row with a NaN gives a NaN)."""
     axis %= 2
@@ -62,7 +62,7 @@ def absmax(x, axis: int):
     return out.view(x.dtype)
 
 
-def exponents(x, axis: int):
+def exponents(x: np.ndarray, axis: int) -> tuple[np.ndarray, int, int] | None:
     """(e, min e, max e) for float32 x that takes(): int32 e per row (axis -1) or column (axis -2)
     with max |x| < 2^e, frexp's exponent of the maximum (0 for zeros); None where one is inf or NaN."""
     axis %= 2
@@ -73,7 +73,8 @@ def exponents(x, axis: int):
     return (e, low, high) if finite else None
 
 
-def slice_operand(x, e, per_row: bool, bits: int, lo_bits: int, fold: bool, out_hi, out_lo) -> None:
+def slice_operand(x: np.ndarray, e: np.ndarray, per_row: bool, bits: int, lo_bits: int, fold: bool, out_hi: np.ndarray,
+                  out_lo: np.ndarray | None) -> None:
     """The slices of float32 x (C or F) with a scale per row (per_row) or per column, e the
     exponents: s = x 2^(bits - e) in float32, hi = rint(s), out_hi = hi (times 2^(e - bits) when
     fold); with lo_bits > 0 also lo = rint((s - hi) 2^lo_bits), out_lo = lo (times
@@ -86,7 +87,8 @@ def slice_operand(x, e, per_row: bool, bits: int, lo_bits: int, fold: bool, out_
     kernel(view, e, bits, lo_bits, fold, hi, lo)
 
 
-def combine(g, m: int, bits_a: int, bits_b: int, ea, eb, fold: bool, out) -> None:
+def combine(g: np.ndarray, m: int, bits_a: int, bits_b: int, ea: np.ndarray, eb: np.ndarray, fold: bool,
+            out: np.ndarray) -> None:
     """out [m, n] float32 from the C-ordered float64 product g [2m, n] of the stacked slices:
     float32(g[:m] + g[m:]) when folded, else
     float32(((g[m:] 2^-bits_a + g[:m]) 2^(ea - bits_a)) 2^(eb - bits_b))."""
@@ -96,7 +98,7 @@ def combine(g, m: int, bits_a: int, bits_b: int, ea, eb, fold: bool, out) -> Non
         _combine_scaled(g, m, bits_a, bits_b, ea, eb, out)
 
 
-def sum_float32(x, axes: tuple, bits: int):
+def sum_float32(x: np.ndarray, axes: tuple, bits: int) -> np.ndarray | None:
     """exact_cpu.sum_float32 (the float64 totals over axes, kept) for C- or F-contiguous float32 x
     summed over all its axes, or 2-D x over one axis; None where these loops do not take it or x
     holds inf or NaN."""

@@ -4,7 +4,7 @@ loaded by loom/backend/cpu/jit.py).
 Why: decoding (batch 1) multiplies one row of activations with every weight, once per token. The
 NumPy path (loom.backend.cpu.gguf_gemv) needs several whole-array passes per product (nibble masks,
 conversions, batched matmuls, scale passes), each a Python-level call that writes and rereads
-temporaries; that caps SmolLM2-135M decode at about 9 tokens/s on 2 cores. A compiled loop reads
+temporaries; that caps SmolLM2-135M's decode speed. A compiled loop reads
 every stored byte once and keeps the decoded values in L1. Numba compiles it from this file with
 LLVM at run time, so Loom ships no C sources and needs no compiler on the user's machine; without
 numba (or with LOOM_JIT=0) the NumPy path runs as before.
@@ -40,7 +40,9 @@ every process and never hit the cache.
 from __future__ import annotations
 
 import numpy as np
+from numpy.typing import ArrayLike
 
+from ...errors import BackendError
 from . import jit
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16")
@@ -63,10 +65,12 @@ def supports(qtype: str, m_rows: int) -> bool:
     return qtype in TYPES and m_rows <= MAX_ROWS and available()
 
 
-def matmul_t(x2, data, qtype: str, out) -> None:
+def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray) -> None:
     """out[m, r] = sum_k x2[m, k] W[r, k] for W the `qtype` rows `data` (uint8 [R, row bytes]);
     x2 float32 [M, cols] with M <= MAX_ROWS, out float32 [M, R] C-contiguous. The caller
-    (QuantizedTensor.matmul_t) has checked the shapes and dtypes."""
+    (QuantizedTensor.matmul_t) has checked the shapes and dtypes, and `supports`."""
+    if not available():                 # (compiles the loops on the first call)
+        raise BackendError(f"the compiled block products do not run here: {jit.unavailable_reason()}")
     f16 = jit.f16_table()
     kernel = globals()[_KERNELS[qtype]]
     x2 = np.ascontiguousarray(x2)
@@ -80,7 +84,7 @@ def matmul_t(x2, data, qtype: str, out) -> None:
         jit.run(kernel, x2, data, out, f16, 16)
 
 
-def decode_f16(bits):
+def decode_f16(bits: ArrayLike) -> np.ndarray:
     """float32 values of uint16 float16 bit patterns through the F16 kernel's own decoder (tests)."""
     available()
     bits = np.ascontiguousarray(bits, dtype=np.uint16)
@@ -93,7 +97,7 @@ def decode_f16(bits):
 
 def _half(h):
     """float16 bit pattern h (an integer) -> float32, right for every pattern (numba has no float16
-    type on the CPU). F16 weights use this: the scale table's loads measured 20% slower there.
+    type on the CPU). F16 weights use this: the scale table's loads are slower there.
     Normal values rebias the exponent by integer addition; inf and NaN get float32's all-ones
     exponent; subnormals are their integer mantissa times 2^-24, a product whose operands and result
     are normal float32 numbers, so a flush-to-zero/denormals-are-zero CPU mode cannot change it."""
@@ -218,8 +222,8 @@ def _f16(x, data, out, f16, n16):
 
 
 def _bf16(x, data, out):
-    """data: uint16 [R, cols]. Converting in the dot loop measured 2x faster at M = 1 than
-    decoding the row into the buffer first."""
+    """data: uint16 [R, cols]. Converting in the dot loop is faster at M = 1 than decoding the row
+    into the buffer first."""
     for r in prange(data.shape[0]):
         for i in range(x.shape[0]):
             acc = f32(0)

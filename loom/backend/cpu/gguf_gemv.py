@@ -9,20 +9,23 @@ The inner sums are small matrix products on the integer codes (converted to floa
 scaled), batched over b; the scales then act on [blocks, rows] values, 32 times fewer than the
 weight's. Every pass over the weight is a long, contiguous loop over its stored bytes (the float16
 headers are converted along with the codes and skipped by a strided view), where dequantizing
-first needs several short per-block passes. Measured on this CPU (one BLAS thread), 1 x 576 @ W.T:
-0.58 ms against 1.6 ms for decode-then-BLAS with W 1536 x 576 Q4_1, 12.6 ms against 23 ms with
-W 49152 x 576 Q8_0. The products are the dequantized weight's, summed in another order: fast
-mode only. Deterministic mode decodes W exactly and uses the exact GEMM (loom.kernels.quant.stored).
+first needs several short per-block passes: faster than decode-then-BLAS for 1 x 576 @ W.T with
+W 1536 x 576 Q4_1 and with W 49152 x 576 Q8_0 (one BLAS thread). The products are the dequantized
+weight's, summed in another order: fast mode only. Deterministic mode decodes W exactly and uses
+the exact GEMM (loom.kernels.quant.stored).
 
 Used for x with at most MAX_ROWS rows: beyond that the [blocks, rows of x, rows of W] partial
 sums outgrow the decoded weight, and decoding once per block of rows amortises anyway. Where numba
 is installed, loom.kernels.quant.stored sends these products to loom.backend.cpu.gemv's compiled loops
-instead (measured 2.5-9x faster at one row of x); this NumPy path is the fallback (no numba, or
-LOOM_JIT=0).
+instead (faster at one row of x); this NumPy path is the fallback (no numba, or LOOM_JIT=0).
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
+
+from .. import Array
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 MAX_ROWS = 16
@@ -40,7 +43,7 @@ def rows_per_step(qtype: str, cols: int) -> int:
     return max(1, STEP_BYTES // (4 * size * max(1, cols // 32)))
 
 
-def matmul_t(x2, data, qtype: str, out, xp) -> None:
+def matmul_t(x2: Array, data: Array, qtype: str, out: Array, xp: ModuleType) -> None:
     """out[m, r] = sum_k x2[m, k] W[r, k] for W the `qtype` rows `data` (uint8 [R, row bytes]);
     x2 float32 [M, cols], out float32 [M, R]."""
     rows, m_rows = data.shape[0], x2.shape[0]

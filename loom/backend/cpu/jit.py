@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 import os
 import threading
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +46,7 @@ def unavailable_reason() -> str | None:
 
 def _forked_child() -> None:
     """GNU OpenMP (numba's threading layer on Linux where libgomp is found; its "workqueue"
-    alternative wakes threads too slowly: 2.5x slower decode) aborts a forked child that starts a
+    alternative wakes threads too slowly for decode) aborts a forked child that starts a
     parallel region after the parent did. Such a child runs the NumPy path instead."""
     if _state.get("layer") == "omp":
         _state["missing"] = "forked from a process that ran the OpenMP kernels (GNU OpenMP is not fork-safe)"
@@ -73,7 +75,8 @@ def _wrap(numba, namespace: dict, names, fastmath, parallel: bool) -> None:
         namespace[name] = numba.njit(fastmath=fastmath, cache=True, parallel=parallel)(namespace[name])
 
 
-def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False, reassociated=()) -> bool:
+def compile_module(namespace: dict, plain: Iterable[str] = (), parallel: Iterable[str] = (),
+                   fastmath: bool | set[str] = False, reassociated: Iterable[str] = ()) -> bool:
     """For another module of compiled loops (loom.backend.cpu.exact_jit): replace its functions named in
     `plain` and `parallel` (module-level, for numba's on-disk cache) by numba dispatchers, once, and
     its `prange` by numba's; those in `reassociated` get FASTMATH (loops whose result may depend on
@@ -93,7 +96,7 @@ def compile_module(namespace: dict, plain=(), parallel=(), fastmath=False, reass
     return True
 
 
-def run(kernel, *args):
+def run(kernel: Callable[..., Any], *args: Any) -> None:
     """Call a parallel kernel: one at a time (see _call_lock), noting numba's threading layer."""
     with _call_lock:
         kernel(*args)
@@ -104,5 +107,5 @@ def run(kernel, *args):
 @functools.cache
 def f16_table() -> np.ndarray:
     """float32 [65536]: every float16 bit pattern's value, converted once by NumPy (256 KiB), for the
-    block types' scales: a lookup per scale measured 15-25% faster per Q4_1 row than arithmetic."""
+    block types' scales: a lookup per scale is faster per Q4_1 row than arithmetic."""
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)

@@ -5,7 +5,7 @@ by loom.backend.cpu.jit): exact_rounded's bits, with W read once and never mater
 Why: decoding (batch 1) multiplies one row of activations with every weight once per token. The
 general path (loom.kernels.quant.stored) dequantizes W block by block with NumPy, casts it to float64
 with its column norms and runs a float64 GEMM before rounded_jit.certify: several passes over
-every weight per token, 10-16x slower than this (SmolLM2-135M's shapes, Q4_1, one row of x).
+every weight per token, much slower than this (SmolLM2-135M's shapes, Q4_1, one row of x).
 
 The bits are exact_dispatch's ROUNDED scheme (float32, K <= ROUNDED_MAX_K): every entry is the exact
 dot product of its row of x and its row of the dequantized W, rounded once to float32 (to nearest,
@@ -23,8 +23,8 @@ bits. Per weight row r and row i of x:
    floats s - e, s + e: exact_rounded's e with this bound in place of the norms' product, which
    Cauchy-Schwarz keeps above it (but for t's slack), so fewer entries go on to the later stages.
    Because any order will do, `_dot` is compiled with reassociation (cpu_jit.FASTMATH: vectorised,
-   several accumulators; a contracted fma(x, w, s) equals s + p, as p is exact): about 5x faster
-   than strict left-to-right sums;
+   several accumulators; a contracted fma(x, w, s) equals s + p, as p is exact): faster than
+   strict left-to-right sums;
 3. rounded_jit._certified takes the entry where float32(s - e) and float32(s + e) agree; else
    `_settle` sums again in float64, in order, with the exact |p_k| (+0 where no product is
    nonzero), and then runs rounded_jit's later stages on the decoded row: the compensated `_dot2`,
@@ -36,11 +36,11 @@ bits. Per weight row r and row i of x:
 
 Rows of W are split over the threads (prange over chunks of CHUNK rows), each chunk with its own
 row buffer and limbs; every entry is computed from its own row and x row only, so neither the
-split nor M changes a bit. Used for x of at most MAX_ROWS rows (measured on a 2-core AVX-512 VM at
-16 rows: 1.8-2.2x faster than the general path with Q4_1 weights, even with BF16); longer x
-(prefill) and K beyond ROUNDED_MAX_K keep the general path. Against fast mode's float32 loops
-(cpu_jit) a row costs about 1.8x with Q4_1 and Q8_0 (the float64 sums and the strict decode) and
-3.4x with BF16 (whose fast loop reads and multiplies the stored halves with nothing else to do).
+split nor M changes a bit. Used for x of at most MAX_ROWS rows (faster than the general path up
+to 16 rows, with Q4_1 weights and with BF16); longer x (prefill) and K beyond ROUNDED_MAX_K keep
+the general path. Against fast mode's float32 loops (cpu_jit) a row costs more with Q4_1 and Q8_0
+(the float64 sums and the strict decode) and more still with BF16 (whose fast loop reads and
+multiplies the stored halves with nothing else to do).
 
 `matmul_stack` does the same for a stack [..., M, K] @ [..., K, N] with M <= MAX_ROWS (exact.py sends
 it attention's q k^T and p v), single-threaded, with b's columns as the weight rows where they are
@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...errors import BackendError
 from . import gemv
 from . import jit as cpu_jit
 from . import rounded as rounded_jit
@@ -94,7 +95,7 @@ def supports(qtype: str, m_rows: int, cols: int) -> bool:
     return qtype in _KINDS and 1 <= m_rows <= MAX_ROWS and cols >= 1 and available()
 
 
-def matmul_t(x2, data, qtype: str, out, factor: float):
+def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, factor: float) -> np.ndarray:
     """out[m, r] = sum_k x2[m, k] W[r, k], each entry exact and rounded once (exact.matmul's bits,
     special values included), for W the `qtype` rows `data` (uint8 [R, row bytes]); x2 float32
     [M, cols], out float32 [M, R] C-contiguous; the caller checked supports() and the shapes;
@@ -103,13 +104,15 @@ def matmul_t(x2, data, qtype: str, out, factor: float):
     exact integer sum (the tests' window into the later stages)."""
     # 16 (code bytes per block) passed at run time, as in cpu_jit: a literal trip count gets the code
     # loop unrolled before LLVM's loop vectorizer sees it
+    if not available():                 # (compiles the loops on the first call)
+        raise BackendError(f"the compiled exact products do not run here: {cpu_jit.unavailable_reason()}")
     counts = np.zeros(2, np.int64)
     cpu_jit.run(_gemv, np.ascontiguousarray(x2), np.ascontiguousarray(data), _KINDS[qtype], out,
                 cpu_jit.f16_table(), 16, factor, counts)
     return counts
 
 
-def takes_stack(a, b) -> bool:
+def takes_stack(a: np.ndarray, b: np.ndarray) -> bool:
     """Whether matmul_stack takes a @ b: float32 stacks [..., M, K] @ [..., K, N] of one batch shape
     (no broadcasting), M at most MAX_ROWS, nothing empty, the JIT available (the caller checks that
     K has the rounded scheme)."""
@@ -118,11 +121,11 @@ def takes_stack(a, b) -> bool:
             and available())
 
 
-def matmul_stack(a, b, factor: float):
+def matmul_stack(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
     """a @ b for stacks that takes_stack(), each entry exact and rounded once (exact.matmul's bits,
     special values included): attention's q k^T and p v in a decode step, whose stacks the float64
-    GEMM path takes only through NumPy (exact_rounded._matmul_numpy: 40 us a head group where these
-    loops take 10). Single-threaded: a parallel launch costs more than such products."""
+    GEMM path takes only through NumPy (exact_rounded._matmul_numpy, slower per head group than
+    these loops). Single-threaded: a parallel launch costs more than such products."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     x = np.ascontiguousarray(a).reshape(-1, k)
     out = np.empty(a.shape[:-1] + (n,), np.float32)
@@ -228,7 +231,7 @@ def _dot(x64, ax, i, w):
 def _dot_direct(kind, x64, ax, i, u16, r):
     """_dot with stored row r of F16, BF16 or F32 values converted in the loop (exactly: bit
     operations, and gemv._half's product of a 10-bit integer and 2^-24 for subnormals): one pass
-    where decoding into the buffer first took 45 ns of 105 a BF16 row of 576."""
+    where decoding into the buffer first took a large share of a BF16 row's time."""
     s = 0.0
     t = f32(0.0)
     if kind == _BF16:

@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ... import fallback
 from ...errors import BackendError
+from .. import Array
 from . import cublas  # ctypes only; it loads libcublas when the first handle is made
 from .compile import translating
+
+if TYPE_CHECKING:
+    import cupy
 
 
 def _import_cupy():
@@ -89,11 +97,11 @@ class CUDABackend:
         self.quant_exact_kernels = quant_exact     # the same two in deterministic mode, with its bits
         self.decode_exact_kernels = decode_exact
 
-    def asarray(self, x, dtype=None):
+    def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):
             return self.xp.asarray(x, dtype=dtype)
 
-    def copy_into(self, dst, src) -> None:
+    def copy_into(self, dst: Array, src: Array) -> None:
         """dst[...] = src for a device array dst and a host or device array src of its shape and dtype,
         without allocating on the device (host data is staged by the driver, so src may change
         as soon as this returns)."""
@@ -103,17 +111,17 @@ class CUDABackend:
             else:
                 dst[...] = src
 
-    def to_numpy(self, x) -> np.ndarray:
+    def to_numpy(self, x: Array) -> np.ndarray:
         return self.xp.asnumpy(x) if isinstance(x, self.xp.ndarray) else np.asarray(x)
 
-    def matmul(self, a, b, out=None):
+    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array:
         with translating("matmul", a, b):
             if cublas.supports(a, b):
                 return self.blas.gemm(a, b, out=out)
             return self.xp.matmul(a, b, out=out)     # integer and mixed dtypes: eager only
 
     @property
-    def blas(self):
+    def blas(self) -> cublas.CuBLAS:
         """Loom's own cuBLAS handle (see cublas.py: CuPy's cannot be recorded into graphs)."""
         if self._blas is None:
             self._blas = cublas.CuBLAS(self.xp)
@@ -122,7 +130,7 @@ class CUDABackend:
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
-    def record(self, fn):
+    def record(self, fn: Callable[[], Any]) -> tuple[Graph, Any]:
         """Run fn() under stream capture and return (Graph, fn's result). Nothing runs on the GPU
         while recording; the graph's memory comes from its own pool, so nothing else can reuse the
         buffers it reads and writes between launches. Host transfers and synchronizations inside
@@ -142,7 +150,8 @@ class CUDABackend:
             graph = stream.end_capture()
         return Graph(graph, pool, stream, cp), result
 
-    def run_elementwise(self, source: str, name: str, inputs, out_dtypes):
+    def run_elementwise(self, source: str, name: str, inputs: Sequence[Array],
+                        out_dtypes: Sequence[DTypeLike]) -> list[Array]:
         """Launch the generated elementwise kernel `name` in `source` (loom.kernels.ir.lower_cuda's
         signature: inputs, outputs, element count) over inputs broadcast to one shape; returns the
         outputs. Modules are compiled once per source text, with --fmad=false."""
@@ -161,14 +170,14 @@ class CUDABackend:
                 kernel((blocks,), (256,), (*inputs, *outs, np.int64(n)))
             return outs
 
-    def may_be_true(self, flag) -> bool:
+    def may_be_true(self, flag: Array) -> bool:
         """bool(flag) for a device flag, read back to the host; True while recording, when the
         graph cannot branch on data (the caller then takes the path that is right either way)."""
         if self.xp.cuda.get_current_stream().is_capturing():
             return True
         return bool(flag)
 
-    def sum(self, x, axis=None, keepdims: bool = False):
+    def sum(self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array:
         with translating("sum", x):
             blocks = self._ones_blocks(x, axis)
             if blocks is None:
@@ -186,10 +195,10 @@ class CUDABackend:
         """When sum(x, axis) reduces a leading and/or a trailing block of axes of a C-contiguous float
         array, keeping the axes between (bias and norm-weight gradients, convolution bias gradients
         over batch and space): ((L, ones_L or None), M, (R, ones_R or None)) for x viewed as [L, M, R],
-        summed as (x @ ones_R) then ones_L @ that: one or two cuBLAS calls, several times faster than
-        CuPy's strided reductions ([8192, 512]: ~5x; [256, 64, 14, 14] over (0, 2, 3): ~20x). None
-        otherwise. The vectors are made outside graph recording only (one made while recording would
-        be filled only by the graph)."""
+        summed as (x @ ones_R) then ones_L @ that: one or two cuBLAS calls, faster than CuPy's strided
+        reductions (at [8192, 512], and at [256, 64, 14, 14] over (0, 2, 3)). None otherwise. The
+        vectors are made outside graph recording only (one made while recording would be filled only
+        by the graph)."""
         if axis is None or x.ndim < 2 or x.dtype not in (np.float32, np.float64) or not x.flags.c_contiguous:
             return None
         axes = _axes(axis, x.ndim)
@@ -235,7 +244,8 @@ class CUDABackend:
 class Graph:
     """A recorded CUDA graph with the memory pool and stream it was recorded with (kept alive)."""
 
-    def __init__(self, graph, pool, stream, cp):
+    def __init__(self, graph: cupy.cuda.Graph, pool: cupy.cuda.MemoryPool, stream: cupy.cuda.Stream,
+                 cp: ModuleType):
         self.graph, self.pool, self.stream, self._cp = graph, pool, stream, cp
 
     def launch(self) -> None:
@@ -260,7 +270,7 @@ def get() -> CUDABackend:
     return _CUDA
 
 
-def owns(array) -> bool:
+def owns(array: Array) -> bool:
     """Whether `array` is a CuPy array (without importing cupy when it was never loaded)."""
     return type(array).__module__.startswith("cupy")
 

@@ -4,8 +4,10 @@ errors."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 
 from ...errors import BackendError
+from .. import Array
 
 # Every kernel is compiled with IEEE arithmetic: no fused multiply-add contraction, correctly rounded
 # division and square root, subnormals kept (the CPU's results, bit for bit).
@@ -13,7 +15,7 @@ OPTIONS = ("--fmad=false", "--prec-div=true", "--prec-sqrt=true", "--ftz=false")
 
 
 @contextlib.contextmanager
-def translating(op: str, *arrays):
+def translating(op: str, *arrays: Array) -> Iterator[None]:
     """Turn CUDA/CuPy failures inside the block into BackendError naming `op` and the shapes."""
     try:
         yield

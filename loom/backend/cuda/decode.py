@@ -26,6 +26,7 @@ from functools import cache
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS
 from .launch import OVERLAP_PROLOGUE, launch
 from .quant import WARP_REDUCTIONS, pointer
@@ -184,8 +185,8 @@ def supports(head_dim: int) -> bool:
     return head_dim % 64 == 0 and head_dim <= MAX_HEAD_DIM
 
 
-def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
-              eps: float, overlap: bool = False) -> None:
+def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
+              pos: Array, heads: int, window: int | None, scale: float, eps: float, overlap: bool = False) -> None:
     """out [B, H * D] = attention of the step's queries over the cache up to position pos[0] (int64 on the
     device), after writing the step's keys and values there. qkv [B, (H + 2 KV) D] is the Q/K/V product;
     cache_k/cache_v [B, KV, max_len, D] layer views; cos, sin [positions, D]; norm [H + KV, D] (qwen3's

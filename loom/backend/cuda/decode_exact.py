@@ -24,6 +24,7 @@ from functools import cache
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS
 from .exact import ROUNDED_DEVICE
 from .exact_reduce import EXACT_ROW_SUM
@@ -175,8 +176,9 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
     return None
 
 
-def attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, heads: int, window: int | None, scale: float,
-              eps: float, factor: float, overlap: bool = False) -> None:
+def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
+              pos: Array, heads: int, window: int | None, scale: float, eps: float, factor: float,
+              overlap: bool = False) -> None:
     """decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
     checked `unsupported`; `factor` is exact_rounded.error_factor(head_dim)."""
     B, kv_heads, max_len, D = cache_k.shape

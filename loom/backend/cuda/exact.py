@@ -1,8 +1,8 @@
 """Fused CUDA kernels for deterministic mode's exact GEMM (loom/kernels/exact/__init__.py, `_matmul_narrow`).
 
 The NumPy path slices the operands and recombines the product in about fifteen separate passes; on
-the GPU each is a kernel over the whole operand, and together they cost ten times the float64 GEMM
-itself. These three kernels do the same arithmetic in one pass each, working the power-of-two scales
+the GPU each is a kernel over the whole operand, and together they cost far more than the float64
+GEMM itself. These three kernels do the same arithmetic in one pass each, working the power-of-two scales
 out from the row and column maxima themselves (the NumPy path's frexp, subtractions and int32 casts
 were five launches per operand). Every step is exact (scaling by a power of two, rint, the
 subtraction of a number's own integer part) except the one rounding in the recombination and the final
@@ -18,15 +18,20 @@ from __future__ import annotations
 
 import math
 from functools import cache, lru_cache
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import cupy
 import numpy as np
+from numpy.typing import DTypeLike
 
+from .. import Array
 from . import exact_int8
 from .compile import OPTIONS, translating
 from .exact_reduce import TOP_EXPONENT, absmax, gemm_maxima, squares_copy, sum_float32
 from .fused import C_TYPES
+
+if TYPE_CHECKING:
+    from . import CUDABackend
 
 __all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_narrow_chunks", "matmul_rounded",
            "patch_specials", "sum_float32"]
@@ -90,7 +95,8 @@ def _combine_chunks():
         "loom_exact_combine_chunks", preamble=TOP_EXPONENT, options=OPTIONS)
 
 
-def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype, guard: bool = False):
+def matmul_narrow(be: CUDABackend, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple, dtype: DTypeLike,
+                  guard: bool = False) -> Array:
     """exact._matmul_narrow for float32 a and b given their row and column maxima (bits = (bits_a,
     bits_b)): both slices of a in one pass (stacked along M, so one float64 GEMM takes them), b's
     in one, the product's recombination in one. With `guard` (operands `guardable`), the
@@ -149,7 +155,8 @@ def _chunk_plan(m: int, k: int, n: int, batch: int, step: int, stacked: bool):
     return (piece, pieces) if 8 * (slices + pieces * outputs) <= _CHUNKS_AT_ONCE_BYTES else None
 
 
-def matmul_narrow_chunks(be, a, b, amax, bmax, bits: tuple, dtype, step: int):
+def matmul_narrow_chunks(be: CUDABackend, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple, dtype: DTypeLike,
+                         step: int) -> Array | None:
     """exact._matmul_float32's chunks of `step` along K (K > step) in one go, with the same bits: the
     slices of the whole operands (a slice depends on its element and its row's or column's maximum
     only, not on its chunk), padded with zeros to whole pieces (zero products add exact zeros), one
@@ -273,7 +280,7 @@ def _elements(x4) -> tuple:
     return tuple(np.int64(s // x4.itemsize) for s in x4.strides)
 
 
-def guardable(a, b) -> bool:
+def guardable(a: Array, b: Array) -> bool:
     """Whether patch_specials takes these operands: float32 matrices or stacks of them (batch axes
     broadcast, as a dense layer's [batch, tokens, features] input against its 2-D weight)."""
     return a.dtype == np.float32 and b.dtype == np.float32 and a.ndim >= 2 and b.ndim >= 2
@@ -288,7 +295,7 @@ def _batched(x, batch: tuple):
     return x if x.ndim == 4 else x[None]
 
 
-def patch_specials(a, b, amax, bmax, out) -> None:
+def patch_specials(a: Array, b: Array, amax: Array, bmax: Array, out: Array) -> None:
     """Where a row of a or a column of b holds inf or NaN (its maximum is not finite), overwrite out
     with IEEE's special result (the sign-and-special product, as exact._special_values); every other
     line returns at once, so this costs one look at each maximum when everything is finite, and needs
@@ -713,7 +720,7 @@ def _rounded_module():
     return cupy.RawModule(code="typedef float T;\n" + TOP_EXPONENT + _GUARD + _ROUNDED, options=OPTIONS)
 
 
-def matmul_rounded(be, a, b, factor: float):
+def matmul_rounded(be: CUDABackend, a: Array, b: Array, factor: float) -> Array:
     """exact_rounded.matmul for float32 a [..., M, K] and b [..., K, N] on the GPU: float64 copies of
     the operands with their rows' and columns' sums of squares (one pass each), their float64 product
     (cuBLAS's GEMM, whose error `factor` bounds),

@@ -26,12 +26,18 @@ from __future__ import annotations
 
 import math
 from functools import cache
+from typing import TYPE_CHECKING
 
 import cupy
 import numpy as np
+from numpy.typing import DTypeLike
 
+from .. import Array
 from .compile import OPTIONS, translating
 from .exact_reduce import TOP_EXPONENT
+
+if TYPE_CHECKING:
+    from . import CUDABackend
 
 MODULI = (256, 255, 253, 251, 247, 241, 239, 233, 229)
 _PRODUCT = math.prod(MODULI)        # 2^71.41
@@ -42,7 +48,7 @@ MIN_WORK = 1 << 33
 PANEL_BYTES = 1 << 30
 
 
-def takes(a, b, bits: tuple) -> bool:
+def takes(a: Array, b: Array, bits: tuple) -> bool:
     """Whether the int8 path computes this slice product: float32 matrices, K within one chunk and
     long enough that the moduli cover G (the module's docstring), dimensions multiples of 16 (int8
     tensor-core GEMMs' alignment), and large enough to pay off."""
@@ -167,7 +173,8 @@ def _kernels():
     return left, right, right_rows, combine
 
 
-def matmul_narrow(be, a, b, amax, bmax, bits: tuple, dtype):
+def matmul_narrow(be: CUDABackend, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple,
+                  dtype: DTypeLike) -> Array:
     """exact.matmul_narrow's product (without the special values) for operands `takes` accepts:
     b's residues once, then a's and the product panel by panel of rows (PANEL_BYTES)."""
     bits_a, bits_b = bits
@@ -210,7 +217,7 @@ def _crt_kernel():
         "loom_exact_int8_crt_test", preamble=_TO_DOUBLE, options=OPTIONS)
 
 
-def crt_to_double(residues):
+def crt_to_double(residues: Array) -> Array:
     """Test hook: the balanced G for int64 residues [9, N] (G mod each modulus), rounded once to
     float64, by the combine kernel's device code."""
     out = cupy.empty(residues.shape[1], dtype=np.float64)

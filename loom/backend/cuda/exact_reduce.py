@@ -8,8 +8,8 @@ atomics whose order cannot change a bit:
   anywhere gives a NaN, as the NumPy path's maximum does);
 - a sum adds integers below 2^53 in float64 (exact.sum's slices), so every partial sum, in any order,
   is exact; infinities and NaNs are summed apart and win in the end, as in exact._sum_general.
-CuPy's reductions give each output one block and read a column reduction with a stride: the
-encoder benchmark's 408 GEMM maxima per step took 10.3 ms that way, and 3.4 ms here. The exponent
+CuPy's reductions give each output one block and read a column reduction with a stride: slower
+than these kernels for the encoder benchmark's 408 GEMM maxima per step. The exponent
 arithmetic between the passes was five more launches (frexp, subtraction, int32 copies) per operand.
 
 Capturable: no synchronization; buffers are zeroed with memsets.
@@ -22,6 +22,7 @@ from functools import cache, lru_cache
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS, translating
 from .fused import BASICS, C_TYPES, MAX_GRID, ROW_HELPERS, row_threads
 
@@ -350,7 +351,7 @@ def _launch_plan(name: str, dtype, outputs: int, length: int, kept: int, sb: int
     return module.get_function(name + "_across"), (columns, splits), (32, 8), (*geometry, np.int64(chunk))
 
 
-def squares_copy(x, axis: int, out):
+def squares_copy(x: Array, axis: int, out: Array) -> Array:
     """The float64 copy of float32 x (x's element strides where x is dense, as a C- or F-ordered array
     or a transposed view of one is, and its axes merge for the reduction; else C-ordered) and the sums
     of the squares of x along `axis` added into `out` (zeroed float64 of x's kept shape): exact_rounded's
@@ -379,7 +380,7 @@ def _absmax(x, axes: tuple, finite_only: bool, out=None):
     return out.view(dtype)
 
 
-def absmax(x, axis: int):
+def absmax(x: Array, axis: int) -> Array:
     """max |x| along `axis`, kept as size 1; NaN where a NaN is (a NaN of its own pattern: only
     whether it is one is used): exact._absmax's result, for float32 and float64 x."""
     with translating("exact GEMM scaling", x):
@@ -394,7 +395,7 @@ def _finish():
         "loom_exact_sum_finish", preamble=TOP_EXPONENT, options=OPTIONS)
 
 
-def sum_float32(x, axes: tuple, bits: int):
+def sum_float32(x: Array, axes: tuple, bits: int) -> Array:
     """exact.sum for float32 x over `axes` (kept as size-1 axes), exact._sum_general's bits: the
     finite maximum, then the integer and special sums, then the scaling back; one block per output
     for small sums, else split over warps in three passes and a finish."""
@@ -414,7 +415,7 @@ def sum_float32(x, axes: tuple, bits: int):
         return _finish()(sums[0], sums[1], top, np.int32(bits))
 
 
-def gemm_maxima(a, b):
+def gemm_maxima(a: Array, b: Array) -> tuple[Array, Array]:
     """(absmax(a, -1), absmax(b, -2)) for a GEMM's operands of one dtype, zeroed by one memset."""
     with translating("exact GEMM scaling", a, b):
         dtype = np.dtype(a.dtype)

@@ -18,11 +18,13 @@ on first use (per dtype and variant) and are cached; run each once before captur
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache
 
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS, translating
 
 MAX_GRID = 2 ** 31 - 1
@@ -280,22 +282,23 @@ def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     kernel((min(rows, MAX_GRID),), (row_threads(n),), args)
 
 
-def shape_rows(x) -> tuple[int, int]:
+def shape_rows(x: Array) -> tuple[int, int]:
     n = x.shape[-1]
     return x.size // n, n
 
 
-def rstd_like(x):
+def rstd_like(x: Array) -> Array:
     return cupy.empty(x.shape[:-1] + (1,), dtype=x.dtype)
 
 
 # --- softmax ---------------------------------------------------------------------------------------
 
-def softmax(x, launch=_launch_rows):
+def softmax(x: Array, launch: Callable[..., None] = _launch_rows) -> Array:
     return scaled_masked_softmax(x, 1.0, False, 0, launch)   # x * 1 is exact: the plain softmax
 
 
-def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0, launch=_launch_rows):
+def scaled_masked_softmax(scores: Array, scale: float, causal: bool, offset: int = 0,
+                          launch: Callable[..., None] = _launch_rows) -> Array:
     rows, n = shape_rows(scores)
     tq = scores.shape[-2] if causal else 1
     y = cupy.empty_like(scores)
@@ -306,7 +309,7 @@ def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0, launch=_
     return y
 
 
-def softmax_grad(y, dy, launch=_launch_rows):
+def softmax_grad(y: Array, dy: Array, launch: Callable[..., None] = _launch_rows) -> Array:
     rows, n = shape_rows(y)
     dx = cupy.empty_like(y)
     with translating("fused softmax_grad", y, dy):
@@ -316,7 +319,8 @@ def softmax_grad(y, dy, launch=_launch_rows):
 
 # --- norms -----------------------------------------------------------------------------------------
 
-def layer_norm(x, weight, bias, eps, launch=_launch_rows):
+def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float,
+               launch: Callable[..., None] = _launch_rows) -> tuple[Array, Array, Array]:
     rows, n = shape_rows(x)
     xhat, rstd = cupy.empty_like(x), rstd_like(x)
     affine = weight is not None or bias is not None
@@ -331,7 +335,8 @@ def layer_norm(x, weight, bias, eps, launch=_launch_rows):
     return y, xhat, rstd
 
 
-def layer_norm_grad(dy, xhat, rstd, weight, launch=_launch_rows):
+def layer_norm_grad(dy: Array, xhat: Array, rstd: Array, weight: Array | None,
+                    launch: Callable[..., None] = _launch_rows) -> Array:
     rows, n = shape_rows(dy)
     dx = cupy.empty_like(dy)
     w = dy if weight is None else weight
@@ -341,7 +346,8 @@ def layer_norm_grad(dy, xhat, rstd, weight, launch=_launch_rows):
     return dx
 
 
-def rms_norm(x, weight, eps, launch=_launch_rows):
+def rms_norm(x: Array, weight: Array | None, eps: float,
+             launch: Callable[..., None] = _launch_rows) -> tuple[Array, Array, Array]:
     rows, n = shape_rows(x)
     xhat, rstd = cupy.empty_like(x), rstd_like(x)
     y = xhat if weight is None else cupy.empty_like(x)
@@ -353,7 +359,8 @@ def rms_norm(x, weight, eps, launch=_launch_rows):
     return y, xhat, rstd
 
 
-def rms_norm_grad(dy, xhat, rstd, weight, launch=_launch_rows):
+def rms_norm_grad(dy: Array, xhat: Array, rstd: Array, weight: Array | None,
+                  launch: Callable[..., None] = _launch_rows) -> Array:
     rows, n = shape_rows(dy)
     dx = cupy.empty_like(dy)
     w = dy if weight is None else weight
@@ -391,7 +398,7 @@ def _bias_act_kernel(fn: str, has_bias: bool, helpers: str):
                                   preamble=helpers, options=OPTIONS)
 
 
-def bias_act(z, bias, fn: str, helpers: str = _HELPERS):
+def bias_act(z: Array, bias: Array | None, fn: str, helpers: str = _HELPERS) -> tuple[Array, Array]:
     """(saved, y) as activation.forward(fn, z + bias); z is overwritten with the saved array.
     `helpers` defines the transcendentals (deterministic mode passes mathlib's)."""
     if fn == "linear" and bias is None:
@@ -420,12 +427,12 @@ def _gelu_kernels(helpers: str):
     return forward, grad
 
 
-def gelu(x, helpers: str = _HELPERS):
+def gelu(x: Array, helpers: str = _HELPERS) -> Array:
     with translating("fused gelu", x):
         return _gelu_kernels(helpers)[0](x)
 
 
-def gelu_grad(x, dy, helpers: str = _HELPERS):
+def gelu_grad(x: Array, dy: Array, helpers: str = _HELPERS) -> Array:
     with translating("fused gelu_grad", x, dy):
         return _gelu_kernels(helpers)[1](x, dy)
 
@@ -463,7 +470,9 @@ def _adam_kernel(l2: bool, decay: bool, lerp_small: bool, amsgrad: bool):
         "\n".join(body), "loom_adam", preamble=_HELPERS, options=OPTIONS)
 
 
-def adam_update(p, g, m, v, vmax, step_size, bc2_sqrt, b1, b2, eps, l2, decay):
+def adam_update(p: Array, g: Array, m: Array, v: Array, vmax: Array | None, step_size: float | Array,
+                bc2_sqrt: float | Array, b1: float, b2: float, eps: float, l2: float,
+                decay: float | Array | None) -> None:
     dtype = p.dtype
     w = 1 - b1
     small = abs(w) < 0.5
@@ -491,7 +500,8 @@ def _sgd_kernel(wd: bool, momentum: bool, first: bool, nesterov: bool):
                                   preamble=_HELPERS, options=OPTIONS)
 
 
-def sgd_update(p, g, buf, lr, momentum, dampening, nesterov, wd, first):
+def sgd_update(p: Array, g: Array, buf: Array | None, lr: float | Array, momentum: float, dampening: float,
+               nesterov: bool, wd: float, first: bool) -> None:
     dtype = p.dtype
     has_momentum = momentum != 0
     kernel = _sgd_kernel(wd != 0, has_momentum, bool(first), bool(nesterov) and has_momentum)

@@ -25,7 +25,7 @@ from functools import cache
 import cupy
 import numpy as np
 
-from .. import device_functions
+from .. import Array, device_functions
 from . import fused
 from .compile import OPTIONS
 from .exact_reduce import EXACT_ROW_SUM
@@ -161,42 +161,42 @@ def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
 
 
 # The row operations: fused' (same arguments, same outputs) with this module's kernels.
-def softmax(x):
+def softmax(x: Array) -> Array:
     return fused.softmax(x, _launch)
 
 
-def scaled_masked_softmax(scores, scale, causal: bool, offset: int = 0):
+def scaled_masked_softmax(scores: Array, scale: float, causal: bool, offset: int = 0) -> Array:
     return fused.scaled_masked_softmax(scores, scale, causal, offset, _launch)
 
 
-def softmax_grad(y, dy):
+def softmax_grad(y: Array, dy: Array) -> Array:
     return fused.softmax_grad(y, dy, _launch)
 
 
-def layer_norm(x, weight, bias, eps):
+def layer_norm(x: Array, weight: Array | None, bias: Array | None, eps: float) -> tuple[Array, Array, Array]:
     return fused.layer_norm(x, weight, bias, eps, _launch)
 
 
-def layer_norm_grad(dy, xhat, rstd, weight):
+def layer_norm_grad(dy: Array, xhat: Array, rstd: Array, weight: Array | None) -> Array:
     return fused.layer_norm_grad(dy, xhat, rstd, weight, _launch)
 
 
-def rms_norm(x, weight, eps):
+def rms_norm(x: Array, weight: Array | None, eps: float) -> tuple[Array, Array, Array]:
     return fused.rms_norm(x, weight, eps, _launch)
 
 
-def rms_norm_grad(dy, xhat, rstd, weight):
+def rms_norm_grad(dy: Array, xhat: Array, rstd: Array, weight: Array | None) -> Array:
     return fused.rms_norm_grad(dy, xhat, rstd, weight, _launch)
 
 
 # The element-wise ones: fused' formulas with mathlib's transcendentals.
-def bias_act(z, bias, fn: str):
+def bias_act(z: Array, bias: Array | None, fn: str) -> tuple[Array, Array]:
     return fused.bias_act(z, bias, fn, helpers())
 
 
-def gelu(x):
+def gelu(x: Array) -> Array:
     return fused.gelu(x, helpers())
 
 
-def gelu_grad(x, dy):
+def gelu_grad(x: Array, dy: Array) -> Array:
     return fused.gelu_grad(x, dy, helpers())

@@ -1,8 +1,8 @@
 """Kernel launches that may overlap the previous kernel's tail (Hopper's programmatic dependent launch).
 
 A recorded decode step is ~150 short, latency-bound kernels in a row. Launched plainly, each starts
-only after the previous one has finished and its blocks have drained, and then spends its first
-microsecond waiting for weights from device memory. Launched with the driver's
+only after the previous one has finished and its blocks have drained, and then starts by waiting
+for weights from device memory. Launched with the driver's
 CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION, a kernel may start as soon as every block of
 the one before has executed `griddepcontrol.launch_dependents`; it then loads what does not depend on
 that kernel (its weights, the cached keys) and executes `griddepcontrol.wait`, which returns once the
@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ... import fallback
 from ...errors import BackendError
+
+if TYPE_CHECKING:
+    import cupy
 
 # The two instructions every overlapping kernel runs: wait for the previous kernel (its writes are
 # visible after this), then let the next kernel launch (placed after the wait, so at most one kernel
@@ -78,7 +82,7 @@ def _c_value(a):
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
 
 
-def launch(kernel, grid: int, block: int, args, overlap: bool) -> None:
+def launch(kernel: cupy.RawKernel, grid: int, block: int, args: tuple, overlap: bool) -> None:
     """kernel<<<grid, block>>>(*args) for a cupy.RawKernel on CuPy's current stream; with overlap, as a
     programmatic dependent launch."""
     lib = _driver() if overlap else None

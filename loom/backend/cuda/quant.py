@@ -30,6 +30,7 @@ from functools import cache
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS, translating
 from .launch import OVERLAP_PROLOGUE, launch
 
@@ -272,18 +273,18 @@ def _module(qtype: str, prologue: int = 0, epilogue: int = 0, x_rows: int = 1, w
     return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
-def supports(qtype: str, x2) -> bool:
+def supports(qtype: str, x2: Array) -> bool:
     return qtype in LAYOUTS and x2.shape[0] <= MAX_ROWS and x2.shape[-1] % 32 == 0
 
 
-def matmul_t(x2, data, qtype: str, out) -> None:
+def matmul_t(x2: Array, data: Array, qtype: str, out: Array) -> None:
     """out [M, R] = x2 [M, cols] @ W.T for W the `qtype` rows `data` (uint8 [R, row bytes])."""
     with translating(f"{qtype} product", x2, data):
         gemv(data, qtype, cupy.ascontiguousarray(x2), out)
 
 
-def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, residual=None, swiglu: bool = False,
-         overlap: bool = False) -> None:
+def gemv(data: Array, qtype: str, x: Array, out: Array, norm: Array | None = None, eps: float = 0.0,
+         bias: Array | None = None, residual: Array | None = None, swiglu: bool = False, overlap: bool = False) -> None:
     """out [M, R] = residual + pro(x) @ W.T + bias for W the `qtype` rows `data` (uint8 [R, row bytes]) and x a
     C-contiguous float32 [M, cols], M <= MAX_ROWS; pro(x) = x, or x / sqrt(mean(x^2) + eps) * norm per row
     when a norm weight [cols] is given. swiglu: W holds [gate; up] (2R rows) and out [M, R] = silu(x Wg^T + bg)
@@ -306,12 +307,12 @@ def gemv(data, qtype: str, x, out, norm=None, eps: float = 0.0, bias=None, resid
                                          pointer(residual)), overlap)
 
 
-def pointer(a):
+def pointer(a: Array | None) -> Array | np.uint64:
     """A device array, or a null pointer for an absent one."""
     return np.uint64(0) if a is None else a
 
 
-def embed(data, qtype: str, ids, out) -> None:
+def embed(data: Array, qtype: str, ids: Array, out: Array) -> None:
     """out [n, cols] = rows ids (int64 [n], on the device, already checked) of W decoded."""
     n, nb = ids.shape[0], out.shape[1] // 32
     if n:

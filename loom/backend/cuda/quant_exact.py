@@ -34,6 +34,7 @@ from functools import cache
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS
 from .exact import ROUNDED_DEVICE
 from .exact_reduce import EXACT_ROW_SUM
@@ -293,8 +294,9 @@ def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
     return None
 
 
-def gemv(data, qtype: str, x, out, factor: float, bias=None, residual=None, swiglu: bool = False,
-         overlap: bool = False, norm=None, eps: float = 0.0) -> None:
+def gemv(data: Array, qtype: str, x: Array, out: Array, factor: float, bias: Array | None = None,
+         residual: Array | None = None, swiglu: bool = False, overlap: bool = False, norm: Array | None = None,
+         eps: float = 0.0) -> None:
     """quant.gemv's product and epilogues with deterministic mode's bits; x C-contiguous and 16-byte
     aligned; the caller has checked `unsupported`; `factor` is exact_rounded.error_factor(K). With
     `norm` (a weight [K]), the product is that of rms_norm(x, norm, eps) (`rms_norm`'s bits), each
@@ -322,7 +324,7 @@ def _sum_bits(n: int) -> np.int32:
     return np.int32(53 - max(0, (n - 1).bit_length()))      # exact.sum's bits for rows of n
 
 
-def rms_norm(x, weight, out, eps: float, overlap: bool = False) -> None:
+def rms_norm(x: Array, weight: Array, out: Array, eps: float, overlap: bool = False) -> None:
     """out [M, cols] = fused.rms_norm(x, weight, eps)[0] (its bits) for x [M, cols] C-contiguous."""
     rows, cols = x.shape
     if rows:

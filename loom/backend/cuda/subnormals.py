@@ -16,12 +16,13 @@ fast mode logs it once: loom/backend/cuda/__init__.py `check_subnormals`).
 from __future__ import annotations
 
 import functools
+from types import ModuleType
 
 MARKER = "-DLOOM_KEEP_SUBNORMALS"
 _FLUSH = ("-ftz=true", "--ftz=true")
 
 
-def install(compiler) -> bool:
+def install(compiler: ModuleType) -> bool:
     """Wrap cupy.cuda.compiler (idempotent); False where its internals are not the expected ones."""
     cached = getattr(compiler, "_compile_with_cache_cuda", None)
     nvrtc = getattr(compiler, "_compile_using_nvrtc_no_warning", None)
@@ -47,7 +48,7 @@ def install(compiler) -> bool:
     return True
 
 
-def check(cupy) -> bool:
+def check(cupy: ModuleType) -> bool:
     """Whether a float32 subnormal survives CuPy's multiply and a widening to float64."""
     x = cupy.asarray([1e-40], dtype=cupy.float32)
     return bool((x * cupy.float32(1)).item() != 0 and x.astype(cupy.float64).item() != 0)

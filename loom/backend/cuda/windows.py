@@ -15,10 +15,12 @@ for C-contiguous float32/float64 arrays. Capturable: no synchronization, sizes a
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any
 
 import cupy
 import numpy as np
 
+from .. import Array
 from .compile import OPTIONS, translating
 from .fused import C_TYPES
 
@@ -212,15 +214,16 @@ def _launch(name: str, dtype, arrays, counts: tuple, args: tuple, geo: tuple) ->
                                                               tuple(arrays) + tuple(map(index, counts)) + args)
 
 
-def supports(*arrays) -> bool:
+def supports(*arrays: Array) -> bool:
     """Whether these kernels take the arrays: C-contiguous float32/float64 of one dtype, N <= 3."""
     dtype = arrays[0].dtype
     return (dtype in C_TYPES and all(a.dtype == dtype and a.flags.c_contiguous for a in arrays)
             and arrays[0].ndim <= 5)
 
 
-def im2col(x, geom):
-    """x [B, C, *big] -> cols [G, B*P, C/G*prod(k)] (conv._im2col of the padded input)."""
+def im2col(x: Array, geom: Any) -> Array:
+    """x [B, C, *big] -> cols [G, B*P, C/G*prod(k)] (conv._im2col of the padded input); geom is a
+    loom.nn.layers.conv.Geometry."""
     with translating("im2col", x):
         b, c = x.shape[:2]
         G = geom.groups
@@ -231,8 +234,9 @@ def im2col(x, geom):
         return cols
 
 
-def col2im(cols, b: int, c: int, geom):
-    """cols [G, B*P, C/G*prod(k)] -> [B, C, *big] (conv._col2im: the adjoint of im2col)."""
+def col2im(cols: Array, b: int, c: int, geom: Any) -> Array:
+    """cols [G, B*P, C/G*prod(k)] -> [B, C, *big] (conv._col2im: the adjoint of im2col); geom is a
+    loom.nn.layers.conv.Geometry."""
     with translating("col2im", cols):
         dx = cupy.empty((b, c) + tuple(geom.big), dtype=cols.dtype)
         g = _geo(geom.k, geom.s, geom.d, geom.lo, geom.big, geom.small)
@@ -243,7 +247,7 @@ def col2im(cols, b: int, c: int, geom):
 ROW_ACTIVATIONS = ("linear", "relu")   # what rows_to_channels / channels_to_rows fuse
 
 
-def rows_to_channels(rows, bias, fn: str, b: int, small):
+def rows_to_channels(rows: Array, bias: Array | None, fn: str, b: int, small: tuple[int, ...]) -> Array:
     """rows [G, B*P, C/G] (+ bias [C]) -> fn(...) as [B, C, *small], fn in ROW_ACTIVATIONS."""
     with translating("convolution output", rows):
         G, _, cg = rows.shape
@@ -254,7 +258,7 @@ def rows_to_channels(rows, bias, fn: str, b: int, small):
         return y
 
 
-def channels_to_rows(dy, y, fn: str, groups: int):
+def channels_to_rows(dy: Array, y: Array, fn: str, groups: int) -> Array:
     """dy [B, C, *sp] -> fn's gradient (given the output y) as GEMM rows [G, B*P, C/G]."""
     with translating("convolution gradient", dy):
         b, c = dy.shape[:2]
@@ -265,7 +269,8 @@ def channels_to_rows(dy, y, fn: str, groups: int):
         return rows
 
 
-def max_pool(x, k, s, p, out):
+def max_pool(x: Array, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...],
+             out: tuple[int, ...]) -> tuple[Array, Array]:
     """x [B, C, *size] -> (y [B, C, *out], arg int32 [B, C, *out]: the window offset of each maximum)."""
     with translating("max pool", x):
         y = cupy.empty(x.shape[:2] + tuple(out), dtype=x.dtype)
@@ -275,7 +280,8 @@ def max_pool(x, k, s, p, out):
         return y, arg
 
 
-def max_pool_grad(dy, arg, k, s, p, size):
+def max_pool_grad(dy: Array, arg: Array, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...],
+                  size: tuple[int, ...]) -> Array:
     """dy, arg [B, C, *out] -> dx [B, C, *size]: each window's gradient to its maximum."""
     with translating("max pool gradient", dy):
         dx = cupy.empty(dy.shape[:2] + tuple(size), dtype=dy.dtype)

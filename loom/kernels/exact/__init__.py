@@ -35,6 +35,7 @@ import math
 import numpy as np
 
 from ... import backend, dtypes
+from ...backend import Array
 from ...backend.cpu import exact as exact_cpu
 from ...backend.cpu import rounded_gemv as rounded_gemv_jit
 from . import dispatch as exact_dispatch
@@ -43,7 +44,7 @@ from . import rounded as exact_rounded
 _F32_RIGHT_BITS = 24                      # a float32 mantissa
 
 
-def matmul(a, b, out=None):
+def matmul(a: Array, b: Array, out: Array | None = None) -> Array:
     """a @ b (NumPy broadcasting over leading axes) with exactly accumulated sums."""
     be = backend.of(a)
     dtype = np.result_type(a.dtype, b.dtype)
@@ -286,7 +287,8 @@ def _special_values(be, a, b):
         return be.matmul(marks(a), marks(b)).astype(np.float64)
 
 
-def sum(x, axis=None, keepdims: bool = False, padded: bool = False):  # noqa: A001 - numpy's name on purpose
+def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - numpy's name on purpose
+        keepdims: bool = False, padded: bool = False) -> Array:
     """x summed over `axis` exactly, rounded once to x's dtype (float inputs; others as NumPy).
 
     padded: the summed axis holds padding (masked entries, exactly 0), so each sum takes the bits of
@@ -344,7 +346,7 @@ def _sum_general(be, x, axes: tuple, bits):
     return total
 
 
-def index_add(dst, ids, rows) -> None:
+def index_add(dst: Array, ids: Array, rows: Array) -> None:
     """dst[ids[i]] += rows[i] for every i (ids may repeat), each row of dst getting its exact sum,
     rounded once, then one addition: no atomic or loop order can change the bits. Each column of
     rows is scaled by its own power of two (from its largest magnitude over all i)."""
@@ -372,7 +374,7 @@ def index_add(dst, ids, rows) -> None:
     dst += total.astype(dst.dtype)
 
 
-def cumsum(x, axis: int = -1):
+def cumsum(x: Array, axis: int = -1) -> Array:
     """Inclusive prefix sums along `axis` (float inputs): each element is first rounded to
     53 - log2(n) bits of its row's largest magnitude, then every prefix sum is exact and rounded once."""
     be = backend.of(x)

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 ROUNDED_MAX_K = 1 << 11     # uncertified entries grow as K^1.5 on random data: 0.05% at 784, 0.2% at 2048
 CHUNK_BITS = 14             # slice products longer than 2^14 are summed in chunks of 2^14, in order
@@ -61,13 +62,13 @@ TABLE = (
 )
 
 
-def dtype_class(dtype) -> str:
+def dtype_class(dtype: DTypeLike) -> str:
     """"float64" for float64 operands, "float32" for float32 and the narrower float types (computed
     in float32)."""
     return "float64" if np.dtype(dtype).itemsize > 4 else "float32"
 
 
-def rule(op: str, dtype, k: int) -> Rule:
+def rule(op: str, dtype: DTypeLike, k: int) -> Rule:
     """The table's rule for `op` on operands of `dtype` reducing over `k` values. Its arguments are
     the only things a scheme may depend on."""
     cls = dtype_class(dtype)
@@ -77,7 +78,7 @@ def rule(op: str, dtype, k: int) -> Rule:
     raise ValueError(f"no exact scheme for {op} on {np.dtype(dtype)} with reduced length {k}")
 
 
-def matmul_scheme(dtype, k: int) -> str:
+def matmul_scheme(dtype: DTypeLike, k: int) -> str:
     return rule("matmul", dtype, k).scheme
 
 

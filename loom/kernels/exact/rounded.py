@@ -31,6 +31,7 @@ import math
 
 import numpy as np
 
+from ...backend import Array, Backend
 from ...backend.cpu import exact as exact_cpu
 from ...backend.cpu import rounded as rounded_jit
 
@@ -46,7 +47,7 @@ def error_factor(k: int) -> float:
     return (k + 2) * 2.0 ** -53 * (1.0 + 2.0 ** -20)
 
 
-def matmul(be, a, b) -> tuple:
+def matmul(be: Backend, a: Array, b: Array) -> tuple[Array, bool]:
     """(product, finite) for float32 a [..., M, K] and b [..., K, N]: the float32 product, each entry the
     exact dot product rounded once. Where `finite` is False a row or column holds inf or NaN, and its
     entries are left for the caller to patch; the GPU patches them itself (no host read) and says True."""

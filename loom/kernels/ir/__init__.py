@@ -30,11 +30,12 @@ Semantics, identical in every lowering (the tests compare NumPy against the comp
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ _DTYPES = {"f32": np.float32, "f64": np.float64, "i32": np.int32, "i64": np.int6
            "u32": np.uint32, "u64": np.uint64, "bool": np.bool_}
 
 
-def type_of(dtype) -> Type:
+def type_of(dtype: DTypeLike) -> Type:
     """The IR type of a NumPy dtype; TypeError for any other dtype."""
     dtype = np.dtype(dtype)
     for t in TYPES.values():
@@ -114,7 +115,8 @@ class Value:
     __slots__ = ("fn", "op", "type", "args", "attr", "index")
     __hash__ = object.__hash__          # identity: == builds an "eq" node instead
 
-    def __init__(self, fn, op, type_, args, attr, index):
+    def __init__(self, fn: Function, op: str, type_: Type, args: tuple[Value, ...], attr: int | Type | None,
+                 index: int):
         self.fn, self.op, self.type, self.args, self.attr, self.index = fn, op, type_, args, attr, index
 
     def __repr__(self) -> str:
@@ -127,7 +129,7 @@ class Value:
     def is_const(self) -> bool:
         return self.op == "const"
 
-    def const_value(self):
+    def const_value(self) -> np.generic:
         """The constant as a NumPy scalar of its dtype (only for const nodes)."""
         if self.type == BOOL:
             return np.bool_(self.attr)
@@ -176,7 +178,7 @@ class Function:
     folded with the NumPy lowering's own semantics, so the recorded graph is small and the same
     definition always records the same nodes in the same order (the CUDA text is then identical)."""
 
-    def __init__(self, name: str, param_types):
+    def __init__(self, name: str, param_types: Iterable[Type]):
         self.name = name
         self.nodes: list[Value] = []
         self._cache: dict[tuple, Value] = {}
@@ -194,7 +196,7 @@ class Function:
             self._cache[key] = hit
         return hit
 
-    def const(self, value, type_: Type) -> Value:
+    def const(self, value: float | np.generic, type_: Type) -> Value:
         """A typed constant. Python floats round to nearest even in f32; ints must fit exactly."""
         if type_.is_float:
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)):
@@ -223,7 +225,7 @@ class Function:
             return value
         return self.const(value, partner)
 
-    def op(self, op: str, *operands, attr=None) -> Value:
+    def op(self, op: str, *operands: Value | float, attr: Type | None = None) -> Value:
         """Record `op` on operands (Values or Python scalars, which take a Value partner's type)."""
         kind = OPS[op]
         if len(operands) != kind.arity:
@@ -268,26 +270,26 @@ class Function:
             return self.const_from_scalar(fold_constant(op, type_, args, attr), type_)
         return self._node(op, type_, args, attr)
 
-    def const_from_scalar(self, scalar, type_: Type) -> Value:
+    def const_from_scalar(self, scalar: float | np.generic, type_: Type) -> Value:
         if type_ == BOOL:
             return self.const(bool(scalar), BOOL)
         bits = int(np.asarray(scalar, dtype=type_.dtype).view(_bits_dtype(type_)).astype(np.uint64))
         return self._node("const", type_, (), bits)
 
     # -- named operations ----------------------------------------------------------------------
-    def sqrt(self, x): return self.op("sqrt", x)
-    def abs(self, x): return self.op("abs", x)
-    def rint(self, x): return self.op("rint", x)
-    def floor(self, x): return self.op("floor", x)
-    def select(self, cond, a, b): return self.op("select", cond, a, b)
-    def logical_not(self, x): return self.op("not", x)
+    def sqrt(self, x: Value) -> Value: return self.op("sqrt", x)
+    def abs(self, x: Value) -> Value: return self.op("abs", x)
+    def rint(self, x: Value) -> Value: return self.op("rint", x)
+    def floor(self, x: Value) -> Value: return self.op("floor", x)
+    def select(self, cond: Value, a: Value | float, b: Value | float) -> Value: return self.op("select", cond, a, b)
+    def logical_not(self, x: Value) -> Value: return self.op("not", x)
 
-    def min(self, a, b):
+    def min(self, a: Value | float, b: Value | float) -> Value:
         """a if a < b or a is NaN, else b: NaN propagates from either side."""
         a, b = self._pair("min", a, b)
         return self.select((a < b) | self.isnan(a), a, b) if a.type.is_float else self.select(a < b, a, b)
 
-    def max(self, a, b):
+    def max(self, a: Value | float, b: Value | float) -> Value:
         """a if a > b or a is NaN, else b: NaN propagates from either side."""
         a, b = self._pair("max", a, b)
         return self.select((a > b) | self.isnan(a), a, b) if a.type.is_float else self.select(a > b, a, b)
@@ -296,9 +298,9 @@ class Function:
         partner = a.type if isinstance(a, Value) else b.type
         return self._coerce(op, a, partner), self._coerce(op, b, partner)
 
-    def isnan(self, x): return x != x
-    def isinf(self, x): return self.abs(x) == float("inf")
-    def isfinite(self, x): return self.abs(x) < float("inf")
+    def isnan(self, x: Value) -> Value: return x != x
+    def isinf(self, x: Value) -> Value: return self.abs(x) == float("inf")
+    def isfinite(self, x: Value) -> Value: return self.abs(x) < float("inf")
 
     def convert(self, x: Value, type_: Type) -> Value:
         if type_ == BOOL:
@@ -315,7 +317,7 @@ class Function:
         return self._fold_or_node("bitcast", type_, [x], type_)
 
     # -- results -------------------------------------------------------------------------------
-    def set_results(self, values) -> None:
+    def set_results(self, values: Value | tuple[Value, ...] | list[Value]) -> None:
         values = tuple(values) if isinstance(values, (tuple, list)) else (values,)
         for v in values:
             if not isinstance(v, Value) or v.fn is not self:
@@ -345,7 +347,7 @@ class Function:
         return tuple(r.type for r in self.results)
 
 
-def function(name: str, param_types, body: Callable) -> Function:
+def function(name: str, param_types: Iterable[Type], body: Callable[..., Value | tuple[Value, ...]]) -> Function:
     """Trace `body(builder, *params)` into a Function; body returns a Value or a tuple of them."""
     fn = Function(name, param_types)
     fn.set_results(body(fn, *fn.params))

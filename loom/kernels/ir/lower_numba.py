@@ -1,9 +1,9 @@
 """Element-wise IR functions as compiled CPU loops (numba, the optional `loom[cpu]` extra).
 
 Why: lower_numpy runs one ufunc call per IR node, so a mathlib function costs 40-290 whole-array
-passes and about 5 us of Python per node whatever the size: SiLU on one 1536-wide row took ~250 us,
-13 ms of each deterministic decode step of SmolLM2-135M. Here the whole function body is one loop
-over the elements, each node a scalar operation in registers.
+passes and a fixed Python cost per node whatever the size, which dominates on small arrays (SiLU on
+one row, in each deterministic decode step). Here the whole function body is one loop over the
+elements, each node a scalar operation in registers.
 
 The IR's meaning is kept node for node, as in lower_cuda.py: every float operation is one correctly
 rounded IEEE operation in the node's type (no fastmath: nothing contracted into FMAs or reordered;
@@ -15,7 +15,7 @@ every op and every mathlib function with lower_numpy bit for bit.
 
 The generated text of each function is written to a file named by its hash under the user cache
 (LOOM_CACHE_DIR, else ~/.cache/loom) and imported from there, so numba's on-disk cache keys it and
-a later process loads the compiled loop instead of compiling again (about 1 s per function). The
+a later process loads the compiled loop instead of compiling again (compiling is slow). The
 file holds everything the loop calls (the bitcast intrinsic too): a change to this lowering
 changes the text, hence the file, so a stale cache entry is never reused. Where the cache
 directory is not writable the text is compiled in memory, every process.
@@ -66,7 +66,7 @@ def available() -> bool:
     return cpu_jit.available()
 
 
-def evaluate(fn: ir.Function, *arrays):
+def evaluate(fn: ir.Function, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
     """lower_numpy.evaluate's result for NumPy `arrays` (same checks, same broadcasting, same bits),
     from the compiled loop. Call only where available()."""
     shape = lower_numpy.check_arguments(fn, arrays)

@@ -11,14 +11,19 @@ lower_cuda.py does: float -> int conversion (NaN -> 0, saturation) and shifts by
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import ModuleType
+
 import numpy as np
 
+from ...backend import Array
 from .. import ir
 
 CHUNK = 8192     # NumPy: elements per pass, so a kernel's temporaries stay in cache (2x faster)
 
 
-def evaluate(fn: ir.Function, *arrays, xp=np, chunk: int | None = None):
+def evaluate(fn: ir.Function, *arrays: Array, xp: ModuleType = np,
+             chunk: int | None = None) -> Array | tuple[Array, ...]:
     """Run `fn` element-wise on `arrays` (one per parameter, of exactly its dtype, broadcastable).
     Returns one array, or a tuple when `fn` has several results.
 
@@ -41,7 +46,7 @@ def evaluate(fn: ir.Function, *arrays, xp=np, chunk: int | None = None):
     return outs[0] if len(outs) == 1 else outs
 
 
-def check_arguments(fn: ir.Function, arrays) -> tuple:
+def check_arguments(fn: ir.Function, arrays: Sequence[Array]) -> tuple[int, ...]:
     """The broadcast shape of `arrays`, one per parameter of `fn` and each of exactly its dtype
     (TypeError naming the argument otherwise): every lowering's evaluate takes the same arguments."""
     if len(arrays) != len(fn.params):
@@ -65,7 +70,7 @@ def _run(fn, arrays, shape, xp):
     return tuple(_full(xp, env[r.index], shape, r.type.dtype, copy=r.op == "param") for r in fn.results)
 
 
-def fold_constant(op: str, type_: ir.Type, args, attr):
+def fold_constant(op: str, type_: ir.Type, args: Sequence[ir.Value], attr: ir.Type | None) -> np.generic:
     """The value of `op` on constant nodes, computed with this lowering's own rule (so folding at
     build time can never disagree with evaluation)."""
     with np.errstate(all="ignore"):

@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
+from types import ModuleType
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from ...backend import Array
 from .. import ir
 from ..ir import lower_cuda, lower_numba, lower_numpy
 from . import core as mathlib_core
@@ -68,7 +71,7 @@ def _check_name(name: str) -> None:
 
 
 @cache
-def function(name: str, dtype) -> ir.Function:
+def function(name: str, dtype: DTypeLike) -> ir.Function:
     """The IR of `name` for float32 or float64 arguments (cached; the same object every time)."""
     _check_name(name)
     type_ = _float_type(dtype)
@@ -83,7 +86,7 @@ def function(name: str, dtype) -> ir.Function:
     return ir.function(f"{name}_{type_.name}", [type_] * FUNCTIONS[name]["arity"], body)
 
 
-def evaluate(name: str, *arrays, xp=np):
+def evaluate(name: str, *arrays: Array, xp: ModuleType = np) -> Array:
     """`name` applied element-wise; all arrays of one dtype (float32 or float64), broadcastable.
     Returns an array of that dtype. NumPy arrays run the IR compiled by numba where the loom[cpu]
     extra is installed (lower_numba), else through lower_numpy: the same bits either way."""
@@ -103,7 +106,7 @@ def evaluate(name: str, *arrays, xp=np):
 
 
 @cache
-def kernel_source(name: str, dtype) -> tuple[str, str]:
+def kernel_source(name: str, dtype: DTypeLike) -> tuple[str, str]:
     """(CUDA C source, kernel name) of the element-wise kernel
     `extern "C" __global__ void loom_<name>_<f32|f64>(const T* x0[, const T* x1], T* y0, long long n)`.
     The text depends only on the IR: cache compiled modules by source_hash(source)."""
@@ -116,6 +119,6 @@ def source_hash(source: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()
 
 
-def op_count(name: str, dtype) -> int:
+def op_count(name: str, dtype: DTypeLike) -> int:
     """IR operations one element costs (constants and parameters excluded)."""
     return sum(1 for n in function(name, dtype).live_nodes() if n.op not in ("const", "param"))

@@ -9,6 +9,8 @@ Only correctly rounded operations appear, and no FMA: the double-double helpers 
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from .. import ir
 from .coeffs import COEFFS, CONSTS
 
@@ -33,7 +35,7 @@ F64, F32 = Grade("f64"), Grade("f32")
 
 
 # -- polynomials ------------------------------------------------------------------------------------
-def horner(t, coeffs):
+def horner(t: ir.Value, coeffs: Sequence[float]) -> ir.Value:
     """sum coeffs[j] t^j (lowest degree first), evaluated by Horner's rule."""
     acc = t.fn.const(coeffs[-1], t.type)
     for c in reversed(coeffs[:-1]):
@@ -41,7 +43,8 @@ def horner(t, coeffs):
     return acc
 
 
-def horner_select(b, t, cond, when_true, when_false):
+def horner_select(b: ir.Function, t: ir.Value, cond: ir.Value, when_true: Sequence[float],
+                  when_false: Sequence[float]) -> ir.Value:
     """Horner with each coefficient chosen per element: a two-piece approximation for the price of
     one polynomial plus a select per coefficient (the shorter table is padded with zeros)."""
     n = max(len(when_true), len(when_false))
@@ -55,27 +58,27 @@ def horner_select(b, t, cond, when_true, when_false):
 
 
 # -- double-double arithmetic (exact error terms from correctly rounded operations) ---------------
-def two_sum(a, c):
+def two_sum(a: ir.Value | float, c: ir.Value | float) -> tuple[ir.Value, ir.Value]:
     """(s, e) with s = fl(a + c) and s + e = a + c exactly (Knuth; any magnitudes)."""
     s = a + c
     bb = s - a
     return s, (a - (s - bb)) + (c - bb)
 
 
-def fast_two_sum(a, c):
+def fast_two_sum(a: ir.Value | float, c: ir.Value | float) -> tuple[ir.Value, ir.Value]:
     """(s, e) with s + e = a + c exactly, when |a| >= |c| or a is zero (Dekker)."""
     s = a + c
     return s, c - (s - a)
 
 
-def split(a):
+def split(a: ir.Value | float) -> tuple[ir.Value | float, ir.Value | float]:
     """a = hi + lo with hi holding the top 26 bits (Veltkamp). Needs |a| < 2^995."""
     t = a * 134217729.0                    # 2^27 + 1
     hi = t - (t - a)
     return hi, a - hi
 
 
-def two_prod(a, c):
+def two_prod(a: ir.Value | float, c: ir.Value | float) -> tuple[ir.Value, ir.Value]:
     """(p, e) with p = fl(a * c) and p + e = a * c exactly (Dekker, no FMA)."""
     p = a * c
     ah, al = split(a)
@@ -83,7 +86,7 @@ def two_prod(a, c):
     return p, ((ah * ch - p) + ah * cl + al * ch) + al * cl
 
 
-def small_int(x):
+def small_int(x: ir.Value) -> ir.Value:
     """The i64 value of an integral float64 with |x| < 2^51, in three exact operations (adding
     1.5 * 2^52 puts the integer in the low mantissa bits) instead of convert()'s NaN and
     saturation guards. NaN gives garbage, which callers replace anyway."""
@@ -92,30 +95,30 @@ def small_int(x):
 
 
 # -- powers of two ----------------------------------------------------------------------------------
-def pow2(k):
+def pow2(k: ir.Value) -> ir.Value:
     """2^k as float64 for an i64 k in [-1022, 1023] (built from its exponent bits)."""
     return ((k + 1023) << 52).bitcast(ir.F64)
 
 
-def scale(y, k):
+def scale(y: ir.Value, k: ir.Value) -> ir.Value:
     """y * 2^k for k in [-2044, 2046] with a single rounding (in two exact-then-rounding steps,
     so subnormal results are correctly rounded and huge k overflows to inf)."""
     k1 = k >> 1
     return y * pow2(k1) * pow2(k - k1)
 
 
-def signbit(b, x):
+def signbit(b: ir.Function, x: ir.Value) -> ir.Value:
     return x.bitcast(ir.I64) < 0
 
 
-def copysign(b, magnitude, sign_of):
+def copysign(b: ir.Function, magnitude: ir.Value, sign_of: ir.Value) -> ir.Value:
     """|magnitude| with the sign bit of `sign_of` (so -0.0 and NaN signs are honoured)."""
     mask = -(2 ** 63)
     bits = (magnitude.bitcast(ir.I64) & (2 ** 63 - 1)) | (sign_of.bitcast(ir.I64) & mask)
     return bits.bitcast(ir.F64)
 
 
-def quotient_dd(num, num_lo, den, den_lo):
+def quotient_dd(num: ir.Value, num_lo: ir.Value | None, den: ir.Value, den_lo: ir.Value) -> tuple[ir.Value, ir.Value]:
     """(q, c): (num + num_lo) / (den + den_lo) = q + c to about 2^-104 (num_lo may be None):
     the float64 quotient and one Newton correction from the exact residual."""
     q = num / den
@@ -126,14 +129,15 @@ def quotient_dd(num, num_lo, den, den_lo):
     return q, (r - q * den_lo) / den
 
 
-def div_dd(b, num, num_lo, den, den_lo):
+def div_dd(b: ir.Function, num: ir.Value, num_lo: ir.Value | None, den: ir.Value, den_lo: ir.Value) -> ir.Value:
     """(num + num_lo) / (den + den_lo) rounded about once (see quotient_dd)."""
     q, c = quotient_dd(num, num_lo, den, den_lo)
     return b.select(q == 0.0, q, q + c)              # 0 keeps its sign
 
 
 # -- exp ---------------------------------------------------------------------------------------
-def exp_parts(b, g, x, lo=None):
+def exp_parts(b: ir.Function, g: Grade, x: ir.Value,
+              lo: ir.Value | None = None) -> tuple[ir.Value, ir.Value | None, ir.Value]:
     """(y, y_lo, k) with e^(x + lo) = (y + y_lo) * 2^k, y in [0.7, 1.5], k an i64: callers scale
     once at the end. y_lo (grade f64 only, else None) is the rounding error of y.
 
@@ -157,12 +161,12 @@ def exp_parts(b, g, x, lo=None):
     return y, y_err + p_err, k
 
 
-def exp(b, g, x):
+def exp(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     y, _, k = exp_parts(b, g, x)
     return scale(y, k) if g.dd else y * pow2(k)     # f32 grade: |k| <= 289, one exact step
 
 
-def expm1_dd(b, g, x):
+def expm1_dd(b: ir.Function, g: Grade, x: ir.Value) -> tuple[ir.Value, ir.Value | None]:
     """e^x - 1 as (hi, lo) (lo is None at grade f32), from 2^k (1 + p) - 1 with p = e^r - 1,
     arranged so nothing cancels: (2^k - 1) + 2^k p is exact up to its last addition for k <= 53,
     and huge k goes through scale()."""
@@ -183,14 +187,14 @@ def expm1_dd(b, g, x):
     return b.select(big, scale(1.0 + p, k), s), b.select(big, 0.0, s_err + t * p_err)
 
 
-def expm1(b, g, x):
+def expm1(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     hi, lo = expm1_dd(b, g, x)
     result = hi if lo is None else hi + lo
     return b.select(x == 0.0, x, result)            # keeps the sign of zero
 
 
 # -- log ---------------------------------------------------------------------------------------
-def log_reduce(b, x, subnormals: bool):
+def log_reduce(b: ir.Function, x: ir.Value, subnormals: bool) -> tuple[ir.Value, ir.Value]:
     """(m, k): x = m * 2^k with m in [sqrt(1/2), sqrt(2)), for positive finite x (anything else
     gives garbage the caller replaces). Subtracting the bits of sqrt(1/2) puts the cut there."""
     if subnormals:
@@ -204,7 +208,7 @@ def log_reduce(b, x, subnormals: bool):
     return m, k
 
 
-def log_kernel(b, g, f, k, c=None):
+def log_kernel(b: ir.Function, g: Grade, f: ir.Value, k: ir.Value, c: ir.Value | None = None) -> ir.Value:
     """log(1 + f) + k ln 2 (+ c, a tiny correction), f in [sqrt(1/2) - 1, sqrt(2) - 1).
 
     With s = f / (2 + f): log(1 + f) = 2 atanh(s) = f - f^2/2 + s (f^2/2 + R(s^2)), R minimax;
@@ -218,7 +222,7 @@ def log_kernel(b, g, f, k, c=None):
     return kf * C["LN2_HI"] + (f - (hfsq - (s * (hfsq + R) + small)))
 
 
-def log(b, g, x):
+def log(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     m, k = log_reduce(b, x, subnormals=g.dd)        # float32 inputs are never subnormal in f64
     result = log_kernel(b, g, m - 1.0, k)
     result = b.select(x == INF, INF, result)
@@ -226,7 +230,7 @@ def log(b, g, x):
     return b.select(x >= 0.0, result, NAN)          # negative or NaN
 
 
-def log1p(b, g, x, x_lo=None):
+def log1p(b: ir.Function, g: Grade, x: ir.Value, x_lo: ir.Value | None = None) -> ir.Value:
     """log(u) for u = fl(1 + x), plus the rounding error of u divided by u; when u is within
     [sqrt(1/2), sqrt(2)) x itself is the reduced argument and nothing is lost at all. x_lo (grade
     f64) extends x to a double-double: log1p(x + x_lo) = log1p(x) + x_lo / (1 + x)."""

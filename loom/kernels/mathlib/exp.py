@@ -12,6 +12,7 @@ from .core import (
     INF,
     NAN,
     C,
+    Grade,
     copysign,
     div_dd,
     exp,
@@ -30,7 +31,7 @@ from .core import (
 )
 
 
-def tanh(b, g, x):
+def tanh(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """With t = expm1(2|x|): t / (t + 2) below 0.55, 1 - 2 / (t + 2) above (neither cancels, and
     t's relative error is damped, never amplified). float64 carries t + 2 as a double-double and
     divides with one correction, so the result is rounded about once."""
@@ -56,7 +57,7 @@ def _one_plus_exp(b, g, x):
     return d, d_err + scale(y_lo, k), y, y_lo, k
 
 
-def sigmoid(b, g, x):
+def sigmoid(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """1 / (1 + e^-x); below -40 simply e^x (the neglected factor 1 / (1 + e^x) is within 2^-57 of 1),
     which also keeps results down to the subnormal range where e^-x would overflow."""
     if not g.dd:
@@ -66,7 +67,7 @@ def sigmoid(b, g, x):
     return b.select(tail, scale(y, k), div_dd(b, b.const(1.0, ir.F64), None, d, d_lo))
 
 
-def silu(b, g, x):
+def silu(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """x / (1 + e^-x) (one division, not x * sigmoid(x)); below -40, x e^x scaled once."""
     if g.dd:
         tail = x < -40.0
@@ -80,7 +81,7 @@ def silu(b, g, x):
     return b.select(x < -800.0, -0.0, result)       # e^x underflows; also -inf * 0
 
 
-def softplus(b, g, x):
+def softplus(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """log(1 + e^x) = max(x, 0) + log1p(e^-|x|): no overflow, and log1p keeps tiny e^x exact.
     float64 hands e^-|x| to log1p as a double-double (its rounding would cost up to an ulp)."""
     if not g.dd:
@@ -90,7 +91,7 @@ def softplus(b, g, x):
 
 
 # -- pow -----------------------------------------------------------------------------------------
-def log_dd(b, x):
+def log_dd(b: ir.Function, x: ir.Value) -> tuple[ir.Value, ir.Value]:
     """log(x) as a double-double (hi, lo) good to ~2^-66 relative, for positive finite x.
 
     log(m) = 2 atanh(s), s = f / (2 + f): s and the 2 s^3 / 3 term are carried as double-doubles,
@@ -114,7 +115,7 @@ def log_dd(b, x):
     return fast_two_sum(big, tail)
 
 
-def pow_(b, g, x, y):
+def pow_(b: ir.Function, g: Grade, x: ir.Value, y: ir.Value) -> ir.Value:
     """|x|^y = e^(y log|x|), then the C99 (Annex F) special cases by select, last rule winning.
 
     float64: log|x| and y log|x| are double-doubles, because |y log x| reaches 745 and each unit

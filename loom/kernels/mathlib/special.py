@@ -9,8 +9,10 @@ x <= -1/sqrt(2) (a relative error of ~1 ulp all the way down to gelu's underflow
 """
 from __future__ import annotations
 
+from .. import ir
 from .core import (
     C,
+    Grade,
     copysign,
     div_dd,
     exp,
@@ -27,7 +29,7 @@ SQRT_HALF = C["INV_SQRT2"]
 H_END = {"f64": 39.5, "f32": 17.0}     # the fitted range of h; gelu is 0 beyond -H_END
 
 
-def mills_h(b, g, a, precise=True):
+def mills_h(b: ir.Function, g: Grade, a: ir.Value, precise: bool = True) -> tuple[ir.Value, ir.Value | None]:
     """(h, h_lo): h(a) for a in [1/sqrt(2), H_END] (h_lo, at grade f64, the rounding error of the
     last Horner step, the largest one). Grade f64 fits two pieces, a polynomial in a - c below
     3/sqrt(2) and one in w = (a - K) / (a + K) above, which maps the long tail to a short interval
@@ -49,7 +51,7 @@ def mills_h(b, g, a, precise=True):
     return h, h_lo + b.select(near, b.const(g.c0_lo("h_near"), t.type), g.c0_lo("h_far"))
 
 
-def gaussian_tail(b, g, x):
+def gaussian_tail(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """|x| Phi(-|x|) = h(|x|) e^(-x^2/2), for |x| >= 1/sqrt(2)."""
     a = b.min(b.abs(x), H_END[g.name])              # NaN passes; beyond, the exponential is 0
     h, h_lo = mills_h(b, g, a)
@@ -61,7 +63,7 @@ def gaussian_tail(b, g, x):
     return scale(p + (p_err + (h_lo * y + h * y_lo)), k)
 
 
-def erf(b, g, x):
+def erf(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """|x| < 1: x + x D(x^2) with a minimax D; beyond: 1 - erfc(|x|) with
     erfc(a) = e^(-a^2) sqrt(2) h(sqrt(2) a) / a (whose errors shrink by erfc(a) / erf(a) <= 0.19)."""
     ax = b.abs(x)
@@ -74,7 +76,7 @@ def erf(b, g, x):
     return b.select(ax < C["ERF_SPLIT"], near, copysign(b, 1.0 - erfc, x))
 
 
-def gelu(b, g, x):
+def gelu(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """x Phi(x): |x| < 1/sqrt(2): x (1/2 + x P(x^2)); beyond: see the module docstring."""
     v = x * x
     if g.dd:                                         # 1/2 + x P cancels by half for x < 0: keep it exact
@@ -93,7 +95,7 @@ def gelu(b, g, x):
     return b.select(b.abs(x) < SQRT_HALF, near, far)
 
 
-def gelu_tanh(b, g, x):
+def gelu_tanh(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     """x / 2 (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated as x / (1 + e^(-2u)).
 
     For x < 0 the result is about x e^(2u), whose relative error is 2|u| times u's: at grade f64,

@@ -12,7 +12,8 @@ quadrant n mod 4 picks and signs one of them.
 """
 from __future__ import annotations
 
-from .core import NAN, C, horner, small_int, two_sum
+from .. import ir
+from .core import NAN, C, Grade, horner, small_int, two_sum
 
 LIMIT = {"f64": 2.0 ** 20, "f32": 2.0 ** 29}
 
@@ -57,9 +58,9 @@ def _sincos(b, g, x, want_sin: bool):
     return b.select(x == 0.0, x, v) if want_sin else v   # sin keeps the sign of zero
 
 
-def sin(b, g, x):
+def sin(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     return _sincos(b, g, x, want_sin=True)
 
 
-def cos(b, g, x):
+def cos(b: ir.Function, g: Grade, x: ir.Value) -> ir.Value:
     return _sincos(b, g, x, want_sin=False)

@@ -19,15 +19,17 @@ independent of summation order.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from ... import dtypes
 from ...errors import ConfigError, ShapeError
 
 
-def activation_type(dtype) -> str:
+def activation_type(dtype: str | dtypes.DType) -> str:
     """The type activations entering an integer qmatmul are quantized to, per row (and so in QAT):
     int8 for weights of 8 bits or fewer, int16 for wider ones, whose own precision would otherwise
     be lost to the activations'."""
@@ -40,7 +42,7 @@ def _row(dtype, path: str = "quantize") -> dtypes.DType:
     return dtype if isinstance(dtype, dtypes.DType) else dtypes.get(dtype, path)
 
 
-def is_integer(dtype) -> bool:
+def is_integer(dtype: str | dtypes.DType) -> bool:
     """True for the types whose matmul runs on integer codes (int*, uint*, ternary, binary)."""
     return _row(dtype).kind != "float"
 
@@ -65,7 +67,7 @@ def _below(q: int) -> float:
     return float(np.nextafter(f, 0.0)) if f > q else f
 
 
-def round_to(x, dtype) -> np.ndarray:
+def round_to(x: ArrayLike, dtype: DTypeLike) -> np.ndarray:
     """float64 values rounded half-to-even to float type `dtype`, saturating at +-finite max (NaN stays
     NaN). Rounds to `nmant + 1` significant bits (fewer in the subnormal range) with exact float64
     scaling by powers of two, so the final cast only moves already representable values."""
@@ -129,7 +131,7 @@ class QTensor:
         return (dtypes.packed_size(self.q.size, self.dtype)
                 + sum(a.nbytes for a in (self.scale, self.zero_point) if a is not None))
 
-    def dequantize(self, dtype="float32") -> np.ndarray:
+    def dequantize(self, dtype: DTypeLike = "float32") -> np.ndarray:
         return dequantize(self, dtype)
 
 
@@ -201,7 +203,7 @@ def _reduce(fn, x: np.ndarray, axis: int | None) -> np.ndarray:
     return fn(_rows(x, axis), axis=1, initial=0.0)        # initial=0: empty tensors, and min(x, 0)
 
 
-def quantize(x, dtype: str, per: str = "tensor", axis: int = 0) -> QTensor:
+def quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) -> QTensor:
     """x (any float array) as a QTensor of `dtype`; per="channel" gives one scale per index of `axis`."""
     row = _row(dtype)
     x = _as_float64(x, "quantize")
@@ -252,7 +254,7 @@ def _centered(qt: QTensor) -> np.ndarray:
         return np.where(q >= z, (q - z).astype(np.float64), -(z - q).astype(np.float64))
 
 
-def dequantize(qt: QTensor, dtype="float32") -> np.ndarray:
+def dequantize(qt: QTensor, dtype: DTypeLike = "float32") -> np.ndarray:
     """(q - zero_point) * scale in float64, rounded once to `dtype` (a Loom name or numpy dtype)."""
     v = _centered(qt)
     if qt.scale is not None:
@@ -260,13 +262,13 @@ def dequantize(qt: QTensor, dtype="float32") -> np.ndarray:
     return round_to(v, _float_row(dtype, "dequantize").name)
 
 
-def fake_quantize(x, dtype: str, per: str = "tensor", axis: int = 0) -> np.ndarray:
+def fake_quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) -> np.ndarray:
     """dequantize(quantize(x)) in x's dtype: the forward of quantization-aware training."""
     x = np.asarray(x)
     return dequantize(quantize(x, dtype, per, axis), x.dtype)
 
 
-def ste_mask(x, dtype: str, per: str = "tensor", axis: int = 0, qt: QTensor | None = None) -> np.ndarray:
+def ste_mask(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0, qt: QTensor | None = None) -> np.ndarray:
     """Straight-through-estimator gradient mask in x's dtype: 1 where quantize(x) kept the value
     inside the representable range, 0 where it clipped or saturated (or x is NaN or inf). Floats:
     |x / scale| <= finite max + half an ulp there (what rounds to the max is not saturated).
@@ -357,7 +359,7 @@ def _exact_acc(xi: np.ndarray, w: QTensor) -> np.ndarray:
     return _hilo_to_f64(h, low)
 
 
-def qmatmul(x, w: QTensor, out_dtype=None) -> np.ndarray:
+def qmatmul(x: ArrayLike, w: QTensor, out_dtype: DTypeLike | None = None) -> np.ndarray:
     """y = x @ dequant(w).T for a weight [out, in, ...] (trailing axes flattened) and x [..., in].
 
     Integer types: each row of x is quantized to int8 (quantize(x, "int8", per="channel") on the 2-D
@@ -393,7 +395,7 @@ def split_rows(w: QTensor, parts: int) -> list[QTensor]:
             for i in range(parts)]
 
 
-def take_rows(w: QTensor, ids, dtype="float32") -> np.ndarray:
+def take_rows(w: QTensor, ids: ArrayLike, dtype: DTypeLike = "float32") -> np.ndarray:
     """Dequantized rows w[ids] (an embedding lookup) without dequantizing the whole table."""
     ids = np.asarray(ids)
     pick = lambda a: a if a is None or a.ndim == 0 or a.shape[0] == 1 else a[ids]  # noqa: E731
@@ -415,7 +417,7 @@ def to_storage(qt: QTensor) -> dict[str, np.ndarray]:
     return out
 
 
-def from_storage(arrays: dict, dtype: str, shape) -> QTensor:
+def from_storage(arrays: dict[str, np.ndarray], dtype: str, shape: Sequence[int]) -> QTensor:
     """The QTensor of `dtype` and `shape` from to_storage's arrays (FormatError on a size mismatch)."""
     row, q = _row(dtype, "from_storage"), np.asarray(arrays["q"])
     if row.packed:

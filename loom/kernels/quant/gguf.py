@@ -36,9 +36,11 @@ uses only operations both provide.
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import numpy as np
 
+from ...backend import Array
 from ...errors import FormatError, ShapeError
 
 QK_K = 256
@@ -72,7 +74,8 @@ def row_nbytes(qtype: str, cols: int) -> int:
     return cols // block * size
 
 
-def dequantize(raw, qtype: str, shape: tuple[int, ...], xp=np, out=None):
+def dequantize(raw: Array, qtype: str, shape: tuple[int, ...], xp: ModuleType = np,
+               out: Array | None = None) -> Array:
     """float32 array of `shape` from `raw`, the uint8 bytes (any shape) of rows of `qtype` blocks.
     `out` (float32, C-contiguous, `shape`'s size) receives the values when given."""
     shape = tuple(int(s) for s in shape)

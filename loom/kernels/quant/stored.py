@@ -18,7 +18,7 @@ Deterministic mode has the same bits whichever path takes a product (exact_dispa
 float32 and K). On the CPU with numba installed, x of at most rounded_gemv_jit.MAX_ROWS rows
 against the 32-value block types, F16, BF16 or F32 with K <= exact_dispatch.ROUNDED_MAX_K goes to
 loom.backend.cpu.rounded_gemv: the exact product rounded once, straight from the stored rows (W read
-once, 10-16x faster at one row of x). Every other product (the K-quants, longer x, longer K, the
+once: faster than decoding it first). Every other product (the K-quants, longer x, longer K, the
 GPU, no numba) decodes W exactly and runs the exact GEMM, so deterministic mode has no fallback to
 refuse. Fast mode logs once (logging, "loom") where a product of a few rows finds no block kernel
 for its type.
@@ -30,10 +30,13 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
+from types import ModuleType
 
 import numpy as np
 
 from ... import backend, fallback
+from ...backend import Array
 from ...backend.cpu import gemv as cpu_gemv
 from ...backend.cpu import gguf_gemv
 from ...backend.cpu import rounded_gemv as rounded_gemv_jit
@@ -58,7 +61,7 @@ class QuantizedTensor:
     """A 2-D weight [rows, cols] stored as `qtype` blocks: data is uint8 [rows, row_bytes]
     (NumPy, possibly a read-only memory map, or a device array)."""
 
-    def __init__(self, data, qtype: str, shape):
+    def __init__(self, data: Array, qtype: str, shape: Sequence[int]):
         if len(tuple(shape)) != 2:
             raise ShapeError(f"a QuantizedTensor is 2-D [rows, cols], got shape {tuple(shape)}")
         rows, cols = (int(s) for s in shape)
@@ -79,13 +82,13 @@ class QuantizedTensor:
         return 2
 
     @property
-    def xp(self):
+    def xp(self) -> ModuleType:
         return backend.of(self.data).xp
 
     def __repr__(self) -> str:
         return f"QuantizedTensor({self.qtype}, shape={self.shape}, {self.nbytes} bytes)"
 
-    def dequantize(self, rows: slice | None = None, out=None):
+    def dequantize(self, rows: slice | None = None, out: Array | None = None) -> Array:
         """float32 [n, cols] of the rows in `rows` (all rows when None), into `out` when given."""
         data = self.data if rows is None else self.data[rows]
         return gguf_quants.dequantize(data, self.qtype, (data.shape[0], self.shape[1]), xp=self.xp, out=out)
@@ -99,7 +102,7 @@ class QuantizedTensor:
         n_blocks = max(1, math.ceil(rows / per_block))
         return math.ceil(rows / n_blocks) if rows else 1
 
-    def matmul_t(self, x):
+    def matmul_t(self, x: Array) -> Array:
         """x @ W.T for x float32 [..., cols]: float32 [..., rows]."""
         rows, cols = self.shape
         if x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != cols:
@@ -134,7 +137,7 @@ class QuantizedTensor:
             out[:, start:stop] = ops.matmul(x2, w.T)
         return out.reshape(lead + (rows,))
 
-    def take_rows(self, ids):
+    def take_rows(self, ids: Array) -> Array:
         """float32 [*ids.shape, cols]: rows `ids` (an embedding lookup), decoding only those."""
         be = backend.of(self.data)
         ids = be.xp.asarray(ids)
@@ -149,7 +152,7 @@ class QuantizedTensor:
         values = gguf_quants.dequantize(self.data[flat], self.qtype, (flat.size, self.shape[1]), xp=be.xp)
         return values.reshape(ids.shape + (self.shape[1],))
 
-    def permute_rows(self, perm) -> QuantizedTensor:
+    def permute_rows(self, perm: Array) -> QuantizedTensor:
         """A new QuantizedTensor whose row i is this tensor's row perm[i] (the bytes, exactly)."""
         xp = self.xp
         perm = xp.asarray(perm)
@@ -172,7 +175,7 @@ def _no_block_kernel(qtype: str, device: str) -> None:
                          logging.INFO)
 
 
-def linear(x, w):
+def linear(x: Array, w: Array | QuantizedTensor) -> Array:
     """x @ w.T for w a float weight [out, in] or a QuantizedTensor (the one helper every layer uses)."""
     if isinstance(w, QuantizedTensor):
         return w.matmul_t(x)

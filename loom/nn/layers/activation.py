@@ -6,8 +6,11 @@ relu6(x + 3) / 6.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from ...backend import Array
 from ...kernels import fused, ops
-from .base import Layer, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 LEAKY_SLOPE = 0.01
 SELU_LAMBDA = 1.0507009873554804934193349852946
@@ -22,7 +25,7 @@ RELU_LIKE = frozenset({"relu", "leaky_relu", "elu", "gelu", "gelu_tanh", "silu",
 OUTPUT_GRAD = frozenset({"linear", "relu", "leaky_relu", "elu", "sigmoid", "tanh"})
 
 
-def forward(fn: str, z):
+def forward(fn: str, z: Array) -> tuple[Array, Array]:
     """(what grad() needs as its x, y) for a pre-activation z that the caller owns and will not reuse:
     for OUTPUT_GRAD functions that is y itself (relu then runs in place on z, saving an allocation)."""
     if fn == "relu":
@@ -37,7 +40,7 @@ def _xp(x):
     return backend.of(x).xp
 
 
-def apply(fn: str, x):
+def apply(fn: str, x: Array) -> Array:
     """fn(x) elementwise."""
     if fn in fused.BIAS_ACTIVATIONS:        # linear, relu, gelu, gelu_tanh, silu, sigmoid, tanh
         return fused.activation(fn, x)
@@ -57,7 +60,7 @@ def apply(fn: str, x):
     raise ValueError(f"unknown activation {fn!r}")
 
 
-def grad(fn: str, x, y, dy):
+def grad(fn: str, x: Array, y: Array, dy: Array) -> Array:
     """dL/dx given the input x, the output y = fn(x) and dL/dy."""
     xp = _xp(x)
     if fn == "linear":
@@ -94,15 +97,15 @@ def grad(fn: str, x, y, dy):
 
 @register("activation")
 class Activation(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.fn = cfg["fn"]
         return in_spec
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         self.x = x
         self.y = apply(self.fn, x)
         return self.y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return grad(self.fn, self.x, self.y, dy)

@@ -16,20 +16,22 @@ GQA sums over the R query heads of a kv head fall out of the backward GEMMs.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
 from ... import rng
+from ...backend import Array
 from ...errors import ShapeError
 from ...kernels import fused, ops
 from . import linear
-from .base import Layer, Spec, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 from .norm import rms_norm, rms_norm_backward
 
 NORM_EPS = 1e-6
 
 
-def rope_tables(steps: int, hd: int, theta: float, scaling: float | None):
+def rope_tables(steps: int, hd: int, theta: float, scaling: float | None) -> tuple[np.ndarray, np.ndarray]:
     """cos and sin [T, hd] for HF's rotate-half RoPE, in float64 on the host.
 
     inv_freq_i = theta^(-2i/hd), angle = (position / scaling) * inv_freq, duplicated over both
@@ -50,7 +52,7 @@ class MultiHeadAttention(Layer):
     QUANT_WEIGHTS = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight")
     SUPPORTS_QAT = True      # through linear.forward/backward
 
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         if len(in_spec.shape) != 2:
             raise ctx.error(f"multi_head_attention needs a sequence [T, E] per sample, "
@@ -149,7 +151,7 @@ class MultiHeadAttention(Layer):
         return allowed
 
     # --- forward / backward ---
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         if self.span == "sample":
             return self._forward(x, fc)
         if fc.attention_mask is not None:
@@ -158,7 +160,7 @@ class MultiHeadAttention(Layer):
         self.rope = self._rope_for(B * T)
         return self._forward(x.reshape(1, B * T, E), fc).reshape(B, T, -1)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         if self.span == "sample":
             return self._backward(dy)
         B, T, E = dy.shape

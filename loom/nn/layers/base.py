@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from ... import rng
+from ...backend import Array
 from ...errors import ConfigError
 from ...kernels import ops
 
 REGISTRY: dict[str, type[Layer]] = {}
+_LayerClass = TypeVar("_LayerClass", bound="type[Layer]")
 
 
-def register(*types: str):
+def register(*types: str) -> Callable[[_LayerClass], _LayerClass]:
     """Class decorator: the layer class that builds configs of these `type`s."""
-    def deco(cls):
+    def deco(cls: _LayerClass) -> _LayerClass:
         for t in types:
             if t in REGISTRY:
                 raise RuntimeError(f"layer type {t!r} registered twice")
@@ -75,17 +78,17 @@ class BuildContext:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     # --- initial values, drawn on the host in float64 and rounded once to the compute dtype ---
-    def _put(self, host: np.ndarray):
+    def _put(self, host: np.ndarray) -> Array:
         return self.backend.asarray(host.astype(self.dtype))
 
-    def uniform(self, name: str, shape, bound: float):
+    def uniform(self, name: str, shape: tuple[int, ...], bound: float) -> Array:
         u = rng.Generator(self.seed, self.stream(name)).uniform(shape)
         return self._put((2.0 * u - 1.0) * bound)
 
-    def normal(self, name: str, shape, std: float = 1.0):
+    def normal(self, name: str, shape: tuple[int, ...], std: float = 1.0) -> Array:
         return self._put(rng.Generator(self.seed, self.stream(name)).normal(shape) * std)
 
-    def full(self, shape, value: float):
+    def full(self, shape: tuple[int, ...], value: float) -> Array:
         return self._put(np.full(shape, value, dtype=np.float64))
 
 
@@ -102,7 +105,7 @@ class ForwardContext:
 class Layer(ABC):
     USES_NOISE = False      # draws from the counter RNG in training (dropout, gumbel softmax)
 
-    def __init__(self, cfg: dict, in_spec: Spec, ctx: BuildContext):
+    def __init__(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         self.cfg = cfg
         self.type: str = cfg["type"]
         self.in_spec = in_spec
@@ -129,19 +132,19 @@ class Layer(ABC):
 
     # --- every layer implements these three ---
     @abstractmethod
-    def build(self, cfg: dict, in_spec: Spec, ctx: BuildContext) -> Spec:
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         """Check shapes, create parameters and children; return the output spec."""
 
     @abstractmethod
-    def forward(self, x, fc: ForwardContext):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         """y for a batch x; caches what backward needs."""
 
     @abstractmethod
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         """Add parameter gradients for the cached forward; return the input gradient."""
 
     # --- helpers for subclasses ---
-    def add_param(self, name: str, value) -> Any:
+    def add_param(self, name: str, value: Array) -> Array:
         self.params[name] = value
         self.grads[name] = self.xp.zeros_like(value)
         return value
@@ -173,14 +176,14 @@ class Layer(ABC):
             self.grads[name][...] = 0
         self.stale_grads.clear()
 
-    def accumulate(self, name: str, value) -> None:
+    def accumulate(self, name: str, value: Array) -> None:
         if name in self.stale_grads:
             self.stale_grads.discard(name)
             self.grads[name][...] = value
         else:
             self.grads[name] += value
 
-    def accumulate_matmul(self, name: str, a, b) -> None:
+    def accumulate_matmul(self, name: str, a: Array, b: Array) -> None:
         """grads[name] += a @ b, written in place when the gradient is pending a clear."""
         if name in self.stale_grads:
             self.stale_grads.discard(name)
@@ -188,11 +191,11 @@ class Layer(ABC):
         else:
             self.grads[name] += ops.matmul(a, b)
 
-    def add_buffer(self, name: str, value) -> Any:
+    def add_buffer(self, name: str, value: Array) -> Array:
         self.buffers[name] = value
         return value
 
-    def add_child(self, key: str, cfg: dict, in_spec: Spec, ctx: BuildContext) -> Layer:
+    def add_child(self, key: str, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Layer:
         """Build a nested layer registered as `key` ("layers.0", "gate")."""
         layer = build(cfg, in_spec, ctx)
         self.children[key] = layer
@@ -203,7 +206,7 @@ class Layer(ABC):
             raise ctx.error(f"{self.type} needs floating-point input, got {in_spec.dtype} "
                             "(only embedding takes integer ids)")
 
-    def noise_uniform(self, shape, fc: ForwardContext):
+    def noise_uniform(self, shape: tuple[int, ...], fc: ForwardContext) -> Array:
         """Uniform [0, 1) noise for this call, from the stream '<layer>.noise' at the call's counter."""
         gen = rng.Generator(self.ctx.seed, self.ctx.stream("noise"))
         if isinstance(fc.counter, int):
@@ -211,7 +214,7 @@ class Layer(ABC):
         # a recorded step: the counter lives in device memory and the bits are drawn there
         return gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype), xp=self.xp)
 
-    def walk(self, prefix: str = ""):
+    def walk(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
         """Yield (dotted prefix, layer) for this layer and every nested layer."""
         yield prefix, self
         for key, child in self.children.items():
@@ -227,14 +230,14 @@ class Layer(ABC):
         return ", ".join(f"{k}={self.cfg[k]}" for k in keys if self.cfg[k] is not None)
 
 
-def build(cfg: dict, in_spec: Spec, ctx: BuildContext) -> Layer:
+def build(cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Layer:
     cls = REGISTRY.get(cfg["type"])
     if cls is None:
         raise ctx.error(f"layer type {cfg['type']!r} has no implementation", "type")
     return cls(cfg, in_spec, ctx)
 
 
-def dims(value, n: int, ctx: BuildContext, key: str) -> tuple[int, ...]:
+def dims(value: int | list[int], n: int, ctx: BuildContext, key: str) -> tuple[int, ...]:
     """Expand an int-or-list config value to one int per spatial dimension."""
     if isinstance(value, list):
         if len(value) != n:

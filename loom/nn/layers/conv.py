@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
 
 import numpy as np
 
 from ... import backend
+from ...backend import Array
 from ...kernels import ops
 from ...kernels.quant import affine as quant
 from . import activation, linear
-from .base import Layer, Spec, dims, register
+from .base import BuildContext, ForwardContext, Layer, Spec, dims, register
 from .dense import init_bound
 
 AXIS_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
@@ -31,14 +34,14 @@ AXIS_NAMES = {1: "L", 2: "H, W", 3: "D, H, W"}
 
 # --- window helpers (also used by pool.py) --------------------------------------------------------
 
-def pad(xp, x, lo, hi, value=0.0):
+def pad(xp: ModuleType, x: Array, lo: tuple[int, ...], hi: tuple[int, ...], value: float = 0.0) -> Array:
     """x [B, C, *L] padded by lo/hi per spatial dimension with a constant."""
     if not any(lo) and not any(hi):
         return x
     return xp.pad(x, [(0, 0), (0, 0)] + list(zip(lo, hi)), constant_values=value)
 
 
-def crop(xp, x, lo, size):
+def crop(xp: ModuleType, x: Array, lo: tuple[int, ...], size: tuple[int, ...]) -> Array:
     """The inverse of pad: x [B, C, *Lp] -> [B, C, *size] starting at lo."""
     if tuple(x.shape[2:]) == tuple(size):
         return x
@@ -46,7 +49,8 @@ def crop(xp, x, lo, size):
     return xp.ascontiguousarray(x[idx])
 
 
-def windows(xp, x, out, k, s, d):
+def windows(xp: ModuleType, x: Array, out: tuple[int, ...], k: tuple[int, ...], s: tuple[int, ...],
+            d: tuple[int, ...]) -> Array:
     """Read-only view [B, C, *out, *k] of x [B, C, *L]: element (o, j) is x[o*s + j*d] per dim.
 
     The caller guarantees (out-1)*s + (k-1)*d < L in every dimension."""
@@ -57,14 +61,15 @@ def windows(xp, x, out, k, s, d):
     return xp.lib.stride_tricks.as_strided(x, shape, strides)
 
 
-def window_kernels(*arrays):
+def window_kernels(*arrays: Array) -> ModuleType | None:
     """The owning backend's sliding-window kernels (loom/backend/cuda/windows.py: im2col, col2im, max
     pooling, the same bits as the code here) when they take `arrays`, else None."""
     kernels = getattr(backend.of(arrays[0]), "windows", None)
     return kernels if kernels is not None and kernels.supports(*arrays) else None
 
 
-def windows_adjoint(xp, parts, size, s, d):
+def windows_adjoint(xp: ModuleType, parts: Array, size: tuple[int, ...], s: tuple[int, ...],
+                    d: tuple[int, ...]) -> Array:
     """The adjoint of `windows`: parts [B, C, *out, *k] summed into a zero array [B, C, *size] at
     the positions the windows read (overlaps accumulate, in a fixed kernel-offset order)."""
     n = len(s)
@@ -93,7 +98,7 @@ class Geometry:
     groups: int
 
     @property
-    def padded(self) -> tuple:
+    def padded(self) -> tuple[int, ...]:
         return tuple(n + a + b for n, a, b in zip(self.big, self.lo, self.hi))
 
 
@@ -127,7 +132,7 @@ def _col2im(xp, cols, b, c, g: Geometry):
     return col2im_arrays(xp, cols, b, c, g)
 
 
-def col2im_arrays(xp, cols, b, c, g: Geometry):
+def col2im_arrays(xp: ModuleType, cols: Array, b: int, c: int, g: Geometry) -> Array:
     """_col2im with array-module operations only (one strided add per kernel offset)."""
     n, G = len(g.k), g.groups
     r = cols.reshape((G, b) + g.small + (c // G,) + g.k)
@@ -136,30 +141,30 @@ def col2im_arrays(xp, cols, b, c, g: Geometry):
     return crop(xp, windows_adjoint(xp, parts, g.padded, g.s, g.d), g.lo, g.big)
 
 
-def correlate_rows(xp, big, wm, g: Geometry):
+def correlate_rows(xp: ModuleType, big: Array, wm: Array, g: Geometry) -> tuple[Array, Array]:
     """big [B, Ci, *big] with weight rows wm [G, Co/G, Ci/G*prod(k)] -> (GEMM rows [G, B*P, Co/G], cols)."""
     cols = im2col(xp, big, g)
     return ops.matmul(cols, wm.transpose(0, 2, 1)), cols
 
 
-def correlate(xp, big, wm, g: Geometry):
+def correlate(xp: ModuleType, big: Array, wm: Array, g: Geometry) -> tuple[Array, Array]:
     """big [B, Ci, *big] with weight rows wm [G, Co/G, Ci/G*prod(k)] -> ([B, Co, *small], cols)."""
     out, cols = correlate_rows(xp, big, wm, g)
     return _from_rows(out, big.shape[0], g.small), cols
 
 
-def correlate_adjoint(xp, small, wm, g: Geometry, ci: int):
+def correlate_adjoint(xp: ModuleType, small: Array, wm: Array, g: Geometry, ci: int) -> tuple[Array, Array]:
     """small [B, Co, *small] -> ([B, Ci, *big], rows): the input gradient of `correlate`."""
     rows = _to_rows(small, g.groups)                       # [G, B*P, Co/G]
     return correlate_adjoint_rows(xp, rows, wm, g, small.shape[0], ci), rows
 
 
-def correlate_adjoint_rows(xp, rows, wm, g: Geometry, b: int, ci: int):
+def correlate_adjoint_rows(xp: ModuleType, rows: Array, wm: Array, g: Geometry, b: int, ci: int) -> Array:
     """GEMM rows [G, B*P, Co/G] -> [B, Ci, *big]: the transposed GEMM, then col2im."""
     return _col2im(xp, ops.matmul(rows, wm), b, ci, g)     # cols [G, B*P, Ci/G*prod(k)]
 
 
-def im2col(xp, big, g: Geometry):
+def im2col(xp: ModuleType, big: Array, g: Geometry) -> Array:
     """The padded input's patches as GEMM rows [G, B*P, Ci/G*prod(k)]."""
     kernels = window_kernels(big)
     if kernels is not None:
@@ -167,12 +172,12 @@ def im2col(xp, big, g: Geometry):
     return im2col_arrays(xp, big, g)
 
 
-def im2col_arrays(xp, big, g: Geometry):
+def im2col_arrays(xp: ModuleType, big: Array, g: Geometry) -> Array:
     """im2col with array-module operations only (pad, strided window view, copy)."""
     return _im2col(xp, pad(xp, big, g.lo, g.hi), g)
 
 
-def weight_grad(xp, rows, cols, shape):
+def weight_grad(xp: ModuleType, rows: Array, cols: Array, shape: tuple[int, ...]) -> Array:
     """d weight from the small side's rows and the big side's cols: [G, Co/G, Ci/G*prod(k)] -> shape."""
     if rows.shape[0] == 1:      # one group: a 2-D product, which every BLAS takes transposed as it is
         return ops.matmul(rows[0].T, cols[0]).reshape(shape)
@@ -182,7 +187,7 @@ def weight_grad(xp, rows, cols, shape):
 
 # --- the layers -----------------------------------------------------------------------------------
 
-def spatial_input(layer, in_spec, ctx):
+def spatial_input(layer: Layer, in_spec: Spec, ctx: BuildContext) -> tuple[int, int, tuple[int, ...]]:
     """(N, channels, spatial size) of a [C, *spatial] float input to an N-d conv or pool layer."""
     layer.require_float(in_spec, ctx)
     n = int(layer.type[-2])
@@ -195,7 +200,7 @@ def spatial_input(layer, in_spec, ctx):
 class _ConvBase(Layer):
     transposed = False
 
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         n, c, size = spatial_input(self, in_spec, ctx)
         f, G = cfg["filters"], cfg["groups"]
         if c % G or f % G:
@@ -278,7 +283,7 @@ class Conv(_ConvBase):
             out.append((avail - span) // s[i] + 1)
         return Geometry(k, s, d, lo, hi, size, tuple(out), cfg["groups"])
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         w = self.params["weight"]
         if isinstance(w, quant.QTensor):
             return self._finish(self._quantized(x, w))
@@ -304,7 +309,7 @@ class Conv(_ConvBase):
         self.cols, self.qat_cache["weight"] = cols, (wm, mask)
         return _from_rows(ops.matmul(cols, wm.transpose(0, 2, 1)), x.shape[0], g.small)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         rows = self._dz_rows(dy)
         wm, mask = self._wm(), None
         if self.qat is not None and "weight" in self.qat_cache:     # straight-through to the float weight
@@ -337,11 +342,11 @@ class ConvTranspose(_ConvBase):
         # the convolution this one is the adjoint of: from the output (big) to the input (small)
         return Geometry(k, s, d, p, p, tuple(out), size, cfg["groups"])
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         z, self.rows = correlate_adjoint(self.xp, x, self._wm(), self.geom, self.f)
         return self._finish(z)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         dz = self._dz(dy)
         dx, cols = correlate(self.xp, dz, self._wm(), self.geom)
         self.grads["weight"] += weight_grad(self.xp, self.rows, cols, self.params["weight"].shape)

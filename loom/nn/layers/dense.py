@@ -10,12 +10,14 @@ dense (docs/interop.md). The backward pass is that of the exact product x W^T.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from ...backend import Array
 from ...kernels import fused, ops
 from . import activation, linear
-from .base import Layer, Spec, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
 def init_bound(fn: str, fan_in: int, fan_out: int) -> float:
@@ -33,7 +35,7 @@ class Dense(Layer):
     QUANT_WEIGHTS = ("weight",)
     SUPPORTS_QAT = True
 
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         fan_in, units = in_spec.shape[-1], cfg["units"]
         self.act = cfg["activation"]
@@ -41,7 +43,7 @@ class Dense(Layer):
         linear.create(self, ctx, "", units, fan_in, init_bound(self.act, fan_in, units), cfg["bias"])
         return Spec(in_spec.shape[:-1] + (units,), in_spec.dtype)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         self.x = x
         # accumulate_block describes float arithmetic: a quantized weight or QAT runs its own GEMM
         float_weight = isinstance(self.params["weight"], self.xp.ndarray) and self.qat is None
@@ -66,6 +68,6 @@ class Dense(Layer):
         bias = self.params.get("bias")
         return acc + bias if bias is not None else acc
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         dz = activation.grad(self.act, self.z, self.y, dy)
         return linear.backward(self, "", self.x, dz, need_dx=self.input_grad)

@@ -10,13 +10,16 @@ gradients below are exact for p itself.
 """
 from __future__ import annotations
 
+from typing import Any
+
+from ...backend import Array
 from ...kernels import ops
-from .base import Layer, Spec, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
 @register("kmeans")
 class KMeans(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.features = in_spec.shape[-1]
         self.clusters = cfg["clusters"]
@@ -27,7 +30,7 @@ class KMeans(Layer):
             return Spec(in_spec.shape[:-1] + (self.clusters,), in_spec.dtype)
         return in_spec
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         c = self.params["centroids"]                                    # [K, F]
         x2 = x.reshape(-1, self.features)                               # [N, F]
         scale = 2.0 / self.temperature
@@ -38,7 +41,7 @@ class KMeans(Layer):
             return p.reshape(x.shape[:-1] + (self.clusters,))
         return ops.matmul(p, c).reshape(x.shape)                        # [N, F] soft reconstruction
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         c, p = self.params["centroids"], self.p
         if self.output == "features":
             df = dy.reshape(-1, self.features)                          # [N, F]

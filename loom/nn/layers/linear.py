@@ -3,22 +3,24 @@ owns a projection (dense, swiglu, attention). Parameters are "<name>.weight" [ou
 "<name>.bias" [out] (just "weight"/"bias" when name is empty), PyTorch's nn.Linear layout."""
 from __future__ import annotations
 
+from ...backend import Array
 from ...kernels import ops
 from ...kernels.quant import affine as quant
+from .base import BuildContext, Layer
 
 
 def _key(name: str, part: str) -> str:
     return f"{name}.{part}" if name else part
 
 
-def create(layer, ctx, name: str, out: int, inp: int, bound: float, bias: bool) -> None:
+def create(layer: Layer, ctx: BuildContext, name: str, out: int, inp: int, bound: float, bias: bool) -> None:
     """Add the weight (uniform in [-bound, bound]) and, if asked, a zero bias to `layer`."""
     layer.add_param(_key(name, "weight"), ctx.uniform(_key(name, "weight"), (out, inp), bound))
     if bias:
         layer.add_param(_key(name, "bias"), ctx.full((out,), 0.0))
 
 
-def project(layer, key: str, x):
+def project(layer: Layer, key: str, x: Array) -> Array:
     """x @ W^T for the weight layer.params[key]: a float array, a quantized weight (an exact integer
     GEMM for integer types, see quant.qmatmul), or, under quantization-aware training, the
     fake-quantized weight and input (cached for backward)."""
@@ -32,7 +34,7 @@ def project(layer, key: str, x):
     return ops.matmul(xq, wq.T)
 
 
-def fake_quant_operands(qat, x, w):
+def fake_quant_operands(qat: tuple[str, str], x: Array, w: Array) -> tuple[Array, Array, Array]:
     """(x', w', mask) for QAT: w' = dequant(quant(w)) per the qat setting; for integer types x' is
     quantized per row to int8 as quant.qmatmul does at inference, so the trained network sees the
     arithmetic the quantized one runs. mask is the straight-through gradient mask of w."""
@@ -46,7 +48,7 @@ def fake_quant_operands(qat, x, w):
     return x, wq, mask
 
 
-def forward(layer, name: str, x):
+def forward(layer: Layer, name: str, x: Array) -> Array:
     y = project(layer, _key(name, "weight"), x)
     bias = layer.params.get(_key(name, "bias"))
     if bias is not None:
@@ -54,7 +56,7 @@ def forward(layer, name: str, x):
     return y
 
 
-def backward(layer, name: str, x, dy, need_dx: bool = True):
+def backward(layer: Layer, name: str, x: Array, dy: Array, need_dx: bool = True) -> Array | None:
     """Accumulate the weight and bias gradients for input x (any leading axes); return dL/dx
     (None when need_dx is false)."""
     key = _key(name, "weight")

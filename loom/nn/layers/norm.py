@@ -10,16 +10,19 @@ openfluke welvet normalizes, docs/interop.md); the backward pass runs in float64
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from ...backend import Array
 from ...errors import ShapeError
 from ...kernels import fused, ops
-from .base import Layer, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
 @register("layer_norm")
 class LayerNorm(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.eps = cfg["eps"]
         self.wide = cfg.get("compute_dtype") is not None
@@ -29,7 +32,7 @@ class LayerNorm(Layer):
             self.add_param("bias", ctx.full((f,), 0.0))
         return in_spec
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         if self.wide:
             return self._forward(x.astype(np.float64)).astype(x.dtype)
         return self._forward(x)
@@ -38,7 +41,7 @@ class LayerNorm(Layer):
         y, self.xhat, self.rstd = fused.layer_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         xhat, out = self.xhat, dy.dtype
         dy = dy.astype(xhat.dtype)
         if self.params:
@@ -48,13 +51,13 @@ class LayerNorm(Layer):
         return fused.layer_norm_grad(dy, xhat, self.rstd, self.params.get("weight")).astype(out)
 
 
-def rms_norm(x, weight, eps: float):
+def rms_norm(x: Array, weight: Array, eps: float) -> tuple[Array, tuple[Array, Array]]:
     """y = x / sqrt(mean(x^2) + eps) * weight over the last axis; returns (y, cache for backward)."""
     y, xhat, rstd = fused.rms_norm(x, weight, eps)
     return y, (xhat, rstd)
 
 
-def rms_norm_backward(dy, cache, weight):
+def rms_norm_backward(dy: Array, cache: tuple[Array, Array], weight: Array) -> tuple[Array, Array]:
     """(dL/dx, dL/dweight) for rms_norm's output gradient dy."""
     xhat, rstd = cache
     dweight = ops.sum((dy * xhat).reshape(-1, dy.shape[-1]), axis=0)
@@ -63,19 +66,19 @@ def rms_norm_backward(dy, cache, weight):
 
 @register("rms_norm")
 class RMSNorm(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.eps = cfg["eps"]
         self.wide = cfg.get("compute_dtype") is not None
         self.add_param("weight", ctx.full((in_spec.shape[-1],), 1.0))
         return in_spec
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         wide = x.astype(np.float64) if self.wide else x
         y, self.cache = rms_norm(wide, self.params["weight"], self.eps)
         return y.astype(x.dtype)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         wide = dy.astype(np.float64) if self.wide else dy
         dx, dweight = rms_norm_backward(wide, self.cache, self.params["weight"])
         self.grads["weight"] += dweight.astype(dy.dtype)
@@ -86,7 +89,7 @@ class RMSNorm(Layer):
 class BatchNorm(Layer):
     """Per-channel normalization of [C, *spatial] samples (channels first; a [C] sample works too)."""
 
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.eps, self.momentum = cfg["eps"], cfg["momentum"]
         c = in_spec.shape[0]
@@ -100,7 +103,7 @@ class BatchNorm(Layer):
     def _bcast(self, v, ndim):
         return v.reshape((1, -1) + (1,) * (ndim - 2))
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         axes = (0,) + tuple(range(2, x.ndim))
         n = x.size // x.shape[1]
         self.axes = axes
@@ -125,7 +128,7 @@ class BatchNorm(Layer):
         self.xhat = xc * self.rstd
         return self.xhat * self._bcast(self.params["weight"], x.ndim) + self._bcast(self.params["bias"], x.ndim)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         axes, xhat = self.axes, self.xhat
         self.grads["weight"] += ops.sum(dy * xhat, axis=axes)
         self.grads["bias"] += ops.sum(dy, axis=axes)

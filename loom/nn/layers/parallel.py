@@ -14,18 +14,22 @@ Each mode is a small object (build / forward / backward) so the layer itself car
 """
 from __future__ import annotations
 
+from types import ModuleType
+from typing import Any
+
 from ... import config as configs
+from ...backend import Array
 from ...kernels import ops
-from .base import Layer, Spec, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
-def default_gate(n: int) -> dict:
+def default_gate(n: int) -> dict[str, Any]:
     """The gate a filter uses when its config says `gate: null`: one linear score per branch."""
     return {"type": "sequential", "layers": [{"type": "flatten"}, {"type": "dense", "units": n}]}
 
 
 class Concat:
-    def build(self, layer, specs, ctx):
+    def build(self, layer: Layer, specs: list[Spec], ctx: BuildContext) -> Spec:
         shapes = [list(s.shape) for s in specs]
         first = shapes[0]
         if any(len(s) != len(first) or s[:-1] != first[:-1] for s in shapes):
@@ -34,10 +38,10 @@ class Concat:
         self.widths = [s[-1] for s in shapes]
         return Spec(tuple(first[:-1]) + (sum(self.widths),), specs[0].dtype)
 
-    def forward(self, layer, outs, x, fc):
+    def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
         return layer.xp.concatenate(outs, axis=-1)
 
-    def backward(self, layer, dy):
+    def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         grads, start = [], 0
         for w in self.widths:
             grads.append(dy[..., start:start + w])
@@ -45,7 +49,7 @@ class Concat:
         return grads, None
 
 
-def same_shapes(mode: str, specs, ctx) -> Spec:
+def same_shapes(mode: str, specs: list[Spec], ctx: BuildContext) -> Spec:
     shapes = [list(s.shape) for s in specs]
     if any(s != shapes[0] for s in shapes):
         raise ctx.error(f"combine {mode} needs identical branch output shapes; branch output shapes are {shapes}",
@@ -59,24 +63,24 @@ class Sum:
     def __init__(self, mean: bool):
         self.mean = mean
 
-    def build(self, layer, specs, ctx):
+    def build(self, layer: Layer, specs: list[Spec], ctx: BuildContext) -> Spec:
         self.n = len(specs)
         return same_shapes("avg" if self.mean else "add", specs, ctx)
 
-    def forward(self, layer, outs, x, fc):
+    def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
         stacked = layer.xp.stack(outs)
         return ops.mean(stacked, axis=0) if self.mean else ops.sum(stacked, axis=0)
 
-    def backward(self, layer, dy):
+    def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         g = dy / dy.dtype.type(self.n) if self.mean else dy
         return [g] * self.n, None
 
 
 class Product:
-    def build(self, layer, specs, ctx):
+    def build(self, layer: Layer, specs: list[Spec], ctx: BuildContext) -> Spec:
         return same_shapes("multiply", specs, ctx)
 
-    def forward(self, layer, outs, x, fc):
+    def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
         # prefix[i] = o_0 ... o_{i-1}; kept so backward needs no division (zeros are fine)
         self.outs = outs
         self.prefix = [layer.xp.ones_like(outs[0])]
@@ -84,7 +88,7 @@ class Product:
             self.prefix.append(self.prefix[-1] * o)
         return self.prefix.pop()
 
-    def backward(self, layer, dy):
+    def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         grads = [None] * len(self.outs)
         suffix = dy  # dy * o_{n-1} ... o_{i+1}
         for i in reversed(range(len(self.outs))):
@@ -94,7 +98,7 @@ class Product:
 
 
 class GridScatter:
-    def build(self, layer, specs, ctx):
+    def build(self, layer: Layer, specs: list[Spec], ctx: BuildContext) -> Spec:
         sizes = [s.size for s in specs]
         if any(s != sizes[0] for s in sizes):
             detail = ", ".join(f"branch {i}: {list(s.shape)} = {s.size}" for i, s in enumerate(specs))
@@ -104,14 +108,14 @@ class GridScatter:
         self.shapes = [s.shape for s in specs]
         return Spec((g["rows"], g["cols"], g["layers"], sizes[0]), specs[0].dtype)
 
-    def forward(self, layer, outs, x, fc):
+    def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
         batch = x.shape[0]
         y = layer.xp.zeros((batch,) + layer.out_spec.shape, dtype=outs[0].dtype)
         for (r, c, l), o in zip(self.cells, outs):
             y[:, r, c, l] = o.reshape(batch, -1)
         return y
 
-    def backward(self, layer, dy):
+    def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         batch = dy.shape[0]
         return [dy[:, r, c, l].reshape((batch,) + shape) for (r, c, l), shape in zip(self.cells, self.shapes)], None
 
@@ -124,7 +128,7 @@ class Filter:
     softmax over just the kept scores (Mixtral style). Renormalized top-1 weighs the winner exactly
     1, so its gate receives no gradient; the default keeps the gate learning for every k."""
 
-    def build(self, layer, specs, ctx):
+    def build(self, layer: Layer, specs: list[Spec], ctx: BuildContext) -> Spec:
         n = len(specs)
         spec = same_shapes("filter", specs, ctx)
         gate_ctx = ctx.child("gate")
@@ -140,7 +144,7 @@ class Filter:
         self.renormalize = bool(layer.cfg["renormalize"])
         return spec
 
-    def select(self, xp, g):
+    def select(self, xp: ModuleType, g: Array) -> Array:
         """[B, n] mask of each sample's k largest scores; ties go to the lower branch index."""
         if self.k >= self.n:
             return xp.ones(g.shape, dtype=bool)
@@ -150,7 +154,7 @@ class Filter:
         beaten_by = (gj > gi) | ((gj == gi) & earlier)        # [B, i, j]: j ranks above i
         return xp.count_nonzero(beaten_by, axis=2) < self.k
 
-    def forward(self, layer, outs, x, fc):
+    def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
         xp = layer.xp
         g = self.gate.forward(x, fc)                          # [B, n]
         mask = self.select(xp, g)
@@ -166,7 +170,7 @@ class Filter:
         """Column i of a [B, n] array, shaped to broadcast against `like` [B, ...]."""
         return a[:, i].reshape((a.shape[0],) + (1,) * (like.ndim - 1))
 
-    def backward(self, layer, dy):
+    def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         xp, mask, w = layer.xp, self.mask, self.w
         batch = dy.shape[0]
         dw = xp.stack([ops.sum((dy * o).reshape(batch, -1), axis=1) for o in self.outs], axis=1)
@@ -184,7 +188,7 @@ COMBINERS = {"concat": Concat, "add": lambda: Sum(False), "avg": lambda: Sum(Tru
 
 @register("parallel")
 class Parallel(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.mode = cfg["combine"]
         self.branches = [self.add_child(f"branches.{i}", b, in_spec, ctx.child("branches", i))
                          for i, b in enumerate(cfg["branches"])]
@@ -196,11 +200,11 @@ class Parallel(Layer):
         self.combine = COMBINERS[self.mode]()
         return self.combine.build(self, specs, ctx)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         outs = [b.forward(x, fc) for b in self.branches]
         return self.combine.forward(self, outs, x, fc)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         grads, dx_gate = self.combine.backward(self, dy)
         dxs = [b.backward(g) for b, g in zip(self.branches, grads)]
         if dx_gate is not None:

@@ -9,14 +9,17 @@ included (torch's count_include_pad=True).
 from __future__ import annotations
 
 import math
+from types import ModuleType
+from typing import Any
 
+from ...backend import Array
 from ...kernels import ops
-from .base import Layer, Spec, dims, register
+from .base import BuildContext, ForwardContext, Layer, Spec, dims, register
 from .conv import crop, pad, spatial_input, window_kernels, windows, windows_adjoint
 
 
 class _Pool(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         n, c, size = spatial_input(self, in_spec, ctx)
         k = dims(cfg["pool_size"], n, ctx, "pool_size")
         s = k if cfg["stride"] is None else dims(cfg["stride"], n, ctx, "stride")
@@ -46,7 +49,8 @@ class _Pool(Layer):
         return crop(self.xp, acc, self.p, self.size)
 
 
-def max_pool_arrays(xp, x, k, s, p, out):
+def max_pool_arrays(xp: ModuleType, x: Array, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...],
+                    out: tuple[int, ...]) -> tuple[Array, Array]:
     """(y, arg): max pooling with array-module operations only (the -inf padded window view, argmax
     over each flattened window: the first maximum, NaN counting as the maximum)."""
     n = len(k)
@@ -56,7 +60,8 @@ def max_pool_arrays(xp, x, k, s, p, out):
     return xp.take_along_axis(flat, arg[..., None], axis=-1)[..., 0], arg
 
 
-def max_pool_grad_arrays(xp, dy, arg, k, s, p, size):
+def max_pool_grad_arrays(xp: ModuleType, dy: Array, arg: Array, k: tuple[int, ...], s: tuple[int, ...],
+                         p: tuple[int, ...], size: tuple[int, ...]) -> Array:
     """Each window's gradient to its maximum (overlaps add up), array-module operations only."""
     n = len(k)
     hit = arg[..., None] == xp.arange(math.prod(k))
@@ -67,7 +72,7 @@ def max_pool_grad_arrays(xp, dy, arg, k, s, p, size):
 
 @register("max_pool1d", "max_pool2d", "max_pool3d")
 class MaxPool(_Pool):
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         kernels = window_kernels(x)
         if kernels is not None:
             y, self.arg = kernels.max_pool(x, self.k, self.s, self.p, self.out)
@@ -75,7 +80,7 @@ class MaxPool(_Pool):
         y, self.arg = max_pool_arrays(self.xp, x, self.k, self.s, self.p, self.out)
         return y
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         xp = self.xp
         kernels = window_kernels(dy)
         if kernels is not None and self.arg.dtype == kernels.ARG_DTYPE:   # the arg the kernel wrote
@@ -85,12 +90,12 @@ class MaxPool(_Pool):
 
 @register("avg_pool1d", "avg_pool2d", "avg_pool3d")
 class AvgPool(_Pool):
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         w = self._windows(x, 0.0)
         total = ops.sum(w, axis=tuple(range(-self.n, 0)))
         return total / x.dtype.type(math.prod(self.k))
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         g = dy / dy.dtype.type(math.prod(self.k))
         parts = self.xp.broadcast_to(g.reshape(g.shape + (1,) * self.n), g.shape + self.k)
         return self._scatter(parts)

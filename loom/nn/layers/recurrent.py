@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import math
 from abc import abstractmethod
+from typing import Any
 
+from ...backend import Array
 from ...errors import ShapeError
 from ...kernels import ops
 from . import linear
-from .base import Layer, Spec, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
 def _sequence_mask(layer: Layer, fc, batch: int, steps: int):
@@ -38,7 +40,7 @@ class _Recurrent(Layer):
     GATES = 1          # stacked gate blocks in weight_ih / weight_hh
     STATES = 1         # h, or (h, c) for lstm
 
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         if len(in_spec.shape) != 2:
             raise ctx.error(f"{self.type} needs a sequence [T, F] per sample, got shape {list(in_spec.shape)}")
@@ -56,17 +58,17 @@ class _Recurrent(Layer):
 
     # --- one step of the cell; subclasses implement these two ---
     @abstractmethod
-    def cell(self, ax, ah, state):
+    def cell(self, ax: Array, ah: Array, state: tuple[Array, ...]) -> tuple[tuple[Array, ...], Any]:
         """New state from ax = W_ih x_t + b_ih and ah = W_hh h + b_hh ([B, G*H] each); returns
         (new state tuple, cache for cell_back)."""
 
     @abstractmethod
-    def cell_back(self, dstate, cache):
+    def cell_back(self, dstate: list[Array], cache: Any) -> tuple[Array, Array, tuple[Array | int, ...]]:
         """Gradients for one step given the gradient of the new state: (d ax, d ah, direct
         gradient of the previous state, excluding the W_hh path of h)."""
 
     # --- the loop over time ---
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         xp = self.xp
         B, T, _ = x.shape
         p = self.params
@@ -94,7 +96,7 @@ class _Recurrent(Layer):
         self.x, self.mask, self.hprev, self.caches = x, mask, hprev, caches
         return hs if self.seqs else state[0]
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         xp = self.xp
         x, p, mask = self.x, self.params, self.mask
         B, T, F = x.shape
@@ -133,11 +135,11 @@ class RNN(_Recurrent):
     """h' = tanh(W_ih x + b_ih + W_hh h + b_hh)."""
     GATES, STATES = 1, 1
 
-    def cell(self, ax, ah, state):
+    def cell(self, ax: Array, ah: Array, state: tuple[Array, ...]) -> tuple[tuple[Array, ...], Any]:
         h = ops.tanh(ax + ah)
         return (h,), h
 
-    def cell_back(self, dstate, h):
+    def cell_back(self, dstate: list[Array], h: Array) -> tuple[Array, Array, tuple[Array | int, ...]]:
         da = dstate[0] * (1 - h * h)
         return da, da, (0,)
 
@@ -148,7 +150,7 @@ class LSTM(_Recurrent):
     h' = o tanh(c')."""
     GATES, STATES = 4, 2
 
-    def cell(self, ax, ah, state):
+    def cell(self, ax: Array, ah: Array, state: tuple[Array, ...]) -> tuple[tuple[Array, ...], Any]:
         H = self.H
         a = ax + ah
         i = ops.sigmoid(a[:, :H])
@@ -160,7 +162,7 @@ class LSTM(_Recurrent):
         tc = ops.tanh(c)
         return (o * tc, c), (i, f, g, o, tc, c_prev)
 
-    def cell_back(self, dstate, cache):
+    def cell_back(self, dstate: list[Array], cache: Any) -> tuple[Array, Array, tuple[Array | int, ...]]:
         i, f, g, o, tc, c_prev = cache
         dh, dc = dstate
         dc = dc + dh * o * (1 - tc * tc)
@@ -177,7 +179,7 @@ class GRU(_Recurrent):
     n = tanh(W_in x + b_in + r (W_hn h + b_hn)); h' = (1 - z) n + z h."""
     GATES, STATES = 3, 1
 
-    def cell(self, ax, ah, state):
+    def cell(self, ax: Array, ah: Array, state: tuple[Array, ...]) -> tuple[tuple[Array, ...], Any]:
         H = self.H
         h_prev = state[0]
         r = ops.sigmoid(ax[:, :H] + ah[:, :H])
@@ -186,7 +188,7 @@ class GRU(_Recurrent):
         n = ops.tanh(ax[:, 2 * H:] + r * hn)
         return ((1 - z) * n + z * h_prev,), (r, z, n, hn, h_prev)
 
-    def cell_back(self, dstate, cache):
+    def cell_back(self, dstate: list[Array], cache: Any) -> tuple[Array, Array, tuple[Array | int, ...]]:
         r, z, n, hn, h_prev = cache
         dh = dstate[0]
         dan = dh * (1 - z) * (1 - n * n)

@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
-from .base import Layer, Spec, register
+from ...backend import Array
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
 @register("flatten")
 class Flatten(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         return Spec((in_spec.size,), in_spec.dtype)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         if not self.in_spec.is_float:
             return None
         return dy.reshape((dy.shape[0],) + self.in_spec.shape)
@@ -22,7 +24,7 @@ class Flatten(Layer):
 
 @register("reshape")
 class Reshape(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         target = list(cfg["shape"])
         known = math.prod(d for d in target if d != -1)
         if -1 in target:
@@ -34,10 +36,10 @@ class Reshape(Layer):
                             f"({known} values)", "shape")
         return Spec(tuple(target), in_spec.dtype)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         return x.reshape((x.shape[0],) + self.out_spec.shape)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         if not self.in_spec.is_float:
             return None
         return dy.reshape((dy.shape[0],) + self.in_spec.shape)

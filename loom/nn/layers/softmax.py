@@ -11,13 +11,15 @@ Definitions, shapes and parameters of each variant: docs/layers/softmax.md.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
+from ...backend import Array
 from ...errors import ShapeError
 from ...kernels import ops
 from . import softmax_sparse as sparse
-from .base import Layer, Spec, register
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
 def _xp(x):
@@ -25,17 +27,17 @@ def _xp(x):
     return backend.of(x).xp
 
 
-def softmax(s):
+def softmax(s: Array) -> Array:
     """exp(s - max) / sum over the last axis."""
     return ops.softmax(s, axis=-1)
 
 
-def softmax_grad(p, dp):
+def softmax_grad(p: Array, dp: Array) -> Array:
     """ds for p = softmax(s) given dL/dp: p (dp - <p, dp>) over the last axis."""
     return p * (dp - ops.sum(p * dp, axis=-1, keepdims=True))
 
 
-def gumbel_from_uniform(u, bits: int):
+def gumbel_from_uniform(u: Array, bits: int) -> Array:
     """Gumbel(0, 1) noise -log(-log(u')) in float64, from uniforms u = k 2^-bits, k in [0, 2^bits).
 
     u' = u + 2^-(bits+1) is the midpoint of u's cell, strictly inside (0, 1) and symmetric about
@@ -58,22 +60,22 @@ class Standard:
     """softmax(s) over the last axis ("standard" and "temperature")."""
     tempers_input = True
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         self.layer = layer
         self.out_shape = in_spec.shape
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         self.p = softmax(s)
         return self.p
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return softmax_grad(self.p, dy)
 
 
 class Grid(Standard):
     """The last axis viewed as [rows, cols]; softmax over every row."""
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         super().__init__(layer, cfg, in_spec, ctx)
         self.rows, self.cols = cfg["rows"], cfg["cols"]
         n = in_spec.shape[-1]
@@ -81,11 +83,11 @@ class Grid(Standard):
             raise ctx.error(f"grid softmax needs the last axis to be rows*cols = {self.rows}*{self.cols} = "
                             f"{self.rows * self.cols}, got {n} (input shape {list(in_spec.shape)})")
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         self.p = softmax(s.reshape(*s.shape[:-1], self.rows, self.cols))   # [..., rows, cols]
         return self.p.reshape(s.shape)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return softmax_grad(self.p, dy.reshape(self.p.shape)).reshape(dy.shape)
 
 
@@ -95,7 +97,7 @@ class Hierarchical:
     the siblings on the leaf's path."""
     tempers_input = True
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         self.levels = cfg["levels"]
         self.counts = [math.prod(self.levels[:d + 1]) for d in range(len(self.levels))]   # N_1..N_k
         expected, n = sum(self.counts), in_spec.shape[-1]
@@ -105,7 +107,7 @@ class Hierarchical:
                             f"(input shape {list(in_spec.shape)})", "levels")
         self.out_shape = in_spec.shape[:-1] + (self.counts[-1],)
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         lead = s.shape[:-1]
         path = _xp(s).ones(lead + (1,), dtype=s.dtype)           # P_0: the root has probability 1
         self.q, self.parents, start = [], [], 0
@@ -117,7 +119,7 @@ class Hierarchical:
             start += count
         return path                                              # [..., N_k]
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         lead = dy.shape[:-1]
         parts, dpath = [], dy
         for q, parent in zip(reversed(self.q), reversed(self.parents)):
@@ -131,7 +133,7 @@ class Gumbel(Standard):
     """Training: softmax(s + g) with Gumbel noise g from the layer's counter stream (a constant
     for backward). Eval: exactly softmax(s)."""
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         if fc.training:
             bits = 24 if s.dtype == np.float32 else 53          # the resolution of noise_uniform
             u = self.layer.noise_uniform(s.shape, fc)
@@ -143,7 +145,7 @@ class Masked:
     """softmax over the positions with mask 1; positions with mask 0 output exactly 0."""
     tempers_input = True
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         n = in_spec.shape[-1]
         if len(cfg["mask"]) != n:
             raise ctx.error(f"mask has {len(cfg['mask'])} entries but the last axis has {n} "
@@ -151,37 +153,37 @@ class Masked:
         self.keep = layer.B.asarray(np.array(cfg["mask"], dtype=bool))
         self.out_shape = in_spec.shape
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         self.p = ops.softmax(s, axis=-1, mask=self.keep)      # the config keeps at least one position
         return self.p
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return _xp(dy).where(self.keep, softmax_grad(self.p, dy), 0).astype(dy.dtype)
 
 
 class Sparsemax(Standard):
     """Euclidean projection onto the simplex (sort-based threshold)."""
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         self.p = sparse.sparsemax(s)
         return self.p
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return sparse.sparsemax_grad(self.p, dy)
 
 
 class Entmax(Standard):
     """alpha-entmax, solved in float64 by bisection, output in the input dtype."""
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         super().__init__(layer, cfg, in_spec, ctx)
         self.alpha = cfg["alpha"]
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         self.p64 = sparse.entmax(s, self.alpha)
         return self.p64.astype(s.dtype)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return sparse.entmax_grad(self.p64, dy.astype(np.float64), self.alpha).astype(dy.dtype)
 
 
@@ -189,18 +191,18 @@ class EntmaxBlend(Standard):
     """form "blend": ((2 - alpha) softmax(s) + (alpha - 1) sparsemax(s)) / its sum, openfluke
     welvet's stand-in for entmax (the sum is 1 up to rounding; dividing by it is part of the map)."""
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         super().__init__(layer, cfg, in_spec, ctx)
         self.a, self.b = 2.0 - cfg["alpha"], cfg["alpha"] - 1.0
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         self.p1, self.p2 = softmax(s), sparse.sparsemax(s)
         r = self.a * self.p1 + self.b * self.p2
         self.total = ops.sum(r, axis=-1, keepdims=True)
         self.p = r / self.total
         return self.p
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         dr = (dy - ops.sum(dy * self.p, axis=-1, keepdims=True)) / self.total
         return softmax_grad(self.p1, self.a * dr) + sparse.sparsemax_grad(self.p2, self.b * dr)
 
@@ -209,11 +211,11 @@ class BatchGrid(Standard):
     """grid with normalize "batch": the batch arrives flattened to [1, N]; a softmax over each of
     the first `rows` runs of `cols` values, every later value 0 (openfluke welvet's grid softmax)."""
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         super().__init__(layer, cfg, in_spec, ctx)
         self.rows, self.cols = cfg["rows"], cfg["cols"]
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         k = self.rows * self.cols
         if k > s.shape[-1]:
             raise ShapeError(f"{self.layer.path}: grid softmax with normalize batch needs rows*cols = {k} "
@@ -223,7 +225,7 @@ class BatchGrid(Standard):
         out[..., :k] = self.p.reshape(s.shape[:-1] + (k,))
         return out
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         k = self.rows * self.cols
         ds = _xp(dy).zeros_like(dy)
         ds[..., :k] = softmax_grad(self.p, dy[..., :k].reshape(self.p.shape)).reshape(dy.shape[:-1] + (k,))
@@ -236,7 +238,7 @@ class Adaptive:
     scores classes [c_i, c_{i+1}) through a rank-hsz_i projection; p = p_head(cluster) p_cluster."""
     tempers_input = False   # T divides the logits here, not the input features
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         self.layer, self.T = layer, cfg["temperature"]
         F, classes = in_spec.shape[-1], cfg["classes"]
         self.bounds = cfg["cutoffs"] + [classes]
@@ -258,7 +260,7 @@ class Adaptive:
         self.n_clusters = n_clusters
         self.out_shape = in_spec.shape[:-1] + (classes,)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         P = self.layer.params
         self.in_shape = x.shape
         self.x = x.reshape(-1, x.shape[-1])                      # [N, F]
@@ -275,7 +277,7 @@ class Adaptive:
             parts.append(self.ph[:, self.short + i, None] * q)
         return _xp(x).concatenate(parts, axis=-1).reshape(x.shape[:-1] + (-1,))
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         P, G, xp = self.layer.params, self.layer.grads, _xp(dy)
         dy = dy.reshape(-1, dy.shape[-1])                        # [N, classes]
         dph = xp.zeros_like(self.ph)
@@ -302,7 +304,7 @@ class Mixture:
     (w = mixture_logits) and log-temperatures (t = log_temperature)."""
     tempers_input = True
 
-    def __init__(self, layer, cfg, in_spec, ctx):
+    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
         self.layer = layer
         K = cfg["components"]
         # log(geomspace(0.5, 2, K)) = ln2 * linspace(-1, 1, K), computed with + * / only
@@ -311,7 +313,7 @@ class Mixture:
         layer.add_param("log_temperature", layer.B.asarray(t0.astype(layer.dtype)))
         self.out_shape = in_spec.shape
 
-    def forward(self, s, fc):
+    def forward(self, s: Array, fc: ForwardContext) -> Array:
         P = self.layer.params
         self.pi = softmax(P["mixture_logits"])                   # [K]
         self.temp = ops.exp(P["log_temperature"])[:, None]       # [K, 1]
@@ -319,7 +321,7 @@ class Mixture:
         self.q = softmax(self.a)
         return ops.sum(self.pi[:, None] * self.q, axis=-2)       # [..., n]
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         G = self.layer.grads
         but_k = tuple(i for i in range(self.q.ndim) if i != self.q.ndim - 2)   # every axis except K
         G["mixture_logits"] += softmax_grad(self.pi, ops.sum(self.q * dy[..., None, :], axis=but_k))
@@ -342,7 +344,7 @@ class Softmax(Layer):
     """Divides by the temperature (unless the variant tempers its own logits) and delegates to
     the variant object chosen by cfg["variant"]; parameters, if any, live on this layer."""
 
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.temperature = cfg["temperature"]
         self.batch = cfg.get("normalize", "row") == "batch"
@@ -355,13 +357,13 @@ class Softmax(Layer):
         self.USES_NOISE = isinstance(self.variant, Gumbel)
         return Spec(tuple(self.variant.out_shape), in_spec.dtype)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         if self.variant.tempers_input:
             x = x / self.temperature
         if not self.batch:
             return self.variant.forward(x, fc)
         return self.variant.forward(x.reshape(1, -1), fc).reshape(x.shape)   # one vector per batch
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         ds = self.variant.backward(dy.reshape(1, -1)).reshape(dy.shape) if self.batch else self.variant.backward(dy)
         return ds / self.temperature if self.variant.tempers_input else ds

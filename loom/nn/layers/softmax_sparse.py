@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ...backend import Array
 from ...kernels import ops
 
 
@@ -19,7 +20,7 @@ def _xp(x):
 
 # --- sparsemax --------------------------------------------------------------------------------------
 
-def sparsemax(z):
+def sparsemax(z: Array) -> Array:
     """Euclidean projection of every row of z (last axis) onto the probability simplex."""
     xp = _xp(z)
     n = z.shape[-1]
@@ -32,7 +33,7 @@ def sparsemax(z):
     return xp.maximum(z - tau, 0)
 
 
-def sparsemax_grad(p, dp):
+def sparsemax_grad(p: Array, dp: Array) -> Array:
     """dz for p = sparsemax(z): dp minus its mean over the support, on the support; 0 off it."""
     xp = _xp(p)
     on = p > 0
@@ -46,7 +47,7 @@ def sparsemax_grad(p, dp):
 _MAX_BISECTIONS = 64   # the bracket starts narrower than 1 and halves each step (see entmax)
 
 
-def power(x, e: float):
+def power(x: Array, e: float) -> Array:
     """x ** e for x >= 0 (0 where x == 0); exact for e in {1, 2} and correctly rounded for 0.5."""
     xp = _xp(x)
     if e == 1:
@@ -59,7 +60,7 @@ def power(x, e: float):
     return xp.where(pos, ops.exp(e * ops.log(xp.where(pos, x, 1))), 0)
 
 
-def entmax(z, alpha: float):
+def entmax(z: Array, alpha: float) -> Array:
     """alpha-entmax of every row of z (last axis), returned in float64 (the caller casts).
 
     With x = (alpha - 1) z and m = max(x), the root tau of f(tau) = sum [x - tau]_+^(1/(alpha-1)) - 1
@@ -91,7 +92,7 @@ def entmax(z, alpha: float):
     return p / ops.sum(p, axis=-1, keepdims=True)
 
 
-def entmax_grad(p, dp, alpha: float):
+def entmax_grad(p: Array, dp: Array, alpha: float) -> Array:
     """dz for p = entmax(z) (all float64): with g = p^(2-alpha) on the support and 0 off it,
     dz = g dp - g sum(g dp) / sum(g)."""
     xp = _xp(p)

@@ -1,10 +1,13 @@
 """Containers: sequential (a chain of layers) and residual (x + chain(x))."""
 from __future__ import annotations
 
-from .base import Layer, Spec, register
+from typing import Any
+
+from ...backend import Array
+from .base import BuildContext, ForwardContext, Layer, Spec, register
 
 
-def build_chain(owner: Layer, cfgs: list, in_spec: Spec, ctx) -> Spec:
+def build_chain(owner: Layer, cfgs: list[dict[str, Any]], in_spec: Spec, ctx: BuildContext) -> Spec:
     """Build `cfgs` as owner's children "layers.0", "layers.1", ... and return the last spec."""
     spec = in_spec
     for i, cfg in enumerate(cfgs):
@@ -12,13 +15,13 @@ def build_chain(owner: Layer, cfgs: list, in_spec: Spec, ctx) -> Spec:
     return spec
 
 
-def forward_chain(owner: Layer, x, fc):
+def forward_chain(owner: Layer, x: Array, fc: ForwardContext) -> Array:
     for layer in owner.children.values():
         x = layer.forward(x, fc)
     return x
 
 
-def backward_chain(owner: Layer, dy):
+def backward_chain(owner: Layer, dy: Array) -> Array | None:
     for layer in reversed(owner.children.values()):
         dy = layer.backward(dy)
     return dy
@@ -26,19 +29,19 @@ def backward_chain(owner: Layer, dy):
 
 @register("sequential")
 class Sequential(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         return build_chain(self, cfg["layers"], in_spec, ctx)
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         return forward_chain(self, x, fc)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array | None:
         return backward_chain(self, dy)
 
 
 @register("residual")
 class Residual(Layer):
-    def build(self, cfg, in_spec, ctx):
+    def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         out = build_chain(self, cfg["layers"], in_spec, ctx)
         if out != in_spec:
@@ -46,8 +49,8 @@ class Residual(Layer):
                             f"but its layers produce {list(out.shape)}", "layers")
         return in_spec
 
-    def forward(self, x, fc):
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
         return x + forward_chain(self, x, fc)
 
-    def backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         return dy + backward_chain(self, dy)
