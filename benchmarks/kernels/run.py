@@ -239,7 +239,7 @@ def main(argv):
     families = set(argv) or {c.family for c in CASES}
     cuda = backend.get("cuda")
     if getattr(cuda, "fused", None) is None:
-        print("note: CUDABackend.fused is not attached; versions import cuda_kernels directly", file=sys.stderr)
+        print("note: CUDABackend.fused is not attached; versions import loom.backend.cuda.fused directly", file=sys.stderr)
     seed = int(np.random.SeedSequence().entropy % (1 << 63))
     rng = np.random.default_rng(seed)
     torch = _torch()

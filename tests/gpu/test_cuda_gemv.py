@@ -1,6 +1,6 @@
 """The decode step's block-quantized products (loom/backend/cuda_quant.gemv) against a float64 NumPy reference
 with every prologue and epilogue, x staged in shared memory and read from global memory (long rows of x),
-misaligned inputs, and launched plainly or overlapping the previous kernel (loom/backend/cuda_launch): the
+misaligned inputs, and launched plainly or overlapping the previous kernel (loom/backend/cuda/launch.py): the
 overlapped launch gives the same bits, eagerly and inside a recorded graph."""
 import numpy as np
 import pytest

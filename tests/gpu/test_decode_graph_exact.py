@@ -1,5 +1,5 @@
-"""The recorded decode step in deterministic mode (loom/llm/decode_graph.py with cuda_quant_exact and
-cuda_decode_exact): its logits and KV cache equal the kernel-by-kernel path's and the CPU's bit for bit,
+"""The recorded decode step in deterministic mode (loom/llm/decode_graph.py with backend/cuda/quant_exact.py and
+decode_exact.py): its logits and KV cache equal the kernel-by-kernel path's and the CPU's bit for bit,
 for every architecture option and stored weight type, whatever the batch; its products equal the exact
 GEMM's bits where the certification must be settled and where inf and NaN meet."""
 

@@ -98,7 +98,7 @@ def test_rank4_gemm_specials_are_guarded():
 
 
 def test_float32_subnormals_are_kept():
-    """CuPy appends -ftz=true to every compile; the backend takes it out (cuda_subnormals), so GEMMs,
+    """CuPy appends -ftz=true to every compile; the backend takes it out (backend/cuda/subnormals.py), so GEMMs,
     sums and whole layers on values below 2^-126 give the CPU's bits."""
     from loom.backend.cuda import subnormals as cuda_subnormals
     cuda = backend.get("cuda")

@@ -65,7 +65,7 @@ def test_quantized_weights_on_the_gpu(qtype):
     wfg = wf.to("cuda")
     x = rng.standard_normal((3, cols)).astype(np.float32)
     same_bits(wfg.matmul_t(cupy.asarray(x)), wf.matmul_t(x), f"{qtype} deterministic product")
-    with loom.deterministic(False):      # 1-16 rows: the block kernels of cuda_quant; 17: decode + GEMM
+    with loom.deterministic(False):      # 1-16 rows: the block kernels of backend/cuda/quant.py; 17: decode + GEMM
         for m in (1, 3, 16, 17):
             x = rng.standard_normal((m, cols)).astype(np.float32)
             want = x.astype(np.float64) @ wf.dequantize().astype(np.float64).T
