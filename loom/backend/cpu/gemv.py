@@ -69,7 +69,7 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray) -> N
     """out[m, r] = sum_k x2[m, k] W[r, k] for W the `qtype` rows `data` (uint8 [R, row bytes]);
     x2 float32 [M, cols] with M <= MAX_ROWS, out float32 [M, R] C-contiguous. The caller
     (QuantizedTensor.matmul_t) has checked the shapes and dtypes, and `supports`."""
-    if not available():                 # (compiles the loops on the first call)
+    if not jit.compiled(globals()) and not available():   # compiles once (callers checked supports())
         raise BackendError(f"the compiled block products do not run here: {jit.unavailable_reason()}")
     f16 = jit.f16_table()
     kernel = globals()[_KERNELS[qtype]]

@@ -96,6 +96,11 @@ def compile_module(namespace: dict, plain: Iterable[str] = (), parallel: Iterabl
     return True
 
 
+def compiled(namespace: dict) -> bool:
+    """Whether compile_module has replaced the functions of the module with this namespace."""
+    return bool(namespace.get("_numba_compiled"))
+
+
 def run(kernel: Callable[..., Any], *args: Any) -> None:
     """Call a parallel kernel: one at a time (see _call_lock), noting numba's threading layer."""
     with _call_lock:

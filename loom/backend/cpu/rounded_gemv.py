@@ -104,7 +104,7 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, fact
     exact integer sum (the tests' window into the later stages)."""
     # 16 (code bytes per block) passed at run time, as in cpu_jit: a literal trip count gets the code
     # loop unrolled before LLVM's loop vectorizer sees it
-    if not available():                 # (compiles the loops on the first call)
+    if not cpu_jit.compiled(globals()) and not available():   # compiles once (callers checked supports())
         raise BackendError(f"the compiled exact products do not run here: {cpu_jit.unavailable_reason()}")
     counts = np.zeros(2, np.int64)
     cpu_jit.run(_gemv, np.ascontiguousarray(x2), np.ascontiguousarray(data), _KINDS[qtype], out,
