@@ -7,8 +7,8 @@ alone, at another position, or beside padding rows of NaN, huge or zero values. 
 network through those arrangements and names the first row that differs; `loom verify` runs it on
 every catalogue sample, and the tests on the LLM decoder and encoder too.
 
-Layers whose meaning mixes the rows of a batch (openfluke's `"normalize": "batch"` softmax and
-`"span": "batch"` attention) are outside the promise: `mixes_rows` finds them in a config.
+Layers whose meaning mixes the rows of a batch (openfluke_softmax with `"normalize": "batch"` and
+openfluke_attention, `"span": "batch"`) are outside the promise: `mixes_rows` finds them in a config.
 """
 from __future__ import annotations
 
@@ -33,12 +33,24 @@ def mixes_rows(layers: list[Any]) -> bool:
     for layer in layers:
         if not isinstance(layer, dict):
             continue
-        if layer.get("normalize") == "batch" or layer.get("span") == "batch":
+        if _mixes(layer):
             return True
         children = list(layer.get("layers", ())) + list(layer.get("branches", ()))
         if mixes_rows(children):
             return True
     return False
+
+
+def _mixes(layer: dict) -> bool:
+    """Whether one layer (not its children) mixes rows; a key left out takes its default."""
+    kind = layer.get("type")
+    if kind == "openfluke_softmax":
+        return layer.get("normalize", "batch") == "batch"
+    if kind == "openfluke_attention":
+        return layer.get("span", "batch") == "batch"
+    # a core layer setting a switch of the openfluke types: loom.config reads it as that type
+    return kind in ("softmax", "multi_head_attention") and (layer.get("normalize") == "batch"
+                                                           or layer.get("span") == "batch")
 
 
 def arrangements(x: np.ndarray) -> list[tuple[str, np.ndarray, list[int]]]:

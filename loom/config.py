@@ -3,7 +3,9 @@
 `loads` checks every key of every layer against the schema below and returns the normalized config:
 defaults filled in, keys in canonical order, numbers in their canonical type. `dumps` writes that
 form; `dumps(loads(s)) == s` holds for every canonical `s`. Errors are `ConfigError`s naming the JSON
-path of the bad value. Shapes are checked later, when a `Network` is built from the config.
+path of the bad value. Shapes are checked later, when a `Network` is built from the config. A core layer
+carrying an openfluke switch, as configs were written before the openfluke compatibility types, is read
+as that type (`_migrate_openfluke`).
 """
 from __future__ import annotations
 
@@ -244,7 +246,7 @@ def _join(path: str, key: str) -> str:
 
 # --- nested layers --------------------------------------------------------------------------------
 
-# The "layer" definition is built from LAYER_KEYS and SOFTMAX_KEYS by loom.config_schema.
+# The "layer" definition is built from LAYER_KEYS and VARIANT_KEYS by loom.config_schema.
 @_schema({"$ref": "#/$defs/layer"})
 def layer(v: Any, path: str) -> dict:
     return parse_layer(v, path)
@@ -288,22 +290,20 @@ _RECURRENT = {"hidden": (positive_int, REQUIRED), "return_sequences": (boolean, 
 
 LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     "dense": {"units": (positive_int, REQUIRED), "activation": (activation_name, "linear"),
-              "bias": (boolean, True), "accumulate_block": (optional(positive_int), None)},
+              "bias": (boolean, True)},
     **{f"conv{n}d": _conv(False) for n in (1, 2, 3)},
     **{f"conv_transpose{n}d": _conv(True) for n in (1, 2, 3)},
     **{f"{kind}_pool{n}d": _POOL for kind in ("max", "avg") for n in (1, 2, 3)},
     "embedding": {"vocab_size": (positive_int, REQUIRED), "dim": (positive_int, REQUIRED)},
-    "layer_norm": {"eps": (positive_number, 1e-5), "affine": (boolean, True),
-                   "compute_dtype": (optional(one_of("float64")), None)},
-    "rms_norm": {"eps": (positive_number, 1e-6), "compute_dtype": (optional(one_of("float64")), None)},
+    "layer_norm": {"eps": (positive_number, 1e-5), "affine": (boolean, True)},
+    "rms_norm": {"eps": (positive_number, 1e-6)},
     "batch_norm": {"eps": (positive_number, 1e-5), "momentum": (number(0, 1), 0.1)},
     "dropout": {"rate": (number(0, 1, hi_open=True), REQUIRED)},
     "rnn": _RECURRENT, "lstm": _RECURRENT, "gru": _RECURRENT,
     "multi_head_attention": {
         "heads": (positive_int, REQUIRED), "kv_heads": (optional(positive_int), None),
         "head_dim": (optional(positive_int), None), "causal": (boolean, False),
-        "rope": (optional(rope), None), "qk_norm": (boolean, False), "bias": (boolean, True),
-        "span": (one_of("sample", "batch"), "sample")},
+        "rope": (optional(rope), None), "qk_norm": (boolean, False), "bias": (boolean, True)},
     "swiglu": {"hidden": (positive_int, REQUIRED), "bias": (boolean, False)},
     "activation": {"fn": (activation_name, REQUIRED)},
     "softmax": None,  # per-variant keys, see SOFTMAX_KEYS
@@ -320,29 +320,77 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
 }
 
 _TEMPERATURE = {"temperature": (positive_number, 1.0)}
-# "batch" normalizes the whole batch tensor as one vector (openfluke welvet's softmax; docs/interop.md)
-_NORMALIZE = {"normalize": (one_of("row", "batch"), "row")}
 SOFTMAX_KEYS: dict[str, dict] = {
-    "standard": {**_TEMPERATURE, **_NORMALIZE},
-    "temperature": {**_TEMPERATURE, **_NORMALIZE},
-    "grid": {**_TEMPERATURE, "rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED), **_NORMALIZE},
+    "standard": _TEMPERATURE,
+    "temperature": _TEMPERATURE,
+    "grid": {**_TEMPERATURE, "rows": (positive_int, REQUIRED), "cols": (positive_int, REQUIRED)},
     "hierarchical": {**_TEMPERATURE, "levels": (list_of(positive_int, min_len=1), REQUIRED)},
     "gumbel": _TEMPERATURE,
     "masked": {**_TEMPERATURE, "mask": (mask_list, REQUIRED)},
-    "sparsemax": {**_TEMPERATURE, **_NORMALIZE},
-    "entmax": {**_TEMPERATURE, "alpha": (number(1, lo_open=True), 1.5),
-               "form": (one_of("exact", "blend"), "exact"), **_NORMALIZE},
+    "sparsemax": _TEMPERATURE,
+    "entmax": {**_TEMPERATURE, "alpha": (number(1, lo_open=True), 1.5)},
     "adaptive": {**_TEMPERATURE, "classes": (positive_int, REQUIRED),
                  "cutoffs": (list_of(positive_int, min_len=1), REQUIRED),
                  "div_value": (number(1), 4.0), "head_bias": (boolean, False)},
     "mixture": {**_TEMPERATURE, "components": (positive_int, 2)},
 }
 
-# Keys left out of the normalized config while they hold their default, so that configs written
-# before the key existed keep their canonical form.
-QUIET_DEFAULTS: dict[str, tuple[str, ...]] = {"dense": ("accumulate_block",), "softmax": ("normalize", "form"),
-                                              "multi_head_attention": ("span",),
-                                              "layer_norm": ("compute_dtype",), "rms_norm": ("compute_dtype",)}
+
+# --- openfluke compatibility types (emitted by loom/formats/openfluke.py) -----------------------------
+# Each computes as openfluke welvet computes (docs/interop.md): a core type plus the keys that switch its
+# arithmetic to welvet's, defaulting to welvet's behaviour; loom/nn/layers/openfluke.py implements them
+# as subclasses of the core layers.
+_NORMALIZE = {"normalize": (one_of("row", "batch"), "batch")}  # batch: the whole batch tensor is one vector
+OPENFLUKE_SOFTMAX_KEYS: dict[str, dict] = {
+    "standard": {**SOFTMAX_KEYS["standard"], **_NORMALIZE},
+    "temperature": {**SOFTMAX_KEYS["temperature"], **_NORMALIZE},
+    "grid": {**SOFTMAX_KEYS["grid"], **_NORMALIZE},
+    "sparsemax": {**SOFTMAX_KEYS["sparsemax"], **_NORMALIZE},
+    "entmax": {**SOFTMAX_KEYS["entmax"], "form": (one_of("exact", "blend"), "blend"), **_NORMALIZE},
+}
+OPENFLUKE_KEYS: dict[str, dict[str, tuple[Callable, Any]] | None] = {
+    "openfluke_dense": {**LAYER_KEYS["dense"], "accumulate_block": (positive_int, 8)},
+    "openfluke_layer_norm": {**LAYER_KEYS["layer_norm"], "compute_dtype": (one_of("float64"), "float64")},
+    "openfluke_rms_norm": {**LAYER_KEYS["rms_norm"], "compute_dtype": (one_of("float64"), "float64")},
+    "openfluke_attention": {**LAYER_KEYS["multi_head_attention"], "span": (one_of("batch"), "batch")},
+    "openfluke_softmax": None,  # per-variant keys, see OPENFLUKE_SOFTMAX_KEYS
+}
+LAYER_KEYS.update(OPENFLUKE_KEYS)
+
+# The core type each openfluke type extends, and the value each added key had as a key of that core type
+# (its core behaviour: no blocks, the network dtype, per sample, per row, exact entmax).
+OPENFLUKE_CORE: dict[str, tuple[str, dict[str, Any]]] = {
+    "openfluke_dense": ("dense", {"accumulate_block": None}),
+    "openfluke_layer_norm": ("layer_norm", {"compute_dtype": None}),
+    "openfluke_rms_norm": ("rms_norm", {"compute_dtype": None}),
+    "openfluke_attention": ("multi_head_attention", {"span": "sample"}),
+    "openfluke_softmax": ("softmax", {"normalize": "row", "form": "exact"}),
+}
+
+# Layer types whose keys depend on their "variant": type -> variant -> key table.
+VARIANT_KEYS: dict[str, dict[str, dict]] = {"softmax": SOFTMAX_KEYS, "openfluke_softmax": OPENFLUKE_SOFTMAX_KEYS}
+
+
+def _migrate_openfluke(kind: str, variant: str | None, rest: dict) -> tuple[str, dict]:
+    """A config migration, like a state-dict key migration: before the openfluke types existed, their
+    switches were keys of the core types ({"type": "softmax", "normalize": "batch"}). A core layer that
+    sets a switch to anything but its core value is read as the openfluke type, the switches it leaves
+    out taking their core values (so it computes as before and is written back under the new type); a
+    switch given its core value is dropped. Returns the (type, keys) to validate."""
+    compat = next((name for name, (core, _) in OPENFLUKE_CORE.items() if core == kind), None)
+    if compat is None:
+        return kind, rest
+    core_values = OPENFLUKE_CORE[compat][1]
+    keys = VARIANT_KEYS[compat].get(variant, {}) if variant is not None else LAYER_KEYS[compat]
+    switches = [k for k in core_values if k in keys]        # the switches this core layer (variant) had
+    given = [k for k in switches if k in rest]
+    if all(_same(rest[k], core_values[k]) for k in given):
+        return kind, {k: v for k, v in rest.items() if k not in given}
+    return compat, {**{k: core_values[k] for k in switches}, **rest}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b
 
 
 def parse_layer(obj: Any, path: str) -> dict:
@@ -356,19 +404,18 @@ def parse_layer(obj: Any, path: str) -> dict:
         raise ConfigError(_join(path, "type"),
                           f"unknown layer type {_describe(kind)}; expected one of {', '.join(LAYER_KEYS)}")
     rest = {k: v for k, v in obj.items() if k != "type"}
-    if kind == "softmax":
+    variant = None
+    if kind in VARIANT_KEYS:
         variant = rest.pop("variant", DEFAULT_SOFTMAX_VARIANT)
-        if not isinstance(variant, str) or variant not in SOFTMAX_KEYS:
-            raise ConfigError(_join(path, "variant"), f"unknown softmax variant {_describe(variant)}; "
-                              f"expected one of {', '.join(SOFTMAX_VARIANTS)}")
-        body = _apply_schema(rest, SOFTMAX_KEYS[variant], path, f"softmax variant {variant}")
+        if not isinstance(variant, str) or variant not in VARIANT_KEYS[kind]:
+            raise ConfigError(_join(path, "variant"), f"unknown {kind} variant {_describe(variant)}; "
+                              f"expected one of {', '.join(VARIANT_KEYS[kind])}")
+    kind, rest = _migrate_openfluke(kind, variant, rest)
+    if variant is not None:
+        body = _apply_schema(rest, VARIANT_KEYS[kind][variant], path, f"{kind} variant {variant}")
         out = {"type": kind, "variant": variant, **body}
     else:
         out = {"type": kind, **_apply_schema(rest, LAYER_KEYS[kind], path, f"layer type {kind}")}
-    schema = SOFTMAX_KEYS[out["variant"]] if kind == "softmax" else LAYER_KEYS[kind]
-    for key in QUIET_DEFAULTS.get(kind, ()):
-        if key in out and out[key] == schema[key][1]:
-            del out[key]
     _check_cross_keys(out, path)
     return out
 
@@ -400,11 +447,11 @@ def _check_cross_keys(cfg: dict, path: str) -> None:
                 if (r, c, l) in seen:
                     raise ConfigError(p, f"cell {[r, c, l]} is already taken by branch {seen[(r, c, l)]}")
                 seen[(r, c, l)] = i
-    elif kind == "multi_head_attention":
+    elif kind in ("multi_head_attention", "openfluke_attention"):
         kv = cfg["kv_heads"]
         if kv is not None and cfg["heads"] % kv:
             raise ConfigError(_join(path, "kv_heads"), f"heads ({cfg['heads']}) must be a multiple of kv_heads, got {kv}")
-    elif kind == "softmax" and cfg["variant"] == "entmax" and cfg.get("form") == "blend" and cfg["alpha"] >= 2:
+    elif kind == "openfluke_softmax" and cfg["variant"] == "entmax" and cfg["form"] == "blend" and cfg["alpha"] >= 2:
         raise ConfigError(_join(path, "alpha"), f"form blend needs alpha below 2, got {cfg['alpha']}")
     elif kind == "softmax" and cfg["variant"] == "adaptive":
         cuts, classes = cfg["cutoffs"], cfg["classes"]

@@ -28,12 +28,16 @@ DESCRIPTION = (
     "Generated from loom/config.py's key tables by `" + REGENERATE + "` (do not edit by hand; "
     "see docs/format.md). Defaults are given as \"default\" and are filled in by loom.config.validate. "
     "Not expressed in this schema, and checked only by loom.config: integers written with a fraction part "
-    "(4.0 is an integer to JSON Schema but rejected by loom); multi_head_attention heads % kv_heads == 0; "
-    "softmax adaptive cutoffs strictly increasing and below classes; softmax entmax form blend needs alpha "
-    "below 2; parallel top_k <= len(branches), one grid position per branch and every position inside the "
-    "grid. Checked only when a Network is built (shape inference): whether each layer fits its input shape "
-    "(e.g. conv rank, groups dividing channels, list lengths per spatial dimension, reshape sizes, mask "
-    "length, grid/hierarchical sizes, matching parallel branch shapes).")
+    "(4.0 is an integer to JSON Schema but rejected by loom); multi_head_attention (and openfluke_attention) "
+    "heads % kv_heads == 0; softmax adaptive cutoffs strictly increasing and below classes; openfluke_softmax "
+    "entmax form blend needs alpha below 2; parallel top_k <= len(branches), one grid position per branch "
+    "and every position inside the grid. Checked only when a Network is built (shape inference): whether "
+    "each layer fits its input shape (e.g. conv rank, groups dividing channels, list lengths per spatial "
+    "dimension, reshape sizes, mask length, grid/hierarchical sizes, matching parallel branch shapes). "
+    "Only the current spelling is described: loom.config also reads a core layer carrying an openfluke "
+    "switch (dense accumulate_block, layer_norm or rms_norm compute_dtype, multi_head_attention span, "
+    "softmax normalize or form), as configs were written before the openfluke types, and rewrites it to "
+    "the openfluke type.")
 
 _INPUT_SHAPES = {1: "[C, L]", 2: "[C, H, W]", 3: "[C, D, H, W]"}  # by number of spatial dimensions
 _CONVS = [f"conv{n}d" for n in _INPUT_SHAPES]
@@ -58,6 +62,14 @@ DEF_NOTES: dict[str, str] = {
     "multi_head_attention": "Input [T, E]; output [T, E].",
     "softmax": "Keys depend on variant (absent means standard): each variant accepts exactly type, variant, "
                "temperature and its own keys.",
+    "openfluke_dense": f"dense as {_WELVET} computes it: float64 sums over blocks of inputs.",
+    "openfluke_layer_norm": f"layer_norm as {_WELVET} computes it: in float64.",
+    "openfluke_rms_norm": f"rms_norm as {_WELVET} computes it: in float64.",
+    "openfluke_attention": f"multi_head_attention as {_WELVET} computes it: the whole batch is one sequence, "
+                           "sample b following sample b-1 with positions running on; takes no attention_mask. "
+                           "Input [T, E]; output [T, E].",
+    "openfluke_softmax": f"softmax as {_WELVET} computes it: the softmax variant's keys (variants standard, "
+                         "temperature, grid, sparsemax, entmax) plus normalize, and form for entmax.",
     "residual": "y = x + layers(x); the layers must keep the shape (checked when the Network is built).",
     "parallel": "Cross-key rules not expressible here (checked by loom.config): top_k <= len(branches); "
                 "grid.positions has one cell per branch, each inside rows x cols x layers.",
@@ -65,8 +77,7 @@ DEF_NOTES: dict[str, str] = {
 
 # The description of one key, by (owner, key); a softmax note applies to every variant with that key.
 _GROUPS = "must divide input channels and filters (checked when the Network is built)"
-_COMPUTE_DTYPE = (f"float64: normalize in float64 and round once to the network dtype ({_WELVET} semantics); "
-                  "omitted from the normalized config when null")
+_COMPUTE_DTYPE = "statistics, normalization and the affine map in float64, the result rounded once to the network dtype"
 KEY_NOTES: dict[tuple[str, str], str] = {
     ("network", "loom"): "format version",
     ("network", "seed"): "keys the counter RNG for initialization and dropout/gumbel noise",
@@ -81,9 +92,6 @@ KEY_NOTES: dict[tuple[str, str], str] = {
     ("input", "dtype"): "null means the network dtype; int64/int32 for embedding ids",
     ("rope", "scaling"): "linear position scaling (positions / scaling)",
     ("grid", "positions"): "[row, col, layer] per branch; cells distinct",
-    ("dense", "accumulate_block"): "float64 sums over blocks of this many inputs, the running sum rounded to the "
-                                   f"compute dtype after each block ({_WELVET}'s dense); omitted from the "
-                                   "normalized config when null",
     **{(kind, "filters"): "output channels" for kind in _CONVS + _CONV_TRANSPOSES},
     **{(kind, "groups"): _GROUPS for kind in _CONVS + _CONV_TRANSPOSES},
     **{(kind, "padding"): "\"same\" needs stride 1 (checked when the Network is built)" for kind in _CONVS},
@@ -91,18 +99,12 @@ KEY_NOTES: dict[tuple[str, str], str] = {
        for kind in _CONV_TRANSPOSES},
     **{(kind, "stride"): "null means pool_size" for kind in _POOLS},
     **{(kind, "padding"): "at most pool_size // 2 (checked when the Network is built)" for kind in _POOLS},
-    ("layer_norm", "compute_dtype"): _COMPUTE_DTYPE,
-    ("rms_norm", "compute_dtype"): _COMPUTE_DTYPE,
     ("multi_head_attention", "kv_heads"): "null means heads; heads must be a multiple of kv_heads (not expressible "
                                           "here: checked by loom.config)",
     ("multi_head_attention", "head_dim"): "null means E / heads (E must then be divisible by heads: checked when "
                                           "the Network is built)",
     ("multi_head_attention", "rope"): "rotary position embedding; needs an even head dimension (checked when the "
                                       "Network is built)",
-    ("softmax", "normalize"): f"batch: the whole batch tensor is normalized as one vector ({_WELVET} semantics); "
-                              "omitted from the normalized config when row",
-    ("softmax", "form"): f"blend: ((2 - alpha) softmax + (alpha - 1) sparsemax) / its sum, alpha below 2 "
-                         f"({_WELVET}'s entmax); omitted from the normalized config when exact",
     ("softmax", "mask"): "one entry per position of the last axis (checked when the Network is built); at least "
                          "one 1",
     ("softmax", "cutoffs"): "strictly increasing and below classes (not expressible here: checked by loom.config)",
@@ -115,6 +117,18 @@ KEY_NOTES: dict[tuple[str, str], str] = {
     ("parallel", "renormalize"): "combine filter only; null means false: the kept top_k branches weigh their "
                                  "full-softmax probabilities (Switch style); true: a softmax over the kept scores "
                                  "only (Mixtral style)",
+    # openfluke compatibility types; the keys they share with their core type take its notes
+    ("openfluke_dense", "accumulate_block"): "float64 sums over blocks of this many inputs, the running sum rounded "
+                                             "to the compute dtype after each block (welvet's tile_size); float "
+                                             "weights only: a quantized network runs its own GEMM",
+    ("openfluke_layer_norm", "compute_dtype"): _COMPUTE_DTYPE,
+    ("openfluke_rms_norm", "compute_dtype"): _COMPUTE_DTYPE,
+    ("openfluke_attention", "span"): "batch: the whole batch is one sequence",
+    ("openfluke_softmax", "normalize"): "batch: the whole batch tensor is normalized as one vector; row: every "
+                                        "sample (and grid row) on its own. With grid, batch takes a softmax over the "
+                                        "first rows runs of cols values of the flattened batch, every later value 0",
+    ("openfluke_softmax", "form"): "blend: ((2 - alpha) softmax + (alpha - 1) sparsemax) / its sum, alpha below 2; "
+                                   "exact: alpha-entmax",
 }
 
 
@@ -154,7 +168,7 @@ class _Builder:
         out.update(_merged(top, self.fill(C.NETWORK_CROSS_KEY_SCHEMA), "the top level"))
         self.define("layer", self.layer_union())
         for kind in C.LAYER_KEYS:
-            self.define(f"layer_{kind}", self.softmax() if kind == "softmax" else self.layer_type(kind))
+            self.define(f"layer_{kind}", self.variants(kind) if kind in C.VARIANT_KEYS else self.layer_type(kind))
         stale = sorted(set(DEF_NOTES) - self.used_def_notes) + sorted(set(KEY_NOTES) - self.used_key_notes)
         if stale:
             raise SchemaError(f"notes for definitions or keys that loom/config.py does not have: {stale}")
@@ -231,10 +245,12 @@ class _Builder:
         return out
 
     def note(self, owner: str | None, key: str) -> str | None:
-        if (owner, key) not in KEY_NOTES:
-            return None
-        self.used_key_notes.add((owner, key))
-        return KEY_NOTES[(owner, key)]
+        """The description of `key` of `owner`; an openfluke type's key from its core type's note."""
+        for who in (owner, C.OPENFLUKE_CORE.get(owner, (None,))[0]):
+            if (who, key) in KEY_NOTES:
+                self.used_key_notes.add((who, key))
+                return KEY_NOTES[(who, key)]
+        return None
 
     def described(self, owner: str | None, body: dict) -> dict:
         """`body` with the owner's DEF_NOTES description in front, if it has one."""
@@ -257,19 +273,20 @@ class _Builder:
         body = _merged(body, self.fill(C.CROSS_KEY_SCHEMA.get(kind, {})), f"layer type {kind}")
         return self.described(kind, body)
 
-    def softmax(self) -> dict:
-        """Softmax layers: one closed object per variant, the variant's key table plus type and variant."""
+    def variants(self, kind: str) -> dict:
+        """Layers with variants (softmax): one closed object per variant, the variant's key table plus
+        type and variant."""
         branches = []
-        for variant, keys in C.SOFTMAX_KEYS.items():
+        for variant, keys in C.VARIANT_KEYS[kind].items():
             when: dict[str, Any] = {"properties": {"variant": {"const": variant}}}
             if variant != C.DEFAULT_SOFTMAX_VARIANT:
                 when["required"] = ["variant"]  # an absent variant is the default one
-            head = {"type": {"const": "softmax"}, "variant": {"const": variant}}
-            branches.append({"if": when, "then": self.closed_object(keys, "softmax", head=head)})
-        return self.described("softmax", {
+            head = {"type": {"const": kind}, "variant": {"const": variant}}
+            branches.append({"if": when, "then": self.closed_object(keys, kind, head=head)})
+        return self.described(kind, {
             "type": "object", "required": ["type"],
-            "properties": {"type": {"const": "softmax"},
-                           "variant": {"enum": list(C.SOFTMAX_KEYS), "default": C.DEFAULT_SOFTMAX_VARIANT}},
+            "properties": {"type": {"const": kind},
+                           "variant": {"enum": list(C.VARIANT_KEYS[kind]), "default": C.DEFAULT_SOFTMAX_VARIANT}},
             "allOf": branches})
 
 

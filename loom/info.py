@@ -39,7 +39,7 @@ def accelerations(cuda: str) -> dict:
     speeds up, "active": bool, "reason": why not (None when active)}. `cuda` is
     backend.available()["cuda"]: "ok" or why the GPU cannot run here. Read from the flags the code
     paths themselves check; CuPy is imported only where the GPU is available."""
-    from .backend.cpu import gemv as cpu_gemv
+    from .backend import get
     from .backend.cpu import jit as cpu_jit
     from .kernels.quant import gguf as gguf_quants
     from .llm.decoder import Decoder
@@ -47,10 +47,9 @@ def accelerations(cuda: str) -> dict:
     fast_only = "deterministic mode runs the exact GEMM instead (fast mode only)"
     gpu = None if cuda == "ok" else cuda
     k_quants = [t for t in gguf_quants.BLOCKS if t.endswith("_K")]
-    block_types = set(cpu_gemv.TYPES) if cpu_jit.available() else set()
+    block_types = set(get("cpu").quant.TYPES)
     if gpu is None:
-        from .backend import get
-        block_types |= set(get("cuda").quant_kernels.TYPES)
+        block_types |= set(get("cuda").quant.TYPES)
 
     def why_not_decode_graphs():
         if gpu:

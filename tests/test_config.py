@@ -1,6 +1,7 @@
 """Config format v1: canonical round trip of every sample, defaults, and one test per error class."""
 import json
 
+import numpy as np
 import pytest
 from catalogue import SAMPLES, config
 
@@ -9,9 +10,16 @@ from loom import config as C
 from loom.nn.layers import REGISTRY
 
 
+def _types(layers):
+    for layer in layers:
+        yield layer["type"]
+        yield from _types(layer.get("layers", []) + layer.get("branches", []))
+
+
 def test_catalogue_covers_every_type_variant_and_mode():
     names = {name for name, *_ in SAMPLES}
-    assert {n for n in names if "/" not in n} | {"softmax", "parallel"} == set(C.LAYER_KEYS)
+    assert {n for n in names if "/" not in n} | {"softmax", "parallel"} == set(C.LAYER_KEYS) - set(C.OPENFLUKE_KEYS)
+    assert {t for _, layers, *_ in SAMPLES for t in _types(layers)} == set(C.LAYER_KEYS)
     assert set(REGISTRY) == set(C.LAYER_KEYS)
     assert {n.split("/")[1] for n in names if n.startswith("softmax/")} == set(C.SOFTMAX_VARIANTS)
     assert {n.split("/")[1] for n in names if n.startswith("parallel/")} == set(C.COMBINE_MODES)
@@ -148,3 +156,73 @@ def test_metadata_is_copied():
     cfg = C.validate({"loom": 1, "input": {"shape": [4]}, "layers": [D], "metadata": meta})
     cfg["metadata"]["tags"].append("b")
     assert meta == {"author": "me", "tags": ["a"]}
+
+
+# --- the openfluke switches of the core types, read as the openfluke compatibility types ------------
+
+LEGACY = [  # (a layer as configs spelled it before the openfluke types, the same layer today, input shape)
+    ({"type": "dense", "units": 3, "activation": "tanh", "accumulate_block": 2},
+     {"type": "openfluke_dense", "units": 3, "activation": "tanh", "accumulate_block": 2}, [5]),
+    ({"type": "layer_norm", "compute_dtype": "float64"}, {"type": "openfluke_layer_norm"}, [3, 4]),
+    ({"type": "rms_norm", "eps": 1e-5, "compute_dtype": "float64"}, {"type": "openfluke_rms_norm", "eps": 1e-5}, [4]),
+    ({"type": "multi_head_attention", "heads": 2, "causal": True, "span": "batch"},
+     {"type": "openfluke_attention", "heads": 2, "causal": True}, [3, 4]),
+    ({"type": "softmax", "temperature": 0.5, "normalize": "batch"},
+     {"type": "openfluke_softmax", "temperature": 0.5}, [2, 3]),
+    ({"type": "softmax", "variant": "grid", "rows": 2, "cols": 3, "normalize": "batch"},
+     {"type": "openfluke_softmax", "variant": "grid", "rows": 2, "cols": 3}, [6]),
+    # a switch left out keeps its core value, not the openfluke default
+    ({"type": "softmax", "variant": "entmax", "alpha": 1.3, "form": "blend"},
+     {"type": "openfluke_softmax", "variant": "entmax", "alpha": 1.3, "normalize": "row"}, [5]),
+    ({"type": "softmax", "variant": "entmax", "alpha": 2.5, "normalize": "batch"},
+     {"type": "openfluke_softmax", "variant": "entmax", "alpha": 2.5, "form": "exact"}, [4]),
+    # a switch at its core value is dropped: the core type
+    ({"type": "dense", "units": 3, "accumulate_block": None}, {"type": "dense", "units": 3}, [5]),
+    ({"type": "rms_norm", "compute_dtype": None}, {"type": "rms_norm"}, [4]),
+    ({"type": "multi_head_attention", "heads": 2, "span": "sample"}, {"type": "multi_head_attention", "heads": 2}, [3, 4]),
+    ({"type": "softmax", "variant": "sparsemax", "normalize": "row"}, {"type": "softmax", "variant": "sparsemax"}, [5]),
+    ({"type": "softmax", "variant": "entmax", "form": "exact", "normalize": "row"}, {"type": "softmax", "variant": "entmax"},
+     [5]),
+]
+
+
+@pytest.mark.parametrize("old, new, shape", LEGACY, ids=[f"{a['type']}-{i}" for i, (a, _, _) in enumerate(LEGACY)])
+def test_core_layers_with_openfluke_switches_load_as_the_openfluke_types(old, new, shape):
+    """A config saved before the openfluke types existed loads as the type that now holds its switch,
+    computes the same bits, and is written back under that type."""
+    legacy, today = config([old], shape), config([new], shape)
+    assert C.validate(legacy) == C.validate(today)
+    assert C.dumps(legacy) == C.dumps(today) and C.loads(C.dumps(legacy)) == C.validate(today)
+    a, b = loom.Network.from_config(legacy), loom.Network.from_config(today)
+    assert a.config == b.config and [type(x) for _, x in a.root.walk()] == [type(x) for _, x in b.root.walk()]
+    x = np.random.default_rng(0).normal(size=(3, *shape)).astype(np.float32)
+    assert np.array_equal(a(x), b(x))
+
+
+def test_a_model_file_saved_with_the_old_spelling_loads(monkeypatch):
+    from loom.formats import loomfile
+    legacy = config([{"type": "dense", "units": 3, "accumulate_block": 2},
+                     {"type": "softmax", "normalize": "batch"}], [5])
+    net = loom.Network.from_config(legacy)
+    assert [layer["type"] for layer in net.config["layers"]] == ["openfluke_dense", "openfluke_softmax"]
+    monkeypatch.setattr(loomfile.configs, "dumps", lambda cfg: json.dumps(legacy))   # as older Looms wrote it
+    data = net.to_bytes()
+    monkeypatch.undo()
+    again = loom.from_bytes(data)
+    assert again.config == net.config
+    x = np.random.default_rng(1).normal(size=(2, 5)).astype(np.float32)
+    assert np.array_equal(again(x), net(x))
+
+
+@pytest.mark.parametrize("layer, message", [
+    ({"type": "softmax", "variant": "gumbel", "normalize": "batch"}, "layers[0].normalize: unknown key for softmax variant gumbel"),
+    ({"type": "softmax", "normalize": "rows"}, 'layers[0].normalize: expected one of row, batch, got "rows"'),
+    ({"type": "dense", "units": 2, "accumulate_block": 0}, "layers[0].accumulate_block: expected a positive integer, got 0"),
+    ({"type": "softmax", "variant": "entmax", "alpha": 2.5, "form": "blend"}, "layers[0].alpha: form blend needs alpha below 2"),
+    ({"type": "openfluke_softmax", "variant": "gumbel"}, 'layers[0].variant: unknown openfluke_softmax variant "gumbel"'),
+    ({"type": "openfluke_rms_norm", "compute_dtype": None}, "layers[0].compute_dtype: expected one of float64, got null"),
+])
+def test_openfluke_switches_are_checked_as_before(layer, message):
+    with pytest.raises(loom.ConfigError) as err:
+        C.validate(_layers(layer))
+    assert str(err.value).startswith(message), str(err.value)

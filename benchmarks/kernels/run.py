@@ -99,17 +99,17 @@ def _torch_adam(torch, t):
 # the convnet of benchmarks/gpu_train.py: its second convolution (32 -> 64 channels, 3x3, same padding
 # on 14x14, batch 256) and its first pooling (32 channels, 28x28 -> 14x14)
 def _conv_geometry():
-    from loom.nn.layers.conv import Geometry
+    from loom.kernels.windows import Geometry
     return Geometry((3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (14, 14), (14, 14), 1)
 
 
 def _np_im2col(x, g):
-    from loom.nn.layers.conv import im2col_arrays
+    from loom.kernels.windows import im2col_arrays
     return im2col_arrays(np, x, g)
 
 
 def _np_col2im(cols, b, c, g):
-    from loom.nn.layers.conv import col2im_arrays
+    from loom.kernels.windows import col2im_arrays
     return col2im_arrays(np, cols, b, c, g)
 
 

@@ -1,36 +1,20 @@
 """The backend protocol: where arrays live and which library does the arithmetic.
 
-A backend names its array module (`xp`, NumPy-compatible) and the few primitives whose results
+A backend names its array module (`xp`, NumPy-compatible), the few primitives whose results
 depend on summation order (GEMM and reductions), so that deterministic mode can replace exactly
-those. Layers never ask where an array lives; they use the backend they were built with.
+those, and the kernel families it accelerates (protocols.py). Layers never ask where an array
+lives; they use the backend they were built with, through loom.kernels.ops.
 """
 from __future__ import annotations
 
 import functools
-from typing import Any, Protocol
 
 import numpy as np
-from numpy.typing import ArrayLike, DTypeLike
 
 from ..errors import BackendError, DeterminismError
+from .protocols import Array, Backend  # re-exported: what every backend provides (protocols.py)
 
-# An array of some backend: numpy.ndarray on the CPU, cupy.ndarray on the GPU (annotations only; which
-# one is the owning backend's business, `of`).
-Array = Any
-
-
-class Backend(Protocol):
-    name: str
-    xp: Any  # the array module: numpy, or cupy on the GPU
-    graphs: bool  # whether record() can capture work into a replayable graph (CUDA)
-
-    def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...
-    def to_numpy(self, x: Array) -> np.ndarray: ...
-    def copy_into(self, dst: Array, src: Array) -> None: ...
-    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array: ...
-    def sum(self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array: ...
-    def synchronize(self) -> None: ...
-    def may_be_true(self, flag: Array) -> bool: ...   # a data-dependent branch: True when it cannot look
+__all__ = ["Array", "Backend", "available", "get", "of"]
 
 
 def get(name: str) -> Backend:

@@ -88,10 +88,10 @@ def _to_hf(args) -> int:
 
 
 def _from_welvet(args):
-    from ..formats import welvet
+    from ..formats import openfluke
     if args.output is None:
         args.convert_parser.error("--from welvet needs IN and OUT")
-    return welvet.load(args.input, input_shape=_shape(args.input_shape))
+    return openfluke.load(args.input, input_shape=_shape(args.input_shape))
 
 
 def _quantize(args):

@@ -154,7 +154,7 @@ def _build(tensors, meta, where) -> tuple[Network, Checkpoint]:
     own = net.state_dict()
     weights = {k: v for k, v in tensors.items() if not k.startswith((_OPT, _BEST))}
     for name, qt in _quantized(weights, meta, own, where).items():
-        net._load_quantized(name, own[name], qt)
+        net.load_quantized(name, own[name], qt)
         weights.pop(name)
         own.pop(name)
     missing, unknown = sorted(set(own) - set(weights)), sorted(set(weights) - set(own))

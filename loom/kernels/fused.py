@@ -53,11 +53,11 @@ def _kernels(*arrays, arithmetic: bool = False, row_sums: bool = False):
     the reference's bits too. tests/gpu checks both against the reference."""
     be = backend.of(arrays[0])
     if is_deterministic() and not arithmetic:
-        fused = getattr(be, "fused_exact", None)
+        fused = be.fused_exact
         if fused is not None and row_sums and arrays[0].dtype not in fused.ROW_DTYPES:
             return None
     else:
-        fused = getattr(be, "fused", None)
+        fused = be.fused
     if fused is None:
         return None
     kind, dtype = type(arrays[0]), arrays[0].dtype

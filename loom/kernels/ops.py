@@ -97,15 +97,17 @@ def sqrt(x: Array) -> Array:
     return _xp(x).sqrt(x)
 
 
+def none_on_host(flags: Array) -> bool:
+    """Whether no flag is set, answered only where reading that costs nothing (host arrays); False
+    on a device, where the read would synchronize and could not be recorded into a graph: a loop
+    that stops early on it must give the same result when it runs on."""
+    return backend.of(flags).host and not bool(flags.any())
+
+
 def canonical(name: str, *xs: Array) -> Array:
-    """Loom's own `name` from loom.kernels.mathlib (the same bits on every backend): a generated
-    CUDA kernel on a backend that runs them, the NumPy lowering of the same IR elsewhere."""
-    be = backend.of(xs[0])
-    run = getattr(be, "run_elementwise", None)
-    if run is None:
-        return mathlib.evaluate(name, *xs, xp=be.xp)
-    source, kernel = mathlib.kernel_source(name, xs[0].dtype)
-    return run(source, kernel, xs, [xs[0].dtype])[0]
+    """Loom's own `name` from loom.kernels.mathlib (the same bits on every backend): one compiled
+    kernel or loop where the backend has them, the NumPy lowering of the same IR elsewhere."""
+    return mathlib.evaluate(name, *xs)
 
 
 def softmax(x: Array, axis: int = -1, mask: Array | None = None, padded: bool = False) -> Array:

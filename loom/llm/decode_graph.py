@@ -4,7 +4,7 @@ Launched one operation at a time, a decode step of a small model is ~300 kernels
 cost dwarfs their run time. Here a step is 5 fused kernels per layer
 (loom/backend/cuda/quant.py: quantized products with an RMSNorm prologue and bias / residual / SwiGLU
 epilogues; loom/backend/cuda/decode.py: RoPE, KV-cache write and attention over the cached keys),
-recorded once per KV cache into a CUDA graph and replayed for every token. The kernels are launched
+recorded once per KV cache shape into a CUDA graph and replayed for every token. The kernels are launched
 to overlap their predecessor (loom/backend/cuda/launch.py): each fetches its weights while the kernel
 before it finishes. The graph reads the token
 ids and the position from a small device buffer written before each replay, so one recording
@@ -30,6 +30,7 @@ caches of at most that many positions; elsewhere deterministic steps run kernel 
 """
 from __future__ import annotations
 
+import weakref
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -57,10 +58,13 @@ def _stored(w):
 
 
 def _kernels(be, exact: bool) -> tuple:
-    """(products, attention) kernel modules of backend `be` for fast or deterministic (`exact`) mode."""
+    """(products, attention) kernel modules of backend `be` for fast or deterministic (`exact`) mode,
+    (None, None) where it has no decode kernels."""
+    if be.decode is None:
+        return None, None
     if exact:
-        return getattr(be, "quant_exact_kernels", None), getattr(be, "decode_exact_kernels", None)
-    return getattr(be, "quant_kernels", None), getattr(be, "decode_kernels", None)
+        return be.decode.products_exact, be.decode.attention_exact
+    return be.decode.products, be.decode.attention
 
 
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
@@ -109,10 +113,15 @@ def _not_rounded(k: int) -> str | None:
 
 
 class DecodeGraph:
-    """The recorded decode step of `dec` for `cache` (its arrays are baked into the graph)."""
+    """The recorded decode step of `dec` for caches of `cache`'s shape. The graph reads and writes
+    the KV arrays it was recorded with; bind() moves a cache of that shape into them, so one
+    recording serves every cache of the shape (loom/llm/decoder.py keeps one per shape)."""
 
     def __init__(self, dec: Decoder, cache: KVCache, overlap: bool = True, exact: bool = False):
-        self.dec, self.cache, self.overlap, self.exact = dec, cache, overlap, exact
+        self.dec, self.overlap, self.exact = dec, overlap, exact
+        self.k, self.v = cache.k, cache.v              # the KV arrays baked into the graph
+        self.layer_k, self.layer_v = cache.layer_k, cache.layer_v
+        self._bound = weakref.ref(cache)
         c, xp, B = dec.config, dec.xp, cache.batch
         # token ids and the position, written by one copy per step; the warm-up run writes junk keys at
         # the next position, which the first real step overwrites
@@ -136,14 +145,14 @@ class DecodeGraph:
         decode_graph_parts.py records the step without one kind to time its share)."""
         if self.exact:
             return self._exact_operations()
-        dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap   # ov: weights load early
+        dec, c, ov = self.dec, self.dec.config, self.overlap   # ov: weights load early
         quant, kernels = _kernels(dec.backend, False)
         ops = [("embed", partial(quant.embed, *_stored(dec.embed), self.ids, self.h))]
         for i, L in enumerate(dec.layers):
             ops += [
                 ("qkv", partial(quant.gemv, *_stored(L.qkv), self.h, self.qkv, norm=L.ln1, eps=c.eps, bias=L.qkv_bias,
                                 overlap=ov)),
-                ("attention", partial(kernels.attention, self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx,
+                ("attention", partial(kernels.attention, self.qkv, self.layer_k[i], self.layer_v[i], self.ctx,
                                       dec._cos, dec._sin, L.qk_norm, self.pos, c.heads, L.window, dec.scale, c.eps,
                                       overlap=ov)),
                 ("o", partial(quant.gemv, *_stored(L.o), self.ctx, self.h, bias=L.o_bias, residual=self.h, overlap=ov)),
@@ -158,7 +167,7 @@ class DecodeGraph:
     def _exact_operations(self) -> list:
         """operations() in deterministic mode: each RMSNorm in its product's prologue, or a kernel before
         it (counted with it)."""
-        dec, c, cache, ov = self.dec, self.dec.config, self.cache, self.overlap
+        dec, c, ov = self.dec, self.dec.config, self.overlap
         quant, kernels = _kernels(dec.backend, True)
         x, h = self.normed, self.h
 
@@ -177,7 +186,7 @@ class DecodeGraph:
         ops = [("embed", partial(quant.embed, *_stored(dec.embed), self.ids, h))]
         for i, L in enumerate(dec.layers):
             ops += normed("qkv", L.ln1, L.qkv, self.qkv, bias=L.qkv_bias)
-            ops += [("attention", partial(kernels.attention, self.qkv, cache.layer_k[i], cache.layer_v[i], self.ctx,
+            ops += [("attention", partial(kernels.attention, self.qkv, self.layer_k[i], self.layer_v[i], self.ctx,
                                           dec._cos, dec._sin, L.qk_norm, self.pos, c.heads, L.window, dec.scale,
                                           c.eps, exact_rounded.error_factor(c.head_dim), overlap=ov)),
                     ("o", partial(quant.gemv, *_stored(L.o), self.ctx, h, factor(self.ctx), bias=L.o_bias, residual=h,
@@ -187,11 +196,30 @@ class DecodeGraph:
                                         residual=h, overlap=ov)))
         return ops + normed("lm_head", dec.norm, dec.lm_head, self.logits)
 
+    @property
+    def cache(self) -> KVCache | None:
+        """The cache whose arrays the graph steps (the one bound last), or None once it is gone."""
+        cache = self._bound()
+        return cache if cache is not None and cache.k is self.k else None
+
+    def bind(self, cache: KVCache) -> None:
+        """Step `cache` (of the recorded shape) from now on: its filled positions move into the graph's
+        arrays. A cache bound before keeps its positions in arrays of its own."""
+        if cache.k is self.k:
+            self._bound = weakref.ref(cache)
+            return
+        previous = self.cache
+        if previous is not None:
+            xp = self.dec.xp
+            previous.move_to(xp.zeros_like(self.k), xp.zeros_like(self.v))
+        cache.move_to(self.k, self.v)
+        self._bound = weakref.ref(cache)
+
     def step(self, ids: np.ndarray) -> Array:
         """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;
         advances the cache by one position."""
-        xp = self.dec.xp
-        self.inputs.set(np.append(np.asarray(ids, dtype=np.int64).reshape(-1), self.cache.length))
+        xp, cache = self.dec.xp, self.cache
+        self.inputs.set(np.append(np.asarray(ids, dtype=np.int64).reshape(-1), cache.length))
         self.graph.launch()
-        self.cache.length += 1
+        cache.length += 1
         return xp.copy(self.logits)

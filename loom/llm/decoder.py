@@ -36,6 +36,7 @@ from numpy.typing import ArrayLike
 
 from .. import backend, fallback
 from ..backend import Array
+from ..backend.recorder import GraphCache
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
 from ..kernels.quant.stored import QuantizedTensor, linear
@@ -185,6 +186,13 @@ class _Layer:
                  "qk_norm", "window")
 
 
+GRAPHS_KEPT = 2        # recorded decode steps kept (each holds a KV cache of its shape)
+
+
+def _describe_decode(key) -> str:
+    return f"a decode step of {key[0]} sequence(s) over a cache of {key[1]} positions"
+
+
 class Decoder:
     """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache.
     On the GPU a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless `graphs`
@@ -235,8 +243,10 @@ class Decoder:
             self.layers.append(L)
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
-        self._graph = None               # the DecodeGraph of the cache last decoded with
+        self._graph = None               # the DecodeGraph last decoded with
         self._graph_ok = {}              # batch size -> whether a decode step can be recorded
+        # recorded decode steps by (batch, cache positions, deterministic), each holding a cache's arrays
+        self._graphs = GraphCache(GRAPHS_KEPT, _describe_decode, strict=False, record_from=1)
 
     # --- cache ---------------------------------------------------------------------------------------
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
@@ -281,21 +291,27 @@ class Decoder:
         return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
 
     def _decode_graph(self, cache: KVCache):
-        """The recorded decode step for `cache` in the current mode (made on its first step), or None
-        where unsupported. Both modes' steps give the kernel-by-kernel path's results (deterministic
-        mode: its bits), so a step that cannot be recorded runs that path, and says so once."""
+        """The recorded decode step for caches of `cache`'s shape in the current mode (recorded on the
+        first step of such a cache; `cache` is bound to it), or None where unsupported. Both modes'
+        steps give the kernel-by-kernel path's results (deterministic mode: its bits), so a step that
+        cannot be recorded runs that path, and says so once."""
         exact = is_deterministic()
-        if self._graph is not None and self._graph.cache is cache and self._graph.exact == exact:
-            return self._graph
-        ok = self._graph_ok.get((cache.batch, exact))
-        if ok is None:                   # the weights never change: ask once per batch size and mode
-            why = decode_graph.unsupported(self, cache.batch, exact)
-            ok = self._graph_ok[cache.batch, exact] = why is None
+        key = (cache.batch, cache.max_len, exact)
+        graph = self._graphs.get(key)
+        if graph is None:
+            ok = self._graph_ok.get((cache.batch, exact))
+            if ok is None:               # the weights never change: ask once per batch size and mode
+                why = decode_graph.unsupported(self, cache.batch, exact)
+                ok = self._graph_ok[cache.batch, exact] = why is None
+                self._graph_notice(cache.batch, exact, why)
+            why = decode_graph.unsupported_cache(self, cache, exact) if ok else None
             self._graph_notice(cache.batch, exact, why)
-        why = decode_graph.unsupported_cache(self, cache, exact) if ok else None
-        self._graph_notice(cache.batch, exact, why)
-        self._graph = decode_graph.DecodeGraph(self, cache, exact=exact) if ok and why is None else None
-        return self._graph
+            if ok and why is None:
+                graph = self._graphs.lookup(key, lambda: decode_graph.DecodeGraph(self, cache, exact=exact))
+        if graph is not None:
+            graph.bind(cache)
+        self._graph = graph
+        return graph
 
     def _graph_notice(self, batch: int, exact: bool, why: str | None) -> None:
         if why is not None and self.backend.graphs:          # (on the CPU there is no graph to miss)

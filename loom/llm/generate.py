@@ -140,6 +140,16 @@ def fit_prompt(ids: list[int], max_tokens: int, context: int, vocab_size: int, t
     return ids[len(ids) + max_tokens - context:]
 
 
+CACHE_STEP = 256        # KV caches of generate() grow in steps of this many positions
+
+
+def cache_positions(needed: int, limit: int) -> int:
+    """The positions of a generation's KV cache: `needed` rounded up to a multiple of CACHE_STEP (at most
+    `limit`), so calls with similar lengths share one cache shape and so one recorded decode step.
+    Positions past the filled ones are never read: the size changes no result."""
+    return min(-(-needed // CACHE_STEP) * CACHE_STEP, max(limit, needed))
+
+
 def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sampling: Sampling,
                  stop_ids: Iterable[int] = (), truncate: bool = False) -> Iterator[int]:
     """Token ids after the prompt, one per step, until a stop id (not yielded) or max_tokens."""
@@ -151,7 +161,7 @@ def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sa
     vocab = decoder.config.vocab_size
     seen = np.zeros(vocab, dtype=bool)
     seen[np.asarray(ids)] = True
-    cache = decoder.new_cache(len(ids) + max_tokens)
+    cache = decoder.new_cache(cache_positions(len(ids) + max_tokens, decoder.config.max_positions))
     logits = decoder.forward(np.asarray(ids, dtype=np.int64)[None], cache, last_only=True)
     to_host = decoder.backend.to_numpy
     step_ids = np.zeros((1, 1), dtype=np.int64)

@@ -11,6 +11,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ..backend import Array
 from ..errors import ConfigError
 
 
@@ -27,6 +28,16 @@ class KVCache:
         self.layer_k = [self.k[:, i] for i in range(layers)]
         self.layer_v = [self.v[:, i] for i in range(layers)]
         self.length = 0              # positions filled (the same for every layer between forwards)
+
+    def move_to(self, k: Array, v: Array) -> None:
+        """Keep this cache in the arrays k and v (of its shape; e.g. a recorded decode graph's): the
+        filled positions are copied over and the cache reads and writes there from now on."""
+        if k is not self.k:
+            k[..., :self.length, :] = self.k[..., :self.length, :]
+            v[..., :self.length, :] = self.v[..., :self.length, :]
+            self.k, self.v = k, v
+            self.layer_k = [k[:, i] for i in range(k.shape[1])]
+            self.layer_v = [v[:, i] for i in range(v.shape[1])]
 
     def check_room(self, steps: int) -> None:
         """Raise unless `steps` more positions fit."""

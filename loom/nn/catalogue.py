@@ -3,6 +3,9 @@
 Generic tests (config round trip, JSON Schema, building, reproducible init) run over all of these,
 and a test checks that the catalogue covers every registered type, variant and mode. It lives in
 the package, not in tests/, because `loom verify` fingerprints every sample on every backend.
+Samples of the openfluke compatibility types (loom/nn/layers/openfluke.py) are named after the core
+type they extend and the switch they set: dense/accumulate_block, layer_norm/float64,
+multi_head_attention/span_batch, softmax/standard/batch, softmax/entmax/blend, ...
 """
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ FD = {"type": "sequential", "layers": [{"type": "flatten"}, D]}
 # (name, layers, input shape, input dtype)
 SAMPLES = [
     ("dense", [{"type": "dense", "units": 3, "activation": "relu"}], [5], None),
-    ("dense/accumulate_block", [{"type": "dense", "units": 3, "activation": "tanh", "accumulate_block": 2}], [5], None),
+    ("dense/accumulate_block", [{"type": "openfluke_dense", "units": 3, "activation": "tanh", "accumulate_block": 2}],
+     [5], None),
     ("conv1d", [{"type": "conv1d", "filters": 2, "kernel_size": 3, "padding": "same"}], [2, 7], None),
     ("conv2d", [{"type": "conv2d", "filters": 4, "kernel_size": [2, 3], "stride": [1, 2], "groups": 2,
                  "activation": "gelu"}], [2, 5, 6], None),
@@ -30,8 +34,8 @@ SAMPLES = [
     ("embedding", [{"type": "embedding", "vocab_size": 10, "dim": 4}], [3], "int64"),
     ("layer_norm", [{"type": "layer_norm", "eps": 1e-6}], [3, 4], None),
     ("rms_norm", [{"type": "rms_norm"}], [4], None),
-    ("layer_norm/float64", [{"type": "layer_norm", "compute_dtype": "float64"}], [3, 4], None),
-    ("rms_norm/float64", [{"type": "rms_norm", "eps": 1e-5, "compute_dtype": "float64"}], [4], None),
+    ("layer_norm/float64", [{"type": "openfluke_layer_norm", "compute_dtype": "float64"}], [3, 4], None),
+    ("rms_norm/float64", [{"type": "openfluke_rms_norm", "eps": 1e-5, "compute_dtype": "float64"}], [4], None),
     ("batch_norm", [{"type": "batch_norm", "momentum": 0.2}], [3, 4, 4], None),
     ("dropout", [{"type": "dropout", "rate": 0.1}], [6], None),
     ("rnn", [{"type": "rnn", "hidden": 3}], [4, 2], None),
@@ -39,7 +43,7 @@ SAMPLES = [
     ("gru", [{"type": "gru", "hidden": 3, "bias": False}], [4, 2], None),
     ("multi_head_attention", [{"type": "multi_head_attention", "heads": 4, "kv_heads": 2, "causal": True,
                                "rope": {"theta": 10000}, "qk_norm": True}], [5, 8], None),
-    ("multi_head_attention/span_batch", [{"type": "multi_head_attention", "heads": 2, "causal": True,
+    ("multi_head_attention/span_batch", [{"type": "openfluke_attention", "heads": 2, "causal": True,
                                           "rope": {"theta": 100}, "span": "batch"}], [3, 4], None),
     ("swiglu", [{"type": "swiglu", "hidden": 8}], [4], None),
     ("activation", [{"type": "activation", "fn": "mish"}], [4], None),
@@ -59,11 +63,13 @@ SAMPLES = [
     ("softmax/adaptive", [{"type": "softmax", "variant": "adaptive", "classes": 10, "cutoffs": [4, 7], "div_value": 2}], [16], None),
     ("softmax/mixture", [{"type": "softmax", "variant": "mixture", "components": 3}], [5], None),
     # openfluke welvet semantics (docs/interop.md): whole-batch normalization, blended entmax
-    ("softmax/standard/batch", [{"type": "softmax", "temperature": 0.5, "normalize": "batch"}], [2, 3], None),
-    ("softmax/grid/batch", [{"type": "softmax", "variant": "grid", "rows": 2, "cols": 3, "normalize": "batch"}], [6], None),
-    ("softmax/sparsemax/batch", [{"type": "softmax", "variant": "sparsemax", "normalize": "batch"}], [5], None),
-    ("softmax/entmax/blend", [{"type": "softmax", "variant": "entmax", "alpha": 1.3, "form": "blend"}], [5], None),
-    ("softmax/entmax/blend-batch", [{"type": "softmax", "variant": "entmax", "alpha": 1.6, "form": "blend",
+    ("softmax/standard/batch", [{"type": "openfluke_softmax", "temperature": 0.5, "normalize": "batch"}], [2, 3], None),
+    ("softmax/grid/batch", [{"type": "openfluke_softmax", "variant": "grid", "rows": 2, "cols": 3,
+                             "normalize": "batch"}], [6], None),
+    ("softmax/sparsemax/batch", [{"type": "openfluke_softmax", "variant": "sparsemax", "normalize": "batch"}], [5], None),
+    ("softmax/entmax/blend", [{"type": "openfluke_softmax", "variant": "entmax", "alpha": 1.3, "form": "blend",
+                               "normalize": "row"}], [5], None),
+    ("softmax/entmax/blend-batch", [{"type": "openfluke_softmax", "variant": "entmax", "alpha": 1.6, "form": "blend",
                                      "normalize": "batch"}], [4], None),
     ("parallel/concat", [{"type": "parallel", "branches": [D, {"type": "dense", "units": 2}]}], [3], None),
     ("parallel/add", [{"type": "parallel", "combine": "add", "branches": [D, D]}], [3], None),

@@ -10,94 +10,29 @@ bias corrections, the RNG counter) and launch. The host-side counters (optimizer
 network's rng_counter) advance exactly as the eager step advances them, so eager and replayed steps
 can be mixed freely and give bit-identical results.
 
-Recording needs device work free of host synchronization. When a step cannot be recorded (a layer
-that reads a device value on the host), deterministic mode raises DeterminismError naming the step,
-its shapes and the reason: the caller asked for a recorded chain ("strict by default",
-loom/fallback.py). With strict=False, or in fast mode, that key runs eagerly from then on instead
-(the same bits, slower), the reason is kept in `eager_reasons` and logged once on the "loom" logger.
-On the CPU every step is eager: there is nothing to record, so nothing is refused.
+The chains of a step function live in one loom.backend.recorder.GraphCache, the recorder LLM decoding
+uses too. When a step cannot be recorded (a layer that reads a device value on the host),
+deterministic mode raises DeterminismError naming the step, its shapes and the reason: the caller
+asked for a recorded chain ("strict by default", loom/fallback.py). With strict=False, or in fast
+mode, that key runs eagerly from then on instead (the same bits, slower), the reason is kept in
+`eager_reasons` and logged once on the "loom" logger. On the CPU every step is eager: there is
+nothing to record, so nothing is refused.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import fallback, mode, rng
+from .. import mode, rng
 from ..backend import Array
-from ..errors import ConfigError, LoomError, ShapeError
+from ..backend.recorder import GraphCache
+from ..errors import ShapeError
 
 if TYPE_CHECKING:
     from .losses import Loss
     from .network import Network
     from .optim import Optimizer
-
-
-class _Cache:
-    """The recorded chains of one step function, least recently used evicted first. describe(key)
-    names a key's step and shapes in messages; strict: see refuse()."""
-
-    def __init__(self, size: int, describe=repr, strict: bool = True):
-        if not isinstance(size, int) or size < 1:
-            raise ValueError(f"cache_size must be a positive integer, got {size!r}")
-        if not isinstance(strict, bool):
-            raise ConfigError("strict", f"expected True or False, got {strict!r}")
-        self.size = size
-        self.describe = describe
-        self.strict = strict
-        self.entries: OrderedDict = OrderedDict()
-        self.seen: set = set()
-        self.eager_reasons: dict = {}
-
-    def get(self, key):
-        entry = self.entries.get(key)
-        if entry is not None:
-            self.entries.move_to_end(key)
-        return entry
-
-    def put(self, key, entry) -> None:
-        self.entries[key] = entry
-        while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
-
-    def wants_recording(self, key) -> bool:
-        """True on the second sighting of a key that is neither recorded nor known to be eager-only."""
-        if key in self.eager_reasons:
-            return False
-        if key not in self.seen:
-            self.seen.add(key)
-            return False
-        return True
-
-    def lookup(self, key, record):
-        """The recorded entry for key, recording it with record() on the key's second sighting; None
-        when this call runs eagerly (first sighting, or the step cannot be recorded). The exceptions
-        caught are how CuPy refuses work inside a stream capture: RuntimeError for a host transfer,
-        NotImplementedError (CuPy's, not Loom's) for a cuBLAS call it cannot capture, as its integer
-        GEMM; either refuses the key (refuse())."""
-        entry = self.get(key)
-        if entry is None and self.wants_recording(key):
-            try:
-                entry = record()
-            except (LoomError, RuntimeError, NotImplementedError) as exc:
-                self.refuse(key, exc)
-            else:
-                self.put(key, entry)
-        return entry
-
-    def refuse(self, key, exc: BaseException) -> None:
-        """A key whose step cannot be recorded: DeterminismError in deterministic mode unless strict
-        is False (the caller asked for a chain, and eager steps are not one); otherwise the key runs
-        eagerly from now on, which changes no bits, and that is logged once."""
-        reason = f"{type(exc).__name__}: {exc}"
-        what = self.describe(key)
-        fallback.refuse(
-            f"{what} cannot be recorded as a dispatch chain ({reason}); deterministic mode runs the "
-            "recorded chain it was asked for or nothing: pass strict=False to run such steps eagerly "
-            "(the same bits, slower)",
-            f"{what} cannot be recorded as a dispatch chain and runs eagerly ({reason})", self.strict)
-        self.eager_reasons[key] = reason
 
 
 class _Scalars:
@@ -125,12 +60,6 @@ class _Scalars:
         for d in self.dtypes:
             self.backend.copy_into(self.device[d], np.array([v for vd, v in values if vd == d], dtype=d))
         self.last = values
-
-
-def _plan_values(opt, plan) -> list:
-    """The float entries of an optimizer plan as (dtype of the parameter, value), in plan order."""
-    return [(np.dtype(opt._params[name].dtype), v) for name, vals in plan.items()
-            for v in vals.values() if isinstance(v, float)]
 
 
 def _bind_plan(plan, views) -> dict:
@@ -167,7 +96,7 @@ class TrainStep:
 
     def __init__(self, net: Network, loss: Loss, optimizer: Optimizer, cache_size: int = 4, strict: bool = True):
         self.net, self.loss, self.opt = net, loss, optimizer
-        self.cache = _Cache(cache_size, _describe_train, strict)
+        self.cache = GraphCache(cache_size, _describe_train, strict)
         self.grads = net.gradients()
         self.total = net.backend.xp.zeros((), dtype=np.float64)
         self.pred = None
@@ -201,7 +130,7 @@ class TrainStep:
     def _eager(self, x, y):
         net, B = self.net, self.net.backend
         xb, yb = B.asarray(x), B.asarray(y)
-        pred = net._forward(xb, checked=False)
+        pred = net.forward_unchecked(xb)
         value, grad = self.loss(pred, yb, checked=False)
         self._finish(pred, value, grad, None, x.shape[0])
         return value
@@ -226,35 +155,32 @@ class _RecordedStep:
         self.x = xp.empty(x.shape, dtype=x.dtype)
         self.y = xp.empty(y.shape, dtype=y.dtype)
         plan = opt.plan()
-        self.scalars = _Scalars(B, _plan_values(opt, plan))
+        self.scalars = _Scalars(B, opt.plan_values(plan))
         bound = _bind_plan(plan, self.scalars.views())
         self.counter = xp.zeros(2, dtype=np.uint32) if net.training and net.uses_noise() else None
         n = x.shape[0]
-        saved = net.rng_counter, opt._steps, opt._count
 
         def body():
-            pred = net._forward(self.x, counter=self.counter, checked=False)
+            pred = net.forward_unchecked(self.x, counter=self.counter)
             value, grad = owner.loss(pred, self.y, checked=False)
             owner._finish(pred, value, grad, bound, n)
             return pred, value
-        try:
+        with net.recording(), opt.recording():      # recording takes no step: the counters stay
             self.graph, (self.pred, self.value) = B.record(body)
-        finally:
-            net.rng_counter, opt._steps, opt._count = saved   # recording ran no step: undo its bookkeeping
 
     def run(self, x, y):
         owner, net, opt = self.owner, self.owner.net, self.owner.opt
         B = net.backend
         B.copy_into(self.x, x)
         B.copy_into(self.y, y)
-        self.scalars.upload(_plan_values(opt, opt.plan()))
+        self.scalars.upload(opt.plan_values(opt.plan()))
         if self.counter is not None:
             B.copy_into(self.counter, rng.counter_words(net.rng_counter))
         self.graph.launch()
         if net.training:
             net.rng_counter += 1
         opt.advance()
-        net._has_forward, net._batch = True, x.shape[0]
+        net.note_forward(x.shape[0])
         owner.pred = self.pred
         return self.value
 
@@ -267,7 +193,7 @@ class InferenceChain:
     def __init__(self, net: Network, cache_size: int = 4, strict: bool = True):
         self.net = net
         self.cache_size, self.strict = cache_size, strict
-        self.cache = _Cache(cache_size, _describe_forward, strict)
+        self.cache = GraphCache(cache_size, _describe_forward, strict)
 
     @property
     def eager_reasons(self) -> dict:
@@ -276,12 +202,12 @@ class InferenceChain:
     def __call__(self, x: Array, attention_mask: Array | None = None) -> Array:
         net = self.net
         net.check_spec(x)
-        mask = None if attention_mask is None else net._check_mask(attention_mask, x.shape[0])
+        mask = None if attention_mask is None else net.check_mask(attention_mask, x.shape[0])
         net.check_ids(x)
         key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape), mode.name())
         entry = self.cache.lookup(key, lambda: _RecordedForward(net, x, mask))
         if entry is None:
-            return net._forward(net.backend.asarray(x), mask, checked=False)
+            return net.forward_unchecked(net.backend.asarray(x), mask)
         return entry.run(x, mask)
 
 
@@ -291,7 +217,7 @@ class _RecordedForward:
         self.net = net
         self.x = xp.empty(x.shape, dtype=x.dtype)
         self.mask = None if mask is None else xp.empty(mask.shape, dtype=mask.dtype)
-        self.graph, self.y = net.backend.record(lambda: net._forward(self.x, self.mask, checked=False))
+        self.graph, self.y = net.backend.record(lambda: net.forward_unchecked(self.x, self.mask))
 
     def run(self, x, mask):
         B = self.net.backend
@@ -299,5 +225,5 @@ class _RecordedForward:
         if mask is not None:
             B.copy_into(self.mask, mask)
         self.graph.launch()
-        self.net._has_forward, self.net._batch = True, x.shape[0]
+        self.net.note_forward(x.shape[0])
         return self.y.copy()

@@ -1,11 +1,13 @@
 """Network: a validated config built into live layers, run forward and backward batch-first."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -113,14 +115,30 @@ class Network:
         compile(), eval-mode batches on the GPU run as recorded dispatch chains."""
         if self._compiled is not None and not self.training and self.backend.graphs:
             return self._compiled(x, attention_mask)
-        x = self._check_input(x)
+        x = self.check_input(x)
         if attention_mask is not None:
-            attention_mask = self._check_mask(attention_mask, x.shape[0])
+            attention_mask = self.check_mask(attention_mask, x.shape[0])
         return self._forward(x, attention_mask)
 
+    def forward_unchecked(self, x: Array, attention_mask: Array | None = None, counter: Array | None = None) -> Array:
+        """forward() on device arrays the caller has validated (check_input, check_mask): what a
+        dispatch chain runs and records. `counter`: a recorded step's device RNG counter."""
+        return self._forward(x, attention_mask, counter, checked=False)
+
+    def note_forward(self, batch: int) -> None:
+        """A forward of `batch` rows ran outside forward() (a replayed graph): backward may follow."""
+        self._has_forward, self._batch = True, batch
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """While a step is recorded rather than run: the RNG counter the recording advanced is put back."""
+        saved = self.rng_counter
+        try:
+            yield
+        finally:
+            self.rng_counter = saved
+
     def _forward(self, x, attention_mask=None, counter=None, checked=True):
-        """forward() on validated device arrays; a recorded step passes its device counter and
-        checked=False (its inputs were validated before they were copied in)."""
         fc = ForwardContext(training=self.training, counter=self.rng_counter if counter is None else counter,
                             attention_mask=attention_mask, checked=checked)
         y = self.root.forward(x, fc)
@@ -162,9 +180,10 @@ class Network:
             return self.root.backward(dy)
         finally:
             first.input_grad = True
-            self._settle_grads()
+            self.settle_grads()
 
-    def _check_input(self, x):
+    def check_input(self, x: Array) -> Array:
+        """x on this network's device, checked against its input spec (check_spec)."""
         return self.check_spec(self.backend.asarray(x))
 
     def check_spec(self, x: Array) -> Array:
@@ -183,7 +202,8 @@ class Network:
             raise ShapeError(f"input has dtype {x.dtype}, expected integer ids ({spec.dtype})")
         return x
 
-    def _check_mask(self, mask, batch):
+    def check_mask(self, mask: Array, batch: int) -> Array:
+        """An attention mask [batch, T] on this network's device, as booleans (ShapeError otherwise)."""
         mask = self.backend.asarray(mask)
         if mask.ndim != 2 or mask.shape[0] != batch:
             raise ShapeError(f"attention_mask has shape {list(mask.shape)}, expected [batch={batch}, T]")
@@ -205,10 +225,11 @@ class Network:
         """Accumulated gradients by the same names as parameters(); live arrays, valid after a
         backward (zero_grad's clearing of dense weights is finished by the next backward or by this
         call, so a dict fetched before zero_grad reads stale values until then)."""
-        self._settle_grads()
+        self.settle_grads()
         return self._named("grads")
 
-    def _settle_grads(self) -> None:
+    def settle_grads(self) -> None:
+        """Finish zero_grad's deferred clearing in every layer (gradients() calls it)."""
         for _, layer in self.root.walk():
             layer.settle_grads()
 
@@ -232,7 +253,7 @@ class Network:
                 continue
             dst = own[name]
             if isinstance(dst, quant.QTensor):
-                self._load_quantized(name, dst, value)
+                self.load_quantized(name, dst, value)
                 continue
             if isinstance(value, quant.QTensor):
                 raise ShapeError(f"{name}: a {value.dtype} quantized tensor cannot load into a float parameter "
@@ -242,7 +263,7 @@ class Network:
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
             dst[...] = self.backend.asarray(src.astype(dst.dtype))
 
-    def _load_quantized(self, name: str, dst, value) -> None:
+    def load_quantized(self, name: str, dst: Any, value: Any) -> None:
         """A stored quantized weight replaces dst as it is; a float array is quantized per the config."""
         q = self._cfg["quantization"]
         if not isinstance(value, quant.QTensor):
@@ -352,7 +373,7 @@ class Network:
                 return NonFinite(name, "parameter", *bad)
         if x is None:
             return None
-        x = self._check_input(x)
+        x = self.check_input(x)
         if self.input_spec.is_float and _count_bad(xp, x):
             return NonFinite("input", "input", *_count_bad(xp, x))
         found: list[NonFinite] = []
@@ -372,7 +393,7 @@ class Network:
         watched = [(layer, watch(layer, prefix)) for prefix, layer in self.root.walk() if layer is not self.root]
         try:
             fc = ForwardContext(training=self.training, counter=self.rng_counter,
-                                attention_mask=None if attention_mask is None else self._check_mask(attention_mask, x.shape[0]))
+                                attention_mask=None if attention_mask is None else self.check_mask(attention_mask, x.shape[0]))
             self.root.forward(x, fc)
         finally:
             for layer, _ in watched:

@@ -12,11 +12,12 @@ Spec errors are ConfigErrors at "optimizer.<key>"; gradient mismatches are Shape
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import operator
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -215,6 +216,22 @@ class Optimizer(ABC):
             lr = base if not self._own_lr[name] else hp["lr"] if scale is None else hp["lr"] * scale
             out[name] = self.scalars(hp, lr, t)
         return out
+
+    def plan_values(self, plan: dict) -> list[tuple[np.dtype, float]]:
+        """The float entries of plan() as (dtype of their parameter, value), in plan order: what a
+        recorded step reads from device memory and has refreshed before each launch."""
+        return [(np.dtype(self._params[name].dtype), v) for name, vals in plan.items()
+                for v in vals.values() if isinstance(v, float)]
+
+    @contextlib.contextmanager
+    def recording(self) -> Iterator[None]:
+        """While a step is recorded rather than taken: the step and accumulation counters the
+        recording advanced are put back (advance() counts each replay)."""
+        saved = self._steps, self._count
+        try:
+            yield
+        finally:
+            self._steps, self._count = saved
 
     def advance(self) -> None:
         """The host bookkeeping of one step() whose device work ran elsewhere (a replayed graph)."""

@@ -33,7 +33,7 @@ class StepState:
         return len(self.layers)
 
     def set_input(self, x: Array) -> None:
-        self.x = self.net._check_input(x)
+        self.x = self.net.check_input(x)
 
     def step(self) -> None:
         """Advance every layer one tick from the previous tick's buffers."""
@@ -64,5 +64,5 @@ class StepState:
             for layer in reversed(self.layers):
                 dy = layer.backward(dy)
         finally:
-            self.net._settle_grads()
+            self.net.settle_grads()
         return dy

@@ -141,7 +141,7 @@ def test_graph_decode_with_stored_weight_types(qtype):
         assert td.relative_error(got, ref) < 1e-5
 
 
-def test_a_new_cache_records_a_new_graph_and_the_old_one_is_released():
+def test_a_cache_of_a_recorded_shape_reuses_its_graph_and_the_previous_cache_keeps_its_positions():
     weights = _quant_weights("Q8_0", CONFIG)
     with loom.deterministic(False):
         dec = Decoder(DecoderConfig.from_hf(CONFIG), weights, device="cuda")
@@ -151,11 +151,19 @@ def test_a_new_cache_records_a_new_graph_and_the_old_one_is_released():
         dec.forward(np.array([PROMPT]), c1)
         dec.forward(np.array([[1]]), c1)
         g1 = dec._graph
+        assert g1.cache is c1
         c2 = dec.new_cache(16)
         dec.forward(np.array([PROMPT]), c2)
         dec.forward(np.array([[1]]), c2)
-        assert dec._graph is not g1 and dec._graph.cache is c2
-        assert np.array_equal(host(c1.k[:, :, :, :len(PROMPT) + 1]), host(c2.k[:, :, :, :len(PROMPT) + 1]))
+        assert dec._graph is g1 and g1.cache is c2 and c1.k is not c2.k      # recorded once for the shape
+        n = len(PROMPT) + 1
+        assert np.array_equal(host(c1.k[:, :, :, :n]), host(c2.k[:, :, :, :n]))
+        same = [host(dec.forward(np.array([[2]]), c)) for c in (c1, c2)]    # c1 moves back in, then c2
+        assert np.array_equal(same[0], same[1]) and g1.cache is c2
+        c3 = dec.new_cache(24)                                # another shape: its own graph
+        dec.forward(np.array([PROMPT]), c3)
+        dec.forward(np.array([[1]]), c3)
+        assert dec._graph is not g1 and dec._graph.cache is c3
 
 
 def test_unsupported_shapes_use_the_array_path(tmp_path):

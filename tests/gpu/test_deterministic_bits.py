@@ -46,11 +46,11 @@ def test_gemm_bits_on_the_float32_slices(form, monkeypatch):
     """float32 products that the dispatch table gives the slice scheme (K > 2048),
     with the GPU's chunks (K > 2^14) multiplied in pieces of 2048, in whole chunks (as for large
     outputs), or one chunk at a time (products too large to slice whole)."""
-    from loom.backend.cuda import exact as cuda_exact
+    from loom.backend.cuda import exact_slices
     if form == "whole chunks":
-        monkeypatch.setattr(cuda_exact, "_CHUNK_PIECE_ENTRIES", 0)
+        monkeypatch.setattr(exact_slices, "_CHUNK_PIECE_ENTRIES", 0)
     if form == "a loop over chunks":
-        monkeypatch.setattr(cuda_exact, "_CHUNKS_AT_ONCE_BYTES", 0)
+        monkeypatch.setattr(exact_slices, "_CHUNKS_AT_ONCE_BYTES", 0)
     rng = np.random.default_rng(3)
     cuda = backend.get("cuda")
     for m, k, n in [(33, 20000, 3), (40, 2100, 30), (6, 3 << 14, 5)]:    # 2 chunks (a short last one), 1, 3

@@ -158,9 +158,9 @@ def test_int8_chunks_of_a_long_product_give_the_cpu_bits(int8, monkeypatch):
     """K > 2^14 looped over chunks (products too large to slice whole): each chunk, a column slice of
     the operands with the whole rows' scales, runs on the int8 path with a float64 result, and the
     chunks add up in order as the float64 slices' do."""
-    from loom.backend.cuda import exact as cuda_exact
+    from loom.backend.cuda import exact_slices
     monkeypatch.setattr(int8, "MIN_WORK", 0)
-    monkeypatch.setattr(cuda_exact, "_CHUNKS_AT_ONCE_BYTES", 0)
+    monkeypatch.setattr(exact_slices, "_CHUNKS_AT_ONCE_BYTES", 0)
     calls = _spy(int8, monkeypatch)
     rng = np.random.default_rng(5)
     cuda = backend.get("cuda")

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from loom.nn.layers import conv
+from loom.kernels import windows as conv
 
 from .cpu_gpu import same_bits
 
@@ -42,8 +42,8 @@ def test_im2col_and_col2im_match_numpy_bits(case, dtype):
     np.testing.assert_array_equal(cupy.asnumpy(cols), ref_cols)
 
     upstream = rng.standard_normal(ref_cols.shape).astype(dtype)
-    ref_dx = conv._col2im(np, upstream, 3, c, g)
-    dx = conv._col2im(cupy, cupy.asarray(upstream), 3, c, g)
+    ref_dx = conv.col2im(np, upstream, 3, c, g)
+    dx = conv.col2im(cupy, cupy.asarray(upstream), 3, c, g)
     assert dx.shape == ref_dx.shape == (3, c) + big
     assert cupy.asnumpy(dx).tobytes() == ref_dx.tobytes()
 

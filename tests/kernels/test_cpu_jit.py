@@ -16,8 +16,8 @@ pytest.importorskip("numba")
 
 import loom  # noqa: E402
 from loom.backend.cpu import gemv as cpu_jit  # noqa: E402  (the block loops; jit.py loads them)
-from loom.backend.cpu import gguf_gemv
 from loom.kernels import ops  # noqa: E402
+from loom.kernels.quant import gemv as gguf_gemv
 from loom.kernels.quant import gguf as gq  # noqa: E402
 from loom.kernels.quant.stored import QuantizedTensor  # noqa: E402
 

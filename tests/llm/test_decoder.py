@@ -2,6 +2,7 @@
 KV-cache decoding, configuration and weight errors."""
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -200,8 +201,10 @@ class _GraphsBackend:
     """The CPU backend claiming graphs and decode-graph kernels whose conditions this model misses
     (head_dim 8 is not a multiple of 64), as a GPU would for such a model."""
     graphs = True
-    quant_kernels = type("Quant", (), {"MAX_ROWS": 16, "TYPES": ("F32",)})
-    decode_kernels = type("Decode", (), {"supports": staticmethod(lambda head_dim: head_dim % 64 == 0)})
+    decode = SimpleNamespace(
+        products=SimpleNamespace(MAX_ROWS=16, TYPES=("F32",)),
+        attention=SimpleNamespace(supports=lambda head_dim: head_dim % 64 == 0),
+        products_exact=None, attention_exact=None)
 
     def __init__(self, cpu):
         self._cpu = cpu

@@ -6,6 +6,7 @@ import pytest
 
 import loom
 from loom import ShapeError
+from loom.backend.cpu import CPU
 from loom.kernels import ops
 from loom.kernels.quant import gguf as gq
 from loom.kernels.quant import stored as qz
@@ -40,7 +41,7 @@ def test_matmul_t_deterministic_is_exact_for_any_blocking(qtype, monkeypatch):
     x = np.random.default_rng(1).standard_normal((2, 3, w.shape[1])).astype(np.float32)
     want = ops.matmul(x, dense.T)
     for block_bytes in (1, 4 * w.shape[1] * 5, 1 << 20):     # 1 row, 5 rows (uneven), everything
-        monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", block_bytes)
+        monkeypatch.setattr(CPU.quant, "dequantize_bytes", block_bytes)
         got = w.matmul_t(x)
         assert got.shape == (2, 3, 37) and got.dtype == np.float32
         assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), block_bytes
@@ -53,7 +54,7 @@ def test_matmul_t_deterministic_is_exact_for_any_blocking(qtype, monkeypatch):
 def test_matmul_t_fast_mode(qtype, m, monkeypatch):
     """Fast mode: the factored block product (few rows of x) or BLAS on decoded blocks; both are
     the dequantized weight's product up to float32 rounding."""
-    monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", 4 * 256 * 7)
+    monkeypatch.setattr(CPU.quant, "dequantize_bytes", 4 * 256 * 7)
     monkeypatch.setattr(qz.gguf_gemv, "STEP_BYTES", 4 * 40 * 8 * 11)       # 11 rows per step: several
     w = random_weight(qtype, 50, 1 if qtype.endswith("K") else 8, seed=3)
     x = np.random.default_rng(2).standard_normal((m, w.shape[1])).astype(np.float32)
@@ -66,7 +67,7 @@ def test_matmul_t_fast_mode(qtype, m, monkeypatch):
 
 def test_block_rows_bound_the_temporary(monkeypatch):
     w = random_weight("Q4_1", 1000, 18, seed=4)           # [1000, 576]
-    assert w.block_rows() * 576 * 4 <= qz.MATMUL_BLOCK_BYTES
+    assert w.block_rows() * 576 * 4 <= CPU.quant.dequantize_bytes
     calls = []
     real = gq.dequantize
 
@@ -74,7 +75,7 @@ def test_block_rows_bound_the_temporary(monkeypatch):
         calls.append(shape)
         return real(raw, qtype, shape, xp=xp, out=out)
     monkeypatch.setattr(gq, "dequantize", spy)
-    monkeypatch.setattr(qz, "MATMUL_BLOCK_BYTES", 576 * 4 * 300)
+    monkeypatch.setattr(CPU.quant, "dequantize_bytes", 576 * 4 * 300)
     from loom.backend.cpu import rounded_gemv as rounded_gemv_jit  # (fewer rows of x take its loops: no blocks)
     w.matmul_t(np.ones((rounded_gemv_jit.MAX_ROWS + 1, 576), np.float32))
     assert [s[0] for s in calls] == [250, 250, 250, 250]  # 4 even blocks of <= 300 rows
@@ -162,10 +163,8 @@ def test_deterministic_mode_decodes_every_type_for_the_exact_gemm(qtype, monkeyp
     """Every GGUF type, K-quants included, at decode size (one row: where fast mode takes a block
     kernel): deterministic mode takes none, so it has no fallback to refuse, and gives the exact
     GEMM's bits on the decoded weight."""
-    from loom.backend.cpu import CPU
     kernels = _NoBlockKernels()
-    monkeypatch.setattr(CPU, "quant_kernels", kernels, raising=False)
-    monkeypatch.setattr(qz.cpu_gemv, "matmul_t", kernels.matmul_t)
+    monkeypatch.setattr(CPU.quant, "matmul_t", kernels.matmul_t)
     monkeypatch.setattr(qz.gguf_gemv, "matmul_t", kernels.matmul_t)
     w = random_weight(qtype, 9, 1, seed=5)
     x = np.random.default_rng(6).standard_normal((1, w.shape[1])).astype(np.float32)

@@ -10,7 +10,7 @@ from loom import batch_invariance
 
 NOISY = {"dropout", "softmax/gumbel"}       # outputs depend on the RNG counter in training
 BATCH_COUPLED = {"batch_norm"}              # training statistics mix the batch by definition
-# normalize "batch" (openfluke welvet semantics) mixes the batch in eval mode too
+# openfluke_softmax with normalize "batch" and openfluke_attention (welvet semantics) mix the batch in eval mode too
 BATCH_NORMALIZED = {name for name, layers, *_ in SAMPLES if batch_invariance.mixes_rows(layers)}
 
 

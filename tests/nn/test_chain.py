@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 import loom
+from loom.backend.recorder import GraphCache
 from loom.nn import losses, optim
-from loom.nn.chain import TrainStep, _bind_plan, _Cache, _plan_values
+from loom.nn.chain import TrainStep, _bind_plan
 
 CFG = {"loom": 1, "input": {"shape": [6]}, "layers": [{"type": "dense", "units": 8, "activation": "relu"},
                                                      {"type": "dropout", "rate": 0.2},
@@ -63,14 +64,14 @@ def test_plan_floats_bind_in_order():
     opt = optim.build({"type": "adam", "groups": [{"params": ["b"], "lr": 0.5}]},
                       {"w": np.ones(2, np.float32), "b": np.ones(1, np.float64)})
     plan = opt.plan()
-    values = _plan_values(opt, plan)
+    values = opt.plan_values(plan)
     assert [d for d, _ in values] == [np.dtype(np.float32)] * 3 + [np.dtype(np.float64)] * 3
     bound = _bind_plan(plan, list(range(len(values))))
     assert bound == {"w": {"decay": 0, "step_size": 1, "bc2_sqrt": 2}, "b": {"decay": 3, "step_size": 4, "bc2_sqrt": 5}}
 
 
 def test_cache_records_on_the_second_sighting_and_evicts_the_oldest():
-    cache = _Cache(2)
+    cache = GraphCache(2)
     assert not cache.wants_recording("a") and cache.wants_recording("a")
     for key in "abc":
         cache.put(key, key.upper())
@@ -79,9 +80,33 @@ def test_cache_records_on_the_second_sighting_and_evicts_the_oldest():
         cache.refuse(("x",), RuntimeError("no"))
     assert not cache.wants_recording(("x",)) and cache.eager_reasons == {("x",): "RuntimeError: no"}
     with pytest.raises(ValueError):
-        _Cache(0)
+        GraphCache(0)
     with pytest.raises(loom.ConfigError, match="strict: expected True or False, got 'no'"):
-        _Cache(2, strict="no")
+        GraphCache(2, strict="no")
+
+
+def test_a_cache_recording_from_the_first_sighting_records_at_once_and_keeps_what_it_refused():
+    cache = GraphCache(2, describe=lambda key: f"step {key}", strict=False, record_from=1)
+    assert cache.wants_recording("a")
+    assert cache.lookup("a", lambda: "A") == "A" and cache.get("a") == "A"
+
+    def fails():
+        raise RuntimeError("a host read while capturing")
+    assert cache.lookup("b", fails) is None           # lenient: logged, then eager for good
+    assert cache.eager_reasons == {"b": "RuntimeError: a host read while capturing"}
+    assert cache.lookup("b", lambda: "B") is None
+    with pytest.raises(ValueError):
+        GraphCache(2, record_from=3)
+
+
+def test_recording_hooks_put_the_counters_back():
+    net = loom.Network.from_config(CFG)
+    opt = optim.build({"type": "adam"}, net.parameters())
+    net.rng_counter, before = 7, (opt.steps, opt._count)
+    with net.recording(), opt.recording():
+        net.rng_counter += 3
+        opt.advance()
+    assert net.rng_counter == 7 and (opt.steps, opt._count) == before
 
 
 def test_compile_on_the_cpu_changes_nothing():

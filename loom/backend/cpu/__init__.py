@@ -1,14 +1,122 @@
-"""The CPU backend: NumPy arrays, NumPy's BLAS for GEMM."""
+"""The CPU backend: NumPy arrays, NumPy's BLAS for GEMM, and compiled loops (numba, the optional
+`loom[cpu]` extra) for the kernel families it accelerates (loom/backend/protocols.py):
+
+- exact: deterministic mode's GEMM and sums (exact.py, exact_jit.py, rounded.py, rounded_gemv.py);
+- quant: products with GGUF block weights read in place (gemv.py, rounded_gemv.py);
+- elementwise: IR functions as one compiled loop each (jit.py loads what ir/lower_numba writes).
+
+Fused row kernels, sliding windows and decode graphs have no CPU kernels: NumPy running the
+references in loom/kernels is the CPU's implementation (fused, fused_exact, windows, decode None).
+"""
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
+
+from . import exact, gemv, jit, rounded, rounded_gemv
+
+# float32 bytes of W decoded at once where no kernel takes a quantized product: with the exact GEMM's
+# temporaries, about 1 MiB stays in a 2 MiB L2 (faster than 256 KiB or 4 MiB blocks, and than
+# decoding the whole weight first).
+_DEQUANTIZE_BYTES = 1 << 20
+
+
+class CPUExact:
+    """Deterministic mode's reductions on the CPU (protocols.ExactKernels): the reference's bits."""
+
+    def __init__(self, be: CPUBackend):
+        self._be = be
+
+    def absmax(self, x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray | None:
+        return exact.absmax(x, axis) if x.dtype in (np.float32, np.float64) else None
+
+    def gemm_maxima(self, a: np.ndarray, b: np.ndarray) -> None:
+        return None             # two absmax passes: nothing to share on the CPU
+
+    def matmul_rounded(self, a: np.ndarray, b: np.ndarray, factor: float) -> tuple[np.ndarray, bool] | None:
+        if rounded_gemv.takes_stack(a, b):      # decode-sized stacks (attention): special values included
+            return rounded_gemv.matmul_stack(a, b, factor), True
+        return rounded.matmul(self._be, a, b, factor)
+
+    def matmul_sliced(self, a: np.ndarray, b: np.ndarray, bits: tuple[int, int]) -> np.ndarray | None:
+        if a.dtype != np.float32 or b.dtype != np.float32:
+            return None
+        return exact.matmul_2d(self._be, a, b, *bits)
+
+    def matmul_narrow(self, a: np.ndarray, b: np.ndarray, amax: np.ndarray, bmax: np.ndarray,
+                      bits: tuple[int, int], dtype: DTypeLike, guarded: bool) -> np.ndarray:
+        return exact.matmul_narrow(self._be, a, b, exact.narrow_scales(amax, bmax, bits), dtype)
+
+    def matmul_narrow_chunks(self, a: np.ndarray, b: np.ndarray, amax: np.ndarray, bmax: np.ndarray,
+                             bits: tuple[int, int], dtype: DTypeLike, step: int) -> None:
+        return None             # chunk by chunk: a CPU gains nothing from running them together
+
+    def special_guard(self, a: np.ndarray, b: np.ndarray) -> None:
+        return None             # the caller checks for inf and NaN on the host and patches
+
+    def sum_float32(self, x: np.ndarray, axes: tuple[int, ...], bits: int) -> np.ndarray | None:
+        return exact.sum_float32(x, axes, bits)
+
+
+class CPUQuant:
+    """Products with GGUF block weights on the CPU (protocols.QuantKernels): compiled loops over the
+    stored bytes where numba is installed."""
+
+    dequantize_bytes = _DEQUANTIZE_BYTES
+
+    @property
+    def TYPES(self) -> tuple[str, ...]:     # noqa: N802 - the protocol's constant, known only once numba loads
+        return gemv.TYPES if jit.available() else ()
+
+    def matmul_t(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
+        if not gemv.supports(qtype, x2.shape[0]):
+            return False
+        gemv.matmul_t(x2, data, qtype, out)
+        return True
+
+    def matmul_t_rounded(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray,
+                         factor: float) -> bool:
+        if not rounded_gemv.supports(qtype, x2.shape[0], x2.shape[1]):
+            return False
+        rounded_gemv.matmul_t(x2, data, qtype, out, factor)
+        return True
+
+
+class CPUElementwise:
+    """IR functions compiled by numba into one loop each (protocols.ElementwiseKernels)."""
+
+    language = "numba"
+
+    def run(self, source: str, name: str, inputs: Sequence[np.ndarray],
+            out_dtypes: Sequence[DTypeLike]) -> list[np.ndarray]:
+        shape = np.broadcast_shapes(*(a.shape for a in inputs))
+        flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in inputs]
+        outs = [np.empty(shape, dtype=d) for d in out_dtypes]
+        getattr(jit.load_source(source), name)(*flat, *(o.reshape(-1) for o in outs))
+        return outs
 
 
 class CPUBackend:
     name = "cpu"
     xp = np
+    host = True
     graphs = False      # steps run eagerly; there is no launch overhead to record away
+    fused = None        # NumPy's passes over loom.kernels.fused's references are the CPU's
+    fused_exact = None
+    windows = None      # strided views (loom.kernels.windows) are the CPU's sliding windows
+    decode = None       # decode graphs record GPU launches
+
+    def __init__(self):
+        self.exact = CPUExact(self)
+        self.quant = CPUQuant()
+        self._elementwise = CPUElementwise()
+
+    @property
+    def elementwise(self) -> CPUElementwise | None:
+        """The compiled loops where numba is installed (and LOOM_JIT is not "0"), else None."""
+        return self._elementwise if jit.available() else None
 
     def synchronize(self) -> None:
         pass

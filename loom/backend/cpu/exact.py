@@ -57,6 +57,15 @@ def absmax(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
     return np.maximum(positive, negative ^ sign).view(x.dtype)
 
 
+def narrow_scales(amax: np.ndarray, bmax: np.ndarray, bits: tuple[int, int]) -> tuple:
+    """(bits_a, shift_a, shift_b, row_scale, col_scale) of the 2 x 1 slice scheme with bits (bits_a,
+    bits_b) (loom.kernels.exact._narrow_bits) for row maxima amax and column maxima bmax."""
+    bits_a, bits_b = bits
+    ea, eb = np.frexp(amax)[1], np.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
+    return (bits_a, (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32),
+            np.ldexp(1.0, (ea - bits_a).astype(np.int32)), np.ldexp(1.0, (eb - bits_b).astype(np.int32)))
+
+
 def matmul_narrow(be: Backend, a: np.ndarray, b: np.ndarray, scales: tuple, dtype: DTypeLike) -> np.ndarray:
     """exact._matmul_narrow for float32 a and b on the CPU: the same bits."""
     bits_a, shift_a, shift_b, row_scale, col_scale = scales

@@ -2,7 +2,7 @@
 loaded by loom/backend/cpu/jit.py).
 
 Why: decoding (batch 1) multiplies one row of activations with every weight, once per token. The
-NumPy path (loom.backend.cpu.gguf_gemv) needs several whole-array passes per product (nibble masks,
+NumPy path (loom.kernels.quant.gemv) needs several whole-array passes per product (nibble masks,
 conversions, batched matmuls, scale passes), each a Python-level call that writes and rereads
 temporaries; that caps SmolLM2-135M's decode speed. A compiled loop reads
 every stored byte once and keeps the decoded values in L1. Numba compiles it from this file with

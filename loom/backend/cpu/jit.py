@@ -11,9 +11,15 @@ that ran OpenMP kernels. `run` calls a parallel kernel, one at a time.
 from __future__ import annotations
 
 import functools
+import hashlib
+import importlib.util
 import os
+import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterable
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -114,3 +120,47 @@ def f16_table() -> np.ndarray:
     """float32 [65536]: every float16 bit pattern's value, converted once by NumPy (256 KiB), for the
     block types' scales: a lookup per scale is faster per Q4_1 row than arithmetic."""
     return np.arange(1 << 16, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+
+
+_source_lock = threading.Lock()
+
+
+@functools.cache
+def load_source(text: str) -> ModuleType:
+    """The module whose source is `text` (generated code, e.g. loom.kernels.ir.lower_numba's), imported
+    once per text. The text is written to a file named by its hash under the user cache
+    (LOOM_CACHE_DIR, else ~/.cache/loom) and imported from there, so numba's on-disk cache keys it
+    and a later process loads the compiled loops instead of compiling again; a change to the
+    generator changes the text, hence the file, so a stale cache entry is never reused. Where the
+    cache directory is not writable the text is compiled in memory, every process."""
+    with _source_lock:
+        digest = hashlib.sha256(text.encode()).hexdigest()[:24]
+        name = f"loom_ir_{digest}"
+        path = _write_source(name, text)
+        if path is None:
+            namespace = {"__name__": name}
+            exec(compile(text.replace("cache=True", "cache=False"), f"<{name}>", "exec"), namespace)
+            return SimpleNamespace(**namespace)
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module          # numba's cache finds the loop's globals by module name
+        spec.loader.exec_module(module)
+        return module
+
+
+def _write_source(name: str, text: str) -> Path | None:
+    """The module file (written atomically unless present with this text), or None."""
+    root = os.environ.get("LOOM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "loom")
+    folder = Path(root) / "ir_numba"
+    path = folder / f"{name}.py"
+    try:
+        if path.is_file() and path.read_text() == text:
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+        return path
+    except OSError:
+        return None

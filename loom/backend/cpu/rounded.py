@@ -21,10 +21,15 @@ once to float32, to nearest with ties to even, subnormals and overflow included.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from . import exact
 from . import jit as cpu_jit
+
+if TYPE_CHECKING:
+    from .. import Backend
 
 _LOOPS = ("_row_masks", "_col_masks", "_bit_length", "_round_limbs", "_exact_dot",
           "_dot2", "_uncertain", "_certified", "_disjoint", "_certify", "_settle")
@@ -75,6 +80,64 @@ def certify(r: np.ndarray, na: np.ndarray, nb: np.ndarray, factor: float, a: np.
     else:
         ma = mb = np.zeros((0, 0), np.uint64)
     _settle(r, na, nb, factor, a, b, ma, mb, out, rows, np.zeros(LIMBS, np.int64))
+
+
+def matmul(be: Backend, a: np.ndarray, b: np.ndarray, factor: float) -> tuple[np.ndarray, bool] | None:
+    """loom.kernels.exact.rounded.matmul's (product, finite) for float32 a [..., M, K], b [..., K, N]:
+    the float64 GEMM and `certify`, for matrices and for stacks of them one matrix at a time. None
+    where the loops do not take the operands (numba missing, an unusual layout)."""
+    if a.ndim == 2 and b.ndim == 2 and takes(a) and takes(b) and available():
+        return _matmul_2d(be, a, b, factor)
+    if _stack_takes(a, b) and available():
+        return _stack(be, a, b, factor)
+    return None
+
+
+def _stack_takes(a, b) -> bool:
+    """Whether a stack (attention's scores and p @ v in a prefill) goes through the compiled loops
+    one matrix at a time: each matrix contiguous (every one has the first one's strides), and few
+    enough or large enough that a Python loop over them costs less than the NumPy passes save."""
+    if a.ndim < 3 and b.ndim < 3:
+        return False
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    count = math.prod(batch)
+    first = (0,) * len(batch)
+    return (count <= 256 or a.shape[-2] * a.shape[-1] * b.shape[-1] >= 1 << 16) and \
+        takes(np.broadcast_to(a, batch + a.shape[-2:])[first]) and \
+        takes(np.broadcast_to(b, batch + b.shape[-2:])[first])
+
+
+def _stack(be, a, b, factor) -> tuple:
+    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a_b, b_b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+    out = np.empty(batch + (a.shape[-2], b.shape[-1]), np.float32)
+    finite = True
+    for index in np.ndindex(*batch):
+        out[index], ok = _matmul_2d(be, a_b[index], b_b[index], factor)
+        finite = finite and ok
+    return out, finite
+
+
+def _matmul_2d(be, a, b, factor) -> tuple:
+    m = a.shape[0]
+    n = b.shape[1]
+    a64, na = _cast(a, "rounded_left", rows=True)
+    b64, nb = _cast(b, "rounded_right", rows=False)
+    with np.errstate(invalid="ignore"):                     # inf and NaN rows: patched by the caller
+        r = be.matmul(a64, b64, out=exact.scratch("rounded_product", (m, n), np.float64))
+    out = np.empty((m, n), np.float32)
+    certify(r, na, nb, factor, a, b, out)
+    # inf and NaN reach the norms' sums (float64 norms of float32 rows cannot overflow): one test
+    return out, math.isfinite(float(na.sum()) + float(nb.sum()))
+
+
+def _cast(x, role: str, rows: bool):
+    """x in float64 (x's layout, in scratch memory) and the 2-norms of its rows or columns."""
+    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
+    x64 = exact.scratch(role, x.shape, np.float64, order)
+    norms = np.empty(x.shape[0] if rows else x.shape[1], np.float64)
+    cast_norms(x, rows, x64, norms)
+    return x64, norms
 
 
 def _masks(x, rows: bool):

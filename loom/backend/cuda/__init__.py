@@ -24,7 +24,7 @@ from ... import fallback
 from ...errors import BackendError
 from .. import Array
 from . import cublas  # ctypes only; it loads libcublas when the first handle is made
-from .compile import translating
+from .compile import OPTIONS, translating
 
 if TYPE_CHECKING:
     import cupy
@@ -70,32 +70,22 @@ def check_subnormals() -> None:
 
 class CUDABackend:
     name = "cuda"
+    host = False
     graphs = True       # record() can capture a step into a CUDA graph
 
     def __init__(self):
         self.xp = _import_cupy()
         self._blas = None
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
-        self._generated = {}            # generated kernel source -> compiled function
-        # fused kernels behind loom.kernels.fused and .exact, window kernels behind conv and pooling
-        from . import (
-            decode,
-            decode_exact,
-            exact,
-            fused,
-            fused_exact,
-            quant,
-            quant_exact,
-            windows,
-        )
+        # the kernel families (loom/backend/protocols.py)
+        from . import decode, decode_exact, fused, fused_exact, quant, quant_exact, windows
+        self.exact = CUDAExact(self)
+        self.quant = CUDAQuant()
+        self.elementwise = CUDAElementwise(self)
         self.fused = fused
-        self.fused_exact = fused_exact     # deterministic mode's, with the reference's bits
-        self.exact_kernels = exact
+        self.fused_exact = fused_exact      # deterministic mode's, with the reference's bits
         self.windows = windows
-        self.quant_kernels = quant   # GGML block products for decoding (fast mode)
-        self.decode_kernels = decode  # RoPE + KV write and attention of a decode step (fast mode)
-        self.quant_exact_kernels = quant_exact     # the same two in deterministic mode, with its bits
-        self.decode_exact_kernels = decode_exact
+        self.decode = CUDADecode(quant, decode, quant_exact, decode_exact)
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):
@@ -149,26 +139,6 @@ class CUDABackend:
                 raise
             graph = stream.end_capture()
         return Graph(graph, pool, stream, cp), result
-
-    def run_elementwise(self, source: str, name: str, inputs: Sequence[Array],
-                        out_dtypes: Sequence[DTypeLike]) -> list[Array]:
-        """Launch the generated elementwise kernel `name` in `source` (loom.kernels.ir.lower_cuda's
-        signature: inputs, outputs, element count) over inputs broadcast to one shape; returns the
-        outputs. Modules are compiled once per source text, with --fmad=false."""
-        from . import fused
-        cp = self.xp
-        with translating(f"kernel {name}", *inputs):
-            inputs = [cp.ascontiguousarray(a) for a in cp.broadcast_arrays(*inputs)]
-            outs = [cp.empty(inputs[0].shape, dtype=d) for d in out_dtypes]
-            n = inputs[0].size
-            if n:
-                kernel = self._generated.get(source)
-                if kernel is None:
-                    module = cp.RawModule(code=source, options=fused.OPTIONS)
-                    kernel = self._generated[source] = module.get_function(name)
-                blocks = min((n + 255) // 256, 65536)
-                kernel((blocks,), (256,), (*inputs, *outs, np.int64(n)))
-            return outs
 
     def may_be_true(self, flag: Array) -> bool:
         """bool(flag) for a device flag, read back to the host; True while recording, when the
@@ -239,6 +209,101 @@ class CUDABackend:
         d = rt.driverGetVersion()
         return {"cupy": self.xp.__version__, "cuda_runtime": f"{v // 1000}.{v % 1000 // 10}",
                 "cuda_driver": f"{d // 1000}.{d % 1000 // 10}"}
+
+
+class CUDAExact:
+    """Deterministic mode's reductions on the GPU (protocols.ExactKernels): exact.py's kernels."""
+
+    def __init__(self, be: CUDABackend):
+        from . import exact
+        self._be, self._kernels = be, exact
+
+    def absmax(self, x: Array, axis: int | tuple[int, ...]) -> Array | None:
+        return self._kernels.absmax(x, axis) if x.dtype in self._kernels.C_TYPES else None
+
+    def gemm_maxima(self, a: Array, b: Array) -> tuple[Array, Array] | None:
+        if a.dtype != b.dtype or a.dtype not in self._kernels.C_TYPES:
+            return None
+        return self._kernels.gemm_maxima(a, b)
+
+    def matmul_rounded(self, a: Array, b: Array, factor: float) -> tuple[Array, bool]:
+        return self._kernels.matmul_rounded(self._be, a, b, factor), True     # special values patched inside
+
+    def matmul_sliced(self, a: Array, b: Array, bits: tuple[int, int]) -> None:
+        return None             # the pieces below (maxima, then the narrow product) are the GPU's kernels
+
+    def matmul_narrow(self, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple[int, int],
+                      dtype: DTypeLike, guarded: bool) -> Array:
+        return self._kernels.matmul_narrow(self._be, a, b, amax, bmax, bits, dtype, guarded)
+
+    def matmul_narrow_chunks(self, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple[int, int],
+                             dtype: DTypeLike, step: int) -> Array | None:
+        return self._kernels.matmul_narrow_chunks(self._be, a, b, amax, bmax, bits, dtype, step)
+
+    def special_guard(self, a: Array, b: Array) -> ModuleType | None:
+        return self._kernels if self._kernels.guardable(a, b) else None
+
+    def sum_float32(self, x: Array, axes: tuple[int, ...], bits: int) -> Array:
+        return self._kernels.sum_float32(x, axes, bits)
+
+
+class CUDAQuant:
+    """Products with GGUF block weights on the GPU (protocols.QuantKernels): quant.py's kernels."""
+
+    # The blocks decoded where no kernel takes a product only bound the temporary: each block is
+    # several launches (the decode, the exact GEMM's casts, GEMM and certification).
+    dequantize_bytes = 1 << 28
+
+    def __init__(self):
+        from . import quant
+        self._kernels = quant
+        self.TYPES = quant.TYPES
+
+    def matmul_t(self, x2: Array, data: Array, qtype: str, out: Array) -> bool:
+        if not self._kernels.supports(qtype, x2):
+            return False
+        self._kernels.matmul_t(x2, data, qtype, out)
+        return True
+
+    def matmul_t_rounded(self, x2: Array, data: Array, qtype: str, out: Array, factor: float) -> bool:
+        return False            # deterministic products outside a decode graph: decoded W, exact GEMM
+
+
+class CUDAElementwise:
+    """IR functions as generated CUDA C kernels (protocols.ElementwiseKernels)."""
+
+    language = "cuda"
+
+    def __init__(self, be: CUDABackend):
+        self._be = be
+        self._compiled = {}             # generated kernel source -> compiled function
+
+    def run(self, source: str, name: str, inputs: Sequence[Array], out_dtypes: Sequence[DTypeLike]) -> list[Array]:
+        """Launch the generated elementwise kernel `name` in `source` (loom.kernels.ir.lower_cuda's
+        signature: inputs, outputs, element count) over inputs broadcast to one shape; returns the
+        outputs. Modules are compiled once per source text, with --fmad=false."""
+        cp = self._be.xp
+        with translating(f"kernel {name}", *inputs):
+            inputs = [cp.ascontiguousarray(a) for a in cp.broadcast_arrays(*inputs)]
+            outs = [cp.empty(inputs[0].shape, dtype=d) for d in out_dtypes]
+            n = inputs[0].size
+            if n:
+                kernel = self._compiled.get(source)
+                if kernel is None:
+                    module = cp.RawModule(code=source, options=OPTIONS)
+                    kernel = self._compiled[source] = module.get_function(name)
+                blocks = min((n + 255) // 256, 65536)
+                kernel((blocks,), (256,), (*inputs, *outs, np.int64(n)))
+            return outs
+
+
+class CUDADecode:
+    """One decode step's kernels for a recorded graph (protocols.DecodeKernels)."""
+
+    def __init__(self, products: ModuleType, attention: ModuleType, products_exact: ModuleType,
+                 attention_exact: ModuleType):
+        self.products, self.attention = products, attention
+        self.products_exact, self.attention_exact = products_exact, attention_exact
 
 
 class Graph:

@@ -16,7 +16,7 @@ token, reading the step's position from device memory so that a recorded decode 
 
 Work grows with the keys present, not with the cache's size; a long context runs through its keys
 in one block per head (no split over blocks yet). Sums and exponentials run in another order than
-loom/llm/decoder.py's array code: fast mode only. `CUDABackend.decode_kernels` is this module.
+loom/llm/decoder.py's array code: fast mode only. `CUDABackend.decode.attention` is this module.
 Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations

@@ -15,7 +15,7 @@ Q/K/V product, each operation with its bits:
    so `unsupported` refuses longer caches), THREADS / head_dim threads per d sharing the keys.
 The certification and settling are quant_exact's (a thread's float64 sum and sum of magnitudes,
 then a compensated and an exact sum where those leave the rounding open).
-`CUDABackend.decode_exact_kernels` is this module. Capturable: sizes as arguments, no sync.
+`CUDABackend.decode.attention_exact` is this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS
-from .exact import ROUNDED_DEVICE
 from .exact_reduce import EXACT_ROW_SUM
+from .exact_rounded import ROUNDED_DEVICE
 from .fused import ROW_HELPERS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE, launch

@@ -144,7 +144,7 @@ extern "C" __global__ void loom_exact_int8_right(const float* b, long long sk, l
 
 @cache
 def _kernels():
-    # the slices of exact._matmul_narrow (exact's loom_exact_slice_left/right), as integers
+    # the slices of exact._matmul_narrow (exact_slices.py's loom_exact_slice_left/right), as integers
     left = cupy.ElementwiseKernel(
         "float32 a, float32 top, int32 bits, int64 plane", "raw int8 r",
         """const float s = ldexpf(a, bits - loom_top_exponent(top));

@@ -21,7 +21,7 @@ decode step, loom/llm/decode_graph.py, uses them so a layer is five launches):
 
 The sums run in another order than the dequantize-then-GEMM reference: fast mode only
 (loom.kernels.quant.stored uses this when the backend has it; deterministic mode decodes W and runs the
-exact GEMM). `CUDABackend.quant_kernels` is this module. Capturable: sizes as arguments, no sync.
+exact GEMM). `CUDABackend.quant` (CUDAQuant) and `.decode.products` use this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
 

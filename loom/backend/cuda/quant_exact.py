@@ -24,7 +24,7 @@ every block computes it while staging x; the layer's products, one wave of block
 its own (`rms_norm`: before the lm_head, whose 6,144 blocks would repeat it). In a recorded step the
 prologue is cheaper than the extra kernel, and the last block of the product before computing it for
 all (a ticket counted with atomics) was dearer than either.
-`CUDABackend.quant_exact_kernels` is this module; loom/llm/decode_graph.py records it in deterministic
+`CUDABackend.decode.products_exact` is this module; loom/llm/decode_graph.py records it in deterministic
 mode. Capturable: sizes as arguments, no sync, no host read.
 """
 from __future__ import annotations
@@ -36,8 +36,8 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS
-from .exact import ROUNDED_DEVICE
 from .exact_reduce import EXACT_ROW_SUM
+from .exact_rounded import ROUNDED_DEVICE
 from .fused import ROW_HELPERS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE, launch

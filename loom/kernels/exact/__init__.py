@@ -36,8 +36,6 @@ import numpy as np
 
 from ... import backend, dtypes
 from ...backend import Array
-from ...backend.cpu import exact as exact_cpu
-from ...backend.cpu import rounded_gemv as rounded_gemv_jit
 from . import dispatch as exact_dispatch
 from . import rounded as exact_rounded
 
@@ -66,11 +64,6 @@ def _matmul_exact(be, a, b, dtype):
     if (a2.ndim > 2) != (b2.ndim > 2):
         return _unvector(_folded(be, a2, b2, dtype), vector_left, vector_right)
     if exact_dispatch.matmul_scheme(dtype, a2.shape[-1]) == exact_dispatch.ROUNDED:
-        if be.xp is np and rounded_gemv_jit.takes_stack(a2, b2):
-            # stacks of a few rows (attention in a decode step) on the CPU: compiled loops, the same
-            # bits, special values included
-            return _unvector(rounded_gemv_jit.matmul_stack(a2, b2, exact_rounded.error_factor(a2.shape[-1])),
-                             vector_left, vector_right)
         # float32 and narrower: the product rounded correctly (exact_rounded), then to dtype
         result, finite = exact_rounded.matmul(be, a2.astype(np.float32, copy=False),
                                               b2.astype(np.float32, copy=False))
@@ -98,21 +91,21 @@ def _matmul_sliced(be, a2, b2, dtype):
     """The slice scheme (the module's docstring) for matrices or stacks of them: float64 operands,
     and float32 ones with K > 2048 (exact_dispatch)."""
     xp = be.xp
-    if xp is np and a2.dtype == b2.dtype == np.float32 and a2.shape[-1] <= 1 << exact_dispatch.CHUNK_BITS:
-        # the CPU's compiled loops (numba installed, finite values): the same bits in fewer passes
-        result = exact_cpu.matmul_2d(be, a2, b2, *_narrow_bits(a2.shape[-1]))
+    if a2.shape[-1] <= 1 << exact_dispatch.CHUNK_BITS:
+        # the whole product at once (the CPU's compiled loops: finite float32 values), the same bits
+        result = be.exact.matmul_sliced(a2, b2, _narrow_bits(a2.shape[-1]))
         if result is not None:
             return result
-    kernels = getattr(be, "exact_kernels", None)
-    if kernels is not None and a2.dtype == b2.dtype and a2.dtype in kernels.C_TYPES:
-        amax, bmax = kernels.gemm_maxima(a2, b2)                 # the GPU: one memset for both
+    maxima = be.exact.gemm_maxima(a2, b2)                       # (the GPU: one memset for both)
+    if maxima is not None:
+        amax, bmax = maxima
     else:
         amax = _absmax(be, a2, -1)                                # [..., M, 1]
         bmax = _absmax(be, b2, -2)                                # [..., 1, N]
     wide = np.dtype(dtype).itemsize > 4
     # Rows and columns holding inf or NaN come out of the slices as NaN; every one of their entries
     # is then overwritten with IEEE's special value, and no other entry depends on them.
-    guard = kernels if kernels is not None and kernels.guardable(a2, b2) else None
+    guard = be.exact.special_guard(a2, b2)
     finite = guard is not None or not be.may_be_true(~(xp.all(xp.isfinite(amax)) & xp.all(xp.isfinite(bmax))))
     with np.errstate(invalid="ignore"):
         if not wide:                # the GPU's guard (float32 only) runs inside: no host read, no extra product
@@ -141,13 +134,11 @@ def _unvector(result, vector_left: bool, vector_right: bool):
 
 def _absmax(be, x, axis):
     """max |x| along axis (kept; NaN where one is NaN): two reductions and no |x| temporary, or
-    the backend's own kernel (the GPU: one pass, split over warps and combined with atomics),
-    or on the CPU integer reductions of the bit patterns (exact_cpu.absmax)."""
-    kernels = getattr(be, "exact_kernels", None)
-    if kernels is not None and x.dtype in kernels.C_TYPES:
-        return kernels.absmax(x, axis)
-    if x.dtype in (np.float32, np.float64) and be.xp is np:
-        return exact_cpu.absmax(x, axis)
+    the backend's own kernel (the GPU: one pass, split over warps and combined with atomics; the
+    CPU: integer reductions of the bit patterns)."""
+    result = be.exact.absmax(x, axis)
+    if result is not None:
+        return result
     xp = be.xp
     return xp.maximum(xp.max(x, axis=axis, keepdims=True), -xp.min(x, axis=axis, keepdims=True))
 
@@ -163,9 +154,8 @@ def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     k = min(a.shape[-1], step)
     if a.shape[-1] <= step:
         return _matmul_narrow(be, a, b, amax, bmax, k, dtype, guard is not None)
-    fused = getattr(be, "exact_kernels", None)
     # the GPU: every chunk at once where the memory allows, the same bits
-    result = None if fused is None else fused.matmul_narrow_chunks(be, a, b, amax, bmax, _narrow_bits(k), dtype, step)
+    result = be.exact.matmul_narrow_chunks(a, b, amax, bmax, _narrow_bits(k), dtype, step)
     if result is not None:
         if guard is not None:
             guard.patch_specials(a, b, amax, bmax, result)
@@ -192,14 +182,6 @@ def _narrow_bits(k: int) -> tuple:
     return 53 - _log2_ceil(k) - bits_b, bits_b
 
 
-def _narrow_scales(xp, amax, bmax, k: int) -> tuple:
-    """(bits_a, shift_a, shift_b, row_scale, col_scale) of the 2 x 1 slice scheme (_narrow_bits)."""
-    bits_a, bits_b = _narrow_bits(k)
-    ea, eb = xp.frexp(amax)[1], xp.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
-    return (bits_a, (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32),
-            xp.ldexp(1.0, (ea - bits_a).astype(np.int32)), xp.ldexp(1.0, (eb - bits_b).astype(np.int32)))
-
-
 def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype, guarded: bool = False):
     """float32 operands, K <= k <= 2^14, the row maxima of a and column maxima of b: the 2 x 1 slice
     scheme, with _narrow_scales' shifts and scales. The reference arithmetic, which both backends'
@@ -209,13 +191,10 @@ def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype, guarded: bool = False):
         out = ((g_lo 2^-bits_a + g_hi) * row_scale) * col_scale in float64, then rounded to dtype,
     where the sum is the one rounding in float64 (scaling by a power of two is exact there).
     Each pass over the operands costs a sizeable share of the GEMM, so both backends fuse or
-    trim them: fused kernels on the GPU (which work the scales out from the maxima themselves),
-    exact_cpu's float32 passes on the CPU. `guarded` (the GPU, `guardable` operands): special values
-    patched in as well."""
-    fused = getattr(be, "exact_kernels", None)
-    if fused is not None:
-        return fused.matmul_narrow(be, a, b, amax, bmax, _narrow_bits(k), dtype, guarded)
-    return exact_cpu.matmul_narrow(be, a, b, _narrow_scales(be.xp, amax, bmax, k), dtype)
+    trim them: fused kernels on the GPU, float32 passes on the CPU (loom/backend/cpu/exact.py), each
+    working the scales out from the maxima itself. `guarded` (operands with a special_guard):
+    special values patched in as well."""
+    return be.exact.matmul_narrow(a, b, amax, bmax, _narrow_bits(k), dtype, guarded)
 
 
 def _matmul_general(be, a, b, amax, bmax, wide, dtype):
@@ -304,21 +283,17 @@ def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - num
     if n == 0 or x.size == 0:
         return xp.sum(x, axis=axes, keepdims=keepdims)
     bits = 53 - _log2_ceil(n)
-    kernels = getattr(be, "exact_kernels", None)
-    # the GPU: the same arithmetic in five launches (two of them memsets)
-    if kernels is not None and x.dtype == np.float32 and not padded:
-        total = kernels.sum_float32(x, axes, bits)
-        return total if keepdims else total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
     if padded:          # bits per sum, from its nonzero terms: the float64 passes take an array of them
         nonzero = (x != 0).sum(axis=axes, keepdims=True)          # (CuPy's count_nonzero keeps no dims)
         total = _sum_general(be, x, axes, 53 - _log2_ceil_array(xp, nonzero))
     else:
-        total = exact_cpu.sum_float32(x, axes, bits) if x.dtype == np.float32 and xp is np else None
+        # the backend's kernels (the GPU: five launches, two of them memsets), the same arithmetic
+        total = be.exact.sum_float32(x, axes, bits) if x.dtype == np.float32 else None
         if total is None:
             total = _sum_general(be, x, axes, bits)
     if not keepdims:
         total = total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
-    return total.astype(x.dtype)
+    return total.astype(x.dtype, copy=False)
 
 
 def _sum_general(be, x, axes: tuple, bits):

@@ -13,7 +13,7 @@ How it is found cheaply (the products exact_dispatch's table gives this scheme: 
   the exact value rounds to them too: that is the answer;
 - otherwise (about 0.06% of entries at K = 784 on random data; far more where no product is nonzero
   but the norms are, as in the weight gradients of sparse inputs) the entry takes cheaper stages
-  first: +0 where no product is nonzero, a compensated sum certified the same way (rounded_jit's
+  first: +0 where no product is nonzero, a compensated sum certified the same way (loom/backend/cpu/rounded.py's
   docstring; the GPU runs it with a warp per entry), and only then the
   exact sum: an integer accumulator (numba, CUDA C), or here math.fsum with the midpoint check of
   `_round_float32`.
@@ -32,8 +32,6 @@ import math
 import numpy as np
 
 from ...backend import Array, Backend
-from ...backend.cpu import exact as exact_cpu
-from ...backend.cpu import rounded as rounded_jit
 
 # Longer sums (K > exact_dispatch.ROUNDED_MAX_K) take the slice scheme. Until spec 1, sums up to
 # 2^15 were summed here in pieces of 512 (a float64 GEMM each, the bound's K replaced by pieces +
@@ -50,63 +48,11 @@ def error_factor(k: int) -> float:
 def matmul(be: Backend, a: Array, b: Array) -> tuple[Array, bool]:
     """(product, finite) for float32 a [..., M, K] and b [..., K, N]: the float32 product, each entry the
     exact dot product rounded once. Where `finite` is False a row or column holds inf or NaN, and its
-    entries are left for the caller to patch; the GPU patches them itself (no host read) and says True."""
+    entries are left for the caller to patch; the GPU patches them itself (no host read) and says True.
+    The backend's kernels first (the GPU's; the CPU's compiled loops), else the NumPy reference."""
     factor = error_factor(a.shape[-1])
-    kernels = getattr(be, "exact_kernels", None)
-    if kernels is not None:
-        return kernels.matmul_rounded(be, a, b, factor), True
-    if a.ndim == 2 and b.ndim == 2 and rounded_jit.takes(a) and rounded_jit.takes(b) and rounded_jit.available():
-        return _matmul_jit(be, a, b, factor)
-    if _stack_takes(a, b) and rounded_jit.available():
-        return _stack_jit(be, a, b, factor)
-    return _matmul_numpy(be, a, b, factor)
-
-
-def _stack_takes(a, b) -> bool:
-    """Whether a stack (attention's scores and p @ v in a prefill) goes through the compiled loops
-    one matrix at a time: each matrix contiguous (every one has the first one's strides), and few
-    enough or large enough that a Python loop over them costs less than the NumPy passes save."""
-    if a.ndim < 3 and b.ndim < 3:
-        return False
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    count = math.prod(batch)
-    first = (0,) * len(batch)
-    return (count <= 256 or a.shape[-2] * a.shape[-1] * b.shape[-1] >= 1 << 16) and \
-        rounded_jit.takes(np.broadcast_to(a, batch + a.shape[-2:])[first]) and \
-        rounded_jit.takes(np.broadcast_to(b, batch + b.shape[-2:])[first])
-
-
-def _stack_jit(be, a, b, factor) -> tuple:
-    batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    a_b, b_b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
-    out = np.empty(batch + (a.shape[-2], b.shape[-1]), np.float32)
-    finite = True
-    for index in np.ndindex(*batch):
-        out[index], ok = _matmul_jit(be, a_b[index], b_b[index], factor)
-        finite = finite and ok
-    return out, finite
-
-
-def _matmul_jit(be, a, b, factor) -> tuple:
-    m = a.shape[0]
-    n = b.shape[1]
-    a64, na = _cast(a, "rounded_left", rows=True)
-    b64, nb = _cast(b, "rounded_right", rows=False)
-    with np.errstate(invalid="ignore"):                     # inf and NaN rows: patched by the caller
-        r = be.matmul(a64, b64, out=exact_cpu.scratch("rounded_product", (m, n), np.float64))
-    out = np.empty((m, n), np.float32)
-    rounded_jit.certify(r, na, nb, factor, a, b, out)
-    # inf and NaN reach the norms' sums (float64 norms of float32 rows cannot overflow): one test
-    return out, math.isfinite(float(na.sum()) + float(nb.sum()))
-
-
-def _cast(x, role: str, rows: bool):
-    """x in float64 (x's layout, in scratch memory) and the 2-norms of its rows or columns."""
-    order = "F" if x.flags.f_contiguous and not x.flags.c_contiguous else "C"
-    x64 = exact_cpu.scratch(role, x.shape, np.float64, order)
-    norms = np.empty(x.shape[0] if rows else x.shape[1], np.float64)
-    rounded_jit.cast_norms(x, rows, x64, norms)
-    return x64, norms
+    done = be.exact.matmul_rounded(a, b, factor)
+    return done if done is not None else _matmul_numpy(be, a, b, factor)
 
 
 def _matmul_numpy(be, a, b, factor) -> tuple:

@@ -8,10 +8,12 @@ returns values; operator overloading records one node per operation:
 
     fn = ir.function("scaled_square", [ir.F64], scaled_square)
 
-Every node kind is a row of OPS, and each lowering (lower_numpy.py, lower_cuda.py) is a table with
-one entry per row, so the engine's ops (thread id, buffer loads and stores, loops, shared memory,
-barriers, atomics) are new rows, not a new design. Types are never promoted implicitly: mixing f32
-and f64 (or i32 and i64) without convert() is a TypeError that names the op.
+Every node kind is a row of OPS, and each lowering (lower_numpy.py with rules.py's table,
+lower_cuda.py, lower_numba.py) is a table with one entry per row, so the engine's ops (thread id,
+buffer loads and stores, loops, shared memory, barriers, atomics) are new rows, not a new design.
+Types are never promoted implicitly: mixing f32 and f64 (or i32 and i64) without convert() is a
+TypeError that names the op. Constant operands are folded while a kernel is built, with rules.py's
+NumPy rules (the ones lower_numpy.py evaluates with).
 
 Semantics, identical in every lowering (the tests compare NumPy against the compiled CUDA C bits):
 - add, sub, mul, div, sqrt on floats are correctly rounded IEEE-754 (round to nearest even, with
@@ -36,6 +38,10 @@ from typing import NamedTuple
 
 import numpy as np
 from numpy.typing import DTypeLike
+
+# the NumPy rule of every op, which folding applies; rules.py imports nothing of this package, so
+# there is no cycle (lower_numpy.py, which imports this package, evaluates with the same table)
+from . import rules
 
 
 @dataclass(frozen=True)
@@ -175,7 +181,7 @@ class Function:
     """A kernel body under construction, and the builder its Python definition receives.
 
     Nodes are hash-consed (the same op on the same operands is one node) and constant operands are
-    folded with the NumPy lowering's own semantics, so the recorded graph is small and the same
+    folded with the NumPy lowering's own rules (rules.py), so the recorded graph is small and the same
     definition always records the same nodes in the same order (the CUDA text is then identical)."""
 
     def __init__(self, name: str, param_types: Iterable[Type]):
@@ -266,8 +272,7 @@ class Function:
 
     def _fold_or_node(self, op, type_, args, attr) -> Value:
         if args and all(a.is_const for a in args):
-            from .lower_numpy import fold_constant
-            return self.const_from_scalar(fold_constant(op, type_, args, attr), type_)
+            return self.const_from_scalar(rules.fold(op, type_, attr, [a.const_value() for a in args]), type_)
         return self._node(op, type_, args, attr)
 
     def const_from_scalar(self, scalar: float | np.generic, type_: Type) -> Value:

@@ -13,23 +13,14 @@ float -> int conversion is spelled out (NaN -> 0, saturation); bitcasts are LLVM
 constants are written as their bit patterns, so no decimal text is ever re-read. The tests compare
 every op and every mathlib function with lower_numpy bit for bit.
 
-The generated text of each function is written to a file named by its hash under the user cache
-(LOOM_CACHE_DIR, else ~/.cache/loom) and imported from there, so numba's on-disk cache keys it and
-a later process loads the compiled loop instead of compiling again (compiling is slow). The
-file holds everything the loop calls (the bitcast intrinsic too): a change to this lowering
-changes the text, hence the file, so a stale cache entry is never reused. Where the cache
-directory is not writable the text is compiled in memory, every process.
+The generated text of each function holds everything the loop calls (the bitcast intrinsic too) and
+is loaded by loom.backend.cpu.jit.load_source, which caches it on disk by its hash: a change to this
+lowering changes the text, so a stale compiled loop is never reused. The CPU backend runs these
+loops for loom.kernels.mathlib (protocols.ElementwiseKernels).
 """
 from __future__ import annotations
 
-import hashlib
-import importlib.util
-import os
-import sys
-import tempfile
-import threading
-from functools import cache, lru_cache
-from pathlib import Path
+from functools import lru_cache
 
 import numpy as np
 
@@ -58,7 +49,6 @@ def _bitcaster(name):
 
 
 '''
-_lock = threading.Lock()
 
 
 def available() -> bool:
@@ -200,44 +190,4 @@ assert set(_LOWER) == set(ir.OPS) - {"param", "const"}, "every IR op needs a num
 
 @lru_cache(maxsize=256)
 def _kernel(fn: ir.Function):
-    return _compiled(source(fn))
-
-
-@cache
-def _compiled(text: str):
-    with _lock:
-        module = _import(text)
-    return module.kernel
-
-
-def _import(text: str):
-    digest = hashlib.sha256(text.encode()).hexdigest()[:24]
-    name = f"loom_ir_{digest}"
-    path = _write(name, text)
-    if path is None:                      # no writable cache directory: compile in memory
-        namespace = {"__name__": name}
-        exec(compile(text.replace("cache=True", "cache=False", 1), f"<{name}>", "exec"), namespace)
-        return type("Module", (), {"kernel": namespace["kernel"]})
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module          # numba's cache finds the loop's globals by module name
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write(name: str, text: str) -> Path | None:
-    """The module file (written atomically unless present with this text), or None."""
-    root = os.environ.get("LOOM_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "loom")
-    folder = Path(root) / "ir_numba"
-    path = folder / f"{name}.py"
-    try:
-        if path.is_file() and path.read_text() == text:
-            return path
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-        return path
-    except OSError:
-        return None
+    return cpu_jit.load_source(source(fn)).kernel

@@ -1,6 +1,6 @@
 """Loom's deterministic math library: transcendental functions written once in the kernel IR.
 
-    mathlib.evaluate("gelu", x)                 # NumPy (or xp=cupy), same dtype as x
+    mathlib.evaluate("gelu", x)                 # on x's backend, same dtype as x
     src, name = mathlib.kernel_source("gelu", np.float32)   # CUDA C for RawModule(--fmad=false)
 
 Each function is a fixed sequence of correctly rounded IEEE operations, so every backend that
@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import hashlib
 from functools import cache
-from types import ModuleType
 
 import numpy as np
 from numpy.typing import DTypeLike
 
+from ... import backend
 from ...backend import Array
 from .. import ir
 from ..ir import lower_cuda, lower_numba, lower_numpy
@@ -86,10 +86,11 @@ def function(name: str, dtype: DTypeLike) -> ir.Function:
     return ir.function(f"{name}_{type_.name}", [type_] * FUNCTIONS[name]["arity"], body)
 
 
-def evaluate(name: str, *arrays: Array, xp: ModuleType = np) -> Array:
+def evaluate(name: str, *arrays: Array) -> Array:
     """`name` applied element-wise; all arrays of one dtype (float32 or float64), broadcastable.
-    Returns an array of that dtype. NumPy arrays run the IR compiled by numba where the loom[cpu]
-    extra is installed (lower_numba), else through lower_numpy: the same bits either way."""
+    Returns an array of that dtype, from the owning backend's compiled element-wise kernels (the
+    GPU's CUDA C; the CPU's numba loops where the loom[cpu] extra is installed), else through
+    lower_numpy: the same bits every way."""
     _check_name(name)
     if len(arrays) != FUNCTIONS[name]["arity"]:
         raise TypeError(f"{name} takes {FUNCTIONS[name]['arity']} arrays, got {len(arrays)}")
@@ -99,10 +100,24 @@ def evaluate(name: str, *arrays: Array, xp: ModuleType = np) -> Array:
     dtypes = {np.dtype(a.dtype) for a in arrays}
     if len(dtypes) != 1:
         raise TypeError(f"{name}: arguments have different dtypes {sorted(map(str, dtypes))}")
-    fn = function(name, dtypes.pop())
-    if xp is np and lower_numba.available():      # one compiled loop instead of a ufunc per IR node
-        return lower_numba.evaluate(fn, *arrays)
-    return lower_numpy.evaluate(fn, *arrays, xp=xp)
+    dtype = dtypes.pop()
+    be = backend.of(arrays[0])
+    kernels = be.elementwise
+    if kernels is None:
+        return lower_numpy.evaluate(function(name, dtype), *arrays, xp=be.xp)
+    source, kernel = lowered(name, dtype, kernels.language)
+    return kernels.run(source, kernel, arrays, [dtype])[0]
+
+
+@cache
+def lowered(name: str, dtype: DTypeLike, language: str) -> tuple[str, str]:
+    """(source, function name) of `name`'s IR lowered to `language`: "cuda" (kernel_source) or
+    "numba" (lower_numba's module text, whose loop is `kernel`)."""
+    if language == "cuda":
+        return kernel_source(name, dtype)
+    if language == "numba":
+        return lower_numba.source(function(name, dtype)), "kernel"
+    raise ValueError(f"no IR lowering to {language!r}; expected 'cuda' or 'numba'")
 
 
 @cache

@@ -40,6 +40,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ... import backend
 from ...backend import Array
 from ...errors import FormatError, ShapeError
 
@@ -97,7 +98,7 @@ def dequantize(raw: Array, qtype: str, shape: tuple[int, ...], xp: ModuleType = 
     blocks = xp.ascontiguousarray(raw).reshape(-1, size)
     values = out.reshape(-1, block)
     decode = _DECODERS[qtype]
-    step = max(1, CPU_CHUNK_VALUES // block) if xp is np else len(blocks)   # a GPU wants one launch
+    step = max(1, CPU_CHUNK_VALUES // block) if backend.of(blocks).host else len(blocks)   # a GPU: one launch
     with np.errstate(invalid="ignore", over="ignore"):    # NaN and inf scales decode as IEEE says
         for start in range(0, len(blocks), step):
             decode(blocks[start:start + step], values[start:start + step], xp)

@@ -4,14 +4,14 @@ A QuantizedTensor is a 2-D weight in PyTorch's Linear layout [out_features, in_f
 rows are GGML blocks (loom.kernels.quant.gguf: Q4_0 ... Q6_K, or plain F16/BF16 rows). A Q4
 matrix stays about a quarter of its bfloat16 size in memory; `matmul_t` decodes a bounded block of
 rows at a time into one reused float32 buffer and multiplies it with loom.kernels.ops.matmul, so
-the float32 temporary never exceeds MATMUL_BLOCK_BYTES whatever the matrix size.
+the float32 temporary never exceeds the backend's `quant.dequantize_bytes` whatever the matrix size.
 
 Row blocking changes no bits in deterministic mode: the exact GEMM scales each column of the
 right operand (a row of the weight) and each row of x on its own, so every output element is
 the same exact sum, rounded once, whichever block its row was decoded in. Fast mode uses the
 backend's BLAS per block, and for x of a few rows (decoding) it never decodes all of W: on the
 CPU with numba installed, loom.backend.cpu.gemv's compiled loops (32-value block types, F16, BF16);
-else, for the 32-value block types, loom.backend.cpu.gguf_gemv multiplies the integer codes and
+else, for the 32-value block types, loom.kernels.quant.gemv multiplies the integer codes and
 applies the scales per block afterwards.
 
 Deterministic mode has the same bits whichever path takes a product (exact_dispatch's scheme for
@@ -37,24 +37,13 @@ import numpy as np
 
 from ... import backend, fallback
 from ...backend import Array
-from ...backend.cpu import gemv as cpu_gemv
-from ...backend.cpu import gguf_gemv
-from ...backend.cpu import rounded_gemv as rounded_gemv_jit
 from ...errors import ShapeError
 from ...mode import is_deterministic
 from .. import ops
 from ..exact import dispatch as exact_dispatch
 from ..exact import rounded as exact_rounded
+from . import gemv as gguf_gemv
 from . import gguf as gguf_quants
-
-# About 1 MiB of float32 per decoded block of rows: with the exact GEMM's temporaries it stays in
-# this CPU's 2 MiB L2. Measured for 1 x 576 @ (1536 x 576 Q4_1)^T in deterministic mode: 3.6 ms,
-# against 4.0 ms with 256 KiB blocks, 7.0 ms with 4 MiB and 6.3 ms decoding the whole weight at once.
-MATMUL_BLOCK_BYTES = 1 << 20
-# On a GPU the blocks only bound the temporary: each block is several launches (the decode, the exact
-# GEMM's casts, GEMM and certification), which at 1 MiB made a deterministic prefill of SmolLM2-135M
-# about 15 launches per product.
-GPU_MATMUL_BLOCK_BYTES = 1 << 28
 
 
 class QuantizedTensor:
@@ -94,10 +83,10 @@ class QuantizedTensor:
         return gguf_quants.dequantize(data, self.qtype, (data.shape[0], self.shape[1]), xp=self.xp, out=out)
 
     def block_rows(self) -> int:
-        """Rows decoded per block in matmul_t: about MATMUL_BLOCK_BYTES of float32 (GPU_MATMUL_BLOCK_BYTES
-        on a GPU), spread evenly over the blocks so the last one is not a sliver."""
+        """Rows decoded per block in matmul_t: about the backend's `quant.dequantize_bytes` of float32,
+        spread evenly over the blocks so the last one is not a sliver."""
         rows, cols = self.shape
-        budget = MATMUL_BLOCK_BYTES if self.xp is np else GPU_MATMUL_BLOCK_BYTES
+        budget = backend.of(self.data).quant.dequantize_bytes
         per_block = max(1, budget // (4 * max(cols, 1)))
         n_blocks = max(1, math.ceil(rows / per_block))
         return math.ceil(rows / n_blocks) if rows else 1
@@ -108,27 +97,23 @@ class QuantizedTensor:
         if x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != cols:
             raise ShapeError(f"matmul_t with {self.qtype} weight [{rows}, {cols}] takes float32 [..., {cols}], "
                              f"got {x.dtype}{list(x.shape)}")
-        xp = self.xp
+        be = backend.of(self.data)
+        xp = be.xp
         lead = x.shape[:-1]
         x2 = x.reshape(-1, cols)
         out = xp.empty((x2.shape[0], rows), dtype=np.float32)
-        kernels = None if is_deterministic() else getattr(backend.of(self.data), "quant_kernels", None)
-        if kernels is not None and kernels.supports(self.qtype, x2):     # the GPU: one kernel, W read once
-            kernels.matmul_t(x2, self.data, self.qtype, out)
-            return out.reshape(lead + (rows,))
-        if not is_deterministic() and xp is np and cpu_gemv.supports(self.qtype, x2.shape[0]):
-            cpu_gemv.matmul_t(x2, self.data, self.qtype, out)           # compiled loops (numba installed)
-            return out.reshape(lead + (rows,))
-        if not is_deterministic() and self.qtype in gguf_gemv.TYPES and x2.shape[0] <= gguf_gemv.MAX_ROWS:
-            gguf_gemv.matmul_t(x2, self.data, self.qtype, out, xp)     # decode-sized x: no W at all
-            return out.reshape(lead + (rows,))
-        if not is_deterministic() and x2.shape[0] <= gguf_gemv.MAX_ROWS:
-            _no_block_kernel(self.qtype, backend.of(self.data).name)
-        if (is_deterministic() and xp is np and exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED
-                and rounded_gemv_jit.supports(self.qtype, x2.shape[0], cols)):
-            # the exact GEMM's bits, W read once
-            rounded_gemv_jit.matmul_t(x2, self.data, self.qtype, out, exact_rounded.error_factor(cols))
-            return out.reshape(lead + (rows,))
+        if not is_deterministic():
+            # the backend's block kernels (the GPU's; the CPU's compiled loops): W read once
+            if be.quant.matmul_t(x2, self.data, self.qtype, out):
+                return out.reshape(lead + (rows,))
+            if self.qtype in gguf_gemv.TYPES and x2.shape[0] <= gguf_gemv.MAX_ROWS:
+                gguf_gemv.matmul_t(x2, self.data, self.qtype, out, xp)     # decode-sized x: no W at all
+                return out.reshape(lead + (rows,))
+            if x2.shape[0] <= gguf_gemv.MAX_ROWS:
+                _no_block_kernel(self.qtype, be.name)
+        elif (exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED
+                and be.quant.matmul_t_rounded(x2, self.data, self.qtype, out, exact_rounded.error_factor(cols))):
+            return out.reshape(lead + (rows,))      # the exact GEMM's bits, W read once
         step = self.block_rows()
         buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)   # reused by every block
         for start in range(0, rows, step):

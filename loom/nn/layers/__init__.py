@@ -1,4 +1,5 @@
-"""Every layer family, one module each; importing this package registers them all."""
+"""Every layer family, one module each; importing this package registers them all (openfluke: the
+openfluke welvet compatibility types, subclasses of the core layers)."""
 from . import (  # noqa: F401
                activation,
                attention,
@@ -8,6 +9,7 @@ from . import (  # noqa: F401
                embedding,
                kmeans,
                norm,
+               openfluke,
                parallel,
                pool,
                recurrent,

@@ -11,7 +11,8 @@ A query whose keys are all masked outputs zeros. Key/value head j serves query h
 j*R ... (j+1)*R - 1 with R = heads / kv_heads (HF repeat_kv order).
 
 Internally q is kept as [B, kv, R*T, hd] so every GEMM is a plain batched [B, kv] matmul and the
-GQA sums over the R query heads of a kv head fall out of the backward GEMMs.
+GQA sums over the R query heads of a kv head fall out of the backward GEMMs. openfluke welvet's
+attention, which runs a whole batch as one sequence, is `openfluke_attention` (loom/nn/layers/openfluke.py).
 """
 from __future__ import annotations
 
@@ -86,21 +87,15 @@ class MultiHeadAttention(Layer):
         if self.qk_norm:
             self.add_param("q_norm.weight", ctx.full((hd,), 1.0))
             self.add_param("k_norm.weight", ctx.full((hd,), 1.0))
-        # span "batch": the whole batch is one sequence (sample b follows sample b-1, positions run on),
-        # as openfluke welvet's attention runs a batch; RoPE tables are then made per total length.
-        self.span = cfg.get("span", "sample")
-        self._rope_cfg, self._rope_tables = cfg["rope"], {}
-        self.rope = self._rope_for(steps)
+        self.rope = self.rope_for(steps)
         return Spec((steps, embed), in_spec.dtype)
 
-    def _rope_for(self, n):
-        """cos/sin tables for n positions (None without RoPE), made once per length."""
-        if self._rope_cfg is None:
+    def rope_for(self, n: int) -> tuple[Array, Array] | None:
+        """The cos/sin tables [n, hd] of positions 0..n-1 on the device (None without RoPE)."""
+        if self.cfg["rope"] is None:
             return None
-        if n not in self._rope_tables:
-            cos, sin = rope_tables(n, self.hd, self._rope_cfg["theta"], self._rope_cfg["scaling"])
-            self._rope_tables[n] = (self.B.asarray(cos.astype(self.dtype)), self.B.asarray(sin.astype(self.dtype)))
-        return self._rope_tables[n]
+        cos, sin = rope_tables(n, self.hd, self.cfg["rope"]["theta"], self.cfg["rope"]["scaling"])
+        return self.B.asarray(cos.astype(self.dtype)), self.B.asarray(sin.astype(self.dtype))
 
     # --- pieces, each with its gradient ---
     def _rms(self, x, name):
@@ -152,21 +147,6 @@ class MultiHeadAttention(Layer):
 
     # --- forward / backward ---
     def forward(self, x: Array, fc: ForwardContext) -> Array:
-        if self.span == "sample":
-            return self._forward(x, fc)
-        if fc.attention_mask is not None:
-            raise ShapeError(f"{self.path}: span batch runs the batch as one sequence; it takes no attention_mask")
-        B, T, E = x.shape
-        self.rope = self._rope_for(B * T)
-        return self._forward(x.reshape(1, B * T, E), fc).reshape(B, T, -1)
-
-    def backward(self, dy: Array) -> Array:
-        if self.span == "sample":
-            return self._backward(dy)
-        B, T, E = dy.shape
-        return self._backward(dy.reshape(1, B * T, E)).reshape(B, T, -1)
-
-    def _forward(self, x, fc):
         B, T, _ = x.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
         q = self._heads(linear.forward(self, "q_proj", x), H)               # [B, H, T, hd]
@@ -191,7 +171,7 @@ class MultiHeadAttention(Layer):
         self.x, self.q, self.k, self.v, self.p, self.ctx_out = x, q, k, v, p, ctx
         return linear.forward(self, "o_proj", ctx)
 
-    def _backward(self, dy):
+    def backward(self, dy: Array) -> Array:
         B, T, E = dy.shape
         H, KV, R, hd = self.heads, self.kv, self.R, self.hd
         q, k, v, p = self.q, self.k, self.v, self.p

@@ -2,11 +2,8 @@
 
 Parameter and buffer names follow PyTorch: weight, bias; batch_norm also keeps running_mean,
 running_var (unbiased, as PyTorch) and num_batches_tracked. Variances in the normalization itself
-are biased (divide by N), as in PyTorch.
-
-layer_norm and rms_norm take compute_dtype "float64": statistics, normalization and the affine map
-run in float64 on the widened input and the result is rounded once to the network dtype (how
-openfluke welvet normalizes, docs/interop.md); the backward pass runs in float64 too.
+are biased (divide by N), as in PyTorch. openfluke welvet's float64 norms are `openfluke_layer_norm`
+and `openfluke_rms_norm` (loom/nn/layers/openfluke.py).
 """
 from __future__ import annotations
 
@@ -25,7 +22,6 @@ class LayerNorm(Layer):
     def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.eps = cfg["eps"]
-        self.wide = cfg.get("compute_dtype") is not None
         if cfg["affine"]:
             f = in_spec.shape[-1]
             self.add_param("weight", ctx.full((f,), 1.0))
@@ -33,11 +29,6 @@ class LayerNorm(Layer):
         return in_spec
 
     def forward(self, x: Array, fc: ForwardContext) -> Array:
-        if self.wide:
-            return self._forward(x.astype(np.float64)).astype(x.dtype)
-        return self._forward(x)
-
-    def _forward(self, x):
         y, self.xhat, self.rstd = fused.layer_norm(x, self.params.get("weight"), self.params.get("bias"), self.eps)
         return y
 
@@ -69,18 +60,15 @@ class RMSNorm(Layer):
     def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.eps = cfg["eps"]
-        self.wide = cfg.get("compute_dtype") is not None
         self.add_param("weight", ctx.full((in_spec.shape[-1],), 1.0))
         return in_spec
 
     def forward(self, x: Array, fc: ForwardContext) -> Array:
-        wide = x.astype(np.float64) if self.wide else x
-        y, self.cache = rms_norm(wide, self.params["weight"], self.eps)
+        y, self.cache = rms_norm(x, self.params["weight"], self.eps)
         return y.astype(x.dtype)
 
     def backward(self, dy: Array) -> Array:
-        wide = dy.astype(np.float64) if self.wide else dy
-        dx, dweight = rms_norm_backward(wide, self.cache, self.params["weight"])
+        dx, dweight = rms_norm_backward(dy, self.cache, self.params["weight"])
         self.grads["weight"] += dweight.astype(dy.dtype)
         return dx.astype(dy.dtype)
 

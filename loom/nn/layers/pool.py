@@ -1,7 +1,7 @@
 """Max and average pooling over 1, 2 or 3 spatial dimensions, channels first (PyTorch semantics).
 
-Both read a strided window view [B, C, *out, *k] of the padded input (conv.windows) and write
-their gradient back with its adjoint (conv.windows_adjoint), so overlapping windows accumulate.
+Both read a strided window view [B, C, *out, *k] of the padded input (loom.kernels.windows) and
+write their gradient back with its adjoint (windows_adjoint), so overlapping windows accumulate.
 Max pooling pads with -inf and sends each window's gradient to its first maximal element in
 row-major window order (torch's tie rule); average pooling divides by prod(pool_size), padded zeros
 included (torch's count_include_pad=True).
@@ -14,8 +14,10 @@ from typing import Any
 
 from ...backend import Array
 from ...kernels import ops
+from ...kernels import windows as kernel_windows
+from ...kernels.windows import crop, pad, windows, windows_adjoint
 from .base import BuildContext, ForwardContext, Layer, Spec, dims, register
-from .conv import crop, pad, spatial_input, window_kernels, windows, windows_adjoint
+from .conv import spatial_input
 
 
 class _Pool(Layer):
@@ -73,19 +75,13 @@ def max_pool_grad_arrays(xp: ModuleType, dy: Array, arg: Array, k: tuple[int, ..
 @register("max_pool1d", "max_pool2d", "max_pool3d")
 class MaxPool(_Pool):
     def forward(self, x: Array, fc: ForwardContext) -> Array:
-        kernels = window_kernels(x)
-        if kernels is not None:
-            y, self.arg = kernels.max_pool(x, self.k, self.s, self.p, self.out)
-            return y
-        y, self.arg = max_pool_arrays(self.xp, x, self.k, self.s, self.p, self.out)
+        done = kernel_windows.max_pool(x, self.k, self.s, self.p, self.out)
+        y, self.arg = done if done is not None else max_pool_arrays(self.xp, x, self.k, self.s, self.p, self.out)
         return y
 
     def backward(self, dy: Array) -> Array:
-        xp = self.xp
-        kernels = window_kernels(dy)
-        if kernels is not None and self.arg.dtype == kernels.ARG_DTYPE:   # the arg the kernel wrote
-            return kernels.max_pool_grad(dy, self.arg, self.k, self.s, self.p, self.size)
-        return max_pool_grad_arrays(xp, dy, self.arg, self.k, self.s, self.p, self.size)
+        dx = kernel_windows.max_pool_grad(dy, self.arg, self.k, self.s, self.p, self.size)
+        return dx if dx is not None else max_pool_grad_arrays(self.xp, dy, self.arg, self.k, self.s, self.p, self.size)
 
 
 @register("avg_pool1d", "avg_pool2d", "avg_pool3d")

@@ -2,11 +2,10 @@
 
 Every variant normalizes the last axis independently for every sample and every leading
 position (never across the batch), after dividing the input by `temperature`: s = z / T.
-The exception is `normalize: "batch"` (standard, temperature, grid, sparsemax, entmax), which treats
-the whole batch tensor as one vector, as openfluke welvet does (docs/interop.md).
 The adaptive variant is the exception: its input is features, not logits, so T divides its head
 and cluster logits instead (identical to dividing the input when head_bias is false).
-Definitions, shapes and parameters of each variant: docs/layers/softmax.md.
+Definitions, shapes and parameters of each variant: docs/layers/softmax.md. openfluke welvet's
+softmax (whole-batch normalization, blended entmax) is `openfluke_softmax` (loom/nn/layers/openfluke.py).
 """
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from typing import Any
 import numpy as np
 
 from ...backend import Array
-from ...errors import ShapeError
 from ...kernels import ops
 from . import softmax_sparse as sparse
 from .base import BuildContext, ForwardContext, Layer, Spec, register
@@ -187,51 +185,6 @@ class Entmax(Standard):
         return sparse.entmax_grad(self.p64, dy.astype(np.float64), self.alpha).astype(dy.dtype)
 
 
-class EntmaxBlend(Standard):
-    """form "blend": ((2 - alpha) softmax(s) + (alpha - 1) sparsemax(s)) / its sum, openfluke
-    welvet's stand-in for entmax (the sum is 1 up to rounding; dividing by it is part of the map)."""
-
-    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
-        super().__init__(layer, cfg, in_spec, ctx)
-        self.a, self.b = 2.0 - cfg["alpha"], cfg["alpha"] - 1.0
-
-    def forward(self, s: Array, fc: ForwardContext) -> Array:
-        self.p1, self.p2 = softmax(s), sparse.sparsemax(s)
-        r = self.a * self.p1 + self.b * self.p2
-        self.total = ops.sum(r, axis=-1, keepdims=True)
-        self.p = r / self.total
-        return self.p
-
-    def backward(self, dy: Array) -> Array:
-        dr = (dy - ops.sum(dy * self.p, axis=-1, keepdims=True)) / self.total
-        return softmax_grad(self.p1, self.a * dr) + sparse.sparsemax_grad(self.p2, self.b * dr)
-
-
-class BatchGrid(Standard):
-    """grid with normalize "batch": the batch arrives flattened to [1, N]; a softmax over each of
-    the first `rows` runs of `cols` values, every later value 0 (openfluke welvet's grid softmax)."""
-
-    def __init__(self, layer: Layer, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext):
-        super().__init__(layer, cfg, in_spec, ctx)
-        self.rows, self.cols = cfg["rows"], cfg["cols"]
-
-    def forward(self, s: Array, fc: ForwardContext) -> Array:
-        k = self.rows * self.cols
-        if k > s.shape[-1]:
-            raise ShapeError(f"{self.layer.path}: grid softmax with normalize batch needs rows*cols = {k} "
-                             f"values, but the batch holds {s.shape[-1]}")
-        self.p = softmax(s[..., :k].reshape(s.shape[:-1] + (self.rows, self.cols)))
-        out = _xp(s).zeros_like(s)
-        out[..., :k] = self.p.reshape(s.shape[:-1] + (k,))
-        return out
-
-    def backward(self, dy: Array) -> Array:
-        k = self.rows * self.cols
-        ds = _xp(dy).zeros_like(dy)
-        ds[..., :k] = softmax_grad(self.p, dy[..., :k].reshape(self.p.shape)).reshape(dy.shape[:-1] + (k,))
-        return ds
-
-
 class Adaptive:
     """torch.nn.AdaptiveLogSoftmaxWithLoss's distribution over classes (the exp of its log_prob).
     The head scores the shortlist [0, cutoffs[0]) and one logit per tail cluster; cluster i
@@ -347,23 +300,19 @@ class Softmax(Layer):
     def build(self, cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Spec:
         self.require_float(in_spec, ctx)
         self.temperature = cfg["temperature"]
-        self.batch = cfg.get("normalize", "row") == "batch"
-        kind = VARIANTS[cfg["variant"]]
-        if cfg.get("form") == "blend":
-            kind = EntmaxBlend
-        elif self.batch and cfg["variant"] == "grid":
-            kind = BatchGrid
-        self.variant = kind(self, cfg, in_spec, ctx)
+        self.variant = self.variant_class(cfg)(self, cfg, in_spec, ctx)
         self.USES_NOISE = isinstance(self.variant, Gumbel)
         return Spec(tuple(self.variant.out_shape), in_spec.dtype)
+
+    def variant_class(self, cfg: dict[str, Any]) -> type:
+        """The class implementing cfg's variant."""
+        return VARIANTS[cfg["variant"]]
 
     def forward(self, x: Array, fc: ForwardContext) -> Array:
         if self.variant.tempers_input:
             x = x / self.temperature
-        if not self.batch:
-            return self.variant.forward(x, fc)
-        return self.variant.forward(x.reshape(1, -1), fc).reshape(x.shape)   # one vector per batch
+        return self.variant.forward(x, fc)
 
     def backward(self, dy: Array) -> Array:
-        ds = self.variant.backward(dy.reshape(1, -1)).reshape(dy.shape) if self.batch else self.variant.backward(dy)
+        ds = self.variant.backward(dy)
         return ds / self.temperature if self.variant.tempers_input else ds

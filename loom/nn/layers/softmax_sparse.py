@@ -81,7 +81,7 @@ def entmax(z: Array, alpha: float) -> Array:
     eps = np.finfo(np.float64).eps
     for _ in range(_MAX_BISECTIONS):
         moving = hi - lo > eps * xp.maximum(xp.maximum(xp.abs(lo), xp.abs(hi)), 1.0)
-        if xp is np and not moving.any():
+        if ops.none_on_host(moving):
             break
         mid = 0.5 * (lo + hi)
         mass = ops.sum(power(xp.maximum(x - mid, 0.0), inv), axis=-1, keepdims=True)

@@ -10,7 +10,8 @@ Two files hold the same network:
               ".parallel_branches.<i>" / ".sequential_layers.<i>" for nested layers.
 
 `read(source)` parses either into a `Model` (a checked layer tree with decoded float weights);
-`convert(source)` maps it to a Loom config and state dict (loom/formats/welvet_layers.py);
+`convert(source)` maps it to a Loom config and state dict (loom/formats/openfluke_layers.py, which emits
+the openfluke compatibility layer types where welvet's arithmetic differs from a core layer's);
 `load(source)` builds the Network. Every problem is a FormatError naming the JSON path, the layer's
 grid cell or the byte offset. What each welvet layer computes and how Loom reproduces it:
 docs/interop.md.
@@ -91,10 +92,10 @@ def convert(source: str | os.PathLike[str] | bytes | bytearray | memoryview, inp
             name: str | None = None) -> tuple[dict, dict]:
     """(Loom config, state dict) for a welvet model; input_shape (batch excluded) overrides the
     shape inferred from the first layer."""
-    from . import welvet_layers
+    from . import openfluke_layers
     model = read(source, name)
     try:
-        return welvet_layers.to_loom(model, input_shape)
+        return openfluke_layers.to_loom(model, input_shape)
     except RecursionError:
         raise FormatError(f"{model.source}: layers are nested too deeply to convert") from None
 

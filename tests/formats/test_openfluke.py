@@ -1,4 +1,4 @@
-"""openfluke welvet import (loom/formats/welvet.py): models built by welvet itself, saved as JSON wire
+"""openfluke welvet import (loom/formats/openfluke.py): models built by welvet itself, saved as JSON wire
 and .entity, converted, and compared with welvet's own outputs; hand-written golden files; and
 malformed, truncated and unsupported input.
 
@@ -23,7 +23,7 @@ import pytest
 
 import loom
 from loom.errors import FormatError
-from loom.formats import welvet
+from loom.formats import openfluke
 
 WELVET = "welvet==0.80.0"
 # sha256 of the members the tests load (the Linux x86-64 library; other platforms are not pinned)
@@ -31,7 +31,7 @@ PINNED = {"welvet/__init__.py": "4beb61b65fb0dce54401527c7edabba0670ffee88fac5e1
           "welvet/utils.py": "5f1cb8d28087752f36c2e38bc44d9db6d5339aeedc38152fcaa7714d009a4741",
           "welvet/linux_amd64/welvet.so": "0f6c07067d5244040cdad5384b193530636075a8fa1de1857219f78c3fe133ba"}
 RTOL = 1e-5
-DTYPES = list(welvet.BITS)
+DTYPES = list(openfluke.BITS)
 
 
 def _library_member():
@@ -218,7 +218,7 @@ def welvet_runs(welvet_site, tmp_path_factory):
 def _check(welvet_runs, name):
     inputs, res = welvet_runs[name]
     for kind in ("wire", "entity"):
-        net = welvet.load(res["paths"][kind])
+        net = openfluke.load(res["paths"][kind])
         for x, want in zip(inputs, res[kind]):
             want = np.asarray(want, dtype=np.float32)        # welvet prints float32 values
             got = np.asarray(net(x), dtype=np.float32)
@@ -251,14 +251,17 @@ def test_structures_softmaxes_and_numerics_match_welvet(welvet_runs, name):
 @pytest.mark.parametrize("name", ["dense-cancellation"] + [n for n in CASES if n.startswith("dense-bits-")])
 def test_dense_is_bit_exact_with_float64_blocks(welvet_runs, name):
     """welvet's dense sums in float64 over tiles of tile_size inputs (8 when unset), rounding to
-    float32 after each tile; accumulate_block reproduces its bits, Loom's exact GEMM does not."""
+    float32 after each tile; openfluke_dense's accumulate_block reproduces its bits, Loom's exact GEMM
+    (dense) does not."""
     (x,), res = welvet_runs[name]
     want = np.asarray(res["wire"][0], np.float32).reshape(x.shape[0], -1)
-    cfg, state = welvet.convert(res["paths"]["wire"])
+    cfg, state = openfluke.convert(res["paths"]["wire"])
+    assert cfg["layers"][0]["type"] == "openfluke_dense"
     assert cfg["layers"][0]["accumulate_block"] == CASES[name][0]["layers"][0].get("tile_size", 8)
-    assert np.array_equal(welvet.load(res["paths"]["wire"])(x), want)
+    assert np.array_equal(openfluke.load(res["paths"]["wire"])(x), want)
     if name == "dense-cancellation":
         del cfg["layers"][0]["accumulate_block"]
+        cfg["layers"][0]["type"] = "dense"
         plain = loom.Network.from_config(cfg)
         plain.load_state_dict(state)
         assert not np.array_equal(plain(x), want)
@@ -266,17 +269,19 @@ def test_dense_is_bit_exact_with_float64_blocks(welvet_runs, name):
 
 def test_welvet_attention_runs_a_batch_as_one_sequence_and_so_does_the_converted_net(welvet_runs):
     """welvet's KV cache runs on across the samples of a batch (sample 1 attends to sample 0, at
-    positions T..2T-1); the converted attention has span "batch", which does the same. With the
-    per-sample span the second sample differs."""
+    positions T..2T-1); the converted attention is openfluke_attention (span "batch"), which does the
+    same. With the core multi_head_attention (per sample) the second sample differs."""
     (x,), res = welvet_runs["mha-batch"]
     want = np.asarray(res["wire"][0], np.float32).reshape(x.shape)
-    net = welvet.load(res["paths"]["wire"])
-    assert [layer.get("span") for layer in net.config["layers"] if layer["type"] == "multi_head_attention"] == ["batch"]
+    net = openfluke.load(res["paths"]["wire"])
+    assert [layer.get("span") for layer in net.config["layers"] if layer["type"] == "openfluke_attention"] == ["batch"]
     y = net(x)
     assert np.max(np.abs(y - want)) <= RTOL * np.max(np.abs(want))
     cfg = net.config
     for layer in cfg["layers"]:
-        layer.pop("span", None)
+        if layer["type"] == "openfluke_attention":
+            del layer["span"]
+            layer["type"] = "multi_head_attention"
     per_sample = loom.Network.from_config(cfg)
     per_sample.load_state_dict(net.state_dict())
     y1 = per_sample(x)
@@ -288,13 +293,14 @@ def test_softmax_normalizes_the_whole_batch_like_welvet(welvet_runs):
     (x,), res = welvet_runs["softmax-Standard-0"]
     net = _check(welvet_runs, "softmax-Standard-0")
     y = net(x)
+    assert net.config["layers"][-1]["type"] == "openfluke_softmax"
     assert net.config["layers"][-1]["normalize"] == "batch"
     assert abs(float(y.sum()) - 1.0) < 1e-5 and abs(float(y[0].sum()) - 1.0) > 1e-3
 
 
 def test_converted_models_save_and_reload(welvet_runs, tmp_path):
     inputs, res = welvet_runs["parallel-in-sequential"]
-    net = welvet.load(res["paths"]["entity"])
+    net = openfluke.load(res["paths"]["entity"])
     net.save(tmp_path / "m.loom")
     again = loom.load(tmp_path / "m.loom")
     assert np.array_equal(again(inputs[0]), net(inputs[0]))
@@ -319,7 +325,7 @@ def golden_wire() -> dict:
 
 def entity_bytes(header: dict, payload: bytes, version=1, flags=0) -> bytes:
     text = json.dumps(header, separators=(",", ":")).encode()
-    return welvet.MAGIC + struct.pack("<HHQ", version, flags, len(text)) + text + payload
+    return openfluke.MAGIC + struct.pack("<HHQ", version, flags, len(text)) + text + payload
 
 
 def golden_entity() -> bytes:
@@ -332,8 +338,8 @@ def golden_entity() -> bytes:
     return entity_bytes({"format_version": 1, "network": network, "blobs": blobs}, W1.tobytes() + Q2.tobytes())
 
 
-GOLDEN_CONFIG = [{"type": "dense", "units": 2, "activation": "relu", "bias": False, "accumulate_block": 8},
-                 {"type": "dense", "units": 2, "activation": "linear", "bias": False, "accumulate_block": 8}]
+GOLDEN_CONFIG = [{"type": "openfluke_dense", "units": 2, "activation": "relu", "bias": False, "accumulate_block": 8},
+                 {"type": "openfluke_dense", "units": 2, "activation": "linear", "bias": False, "accumulate_block": 8}]
 
 
 @pytest.mark.parametrize("source", ["wire", "entity"])
@@ -342,17 +348,17 @@ def test_golden_files(source, tmp_path):
     path = tmp_path / ("m.json" if source == "wire" else "m.entity")
     path.write_bytes(data)
     for src in (path, str(path), data):
-        cfg, state = welvet.convert(src)
+        cfg, state = openfluke.convert(src)
         assert cfg["layers"] == GOLDEN_CONFIG and cfg["input"] == {"shape": [3], "dtype": "float32"}
         assert np.array_equal(state["layers.0.weight"], W1.reshape(2, 3))
         assert np.array_equal(state["layers.1.weight"], [[1, -2], [63.5, -64]])
-    net = welvet.load(path)
+    net = openfluke.load(path)
     assert np.array_equal(net(np.ones((1, 3), np.float32)), [[2, 127]])   # relu([2, -0.25]) = [2, 0]
 
 
 def test_packed_dtypes_decode_as_welvet_packs_them():
     def dec(dtype, raw, scale=1.0):
-        values, s = welvet.decode(bytes(raw), {"dtype": dtype, "native": True, "scale": scale}, "t")
+        values, s = openfluke.decode(bytes(raw), {"dtype": dtype, "native": True, "scale": scale}, "t")
         return list(values * np.float32(s))
     assert dec("int4", [0x7F, 0x80], 0.5) == [3.5, -0.5, -4.0, 0.0]            # high nibble first
     assert dec("uint4", [0xF1]) == [15, 1]
@@ -372,7 +378,7 @@ def _wire_error(mutate, match):
     spec = golden_wire()
     mutate(spec)
     with pytest.raises(FormatError, match=match):
-        welvet.load(json.dumps(spec).encode())
+        openfluke.load(json.dumps(spec).encode())
 
 
 @pytest.mark.parametrize("mutate, match", [
@@ -410,25 +416,25 @@ def test_invalid_json_names_line_column_and_offset():
     text = json.dumps(golden_wire(), indent=1)
     broken = text.replace('"rows": 1', '"rows": 1,,', 1)
     with pytest.raises(FormatError, match=r"invalid JSON at line 4 column \d+ \(byte offset \d+\)"):
-        welvet.load(broken.encode())
+        openfluke.load(broken.encode())
     for bad in (b"[1, 2]", b"\xff\xfe{}", b"{\"depth\": NaN}"):
         with pytest.raises(FormatError):
-            welvet.load(bad)
+            openfluke.load(bad)
 
 
 def test_every_truncation_of_a_wire_file_is_a_format_error():
     data = json.dumps(golden_wire()).encode()
     for n in range(len(data)):
         with pytest.raises(FormatError):
-            welvet.read(data[:n])
+            openfluke.read(data[:n])
 
 
 def test_every_truncation_of_an_entity_file_is_a_format_error():
     data = golden_entity()
     for n in range(len(data)):
         with pytest.raises(FormatError):
-            welvet.load(data[:n])
-    welvet.load(data)
+            openfluke.load(data[:n])
+    openfluke.load(data)
 
 
 def _entity(mutate_header=None, payload=None, **fields):
@@ -445,8 +451,8 @@ def _entity(mutate_header=None, payload=None, **fields):
     (b"ENTITY\0X" + bytes(40), r"bytes 0\.\.8 are .*, not the \.entity magic"),
     (_entity(version=2), r"byte offset 8: unsupported \.entity version 2"),
     (_entity(flags=3), r"byte offset 10: unknown \.entity flags 0x0003"),
-    (welvet.MAGIC + struct.pack("<HHQ", 1, 0, 10 ** 6) + b"{}", r"byte offset 12: header length 1000000 runs past the end"),
-    (welvet.MAGIC + struct.pack("<HHQ", 1, 0, 5) + b"{\"a\":", r"header: invalid JSON at line 1 column 6 \(byte offset 25\)"),
+    (openfluke.MAGIC + struct.pack("<HHQ", 1, 0, 10 ** 6) + b"{}", r"byte offset 12: header length 1000000 runs past the end"),
+    (openfluke.MAGIC + struct.pack("<HHQ", 1, 0, 5) + b"{\"a\":", r"header: invalid JSON at line 1 column 6 \(byte offset 25\)"),
     (_entity(lambda h: h.update(format_version=3)), r"header\.format_version: expected 1, got 3"),
     (_entity(lambda h: h.update(extra=True)), r"header\.extra: unknown key"),
     (_entity(lambda h: h.pop("blobs")), r"header\.blobs: expected a list"),
@@ -466,7 +472,7 @@ def _entity(mutate_header=None, payload=None, **fields):
 ])
 def test_malformed_entity_names_the_byte_offset_or_header_path(data, match):
     with pytest.raises(FormatError, match=match):
-        welvet.load(data)
+        openfluke.load(data)
 
 
 def test_deep_nesting_is_a_format_error():
@@ -476,14 +482,14 @@ def test_deep_nesting_is_a_format_error():
     text = ('{"id": "x", "depth": 1, "rows": 1, "cols": 1, "layers_per_cell": 1, "layers": ['
             + inner[:-1] + ', "z": 0, "y": 0, "x": 0, "l": 0}]}')
     with pytest.raises(FormatError, match="nested too deeply"):
-        welvet.load(text)
+        openfluke.load(text)
 
 
 def test_unreadable_sources():
     with pytest.raises(FormatError, match="cannot read"):
-        welvet.load("/nonexistent/model.entity")
+        openfluke.load("/nonexistent/model.entity")
     with pytest.raises(FormatError, match="expected a path, bytes or JSON text"):
-        welvet.load(3.5)
+        openfluke.load(3.5)
 
 
 # --- welvet semantics Loom cannot (or need not) reproduce: clear errors, never a partial import ---------
@@ -529,17 +535,17 @@ def _fill(layer):
 ])
 def test_unsupported_welvet_semantics_raise_format_errors(data, match):
     with pytest.raises(FormatError, match=match):
-        welvet.load(data)
+        openfluke.load(data)
 
 
 def test_input_shape_override_and_inference():
     data = _one(Dn(6, 2))
-    assert welvet.convert(data)[0]["input"]["shape"] == [6]
-    cfg, _ = welvet.convert(data, input_shape=[2, 3])        # welvet reads the 6 values flat
+    assert openfluke.convert(data)[0]["input"]["shape"] == [6]
+    cfg, _ = openfluke.convert(data, input_shape=[2, 3])        # welvet reads the 6 values flat
     assert cfg["input"]["shape"] == [2, 3] and cfg["layers"][0] == {"type": "flatten"}
     with pytest.raises(FormatError, match=r"receives per-sample shape \[5\]"):
-        welvet.convert(data, input_shape=[5])
+        openfluke.convert(data, input_shape=[5])
     with pytest.raises(FormatError, match="input_shape must be a non-empty list of positive sizes"):
-        welvet.convert(data, input_shape=[0])
-    cfg, _ = welvet.convert(_one(L(type="Embedding", vocab_size=5, embedding_dim=2, seq_length=3)))
+        openfluke.convert(data, input_shape=[0])
+    cfg, _ = openfluke.convert(_one(L(type="Embedding", vocab_size=5, embedding_dim=2, seq_length=3)))
     assert cfg["input"] == {"shape": [3], "dtype": "int64"}

@@ -25,7 +25,7 @@ from types import ModuleType
 
 import numpy as np
 
-from .. import Array
+from ...backend import Array
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
 MAX_ROWS = 16

@@ -1,10 +1,13 @@
-"""welvet layer tree (loom/formats/welvet.py) -> Loom config + state dict, one function per layer type.
+"""welvet layer tree (loom/formats/openfluke.py) -> Loom config + state dict, one function per layer type.
 
 Welvet runs one flat tensor [batch, ...] through its grid in z, y, x, l order; most of its layers
 read their input as rows of a fixed width taken from the flat data. The converter tracks Loom's
 per-sample shape, inserts flatten/reshape where welvet reads the data flat, and raises a
 FormatError (naming the layer's cell and type) wherever welvet would read past its rows, crash, or
-compute something Loom cannot reproduce. docs/interop.md lists every mapping and difference.
+compute something Loom cannot reproduce. Where welvet's arithmetic differs from a core layer's, the
+converter emits the openfluke compatibility type (openfluke_dense, openfluke_layer_norm,
+openfluke_rms_norm, openfluke_attention, openfluke_softmax: loom/nn/layers/openfluke.py). docs/interop.md
+lists every mapping and difference.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import numpy as np
 from ..errors import FormatError
 
 if TYPE_CHECKING:
-    from .welvet import Layer, Model
+    from .openfluke import Layer, Model
 
 # welvet activation names (case-insensitive) -> Loom; welvet's GELU is the tanh approximation
 ACTIVATIONS = {"relu": "relu", "silu": "silu", "gelu": "gelu_tanh", "tanh": "tanh", "sigmoid": "sigmoid",
@@ -152,7 +155,7 @@ def _dense(layer, chain, shape):
     shape = _flat_to(layer, chain, shape, (n_in,), "reads input_height values per row")
     w = _take(layer, n_in * n_out).reshape(n_out, n_in)
     block = layer.spec.get("tile_size") or DENSE_BLOCK    # welvet's CPU tile: its float64 block
-    chain.add({"type": "dense", "units": n_out, "activation": _act(layer), "bias": False,
+    chain.add({"type": "openfluke_dense", "units": n_out, "activation": _act(layer), "bias": False,
                "accumulate_block": block}, {"weight": w})
     return (n_out,)
 
@@ -190,7 +193,7 @@ def _mha(layer, chain, shape):
         at += size
     theta = layer.spec.get("rope_freq_base") or 10000.0
     # span batch: welvet's KV cache runs on across the samples of a call, so the batch is one sequence
-    chain.add({"type": "multi_head_attention", "heads": heads, "kv_heads": kv, "head_dim": hd, "causal": True,
+    chain.add({"type": "openfluke_attention", "heads": heads, "kv_heads": kv, "head_dim": hd, "causal": True,
                "rope": {"theta": float(theta)}, "bias": True, "span": "batch"}, parts)
     return _reshape(chain, shape, orig)
 
@@ -222,10 +225,11 @@ def _norm(layer, chain, shape):
     orig = shape
     shape = _flat_to(layer, chain, shape, (f,), "")
     if kind(layer) == "rmsnorm":
-        chain.add({"type": "rms_norm", "eps": 1e-6, "compute_dtype": "float64"}, {"weight": _take(layer, f)})
+        chain.add({"type": "openfluke_rms_norm", "eps": 1e-6, "compute_dtype": "float64"}, {"weight": _take(layer, f)})
     else:
         w = _take(layer, 2 * f)
-        chain.add({"type": "layer_norm", "eps": 1e-5, "compute_dtype": "float64"}, {"weight": w[:f], "bias": w[f:]})
+        chain.add({"type": "openfluke_layer_norm", "eps": 1e-5, "compute_dtype": "float64"},
+                  {"weight": w[:f], "bias": w[f:]})
     return _reshape(chain, shape, orig)
 
 
@@ -310,7 +314,7 @@ def _softmax(layer, chain, shape):
     t = layer.spec.get("temperature") or 1.0
     if t < 0:
         raise FormatError(f"{layer.where}: negative softmax temperature {t}")
-    cfg = {"type": "softmax", "variant": "standard", "temperature": float(t), "normalize": "batch"}
+    cfg = {"type": "openfluke_softmax", "variant": "standard", "temperature": float(t), "normalize": "batch"}
     rows, cols = layer.spec.get("softmax_rows") or 0, layer.spec.get("softmax_cols") or 0
     if name == "gumbel" or layer.spec.get("gumbel_noise"):
         raise FormatError(f"{layer.where}: welvet's Gumbel softmax adds unseeded random noise at inference; "
@@ -423,7 +427,7 @@ def _act(layer) -> str:
 def _take(layer, count) -> np.ndarray:
     """The layer's first `count` weights as welvet uses them (value * scale); sub-byte dtypes may
     pad the last byte, nothing else may differ."""
-    from .welvet import BITS
+    from .openfluke import BITS
     w = layer.weights
     if w is None:
         raise FormatError(f"{layer.where}: {layer.type} layer has no weights (welvet would crash running it)")

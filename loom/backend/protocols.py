@@ -1,0 +1,168 @@
+"""What a backend provides, family by family: the array module and BLAS every backend has, and the
+kernel families a backend may accelerate.
+
+loom/kernels holds the portable reference of every operation, written against the array module
+(`xp`), and asks the owning backend for a family's kernel first. A family member is either an
+object implementing the protocol below or None, declared on the backend class: None says this
+backend has no kernels of that family, so the reference is its implementation (the CPU's fused
+row kernels are NumPy's own passes, for instance). Within a family, a method that returns None
+declines that one case (a dtype, a layout, a size it has no kernel for) and the reference runs.
+Every kernel gives the reference's bits where deterministic mode needs them; tests/kernels and
+tests/gpu compare each with its reference on random inputs.
+
+Where is X? loom/backend/cpu/<family>.py and loom/backend/cuda/<family>.py; the reference and the
+dispatch are in loom/kernels (ops.py, fused.py, exact/, quant/, windows.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from types import ModuleType
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+# An array of some backend: numpy.ndarray on the CPU, cupy.ndarray on the GPU (annotations only).
+Array = Any
+
+
+class ExactKernels(Protocol):
+    """Deterministic mode's reductions (loom/kernels/exact: the schemes, the dispatch table and the
+    reference arithmetic). Each method gives the reference's bits."""
+
+    def absmax(self, x: Array, axis: int | tuple[int, ...]) -> Array | None:
+        """max |x| along axis, kept (NaN where one is NaN)."""
+
+    def gemm_maxima(self, a: Array, b: Array) -> tuple[Array, Array] | None:
+        """(absmax of a's rows, absmax of b's columns) together, for a product a @ b."""
+
+    def matmul_rounded(self, a: Array, b: Array, factor: float) -> tuple[Array, bool] | None:
+        """(a @ b with every entry the exact dot product rounded once to float32, finite) for float32
+        a [..., M, K] and b [..., K, N]; `finite` False leaves rows and columns holding inf or NaN
+        to the caller. `factor`: the rounding error bound's gamma_K (exact/rounded.error_factor)."""
+
+    def matmul_sliced(self, a: Array, b: Array, bits: tuple[int, int]) -> Array | None:
+        """The whole 2 x 1 slice product of float32 matrices (K <= 2^14) with finite values."""
+
+    def matmul_narrow(self, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple[int, int],
+                      dtype: DTypeLike, guarded: bool) -> Array:
+        """The 2 x 1 slice product from the maxima (exact._matmul_narrow's arithmetic); `guarded`:
+        special values patched in too (only where special_guard said so)."""
+
+    def matmul_narrow_chunks(self, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple[int, int],
+                             dtype: DTypeLike, step: int) -> Array | None:
+        """matmul_narrow over the chunks of `step` along K at once, added in order."""
+
+    def special_guard(self, a: Array, b: Array) -> SpecialGuard | None:
+        """The kernels that patch IEEE's special values into a product of a and b on the device (no
+        host read), or None: the caller checks and patches (exact._with_specials)."""
+
+    def sum_float32(self, x: Array, axes: tuple[int, ...], bits: int) -> Array | None:
+        """The exact sum of float32 x over axes (kept), rounded once to float32 or still float64."""
+
+
+class SpecialGuard(Protocol):
+    def patch_specials(self, a: Array, b: Array, amax: Array, bmax: Array, result: Array) -> None:
+        """Overwrite the entries of result = a @ b whose row or column holds inf or NaN."""
+
+
+class QuantKernels(Protocol):
+    """Products with block-quantized weights (GGUF types, loom/kernels/quant) read in place."""
+
+    TYPES: tuple[str, ...]          # the block types matmul_t takes (fast mode)
+    dequantize_bytes: int           # float32 bytes of W decoded at once where no kernel takes a product
+
+    def matmul_t(self, x2: Array, data: Array, qtype: str, out: Array) -> bool:
+        """out = x2 @ W.T for W's stored blocks `data` (fast mode); False: declined."""
+
+    def matmul_t_rounded(self, x2: Array, data: Array, qtype: str, out: Array, factor: float) -> bool:
+        """The same with deterministic mode's rounded GEMM's bits; False: declined."""
+
+
+class ElementwiseKernels(Protocol):
+    """Element-wise IR functions (loom/kernels/ir) compiled into one loop or kernel."""
+
+    language: str       # the IR lowering this backend compiles: "cuda" (lower_cuda) or "numba" (lower_numba)
+
+    def run(self, source: str, name: str, inputs: Sequence[Array], out_dtypes: Sequence[DTypeLike]) -> list[Array]:
+        """Outputs of function `name` in the lowered `source` over inputs broadcast to one shape."""
+
+
+class FusedKernels(Protocol):
+    """Row and element-wise operations fused into one kernel each (softmax, norms, bias with an
+    activation, GELU; loom/kernels/fused.py is the reference and the dispatch)."""
+
+    softmax: Callable[..., Any]
+    scaled_masked_softmax: Callable[..., Any]
+    softmax_grad: Callable[..., Any]
+    layer_norm: Callable[..., Any]
+    layer_norm_grad: Callable[..., Any]
+    rms_norm: Callable[..., Any]
+    rms_norm_grad: Callable[..., Any]
+    bias_act: Callable[..., Any]
+    gelu: Callable[..., Any]
+    gelu_grad: Callable[..., Any]
+
+
+class FastFusedKernels(FusedKernels, Protocol):
+    """Fast mode's, with the optimizers' element-wise updates too."""
+
+    adam_update: Callable[..., Any]
+    sgd_update: Callable[..., Any]
+
+
+class ExactFusedKernels(FusedKernels, Protocol):
+    """Deterministic mode's, with the reference's bits (mathlib's functions, exact row sums)."""
+
+    ROW_DTYPES: tuple                   # dtypes whose rows the kernels sum (others: the reference)
+
+
+class WindowKernels(Protocol):
+    """Sliding windows for convolution and pooling (loom/kernels/windows.py: the reference and the
+    dispatch)."""
+
+    ROW_ACTIVATIONS: tuple              # activations rows_to_channels and channels_to_rows apply
+    ARG_DTYPE: Any                      # the dtype of the argmax max_pool writes
+
+    def supports(self, *arrays: Array) -> bool: ...
+    def im2col(self, x: Array, geom: Any) -> Array: ...
+    def col2im(self, cols: Array, b: int, c: int, geom: Any) -> Array: ...
+    def rows_to_channels(self, rows: Array, bias: Array | None, fn: str, b: int, small: tuple[int, ...]) -> Array: ...
+    def channels_to_rows(self, dy: Array, y: Array, fn: str, groups: int) -> Array: ...
+    def max_pool(self, x: Array, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...],
+                 out: tuple[int, ...]) -> tuple[Array, Array]: ...
+    def max_pool_grad(self, dy: Array, arg: Array, k: tuple[int, ...], s: tuple[int, ...], p: tuple[int, ...],
+                      size: tuple[int, ...]) -> Array: ...
+
+
+class DecodeKernels(Protocol):
+    """One LLM decode step's kernels for a recorded graph (loom/llm/decode_graph.py): block-weight
+    products and the step's attention, for fast mode and with deterministic mode's bits."""
+
+    products: ModuleType
+    attention: ModuleType
+    products_exact: ModuleType
+    attention_exact: ModuleType
+
+
+class Backend(Protocol):
+    name: str
+    xp: Any             # the array module: numpy, or cupy on the GPU
+    host: bool          # arrays live in host memory: reading one back is free, passes are cache-bound loops
+    graphs: bool        # whether record() can capture work into a replayable graph (CUDA)
+
+    exact: ExactKernels
+    quant: QuantKernels
+    elementwise: ElementwiseKernels | None
+    fused: FastFusedKernels | None
+    fused_exact: ExactFusedKernels | None
+    windows: WindowKernels | None
+    decode: DecodeKernels | None
+
+    def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...
+    def to_numpy(self, x: Array) -> np.ndarray: ...
+    def copy_into(self, dst: Array, src: Array) -> None: ...
+    def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array: ...
+    def sum(self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array: ...
+    def synchronize(self) -> None: ...
+    def may_be_true(self, flag: Array) -> bool: ...   # a data-dependent branch: True when it cannot look
