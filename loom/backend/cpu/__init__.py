@@ -17,11 +17,6 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import exact, gemv, jit, rounded, rounded_gemv
 
-# float32 bytes of W decoded at once where no kernel takes a quantized product: with the exact GEMM's
-# temporaries, about 1 MiB stays in a 2 MiB L2 (faster than 256 KiB or 4 MiB blocks, and than
-# decoding the whole weight first).
-_DEQUANTIZE_BYTES = 1 << 20
-
 
 class CPUExact:
     """Deterministic mode's reductions on the CPU (protocols.ExactKernels): the reference's bits."""
@@ -64,7 +59,10 @@ class CPUQuant:
     """Products with GGUF block weights on the CPU (protocols.QuantKernels): compiled loops over the
     stored bytes where numba is installed."""
 
-    dequantize_bytes = _DEQUANTIZE_BYTES
+    # float32 bytes of W decoded at once where no kernel takes a product: with the exact GEMM's
+    # temporaries, about 1 MiB stays in a 2 MiB L2 (faster than 256 KiB or 4 MiB blocks, and than
+    # decoding the whole weight first)
+    dequantize_bytes = 1 << 20
 
     @property
     def TYPES(self) -> tuple[str, ...]:     # noqa: N802 - the protocol's constant, known only once numba loads

@@ -24,6 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
+from ...backend.cpu import CPUElementwise
 from ...backend.cpu import jit as cpu_jit
 from .. import ir
 from . import lower_numpy
@@ -59,11 +60,9 @@ def available() -> bool:
 def evaluate(fn: ir.Function, *arrays: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
     """lower_numpy.evaluate's result for NumPy `arrays` (same checks, same broadcasting, same bits),
     from the compiled loop. Call only where available()."""
-    shape = lower_numpy.check_arguments(fn, arrays)
-    flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in arrays]
-    outs = tuple(np.empty(shape, dtype=r.type.dtype) for r in fn.results)
-    _kernel(fn)(*flat, *(o.reshape(-1) for o in outs))
-    return outs[0] if len(outs) == 1 else outs
+    lower_numpy.check_arguments(fn, arrays)
+    outs = CPUElementwise().run(_source(fn), "kernel", arrays, [r.type.dtype for r in fn.results])
+    return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 def source(fn: ir.Function) -> str:
@@ -189,5 +188,5 @@ assert set(_LOWER) == set(ir.OPS) - {"param", "const"}, "every IR op needs a num
 
 
 @lru_cache(maxsize=256)
-def _kernel(fn: ir.Function):
-    return cpu_jit.load_source(source(fn)).kernel
+def _source(fn: ir.Function) -> str:
+    return source(fn)
