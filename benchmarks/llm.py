@@ -21,7 +21,7 @@ import numpy as np
 
 import loom
 from loom.kernels.quant import gguf as gguf_quants
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
 
 PROMPT, DECODE, PREFILL = 16, 64, 256
@@ -31,11 +31,11 @@ CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, 
           "max_position_embeddings": 8192, "bos_token_id": 1, "eos_token_id": 2}
 
 
-def random_matrix(rng, qtype: str, shape) -> QuantizedTensor:
+def random_matrix(rng, qtype: str, shape) -> BlockQuantized:
     rows, cols = shape
     if qtype == "BF16":
         w = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype("bfloat16")
-        return QuantizedTensor(w.view(np.uint8).reshape(rows, -1), "BF16", shape)
+        return BlockQuantized(w.view(np.uint8).reshape(rows, -1), "BF16", shape)
     elems, nbytes = gguf_quants.BLOCKS[qtype]
     blocks = np.empty((rows, cols // elems, nbytes), dtype=np.uint8)
     if qtype == "Q4_1":         # f16 scale d, f16 minimum m, 16 bytes of 4-bit codes: w = d q + m
@@ -47,7 +47,7 @@ def random_matrix(rng, qtype: str, shape) -> QuantizedTensor:
         blocks[..., 2:] = rng.integers(0, 256, (rows, cols // elems, 32), dtype=np.uint8)
     else:
         raise ValueError(qtype)
-    return QuantizedTensor(blocks.reshape(rows, -1), qtype, shape)
+    return BlockQuantized(blocks.reshape(rows, -1), qtype, shape)
 
 
 def random_weights(qtype: str, seed: int = 0) -> dict:

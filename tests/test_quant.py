@@ -334,7 +334,7 @@ def test_qmatmul_flattens_conv_weights_and_split_rows_take_rows_agree():
     w = quant.quantize(RNG.standard_normal((6, 2, 3)), "uint4", per="channel")
     x = RNG.standard_normal((4, 6)).astype(np.float32)
     y = quant.qmatmul(x, w)
-    flat = quant.QTensor("uint4", w.q.reshape(6, 6), w.scale.reshape(6, 1), w.zero_point.reshape(6, 1))
+    flat = quant.AffineQuantized("uint4", w.q.reshape(6, 6), w.scale.reshape(6, 1), w.zero_point.reshape(6, 1))
     np.testing.assert_array_equal(y, quant.qmatmul(x, flat))
     parts = quant.split_rows(w, 3)
     assert [p.shape for p in parts] == [(2, 6)] * 3

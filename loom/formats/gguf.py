@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import FormatError, LoomError
 from ..kernels.quant import gguf as gguf_quants
-from ..kernels.quant.stored import QuantizedTensor
+from ..kernels.quant.block import BlockQuantized
 
 MAGIC = b"GGUF"
 SUPPORTED_VERSIONS = (2, 3)
@@ -280,14 +280,14 @@ class GGUFFile:
         except LoomError as exc:
             raise FormatError(f"{self.path}: tensor {name!r}: {exc}") from None
 
-    def weight(self, name: str) -> np.ndarray | QuantizedTensor:
-        """F32 tensors as read-only float32 views of the file; other 2-D tensors as QuantizedTensor
+    def weight(self, name: str) -> np.ndarray | BlockQuantized:
+        """F32 tensors as read-only float32 views of the file; other 2-D tensors as BlockQuantized
         (kept in their stored form); other shapes dequantized to float32."""
         info = self.info(name)
         if info.qtype == "F32":
             return self.raw(name).view(np.float32).reshape(info.shape)
         if len(info.shape) == 2:
-            return QuantizedTensor(self.raw(name), info.qtype, info.shape)
+            return BlockQuantized(self.raw(name), info.qtype, info.shape)
         return self.array(name)
 
     def close(self) -> None:

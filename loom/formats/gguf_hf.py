@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..errors import ConfigError
-from ..kernels.quant.stored import QuantizedTensor
+from ..kernels.quant.block import BlockQuantized
 
 if TYPE_CHECKING:
     from .gguf import GGUFFile
@@ -265,7 +265,7 @@ def hf_name(family: str, name: str, n_layers: int) -> str | None:
 
 def hf_weights(f: GGUFFile) -> dict:
     """The tensors of GGUFFile `f` under their HF names: float32 arrays (read-only views for F32
-    tensors) or QuantizedTensor for quantized 2-D weights. lm_head.weight is absent when the
+    tensors) or BlockQuantized for quantized 2-D weights. lm_head.weight is absent when the
     embeddings are tied; llama and mistral Q/K rows (and biases) are un-permuted."""
     family = architecture(f.metadata)
     key = "bert.block_count" if family == "bert" else f.metadata["general.architecture"] + ".block_count"
@@ -300,6 +300,6 @@ def _unpermute(md: dict, name: str, w):
     if n_head == 0 or rows % (2 * n_head):
         raise ConfigError(name, f"{rows} rows do not split into {n_head} heads of an even size")
     perm = np.arange(rows).reshape(n_head, rows // n_head // 2, 2).swapaxes(1, 2).reshape(-1)
-    if isinstance(w, QuantizedTensor):
+    if isinstance(w, BlockQuantized):
         return w.permute_rows(perm)
     return np.ascontiguousarray(w[perm])

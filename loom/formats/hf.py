@@ -7,7 +7,7 @@
 
 Shards are memory-mapped (loom.formats.safetensors.load): float32 tensors stay read-only views of
 the files. 2-D float16/bfloat16 tensors (the weights of most published checkpoints) stay in their
-stored form as loom.kernels.quant.stored.QuantizedTensor("F16"/"BF16") and are widened block by block
+stored form as loom.kernels.quant.block.BlockQuantized("F16"/"BF16") and are widened block by block
 inside each product; every other F32/F64/F16/BF16 tensor becomes a float32 array. Other types
 (integers, float8) are rejected rather than guessed at.
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from .. import backend
 from ..errors import FormatError
-from ..kernels.quant.stored import QuantizedTensor
+from ..kernels.quant.block import BlockQuantized
 from . import safetensors
 
 CONFIG = "config.json"
@@ -45,7 +45,7 @@ def read_config(path: str | os.PathLike[str]) -> dict:
 def read_dir(path: str | os.PathLike[str], device: str = "cpu",
              expected: tuple[dict, dict] | None = None) -> tuple[dict, dict]:
     """(config, weights) of the HF directory `path`; weights map names to float32 arrays or
-    QuantizedTensor on `device`. expected = (required, optional), each name -> shape: check the
+    BlockQuantized on `device`. expected = (required, optional), each name -> shape: check the
     checkpoint holds exactly those tensors with those shapes."""
     folder = os.fspath(path)
     if not os.path.isdir(folder):
@@ -136,9 +136,9 @@ def _stored(name: str, array: np.ndarray, file: str, be, device: str):
     return be.asarray(array.astype(np.float32, copy=False))
 
 
-def half_matrix(array: np.ndarray, qtype: str) -> QuantizedTensor:
-    """A 2-D float16/bfloat16 array as a QuantizedTensor viewing the same bytes (no copy)."""
+def half_matrix(array: np.ndarray, qtype: str) -> BlockQuantized:
+    """A 2-D float16/bfloat16 array as a BlockQuantized viewing the same bytes (no copy)."""
     rows, cols = array.shape
     raw = np.ascontiguousarray(array).view(np.uint8).reshape(rows, 2 * cols)
-    return QuantizedTensor(raw, qtype, (rows, cols))
+    return BlockQuantized(raw, qtype, (rows, cols))
 

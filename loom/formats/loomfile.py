@@ -57,7 +57,7 @@ def to_bytes(net: Network, optimizer: Optimizer | None = None, training_state: d
     from ..version import __version__
     tensors, quantized = {}, {}
     for name, a in net.state_dict().items():
-        if isinstance(a, quant.QTensor):
+        if isinstance(a, quant.AffineQuantized):
             quantized[name] = {"dtype": a.dtype, "shape": list(a.shape)}
             for part, array in quant.to_storage(a).items():
                 tensors[name if part == "q" else f"{name}.{part}"] = array
@@ -123,7 +123,7 @@ def _quantized(weights: dict, meta: dict, own: dict, where: str) -> dict:
         raise FormatError(f"{where}: quantized metadata is not valid JSON ({exc.msg})") from None
     if not isinstance(listed, dict):
         raise FormatError(f"{where}: quantized metadata must be an object of name -> {{dtype, shape}}")
-    expected = {n for n, a in own.items() if isinstance(a, quant.QTensor)}
+    expected = {n for n, a in own.items() if isinstance(a, quant.AffineQuantized)}
     if set(listed) != expected:
         raise FormatError(f"{where}: quantized tensors {sorted(listed)} do not match the config's {sorted(expected)}")
     out = {}

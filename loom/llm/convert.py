@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..formats import gguf, gguf_hf, safetensors
-from ..kernels.quant.stored import QuantizedTensor
+from ..kernels.quant.block import BlockQuantized
 
 
 def gguf_to_hf(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> dict:
@@ -48,6 +48,6 @@ def gguf_to_hf(source: str | os.PathLike[str], target: str | os.PathLike[str]) -
 
 
 def _float32(weight) -> np.ndarray:
-    if isinstance(weight, QuantizedTensor):
+    if isinstance(weight, BlockQuantized):
         return np.ascontiguousarray(weight.dequantize())
     return np.ascontiguousarray(weight, dtype=np.float32)

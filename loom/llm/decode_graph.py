@@ -39,7 +39,7 @@ import numpy as np
 from ..backend import Array
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
-from ..kernels.quant.stored import QuantizedTensor
+from ..kernels.quant.block import BlockQuantized
 
 if TYPE_CHECKING:
     from .decoder import Decoder
@@ -50,7 +50,7 @@ KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
 
 def _stored(w):
     """(uint8 rows, qtype) of a weight the block kernels read, or None."""
-    if isinstance(w, QuantizedTensor):
+    if isinstance(w, BlockQuantized):
         return w.data, w.qtype
     if getattr(w, "dtype", None) == np.float32 and w.ndim == 2 and w.flags.c_contiguous:
         return w.view(np.uint8), "F32"

@@ -15,8 +15,8 @@ KV key/value heads, R = H / KV, D head_dim, n = keys attended):
 Grouped-query attention without repeating keys: the R query heads of a key/value head are stacked
 along the row axis, q as [B, KV, R*T, D], so every product is one batched GEMM over [B, KV] (no loop
 over heads). Q/K/V (and gate/up) weights are concatenated once at load when they are all float arrays
-or all QuantizedTensors of one type, so a step runs one product for them and q and k are normed and
-rotated in one pass. Weights are float32 arrays or loom.kernels.quant.stored.QuantizedTensor
+or all BlockQuantized weights of one type, so a step runs one product for them and q and k are normed and
+rotated in one pass. Weights are float32 arrays or loom.kernels.quant.block.BlockQuantized
 (dequantized block by block inside the product); GEMMs, sums, exp and sigmoid go through
 loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
 
@@ -39,7 +39,7 @@ from ..backend import Array
 from ..backend.recorder import GraphCache
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
-from ..kernels.quant.stored import QuantizedTensor, linear
+from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
 from . import decode_graph, rope
 from .kv_cache import KVCache
@@ -211,12 +211,12 @@ class Decoder:
 
         def dense(name):                 # a float32 array on the device
             w = weights[name]
-            w = be.asarray(w.dequantize() if isinstance(w, QuantizedTensor) else w)
+            w = be.asarray(w.dequantize() if isinstance(w, BlockQuantized) else w)
             return w if w.dtype == np.float32 else w.astype(np.float32)
 
         def matrix(name):                # stays quantized when stored so
             w = weights[name]
-            return w.to(device) if isinstance(w, QuantizedTensor) else dense(name)
+            return w.to(device) if isinstance(w, BlockQuantized) else dense(name)
 
         def optional(name):
             return dense(name) if name in weights else None
@@ -326,7 +326,7 @@ class Decoder:
     def _hidden(self, ids, cache: KVCache):
         """Run every layer on ids [B, T] at positions cache.length ..; returns h [B, T, E]."""
         B, T = ids.shape
-        if isinstance(self.embed, QuantizedTensor):
+        if isinstance(self.embed, BlockQuantized):
             h = self.embed.take_rows(ids.reshape(-1)).reshape(B, T, -1)
         else:
             h = self.xp.take(self.embed, self.backend.asarray(ids), axis=0)
@@ -399,12 +399,12 @@ def _linear(x, w, bias=None):
 
 def _joined(ws: list, xp):
     """One [sum of rows, in] weight (one product per step) when the parts are all float arrays or all
-    QuantizedTensors of one type (rows are independent, so their stored rows concatenate); else a tuple."""
-    if all(not isinstance(w, QuantizedTensor) for w in ws):
+    BlockQuantized weights of one type (rows are independent, so their stored rows concatenate); else a tuple."""
+    if all(not isinstance(w, BlockQuantized) for w in ws):
         return xp.concatenate(ws, axis=0)
-    if all(isinstance(w, QuantizedTensor) for w in ws) and len({w.qtype for w in ws}) == 1:
+    if all(isinstance(w, BlockQuantized) for w in ws) and len({w.qtype for w in ws}) == 1:
         data = xp.concatenate([w.data for w in ws], axis=0)
-        return QuantizedTensor(data, ws[0].qtype, (data.shape[0], ws[0].shape[1]))
+        return BlockQuantized(data, ws[0].qtype, (data.shape[0], ws[0].shape[1]))
     return tuple(ws)
 
 

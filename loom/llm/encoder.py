@@ -21,7 +21,7 @@ unless truncation is asked for; the tokenizer itself neither pads nor truncates 
 all-MiniLM-L6-v2 asks to pad everything to 128 tokens and cut at 128: Loom ignores both).
 
 All array code goes through `backend.of(...).xp` and loom.kernels (ops, fused), so the encoder runs
-on NumPy or CuPy arrays and honours deterministic mode. 2-D weights may also be QuantizedTensors
+on NumPy or CuPy arrays and honours deterministic mode. 2-D weights may also be BlockQuantized weights
 (GGUF blocks, F16/BF16 rows kept in stored form, as loom.llm.load passes them from a GGUF file);
 from_dir widens a safetensors file's float weights to float32 once (an encoder is small, and the
 products then need no per-call decoding).
@@ -38,7 +38,7 @@ from .. import backend, dtypes
 from ..backend import Array
 from ..errors import ConfigError, FormatError, ShapeError
 from ..kernels import fused, ops
-from ..kernels.quant.stored import QuantizedTensor, linear
+from ..kernels.quant.block import BlockQuantized, linear
 
 if TYPE_CHECKING:
     from .tokenizer import Tokenizer
@@ -287,14 +287,14 @@ def _expected_shapes(config: dict) -> dict[str, tuple[int, ...]]:
 
 
 def _prepared(name: str, w, shape: tuple, target):
-    """w checked against `shape`, as float32 (a QuantizedTensor is kept in its stored form), on
+    """w checked against `shape`, as float32 (a BlockQuantized is kept in its stored form), on
     `target` when given."""
     got = tuple(w.shape)
     if got != shape:
         raise FormatError(f"tensor {name!r} has shape {list(got)}, expected {list(shape)}")
-    if isinstance(w, QuantizedTensor):         # stays in its stored form
+    if isinstance(w, BlockQuantized):         # stays in its stored form
         if len(shape) != 2:
-            raise FormatError(f"tensor {name!r}: a {w.qtype} QuantizedTensor where a 1-D float array is expected")
+            raise FormatError(f"tensor {name!r}: a {w.qtype} BlockQuantized where a 1-D float array is expected")
         return w.to(target.name) if target is not None else w
     if np.dtype(w.dtype) not in _FLOAT_DTYPES:
         raise FormatError(f"tensor {name!r} has dtype {w.dtype}, expected a float type")
@@ -307,8 +307,8 @@ def _prepared(name: str, w, shape: tuple, target):
 
 
 def _lookup(table, ids):
-    """Rows of an embedding table (an array, or a QuantizedTensor dequantizing only those rows)."""
-    return table.take_rows(ids) if isinstance(table, QuantizedTensor) else table[ids]
+    """Rows of an embedding table (an array, or a BlockQuantized dequantizing only those rows)."""
+    return table.take_rows(ids) if isinstance(table, BlockQuantized) else table[ids]
 
 
 def _scattered(packed, rows, total: int):

@@ -252,10 +252,10 @@ class Network:
             if name not in own:
                 continue
             dst = own[name]
-            if isinstance(dst, quant.QTensor):
+            if isinstance(dst, quant.AffineQuantized):
                 self.load_quantized(name, dst, value)
                 continue
-            if isinstance(value, quant.QTensor):
+            if isinstance(value, quant.AffineQuantized):
                 raise ShapeError(f"{name}: a {value.dtype} quantized tensor cannot load into a float parameter "
                                  "(dequantize it, or quantize the network first)")
             src = _host(value)
@@ -266,7 +266,7 @@ class Network:
     def load_quantized(self, name: str, dst: Any, value: Any) -> None:
         """A stored quantized weight replaces dst as it is; a float array is quantized per the config."""
         q = self._cfg["quantization"]
-        if not isinstance(value, quant.QTensor):
+        if not isinstance(value, quant.AffineQuantized):
             src = _host(value)
             if tuple(src.shape) != tuple(dst.shape):
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
@@ -368,7 +368,7 @@ class Network:
         NaN or Inf; None when everything is finite. Runs x through the layers one at a time."""
         xp = self.backend.xp
         for name, p in self.parameters().items():
-            bad = _count_bad(xp, p.dequantize("float64") if isinstance(p, quant.QTensor) else p)
+            bad = _count_bad(xp, p.dequantize("float64") if isinstance(p, quant.AffineQuantized) else p)
             if bad:
                 return NonFinite(name, "parameter", *bad)
         if x is None:

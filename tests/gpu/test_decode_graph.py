@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import loom
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
 
@@ -119,7 +119,7 @@ def _quant_weights(qtype, config):
             if at_m >= 0:
                 data[..., at_m:at_m + 2] = (RNG.random((rows, cols // 32, 1)) * -0.02).astype(np.float16).view(np.uint8)
             data = data.reshape(rows, -1)
-        out[name] = QuantizedTensor(data, qtype, shape)
+        out[name] = BlockQuantized(data, qtype, shape)
     return out
 
 

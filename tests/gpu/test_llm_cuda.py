@@ -10,7 +10,7 @@ import pytest
 
 import loom
 from loom.kernels.quant import gguf as gguf_quants
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 
 from .cpu_gpu import host, same_bits
 
@@ -56,12 +56,12 @@ def test_quantized_weights_on_the_gpu(qtype):
     if qtype in ("F16", "BF16"):
         data = rng.standard_normal((rows, cols)).astype(np.float32).astype(
             np.float16 if qtype == "F16" else "bfloat16").view(np.uint8).reshape(rows, -1)
-    w = QuantizedTensor(data, qtype, (rows, cols))
+    w = BlockQuantized(data, qtype, (rows, cols))
     wg = w.to("cuda")
     same_bits(wg.dequantize(), w.dequantize(), f"{qtype} dequantize")
     same_bits(wg.take_rows(cupy.asarray([3, 0, 3])), w.take_rows(np.array([3, 0, 3])), f"{qtype} take_rows")
     finite = np.isfinite(w.dequantize()).all(axis=1)
-    wf, wfg = QuantizedTensor(data[finite], qtype, (int(finite.sum()), cols)), None
+    wf, wfg = BlockQuantized(data[finite], qtype, (int(finite.sum()), cols)), None
     wfg = wf.to("cuda")
     x = rng.standard_normal((3, cols)).astype(np.float32)
     same_bits(wfg.matmul_t(cupy.asarray(x)), wf.matmul_t(x), f"{qtype} deterministic product")

@@ -19,7 +19,7 @@ from loom.backend.cpu import gemv as cpu_jit  # noqa: E402  (the block loops; ji
 from loom.kernels import ops  # noqa: E402
 from loom.kernels.quant import gemv as gguf_gemv
 from loom.kernels.quant import gguf as gq  # noqa: E402
-from loom.kernels.quant.stored import QuantizedTensor  # noqa: E402
+from loom.kernels.quant.block import BlockQuantized  # noqa: E402
 
 TYPES = list(cpu_jit.TYPES)
 SCALES = {"Q8_0": (0,), "Q4_0": (0,), "Q5_0": (0,), "Q4_1": (0, 2), "Q5_1": (0, 2)}   # float16 fields
@@ -40,13 +40,13 @@ def random_weight(qtype, rows, cols, rng):
         values = rng.standard_normal((rows, cols)) * 10.0 ** rng.uniform(-4, 1, (rows, 1))
         values = values.astype(np.float32)
         raw = values.astype(np.float16) if qtype == "F16" else (values.view(np.uint32) >> 16).astype(np.uint16)
-        return QuantizedTensor(raw.view(np.uint8).reshape(rows, -1), qtype, (rows, cols))
+        return BlockQuantized(raw.view(np.uint8).reshape(rows, -1), qtype, (rows, cols))
     raw = rng.integers(0, 256, (rows, cols // block * size), dtype=np.uint8)
     blocks = raw.reshape(-1, size)
     for at in SCALES[qtype]:
         scales = rng.choice([-1, 1], len(blocks)) * 10.0 ** rng.uniform(-4, 1, len(blocks))
         blocks[:, at:at + 2] = scales.astype(np.float16).view(np.uint8).reshape(-1, 2)
-    return QuantizedTensor(raw, qtype, (rows, cols))
+    return BlockQuantized(raw, qtype, (rows, cols))
 
 
 def reference_values(w):
@@ -170,7 +170,7 @@ def test_memory_maps_strided_x_and_empty_shapes():
     assert_close(got, x, reference_values(w))
     assert np.array_equal(got, jit_product(w, np.ascontiguousarray(x)))
     for rows, cols, m in ((0, 64, 2), (5, 0, 2), (5, 64, 0)):
-        w = QuantizedTensor(np.zeros((rows, gq.row_nbytes("Q8_0", cols)), np.uint8), "Q8_0", (rows, cols))
+        w = BlockQuantized(np.zeros((rows, gq.row_nbytes("Q8_0", cols)), np.uint8), "Q8_0", (rows, cols))
         assert np.array_equal(jit_product(w, np.ones((m, cols), np.float32)), np.zeros((m, rows), np.float32))
 
 

@@ -6,7 +6,7 @@ reach every stage: rows whose products cancel exactly (the exact integer sum), r
 but for one product 2^-20 of its size (the compensated sum), random rows (the first stage); then
 the correctly rounded cases of tests/rounded_cases.py (midpoints, subnormals, overflow) as F32
 weights; inf and NaN in x and in W (scales, values); zero rows; extreme float16 scales against
-gguf_quants' decoding; the dispatch from QuantizedTensor.matmul_t and exact.matmul."""
+gguf_quants' decoding; the dispatch from BlockQuantized.matmul_t and exact.matmul."""
 import numpy as np
 import pytest
 from rounded_cases import CASES, case
@@ -18,7 +18,7 @@ from loom.kernels import exact
 from loom.kernels.exact import dispatch as exact_dispatch
 from loom.kernels.exact import rounded as exact_rounded
 from loom.kernels.quant import gguf as gq
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 
 TYPES = list(gemv.TYPES)
 BLOCK_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1"]
@@ -47,12 +47,12 @@ def assert_same_bits(got, want):
     np.testing.assert_array_equal(bits(got)[~nan], bits(want)[~nan])
 
 
-def reference(x, w: QuantizedTensor):
+def reference(x, w: BlockQuantized):
     with loom.deterministic(True), np.errstate(all="ignore"):
         return exact.matmul(x, w.dequantize().T)       # 2-D: the float64 GEMM and rounded_jit's stages
 
 
-def product(x, w: QuantizedTensor):
+def product(x, w: BlockQuantized):
     """(out, stage counts) from the module directly (any number of rows)."""
     out = np.empty((x.shape[0], w.shape[0]), np.float32)
     with np.errstate(all="ignore"):
@@ -83,7 +83,7 @@ def pack_blocks(qtype, codes, d, m=None):
             at += 4
         low = c & 15
         blocks[..., at:] = (low[..., :16] | (low[..., 16:] << 4)).astype(np.uint8)
-    return QuantizedTensor(blocks.reshape(rows, -1), qtype, (rows, k))
+    return BlockQuantized(blocks.reshape(rows, -1), qtype, (rows, k))
 
 
 def pack_values(qtype, values):
@@ -92,7 +92,7 @@ def pack_values(qtype, values):
     raw = {"F16": lambda: v.astype(np.float16).view(np.uint16),
            "BF16": lambda: (v.view(np.uint32) >> 16).astype(np.uint16),
            "F32": lambda: v}[qtype]()
-    return QuantizedTensor(raw.view(np.uint8).reshape(v.shape[0], -1), qtype, v.shape)
+    return BlockQuantized(raw.view(np.uint8).reshape(v.shape[0], -1), qtype, v.shape)
 
 
 def staged_weight(qtype, k, rng, rows_each=8):
@@ -184,7 +184,7 @@ def test_inf_nan_and_zero_rows(qtype):
         values[1, 3], values[2, 40], values[3, 7], values[3, 8] = np.inf, -np.inf, np.nan, np.inf
         values[5] = 0
         data = pack_values(qtype, values).data
-    w = QuantizedTensor(data, qtype, w.shape)
+    w = BlockQuantized(data, qtype, w.shape)
     x = rng.standard_normal((5, k)).astype(np.float32)
     x[1, 10], x[2, 20], x[2, 21], x[3, 0] = np.inf, -np.inf, np.inf, np.nan
     x[4] = 0

@@ -232,16 +232,16 @@ def test_tiny_bert_bfloat16_weights_are_widened(tmp_path):
 
 @pytest.mark.parametrize("qtype", ["F16", "Q8_0"])
 def test_tiny_bert_quantized_weights(tmp_path, qtype):
-    """2-D weights kept as QuantizedTensor (how loom.llm.load passes a GGUF's) give the bits of their
+    """2-D weights kept as BlockQuantized (how loom.llm.load passes a GGUF's) give the bits of their
     float32 dequantization: the encoder's products and lookups decode them exactly."""
-    from loom.kernels.quant.stored import QuantizedTensor
+    from loom.kernels.quant.block import BlockQuantized
     _tiny_bert(tmp_path, seed=8)
     config = json.loads((tmp_path / "config.json").read_text())
     tensors, _ = safetensors.load(tmp_path / "model.safetensors")
     tokenizer = Encoder.from_dir(tmp_path).tokenizer
     quantized = {k: _quantize(np.asarray(v), qtype) if v.ndim == 2 else v for k, v in tensors.items()}
-    assert isinstance(quantized["embeddings.word_embeddings.weight"], QuantizedTensor)
-    widened = {k: v.dequantize() if isinstance(v, QuantizedTensor) else v for k, v in quantized.items()}
+    assert isinstance(quantized["embeddings.word_embeddings.weight"], BlockQuantized)
+    widened = {k: v.dequantize() if isinstance(v, BlockQuantized) else v for k, v in quantized.items()}
     for flag in MODES.values():
         with loom.deterministic(flag):
             got = Encoder.from_hf(config, quantized, tokenizer).embed(TINY_TEXTS)
@@ -252,13 +252,13 @@ def test_tiny_bert_quantized_weights(tmp_path, qtype):
 
 
 def _quantize(w, qtype):
-    from loom.kernels.quant.stored import QuantizedTensor
+    from loom.kernels.quant.block import BlockQuantized
     if qtype == "F16":
         data = w.astype("<f2").view(np.uint8).reshape(w.shape[0], -1)
     else:
         gguf = pytest.importorskip("gguf")
         data = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q8_0)
-    return QuantizedTensor(np.ascontiguousarray(data), qtype, w.shape)
+    return BlockQuantized(np.ascontiguousarray(data), qtype, w.shape)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -11,7 +11,7 @@ import pytest
 from loom import FormatError
 from loom.formats import gguf as lg
 from loom.kernels.quant import gguf as gq
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 
 gguf = pytest.importorskip("gguf")
 V = gguf.GGUFValueType
@@ -88,7 +88,7 @@ def test_round_trip_every_value_type(tmp_path):
             assert f.raw(t.name).tobytes() == t.data.tobytes()
             want = gguf.quants.dequantize(t.data, t.tensor_type).reshape(info.shape)
             assert np.array_equal(f.array(t.name), want)
-        assert isinstance(f.weight("c.q8_0"), QuantizedTensor) and f.weight("c.q8_0").shape == (4, 64)
+        assert isinstance(f.weight("c.q8_0"), BlockQuantized) and f.weight("c.q8_0").shape == (4, 64)
         f32 = f.weight("a.f32")
         assert isinstance(f32, np.ndarray) and f32.shape == (3, 5) and not f32.flags.writeable
         assert f.weight("b.f16").dtype == np.float32 and f.weight("g.3d").shape == (2, 3, 4)
@@ -252,7 +252,7 @@ def test_smollm2_file(smollm_path):
             assert (info.qtype, info.shape, info.offset, info.nbytes) == \
                 (t.tensor_type.name, tuple(reversed(t.shape.tolist())), t.data_offset, t.n_bytes)
         w = f.weight("blk.3.ffn_up.weight")
-        assert isinstance(w, QuantizedTensor) and w.shape == (1536, 576) and w.qtype == "Q4_1"
+        assert isinstance(w, BlockQuantized) and w.shape == (1536, 576) and w.qtype == "Q4_1"
         t = next(t for t in ref.tensors if t.name == "blk.3.ffn_up.weight")
         assert np.array_equal(w.dequantize(), gguf.quants.dequantize(t.data, t.tensor_type))
         assert gq.row_nbytes("Q4_1", 576) * 1536 == w.nbytes

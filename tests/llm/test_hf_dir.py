@@ -12,7 +12,7 @@ import loom
 import loom.llm
 from loom.errors import ConfigError, FormatError
 from loom.formats import hf, safetensors
-from loom.kernels.quant.stored import QuantizedTensor
+from loom.kernels.quant.block import BlockQuantized
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402
@@ -42,7 +42,7 @@ def test_bfloat16_checkpoint_stays_bfloat16(tmp_path, kind):
     folder = td.save(model, tmp_path, bfloat16=True, shard="60KB")
     config, weights = hf.read_dir(folder)
     q = weights["model.layers.0.self_attn.q_proj.weight"]
-    assert isinstance(q, QuantizedTensor) and q.qtype == "BF16" and q.nbytes == 2 * q.shape[0] * q.shape[1]
+    assert isinstance(q, BlockQuantized) and q.qtype == "BF16" and q.nbytes == 2 * q.shape[0] * q.shape[1]
     norm = weights["model.layers.0.input_layernorm.weight"]
     assert isinstance(norm, np.ndarray) and norm.dtype == np.float32          # 1-D: widened
     lm = loom.llm.load(folder)

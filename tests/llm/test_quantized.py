@@ -1,4 +1,4 @@
-"""QuantizedTensor: products, row lookups and permutations against dequantize-then-NumPy, in
+"""BlockQuantized: products, row lookups and permutations against dequantize-then-NumPy, in
 deterministic mode (bit-exact with loom.kernels.ops.matmul on the dequantized weight, whatever
 the row blocking) and in fast mode; linear(); bad input."""
 import numpy as np
@@ -8,8 +8,8 @@ import loom
 from loom import ShapeError
 from loom.backend.cpu import CPU
 from loom.kernels import ops
+from loom.kernels.quant import block as qz
 from loom.kernels.quant import gguf as gq
-from loom.kernels.quant import stored as qz
 
 TYPES = list(gq.BLOCKS)
 
@@ -31,7 +31,7 @@ def random_weight(qtype, rows, blocks_per_row, seed):
         for at in scale_at:
             scales = (rng.random(len(blocks)) * 0.02 + 1e-3).astype(np.float16)
             blocks[:, at:at + 2] = scales.view(np.uint8).reshape(-1, 2)
-    return qz.QuantizedTensor(raw, qtype, (rows, cols))
+    return qz.BlockQuantized(raw, qtype, (rows, cols))
 
 
 @pytest.mark.parametrize("qtype", TYPES)
@@ -104,7 +104,7 @@ def test_permute_rows(qtype):
     w = random_weight(qtype, 12, 2, seed=6)
     perm = np.random.default_rng(0).permutation(12)
     p = w.permute_rows(perm)
-    assert isinstance(p, qz.QuantizedTensor) and p.qtype == qtype and p.shape == w.shape
+    assert isinstance(p, qz.BlockQuantized) and p.qtype == qtype and p.shape == w.shape
     assert np.array_equal(p.dequantize().view(np.uint32), w.dequantize()[perm].view(np.uint32))
     for bad, message in ((np.arange(11), "length 12"), (np.zeros(12, np.int64), "not a permutation"),
                          (np.arange(12.0), "integer")):
@@ -138,13 +138,13 @@ def test_linear_for_both_weight_kinds():
 
 def test_constructor_checks():
     with pytest.raises(ShapeError, match="2-D"):
-        qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "Q8_0", (2, 32, 1))
+        qz.BlockQuantized(np.zeros((2, 34), np.uint8), "Q8_0", (2, 32, 1))
     with pytest.raises(ShapeError, match=r"uint8 \[2, 34\]"):
-        qz.QuantizedTensor(np.zeros((2, 33), np.uint8), "Q8_0", (2, 32))
+        qz.BlockQuantized(np.zeros((2, 33), np.uint8), "Q8_0", (2, 32))
     with pytest.raises(ShapeError, match="not a multiple"):
-        qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "Q8_0", (2, 30))
+        qz.BlockQuantized(np.zeros((2, 34), np.uint8), "Q8_0", (2, 30))
     with pytest.raises(loom.FormatError, match="unsupported"):
-        qz.QuantizedTensor(np.zeros((2, 34), np.uint8), "IQ2_XS", (2, 32))
+        qz.BlockQuantized(np.zeros((2, 34), np.uint8), "IQ2_XS", (2, 32))
 
 
 class _NoBlockKernels:

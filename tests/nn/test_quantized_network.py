@@ -40,9 +40,9 @@ def test_quantize_runs_in_the_type_and_stays_close(cfg, dtype):
     x = _inputs(cfg)
     q = net.quantize(dtype)
     assert q.quantized and q.config["quantization"] == {"dtype": dtype, "per": "channel"}
-    weights = [(n, p) for n, p in q.parameters().items() if isinstance(p, quant.QTensor)]
+    weights = [(n, p) for n, p in q.parameters().items() if isinstance(p, quant.AffineQuantized)]
     assert weights and all(p.dtype == dtype for _, p in weights)
-    assert not isinstance(q.parameters().get("layers.1.weight", None), quant.QTensor) or cfg is not MLP
+    assert not isinstance(q.parameters().get("layers.1.weight", None), quant.AffineQuantized) or cfg is not MLP
     y, yq = net(x), q(x)
     assert yq.dtype == y.dtype and yq.shape == y.shape and np.isfinite(yq).all()
     err = np.abs(yq - y).max() / (np.abs(y).max() + 1e-6)

@@ -11,7 +11,7 @@ numba (or with LOOM_JIT=0) the NumPy path runs as before.
 
 Fast mode only: the sums run in float32 in the loop's order, reassociated by the compiler
 (fastmath without nnan/ninf, so NaN and inf weights still propagate as in the dequantized
-product). Deterministic mode never comes here (loom.kernels.quant.stored decodes W exactly).
+product). Deterministic mode never comes here (loom.kernels.quant.block decodes W exactly).
 
 Stored forms (loom.kernels.quant.gguf has the full table): F16/BF16 rows are plain uint16 values;
 the 32-value block types are a float16 scale d (and offset m) followed by the codes:
@@ -46,7 +46,7 @@ from ...errors import BackendError
 from . import jit
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16")
-MAX_ROWS = 16           # x with more rows goes to BLAS on decoded blocks of W (loom.kernels.quant.stored)
+MAX_ROWS = 16           # x with more rows goes to BLAS on decoded blocks of W (loom.kernels.quant.block)
 CHUNK = 16              # rows of W per parallel task: 36 tasks for a 576-row weight on 2 threads
 _HELPERS = ("_half", "_dots", "_f16_values")
 _KERNELS = {"Q8_0": "_q8_0", "Q4_0": "_q4_0", "Q4_1": "_q4_1", "Q5_0": "_q5_0", "Q5_1": "_q5_1",
@@ -68,7 +68,7 @@ def supports(qtype: str, m_rows: int) -> bool:
 def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray) -> None:
     """out[m, r] = sum_k x2[m, k] W[r, k] for W the `qtype` rows `data` (uint8 [R, row bytes]);
     x2 float32 [M, cols] with M <= MAX_ROWS, out float32 [M, R] C-contiguous. The caller
-    (QuantizedTensor.matmul_t) has checked the shapes and dtypes, and `supports`."""
+    (BlockQuantized.matmul_t) has checked the shapes and dtypes, and `supports`."""
     if not jit.compiled(globals()) and not available():   # compiles once (callers checked supports())
         raise BackendError(f"the compiled block products do not run here: {jit.unavailable_reason()}")
     f16 = jit.f16_table()

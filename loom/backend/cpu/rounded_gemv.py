@@ -3,7 +3,7 @@ small stacked products of attention in a decode step (numba, the optional `loom[
 by loom.backend.cpu.jit): exact_rounded's bits, with W read once and never materialised.
 
 Why: decoding (batch 1) multiplies one row of activations with every weight once per token. The
-general path (loom.kernels.quant.stored) dequantizes W block by block with NumPy, casts it to float64
+general path (loom.kernels.quant.block) dequantizes W block by block with NumPy, casts it to float64
 with its column norms and runs a float64 GEMM before rounded_jit.certify: several passes over
 every weight per token, much slower than this (SmolLM2-135M's shapes, Q4_1, one row of x).
 

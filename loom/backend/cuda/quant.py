@@ -20,7 +20,7 @@ decode step, loom/llm/decode_graph.py, uses them so a layer is five launches):
 `embed` decodes rows of such a weight picked by token ids held on the device (an embedding lookup).
 
 The sums run in another order than the dequantize-then-GEMM reference: fast mode only
-(loom.kernels.quant.stored uses this when the backend has it; deterministic mode decodes W and runs the
+(loom.kernels.quant.block uses this when the backend has it; deterministic mode decodes W and runs the
 exact GEMM). `CUDABackend.quant` (CUDAQuant) and `.decode.products` use this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations

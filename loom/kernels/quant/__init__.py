@@ -1,7 +1,8 @@
-"""Loom's quantization, one roof for both systems:
+"""Loom's quantization, one roof and one name scheme for both systems (`<Scheme>Quantized`):
 
-- stored.py: `QuantizedTensor`, weights kept in a file's block-quantized form (GGUF's GGML block
-  types, gguf.py) and dequantized only inside the products that use them (language models);
-- affine.py: `QTensor`, the model file's integer quantization of a network's weights (int8/int4
-  with a scale and zero point per tensor or channel, docs/dtypes.md).
+- affine.py: `AffineQuantized`, value = (q - zero_point) * scale: the model file's quantization of a
+  network's weights to any type of loom/dtypes.py, one scale per tensor or channel (docs/dtypes.md);
+- block.py: `BlockQuantized`, a 2-D weight kept in a file's block-quantized form (GGUF's GGML block
+  types, codecs in gguf.py) and dequantized only inside the products that use them (language models);
+- gemv.py: the portable block GEMV used by block.py for products of a few rows.
 """

@@ -81,7 +81,7 @@ def round_to(x: ArrayLike, dtype: DTypeLike) -> np.ndarray:
 
 
 @dataclass(eq=False)
-class QTensor:
+class AffineQuantized:
     """A quantized tensor: value = (q - zero_point) * scale.
 
     q: codes in the type's numpy dtype, full shape. scale: float32, shape () or broadcastable per
@@ -93,29 +93,29 @@ class QTensor:
     zero_point: np.ndarray | None = None
 
     def __post_init__(self):
-        row = _row(self.dtype, "QTensor.dtype")
+        row = _row(self.dtype, "AffineQuantized.dtype")
         if self.q.dtype != row.numpy:
-            raise ShapeError(f"QTensor {self.dtype}: q must be {row.numpy}, got {self.q.dtype}")
+            raise ShapeError(f"AffineQuantized {self.dtype}: q must be {row.numpy}, got {self.q.dtype}")
         for name, arr, want in (("scale", self.scale, np.dtype(np.float32)),
                                 ("zero_point", self.zero_point, _zp_dtype(row))):
             if arr is None:
                 continue
             if arr.dtype != want:
-                raise ShapeError(f"QTensor {self.dtype}: {name} must be {want}, got {arr.dtype}")
+                raise ShapeError(f"AffineQuantized {self.dtype}: {name} must be {want}, got {arr.dtype}")
             try:
                 ok = np.broadcast_shapes(arr.shape, self.q.shape) == self.q.shape
             except ValueError:
                 ok = False
             if not ok:
-                raise ShapeError(f"QTensor {self.dtype}: {name} shape {list(arr.shape)} does not broadcast "
+                raise ShapeError(f"AffineQuantized {self.dtype}: {name} shape {list(arr.shape)} does not broadcast "
                                  f"to {list(self.q.shape)}")
         if (self.zero_point is not None) != (row.kind == "uint"):
-            raise ShapeError(f"QTensor {self.dtype}: zero_point is required for unsigned types only")
+            raise ShapeError(f"AffineQuantized {self.dtype}: zero_point is required for unsigned types only")
         if (self.scale is None) != (row.kind == "float" and row.bits > 8):
-            raise ShapeError(f"QTensor {self.dtype}: scale is "
+            raise ShapeError(f"AffineQuantized {self.dtype}: scale is "
                              f"{'not used' if self.scale is not None else 'required'} for this type")
         if self.zero_point is not None and self.zero_point.shape != self.scale.shape:
-            raise ShapeError(f"QTensor {self.dtype}: zero_point and scale shapes differ")
+            raise ShapeError(f"AffineQuantized {self.dtype}: zero_point and scale shapes differ")
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -203,13 +203,13 @@ def _reduce(fn, x: np.ndarray, axis: int | None) -> np.ndarray:
     return fn(_rows(x, axis), axis=1, initial=0.0)        # initial=0: empty tensors, and min(x, 0)
 
 
-def quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) -> QTensor:
-    """x (any float array) as a QTensor of `dtype`; per="channel" gives one scale per index of `axis`."""
+def quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) -> AffineQuantized:
+    """x (any float array) as an AffineQuantized of `dtype`; per="channel" gives one scale per index of `axis`."""
     row = _row(dtype)
     x = _as_float64(x, "quantize")
     ax = _channel_axis(x, per, axis)
     if row.is_float and row.bits > 8:
-        return QTensor(row.name, round_to(x, row.name))
+        return AffineQuantized(row.name, round_to(x, row.name))
     if not np.isfinite(x).all():
         bad = np.flatnonzero(~np.isfinite(x.reshape(-1)))
         raise ConfigError("quantize", f"{row.name} needs finite input; {bad.size} NaN/inf values, "
@@ -217,14 +217,14 @@ def quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) -> QT
     shaped = lambda v: _param_shape(np.asarray(v), x.ndim, ax)  # noqa: E731
     if row.is_float:
         s = shaped(_scale(_reduce(np.max, np.abs(x), ax), row.fmax))
-        return QTensor(row.name, round_to(x / s.astype(np.float64), row.name), s)
+        return AffineQuantized(row.name, round_to(x / s.astype(np.float64), row.name), s)
     top = _below(row.qmax) if row.kind in ("int", "uint") else None
     if row.kind == "int":
         amax = _reduce(np.max, np.abs(x), ax)
         s = _scale(amax, row.qmax)
         s = shaped(_no_clip(s, amax / s - row.qmax > 0.5))
         q = np.clip(np.rint(x / s.astype(np.float64)), -top, top)
-        return QTensor(row.name, q.astype(np.int64).astype(row.numpy), s)
+        return AffineQuantized(row.name, q.astype(np.int64).astype(row.numpy), s)
     if row.kind == "uint":
         lo, hi = _reduce(np.min, x, ax), _reduce(np.max, x, ax)
         s = _scale(hi - lo, row.qmax)
@@ -233,19 +233,19 @@ def quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) -> QT
         s64 = s.astype(np.float64)
         zp = np.clip(np.rint(-shaped(lo) / s64), 0, top)
         q = np.clip(np.rint(x / s64) + zp, 0, top)
-        return QTensor(row.name, q.astype(np.uint64).astype(row.numpy), s,
+        return AffineQuantized(row.name, q.astype(np.uint64).astype(row.numpy), s,
                        zp.astype(np.uint64).astype(_zp_dtype(row)))
     if row.kind == "ternary":                   # TWN: threshold 0.7 * mean|x|, scale = mean of the kept
         mean, _ = _mean_abs(x, ax)
         keep = np.abs(x) > 0.7 * shaped(mean)
         kept_mean, counts = _mean_abs(x, ax, keep)
         s = shaped(_scale(np.where(counts > 0, kept_mean, 0.0), 1.0))
-        return QTensor(row.name, (np.sign(x) * keep).astype(np.int8), s)
+        return AffineQuantized(row.name, (np.sign(x) * keep).astype(np.int8), s)
     mean, _ = _mean_abs(x, ax)                  # binary (XNOR-Net); -0.0 >= 0, so it maps to +1
-    return QTensor(row.name, np.where(x >= 0, 1, -1).astype(np.int8), shaped(_scale(mean, 1.0)))
+    return AffineQuantized(row.name, np.where(x >= 0, 1, -1).astype(np.int8), shaped(_scale(mean, 1.0)))
 
 
-def _centered(qt: QTensor) -> np.ndarray:
+def _centered(qt: AffineQuantized) -> np.ndarray:
     """float64 of q - zero_point: the difference is formed exactly (uint64 too), then rounded once."""
     if qt.zero_point is None:
         return qt.q.astype(np.float64)
@@ -254,7 +254,7 @@ def _centered(qt: QTensor) -> np.ndarray:
         return np.where(q >= z, (q - z).astype(np.float64), -(z - q).astype(np.float64))
 
 
-def dequantize(qt: QTensor, dtype: DTypeLike = "float32") -> np.ndarray:
+def dequantize(qt: AffineQuantized, dtype: DTypeLike = "float32") -> np.ndarray:
     """(q - zero_point) * scale in float64, rounded once to `dtype` (a Loom name or numpy dtype)."""
     v = _centered(qt)
     if qt.scale is not None:
@@ -268,7 +268,7 @@ def fake_quantize(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0) 
     return dequantize(quantize(x, dtype, per, axis), x.dtype)
 
 
-def ste_mask(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0, qt: QTensor | None = None) -> np.ndarray:
+def ste_mask(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0, qt: AffineQuantized | None = None) -> np.ndarray:
     """Straight-through-estimator gradient mask in x's dtype: 1 where quantize(x) kept the value
     inside the representable range, 0 where it clipped or saturated (or x is NaN or inf). Floats:
     |x / scale| <= finite max + half an ulp there (what rounds to the max is not saturated).
@@ -299,7 +299,7 @@ def ste_mask(x: ArrayLike, dtype: str, per: str = "tensor", axis: int = 0, qt: Q
 
 # --- matmul on quantized weights -----------------------------------------------------------------
 
-def _as_2d(w: QTensor) -> tuple[QTensor, np.ndarray]:
+def _as_2d(w: AffineQuantized) -> tuple[AffineQuantized, np.ndarray]:
     """w as [out, in] (trailing axes flattened) and its scale as [out] float64; the scale must be
     per tensor or per output channel (axis 0) so it factors out of every dot product."""
     if w.ndim < 2:
@@ -310,7 +310,7 @@ def _as_2d(w: QTensor) -> tuple[QTensor, np.ndarray]:
             raise ShapeError(f"qmatmul needs a per-tensor or per-output-channel scale, got shape "
                              f"{list(a.shape)} for weight {list(w.shape)}")
     flat = lambda a: None if a is None else a.reshape(a.shape[:1] + (1,) if a.ndim else ())  # noqa: E731
-    w2 = QTensor(w.dtype, w.q.reshape(out, -1), flat(w.scale), flat(w.zero_point))
+    w2 = AffineQuantized(w.dtype, w.q.reshape(out, -1), flat(w.scale), flat(w.zero_point))
     sw = np.ones(out) if w.scale is None else np.broadcast_to(w.scale.astype(np.float64).reshape(-1), (out,))
     return w2, sw
 
@@ -335,7 +335,7 @@ def _hilo_to_f64(h: np.ndarray, lo: np.ndarray) -> np.ndarray:
     return np.ldexp(a, 32) + r.astype(np.float64)   # both exact: the sum rounds once
 
 
-def _exact_acc(xi: np.ndarray, w: QTensor) -> np.ndarray:
+def _exact_acc(xi: np.ndarray, w: AffineQuantized) -> np.ndarray:
     """float64 of the exact integer sums xi @ (q - zero_point).T, correctly rounded."""
     row = _row(w.dtype)
     if row.bits < 64:
@@ -359,7 +359,7 @@ def _exact_acc(xi: np.ndarray, w: QTensor) -> np.ndarray:
     return _hilo_to_f64(h, low)
 
 
-def qmatmul(x: ArrayLike, w: QTensor, out_dtype: DTypeLike | None = None) -> np.ndarray:
+def qmatmul(x: ArrayLike, w: AffineQuantized, out_dtype: DTypeLike | None = None) -> np.ndarray:
     """y = x @ dequant(w).T for a weight [out, in, ...] (trailing axes flattened) and x [..., in].
 
     Integer types: each row of x is quantized to int8 (quantize(x, "int8", per="channel") on the 2-D
@@ -384,32 +384,32 @@ def qmatmul(x: ArrayLike, w: QTensor, out_dtype: DTypeLike | None = None) -> np.
     return round_to(y, out).reshape(x.shape[:-1] + (w2.shape[0],))
 
 
-def split_rows(w: QTensor, parts: int) -> list[QTensor]:
+def split_rows(w: AffineQuantized, parts: int) -> list[AffineQuantized]:
     """w as [out, in*...] split into `parts` equal row blocks (grouped convolution), scales with them."""
     w2, _ = _as_2d(w)
     if w2.shape[0] % parts:
         raise ShapeError(f"split_rows: {w2.shape[0]} rows do not split into {parts} parts")
     n = w2.shape[0] // parts
     cut = lambda a, i: a if a is None or a.ndim == 0 or a.shape[0] == 1 else a[i * n:(i + 1) * n]  # noqa: E731
-    return [QTensor(w.dtype, w2.q[i * n:(i + 1) * n], cut(w2.scale, i), cut(w2.zero_point, i))
+    return [AffineQuantized(w.dtype, w2.q[i * n:(i + 1) * n], cut(w2.scale, i), cut(w2.zero_point, i))
             for i in range(parts)]
 
 
-def take_rows(w: QTensor, ids: ArrayLike, dtype: DTypeLike = "float32") -> np.ndarray:
+def take_rows(w: AffineQuantized, ids: ArrayLike, dtype: DTypeLike = "float32") -> np.ndarray:
     """Dequantized rows w[ids] (an embedding lookup) without dequantizing the whole table."""
     ids = np.asarray(ids)
     pick = lambda a: a if a is None or a.ndim == 0 or a.shape[0] == 1 else a[ids]  # noqa: E731
-    return dequantize(QTensor(w.dtype, w.q[ids], pick(w.scale), pick(w.zero_point)), dtype)
+    return dequantize(AffineQuantized(w.dtype, w.q[ids], pick(w.scale), pick(w.zero_point)), dtype)
 
 
 # --- storage -------------------------------------------------------------------------------------
 
-def packed_bytes(qt: QTensor) -> np.ndarray:
+def packed_bytes(qt: AffineQuantized) -> np.ndarray:
     """The codes as stored: 1-D uint8 (packed types) or little-endian bytes (the rest)."""
     return dtypes.pack(qt.q, qt.dtype)
 
 
-def to_storage(qt: QTensor) -> dict[str, np.ndarray]:
+def to_storage(qt: AffineQuantized) -> dict[str, np.ndarray]:
     """Arrays a file can hold: "q" (packed uint8 for sub-byte types, else the codes in their own
     dtype and shape), "scale" and "zero_point" when present. from_storage inverts it exactly."""
     out = {"q": packed_bytes(qt) if _row(qt.dtype).packed else qt.q}
@@ -417,12 +417,12 @@ def to_storage(qt: QTensor) -> dict[str, np.ndarray]:
     return out
 
 
-def from_storage(arrays: dict[str, np.ndarray], dtype: str, shape: Sequence[int]) -> QTensor:
-    """The QTensor of `dtype` and `shape` from to_storage's arrays (FormatError on a size mismatch)."""
+def from_storage(arrays: dict[str, np.ndarray], dtype: str, shape: Sequence[int]) -> AffineQuantized:
+    """The AffineQuantized of `dtype` and `shape` from to_storage's arrays (FormatError on a size mismatch)."""
     row, q = _row(dtype, "from_storage"), np.asarray(arrays["q"])
     if row.packed:
         q = dtypes.unpack(q, row.name, shape)
     elif q.dtype != row.numpy or q.shape != tuple(shape):
         raise ShapeError(f"from_storage: q is {q.dtype}{list(q.shape)}, expected {row.numpy}{list(shape)}")
     get = lambda k: None if arrays.get(k) is None else np.asarray(arrays[k])  # noqa: E731
-    return QTensor(row.name, q, get("scale"), get("zero_point"))
+    return AffineQuantized(row.name, q, get("scale"), get("zero_point"))

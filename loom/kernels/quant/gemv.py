@@ -12,11 +12,11 @@ headers are converted along with the codes and skipped by a strided view), where
 first needs several short per-block passes: faster than decode-then-BLAS for 1 x 576 @ W.T with
 W 1536 x 576 Q4_1 and with W 49152 x 576 Q8_0 (one BLAS thread). The products are the dequantized
 weight's, summed in another order: fast mode only. Deterministic mode decodes W exactly and uses
-the exact GEMM (loom.kernels.quant.stored).
+the exact GEMM (loom.kernels.quant.block).
 
 Used for x with at most MAX_ROWS rows: beyond that the [blocks, rows of x, rows of W] partial
 sums outgrow the decoded weight, and decoding once per block of rows amortises anyway. Where numba
-is installed, loom.kernels.quant.stored sends these products to loom.backend.cpu.gemv's compiled loops
+is installed, loom.kernels.quant.block sends these products to loom.backend.cpu.gemv's compiled loops
 instead (faster at one row of x); this NumPy path is the fallback (no numba, or LOOM_JIT=0).
 """
 from __future__ import annotations

@@ -126,7 +126,7 @@ class Conv(_ConvBase):
 
     def forward(self, x: Array, fc: ForwardContext) -> Array:
         w = self.params["weight"]
-        if isinstance(w, quant.QTensor):
+        if isinstance(w, quant.AffineQuantized):
             return self._finish(self._quantized(x, w))
         if self.qat is not None:
             return self._finish(self._fake_quantized(x, w))

@@ -27,7 +27,7 @@ class Embedding(Layer):
             self.check_ids(ids)
         self.ids = ids
         w = self.params["weight"]
-        if isinstance(w, quant.QTensor):
+        if isinstance(w, quant.AffineQuantized):
             return quant.take_rows(w, ids, self.dtype)
         return w[ids]
 

@@ -25,7 +25,7 @@ def project(layer: Layer, key: str, x: Array) -> Array:
     GEMM for integer types, see quant.qmatmul), or, under quantization-aware training, the
     fake-quantized weight and input (cached for backward)."""
     w = layer.params[key]
-    if isinstance(w, quant.QTensor):
+    if isinstance(w, quant.AffineQuantized):
         return quant.qmatmul(x, w, x.dtype)
     if layer.qat is None:
         return ops.matmul(x, w.T)

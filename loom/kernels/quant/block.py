@@ -1,6 +1,6 @@
 """Weights kept in their stored quantized form, dequantized only inside the products that use them.
 
-A QuantizedTensor is a 2-D weight in PyTorch's Linear layout [out_features, in_features] whose
+A BlockQuantized is a 2-D weight in PyTorch's Linear layout [out_features, in_features] whose
 rows are GGML blocks (loom.kernels.quant.gguf: Q4_0 ... Q6_K, or plain F16/BF16 rows). A Q4
 matrix stays about a quarter of its bfloat16 size in memory; `matmul_t` decodes a bounded block of
 rows at a time into one reused float32 buffer and multiplies it with loom.kernels.ops.matmul, so
@@ -46,13 +46,13 @@ from . import gemv as gguf_gemv
 from . import gguf as gguf_quants
 
 
-class QuantizedTensor:
+class BlockQuantized:
     """A 2-D weight [rows, cols] stored as `qtype` blocks: data is uint8 [rows, row_bytes]
     (NumPy, possibly a read-only memory map, or a device array)."""
 
     def __init__(self, data: Array, qtype: str, shape: Sequence[int]):
         if len(tuple(shape)) != 2:
-            raise ShapeError(f"a QuantizedTensor is 2-D [rows, cols], got shape {tuple(shape)}")
+            raise ShapeError(f"a BlockQuantized is 2-D [rows, cols], got shape {tuple(shape)}")
         rows, cols = (int(s) for s in shape)
         row_bytes = gguf_quants.row_nbytes(qtype, cols)
         if data.dtype != np.uint8 or tuple(data.shape) != (rows, row_bytes):
@@ -75,7 +75,7 @@ class QuantizedTensor:
         return backend.of(self.data).xp
 
     def __repr__(self) -> str:
-        return f"QuantizedTensor({self.qtype}, shape={self.shape}, {self.nbytes} bytes)"
+        return f"BlockQuantized({self.qtype}, shape={self.shape}, {self.nbytes} bytes)"
 
     def dequantize(self, rows: slice | None = None, out: Array | None = None) -> Array:
         """float32 [n, cols] of the rows in `rows` (all rows when None), into `out` when given."""
@@ -137,8 +137,8 @@ class QuantizedTensor:
         values = gguf_quants.dequantize(self.data[flat], self.qtype, (flat.size, self.shape[1]), xp=be.xp)
         return values.reshape(ids.shape + (self.shape[1],))
 
-    def permute_rows(self, perm: Array) -> QuantizedTensor:
-        """A new QuantizedTensor whose row i is this tensor's row perm[i] (the bytes, exactly)."""
+    def permute_rows(self, perm: Array) -> BlockQuantized:
+        """A new BlockQuantized whose row i is this tensor's row perm[i] (the bytes, exactly)."""
         xp = self.xp
         perm = xp.asarray(perm)
         rows = self.shape[0]
@@ -146,10 +146,10 @@ class QuantizedTensor:
             raise ShapeError(f"perm must be a 1-D integer array of length {rows}, got {perm.dtype}{list(perm.shape)}")
         if rows and not bool(xp.all(xp.sort(perm) == xp.arange(rows))):
             raise ShapeError(f"perm is not a permutation of 0..{rows - 1}")
-        return QuantizedTensor(self.data[perm], self.qtype, self.shape)
+        return BlockQuantized(self.data[perm], self.qtype, self.shape)
 
-    def to(self, device: str) -> QuantizedTensor:
-        return QuantizedTensor(backend.get(device).asarray(self.data), self.qtype, self.shape)
+    def to(self, device: str) -> BlockQuantized:
+        return BlockQuantized(backend.get(device).asarray(self.data), self.qtype, self.shape)
 
 
 def _no_block_kernel(qtype: str, device: str) -> None:
@@ -160,9 +160,9 @@ def _no_block_kernel(qtype: str, device: str) -> None:
                          logging.INFO)
 
 
-def linear(x: Array, w: Array | QuantizedTensor) -> Array:
-    """x @ w.T for w a float weight [out, in] or a QuantizedTensor (the one helper every layer uses)."""
-    if isinstance(w, QuantizedTensor):
+def linear(x: Array, w: Array | BlockQuantized) -> Array:
+    """x @ w.T for w a float weight [out, in] or a BlockQuantized (the one helper every layer uses)."""
+    if isinstance(w, BlockQuantized):
         return w.matmul_t(x)
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear: x {list(x.shape)} does not fit weight [out, in] = {list(w.shape)}")
