@@ -519,6 +519,41 @@ def _metadata(v, path):
         raise ConfigError(path, f"metadata must be plain JSON with finite numbers ({exc})") from None
 
 
+@_schema({"type": "array", "minItems": 1, "items": {"type": "string", "minLength": 1}, "uniqueItems": True})
+def _labels(v, path):
+    """Class names: output i of the network is class labels[i]; unique, non-empty strings."""
+    if not isinstance(v, list) or not v:
+        raise ConfigError(path, f"expected a non-empty list of class names (strings), got {_describe(v)}")
+    seen: dict[str, int] = {}
+    for i, name in enumerate(v):
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{path}[{i}]", f"expected a non-empty string, got {_describe(name)}")
+        if name in seen:
+            raise ConfigError(f"{path}[{i}]", f"{_describe(name)} repeats {path}[{seen[name]}]; class names are unique")
+        seen[name] = i
+    return list(v)
+
+
+def check_labels(labels: list[str] | None, output_shape: tuple[int, ...] | list[int], source: str = "") -> None:
+    """ConfigError naming `labels` unless the network's output (one sample's shape) is a vector of
+    len(labels) class scores. `source` says where the names came from, for the message. None passes."""
+    if labels is None:
+        return
+    shape = list(output_shape)
+    names = f"{len(labels)} class names ({_preview(labels)})" + (f" from {source}" if source else "")
+    if len(shape) != 1:
+        raise ConfigError("labels", f"{names}, but the network's output has shape {shape}, not a vector of "
+                          f"class scores")
+    if shape[0] != len(labels):
+        raise ConfigError("labels", f"{names}, but the network outputs {shape[0]} classes; \"labels\" names "
+                          f"every output, in order")
+
+
+def _preview(names: list[str], most: int = 10) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")
+
+
 def _spec(kinds: str):
     """A loss/optimizer/schedule spec: a type name or an object with a "type"; its keys are checked
     by the builder in loom.nn when training starts."""
@@ -547,7 +582,7 @@ def _early_stopping(v, path):
 
 
 training_block = _named("training", _record({
-    "loss": (_spec("a loss name or an object with a type"), "cross_entropy"),
+    "loss": (optional(_spec("a loss name or an object with a type")), None),   # None: chosen from the targets
     "optimizer": (_spec("an object with a type"), {"type": "adam", "lr": 0.001}),
     "schedule": (optional(_spec("an object with a type")), None),
     "epochs": (positive_int, 10), "batch_size": (positive_int, 32), "seed": (nonneg_int, 0),
@@ -588,9 +623,10 @@ NETWORK_KEYS = {
     "qat": (optional(_named("quantization", _record(QUANT_KEYS, "a qat block"))), None),
     "training": (optional(training_block), None),
     "metadata": (_metadata, None),
+    "labels": (_labels, None),
 }
 # Keys left out of the normalized config while they are None (given as null or absent).
-DROPPED_WHEN_NONE = ("quantization", "qat", "training", "metadata")
+DROPPED_WHEN_NONE = ("quantization", "qat", "training", "metadata", "labels")
 
 
 def _float_input_rule(dtype: str) -> dict:

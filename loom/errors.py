@@ -30,3 +30,8 @@ class BackendError(LoomError, RuntimeError):
 class DeterminismError(LoomError, RuntimeError):
     """A result differs where the determinism contract says it cannot, or deterministic mode cannot
     keep that contract for an operation (loom/fallback.py): the message names the operation and why."""
+
+
+class NumericError(LoomError, ArithmeticError):
+    """A computation produced NaN or infinity where that means a failure (training, data): the
+    message names the sample, the batch, the layer or the parameter where it first appeared."""

@@ -28,10 +28,31 @@ def info() -> dict:
         "gpus": gpus,           # index, name, memory_bytes, compute_capability of each visible GPU
         "cuda": cuda,           # cupy, cuda_runtime and cuda_driver versions ({} without a GPU)
         "accelerations": accelerations(devices.get("cuda", "not checked")),
+        "extras": extras(),
         "layer_types": sorted(REGISTRY),
         "softmax_variants": list(SOFTMAX_VARIANTS),
         "format_version": 1,
     }
+
+
+# optional packages: (distribution name, the pip extra that installs it, what Loom uses it for)
+EXTRAS = (("numba", "cpu", "CPU compiled loops"), ("cupy-cuda12x", "cuda", "NVIDIA GPUs"),
+          ("tokenizers", "llm", "LLM tokenizers"), ("jinja2", "llm", "LLM chat templates"),
+          ("matplotlib", "plot", "loom plot, training curves"))
+
+
+def extras() -> dict:
+    """Optional packages: name -> {"version": installed version or None, "extra": the pip extra,
+    "for": what Loom uses it for}. Read from package metadata, nothing is imported."""
+    from importlib import metadata
+    out = {}
+    for dist, extra, what in EXTRAS:
+        try:
+            version = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            version = None
+        out[dist.split("-")[0]] = {"version": version, "extra": extra, "for": what}
+    return out
 
 
 def accelerations(cuda: str) -> dict:

@@ -1,28 +1,49 @@
 """`loom chat --model PATH`: an interactive conversation with a chat model.
 
-Reads one user message per line from stdin until end of input or `/exit` (`/reset` forgets the
-conversation). The whole history is rendered with the model's chat template for every reply, and the
-reply is streamed to stdout as it is generated, then kept in the history. The `you> ` prompt goes
-to stderr, and only when stdin is a terminal, so piped transcripts stay clean.
+Reads one user message per line from stdin until end of input, `/exit` or Ctrl-C at the prompt (all
+exit 0). The whole history is rendered with the model's chat template for every reply, and the reply
+is streamed to stdout as it is generated, then kept in the history. Replies stop at --max-tokens
+(default 128, so a reply takes seconds, not minutes, on a laptop CPU). Lines that start with `/` are
+commands, handled here and never sent to the model (COMMANDS lists them); `//TEXT` sends `/TEXT`.
+
+Ctrl-C during a reply stops it and returns to the prompt: the text shown so far stays in the history
+as the assistant's reply, as in llama.cpp (when nothing was shown yet, the user's message is dropped
+too, as if never sent). Everything but the replies goes to stderr: the one-line banner and the `you> `
+prompt (only when stdin is a terminal), command output, notices, and after each reply a speed line
+(`loom: prefill 42 tokens 0.51 s 82.4 tok/s | decode 63 tokens 2.10 s 30.0 tok/s`; --no-stats drops
+it; see loom/cli/generate.py's Stats). So stdout holds a clean transcript of the replies.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Iterable
 from typing import TextIO
 
-from .generate import add_sampling_arguments, load_causal, sampling_options, write_stream
+from .generate import Stats, add_sampling_arguments, load_causal, sampling_options, stream
 
 HELP = "chat with a language model interactively (chat template, history, streamed replies)"
+MAX_TOKENS = 128         # `loom chat`'s default --max-tokens: most tokens per reply
+COMMANDS = """\
+commands (never sent to the model):
+  /help          this list
+  /system TEXT   set the system message (/reset keeps it); /system alone shows it
+  /reset         forget the conversation, keep the system message
+  /exit, /quit   end the chat (so do end of input, Ctrl-D, and Ctrl-C at the prompt)
+  //TEXT         send TEXT with its leading '/'
+Ctrl-C during a reply stops it; the text shown so far stays in the conversation.
+"""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a .gguf file or a HuggingFace model directory")
-    p.add_argument("--system", help="a system message that starts the conversation")
-    add_sampling_arguments(p)
+    p.add_argument("--system", help="a system message that starts the conversation (default none)")
+    add_sampling_arguments(p, max_tokens=MAX_TOKENS)
 
 
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
+    from .. import mode
     from ..errors import ConfigError
     from ..llm.generate import Sampling, check_stop
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
@@ -33,36 +54,98 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     if args.max_tokens < 1:
         raise ConfigError("--max-tokens", f"a reply needs at least 1 token, got {args.max_tokens}")
     model = load_causal(args.model, args.device)
-    start = [{"role": "system", "content": args.system}] if args.system is not None else []
-    history = list(start)
+    system = args.system
+    history = _start(system)
     interactive = stdin.isatty()
+    if interactive:
+        _note(f"loom chat: {os.path.basename(os.path.normpath(args.model))} on {model.device}, {mode.name()} "
+              f"mode, replies up to {args.max_tokens} tokens; type /help for commands")
     while True:
-        if interactive:
-            sys.stderr.write("you> ")
-            sys.stderr.flush()
-        line = stdin.readline()
+        try:
+            if interactive:
+                sys.stderr.write("you> ")
+                sys.stderr.flush()
+            line = stdin.readline()
+        except KeyboardInterrupt:             # Ctrl-C at the prompt ends the chat like end of input
+            _note("")
+            break
         if not line:
             break
         message = line.rstrip("\r\n")
-        if message.strip() == "/exit":
-            break
-        if message.strip() == "/reset":
-            history = list(start)
+        text = message.strip()
+        if not text:
             continue
-        if not message.strip():
+        if text.startswith("/") and not text.startswith("//"):
+            state = _command(text, system, history)
+            if state is None:
+                break
+            system, history = state
             continue
+        if text.startswith("//"):
+            message = message.lstrip()[1:]
         history.append({"role": "user", "content": message})
+        stats = Stats()
         try:
-            prompt = model.chat_ids(history)
-            pieces = model.generate(prompt, **options)
+            pieces = stream(model, model.chat_ids(history), stats, **options)
         except ConfigError as exc:
             if exc.path != "prompt":
                 raise
             history.pop()      # this message does not fit: keep the conversation usable
-            sys.stderr.write(f"loom: {exc} (type /reset to start a new conversation)\n")
+            _note(f"loom: {exc} (type /reset to start a new conversation)")
             continue
-        reply = write_stream(pieces, stdout)
-        stdout.write("\n")
-        stdout.flush()
-        history.append({"role": "assistant", "content": reply})
+        except KeyboardInterrupt:
+            pieces = None      # Ctrl-C while the prompt was being rendered
+        reply, stopped = _reply(pieces, stdout)
+        if reply or not stopped:
+            history.append({"role": "assistant", "content": reply})
+        else:
+            history.pop()      # stopped before any text: as if the message was never sent
+        if stopped:
+            _note("loom: reply stopped (Ctrl-C)")
+        if not args.no_stats:
+            _note("loom: " + stats.line() + (f" | cut at --max-tokens {args.max_tokens}" if stats.cut else ""))
     return 0
+
+
+def _command(text: str, system: str | None, history: list[dict]) -> tuple[str | None, list[dict]] | None:
+    """Run a /command: the system message and history after it, or None to end the chat."""
+    command, _, rest = text.replace("\t", " ").partition(" ")
+    rest = rest.strip()
+    if command in ("/exit", "/quit"):
+        return None
+    if command == "/reset":
+        history = _start(system)
+    elif command == "/system" and rest:
+        system = rest
+        history = _start(system) + [m for m in history if m["role"] != "system"]
+    elif command == "/system":
+        _note("loom: no system message" if system is None else f"loom: system message: {system}")
+    elif command == "/help":
+        sys.stderr.write(COMMANDS)
+    else:
+        _note(f"loom: unknown command {command}; type /help for commands (//TEXT sends /TEXT to the model)")
+    return system, history
+
+
+def _start(system: str | None) -> list[dict]:
+    return [{"role": "system", "content": system}] if system is not None else []
+
+
+def _reply(pieces: Iterable[str] | None, stdout: TextIO) -> tuple[str, bool]:
+    """Stream the reply to stdout: (the text shown, whether Ctrl-C stopped it). None: it stopped already."""
+    shown, stopped = [], pieces is None
+    try:
+        for piece in pieces or ():
+            stdout.write(piece)
+            stdout.flush()
+            shown.append(piece)
+    except KeyboardInterrupt:
+        stopped = True
+    stdout.write("\n")
+    stdout.flush()
+    return "".join(shown), stopped
+
+
+def _note(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()

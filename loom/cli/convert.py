@@ -31,7 +31,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, metavar="TYPE",
                    help="quantize a Loom model's weights to TYPE (int8, int4, ternary, ...; docs/dtypes.md)")
     # `--to hf DIR` takes the directory with it: argparse cannot give a positional OUT after an option
-    p.add_argument("--to", dest="target", default=None, nargs="+", metavar="hf [DIR]",
+    p.usage = ("%(prog)s --from welvet IN OUT [--input-shape D1,D2,...]\n"
+               "       %(prog)s MODEL --dtype TYPE [--per {channel,tensor}] --out OUT\n"
+               "       %(prog)s MODEL.gguf --to hf DIR")
+    p.add_argument("--to", dest="target", default=None, nargs="+", metavar=("hf", "DIR"),
                    help="--to hf DIR: write a GGUF language model as a HuggingFace directory (config.json, "
                         "model.safetensors in float32, tokenizer.json); DIR may also be OUT")
     p.add_argument("--per", default="channel", choices=["channel", "tensor"],

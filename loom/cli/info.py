@@ -30,6 +30,10 @@ def run(args: argparse.Namespace) -> int:
     for name, acc in data["accelerations"].items():
         state = "active" if acc["active"] else f"inactive: {acc['reason']}"
         print(f"  {name:<16} {state}")
+    print("optional packages")
+    for name, extra in data["extras"].items():
+        state = extra["version"] or f"not installed (pip install 'loom[{extra['extra']}]')"
+        print(f"  {name:<16} {state}  ({extra['for']})")
     print(f"{'layers':<15} {', '.join(data['layer_types'])}")
     print(f"{'softmax':<15} {', '.join(data['softmax_variants'])}")
     return 0

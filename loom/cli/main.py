@@ -1,6 +1,7 @@
 """`loom` entry point: parse the subcommand, run it, turn errors into one line and an exit code.
 
-Exit codes: 0 success, 2 usage error, 3 bad input (any LoomError), 1 anything unexpected.
+Exit codes: 0 success, 2 usage error, 3 a failure the user can fix (any LoomError, a file the OS
+cannot read or write, memory), 130 interrupted, 1 anything unexpected (a bug: "internal error").
 Tracebacks are shown only with --debug.
 """
 from __future__ import annotations
@@ -8,14 +9,17 @@ from __future__ import annotations
 import argparse
 import sys
 import traceback
+import warnings
 
 from .. import mode
-from ..errors import LoomError
-from . import chat, convert, demo, embed, generate, info, run, train, verify
+from ..atomic import describe
+from ..errors import ConfigError, LoomError
+from ..version import __version__
+from . import chat, convert, demo, embed, generate, info, plot, run, train, verify
 from . import eval as eval_cmd
 
 COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert,
-            "verify": verify, "generate": generate, "chat": chat, "embed": embed}
+            "verify": verify, "generate": generate, "chat": chat, "embed": embed, "plot": plot}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,6 +33,7 @@ class _UsageError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="loom", description="Loom: deterministic neural compute runtime.")
+    parser.add_argument("--version", action="version", version=f"loom {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, module in COMMANDS.items():
@@ -49,22 +54,46 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
-        with mode.deterministic(not getattr(args, "fast", False)):
+        with warnings.catch_warnings(), mode.deterministic(not getattr(args, "fast", False)):
+            if not debug:   # NumPy's overflow warnings say less than the error Loom raises about it
+                warnings.simplefilter("ignore", RuntimeWarning)
             return COMMANDS[args.command].run(args) or 0
+    except SystemExit as exc:             # --help and --version print and exit through argparse
+        return exc.code if isinstance(exc.code, int) else 0
     except _UsageError as exc:
         print(f"loom: usage error: {exc} (see loom --help)", file=sys.stderr)
         return 2
     except LoomError as exc:
         if debug:
             traceback.print_exc()
-        print(f"loom: error: {exc}", file=sys.stderr)
+        text = str(exc)
+        if isinstance(exc, ConfigError) and exc.path == "loom":   # the config's version key, not the program
+            text = f'config key "loom": {exc.reason}'
+        print(f"loom: error: {text}", file=sys.stderr)
+        return 3
+    except OSError as exc:
+        if exc.filename is None:          # not about a path the user gave: a bug
+            return _internal(exc, debug)
+        if debug:
+            traceback.print_exc()
+        print(f"loom: error: {describe(exc)}", file=sys.stderr)
+        return 3
+    except MemoryError as exc:
+        if debug:
+            traceback.print_exc()
+        print(f"loom: error: out of memory{f' ({exc})' if str(exc) else ''}; try a smaller batch or model",
+              file=sys.stderr)
         return 3
     except KeyboardInterrupt:
         print("loom: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # an unexpected failure is a bug: say so in one line unless debugging
-        if debug:
-            traceback.print_exc()
-        print(f"loom: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
-              file=sys.stderr)
-        return 1
+        return _internal(exc, debug)
+
+
+def _internal(exc: BaseException, debug: bool) -> int:
+    if debug:
+        traceback.print_exc()
+    print(f"loom: internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+          file=sys.stderr)
+    return 1

@@ -77,7 +77,7 @@ def to_bytes(net: Network, optimizer: Optimizer | None = None, training_state: d
         meta["optimizer_config"] = json.dumps(optimizer.config)
         meta["optimizer_scalars"] = json.dumps(scalars)
     if training_state is not None:
-        meta["training_state"] = json.dumps(training_state)
+        meta["training_state"] = atomic.json_text(training_state, indent=None)[0]   # a NaN loss as null
     for name, value in (best_state or {}).items():
         tensors[_BEST + name] = np.asarray(value)
     return safetensors.dumps(tensors, meta)

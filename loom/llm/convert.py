@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import atomic
 from ..errors import ConfigError
 from ..formats import gguf, gguf_hf, safetensors
 from ..kernels.quant.block import BlockQuantized
@@ -35,6 +36,7 @@ def gguf_to_hf(source: str | os.PathLike[str], target: str | os.PathLike[str]) -
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        staging.chmod(atomic.folder_mode())      # mkdtemp's 0700 would outlive the rename
         (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         safetensors.save(staging / "model.safetensors", tensors, metadata={"format": "pt"})
         tokenizer.save(staging)

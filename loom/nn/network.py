@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ from .. import config as configs
 from ..backend import Array
 from ..errors import BackendError, ConfigError, ShapeError
 from ..kernels.quant import affine as quant
-from . import files
+from . import files, state_names
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
 
@@ -48,6 +48,7 @@ class Network:
         ctx = BuildContext(self.backend, cfg["dtype"], cfg["seed"])
         self.root = Sequential({"type": "sequential", "layers": cfg["layers"]}, self.input_spec, ctx)
         self.output_spec = self.root.out_spec
+        configs.check_labels(cfg.get("labels"), self.output_spec.shape)
         self._setup_quantization()
         self.training = False
         self.rng_counter = 0   # advances once per training-mode forward; seeds dropout/gumbel noise
@@ -240,17 +241,21 @@ class Network:
     def state_dict(self) -> dict:
         return {**self.parameters(), **self.buffers()}
 
-    def load_state_dict(self, state: dict, strict: bool = True) -> None:
-        """Copy arrays into the network by name (PyTorch names and layouts). With strict, missing or
-        unexpected names raise ShapeError; shapes must always match."""
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> state_names.LoadResult:
+        """Copy arrays (NumPy, CuPy or torch tensors) into the network, in PyTorch's layouts. Names are
+        matched exactly first; the rest in structural order with shape checks, so a PyTorch module's
+        own state dict loads as it is (`0.weight`, `fc1.weight`, an nn.MultiheadAttention's packed
+        `in_proj_weight`); the rule is in loom/nn/state_names.py. Returns a LoadResult that unpacks
+        like PyTorch's (`missing, unexpected = net.load_state_dict(sd, strict=False)`) and has
+        `.mapping`, the (state dict name, network name) pairs whose names differ, also logged at
+        INFO on the "loom" logger. With strict, names left over on either side raise ShapeError;
+        shapes must always match, and nothing is copied when they do not."""
         own = self.state_dict()
-        unknown = sorted(set(state) - set(own))
-        missing = sorted(set(own) - set(state))
-        if strict and (unknown or missing):
-            raise ShapeError(f"state dict mismatch: unexpected {unknown}, missing {missing}")
-        for name, value in state.items():
-            if name not in own:
-                continue
+        order = [f"{p}.{k}" if p else k for p, layer in self.root.walk() for k in (*layer.params, *layer.buffers)]
+        pairs, result = state_names.match(state, {name: state_names.shape_of(own[name]) for name in order})
+        if strict and (result.missing_keys or result.unexpected_keys):
+            raise ShapeError(f"state dict mismatch: unexpected {result.unexpected_keys}, missing {result.missing_keys}")
+        for name, value in pairs:
             dst = own[name]
             if isinstance(dst, quant.AffineQuantized):
                 self.load_quantized(name, dst, value)
@@ -262,6 +267,8 @@ class Network:
             if tuple(src.shape) != tuple(dst.shape):
                 raise ShapeError(f"{name}: shape {list(src.shape)} does not match the network's {list(dst.shape)}")
             dst[...] = self.backend.asarray(src.astype(dst.dtype))
+        state_names.note(result)
+        return result
 
     def load_quantized(self, name: str, dst: Any, value: Any) -> None:
         """A stored quantized weight replaces dst as it is; a float array is quantized per the config."""

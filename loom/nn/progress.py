@@ -2,7 +2,8 @@
 
 Hand-written rather than tqdm/rich because Loom's runtime dependencies are numpy and ml_dtypes only,
 and a training bar needs ~40 lines. On a terminal the line redraws in place (at most 10 times a
-second); elsewhere (CI logs, pipes) only the finished epoch's summary line is printed.
+second) with the running loss, samples/s and the epoch's ETA; elsewhere (CI logs, pipes) only the
+finished epoch's summary line is printed.
 """
 from __future__ import annotations
 
@@ -29,10 +30,12 @@ class Progress:
             return
         self.last = now
         filled = _WIDTH * done // self.total
-        rate = samples / max(now - self.start, 1e-9)
+        elapsed = max(now - self.start, 1e-9)
+        rate = samples / elapsed
+        eta = elapsed * (self.total - done) / max(done, 1)
         text = " ".join(f"{k} {_fmt(v() if callable(v) else v)}" for k, v in values.items())
         self.stream.write(f"\r{self.title} [{'#' * filled}{'.' * (_WIDTH - filled)}] {done}/{self.total} "
-                          f"{text} {rate:,.0f} samples/s\033[K")
+                          f"{text} {rate:,.0f} samples/s ETA {_clock(eta)}\033[K")
         self.stream.flush()
 
     def close(self, rate: float = 0.0, **values: Any) -> None:
@@ -43,6 +46,12 @@ class Progress:
         # on a terminal, overwrite the live bar and clear what is left of it
         self.stream.write(f"\r{line}\033[K\n" if self.live else f"{line}\n")
         self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    """0:07, 12:34, 1:02:03."""
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 def _fmt(v) -> str:

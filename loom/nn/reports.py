@@ -4,7 +4,6 @@ of loom/nn/metrics.py. Public as loom.nn.metrics.evaluate and loom.nn.metrics.pl
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +43,9 @@ class _Report:
     def __str__(self) -> str:
         return self.summary()
 
-    def to_json(self, path: str | Path) -> None:
-        text = json.dumps(self.to_dict(), indent=2, allow_nan=False) + "\n"
-        atomic.write_bytes(path, text.encode("utf-8"))
+    def to_json(self, path: str | Path) -> list[str]:
+        """Write the report as valid JSON (a NaN metric as null); returns where NaN became null."""
+        return atomic.write_json(path, self.to_dict())
 
 
 def _fmt(v, digits: int = 4) -> str:
@@ -212,6 +211,8 @@ def plot_history(history: dict[str, list[float]] | History, path: str | Path) ->
         raise ShapeError(f"history: expected a non-empty dict of name -> list of floats, got {history!r}")
     curves = {}
     for name, values in history.items():
+        if isinstance(values, (list, tuple)):     # null in history.json: an epoch whose value was NaN
+            values = [math.nan if x is None else x for x in values]
         v = np.asarray(values)
         if v.ndim != 1 or v.size == 0 or v.dtype.kind not in "biuf":
             raise ShapeError(f"history[{name!r}]: expected a non-empty list of numbers, got {values!r}")

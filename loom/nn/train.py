@@ -9,8 +9,10 @@ resuming from the checkpoint and training N - k more give bit-identical weights.
 from __future__ import annotations
 
 import math
+import sys
 import time
-from collections.abc import Callable, Iterable, KeysView, Sequence
+from collections.abc import Callable, Iterable, Iterator, KeysView, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,14 +22,15 @@ from numpy.typing import ArrayLike
 
 from .. import mode, rng
 from ..backend import Array
-from ..errors import ConfigError, ShapeError
-from . import files, losses, metrics, optim
+from ..errors import ConfigError, NumericError, ShapeError
+from . import files, loss_choice, losses, metrics, optim
 from .chain import TrainStep
+from .finite_guard import Guard as _Guard
 from .network import Network
 from .progress import Progress
 from .schedules import Schedule
 
-DEFAULTS = {"loss": "cross_entropy", "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": None, "epochs": 10,
+DEFAULTS = {"loss": None, "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": None, "epochs": 10,
             "batch_size": 32, "validation": None, "seed": 0, "metrics": None, "early_stopping": None,
             "shuffle": True}
 
@@ -110,11 +113,16 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
           verbose: bool = True, metrics: Sequence[str] | None = None,
           callbacks: Iterable[Callable[[int, dict], Any]] = (), early_stopping: dict | bool | None = None,
           checkpoint: str | Path | None = None, resume: str | Path | None = None, shuffle: bool | None = None,
-          device: str | None = None, deterministic: bool | None = None, strict: bool = True) -> History:
+          device: str | None = None, deterministic: bool | None = None, strict: bool = True,
+          allow_nonfinite: bool = False) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
-    loss="cross_entropy", optimizer={"type": "adam", "lr": 1e-3}, epochs=10, batch_size=32, seed=0.
+    optimizer={"type": "adam", "lr": 1e-3}, epochs=10, batch_size=32, seed=0; the loss, when neither
+    sets it, is chosen from the output and the targets (loss_choice.infer: class ids or one-hot rows
+    -> cross_entropy, numbers of the output's shape -> mse) and printed when verbose. A loss that
+    cannot learn from the targets (cross-entropy over one output, a shape that does not fit) is a
+    ConfigError naming both and the loss that would fit.
     validation: (X_val, Y_val) or a fraction of (X, Y) held out (the last part after a seeded shuffle).
     metrics: names from loom.nn.metrics.METRICS, logged for training and validation.
     callbacks: callables cb(epoch, logs) run after each epoch; returning True stops training.
@@ -127,6 +135,10 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     strict: on the GPU each step replays a recorded dispatch chain; in deterministic mode a step that
     cannot be recorded raises DeterminismError, and strict=False runs it eagerly instead (the same
     bits, slower; logged once), as fast mode does.
+    allow_nonfinite: by default NaN or infinity in X or Y, and the first batch whose loss is not
+    finite, stop training with a NumericError naming the sample, or the batch and the first layer
+    (or parameter) that produced it (Network.check_finite, on the batch replayed from the epoch's
+    start); True trains on regardless.
     """
     if deterministic is None:
         deterministic = (net.config.get("training") or {}).get("deterministic")
@@ -134,25 +146,45 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
         deterministic = mode.is_deterministic()
     with mode.deterministic(deterministic):
         return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
-                      metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict)
+                      metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict,
+                      allow_nonfinite)
 
 
 def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose, metrics,
-           callbacks, early_stopping, checkpoint, resume, shuffle, device, strict) -> History:
+           callbacks, early_stopping, checkpoint, resume, shuffle, device, strict, allow_nonfinite) -> History:
     if device is not None:
         net.to(device)
-    settings = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
-                                   batch_size=batch_size, validation=validation, seed=seed, metrics=metrics,
-                                   early_stopping=early_stopping, shuffle=shuffle))
+    settings, where = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
+                                          batch_size=batch_size, validation=validation, seed=seed, metrics=metrics,
+                                          early_stopping=early_stopping, shuffle=shuffle))
     X, Y = _as_arrays(net, X, Y)
+    if not allow_nonfinite:
+        _check_data(X, "X")
+        _check_data(Y, "Y")
+    out_shape = net.output_spec.shape
+    if settings["loss"] is None:
+        name, why = loss_choice.infer(Y, out_shape)
+        settings["loss"], note = name, f"loss {name} (default for {why})"
+    else:
+        note = f"loss {losses.build(settings['loss']).name}" if where["loss"] == "loss" else None
+    with _path(where["loss"], "loss"):
+        loss_fn = losses.build(settings["loss"])
+        Y = loss_choice.fit_targets(loss_fn, Y, out_shape)
+    if verbose and note:
+        print(note, file=sys.stderr)
     Xv, Yv, X, Y = _validation(settings["validation"], X, Y, settings["seed"])
-    loss_fn = losses.build(settings["loss"])
+    if Yv is not None:
+        Yv = loss_choice.fit_targets(loss_fn, Yv, out_shape)
     opt_spec = dict(settings["optimizer"]) if isinstance(settings["optimizer"], dict) else {"type": settings["optimizer"]}
+    schedule_at = "optimizer.schedule"              # a schedule inside the optimizer's spec is named there
     if settings["schedule"] is not None:
-        opt_spec["schedule"] = settings["schedule"]
-    opt = optim.build(opt_spec, net.parameters())
-    metric_fns = _metric_fns(settings["metrics"])
-    stopper = EarlyStopping.build(settings["early_stopping"])
+        opt_spec["schedule"], schedule_at = settings["schedule"], where["schedule"]
+    with _path(where["optimizer"], "optimizer"), _path(schedule_at, "optimizer.schedule"):
+        opt = optim.build(opt_spec, net.parameters())
+    with _path(where["metrics"], "metrics"):
+        metric_fns = _metric_fns(settings["metrics"])
+    with _path(where["early_stopping"], "early_stopping"):
+        stopper = EarlyStopping.build(settings["early_stopping"])
     history, start = History(), 0
     if resume is not None:
         start = _resume(resume, net, opt, history, stopper)
@@ -163,22 +195,29 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     net.check_ids(X)
     loss_fn.check_target(Y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
     step = TrainStep(net, loss_fn, opt, strict=strict)    # on the GPU: each step replays one recorded graph
+    guard = None if allow_nonfinite else _Guard(net, opt, loss_fn, strict)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
         bar = Progress(f"epoch {epoch + 1}/{epochs}", batches, enabled=verbose)
         net.train()
         step.reset_total()
+        if guard:
+            guard.start(epoch, order, bs, X, Y)
         seen, outs = 0, []
         for b in range(batches):
             idx = order[b * bs:(b + 1) * bs]
-            step(X[idx], Y[idx], checked=False)
+            value = step(X[idx], Y[idx], checked=False)
             seen += len(idx)
             if metric_fns:
                 outs.append((net.backend.to_numpy(step.pred), Y[idx]))
+            if guard:
+                guard.after(b, value, step.total)
             # the running loss is read from the device only when the bar redraws
             bar.update(b + 1, loss=lambda: float(step.total) / seen, samples=seen)
         total = float(step.total)
+        if guard:
+            guard.check_total(batches - 1, total)
         net.eval()
         logs = {"loss": total / seen}
         if metric_fns:
@@ -222,18 +261,43 @@ def predict(net: Network, X: Array, batch_size: int = 256) -> np.ndarray:
 
 # --- pieces -----------------------------------------------------------------------------------------
 
-def _settings(net, given: dict) -> dict:
+def _settings(net, given: dict) -> tuple[dict, dict]:
+    """(settings, where): each setting from the argument, else the config's training block, else
+    DEFAULTS; `where` is the name an error about it uses (the argument, or "training.<key>")."""
     block = net.config.get("training") or {}
-    out = {}
+    out, where = {}, {}
     for key, default in DEFAULTS.items():
-        out[key] = given[key] if given.get(key) is not None else block.get(key, default)
+        if given.get(key) is not None:
+            out[key], where[key] = given[key], key
+        else:
+            out[key], where[key] = block.get(key, default), f"training.{key}"
     for key in ("epochs", "batch_size"):
         v = out[key]
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-            raise ConfigError(f"training.{key}", f"expected a positive integer, got {v!r}")
-    if not isinstance(out["seed"], int) or out["seed"] < 0:
-        raise ConfigError("training.seed", f"expected a non-negative integer, got {out['seed']!r}")
-    return out
+            raise ConfigError(where[key], f"expected a positive integer, got {v!r}")
+    if not isinstance(out["seed"], int) or isinstance(out["seed"], bool) or out["seed"] < 0:
+        raise ConfigError(where["seed"], f"expected a non-negative integer, got {out['seed']!r}")
+    return out, where
+
+
+@contextmanager
+def _path(where: str, own: str) -> Iterator[None]:
+    """Errors about a setting named `own` by the code that checks it, renamed to `where` the user set it."""
+    try:
+        yield
+    except ConfigError as exc:
+        if where == own or not (exc.path == own or exc.path.startswith((own + ".", own + "["))):
+            raise
+        raise ConfigError(where + exc.path[len(own):], exc.reason) from None
+
+
+def _check_data(A: np.ndarray, name: str) -> None:
+    if A.dtype.kind not in "fc" or np.all(np.isfinite(A)):
+        return
+    at = tuple(int(i) for i in np.argwhere(~np.isfinite(A))[0])
+    raise NumericError(f"{name}: {A[at]} at sample {at[0]}" + (f", index {list(at[1:])}" if len(at) > 1 else "")
+                       + f" ({int(np.count_nonzero(~np.isfinite(A)))} non-finite values in all); fix the data "
+                       "or pass allow_nonfinite=True (loom train --allow-nonfinite)")
 
 
 def _as_arrays(net, X, Y):

@@ -12,6 +12,7 @@ integer inputs). Nested layers live in `self.children`, named as their parameter
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,17 +79,28 @@ class BuildContext:
         return f"{self.prefix}.{name}" if self.prefix else name
 
     # --- initial values, drawn on the host in float64 and rounded once to the compute dtype ---
+    def _check_size(self, name: str, shape: tuple[int, ...]) -> None:
+        """A parameter whose float64 draw cannot fit in this machine's memory is a config error
+        naming the layer, not a MemoryError (or the kernel's OOM killer) halfway through building."""
+        need = math.prod(shape) * 8
+        if need > _physical_memory():
+            raise self.error(f"parameter {self.stream(name)} of shape {list(shape)} needs {_size(need)} to "
+                             f"initialize; this machine has {_size(_physical_memory())} of memory")
+
     def _put(self, host: np.ndarray) -> Array:
         return self.backend.asarray(host.astype(self.dtype))
 
     def uniform(self, name: str, shape: tuple[int, ...], bound: float) -> Array:
+        self._check_size(name, shape)
         u = rng.Generator(self.seed, self.stream(name)).uniform(shape)
         return self._put((2.0 * u - 1.0) * bound)
 
     def normal(self, name: str, shape: tuple[int, ...], std: float = 1.0) -> Array:
+        self._check_size(name, shape)
         return self._put(rng.Generator(self.seed, self.stream(name)).normal(shape) * std)
 
     def full(self, shape: tuple[int, ...], value: float) -> Array:
+        self._check_size("constant", shape)
         return self._put(np.full(shape, value, dtype=np.float64))
 
 
@@ -234,7 +246,24 @@ def build(cfg: dict[str, Any], in_spec: Spec, ctx: BuildContext) -> Layer:
     cls = REGISTRY.get(cfg["type"])
     if cls is None:
         raise ctx.error(f"layer type {cfg['type']!r} has no implementation", "type")
-    return cls(cfg, in_spec, ctx)
+    try:
+        return cls(cfg, in_spec, ctx)
+    except MemoryError as exc:    # fits the machine on paper but not in the memory free now
+        raise ctx.error(f"the layer's arrays do not fit in memory ({exc})") from None
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not POSIX: no limit known
+        return 1 << 62
+
+
+def _size(n: int) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:,} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
 
 
 def dims(value: int | list[int], n: int, ctx: BuildContext, key: str) -> tuple[int, ...]:
