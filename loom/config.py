@@ -687,9 +687,17 @@ def load(source: Any) -> dict:
     if isinstance(source, os.PathLike) or (isinstance(source, str) and not source.lstrip().startswith("{")):
         try:
             with open(source, encoding="utf-8") as fh:
-                return loads(fh.read())
+                text = fh.read()
         except OSError as exc:
             raise ConfigError("", f"cannot read config file {os.fspath(source)!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError("", f"{os.fspath(source)}: not a JSON text file (byte {exc.start} is not UTF-8)") from None
+        try:
+            return loads(text)
+        except ConfigError as exc:
+            if exc.path:                  # a JSON path inside the config: the message is already precise
+                raise
+            raise ConfigError("", f"{os.fspath(source)}: {exc.reason}") from None
     if isinstance(source, str):
         return loads(source)
     raise ConfigError("", f"expected a config dict, JSON string or path, got {type(source).__name__}")

@@ -21,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from typing import TextIO
 
-from .generate import Stats, add_sampling_arguments, load_causal, sampling_options, stream
+from .generate import Stats, add_sampling_arguments, check_sampling, load_causal, sampling_options, stream
 
 HELP = "chat with a language model interactively (chat template, history, streamed replies)"
 MAX_TOKENS = 128         # `loom chat`'s default --max-tokens: most tokens per reply
@@ -45,14 +45,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None) -> int:
     from .. import mode
     from ..errors import ConfigError
-    from ..llm.generate import Sampling, check_stop
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     options = sampling_options(args)
     # settings are checked before the model loads and the conversation starts, not at the first reply
-    Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty, args.seed)
-    check_stop(options["stop"])
-    if args.max_tokens < 1:
-        raise ConfigError("--max-tokens", f"a reply needs at least 1 token, got {args.max_tokens}")
+    check_sampling(args, least_tokens=1)     # a reply needs at least 1 token
     model = load_causal(args.model, args.device)
     system = args.system
     history = _start(system)
@@ -91,7 +87,9 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             if exc.path != "prompt":
                 raise
             history.pop()      # this message does not fit: keep the conversation usable
-            _note(f"loom: {exc} (type /reset to start a new conversation)")
+            reason = exc.reason.split("; shorten")[0]       # the library's advice names its arguments
+            _note(f"loom: this message does not fit: {reason}; type /reset to start a new conversation, "
+                  "or lower --max-tokens")
             continue
         except KeyboardInterrupt:
             pieces = None      # Ctrl-C while the prompt was being rendered

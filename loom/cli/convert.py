@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         args.convert_parser.error("say what to do: --from welvet (import) or --dtype TYPE (quantize a Loom model)")
     net = _quantize(args) if args.source_format is None else MODES[args.source_format](args)
     if args.source_format is not None and args.dtype is not None:
-        net = net.quantize(args.dtype, per=args.per)
+        net = _quantized(net, args)
     net.save(args.output)
     print(f"wrote {args.output}: {net!r}")
     return 0
@@ -101,7 +101,19 @@ def _quantize(args):
     from ..formats import load
     if args.output is None:
         args.convert_parser.error("--dtype needs MODEL and --out OUT")
-    return load(args.input).quantize(args.dtype, per=args.per)
+    return _quantized(load(args.input), args)
+
+
+def _quantized(net, args):
+    """net.quantize(--dtype, --per), its errors naming the flag (not the config key quantization.dtype)."""
+    from ..errors import ConfigError
+    try:
+        return net.quantize(args.dtype, per=args.per)
+    except ConfigError as exc:
+        flags = {"quantization.dtype": "--dtype", "quantization.per": "--per"}
+        if exc.path not in flags:
+            raise
+        raise ConfigError(flags[exc.path], exc.reason) from None
 
 
 MODES = {"welvet": _from_welvet}

@@ -31,6 +31,7 @@ def demo_config() -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from .. import datasets
+    from ..atomic import new_folder
     from ..errors import ConfigError
     from ..formats import load
     from ..nn import Network
@@ -53,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nheld-out accuracy: {100 * correct / len(y_test):.1f}% ({correct}/{len(y_test)}) "
           f"after {history.epochs} epochs")
 
-    os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "digits.loom")
-    net.save(path)
+    with new_folder(args.out):
+        net.save(path)
     reloaded = predict(load(path).to(args.device), x_test)
     same = reloaded.tobytes() == predictions.tobytes()
     digest = hashlib.sha256(np.ascontiguousarray(predictions).tobytes()).hexdigest()

@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..config import check_labels
     from ..datasets.files import as_inputs, load_labeled
-    from ..errors import FormatError
+    from ..errors import FormatError, ShapeError
     from ..formats import load
     from ..nn import metrics
     from ..nn.train import predict
@@ -39,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
                           f"{', ...' if len(names) > 10 else ''}), but {args.model} has none saved (it was trained "
                           f"on numeric targets); give numeric targets instead")
     X = as_inputs(X, net.input_spec.dtype, args.data)
-    report = metrics.evaluate(predict(net, X), Y, task=args.task)
+    try:
+        report = metrics.evaluate(predict(net, X), Y, task=args.task, labels=labels)
+    except ShapeError as exc:        # the targets do not fit the model's outputs (or --task)
+        task = f" (--task {args.task})" if args.task else ""
+        raise ShapeError(f"{args.data}: the targets do not fit {args.model}'s outputs{task}: {exc}") from None
     print(report.summary())
     if args.json:
         report.to_json(args.json)

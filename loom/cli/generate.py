@@ -52,6 +52,26 @@ def add_sampling_arguments(p: argparse.ArgumentParser, max_tokens: int = MAX_TOK
                    help="do not print speed statistics (tokens, seconds, tokens/s) on stderr (default: print them)")
 
 
+# a sampling setting -> the flag that sets it (errors from loom.llm name the setting)
+FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_k": "--top-k", "top_p": "--top-p",
+         "min_p": "--min-p", "repetition_penalty": "--repetition-penalty", "seed": "--seed", "stop": "--stop"}
+
+
+def check_sampling(args: argparse.Namespace, least_tokens: int = 0) -> None:
+    """Check the sampling flags before the model loads; a bad one is a ConfigError naming its flag."""
+    from ..errors import ConfigError
+    from ..llm.generate import Sampling, check_stop
+    try:
+        Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty, args.seed)
+        check_stop(tuple(args.stop))
+    except ConfigError as exc:
+        if exc.path not in FLAGS:
+            raise
+        raise ConfigError(FLAGS[exc.path], exc.reason) from None
+    if args.max_tokens < least_tokens:
+        raise ConfigError("--max-tokens", f"expected an integer >= {least_tokens}, got {args.max_tokens}")
+
+
 def sampling_options(args: argparse.Namespace) -> dict:
     return dict(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                 min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop))
@@ -76,7 +96,20 @@ def load_causal(path: str, device: str) -> CausalLM:
     if not isinstance(model, CausalLM):
         raise ConfigError("--model", f"{path} is an encoder ({type(model).__name__}), not a text generator; "
                                      "use `loom embed`")
+    _note_slow_cpu(device)
     return model
+
+
+def _note_slow_cpu(device: str) -> None:
+    """Deterministic decoding on the CPU without numba runs the exact products in NumPy: many times
+    slower than with the compiled loops. Say so once, with the two ways out."""
+    from .. import mode
+    from ..backend.cpu import jit
+    why = jit.unavailable_reason()
+    if device == "cpu" and mode.is_deterministic() and why is not None:
+        fix = "unset LOOM_JIT" if why == "LOOM_JIT=0" else "pip install 'loom[cpu]' for numba"
+        sys.stderr.write(f"loom: note: deterministic decoding on the CPU runs without compiled loops ({why}) "
+                         f"and is slow; {fix}, or pass --fast\n")
 
 
 def write_stream(pieces: Iterable[str], out: TextIO | None = None) -> str:
@@ -183,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import ConfigError
     if args.system is not None and not args.chat:
         raise ConfigError("--system", "only applies with --chat")
+    check_sampling(args)
     start = time.perf_counter()
     model = load_causal(args.model, args.device)
     load_s = time.perf_counter() - start
@@ -194,12 +228,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         prompt = args.prompt
     stats = Stats()
-    pieces = stream(model, prompt, stats, truncate=args.truncate, **options)
     try:
-        write_stream(pieces)
+        write_stream(stream(model, prompt, stats, truncate=args.truncate, **options))
     except KeyboardInterrupt:    # end the line and show the speed so far; main.py says "interrupted", exits 130
         _finish(stats, load_s, args.no_stats)
         raise
+    except ConfigError as exc:   # the library's advice names its argument; here the flag is the answer
+        if exc.path != "prompt":
+            raise
+        raise ConfigError("prompt", exc.reason.replace("max_tokens", "--max-tokens")
+                          .replace("pass truncate=True", "pass --truncate")) from None
     _finish(stats, load_s, args.no_stats)
     return 0
 

@@ -54,6 +54,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             build_parser().print_help()
             return 2
+        device = getattr(args, "device", None)
+        if args.command != "verify" and device not in (None, "cpu", "cuda"):   # verify has its own choices
+            raise ConfigError("--device", f"unknown device {device!r}; expected cpu or cuda")
         with warnings.catch_warnings(), mode.deterministic(not getattr(args, "fast", False)):
             if not debug:   # NumPy's overflow warnings say less than the error Loom raises about it
                 warnings.simplefilter("ignore", RuntimeWarning)

@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..atomic import describe
-    from ..errors import FormatError
+    from ..errors import FormatError, ShapeError
     from ..nn.reports import plot_history
 
     try:
@@ -30,6 +30,9 @@ def run(args: argparse.Namespace) -> int:
                           f"{type(history).__name__}")
     history = {k: v for k, v in history.items() if k != "seconds"}     # wall time is not a training curve
     out = args.out or os.path.splitext(args.history)[0] + ".png"
-    plot_history(history, out)
+    try:
+        plot_history(history, out)
+    except ShapeError as exc:        # not curves: name the user's file
+        raise FormatError(f"{args.history}: {exc}") from None
     print(f"wrote {out}")
     return 0

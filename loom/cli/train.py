@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets.files import load_labeled
     from ..errors import ConfigError
     from ..nn import Network
-    from ..nn.train import DEFAULTS, train
+    from ..nn.train import DEFAULTS, check_finite_data, train
 
     _check_flags(args)
     loss, optimizer = _spec(args.loss, "--loss"), _spec(args.optimizer, "--optimizer")
@@ -96,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     if labels != net.config.get("labels"):      # class names read from the data file: saved with the model
         check_labels(labels, net.output_spec.shape, f"the target column of {args.data}")
         net = Network.from_config({**net.config, "labels": labels})
+    if not args.allow_nonfinite:
+        check_finite_data(X, f"{args.data}: x")
+        check_finite_data(Y, f"{args.data}: y")
     if args.lr is not None:
         base = optimizer or (net.config.get("training") or {}).get("optimizer") or DEFAULTS["optimizer"]
         optimizer = dict({"type": base} if isinstance(base, str) else base, lr=args.lr)

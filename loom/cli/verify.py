@@ -7,7 +7,6 @@ backends and thread counts are expected; they are still reported and still exit 
 from __future__ import annotations
 
 import argparse
-import json
 
 HELP = "fingerprint every layer, optimizer and a demo training run on each backend; exit 1 on a mismatch"
 DEVICES = {"all": None, "cpu": ["cpu", "cpu:1thread"], "cuda": ["cpu", "cuda"]}
@@ -29,22 +28,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import verify as verifier
+    from ..atomic import write_json
     from ..errors import ConfigError
     from ..mode import deterministic
 
     if args.steps < 1:
         raise ConfigError("--steps", f"expected a positive integer, got {args.steps}")
     with deterministic(not args.fast):
-        if args.emit_json:
-            print(verifier.emit_json(args.steps, args.sample))
-            return 0
-        report = verifier.verify(DEVICES[args.device], steps=args.steps, samples=args.sample)
-    print(report.table())
-    if args.json:
         try:
-            with open(args.json, "w", encoding="utf-8") as f:
-                json.dump(report.to_json(), f, indent=1)
-                f.write("\n")
-        except OSError as exc:      # a bad path is bad input (exit 3), not a mismatch (exit 1)
-            raise ConfigError("--json", f"cannot write {args.json}: {exc.strerror}") from exc
+            if args.emit_json:
+                print(verifier.emit_json(args.steps, args.sample))
+                return 0
+            report = verifier.verify(DEVICES[args.device], steps=args.steps, samples=args.sample)
+        except ConfigError as exc:
+            if exc.path != "samples":
+                raise
+            raise ConfigError("--sample", exc.reason) from None
+    print(report.table())
+    if args.json:       # a bad path is bad input (FileError naming it, exit 3), not a mismatch (exit 1)
+        write_json(args.json, report.to_json(), indent=1)
     return 0 if report.ok else 1

@@ -222,7 +222,21 @@ _DAMAGED = (ValueError, EOFError, zipfile.BadZipFile, KeyError, OSError, NotImpl
             zlib.error, SyntaxError, tokenize.TokenError, TypeError, OverflowError, MemoryError, RuntimeError)
 
 
+def _check_magic(path: str, what: str) -> None:
+    """FormatError when the file starts as neither a .npy array nor a zip archive (.npz): np.load with
+    allow_pickle=False would call it pickled data, whatever it holds."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise describe(exc, path) from None
+    if not head.startswith((b"\x93NUMPY", b"PK")):
+        reason = f"it starts with {head!r}, not the .npy or zip signature" if head else "an empty file"
+        raise FormatError(f"{path}: not a readable {what} ({reason})")
+
+
 def _npy(path: str) -> np.ndarray:
+    _check_magic(path, ".npy array")
     try:
         X = np.load(path, allow_pickle=False)
     except PermissionError as exc:
@@ -236,6 +250,7 @@ def _npy(path: str) -> np.ndarray:
 
 
 def _npz(path: str, need_y: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    _check_magic(path, ".npz archive")
     try:
         data = np.load(path, allow_pickle=False)
     except PermissionError as exc:

@@ -111,8 +111,13 @@ def load(path: str | os.PathLike[str]) -> tuple[Network, Checkpoint]:
             raise FormatError(f"{os.fspath(path)} is a directory without {DIR_MODEL}; expected a Loom model "
                               "file or a model directory")
         path = inner
-    tensors, meta = safetensors.load(path)
-    return _build(tensors, meta, os.fspath(path))
+    where = os.fspath(path)
+    try:
+        tensors, meta = safetensors.load(path)
+    except FormatError as exc:      # a damaged file, or not a model file at all (a JSON config, an .npz)
+        reason = str(exc).removeprefix(f"{where}: ")
+        raise FormatError(f"{where}: not a readable Loom model file ({reason})") from None
+    return _build(tensors, meta, where)
 
 
 def _quantized(weights: dict, meta: dict, own: dict, where: str) -> dict:

@@ -103,10 +103,10 @@ class Tokenizer:
         tk = _tokenizers()
         folder = Path(path)
         if not folder.is_dir():
-            raise ConfigError("path", f"{str(folder)!r} is not a directory")
+            raise ConfigError(str(folder), "not a directory (a tokenizer is read from a model folder)")
         file = folder / "tokenizer.json"
         if not file.is_file():
-            raise ConfigError("path", f"{str(folder)!r} has no tokenizer.json")
+            raise ConfigError(str(folder), "no tokenizer.json (the model's tokenizer) in this folder")
         try:
             backend = tk.Tokenizer.from_file(str(file))
         except Exception as exc:      # tokenizers raises plain Exception with serde's message

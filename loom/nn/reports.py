@@ -114,12 +114,13 @@ class ClassificationReport(_Report):
     worst: list[dict]                  # index, label, predicted, p_true
     input: str                         # "probabilities" or "logits"
     nonfinite_rows: int
+    labels: list[str] | None = None    # class names (a model's "labels"), shown instead of ids
 
     def to_dict(self) -> dict:
         return _jsonable({
             "task": "classification", "samples": self.samples, "classes": self.classes,
             "accuracy": self.accuracy, "top5": self.top5, "input": self.input,
-            "nonfinite_rows": self.nonfinite_rows,
+            "nonfinite_rows": self.nonfinite_rows, "labels": self.labels,
             "confusion_matrix": self.confusion,
             "per_class": {m: self.prf[m] for m in ("precision", "recall", "f1", "support")},
             "macro": self.prf["macro"], "weighted": self.prf["weighted"], "worst": self.worst})
@@ -137,7 +138,8 @@ class ClassificationReport(_Report):
         if self.nonfinite_rows:
             out.append(f"WARNING        : {self.nonfinite_rows} rows hold NaN/Inf scores (NaN read as -inf)")
         p = self.prf
-        rows = [[str(c), f4(p["precision"][c]), f4(p["recall"][c]), f4(p["f1"][c]), str(p["support"][c])]
+        name = (lambda c: str(c)) if self.labels is None else (lambda c: self.labels[c])  # noqa: E731
+        rows = [[name(c), f4(p["precision"][c]), f4(p["recall"][c]), f4(p["f1"][c]), str(p["support"][c])]
                 for c in range(self.classes)] if self.classes <= 30 else []
         rows += [[a, f4(p[a]["precision"]), f4(p[a]["recall"]), f4(p[a]["f1"]), str(self.samples)]
                  for a in ("macro", "weighted")]
@@ -145,16 +147,16 @@ class ClassificationReport(_Report):
         out += _table(["class", "precision", "recall", "f1", "support"], rows)
         if self.confusion is not None and self.classes <= 20:
             out += ["", "Confusion matrix (rows = true class, columns = predicted):"]
-            out += _table(["true\\pred"] + [str(c) for c in range(self.classes)],
-                          [[str(i)] + [str(v) for v in row] for i, row in enumerate(self.confusion.tolist())])
-        rows = [[str(r + 1), str(w["index"]), str(w["label"]), str(w["predicted"]), f4(w["p_true"])]
+            out += _table(["true\\pred"] + [name(c) for c in range(self.classes)],
+                          [[name(i)] + [str(v) for v in row] for i, row in enumerate(self.confusion.tolist())])
+        rows = [[str(r + 1), str(w["index"]), name(w["label"]), name(w["predicted"]), f4(w["p_true"])]
                 for r, w in enumerate(self.worst)]
         out += ["", f"Worst {len(rows)} samples (lowest probability of the true class):"]
         out += _table(["rank", "index", "true", "predicted", "p(true)"], rows)
         return "\n".join(out)
 
 
-def _classification(pred, target, k: int) -> ClassificationReport:
+def _classification(pred, target, k: int, labels: list[str] | None = None) -> ClassificationReport:
     raw = _numeric(pred, "pred")
     s, y, label_shape = _scores(raw, target)
     n, classes = s.shape
@@ -179,19 +181,25 @@ def _classification(pred, target, k: int) -> ClassificationReport:
         samples=n, classes=classes, correct=correct, accuracy=correct / n,
         top5=int((rank < 5).sum()) / n if classes > 5 else None, confusion=cm, prf=prf, worst=worst,
         input="probabilities" if is_prob else "logits",
-        nonfinite_rows=int((~np.isfinite(raw.reshape(-1, classes))).any(1).sum()))
+        nonfinite_rows=int((~np.isfinite(raw.reshape(-1, classes))).any(1).sum()),
+        labels=None if labels is None else list(labels))
 
 
-def evaluate(pred: ArrayLike, target: ArrayLike, task: str | None = None, k: int = WORST_K) -> _Report:
+def evaluate(pred: ArrayLike, target: ArrayLike, task: str | None = None, k: int = WORST_K,
+             labels: list[str] | None = None) -> _Report:
     """A full report. task=None infers: pred with one more axis than target (of at least 2 classes)
     and integer labels (an integer dtype, or floats that are all whole numbers, as CSV files give) is
-    classification; anything else regression."""
+    classification; anything else regression. `labels`: class names (one per class) that a
+    classification report shows instead of ids."""
     if task is None:
         p, t = np.asarray(pred), np.asarray(target)
         whole = t.dtype.kind in "iu" or (t.dtype.kind == "f" and bool(np.all(np.isfinite(t) & (t == np.round(t)))))
         task = "classification" if p.ndim == t.ndim + 1 and p.shape[-1] >= 2 and whole else "regression"
     if task == "classification":
-        return _classification(pred, target, k)
+        report = _classification(pred, target, k, labels)
+        if labels is not None and len(labels) != report.classes:
+            raise ShapeError(f"labels: {len(labels)} class names for {report.classes} classes")
+        return report
     if task == "regression":
         p, t = _paired(pred, target)
         err = np.abs(p - t)

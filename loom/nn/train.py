@@ -159,8 +159,8 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
                                           early_stopping=early_stopping, shuffle=shuffle))
     X, Y = _as_arrays(net, X, Y)
     if not allow_nonfinite:
-        _check_data(X, "X")
-        _check_data(Y, "Y")
+        check_finite_data(X, "X")
+        check_finite_data(Y, "Y")
     out_shape = net.output_spec.shape
     if settings["loss"] is None:
         name, why = loss_choice.infer(Y, out_shape)
@@ -170,8 +170,6 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     with _path(where["loss"], "loss"):
         loss_fn = losses.build(settings["loss"])
         Y = loss_choice.fit_targets(loss_fn, Y, out_shape)
-    if verbose and note:
-        print(note, file=sys.stderr)
     Xv, Yv, X, Y = _validation(settings["validation"], X, Y, settings["seed"])
     if Yv is not None:
         Yv = loss_choice.fit_targets(loss_fn, Yv, out_shape)
@@ -185,6 +183,8 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         metric_fns = _metric_fns(settings["metrics"])
     with _path(where["early_stopping"], "early_stopping"):
         stopper = EarlyStopping.build(settings["early_stopping"])
+    if verbose and note:                   # once every setting has been checked
+        print(note, file=sys.stderr)
     history, start = History(), 0
     if resume is not None:
         start = _resume(resume, net, opt, history, stopper)
@@ -291,7 +291,8 @@ def _path(where: str, own: str) -> Iterator[None]:
         raise ConfigError(where + exc.path[len(own):], exc.reason) from None
 
 
-def _check_data(A: np.ndarray, name: str) -> None:
+def check_finite_data(A: np.ndarray, name: str) -> None:
+    """NumericError naming the first NaN or infinity of A (samples first) as `name`, and how many."""
     if A.dtype.kind not in "fc" or np.all(np.isfinite(A)):
         return
     at = tuple(int(i) for i in np.argwhere(~np.isfinite(A))[0])

@@ -277,3 +277,30 @@ def test_ctrl_c_or_end_of_input_at_the_prompt_exits_0(tiny, seen, monkeypatch, c
         monkeypatch.setattr(sys, "stdin", stdin)
         assert cli_main.main(["chat", "--model", folder, "--max-tokens", "4"]) == 0
         assert "interrupted" not in capsys.readouterr().err
+
+
+def test_too_long_prompt_names_the_flags(tiny, capsys):
+    """From the command line the advice is --truncate and --max-tokens, not the library's argument names."""
+    _, folder = tiny
+    code = cli_main.main(["generate", "--model", folder, "--prompt", PROMPT * 40, "--max-tokens", "8", "--no-stats"])
+    err = capsys.readouterr().err.strip()
+    assert code == 3 and err.count("\n") == 0
+    assert "--truncate" in err and "--max-tokens" in err and "truncate=True" not in err
+
+
+def test_chat_message_too_long_keeps_the_conversation(tiny, seen, capsys):
+    _, folder = tiny
+    code, out = _chat(folder, PROMPT * 40 + "\nhello\n")
+    err = capsys.readouterr().err
+    assert code == 0 and "this message does not fit" in err and "/reset" in err and "truncate=True" not in err
+    assert [m["content"] for m in seen[-1] if m["role"] == "user"] == ["hello"]     # the long one was dropped
+
+
+def test_slow_cpu_decoding_is_announced(tiny, capsys, monkeypatch):
+    _, folder = tiny
+    monkeypatch.setenv("LOOM_JIT", "0")
+    assert cli_main.main(["generate", "--model", folder, "--prompt", PROMPT, "--max-tokens", "2", "--no-stats"]) == 0
+    assert "without compiled loops (LOOM_JIT=0)" in capsys.readouterr().err
+    assert cli_main.main(["generate", "--model", folder, "--prompt", PROMPT, "--max-tokens", "2", "--no-stats",
+                          "--fast"]) == 0
+    assert "compiled loops" not in capsys.readouterr().err           # fast mode needs no note

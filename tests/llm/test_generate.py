@@ -260,7 +260,7 @@ def test_cli_generate_streams_the_text(tiny, capsys):
     assert cli.run(args) == 0
     expected = "".join(lm.chat([{"role": "user", "content": "hello"}], max_tokens=9, temperature=0.8, top_p=0.9, seed=4))
     assert capsys.readouterr().out == expected + "\n"
-    with pytest.raises(ConfigError, match="top_p"):
+    with pytest.raises(ConfigError, match="--top-p"):
         cli.run(_args(cli, ["--model", folder, "--prompt", "x", "--top-p", "0"]))
 
 

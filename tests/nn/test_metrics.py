@@ -380,3 +380,14 @@ def test_plot_history_rejects_bad_history(tmp_path):
         metrics.plot_history({}, tmp_path / "x.png")
     with pytest.raises(loom.ShapeError, match=r"history\['loss'\]"):
         metrics.plot_history({"loss": []}, tmp_path / "x.png")
+
+
+def test_classification_report_shows_class_names():
+    from loom.nn import metrics as m
+    pred = np.array([[2.0, 0.1, 0.3], [0.1, 3.0, 0.2], [0.2, 0.1, 1.0], [1.0, 0.2, 0.1]])
+    report = m.evaluate(pred, np.array([0, 1, 2, 1]), labels=["setosa", "versicolor", "virginica"])
+    text = report.summary()
+    assert "versicolor" in text and "virginica" in text
+    assert report.to_dict()["labels"] == ["setosa", "versicolor", "virginica"]
+    with pytest.raises(loom.ShapeError, match="labels: 2 class names for 3 classes"):
+        m.evaluate(pred, np.array([0, 1, 2, 1]), labels=["a", "b"])
