@@ -31,6 +31,10 @@ PINNED = {"welvet/__init__.py": "4beb61b65fb0dce54401527c7edabba0670ffee88fac5e1
           "welvet/utils.py": "5f1cb8d28087752f36c2e38bc44d9db6d5339aeedc38152fcaa7714d009a4741",
           "welvet/linux_amd64/welvet.so": "0f6c07067d5244040cdad5384b193530636075a8fa1de1857219f78c3fe133ba"}
 RTOL = 1e-5
+# kmeans outputs softmax(-distance / temperature 0.3): float32 distance sums in welvet's order and
+# Loom's differ by an ulp or two, which the 1/temperature scale amplifies; welvet draws fresh random
+# weights each run, so the error varies from run to run (a clean-clone CI run once saw 1.16e-5).
+RTOL_KMEANS = 5e-5
 DTYPES = list(openfluke.BITS)
 
 
@@ -225,7 +229,8 @@ def _check(welvet_runs, name):
             assert got.size == want.size, f"{name} ({kind}): {got.shape} values, welvet gives {want.size}"
             got = got.reshape(-1)
             err = np.max(np.abs(got.astype(np.float64) - want)) / max(np.max(np.abs(want)), 1e-30)
-            assert err <= RTOL, f"{name} ({kind}): relative error {err:.3g}"
+            rtol = RTOL_KMEANS if name.startswith("kmeans") else RTOL
+            assert err <= rtol, f"{name} ({kind}): relative error {err:.3g}"
     return net
 
 
