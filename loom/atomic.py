@@ -75,7 +75,10 @@ def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         raise describe(exc, path) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), file_mode(path))
+            try:
+                os.fchmod(fh.fileno(), file_mode(path))
+            except OSError:                    # file systems without modes (vfat, some network mounts)
+                pass
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -122,10 +125,12 @@ def write_json(path: str | os.PathLike[str], value: Any, indent: int | None = 2)
 
 
 @contextmanager
-def new_folder(path: str | os.PathLike[str]) -> Iterator[str]:
+def new_folder(path: str | os.PathLike[str],
+               keep_on: tuple[type[BaseException], ...] = (KeyboardInterrupt,)) -> Iterator[str]:
     """Create the folder `path` (and its parents) for outputs. If the block fails, the files it added
     are removed and so are the folders this created; files there before are kept. On Ctrl-C the
-    files written so far stay (a training checkpoint is worth keeping) and only empty folders go.
+    files written so far stay (a training checkpoint is worth keeping), as on the exceptions in
+    `keep_on`, and only empty folders go.
     Raises FileError when path is an existing file."""
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
@@ -143,7 +148,7 @@ def new_folder(path: str | os.PathLike[str]) -> Iterator[str]:
     try:
         yield path
     except BaseException as exc:
-        for name in set(os.listdir(path)) - before if not isinstance(exc, KeyboardInterrupt) else ():
+        for name in set(os.listdir(path)) - before if not isinstance(exc, keep_on) else ():
             target = os.path.join(path, name)
             if os.path.isfile(target) or os.path.islink(target):
                 os.unlink(target)

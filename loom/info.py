@@ -36,7 +36,7 @@ def info() -> dict:
 
 
 # optional packages: (distribution name, the pip extra that installs it, what Loom uses it for)
-EXTRAS = (("numba", "cpu", "CPU compiled loops"), ("cupy-cuda12x", "cuda", "NVIDIA GPUs"),
+EXTRAS = (("numba", "cpu", "CPU compiled loops"), ("cupy", "cuda", "NVIDIA GPUs"),
           ("tokenizers", "llm", "LLM tokenizers"), ("jinja2", "llm", "LLM chat templates"),
           ("matplotlib", "plot", "loom plot, training curves"))
 
@@ -47,11 +47,17 @@ def extras() -> dict:
     from importlib import metadata
     out = {}
     for dist, extra, what in EXTRAS:
-        try:
-            version = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            version = None
-        out[dist.split("-")[0]] = {"version": version, "extra": extra, "for": what}
+        # CuPy ships as one distribution per CUDA major version (cupy-cuda12x, ...) or as plain cupy
+        names = [dist] + ([d.metadata["Name"] for d in metadata.distributions()
+                           if (d.metadata["Name"] or "").lower().startswith("cupy-")] if dist == "cupy" else [])
+        version = None
+        for name in names:
+            try:
+                version = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+        out[dist] = {"version": version, "extra": extra, "for": what}
     return out
 
 

@@ -7,6 +7,7 @@ Tracebacks are shown only with --debug.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 import warnings
@@ -74,6 +75,9 @@ def main(argv: list[str] | None = None) -> int:
             text = f'config key "loom": {exc.reason}'
         print(f"loom: error: {text}", file=sys.stderr)
         return 3
+    except BrokenPipeError:               # `loom info | head -1`: the reader left; nothing more to say
+        sys.stdout = open(os.devnull, "w")   # Python flushes stdout at exit: give it somewhere to go
+        return 141
     except OSError as exc:
         if exc.filename is None:          # not about a path the user gave: a bug
             return _internal(exc, debug)

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import new_folder, write_json
     from ..config import check_labels
     from ..datasets.files import load_labeled
-    from ..errors import ConfigError
+    from ..errors import ConfigError, NumericError
     from ..nn import Network
     from ..nn.train import DEFAULTS, check_finite_data, train
 
@@ -102,15 +102,20 @@ def run(args: argparse.Namespace) -> int:
     if args.lr is not None:
         base = optimizer or (net.config.get("training") or {}).get("optimizer") or DEFAULTS["optimizer"]
         optimizer = dict({"type": base} if isinstance(base, str) else base, lr=args.lr)
-    with new_folder(args.out):
+    checkpoint = os.path.join(args.out, "checkpoint.loom")
+    with new_folder(args.out, keep_on=(KeyboardInterrupt, NumericError)):
         try:
             history = train(net, X, Y, loss=loss, device=args.device, optimizer=optimizer, epochs=args.epochs,
                             batch_size=args.batch_size, seed=args.seed, validation=args.validation,
                             metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
-                            checkpoint=os.path.join(args.out, "checkpoint.loom"), resume=args.resume,
+                            checkpoint=checkpoint, resume=args.resume,
                             allow_nonfinite=args.allow_nonfinite)
         except ConfigError as exc:
             raise _as_flag(exc) from None
+        except NumericError as exc:          # the last good epoch's checkpoint stays, to resume from
+            if not os.path.exists(checkpoint):
+                raise
+            raise NumericError(f"{exc}; {checkpoint} holds the last finite epoch (--resume it)") from None
         net.save(os.path.join(args.out, "model.loom"))
         notes = write_json(os.path.join(args.out, "history.json"), history.logs)
     if notes:

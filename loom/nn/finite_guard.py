@@ -55,6 +55,14 @@ class Guard:
             self._fail(self.good + 1, b)
         self.good = b
 
+    def check_parameters(self) -> None:
+        """After an epoch: the last update is followed by no loss that would show it broke a weight."""
+        found = self.net.check_finite()
+        if found is not None:
+            raise NumericError(f"training stopped: after epoch {self.epoch + 1} parameter {found.where} holds "
+                               f"{found.nan} NaN and {found.inf} Inf values (its last update overflowed). Lower "
+                               "the learning rate, or pass allow_nonfinite=True (loom train --allow-nonfinite)")
+
     # --- replay ------------------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
         net = self.net

@@ -27,6 +27,14 @@ def _classes(out_shape: Sequence[int]) -> int:
     return int(out_shape[-1]) if len(out_shape) else 1
 
 
+def _whole(Y: np.ndarray) -> bool:
+    """Integer class ids: an integer dtype, or floats that are all whole numbers (as .npz files saved
+    from float arrays and CSV files give them)."""
+    if Y.dtype.kind in "iu":
+        return True
+    return Y.dtype.kind == "f" and Y.size > 0 and bool(np.all(np.isfinite(Y) & (Y == np.round(Y))))
+
+
 def _probability_rows(Y: np.ndarray) -> bool:
     """True when every row of Y is one-hot or a probability distribution over the last axis."""
     if Y.size == 0 or Y.dtype.kind != "f" or not np.all(np.isfinite(Y)):
@@ -42,7 +50,7 @@ def infer(Y: np.ndarray, out_shape: Sequence[int]) -> tuple[str, str]:
     the output's shape -> mse. Raises ConfigError("loss") when the targets fit neither."""
     out_shape, C = tuple(out_shape), _classes(out_shape)
     rows = tuple(Y.shape[1:])
-    if Y.dtype.kind in "iu" and rows == out_shape[:-1] and C > 1:
+    if _whole(Y) and rows == out_shape[:-1] and C > 1:
         return "cross_entropy", f"integer class ids {_shape(Y)} for {C} outputs"
     if rows == out_shape and C > 1 and _probability_rows(Y):
         return "cross_entropy", f"one-hot or probability rows {_shape(Y)}"
@@ -61,6 +69,8 @@ def fit_targets(loss: losses.Loss, Y: np.ndarray, out_shape: Sequence[int]) -> n
     out_shape = tuple(out_shape)
     if not loss.CLASS_IDS and Y.ndim == 1 and out_shape == (1,):
         Y = Y.reshape(-1, 1)
+    if loss.CLASS_IDS and Y.dtype.kind == "f" and tuple(Y.shape[1:]) == out_shape[:-1] and _whole(Y):
+        Y = Y.astype(np.int64)                     # whole-number floats of the class-id shape are ids
     problem = _problem(loss, Y, out_shape)
     if problem is None:
         return Y
@@ -75,7 +85,8 @@ def fit_targets(loss: losses.Loss, Y: np.ndarray, out_shape: Sequence[int]) -> n
 
 def _problem(loss: losses.Loss, Y: np.ndarray, out_shape: tuple[int, ...]) -> str | None:
     if loss.name in ("cross_entropy", "nll") and _classes(out_shape) == 1:
-        return "over a single output the softmax is always 1, so the loss is constant and nothing is learned"
+        return ("a single output is a single class: every class id is 0 (cross_entropy's softmax is always 1), "
+                "so the targets teach nothing")
     if loss.name == "cross_entropy" and Y.dtype.kind == "f" and tuple(Y.shape[1:]) == out_shape:
         if np.any(Y < 0):
             return "probability targets must not be negative"

@@ -13,12 +13,18 @@ for an `nn.Sequential`, `fc1.weight`, `encoder.2.bias`); Loom names them after t
 3. Structural order for the rest: the leftover tensors, in the state dict's order (PyTorch's is
    module registration order), are paired one to one with the leftover network tensors in the
    network's order (layer by layer, each layer's parameters then its buffers, as PyTorch orders
-   them). Each pair must have the same shape, and the same role where both names have one (the
-   last name part, one of PyTorch's: weight, bias, running_mean, running_var, num_batches_tracked,
-   weight_ih, ...; `_lN` dropped), else ShapeError naming both tensors and both shapes. Before
-   pairing, a tensor whose role no leftover on the other side could take (a bidirectional LSTM's
-   `*_reverse`, batch-norm statistics when the other side has none) is set aside, never assigned.
+   them). Each pair must have the same shape and the same role (the last name part, one of
+   PyTorch's: weight, bias, running_mean, running_var, num_batches_tracked, weight_ih, ...; `_lN`
+   dropped; a name without one, such as a registered `position_ids` buffer, pairs only with another
+   such name), else ShapeError naming both tensors and both shapes. Before pairing, a tensor whose
+   role no leftover on the other side could take (a bidirectional LSTM's `*_reverse`, batch-norm
+   statistics when the other side has none, a role-less buffer) is set aside, never assigned.
    Pairing stops where the shorter side ends.
+   If the tensors paired by name and by order, taken in the state dict's order, do not land in the
+   network's order, and a name that matched and one that did not share a numbered container
+   (`layers.2.weight` matched, `layers.4.weight` did not), the two sides number their layers
+   differently (PyTorch's `layers.2` in a Sequential of Linear, ReLU, Linear, ReLU, Linear is Loom's
+   `layers.1`): everything is paired by order instead.
 
 What is left after pairing is reported: `missing_keys` (network names that got nothing) and
 `unexpected_keys` (state dict names that went nowhere). Nothing here copies an array or touches a
@@ -104,8 +110,22 @@ def match(state: Mapping[str, Any], target: Mapping[str, tuple[int, ...]]) -> tu
     the rule above. Returns the (network name, value) assignments and the LoadResult; raises
     ShapeError for a pair whose shapes (or roles) differ, before anything is assigned."""
     given = entries(state)
+    pairs = _pair(given, target, by_name=True)
+    if not _in_order(given, pairs, target) and _numbered_differently(given, pairs):
+        # Names that match but mean other layers (PyTorch's `layers.2` is the second Linear of a
+        # Sequential with activations between, Loom's the third layer): pair everything by order.
+        pairs = _pair(given, target, by_name=False)
+    taken = {id(e) for e in pairs.values()}
+    result = LoadResult(missing_keys=[n for n in target if n not in pairs],
+                        unexpected_keys=[e.label for e in given if id(e) not in taken],
+                        mapping=[(pairs[n].label, n) for n in target if n in pairs and pairs[n].label != n])
+    return [(n, pairs[n].value) for n in target if n in pairs], result
+
+
+def _pair(given: list[Entry], target: Mapping[str, tuple[int, ...]], by_name: bool) -> dict[str, Entry]:
+    """Network name -> Entry: by exact name first (when by_name), then the rest by order."""
     pairs: dict[str, Entry] = {}
-    for literal in (True, False):                               # a name as given beats a renamed one
+    for literal in (True, False) if by_name else ():            # a name as given beats a renamed one
         for e in given:
             if (e.label == e.name) == literal and e.name in target and e.name not in pairs:
                 _check_pair(e, e.name, target[e.name], 0, 0)
@@ -118,11 +138,36 @@ def match(state: Mapping[str, Any], target: Mapping[str, tuple[int, ...]]) -> tu
     for e, name in zip(rest, open_):
         _check_pair(e, name, target[name], len(rest), len(open_))
         pairs[name] = e
-    taken = {id(e) for e in pairs.values()}
-    result = LoadResult(missing_keys=[n for n in target if n not in pairs],
-                        unexpected_keys=[e.label for e in given if id(e) not in taken],
-                        mapping=[(pairs[n].label, n) for n in target if n in pairs and pairs[n].label != n])
-    return [(n, pairs[n].value) for n in target if n in pairs], result
+    return pairs
+
+
+def _in_order(given: list[Entry], pairs: dict[str, Entry], target: Mapping[str, tuple[int, ...]]) -> bool:
+    """Whether the assigned tensors, taken in the state dict's order, land in the network's order.
+    Pairs made by name alone (nothing paired by order) are always accepted."""
+    if all(e.name == n for n, e in pairs.items()):
+        return True
+    position = {n: i for i, n in enumerate(target)}
+    where = {id(e): position[n] for n, e in pairs.items()}
+    landed = [where[id(e)] for e in given if id(e) in where]
+    return all(a < b for a, b in zip(landed, landed[1:]))
+
+
+def _container(name: str) -> str | None:
+    """The part of a name before its first integer component ("layers.4.weight" -> "layers."), or None."""
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if part.isdigit():
+            return ".".join(parts[:i]) + "."
+    return None
+
+
+def _numbered_differently(given: list[Entry], pairs: dict[str, Entry]) -> bool:
+    """Whether a tensor matched by name and one that did not sit in the same numbered container
+    (`layers.2.weight` matched, `layers.4.weight` did not): the two sides number their layers
+    differently, so the matching names are a coincidence."""
+    matched = {id(e) for n, e in pairs.items() if e.name == n}
+    inside = {_container(e.name) for e in given if id(e) in matched} - {None}
+    return any(_container(e.name) in inside for e in given if id(e) not in matched)
 
 
 def note(result: LoadResult) -> None:
@@ -162,8 +207,7 @@ def _split(pre: str, wkey: str, weight: Any, bkey: str | None, bias: Any) -> lis
 
 def _takeable(items: list, other_roles: set[str | None], role_of: Callable[[Any], str | None]) -> list:
     """The items that some leftover on the other side could take by role (the rest are set aside)."""
-    return [item for item in items
-            if None in other_roles or (r := role_of(item)) is None or r in other_roles]
+    return [item for item in items if role_of(item) in other_roles]
 
 
 def _check_pair(e: Entry, name: str, dst: tuple[int, ...], n_src: int, n_dst: int) -> None:
@@ -174,8 +218,8 @@ def _check_pair(e: Entry, name: str, dst: tuple[int, ...], n_src: int, n_dst: in
         if src != tuple(dst):
             raise ShapeError(f"{name}: shape {list(src)} does not match the network's {list(dst)}")
         return
-    if r_src is not None and r_dst is not None and r_src != r_dst:
-        why = f"roles differ ({r_src} vs {r_dst})"
+    if r_src != r_dst:
+        why = f"roles differ ({r_src or 'none'} vs {r_dst or 'none'})"
     elif src != tuple(dst):
         why = "shapes differ"
     else:

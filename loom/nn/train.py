@@ -171,6 +171,9 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         loss_fn = losses.build(settings["loss"])
         Y = loss_choice.fit_targets(loss_fn, Y, out_shape)
     Xv, Yv, X, Y = _validation(settings["validation"], X, Y, settings["seed"])
+    if Yv is not None and not allow_nonfinite and not isinstance(settings["validation"], float):
+        check_finite_data(Xv, "validation X")
+        check_finite_data(Yv, "validation Y")
     if Yv is not None:
         Yv = loss_choice.fit_targets(loss_fn, Yv, out_shape)
     opt_spec = dict(settings["optimizer"]) if isinstance(settings["optimizer"], dict) else {"type": settings["optimizer"]}
@@ -218,6 +221,7 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         total = float(step.total)
         if guard:
             guard.check_total(batches - 1, total)
+            guard.check_parameters()            # the epoch's last update has no loss after it
         net.eval()
         logs = {"loss": total / seen}
         if metric_fns:
@@ -375,15 +379,21 @@ def _save_checkpoint(path, net, opt, history, stopper, epoch, settings):
 
 def _resume(path, net, opt, history, stopper) -> int:
     saved, ckpt = files.codec().load(path)
-    if saved.config != net.config:
+    # the training block says how to train, not what the network is (and older files spelled its
+    # defaults out): compare the rest
+    if {**saved.config, "training": None} != {**net.config, "training": None}:
         raise ConfigError("resume", f"checkpoint {path} was made for a different network config")
     net.load_state_dict(saved.state_dict())
     if ckpt.optimizer_config is None:
         raise ConfigError("resume", f"{path} holds no optimizer state (not a training checkpoint)")
+    if ckpt.optimizer_config.get("type") != opt.config["type"]:
+        raise ConfigError("resume", f"{path} was trained with optimizer {ckpt.optimizer_config.get('type')!r}, "
+                                    f"this run uses {opt.config['type']!r}; give the checkpoint's optimizer "
+                                    f"({ckpt.optimizer_config})")
     opt.load_state_dict(ckpt.optimizer_state)
     state = ckpt.training_state
     net.rng_counter = int(state["rng_counter"])
-    history.logs = {k: list(v) for k, v in state["history"].items()}
+    history.logs = {k: [math.nan if x is None else x for x in v] for k, v in state["history"].items()}
     history.epochs = int(state["epoch"])
     if stopper and state.get("early_stopping"):
         stopper.best, stopper.wait = state["early_stopping"]["best"], state["early_stopping"]["wait"]

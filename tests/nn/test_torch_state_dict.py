@@ -310,3 +310,35 @@ def test_loom_names_round_trip_with_an_empty_mapping():
     net = _net([{"type": "dense", "units": 4}, {"type": "batch_norm"}], [3])
     result = _net([{"type": "dense", "units": 4}, {"type": "batch_norm"}], [3]).load_state_dict(net.state_dict())
     assert (result.mapping, result.missing_keys, result.unexpected_keys) == ([], [], [])
+
+
+def test_a_sequential_attribute_numbered_differently_loads_by_order():
+    """`self.layers = nn.Sequential(Linear, ReLU, Linear, ReLU, Linear)` names its Linears layers.0,
+    layers.2, layers.4; Loom's dense layers are layers.0, .1, .2. layers.2 matching by name would
+    put the second Linear into the third dense layer: the load pairs by order instead."""
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 6))
+
+        def forward(self, x):
+            return self.layers(x)
+
+    mod = _randomize(Model().double(), 21)
+    net = _net([{"type": "dense", "units": 6, "activation": "relu"}, {"type": "dense", "units": 6, "activation": "relu"},
+                {"type": "dense", "units": 6}], [6])
+    result = net.load_state_dict(mod.state_dict())
+    assert ("layers.2.weight", "layers.1.weight") in result.mapping
+    x = np.random.default_rng(22).normal(size=(5, 6))
+    np.testing.assert_allclose(np.asarray(net(x)), mod(torch.from_numpy(x)).detach().numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_roleless_buffer_is_set_aside():
+    """A registered buffer without a PyTorch role (HF's position_ids) is never assigned to a weight."""
+    lin = _randomize(nn.Sequential(nn.Linear(4, 4)).double(), 23)
+    state = dict(lin.state_dict())
+    state = {"position_ids": torch.arange(4.0, dtype=torch.float64).reshape(1, 4), **state}
+    net = _net([{"type": "dense", "units": 4}], [4])
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    assert missing == [] and unexpected == ["position_ids"]
+    assert np.array_equal(net.parameters()["layers.0.weight"], lin[0].weight.detach().numpy())

@@ -9,7 +9,7 @@ import pytest
 import loom
 from loom import atomic
 from loom.errors import ConfigError, NumericError
-from loom.nn import loss_choice, losses
+from loom.nn import finite_guard, loss_choice, losses
 from loom.nn.progress import Progress
 from loom.nn.train import train
 
@@ -168,3 +168,56 @@ def test_progress_bar_has_eta():
     bar = Progress("epoch 1/1", 4, stream=out)
     bar.update(4, samples=128, loss=0.5)
     assert "ETA 0:00" in out.text and "samples/s" in out.text and "loss 0.5000" in out.text
+
+
+def test_replay_over_a_range_restores_momentum_dropout_and_batch_norm(monkeypatch):
+    """The GPU's path (the total read only at the epoch's end, the epoch searched by replay), run on
+    the CPU: with momentum buffers, dropout's counter and batch-norm statistics to restore, the replay
+    names the same batch and layer as checking every batch does."""
+    cfg = {"loom": 1, "input": {"shape": [4]},
+           "layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "batch_norm"},
+                      {"type": "dropout", "rate": 0.2}, {"type": "dense", "units": 1}]}
+    X, Y = regression_data(256)
+    opts = dict(optimizer={"type": "sgd", "lr": 0.008, "momentum": 0.9}, epochs=8, batch_size=16, verbose=False)
+
+    def message():
+        with pytest.raises(NumericError) as info:
+            train(loom.Network.from_config(cfg), X, Y * 10, **opts)
+        return str(info.value)
+
+    every_batch = message()
+    assert "epoch 2, batch 12" in every_batch          # past the first epoch: the state to restore is not fresh
+    real = finite_guard.Guard.__init__
+
+    def device_like(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        self.host = False
+    monkeypatch.setattr(finite_guard.Guard, "__init__", device_like)
+    monkeypatch.setattr(finite_guard, "_EVERY", 3600.0)
+    assert message() == every_batch
+
+
+def test_an_overflowing_last_update_is_caught():
+    X, Y = regression_data(32)
+    net = loom.Network.from_config(REGRESSION)
+    with pytest.raises(NumericError, match=r"after epoch 1 parameter layers\.\d\.(weight|bias) holds"):
+        train(net, X, Y * 1e10, optimizer={"type": "sgd", "lr": 1e30}, epochs=1, batch_size=32, verbose=False)
+
+
+def test_resume_after_a_nan_epoch(tmp_path):
+    """A checkpoint's history holds null for NaN; resuming reads it back as NaN."""
+    X, Y = regression_data()
+    X[0, 0] = np.nan
+    net = loom.Network.from_config(REGRESSION)
+    train(net, X, Y, epochs=1, verbose=False, allow_nonfinite=True, checkpoint=tmp_path / "c.loom")
+    again = loom.Network.from_config(REGRESSION)
+    history = train(again, X, Y, epochs=2, verbose=False, allow_nonfinite=True, resume=tmp_path / "c.loom")
+    assert len(history["loss"]) == 2 and all(isinstance(v, float) and math.isnan(v) for v in history["loss"])
+
+
+def test_float_class_ids_are_ids():
+    rng = np.random.default_rng(5)
+    X, ids = rng.normal(size=(32, 4)), rng.integers(0, 3, 32)
+    a = train(loom.Network.from_config(CLASSES), X, ids, epochs=1, verbose=False)
+    b = train(loom.Network.from_config(CLASSES), X, ids.astype(np.float64), epochs=1, verbose=False)
+    assert a["loss"] == b["loss"]
