@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from . import dtypes
@@ -540,7 +540,7 @@ def check_labels(labels: list[str] | None, output_shape: tuple[int, ...] | list[
     if labels is None:
         return
     shape = list(output_shape)
-    names = f"{len(labels)} class names ({_preview(labels)})" + (f" from {source}" if source else "")
+    names = f"{len(labels)} class names ({preview(labels)})" + (f" from {source}" if source else "")
     if len(shape) != 1:
         raise ConfigError("labels", f"{names}, but the network's output has shape {shape}, not a vector of "
                           f"class scores")
@@ -549,7 +549,8 @@ def check_labels(labels: list[str] | None, output_shape: tuple[int, ...] | list[
                           f"every output, in order")
 
 
-def _preview(names: list[str], most: int = 10) -> str:
+def preview(names: Sequence[str], most: int = 10) -> str:
+    """The first `most` names, comma-separated, and how many more there are."""
     shown = ", ".join(names[:most])
     return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 

@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config import check_labels
+    from ..config import check_labels, preview
     from ..datasets.files import as_inputs, load_labeled
     from ..errors import FormatError, ShapeError
     from ..formats import load
@@ -35,9 +35,9 @@ def run(args: argparse.Namespace) -> int:
     check_labels(labels, net.output_spec.shape, args.model)
     X, Y, names = load_labeled(args.data, net.input_spec.shape, args.target, labels)
     if labels is None and names is not None:
-        raise FormatError(f"{args.data}: the target column holds class names ({', '.join(names[:10])}"
-                          f"{', ...' if len(names) > 10 else ''}), but {args.model} has none saved (it was trained "
-                          f"on numeric targets); give numeric targets instead")
+        raise FormatError(f"{args.data}: the target column holds class names ({preview(names)}), but "
+                          f"{args.model} has none saved (it was trained on numeric targets); give numeric targets "
+                          "instead")
     X = as_inputs(X, net.input_spec.dtype, args.data)
     try:
         report = metrics.evaluate(predict(net, X), Y, task=args.task, labels=labels)

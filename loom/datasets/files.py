@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..atomic import describe, write_bytes
+from ..config import preview
 from ..errors import ConfigError, FormatError, ShapeError
 
 INPUT_FORMATS = (".npz", ".npy", ".csv", ".csv.gz")
@@ -329,13 +330,13 @@ class _Targets:
             return y, None
         if y.ndim != 1:
             raise FormatError(f"{self.path}: targets of shape {list(y.shape[1:])} per sample; the model's class "
-                              f"names ({_preview(labels)}) need one class per sample")
+                              f"names ({preview(labels)}) need one class per sample")
         v = y.astype(np.float64)
         bad = ~np.isfinite(v) | (v != np.round(v)) | (v < 0) | (v >= len(labels))
         if bad.any():
             i = int(np.argmax(bad))
             raise FormatError(f"{self.where(i)}: target {y[i].item()!r} is not a class id: the model names "
-                              f"{len(labels)} classes ({_preview(labels)}); give a name or an id 0..{len(labels) - 1}")
+                              f"{len(labels)} classes ({preview(labels)}); give a name or an id 0..{len(labels) - 1}")
         return v.astype(np.int64), labels
 
     def _name_ids(self, labels: list[str] | None) -> tuple[np.ndarray, list[str]]:
@@ -351,7 +352,7 @@ class _Targets:
             k = index.get(name)
             if k is None:
                 raise FormatError(f"{self.where(i)}: label {name!r} is not one of the model's "
-                                  f"{len(labels)} classes ({_preview(labels)})")
+                                  f"{len(labels)} classes ({preview(labels)})")
             ids[i] = k
         return ids, labels
 
@@ -373,11 +374,6 @@ def _array_targets(y: np.ndarray, path: str) -> _Targets:
 
 def _bad_y(y: np.ndarray, path: str) -> _Targets:
     raise FormatError(f"{path}: y holds class names in shape {list(y.shape)}; expected one name per sample [N]")
-
-
-def _preview(names: Sequence[str], most: int = 10) -> str:
-    shown = ", ".join(names[:most])
-    return shown + (f", ... ({len(names) - most} more)" if len(names) > most else "")
 
 
 # --- CSV ------------------------------------------------------------------------------------------
