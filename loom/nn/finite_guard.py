@@ -2,15 +2,22 @@
 
 Checking a loss value costs nothing on the CPU, so there every batch is checked as it finishes. On
 a GPU reading a value waits for the device, so the running epoch total is read at most every
-half second and at the end of the epoch. Either way, once a non-finite value is seen, the epoch is
-replayed from a host copy of the state taken at its start: training is deterministic, so the replay
-reaches exactly the weights each batch saw, finds the first batch whose loss is not finite, and runs
-that batch through Network.check_finite layer by layer, before its update.
+half second and at the end of the epoch. Either way, once a non-finite value is seen, training is
+replayed from a host copy of the state (weights, buffers, optimizer state, RNG counter) taken at the
+start of an epoch: training is deterministic, so the replay reaches exactly the weights each batch
+saw, finds the first batch whose loss is not finite, and runs that batch through
+Network.check_finite layer by layer, before its update.
+
+The copy is taken at the start of an epoch once the training since the last copy has taken at least
+_COPY_RATIO times as long as that copy did, so it never costs more than about 1/_COPY_RATIO of the
+training time (on a GPU, a device-to-host transfer of the state can take as long as a short epoch);
+a replay then starts from an older epoch, which only a failure pays for.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,17 +32,24 @@ if TYPE_CHECKING:
     from .network import Network
 
 _EVERY = 0.5      # seconds between reads of the running total on a device
+_COPY_RATIO = 50  # training time between two copies of the state, in multiples of the last copy's time
 
 
 class Guard:
     def __init__(self, net: Network, opt: optim.Optimizer, loss: Loss, strict: bool):
         self.net, self.opt, self.loss, self.strict = net, opt, loss, strict
         self.host = net.backend.host
+        self.snapshot: dict[str, Any] | None = None
 
-    def start(self, epoch: int, order: np.ndarray, bs: int, X: np.ndarray, Y: np.ndarray) -> None:
-        """Remember the state at the start of an epoch (host copies) and its batches."""
-        self.epoch, self.order, self.bs, self.X, self.Y = epoch, order, bs, X, Y
-        self.snapshot = self._state()
+    def start(self, epoch: int, order_of: Callable[[int], np.ndarray], bs: int, X: np.ndarray, Y: np.ndarray) -> None:
+        """An epoch begins: `order_of(e)` is epoch e's sample order. Copies the state to the host when
+        the training since the last copy took long enough (_COPY_RATIO)."""
+        self.epoch, self.order_of, self.bs, self.X, self.Y = epoch, order_of, bs, X, Y
+        now = time.perf_counter()
+        if self.snapshot is None or now - self.copied >= _COPY_RATIO * self.copy_s:
+            self.snapshot, self.snapshot_epoch = self._state(), epoch
+            self.copied = time.perf_counter()
+            self.copy_s = self.copied - now
         self.good = -1                          # the last batch known to have a finite loss
         self.read = time.perf_counter()
 
@@ -74,9 +88,9 @@ class Guard:
         opt.load_state_dict(state["opt"])
         self.net.rng_counter = state["rng"]
 
-    def _batch(self, j: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = self.order[j * self.bs:(j + 1) * self.bs]
-        return self.X[idx], self.Y[idx]
+    def _batches(self, epoch: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        order = self.order_of(epoch)
+        return [(self.X[idx], self.Y[idx]) for idx in (order[i:i + self.bs] for i in range(0, len(order), self.bs))]
 
     def _fail(self, lo: int, hi: int) -> None:
         """Replay the epoch up to batch hi; raise NumericError for the first non-finite batch in [lo, hi]."""
@@ -87,11 +101,15 @@ class Guard:
         opt = self.opt
         self._restore(self.snapshot, opt)
         step = TrainStep(self.net, self.loss, opt, strict=self.strict)
-        for j in range(lo):
-            step(*self._batch(j), checked=False)
+        for epoch in range(self.snapshot_epoch, self.epoch):         # finished epochs since the copy
+            for x, y in self._batches(epoch):
+                step(x, y, checked=False)
+        batches = self._batches(self.epoch)
+        for x, y in batches[:lo]:
+            step(x, y, checked=False)
         for j in range(lo, hi + 1):
             before = self._state()
-            x, y = self._batch(j)
+            x, y = batches[j]
             if math.isfinite(float(step(x, y, checked=False))):
                 continue
             self._restore(before, opt)

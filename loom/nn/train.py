@@ -206,7 +206,8 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         net.train()
         step.reset_total()
         if guard:
-            guard.start(epoch, order, bs, X, Y)
+            guard.start(epoch, lambda e: _shuffle(n, settings["seed"], e) if settings["shuffle"] else np.arange(n),
+                        bs, X, Y)
         seen, outs = 0, []
         for b in range(batches):
             idx = order[b * bs:(b + 1) * bs]

@@ -45,3 +45,30 @@ def test_default_loss_on_gpu_matches_cpu():
         cpu = train(loom.Network.from_config(CFG), X, Y, epochs=2, verbose=False)
         gpu = train(loom.Network.from_config(CFG), X, Y, device="cuda", epochs=2, verbose=False)
     assert cpu["loss"] == gpu["loss"] and np.isfinite(cpu["loss"]).all()
+
+
+def test_gpu_catches_an_overflowing_last_update():
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(32, 4))
+    Y = (X @ np.array([1.0, 2.0, 3.0, 4.0]))[:, None] * 1e10
+    messages = []
+    for device in ("cpu", "cuda"):
+        with pytest.raises(NumericError, match=r"after epoch 1 parameter layers\.0\.weight holds") as info:
+            train(loom.Network.from_config(CFG), X, Y, device=device, optimizer={"type": "sgd", "lr": 1e30},
+                  epochs=1, batch_size=32, verbose=False)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("copy_ratio", [0, 10**9])
+def test_gpu_replays_from_an_older_copy(monkeypatch, copy_ratio):
+    """The state copied at every epoch, or only at the first (the replay reruns finished epochs)."""
+    monkeypatch.setattr(finite_guard, "_COPY_RATIO", copy_ratio)
+    X, Y = data()
+    with loom.deterministic(True), pytest.raises(NumericError) as gpu:
+        train(loom.Network.from_config(CFG), X, Y, device="cuda", optimizer={"type": "sgd", "lr": 0.01, "momentum": 0.9},
+              epochs=8, batch_size=16, verbose=False)
+    with loom.deterministic(True), pytest.raises(NumericError) as cpu:
+        train(loom.Network.from_config(CFG), X, Y, optimizer={"type": "sgd", "lr": 0.01, "momentum": 0.9},
+              epochs=8, batch_size=16, verbose=False)
+    assert str(gpu.value) == str(cpu.value) and "epoch 3, batch 6" in str(cpu.value)

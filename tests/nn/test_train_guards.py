@@ -170,10 +170,12 @@ def test_progress_bar_has_eta():
     assert "ETA 0:00" in out.text and "samples/s" in out.text and "loss 0.5000" in out.text
 
 
-def test_replay_over_a_range_restores_momentum_dropout_and_batch_norm(monkeypatch):
+@pytest.mark.parametrize("copy_ratio", [0, 10**9])
+def test_replay_over_a_range_restores_momentum_dropout_and_batch_norm(monkeypatch, copy_ratio):
     """The GPU's path (the total read only at the epoch's end, the epoch searched by replay), run on
     the CPU: with momentum buffers, dropout's counter and batch-norm statistics to restore, the replay
-    names the same batch and layer as checking every batch does."""
+    names the same batch and layer as checking every batch does. copy_ratio 0 copies the state at
+    every epoch; 10**9 only at the first, so the replay runs the whole first epoch again."""
     cfg = {"loom": 1, "input": {"shape": [4]},
            "layers": [{"type": "dense", "units": 16, "activation": "relu"}, {"type": "batch_norm"},
                       {"type": "dropout", "rate": 0.2}, {"type": "dense", "units": 1}]}
@@ -194,6 +196,7 @@ def test_replay_over_a_range_restores_momentum_dropout_and_batch_norm(monkeypatc
         self.host = False
     monkeypatch.setattr(finite_guard.Guard, "__init__", device_like)
     monkeypatch.setattr(finite_guard, "_EVERY", 3600.0)
+    monkeypatch.setattr(finite_guard, "_COPY_RATIO", copy_ratio)
     assert message() == every_batch
 
 
