@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="train on through NaN or infinite data and losses (default: stop at the first, "
                         "naming the sample, or the batch and the layer)")
-    p.add_argument("--resume", help="continue from this checkpoint file (default: start fresh)")
+    p.add_argument("--resume", help="continue from this checkpoint file, with its optimizer state and learning rate "
+                                    "(--lr or an lr in --optimizer overrides that; default: start fresh)")
     p.add_argument("--out", required=True, help="output folder (created): model.loom, checkpoint.loom, history.json")
     p.add_argument("--quiet", action="store_true", help="no progress output (default: a progress bar on a terminal, "
                                                         "one line per epoch otherwise)")

@@ -128,7 +128,8 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     callbacks: callables cb(epoch, logs) run after each epoch; returning True stops training.
     early_stopping: {"monitor": "val_loss", "patience": 3, "min_delta": 0, "mode": "min", "restore_best": true}.
     checkpoint: a model-file path rewritten (atomically) after every epoch with the full training state;
-    resume: such a path to continue from (the network must have the same config).
+    resume: such a path to continue from (the network must have the same config); the optimizer's
+    state, learning rate included, comes from it, unless `optimizer` passed here names an lr.
     device: "cpu" or "cuda": the network is moved there first (net.to); None keeps it where it is.
     deterministic: True or False runs the whole training in that mode (loom.deterministic); None takes
     the config's training.deterministic, else the mode already in effect.
@@ -191,6 +192,9 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     history, start = History(), 0
     if resume is not None:
         start = _resume(resume, net, opt, history, stopper)
+        given = settings["optimizer"] if where["optimizer"] == "optimizer" else None
+        if isinstance(given, dict) and "lr" in given and opt.schedule is None:
+            opt.lr = given["lr"]       # an lr passed with resume= wins over the checkpoint's (e.g. after divergence)
 
     epochs, bs, n = settings["epochs"], settings["batch_size"], len(X)
     batches = math.ceil(n / bs)

@@ -468,9 +468,10 @@ def test_divergence_keeps_the_last_finite_checkpoint(capsys, tmp_path, monkeypat
     line = check_error(code, err)
     assert "epoch 2, batch 12" in line and "run/checkpoint.loom holds the last finite epoch" in line
     assert os.listdir(tmp_path / "run") == ["checkpoint.loom"]
-    resume = ["train", "net.json", "--data", "d.npz", "--out", "run2", "--quiet", "--epochs", "1", "--batch-size", "16",
+    resume = ["train", "net.json", "--data", "d.npz", "--out", "run2", "--quiet", "--epochs", "2", "--batch-size", "16",
               "--resume", "run/checkpoint.loom"]
     line = check_error(*loom(capsys, resume)[::2])
     assert "trained with optimizer 'sgd', this run uses 'adam'" in line
     code, _, err = loom(capsys, resume + ["--optimizer", '{"type": "sgd", "lr": 0.001, "momentum": 0.9}'])
     assert code == 0, err          # a real, resumable checkpoint, resumed at a lower learning rate
+    assert json.loads((tmp_path / "run2" / "history.json").read_text())["lr"] == [0.008, 0.001]
