@@ -1,6 +1,9 @@
 """Loom's typed errors. Every message names the bad value and where it is."""
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
 
 class LoomError(Exception):
     """Base of every error Loom raises on purpose."""
@@ -13,6 +16,20 @@ class ConfigError(LoomError, ValueError):
         self.path = path
         self.reason = message
         super().__init__(f"{path}: {message}" if path else message)
+
+
+@contextmanager
+def renamed_paths(names: Mapping[str, str]) -> Iterator[None]:
+    """Re-raise a ConfigError whose path is a key of `names`, or lies under one (`key.x`, `key[0]`),
+    with that part of the path replaced by its value: a setting checked by library code, named as the
+    user gave it (`epochs` -> `--epochs`, `optimizer.schedule` -> `training.schedule`)."""
+    try:
+        yield
+    except ConfigError as exc:
+        for old, new in names.items():
+            if old != new and (exc.path == old or exc.path.startswith((old + ".", old + "["))):
+                raise ConfigError(new + exc.path[len(old):], exc.reason) from None
+        raise
 
 
 class ShapeError(LoomError, ValueError):

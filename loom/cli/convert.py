@@ -106,14 +106,9 @@ def _quantize(args):
 
 def _quantized(net, args):
     """net.quantize(--dtype, --per), its errors naming the flag (not the config key quantization.dtype)."""
-    from ..errors import ConfigError
-    try:
+    from ..errors import renamed_paths
+    with renamed_paths({"quantization.dtype": "--dtype", "quantization.per": "--per"}):
         return net.quantize(args.dtype, per=args.per)
-    except ConfigError as exc:
-        flags = {"quantization.dtype": "--dtype", "quantization.per": "--per"}
-        if exc.path not in flags:
-            raise
-        raise ConfigError(flags[exc.path], exc.reason) from None
 
 
 MODES = {"welvet": _from_welvet}

@@ -59,15 +59,11 @@ FLAGS = {"max_tokens": "--max-tokens", "temperature": "--temperature", "top_k": 
 
 def check_sampling(args: argparse.Namespace, least_tokens: int = 0) -> None:
     """Check the sampling flags before the model loads; a bad one is a ConfigError naming its flag."""
-    from ..errors import ConfigError
+    from ..errors import ConfigError, renamed_paths
     from ..llm.generate import Sampling, check_stop
-    try:
+    with renamed_paths(FLAGS):
         Sampling(args.temperature, args.top_k, args.top_p, args.min_p, args.repetition_penalty, args.seed)
         check_stop(tuple(args.stop))
-    except ConfigError as exc:
-        if exc.path not in FLAGS:
-            raise
-        raise ConfigError(FLAGS[exc.path], exc.reason) from None
     if args.max_tokens < least_tokens:
         raise ConfigError("--max-tokens", f"expected an integer >= {least_tokens}, got {args.max_tokens}")
 

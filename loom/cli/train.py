@@ -14,9 +14,9 @@ import sys
 
 HELP = "train a network config on an .npz or .csv data file"
 
-# flag -> the name loom.train's errors use for that setting
-_FLAGS = {"--loss": "loss", "--optimizer": "optimizer", "--epochs": "epochs", "--batch-size": "batch_size",
-          "--seed": "seed", "--validation": "validation", "--metrics": "metrics"}
+# the name loom.train's errors use for a setting -> its flag
+_FLAGS = {"loss": "--loss", "optimizer": "--optimizer", "epochs": "--epochs", "batch_size": "--batch-size",
+          "seed": "--seed", "validation": "--validation", "metrics": "--metrics"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     from ..atomic import new_folder, write_json
     from ..config import check_labels
     from ..datasets.files import load_labeled
-    from ..errors import ConfigError, NumericError
+    from ..errors import NumericError, renamed_paths
     from ..nn import Network
     from ..nn.train import DEFAULTS, check_finite_data, train
 
@@ -106,13 +106,11 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = os.path.join(args.out, "checkpoint.loom")
     with new_folder(args.out, keep_on=(KeyboardInterrupt, NumericError)):
         try:
-            history = train(net, X, Y, loss=loss, device=args.device, optimizer=optimizer, epochs=args.epochs,
-                            batch_size=args.batch_size, seed=args.seed, validation=args.validation,
-                            metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
-                            checkpoint=checkpoint, resume=args.resume,
-                            allow_nonfinite=args.allow_nonfinite)
-        except ConfigError as exc:
-            raise _as_flag(exc) from None
+            with renamed_paths(_FLAGS):
+                history = train(net, X, Y, loss=loss, device=args.device, optimizer=optimizer, epochs=args.epochs,
+                                batch_size=args.batch_size, seed=args.seed, validation=args.validation,
+                                metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
+                                checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite)
         except NumericError as exc:          # the last good epoch's checkpoint stays, to resume from
             if not os.path.exists(checkpoint):
                 raise
@@ -127,11 +125,3 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {os.path.join(args.out, 'model.loom')}")
     return 0
 
-
-def _as_flag(exc: Exception) -> Exception:
-    """A ConfigError about a setting given as a flag, renamed to the flag."""
-    from ..errors import ConfigError
-    for flag, name in _FLAGS.items():
-        if exc.path == name or exc.path.startswith((name + ".", name + "[")):
-            return ConfigError(flag + exc.path[len(name):], exc.reason)
-    return exc

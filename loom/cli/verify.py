@@ -29,21 +29,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import verify as verifier
     from ..atomic import write_json
-    from ..errors import ConfigError
+    from ..errors import ConfigError, renamed_paths
     from ..mode import deterministic
 
     if args.steps < 1:
         raise ConfigError("--steps", f"expected a positive integer, got {args.steps}")
     with deterministic(not args.fast):
-        try:
+        with renamed_paths({"samples": "--sample"}):
             if args.emit_json:
                 print(verifier.emit_json(args.steps, args.sample))
                 return 0
             report = verifier.verify(DEVICES[args.device], steps=args.steps, samples=args.sample)
-        except ConfigError as exc:
-            if exc.path != "samples":
-                raise
-            raise ConfigError("--sample", exc.reason) from None
     print(report.table())
     if args.json:       # a bad path is bad input (FileError naming it, exit 3), not a mismatch (exit 1)
         write_json(args.json, report.to_json(), indent=1)

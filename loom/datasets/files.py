@@ -218,7 +218,8 @@ def _short(v: np.floating) -> str:
 
 # What a damaged file raises from np.load or while an archive's array is read: zlib.error for a cut
 # deflate stream, SyntaxError and TokenError for a garbled .npy header (NumPy parses it as a Python
-# literal), RuntimeError for a member whose flags say it is encrypted.
+# literal), RuntimeError for a member whose flags say it is encrypted, NotImplementedError (zipfile's)
+# for a compression method it does not support.
 _DAMAGED = (ValueError, EOFError, zipfile.BadZipFile, KeyError, OSError, NotImplementedError, struct.error,
             zlib.error, SyntaxError, tokenize.TokenError, TypeError, OverflowError, MemoryError, RuntimeError)
 
@@ -236,14 +237,19 @@ def _check_magic(path: str, what: str) -> None:
         raise FormatError(f"{path}: not a readable {what} ({reason})")
 
 
-def _npy(path: str) -> np.ndarray:
-    _check_magic(path, ".npy array")
+def _load(path: str, what: str):
+    """np.load(path) without pickles: an array or an NpzFile, else FileError / FormatError naming path."""
+    _check_magic(path, what)
     try:
-        X = np.load(path, allow_pickle=False)
+        return np.load(path, allow_pickle=False)
     except PermissionError as exc:
         raise describe(exc, path) from None
     except _DAMAGED as exc:
-        raise FormatError(f"{path}: not a readable .npy array ({_reason(exc)})") from None
+        raise FormatError(f"{path}: not a readable {what} ({_reason(exc)})") from None
+
+
+def _npy(path: str) -> np.ndarray:
+    X = _load(path, ".npy array")
     if not isinstance(X, np.ndarray):
         X.close()
         raise FormatError(f"{path}: an .npz archive, not a .npy array; name it .npz (array x)")
@@ -251,13 +257,7 @@ def _npy(path: str) -> np.ndarray:
 
 
 def _npz(path: str, need_y: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    _check_magic(path, ".npz archive")
-    try:
-        data = np.load(path, allow_pickle=False)
-    except PermissionError as exc:
-        raise describe(exc, path) from None
-    except _DAMAGED as exc:
-        raise FormatError(f"{path}: not a readable .npz archive ({_reason(exc)})") from None
+    data = _load(path, ".npz archive")
     if isinstance(data, np.ndarray):
         raise FormatError(f"{path}: a .npy array, not an .npz archive; name it .npy, or save x (and y) with np.savez")
     with data:

@@ -11,8 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator, KeysView, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, KeysView, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from numpy.typing import ArrayLike
 
 from .. import mode, rng
 from ..backend import Array
-from ..errors import ConfigError, NumericError, ShapeError
+from ..errors import ConfigError, NumericError, ShapeError, renamed_paths
 from . import files, loss_choice, losses, metrics, optim
 from .chain import TrainStep
 from .finite_guard import Guard as _Guard
@@ -163,14 +162,14 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         check_finite_data(X, "X")
         check_finite_data(Y, "Y")
     out_shape = net.output_spec.shape
+    chosen = None
     if settings["loss"] is None:
-        name, why = loss_choice.infer(Y, out_shape)
-        settings["loss"], note = name, f"loss {name} (default for {why})"
-    else:
-        note = f"loss {losses.build(settings['loss']).name}" if where["loss"] == "loss" else None
-    with _path(where["loss"], "loss"):
+        settings["loss"], chosen = loss_choice.infer(Y, out_shape)
+    with renamed_paths({"loss": where["loss"]}):
         loss_fn = losses.build(settings["loss"])
         Y = loss_choice.fit_targets(loss_fn, Y, out_shape)
+    note = (f"loss {loss_fn.name} (default for {chosen})" if chosen
+            else f"loss {loss_fn.name}" if where["loss"] == "loss" else None)
     Xv, Yv, X, Y = _validation(settings["validation"], X, Y, settings["seed"])
     if Yv is not None and not allow_nonfinite and not isinstance(settings["validation"], float):
         check_finite_data(Xv, "validation X")
@@ -181,11 +180,11 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     schedule_at = "optimizer.schedule"              # a schedule inside the optimizer's spec is named there
     if settings["schedule"] is not None:
         opt_spec["schedule"], schedule_at = settings["schedule"], where["schedule"]
-    with _path(where["optimizer"], "optimizer"), _path(schedule_at, "optimizer.schedule"):
+    with renamed_paths({"optimizer.schedule": schedule_at, "optimizer": where["optimizer"]}):
         opt = optim.build(opt_spec, net.parameters())
-    with _path(where["metrics"], "metrics"):
+    with renamed_paths({"metrics": where["metrics"]}):
         metric_fns = _metric_fns(settings["metrics"])
-    with _path(where["early_stopping"], "early_stopping"):
+    with renamed_paths({"early_stopping": where["early_stopping"]}):
         stopper = EarlyStopping.build(settings["early_stopping"])
     if verbose and note:                   # once every setting has been checked
         print(note, file=sys.stderr)
@@ -287,17 +286,6 @@ def _settings(net, given: dict) -> tuple[dict, dict]:
     if not isinstance(out["seed"], int) or isinstance(out["seed"], bool) or out["seed"] < 0:
         raise ConfigError(where["seed"], f"expected a non-negative integer, got {out['seed']!r}")
     return out, where
-
-
-@contextmanager
-def _path(where: str, own: str) -> Iterator[None]:
-    """Errors about a setting named `own` by the code that checks it, renamed to `where` the user set it."""
-    try:
-        yield
-    except ConfigError as exc:
-        if where == own or not (exc.path == own or exc.path.startswith((own + ".", own + "["))):
-            raise
-        raise ConfigError(where + exc.path[len(own):], exc.reason) from None
 
 
 def check_finite_data(A: np.ndarray, name: str) -> None:
