@@ -44,6 +44,16 @@ class BackendError(LoomError, RuntimeError):
     """A backend cannot run what was asked (missing library, device error, out of memory)."""
 
 
+class EngineError(LoomError, RuntimeError):
+    """A compute-engine object (loom.engine: a unit, a program, a swarm) is used out of turn: read
+    while its program runs, dispatched into after shutdown or build, bound to a mismatched kernel."""
+
+
+class KernelFault(EngineError, IndexError):
+    """A kernel accessed a buffer or shared array outside its bounds; the message names the kernel,
+    the buffer and, where known, the index and the thread."""
+
+
 class DeterminismError(LoomError, RuntimeError):
     """A result differs where the determinism contract says it cannot, or deterministic mode cannot
     keep that contract for an operation (loom/fallback.py): the message names the operation and why."""

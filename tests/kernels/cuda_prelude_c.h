@@ -52,3 +52,7 @@ LOOM_CAST(__double2int_rz, double, int)
 LOOM_CAST(__double2uint_rz, double, unsigned int)
 LOOM_CAST(__double2ll_rz, double, long long)
 LOOM_CAST(__double2ull_rz, double, unsigned long long)
+
+/* bit counts: the hardware instruction's result, the set bits of the 32 or 64-bit pattern */
+static inline int __popc(unsigned int x) { return __builtin_popcount(x); }
+static inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }

@@ -105,6 +105,7 @@ class CPUBackend:
     fused_exact = None
     windows = None      # strided views (loom.kernels.windows) are the CPU's sliding windows
     decode = None       # decode graphs record GPU launches
+    compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
 
     def __init__(self):
         self.exact = CPUExact(self)

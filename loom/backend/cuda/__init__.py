@@ -86,6 +86,8 @@ class CUDABackend:
         self.fused_exact = fused_exact      # deterministic mode's, with the reference's bits
         self.windows = windows
         self.decode = CUDADecode(quant, decode, quant_exact, decode_exact)
+        from .compute import Compute
+        self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):

@@ -27,6 +27,10 @@ Semantics, identical in every lowering (the tests compare NumPy against the comp
   to the type's min/max (C leaves these undefined; PTX saturates, so both lowerings spell it out);
   int -> int wraps; bool -> number gives 0 or 1.
 - bitcast reinterprets the bits between types of one width.
+- floordiv (//) and mod (%) on integers round as NumPy and Python do (toward -inf; the remainder takes
+  the divisor's sign); x // 0 and x % 0 are 0, and for signed types MIN // -1 is MIN (wrapped).
+- popcount counts the set bits of the two's-complement pattern (C's __popc; NumPy's bitwise_count
+  counts those of |x| for signed types), as a value of the operand's type.
 - NaN payloads and signs are not specified: processors differ in which operand's payload an
   operation keeps. Code whose NaN bits matter replaces NaNs by a canonical one (mathlib does).
 """
@@ -110,7 +114,15 @@ OPS: dict[str, OpKind] = {
     "not": OpKind(1, "logic", "same"),
     "shl": OpKind(2, "int", "same"), "shr": OpKind(2, "int", "same"),
     "bitcast": OpKind(1, "any", "attr"), "convert": OpKind(1, "any", "attr"),
+    "popcount": OpKind(1, "int", "same"),
+    "floordiv": OpKind(2, "int", "same"), "mod": OpKind(2, "int", "same"),
+    # kernels only (kernel.py: values with effects or a thread's identity; lower_numpy and lower_numba
+    # evaluate pure functions and have no rows for them)
+    "thread": OpKind(0, "any", "attr"), "buffer_size": OpKind(0, "any", "attr"),
+    "load": OpKind(1, "int", "attr"), "read": OpKind(0, "any", "attr"),
+    "loop_index": OpKind(0, "int", "attr"), "atomic": OpKind(2, "any", "attr"),
 }
+KERNEL_OPS = frozenset({"thread", "buffer_size", "load", "read", "loop_index", "atomic"})
 _OPERAND_KINDS = {"float": ("float",), "int": ("int", "uint"), "num": ("float", "int", "uint"),
                   "logic": ("bool", "int", "uint"), "any": ("float", "int", "uint", "bool")}
 
@@ -169,6 +181,11 @@ class Value:
     def __invert__(self): return self.fn.op("not", self)
     def __lshift__(self, o): return self.fn.op("shl", self, o)
     def __rshift__(self, o): return self.fn.op("shr", self, o)
+    # integer floor division and modulo, NumPy's and Python's rounding (x // 0 == x % 0 == 0)
+    def __floordiv__(self, o): return self.fn.op("floordiv", self, o)
+    def __rfloordiv__(self, o): return self.fn.op("floordiv", o, self)
+    def __mod__(self, o): return self.fn.op("mod", self, o)
+    def __rmod__(self, o): return self.fn.op("mod", o, self)
 
     def convert(self, type_: Type) -> Value:
         return self.fn.convert(self, type_)
@@ -288,6 +305,7 @@ class Function:
     def floor(self, x: Value) -> Value: return self.op("floor", x)
     def select(self, cond: Value, a: Value | float, b: Value | float) -> Value: return self.op("select", cond, a, b)
     def logical_not(self, x: Value) -> Value: return self.op("not", x)
+    def popcount(self, x: Value) -> Value: return self.op("popcount", x)
 
     def min(self, a: Value | float, b: Value | float) -> Value:
         """a if a < b or a is NaN, else b: NaN propagates from either side."""

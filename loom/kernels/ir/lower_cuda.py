@@ -199,6 +199,29 @@ def _bits_constant(type_: ir.Type, scalar) -> str:
     return f"__longlong_as_double((long long)0x{int(np.float64(scalar).view(np.uint64)):016x}ULL)"
 
 
+def _popcount(node, args, a):
+    t = node.type.name
+    fn = "__popc" if node.type.bits == 32 else "__popcll"
+    return f"({C_TYPES[t]}){fn}(({'unsigned int' if node.type.bits == 32 else 'unsigned long long'}){a[0]})"
+
+
+def _division(node, args, a):
+    """floordiv and mod with the IR's (NumPy's) results, never asking C to divide by 0 or overflow."""
+    t, x, y = node.type.name, a[0], a[1]
+    zero = _int_literal(t, 0)
+    if node.type.kind == "uint":
+        return f"(({y} == {zero}) ? {zero} : ({C_TYPES[t]})({x} {'/' if node.op == 'floordiv' else '%'} {y}))"
+    minus1 = _int_literal(t, -1)
+    if node.op == "floordiv":
+        neg = _neg(node, args[:1], a[:1])
+        adjust = f"((({x} % {y}) != {zero} && (({x} < {zero}) != ({y} < {zero}))) ? 1 : 0)"
+        return (f"(({y} == {zero}) ? {zero} : ({y} == {minus1}) ? {neg} : "
+                f"({C_TYPES[t]})({x} / {y} - {adjust}))")
+    rem = f"({x} % {y})"
+    return (f"(({y} == {zero} || {y} == {minus1}) ? {zero} : "
+            f"({C_TYPES[t]})({rem} + (({rem} != {zero} && (({rem} < {zero}) != ({y} < {zero}))) ? {y} : {zero})))")
+
+
 _LOWER = {
     "add": _arith, "sub": _arith, "mul": _arith,
     "div": lambda node, args, a: f"__{'f' if node.type == ir.F32 else 'd'}div_rn({a[0]}, {a[1]})",
@@ -210,5 +233,6 @@ _LOWER = {
     "and": _logic, "or": _logic, "xor": _logic, "not": _not,
     "shl": _shift, "shr": _shift,
     "bitcast": _bitcast, "convert": _convert,
+    "popcount": _popcount, "floordiv": _division, "mod": _division,
 }
-assert set(_LOWER) == set(ir.OPS) - {"param", "const"}
+assert set(_LOWER) == set(ir.OPS) - {"param", "const"} - ir.KERNEL_OPS

@@ -34,6 +34,23 @@ import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
 
+
+@njit(inline="always")
+def _popcount32(x):
+    x = np.uint32(x - ((x >> np.uint32(1)) & np.uint32(0x55555555)))
+    x = np.uint32((x & np.uint32(0x33333333)) + ((x >> np.uint32(2)) & np.uint32(0x33333333)))
+    x = np.uint32((x + (x >> np.uint32(4))) & np.uint32(0x0F0F0F0F))
+    return np.uint32(np.uint32(x * np.uint32(0x01010101)) >> np.uint32(24))
+
+
+@njit(inline="always")
+def _popcount64(x):
+    x = np.uint64(x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555)))
+    x = np.uint64((x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333)))
+    x = np.uint64((x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F))
+    return np.uint64(np.uint64(x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
 _TYPES = {"f32": types.float32, "f64": types.float64, "i32": types.int32, "i64": types.int64,
           "u32": types.uint32, "u64": types.uint64}
 
@@ -170,6 +187,22 @@ def _float_literal(type_: ir.Type, value) -> str:
     return f"np.{type_.dtype.name}({float(value)!r})"
 
 
+def _popcount(node, a):
+    """SWAR on the unsigned view (the prelude's; numba has no popcount), cast back to the node's type."""
+    return _cast(node, f"_popcount{node.type.bits}(np.uint{node.type.bits}({a[0]}))")
+
+
+def _division(node, a):
+    """NumPy's integer floor_divide / remainder, which numba's // and % follow except where NumPy
+    gives 0 (division by zero) or wraps (MIN // -1): those cases are spelled out."""
+    t, x, y = node.type.dtype.name, a[0], a[1]
+    symbol = "//" if node.op == "floordiv" else "%"
+    if node.type.kind == "uint":
+        return f"(np.{t}(0) if {y} == 0 else {_cast(node, f'{x} {symbol} {y}')})"
+    minus1 = (f"{_cast(node, f'np.{t}(0) - {x}')}" if node.op == "floordiv" else f"np.{t}(0)")
+    return (f"(np.{t}(0) if {y} == 0 else {minus1} if {y} == -1 else {_cast(node, f'{x} {symbol} {y}')})")
+
+
 _LOWER = {
     "add": _binary("+"), "sub": _binary("-"), "mul": _binary("*"), "div": _binary("/"),
     "neg": _neg, "abs": _abs,
@@ -183,8 +216,9 @@ _LOWER = {
     "shl": _shift("<<"), "shr": _shift(">>"),
     "bitcast": lambda node, a: f"_as_{node.type.name}({a[0]})",
     "convert": _convert,
+    "popcount": _popcount, "floordiv": _division, "mod": _division,
 }
-assert set(_LOWER) == set(ir.OPS) - {"param", "const"}, "every IR op needs a numba lowering"
+assert set(_LOWER) == set(ir.OPS) - {"param", "const"} - ir.KERNEL_OPS, "every IR op needs a numba lowering"
 
 
 @lru_cache(maxsize=256)

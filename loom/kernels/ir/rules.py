@@ -54,6 +54,45 @@ def _shift(name):
     return lower
 
 
+def _unsigned(type_):
+    return np.dtype(f"uint{type_.bits}")
+
+
+def _popcount(xp, type_, attr, args):
+    """Set bits of an integer, as its type: a SWAR count on the unsigned view (NumPy before 2.0 and
+    CuPy have no popcount ufunc on every version; this gives the same bits everywhere)."""
+    u = _unsigned(type_)
+    x = xp.asarray(args[0]).astype(u)
+    digits = type_.bits // 4                # hexadecimal digits of the width
+    c = [u.type(int(pattern * (digits // len(pattern)), 16)) for pattern in ("5", "3", "0f")]
+    x = xp.subtract(x, xp.bitwise_and(xp.right_shift(x, u.type(1)), c[0]), dtype=u)
+    x = xp.add(xp.bitwise_and(x, c[1]), xp.bitwise_and(xp.right_shift(x, u.type(2)), c[1]), dtype=u)
+    x = xp.bitwise_and(xp.add(x, xp.right_shift(x, u.type(4)), dtype=u), c[2])
+    ones = u.type(int("01" * u.itemsize, 16))
+    x = xp.right_shift(xp.multiply(x, ones, dtype=u), u.type(type_.bits - 8))
+    return x.astype(type_.dtype)
+
+
+def _division(name):
+    """Integer floor division and modulo with NumPy's results everywhere: x // 0 == x % 0 == 0 and,
+    for signed types, MIN // -1 == MIN (wrapped) and MIN % -1 == 0, spelled out so that no array
+    module (nor C, where both are undefined) is asked to divide by 0 or to overflow."""
+    def lower(xp, type_, attr, args):
+        a, b = args
+        dt = type_.dtype
+        special = xp.equal(b, dt.type(0))
+        if type_.kind == "int":
+            special = xp.logical_or(special, xp.equal(b, dt.type(-1)))
+        safe = xp.where(special, dt.type(1), b).astype(dt)
+        out = getattr(xp, name)(a, safe, dtype=dt)
+        if name == "floor_divide" and type_.kind == "int":     # a // -1 is -a, wrapped
+            special_result = xp.where(xp.equal(b, dt.type(-1)), xp.negative(a, dtype=dt), dt.type(0))
+        else:
+            special_result = dt.type(0)
+        return xp.where(special, special_result, out).astype(dt)
+    return lower
+
+
 def _bitcast(xp, type_, attr, args):
     return args[0].view(type_.dtype)
 
@@ -84,4 +123,5 @@ LOWER = {
     "not": _ufunc("invert"),
     "shl": _shift("left_shift"), "shr": _shift("right_shift"),
     "bitcast": _bitcast, "convert": _convert,
+    "popcount": _popcount, "floordiv": _division("floor_divide"), "mod": _division("remainder"),
 }

@@ -1,0 +1,97 @@
+"""The compute engine's GPU primitives (protocols.ComputeKernels): compiling generated kernels,
+streams, launches, recording a stream's launches into a CUDA graph, events, and transfers.
+
+loom.engine builds units, chains and swarms on these; it never imports cupy. Kernels are compiled once
+per source text (NVRTC through CuPy's RawModule, Loom's IEEE options). Recording uses the relaxed
+capture mode, so chains of several units can be recorded on worker threads at once.
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from .compile import OPTIONS, translating
+
+
+class Compute:
+    def __init__(self, cp):
+        self._cp = cp
+        self._functions: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def function(self, source: str, name: str):
+        """The compiled kernel `name` of `source` (cached by the text)."""
+        key = (source, name)
+        fn = self._functions.get(key)
+        if fn is None:
+            with self._lock, translating(f"compiling kernel {name}"):
+                fn = self._functions.get(key)
+                if fn is None:
+                    fn = self._cp.RawModule(code=source, options=OPTIONS).get_function(name)
+                    self._functions[key] = fn
+        return fn
+
+    def zeros(self, count: int, dtype) -> Any:
+        with translating(f"allocating {count} x {np.dtype(dtype).name}"):
+            return self._cp.zeros(count, dtype=dtype)
+
+    def stream(self) -> Any:
+        return self._cp.cuda.Stream(non_blocking=True)
+
+    def launch(self, fn, grid: tuple[int, int], args: Sequence, stream) -> None:
+        with translating("kernel launch"), stream:
+            fn((grid[0],), (grid[1],), tuple(args))
+
+    def record(self, stream, launches: Callable[[], None]) -> Any:
+        """Run launches() under capture on `stream` and return the instantiated graph."""
+        cp = self._cp
+        mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
+        with translating("recording a dispatch chain"), stream:
+            if mode is None:
+                stream.begin_capture()
+            else:
+                stream.begin_capture(mode)
+            try:
+                launches()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    stream.end_capture()
+                raise
+            return stream.end_capture()
+
+    def replay(self, graph, stream) -> None:
+        with translating("replaying a dispatch chain"):
+            graph.launch(stream)
+
+    def event(self, stream) -> Any:
+        event = self._cp.cuda.Event(block=False, disable_timing=True)
+        event.record(stream)
+        return event
+
+    def done(self, event) -> bool:
+        return bool(event.done)
+
+    def wait(self, event) -> None:
+        with translating("waiting for a dispatch chain"):
+            event.synchronize()
+
+    def upload(self, dst, offset: int, host: np.ndarray, stream) -> None:
+        """dst[offset:offset + len(host)] = host, finished when this returns."""
+        with translating("copy to a unit", dst):
+            dst[offset:offset + host.size].set(np.ascontiguousarray(host), stream=stream)
+            stream.synchronize()
+
+    def download(self, src, offset: int, count: int, stream) -> np.ndarray:
+        with translating("copy from a unit", src):
+            out = src[offset:offset + count].get(stream=stream)
+            stream.synchronize()
+            return out
+
+    def fill(self, dst, value, stream) -> None:
+        with translating("fill", dst), stream:
+            dst.fill(value)
+            stream.synchronize()
