@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 from . import llm  # loom.llm.load: language models from GGUF files and HuggingFace directories
+from .engine import prime_count, primes
+from .engine.patterns import argmax, argmin, argsort, histogram, map, matmul, max, mean, min, scan, sort, sum, topk
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
 from .formats import from_bytes, load
 from .info import info
@@ -21,4 +23,7 @@ def __getattr__(name: str):
 
 __all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic",
            "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
-           "BackendError", "DeterminismError", "DETERMINISM_SPEC", "__version__"]
+           "BackendError", "DeterminismError", "DETERMINISM_SPEC", "__version__",
+           # the compute engine's one-call patterns (loom/engine/patterns.py) and prime counting
+           "sum", "min", "max", "mean", "argmin", "argmax", "map", "scan", "sort", "argsort", "topk",
+           "histogram", "matmul", "prime_count", "primes"]
