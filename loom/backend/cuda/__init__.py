@@ -88,6 +88,8 @@ class CUDABackend:
         self.decode = CUDADecode(quant, decode, quant_exact, decode_exact)
         from .compute import Compute
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
+        from .primes import Primes
+        self.primes = Primes(self.xp)        # the exact prime sieve
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):
