@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from ..kernels.ir import BOOL, F32, F64, I32, I64, U32, U64
 from ..kernels.ir.kernel import Buffer, Kernel, kernel
-from .sieve import count_primes, prime_count, primes
+from .primes import count_primes, prime_count, primes
 from .swarm import build_all, swarm
 from .unit import Program, Unit, boot
 

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from .. import backend
+from ..backend import Array
 from .sieve import _odd_base_primes
 
 
@@ -26,7 +27,7 @@ def count(lo: int, hi: int) -> int:
     return total + len(_small(lo, hi, gpu.PRESIEVED)) - (1 if lo <= 1 < hi else 0)
 
 
-def listing(lo: int, hi: int):
+def listing(lo: int, hi: int) -> Array:
     """The primes in [lo, hi), ascending, as a CuPy uint64 array."""
     be = backend.get("cuda")
     small = np.array(_small(lo, hi, be.primes.PRESIEVED), dtype=np.uint64)

@@ -2,37 +2,13 @@
 against trial division, segment boundaries, and bad input."""
 import numpy as np
 import pytest
+from primes_helpers import KNOWN, slow_is_prime
 
-from loom.engine import count_primes, prime_count, primes, sieve
+from loom.engine import sieve
+from loom.engine.sieve import count_primes, prime_count, primes
 from loom.errors import ConfigError
 
-# pi(10^k), k = 0..9 (OEIS A006880)
-KNOWN = [0, 4, 25, 168, 1229, 9592, 78498, 664579, 5761455, 50847534]
-
-
-def slow_is_prime(n: int) -> bool:
-    """Miller-Rabin with the first 12 primes as bases: exact for every n < 3.3 * 10^24."""
-    if n < 2:
-        return False
-    bases = (2, 3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)
-    if n in bases:
-        return True
-    if any(n % p == 0 for p in bases):
-        return False
-    d, s = n - 1, 0
-    while d % 2 == 0:
-        d, s = d // 2, s + 1
-    for a in bases:
-        x = pow(a, d, n)
-        if x in (1, n - 1):
-            continue
-        for _ in range(s - 1):
-            x = x * x % n
-            if x == n - 1:
-                break
-        else:
-            return False
-    return True
+KNOWN = KNOWN[:10]          # pi(10^10) takes the reference about 15 s
 
 
 def test_slow_reference_agrees_with_trial_division():

@@ -10,20 +10,23 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from .. import Array
 from .compile import OPTIONS, translating
 
 
 class Compute:
-    def __init__(self, cp):
+    def __init__(self, cp: ModuleType):
         self._cp = cp
         self._functions: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
-    def function(self, source: str, name: str):
+    def function(self, source: str, name: str) -> Any:
         """The compiled kernel `name` of `source` (cached by the text)."""
         key = (source, name)
         fn = self._functions.get(key)
@@ -35,18 +38,18 @@ class Compute:
                     self._functions[key] = fn
         return fn
 
-    def zeros(self, count: int, dtype) -> Any:
+    def zeros(self, count: int, dtype: DTypeLike) -> Array:
         with translating(f"allocating {count} x {np.dtype(dtype).name}"):
             return self._cp.zeros(count, dtype=dtype)
 
     def stream(self) -> Any:
         return self._cp.cuda.Stream(non_blocking=True)
 
-    def launch(self, fn, grid: tuple[int, int], args: Sequence, stream) -> None:
+    def launch(self, fn: Any, grid: tuple[int, int], args: Sequence, stream: Any) -> None:
         with translating("kernel launch"), stream:
             fn((grid[0],), (grid[1],), tuple(args))
 
-    def record(self, stream, launches: Callable[[], None]) -> Any:
+    def record(self, stream: Any, launches: Callable[[], None]) -> Any:
         """Run launches() under capture on `stream` and return the instantiated graph."""
         cp = self._cp
         mode = getattr(cp.cuda.runtime, "streamCaptureModeRelaxed", None)
@@ -63,35 +66,35 @@ class Compute:
                 raise
             return stream.end_capture()
 
-    def replay(self, graph, stream) -> None:
+    def replay(self, graph: Any, stream: Any) -> None:
         with translating("replaying a dispatch chain"):
             graph.launch(stream)
 
-    def event(self, stream) -> Any:
+    def event(self, stream: Any) -> Any:
         event = self._cp.cuda.Event(block=False, disable_timing=True)
         event.record(stream)
         return event
 
-    def done(self, event) -> bool:
+    def done(self, event: Any) -> bool:
         return bool(event.done)
 
-    def wait(self, event) -> None:
+    def wait(self, event: Any) -> None:
         with translating("waiting for a dispatch chain"):
             event.synchronize()
 
-    def upload(self, dst, offset: int, host: np.ndarray, stream) -> None:
+    def upload(self, dst: Array, offset: int, host: np.ndarray, stream: Any) -> None:
         """dst[offset:offset + len(host)] = host, finished when this returns."""
         with translating("copy to a unit", dst):
             dst[offset:offset + host.size].set(np.ascontiguousarray(host), stream=stream)
             stream.synchronize()
 
-    def download(self, src, offset: int, count: int, stream) -> np.ndarray:
+    def download(self, src: Array, offset: int, count: int, stream: Any) -> np.ndarray:
         with translating("copy from a unit", src):
             out = src[offset:offset + count].get(stream=stream)
             stream.synchronize()
             return out
 
-    def fill(self, dst, value, stream) -> None:
+    def fill(self, dst: Array, value: Any, stream: Any) -> None:
         with translating("fill", dst), stream:
             dst.fill(value)
             stream.synchronize()

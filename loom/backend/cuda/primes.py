@@ -14,8 +14,11 @@ pre-sieved primes themselves and removes 1 (index 0), from the base primes it pa
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
+from .. import Array
 from .compile import translating
 
 LOG_SEGMENT = 20                # bits per segment: 2^20 bits = 128 KiB of shared memory, 2^21 numbers
@@ -121,7 +124,7 @@ class Primes:
 
     PRESIEVED = PRESIEVED
 
-    def __init__(self, cp):
+    def __init__(self, cp: ModuleType):
         self._cp = cp
         self._kernel = None
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
@@ -137,7 +140,7 @@ class Primes:
                 self._kernel = kernel
         return self._kernel
 
-    def sieve(self, lo: int, hi: int, base_primes: np.ndarray, bitmap: bool = False):
+    def sieve(self, lo: int, hi: int, base_primes: np.ndarray, bitmap: bool = False) -> int | tuple[int, Array]:
         """Sieve the odd numbers of [lo, hi) by the odd base primes > 31 in `base_primes` (every
         prime up to sqrt(hi - 1) above 31, ascending) after pre-sieving 3..31. Returns the count of
         unmarked odd numbers, or with bitmap=True that count and a CuPy uint32 array of bits (bit i:
@@ -166,7 +169,7 @@ class Primes:
             total = int(count.get()[0])
         return (total, out) if bitmap else total
 
-    def odd_survivors(self, lo: int, hi: int, base_primes: np.ndarray):
+    def odd_survivors(self, lo: int, hi: int, base_primes: np.ndarray) -> Array:
         """The unmarked odd numbers of [lo, hi) as a CuPy uint64 array, ascending."""
         cp = self._cp
         _, words = self.sieve(lo, hi, base_primes, bitmap=True)

@@ -102,7 +102,7 @@ class Var:
         return self.kernel._node("read", self.type, (), self)
 
     @value.setter
-    def value(self, new) -> None:
+    def value(self, new: Value | float) -> None:
         new = self.kernel._typed(new, self.type, f"assignment to variable {self.index}")
         self.kernel._emit(Assign(self, new))
 
@@ -282,7 +282,7 @@ class Kernel(Function):
         """Blocks in the grid (i64)."""
         return self._node("thread", I64, (), "grid_dim")
 
-    def var(self, type_: Type, init) -> Var:
+    def var(self, type_: Type, init: Value | float) -> Var:
         """A per-thread variable of type_, initialized to init (a Value of that type or a number)."""
         if type_ not in TYPES.values():
             raise TypeError(f"{self.name}: a variable needs an IR type, got {type_!r}")
@@ -339,7 +339,8 @@ class Kernel(Function):
         with self._inside(statement.body):
             yield
 
-    def range(self, start, stop=None, step=1) -> Iterator[Value]:
+    def range(self, start: Value | int, stop: Value | int | None = None,
+              step: Value | int = 1) -> Iterator[Value]:
         """`for i in k.range(...)`: a counted loop (see the module's semantics). Bounds are integer
         Values of one type or Python ints (i64 when all are ints)."""
         if stop is None:
@@ -361,7 +362,7 @@ class Kernel(Function):
                 self._left_loop = True
                 raise
 
-    def atomic(self, op: str, memory: _Memory, index, value) -> Value:
+    def atomic(self, op: str, memory: _Memory, index: Value | int, value: Value | float) -> Value:
         """memory[index] = op(memory[index], value) as one indivisible step; returns the old value.
         op: add (floats and integers), min, max, and, or, xor (integers), exchange (any)."""
         if op not in ATOMICS:
@@ -374,7 +375,7 @@ class Kernel(Function):
         value = self._typed(value, memory.element, f"atomic {op} operand")
         return self._node("atomic", memory.element, (index, value), (op, memory))
 
-    def atomic_add(self, memory, index, value) -> Value:
+    def atomic_add(self, memory: _Memory, index: Value | int, value: Value | float) -> Value:
         return self.atomic("add", memory, index, value)
 
     @contextmanager

@@ -1,0 +1,116 @@
+"""Exact prime counting, side by side with primesieve (the anchor: `pip install primesieve`, not a Loom
+dependency) in the same run: pi(10^8), pi(10^9) (and pi(10^10) with --big) by Loom's compiled CPU
+sieve (loom/backend/cpu/primes.py) on one thread and on all cores, and by primesieve.count_primes on
+one thread and on all cores; "ratio" is Loom's time over primesieve's with as many threads. Every count
+is checked against the known pi(10^k).
+
+    .venv/bin/python benchmarks/primes.py                   # CPU
+    .venv/bin/python benchmarks/primes.py --big --repeat 3  # adds pi(10^10)
+    .venv/bin/python benchmarks/primes.py --device cuda     # adds the GPU rows (device machine)
+
+Seconds, best of --repeat (default 5), after one untimed call that compiles (or loads) the sieve.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import platform
+import time
+
+from loom.backend.cpu import primes as cpu_sieve
+from loom.errors import LoomError
+
+KNOWN = {10**8: 5761455, 10**9: 50847534, 10**10: 455052511}
+
+
+def machine() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+    except OSError:
+        names = []
+    return f"{names[0] if names else platform.machine()}, {os.cpu_count()} cores"
+
+
+def best_of(fn, repeat: int) -> tuple[int, float]:
+    result, best = None, float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return result, best
+
+
+def primesieve_or_none():
+    try:
+        return importlib.import_module("primesieve")
+    except ImportError:
+        return None
+
+
+def cpu_rows(ns: list[int], repeat: int) -> list[tuple]:
+    """(n, what, threads, seconds, ratio to primesieve with as many threads or None) for the CPU."""
+    if not cpu_sieve.available():
+        print(f"loom's compiled sieve does not run here ({cpu_sieve.jit.unavailable_reason()}): no CPU rows")
+        return []
+    engine = importlib.import_module("loom.engine.primes")
+    ps = primesieve_or_none()
+    if ps is None:
+        print("primesieve is not importable (pip install primesieve): its rows and the ratios are left out")
+    cores = cpu_sieve._threads(None)
+    engine.prime_count(10, "cpu", 1)                       # compile (or load) the sieve: untimed
+    rows = []
+    for n in ns:
+        anchor = {}
+        if ps is not None:
+            for threads in (1, cores):
+                ps.set_num_threads(threads)
+                count, seconds = best_of(lambda: ps.count_primes(n), repeat)
+                assert count == KNOWN[n], (n, count)
+                anchor[threads] = seconds
+                rows.append((n, "primesieve", threads, seconds, None))
+        for threads in sorted({1, cores}):
+            count, seconds = best_of(lambda: engine.prime_count(n, "cpu", threads), repeat)
+            assert count == KNOWN[n], (n, count)
+            ratio = seconds / anchor[threads] if threads in anchor else None
+            rows.append((n, "loom (compiled sieve)", threads, seconds, ratio))
+    return rows
+
+
+def cuda_rows(ns: list[int], repeat: int) -> list[tuple]:
+    """The GPU rows: loom's cuda sieve (the cuda backend's `primes`), when it is there."""
+    engine = importlib.import_module("loom.engine.primes")
+    try:
+        engine.prime_count(10, "cuda")                     # compile the kernels: untimed
+    except LoomError as exc:                               # no GPU, no CuPy, or no sieve there yet
+        print(f"no GPU rows: {exc}")
+        return []
+    rows = []
+    for n in ns:
+        count, seconds = best_of(lambda: engine.prime_count(n, "cuda"), repeat)
+        assert count == KNOWN[n], (n, count)
+        rows.append((n, "loom (cuda sieve)", "gpu", seconds, None))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--big", action="store_true", help="add pi(10^10)")
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: the GPU rows as well as the CPU's")
+    args = parser.parse_args()
+    ns = [10**8, 10**9] + ([10**10] if args.big else [])
+    print(f"machine: {machine()}; best of {args.repeat}")
+    rows = cpu_rows(ns, args.repeat)
+    if args.device == "cuda":
+        rows += cuda_rows(ns, args.repeat)
+    print(f"{'n':>12}  {'what':<22} {'threads':>7}  {'seconds':>9}  {'ratio':>6}")
+    for n, what, threads, seconds, ratio in rows:
+        shown = f"{ratio:6.2f}" if ratio is not None else f"{'':>6}"
+        print(f"{n:>12}  {what:<22} {threads!s:>7}  {seconds:9.4f}  {shown}")
+
+
+if __name__ == "__main__":
+    main()
