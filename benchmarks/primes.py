@@ -7,6 +7,8 @@ is checked against the known pi(10^k).
     .venv/bin/python benchmarks/primes.py                   # CPU
     .venv/bin/python benchmarks/primes.py --big --repeat 3  # adds pi(10^10)
     .venv/bin/python benchmarks/primes.py --device cuda     # adds the GPU rows (device machine)
+    python benchmarks/primes.py --device cuda --gpu-only --primesieve PATH   # pi(10^10..10^12) on the
+        GPU against the primesieve command-line program on every core (where the module is missing)
 
 Seconds, best of --repeat (default 5), after one untimed call that compiles (or loads) the sieve.
 """
@@ -21,7 +23,8 @@ import time
 from loom.backend.cpu import primes as cpu_sieve
 from loom.errors import LoomError
 
-KNOWN = {10**8: 5761455, 10**9: 50847534, 10**10: 455052511}
+KNOWN = {10**8: 5761455, 10**9: 50847534, 10**10: 455052511, 10**11: 4118054813, 10**12: 37607912018}
+GPU_NS = [10**10, 10**11, 10**12]
 
 
 def machine() -> str:
@@ -78,6 +81,36 @@ def cpu_rows(ns: list[int], repeat: int) -> list[tuple]:
     return rows
 
 
+def primesieve_program(path: str, n: int, threads: int) -> tuple[int, float]:
+    """(count, seconds) of the primesieve program counting the primes <= n, as it reports them."""
+    import subprocess
+    lines = subprocess.run([path, str(n), "--count", f"--threads={threads}", "--time", "--quiet"],
+                           capture_output=True, text=True, check=True).stdout.split("\n")
+    seconds = next(float(line.split(":")[1]) for line in lines if line.startswith("Seconds:"))
+    count = next(int(line) for line in lines if line.strip().isdigit())
+    return count, seconds
+
+
+def anchor_rows(ns: list[int], repeat: int, program: str | None) -> list[tuple]:
+    """primesieve on every core, for the GPU rows: the module if importable, else the program."""
+    cores = os.cpu_count() or 1
+    ps = primesieve_or_none()
+    rows = []
+    for n in ns:
+        if ps is not None:
+            ps.set_num_threads(cores)
+            count, seconds = best_of(lambda: ps.count_primes(n), repeat)
+        elif program:
+            runs = [primesieve_program(program, n, cores) for _ in range(repeat)]
+            count, seconds = runs[0][0], min(r[1] for r in runs)
+        else:
+            print("no primesieve (module or --primesieve PATH): the GPU rows have no anchor")
+            return []
+        assert count == KNOWN[n], (n, count)
+        rows.append((n, "primesieve", cores, seconds, None))
+    return rows
+
+
 def cuda_rows(ns: list[int], repeat: int) -> list[tuple]:
     """The GPU rows: loom's cuda sieve (the cuda backend's `primes`), when it is there."""
     engine = importlib.import_module("loom.engine.primes")
@@ -100,12 +133,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="cuda: the GPU rows as well as the CPU's")
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU rows and their anchor")
+    parser.add_argument("--primesieve", help="the primesieve program, the anchor where the module is missing")
     args = parser.parse_args()
     ns = [10**8, 10**9] + ([10**10] if args.big else [])
     print(f"machine: {machine()}; best of {args.repeat}")
-    rows = cpu_rows(ns, args.repeat)
+    rows = [] if args.gpu_only else cpu_rows(ns, args.repeat)
     if args.device == "cuda":
-        rows += cuda_rows(ns, args.repeat)
+        gpu = cuda_rows(GPU_NS, args.repeat)
+        anchors = anchor_rows(GPU_NS, args.repeat, args.primesieve)
+        by_n = {n: seconds for n, _, _, seconds, _ in anchors}
+        rows += anchors + [(n, what, threads, seconds, seconds / by_n[n] if n in by_n else None)
+                           for n, what, threads, seconds, _ in gpu]
     print(f"{'n':>12}  {'what':<22} {'threads':>7}  {'seconds':>9}  {'ratio':>6}")
     for n, what, threads, seconds, ratio in rows:
         shown = f"{ratio:6.2f}" if ratio is not None else f"{'':>6}"
