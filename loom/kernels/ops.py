@@ -42,7 +42,8 @@ def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - mir
 def cumsum(x: Array, axis: int = -1) -> Array:
     if is_deterministic():
         return exact.cumsum(x, axis=axis)
-    return _xp(x).cumsum(x, axis=axis)
+    # a 1-d array scans with axis=None: CuPy then runs CUB's device-wide scan (~3x faster)
+    return _xp(x).cumsum(x, axis=None if x.ndim == 1 else axis)
 
 
 def index_add(dst: Array, ids: Array, rows: Array) -> None:

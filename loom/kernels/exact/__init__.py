@@ -359,13 +359,16 @@ def cumsum(x: Array, axis: int = -1) -> Array:
     x64 = x.astype(np.float64)
     finite = xp.isfinite(x64)
     top = xp.max(xp.abs(xp.where(finite, x64, 0.0)), axis=axis, keepdims=True)
+    # a 1-d array scans with axis=None: CuPy then runs CUB's device-wide scan, ~3x faster than its
+    # per-axis kernel; the sums are of exact integers (and of infinities), the same in any order
+    along = None if x.ndim == 1 else axis
     with np.errstate(invalid="ignore"):
-        special = xp.cumsum(xp.where(finite, 0.0, x64), axis=axis)
+        special = xp.cumsum(xp.where(finite, 0.0, x64), axis=along)
     bits = 53 - _log2_ceil(x.shape[axis])
     e, parts = _slices(xp, xp.where(finite, x64, 0.0), top, bits, 1 if x.dtype.itemsize <= 4 else 2)
-    total = xp.cumsum(parts[0], axis=axis)
+    total = xp.cumsum(parts[0], axis=along)
     if len(parts) == 2:
-        total = total + xp.ldexp(xp.cumsum(parts[1], axis=axis), -bits)
+        total = total + xp.ldexp(xp.cumsum(parts[1], axis=along), -bits)
     total = xp.ldexp(total, (e - bits).astype(np.int32))
     return xp.where(special == 0, total, special).astype(x.dtype)
 
