@@ -16,11 +16,12 @@ from .. import mode
 from ..atomic import describe
 from ..errors import ConfigError, LoomError
 from ..version import __version__
-from . import chat, convert, demo, embed, generate, info, plot, primes, run, train, verify
+from . import bench, chat, convert, demo, embed, generate, info, plot, primes, run, train, verify
 from . import eval as eval_cmd
 
 COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert,
-            "verify": verify, "generate": generate, "chat": chat, "embed": embed, "plot": plot, "primes": primes}
+            "verify": verify, "generate": generate, "chat": chat, "embed": embed, "plot": plot, "primes": primes,
+            "bench": bench}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -1,0 +1,39 @@
+"""`loom bench engine` (loom/cli/bench.py over loom/engine/bench.py), run in-process on the CPU with
+small sizes: the report and the JSON carry every measurement; a missing GPU or a bad suite is one line."""
+from __future__ import annotations
+
+import json
+
+from loom import backend
+from loom.cli.main import main
+from loom.errors import BackendError
+
+
+def loom(capsys, *argv) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_bench_engine_on_the_cpu_reports_every_measurement(capsys, tmp_path):
+    code, out, err = loom(capsys, "bench", "engine", "--device", "cpu", "--quick", "--json", tmp_path / "b.json")
+    assert code == 0, err
+    assert "us per dispatch replayed" in out and "overlap" in out
+    for op in ("copy", "loom.sum deterministic", "loom.scan fast", "loom.sort", "numpy.sort"):
+        assert f"| {op} |" in out
+    results = json.loads((tmp_path / "b.json").read_text())
+    assert results["dispatch"]["dispatches"] == 200 and results["dispatch"]["us_per_dispatch"] > 0
+    assert results["swarm"]["units"] == 16 and results["swarm"]["overlap"] > 0
+    assert {r["op"] for r in results["patterns"]} >= {"copy", "loom.sum fast", "numpy.cumsum"}
+
+
+def test_bad_suite_and_missing_gpu_are_one_line(capsys, monkeypatch):
+    code, out, err = loom(capsys, "bench", "kernels")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "engine" in err
+
+    def no_gpu(name):
+        raise BackendError("device 'cuda' needs CuPy: pip install 'loom[cuda]' (cupy-cuda12x)")
+    monkeypatch.setattr(backend, "get", no_gpu)
+    code, out, err = loom(capsys, "bench", "engine")
+    assert code == 3 and err.strip() == "loom: error: device 'cuda' needs CuPy: pip install 'loom[cuda]' (cupy-cuda12x)"
