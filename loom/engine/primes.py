@@ -43,7 +43,7 @@ def count_primes(lo: Any, hi: Any, device: str = "cpu", threads: int | None = No
 def primes(lo: Any, hi: Any, device: str = "cpu") -> Array:
     """The primes p with lo <= p < hi, ascending, for integers 0 <= lo <= hi <= 2^64, as uint64: a NumPy
     array on "cpu" (listed on one CPU thread), a CuPy array on "cuda". Memory is 8 bytes per prime
-    (about 400 MB up to 10^9)."""
+    (about 400 MB up to 10^9), and on "cuda" also one byte per odd number of the range while listing."""
     lo, hi = sieve._checked_range(lo, hi)
     if _device(device) == "cuda":
         return _gpu_sieve("list")(lo, hi)

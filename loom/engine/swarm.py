@@ -43,15 +43,25 @@ def swarm(members: Iterable[Unit | Program], wait: bool = True) -> list[Program]
             raise EngineError(f"swarm takes units or programs, got {type(m).__name__}")
     if len({id(p) for p in programs}) != len(programs):
         raise EngineError("a program appears twice in the swarm; one program runs once at a time")
-    for p in programs:
-        p.launch()
+    launched = []
+    try:
+        for p in programs:
+            launched.append(p.launch())
+    except BaseException:
+        _wait_all(launched)         # none is left running unwatched when one cannot start
+        raise
     if wait:
-        errors = []
-        for p in programs:          # wait for every one, even after a fault, then report the first
-            try:
-                p.wait()
-            except Exception as exc:  # noqa: BLE001 - re-raised below
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        _wait_all(launched)
     return programs
+
+
+def _wait_all(programs: list[Program]) -> None:
+    """Wait for every program, even after one raised, then raise the first error."""
+    errors = []
+    for p in programs:
+        try:
+            p.wait()
+        except Exception as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+    if errors:
+        raise errors[0]

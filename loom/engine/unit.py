@@ -88,9 +88,9 @@ class Unit:
             self._stream = None
             self._fault = None
         else:
-            self._buffers = {b: self.compute.zeros(sizes[b], dtypes[b]) for b in BUFFERS}
             self._stream = self.compute.stream()
-            self._fault = self.compute.zeros(1, np.uint32)
+            self._buffers = {b: self.compute.zeros(sizes[b], dtypes[b], self._stream) for b in BUFFERS}
+            self._fault = self.compute.zeros(1, np.uint32, self._stream)
         self._chain: list[tuple[Kernel, tuple, tuple[int, int]]] = []
         self.program: Program | None = None
         self._alive = True
@@ -210,11 +210,14 @@ class Unit:
         unusable afterwards."""
         if not self._alive:
             return
-        if self.program is not None and self.program.in_flight:
-            self.program.wait()
-        self._alive = False
-        self._buffers = {b: None for b in BUFFERS}
-        self._chain, self.program, self._fault = [], None, None
+        try:
+            if self.program is not None and self.program.in_flight:
+                self.program.wait()            # a fault it raises still ends the unit
+        finally:
+            if self.program is None or not self.program.in_flight:
+                self._alive = False
+                self._buffers = {b: None for b in BUFFERS}
+                self._chain, self.program, self._fault = [], None, None
 
     def __enter__(self) -> Unit:
         return self
@@ -297,14 +300,19 @@ class Program:
 
     def wait(self) -> None:
         """Block until the program has finished; raise KernelFault if a kernel indexed out of range."""
-        pending, self._pending = self._pending, None
+        pending = self._pending
         if pending is None:
             return
         compute = self.unit.compute
         if compute is None:
-            pending.result()                   # re-raises the NumPy run's KernelFault
+            try:
+                pending.result()               # re-raises the NumPy run's KernelFault
+            finally:
+                if pending.done():             # not after an interrupted wait: it still runs
+                    self._pending = None
             return
         compute.wait(pending)
+        self._pending = None
         self._check_fault()
 
     def _run_on_cpu(self) -> None:
@@ -368,7 +376,14 @@ def _scalar(value: Any, type_, where: str) -> np.generic:
     if type_.is_float:
         if not isinstance(value, (int, float, np.integer, np.floating)):
             raise ConfigError(where, f"expected a number for {type_}, got {value!r}")
-        return dtype.type(value)
+        try:
+            with np.errstate(over="ignore"):
+                scalar = dtype.type(value)
+        except OverflowError:                  # a Python int beyond any float
+            scalar = dtype.type(np.inf)
+        if np.isinf(scalar) and not (isinstance(value, (float, np.floating)) and math.isinf(value)):
+            raise ConfigError(where, f"{value!r} overflows {type_}")
+        return scalar
     if isinstance(value, (np.floating, float)) and float(value).is_integer():
         value = int(value)
     if not isinstance(value, (int, np.integer)):
@@ -382,6 +397,17 @@ def _scalar(value: Any, type_, where: str) -> np.generic:
 def _exact(data: Any, dtype: np.dtype, where: str) -> np.ndarray:
     """data (a NumPy or CuPy array, a sequence or a number) as a 1-d NumPy array of dtype, refusing
     values the dtype cannot hold exactly (no rounding, no wrap-around)."""
+    if isinstance(data, (list, tuple, int)) and dtype.kind in "iu":
+        # Python integers, as they are: NumPy would turn [2**64 - 1, 7] into float64
+        values = np.asarray(data, dtype=object).reshape(-1)
+        if all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+            data = np.array([int(v) for v in values], dtype=object)
+            bits = dtype.itemsize * 8
+            low, high = (0, 2 ** bits) if dtype.kind == "u" else (-(2 ** (bits - 1)), 2 ** (bits - 1))
+            bad = next((v for v in data if not low <= v < high), None)
+            if bad is not None:
+                raise ConfigError(where, f"{bad} is not exact in the buffer's {dtype}")
+            return data.astype(dtype)
     if isinstance(data, (list, tuple, int, float, np.ndarray, np.generic)):
         host = np.asarray(data)
     else:
@@ -391,11 +417,26 @@ def _exact(data: Any, dtype: np.dtype, where: str) -> np.ndarray:
         return host
     if host.dtype.kind not in "biuf":
         raise ConfigError(where, f"cannot write {host.dtype} data into a {dtype} buffer")
+    if dtype.kind in "iu":
+        bits = dtype.itemsize * 8
+        low, high = (0, 2 ** bits) if dtype.kind == "u" else (-(2 ** (bits - 1)), 2 ** (bits - 1))
+        if host.dtype.kind == "f":
+            # compared as floats: low and high are powers of two (exact), the values whole numbers
+            fits = np.isfinite(host) & (host == np.trunc(host)) & (host >= low) & (host < high)
+            if not np.all(fits):
+                bad = host[np.flatnonzero(~fits)[0]]
+                raise ConfigError(where, f"{bad!r} ({host.dtype}) is not exact in the buffer's {dtype}")
+        elif host.size:
+            least, most = int(host.min()), int(host.max())      # Python ints: no wrap, no rounding
+            if least < low or most >= high:
+                bad = least if least < low else most
+                raise ConfigError(where, f"{bad} ({host.dtype}) is not exact in the buffer's {dtype}")
+        return host.astype(dtype)
     with np.errstate(all="ignore"):
         converted = host.astype(dtype)
         back = converted.astype(host.dtype)
     same = (back == host) | (np.isnan(host) & np.isnan(back) if host.dtype.kind == "f" else False)
-    if host.dtype.kind in "iu" and dtype.kind == "f":     # an int64 that rounds can come back equal
+    if host.dtype.kind in "iu":     # an int64 that rounds can come back equal: compare as floats too
         same &= converted.astype(np.float64) == host.astype(np.float64)
     if not np.all(same):
         bad = host[np.flatnonzero(~np.asarray(same))[0]]

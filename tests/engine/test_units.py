@@ -135,6 +135,8 @@ def test_bad_arguments_name_the_value():
             unit.read(0, 1, buffer="heap")
         with pytest.raises(ConfigError, match="not exact in the buffer's float32"):
             unit.write(0, [0.1])
+        with pytest.raises(ConfigError, match=r"params\[0\] \(a\): 1e\+300 overflows f32"):
+            unit.dispatch(axpy, (1e300, 8), grid=8)
         unit.write(0, [0.5, 2, 3])                   # exact values of another dtype are fine
         assert unit.read(0, 3).tolist() == [0.5, 2, 3]
         with pytest.raises(ConfigError, match=r"params: kernel axpy takes 2 scalars \(a, n\), got 1"):
@@ -155,6 +157,13 @@ def test_bad_arguments_name_the_value():
             r[0] = v
         with pytest.raises(ConfigError, match=r"params\[0\] \(v\): 4294967296 does not fit in i32"):
             unit.dispatch(small, (2 ** 32,), grid=1)
+    with engine.boot("cpu", registers=4, dtype="uint64") as unit:
+        for bad, shown in ((-1, "-1"), (np.array([2 ** 63], np.uint64).astype(np.int64)[0], "-9223372036854775808"),
+                           (2.0 ** 64, "1.8446744073709552e"), (0.5, "0.5")):
+            with pytest.raises(ConfigError, match=f"{shown}.*not exact in the buffer's uint64"):
+                unit.fill(bad)
+        unit.write(0, [2 ** 64 - 1, 7])
+        assert unit.read(0, 2).tolist() == [2 ** 64 - 1, 7]
 
 
 def test_a_kernel_fault_is_raised_by_run_and_the_unit_stays_usable():
@@ -181,3 +190,17 @@ def test_a_swarm_runs_every_units_program_and_build_all_builds_on_threads():
         u.shutdown()
     with pytest.raises(EngineError, match="swarm takes units or programs"):
         engine.swarm([1])
+
+
+def test_a_swarm_that_cannot_launch_one_program_waits_for_those_it_launched(monkeypatch):
+    gate = _blocked(monkeypatch)
+    units = [engine.boot("cpu", registers=4, dtype="int64") for _ in range(3)]
+    for u in units:
+        u.dispatch(add_one, (4,), grid=4)
+    programs = [u.build() for u in units]
+    units[2].clear()                                  # its program is discarded
+    threading.Timer(0.05, gate.set).start()
+    with pytest.raises(EngineError, match="discarded"):
+        engine.swarm(programs)
+    assert not programs[0].in_flight and not programs[1].in_flight
+    assert units[0].read().tolist() == [1] * 4

@@ -221,3 +221,63 @@ def test_source_is_a_pure_function_of_the_kernel_and_checks_bounds_unless_told_n
     assert "loom_store(" in a.source and "__popc(" in a.source
     unchecked = kernel(body, checked=False)
     assert "loom_store(b0" not in unchecked.source and "b0[v" in unchecked.source
+
+
+def test_a_value_or_variable_from_an_ended_block_is_refused():
+    with pytest.raises(TypeError, match="made inside a block .* that has ended"):
+        @kernel
+        def leak_value(k, x: Buffer(ir.I64), n: ir.I64):
+            i = k.global_id()
+            with k.if_(i < n):
+                t = x[i] + 1
+            x[i] = t
+    with pytest.raises(TypeError, match="variable 0 was declared inside a block that has ended"):
+        @kernel
+        def leak_var(k, x: Buffer(ir.I64), n: ir.I64):
+            for _ in k.range(n):
+                v = k.var(ir.I64, 5)
+            x[0] = v.value
+    with pytest.raises(TypeError, match="made inside a block"):
+        @kernel
+        def leak_index(k, x: Buffer(ir.I64), n: ir.I64):
+            for j in k.range(n):  # noqa: B007 - j is used after the loop, on purpose
+                pass
+            x[j] = 1
+
+
+def test_a_shift_by_a_value_all_threads_share_is_masked_as_on_the_gpu():
+    @kernel
+    def shift(k, x: Buffer(ir.U32), s: ir.U32):
+        i = k.global_id()
+        x[i] = (x[i] << s) | (x[i] >> (s + 1))
+    x = np.arange(1, 5, dtype=np.uint32)
+    kernel_numpy.run(shift, [x, np.uint32(33)], (1, 4))            # 33 & 31 = 1, 34 & 31 = 2
+    assert x.tolist() == [(v << 1) | (v >> 2) for v in range(1, 5)]
+
+
+def test_fault_bits_count_buffers_not_parameters():
+    @kernel
+    def late(k, n: ir.I64, r: Buffer(ir.F32), g: Buffer(ir.F32)):
+        r[n] = g[n]
+    assert "loom_store(b1, b1_n, (unsigned long long)(long long)(v0), v1, loom_fault, 1u)" in late.source
+    assert "loom_load(b2, b2_n, (unsigned long long)(long long)(v0), loom_fault, 2u)" in late.source
+
+
+@pytest.mark.parametrize("op", ["max", "xor", "exchange"])
+def test_atomics_on_many_addresses_follow_thread_order(op):
+    @kernel
+    def scatter(k, slots: Buffer(ir.U64), where: Buffer(ir.I64), values: Buffer(ir.U64), old: Buffer(ir.U64)):
+        i = k.global_id()
+        old[i] = k.atomic(op, slots, where[i], values[i])
+    rng = np.random.default_rng()
+    where = rng.integers(0, 2000, 4096)                  # more addresses than any one's hits
+    values = rng.integers(0, 2 ** 64, 4096, dtype=np.uint64)
+    slots = rng.integers(0, 2 ** 64, 2000, dtype=np.uint64)
+    want_slots, want_old = slots.tolist(), []
+    fn = {"max": max, "xor": lambda a, b: a ^ b, "exchange": lambda a, b: b}[op]
+    for w, v in zip(where.tolist(), values.tolist()):
+        want_old.append(want_slots[w])
+        want_slots[w] = fn(want_slots[w], v)
+    old = np.zeros(4096, np.uint64)
+    kernel_numpy.run(scatter, [slots, where, values, old], (16, 256))
+    assert slots.tolist() == want_slots and old.tolist() == want_old

@@ -38,9 +38,16 @@ class Compute:
                     self._functions[key] = fn
         return fn
 
-    def zeros(self, count: int, dtype: DTypeLike) -> Array:
+    def zeros(self, count: int, dtype: DTypeLike, stream: Any = None) -> Array:
+        """A zero-filled array, the zeros written on `stream` (and finished when this returns: a unit's
+        non-blocking stream is not ordered with the stream CuPy would use otherwise)."""
         with translating(f"allocating {count} x {np.dtype(dtype).name}"):
-            return self._cp.zeros(count, dtype=dtype)
+            if stream is None:
+                return self._cp.zeros(count, dtype=dtype)
+            with stream:
+                out = self._cp.zeros(count, dtype=dtype)
+            stream.synchronize()
+            return out
 
     def stream(self) -> Any:
         return self._cp.cuda.Stream(non_blocking=True)

@@ -1,7 +1,7 @@
 """Exact prime counting and listing on the GPU: a segmented, odd-only, bit-packed sieve of Eratosthenes.
 
 The odd numbers of [lo, hi) are bits (index i stands for 2i + 1). Each block of persistent threads
-sieves a contiguous run of segments of SEGMENT_BITS bits in shared memory:
+sieves a contiguous run of segments of 2^LOG_SEGMENT bits in shared memory:
 - the primes 3..31 are pre-sieved word by word with arithmetic (a word's 32 odd numbers hold the
   multiples of p at bit positions b0, b0 + p, ...), no memory traffic at all;
 - the primes from 37 to 4093 are marked by whole warps, the lanes taking every 32nd multiple;
@@ -21,8 +21,8 @@ import numpy as np
 from .. import Array
 from .compile import translating
 
-LOG_SEGMENT = 20                # bits per segment: 2^20 bits = 128 KiB of shared memory, 2^21 numbers
-SEGMENT_BITS = 1 << LOG_SEGMENT
+LOG_SEGMENT = 20                # bits per segment: 2^20 bits = 128 KiB of shared memory, 2^21 numbers,
+                                # or the largest power of two a GPU's blocks may hold (48 KiB and up)
 THREADS = 1024
 PRESIEVED = (3, 5, 7, 11, 13, 17, 19, 23, 29, 31)
 WARP_PRIMES_BELOW = 4096        # primes below this are marked by a whole warp
@@ -129,14 +129,17 @@ class Primes:
         self._kernel = None
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         self._sms = int(props["multiProcessorCount"])
+        shared = int(props.get("sharedMemPerBlockOptin", 0) or props.get("sharedMemPerBlock", 48 * 1024))
+        self._log_segment = min(LOG_SEGMENT, (8 * shared).bit_length() - 1)
+        self._segment_bits = 1 << self._log_segment
 
     def _function(self):
         if self._kernel is None:
             from .compile import OPTIONS
             with translating("compiling the sieve"):
-                module = self._cp.RawModule(code=_SOURCE % {"log_segment": LOG_SEGMENT}, options=OPTIONS)
+                module = self._cp.RawModule(code=_SOURCE % {"log_segment": self._log_segment}, options=OPTIONS)
                 kernel = module.get_function("loom_sieve")
-                kernel.max_dynamic_shared_size_bytes = SEGMENT_BITS // 8
+                kernel.max_dynamic_shared_size_bytes = self._segment_bits // 8
                 self._kernel = kernel
         return self._kernel
 
@@ -150,7 +153,7 @@ class Primes:
         bits = i_hi - i_lo
         if bits <= 0:
             return (0, cp.zeros(0, np.uint32)) if bitmap else 0
-        segments = -(-bits // SEGMENT_BITS)
+        segments = -(-bits // self._segment_bits)
         primes = base_primes[base_primes > PRESIEVED[-1]].astype(np.uint32)
         nprimes = int(primes.size)
         nwarp = int(np.searchsorted(primes, WARP_PRIMES_BELOW))
@@ -160,12 +163,12 @@ class Primes:
             d_primes = cp.asarray(primes) if nprimes else cp.zeros(1, np.uint32)
             d_next = cp.empty(max(blocks * nprimes, 1), dtype=np.uint64)
             count = cp.zeros(1, dtype=np.uint64)
-            out = cp.zeros(segments * (SEGMENT_BITS // 32), dtype=np.uint32) if bitmap else None
+            out = cp.zeros(segments * (self._segment_bits // 32), dtype=np.uint32) if bitmap else None
             self._function()((blocks,), (THREADS,),
                              (np.uint64(i_lo), np.uint64(i_hi), np.int64(segments), np.int64(per_block),
                               d_primes, np.int32(nprimes), np.int32(nwarp), d_next, count,
                               out if out is not None else np.uint64(0)),
-                             shared_mem=SEGMENT_BITS // 8)
+                             shared_mem=self._segment_bits // 8)
             total = int(count.get()[0])
         return (total, out) if bitmap else total
 

@@ -96,6 +96,7 @@ class Var:
 
     def __init__(self, kernel: Kernel, type_: Type, index: int):
         self.kernel, self.type, self.index = kernel, type_, index
+        self.block = kernel._block          # where it is declared: it exists until that block ends
 
     @property
     def value(self) -> Value:
@@ -103,6 +104,8 @@ class Var:
 
     @value.setter
     def value(self, new: Value | float) -> None:
+        if not any(b is self.block for b in self.kernel._stack):
+            raise TypeError(f"{self.kernel.name}: variable {self.index} was declared inside a block that has ended")
         new = self.kernel._typed(new, self.type, f"assignment to variable {self.index}")
         self.kernel._emit(Assign(self, new))
 
@@ -183,6 +186,7 @@ class Kernel(Function):
         self.checked = bool(checked)
         self.vars: list[Var] = []
         self.shared_arrays: list[Shared] = []
+        self._defined_in: dict[int, Block] = {}       # node index -> the block that defines it
         super().__init__(name, ())
         self.signature: list[tuple[str, Type | Buffer]] = []
         args: list[Value | BufferParam] = []
@@ -225,7 +229,23 @@ class Kernel(Function):
     def _emit(self, statement) -> None:
         self._block.append(statement)
 
+    def _visible(self, value: Value, what: str) -> Value:
+        """value, if it is defined in a block enclosing the one being built; else a TypeError: a value
+        (or a variable) made inside an if_, a loop or a while_ does not exist after it."""
+        block = self._defined_in.get(value.index, self.body)
+        if not any(b is block for b in self._stack):
+            raise TypeError(f"{self.name}: {what} {value!r} was made inside a block (if_, else_, range or "
+                            "while_) that has ended; keep it in a k.var declared before the block")
+        return value
+
+    def _coerce(self, op, value, partner: Type) -> Value:
+        return self._visible(super()._coerce(op, value, partner), f"{op} operand")
+
     def _node(self, op, type_, args, attr=None) -> Value:
+        for a in args:
+            self._visible(a, f"{op} operand")
+        if isinstance(attr, Var) and not any(b is attr.block for b in self._stack):
+            raise TypeError(f"{self.name}: variable {attr.index} was declared inside a block that has ended")
         block = self._block
         if op in _UNSHARED:
             node = Value(self, op, type_, tuple(args), attr, len(self.nodes))
@@ -238,6 +258,7 @@ class Kernel(Function):
             node = Value(self, op, type_, tuple(args), attr, len(self.nodes))
             self.nodes.append(node)
             self._cache[key] = node
+        self._defined_in[node.index] = block
         if op not in _DECLARES:
             block.append(Let(node))
         return node
@@ -249,8 +270,7 @@ class Kernel(Function):
         return value
 
     def _index(self, memory: _Memory, index) -> Value:
-        if not isinstance(index, Value):
-            index = self._coerce("index", index, I64)
+        index = self._coerce("index", index, I64)
         if not index.type.is_int:
             raise TypeError(f"{self.name}: index into {memory.name} has type {index.type}, not an integer type")
         return index

@@ -71,7 +71,12 @@ class _Group:
         elif op == "atomic":
             value = self.atomic(node, mask)
         else:
-            value = LOWER[op](np, node.type, node.attr, [self.env[a.index] for a in node.args])
+            operands = [self.env[a.index] for a in node.args]
+            if op in ("shl", "shr") and not node.args[1].is_const:
+                # rules.py masks a shift amount that is an array; here a NumPy scalar may be a value
+                # all lanes share (a parameter, a uniform load), not a constant: mask it too
+                operands[1] = np.asarray(operands[1])
+            value = LOWER[op](np, node.type, node.attr, operands)
             if isinstance(value, np.ndarray) and value.ndim == 0:
                 value = value[()]
         self.env[node.index] = value
@@ -214,11 +219,25 @@ def _atomic(op: str, array: np.ndarray, flat: np.ndarray, value: np.ndarray) -> 
         last = np.r_[first[1:] - 1, flat.size - 1] if flat.size else first
         array[sorted_flat[first]] = array[sorted_flat[first]] + (inclusive[last] - base[first])
         return old
-    # every other op: round r applies each address's r-th lane (floats keep lane order exactly)
-    rank = np.arange(flat.size) - np.maximum.accumulate(np.where(starts, np.arange(flat.size), 0)) \
-        if flat.size else np.zeros(0, np.int64)
-    for r in range(int(rank.max()) + 1 if flat.size else 0):
-        lanes = order[rank == r]
+    # every other op: lane order within each address. Few addresses (contention): one accumulate per
+    # address's run; many: round r applies each address's r-th lane, all addresses at once.
+    first = np.flatnonzero(starts)
+    ends = np.r_[first[1:], flat.size]
+    longest = int((ends - first).max()) if flat.size else 0
+    if first.size <= longest:
+        for a, b in zip(first.tolist(), ends.tolist()):
+            lanes = order[a:b]
+            where = sorted_flat[a]
+            run = np.concatenate([array[where:where + 1], value[lanes]])
+            if op != "exchange":       # accumulate is sequential, in the element type
+                run = _UFUNC[op].accumulate(run, dtype=dtype)
+            old[lanes] = run[:-1]
+            array[where] = run[-1]
+        return old
+    rank = np.arange(flat.size) - np.repeat(first, ends - first)
+    by_rank = order[np.argsort(rank, kind="stable")]
+    counts = np.bincount(rank)
+    for lanes in np.split(by_rank, np.cumsum(counts)[:-1]):
         where = flat[lanes]
         current = array[where]
         old[lanes] = current

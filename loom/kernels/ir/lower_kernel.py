@@ -2,7 +2,7 @@
 
 Its parameters, in the kernel's order: a buffer becomes `T* bJ, long long bJ_n` (pointer and length),
 a scalar `T pJ`; a last `unsigned int* loom_fault` receives the bounds-check faults (bit J for
-buffer J, up to bit 30; bit 31 for any shared array). Expressions are lower_cuda.py's, node for node
+the J-th buffer parameter, up to bit 30; bit 31 for any shared array). Expressions are lower_cuda.py's, node for node
 (so pure values have the bits lower_numpy gives); statements map to C statements one to one. Checked
 accesses go through the helpers of PRELUDE: an index outside [0, n) loads 0, stores nothing and sets
 the fault bit. The text is a pure function of the IR, so a cache keyed by it is exact.
@@ -139,7 +139,8 @@ class _Writer:
     def memory(self, target) -> tuple[str, str, int]:
         if isinstance(target, Shared):
             return f"sh{target.index}", f"{target.length}LL", 1 << SHARED_FAULT_BIT
-        return f"b{target.position}", f"b{target.position}_n", 1 << min(target.position, 30)
+        ordinal = [b.position for b in self.kernel.buffers].index(target.position)   # the J-th buffer
+        return f"b{target.position}", f"b{target.position}_n", 1 << min(ordinal, 30)
 
     def load(self, target, index: str) -> str:
         base, length, bit = self.memory(target)
