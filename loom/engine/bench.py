@@ -4,7 +4,7 @@ installed), all in one run, on the GPU or the CPU.
 
 1. Per-dispatch cost: a chain of `dispatches` launches of a one-block kernel built into one program
    (a CUDA graph on the GPU) and replayed, best of 5, per dispatch; on the GPU next to the same kernel
-   launched eagerly (CuPy's RawKernel call).
+   launched eagerly (CuPy's RawKernel call, one after another on the current stream).
 2. A swarm of 16 units, each a chain of one-block kernels: the units one after another against the
    swarm (overlap = sequential time / swarm time).
 3. sum, scan, sort of 2^log2n float32: bytes read plus written once per second, against a copy's.
@@ -68,12 +68,12 @@ def dispatch_cost(device: str, dispatches: int) -> dict:
         be = backend.get(device)
         fn = compute.function(tick.source, "loom_tick")
         buf, fault = be.xp.zeros(32, np.uint32), be.xp.zeros(1, np.uint32)
-        stream = compute.stream()
+        args = (buf, np.int64(32), fault)
 
-        def eager():
+        def eager():                            # CuPy's own launch call, on the current stream
             for _ in range(dispatches):
-                compute.launch(fn, (1, 32), (buf, np.int64(32), fault), stream)
-        result["eager_us_per_launch"] = best(eager, stream.synchronize) / dispatches * 1e6
+                fn((1,), (32,), args)
+        result["eager_us_per_launch"] = best(eager, be.synchronize) / dispatches * 1e6
     unit.shutdown()
     return result
 
