@@ -16,6 +16,7 @@ from .. import backend, fallback
 from ..backend import Array
 from ..errors import ConfigError
 from . import sieve
+from .pattern_inputs import integer
 
 DEVICES = ("cpu", "cuda")
 
@@ -25,7 +26,7 @@ def prime_count(n: Any, device: str = "cpu", threads: int | None = None) -> int:
 
     device: "cpu" or "cuda". threads (CPU only): None for all the cores numba uses (NUMBA_NUM_THREADS),
     or at most that many; the count is the same whatever the number."""
-    n = sieve._integer(n, "n")
+    n = integer(n, "n")
     if n < 0:
         raise ConfigError("n", f"expected n >= 0, got {n}")
     if n >= sieve.LIMIT:
@@ -57,7 +58,7 @@ def _count(lo: int, hi: int, device: str, threads: int | None) -> int:
             raise ConfigError("threads", f"applies to device 'cpu' only, got threads={threads!r} with device 'cuda'")
         return int(_gpu_sieve("count")(lo, hi))
     if threads is not None:
-        threads = sieve._integer(threads, "threads")
+        threads = integer(threads, "threads")
         if threads < 1:
             raise ConfigError("threads", f"expected threads >= 1 (or None: all cores), got {threads}")
     compiled = _compiled()

@@ -13,29 +13,19 @@ except index 0 (the number 1). 2 is counted apart.
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any
 
 import numpy as np
 
 from ..errors import ConfigError
+from .pattern_inputs import integer
 
 SEGMENT = 1 << 20          # odd numbers per segment: a 1 MiB byte array, about the size of an L2 cache
 LIMIT = 1 << 64            # ranges are of unsigned 64-bit numbers
 
 
-def _integer(value: Any, name: str) -> int:
-    """value as a Python int (any integer type, not bool, not float), else ConfigError naming it."""
-    if isinstance(value, bool):
-        raise ConfigError(name, f"expected an integer, got {value!r}")
-    try:
-        return operator.index(value)
-    except TypeError:
-        raise ConfigError(name, f"expected an integer, got {value!r} ({type(value).__name__})") from None
-
-
 def _checked_range(lo: Any, hi: Any) -> tuple[int, int]:
-    lo, hi = _integer(lo, "lo"), _integer(hi, "hi")
+    lo, hi = integer(lo, "lo"), integer(hi, "hi")
     if lo < 0:
         raise ConfigError("lo", f"expected lo >= 0, got {lo}")
     if hi < lo:
@@ -104,7 +94,7 @@ def count_primes(lo: Any, hi: Any) -> int:
 
 def prime_count(n: Any) -> int:
     """pi(n): the number of primes <= n (exact). n: a non-negative integer below 2^64."""
-    n = _integer(n, "n")
+    n = integer(n, "n")
     if n < 0:
         raise ConfigError("n", f"expected n >= 0, got {n}")
     if n >= LIMIT:

@@ -36,6 +36,7 @@ from ..errors import ConfigError, EngineError, KernelFault
 from ..kernels.ir import TYPES, kernel_numpy, type_of
 from ..kernels.ir.kernel import Kernel
 from ..kernels.ir.lower_kernel import c_name
+from .pattern_inputs import integer
 
 BUFFERS = ("registers", "globals")
 THREADS_PER_BLOCK = 256
@@ -58,9 +59,10 @@ def boot(device: str = "cpu", registers: int = 0, globals: int = 0, dtype: Any =
 
 
 def _size(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-        raise ConfigError(name, f"expected a count of elements >= 0, got {value!r}")
-    return int(value)
+    count = integer(value, name)
+    if count < 0:
+        raise ConfigError(name, f"expected a count of elements >= 0, got {count}")
+    return count
 
 
 def _dtype(value: Any, name: str) -> np.dtype:
@@ -120,6 +122,13 @@ class Unit:
         be exact in the buffer's dtype (no rounding, no wrap-around)."""
         self._idle("write to")
         target = self._buffer(buffer)
+        if self.compute is not None and _on_device(data, target.dtype):
+            # an array already on the GPU in the buffer's dtype: copied there, not through the host
+            array, offset, count = self._span(buffer, offset, data.size)
+            if count:
+                with IO_LOCK:
+                    self.compute.copy(array, offset, data.reshape(-1), self._stream)
+            return
         host = _exact(data, target.dtype, buffer)
         array, offset, count = self._span(buffer, offset, host.size)
         if not count:
@@ -392,6 +401,13 @@ def _scalar(value: Any, type_, where: str) -> np.generic:
     if not info.min <= int(value) <= info.max:
         raise ConfigError(where, f"{int(value)} does not fit in {type_} [{info.min}, {info.max}]")
     return dtype.type(int(value))
+
+
+def _on_device(data: Any, dtype: np.dtype) -> bool:
+    """Whether data is a device array (not host memory) of exactly dtype."""
+    if isinstance(data, (list, tuple, int, float, np.ndarray, np.generic)) or not hasattr(data, "dtype"):
+        return False
+    return not backend.of(data).host and data.dtype == dtype
 
 
 def _exact(data: Any, dtype: np.dtype, where: str) -> np.ndarray:

@@ -9,15 +9,13 @@ from fractions import Fraction
 
 import numpy as np
 import pytest
+from pattern_values import ALL, FLOATS, INTS, values
 
 import loom
 from loom.engine import order_keys, patterns
 from loom.errors import BackendError, ConfigError, ShapeError
 from loom.kernels import mathlib
 
-FLOATS = [np.float16, np.float32, np.float64]
-INTS = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
-ALL = [np.bool_, *INTS, *FLOATS]
 SIZES = [0, 1, 2, 17, 1000]
 BAD = [np.array([1 + 2j]), np.array(["a", "b"]), np.array([object()], dtype=object),
        np.array(["2024-01-01"], dtype="datetime64[D]")]
@@ -27,28 +25,6 @@ BAD = [np.array([1 + 2j]), np.array(["a", "b"]), np.array([object()], dtype=obje
 def _deterministic():
     with loom.deterministic(True):
         yield
-
-
-def values(rng, n, dtype, specials=True):
-    """n random values of dtype with repeats; floats with both zeros, NaNs and infinities mixed in."""
-    dtype = np.dtype(dtype)
-    if dtype == np.bool_:
-        return rng.integers(0, 2, n).astype(bool)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        x = rng.integers(info.min, info.max, n, dtype=dtype, endpoint=True)
-        if n > 4:
-            x[rng.integers(0, n, n // 4)] = x[0]                # repeats
-            x[rng.integers(0, n, 2)] = [info.min, info.max]
-        return x
-    x = (rng.standard_normal(n) * 10).astype(dtype)
-    if n > 4:
-        x[rng.integers(0, n, n // 4)] = x[0]
-        if specials:
-            picks = rng.integers(0, n, 12)
-            x[picks] = np.array([0.0, -0.0, 0.0, -0.0, np.nan, -np.nan, np.nan, np.inf, -np.inf, np.inf, 0.0, -0.0],
-                                dtype=dtype)
-    return x
 
 
 def bits(a):

@@ -5,24 +5,11 @@ import threading
 
 import numpy as np
 import pytest
+from engine_kernels import add_one, axpy
 
 from loom import engine
 from loom.engine import unit as unit_module
 from loom.errors import ConfigError, EngineError, KernelFault
-
-
-@engine.kernel
-def axpy(k, r: engine.Buffer(engine.F32), g: engine.Buffer(engine.F32), a: engine.F32, n: engine.I64):
-    i = k.global_id()
-    with k.if_(i < n):
-        r[i] = r[i] + a * g[i]
-
-
-@engine.kernel
-def add_one(k, r: engine.Buffer(engine.I64), n: engine.I64):
-    i = k.global_id()
-    with k.if_(i < n):
-        r[i] = r[i] + 1
 
 
 def test_a_chain_runs_its_dispatches_in_order():

@@ -3,10 +3,11 @@ to CUDA C; units, chains of 100,000 dispatches, 16-unit swarms and their misuse 
 sieve against known prime counts and the CPU reference."""
 import numpy as np
 import pytest
+from engine_kernels import add_one, axpy
 
 from loom import backend, engine
 from loom.engine import sieve
-from loom.errors import EngineError, KernelFault
+from loom.errors import ConfigError, EngineError, KernelFault
 from loom.kernels.ir import kernel_numpy
 
 pytestmark = pytest.mark.gpu
@@ -99,20 +100,6 @@ def test_shared_memory_barriers_and_integer_atomics_give_numpys_bits():
     assert np.array_equal(cpu[2], gpu[2])                                      # integer atomics: any order
 
 
-@E.kernel
-def axpy(k, r: E.Buffer(E.F32), g: E.Buffer(E.F32), a: E.F32, n: E.I64):
-    i = k.global_id()
-    with k.if_(i < n):
-        r[i] = r[i] + a * g[i]
-
-
-@E.kernel
-def add_one(k, r: E.Buffer(E.I64), n: E.I64):
-    i = k.global_id()
-    with k.if_(i < n):
-        r[i] = r[i] + 1
-
-
 def test_a_unit_on_cuda_gives_the_cpu_units_bits():
     rng = np.random.default_rng()
     g = rng.normal(size=5000).astype(np.float32)
@@ -130,6 +117,19 @@ def test_a_unit_on_cuda_gives_the_cpu_units_bits():
                 pass
             results.append(unit.read())
     assert np.array_equal(results[0].view(np.uint32), results[1].view(np.uint32))
+
+
+def test_a_device_array_is_written_without_a_host_copy_and_checked_like_host_data():
+    cp = backend.get("cuda").xp
+    with E.boot("cuda", registers=8, globals=4, dtype="float32") as unit:
+        unit.write(2, cp.arange(4, dtype=cp.float32).reshape(2, 2))
+        assert unit.read().tolist() == [0, 0, 0, 1, 2, 3, 0, 0]
+        with pytest.raises(ConfigError, match=r"offset: elements \[3, 7\) lie outside globals's 4"):
+            unit.write(3, cp.zeros(4, cp.float32), buffer="globals")
+        with pytest.raises(ConfigError, match="not exact in the buffer's float32"):
+            unit.write(0, cp.asarray([0.1]))            # float64 data goes through the exactness check
+        unit.write(0, cp.asarray([0.5, 4.0]))
+        assert unit.read(0, 3).tolist() == [0.5, 4, 0]
 
 
 def test_a_chain_of_100000_dispatches_builds_and_replays():

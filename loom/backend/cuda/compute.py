@@ -95,6 +95,12 @@ class Compute:
             dst[offset:offset + host.size].set(np.ascontiguousarray(host), stream=stream)
             stream.synchronize()
 
+    def copy(self, dst: Array, offset: int, src: Array, stream: Any) -> None:
+        """dst[offset:offset + len(src)] = src for a device array src, finished when this returns."""
+        with translating("copy within the GPU", dst, src), stream:
+            dst[offset:offset + src.size] = src
+            stream.synchronize()
+
     def download(self, src: Array, offset: int, count: int, stream: Any) -> np.ndarray:
         with translating("copy from a unit", src):
             out = src[offset:offset + count].get(stream=stream)

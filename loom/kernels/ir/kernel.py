@@ -202,11 +202,11 @@ class Kernel(Function):
         self.args = tuple(args)
         self.params = tuple(a for a in args if isinstance(a, Value))
 
-    @property
+    @cached_property
     def buffers(self) -> list[BufferParam]:
         return [a for a in self.args if isinstance(a, BufferParam)]
 
-    @property
+    @cached_property
     def scalars(self) -> list[tuple[int, str, Type]]:
         """(position, name, type) of each scalar parameter, in order."""
         return [(i, n, t) for i, (n, t) in enumerate(self.signature) if isinstance(t, Type)]
