@@ -60,6 +60,10 @@ class ExactKernels(Protocol):
     def sum_float32(self, x: Array, axes: tuple[int, ...], bits: int) -> Array | None:
         """The exact sum of float32 x over axes (kept), rounded once to float32 or still float64."""
 
+    def cumsum_float32(self, x: Array, axis: int, bits: int) -> Array | None:
+        """exact.cumsum of float32 x along axis (bits = 53 - ceil(log2 n)), or None: the caller's
+        arithmetic."""
+
 
 class SpecialGuard(Protocol):
     def patch_specials(self, a: Array, b: Array, amax: Array, bmax: Array, result: Array) -> None:
@@ -169,6 +173,16 @@ class ComputeKernels(Protocol):
     def fill(self, dst: Array, value: Any, stream: Any) -> None: ...
 
 
+class OrderKernels(Protocol):
+    """loom.engine.order_keys' float keys in one pass each (None: its array-module path)."""
+
+    DTYPES: tuple[np.dtype, ...]        # the float dtypes taken
+
+    def keys(self, x: Array, nan_first: bool, zeros_equal: bool, descending: bool) -> Array: ...
+    def values(self, keys: Array, dtype: np.dtype, descending: bool) -> Array: ...
+    def ties(self, x: Array) -> bool: ...       # whether x holds a -0 or a NaN
+
+
 class Backend(Protocol):
     name: str
     xp: Any             # the array module: numpy, or cupy on the GPU
@@ -183,11 +197,13 @@ class Backend(Protocol):
     windows: WindowKernels | None
     decode: DecodeKernels | None
     compute: ComputeKernels | None
+    order: OrderKernels | None
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...
     def to_numpy(self, x: Array) -> np.ndarray: ...
     def copy_into(self, dst: Array, src: Array) -> None: ...
     def matmul(self, a: Array, b: Array, out: Array | None = None) -> Array: ...
     def sum(self, x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array: ...
+    def cumsum(self, x: Array, axis: int) -> Array: ...    # fast mode's prefix sums, in x's dtype's additions
     def synchronize(self) -> None: ...
     def may_be_true(self, flag: Array) -> bool: ...   # a data-dependent branch: True when it cannot look

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import backend
 from ..backend import Array
 
 _UNSIGNED = {2: np.dtype(np.uint16), 4: np.dtype(np.uint32), 8: np.dtype(np.uint64)}
@@ -35,8 +36,17 @@ def order_keys(xp: ModuleType, x: Array, *, nan_first: bool = False, zeros_equal
     elif dtype.kind in "iu":
         keys = x
     else:
+        kernels = _kernels(x)
+        if kernels is not None:         # the backend's one-pass kernel: the same integers
+            return kernels.keys(x, nan_first, zeros_equal, descending)
         keys = _float_keys(xp, x, nan_first, zeros_equal)
     return ~keys if descending else keys
+
+
+def _kernels(x: Array):
+    """The backend's OrderKernels where they take x's dtype, else None."""
+    kernels = backend.of(x).order
+    return kernels if kernels is not None and np.dtype(x.dtype) in kernels.DTYPES else None
 
 
 def _float_keys(xp, x: Array, nan_first: bool, zeros_equal: bool) -> Array:
@@ -53,11 +63,17 @@ def _float_keys(xp, x: Array, nan_first: bool, zeros_equal: bool) -> Array:
     return keys
 
 
-def float_values(xp: ModuleType, keys: Array, dtype: np.dtype) -> Array:
-    """The floats of `dtype` whose keys (zeros_equal=False) are `keys`; NaN keys give the canonical
-    quiet NaN (NaN payloads are not kept: the same bits on every backend)."""
+def float_values(xp: ModuleType, keys: Array, dtype: np.dtype, descending: bool = False) -> Array:
+    """The floats of `dtype` whose keys (zeros_equal=False; descending: order_keys' descending keys)
+    are `keys`; NaN keys give the canonical quiet NaN (NaN payloads are not kept: the same bits on
+    every backend)."""
     dtype = np.dtype(dtype)
     keys = xp.asarray(keys)
+    kernels = backend.of(keys).order
+    if kernels is not None and dtype in kernels.DTYPES:
+        return kernels.values(keys, dtype, descending)
+    if descending:
+        keys = ~keys
     top = keys.dtype.type(1 << (8 * keys.dtype.itemsize - 1))
     bits = xp.where((keys & top) != 0, keys ^ top, ~keys)
     values = bits.view(dtype)

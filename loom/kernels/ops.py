@@ -42,8 +42,7 @@ def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - mir
 def cumsum(x: Array, axis: int = -1) -> Array:
     if is_deterministic():
         return exact.cumsum(x, axis=axis)
-    # a 1-d array scans with axis=None: CuPy then runs CUB's device-wide scan (~3x faster)
-    return _xp(x).cumsum(x, axis=None if x.ndim == 1 else axis)
+    return backend.of(x).cumsum(x, axis)
 
 
 def index_add(dst: Array, ids: Array, rows: Array) -> None:

@@ -260,6 +260,24 @@ def test_sort_order_of_nan_zeros_and_ties():
     assert loom.argsort(neg_nan).tolist() == [0, 2, 1] == np.argsort(neg_nan, kind="stable").tolist()
 
 
+@pytest.mark.parametrize("dtype", FLOATS)
+def test_sort_keeps_every_bit_in_argsorts_order(dtype):
+    """sort sorts keys alone and puts zeros and NaNs back: the same bits, NaN payloads and zero signs
+    included, as gathering by the stable argsort, along either axis, both directions."""
+    rng = np.random.default_rng(11)
+    x = values(rng, 6 * 501, dtype).reshape(6, 501)
+    ut = np.dtype(f"u{x.itemsize}")
+    nan_bits = x.view(ut)[np.isnan(x)]
+    x.view(ut)[np.isnan(x)] = nan_bits ^ rng.integers(1, 7, nan_bits.size).astype(ut)   # distinct payloads
+    for axis in (0, 1, None):
+        for descending in (False, True):
+            got = loom.sort(x, axis=axis, descending=descending)
+            flat = x.reshape(-1) if axis is None else x
+            order = loom.argsort(x, axis=axis, descending=descending)
+            want = np.take_along_axis(flat, order, axis=0 if axis is None else axis)
+            assert got.view(ut).tolist() == want.view(ut).tolist(), (axis, descending)
+
+
 def test_sort_of_0d_arrays():
     with pytest.raises(ShapeError, match="axis=None"):
         loom.sort(np.float32(3))

@@ -126,6 +126,9 @@ def test_sort_keeps_zeros_and_nans_in_input_order():
     want = np.argsort(x, kind="stable")
     assert host(loom.argsort(cupy.asarray(x))).tolist() == want.tolist() == [4, 2, 3, 5, 6, 0, 8, 1, 7]
     same_bits(loom.sort(cupy.asarray(x)), x[want], "sort: each zero keeps its sign")
+    x[1] = np.frombuffer(np.uint32(0x7FC00123).tobytes(), np.float32)[0]    # a payload of its own
+    got = host(loom.sort(cupy.asarray(x), descending=True)).view(np.uint32)
+    assert got.tolist() == x[host(loom.argsort(cupy.asarray(x), descending=True))].view(np.uint32).tolist()
     for dtype in ALL:
         same_bits(loom.argsort(cupy.ones(70000, dtype=dtype)), np.arange(70000), f"all equal {dtype.__name__}")
 

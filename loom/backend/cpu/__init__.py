@@ -54,6 +54,9 @@ class CPUExact:
     def sum_float32(self, x: np.ndarray, axes: tuple[int, ...], bits: int) -> np.ndarray | None:
         return exact.sum_float32(x, axes, bits)
 
+    def cumsum_float32(self, x: np.ndarray, axis: int, bits: int) -> None:
+        return None             # the reference's float64 passes are the CPU's
+
 
 class CPUQuant:
     """Products with GGUF block weights on the CPU (protocols.QuantKernels): compiled loops over the
@@ -106,6 +109,7 @@ class CPUBackend:
     windows = None      # strided views (loom.kernels.windows) are the CPU's sliding windows
     decode = None       # decode graphs record GPU launches
     compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
+    order = None        # order_keys composes its keys from NumPy operations
 
     def __init__(self):
         self.exact = CPUExact(self)
@@ -142,6 +146,9 @@ class CPUBackend:
     def sum(self, x: ArrayLike, axis: int | tuple[int, ...] | None = None,
             keepdims: bool = False) -> np.ndarray | np.generic:
         return np.sum(x, axis=axis, keepdims=keepdims)
+
+    def cumsum(self, x: ArrayLike, axis: int) -> np.ndarray:
+        return np.cumsum(x, axis=axis)
 
     def may_be_true(self, flag: ArrayLike) -> bool:
         return bool(flag)

@@ -90,6 +90,8 @@ class CUDABackend:
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
         from .primes import Primes
         self.primes = Primes(self.xp)        # the exact prime sieve
+        from .order import OrderKeys
+        self.order = OrderKeys(self.xp)      # loom.engine.order_keys' float keys, one pass each
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):
@@ -164,6 +166,14 @@ class CUDABackend:
             if keepdims:
                 return y.reshape(tuple(1 if a in axes else x.shape[a] for a in range(x.ndim)))
             return y.reshape(tuple(x.shape[a] for a in range(x.ndim) if a not in axes))
+
+    def cumsum(self, x: Array, axis: int) -> Array:
+        """Prefix sums along axis: float32 rows along the last axis in one pass (scan.py, about twice
+        CuPy's rate); others by CuPy, whose device-wide CUB scan takes a 1-d array (axis=None)."""
+        from . import scan
+        if scan.takes(x, axis):
+            return scan.cumsum(x)
+        return self.xp.cumsum(x, axis=None if x.ndim == 1 else axis)
 
     def _ones_blocks(self, x, axis):
         """When sum(x, axis) reduces a leading and/or a trailing block of axes of a C-contiguous float
@@ -249,6 +259,10 @@ class CUDAExact:
 
     def sum_float32(self, x: Array, axes: tuple[int, ...], bits: int) -> Array:
         return self._kernels.sum_float32(x, axes, bits)
+
+    def cumsum_float32(self, x: Array, axis: int, bits: int) -> Array | None:
+        from . import scan
+        return scan.cumsum_exact(x, bits) if scan.takes(x, axis) else None
 
 
 class CUDAQuant:

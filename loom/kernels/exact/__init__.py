@@ -356,6 +356,11 @@ def cumsum(x: Array, axis: int = -1) -> Array:
     xp = be.xp
     if not _is_float(x.dtype) or x.size == 0:
         return xp.cumsum(x, axis=axis)
+    bits = 53 - _log2_ceil(x.shape[axis])
+    if x.dtype == np.float32:       # the backend's one-pass kernel (the GPU's), the same arithmetic
+        out = be.exact.cumsum_float32(x, axis, bits)
+        if out is not None:
+            return out
     x64 = x.astype(np.float64)
     finite = xp.isfinite(x64)
     top = xp.max(xp.abs(xp.where(finite, x64, 0.0)), axis=axis, keepdims=True)
@@ -364,7 +369,6 @@ def cumsum(x: Array, axis: int = -1) -> Array:
     along = None if x.ndim == 1 else axis
     with np.errstate(invalid="ignore"):
         special = xp.cumsum(xp.where(finite, 0.0, x64), axis=along)
-    bits = 53 - _log2_ceil(x.shape[axis])
     e, parts = _slices(xp, xp.where(finite, x64, 0.0), top, bits, 1 if x.dtype.itemsize <= 4 else 2)
     total = xp.cumsum(parts[0], axis=along)
     if len(parts) == 2:
