@@ -54,6 +54,18 @@ class KernelFault(EngineError, IndexError):
     the buffer and, where known, the index and the thread."""
 
 
+class StoreError(LoomError, RuntimeError):
+    """A store (loom.db) is used out of turn: a second writer while one holds it, a write to a store
+    opened read-only, any use after close."""
+
+
+class NotFoundError(LoomError, KeyError):
+    """An id or key that is not there (loom.db: a vector id, a table row); the message names it."""
+
+    def __str__(self) -> str:             # KeyError would print the message in quotes
+        return str(self.args[0]) if self.args else ""
+
+
 class DeterminismError(LoomError, RuntimeError):
     """A result differs where the determinism contract says it cannot, or deterministic mode cannot
     keep that contract for an operation (loom/fallback.py): the message names the operation and why."""

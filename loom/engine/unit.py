@@ -151,6 +151,22 @@ class Unit:
                 return array[offset:offset + count].copy()
             return self.compute.download(array, offset, count, self._stream)
 
+    def copy(self, offset: int = 0, count: int | None = None, buffer: str = "registers") -> Any:
+        """A copy of buffer[offset:offset + count] where the unit lives: a CuPy array on the GPU (no
+        trip through the host; finished on the unit's stream before it returns), NumPy on the CPU."""
+        self._idle("copy")
+        array = self._buffer(buffer)
+        if count is None:
+            count = max(array.size - _size(offset, "offset"), 0)
+        array, offset, count = self._span(buffer, offset, count)
+        with IO_LOCK:
+            if self.compute is None:
+                return array[offset:offset + count].copy()
+            with self._stream:                  # queued behind the unit's own work
+                out = array[offset:offset + count].copy()
+            self.compute.wait(self.compute.event(self._stream))
+            return out
+
     def fill(self, value: Any, buffer: str = "registers") -> None:
         """Set every element of the buffer to value (exact in its dtype)."""
         self._idle("fill")

@@ -1,0 +1,42 @@
+"""loom.db.VectorStore on the GPU: vectors in GPU memory, the CPU store's ids and score bits for every
+metric (ties, filters and the full re-search included), and capture from a CUDA unit and a CuPy array
+without the host."""
+import numpy as np
+import pytest
+
+from loom import engine
+from loom.db import VectorStore
+
+pytestmark = pytest.mark.gpu
+cupy = pytest.importorskip("cupy")
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_gpu_store_gives_the_cpu_stores_answers(tmp_path, metric):
+    rng = np.random.default_rng(1)
+    v = rng.standard_normal((70000, 32)).astype(np.float32)      # more than one block of rows
+    v[100:400] = v[99]                                            # a run of exact ties
+    meta = [{"g": i % 3} for i in range(len(v))]
+    with VectorStore.open(tmp_path / metric, dim=32, metric=metric) as cpu:
+        cpu.add(range(len(v)), v, metadata=meta)
+    with VectorStore.open(tmp_path / metric, readonly=True) as cpu, \
+            VectorStore.open(tmp_path / metric, device="cuda", readonly=True) as gpu:
+        assert isinstance(gpu._matrix, cupy.ndarray)
+        queries = np.concatenate([rng.standard_normal((9, 32)).astype(np.float32), v[99:100]])
+        for kwargs in ({}, {"filter": {"g": {"in": [0, 2]}}}):
+            a, b = cpu.search(queries, 12, **kwargs), gpu.search(queries, 12, **kwargs)
+            assert a[0].tolist() == b[0].tolist(), kwargs
+            assert a[1].tobytes() == b[1].tobytes(), kwargs
+
+
+def test_capture_from_a_cuda_unit_and_a_cupy_array(tmp_path):
+    rng = np.random.default_rng(2)
+    v = rng.standard_normal((5, 8)).astype(np.float32)
+    with VectorStore.open(tmp_path / "s", dim=8, metric="dot", device="cuda") as s, \
+            engine.boot(device="cuda", registers=4, globals=64, dtype=np.float32) as unit:
+        unit.write(0, cupy.asarray(v.reshape(-1)), buffer="globals")
+        s.capture(unit, 0, 5, range(5))
+        s.capture(cupy.asarray(v), 1, 2, [7, 8])
+        got, _ = s.get([0, 4, 7, 8])
+        assert got.tobytes() == np.stack([v[0], v[4], v[1], v[2]]).tobytes()
+        assert s.search(v[4], 1)[0].tolist() == [4]
