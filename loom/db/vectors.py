@@ -33,6 +33,7 @@ import numpy as np
 
 from .. import backend
 from ..atomic import describe
+from ..engine.unit import Unit
 from ..errors import ConfigError, FormatError, NotFoundError, NumericError, ShapeError, StoreError
 from . import catalog, filters, segments
 from .catalog import transaction
@@ -152,7 +153,7 @@ class VectorStore:
         offset + count * dim) or from a CuPy/NumPy array [rows, dim] (rows offset .. offset + count):
         on the GPU they reach the store's GPU memory without a trip through the host (the segment
         file still gets a copy)."""
-        if hasattr(source, "copy") and hasattr(source, "dispatch"):        # an engine unit
+        if isinstance(source, Unit):
             flat = source.copy(offset, count * self.dim, buffer)
             rows = flat.reshape(count, self.dim)
         else:
@@ -192,9 +193,7 @@ class VectorStore:
         ids, segs, offsets = catalog.live(self._db)
         moving = np.isin(segs, stale)
         ids, segs, offsets = ids[moving], segs[moving], offsets[moving]
-        vectors = np.concatenate([segments.read(self._segment_path(s), offsets[segs == s], ids[segs == s], self.dim)
-                                  for s in stale]) if ids.size else np.zeros((0, self.dim), np.float32)
-        ids = np.concatenate([ids[segs == s] for s in stale]) if ids.size else ids
+        vectors = self._read(ids, segs, offsets)
         seq = max(sizes) + 1
         start = segments.append(self._segment_path(seq), segments.encode(ids, vectors)) if ids.size else 0
         with transaction(self._db) as db:
@@ -221,12 +220,9 @@ class VectorStore:
         if missing:
             raise NotFoundError(f"id {missing[0]} is not in the store at {self.path}"
                                 + (f" ({len(missing)} ids missing)" if len(missing) > 1 else ""))
-        out = np.empty((len(ids), self.dim), dtype=np.float32)
         segs = np.array([rows[i][0] for i in ids.tolist()], dtype=np.int64)
         offsets = np.array([rows[i][1] for i in ids.tolist()], dtype=np.int64)
-        for s in np.unique(segs).tolist():
-            at = segs == s
-            out[at] = segments.read(self._segment_path(s), offsets[at], ids[at], self.dim)
+        out = self._read(ids, segs, offsets)
         meta = [None if rows[i][2] is None else json.loads(rows[i][2]) for i in ids.tolist()]
         return out, meta
 
@@ -274,6 +270,14 @@ class VectorStore:
 
     def _segment_path(self, seq: int) -> str:
         return os.path.join(self.path, "segments", f"{seq:06d}.seg")
+
+    def _read(self, ids: np.ndarray, segs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """The checked vectors [len(ids), dim] of the records at (segs[i], offsets[i]), in ids' order."""
+        out = np.empty((len(ids), self.dim), dtype=np.float32)
+        for s in np.unique(segs).tolist():
+            at = segs == s
+            out[at] = segments.read(self._segment_path(s), offsets[at], ids[at], self.dim)
+        return out
 
     def _vectors(self, vectors: Any, what: str) -> Any:
         """vectors as float32 [n, dim] (or [dim]) on their own library, checked: shape and finite."""
@@ -333,10 +337,7 @@ class VectorStore:
                 self._db.execute("BEGIN")
                 try:
                     ids, segs, offsets = catalog.live(self._db)
-                    host = np.empty((len(ids), self.dim), dtype=np.float32)
-                    for s in np.unique(segs).tolist():
-                        at = segs == s
-                        host[at] = segments.read(self._segment_path(s), offsets[at], ids[at], self.dim)
+                    host = self._read(ids, segs, offsets)
                 finally:
                     self._db.execute("COMMIT")
                 break

@@ -110,8 +110,10 @@ class Unit:
         return self._buffers[name]
 
     def _span(self, buffer: str, offset: Any, count: Any) -> tuple[Any, int, int]:
+        """(the buffer, offset, count) checked to lie inside it; count None: to the buffer's end."""
         array = self._buffer(buffer)
-        offset, count = _size(offset, "offset"), _size(count, "count")
+        offset = _size(offset, "offset")
+        count = max(array.size - offset, 0) if count is None else _size(count, "count")
         if offset + count > array.size:
             raise ConfigError("offset", f"elements [{offset}, {offset + count}) lie outside {buffer}'s "
                                         f"{array.size} elements")
@@ -142,9 +144,6 @@ class Unit:
     def read(self, offset: int = 0, count: int | None = None, buffer: str = "registers") -> np.ndarray:
         """A NumPy copy of buffer[offset:offset + count] (to the end when count is None)."""
         self._idle("read")
-        array = self._buffer(buffer)
-        if count is None:
-            count = max(array.size - _size(offset, "offset"), 0)
         array, offset, count = self._span(buffer, offset, count)
         with IO_LOCK:
             if self.compute is None:
@@ -155,9 +154,6 @@ class Unit:
         """A copy of buffer[offset:offset + count] where the unit lives: a CuPy array on the GPU (no
         trip through the host; finished on the unit's stream before it returns), NumPy on the CPU."""
         self._idle("copy")
-        array = self._buffer(buffer)
-        if count is None:
-            count = max(array.size - _size(offset, "offset"), 0)
         array, offset, count = self._span(buffer, offset, count)
         with IO_LOCK:
             if self.compute is None:
