@@ -1,15 +1,20 @@
 """Exact k-nearest-neighbour search with the same answer on every backend: filter with the library's
-GEMM, refine the few candidates with exact arithmetic.
+GEMM, refine the few candidates with certified exact arithmetic.
 
-1. Filter: the float32 scores of each block of rows by the backend's GEMM (BLAS, cuBLAS), keeping each
-   query's `keep` best (k plus a margin). A float32 dot product of dim terms is within
-   (dim + 2) 2^-23 |q| |v| of the true one (twice the textbook bound gamma_dim, whatever the
-   summation order or fusing), so the kept rows certainly hold the true top k when the best score
-   dropped, plus its bound, stays below the k-th best lower bound among the kept; a query where that
-   fails (many near-equal scores) is searched again with every row that could be in its top k.
-2. Refine: each candidate's score again, in float64 from products that are exact (float32 times
-   float32), summed by loom.kernels.exact.sum (the same bits on every backend), rounded once to
-   float32. The top k by those scores, ties broken by the smaller id.
+1. Filter: float32 scores of a block of queries against a block of rows by the backend's GEMM
+   (BLAS, cuBLAS). A float32 dot product of dim terms is within (dim + 2) 2^-23 |q| |v| of the true
+   one (twice the textbook bound gamma_dim, whatever the summation order or fusing), so with B that
+   bound for the largest stored norm, a row whose fast score is below s_k - 2B - margin, where s_k
+   is the k-th best fast score seen so far, is certainly below the k rows that gave those scores
+   (margin: a few float32 ulps, so it cannot round to their score and win a tie by a smaller id).
+   Each query keeps every row at or above its threshold; the threshold rises as blocks go by, so a
+   query keeps about k log(n / block) rows. A query whose kept rows pass DENSE (many equal scores)
+   is searched again alone, with its candidates refined chunk by chunk.
+2. Refine: each candidate's score again from float64 terms (exact products of float32 values, or
+   the float64 squared differences), summed in float64 with its error bound: where the interval
+   rounds to one float32 that is the exact sum's rounding; elsewhere (rare) loom.kernels.exact.sum
+   decides. Every score is therefore the exact sum rounded to float64 then to float32, the same
+   bits on every backend. The top k by those scores, ties broken by the smaller id.
 
 Scores: "dot" the dot product, "cosine" the dot product of the vectors normalized when stored (the
 queries too), "l2" the squared distance (smallest first). Rows short of k are padded with id -1 and
@@ -25,8 +30,15 @@ from ..backend import Array
 from ..backend.protocols import Backend
 from ..kernels import exact
 
-BLOCK_ROWS = 1 << 16            # database rows scored at a time
-QUERY_BLOCK = 256
+REFINE_CHUNK = 1 << 14          # candidates scored exactly at a time
+DENSE = 1 << 16                 # a query keeping more rows than this is searched alone
+LARGEST = 2.0 ** 50             # bigger components could overflow the float32 filter
+
+
+def blocks(be: Backend) -> tuple[int, int]:
+    """(queries per block, scores per block): a CPU keeps the score block near its caches, a GPU
+    fills the device. Rows per block: as many as fit the scores, a multiple of 8."""
+    return (1024, 1 << 24) if be.host else (2048, 1 << 27)
 
 
 def normalize(xp: ModuleType, v: Array) -> Array:
@@ -53,83 +65,174 @@ def search(be: Backend, matrix: Array, row_norms: Array, ids: Array, queries: Ar
     out_scores = np.full((m, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
     if n == 0 or m == 0:
         return out_ids, out_scores
-    for start in range(0, m, QUERY_BLOCK):
-        q = queries[start:start + QUERY_BLOCK]
-        found = _block(be, matrix, row_norms, ids, q, min(k, n), metric)
-        for i, (rid, score) in enumerate(found):
-            out_ids[start + i, :len(rid)] = rid
-            out_scores[start + i, :len(rid)] = score
+    k = min(k, n)
+    sq = (row_norms ** 2).astype(np.float32) if metric == "l2" else None
+    largest = float(row_norms.max())
+    step = blocks(be)[0]
+    for start in range(0, m, step):
+        q = queries[start:start + step]
+        bound = _bound(be.xp, q, largest, metric)
+        qi, r, dense = _filter(be, matrix, sq, q, k, metric, bound)
+        qi, r, score = _refine(be, matrix, ids, q, qi, r, k, metric)
+        rank = np.arange(len(qi)) - np.searchsorted(qi, qi)
+        out_ids[start + qi, rank] = be.to_numpy(ids[be.xp.asarray(r)])
+        out_scores[start + qi, rank] = score
+        for i in dense:
+            r, score = _alone(be, matrix, sq, ids, q[i:i + 1], k, metric, bound[i:i + 1])
+            out_ids[start + i, :len(r)] = be.to_numpy(ids[be.xp.asarray(r)])
+            out_scores[start + i, :len(r)] = score
     return out_ids, out_scores
 
 
-def _fast_scores(be, q, block, block_norms, q_norms, metric):
-    """Float32 scores, larger better (l2: minus the squared distance), and their error bounds."""
-    xp = be.xp
-    s = be.matmul(q, block.T)
+def _bound(xp, q, largest, metric):
+    """Each query's bound on a fast score's error (float64 [m]), underflow included."""
     dim = q.shape[1]
     slack = (dim + 2) * 2.0 ** -23
-    if metric == "l2":
-        s = 2 * s - (block_norms.astype(np.float32) ** 2)[None, :] - (q_norms.astype(np.float32) ** 2)[:, None]
-        bound = 4 * slack * (q_norms[:, None] + block_norms[None, :]) ** 2
+    qn = norms(xp, q)
+    if metric == "l2":                       # 2 q.v - |v|^2, each part and the difference rounded
+        bound = 2 * slack * (2 * qn * largest + largest ** 2)
     else:
-        bound = slack * q_norms[:, None] * block_norms[None, :]
-    return s.astype(np.float64), bound + xp.float64(2.0 ** -120)
+        bound = slack * qn * largest
+    # float32 underflow, or a GPU flushing subnormal inputs, products and sums to zero: each term
+    # off by at most 2^-126 (1 + |q| + |v|)
+    return bound + 4 * dim * 2.0 ** -120 * (1 + qn + largest)
 
 
-def _block(be, matrix, row_norms, ids, q, k, metric):
-    """[(ids, scores)] of each query of block q."""
+def _fast(be, qt, block, sq, out):
+    """Float32 scores [rows, queries] of block's rows against the queries qt [dim, m] (transposed:
+    the orientation BLAS runs fastest here), larger better (l2: 2 q.v - |v|^2, the squared distance
+    less |q|^2)."""
+    s = be.matmul(block, qt, out=out)
+    if sq is not None:
+        s *= 2
+        s -= sq[:, None]
+    return s
+
+
+def _threshold(xp, sk, bound):
+    """The lowest fast score a row may have and still rank with the row scoring sk (float32,
+    rounded down so that comparing float32 scores keeps every such row)."""
+    low = sk - 2 * bound - (xp.abs(sk) + bound) * 2.0 ** -20
+    low32 = low.astype(np.float32)
+    return xp.where(low32 > low, xp.nextafter(low32, np.float32(-np.inf)), low32)
+
+
+def _filter(be, matrix, sq, q, k, metric, bound):
+    """(query numbers, row numbers) of every candidate, sorted by query, and the queries to search
+    alone (host list)."""
+    xp = be.xp
+    m, n = q.shape[0], matrix.shape[0]
+    width = min(max(blocks(be)[1] // m // 8 * 8, 8), n)
+    qt = xp.ascontiguousarray(q.T)
+    scores = xp.empty((width, m), dtype=np.float32)
+    mask = xp.empty((width, m), dtype=bool)
+    th = xp.full((m,), -np.inf, dtype=np.float32)
+    kept: list[tuple[Array, Array, Array]] = []
+    dense: list[int] = []
+    pending = 0
+    for start in range(0, n, width):
+        block = matrix[start:start + width]
+        w = block.shape[0]
+        whole = w == width
+        s = _fast(be, qt, block, None if sq is None else sq[start:start + w], scores if whole else None)
+        head = min(w, 4096)
+        if start == 0 and head >= k:         # a first threshold from the first rows' k-th best
+            th = _threshold(xp, xp.partition(s[:head], head - k, axis=0)[head - k], bound)
+        at = _true_at(xp, xp.greater_equal(s, th[None, :], out=mask if whole else None))
+        if at.size:
+            c, qi = at // m, at % m
+            kept.append((qi, c + start, s[c, qi]))
+            pending += at.size
+        if pending > 8 * m * k:
+            kept, th, more = _prune(xp, kept, th, k, bound)
+            dense += more
+            pending = 0
+    kept, th, more = _prune(xp, kept, th, k, bound)
+    return kept[0][0], kept[0][1], dense + more
+
+
+def _true_at(xp, mask):
+    """Flat positions of the True entries of a contiguous boolean array that is mostly False: the
+    nonzero 8-byte words first, then the bytes of those words."""
+    flat = mask.reshape(-1)
+    if flat.size % 8:
+        return xp.flatnonzero(flat)
+    words = xp.flatnonzero(flat.view(np.uint64))
+    word, byte = xp.nonzero(flat.reshape(-1, 8)[words])
+    return words[word] * 8 + byte
+
+
+def _prune(xp, kept, th, k, bound):
+    """The kept candidates merged, sorted by query then fast score, thresholds raised to each query's
+    k-th best, rows below dropped; queries keeping more than DENSE rows are dropped (and returned)."""
+    qi, r, s = (xp.concatenate([part[j] for part in kept]) if kept else xp.zeros(0, dtype=dt)
+                for j, dt in ((0, np.int64), (1, np.int64), (2, np.float32)))
+    order = xp.argsort(-s, kind="stable")
+    order = order[xp.argsort(qi[order], kind="stable")]
+    qi, r, s = qi[order], r[order], s[order]
+    rank = xp.arange(qi.size) - xp.searchsorted(qi, qi)
+    at = rank == k - 1
+    th = th.copy()
+    th[qi[at]] = xp.maximum(th[qi[at]], _threshold(xp, s[at].astype(np.float64), bound[qi[at]]))
+    counts = xp.bincount(qi, minlength=th.size)
+    dense = _host_list(xp.flatnonzero(counts > DENSE))
+    if dense:
+        th[xp.asarray(dense)] = np.inf
+    keep = s >= th[qi]
+    return [(qi[keep], r[keep], s[keep])], th, dense
+
+
+def _host_list(x):
+    """A small index array as a host list."""
+    return [int(v) for v in x.tolist()]
+
+
+def _alone(be, matrix, sq, ids, q, k, metric, bound):
+    """(rows, scores) of one query's top k when many rows score alike: every row at or above the
+    threshold of the k-th best fast score, refined chunk by chunk, keeping the best k."""
     xp = be.xp
     n = matrix.shape[0]
-    keep = min(n, 2 * k + 16)
-    q_norms = norms(xp, q)
-    m = q.shape[0]
-    kept_s = xp.full((m, 0), -np.inf)
-    kept_b = xp.zeros((m, 0))
-    kept_r = xp.zeros((m, 0), dtype=np.int64)
-    dropped = xp.full((m,), -np.inf)             # the best fast score among rows not kept
-    bound_max = xp.zeros((m,))
-    for start in range(0, n, BLOCK_ROWS):
-        block = matrix[start:start + BLOCK_ROWS]
-        s, b = _fast_scores(be, q, block, row_norms[start:start + BLOCK_ROWS], q_norms, metric)
-        bound_max = xp.maximum(bound_max, b.max(axis=1))
-        r = xp.broadcast_to(xp.arange(start, start + block.shape[0]), s.shape)
-        take = min(keep + 1, s.shape[1])
-        if take < s.shape[1]:
-            part = xp.argpartition(-s, take - 1, axis=1)[:, :take]
-            s, b, r = (xp.take_along_axis(a, part, axis=1) for a in (s, b, r))
-        s, b, r = (xp.concatenate([kept, new], axis=1) for kept, new in ((kept_s, s), (kept_b, b), (kept_r, r)))
-        order = xp.argsort(-s, axis=1)
-        s, b, r = (xp.take_along_axis(a, order, axis=1) for a in (s, b, r))
-        if s.shape[1] > keep:
-            dropped = xp.maximum(dropped, s[:, keep])
-        kept_s, kept_b, kept_r = s[:, :keep], b[:, :keep], r[:, :keep]
-    # the k-th best lower bound among the kept, less a margin of several float32 ulps of any score: a
-    # row below it cannot round to the k-th score and win the tie by a smaller id
-    lower = xp.sort(kept_s - kept_b, axis=1)[:, -k]
-    floor = lower - xp.abs(lower) * 2.0 ** -20 - bound_max / 4
-    certain = be.to_numpy(dropped + bound_max < floor)
-    kept_r = be.to_numpy(kept_r)
-    out = []
-    for i in range(m):
-        if certain[i]:
-            candidates = kept_r[i]
-        else:                                     # every row whose score could reach the top k
-            s, b = _fast_scores(be, q[i:i + 1], matrix, row_norms, q_norms[i:i + 1], metric)
-            candidates = be.to_numpy(xp.flatnonzero(s[0] + b[0] >= floor[i]))
-        out.append(_refine(be, matrix, ids, q[i], candidates, k, metric))
-    return out
+    width = max(blocks(be)[1] // 8 * 8, 8)
+    fast = xp.concatenate([_fast(be, q.T, matrix[s:s + width], None if sq is None else sq[s:s + width], None)[:, 0]
+                           for s in range(0, n, width)])
+    th = _threshold(xp, xp.partition(fast, n - k)[n - k:n - k + 1].astype(np.float64), bound)
+    candidates = xp.flatnonzero(fast >= th[0])
+    best = xp.zeros(0, dtype=np.int64)
+    score = np.zeros(0, dtype=np.float32)
+    for s in range(0, candidates.size, REFINE_CHUNK):
+        r = xp.concatenate([best, candidates[s:s + REFINE_CHUNK]])
+        _, best, score = _refine(be, matrix, ids, q, xp.zeros(r.size, dtype=np.int64), r, k, metric)
+        best = xp.asarray(best)
+    return be.to_numpy(best), score
 
 
-def _refine(be, matrix, ids, query, candidates, k, metric):
-    """(ids, float32 scores) of the k best candidate rows by exactly computed scores, ties by id."""
+def _refine(be, matrix, ids, q, qi, r, k, metric):
+    """(query numbers, rows, float32 scores) of each query's k best candidates (qi, r), sorted by
+    query then rank; scores certified exact (module docstring), ties to the smaller id."""
     xp = be.xp
-    scores = []
-    for start in range(0, len(candidates), 4096):
-        rows = matrix[xp.asarray(candidates[start:start + 4096])].astype(np.float64)
-        q = query.astype(np.float64)[None, :]
-        terms = (rows - q) ** 2 if metric == "l2" else rows * q
-        scores.append(be.to_numpy(exact.sum(terms, axis=1)).astype(np.float32))
-    score = np.concatenate(scores)
-    cand_ids = be.to_numpy(ids[xp.asarray(candidates)])
-    order = np.lexsort((cand_ids, score if metric == "l2" else -score))[:k]
-    return cand_ids[order], score[order]
+    score = xp.concatenate([_exact_scores(be, matrix, q, qi[s:s + REFINE_CHUNK], r[s:s + REFINE_CHUNK], metric)
+                            for s in range(0, qi.size, REFINE_CHUNK)] or [xp.zeros(0, dtype=np.float32)])
+    key = (score if metric == "l2" else -score) + np.float32(0)     # -0 and +0 sort as equal everywhere
+    order = xp.argsort(ids[r], kind="stable")
+    order = order[xp.argsort(key[order], kind="stable")]
+    order = order[xp.argsort(qi[order], kind="stable")]
+    qi, r, score = qi[order], r[order], score[order]
+    top = (xp.arange(qi.size) - xp.searchsorted(qi, qi)) < k
+    return be.to_numpy(qi[top]), be.to_numpy(r[top]), be.to_numpy(score[top])
+
+
+def _exact_scores(be, matrix, q, qi, r, metric):
+    """float32 score of query qi[j] with row r[j]: the exact sum of the float64 terms, rounded to
+    float64 then float32. The float64 sum and its error bound settle almost all; exact.sum the rest."""
+    xp = be.xp
+    rows = matrix[r].astype(np.float64)
+    qq = q[qi].astype(np.float64)
+    terms = (rows - qq) ** 2 if metric == "l2" else rows * qq
+    approx = terms.sum(axis=1)
+    err = terms.shape[1] * 2.0 ** -52 * xp.abs(terms).sum(axis=1) + 2.0 ** -1000
+    low, high = (approx - err).astype(np.float32), (approx + err).astype(np.float32)
+    out = low
+    unsure = xp.flatnonzero(low.view(np.int32) != high.view(np.int32))
+    if unsure.size:
+        out[unsure] = exact.sum(terms[unsure], axis=1).astype(np.float32)
+    return out

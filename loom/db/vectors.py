@@ -35,10 +35,9 @@ from .. import backend
 from ..atomic import describe
 from ..engine.unit import Unit
 from ..errors import ConfigError, FormatError, NotFoundError, NumericError, ShapeError, StoreError
-from . import catalog, filters, segments
+from . import catalog, filters, search, segments
 from .catalog import transaction
 from .search import normalize, norms
-from .search import search as exact_search
 
 METRICS = ("cosine", "dot", "l2")
 SEGMENT_BYTES = 1 << 28          # a new segment file past this size
@@ -253,7 +252,7 @@ class VectorStore:
             allowed = [r[0] for r in self._db.execute(f"SELECT id FROM vectors WHERE {sql}", params)]
             rows = xp.asarray(np.array([self._row[i] for i in allowed if i in self._row], dtype=np.int64))
         n = self._n
-        ids, scores = exact_search(self._be, self._matrix[:n], self._norms[:n], self._dev_ids[:n], q, int(k),
+        ids, scores = search.search(self._be, self._matrix[:n], self._norms[:n], self._dev_ids[:n], q, int(k),
                                    self.metric, rows)
         return (ids[0], scores[0]) if single else (ids, scores)
 
@@ -292,6 +291,11 @@ class VectorStore:
         if bool(bad.any()):
             at = tuple(int(i) for i in xp.argwhere(bad)[0])
             raise NumericError(f"{what}: {v[at]} at index {list(at)} is not finite")
+        big = xp.abs(v) > search.LARGEST
+        if bool(big.any()):
+            at = tuple(int(i) for i in xp.argwhere(big)[0])
+            raise NumericError(f"{what}: {v[at]} at index {list(at)} exceeds 2^50 in magnitude: scores could "
+                               f"overflow float32")
         return v
 
     def _write(self, ids, vectors, metadata, replace: bool) -> None:

@@ -40,3 +40,26 @@ def test_capture_from_a_cuda_unit_and_a_cupy_array(tmp_path):
         got, _ = s.get([0, 4, 7, 8])
         assert got.tobytes() == np.stack([v[0], v[4], v[1], v[2]]).tobytes()
         assert s.search(v[4], 1)[0].tolist() == [4]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+def test_every_search_path_gives_the_cpus_bits(monkeypatch, metric):
+    """Small blocks (many blocks, prunes and a first threshold per block of queries) and a low
+    DENSE (queries searched alone): the CPU's ids and score bits."""
+    from loom import backend
+    from loom.db import search
+    monkeypatch.setattr(search, "blocks", lambda be: (7, 7 * 256))
+    monkeypatch.setattr(search, "DENSE", 300)
+    rng = np.random.default_rng(3)
+    v = rng.standard_normal((6000, 24)).astype(np.float32)
+    v[1000:2500] = v[999]                                        # 1,500 equal rows: dense queries
+    q = np.concatenate([rng.standard_normal((20, 24)).astype(np.float32), v[999:1000] * 2])
+    ids = rng.permutation(10 ** 6)[:len(v)].astype(np.int64)
+    if metric == "cosine":
+        v, q = search.normalize(np, v), search.normalize(np, q)
+    want = search.search(backend.get("cpu"), v, search.norms(np, v), ids, q, 11, metric)
+    dv = cupy.asarray(v)
+    got = search.search(backend.get("cuda"), dv, search.norms(cupy, dv), cupy.asarray(ids), cupy.asarray(q), 11,
+                        metric)
+    assert got[0].tolist() == want[0].tolist()
+    assert got[1].tobytes() == want[1].tobytes()
