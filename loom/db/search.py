@@ -73,15 +73,38 @@ def search(be: Backend, matrix: Array, row_norms: Array, ids: Array, queries: Ar
         q = queries[start:start + step]
         bound = _bound(be.xp, q, largest, metric)
         qi, r, dense = _filter(be, matrix, sq, q, k, metric, bound)
-        qi, r, score = _refine(be, matrix, ids, q, qi, r, k, metric)
-        rank = np.arange(len(qi)) - np.searchsorted(qi, qi)
-        out_ids[start + qi, rank] = be.to_numpy(ids[be.xp.asarray(r)])
-        out_scores[start + qi, rank] = score
+        _place(be, ids, _refine(be, matrix, ids, q, qi, r, k, metric), out_ids[start:], out_scores[start:])
         for i in dense:
             r, score = _alone(be, matrix, sq, ids, q[i:i + 1], k, metric, bound[i:i + 1])
             out_ids[start + i, :len(r)] = be.to_numpy(ids[be.xp.asarray(r)])
             out_scores[start + i, :len(r)] = score
     return out_ids, out_scores
+
+
+def rescore(be: Backend, matrix: Array, ids: Array, queries: Array, rows: Array, k: int,
+            metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [m, k], scores [m, k]) of each query's k best among its candidate rows (rows [m, c],
+    -1 for none), by the exact scores search() gives; padded as search() pads."""
+    xp = be.xp
+    m = queries.shape[0]
+    out_ids = np.full((m, k), -1, dtype=np.int64)
+    out_scores = np.full((m, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    step = blocks(be)[0]
+    for start in range(0, m, step):
+        block = rows[start:start + step]
+        valid = block >= 0
+        qi = xp.broadcast_to(xp.arange(block.shape[0])[:, None], block.shape)[valid]
+        _place(be, ids, _refine(be, matrix, ids, queries[start:start + step], qi, block[valid], k, metric),
+               out_ids[start:], out_scores[start:])
+    return out_ids, out_scores
+
+
+def _place(be, ids, found, out_ids, out_scores):
+    """Write _refine's (query numbers, rows, scores) into the output rows by rank."""
+    qi, r, score = found
+    rank = np.arange(len(qi)) - np.searchsorted(qi, qi)
+    out_ids[qi, rank] = be.to_numpy(ids[be.xp.asarray(r)])
+    out_scores[qi, rank] = score
 
 
 def _bound(xp, q, largest, metric):

@@ -7,6 +7,8 @@
 A store is a directory:
 - `catalog.sqlite`: settings, and each live id's record location and JSON metadata (catalog.py);
 - `segments/NNNNNN.seg`: the vectors, append-only records with checksums (segments.py);
+- `ivf.index`: the IVF-Flat index when one was built (ivf.py); a derived file: rows written after it
+  was saved are assigned again on opening;
 - `LOCK`: held (flock) by the one writer.
 
 A write appends its records and fsyncs them, then commits their catalog rows in one SQLite
@@ -35,7 +37,7 @@ from .. import backend
 from ..atomic import describe
 from ..engine.unit import Unit
 from ..errors import ConfigError, FormatError, NotFoundError, NumericError, ShapeError, StoreError
-from . import catalog, filters, search, segments
+from . import catalog, filters, ivf, search, segments
 from .catalog import transaction
 from .search import normalize, norms
 
@@ -110,7 +112,11 @@ class VectorStore:
         if self._closed:
             return
         self._closed = True
-        self._db.close()
+        try:
+            if self._index is not None and not self._index_saved and not self.readonly:
+                self._index.save(self._index_path(), self._ids[:self._n])
+        finally:
+            self._db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
         self._matrix = self._norms = None
@@ -203,6 +209,38 @@ class VectorStore:
         _remove_unnamed(self.path, self._db)
         return sum(sizes[s] for s in stale) - len(ids) * size
 
+    def build_index(self, nlist: int | None = None, nprobe: int | None = None, iters: int = 10,
+                    seed: int = 0) -> None:
+        """Train an IVF-Flat index (ivf.py: k-means into `nlist` lists, default about 4 sqrt(n))
+        over the vectors now in the store, for search(exact=False). nprobe: the lists a query probes
+        by default (default nlist / 32, at least 1). Later writes keep it current (new vectors join
+        their nearest list); it is saved in the store (ivf.index) and loaded on open. Rebuild it
+        when the data has drifted far from what it was trained on."""
+        self._writable("index")
+        n = self._n
+        if nlist is None:
+            nlist = max(1, min(n, round(4 * n ** 0.5)))
+        index = ivf.IVFIndex.train(self._be, self._matrix[:n], self.metric, nlist, iters=iters, seed=seed)
+        if nprobe is not None and (isinstance(nprobe, bool) or not isinstance(nprobe, int | np.integer) or nprobe <= 0):
+            raise ConfigError("nprobe", f"expected a positive integer, got {nprobe!r}")
+        probes = max(1, index.nlist // 32) if nprobe is None else int(nprobe)
+        index.save(self._index_path(), self._ids[:n])
+        with transaction(self._db) as db:
+            db.execute("INSERT OR REPLACE INTO settings VALUES ('nprobe', ?)", (str(probes),))
+        self._index, self._nprobe, self._index_saved = index, probes, True
+
+    def drop_index(self) -> None:
+        """Remove the IVF index (search(exact=False) then raises until build_index)."""
+        self._writable("drop the index of")
+        if os.path.exists(self._index_path()):
+            os.remove(self._index_path())
+        self._index = None
+
+    @property
+    def index(self) -> ivf.IVFIndex | None:
+        """The IVF index, or None."""
+        return self._index
+
     # --- reading ---------------------------------------------------------------------------------
 
     def get(self, ids: Any) -> tuple[np.ndarray, list[Any]]:
@@ -230,13 +268,17 @@ class VectorStore:
         self._open_or_raise()
         return np.sort(self._ids[:self._n])
 
-    def search(self, queries: Any, k: int, filter: dict | None = None) -> tuple[np.ndarray, np.ndarray]:  # noqa: A002
+    def search(self, queries: Any, k: int, filter: dict | None = None, exact: bool = True,  # noqa: A002
+               nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The k best vectors for each query ([dim] or [m, dim]): (ids, scores), int64 and float32,
         [k] or [m, k] on the host. Exact: every vector is scored (search.py: a GEMM then exact
         refinement), ties go to the smaller id, and the answer is the same on the CPU and the GPU.
         Scores: cosine similarity, dot product, or squared L2 distance (ascending). `filter`: a
         metadata predicate (filters.py) applied before the top k. Fewer than k matches are padded with
-        id -1 and score -inf (+inf for l2)."""
+        id -1 and score -inf (+inf for l2). exact=False: only the rows of each query's `nprobe`
+        nearest lists of the index (build_index; nprobe defaults to the one given there) are
+        scored, exactly as above: the scores are exact, a true neighbour in a list not probed is
+        missed."""
         self._open_or_raise()
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k <= 0:
             raise ConfigError("k", f"expected a positive integer, got {k!r}")
@@ -246,14 +288,29 @@ class VectorStore:
         q = xp.asarray(q.reshape(1, -1) if single else q)
         if self.metric == "cosine":
             q = normalize(xp, q)
+        if not exact and self._index is None:
+            raise StoreError(f"the vector store at {self.path} has no index: call build_index() first, or "
+                             f"search with exact=True")
         rows = None
         if filter is not None:
             sql, params = filters.to_sql(filter)
             allowed = [r[0] for r in self._db.execute(f"SELECT id FROM vectors WHERE {sql}", params)]
             rows = xp.asarray(np.array([self._row[i] for i in allowed if i in self._row], dtype=np.int64))
         n = self._n
-        ids, scores = search.search(self._be, self._matrix[:n], self._norms[:n], self._dev_ids[:n], q, int(k),
-                                   self.metric, rows)
+        probes = self._nprobe if nprobe is None else nprobe
+        if not exact and rows is not None and rows.shape[0] * self._index.nlist <= 4 * n * probes:
+            exact = True            # the filter leaves fewer rows than the probed lists hold: score them all
+        if exact:
+            ids, scores = search.search(self._be, self._matrix[:n], self._norms[:n], self._dev_ids[:n], q, int(k),
+                                        self.metric, rows)
+        else:
+            mask = None
+            if rows is not None:
+                mask = xp.zeros(n, dtype=bool)
+                mask[rows] = True
+            candidates = self._index.candidates(self._matrix[:n], q, int(k), probes, mask)
+            ids, scores = search.rescore(self._be, self._matrix[:n], self._dev_ids[:n], q, candidates, int(k),
+                                         self.metric)
         return (ids[0], scores[0]) if single else (ids, scores)
 
     # --- internals -------------------------------------------------------------------------------
@@ -266,6 +323,9 @@ class VectorStore:
         self._open_or_raise()
         if self.readonly:
             raise StoreError(f"cannot {what} the vector store at {self.path}: it was opened read-only")
+
+    def _index_path(self) -> str:
+        return os.path.join(self.path, "ivf.index")
 
     def _segment_path(self, seq: int) -> str:
         return os.path.join(self.path, "segments", f"{seq:06d}.seg")
@@ -355,7 +415,19 @@ class VectorStore:
         self._matrix = xp.zeros((0, self.dim), dtype=np.float32)
         self._norms = xp.zeros(0, dtype=np.float64)
         self._dev_ids = xp.zeros(0, dtype=np.int64)
+        self._index = None
         self._append_rows(ids, host)
+        self._nprobe = int(catalog.settings(self._db).get("nprobe", 1))
+        self._index_saved = True
+        if os.path.exists(self._index_path()):
+            n = self._n
+            try:
+                self._index = ivf.IVFIndex.load(self._be, self._index_path(), self._ids[:n], dim=self.dim,
+                                                metric=self.metric, matrix=self._matrix[:n])
+            except FormatError as exc:
+                raise FormatError(f"{exc} (the index is derived data: delete the file to open the store "
+                                  f"without it, then build_index again)") from None
+            self._index_saved = not self._index.reassigned
 
     def _append_rows(self, ids: np.ndarray, v: Any) -> None:
         """Put rows for these (new) ids at the end of the in-memory matrix, growing it by doubling."""
@@ -379,11 +451,17 @@ class VectorStore:
         for r, i in enumerate(ids.tolist()):
             self._row[i] = n + r
         self._n = n + m
+        if self._index is not None and m:
+            self._index.add_rows(self._matrix[n:n + m])
+            self._index_saved = False
 
     def _remove_row(self, i: int) -> None:
         """Drop id i's row, moving the last row into its place."""
         r = self._row.pop(i)
         last = self._n - 1
+        if self._index is not None:
+            self._index.remove_row(r, last)
+            self._index_saved = False
         if r != last:
             moved = int(self._ids[last])
             self._matrix[r] = self._matrix[last]

@@ -231,6 +231,18 @@ class Encoder:
         raise ShapeError(f"text {index}: cannot truncate, its special tokens do not surround its content ids")
 
 
+def load_folder(path: str | os.PathLike[str], device: str = "cpu") -> Encoder:
+    """Encoder.from_dir, after checking that `path` is a folder, so a typo or a file is one clear line
+    ("MODEL: no such file or directory (expected a HuggingFace model folder: ...)") rather than
+    "MODEL/config.json: missing". What `loom embed --model` and `loom db index --model` load."""
+    folder = os.fspath(path)
+    if not os.path.isdir(folder):
+        what = "not a directory" if os.path.exists(folder) else "no such file or directory"
+        raise FormatError(f"{folder}: {what} (expected a HuggingFace model folder: config.json, "
+                          "model.safetensors, tokenizer.json)")
+    return Encoder.from_dir(folder, device=device)
+
+
 # --- helpers -----------------------------------------------------------------------------------------
 
 def _checked_config(config: dict) -> dict:

@@ -63,3 +63,25 @@ def test_every_search_path_gives_the_cpus_bits(monkeypatch, metric):
                         metric)
     assert got[0].tolist() == want[0].tolist()
     assert got[1].tobytes() == want[1].tobytes()
+
+
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_gpu_index_is_the_cpus(tmp_path, metric):
+    """build_index on the GPU: the CPU's centroids and lists, bit for bit; search(exact=False) the
+    CPU's answers, and every list probed is exact search."""
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((40, 32)).astype(np.float32) * 2
+    v = (centres[rng.integers(0, 40, 20000)] + rng.standard_normal((20000, 32))).astype(np.float32)
+    q = (centres[rng.integers(0, 40, 30)] + rng.standard_normal((30, 32))).astype(np.float32)
+    with VectorStore.open(tmp_path / "c", dim=32, metric=metric) as cpu, \
+            VectorStore.open(tmp_path / "g", dim=32, metric=metric, device="cuda") as gpu:
+        for s in (cpu, gpu):
+            s.add(range(len(v)), v)
+            s.build_index(nlist=64, nprobe=6)
+        assert cupy.asnumpy(gpu.index.centroids).tobytes() == cpu.index.centroids.tobytes()
+        assert cupy.asnumpy(gpu.index.assign).tolist() == cpu.index.assign.tolist()
+        a, b = cpu.search(q, 10, exact=False), gpu.search(q, 10, exact=False)
+        assert a[0].tolist() == b[0].tolist() and a[1].tobytes() == b[1].tobytes()
+        c = gpu.search(q, 10, exact=False, nprobe=64)
+        d = gpu.search(q, 10)
+        assert c[0].tolist() == d[0].tolist() and c[1].tobytes() == d[1].tobytes()
