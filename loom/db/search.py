@@ -22,6 +22,8 @@ score -inf (+inf for l2).
 """
 from __future__ import annotations
 
+import functools
+from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
 
 import numpy as np
@@ -158,20 +160,48 @@ def _filter(be, matrix, sq, q, k, metric, bound):
         w = block.shape[0]
         whole = w == width
         s = _fast(be, qt, block, None if sq is None else sq[start:start + w], scores if whole else None)
-        head = min(w, 4096)
+        head = min(w, max(4096, (1 << 20) // m))
         if start == 0 and head >= k:         # a first threshold from the first rows' k-th best
             th = _threshold(xp, xp.partition(s[:head], head - k, axis=0)[head - k], bound)
-        at = _true_at(xp, xp.greater_equal(s, th[None, :], out=mask if whole else None))
+        at = _above(be, s, th, mask if whole else xp.empty(s.shape, dtype=bool))
         if at.size:
             c, qi = at // m, at % m
             kept.append((qi, c + start, s[c, qi]))
             pending += at.size
-        if pending > 8 * m * k:
+        if pending > 8 * m * k and start + width < n:
             kept, th, more = _prune(xp, kept, th, k, bound)
             dense += more
             pending = 0
+    total = sum(part[0].size for part in kept)
+    if not be.host and total <= min(DENSE, 1 << 16):
+        # a GPU spends more on the prune's dozens of small launches than on refining these few
+        # more rows; no query can hold more than DENSE of them
+        return (xp.concatenate([part[0] for part in kept]) if kept else xp.zeros(0, dtype=np.int64),
+                xp.concatenate([part[1] for part in kept]) if kept else xp.zeros(0, dtype=np.int64), dense)
     kept, th, more = _prune(xp, kept, th, k, bound)
     return kept[0][0], kept[0][1], dense + more
+
+
+def _above(be, s, th, mask):
+    """Flat positions in s [w, m] of the scores at or above their query's threshold. On the host the
+    two halves of the rows are scanned by two threads (NumPy releases the GIL in both passes): the
+    BLAS threads are idle meanwhile."""
+    xp = be.xp
+
+    def scan(a, b):
+        xp.greater_equal(s[a:b], th[None, :], out=mask[a:b])
+        return _true_at(xp, mask[a:b]) + a * s.shape[1]
+    w = s.shape[0]
+    if not be.host or w < 1024:
+        return scan(0, w)
+    half = w // 2
+    second = _pool().submit(scan, half, w)
+    return xp.concatenate([scan(0, half), second.result()])
+
+
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(1, thread_name_prefix="loom-db-scan")
 
 
 def _true_at(xp, mask):
