@@ -287,6 +287,9 @@ def _conv(transpose: bool):
 _POOL = {"pool_size": (positive_ints, REQUIRED), "stride": (optional(positive_ints), None),
          "padding": (nonneg_ints, 0)}
 _RECURRENT = {"hidden": (positive_int, REQUIRED), "return_sequences": (boolean, False), "bias": (boolean, True)}
+_PARALLEL = {"branches": (layer_list, REQUIRED), "combine": (one_of(*COMBINE_MODES), "concat"),
+             "grid": (optional(grid), None), "gate": (optional(layer), None),
+             "top_k": (optional(positive_int), None), "renormalize": (optional(boolean), None)}
 
 LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     "dense": {"units": (positive_int, REQUIRED), "activation": (activation_name, "linear"),
@@ -311,9 +314,10 @@ LAYER_KEYS: dict[str, dict[str, tuple[Callable, Any]]] = {
     "reshape": {"shape": (reshape_shape, REQUIRED)},
     "residual": {"layers": (layer_list, REQUIRED)},
     "sequential": {"layers": (layer_list, REQUIRED)},
-    "parallel": {"branches": (layer_list, REQUIRED), "combine": (one_of(*COMBINE_MODES), "concat"),
-                 "grid": (optional(grid), None), "gate": (optional(layer), None),
-                 "top_k": (optional(positive_int), None), "renormalize": (optional(boolean), None)},
+    "parallel": _PARALLEL,
+    # stitch: parallel whose every branch output is projected (dense, linear) to `width` before combining
+    "stitch": {"branches": _PARALLEL["branches"], "width": (positive_int, REQUIRED), "bias": (boolean, True),
+               **{k: v for k, v in _PARALLEL.items() if k != "branches"}},
     "kmeans": {"clusters": (positive_int, REQUIRED),
                "output": (one_of("probabilities", "features"), "probabilities"),
                "temperature": (positive_number, 1.0)},
@@ -423,7 +427,7 @@ def parse_layer(obj: Any, path: str) -> dict:
 def _check_cross_keys(cfg: dict, path: str) -> None:
     """Rules that involve more than one key of the same layer (shape-free)."""
     kind = cfg["type"]
-    if kind == "parallel":
+    if kind in ("parallel", "stitch"):
         mode, n = cfg["combine"], len(cfg["branches"])
         if mode == "grid_scatter" and cfg["grid"] is None:
             raise ConfigError(_join(path, "grid"), "combine grid_scatter needs a grid {rows, cols, layers, positions}")
@@ -475,6 +479,7 @@ CROSS_KEY_SCHEMA: dict[str, dict] = {
          "else": {"properties": {key: {"type": "null"} for key in ("gate", "top_k", "renormalize")}}},
     ]},
 }
+CROSS_KEY_SCHEMA["stitch"] = CROSS_KEY_SCHEMA["parallel"]    # the same combine keys, the same rules
 
 
 # --- specs of pluggable parts (losses, optimizers, schedules) --------------------------------------
@@ -591,7 +596,8 @@ training_block = _named("training", _record({
     "validation": (optional(number(0, 1, lo_open=True, hi_open=True)), None),
     "early_stopping": (optional(_early_stopping), None),
     "shuffle": (boolean, True),
-    "deterministic": (optional(boolean), None)}, "training settings"))
+    "deterministic": (optional(boolean), None),
+    "freeze": (optional(list_of(string, min_len=1)), None)}, "training settings"))   # parameter-name globs
 
 _QUANT_TYPES = tuple(n for n in dtypes.TABLE if n not in dtypes.COMPUTE)
 

@@ -30,9 +30,9 @@ DESCRIPTION = (
     "Not expressed in this schema, and checked only by loom.config: integers written with a fraction part "
     "(4.0 is an integer to JSON Schema but rejected by loom); multi_head_attention (and openfluke_attention) "
     "heads % kv_heads == 0; softmax adaptive cutoffs strictly increasing and below classes; openfluke_softmax "
-    "entmax form blend needs alpha below 2; parallel top_k <= len(branches), one grid position per branch "
-    "and every position inside the grid. Checked only when a Network is built (shape inference): whether "
-    "each layer fits its input shape (e.g. conv rank, groups dividing channels, list lengths per spatial "
+    "entmax form blend needs alpha below 2; parallel (and stitch) top_k <= len(branches), one grid position "
+    "per branch and every position inside the grid. Checked only when a Network is built (shape inference): "
+    "whether each layer fits its input shape (e.g. conv rank, groups dividing channels, list lengths per spatial "
     "dimension, reshape sizes, mask length, grid/hierarchical sizes, matching parallel branch shapes). "
     "Only the current spelling is described: loom.config also reads a core layer carrying an openfluke "
     "switch (dense accumulate_block, layer_norm or rms_norm compute_dtype, multi_head_attention span, "
@@ -73,11 +73,20 @@ DEF_NOTES: dict[str, str] = {
     "residual": "y = x + layers(x); the layers must keep the shape (checked when the Network is built).",
     "parallel": "Cross-key rules not expressible here (checked by loom.config): top_k <= len(branches); "
                 "grid.positions has one cell per branch, each inside rows x cols x layers.",
+    "stitch": "parallel whose branch outputs are each projected (a linear dense, weight [width, branch width]) "
+              "to width over the last axis before combining; the combine keys and their rules are parallel's.",
 }
 
 # The description of one key, by (owner, key); a softmax note applies to every variant with that key.
 _GROUPS = "must divide input channels and filters (checked when the Network is built)"
 _COMPUTE_DTYPE = "statistics, normalization and the affine map in float64, the result rounded once to the network dtype"
+_COMBINE_NOTES = {   # the combine keys of parallel and stitch
+    "grid": "required with combine grid_scatter, null otherwise",
+    "gate": "combine filter only; null means flatten + dense(len(branches))",
+    "top_k": "combine filter only; at most len(branches) (not expressible here: checked by loom.config)",
+    "renormalize": "combine filter only; null means false: the kept top_k branches weigh their full-softmax "
+                   "probabilities (Switch style); true: a softmax over the kept scores only (Mixtral style)",
+}
 KEY_NOTES: dict[tuple[str, str], str] = {
     ("network", "loom"): "format version",
     ("network", "seed"): "keys the counter RNG for initialization and dropout/gumbel noise",
@@ -110,13 +119,9 @@ KEY_NOTES: dict[tuple[str, str], str] = {
     ("softmax", "cutoffs"): "strictly increasing and below classes (not expressible here: checked by loom.config)",
     ("reshape", "shape"): "target shape without the batch; at most one -1 (inferred); the sizes must match "
                           "(checked when the Network is built)",
-    ("parallel", "grid"): "required with combine grid_scatter, null otherwise",
-    ("parallel", "gate"): "combine filter only; null means flatten + dense(len(branches))",
-    ("parallel", "top_k"): "combine filter only; at most len(branches) (not expressible here: checked by "
-                           "loom.config)",
-    ("parallel", "renormalize"): "combine filter only; null means false: the kept top_k branches weigh their "
-                                 "full-softmax probabilities (Switch style); true: a softmax over the kept scores "
-                                 "only (Mixtral style)",
+    **{(kind, key): note for kind in ("parallel", "stitch") for key, note in _COMBINE_NOTES.items()},
+    ("stitch", "width"): "every branch output's last axis is projected to this width",
+    ("stitch", "bias"): "whether each projection has a bias [width]",
     # openfluke compatibility types; the keys they share with their core type take its notes
     ("openfluke_dense", "accumulate_block"): "float64 sums over blocks of this many inputs, the running sum rounded "
                                              "to the compute dtype after each block (welvet's tile_size); float "

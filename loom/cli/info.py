@@ -1,18 +1,29 @@
-"""`loom info`: versions, devices and what this build supports."""
+"""`loom info [MODEL]`: versions, devices and what this build supports; with MODEL, that network's
+summary, or with --blueprint its blueprint as JSON (Network.blueprint)."""
 from __future__ import annotations
 
 import argparse
 import json
 
-HELP = "show versions, devices, active accelerations and supported layers"
+HELP = "show versions, devices, active accelerations and supported layers, or a model's layers"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("model", nargs="?", help="a .loom model file (or model directory) or a network config (.json): "
+                                            "show its layers instead")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON (with MODEL: its blueprint)")
+    p.add_argument("--blueprint", action="store_true",
+                   help="with MODEL: print its blueprint as JSON (every layer's path, type, grid cell, shapes, "
+                        "parameters and dtypes)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
     from ..info import info
+    if args.model is not None:
+        return _model(args)
+    if args.blueprint:
+        raise ConfigError("--blueprint", "needs a MODEL: loom info MODEL --blueprint")
     data = info()
     if args.json:
         print(json.dumps(data, indent=2))
@@ -36,4 +47,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"  {name:<16} {state}  ({extra['for']})")
     print(f"{'layers':<15} {', '.join(data['layer_types'])}")
     print(f"{'softmax':<15} {', '.join(data['softmax_variants'])}")
+    return 0
+
+
+def _model(args: argparse.Namespace) -> int:
+    from ..formats import load
+    from ..nn import Network
+    if args.model.lower().endswith(".json"):
+        net = Network.from_config(args.model)
+    else:
+        net = load(args.model)
+    if args.blueprint or args.json:
+        print(json.dumps(net.blueprint(), indent=2))
+    else:
+        print(net.summary())
     return 0

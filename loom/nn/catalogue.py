@@ -81,6 +81,14 @@ SAMPLES = [
     ("parallel/filter", [{"type": "parallel", "combine": "filter", "top_k": 2,
                           "branches": [D, {"type": "sequential", "layers": [D, {"type": "activation", "fn": "relu"}]}, D]}],
      [3], None),
+    # heterogeneous experts (5 and 7 wide; then 4, 7 and 2 wide over a sequence) projected to one width
+    ("stitch", [{"type": "stitch", "width": 4, "combine": "add",
+                 "branches": [{"type": "dense", "units": 5, "activation": "tanh"}, {"type": "dense", "units": 7}]}],
+     [3], None),
+    ("stitch/filter", [{"type": "stitch", "width": 3, "bias": False, "combine": "filter", "top_k": 2,
+                        "branches": [D, {"type": "dense", "units": 7, "activation": "tanh"},
+                                     {"type": "sequential", "layers": [D, {"type": "dense", "units": 2}]}]}],
+     [2, 3], None),
 ]
 
 

@@ -108,9 +108,10 @@ class TrainStep:
     def reset_total(self) -> None:
         self.total.fill(0)
 
-    def __call__(self, x: Array, y: Array, checked: bool = True) -> Array:
+    def __call__(self, x: Array, y: Array, checked: bool = True, eager: bool = False) -> Array:
         """Run one step on batch (x, y). checked=False skips the data checks (input ids, class-id
-        targets) the caller has already made, e.g. once over a whole dataset."""
+        targets) the caller has already made, e.g. once over a whole dataset. eager=True runs this
+        step eagerly, neither recorded nor replayed (the same bits): what Telemetry's hooks need."""
         net = self.net
         net.check_spec(x)
         if len(y) != x.shape[0]:
@@ -118,7 +119,7 @@ class TrainStep:
         if checked:
             net.check_ids(x)
             self.loss.check_target(y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
-        if not net.backend.graphs:
+        if eager or not net.backend.graphs:
             return self._eager(x, y)
         key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase(),
                mode.name())                # the two modes record different kernels

@@ -16,7 +16,7 @@ from .. import config as configs
 from ..backend import Array
 from ..errors import BackendError, ConfigError, ShapeError
 from ..kernels.quant import affine as quant
-from . import files, state_names
+from . import files, freezing, hooks, state_names
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
 
@@ -175,12 +175,11 @@ class Network:
             raise ShapeError(f"backward: dy has shape {list(dy.shape)}, expected {list(expected)}")
         if dy.dtype != np.dtype(self._cfg["dtype"]):
             raise ShapeError(f"backward: dy has dtype {dy.dtype}, expected {self._cfg['dtype']}")
-        first = next(iter(self.root.children.values()))
-        first.input_grad = input_grad
+        self.root.input_grad = input_grad     # without it, leading layers that train nothing are skipped
         try:
             return self.root.backward(dy)
         finally:
-            first.input_grad = True
+            self.root.input_grad = True
             self.settle_grads()
 
     def check_input(self, x: Array) -> Array:
@@ -218,9 +217,10 @@ class Network:
                 out[f"{prefix}.{key}" if prefix else key] = value
         return out
 
-    def parameters(self) -> dict:
-        """Trainable parameters by dotted name; the arrays are live (writing into them changes the net)."""
-        return self._named("params")
+    def parameters(self) -> freezing.Parameters:
+        """Parameters by dotted name, frozen ones included (their names in `.frozen`: an optimizer
+        built on this dict leaves them out); the arrays are live (writing into them changes the net)."""
+        return freezing.Parameters(self._named("params"), frozen=self.frozen)
 
     def gradients(self) -> dict:
         """Accumulated gradients by the same names as parameters(); live arrays, valid after a
@@ -228,6 +228,22 @@ class Network:
         call, so a dict fetched before zero_grad reads stale values until then)."""
         self.settle_grads()
         return self._named("grads")
+
+    def freeze(self, *patterns: str) -> list[str]:
+        """Stop training the parameters whose names match any glob pattern ("layers.0.*", "*.bias"):
+        no gradient buffers, no gradients computed, no optimizer updates (see loom/nn/freezing.py).
+        Returns the names this call froze; a pattern matching no name is a ConfigError naming it."""
+        return freezing.freeze(self, patterns)
+
+    def unfreeze(self, *patterns: str) -> list[str]:
+        """Train the matching parameters again (zeroed gradients); returns the names this call
+        unfroze. Build the optimizer after freezing or unfreezing."""
+        return freezing.unfreeze(self, patterns)
+
+    @property
+    def frozen(self) -> list[str]:
+        """The names of the frozen parameters, in parameter order."""
+        return freezing.frozen(self)
 
     def settle_grads(self) -> None:
         """Finish zero_grad's deferred clearing in every layer (gradients() calls it)."""
@@ -330,6 +346,7 @@ class Network:
         grads = {k: self.backend.to_numpy(v) for k, v in self.gradients().items()}
         moved = Network(self._cfg, device)       # rebuilt there: constants (RoPE tables, masks) too
         moved.load_state_dict(state)
+        freezing.freeze_exact(moved, self.frozen)
         for name, g in moved.gradients().items():
             g[...] = target.asarray(grads[name])
         self.backend, self.root = moved.backend, moved.root
@@ -366,6 +383,12 @@ class Network:
             lines.append(f"parameter bytes: {size:,} (quantized weights with their scales)")
         return "\n".join(lines)
 
+    def blueprint(self) -> dict:
+        """Every layer's path, type, grid cell, input/output specs, parameter counts, shapes and dtypes,
+        nested layers included, as a JSON-serializable dict (see loom/nn/blueprint.py)."""
+        from .blueprint import blueprint
+        return blueprint(self)
+
     def __repr__(self) -> str:
         return (f"Network({self._cfg['name']!r}, input={list(self.input_spec.shape)}, "
                 f"output={list(self.output_spec.shape)}, params={self.root.param_count():,}, device={self.device!r})")
@@ -385,26 +408,15 @@ class Network:
             return NonFinite("input", "input", *_count_bad(xp, x))
         found: list[NonFinite] = []
 
-        def watch(layer, prefix):
-            original = layer.forward
+        def watch(prefix, layer, inp, out):
+            bad = _count_bad(xp, out) if out.dtype.kind == "f" else None
+            if bad and not found:
+                found.append(NonFinite(prefix, layer.cfg["type"], *bad))
 
-            def checked(inp, fc):
-                out = original(inp, fc)
-                bad = _count_bad(xp, out) if out.dtype.kind == "f" else None
-                if bad and not found:
-                    found.append(NonFinite(prefix, layer.cfg["type"], *bad))
-                return out
-            layer.forward = checked
-            return original
-
-        watched = [(layer, watch(layer, prefix)) for prefix, layer in self.root.walk() if layer is not self.root]
-        try:
+        with hooks.forward_hooks([(p, layer) for p, layer in self.root.walk() if layer is not self.root], watch):
             fc = ForwardContext(training=self.training, counter=self.rng_counter,
                                 attention_mask=None if attention_mask is None else self.check_mask(attention_mask, x.shape[0]))
             self.root.forward(x, fc)
-        finally:
-            for layer, _ in watched:
-                del layer.forward
         # Inner layers finish before their containers, so the first report is the innermost culprit.
         return found[0] if found else None
 

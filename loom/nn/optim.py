@@ -8,6 +8,8 @@ operations), Lion follows its paper / lion-pytorch. On top of the rule: paramete
 glob patterns over parameter names, `no_decay` patterns, gradient clipping by global norm or by
 value, gradient accumulation over k calls, and an optional schedule. Gradients passed to `step` are
 never modified. `state_dict()` is flat (arrays and Python scalars) and restores exactly.
+Parameters frozen in the network (Network.freeze; net.parameters() lists them in `.frozen`) are
+left out entirely: no state, no update, no decay, not in the clipping norm.
 Spec errors are ConfigErrors at "optimizer.<key>"; gradient mismatches are ShapeErrors.
 """
 from __future__ import annotations
@@ -74,7 +76,11 @@ class Optimizer(ABC):
             if getattr(p, "dtype", None) is None or np.dtype(p.dtype).kind != "f":
                 raise ShapeError(f"parameter {name} must be a floating-point array, got {type(p).__name__} "
                                  f"{getattr(p, 'dtype', '')}")
-        self._params = dict(params)
+        # names frozen in the network (net.parameters().frozen): no state, never updated; patterns
+        # may still name them, so a spec stays valid whatever is frozen
+        self._frozen = frozenset(getattr(params, "frozen", ())) & set(params)
+        self._names = list(params)
+        self._params = {name: p for name, p in params.items() if name not in self._frozen}
         schema = {"lr": self.HYPER["lr"], **self.HYPER,
                   "groups": (list_of(self._group_check), []),
                   "no_decay": (list_of(string), []),
@@ -123,8 +129,8 @@ class Optimizer(ABC):
                     for j, pat in enumerate(g["params"])]
         patterns += [(f"{PATH}.no_decay[{j}]", pat) for j, pat in enumerate(cfg["no_decay"])]
         for path, pat in patterns:
-            if not any(fnmatchcase(name, pat) for name in self._params):
-                example = next(iter(self._params), "layers.0.bias")
+            if not any(fnmatchcase(name, pat) for name in self._names):
+                example = next(iter(self._names), "layers.0.bias")
                 raise ConfigError(path, f"pattern {pat!r} matches no parameter name (names look like "
                                   f"{example!r}; patterns are globs such as '*.bias')")
         hps, own_lr = {}, {}
@@ -256,12 +262,16 @@ class Optimizer(ABC):
         if not isinstance(grads, dict):
             raise ShapeError(f"gradients must be a dict of name -> array (net.gradients()), got {type(grads).__name__}")
         unknown = [n for n in grads if n not in self._params]
+        if unknown and unknown[0] in self._frozen:
+            raise ShapeError(f"gradient for parameter {unknown[0]}, which was frozen when the optimizer was built "
+                             "(after net.unfreeze, build a new optimizer over net.parameters())")
         if unknown:
             raise ShapeError(f"gradient for unknown parameter {unknown[0]} (the optimizer holds {len(self._params)} "
                              f"parameters: {', '.join(list(self._params)[:4])}{', ...' if len(self._params) > 4 else ''})")
         for name, p in self._params.items():
             if name not in grads:
-                raise ShapeError(f"gradient for parameter {name} is missing")
+                raise ShapeError(f"gradient for parameter {name} is missing (frozen after the optimizer was built? "
+                                 "after net.freeze, build a new optimizer over net.parameters())")
             g = grads[name]
             shape = getattr(g, "shape", None)
             if shape is None or tuple(shape) != tuple(p.shape):

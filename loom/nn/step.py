@@ -24,6 +24,7 @@ class StepState:
         self.net = net
         self.layers = list(net.root.children.values())
         self.buffers = [None] * len(self.layers)
+        self.inputs = [None] * len(self.layers)   # what each layer read in the latest tick (tween uses them)
         self.x = None
         self.ticks = 0
 
@@ -42,6 +43,7 @@ class StepState:
         net = self.net
         fc = ForwardContext(training=net.training, counter=net.rng_counter)
         sources = [self.x] + self.buffers[:-1]          # what each layer reads: last tick's values
+        self.inputs = sources
         self.buffers = [layer.forward(src, fc) if src is not None else None
                         for layer, src in zip(self.layers, sources)]
         if net.training:

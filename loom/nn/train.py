@@ -28,10 +28,12 @@ from .finite_guard import Guard as _Guard
 from .network import Network
 from .progress import Progress
 from .schedules import Schedule
+from .telemetry import Telemetry
+from .telemetry import from_setting as telemetry_setting
 
 DEFAULTS = {"loss": None, "optimizer": {"type": "adam", "lr": 1e-3}, "schedule": None, "epochs": 10,
             "batch_size": 32, "validation": None, "seed": 0, "metrics": None, "early_stopping": None,
-            "shuffle": True}
+            "shuffle": True, "freeze": None}
 
 
 @dataclass
@@ -40,6 +42,7 @@ class History:
     logs: dict[str, list[float]] = field(default_factory=dict)
     epochs: int = 0
     stopped_early: bool = False
+    telemetry: Telemetry | None = None      # what loom.train(..., telemetry=...) recorded
 
     def __getitem__(self, key: str) -> list[float]:
         return self.logs[key]
@@ -113,7 +116,8 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
           callbacks: Iterable[Callable[[int, dict], Any]] = (), early_stopping: dict | bool | None = None,
           checkpoint: str | Path | None = None, resume: str | Path | None = None, shuffle: bool | None = None,
           device: str | None = None, deterministic: bool | None = None, strict: bool = True,
-          allow_nonfinite: bool = False) -> History:
+          allow_nonfinite: bool = False, freeze: Sequence[str] | str | None = None,
+          telemetry: Telemetry | dict | bool | int | str | Path | None = None) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -139,6 +143,13 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     finite, stop training with a NumericError naming the sample, or the batch and the first layer
     (or parameter) that produced it (Network.check_finite, on the batch replayed from the epoch's
     start); True trains on regardless.
+    freeze: parameter-name glob patterns (net.freeze) frozen before the optimizer is built; they
+    add to what is already frozen, and the network stays frozen after training. Only the other
+    parameters train (no gradients, no optimizer state for the frozen ones).
+    telemetry: record per-layer activation statistics and gradient norms (loom/nn/telemetry.py) into
+    history.telemetry: True (every step), N (every N steps), a path (every step, written there as
+    JSON after every epoch), {"every", "layers", "gradients", "path"}, or a Telemetry of `net`.
+    Recorded steps run eagerly on a GPU; the weights are the same bits as without telemetry.
     """
     if deterministic is None:
         deterministic = (net.config.get("training") or {}).get("deterministic")
@@ -147,16 +158,17 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     with mode.deterministic(deterministic):
         return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
                       metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict,
-                      allow_nonfinite)
+                      allow_nonfinite, freeze, telemetry)
 
 
 def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose, metrics,
-           callbacks, early_stopping, checkpoint, resume, shuffle, device, strict, allow_nonfinite) -> History:
+           callbacks, early_stopping, checkpoint, resume, shuffle, device, strict, allow_nonfinite,
+           freeze=None, telemetry=None) -> History:
     if device is not None:
         net.to(device)
     settings, where = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
                                           batch_size=batch_size, validation=validation, seed=seed, metrics=metrics,
-                                          early_stopping=early_stopping, shuffle=shuffle))
+                                          early_stopping=early_stopping, shuffle=shuffle, freeze=freeze))
     X, Y = _as_arrays(net, X, Y)
     if not allow_nonfinite:
         check_finite_data(X, "X")
@@ -180,15 +192,17 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     schedule_at = "optimizer.schedule"              # a schedule inside the optimizer's spec is named there
     if settings["schedule"] is not None:
         opt_spec["schedule"], schedule_at = settings["schedule"], where["schedule"]
+    _freeze(net, settings["freeze"], where["freeze"])
     with renamed_paths({"optimizer.schedule": schedule_at, "optimizer": where["optimizer"]}):
-        opt = optim.build(opt_spec, net.parameters())
+        opt = optim.build(opt_spec, net.parameters())        # frozen parameters left out
     with renamed_paths({"metrics": where["metrics"]}):
         metric_fns = _metric_fns(settings["metrics"])
     with renamed_paths({"early_stopping": where["early_stopping"]}):
         stopper = EarlyStopping.build(settings["early_stopping"])
+    tel, tel_path = telemetry_setting(net, telemetry)
     if verbose and note:                   # once every setting has been checked
         print(note, file=sys.stderr)
-    history, start = History(), 0
+    history, start = History(telemetry=tel), 0
     if resume is not None:
         start = _resume(resume, net, opt, history, stopper)
         given = settings["optimizer"] if where["optimizer"] == "optimizer" else None
@@ -214,7 +228,11 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         seen, outs = 0, []
         for b in range(batches):
             idx = order[b * bs:(b + 1) * bs]
-            value = step(X[idx], Y[idx], checked=False)
+            if tel is not None and tel.due(epoch * batches + b):
+                with tel.step(epoch * batches + b, epoch=epoch, batch=b):
+                    value = step(X[idx], Y[idx], checked=False, eager=True)     # hooks need an eager step
+            else:
+                value = step(X[idx], Y[idx], checked=False)
             seen += len(idx)
             if metric_fns:
                 outs.append((net.backend.to_numpy(step.pred), Y[idx]))
@@ -243,6 +261,8 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
             stop = bool(cb(epoch, dict(logs))) or stop
         if checkpoint is not None:
             _save_checkpoint(checkpoint, net, opt, history, stopper, epoch + 1, settings)
+        if tel_path is not None:
+            tel.to_json(tel_path)
         if stop:
             history.stopped_early = True
             break
@@ -286,6 +306,22 @@ def _settings(net, given: dict) -> tuple[dict, dict]:
     if not isinstance(out["seed"], int) or isinstance(out["seed"], bool) or out["seed"] < 0:
         raise ConfigError(where["seed"], f"expected a non-negative integer, got {out['seed']!r}")
     return out, where
+
+
+def _freeze(net, patterns, where):
+    """Freeze the training setting's patterns; ConfigError when nothing is left to train."""
+    if patterns is not None:
+        if isinstance(patterns, str):
+            patterns = [patterns]
+        if not isinstance(patterns, (list, tuple)):
+            raise ConfigError(where, f"expected a list of parameter-name patterns, got {patterns!r}")
+        with renamed_paths({"freeze": where}):
+            net.freeze(*patterns)
+    frozen = net.frozen
+    if frozen and len(frozen) == len(net.parameters()):
+        raise ConfigError(where if patterns is not None else "freeze",
+                          f"every parameter of the network is frozen ({len(frozen)}: {frozen[0]}, ...); "
+                          "nothing would train (net.unfreeze some)")
 
 
 def check_finite_data(A: np.ndarray, name: str) -> None:
@@ -365,7 +401,7 @@ def _save_checkpoint(path, net, opt, history, stopper, epoch, settings):
     state = {"epoch": epoch, "rng_counter": net.rng_counter, "history": history.logs,
              "stopped_early": history.stopped_early,
              "early_stopping": stopper.to_json() if stopper else None, "seed": settings["seed"],
-             "epochs": settings["epochs"], "batch_size": settings["batch_size"]}
+             "epochs": settings["epochs"], "batch_size": settings["batch_size"], "frozen": net.frozen}
     files.codec().save(net, path, optimizer=opt, training_state=state,
                   best_state=stopper.best_state if stopper else None)
 
@@ -383,8 +419,12 @@ def _resume(path, net, opt, history, stopper) -> int:
         raise ConfigError("resume", f"{path} was trained with optimizer {ckpt.optimizer_config.get('type')!r}, "
                                     f"this run uses {opt.config['type']!r}; give the checkpoint's optimizer "
                                     f"({ckpt.optimizer_config})")
-    opt.load_state_dict(ckpt.optimizer_state)
     state = ckpt.training_state
+    if sorted(state.get("frozen", [])) != sorted(net.frozen):
+        raise ConfigError("resume", f"{path} was trained with frozen parameters {state.get('frozen', [])}, this "
+                                    f"network has {net.frozen} frozen; freeze the same ones (net.freeze, or "
+                                    "training.freeze in the config)")
+    opt.load_state_dict(ckpt.optimizer_state)
     net.rng_counter = int(state["rng_counter"])
     history.logs = {k: [math.nan if x is None else x for x in v] for k, v in state["history"].items()}
     history.epochs = int(state["epoch"])

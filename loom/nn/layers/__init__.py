@@ -15,6 +15,7 @@ from . import (  # noqa: F401
                recurrent,
                shape,
                softmax,
+               stitch,
                structure,
                swiglu,
 )

@@ -103,7 +103,8 @@ class MultiHeadAttention(Layer):
 
     def _rms_back(self, dy, cache, name):
         dx, dweight = rms_norm_backward(dy, cache, self.params[name])
-        self.grads[name] += dweight
+        if self.trains(name):
+            self.grads[name] += dweight
         return dx
 
     def _rotate(self, x, sign):

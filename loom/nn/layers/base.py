@@ -8,6 +8,10 @@ from the counter RNG keyed by the parameter's dotted name.
 `forward(x, fc)` caches what `backward` needs; `backward(dy)` adds parameter gradients into
 `self.grads` (they accumulate until `zero_grad`) and returns the gradient of the input (None for
 integer inputs). Nested layers live in `self.children`, named as their parameters are prefixed.
+
+A parameter without an entry in `self.grads` is frozen (Network.freeze): backward computes no
+gradient for it (`accumulate` skips it; direct writes check `trains(name)` first) but still returns
+the input gradient, so gradients flow through frozen layers to trainable ones before them.
 """
 from __future__ import annotations
 
@@ -161,6 +165,35 @@ class Layer(ABC):
         self.grads[name] = self.xp.zeros_like(value)
         return value
 
+    # --- freezing: a frozen parameter has no gradient buffer ---
+    def trains(self, name: str | None = None) -> bool:
+        """Whether parameter `name` (of this layer) receives gradients; without a name, whether any
+        parameter of this layer or of a nested layer does (backward can skip a subtree that does not)."""
+        if name is not None:
+            return name in self.grads
+        return any(layer.grads for _, layer in self.walk())
+
+    def freeze_param(self, name: str) -> None:
+        """Drop the gradient buffer of parameter `name`: backward stops computing its gradient."""
+        self.grads.pop(name, None)
+        self.stale_grads.discard(name)
+
+    def unfreeze_param(self, name: str) -> None:
+        """Give parameter `name` a zeroed gradient buffer again (nothing when it has one)."""
+        if name not in self.grads:
+            self.grads[name] = self.xp.zeros_like(self.params[name])
+
+    def backward_child(self, child: Layer, dy: Array, need_dx: bool) -> Array | None:
+        """child.backward(dy) with child.input_grad = need_dx; skipped (None) when neither the input
+        gradient nor any parameter gradient of the child's subtree is needed (all frozen)."""
+        if not need_dx and not child.trains():
+            return None
+        child.input_grad = need_dx
+        try:
+            return child.backward(dy)
+        finally:
+            child.input_grad = True
+
     # --- quantization ---
     # Parameters that are GEMM weights [out, in, ...]: a quantized network stores and runs them in
     # its storage type (loom/kernels/quant/affine.py), per channel along axis 0. Everything else stays float.
@@ -189,6 +222,8 @@ class Layer(ABC):
         self.stale_grads.clear()
 
     def accumulate(self, name: str, value: Array) -> None:
+        if name not in self.grads:          # frozen
+            return
         if name in self.stale_grads:
             self.stale_grads.discard(name)
             self.grads[name][...] = value
@@ -196,7 +231,10 @@ class Layer(ABC):
             self.grads[name] += value
 
     def accumulate_matmul(self, name: str, a: Array, b: Array) -> None:
-        """grads[name] += a @ b, written in place when the gradient is pending a clear."""
+        """grads[name] += a @ b, written in place when the gradient is pending a clear; nothing
+        (not even the product) for a frozen parameter."""
+        if name not in self.grads:
+            return
         if name in self.stale_grads:
             self.stale_grads.discard(name)
             ops.matmul(a, b, out=self.grads[name])

@@ -89,13 +89,13 @@ class _ConvBase(Layer):
         rows = windows.channels_to_rows(dy, self.y, self.act, self.geom.groups)
         if rows is None:
             return windows.to_rows(self._dz(dy), self.geom.groups)
-        if "bias" in self.params:
+        if self.trains("bias"):
             self.grads["bias"] += ops.sum(rows, axis=1).reshape(self.f)
         return rows
 
     def _dz(self, dy):
         dz = activation.grad(self.act, self.z, self.y, dy)
-        if "bias" in self.params:
+        if self.trains("bias"):
             self.grads["bias"] += ops.sum(dz, axis=(0,) + tuple(range(2, 2 + self.n)))
         return dz
 
@@ -158,8 +158,9 @@ class Conv(_ConvBase):
         dx = None                                  # no col2im when nobody reads the input gradient
         if self.input_grad:
             dx = windows.correlate_adjoint_rows(self.xp, rows, wm, self.geom, dy.shape[0], self.c)
-        gw = windows.weight_grad(self.xp, rows, self.cols, self.params["weight"].shape)
-        self.grads["weight"] += gw if mask is None else gw * mask
+        if self.trains("weight"):
+            gw = windows.weight_grad(self.xp, rows, self.cols, self.params["weight"].shape)
+            self.grads["weight"] += gw if mask is None else gw * mask
         return dx
 
 
@@ -190,5 +191,6 @@ class ConvTranspose(_ConvBase):
     def backward(self, dy: Array) -> Array:
         dz = self._dz(dy)
         dx, cols = windows.correlate(self.xp, dz, self._wm(), self.geom)
-        self.grads["weight"] += windows.weight_grad(self.xp, self.rows, cols, self.params["weight"].shape)
+        if self.trains("weight"):
+            self.grads["weight"] += windows.weight_grad(self.xp, self.rows, cols, self.params["weight"].shape)
         return dx

@@ -42,6 +42,7 @@ class Embedding(Layer):
                              f"[0, vocab_size={self.vocab})")
 
     def backward(self, dy: Array) -> None:
-        flat = dy.reshape(-1, dy.shape[-1])
-        ops.index_add(self.grads["weight"], self.ids.reshape(-1), flat)
+        if self.trains("weight"):
+            flat = dy.reshape(-1, dy.shape[-1])
+            ops.index_add(self.grads["weight"], self.ids.reshape(-1), flat)
         return None

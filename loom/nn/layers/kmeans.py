@@ -46,13 +46,15 @@ class KMeans(Layer):
         if self.output == "features":
             df = dy.reshape(-1, self.features)                          # [N, F]
             dp = ops.matmul(df, c.T)                                    # [N, K]
-            self.grads["centroids"] += ops.matmul(p.T, df)
+            if self.trains("centroids"):
+                self.grads["centroids"] += ops.matmul(p.T, df)
         else:
             dp = dy.reshape(-1, self.clusters)
         dz = p * (dp - ops.sum(p * dp, axis=1, keepdims=True))         # softmax backward
         # z_k = (2 x.c_k - ||c_k||^2) / T  =>  da = 2 dz / T drives both x and c
         da = dz * (2.0 / self.temperature)
-        self.grads["centroids"] += ops.matmul(da.T, self.x2) - ops.sum(da, axis=0)[:, None] * c
+        if self.trains("centroids"):
+            self.grads["centroids"] += ops.matmul(da.T, self.x2) - ops.sum(da, axis=0)[:, None] * c
         return ops.matmul(da, c).reshape(self.in_shape)
 
     def describe(self) -> str:

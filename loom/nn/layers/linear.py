@@ -66,9 +66,9 @@ def backward(layer: Layer, name: str, x: Array, dy: Array, need_dx: bool = True)
     dy2, x2 = dy.reshape(-1, dy.shape[-1]), x.reshape(-1, x.shape[-1])
     if mask is None:
         layer.accumulate_matmul(key, dy2.T, x2)
-    else:
+    elif layer.trains(key):
         layer.accumulate(key, ops.matmul(dy2.T, x2) * mask)
-    if _key(name, "bias") in layer.params:
+    if layer.trains(_key(name, "bias")):
         layer.accumulate(_key(name, "bias"), ops.sum(dy2, axis=0))
     if not need_dx:
         return None

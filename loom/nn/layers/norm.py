@@ -35,9 +35,10 @@ class LayerNorm(Layer):
     def backward(self, dy: Array) -> Array:
         xhat, out = self.xhat, dy.dtype
         dy = dy.astype(xhat.dtype)
-        if self.params:
-            lead = tuple(range(dy.ndim - 1))
+        lead = tuple(range(dy.ndim - 1))
+        if self.trains("weight"):
             self.grads["weight"] += ops.sum(dy * xhat, axis=lead).astype(out)
+        if self.trains("bias"):
             self.grads["bias"] += ops.sum(dy, axis=lead).astype(out)
         return fused.layer_norm_grad(dy, xhat, self.rstd, self.params.get("weight")).astype(out)
 
@@ -69,7 +70,8 @@ class RMSNorm(Layer):
 
     def backward(self, dy: Array) -> Array:
         dx, dweight = rms_norm_backward(dy, self.cache, self.params["weight"])
-        self.grads["weight"] += dweight.astype(dy.dtype)
+        if self.trains("weight"):
+            self.grads["weight"] += dweight.astype(dy.dtype)
         return dx.astype(dy.dtype)
 
 
@@ -118,8 +120,10 @@ class BatchNorm(Layer):
 
     def backward(self, dy: Array) -> Array:
         axes, xhat = self.axes, self.xhat
-        self.grads["weight"] += ops.sum(dy * xhat, axis=axes)
-        self.grads["bias"] += ops.sum(dy, axis=axes)
+        if self.trains("weight"):
+            self.grads["weight"] += ops.sum(dy * xhat, axis=axes)
+        if self.trains("bias"):
+            self.grads["bias"] += ops.sum(dy, axis=axes)
         g = dy * self._bcast(self.params["weight"], dy.ndim)
         if not self.training_step:        # running statistics are constants
             return g * self.rstd

@@ -86,7 +86,8 @@ class OpenflukeRMSNorm(RMSNorm):
 
     def backward(self, dy: Array) -> Array:
         dx, dweight = rms_norm_backward(dy.astype(np.float64), self.cache, self.params["weight"])
-        self.grads["weight"] += dweight.astype(dy.dtype)
+        if self.trains("weight"):
+            self.grads["weight"] += dweight.astype(dy.dtype)
         return dx.astype(dy.dtype)
 
 

@@ -177,7 +177,7 @@ class Filter:
         dp = xp.where(mask, dw, 0)                            # unselected branches do not depend on p
         p = self.p
         dg = p * (dp - ops.sum(p * dp, axis=1, keepdims=True))  # softmax backward (p is 0 outside its pool)
-        dx_gate = self.gate.backward(dg)
+        dx_gate = layer.backward_child(self.gate, dg, layer.input_grad)
         grads = [xp.where(self._col(mask, i, dy), self._col(w, i, dy) * dy, 0) for i in range(self.n)]
         return grads, dx_gate
 
@@ -206,11 +206,12 @@ class Parallel(Layer):
 
     def backward(self, dy: Array) -> Array | None:
         grads, dx_gate = self.combine.backward(self, dy)
-        dxs = [b.backward(g) for b, g in zip(self.branches, grads)]
+        # without input_grad, branches whose parameters are all frozen are not run backward at all
+        dxs = [self.backward_child(b, g, self.input_grad) for b, g in zip(self.branches, grads)]
+        if not self.in_spec.is_float or not self.input_grad:
+            return None
         if dx_gate is not None:
             dxs.append(dx_gate)
-        if not self.in_spec.is_float:
-            return None
         return dxs[0] if len(dxs) == 1 else ops.sum(self.xp.stack(dxs), axis=0)
 
     def describe(self) -> str:

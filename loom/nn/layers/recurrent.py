@@ -122,10 +122,13 @@ class _Recurrent(Layer):
             d += [carry[k] + direct[k] for k in range(1, self.STATES)]
         dax2 = xp.stack(dax, axis=1).reshape(B * T, gh)
         dah2 = xp.stack(dah, axis=1).reshape(B * T, gh)
-        self.grads["weight_ih"] += ops.matmul(dax2.T, x.reshape(B * T, F))
-        self.grads["weight_hh"] += ops.matmul(dah2.T, self.hprev.reshape(B * T, self.H))
-        if "bias_ih" in p:
+        if self.trains("weight_ih"):
+            self.grads["weight_ih"] += ops.matmul(dax2.T, x.reshape(B * T, F))
+        if self.trains("weight_hh"):
+            self.grads["weight_hh"] += ops.matmul(dah2.T, self.hprev.reshape(B * T, self.H))
+        if self.trains("bias_ih"):
             self.grads["bias_ih"] += ops.sum(dax2, axis=0)
+        if self.trains("bias_hh"):
             self.grads["bias_hh"] += ops.sum(dah2, axis=0)
         return ops.matmul(dax2, p["weight_ih"]).reshape(B, T, F)
 

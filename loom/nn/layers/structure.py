@@ -21,10 +21,15 @@ def forward_chain(owner: Layer, x: Array, fc: ForwardContext) -> Array:
     return x
 
 
-def backward_chain(owner: Layer, dy: Array) -> Array | None:
-    for layer in reversed(owner.children.values()):
-        dy = layer.backward(dy)
-    return dy
+def backward_chain(owner: Layer, dy: Array, need_dx: bool = True) -> Array | None:
+    """Back through owner's children, last first. Without need_dx the leading children that hold
+    no trainable parameter (frozen, or none at all) are not run: they would only compute an input
+    gradient nobody reads; the first child that trains is told it need not return one (None then)."""
+    layers = list(owner.children.values())
+    start = 0 if need_dx else next((i for i, layer in enumerate(layers) if layer.trains()), len(layers))
+    for i in reversed(range(start, len(layers))):
+        dy = owner.backward_child(layers[i], dy, need_dx or i > start)
+    return dy if need_dx else None
 
 
 @register("sequential")
@@ -36,7 +41,7 @@ class Sequential(Layer):
         return forward_chain(self, x, fc)
 
     def backward(self, dy: Array) -> Array | None:
-        return backward_chain(self, dy)
+        return backward_chain(self, dy, self.input_grad)
 
 
 @register("residual")
