@@ -134,6 +134,11 @@ class CPUBackend:
         return np.asarray(x)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        if a.ndim == 2 and b.ndim == 2 and a.shape[1] == 1 and a.dtype == b.dtype:
+            # an outer product (a per-sample weight gradient): each entry is one product, which a
+            # broadcast multiply forms 4-6x faster than OpenBLAS's GEMM (measured 55-77 vs 285-384 us
+            # at [256, 1] x [1, 784], one thread)
+            return np.multiply(a, b, out=out)
         if out is not None:
             return np.matmul(a, b, out=out)
         # OpenBLAS runs x @ W.T (a transposed view on the right, as in every dense forward) markedly
