@@ -4,16 +4,10 @@ from __future__ import annotations
 
 import json
 
+from cli_run import loom
+
 from loom import backend
-from loom.cli.main import main
 from loom.errors import BackendError
-
-
-def loom(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_bench_engine_on_the_cpu_reports_every_measurement(capsys, tmp_path):

@@ -5,9 +5,9 @@ import json
 
 import numpy as np
 import pytest
+from cli_run import loom as run
 
 import loom
-from loom.cli.main import main
 from loom.nn.telemetry import Telemetry
 
 CFG = {"loom": 1, "name": "cli-bp", "input": {"shape": [4]},
@@ -15,13 +15,6 @@ CFG = {"loom": 1, "name": "cli-bp", "input": {"shape": [4]},
                    "grid": {"rows": 1, "cols": 2, "positions": [[0, 1, 0], [0, 0, 0]]},
                    "branches": [{"type": "dense", "units": 3}, {"type": "dense", "units": 3, "activation": "relu"}]},
                   {"type": "flatten"}, {"type": "dense", "units": 2}]}
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_blueprint_of_a_config_and_of_a_model_file(capsys, tmp_path):

@@ -7,19 +7,12 @@ import re
 from types import SimpleNamespace
 
 import pytest
+from cli_run import loom
 
 from loom import backend
 from loom.backend.cpu import primes as cpu_primes
-from loom.cli.main import main
 from loom.cli.primes import parse_integer
 from loom.errors import BackendError, ConfigError
-
-
-def loom(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def one_error(code: int, err: str, expected: int = 3) -> str:

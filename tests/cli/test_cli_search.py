@@ -5,19 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from cli_run import loom
 
-from loom.cli.main import main
 from loom.nn import Network
 
 ARGS = ["search", "--budget", "4000", "--population", "3", "--generations", "2", "--epochs", "1",
         "--limit", "200", "--seed", "1"]
-
-
-def loom(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_search_prints_generations_and_writes_the_best(capsys, tmp_path):

@@ -18,20 +18,13 @@ import sys
 import datacache
 import numpy as np
 import pytest
+from cli_run import loom
 
-from loom.cli.main import main
 from loom.db import VectorStore
 from loom.db.text import SOURCE_SHIFT, chunk_text, index_files, read_text, search_text, store_info
 from loom.errors import ConfigError, FormatError, NotFoundError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def loom(capsys, *argv) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def failure(capsys, *argv, expected: int = 3) -> str:
