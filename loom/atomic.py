@@ -62,6 +62,15 @@ def folder_mode() -> int:
     return 0o777 & ~umask()
 
 
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """The whole file; an OSError (missing, a folder, no permission) as a FileError naming the path."""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise describe(exc, path) from None
+
+
 def write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path = os.fspath(path)
     if os.path.isdir(path):

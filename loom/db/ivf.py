@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import describe, write_bytes
+from ..atomic import read_bytes, write_bytes
 from ..backend import Array
 from ..backend.protocols import Backend
 from ..errors import ConfigError, FormatError, ShapeError
@@ -305,11 +305,7 @@ class IVFIndex:
         lacks (written after it was saved) are assigned to their nearest list and `reassigned` is
         set, and ids the file holds but the store no longer does are ignored."""
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise describe(exc, path) from None
+        data = read_bytes(path)
         if len(data) < HEADER.size:
             raise FormatError(f"{path}: truncated: {len(data)} bytes, shorter than the {HEADER.size}-byte header")
         magic, code, fdim, nlist, n, crc = HEADER.unpack_from(data)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, overload
 
-from ..atomic import FileError, describe, write_bytes
+from ..atomic import FileError, read_bytes, write_bytes
 from ..errors import ConfigError, FormatError, LoomError, StoreError
 
 # fullmatch, never match + "$": "$" also matches before a final newline, which would let "t\n" through.
@@ -712,11 +712,7 @@ class Tables:
         if types is not None and not isinstance(types, Mapping):
             raise ConfigError("types", f"give a dict {{column: type}}, not {_show(types)}")
         where = os.fspath(path)
-        try:
-            with open(where, "rb") as fh:
-                data = fh.read()
-        except OSError as exc:
-            raise describe(exc, where) from None
+        data = read_bytes(where)
         records = _csv_records(_csv_text(data, where), where)
         if not records:
             raise FormatError(f"{where}: the file is empty; the first line must name the columns")

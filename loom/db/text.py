@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import read_bytes
 from ..errors import ConfigError, FormatError, NotFoundError
 from ..llm.encoder import Encoder, load_folder
 from .vectors import VectorStore
@@ -109,8 +110,7 @@ def read_text(path: str | os.PathLike[str]) -> tuple[str, str]:
     if not os.path.isfile(path):
         what = "is a directory, expected a text file" if os.path.isdir(path) else "no such file"
         raise FormatError(f"{path}: {what}")
-    with open(path, "rb") as f:
-        data = f.read()
+    data = read_bytes(path)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
