@@ -41,6 +41,7 @@ import numpy as np
 from ..atomic import read_bytes, write_bytes
 from ..backend import Array
 from ..backend.protocols import Backend
+from ..engine.order_keys import stable_argsort
 from ..errors import ConfigError, FormatError, ShapeError
 from .kmeans import Centroids, draw, kmeans, nearest
 
@@ -194,7 +195,7 @@ class IVFIndex:
         probes = (xp.argpartition(-coarse, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist
                   else xp.broadcast_to(xp.arange(self.nlist), (m, nprobe)))
         flat = probes.reshape(-1)                        # pair i * nprobe + j: query i's j-th list
-        pairs = xp.argsort(flat, kind="stable")
+        pairs = stable_argsort(xp, flat, 0)
         lists = be.to_numpy(flat[pairs])
         first = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]])
         bounds = np.r_[first, len(lists)]
@@ -231,7 +232,7 @@ class IVFIndex:
         if best_s.shape[1] > keep:
             top = xp.argpartition(-best_s, keep - 1, axis=1)[:, :keep]
             best_s, best_r = xp.take_along_axis(best_s, top, axis=1), xp.take_along_axis(best_r, top, axis=1)
-        order = xp.argsort(-best_s, axis=1, kind="stable")
+        order = stable_argsort(xp, -best_s, 1)
         best_s, best_r = xp.take_along_axis(best_s, order, axis=1), xp.take_along_axis(best_r, order, axis=1)
         return xp.where(best_s == -np.inf, -1, best_r)
 
@@ -249,7 +250,7 @@ class IVFIndex:
         be, xp = self.be, self.be.xp
         rows = xp.flatnonzero(self._row_pos < 0)
         labels = self.assign[rows]
-        order = xp.argsort(labels, kind="stable")
+        order = stable_argsort(xp, labels, 0)
         rows, labels = rows[order], labels[order]
         vectors = matrix[rows]
         offsets = be.to_numpy(xp.searchsorted(labels, xp.arange(self.nlist + 1), side="left")).astype(np.int64)
@@ -261,7 +262,7 @@ class IVFIndex:
         if self._lists is not None and self._pending <= max(PENDING_MIN, self.n // 32) and self._dead <= self.n // 8:
             return
         be, xp = self.be, self.be.xp
-        order = xp.argsort(self.assign, kind="stable")
+        order = stable_argsort(xp, self.assign, 0)
         self._lists = matrix[order]
         self._list_sq = _square_norms(xp, self._lists) if self.metric == "l2" else None
         self._pos_row = order.astype(np.int64)

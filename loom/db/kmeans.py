@@ -26,6 +26,7 @@ import numpy as np
 from .. import rng
 from ..backend import Array
 from ..backend.protocols import Backend
+from ..engine.order_keys import lexsort
 from ..kernels import exact
 from .search import normalize
 
@@ -185,8 +186,7 @@ def _exact_nearest(be: Backend, metric: str, x: Array, centroids: Array, scores:
         exact_scores[s:s + step] = (-exact.sum((a - c) ** 2, axis=1) if metric == "l2"
                                     else exact.sum(a * c, axis=1))
     # pairs come ordered by (row, col): stable sorts by score, then by row, keep that order for ties
-    order = xp.argsort(-exact_scores, kind="stable")
-    order = order[xp.argsort(row[order], kind="stable")]
+    order = lexsort(xp, (-exact_scores, row))
     row, col = row[order], col[order]
     head = xp.concatenate([xp.ones(1, dtype=bool), row[1:] != row[:-1]])
     return col[head]

@@ -30,6 +30,7 @@ import numpy as np
 
 from ..backend import Array
 from ..backend.protocols import Backend
+from ..engine.order_keys import lexsort
 from ..kernels import exact
 
 REFINE_CHUNK = 1 << 14          # candidates scored exactly at a time
@@ -220,8 +221,7 @@ def _prune(xp, kept, th, k, bound):
     k-th best, rows below dropped; queries keeping more than DENSE rows are dropped (and returned)."""
     qi, r, s = (xp.concatenate([part[j] for part in kept]) if kept else xp.zeros(0, dtype=dt)
                 for j, dt in ((0, np.int64), (1, np.int64), (2, np.float32)))
-    order = xp.argsort(-s, kind="stable")
-    order = order[xp.argsort(qi[order], kind="stable")]
+    order = lexsort(xp, (-s, qi))
     qi, r, s = qi[order], r[order], s[order]
     rank = xp.arange(qi.size) - xp.searchsorted(qi, qi)
     at = rank == k - 1
@@ -266,9 +266,7 @@ def _refine(be, matrix, ids, q, qi, r, k, metric):
     score = xp.concatenate([_exact_scores(be, matrix, q, qi[s:s + REFINE_CHUNK], r[s:s + REFINE_CHUNK], metric)
                             for s in range(0, qi.size, REFINE_CHUNK)] or [xp.zeros(0, dtype=np.float32)])
     key = (score if metric == "l2" else -score) + np.float32(0)     # -0 and +0 sort as equal everywhere
-    order = xp.argsort(ids[r], kind="stable")
-    order = order[xp.argsort(key[order], kind="stable")]
-    order = order[xp.argsort(qi[order], kind="stable")]
+    order = lexsort(xp, (ids[r], key, qi))
     qi, r, score = qi[order], r[order], score[order]
     top = (xp.arange(qi.size) - xp.searchsorted(qi, qi)) < k
     return be.to_numpy(qi[top]), be.to_numpy(r[top]), be.to_numpy(score[top])

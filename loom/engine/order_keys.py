@@ -11,6 +11,7 @@ Integer arrays are their own keys; booleans become uint8.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
@@ -87,6 +88,15 @@ def stable_argsort(xp: ModuleType, keys: Array, axis: int) -> Array:
     except TypeError:
         # CuPy before 14 takes no `kind`: its argsort is always stable (thrust's stable_sort_by_key)
         return xp.argsort(keys, axis=axis)
+
+
+def lexsort(xp: ModuleType, keys: Sequence[Array]) -> Array:
+    """Indices that sort 1-d arrays by keys[-1], then keys[-2], ... (numpy.lexsort's order) on any
+    array library: one stable argsort per key, least significant first."""
+    order = stable_argsort(xp, keys[0], 0)
+    for key in keys[1:]:
+        order = order[stable_argsort(xp, key[order], 0)]
+    return order
 
 
 def accumulate(xp: ModuleType, keys: Array, op: str) -> Array:
