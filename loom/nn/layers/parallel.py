@@ -201,18 +201,26 @@ class Parallel(Layer):
         return self.combine.build(self, specs, ctx)
 
     def forward(self, x: Array, fc: ForwardContext) -> Array:
-        outs = [b.forward(x, fc) for b in self.branches]
+        outs = [self.branch_forward(i, x, fc) for i in range(len(self.branches))]
         return self.combine.forward(self, outs, x, fc)
 
     def backward(self, dy: Array) -> Array | None:
         grads, dx_gate = self.combine.backward(self, dy)
-        # without input_grad, branches whose parameters are all frozen are not run backward at all
-        dxs = [self.backward_child(b, g, self.input_grad) for b, g in zip(self.branches, grads)]
+        dxs = [self.branch_backward(i, g) for i, g in enumerate(grads)]
         if not self.in_spec.is_float or not self.input_grad:
             return None
         if dx_gate is not None:
             dxs.append(dx_gate)
         return dxs[0] if len(dxs) == 1 else ops.sum(self.xp.stack(dxs), axis=0)
+
+    def branch_forward(self, i: int, x: Array, fc: ForwardContext) -> Array:
+        """Branch i's output (what the combine mode receives)."""
+        return self.branches[i].forward(x, fc)
+
+    def branch_backward(self, i: int, dy: Array) -> Array | None:
+        """Branch i's input gradient from the gradient of its output; without input_grad, a branch
+        whose parameters are all frozen is not run backward at all."""
+        return self.backward_child(self.branches[i], dy, self.input_grad)
 
     def describe(self) -> str:
         n = len(self.branches)

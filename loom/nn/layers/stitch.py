@@ -7,9 +7,9 @@
 The layer is a `parallel` (its combine objects, its gate, its keys) whose branches are stitched: each
 branch child "branches.{i}" is followed by a dense child "projections.{i}" (weight [width, w_i], bias
 [width] as torch.nn.Linear; Glorot init as a linear dense), so a 5-wide and a 7-wide expert can be
-added, averaged or mixed by a gate. Only build, forward and backward differ from parallel's: each
-runs a branch, then its projection (backward: the projection, then the branch). The projections are
-real dense layers: their GEMMs, exact schemes, quantization and QAT are dense's. The network's config
+added, averaged or mixed by a gate. Only build and the per-branch steps (parallel's branch_forward
+and branch_backward) differ: a branch, then its projection; backward, the projection, then the
+branch. The projections are real dense layers: their GEMMs, exact schemes, quantization and QAT are dense's. The network's config
 keeps the stitch as written; the projections are a build-time detail, like filter's default gate.
 """
 from __future__ import annotations
@@ -18,7 +18,6 @@ from typing import Any
 
 from ... import config as configs
 from ...backend import Array
-from ...kernels import ops
 from .base import BuildContext, ForwardContext, Spec, register
 from .parallel import COMBINERS, Parallel
 
@@ -50,23 +49,14 @@ class Stitch(Parallel):
         self.combine = COMBINERS[self.mode]()
         return self.combine.build(self, [p.out_spec for p in projections], ctx)
 
-    def forward(self, x: Array, fc: ForwardContext) -> Array:
-        outs = [p.forward(b.forward(x, fc), fc) for b, p in zip(self.branches, self.projections)]
-        return self.combine.forward(self, outs, x, fc)
+    def branch_forward(self, i: int, x: Array, fc: ForwardContext) -> Array:
+        return self.projections[i].forward(self.branches[i].forward(x, fc), fc)
 
-    def backward(self, dy: Array) -> Array | None:
-        grads, dx_gate = self.combine.backward(self, dy)
-        need = self.input_grad
-        dxs = []
-        for b, p, g in zip(self.branches, self.projections, grads):
-            # a projection passes a gradient on only when its branch trains or the input's is wanted
-            do = self.backward_child(p, g, need or b.trains())
-            dxs.append(None if do is None else self.backward_child(b, do, need))
-        if not self.in_spec.is_float or not need:
-            return None
-        if dx_gate is not None:
-            dxs.append(dx_gate)
-        return dxs[0] if len(dxs) == 1 else ops.sum(self.xp.stack(dxs), axis=0)
+    def branch_backward(self, i: int, dy: Array) -> Array | None:
+        branch, need = self.branches[i], self.input_grad
+        # a projection passes a gradient on only when its branch trains or the input's is wanted
+        do = self.backward_child(self.projections[i], dy, need or branch.trains())
+        return None if do is None else self.backward_child(branch, do, need)
 
     def describe(self) -> str:
         return f"width={self.cfg['width']}{'' if self.cfg['bias'] else ' (no bias)'}, {super().describe()}"
