@@ -67,8 +67,10 @@ class IVFIndex:
         if self.centroids.ndim != 2 or self.centroids.shape[0] == 0:
             raise ShapeError(f"centroids: expected a [nlist, dim] array, got shape {tuple(self.centroids.shape)}")
         self._coarse = Centroids(be, metric, self.centroids)
-        self.assign = xp.zeros(0, dtype=np.int32) if assign is None else xp.asarray(assign, dtype=np.int32)
-        self._row_pos = xp.full(self.assign.shape[0], -1, dtype=np.int64)
+        # assign and _row_pos are views of buffers that grow by doubling (add_rows appends in place)
+        self._assign_buf = xp.zeros(0, dtype=np.int32) if assign is None else xp.asarray(assign, dtype=np.int32)
+        self._pos_buf = xp.full(self._assign_buf.shape[0], -1, dtype=np.int64)
+        self.assign, self._row_pos = self._assign_buf, self._pos_buf
         self._lists = None              # [p, dim] float32: the rows grouped by list (a snapshot)
         self._list_sq = None            # [p] float32 squared norms of those rows (l2)
         self._pos_row = None            # [p] int64: the row at each position, -1 once removed
@@ -124,9 +126,15 @@ class IVFIndex:
         xp = self.be.xp
         vectors = self._rows(vectors, "vectors")
         labels = nearest(self.be, vectors, self._coarse)
-        self.assign = xp.concatenate([self.assign, labels])
-        self._row_pos = xp.concatenate([self._row_pos, xp.full(labels.shape[0], -1, dtype=np.int64)])
-        self._pending += int(labels.shape[0])
+        n, m = self.n, int(labels.shape[0])
+        if n + m > self._assign_buf.shape[0]:
+            cap = max(n + m, 2 * self._assign_buf.shape[0], 1024)
+            self._assign_buf = xp.concatenate([self.assign, xp.zeros(cap - n, dtype=np.int32)])
+            self._pos_buf = xp.concatenate([self._row_pos, xp.zeros(cap - n, dtype=np.int64)])
+        self._assign_buf[n:n + m] = labels
+        self._pos_buf[n:n + m] = -1
+        self.assign, self._row_pos = self._assign_buf[:n + m], self._pos_buf[:n + m]
+        self._pending += m
 
     def remove_row(self, r: int, last: int) -> None:
         """Mirror the store's removal of row r: the last row (`last`, = n - 1) moves into r."""
@@ -266,8 +274,7 @@ class IVFIndex:
         self._lists = matrix[order]
         self._list_sq = _square_norms(xp, self._lists) if self.metric == "l2" else None
         self._pos_row = order.astype(np.int64)
-        self._row_pos = xp.empty(self.n, dtype=np.int64)
-        self._row_pos[order] = xp.arange(self.n, dtype=np.int64)
+        self._row_pos[order] = xp.arange(self.n, dtype=np.int64)     # order covers every row
         counts = be.to_numpy(xp.bincount(self.assign, minlength=self.nlist)).astype(np.int64)
         self._offsets = np.r_[0, np.cumsum(counts)]
         self._pending = self._dead = 0
@@ -333,24 +340,22 @@ class IVFIndex:
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         pos = np.minimum(np.searchsorted(file_ids, ids), max(n - 1, 0))
         found = file_ids[pos] == ids if n else np.zeros(len(ids), dtype=bool)
-        index = cls(be, fmetric, be.xp.asarray(centroids.astype(np.float32)))
-        if found.all() and len(ids) == n:
-            index.assign = be.xp.asarray(lists[pos].astype(np.int32))
-        elif matrix is not None:
-            if matrix.shape != (len(ids), fdim):
-                raise ShapeError(f"matrix: expected [{len(ids)}, {fdim}] rows, got {tuple(matrix.shape)}")
-            assign = np.where(found, lists[pos], -1).astype(np.int32)
-            fresh = np.flatnonzero(~found)
-            if fresh.size:
-                assign[fresh] = be.to_numpy(nearest(be, matrix[be.xp.asarray(fresh)], index._coarse))
-            index.assign = be.xp.asarray(assign)
-            index.reassigned = True
-        else:
+        centroids = be.xp.asarray(centroids.astype(np.float32))
+        assign = lists[pos].astype(np.int32)
+        reassigned = not (found.all() and len(ids) == n)
+        if reassigned and matrix is None:
             what = (f"id {int(ids[~found][0])} of the store is not in it" if not found.all()
                     else f"it holds {n} ids, the store {len(ids)}")
             raise FormatError(f"{path}: the index does not match the store: {what}")
-        index._row_pos = be.xp.full(index.assign.shape[0], -1, dtype=np.int64)
-        index._pending = int(index.assign.shape[0])
+        if reassigned:
+            if matrix.shape != (len(ids), fdim):
+                raise ShapeError(f"matrix: expected [{len(ids)}, {fdim}] rows, got {tuple(matrix.shape)}")
+            fresh = np.flatnonzero(~found)
+            if fresh.size:
+                coarse = Centroids(be, fmetric, centroids)
+                assign[fresh] = be.to_numpy(nearest(be, matrix[be.xp.asarray(fresh)], coarse))
+        index = cls(be, fmetric, centroids, be.xp.asarray(assign))
+        index.reassigned = reassigned
         return index
 
 

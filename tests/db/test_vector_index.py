@@ -118,3 +118,16 @@ def test_corrupt_index_file_is_named(tmp_path):
     (path / "ivf.index").write_bytes(bytes(data[:30]))
     with pytest.raises(FormatError, match="truncated"):
         VectorStore.open(path, readonly=True)
+
+
+def test_single_adds_and_deletes_grow_the_index_in_place(store):
+    """One vector at a time (the index's row arrays grow by doubling), interleaved with deletes."""
+    store.build_index(nlist=16)
+    more = clustered(40, 16, 12)
+    for i, v in enumerate(more):
+        store.add(20_000 + i, v)
+        if i % 3 == 0:
+            store.delete(i)
+    assert store.index.n == len(store)
+    q = np.concatenate([more[::7], clustered(5, 16, 13)])
+    same(store.search(q, 6, exact=False, nprobe=16), store.search(q, 6))
