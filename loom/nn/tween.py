@@ -2,6 +2,7 @@
 
     tw = Tween(net, {"mode": "gap", "rate": 0.05})
     report = tw.update(x, target)          # forward, learn; float(report) is the loss
+    p = tw.forward(x); act_on(p.output); tw.learn(p, target)     # answer first, learn after
     state = net.step_state()               # or pipelined: one tick, then learn from that tick
     state.set_input(x); state.step(); tw.step_update(state, target)
 
@@ -56,6 +57,18 @@ class TweenReport:
 
     def __float__(self) -> float:
         return float(self.loss)
+
+
+@dataclass(frozen=True)
+class TweenPass:
+    """What Tween.forward ran: each top-level layer's input and output (`output` is the answer)."""
+    inputs: tuple
+    outputs: tuple
+    root: Any
+
+    @property
+    def output(self) -> Array:
+        return self.outputs[-1]
 
 
 @dataclass
@@ -121,10 +134,9 @@ class Tween:
             self._bind()
 
     # --- updates ---
-    def update(self, x: Array, target: Array, checked: bool = True) -> TweenReport:
-        """Forward x (a batch, often of one sample), then one update toward `target` (what the loss
-        takes: values shaped like the output, or class ids). checked=False skips the loss's
-        data-dependent target checks (they synchronize with the GPU)."""
+    def forward(self, x: Array) -> TweenPass:
+        """Run x (a batch, often of one sample) forward through the top-level layers, keeping what
+        learn() needs; `.output` is the network's answer, available before any learning."""
         self._rebind()
         net = self.net
         x = net.check_input(x)
@@ -136,7 +148,22 @@ class Tween:
             ys.append(x)
         if net.training:
             net.rng_counter += 1
-        return self._learn(xs, ys, target, checked)
+        return TweenPass(tuple(xs), tuple(ys), net.root)
+
+    def learn(self, p: TweenPass, target: Array, checked: bool = True) -> TweenReport:
+        """One update toward `target` (what the loss takes: values shaped like the output, or class
+        ids) from a forward() of this network, the latest one: the layers' backward passes use
+        what they cached in it. checked=False skips the loss's data-dependent target checks (they
+        synchronize with the GPU)."""
+        self._rebind()
+        if p.root is not self.net.root:
+            raise ShapeError("learn: the pass was run by another network (or by this one before net.to() "
+                             "rebuilt its layers); run forward() again")
+        return self._learn(list(p.inputs), list(p.outputs), target, checked)
+
+    def update(self, x: Array, target: Array, checked: bool = True) -> TweenReport:
+        """forward(x), then learn() toward `target`: one online update."""
+        return self.learn(self.forward(x), target, checked)
 
     def step_update(self, state: StepState, target: Array, checked: bool = True) -> TweenReport:
         """One update from the latest tick of a StepState: `target` goes with state.output(), each
@@ -193,8 +220,12 @@ class Tween:
                 est = tween_rules.matrix_rule(layer, x, y, t, cfg, need)
             else:
                 est = tween_rules.fallback_rule(self.net.root, layer, x, y, t, need)
-            if est is None:
+            if est is None or i == 0:
                 break                          # nothing to hand down (the first layer, or integer input)
+            if cfg.projection == "gap" and ys[i - 1] is not x:
+                # a pipeline tick: the layer below wrote ys[i-1] from a newer sample than the x this
+                # layer read; hand down the gap (est - x), not a target for another sample's output
+                est = est + (ys[i - 1] - x)
             bounds = self._ranges[i - 1]
             t = est if bounds is None else xp.clip(est, est.dtype.type(bounds[0]), est.dtype.type(bounds[1]))
         return tuple(tween_rules.link_budget(x, y) for x, y in zip(xs, ys))
@@ -257,4 +288,4 @@ class Tween:
         return f"Tween(mode={self._config.mode!r}, rate={self._config.rate:g}, steps={self.steps})"
 
 
-__all__ = ["MODES", "Tween", "TweenConfig", "TweenReport"]
+__all__ = ["MODES", "Tween", "TweenConfig", "TweenPass", "TweenReport"]

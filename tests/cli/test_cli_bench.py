@@ -31,3 +31,25 @@ def test_bad_suite_and_missing_gpu_are_one_line(capsys, monkeypatch):
     monkeypatch.setattr(backend, "get", no_gpu)
     code, out, err = loom(capsys, "bench", "engine")
     assert code == 3 and err.strip() == "loom: error: device 'cuda' needs CuPy: pip install 'loom[cuda]' (cupy-cuda12x)"
+
+
+def test_bench_online_prints_the_table_and_writes_the_page(capsys, tmp_path):
+    page = tmp_path / "docs" / "online.md"
+    code, out, err = loom(capsys, "bench", "online", "--ticks", 30, "--seeds", 1, "--archs", "dense,rnn",
+                          "--streams", "abrupt,grid", "--modes", "NormalBP,StepTweenChain", "--markdown", page,
+                          "--json", tmp_path / "o.json")
+    assert code == 0, err
+    assert "abrupt: accuracy (mean ± std over 1 seeds, 30 ticks)" in out and f"wrote {page}" in out
+    assert "grid       rnn" in err                      # progress, one line per network and stream
+    text = page.read_text()
+    assert "## Conclusions" in text and "## Grid agents: goals reached per 1000 ticks" in text
+    results = json.loads((tmp_path / "o.json").read_text())
+    assert len(results["runs"]) == 8 and results["meta"]["device"] == "cpu"
+
+
+def test_bench_online_bad_arguments(capsys, tmp_path):
+    code, out, err = loom(capsys, "bench", "online", "--ticks", 0)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--ticks" in err
+    code, out, err = loom(capsys, "bench", "online", "--ticks", 10, "--modes", "StepBP,Hebbian", "--markdown", "-")
+    assert code == 3 and err.strip().startswith("loom: error:") and "'Hebbian'" in err
+    assert len(err.strip().splitlines()) == 1

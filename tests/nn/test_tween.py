@@ -291,3 +291,44 @@ def test_a_target_of_the_wrong_shape_is_a_shape_error():
     X, Y = regression(2)
     with pytest.raises(ShapeError, match=r"target has shape \[2, 3\]"):
         Tween(loom.Network.from_config(MLP), "gap").update(X, np.zeros((2, 3), np.float32))
+
+
+@pytest.mark.parametrize("mode", ["chain", "gap"])
+def test_forward_then_learn_is_update(mode):
+    """The two halves give update's bits, and the answer exists before anything is learned."""
+    X, Y = regression(12, seed=6)
+    a, b = loom.Network.from_config(MLP), loom.Network.from_config(MLP)
+    ta, tb = Tween(a, {"mode": mode, "momentum": 0.5}), Tween(b, {"mode": mode, "momentum": 0.5})
+    for i in range(0, 12, 3):
+        p = tb.forward(X[i:i + 3])
+        assert p.output.tobytes() == np.asarray(b(X[i:i + 3])).tobytes()
+        p = tb.forward(X[i:i + 3])                        # the latest forward is the one learned from
+        assert float(ta.update(X[i:i + 3], Y[i:i + 3])) == float(tb.learn(p, Y[i:i + 3]))
+    pa, pb = params(a), params(b)
+    assert all(pa[k].tobytes() == pb[k].tobytes() for k in pa)
+    with pytest.raises(ShapeError, match="another network"):
+        ta.learn(p, Y[:3])
+
+
+def test_a_pipeline_hands_the_gap_down_not_another_samples_target():
+    """Two linear dense layers in a pipeline tick: layer 1 reads x1 (an older sample's hidden output)
+    while layer 0 wrote y0 from a newer one. Layer 0's gap is layer 1's back-projected gap
+    A^T gap / |A|^T 1, whatever y0 is: the difference between the two samples is not a gap."""
+    cfg = {"loom": 1, "seed": 2, "dtype": "float64", "input": {"shape": [3]},
+           "layers": [{"type": "dense", "units": 4, "bias": False}, {"type": "dense", "units": 2, "bias": False}]}
+    net = loom.Network.from_config(cfg)
+    w0, w1 = (np.array(net.parameters()[f"layers.{i}.weight"]) for i in (0, 1))
+    tw = Tween(net, {"mode": "gap", "rate": 1.0, "normalize": False, "budget_threshold": 0})
+    rng = np.random.default_rng(1)
+    state = net.step_state()
+    xa, xb, t = rng.normal(size=(1, 3)), rng.normal(size=(1, 3)), rng.normal(size=(1, 2))
+    for x in (xa, xb):
+        state.set_input(x)
+        state.step()
+    x1 = xa @ w0.T                          # what layer 1 read this tick: sample a's hidden output
+    y1 = x1 @ w1.T
+    gap1 = t - y1
+    gap0 = (gap1 @ w1) / np.abs(w1).sum(axis=0)      # handed down: no y0 (sample b) in it
+    tw.step_update(state, t)
+    np.testing.assert_allclose(np.array(net.parameters()["layers.1.weight"]), w1 + gap1.T @ x1, rtol=1e-12)
+    np.testing.assert_allclose(np.array(net.parameters()["layers.0.weight"]), w0 + gap0.T @ xb, rtol=1e-12)
