@@ -1,5 +1,6 @@
 """The online harness on the GPU: every training mode gives the CPU's answers, losses and grid walk bit
 for bit in deterministic mode (the clock is FixedCosts, so availability is the same too)."""
+import numpy as np
 import pytest
 
 import loom
@@ -22,7 +23,10 @@ def records(device, arch, stream, mode):
 @pytest.mark.parametrize("arch, stream", [("conv2d", "abrupt"), ("lstm", "grid"), ("attention", "noisy")])
 def test_every_mode_gives_the_cpu_bits(arch, stream, mode):
     (cpu, cs), (gpu, gs) = records("cpu", arch, stream, mode), records("cuda", arch, stream, mode)
-    for key in ("output", "answered", "correct", "loss"):
+    for key in ("output", "answered", "correct"):
         assert gpu[key].tobytes() == cpu[key].tobytes(), key
+    finite = np.isfinite(cpu["loss"])            # a diverged run's NaNs may differ in their payload bits
+    assert (np.isfinite(gpu["loss"]) == finite).all()
+    assert gpu["loss"][finite].tobytes() == cpu["loss"][finite].tobytes()
     same = [k for k in cs if k != "tick_ms"]
     assert repr([gs[k] for k in same]) == repr([cs[k] for k in same])       # repr: NaN equals NaN

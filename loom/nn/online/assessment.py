@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ... import mode as run_mode
 from ... import version
 from ...errors import ConfigError
 from ..network import Network
@@ -86,7 +87,7 @@ def run(archs: Any = None, streams: Any = None, modes: Any = None, seeds: int = 
                 progress(f"{stream:10s} {arch:9s} " + "  ".join(
                     f"{m} {_mean([r['accuracy'] for r in last if r['mode'] == m]):.2f}" for m in modes))
     meta = {"date": datetime.date.today().isoformat(), "loom": version.__version__, "device": device,
-            "machine": machine(), "ticks": ticks, "seeds": seeds, "period_ms": period * 1e3,
+            "mode": run_mode.name(), "machine": machine(), "ticks": ticks, "seeds": seeds, "period_ms": period * 1e3,
             "archs": list(archs), "streams": list(streams), "modes": list(modes),
             "settings": {m: learners.settings(m) for m in modes}}
     return {"meta": meta, "runs": rows}

@@ -145,7 +145,7 @@ def markdown(result: dict, command: str) -> str:
         command,
         "```",
         "",
-        f"- date: {meta['date']}; loom {meta['loom']}; device: {meta['device']}; machine: {meta['machine']}",
+        f"- date: {meta['date']}; loom {meta['loom']}; device: {meta['device']} ({meta.get('mode', 'deterministic')} mode); machine: {meta['machine']}",
         f"- {len(runs)} runs: {len(meta['archs'])} networks x {len(meta['streams'])} streams x "
         f"{len(meta['modes'])} modes x {meta['seeds']} seeds, {meta['ticks']} ticks each, one tick every "
         f"{meta['period_ms']:g} ms, answers due within the tick",
