@@ -67,9 +67,17 @@ def _online(args: argparse.Namespace, device: str) -> dict:
     print(assessment.table(result))
     path = args.markdown or os.path.join("docs", "online.md")
     if path != "-":
-        command = "loom bench online" + "".join(f" {a}" for a in sys.argv[3:]) if sys.argv[1:3] == ["bench", "online"] \
-            else "loom bench online"
+        command = " ".join(["loom bench online", *_options(args, device, ticks, seeds)])
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         write_bytes(path, report.markdown(result, command).encode())
         print(f"wrote {path}")
     return result
+
+
+def _options(args: argparse.Namespace, device: str, ticks: int, seeds: int) -> list[str]:
+    """The options that shaped the results (for the page's rerun line; not where files went)."""
+    out = [] if device == "cpu" else [f"--device {device}"]
+    out += [] if ticks == 2000 else [f"--ticks {ticks}"]
+    out += [] if seeds == 3 else [f"--seeds {seeds}"]
+    out += [f"--{k} {getattr(args, k)}" for k in ("archs", "streams", "modes") if getattr(args, k)]
+    return out + (["--fast"] if getattr(args, "fast", False) else [])

@@ -43,6 +43,8 @@ def test_bench_online_prints_the_table_and_writes_the_page(capsys, tmp_path):
     assert "grid       rnn" in err                      # progress, one line per network and stream
     text = page.read_text()
     assert "## Conclusions" in text and "## Grid agents: goals reached per 1000 ticks" in text
+    assert ("loom bench online --ticks 30 --seeds 1 --archs dense,rnn --streams abrupt,grid "
+            "--modes NormalBP,StepTweenChain\n") in text
     results = json.loads((tmp_path / "o.json").read_text())
     assert len(results["runs"]) == 8 and results["meta"]["device"] == "cpu"
 

@@ -199,7 +199,8 @@ def fake_result():
                              "final_accuracy": acc, "availability": 1.0, "tick_ms": 1.0, "latency_ms_p99": 2.0,
                              "recovery_ticks": 100 + seed if mode == "Tween" else None, "dip": 0.3,
                              "diverged_at": 5 if (arch, mode, seed) == ("dense", "Tween", 1) else None})
-    meta = {"date": "d", "loom": "v", "device": "cpu", "machine": "m", "ticks": 10, "seeds": 2, "period_ms": 5.0,
+    meta = {"date": "d", "loom": "v", "device": "cpu", "mode": "deterministic", "machine": "m", "ticks": 10,
+            "seeds": 2, "period_ms": 5.0,
             "archs": ["dense", "lstm"], "streams": ["abrupt"], "modes": ["Tween", "TweenChain"],
             "settings": {"Tween": online.settings("Tween")}}
     return {"meta": meta, "runs": runs}

@@ -117,8 +117,11 @@ def conclusions(result: dict) -> list[str]:
     if grid:
         goals = {m: _mean_of(select(grid, mode=m), "goals_per_1000") for m in modes}
         best = max(goals, key=lambda m: goals[m] if math.isfinite(goals[m]) else -1)
+        bumps = {m: _mean_of(select(grid, mode=m), "collisions_per_1000") for m in modes}
         out.append("Grid agents reached " + "; ".join(f"{m} {v:.1f}" for m, v in goals.items())
-                   + f" goals per 1000 ticks (mean over networks and seeds); {best} the most.")
+                   + f" goals per 1000 ticks (mean over networks and seeds); {best} the most. Moves refused "
+                   "(into a wall or another agent) per 1000 ticks: " + "; ".join(f"{m} {v:.0f}" for m, v in bumps.items())
+                   + ".")
     diverged = [r for r in runs if r.get("diverged_at") is not None]
     if diverged:
         by_mode: dict[str, set] = {}
@@ -145,7 +148,8 @@ def markdown(result: dict, command: str) -> str:
         command,
         "```",
         "",
-        f"- date: {meta['date']}; loom {meta['loom']}; device: {meta['device']} ({meta.get('mode', 'deterministic')} mode); machine: {meta['machine']}",
+        f"- date: {meta['date']}; loom {meta['loom']}; device: {meta['device']} ({meta['mode']} mode); "
+        f"machine: {meta['machine']}",
         f"- {len(runs)} runs: {len(meta['archs'])} networks x {len(meta['streams'])} streams x "
         f"{len(meta['modes'])} modes x {meta['seeds']} seeds, {meta['ticks']} ticks each, one tick every "
         f"{meta['period_ms']:g} ms, answers due within the tick",
