@@ -24,7 +24,11 @@ def pad(xp: ModuleType, x: Array, lo: tuple[int, ...], hi: tuple[int, ...], valu
     """x [B, C, *L] padded by lo/hi per spatial dimension with a constant."""
     if not any(lo) and not any(hi):
         return x
-    return xp.pad(x, [(0, 0), (0, 0)] + list(zip(lo, hi)), constant_values=value)
+    # a filled array and one slice assignment: np.pad costs ~40 us of Python per call at these sizes
+    shape = tuple(x.shape[:2]) + tuple(n + a + b for n, a, b in zip(x.shape[2:], lo, hi))
+    out = xp.full(shape, value, dtype=x.dtype)
+    out[(slice(None), slice(None)) + tuple(slice(a, a + n) for a, n in zip(lo, x.shape[2:]))] = x
+    return out
 
 
 def crop(xp: ModuleType, x: Array, lo: tuple[int, ...], size: tuple[int, ...]) -> Array:

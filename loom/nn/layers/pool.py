@@ -68,8 +68,25 @@ def max_pool_grad_arrays(xp: ModuleType, dy: Array, arg: Array, k: tuple[int, ..
     n = len(k)
     hit = arg[..., None] == xp.arange(math.prod(k))
     parts = xp.where(hit, dy[..., None], xp.zeros((), dtype=dy.dtype)).reshape(dy.shape + tuple(k))
+    if tuple(s) == tuple(k) and not any(p):
+        return _tile(xp, parts, size)
     padded = tuple(a + 2 * b for a, b in zip(size, p))
     return crop(xp, windows_adjoint(xp, parts, padded, s, (1,) * n), p, size)
+
+
+def _tile(xp: ModuleType, parts: Array, size: tuple[int, ...]) -> Array:
+    """windows_adjoint for windows that tile the input (stride = pool size, no padding): every input
+    element is in at most one window, so the sum is a transpose, plus 0 (the adjoint's zero start turns
+    -0.0 into +0.0; the same bits)."""
+    n = len(size)
+    b, c, out, k = parts.shape[0], parts.shape[1], parts.shape[2:2 + n], parts.shape[2 + n:]
+    perm = (0, 1) + tuple(x for i in range(n) for x in (2 + i, 2 + n + i))      # [B, C, o0, k0, o1, k1, ...]
+    dense = parts.transpose(perm).reshape((b, c) + tuple(o * j for o, j in zip(out, k)))
+    if tuple(dense.shape[2:]) == tuple(size):
+        return dense + dense.dtype.type(0)
+    full = xp.zeros((b, c) + tuple(size), dtype=parts.dtype)
+    full[(slice(None), slice(None)) + tuple(slice(0, o * j) for o, j in zip(out, k))] = dense
+    return full + full.dtype.type(0)
 
 
 @register("max_pool1d", "max_pool2d", "max_pool3d")

@@ -155,3 +155,31 @@ def test_wrong_list_length_and_integer_input():
     assert msg.startswith("layers[0].stride: ")
     msg = build_error(pool("avg_pool1d", pool_size=2), [1, 4], input_dtype="int32")
     assert msg.startswith("layers[0]: ") and "floating-point" in msg
+
+
+@pytest.mark.parametrize("size", [(4, 6), (5, 7)])
+def test_tiling_max_pool_gradient_is_the_adjoints_bits(size):
+    """Windows that tile the input take a transpose instead of the strided adds: the same bits,
+    -0.0 gradients included (the adjoint's zero start makes them +0.0), remainders left at zero."""
+    from loom.kernels.windows import crop, windows_adjoint
+    from loom.nn.layers.pool import max_pool_arrays, max_pool_grad_arrays
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(2, 3, *size))
+    out = (size[0] // 2, size[1] // 2)
+    _, arg = max_pool_arrays(np, x, (2, 2), (2, 2), (0, 0), out)
+    dy = rng.normal(size=(2, 3, *out))
+    dy[0, 0, 0, :] = -0.0
+    got = max_pool_grad_arrays(np, dy, arg, (2, 2), (2, 2), (0, 0), size)
+    hit = arg[..., None] == np.arange(4)
+    parts = np.where(hit, dy[..., None], 0.0).reshape(dy.shape + (2, 2))
+    want = crop(np, windows_adjoint(np, parts, size, (2, 2), (1, 1)), (0, 0), size)
+    assert got.shape == want.shape and got.tobytes() == want.tobytes()
+    assert not np.signbit(got[0, 0, :2]).any()          # the rows under the -0.0 gradients
+
+
+def test_pad_is_numpys_pad():
+    from loom.kernels.windows import pad
+    x = np.random.default_rng(3).normal(size=(2, 3, 4, 5)).astype(np.float32)
+    got = pad(np, x, (1, 0), (2, 3), -np.inf)
+    want = np.pad(x, [(0, 0), (0, 0), (1, 2), (0, 3)], constant_values=-np.inf)
+    assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
