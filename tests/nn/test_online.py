@@ -233,3 +233,6 @@ def test_assessment_runs_every_cell():
     assert text.splitlines()[0] == "stationary: accuracy (mean ± std over 2 seeds, 20 ticks)"
     with pytest.raises(ConfigError, match="unknown arch 'mlp'"):
         assessment.run(["mlp"])
+    with pytest.raises(ConfigError) as e:
+        assessment.run(seeds=0)
+    assert e.value.path == "online.seeds"

@@ -24,6 +24,7 @@ import numpy as np
 
 from ... import mode as run_mode
 from ... import version
+from ...config import positive_int
 from ...errors import ConfigError
 from ..network import Network
 from . import harness, learners
@@ -69,6 +70,7 @@ def run(archs: Any = None, streams: Any = None, modes: Any = None, seeds: int = 
         progress: Callable[[str], None] | None = None) -> dict:
     """Every (arch, stream, mode, seed); returns {"meta": ..., "runs": [row, ...]} where a row is the
     run's summary with its arch, stream, mode and seed."""
+    seeds = positive_int(seeds, "online.seeds")
     archs = _choose(archs, ARCHS, "archs")
     streams = _choose(streams, tuple(STREAMS), "streams")
     modes = _choose(modes, learners.MODES, "modes")
