@@ -82,11 +82,12 @@ def _tile(xp: ModuleType, parts: Array, size: tuple[int, ...]) -> Array:
     b, c, out, k = parts.shape[0], parts.shape[1], parts.shape[2:2 + n], parts.shape[2 + n:]
     perm = (0, 1) + tuple(x for i in range(n) for x in (2 + i, 2 + n + i))      # [B, C, o0, k0, o1, k1, ...]
     dense = parts.transpose(perm).reshape((b, c) + tuple(o * j for o, j in zip(out, k)))
-    if tuple(dense.shape[2:]) == tuple(size):
-        return dense + dense.dtype.type(0)
-    full = xp.zeros((b, c) + tuple(size), dtype=parts.dtype)
-    full[(slice(None), slice(None)) + tuple(slice(0, o * j) for o, j in zip(out, k))] = dense
-    return full + full.dtype.type(0)
+    if tuple(dense.shape[2:]) != tuple(size):
+        full = xp.zeros((b, c) + tuple(size), dtype=parts.dtype)
+        full[(slice(None), slice(None)) + tuple(slice(0, o * j) for o, j in zip(out, k))] = dense
+        dense = full
+    dense += dense.dtype.type(0)          # in place: dense is a fresh array (or a view of the fresh parts)
+    return dense
 
 
 @register("max_pool1d", "max_pool2d", "max_pool3d")

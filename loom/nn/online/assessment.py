@@ -87,7 +87,7 @@ def run(archs: Any = None, streams: Any = None, modes: Any = None, seeds: int = 
             if progress:
                 last = [r for r in rows if r["arch"] == arch and r["stream"] == stream]
                 progress(f"{stream:10s} {arch:9s} " + "  ".join(
-                    f"{m} {_mean([r['accuracy'] for r in last if r['mode'] == m]):.2f}" for m in modes))
+                    f"{m} {mean(select(last, mode=m), 'accuracy'):.2f}" for m in modes))
     meta = {"date": datetime.date.today().isoformat(), "loom": version.__version__, "device": device,
             "mode": run_mode.name(), "machine": machine(), "ticks": ticks, "seeds": seeds, "period_ms": period * 1e3,
             "archs": list(archs), "streams": list(streams), "modes": list(modes),
@@ -109,17 +109,17 @@ def machine() -> str:
     return f"{name}, {os.cpu_count()} cores, {platform.system()}"
 
 
-def _mean(values: list) -> float:
-    values = [v for v in values if v is not None and math.isfinite(v)]
-    return float(np.mean(values)) if values else math.nan
-
-
 def stats(rows: list[dict], key: str) -> tuple[float, float, int]:
     """(mean, sample std, count) of `key` over rows, leaving out None and non-finite values."""
     values = [r[key] for r in rows if r.get(key) is not None and math.isfinite(r[key])]
     if not values:
         return math.nan, math.nan, 0
     return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0, len(values)
+
+
+def mean(rows: list[dict], key: str) -> float:
+    """stats()'s mean (NaN when no row has a value)."""
+    return stats(rows, key)[0]
 
 
 def cell(rows: list[dict], key: str, digits: int = 2, scale: float = 1.0) -> str:

@@ -15,6 +15,7 @@ availability reproducible (tests use it).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -98,8 +99,8 @@ def run(net: Network, stream: Stream, mode: str, settings: dict | None = None, *
     learner = learners.build(net, mode, settings)
     timing = WallClock(net.backend) if timing is None else timing
     shape = tuple(net.output_spec.shape)
-    per_agent = int(np.prod(shape)) // stream.agents
-    if per_agent * stream.agents != int(np.prod(shape)) or per_agent < stream.classes:
+    per_agent = math.prod(shape) // stream.agents
+    if per_agent * stream.agents != math.prod(shape) or per_agent < stream.classes:
         raise ConfigError("online.network", f"the network's output {list(shape)} cannot hold {stream.agents} x "
                           f"{stream.classes} class scores for stream {stream.name!r}")
     score = losses.build(learner.settings.get("loss") or learner.settings["tween"]["loss"])
@@ -134,7 +135,8 @@ def _loop(net, stream, learner, timing, score, rec, period, deadline, per_agent)
             rec["correct"][t] = float(np.mean(decision == np.asarray(scored_then).reshape(-1)))
             rec["latency"][t] = done - origin * period
             rec["loss"][t] = float(score(host[None], _target(scored_then, score, host, stream)[None])[0])
-            _, learn_s = timing("learn", lambda: learner.learn(_target(shown_then, score, host, stream)))
+            target = _target(shown_then, score, host, stream)          # bookkeeping: not charged
+            _, learn_s = timing("learn", lambda: learner.learn(target))
         else:
             learn_s = 0.0
         stream.act(t, decision if rec["answered"][t] else None)

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from .assessment import cell, select, stats
+from .assessment import cell, mean, select, stats
 from .metrics import RECOVERY_TOLERANCE
 
 GAP_PAIRS = (("Tween", "TweenChain"), ("StepTween", "StepTweenChain"))
@@ -33,15 +33,11 @@ def _grid(result: dict, stream: str, key: str, digits: int = 2, scale: float = 1
     return out
 
 
-def _mean_of(runs: list[dict], key: str) -> float:
-    return stats(runs, key)[0]
-
-
 def _best_counts(result: dict, stream: str) -> dict[str, int]:
     meta, runs = result["meta"], result["runs"]
     wins = dict.fromkeys(meta["modes"], 0)
     for arch in meta["archs"]:
-        means = {m: _mean_of(select(runs, stream=stream, arch=arch, mode=m), "accuracy") for m in meta["modes"]}
+        means = {m: mean(select(runs, stream=stream, arch=arch, mode=m), "accuracy") for m in meta["modes"]}
         finite = {m: v for m, v in means.items() if math.isfinite(v)}
         if finite:
             wins[max(finite, key=finite.get)] += 1
@@ -89,10 +85,10 @@ def conclusions(result: dict) -> list[str]:
     if "NormalBP" in modes:
         nb = select(runs, mode="NormalBP")
         others = [m for m in modes if m != "NormalBP"]
-        other_av = min(_mean_of(select(runs, mode=m), "availability") for m in others) if others else math.nan
-        out.append(f"NormalBP answered {_mean_of(nb, 'availability'):.1%} of ticks on average (its training bursts "
+        other_av = min(mean(select(runs, mode=m), "availability") for m in others) if others else math.nan
+        out.append(f"NormalBP answered {mean(nb, 'availability'):.1%} of ticks on average (its training bursts "
                    f"block), the per-tick modes at least {other_av:.1%}; its accuracy over the last window was "
-                   f"{_mean_of(nb, 'final_accuracy'):.2f} against {_mean_of(nb, 'accuracy'):.2f} over the whole "
+                   f"{mean(nb, 'final_accuracy'):.2f} against {mean(nb, 'accuracy'):.2f} over the whole "
                    f"stream (it learns only in bursts, and counts missed ticks as wrong).")
     abrupt = select(runs, stream="abrupt")
     if abrupt:
@@ -109,15 +105,15 @@ def conclusions(result: dict) -> list[str]:
                    f"{RECOVERY_TOLERANCE * 100:.0f} points of the accuracy before it) — " + "; ".join(parts) + ".")
     noisy, clean = select(runs, stream="noisy"), select(runs, stream="stationary")
     if noisy and clean:
-        parts = [f"{m} {_mean_of(select(noisy, mode=m), 'accuracy'):.2f} vs {_mean_of(select(clean, mode=m), 'accuracy'):.2f}"
+        parts = [f"{m} {mean(select(noisy, mode=m), 'accuracy'):.2f} vs {mean(select(clean, mode=m), 'accuracy'):.2f}"
                  for m in modes]
         out.append("Accuracy with noisy labels against the clean stream (mean over networks and seeds): "
                    + "; ".join(parts) + ".")
     grid = select(runs, stream="grid")
     if grid:
-        goals = {m: _mean_of(select(grid, mode=m), "goals_per_1000") for m in modes}
+        goals = {m: mean(select(grid, mode=m), "goals_per_1000") for m in modes}
         best = max(goals, key=lambda m: goals[m] if math.isfinite(goals[m]) else -1)
-        bumps = {m: _mean_of(select(grid, mode=m), "collisions_per_1000") for m in modes}
+        bumps = {m: mean(select(grid, mode=m), "collisions_per_1000") for m in modes}
         out.append("Grid agents reached " + "; ".join(f"{m} {v:.1f}" for m, v in goals.items())
                    + f" goals per 1000 ticks (mean over networks and seeds); {best} the most. Moves refused "
                    "(into a wall or another agent) per 1000 ticks: " + "; ".join(f"{m} {v:.0f}" for m, v in bumps.items())
