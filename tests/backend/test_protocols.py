@@ -37,7 +37,7 @@ def test_the_cpu_backend_declares_every_member_of_the_backend_protocol():
     declared = [n for n in protocols.Backend.__annotations__] + list(_methods(protocols.Backend))
     for name in declared:
         assert hasattr(CPU, name), name
-    assert CPU.host and CPU.fused is None and CPU.windows is None and CPU.decode is None
+    assert CPU.host and CPU.fused is None and CPU.decode is None
     assert isinstance(CPU.exact, CPUExact) and isinstance(CPU.quant, CPUQuant)
 
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pytest
+from window_cases import GEOMETRIES, POOLS, geometry, pool_inputs
 
 from loom.kernels import windows as conv
 
@@ -14,35 +15,19 @@ cupy = pytest.importorskip("cupy")
 pytestmark = pytest.mark.gpu
 
 
-def _geometry(k, s, d, lo, hi, big, groups):
-    small = tuple((b + a + h - d_ * (k_ - 1) - 1) // s_ + 1 for b, a, h, k_, s_, d_ in zip(big, lo, hi, k, s, d))
-    return conv.Geometry(tuple(k), tuple(s), tuple(d), tuple(lo), tuple(hi), tuple(big), small, groups)
-
-
-GEOMETRIES = [
-    # k, s, d, lo, hi, big, groups, channels
-    ((3,), (1,), (1,), (1,), (1,), (9,), 1, 3),
-    ((3,), (2,), (2,), (0,), (1,), (11,), 1, 2),
-    ((3, 3), (1, 1), (1, 1), (1, 1), (1, 1), (7, 6), 1, 4),
-    ((2, 3), (1, 2), (1, 1), (0, 1), (1, 1), (6, 7), 2, 4),
-    ((3, 3), (2, 2), (2, 1), (2, 0), (1, 2), (9, 8), 3, 6),
-    ((2, 2, 2), (1, 2, 1), (1, 1, 2), (0, 1, 1), (1, 0, 1), (4, 5, 5), 1, 2),
-]
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", range(len(GEOMETRIES)))
 def test_im2col_and_col2im_match_numpy_bits(case, dtype):
     k, s, d, lo, hi, big, groups, c = GEOMETRIES[case]
-    g = _geometry(k, s, d, lo, hi, big, groups)
+    g = geometry(k, s, d, lo, hi, big, groups)
     rng = np.random.default_rng(case)
     x = rng.standard_normal((3, c) + big).astype(dtype)
-    ref_cols = conv.im2col(np, x, g)
+    ref_cols = conv.im2col_arrays(np, x, g)
     cols = conv.im2col(cupy, cupy.asarray(x), g)
     np.testing.assert_array_equal(cupy.asnumpy(cols), ref_cols)
 
     upstream = rng.standard_normal(ref_cols.shape).astype(dtype)
-    ref_dx = conv.col2im(np, upstream, 3, c, g)
+    ref_dx = conv.col2im_arrays(np, upstream, 3, c, g)
     dx = conv.col2im(cupy, cupy.asarray(upstream), 3, c, g)
     assert dx.shape == ref_dx.shape == (3, c) + big
     assert cupy.asnumpy(dx).tobytes() == ref_dx.tobytes()
@@ -61,26 +46,9 @@ def _pool(cfg, shape, x, dy, xp):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("cfg,shape", [
-    ({"type": "max_pool1d", "pool_size": 3, "stride": 1, "padding": 1}, (2, 9)),
-    ({"type": "max_pool2d", "pool_size": 2}, (3, 8, 6)),
-    ({"type": "max_pool2d", "pool_size": 3, "stride": 2, "padding": 1}, (2, 7, 9)),
-    ({"type": "max_pool3d", "pool_size": [2, 3, 2], "stride": [1, 2, 2]}, (1, 4, 7, 6)),
-])
+@pytest.mark.parametrize("cfg,shape", POOLS)
 def test_max_pool_matches_numpy_bits_with_ties_and_specials(cfg, shape, dtype):
-    rng = np.random.default_rng(7)
-    # few distinct values so windows tie; NaN and -inf where the tie rule and padding matter
-    x = rng.integers(-2, 3, size=(4,) + shape).astype(dtype)
-    flat = x.reshape(-1)
-    flat[rng.choice(flat.size, flat.size // 10, replace=False)] = -np.inf
-    flat[rng.choice(flat.size, flat.size // 20, replace=False)] = np.nan
-    n = len(shape) - 1
-    k = cfg["pool_size"] if isinstance(cfg["pool_size"], list) else [cfg["pool_size"]] * n
-    s = cfg.get("stride", k)
-    s = s if isinstance(s, list) else [s] * n
-    p = cfg.get("padding", 0)
-    out = [(shape[1 + i] + 2 * p - k[i]) // s[i] + 1 for i in range(n)]
-    dy = rng.standard_normal((4, shape[0], *out)).astype(dtype)
+    x, dy = pool_inputs(cfg, shape, dtype)
     y_ref, dx_ref = _pool(cfg, shape, x, dy, np)
     y, dx = _pool(cfg, shape, x, dy, cupy)
     same_bits(y, y_ref, "max pool output")
@@ -119,6 +87,23 @@ def test_conv_layers_with_fused_output_kernels_match_cpu_bits(layer):
     same_bits(dx1, dx0, "input gradient")
     for k in g0:
         same_bits(g1[k], g0[k], k)
+
+
+@pytest.mark.parametrize("fn", ["relu", "linear"])
+def test_the_row_layout_kernels_match_numpy_with_specials(fn):
+    """-0.0, NaN and inf pre-activations: relu is numpy.maximum(z, 0) (NaN passes, -0.0 becomes +0.0)."""
+    from loom.nn.layers import activation
+    rng = np.random.default_rng(4)
+    rows = rng.standard_normal((2, 40, 3)).astype(np.float32)
+    flat = rows.reshape(-1)
+    flat[::5], flat[1::7], flat[2::11], flat[3::13] = -0.0, np.nan, np.inf, -np.inf
+    want = activation.forward(fn, conv.from_rows(rows, 2, (4, 5)))[1]
+    same_bits(conv.rows_to_channels(cupy.asarray(rows), None, fn, 2, (4, 5)), want, "rows_to_channels")
+    dy = rng.standard_normal(want.shape).astype(np.float32)
+    dy.reshape(-1)[::3] = -0.0
+    with np.errstate(invalid="ignore"):
+        grad = np.ascontiguousarray(conv.to_rows(activation.grad(fn, want, want, dy), 2))
+    same_bits(conv.channels_to_rows(cupy.asarray(dy), cupy.asarray(want), fn, 2), grad, "channels_to_rows")
 
 
 def test_backend_sum_over_batch_and_space_matches_numpy():

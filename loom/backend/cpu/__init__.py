@@ -3,10 +3,12 @@
 
 - exact: deterministic mode's GEMM and sums (exact.py, exact_jit.py, rounded.py, rounded_gemv.py);
 - quant: products with GGUF block weights read in place (gemv.py, rounded_gemv.py);
-- elementwise: IR functions as one compiled loop each (jit.py loads what ir/lower_numba writes).
+- elementwise: IR functions as one compiled loop each (jit.py loads what ir/lower_numba writes);
+- windows: the sliding-window data movement of convolutions and pooling (windows.py).
 
-Fused row kernels, sliding windows and decode graphs have no CPU kernels: NumPy running the
-references in loom/kernels is the CPU's implementation (fused, fused_exact, windows, decode None).
+Fused row kernels and decode graphs have no CPU kernels: NumPy running the references in
+loom/kernels is the CPU's implementation (fused, fused_exact, decode None); without numba, so are
+the references of the families above.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import exact, gemv, jit, rounded, rounded_gemv
+from .windows import CPUWindows
 
 
 class CPUExact:
@@ -106,7 +109,6 @@ class CPUBackend:
     graphs = False      # steps run eagerly; there is no launch overhead to record away
     fused = None        # NumPy's passes over loom.kernels.fused's references are the CPU's
     fused_exact = None
-    windows = None      # strided views (loom.kernels.windows) are the CPU's sliding windows
     decode = None       # decode graphs record GPU launches
     compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
     order = None        # order_keys composes its keys from NumPy operations
@@ -115,11 +117,18 @@ class CPUBackend:
         self.exact = CPUExact(self)
         self.quant = CPUQuant()
         self._elementwise = CPUElementwise()
+        self._windows = CPUWindows()
 
     @property
     def elementwise(self) -> CPUElementwise | None:
         """The compiled loops where numba is installed (and LOOM_JIT is not "0"), else None."""
         return self._elementwise if jit.available() else None
+
+    @property
+    def windows(self) -> CPUWindows | None:
+        """The compiled window loops where numba is installed (and LOOM_JIT is not "0"), else None
+        (loom.kernels.windows' strided views)."""
+        return self._windows if jit.available() else None
 
     def synchronize(self) -> None:
         pass

@@ -154,7 +154,7 @@ extern "C" __global__ void loom_max_pool_grad(const T* dy, const int* arg, T* dx
 
 _LAYOUT_SOURCE = r"""
 // y [B, G*Cg, P] <- act(rows[g, b*P + p, cg] + bias[c]): a convolution's GEMM rows as channels-first
-// output, with the bias and relu (numpy.maximum(z, 0): NaN and -0.0 pass) or no activation
+// output, with the bias and relu (numpy.maximum(z, 0): NaN passes, -0.0 becomes +0.0) or no activation
 extern "C" __global__ void loom_rows_to_channels(const T* rows, const T* bias, T* y, I B, I P, int G, int Cg,
                                                  int has_bias, int relu) {
     const I C = (I)G * Cg, total = B * C * P;
@@ -162,7 +162,7 @@ extern "C" __global__ void loom_rows_to_channels(const T* rows, const T* bias, T
         const I p = idx % P, c = (idx / P) % C, b = idx / (P * C);
         T z = rows[(((c / Cg) * B + b) * P + p) * Cg + c % Cg];
         if (has_bias) z = z + bias[c];
-        y[idx] = (!relu || z >= (T)0 || isnan(z)) ? z : (T)0;
+        y[idx] = (!relu || z > (T)0 || isnan(z)) ? z : (T)0;
     }
 }
 
