@@ -158,6 +158,10 @@ class ComputeKernels(Protocol):
 
     def zeros(self, count: int, dtype: DTypeLike, stream: Any = None) -> Array: ...
     def stream(self) -> Any: ...
+    def external_stream(self, handle: int) -> Any:
+        """A stream object for a cudaStream_t made elsewhere (the tensor C API's loom_tensor_set_stream)."""
+    def csr_matmul(self, row_ptr: Array, col_idx: Array, values: Array, shape: tuple[int, int], dense: Array) -> Array:
+        """The CSR matrix (int32 indices, float values) times dense [cols, n]: cuSPARSE's SpMM."""
     def launch(self, fn: Any, grid: tuple[int, int], args: Sequence, stream: Any) -> None: ...
 
     def record(self, stream: Any, launches: Callable[[], None]) -> Any:

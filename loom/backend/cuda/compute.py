@@ -52,6 +52,15 @@ class Compute:
     def stream(self) -> Any:
         return self._cp.cuda.Stream(non_blocking=True)
 
+    def external_stream(self, handle: int) -> Any:
+        return self._cp.cuda.ExternalStream(handle)
+
+    def csr_matmul(self, row_ptr: Array, col_idx: Array, values: Array, shape: tuple[int, int], dense: Array) -> Array:
+        from cupyx.scipy import sparse
+        with translating("sparse matrix product", dense):
+            matrix = sparse.csr_matrix((values, col_idx.astype(np.int32), row_ptr.astype(np.int32)), shape=shape)
+            return matrix @ dense
+
     def launch(self, fn: Any, grid: tuple[int, int], args: Sequence, stream: Any) -> None:
         with translating("kernel launch"), stream:
             fn((grid[0],), (grid[1],), tuple(args))

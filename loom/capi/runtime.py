@@ -1,0 +1,267 @@
+"""The Python side of libloom.so: handles, status codes, errors and the conversions between C
+arguments and arrays, shared by the network ABI (network_api.py) and the tensor API (tensor_api.py).
+
+Every exported function is registered with @export; attach() (run by the library's init code, see
+build.py) hands each one to cffi as the `extern "Python"` callback behind the header's C function.
+The wrapper around each one turns every exception into a status code and the calling thread's
+loom_last_error() message (never a Python traceback escaping into C), runs the call in the
+library-wide mode (loom_set_deterministic), and refuses calls after loom_shutdown().
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from .. import mode
+from ..errors import BackendError, ConfigError, DeterminismError, FormatError, ShapeError
+
+OK, ARGUMENT, HANDLE, CONFIG, FORMAT, IO, DEVICE, DETERMINISM, SHUTDOWN, RUNTIME, INTERNAL = range(11)
+MAX_DIMS = 8
+
+ffi: Any = None         # the library's cffi FFI and lib, set by attach()
+lib: Any = None
+_EXPORTS: dict[str, tuple[Callable, bool]] = {}
+
+
+class CError(Exception):
+    """A failed call's status code and message (the message without the function's name)."""
+
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
+def export(name: str, pointer: bool = False) -> Callable[[Callable], Callable]:
+    """Register fn as the implementation of loom_<name>; pointer: it returns a handle or pointer
+    (NULL on error) instead of a status."""
+    def register(fn: Callable) -> Callable:
+        _EXPORTS[name] = (fn, pointer)
+        return fn
+    return register
+
+
+class _State:
+    def __init__(self):
+        self.deterministic = True
+        self.shutdown = False
+        self.lock = threading.Lock()
+        self.handles: dict[int, Handle] = {}
+
+
+STATE = _State()
+
+
+def status_of(exc: BaseException) -> tuple[int, str]:
+    """(status code, message) for an exception raised inside a call."""
+    if isinstance(exc, CError):
+        return exc.code, str(exc)
+    if isinstance(exc, (ConfigError, json.JSONDecodeError)):
+        return CONFIG, str(exc)
+    if isinstance(exc, FormatError):
+        return FORMAT, str(exc)
+    if isinstance(exc, DeterminismError):
+        return DETERMINISM, str(exc)
+    if isinstance(exc, (BackendError, MemoryError)):
+        return DEVICE, str(exc) or type(exc).__name__
+    if isinstance(exc, OSError):
+        return IO, str(exc)
+    if isinstance(exc, (ShapeError, ValueError, TypeError, KeyError, IndexError)):
+        return ARGUMENT, str(exc)
+    return INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
+
+
+def _wrap(name: str, fn: Callable, pointer: bool) -> Callable:
+    @functools.wraps(fn)
+    def call(*args):
+        try:
+            if STATE.shutdown:
+                raise CError(SHUTDOWN, "the library was shut down (loom_shutdown)")
+            # a calling C thread keeps its Python thread state (build.py), hence its context: the
+            # mode is set there once, and again only after loom_set_deterministic changes it
+            if mode.is_deterministic() != STATE.deterministic:
+                mode.set_deterministic(STATE.deterministic)
+            result = fn(*args)
+            return OK if result is None else result
+        except BaseException as exc:            # nothing may propagate into C
+            code, message = status_of(exc)
+            lib.loom__set_error(f"loom_{name}: {message}".encode("utf-8", "replace"))
+            return ffi.NULL if pointer else code
+    return call
+
+
+def attach(ffi_: Any, lib_: Any) -> None:
+    """Attach every exported function to its `extern "Python"` callback; then mark the library alive."""
+    global ffi, lib
+    ffi, lib = ffi_, lib_
+    from . import network_api, tensor_api  # noqa: F401  (their @export calls fill _EXPORTS)
+    for name, (fn, pointer) in _EXPORTS.items():
+        ffi.def_extern(name=f"_loomx_{name}", error=INTERNAL if not pointer else None)(_wrap(name, fn, pointer))
+    lib.loom__set_alive(1)
+
+
+# --- handles ----------------------------------------------------------------------------------------
+
+class Handle:
+    """What a C handle stands for: its kind (the C type name), the object, and the lock that
+    serializes calls on it (shared by handles whose objects share state, e.g. a network and its
+    step states)."""
+
+    def __init__(self, kind: str, obj: Any, lock: threading.RLock | None = None):
+        self.kind, self.obj = kind, obj
+        self.lock = lock or threading.RLock()
+
+
+_ids = itertools.count(1)
+
+
+def new_handle(kind: str, obj: Any, lock: threading.RLock | None = None) -> Any:
+    """A fresh handle (never reused) for obj, as a C pointer of type `kind*`."""
+    with STATE.lock:
+        hid = next(_ids) << 4                    # aligned, never NULL, never a real address here
+        STATE.handles[hid] = Handle(kind, obj, lock)
+    return ffi.cast(f"{kind} *", hid)
+
+
+def handle(ptr: Any, kind: str, what: str) -> Handle:
+    """The live handle behind C pointer ptr, which must be a `kind`."""
+    if ptr == ffi.NULL:
+        raise CError(HANDLE, f"{what} is NULL")
+    hid = int(ffi.cast("uintptr_t", ptr))
+    h = STATE.handles.get(hid)
+    if h is None:
+        raise CError(HANDLE, f"{what} ({kind}* 0x{hid:x}) was freed or was not made by this library")
+    if h.kind != kind:
+        raise CError(HANDLE, f"{what} (0x{hid:x}) is a {h.kind}*, not a {kind}*")
+    return h
+
+
+def free_handle(ptr: Any, kind: str, what: str) -> Handle:
+    """Remove the handle (a second free is an error naming it); returns what it held."""
+    h = handle(ptr, kind, what)
+    with STATE.lock:
+        del STATE.handles[int(ffi.cast("uintptr_t", ptr))]
+    return h
+
+
+def locked(*handles: Handle) -> contextlib.AbstractContextManager:
+    """A context manager holding the handles' locks (each once, in a fixed order)."""
+    if len(handles) == 1:
+        return handles[0].lock
+    stack = contextlib.ExitStack()
+    for lock in sorted({id(h.lock): h.lock for h in handles}.items()):
+        stack.enter_context(lock[1])
+    return stack
+
+
+# --- arguments ---------------------------------------------------------------------------------------
+
+def need(ptr: Any, what: str) -> Any:
+    if ptr == ffi.NULL:
+        raise CError(ARGUMENT, f"{what} is NULL")
+    return ptr
+
+
+def text(ptr: Any, what: str) -> str:
+    """A NUL-terminated UTF-8 string argument."""
+    try:
+        return ffi.string(need(ptr, what)).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CError(ARGUMENT, f"{what} is not UTF-8 (byte {exc.start})") from None
+
+
+def json_arg(ptr: Any, what: str) -> Any:
+    source = text(ptr, what)
+    try:
+        return json.loads(source)
+    except json.JSONDecodeError as exc:
+        raise CError(CONFIG, f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+
+
+def shape(ptr: Any, ndim: int, what: str) -> tuple[int, ...]:
+    """int64 dims[ndim], each >= 0, 1 <= ndim <= MAX_DIMS."""
+    if not 1 <= ndim <= MAX_DIMS:
+        raise CError(ARGUMENT, f"{what}: ndim {ndim} is outside 1..{MAX_DIMS}")
+    dims = tuple(ffi.unpack(ffi.cast("int64_t *", need(ptr, what)), ndim))
+    if any(d < 0 for d in dims):
+        raise CError(ARGUMENT, f"{what} {list(dims)} has a negative dimension")
+    return dims
+
+
+def array_in(ptr: Any, dims: tuple[int, ...], dtype: Any, what: str, copy: bool = True) -> np.ndarray:
+    """The caller's buffer as an array of dims (a copy unless copy=False: then a view of C memory)."""
+    n = math.prod(dims)
+    dtype = np.dtype(dtype)
+    if n == 0:
+        return np.zeros(dims, dtype)
+    view = np.frombuffer(ffi.buffer(need(ptr, what), n * dtype.itemsize), dtype).reshape(dims)
+    return view.copy() if copy else view
+
+
+def array_out(ptr: Any, capacity: int, value: np.ndarray, what: str) -> None:
+    """Copy value (C order, its dtype) into the caller's buffer of `capacity` elements."""
+    value = np.ascontiguousarray(value)
+    if value.size > capacity:
+        raise CError(ARGUMENT, f"{what} holds {capacity} elements; the result has {value.size} "
+                               f"(shape {list(value.shape)})")
+    if value.size:
+        ffi.memmove(need(ptr, what), value, value.nbytes)
+
+
+def put(ptr: Any, value: Any, what: str, ctype: str | None = None) -> None:
+    """*ptr = value for an out-parameter."""
+    target = need(ptr, what) if ctype is None else ffi.cast(ctype, need(ptr, what))
+    target[0] = value
+
+
+def malloc_copy(data: bytes | np.ndarray, what: str) -> Any:
+    """A malloc'd copy of data (freed by the caller with loom_free)."""
+    raw = data.tobytes() if isinstance(data, np.ndarray) else data
+    p = lib.malloc(max(len(raw), 1))
+    if p == ffi.NULL:
+        raise CError(DEVICE, f"{what}: out of memory ({len(raw)} bytes)")
+    ffi.memmove(p, raw, len(raw))
+    return p
+
+
+def put_string(ptr: Any, value: str, what: str) -> None:
+    """*ptr = a malloc'd NUL-terminated UTF-8 copy of value."""
+    need(ptr, what)
+    ffi.cast("char **", ptr)[0] = ffi.cast("char *", malloc_copy(value.encode() + b"\0", what))
+
+
+@export("set_deterministic")
+def set_deterministic(on: int) -> None:
+    if on not in (0, 1):
+        raise CError(ARGUMENT, f"on is 0 or 1, got {on}")
+    STATE.deterministic = bool(on)
+
+
+@export("get_deterministic")
+def get_deterministic(on: Any) -> None:
+    put(on, int(STATE.deterministic), "on")
+
+
+@export("live_handles")
+def live_handles(count: Any) -> None:
+    put(count, len(STATE.handles), "count")
+
+
+@export("shutdown")
+def shutdown() -> None:
+    """Free every handle (waiting for asynchronous ops); later calls fail with LOOM_ERR_SHUTDOWN."""
+    with STATE.lock:
+        handles = list(STATE.handles.values())
+        STATE.handles.clear()
+        STATE.shutdown = True
+    for h in handles:
+        close = getattr(h.obj, "close", None)
+        if close is not None:
+            close()

@@ -1,0 +1,120 @@
+"""The tensor C API (tensorcheck.c) against NumPy and Loom in Python: wrap without a copy, copies
+between devices, gemm with every transpose, the queued gemm, float64, reduce_sum, fill and CSR SpMM;
+deterministic mode's bits equal Loom's exact products and sums in Python, and the same on CUDA as on
+the CPU (where CUDA runs)."""
+import math
+
+import numpy as np
+import pytest
+from conftest import run
+
+import loom
+from loom import backend
+from loom.kernels import ops
+
+M, K, N, ROWS, COLS, N2 = 7, 300, 5, 9, 40, 6
+
+
+@pytest.fixture(scope="module")
+def tensorcheck(compile_c):
+    from pathlib import Path
+    return compile_c(Path(__file__).parent / "tensorcheck.c", "tensorcheck")
+
+
+def _inputs(folder):
+    """Operands with a wide range of magnitudes (so a sum's order shows in its bits) and a CSR matrix
+    with empty and long rows."""
+    rng = np.random.default_rng(11)
+    a = (rng.standard_normal((M, K)) * 10.0 ** rng.integers(-4, 4, (M, K))).astype(np.float32)
+    b = (rng.standard_normal((K, N)) * 10.0 ** rng.integers(-4, 4, (K, N))).astype(np.float32)
+    dense = (rng.standard_normal((COLS, N2)) * 10.0 ** rng.integers(-3, 3, (COLS, N2))).astype(np.float32)
+    lengths = rng.integers(0, COLS, ROWS)
+    lengths[2] = 0
+    rowptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.uint32)
+    colidx = np.concatenate([np.sort(rng.choice(COLS, n, replace=False)) for n in lengths]).astype(np.uint32)
+    values = rng.standard_normal(int(rowptr[-1])).astype(np.float32)
+    files = {"A.f32": a, "B.f32": b, "At.f32": np.ascontiguousarray(a.T), "Bt.f32": np.ascontiguousarray(b.T),
+             "rowptr.u32": rowptr, "colidx.u32": colidx, "values.f32": values, "dense.f32": dense}
+    for name, arr in files.items():
+        (folder / name).write_bytes(arr.tobytes())
+    (folder / "dims.txt").write_text(f"{M} {K} {N} {ROWS} {COLS} {rowptr[-1]} {N2}")
+    return a, b, dense, rowptr, colidx, values
+
+
+def _run(exe, device, folder, fast=False):
+    done = run(exe, device, folder, env={"LOOM_CAPI_TEST_FAST": "1"} if fast else {})
+    facts = dict(line.split(" ", 1) for line in done.stdout.splitlines())
+    read = lambda name, dt=np.float32: np.frombuffer((folder / name).read_bytes(), dt)  # noqa: E731
+    return facts, read
+
+
+def _csr_reference(rowptr, colidx, values, dense):
+    out = np.zeros((ROWS, N2), np.float64)
+    for r in range(ROWS):
+        for j in range(N2):
+            out[r, j] = math.fsum(float(values[q]) * float(dense[colidx[q], j]) for q in range(rowptr[r], rowptr[r + 1]))
+    return out
+
+
+def test_cpu_tensors_in_deterministic_mode_have_loom_pythons_bits(tensorcheck, tmp_path):
+    a, b, dense, rowptr, colidx, values = _inputs(tmp_path)
+    facts, read = _run(tensorcheck, 0, tmp_path)
+    assert facts["wrap_is_caller_memory"] == "1"
+    assert facts["info"] == f"0 1 2 {M} {K}"
+    assert int(facts["devices"]) >= 1 and facts["live"] == "0"
+    with loom.deterministic(True):
+        product = ops.matmul(a, b)
+        for name in ("gemm", "gemm_ta", "gemm_tb", "gemm_tab", "gemm_async", "gemm_copied"):
+            assert read(name + ".f32").tobytes() == product.tobytes(), name
+        a64, b64 = a.astype(np.float64) / 3.0, b.astype(np.float64) / 7.0
+        assert read("gemm64.f64", np.float64).tobytes() == ops.matmul(a64, b64).tobytes()
+        assert read("sum0.f32").tobytes() == ops.sum(a, axis=0).tobytes()
+        assert read("sum1.f32").tobytes() == ops.sum(a, axis=1).tobytes()
+    np.testing.assert_allclose(product, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5,
+                               atol=1e-6 * np.abs(a).max() * np.abs(b).max())
+    assert (read("fill.f32") == np.float32(2.5)).all()
+    spmm = read("spmm.f32").reshape(ROWS, N2)
+    want = _csr_reference(rowptr, colidx, values, dense)
+    np.testing.assert_array_equal(spmm[2], 0)                            # the empty row
+    assert np.all(np.abs(spmm - want) <= np.spacing(np.abs(want).astype(np.float32)))   # within 1 ulp
+
+
+def test_cpu_tensors_in_fast_mode_are_close(tensorcheck, tmp_path):
+    a, b, dense, rowptr, colidx, values = _inputs(tmp_path)
+    facts, read = _run(tensorcheck, 0, tmp_path, fast=True)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    for name in ("gemm", "gemm_ta", "gemm_tb", "gemm_tab", "gemm_async"):
+        assert np.all(np.abs(read(name + ".f32").reshape(M, N) - exact) <= 1e-5 * scale), name
+    want = _csr_reference(rowptr, colidx, values, dense)
+    np.testing.assert_allclose(read("spmm.f32").reshape(ROWS, N2), want, rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_tensors_have_the_cpus_bits_in_deterministic_mode(tensorcheck, tmp_path):
+    if backend.available()["cuda"] != "ok":
+        pytest.skip(f"CUDA is not available here: {backend.available()['cuda']}")
+    _inputs(tmp_path)
+    cpu_dir, cuda_dir = tmp_path / "cpu", tmp_path / "cuda"
+    for d in (cpu_dir, cuda_dir):
+        d.mkdir()
+        for f in tmp_path.iterdir():
+            if f.is_file():
+                (d / f.name).write_bytes(f.read_bytes())
+    facts, _ = _run(tensorcheck, 0, cpu_dir)
+    facts_cuda, _ = _run(tensorcheck, 1, cuda_dir)
+    assert int(facts_cuda["devices"]) == 2 and facts_cuda["live"] == "0"
+    for name in ("gemm.f32", "gemm_ta.f32", "gemm_tb.f32", "gemm_tab.f32", "gemm_async.f32", "gemm_copied.f32",
+                 "gemm64.f64", "sum0.f32", "sum1.f32", "fill.f32", "spmm.f32"):
+        assert (cuda_dir / name).read_bytes() == (cpu_dir / name).read_bytes(), name
+
+
+def test_cuda_tensors_in_fast_mode_use_cusparse_and_are_close(tensorcheck, tmp_path):
+    if backend.available()["cuda"] != "ok":
+        pytest.skip(f"CUDA is not available here: {backend.available()['cuda']}")
+    a, b, dense, rowptr, colidx, values = _inputs(tmp_path)
+    _, read = _run(tensorcheck, 1, tmp_path, fast=True)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64)
+    assert np.all(np.abs(read("gemm.f32").reshape(M, N) - exact) <= 1e-5 * scale)
+    np.testing.assert_allclose(read("spmm.f32").reshape(ROWS, N2), _csr_reference(rowptr, colidx, values, dense),
+                               rtol=1e-4, atol=1e-4)
