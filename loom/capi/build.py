@@ -217,11 +217,13 @@ def _require_cffi():
 
 
 def compiler() -> str | None:
-    """The C compiler: $CC, else cc, gcc or clang on PATH; None if none is found."""
-    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(shlex.split(name)[0]):
-            return name
-    return None
+    """The C compiler: $CC (which must exist), else cc, gcc or clang on PATH; None if none is found."""
+    chosen = os.environ.get("CC")
+    if chosen:
+        if not shutil.which(shlex.split(chosen)[0]):
+            raise BackendError(f"CC={chosen!r}: no such compiler on PATH")
+        return chosen
+    return next((name for name in ("cc", "gcc", "clang") if shutil.which(name)), None)
 
 
 def python_link() -> tuple[str, str, str]:
@@ -238,6 +240,8 @@ def python_link() -> tuple[str, str, str]:
 def build(out: str | os.PathLike[str], cc: str | None = None) -> dict[str, Path]:
     """Write libloom.so, loom.h and loom.pc into `out` (created if missing); returns their paths."""
     cffi = _require_cffi()
+    if cc is not None and not shutil.which(shlex.split(cc)[0]):
+        raise BackendError(f"--cc {cc!r}: no such compiler on PATH")
     cc = cc or compiler()
     if cc is None:
         raise BackendError("no C compiler found (set CC, or install cc, gcc or clang)")

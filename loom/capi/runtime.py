@@ -125,29 +125,32 @@ _ids = itertools.count(1)
 def new_handle(kind: str, obj: Any, lock: threading.RLock | None = None) -> Any:
     """A fresh handle (never reused) for obj, as a C pointer of type `kind*`."""
     with STATE.lock:
-        hid = next(_ids) << 4                    # aligned, never NULL, never a real address here
-        STATE.handles[hid] = Handle(kind, obj, lock)
-    return ffi.cast(f"{kind} *", hid)
+        ptr = ffi.cast(f"{kind} *", next(_ids) << 4)     # aligned, never NULL, never reused
+        STATE.handles[ptr] = Handle(kind, obj, lock)     # cffi pointers hash and compare by address
+    return ptr
 
 
 def handle(ptr: Any, kind: str, what: str) -> Handle:
     """The live handle behind C pointer ptr, which must be a `kind`."""
     if ptr == ffi.NULL:
         raise CError(HANDLE, f"{what} is NULL")
-    hid = int(ffi.cast("uintptr_t", ptr))
-    h = STATE.handles.get(hid)
+    h = STATE.handles.get(ptr)
     if h is None:
-        raise CError(HANDLE, f"{what} ({kind}* 0x{hid:x}) was freed or was not made by this library")
+        raise CError(HANDLE, f"{what} ({kind}* 0x{_address(ptr):x}) was freed or was not made by this library")
     if h.kind != kind:
-        raise CError(HANDLE, f"{what} (0x{hid:x}) is a {h.kind}*, not a {kind}*")
+        raise CError(HANDLE, f"{what} (0x{_address(ptr):x}) is a {h.kind}*, not a {kind}*")
     return h
+
+
+def _address(ptr: Any) -> int:
+    return int(ffi.cast("uintptr_t", ptr))
 
 
 def free_handle(ptr: Any, kind: str, what: str) -> Handle:
     """Remove the handle (a second free is an error naming it); returns what it held."""
     h = handle(ptr, kind, what)
     with STATE.lock:
-        del STATE.handles[int(ffi.cast("uintptr_t", ptr))]
+        del STATE.handles[ptr]
     return h
 
 
@@ -189,9 +192,11 @@ def shape(ptr: Any, ndim: int, what: str) -> tuple[int, ...]:
     """int64 dims[ndim], each >= 0, 1 <= ndim <= MAX_DIMS."""
     if not 1 <= ndim <= MAX_DIMS:
         raise CError(ARGUMENT, f"{what}: ndim {ndim} is outside 1..{MAX_DIMS}")
-    dims = tuple(ffi.unpack(ffi.cast("int64_t *", need(ptr, what)), ndim))
+    dims = tuple(ffi.unpack(need(ptr, what), ndim))          # ptr is the C signature's const int64_t*
     if any(d < 0 for d in dims):
         raise CError(ARGUMENT, f"{what} {list(dims)} has a negative dimension")
+    if math.prod(dims) * 8 >= 1 << 62:          # else an OverflowError (LOOM_ERR_INTERNAL) in array_in
+        raise CError(ARGUMENT, f"{what} {list(dims)} describes more elements than any buffer holds")
     return dims
 
 

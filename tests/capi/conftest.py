@@ -19,9 +19,9 @@ def _missing() -> str | None:
     except ImportError:
         return "cffi is not installed (pip install 'loom[capi]')"
     from loom.capi import build
-    if build.compiler() is None:
-        return "no C compiler (cc, gcc or clang) on PATH"
     try:
+        if build.compiler() is None:
+            return "no C compiler (cc, gcc or clang) on PATH"
         build.python_link()
     except Exception as exc:        # noqa: BLE001 - the reason is the message
         return str(exc)
@@ -74,8 +74,7 @@ def compile_c(capi, tmp_path_factory):
 
 def run(exe, *args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
     """Run a compiled program; its stdout and stderr, and (check=True) a zero exit status."""
-    full = {**os.environ, **(env or {})}
-    full.pop("PYTHONPATH", None)        # the library finds Loom through its own interpreter, nothing else
+    full = {**os.environ, **(env or {})}     # PYTHONPATH too: where Loom runs from a checkout, so does the library
     done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full, timeout=timeout)
     if check:
         assert done.returncode == 0, f"{exe.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
