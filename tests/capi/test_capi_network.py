@@ -192,3 +192,40 @@ def test_many_c_threads_call_at_once(compile_c):
     y = net.forward(x.reshape(8, 16))
     # %.9g round-trips a float32
     assert np.array(lines[1:5], np.float32).tobytes() == y.reshape(-1)[:4].tobytes()
+
+
+SIGNALS_C = r"""
+#define _POSIX_C_SOURCE 200809L
+#include <signal.h>
+#include <stdio.h>
+#include <loom.h>
+
+static volatile sig_atomic_t caught = 0;
+static void on_signal(int sig) { caught = sig; }
+
+int main(void) {
+    struct sigaction act = {0}, now;
+    act.sa_handler = on_signal;
+    sigaction(SIGINT, &act, NULL);
+    sigaction(SIGTERM, &act, NULL);
+    loom_network* net;
+    if (loom_network_from_json("{\"loom\": 1, \"input\": {\"shape\": [2]}, \"layers\": [{\"type\": \"dense\", "
+                               "\"units\": 2}]}", &net) != LOOM_OK) { puts(loom_last_error()); return 1; }
+    sigaction(SIGINT, NULL, &now);
+    printf("sigint_handler_kept %d\n", now.sa_handler == on_signal);
+    raise(SIGINT);
+    printf("caught %d\n", (int)caught);
+    float x[2] = {1, 2}, y[2];
+    int64_t shape[2] = {1, 2};
+    printf("forward_after_signal %d\n", loom_forward(net, x, shape, 2, y, 2));
+    return loom_network_free(net);
+}
+"""
+
+
+def test_the_host_programs_signal_handlers_stay_its_own(compile_c):
+    """The embedded runtime installs no signal handlers: SIGINT still reaches the program's own."""
+    import signal
+    done = run(compile_c(SIGNALS_C, "signals"))
+    facts = dict(line.split(" ") for line in done.stdout.splitlines())
+    assert facts == {"sigint_handler_kept": "1", "caught": str(int(signal.SIGINT)), "forward_after_signal": "0"}
