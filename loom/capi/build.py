@@ -84,10 +84,11 @@ def declarations(text: str | None = None) -> tuple[list[str], list[Function]]:
 
 
 _C_SOURCE = r"""
+#include <Python.h>                 /* first: it sets _GNU_SOURCE, which dladdr needs */
+#include <dlfcn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
-#include <Python.h>
 #include "loom.h"
 
 static __thread char loom__error[4096];
@@ -117,6 +118,11 @@ static void loom__set_start_error(const char* msg) {
 /* This installation's interpreter, without Python's signal handlers. Where the host process is
    itself Python (libloom.so loaded by ctypes or cffi), that interpreter serves. */
 static void loom__start_python(void) {
+    /* Python's extension modules (cffi's backend, NumPy) resolve libpython's symbols globally; a host
+       that opened libloom.so with RTLD_LOCAL (dlopen's default, most FFIs) left them local */
+    Dl_info where;
+    if (dladdr((void*)&Py_IsInitialized, &where) && where.dli_fname)
+        (void)dlopen(where.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_GLOBAL);
     if (Py_IsInitialized()) { loom__python_ok = 1; return; }
     PyConfig config;
     PyConfig_InitPythonConfig(&config);
@@ -137,18 +143,32 @@ static void loom__start_python(void) {
 static int _loomx_ping(void);
 
 static __thread int loom__thread_state = 0;
+static pthread_key_t loom__state_key;
+static pthread_once_t loom__key_once = PTHREAD_ONCE_INIT;
+
+/* At the exit of a thread whose Python thread state the library made: delete it. Not through
+   PyGILState_Release: Python's own thread-local key may be cleared already (destructors run in any
+   order); PyThreadState_DeleteCurrent needs only the lock, taken with the state itself. */
+static void loom__drop_thread_state(void* state) {
+    PyEval_RestoreThread((PyThreadState*)state);
+    PyThreadState_Clear((PyThreadState*)state);
+    PyThreadState_DeleteCurrent();          /* also gives the lock back */
+}
+static void loom__make_key(void) { pthread_key_create(&loom__state_key, loom__drop_thread_state); }
 
 /* cffi takes the interpreter lock for each call with PyGILState_Ensure/Release, which, on a thread
    without a Python thread state, creates one and destroys it again after the call: its thread-local
    data (the exact products' scratch buffers, the mode) would be rebuilt on every call. So a calling
-   thread keeps one from its first call on: ensured once, never released (PyEval_SaveThread only
-   gives the lock back). */
+   thread that has none gets one on its first call and keeps it until it exits (ensured once; then
+   PyEval_SaveThread only gives the lock back). A thread that has one (Python's own) keeps its owner's. */
 static void loom__keep_thread_state(void) {
-    if (!loom__thread_state && loom__python_ok) {
-        (void)PyGILState_Ensure();
-        (void)PyEval_SaveThread();
-        loom__thread_state = 1;
-    }
+    if (loom__thread_state || !loom__python_ok) return;
+    loom__thread_state = 1;
+    if (PyGILState_GetThisThreadState() != NULL) return;
+    (void)PyGILState_Ensure();
+    PyThreadState* state = PyEval_SaveThread();
+    pthread_once(&loom__key_once, loom__make_key);
+    pthread_setspecific(loom__state_key, state);
 }
 
 static int loom__ready(void) {
@@ -265,7 +285,7 @@ def build(out: str | os.PathLike[str], cc: str | None = None) -> dict[str, Path]
             "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), f"-I{tmp}", f"-I{include}",
             f'-DLOOM_PYTHON_EXECUTABLE="{_c_string(sys.executable)}"',
             f'-DLOOM_VERSION_STRING="{_c_string(__version__)}"',
-            f"-L{libdir}", f"-l{pylib}", f"-Wl,-rpath,{libdir}", "-lpthread"]
+            f"-L{libdir}", f"-l{pylib}", f"-Wl,-rpath,{libdir}", "-lpthread", "-ldl"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:
             raise BackendError(f"compiling libloom.so failed ({shlex.join(cmd)}):\n{done.stderr.strip()}")

@@ -67,6 +67,8 @@ def network_load(path: Any, out: Any) -> None:
 @export("network_from_bytes")
 def network_from_bytes(data: Any, size: int, out: Any) -> None:
     need(out, "out")
+    if size >= 1 << 62:                         # else an OverflowError (LOOM_ERR_INTERNAL) in ffi.buffer
+        raise CError(ARGUMENT, f"size {size} is larger than any buffer")
     _network_out(formats.from_bytes(bytes(runtime.ffi.buffer(need(data, "data"), size))), out)
 
 
@@ -176,6 +178,15 @@ def backward(net: Any, grad_output: Any, shape_ptr: Any, ndim: int, grad_input: 
         n = h.obj
         dims = shape(shape_ptr, ndim, "grad_output shape")
         dy = array_in(grad_output, dims, np.float32, "grad_output").astype(n.output_spec.dtype, copy=False)
+        if grad_input != runtime.ffi.NULL:
+            # grad_input's errors before the gradients accumulate (a retry would add them twice); where
+            # dy's shape is not the last forward's, n.backward raises that first, changing nothing
+            if not n.input_spec.is_float:
+                raise CError(ARGUMENT, "grad_input: this network's input has no gradient (integer inputs); pass NULL")
+            need_dx = dims[0] * math.prod(n.input_spec.shape)
+            if dims == (getattr(n, "_batch", None), *n.output_spec.shape) and capacity < need_dx:
+                raise CError(ARGUMENT, f"grad_input holds {capacity} elements; the input gradient has {need_dx} "
+                                       f"(shape {[dims[0], *n.input_spec.shape]})")
         dx = n.backward(n.backend.asarray(dy), input_grad=grad_input != runtime.ffi.NULL)
         if grad_input != runtime.ffi.NULL:
             if dx is None:
@@ -250,6 +261,11 @@ def train_(net: Any, spec_json: Any, x: Any, x_shape: Any, x_ndim: int, y: Any, 
     unknown = sorted(set(spec) - set(TRAIN_KEYS))
     if unknown:
         raise CError(CONFIG, f"spec_json has unknown key {unknown[0]!r} (known: {', '.join(TRAIN_KEYS)})")
+    validation = spec.get("validation")     # from C only a fraction (loom.train would unpack anything else)
+    if validation is not None:
+        if isinstance(validation, bool) or not isinstance(validation, (int, float)):
+            raise CError(CONFIG, f"spec_json validation is the fraction held out, in (0, 1), got {validation!r}")
+        spec["validation"] = float(validation)
     types = {1: np.float32, 6: np.int64}
     if y_dtype not in types:
         raise CError(ARGUMENT, f"y_dtype is LOOM_FLOAT32 (1) or LOOM_INT64 (6), got {y_dtype}")

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import mode
-from ..errors import BackendError, ConfigError, DeterminismError, FormatError, ShapeError
+from ..errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
 
 OK, ARGUMENT, HANDLE, CONFIG, FORMAT, IO, DEVICE, DETERMINISM, SHUTDOWN, RUNTIME, INTERNAL = range(11)
 MAX_DIMS = 8
@@ -73,8 +73,8 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return DEVICE, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         return IO, str(exc)
-    if isinstance(exc, (ShapeError, ValueError, TypeError, KeyError, IndexError)):
-        return ARGUMENT, str(exc)
+    if isinstance(exc, (LoomError, ShapeError, ValueError, TypeError, KeyError, IndexError)):
+        return ARGUMENT, str(exc)       # the rest of Loom's typed errors (NumericError: NaN in the data, ...)
     return INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
 

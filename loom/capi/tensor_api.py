@@ -213,6 +213,13 @@ def tensor_copy(dst: Any, src: Any) -> None:
 
 
 def _gemm(a: Tensor, b: Tensor, c: Tensor, trans_a: int, trans_b: int) -> None:
+    x, y = _gemm_operands(a, b, c, trans_a, trans_b)
+    with c.running():
+        ops.matmul(x, y, out=c.array)
+
+
+def _gemm_operands(a: Tensor, b: Tensor, c: Tensor, trans_a: int, trans_b: int) -> tuple[Any, Any]:
+    """(op(A), op(B)) once A, B and C fit: one device and dtype (a float), 2-d, matching shapes."""
     _same(a, b, "gemm A, B")
     _same(a, c, "gemm A, C")
     if a.array.dtype not in FLOATS:
@@ -226,8 +233,7 @@ def _gemm(a: Tensor, b: Tensor, c: Tensor, trans_a: int, trans_b: int) -> None:
     if y.shape[0] != k or c.array.shape != (m, y.shape[1]):
         raise CError(ARGUMENT, f"gemm: op(A) {list(x.shape)} @ op(B) {list(y.shape)} does not fit C "
                                f"{list(c.array.shape)}")
-    with c.running():
-        ops.matmul(x, y, out=c.array)
+    return x, y
 
 
 @export("tensor_gemm")
@@ -244,6 +250,8 @@ def tensor_reduce_sum(A: Any, out: Any, axis: int) -> None:
         a, o = ha.obj, ho.obj
         _same(a, o, "reduce_sum")
         nd = a.array.ndim
+        if nd == 0:
+            raise CError(ARGUMENT, f"A is a 0-d tensor: it has no axis {axis} to sum over")
         if not -nd <= axis < nd:
             raise CError(ARGUMENT, f"axis {axis} is outside -{nd}..{nd - 1} for A of shape {list(a.array.shape)}")
         axis %= nd
@@ -417,7 +425,7 @@ def enqueue_gemm(A: Any, B: Any, C: Any) -> Any:
             event = compute.event(c.stream)     # None: the current stream, where the product went
         return new_handle(OP, Op(event=event, wait=compute.wait))
     deterministic = runtime.STATE.deterministic
-    _same(a, b, "gemm A, B")
+    _gemm_operands(a, b, c, 0, 0)               # misfits fail here (NULL), as on CUDA, not at loom_wait_op
 
     def work():
         with mode.deterministic(deterministic), locked(ha, hb, hc):

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from capi_programs import flags
 
 HERE = Path(__file__).parent
 
@@ -42,14 +43,6 @@ def capi(tmp_path_factory):
     return out
 
 
-def flags(capi: Path) -> list[str]:
-    """pkg-config's compile and link flags for the built library."""
-    env = {**os.environ, "PKG_CONFIG_PATH": str(capi)}
-    done = subprocess.run(["pkg-config", "--cflags", "--libs", "loom"], capture_output=True, text=True, env=env,
-                          check=True)
-    return done.stdout.split()
-
-
 @pytest.fixture(scope="session")
 def compile_c(capi, tmp_path_factory):
     """compile_c(source path or text, name, cxx=False, extra=()) -> the executable's path."""
@@ -70,13 +63,3 @@ def compile_c(capi, tmp_path_factory):
         assert done.returncode == 0, f"compiling {src.name} failed:\n{done.stderr}"
         return exe
     return compile_
-
-
-def run(exe, *args, env=None, timeout=300, check=True) -> subprocess.CompletedProcess:
-    """Run a compiled program; its stdout and stderr, and (check=True) a zero exit status."""
-    full = {**os.environ, **(env or {})}     # PYTHONPATH too: where Loom runs from a checkout, so does the library
-    done = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=full, timeout=timeout)
-    if check:
-        assert done.returncode == 0, f"{exe.name} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
-    return done
-

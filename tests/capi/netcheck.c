@@ -7,7 +7,8 @@
  * forward, backward (input gradient, each named parameter's gradient and value), one SGD step with momentum, the
  * fingerprint; to_bytes, save, load and from_bytes (fingerprints); the step API for depth + 2 ticks
  * on the samples in turn (outputs once ready, step_backward, apply_gradients); blueprint, summary,
- * parameters. With LOOM_CAPI_TEST_FAST set, all of it in fast mode. */
+ * parameters. With LOOM_CAPI_TEST_FAST set, all of it in fast mode; with LOOM_CAPI_TEST_DEVICE (cuda),
+ * the network moves there first. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,7 @@ int main(int argc, char** argv) {
     if (getenv("LOOM_CAPI_TEST_FAST")) CHECK(loom_set_deterministic(0));
     loom_network* net;
     CHECK(loom_network_from_json(config, &net));
+    if (getenv("LOOM_CAPI_TEST_DEVICE")) CHECK(loom_network_to_device(net, getenv("LOOM_CAPI_TEST_DEVICE")));
     CHECK(loom_network_set_training(net, 1));
     int64_t in_dims[8] = {batch}, out_dims[8] = {batch};
     int in_nd, out_nd;

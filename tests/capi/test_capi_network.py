@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run
+from capi_programs import run
 
 import loom
 from loom import verify
@@ -95,6 +95,32 @@ def test_the_c_calls_give_pythons_bits(name, fast, netcheck, tmp_path):
     rows = json.loads((tmp_path / "parameters.json").read_text())
     assert {r["name"]: r["shape"] for r in rows} == {k: list(v.shape) for k, v in net.parameters().items()}
     assert printed["live"] == "0"
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_a_network_on_cuda_gives_the_cpus_bits_through_the_c_calls(name, netcheck, tmp_path):
+    """Deterministic mode: the same sequence with the network moved to CUDA (loom_network_to_device)
+    writes the same bytes and fingerprints as on the CPU."""
+    from loom import backend
+    if backend.available()["cuda"] != "ok":
+        pytest.skip(f"CUDA is not available here: {backend.available()['cuda']}")
+    cfg = NETS[name]
+    net = loom.Network.from_config(cfg)
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, *net.input_spec.shape)).astype(np.float32)
+    dy = rng.standard_normal((3, *net.output_spec.shape)).astype(np.float32)
+    outputs = {}
+    for device in ("cpu", "cuda"):
+        folder = tmp_path / device
+        folder.mkdir()
+        (folder / "x.f32").write_bytes(x.tobytes())
+        (folder / "dy.f32").write_bytes(dy.tobytes())
+        (folder / "cfg.json").write_text(json.dumps(cfg))
+        done = run(netcheck, folder / "cfg.json", folder / "x.f32", folder / "dy.f32", 3, folder,
+                   *[f"{k}={v.size}" for k, v in net.parameters().items()],
+                   env={"LOOM_CAPI_TEST_DEVICE": device})
+        outputs[device] = (done.stdout, {f: (folder / f).read_bytes() for f in ("forward.f32", "dx.f32", "step.f32")})
+    assert outputs["cuda"] == outputs["cpu"]
 
 
 def _upscale(images: np.ndarray) -> np.ndarray:
@@ -229,3 +255,57 @@ def test_the_host_programs_signal_handlers_stay_its_own(compile_c):
     done = run(compile_c(SIGNALS_C, "signals"))
     facts = dict(line.split(" ") for line in done.stdout.splitlines())
     assert facts == {"sigint_handler_kept": "1", "caught": str(int(signal.SIGINT)), "forward_after_signal": "0"}
+
+
+THREAD_EXIT_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <loom.h>
+
+static loom_network* net;
+
+static long resident_kb(void) {
+    long pages = 0, resident = 0;
+    FILE* f = fopen("/proc/self/statm", "r");
+    if (!f || fscanf(f, "%ld %ld", &pages, &resident) != 2) return -1;
+    fclose(f);
+    return resident * (sysconf(_SC_PAGESIZE) / 1024);
+}
+
+static void* once(void* arg) {
+    (void)arg;
+    float x[64] = {0}, y[8];
+    int64_t shape[2] = {1, 64};
+    return (void*)(long)loom_forward(net, x, shape, 2, y, 8);
+}
+
+static int wave(int count) {
+    for (int i = 0; i < count; ++i) {
+        pthread_t t;
+        void* rc;
+        pthread_create(&t, NULL, once, NULL);
+        pthread_join(t, &rc);
+        if (rc) { printf("thread %d: %s\n", i, loom_last_error()); return 1; }
+    }
+    return 0;
+}
+
+int main(void) {
+    if (loom_network_from_json("{\"loom\": 1, \"input\": {\"shape\": [64]}, \"layers\": [{\"type\": \"dense\", "
+                               "\"units\": 8}]}", &net) != LOOM_OK) return 1;
+    if (wave(30)) return 1;
+    long before = resident_kb();
+    if (wave(300)) return 1;
+    printf("grew_kb %ld\n", resident_kb() - before);
+    return loom_network_free(net);
+}
+"""
+
+
+def test_threads_that_exit_leave_no_python_state_behind(compile_c):
+    """Each calling thread gets a Python thread state on its first call; it is deleted when the thread
+    exits (before, 300 short-lived threads left about 1.5 MB each)."""
+    done = run(compile_c(THREAD_EXIT_C, "thread_exit"))
+    grew = int(done.stdout.split()[-1])
+    assert grew < 20_000, f"300 threads that exited left {grew} kB behind"

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run
+from capi_programs import run
 
 import loom
 from loom import backend
