@@ -107,6 +107,8 @@ def network_to_device(net: Any, device: Any) -> None:
 
 @export("network_set_training")
 def network_set_training(net: Any, training: int) -> None:
+    if training not in (0, 1):
+        raise CError(ARGUMENT, f"training is 0 or 1, got {training}")
     h = _net(net)
     with locked(h):
         h.obj.train(bool(training))
@@ -185,7 +187,7 @@ def backward(net: Any, grad_output: Any, shape_ptr: Any, ndim: int, grad_input: 
                 raise CError(ARGUMENT, "grad_input: this network's input has no gradient (integer inputs); pass NULL")
             need_dx = dims[0] * math.prod(n.input_spec.shape)
             if dims == (getattr(n, "_batch", None), *n.output_spec.shape) and capacity < need_dx:
-                raise CError(ARGUMENT, f"grad_input holds {capacity} elements; the input gradient has {need_dx} "
+                raise CError(ARGUMENT, f"grad_input has room for {capacity} values; the input gradient has {need_dx} "
                                        f"(shape {[dims[0], *n.input_spec.shape]})")
         dx = n.backward(n.backend.asarray(dy), input_grad=grad_input != runtime.ffi.NULL)
         if grad_input != runtime.ffi.NULL:

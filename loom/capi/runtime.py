@@ -214,7 +214,7 @@ def array_out(ptr: Any, capacity: int, value: np.ndarray, what: str) -> None:
     """Copy value (C order, its dtype) into the caller's buffer of `capacity` elements."""
     value = np.ascontiguousarray(value)
     if value.size > capacity:
-        raise CError(ARGUMENT, f"{what} holds {capacity} elements; the result has {value.size} "
+        raise CError(ARGUMENT, f"{what} has room for {capacity} values; the result has {value.size} "
                                f"(shape {list(value.shape)})")
     if value.size:
         ffi.memmove(need(ptr, what), value, value.nbytes)

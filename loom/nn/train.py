@@ -361,6 +361,8 @@ def _validation(spec, X, Y, seed):
         if cut < 1:
             raise ShapeError(f"validation fraction {spec} leaves no training samples out of {len(X)}")
         return X[order[cut:]], Y[order[cut:]], X[order[:cut]], Y[order[:cut]]
+    if isinstance(spec, (bool, int, str)) or not hasattr(spec, "__len__") or len(spec) != 2:
+        raise ConfigError("validation", f"expected a fraction in (0, 1) or (X, Y), got {spec!r:.80}")
     Xv, Yv = spec
     return np.asarray(Xv), np.asarray(Yv), X, Y
 

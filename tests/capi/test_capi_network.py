@@ -175,7 +175,7 @@ static void* worker(void* arg) {
         /* errors are per thread: this thread's message names its own bad call */
         if (loom_forward(own ? own : shared, x, shape, 2, y, (size_t)id) != LOOM_ERR_ARGUMENT) return (void*)4;
         char expect[64];
-        snprintf(expect, sizeof expect, "holds %ld elements", id);
+        snprintf(expect, sizeof expect, "has room for %ld values", id);
         if (!strstr(loom_last_error(), expect)) return (void*)5;
     }
     if (own && loom_network_free(own) != LOOM_OK) return (void*)6;
