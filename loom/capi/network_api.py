@@ -36,6 +36,7 @@ from .runtime import (
 )
 
 NET, OPT, STEP = "loom_network", "loom_optimizer", "loom_step_state"
+_F32 = np.dtype(np.float32)
 TRAIN_KEYS = ("loss", "optimizer", "schedule", "epochs", "batch_size", "seed", "shuffle", "validation",
               "metrics", "deterministic", "early_stopping", "freeze")
 
@@ -157,9 +158,8 @@ def network_fingerprint(net: Any, hex65: Any) -> None:
 
 
 def _input(net: Network, ptr: Any, dims_ptr: Any, ndim: int, what: str) -> np.ndarray:
-    dims = shape(dims_ptr, ndim, f"{what} shape")
-    x = array_in(ptr, dims, np.float32, what)
-    if net.input_spec.dtype != np.float32:
+    x = array_in(ptr, shape(dims_ptr, ndim, "shape"), _F32, what)
+    if net.input_spec.dtype != _F32:
         x = x.astype(net.input_spec.dtype)
     return net.backend.asarray(x)
 

@@ -193,7 +193,7 @@ def shape(ptr: Any, ndim: int, what: str) -> tuple[int, ...]:
     if not 1 <= ndim <= MAX_DIMS:
         raise CError(ARGUMENT, f"{what}: ndim {ndim} is outside 1..{MAX_DIMS}")
     dims = tuple(ffi.unpack(need(ptr, what), ndim))          # ptr is the C signature's const int64_t*
-    if any(d < 0 for d in dims):
+    if min(dims) < 0:
         raise CError(ARGUMENT, f"{what} {list(dims)} has a negative dimension")
     if math.prod(dims) * 8 >= 1 << 62:          # else an OverflowError (LOOM_ERR_INTERNAL) in array_in
         raise CError(ARGUMENT, f"{what} {list(dims)} describes more elements than any buffer holds")
@@ -202,12 +202,16 @@ def shape(ptr: Any, ndim: int, what: str) -> tuple[int, ...]:
 
 def array_in(ptr: Any, dims: tuple[int, ...], dtype: Any, what: str, copy: bool = True) -> np.ndarray:
     """The caller's buffer as an array of dims (a copy unless copy=False: then a view of C memory)."""
-    n = math.prod(dims)
-    dtype = np.dtype(dtype)
-    if n == 0:
-        return np.zeros(dims, dtype)
-    view = np.frombuffer(ffi.buffer(need(ptr, what), n * dtype.itemsize), dtype).reshape(dims)
-    return view.copy() if copy else view
+    if not copy:
+        n = math.prod(dims)
+        dtype = np.dtype(dtype)
+        if n == 0:
+            return np.zeros(dims, dtype)
+        return np.frombuffer(ffi.buffer(need(ptr, what), n * dtype.itemsize), dtype).reshape(dims)
+    out = np.empty(dims, dtype)
+    if out.nbytes:
+        ffi.memmove(out, need(ptr, what), out.nbytes)
+    return out
 
 
 def array_out(ptr: Any, capacity: int, value: np.ndarray, what: str) -> None:
