@@ -118,3 +118,21 @@ def test_cuda_tensors_in_fast_mode_use_cusparse_and_are_close(tensorcheck, tmp_p
     assert np.all(np.abs(read("gemm.f32").reshape(M, N) - exact) <= 1e-5 * scale)
     np.testing.assert_allclose(read("spmm.f32").reshape(ROWS, N2), _csr_reference(rowptr, colidx, values, dense),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_a_stream_made_by_the_program_carries_the_work(compile_c):
+    """loom_tensor_set_stream with a cudaStream_t from the CUDA runtime: gemm and the queued gemm run on
+    it (deterministic mode: the same bits as on the default stream)."""
+    import os
+    if backend.available()["cuda"] != "ok":
+        pytest.skip(f"CUDA is not available here: {backend.available()['cuda']}")
+    cuda = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    if not os.path.isfile(os.path.join(cuda, "include", "cuda_runtime_api.h")):
+        pytest.skip(f"the CUDA runtime's headers are not under {cuda} (set CUDA_HOME)")
+    from pathlib import Path
+    exe = compile_c(Path(__file__).parent / "streamcheck.c", "streamcheck",
+                    extra=(f"-I{cuda}/include", f"-L{cuda}/lib64", f"-Wl,-rpath,{cuda}/lib64", "-lcudart"))
+    facts = dict(line.split(" ", 1) for line in run(exe, 256).stdout.splitlines())
+    assert facts["stream_gemm_same"] == "1" and facts["live"] == "0"
+    got, want = map(float, facts["queued_first"].split())
+    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
