@@ -2,7 +2,8 @@
  *
  *   tensorcheck DEVICE DIR        (DEVICE 0: CPU, 1: CUDA)
  *
- * Reads from DIR: dims.txt ("m k n rows cols nnz n2"), A.f32 [m, k], B.f32 [k, n], At.f32 [k, m],
+ * Reads from DIR: dims.txt ("m k n rows cols nnz n2"), A.f32 [m, k], B.f32 [k, n] (and as float16:
+ * A.f16, B.f16), At.f32 [k, m],
  * Bt.f32 [n, k], rowptr.u32, colidx.u32, values.f32, dense.f32 [cols, n2]. Writes the results as
  * float32 (or float64) files into DIR and prints facts (one "name value" per line). */
 #include <stdio.h>
@@ -126,6 +127,16 @@ int main(int argc, char** argv) {
     MADE(C64);
     CHECK(loom_tensor_gemm(A64, B64, C64, 0, 0));
     save("gemm64.f64", C64, m * n, 8);
+
+    /* float16: the operands as the test wrote them (A.f16, B.f16) */
+    uint16_t *a16 = slurp("A.f16"), *b16 = slurp("B.f16");
+    LoomTensor *A16 = upload(dev, LOOM_FLOAT16, a16, m, k), *B16 = upload(dev, LOOM_FLOAT16, b16, k, n);
+    LoomTensor* C16 = loom_tensor_create(dev, LOOM_FLOAT16, cdims, 2);
+    MADE(C16);
+    CHECK(loom_tensor_gemm(A16, B16, C16, 0, 0));
+    save("gemm16.f16", C16, m * n, 2);
+    CHECK(loom_tensor_free(A16)); CHECK(loom_tensor_free(B16)); CHECK(loom_tensor_free(C16));
+    free(a16); free(b16);
 
     /* reduce_sum over each axis */
     size_t rdims0[1] = {k}, rdims1[1] = {m};

@@ -34,6 +34,7 @@ def _inputs(folder):
     colidx = np.concatenate([np.sort(rng.choice(COLS, n, replace=False)) for n in lengths]).astype(np.uint32)
     values = rng.standard_normal(int(rowptr[-1])).astype(np.float32)
     files = {"A.f32": a, "B.f32": b, "At.f32": np.ascontiguousarray(a.T), "Bt.f32": np.ascontiguousarray(b.T),
+             "A.f16": (a / 1e4).astype(np.float16), "B.f16": (b / 1e4).astype(np.float16),
              "rowptr.u32": rowptr, "colidx.u32": colidx, "values.f32": values, "dense.f32": dense}
     for name, arr in files.items():
         (folder / name).write_bytes(arr.tobytes())
@@ -68,6 +69,8 @@ def test_cpu_tensors_in_deterministic_mode_have_loom_pythons_bits(tensorcheck, t
             assert read(name + ".f32").tobytes() == product.tobytes(), name
         a64, b64 = a.astype(np.float64) / 3.0, b.astype(np.float64) / 7.0
         assert read("gemm64.f64", np.float64).tobytes() == ops.matmul(a64, b64).tobytes()
+        a16, b16 = (a / 1e4).astype(np.float16), (b / 1e4).astype(np.float16)
+        assert read("gemm16.f16", np.float16).tobytes() == ops.matmul(a16, b16).tobytes()
         assert read("sum0.f32").tobytes() == ops.sum(a, axis=0).tobytes()
         assert read("sum1.f32").tobytes() == ops.sum(a, axis=1).tobytes()
     np.testing.assert_allclose(product, a.astype(np.float64) @ b.astype(np.float64), rtol=1e-5,
@@ -104,7 +107,7 @@ def test_cuda_tensors_have_the_cpus_bits_in_deterministic_mode(tensorcheck, tmp_
     facts_cuda, _ = _run(tensorcheck, 1, cuda_dir)
     assert int(facts_cuda["devices"]) == 2 and facts_cuda["live"] == "0"
     for name in ("gemm.f32", "gemm_ta.f32", "gemm_tb.f32", "gemm_tab.f32", "gemm_async.f32", "gemm_copied.f32",
-                 "gemm64.f64", "sum0.f32", "sum1.f32", "fill.f32", "spmm.f32"):
+                 "gemm64.f64", "gemm16.f16", "sum0.f32", "sum1.f32", "fill.f32", "spmm.f32"):
         assert (cuda_dir / name).read_bytes() == (cpu_dir / name).read_bytes(), name
 
 
