@@ -47,8 +47,11 @@ typedef struct LoomTensor LoomTensor;
 typedef struct LoomCSR LoomCSR;
 typedef struct LoomOpHandle LoomOpHandle;
 
-enum LoomDType { LOOM_FLOAT16 = 0, LOOM_FLOAT32 = 1, LOOM_FLOAT64 = 2, LOOM_BFLOAT16 = 3, LOOM_INT8 = 4, LOOM_INT32 = 5, LOOM_INT64 = 6, LOOM_UINT8 = 7 };
+enum LoomDType { LOOM_FLOAT64 = 0, LOOM_FLOAT32 = 1, LOOM_FLOAT16 = 2, LOOM_BFLOAT16 = 3, LOOM_FP8_E4M3 = 4, LOOM_FP8_E5M2 = 5, LOOM_FP4_E2M1 = 6, LOOM_INT64 = 7, LOOM_INT32 = 8, LOOM_INT16 = 9, LOOM_INT8 = 10, LOOM_INT4 = 11, LOOM_INT2 = 12, LOOM_UINT64 = 13, LOOM_UINT32 = 14, LOOM_UINT16 = 15, LOOM_UINT8 = 16, LOOM_UINT4 = 17, LOOM_UINT2 = 18, LOOM_TERNARY = 19, LOOM_BINARY = 20 };
 enum LoomDevice { LOOM_DEVICE_CPU = 0, LOOM_DEVICE_CUDA = 1, LOOM_DEVICE_METAL = 2, LOOM_DEVICE_HIP = 3 };
+
+/* LoomDType is loom.dtypes' table (docs/dtypes.md): the numbers are stable and never reused. Tensors
+ * hold the types of 8 bits or more; ml_dtypes' (bfloat16, fp8) live on the CPU only. */
 
 /* --- the library ------------------------------------------------------------------------- */
 const char* loom_version(void);                 /* the Loom version built in; never NULL */

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import formats, verify
+from .. import dtypes, formats, verify
 from ..datasets import digits_split
 from ..nn import Network, optim
 from ..nn.train import train
@@ -268,9 +268,9 @@ def train_(net: Any, spec_json: Any, x: Any, x_shape: Any, x_ndim: int, y: Any, 
         if isinstance(validation, bool) or not isinstance(validation, (int, float)):
             raise CError(CONFIG, f"spec_json validation is the fraction held out, in (0, 1), got {validation!r}")
         spec["validation"] = float(validation)
-    types = {1: np.float32, 6: np.int64}
+    types = {dtypes.TABLE["float32"].c_enum: np.float32, dtypes.TABLE["int64"].c_enum: np.int64}
     if y_dtype not in types:
-        raise CError(ARGUMENT, f"y_dtype is LOOM_FLOAT32 (1) or LOOM_INT64 (6), got {y_dtype}")
+        raise CError(ARGUMENT, f"y_dtype is LOOM_FLOAT32 ({min(types)}) or LOOM_INT64 ({max(types)}), got {y_dtype}")
     X = array_in(x, shape(x_shape, x_ndim, "x shape"), np.float32, "x")
     Y = array_in(y, shape(y_shape, y_ndim, "y shape"), types[y_dtype], "y")
     if len(X) != len(Y):

@@ -21,19 +21,19 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 
-from .. import backend, mode
+from .. import backend, dtypes, mode
 from ..kernels import ops
 from . import runtime
 from .runtime import ARGUMENT, DEVICE, MAX_DIMS, CError, export, handle, locked, need, new_handle, put
 
 TENSOR, CSR, OP = "LoomTensor", "LoomCSR", "LoomOpHandle"
 DEVICES = {0: "cpu", 1: "cuda", 2: "metal", 3: "hip"}
-DTYPES = {0: np.dtype(np.float16), 1: np.dtype(np.float32), 2: np.dtype(np.float64), 3: np.dtype(ml_dtypes.bfloat16),
-          4: np.dtype(np.int8), 5: np.dtype(np.int32), 6: np.dtype(np.int64), 7: np.dtype(np.uint8)}
-CODES = {v: k for k, v in DTYPES.items()}
+# LoomDType's values are loom.dtypes' c_enum; tensors hold the types of 8 bits or more (one element
+# per array item), and ml_dtypes' only on the CPU (CuPy has none of them)
+DTYPES = {row.c_enum: row for row in dtypes.TABLE.values()}
+CODES = {row.numpy: row.c_enum for row in DTYPES.values() if not row.packed and row.kind in ("float", "int", "uint")}
 FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ROWS_PER_CHUNK_BYTES = 1 << 26     # SpMM's padded products, per chunk of rows
 
@@ -71,12 +71,15 @@ def _device(code: int) -> str:
 
 
 def _dtype(code: int, device: str) -> np.dtype:
-    dtype = DTYPES.get(code)
-    if dtype is None:
-        raise CError(ARGUMENT, f"dtype {code} is not a LoomDType (0..{len(DTYPES) - 1})")
-    if device == "cuda" and dtype == DTYPES[3]:
-        raise CError(ARGUMENT, "LOOM_BFLOAT16 tensors live on the CPU only (CuPy has no bfloat16)")
-    return dtype
+    row = DTYPES.get(code)
+    if row is None:
+        raise CError(ARGUMENT, f"dtype {code} is not a LoomDType (0..{max(DTYPES)})")
+    name = f"LOOM_{row.name.upper()}"
+    if row.numpy not in CODES or CODES[row.numpy] != code:
+        raise CError(ARGUMENT, f"{name} is a packed storage type; tensors hold types of 8 bits or more")
+    if device == "cuda" and row.numpy in dtypes.ML_DTYPES:
+        raise CError(ARGUMENT, f"{name} tensors live on the CPU only (CuPy has no {row.name})")
+    return row.numpy
 
 
 def _dims(ptr: Any, ndim: int) -> tuple[int, ...]:

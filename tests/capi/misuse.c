@@ -400,7 +400,7 @@ int main(int argc, char** argv) {
         TRAIN("validation_one", LOOM_ERR_CONFIG, "validation", "{\"loss\": \"mse\", \"validation\": 1}", x, xs, 2, y, LOOM_FLOAT32, ys, 2);
         TRAIN("not_utf8", LOOM_ERR_ARGUMENT, "UTF-8", "{\"loss\": \"\xff\"}", x, xs, 2, y, LOOM_FLOAT32, ys, 2);
         TRAIN("y_dtype99", LOOM_ERR_ARGUMENT, "y_dtype", SPEC, x, xs, 2, y, 99, ys, 2);
-        TRAIN("y_dtype_float64", LOOM_ERR_ARGUMENT, "got 2", SPEC, x, xs, 2, y, LOOM_FLOAT64, ys, 2);
+        TRAIN("y_dtype_float64", LOOM_ERR_ARGUMENT, "got 0", SPEC, x, xs, 2, y, LOOM_FLOAT64, ys, 2);
         TRAIN("null_x", LOOM_ERR_ARGUMENT, "x is NULL", SPEC, NULL, xs, 2, y, LOOM_FLOAT32, ys, 2);
         TRAIN("null_y", LOOM_ERR_ARGUMENT, "y is NULL", SPEC, x, xs, 2, NULL, LOOM_FLOAT32, ys, 2);
         TRAIN("null_x_shape", LOOM_ERR_ARGUMENT, "x shape is NULL", SPEC, x, NULL, 2, y, LOOM_FLOAT32, ys, 2);
@@ -532,6 +532,7 @@ int main(int argc, char** argv) {
         EXPECT_NULL("loom_tensor_create.metal", "LOOM_DEVICE_METAL", loom_tensor_create(LOOM_DEVICE_METAL, LOOM_FLOAT32, d2, 2));
         EXPECT_NULL("loom_tensor_create.hip", "LOOM_DEVICE_HIP", loom_tensor_create(LOOM_DEVICE_HIP, LOOM_FLOAT32, d2, 2));
         EXPECT_NULL("loom_tensor_create.dtype99", "dtype 99", loom_tensor_create(LOOM_DEVICE_CPU, (enum LoomDType)99, d2, 2));
+        EXPECT_NULL("loom_tensor_create.packed", "LOOM_INT4 is a packed storage type", loom_tensor_create(LOOM_DEVICE_CPU, LOOM_INT4, d2, 2));
         EXPECT_NULL("loom_tensor_create.dtype_negative", "dtype 4294967295 is not a LoomDType", loom_tensor_create(LOOM_DEVICE_CPU, (enum LoomDType)-1, d2, 2));
         EXPECT_NULL("loom_tensor_create.ndim9", "ndim 9", loom_tensor_create(LOOM_DEVICE_CPU, LOOM_FLOAT32, d9, 9));
         EXPECT_NULL("loom_tensor_create.ndim_negative", "ndim -1", loom_tensor_create(LOOM_DEVICE_CPU, LOOM_FLOAT32, d2, -1));

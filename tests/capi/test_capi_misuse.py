@@ -16,7 +16,7 @@ from loom.capi import build
 HERE = Path(__file__).parent
 # the CHECK lines misuse.c prints (its checks are the same with and without a GPU): update this when
 # adding checks there, so that a program that stops early, or skips checks, fails
-EXPECTED_CHECKS = 351
+EXPECTED_CHECKS = 352
 CHECK = re.compile(r"CHECK (?P<name>(?P<fn>loom_\w+)\.\w+) rc=(?P<rc>-?\d+|NULL|ptr) "
                    r"expect=(?P<expect>-?\d+|NULL) msg=(?P<msg>.*)")
 FUNCTIONS = {f.name: f for f in build.declarations()[1]}
@@ -115,3 +115,14 @@ def test_misuse_under_valgrind(misuse, tmp_path):
     assert done.returncode != 99, "valgrind found errors:\n" + "\n".join(report[-300:])
     assert re.search(r"ERROR SUMMARY: 0 errors", done.stderr), "\n".join(report[-50:])
     _parse(done)
+
+
+def test_the_headers_dtype_enum_is_loom_dtypes_table():
+    """LoomDType's names and numbers are loom.dtypes' (docs/dtypes.md: stable, never reused)."""
+    import re
+
+    from loom import dtypes
+    from loom.capi.build import header_text
+    body = re.search(r"enum LoomDType \{([^}]*)\}", header_text()).group(1)
+    enum = {name.lower(): int(value) for name, value in re.findall(r"LOOM_(\w+) = (\d+)", body)}
+    assert enum == {name: row.c_enum for name, row in dtypes.TABLE.items()}
