@@ -23,11 +23,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import ml_dtypes
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .errors import ConfigError, FormatError
+from .errors import BackendError, ConfigError, FormatError
+
+try:
+    import ml_dtypes
+except ImportError:         # Pyodide ships no ml_dtypes: its types get stand-ins (_missing) and require() says so
+    ml_dtypes = None
 
 
 @dataclass(frozen=True)
@@ -63,40 +67,54 @@ class DType:
         return self.kind == "float"
 
 
-def _float(name, np_type, st, enum):
-    info = ml_dtypes.finfo(np_type)
-    return DType(name, np.dtype(np_type), st, enum, info.bits, "float",
-                 fmax=float(info.max), nmant=int(info.nmant), minexp=int(info.minexp))
+def _ml(attr: str, name: str, itemsize: int) -> np.dtype:
+    """ml_dtypes' type `attr`, or where ml_dtypes is missing a stand-in of its size that no real
+    array has (so nothing matches it) and whose name says what is missing."""
+    if ml_dtypes is not None:
+        return np.dtype(getattr(ml_dtypes, attr))
+    return np.dtype([(f"{name} needs ml_dtypes", f"V{itemsize}")])
 
 
-def _int(name, np_type, st, enum, bits):
-    info = ml_dtypes.iinfo(np_type)
-    return DType(name, np.dtype(np_type), st, enum, bits, "uint" if info.min == 0 else "int",
-                 qmin=int(info.min), qmax=int(info.max))
+# finfo of the float types and iinfo of the integer types (ml_dtypes' own values; tests/test_dtypes.py
+# checks them against ml_dtypes where it is installed): the table needs them without ml_dtypes too
+def _float(name, dtype, st, enum, bits, fmax, nmant, minexp):
+    return DType(name, np.dtype(dtype), st, enum, bits, "float", fmax=float(fmax), nmant=nmant, minexp=minexp)
+
+
+def _ieee(name, np_type, st, enum):
+    info = np.finfo(np_type)
+    return _float(name, np_type, st, enum, info.bits, info.max, int(info.nmant), int(info.minexp))
+
+
+def _int(name, dtype, st, enum, bits, lo=None, hi=None):
+    if lo is None:
+        info = np.iinfo(dtype)
+        lo, hi = int(info.min), int(info.max)
+    return DType(name, np.dtype(dtype), st, enum, bits, "uint" if lo == 0 else "int", qmin=lo, qmax=hi)
 
 
 # Order matters for of_array: the first row with a numpy dtype wins, so the plain int8 row comes
 # before ternary and binary, which also live in int8 when unpacked.
 _ROWS = [
-    _float("float64", np.float64, "F64", 0),
-    _float("float32", np.float32, "F32", 1),
-    _float("float16", np.float16, "F16", 2),
-    _float("bfloat16", ml_dtypes.bfloat16, "BF16", 3),
-    _float("fp8_e4m3", ml_dtypes.float8_e4m3fn, "F8_E4M3", 4),
-    _float("fp8_e5m2", ml_dtypes.float8_e5m2, "F8_E5M2", 5),
-    _float("fp4_e2m1", ml_dtypes.float4_e2m1fn, "U8", 6),
+    _ieee("float64", np.float64, "F64", 0),
+    _ieee("float32", np.float32, "F32", 1),
+    _ieee("float16", np.float16, "F16", 2),
+    _float("bfloat16", _ml("bfloat16", "bfloat16", 2), "BF16", 3, 16, 3.3895313892515355e38, 7, -126),
+    _float("fp8_e4m3", _ml("float8_e4m3fn", "fp8_e4m3", 1), "F8_E4M3", 4, 8, 448.0, 3, -6),
+    _float("fp8_e5m2", _ml("float8_e5m2", "fp8_e5m2", 1), "F8_E5M2", 5, 8, 57344.0, 2, -14),
+    _float("fp4_e2m1", _ml("float4_e2m1fn", "fp4_e2m1", 1), "U8", 6, 4, 6.0, 1, 0),
     _int("int64", np.int64, "I64", 7, 64),
     _int("int32", np.int32, "I32", 8, 32),
     _int("int16", np.int16, "I16", 9, 16),
     _int("int8", np.int8, "I8", 10, 8),
-    _int("int4", ml_dtypes.int4, "U8", 11, 4),
-    _int("int2", ml_dtypes.int2, "U8", 12, 2),
+    _int("int4", _ml("int4", "int4", 1), "U8", 11, 4, -8, 7),
+    _int("int2", _ml("int2", "int2", 1), "U8", 12, 2, -2, 1),
     _int("uint64", np.uint64, "U64", 13, 64),
     _int("uint32", np.uint32, "U32", 14, 32),
     _int("uint16", np.uint16, "U16", 15, 16),
     _int("uint8", np.uint8, "U8", 16, 8),
-    _int("uint4", ml_dtypes.uint4, "U8", 17, 4),
-    _int("uint2", ml_dtypes.uint2, "U8", 18, 2),
+    _int("uint4", _ml("uint4", "uint4", 1), "U8", 17, 4, 0, 15),
+    _int("uint2", _ml("uint2", "uint2", 1), "U8", 18, 2, 0, 3),
     DType("ternary", np.dtype(np.int8), "U8", 19, 2, "ternary", qmin=-1, qmax=1),
     DType("binary", np.dtype(np.int8), "U8", 20, 1, "binary", qmin=-1, qmax=1),
 ]
@@ -105,7 +123,19 @@ BY_C_ENUM: dict[int, DType] = {row.c_enum: row for row in _ROWS}
 # In-memory dtypes of the float rows, and the ml_dtypes ones (NumPy reports most of those as kind
 # "V", but float8_e5m2 as "f": test membership here, never dtype.kind).
 FLOAT_NUMPY = frozenset(row.numpy for row in _ROWS if row.is_float)
-ML_DTYPES = frozenset(row.numpy for row in _ROWS if row.numpy.type.__module__.startswith("ml_dtypes"))
+ML_DTYPES = frozenset(row.numpy for row in _ROWS if row.numpy.type.__module__.startswith("ml_dtypes")
+                      or row.numpy.names is not None)
+MISSING = frozenset(row.name for row in _ROWS if row.numpy.names is not None)    # stand-ins: no ml_dtypes
+
+
+def require(name: str, where: str) -> DType:
+    """The row of type `name`, which must be usable here: its values need ml_dtypes where the type
+    is one of ml_dtypes' (bfloat16, fp8, fp4, int4, int2, uint4, uint2); BackendError otherwise."""
+    row = get(name, where)
+    if row.name in MISSING:
+        raise BackendError(f"{where}: {row.name} values need the ml_dtypes package, which is not installed "
+                           f"here (pip install ml_dtypes; Pyodide has none)")
+    return row
 
 # Types a network may compute in (its "dtype" key).
 COMPUTE = ("float32", "float64")
@@ -168,7 +198,7 @@ def pack(values: ArrayLike, name: str) -> np.ndarray:
 
     Values must be exactly representable in the type; a value that would round, wrap or change sign
     raises ConfigError naming its index. Types of 8 bits or more give their little-endian bytes."""
-    row = get(name, "pack")
+    row = require(name, "pack")
     a = np.asarray(values)
     if not row.packed:
         if a.dtype != row.numpy:
@@ -212,7 +242,7 @@ def unpack(packed: bytes | bytearray | memoryview | np.ndarray, name: str,
     `packed` is bytes-like or a uint8 array. Its length must be exactly ceil(n * bits / 8); a wrong
     length, a ternary code 0b10 or non-zero padding bits raise FormatError. For types of 8 bits or
     more the result may be a view of `packed`."""
-    row = get(name, "unpack")
+    row = require(name, "unpack")
     shape = _shape(shape)
     n = math.prod(shape)
     if isinstance(packed, (bytes, bytearray, memoryview)):

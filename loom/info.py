@@ -6,10 +6,9 @@ import sys
 
 
 def info() -> dict:
-    import ml_dtypes
     import numpy as np
 
-    from . import backend
+    from . import backend, dtypes
     from .config import SOFTMAX_VARIANTS
     from .nn.layers import REGISTRY
     from .version import __version__
@@ -23,7 +22,7 @@ def info() -> dict:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "numpy": np.__version__,
-        "ml_dtypes": ml_dtypes.__version__,
+        "ml_dtypes": dtypes.ml_dtypes.__version__ if dtypes.ml_dtypes is not None else "not installed",
         "devices": devices,
         "gpus": gpus,           # index, name, memory_bytes, compute_capability of each visible GPU
         "cuda": cuda,           # cupy, cuda_runtime and cuda_driver versions ({} without a GPU)

@@ -180,3 +180,50 @@ def test_pack_of_uint64_max_as_int64_is_refused():
     with pytest.raises(loom.ConfigError, match="element 0"):
         dtypes.pack(np.array([2**64 - 1], np.uint64), "int64")
     assert dtypes.pack(np.array([2**64 - 1], np.uint64), "uint64").tolist() == [255] * 8
+
+
+def test_the_tables_ml_dtypes_constants_are_ml_dtypes_own():
+    """The table writes out finfo/iinfo of ml_dtypes' types (it is built without ml_dtypes too)."""
+    import ml_dtypes
+    for name, attr in (("bfloat16", "bfloat16"), ("fp8_e4m3", "float8_e4m3fn"), ("fp8_e5m2", "float8_e5m2"),
+                       ("fp4_e2m1", "float4_e2m1fn")):
+        info, row = ml_dtypes.finfo(getattr(ml_dtypes, attr)), dtypes.TABLE[name]
+        assert (row.bits, row.fmax, row.nmant, row.minexp) == (info.bits, float(info.max), info.nmant, info.minexp)
+        assert row.numpy == np.dtype(getattr(ml_dtypes, attr))
+    for name in ("int4", "int2", "uint4", "uint2"):
+        info, row = ml_dtypes.iinfo(getattr(ml_dtypes, name)), dtypes.TABLE[name]
+        assert (row.qmin, row.qmax, row.numpy) == (info.min, info.max, np.dtype(getattr(ml_dtypes, name)))
+
+
+def test_without_ml_dtypes_loom_runs_and_its_types_say_what_is_missing(tmp_path):
+    """As under Pyodide: ml_dtypes unimportable. Loom imports, trains a float32 network, reads and
+    writes float32 model files; bfloat16 values (pack, a BF16 safetensors tensor) are a BackendError
+    naming ml_dtypes."""
+    import subprocess
+    import sys
+    from loom.formats import safetensors
+    bf16 = tmp_path / "bf16.safetensors"
+    safetensors.save(bf16, {"w": np.ones(3, dtypes.TABLE["bfloat16"].numpy)})
+    code = f"""
+import sys
+sys.modules["ml_dtypes"] = None                 # import ml_dtypes raises ImportError
+import numpy as np, loom
+from loom import dtypes
+from loom.errors import BackendError
+from loom.formats import safetensors
+net = loom.Network.from_config({{"loom": 1, "input": {{"shape": [4]}}, "layers": [{{"type": "dense", "units": 2}}]}})
+loom.train(net, np.ones((8, 4), np.float32), np.zeros(8, np.int64), epochs=1, verbose=False)
+loom.from_bytes(net.to_bytes())
+print(sorted(dtypes.MISSING))
+for call in (lambda: dtypes.pack([1.0], "bfloat16"), lambda: safetensors.load({str(bf16)!r})):
+    try:
+        call()
+    except BackendError as exc:
+        print("error:", exc)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == str(sorted(["bfloat16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int4", "int2", "uint4", "uint2"]))
+    assert lines[1].startswith("error: pack: bfloat16 values need the ml_dtypes package")
+    assert lines[2].startswith("error: tensor 'w' (BF16): bfloat16 values need the ml_dtypes package")

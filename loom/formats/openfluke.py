@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import ml_dtypes
 import numpy as np
 
+from .. import dtypes
 from ..errors import FormatError
 
 if TYPE_CHECKING:
@@ -395,7 +395,8 @@ def decode(raw: bytes, ls: dict, where: str) -> tuple[np.ndarray, float]:
     if dt == "float16":
         return np.frombuffer(raw, "<f2").astype(np.float32), 1.0
     if dt == "bfloat16":
-        return np.frombuffer(raw, "<u2").view(ml_dtypes.bfloat16).astype(np.float32), 1.0
+        bf16 = dtypes.require("bfloat16", "openfluke weights").numpy
+        return np.frombuffer(raw, "<u2").view(bf16).astype(np.float32), 1.0
     if dt in ("fp8e4m3", "fp8e5m2"):
         q = _fp8(b, dt)
     elif bits >= 8:

@@ -133,6 +133,9 @@ def parse_header(buf: bytes | memoryview | mmap.mmap, size: int) -> tuple[dict, 
         dt = DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
         if dt is None:
             raise FormatError(f"tensor {name!r}: unknown dtype {info['dtype']!r}")
+        if dt.names is not None:        # an ml_dtypes type where ml_dtypes is missing (loom.dtypes)
+            dtypes.require(next(r.name for r in dtypes.TABLE.values() if r.safetensors == info["dtype"]),
+                           f"tensor {name!r} ({info['dtype']})")
         shape, offs = info["shape"], info["data_offsets"]
         if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
             raise FormatError(f"tensor {name!r}: shape must be a list of non-negative integers, got {shape!r}")
