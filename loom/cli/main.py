@@ -16,12 +16,12 @@ from .. import mode
 from ..atomic import describe
 from ..errors import ConfigError, LoomError
 from ..version import __version__
-from . import bench, capi, chat, convert, db, demo, embed, generate, info, plot, primes, run, search, train, verify
+from . import bench, capi, chat, convert, db, demo, embed, generate, info, plot, primes, run, search, train, verify, web
 from . import eval as eval_cmd
 
 COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert,
             "verify": verify, "generate": generate, "chat": chat, "embed": embed, "plot": plot, "primes": primes,
-            "bench": bench, "db": db, "search": search, "capi": capi}
+            "bench": bench, "db": db, "search": search, "capi": capi, "web": web}
 
 
 class _Parser(argparse.ArgumentParser):

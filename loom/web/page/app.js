@@ -1,0 +1,162 @@
+// The page: talks to worker.js (Loom under Pyodide) and draws what it says.
+const $ = (id) => document.getElementById(id);
+const worker = new Worker("worker.js");
+const pending = new Map();
+let nextId = 0, site = null, onEpoch = null;
+
+function call(cmd, args) {
+    const id = nextId++;
+    worker.postMessage({id, cmd, args});
+    return new Promise((resolve, reject) => pending.set(id, {resolve, reject}));
+}
+
+worker.onmessage = (event) => {
+    const m = event.data;
+    if (m.type === "ready") {
+        $("status").textContent = `Loom ${m.version} on Pyodide ${site.pyodide} (NumPy ${m.numpy}) ready in ` +
+            `${m.seconds.toFixed(1)} s. Everything runs in this tab; nothing is sent anywhere.`;
+        $("go").disabled = false;
+        document.body.dataset.state = "ready";
+        window.loomReady = m;
+        if (new URLSearchParams(location.search).get("auto")) train();
+    } else if (m.type === "error") {
+        $("status").textContent = `Loom could not start: ${m.message}`;
+        document.body.dataset.state = "error";
+    } else if (m.type === "epoch") {
+        if (onEpoch) onEpoch(m.info);
+    } else if (m.type === "result") {
+        const p = pending.get(m.id);
+        pending.delete(m.id);
+        if (m.error) p.reject(new Error(m.error)); else p.resolve(m.result);
+    }
+};
+
+function drawLoss(losses, epochs) {
+    const c = $("loss"), g = c.getContext("2d");
+    g.clearRect(0, 0, c.width, c.height);
+    g.strokeStyle = "#999"; g.strokeRect(30, 10, c.width - 40, c.height - 30);
+    g.fillStyle = "#555"; g.font = "11px sans-serif";
+    g.fillText("loss", 2, 14); g.fillText("epoch", c.width - 40, c.height - 4);
+    if (!losses.length) return;
+    const top = Math.max(...losses), x0 = 30, w = c.width - 40, h = c.height - 30;
+    g.fillText(top.toFixed(2), 2, 24);
+    g.strokeStyle = "#1565c0"; g.lineWidth = 2; g.beginPath();
+    losses.forEach((v, i) => {
+        const x = x0 + (epochs > 1 ? i / (epochs - 1) : 0.5) * w, y = 10 + h - (v / top) * h;
+        if (i) g.lineTo(x, y); else g.moveTo(x, y);
+        g.fillRect(x - 2, y - 2, 4, 4);
+    });
+    g.stroke();
+}
+
+function showConfusion(matrix) {
+    const t = $("confusion");
+    t.innerHTML = "<tr><th>true \\ predicted</th>" + matrix.map((_, j) => `<th>${j}</th>`).join("") + "</tr>" +
+        matrix.map((row, i) => `<tr><th>${i}</th>` +
+            row.map((v, j) => `<td class="${i === j ? "hit" : ""}">${v}</td>`).join("") + "</tr>").join("");
+}
+
+function showResult(r) {
+    $("accuracy").textContent = `${(100 * r.accuracy).toFixed(2)}% (${r.correct} of ${r.total})`;
+    showConfusion(r.confusion);
+}
+
+async function train() {
+    const network = $("network").value, epochs = Number($("epochs").value);
+    const losses = [];
+    $("go").disabled = true;
+    document.body.dataset.state = "training";
+    $("progress").value = 0;
+    drawLoss(losses, epochs);
+    onEpoch = (info) => {
+        losses.push(info.loss);
+        $("progress").value = info.epoch / info.epochs;
+        $("speed").textContent = `epoch ${info.epoch} of ${info.epochs}: loss ${info.loss.toFixed(4)}, ` +
+            `${info.seconds.toFixed(1)} s`;
+        drawLoss(losses, epochs);
+        if (info.epoch === 1) window.loomFirstEpoch = performance.now();
+    };
+    try {
+        const r = await call("train", {network, epochs});
+        showResult(r);
+        $("speed").textContent = `${epochs} epochs in ${r.seconds.toFixed(1)} s: ${r.samples_per_s.toFixed(0)} samples/s`;
+        const native = site.native[network];
+        $("fp-browser").textContent = r.fingerprint;
+        const badge = $("badge");
+        if (native && epochs === site.epochs) {
+            $("fp-native").textContent = native.fingerprint;
+            const same = native.fingerprint === r.fingerprint;
+            badge.textContent = same ? "bit-identical" : "differs";
+            badge.className = "badge " + (same ? "same" : "differs");
+        } else {
+            $("fp-native").textContent = `none for ${epochs} epochs (the site was built for ${site.epochs})`;
+            badge.textContent = "no native reference";
+            badge.className = "badge";
+        }
+        $("classify").disabled = false;
+        window.loomResult = {...r, native: native ? native.fingerprint : null, pageLoad: window.loomFirstEpoch};
+        document.body.dataset.state = "done";
+    } catch (err) {
+        $("speed").textContent = `training failed: ${err.message}`;
+        document.body.dataset.state = "error";
+    } finally {
+        $("go").disabled = false;
+    }
+}
+
+// the drawing pad: white strokes on black, read back as 8x8 averages in [0, 1] (the digits' pixels / 16)
+const pad = $("pad"), pen = pad.getContext("2d");
+function clearPad() { pen.fillStyle = "#000"; pen.fillRect(0, 0, pad.width, pad.height); $("prediction").textContent = ""; }
+let drawing = false;
+function stroke(e) {
+    if (!drawing) return;
+    const r = pad.getBoundingClientRect();
+    pen.fillStyle = "#fff"; pen.beginPath();
+    pen.arc(e.clientX - r.left, e.clientY - r.top, 11, 0, 2 * Math.PI); pen.fill();
+}
+pad.addEventListener("pointerdown", (e) => { drawing = true; stroke(e); });
+pad.addEventListener("pointermove", stroke);
+window.addEventListener("pointerup", () => { drawing = false; });
+
+function padPixels() {
+    const data = pen.getImageData(0, 0, pad.width, pad.height).data, cell = pad.width / 8, out = [];
+    for (let r = 0; r < 8; ++r) for (let c = 0; c < 8; ++c) {
+        let sum = 0;
+        for (let y = r * cell; y < (r + 1) * cell; ++y) for (let x = c * cell; x < (c + 1) * cell; ++x)
+            sum += data[(y * pad.width + x) * 4];
+        out.push(sum / (cell * cell * 255));
+    }
+    return out;
+}
+
+async function classify() {
+    try {
+        const p = await call("classify", {pixels: padPixels()});
+        const best = p.indexOf(Math.max(...p));
+        $("prediction").textContent = `It is a ${best} (${(100 * p[best]).toFixed(1)}%). ` +
+            p.map((v, i) => `${i}: ${(100 * v).toFixed(0)}%`).join("  ");
+    } catch (err) { $("prediction").textContent = err.message; }
+}
+
+async function loadModel(file) {
+    try {
+        const r = await call("load", {bytes: await file.arrayBuffer()});
+        $("summary").textContent = `${file.name}\nfingerprint ${r.fingerprint}\n\n${r.summary}`;
+        if (r.accuracy !== undefined) { showResult(r); $("classify").disabled = false; }
+    } catch (err) { $("summary").textContent = `${file.name}: ${err.message}`; }
+}
+
+async function main() {
+    clearPad();
+    site = await (await fetch("site.json")).json();
+    for (const name of site.networks) $("network").add(new Option(name, name));
+    const params = new URLSearchParams(location.search);
+    $("epochs").value = params.get("epochs") || site.epochs;
+    if (params.get("network")) $("network").value = params.get("network");
+    drawLoss([], 1);
+    $("go").onclick = train;
+    $("clear").onclick = clearPad;
+    $("classify").onclick = classify;
+    $("file").onchange = (e) => e.target.files[0] && loadModel(e.target.files[0]);
+}
+main();

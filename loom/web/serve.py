@@ -1,0 +1,32 @@
+"""`loom web serve DIR [--port]`: the built site over HTTP on loopback (127.0.0.1 only), with the
+MIME types the page needs (application/wasm, so the browser compiles the runtime while it streams)."""
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+from pathlib import Path
+
+from ..errors import ConfigError
+
+HOST = "127.0.0.1"
+TYPES = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript", ".whl": "application/zip",
+         ".json": "application/json", ".zip": "application/zip"}
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **TYPES}
+
+    def log_message(self, format: str, *args) -> None:      # quiet: the command prints its one line
+        pass
+
+
+def server(folder: str | os.PathLike[str], port: int = 8000) -> http.server.ThreadingHTTPServer:
+    """A server for the site in `folder` on HOST:port (port 0: any free one); call serve_forever()."""
+    root = Path(folder)
+    if not (root / "site.json").is_file():
+        raise ConfigError("DIR", f"{root} is not a site built by `loom web build` (no site.json)")
+    if not 0 <= port <= 65535:
+        raise ConfigError("--port", f"expected a port in 0..65535, got {port}")
+    handler = functools.partial(_Handler, directory=str(root))
+    return http.server.ThreadingHTTPServer((HOST, port), handler)
