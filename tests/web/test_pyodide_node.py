@@ -1,0 +1,84 @@
+"""Loom under Pyodide (WebAssembly), run by Node: the same bits as native.
+
+- every check of `loom verify` (forward, gradients and buffers of every catalogue sample, batch
+  invariance, one step of every optimizer, the demo convnet trained 50 steps) computed inside Pyodide
+  gives the native fingerprints;
+- the built site's wheel, installed the way the page installs it, trains each example network to the
+  fingerprint `loom web build` recorded natively.
+
+Skips, with the reason, without node or when the runtime cannot be fetched (loom.web.runtime)."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from loom import verify
+from loom.errors import BackendError
+from loom.web import runtime
+
+ROOT = Path(__file__).resolve().parents[2]
+NODE = shutil.which("node")
+pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed (it runs Pyodide here)")
+
+# Pyodide from `folder`, NumPy, then either the checkout mounted at /src (SOURCE) or the site's wheel
+# unpacked as the page does (WHEEL); then the Python in argv[3] (a file), whose last expression is printed
+SCRIPT = r"""
+const fs = require("fs");
+const [folder, how, code] = process.argv.slice(2);
+const { loadPyodide } = require(folder + "/pyodide.js");
+(async () => {
+  const py = await loadPyodide({ indexURL: folder + "/", stdout: () => {}, stderr: (s) => console.error(s) });
+  await py.loadPackage("numpy", { messageCallback: () => {} });
+  if (how === "SOURCE") {
+    py.FS.mkdirTree("/src");
+    py.FS.mount(py.FS.filesystems.NODEFS, { root: process.env.LOOM_SOURCE }, "/src");
+    py.runPython("import sys; sys.path.insert(0, '/src')");
+  } else {
+    const site = JSON.parse(fs.readFileSync(folder + "/site.json"));
+    py.unpackArchive(new Uint8Array(fs.readFileSync(folder + "/" + site.wheel)), "wheel");
+  }
+  process.stdout.write(String(await py.runPythonAsync(fs.readFileSync(code, "utf8"))));
+})().catch((err) => { console.error(String(err)); process.exit(1); });
+"""
+
+
+@pytest.fixture(scope="module")
+def pyodide_dir():
+    try:
+        return runtime.runtime_dir()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+
+
+def _node(tmp_path, folder, how, code, timeout=600) -> str:
+    script, source = tmp_path / "run.cjs", tmp_path / "code.py"
+    script.write_text(SCRIPT)
+    source.write_text(code)
+    done = subprocess.run([NODE, str(script), str(folder), how, str(source)], capture_output=True, text=True,
+                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "LOOM_SOURCE": str(ROOT)})
+    assert done.returncode == 0, f"node failed:\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+def test_every_verify_check_in_webassembly_has_the_native_bits(pyodide_dir, tmp_path):
+    native = verify.compute("cpu")
+    out = _node(tmp_path, pyodide_dir, "SOURCE", "import json\nfrom loom import verify\njson.dumps(verify.compute('cpu'))")
+    wasm = json.loads(out)
+    assert len(native) > 250 and list(wasm) == list(native)
+    differ = [k for k in native if wasm[k] != native[k]]
+    assert not differ, f"{len(differ)} of {len(native)} checks differ in WebAssembly, e.g. {differ[:5]}"
+
+
+def test_the_sites_wheel_trains_to_the_native_fingerprints(tmp_path):
+    from loom.web.site import build
+    try:
+        folder = build(tmp_path / "site", epochs=1, log=lambda *_: None)
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    site = json.loads((folder / "site.json").read_text())
+    code = ("import json\nimport loom.web.app as app\ns = app.Session()\n"
+            "json.dumps({n: s.train(n, 1)['fingerprint'] for n in app.networks()})")
+    got = json.loads(_node(tmp_path, folder, "WHEEL", code))
+    assert got == {name: site["native"][name]["fingerprint"] for name in site["networks"]}
