@@ -45,10 +45,7 @@ def compile_bench(folder: Path) -> Path:
 
 
 def c_time(exe: Path, *args) -> float:
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    if "PYTHONPATH" in os.environ:      # the device machine runs the project from its checkout
-        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
-    out = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, env=env)
+    out = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"capi_bench {' '.join(map(str, args))} failed:\n{out.stderr}")
     return float(out.stdout.strip())

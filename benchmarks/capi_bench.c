@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
         loom_network* net;
         CHECK(loom_network_from_json(argv[2], &net));
         int size = atoi(argv[3]);
+        if (size < 1 || size > 1024) { fprintf(stderr, "INPUT_SIZE is 1..1024\n"); return 2; }
         float x[1024] = {0}, y[1024];
         for (int i = 0; i < size; ++i) x[i] = (float)i / size;
         int64_t shape[2] = {1, size};

@@ -201,6 +201,7 @@ def test_without_ml_dtypes_loom_runs_and_its_types_say_what_is_missing(tmp_path)
     naming ml_dtypes."""
     import subprocess
     import sys
+
     from loom.formats import safetensors
     bf16 = tmp_path / "bf16.safetensors"
     safetensors.save(bf16, {"w": np.ones(3, dtypes.TABLE["bfloat16"].numpy)})

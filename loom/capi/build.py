@@ -17,6 +17,7 @@ without Python's signal handlers, so that the host program's signals stay its ow
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import os
 import re
@@ -56,6 +57,11 @@ def header_text() -> str:
     return resources.files(__package__).joinpath("loom.h").read_text()
 
 
+def header_sha256() -> str:
+    """Compiled into the library, which checks it against the installed Loom's on start."""
+    return hashlib.sha256(header_text().encode()).hexdigest()
+
+
 def declarations(text: str | None = None) -> tuple[list[str], list[Function]]:
     """(the #defines, typedefs and enums, the functions) between the header's BEGIN and END markers."""
     text = header_text() if text is None else text
@@ -78,8 +84,8 @@ def declarations(text: str | None = None) -> tuple[list[str], list[Function]]:
             continue
         params = m["params"].strip()
         args = () if params == "void" else tuple(re.findall(r"(\w+)\s*$", p)[0] for p in params.split(","))
-        functions.append(Function(m["ret"].replace(" ", "").replace("constchar", "const char")
-                                  .replace("enum", "enum "), m["name"], params, args))
+        functions.append(Function(" ".join(m["ret"].replace("*", " * ").split()).replace(" *", "*"), m["name"],
+                                  params, args))
     return types, functions
 
 
@@ -98,6 +104,7 @@ static pthread_once_t loom__once = PTHREAD_ONCE_INIT;
 static int loom__python_ok = 0;
 
 const char* loom_version(void) { return LOOM_VERSION_STRING; }
+static const char* loom__header_sha256(void) { return LOOM_HEADER_SHA256; }
 const char* loom_last_error(void) { return loom__error; }
 void loom_free(void* p) { free(p); }
 
@@ -222,7 +229,7 @@ def cdef(types: list[str], functions: list[Function]) -> str:
     for f in functions:
         if f.name not in C_FUNCTIONS:
             lines.append(f'extern "Python" {f.ret} {_PREFIX}{f.name[5:]}({f.params});')
-    lines += ["void loom__set_error(const char* msg);",
+    lines += ["void loom__set_error(const char* msg);", "const char* loom__header_sha256(void);",
               "void loom__set_alive(int on);", "void loom__set_start_error(const char* msg);",
               "void* malloc(size_t size);"]
     return "\n".join(lines)
@@ -284,7 +291,7 @@ def build(out: str | os.PathLike[str], cc: str | None = None) -> dict[str, Path]
         cmd = shlex.split(cc) + [
             "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), f"-I{tmp}", f"-I{include}",
             f'-DLOOM_PYTHON_EXECUTABLE="{_c_string(sys.executable)}"',
-            f'-DLOOM_VERSION_STRING="{_c_string(__version__)}"',
+            f'-DLOOM_VERSION_STRING="{_c_string(__version__)}"', f'-DLOOM_HEADER_SHA256="{header_sha256()}"',
             f"-L{libdir}", f"-l{pylib}", f"-Wl,-rpath,{libdir}", "-lpthread", "-ldl"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0:

@@ -26,7 +26,7 @@ extern "C" {
 #endif
 
 /* BEGIN DECLARATIONS */
-#define LOOM_ABI_VERSION 1
+#define LOOM_ABI_VERSION 2       /* 2: LoomDType became loom.dtypes' table */
 
 #define LOOM_OK 0
 #define LOOM_ERR_ARGUMENT 1     /* a NULL pointer, bad size, shape or dtype, a buffer too small */

@@ -102,6 +102,11 @@ def network_to_device(net: Any, device: Any) -> None:
     name = text(device, "device")
     if name not in ("cpu", "cuda"):
         raise CError(ARGUMENT, f'device is "cpu" or "cuda", got {name!r}')
+    users = [hh.kind for hh in list(runtime.STATE.handles.values())
+             if hh.kind in (OPT, STEP) and getattr(hh.obj, "net", None) is h.obj]
+    if users:                       # they hold the arrays and layers of the device the network leaves
+        raise CError(ARGUMENT, f"free the network's {len(users)} optimizer and step-state handles first "
+                               f"({', '.join(sorted(set(users)))}); make new ones after the move")
     with locked(h):
         h.obj.to(name)
 
@@ -157,11 +162,22 @@ def network_fingerprint(net: Any, hex65: Any) -> None:
     runtime.ffi.memmove(hex65, digest.encode() + b"\0", 65)
 
 
+def _as_input(net: Network, x: np.ndarray, what: str) -> np.ndarray:
+    """float32 values as the network's input dtype; integer ids must be whole numbers (no truncation)."""
+    dtype = net.input_spec.dtype
+    if dtype == _F32:
+        return x
+    if np.dtype(dtype).kind in "iu":
+        bad = np.flatnonzero(x.reshape(-1) != np.trunc(x.reshape(-1)))
+        if bad.size:
+            raise CError(ARGUMENT, f"{what}[{bad[0]}] = {x.reshape(-1)[bad[0]]!r} is not a whole number; this "
+                                   f"network takes {np.dtype(dtype).name} ids")
+    return x.astype(dtype)
+
+
 def _input(net: Network, ptr: Any, dims_ptr: Any, ndim: int, what: str) -> np.ndarray:
     x = array_in(ptr, shape(dims_ptr, ndim, "shape"), _F32, what)
-    if net.input_spec.dtype != _F32:
-        x = x.astype(net.input_spec.dtype)
-    return net.backend.asarray(x)
+    return net.backend.asarray(_as_input(net, x, what))
 
 
 @export("forward")
@@ -271,7 +287,7 @@ def train_(net: Any, spec_json: Any, x: Any, x_shape: Any, x_ndim: int, y: Any, 
     types = {dtypes.TABLE["float32"].c_enum: np.float32, dtypes.TABLE["int64"].c_enum: np.int64}
     if y_dtype not in types:
         raise CError(ARGUMENT, f"y_dtype is LOOM_FLOAT32 ({min(types)}) or LOOM_INT64 ({max(types)}), got {y_dtype}")
-    X = array_in(x, shape(x_shape, x_ndim, "x shape"), np.float32, "x")
+    X = _as_input(h.obj, array_in(x, shape(x_shape, x_ndim, "x shape"), np.float32, "x"), "x")
     Y = array_in(y, shape(y_shape, y_ndim, "y shape"), types[y_dtype], "y")
     if len(X) != len(Y):
         raise CError(ARGUMENT, f"x has {len(X)} samples, y has {len(Y)}")

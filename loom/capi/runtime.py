@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .. import mode
-from ..errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
+from ..errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError
 
 OK, ARGUMENT, HANDLE, CONFIG, FORMAT, IO, DEVICE, DETERMINISM, SHUTDOWN, RUNTIME, INTERNAL = range(11)
 MAX_DIMS = 8
@@ -73,7 +73,7 @@ def status_of(exc: BaseException) -> tuple[int, str]:
         return DEVICE, str(exc) or type(exc).__name__
     if isinstance(exc, OSError):
         return IO, str(exc)
-    if isinstance(exc, (LoomError, ShapeError, ValueError, TypeError, KeyError, IndexError)):
+    if isinstance(exc, (LoomError, ValueError, TypeError)):
         return ARGUMENT, str(exc)       # the rest of Loom's typed errors (NumericError: NaN in the data, ...)
     return INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
 
@@ -84,11 +84,8 @@ def _wrap(name: str, fn: Callable, pointer: bool) -> Callable:
         try:
             if STATE.shutdown:
                 raise CError(SHUTDOWN, "the library was shut down (loom_shutdown)")
-            # a calling C thread keeps its Python thread state (build.py), hence its context: the
-            # mode is set there once, and again only after loom_set_deterministic changes it
-            if mode.is_deterministic() != STATE.deterministic:
-                mode.set_deterministic(STATE.deterministic)
-            result = fn(*args)
+            with mode.deterministic(STATE.deterministic):    # the caller's mode (a Python host's) stays
+                result = fn(*args)
             return OK if result is None else result
         except BaseException as exc:            # nothing may propagate into C
             code, message = status_of(exc)
@@ -98,10 +95,21 @@ def _wrap(name: str, fn: Callable, pointer: bool) -> Callable:
 
 
 def attach(ffi_: Any, lib_: Any) -> None:
-    """Attach every exported function to its `extern "Python"` callback; then mark the library alive."""
+    """Attach every exported function to its `extern "Python"` callback; then mark the library alive.
+    The library must have been built from this Loom's loom.h (its SHA-256 is compiled in), and every
+    function the header declares must have an implementation: else nothing is attached and every
+    call fails with LOOM_ERR_RUNTIME, saying so."""
     global ffi, lib
+    from . import build, network_api, tensor_api  # noqa: F401  (their @export calls fill _EXPORTS)
+    built = ffi_.string(lib_.loom__header_sha256()).decode()
+    if built != build.header_sha256():
+        raise RuntimeError("libloom.so was built from another loom.h than this Loom's "
+                           f"({built[:12]}... vs {build.header_sha256()[:12]}...): rebuild it with `loom capi build`")
+    declared = {f.name[5:] for f in build.declarations()[1] if f.name not in build.C_FUNCTIONS}
+    if declared != set(_EXPORTS):
+        raise RuntimeError(f"loom.h and loom.capi disagree: declared only {sorted(declared - set(_EXPORTS))}, "
+                           f"implemented only {sorted(set(_EXPORTS) - declared)}")
     ffi, lib = ffi_, lib_
-    from . import network_api, tensor_api  # noqa: F401  (their @export calls fill _EXPORTS)
     for name, (fn, pointer) in _EXPORTS.items():
         ffi.def_extern(name=f"_loomx_{name}", error=INTERNAL if not pointer else None)(_wrap(name, fn, pointer))
     lib.loom__set_alive(1)
@@ -125,6 +133,8 @@ _ids = itertools.count(1)
 def new_handle(kind: str, obj: Any, lock: threading.RLock | None = None) -> Any:
     """A fresh handle (never reused) for obj, as a C pointer of type `kind*`."""
     with STATE.lock:
+        if STATE.shutdown:                               # a call that raced loom_shutdown
+            raise CError(SHUTDOWN, "the library was shut down (loom_shutdown)")
         ptr = ffi.cast(f"{kind} *", next(_ids) << 4)     # aligned, never NULL, never reused
         STATE.handles[ptr] = Handle(kind, obj, lock)     # cffi pointers hash and compare by address
     return ptr
@@ -150,7 +160,8 @@ def free_handle(ptr: Any, kind: str, what: str) -> Handle:
     """Remove the handle (a second free is an error naming it); returns what it held."""
     h = handle(ptr, kind, what)
     with STATE.lock:
-        del STATE.handles[ptr]
+        if STATE.handles.pop(ptr, None) is None:         # freed by another thread meanwhile
+            raise CError(HANDLE, f"{what} ({kind}* 0x{_address(ptr):x}) was freed or was not made by this library")
     return h
 
 
@@ -186,6 +197,8 @@ def json_arg(ptr: Any, what: str) -> Any:
         return json.loads(source)
     except json.JSONDecodeError as exc:
         raise CError(CONFIG, f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise CError(CONFIG, f"{what} nests deeper than Python's JSON reader goes") from None
 
 
 def shape(ptr: Any, ndim: int, what: str) -> tuple[int, ...]:

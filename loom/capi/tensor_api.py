@@ -2,11 +2,16 @@
 (CuPy, through the project's CUDA backend), fill, copy between devices, gemm, reduce_sum, CSR SpMM,
 streams and asynchronous gemm.
 
-gemm and reduce_sum run loom.kernels.ops, so deterministic mode (the library's default) gives the
-same bits on the CPU and on CUDA, and fast mode runs the vendor libraries (BLAS, cuBLAS). SpMM in
-deterministic mode sums each row's products exactly (float64 products of float32 values, an exact
-sum, one rounding), the same bits on both devices; in fast mode it is NumPy on the CPU and cuSPARSE
-(cupyx.scipy.sparse) on CUDA.
+gemm, reduce_sum and SpMM run loom.kernels.ops, so deterministic mode (the library's default) gives
+the same bits on the CPU and on CUDA, and fast mode runs the vendor libraries (BLAS, cuBLAS, and
+cuSPARSE through cupyx.scipy.sparse for SpMM on CUDA). SpMM in deterministic mode computes each row as
+a product of its values with the dense rows they name, so each entry has the bits the dense gemm
+gives it.
+
+Order: on the CPU, queued gemms (loom_enqueue_gemm) run one at a time in the order they were queued,
+and every other call on a tensor first waits for the queued ops that touch it; on CUDA, work goes to
+the result's stream (loom_tensor_set_stream), and where an input belongs to another stream the device
+finishes its work first.
 
 Copies: loom_tensor_wrap never copies (the tensor is the caller's memory); loom_tensor_data of a CPU
 tensor is its memory, of a CUDA tensor a host copy refreshed by loom_tensor_sync; loom_tensor_copy
@@ -30,6 +35,7 @@ from .runtime import ARGUMENT, DEVICE, MAX_DIMS, CError, export, handle, locked,
 
 TENSOR, CSR, OP = "LoomTensor", "LoomCSR", "LoomOpHandle"
 DEVICES = {0: "cpu", 1: "cuda", 2: "metal", 3: "hip"}
+DEVICE_CODES = {name: code for code, name in DEVICES.items()}
 # LoomDType's values are loom.dtypes' c_enum; tensors hold the types of 8 bits or more (one element
 # per array item), and ml_dtypes' only on the CPU (CuPy has none of them)
 DTYPES = {row.c_enum: row for row in dtypes.TABLE.values()}
@@ -43,6 +49,7 @@ class Tensor:
         self.device, self.array = device, array
         self.host = None            # a CUDA tensor's host copy (loom_tensor_data / loom_tensor_sync)
         self.stream = None          # a CUDA tensor's stream (cupy.cuda.ExternalStream) or None
+        self.pending = None         # the latest queued CPU op touching this tensor (a Future)
 
     @property
     def be(self) -> backend.Backend:
@@ -55,6 +62,23 @@ class Tensor:
 
 def _tensor(ptr: Any, what: str) -> runtime.Handle:
     return handle(ptr, TENSOR, what)
+
+
+def _settle(*handles: runtime.Handle) -> None:
+    """Wait for the queued CPU ops (loom_enqueue_gemm) on these tensors, so that a call sees their
+    results and ops run in the order they were asked for. Before taking the tensors' locks: the
+    worker needs them."""
+    for h in handles:
+        future = getattr(h.obj, "pending", None)
+        if future is not None:
+            concurrent.futures.wait([future])
+
+
+def _after(out: Tensor, *inputs: Tensor) -> None:
+    """On CUDA, work queued on `out`'s stream must see what other streams wrote into `inputs`:
+    where a stream differs, the device finishes its work first (the rare case: set_stream)."""
+    if out.device == "cuda" and any(t.stream is not out.stream for t in inputs):
+        out.be.synchronize()
 
 
 def _device(code: int) -> str:
@@ -108,12 +132,7 @@ def tensor_create(device: int, dtype: int, dims: Any, ndim: int) -> Any:
 
 @export("tensor_wrap", pointer=True)
 def tensor_wrap(data: Any, dtype: int, dims: Any, ndim: int) -> Any:
-    dt = _dtype(dtype, "cpu")
-    shape = _dims(dims, ndim)
-    n = math.prod(shape)
-    if n == 0:
-        return _new("cpu", np.zeros(shape, dt))
-    view = np.frombuffer(runtime.ffi.buffer(need(data, "data"), n * dt.itemsize), dt).reshape(shape)
+    view = runtime.array_in(data, _dims(dims, ndim), _dtype(dtype, "cpu"), "data", copy=False)
     return _new("cpu", view)
 
 
@@ -126,7 +145,7 @@ def tensor_free(t: Any) -> None:
 def tensor_info(t: Any, device: Any, dtype: Any, ndim: Any, dims: Any, capacity: int) -> None:
     x = _tensor(t, "t").obj
     if device != runtime.ffi.NULL:
-        put(device, {v: k for k, v in DEVICES.items()}[x.device], "device")
+        put(device, DEVICE_CODES[x.device], "device")
     if dtype != runtime.ffi.NULL:
         put(dtype, CODES[x.array.dtype], "dtype")
     if ndim != runtime.ffi.NULL:
@@ -138,21 +157,22 @@ def tensor_info(t: Any, device: Any, dtype: Any, ndim: Any, dims: Any, capacity:
             dims[i] = d
 
 
-def _address(a: np.ndarray) -> Any:
+def _pointer_to(a: np.ndarray) -> Any:
     return runtime.ffi.cast("void *", a.ctypes.data)
 
 
 @export("tensor_data", pointer=True)
 def tensor_data(t: Any) -> Any:
     h = _tensor(t, "t")
+    _settle(h)
     with locked(h):
         x = h.obj
         if x.device == "cpu":
-            return _address(x.array)
+            return _pointer_to(x.array)
         if x.host is None:
             x.host = np.empty(x.array.shape, x.array.dtype)
             _refresh(x)
-        return _address(x.host)
+        return _pointer_to(x.host)
 
 
 def _refresh(x: Tensor) -> None:
@@ -164,6 +184,7 @@ def _refresh(x: Tensor) -> None:
 @export("tensor_sync")
 def tensor_sync(t: Any) -> None:
     h = _tensor(t, "t")
+    _settle(h)
     with locked(h):
         x = h.obj
         if x.device == "cuda":
@@ -177,13 +198,17 @@ def tensor_sync(t: Any) -> None:
 @export("tensor_fill")
 def tensor_fill(t: Any, value: float) -> None:
     h = _tensor(t, "t")
+    _settle(h)
     with locked(h):
         x = h.obj
         dt = x.array.dtype
         if dt.kind in "iu":
             info = np.iinfo(dt)
             if not (math.isfinite(value) and value == int(value) and info.min <= value <= info.max):
-                raise CError(ARGUMENT, f"value {value!r} is not a {dt.name} (integers {info.min}..{info.max})")
+                raise CError(ARGUMENT, f"value {value!r} is not a {dt.name} value (integers {info.min}..{info.max})")
+        elif math.isfinite(value) and abs(value) > float(dtypes.TABLE[dtypes.of_array(x.array)].fmax):
+            raise CError(ARGUMENT, f"value {value!r} overflows {dt.name} (largest finite "
+                                   f"{dtypes.TABLE[dtypes.of_array(x.array)].fmax:g})")
         with x.running():
             x.array.fill(dt.type(value) if dt.kind in "iu" else value)
 
@@ -198,6 +223,7 @@ def _same(a: Tensor, b: Tensor, what: str) -> None:
 @export("tensor_copy")
 def tensor_copy(dst: Any, src: Any) -> None:
     hd, hs = _tensor(dst, "dst"), _tensor(src, "src")
+    _settle(hd, hs)
     with locked(hd, hs):
         d, s = hd.obj, hs.obj
         if d.array.dtype != s.array.dtype:
@@ -207,6 +233,8 @@ def tensor_copy(dst: Any, src: Any) -> None:
                                    f"{s.array.size} {list(s.array.shape)}")
         if s.device == "cuda" and s.stream is not None:
             s.stream.synchronize()
+        if d.device == "cuda":
+            _after(d, s)
         value = s.array.reshape(d.array.shape)
         with d.running():
             if d.device == "cpu":
@@ -217,6 +245,7 @@ def tensor_copy(dst: Any, src: Any) -> None:
 
 def _gemm(a: Tensor, b: Tensor, c: Tensor, trans_a: int, trans_b: int) -> None:
     x, y = _gemm_operands(a, b, c, trans_a, trans_b)
+    _after(c, a, b)
     with c.running():
         ops.matmul(x, y, out=c.array)
 
@@ -242,6 +271,7 @@ def _gemm_operands(a: Tensor, b: Tensor, c: Tensor, trans_a: int, trans_b: int) 
 @export("tensor_gemm")
 def tensor_gemm(A: Any, B: Any, C: Any, transA: int, transB: int) -> None:
     ha, hb, hc = _tensor(A, "A"), _tensor(B, "B"), _tensor(C, "C")
+    _settle(ha, hb, hc)
     with locked(ha, hb, hc):
         _gemm(ha.obj, hb.obj, hc.obj, transA, transB)
 
@@ -249,6 +279,7 @@ def tensor_gemm(A: Any, B: Any, C: Any, transA: int, transB: int) -> None:
 @export("tensor_reduce_sum")
 def tensor_reduce_sum(A: Any, out: Any, axis: int) -> None:
     ha, ho = _tensor(A, "A"), _tensor(out, "out")
+    _settle(ha, ho)
     with locked(ha, ho):
         a, o = ha.obj, ho.obj
         _same(a, o, "reduce_sum")
@@ -263,8 +294,14 @@ def tensor_reduce_sum(A: Any, out: Any, axis: int) -> None:
         if o.array.shape not in (want, kept):
             raise CError(ARGUMENT, f"out has shape {list(o.array.shape)}; the sum over axis {axis} of "
                                    f"{list(a.array.shape)} has {list(want)}")
+        _after(o, a)
         with o.running():
             total = ops.sum(a.array, axis=axis)
+            if o.array.dtype.kind in "iu":             # NumPy sums small integers in int64: nothing may wrap
+                info = np.iinfo(o.array.dtype)
+                if total.size and (int(total.min()) < info.min or int(total.max()) > info.max):
+                    raise CError(ARGUMENT, f"the sum over axis {axis} overflows {o.array.dtype.name} "
+                                           f"(from {int(total.min())} to {int(total.max())})")
             o.array[...] = total.reshape(o.array.shape).astype(o.array.dtype, copy=False)
 
 
@@ -286,12 +323,9 @@ class CSRMatrix:
 
 @export("csr_create", pointer=True)
 def csr_create(rows: int, cols: int, nnz: int, row_ptr: Any, col_idx: Any, values: Any) -> Any:
-    ffi = runtime.ffi
     rp = runtime.array_in(row_ptr, (rows + 1,), np.uint32, "row_ptr").astype(np.int64)
-    ci = runtime.array_in(col_idx, (nnz,), np.uint32, "col_idx").astype(np.int64) if nnz else np.zeros(0, np.int64)
-    va = runtime.array_in(values, (nnz,), np.float32, "values") if nnz else np.zeros(0, np.float32)
-    if nnz and (col_idx == ffi.NULL or values == ffi.NULL):
-        raise CError(ARGUMENT, "col_idx and values are NULL with nnz > 0")
+    ci = runtime.array_in(col_idx, (nnz,), np.uint32, "col_idx").astype(np.int64)    # NULL with nnz > 0: named
+    va = runtime.array_in(values, (nnz,), np.float32, "values")
     if rp[0] != 0 or rp[-1] != nnz:
         raise CError(ARGUMENT, f"row_ptr runs from {rp[0]} to {rp[-1]}; it must run from 0 to nnz ({nnz})")
     bad = np.flatnonzero(np.diff(rp) < 0)
@@ -315,43 +349,41 @@ def _spmm(m: CSRMatrix, dense: Tensor, out: Tensor) -> None:
     if dense.array.ndim != 2 or dense.array.shape[0] != m.cols or out.array.shape != (m.rows, dense.array.shape[1]):
         raise CError(ARGUMENT, f"spmm: csr [{m.rows}, {m.cols}] @ dense {list(dense.array.shape)} does not fit "
                                f"out {list(out.array.shape)}")
-    be, xp = dense.be, dense.be.xp
     rp, ci, va = m.on(dense.device)
+    _after(out, dense)
     with out.running():
         if not mode.is_deterministic() and dense.device == "cuda":
             out.array[...] = dense.be.compute.csr_matmul(rp, ci, va, (m.rows, m.cols), dense.array)
             return
-        _spmm_rows(be, xp, m, rp, ci, va, dense.array, out.array)
+        _spmm_rows(dense.be.xp, m, ci, va, dense.array, out.array)
 
 
-def _spmm_rows(be, xp, m: CSRMatrix, rp, ci, va, dense, out) -> None:
-    """Each row's products padded to the longest row (zeros), summed with ops.sum: exactly in
-    deterministic mode (float64 products of float32 values: exact), chunks of rows at a time."""
+def _spmm_rows(xp: Any, m: CSRMatrix, ci: Any, va: Any, dense: Any, out: Any) -> None:
+    """Each row as a product: its values [1, width] (zero-padded to the longest row) times the dense
+    rows it names [width, n], through ops.matmul, so deterministic mode gives each entry the bits the
+    dense gemm gives it (exactly rounded for rows of up to 2048 entries); chunks of rows at a time."""
     n = dense.shape[1]
     lengths = np.diff(m.row_ptr)
     width = int(lengths.max()) if m.rows else 0
     out[...] = 0
     if width == 0 or n == 0:
         return
-    exact = mode.is_deterministic()
-    wide = np.float64 if exact else np.float32
-    step = max(1, _ROWS_PER_CHUNK_BYTES // (width * n * 8))
+    step = max(1, _ROWS_PER_CHUNK_BYTES // (width * n * 4))
     for r0 in range(0, m.rows, step):
         r1 = min(m.rows, r0 + step)
-        # slot j of row r holds entry row_ptr[r] + j when j < its length, else a zero product
+        # slot j of row r holds entry row_ptr[r] + j when j < its length, else a zero
         slots = m.row_ptr[r0:r1, None] + np.arange(width)[None, :]
         live = slots < m.row_ptr[r0 + 1:r1 + 1, None]
         at = xp.asarray(np.where(live, slots, 0))
-        mask = xp.asarray(live)
-        vals = xp.where(mask, va[at], 0).astype(wide)
-        cols = dense[ci[at]].astype(wide)                       # [rows, width, n]
-        products = vals[:, :, None] * cols
-        out[r0:r1] = ops.sum(products, axis=1, padded=exact).astype(np.float32)
+        vals = xp.where(xp.asarray(live), va[at], 0).astype(np.float32)       # [rows, width]
+        rows = dense[ci[at]]                                                     # [rows, width, n]
+        out[r0:r1] = ops.matmul(vals[:, None, :], rows)[:, 0, :]
 
 
 @export("csr_spmm")
 def csr_spmm(csr: Any, dense: Any, out: Any) -> None:
     hc, hd, ho = handle(csr, CSR, "csr"), _tensor(dense, "dense"), _tensor(out, "out")
+    _settle(hd, ho)
     with locked(hc, hd, ho):
         _spmm(hc.obj, hd.obj, ho.obj)
 
@@ -413,7 +445,8 @@ def _workers() -> concurrent.futures.ThreadPoolExecutor:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="loom-capi")
+            # one worker: queued ops run in the order they were queued, as on a CUDA stream
+            _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="loom-capi")
         return _pool
 
 
@@ -422,6 +455,7 @@ def enqueue_gemm(A: Any, B: Any, C: Any) -> Any:
     ha, hb, hc = _tensor(A, "A"), _tensor(B, "B"), _tensor(C, "C")
     a, b, c = ha.obj, hb.obj, hc.obj
     if c.device == "cuda":
+        _settle(ha, hb, hc)
         with locked(ha, hb, hc):
             _gemm(a, b, c, 0, 0)                # queued on C's stream; CuPy returns before it runs
             compute = c.be.compute
@@ -433,7 +467,9 @@ def enqueue_gemm(A: Any, B: Any, C: Any) -> Any:
     def work():
         with mode.deterministic(deterministic), locked(ha, hb, hc):
             _gemm(a, b, c, 0, 0)
-    return new_handle(OP, Op(future=_workers().submit(work)))
+    future = _workers().submit(work)
+    a.pending = b.pending = c.pending = future
+    return new_handle(OP, Op(future=future))
 
 
 @export("wait_op")

@@ -4,6 +4,7 @@ folder) and C/C++ programs compiled against it with pkg-config's flags, then run
 Everything here skips, with the reason, where a piece is missing: cffi (the `loom[capi]` extra), a C
 compiler, Python's headers, pkg-config."""
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -57,7 +58,7 @@ def compile_c(capi, tmp_path_factory):
         compiler = (shutil.which("c++") or shutil.which("g++")) if cxx else os.environ.get("CC", "cc")
         if compiler is None:
             pytest.skip("no C++ compiler on PATH")
-        cmd = [compiler, "-O1", "-g", "-Wall", "-Werror", *(["-std=c++17"] if cxx else ["-std=c11"]),
+        cmd = [*shlex.split(compiler), "-O1", "-g", "-Wall", "-Werror", *(["-std=c++17"] if cxx else ["-std=c11"]),
                "-o", str(exe), str(src), f"-I{HERE}", *extra, *flags(capi), "-lpthread"]
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 0, f"compiling {src.name} failed:\n{done.stderr}"

@@ -168,6 +168,12 @@ int main(int argc, char** argv) {
            loom_network_from_json("{\"loom\": 1, \"layers\": [", &out));
     EXPECT("loom_network_from_json.empty", LOOM_ERR_CONFIG, "not valid JSON", loom_network_from_json("", &out));
     EXPECT("loom_network_from_json.array", LOOM_ERR_CONFIG, "got list", loom_network_from_json("[1, 2]", &out));
+    {   /* JSON nested far deeper than any config: a CONFIG error, not a crash or an internal error */
+        static char deep[200002];
+        memset(deep, '[', 100000);
+        memset(deep + 100000, ']', 100000);
+        EXPECT("loom_network_from_json.deep", LOOM_ERR_CONFIG, "nests deeper", loom_network_from_json(deep, &out));
+    }
     EXPECT("loom_network_from_json.number", LOOM_ERR_CONFIG, "got int", loom_network_from_json("42", &out));
     EXPECT("loom_network_from_json.no_keys", LOOM_ERR_CONFIG, "missing", loom_network_from_json("{}", &out));
     EXPECT("loom_network_from_json.unknown_layer", LOOM_ERR_CONFIG, "unknown layer type",
@@ -224,6 +230,13 @@ int main(int argc, char** argv) {
     EXPECT("loom_network_to_device.freed", LOOM_ERR_HANDLE, HANDLE_FREED, loom_network_to_device(freed_net, "cpu"));
     EXPECT("loom_network_to_device.null_device", LOOM_ERR_ARGUMENT, "device is NULL", loom_network_to_device(net, NULL));
     EXPECT("loom_network_to_device.unknown", LOOM_ERR_ARGUMENT, "'tpu'", loom_network_to_device(net, "tpu"));
+    {   /* a step state holds the network's layers: moving under it is refused */
+        loom_step_state* holder = NULL;
+        REQUIRE(loom_step_state_create(net, &holder));
+        EXPECT("loom_network_to_device.with_step_state", LOOM_ERR_ARGUMENT, "step-state handles first",
+               loom_network_to_device(net, "cpu"));
+        REQUIRE(loom_step_state_free(holder));
+    }
     if (cuda) {     /* with a GPU: a success, then back */
         EXPECT("loom_network_to_device.cuda", LOOM_OK, NULL, loom_network_to_device(net, "cuda"));
         REQUIRE(loom_network_to_device(net, "cpu"));

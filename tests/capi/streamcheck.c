@@ -43,6 +43,20 @@ int main(int argc, char** argv) {
     double want = 0;
     for (size_t k = 0; k < n; ++k) want += (double)host[k] * host[k * n];
     printf("stream_gemm_same %d\nqueued_first %.6g %.6g\n", same2, (double)p3[0], want);
+    /* a product big enough to be running when the call returns: pending on the program's stream */
+    CHECK(loom_set_deterministic(0));
+    size_t big[2] = {4096, 4096};
+    LoomTensor *x = loom_tensor_create(LOOM_DEVICE_CUDA, LOOM_FLOAT32, big, 2);
+    LoomTensor *z = loom_tensor_create(LOOM_DEVICE_CUDA, LOOM_FLOAT32, big, 2);
+    if (!x || !z) { fprintf(stderr, "%s\n", loom_last_error()); return 1; }
+    CHECK(loom_tensor_fill(x, 0.5));
+    CHECK(loom_tensor_sync(x));
+    CHECK(loom_tensor_set_stream(z, (void*)stream));
+    CHECK(loom_tensor_gemm(x, x, z, 0, 0));
+    printf("pending_on_its_stream %d\n", cudaStreamQuery(stream) == cudaErrorNotReady);
+    if (cudaStreamSynchronize(stream) != cudaSuccess) return 1;
+    CHECK(loom_tensor_free(x));
+    CHECK(loom_tensor_free(z));
     CHECK(loom_tensor_set_stream(c2, NULL));
     LoomTensor* all[] = {h, a, c1, c2, c3};
     for (int i = 0; i < 5; ++i) CHECK(loom_tensor_free(all[i]));

@@ -16,7 +16,7 @@ from loom.capi import build
 HERE = Path(__file__).parent
 # the CHECK lines misuse.c prints (its checks are the same with and without a GPU): update this when
 # adding checks there, so that a program that stops early, or skips checks, fails
-EXPECTED_CHECKS = 352
+EXPECTED_CHECKS = 354
 CHECK = re.compile(r"CHECK (?P<name>(?P<fn>loom_\w+)\.\w+) rc=(?P<rc>-?\d+|NULL|ptr) "
                    r"expect=(?P<expect>-?\d+|NULL) msg=(?P<msg>.*)")
 FUNCTIONS = {f.name: f for f in build.declarations()[1]}
@@ -126,3 +126,25 @@ def test_the_headers_dtype_enum_is_loom_dtypes_table():
     body = re.search(r"enum LoomDType \{([^}]*)\}", header_text()).group(1)
     enum = {name.lower(): int(value) for name, value in re.findall(r"LOOM_(\w+) = (\d+)", body)}
     assert enum == {name: row.c_enum for name, row in dtypes.TABLE.items()}
+
+
+def test_a_library_built_from_another_header_refuses_to_start(tmp_path, monkeypatch, capi):
+    """The library carries its header's SHA-256; against a Loom whose loom.h differs it does not start:
+    every call is LOOM_ERR_RUNTIME with a message saying to rebuild (never a wrong enum or a no-op)."""
+    import subprocess
+
+    from capi_programs import flags, run
+
+    from loom.capi import build
+    monkeypatch.setattr(build, "header_sha256", lambda: "0" * 64)
+    stale = tmp_path / "stale"
+    build.build(stale)
+    source = tmp_path / "stale.c"
+    source.write_text('#include <stdio.h>\n#include <loom.h>\nint main(void) { int on = 7;\n'
+                      '  int rc = loom_get_deterministic(&on);\n'
+                      '  printf("%d %d %s\\n", rc, on, loom_last_error()); return 0; }\n')
+    exe = tmp_path / "stale_program"
+    subprocess.run(["cc", "-o", str(exe), str(source), *flags(stale)], check=True)
+    rc, on, message = run(exe).stdout.strip().split(" ", 2)
+    assert (int(rc), int(on)) == (9, 7)                  # LOOM_ERR_RUNTIME; the out-parameter untouched
+    assert "built from another loom.h" in message and "loom capi build" in message
