@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -24,7 +25,7 @@ RUNTIME = ("pyodide.js", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zi
            runtime.NUMPY_WHEEL)
 
 
-def build(out: str | os.PathLike[str], epochs: int = 3, log=print) -> Path:
+def build(out: str | os.PathLike[str], epochs: int = 3, log: Callable[..., object] = print) -> Path:
     """Write the site into `out` (created if missing); returns its path."""
     if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
         raise ConfigError("--epochs", f"expected a positive integer, got {epochs!r}")

@@ -2,7 +2,7 @@
 const $ = (id) => document.getElementById(id);
 const worker = new Worker("worker.js");
 const pending = new Map();
-let nextId = 0, site = null, onEpoch = null;
+let nextId = 0, site = null, onEpoch = null, siteReady = null;
 
 function call(cmd, args) {
     const id = nextId++;
@@ -10,9 +10,19 @@ function call(cmd, args) {
     return new Promise((resolve, reject) => pending.set(id, {resolve, reject}));
 }
 
-worker.onmessage = (event) => {
+function failed(message) {
+    $("status").textContent = window.loomReady ? `Loom failed: ${message}` : `Loom could not start: ${message}`;
+    document.body.dataset.state = "error";
+}
+
+// an error the worker did not catch (its script or pyodide.js missing, say): without this the page
+// would say "Loading" for ever
+worker.onerror = (event) => { event.preventDefault(); failed(event.message || "the worker failed to load"); };
+
+worker.onmessage = async (event) => {
     const m = event.data;
     if (m.type === "ready") {
+        try { await siteReady; } catch { return; }     // main() said why
         $("status").textContent = `Loom ${m.version} on Pyodide ${site.pyodide} (NumPy ${m.numpy}) ready in ` +
             `${m.seconds.toFixed(1)} s. Everything runs in this tab; nothing is sent anywhere.`;
         $("go").disabled = false;
@@ -20,8 +30,7 @@ worker.onmessage = (event) => {
         window.loomReady = m;
         if (new URLSearchParams(location.search).get("auto")) train();
     } else if (m.type === "error") {
-        $("status").textContent = `Loom could not start: ${m.message}`;
-        document.body.dataset.state = "error";
+        failed(m.message);
     } else if (m.type === "epoch") {
         if (onEpoch) onEpoch(m.info);
     } else if (m.type === "result") {
@@ -79,7 +88,7 @@ async function train() {
     try {
         const r = await call("train", {network, epochs});
         showResult(r);
-        $("speed").textContent = `${epochs} epochs in ${r.seconds.toFixed(1)} s: ${r.samples_per_s.toFixed(0)} samples/s`;
+        $("speed").textContent = `${epochs} epoch${epochs === 1 ? "" : "s"} in ${r.seconds.toFixed(1)} s: ${r.samples_per_s.toFixed(0)} samples/s`;
         const native = site.native[network];
         $("fp-browser").textContent = r.fingerprint;
         const badge = $("badge");
@@ -110,9 +119,12 @@ function clearPad() { pen.fillStyle = "#000"; pen.fillRect(0, 0, pad.width, pad.
 let drawing = false;
 function stroke(e) {
     if (!drawing) return;
+    // client coordinates to the canvas's pixels: past its border, scaled if CSS sizes it otherwise
     const r = pad.getBoundingClientRect();
+    const x = (e.clientX - r.left - pad.clientLeft) * pad.width / pad.clientWidth;
+    const y = (e.clientY - r.top - pad.clientTop) * pad.height / pad.clientHeight;
     pen.fillStyle = "#fff"; pen.beginPath();
-    pen.arc(e.clientX - r.left, e.clientY - r.top, 11, 0, 2 * Math.PI); pen.fill();
+    pen.arc(x, y, 11, 0, 2 * Math.PI); pen.fill();
 }
 pad.addEventListener("pointerdown", (e) => { drawing = true; stroke(e); });
 pad.addEventListener("pointermove", stroke);
@@ -148,7 +160,9 @@ async function loadModel(file) {
 
 async function main() {
     clearPad();
-    site = await (await fetch("site.json")).json();
+    const response = await fetch("site.json");
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    site = await response.json();
     for (const name of site.networks) $("network").add(new Option(name, name));
     const params = new URLSearchParams(location.search);
     $("epochs").value = params.get("epochs") || site.epochs;
@@ -157,6 +171,10 @@ async function main() {
     $("go").onclick = train;
     $("clear").onclick = clearPad;
     $("classify").onclick = classify;
-    $("file").onchange = (e) => e.target.files[0] && loadModel(e.target.files[0]);
+    $("file").onchange = async (e) => {
+        const file = e.target.files[0];
+        if (file) { await loadModel(file); e.target.value = ""; }
+    };
 }
-main();
+siteReady = main();
+siteReady.catch((err) => failed(`site.json: ${err.message}`));

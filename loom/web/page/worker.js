@@ -41,7 +41,8 @@ onmessage = async (event) => {
             const progress = (info) => postMessage({type: "epoch", id, info: plain(info, false)});
             result = session.train(args.network, args.epochs, progress);
         } else if (cmd === "classify") {
-            result = session.classify(pyodide.toPy(args.pixels));
+            const pixels = pyodide.toPy(args.pixels);
+            try { result = session.classify(pixels); } finally { pixels.destroy(); }
         } else if (cmd === "load") {
             result = session.load(new Uint8Array(args.bytes));
         } else {
