@@ -153,6 +153,21 @@ def test_trained_in_the_browser_is_bit_identical_to_native(site_url, page, tmp_p
     assert width >= 800 and height >= 600
 
 
+def test_every_verify_check_in_the_browser_has_the_native_bits(site_url, page):
+    """`loom verify`'s checks (every catalogue sample's forward, gradients and buffers, batch
+    invariance, one step of every optimizer, the demo convnet trained 50 steps) computed in the page's
+    worker give the native fingerprints."""
+    from loom import verify
+    url, _ = site_url
+    page.navigate(url)
+    page.wait_for("window.loomReady !== undefined", timeout=TIMEOUT_S, fail=ERROR)
+    browser = page.evaluate("call('verify', {})", await_promise=True, timeout=TIMEOUT_S)
+    native = verify.compute("cpu")
+    assert len(native) > 250 and list(browser) == list(native)
+    differ = [k for k in native if browser[k] != native[k]]
+    assert not differ, f"{len(differ)} of {len(native)} checks differ in Chromium, e.g. {differ[:5]}"
+
+
 def test_draw_and_classify(site_url, page):
     url, manifest = site_url
     _open_trained(page, url, "digits-mlp")
