@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import sys
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -21,6 +22,16 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        """A browser that drops a connection (a closed tab, a cancelled fetch) is no error to print;
+        anything else is, as the standard server does."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 def server(folder: str | os.PathLike[str], port: int = 8000) -> http.server.ThreadingHTTPServer:
     """A server for the site in `folder` on HOST:port (port 0: any free one); call serve_forever()."""
     root = Path(folder)
@@ -29,4 +40,4 @@ def server(folder: str | os.PathLike[str], port: int = 8000) -> http.server.Thre
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"expected a port in 0..65535, got {port}")
     handler = functools.partial(_Handler, directory=str(root))
-    return http.server.ThreadingHTTPServer((HOST, port), handler)
+    return _Server((HOST, port), handler)
