@@ -122,10 +122,10 @@ TABLE: dict[str, DType] = {row.name: row for row in _ROWS}
 BY_C_ENUM: dict[int, DType] = {row.c_enum: row for row in _ROWS}
 # In-memory dtypes of the float rows, and the ml_dtypes ones (NumPy reports most of those as kind
 # "V", but float8_e5m2 as "f": test membership here, never dtype.kind).
-FLOAT_NUMPY = frozenset(row.numpy for row in _ROWS if row.is_float)
-ML_DTYPES = frozenset(row.numpy for row in _ROWS if row.numpy.type.__module__.startswith("ml_dtypes")
-                      or row.numpy.names is not None)
 MISSING = frozenset(row.name for row in _ROWS if row.numpy.names is not None)    # stand-ins: no ml_dtypes
+# (no stand-in is a float or an ml_dtypes type: nothing may take an array of one for data)
+FLOAT_NUMPY = frozenset(row.numpy for row in _ROWS if row.is_float and row.name not in MISSING)
+ML_DTYPES = frozenset(row.numpy for row in _ROWS if row.numpy.type.__module__.startswith("ml_dtypes"))
 
 
 def require(name: str, where: str) -> DType:

@@ -216,11 +216,17 @@ net = loom.Network.from_config({{"loom": 1, "input": {{"shape": [4]}}, "layers":
 loom.train(net, np.ones((8, 4), np.float32), np.zeros(8, np.int64), epochs=1, verbose=False)
 loom.from_bytes(net.to_bytes())
 print(sorted(dtypes.MISSING))
-for call in (lambda: dtypes.pack([1.0], "bfloat16"), lambda: safetensors.load({str(bf16)!r})):
+for call in (lambda: dtypes.pack([1.0], "bfloat16"), lambda: safetensors.load({str(bf16)!r}),
+             lambda: net.quantize("bfloat16"), lambda: net.quantize("int4"), lambda: net.quantize("fp8_e4m3")):
     try:
         call()
+        print("no error")
     except BackendError as exc:
         print("error:", exc)
+net.save({str(tmp_path / "float.loom")!r})
+from loom.cli.main import main
+print("convert exit", main(["convert", {str(tmp_path / "float.loom")!r}, {str(tmp_path / "q.loom")!r},
+                            "--dtype", "bfloat16"]))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -228,3 +234,7 @@ for call in (lambda: dtypes.pack([1.0], "bfloat16"), lambda: safetensors.load({s
     assert lines[0] == str(sorted(["bfloat16", "fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "int4", "int2", "uint4", "uint2"]))
     assert lines[1].startswith("error: pack: bfloat16 values need the ml_dtypes package")
     assert lines[2].startswith("error: tensor 'w' (BF16): bfloat16 values need the ml_dtypes package")
+    for line, name in zip(lines[3:6], ("bfloat16", "int4", "fp8_e4m3")):
+        assert line.startswith("error: ") and f"{name} values need the ml_dtypes package" in line, line
+    assert lines[6] == "convert exit 3" and not (tmp_path / "q.loom").exists()
+    assert "bfloat16 values need the ml_dtypes package" in out.stderr

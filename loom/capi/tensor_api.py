@@ -101,6 +101,8 @@ def _dtype(code: int, device: str) -> np.dtype:
     name = f"LOOM_{row.name.upper()}"
     if row.numpy not in CODES or CODES[row.numpy] != code:
         raise CError(ARGUMENT, f"{name} is a packed storage type; tensors hold types of 8 bits or more")
+    if row.name in dtypes.MISSING:
+        dtypes.require(row.name, name)
     if device == "cuda" and row.numpy in dtypes.ML_DTYPES:
         raise CError(ARGUMENT, f"{name} tensors live on the CPU only (CuPy has no {row.name})")
     return row.numpy

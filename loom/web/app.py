@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 
 from .. import datasets, mode, verify
+from ..errors import ConfigError
 from ..formats import from_bytes
 from ..nn import Network
 from ..nn.train import train as loom_train
 
+MAX_EPOCHS = 1000          # the page's limit: training runs in the tab, with no way to stop it halfway
 _MLP = {"loom": 1, "name": "digits-mlp", "seed": 0, "input": {"shape": [1, 8, 8]},
         "layers": [{"type": "flatten"}, {"type": "dense", "units": 64, "activation": "relu"},
                    {"type": "dense", "units": 10}],
@@ -46,9 +48,9 @@ class Session:
         "loss", "seconds"} after each."""
         table = networks()
         if name not in table:
-            raise ValueError(f"unknown network {name!r}; expected one of {sorted(table)}")
-        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-            raise ValueError(f"epochs is a positive integer, got {epochs!r}")
+            raise ConfigError("network", f"unknown network {name!r}; expected one of {sorted(table)}")
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or not 1 <= epochs <= MAX_EPOCHS:
+            raise ConfigError("epochs", f"expected an integer in 1..{MAX_EPOCHS}, got {epochs!r}")
         with mode.deterministic(True):
             self.net = Network.from_config(table[name])
             start = time.perf_counter()
@@ -81,8 +83,8 @@ class Session:
         """Class probabilities of one 8x8 image (64 values in [0, 1], row-major)."""
         net = self._require()
         if not self._takes_digits(net):
-            raise ValueError(f"this network takes {list(net.input_spec.shape)} and gives "
-                             f"{list(net.output_spec.shape)}, not an 8x8 digit and 10 classes")
+            raise ConfigError("network", f"this network takes {list(net.input_spec.shape)} and gives "
+                                         f"{list(net.output_spec.shape)}, not an 8x8 digit and 10 classes")
         x = np.asarray(pixels, np.float32).reshape(1, 1, 8, 8)
         logits = net.eval().forward(self._fit(x)).reshape(-1).astype(np.float64)
         net.train()
@@ -102,7 +104,7 @@ class Session:
 
     def _require(self) -> Network:
         if self.net is None:
-            raise ValueError("no network yet: train one or load a model file")
+            raise ConfigError("network", "no network yet: train one or load a model file")
         return self.net
 
     def _fit(self, x: np.ndarray) -> np.ndarray:

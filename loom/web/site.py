@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import tempfile
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -21,33 +22,57 @@ from ..version import __version__
 from . import app, runtime, wheel
 
 PAGE = ("index.html", "app.js", "worker.js", "style.css")
-RUNTIME = ("pyodide.js", "pyodide.asm.js", "pyodide.asm.wasm", "python_stdlib.zip", "pyodide-lock.json",
-           runtime.NUMPY_WHEEL)
+RUNTIME = tuple(runtime.FILES)
 
 
 def build(out: str | os.PathLike[str], epochs: int = 3, log: Callable[..., object] = print) -> Path:
-    """Write the site into `out` (created if missing); returns its path."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
-        raise ConfigError("--epochs", f"expected a positive integer, got {epochs!r}")
+    """Write the site into `out`; returns its path. The site is written into a staging folder beside
+    `out` and moved into place when complete: a failed build changes nothing. `out` may be missing,
+    empty, or a site built before (replaced); any other folder is refused, so nothing of the user's
+    is overwritten."""
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not 1 <= epochs <= app.MAX_EPOCHS:
+        raise ConfigError("--epochs", f"expected an integer in 1..{app.MAX_EPOCHS}, got {epochs!r}")
     folder = Path(out)
-    with atomic.new_folder(folder):
-        log(f"browser runtime: Pyodide {runtime.VERSION} from {runtime.PACKAGE} (cache {runtime.cache_dir()})")
-        source = runtime.runtime_dir()
-        for name in RUNTIME:
-            shutil.copyfile(source / name, folder / name)
-        page = resources.files(__package__).joinpath("page")
-        for name in PAGE:
-            atomic.write_bytes(folder / name, page.joinpath(name).read_bytes())
-        atomic.write_bytes(folder / wheel.name(), wheel.build())
-        session, native = app.Session(), {}
-        for name in app.networks():
-            log(f"native reference: {name}, {epochs} epochs")
-            result = session.train(name, epochs)
-            native[name] = {k: result[k] for k in ("fingerprint", "accuracy", "correct", "total", "losses",
-                                                   "seconds", "samples_per_s")}
-        manifest = {"loom": __version__, "wheel": wheel.name(), "pyodide": runtime.VERSION, "epochs": epochs,
-                    "networks": list(app.networks()), "native": native,
-                    "native_machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
-                                      f"{platform.python_version()}"}
-        atomic.write_json(folder / "site.json", manifest)
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError("DIR", f"{folder} exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / "site.json").is_file():
+        raise ConfigError("DIR", f"{folder} is a folder with other files in it (not a site built by `loom web "
+                                 "build`); give an empty or new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        _write(staging, epochs, log)
+        if folder.exists():                     # a previous site: swap, then remove it
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, old / "site")
+            os.replace(staging, folder)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return folder
+
+
+def _write(folder: Path, epochs: int, log: Callable[..., object]) -> None:
+    log(f"browser runtime: Pyodide {runtime.VERSION} from {runtime.PACKAGE} (cache {runtime.cache_dir()})")
+    source = runtime.runtime_dir()
+    for name in RUNTIME:
+        shutil.copyfile(source / name, folder / name)
+    page = resources.files(__package__).joinpath("page")
+    for name in PAGE:
+        (folder / name).write_bytes(page.joinpath(name).read_bytes())
+    (folder / wheel.name()).write_bytes(wheel.build())
+    session, native = app.Session(), {}
+    for name in app.networks():
+        log(f"native reference: {name}, {epochs} epochs")
+        result = session.train(name, epochs)
+        native[name] = {k: result[k] for k in ("fingerprint", "accuracy", "correct", "total", "losses",
+                                               "seconds", "samples_per_s")}
+    manifest = {"loom": __version__, "wheel": wheel.name(), "pyodide": runtime.VERSION, "epochs": epochs,
+                "max_epochs": app.MAX_EPOCHS,
+                "networks": list(app.networks()), "native": native,
+                "native_machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} "
+                                  f"{platform.python_version()}"}
+    atomic.write_json(folder / "site.json", manifest)

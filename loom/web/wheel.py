@@ -1,7 +1,8 @@
 """A wheel of this installation of Loom (pure Python: the package's files as installed), for Pyodide.
 
-Pyodide installs it by unpacking it into site-packages. Compiled caches (__pycache__, numba's) are
-left out; the package data (the digits, the example configs, the page) goes in.
+The page's worker unpacks it with pyodide.unpackArchive into Pyodide's working directory, which is
+on sys.path. Compiled caches (__pycache__, numba's) are left out; the package data (the digits, the
+example configs, the page) goes in.
 """
 from __future__ import annotations
 

@@ -24,7 +24,6 @@ import numpy as np
 import pytest
 
 from loom import verify
-from loom.errors import BackendError
 from loom.nn import Network
 from loom.nn.train import train as loom_train
 from loom.web import app, cdp, runtime, serve, site
@@ -48,7 +47,7 @@ def site_url(chromium_exe, tmp_path_factory):
     """The built site (EPOCHS epochs), served on 127.0.0.1:<free port>; (url, site.json)."""
     try:
         runtime.runtime_dir()
-    except BackendError as exc:
+    except runtime.Unavailable as exc:
         pytest.skip(f"the browser runtime is not available: {exc}")
     folder = site.build(tmp_path_factory.mktemp("site") / "site", epochs=EPOCHS, log=lambda *_: None)
     httpd = serve.server(folder, 0)

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from loom import verify
-from loom.errors import BackendError
 from loom.web import runtime
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,7 +47,7 @@ const { loadPyodide } = require(folder + "/pyodide.js");
 def pyodide_dir():
     try:
         return runtime.runtime_dir()
-    except BackendError as exc:
+    except runtime.Unavailable as exc:
         pytest.skip(str(exc))
 
 
@@ -75,7 +74,7 @@ def test_the_sites_wheel_trains_to_the_native_fingerprints(tmp_path):
     from loom.web.site import build
     try:
         folder = build(tmp_path / "site", epochs=1, log=lambda *_: None)
-    except BackendError as exc:
+    except runtime.Unavailable as exc:
         pytest.skip(str(exc))
     site = json.loads((folder / "site.json").read_text())
     code = ("import json\nimport loom.web.app as app\ns = app.Session()\n"

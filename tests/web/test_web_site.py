@@ -2,13 +2,14 @@
 MIME types and loopback address, and the commands' errors (one line, exit 3; usage exit 2)."""
 import json
 import threading
+import urllib.error
 import urllib.request
 import zipfile
 
 import pytest
 from cli_run import loom
 
-from loom.errors import BackendError, ConfigError
+from loom.errors import ConfigError
 from loom.web import runtime, serve, wheel
 
 
@@ -17,7 +18,7 @@ def site(tmp_path_factory):
     from loom.web.site import build
     try:
         return build(tmp_path_factory.mktemp("web") / "site", epochs=1, log=lambda *_: None)
-    except BackendError as exc:
+    except runtime.Unavailable as exc:
         pytest.skip(str(exc))
 
 
@@ -80,3 +81,41 @@ def test_the_commands_errors(capsys, tmp_path):
     assert code == 3 and "not a site built by" in err
     assert loom(capsys, "web")[0] == 2
     assert loom(capsys, "web", "serve", tmp_path, "--port", "x")[0] == 2
+
+
+def test_the_server_stays_inside_the_site_and_a_busy_port_is_an_error(site, tmp_path):
+    outside = tmp_path / "secret.txt"
+    outside.write_text("not for the browser")
+    link = site / "link.txt"
+    link.symlink_to(outside)
+    httpd = serve.server(site, 0)
+    host, port = httpd.server_address[:2]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"http://{host}:{port}/link.txt")
+        assert err.value.code == 404
+        with pytest.raises(ConfigError, match=f"cannot serve on 127.0.0.1:{port}"):
+            serve.server(site, port)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        link.unlink()
+
+
+def test_building_over_a_folder_of_other_files_is_refused_and_a_failed_build_changes_nothing(tmp_path, monkeypatch):
+    from loom.web import site as web_site
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "index.html").write_text("my page")
+    with pytest.raises(ConfigError, match="other files in it"):
+        web_site.build(mine, epochs=1, log=lambda *_: None)
+    assert (mine / "index.html").read_text() == "my page"
+    built = tmp_path / "site"
+    (built).mkdir()
+    (built / "site.json").write_text('{"old": true}')
+    monkeypatch.setattr(web_site.app.Session, "train", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        web_site.build(built, epochs=1, log=lambda *_: None)
+    assert [p.name for p in built.iterdir()] == ["site.json"] and json.loads((built / "site.json").read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "site"]      # no staging folder left

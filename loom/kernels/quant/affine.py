@@ -39,7 +39,9 @@ _F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 
 
 def _row(dtype, path: str = "quantize") -> dtypes.DType:
-    return dtype if isinstance(dtype, dtypes.DType) else dtypes.get(dtype, path)
+    """The table row of a quantized type, which must be usable here (dtypes.require: ml_dtypes' types
+    need ml_dtypes; their stand-ins would turn values into zero bytes)."""
+    return dtypes.require(dtype.name if isinstance(dtype, dtypes.DType) else dtype, path)
 
 
 def is_integer(dtype: str | dtypes.DType) -> bool:
@@ -58,6 +60,7 @@ def _float_row(dtype, path: str) -> dtypes.DType:
             row = None
     if row is None or not row.is_float:
         raise ConfigError(path, f"output dtype must be a float type, got {dtype!r}")
+    dtypes.require(row.name, path)
     return row
 
 

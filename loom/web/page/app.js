@@ -25,7 +25,7 @@ worker.onmessage = async (event) => {
         try { await siteReady; } catch { return; }     // main() said why
         $("status").textContent = `Loom ${m.version} on Pyodide ${site.pyodide} (NumPy ${m.numpy}) ready in ` +
             `${m.seconds.toFixed(1)} s. Everything runs in this tab; nothing is sent anywhere.`;
-        $("go").disabled = false;
+        busy(false);
         document.body.dataset.state = "ready";
         window.loomReady = m;
         if (new URLSearchParams(location.search).get("auto")) train();
@@ -70,10 +70,31 @@ function showResult(r) {
     showConfusion(r.confusion);
 }
 
+function clearResults() {
+    $("accuracy").textContent = "–";
+    $("confusion").innerHTML = "";
+    $("fp-browser").textContent = $("fp-native").textContent = "–";
+    $("badge").textContent = "not run yet";
+    $("badge").className = "badge";
+}
+
+// while the worker trains or loads, the other requests would queue behind it and then run against
+// whichever network is current: the controls wait instead
+let canClassify = false;
+function busy(on) {
+    $("go").disabled = on;
+    $("file").disabled = on;
+    $("classify").disabled = on || !canClassify;
+}
+
 async function train() {
-    const network = $("network").value, epochs = Number($("epochs").value);
+    const network = $("network").value, raw = $("epochs").value.trim(), epochs = Number(raw);
+    if (!/^[0-9]+$/.test(raw) || epochs < 1 || epochs > site.max_epochs) {
+        $("speed").textContent = `epochs is a whole number from 1 to ${site.max_epochs}, got "${raw}"`;
+        return;
+    }
     const losses = [];
-    $("go").disabled = true;
+    busy(true);
     document.body.dataset.state = "training";
     $("progress").value = 0;
     drawLoss(losses, epochs);
@@ -83,7 +104,7 @@ async function train() {
         $("speed").textContent = `epoch ${info.epoch} of ${info.epochs}: loss ${info.loss.toFixed(4)}, ` +
             `${info.seconds.toFixed(1)} s`;
         drawLoss(losses, epochs);
-        if (info.epoch === 1) window.loomFirstEpoch = performance.now();
+        if (window.loomFirstEpoch === undefined) window.loomFirstEpoch = performance.now();   // page load -> first epoch
     };
     try {
         const r = await call("train", {network, epochs});
@@ -102,40 +123,57 @@ async function train() {
             badge.textContent = "no native reference";
             badge.className = "badge";
         }
-        $("classify").disabled = false;
+        canClassify = true;
         window.loomResult = {...r, native: native ? native.fingerprint : null, pageLoad: window.loomFirstEpoch};
         document.body.dataset.state = "done";
     } catch (err) {
         $("speed").textContent = `training failed: ${err.message}`;
         document.body.dataset.state = "error";
     } finally {
-        $("go").disabled = false;
+        busy(false);
     }
 }
 
-// the drawing pad: white strokes on black, read back as 8x8 averages in [0, 1] (the digits' pixels / 16)
+// the drawing pad: white strokes on black. padPixels() reads it as the training images are: the ink's
+// bounding box scaled to fill the 8 rows (or the 8 columns, if wider), centred, as 8x8 averages in
+// [0, 1] (the digits' pixels / 16)
 const pad = $("pad"), pen = pad.getContext("2d");
 function clearPad() { pen.fillStyle = "#000"; pen.fillRect(0, 0, pad.width, pad.height); $("prediction").textContent = ""; }
-let drawing = false;
-function stroke(e) {
-    if (!drawing) return;
+let last = null;
+function point(e) {
     // client coordinates to the canvas's pixels: past its border, scaled if CSS sizes it otherwise
     const r = pad.getBoundingClientRect();
-    const x = (e.clientX - r.left - pad.clientLeft) * pad.width / pad.clientWidth;
-    const y = (e.clientY - r.top - pad.clientTop) * pad.height / pad.clientHeight;
-    pen.fillStyle = "#fff"; pen.beginPath();
-    pen.arc(x, y, 11, 0, 2 * Math.PI); pen.fill();
+    return [(e.clientX - r.left - pad.clientLeft) * pad.width / pad.clientWidth,
+            (e.clientY - r.top - pad.clientTop) * pad.height / pad.clientHeight];
 }
-pad.addEventListener("pointerdown", (e) => { drawing = true; stroke(e); });
+function stroke(e) {
+    if (!last) return;
+    const p = point(e);
+    pen.strokeStyle = "#fff"; pen.lineWidth = 22; pen.lineCap = pen.lineJoin = "round";
+    pen.beginPath(); pen.moveTo(...last); pen.lineTo(...p); pen.stroke();
+    last = p;
+}
+pad.addEventListener("pointerdown", (e) => { last = point(e); stroke(e); });
 pad.addEventListener("pointermove", stroke);
-window.addEventListener("pointerup", () => { drawing = false; });
+for (const end of ["pointerup", "pointercancel"]) window.addEventListener(end, () => { last = null; });
 
 function padPixels() {
-    const data = pen.getImageData(0, 0, pad.width, pad.height).data, cell = pad.width / 8, out = [];
+    const w = pad.width, h = pad.height, data = pen.getImageData(0, 0, w, h).data;
+    let x0 = w, y0 = h, x1 = -1, y1 = -1;
+    for (let y = 0; y < h; ++y) for (let x = 0; x < w; ++x)
+        if (data[(y * w + x) * 4] > 0) { x0 = Math.min(x0, x); x1 = Math.max(x1, x); y0 = Math.min(y0, y); y1 = Math.max(y1, y); }
+    if (x1 < 0) return new Array(64).fill(0);
+    const side = 64, bw = x1 - x0 + 1, bh = y1 - y0 + 1, scale = side / Math.max(bw, bh);
+    const box = document.createElement("canvas");
+    box.width = box.height = side;
+    const g = box.getContext("2d");
+    g.fillStyle = "#000"; g.fillRect(0, 0, side, side);
+    g.drawImage(pad, x0, y0, bw, bh, (side - bw * scale) / 2, (side - bh * scale) / 2, bw * scale, bh * scale);
+    const small = g.getImageData(0, 0, side, side).data, cell = side / 8, out = [];
     for (let r = 0; r < 8; ++r) for (let c = 0; c < 8; ++c) {
         let sum = 0;
         for (let y = r * cell; y < (r + 1) * cell; ++y) for (let x = c * cell; x < (c + 1) * cell; ++x)
-            sum += data[(y * pad.width + x) * 4];
+            sum += small[(y * side + x) * 4];
         out.push(sum / (cell * cell * 255));
     }
     return out;
@@ -151,11 +189,18 @@ async function classify() {
 }
 
 async function loadModel(file) {
+    busy(true);
     try {
         const r = await call("load", {bytes: await file.arrayBuffer()});
         $("summary").textContent = `${file.name}\nfingerprint ${r.fingerprint}\n\n${r.summary}`;
-        if (r.accuracy !== undefined) { showResult(r); $("classify").disabled = false; }
-    } catch (err) { $("summary").textContent = `${file.name}: ${err.message}`; }
+        clearResults();                       // the results on screen were the previous network's
+        canClassify = r.accuracy !== undefined;
+        if (canClassify) showResult(r);
+    } catch (err) {
+        $("summary").textContent = `${file.name}: ${err.message}`;
+    } finally {
+        busy(false);
+    }
 }
 
 async function main() {

@@ -52,6 +52,8 @@ onmessage = async (event) => {
         }
         postMessage({type: "result", id, result: plain(result)});
     } catch (err) {
-        postMessage({type: "result", id, error: String(err.message || err)});
+        // a Python error's message is its whole traceback: the page shows its last line
+        const lines = String(err.message || err).trim().split("\n");
+        postMessage({type: "result", id, error: lines[lines.length - 1]});
     }
 };
