@@ -264,7 +264,12 @@ class Chromium:
         return reply.get("result", {})
 
     def _exit_note(self) -> str:
-        rc = self.process.poll() if hasattr(self, "process") else None
+        # whether it exited, without reaping it: a reaped leader's pid (the group's id) could be reused,
+        # and close() could then no longer end the browser's helper processes
+        proc = getattr(self, "process", None)
+        rc = proc.returncode if proc is not None else None
+        if proc is not None and rc is None and self._exited_unreaped(proc):
+            rc = "exited"
         tail = self.stderr_tail()
         return (f" (exit status {rc})" if rc is not None else "") + (f"; its stderr ends:\n{tail}" if tail else "")
 
@@ -428,7 +433,7 @@ class Page:
             except PageError:
                 raise
             except CDPError as exc:
-                if self.browser.process.poll() is not None or self.browser._closed:
+                if self.browser._exited_unreaped(self.browser.process) or self.browser._closed:
                     raise self._error(f"Chromium exited while waiting for {expression!r}: {exc}") from None
                 last_error = str(exc)
             if time.monotonic() >= deadline:
