@@ -6,6 +6,7 @@ the network's layers (cached activations, gradients), so calls on them are seria
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
@@ -140,7 +141,6 @@ def network_output_shape(net: Any, dims: Any, capacity: int, ndim: Any) -> None:
 
 @export("network_blueprint")
 def network_blueprint(net: Any, json_out: Any) -> None:
-    import json
     h = _net(net)
     with locked(h):
         put_string(json_out, json.dumps(h.obj.blueprint()), "json")
@@ -186,7 +186,7 @@ def forward(net: Any, input: Any, shape_ptr: Any, ndim: int, output: Any, capaci
     with locked(h):
         n = h.obj
         y = n.forward(_input(n, input, shape_ptr, ndim, "input"))
-        array_out(output, capacity, n.backend.to_numpy(y).astype(np.float32, copy=False), "output")
+        _floats_out(n, y, output, capacity, "output")
 
 
 @export("backward")
@@ -209,7 +209,7 @@ def backward(net: Any, grad_output: Any, shape_ptr: Any, ndim: int, grad_input: 
         if grad_input != runtime.ffi.NULL:
             if dx is None:
                 raise CError(ARGUMENT, "grad_input: this network's input has no gradient (integer inputs); pass NULL")
-            array_out(grad_input, capacity, n.backend.to_numpy(dx).astype(np.float32, copy=False), "grad_input")
+            _floats_out(n, dx, grad_input, capacity, "grad_input")
 
 
 @export("zero_grad")
@@ -221,7 +221,6 @@ def zero_grad(net: Any) -> None:
 
 @export("parameters")
 def parameters(net: Any, json_out: Any) -> None:
-    import json
     h = _net(net)
     with locked(h):
         params = h.obj.parameters()
@@ -237,13 +236,16 @@ def _parameter(name: str, table: dict, what: str):
     return table[name]
 
 
+def _floats_out(net: Network, value: Any, ptr: Any, capacity: int, what: str) -> None:
+    """A result of the network (its device, its dtype) into the caller's float32 buffer."""
+    array_out(ptr, capacity, net.backend.to_numpy(value).astype(np.float32, copy=False), what)
+
+
 @export("get_parameter")
 def get_parameter(net: Any, name: Any, out: Any, capacity: int) -> None:
     h = _net(net)
     with locked(h):
-        n = h.obj
-        p = _parameter(text(name, "name"), n.parameters(), "parameter")
-        array_out(out, capacity, n.backend.to_numpy(p).astype(np.float32, copy=False), "out")
+        _floats_out(h.obj, _parameter(text(name, "name"), h.obj.parameters(), "parameter"), out, capacity, "out")
 
 
 @export("set_parameter")
@@ -263,15 +265,12 @@ def set_parameter(net: Any, name: Any, values: Any, count: int) -> None:
 def get_gradient(net: Any, name: Any, out: Any, capacity: int) -> None:
     h = _net(net)
     with locked(h):
-        n = h.obj
-        g = _parameter(text(name, "name"), n.gradients(), "gradient of")
-        array_out(out, capacity, n.backend.to_numpy(g).astype(np.float32, copy=False), "out")
+        _floats_out(h.obj, _parameter(text(name, "name"), h.obj.gradients(), "gradient of"), out, capacity, "out")
 
 
 @export("train")
 def train_(net: Any, spec_json: Any, x: Any, x_shape: Any, x_ndim: int, y: Any, y_dtype: int, y_shape: Any,
            y_ndim: int, history_json: Any) -> None:
-    import json
     h = _net(net)
     spec = json_arg(spec_json, "spec_json") if spec_json != runtime.ffi.NULL else {}
     if not isinstance(spec, dict):
@@ -370,7 +369,7 @@ def step_output(state: Any, output: Any, capacity: int, ready: Any) -> None:
         y = s.state.output()
         put(ready, int(y is not None), "ready")
         if y is not None:
-            array_out(output, capacity, s.net.backend.to_numpy(y).astype(np.float32, copy=False), "output")
+            _floats_out(s.net, y, output, capacity, "output")
 
 
 @export("step_backward")

@@ -64,14 +64,15 @@ def _tensor(ptr: Any, what: str) -> runtime.Handle:
     return handle(ptr, TENSOR, what)
 
 
-def _settle(*handles: runtime.Handle) -> None:
-    """Wait for the queued CPU ops (loom_enqueue_gemm) on these tensors, so that a call sees their
-    results and ops run in the order they were asked for. Before taking the tensors' locks: the
-    worker needs them."""
+def _use(*handles: runtime.Handle) -> contextlib.AbstractContextManager:
+    """The handles' locks, taken once the queued CPU ops (loom_enqueue_gemm) on these tensors are done,
+    so that a call sees their results and ops run in the order they were asked for (waiting before
+    locking: the worker needs the locks)."""
     for h in handles:
         future = getattr(h.obj, "pending", None)
         if future is not None:
             concurrent.futures.wait([future])
+    return locked(*handles)
 
 
 def _after(out: Tensor, *inputs: Tensor) -> None:
@@ -166,8 +167,7 @@ def _pointer_to(a: np.ndarray) -> Any:
 @export("tensor_data", pointer=True)
 def tensor_data(t: Any) -> Any:
     h = _tensor(t, "t")
-    _settle(h)
-    with locked(h):
+    with _use(h):
         x = h.obj
         if x.device == "cpu":
             return _pointer_to(x.array)
@@ -186,8 +186,7 @@ def _refresh(x: Tensor) -> None:
 @export("tensor_sync")
 def tensor_sync(t: Any) -> None:
     h = _tensor(t, "t")
-    _settle(h)
-    with locked(h):
+    with _use(h):
         x = h.obj
         if x.device == "cuda":
             if x.stream is not None:
@@ -200,8 +199,7 @@ def tensor_sync(t: Any) -> None:
 @export("tensor_fill")
 def tensor_fill(t: Any, value: float) -> None:
     h = _tensor(t, "t")
-    _settle(h)
-    with locked(h):
+    with _use(h):
         x = h.obj
         dt = x.array.dtype
         if dt.kind in "iu":
@@ -225,8 +223,7 @@ def _same(a: Tensor, b: Tensor, what: str) -> None:
 @export("tensor_copy")
 def tensor_copy(dst: Any, src: Any) -> None:
     hd, hs = _tensor(dst, "dst"), _tensor(src, "src")
-    _settle(hd, hs)
-    with locked(hd, hs):
+    with _use(hd, hs):
         d, s = hd.obj, hs.obj
         if d.array.dtype != s.array.dtype:
             raise CError(ARGUMENT, f"dst is {d.array.dtype.name}, src is {s.array.dtype.name}: copy keeps the dtype")
@@ -273,16 +270,14 @@ def _gemm_operands(a: Tensor, b: Tensor, c: Tensor, trans_a: int, trans_b: int) 
 @export("tensor_gemm")
 def tensor_gemm(A: Any, B: Any, C: Any, transA: int, transB: int) -> None:
     ha, hb, hc = _tensor(A, "A"), _tensor(B, "B"), _tensor(C, "C")
-    _settle(ha, hb, hc)
-    with locked(ha, hb, hc):
+    with _use(ha, hb, hc):
         _gemm(ha.obj, hb.obj, hc.obj, transA, transB)
 
 
 @export("tensor_reduce_sum")
 def tensor_reduce_sum(A: Any, out: Any, axis: int) -> None:
     ha, ho = _tensor(A, "A"), _tensor(out, "out")
-    _settle(ha, ho)
-    with locked(ha, ho):
+    with _use(ha, ho):
         a, o = ha.obj, ho.obj
         _same(a, o, "reduce_sum")
         nd = a.array.ndim
@@ -385,8 +380,7 @@ def _spmm_rows(xp: Any, m: CSRMatrix, ci: Any, va: Any, dense: Any, out: Any) ->
 @export("csr_spmm")
 def csr_spmm(csr: Any, dense: Any, out: Any) -> None:
     hc, hd, ho = handle(csr, CSR, "csr"), _tensor(dense, "dense"), _tensor(out, "out")
-    _settle(hd, ho)
-    with locked(hc, hd, ho):
+    with _use(hc, hd, ho):
         _spmm(hc.obj, hd.obj, ho.obj)
 
 
@@ -457,8 +451,7 @@ def enqueue_gemm(A: Any, B: Any, C: Any) -> Any:
     ha, hb, hc = _tensor(A, "A"), _tensor(B, "B"), _tensor(C, "C")
     a, b, c = ha.obj, hb.obj, hc.obj
     if c.device == "cuda":
-        _settle(ha, hb, hc)
-        with locked(ha, hb, hc):
+        with _use(ha, hb, hc):
             _gemm(a, b, c, 0, 0)                # queued on C's stream; CuPy returns before it runs
             compute = c.be.compute
             event = compute.event(c.stream)     # None: the current stream, where the product went
