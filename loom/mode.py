@@ -37,6 +37,16 @@ def deterministic(flag: bool = True) -> Iterator[None]:
         _DETERMINISTIC.reset(token)
 
 
+def enter(flag: bool) -> contextvars.Token:
+    """Select the mode for this context until leave(token): deterministic()'s work without a generator,
+    for callers on a hot path (each call of the C ABI, loom/capi/runtime.py)."""
+    return _DETERMINISTIC.set(_check(flag))
+
+
+def leave(token: contextvars.Token) -> None:
+    _DETERMINISTIC.reset(token)
+
+
 def name() -> str:
     return "deterministic" if _DETERMINISTIC.get() else "fast"
 

@@ -84,8 +84,11 @@ def _wrap(name: str, fn: Callable, pointer: bool) -> Callable:
         try:
             if STATE.shutdown:
                 raise CError(SHUTDOWN, "the library was shut down (loom_shutdown)")
-            with mode.deterministic(STATE.deterministic):    # the caller's mode (a Python host's) stays
+            token = mode.enter(STATE.deterministic)           # the caller's mode (a Python host's) stays
+            try:
                 result = fn(*args)
+            finally:
+                mode.leave(token)
             return OK if result is None else result
         except BaseException as exc:            # nothing may propagate into C
             code, message = status_of(exc)
