@@ -187,6 +187,21 @@ class OrderKernels(Protocol):
     def ties(self, x: Array) -> bool: ...       # whether x holds a -0 or a NaN
 
 
+class SearchKernels(Protocol):
+    """loom.db.search's filter and exact refinement in one kernel each (None: its array-module path)."""
+
+    def group_max(self, s: Array, groups: int) -> Array:
+        """[groups, queries]: the maximum of each query's rows g, g + groups, ... of s [rows, queries]
+        (rows up to a multiple of groups)."""
+
+    def above(self, s: Array, th: Array, start: int, limit: int) -> tuple[Array, Array, Array] | None:
+        """(query numbers, start + row numbers, scores) of the entries of s [rows, queries] at or
+        above their query's threshold th, in any order; None if there are more than `limit`."""
+
+    def exact_scores(self, matrix: Array, q: Array, qi: Array, r: Array, l2: bool) -> tuple[Array, Array]:
+        """(float32 scores certified to be the exact sum's rounding, positions not certified)."""
+
+
 class Backend(Protocol):
     name: str
     xp: Any             # the array module: numpy, or cupy on the GPU
@@ -202,6 +217,7 @@ class Backend(Protocol):
     decode: DecodeKernels | None
     compute: ComputeKernels | None
     order: OrderKernels | None
+    search: SearchKernels | None
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...
     def to_numpy(self, x: Array) -> np.ndarray: ...

@@ -16,6 +16,9 @@ GEMM, refine the few candidates with certified exact arithmetic.
    decides. Every score is therefore the exact sum rounded to float64 then to float32, the same
    bits on every backend. The top k by those scores, ties broken by the smaller id.
 
+On CUDA the filter's comparisons and the refinement each run as one kernel (backend/cuda/search.py)
+with the same arithmetic; elsewhere they are the array operations below.
+
 Scores: "dot" the dot product, "cosine" the dot product of the vectors normalized when stored (the
 queries too), "l2" the squared distance (smallest first). Rows short of k are padded with id -1 and
 score -inf (+inf for l2).
@@ -34,6 +37,9 @@ from ..engine.order_keys import lexsort
 from ..kernels import exact
 
 REFINE_CHUNK = 1 << 14          # candidates scored exactly at a time
+GROUPS = 1 << 14               # a GPU block's threshold: the k-th best of GROUPS / queries group maxima
+KEPT = 1 << 24                  # candidates one block may keep on a GPU (20 bytes each)
+HOST_SORT = 1 << 14             # fewer candidates than this are ranked on the host
 DENSE = 1 << 16                 # a query keeping more rows than this is searched alone
 LARGEST = 2.0 ** 50             # bigger components could overflow the float32 filter
 
@@ -74,9 +80,16 @@ def search(be: Backend, matrix: Array, row_norms: Array, ids: Array, queries: Ar
     step = blocks(be)[0]
     for start in range(0, m, step):
         q = queries[start:start + step]
-        bound = _bound(be.xp, q, largest, metric)
-        qi, r, dense = _filter(be, matrix, sq, q, k, metric, bound)
-        _place(be, ids, _refine(be, matrix, ids, q, qi, r, k, metric), out_ids[start:], out_scores[start:])
+        if be.search is not None:
+            # a few queries' bounds on the host: one copy, where the device would launch eight kernels
+            host = q.shape[0] * q.shape[1] <= 1 << 16
+            bound = _bound(np, be.to_numpy(q), largest, metric) if host else be.to_numpy(_bound(be.xp, q, largest, metric))
+            qi, r, dense = _filter_kernels(be, matrix, sq, q, k, bound)
+            bound = be.xp.asarray(bound)
+        else:
+            bound = _bound(be.xp, q, largest, metric)
+            qi, r, dense = _filter(be, matrix, sq, q, k, metric, bound)
+        _place(_refine(be, matrix, ids, q, qi, r, k, metric), out_ids[start:], out_scores[start:])
         for i in dense:
             r, score = _alone(be, matrix, sq, ids, q[i:i + 1], k, metric, bound[i:i + 1])
             out_ids[start + i, :len(r)] = be.to_numpy(ids[be.xp.asarray(r)])
@@ -97,16 +110,16 @@ def rescore(be: Backend, matrix: Array, ids: Array, queries: Array, rows: Array,
         block = rows[start:start + step]
         valid = block >= 0
         qi = xp.broadcast_to(xp.arange(block.shape[0])[:, None], block.shape)[valid]
-        _place(be, ids, _refine(be, matrix, ids, queries[start:start + step], qi, block[valid], k, metric),
+        _place(_refine(be, matrix, ids, queries[start:start + step], qi, block[valid], k, metric),
                out_ids[start:], out_scores[start:])
     return out_ids, out_scores
 
 
-def _place(be, ids, found, out_ids, out_scores):
-    """Write _refine's (query numbers, rows, scores) into the output rows by rank."""
-    qi, r, score = found
+def _place(found, out_ids, out_scores):
+    """Write _refine's (query numbers, rows, scores, ids) into the output rows by rank."""
+    qi, _, score, row_ids = found
     rank = np.arange(len(qi)) - np.searchsorted(qi, qi)
-    out_ids[qi, rank] = be.to_numpy(ids[be.xp.asarray(r)])
+    out_ids[qi, rank] = row_ids
     out_scores[qi, rank] = score
 
 
@@ -183,6 +196,55 @@ def _filter(be, matrix, sq, q, k, metric, bound):
     return kept[0][0], kept[0][1], dense + more
 
 
+def _filter_kernels(be, matrix, sq, q, k, bound):
+    """_filter with the backend's kernels (backend/cuda/search.py). Per block of rows: the fast
+    scores [rows, queries] by the GEMM; each query's threshold raised to the k-th best of its group
+    maxima (the rows taken in interleaved groups, GROUPS maxima in all, at least 4k per query: k
+    groups with a maximum at or above t hold k rows at or above t, so that k-th best is at most the
+    block's k-th best score, and close to it); one kernel lists every (query, row) at or above the threshold. Candidates
+    of earlier blocks below a query's final threshold are dropped. Queries keeping too many rows
+    (many equal scores) are returned to be searched alone, as _filter does. `bound` on the host."""
+    xp = be.xp
+    m, n = q.shape[0], matrix.shape[0]
+    width = min(max(blocks(be)[1] // m, k), n)
+    qt = xp.ascontiguousarray(q.T)
+    scores = xp.empty((width, m), dtype=np.float32)
+    th_host = np.full(m, -np.inf, dtype=np.float32)
+    groups = min(max(GROUPS // m, 4 * k), GROUPS)
+    kept: list[tuple[Array, Array, Array]] = []
+    alone = np.zeros(m, dtype=bool)
+    for start in range(0, n, width):
+        block = matrix[start:start + width]
+        w = block.shape[0]
+        s = _fast(be, qt, block, None if sq is None else sq[start:start + w], scores if w == width else None)
+        if w >= k:
+            # the maxima selected on the host: a GPU partition costs more launches than the copy
+            tops = be.to_numpy(be.search.group_max(s, groups) if w >= 2 * groups else s)
+            kth = np.partition(np.ascontiguousarray(tops.T), tops.shape[0] - k, axis=1)[:, tops.shape[0] - k]
+            th_host = np.maximum(th_host, _threshold(np, kth.astype(np.float64), bound))
+            th_host[alone] = np.inf
+        th = xp.asarray(th_host)
+        found = be.search.above(s, th, start, KEPT)
+        if found is None:                   # too many to hold: the queries keeping the most go alone
+            counts = be.to_numpy((s >= th[None, :]).sum(axis=0))
+            order = np.argsort(-counts, kind="stable")
+            over = np.cumsum(counts[order]) > KEPT
+            alone[order[over | (counts[order] > DENSE)]] = True
+            th_host[alone] = np.inf
+            found = be.search.above(s, xp.asarray(th_host), start, KEPT)
+        kept.append(found)
+    qi, r, fast = (xp.concatenate([part[j] for part in kept]) for j in range(3))
+    if len(kept) > 1:
+        keep = fast >= xp.asarray(th_host)[qi]
+        qi, r = qi[keep], r[keep]
+    if qi.size > DENSE:                     # else no query can hold more than DENSE
+        alone |= be.to_numpy(xp.bincount(qi, minlength=m)) > DENSE
+        if alone.any():
+            keep = ~xp.asarray(alone)[qi]
+            qi, r = qi[keep], r[keep]
+    return qi, r, _host_list(np.flatnonzero(alone))
+
+
 def _above(be, s, th, mask):
     """Flat positions in s [w, m] of the scores at or above their query's threshold. On the host the
     two halves of the rows are scanned by two threads (NumPy releases the GIL in both passes): the
@@ -254,31 +316,40 @@ def _alone(be, matrix, sq, ids, q, k, metric, bound):
     score = np.zeros(0, dtype=np.float32)
     for s in range(0, candidates.size, REFINE_CHUNK):
         r = xp.concatenate([best, candidates[s:s + REFINE_CHUNK]])
-        _, best, score = _refine(be, matrix, ids, q, xp.zeros(r.size, dtype=np.int64), r, k, metric)
+        _, best, score, _ = _refine(be, matrix, ids, q, xp.zeros(r.size, dtype=np.int64), r, k, metric)
         best = xp.asarray(best)
     return be.to_numpy(best), score
 
 
 def _refine(be, matrix, ids, q, qi, r, k, metric):
-    """(query numbers, rows, float32 scores) of each query's k best candidates (qi, r), sorted by
-    query then rank; scores certified exact (module docstring), ties to the smaller id."""
+    """(query numbers, rows, float32 scores, ids) of each query's k best candidates (qi, r), sorted
+    by query then rank, on the host; scores certified exact (module docstring), ties to the smaller
+    id."""
     xp = be.xp
-    score = xp.concatenate([_exact_scores(be, matrix, q, qi[s:s + REFINE_CHUNK], r[s:s + REFINE_CHUNK], metric)
-                            for s in range(0, qi.size, REFINE_CHUNK)] or [xp.zeros(0, dtype=np.float32)])
+    chunk = max(qi.size, 1) if _fused(be, matrix, q) else REFINE_CHUNK     # the kernel keeps no terms
+    score = xp.concatenate([_exact_scores(be, matrix, q, qi[s:s + chunk], r[s:s + chunk], metric)
+                            for s in range(0, qi.size, chunk)] or [xp.zeros(0, dtype=np.float32)])
+    row_ids = ids[r]
+    if not be.host and qi.size <= HOST_SORT:
+        # a few thousand candidates rank faster in NumPy than through a GPU sort's dozen launches
+        xp, qi, r, score, row_ids = np, *(be.to_numpy(a) for a in (qi, r, score, row_ids))
     key = (score if metric == "l2" else -score) + np.float32(0)     # -0 and +0 sort as equal everywhere
-    order = lexsort(xp, (ids[r], key, qi))
-    qi, r, score = qi[order], r[order], score[order]
+    order = lexsort(xp, (row_ids, key, qi))
+    qi, r, score, row_ids = qi[order], r[order], score[order], row_ids[order]
     top = (xp.arange(qi.size) - xp.searchsorted(qi, qi)) < k
-    return be.to_numpy(qi[top]), be.to_numpy(r[top]), be.to_numpy(score[top])
+    return tuple(be.to_numpy(a[top]) for a in (qi, r, score, row_ids))
 
 
 def _exact_scores(be, matrix, q, qi, r, metric):
     """float32 score of query qi[j] with row r[j]: the exact sum of the float64 terms, rounded to
     float64 then float32. The float64 sum and its error bound settle almost all; exact.sum the rest."""
     xp = be.xp
-    rows = matrix[r].astype(np.float64)
-    qq = q[qi].astype(np.float64)
-    terms = (rows - qq) ** 2 if metric == "l2" else rows * qq
+    if _fused(be, matrix, q):
+        out, unsure = be.search.exact_scores(matrix, q, qi, r, metric == "l2")
+        if unsure.size:
+            out[unsure] = exact.sum(_terms(matrix, q, qi[unsure], r[unsure], metric), axis=1).astype(np.float32)
+        return out
+    terms = _terms(matrix, q, qi, r, metric)
     approx = terms.sum(axis=1)
     err = terms.shape[1] * 2.0 ** -52 * xp.abs(terms).sum(axis=1) + 2.0 ** -1000
     low, high = (approx - err).astype(np.float32), (approx + err).astype(np.float32)
@@ -287,3 +358,16 @@ def _exact_scores(be, matrix, q, qi, r, metric):
     if unsure.size:
         out[unsure] = exact.sum(terms[unsure], axis=1).astype(np.float32)
     return out
+
+
+def _terms(matrix, q, qi, r, metric):
+    """The float64 terms whose exact sum is the score of query qi[j] with row r[j]."""
+    rows = matrix[r].astype(np.float64)
+    qq = q[qi].astype(np.float64)
+    return (rows - qq) ** 2 if metric == "l2" else rows * qq
+
+
+def _fused(be, matrix, q):
+    """Whether the backend's refinement kernel takes these operands (float32, C-contiguous)."""
+    return (be.search is not None and matrix.dtype == np.float32 and q.dtype == np.float32
+            and matrix.flags.c_contiguous and q.flags.c_contiguous)

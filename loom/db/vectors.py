@@ -347,13 +347,12 @@ class VectorStore:
         v = v.astype(np.float32, copy=False)
         if v.ndim not in (1, 2) or v.shape[-1] != self.dim:
             raise ShapeError(f"{what}: expected vectors of dimension {self.dim}, got shape {tuple(v.shape)}")
-        bad = ~xp.isfinite(v)
+        bad = ~(xp.abs(v) <= search.LARGEST)           # NaN and inf fail the comparison too: one pass
         if bool(bad.any()):
-            at = tuple(int(i) for i in xp.argwhere(bad)[0])
-            raise NumericError(f"{what}: {v[at]} at index {list(at)} is not finite")
-        big = xp.abs(v) > search.LARGEST
-        if bool(big.any()):
-            at = tuple(int(i) for i in xp.argwhere(big)[0])
+            nonfinite = ~xp.isfinite(v)
+            at = tuple(int(i) for i in xp.argwhere(nonfinite if bool(nonfinite.any()) else bad)[0])
+            if not bool(xp.isfinite(v[at])):
+                raise NumericError(f"{what}: {v[at]} at index {list(at)} is not finite")
             raise NumericError(f"{what}: {v[at]} at index {list(at)} exceeds 2^50 in magnitude: scores could "
                                f"overflow float32")
         return v

@@ -112,6 +112,7 @@ class CPUBackend:
     decode = None       # decode graphs record GPU launches
     compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
     order = None        # order_keys composes its keys from NumPy operations
+    search = None       # loom.db.search's NumPy path is its CPU kernel
 
     def __init__(self):
         self.exact = CPUExact(self)

@@ -92,6 +92,8 @@ class CUDABackend:
         self.primes = Primes(self.xp)        # the exact prime sieve
         from .order import OrderKeys
         self.order = OrderKeys(self.xp)      # loom.engine.order_keys' float keys, one pass each
+        from .search import SearchKernels
+        self.search = SearchKernels(self.xp)  # loom.db.search's filter and refinement, one kernel each
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):
