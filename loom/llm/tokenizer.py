@@ -7,6 +7,9 @@
     prompt = tok.apply_chat_template([{"role": "user", "content": "Hi"}])
 
 The work is done by HuggingFace's `tokenizers` (the `llm` extra, imported only when a tokenizer is built).
+Where it is not installed (Pyodide), or LOOM_PURE_TOKENIZER=1 asks for it, loom.llm.tokenizers_py stands in:
+a pure-Python version of the same calls giving the same ids for byte-level BPE (GPT-2-style GGUF vocabularies
+such as SmolLM2's); other tokenizers then raise BackendError asking for `tokenizers`.
 Where Loom deliberately differs from running that library on the same files:
 
 * encode returns one text's ids, never padded or truncated. A tokenizer.json may ask for both (all-MiniLM's
@@ -54,11 +57,16 @@ _CONTEXT_FREE_DECODERS = {"ByteLevel", "ByteFallback", "Fuse", "Replace", "Strip
 
 
 def _tokenizers():
-    try:
-        import tokenizers
-    except ImportError as exc:
-        raise BackendError("Loom's tokenizer needs the `tokenizers` package: pip install 'loom[llm]'") from exc
-    return tokenizers
+    """The `tokenizers` module, or Loom's pure-Python stand-in (byte-level BPE only) where that is missing or
+    LOOM_PURE_TOKENIZER=1 forces it; the stand-in raises BackendError for tokenizers it cannot run."""
+    if os.environ.get("LOOM_PURE_TOKENIZER") != "1":
+        try:
+            import tokenizers
+            return tokenizers
+        except ImportError:
+            pass
+    from loom.llm import tokenizers_py
+    return tokenizers_py
 
 
 class Tokenizer:
@@ -109,6 +117,8 @@ class Tokenizer:
             raise ConfigError(str(folder), "no tokenizer.json (the model's tokenizer) in this folder")
         try:
             backend = tk.Tokenizer.from_file(str(file))
+        except BackendError:                # the pure-Python stand-in cannot run this tokenizer
+            raise
         except Exception as exc:      # tokenizers raises plain Exception with serde's message
             raise FormatError(f"{file}: not a valid tokenizer.json: {exc}") from exc
         backend.no_padding()

@@ -545,9 +545,11 @@ def test_metadata_must_be_a_dict():
         Tokenizer.from_gguf([("tokenizer.ggml.model", "gpt2")])
 
 
-def test_missing_tokenizers_package_is_a_backend_error(monkeypatch, tmp_path):
+def test_missing_tokenizers_package_falls_back_or_asks_for_it(monkeypatch):
+    """Without `tokenizers`, byte-level BPE runs on the pure-Python stand-in; SentencePiece asks for the extra."""
     monkeypatch.setitem(sys.modules, "tokenizers", None)
+    assert Tokenizer.from_gguf(base_metadata()).encode("ab\n") == [3, 5]
+    spm = {**base_metadata(), "tokenizer.ggml.model": "llama", "tokenizer.ggml.scores": np.zeros(6, np.float32),
+           "tokenizer.ggml.unknown_token_id": 0}
     with pytest.raises(BackendError, match=r"pip install 'loom\[llm\]'"):
-        Tokenizer.from_gguf(base_metadata())
-    with pytest.raises(BackendError, match=r"pip install 'loom\[llm\]'"):
-        Tokenizer.from_dir(tmp_path)
+        Tokenizer.from_gguf(spm)
