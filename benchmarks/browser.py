@@ -82,6 +82,21 @@ def browser_round(exe: str, url: str, network: str, epochs: int, timeout: float)
                 "pyodide_numpy": ready["numpy"]}
 
 
+def chromium_and_runtime() -> str | None:
+    """The Chromium executable, with the Pyodide runtime in the cache; None (and why, on stderr) if
+    either is missing."""
+    exe = cdp.find_chromium()
+    if exe is None:
+        print(cdp.not_found(), file=sys.stderr)
+        return None
+    try:
+        runtime.runtime_dir()
+    except BackendError as exc:
+        print(f"the browser runtime is not available: {exc}", file=sys.stderr)
+        return None
+    return exe
+
+
 def summary(values: list[float]) -> dict:
     return {"best": max(values), "median": statistics.median(values), "all": values}
 
@@ -97,14 +112,8 @@ def main() -> int:
     if args.epochs < 1 or args.rounds < 1:
         ap.error("--epochs and --rounds are positive")
     where = machine()                   # the load average before this run adds its own
-    exe = cdp.find_chromium()
+    exe = chromium_and_runtime()
     if exe is None:
-        print(cdp.not_found(), file=sys.stderr)
-        return 2
-    try:
-        runtime.runtime_dir()
-    except BackendError as exc:
-        print(f"the browser runtime is not available: {exc}", file=sys.stderr)
         return 2
 
     with tempfile.TemporaryDirectory(prefix="loom-browser-bench-") as tmp:

@@ -1,4 +1,4 @@
-"""`loom web build DIR [--epochs N]` and `loom web serve DIR [--port P]`: Loom in the browser (loom.web)."""
+"""`loom web build DIR [--epochs N] [--llm GGUF]` and `loom web serve DIR [--port P]`: Loom in the browser (loom.web)."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     b.add_argument("dir", metavar="DIR")
     b.add_argument("--epochs", type=int, default=3,
                    help="epochs the page trains by default and the native reference runs (default 3)")
+    b.add_argument("--llm", metavar="GGUF", help="also a language model for the page: a GGUF decoder file "
+                                                 "(e.g. SmolLM2-135M-Instruct's), copied into the site")
     s = sub.add_parser("serve", help="serve a built site on 127.0.0.1", description="serve a built site on 127.0.0.1")
     s.add_argument("dir", metavar="DIR")
     s.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: any free one)")
@@ -20,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.action == "build":
         from ..web.site import build
-        folder = build(args.dir, epochs=args.epochs)
+        folder = build(args.dir, epochs=args.epochs, llm_path=args.llm)
         print(f"wrote the site to {folder}; serve it with: loom web serve {folder}")
         return 0
     from ..web.serve import server

@@ -329,7 +329,8 @@ class Decoder:
         if isinstance(self.embed, BlockQuantized):
             h = self.embed.take_rows(ids.reshape(-1)).reshape(B, T, -1)
         else:
-            h = self.xp.take(self.embed, self.backend.asarray(ids), axis=0)
+            # intp: NumPy's take refuses int64 indices where pointers are 32-bit (WebAssembly)
+            h = self.xp.take(self.embed, self.backend.asarray(ids, dtype=np.intp), axis=0)
         pos = cache.length
         cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
         for i, layer in enumerate(self.layers):

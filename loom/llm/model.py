@@ -23,6 +23,7 @@ from numpy.typing import ArrayLike
 from ..backend import Array
 from ..errors import ConfigError, FormatError
 from ..formats import hf
+from ..kernels.quant.block import BlockQuantized
 from . import generate as gen
 from .decoder import ARCHITECTURES, Decoder, DecoderConfig, expected_tensors
 
@@ -33,8 +34,13 @@ if TYPE_CHECKING:
 ENCODERS = ("bert",)
 
 
-def load(path: str | os.PathLike[str], device: str = "cpu") -> CausalLM | Encoder:
-    """A CausalLM (or an Encoder for BERT-style models) from an HF directory or a .gguf file."""
+def load(path: str | os.PathLike[str], device: str = "cpu", *, dequantize: bool = False) -> CausalLM | Encoder:
+    """A CausalLM (or an Encoder for BERT-style models) from an HF directory or a .gguf file.
+
+    dequantize: a GGUF's block-quantized weights become float32 arrays at load (4-8x their memory),
+    so that no step dequantizes them again: for CPUs without the compiled quantized kernels (numba
+    missing, or Pyodide in a browser). Deterministic mode gives the same bits either way (its
+    products are exact sums of the same float32 values)."""
     p = os.fspath(path)
     if os.path.isdir(p):
         return _load_dir(p, device)
@@ -44,7 +50,7 @@ def load(path: str | os.PathLike[str], device: str = "cpu") -> CausalLM | Encode
         magic = fh.read(4)
     if magic != b"GGUF":
         raise FormatError(f"{p}: not a GGUF file (starts with {magic!r}, not b'GGUF') and not a model directory")
-    return _load_gguf(p, device)
+    return _load_gguf(p, device, dequantize)
 
 
 def _supported_check(cfg: dict, where: str) -> str:
@@ -77,13 +83,15 @@ def _load_dir(folder: str, device: str):
     return CausalLM(Decoder(config, weights, device), tokenizer, cfg, eos)
 
 
-def _load_gguf(path: str, device: str):
+def _load_gguf(path: str, device: str, dequantize: bool = False):
     from ..formats import gguf, gguf_hf
     from .tokenizer import Tokenizer
     f = gguf.read(path)
     cfg = gguf_hf.hf_config(f.metadata, f)
     kind = _supported_check(cfg, path)
     weights = gguf_hf.hf_weights(f)
+    if dequantize:
+        weights = {k: w.dequantize() if isinstance(w, BlockQuantized) else w for k, w in weights.items()}
     tokenizer = Tokenizer.from_gguf(f.metadata)
     if kind in ENCODERS:
         from .encoder import Encoder

@@ -94,3 +94,13 @@ def test_generate_command_streams_the_answer(gguf_path, capsys):
                  "--max-tokens", "12", "--fast"])
     assert code == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_weights_dequantized_at_load_give_the_same_bits_in_deterministic_mode(gguf_path, model):
+    from loom.kernels.quant.block import BlockQuantized
+    flat = loom.llm.load(gguf_path, dequantize=True)
+    assert isinstance(model.decoder.embed, BlockQuantized) and not isinstance(flat.decoder.embed, BlockQuantized)
+    ids = model.tokenizer.encode(PROMPT)
+    with loom.deterministic(True):
+        assert np.asarray(flat.logits(ids)).tobytes() == np.asarray(model.logits(ids)).tobytes()
+        assert list(flat.generate_ids(ids, max_tokens=4)) == list(model.generate_ids(ids, max_tokens=4))

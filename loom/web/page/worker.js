@@ -30,6 +30,30 @@ async function start() {
                  numpy: py.runPython("import numpy; numpy.__version__")});
 }
 
+// the language model panel: the model file goes into Pyodide's file system, the chat template's
+// packages (jinja2, markupsafe) into its site-packages, once
+let languageModel = null, chatPackages = false;
+async function loadLanguageModel(bytes, name) {
+    const site = await (await fetch("site.json")).json();
+    if (!chatPackages && site.llm) {
+        const purelib = pyodide.runPython("import sysconfig; sysconfig.get_paths()['purelib']");
+        pyodide.unpackArchive(await (await fetch(site.llm.packages)).arrayBuffer(), "zip", {extractDir: purelib});
+        chatPackages = true;
+    }
+    if (bytes === null) {
+        if (!site.llm) throw new Error("this site was built without a language model: pick a GGUF file");
+        const response = await fetch(site.llm.file);
+        if (!response.ok) throw new Error(`${site.llm.file}: HTTP ${response.status}`);
+        bytes = await response.arrayBuffer();
+    }
+    pyodide.FS.writeFile("/tmp/model.gguf", new Uint8Array(bytes));
+    if (languageModel) { languageModel.destroy(); languageModel = null; }
+    pyodide.runPython("import loom.web.llm as web_llm");
+    pyodide.globals.set("model_name", String(name));
+    languageModel = pyodide.runPython("web_llm.LanguageModel('/tmp/model.gguf', name=model_name)");
+    return languageModel.info;
+}
+
 const ready = start().catch((err) => postMessage({type: "error", message: String(err)}));
 
 onmessage = async (event) => {
@@ -45,6 +69,11 @@ onmessage = async (event) => {
             try { result = session.classify(pixels); } finally { pixels.destroy(); }
         } else if (cmd === "load") {
             result = session.load(new Uint8Array(args.bytes));
+        } else if (cmd === "llm_load") {    // a GGUF: the site's (args.bytes null) or one picked from disk
+            result = await loadLanguageModel(args.bytes, args.name);
+        } else if (cmd === "generate") {
+            const piece = (text) => postMessage({type: "piece", id, text});
+            result = languageModel.generate(args.prompt, args.max_tokens, args.deterministic, args.chat, piece);
         } else if (cmd === "verify") {     // every `loom verify` check's fingerprint, computed here
             result = JSON.parse(pyodide.runPython("import json; from loom import verify; json.dumps(verify.compute('cpu'))"));
         } else {
