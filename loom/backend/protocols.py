@@ -186,6 +186,10 @@ class OrderKernels(Protocol):
     def values(self, keys: Array, dtype: np.dtype, descending: bool) -> Array: ...
     def ties(self, x: Array) -> bool: ...       # whether x holds a -0 or a NaN
 
+    def restore(self, out: Array, x: Array, descending: bool) -> None:
+        """Put x's zeros and NaNs, in input order, into the runs they sort to in out, along the last
+        axis (both C-contiguous)."""
+
 
 class SearchKernels(Protocol):
     """loom.db.search's filter and exact refinement in one kernel each (None: its array-module path)."""

@@ -43,18 +43,22 @@ def sort(x: Any, axis: int | None = -1, *, descending: bool = False) -> Array:
         return xp.ascontiguousarray(xp.flip(out, axis=axis)) if descending else out
     keys = xp.sort(order_keys(xp, x, zeros_equal=False, descending=descending), axis=axis)
     out = float_values(xp, keys, x.dtype, descending)
-    _restore_ties(xp, xp.moveaxis(out, axis, -1), xp.moveaxis(x, axis, -1))
+    _restore_ties(xp, xp.moveaxis(out, axis, -1), xp.moveaxis(x, axis, -1), descending)
     return out
 
 
-def _restore_ties(xp, out: Array, x: Array) -> None:
+def _restore_ties(xp, out: Array, x: Array, descending: bool) -> None:
     """Put x's zeros and NaNs, in input order, into the runs they sort to in out (both along the last
     axis; out writable): each row holds as many of them in out as in x, and boolean indexing lists
     them row by row, so the two lists line up. Skipped where out's zeros are all +0 (then already
-    right) or it has no NaN."""
+    right) or it has no NaN. A backend's restore kernel does it in two passes over x."""
     kernels = backend.of(out).order
-    if kernels is not None and np.dtype(out.dtype) in kernels.DTYPES and not kernels.ties(out):
-        return                          # (one pass over out on the GPU instead of four)
+    if kernels is not None and np.dtype(out.dtype) in kernels.DTYPES:
+        if out.flags.c_contiguous and x.flags.c_contiguous:
+            kernels.restore(out, x, descending)
+            return
+        if not kernels.ties(out):
+            return                      # (one pass over out on the GPU instead of four)
     zeros = out == 0
     if bool(xp.any(zeros & xp.signbit(out))):
         out[zeros] = x[x == 0]
