@@ -219,7 +219,7 @@ def _filter_kernels(be, matrix, sq, q, k, bound):
         s = _fast(be, qt, block, None if sq is None else sq[start:start + w], scores if w == width else None)
         if w >= k:
             # the maxima selected on the host: a GPU partition costs more launches than the copy
-            tops = be.to_numpy(be.search.group_max(s, groups) if w >= 2 * groups else s)
+            tops = be.to_numpy(be.search.group_max(s, groups) if w >= 2 * groups and groups >= k else s)
             kth = np.partition(np.ascontiguousarray(tops.T), tops.shape[0] - k, axis=1)[:, tops.shape[0] - k]
             th_host = np.maximum(th_host, _threshold(np, kth.astype(np.float64), bound))
             th_host[alone] = np.inf

@@ -101,3 +101,20 @@ def test_group_max_is_the_maximum_of_each_interleaved_group(w, m, groups):
     want = s[:rows].reshape(-1, groups, m).max(axis=0)
     got = backend.get("cuda").search.group_max(cupy.asarray(s), groups).get()
     assert got.tobytes() == want.tobytes()
+
+
+def test_k_above_the_group_count_selects_from_the_scores_themselves(monkeypatch):
+    """k larger than a block's group maxima: the threshold from the scores (no group can stand for
+    k rows); the CPU's answer all the same."""
+    monkeypatch.setattr(search, "GROUPS", 64)
+    monkeypatch.setattr(search, "blocks", lambda be: (8, 8 * 4096))
+    rng = np.random.default_rng(9)
+    v = rng.standard_normal((9000, 12)).astype(np.float32)
+    q = rng.standard_normal((4, 12)).astype(np.float32)
+    ids = np.arange(len(v), dtype=np.int64)
+    want = search.search(backend.get("cpu"), v, search.norms(np, v), ids, q, 300, "dot")
+    dv = cupy.asarray(v)
+    got = search.search(backend.get("cuda"), dv, search.norms(cupy, dv), cupy.asarray(ids), cupy.asarray(q), 300,
+                        "dot")
+    assert got[0].tolist() == want[0].tolist()
+    assert got[1].tobytes() == want[1].tobytes()
