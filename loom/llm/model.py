@@ -90,15 +90,18 @@ def _load_gguf(path: str, device: str, dequantize: bool = False):
     cfg = gguf_hf.hf_config(f.metadata, f)
     kind = _supported_check(cfg, path)
     weights = gguf_hf.hf_weights(f)
-    if dequantize:
-        weights = {k: w.dequantize() if isinstance(w, BlockQuantized) else w for k, w in weights.items()}
+    if dequantize:     # every array its own (copies of the file's float tensors), so the map can close
+        weights = {k: w.dequantize() if isinstance(w, BlockQuantized) else np.array(w) for k, w in weights.items()}
     tokenizer = Tokenizer.from_gguf(f.metadata)
     if kind in ENCODERS:
         from .encoder import Encoder
         return Encoder.from_hf(cfg, weights, tokenizer, device=device)
     model = CausalLM(Decoder(DecoderConfig.from_hf(cfg), weights, device), tokenizer, cfg,
                      _ids(cfg.get("eos_token_id")))
-    model._source = f            # the weights view its memory map
+    if dequantize:
+        f.close()
+    else:
+        model._source = f        # the weights view its memory map
     return model
 
 

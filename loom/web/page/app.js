@@ -4,9 +4,9 @@ const worker = new Worker("worker.js");
 const pending = new Map();
 let nextId = 0, site = null, onEpoch = null, onPiece = null, siteReady = null;
 
-function call(cmd, args) {
+function call(cmd, args, transfer = []) {
     const id = nextId++;
-    worker.postMessage({id, cmd, args});
+    worker.postMessage({id, cmd, args}, transfer);      // transferred buffers move, not copied
     return new Promise((resolve, reject) => pending.set(id, {resolve, reject}));
 }
 
@@ -210,19 +210,27 @@ async function loadModel(file) {
 }
 
 // the language model panel
+function resetBadge(text) {
+    $("llm-badge").textContent = text;
+    $("llm-badge").className = "badge";
+    window.loomLLM = undefined;
+}
+
 async function loadLanguageModel(file) {
     busy(true);
+    resetBadge("not run yet");
+    $("llm-out").textContent = $("llm-speed").textContent = "";
+    llmLoaded = false;                        // the worker drops the previous model first
     $("llm-info").textContent = file ? `Loading ${file.name}…` : `Loading ${site.llm.name} (${(site.llm.bytes / 1e6).toFixed(0)} MB)…`;
     try {
         const t0 = performance.now();
-        const info = await call("llm_load", {bytes: file ? await file.arrayBuffer() : null,
-                                             name: file ? file.name : site.llm.name});
+        const bytes = file ? await file.arrayBuffer() : null;
+        const info = await call("llm_load", {bytes, name: file ? file.name : site.llm.name}, bytes ? [bytes] : []);
         llmLoaded = true;
         $("llm-info").textContent = `${info.name}: ${info.arch}, ${info.layers} layers, hidden ${info.hidden}, ` +
             `vocabulary ${info.vocab}${info.chat ? ", chat template" : ""}; loaded in ` +
             `${((performance.now() - t0) / 1000).toFixed(1)} s`;
     } catch (err) {
-        llmLoaded = false;                    // the worker dropped the previous model before loading
         $("llm-info").textContent = `could not load the model: ${err.message}`;
     } finally {
         busy(false);
@@ -239,14 +247,16 @@ async function generate() {
                   chat: $("llm-chat").checked};
     busy(true);
     document.body.dataset.llm = "generating";
+    resetBadge("not run yet");
     $("llm-out").textContent = "";
     $("llm-speed").textContent = "prefill…";
     let pieces = 0;
     onPiece = (text) => { $("llm-out").textContent += text; $("llm-speed").textContent = `${++pieces} pieces…`; };
     try {
         const r = await call("generate", args);
+        const fixed = (v) => (v === null ? "–" : v.toFixed(2));
         $("llm-speed").textContent = `${r.tokens} tokens (prompt ${r.prompt_tokens}): first after ` +
-            `${r.first_token_s.toFixed(2)} s, then ${r.tokens_per_s === null ? "–" : r.tokens_per_s.toFixed(2)} tokens/s, ` +
+            `${fixed(r.first_token_s)} s, then ${fixed(r.tokens_per_s)} tokens/s, ` +
             `${r.deterministic ? "deterministic" : "fast"} mode`;
         const native = site.llm ? site.llm.native : null;
         const badge = $("llm-badge");
@@ -257,8 +267,7 @@ async function generate() {
             badge.textContent = same ? "same tokens and logits bits as native" : "differs from native";
             badge.className = "badge " + (same ? "same" : "differs");
         } else {
-            badge.textContent = "no native reference for these settings";
-            badge.className = "badge";
+            resetBadge("no native reference for these settings");
         }
         window.loomLLM = {...r, native};
         document.body.dataset.llm = "done";

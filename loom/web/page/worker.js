@@ -33,24 +33,35 @@ async function start() {
 // the language model panel: the model file goes into Pyodide's file system, the chat template's
 // packages (jinja2, markupsafe) into its site-packages, once
 let languageModel = null, chatPackages = false;
+async function fetched(url) {
+    const response = await fetch(url);
+    if (!response.ok) throw new Error(`${url}: HTTP ${response.status}`);
+    return response;
+}
+
 async function loadLanguageModel(bytes, name) {
-    const site = await (await fetch("site.json")).json();
+    // the previous model goes first: two in memory at once may not fit
+    if (languageModel) { languageModel.destroy(); languageModel = null; pyodide.runPython("import gc; gc.collect()"); }
+    const site = await (await fetched("site.json")).json();
     if (!chatPackages && site.llm) {
         const purelib = pyodide.runPython("import sysconfig; sysconfig.get_paths()['purelib']");
-        pyodide.unpackArchive(await (await fetch(site.llm.packages)).arrayBuffer(), "zip", {extractDir: purelib});
+        pyodide.unpackArchive(await (await fetched(site.llm.packages)).arrayBuffer(), "zip", {extractDir: purelib});
         chatPackages = true;
     }
     if (bytes === null) {
         if (!site.llm) throw new Error("this site was built without a language model: pick a GGUF file");
-        const response = await fetch(site.llm.file);
-        if (!response.ok) throw new Error(`${site.llm.file}: HTTP ${response.status}`);
-        bytes = await response.arrayBuffer();
+        bytes = await (await fetched(site.llm.file)).arrayBuffer();
     }
-    pyodide.FS.writeFile("/tmp/model.gguf", new Uint8Array(bytes));
-    if (languageModel) { languageModel.destroy(); languageModel = null; }
-    pyodide.runPython("import loom.web.llm as web_llm");
-    pyodide.globals.set("model_name", String(name));
-    languageModel = pyodide.runPython("web_llm.LanguageModel('/tmp/model.gguf', name=model_name)");
+    const path = "/tmp/model.gguf";
+    pyodide.FS.writeFile(path, new Uint8Array(bytes));
+    bytes = null;
+    try {
+        pyodide.runPython("import loom.web.llm as web_llm");
+        pyodide.globals.set("model_name", String(name));
+        languageModel = pyodide.runPython(`web_llm.LanguageModel('${path}', name=model_name)`);
+    } finally {
+        pyodide.FS.unlink(path);     // the weights are loaded (dequantized copies): the file's copy can go
+    }
     return languageModel.info;
 }
 
