@@ -1,12 +1,12 @@
 """The ByteLevel decoder: GPT-2's characters back to bytes, bytes to text."""
 from __future__ import annotations
 
+from loom.llm.tokenizer_gguf import byte_to_char
 from loom.llm.tokenizers_py._common import Component, component_type, refuse_missing, unsupported
-from loom.llm.tokenizers_py.pre_tokenizers import bytes_to_unicode
 
 __getattr__ = refuse_missing("decoders")
 
-_CHAR_BYTES = {c: b for b, c in bytes_to_unicode().items()}
+_CHAR_BYTES = {c: b for b, c in byte_to_char().items()}
 
 
 class Decoder(Component):

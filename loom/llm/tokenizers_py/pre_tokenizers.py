@@ -4,6 +4,7 @@ from __future__ import annotations
 import re
 from abc import abstractmethod
 
+from loom.llm.tokenizer_gguf import byte_to_char
 from loom.llm.tokenizers_py._common import Component, component_type, refuse_missing, unsupported
 from loom.llm.tokenizers_py._unicode import char_class, translate
 
@@ -14,19 +15,8 @@ GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s
 _BEHAVIORS = ("removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous")
 
 
-def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's table: every byte as one printable character (printable Latin-1 stays itself)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, extra = {b: chr(b) for b in keep}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
-
-
 # byte -> GPT-2's character; also a str.translate table for Latin-1-decoded bytes (ordinal = byte)
-_BYTE_CHARS = bytes_to_unicode()
+_BYTE_CHARS = byte_to_char()
 
 
 class Regex:
