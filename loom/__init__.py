@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from . import llm  # loom.llm.load: language models from GGUF files and HuggingFace directories
+from .distributed import train
 from .engine import prime_count, primes
 from .engine.patterns import argmax, argmin, argsort, histogram, map, matmul, max, mean, min, scan, sort, sum, topk
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
@@ -9,7 +10,7 @@ from .formats import from_bytes, load
 from .info import info
 from .mode import deterministic, is_deterministic
 from .nn import Network, NonFinite
-from .nn.train import evaluate, predict, train
+from .nn.train import evaluate, predict
 from .version import __version__
 
 

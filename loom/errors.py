@@ -74,3 +74,9 @@ class DeterminismError(LoomError, RuntimeError):
 class NumericError(LoomError, ArithmeticError):
     """A computation produced NaN or infinity where that means a failure (training, data): the
     message names the sample, the batch, the layer or the parameter where it first appeared."""
+
+
+class DistributedError(LoomError, RuntimeError):
+    """A data-parallel world cannot form or keep going (loom.distributed): a rank that does not
+    reach the rendezvous, dies or hangs past the timeout, ranks with mismatched configs or world
+    sizes, more GPUs asked than present, NCCL missing. The message names the rank and the reason."""

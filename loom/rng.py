@@ -31,13 +31,16 @@ def stream_key(seed: int, stream: str) -> tuple[int, int]:
     return int.from_bytes(digest[0:4], "little"), int.from_bytes(digest[4:8], "little")
 
 
-def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np) -> Any:
-    """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i.
+def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np, offset: int = 0) -> Any:
+    """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i,
+    from word `offset` of the stream on (a rank of a data-parallel world draws its slice of the
+    global batch's words).
 
     `counter` is an int, or a uint32 array [lo, hi] on xp's device (a recorded train step reads
     the counter from memory). Only integer operations: every backend gives the same bits."""
-    blocks = (n + 3) // 4
-    idx = xp.arange(blocks, dtype=np.uint64)
+    first, skip = divmod(int(offset), 4)
+    blocks = (skip + n + 3) // 4
+    idx = xp.arange(first, first + blocks, dtype=np.uint64)
     c0 = (idx & _LO32).astype(np.uint32)
     c1 = (idx >> _SHIFT32).astype(np.uint32)
     if isinstance(counter, (int, np.integer)):
@@ -54,7 +57,7 @@ def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np) -> A
             hi1, lo1 = (p1 >> _SHIFT32).astype(np.uint32), (p1 & _LO32).astype(np.uint32)
             c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
             k0, k1 = k0 + _W0, k1 + _W1
-    return xp.stack([c0, c1, c2, c3], axis=1).reshape(-1)[:n]
+    return xp.stack([c0, c1, c2, c3], axis=1).reshape(-1)[skip:skip + n]
 
 
 def counter_words(counter: int) -> np.ndarray:
@@ -69,19 +72,21 @@ class Generator:
         self.seed, self.stream = int(seed), stream
         self.key = stream_key(seed, stream)
 
-    def bits(self, shape: int | Sequence[int], counter: Any = 0, xp: ModuleType = np) -> Any:
+    def bits(self, shape: int | Sequence[int], counter: Any = 0, xp: ModuleType = np, offset: int = 0) -> Any:
         shape = _shape(shape)
-        return philox(self.key, counter, int(np.prod(shape, dtype=np.int64)), xp).reshape(shape)
+        return philox(self.key, counter, int(np.prod(shape, dtype=np.int64)), xp, offset).reshape(shape)
 
     def uniform(self, shape: int | Sequence[int], counter: Any = 0, dtype: DTypeLike = np.float64,
-                xp: ModuleType = np) -> Any:
+                xp: ModuleType = np, offset: int = 0) -> Any:
         """Uniform on [0, 1): the top 24 (float32) or 53 (float64) bits scaled by a power of two
-        (exact on every backend; `xp` and `counter` as in philox())."""
+        (exact on every backend; `xp` and `counter` as in philox()). offset: draws to skip (the
+        first draw is the stream's draw number `offset`)."""
         dtype = np.dtype(dtype)
         if dtype == np.float32:
-            return (self.bits(shape, counter, xp) >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
+            bits = self.bits(shape, counter, xp, offset)
+            return (bits >> np.uint32(8)).astype(np.float32) * np.float32(2.0 ** -24)
         shape = _shape(shape)
-        w = self.bits((*shape, 2), counter, xp).astype(np.uint64)
+        w = self.bits((*shape, 2), counter, xp, 2 * offset).astype(np.uint64)
         mant = ((w[..., 0] >> np.uint64(5)) << np.uint64(26)) | (w[..., 1] >> np.uint64(6))
         return (mant.astype(np.float64) * 2.0 ** -53).astype(dtype)
 

@@ -206,6 +206,15 @@ class SearchKernels(Protocol):
         """(float32 scores certified to be the exact sum's rounding, positions not certified)."""
 
 
+class Collectives(Protocol):
+    """NCCL for loom.distributed (the CUDA backend's; None on the CPU)."""
+
+    def device_count(self) -> int: ...
+    def select_device(self, index: int) -> None: ...
+    def unique_id(self) -> bytes: ...
+    def communicator(self, rank: int, size: int, uid: bytes) -> Any: ...   # a batch_split.Collective
+
+
 class Backend(Protocol):
     name: str
     xp: Any             # the array module: numpy, or cupy on the GPU
@@ -222,6 +231,7 @@ class Backend(Protocol):
     compute: ComputeKernels | None
     order: OrderKernels | None
     search: SearchKernels | None
+    collectives: Collectives | None
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...
     def to_numpy(self, x: Array) -> np.ndarray: ...

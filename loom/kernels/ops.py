@@ -14,7 +14,8 @@ import math
 from .. import backend
 from ..backend import Array
 from ..mode import is_deterministic
-from . import exact, mathlib
+from . import batch_split, exact, mathlib
+from .exact import over_batch
 
 _SQRT_PI = math.sqrt(math.pi)
 
@@ -57,6 +58,60 @@ def mean(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = F
     count = x.size if axis is None else math.prod(x.shape[a] for a in _axes(axis, x.ndim))
     # a NumPy scalar, not a device array: no host-to-device copy (recorded steps allow none)
     return sum(x, axis=axis, keepdims=keepdims) / x.dtype.type(count)
+
+
+# --- reductions over the batch: split across the ranks of a data-parallel world (batch_split) ---
+
+def grad_matmul(a: Array, b: Array) -> Array:
+    """a @ b whose reduced axis K runs over the batch: a parameter gradient. Deterministic mode: the
+    gradient over the global batch, the same bits on any number of ranks (exact.over_batch); fast
+    mode: this rank's part, which the data-parallel trainer all-reduces with the others."""
+    if is_deterministic():
+        return over_batch.matmul(a, b)
+    return backend.of(a).matmul(a, b)
+
+
+def grad_sum(x: Array, axis: int | tuple[int, ...]) -> Array:
+    """x summed over axes that include the batch, for a parameter gradient (as grad_matmul)."""
+    if is_deterministic():
+        return over_batch.sum(x, axis=axis)
+    return backend.of(x).sum(x, axis=axis)
+
+
+def grad_index_add(dst: Array, ids: Array, rows: Array) -> None:
+    """dst[ids[i]] += rows[i] for an embedding's gradient (as grad_matmul)."""
+    if is_deterministic():
+        over_batch.index_add(dst, ids, rows)
+    else:
+        _xp(rows).add.at(dst, ids, rows)
+
+
+def sum_over_batch(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array:
+    """x summed over axes that include the batch, over every rank in both modes (a batch-norm
+    statistic, a loss total): exact and split-invariant in deterministic mode, a float all-reduce
+    in fast mode."""
+    if is_deterministic():
+        return over_batch.sum(x, axis=axis, keepdims=keepdims)
+    total = backend.of(x).sum(x, axis=axis, keepdims=keepdims)
+    split = batch_split.current()
+    if split is not None:
+        shape = total.shape
+        total = _xp(x).ascontiguousarray(total).reshape(-1)     # (a 0-d total as one element)
+        split.collective.all_reduce(total, "sum")
+        total = total.reshape(shape)
+    return total
+
+
+def mean_over_batch(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = False) -> Array:
+    """sum_over_batch divided by the global count of the values it adds."""
+    count = x.size if axis is None else math.prod(x.shape[a] for a in _axes(axis, x.ndim))
+    return sum_over_batch(x, axis=axis, keepdims=keepdims) / x.dtype.type(count_over_batch(count))
+
+
+def count_over_batch(count: int) -> int:
+    """The number of values over the global batch of a reduction covering `count` here."""
+    split = batch_split.current()
+    return count if split is None else split.global_count(count)
 
 
 def _axes(axis, ndim):

@@ -202,8 +202,9 @@ def im2col_arrays(xp: ModuleType, big: Array, g: Geometry) -> Array:
 
 
 def weight_grad(xp: ModuleType, rows: Array, cols: Array, shape: tuple[int, ...]) -> Array:
-    """d weight from the small side's rows and the big side's cols: [G, Co/G, Ci/G*prod(k)] -> shape."""
+    """d weight from the small side's rows and the big side's cols: [G, Co/G, Ci/G*prod(k)] -> shape
+    (a product over the batch: ops.grad_matmul)."""
     if rows.shape[0] == 1:      # one group: a 2-D product, which every BLAS takes transposed as it is
-        return ops.matmul(rows[0].T, cols[0]).reshape(shape)
+        return ops.grad_matmul(rows[0].T, cols[0]).reshape(shape)
     # a contiguous transpose: NumPy's stacked matmul of a transposed view can miss BLAS (~6x slower)
-    return ops.matmul(xp.ascontiguousarray(rows.transpose(0, 2, 1)), cols).reshape(shape)
+    return ops.grad_matmul(xp.ascontiguousarray(rows.transpose(0, 2, 1)), cols).reshape(shape)

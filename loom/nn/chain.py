@@ -28,6 +28,7 @@ from .. import mode, rng
 from ..backend import Array
 from ..backend.recorder import GraphCache
 from ..errors import ShapeError
+from ..kernels import batch_split, ops
 
 if TYPE_CHECKING:
     from .losses import Loss
@@ -100,6 +101,9 @@ class TrainStep:
         self.grads = net.gradients()
         self.total = net.backend.xp.zeros((), dtype=np.float64)
         self.pred = None
+        # a data-parallel world's gradient all-reduce, between backward and the update (fast mode's
+        # buckets; deterministic mode reduces inside the gradient products: loom.distributed)
+        self.reduce_gradients = None
 
     @property
     def eager_reasons(self) -> dict:
@@ -121,8 +125,9 @@ class TrainStep:
             self.loss.check_target(y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
         if eager or not net.backend.graphs:
             return self._eager(x, y)
+        split = batch_split.current()       # a rank's slice: its place in the batch is recorded too
         key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase(),
-               mode.name())                # the two modes record different kernels
+               mode.name(), None if split is None else (split.total, split.offset))
         entry = self.cache.lookup(key, lambda: _RecordedStep(self, x, y))
         if entry is None:
             return self._eager(x, y)
@@ -141,8 +146,10 @@ class TrainStep:
         net = self.net
         net.zero_grad()
         net.backward(grad, input_grad=False)
+        if self.reduce_gradients is not None:
+            self.reduce_gradients(self.grads)
         self.opt.step(self.grads, scalars=plan)
-        self.total += value.astype(np.float64) * n
+        self.total += value.astype(np.float64) * ops.count_over_batch(n)   # value: the global batch's mean
         self.pred = pred
 
 

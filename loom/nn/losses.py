@@ -27,7 +27,7 @@ from .. import config as configs
 from ..backend import Array
 from ..config import number, one_of
 from ..errors import ConfigError, ShapeError
-from ..kernels import ops
+from ..kernels import batch_split, ops
 
 REGISTRY: dict[str, type[Loss]] = {}
 
@@ -117,16 +117,24 @@ class Loss(ABC):
 
     def reduce(self, pointwise: Array, grad: Array, count: int | Array, xp: ModuleType) -> tuple[Array, Array]:
         """(value, dL/dpred) from the pointwise losses and their unreduced derivatives: "sum" adds,
-        every other reduction ("mean", "batchmean") divides by `count`."""
+        every other reduction ("mean", "batchmean") divides by `count`. In a data-parallel world
+        (loom.kernels.batch_split) the total and the count are the global batch's: each rank's
+        gradient rows are then the ones one device computes for the whole batch."""
         dtype = grad.dtype
-        total = ops.sum(pointwise)
+        total = ops.sum_over_batch(pointwise)
         if self.reduction == "sum":
             return xp.asarray(total, dtype=dtype), grad
         if not isinstance(count, int):    # counted on the device (rows not ignored): no synchronization
             n = count.astype(dtype)
+            split = batch_split.current()
+            if split is not None:            # the ranks' counts added: integers, exact
+                total_count = count.astype(np.float64).reshape(1)
+                split.collective.all_reduce(total_count, "sum")
+                n = total_count[0].astype(dtype)
             with np.errstate(invalid="ignore"):      # PyTorch: a mean over nothing is NaN (0 / 0), its gradient zero
                 value = xp.asarray(total / n, dtype=dtype)
             return value, xp.where(n > 0, grad / xp.where(n > 0, n, 1), 0).astype(dtype)
+        count = ops.count_over_batch(count)
         if count == 0:
             return xp.full((), math.nan, dtype=dtype), xp.zeros_like(grad)
         n = xp.full((), count, dtype=dtype)

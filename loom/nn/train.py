@@ -8,13 +8,16 @@ resuming from the checkpoint and training N - k more give bit-identical weights.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import sys
 import time
 from collections.abc import Callable, Iterable, KeysView, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -117,7 +120,8 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
           checkpoint: str | Path | None = None, resume: str | Path | None = None, shuffle: bool | None = None,
           device: str | None = None, deterministic: bool | None = None, strict: bool = True,
           allow_nonfinite: bool = False, freeze: Sequence[str] | str | None = None,
-          telemetry: Telemetry | dict | bool | int | str | Path | None = None) -> History:
+          telemetry: Telemetry | dict | bool | int | str | Path | None = None,
+          parallel: Parallel | None = None) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -150,6 +154,9 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     history.telemetry: True (every step), N (every N steps), a path (every step, written there as
     JSON after every epoch), {"every", "layers", "gradients", "path"}, or a Telemetry of `net`.
     Recorded steps run eagerly on a GPU; the weights are the same bits as without telemetry.
+    parallel: this process's rank of a data-parallel world (loom.distributed; `loom.train` with
+    devices=N makes one per rank): each batch of the same seeded shuffle is split across the ranks,
+    and every rank ends with the same weights (in deterministic mode, the bits one device gets).
     """
     if deterministic is None:
         deterministic = (net.config.get("training") or {}).get("deterministic")
@@ -158,12 +165,30 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     with mode.deterministic(deterministic):
         return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
                       metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict,
-                      allow_nonfinite, freeze, telemetry)
+                      allow_nonfinite, freeze, telemetry, parallel)
+
+
+class Parallel(Protocol):
+    """One rank of a data-parallel world, as the training loop uses it (loom.distributed's)."""
+    rank: int
+    size: int
+
+    def start(self, net: Network, fingerprint: bytes) -> None:
+        """Check that every rank trains the same thing (same fingerprint) and prepare net."""
+
+    def batch(self, idx: np.ndarray) -> tuple[np.ndarray, AbstractContextManager]:
+        """This rank's rows of a global batch and the context its step runs in."""
+
+    def reduce_gradients(self, grads: dict) -> None:
+        """Make the gradients the global batch's on every rank (after backward)."""
+
+    def gather(self, local: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        """Every rank's rows of a per-sample array, in the global batch's order."""
 
 
 def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose, metrics,
            callbacks, early_stopping, checkpoint, resume, shuffle, device, strict, allow_nonfinite,
-           freeze=None, telemetry=None) -> History:
+           freeze=None, telemetry=None, parallel=None) -> History:
     if device is not None:
         net.to(device)
     settings, where = _settings(net, dict(loss=loss, optimizer=optimizer, schedule=schedule, epochs=epochs,
@@ -200,6 +225,12 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     with renamed_paths({"early_stopping": where["early_stopping"]}):
         stopper = EarlyStopping.build(settings["early_stopping"])
     tel, tel_path = telemetry_setting(net, telemetry)
+    writer = parallel is None or parallel.rank == 0         # files are written once, by rank 0
+    if parallel is not None:
+        if tel is not None:
+            raise ConfigError("telemetry", "telemetry records one process; it is not available in data-parallel "
+                                           "training (record it on one device)")
+        verbose = verbose and writer
     if verbose and note:                   # once every setting has been checked
         print(note, file=sys.stderr)
     history, start = History(telemetry=tel), 0
@@ -214,7 +245,12 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     # Data checks run once over the whole dataset here, not once per batch on the device.
     net.check_ids(X)
     loss_fn.check_target(Y, net.output_spec.shape[-1] if net.output_spec.shape else 1)
+    if parallel is not None:
+        _check_split(bs, n, parallel.size, where["batch_size"])
+        parallel.start(net, _fingerprint(net, settings, X, Y, start))
     step = TrainStep(net, loss_fn, opt, strict=strict)    # on the GPU: each step replays one recorded graph
+    if parallel is not None:
+        step.reduce_gradients = parallel.reduce_gradients
     guard = None if allow_nonfinite else _Guard(net, opt, loss_fn, strict)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
@@ -231,11 +267,16 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
             if tel is not None and tel.due(epoch * batches + b):
                 with tel.step(epoch * batches + b, epoch=epoch, batch=b):
                     value = step(X[idx], Y[idx], checked=False, eager=True)     # hooks need an eager step
+            elif parallel is not None:
+                rows, context = parallel.batch(idx)
+                with context:
+                    value = step(X[rows], Y[rows], checked=False)
             else:
                 value = step(X[idx], Y[idx], checked=False)
             seen += len(idx)
             if metric_fns:
-                outs.append((net.backend.to_numpy(step.pred), Y[idx]))
+                pred = net.backend.to_numpy(step.pred)
+                outs.append((pred if parallel is None else parallel.gather(pred, idx), Y[idx]))
             if guard:
                 guard.after(b, value, step.total)
             # the running loss is read from the device only when the bar redraws
@@ -259,7 +300,7 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         stop = stopper.update(logs, net) if stopper else False
         for cb in callbacks or ():
             stop = bool(cb(epoch, dict(logs))) or stop
-        if checkpoint is not None:
+        if checkpoint is not None and writer:
             _save_checkpoint(checkpoint, net, opt, history, stopper, epoch + 1, settings)
         if tel_path is not None:
             tel.to_json(tel_path)
@@ -365,6 +406,33 @@ def _validation(spec, X, Y, seed):
         raise ConfigError("validation", f"expected a fraction in (0, 1) or (X, Y), got {spec!r:.80}")
     Xv, Yv = spec
     return np.asarray(Xv), np.asarray(Yv), X, Y
+
+
+def _check_split(bs: int, n: int, ranks: int, where: str) -> None:
+    """Every batch, the epoch's last included, must give each rank at least one sample."""
+    last = n % bs or bs
+    smallest = min(bs, last, n)
+    if smallest < ranks:
+        which = "the batch size" if bs < ranks or n < ranks else f"the epoch's last batch ({n} samples in batches of {bs})"
+        raise ConfigError(where, f"{which} gives {smallest} sample(s) to split across {ranks} ranks; every rank "
+                                 f"needs at least one: choose a batch size of at least {ranks} whose last batch "
+                                 "is not smaller than that")
+
+
+def _fingerprint(net, settings, X, Y, start) -> bytes:
+    """What every rank of a data-parallel world must agree on: the network (config and weights), the
+    settings, the data's shapes and bytes, the epoch it starts from."""
+    h = hashlib.sha256()
+    h.update(json.dumps(net.config, sort_keys=True, default=str).encode())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name, value in sorted(net.parameters().items()):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(net.backend.to_numpy(value)).tobytes())
+    for a in (X, Y):
+        h.update(f"{a.shape} {a.dtype}".encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(str(start).encode())
+    return h.digest()
 
 
 def _shuffle(n: int, seed: int, epoch: int) -> np.ndarray:

@@ -113,6 +113,7 @@ class CPUBackend:
     compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
     order = None        # order_keys composes its keys from NumPy operations
     search = None       # loom.db.search's NumPy path is its CPU kernel
+    collectives = None  # loom.distributed on the CPU: its store collective (tests, debugging)
 
     def __init__(self):
         self.exact = CPUExact(self)

@@ -94,6 +94,8 @@ class CUDABackend:
         self.order = OrderKeys(self.xp)      # loom.engine.order_keys' float keys, one pass each
         from .search import SearchKernels
         self.search = SearchKernels(self.xp)  # loom.db.search's filter and refinement, one kernel each
+        from .nccl import NcclCollectives
+        self.collectives = NcclCollectives(self.xp)   # loom.distributed's NCCL communicators
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array:
         with translating("copy to the GPU", x):

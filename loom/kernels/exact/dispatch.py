@@ -10,7 +10,7 @@ kernel may run on other hardware (the GPU's int8 tensor cores, compiled CPU loop
 a scheme, where the bits are the scheme's.
 
 docs/determinism.md quotes this table (`describe()` prints it); `loom.DETERMINISM_SPEC` names the
-version of these rules (loom/spec.py), and tests/golden/spec1.json pins their bits.
+version of these rules (loom/spec.py), and tests/golden/spec2.json pins their bits.
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ SLICES_2X1 = "slices 2x1"         # two integer slices of a's rows, b's columns 
 SLICES_3X3 = "slices 3x3"         # three slices on each side, the six pairs that matter (exact.py)
 SUM_1 = "sum 1 slice"             # one integer slice per element, exact float64 sum (exact.py)
 SUM_2 = "sum 2 slices"            # two integer slices per element
+SLICES_2X1_INT = "slices 2x1, int64 chunks"   # the 2x1 slices, the chunks' integers added exactly
 
 
 @dataclass(frozen=True)
 class Rule:
-    op: str                 # "matmul" or "sum" (sums, means, variances, norms, softmax, cumsum, index_add)
+    op: str                 # "matmul", "gradient" (a matmul over the batch: ops.grad_matmul) or "sum" (sums,
+                            # means, variances, norms, softmax, cumsum, index_add; over the batch too)
     dtype: str              # the operands' dtype class: "float32" (and narrower) or "float64"
     k_min: int              # reduced length K (a GEMM's inner dimension, a sum's count), inclusive
     k_max: int | None       # None: no upper limit
@@ -54,6 +56,14 @@ TABLE = (
          "summed smallest first"),
     Rule("matmul", "float64", (1 << CHUNK_BITS) + 1, None, SLICES_3X3,
          "as above per chunk of 2^14 along K, the chunks added in order"),
+    Rule("gradient", "float32", 1, 1 << CHUNK_BITS, SLICES_2X1,
+         "a product over the batch (a parameter gradient): the 2x1 slices at every K, with the maxima "
+         "and K of the global batch, so ranks of a data-parallel world add their integers exactly"),
+    Rule("gradient", "float32", (1 << CHUNK_BITS) + 1, None, SLICES_2X1_INT,
+         "as above with the bits of K = 2^14, each chunk of at most 2^14 summed exactly in float64, "
+         "the chunks' (and ranks') integers added exactly in int64, rounded once"),
+    Rule("gradient", "float64", 1, None, SLICES_3X3,
+         "as matmul on float64 (one device only: a float64 gradient is not split across ranks)"),
     Rule("sum", "float32", 1, None, SUM_1,
          "each value rounded to 53 - ceil(log2 n) bits of the largest magnitude it is summed with, "
          "the integers summed exactly in float64, rounded once (a padded sum: n counts its nonzero terms)"),

@@ -27,7 +27,7 @@ import numpy as np
 from ... import rng
 from ...backend import Array
 from ...errors import ConfigError
-from ...kernels import ops
+from ...kernels import batch_split, ops
 
 REGISTRY: dict[str, type[Layer]] = {}
 _LayerClass = TypeVar("_LayerClass", bound="type[Layer]")
@@ -231,15 +231,16 @@ class Layer(ABC):
             self.grads[name] += value
 
     def accumulate_matmul(self, name: str, a: Array, b: Array) -> None:
-        """grads[name] += a @ b, written in place when the gradient is pending a clear; nothing
-        (not even the product) for a frozen parameter."""
+        """grads[name] += a @ b for a product over the batch (ops.grad_matmul: over every rank of a
+        data-parallel world), written in place when the gradient is pending a clear; nothing (not
+        even the product) for a frozen parameter."""
         if name not in self.grads:
             return
         if name in self.stale_grads:
             self.stale_grads.discard(name)
-            ops.matmul(a, b, out=self.grads[name])
+            self.grads[name][...] = ops.grad_matmul(a, b)
         else:
-            self.grads[name] += ops.matmul(a, b)
+            self.grads[name] += ops.grad_matmul(a, b)
 
     def add_buffer(self, name: str, value: Array) -> Array:
         self.buffers[name] = value
@@ -257,12 +258,15 @@ class Layer(ABC):
                             "(only embedding takes integer ids)")
 
     def noise_uniform(self, shape: tuple[int, ...], fc: ForwardContext) -> Array:
-        """Uniform [0, 1) noise for this call, from the stream '<layer>.noise' at the call's counter."""
+        """Uniform [0, 1) noise for this call, from the stream '<layer>.noise' at the call's counter.
+        shape is batch first."""
         gen = rng.Generator(self.ctx.seed, self.ctx.stream("noise"))
+        # a rank of a data-parallel world draws the global batch's noise for its own rows
+        offset = batch_split.offset() * math.prod(shape[1:])
         if isinstance(fc.counter, int):
-            return self.B.asarray(gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype)))
+            return self.B.asarray(gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype), offset=offset))
         # a recorded step: the counter lives in device memory and the bits are drawn there
-        return gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype), xp=self.xp)
+        return gen.uniform(shape, counter=fc.counter, dtype=np.dtype(self.dtype), xp=self.xp, offset=offset)
 
     def walk(self, prefix: str = "") -> Iterator[tuple[str, Layer]]:
         """Yield (dotted prefix, layer) for this layer and every nested layer."""

@@ -90,13 +90,13 @@ class _ConvBase(Layer):
         if rows is None:
             return windows.to_rows(self._dz(dy), self.geom.groups)
         if self.trains("bias"):
-            self.grads["bias"] += ops.sum(rows, axis=1).reshape(self.f)
+            self.grads["bias"] += ops.grad_sum(rows, axis=1).reshape(self.f)
         return rows
 
     def _dz(self, dy):
         dz = activation.grad(self.act, self.z, self.y, dy)
         if self.trains("bias"):
-            self.grads["bias"] += ops.sum(dz, axis=(0,) + tuple(range(2, 2 + self.n)))
+            self.grads["bias"] += ops.grad_sum(dz, axis=(0,) + tuple(range(2, 2 + self.n)))
         return dz
 
 

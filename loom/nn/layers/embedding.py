@@ -44,5 +44,5 @@ class Embedding(Layer):
     def backward(self, dy: Array) -> None:
         if self.trains("weight"):
             flat = dy.reshape(-1, dy.shape[-1])
-            ops.index_add(self.grads["weight"], self.ids.reshape(-1), flat)
+            ops.grad_index_add(self.grads["weight"], self.ids.reshape(-1), flat)
         return None

@@ -47,14 +47,14 @@ class KMeans(Layer):
             df = dy.reshape(-1, self.features)                          # [N, F]
             dp = ops.matmul(df, c.T)                                    # [N, K]
             if self.trains("centroids"):
-                self.grads["centroids"] += ops.matmul(p.T, df)
+                self.grads["centroids"] += ops.grad_matmul(p.T, df)
         else:
             dp = dy.reshape(-1, self.clusters)
         dz = p * (dp - ops.sum(p * dp, axis=1, keepdims=True))         # softmax backward
         # z_k = (2 x.c_k - ||c_k||^2) / T  =>  da = 2 dz / T drives both x and c
         da = dz * (2.0 / self.temperature)
         if self.trains("centroids"):
-            self.grads["centroids"] += ops.matmul(da.T, self.x2) - ops.sum(da, axis=0)[:, None] * c
+            self.grads["centroids"] += ops.grad_matmul(da.T, self.x2) - ops.grad_sum(da, axis=0)[:, None] * c
         return ops.matmul(da, c).reshape(self.in_shape)
 
     def describe(self) -> str:

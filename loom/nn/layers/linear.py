@@ -67,9 +67,9 @@ def backward(layer: Layer, name: str, x: Array, dy: Array, need_dx: bool = True)
     if mask is None:
         layer.accumulate_matmul(key, dy2.T, x2)
     elif layer.trains(key):
-        layer.accumulate(key, ops.matmul(dy2.T, x2) * mask)
+        layer.accumulate(key, ops.grad_matmul(dy2.T, x2) * mask)
     if layer.trains(_key(name, "bias")):
-        layer.accumulate(_key(name, "bias"), ops.sum(dy2, axis=0))
+        layer.accumulate(_key(name, "bias"), ops.grad_sum(dy2, axis=0))
     if not need_dx:
         return None
     return ops.matmul(dy, w)

@@ -37,9 +37,9 @@ class LayerNorm(Layer):
         dy = dy.astype(xhat.dtype)
         lead = tuple(range(dy.ndim - 1))
         if self.trains("weight"):
-            self.grads["weight"] += ops.sum(dy * xhat, axis=lead).astype(out)
+            self.grads["weight"] += ops.grad_sum(dy * xhat, axis=lead).astype(out)
         if self.trains("bias"):
-            self.grads["bias"] += ops.sum(dy, axis=lead).astype(out)
+            self.grads["bias"] += ops.grad_sum(dy, axis=lead).astype(out)
         return fused.layer_norm_grad(dy, xhat, self.rstd, self.params.get("weight")).astype(out)
 
 
@@ -52,7 +52,7 @@ def rms_norm(x: Array, weight: Array, eps: float) -> tuple[Array, tuple[Array, A
 def rms_norm_backward(dy: Array, cache: tuple[Array, Array], weight: Array) -> tuple[Array, Array]:
     """(dL/dx, dL/dweight) for rms_norm's output gradient dy."""
     xhat, rstd = cache
-    dweight = ops.sum((dy * xhat).reshape(-1, dy.shape[-1]), axis=0)
+    dweight = ops.grad_sum((dy * xhat).reshape(-1, dy.shape[-1]), axis=0)
     return fused.rms_norm_grad(dy, xhat, rstd, weight), dweight
 
 
@@ -102,9 +102,11 @@ class BatchNorm(Layer):
             if n < 2:
                 raise ShapeError(f"{self.path}: batch_norm in training needs more than one value per channel, "
                                  f"got input shape {list(x.shape)}")
-            mu = ops.mean(x, axis=axes, keepdims=True)
+            # statistics over the global batch: synchronized across the ranks of a data-parallel world
+            n = ops.count_over_batch(n)
+            mu = ops.mean_over_batch(x, axis=axes, keepdims=True)
             xc = x - mu
-            var = ops.mean(xc * xc, axis=axes, keepdims=True)
+            var = ops.mean_over_batch(xc * xc, axis=axes, keepdims=True)
             m = x.dtype.type(self.momentum)
             rm, rv = self.buffers["running_mean"], self.buffers["running_var"]
             rm[...] = (1 - m) * rm + m * mu.reshape(-1)
@@ -121,11 +123,11 @@ class BatchNorm(Layer):
     def backward(self, dy: Array) -> Array:
         axes, xhat = self.axes, self.xhat
         if self.trains("weight"):
-            self.grads["weight"] += ops.sum(dy * xhat, axis=axes)
+            self.grads["weight"] += ops.grad_sum(dy * xhat, axis=axes)
         if self.trains("bias"):
-            self.grads["bias"] += ops.sum(dy, axis=axes)
+            self.grads["bias"] += ops.grad_sum(dy, axis=axes)
         g = dy * self._bcast(self.params["weight"], dy.ndim)
         if not self.training_step:        # running statistics are constants
             return g * self.rstd
-        return self.rstd * (g - ops.mean(g, axis=axes, keepdims=True)
-                            - xhat * ops.mean(g * xhat, axis=axes, keepdims=True))
+        return self.rstd * (g - ops.mean_over_batch(g, axis=axes, keepdims=True)
+                            - xhat * ops.mean_over_batch(g * xhat, axis=axes, keepdims=True))

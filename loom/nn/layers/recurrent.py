@@ -123,13 +123,13 @@ class _Recurrent(Layer):
         dax2 = xp.stack(dax, axis=1).reshape(B * T, gh)
         dah2 = xp.stack(dah, axis=1).reshape(B * T, gh)
         if self.trains("weight_ih"):
-            self.grads["weight_ih"] += ops.matmul(dax2.T, x.reshape(B * T, F))
+            self.grads["weight_ih"] += ops.grad_matmul(dax2.T, x.reshape(B * T, F))
         if self.trains("weight_hh"):
-            self.grads["weight_hh"] += ops.matmul(dah2.T, self.hprev.reshape(B * T, self.H))
+            self.grads["weight_hh"] += ops.grad_matmul(dah2.T, self.hprev.reshape(B * T, self.H))
         if self.trains("bias_ih"):
-            self.grads["bias_ih"] += ops.sum(dax2, axis=0)
+            self.grads["bias_ih"] += ops.grad_sum(dax2, axis=0)
         if self.trains("bias_hh"):
-            self.grads["bias_hh"] += ops.sum(dah2, axis=0)
+            self.grads["bias_hh"] += ops.grad_sum(dah2, axis=0)
         return ops.matmul(dax2, p["weight_ih"]).reshape(B, T, F)
 
 

@@ -1,0 +1,182 @@
+"""Data-parallel training in a loopback world of threads (tests/loopback.py stands in for NCCL): the
+weights are the bits one process gets, for any number of ranks and any split of the batch."""
+import hashlib
+import json
+import pathlib
+
+import numpy as np
+import pytest
+from loopback import run_world
+
+import loom
+from loom.distributed import DataParallel, shard
+from loom.errors import ConfigError, DistributedError
+from loom.nn import train as nn_train
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+class FakeGroup:
+    """The parts of loom.distributed.Group that DataParallel uses."""
+
+    def __init__(self, collective):
+        self.collective, self.rank, self.size, self.device = collective, collective.rank, collective.size, "cpu"
+
+    def begin(self):
+        pass
+
+    def end(self):
+        pass
+
+
+def digest(net) -> str:
+    h = hashlib.sha256()
+    for name, value in sorted(net.parameters().items()):
+        h.update(name.encode() + np.ascontiguousarray(value).tobytes())
+    for name, value in sorted(net.buffers().items()) if hasattr(net, "buffers") else ():
+        h.update(name.encode() + np.ascontiguousarray(value).tobytes())
+    return h.hexdigest()
+
+
+def data(config, n, seed=0):
+    rng = np.random.default_rng(seed)
+    shape = tuple(config["input"]["shape"])
+    if config["input"].get("dtype", "float32").startswith("int"):
+        X = rng.integers(0, 200, (n,) + shape).astype(np.int64)
+        Y = rng.integers(0, 200, (n,) + shape[:1]).astype(np.int64)
+    else:
+        X = rng.standard_normal((n,) + shape).astype(np.float32)
+        Y = rng.integers(0, 10, n).astype(np.int64)
+    return X, Y
+
+
+BN_NET = {"loom": 1, "name": "bn", "seed": 3, "dtype": "float32", "input": {"shape": [2, 6, 6]},
+          "layers": [{"type": "conv2d", "filters": 4, "kernel_size": 3},
+                     {"type": "batch_norm"}, {"type": "activation", "fn": "relu"},
+                     {"type": "flatten"}, {"type": "dense", "units": 10}]}
+LSTM_NET = {"loom": 1, "name": "lstm", "seed": 4, "dtype": "float32", "input": {"shape": [5, 3]},
+            "layers": [{"type": "lstm", "hidden": 6}, {"type": "layer_norm"}, {"type": "dense", "units": 10}]}
+KMEANS_NET = {"loom": 1, "name": "km", "seed": 5, "dtype": "float32", "input": {"shape": [4]},
+              "layers": [{"type": "kmeans", "clusters": 3}, {"type": "dense", "units": 10}]}
+
+
+def configs():
+    out = {name: json.loads((EXAMPLES / f"{name}.json").read_text())
+           for name in ("mnist-mlp", "digits-convnet", "tiny-transformer")}
+    out["tiny-transformer"]["input"]["shape"] = [8]          # short sequences: a quick test
+    out.update({"batch-norm": BN_NET, "lstm": LSTM_NET, "kmeans": KMEANS_NET})
+    return out
+
+
+CONFIGS = configs()
+SETTINGS = dict(epochs=2, batch_size=12, optimizer={"type": "adam", "lr": 0.01}, verbose=False)
+
+
+def trained_alone(config, X, Y, **settings):
+    net = loom.Network.from_config(config)
+    history = loom.train(net, X, Y, **{**SETTINGS, **settings})
+    return digest(net), history.logs["loss"]
+
+
+def trained_split(config, X, Y, ranks, fast=False, **settings):
+    def rank(collective):
+        with loom.deterministic(not fast):
+            net = loom.Network.from_config(config)
+            history = nn_train.train(net, X, Y, parallel=DataParallel(FakeGroup(collective)),
+                                     **{**SETTINGS, **settings})
+            return digest(net), history.logs["loss"]
+    return run_world(ranks, rank)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_weights_are_the_same_bits_on_any_number_of_ranks(name):
+    config = CONFIGS[name]
+    X, Y = data(config, 30)                 # batches of 12, 12 and 6: uneven splits over 4 ranks
+    alone = trained_alone(config, X, Y)
+    for ranks in (2, 3, 4):
+        results = trained_split(config, X, Y, ranks)
+        for r, got in enumerate(results):
+            assert got[0] == alone[0], f"{name}: rank {r} of {ranks} has other weights than one process"
+            assert got[1] == alone[1], f"{name}: rank {r} of {ranks} logged other losses"
+
+
+def test_metrics_and_validation_match_one_process():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 40)
+    settings = dict(metrics=["accuracy"], validation=0.25)
+    net = loom.Network.from_config(config)
+    alone = loom.train(net, X, Y, **SETTINGS, **settings).logs
+    for logs in (r[1] for r in run_world(3, lambda c: (None, nn_train.train(
+            loom.Network.from_config(config), X, Y, parallel=DataParallel(FakeGroup(c)),
+            **SETTINGS, **settings).logs))):
+        assert {k: v for k, v in logs.items() if k != "seconds"} == \
+               {k: v for k, v in alone.items() if k != "seconds"}
+
+
+def test_fast_mode_all_reduces_float_gradients_in_buckets():
+    config = CONFIGS["digits-convnet"]
+    X, Y = data(config, 24)
+    with loom.deterministic(False):
+        net = loom.Network.from_config(config)
+        loom.train(net, X, Y, **SETTINGS)
+        alone = {k: np.array(v) for k, v in net.parameters().items()}
+
+    def rank(collective):
+        with loom.deterministic(False):
+            net = loom.Network.from_config(config)
+            dp = DataParallel(FakeGroup(collective), bucket_bytes=4096)
+            nn_train.train(net, X, Y, parallel=dp, **SETTINGS)
+            return {k: np.array(v) for k, v in net.parameters().items()}, len(dp.buckets), collective.calls
+    results = run_world(2, rank)
+    assert all(n > 1 for _, n, _ in results)                  # several buckets of <= 4 KB
+    for params, _, calls in results:
+        assert all(np.array_equal(params[k], results[0][0][k]) for k in params)   # ranks agree exactly
+        for k in params:                                      # and one process agrees to rounding
+            np.testing.assert_allclose(params[k], alone[k], rtol=2e-4, atol=2e-5)
+        assert any(op == "sum" and dtype == "float32" for op, _, dtype in calls)
+
+
+def test_mismatched_ranks_are_refused_at_start():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 24)
+
+    def rank(collective):
+        cfg = dict(config, seed=collective.rank)              # rank 1 initializes other weights
+        return nn_train.train(loom.Network.from_config(cfg), X, Y, parallel=DataParallel(FakeGroup(collective)),
+                              **SETTINGS)
+    with pytest.raises(DistributedError, match="rank\\(s\\) 1 train something other"):
+        run_world(2, rank)
+
+
+def test_a_batch_smaller_than_the_world_is_refused():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 25)                  # batches of 12, 12 and 1
+    with pytest.raises(ConfigError, match="last batch"):
+        run_world(2, lambda c: nn_train.train(loom.Network.from_config(config), X, Y,
+                                              parallel=DataParallel(FakeGroup(c)), **SETTINGS))
+
+
+def test_shard_covers_the_batch_contiguously():
+    for n in (1, 5, 12, 13):
+        for size in range(1, n + 1):
+            cuts = [shard(n, r, size) for r in range(size)]
+            assert cuts[0][0] == 0 and cuts[-1][1] == n
+            assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+            assert max(b - a for a, b in cuts) - min(b - a for a, b in cuts) <= 1
+
+
+def test_checkpoints_are_written_by_rank_zero_and_resume_on_other_world_sizes(tmp_path):
+    config = CONFIGS["digits-convnet"]
+    X, Y = data(config, 24)
+    straight = trained_alone(config, X, Y, epochs=3)
+    path = tmp_path / "ck.loom"
+    run_world(2, lambda c: nn_train.train(loom.Network.from_config(config), X, Y, checkpoint=str(path),
+                                          parallel=DataParallel(FakeGroup(c)), **{**SETTINGS, "epochs": 1}))
+    assert path.exists() and not list(tmp_path.glob("*.tmp*"))
+
+    def resumed(collective):
+        net = loom.Network.from_config(config)
+        nn_train.train(net, X, Y, resume=str(path), parallel=DataParallel(FakeGroup(collective)),
+                       **{**SETTINGS, "epochs": 3})
+        return digest(net)
+    assert run_world(3, resumed) == [straight[0]] * 3
