@@ -3,6 +3,8 @@
 `run_world(n, fn)` calls fn(collective) on n threads and returns their results in rank order; the
 collectives meet at a barrier and reduce the contributions in rank order, so every rank gets the
 same bits (as NCCL guarantees). A rank that raises breaks the barrier, and the others fail too.
+Arrays may be NumPy's or CuPy's (the threads of a GPU world share its device; their steps must run
+eagerly, not recorded).
 """
 from __future__ import annotations
 
@@ -32,21 +34,21 @@ class LoopbackCollective:
             raise ValueError(f"unknown all-reduce op {op!r}")
         self.calls.append((op, tuple(x.shape), str(x.dtype)))
         room = self.room
-        room.slots[self.rank] = np.array(x, copy=True)
+        room.slots[self.rank] = x.copy()
         room.barrier.wait()
         parts = list(room.slots)
-        shapes = {(p.shape, p.dtype) for p in parts}
+        shapes = {(p.shape, str(p.dtype)) for p in parts}
         if len(shapes) != 1:
             raise AssertionError(f"ranks disagree on an all-reduce: {shapes}")
         total = parts[0].copy()
         for p in parts[1:]:
-            total = total + p if op == "sum" else np.maximum(total, p)
+            total = total + p if op == "sum" else _module(x).maximum(total, p)
         room.barrier.wait()
         x[...] = total
 
     def broadcast(self, x: np.ndarray, root: int = 0) -> None:
         room = self.room
-        room.slots[self.rank] = np.array(x, copy=True)
+        room.slots[self.rank] = x.copy()
         room.barrier.wait()
         value = room.slots[root]
         room.barrier.wait()
@@ -54,6 +56,10 @@ class LoopbackCollective:
 
     def barrier(self) -> None:
         self.room.barrier.wait()
+
+
+def _module(x):
+    return np if isinstance(x, np.ndarray) else __import__("cupy")
 
 
 def run_world(n: int, fn: Callable[[LoopbackCollective], Any]) -> list:

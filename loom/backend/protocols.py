@@ -53,12 +53,26 @@ class ExactKernels(Protocol):
                              dtype: DTypeLike, step: int) -> Array | None:
         """matmul_narrow over the chunks of `step` along K at once, added in order."""
 
+    def slice_parts(self, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple[int, int]) -> Array | None:
+        """The slice scheme's integers for float32 a [..., M, K] and b [..., K, N] at the given maxima:
+        int64 [..., 2M, N], g_hi's rows then g_lo's, K summed in pieces of at most 2^14 (each exact in
+        float64), the pieces added in int64 (exact.over_batch; ranks add these)."""
+
+    def combine_parts(self, parts: Array, amax: Array, bmax: Array, bits: tuple[int, int], dtype: DTypeLike
+                      ) -> Array | None:
+        """((float64(g_lo) 2^-bits_a + float64(g_hi)) * row scale) * column scale, rounded to dtype."""
+
     def special_guard(self, a: Array, b: Array) -> SpecialGuard | None:
         """The kernels that patch IEEE's special values into a product of a and b on the device (no
         host read), or None: the caller checks and patches (exact._with_specials)."""
 
     def sum_float32(self, x: Array, axes: tuple[int, ...], bits: int) -> Array | None:
         """The exact sum of float32 x over axes (kept), rounded once to float32 or still float64."""
+
+    def sum_float32_across(self, x: Array, axes: tuple[int, ...], bits: int,
+                           all_reduce: Callable[[Array, str], None]) -> Array | None:
+        """sum_float32 (kept axes, float32) of a batch split across ranks: the finite maxima and then
+        the exact integer sums passed through all_reduce(array, "max" | "sum") in place."""
 
     def cumsum_float32(self, x: Array, axis: int, bits: int) -> Array | None:
         """exact.cumsum of float32 x along axis (bits = 53 - ceil(log2 n)), or None: the caller's

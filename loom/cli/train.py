@@ -51,7 +51,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder (created): model.loom, checkpoint.loom, history.json")
     p.add_argument("--quiet", action="store_true", help="no progress output (default: a progress bar on a terminal, "
                                                         "one line per epoch otherwise)")
-    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU)")
+    p.add_argument("--device", default=None,
+                   help="cpu (default) or cuda (needs loom[cuda] and an NVIDIA GPU; the default with --gpus)")
+    p.add_argument("--gpus", type=int, default=None, metavar="N",
+                   help="data-parallel training on N GPUs of this host, one process each, through NCCL (deterministic "
+                        "mode: the weights one GPU or the CPU gives); with --device cpu, N CPU processes (slow: for "
+                        "testing). Under torchrun or srun (RANK/WORLD_SIZE set) each rank runs this command instead "
+                        "(default: one process)")
 
 
 def _spec(text: str | None, flag: str) -> str | dict | None:
@@ -77,19 +83,39 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise ConfigError("--lr", f"expected a positive number, got {args.lr}")
     if args.validation is not None and not 0 < args.validation < 1:
         raise ConfigError("--validation", f"expected a fraction between 0 and 1, got {args.validation}")
+    if args.gpus is not None and args.gpus < 1:
+        raise ConfigError("--gpus", f"expected a positive number of GPUs, got {args.gpus}")
+    if args.device not in (None, "cpu", "cuda"):
+        raise ConfigError("--device", f"expected cpu or cuda, got {args.device!r}")
     if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ConfigError("--out", f"{args.out} is a file; give a folder (created when missing)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import distributed
+
+    _check_flags(args)
+    rank_of_world = distributed.World.from_env() is not None     # started by torchrun, srun or loom's launcher
+    device = args.device or ("cuda" if args.gpus or rank_of_world else "cpu")
+    if rank_of_world:
+        group = distributed.init(device=device)
+        try:
+            return _run(args, group.rank == 0, device)
+        finally:
+            distributed.shutdown()
+    return _run(args, True, device)
+
+
+def _run(args: argparse.Namespace, writer: bool, device: str) -> int:
+    """The training; `writer`: this process writes the outputs (rank 0 of a world)."""
+    from .. import distributed
     from ..atomic import new_folder, write_json
     from ..config import check_labels
     from ..datasets.files import load_labeled
     from ..errors import NumericError, renamed_paths
     from ..nn import Network
-    from ..nn.train import DEFAULTS, check_finite_data, train
+    from ..nn.train import DEFAULTS, check_finite_data
 
-    _check_flags(args)
     loss, optimizer = _spec(args.loss, "--loss"), _spec(args.optimizer, "--optimizer")
     net = Network.from_config(args.config)
     check_labels(net.config.get("labels"), net.output_spec.shape)
@@ -104,13 +130,22 @@ def run(args: argparse.Namespace) -> int:
         base = optimizer or (net.config.get("training") or {}).get("optimizer") or DEFAULTS["optimizer"]
         optimizer = dict({"type": base} if isinstance(base, str) else base, lr=args.lr)
     checkpoint = os.path.join(args.out, "checkpoint.loom")
+    if not writer:          # a rank other than 0: it trains, rank 0 writes
+        with renamed_paths(_FLAGS):
+            distributed.train(net, X, Y, loss=loss, device=device, optimizer=optimizer, epochs=args.epochs,
+                              batch_size=args.batch_size, seed=args.seed, validation=args.validation,
+                              metrics=args.metrics.split(",") if args.metrics else None, verbose=False,
+                              checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite)
+        return 0
     with new_folder(args.out, keep_on=(KeyboardInterrupt, NumericError)):
         try:
             with renamed_paths(_FLAGS):
-                history = train(net, X, Y, loss=loss, device=args.device, optimizer=optimizer, epochs=args.epochs,
-                                batch_size=args.batch_size, seed=args.seed, validation=args.validation,
-                                metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
-                                checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite)
+                history = distributed.train(
+                    net, X, Y, loss=loss, device=device, optimizer=optimizer, epochs=args.epochs,
+                    batch_size=args.batch_size, seed=args.seed, validation=args.validation,
+                    metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
+                    checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite,
+                    devices=args.gpus)
         except NumericError as exc:          # the last good epoch's checkpoint stays, to resume from
             if not os.path.exists(checkpoint):
                 raise

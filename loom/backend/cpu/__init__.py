@@ -12,7 +12,7 @@ the references of the families above.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -51,11 +51,23 @@ class CPUExact:
                              bits: tuple[int, int], dtype: DTypeLike, step: int) -> None:
         return None             # chunk by chunk: a CPU gains nothing from running them together
 
+    def slice_parts(self, a: np.ndarray, b: np.ndarray, amax: np.ndarray, bmax: np.ndarray,
+                    bits: tuple[int, int]) -> None:
+        return None             # exact.over_batch's NumPy passes are the CPU's
+
+    def combine_parts(self, parts: np.ndarray, amax: np.ndarray, bmax: np.ndarray, bits: tuple[int, int],
+                      dtype: DTypeLike) -> None:
+        return None
+
     def special_guard(self, a: np.ndarray, b: np.ndarray) -> None:
         return None             # the caller checks for inf and NaN on the host and patches
 
     def sum_float32(self, x: np.ndarray, axes: tuple[int, ...], bits: int) -> np.ndarray | None:
         return exact.sum_float32(x, axes, bits)
+
+    def sum_float32_across(self, x: np.ndarray, axes: tuple[int, ...], bits: int,
+                           all_reduce: Callable[[np.ndarray, str], None]) -> None:
+        return None             # exact.over_batch's float64 passes are the CPU's
 
     def cumsum_float32(self, x: np.ndarray, axis: int, bits: int) -> None:
         return None             # the reference's float64 passes are the CPU's

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -75,7 +76,7 @@ class CUDABackend:
 
     def __init__(self):
         self.xp = _import_cupy()
-        self._blas = None
+        self._blas: dict[tuple[int, int], cublas.CuBLAS] = {}
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         # the kernel families (loom/backend/protocols.py)
         from . import decode, decode_exact, fused, fused_exact, quant, quant_exact, windows
@@ -123,9 +124,13 @@ class CUDABackend:
     @property
     def blas(self) -> cublas.CuBLAS:
         """Loom's own cuBLAS handle (see cublas.py: CuPy's cannot be recorded into graphs)."""
-        if self._blas is None:
-            self._blas = cublas.CuBLAS(self.xp)
-        return self._blas
+        # one handle per thread (and device): a cuBLAS handle is not safe to share between threads,
+        # and threads do share this backend (a server's workers, the ranks of a loopback world)
+        key = (threading.get_ident(), self.xp.cuda.Device().id)
+        handle = self._blas.get(key)
+        if handle is None:
+            handle = self._blas[key] = cublas.CuBLAS(self.xp)
+        return handle
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
@@ -258,11 +263,21 @@ class CUDAExact:
                              dtype: DTypeLike, step: int) -> Array | None:
         return self._kernels.matmul_narrow_chunks(self._be, a, b, amax, bmax, bits, dtype, step)
 
+    def slice_parts(self, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple[int, int]) -> Array:
+        return self._kernels.slice_parts(self._be, a, b, amax, bmax, bits)
+
+    def combine_parts(self, parts: Array, amax: Array, bmax: Array, bits: tuple[int, int], dtype: DTypeLike) -> Array:
+        return self._kernels.combine_parts(parts, amax, bmax, bits, dtype)
+
     def special_guard(self, a: Array, b: Array) -> ModuleType | None:
         return self._kernels if self._kernels.guardable(a, b) else None
 
     def sum_float32(self, x: Array, axes: tuple[int, ...], bits: int) -> Array:
         return self._kernels.sum_float32(x, axes, bits)
+
+    def sum_float32_across(self, x: Array, axes: tuple[int, ...], bits: int,
+                           all_reduce: Callable[[Array, str], None]) -> Array:
+        return self._kernels.sum_float32_across(x, axes, bits, all_reduce)
 
     def cumsum_float32(self, x: Array, axis: int, bits: int) -> Array | None:
         from . import scan

@@ -12,10 +12,11 @@ a module-level setting patches it in the module that defines it (exact_slices, e
 """
 from __future__ import annotations
 
-from .exact_reduce import absmax, gemm_maxima, sum_float32
+from .exact_reduce import absmax, gemm_maxima, sum_float32, sum_float32_across
 from .exact_rounded import matmul_rounded
-from .exact_slices import guardable, matmul_narrow, matmul_narrow_chunks, patch_specials
+from .exact_slices import combine_parts, guardable, matmul_narrow, matmul_narrow_chunks, patch_specials, slice_parts
 from .fused import C_TYPES
 
-__all__ = ["C_TYPES", "absmax", "gemm_maxima", "guardable", "matmul_narrow", "matmul_narrow_chunks", "matmul_rounded",
-           "patch_specials", "sum_float32"]
+__all__ = ["C_TYPES", "absmax", "combine_parts", "gemm_maxima", "guardable", "matmul_narrow", "matmul_narrow_chunks",
+           "matmul_rounded", "patch_specials", "slice_parts", "sum_float32",
+           "sum_float32_across"]

@@ -17,6 +17,7 @@ Capturable: no synchronization; buffers are zeroed with memsets.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import cache, lru_cache
 
 import cupy
@@ -412,6 +413,24 @@ def sum_float32(x: Array, axes: tuple, bits: int) -> Array:
         top = _absmax(x, axes, True, zeros[2].view(np.uint32)[:outputs].reshape(shape))
         sums = zeros[:2].reshape((2,) + shape)
         _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1], np.int32(bits)))
+        return _finish()(sums[0], sums[1], top, np.int32(bits))
+
+
+def sum_float32_across(x: Array, axes: tuple, bits: int, all_reduce: Callable[[Array, str], None]) -> Array:
+    """sum_float32 over the ranks of a split batch (loom/kernels/exact/over_batch.py): the finite
+    maxima all-reduced ("max"), the integer and special sums at that scale all-reduced ("sum": exact
+    integers below 2^53, infinities), then the scaling back: one process's bits for the whole batch."""
+    with translating("exact sum", x):
+        shape = _kept_shape(x, axes)
+        outputs = math.prod(shape)
+        zeros = cupy.zeros((3, outputs), dtype=np.float64)
+        top = _absmax(x, axes, True, zeros[2].view(np.uint32)[:outputs].reshape(shape))
+        top = cupy.ascontiguousarray(top)
+        all_reduce(top.reshape(-1), "max")
+        sums = zeros[:2].reshape((2,) + shape)
+        if x.size:
+            _launch("loom_exact_sum", np.float32, x, axes, (top, sums[0], sums[1], np.int32(bits)))
+        all_reduce(zeros[:2].reshape(-1), "sum")
         return _finish()(sums[0], sums[1], top, np.int32(bits))
 
 

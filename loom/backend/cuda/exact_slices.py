@@ -133,6 +133,43 @@ def matmul_narrow(be: CUDABackend, a: Array, b: Array, amax: Array, bmax: Array,
         return out
 
 
+def slice_parts(be: CUDABackend, a: Array, b: Array, amax: Array, bmax: Array, bits: tuple) -> Array:
+    """The slice scheme's integers, int64 [..., 2M, N] (g_hi's rows, then g_lo's), for a split
+    reduction (loom/kernels/exact/over_batch.py): matmul_narrow's slicing kernels, a float64 GEMM
+    per piece of at most 2^14 along K (exact), the pieces added in int64."""
+    bits_a, bits_b = bits
+    amax, bmax = amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False)
+    left, right, _ = _kernels()
+    m, k = a.shape[-2], a.shape[-1]
+    with translating("exact GEMM slicing", a, b):
+        stacked = cupy.empty(a.shape[:-2] + (2 * m, k), dtype=np.float64)
+        left(a, amax, np.int32(bits_a), np.float64(2.0 ** bits_a), stacked[..., :m, :], stacked[..., m:, :])
+        q = cupy.empty_like(b, dtype=np.float64, order="K" if b.ndim == 2 else "C")
+        right(b, bmax, np.int32(bits_b), q)
+    step = 1 << 14
+    if k <= step:
+        return be.matmul(stacked, q).astype(np.int64)
+    parts = None
+    for first in range(0, k, step):
+        g = be.matmul(cupy.ascontiguousarray(stacked[..., first:first + step]), q[..., first:first + step, :])
+        parts = g.astype(np.int64) if parts is None else parts + g.astype(np.int64)
+    return parts
+
+
+def combine_parts(parts: Array, amax: Array, bmax: Array, bits: tuple, dtype: DTypeLike) -> Array:
+    """matmul_narrow's recombination of int64 parts (each converted to float64 first: exact below
+    2^53), rounded to dtype."""
+    bits_a, bits_b = bits
+    _, _, combine = _kernels()
+    m = parts.shape[-2] // 2
+    with translating("exact GEMM recombination", parts):
+        out = cupy.empty(parts.shape[:-2] + (m, parts.shape[-1]), dtype=dtype)
+        combine(parts[..., :m, :].astype(np.float64), parts[..., m:, :].astype(np.float64), np.float64(2.0 ** -bits_a),
+                amax.astype(np.float32, copy=False), bmax.astype(np.float32, copy=False), np.int32(bits_a),
+                np.int32(bits_b), out)
+    return out
+
+
 # Chunked slice products are multiplied in pieces of at least this many products, as many as keep
 # the pieces' float64 results within _CHUNK_PIECE_ENTRIES (256 MiB). The convnet's step on the H100
 # with pieces of 512 / 1024 / 2048 / 4096 / 16384 (a whole chunk): 1.57 / 1.52 / 1.49 / 1.50 /

@@ -47,8 +47,8 @@ class NcclCollectives:
 
     def unique_id(self) -> bytes:
         """A new NCCL unique id (rank 0 makes it; the rendezvous hands it to the others)."""
-        uid = _nccl().get_unique_id()
-        return bytes(b & 0xFF for b in uid)
+        uid = _nccl().get_unique_id()          # bytes (CuPy 14) or a tuple of signed chars (older)
+        return bytes(uid) if isinstance(uid, bytes) else bytes(b & 0xFF for b in uid)
 
     def communicator(self, rank: int, size: int, uid: bytes) -> NcclCollective:
         return NcclCollective(self.xp, rank, size, uid)
@@ -64,9 +64,11 @@ class NcclCollective:
                        np.dtype(np.int64): nccl.NCCL_INT64, np.dtype(np.int32): nccl.NCCL_INT32,
                        np.dtype(np.float16): nccl.NCCL_FLOAT16}
         self._ops = {"sum": nccl.NCCL_SUM, "max": nccl.NCCL_MAX}
-        uid_tuple = tuple(b - 256 if b > 127 else b for b in uid)    # CuPy's id is signed chars
         try:
-            self.comm = nccl.NcclCommunicator(size, uid_tuple, rank)
+            try:
+                self.comm = nccl.NcclCommunicator(size, uid, rank)
+            except TypeError:                   # CuPy before 14: a tuple of signed chars
+                self.comm = nccl.NcclCommunicator(size, tuple(b - 256 if b > 127 else b for b in uid), rank)
         except nccl.NcclError as exc:
             raise DistributedError(f"rank {rank} could not join the NCCL communicator of {size} ranks: {exc}") from None
 

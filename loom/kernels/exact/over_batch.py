@@ -30,65 +30,90 @@ from . import dispatch as exact_dispatch
 def matmul(a: Array, b: Array) -> Array:
     """a @ b (a [..., M, K], b [..., K, N], float) whose K runs over the batch: a parameter gradient,
     summed over every rank of the split in effect. Float32 result for float32 operands (and narrower);
-    float64 operands take exact.py's float64 scheme per rank and cannot be split."""
+    float64 operands take exact.py's float64 scheme and cannot be split. An entry whose row of a or
+    column of b holds inf or NaN on any rank is NaN (a flag the ranks share, where IEEE's value would
+    need another product of the flagged rows)."""
     from . import _matmul_sliced
     be = backend.of(a)
+    xp = be.xp
     split = batch_split.current()
     dtype = np.result_type(a.dtype, b.dtype)
     k = a.shape[-1]
-    k_total = k if split is None else split.global_count(k)
     if exact_dispatch.dtype_class(dtype) == "float64":
         if split is not None:
             raise ValueError("float64 parameter gradients cannot be split across ranks exactly; train in float32")
         return _matmul_sliced(be, a, b, dtype)
     if a.size == 0 or b.size == 0:
-        return be.xp.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), dtype=dtype)
-    if split is None and k <= 1 << exact_dispatch.CHUNK_BITS:
-        return _matmul_sliced(be, a, b, dtype)          # the backend's fused kernels: the same bits
-    return _matmul_parts(be, a.astype(np.float32, copy=False), b.astype(np.float32, copy=False),
-                         k_total, split, dtype)
-
-
-def _matmul_parts(be, a, b, k_total: int, split, dtype):
-    """The slice scheme through its integers: [g_hi; g_lo] in int64, summed over the ranks."""
-    from . import _narrow_bits, _special_values
-    xp = be.xp
-    bits_a, bits_b = _narrow_bits(min(k_total, 1 << exact_dispatch.CHUNK_BITS))
+        return xp.zeros(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1]), dtype=dtype)
+    a, b = a.astype(np.float32, copy=False), b.astype(np.float32, copy=False)
     with np.errstate(invalid="ignore", over="ignore"):
-        finite_a, finite_b = xp.isfinite(a), xp.isfinite(b)
-        amax = xp.max(xp.abs(xp.where(finite_a, a, 0)), axis=-1, keepdims=True)       # [..., M, 1]
-        bmax = xp.max(xp.abs(xp.where(finite_b, b, 0)), axis=-2, keepdims=True)       # [..., 1, N]
-        flag = (~(xp.all(finite_a) & xp.all(finite_b))).astype(np.float32).reshape(1)
-        if split is not None:          # one all-reduce for both maxima and the flag
-            both = xp.concatenate([amax.reshape(-1), bmax.reshape(-1), flag])
-            split.collective.all_reduce(both, "max")
-            amax = both[:amax.size].reshape(amax.shape)
-            bmax = both[amax.size:amax.size + bmax.size].reshape(bmax.shape)
-            flag = both[-1:]
+        maxima = be.exact.gemm_maxima(a, b)                        # (the GPU: one kernel each, one memset)
+        # [..., M, 1] and [..., 1, N]; NaN or inf: a flagged row or column
+        amax, bmax = maxima if maxima is not None else (xp.max(xp.abs(a), axis=-1, keepdims=True),
+                                                        xp.max(xp.abs(b), axis=-2, keepdims=True))
+        if split is None and k <= 1 << exact_dispatch.CHUNK_BITS:
+            result = _matmul_sliced(be, a, b, dtype)             # the backend's fused kernels: the same bits
+        else:
+            result = _matmul_parts(be, a, b, amax, bmax, k if split is None else split.global_count(k), split,
+                                   dtype)
+            if split is not None:
+                return result
+        return xp.where(xp.isfinite(amax) & xp.isfinite(bmax), result, np.float32(np.nan)).astype(dtype, copy=False)
+
+
+def _matmul_parts(be, a, b, amax, bmax, k_total: int, split, dtype):
+    """The slice scheme through its integers: [g_hi; g_lo] in int64, summed over the ranks."""
+    from . import _narrow_bits
+    xp = be.xp
+    bits = _narrow_bits(min(k_total, 1 << exact_dispatch.CHUNK_BITS))
+    bad_rows, bad_cols = ~xp.isfinite(amax), ~xp.isfinite(bmax)
+    amax, bmax = xp.where(bad_rows, 0, amax), xp.where(bad_cols, 0, bmax)    # their entries become NaN
+    if split is not None:              # one all-reduce for both maxima and both flags
+        both = xp.concatenate([amax.reshape(-1), bmax.reshape(-1), bad_rows.reshape(-1).astype(np.float32),
+                               bad_cols.reshape(-1).astype(np.float32)])
+        split.collective.all_reduce(both, "max")
+        sizes = np.cumsum([amax.size, bmax.size, amax.size])
+        amax = both[:sizes[0]].reshape(amax.shape)
+        bmax = both[sizes[0]:sizes[1]].reshape(bmax.shape)
+        bad_rows = both[sizes[1]:sizes[2]].reshape(amax.shape) > 0
+        bad_cols = both[sizes[2]:].reshape(bmax.shape) > 0
+    parts = be.exact.slice_parts(a, b, amax, bmax, bits)
+    if parts is None:
+        parts = _slice_parts(be, a, b, amax, bmax, bits)
+    if split is not None:
+        split.collective.all_reduce(parts, "sum")
+    result = be.exact.combine_parts(parts, amax, bmax, bits, dtype)
+    if result is None:
+        bits_a, bits_b = bits
+        m = a.shape[-2]
+        total = parts[..., m:, :].astype(np.float64) * 2.0 ** -bits_a + parts[..., :m, :].astype(np.float64)
         ea = xp.frexp(amax)[1].astype(np.int32)          # max < 2^e (0 for an all-zero row)
         eb = xp.frexp(bmax)[1].astype(np.int32)
-        s = _scaled(xp, xp.where(finite_a, a, 0), bits_a - ea)       # |s| < 2^bits_a
+        total = total * xp.ldexp(1.0, ea - bits_a) * xp.ldexp(1.0, eb - bits_b)
+        result = total.astype(dtype)
+    return xp.where(bad_rows | bad_cols, np.float32(np.nan), result).astype(dtype, copy=False)
+
+
+def _slice_parts(be, a, b, amax, bmax, bits):
+    """slice_parts' reference (the backends' kernels give its integers): rows of a as two integer
+    slices, columns of b as one, at their maxima's scales; float64 GEMMs of at most 2^14 products
+    (exact), added in int64."""
+    xp = be.xp
+    bits_a, bits_b = bits
+    ea = xp.frexp(amax)[1].astype(np.int32)
+    eb = xp.frexp(bmax)[1].astype(np.int32)
+    with np.errstate(invalid="ignore"):
+        s = _scaled(xp, a, bits_a - ea)                       # |s| < 2^bits_a
         hi = xp.rint(s)
         lo = xp.rint((s - hi) * np.float32(2.0 ** bits_a))
         stacked = xp.concatenate([hi, lo], axis=-2).astype(np.float64)
-        right = xp.rint(_scaled(xp, xp.where(finite_b, b, 0), bits_b - eb)).astype(np.float64)
+        right = xp.rint(_scaled(xp, b, bits_b - eb)).astype(np.float64)
         step = 1 << exact_dispatch.CHUNK_BITS
         parts = None
-        for start in range(0, a.shape[-1], step):     # each float64 GEMM sums <= 2^14 products: exact
+        for start in range(0, a.shape[-1], step):
             g = be.matmul(stacked[..., start:start + step], right[..., start:start + step, :]).astype(np.int64)
             parts = g if parts is None else parts + g
-        if split is not None:
-            split.collective.all_reduce(parts, "sum")
-        m = a.shape[-2]
-        total = parts[..., m:, :].astype(np.float64) * 2.0 ** -bits_a + parts[..., :m, :].astype(np.float64)
-        total = total * xp.ldexp(1.0, ea - bits_a) * xp.ldexp(1.0, eb - bits_b)
-        result = total.astype(dtype)
-        if be.may_be_true(flag[0]):                    # IEEE's special values where a row or column holds one
-            special = _special_values(be, a, b).astype(np.float32)
-            if split is not None:
-                split.collective.all_reduce(special, "sum")    # +-1 counts below 2^24, infinities, NaN: any order
-            result = xp.where(xp.isfinite(special), result, special.astype(dtype))
-    return result
+    return parts
 
 
 def _scaled(xp, x, shift):
@@ -116,6 +141,10 @@ def sum(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = Fa
         a % x.ndim for a in (axis if isinstance(axis, tuple) else (axis,)))
     n = split.global_count(math.prod(x.shape[a] for a in axes))
     bits = 53 - _log2_ceil(n)
+    if x.dtype == np.float32:          # the backend's kernels (the GPU's), the same arithmetic
+        total = be.exact.sum_float32_across(x, axes, bits, split.collective.all_reduce)
+        if total is not None:
+            return total if keepdims else total.reshape(tuple(d for i, d in enumerate(x.shape) if i not in axes))
     with np.errstate(invalid="ignore"):
         x64 = x.astype(np.float64)
         finite = xp.isfinite(x64)
