@@ -36,6 +36,8 @@ def mixes_rows(layers: list[Any]) -> bool:
         if _mixes(layer):
             return True
         children = list(layer.get("layers", ())) + list(layer.get("branches", ()))
+        if isinstance(layer.get("gate"), dict):         # parallel's filter gate: a layer of its own
+            children.append(layer["gate"])
         if mixes_rows(children):
             return True
     return False

@@ -135,7 +135,8 @@ def _run(args: argparse.Namespace, writer: bool, device: str) -> int:
             distributed.train(net, X, Y, loss=loss, device=device, optimizer=optimizer, epochs=args.epochs,
                               batch_size=args.batch_size, seed=args.seed, validation=args.validation,
                               metrics=args.metrics.split(",") if args.metrics else None, verbose=False,
-                              checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite)
+                              checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite,
+                              devices=args.gpus)
         return 0
     with new_folder(args.out, keep_on=(KeyboardInterrupt, NumericError)):
         try:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import batch_invariance, mode
+from .. import backend, batch_invariance, mode
 from ..errors import ConfigError, DistributedError
 from ..kernels import batch_split
 
@@ -46,26 +46,43 @@ class DataParallel:
         """Check that every rank trains the same network, settings, data and epoch; in fast mode,
         move the gradients into the all-reduce buckets."""
         self.backend = net.backend
-        if net.device != self.group.device:
-            raise ConfigError("device", f"rank {self.rank}'s network is on {net.device!r}, but the world "
-                                        f"communicates on {self.group.device!r}; move it there (net.to)")
-        if mode.is_deterministic() and np.dtype(net.config["dtype"]) == np.float64:
-            raise ConfigError("dtype", "deterministic data-parallel training needs float32 parameters: float64 "
-                                       "gradients have no exact split across ranks; use float32 or fast mode")
-        _check_layers(net)
+        self.group.begin()                  # the watchdog times the start-up's collective too
+        problem = None
+        try:
+            if net.device != self.group.device:
+                raise ConfigError("device", f"rank {self.rank}'s network is on {net.device!r}, but the world "
+                                            f"communicates on {self.group.device!r}; move it there (net.to)")
+            if mode.is_deterministic() and np.dtype(net.config["dtype"]) == np.float64:
+                raise ConfigError("dtype", "deterministic data-parallel training needs float32 parameters: float64 "
+                                           "gradients have no exact split across ranks; use float32 or fast mode")
+            _check_layers(net)
+        except ConfigError as exc:          # raised after the collective, so no rank waits for this one
+            problem = exc
         xp = self.backend.xp
         words = np.frombuffer(fingerprint[:32].ljust(32, b"\0"), dtype=np.int64)
-        table = np.zeros((self.size, words.size), dtype=np.int64)
-        table[self.rank] = words
-        table = self.backend.asarray(table)
-        self.collective.all_reduce(table, "sum")          # an all-gather: the other rows are zeros
-        table = self.backend.to_numpy(table)
-        differ = [r for r in range(self.size) if not np.array_equal(table[r], table[0])]
+        table = np.zeros((self.size, words.size + 1), dtype=np.int64)
+        table[self.rank, :-1] = words
+        table[self.rank, -1] = problem is not None
+        world = backend.get(self.group.device)         # the collective's device, whatever net's
+        device_table = world.asarray(table)
+        self.collective.all_reduce(device_table, "sum")          # an all-gather: the other rows are zeros
+        table = world.to_numpy(device_table)
+        if problem is not None:
+            raise problem
+        refused = [r for r in range(self.size) if table[r, -1]]
+        if refused:
+            raise DistributedError(f"rank(s) {', '.join(map(str, refused))} refused to start (their own errors say "
+                                   "why)")
+        differ = [r for r in range(self.size) if not np.array_equal(table[r, :-1], table[0, :-1])]
         if differ:
             raise DistributedError(f"rank(s) {', '.join(map(str, differ))} train something other than rank 0 does "
                                    "(another config, weights, settings, data or resume epoch): every rank must "
                                    "start from the same state")
         self.buckets = [] if mode.is_deterministic() else _bucket_gradients(net, xp, self.bucket_bytes)
+
+    def finish(self) -> None:
+        """Training ended on this rank (or failed): the watchdog stops timing."""
+        self.group.idle()
 
     def batch(self, idx: np.ndarray) -> tuple[np.ndarray, AbstractContextManager]:
         start, stop = shard(len(idx), self.rank, self.size)

@@ -87,17 +87,22 @@ class Group:
 
     # --- progress and the watchdog ---
     def begin(self) -> None:
-        """A step (a sequence of collectives) starts: the watchdog times it."""
+        """A step (a sequence of collectives) starts: the watchdog times it until the next step
+        starts or idle(), since a GPU's collectives finish at a later synchronization (the loss read
+        back, the epoch's end), not when the host has queued them."""
         self._busy_since = time.monotonic()
 
     def end(self) -> None:
-        """The step finished on this rank: publish the progress the watchdog compares."""
-        self._busy_since = None
+        """The step was queued on this rank: publish the progress the watchdog compares."""
         self._progress += 1
         try:
             self.store.set(f"progress/{self.rank}", str(self._progress).encode())
         except DistributedError:
             pass            # the rendezvous is gone: the watchdog says so
+
+    def idle(self) -> None:
+        """Training is over (or failed): nothing for the watchdog to time."""
+        self._busy_since = None
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout / 4)):

@@ -62,13 +62,18 @@ def mean(x: Array, axis: int | tuple[int, ...] | None = None, keepdims: bool = F
 
 # --- reductions over the batch: split across the ranks of a data-parallel world (batch_split) ---
 
-def grad_matmul(a: Array, b: Array) -> Array:
+def grad_matmul(a: Array, b: Array, out: Array | None = None) -> Array:
     """a @ b whose reduced axis K runs over the batch: a parameter gradient. Deterministic mode: the
     gradient over the global batch, the same bits on any number of ranks (exact.over_batch); fast
-    mode: this rank's part, which the data-parallel trainer all-reduces with the others."""
+    mode: this rank's part, which the data-parallel trainer all-reduces with the others. `out`:
+    written there too."""
     if is_deterministic():
-        return over_batch.matmul(a, b)
-    return backend.of(a).matmul(a, b)
+        result = over_batch.matmul(a, b)
+        if out is not None:
+            out[...] = result
+            return out
+        return result
+    return backend.of(a).matmul(a, b, out=out)
 
 
 def grad_sum(x: Array, axis: int | tuple[int, ...]) -> Array:

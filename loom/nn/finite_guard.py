@@ -36,8 +36,11 @@ _COPY_RATIO = 50  # training time between two copies of the state, in multiples 
 
 
 class Guard:
-    def __init__(self, net: Network, opt: optim.Optimizer, loss: Loss, strict: bool):
+    def __init__(self, net: Network, opt: optim.Optimizer, loss: Loss, strict: bool, every: int | None = None):
+        """every: on a device, read the running total every `every` batches instead of every half
+        second: the ranks of a data-parallel world must all check (and fail) at the same batch."""
         self.net, self.opt, self.loss, self.strict = net, opt, loss, strict
+        self.every = every
         self.host = net.backend.host
         self.snapshot: dict[str, Any] | None = None
 
@@ -59,6 +62,9 @@ class Guard:
             if not math.isfinite(float(value)):
                 self._fail(b, b)
             self.good = b
+        elif self.every is not None:
+            if (b + 1) % self.every == 0:
+                self.check_total(b, float(total))
         elif time.perf_counter() - self.read >= _EVERY:
             self.check_total(b, float(total))
             self.read = time.perf_counter()

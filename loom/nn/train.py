@@ -163,9 +163,13 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     if deterministic is None:
         deterministic = mode.is_deterministic()
     with mode.deterministic(deterministic):
-        return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
-                      metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict,
-                      allow_nonfinite, freeze, telemetry, parallel)
+        try:
+            return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
+                          metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict,
+                          allow_nonfinite, freeze, telemetry, parallel)
+        finally:
+            if parallel is not None:
+                parallel.finish()
 
 
 class Parallel(Protocol):
@@ -184,6 +188,9 @@ class Parallel(Protocol):
 
     def gather(self, local: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Every rank's rows of a per-sample array, in the global batch's order."""
+
+    def finish(self) -> None:
+        """Training ended (or failed) on this rank."""
 
 
 def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose, metrics,
@@ -251,7 +258,8 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
     step = TrainStep(net, loss_fn, opt, strict=strict)    # on the GPU: each step replays one recorded graph
     if parallel is not None:
         step.reduce_gradients = parallel.reduce_gradients
-    guard = None if allow_nonfinite else _Guard(net, opt, loss_fn, strict)
+    # the ranks of a world check the loss at the same batches (every 16 on a device)
+    guard = None if allow_nonfinite else _Guard(net, opt, loss_fn, strict, None if parallel is None else 16)
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
         order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
@@ -423,9 +431,10 @@ def _fingerprint(net, settings, X, Y, start) -> bytes:
     """What every rank of a data-parallel world must agree on: the network (config and weights), the
     settings, the data's shapes and bytes, the epoch it starts from."""
     h = hashlib.sha256()
+    h.update(f"{mode.name()} frozen {sorted(net.frozen)}".encode())     # ranks in other modes reduce differently
     h.update(json.dumps(net.config, sort_keys=True, default=str).encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
-    for name, value in sorted(net.parameters().items()):
+    for name, value in sorted(net.parameters().items()) + sorted(net.buffers().items()):
         h.update(name.encode())
         h.update(np.ascontiguousarray(net.backend.to_numpy(value)).tobytes())
     for a in (X, Y):

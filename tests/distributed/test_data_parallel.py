@@ -28,6 +28,9 @@ class FakeGroup:
     def end(self):
         pass
 
+    def idle(self):
+        pass
+
 
 def digest(net) -> str:
     h = hashlib.sha256()
@@ -56,6 +59,13 @@ BN_NET = {"loom": 1, "name": "bn", "seed": 3, "dtype": "float32", "input": {"sha
                      {"type": "flatten"}, {"type": "dense", "units": 10}]}
 LSTM_NET = {"loom": 1, "name": "lstm", "seed": 4, "dtype": "float32", "input": {"shape": [5, 3]},
             "layers": [{"type": "lstm", "hidden": 6}, {"type": "layer_norm"}, {"type": "dense", "units": 10}]}
+ADAPTIVE_NET = {"loom": 1, "name": "adaptive", "seed": 6, "dtype": "float32", "input": {"shape": [16]},
+                "layers": [{"type": "softmax", "variant": "adaptive", "classes": 10, "cutoffs": [4, 7],
+                            "div_value": 2}]}
+MIXTURE_NET = {"loom": 1, "name": "mixture", "seed": 7, "dtype": "float32", "input": {"shape": [6]},
+               "layers": [{"type": "dense", "units": 10}, {"type": "softmax", "variant": "mixture", "components": 3}]}
+BN_VECTOR_NET = {"loom": 1, "name": "bn-vector", "seed": 8, "dtype": "float32", "input": {"shape": [4]},
+                 "layers": [{"type": "dense", "units": 4}, {"type": "batch_norm"}, {"type": "dense", "units": 10}]}
 KMEANS_NET = {"loom": 1, "name": "km", "seed": 5, "dtype": "float32", "input": {"shape": [4]},
               "layers": [{"type": "kmeans", "clusters": 3}, {"type": "dense", "units": 10}]}
 
@@ -64,7 +74,8 @@ def configs():
     out = {name: json.loads((EXAMPLES / f"{name}.json").read_text())
            for name in ("mnist-mlp", "digits-convnet", "tiny-transformer")}
     out["tiny-transformer"]["input"]["shape"] = [8]          # short sequences: a quick test
-    out.update({"batch-norm": BN_NET, "lstm": LSTM_NET, "kmeans": KMEANS_NET})
+    out.update({"batch-norm": BN_NET, "lstm": LSTM_NET, "kmeans": KMEANS_NET, "adaptive-softmax": ADAPTIVE_NET,
+                "mixture-softmax": MIXTURE_NET, "batch-norm-vector": BN_VECTOR_NET})
     return out
 
 
@@ -180,3 +191,53 @@ def test_checkpoints_are_written_by_rank_zero_and_resume_on_other_world_sizes(tm
                        **{**SETTINGS, "epochs": 3})
         return digest(net)
     assert run_world(3, resumed) == [straight[0]] * 3
+
+
+def test_batch_norm_takes_the_global_count_on_one_sample_slices():
+    config = CONFIGS["batch-norm-vector"]
+    X, Y = data(config, 10)                 # batches of 5 over 3 ranks: slices of 2, 2 and 1
+    alone = trained_alone(config, X, Y, batch_size=5)
+    assert [r[0] for r in trained_split(config, X, Y, 3, batch_size=5)] == [alone[0]] * 3
+
+
+def test_ranks_in_other_modes_are_refused_at_start():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 24)
+
+    def rank(collective):
+        with loom.deterministic(collective.rank == 0):
+            return nn_train.train(loom.Network.from_config(config), X, Y,
+                                  parallel=DataParallel(FakeGroup(collective)), **SETTINGS)
+    with pytest.raises(DistributedError, match="train something other"):
+        run_world(2, rank)
+
+
+def test_a_rank_that_refuses_to_start_does_not_leave_the_others_waiting():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 24)
+    errors = []
+
+    def rank(collective):
+        cfg = dict(config, dtype="float64", input={"shape": [784], "dtype": "float64"}) \
+            if collective.rank == 1 else config
+        try:
+            nn_train.train(loom.Network.from_config(cfg), X, Y, parallel=DataParallel(FakeGroup(collective)),
+                           **SETTINGS)
+        except (ConfigError, DistributedError) as exc:
+            errors.append((collective.rank, exc))
+    run_world(2, rank)
+    kinds = dict((r, type(e)) for r, e in errors)
+    assert kinds == {0: DistributedError, 1: ConfigError}
+    assert "rank(s) 1 refused to start" in str(dict(errors)[0])
+
+
+def test_layers_that_mix_rows_are_refused_even_inside_a_gate():
+    gate = {"type": "sequential", "layers": [{"type": "dense", "units": 2},
+                                              {"type": "openfluke_softmax", "normalize": "batch"}]}
+    config = {"loom": 1, "name": "gated", "seed": 0, "dtype": "float32", "input": {"shape": [4]},
+              "layers": [{"type": "parallel", "combine": "filter", "gate": gate,
+                          "branches": [{"type": "dense", "units": 10}, {"type": "dense", "units": 10}]}]}
+    X, Y = data(config, 24)
+    with pytest.raises(ConfigError, match="mixes the rows"):
+        run_world(2, lambda c: nn_train.train(loom.Network.from_config(config), X, Y,
+                                              parallel=DataParallel(FakeGroup(c)), **SETTINGS))

@@ -62,6 +62,9 @@ class FakeGroup:
     def end(self):
         pass
 
+    def idle(self):
+        pass
+
 
 def test_split_products_and_sums_equal_one_device_on_the_gpu():
     cuda = backend.get("cuda")

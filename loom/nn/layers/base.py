@@ -238,7 +238,7 @@ class Layer(ABC):
             return
         if name in self.stale_grads:
             self.stale_grads.discard(name)
-            self.grads[name][...] = ops.grad_matmul(a, b)
+            ops.grad_matmul(a, b, out=self.grads[name])
         else:
             self.grads[name] += ops.grad_matmul(a, b)
 

@@ -99,11 +99,11 @@ class BatchNorm(Layer):
         self.axes = axes
         self.training_step = fc.training
         if fc.training:
+            n = ops.count_over_batch(n)        # the global batch's (a data-parallel rank holds a slice)
             if n < 2:
                 raise ShapeError(f"{self.path}: batch_norm in training needs more than one value per channel, "
                                  f"got input shape {list(x.shape)}")
             # statistics over the global batch: synchronized across the ranks of a data-parallel world
-            n = ops.count_over_batch(n)
             mu = ops.mean_over_batch(x, axis=axes, keepdims=True)
             xc = x - mu
             var = ops.mean_over_batch(xc * xc, axis=axes, keepdims=True)

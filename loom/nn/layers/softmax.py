@@ -241,16 +241,16 @@ class Adaptive:
             dph[:, self.short + i] = ops.sum(dyi * self.q[i], axis=-1)
             dc = softmax_grad(self.q[i], dyi * self.ph[:, self.short + i, None]) / self.T   # [N, osz]
             if f"tail.{i}.1.weight" in G:
-                G[f"tail.{i}.1.weight"] += ops.matmul(dc.T, self.u[i])
+                G[f"tail.{i}.1.weight"] += ops.grad_matmul(dc.T, self.u[i])
             du = ops.matmul(dc, P[f"tail.{i}.1.weight"])        # [N, hsz]
             if f"tail.{i}.0.weight" in G:
-                G[f"tail.{i}.0.weight"] += ops.matmul(du.T, self.x)
+                G[f"tail.{i}.0.weight"] += ops.grad_matmul(du.T, self.x)
             dx = dx + ops.matmul(du, P[f"tail.{i}.0.weight"])
         dh = softmax_grad(self.ph, dph) / self.T                 # [N, head]
         if "head.weight" in G:
-            G["head.weight"] += ops.matmul(dh.T, self.x)
+            G["head.weight"] += ops.grad_matmul(dh.T, self.x)
         if "head.bias" in G:
-            G["head.bias"] += ops.sum(dh, axis=0)
+            G["head.bias"] += ops.grad_sum(dh, axis=0)
         dx = dx + ops.matmul(dh, P["head.weight"])
         return dx.reshape(self.in_shape)
 
@@ -281,10 +281,10 @@ class Mixture:
         G = self.layer.grads
         but_k = tuple(i for i in range(self.q.ndim) if i != self.q.ndim - 2)   # every axis except K
         if "mixture_logits" in G:           # absent when frozen
-            G["mixture_logits"] += softmax_grad(self.pi, ops.sum(self.q * dy[..., None, :], axis=but_k))
+            G["mixture_logits"] += softmax_grad(self.pi, ops.grad_sum(self.q * dy[..., None, :], axis=but_k))
         da = softmax_grad(self.q, self.pi[:, None] * dy[..., None, :])          # [..., K, n]
         if "log_temperature" in G:
-            G["log_temperature"] -= ops.sum(da * self.a, axis=but_k)            # da/dt_k = -a_k
+            G["log_temperature"] -= ops.grad_sum(da * self.a, axis=but_k)            # da/dt_k = -a_k
         return ops.sum(da / self.temp, axis=-2)
 
 
