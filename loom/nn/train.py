@@ -189,6 +189,9 @@ class Parallel(Protocol):
     def gather(self, local: np.ndarray, idx: np.ndarray) -> np.ndarray:
         """Every rank's rows of a per-sample array, in the global batch's order."""
 
+    def all_max(self, values: np.ndarray) -> np.ndarray:
+        """The elementwise maximum over the ranks of a small float64 host array."""
+
     def finish(self) -> None:
         """Training ended (or failed) on this rank."""
 
@@ -302,12 +305,16 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
             logs.update(_evaluate(net, loss_fn, metric_fns, Xv, Yv, bs, prefix="val_"))
         logs["lr"] = opt.lr if opt.schedule is None else opt.schedule(max(opt.steps - 1, 0))
         logs["seconds"] = time.perf_counter() - t0
+        if parallel is not None:            # the epoch ends with its slowest rank: every rank logs that
+            logs["seconds"] = float(parallel.all_max(np.array([logs["seconds"]]))[0])
         history.add(logs)
         bar.close(**{k: v for k, v in logs.items() if k not in ("lr", "seconds")},
                   rate=seen / max(logs["seconds"], 1e-9))
         stop = stopper.update(logs, net) if stopper else False
         for cb in callbacks or ():
             stop = bool(cb(epoch, dict(logs))) or stop
+        if parallel is not None:            # a rank's callback may stop the run: then every rank stops
+            stop = bool(parallel.all_max(np.array([float(stop)]))[0])
         if checkpoint is not None and writer:
             _save_checkpoint(checkpoint, net, opt, history, stopper, epoch + 1, settings)
         if tel_path is not None:

@@ -124,6 +124,19 @@ def test_metrics_and_validation_match_one_process():
                {k: v for k, v in alone.items() if k != "seconds"}
 
 
+def test_ranks_agree_on_the_epoch_time_and_on_stopping():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 24)
+
+    def rank(collective):
+        stop_here = [lambda epoch, logs: collective.rank == 1]        # only rank 1's callback asks
+        history = nn_train.train(loom.Network.from_config(config), X, Y, parallel=DataParallel(FakeGroup(collective)),
+                                 callbacks=stop_here, **{**SETTINGS, "epochs": 3})
+        return history["seconds"], history.stopped_early
+    results = run_world(3, rank)
+    assert all(seconds == results[0][0] and len(seconds) == 1 and stopped for seconds, stopped in results)
+
+
 def test_fast_mode_all_reduces_float_gradients_in_buckets():
     config = CONFIGS["digits-convnet"]
     X, Y = data(config, 24)
@@ -137,7 +150,7 @@ def test_fast_mode_all_reduces_float_gradients_in_buckets():
             net = loom.Network.from_config(config)
             dp = DataParallel(FakeGroup(collective), bucket_bytes=4096)
             nn_train.train(net, X, Y, parallel=dp, **SETTINGS)
-            return {k: np.array(v) for k, v in net.parameters().items()}, len(dp.buckets), collective.calls
+            return {k: np.array(v) for k, v in net.parameters().items()}, len(dp.buckets.flats), collective.calls
     results = run_world(2, rank)
     assert all(n > 1 for _, n, _ in results)                  # several buckets of <= 4 KB
     for params, _, calls in results:
@@ -145,6 +158,56 @@ def test_fast_mode_all_reduces_float_gradients_in_buckets():
         for k in params:                                      # and one process agrees to rounding
             np.testing.assert_allclose(params[k], alone[k], rtol=2e-4, atol=2e-5)
         assert any(op == "sum" and dtype == "float32" for op, _, dtype in calls)
+
+
+class AsyncLog:
+    """A loopback collective with all_reduce_async/join (NCCL's overlap API) that logs its calls in
+    one timeline with the backward of the network's first layer."""
+
+    def __init__(self, inner, timeline):
+        self.inner, self.timeline = inner, timeline
+        self.rank, self.size = inner.rank, inner.size
+
+    def all_reduce(self, x, op):
+        self.inner.all_reduce(x, op)
+
+    def all_reduce_async(self, x, op):
+        self.timeline.append(("start", x.size))
+        self.inner.all_reduce(x, op)
+
+    def join(self):
+        self.timeline.append(("join",))
+
+
+def test_fast_mode_starts_each_bucket_while_the_backward_goes_on():
+    config = CONFIGS["digits-convnet"]
+    X, Y = data(config, 24)
+
+    def rank(collective):
+        timeline = []
+        with loom.deterministic(False):
+            net = loom.Network.from_config(config)
+            first = next(iter(net.root.children.values()))
+            backward = first.backward
+
+            def logged(dy):
+                timeline.append(("first layer",))
+                return backward(dy)
+            first.backward = logged
+            dp = DataParallel(FakeGroup(AsyncLog(collective, timeline)), bucket_bytes=4096)
+            nn_train.train(net, X, Y, parallel=dp, **{**SETTINGS, "epochs": 1})
+            return timeline, len(dp.buckets.flats)
+    for timeline, buckets in run_world(2, rank):
+        steps = [i for i, event in enumerate(timeline) if event == ("join",)]
+        assert len(steps) == 2                                 # 24 samples in batches of 12
+        begin = 0
+        for end in steps:
+            step = timeline[begin:end]
+            starts = [i for i, event in enumerate(step) if event[0] == "start"]
+            assert len(starts) == buckets                      # every bucket once, then the join
+            first = step.index(("first layer",))
+            assert starts[0] < first < starts[-1]              # started during the backward, not after
+            begin = end + 1
 
 
 def test_mismatched_ranks_are_refused_at_start():

@@ -6,8 +6,11 @@ pointers and a stream, which is all an all-reduce needs; torch.distributed would
 dependency for the same NCCL calls.
 
 Every collective is enqueued on the current stream, so it orders with the kernels around it and is
-captured into a CUDA graph when a train step is recorded. NCCL's ring and tree all-reduces hand
-every rank the same bytes, which deterministic mode needs (each rank then rounds the same way).
+captured into a CUDA graph when a train step is recorded; all_reduce_async forks it onto the
+communicator's own stream (an event orders it after the work queued so far) so that it runs while
+the current stream goes on, and join() merges it back: the fork and the join are captured too.
+NCCL's ring and tree all-reduces hand every rank the same bytes, which deterministic mode needs
+(each rank then rounds the same way).
 """
 from __future__ import annotations
 
@@ -71,6 +74,11 @@ class NcclCollective:
                 self.comm = nccl.NcclCommunicator(size, tuple(b - 256 if b > 127 else b for b in uid), rank)
         except nccl.NcclError as exc:
             raise DistributedError(f"rank {rank} could not join the NCCL communicator of {size} ranks: {exc}") from None
+        # made here, not on first use: a train step may be under stream capture then
+        self._side = xp.cuda.Stream(non_blocking=True)
+        self._fork = xp.cuda.Event(disable_timing=True)
+        self._merge = xp.cuda.Event(disable_timing=True)
+        self._forked = False
 
     def _check(self, x, what: str):
         if not isinstance(x, self.xp.ndarray):
@@ -88,6 +96,22 @@ class NcclCollective:
         kind = self._check(x, "all_reduce")
         stream = self.xp.cuda.get_current_stream()
         self.comm.allReduce(x.data.ptr, x.data.ptr, x.size, kind, self._ops[op], stream.ptr)
+
+    def all_reduce_async(self, x: Any, op: str) -> None:
+        """all_reduce on the communicator's stream, after everything queued on the current stream so
+        far; x must not be read or written until join()."""
+        self._fork.record(self.xp.cuda.get_current_stream())
+        self._side.wait_event(self._fork)
+        with self._side:
+            self.all_reduce(x, op)
+        self._forked = True
+
+    def join(self) -> None:
+        """Make the current stream wait for every all_reduce_async since the last join."""
+        if self._forked:
+            self._merge.record(self._side)
+            self.xp.cuda.get_current_stream().wait_event(self._merge)
+            self._forked = False
 
     def broadcast(self, x: Any, root: int = 0) -> None:
         kind = self._check(x, "broadcast")
