@@ -20,7 +20,7 @@ LEVELS = {
     "nn": 4, "batch_invariance": 4, "datasets": 4,
     "formats": 5,
     "llm": 6, "engine": 6, "db": 6, "distributed": 6, "verify": 6, "spec": 6,
-    "capi": 7, "web": 7, "info": 7,
+    "capi": 7, "web": 7, "info": 7, "serve": 7,
     "cli": 8,
     "__main__": 9,
 }

@@ -16,12 +16,30 @@ from .. import mode
 from ..atomic import describe
 from ..errors import ConfigError, LoomError
 from ..version import __version__
-from . import bench, capi, chat, convert, db, demo, embed, generate, info, plot, primes, run, search, train, verify, web
+from . import (
+    bench,
+    capi,
+    chat,
+    convert,
+    db,
+    demo,
+    embed,
+    generate,
+    info,
+    plot,
+    primes,
+    run,
+    search,
+    serve,
+    train,
+    verify,
+    web,
+)
 from . import eval as eval_cmd
 
 COMMANDS = {"demo": demo, "train": train, "eval": eval_cmd, "run": run, "info": info, "convert": convert,
             "verify": verify, "generate": generate, "chat": chat, "embed": embed, "plot": plot, "primes": primes,
-            "bench": bench, "db": db, "search": search, "capi": capi, "web": web}
+            "bench": bench, "db": db, "search": search, "capi": capi, "web": web, "serve": serve}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -255,10 +255,18 @@ class Decoder:
         if not isinstance(max_len, int) or max_len < 1 or max_len > c.max_positions:
             raise ConfigError("max_len", f"a sequence of {max_len} positions does not fit the model's context of "
                                          f"{c.max_positions} (max_position_embeddings)")
-        if self._cos is None or self._cos.shape[0] < max_len:
-            cos, sin = rope.tables(c.rope, max_len)
-            self._cos, self._sin = self.backend.asarray(cos), self.backend.asarray(sin)
+        self.ensure_rope(max_len)
         return KVCache(self.xp, batch, c.layers, c.kv_heads, max_len, c.head_dim)
+
+    def ensure_rope(self, positions: int) -> None:
+        """RoPE tables for at least `positions` positions."""
+        if self._cos is None or self._cos.shape[0] < positions:
+            cos, sin = rope.tables(self.config.rope, positions)
+            self._cos, self._sin = self.backend.asarray(cos), self.backend.asarray(sin)
+
+    def rope_at(self, positions: Array) -> tuple[Array, Array]:
+        """cos, sin [N, 1, D] at the device int array `positions` [N] (ensure_rope first)."""
+        return self._cos[positions][:, None], self._sin[positions][:, None]
 
     # --- forward -------------------------------------------------------------------------------------
     def forward(self, ids: ArrayLike, cache: KVCache, last_only: bool = False) -> Array:
@@ -287,7 +295,7 @@ class Decoder:
                 continue
             if last_only:
                 h = h[:, -1:]
-            outs.append(self._logits(h))
+            outs.append(self.logits_of(h))
         return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
 
     def _decode_graph(self, cache: KVCache):
@@ -319,18 +327,15 @@ class Decoder:
             fallback.notice_once(f"{mode} mode: decode steps of {batch} sequence(s) run kernel by kernel, not "
                                  f"as a recorded CUDA graph ({why})")
 
-    def _logits(self, h):
+    def logits_of(self, h: Array) -> Array:
+        """Logits [..., vocab] of final hidden states h [..., E]."""
         h = fused.rms_norm(h, self.norm, self.config.eps)[0]
         return _linear(h, self.lm_head)
 
     def _hidden(self, ids, cache: KVCache):
         """Run every layer on ids [B, T] at positions cache.length ..; returns h [B, T, E]."""
         B, T = ids.shape
-        if isinstance(self.embed, BlockQuantized):
-            h = self.embed.take_rows(ids.reshape(-1)).reshape(B, T, -1)
-        else:
-            # intp: NumPy's take refuses int64 indices where pointers are 32-bit (WebAssembly)
-            h = self.xp.take(self.embed, self.backend.asarray(ids, dtype=np.intp), axis=0)
+        h = self.embed_ids(ids)
         pos = cache.length
         cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
         for i, layer in enumerate(self.layers):
@@ -338,24 +343,51 @@ class Decoder:
         cache.length = pos + T
         return h
 
+    def embed_ids(self, ids: np.ndarray) -> Array:
+        """The embeddings [B, T, E] of host token ids [B, T]."""
+        B, T = ids.shape
+        if isinstance(self.embed, BlockQuantized):
+            return self.embed.take_rows(ids.reshape(-1)).reshape(B, T, -1)
+        # intp: NumPy's take refuses int64 indices where pointers are 32-bit (WebAssembly)
+        return self.xp.take(self.embed, self.backend.asarray(ids, dtype=np.intp), axis=0)
+
     def _layer(self, L: _Layer, h, cache_k, cache_v, pos: int, cos, sin):
-        c, xp = self.config, self.xp
+        q, k, v = self.qkv(L, h, cos, sin)
+        end = pos + h.shape[1]
+        cache_k[:, :, pos:end] = k.transpose(0, 2, 1, 3)
+        cache_v[:, :, pos:end] = v.transpose(0, 2, 1, 3)
+        lo = self.first_key(L, pos)
+        ctx = self.attend(L, q, cache_k[:, :, lo:end], cache_v[:, :, lo:end], pos, lo)
+        return self.finish_layer(L, h, ctx)
+
+    def qkv(self, L: _Layer, h, cos, sin):
+        """The layer's rotated queries [B, T, H, D], keys and values [B, T, KV, D] for hidden h [B, T, E]
+        at the positions of cos, sin [T, 1, D]."""
+        c = self.config
         B, T, _ = h.shape
         H, KV, D = c.heads, c.kv_heads, c.head_dim
-        R = H // KV
         x = fused.rms_norm(h, L.ln1, c.eps)[0]
         qkv = _linear(x, L.qkv, L.qkv_bias)                              # [B, T, (H + 2 KV) D]
         qk = qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D)          # q heads, then k heads
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
         if L.qk_norm is not None:                                        # qwen3: per-head RMSNorm before RoPE
             qk = fused.rms_norm(qk, L.qk_norm, c.eps)[0]
-        qk = _rotate(qk, cos, sin, xp)                                   # q and k in one pass
-        q, k = qk[:, :, :H], qk[:, :, H:]
-        end = pos + T
-        cache_k[:, :, pos:end] = k.transpose(0, 2, 1, 3)
-        cache_v[:, :, pos:end] = v.transpose(0, 2, 1, 3)
-        lo = 0 if L.window is None else max(0, pos - L.window + 1)       # first key any query here may see
-        keys, values = cache_k[:, :, lo:end], cache_v[:, :, lo:end]      # [B, KV, n, D]
+        qk = _rotate(qk, cos, sin, self.xp)                              # q and k in one pass
+        return qk[:, :, :H], qk[:, :, H:], v
+
+    @staticmethod
+    def first_key(L: _Layer, pos: int) -> int:
+        """The first key position any query at pos or later may attend to (its sliding window's)."""
+        return 0 if L.window is None else max(0, pos - L.window + 1)
+
+    def attend(self, L: _Layer, q, keys, values, pos: int, lo: int):
+        """Attention of queries q [B, T, H, D] at positions pos.. over the keys and values
+        [B, KV, n, D] at positions lo..pos+T-1: the context [B, T, H*D]. Each query's row sees its own
+        keys only (causal, its window), so in deterministic mode its bits do not depend on T."""
+        c, xp = self.config, self.xp
+        B, T = q.shape[:2]
+        H, KV, D = c.heads, c.kv_heads, c.head_dim
+        R, end = H // KV, pos + T
         n = end - lo
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         scores = ops.matmul(q, keys.transpose(0, 1, 3, 2))              # [B, KV, R*T, n]
@@ -366,10 +398,14 @@ class Decoder:
         else:
             qpos = xp.arange(pos, end)[:, None]
             kpos = xp.arange(lo, end)[None, :]
-            allowed = (kpos <= qpos) & (kpos > qpos - L.window)
+            allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
             p = ops.softmax(scores.reshape(B, KV, R, T, n) * scores.dtype.type(self.scale), axis=-1, mask=allowed)
         ctx = ops.matmul(p.reshape(B, KV, R * T, n), values)             # [B, KV, R*T, D]
-        ctx = ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+        return ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+
+    def finish_layer(self, L: _Layer, h, ctx):
+        """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
+        c = self.config
         h = h + _linear(ctx, L.o, L.o_bias)
         x = fused.rms_norm(h, L.ln2, c.eps)[0]
         gu = _linear(x, L.gate_up, L.gate_up_bias)                       # [B, T, 2 I]

@@ -179,24 +179,50 @@ def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sa
 
 def stream_text(tokens: Iterator[int], tokenizer: Tokenizer, stop: tuple[str, ...] = ()) -> Iterator[str]:
     """Decoded text pieces of a token stream, cut before the first stop string."""
-    decoder = tokenizer.stream_decoder()
-    pending = ""
+    text = TextStream(tokenizer, stop)
     for token in tokens:
-        pending += decoder.push(token)
-        cut = _find_stop(pending, stop)
-        if cut is not None:
-            if pending[:cut]:
-                yield pending[:cut]
+        piece = text.push(token)
+        if piece:
+            yield piece
+        if text.stopped:
             return
-        safe = len(pending) - _held_back(pending, stop)
-        if safe > 0:
-            yield pending[:safe]
-            pending = pending[safe:]
-    pending += decoder.flush()
-    cut = _find_stop(pending, stop)
-    text = pending if cut is None else pending[:cut]
-    if text:
-        yield text
+    piece = text.flush()
+    if piece:
+        yield piece
+
+
+class TextStream:
+    """Incremental detokenization with stop strings: push() each token and emit what it returns;
+    `stopped` turns true when a stop string appeared (it and what follows are never returned);
+    flush() returns the rest at the end."""
+
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...] = ()):
+        self.decoder = tokenizer.stream_decoder()
+        self.stop = stop
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.push(token)
+        return self._emit(final=False)
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        self.pending += self.decoder.flush()
+        return self._emit(final=True)
+
+    def _emit(self, final: bool) -> str:
+        cut = _find_stop(self.pending, self.stop)
+        if cut is not None:
+            self.stopped = True
+            text, self.pending = self.pending[:cut], ""
+            return text
+        safe = len(self.pending) if final else len(self.pending) - _held_back(self.pending, self.stop)
+        text, self.pending = self.pending[:safe], self.pending[safe:]
+        return text
 
 
 def _find_stop(text: str, stop) -> int | None:
@@ -233,4 +259,4 @@ def check_stop_ids(stop_ids: Iterable[int], vocab_size: int) -> tuple[int, ...]:
 
 
 __all__ = ["Sampling", "choose", "keep_mask", "repetition_penalty", "fit_prompt", "generate_ids", "stream_text",
-           "check_stop", "check_stop_ids", "SAMPLE_STREAM"]
+           "check_stop", "check_stop_ids", "SAMPLE_STREAM", "TextStream"]

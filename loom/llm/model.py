@@ -174,6 +174,22 @@ class CausalLM:
                                    stop_ids=stop_ids, truncate=truncate)
         return gen.stream_text(tokens, tokenizer, stop)
 
+    def generate_batch(self, prompts: Iterable[str | Iterable[int]], *, max_tokens: int = 256,
+                       temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
+                       repetition_penalty: float = 1.0, seed: int = 0, stop: str | Iterable[str] = (),
+                       stop_ids: Iterable[int] | None = None, max_batch: int = 16) -> list:
+        """Generate for many prompts together (continuous batching over a paged KV cache:
+        loom/llm/batching.py); a list of batching.Result (tokens, text, finish_reason), one per
+        prompt in order. In deterministic mode each result is what generate_ids gives for its prompt
+        alone. Prompt i samples with seed + i."""
+        from .batching import BatchEngine, Request
+        prompts = [self.encode_prompt(p) for p in prompts]
+        stop = gen.check_stop(stop)
+        stop_ids = None if stop_ids is None else tuple(stop_ids)
+        requests = [Request(ids, max_tokens, gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed + i),
+                            stop_ids, stop) for i, ids in enumerate(prompts)]
+        return BatchEngine(self, max_batch=max_batch).generate(requests)
+
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """The token ids of `messages` rendered with the chat template, ready for the reply."""
         tokenizer = self._tokenizer("messages")

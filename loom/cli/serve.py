@@ -1,0 +1,56 @@
+"""`loom serve --model PATH`: an OpenAI-compatible HTTP server (loom/serve/app.py).
+
+    loom serve --model SmolLM2-135M-Instruct.Q4_1.gguf --port 8000
+    curl localhost:8000/v1/chat/completions -d '{"model": "SmolLM2-135M-Instruct.Q4_1", "messages": [...]}'
+
+The model is served under its file or folder name (--name to choose another). Language models
+answer /v1/chat/completions and /v1/completions, decoding up to --max-batch requests together
+(continuous batching) with up to --max-queue more waiting (beyond that: 429); encoder models answer
+/v1/embeddings. Deterministic mode is the default: a request's tokens are then the bits the CPU gives
+for it alone, whatever else is batched with it; --fast trades that for speed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+HELP = "serve a model over an OpenAI-compatible HTTP API (chat, completions, embeddings)"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="a .gguf file or a HuggingFace model directory")
+    p.add_argument("--name", help="the model name clients ask for (default: the file or folder name)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    p.add_argument("--max-batch", type=int, default=16, help="requests decoded together (default 16)")
+    p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond those (default 64)")
+    p.add_argument("--cache-tokens", type=int, default=None,
+                   help="positions of the paged KV cache (default: max-batch x min(context, 4096))")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--deterministic", action="store_true",
+                       help="deterministic mode (the default): each request's tokens do not depend on its batch")
+    group.add_argument("--fast", action="store_true", help="fast mode: vendor BLAS, results may differ in last bits")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import ConfigError
+    from ..llm import load
+    from ..serve import Server
+    from ..serve.app import need_extra
+    need_extra()
+    import uvicorn
+    if not 0 <= args.port <= 65535:
+        raise ConfigError("--port", f"expected 0-65535, got {args.port}")
+    for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
+        if value < 1:
+            raise ConfigError(flag, f"expected a positive integer, got {value}")
+    model = load(args.model, device=args.device)
+    name = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
+    server = Server(model, name, max_batch=args.max_batch, max_queue=args.max_queue, cache_tokens=args.cache_tokens)
+    mode = "deterministic" if server.deterministic else "fast"
+    print(f"loom: serving {name!r} ({mode} mode, {args.device}) on http://{args.host}:{args.port}/v1",
+          file=sys.stderr, flush=True)
+    uvicorn.run(server.app(), host=args.host, port=args.port, log_level="warning")
+    return 0

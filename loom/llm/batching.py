@@ -1,0 +1,458 @@
+"""Continuous batching: many sequences decode together, new ones join and finished ones leave between
+steps, their keys and values in a paged cache with prefix caching (loom/llm/paged_cache.py).
+
+    engine = BatchEngine(model, max_batch=32)
+    results = engine.generate([Request(ids_a, max_tokens=64), Request(ids_b, max_tokens=16)])
+
+or, for a server, `engine.start()` runs the steps on a thread and `engine.submit(request, sink)`
+hands each new token to `sink` as an Event as soon as its step ends.
+
+Each step: admit waiting requests while there is room (max_batch sequences, and blocks for their
+first chunk), take one piece of work from every running sequence (a prefill chunk, or its next
+token), run them as one forward pass (loom/llm/paged_forward.py), sample a token for each sequence
+that reached the end of its known tokens, stream it, and retire sequences that stopped. When a
+sequence needs a block and none is left, the most recently admitted other sequence is preempted: its
+blocks are released and it goes back to the front of the queue, to be recomputed from its tokens
+(vLLM's recompute preemption).
+
+Determinism: in deterministic mode a sequence's tokens and logits are the bits it gets alone (and
+from CausalLM.generate_ids): every row of the batched products is computed as it would be alone,
+prefill chunks end where the single-sequence path ends them, and a shared prefix block is reused
+only below position exact.dispatch.ROUNDED_MAX_K, where attention's products are correctly rounded
+(so a key's bits do not depend on the chunk that computed it). One exception: a sequence preempted
+past that position is recomputed in prefill chunks, whose attention products above it round
+differently from the decode steps that first computed those positions.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import math
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import ConfigError, LoomError
+from ..kernels.exact import dispatch as exact_dispatch
+from ..mode import is_deterministic
+from . import generate as gen
+from . import paged_forward
+from .decoder import PREFILL_CHUNK
+from .paged_cache import OutOfBlocks, PagedKVCache, block_names
+
+log = logging.getLogger("loom")
+
+BLOCK_SIZE = 16
+PREFILL_TOKENS = 2048       # prefill rows per step (more when one chunk is longer): decode streams keep moving
+
+
+class QueueFull(LoomError, RuntimeError):
+    """The engine's queue holds max_queue requests already."""
+
+
+@dataclass
+class Request:
+    """One generation. prompt: token ids; sampling: gen.Sampling; stop_ids end it without being
+    emitted; stop: strings that end the text (needs the model's tokenizer). presence and frequency
+    penalties as OpenAI defines them: logit -= frequency * count + presence * (count > 0), over the
+    tokens generated so far. logprobs: None, or how many top alternatives to report with each
+    token's log-probability (0: the token's own only)."""
+    prompt: list[int]
+    max_tokens: int = 256
+    sampling: gen.Sampling = field(default_factory=gen.Sampling)
+    stop_ids: tuple[int, ...] | None = None     # None: the model's end-of-sequence ids
+    stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: int | None = None
+
+
+@dataclass
+class Event:
+    """What a sink receives: a token (with its text, maybe empty while a stop string may begin), or the
+    end (token None, finish_reason "stop" | "length" | "cancelled" | "error")."""
+    token: int | None
+    text: str = ""
+    logprob: float | None = None
+    top_logprobs: list[tuple[int, float]] | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+
+
+@dataclass
+class Result:
+    tokens: list[int]
+    text: str | None
+    finish_reason: str
+    logprobs: list[float] | None
+    prompt_tokens: int
+
+
+class Handle:
+    """A submitted request: cancel() frees its slot at the next step."""
+
+    def __init__(self, seq: _Sequence):
+        self._seq = seq
+
+    def cancel(self) -> None:
+        self._seq.cancelled = True
+
+
+class _Sequence:
+    def __init__(self, number: int, request: Request, sink: Callable[[Event], None], vocab: int, text):
+        self.number, self.request, self.sink = number, request, sink
+        self.tokens = list(request.prompt)
+        self.prompt_len = len(request.prompt)
+        self.generated: list[int] = []
+        self.table: list[int] = []
+        self.length = 0                     # positions whose keys and values are in the cache
+        self.registered = 0                 # full blocks registered for prefix caching
+        self.names: list[bytes] = []        # their names
+        self.seen = np.zeros(vocab, dtype=bool)
+        self.seen[np.asarray(request.prompt)] = True
+        self.counts: collections.Counter[int] = collections.Counter()
+        self.text = text
+        self.cancelled = False
+
+
+class BatchEngine:
+    """Continuous batching over one CausalLM (see the module's docstring).
+
+    max_batch: sequences decoded together; max_queue: requests waiting beyond those (submit raises
+    QueueFull past it); cache_tokens: positions of the paged cache (default: max_batch times the
+    shorter of the model's context and 4,096); block_size: positions per block; prefix_cache: reuse
+    the blocks of shared prompt prefixes."""
+
+    def __init__(self, model, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
+                 block_size: int = BLOCK_SIZE, prefix_cache: bool = True):
+        for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("block_size", block_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"expected a positive integer, got {value!r}")
+        self.model, self.dec = model, model.decoder
+        c = self.dec.config
+        self.context = c.max_positions
+        if cache_tokens is None:
+            cache_tokens = max_batch * min(c.max_positions, 4096)
+        if isinstance(cache_tokens, bool) or not isinstance(cache_tokens, int) or cache_tokens < block_size:
+            raise ConfigError("cache_tokens", f"expected an integer >= block_size ({block_size}), got {cache_tokens!r}")
+        self.cache = PagedKVCache(self.dec.xp, c.layers, c.kv_heads, c.head_dim,
+                                  -(-cache_tokens // block_size), block_size)
+        self.max_batch, self.max_queue, self.prefix_cache = max_batch, max_queue, prefix_cache
+        self.waiting: collections.deque[_Sequence] = collections.deque()
+        self.running: list[_Sequence] = []
+        self._numbers = itertools.count()
+        self._lock = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self.deterministic = is_deterministic()     # the mode steps run in (a thread has its own)
+        self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "cached_tokens": 0, "preempted": 0,
+                      "cancelled": 0}
+
+    # --- submitting ---------------------------------------------------------------------------------
+    def check(self, request: Request) -> Request:
+        """The request with its settings checked (ConfigError naming the bad one)."""
+        c = self.dec.config
+        gen._integer("max_tokens", request.max_tokens, "an integer >= 0")
+        prompt = gen.fit_prompt([int(i) for i in request.prompt], request.max_tokens, self.context, c.vocab_size,
+                                truncate=False)
+        stop_ids = (self.model.eos_ids if request.stop_ids is None
+                    else gen.check_stop_ids(request.stop_ids, c.vocab_size))
+        stop = gen.check_stop(request.stop)
+        if stop and self.model.tokenizer is None:
+            raise ConfigError("stop", "stop strings need the model's tokenizer; this model has none")
+        room = self.cache.blocks * self.cache.block_size
+        if len(prompt) + request.max_tokens > room:
+            raise ConfigError("max_tokens", f"the prompt's {len(prompt)} tokens and max_tokens {request.max_tokens} "
+                                            f"need {len(prompt) + request.max_tokens} positions; the paged cache "
+                                            f"holds {room} (cache_tokens)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            gen._number(name, getattr(request, name), lambda v: -2 <= v <= 2, "a number in [-2, 2]")
+        if request.logprobs is not None:
+            gen._integer("logprobs", request.logprobs, "an integer >= 0 (top alternatives per token)")
+        return Request(prompt, request.max_tokens, request.sampling, tuple(stop_ids), stop, request.presence_penalty,
+                       request.frequency_penalty, request.logprobs)
+
+    def submit(self, request: Request, sink: Callable[[Event], None]) -> Handle:
+        """Queue a request; its events go to sink (called on the engine's thread). Raises QueueFull
+        when max_queue requests wait already, ConfigError for bad settings."""
+        return self.submit_all([request], [sink])[0]
+
+    def submit_all(self, requests: list[Request], sinks: list[Callable[[Event], None]]) -> list[Handle]:
+        """Queue several requests at once, or none of them (QueueFull when they do not all fit)."""
+        checked = [self.check(r) for r in requests]
+        tokenizer = self.model.tokenizer
+        with self._lock:
+            if len(self.waiting) + len(checked) > self.max_queue:
+                raise QueueFull(f"the queue holds {len(self.waiting)} of at most {self.max_queue} waiting requests "
+                                f"(max_queue); {len(checked)} more do not fit, try again later")
+            seqs = [_Sequence(next(self._numbers), r, sink, self.dec.config.vocab_size,
+                              None if tokenizer is None else gen.TextStream(tokenizer, r.stop))
+                    for r, sink in zip(checked, sinks)]
+            self.waiting.extend(seqs)
+            self._lock.notify()
+        return [Handle(seq) for seq in seqs]
+
+    def generate(self, requests: Iterable[Request]) -> list[Result]:
+        """Run requests to the end on this thread (no background thread may be running)."""
+        if self._thread is not None:
+            raise ConfigError("engine", "generate() runs the steps itself; this engine's thread is running")
+        outs: list[tuple[list[Event], Handle]] = []
+        for request in requests:
+            events: list[Event] = []
+            outs.append((events, self.submit(request, events.append)))
+        while self.step():
+            pass
+        return [_result(events, handle._seq.prompt_len, self.model.tokenizer is not None) for events, handle in outs]
+
+    # --- the thread ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Run steps on a background thread until stop()."""
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._loop, name="loom-batch-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopping = True
+            self._lock.notify()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def _loop(self) -> None:
+        from .. import mode
+        with mode.deterministic(self.deterministic):
+            while True:
+                with self._lock:
+                    while not self._stopping and not self.waiting and not self.running:
+                        self._lock.wait()
+                    if self._stopping:
+                        return
+                try:
+                    self.step()
+                except Exception as exc:        # a bug or a device failure: every live request learns it
+                    log.exception("loom serve: a batch step failed")
+                    self._fail_all(f"{type(exc).__name__}: {exc}")
+
+    def _fail_all(self, message: str) -> None:
+        with self._lock:
+            seqs = self.running + list(self.waiting)
+            self.running, self.waiting = [], collections.deque()
+        for seq in seqs:
+            self.cache.release(seq.table)
+            seq.table = []
+            seq.sink(Event(None, finish_reason="error", error=message))
+
+    @property
+    def load(self) -> dict:
+        with self._lock:
+            return {"running": len(self.running), "waiting": len(self.waiting),
+                    "free_blocks": self.cache.available(), "blocks": self.cache.blocks}
+
+    # --- one step -----------------------------------------------------------------------------------
+    def step(self) -> bool:
+        """One step; returns whether any sequence is left running or waiting."""
+        self._drop_cancelled()
+        self._admit()
+        work, seqs = self._plan()
+        if work:
+            logits = paged_forward.forward(self.dec, self.cache, work)
+            self.stats["steps"] += 1
+            host = None if logits is None else self.dec.backend.to_numpy(logits)
+            row = 0
+            for w, seq in zip(work, seqs):
+                seq.length = w.pos + len(w.tokens)
+                self._register_blocks(seq)
+                if w.logits:
+                    self._sample(seq, host[row])
+                    row += 1
+        with self._lock:
+            return bool(self.running or self.waiting)
+
+    def _drop_cancelled(self) -> None:
+        with self._lock:
+            gone = [s for s in self.running if s.cancelled] + [s for s in self.waiting if s.cancelled]
+            self.running = [s for s in self.running if not s.cancelled]
+            self.waiting = collections.deque(s for s in self.waiting if not s.cancelled)
+        for seq in gone:
+            self.stats["cancelled"] += 1
+            self._retire(seq, "cancelled")
+
+    def _admit(self) -> None:
+        while True:
+            with self._lock:
+                if not self.waiting or len(self.running) >= self.max_batch:
+                    return
+                seq = self.waiting[0]
+                # blocks for its first chunk and a little more (prefix hits only make it need fewer):
+                # admitting beyond that would preempt at once
+                need = -(-min(PREFILL_CHUNK, len(seq.tokens)) // self.cache.block_size) + 1
+                if self.running and self.cache.available() < need:
+                    return                      # wait for blocks to come back
+                self.waiting.popleft()
+                self.running.append(seq)
+            self._reuse_prefix(seq)
+
+    def _reuse_prefix(self, seq: _Sequence) -> None:
+        """Take the registered blocks the sequence's tokens start with (never the block holding its
+        last token, whose logits must be computed)."""
+        if not self.prefix_cache or seq.length:
+            return
+        bs = self.cache.block_size
+        limit = (len(seq.tokens) - 1) // bs
+        if self.deterministic:
+            limit = min(limit, exact_dispatch.ROUNDED_MAX_K // bs)
+        names = block_names(seq.tokens, bs, limit)
+        for name in names:
+            block = self.cache.lookup(name)
+            if block is None:
+                break
+            self.cache.share(block)
+            seq.table.append(block)
+            seq.names.append(name)
+        seq.registered = len(seq.table)
+        seq.length = len(seq.table) * bs
+        self.stats["cached_tokens"] += seq.length
+
+    def _plan(self) -> tuple[list[paged_forward.Work], list[_Sequence]]:
+        """This step's work, one item per running sequence that has some (blocks taken for it)."""
+        planned: dict[int, paged_forward.Work] = {}      # by sequence number, in running order
+        budget = PREFILL_TOKENS
+        for seq in list(self.running):
+            if seq not in self.running:         # preempted while planning another
+                continue
+            known, start = len(seq.tokens), seq.length
+            end = known                                  # a decode step: the last token
+            if known - start > 1:                        # a prefill chunk, ending where the alone path's do
+                end = min((start // PREFILL_CHUNK + 1) * PREFILL_CHUNK, known)
+                if planned and end - start > budget:
+                    continue
+                budget -= end - start
+            if not self._make_room(seq, end, planned):
+                continue
+            tokens = np.asarray(seq.tokens[start:end], dtype=np.int64)
+            planned[seq.number] = paged_forward.Work(tokens, start, seq.table, logits=end == known)
+        seqs = [s for s in self.running if s.number in planned]
+        work = [planned[s.number] for s in seqs]
+        self.stats["prefill_tokens"] += sum(len(w.tokens) for w in work if len(w.tokens) > 1)
+        self.stats["decode_tokens"] += sum(1 for w in work if len(w.tokens) == 1)
+        return work, seqs
+
+    def _make_room(self, seq: _Sequence, end: int, planned: dict) -> bool:
+        """Blocks for positions up to `end`; preempts other sequences (newest first; their work
+        planned for this step is dropped) when none is left. False when seq itself had to be
+        preempted."""
+        need = -(-end // self.cache.block_size) - len(seq.table)
+        while need > 0:
+            try:
+                seq.table.append(self.cache.take())
+                need -= 1
+            except OutOfBlocks:
+                victims = [s for s in self.running if s is not seq]
+                victim = victims[-1] if victims else seq
+                planned.pop(victim.number, None)
+                self._preempt(victim)
+                if victim is seq:
+                    return False
+        return True
+
+    def _preempt(self, seq: _Sequence) -> None:
+        with self._lock:
+            self.running.remove(seq)
+            self.waiting.appendleft(seq)
+        self.cache.release(seq.table)
+        seq.table, seq.names, seq.length, seq.registered = [], [], 0, 0
+        self.stats["preempted"] += 1
+        if not self.running:        # it held every block alone (check() makes this unreachable)
+            self._fail(seq, f"the sequence needs more than the paged cache's {self.cache.blocks} blocks")
+
+    def _fail(self, seq: _Sequence, message: str) -> None:
+        with self._lock:
+            if seq in self.waiting:
+                self.waiting.remove(seq)
+        seq.sink(Event(None, finish_reason="error", error=message))
+
+    def _register_blocks(self, seq: _Sequence) -> None:
+        """Name and register the sequence's newly full blocks (prefix caching)."""
+        if not self.prefix_cache:
+            return
+        bs = self.cache.block_size
+        full = seq.length // bs
+        if full <= seq.registered:
+            return
+        names = block_names(seq.tokens, bs, full, seq.names[-1] if seq.names else b"", seq.registered)
+        for b, name in enumerate(names, seq.registered):
+            self.cache.register(seq.table[b], name)
+        seq.names += names
+        seq.registered = full
+
+    def _sample(self, seq: _Sequence, logits: np.ndarray) -> None:
+        r = seq.request
+        adjusted = logits
+        if seq.counts and (r.presence_penalty or r.frequency_penalty):
+            ids = np.fromiter(seq.counts.keys(), dtype=np.int64)
+            counts = np.fromiter(seq.counts.values(), dtype=np.float32)
+            adjusted = logits.copy()
+            adjusted[ids] -= np.float32(r.frequency_penalty) * counts + np.float32(r.presence_penalty)
+        step = len(seq.generated)
+        token = gen.choose(adjusted, seq.seen, r.sampling, step)
+        if token in r.stop_ids:
+            self._finish(seq, "stop")
+            return
+        event = Event(token)
+        if r.logprobs is not None:
+            event.logprob, event.top_logprobs = _logprobs(logits, token, r.logprobs)
+        seq.generated.append(token)
+        seq.tokens.append(token)
+        seq.seen[token] = True
+        seq.counts[token] += 1
+        if seq.text is not None:
+            event.text = seq.text.push(token)
+        seq.sink(event)
+        if seq.text is not None and seq.text.stopped:
+            self._finish(seq, "stop")
+        elif len(seq.generated) >= r.max_tokens or len(seq.tokens) >= self.context:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        with self._lock:
+            self.running.remove(seq)
+        self._retire(seq, reason)
+
+    def _retire(self, seq: _Sequence, reason: str) -> None:
+        self.cache.release(seq.table)
+        seq.table = []
+        tail = seq.text.flush() if seq.text is not None and reason != "cancelled" else ""
+        if tail:
+            seq.sink(Event(None, text=tail))
+        seq.sink(Event(None, finish_reason=reason))
+
+
+def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
+    """The token's log-probability under the model's distribution (the raw logits, before any
+    sampling setting) and the `top` most likely tokens' (ties: smaller id first)."""
+    x = logits.astype(np.float64)
+    m = np.max(x)
+    lp = x - (m + math.log(np.sum(np.exp(x - m))))
+    best = []
+    if top > 0:
+        k = min(top, lp.size)
+        cand = np.argpartition(-lp, k - 1)[:k]
+        cand = sorted(cand.tolist(), key=lambda i: (-lp[i], i))
+        best = [(int(i), float(lp[i])) for i in cand]
+    return float(lp[token]), best
+
+
+def _result(events: list[Event], prompt_tokens: int, has_text: bool) -> Result:
+    tokens = [e.token for e in events if e.token is not None]
+    text = "".join(e.text for e in events) if has_text else None
+    end = events[-1] if events else Event(None, finish_reason="error", error="no events")
+    if end.finish_reason == "error":
+        raise LoomError(end.error)
+    logprobs = [e.logprob for e in events if e.token is not None] if any(e.logprob is not None for e in events) \
+        else None
+    return Result(tokens, text, end.finish_reason, logprobs, prompt_tokens)

@@ -1,0 +1,313 @@
+"""`loom serve`: an OpenAI-compatible HTTP server over one model, on starlette (ASGI) and uvicorn.
+
+Routes: POST /v1/chat/completions and /v1/completions (streamed as server-sent events with
+"stream": true), POST /v1/embeddings (encoder models), GET /v1/models and /health. A language
+model's requests go to one loom.llm.batching.BatchEngine, whose thread decodes every running
+request together (continuous batching); each request's tokens come back to its handler through an
+asyncio queue. A client that disconnects has its sequence cancelled, which frees its slot and
+blocks at the engine's next step. A full queue answers 429, bad input 400 naming the field, an
+unknown model 404, all with OpenAI's error body.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from .. import mode
+from ..llm.batching import BatchEngine, Event, QueueFull
+from . import protocol
+from .protocol import BadRequest
+
+log = logging.getLogger("loom")
+
+
+def need_extra() -> None:
+    """LoomError naming the 'serve' extra unless starlette and uvicorn import."""
+    from ..errors import LoomError
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise LoomError("loom serve needs the 'serve' extra: pip install 'loom[serve]' (starlette, uvicorn)") \
+            from None
+
+
+class Server:
+    """The state behind the routes: the model, its name, the engine (language models) and the mode."""
+
+    def __init__(self, model, name: str, max_batch: int = 16, max_queue: int = 64, cache_tokens: int | None = None):
+        from ..llm.encoder import Encoder
+        self.model, self.name = model, name
+        self.deterministic = mode.is_deterministic()
+        self.created = int(time.time())
+        self.encoder = isinstance(model, Encoder)
+        self.engine = None if self.encoder else BatchEngine(model, max_batch=max_batch, max_queue=max_queue,
+                                                            cache_tokens=cache_tokens)
+        self.context = None if self.encoder else model.decoder.config.max_positions
+
+    def app(self):
+        need_extra()
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+        routes = [Route("/health", self.health), Route("/v1/models", self.models),
+                  Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                  Route("/v1/completions", self.completions, methods=["POST"]),
+                  Route("/v1/embeddings", self.embeddings, methods=["POST"])]
+        return Starlette(routes=routes, lifespan=self._lifespan)
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app):
+        """The engine's thread runs while the server does."""
+        if self.engine is not None:
+            self.engine.start()
+        try:
+            yield
+        finally:
+            if self.engine is not None:
+                self.engine.stop()
+
+    # --- plain routes -------------------------------------------------------------------------------
+    async def health(self, request):
+        from starlette.responses import JSONResponse
+        body = {"status": "ok", "model": self.name, "mode": "deterministic" if self.deterministic else "fast"}
+        if self.engine is not None:
+            body.update(self.engine.load)
+        return JSONResponse(body)
+
+    async def models(self, request):
+        from starlette.responses import JSONResponse
+        return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
+                                                         "owned_by": "loom"}]})
+
+    async def embeddings(self, request):
+        from starlette.responses import JSONResponse
+        try:
+            body = await _body(request)
+            protocol.check_model(body, self.name)
+            if not self.encoder:
+                raise BadRequest("model", f"{self.name!r} is a language model, not an embedding model")
+            texts = body.get("input")
+            texts = [texts] if isinstance(texts, str) else texts
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) and t for t in texts):
+                raise BadRequest("input", "'input' must be a non-empty string or a list of them")
+            fmt = body.get("encoding_format", "float")
+            if fmt not in ("float", "base64"):
+                raise BadRequest("encoding_format", f"expected 'float' or 'base64', got {fmt!r}")
+            vectors, tokens = await asyncio.to_thread(self._embed, texts)
+        except BadRequest as exc:
+            return _error(exc)
+        # base64: the little-endian float32 bytes, as OpenAI's API (and its client's default) has them
+        data = [{"object": "embedding", "index": i,
+                 "embedding": base64.b64encode(v.astype("<f4").tobytes()).decode() if fmt == "base64" else v.tolist()}
+                for i, v in enumerate(vectors)]
+        return JSONResponse({"object": "list", "data": data, "model": self.name,
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
+    def _embed(self, texts):
+        from ..errors import LoomError
+        with mode.deterministic(self.deterministic):
+            try:
+                vectors = self.model.embed(texts)
+            except LoomError as exc:
+                raise BadRequest("input", str(exc)) from None
+            tokens = sum(len(self.model.tokenizer.encode(t)) for t in texts)
+            return self.model.backend.to_numpy(vectors), tokens
+
+    # --- generation ---------------------------------------------------------------------------------
+    async def chat(self, request):
+        return await self._generate(request, chat=True)
+
+    async def completions(self, request):
+        return await self._generate(request, chat=False)
+
+    async def _generate(self, request, chat: bool):
+        from starlette.responses import JSONResponse, StreamingResponse
+        try:
+            body = await _body(request)
+            protocol.check_model(body, self.name)
+            if self.encoder:
+                raise BadRequest("model", f"{self.name!r} is an embedding model; use /v1/embeddings")
+            job = (protocol.chat_job if chat else protocol.completion_job)(body, self.model, self.context)
+            queue, handles = self._submit(job)
+        except BadRequest as exc:
+            return _error(exc)
+        reply = _Reply(self, job, chat)
+        if job.stream:
+            return StreamingResponse(reply.stream(queue, handles), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        try:
+            done = await reply.collect(queue, request)
+        finally:
+            for h in handles:          # a client gone before the end: free its slots
+                h.cancel()
+        if done is None:
+            return JSONResponse({}, status_code=499)
+        if isinstance(done, BadRequest):
+            return _error(done)
+        return JSONResponse(done)
+
+    def _submit(self, job: protocol.Job):
+        """Queue the job's requests; events come back as (choice index, Event) on an asyncio queue."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def sink(index):
+            return lambda event: loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+        try:
+            handles = self.engine.submit_all(job.requests, [sink(i) for i in range(len(job.requests))])
+        except QueueFull as exc:
+            raise BadRequest(None, str(exc), 429, kind="requests", code="rate_limit_exceeded") from None
+        except Exception as exc:                      # noqa: BLE001 - a ConfigError from the engine's checks
+            from ..errors import ConfigError
+            if isinstance(exc, ConfigError):
+                raise BadRequest(exc.path, str(exc)) from None
+            raise
+        return queue, handles
+
+
+class _Reply:
+    """The response to one generation job: OpenAI's JSON, or its stream of chunks."""
+
+    def __init__(self, server: Server, job: protocol.Job, chat: bool):
+        self.server, self.job, self.chat = server, job, chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.object = "chat.completion" if chat else "text_completion"
+        self.tokenizer = server.model.tokenizer
+
+    def _usage(self, counts: list[int]) -> dict:
+        prompt = sum(len(p) for p in self.job.prompts)
+        return {"prompt_tokens": prompt, "completion_tokens": sum(counts), "total_tokens": prompt + sum(counts)}
+
+    def _logprob_entry(self, event: Event):
+        token = self.tokenizer.decode([event.token]) if self.tokenizer is not None else str(event.token)
+
+        def item(tid, lp):
+            text = self.tokenizer.decode([tid]) if self.tokenizer is not None else str(tid)
+            return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8"))}
+        entry = item(event.token, event.logprob)
+        entry["token"] = token
+        entry["top_logprobs"] = [item(t, lp) for t, lp in event.top_logprobs or []]
+        return entry
+
+    async def collect(self, queue: asyncio.Queue, request):
+        """The whole response (None when the client left first; a BadRequest for an engine error)."""
+        count = len(self.job.requests)
+        texts, tokens = [""] * count, [0] * count
+        reasons: list[str | None] = [None] * count
+        logprobs: list[list] = [[] for _ in range(count)]
+        open_ = count
+        while open_:
+            try:
+                index, event = await asyncio.wait_for(queue.get(), 1.0)
+            except TimeoutError:
+                if await request.is_disconnected():
+                    return None
+                continue
+            if event.token is not None:
+                tokens[index] += 1
+                if event.logprob is not None:
+                    logprobs[index].append(self._logprob_entry(event))
+            texts[index] += event.text
+            if event.finish_reason is not None:
+                if event.finish_reason == "error":
+                    return BadRequest(None, f"generation failed: {event.error}", 500, kind="server_error")
+                reasons[index] = event.finish_reason
+                open_ -= 1
+        choices = []
+        for i in range(count):
+            if self.chat:
+                lp = {"content": logprobs[i]} if self.job.logprobs is not None else None
+                choices.append({"index": i, "message": {"role": "assistant", "content": texts[i]},
+                                "logprobs": lp, "finish_reason": reasons[i]})
+            else:
+                choices.append({"index": i, "text": texts[i], "logprobs": self._completion_logprobs(logprobs[i]),
+                                "finish_reason": reasons[i]})
+        return {"id": self.id, "object": self.object, "created": self.created, "model": self.server.name,
+                "choices": choices, "usage": self._usage(tokens), "system_fingerprint": _fingerprint(self.server)}
+
+    def _completion_logprobs(self, entries: list) -> dict | None:
+        if self.job.logprobs is None:
+            return None
+        offsets, at = [], 0
+        for e in entries:
+            offsets.append(at)
+            at += len(e["token"])
+        return {"tokens": [e["token"] for e in entries], "token_logprobs": [e["logprob"] for e in entries],
+                "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+                "text_offset": offsets}
+
+    async def stream(self, queue: asyncio.Queue, handles):
+        """Server-sent events: one chunk per piece of text, a last chunk per choice with its finish
+        reason, the usage when asked for, then [DONE]. The handles are cancelled if the client leaves."""
+        count = len(self.job.requests)
+        tokens, open_ = [0] * count, count
+        try:
+            if self.chat:
+                for i in range(count):
+                    yield _sse(self._chunk(i, {"role": "assistant", "content": ""}, None))
+            while open_:
+                index, event = await queue.get()
+                if event.finish_reason == "error":
+                    yield _sse(protocol.BadRequest(None, f"generation failed: {event.error}", 500,
+                                                   kind="server_error").body())
+                    return
+                if event.token is not None:
+                    tokens[index] += 1
+                if event.text or event.token is not None and self.job.logprobs is not None:
+                    logprobs = self._logprob_entry(event) if event.logprob is not None else None
+                    yield _sse(self._chunk(index, {"content": event.text} if self.chat else event.text, None,
+                                           logprobs))
+                if event.finish_reason is not None:
+                    open_ -= 1
+                    yield _sse(self._chunk(index, {} if self.chat else "", event.finish_reason))
+            if self.job.include_usage:
+                yield _sse({"id": self.id, "object": self.object + ("" if not self.chat else ".chunk"),
+                            "created": self.created, "model": self.server.name, "choices": [],
+                            "usage": self._usage(tokens)})
+            yield "data: [DONE]\n\n"
+        finally:
+            for h in handles:
+                h.cancel()
+
+    def _chunk(self, index: int, delta: Any, finish: str | None, logprobs: dict | None = None) -> dict:
+        if self.chat:
+            choice = {"index": index, "delta": delta, "logprobs": None if logprobs is None else {"content": [logprobs]},
+                      "finish_reason": finish}
+            kind = "chat.completion.chunk"
+        else:
+            choice = {"index": index, "text": delta, "finish_reason": finish,
+                      "logprobs": None if logprobs is None else self._completion_logprobs([logprobs])}
+            kind = "text_completion"
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.server.name,
+                "choices": [choice], "system_fingerprint": _fingerprint(self.server)}
+
+
+def _fingerprint(server: Server) -> str:
+    return "loom-deterministic" if server.deterministic else "loom-fast"
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _body(request) -> dict:
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(None, f"the request body is not valid JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadRequest(None, f"the request body must be a JSON object, got {type(body).__name__}")
+    return body
+
+
+def _error(exc: BadRequest):
+    from starlette.responses import JSONResponse
+    return JSONResponse(exc.body(), status_code=exc.status)

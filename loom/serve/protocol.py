@@ -1,0 +1,226 @@
+"""The OpenAI API's request bodies, checked: each bad field raises BadRequest naming it (the HTTP
+400 body's `param`), and the good ones become loom.llm.batching Requests.
+
+Sampling fields as OpenAI names them: temperature (default 1, 0 is greedy), top_p, max_tokens
+(chat: also max_completion_tokens; default: the rest of the context for chat, 16 for completions as
+OpenAI's legacy endpoint), stop (a string or up to 4), seed (without one, each request draws a
+random seed: reproducible only with a seed), n, presence_penalty, frequency_penalty, logprobs
+(chat: a flag with top_logprobs 0-20; completions: 0-5 alternatives). Unknown fields are ignored,
+as vLLM and llama.cpp's server do; fields that would change the output and are not supported
+(tools, response_format other than text, logit_bias) are refused rather than ignored.
+"""
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+from ..llm import generate as gen
+from ..llm.batching import Request
+
+MAX_N = 16
+MAX_STOP = 4
+
+
+class BadRequest(Exception):
+    """A 400 (or the status given) with an OpenAI-style error body."""
+
+    def __init__(self, param: str | None, message: str, status: int = 400, kind: str = "invalid_request_error",
+                 code: str | None = None):
+        super().__init__(message)
+        self.param, self.message, self.status, self.kind, self.code = param, message, status, kind, code
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Job:
+    """A checked request: the engine requests (n per prompt, prompt-major) and what the response needs."""
+    requests: list[Request]
+    prompts: list[list[int]]
+    n: int
+    stream: bool
+    include_usage: bool
+    logprobs: int | None
+
+
+def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+            not (low < v if low_open else low <= v) or v > high:
+        side = "(" if low_open else "["
+        raise BadRequest(key, f"'{key}' must be a number in {side}{low}, {high}], got {v!r}")
+    return float(v)
+
+
+def _integer(body: dict, key: str, default: int | None, low: int, high: int | None = None) -> int | None:
+    v = body.get(key)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, int) or v < low or (high is not None and v > high):
+        limit = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+        raise BadRequest(key, f"'{key}' must be {limit}, got {v!r}")
+    return v
+
+
+def _flag(body: dict, key: str, default: bool) -> bool:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise BadRequest(key, f"'{key}' must be true or false, got {v!r}")
+    return v
+
+
+def _stop(body: dict) -> tuple[str, ...]:
+    v = body.get("stop")
+    if v is None:
+        return ()
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, list) or not all(isinstance(s, str) and s for s in items) or len(items) > MAX_STOP:
+        raise BadRequest("stop", f"'stop' must be a non-empty string or a list of up to {MAX_STOP}, got {v!r}")
+    return tuple(items)
+
+
+def check_model(body: dict, served: str) -> None:
+    name = body.get("model")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("model", f"'model' must name the served model ({served!r}), got {name!r}")
+    if name != served:
+        raise BadRequest("model", f"the model {name!r} does not exist; this server serves {served!r}", 404,
+                         code="model_not_found")
+
+
+def _refuse_unsupported(body: dict) -> None:
+    for key in ("tools", "functions", "logit_bias"):
+        if body.get(key):
+            raise BadRequest(key, f"'{key}' is not supported by this server")
+    fmt = body.get("response_format")
+    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+        raise BadRequest("response_format", "only response_format {'type': 'text'} is supported")
+
+
+def _sampling(body: dict) -> tuple[gen.Sampling, dict]:
+    temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, low_open=True)
+    seed = body.get("seed")
+    if seed is None:
+        seed = secrets.randbits(63)
+    elif isinstance(seed, bool) or not isinstance(seed, int):
+        raise BadRequest("seed", f"'seed' must be an integer, got {seed!r}")
+    seed = seed % (1 << 64)             # OpenAI's seeds may be negative: one 64-bit stream each
+    extra = {"presence_penalty": _number(body, "presence_penalty", 0.0, -2.0, 2.0),
+             "frequency_penalty": _number(body, "frequency_penalty", 0.0, -2.0, 2.0)}
+    return gen.Sampling(temperature=temperature, top_p=top_p, seed=seed), extra
+
+
+def _requests(prompt_ids: list[list[int]], n: int, max_tokens: int | None, context: int, body: dict,
+              logprobs: int | None, max_key: str) -> list[Request]:
+    sampling, extra = _sampling(body)
+    stop = _stop(body)
+    out = []
+    for ids in prompt_ids:
+        room = context - len(ids)
+        if room < 1:
+            raise BadRequest("messages" if max_key != "max_tokens" else "prompt",
+                             f"the prompt has {len(ids)} tokens; the model's context is {context}")
+        tokens = room if max_tokens is None else max_tokens
+        if tokens > room:
+            raise BadRequest(max_key, f"'{max_key}' is {tokens}, but the prompt's {len(ids)} tokens leave room for "
+                                      f"{room} in the model's context of {context}")
+        for i in range(n):
+            # choice i of a prompt samples with seed + i: n different answers, each reproducible
+            s = gen.Sampling(sampling.temperature, 0, sampling.top_p, 0.0, 1.0, (sampling.seed + i) % (1 << 64))
+            out.append(Request(ids, tokens, s, None, stop, extra["presence_penalty"], extra["frequency_penalty"],
+                               logprobs))
+    return out
+
+
+def chat_job(body: dict, model, context: int) -> Job:
+    """A /v1/chat/completions body, checked and turned into engine requests."""
+    _refuse_unsupported(body)
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("messages", "'messages' must be a non-empty list of {role, content} objects")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            raise BadRequest(f"messages[{i}]", f"message {i} must be an object with a string 'role'")
+        content = m.get("content")
+        if isinstance(content, list):           # OpenAI's content parts: text parts only
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                       for p in content):
+                raise BadRequest(f"messages[{i}].content", "only text content parts are supported")
+            messages[i] = {**m, "content": "".join(p["text"] for p in content)}
+        elif not isinstance(content, str):
+            raise BadRequest(f"messages[{i}].content", f"message {i}'s 'content' must be a string")
+    try:
+        ids = model.chat_ids(messages)
+    except ConfigError as exc:
+        raise BadRequest("messages", f"the messages cannot be rendered with the model's chat template: {exc}") \
+            from None
+    n = _integer(body, "n", 1, 1, MAX_N)
+    key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = _integer(body, key, None, 1)
+    logprobs = None
+    if _flag(body, "logprobs", False):
+        logprobs = _integer(body, "top_logprobs", 0, 0, 20)
+    elif body.get("top_logprobs") is not None:
+        raise BadRequest("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    stream = _flag(body, "stream", False)
+    return Job(_requests([ids], n, max_tokens, context, body, logprobs, key), [ids], n, stream,
+               _include_usage(body, stream), logprobs)
+
+
+def completion_job(body: dict, model, context: int) -> Job:
+    """A /v1/completions body: prompt a string, a list of strings, token ids or lists of them."""
+    _refuse_unsupported(body)
+    if body.get("echo") or body.get("suffix") or (body.get("best_of") or 1) != 1:
+        raise BadRequest("echo" if body.get("echo") else "suffix" if body.get("suffix") else "best_of",
+                         "echo, suffix and best_of are not supported by this server")
+    prompt = body.get("prompt")
+    prompts = _prompts(prompt)
+    ids = []
+    for i, p in enumerate(prompts):
+        try:
+            ids.append(model.encode_prompt(p))
+        except ConfigError as exc:
+            raise BadRequest("prompt", str(exc)) from None
+        if not ids[-1]:
+            raise BadRequest("prompt", f"prompt {i} has no tokens")
+        vocab = model.decoder.config.vocab_size
+        if any(not 0 <= t < vocab for t in ids[-1]):
+            raise BadRequest("prompt", f"prompt {i} holds a token id outside the vocabulary [0, {vocab})")
+    n = _integer(body, "n", 1, 1, MAX_N)
+    logprobs = _integer(body, "logprobs", None, 0, 5)
+    stream = _flag(body, "stream", False)
+    max_tokens = _integer(body, "max_tokens", 16, 1)
+    return Job(_requests(ids, n, max_tokens, context, body, logprobs, "max_tokens"), ids, n, stream,
+               _include_usage(body, stream), logprobs)
+
+
+def _prompts(prompt: Any) -> list:
+    def ids(p):
+        return isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p)
+    if isinstance(prompt, str) and prompt:
+        return [prompt]
+    if ids(prompt):
+        return [prompt]
+    if isinstance(prompt, list) and prompt and all((isinstance(p, str) and p) or ids(p) for p in prompt):
+        return list(prompt)
+    raise BadRequest("prompt", "'prompt' must be a non-empty string, a list of token ids, or a list of those")
+
+
+def _include_usage(body: dict, stream: bool) -> bool:
+    options = body.get("stream_options")
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise BadRequest("stream_options", "'stream_options' must be an object")
+    if not stream:
+        raise BadRequest("stream_options", "'stream_options' is only allowed with 'stream': true")
+    return _flag(options, "include_usage", False)

@@ -1,0 +1,177 @@
+"""Continuous batching over a paged KV cache: a sequence's tokens and logits (through its logprobs) are
+the bits it gets alone and from CausalLM.generate_ids in deterministic mode, whatever it is batched
+with, however the cache is shared (prefix caching) or squeezed (preemption); the paged cache's
+bookkeeping; the engine's checks, queue limit and cancellation."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import loom
+from loom.errors import ConfigError
+from loom.llm import generate as gen
+from loom.llm.batching import BatchEngine, QueueFull, Request
+from loom.llm.paged_cache import OutOfBlocks, PagedKVCache, block_names
+from loom.spec import tiny_decoder
+
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny_decoders as td  # noqa: E402
+
+
+def prompts(vocab, seed=0):
+    rng = np.random.default_rng(seed)
+    out = [rng.integers(0, vocab, n).tolist() for n in (5, 17, 33, 1, 40, 9)]
+    out.append(out[2][:20] + [3, 4, 5])             # shares 20 tokens (two 8-blocks) with prompt 2
+    out.append(list(out[4]))                        # the same prompt twice
+    return out
+
+
+def requests(ps, **kw):
+    return [Request(p, max_tokens=12, stop_ids=(), logprobs=3, **kw) for p in ps]
+
+
+def same(a, b):
+    return a.tokens == b.tokens and a.logprobs == b.logprobs
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3"])
+def model(request):
+    return tiny_decoder(request.param)
+
+
+def test_batched_sequences_get_their_bits_alone(model):
+    with loom.deterministic(True):
+        reqs = requests(prompts(model.decoder.config.vocab_size))
+        alone = [BatchEngine(model).generate([r])[0] for r in reqs]
+        for r, a in zip(reqs, alone):
+            assert a.tokens == list(model.generate_ids(r.prompt, max_tokens=12, stop_ids=()))
+        engine = BatchEngine(model, max_batch=3, block_size=8)
+        batched = engine.generate(reqs)
+        assert all(same(a, b) for a, b in zip(alone, batched))
+        assert engine.stats["cached_tokens"] >= 16 + 32        # prompt 6's two blocks, prompt 7's four
+        assert engine.cache.available() == engine.cache.blocks  # every block back (idle or free)
+
+
+def test_preemption_recomputes_the_same_bits(model):
+    with loom.deterministic(True):
+        reqs = requests(prompts(model.decoder.config.vocab_size, seed=1))
+        alone = [BatchEngine(model).generate([r])[0] for r in reqs]
+        engine = BatchEngine(model, max_batch=8, cache_tokens=64, block_size=8)
+        assert all(same(a, b) for a, b in zip(alone, engine.generate(reqs)))
+        assert engine.stats["preempted"] > 0
+
+
+def test_sampled_sequences_and_fast_mode():
+    model = tiny_decoder("llama")
+    reqs = requests(prompts(64, seed=2), sampling=gen.Sampling(temperature=0.9, top_p=0.9, seed=5))
+    with loom.deterministic(True):
+        alone = [BatchEngine(model).generate([r])[0] for r in reqs]
+        assert all(same(a, b) for a, b in zip(alone, BatchEngine(model, max_batch=5).generate(reqs)))
+        assert alone[0].tokens == list(model.generate_ids(reqs[0].prompt, max_tokens=12, stop_ids=(),
+                                                          temperature=0.9, top_p=0.9, seed=5))
+    with loom.deterministic(False):            # fast mode: the last bits may move, not more
+        alone = [BatchEngine(model).generate([r])[0] for r in requests(prompts(64, seed=2))]
+        batched = BatchEngine(model, max_batch=5).generate(requests(prompts(64, seed=2)))
+        for a, b in zip(alone, batched):
+            np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-4, atol=1e-4)
+
+
+def test_sliding_window_model_matches_generate_ids(tmp_path):
+    lm = loom.llm.load(td.save(td.build("mistral", seed=4, sliding_window=7), tmp_path))
+    ps = prompts(lm.decoder.config.vocab_size, seed=3)
+    with loom.deterministic(True):
+        results = BatchEngine(lm, max_batch=4, block_size=4).generate(requests(ps))
+        for p, r in zip(ps, results):
+            assert r.tokens == list(lm.generate_ids(p, max_tokens=12, stop_ids=()))
+
+
+def test_penalties_follow_openai_formula():
+    model = tiny_decoder("llama")
+    prompt = [3, 9, 27, 81 % 64]
+    with loom.deterministic(True):
+        got = BatchEngine(model).generate([Request(prompt, max_tokens=10, stop_ids=(), presence_penalty=0.7,
+                                                   frequency_penalty=1.3)])[0].tokens
+        seq, counts = list(prompt), {}
+        for _ in range(10):                     # the reference: full forwards, penalties by hand
+            logits = np.asarray(model.logits(seq))[-1].copy()
+            for t, c in counts.items():
+                logits[t] -= np.float32(1.3) * np.float32(c) + np.float32(0.7)
+            token = int(np.argmax(logits))
+            seq.append(token)
+            counts[token] = counts.get(token, 0) + 1
+        assert got == seq[len(prompt):]
+        plain = BatchEngine(model).generate([Request(prompt, max_tokens=10, stop_ids=())])[0].tokens
+        assert plain != got                     # the penalties changed something
+
+
+def test_stop_ids_and_length_finish_reasons():
+    model = tiny_decoder("llama")
+    with loom.deterministic(True):
+        first = BatchEngine(model).generate([Request([1, 2, 3], max_tokens=6, stop_ids=())])[0]
+        stopped = BatchEngine(model).generate([Request([1, 2, 3], max_tokens=6, stop_ids=(first.tokens[2],))])[0]
+    assert first.finish_reason == "length" and len(first.tokens) == 6
+    assert stopped.finish_reason == "stop" and stopped.tokens == first.tokens[:first.tokens.index(first.tokens[2])]
+
+
+def test_bad_requests_name_the_setting():
+    engine = BatchEngine(tiny_decoder("llama"), max_queue=2, cache_tokens=32, block_size=8)
+    cases = [(Request([], max_tokens=3), "prompt"), (Request([1, 999], max_tokens=3), "prompt"),
+             (Request([1], max_tokens=-1), "max_tokens"), (Request([1] * 20, max_tokens=20), "max_tokens"),
+             (Request([1], 3, presence_penalty=3.0), "presence_penalty"), (Request([1], 3, logprobs=-1), "logprobs"),
+             (Request([1], 3, stop=("x",)), "stop"), (Request([1], 3, stop_ids=(70,)), "stop_ids")]
+    for request, name in cases:
+        with pytest.raises(ConfigError) as info:
+            engine.submit(request, lambda e: None)
+        assert info.value.path == name, request
+    for name, value in (("max_batch", 0), ("block_size", 1.5), ("cache_tokens", 4)):
+        with pytest.raises(ConfigError, match=name):
+            BatchEngine(tiny_decoder("llama"), **{name: value})
+
+
+def test_a_full_queue_refuses_all_or_nothing_and_cancel_frees_blocks():
+    engine = BatchEngine(tiny_decoder("llama"), max_batch=1, max_queue=2, block_size=8)
+    events = []
+    handles = engine.submit_all([Request([1, 2, 3], max_tokens=30, stop_ids=())] * 2, [events.append] * 2)
+    with pytest.raises(QueueFull, match="max_queue"):
+        engine.submit(Request([4], max_tokens=3), events.append)
+    assert engine.load["waiting"] == 2
+    engine.step()
+    engine.step()
+    assert engine.load["running"] == 1 and engine.cache.available() < engine.cache.blocks
+    for h in handles:
+        h.cancel()
+    assert not engine.step()                       # nothing left
+    assert engine.cache.available() == engine.cache.blocks
+    assert [e.finish_reason for e in events if e.finish_reason] == ["cancelled", "cancelled"]
+
+
+def test_paged_cache_shares_evicts_and_refuses():
+    cache = PagedKVCache(np, layers=1, kv_heads=1, head_dim=2, blocks=3, block_size=4)
+    a, b = cache.take(), cache.take()
+    names = block_names(list(range(12)), 4, 2)
+    assert names == block_names(list(range(8)), 4, 2) and names[0] != block_names([9, 1, 2, 3], 4, 1)[0]
+    cache.register(a, names[0])
+    cache.share(a)
+    cache.release([a, b])
+    assert cache.refs[a] == 1 and cache.available() == 2
+    cache.release([a])                           # registered: idle, still found
+    assert cache.lookup(names[0]) == a and cache.available() == 3
+    taken = [cache.take(), cache.take()]         # the free ones first
+    assert a not in taken and cache.lookup(names[0]) == a
+    assert cache.take() == a and cache.lookup(names[0]) is None      # then the idle one, evicted
+    with pytest.raises(OutOfBlocks):
+        cache.take()
+    np.testing.assert_array_equal(cache.slots([2, 0], 2, 7), [10, 11, 0, 1, 2])
+    with pytest.raises(ConfigError, match="blocks"):
+        PagedKVCache(np, 1, 1, 2, blocks=0)
+
+
+def test_generate_batch_is_generate_for_each_prompt():
+    model = tiny_decoder("qwen3")
+    ps = prompts(model.decoder.config.vocab_size, seed=4)[:5]
+    with loom.deterministic(True):
+        results = model.generate_batch(ps, max_tokens=9, temperature=0.8, seed=7, stop_ids=(), max_batch=2)
+        for i, (p, r) in enumerate(zip(ps, results)):
+            assert r.tokens == list(model.generate_ids(p, max_tokens=9, temperature=0.8, seed=7 + i, stop_ids=()))
+            assert r.text is None and r.finish_reason == "length" and r.prompt_tokens == len(p)
