@@ -35,11 +35,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .. import fallback
 from ..errors import ConfigError, LoomError
 from ..kernels.exact import dispatch as exact_dispatch
 from ..mode import is_deterministic
 from . import generate as gen
-from . import paged_forward
+from . import paged_forward, paged_graph
 from .decoder import PREFILL_CHUNK
 from .paged_cache import OutOfBlocks, PagedKVCache, block_names
 
@@ -124,15 +125,18 @@ class BatchEngine:
     max_batch: sequences decoded together; max_queue: requests waiting beyond those (submit raises
     QueueFull past it); cache_tokens: positions of the paged cache (default: max_batch times the
     shorter of the model's context and 4,096); block_size: positions per block; prefix_cache: reuse
-    the blocks of shared prompt prefixes."""
+    the blocks of shared prompt prefixes; dense_weights: keep float32 copies of block-quantized
+    weights for products of many rows (Decoder.keep_dense: 4 bytes a parameter; default on the GPU)."""
 
     def __init__(self, model, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
-                 block_size: int = BLOCK_SIZE, prefix_cache: bool = True):
+                 block_size: int = BLOCK_SIZE, prefix_cache: bool = True, dense_weights: bool | None = None):
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"expected a positive integer, got {value!r}")
         self.model, self.dec = model, model.decoder
         c = self.dec.config
+        if dense_weights if dense_weights is not None else self.dec.device == "cuda":
+            self.dec.keep_dense()
         self.context = c.max_positions
         if cache_tokens is None:
             cache_tokens = max_batch * min(c.max_positions, 4096)
@@ -148,8 +152,14 @@ class BatchEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.deterministic = is_deterministic()     # the mode steps run in (a thread has its own)
+        # recorded decode steps by batch bucket, where the device has the kernels
+        self._graph_cache: dict[int, paged_graph.PagedDecodeGraph] = {}
+        why = paged_graph.why_not(self.dec, self.deterministic) if self.dec.backend.graphs else "no graphs"
+        self._graphs_off = why is not None
+        if why is not None and self.dec.backend.graphs:
+            fallback.notice_once(f"batched decode steps run kernel by kernel, not as recorded CUDA graphs ({why})")
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "cached_tokens": 0, "preempted": 0,
-                      "cancelled": 0}
+                      "cancelled": 0, "graph_steps": 0}
 
     # --- submitting ---------------------------------------------------------------------------------
     def check(self, request: Request) -> Request:
@@ -260,18 +270,64 @@ class BatchEngine:
         self._admit()
         work, seqs = self._plan()
         if work:
-            logits = paged_forward.forward(self.dec, self.cache, work)
+            choices = self._forward(work, seqs)
             self.stats["steps"] += 1
-            host = None if logits is None else self.dec.backend.to_numpy(logits)
-            row = 0
-            for w, seq in zip(work, seqs):
+            for w, seq, choice in zip(work, seqs, choices):
                 seq.length = w.pos + len(w.tokens)
                 self._register_blocks(seq)
-                if w.logits:
-                    self._sample(seq, host[row])
-                    row += 1
+                if choice is not None:
+                    self._sample(seq, choice)
         with self._lock:
             return bool(self.running or self.waiting)
+
+    def _forward(self, work: list[paged_forward.Work], seqs: list[_Sequence]) -> list:
+        """Each work item's next-token input (None where its logits are not wanted): the host logits,
+        or, for a greedy sequence that needs nothing else of them, the token itself, chosen on the
+        device (only ids cross to the host). Decode tokens go through a recorded paged step where
+        the device has one, the rest through paged_forward."""
+        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1]
+        graph = self._graph(len(decode), [work[i] for i in decode]) if decode else None
+        by_graph = set(decode) if graph is not None else set()
+        rest = [i for i in range(len(work)) if i not in by_graph]
+        out: list = [None] * len(work)
+        if rest:
+            logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in rest])
+            if logits is not None:         # rows for the items that want logits, in order
+                self._choose_rows(logits, [i for i in rest if work[i].logits], seqs, out)
+        if graph is not None:
+            self.stats["graph_steps"] += 1
+            items = [work[i] for i in decode]
+            logits = graph.step([int(w.tokens[0]) for w in items], [w.pos for w in items], [w.table for w in items])
+            self._choose_rows(logits, decode, seqs, out)
+        return out
+
+    def _choose_rows(self, logits, indices: list[int], seqs: list[_Sequence], out: list) -> None:
+        """out[i] for the rows of device logits [len(indices), V]: argmax ids for plain greedy
+        sequences (first of equal maxima, as gen.choose), host rows for the others."""
+        xp, to_host = self.dec.xp, self.dec.backend.to_numpy
+        plain = [k for k, i in enumerate(indices) if _plain_greedy(seqs[i].request)]
+        other = [k for k, i in enumerate(indices) if not _plain_greedy(seqs[i].request)]
+        if plain:
+            rows = logits if len(plain) == len(indices) else logits[self.dec.backend.asarray(np.asarray(plain))]
+            for k, token in zip(plain, to_host(xp.argmax(rows, axis=1))):
+                out[indices[k]] = int(token)
+        if other:
+            rows = logits if len(other) == len(indices) else logits[self.dec.backend.asarray(np.asarray(other))]
+            for k, row in zip(other, to_host(rows)):
+                out[indices[k]] = row
+
+    def _graph(self, n: int, items: list[paged_forward.Work]):
+        """The recorded paged decode step for n sequences (None: run them through paged_forward)."""
+        if self._graphs_off or paged_graph.bucket(n) is None:
+            return None
+        if self.deterministic and max(w.pos for w in items) >= exact_dispatch.ROUNDED_MAX_K:
+            return None             # the exact kernels' attention takes the rounded scheme's keys only
+        key = paged_graph.bucket(n)
+        graph = self._graph_cache.get(key)
+        if graph is None:
+            graph = self._graph_cache[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key,
+                                                                           self.deterministic)
+        return graph
 
     def _drop_cancelled(self) -> None:
         with self._lock:
@@ -390,16 +446,19 @@ class BatchEngine:
         seq.names += names
         seq.registered = full
 
-    def _sample(self, seq: _Sequence, logits: np.ndarray) -> None:
+    def _sample(self, seq: _Sequence, logits: np.ndarray | int) -> None:
+        """The sequence's next token from its logits (or the token, chosen on the device)."""
         r = seq.request
-        adjusted = logits
-        if seq.counts and (r.presence_penalty or r.frequency_penalty):
-            ids = np.fromiter(seq.counts.keys(), dtype=np.int64)
-            counts = np.fromiter(seq.counts.values(), dtype=np.float32)
-            adjusted = logits.copy()
-            adjusted[ids] -= np.float32(r.frequency_penalty) * counts + np.float32(r.presence_penalty)
-        step = len(seq.generated)
-        token = gen.choose(adjusted, seq.seen, r.sampling, step)
+        if isinstance(logits, int):
+            token = logits
+        else:
+            adjusted = logits
+            if seq.counts and (r.presence_penalty or r.frequency_penalty):
+                ids = np.fromiter(seq.counts.keys(), dtype=np.int64)
+                counts = np.fromiter(seq.counts.values(), dtype=np.float32)
+                adjusted = logits.copy()
+                adjusted[ids] -= np.float32(r.frequency_penalty) * counts + np.float32(r.presence_penalty)
+            token = gen.choose(adjusted, seq.seen, r.sampling, len(seq.generated))
         if token in r.stop_ids:
             self._finish(seq, "stop")
             return
@@ -430,6 +489,13 @@ class BatchEngine:
         if tail:
             seq.sink(Event(None, text=tail))
         seq.sink(Event(None, finish_reason=reason))
+
+
+def _plain_greedy(r: Request) -> bool:
+    """Whether the next token is the logits' argmax and nothing else of them is needed."""
+    s = r.sampling
+    return (s.temperature == 0.0 and s.repetition_penalty == 1.0 and not r.presence_penalty
+            and not r.frequency_penalty and r.logprobs is None)
 
 
 def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:

@@ -39,6 +39,7 @@ from ..backend import Array
 from ..backend.recorder import GraphCache
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
+from ..kernels.quant import gemv
 from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
 from . import decode_graph, rope
@@ -243,10 +244,34 @@ class Decoder:
             self.layers.append(L)
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
+        self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._graph = None               # the DecodeGraph last decoded with
         self._graph_ok = {}              # batch size -> whether a decode step can be recorded
         # recorded decode steps by (batch, cache positions, deterministic), each holding a cache's arrays
         self._graphs = GraphCache(GRAPHS_KEPT, _describe_decode, strict=False, record_from=1)
+
+    # --- dense copies of block-quantized weights ------------------------------------------------------
+    def keep_dense(self) -> None:
+        """From now on, products of more than gemv.MAX_ROWS rows use float32 copies of the block-quantized
+        weights, decoded once (4 bytes a parameter more memory) instead of block by block at every
+        product: a batch engine's prefill chunks and large decode batches. The values are the same, so
+        deterministic mode's bits are too."""
+        if self._dense is None:
+            self._dense = {}
+
+    def dense(self, w):
+        """The float32 device copy of block-quantized weight w (made once), or w itself."""
+        if not isinstance(w, BlockQuantized):
+            return w
+        if self._dense is None:
+            self._dense = {}
+        copy = self._dense.get(id(w))
+        if copy is None:
+            copy = self._dense[id(w)] = self.backend.asarray(w.dequantize(), dtype=np.float32)
+        return copy
+
+    def _weight(self, w, rows: int):
+        return w if self._dense is None or rows <= gemv.MAX_ROWS else self.dense(w)
 
     # --- cache ---------------------------------------------------------------------------------------
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
@@ -330,7 +355,7 @@ class Decoder:
     def logits_of(self, h: Array) -> Array:
         """Logits [..., vocab] of final hidden states h [..., E]."""
         h = fused.rms_norm(h, self.norm, self.config.eps)[0]
-        return _linear(h, self.lm_head)
+        return _linear(h, self.lm_head, None, self._weight)
 
     def _hidden(self, ids, cache: KVCache):
         """Run every layer on ids [B, T] at positions cache.length ..; returns h [B, T, E]."""
@@ -367,7 +392,7 @@ class Decoder:
         B, T, _ = h.shape
         H, KV, D = c.heads, c.kv_heads, c.head_dim
         x = fused.rms_norm(h, L.ln1, c.eps)[0]
-        qkv = _linear(x, L.qkv, L.qkv_bias)                              # [B, T, (H + 2 KV) D]
+        qkv = _linear(x, L.qkv, L.qkv_bias, self._weight)                            # [B, T, (H + 2 KV) D]
         qk = qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D)          # q heads, then k heads
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
         if L.qk_norm is not None:                                        # qwen3: per-head RMSNorm before RoPE
@@ -406,11 +431,11 @@ class Decoder:
     def finish_layer(self, L: _Layer, h, ctx):
         """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
         c = self.config
-        h = h + _linear(ctx, L.o, L.o_bias)
+        h = h + _linear(ctx, L.o, L.o_bias, self._weight)
         x = fused.rms_norm(h, L.ln2, c.eps)[0]
-        gu = _linear(x, L.gate_up, L.gate_up_bias)                       # [B, T, 2 I]
+        gu = _linear(x, L.gate_up, L.gate_up_bias, self._weight)                     # [B, T, 2 I]
         gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
-        return h + _linear(fused.activation("silu", gate) * up, L.down, L.down_bias)
+        return h + _linear(fused.activation("silu", gate) * up, L.down, L.down_bias, self._weight)
 
 
 def _rotate(x, cos, sin, xp):
@@ -420,11 +445,14 @@ def _rotate(x, cos, sin, xp):
     return x * cos + rotated * sin
 
 
-def _linear(x, w, bias=None):
+def _linear(x, w, bias=None, pick=None):
     """x [..., in] @ w^T (+ bias); w is one weight, or a tuple of weights whose outputs are concatenated.
-    The product runs on x as a 2-D [rows, in] matrix: the CPU backend's fast path for x @ W^T is 2-D."""
+    The product runs on x as a 2-D [rows, in] matrix: the CPU backend's fast path for x @ W^T is 2-D.
+    pick(w, rows), when given, may replace a weight by another holding the same values (a dense copy)."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
+    if pick is not None:
+        w = tuple(pick(part, x2.shape[0]) for part in w) if isinstance(w, tuple) else pick(w, x2.shape[0])
     if isinstance(w, tuple):
         y = backend.of(x).xp.concatenate([linear(x2, part) for part in w], axis=-1)
     else:

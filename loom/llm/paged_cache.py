@@ -1,7 +1,8 @@
 """A paged key/value cache: fixed-size blocks shared by every sequence of a batch, with prefix caching.
 
-The pool holds `blocks` blocks of `block_size` positions for every layer: k and v are
-[layers, blocks * block_size, kv_heads, head_dim] float32 arrays on the model's device, a position's
+The pool holds `blocks` blocks of `block_size` positions for every layer, and a scratch block that
+padded rows of a recorded step may write: k and v are
+[layers, (blocks + 1) * block_size, kv_heads, head_dim] float32 arrays on the model's device, a position's
 slot being block * block_size + offset. A sequence owns a block table (its blocks in position order)
 and takes a new block only when it fills the last one, so memory follows the tokens present, not
 the longest a sequence could grow (vLLM's PagedAttention layout, without its custom kernel).
@@ -34,7 +35,8 @@ class PagedKVCache:
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(name, f"expected a positive integer, got {value!r}")
         self.xp, self.block_size, self.blocks = xp, block_size, blocks
-        shape = (layers, blocks * block_size, kv_heads, head_dim)
+        self.scratch = blocks           # one more block, never handed out: padding rows write there
+        shape = (layers, (blocks + 1) * block_size, kv_heads, head_dim)
         self.k = xp.zeros(shape, dtype=np.float32)
         self.v = xp.zeros(shape, dtype=np.float32)
         self.refs = np.zeros(blocks, dtype=np.int64)

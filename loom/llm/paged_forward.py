@@ -3,10 +3,12 @@ tokens (a prefill chunk or one decode token) go through the projections and the 
 [rows, E] matrix; attention runs per sequence over its own cached keys.
 
 A row's bits do not depend on its batch-mates in deterministic mode: every product is row-invariant
-(the dispatch table picks a scheme from K alone) and each sequence's attention sees exactly the keys
-it would alone (decoder.attend). Prefill chunks end where the single-sequence path ends them (at
-multiples of decoder.PREFILL_CHUNK, or at the prompt's end), which keeps the attention products'
-K the same as alone too.
+(the dispatch table picks a scheme from K alone) and each sequence's attention runs alone over
+exactly its own keys (decoder.attend). Prefill chunks end where the single-sequence path ends them
+(at multiples of decoder.PREFILL_CHUNK, or at the prompt's end), which keeps the attention products'
+K the same as alone too. Fast mode runs the attention of all sequences at once, their queries and
+keys padded to the longest and masked (in groups that keep the scores under PADDED_ELEMENTS): the
+padding changes sums' order, so last bits may move.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Array
+from ..kernels import ops
+from ..mode import is_deterministic
 from .decoder import Decoder
 from .paged_cache import PagedKVCache
 
@@ -43,16 +47,69 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
         q, k, v = dec.qkv(layer, h, cos, sin)
         cache.k[i][slots] = k[0]
         cache.v[i][slots] = v[0]
-        contexts = []
-        for w, lo_row, hi_row in zip(work, bounds[:-1], bounds[1:]):
-            first = dec.first_key(layer, w.pos)
-            keys = be.asarray(cache.slots(w.table, first, w.pos + (hi_row - lo_row)))
-            ks = cache.k[i][keys].transpose(1, 0, 2)[None]              # [1, KV, n, D]
-            vs = cache.v[i][keys].transpose(1, 0, 2)[None]
-            contexts.append(dec.attend(layer, q[:, lo_row:hi_row], ks, vs, w.pos, first))
-        ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
+        if is_deterministic() or len(work) == 1:
+            contexts = []
+            for w, lo_row, hi_row in zip(work, bounds[:-1], bounds[1:]):
+                first = dec.first_key(layer, w.pos)
+                keys = be.asarray(cache.slots(w.table, first, w.pos + (hi_row - lo_row)))
+                ks = cache.k[i][keys].transpose(1, 0, 2)[None]              # [1, KV, n, D]
+                vs = cache.v[i][keys].transpose(1, 0, 2)[None]
+                contexts.append(dec.attend(layer, q[:, lo_row:hi_row], ks, vs, w.pos, first))
+            ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
+        else:
+            ctx = _padded_attention(dec, cache, i, layer, q[0], work, sizes)[None]
         h = dec.finish_layer(layer, h, ctx)
     rows = [int(hi) - 1 for w, hi in zip(work, bounds[1:]) if w.logits]
     if not rows:
         return None
     return dec.logits_of(h[0, be.asarray(np.asarray(rows, dtype=np.int64))])
+
+
+PADDED_ELEMENTS = 1 << 26           # float32 scores of one padded attention group (256 MB)
+
+
+def _padded_attention(dec: Decoder, cache: PagedKVCache, i: int, layer, q, work: list[Work], sizes: list[int]):
+    """Fast mode: the context [N, H*D] of every item's queries q [N, H, D] (rows in item order) over
+    its keys, the items padded to a common query and key count in groups."""
+    be, xp, c = dec.backend, dec.xp, dec.config
+    H, KV, D = c.heads, c.kv_heads, c.head_dim
+    R = H // KV
+    firsts = [dec.first_key(layer, w.pos) for w in work]
+    counts = [w.pos + n - lo for w, n, lo in zip(work, sizes, firsts)]
+    out, start, row = [], 0, 0
+    while start < len(work):                # a group: as many items as fit the budget
+        stop, t_max, n_max = start, 0, 0
+        while stop < len(work):
+            t, n = max(t_max, sizes[stop]), max(n_max, counts[stop])
+            if stop > start and (stop - start + 1) * H * t * n > PADDED_ELEMENTS:
+                break
+            t_max, n_max, stop = t, n, stop + 1
+        S = stop - start
+        key_slots = np.full((S, n_max), cache.scratch * cache.block_size, dtype=np.int64)
+        rows = np.zeros((S, t_max), dtype=np.int64)
+        allowed = np.zeros((S, t_max, n_max), dtype=bool)
+        for s in range(S):
+            w, n, lo, T = work[start + s], counts[start + s], firsts[start + s], sizes[start + s]
+            key_slots[s, :n] = cache.slots(w.table, lo, lo + n)
+            rows[s, :T] = row + np.arange(T)
+            qpos = w.pos + np.arange(T)[:, None]
+            kpos = lo + np.arange(n)[None, :]
+            ok = kpos <= qpos
+            if layer.window is not None:
+                ok &= kpos > qpos - layer.window
+            allowed[s, :T, :n] = ok
+            row += T
+        slots = be.asarray(key_slots)
+        ks = cache.k[i][slots].transpose(0, 2, 1, 3)                  # [S, KV, n, D]
+        vs = cache.v[i][slots].transpose(0, 2, 1, 3)
+        qs = q[be.asarray(rows)]                                       # [S, T, H, D]
+        qs = qs.reshape(S, t_max, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(S, KV, R * t_max, D)
+        scores = ops.matmul(qs, ks.transpose(0, 1, 3, 2)).reshape(S, KV, R, t_max, n_max)
+        p = ops.softmax(scores * scores.dtype.type(dec.scale), axis=-1,
+                        mask=be.asarray(allowed)[:, None, None], padded=True)
+        ctx = ops.matmul(p.reshape(S, KV, R * t_max, n_max), vs)        # [S, KV, R*T, D]
+        ctx = ctx.reshape(S, KV, R, t_max, D).transpose(0, 3, 1, 2, 4).reshape(S * t_max, H * D)
+        valid = (np.arange(t_max)[None, :] < np.asarray(sizes[start:stop])[:, None]).reshape(-1)
+        out.append(ctx[be.asarray(np.flatnonzero(valid))])
+        start = stop
+    return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)

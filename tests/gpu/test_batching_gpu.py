@@ -40,3 +40,50 @@ def test_fast_gpu_batches_agree_with_each_sequence_alone():
         got = BatchEngine(gpu, max_batch=6).generate(reqs)
         for a, b in zip(alone, got):
             np.testing.assert_allclose(a.logprobs[:3], b.logprobs[:3], rtol=1e-3, atol=1e-3)
+
+
+def _graph_model(arch: str, device: str, **extra):
+    """A small random decoder the recorded paged step takes (head_dim 64, widths multiples of 32)."""
+    from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+    from loom.llm.model import CausalLM
+    cfg = {"model_type": arch, "vocab_size": 256, "hidden_size": 128, "intermediate_size": 256,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,
+           "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+           "tie_word_embeddings": False, **extra}
+    config = DecoderConfig.from_hf(cfg)
+    rng = np.random.default_rng(3)
+    weights = {name: (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32) if name.endswith("norm.weight")
+               else (0.15 * rng.standard_normal(shape)).astype(np.float32)
+               for name, shape in expected_tensors(config)[0].items()}
+    return CausalLM(Decoder(config, weights, device), None, cfg)
+
+
+@pytest.mark.parametrize("arch, extra", [("llama", {}), ("qwen3", {}), ("mistral", {"sliding_window": 9})])
+def test_recorded_paged_steps_give_the_cpu_bits(arch, extra):
+    with loom.deterministic(True):
+        cpu, gpu = _graph_model(arch, "cpu", **extra), _graph_model(arch, "cuda", **extra)
+        reqs = _requests(256)
+        alone = [BatchEngine(cpu).generate([r])[0] for r in reqs]
+        engine = BatchEngine(gpu, max_batch=5, block_size=8)
+        got = engine.generate(reqs)
+        assert engine.stats["graph_steps"] > 0
+        for a, b in zip(alone, got):
+            assert a.tokens == b.tokens and a.logprobs == b.logprobs
+        plain = [Request(r.prompt, max_tokens=14, stop_ids=()) for r in reqs]      # tokens chosen on the device
+        assert [r.tokens for r in BatchEngine(gpu, max_batch=5).generate(plain)] == [a.tokens for a in alone]
+
+
+def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows():
+    with loom.deterministic(False):
+        gpu = _graph_model("llama", "cuda")
+        rng = np.random.default_rng(8)
+        reqs = [Request(rng.integers(0, 256, 5 + i).tolist(), max_tokens=10, stop_ids=(), logprobs=1)
+                for i in range(40)]
+        eager = BatchEngine(gpu, max_batch=40)
+        eager._graphs_off = True
+        want = eager.generate(reqs)
+        engine = BatchEngine(gpu, max_batch=40)
+        got = engine.generate(reqs)
+        assert engine.stats["graph_steps"] > 0
+        for a, b in zip(want, got):
+            np.testing.assert_allclose(a.logprobs[:4], b.logprobs[:4], rtol=1e-3, atol=1e-3)

@@ -175,3 +175,53 @@ def test_generate_batch_is_generate_for_each_prompt():
         for i, (p, r) in enumerate(zip(ps, results)):
             assert r.tokens == list(model.generate_ids(p, max_tokens=9, temperature=0.8, seed=7 + i, stop_ids=()))
             assert r.text is None and r.finish_reason == "length" and r.prompt_tokens == len(p)
+
+
+def test_fast_mode_pads_attention_in_groups(tmp_path, monkeypatch):
+    from loom.llm import paged_forward
+    lm = loom.llm.load(td.save(td.build("mistral", seed=5, sliding_window=6), tmp_path))
+    reqs = requests(prompts(lm.decoder.config.vocab_size, seed=6))
+    with loom.deterministic(False):
+        alone = [BatchEngine(lm).generate([r])[0] for r in reqs]
+        whole = BatchEngine(lm, max_batch=8, block_size=4).generate(reqs)
+        monkeypatch.setattr(paged_forward, "PADDED_ELEMENTS", 4 * 40 * 41)     # groups of one or two
+        grouped = BatchEngine(lm, max_batch=8, block_size=4).generate(reqs)
+    for a, b, g in zip(alone, whole, grouped):
+        np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(a.logprobs, g.logprobs, rtol=1e-4, atol=1e-4)
+
+
+def _q8_model():
+    """A tiny llama whose matrices are random Q8_0 blocks (moderate scales), norms float."""
+    from loom.kernels.quant import gguf as gq
+    from loom.kernels.quant.block import BlockQuantized
+    from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+    from loom.llm.model import CausalLM
+    cfg = {"model_type": "llama", "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
+           "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+           "max_position_embeddings": 128, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}
+    config = DecoderConfig.from_hf(cfg)
+    rng = np.random.default_rng(12)
+    weights = {}
+    for name, shape in expected_tensors(config)[0].items():
+        if len(shape) == 1:
+            weights[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+            continue
+        block, size = gq.BLOCKS["Q8_0"]
+        raw = rng.integers(0, 256, (shape[0] * shape[1] // block, size), dtype=np.uint8)
+        raw[:, :2] = (rng.random(len(raw)) * 0.01 + 1e-3).astype(np.float16).view(np.uint8).reshape(-1, 2)
+        weights[name] = BlockQuantized(raw.reshape(shape[0], -1), "Q8_0", shape)
+    return CausalLM(Decoder(config, weights, "cpu"), None, cfg)
+
+
+def test_dense_weight_copies_keep_the_bits():
+    model = _q8_model()
+    reqs = requests(prompts(96, seed=8) + [list(range(60))])      # prefill chunks of more than 16 rows
+    with loom.deterministic(True):
+        plain = BatchEngine(model, dense_weights=False).generate(reqs)
+        assert model.decoder._dense is None
+        dense = BatchEngine(model, dense_weights=True).generate(reqs)
+        assert model.decoder._dense                                  # the copies were made and used
+        for p, a, b in zip(reqs, plain, dense):
+            assert same(a, b)
+            assert a.tokens == list(model.generate_ids(p.prompt, max_tokens=12, stop_ids=()))

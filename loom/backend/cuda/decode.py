@@ -68,20 +68,30 @@ __device__ void head_vector(const float* x, float* dst, float* also, const float
     }
 }
 
-// qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
-// b * batch_stride + (kv * max_len + t) * D + d; cos, sin [positions, D]; norm [H + KV, D] or null
-extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_k, float* cache_v, float* out,
-                                                 const float* cos_t, const float* sin_t, const float* norm,
-                                                 const long long* pos_p, int H, int KV, int max_len,
-                                                 long long batch_stride, int window, float scale, float eps) {
+// Where key (or value) position t of the block's sequence and key/value head lives: a contiguous
+// cache [B, KV, max_len, D] (Flat), or a paged one [slots, KV, D] through the sequence's block table.
+struct Flat {
+    float* base;                  // the sequence's key/value head: position t at base + t * D
+    __device__ float* at(long long t) const { return base + t * D; }
+};
+struct Paged {
+    float* base; const long long* table; int block_size, KV, kv;
+    __device__ float* at(long long t) const {
+        return base + ((table[t / block_size] * block_size + t % block_size) * KV + kv) * D;
+    }
+};
+
+// One block per (sequence b, query head h): the new token's attention at position pos.
+template <class Addr>
+__device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, float* out, const float* cos_t,
+                                 const float* sin_t, const float* norm, int pos, int b, int h, int H, int KV,
+                                 int window, float scale, float eps) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D];     // read as float4
     __shared__ float part_m[GROUPS], part_w[GROUPS], part_acc[GROUPS][D], merged[SLICES][D];
     __shared__ float total_s;
-    const int b = blockIdx.x / H, h = blockIdx.x % H, R = H / KV, kv = h / R;
-    const int w = threadIdx.x >> 5, pos = (int)*pos_p, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+    const int R = H / KV, kv = h / R;
+    const int w = threadIdx.x >> 5, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
-    float* keys_w = cache_k + b * batch_stride + (long long)kv * max_len * D;
-    float* values_w = cache_v + b * batch_stride + (long long)kv * max_len * D;
     const bool writer = h % R == 0;                              // one query head per key/value head writes
     const int group = threadIdx.x / G, sub = threadIdx.x % G;    // sub: elements sub*16 .. sub*16+15
     // Before the wait (launch): only what no kernel of this step writes, the position's cos/sin
@@ -98,15 +108,15 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
     if (lo + group < pos) {
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            k_first[i] = ((const float4*)(keys_w + (long long)(lo + group) * D + sub * 16))[i];
-            v_first[i] = ((const float4*)(values_w + (long long)(lo + group) * D + sub * 16))[i];
+            k_first[i] = ((const float4*)(keys_w.at(lo + group) + sub * 16))[i];
+            v_first[i] = ((const float4*)(values_w.at(lo + group) + sub * 16))[i];
         }
     }
     wait_for_previous_kernel();
     if (w == 0) head_vector(x + h * D, q_s, 0, norm == 0 ? 0 : norm + h * D, cs, sn, eps, scale, true);
-    if (w == 1) head_vector(x + (H + kv) * D, k_s, writer ? keys_w + (long long)pos * D : 0,
+    if (w == 1) head_vector(x + (H + kv) * D, k_s, writer ? keys_w.at(pos) : 0,
                             norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, 1.0f, true);
-    if (w == 2) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w + (long long)pos * D : 0, 0, cs, sn,
+    if (w == 2) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w.at(pos) : 0, 0, cs, sn,
                             eps, 1.0f, false);
     __syncthreads();
 
@@ -120,8 +130,8 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
     for (int base = 0; first + base <= pos; base += GROUPS) {
         const int t = lo + group + base;
         const bool valid = t <= pos;
-        const float* k = t < pos ? keys_w + (long long)t * D + sub * 16 : k_s + sub * 16;   // pos: the new key
-        const float* v = t < pos ? values_w + (long long)t * D + sub * 16 : v_s + sub * 16;
+        const float* k = t < pos ? keys_w.at(t) + sub * 16 : k_s + sub * 16;   // pos: the new key
+        const float* v = t < pos ? values_w.at(t) + sub * 16 : v_s + sub * 16;
         const bool loaded = base == 0 && t < pos;                // k_first / v_first hold this key
         float s = 0.0f;
         #pragma unroll
@@ -173,6 +183,32 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
         out[((long long)b * H + h) * D + d] = t / total_s;
     }
 }
+
+// qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
+// b * batch_stride + (kv * max_len + t) * D + d; cos, sin [positions, D]; norm [H + KV, D] or null;
+// every sequence at position *pos_p
+extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_k, float* cache_v, float* out,
+                                                 const float* cos_t, const float* sin_t, const float* norm,
+                                                 const long long* pos_p, int H, int KV, int max_len,
+                                                 long long batch_stride, int window, float scale, float eps) {
+    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
+    const long long base = b * batch_stride + (long long)kv * max_len * D;
+    decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, cos_t, sin_t, norm, (int)*pos_p, b, h,
+                     H, KV, window, scale, eps);
+}
+
+// The same over a paged cache: cache_k/v [slots, KV, D] (one layer), sequence b at position pos[b]
+// with block table tables[b * max_blocks ..]
+extern "C" __global__ void loom_paged_decode_attention(const float* qkv, float* cache_k, float* cache_v, float* out,
+                                                       const float* cos_t, const float* sin_t, const float* norm,
+                                                       const long long* pos, const long long* tables, int max_blocks,
+                                                       int block_size, int H, int KV, int window, float scale,
+                                                       float eps) {
+    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
+    const long long* table = tables + (long long)b * max_blocks;
+    decode_attention(qkv, Paged{cache_k, table, block_size, KV, kv}, Paged{cache_v, table, block_size, KV, kv}, out,
+                     cos_t, sin_t, norm, (int)pos[b], b, h, H, KV, window, scale, eps);
+}
 """
 
 
@@ -196,4 +232,18 @@ def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array
     launch(_module(D).get_function("loom_decode_attention"), B * heads, WARPS * 32,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
             np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
+            np.float32(eps)), overlap)
+
+
+def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
+                    norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
+                    scale: float, eps: float, overlap: bool = False) -> None:
+    """attention() over a paged cache: cache_k/cache_v [slots, KV, D] (one layer), sequence b at
+    position pos[b] (int64, device) with block table tables[b] (int64 [B, max_blocks], device): its
+    key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size."""
+    _, kv_heads, D = cache_k.shape
+    B, max_blocks = tables.shape
+    launch(_module(D).get_function("loom_paged_decode_attention"), B * heads, WARPS * 32,
+           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int32(max_blocks),
+            np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
             np.float32(eps)), overlap)

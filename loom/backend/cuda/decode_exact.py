@@ -57,26 +57,35 @@ __device__ void head_vector(const float* x, float* dst, float* tmp, const float*
     __syncthreads();
 }
 
-// qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
-// b * batch_stride + (kv * max_len + t) * D + d; cos, sin [positions, D]; norm [H + KV, D] or null
-extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attention(
-        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
-        const float* norm, const long long* pos_p, int H, int KV, int max_len, long long batch_stride, int window,
-        float scale, float eps, int dbits, double dfactor) {
+// Where key (or value) position t of the block's sequence and key/value head lives: a contiguous
+// cache (Flat) or a paged one through the sequence's block table (Paged); as decode.py's.
+struct Flat {
+    float* base;
+    __device__ float* at(long long t) const { return base + t * D; }
+};
+struct Paged {
+    float* base; const long long* table; int block_size, KV, kv;
+    __device__ float* at(long long t) const {
+        return base + ((table[t / block_size] * block_size + t % block_size) * KV + kv) * D;
+    }
+};
+
+template <class Addr>
+__device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values, float* out, const float* cos_t,
+                                       const float* sin_t, const float* norm, long long pos, int b, int h, int H,
+                                       int KV, int window, float scale, float eps, int dbits, double dfactor) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D], tmp[D];
     __shared__ float p_s[MAX_KEYS];
     __shared__ double part_s[SLICES][D], part_t[SLICES][D];
     __shared__ Scratch scratch;
     __shared__ float red[32];
-    const int b = blockIdx.x / H, h = blockIdx.x % H, R = H / KV, kv = h / R;
-    float* keys = cache_k + b * batch_stride + (long long)kv * max_len * D;
-    float* values = cache_v + b * batch_stride + (long long)kv * max_len * D;
+    const int R = H / KV, kv = h / R;
     // Before the wait (launch): the keys and values earlier steps cached are requested into L1
     // (the position is this step's input, written before the graph starts)
-    const long long pos = *pos_p, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
+    const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
     for (long long line = threadIdx.x; line < (n - 1) * D / 32; line += blockDim.x) {
-        prefetch_l1(keys + lo * D + 32 * line);
-        prefetch_l1(values + lo * D + 32 * line);
+        prefetch_l1(keys.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
+        prefetch_l1(values.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
     }
     wait_for_previous_kernel();
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
@@ -86,12 +95,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
     head_vector(x + (H + kv) * D, k_s, tmp, norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         v_s[d] = x[(H + KV + kv) * D + d];
-        if (h % R == 0) { keys[pos * D + d] = k_s[d]; values[pos * D + d] = x[(H + KV + kv) * D + d]; }
+        if (h % R == 0) { keys.at(pos)[d] = k_s[d]; values.at(pos)[d] = x[(H + KV + kv) * D + d]; }
     }
     __syncthreads();
     // scores, a thread per key (the new key from this block's copy), its row read as float4 all at once
     for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-        const float* key = lo + j < pos ? keys + (lo + j) * D : k_s;
+        const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
         double s = 0.0, t = 0.0;
         #pragma unroll
         for (int d4 = 0; d4 < D / 4; ++d4) {
@@ -124,8 +133,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
     __syncthreads();
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
-    const float* value_d = values + d;
-    auto v_at = [&](long long j) { return lo + j < pos ? value_d[(lo + j) * D] : v_s[d]; };
+    auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
     double s = 0.0, t = 0.0;
     auto add = [&](float pj, float vj) {
         const double p = __dmul_rn((double)pj, (double)vj);
@@ -136,11 +144,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
     for (; j + 3 * SLICES < n - 1; j += 4 * SLICES) {
         float vv[4];
         #pragma unroll
-        for (int u = 0; u < 4; ++u) vv[u] = value_d[(lo + j + u * SLICES) * D];
+        for (int u = 0; u < 4; ++u) vv[u] = values.at(lo + j + u * SLICES)[d];
         #pragma unroll
         for (int u = 0; u < 4; ++u) add(p_s[j + u * SLICES], vv[u]);
     }
-    for (; j < n - 1; j += SLICES) add(p_s[j], value_d[(lo + j) * D]);
+    for (; j < n - 1; j += SLICES) add(p_s[j], values.at(lo + j)[d]);
     if (slice == 0) add(p_s[n - 1], v_s[d]);
     part_s[slice][d] = s;
     part_t[slice][d] = t;
@@ -154,6 +162,30 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
     if (!isfinite(t)) v = loom_special_pairs(pair, n);
     else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
     out[((long long)b * H + h) * D + d] = v;
+}
+
+// qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
+// b * batch_stride + (kv * max_len + t) * D + d; cos, sin [positions, D]; norm [H + KV, D] or null;
+// every sequence at position *pos_p
+extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attention(
+        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
+        const float* norm, const long long* pos_p, int H, int KV, int max_len, long long batch_stride, int window,
+        float scale, float eps, int dbits, double dfactor) {
+    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
+    const long long base = b * batch_stride + (long long)kv * max_len * D;
+    exact_decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, cos_t, sin_t, norm, *pos_p, b, h,
+                           H, KV, window, scale, eps, dbits, dfactor);
+}
+
+// The same over a paged cache [slots, KV, D]: sequence b at position pos[b], block table tables[b]
+extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_attention(
+        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
+        const float* norm, const long long* pos, const long long* tables, int max_blocks, int block_size, int H,
+        int KV, int window, float scale, float eps, int dbits, double dfactor) {
+    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
+    const long long* table = tables + (long long)b * max_blocks;
+    exact_decode_attention(qkv, Paged{cache_k, table, block_size, KV, kv}, Paged{cache_v, table, block_size, KV, kv},
+                           out, cos_t, sin_t, norm, pos[b], b, h, H, KV, window, scale, eps, dbits, dfactor);
 }
 """
 
@@ -187,3 +219,15 @@ def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array
             np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())),
             np.float64(factor)), overlap)
+
+
+def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
+                    norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
+                    scale: float, eps: float, factor: float, overlap: bool = False) -> None:
+    """decode.paged_attention's operation with deterministic mode's bits (positions below MAX_KEYS)."""
+    _, kv_heads, D = cache_k.shape
+    B, max_blocks = tables.shape
+    launch(_module(D).get_function("loom_exact_paged_decode_attention"), B * heads, THREADS,
+           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int32(max_blocks),
+            np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor)), overlap)

@@ -1,0 +1,158 @@
+"""A batch of decode steps over a paged KV cache as one recorded CUDA graph (the engine's steps where
+every running sequence decodes one token).
+
+The step is decode_graph.DecodeGraph's, five fused kernels per layer, with two changes: the
+attention kernel reads each sequence's own position and block table (decode.paged_attention,
+decode_exact.paged_attention in deterministic mode), and the products run over the batch in groups
+of the block kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
+than MAX_ROWS rows takes cuBLAS GEMMs with the decoder's dense float32 copies of the weights
+(Decoder.dense) instead, RMSNorm, bias, SwiGLU and residual as separate kernels. A graph is recorded per
+batch size bucket (BUCKETS) and mode; a step of fewer sequences pads its rows to the bucket with
+token 0 at position 0, whose keys and values go to the cache's scratch block and whose logits are
+dropped. Token ids, positions and block tables are written by one copy before each replay.
+
+Deterministic mode's kernels give the array code's bits (decode_graph's docstring), so a sequence's
+logits are what paged_forward gives it, and what it gets alone; they take positions below
+exact_dispatch.ROUNDED_MAX_K, and the engine steps longer sequences through paged_forward instead.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..backend import Array
+from ..kernels import fused, ops
+from ..kernels.exact import rounded as exact_rounded
+from .decode_graph import _kernels, _stored, unsupported
+from .paged_cache import PagedKVCache
+
+if TYPE_CHECKING:
+    from .decoder import Decoder
+
+BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+
+
+def bucket(n: int) -> int | None:
+    """The smallest bucket holding n sequences (None past the largest)."""
+    return next((b for b in BUCKETS if b >= n), None)
+
+
+def why_not(dec: Decoder, exact: bool) -> str | None:
+    """Why the engine's decode steps cannot be graphs (None where they can)."""
+    be = dec.backend
+    quant, kernels = _kernels(be, exact)
+    if quant is None or not hasattr(kernels, "paged_attention"):
+        return f"device {be.name!r} has no paged decode kernels"
+    return unsupported(dec, min(quant.MAX_ROWS, 16), exact)
+
+
+class PagedDecodeGraph:
+    def __init__(self, dec: Decoder, cache: PagedKVCache, batch: int, exact: bool):
+        self.dec, self.cache, self.batch, self.exact = dec, cache, batch, exact
+        c, xp = dec.config, dec.xp
+        self.max_blocks = -(-c.max_positions // cache.block_size)
+        dec.ensure_rope(c.max_positions)          # the graph keeps the tables' addresses: none may move
+        B = batch
+        self.inputs = xp.zeros(2 * B + B * self.max_blocks, dtype=np.int64)
+        self.ids, self.pos = self.inputs[:B], self.inputs[B:2 * B]
+        self.tables = self.inputs[2 * B:].reshape(B, self.max_blocks)
+        self.h = xp.empty((B, c.hidden), dtype=np.float32)
+        self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
+        self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
+        self.act = xp.empty((B, c.intermediate), dtype=np.float32)
+        self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
+        self.normed = xp.empty((B, c.hidden), dtype=np.float32)
+        self._host = np.zeros(self.inputs.shape, dtype=np.int64)
+        self._pad()
+        self.inputs.set(self._host)
+        self._body()                               # compiles every kernel before the capture
+        self.graph, _ = dec.backend.record(self._body)
+
+    def _pad(self) -> None:
+        """Every row padding: token 0 at position 0, every table entry the scratch block."""
+        B = self.batch
+        self._host[:2 * B] = 0
+        self._host[2 * B:] = self.cache.scratch
+
+    def step(self, ids: list[int], positions: list[int], tables: list[list[int]]) -> Array:
+        """Logits [len(ids), vocab] (a fresh array) for one token per sequence at its position."""
+        n, B = len(ids), self.batch
+        self._pad()
+        self._host[:n] = ids
+        self._host[B:B + n] = positions
+        rows = self._host[2 * B:].reshape(B, self.max_blocks)
+        for i, table in enumerate(tables):
+            rows[i, :len(table)] = table
+        self.inputs.set(self._host)
+        self.graph.launch()
+        return self.logits[:n].copy()
+
+    def _body(self) -> None:
+        for launch in self._operations():
+            launch()
+
+    def _groups(self):
+        """Row slices of at most MAX_ROWS rows covering the batch."""
+        quant, _ = _kernels(self.dec.backend, self.exact)
+        step = quant.MAX_ROWS
+        return [slice(r, min(r + step, self.batch)) for r in range(0, self.batch, step)]
+
+    def _operations(self) -> list:
+        dec, c, cache = self.dec, self.dec.config, self.cache
+        quant, kernels = _kernels(dec.backend, self.exact)
+        h = self.h
+        ops = [partial(quant.embed, *_stored(dec.embed), self.ids, h)]
+        for i, L in enumerate(dec.layers):
+            ops += self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias)
+            extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
+            ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
+                               dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
+                               dec.scale, c.eps, *extra))
+            ops += self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h)
+            ops += self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True)
+            ops += self._product(L.down, self.act, h, bias=L.down_bias, residual=h)
+        return ops + self._product(dec.lm_head, h, self.logits, norm=dec.norm, head=True)
+
+    def _product(self, w, x, out, norm=None, residual=None, head: bool = False, **kw) -> list:
+        """out = (residual +) pro(x) @ w^T ..., one kernel per group of rows (deterministic mode: the
+        RMSNorm in its own kernel where the product cannot stage x, as decode_graph does); fast mode
+        past MAX_ROWS rows: one GEMM with the weight's dense copy."""
+        dec, c = self.dec, self.dec.config
+        quant, _ = _kernels(dec.backend, self.exact)
+        if not self.exact and self.batch > quant.MAX_ROWS:
+            return [partial(_dense_product, dec.dense(w), x, out, norm, c.eps, kw.get("bias"), residual,
+                            kw.get("swiglu", False))]
+        ops = []
+        for rows in self._groups():
+            r = None if residual is None else residual[rows]
+            if not self.exact:
+                ops.append(partial(quant.gemv, *_stored(w), x[rows], out[rows], norm=norm, eps=c.eps, residual=r, **kw))
+                continue
+            xs = x[rows]
+            if norm is not None and (head or not quant.stages(*xs.shape)):
+                ops.append(partial(quant.rms_norm, xs, norm, self.normed[rows], c.eps))
+                xs, norm_here = self.normed[rows], None
+            else:
+                norm_here = norm
+            extra = {} if norm_here is None else {"norm": norm_here, "eps": c.eps}
+            ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
+                               residual=r, **kw, **extra))
+        return ops
+
+
+def _dense_product(w: Array, x: Array, out: Array, norm: Array | None, eps: float, bias: Array | None,
+                   residual: Array | None, swiglu: bool) -> None:
+    """gemv's operation through a GEMM with a float32 weight [R, cols]: out = residual + pro(x) @ w^T
+    + bias, or silu(gate) * up of it with swiglu (fast mode)."""
+    xs = x if norm is None else fused.rms_norm(x, norm, eps)[0]
+    y = ops.matmul(xs, w.T)
+    if bias is not None:
+        y += bias
+    if swiglu:
+        half = y.shape[1] // 2
+        y = fused.activation("silu", y[:, :half]) * y[:, half:]
+    if residual is not None:
+        y += residual
+    out[...] = y
