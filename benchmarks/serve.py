@@ -3,10 +3,13 @@
 graph on the GPU), on SmolLM2-135M's shapes with random bf16 weights (benchmarks/llm.py's).
 
     PYTHONPATH=. python benchmarks/serve.py --device cuda [--streams 1,16,64] [--tokens 64] [--deterministic]
+                                            [--parts prefill,decode]
 
-Each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id), all
-submitted at once; "decode tok/s" counts every generated token over the whole run's time, prefill
-included, so it is what a server's clients would see in aggregate.
+decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id),
+all submitted at once; "tok/s aggregate" counts every generated token over the whole run's time,
+prefill included, so it is what a server's clients would see in aggregate.
+prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 3, with the
+block-quantized weights decoded at every product and with dense float32 copies (Decoder.keep_dense).
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from loom.llm.model import CausalLM
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
 
-PROMPT = 32
+PROMPT, PREFILL = 32, 2048
 
 
 def main() -> None:
@@ -34,31 +37,57 @@ def main() -> None:
     p.add_argument("--streams", default="1,16,64")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--parts", default="prefill,decode")
     args = p.parse_args()
+    parts = args.parts.split(",")
     with loom.deterministic(args.deterministic):
         dec = Decoder(DecoderConfig.from_hf(llm.CONFIG), llm.random_weights("BF16"), args.device)
         model = CausalLM(dec, None, dict(llm.CONFIG), eos_ids=())
         rng = np.random.default_rng(0)
-        prompt = rng.integers(0, 49152, PROMPT).tolist()
-        list(model.generate_ids(prompt, max_tokens=8, stop_ids=()))            # warm-up: kernels, graph
-        t = time.perf_counter()
-        n = len(list(model.generate_ids(prompt, max_tokens=args.tokens, stop_ids=())))
-        single = n / (time.perf_counter() - t)
         mode = "deterministic" if args.deterministic else "fast"
-        print(f"# SmolLM2-135M shapes, bf16 random weights, {args.device}, {mode} mode, {args.tokens} tokens a stream")
-        print(f"generate_ids, 1 stream: {single:,.0f} tok/s")
-        for streams in [int(s) for s in args.streams.split(",")]:
-            engine = BatchEngine(model, max_batch=streams, cache_tokens=streams * (PROMPT + args.tokens + 16))
-            warm = [Request(rng.integers(0, 49152, PROMPT).tolist(), max_tokens=4, stop_ids=()) for _ in range(streams)]
-            engine.generate(warm)
-            reqs = [Request(rng.integers(0, 49152, PROMPT).tolist(), max_tokens=args.tokens, stop_ids=())
-                    for _ in range(streams)]
-            steps, t = engine.stats["steps"], time.perf_counter()
-            results = engine.generate(reqs)
-            seconds = time.perf_counter() - t
-            total = sum(len(r.tokens) for r in results)
-            print(f"BatchEngine, {streams} streams: {total / seconds:,.0f} tok/s aggregate "
-                  f"({seconds / (engine.stats['steps'] - steps) * 1e3:.1f} ms a step)")
+        print(f"# SmolLM2-135M shapes, bf16 random weights, {args.device}, {mode} mode")
+        if "prefill" in parts:
+            prefill(dec, rng)
+        if "decode" in parts:
+            decode(model, rng, args)
+
+
+def prefill(dec: Decoder, rng) -> None:
+    ids = rng.integers(0, 49152, (1, PREFILL))
+    for dense in (False, True):
+        if dense:
+            dec.keep_dense()
+        times = []
+        for _ in range(4):                  # the first: warm-up
+            cache = dec.new_cache(PREFILL)
+            t = time.perf_counter()
+            dec.forward(ids, cache, last_only=True)
+            dec.backend.synchronize()
+            times.append(time.perf_counter() - t)
+        best = min(times[1:])
+        print(f"prefill {PREFILL} tokens, {'dense float32 weights' if dense else 'weights decoded per product'}: "
+              f"{best * 1e3:.1f} ms, {PREFILL / best:,.0f} tok/s")
+
+
+def decode(model: CausalLM, rng, args) -> None:
+    prompt = rng.integers(0, 49152, PROMPT).tolist()
+    list(model.generate_ids(prompt, max_tokens=8, stop_ids=()))            # warm-up: kernels, graph
+    t = time.perf_counter()
+    n = len(list(model.generate_ids(prompt, max_tokens=args.tokens, stop_ids=())))
+    single = n / (time.perf_counter() - t)
+    print(f"generate_ids, 1 stream, {args.tokens} tokens: {single:,.0f} tok/s")
+    for streams in [int(s) for s in args.streams.split(",")]:
+        engine = BatchEngine(model, max_batch=streams, cache_tokens=streams * (PROMPT + args.tokens + 16))
+        warm = [Request(rng.integers(0, 49152, PROMPT).tolist(), max_tokens=4, stop_ids=()) for _ in range(streams)]
+        engine.generate(warm)
+        reqs = [Request(rng.integers(0, 49152, PROMPT).tolist(), max_tokens=args.tokens, stop_ids=())
+                for _ in range(streams)]
+        steps, t = engine.stats["steps"], time.perf_counter()
+        results = engine.generate(reqs)
+        seconds = time.perf_counter() - t
+        total = sum(len(r.tokens) for r in results)
+        print(f"BatchEngine, {streams} streams: {total / seconds:,.0f} tok/s aggregate "
+              f"({seconds / (engine.stats['steps'] - steps) * 1e3:.1f} ms a step)")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from ..kernels.exact import dispatch as exact_dispatch
 from ..mode import is_deterministic
 from . import generate as gen
 from . import paged_forward, paged_graph
-from .decoder import PREFILL_CHUNK
+from .decoder import prefill_chunk
 from .paged_cache import OutOfBlocks, PagedKVCache, block_names
 
 log = logging.getLogger("loom")
@@ -152,6 +152,7 @@ class BatchEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.deterministic = is_deterministic()     # the mode steps run in (a thread has its own)
+        self.chunk = prefill_chunk()
         # recorded decode steps by batch bucket, where the device has the kernels
         self._graph_cache: dict[int, paged_graph.PagedDecodeGraph] = {}
         why = paged_graph.why_not(self.dec, self.deterministic) if self.dec.backend.graphs else "no graphs"
@@ -346,7 +347,7 @@ class BatchEngine:
                 seq = self.waiting[0]
                 # blocks for its first chunk and a little more (prefix hits only make it need fewer):
                 # admitting beyond that would preempt at once
-                need = -(-min(PREFILL_CHUNK, len(seq.tokens)) // self.cache.block_size) + 1
+                need = -(-min(self.chunk, len(seq.tokens)) // self.cache.block_size) + 1
                 if self.running and self.cache.available() < need:
                     return                      # wait for blocks to come back
                 self.waiting.popleft()
@@ -384,7 +385,7 @@ class BatchEngine:
             known, start = len(seq.tokens), seq.length
             end = known                                  # a decode step: the last token
             if known - start > 1:                        # a prefill chunk, ending where the alone path's do
-                end = min((start // PREFILL_CHUNK + 1) * PREFILL_CHUNK, known)
+                end = min((start // self.chunk + 1) * self.chunk, known)
                 if planned and end - start > budget:
                     continue
                 budget -= end - start

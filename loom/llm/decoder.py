@@ -21,7 +21,8 @@ rotated in one pass. Weights are float32 arrays or loom.kernels.quant.block.Bloc
 loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
 
 Prefill and decode are the same code: a prompt is T tokens at once, a decode step T = 1 (no mask).
-Long prompts run in chunks of PREFILL_CHUNK tokens so the score arrays stay small. In deterministic
+Long prompts run in chunks (prefill_chunk(): 512 tokens in deterministic mode, 2048 in fast mode) so
+the score arrays stay small. In deterministic
 mode a cached decode matches the full forward to float32 rounding, not bit for bit: the exact sums of
 p v scale each column of v by its largest value over the keys present, and a full forward sees more
 keys than the step that produced a given position.
@@ -46,7 +47,13 @@ from . import decode_graph, rope
 from .kv_cache import KVCache
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
-PREFILL_CHUNK = 512
+PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
+PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
+
+
+def prefill_chunk() -> int:
+    """Prefill chunk length in the current mode."""
+    return PREFILL_CHUNK if is_deterministic() else PREFILL_CHUNK_FAST
 
 
 @dataclass(frozen=True)
@@ -313,10 +320,11 @@ class Decoder:
             if graph is not None:
                 return graph.step(ids[:, 0])[:, None, :]
         outs = []
-        for start in range(0, ids.shape[1], PREFILL_CHUNK):
-            chunk = ids[:, start:start + PREFILL_CHUNK]
+        step = prefill_chunk()
+        for start in range(0, ids.shape[1], step):
+            chunk = ids[:, start:start + step]
             h = self._hidden(chunk, cache)
-            if last_only and start + PREFILL_CHUNK < ids.shape[1]:
+            if last_only and start + step < ids.shape[1]:
                 continue
             if last_only:
                 h = h[:, -1:]
@@ -435,7 +443,8 @@ class Decoder:
         x = fused.rms_norm(h, L.ln2, c.eps)[0]
         gu = _linear(x, L.gate_up, L.gate_up_bias, self._weight)                     # [B, T, 2 I]
         gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
-        return h + _linear(fused.activation("silu", gate) * up, L.down, L.down_bias, self._weight)
+        act = fused.bias_act(gate, None, "silu")[1]                      # one kernel where the backend fuses
+        return h + _linear(act * up, L.down, L.down_bias, self._weight)
 
 
 def _rotate(x, cos, sin, xp):

@@ -5,7 +5,7 @@ tokens (a prefill chunk or one decode token) go through the projections and the 
 A row's bits do not depend on its batch-mates in deterministic mode: every product is row-invariant
 (the dispatch table picks a scheme from K alone) and each sequence's attention runs alone over
 exactly its own keys (decoder.attend). Prefill chunks end where the single-sequence path ends them
-(at multiples of decoder.PREFILL_CHUNK, or at the prompt's end), which keeps the attention products'
+(at multiples of decoder.prefill_chunk(), or at the prompt's end), which keeps the attention products'
 K the same as alone too. Fast mode runs the attention of all sequences at once, their queries and
 keys padded to the longest and masked (in groups that keep the scores under PADDED_ELEMENTS): the
 padding changes sums' order, so last bits may move.
