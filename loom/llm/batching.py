@@ -207,15 +207,18 @@ class BatchEngine:
         return [Handle(seq) for seq in seqs]
 
     def generate(self, requests: Iterable[Request]) -> list[Result]:
-        """Run requests to the end on this thread (no background thread may be running)."""
+        """Run requests to the end on this thread (no background thread may be running); every
+        request is checked first, then they are queued as the queue has room."""
         if self._thread is not None:
             raise ConfigError("engine", "generate() runs the steps itself; this engine's thread is running")
+        pending = collections.deque(self.check(r) for r in requests)
         outs: list[tuple[list[Event], Handle]] = []
-        for request in requests:
-            events: list[Event] = []
-            outs.append((events, self.submit(request, events.append)))
-        while self.step():
-            pass
+        busy = True
+        while pending or busy:
+            while pending and len(self.waiting) < self.max_queue:
+                events: list[Event] = []
+                outs.append((events, self.submit(pending.popleft(), events.append)))
+            busy = self.step()
         return [_result(events, handle._seq.prompt_len, self.model.tokenizer is not None) for events, handle in outs]
 
     # --- the thread ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from .. import mode
+from ..errors import ConfigError
 from ..llm.batching import BatchEngine, Event, QueueFull
 from . import protocol
 from .protocol import BadRequest
@@ -141,13 +142,18 @@ class Server:
         if job.stream:
             return StreamingResponse(reply.stream(queue, handles), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        collect = asyncio.ensure_future(reply.collect(queue))
+        gone = asyncio.ensure_future(_disconnected(request))
         try:
-            done = await reply.collect(queue, request)
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            gone.cancel()
             for h in handles:          # a client gone before the end: free its slots
                 h.cancel()
-        if done is None:
+        if not collect.done():
+            collect.cancel()
             return JSONResponse({}, status_code=499)
+        done = collect.result()
         if isinstance(done, BadRequest):
             return _error(done)
         return JSONResponse(done)
@@ -163,11 +169,8 @@ class Server:
             handles = self.engine.submit_all(job.requests, [sink(i) for i in range(len(job.requests))])
         except QueueFull as exc:
             raise BadRequest(None, str(exc), 429, kind="requests", code="rate_limit_exceeded") from None
-        except Exception as exc:                      # noqa: BLE001 - a ConfigError from the engine's checks
-            from ..errors import ConfigError
-            if isinstance(exc, ConfigError):
-                raise BadRequest(exc.path, str(exc)) from None
-            raise
+        except ConfigError as exc:                    # the engine's own checks (the protocol's come first)
+            raise BadRequest(exc.path, str(exc)) from None
         return queue, handles
 
 
@@ -196,20 +199,15 @@ class _Reply:
         entry["top_logprobs"] = [item(t, lp) for t, lp in event.top_logprobs or []]
         return entry
 
-    async def collect(self, queue: asyncio.Queue, request):
-        """The whole response (None when the client left first; a BadRequest for an engine error)."""
+    async def collect(self, queue: asyncio.Queue):
+        """The whole response (a BadRequest for an engine error)."""
         count = len(self.job.requests)
         texts, tokens = [""] * count, [0] * count
         reasons: list[str | None] = [None] * count
         logprobs: list[list] = [[] for _ in range(count)]
         open_ = count
         while open_:
-            try:
-                index, event = await asyncio.wait_for(queue.get(), 1.0)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    return None
-                continue
+            index, event = await queue.get()
             if event.token is not None:
                 tokens[index] += 1
                 if event.logprob is not None:
@@ -295,6 +293,12 @@ def _fingerprint(server: Server) -> str:
 
 def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def _disconnected(request) -> None:
+    """Returns when the client has gone (the server's receive channel says http.disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
 
 async def _body(request) -> dict:

@@ -77,8 +77,10 @@ def test_sampled_sequences_and_fast_mode():
             np.testing.assert_allclose(a.logprobs, b.logprobs, rtol=1e-4, atol=1e-4)
 
 
-def test_sliding_window_model_matches_generate_ids(tmp_path):
-    lm = loom.llm.load(td.save(td.build("mistral", seed=4, sliding_window=7), tmp_path))
+@pytest.mark.parametrize("kind, extra", [("mistral", dict(sliding_window=7)), ("qwen2", {}),
+                                         ("qwen3", dict(head_dim=32))])
+def test_every_family_matches_generate_ids(tmp_path, kind, extra):
+    lm = loom.llm.load(td.save(td.build(kind, seed=4, **extra), tmp_path))
     ps = prompts(lm.decoder.config.vocab_size, seed=3)
     with loom.deterministic(True):
         results = BatchEngine(lm, max_batch=4, block_size=4).generate(requests(ps))
@@ -225,3 +227,11 @@ def test_dense_weight_copies_keep_the_bits():
         for p, a, b in zip(reqs, plain, dense):
             assert same(a, b)
             assert a.tokens == list(model.generate_ids(p.prompt, max_tokens=12, stop_ids=()))
+
+
+def test_generate_queues_more_requests_than_the_queue_holds():
+    model = tiny_decoder("llama")
+    ps = [[i % 64, (3 * i) % 64] for i in range(9)]
+    with loom.deterministic(True):
+        got = BatchEngine(model, max_batch=2, max_queue=3).generate([Request(p, max_tokens=3, stop_ids=()) for p in ps])
+        assert [r.tokens for r in got] == [list(model.generate_ids(p, max_tokens=3, stop_ids=())) for p in ps]

@@ -161,6 +161,27 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(served, monkeypatch):
     assert engine.stats["cancelled"] == cancelled + 1
 
 
+def test_a_client_that_times_out_on_a_plain_request_frees_its_slot(served, monkeypatch):
+    from loom.llm import paged_forward
+    real = paged_forward.forward
+
+    def slow(*args):
+        time.sleep(0.05)
+        return real(*args)
+    monkeypatch.setattr(paged_forward, "forward", slow)
+    engine = served.server.engine
+    cancelled = engine.stats["cancelled"]
+    body = {"model": "tiny", "prompt": "wait for it", "max_tokens": 100, "temperature": 0,
+            "stop": ["never appears \u2603"]}
+    with pytest.raises(httpx.TimeoutException):
+        httpx.post(served.url + "/v1/completions", json=body, timeout=0.5)
+    left = time.time()
+    while engine.stats["cancelled"] == cancelled:
+        assert time.time() < left + 4, "the abandoned request kept its slot"
+        time.sleep(0.05)
+    assert httpx.get(served.url + "/health").json()["running"] == 0
+
+
 def test_a_full_queue_answers_429(lm):
     with loom.deterministic(True):
         server = Server(lm, "tiny", max_batch=1, max_queue=2)
