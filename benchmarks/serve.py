@@ -10,10 +10,14 @@ all submitted at once; "tok/s aggregate" counts every generated token over the w
 prefill included, so it is what a server's clients would see in aggregate.
 prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 3, with the
 block-quantized weights decoded at every product and with dense float32 copies (Decoder.keep_dense).
+ttft: `loom serve`'s app on uvicorn (loopback, in this process), --ttft-clients concurrent streamed
+/v1/completions requests of --ttft-prompt random token ids each (16 new tokens): the time from sending
+a request to its first token's event, p50 and p99 over the clients (needs the 'serve' extra).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -37,7 +41,9 @@ def main() -> None:
     p.add_argument("--streams", default="1,16,64")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--deterministic", action="store_true")
-    p.add_argument("--parts", default="prefill,decode")
+    p.add_argument("--parts", default="prefill,decode,ttft")
+    p.add_argument("--ttft-clients", type=int, default=16)
+    p.add_argument("--ttft-prompt", type=int, default=1024)
     args = p.parse_args()
     parts = args.parts.split(",")
     with loom.deterministic(args.deterministic):
@@ -50,6 +56,8 @@ def main() -> None:
             prefill(dec, rng)
         if "decode" in parts:
             decode(model, rng, args)
+        if "ttft" in parts:
+            ttft(model, rng, args.ttft_clients, args.ttft_prompt)
 
 
 def prefill(dec: Decoder, rng) -> None:
@@ -88,6 +96,51 @@ def decode(model: CausalLM, rng, args) -> None:
         total = sum(len(r.tokens) for r in results)
         print(f"BatchEngine, {streams} streams: {total / seconds:,.0f} tok/s aggregate "
               f"({seconds / (engine.stats['steps'] - steps) * 1e3:.1f} ms a step)")
+
+
+def ttft(model: CausalLM, rng, clients: int, prompt: int) -> None:
+    import http.client
+    import threading
+
+    import uvicorn
+
+    from loom.serve import Server
+    server = Server(model, "bench", max_batch=clients, max_queue=clients)
+    running = uvicorn.Server(uvicorn.Config(server.app(), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    while not running.started:
+        time.sleep(0.01)
+    port = running.servers[0].sockets[0].getsockname()[1]
+
+    def first_token(ids: list[int], out: list, i: int) -> None:
+        body = json.dumps({"model": "bench", "prompt": ids, "max_tokens": 16, "temperature": 0, "stream": True,
+                           "logprobs": 0})        # logprobs: an event per token (the model has no tokenizer)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        t = time.perf_counter()
+        conn.request("POST", "/v1/completions", body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        while not response.readline().startswith(b"data: {"):
+            pass
+        out[i] = time.perf_counter() - t
+        response.read()
+        conn.close()
+
+    try:
+        for label in ("warm-up", "timed"):
+            times = [0.0] * clients
+            threads = [threading.Thread(target=first_token, args=(rng.integers(0, 49152, prompt).tolist(), times, i))
+                       for i in range(clients)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            if label == "timed":
+                print(f"time to first token, {clients} concurrent {prompt}-token requests through loom serve: "
+                      f"p50 {np.percentile(times, 50) * 1e3:.0f} ms, p99 {np.percentile(times, 99) * 1e3:.0f} ms")
+    finally:
+        running.should_exit = True
+        thread.join(30)
 
 
 if __name__ == "__main__":
