@@ -35,8 +35,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import fallback
-from ..errors import ConfigError, LoomError
+from .. import fallback, mode
+from ..errors import ConfigError, EngineError, LoomError
 from ..kernels.exact import dispatch as exact_dispatch
 from ..mode import is_deterministic
 from . import generate as gen
@@ -167,8 +167,13 @@ class BatchEngine:
         """The request with its settings checked (ConfigError naming the bad one)."""
         c = self.dec.config
         gen._integer("max_tokens", request.max_tokens, "an integer >= 0")
-        prompt = gen.fit_prompt([int(i) for i in request.prompt], request.max_tokens, self.context, c.vocab_size,
-                                truncate=False)
+        if not isinstance(request.sampling, gen.Sampling):
+            raise ConfigError("sampling", f"expected a loom.llm.generate.Sampling, got {type(request.sampling).__name__}")
+        ids = list(request.prompt)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
+        if bad:
+            raise ConfigError("prompt", f"token ids must be integers, got {bad[0]!r}")
+        prompt = gen.fit_prompt([int(i) for i in ids], request.max_tokens, self.context, c.vocab_size, truncate=False)
         stop_ids = (self.model.eos_ids if request.stop_ids is None
                     else gen.check_stop_ids(request.stop_ids, c.vocab_size))
         stop = gen.check_stop(request.stop)
@@ -195,6 +200,8 @@ class BatchEngine:
         """Queue several requests at once, or none of them (QueueFull when they do not all fit)."""
         checked = [self.check(r) for r in requests]
         tokenizer = self.model.tokenizer
+        if self._stopping or (self._thread is not None and not self._thread.is_alive()):
+            raise EngineError("the batch engine has stopped; no request is taken")
         with self._lock:
             if len(self.waiting) + len(checked) > self.max_queue:
                 raise QueueFull(f"the queue holds {len(self.waiting)} of at most {self.max_queue} waiting requests "
@@ -214,11 +221,12 @@ class BatchEngine:
         pending = collections.deque(self.check(r) for r in requests)
         outs: list[tuple[list[Event], Handle]] = []
         busy = True
-        while pending or busy:
-            while pending and len(self.waiting) < self.max_queue:
-                events: list[Event] = []
-                outs.append((events, self.submit(pending.popleft(), events.append)))
-            busy = self.step()
+        with mode.deterministic(self.deterministic):          # the mode the engine was made in
+            while pending or busy:
+                while pending and len(self.waiting) < self.max_queue:
+                    events: list[Event] = []
+                    outs.append((events, self.submit(pending.popleft(), events.append)))
+                busy = self.step()
         return [_result(events, handle._seq.prompt_len, self.model.tokenizer is not None) for events, handle in outs]
 
     # --- the thread ---------------------------------------------------------------------------------
@@ -230,15 +238,20 @@ class BatchEngine:
             self._thread.start()
 
     def stop(self) -> None:
+        """Stop the thread; requests still queued or running end with finish_reason "cancelled"."""
         with self._lock:
             self._stopping = True
             self._lock.notify()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        with self._lock:
+            left = self.running + list(self.waiting)
+            self.running, self.waiting = [], collections.deque()
+        for seq in left:
+            self._retire(seq, "cancelled")
 
     def _loop(self) -> None:
-        from .. import mode
         with mode.deterministic(self.deterministic):
             while True:
                 with self._lock:
@@ -249,8 +262,11 @@ class BatchEngine:
                 try:
                     self.step()
                 except Exception as exc:        # a bug or a device failure: every live request learns it
-                    log.exception("loom serve: a batch step failed")
-                    self._fail_all(f"{type(exc).__name__}: {exc}")
+                    log.exception("loom: a batch step failed")
+                    try:
+                        self._fail_all(f"{type(exc).__name__}: {exc}")
+                    except Exception:           # noqa: BLE001 - the thread must outlive it
+                        log.exception("loom: failing the requests of a failed step failed too")
 
     def _fail_all(self, message: str) -> None:
         with self._lock:
@@ -259,7 +275,7 @@ class BatchEngine:
         for seq in seqs:
             self.cache.release(seq.table)
             seq.table = []
-            seq.sink(Event(None, finish_reason="error", error=message))
+            self._emit(seq, Event(None, finish_reason="error", error=message))
 
     @property
     def load(self) -> dict:
@@ -280,7 +296,11 @@ class BatchEngine:
                 seq.length = w.pos + len(w.tokens)
                 self._register_blocks(seq)
                 if choice is not None:
-                    self._sample(seq, choice)
+                    try:
+                        self._sample(seq, choice)
+                    except Exception as exc:    # noqa: BLE001 - this sequence's (a token its tokenizer lacks)
+                        if seq in self.running:
+                            self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
         with self._lock:
             return bool(self.running or self.waiting)
 
@@ -289,7 +309,7 @@ class BatchEngine:
         or, for a greedy sequence that needs nothing else of them, the token itself, chosen on the
         device (only ids cross to the host). Decode tokens go through a recorded paged step where
         the device has one, the rest through paged_forward."""
-        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1]
+        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and w.logits]
         graph = self._graph(len(decode), [work[i] for i in decode]) if decode else None
         by_graph = set(decode) if graph is not None else set()
         rest = [i for i in range(len(work)) if i not in by_graph]
@@ -348,6 +368,10 @@ class BatchEngine:
                 if not self.waiting or len(self.running) >= self.max_batch:
                     return
                 seq = self.waiting[0]
+                if seq.request.max_tokens == 0:            # nothing to generate: done at once
+                    self.waiting.popleft()
+                    self._retire(seq, "length")
+                    continue
                 # blocks for its first chunk and a little more (prefix hits only make it need fewer):
                 # admitting beyond that would preempt at once
                 need = -(-min(self.chunk, len(seq.tokens)) // self.cache.block_size) + 1
@@ -434,7 +458,7 @@ class BatchEngine:
         with self._lock:
             if seq in self.waiting:
                 self.waiting.remove(seq)
-        seq.sink(Event(None, finish_reason="error", error=message))
+        self._emit(seq, Event(None, finish_reason="error", error=message))
 
     def _register_blocks(self, seq: _Sequence) -> None:
         """Name and register the sequence's newly full blocks (prefix caching)."""
@@ -475,24 +499,33 @@ class BatchEngine:
         seq.counts[token] += 1
         if seq.text is not None:
             event.text = seq.text.push(token)
-        seq.sink(event)
+        self._emit(seq, event)
         if seq.text is not None and seq.text.stopped:
             self._finish(seq, "stop")
         elif len(seq.generated) >= r.max_tokens or len(seq.tokens) >= self.context:
             self._finish(seq, "length")
 
-    def _finish(self, seq: _Sequence, reason: str) -> None:
+    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         with self._lock:
             self.running.remove(seq)
-        self._retire(seq, reason)
+        self._retire(seq, reason, error)
 
-    def _retire(self, seq: _Sequence, reason: str) -> None:
+    @staticmethod
+    def _emit(seq: _Sequence, event: Event) -> None:
+        """Hand an event to the sequence's sink; a sink that raises cancels its own request only."""
+        try:
+            seq.sink(event)
+        except Exception:               # noqa: BLE001 - the caller's code: logged, never the engine's end
+            log.exception("loom: a request's event sink raised; the request is cancelled")
+            seq.cancelled = True
+
+    def _retire(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
         self.cache.release(seq.table)
         seq.table = []
         tail = seq.text.flush() if seq.text is not None and reason != "cancelled" else ""
         if tail:
-            seq.sink(Event(None, text=tail))
-        seq.sink(Event(None, finish_reason=reason))
+            self._emit(seq, Event(None, text=tail))
+        self._emit(seq, Event(None, finish_reason=reason, error=error))
 
 
 def _plain_greedy(r: Request) -> bool:

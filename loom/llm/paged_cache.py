@@ -72,8 +72,10 @@ class PagedKVCache:
         self.refs[block] += 1
 
     def release(self, blocks: list[int]) -> None:
-        """A sequence lets go of its blocks: unregistered ones are free again, registered ones idle."""
-        for block in blocks:
+        """A sequence lets go of its blocks: unregistered ones are free again, registered ones idle,
+        the last block first (a prefix's chain of names is then evicted from its tail, and its head,
+        which every later lookup walks through first, stays longest)."""
+        for block in reversed(blocks):
             self.refs[block] -= 1
             if self.refs[block] < 0:
                 raise AssertionError(f"block {block} released more often than taken")

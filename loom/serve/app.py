@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from .. import mode
-from ..errors import ConfigError
+from ..errors import ConfigError, EngineError
 from ..llm.batching import BatchEngine, Event, QueueFull
 from . import protocol
 from .protocol import BadRequest
@@ -50,7 +50,9 @@ class Server:
         self.encoder = isinstance(model, Encoder)
         self.engine = None if self.encoder else BatchEngine(model, max_batch=max_batch, max_queue=max_queue,
                                                             cache_tokens=cache_tokens)
-        self.context = None if self.encoder else model.decoder.config.max_positions
+        # the positions one sequence may use: the model's context, or the KV cache's if smaller
+        self.context = None if self.encoder else min(model.decoder.config.max_positions,
+                                                     self.engine.cache.blocks * self.engine.cache.block_size)
 
     def app(self):
         need_extra()
@@ -135,7 +137,7 @@ class Server:
             if self.encoder:
                 raise BadRequest("model", f"{self.name!r} is an embedding model; use /v1/embeddings")
             job = (protocol.chat_job if chat else protocol.completion_job)(body, self.model, self.context)
-            queue, handles = self._submit(job)
+            queue, handles = self._submit(job, "messages" if chat else "prompt")
         except BadRequest as exc:
             return _error(exc)
         reply = _Reply(self, job, chat)
@@ -158,8 +160,9 @@ class Server:
             return _error(done)
         return JSONResponse(done)
 
-    def _submit(self, job: protocol.Job):
-        """Queue the job's requests; events come back as (choice index, Event) on an asyncio queue."""
+    def _submit(self, job: protocol.Job, prompt_key: str):
+        """Queue the job's requests; events come back as (choice index, Event) on an asyncio queue.
+        prompt_key: the request field the engine's "prompt" errors are about."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -170,7 +173,9 @@ class Server:
         except QueueFull as exc:
             raise BadRequest(None, str(exc), 429, kind="requests", code="rate_limit_exceeded") from None
         except ConfigError as exc:                    # the engine's own checks (the protocol's come first)
-            raise BadRequest(exc.path, str(exc)) from None
+            raise BadRequest(prompt_key if exc.path == "prompt" else exc.path, str(exc)) from None
+        except EngineError as exc:                    # the engine stopped (a shutting-down server)
+            raise BadRequest(None, str(exc), 503, kind="server_error") from None
         return queue, handles
 
 

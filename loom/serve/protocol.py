@@ -51,11 +51,18 @@ def _number(body: dict, key: str, default: float, low: float, high: float, low_o
     v = body.get(key)
     if v is None:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or \
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not _finite(v) or \
             not (low < v if low_open else low <= v) or v > high:
         side = "(" if low_open else "["
         raise BadRequest(key, f"'{key}' must be a number in {side}{low}, {high}], got {v!r}")
     return float(v)
+
+
+def _finite(v: int | float) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:              # an integer beyond float's range
+        return False
 
 
 def _integer(body: dict, key: str, default: int | None, low: int, high: int | None = None) -> int | None:
@@ -120,19 +127,20 @@ def _sampling(body: dict) -> tuple[gen.Sampling, dict]:
 
 
 def _requests(prompt_ids: list[list[int]], n: int, max_tokens: int | None, context: int, body: dict,
-              logprobs: int | None, max_key: str) -> list[Request]:
+              logprobs: int | None, max_key: str, prompt_key: str) -> list[Request]:
+    """context: the positions a sequence may use (the model's context, or less where the server's
+    KV cache holds less)."""
     sampling, extra = _sampling(body)
     stop = _stop(body)
     out = []
     for ids in prompt_ids:
         room = context - len(ids)
         if room < 1:
-            raise BadRequest("messages" if max_key != "max_tokens" else "prompt",
-                             f"the prompt has {len(ids)} tokens; the model's context is {context}")
+            raise BadRequest(prompt_key, f"the prompt has {len(ids)} tokens; a sequence here holds at most {context}")
         tokens = room if max_tokens is None else max_tokens
         if tokens > room:
             raise BadRequest(max_key, f"'{max_key}' is {tokens}, but the prompt's {len(ids)} tokens leave room for "
-                                      f"{room} in the model's context of {context}")
+                                      f"{room} of the {context} positions a sequence holds here")
         for i in range(n):
             # choice i of a prompt samples with seed + i: n different answers, each reproducible
             s = gen.Sampling(sampling.temperature, 0, sampling.top_p, 0.0, 1.0, (sampling.seed + i) % (1 << 64))
@@ -172,16 +180,19 @@ def chat_job(body: dict, model, context: int) -> Job:
     elif body.get("top_logprobs") is not None:
         raise BadRequest("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     stream = _flag(body, "stream", False)
-    return Job(_requests([ids], n, max_tokens, context, body, logprobs, key), [ids], n, stream,
+    return Job(_requests([ids], n, max_tokens, context, body, logprobs, key, "messages"), [ids], n, stream,
                _include_usage(body, stream), logprobs)
 
 
 def completion_job(body: dict, model, context: int) -> Job:
     """A /v1/completions body: prompt a string, a list of strings, token ids or lists of them."""
     _refuse_unsupported(body)
-    if body.get("echo") or body.get("suffix") or (body.get("best_of") or 1) != 1:
-        raise BadRequest("echo" if body.get("echo") else "suffix" if body.get("suffix") else "best_of",
-                         "echo, suffix and best_of are not supported by this server")
+    best_of = body.get("best_of")
+    unsupported = {"echo": body.get("echo") not in (None, False), "suffix": body.get("suffix") not in (None, ""),
+                   "best_of": best_of is not None and (isinstance(best_of, bool) or best_of != 1)}
+    for key, bad in unsupported.items():
+        if bad:
+            raise BadRequest(key, f"'{key}' is not supported by this server (got {body.get(key)!r})")
     prompt = body.get("prompt")
     prompts = _prompts(prompt)
     ids = []
@@ -199,7 +210,7 @@ def completion_job(body: dict, model, context: int) -> Job:
     logprobs = _integer(body, "logprobs", None, 0, 5)
     stream = _flag(body, "stream", False)
     max_tokens = _integer(body, "max_tokens", 16, 1)
-    return Job(_requests(ids, n, max_tokens, context, body, logprobs, "max_tokens"), ids, n, stream,
+    return Job(_requests(ids, n, max_tokens, context, body, logprobs, "max_tokens", "prompt"), ids, n, stream,
                _include_usage(body, stream), logprobs)
 
 

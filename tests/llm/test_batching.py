@@ -235,3 +235,101 @@ def test_generate_queues_more_requests_than_the_queue_holds():
     with loom.deterministic(True):
         got = BatchEngine(model, max_batch=2, max_queue=3).generate([Request(p, max_tokens=3, stop_ids=()) for p in ps])
         assert [r.tokens for r in got] == [list(model.generate_ids(p, max_tokens=3, stop_ids=())) for p in ps]
+
+
+def test_review_edge_cases_max_tokens_zero_bad_ids_and_the_engines_own_mode():
+    model = tiny_decoder("llama")
+    with loom.deterministic(True):
+        engine = BatchEngine(model)
+        done = engine.generate([Request([1, 2], max_tokens=0), Request([1, 2], max_tokens=2, stop_ids=())])
+        assert done[0].tokens == [] and done[0].finish_reason == "length" and len(done[1].tokens) == 2
+        for bad, name in (([1.5, 2], "prompt"), (["3"], "prompt"), ([True], "prompt")):
+            with pytest.raises(ConfigError) as info:
+                engine.submit(Request(bad, max_tokens=2), lambda e: None)
+            assert info.value.path == name
+        with pytest.raises(ConfigError, match="Sampling"):
+            engine.submit(Request([1], max_tokens=2, sampling=None), lambda e: None)
+    with loom.deterministic(False):
+        fast = BatchEngine(model)
+        want = fast.generate([Request([1, 2, 3], max_tokens=4, stop_ids=(), logprobs=0)])[0]
+    with loom.deterministic(True):                  # generate() runs in the mode the engine was made in
+        assert same(fast.generate([Request([1, 2, 3], max_tokens=4, stop_ids=(), logprobs=0)])[0], want)
+
+
+def test_a_failing_sequence_or_sink_does_not_take_the_others_down(monkeypatch):
+    import threading
+    model = tiny_decoder("llama")
+    engine = BatchEngine(model, max_batch=4)
+    real = BatchEngine._sample
+
+    def flaky(self, seq, choice):
+        if seq.number == 0 and len(seq.generated) == 1:
+            raise ValueError("this sequence only")
+        return real(self, seq, choice)
+    monkeypatch.setattr(BatchEngine, "_sample", flaky)
+    done = threading.Event()
+    events = {0: [], 1: [], 2: []}
+
+    def boom(event):
+        raise RuntimeError("sink boom")
+
+    def collect(i):
+        def sink(event):
+            events[i].append(event)
+            if event.finish_reason and all(events[k] and events[k][-1].finish_reason for k in (0, 2)):
+                done.set()
+        return sink
+    engine.start()
+    try:
+        engine.submit(Request([1, 2], max_tokens=6, stop_ids=()), collect(0))
+        engine.submit(Request([3, 4], max_tokens=6, stop_ids=()), boom)          # raises at its first event
+        engine.submit(Request([5, 6], max_tokens=6, stop_ids=()), collect(2))
+        assert done.wait(30), "the engine stopped answering"
+        assert events[0][-1].finish_reason == "error" and "this sequence only" in events[0][-1].error
+        assert events[2][-1].finish_reason == "length" and len([e for e in events[2] if e.token is not None]) == 6
+        assert engine._thread.is_alive()
+    finally:
+        engine.stop()
+    assert engine.cache.available() == engine.cache.blocks
+    with pytest.raises(loom.errors.EngineError, match="stopped"):
+        engine.submit(Request([1], max_tokens=1), lambda e: None)
+
+
+def test_stop_cancels_what_is_left():
+    engine = BatchEngine(tiny_decoder("llama"))
+    events = []
+    engine.submit(Request([1, 2], max_tokens=5), events.append)           # never stepped: the thread never ran
+    engine.stop()
+    assert [e.finish_reason for e in events] == ["cancelled"]
+
+
+def test_single_token_prefill_pieces_never_take_the_decode_graph(monkeypatch):
+    """A recorded step takes only items that want logits; a one-token piece inside a prompt (a
+    prefix hit that ends one token before a chunk end) goes through paged_forward (CPU stand-in)."""
+    from loom.llm import paged_forward
+    model = tiny_decoder("llama")
+    reqs = [Request(list(range(1, 24)), max_tokens=4, stop_ids=(), logprobs=1),
+            Request(list(range(1, 10)) + [40, 41, 42, 43], max_tokens=4, stop_ids=(), logprobs=1)]
+    with loom.deterministic(True):
+        alone = [BatchEngine(model).generate([r])[0] for r in reqs]
+
+        class FakeGraph:
+            def step(self, ids, positions, tables):
+                work = [paged_forward.Work(np.asarray([t]), p, tb, True) for t, p, tb in zip(ids, positions, tables)]
+                return paged_forward.forward(model.decoder, engine.cache, work)
+        engine = BatchEngine(model, max_batch=1, block_size=3)
+        engine.chunk = 10                 # the second prompt reuses 3 blocks: its next piece is position 9 alone
+        engine._graph = lambda n, items: FakeGraph()
+        got = engine.generate(reqs)
+    assert engine.stats["cached_tokens"] == 9
+    assert all(same(a, b) for a, b in zip(alone, got))
+
+
+def test_eviction_takes_a_prefix_from_its_tail():
+    cache = PagedKVCache(np, layers=1, kv_heads=1, head_dim=2, blocks=2, block_size=4)
+    head, tail = cache.take(), cache.take()
+    names = block_names(list(range(8)), 4, 2)
+    cache.register(head, names[0])
+    cache.register(tail, names[1])
+    cache.release([head, tail])
+    assert cache.take() == tail and cache.lookup(names[0]) == head      # the head still serves lookups

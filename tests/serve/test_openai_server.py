@@ -182,6 +182,18 @@ def test_a_client_that_times_out_on_a_plain_request_frees_its_slot(served, monke
     assert httpx.get(served.url + "/health").json()["running"] == 0
 
 
+def test_a_small_cache_bounds_the_default_reply(lm):
+    with loom.deterministic(True):
+        running = Running(Server(lm, "tiny", max_batch=1, cache_tokens=64))
+    try:                                           # no max_tokens: the rest of what the cache holds
+        reply = running.client.chat.completions.create(model="tiny", messages=HELLO, temperature=0)
+        prompt = len(lm.chat_ids(HELLO))
+        assert reply.usage.completion_tokens <= 64 - prompt
+        assert reply.choices[0].finish_reason == "length" or reply.usage.completion_tokens < 64 - prompt
+    finally:
+        running.close()
+
+
 def test_a_full_queue_answers_429(lm):
     with loom.deterministic(True):
         server = Server(lm, "tiny", max_batch=1, max_queue=2)
@@ -199,6 +211,7 @@ def test_a_full_queue_answers_429(lm):
 
 @pytest.mark.parametrize("body, param", [
     ({"messages": HELLO, "temperature": 5}, "temperature"),
+    ({"messages": HELLO, "temperature": 10 ** 400}, "temperature"),
     ({"messages": HELLO, "top_p": 0}, "top_p"),
     ({"messages": HELLO, "n": 0}, "n"),
     ({"messages": HELLO, "max_tokens": 0}, "max_tokens"),
@@ -224,7 +237,7 @@ def test_bad_chat_parameters_are_400s_naming_the_field(served, body, param):
 
 @pytest.mark.parametrize("body, param", [
     ({"prompt": ""}, "prompt"), ({"prompt": [1, 10 ** 6]}, "prompt"), ({"prompt": "x", "logprobs": 6}, "logprobs"),
-    ({"prompt": "x", "echo": True}, "echo"), ({"prompt": [[]]}, "prompt"),
+    ({"prompt": "x", "echo": True}, "echo"), ({"prompt": [[]]}, "prompt"), ({"prompt": "x", "best_of": 0}, "best_of"),
 ])
 def test_bad_completion_parameters_are_400s(served, body, param):
     response = httpx.post(served.url + "/v1/completions", json={"model": "tiny", **body}, timeout=30)
