@@ -32,6 +32,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -43,6 +44,9 @@ from . import generate as gen
 from . import paged_forward, paged_graph
 from .decoder import prefill_chunk
 from .paged_cache import OutOfBlocks, PagedKVCache, block_names
+
+if TYPE_CHECKING:
+    from .model import CausalLM
 
 log = logging.getLogger("loom")
 
@@ -128,7 +132,7 @@ class BatchEngine:
     the blocks of shared prompt prefixes; dense_weights: keep float32 copies of block-quantized
     weights for products of many rows (Decoder.keep_dense: 4 bytes a parameter; default on the GPU)."""
 
-    def __init__(self, model, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
+    def __init__(self, model: CausalLM, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
                  block_size: int = BLOCK_SIZE, prefix_cache: bool = True, dense_weights: bool | None = None):
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

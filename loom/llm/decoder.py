@@ -266,7 +266,7 @@ class Decoder:
         if self._dense is None:
             self._dense = {}
 
-    def dense(self, w):
+    def dense(self, w: Array | BlockQuantized) -> Array:
         """The float32 device copy of block-quantized weight w (made once), or w itself."""
         if not isinstance(w, BlockQuantized):
             return w
@@ -393,7 +393,7 @@ class Decoder:
         ctx = self.attend(L, q, cache_k[:, :, lo:end], cache_v[:, :, lo:end], pos, lo)
         return self.finish_layer(L, h, ctx)
 
-    def qkv(self, L: _Layer, h, cos, sin):
+    def qkv(self, L: _Layer, h: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
         """The layer's rotated queries [B, T, H, D], keys and values [B, T, KV, D] for hidden h [B, T, E]
         at the positions of cos, sin [T, 1, D]."""
         c = self.config
@@ -413,7 +413,7 @@ class Decoder:
         """The first key position any query at pos or later may attend to (its sliding window's)."""
         return 0 if L.window is None else max(0, pos - L.window + 1)
 
-    def attend(self, L: _Layer, q, keys, values, pos: int, lo: int):
+    def attend(self, L: _Layer, q: Array, keys: Array, values: Array, pos: int, lo: int) -> Array:
         """Attention of queries q [B, T, H, D] at positions pos.. over the keys and values
         [B, KV, n, D] at positions lo..pos+T-1: the context [B, T, H*D]. Each query's row sees its own
         keys only (causal, its window), so in deterministic mode its bits do not depend on T."""
@@ -436,7 +436,7 @@ class Decoder:
         ctx = ops.matmul(p.reshape(B, KV, R * T, n), values)             # [B, KV, R*T, D]
         return ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
 
-    def finish_layer(self, L: _Layer, h, ctx):
+    def finish_layer(self, L: _Layer, h: Array, ctx: Array) -> Array:
         """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
         c = self.config
         h = h + _linear(ctx, L.o, L.o_bias, self._weight)

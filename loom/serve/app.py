@@ -17,13 +17,21 @@ import json
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import mode
 from ..errors import ConfigError, EngineError
 from ..llm.batching import BatchEngine, Event, QueueFull
 from . import protocol
 from .protocol import BadRequest
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    from ..llm.encoder import Encoder
+    from ..llm.model import CausalLM
 
 log = logging.getLogger("loom")
 
@@ -42,7 +50,8 @@ def need_extra() -> None:
 class Server:
     """The state behind the routes: the model, its name, the engine (language models) and the mode."""
 
-    def __init__(self, model, name: str, max_batch: int = 16, max_queue: int = 64, cache_tokens: int | None = None):
+    def __init__(self, model: CausalLM | Encoder, name: str, max_batch: int = 16, max_queue: int = 64,
+                 cache_tokens: int | None = None):
         from ..llm.encoder import Encoder
         self.model, self.name = model, name
         self.deterministic = mode.is_deterministic()
@@ -54,7 +63,7 @@ class Server:
         self.context = None if self.encoder else min(model.decoder.config.max_positions,
                                                      self.engine.cache.blocks * self.engine.cache.block_size)
 
-    def app(self):
+    def app(self) -> Starlette:
         need_extra()
         from starlette.applications import Starlette
         from starlette.routing import Route
@@ -76,19 +85,19 @@ class Server:
                 self.engine.stop()
 
     # --- plain routes -------------------------------------------------------------------------------
-    async def health(self, request):
+    async def health(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
         body = {"status": "ok", "model": self.name, "mode": "deterministic" if self.deterministic else "fast"}
         if self.engine is not None:
             body.update(self.engine.load)
         return JSONResponse(body)
 
-    async def models(self, request):
+    async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
         return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model", "created": self.created,
                                                          "owned_by": "loom"}]})
 
-    async def embeddings(self, request):
+    async def embeddings(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
         try:
             body = await _body(request)
@@ -123,10 +132,10 @@ class Server:
             return self.model.backend.to_numpy(vectors), tokens
 
     # --- generation ---------------------------------------------------------------------------------
-    async def chat(self, request):
+    async def chat(self, request: Request) -> Response:
         return await self._generate(request, chat=True)
 
-    async def completions(self, request):
+    async def completions(self, request: Request) -> Response:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request, chat: bool):

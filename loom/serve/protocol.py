@@ -14,11 +14,14 @@ from __future__ import annotations
 import math
 import secrets
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..llm import generate as gen
 from ..llm.batching import Request
+
+if TYPE_CHECKING:
+    from ..llm.model import CausalLM
 
 MAX_N = 16
 MAX_STOP = 4
@@ -149,7 +152,7 @@ def _requests(prompt_ids: list[list[int]], n: int, max_tokens: int | None, conte
     return out
 
 
-def chat_job(body: dict, model, context: int) -> Job:
+def chat_job(body: dict, model: CausalLM, context: int) -> Job:
     """A /v1/chat/completions body, checked and turned into engine requests."""
     _refuse_unsupported(body)
     messages = body.get("messages")
@@ -184,7 +187,7 @@ def chat_job(body: dict, model, context: int) -> Job:
                _include_usage(body, stream), logprobs)
 
 
-def completion_job(body: dict, model, context: int) -> Job:
+def completion_job(body: dict, model: CausalLM, context: int) -> Job:
     """A /v1/completions body: prompt a string, a list of strings, token ids or lists of them."""
     _refuse_unsupported(body)
     best_of = body.get("best_of")

@@ -91,7 +91,7 @@ def test_chunked_prefill_matches_one_chunk(saved, monkeypatch):
     dec, ids = lm.decoder, _ids(20, seed=7)
     with loom.deterministic(False):
         whole = dec.forward(ids[None], dec.new_cache(20))[0]
-        monkeypatch.setattr(decoder_module, "PREFILL_CHUNK", 6)
+        monkeypatch.setattr(decoder_module, "PREFILL_CHUNK_FAST", 6)          # fast mode's chunk
         chunked = dec.forward(ids[None], dec.new_cache(20))[0]
         last = dec.forward(ids[None], dec.new_cache(20), last_only=True)[0]
     assert td.relative_error(chunked, whole) < 1e-5
