@@ -43,21 +43,24 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
     cos, sin = dec.rope_at(be.asarray(positions))
     slots = be.asarray(np.concatenate([cache.slots(w.table, w.pos, w.pos + n) for w, n in zip(work, sizes)]))
     h = dec.embed_ids(ids[None])                                       # [1, N, E]
+    alone = is_deterministic() or len(work) == 1
+    plans: dict = {}            # by sliding window: the key slots (and padding) every layer of it shares
     for i, layer in enumerate(dec.layers):
         q, k, v = dec.qkv(layer, h, cos, sin)
         cache.k[i][slots] = k[0]
         cache.v[i][slots] = v[0]
-        if is_deterministic() or len(work) == 1:
+        plan = plans.get(layer.window)
+        if plan is None:
+            plan = plans[layer.window] = (_alone_plan if alone else _padded_plan)(dec, cache, layer, work, sizes)
+        if alone:
             contexts = []
-            for w, lo_row, hi_row in zip(work, bounds[:-1], bounds[1:]):
-                first = dec.first_key(layer, w.pos)
-                keys = be.asarray(cache.slots(w.table, first, w.pos + (hi_row - lo_row)))
+            for w, lo_row, hi_row, (first, keys) in zip(work, bounds[:-1], bounds[1:], plan):
                 ks = cache.k[i][keys].transpose(1, 0, 2)[None]              # [1, KV, n, D]
                 vs = cache.v[i][keys].transpose(1, 0, 2)[None]
                 contexts.append(dec.attend(layer, q[:, lo_row:hi_row], ks, vs, w.pos, first))
             ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
         else:
-            ctx = _padded_attention(dec, cache, i, layer, q[0], work, sizes)[None]
+            ctx = _padded_attention(dec, cache, i, q[0], plan)[None]
         h = dec.finish_layer(layer, h, ctx)
     rows = [int(hi) - 1 for w, hi in zip(work, bounds[1:]) if w.logits]
     if not rows:
@@ -68,15 +71,22 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
 PADDED_ELEMENTS = 1 << 26           # float32 scores of one padded attention group (256 MB)
 
 
-def _padded_attention(dec: Decoder, cache: PagedKVCache, i: int, layer, q, work: list[Work], sizes: list[int]):
-    """Fast mode: the context [N, H*D] of every item's queries q [N, H, D] (rows in item order) over
-    its keys, the items padded to a common query and key count in groups."""
-    be, xp, c = dec.backend, dec.xp, dec.config
-    H, KV, D = c.heads, c.kv_heads, c.head_dim
-    R = H // KV
+def _alone_plan(dec: Decoder, cache: PagedKVCache, layer, work: list[Work], sizes: list[int]) -> list:
+    """Per item: (its first key, the device slots of its keys) for layers of `layer`'s window."""
+    out = []
+    for w, n in zip(work, sizes):
+        first = dec.first_key(layer, w.pos)
+        out.append((first, dec.backend.asarray(cache.slots(w.table, first, w.pos + n))))
+    return out
+
+
+def _padded_plan(dec: Decoder, cache: PagedKVCache, layer, work: list[Work], sizes: list[int]) -> list:
+    """Fast mode: the items in groups padded to a common query and key count (scores of a group
+    under PADDED_ELEMENTS), each group's device index arrays, for layers of `layer`'s window."""
+    be, H = dec.backend, dec.config.heads
     firsts = [dec.first_key(layer, w.pos) for w in work]
     counts = [w.pos + n - lo for w, n, lo in zip(work, sizes, firsts)]
-    out, start, row = [], 0, 0
+    groups, start, row = [], 0, 0
     while start < len(work):                # a group: as many items as fit the budget
         stop, t_max, n_max = start, 0, 0
         while stop < len(work):
@@ -99,17 +109,28 @@ def _padded_attention(dec: Decoder, cache: PagedKVCache, i: int, layer, q, work:
                 ok &= kpos > qpos - layer.window
             allowed[s, :T, :n] = ok
             row += T
-        slots = be.asarray(key_slots)
+        valid = (np.arange(t_max)[None, :] < np.asarray(sizes[start:stop])[:, None]).reshape(-1)
+        groups.append((S, t_max, n_max, be.asarray(key_slots), be.asarray(rows), be.asarray(allowed)[:, None, None],
+                       be.asarray(np.flatnonzero(valid))))
+        start = stop
+    return groups
+
+
+def _padded_attention(dec: Decoder, cache: PagedKVCache, i: int, q, plan: list):
+    """Fast mode: the context [N, H*D] of every item's queries q [N, H, D] (rows in item order) over
+    its keys, group by group of the plan."""
+    xp, c = dec.xp, dec.config
+    H, KV, D = c.heads, c.kv_heads, c.head_dim
+    R = H // KV
+    out = []
+    for S, t_max, n_max, slots, rows, allowed, valid in plan:
         ks = cache.k[i][slots].transpose(0, 2, 1, 3)                  # [S, KV, n, D]
         vs = cache.v[i][slots].transpose(0, 2, 1, 3)
-        qs = q[be.asarray(rows)]                                       # [S, T, H, D]
+        qs = q[rows]                                                   # [S, T, H, D]
         qs = qs.reshape(S, t_max, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(S, KV, R * t_max, D)
         scores = ops.matmul(qs, ks.transpose(0, 1, 3, 2)).reshape(S, KV, R, t_max, n_max)
-        p = ops.softmax(scores * scores.dtype.type(dec.scale), axis=-1,
-                        mask=be.asarray(allowed)[:, None, None], padded=True)
+        p = ops.softmax(scores * scores.dtype.type(dec.scale), axis=-1, mask=allowed, padded=True)
         ctx = ops.matmul(p.reshape(S, KV, R * t_max, n_max), vs)        # [S, KV, R*T, D]
         ctx = ctx.reshape(S, KV, R, t_max, D).transpose(0, 3, 1, 2, 4).reshape(S * t_max, H * D)
-        valid = (np.arange(t_max)[None, :] < np.asarray(sizes[start:stop])[:, None]).reshape(-1)
-        out.append(ctx[be.asarray(np.flatnonzero(valid))])
-        start = stop
+        out.append(ctx[valid])
     return out[0] if len(out) == 1 else xp.concatenate(out, axis=0)
