@@ -96,6 +96,10 @@ class QuantKernels(Protocol):
     def matmul_t_rounded(self, x2: Array, data: Array, qtype: str, out: Array, factor: float) -> bool:
         """The same with deterministic mode's rounded GEMM's bits; False: declined."""
 
+    def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
+        """out (float32 C-contiguous, data's value count) = the values of the stored rows `data`, bit for bit
+        loom.kernels.quant.gguf's; False: declined (gguf's array code decodes)."""
+
 
 class ElementwiseKernels(Protocol):
     """Element-wise IR functions (loom/kernels/ir) compiled into one loop or kernel."""

@@ -4,6 +4,7 @@ misaligned inputs, and launched plainly or overlapping the previous kernel (loom
 overlapped launch gives the same bits, eagerly and inside a recorded graph."""
 import numpy as np
 import pytest
+from quant_rows import random_rows
 
 from loom.errors import BackendError
 from loom.kernels.quant import gguf as gguf_quants
@@ -20,19 +21,8 @@ RNG = np.random.default_rng(20261121)
 
 def _weight(qtype, rows, cols):
     """uint8 rows of `qtype` with finite, varied scales, and their float64 values."""
-    if qtype in ("F16", "BF16", "F32"):
-        w = RNG.standard_normal((rows, cols)).astype(np.float32) * 0.05
-        data = w if qtype == "F32" else w.astype(np.float16 if qtype == "F16" else "bfloat16")
-        data = data.view(np.uint8).reshape(rows, -1)
-    else:
-        block, _, at_m, _, _ = cuda_quant.LAYOUTS[qtype]
-        data = RNG.integers(0, 256, (rows, cols // 32, block), dtype=np.uint8)
-        data[..., 0:2] = ((RNG.random((rows, cols // 32, 1)) - 0.5) * 0.02).astype(np.float16).view(np.uint8)
-        if at_m >= 0:
-            data[..., at_m:at_m + 2] = (RNG.random((rows, cols // 32, 1)) * -0.02).astype(np.float16).view(np.uint8)
-        data = data.reshape(rows, -1)
-    values = gguf_quants.dequantize(data, qtype, (rows, cols)).astype(np.float64)
-    return data, values
+    data = random_rows(qtype, rows, cols, RNG, scale=0.01, plain=0.05)
+    return data, gguf_quants.dequantize(data, qtype, (rows, cols)).astype(np.float64)
 
 
 def _reference(x, w, norm, eps, bias, residual, swiglu):
@@ -46,7 +36,7 @@ def _reference(x, w, norm, eps, bias, residual, swiglu):
     return y + (0 if residual is None else residual)
 
 
-@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_0", "BF16", "F32"])
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_0", "BF16", "F32", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 @pytest.mark.parametrize("m, cols", [(1, 256), (3, 1536), (16, 1536)])     # 16 x 1536: x too long to stage
 @pytest.mark.parametrize("pro, epi", [("none", "none"), ("norm", "residual"), ("norm", "swiglu"), ("none", "bias")])
 def test_gemv_matches_float64_reference(qtype, m, cols, pro, epi):
@@ -68,6 +58,44 @@ def test_gemv_matches_float64_reference(qtype, m, cols, pro, epi):
     scale = np.abs(x).max() * np.abs(w).sum(axis=1).max() * (1 if norm is None else np.abs(norm).max() * 4)
     np.testing.assert_allclose(results[0], want, rtol=1e-5, atol=1e-5 * scale)
     np.testing.assert_array_equal(results[1], results[0])         # overlapping launch: same kernel, same bits
+
+
+@pytest.mark.parametrize("qtype", cuda_quant.TYPES)
+def test_one_kernel_decode_gives_the_cpu_decoders_bits(qtype):
+    """quant.dequantize and embed (the GPU's decoder for prefill, lookups and the decode step's embedding) on
+    random bytes, scale fields included (inf and NaN scales decode as IEEE says): gguf.py's bits."""
+    block, size = gguf_quants.BLOCKS[qtype]
+    cols = max(block, 32) * 3
+    raw = RNG.integers(0, 256, (37, gguf_quants.row_nbytes(qtype, cols)), dtype=np.uint8)
+    want = gguf_quants.dequantize(raw, qtype, (37, cols))
+    got = cupy.empty((37, cols), cupy.float32)
+    cuda_quant.dequantize(cupy.asarray(raw), qtype, got)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(cupy.asnumpy(got)), nan)
+    np.testing.assert_array_equal(cupy.asnumpy(got).view(np.uint32)[~nan], want.view(np.uint32)[~nan])
+    ids = np.array([36, 0, 5, 5, 17], dtype=np.int64)
+    rows = cupy.empty((5, cols), cupy.float32)
+    cuda_quant.embed(cupy.asarray(raw), qtype, cupy.asarray(ids), rows)
+    np.testing.assert_array_equal(np.isnan(cupy.asnumpy(rows)), nan[ids])
+    np.testing.assert_array_equal(cupy.asnumpy(rows).view(np.uint32)[~nan[ids]], want[ids].view(np.uint32)[~nan[ids]])
+
+
+def test_block_quantized_on_the_gpu_decodes_with_the_kernel_in_both_modes():
+    """BlockQuantized.dequantize/take_rows/matmul_t of a K-quant on the GPU: the CPU's values, and
+    deterministic mode's product the CPU's bits (the decoded W feeds the exact GEMM)."""
+    import loom
+    from loom.kernels.quant.block import BlockQuantized
+    data = random_rows("Q4_K", 40, 512, RNG)
+    cpu, gpu = BlockQuantized(data, "Q4_K", (40, 512)), BlockQuantized(cupy.asarray(data), "Q4_K", (40, 512))
+    np.testing.assert_array_equal(cupy.asnumpy(gpu.dequantize()), cpu.dequantize())
+    np.testing.assert_array_equal(cupy.asnumpy(gpu.take_rows(np.array([3, 39]))), cpu.take_rows(np.array([3, 39])))
+    x = RNG.standard_normal((24, 512)).astype(np.float32)
+    with loom.deterministic(True):
+        np.testing.assert_array_equal(cupy.asnumpy(gpu.matmul_t(cupy.asarray(x))), cpu.matmul_t(x))
+    with loom.deterministic(False):
+        for m in (1, 24):                       # the gemv kernel; dequantize then GEMM
+            np.testing.assert_allclose(cupy.asnumpy(gpu.matmul_t(cupy.asarray(x[:m]))), x[:m] @ cpu.dequantize().T,
+                                       rtol=1e-4, atol=1e-4)
 
 
 def test_gemv_reads_misaligned_x_and_norm_correctly():

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from quant_rows import random_rows
 
 import loom
 from loom.kernels.quant.block import BlockQuantized
@@ -104,23 +105,16 @@ def _quant_weights(qtype, config):
     for name, shape in required.items():
         if len(shape) == 1:
             out[name] = (1 + 0.1 * RNG.standard_normal(shape)).astype(np.float32)
-            continue
-        rows, cols = shape
-        if qtype in ("F16", "BF16", "F32"):
-            w = (RNG.standard_normal(shape) * 0.05).astype(np.float32)
-            if qtype == "F32":
-                out[name] = w
-                continue
-            data = w.astype(np.float16 if qtype == "F16" else "bfloat16").view(np.uint8).reshape(rows, -1)
+        elif qtype == "F32":
+            out[name] = (RNG.standard_normal(shape) * 0.05).astype(np.float32)
         else:
-            block, _, at_m, _, _ = cuda_quant.LAYOUTS[qtype]
-            data = RNG.integers(0, 256, (rows, cols // 32, block), dtype=np.uint8)
-            data[..., 0:2] = (RNG.random((rows, cols // 32, 1)) * 0.01).astype(np.float16).view(np.uint8)
-            if at_m >= 0:
-                data[..., at_m:at_m + 2] = (RNG.random((rows, cols // 32, 1)) * -0.02).astype(np.float16).view(np.uint8)
-            data = data.reshape(rows, -1)
-        out[name] = BlockQuantized(data, qtype, shape)
+            out[name] = BlockQuantized(random_rows(qtype, *shape, RNG, scale=0.01, plain=0.05), qtype, shape)
     return out
+
+
+def config_for(qtype):
+    """CONFIG, with widths of whole 256-value super-blocks for the K-quants."""
+    return {**CONFIG, "intermediate_size": 512} if qtype in cuda_quant.K_LAYOUTS else CONFIG
 
 
 CONFIG = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 320, "num_hidden_layers": 2,
@@ -130,15 +124,15 @@ CONFIG = {"model_type": "llama", "hidden_size": 256, "intermediate_size": 320, "
 
 @pytest.mark.parametrize("qtype", cuda_quant.TYPES)
 def test_graph_decode_with_stored_weight_types(qtype):
-    weights = _quant_weights(qtype, CONFIG)
-    config = DecoderConfig.from_hf(CONFIG)
+    weights = _quant_weights(qtype, config_for(qtype))
+    config = DecoderConfig.from_hf(config_for(qtype))
     with loom.deterministic(False):
         graph, eager = _graph_and_eager(built(config, weights))
         got, want = _both(graph, eager, PROMPT, STEPS, batch=2)
         assert isinstance(graph._graph, DecodeGraph)
         assert td.relative_error(got, want) < 1e-5
         got, ref = _both(graph, Decoder(config, weights), PROMPT, STEPS)       # the CPU's integer-code products
-        assert td.relative_error(got, ref) < 1e-5
+        assert td.relative_error(got, ref) < 3e-5      # sums in other orders (a wrong value is O(1))
 
 
 def test_a_cache_of_a_recorded_shape_reuses_its_graph_and_the_previous_cache_keeps_its_positions():

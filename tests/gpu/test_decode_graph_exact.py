@@ -13,7 +13,7 @@ from loom.llm.decode_graph import DecodeGraph
 from loom.llm.decoder import Decoder, DecoderConfig
 
 from .cpu_gpu import host, same_bits
-from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, loaded, saved
+from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, config_for, loaded, saved
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
@@ -63,8 +63,8 @@ def test_exact_graph_gives_the_array_paths_bits(kind, extra, tmp_path):
 
 @pytest.mark.parametrize("qtype", cuda_quant.TYPES)
 def test_exact_graph_with_stored_weight_types(qtype):
-    weights = _quant_weights(qtype, CONFIG)
-    config = DecoderConfig.from_hf(CONFIG)
+    weights = _quant_weights(qtype, config_for(qtype))
+    config = DecoderConfig.from_hf(config_for(qtype))
     with loom.deterministic(True):
         graph, eager = _graph_and_eager(built(config, weights))
         _check(graph, eager, Decoder(config, weights), np.array([PROMPT, PROMPT[::-1]]))
@@ -172,7 +172,7 @@ def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
 
 def test_unsupported_products_say_why():
     from loom.llm import decode_graph
-    assert "Q4_K" in cuda_quant_exact.unsupported("Q4_K", 1, 256)
+    assert "IQ2_XS" in cuda_quant_exact.unsupported("IQ2_XS", 1, 256)
     assert "slices" in decode_graph._not_rounded(4096)           # the kernels compute the rounded scheme
     assert decode_graph._not_rounded(2048) is None
     assert "17 rows" in cuda_quant_exact.unsupported("Q8_0", 17, 256)

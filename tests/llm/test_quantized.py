@@ -3,6 +3,7 @@ deterministic mode (bit-exact with loom.kernels.ops.matmul on the dequantized we
 the row blocking) and in fast mode; linear(); bad input."""
 import numpy as np
 import pytest
+from quant_rows import random_rows
 
 import loom
 from loom import ShapeError
@@ -16,21 +17,8 @@ TYPES = list(gq.BLOCKS)
 
 def random_weight(qtype, rows, blocks_per_row, seed):
     """Random rows whose float16 scale fields hold moderate finite values, so products are finite."""
-    rng = np.random.default_rng(seed)
-    block, size = gq.BLOCKS[qtype]
-    raw = rng.integers(0, 256, (rows, blocks_per_row * size), dtype=np.uint8)
-    cols = blocks_per_row * block
-    if qtype in ("F32", "F16", "BF16"):
-        values = rng.standard_normal((rows, cols)).astype(np.float32)
-        raw = {"F32": values, "F16": values.astype(np.float16),
-               "BF16": (values.view(np.uint32) >> 16).astype(np.uint16)}[qtype].view(np.uint8).reshape(rows, -1)
-    else:
-        blocks = raw.reshape(-1, size)
-        scale_at = {"Q2_K": (80, 82), "Q3_K": (108,), "Q6_K": (208,), "Q8_0": (0,), "Q4_0": (0,),
-                    "Q5_0": (0,)}.get(qtype, (0, 2))            # the float16 scale (and min) fields
-        for at in scale_at:
-            scales = (rng.random(len(blocks)) * 0.02 + 1e-3).astype(np.float16)
-            blocks[:, at:at + 2] = scales.view(np.uint8).reshape(-1, 2)
+    cols = blocks_per_row * gq.BLOCKS[qtype][0]
+    raw = random_rows(qtype, rows, cols, np.random.default_rng(seed))
     return qz.BlockQuantized(raw, qtype, (rows, cols))
 
 

@@ -99,6 +99,9 @@ class CPUQuant:
         rounded_gemv.matmul_t(x2, data, qtype, out, factor)
         return True
 
+    def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
+        return False            # gguf's array code, in cache-sized chunks, is the CPU's decoder
+
 
 class CPUElementwise:
     """IR functions compiled by numba into one loop each (protocols.ElementwiseKernels)."""

@@ -305,6 +305,12 @@ class CUDAQuant:
     def matmul_t_rounded(self, x2: Array, data: Array, qtype: str, out: Array, factor: float) -> bool:
         return False            # deterministic products outside a decode graph: decoded W, exact GEMM
 
+    def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
+        if qtype not in self.TYPES or not data.flags.c_contiguous:
+            return False
+        self._kernels.dequantize(data, qtype, out)
+        return True
+
 
 class CUDAElementwise:
     """IR functions as generated CUDA C kernels (protocols.ElementwiseKernels)."""

@@ -1,9 +1,10 @@
 """CUDA products with GGML block-quantized weights for a few rows of x (decoding), fast mode.
 
-x @ W.T where W's rows are 32-value blocks of Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1 (loom.kernels.quant.gguf
-has the layouts), or plain F16 / BF16 / F32 values read 32 at a time: one warp per row of W walks that
-row's blocks straight from the stored bytes, lane j decoding value j of each block as d * q (+ m) in
-registers: eight lanes share a block, four codes each, so a warp reads four blocks' bytes together
+x @ W.T where W's rows are 32-value blocks of Q8_0, Q4_0, Q4_1, Q5_0 or Q5_1, 256-value super-blocks of
+the K-quants Q2_K ... Q6_K (loom.kernels.quant.gguf has the layouts), or plain F16 / BF16 / F32 values
+read 32 at a time: one warp per row of W walks that row's 32-value units (a block, an eighth of a
+super-block) straight from the stored bytes, decoding each value as gguf does in registers: eight
+lanes share a unit, four codes each, so a warp reads four units' bytes together
 (a lane per block made every load a scattered byte; a lane per value made four loads per value),
 and every lane accumulates against each row of x (at most MAX_ROWS, compiled in), then the warp
 adds its lanes' sums. W is read once, never materialised in float32: for a decode step the weight
@@ -35,14 +36,29 @@ from .compile import OPTIONS, translating
 from .launch import OVERLAP_PROLOGUE, launch
 
 MAX_ROWS = 16
-# block bytes, offset of the codes, of the float16 offset m (-1: none), of the 5th bits (-1: none),
+# 32-value block types: block bytes, offset of the codes, of the float16 offset m (-1: none), of the 5th bits (-1: none),
 # and the value subtracted from symmetric codes
 LAYOUTS = {"Q8_0": (34, 2, -1, -1, 0), "Q4_0": (18, 2, -1, -1, 8), "Q4_1": (20, 4, 2, -1, 0),
            "Q5_0": (22, 6, -1, 2, 16), "Q5_1": (24, 8, 2, 4, 0),
            "F16": (64, 0, -1, -1, 0), "BF16": (64, 0, -1, -1, 0),     # 32 plain 16-bit values per "block"
            "F32": (128, 0, -1, -1, 0)}
 _KIND = {"F16": 1, "BF16": 2, "F32": 3}
-TYPES = tuple(LAYOUTS)
+# K-quants: super-block bytes and the KQ number the kernels switch on
+K_LAYOUTS = {"Q2_K": (84, 2), "Q3_K": (110, 3), "Q4_K": (144, 4), "Q5_K": (176, 5), "Q6_K": (210, 6)}
+TYPES = tuple(LAYOUTS) + tuple(K_LAYOUTS)
+
+
+def type_defines(qtype: str) -> str:
+    """The #defines that compile BLOCK_DECODE for stored type `qtype` (one of TYPES)."""
+    if qtype in K_LAYOUTS:
+        block, kq = K_LAYOUTS[qtype]
+        at_q = at_m = at_h = sub = kind = 0
+        subs = 8
+    else:
+        block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
+        kq, kind, subs = 0, _KIND.get(qtype, 0), 1
+    return (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
+            f"#define KIND {kind}\n#define KQ {kq}\n#define SUBS {subs}\n")
 
 # float warp reductions (every lane gets the result), shared with decode's attention kernel
 WARP_REDUCTIONS = r"""
@@ -67,11 +83,66 @@ __device__ __forceinline__ unsigned short u16_at(const unsigned char* p) { retur
 __device__ __forceinline__ float half_at(const unsigned char* p) { return __half2float(__ushort_as_half(u16_at(p))); }
 __device__ __forceinline__ float bf16_at(const unsigned char* p) { return __uint_as_float((unsigned)u16_at(p) << 16); }
 
-// Four values of one stored block for lane i (0..7) of the eight that share it, and their positions
-// in the block: nibble types give lane i code bytes 2i, 2i+1 (values 2i, 2i+1 in the low nibbles,
-// 2i+16, 2i+17 in the high ones); the others values 4i .. 4i+3. Blocks and their 16-bit fields are
-// 2-byte aligned (F32 rows 16-byte aligned).
-__device__ __forceinline__ void block_values(const unsigned char* blk, int i, float* v, int* at) {
+__device__ __forceinline__ unsigned u32_at(const unsigned char* p) { return u16_at(p) | ((unsigned)u16_at(p + 2) << 16); }
+__device__ __forceinline__ float scaled_less(float dl, int q, float ml) { return __fsub_rn(__fmul_rn(dl, (float)q), ml); }
+
+// The K-quants (KQ 2..6): values 4i .. 4i+3 of unit s (values 32s .. 32s+31) of the super-block at blk,
+// through gguf.py's float32 operations in its order, e.g. Q4_K's (d * sc) * q - dmin * mn. h: the
+// 128-value half holding the unit, sh: its 2-bit field's shift in Q2_K/Q3_K/Q6_K's packed bytes.
+__device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, int i, float* v) {
+    const int h = s >> 2, sh = 2 * (s & 3);
+    if (KQ == 2) {                               // scales[16] @0, qs[64] @16, d @80, dmin @82
+        const unsigned qs = u32_at(blk + 16 + 32 * h + 4 * i), sc = blk[2 * s + (i >> 2)];
+        const float dl = __fmul_rn(half_at(blk + 80), (float)(sc & 15)), ml = __fmul_rn(half_at(blk + 82), (float)(sc >> 4));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) v[j] = scaled_less(dl, (qs >> (8 * j + sh)) & 3, ml);
+    } else if (KQ == 3) {                        // hmask[32] @0, qs[64] @32, scales[12] @96, d @108
+        const unsigned qs = u32_at(blk + 32 + 32 * h + 4 * i), hm = u32_at(blk + 4 * i);
+        const int k = 2 * s + (i >> 2);          // the 6-bit scale: 4 bits from bytes 0..7, 2 from 8..11
+        const unsigned low = (blk[96 + (k & 7)] >> (4 * (k >> 3))) & 15, high = (blk[104 + (k & 3)] >> (2 * (k >> 2))) & 3;
+        const float dl = __fmul_rn(half_at(blk + 108), (float)((int)(low | (high << 4)) - 32));
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = (int)(((qs >> (8 * j + sh)) & 3) | (((hm >> (8 * j + s)) & 1) << 2));
+            v[j] = __fmul_rn(dl, (float)(q - 4));
+        }
+    } else if (KQ == 4 || KQ == 5) {             // d @0, dmin @2, scales[12] @4, (Q5_K: qh[32] @16), qs
+        const unsigned char* m = blk + 4;
+        const unsigned sc = s < 4 ? m[s] & 63 : (m[s + 4] & 15) | ((m[s - 4] >> 6) << 4);
+        const unsigned mn = s < 4 ? m[s + 4] & 63 : (m[s + 4] >> 4) | ((m[s] >> 6) << 4);
+        const float dl = __fmul_rn(half_at(blk), (float)sc), ml = __fmul_rn(half_at(blk + 2), (float)mn);
+        const unsigned qs = u32_at(blk + (KQ == 4 ? 16 : 48) + 32 * (s >> 1) + 4 * i);
+        const unsigned qh = KQ == 5 ? u32_at(blk + 16 + 4 * i) : 0u;
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            int q = (int)((qs >> (8 * j + 4 * (s & 1))) & 15);
+            if (KQ == 5) q |= (int)(((qh >> (8 * j + s)) & 1) << 4);
+            v[j] = scaled_less(dl, q, ml);
+        }
+    } else {                                     // Q6_K: ql[128] @0, qh[64] @128, scales int8[16] @192, d @208
+        const unsigned ql = u32_at(blk + 64 * h + 32 * (s & 1) + 4 * i), qh = u32_at(blk + 128 + 32 * h + 4 * i);
+        const float dl = __fmul_rn(half_at(blk + 208), (float)(signed char)blk[192 + 2 * s + (i >> 2)]);
+        const int nibble = (s & 2) ? 4 : 0;
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = (int)(((ql >> (8 * j + nibble)) & 15) | (((qh >> (8 * j + sh)) & 3) << 4));
+            v[j] = __fmul_rn(dl, (float)(q - 32));
+        }
+    }
+}
+
+// Four values of 32-value unit b of a stored row for lane i (0..7) of the eight that share it, and their
+// positions in the unit: nibble types give lane i code bytes 2i, 2i+1 (values 2i, 2i+1 in the low
+// nibbles, 2i+16, 2i+17 in the high ones); the others values 4i .. 4i+3. A unit is a block, or an
+// eighth of a K-quant super-block. Blocks and their 16-bit fields are 2-byte aligned (F32 rows 16-byte aligned).
+__device__ __forceinline__ void block_values(const unsigned char* row, int b, int i, float* v, int* at) {
+    const unsigned char* blk = row + (long long)(b / SUBS) * BLOCK;
+    if (KQ != 0) {
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) at[j] = 4 * i + j;
+        kquant_values(blk, b % SUBS, i, v);
+        return;
+    }
     if (KIND != 0 || BLOCK == 34) {
         #pragma unroll
         for (int j = 0; j < 4; ++j) at[j] = 4 * i + j;
@@ -124,6 +195,7 @@ _SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + BLOCK_DECODE + r"""
 // blocks' bytes together and each lane turns four codes into values. NB (blocks per row) is compiled
 // in, so a short row's block loop unrolls completely and all of a warp's weight loads are in flight at once.
 #define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
+#define ROW_BYTES ((long long)(NB / SUBS) * BLOCK)
 #define STAGE (MR * NB * 32 <= 8192)     // x [MR, cols] fits in 32 KB of shared memory (blocks of 8 warps)
 extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* x, float* out, int rows,
                                            const float* aux, float eps, const float* bias, const float* res) {
@@ -136,15 +208,15 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     const int warp = global_warp / WPR, slice = global_warp % WPR, local = threadIdx.x >> 5;
     const bool valid = warp < rows;                             // no early return: WPR > 1 synchronises
     const int cols = NB * 32, part = lane >> 3, i = lane & 7;
-    const unsigned char* row = w + (long long)warp * NB * BLOCK;
-    const long long second = (long long)rows * NB * BLOCK;     // SwiGLU: the up row, `rows` rows further
+    const unsigned char* row = w + warp * ROW_BYTES;
+    const long long second = rows * ROW_BYTES;                  // SwiGLU: the up row, `rows` rows further
     // Before the wait (launch): only the constants. This warp's share of its row's cache lines is
     // requested, and the bias read, while the previous kernel finishes.
     float bias_v[EPI + 1];
     if (valid) {
         #pragma unroll
         for (int e = 0; e <= EPI; ++e) {
-            prefetch_row(row + e * second, (long long)NB * BLOCK, slice + WPR * lane, 32 * WPR);
+            prefetch_row(row + e * second, ROW_BYTES, slice + WPR * lane, 32 * WPR);
             bias_v[e] = bias != 0 && lane == 0 ? bias[warp + e * rows] : 0.0f;
         }
     }
@@ -207,7 +279,7 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
         if (!valid || b >= NB) continue;
         float v[EPI + 1][4]; int at[4];
         #pragma unroll
-        for (int e = 0; e <= EPI; ++e) block_values(row + e * second + (long long)b * BLOCK, i, v[e], at);
+        for (int e = 0; e <= EPI; ++e) block_values(row + e * second, b, i, v[e], at);
         #pragma unroll
         for (int m = 0; m < MR; ++m) {
             #pragma unroll
@@ -251,13 +323,13 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     }
 }
 
-// out[i, :] = W[ids[i], :] decoded; eight lanes per 32-value block
-extern "C" __global__ void loom_quant_embed(const unsigned char* w, const long long* ids, float* out, int n, int nb) {
+// out[i, :] = W[ids[i], :] decoded (W[i, :] where ids is null; nb 32-value units a row); eight lanes per unit
+extern "C" __global__ void loom_quant_embed(const unsigned char* w, const long long* ids, float* out, long long n, int nb) {
     const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 3;
-    if (t >= (long long)n * nb) return;
+    if (t >= n * nb) return;
     const long long r = t / nb, b = t % nb;
     float v[4]; int at[4];
-    block_values(w + (ids[r] * nb + b) * BLOCK, threadIdx.x & 7, v, at);
+    block_values(w + (ids != 0 ? ids[r] : r) * (nb / SUBS) * BLOCK, (int)b, threadIdx.x & 7, v, at);
     #pragma unroll
     for (int j = 0; j < 4; ++j) out[r * nb * 32 + b * 32 + at[j]] = v[j];
 }
@@ -266,15 +338,13 @@ extern "C" __global__ void loom_quant_embed(const unsigned char* w, const long l
 
 @cache
 def _module(qtype: str, prologue: int = 0, epilogue: int = 0, x_rows: int = 1, warps_per_row: int = 1, blocks: int = 1):
-    block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
-    head = (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
-            f"#define KIND {_KIND.get(qtype, 0)}\n#define PRO {prologue}\n#define EPI {epilogue}\n#define MR {x_rows}\n"
+    head = (type_defines(qtype) + f"#define PRO {prologue}\n#define EPI {epilogue}\n#define MR {x_rows}\n"
             f"#define WPR {warps_per_row}\n#define NB {blocks}\n")
     return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
 def supports(qtype: str, x2: Array) -> bool:
-    return qtype in LAYOUTS and x2.shape[0] <= MAX_ROWS and x2.shape[-1] % 32 == 0
+    return qtype in TYPES and x2.shape[0] <= MAX_ROWS and x2.shape[-1] % 32 == 0
 
 
 def matmul_t(x2: Array, data: Array, qtype: str, out: Array) -> None:
@@ -312,9 +382,17 @@ def pointer(a: Array | None) -> Array | np.uint64:
     return np.uint64(0) if a is None else a
 
 
-def embed(data: Array, qtype: str, ids: Array, out: Array) -> None:
-    """out [n, cols] = rows ids (int64 [n], on the device, already checked) of W decoded."""
-    n, nb = ids.shape[0], out.shape[1] // 32
-    if n:
+def embed(data: Array, qtype: str, ids: Array | None, out: Array) -> None:
+    """out [n, cols] = rows ids (int64 [n], on the device, already checked) of W decoded; every row of W in
+    order where ids is None (a dequantize: bit for bit loom.kernels.quant.gguf's values)."""
+    n, nb = (data.shape[0] if ids is None else ids.shape[0]), out.shape[1] // 32
+    if n and nb:
         kernel = _module(qtype).get_function("loom_quant_embed")
-        kernel(((n * nb * 8 + 255) // 256,), (256,), (data, ids, out, np.int32(n), np.int32(nb)))
+        kernel(((n * nb * 8 + 255) // 256,), (256,), (data, pointer(ids), out, np.int64(n), np.int32(nb)))
+
+
+def dequantize(data: Array, qtype: str, out: Array) -> None:
+    """out (float32 C-contiguous, [rows, cols] or flat) = the values of the `qtype` rows `data` (uint8 [rows,
+    row bytes], C-contiguous) in one launch."""
+    with translating(f"{qtype} dequantize", data):
+        embed(data, qtype, None, out.reshape(data.shape[0], -1))

@@ -41,7 +41,7 @@ from .exact_rounded import ROUNDED_DEVICE
 from .fused import ROW_HELPERS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE, launch
-from .quant import _KIND, BLOCK_DECODE, LAYOUTS, MAX_ROWS, TYPES, embed, pointer  # noqa: F401 - embed: exact
+from .quant import BLOCK_DECODE, MAX_ROWS, TYPES, embed, pointer, type_defines  # noqa: F401 - embed: exact
 
 STAGE_FLOATS = 9216     # x staged in shared memory up to this many floats (36 KiB)
 # Blocks of 256 resident per multiprocessor the products' registers must allow: unbounded, the float64
@@ -151,6 +151,7 @@ template <class At> __device__ void loom_rms_norm_row(At at, const float* w, flo
 #define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
 #define STAGE (MR * NB * 32 <= STAGE_FLOATS)
 #define COLS (NB * 32)
+#define ROW_BYTES ((long long)(NB / SUBS) * BLOCK)
 extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
         const unsigned char* w, const float* x, float* out, int rows, const float* bias, const float* res, double factor,
         const float* norm_w, float eps, int bits) {
@@ -161,11 +162,11 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
     const int warp = global_warp / WPR, slice = global_warp % WPR, local = threadIdx.x >> 5;
     const bool valid = warp < rows;
     const int part = lane >> 3, i = lane & 7;
-    const unsigned char* row = w + (long long)warp * NB * BLOCK;
-    const long long second = (long long)rows * NB * BLOCK;
+    const unsigned char* row = w + warp * ROW_BYTES;
+    const long long second = rows * ROW_BYTES;
     if (valid) {
         #pragma unroll
-        for (int e = 0; e <= EPI; ++e) prefetch_row(row + e * second, (long long)NB * BLOCK, slice + WPR * lane, 32 * WPR);
+        for (int e = 0; e <= EPI; ++e) prefetch_row(row + e * second, ROW_BYTES, slice + WPR * lane, 32 * WPR);
     }
     wait_for_previous_kernel();
     if (STAGE) {
@@ -185,7 +186,7 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
         return [=](auto f) {
             for (int b = part; b < NB; b += 4) {
                 float v[4]; int at[4];
-                block_values(row + e * second + (long long)b * BLOCK, i, v, at);
+                block_values(row + e * second, b, i, v, at);
                 #pragma unroll
                 for (int j = 0; j < 4; ++j) f(xv[m * COLS + b * 32 + at[j]], v[j]);
             }
@@ -202,7 +203,7 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_exact_gemv(
         if (!valid || b >= NB) continue;
         float v[EPI + 1][4]; int at[4];
         #pragma unroll
-        for (int e = 0; e <= EPI; ++e) block_values(row + e * second + (long long)b * BLOCK, i, v[e], at);
+        for (int e = 0; e <= EPI; ++e) block_values(row + e * second, b, i, v[e], at);
         #pragma unroll
         for (int m = 0; m < MR; ++m)
             #pragma unroll
@@ -272,9 +273,7 @@ extern "C" __global__ void loom_exact_rms_norm(const float* x, const float* w, f
 
 @cache
 def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int):
-    block, at_q, at_m, at_h, sub = LAYOUTS[qtype]
-    head = (f"typedef float T;\n#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n"
-            f"#define SUB {sub}\n#define KIND {_KIND.get(qtype, 0)}\n#define EPI {epilogue}\n"
+    head = (f"typedef float T;\n{type_defines(qtype)}#define EPI {epilogue}\n"
             f"#define MR {x_rows}\n#define WPR {warps_per_row}\n#define NB {blocks}\n#define STAGE_FLOATS {STAGE_FLOATS}\n"
             f"#define MIN_BLOCKS {MIN_BLOCKS}\n")
     source = (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
@@ -285,7 +284,7 @@ def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: 
 def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
     """Why `gemv` cannot take a product, or None where it can. (The kernels compute the rounded
     scheme: the caller checks that exact_dispatch gives it to products over K = cols.)"""
-    if qtype not in LAYOUTS:
+    if qtype not in TYPES:
         return f"no deterministic block kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})"
     if rows_of_x > MAX_ROWS:
         return f"{rows_of_x} rows of x are more than the kernel's {MAX_ROWS}"

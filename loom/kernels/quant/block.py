@@ -79,8 +79,7 @@ class BlockQuantized:
 
     def dequantize(self, rows: slice | None = None, out: Array | None = None) -> Array:
         """float32 [n, cols] of the rows in `rows` (all rows when None), into `out` when given."""
-        data = self.data if rows is None else self.data[rows]
-        return gguf_quants.dequantize(data, self.qtype, (data.shape[0], self.shape[1]), xp=self.xp, out=out)
+        return _decode(self.data if rows is None else self.data[rows], self.qtype, self.shape[1], out)
 
     def block_rows(self) -> int:
         """Rows decoded per block in matmul_t: about the backend's `quant.dequantize_bytes` of float32,
@@ -134,7 +133,7 @@ class BlockQuantized:
                 bad = lo if lo < 0 else hi
                 raise ShapeError(f"row id {bad} is out of range for a weight of {self.shape[0]} rows")
         flat = ids.reshape(-1)
-        values = gguf_quants.dequantize(self.data[flat], self.qtype, (flat.size, self.shape[1]), xp=be.xp)
+        values = _decode(self.data[flat], self.qtype, self.shape[1])
         return values.reshape(ids.shape + (self.shape[1],))
 
     def permute_rows(self, perm: Array) -> BlockQuantized:
@@ -167,3 +166,16 @@ def linear(x: Array, w: Array | BlockQuantized) -> Array:
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear: x {list(x.shape)} does not fit weight [out, in] = {list(w.shape)}")
     return ops.matmul(x, w.T)
+
+
+def _decode(data: Array, qtype: str, cols: int, out: Array | None = None) -> Array:
+    """float32 [n, cols] of the stored rows `data` [n, row bytes] (into `out` when given): the backend's
+    one-kernel decoder where it has one (the GPU's), else gguf's array code; the same bits either way."""
+    be = backend.of(data)
+    n = data.shape[0]
+    if out is None or (out.dtype == np.float32 and out.size == n * cols and out.flags.c_contiguous):
+        target = be.xp.empty((n, cols), dtype=np.float32) if out is None else out
+        if be.quant.dequantize(be.xp.ascontiguousarray(data), qtype, target):
+            return target.reshape(n, cols)
+    return gguf_quants.dequantize(data, qtype, (n, cols), xp=be.xp, out=out)
+
