@@ -1,15 +1,20 @@
-"""LLM speed (issue 7): SmolLM2-135M decode tokens/s at batch 1 and prefill tokens/s, Q4_1 and bf16.
+"""LLM speed (issues 7 and 34): decode tokens/s at batch 1 and prefill tokens/s, at SmolLM2-135M's shapes
+(Q4_1 and bf16) or Llama-3.2-1B's and Llama-3.1-8B's (bf16, Q4_K, Q8_0), with memory use.
 
     python benchmarks/llm.py --device cpu [--file SmolLM2-135M-Instruct.Q4_1.gguf] [--repeats 3]
     python benchmarks/llm.py --device cuda [--transformers]
+    python benchmarks/llm.py --device cuda --shape llama-3.1-8b --types BF16,Q4_K,Q8_0 [--transformers]
     python benchmarks/llm.py --device cpu --compare --repeats 3      # both modes alternately, and their ratio
 
-The weights are random with the real shapes (30 layers, hidden 576, 9/3 heads, vocab 49152, tied):
-speed does not depend on their values, and the device machine takes no 98 MB upload. Q4_1 blocks
-have fixed scales and random 4-bit codes (the embeddings Q8_0, as in the published file); bf16 weights
-are normal * 0.02. With --file the real GGUF is timed too. Loom runs in fast mode unless
---deterministic. --transformers adds transformers' LlamaForCausalLM with the same config in bf16 on the
-same device: eager, and (CUDA) static cache + torch.compile(mode="reduce-overhead").
+The weights are random with the real shapes (SmolLM2-135M: 30 layers, hidden 576, 9/3 heads, vocab 49152,
+tied): speed does not depend on their values, and the device machine takes no upload. Block types get
+fixed finite scales and random codes (Q4_1's embeddings Q8_0, as in the published SmolLM2 file); bf16
+weights are normal * 0.02. On the GPU they are generated there. With --file the real GGUF is timed too.
+Loom runs in fast mode unless --deterministic. Each row reports the stored weights' bytes and the device
+memory in use after its run; on the GPU, the decode rate the copy bandwidth allows (weight bytes read per
+token / a device-to-device copy's bytes read plus written per second) and the share of it reached.
+--transformers adds transformers' LlamaForCausalLM with the same config in bf16 on the same device: eager,
+and (CUDA) static cache + torch.compile(mode="reduce-overhead").
 Decode: a prompt of PROMPT tokens is prefilled, then DECODE greedy tokens are timed one by one.
 """
 from __future__ import annotations
@@ -29,38 +34,78 @@ CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, 
           "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64, "vocab_size": 49152,
           "rope_theta": 100000.0, "rms_norm_eps": 1e-5, "tie_word_embeddings": True,
           "max_position_embeddings": 8192, "bos_token_id": 1, "eos_token_id": 2}
+_LLAMA3 = {"model_type": "llama", "vocab_size": 128256, "rope_theta": 500000.0, "rms_norm_eps": 1e-5,
+           "max_position_embeddings": 8192, "bos_token_id": 128000, "eos_token_id": 128001}
+SHAPES = {
+    "smollm2-135m": CONFIG,
+    "llama-3.2-1b": {**_LLAMA3, "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 64, "tie_word_embeddings": True},
+    "llama-3.1-8b": {**_LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
+                     "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
+                     "tie_word_embeddings": False},
+}
+DEFAULT_TYPES = {"smollm2-135m": "Q4_1,BF16", "llama-3.2-1b": "BF16,Q4_K,Q8_0", "llama-3.1-8b": "BF16,Q4_K,Q8_0"}
+# each block type's float16 scale fields get these values (finite; small enough that no sum overflows)
+_SCALES = {"Q4_1": (0.004, -0.03), "Q8_0": (0.0002,), "Q4_K": (0.0002, 0.0001), "Q6_K": (0.0002,),
+           "Q5_K": (0.0001, 0.0001), "Q2_K": (0.001, 0.0005), "Q3_K": (0.001,), "Q4_0": (0.004,), "Q5_0": (0.002,),
+           "Q5_1": (0.002, -0.03)}
 
 
-def random_matrix(rng, qtype: str, shape) -> BlockQuantized:
+def random_matrix(rng, qtype: str, shape, xp=np) -> BlockQuantized:
+    """A random [rows, cols] weight stored as `qtype`, on xp's device (xp: NumPy, or CuPy with its own
+    generator: rng is then unused)."""
     rows, cols = shape
     if qtype == "BF16":
-        w = (rng.standard_normal(shape, dtype=np.float32) * 0.02).astype("bfloat16")
-        return BlockQuantized(w.view(np.uint8).reshape(rows, -1), "BF16", shape)
+        w = rng.standard_normal(shape, dtype=np.float32) if xp is np else xp.random.standard_normal(shape, np.float32)
+        w *= np.float32(0.02)
+        bits = (w.view(np.uint32) >> 16).astype(np.uint16)          # truncated: random values, any rounding
+        return BlockQuantized(bits.view(np.uint8).reshape(rows, -1), "BF16", shape)
     elems, nbytes = gguf_quants.BLOCKS[qtype]
-    blocks = np.empty((rows, cols // elems, nbytes), dtype=np.uint8)
-    if qtype == "Q4_1":         # f16 scale d, f16 minimum m, 16 bytes of 4-bit codes: w = d q + m
-        blocks[..., 0:2] = np.array([0.004], np.float16).view(np.uint8)
-        blocks[..., 2:4] = np.array([-0.03], np.float16).view(np.uint8)
-        blocks[..., 4:] = rng.integers(0, 256, (rows, cols // elems, 16), dtype=np.uint8)
-    elif qtype == "Q8_0":       # f16 scale d, 32 int8 codes: w = d q
-        blocks[..., 0:2] = np.array([0.0002], np.float16).view(np.uint8)
-        blocks[..., 2:] = rng.integers(0, 256, (rows, cols // elems, 32), dtype=np.uint8)
-    else:
-        raise ValueError(qtype)
+    size = (rows, cols // elems, nbytes)
+    blocks = rng.integers(0, 256, size, dtype=np.uint8) if xp is np else xp.random.randint(0, 256, size, dtype=np.uint8)
+    for at, value in zip(gguf_quants.SCALE_FIELDS[qtype], _SCALES[qtype]):
+        blocks[..., at:at + 2] = xp.asarray(np.array([value], np.float16).view(np.uint8))
     return BlockQuantized(blocks.reshape(rows, -1), qtype, shape)
 
 
-def random_weights(qtype: str, seed: int = 0) -> dict:
+def random_weights(qtype: str, seed: int = 0, config: dict = CONFIG, device: str = "cpu") -> dict:
+    """Random weights of `config`'s shapes stored as `qtype` (Q4_1's embedding Q8_0), made on `device`."""
+    from loom import backend
+    xp = backend.get(device).xp
+    if xp is not np:
+        xp.random.seed(seed)
     rng = np.random.default_rng(seed)
-    required, _ = expected_tensors(DecoderConfig.from_hf(CONFIG))
+    required, _ = expected_tensors(DecoderConfig.from_hf(config))
     out = {}
     for name, shape in required.items():
         if len(shape) == 1:
             out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:
             kind = "Q8_0" if qtype == "Q4_1" and name == "model.embed_tokens.weight" else qtype
-            out[name] = random_matrix(rng, kind, shape)
+            out[name] = random_matrix(rng, kind, shape, xp)
     return out
+
+
+def weight_bytes(dec: Decoder) -> tuple[int, int]:
+    """(bytes of every stored weight, bytes a decode step reads: all but the embedding's unread rows)."""
+    mats = [dec.embed] + ([] if dec.lm_head is dec.embed else [dec.lm_head])
+    mats += [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
+    total = sum(int(w.nbytes) for w in mats)
+    embed = int(dec.embed.nbytes)
+    return total, total - (embed if dec.lm_head is not dec.embed else 0)
+
+
+def copy_bandwidth(xp, nbytes: int = 1 << 30) -> float:
+    """Bytes read plus written per second by a device-to-device copy of `nbytes` (the best of 10)."""
+    a, b = xp.ones(nbytes, dtype=np.uint8), xp.empty(nbytes, dtype=np.uint8)
+    best = float("inf")
+    for _ in range(11):
+        xp.cuda.Device().synchronize()
+        t = time.perf_counter()
+        b[...] = a
+        xp.cuda.Device().synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * nbytes / best
 
 
 def time_decoder(dec: Decoder, sync, repeats: int = 1) -> dict:
@@ -68,7 +113,7 @@ def time_decoder(dec: Decoder, sync, repeats: int = 1) -> dict:
     prefills, and of `repeats` windows of DECODE tokens (a shared VM's noise only ever slows a run)."""
     xp = dec.xp
     rng = np.random.default_rng(1)
-    prompt = rng.integers(0, CONFIG["vocab_size"], (1, PREFILL))
+    prompt = rng.integers(0, dec.config.vocab_size, (1, PREFILL))
     cache = dec.new_cache(PREFILL + 8)
     dec.forward(prompt, cache, last_only=True)                 # warm-up: the same shapes (kernels compiled)
     prefill = 0.0
@@ -95,16 +140,34 @@ def time_decoder(dec: Decoder, sync, repeats: int = 1) -> dict:
     return {"prefill tok/s": prefill, "decode tok/s": decode}
 
 
-def loom_rows(device: str, path: str | None, repeats: int = 1) -> list:
+def loom_rows(device: str, path: str | None, repeats: int = 1, shape: str = "smollm2-135m",
+              types: str | None = None) -> list:
+    import gc
+
     from loom import backend
     be = backend.get(device)
+    config = SHAPES[shape]
+    bandwidth = None if be.host else copy_bandwidth(be.xp)
     rows = []
-    for label, qtype in (("Q4_1 (random)", "Q4_1"), ("bf16 (random)", "BF16")):
-        dec = Decoder(DecoderConfig.from_hf(CONFIG), random_weights(qtype), device=device)
-        rows.append((f"loom {label}", time_decoder(dec, be.synchronize, repeats)))
+    for qtype in (types or DEFAULT_TYPES[shape]).split(","):
+        dec = Decoder(DecoderConfig.from_hf(config), random_weights(qtype, config=config, device=device), device=device)
+        result = time_decoder(dec, be.synchronize, repeats)
+        total, per_token = weight_bytes(dec)
+        result["weights GB"] = total / 1e9
+        if not be.host:
+            free, capacity = be.xp.cuda.runtime.memGetInfo()
+            result["device GB"] = (capacity - free) / 1e9
+            result["limit tok/s"] = bandwidth / per_token
+        rows.append((f"loom {qtype.lower() if qtype == 'BF16' else qtype} (random)", result))
+        del dec
+        gc.collect()
+        if not be.host:
+            be.xp.get_default_memory_pool().free_all_blocks()
     if path:
         model = loom.llm.load(path, device=device)
         rows.append(("loom Q4_1 (SmolLM2 file)", time_decoder(model.decoder, be.synchronize, repeats)))
+    if bandwidth:
+        print(f"copy bandwidth {bandwidth / 1e9:,.0f} GB/s (bytes read + written)")
     return rows
 
 
@@ -131,13 +194,42 @@ def compare_rows(device: str, repeats: int) -> list:
     return rows
 
 
-def transformers_rows(device: str) -> list:
+def transformers_model(config: dict, device: str):
+    """(transformers' LlamaForCausalLM of `config` in bf16 with sdpa attention, made on `device` directly, its
+    config)."""
     import torch
     import transformers
-    cfg = transformers.LlamaConfig(**{k: v for k, v in CONFIG.items() if k != "model_type"})
-    model = transformers.LlamaForCausalLM(cfg).to(device=device, dtype=torch.bfloat16).eval()
+    cfg = transformers.LlamaConfig(**{k: v for k, v in config.items() if k != "model_type"})
+    cfg._attn_implementation = "sdpa"
+    with torch.device(device):
+        return transformers.LlamaForCausalLM._from_config(cfg, torch_dtype=torch.bfloat16).eval(), cfg
+
+
+def transformers_prefill(config: dict, device: str, tokens: int = PREFILL, model=None) -> float:
+    """tokens/s of transformers' bf16 model prefilling one random `tokens`-token prompt (the last position's
+    logits), best of 3 after a warm-up."""
+    import torch
+    model = model or transformers_model(config, device)[0]
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    prompt = torch.randint(0, CONFIG["vocab_size"], (1, PROMPT), device=device)
+    ids = torch.randint(0, config["vocab_size"], (1, tokens), device=device)
+    best = float("inf")
+    with torch.no_grad():
+        for _ in range(4):
+            sync()
+            t = time.perf_counter()
+            model(ids, use_cache=True, logits_to_keep=1)
+            sync()
+            best = min(best, time.perf_counter() - t)
+    return tokens / best
+
+
+def transformers_rows(device: str, config: dict = CONFIG) -> list:
+    """transformers' bf16 model of `config`: prefill of PREFILL tokens and decode, eager, and (CUDA) static
+    cache + torch.compile."""
+    import torch
+    model, cfg = transformers_model(config, device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    prompt = torch.randint(0, config["vocab_size"], (1, PROMPT), device=device)
     rows = []
 
     def run(**kw):
@@ -148,7 +240,8 @@ def transformers_rows(device: str) -> list:
             model.generate(prompt, max_new_tokens=DECODE, min_new_tokens=DECODE, do_sample=False, **kw)
             sync()
             return DECODE / (time.perf_counter() - t)     # prefill of PROMPT tokens included
-    rows.append(("transformers bf16 eager", {"decode tok/s": run()}))
+    rows.append(("transformers bf16 eager (sdpa)", {"prefill tok/s": transformers_prefill(config, device, model=model),
+                                                    "decode tok/s": run()}))
     if device == "cuda":
         try:
             rows.append(("transformers bf16 static cache + compile", {"decode tok/s": _compiled_decode(model, cfg, prompt)}))
@@ -190,6 +283,8 @@ def _compiled_decode(model, cfg, prompt) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
+    ap.add_argument("--types", default=None, help="comma-separated stored weight types (default per shape)")
     ap.add_argument("--file", default=None, help="a SmolLM2 GGUF file to time as well")
     ap.add_argument("--deterministic", action="store_true", help="time deterministic mode (default: fast)")
     ap.add_argument("--transformers", action="store_true", help="add transformers rows")
@@ -201,18 +296,22 @@ def main() -> None:
         rows = compare_rows(args.device, args.repeats)
     else:
         with loom.deterministic(args.deterministic):
-            rows = loom_rows(args.device, args.file, args.repeats)
+            rows = loom_rows(args.device, args.file, args.repeats, args.shape, args.types)
     if args.transformers:
-        rows += transformers_rows(args.device)
+        rows += transformers_rows(args.device, SHAPES[args.shape])
     mode = "fast and deterministic" if args.compare else "deterministic" if args.deterministic else "fast"
-    print(f"SmolLM2-135M shapes on {args.device}, loom {mode} mode; prefill {PREFILL} tokens, decode {DECODE} "
+    print(f"{args.shape} shapes on {args.device}, loom {mode} mode; prefill {PREFILL} tokens, decode {DECODE} "
           f"tokens after a {PROMPT}-token prompt, batch 1, best of {args.repeats}")
-    print(f"{'':40s} {'prefill tok/s':>14s} {'decode tok/s':>13s}")
+    print(f"{'':42s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'weights GB':>11s} {'device GB':>10s} "
+          f"{'limit tok/s':>12s} {'of limit':>9s}")
+
+    def cell(r, key, width, digits=1):
+        return f"{r[key]:{width}.{digits}f}" if key in r else f"{'-':>{width}s}"
     for label, r in rows:
         digits = 2 if label.strip().startswith("deterministic /") else 1
-        pre = f"{r['prefill tok/s']:14.{digits}f}" if "prefill tok/s" in r else f"{'-':>14s}"
-        dec = f"{r['decode tok/s']:13.{digits}f}" if "decode tok/s" in r else f"{'-':>13s}"
-        print(f"{label:40s} {pre} {dec}")
+        share = f"{r['decode tok/s'] / r['limit tok/s']:9.0%}" if "limit tok/s" in r else f"{'-':>9s}"
+        print(f"{label:42s} {cell(r, 'prefill tok/s', 14, digits)} {cell(r, 'decode tok/s', 13, digits)} "
+              f"{cell(r, 'weights GB', 11, 2)} {cell(r, 'device GB', 10, 2)} {cell(r, 'limit tok/s', 12)} {share}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,14 @@
 graph on the GPU), on SmolLM2-135M's shapes with random bf16 weights (benchmarks/llm.py's).
 
     PYTHONPATH=. python benchmarks/serve.py --device cuda [--streams 1,16,64] [--tokens 64] [--deterministic]
-                                            [--parts prefill,decode]
+                                            [--parts prefill,decode,ttft] [--transformers]
 
 decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id),
 all submitted at once; "tok/s aggregate" counts every generated token over the whole run's time,
 prefill included, so it is what a server's clients would see in aggregate.
-prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 3, with the
-block-quantized weights decoded at every product and with dense float32 copies (Decoder.keep_dense).
+prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 3, with bf16
+products on the tensor cores (fast mode's default) and in float32 (tensor_cores off, Decoder.keep_dense
+copies); --transformers adds transformers' bf16 model (sdpa attention) on the same prompt length.
 ttft: `loom serve`'s app on uvicorn (loopback, in this process), --ttft-clients concurrent streamed
 /v1/completions requests of --ttft-prompt random token ids each (16 new tokens): the time from sending
 a request to its first token's event, p50 and p99 over the clients (needs the 'serve' extra).
@@ -44,6 +45,7 @@ def main() -> None:
     p.add_argument("--parts", default="prefill,decode,ttft")
     p.add_argument("--ttft-clients", type=int, default=16)
     p.add_argument("--ttft-prompt", type=int, default=1024)
+    p.add_argument("--transformers", action="store_true", help="add transformers' bf16 prefill (the anchor)")
     args = p.parse_args()
     parts = args.parts.split(",")
     with loom.deterministic(args.deterministic):
@@ -53,17 +55,22 @@ def main() -> None:
         mode = "deterministic" if args.deterministic else "fast"
         print(f"# SmolLM2-135M shapes, bf16 random weights, {args.device}, {mode} mode")
         if "prefill" in parts:
-            prefill(dec, rng)
+            prefill(dec, rng, args.transformers)
         if "decode" in parts:
             decode(model, rng, args)
         if "ttft" in parts:
             ttft(model, rng, args.ttft_clients, args.ttft_prompt)
 
 
-def prefill(dec: Decoder, rng) -> None:
+def prefill(dec: Decoder, rng, transformers: bool) -> None:
+    """One PREFILL-token prompt through Decoder.forward, best of 3 after a warm-up: products on the tensor
+    cores (bf16, the default in fast mode) and in float32 (tensor_cores off, float32 weight copies); and
+    transformers' bf16 model with sdpa attention on the same prompt length, in the same run."""
     ids = rng.integers(0, 49152, (1, PREFILL))
-    for dense in (False, True):
-        if dense:
+    setting = dec.tensor_cores
+    for tensor_cores in dict.fromkeys((setting, False)):
+        dec.tensor_cores = tensor_cores
+        if not tensor_cores:
             dec.keep_dense()
         times = []
         for _ in range(4):                  # the first: warm-up
@@ -73,8 +80,12 @@ def prefill(dec: Decoder, rng) -> None:
             dec.backend.synchronize()
             times.append(time.perf_counter() - t)
         best = min(times[1:])
-        print(f"prefill {PREFILL} tokens, {'dense float32 weights' if dense else 'weights decoded per product'}: "
+        print(f"loom prefill {PREFILL} tokens, {'bf16 tensor-core' if tensor_cores else 'float32'} products: "
               f"{best * 1e3:.1f} ms, {PREFILL / best:,.0f} tok/s")
+    dec.tensor_cores = setting
+    if transformers:
+        rate = llm.transformers_prefill(llm.CONFIG, dec.device, PREFILL)
+        print(f"transformers bf16 (sdpa) prefill {PREFILL} tokens: {PREFILL / rate * 1e3:.1f} ms, {rate:,.0f} tok/s")
 
 
 def decode(model: CausalLM, rng, args) -> None:

@@ -5,9 +5,6 @@ import numpy as np
 from loom.kernels.quant import gguf as gq
 
 PLAIN = ("F32", "F16", "BF16")
-# byte offsets of each block's float16 scale (and min) fields
-SCALE_FIELDS = {"Q8_0": (0,), "Q4_0": (0,), "Q5_0": (0,), "Q4_1": (0, 2), "Q5_1": (0, 2), "Q2_K": (80, 82),
-                "Q3_K": (108,), "Q4_K": (0, 2), "Q5_K": (0, 2), "Q6_K": (208,)}
 
 
 def random_rows(qtype: str, rows: int, cols: int, rng: np.random.Generator, scale: float = 0.02,
@@ -21,7 +18,7 @@ def random_rows(qtype: str, rows: int, cols: int, rng: np.random.Generator, scal
         return stored.view(np.uint8).reshape(rows, -1)
     block, size = gq.BLOCKS[qtype]
     blocks = rng.integers(0, 256, (rows * (cols // block), size), dtype=np.uint8)
-    for at in SCALE_FIELDS[qtype]:
+    for at in gq.SCALE_FIELDS[qtype]:
         fields = (rng.random(len(blocks)) * scale + 1e-3).astype(np.float16)
         blocks[:, at:at + 2] = fields.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, -1)

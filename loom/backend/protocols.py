@@ -89,6 +89,7 @@ class QuantKernels(Protocol):
 
     TYPES: tuple[str, ...]          # the block types matmul_t takes (fast mode)
     dequantize_bytes: int           # float32 bytes of W decoded at once where no kernel takes a product
+    tensor_cores: bool              # whether to_bf16 and matmul_t_bf16 run (fast-mode bfloat16 products)
 
     def matmul_t(self, x2: Array, data: Array, qtype: str, out: Array) -> bool:
         """out = x2 @ W.T for W's stored blocks `data` (fast mode); False: declined."""
@@ -99,6 +100,13 @@ class QuantKernels(Protocol):
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         """out (float32 C-contiguous, data's value count) = the values of the stored rows `data`, bit for bit
         loom.kernels.quant.gguf's; False: declined (gguf's array code decodes)."""
+
+    def to_bf16(self, x: Array) -> Array | None:
+        """bfloat16 bits (uint16) of float32 x, rounded to nearest even; None without tensor_cores."""
+
+    def matmul_t_bf16(self, x2: Array, w16: Array, out: Array) -> bool:
+        """out float32 [M, R] = x2 [M, K] rounded to bfloat16 @ w16^T (bfloat16 bits [R, K]), float32
+        sums (fast mode); False: declined."""
 
 
 class ElementwiseKernels(Protocol):

@@ -129,8 +129,9 @@ class BatchEngine:
     max_batch: sequences decoded together; max_queue: requests waiting beyond those (submit raises
     QueueFull past it); cache_tokens: positions of the paged cache (default: max_batch times the
     shorter of the model's context and 4,096); block_size: positions per block; prefix_cache: reuse
-    the blocks of shared prompt prefixes; dense_weights: keep float32 copies of block-quantized
-    weights for products of many rows (Decoder.keep_dense: 4 bytes a parameter; default on the GPU)."""
+    the blocks of shared prompt prefixes; dense_weights: keep decoded copies of block-quantized
+    weights for products of many rows (Decoder.keep_dense: float32, or bfloat16 with tensor cores in
+    fast mode; default on the GPU)."""
 
     def __init__(self, model: CausalLM, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
                  block_size: int = BLOCK_SIZE, prefix_cache: bool = True, dense_weights: bool | None = None):

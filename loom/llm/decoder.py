@@ -206,16 +206,21 @@ class Decoder:
     On the GPU a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless `graphs`
     is set False; in deterministic mode its kernels give the kernel-by-kernel path's bits. Where the
     graph's kernels cannot take the model or the cache (decode_graph.unsupported), steps run kernel by
-    kernel and the reason is logged once on the "loom" logger."""
+    kernel and the reason is logged once on the "loom" logger.
+
+    tensor_cores (fast mode, a GPU): products of more than gemv.MAX_ROWS rows (prefill, large batches)
+    with stored 16-bit or quantized weights run as bfloat16 GEMMs with float32 sums, x rounded to
+    bfloat16 (loom.kernels.quant.block); False keeps them float32. Deterministic mode never uses them."""
 
     graphs = True
 
-    def __init__(self, config: DecoderConfig, weights: dict, device: str = "cpu"):
+    def __init__(self, config: DecoderConfig, weights: dict, device: str = "cpu", tensor_cores: bool = True):
         check_weights(config, weights)
         self.config = c = config
         self.backend = be = backend.get(device)
         self.xp = be.xp
         self.device = device
+        self.tensor_cores = tensor_cores and be.quant.tensor_cores
 
         def dense(name):                 # a float32 array on the device
             w = weights[name]
@@ -259,26 +264,34 @@ class Decoder:
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
     def keep_dense(self) -> None:
-        """From now on, products of more than gemv.MAX_ROWS rows use float32 copies of the block-quantized
-        weights, decoded once (4 bytes a parameter more memory) instead of block by block at every
-        product: a batch engine's prefill chunks and large decode batches. The values are the same, so
-        deterministic mode's bits are too."""
+        """From now on, products of more than gemv.MAX_ROWS rows use copies of the block-quantized weights
+        decoded once instead of block by block at every product: a batch engine's prefill chunks and large
+        decode batches. The copies are float32 (4 bytes a parameter more memory; the same values, so
+        deterministic mode's bits are too), or in fast mode with tensor_cores bfloat16 (2 bytes a
+        parameter; none for BF16 weights)."""
         if self._dense is None:
             self._dense = {}
 
-    def dense(self, w: Array | BlockQuantized) -> Array:
-        """The float32 device copy of block-quantized weight w (made once), or w itself."""
+    def dense(self, w: Array | BlockQuantized) -> Array | BlockQuantized:
+        """The device copy of block-quantized weight w for wide products in the current mode (made once:
+        float32, or bfloat16 with tensor cores in fast mode), or w itself."""
         if not isinstance(w, BlockQuantized):
             return w
         if self._dense is None:
             self._dense = {}
-        copy = self._dense.get(id(w))
+        bf16 = self.tensor_cores and not is_deterministic()
+        copy = self._dense.get((id(w), bf16))
         if copy is None:
-            copy = self._dense[id(w)] = self.backend.asarray(w.dequantize(), dtype=np.float32)
+            copy = w.bf16_copy() if bf16 else self.backend.asarray(w.dequantize(), dtype=np.float32)
+            self._dense[(id(w), bf16)] = copy
         return copy
 
     def _weight(self, w, rows: int):
-        return w if self._dense is None or rows <= gemv.MAX_ROWS else self.dense(w)
+        if not isinstance(w, BlockQuantized) or rows <= gemv.MAX_ROWS:
+            return w
+        if self._dense is not None:
+            return self.dense(w)
+        return w.with_tensor_cores() if self.tensor_cores and not is_deterministic() else w
 
     # --- cache ---------------------------------------------------------------------------------------
     def new_cache(self, max_len: int, batch: int = 1) -> KVCache:

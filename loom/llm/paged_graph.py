@@ -5,8 +5,8 @@ The step is decode_graph.DecodeGraph's, five fused kernels per layer, with two c
 attention kernel reads each sequence's own position and block table (decode.paged_attention,
 decode_exact.paged_attention in deterministic mode), and the products run over the batch in groups
 of the block kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
-than MAX_ROWS rows takes cuBLAS GEMMs with the decoder's dense float32 copies of the weights
-(Decoder.dense) instead, RMSNorm, bias, SwiGLU and residual as separate kernels. A graph is recorded per
+than MAX_ROWS rows takes cuBLAS GEMMs with the decoder's copies of the weights (Decoder.dense: float32,
+or bfloat16 on the tensor cores) instead, RMSNorm, bias, SwiGLU and residual as separate kernels. A graph is recorded per
 batch size bucket (BUCKETS) and mode; a step of fewer sequences pads its rows to the bucket with
 token 0 at position 0, whose keys and values go to the cache's scratch block and whose logits are
 dropped. Token ids, positions and block tables are written by one copy before each replay.
@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..backend import Array
-from ..kernels import fused, ops
+from ..kernels import fused
 from ..kernels.exact import rounded as exact_rounded
+from ..kernels.quant.block import BlockQuantized, linear
 from .decode_graph import _kernels, _stored, unsupported
 from .paged_cache import PagedKVCache
 
@@ -142,12 +143,13 @@ class PagedDecodeGraph:
         return ops
 
 
-def _dense_product(w: Array, x: Array, out: Array, norm: Array | None, eps: float, bias: Array | None,
-                   residual: Array | None, swiglu: bool) -> None:
-    """gemv's operation through a GEMM with a float32 weight [R, cols]: out = residual + pro(x) @ w^T
-    + bias, or silu(gate) * up of it with swiglu (fast mode)."""
+def _dense_product(w: Array | BlockQuantized, x: Array, out: Array, norm: Array | None, eps: float,
+                   bias: Array | None, residual: Array | None, swiglu: bool) -> None:
+    """gemv's operation through a GEMM with the decoder's copy of a weight [R, cols] (Decoder.dense: float32,
+    or bfloat16 on the tensor cores): out = residual + pro(x) @ w^T + bias, or silu(gate) * up of it with
+    swiglu (fast mode)."""
     xs = x if norm is None else fused.rms_norm(x, norm, eps)[0]
-    y = ops.matmul(xs, w.T)
+    y = linear(xs, w)
     if bias is not None:
         y += bias
     if swiglu:

@@ -81,6 +81,7 @@ class CPUQuant:
     # temporaries, about 1 MiB stays in a 2 MiB L2 (faster than 256 KiB or 4 MiB blocks, and than
     # decoding the whole weight first)
     dequantize_bytes = 1 << 20
+    tensor_cores = False        # matmul_t_bf16 declines
 
     @property
     def TYPES(self) -> tuple[str, ...]:     # noqa: N802 - the protocol's constant, known only once numba loads
@@ -101,6 +102,12 @@ class CPUQuant:
 
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
         return False            # gguf's array code, in cache-sized chunks, is the CPU's decoder
+
+    def to_bf16(self, x: np.ndarray) -> None:
+        return None             # no bfloat16 products: tensor_cores is False
+
+    def matmul_t_bf16(self, x2: np.ndarray, w16: np.ndarray, out: np.ndarray) -> bool:
+        return False
 
 
 class CPUElementwise:

@@ -81,7 +81,7 @@ class CUDABackend:
         # the kernel families (loom/backend/protocols.py)
         from . import decode, decode_exact, fused, fused_exact, quant, quant_exact, windows
         self.exact = CUDAExact(self)
-        self.quant = CUDAQuant()
+        self.quant = CUDAQuant(self)
         self.elementwise = CUDAElementwise(self)
         self.fused = fused
         self.fused_exact = fused_exact      # deterministic mode's, with the reference's bits
@@ -291,8 +291,11 @@ class CUDAQuant:
     # several launches (the decode, the exact GEMM's casts, GEMM and certification).
     dequantize_bytes = 1 << 28
 
-    def __init__(self):
+    tensor_cores = True             # matmul_t_bf16 and to_bf16 run
+
+    def __init__(self, be: CUDABackend):
         from . import quant
+        self._be = be
         self._kernels = quant
         self.TYPES = quant.TYPES
 
@@ -309,6 +312,13 @@ class CUDAQuant:
         if qtype not in self.TYPES or not data.flags.c_contiguous:
             return False
         self._kernels.dequantize(data, qtype, out)
+        return True
+
+    def to_bf16(self, x: Array) -> Array:
+        return self._kernels.to_bf16(x)
+
+    def matmul_t_bf16(self, x2: Array, w16: Array, out: Array) -> bool:
+        self._kernels.matmul_t_bf16(self._be.xp.ascontiguousarray(x2), w16, out, self._be.blas)
         return True
 
 

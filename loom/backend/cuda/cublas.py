@@ -10,7 +10,8 @@ Row-major C = A @ B is computed as the column-major product C^T = B^T A^T: a C-c
 matrix is its own transpose in column-major order, so no copies are needed for C-ordered operands or
 for transposed views (W.T); anything else is made contiguous first. Batched products map to
 cublasGemmStridedBatchedEx when every operand's batch dimensions collapse to one stride (0 for a
-broadcast operand). TF32 is never used: float32 runs with CUBLAS_COMPUTE_32F.
+broadcast operand). TF32 is never used: float32 runs with CUBLAS_COMPUTE_32F. `gemm_bf16_t` is the one
+reduced-precision product: bfloat16 operands on the tensor cores, float32 sums (fast-mode prefill).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from ...errors import BackendError
 from .. import Array
 
 _OP_N, _OP_T = 0, 1
-_CUDA_R_32F, _CUDA_R_64F, _CUDA_R_8I, _CUDA_R_32I = 0, 1, 3, 10
+_CUDA_R_32F, _CUDA_R_64F, _CUDA_R_8I, _CUDA_R_32I, _CUDA_R_16BF = 0, 1, 3, 10, 14
 _COMPUTE_32F, _COMPUTE_64F, _COMPUTE_32I = 68, 70, 72
 _GEMM_DEFAULT = -1
 _TYPES = {np.dtype(np.float32): (_CUDA_R_32F, _COMPUTE_32F, ctypes.c_float),
@@ -129,6 +130,29 @@ class CuBLAS:
             count, _COMPUTE_32I, _GEMM_DEFAULT)
         self._check(status, f"int8 GEMM {list(a.shape)} x {list(bt.shape)}^T")
         return c
+
+    def gemm_bf16_t(self, x16: Array, w16: Array, out: Array) -> None:
+        """out float32 [M, N] = x16 @ w16^T for C-contiguous bfloat16 bits (uint16) x16 [M, K] and w16 [N, K]:
+        the tensor cores' bfloat16 products, summed in float32 (CUBLAS_COMPUTE_32F)."""
+        rows, k = x16.shape
+        n = w16.shape[0]
+        if (w16.shape != (n, k) or out.shape != (rows, n) or out.dtype != np.float32
+                or not (x16.flags.c_contiguous and w16.flags.c_contiguous and out.flags.c_contiguous)):
+            raise ValueError(f"gemm_bf16_t: operands {list(x16.shape)} x {list(w16.shape)}^T -> {list(out.shape)} are "
+                             "not C-ordered [M, K] x [N, K] -> float32 [M, N]")
+        if out.size == 0:
+            return
+        if k == 0:
+            out.fill(0)
+            return
+        self._bind_stream()
+        one, zero = self._scalars[np.dtype(np.float32)]
+        # column-major: C^T (n x rows) = (w16 stored, k x n)^T . (x16 stored, k x rows)
+        status = self.lib.cublasGemmEx(
+            self.handle, _OP_T, _OP_N, n, rows, k, ctypes.byref(one),
+            ctypes.c_void_p(w16.data.ptr), _CUDA_R_16BF, k, ctypes.c_void_p(x16.data.ptr), _CUDA_R_16BF, k,
+            ctypes.byref(zero), ctypes.c_void_p(out.data.ptr), _CUDA_R_32F, n, _COMPUTE_32F, _GEMM_DEFAULT)
+        self._check(status, f"bfloat16 GEMM {list(x16.shape)} x {list(w16.shape)}^T")
 
     def _gemm(self, a, b, c, batch) -> None:
         """c (C-contiguous, batch + (M, N)) = a @ b."""

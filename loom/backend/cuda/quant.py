@@ -31,8 +31,10 @@ from functools import cache
 import cupy
 import numpy as np
 
+from ...errors import ShapeError
 from .. import Array
 from .compile import OPTIONS, translating
+from .cublas import CuBLAS
 from .launch import OVERLAP_PROLOGUE, launch
 
 MAX_ROWS = 16
@@ -107,12 +109,19 @@ __device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, i
             v[j] = __fmul_rn(dl, (float)(q - 4));
         }
     } else if (KQ == 4 || KQ == 5) {             // d @0, dmin @2, scales[12] @4, (Q5_K: qh[32] @16), qs
-        const unsigned char* m = blk + 4;
-        const unsigned sc = s < 4 ? m[s] & 63 : (m[s + 4] & 15) | ((m[s - 4] >> 6) << 4);
-        const unsigned mn = s < 4 ? m[s + 4] & 63 : (m[s + 4] >> 4) | ((m[s] >> 6) << 4);
-        const float dl = __fmul_rn(half_at(blk), (float)sc), ml = __fmul_rn(half_at(blk + 2), (float)mn);
-        const unsigned qs = u32_at(blk + (KQ == 4 ? 16 : 48) + 32 * (s >> 1) + 4 * i);
-        const unsigned qh = KQ == 5 ? u32_at(blk + 16 + 4 * i) : 0u;
+        // super-blocks of 144 and 176 bytes are 16-byte aligned: the 16-byte header in one load, codes in 4
+        const uint4 head = *(const uint4*)blk;
+        auto m = [&](int k) {                    // scales byte k (0..11)
+            const unsigned word = k < 4 ? head.y : k < 8 ? head.z : head.w;
+            return (word >> (8 * (k & 3))) & 0xFFu;
+        };
+        const unsigned sc = s < 4 ? m(s) & 63 : (m(s + 4) & 15) | ((m(s - 4) >> 6) << 4);
+        const unsigned mn = s < 4 ? m(s + 4) & 63 : (m(s + 4) >> 4) | ((m(s) >> 6) << 4);
+        const float d = __half2float(__ushort_as_half((unsigned short)(head.x & 0xFFFFu)));
+        const float dmin = __half2float(__ushort_as_half((unsigned short)(head.x >> 16)));
+        const float dl = __fmul_rn(d, (float)sc), ml = __fmul_rn(dmin, (float)mn);
+        const unsigned qs = *(const unsigned*)(blk + (KQ == 4 ? 16 : 48) + 32 * (s >> 1) + 4 * i);
+        const unsigned qh = KQ == 5 ? *(const unsigned*)(blk + 16 + 4 * i) : 0u;
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
             int q = (int)((qs >> (8 * j + 4 * (s & 1))) & 15);
@@ -134,7 +143,8 @@ __device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, i
 // Four values of 32-value unit b of a stored row for lane i (0..7) of the eight that share it, and their
 // positions in the unit: nibble types give lane i code bytes 2i, 2i+1 (values 2i, 2i+1 in the low
 // nibbles, 2i+16, 2i+17 in the high ones); the others values 4i .. 4i+3. A unit is a block, or an
-// eighth of a K-quant super-block. Blocks and their 16-bit fields are 2-byte aligned (F32 rows 16-byte aligned).
+// eighth of a K-quant super-block. Blocks and their 16-bit fields are 2-byte aligned (F16/BF16 rows 8-byte
+// aligned, F32 rows 16-byte aligned: device allocations are, and a row of whole 32-value units keeps it).
 __device__ __forceinline__ void block_values(const unsigned char* row, int b, int i, float* v, int* at) {
     const unsigned char* blk = row + (long long)(b / SUBS) * BLOCK;
     if (KQ != 0) {
@@ -149,12 +159,12 @@ __device__ __forceinline__ void block_values(const unsigned char* row, int b, in
     } else {
         at[0] = 2 * i; at[1] = 2 * i + 1; at[2] = 2 * i + 16; at[3] = 2 * i + 17;
     }
-    if (KIND == 1) {                                                             // F16
+    if (KIND == 1 || KIND == 2) {               // F16, BF16 (a float32's high half): one 8-byte load of 4 values
+        const uint2 t = ((const uint2*)blk)[i];
+        const unsigned u[4] = {t.x & 0xFFFFu, t.x >> 16, t.y & 0xFFFFu, t.y >> 16};
         #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = half_at(blk + 2 * at[j]);
-    } else if (KIND == 2) {                                                      // BF16: a float32's high half
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = bf16_at(blk + 2 * at[j]);
+        for (int j = 0; j < 4; ++j)
+            v[j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)u[j])) : __uint_as_float(u[j] << 16);
     } else if (KIND == 3) {                                                      // F32
         const float4 t = ((const float4*)blk)[i];
         v[0] = t.x; v[1] = t.y; v[2] = t.z; v[3] = t.w;
@@ -396,3 +406,40 @@ def dequantize(data: Array, qtype: str, out: Array) -> None:
     row bytes], C-contiguous) in one launch."""
     with translating(f"{qtype} dequantize", data):
         embed(data, qtype, None, out.reshape(data.shape[0], -1))
+
+
+_TO_BF16 = r"""
+extern "C" __global__ void loom_to_bf16(const float* x, unsigned short* out, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const unsigned u = __float_as_uint(x[i]);
+    // round to nearest even (inf stays inf, large finite values round up to it); NaN stays a quiet NaN
+    out[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u)
+                                             : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+"""
+
+
+def to_bf16(x: Array, out: Array | None = None) -> Array:
+    """bfloat16 bits (uint16, x's shape) of float32 x, rounded to nearest even."""
+    if x.dtype != np.float32:
+        raise ShapeError(f"to_bf16 takes float32 values, got {x.dtype}")
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty(x.shape, dtype=cupy.uint16) if out is None else out
+    if x.size:
+        kernel = _bf16_module().get_function("loom_to_bf16")
+        kernel(((x.size + 255) // 256,), (256,), (x, out, np.int64(x.size)))
+    return out
+
+
+@cache
+def _bf16_module():
+    return cupy.RawModule(code=_TO_BF16, options=OPTIONS)
+
+
+def matmul_t_bf16(x2: Array, w16: Array, out: Array, blas: CuBLAS) -> None:
+    """out float32 [M, R] = x2 [M, cols] @ W^T on the tensor cores: x rounded to bfloat16, W the bfloat16
+    bits w16 [R, cols] (uint16), float32 sums (`blas`: the backend's CuBLAS handle)."""
+    with translating("bfloat16 product", x2, w16):
+        blas.gemm_bf16_t(to_bf16(x2), w16, out)
+

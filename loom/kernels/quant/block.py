@@ -23,6 +23,12 @@ GPU, no numba) decodes W exactly and runs the exact GEMM, so deterministic mode 
 refuse. Fast mode logs once (logging, "loom") where a product of a few rows finds no block kernel
 for its type.
 
+Tensor cores (fast mode, a backend whose `quant.tensor_cores` is true: the GPU): a weight made with
+tensor_cores=True (`with_tensor_cores`, or `bf16_copy` for a copy already rounded to bfloat16) takes
+products of more than MAX_ROWS rows as bfloat16 GEMMs with float32 sums, x rounded to bfloat16 -
+PyTorch's bf16 matmul, about 3 significant digits per product. loom.llm's Decoder uses them for
+prefill unless made with tensor_cores=False; deterministic mode never does.
+
 Quantized rows are independent (a block never spans two rows), so `take_rows` (an embedding
 lookup) decodes only the rows asked for and `permute_rows` reorders the stored bytes exactly.
 """
@@ -50,7 +56,7 @@ class BlockQuantized:
     """A 2-D weight [rows, cols] stored as `qtype` blocks: data is uint8 [rows, row_bytes]
     (NumPy, possibly a read-only memory map, or a device array)."""
 
-    def __init__(self, data: Array, qtype: str, shape: Sequence[int]):
+    def __init__(self, data: Array, qtype: str, shape: Sequence[int], tensor_cores: bool = False):
         if len(tuple(shape)) != 2:
             raise ShapeError(f"a BlockQuantized is 2-D [rows, cols], got shape {tuple(shape)}")
         rows, cols = (int(s) for s in shape)
@@ -61,6 +67,22 @@ class BlockQuantized:
         self.data = data
         self.qtype = qtype
         self.shape = (rows, cols)
+        # fast-mode products of more than gemv.MAX_ROWS rows on a backend with tensor cores round x to
+        # bfloat16 and multiply it with W's values in bfloat16 (exact for BF16 rows), summing in float32
+        self.tensor_cores = tensor_cores
+
+    def with_tensor_cores(self) -> BlockQuantized:
+        """This weight (the same stored bytes) with tensor-core products in fast mode."""
+        return BlockQuantized(self.data, self.qtype, self.shape, tensor_cores=True)
+
+    def bf16_copy(self) -> BlockQuantized:
+        """A BF16 copy of this weight on its device, with tensor-core products: W's values rounded to
+        bfloat16 once (the same bytes where W is BF16). Only on a backend with tensor_cores."""
+        if self.qtype == "BF16":
+            return self.with_tensor_cores()
+        quant = backend.of(self.data).quant
+        bits = quant.to_bf16(self.dequantize())
+        return BlockQuantized(bits.view(np.uint8).reshape(self.shape[0], -1), "BF16", self.shape, tensor_cores=True)
 
     @property
     def nbytes(self) -> int:
@@ -102,6 +124,9 @@ class BlockQuantized:
         x2 = x.reshape(-1, cols)
         out = xp.empty((x2.shape[0], rows), dtype=np.float32)
         if not is_deterministic():
+            if self.tensor_cores and be.quant.tensor_cores and x2.shape[0] > gguf_gemv.MAX_ROWS:
+                self._bf16_product(x2, out)
+                return out.reshape(lead + (rows,))
             # the backend's block kernels (the GPU's; the CPU's compiled loops): W read once
             if be.quant.matmul_t(x2, self.data, self.qtype, out):
                 return out.reshape(lead + (rows,))
@@ -120,6 +145,25 @@ class BlockQuantized:
             w = self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols])
             out[:, start:stop] = ops.matmul(x2, w.T)
         return out.reshape(lead + (rows,))
+
+    def _bf16_product(self, x2: Array, out: Array) -> None:
+        """out = x2 @ W^T on the tensor cores: BF16 rows as stored, other types decoded block by block into
+        bfloat16 (the float32 values rounded)."""
+        quant = backend.of(self.data).quant
+        rows, cols = self.shape
+        if self.qtype == "BF16":
+            quant.matmul_t_bf16(x2, self.data.view(np.uint16), out)
+            return
+        xp = self.xp
+        step = self.block_rows()
+        buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            w16 = quant.to_bf16(self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols]))
+            part = out if stop - start == rows else xp.empty((x2.shape[0], stop - start), dtype=np.float32)
+            quant.matmul_t_bf16(x2, w16, part)
+            if part is not out:
+                out[:, start:stop] = part
 
     def take_rows(self, ids: Array) -> Array:
         """float32 [*ids.shape, cols]: rows `ids` (an embedding lookup), decoding only those."""
@@ -145,10 +189,10 @@ class BlockQuantized:
             raise ShapeError(f"perm must be a 1-D integer array of length {rows}, got {perm.dtype}{list(perm.shape)}")
         if rows and not bool(xp.all(xp.sort(perm) == xp.arange(rows))):
             raise ShapeError(f"perm is not a permutation of 0..{rows - 1}")
-        return BlockQuantized(self.data[perm], self.qtype, self.shape)
+        return BlockQuantized(self.data[perm], self.qtype, self.shape, self.tensor_cores)
 
     def to(self, device: str) -> BlockQuantized:
-        return BlockQuantized(backend.get(device).asarray(self.data), self.qtype, self.shape)
+        return BlockQuantized(backend.get(device).asarray(self.data), self.qtype, self.shape, self.tensor_cores)
 
 
 def _no_block_kernel(qtype: str, device: str) -> None:
