@@ -86,7 +86,10 @@ __device__ __forceinline__ float half_at(const unsigned char* p) { return __half
 __device__ __forceinline__ float bf16_at(const unsigned char* p) { return __uint_as_float((unsigned)u16_at(p) << 16); }
 
 __device__ __forceinline__ unsigned u32_at(const unsigned char* p) { return u16_at(p) | ((unsigned)u16_at(p + 2) << 16); }
-__device__ __forceinline__ float scaled_less(float dl, int q, float ml) { return __fsub_rn(__fmul_rn(dl, (float)q), ml); }
+// (float)q for a code q in [-256, 2^23 - 256), exactly, without the int-to-float conversion (a quarter-rate
+// instruction that bounded the K-quant products): q + 256 as the low mantissa bits of 2^23, minus 2^23 + 256
+__device__ __forceinline__ float code_float(int q) { return __int_as_float(0x4B000000 | (q + 256)) - 8388864.0f; }
+__device__ __forceinline__ float scaled_less(float dl, int q, float ml) { return __fsub_rn(__fmul_rn(dl, code_float(q)), ml); }
 
 // The K-quants (KQ 2..6): values 4i .. 4i+3 of unit s (values 32s .. 32s+31) of the super-block at blk,
 // through gguf.py's float32 operations in its order, e.g. Q4_K's (d * sc) * q - dmin * mn. h: the
@@ -106,7 +109,7 @@ __device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, i
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int q = (int)(((qs >> (8 * j + sh)) & 3) | (((hm >> (8 * j + s)) & 1) << 2));
-            v[j] = __fmul_rn(dl, (float)(q - 4));
+            v[j] = __fmul_rn(dl, code_float(q - 4));
         }
     } else if (KQ == 4 || KQ == 5) {             // d @0, dmin @2, scales[12] @4, (Q5_K: qh[32] @16), qs
         // super-blocks of 144 and 176 bytes are 16-byte aligned: the 16-byte header in one load, codes in 4
@@ -135,7 +138,7 @@ __device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, i
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
             const int q = (int)(((ql >> (8 * j + nibble)) & 15) | (((qh >> (8 * j + sh)) & 3) << 4));
-            v[j] = __fmul_rn(dl, (float)(q - 32));
+            v[j] = __fmul_rn(dl, code_float(q - 32));
         }
     }
 }
@@ -185,7 +188,7 @@ __device__ __forceinline__ void block_values(const unsigned char* row, int b, in
         }
         const float d = half_at(blk), off = AT_M >= 0 ? half_at(blk + (AT_M >= 0 ? AT_M : 0)) : 0.0f;
         #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = AT_M >= 0 ? d * (float)(q[j] - SUB) + off : d * (float)(q[j] - SUB);
+        for (int j = 0; j < 4; ++j) v[j] = AT_M >= 0 ? d * code_float(q[j] - SUB) + off : d * code_float(q[j] - SUB);
     }
 }
 
