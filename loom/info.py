@@ -70,7 +70,6 @@ def accelerations(cuda: str) -> dict:
     from .kernels.quant import gguf as gguf_quants
     from .llm.decoder import Decoder
     from .mode import is_deterministic
-    fast_only = "deterministic mode runs the exact GEMM instead (fast mode only)"
     gpu = None if cuda == "ok" else cuda
     k_quants = [t for t in gguf_quants.BLOCKS if t.endswith("_K")]
     block_types = set(get("cpu").quant.TYPES)
@@ -88,10 +87,8 @@ def accelerations(cuda: str) -> dict:
         return None
 
     def why_not_k_quants():
-        if is_deterministic():
-            return fast_only
         if not block_types.intersection(k_quants):
-            return f"none written: {', '.join(k_quants)} weights are decoded to float32 blocks for the GEMM"
+            return f"GPU only: the CPU decodes {', '.join(k_quants)} weights to float32 blocks for the GEMM"
         return None
 
     def entry(what, why_not):
@@ -104,6 +101,7 @@ def accelerations(cuda: str) -> dict:
         "decode_graphs": entry("LLM decode steps replayed as one CUDA graph", why_not_decode_graphs()),
         "int8_exact_gemm": entry("exact GEMM slices on int8 tensor cores (loom/backend/cuda/exact_int8.py)",
                                  why_not_int8()),
-        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products (backend/cuda/quant.py, backend/cpu/gemv.py)",
+        "kquant_kernels": entry(f"block kernels for {', '.join(k_quants)} products, fast and deterministic "
+                                "(backend/cuda/quant.py, quant_exact.py)",
                                 why_not_k_quants()),
     }

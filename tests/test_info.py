@@ -24,7 +24,7 @@ def test_without_a_gpu_the_gpu_accelerations_say_why(deterministic):
     for name in ("cuda_graphs", "decode_graphs", "int8_exact_gemm"):
         assert acc[name] == {"what": acc[name]["what"], "active": False, "reason": NO_GPU}, name
     kq = acc["kquant_kernels"]
-    assert not kq["active"] and ("fast mode only" if deterministic else "none written: Q2_K") in kq["reason"]
+    assert not kq["active"] and "GPU only: the CPU decodes Q2_K" in kq["reason"]
 
 
 def test_loom_jit_0_turns_numba_off(monkeypatch):

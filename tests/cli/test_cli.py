@@ -133,4 +133,4 @@ def test_info_lists_accelerations():
     rows = dict(line.split(None, 1) for line in lines[start + 1:start + 6])
     assert list(rows) == ["numba", "cuda_graphs", "decode_graphs", "int8_exact_gemm", "kquant_kernels"]
     assert rows["numba"] == "inactive: LOOM_JIT=0"
-    assert rows["kquant_kernels"].startswith("inactive: deterministic mode")
+    assert rows["kquant_kernels"].startswith("inactive: GPU only")
