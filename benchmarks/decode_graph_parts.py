@@ -1,11 +1,13 @@
 """Where a recorded decode step's time goes (issue 7): the step's CUDA graph replayed 200 times, then
 again recorded without one kind of kernel; the difference is that kernel's share, launch gaps included.
 
-    PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16] [--plain] [--deterministic]
+    PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
+                                                         [--deterministic]
 
-SmolLM2-135M shapes with random weights (benchmarks/llm.py), 16 cached positions, batch 1, fast mode
-(--deterministic: deterministic mode's graph). --plain records plain launches instead of overlapped
-ones (loom/backend/cuda/launch.py).
+SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, 16 cached positions,
+batch 1, fast mode (--deterministic: deterministic mode's graph). --plain records plain launches instead
+of overlapped ones (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight
+holds and the rate they were read at (its time share, launch gaps included).
 """
 from __future__ import annotations
 
@@ -48,13 +50,19 @@ def replay_us(graph, xp, n: int = 200) -> float:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("qtype", nargs="?", default="Q4_1", choices=["Q4_1", "BF16"])
+    ap.add_argument("qtype", nargs="?", default="Q4_1", choices=["Q4_1", "BF16", "Q4_K", "Q8_0"])
+    ap.add_argument("--shape", default="smollm2-135m", choices=sorted(llm.SHAPES))
     ap.add_argument("--plain", action="store_true", help="plain launches instead of overlapped ones")
     ap.add_argument("--deterministic", action="store_true", help="deterministic mode's graph (default: fast)")
     args = ap.parse_args()
-    dec = Decoder(DecoderConfig.from_hf(llm.CONFIG), llm.random_weights(args.qtype), device="cuda")
-    xp, layers = dec.xp, llm.CONFIG["num_hidden_layers"]
-    prompt = np.random.default_rng(1).integers(0, llm.CONFIG["vocab_size"], (1, 16))
+    config = llm.SHAPES[args.shape]
+    dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),
+                  device="cuda")
+    xp, layers = dec.xp, config["num_hidden_layers"]
+    prompt = np.random.default_rng(1).integers(0, config["vocab_size"], (1, 16))
+    L = dec.layers[0]
+    nbytes = {"qkv": L.qkv.nbytes, "o": L.o.nbytes, "gate_up": L.gate_up.nbytes, "down": L.down.nbytes,
+              "lm_head": dec.lm_head.nbytes}
     exact = args.deterministic
     with loom.deterministic(exact):
         cache = dec.new_cache(64)
@@ -62,12 +70,15 @@ def main():
         PartialGraph.skip = ()
         whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
         mode = "deterministic" if exact else "fast"
-        print(f"{args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches: whole step {whole:.1f} us")
+        print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches: "
+              f"whole step {whole:.1f} us")
         for kind in decode_graph.KINDS[1:]:           # (not the embedding: the step reads its output)
             PartialGraph.skip = (kind,)
             share = whole - replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
-            per = f"{share / layers:.2f} us per layer" if kind != "lm_head" else f"{share:.2f} us"
-            print(f"  {kind:10} {per}")
+            each = share / layers if kind != "lm_head" else share
+            per = f"{each:.2f} us per layer" if kind != "lm_head" else f"{each:.2f} us"
+            rate = f"  {nbytes[kind] / 1e6:8.2f} MB, {nbytes[kind] / each / 1e3:7.0f} GB/s" if kind in nbytes else ""
+            print(f"  {kind:10} {per:>22}{rate}")
 
 
 if __name__ == "__main__":

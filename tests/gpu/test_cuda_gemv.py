@@ -98,6 +98,19 @@ def test_block_quantized_on_the_gpu_decodes_with_the_kernel_in_both_modes():
                                        rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("qtype", ["BF16", "Q4_K", "Q8_0"])
+@pytest.mark.parametrize("rows", [1100, 8200])          # two warps a row, one (the tests above: four)
+def test_gemv_with_fewer_warps_per_row(qtype, rows):
+    data, w = _weight(qtype, rows, 512)
+    x = RNG.standard_normal((2, 512)).astype(np.float32)
+    residual = RNG.standard_normal((2, rows)).astype(np.float32)
+    out = cupy.asarray(residual)
+    cuda_quant.gemv(cupy.asarray(data), qtype, cupy.asarray(x), out, residual=out)
+    want = _reference(x, w, None, 0.0, None, residual, False)
+    scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
+    np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-5, atol=1e-5 * scale)
+
+
 def test_gemv_reads_misaligned_x_and_norm_correctly():
     data, w = _weight("Q4_1", 64, 256)
     big = cupy.asarray(RNG.standard_normal(2 * 256 + 1).astype(np.float32))

@@ -89,28 +89,28 @@ __device__ __forceinline__ unsigned u32_at(const unsigned char* p) { return u16_
 // (float)q for a code q in [-256, 2^23 - 256), exactly, without the int-to-float conversion (a quarter-rate
 // instruction that bounded the K-quant products): q + 256 as the low mantissa bits of 2^23, minus 2^23 + 256
 __device__ __forceinline__ float code_float(int q) { return __int_as_float(0x4B000000 | (q + 256)) - 8388864.0f; }
-__device__ __forceinline__ float scaled_less(float dl, int q, float ml) { return __fsub_rn(__fmul_rn(dl, code_float(q)), ml); }
-
-// The K-quants (KQ 2..6): values 4i .. 4i+3 of unit s (values 32s .. 32s+31) of the super-block at blk,
-// through gguf.py's float32 operations in its order, e.g. Q4_K's (d * sc) * q - dmin * mn. h: the
-// 128-value half holding the unit, sh: its 2-bit field's shift in Q2_K/Q3_K/Q6_K's packed bytes.
-__device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, int i, float* v) {
+// The K-quants (KQ 2..6): values 4i .. 4i+3 of unit s (values 32s .. 32s+31) of the super-block at blk are
+// dl * q[j] - ml, each through gguf.py's float32 operations in its order (e.g. Q4_K's (d * sc) * q - dmin * mn;
+// ml is 0 for the types without a minimum, and x - 0 is x). kquant_codes gives the codes q (as floats,
+// offsets applied) and the unit's dl and ml; h: the 128-value half holding the unit, sh: its 2-bit field's
+// shift in Q2_K/Q3_K/Q6_K's packed bytes.
+__device__ __forceinline__ void kquant_codes(const unsigned char* blk, int s, int i, float* q, float& dl, float& ml) {
     const int h = s >> 2, sh = 2 * (s & 3);
     if (KQ == 2) {                               // scales[16] @0, qs[64] @16, d @80, dmin @82
         const unsigned qs = u32_at(blk + 16 + 32 * h + 4 * i), sc = blk[2 * s + (i >> 2)];
-        const float dl = __fmul_rn(half_at(blk + 80), (float)(sc & 15)), ml = __fmul_rn(half_at(blk + 82), (float)(sc >> 4));
+        dl = __fmul_rn(half_at(blk + 80), (float)(sc & 15));
+        ml = __fmul_rn(half_at(blk + 82), (float)(sc >> 4));
         #pragma unroll
-        for (int j = 0; j < 4; ++j) v[j] = scaled_less(dl, (qs >> (8 * j + sh)) & 3, ml);
+        for (int j = 0; j < 4; ++j) q[j] = code_float((qs >> (8 * j + sh)) & 3);
     } else if (KQ == 3) {                        // hmask[32] @0, qs[64] @32, scales[12] @96, d @108
         const unsigned qs = u32_at(blk + 32 + 32 * h + 4 * i), hm = u32_at(blk + 4 * i);
         const int k = 2 * s + (i >> 2);          // the 6-bit scale: 4 bits from bytes 0..7, 2 from 8..11
         const unsigned low = (blk[96 + (k & 7)] >> (4 * (k >> 3))) & 15, high = (blk[104 + (k & 3)] >> (2 * (k >> 2))) & 3;
-        const float dl = __fmul_rn(half_at(blk + 108), (float)((int)(low | (high << 4)) - 32));
+        dl = __fmul_rn(half_at(blk + 108), (float)((int)(low | (high << 4)) - 32));
+        ml = 0.0f;
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = (int)(((qs >> (8 * j + sh)) & 3) | (((hm >> (8 * j + s)) & 1) << 2));
-            v[j] = __fmul_rn(dl, code_float(q - 4));
-        }
+        for (int j = 0; j < 4; ++j)
+            q[j] = code_float((int)(((qs >> (8 * j + sh)) & 3) | (((hm >> (8 * j + s)) & 1) << 2)) - 4);
     } else if (KQ == 4 || KQ == 5) {             // d @0, dmin @2, scales[12] @4, (Q5_K: qh[32] @16), qs
         // super-blocks of 144 and 176 bytes are 16-byte aligned: the 16-byte header in one load, codes in 4
         const uint4 head = *(const uint4*)blk;
@@ -120,27 +120,32 @@ __device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, i
         };
         const unsigned sc = s < 4 ? m(s) & 63 : (m(s + 4) & 15) | ((m(s - 4) >> 6) << 4);
         const unsigned mn = s < 4 ? m(s + 4) & 63 : (m(s + 4) >> 4) | ((m(s) >> 6) << 4);
-        const float d = __half2float(__ushort_as_half((unsigned short)(head.x & 0xFFFFu)));
-        const float dmin = __half2float(__ushort_as_half((unsigned short)(head.x >> 16)));
-        const float dl = __fmul_rn(d, (float)sc), ml = __fmul_rn(dmin, (float)mn);
+        dl = __fmul_rn(__half2float(__ushort_as_half((unsigned short)(head.x & 0xFFFFu))), (float)sc);
+        ml = __fmul_rn(__half2float(__ushort_as_half((unsigned short)(head.x >> 16))), (float)mn);
         const unsigned qs = *(const unsigned*)(blk + (KQ == 4 ? 16 : 48) + 32 * (s >> 1) + 4 * i);
         const unsigned qh = KQ == 5 ? *(const unsigned*)(blk + 16 + 4 * i) : 0u;
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            int q = (int)((qs >> (8 * j + 4 * (s & 1))) & 15);
-            if (KQ == 5) q |= (int)(((qh >> (8 * j + s)) & 1) << 4);
-            v[j] = scaled_less(dl, q, ml);
+            int c = (int)((qs >> (8 * j + 4 * (s & 1))) & 15);
+            if (KQ == 5) c |= (int)(((qh >> (8 * j + s)) & 1) << 4);
+            q[j] = code_float(c);
         }
     } else {                                     // Q6_K: ql[128] @0, qh[64] @128, scales int8[16] @192, d @208
         const unsigned ql = u32_at(blk + 64 * h + 32 * (s & 1) + 4 * i), qh = u32_at(blk + 128 + 32 * h + 4 * i);
-        const float dl = __fmul_rn(half_at(blk + 208), (float)(signed char)blk[192 + 2 * s + (i >> 2)]);
+        dl = __fmul_rn(half_at(blk + 208), (float)(signed char)blk[192 + 2 * s + (i >> 2)]);
+        ml = 0.0f;
         const int nibble = (s & 2) ? 4 : 0;
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = (int)(((ql >> (8 * j + nibble)) & 15) | (((qh >> (8 * j + sh)) & 3) << 4));
-            v[j] = __fmul_rn(dl, code_float(q - 32));
-        }
+        for (int j = 0; j < 4; ++j)
+            q[j] = code_float((int)(((ql >> (8 * j + nibble)) & 15) | (((qh >> (8 * j + sh)) & 3) << 4)) - 32);
     }
+}
+
+__device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, int i, float* v) {
+    float q[4], dl, ml;
+    kquant_codes(blk, s, i, q, dl, ml);
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) v[j] = __fsub_rn(__fmul_rn(dl, q[j]), ml);
 }
 
 // Four values of 32-value unit b of a stored row for lane i (0..7) of the eight that share it, and their
@@ -290,6 +295,30 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     for (int it = 0; it < ITERS; ++it) {
         const int b = part + 4 * slice + it * 4 * WPR;
         if (!valid || b >= NB) continue;
+        if (KQ != 0) {
+            // K-quants: sum_j (dl q_j - ml) x_j as dl (sum_j q_j x_j) - ml (sum_j x_j), the scales applied per
+            // four values (the decode was bound by instructions, not bytes)
+            float q[EPI + 1][4], dl[EPI + 1], ml[EPI + 1];
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e)
+                kquant_codes(row + e * second + (long long)(b / SUBS) * BLOCK, b % SUBS, i, q[e], dl[e], ml[e]);
+            #pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                const int k = b * 32 + 4 * i;
+                float4 xv = STAGE ? *(const float4*)(x_s + m * cols + k) : *(const float4*)(x + m * cols + k);
+                if (PRO == 1 && !STAGE) {
+                    const float4 a = *(const float4*)(aux + k);
+                    xv.x *= a.x; xv.y *= a.y; xv.z *= a.z; xv.w *= a.w;
+                }
+                const float sx = (xv.x + xv.y) + (xv.z + xv.w);
+                #pragma unroll
+                for (int e = 0; e <= EPI; ++e) {
+                    const float dot = q[e][0] * xv.x + q[e][1] * xv.y + q[e][2] * xv.z + q[e][3] * xv.w;
+                    acc[e][m] += dl[e] * dot - ml[e] * sx;
+                }
+            }
+            continue;
+        }
         float v[EPI + 1][4]; int at[4];
         #pragma unroll
         for (int e = 0; e <= EPI; ++e) block_values(row + e * second, b, i, v[e], at);
@@ -381,7 +410,8 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, norm: Array | None = Non
         norm = norm.copy()
     if rows and x.shape[0]:
         # a few rows: several warps per row, so that ~4096 warps keep the GPU's memory system busy
-        wpr = 1 if rows >= 2048 else 2 if rows >= 1024 else 4
+        # (8B shapes: 4,096-6,144 rows read at 1.3-1.8 TB/s with one warp a row, too few warps in flight)
+        wpr = 1 if rows >= 8192 else 2 if rows >= 1024 else 4
         threads = 256
         blocks = (rows * wpr * 32 + threads - 1) // threads
         kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr,
