@@ -97,15 +97,12 @@ def weight_bytes(dec: Decoder) -> tuple[int, int]:
 
 def copy_bandwidth(xp, nbytes: int = 1 << 30) -> float:
     """Bytes read plus written per second by a device-to-device copy of `nbytes` (the best of 10)."""
+    from loom.engine.bench import best
     a, b = xp.ones(nbytes, dtype=np.uint8), xp.empty(nbytes, dtype=np.uint8)
-    best = float("inf")
-    for _ in range(11):
-        xp.cuda.Device().synchronize()
-        t = time.perf_counter()
-        b[...] = a
-        xp.cuda.Device().synchronize()
-        best = min(best, time.perf_counter() - t)
-    return 2 * nbytes / best
+
+    def copy() -> None:
+        b[...] = a                     # one device-to-device memcpy (a uint8 .copy() is an element-wise kernel)
+    return 2 * nbytes / best(copy, xp.cuda.Device().synchronize, repeats=10)
 
 
 def time_decoder(dec: Decoder, sync, repeats: int = 1) -> dict:

@@ -6,8 +6,9 @@ only ever slows a run).
     mkdir -p /tmp/nlc && (cd /tmp/nlc && npm init -y && npm install node-llama-cpp)
     python benchmarks/llm_vs_llama_cpp.py --file SmolLM2-135M-Instruct.Q4_1.gguf --node-dir /tmp/nlc [--threads 2]
 
-Prefill: one PREFILL-token prompt (the same token ids for both). Decode: DECODE greedy tokens after it,
-one at a time. Loom's threads are its BLAS's and numba's (the machine's cores); llama.cpp gets --threads.
+Both follow benchmarks/llm.py's time_decoder: prefill of one PREFILL-token prompt, then DECODE greedy tokens
+one at a time after a PROMPT-token prompt, random token ids. Loom's threads are its BLAS's and numba's (the
+machine's cores); llama.cpp gets --threads.
 """
 from __future__ import annotations
 
@@ -16,17 +17,17 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 import loom
 
-PREFILL, DECODE = 256, 64
+sys.path.insert(0, os.path.dirname(__file__))
+from llm import DECODE, PREFILL, PROMPT, time_decoder  # noqa: E402  (the same protocol as benchmarks/llm.py)
 
 _JS = r"""
 import {getLlama} from "node-llama-cpp";
-const [path, nPrompt, nDecode, threads, idsJson] = process.argv.slice(2);
+const [path, nPrompt, nDecode, threads, idsJson] = process.argv.slice(2);   // nPrompt: the decode's prompt
 const ids = JSON.parse(idsJson);
 const llama = await getLlama({gpu: false, build: "never"});
 const model = await llama.loadModel({modelPath: path, gpuLayers: 0});
@@ -37,9 +38,11 @@ async function once() {
     let t = performance.now();
     await seq.evaluateWithoutGeneratingNewTokens(ids);
     const prefill = ids.length / ((performance.now() - t) / 1000);
+    await seq.clearHistory();
+    await seq.evaluateWithoutGeneratingNewTokens(ids.slice(0, +nPrompt - 1));
     let count = 0;
     t = performance.now();
-    for await (const token of seq.evaluate([ids[ids.length - 1]], {temperature: 0})) {
+    for await (const token of seq.evaluate([ids[+nPrompt - 1]], {temperature: 0})) {
         if (++count >= +nDecode) break;
     }
     return {prefill, decode: count / ((performance.now() - t) / 1000)};
@@ -53,26 +56,16 @@ def llama_cpp(path: str, node_dir: str, threads: int, ids: list[int]) -> dict:
     script = os.path.join(node_dir, "loom_llm_bench.mjs")
     with open(script, "w") as f:
         f.write(_JS)
-    out = subprocess.run(["node", script, os.path.abspath(path), str(len(ids)), str(DECODE), str(threads),
+    out = subprocess.run(["node", script, os.path.abspath(path), str(PROMPT), str(DECODE), str(threads),
                           json.dumps(ids)], cwd=node_dir, capture_output=True, text=True, timeout=600)
     if out.returncode:
         raise SystemExit(f"node-llama-cpp failed: {out.stderr.strip()[-400:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def loom_run(model, ids: list[int]) -> dict:
-    dec = model.decoder
-    prompt = np.array([ids])
-    dec.forward(prompt, dec.new_cache(PREFILL + 8), last_only=True)        # warm-up: kernels compiled
-    cache = dec.new_cache(PREFILL + DECODE + 8)
-    t = time.perf_counter()
-    logits = dec.forward(prompt, cache, last_only=True)
-    prefill = PREFILL / (time.perf_counter() - t)
-    token = int(np.argmax(logits[0, -1]))
-    t = time.perf_counter()
-    for _ in range(DECODE):
-        token = int(np.argmax(dec.forward(np.array([[token]]), cache, last_only=True)[0, -1]))
-    return {"prefill": prefill, "decode": DECODE / (time.perf_counter() - t)}
+def loom_run(model) -> dict:
+    rates = time_decoder(model.decoder, lambda: None)
+    return {"prefill": rates["prefill tok/s"], "decode": rates["decode tok/s"]}
 
 
 def main() -> None:
@@ -87,12 +80,12 @@ def main() -> None:
     best = {"loom": {}, "llama.cpp": {}}
     with loom.deterministic(False):
         for _ in range(args.rounds):
-            for name, run in (("loom", lambda: loom_run(model, ids)),
+            for name, run in (("loom", lambda: loom_run(model)),
                               ("llama.cpp", lambda: llama_cpp(args.file, args.node_dir, args.threads, ids))):
                 for key, value in run().items():
                     best[name][key] = max(best[name].get(key, 0.0), value)
     print(f"{os.path.basename(args.file)} on the CPU ({os.cpu_count()} cores, llama.cpp {args.threads} threads), "
-          f"prefill {PREFILL} tokens, decode {DECODE}, best of {args.rounds}")
+          f"prefill {PREFILL} tokens, decode {DECODE} after {PROMPT}, best of {args.rounds}")
     print(f"{'':28s} {'prefill tok/s':>14s} {'decode tok/s':>13s}")
     for name, r in best.items():
         print(f"{name + (' (fast mode)' if name == 'loom' else ' (node-llama-cpp)'):28s} {r['prefill']:14.1f} "

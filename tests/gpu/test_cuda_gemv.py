@@ -80,24 +80,6 @@ def test_one_kernel_decode_gives_the_cpu_decoders_bits(qtype):
     np.testing.assert_array_equal(cupy.asnumpy(rows).view(np.uint32)[~nan[ids]], want[ids].view(np.uint32)[~nan[ids]])
 
 
-def test_block_quantized_on_the_gpu_decodes_with_the_kernel_in_both_modes():
-    """BlockQuantized.dequantize/take_rows/matmul_t of a K-quant on the GPU: the CPU's values, and
-    deterministic mode's product the CPU's bits (the decoded W feeds the exact GEMM)."""
-    import loom
-    from loom.kernels.quant.block import BlockQuantized
-    data = random_rows("Q4_K", 40, 512, RNG)
-    cpu, gpu = BlockQuantized(data, "Q4_K", (40, 512)), BlockQuantized(cupy.asarray(data), "Q4_K", (40, 512))
-    np.testing.assert_array_equal(cupy.asnumpy(gpu.dequantize()), cpu.dequantize())
-    np.testing.assert_array_equal(cupy.asnumpy(gpu.take_rows(np.array([3, 39]))), cpu.take_rows(np.array([3, 39])))
-    x = RNG.standard_normal((24, 512)).astype(np.float32)
-    with loom.deterministic(True):
-        np.testing.assert_array_equal(cupy.asnumpy(gpu.matmul_t(cupy.asarray(x))), cpu.matmul_t(x))
-    with loom.deterministic(False):
-        for m in (1, 24):                       # the gemv kernel; dequantize then GEMM
-            np.testing.assert_allclose(cupy.asnumpy(gpu.matmul_t(cupy.asarray(x[:m]))), x[:m] @ cpu.dequantize().T,
-                                       rtol=1e-4, atol=1e-4)
-
-
 @pytest.mark.parametrize("qtype", ["BF16", "Q4_K", "Q8_0"])
 @pytest.mark.parametrize("rows", [1100, 8200])          # two warps a row, one (the tests above: four)
 def test_gemv_with_fewer_warps_per_row(qtype, rows):

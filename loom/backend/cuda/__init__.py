@@ -309,16 +309,16 @@ class CUDAQuant:
         return False            # deterministic products outside a decode graph: decoded W, exact GEMM
 
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
-        if qtype not in self.TYPES or not data.flags.c_contiguous:
+        if qtype not in self.TYPES:
             return False
-        self._kernels.dequantize(data, qtype, out)
+        self._kernels.dequantize(self._be.xp.ascontiguousarray(data), qtype, out)
         return True
 
     def to_bf16(self, x: Array) -> Array:
         return self._kernels.to_bf16(x)
 
     def matmul_t_bf16(self, x2: Array, w16: Array, out: Array) -> bool:
-        self._kernels.matmul_t_bf16(self._be.xp.ascontiguousarray(x2), w16, out, self._be.blas)
+        self._kernels.matmul_t_bf16(x2, w16, out, self._be.blas)     # (to_bf16 makes x2 contiguous)
         return True
 
 

@@ -83,7 +83,6 @@ BLOCK_DECODE = r"""
 #include <cuda_fp16.h>
 __device__ __forceinline__ unsigned short u16_at(const unsigned char* p) { return *(const unsigned short*)p; }
 __device__ __forceinline__ float half_at(const unsigned char* p) { return __half2float(__ushort_as_half(u16_at(p))); }
-__device__ __forceinline__ float bf16_at(const unsigned char* p) { return __uint_as_float((unsigned)u16_at(p) << 16); }
 
 __device__ __forceinline__ unsigned u32_at(const unsigned char* p) { return u16_at(p) | ((unsigned)u16_at(p + 2) << 16); }
 // (float)q for a code q in [-256, 2^23 - 256), exactly, without the int-to-float conversion (a quarter-rate

@@ -138,32 +138,32 @@ class BlockQuantized:
         elif (exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED
                 and be.quant.matmul_t_rounded(x2, self.data, self.qtype, out, exact_rounded.error_factor(cols))):
             return out.reshape(lead + (rows,))      # the exact GEMM's bits, W read once
-        step = self.block_rows()
-        buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)   # reused by every block
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            w = self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols])
-            out[:, start:stop] = ops.matmul(x2, w.T)
+        self._by_blocks(x2, out, lambda w: ops.matmul(x2, w.T))
         return out.reshape(lead + (rows,))
 
-    def _bf16_product(self, x2: Array, out: Array) -> None:
-        """out = x2 @ W^T on the tensor cores: BF16 rows as stored, other types decoded block by block into
-        bfloat16 (the float32 values rounded)."""
-        quant = backend.of(self.data).quant
+    def _by_blocks(self, x2: Array, out: Array, product) -> None:
+        """out[:, block] = product(W's rows of the block, decoded to float32) for blocks of block_rows() rows,
+        decoded one after another into one reused buffer."""
         rows, cols = self.shape
+        step = self.block_rows()
+        buffer = self.xp.empty(min(step, rows) * cols, dtype=np.float32)
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            out[:, start:stop] = product(self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols]))
+
+    def _bf16_product(self, x2: Array, out: Array) -> None:
+        """out = x2 @ W^T on the tensor cores: BF16 rows as stored, other types decoded block by block and
+        rounded to bfloat16."""
+        quant = backend.of(self.data).quant
         if self.qtype == "BF16":
             quant.matmul_t_bf16(x2, self.data.view(np.uint16), out)
             return
-        xp = self.xp
-        step = self.block_rows()
-        buffer = xp.empty(min(step, rows) * cols, dtype=np.float32)
-        for start in range(0, rows, step):
-            stop = min(rows, start + step)
-            w16 = quant.to_bf16(self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols]))
-            part = out if stop - start == rows else xp.empty((x2.shape[0], stop - start), dtype=np.float32)
-            quant.matmul_t_bf16(x2, w16, part)
-            if part is not out:
-                out[:, start:stop] = part
+
+        def product(w: Array) -> Array:
+            part = self.xp.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
+            quant.matmul_t_bf16(x2, quant.to_bf16(w), part)
+            return part
+        self._by_blocks(x2, out, product)
 
     def take_rows(self, ids: Array) -> Array:
         """float32 [*ids.shape, cols]: rows `ids` (an embedding lookup), decoding only those."""
@@ -219,7 +219,7 @@ def _decode(data: Array, qtype: str, cols: int, out: Array | None = None) -> Arr
     n = data.shape[0]
     if out is None or (out.dtype == np.float32 and out.size == n * cols and out.flags.c_contiguous):
         target = be.xp.empty((n, cols), dtype=np.float32) if out is None else out
-        if be.quant.dequantize(be.xp.ascontiguousarray(data), qtype, target):
+        if be.quant.dequantize(data, qtype, target):
             return target.reshape(n, cols)
     return gguf_quants.dequantize(data, qtype, (n, cols), xp=be.xp, out=out)
 
