@@ -9,6 +9,8 @@ is checked against the known pi(10^k).
     .venv/bin/python benchmarks/primes.py --device cuda     # adds the GPU rows (device machine)
     python benchmarks/primes.py --device cuda --gpu-only --primesieve PATH   # pi(10^10..10^12) on the
         GPU against the primesieve command-line program on every core (where the module is missing)
+    python benchmarks/primes.py --device cuda --gpu-only --lmo --primecount PATH   # adds pi(10^13..10^18)
+        by LMO on the GPU against the primecount program on every core
 
 Seconds, best of --repeat (default 5), after one untimed call that compiles (or loads) the sieve.
 """
@@ -23,8 +25,11 @@ import time
 from loom.backend.cpu import primes as cpu_sieve
 from loom.errors import LoomError
 
-KNOWN = {10**8: 5761455, 10**9: 50847534, 10**10: 455052511, 10**11: 4118054813, 10**12: 37607912018}
+KNOWN = {10**8: 5761455, 10**9: 50847534, 10**10: 455052511, 10**11: 4118054813, 10**12: 37607912018,
+         10**13: 346065536839, 10**14: 3204941750802, 10**15: 29844570422669, 10**16: 279238341033925,
+         10**17: 2623557157654233, 10**18: 24739954287740860}
 GPU_NS = [10**10, 10**11, 10**12]
+LMO_NS = [10**13, 10**14, 10**15, 10**16, 10**17, 10**18]
 
 
 def machine() -> str:
@@ -111,19 +116,41 @@ def anchor_rows(ns: list[int], repeat: int, program: str | None) -> list[tuple]:
     return rows
 
 
-def cuda_rows(ns: list[int], repeat: int) -> list[tuple]:
-    """The GPU rows: loom's cuda sieve (the cuda backend's `primes`), when it is there."""
+def cuda_rows(ns: list[int], repeat: int, lmo_ns: list[int]) -> list[tuple]:
+    """The GPU rows: loom's cuda sieve (count_primes(0, n + 1)) for ns, and pi(n) by prime_count (LMO
+    from 10^10) for ns and lmo_ns, when there is a GPU."""
     engine = importlib.import_module("loom.engine.primes")
     try:
-        engine.prime_count(10, "cuda")                     # compile the kernels: untimed
+        engine.prime_count(10**10, "cuda")                 # compile the kernels: untimed
+        engine.count_primes(0, 10**10, "cuda")
     except LoomError as exc:                               # no GPU, no CuPy, or no sieve there yet
         print(f"no GPU rows: {exc}")
         return []
     rows = []
     for n in ns:
-        count, seconds = best_of(lambda: engine.prime_count(n, "cuda"), repeat)
+        count, seconds = best_of(lambda: engine.count_primes(0, n + 1, "cuda"), repeat)
         assert count == KNOWN[n], (n, count)
         rows.append((n, "loom (cuda sieve)", "gpu", seconds, None))
+    for n in ns + lmo_ns:
+        count, seconds = best_of(lambda: engine.prime_count(n, "cuda"), repeat if n < 10**17 else 1)
+        assert count == KNOWN[n], (n, count)
+        rows.append((n, "loom (cuda LMO)", "gpu", seconds, None))
+    return rows
+
+
+def primecount_rows(ns: list[int], repeat: int, program: str) -> list[tuple]:
+    """The primecount program (Gourdon's algorithm) on every core: the anchor of the LMO rows."""
+    import subprocess
+    cores = os.cpu_count() or 1
+    rows = []
+    for n in ns:
+        best = float("inf")
+        for _ in range(repeat if n < 10**17 else 1):
+            lines = subprocess.run([program, str(n), "--time", f"--threads={cores}"], capture_output=True,
+                                   text=True, check=True).stdout.split("\n")
+            assert int(lines[0]) == KNOWN[n], (n, lines[0])
+            best = min(best, next(float(line.split(":")[1]) for line in lines if line.startswith("Seconds:")))
+        rows.append((n, "primecount", cores, best, None))
     return rows
 
 
@@ -135,13 +162,18 @@ def main() -> None:
                         help="cuda: the GPU rows as well as the CPU's")
     parser.add_argument("--gpu-only", action="store_true", help="only the GPU rows and their anchor")
     parser.add_argument("--primesieve", help="the primesieve program, the anchor where the module is missing")
+    parser.add_argument("--lmo", action="store_true", help="add pi(10^13..10^18) by LMO on the GPU")
+    parser.add_argument("--primecount", help="the primecount program, the anchor of the LMO rows")
     args = parser.parse_args()
     ns = [10**8, 10**9] + ([10**10] if args.big else [])
     print(f"machine: {machine()}; best of {args.repeat}")
     rows = [] if args.gpu_only else cpu_rows(ns, args.repeat)
     if args.device == "cuda":
-        gpu = cuda_rows(GPU_NS, args.repeat)
+        lmo_ns = LMO_NS if args.lmo else []
+        gpu = cuda_rows(GPU_NS, args.repeat, lmo_ns)
         anchors = anchor_rows(GPU_NS, args.repeat, args.primesieve)
+        if args.primecount:
+            anchors += primecount_rows(lmo_ns, args.repeat, args.primecount)
         by_n = {n: seconds for n, _, _, seconds, _ in anchors}
         rows += anchors + [(n, what, threads, seconds, seconds / by_n[n] if n in by_n else None)
                            for n, what, threads, seconds, _ in gpu]

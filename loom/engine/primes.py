@@ -4,7 +4,9 @@ count_primes, primes).
 Every answer is exact (integer arithmetic throughout, for any range of [0, 2^64)), so every device
 gives the same one. The CPU runs the compiled sieve (loom/backend/cpu/primes.py: numba, the
 `loom[cpu]` extra) and without it the NumPy reference (loom/engine/sieve.py, several times slower;
-said once on the "loom" logger). The GPU runs the cuda backend's sieve (primes_cuda.py).
+said once on the "loom" logger). The GPU runs the cuda backend's sieve (primes_cuda.py). pi(n) for
+n >= LMO_FROM[device] is counted without sieving up to n: Lagarias-Miller-Odlyzko (lmo.py), whose
+special leaves the GPU's LMO sieve counts (on the CPU: lmo.py's NumPy one).
 Input is checked here, the same way for every device: a negative or non-integer bound, lo > hi, or a
 bound past 2^64 raises ConfigError naming the value.
 """
@@ -15,22 +17,29 @@ from typing import Any
 from .. import backend, fallback
 from ..backend import Array
 from ..errors import ConfigError
-from . import sieve
+from . import lmo, sieve
 from .pattern_inputs import integer
 
 DEVICES = ("cpu", "cuda")
+LMO_FROM = {"cpu": 10**12, "cuda": 10**10}   # pi(n) by LMO from here (measured: faster than the sieve)
 
 
 def prime_count(n: Any, device: str = "cpu", threads: int | None = None) -> int:
     """pi(n): the number of primes <= n, for an integer 0 <= n < 2^64.
 
     device: "cpu" or "cuda". threads (CPU only): None for all the cores numba uses (NUMBA_NUM_THREADS),
-    or at most that many; the count is the same whatever the number."""
+    or at most that many; the count is the same whatever the number. From n = LMO_FROM[device] on the
+    count is by LMO (on the CPU single-threaded, whatever `threads` says)."""
     n = integer(n, "n")
     if n < 0:
         raise ConfigError("n", f"expected n >= 0, got {n}")
     if n >= sieve.LIMIT:
         raise ConfigError("n", f"expected n < 2^64, got {n}")
+    if n >= LMO_FROM[_device(device)]:
+        _checked_threads(device, threads)
+        if device == "cuda":
+            backend.get("cuda")
+        return lmo.prime_count(n, device)
     return _count(0, n + 1, device, threads)
 
 
@@ -52,15 +61,21 @@ def primes(lo: Any, hi: Any, device: str = "cpu") -> Array:
     return compiled.primes(lo, hi) if compiled is not None else sieve.primes(lo, hi)
 
 
-def _count(lo: int, hi: int, device: str, threads: int | None) -> int:
+def _checked_threads(device: str, threads: Any) -> int | None:
+    if threads is None:
+        return None
     if _device(device) == "cuda":
-        if threads is not None:
-            raise ConfigError("threads", f"applies to device 'cpu' only, got threads={threads!r} with device 'cuda'")
+        raise ConfigError("threads", f"applies to device 'cpu' only, got threads={threads!r} with device 'cuda'")
+    threads = integer(threads, "threads")
+    if threads < 1:
+        raise ConfigError("threads", f"expected threads >= 1 (or None: all cores), got {threads}")
+    return threads
+
+
+def _count(lo: int, hi: int, device: str, threads: int | None) -> int:
+    threads = _checked_threads(device, threads)
+    if device == "cuda":
         return int(_gpu_sieve("count")(lo, hi))
-    if threads is not None:
-        threads = integer(threads, "threads")
-        if threads < 1:
-            raise ConfigError("threads", f"expected threads >= 1 (or None: all cores), got {threads}")
     compiled = _compiled()
     return compiled.count(lo, hi, threads) if compiled is not None else sieve.count_primes(lo, hi)
 

@@ -91,6 +91,8 @@ class CUDABackend:
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
         from .primes import Primes
         self.primes = Primes(self.xp)        # the exact prime sieve
+        from .lmo import Lmo
+        self.lmo = Lmo(self.xp)              # the special leaves of LMO prime counting (loom.engine.lmo)
         from .order import OrderKeys
         self.order = OrderKeys(self.xp)      # loom.engine.order_keys' float keys, one pass each
         from .search import SearchKernels
