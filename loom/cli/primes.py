@@ -51,7 +51,7 @@ def parse_integer(text: str, name: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..engine.primes import count_primes
+    from ..engine.primes import LMO_FROM, count_primes, prime_count
     from ..errors import ConfigError, renamed_paths
 
     n = parse_integer(args.n, "N")
@@ -66,8 +66,13 @@ def run(args: argparse.Namespace) -> int:
         # untimed: compiles (or loads) the sieve; a range up to 10^8 also reaches the multi-threaded
         # CPU kernel, which numba compiles on its first call
         count_primes(0, min(n + 1, 10 ** 8), args.device, args.threads)
+        if args.lo is None and args.device == "cuda" and n >= LMO_FROM["cuda"]:
+            prime_count(LMO_FROM["cuda"], "cuda")          # compiles the GPU's LMO kernel
         start = time.perf_counter()
-        found = count_primes(lo, n + 1, args.device, args.threads)
+        if args.lo is None:                                # pi(N): by LMO past LMO_FROM
+            found = prime_count(n, args.device, args.threads)
+        else:
+            found = count_primes(lo, n + 1, args.device, args.threads)
         elapsed = time.perf_counter() - start
     what = f"pi({n})" if args.lo is None else f"primes in [{lo}, {n}]"
     took = f"{elapsed:.2f} s" if elapsed >= 0.01 else f"{elapsed * 1000:.2f} ms"

@@ -3,6 +3,7 @@ the count and the time on one line, the exact integer forms N may take, and one-
 for a bad value, naming it; exit 2 for usage)."""
 from __future__ import annotations
 
+import importlib
 import re
 from types import SimpleNamespace
 
@@ -119,3 +120,16 @@ def test_listed_in_help(capsys):
     assert code == 0 and "primes" in out
     code, out, err = loom(capsys, "primes", "--help")
     assert code == 0 and "--lo" in out and "2^32" in out
+
+
+def test_pi_of_n_is_counted_by_lmo_past_its_threshold(capsys, monkeypatch):
+    door = importlib.import_module("loom.engine.primes")
+    monkeypatch.setitem(door.LMO_FROM, "cpu", 10**6)
+    used = []
+    real = door.lmo.prime_count
+    monkeypatch.setattr(door.lmo, "prime_count", lambda n, device: used.append(n) or real(n, device))
+    code, out, err = loom(capsys, "primes", "10^7")
+    assert code == 0, err
+    assert out.startswith("pi(10000000) = 664579  (") and used == [10**7]
+    code, out, err = loom(capsys, "primes", "10^7", "--lo", "2")       # a range is always sieved
+    assert code == 0 and out.startswith("primes in [2, 10000000] = 664579  (") and used == [10**7], err
