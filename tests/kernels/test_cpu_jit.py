@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("numba")
 
 import loom  # noqa: E402
+from loom.backend.cpu import dequant as cpu_dequant  # noqa: E402
 from loom.backend.cpu import gemv as cpu_jit  # noqa: E402  (the block loops; jit.py loads them)
 from loom.kernels import ops  # noqa: E402
 from loom.kernels.quant import gemv as gguf_gemv
@@ -103,8 +104,9 @@ def test_float16_decoder_on_every_pattern():
     assert np.array_equal(got.view(np.uint32)[~nan], want.view(np.uint32)[~nan])   # subnormals, +-0, inf
 
 
-@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "Q5_0", "F16"])
-def test_extreme_scales_and_values_propagate(qtype):
+@pytest.mark.parametrize("rows", [1, 2])        # one row of x takes the factored block sums
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "F16"])
+def test_extreme_scales_and_values_propagate(qtype, rows):
     """Subnormal, inf and NaN float16 scales (or F16 values) give the dequantized product's
     NaN/inf pattern, and its values elsewhere."""
     rng = np.random.default_rng(5)
@@ -117,7 +119,7 @@ def test_extreme_scales_and_values_propagate(qtype):
         size = gq.BLOCKS[qtype][1]
         w.data.reshape(12, -1, size)[:6, 1, 0:2] = as_bytes
     dense = reference_values(w)
-    x = rng.uniform(0.5, 1.5, (2, 64)).astype(np.float32)
+    x = rng.uniform(0.5, 1.5, (rows, 64)).astype(np.float32)
     got = jit_product(w, x)
     with np.errstate(invalid="ignore"):
         want = x.astype(np.float64) @ dense.T
@@ -214,3 +216,23 @@ def test_forked_children_still_compute(monkeypatch):
         jit_in_child, got = pool.apply_async(_child_product, (x,)).get(timeout=120)
     assert jit_in_child == (cpu_jit.jit._state.get("layer") != "omp")
     assert_close(got, x, reference_values(_FORK_W))
+
+
+@pytest.mark.parametrize("qtype", list(cpu_dequant.TYPES))
+def test_compiled_decoder_gives_the_array_codes_bits(qtype):
+    """Random bytes (NaN, inf and subnormal scales and offsets among them): the compiled decoder
+    (loom/backend/cpu/dequant.py, behind BlockQuantized.dequantize) gives gguf.py's bits, NaN
+    payloads included; blocks whose d q + m could keep either NaN's payload go to the array code."""
+    rng = np.random.default_rng(7)
+    block, size = gq.check_type(qtype)
+    for rows, cols in ((1, 32), (5, 96), (64, 576)):
+        raw = rng.integers(0, 256, (rows, cols // block * size), dtype=np.uint8)
+        want = gq.dequantize(raw, qtype, (rows, cols))
+        got = BlockQuantized(raw, qtype, (rows, cols)).dequantize()
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), (qtype, rows, cols)
+        clean = raw.reshape(-1, size).copy()
+        clean[:, 0:2] = np.frombuffer(np.float16(0.25).tobytes(), np.uint8)    # finite scales only
+        clean = clean.reshape(rows, -1)
+        out = np.empty((rows, cols), np.float32)
+        assert cpu_dequant.dequantize(clean, qtype, out)                      # the compiled loop itself
+        assert np.array_equal(out.view(np.uint32), gq.dequantize(clean, qtype, (rows, cols)).view(np.uint32))

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import exact, gemv, jit, rounded, rounded_gemv
+from . import dequant, exact, gemv, jit, rounded, rounded_gemv
 from .windows import CPUWindows
 
 
@@ -101,7 +101,8 @@ class CPUQuant:
         return True
 
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
-        return False            # gguf's array code, in cache-sized chunks, is the CPU's decoder
+        # the compiled loops for the 32-value block types (gguf's bits); else gguf's array code
+        return dequant.dequantize(data, qtype, out.reshape(data.shape[0], -1)) if data.ndim == 2 else False
 
     def to_bf16(self, x: np.ndarray) -> None:
         return None             # no bfloat16 products: tensor_cores is False

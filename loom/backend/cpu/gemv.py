@@ -134,14 +134,17 @@ def _q8_0(x, data, out, f16, n16):
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
             halves, codes = data[r].view(np.uint16), data[r].view(np.int8)
             if x.shape[0] == 1:         # one row of x: sum x q per block, then scale (20% faster)
-                acc = f32(0)
+                acc, finite = f32(0), True
                 for b in range(w.shape[0] // 32):
                     s = f32(0)
                     for j in range(2 * n16):
                         s += x[0, 32 * b + j] * f32(codes[34 * b + 2 + j])
-                    acc += f16[halves[17 * b]] * s
-                out[0, r] = acc
-                continue
+                    d = f16[halves[17 * b]]
+                    finite = finite and np.isfinite(d)
+                    acc += d * s
+                if finite:              # else the decoded row's inf/NaN pattern (inf * 0 is NaN), below
+                    out[0, r] = acc
+                    continue
             for b in range(w.shape[0] // 32):
                 d = f16[halves[17 * b]]
                 for j in range(2 * n16):
