@@ -75,8 +75,10 @@ def plan(x: int, y: int | None = None, list_primes: Callable[[int, int], np.ndar
     """The tables of the special sum for pi(x) (x >= 8). list_primes(lo, hi): the primes of [lo, hi)
     as a NumPy array (the q of P2; default: the reference sieve)."""
     y = default_y(x) if y is None else y
-    if not (icbrt(x) < y and y * y * (y + 1) >= x and 8 <= x):
-        raise ValueError(f"LMO needs x >= 8 and x^(1/3) < y with y^2 (y + 1) >= x; got x={x}, y={y}")
+    root = icbrt(x)
+    if not (8 <= x and root < y <= max(math.isqrt(x), root + 1) and y < 1 << 31):
+        raise ValueError(f"LMO needs x >= 8 and x^(1/3) < y <= max(sqrt(x), x^(1/3) + 1), y < 2^31; "
+                         f"got x={x}, y={y}")
     primes = sieve.small_primes(y)
     leaf, pi = _tables(y, primes)
     root = math.isqrt(x)
@@ -153,7 +155,8 @@ def leaf_levels(p: Plan, lo: int) -> int:
 
 def special_reference(p: Plan, segment_bits: int = 1 << 16) -> int:
     """The special sum, by the NumPy reference: segments of `segment_bits` odd numbers in order, each
-    sieved one prime at a time, phi below each segment carried per level. For small x (tests)."""
+    sieved one prime at a time, phi below each segment carried per level. The CPU's special sum
+    (one core; pi(10^12) takes about a minute on the project's VM) and the GPU kernel's oracle."""
     total_bits = (p.z + 1) // 2
     carry = np.zeros(p.a + 1, dtype=np.int64)          # phi of the numbers below the segment, per level
     total = 0
@@ -164,10 +167,10 @@ def special_reference(p: Plan, segment_bits: int = 1 << 16) -> int:
         last = max(k - 1, p.b_star)
         counts = {}
         for b in range(1, last + 1):                  # the state: the first b primes struck
-            prefix = np.cumsum(alive)
-            counts[b] = int(prefix[-1])
+            counts[b] = int(np.count_nonzero(alive))
             values, weights = _queries(p, b, k, lo, hi)
             if values.size:
+                prefix = np.cumsum(alive)
                 index = ((values - 1) // 2 - first).astype(np.int64)
                 total += int((weights * (carry[b] + prefix[index])).sum())
             if b < last:

@@ -80,10 +80,15 @@ def test_the_special_sum_is_the_same_for_any_segmenting():
 
 
 def test_bad_y_is_refused():
-    with pytest.raises(ValueError, match="x=1000, y=10"):
+    with pytest.raises(ValueError, match="x=1000, y=10$"):
         lmo.plan(1000, 10)             # y must exceed the cube root
-    with pytest.raises(ValueError, match="x=1000000, y=5"):
+    with pytest.raises(ValueError, match="x=1000000, y=5$"):
         lmo.plan(10**6, 5)
+    with pytest.raises(ValueError, match="x=1000000, y=1001$"):
+        lmo.plan(10**6, 1001)          # and be at most sqrt(x): pi(y) would count primes above x
+    with pytest.raises(ValueError, match="x=12345, y=12348$"):
+        lmo.plan(12345, 12348)
+    assert lmo.prime_count_reference(10**6, 1000) == 78498 and lmo.prime_count_reference(26, 3) == 9
 
 
 def test_a_wrong_special_sum_is_caught():
@@ -104,10 +109,19 @@ def test_prime_count_uses_lmo_from_its_threshold(monkeypatch):
         E.prime_count(10**7, threads=0)
 
 
-def test_ordinary_sum_wraps_modulo_2_64_for_huge_x():
-    x = 2**64 - 59                     # a prime near the top of the range
-    p = lmo.Plan(x=x, y=lmo.icbrt(x) + 1, primes=np.array([2, 3], dtype=np.int64),
-                 leaf=np.zeros(lmo.icbrt(x) + 2, dtype=np.int32), pi=np.zeros(1, dtype=np.int32),
-                 q=np.zeros(0, dtype=np.uint64), b_star=0)
-    # with every mu(n) = 0 but mu(1) = 1, S1 is x and no b = 0 leaf counts
-    assert lmo.ordinary_sum(p) == x
+@pytest.mark.parametrize("x", [2**63 + 5, 10**19, 2**64 - 59])
+def test_ordinary_sum_wraps_modulo_2_64_for_huge_x(x):
+    """S1 and the b = 0 leaves in wrapping uint64 sums equal Python's big integers modulo 2^64 (for
+    these x the exact sum leaves [0, 2^64))."""
+    y = lmo.icbrt(x) + 1
+    primes = sieve.small_primes(y)
+    leaf, pi = lmo._tables(y, primes)
+    p = lmo.Plan(x=x, y=y, primes=primes, leaf=leaf, pi=pi, q=np.zeros(0, dtype=np.uint64), b_star=0)
+    mu = np.sign(leaf).astype(np.int64)
+    mu[1] = 1
+    n = np.flatnonzero(mu)
+    exact = sum(int(m) * (x // int(k)) for m, k in zip(mu[n].tolist(), n.tolist()))
+    odd = [m for m in range(y // 2 + 1, y + 1) if m % 2 and mu[m]]
+    exact -= sum(int(mu[m]) * (x // (2 * m)) for m in odd)
+    assert not 0 <= exact < 1 << 64 or x == 2**64 - 59      # the wrap is exercised (where it happens)
+    assert lmo.ordinary_sum(p) == exact % (1 << 64)

@@ -14,13 +14,17 @@ from loom.engine.sieve import _odd_base_primes
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("log_segment, window", [(12, 1), (12, 3), (13, 64), (20, 32)])
-def test_bucketed_counts_and_lists_match_the_reference(log_segment, window):
+@pytest.mark.parametrize("log_segment, window, sms", [(12, 1, None), (12, 3, None), (13, 64, None),
+                                                      (12, 3, 1), (13, 7, 2), (20, 32, None), (20, 2, 1)])
+def test_bucketed_counts_and_lists_match_the_reference(log_segment, window, sms):
+    """sms=1 or 2: one or two blocks, so each runs many windows (the next multiples carried over)."""
     cp = backend.get("cuda").xp
     gpu = Primes(cp, log_segment=log_segment, window=window)
+    if sms is not None:
+        gpu._sms = sms
     rng = np.random.default_rng(log_segment * 100 + window)
     for _ in range(12):
-        base = int(rng.choice([0, 10**6, 2**32, 10**11, 10**12]))
+        base = int(rng.choice([0, 10**6, 2**32, 10**11, 10**12, 2**42, 2**45]))   # sqrt past 2^20 too
         lo = base + int(rng.integers(0, 10**6))
         hi = lo + int(rng.integers(0, 3 * 10**6))
         if hi <= 3:

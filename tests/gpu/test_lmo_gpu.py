@@ -66,3 +66,17 @@ def test_known_values(x):
 @pytest.mark.slow
 def test_pi_of_10_to_the_18():
     assert E.prime_count(10**18, device="cuda") == 24739954287740860
+
+
+@pytest.mark.slow
+def test_pi_at_the_top_of_the_range():
+    """About 110 s on an H100; the value is OEIS A007053's pi(2^64), which primecount 8.7 also gives."""
+    assert E.prime_count(2**64 - 1, device="cuda") == 425656284035217743
+
+
+def test_kernel_shapes_are_checked():
+    cp = backend.get("cuda").xp
+    with pytest.raises(ValueError, match="threads must be a power of two in 32..1024, got 768"):
+        cuda_lmo.Lmo(cp, 20, 768)
+    with pytest.raises(ValueError, match="2\\^9 bits gives 32 threads less than a word each"):
+        cuda_lmo.Lmo(cp, 9, 32)

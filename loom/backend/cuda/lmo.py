@@ -26,7 +26,7 @@ from .compile import translating
 
 LOG_SEGMENT = 20                # bits per segment (128 KiB of shared memory)
 THREADS = 1024
-TABLE_BYTES = 1 << 30           # the per-wave C and W tables and their temporaries (about 40 B an entry)
+TABLE_BYTES = 1 << 30           # the per-wave C and W tables and their temporaries (about 56 B an entry)
 MASK = (1 << 64) - 1
 
 _SOURCE = r"""
@@ -221,6 +221,7 @@ loom_lmo(u64 x, u64 y, long long s0, u64 total_bits,
         const int pi_lo = s.lo - 1ull <= y ? pi[s.lo - 1ull] : a;  // the table's primes below lo
         const int pi_hi = s.hi <= y ? pi[s.hi] : a;
         s.struck_from = max(seq, pi_lo);
+        // (the last, partial segment may count primes in (z, hi] here: harmless, no later segment reads it)
         for (int b = seq + 1 + (int)tid; b < min(K, kmax); b += THREADS)
             crow[b] = count - (unsigned int)max(0, min(pi_hi, b) - s.struck_from);
         if (tid == 0 && b_star > seq) crow[kmax] = count - (unsigned int)max(0, min(pi_hi, b_star) - s.struck_from);
@@ -243,6 +244,11 @@ class Lmo:
     """The GPU's part of LMO prime counting: `special` of a loom.engine.lmo.Plan's arrays."""
 
     def __init__(self, cp: ModuleType, log_segment: int = LOG_SEGMENT, threads: int = THREADS):
+        # the prefix sums give each thread a power of two of whole words (WPT >= 1)
+        if threads & (threads - 1) or not 32 <= threads <= 1024:
+            raise ValueError(f"threads must be a power of two in 32..1024, got {threads}")
+        if log_segment < 5 + threads.bit_length() - 1:
+            raise ValueError(f"a segment of 2^{log_segment} bits gives {threads} threads less than a word each")
         self._cp = cp
         props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
         shared = int(props.get("sharedMemPerBlockOptin", 0) or props.get("sharedMemPerBlock", 48 * 1024))
@@ -284,7 +290,7 @@ class Lmo:
                 # K(lo): the primes p <= y with p^2 <= (x - 1) // lo
                 lo = 2 * s0 * seg_bits + 1
                 kmax = max(1, int(np.searchsorted(primes, math.isqrt((x - 1) // lo), side="right")))
-                n = max(1, min(segments - s0, TABLE_BYTES // (40 * (kmax + 1))))
+                n = max(1, min(segments - s0, TABLE_BYTES // (56 * (kmax + 1))))
                 ctab = cp.zeros((n, kmax + 1), dtype=np.uint32)
                 wtab = cp.zeros((n, kmax + 1), dtype=np.int32)
                 kernel((n,), (self._threads,),

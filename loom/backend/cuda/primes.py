@@ -207,7 +207,10 @@ class Primes:
         nprimes = int(primes.size)
         nwarp = int(np.searchsorted(primes, WARP_PRIMES_BELOW))
         nlarge = max(nwarp, int(np.searchsorted(primes, self._segment_bits)))   # at most a multiple a segment
-        span = self._window * self._segment_bits
+        # a window: at most the segments a block would have with a block an SM (fewer blocks only
+        # lengthen the runs, not the windows)
+        window = min(self._window, -(-segments // min(segments, self._sms)))
+        span = window * self._segment_bits
         bucket = int((-(-span // primes[nlarge:].astype(np.int64))).sum())      # a window's multiples, at most
         blocks = min(segments, self._sms, max(1, NEXT_BYTES // max(8 * nprimes + 4 * bucket, 1)))
         per_block = -(-segments // blocks)
@@ -221,7 +224,7 @@ class Primes:
                              (np.uint64(i_lo), np.uint64(i_hi), np.int64(segments), np.int64(per_block),
                               d_primes, np.int32(nprimes), np.int32(nwarp), np.int32(nlarge), d_next, count,
                               out if out is not None else np.uint64(0), d_hits, np.int64(bucket),
-                              np.int32(self._window)),
+                              np.int32(window)),
                              shared_mem=self._segment_bits // 8)
             total = int(count.get()[0])
         return (total, out) if bitmap else total
