@@ -57,12 +57,12 @@ def test_block_rows_bound_the_temporary(monkeypatch):
     w = random_weight("Q4_1", 1000, 18, seed=4)           # [1000, 576]
     assert w.block_rows() * 576 * 4 <= CPU.quant.dequantize_bytes
     calls = []
-    real = gq.dequantize
+    real = qz._decode
 
-    def spy(raw, qtype, shape, xp=np, out=None):
-        calls.append(shape)
-        return real(raw, qtype, shape, xp=xp, out=out)
-    monkeypatch.setattr(gq, "dequantize", spy)
+    def spy(data, qtype, cols, out=None):          # every decode, compiled or gguf's array code
+        calls.append((data.shape[0], cols))
+        return real(data, qtype, cols, out)
+    monkeypatch.setattr(qz, "_decode", spy)
     monkeypatch.setattr(CPU.quant, "dequantize_bytes", 576 * 4 * 300)
     from loom.backend.cpu import rounded_gemv as rounded_gemv_jit  # (fewer rows of x take its loops: no blocks)
     w.matmul_t(np.ones((rounded_gemv_jit.MAX_ROWS + 1, 576), np.float32))

@@ -102,7 +102,9 @@ class CPUQuant:
 
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
         # the compiled loops for the 32-value block types (gguf's bits); else gguf's array code
-        return dequant.dequantize(data, qtype, out.reshape(data.shape[0], -1)) if data.ndim == 2 else False
+        if data.ndim != 2 or not data.shape[0] or qtype not in dequant.TYPES:
+            return False
+        return dequant.dequantize(data, qtype, out.reshape(data.shape[0], -1))
 
     def to_bf16(self, x: np.ndarray) -> None:
         return None             # no bfloat16 products: tensor_cores is False
