@@ -1,11 +1,13 @@
 """Exact prime counting, side by side with primesieve (the anchor: `pip install primesieve`, not a Loom
 dependency) in the same run: pi(10^8), pi(10^9) (and pi(10^10) with --big) by Loom's compiled CPU
-sieve (loom/backend/cpu/primes.py) on one thread and on all cores, and by primesieve.count_primes on
-one thread and on all cores; "ratio" is Loom's time over primesieve's with as many threads. Every count
-is checked against the known pi(10^k).
+sieve (loom/backend/cpu/primes.py; count_primes(0, n + 1)) on one thread and on all cores, by
+prime_count where it counts by LMO (loom/engine/lmo.py, one thread), and by primesieve.count_primes on
+one thread and on all cores; "ratio" is Loom's time over primesieve's with as many threads. Every
+count is checked against the known pi(10^k).
 
     .venv/bin/python benchmarks/primes.py                   # CPU
     .venv/bin/python benchmarks/primes.py --big --repeat 3  # adds pi(10^10)
+    .venv/bin/python benchmarks/primes.py --primesieve PATH # the primesieve program where the module is missing
     .venv/bin/python benchmarks/primes.py --device cuda     # adds the GPU rows (device machine)
     python benchmarks/primes.py --device cuda --gpu-only --primesieve PATH   # pi(10^10..10^12) on the
         GPU against the primesieve command-line program on every core (where the module is missing)
@@ -57,32 +59,41 @@ def primesieve_or_none():
         return None
 
 
-def cpu_rows(ns: list[int], repeat: int) -> list[tuple]:
+def cpu_rows(ns: list[int], repeat: int, program: str | None = None) -> list[tuple]:
     """(n, what, threads, seconds, ratio to primesieve with as many threads or None) for the CPU."""
     if not cpu_sieve.available():
         print(f"loom's compiled sieve does not run here ({cpu_sieve.jit.unavailable_reason()}): no CPU rows")
         return []
     engine = importlib.import_module("loom.engine.primes")
     ps = primesieve_or_none()
-    if ps is None:
-        print("primesieve is not importable (pip install primesieve): its rows and the ratios are left out")
+    if ps is None and not program:
+        print("primesieve is not importable (pip install primesieve) and no --primesieve program: "
+              "its rows and the ratios are left out")
     cores = cpu_sieve._threads(None)
     engine.prime_count(10, "cpu", 1)                       # compile (or load) the sieve: untimed
     rows = []
     for n in ns:
         anchor = {}
-        if ps is not None:
+        if ps is not None or program:
             for threads in (1, cores):
-                ps.set_num_threads(threads)
-                count, seconds = best_of(lambda: ps.count_primes(n), repeat)
+                if ps is not None:
+                    ps.set_num_threads(threads)
+                    count, seconds = best_of(lambda: ps.count_primes(n), repeat)
+                else:
+                    runs = [primesieve_program(program, n, threads) for _ in range(repeat)]
+                    count, seconds = runs[0][0], min(r[1] for r in runs)
                 assert count == KNOWN[n], (n, count)
                 anchor[threads] = seconds
                 rows.append((n, "primesieve", threads, seconds, None))
         for threads in sorted({1, cores}):
-            count, seconds = best_of(lambda: engine.prime_count(n, "cpu", threads), repeat)
+            count, seconds = best_of(lambda: engine.count_primes(0, n + 1, "cpu", threads), repeat)
             assert count == KNOWN[n], (n, count)
             ratio = seconds / anchor[threads] if threads in anchor else None
             rows.append((n, "loom (compiled sieve)", threads, seconds, ratio))
+        if n >= engine.LMO_FROM["cpu"]:                    # prime_count's own path: LMO, one thread
+            count, seconds = best_of(lambda: engine.prime_count(n, "cpu"), repeat)
+            assert count == KNOWN[n], (n, count)
+            rows.append((n, "loom (LMO, NumPy)", 1, seconds, seconds / anchor[1] if 1 in anchor else None))
     return rows
 
 
@@ -167,7 +178,7 @@ def main() -> None:
     args = parser.parse_args()
     ns = [10**8, 10**9] + ([10**10] if args.big else [])
     print(f"machine: {machine()}; best of {args.repeat}")
-    rows = [] if args.gpu_only else cpu_rows(ns, args.repeat)
+    rows = [] if args.gpu_only else cpu_rows(ns, args.repeat, args.primesieve)
     if args.device == "cuda":
         lmo_ns = LMO_NS if args.lmo else []
         gpu = cuda_rows(GPU_NS, args.repeat, lmo_ns)

@@ -21,7 +21,7 @@ from . import lmo, sieve
 from .pattern_inputs import integer
 
 DEVICES = ("cpu", "cuda")
-LMO_FROM = {"cpu": 10**12, "cuda": 10**10}   # pi(n) by LMO from here (measured: faster than the sieve)
+LMO_FROM = {"cpu": 10**9, "cuda": 10**10}    # pi(n) by LMO from here (measured: faster than the sieve)
 
 
 def prime_count(n: Any, device: str = "cpu", threads: int | None = None) -> int:

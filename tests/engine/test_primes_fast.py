@@ -56,13 +56,15 @@ def mr_primes(lo: int, hi: int) -> list[int]:
 @compiled
 @pytest.mark.parametrize("k", range(len(KNOWN)))
 def test_known_values(k):
-    assert prime_count(10**k) == KNOWN[k]
+    assert count_primes(0, 10**k + 1) == KNOWN[k]          # the compiled sieve
+    assert prime_count(10**k) == KNOWN[k]                  # (LMO from LMO_FROM["cpu"])
 
 
 @compiled
 def test_pi_2_32_on_one_thread_and_all():
-    assert prime_count(2**32, threads=1) == 203280221
-    assert prime_count(2**32 - 1) == 203280221 and prime_count(2**32 - 6) == 203280220   # 2^32 - 5 is prime
+    assert count_primes(0, 2**32 + 1, threads=1) == 203280221
+    assert count_primes(0, 2**32) == 203280221 and count_primes(0, 2**32 - 5) == 203280220   # 2^32 - 5 is prime
+    assert prime_count(2**32, threads=1) == 203280221 and prime_count(2**32 - 6) == 203280220
 
 
 @compiled
