@@ -80,8 +80,7 @@ def cpu_rows(ns: list[int], repeat: int, program: str | None = None) -> list[tup
                     ps.set_num_threads(threads)
                     count, seconds = best_of(lambda: ps.count_primes(n), repeat)
                 else:
-                    runs = [primesieve_program(program, n, threads) for _ in range(repeat)]
-                    count, seconds = runs[0][0], min(r[1] for r in runs)
+                    count, seconds = program_best(program, n, threads, repeat)
                 assert count == KNOWN[n], (n, count)
                 anchor[threads] = seconds
                 rows.append((n, "primesieve", threads, seconds, None))
@@ -107,6 +106,12 @@ def primesieve_program(path: str, n: int, threads: int) -> tuple[int, float]:
     return count, seconds
 
 
+def program_best(path: str, n: int, threads: int, repeat: int) -> tuple[int, float]:
+    """(count, best seconds) of `repeat` runs of the primesieve program."""
+    runs = [primesieve_program(path, n, threads) for _ in range(repeat)]
+    return runs[0][0], min(seconds for _, seconds in runs)
+
+
 def anchor_rows(ns: list[int], repeat: int, program: str | None) -> list[tuple]:
     """primesieve on every core, for the GPU rows: the module if importable, else the program."""
     cores = os.cpu_count() or 1
@@ -117,8 +122,7 @@ def anchor_rows(ns: list[int], repeat: int, program: str | None) -> list[tuple]:
             ps.set_num_threads(cores)
             count, seconds = best_of(lambda: ps.count_primes(n), repeat)
         elif program:
-            runs = [primesieve_program(program, n, cores) for _ in range(repeat)]
-            count, seconds = runs[0][0], min(r[1] for r in runs)
+            count, seconds = program_best(program, n, cores, repeat)
         else:
             print("no primesieve (module or --primesieve PATH): the GPU rows have no anchor")
             return []

@@ -37,9 +37,7 @@ def prime_count(n: Any, device: str = "cpu", threads: int | None = None) -> int:
         raise ConfigError("n", f"expected n < 2^64, got {n}")
     if n >= LMO_FROM[_device(device)]:
         _checked_threads(device, threads)
-        if device == "cuda":
-            backend.get("cuda")
-        return lmo.prime_count(n, device)
+        return lmo.prime_count(n, device)             # (BackendError first where there is no usable GPU)
     return _count(0, n + 1, device, threads)
 
 

@@ -16,13 +16,15 @@ import numpy as np
 from . import jit
 
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1")
-_KERNELS = {"Q8_0": "_q8_0", "Q4_0": "_q4_0", "Q4_1": "_q4_1", "Q5_0": "_q5_0", "Q5_1": "_q5_1"}
+# the 4- and 5-bit layouts: (block bytes, offset m's byte or -1, 5th bits' byte or -1, codes' byte, bias)
+_NIBBLES = {"Q4_0": (18, -1, -1, 2, 8), "Q4_1": (20, 2, -1, 4, 0),
+            "Q5_0": (22, -1, 2, 6, 16), "Q5_1": (24, 2, 4, 8, 0)}
 f32, u32 = np.float32, np.uint32
 
 
 def available() -> bool:
     """Whether these loops run here; compiles them on the first call."""
-    return jit.compile_module(globals(), plain=_KERNELS.values())
+    return jit.compile_module(globals(), plain=("_q8_0", "_nibbles"))
 
 
 def dequantize(data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
@@ -32,12 +34,15 @@ def dequantize(data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
     keeps is the compiler's choice there, so the array code decodes those (rare, broken) weights."""
     if qtype not in TYPES or data.ndim != 2 or out.ndim != 2 or not available():
         return False
-    return bool(globals()[_KERNELS[qtype]](np.asarray(data), out, jit.f16_table()))
+    data, f16 = np.asarray(data), jit.f16_table()
+    if qtype == "Q8_0":
+        return bool(_q8_0(data, out, f16))
+    return bool(_nibbles(data, out, f16, *_NIBBLES[qtype]))
 
 
 # --- kernels: data uint8 [R, row bytes], out float32 [R, cols], f16 the scale table. Value j < 16 of a
 # block is the low nibble of code byte j, value 16 + j its high nibble; bit j of the little-endian u32
-# of Q5_0/Q5_1 adds 16 to value j.
+# of Q5_0/Q5_1 adds 16 to value j. The scale d is at byte 0 of every block.
 
 def _q8_0(data, out, f16):
     for r in range(data.shape[0]):
@@ -49,59 +54,28 @@ def _q8_0(data, out, f16):
     return True
 
 
-def _q4_0(data, out, f16):
-    for r in range(data.shape[0]):
-        row, halves = data[r], data[r].view(np.uint16)
-        for b in range(out.shape[1] // 32):
-            d = f16[halves[9 * b]]
-            for j in range(16):
-                byte = row[18 * b + 2 + j]
-                out[r, 32 * b + j] = f32(np.int32(byte & 15) - 8) * d
-                out[r, 32 * b + 16 + j] = f32(np.int32(byte >> 4) - 8) * d
-    return True
-
-
-def _q4_1(data, out, f16):
+def _nibbles(data, out, f16, size, m_at, fifth_at, codes_at, bias):
+    """Q4_0/Q4_1/Q5_0/Q5_1 (their layout in _NIBBLES): f32(code - bias) * d, plus m where there is one."""
     ok = True
     for r in range(data.shape[0]):
         row, halves = data[r], data[r].view(np.uint16)
         for b in range(out.shape[1] // 32):
-            d, m = f16[halves[10 * b]], f16[halves[10 * b + 1]]
-            ok = ok and not (np.isnan(m) and not np.isfinite(d))
+            d = f16[halves[size // 2 * b]]
+            fifth = u32(0)
+            if fifth_at >= 0:
+                at = (size * b + fifth_at) // 2
+                fifth = u32(halves[at]) | (u32(halves[at + 1]) << u32(16))
+            if m_at >= 0:
+                m = f16[halves[(size * b + m_at) // 2]]
+                ok = ok and not (np.isnan(m) and not np.isfinite(d))
             for j in range(16):
-                byte = row[20 * b + 4 + j]
-                out[r, 32 * b + j] = f32(byte & 15) * d + m
-                out[r, 32 * b + 16 + j] = f32(byte >> 4) * d + m
-    return ok
-
-
-def _q5_0(data, out, f16):
-    for r in range(data.shape[0]):
-        row, halves = data[r], data[r].view(np.uint16)
-        for b in range(out.shape[1] // 32):
-            d = f16[halves[11 * b]]
-            fifth = u32(halves[11 * b + 1]) | (u32(halves[11 * b + 2]) << u32(16))
-            for j in range(16):
-                byte = row[22 * b + 6 + j]
+                byte = row[size * b + codes_at + j]
                 lo = np.int32(byte & 15) | np.int32(((fifth >> u32(j)) & u32(1)) << u32(4))
                 hi = np.int32(byte >> 4) | np.int32(((fifth >> u32(j + 16)) & u32(1)) << u32(4))
-                out[r, 32 * b + j] = f32(lo - 16) * d
-                out[r, 32 * b + 16 + j] = f32(hi - 16) * d
-    return True
-
-
-def _q5_1(data, out, f16):
-    ok = True
-    for r in range(data.shape[0]):
-        row, halves = data[r], data[r].view(np.uint16)
-        for b in range(out.shape[1] // 32):
-            d, m = f16[halves[12 * b]], f16[halves[12 * b + 1]]
-            ok = ok and not (np.isnan(m) and not np.isfinite(d))
-            fifth = u32(halves[12 * b + 2]) | (u32(halves[12 * b + 3]) << u32(16))
-            for j in range(16):
-                byte = row[24 * b + 8 + j]
-                lo = np.int32(byte & 15) | np.int32(((fifth >> u32(j)) & u32(1)) << u32(4))
-                hi = np.int32(byte >> 4) | np.int32(((fifth >> u32(j + 16)) & u32(1)) << u32(4))
-                out[r, 32 * b + j] = f32(lo) * d + m
-                out[r, 32 * b + 16 + j] = f32(hi) * d + m
+                if m_at >= 0:
+                    out[r, 32 * b + j] = f32(lo - bias) * d + m
+                    out[r, 32 * b + 16 + j] = f32(hi - bias) * d + m
+                else:
+                    out[r, 32 * b + j] = f32(lo - bias) * d
+                    out[r, 32 * b + 16 + j] = f32(hi - bias) * d
     return ok
