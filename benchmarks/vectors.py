@@ -182,7 +182,8 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dim", type=int, default=384)
-    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--queries", default="1000",
+                        help="queries per batch; a comma list times exact search at each (IVF: the largest)")
     parser.add_argument("-k", type=int, default=10)
     parser.add_argument("--nlist", type=int, default=1024)
     parser.add_argument("--nprobe", type=int, default=16)
@@ -190,9 +191,10 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args()
     parts = args.parts.split(",")
+    batches = [int(b) for b in args.queries.split(",")]
     print(f"# loom {loom.__version__}: {args.n} x {args.dim} float32, {args.queries} queries, k={args.k}, "
           f"device {args.device}, {os.cpu_count()} cpus")
-    x, q = data(args.n, args.dim, args.queries)
+    x, q = data(args.n, args.dim, max(batches))
     results = {}
     with tempfile.TemporaryDirectory() as root:
         if "insert" in parts:
@@ -203,8 +205,9 @@ def main() -> None:
                 fill(store, x)
                 if "exact" in parts:
                     run = exact_gpu if args.device == "cuda" else exact_cpu
-                    results["exact"] = run(store, x, q, args.k)
-                    print("exact", json.dumps(results["exact"]))
+                    for b in batches:
+                        results[f"exact_{b}"] = run(store, x, q[:b], args.k)
+                        print("exact", json.dumps(results[f"exact_{b}"]))
                 if "ivf" in parts:
                     results["ivf"] = ivf(store, x, q, args.k, args.nlist, args.nprobe)
                     print("ivf", json.dumps(results["ivf"]))

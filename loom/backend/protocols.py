@@ -220,9 +220,32 @@ class OrderKernels(Protocol):
 class SearchKernels(Protocol):
     """loom.db.search's filter and exact refinement in one kernel each (None: its array-module path)."""
 
-    def group_max(self, s: Array, groups: int) -> Array:
-        """[groups, queries]: the maximum of each query's rows g, g + groups, ... of s [rows, queries]
-        (rows up to a multiple of groups)."""
+    CAPACITY: int     # candidates one query may keep in the one-pass selection
+
+    def group_max(self, s: Array, groups: int, slices: int | None = None) -> Array:
+        """[slices * groups, queries]: the maxima of each query's rows in disjoint parts of the
+        interleaved groups g, g + groups, ... of s [rows, queries] (rows up to a multiple of groups)."""
+
+    def threshold(self, x: Array, seg: Array | None, q: Array, largest: Array, l2: bool, k: int) -> Array:
+        """Each query's filter threshold from the k-th best of its values (columns of x, or the
+        segments seg of x), with the bound of the query q[i] and the largest row norm."""
+
+    def collect(self, s: Array, th: Array) -> tuple[Array, Array]:
+        """(rows [queries, CAPACITY], counts): each query's rows of s [rows, queries] at or above th."""
+
+    def collect_segments(self, s: Array, srow: Array, seg: Array, th: Array) -> tuple[Array, Array]:
+        """collect for scores in segments (query i's: s[seg[i]:seg[i + 1]], of rows srow)."""
+
+    def top(self, matrix: Array, q: Array, ids: Array, rows: Array, count: Array, k: int,
+            l2: bool) -> tuple[Any, Any, Any]:
+        """(ids, scores, status) on the host: each query's k best collected rows by exact score."""
+
+    def probe_group(self, dim: int) -> int:
+        """Pairs per block of probe_scores at this dim (0: too wide)."""
+
+    def probe_scores(self, part: tuple, q: Array, pairs: Array, plist: Array, dest: Array, nprobe: int,
+                     out: Array, rows: Array) -> None:
+        """IVF filter scores of one part of an index for the (query, list) pairs, into out and rows."""
 
     def above(self, s: Array, th: Array, start: int, limit: int) -> tuple[Array, Array, Array] | None:
         """(query numbers, start + row numbers, scores) of the entries of s [rows, queries] at or

@@ -16,6 +16,11 @@ bit portable: its float32 scores come from the backend's GEMM, so the rows kept 
 `keep`-th best) may differ between backends; the exact refinement then gives the same answer wherever
 the true top k is among the kept rows of both.
 
+On a GPU, search.probed goes another way: `probe_scores` scores every probed row on the device
+(one kernel; each block reads a list once for up to 16 of the queries probing it) and the search
+kernels keep, per query, every row within the certified margin of its k-th best, so the answer is
+the exact top k of the probed lists.
+
 The lists are kept contiguous in a permuted copy of the store's rows (a second copy of the vectors,
 as faiss's inverted lists are), built lazily by `candidates`. Rows added later are "pending" (scored
 by list from a small per-call copy) and a removed row leaves a tombstone (never returned), so
@@ -49,6 +54,7 @@ METRICS = ("cosine", "dot", "l2")
 POINTS_PER_CENTROID = 256       # faiss's max_points_per_centroid: the default training sample
 QUERY_BLOCK = 4096              # queries probed at a time in candidates
 PENDING_MIN = 4096              # pending rows below which the list copy is never rebuilt
+PROBED_ENTRIES = 1 << 25        # probe_scores' entries per block of queries (12 bytes each)
 
 MAGIC = b"LOOMIVF1"
 HEADER = struct.Struct("<8sIIIQI")   # magic, metric, dim, nlist, rows, CRC-32 of everything after
@@ -197,12 +203,9 @@ class IVFIndex:
         that probe it with one GEMM, each (query, probe)'s best `keep` set aside, then each query's best."""
         be, xp = self.be, self.be.xp
         m = int(q.shape[0])
-        coarse = self._coarse.scores(q)
+        flat = self._probes(q, nprobe)                  # pair i * nprobe + j: query i's j-th list
         if self.metric == "l2":
             q = 2 * q                   # exact: the list scores are then 2 q.x - |x|^2 with one pass
-        probes = (xp.argpartition(-coarse, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist
-                  else xp.broadcast_to(xp.arange(self.nlist), (m, nprobe)))
-        flat = probes.reshape(-1)                        # pair i * nprobe + j: query i's j-th list
         pairs = stable_argsort(xp, flat, 0)
         lists = be.to_numpy(flat[pairs])
         first = np.flatnonzero(np.r_[True, lists[1:] != lists[:-1]])
@@ -243,6 +246,48 @@ class IVFIndex:
         order = stable_argsort(xp, -best_s, 1)
         best_s, best_r = xp.take_along_axis(best_s, order, axis=1), xp.take_along_axis(best_r, order, axis=1)
         return xp.where(best_s == -np.inf, -1, best_r)
+
+    def _probes(self, q: Array, nprobe: int) -> Array:
+        """The lists each query probes, flat: entry i * nprobe + j is query i's j-th (any order)."""
+        xp = self.be.xp
+        coarse = self._coarse.scores(q)
+        probes = (xp.argpartition(-coarse, nprobe - 1, axis=1)[:, :nprobe] if nprobe < self.nlist
+                  else xp.broadcast_to(xp.arange(self.nlist), (q.shape[0], nprobe)))
+        return probes.reshape(-1)
+
+    def probe_scores(self, matrix: Array, queries: Array, nprobe: int,
+                     allowed: Array | None = None) -> tuple[Array, Array, Array]:
+        """Every probed row's filter score, grouped by query, on a backend with search kernels:
+        (scores float32 [total], rows int64 [total], seg int64 [m + 1]): query i's are
+        scores[seg[i]:seg[i + 1]], of the store rows `rows` (float32 GEMM-grade scores; l2: 2 q.x -
+        |x|^2; -inf where `allowed` is False or the row was removed). Arguments as candidates'."""
+        be, xp = self.be, self.be.xp
+        nprobe = min(_positive(nprobe, "nprobe"), self.nlist)
+        queries = self._rows(queries, "queries")
+        self._refresh(matrix)
+        parts = [(self._lists, self._list_sq, self._pos_row, self._offsets, self._valid(allowed)),
+                 self._pending_part(matrix, allowed)]
+        parts = [p for p in parts if p is not None and p[0].shape[0]]
+        flat = self._probes(queries, nprobe).astype(np.int64)
+        lengths = [xp.asarray(np.diff(p[3]))[flat] for p in parts]
+        seg = xp.zeros(flat.size + 1, dtype=np.int64)
+        if lengths:
+            xp.cumsum(sum(lengths[1:], lengths[0]), out=seg[1:])
+        total = int(seg[-1])
+        scores, rows = xp.empty(total, dtype=np.float32), xp.empty(total, dtype=np.int64)
+        pairs = stable_argsort(xp, flat, 0)
+        plist = flat[pairs]
+        dest = seg[:-1]
+        for (vectors, sq, row_of, offsets, valid), length in zip(parts, lengths):
+            be.search.probe_scores((vectors, sq, valid, row_of, xp.asarray(offsets)), queries, pairs, plist,
+                                   dest, nprobe, scores, rows)
+            dest = dest + length
+        return scores, rows, xp.ascontiguousarray(seg[::nprobe])
+
+    def query_block(self, nprobe: int) -> int:
+        """Queries per call of probe_scores that keep its scores near PROBED_ENTRIES on average."""
+        per_query = max(1, min(nprobe, self.nlist) * max(1, self.n // self.nlist))
+        return max(1, min(QUERY_BLOCK, PROBED_ENTRIES // per_query))
 
     def _valid(self, allowed: Array | None) -> Array | None:
         """Which snapshot positions may be returned (None: all of them)."""

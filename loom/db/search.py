@@ -17,7 +17,11 @@ GEMM, refine the few candidates with certified exact arithmetic.
    bits on every backend. The top k by those scores, ties broken by the smaller id.
 
 On CUDA the filter's comparisons and the refinement each run as one kernel (backend/cuda/search.py)
-with the same arithmetic; elsewhere they are the array operations below.
+with the same arithmetic; elsewhere they are the array operations below. A block of queries whose
+scores fit one GEMM is searched on CUDA in one pass with one copy back: each query's threshold from
+the k-th best of its group maxima (a radix select), its candidates kept in slots on the device,
+refined and ranked there; a query keeping too many candidates, or one with a score that exact.sum
+must settle, goes the general way.
 
 Scores: "dot" the dot product, "cosine" the dot product of the vectors normalized when stored (the
 queries too), "l2" the squared distance (smallest first). Rows short of k are padded with id -1 and
@@ -28,6 +32,7 @@ from __future__ import annotations
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,6 +40,9 @@ from ..backend import Array
 from ..backend.protocols import Backend
 from ..engine.order_keys import lexsort
 from ..kernels import exact
+
+if TYPE_CHECKING:
+    from .ivf import IVFIndex
 
 REFINE_CHUNK = 1 << 14          # candidates scored exactly at a time
 GROUPS = 1 << 14               # a GPU block's threshold: the k-th best of GROUPS / queries group maxima
@@ -76,25 +84,72 @@ def search(be: Backend, matrix: Array, row_norms: Array, ids: Array, queries: Ar
         return out_ids, out_scores
     k = min(k, n)
     sq = (row_norms ** 2).astype(np.float32) if metric == "l2" else None
-    largest = float(row_norms.max())
+    peak = row_norms.max()              # the largest norm, left on the device for the kernels
     step = blocks(be)[0]
     for start in range(0, m, step):
         q = queries[start:start + step]
+        todo = None
         if be.search is not None:
-            # a few queries' bounds on the host: one copy, where the device would launch eight kernels
-            host = q.shape[0] * q.shape[1] <= 1 << 16
-            bound = _bound(np, be.to_numpy(q), largest, metric) if host else be.to_numpy(_bound(be.xp, q, largest, metric))
-            qi, r, dense = _filter_kernels(be, matrix, sq, q, k, bound)
-            bound = be.xp.asarray(bound)
-        else:
-            bound = _bound(be.xp, q, largest, metric)
-            qi, r, dense = _filter(be, matrix, sq, q, k, metric, bound)
-        _place(_refine(be, matrix, ids, q, qi, r, k, metric), out_ids[start:], out_scores[start:])
-        for i in dense:
-            r, score = _alone(be, matrix, sq, ids, q[i:i + 1], k, metric, bound[i:i + 1])
-            out_ids[start + i, :len(r)] = be.to_numpy(ids[be.xp.asarray(r)])
-            out_scores[start + i, :len(r)] = score
+            found = _top_on_device(be, matrix, sq, ids, q, k, metric, peak)
+            if found is not None:
+                got_ids, got_scores, todo = found
+                out_ids[start:start + q.shape[0], :k], out_scores[start:start + q.shape[0], :k] = got_ids, got_scores
+                if not todo.size:
+                    continue
+                q = q[be.xp.asarray(todo)]
+        got_ids, got_scores = _block(be, matrix, sq, ids, q, k, metric, float(peak))
+        at = start + (np.arange(q.shape[0]) if todo is None else todo)
+        out_ids[at, :k], out_scores[at, :k] = got_ids, got_scores
     return out_ids, out_scores
+
+
+def _block(be, matrix, sq, ids, q, k, metric, largest):
+    """search() for one block of queries, through the filter's candidate lists (the general path)."""
+    m = q.shape[0]
+    out_ids = np.full((m, k), -1, dtype=np.int64)
+    out_scores = np.full((m, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    if be.search is not None:
+        # a few queries' bounds on the host: one copy, where the device would launch eight kernels
+        host = q.shape[0] * q.shape[1] <= 1 << 16
+        bound = _bound(np, be.to_numpy(q), largest, metric) if host else be.to_numpy(_bound(be.xp, q, largest, metric))
+        qi, r, dense = _filter_kernels(be, matrix, sq, q, k, bound)
+        bound = be.xp.asarray(bound)
+    else:
+        bound = _bound(be.xp, q, largest, metric)
+        qi, r, dense = _filter(be, matrix, sq, q, k, metric, bound)
+    _place(_refine(be, matrix, ids, q, qi, r, k, metric), out_ids, out_scores)
+    for i in dense:
+        r, score = _alone(be, matrix, sq, ids, q[i:i + 1], k, metric, bound[i:i + 1])
+        out_ids[i, :len(r)] = be.to_numpy(ids[be.xp.asarray(r)])
+        out_scores[i, :len(r)] = score
+    return out_ids, out_scores
+
+
+def _top_on_device(be, matrix, sq, ids, q, k, metric, peak):
+    """(ids, scores, queries left over) of one block of queries by the backend's one-pass selection
+    (all rows scored by one GEMM, each query's threshold from its group maxima, its candidates kept
+    and ranked on the device, one copy back), or None where it does not apply. peak: the largest
+    row norm (on the device). Queries left over (host int array: too many candidates, or a score to
+    settle with exact.sum) go the general way."""
+    m, n = q.shape[0], matrix.shape[0]
+    q = be.xp.ascontiguousarray(q)
+    groups = min(max(GROUPS // m, 4 * k), GROUPS)
+    if m * n > blocks(be)[1] or n < 2 * groups or groups < k or 4 * k > be.search.CAPACITY \
+            or not _fused(be, matrix, q):
+        return None
+    s = _fast(be, be.xp.ascontiguousarray(q.T), matrix, sq, None)
+    th = be.search.threshold(be.search.group_max(s, groups), None, q, peak, metric == "l2", k)
+    return settle(be, matrix, q, ids, *be.search.collect(s, th), k, metric)
+
+
+def settle(be: Backend, matrix: Array, q: Array, ids: Array, rows: Array, count: Array, k: int,
+           metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids [m, k], scores [m, k], queries left over) on the host from each query's candidate rows
+    kept on the device (SearchKernels.collect): ranked there by exact score; a query with more
+    candidates than the kernels hold, or a score they could not certify, is left over (its rows of
+    the answer are padding)."""
+    got_ids, got_scores, status = be.search.top(matrix, q, ids, rows, count, k, metric == "l2")
+    return got_ids, got_scores, np.flatnonzero(status)
 
 
 def rescore(be: Backend, matrix: Array, ids: Array, queries: Array, rows: Array, k: int,
@@ -112,6 +167,42 @@ def rescore(be: Backend, matrix: Array, ids: Array, queries: Array, rows: Array,
         qi = xp.broadcast_to(xp.arange(block.shape[0])[:, None], block.shape)[valid]
         _place(_refine(be, matrix, ids, queries[start:start + step], qi, block[valid], k, metric),
                out_ids[start:], out_scores[start:])
+    return out_ids, out_scores
+
+
+def probed(be: Backend, index: IVFIndex, matrix: Array, row_norms: Array, ids: Array, queries: Array, k: int, nprobe: int,
+           metric: str, allowed: Array | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [m, k], scores [m, k]) of each query's k best rows of the `nprobe` lists it probes in
+    `index` (an ivf.IVFIndex over matrix's rows), by exact score, padded as search() pads; `allowed`
+    an optional bool mask of the rows that may be returned. On a backend with search kernels every
+    probed row is scored on the device and each query keeps every row the certified threshold of its
+    k-th best allows, so its answer is the exact top k of its probed lists (ties to the smaller id; a
+    query keeping too many is searched exactly over its probed rows); elsewhere the index's
+    `candidates` (its best 2k + 16 by filter score) are refined, which is the same answer unless
+    more than k + 16 rows tie at the k-th score."""
+    m = queries.shape[0]
+    out_ids = np.full((m, k), -1, dtype=np.int64)
+    out_scores = np.full((m, k), np.inf if metric == "l2" else -np.inf, dtype=np.float32)
+    queries = be.xp.ascontiguousarray(queries)
+    gpu = (be.search is not None and index.n and be.search.probe_group(index.dim) > 0
+           and 4 * k <= be.search.CAPACITY and _fused(be, matrix, queries))
+    if not gpu:
+        return rescore(be, matrix, ids, queries, index.candidates(matrix, queries, k, nprobe, allowed), k, metric)
+    peak = row_norms.max()
+    step = index.query_block(nprobe)
+    for start in range(0, m, step):
+        q = queries[start:start + step]
+        scores, rows, seg = index.probe_scores(matrix, q, nprobe, allowed)
+        th = be.search.threshold(scores, seg, q, peak, metric == "l2", k)
+        got_ids, got_scores, todo = settle(be, matrix, q, ids, *be.search.collect_segments(scores, rows, seg, th),
+                                           k, metric)
+        out_ids[start:start + q.shape[0]], out_scores[start:start + q.shape[0]] = got_ids, got_scores
+        seg = be.to_numpy(seg) if todo.size else seg
+        for i in todo.tolist():                  # exact search over the query's probed rows
+            part = slice(int(seg[i]), int(seg[i + 1]))
+            mine = rows[part][scores[part] != -np.inf]
+            got_ids, got_scores = search(be, matrix, row_norms, ids, q[i:i + 1], k, metric, mine)
+            out_ids[start + i], out_scores[start + i] = got_ids[0], got_scores[0]
     return out_ids, out_scores
 
 
@@ -219,7 +310,8 @@ def _filter_kernels(be, matrix, sq, q, k, bound):
         s = _fast(be, qt, block, None if sq is None else sq[start:start + w], scores if w == width else None)
         if w >= k:
             # the maxima selected on the host: a GPU partition costs more launches than the copy
-            tops = be.to_numpy(be.search.group_max(s, groups) if w >= 2 * groups and groups >= k else s)
+            # one slice: the host's partition costs about its row length per query
+            tops = be.to_numpy(be.search.group_max(s, groups, 1) if w >= 2 * groups and groups >= k else s)
             kth = np.partition(np.ascontiguousarray(tops.T), tops.shape[0] - k, axis=1)[:, tops.shape[0] - k]
             th_host = np.maximum(th_host, _threshold(np, kth.astype(np.float64), bound))
             th_host[alone] = np.inf

@@ -308,9 +308,8 @@ class VectorStore:
             if rows is not None:
                 mask = xp.zeros(n, dtype=bool)
                 mask[rows] = True
-            candidates = self._index.candidates(self._matrix[:n], q, int(k), probes, mask)
-            ids, scores = search.rescore(self._be, self._matrix[:n], self._dev_ids[:n], q, candidates, int(k),
-                                         self.metric)
+            ids, scores = search.probed(self._be, self._index, self._matrix[:n], self._norms[:n], self._dev_ids[:n],
+                                        q, int(k), probes, self.metric, mask)
         return (ids[0], scores[0]) if single else (ids, scores)
 
     # --- internals -------------------------------------------------------------------------------
@@ -347,8 +346,8 @@ class VectorStore:
         v = v.astype(np.float32, copy=False)
         if v.ndim not in (1, 2) or v.shape[-1] != self.dim:
             raise ShapeError(f"{what}: expected vectors of dimension {self.dim}, got shape {tuple(v.shape)}")
-        bad = ~(xp.abs(v) <= search.LARGEST)           # NaN and inf fail the comparison too: one pass
-        if bool(bad.any()):
+        if v.size and not float(xp.abs(v).max()) <= search.LARGEST:    # NaN fails the comparison too
+            bad = ~(xp.abs(v) <= search.LARGEST)
             nonfinite = ~xp.isfinite(v)
             at = tuple(int(i) for i in xp.argwhere(nonfinite if bool(nonfinite.any()) else bad)[0])
             if not bool(xp.isfinite(v[at])):

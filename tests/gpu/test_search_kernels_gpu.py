@@ -99,7 +99,20 @@ def test_group_max_is_the_maximum_of_each_interleaved_group(w, m, groups):
     s[-1] = 1e30                                    # past the last whole group: not counted
     rows = w // groups * groups
     want = s[:rows].reshape(-1, groups, m).max(axis=0)
-    got = backend.get("cuda").search.group_max(cupy.asarray(s), groups).get()
+    got = backend.get("cuda").search.group_max(cupy.asarray(s), groups, 1).get()
+    assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("w,m,groups,slices", [(1001, 7, 64, 3), (70000, 3, 1000, 70), (70000, 2, 100, None)])
+def test_group_max_in_slices_is_the_maximum_of_each_part_of_a_group(w, m, groups, slices):
+    s = np.random.default_rng(w).standard_normal((w, m)).astype(np.float32)
+    depth = w // groups
+    got = backend.get("cuda").search.group_max(cupy.asarray(s), groups, slices).get()
+    parts = got.shape[0] // groups
+    per = -(-depth // parts)
+    assert got.shape == (parts * groups, m) and (parts - 1) * per < depth
+    rows = s[:depth * groups].reshape(depth, groups, m)
+    want = np.concatenate([rows[j * per:(j + 1) * per].max(axis=0) for j in range(parts)])
     assert got.tobytes() == want.tobytes()
 
 
