@@ -255,6 +255,29 @@ class SearchKernels(Protocol):
         """(float32 scores certified to be the exact sum's rounding, positions not certified)."""
 
 
+class FlashKernels(Protocol):
+    """Fast mode's causal attention for prompts in one kernel (None: composed from products)."""
+
+    def supports(self, head_dim: int) -> bool: ...
+
+    def attend(self, q: Array, keys: Array, values: Array, pos: int, lo: int, window: int | None,
+               scale: float) -> Array:
+        """The context [B, T, H * D] of queries q [B, T, H, D] at positions pos.. over keys and
+        values [B, KV, n, D] at positions lo.. (causal, within `window` when given)."""
+
+
+class PrefillKernels(Protocol):
+    """Fast mode's fused prompt-layer steps between the bfloat16 GEMMs (llm/decoder.py)."""
+
+    def rms_bf16(self, x: Array, weight: Array, eps: float) -> Array: ...
+
+    def rope_cache(self, qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float, cos: Array,
+                   sin: Array, batch: int, heads: int, kv_heads: int, cache_k: Array, cache_v: Array,
+                   pos: int) -> Array: ...
+
+    def swiglu_bf16(self, gu: Array, bias: Array | None) -> Array: ...
+
+
 class Collectives(Protocol):
     """NCCL for loom.distributed (the CUDA backend's; None on the CPU)."""
 
@@ -280,6 +303,8 @@ class Backend(Protocol):
     compute: ComputeKernels | None
     order: OrderKernels | None
     search: SearchKernels | None
+    flash: FlashKernels | None
+    prefill: PrefillKernels | None
     collectives: Collectives | None
 
     def asarray(self, x: ArrayLike | Array, dtype: DTypeLike = None) -> Array: ...

@@ -384,9 +384,62 @@ class Decoder:
         h = self.embed_ids(ids)
         pos = cache.length
         cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
+        fast = self._prefill_kernels(B * T)
         for i, layer in enumerate(self.layers):
-            h = self._layer(layer, h, cache.layer_k[i], cache.layer_v[i], pos, cos, sin)
+            bf16 = self._bf16_weights(layer) if fast is not None else None
+            if bf16 is not None:
+                h = self._layer_fast(fast, layer, bf16, h, cache.layer_k[i], cache.layer_v[i], pos)
+            else:
+                h = self._layer(layer, h, cache.layer_k[i], cache.layer_v[i], pos, cos, sin)
         cache.length = pos + T
+        return h
+
+    # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
+    def _prefill_kernels(self, rows: int):
+        """The backend's fused prompt kernels (backend/cuda/prefill.py) where a product of `rows` rows
+        runs on the tensor cores in the current mode and the flash kernel takes the heads; else None."""
+        be = self.backend
+        if (rows <= gemv.MAX_ROWS or not self.tensor_cores or is_deterministic() or be.flash is None
+                or be.prefill is None or not be.flash.supports(self.config.head_dim)):
+            return None
+        return be.prefill
+
+    def _bf16_weights(self, L: _Layer) -> tuple | None:
+        """The layer's four weights as bfloat16 bits [rows, cols] (stored BF16 rows, or the bf16 copies
+        of keep_dense), or None where one is not (float32 weights, block-quantized ones without copies,
+        output biases): that layer runs the composed path."""
+        if L.o_bias is not None or L.down_bias is not None:
+            return None
+        out = []
+        for w in (L.qkv, L.o, L.gate_up, L.down):
+            if isinstance(w, BlockQuantized) and w.qtype != "BF16" and self._dense is not None:
+                w = self.dense(w)
+            if not isinstance(w, BlockQuantized) or w.qtype != "BF16":
+                return None
+            out.append(w.data.view(np.uint16))
+        return tuple(out)
+
+    def _layer_fast(self, kernels, L: _Layer, w16: tuple, h: Array, cache_k: Array, cache_v: Array,
+                    pos: int) -> Array:
+        """_layer in nine launches: the products as bfloat16 GEMMs (residuals added by the GEMM), the
+        norms and activation written as bfloat16, RoPE and the cache writes in one kernel, the flash
+        kernel for attention. h [B, T, E] is updated in place."""
+        c, xp = self.config, self.xp
+        B, T, E = h.shape
+        wqkv, wo, wgu, wdown = w16
+        blas = self.backend.blas
+        h2 = h.reshape(B * T, E)
+        qkv = xp.empty((B * T, wqkv.shape[0]), dtype=np.float32)
+        blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln1, c.eps), wqkv, qkv)
+        q = kernels.rope_cache(qkv, L.qkv_bias, L.qk_norm, c.eps, self._cos[pos:pos + T], self._sin[pos:pos + T],
+                               B, c.heads, c.kv_heads, cache_k, cache_v, pos)
+        lo, end = self.first_key(L, pos), pos + T
+        ctx = self.backend.flash.attend(q, cache_k[:, :, lo:end], cache_v[:, :, lo:end], pos, lo, L.window,
+                                        self.scale, out16=True)
+        blas.gemm_bf16_t(ctx.reshape(B * T, -1), wo, h2, accumulate=True)
+        gu = xp.empty((B * T, wgu.shape[0]), dtype=np.float32)
+        blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln2, c.eps), wgu, gu)
+        blas.gemm_bf16_t(kernels.swiglu_bf16(gu, L.gate_up_bias), wdown, h2, accumulate=True)
         return h
 
     def embed_ids(self, ids: np.ndarray) -> Array:
@@ -429,10 +482,17 @@ class Decoder:
     def attend(self, L: _Layer, q: Array, keys: Array, values: Array, pos: int, lo: int) -> Array:
         """Attention of queries q [B, T, H, D] at positions pos.. over the keys and values
         [B, KV, n, D] at positions lo..pos+T-1: the context [B, T, H*D]. Each query's row sees its own
-        keys only (causal, its window), so in deterministic mode its bits do not depend on T."""
+        keys only (causal, its window), so in deterministic mode its bits do not depend on T. In fast
+        mode with tensor_cores, more than gemv.MAX_ROWS queries on a GPU go through the backend's
+        flash kernel (bfloat16 inputs, float32 sums: backend/cuda/flash.py)."""
         c, xp = self.config, self.xp
         B, T = q.shape[:2]
         H, KV, D = c.heads, c.kv_heads, c.head_dim
+        flash = self.backend.flash
+        if (T > gemv.MAX_ROWS and flash is not None and self.tensor_cores and not is_deterministic()
+                and flash.supports(D)):
+            # fast mode's prompts: one kernel on the tensor cores, no [T, n] scores in memory
+            return flash.attend(q, keys, values, pos, lo, L.window, self.scale)
         R, end = H // KV, pos + T
         n = end - lo
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r

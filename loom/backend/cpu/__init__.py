@@ -138,6 +138,8 @@ class CPUBackend:
     compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
     order = None        # order_keys composes its keys from NumPy operations
     search = None       # loom.db.search's NumPy path is its CPU kernel
+    flash = None        # prompts' attention composes its products and softmax (llm/decoder.py)
+    prefill = None      # and their layers compose their element-wise steps
     collectives = None  # loom.distributed on the CPU: its store collective (tests, debugging)
 
     def __init__(self):

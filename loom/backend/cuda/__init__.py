@@ -79,13 +79,15 @@ class CUDABackend:
         self._blas: dict[tuple[int, int], cublas.CuBLAS] = {}
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         # the kernel families (loom/backend/protocols.py)
-        from . import decode, decode_exact, fused, fused_exact, quant, quant_exact, windows
+        from . import decode, decode_exact, flash, fused, fused_exact, prefill, quant, quant_exact, windows
         self.exact = CUDAExact(self)
         self.quant = CUDAQuant(self)
         self.elementwise = CUDAElementwise(self)
         self.fused = fused
         self.fused_exact = fused_exact      # deterministic mode's, with the reference's bits
         self.windows = windows
+        self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
+        self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
         self.decode = CUDADecode(quant, decode, quant_exact, decode_exact)
         from .compute import Compute
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)

@@ -131,9 +131,10 @@ class CuBLAS:
         self._check(status, f"int8 GEMM {list(a.shape)} x {list(bt.shape)}^T")
         return c
 
-    def gemm_bf16_t(self, x16: Array, w16: Array, out: Array) -> None:
-        """out float32 [M, N] = x16 @ w16^T for C-contiguous bfloat16 bits (uint16) x16 [M, K] and w16 [N, K]:
-        the tensor cores' bfloat16 products, summed in float32 (CUBLAS_COMPUTE_32F)."""
+    def gemm_bf16_t(self, x16: Array, w16: Array, out: Array, accumulate: bool = False) -> None:
+        """out float32 [M, N] = x16 @ w16^T (accumulate: out += x16 @ w16^T, cuBLAS's beta = 1) for
+        C-contiguous bfloat16 bits (uint16) x16 [M, K] and w16 [N, K]: the tensor cores' bfloat16
+        products, summed in float32 (CUBLAS_COMPUTE_32F)."""
         rows, k = x16.shape
         n = w16.shape[0]
         if (w16.shape != (n, k) or out.shape != (rows, n) or out.dtype != np.float32
@@ -143,15 +144,17 @@ class CuBLAS:
         if out.size == 0:
             return
         if k == 0:
-            out.fill(0)
+            if not accumulate:
+                out.fill(0)
             return
         self._bind_stream()
         one, zero = self._scalars[np.dtype(np.float32)]
+        beta = one if accumulate else zero
         # column-major: C^T (n x rows) = (w16 stored, k x n)^T . (x16 stored, k x rows)
         status = self.lib.cublasGemmEx(
             self.handle, _OP_T, _OP_N, n, rows, k, ctypes.byref(one),
             ctypes.c_void_p(w16.data.ptr), _CUDA_R_16BF, k, ctypes.c_void_p(x16.data.ptr), _CUDA_R_16BF, k,
-            ctypes.byref(zero), ctypes.c_void_p(out.data.ptr), _CUDA_R_32F, n, _COMPUTE_32F, _GEMM_DEFAULT)
+            ctypes.byref(beta), ctypes.c_void_p(out.data.ptr), _CUDA_R_32F, n, _COMPUTE_32F, _GEMM_DEFAULT)
         self._check(status, f"bfloat16 GEMM {list(x16.shape)} x {list(w16.shape)}^T")
 
     def _gemm(self, a, b, c, batch) -> None:

@@ -1,0 +1,243 @@
+"""Causal attention for prompts in one kernel on the tensor cores (fast mode): the flash-attention
+scheme, so the [queries, keys] scores are never written to memory.
+
+A block takes 64 queries of one head (four warps of 16). Keys and values come in tiles of 64, read
+once per block as float32, rounded to bfloat16 (nearest, even) into shared memory (values
+transposed). Each warp forms its 16 x 64 scores with `mma.sync.m16n8k16` (bfloat16 inputs, float32
+sums), masks them (causal, the sliding window, keys past the end), and keeps a running maximum and
+sum per row in float32 (exp2 of the scores times scale log2(e)); the probabilities, rounded to
+bfloat16, multiply the value tile on the tensor cores into float32 outputs held in registers. At the
+end each row is divided by its sum.
+
+This is fast mode's arithmetic: queries, keys, values and probabilities are rounded to bfloat16, as
+transformers' bfloat16 models and PyTorch's flash kernels do; the result is within a few bfloat16
+ulps of float32 attention. Deterministic mode never calls it. The output of a query depends only on
+its own row and its keys (not on the other queries of the launch), and the launch has no atomics: the
+same inputs give the same bits every time.
+"""
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import cupy
+import numpy as np
+
+from .. import Array
+from .compile import OPTIONS, translating
+
+BLOCK_Q = 64          # queries per block (4 warps of 16)
+BLOCK_K = 64          # keys per tile
+
+_SOURCE = r"""
+#define BQ 64
+#define BK 64
+#define KS (HD + 8)       // row stride of the key tile (bfloat16 units): conflict-free fragment loads
+#define VS (BK + 8)       // row stride of the transposed value tile
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ u32 bf16_bits(float x) {          // round to nearest, ties to even
+    const u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;   // NaN stays NaN
+    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+__device__ __forceinline__ u32 pack(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+
+__device__ __forceinline__ void store2(void* out, int out16, long long at, float a, float b) {
+    if (out16) *(u32*)((u16*)out + at) = pack(a, b);
+    else *(float2*)((float*)out + at) = make_float2(a, b);
+}
+
+__device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                 "{%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// q [B, T, H, HD] (strides qb, qt, qh in floats), keys and values [B, KV, n, HD] (strides kb, kh, kt),
+// out [B, T, H * HD] (float32, or bfloat16 bits when out16). Query i sits at position pos + i, key j
+// at lo + j; query i sees key j when lo + j <= pos + i and (window == 0 or lo + j > pos + i - window).
+// Head h reads key head h / R.
+extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
+        const float* __restrict__ q, long long qb, long long qt, long long qh,
+        const float* __restrict__ k, const float* __restrict__ v, long long kb, long long kh, long long kt,
+        void* __restrict__ out, int out16, int T, int n, int H, int R, long long pos, long long lo, long long window,
+        float scale_log2) {
+    __shared__ __align__(16) u16 ks[BK * KS];
+    __shared__ __align__(16) u16 vt[HD * VS];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z;
+    const int q0 = blockIdx.x * BQ, row0 = q0 + warp * 16;
+    const float* qp = q + b * qb + h * qh;
+    const float* kp = k + b * kb + (long long)(h / R) * kh;
+    const float* vp = v + b * kb + (long long)(h / R) * kh;
+
+    // this warp's 16 query rows as A fragments, one per 16 dimensions
+    u32 qa[HD / 16][4];
+#pragma unroll
+    for (int s = 0; s < HD / 16; ++s) {
+        const int d = s * 16 + 2 * t;
+        float2 x0 = make_float2(0.f, 0.f), x1 = x0, x2 = x0, x3 = x0;
+        if (row0 + g < T) {
+            x0 = *(const float2*)(qp + (row0 + g) * qt + d);
+            x2 = *(const float2*)(qp + (row0 + g) * qt + d + 8);
+        }
+        if (row0 + g + 8 < T) {
+            x1 = *(const float2*)(qp + (row0 + g + 8) * qt + d);
+            x3 = *(const float2*)(qp + (row0 + g + 8) * qt + d + 8);
+        }
+        qa[s][0] = pack(x0.x, x0.y);
+        qa[s][1] = pack(x1.x, x1.y);
+        qa[s][2] = pack(x2.x, x2.y);
+        qa[s][3] = pack(x3.x, x3.y);
+    }
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+    const float NEG = __int_as_float(0xff800000);
+    float m0 = NEG, m1 = NEG, l0 = 0.f, l1 = 0.f;
+    const long long p0 = pos + row0 + g, p1 = p0 + 8;          // this thread's two rows' positions
+
+    // the keys the block's queries can see: [first, last)
+    const long long qfirst = pos + q0, qlast = pos + min(q0 + BQ, T) - 1;
+    long long first = window ? qfirst - window + 1 - lo : 0;
+    first = first < 0 ? 0 : first;
+    long long last = qlast - lo + 1;
+    last = last > n ? n : last;
+    for (long long j0 = first / BK * BK; j0 < last; j0 += BK) {
+        __syncthreads();
+        for (int e = threadIdx.x; e < BK * HD / 4; e += blockDim.x) {      // 4 dimensions a thread
+            const int key = e / (HD / 4), d = (e - key * (HD / 4)) * 4;
+            float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
+            if (j0 + key < n) {
+                kx = *(const float4*)(kp + (j0 + key) * kt + d);
+                vx = *(const float4*)(vp + (j0 + key) * kt + d);
+            }
+            *(uint2*)(ks + key * KS + d) = make_uint2(pack(kx.x, kx.y), pack(kx.z, kx.w));
+            vt[(d + 0) * VS + key] = (u16)bf16_bits(vx.x);
+            vt[(d + 1) * VS + key] = (u16)bf16_bits(vx.y);
+            vt[(d + 2) * VS + key] = (u16)bf16_bits(vx.z);
+            vt[(d + 3) * VS + key] = (u16)bf16_bits(vx.w);
+        }
+        __syncthreads();
+        if (row0 >= T) continue;                                 // (after the barrier: all threads load)
+
+        float s[BK / 8][4];
+#pragma unroll
+        for (int j = 0; j < BK / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
+#pragma unroll
+        for (int st = 0; st < HD / 16; ++st) {
+#pragma unroll
+            for (int j = 0; j < BK / 8; ++j) {
+                const u16* kr = ks + (j * 8 + g) * KS + st * 16 + 2 * t;
+                mma(s[j], qa[st], *(const u32*)kr, *(const u32*)(kr + 8));
+            }
+        }
+        // mask, scale, and the rows' running maxima (a row's values lie in the 4 threads of a quad)
+        float mx0 = NEG, mx1 = NEG;
+#pragma unroll
+        for (int j = 0; j < BK / 8; ++j) {
+#pragma unroll
+            for (int c = 0; c < 4; ++c) {
+                const long long key = j0 + j * 8 + 2 * t + (c & 1), kpos = lo + key;
+                const long long qpos = c < 2 ? p0 : p1;
+                const bool ok = key < n && kpos <= qpos && (window == 0 || kpos > qpos - window);
+                s[j][c] = ok ? s[j][c] * scale_log2 : NEG;
+            }
+            mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
+            mx1 = fmaxf(mx1, fmaxf(s[j][2], s[j][3]));
+        }
+#pragma unroll
+        for (int off = 1; off < 4; off <<= 1) {
+            mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, off));
+            mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, off));
+        }
+        const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+        const float b0 = n0 == NEG ? 0.f : n0, b1 = n1 == NEG ? 0.f : n1;   // rows with nothing seen yet
+        const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
+        m0 = n0;
+        m1 = n1;
+        float sum0 = 0.f, sum1 = 0.f;
+        u32 pa[BK / 16][4];
+#pragma unroll
+        for (int j = 0; j < BK / 8; ++j) {
+            const float e0 = exp2f(s[j][0] - b0), e1 = exp2f(s[j][1] - b0);
+            const float e2 = exp2f(s[j][2] - b1), e3 = exp2f(s[j][3] - b1);
+            sum0 += e0 + e1;
+            sum1 += e2 + e3;
+            // the C fragment of keys 8j.. is half of the A fragment of keys 16 (j / 2)..
+            pa[j / 2][(j & 1) * 2 + 0] = pack(e0, e1);
+            pa[j / 2][(j & 1) * 2 + 1] = pack(e2, e3);
+        }
+        l0 = l0 * a0 + sum0;
+        l1 = l1 * a1 + sum1;
+#pragma unroll
+        for (int j = 0; j < HD / 8; ++j) {
+            o[j][0] *= a0;
+            o[j][1] *= a0;
+            o[j][2] *= a1;
+            o[j][3] *= a1;
+        }
+#pragma unroll
+        for (int st = 0; st < BK / 16; ++st) {
+#pragma unroll
+            for (int j = 0; j < HD / 8; ++j) {
+                const u16* vr = vt + (j * 8 + g) * VS + st * 16 + 2 * t;
+                mma(o[j], pa[st], *(const u32*)vr, *(const u32*)(vr + 8));
+            }
+        }
+    }
+    if (row0 >= T) return;
+#pragma unroll
+    for (int off = 1; off < 4; off <<= 1) {
+        l0 += __shfl_xor_sync(0xffffffffu, l0, off);
+        l1 += __shfl_xor_sync(0xffffffffu, l1, off);
+    }
+    const long long stride = (long long)H * HD;
+    const long long at = ((long long)b * T + row0 + g) * stride + (long long)h * HD + 2 * t;
+#pragma unroll
+    for (int j = 0; j < HD / 8; ++j) {
+        if (row0 + g < T) store2(out, out16, at + j * 8, o[j][0] / l0, o[j][1] / l0);
+        if (row0 + g + 8 < T) store2(out, out16, at + 8 * stride + j * 8, o[j][2] / l1, o[j][3] / l1);
+    }
+}
+"""
+
+
+@cache
+def _kernel(head_dim: int):
+    return cupy.RawModule(code=f"#define HD {head_dim}\n" + _SOURCE, options=OPTIONS).get_function(
+        "loom_flash_attention")
+
+
+def supports(head_dim: int) -> bool:
+    """Whether the kernel takes this head size (a multiple of 16, at most 256)."""
+    return head_dim % 16 == 0 and 16 <= head_dim <= 256
+
+
+def attend(q: Array, keys: Array, values: Array, pos: int, lo: int, window: int | None,
+           scale: float, out16: bool = False) -> Array:
+    """Causal attention: the context [B, T, H * D] (float32; out16: bfloat16 bits, uint16) of queries q [B, T, H, D] at positions
+    pos.. over keys and values [B, KV, n, D] at positions lo.. (H a multiple of KV; a query sees keys
+    at or before its position, within `window` positions when given). q may be a strided view whose
+    last axis is contiguous; keys and values views of one layout with contiguous rows."""
+    B, T, H, D = q.shape
+    KV, n = keys.shape[1], keys.shape[2]
+    if not supports(D) or H % KV or keys.shape != values.shape or keys.strides != values.strides:
+        raise ValueError(f"flash attention: unsupported shapes q {q.shape}, keys {keys.shape}, values {values.shape}")
+    for name, a in (("q", q), ("keys", keys), ("values", values)):
+        if a.dtype != np.float32 or a.strides[-1] != 4 or any(s % 16 for s in a.strides[:-1]) or a.data.ptr % 16:
+            raise ValueError(f"flash attention: {name} must be float32 with contiguous, 16-byte aligned rows")
+    out = cupy.empty((B, T, H * D), dtype=np.uint16 if out16 else np.float32)
+    if T == 0 or B == 0:
+        return out
+    qs, ks = [s // 4 for s in q.strides], [s // 4 for s in keys.strides]
+    with translating("flash attention", q, keys, values):
+        _kernel(D)((-(-T // BLOCK_Q), H, B), (128,), (
+            q, np.int64(qs[0]), np.int64(qs[1]), np.int64(qs[2]), keys, values, np.int64(ks[0]), np.int64(ks[1]),
+            np.int64(ks[2]), out, np.int32(out16), np.int32(T), np.int32(n), np.int32(H), np.int32(H // KV), np.int64(pos),
+            np.int64(lo), np.int64(window or 0), np.float32(scale * math.log2(math.e))))
+    return out

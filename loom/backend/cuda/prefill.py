@@ -1,0 +1,159 @@
+"""Fast mode's prompt layers on the GPU in a few launches (llm/decoder.py's `_layer_fast`): the
+element-wise work between the bfloat16 GEMMs, fused.
+
+- rms_bf16: RMSNorm of each row (x / sqrt(mean(x^2) + eps) * weight, in float32) written as
+  bfloat16 bits for the next GEMM: the norm and the rounding in one pass.
+- rope_cache: one warp per (token, head) of the fused q|k|v product: adds the bias, applies
+  qwen3's per-head RMSNorm to q and k, rotates them (HF's rotate-half, the decoder's float32
+  operations: x cos + rot(x) sin) and writes q for the attention kernel and k, v into the cache.
+- swiglu_bf16: silu(gate) * up from the fused gate|up product (bias added), as bfloat16 bits.
+
+Float32 arithmetic as the composed path's, up to the order of the norms' row sums and CUDA's exp:
+fast mode's tolerance, never deterministic mode's.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import cupy
+import numpy as np
+
+from .. import Array
+from .compile import OPTIONS, translating
+
+_SOURCE = r"""
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+__device__ __forceinline__ u16 bf16_bits(float x) {          // round to nearest, ties to even
+    const u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
+    return (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+    return v;
+}
+
+// one warp per row of x [rows, n]
+extern "C" __global__ void loom_rms_bf16(const float* __restrict__ x, const float* __restrict__ w,
+        u16* __restrict__ out, long long rows, int n, float eps) {
+    const long long row = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    const int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* xr = x + row * n;
+    float ss = 0.f;
+    for (int d = lane; d < n; d += 32) ss += xr[d] * xr[d];
+    const float rstd = 1.0f / sqrtf(warp_sum(ss) / (float)n + eps);
+    for (int d = lane; d < n; d += 32) out[row * n + d] = bf16_bits(xr[d] * rstd * w[d]);
+}
+
+// warp (r, j): token row r = b T + t of qkv [B T, (H + 2 KV) D], head j (q heads, k heads, v heads).
+// q goes to q_out [B T, H, D]; k and v to the caches at (b, head, pos + t) (strides cb, ch, ct floats).
+extern "C" __global__ void loom_rope_cache(const float* __restrict__ qkv, const float* __restrict__ bias,
+        int has_bias, const float* __restrict__ qkn, int has_qkn, float eps, const float* __restrict__ cosv,
+        const float* __restrict__ sinv, long long rows, int T, int H, int KV, int D, float* __restrict__ q_out,
+        float* __restrict__ ck, float* __restrict__ cv, long long cb, long long ch, long long ct, long long pos) {
+    extern __shared__ float buf[];
+    const int heads = H + 2 * KV, lane = threadIdx.x & 31;
+    const long long wid = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
+    if (wid >= rows * heads) return;
+    const long long r = wid / heads;
+    const int j = (int)(wid - r * heads);
+    const long long b = r / T, t = r - b * T;
+    float* sh = buf + (threadIdx.x >> 5) * D;
+    const float* src = qkv + r * heads * D + (long long)j * D;
+    for (int d = lane; d < D; d += 32) sh[d] = has_bias ? src[d] + bias[j * D + d] : src[d];
+    __syncwarp();
+    if (j >= H + KV) {
+        float* dst = cv + b * cb + (long long)(j - H - KV) * ch + (pos + t) * ct;
+        for (int d = lane; d < D; d += 32) dst[d] = sh[d];
+        return;
+    }
+    if (has_qkn) {
+        float ss = 0.f;
+        for (int d = lane; d < D; d += 32) ss += sh[d] * sh[d];
+        const float rstd = 1.0f / sqrtf(warp_sum(ss) / (float)D + eps);
+        __syncwarp();
+        for (int d = lane; d < D; d += 32) sh[d] = sh[d] * rstd * qkn[j * D + d];
+        __syncwarp();
+    }
+    const int half = D / 2;
+    const float* c = cosv + t * D;
+    const float* s = sinv + t * D;
+    float* dst = j < H ? q_out + (r * H + j) * (long long)D
+                       : ck + b * cb + (long long)(j - H) * ch + (pos + t) * ct;
+    for (int d = lane; d < D; d += 32) {
+        const float rot = d < half ? -sh[d + half] : sh[d - half];
+        dst[d] = sh[d] * c[d] + rot * s[d];
+    }
+}
+
+// silu(gate) * up of gu [rows, 2 I] (gate columns first) as bfloat16 bits [rows, I]
+extern "C" __global__ void loom_swiglu_bf16(const float* __restrict__ gu, const float* __restrict__ bias,
+        int has_bias, u16* __restrict__ out, long long rows, int I) {
+    const long long total = rows * I;
+    for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
+         i += (long long)gridDim.x * blockDim.x) {
+        const long long r = i / I;
+        const int c = (int)(i - r * I);
+        float g = gu[r * 2 * I + c], u = gu[r * 2 * I + I + c];
+        if (has_bias) {
+            g = g + bias[c];
+            u = u + bias[I + c];
+        }
+        const float sig = g >= 0.f ? 1.0f / (1.0f + expf(-g)) : expf(g) / (1.0f + expf(g));
+        out[i] = bf16_bits(g * sig * u);
+    }
+}
+"""
+
+
+@cache
+def _module():
+    return cupy.RawModule(code=_SOURCE, options=OPTIONS)
+
+
+def rms_bf16(x: Array, weight: Array, eps: float) -> Array:
+    """bfloat16 bits (uint16 [rows, n]) of RMSNorm(x) * weight for x float32 [rows, n] (C-contiguous)."""
+    rows, n = x.shape
+    out = cupy.empty((rows, n), dtype=np.uint16)
+    with translating("prefill rms_norm", x):
+        _module().get_function("loom_rms_bf16")((-(-rows // 8),), (256,), (
+            x, weight, out, np.int64(rows), np.int32(n), np.float32(eps)))
+    return out
+
+
+def rope_cache(qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float, cos: Array, sin: Array,
+               batch: int, heads: int, kv_heads: int, cache_k: Array, cache_v: Array, pos: int) -> Array:
+    """q [B, T, H, D] float32, rotated, from the fused product qkv [B T, (H + 2 KV) D] (bias [(H + 2
+    KV) D] added; qk_norm [H + KV, D]: per-head RMSNorm before the rotation); the rotated keys and
+    the values written into cache_k, cache_v [B, KV, positions, D] at positions pos.. . cos, sin
+    [T, D]: the tables at those positions."""
+    rows = qkv.shape[0]
+    T, D = rows // batch, cos.shape[1]
+    q = cupy.empty((batch, T, heads, D), dtype=np.float32)
+    cb, ch, ct = (s // 4 for s in cache_k.strides[:3])
+    if cache_v.strides != cache_k.strides:
+        raise ValueError("rope_cache: the key and value caches must share a layout")
+    warps = rows * (heads + 2 * kv_heads)
+    with translating("prefill rope and cache", qkv):
+        _module().get_function("loom_rope_cache")((-(-warps // 8),), (256,), (
+            qkv, qkv if bias is None else bias, np.int32(bias is not None), qkv if qk_norm is None else qk_norm,
+            np.int32(qk_norm is not None), np.float32(eps), cos, sin, np.int64(rows), np.int32(T), np.int32(heads),
+            np.int32(kv_heads), np.int32(D), q, cache_k, cache_v, np.int64(cb), np.int64(ch), np.int64(ct),
+            np.int64(pos)), shared_mem=8 * D * 4)
+    return q
+
+
+def swiglu_bf16(gu: Array, bias: Array | None) -> Array:
+    """bfloat16 bits [rows, I] of silu(gate) * up for gu float32 [rows, 2 I] (gate | up, bias [2 I])."""
+    rows, width = gu.shape
+    out = cupy.empty((rows, width // 2), dtype=np.uint16)
+    total = rows * (width // 2)
+    with translating("prefill swiglu", gu):
+        _module().get_function("loom_swiglu_bf16")((max(1, min(-(-total // 256), 1 << 16)),), (256,), (
+            gu, gu if bias is None else bias, np.int32(bias is not None), out, np.int64(rows),
+            np.int32(width // 2)))
+    return out

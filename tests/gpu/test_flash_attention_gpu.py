@@ -1,0 +1,123 @@
+"""backend/cuda/flash.py against attention in float64 on fresh random inputs: causal masks, chunked
+prompts after cached keys, sliding windows, grouped heads, head sizes 64 and 128, strided queries;
+and the decoder's fast-mode prompts through it against its float32 composition."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+import loom
+from loom.backend.cuda import flash
+from loom.llm.decoder import Decoder, DecoderConfig
+
+from .test_decode_graph import CONFIG, _quant_weights
+
+cupy = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+
+
+def _bf16(x):
+    return x.astype(ml_dtypes.bfloat16).astype(np.float64)
+
+
+def _reference(q, k, v, pos, lo, window, scale, rounded=True):
+    """float64 attention of q [B, T, H, D] over k, v [B, KV, n, D] (inputs rounded to bfloat16 first
+    when `rounded`): [B, T, H * D]."""
+    cast = _bf16 if rounded else (lambda a: a.astype(np.float64))
+    q, k, v = cast(q), cast(k), cast(v)
+    B, T, H, D = q.shape
+    KV, n = k.shape[1], k.shape[2]
+    kk = np.repeat(k, H // KV, axis=1)                         # [B, H, n, D]
+    vv = np.repeat(v, H // KV, axis=1)
+    s = np.einsum("bthd,bhnd->bhtn", q, kk) * scale
+    qpos = pos + np.arange(T)[:, None]
+    kpos = lo + np.arange(n)[None, :]
+    ok = kpos <= qpos
+    if window:
+        ok &= kpos > qpos - window
+    s = np.where(ok, s, -np.inf)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    return np.einsum("bhtn,bhnd->bthd", p, vv).reshape(B, T, H * D)
+
+
+@pytest.mark.parametrize("B,T,H,KV,D,pos,lo,window", [
+    (1, 17, 3, 3, 64, 0, 0, None),         # fewer queries than a block
+    (1, 200, 9, 3, 64, 0, 0, None),        # grouped heads, a partial last block
+    (2, 130, 4, 1, 128, 0, 0, None),       # head size 128, batch 2
+    (1, 100, 2, 2, 64, 300, 0, None),      # a chunk after 300 cached positions
+    (1, 150, 4, 2, 64, 90, 0, 64),         # a sliding window over cached keys
+    (1, 96, 2, 1, 32, 200, 150, 100),      # keys from a window's first position on
+    (1, 64, 2, 2, 16, 0, 0, None),
+])
+def test_flash_attention_matches_float64(B, T, H, KV, D, pos, lo, window):
+    rng = np.random.default_rng(T + pos)
+    n = pos + T - lo
+    qkv = rng.standard_normal((B, T, H + 2 * KV, D)).astype(np.float32) * 2
+    q = qkv[:, :, :H]                                          # strided, as the decoder's view is
+    cache = rng.standard_normal((2, B, KV, n + 7, D)).astype(np.float32)
+    k, v = cache[0, :, :, :n], cache[1, :, :, :n]
+    scale = 1 / np.sqrt(D)
+    dq = cupy.asarray(qkv)[:, :, :H]
+    dc = cupy.asarray(cache)
+    got = cupy.asnumpy(flash.attend(dq, dc[0, :, :, :n], dc[1, :, :, :n], pos, lo, window, scale))
+    want = _reference(q, k, v, pos, lo, window, scale)
+    exact = _reference(q, k, v, pos, lo, window, scale, rounded=False)
+    top = np.abs(v).max()
+    assert np.abs(got - want).max() < 4e-3 * top              # the probabilities' bfloat16 rounding only
+    assert np.abs(got - exact).max() < 3e-2 * top
+    assert np.isfinite(got).all()
+    again = cupy.asnumpy(flash.attend(dq, dc[0, :, :, :n], dc[1, :, :, :n], pos, lo, window, scale))
+    assert again.tobytes() == got.tobytes()                   # no atomics: the same bits every time
+
+
+def test_flash_attention_is_causal():
+    """Changing a later key changes no earlier query's output."""
+    rng = np.random.default_rng(1)
+    q = cupy.asarray(rng.standard_normal((1, 128, 2, 64)).astype(np.float32))
+    k = rng.standard_normal((1, 2, 128, 64)).astype(np.float32)
+    v = rng.standard_normal((1, 2, 128, 64)).astype(np.float32)
+    a = cupy.asnumpy(flash.attend(q, cupy.asarray(k), cupy.asarray(v), 0, 0, None, 0.125))
+    k[:, :, 100:] += 5
+    v[:, :, 100:] -= 3
+    b = cupy.asnumpy(flash.attend(q, cupy.asarray(k), cupy.asarray(v), 0, 0, None, 0.125))
+    assert a[:, :100].tobytes() == b[:, :100].tobytes()
+    assert not np.array_equal(a[:, 100:], b[:, 100:])
+
+
+def test_flash_attention_refuses_what_it_cannot_take():
+    q = cupy.zeros((1, 20, 2, 24), dtype=np.float32)
+    k = cupy.zeros((1, 2, 20, 24), dtype=np.float32)
+    with pytest.raises(ValueError, match="unsupported"):
+        flash.attend(q, k, k, 0, 0, None, 0.2)
+    assert not flash.supports(24) and flash.supports(64) and flash.supports(128)
+
+
+@pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3"])
+def test_decoder_prompts_use_it_and_stay_close_to_float32(kind):
+    """The fused prompt layers (flash attention, backend/cuda/prefill.py) for every architecture: a
+    sliding window (mistral), q|k|v biases (qwen2), per-head norms (qwen3); two chunks, the second
+    attending to the first through the cache."""
+    cfg = {**CONFIG, "max_position_embeddings": 512, "model_type": kind}
+    if kind == "mistral":
+        cfg |= {"sliding_window": 48}
+    config = DecoderConfig.from_hf(cfg)
+    weights = _quant_weights("BF16", cfg)
+    prompt = np.random.default_rng(3).integers(0, cfg["vocab_size"], (1, 150))
+    with loom.deterministic(False):
+        fast, plain = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda", tensor_cores=False)
+        calls = []
+        real = flash.attend
+        mp = pytest.MonkeyPatch()
+        mp.setattr(flash, "attend", lambda *a, **k: calls.append(1) or real(*a, **k))
+        try:
+            cache = fast.new_cache(200)
+            got = cupy.asnumpy(fast.forward(prompt[:, :100], cache))
+            got2 = cupy.asnumpy(fast.forward(prompt[:, 100:], cache))          # a second chunk after the cache
+        finally:
+            mp.undo()
+        assert len(calls) == 2 * config.layers
+        pc = plain.new_cache(200)
+        want = cupy.asnumpy(plain.forward(prompt[:, :100], pc))
+        want2 = cupy.asnumpy(plain.forward(prompt[:, 100:], pc))
+    for g, w in ((got, want), (got2, want2)):
+        assert np.abs(g - w).max() / np.abs(w).max() < 2e-2

@@ -1,0 +1,70 @@
+"""backend/cuda/prefill.py against the decoder's composed float32 operations on fresh random inputs:
+RoPE with the cache writes (the same bits without per-head norms), the norms and the activation
+rounded to bfloat16."""
+import ml_dtypes
+import numpy as np
+import pytest
+
+from loom.backend.cuda import prefill
+from loom.llm import decoder
+
+cupy = pytest.importorskip("cupy")
+pytestmark = pytest.mark.gpu
+
+
+def _bf16(bits):
+    return cupy.asnumpy(bits).view(ml_dtypes.bfloat16).astype(np.float32)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_rope_cache_is_the_composed_rotation_and_cache_writes(bias):
+    rng = np.random.default_rng(1)
+    B, T, H, KV, D, pos = 2, 37, 4, 2, 64, 5
+    qkv = rng.standard_normal((B * T, (H + 2 * KV) * D)).astype(np.float32)
+    b = rng.standard_normal((H + 2 * KV) * D).astype(np.float32) if bias else None
+    ang = rng.standard_normal((T, D)).astype(np.float32)
+    cos, sin = np.cos(ang), np.sin(ang)
+    ck = cupy.zeros((B, KV, 60, D), dtype=np.float32)
+    cv = cupy.zeros((B, KV, 60, D), dtype=np.float32)
+    q = prefill.rope_cache(cupy.asarray(qkv), None if b is None else cupy.asarray(b), None, 1e-6, cupy.asarray(cos),
+                           cupy.asarray(sin), B, H, KV, ck, cv, pos)
+    y = qkv + b if bias else qkv
+    y = y.reshape(B, T, H + 2 * KV, D)
+    qk = decoder._rotate(y[:, :, :H + KV], cos[:, None], sin[:, None], np)
+    assert cupy.asnumpy(q).tobytes() == np.ascontiguousarray(qk[:, :, :H]).tobytes()
+    assert cupy.asnumpy(ck[:, :, pos:pos + T]).tobytes() == np.ascontiguousarray(
+        qk[:, :, H:].transpose(0, 2, 1, 3)).tobytes()
+    assert cupy.asnumpy(cv[:, :, pos:pos + T]).tobytes() == np.ascontiguousarray(
+        y[:, :, H + KV:].transpose(0, 2, 1, 3)).tobytes()
+    assert not cupy.asnumpy(ck[:, :, :pos]).any() and not cupy.asnumpy(cv[:, :, pos + T:]).any()
+
+
+def test_rope_cache_applies_per_head_norms():
+    rng = np.random.default_rng(2)
+    B, T, H, KV, D = 1, 20, 2, 1, 32
+    qkv = rng.standard_normal((T, (H + 2 * KV) * D)).astype(np.float32) * 3
+    w = rng.standard_normal((H + KV, D)).astype(np.float32)
+    cos, sin = np.ones((T, D), np.float32), np.zeros((T, D), np.float32)     # no rotation: the norm alone
+    ck = cupy.zeros((B, KV, T, D), dtype=np.float32)
+    q = prefill.rope_cache(cupy.asarray(qkv), None, cupy.asarray(w), 1e-6, cupy.asarray(cos), cupy.asarray(sin),
+                           B, H, KV, ck, cupy.zeros_like(ck), 0)
+    x = qkv.reshape(T, H + 2 * KV, D)[:, :H + KV].astype(np.float64)
+    want = x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + 1e-6) * w
+    np.testing.assert_allclose(cupy.asnumpy(q)[0], want[:, :H], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cupy.asnumpy(ck)[0].transpose(1, 0, 2), want[:, H:], rtol=1e-5, atol=1e-5)
+
+
+def test_rms_and_swiglu_round_to_bfloat16():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((50, 96)).astype(np.float32) * 4
+    w = rng.standard_normal(96).astype(np.float32)
+    got = _bf16(prefill.rms_bf16(cupy.asarray(x), cupy.asarray(w), 1e-5))
+    want = (x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-5) * w)
+    rounded = want.astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert np.abs(got - rounded).max() <= np.abs(want).max() * 2.0 ** -7        # at most one bfloat16 step
+    gu = rng.standard_normal((50, 2 * 40)).astype(np.float32) * 5
+    bias = rng.standard_normal(80).astype(np.float32)
+    got = _bf16(prefill.swiglu_bf16(cupy.asarray(gu), cupy.asarray(bias)))
+    g, u = (gu + bias)[:, :40].astype(np.float64), (gu + bias)[:, 40:]
+    want = g / (1 + np.exp(-g)) * u
+    assert np.abs(got - want).max() <= np.abs(want).max() * 2.0 ** -7
