@@ -8,7 +8,7 @@ graph on the GPU), on SmolLM2-135M's shapes with random bf16 weights (benchmarks
 decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id),
 all submitted at once; "tok/s aggregate" counts every generated token over the whole run's time,
 prefill included, so it is what a server's clients would see in aggregate.
-prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 3, with bf16
+prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 5, with bf16
 products on the tensor cores (fast mode's default) and in float32 (tensor_cores off, Decoder.keep_dense
 copies); --transformers adds transformers' bf16 model (sdpa attention) on the same prompt length.
 ttft: `loom serve`'s app on uvicorn (loopback, in this process), --ttft-clients concurrent streamed
@@ -63,7 +63,7 @@ def main() -> None:
 
 
 def prefill(dec: Decoder, rng, transformers: bool) -> None:
-    """One PREFILL-token prompt through Decoder.forward, best of 3 after a warm-up: products on the tensor
+    """One PREFILL-token prompt through Decoder.forward, best of 5 after three warm-ups: products on the tensor
     cores (bf16, the default in fast mode) and in float32 (tensor_cores off, float32 weight copies); and
     transformers' bf16 model with sdpa attention on the same prompt length, in the same run."""
     ids = rng.integers(0, 49152, (1, PREFILL))
@@ -73,13 +73,14 @@ def prefill(dec: Decoder, rng, transformers: bool) -> None:
         if not tensor_cores:
             dec.keep_dense()
         times = []
-        for _ in range(4):                  # the first: warm-up
+        for _ in range(8):                  # the first three: warm-up (kernels, the memory pool's blocks)
             cache = dec.new_cache(PREFILL)
+            dec.backend.synchronize()
             t = time.perf_counter()
             dec.forward(ids, cache, last_only=True)
             dec.backend.synchronize()
             times.append(time.perf_counter() - t)
-        best = min(times[1:])
+        best = min(times[3:])
         print(f"loom prefill {PREFILL} tokens, {'bf16 tensor-core' if tensor_cores else 'float32'} products: "
               f"{best * 1e3:.1f} ms, {PREFILL / best:,.0f} tok/s")
     dec.tensor_cores = setting

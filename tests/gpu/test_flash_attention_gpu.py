@@ -48,6 +48,7 @@ def _reference(q, k, v, pos, lo, window, scale, rounded=True):
     (1, 150, 4, 2, 64, 90, 0, 64),         # a sliding window over cached keys
     (1, 96, 2, 1, 32, 200, 150, 100),      # keys from a window's first position on
     (1, 64, 2, 2, 16, 0, 0, None),
+    (1, 70, 2, 1, 80, 10, 0, None),        # a head size not a power of two
 ])
 def test_flash_attention_matches_float64(B, T, H, KV, D, pos, lo, window):
     rng = np.random.default_rng(T + pos)

@@ -1,13 +1,15 @@
 """Causal attention for prompts in one kernel on the tensor cores (fast mode): the flash-attention
 scheme, so the [queries, keys] scores are never written to memory.
 
-A block takes 64 queries of one head (four warps of 16). Keys and values come in tiles of 64, read
-once per block as float32, rounded to bfloat16 (nearest, even) into shared memory (values
-transposed). Each warp forms its 16 x 64 scores with `mma.sync.m16n8k16` (bfloat16 inputs, float32
-sums), masks them (causal, the sliding window, keys past the end), and keeps a running maximum and
-sum per row in float32 (exp2 of the scores times scale log2(e)); the probabilities, rounded to
-bfloat16, multiply the value tile on the tensor cores into float32 outputs held in registers. At the
-end each row is divided by its sum.
+Keys and values are first rounded to bfloat16 (nearest, even) in one pass, the values transposed
+(loom_flash_kv16). A block takes 64 queries of one head (four warps of 16), the blocks with the most
+keys first; key and value tiles of 64 go through shared memory, each thread holding the next tile's
+16-byte chunks in registers while the current one is used. Each warp forms its 16 x 64 scores with
+`mma.sync.m16n8k16` (bfloat16 inputs, float32 sums), masks them where a tile crosses the diagonal,
+the sliding window's edge or the end, and keeps a running maximum and sum per row in float32 (exp2,
+the GPU's approximate one, of the scores times scale log2(e)); the probabilities, rounded to
+bfloat16, multiply the value tile on the tensor cores into float32 outputs held in registers. At
+the end each row is divided by its sum.
 
 This is fast mode's arithmetic: queries, keys, values and probabilities are rounded to bfloat16, as
 transformers' bfloat16 models and PyTorch's flash kernels do; the result is within a few bfloat16
@@ -56,23 +58,60 @@ __device__ __forceinline__ void mma(float* c, const u32* a, u32 b0, u32 b1) {
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// q [B, T, H, HD] (strides qb, qt, qh in floats), keys and values [B, KV, n, HD] (strides kb, kh, kt),
-// out [B, T, H * HD] (float32, or bfloat16 bits when out16). Query i sits at position pos + i, key j
-// at lo + j; query i sees key j when lo + j <= pos + i and (window == 0 or lo + j > pos + i - window).
-// Head h reads key head h / R.
+__device__ __forceinline__ float ex2(float x) {                // 2^x, -inf -> +0 (fast mode)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+// keys and values [B, KV, n, HD] (strides kb, kh, kt floats) as bfloat16 bits, in tiles of BK keys
+// padded with zeros to np positions: k16 [B KV, np, HD] and the values transposed, v16 [B KV, HD, np].
+// Block (tile, b KV + head), 256 threads.
+extern "C" __global__ void loom_flash_kv16(const float* __restrict__ k, const float* __restrict__ v, long long kb,
+        long long kh, long long kt, int KV, int n, int np, u16* __restrict__ k16, u16* __restrict__ v16) {
+    __shared__ __align__(16) u16 tile[HD * VS];
+    const int bh = blockIdx.y, b = bh / KV, hh = bh - b * KV;
+    const long long j0 = (long long)blockIdx.x * BK;
+    const float* kp = k + b * kb + hh * kh;
+    const float* vp = v + b * kb + hh * kh;
+    for (int e = threadIdx.x; e < BK * HD / 4; e += blockDim.x) {
+        const int key = e / (HD / 4), d = (e - key * (HD / 4)) * 4;
+        float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
+        if (j0 + key < n) {
+            kx = *(const float4*)(kp + (j0 + key) * kt + d);
+            vx = *(const float4*)(vp + (j0 + key) * kt + d);
+        }
+        *(uint2*)(k16 + ((long long)bh * np + j0 + key) * HD + d) = make_uint2(pack(kx.x, kx.y), pack(kx.z, kx.w));
+        tile[(d + 0) * VS + key] = (u16)bf16_bits(vx.x);
+        tile[(d + 1) * VS + key] = (u16)bf16_bits(vx.y);
+        tile[(d + 2) * VS + key] = (u16)bf16_bits(vx.z);
+        tile[(d + 3) * VS + key] = (u16)bf16_bits(vx.w);
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < HD * BK / 8; e += blockDim.x) {     // 8 keys a thread
+        const int d = e / (BK / 8), c = (e - d * (BK / 8)) * 8;
+        *(uint4*)(v16 + ((long long)bh * HD + d) * np + j0 + c) = *(const uint4*)(tile + d * VS + c);
+    }
+}
+
+// q [B, T, H, HD] (strides qb, qt, qh in floats), keys and values as loom_flash_kv16 writes them (np
+// positions), out [B, T, H * HD] (float32, or bfloat16 bits when out16). Query i sits at position
+// pos + i, key j at lo + j; query i sees key j when lo + j <= pos + i and (window == 0 or lo + j >
+// pos + i - window). Head h reads key head h / R. The blocks of the last queries (the most keys) go first.
 extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
         const float* __restrict__ q, long long qb, long long qt, long long qh,
-        const float* __restrict__ k, const float* __restrict__ v, long long kb, long long kh, long long kt,
+        const u16* __restrict__ k16, const u16* __restrict__ v16, int KV, int np,
         void* __restrict__ out, int out16, int T, int n, int H, int R, long long pos, long long lo, long long window,
         float scale_log2) {
     __shared__ __align__(16) u16 ks[BK * KS];
     __shared__ __align__(16) u16 vt[HD * VS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z;
-    const int q0 = blockIdx.x * BQ, row0 = q0 + warp * 16;
+    const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ, row0 = q0 + warp * 16;
     const float* qp = q + b * qb + h * qh;
-    const float* kp = k + b * kb + (long long)(h / R) * kh;
-    const float* vp = v + b * kb + (long long)(h / R) * kh;
+    const long long bh = (long long)b * KV + h / R;
+    const uint4* kg = (const uint4*)(k16 + bh * np * HD);          // [np, HD / 8]
+    const uint4* vg = (const uint4*)(v16 + bh * HD * np);          // [HD, np / 8]
 
     // this warp's 16 query rows as A fragments, one per 16 dimensions
     u32 qa[HD / 16][4];
@@ -107,22 +146,36 @@ extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
     first = first < 0 ? 0 : first;
     long long last = qlast - lo + 1;
     last = last > n ? n : last;
-    for (long long j0 = first / BK * BK; j0 < last; j0 += BK) {
+    // tiles of BK keys from the one holding `first`, each thread carrying the next tile's 16-byte
+    // chunks in registers while the warps work on the current one
+#define CHUNKS (BK * HD / 8 / 128)
+    uint4 kn[CHUNKS], vn[CHUNKS];
+    long long j0 = first / BK * BK;
+    if (j0 < last) {
+#pragma unroll
+        for (int i = 0; i < CHUNKS; ++i) {
+            const int e = threadIdx.x + i * 128;
+            kn[i] = kg[(j0 + e / (HD / 8)) * (HD / 8) + e % (HD / 8)];
+            vn[i] = vg[(long long)(e / (BK / 8)) * (np / 8) + j0 / 8 + e % (BK / 8)];
+        }
+    }
+    for (; j0 < last; j0 += BK) {
         __syncthreads();
-        for (int e = threadIdx.x; e < BK * HD / 4; e += blockDim.x) {      // 4 dimensions a thread
-            const int key = e / (HD / 4), d = (e - key * (HD / 4)) * 4;
-            float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
-            if (j0 + key < n) {
-                kx = *(const float4*)(kp + (j0 + key) * kt + d);
-                vx = *(const float4*)(vp + (j0 + key) * kt + d);
-            }
-            *(uint2*)(ks + key * KS + d) = make_uint2(pack(kx.x, kx.y), pack(kx.z, kx.w));
-            vt[(d + 0) * VS + key] = (u16)bf16_bits(vx.x);
-            vt[(d + 1) * VS + key] = (u16)bf16_bits(vx.y);
-            vt[(d + 2) * VS + key] = (u16)bf16_bits(vx.z);
-            vt[(d + 3) * VS + key] = (u16)bf16_bits(vx.w);
+#pragma unroll
+        for (int i = 0; i < CHUNKS; ++i) {
+            const int e = threadIdx.x + i * 128;
+            *(uint4*)(ks + (e / (HD / 8)) * KS + (e % (HD / 8)) * 8) = kn[i];
+            *(uint4*)(vt + (e / (BK / 8)) * VS + (e % (BK / 8)) * 8) = vn[i];
         }
         __syncthreads();
+        if (j0 + BK < last) {
+#pragma unroll
+            for (int i = 0; i < CHUNKS; ++i) {
+                const int e = threadIdx.x + i * 128;
+                kn[i] = kg[(j0 + BK + e / (HD / 8)) * (HD / 8) + e % (HD / 8)];
+                vn[i] = vg[(long long)(e / (BK / 8)) * (np / 8) + (j0 + BK) / 8 + e % (BK / 8)];
+            }
+        }
         if (row0 >= T) continue;                                 // (after the barrier: all threads load)
 
         float s[BK / 8][4];
@@ -136,7 +189,10 @@ extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
                 mma(s[j], qa[st], *(const u32*)kr, *(const u32*)(kr + 8));
             }
         }
-        // mask, scale, and the rows' running maxima (a row's values lie in the 4 threads of a quad)
+        // mask (only tiles crossing the diagonal, the window's edge or the end), scale, and the rows'
+        // running maxima (a row's values lie in the 4 threads of a quad)
+        const long long rlo = pos + row0, rhi = min(pos + row0 + 15, pos + T - 1);
+        const bool whole = j0 + BK <= n && lo + j0 + BK - 1 <= rlo && (window == 0 || lo + j0 > rhi - window);
         float mx0 = NEG, mx1 = NEG;
 #pragma unroll
         for (int j = 0; j < BK / 8; ++j) {
@@ -144,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
             for (int c = 0; c < 4; ++c) {
                 const long long key = j0 + j * 8 + 2 * t + (c & 1), kpos = lo + key;
                 const long long qpos = c < 2 ? p0 : p1;
-                const bool ok = key < n && kpos <= qpos && (window == 0 || kpos > qpos - window);
+                const bool ok = whole || (key < n && kpos <= qpos && (window == 0 || kpos > qpos - window));
                 s[j][c] = ok ? s[j][c] * scale_log2 : NEG;
             }
             mx0 = fmaxf(mx0, fmaxf(s[j][0], s[j][1]));
@@ -157,15 +213,15 @@ extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
         }
         const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
         const float b0 = n0 == NEG ? 0.f : n0, b1 = n1 == NEG ? 0.f : n1;   // rows with nothing seen yet
-        const float a0 = exp2f(m0 - b0), a1 = exp2f(m1 - b1);
+        const float a0 = ex2(m0 - b0), a1 = ex2(m1 - b1);
         m0 = n0;
         m1 = n1;
         float sum0 = 0.f, sum1 = 0.f;
         u32 pa[BK / 16][4];
 #pragma unroll
         for (int j = 0; j < BK / 8; ++j) {
-            const float e0 = exp2f(s[j][0] - b0), e1 = exp2f(s[j][1] - b0);
-            const float e2 = exp2f(s[j][2] - b1), e3 = exp2f(s[j][3] - b1);
+            const float e0 = ex2(s[j][0] - b0), e1 = ex2(s[j][1] - b0);
+            const float e2 = ex2(s[j][2] - b1), e3 = ex2(s[j][3] - b1);
             sum0 += e0 + e1;
             sum1 += e2 + e3;
             // the C fragment of keys 8j.. is half of the A fragment of keys 16 (j / 2)..
@@ -208,9 +264,8 @@ extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
 
 
 @cache
-def _kernel(head_dim: int):
-    return cupy.RawModule(code=f"#define HD {head_dim}\n" + _SOURCE, options=OPTIONS).get_function(
-        "loom_flash_attention")
+def _module(head_dim: int):
+    return cupy.RawModule(code=f"#define HD {head_dim}\n" + _SOURCE, options=OPTIONS)
 
 
 def supports(head_dim: int) -> bool:
@@ -235,9 +290,17 @@ def attend(q: Array, keys: Array, values: Array, pos: int, lo: int, window: int 
     if T == 0 or B == 0:
         return out
     qs, ks = [s // 4 for s in q.strides], [s // 4 for s in keys.strides]
+    padded = -(-n // BLOCK_K) * BLOCK_K
+    k16 = cupy.empty((B, KV, padded, D), dtype=np.uint16)
+    v16 = cupy.empty((B, KV, D, padded), dtype=np.uint16)
+    module = _module(D)
     with translating("flash attention", q, keys, values):
-        _kernel(D)((-(-T // BLOCK_Q), H, B), (128,), (
-            q, np.int64(qs[0]), np.int64(qs[1]), np.int64(qs[2]), keys, values, np.int64(ks[0]), np.int64(ks[1]),
-            np.int64(ks[2]), out, np.int32(out16), np.int32(T), np.int32(n), np.int32(H), np.int32(H // KV), np.int64(pos),
-            np.int64(lo), np.int64(window or 0), np.float32(scale * math.log2(math.e))))
+        if n:
+            module.get_function("loom_flash_kv16")((padded // BLOCK_K, B * KV), (256,), (
+                keys, values, np.int64(ks[0]), np.int64(ks[1]), np.int64(ks[2]), np.int32(KV), np.int32(n),
+                np.int32(padded), k16, v16))
+        module.get_function("loom_flash_attention")((-(-T // BLOCK_Q), H, B), (128,), (
+            q, np.int64(qs[0]), np.int64(qs[1]), np.int64(qs[2]), k16, v16, np.int32(KV), np.int32(padded), out,
+            np.int32(out16), np.int32(T), np.int32(n), np.int32(H), np.int32(H // KV), np.int64(pos), np.int64(lo),
+            np.int64(window or 0), np.float32(scale * math.log2(math.e))))
     return out
