@@ -338,7 +338,9 @@ class BatchEngine:
         other = [k for k, i in enumerate(indices) if not _plain_greedy(seqs[i].request)]
         if plain:
             rows = logits if len(plain) == len(indices) else logits[self.dec.backend.asarray(np.asarray(plain))]
-            for k, token in zip(plain, to_host(xp.argmax(rows, axis=1))):
+            kernels = self.dec.backend.prefill
+            tokens = kernels.argmax_rows(rows) if kernels is not None else xp.argmax(rows, axis=1)
+            for k, token in zip(plain, to_host(tokens)):
                 out[indices[k]] = int(token)
         if other:
             rows = logits if len(other) == len(indices) else logits[self.dec.backend.asarray(np.asarray(other))]

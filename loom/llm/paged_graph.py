@@ -6,7 +6,9 @@ attention kernel reads each sequence's own position and block table (decode.page
 decode_exact.paged_attention in deterministic mode), and the products run over the batch in groups
 of the block kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
 than MAX_ROWS rows takes cuBLAS GEMMs with the decoder's copies of the weights (Decoder.dense: float32,
-or bfloat16 on the tensor cores) instead, RMSNorm, bias, SwiGLU and residual as separate kernels. A graph is recorded per
+or bfloat16 on the tensor cores) instead; on the tensor cores RMSNorm and the rounding to bfloat16
+are one kernel, the residual is added by the GEMM and SwiGLU writes bfloat16 (backend/cuda/prefill.py),
+elsewhere RMSNorm, bias, SwiGLU and residual are separate kernels. A graph is recorded per
 batch size bucket (BUCKETS) and mode; a step of fewer sequences pads its rows to the bucket with
 token 0 at position 0, whose keys and values go to the cache's scratch block and whose logits are
 dropped. Token ids, positions and block tables are written by one copy before each replay.
@@ -63,6 +65,10 @@ class PagedDecodeGraph:
         self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
         self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
         self.act = xp.empty((B, c.intermediate), dtype=np.float32)
+        # fast mode past MAX_ROWS rows with every weight in bfloat16: the activation stays bfloat16
+        self.bf16 = not exact and batch > _kernels(dec.backend, exact)[0].MAX_ROWS and _bf16_ready(dec)
+        if self.bf16:
+            self.act = xp.empty((B, c.intermediate), dtype=np.uint16)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
         self._host = np.zeros(self.inputs.shape, dtype=np.int64)
@@ -122,6 +128,9 @@ class PagedDecodeGraph:
         past MAX_ROWS rows: one GEMM with the weight's dense copy."""
         dec, c = self.dec, self.dec.config
         quant, _ = _kernels(dec.backend, self.exact)
+        if self.bf16:
+            return [partial(_bf16_product, dec.backend, dec.dense(w).data.view(np.uint16), x, out, norm, c.eps,
+                            kw.get("bias"), residual, kw.get("swiglu", False))]
         if not self.exact and self.batch > quant.MAX_ROWS:
             return [partial(_dense_product, dec.dense(w), x, out, norm, c.eps, kw.get("bias"), residual,
                             kw.get("swiglu", False))]
@@ -141,6 +150,41 @@ class PagedDecodeGraph:
             ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
                                residual=r, **kw, **extra))
         return ops
+
+
+def _bf16_ready(dec: Decoder) -> bool:
+    """Whether every product weight has a bfloat16 dense copy (Decoder.dense in fast mode on the tensor
+    cores: stored weights, not float32 ones) and the backend has the fused prompt kernels."""
+    if dec.backend.prefill is None or not dec.tensor_cores:
+        return False
+    weights = [dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
+    return all(isinstance(w, BlockQuantized) for w in weights)
+
+
+def _bf16_product(be, w16: Array, x: Array, out: Array, norm: Array | None, eps: float, bias: Array | None,
+                  residual: Array | None, swiglu: bool) -> None:
+    """_dense_product on the tensor cores in few launches: x (float32, or bfloat16 bits) rounded to
+    bfloat16 with its RMSNorm in one kernel, the GEMM adding into the residual (out is h), SwiGLU
+    written as bfloat16 bits into out (uint16)."""
+    if x.dtype == np.uint16:
+        x16 = x
+    else:
+        x16 = be.prefill.rms_bf16(x, norm, eps) if norm is not None else be.quant.to_bf16(x)
+    rows, n = x16.shape[0], w16.shape[0]
+    if swiglu:
+        gu = be.xp.empty((rows, n), dtype=np.float32)
+        be.blas.gemm_bf16_t(x16, w16, gu)
+        be.prefill.swiglu_bf16(gu, bias, out=out)
+        return
+    if residual is out and bias is None:
+        be.blas.gemm_bf16_t(x16, w16, out, accumulate=True)
+        return
+    y = be.xp.empty((rows, n), dtype=np.float32) if residual is not None else out
+    be.blas.gemm_bf16_t(x16, w16, y)
+    if bias is not None:
+        y += bias
+    if residual is not None:
+        out[...] = residual + y
 
 
 def _dense_product(w: Array | BlockQuantized, x: Array, out: Array, norm: Array | None, eps: float,

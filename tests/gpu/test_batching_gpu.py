@@ -42,8 +42,9 @@ def test_fast_gpu_batches_agree_with_each_sequence_alone():
             np.testing.assert_allclose(a.logprobs[:3], b.logprobs[:3], rtol=1e-3, atol=1e-3)
 
 
-def _graph_model(arch: str, device: str, **extra):
-    """A small random decoder the recorded paged step takes (head_dim 64, widths multiples of 32)."""
+def _graph_model(arch: str, device: str, bf16: bool = False, **extra):
+    """A small random decoder the recorded paged step takes (head_dim 64, widths multiples of 32);
+    bf16: its matrices stored as BF16 (the tensor cores' fused steps in fast mode)."""
     from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
     from loom.llm.model import CausalLM
     cfg = {"model_type": arch, "vocab_size": 256, "hidden_size": 128, "intermediate_size": 256,
@@ -55,6 +56,12 @@ def _graph_model(arch: str, device: str, **extra):
     weights = {name: (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32) if name.endswith("norm.weight")
                else (0.15 * rng.standard_normal(shape)).astype(np.float32)
                for name, shape in expected_tensors(config)[0].items()}
+    if bf16:
+        import ml_dtypes
+
+        from loom.kernels.quant.block import BlockQuantized
+        weights = {name: BlockQuantized(w.astype(ml_dtypes.bfloat16).view(np.uint8).reshape(w.shape[0], -1), "BF16",
+                                        w.shape) if w.ndim == 2 else w for name, w in weights.items()}
     return CausalLM(Decoder(config, weights, device), None, cfg)
 
 
@@ -73,9 +80,12 @@ def test_recorded_paged_steps_give_the_cpu_bits(arch, extra):
         assert [r.tokens for r in BatchEngine(gpu, max_batch=5).generate(plain)] == [a.tokens for a in alone]
 
 
-def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows():
+@pytest.mark.parametrize("arch,bf16", [("llama", False), ("llama", True), ("qwen2", True)])
+def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows(arch, bf16):
+    """Past sixteen rows: float32 weights through GEMMs, BF16 ones through the fused bfloat16 steps
+    (qwen2: with the q|k|v bias); the recorded steps agree with the eager ones."""
     with loom.deterministic(False):
-        gpu = _graph_model("llama", "cuda")
+        gpu = _graph_model(arch, "cuda", bf16)
         rng = np.random.default_rng(8)
         reqs = [Request(rng.integers(0, 256, 5 + i).tolist(), max_tokens=10, stop_ids=(), logprobs=1)
                 for i in range(40)]
@@ -85,5 +95,7 @@ def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows():
         engine = BatchEngine(gpu, max_batch=40)
         got = engine.generate(reqs)
         assert engine.stats["graph_steps"] > 0
+        assert any(g.bf16 for g in engine._graph_cache.values()) == bf16
+        tol = 1e-2 if bf16 else 1e-3        # bfloat16 roundings of the same values, in other kernels
         for a, b in zip(want, got):
-            np.testing.assert_allclose(a.logprobs[:4], b.logprobs[:4], rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(a.logprobs[:4], b.logprobs[:4], rtol=tol, atol=tol)

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 
 import loom
-from loom.backend.cuda import flash
 from loom.llm.decoder import Decoder, DecoderConfig
 
 from .test_decode_graph import CONFIG, _quant_weights
 
 cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import flash  # noqa: E402  (needs cupy)
+
 pytestmark = pytest.mark.gpu
 
 

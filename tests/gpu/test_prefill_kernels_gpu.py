@@ -5,10 +5,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from loom.backend.cuda import prefill
 from loom.llm import decoder
 
 cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import prefill  # noqa: E402  (needs cupy)
+
 pytestmark = pytest.mark.gpu
 
 
@@ -68,3 +69,18 @@ def test_rms_and_swiglu_round_to_bfloat16():
     g, u = (gu + bias)[:, :40].astype(np.float64), (gu + bias)[:, 40:]
     want = g / (1 + np.exp(-g)) * u
     assert np.abs(got - want).max() <= np.abs(want).max() * 2.0 ** -7
+
+
+@pytest.mark.parametrize("n", [1, 7, 300, 49152])
+def test_argmax_rows_is_numpys(n):
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((9, n)).astype(np.float32)
+    x[1] = 0.0
+    x[1, n // 2:] = -0.0                                  # equal maxima: the first
+    x[2, n // 3] = np.nan
+    x[2, n - 1] = np.nan                                  # the first NaN wins
+    x[3] = -np.inf
+    x[4, :] = 5.0
+    x[5, n // 2] = np.inf
+    x[6, ::2] = x[6].max()                                # repeated maximum
+    assert cupy.asnumpy(prefill.argmax_rows(cupy.asarray(x))).tolist() == np.argmax(x, axis=1).tolist()
