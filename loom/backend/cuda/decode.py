@@ -213,8 +213,15 @@ extern "C" __global__ void loom_paged_decode_attention(const float* qkv, float* 
 
 
 @cache
-def _module(head_dim: int):
-    return cupy.RawModule(code=f"#define D {head_dim}\n#define WARPS {WARPS}\n" + _SOURCE, options=OPTIONS)
+def _module(head_dim: int, warps: int = WARPS):
+    return cupy.RawModule(code=f"#define D {head_dim}\n#define WARPS {warps}\n" + _SOURCE, options=OPTIONS)
+
+
+def batch_warps(blocks: int, head_dim: int) -> int:
+    """Warps per block for `blocks` (sequence, head) blocks at once: four where there are blocks enough
+    to fill the device twice over (fewer key groups to merge per block; a short context's block
+    ends sooner), else WARPS. At least three warps load q, k and v; at least D / 32 merge."""
+    return max(4, head_dim // 32) if blocks >= 256 else WARPS
 
 
 def supports(head_dim: int) -> bool:
@@ -240,10 +247,12 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
                     scale: float, eps: float, overlap: bool = False) -> None:
     """attention() over a paged cache: cache_k/cache_v [slots, KV, D] (one layer), sequence b at
     position pos[b] (int64, device) with block table tables[b] (int64 [B, max_blocks], device): its
-    key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size."""
+    key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size. Many
+    sequences at once run with fewer warps a block (batch_warps)."""
     _, kv_heads, D = cache_k.shape
     B, max_blocks = tables.shape
-    launch(_module(D).get_function("loom_paged_decode_attention"), B * heads, WARPS * 32,
+    warps = batch_warps(B * heads, D)
+    launch(_module(D, warps).get_function("loom_paged_decode_attention"), B * heads, warps * 32,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int32(max_blocks),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
             np.float32(eps)), overlap)

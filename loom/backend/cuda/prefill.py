@@ -53,10 +53,10 @@ extern "C" __global__ void loom_rms_bf16(const float* __restrict__ x, const floa
 }
 
 // each row's argmax of x [rows, n] (NumPy's: the first of equal maxima; a NaN counts as the
-// largest, the first NaN wins), one block (256 threads) per row
+// largest, the first NaN wins), one block (1024 threads) per row
 extern "C" __global__ void loom_argmax_rows(const float* __restrict__ x, long long n, long long* __restrict__ out) {
-    __shared__ float bv[256];
-    __shared__ long long bi[256];
+    __shared__ float bv[1024];
+    __shared__ long long bi[1024];
     const float* xr = x + blockIdx.x * n;
     float best = __int_as_float(0xff800000);
     long long at = n;
@@ -67,7 +67,7 @@ extern "C" __global__ void loom_argmax_rows(const float* __restrict__ x, long lo
     bv[threadIdx.x] = best;
     bi[threadIdx.x] = at;
     __syncthreads();
-    for (int half = 128; half; half >>= 1) {
+    for (int half = 512; half; half >>= 1) {
         if (threadIdx.x < half) {
             const float v = bv[threadIdx.x + half], b = bv[threadIdx.x];
             const long long i = bi[threadIdx.x + half], j = bi[threadIdx.x];
@@ -201,5 +201,5 @@ def argmax_rows(x: Array) -> Array:
     out = cupy.empty(rows, dtype=np.int64)
     if rows and n:
         with translating("argmax", x):
-            _module().get_function("loom_argmax_rows")((rows,), (256,), (cupy.ascontiguousarray(x), np.int64(n), out))
+            _module().get_function("loom_argmax_rows")((rows,), (1024,), (cupy.ascontiguousarray(x), np.int64(n), out))
     return out
