@@ -261,9 +261,13 @@ class FlashKernels(Protocol):
     def supports(self, head_dim: int) -> bool: ...
 
     def attend(self, q: Array, keys: Array, values: Array, pos: int, lo: int, window: int | None,
-               scale: float) -> Array:
+               scale: float, out16: bool = False) -> Array:
         """The context [B, T, H * D] of queries q [B, T, H, D] at positions pos.. over keys and
         values [B, KV, n, D] at positions lo.. (causal, within `window` when given)."""
+
+    def attend_paged(self, q: Array, cache_k: Array, cache_v: Array, key_slots: Array, items: list,
+                     window: int | None, scale: float, out16: bool = False) -> Array:
+        """attend for many sequences' query rows over a paged cache (key slots per sequence)."""
 
 
 class PrefillKernels(Protocol):
@@ -274,6 +278,10 @@ class PrefillKernels(Protocol):
     def rope_cache(self, qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float, cos: Array,
                    sin: Array, batch: int, heads: int, kv_heads: int, cache_k: Array, cache_v: Array,
                    pos: int) -> Array: ...
+
+    def rope_rows(self, qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float, cos: Array, sin: Array,
+                  heads: int, kv_heads: int, cache_k: Array, cache_v: Array, positions: Array,
+                  slots: Array) -> Array: ...
 
     def swiglu_bf16(self, gu: Array, bias: Array | None, out: Array | None = None) -> Array: ...
 

@@ -69,8 +69,8 @@ def _kernels(be, exact: bool) -> tuple:
 
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
-    block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim a
-    multiple of 64 (fast mode) or of 32 up to 128 with products over K <= ROUNDED_MAX_K (`exact`:
+    block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
+    128 or 256 (fast mode) or a multiple of 32 up to 128 with products over K <= ROUNDED_MAX_K (`exact`:
     deterministic mode; the cache's length is DecodeGraph.unsupported_cache's)."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
@@ -80,7 +80,7 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
         return f"a batch of {batch} sequences is more than the kernels' {quant.MAX_ROWS}"
     c = dec.config
     why = kernels.unsupported(c.head_dim, 1) if exact else \
-        None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not a multiple of 64"
+        None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not 64, 128 or 256"
     if why is None and (c.hidden % 32 or c.intermediate % 32):
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
     for cols in (c.hidden, c.heads * c.head_dim, c.intermediate, c.head_dim) if exact else ():

@@ -37,6 +37,7 @@ from numpy.typing import ArrayLike
 
 from .. import backend, fallback
 from ..backend import Array
+from ..backend.protocols import PrefillKernels
 from ..backend.recorder import GraphCache
 from ..errors import ConfigError, FormatError
 from ..kernels import fused, ops
@@ -384,9 +385,9 @@ class Decoder:
         h = self.embed_ids(ids)
         pos = cache.length
         cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
-        fast = self._prefill_kernels(B * T)
+        fast = self.prefill_kernels(B * T)
         for i, layer in enumerate(self.layers):
-            bf16 = self._bf16_weights(layer) if fast is not None else None
+            bf16 = self.bf16_weights(layer) if fast is not None else None
             if bf16 is not None:
                 h = self._layer_fast(fast, layer, bf16, h, cache.layer_k[i], cache.layer_v[i], pos)
             else:
@@ -395,7 +396,7 @@ class Decoder:
         return h
 
     # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
-    def _prefill_kernels(self, rows: int):
+    def prefill_kernels(self, rows: int) -> PrefillKernels | None:
         """The backend's fused prompt kernels (backend/cuda/prefill.py) where a product of `rows` rows
         runs on the tensor cores in the current mode and the flash kernel takes the heads; else None."""
         be = self.backend
@@ -404,7 +405,7 @@ class Decoder:
             return None
         return be.prefill
 
-    def _bf16_weights(self, L: _Layer) -> tuple | None:
+    def bf16_weights(self, L: _Layer) -> tuple | None:
         """The layer's four weights as bfloat16 bits [rows, cols] (stored BF16 rows, or the bf16 copies
         of keep_dense), or None where one is not (float32 weights, block-quantized ones without copies,
         output biases): that layer runs the composed path."""
@@ -424,23 +425,34 @@ class Decoder:
         """_layer in nine launches: the products as bfloat16 GEMMs (residuals added by the GEMM), the
         norms and activation written as bfloat16, RoPE and the cache writes in one kernel, the flash
         kernel for attention. h [B, T, E] is updated in place."""
-        c, xp = self.config, self.xp
+        c = self.config
         B, T, E = h.shape
-        wqkv, wo, wgu, wdown = w16
-        blas = self.backend.blas
         h2 = h.reshape(B * T, E)
-        qkv = xp.empty((B * T, wqkv.shape[0]), dtype=np.float32)
-        blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln1, c.eps), wqkv, qkv)
-        q = kernels.rope_cache(qkv, L.qkv_bias, L.qk_norm, c.eps, self._cos[pos:pos + T], self._sin[pos:pos + T],
-                               B, c.heads, c.kv_heads, cache_k, cache_v, pos)
+        q = kernels.rope_cache(self.qkv_fast(kernels, L, w16, h2), L.qkv_bias, L.qk_norm, c.eps, self._cos,
+                               self._sin, B, c.heads, c.kv_heads, cache_k, cache_v, pos)
         lo, end = self.first_key(L, pos), pos + T
         ctx = self.backend.flash.attend(q, cache_k[:, :, lo:end], cache_v[:, :, lo:end], pos, lo, L.window,
                                         self.scale, out16=True)
-        blas.gemm_bf16_t(ctx.reshape(B * T, -1), wo, h2, accumulate=True)
-        gu = xp.empty((B * T, wgu.shape[0]), dtype=np.float32)
-        blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln2, c.eps), wgu, gu)
-        blas.gemm_bf16_t(kernels.swiglu_bf16(gu, L.gate_up_bias), wdown, h2, accumulate=True)
+        self.finish_fast(kernels, L, w16, h2, ctx.reshape(B * T, -1))
         return h
+
+    def qkv_fast(self, kernels: PrefillKernels, L: _Layer, w16: tuple, h2: Array) -> Array:
+        """The fused q|k|v product [rows, (H + 2 KV) D] (no bias yet) of h2 [rows, E]: RMSNorm written
+        as bfloat16, one bfloat16 GEMM (fast mode's prompt layers; w16 from bf16_weights)."""
+        qkv = self.xp.empty((h2.shape[0], w16[0].shape[0]), dtype=np.float32)
+        self.backend.blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln1, self.config.eps), w16[0], qkv)
+        return qkv
+
+    def finish_fast(self, kernels: PrefillKernels, L: _Layer, w16: tuple, h2: Array, ctx16: Array) -> None:
+        """finish_layer in five launches, h2 [rows, E] updated in place: the output GEMM adding into
+        it, RMSNorm written as bfloat16, the gate|up GEMM, SwiGLU written as bfloat16, the down GEMM
+        adding into it. ctx16: the attention's context as bfloat16 bits [rows, H D]."""
+        _, wo, wgu, wdown = w16
+        blas = self.backend.blas
+        blas.gemm_bf16_t(ctx16, wo, h2, accumulate=True)
+        gu = self.xp.empty((h2.shape[0], wgu.shape[0]), dtype=np.float32)
+        blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln2, self.config.eps), wgu, gu)
+        blas.gemm_bf16_t(kernels.swiglu_bf16(gu, L.gate_up_bias), wdown, h2, accumulate=True)
 
     def embed_ids(self, ids: np.ndarray) -> Array:
         """The embeddings [B, T, E] of host token ids [B, T]."""

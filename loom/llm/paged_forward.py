@@ -8,7 +8,9 @@ exactly its own keys (decoder.attend). Prefill chunks end where the single-seque
 (at multiples of decoder.prefill_chunk(), or at the prompt's end), which keeps the attention products'
 K the same as alone too. Fast mode runs the attention of all sequences at once, their queries and
 keys padded to the longest and masked (in groups that keep the scores under PADDED_ELEMENTS): the
-padding changes sums' order, so last bits may move.
+padding changes sums' order, so last bits may move. Where the decoder has its fused prompt kernels
+(fast mode on the tensor cores, every layer's weights in bfloat16), all rows go through them instead
+and attention is one paged flash launch per layer over every item's keys.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
     cos, sin = dec.rope_at(be.asarray(positions))
     slots = be.asarray(np.concatenate([cache.slots(w.table, w.pos, w.pos + n) for w, n in zip(work, sizes)]))
     h = dec.embed_ids(ids[None])                                       # [1, N, E]
+    if _fused(dec, cache, work, sizes, bounds, be.asarray(positions), slots, h[0]):
+        return _logits(dec, work, bounds, h)
     alone = is_deterministic() or len(work) == 1
     plans: dict = {}            # by sliding window: the key slots (and padding) every layer of it shares
     for i, layer in enumerate(dec.layers):
@@ -62,10 +66,52 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
         else:
             ctx = _padded_attention(dec, cache, i, q[0], plan)[None]
         h = dec.finish_layer(layer, h, ctx)
+    return _logits(dec, work, bounds, h)
+
+
+def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array) -> Array | None:
+    """The logits of the last row of each item that wants them (h [1, N, E])."""
     rows = [int(hi) - 1 for w, hi in zip(work, bounds[1:]) if w.logits]
     if not rows:
         return None
-    return dec.logits_of(h[0, be.asarray(np.asarray(rows, dtype=np.int64))])
+    return dec.logits_of(h[0, dec.backend.asarray(np.asarray(rows, dtype=np.int64))])
+
+
+def _fused(dec: Decoder, cache: PagedKVCache, work: list[Work], sizes: list[int], bounds: np.ndarray,
+           positions: Array, slots: Array, h2: Array) -> bool:
+    """Fast mode with the decoder's fused prompt kernels (every layer's weights in bfloat16): run
+    every layer on h2 [N, E] in place, the rows of all items together; attention by one paged flash
+    launch over every item's keys (backend/cuda/flash.py). False (nothing done) where they do not
+    apply."""
+    kernels = None if is_deterministic() else dec.prefill_kernels(h2.shape[0])
+    weights = [dec.bf16_weights(L) for L in dec.layers] if kernels is not None else [None]
+    if any(w is None for w in weights):
+        return False
+    c, be = dec.config, dec.backend
+    plans: dict = {}            # by sliding window: every item's keys
+    for i, (layer, w16) in enumerate(zip(dec.layers, weights)):
+        q = kernels.rope_rows(dec.qkv_fast(kernels, layer, w16, h2), layer.qkv_bias, layer.qk_norm, c.eps, dec._cos,
+                              dec._sin, c.heads, c.kv_heads, cache.k[i], cache.v[i], positions, slots)
+        plan = plans.get(layer.window)
+        if plan is None:
+            plan = plans[layer.window] = _flash_plan(dec, cache, layer, work, sizes, bounds)
+        ctx = be.flash.attend_paged(q, cache.k[i], cache.v[i], *plan, layer.window, dec.scale, out16=True)
+        dec.finish_fast(kernels, layer, w16, h2, ctx)
+    return True
+
+
+def _flash_plan(dec: Decoder, cache: PagedKVCache, layer, work: list[Work], sizes: list[int],
+                bounds: np.ndarray) -> tuple:
+    """(key slots [S, n_max] on the device, items (first row, T, pos, lo, n)) for layers of `layer`'s window."""
+    items, lists = [], []
+    for w, n, row in zip(work, sizes, bounds[:-1]):
+        lo = dec.first_key(layer, w.pos)
+        items.append((int(row), n, w.pos, lo, w.pos + n - lo))
+        lists.append(cache.slots(w.table, lo, w.pos + n))
+    key_slots = np.zeros((len(work), max(len(x) for x in lists)), dtype=np.int64)
+    for s, x in enumerate(lists):
+        key_slots[s, :len(x)] = x
+    return dec.backend.asarray(key_slots), items
 
 
 PADDED_ELEMENTS = 1 << 26           # float32 scores of one padded attention group (256 MB)

@@ -72,6 +72,36 @@ def test_flash_attention_matches_float64(B, T, H, KV, D, pos, lo, window):
     assert again.tobytes() == got.tobytes()                   # no atomics: the same bits every time
 
 
+@pytest.mark.parametrize("window", [None, 20])
+def test_paged_flash_attention_matches_float64_per_item(window):
+    """Many sequences of other lengths, positions and first keys in one launch, their keys in
+    scattered slots of a paged cache."""
+    rng = np.random.default_rng(11)
+    H, KV, D, slots = 6, 2, 64, 900
+    cache = rng.standard_normal((2, slots, KV, D)).astype(np.float32)
+    # (queries T, first query position pos, first key lo): a fresh prompt, a chunk after cached keys,
+    # one decode-like row, a long one, and a window's late chunk
+    shapes = [(40, 0, 0), (17, 30, 0), (1, 80, 0), (130, 0, 0), (33, 100, 60)]
+    items, rows, key_slots, want = [], 0, np.zeros((len(shapes), 240), dtype=np.int64), []
+    perm = rng.permutation(slots)
+    used = 0
+    q = rng.standard_normal((sum(t for t, _, _ in shapes), H, D)).astype(np.float32)
+    for s, (T, pos, lo) in enumerate(shapes):
+        n = pos + T - lo
+        key_slots[s, :n] = perm[used:used + n]
+        used += n
+        items.append((rows, T, pos, lo, n))
+        k = cache[0][key_slots[s, :n]].transpose(1, 0, 2)[None]
+        v = cache[1][key_slots[s, :n]].transpose(1, 0, 2)[None]
+        want.append(_reference(q[None, rows:rows + T], k, v, pos, lo, window, 0.125)[0])
+        rows += T
+    dc = cupy.asarray(cache)
+    got = cupy.asnumpy(flash.attend_paged(cupy.asarray(q), dc[0], dc[1], cupy.asarray(key_slots), items, window,
+                                          0.125))
+    want = np.concatenate(want)
+    assert np.abs(got - want).max() < 4e-3 * np.abs(cache[1]).max()
+
+
 def test_flash_attention_is_causal():
     """Changing a later key changes no earlier query's output."""
     rng = np.random.default_rng(1)
@@ -92,6 +122,7 @@ def test_flash_attention_refuses_what_it_cannot_take():
     with pytest.raises(ValueError, match="unsupported"):
         flash.attend(q, k, k, 0, 0, None, 0.2)
     assert not flash.supports(24) and flash.supports(64) and flash.supports(128)
+    assert not flash.supports(192) and not flash.supports(256)     # beyond its shared memory: composed
 
 
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3"])

@@ -23,7 +23,7 @@ def test_rope_cache_is_the_composed_rotation_and_cache_writes(bias):
     B, T, H, KV, D, pos = 2, 37, 4, 2, 64, 5
     qkv = rng.standard_normal((B * T, (H + 2 * KV) * D)).astype(np.float32)
     b = rng.standard_normal((H + 2 * KV) * D).astype(np.float32) if bias else None
-    ang = rng.standard_normal((T, D)).astype(np.float32)
+    ang = rng.standard_normal((pos + T, D)).astype(np.float32)              # the tables from position 0
     cos, sin = np.cos(ang), np.sin(ang)
     ck = cupy.zeros((B, KV, 60, D), dtype=np.float32)
     cv = cupy.zeros((B, KV, 60, D), dtype=np.float32)
@@ -31,13 +31,35 @@ def test_rope_cache_is_the_composed_rotation_and_cache_writes(bias):
                            cupy.asarray(sin), B, H, KV, ck, cv, pos)
     y = qkv + b if bias else qkv
     y = y.reshape(B, T, H + 2 * KV, D)
-    qk = decoder._rotate(y[:, :, :H + KV], cos[:, None], sin[:, None], np)
+    qk = decoder._rotate(y[:, :, :H + KV], cos[pos:, None], sin[pos:, None], np)
     assert cupy.asnumpy(q).tobytes() == np.ascontiguousarray(qk[:, :, :H]).tobytes()
     assert cupy.asnumpy(ck[:, :, pos:pos + T]).tobytes() == np.ascontiguousarray(
         qk[:, :, H:].transpose(0, 2, 1, 3)).tobytes()
     assert cupy.asnumpy(cv[:, :, pos:pos + T]).tobytes() == np.ascontiguousarray(
         y[:, :, H + KV:].transpose(0, 2, 1, 3)).tobytes()
     assert not cupy.asnumpy(ck[:, :, :pos]).any() and not cupy.asnumpy(cv[:, :, pos + T:]).any()
+
+
+def test_rope_rows_writes_each_row_to_its_slot():
+    """The paged form: rows at scattered positions, keys and values to scattered slots."""
+    rng = np.random.default_rng(4)
+    N, H, KV, D, slots = 50, 4, 2, 32, 200
+    qkv = rng.standard_normal((N, (H + 2 * KV) * D)).astype(np.float32)
+    ang = rng.standard_normal((300, D)).astype(np.float32)
+    cos, sin = np.cos(ang), np.sin(ang)
+    positions = rng.integers(0, 300, N)
+    where = rng.permutation(slots)[:N]
+    ck = cupy.zeros((slots, KV, D), dtype=np.float32)
+    cv = cupy.zeros((slots, KV, D), dtype=np.float32)
+    q = prefill.rope_rows(cupy.asarray(qkv), None, None, 1e-6, cupy.asarray(cos), cupy.asarray(sin), H, KV, ck, cv,
+                          cupy.asarray(positions), cupy.asarray(where))
+    y = qkv.reshape(N, H + 2 * KV, D)
+    qk = decoder._rotate(y[:, :H + KV], cos[positions][:, None], sin[positions][:, None], np)
+    assert cupy.asnumpy(q).tobytes() == np.ascontiguousarray(qk[:, :H]).tobytes()
+    assert cupy.asnumpy(ck)[where].tobytes() == np.ascontiguousarray(qk[:, H:]).tobytes()
+    assert cupy.asnumpy(cv)[where].tobytes() == np.ascontiguousarray(y[:, H + KV:]).tobytes()
+    untouched = np.setdiff1d(np.arange(slots), where)
+    assert not cupy.asnumpy(ck)[untouched].any() and not cupy.asnumpy(cv)[untouched].any()
 
 
 def test_rope_cache_applies_per_head_norms():

@@ -199,7 +199,7 @@ def test_context_and_id_errors():
 
 class _GraphsBackend:
     """The CPU backend claiming graphs and decode-graph kernels whose conditions this model misses
-    (head_dim 8 is not a multiple of 64), as a GPU would for such a model."""
+    (head_dim 8 is not 64, 128 or 256), as a GPU would for such a model."""
     graphs = True
     decode = SimpleNamespace(
         products=SimpleNamespace(MAX_ROWS=16, TYPES=("F32",)),
@@ -220,11 +220,11 @@ def test_a_decode_step_without_its_graph_says_why_once_in_fast_mode(loom_log):
     assert decode_graph.unsupported(plain, 1) == "device 'cpu' has no decode kernels or graphs"
     dec.backend = _GraphsBackend(dec.backend)
     assert decode_graph.unsupported(dec, 17) == "a batch of 17 sequences is more than the kernels' 16"
-    assert decode_graph.unsupported(dec, 1) == "head_dim 8 is not a multiple of 64"
+    assert decode_graph.unsupported(dec, 1) == "head_dim 8 is not 64, 128 or 256"
     with loom.deterministic(False):
         caches = plain.new_cache(8), dec.new_cache(8)
         for token in ([[1, 2]], [[3]], [[4]]):
             want, got = (d.forward(np.array(token), c) for d, c in zip((plain, dec), caches))
             assert np.array_equal(got, want)
     assert loom_log() == [("fast mode: decode steps of 1 sequence(s) run kernel by kernel, not as a recorded "
-                           "CUDA graph (head_dim 8 is not a multiple of 64)")]
+                           "CUDA graph (head_dim 8 is not 64, 128 or 256)")]

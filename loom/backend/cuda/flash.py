@@ -20,7 +20,7 @@ same inputs give the same bits every time.
 from __future__ import annotations
 
 import math
-from functools import cache
+from functools import cache, lru_cache
 
 import cupy
 import numpy as np
@@ -64,22 +64,27 @@ __device__ __forceinline__ float ex2(float x) {                // 2^x, -inf -> +
     return y;
 }
 
-// keys and values [B, KV, n, HD] (strides kb, kh, kt floats) as bfloat16 bits, in tiles of BK keys
-// padded with zeros to np positions: k16 [B KV, np, HD] and the values transposed, v16 [B KV, HD, np].
-// Block (tile, b KV + head), 256 threads.
+// Work items (sequences) s = 0 .. S - 1, described by meta[5 s ..]: the row of q (and out) holding
+// its first query, its query count T, its first query's position pos, its first key's position lo
+// and its key count n (positions lo .. lo + n - 1).
+
+// Item s's keys and values as bfloat16 bits, in tiles of BK keys padded with zeros to np positions:
+// k16 [S KV, np, HD] and the values transposed, v16 [S KV, HD, np]. Key j of item s (head hh) is
+// read at k + s kb + hh kh + j kt, or, with slots (paged caches), at k + slots[s ns + j] kt + hh kh.
+// Block (tile, s KV + head), 256 threads.
 extern "C" __global__ void loom_flash_kv16(const float* __restrict__ k, const float* __restrict__ v, long long kb,
-        long long kh, long long kt, int KV, int n, int np, u16* __restrict__ k16, u16* __restrict__ v16) {
+        long long kh, long long kt, const long long* __restrict__ slots, int paged, long long ns,
+        const long long* __restrict__ meta, int KV, int np, u16* __restrict__ k16, u16* __restrict__ v16) {
     __shared__ __align__(16) u16 tile[HD * VS];
     const int bh = blockIdx.y, b = bh / KV, hh = bh - b * KV;
-    const long long j0 = (long long)blockIdx.x * BK;
-    const float* kp = k + b * kb + hh * kh;
-    const float* vp = v + b * kb + hh * kh;
+    const long long j0 = (long long)blockIdx.x * BK, n = meta[5 * b + 4];
     for (int e = threadIdx.x; e < BK * HD / 4; e += blockDim.x) {
         const int key = e / (HD / 4), d = (e - key * (HD / 4)) * 4;
         float4 kx = make_float4(0.f, 0.f, 0.f, 0.f), vx = kx;
         if (j0 + key < n) {
-            kx = *(const float4*)(kp + (j0 + key) * kt + d);
-            vx = *(const float4*)(vp + (j0 + key) * kt + d);
+            const long long at = paged ? slots[b * ns + j0 + key] * kt + hh * kh : b * kb + hh * kh + (j0 + key) * kt;
+            kx = *(const float4*)(k + at + d);
+            vx = *(const float4*)(v + at + d);
         }
         *(uint2*)(k16 + ((long long)bh * np + j0 + key) * HD + d) = make_uint2(pack(kx.x, kx.y), pack(kx.z, kx.w));
         tile[(d + 0) * VS + key] = (u16)bf16_bits(vx.x);
@@ -94,21 +99,24 @@ extern "C" __global__ void loom_flash_kv16(const float* __restrict__ k, const fl
     }
 }
 
-// q [B, T, H, HD] (strides qb, qt, qh in floats), keys and values as loom_flash_kv16 writes them (np
-// positions), out [B, T, H * HD] (float32, or bfloat16 bits when out16). Query i sits at position
-// pos + i, key j at lo + j; query i sees key j when lo + j <= pos + i and (window == 0 or lo + j >
-// pos + i - window). Head h reads key head h / R. The blocks of the last queries (the most keys) go first.
+// q: query rows [rows, H, HD] (strides qt, qh in floats), keys and values as loom_flash_kv16 writes
+// them (np positions), out [rows, H * HD] (float32, or bfloat16 bits when out16). Block (query tile,
+// head h, item s). Query i of item s sits at position pos + i, key j at lo + j; it sees key j when
+// lo + j <= pos + i and (window == 0 or lo + j > pos + i - window). Head h reads key head h / R. The
+// blocks of the last queries (the most keys) go first.
 extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
-        const float* __restrict__ q, long long qb, long long qt, long long qh,
+        const float* __restrict__ q, long long qt, long long qh, const long long* __restrict__ meta,
         const u16* __restrict__ k16, const u16* __restrict__ v16, int KV, int np,
-        void* __restrict__ out, int out16, int T, int n, int H, int R, long long pos, long long lo, long long window,
-        float scale_log2) {
+        void* __restrict__ out, int out16, int H, int R, long long window, float scale_log2) {
     __shared__ __align__(16) u16 ks[BK * KS];
     __shared__ __align__(16) u16 vt[HD * VS];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z;
+    const long long first_row = meta[5 * b], pos = meta[5 * b + 2], lo = meta[5 * b + 3];
+    const int T = (int)meta[5 * b + 1], n = (int)meta[5 * b + 4];
     const int q0 = (gridDim.x - 1 - blockIdx.x) * BQ, row0 = q0 + warp * 16;
-    const float* qp = q + b * qb + h * qh;
+    if (q0 >= T) return;                                         // (the whole block: a shorter item)
+    const float* qp = q + first_row * qt + h * qh;
     const long long bh = (long long)b * KV + h / R;
     const uint4* kg = (const uint4*)(k16 + bh * np * HD);          // [np, HD / 8]
     const uint4* vg = (const uint4*)(v16 + bh * HD * np);          // [HD, np / 8]
@@ -253,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_flash_attention(
         l1 += __shfl_xor_sync(0xffffffffu, l1, off);
     }
     const long long stride = (long long)H * HD;
-    const long long at = ((long long)b * T + row0 + g) * stride + (long long)h * HD + 2 * t;
+    const long long at = (first_row + row0 + g) * stride + (long long)h * HD + 2 * t;
 #pragma unroll
     for (int j = 0; j < HD / 8; ++j) {
         if (row0 + g < T) store2(out, out16, at + j * 8, o[j][0] / l0, o[j][1] / l0);
@@ -269,38 +277,102 @@ def _module(head_dim: int):
 
 
 def supports(head_dim: int) -> bool:
-    """Whether the kernel takes this head size (a multiple of 16, at most 256)."""
-    return head_dim % 16 == 0 and 16 <= head_dim <= 256
+    """Whether the kernel takes this head size on this device: a multiple of 16 up to 128 (its two
+    tiles in 48 KiB of static shared memory, its registers without much spilling), and bfloat16
+    `mma.sync` (compute capability 8.0 or later)."""
+    return head_dim % 16 == 0 and 16 <= head_dim <= 128 and _capability() >= 80
+
+
+@cache
+def _capability() -> int:
+    return int(cupy.cuda.Device().compute_capability)
 
 
 def attend(q: Array, keys: Array, values: Array, pos: int, lo: int, window: int | None,
            scale: float, out16: bool = False) -> Array:
-    """Causal attention: the context [B, T, H * D] (float32; out16: bfloat16 bits, uint16) of queries q [B, T, H, D] at positions
-    pos.. over keys and values [B, KV, n, D] at positions lo.. (H a multiple of KV; a query sees keys
-    at or before its position, within `window` positions when given). q may be a strided view whose
-    last axis is contiguous; keys and values views of one layout with contiguous rows."""
+    """Causal attention: the context [B, T, H * D] (float32; out16: bfloat16 bits, uint16) of queries
+    q [B, T, H, D] at positions pos.. over keys and values [B, KV, n, D] at positions lo.. (H a
+    multiple of KV; a query sees keys at or before its position, within `window` positions when
+    given). q may be a strided view whose last axis is contiguous (its rows evenly spaced across the
+    batch); keys and values views of one layout with contiguous rows."""
     B, T, H, D = q.shape
     KV, n = keys.shape[1], keys.shape[2]
-    if not supports(D) or H % KV or keys.shape != values.shape or keys.strides != values.strides:
+    if keys.shape != values.shape or keys.strides != values.strides or keys.shape[0] != B:
+        raise ValueError(f"flash attention: unsupported shapes q {q.shape}, keys {keys.shape}, values {values.shape}")
+    _check(q, keys, values, H, D)
+    if q.strides[0] != T * q.strides[1]:
+        raise ValueError("flash attention: q's batch stride must be T times its row stride")
+    meta = _meta(tuple((b * T, T, pos, lo, n) for b in range(B)), cupy.cuda.runtime.getDevice())
+    ks = [s // 4 for s in keys.strides]
+    return _run(_rows(q), keys, values, ks[0], ks[1], ks[2], None, 0, meta, B, T, n, KV, window, scale, out16,
+                (B, T, H * D))
+
+
+def attend_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, items: list[tuple[int, int, int, int, int]],
+                 window: int | None, scale: float, out16: bool = False) -> Array:
+    """attend for many sequences over a paged cache: q [rows, H, D] (float32) holds every item's
+    queries; item s is (its first row, its query count T, its first query's position, its first key's
+    position lo, its key count n), its key j stored in slot key_slots[s, j] of cache_k, cache_v
+    [slots, KV, D]. Returns the context [rows, H * D] (rows of no item are left unwritten)."""
+    rows, H, D = q.shape
+    KV = cache_k.shape[1]
+    if cache_k.shape != cache_v.shape or cache_k.ndim != 3 or not cache_k.flags.c_contiguous \
+            or not cache_v.flags.c_contiguous or key_slots.dtype != np.int64 or not key_slots.flags.c_contiguous:
+        raise ValueError("flash attention: paged caches must be C-contiguous [slots, KV, D] with int64 key slots")
+    _check(q, cache_k, cache_v, H, D)
+    t_max = max((it[1] for it in items), default=0)
+    n_max = max((it[4] for it in items), default=0)
+    if n_max > key_slots.shape[1]:
+        raise ValueError(f"flash attention: {n_max} keys for key slot lists of {key_slots.shape[1]}")
+    meta = _meta(tuple(tuple(int(v) for v in it) for it in items), cupy.cuda.runtime.getDevice())
+    return _run(q, cache_k, cache_v, 0, D, KV * D, key_slots, key_slots.shape[1], meta, len(items), t_max, n_max, KV,
+                window, scale, out16, (rows, H * D))
+
+
+def _check(q: Array, keys: Array, values: Array, H: int, D: int) -> None:
+    KV = keys.shape[-3] if keys.ndim == 4 else keys.shape[1]
+    if not supports(D) or H % KV or keys.shape[-1] != D:
         raise ValueError(f"flash attention: unsupported shapes q {q.shape}, keys {keys.shape}, values {values.shape}")
     for name, a in (("q", q), ("keys", keys), ("values", values)):
         if a.dtype != np.float32 or a.strides[-1] != 4 or any(s % 16 for s in a.strides[:-1]) or a.data.ptr % 16:
             raise ValueError(f"flash attention: {name} must be float32 with contiguous, 16-byte aligned rows")
-    out = cupy.empty((B, T, H * D), dtype=np.uint16 if out16 else np.float32)
-    if T == 0 or B == 0:
+
+
+def _rows(q: Array) -> Array:
+    """q [B, T, H, D] as rows [B T, H, D] (a view: B's stride is T rows)."""
+    B, T, H, D = q.shape
+    return cupy.ndarray((B * T, H, D), dtype=q.dtype, memptr=q.data, strides=q.strides[1:])
+
+
+def _meta(items: tuple, device: int) -> Array:
+    """The items' descriptions as an array [S, 5] int64 on the device (kept: a prompt's chunks repeat
+    them). Not while a CUDA graph is recorded: the copy cannot be captured, and a kept array from the
+    graph's private pool would not outlive it."""
+    if cupy.cuda.get_current_stream().is_capturing():
+        raise ValueError("flash attention cannot be recorded into a CUDA graph")
+    return _kept_meta(items, device)
+
+
+@lru_cache(maxsize=256)
+def _kept_meta(items: tuple, device: int) -> Array:
+    return cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
+
+
+def _run(q, keys, values, kb, kh, kt, slots, ns, meta, S, t_max, n_max, KV, window, scale, out16, shape):
+    rows, H, D = q.shape
+    out = cupy.empty(shape, dtype=np.uint16 if out16 else np.float32)
+    if t_max == 0 or S == 0:
         return out
-    qs, ks = [s // 4 for s in q.strides], [s // 4 for s in keys.strides]
-    padded = -(-n // BLOCK_K) * BLOCK_K
-    k16 = cupy.empty((B, KV, padded, D), dtype=np.uint16)
-    v16 = cupy.empty((B, KV, D, padded), dtype=np.uint16)
+    padded = max(BLOCK_K, -(-n_max // BLOCK_K) * BLOCK_K)
+    k16 = cupy.empty((S, KV, padded, D), dtype=np.uint16)
+    v16 = cupy.empty((S, KV, D, padded), dtype=np.uint16)
     module = _module(D)
     with translating("flash attention", q, keys, values):
-        if n:
-            module.get_function("loom_flash_kv16")((padded // BLOCK_K, B * KV), (256,), (
-                keys, values, np.int64(ks[0]), np.int64(ks[1]), np.int64(ks[2]), np.int32(KV), np.int32(n),
-                np.int32(padded), k16, v16))
-        module.get_function("loom_flash_attention")((-(-T // BLOCK_Q), H, B), (128,), (
-            q, np.int64(qs[0]), np.int64(qs[1]), np.int64(qs[2]), k16, v16, np.int32(KV), np.int32(padded), out,
-            np.int32(out16), np.int32(T), np.int32(n), np.int32(H), np.int32(H // KV), np.int64(pos), np.int64(lo),
-            np.int64(window or 0), np.float32(scale * math.log2(math.e))))
+        module.get_function("loom_flash_kv16")((padded // BLOCK_K, S * KV), (256,), (
+            keys, values, np.int64(kb), np.int64(kh), np.int64(kt), keys if slots is None else slots,
+            np.int32(slots is not None), np.int64(ns), meta, np.int32(KV), np.int32(padded), k16, v16))
+        module.get_function("loom_flash_attention")((-(-t_max // BLOCK_Q), H, S), (128,), (
+            q, np.int64(q.strides[0] // 4), np.int64(q.strides[1] // 4), meta, k16, v16, np.int32(KV),
+            np.int32(padded), out, np.int32(out16), np.int32(H), np.int32(H // KV), np.int64(window or 0),
+            np.float32(scale * math.log2(math.e))))
     return out

@@ -3,9 +3,10 @@
 
 - rms_bf16: RMSNorm of each row (x / sqrt(mean(x^2) + eps) * weight, in float32) written as
   bfloat16 bits for the next GEMM: the norm and the rounding in one pass.
-- rope_cache: one warp per (token, head) of the fused q|k|v product: adds the bias, applies
-  qwen3's per-head RMSNorm to q and k, rotates them (HF's rotate-half, the decoder's float32
-  operations: x cos + rot(x) sin) and writes q for the attention kernel and k, v into the cache.
+- rope_cache / rope_rows: one warp per (token, head) of the fused q|k|v product: adds the bias,
+  applies qwen3's per-head RMSNorm to q and k, rotates them (HF's rotate-half, the decoder's float32
+  operations: x cos + rot(x) sin) and writes q for the attention kernel and k, v into the cache
+  (contiguous [B, KV, positions, D], or paged [slots, KV, D] with a slot per row).
 - swiglu_bf16: silu(gate) * up from the fused gate|up product (bias added), as bfloat16 bits.
 - argmax_rows: greedy tokens, one block a row (CuPy's argmax over rows takes 60 us for 64 x 49,152).
 
@@ -81,25 +82,36 @@ extern "C" __global__ void loom_argmax_rows(const float* __restrict__ x, long lo
     if (threadIdx.x == 0) out[blockIdx.x] = bi[0];
 }
 
-// warp (r, j): token row r = b T + t of qkv [B T, (H + 2 KV) D], head j (q heads, k heads, v heads).
-// q goes to q_out [B T, H, D]; k and v to the caches at (b, head, pos + t) (strides cb, ch, ct floats).
+// warp (r, j): token row r of qkv [rows, (H + 2 KV) D], head j (q heads, k heads, v heads). Row r is
+// at position p = pos + t (r = b T + t) and its key/value head 0 lives at cache offset b cb + p ct,
+// or (per_row) at position rpos[r] and offset roff[r]; head h at that offset + h ch. q goes to
+// q_out [rows, H, D]; cos, sin: the tables [positions, D].
 extern "C" __global__ void loom_rope_cache(const float* __restrict__ qkv, const float* __restrict__ bias,
         int has_bias, const float* __restrict__ qkn, int has_qkn, float eps, const float* __restrict__ cosv,
         const float* __restrict__ sinv, long long rows, int T, int H, int KV, int D, float* __restrict__ q_out,
-        float* __restrict__ ck, float* __restrict__ cv, long long cb, long long ch, long long ct, long long pos) {
+        float* __restrict__ ck, float* __restrict__ cv, long long cb, long long ch, long long ct, long long pos,
+        const long long* __restrict__ rpos, const long long* __restrict__ roff, int per_row) {
     extern __shared__ float buf[];
     const int heads = H + 2 * KV, lane = threadIdx.x & 31;
     const long long wid = (blockIdx.x * (long long)blockDim.x + threadIdx.x) >> 5;
     if (wid >= rows * heads) return;
     const long long r = wid / heads;
     const int j = (int)(wid - r * heads);
-    const long long b = r / T, t = r - b * T;
+    long long p, off;
+    if (per_row) {
+        p = rpos[r];
+        off = roff[r];
+    } else {
+        const long long b = r / T;
+        p = pos + (r - b * T);
+        off = b * cb + p * ct;
+    }
     float* sh = buf + (threadIdx.x >> 5) * D;
     const float* src = qkv + r * heads * D + (long long)j * D;
     for (int d = lane; d < D; d += 32) sh[d] = has_bias ? src[d] + bias[j * D + d] : src[d];
     __syncwarp();
     if (j >= H + KV) {
-        float* dst = cv + b * cb + (long long)(j - H - KV) * ch + (pos + t) * ct;
+        float* dst = cv + off + (long long)(j - H - KV) * ch;
         for (int d = lane; d < D; d += 32) dst[d] = sh[d];
         return;
     }
@@ -112,10 +124,9 @@ extern "C" __global__ void loom_rope_cache(const float* __restrict__ qkv, const 
         __syncwarp();
     }
     const int half = D / 2;
-    const float* c = cosv + t * D;
-    const float* s = sinv + t * D;
-    float* dst = j < H ? q_out + (r * H + j) * (long long)D
-                       : ck + b * cb + (long long)(j - H) * ch + (pos + t) * ct;
+    const float* c = cosv + p * D;
+    const float* s = sinv + p * D;
+    float* dst = j < H ? q_out + (r * H + j) * (long long)D : ck + off + (long long)(j - H) * ch;
     for (int d = lane; d < D; d += 32) {
         const float rot = d < half ? -sh[d + half] : sh[d - half];
         dst[d] = sh[d] * c[d] + rot * s[d];
@@ -151,6 +162,8 @@ def rms_bf16(x: Array, weight: Array, eps: float) -> Array:
     """bfloat16 bits (uint16 [rows, n]) of RMSNorm(x) * weight for x float32 [rows, n] (C-contiguous)."""
     rows, n = x.shape
     out = cupy.empty((rows, n), dtype=np.uint16)
+    if not out.size:
+        return out
     with translating("prefill rms_norm", x):
         _module().get_function("loom_rms_bf16")((rows,), (128,), (
             x, weight, out, np.int64(rows), np.int32(n), np.float32(eps)))
@@ -162,21 +175,43 @@ def rope_cache(qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float
     """q [B, T, H, D] float32, rotated, from the fused product qkv [B T, (H + 2 KV) D] (bias [(H + 2
     KV) D] added; qk_norm [H + KV, D]: per-head RMSNorm before the rotation); the rotated keys and
     the values written into cache_k, cache_v [B, KV, positions, D] at positions pos.. . cos, sin
-    [T, D]: the tables at those positions."""
+    [positions, D]: the RoPE tables."""
     rows = qkv.shape[0]
     T, D = rows // batch, cos.shape[1]
-    q = cupy.empty((batch, T, heads, D), dtype=np.float32)
-    cb, ch, ct = (s // 4 for s in cache_k.strides[:3])
     if cache_v.strides != cache_k.strides:
         raise ValueError("rope_cache: the key and value caches must share a layout")
+    cb, ch, ct = (s // 4 for s in cache_k.strides[:3])
+    q = cupy.empty((batch, T, heads, D), dtype=np.float32)
+    _rope(qkv, bias, qk_norm, eps, cos, sin, T, heads, kv_heads, D, q, cache_k, cache_v, cb, ch, ct, pos, None, None)
+    return q
+
+
+def rope_rows(qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float, cos: Array, sin: Array, heads: int,
+              kv_heads: int, cache_k: Array, cache_v: Array, positions: Array, slots: Array) -> Array:
+    """rope_cache for rows at any positions over a paged cache: row r of qkv [rows, (H + 2 KV) D] is
+    at position positions[r] (int64, device) and its key and value go to slot slots[r] of cache_k,
+    cache_v [slots, KV, D] (C-contiguous). Returns q [rows, H, D]."""
+    rows, D = qkv.shape[0], cos.shape[1]
+    if cache_k.shape != cache_v.shape or not (cache_k.flags.c_contiguous and cache_v.flags.c_contiguous):
+        raise ValueError("rope_rows: the paged caches must be C-contiguous [slots, KV, D] of one shape")
+    q = cupy.empty((rows, heads, D), dtype=np.float32)
+    _rope(qkv, bias, qk_norm, eps, cos, sin, 1, heads, kv_heads, D, q, cache_k, cache_v, 0, D, 0, 0, positions,
+          slots * (kv_heads * D))
+    return q
+
+
+def _rope(qkv, bias, qk_norm, eps, cos, sin, T, heads, kv_heads, D, q, cache_k, cache_v, cb, ch, ct, pos, rpos, roff):
+    rows = qkv.shape[0]
     warps = rows * (heads + 2 * kv_heads)
+    if not warps:
+        return
     with translating("prefill rope and cache", qkv):
         _module().get_function("loom_rope_cache")((-(-warps // 8),), (256,), (
             qkv, qkv if bias is None else bias, np.int32(bias is not None), qkv if qk_norm is None else qk_norm,
             np.int32(qk_norm is not None), np.float32(eps), cos, sin, np.int64(rows), np.int32(T), np.int32(heads),
             np.int32(kv_heads), np.int32(D), q, cache_k, cache_v, np.int64(cb), np.int64(ch), np.int64(ct),
-            np.int64(pos)), shared_mem=8 * D * 4)
-    return q
+            np.int64(pos), qkv if rpos is None else rpos, qkv if roff is None else roff, np.int32(rpos is not None)),
+            shared_mem=8 * D * 4)
 
 
 def swiglu_bf16(gu: Array, bias: Array | None, out: Array | None = None) -> Array:

@@ -444,6 +444,7 @@ class SearchKernels:
         cp = self._cp
         m, dim = q.shape
         th = cp.empty(m, dtype=np.float32)
+        largest = cp.asarray(largest, dtype=np.float64)          # the kernel reads a double
         if m:
             with translating("db threshold", x, q):
                 self._fn("loom_db_threshold")((m,), (256,), (
@@ -486,6 +487,8 @@ class SearchKernels:
         given)."""
         cp = self._cp
         m, dim = count.shape[0], matrix.shape[1]
+        if ids.dtype != np.int64 or rows.dtype != np.int64:
+            raise ValueError(f"search top: ids and rows must be int64, got {ids.dtype} and {rows.dtype}")
         out = cp.empty((m, 2 * k + 1), dtype=np.int64)
         if m:
             score = cp.empty((m, self.CAPACITY), dtype=np.float32)
