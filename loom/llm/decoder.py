@@ -211,7 +211,9 @@ class Decoder:
 
     tensor_cores (fast mode, a GPU): products of more than gemv.MAX_ROWS rows (prefill, large batches)
     with stored 16-bit or quantized weights run as bfloat16 GEMMs with float32 sums, x rounded to
-    bfloat16 (loom.kernels.quant.block); False keeps them float32. Deterministic mode never uses them."""
+    bfloat16 (loom.kernels.quant.block), and such layers' prompt attention runs the flash kernel;
+    with BF16 weights a prompt layer is nine fused launches (_layer_fast). False keeps them float32.
+    Deterministic mode never uses them."""
 
     graphs = True
 
@@ -495,14 +497,15 @@ class Decoder:
         """Attention of queries q [B, T, H, D] at positions pos.. over the keys and values
         [B, KV, n, D] at positions lo..pos+T-1: the context [B, T, H*D]. Each query's row sees its own
         keys only (causal, its window), so in deterministic mode its bits do not depend on T. In fast
-        mode with tensor_cores, more than gemv.MAX_ROWS queries on a GPU go through the backend's
-        flash kernel (bfloat16 inputs, float32 sums: backend/cuda/flash.py)."""
+        mode with tensor_cores, more than gemv.MAX_ROWS queries of a layer with stored 16-bit or
+        quantized weights go through the backend's flash kernel on a GPU (bfloat16 inputs, float32
+        sums: backend/cuda/flash.py); float32 weights keep float32 attention."""
         c, xp = self.config, self.xp
         B, T = q.shape[:2]
         H, KV, D = c.heads, c.kv_heads, c.head_dim
         flash = self.backend.flash
         if (T > gemv.MAX_ROWS and flash is not None and self.tensor_cores and not is_deterministic()
-                and flash.supports(D)):
+                and isinstance(L.qkv, BlockQuantized) and flash.supports(D)):
             # fast mode's prompts: one kernel on the tensor cores, no [T, n] scores in memory
             return flash.attend(q, keys, values, pos, lo, L.window, self.scale)
         R, end = H // KV, pos + T

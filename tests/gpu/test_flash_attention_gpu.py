@@ -154,3 +154,21 @@ def test_decoder_prompts_use_it_and_stay_close_to_float32(kind):
         want2 = cupy.asnumpy(plain.forward(prompt[:, 100:], pc))
     for g, w in ((got, want), (got2, want2)):
         assert np.abs(g - w).max() / np.abs(w).max() < 2e-2
+
+
+def test_float32_weights_keep_float32_attention():
+    """A decoder with float32 weights keeps float32 products, and so float32 attention, in fast mode."""
+    cfg = {**CONFIG, "max_position_embeddings": 512}
+    config = DecoderConfig.from_hf(cfg)
+    weights = _quant_weights("F32", cfg)
+    calls = []
+    real = flash.attend
+    mp = pytest.MonkeyPatch()
+    mp.setattr(flash, "attend", lambda *a, **k: calls.append(1) or real(*a, **k))
+    try:
+        with loom.deterministic(False):
+            dec = Decoder(config, weights, "cuda")
+            dec.forward(np.arange(100)[None] % cfg["vocab_size"], dec.new_cache(120))
+    finally:
+        mp.undo()
+    assert calls == []
