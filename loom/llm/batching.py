@@ -64,7 +64,9 @@ class Request:
     emitted; stop: strings that end the text (needs the model's tokenizer). presence and frequency
     penalties as OpenAI defines them: logit -= frequency * count + presence * (count > 0), over the
     tokens generated so far. logprobs: None, or how many top alternatives to report with each
-    token's log-probability (0: the token's own only)."""
+    token's log-probability (0: the token's own only). constraint: a fresh gen.Constraint (e.g. a
+    token_mask.JsonConstraint for JSON output) that masks each step's logits; the request ends
+    ("stop") once it is finished. Constrained requests always bring their logits to the host."""
     prompt: list[int]
     max_tokens: int = 256
     sampling: gen.Sampling = field(default_factory=gen.Sampling)
@@ -73,6 +75,7 @@ class Request:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: int | None = None
+    constraint: gen.Constraint | None = None
 
 
 @dataclass
@@ -193,8 +196,9 @@ class BatchEngine:
             gen._number(name, getattr(request, name), lambda v: -2 <= v <= 2, "a number in [-2, 2]")
         if request.logprobs is not None:
             gen._integer("logprobs", request.logprobs, "an integer >= 0 (top alternatives per token)")
+        gen.check_constraint(request.constraint, c.vocab_size)
         return Request(prompt, request.max_tokens, request.sampling, tuple(stop_ids), stop, request.presence_penalty,
-                       request.frequency_penalty, request.logprobs)
+                       request.frequency_penalty, request.logprobs, request.constraint)
 
     def submit(self, request: Request, sink: Callable[[Event], None]) -> Handle:
         """Queue a request; its events go to sink (called on the engine's thread). Raises QueueFull
@@ -204,6 +208,9 @@ class BatchEngine:
     def submit_all(self, requests: list[Request], sinks: list[Callable[[Event], None]]) -> list[Handle]:
         """Queue several requests at once, or none of them (QueueFull when they do not all fit)."""
         checked = [self.check(r) for r in requests]
+        constraints = [id(r.constraint) for r in checked if r.constraint is not None]
+        if len(set(constraints)) < len(constraints):
+            raise ConfigError("constraint", "two requests share one constraint; give each its own")
         tokenizer = self.model.tokenizer
         if self._stopping or (self._thread is not None and not self._thread.is_alive()):
             raise EngineError("the batch engine has stopped; no request is taken")
@@ -493,13 +500,16 @@ class BatchEngine:
                 counts = np.fromiter(seq.counts.values(), dtype=np.float32)
                 adjusted = logits.copy()
                 adjusted[ids] -= np.float32(r.frequency_penalty) * counts + np.float32(r.presence_penalty)
-            token = gen.choose(adjusted, seq.seen, r.sampling, len(seq.generated))
+            allowed = None if r.constraint is None else r.constraint.allowed(r.stop_ids)
+            token = gen.choose(adjusted, seq.seen, r.sampling, len(seq.generated), allowed)
         if token in r.stop_ids:
             self._finish(seq, "stop")
             return
         event = Event(token)
         if r.logprobs is not None:
             event.logprob, event.top_logprobs = _logprobs(logits, token, r.logprobs)
+        if r.constraint is not None:
+            r.constraint.push(token)
         seq.generated.append(token)
         seq.tokens.append(token)
         seq.seen[token] = True
@@ -507,7 +517,7 @@ class BatchEngine:
         if seq.text is not None:
             event.text = seq.text.push(token)
         self._emit(seq, event)
-        if seq.text is not None and seq.text.stopped:
+        if (seq.text is not None and seq.text.stopped) or (r.constraint is not None and r.constraint.finished):
             self._finish(seq, "stop")
         elif len(seq.generated) >= r.max_tokens or len(seq.tokens) >= self.context:
             self._finish(seq, "length")
@@ -536,10 +546,11 @@ class BatchEngine:
 
 
 def _plain_greedy(r: Request) -> bool:
-    """Whether the next token is the logits' argmax and nothing else of them is needed."""
+    """Whether the next token is the logits' argmax and nothing else of them is needed (a constraint
+    needs the host logits to mask)."""
     s = r.sampling
     return (s.temperature == 0.0 and s.repetition_penalty == 1.0 and not r.presence_penalty
-            and not r.frequency_penalty and r.logprobs is None)
+            and not r.frequency_penalty and r.logprobs is None and r.constraint is None)
 
 
 def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:

@@ -13,6 +13,11 @@ Each step turns the last position's logits into one token, in transformers' orde
    and backend-independent in deterministic mode) and the CDF is a float64 running sum on the host,
    so a seed gives the same tokens on every machine and device whenever the logits agree.
 
+A constraint (Constraint below: loom.llm.token_mask.JsonConstraint for JSON output) narrows step 1's
+logits first: tokens it does not allow are dropped, exactly (greedy takes the argmax of the allowed
+ones; sampling keeps only them through top-k, top-p and min-p, so the probabilities of the allowed
+tokens are their own renormalized). Generation ends once the constraint is finished.
+
 Stop token ids end generation without being emitted. Stop strings are matched on the decoded text:
 text that could still become the start of a stop string is held back until it cannot, and the stop
 string itself (and anything after it) is never emitted.
@@ -23,7 +28,7 @@ import functools
 import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -56,6 +61,25 @@ class Sampling:
         _integer("seed", self.seed, "an integer >= 0")
 
 
+class Constraint(Protocol):
+    """What constrained generation asks of a constraint (loom.llm.token_mask.JsonConstraint is one):
+    the tokens allowed next (stop ids among them only where the output may end), advancing past the
+    chosen token, and whether nothing more may follow."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def finished(self) -> bool: ...
+
+    def allowed(self, stop_ids: Iterable[int]) -> np.ndarray: ...
+
+    def push(self, token: int) -> None: ...
+
+
 def _number(name, value, ok, what):
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok(value):
         raise ConfigError(name, f"expected {what}, got {value!r}")
@@ -76,11 +100,13 @@ def repetition_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> 
     return np.where(seen, np.where(logits < 0, logits * p, logits / p), logits).astype(np.float32)
 
 
-def keep_mask(logits: np.ndarray, s: Sampling) -> np.ndarray:
-    """Bool [V]: the tokens top-k, top-p and min-p keep, for logits already divided by the temperature."""
-    keep = np.ones(logits.shape, dtype=bool)
-    if 0 < s.top_k < logits.size:
-        kth = np.partition(logits, logits.size - s.top_k)[logits.size - s.top_k]
+def keep_mask(logits: np.ndarray, s: Sampling, allowed: np.ndarray | None = None) -> np.ndarray:
+    """Bool [V]: the tokens top-k, top-p and min-p keep, for logits already divided by the temperature,
+    among the `allowed` ones (bool [V]; None: all)."""
+    keep = np.ones(logits.shape, dtype=bool) if allowed is None else allowed.copy()
+    candidates = logits if allowed is None else logits[allowed]
+    if 0 < s.top_k < candidates.size:
+        kth = np.partition(candidates, candidates.size - s.top_k)[candidates.size - s.top_k]
         keep &= logits >= kth
     if s.top_p < 1.0:
         probs = _softmax(logits, keep)
@@ -98,13 +124,14 @@ def _softmax(logits, keep):
     return np.asarray(ops.softmax(logits, axis=-1, mask=keep))
 
 
-def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int) -> int:
-    """The token for one step from float32 logits [V] (host array)."""
+def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int, allowed: np.ndarray | None = None) -> int:
+    """The token for one step from float32 logits [V] (host array); `allowed` (bool [V], at least one
+    True) restricts it to those tokens."""
     logits = repetition_penalty(logits, seen, s.repetition_penalty)
     if s.temperature == 0.0:
-        return int(np.argmax(logits))
+        return int(np.argmax(logits if allowed is None else np.where(allowed, logits, -np.inf)))
     scaled = (logits / np.float32(s.temperature)).astype(np.float32)
-    keep = keep_mask(scaled, s)
+    keep = keep_mask(scaled, s, allowed)
     cdf = np.cumsum(_softmax(scaled, keep).astype(np.float64))
     u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
     token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))        # cdf rises at the token: p > 0
@@ -151,11 +178,14 @@ def cache_positions(needed: int, limit: int) -> int:
 
 
 def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sampling: Sampling,
-                 stop_ids: Iterable[int] = (), truncate: bool = False) -> Iterator[int]:
-    """Token ids after the prompt, one per step, until a stop id (not yielded) or max_tokens."""
+                 stop_ids: Iterable[int] = (), truncate: bool = False,
+                 constraint: Constraint | None = None) -> Iterator[int]:
+    """Token ids after the prompt, one per step, until a stop id (not yielded), max_tokens, or the
+    end of what `constraint` (a fresh one) allows."""
     ids = fit_prompt([int(i) for i in prompt_ids], max_tokens, decoder.config.max_positions,
                      decoder.config.vocab_size, truncate)
     stops = frozenset(int(i) for i in stop_ids)
+    check_constraint(constraint, decoder.config.vocab_size)
     if max_tokens == 0:
         return
     vocab = decoder.config.vocab_size
@@ -166,11 +196,14 @@ def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sa
     to_host = decoder.backend.to_numpy
     step_ids = np.zeros((1, 1), dtype=np.int64)
     for step in range(max_tokens):
-        token = choose(to_host(logits[0, -1]), seen, sampling, step)
+        allowed = None if constraint is None else constraint.allowed(stops)
+        token = choose(to_host(logits[0, -1]), seen, sampling, step, allowed)
         if token in stops:
             return
+        if constraint is not None:
+            constraint.push(token)
         yield token
-        if step + 1 == max_tokens:
+        if step + 1 == max_tokens or (constraint is not None and constraint.finished):
             return
         seen[token] = True
         step_ids[0, 0] = token
@@ -241,6 +274,20 @@ def _held_back(text: str, stop) -> int:
     return best
 
 
+def check_constraint(constraint: Constraint | None, vocab_size: int) -> None:
+    """ConfigError unless `constraint` is None or an unused constraint over `vocab_size` tokens."""
+    if constraint is None:
+        return
+    if not all(hasattr(constraint, name) for name in ("allowed", "push", "finished", "started", "vocab_size")):
+        raise ConfigError("constraint", f"expected a constraint (e.g. loom.llm.token_mask.JsonConstraint), "
+                                        f"got {type(constraint).__name__}")
+    if constraint.vocab_size != vocab_size:
+        raise ConfigError("constraint", f"the constraint covers {constraint.vocab_size} tokens; the model has "
+                                        f"{vocab_size}")
+    if constraint.started:
+        raise ConfigError("constraint", "the constraint has been used already; make a fresh one per generation")
+
+
 def check_stop(stop: str | Iterable[str]) -> tuple[str, ...]:
     """stop as a tuple of non-empty strings (a single string is one stop string)."""
     items = (stop,) if isinstance(stop, str) else tuple(stop)
@@ -258,5 +305,6 @@ def check_stop_ids(stop_ids: Iterable[int], vocab_size: int) -> tuple[int, ...]:
     return tuple(int(i) for i in items)
 
 
-__all__ = ["Sampling", "choose", "keep_mask", "repetition_penalty", "fit_prompt", "generate_ids", "stream_text",
+__all__ = ["Sampling", "Constraint", "check_constraint", "choose", "keep_mask", "repetition_penalty", "fit_prompt",
+           "generate_ids", "stream_text",
            "check_stop", "check_stop_ids", "SAMPLE_STREAM", "TextStream"]

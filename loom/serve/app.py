@@ -6,7 +6,8 @@ model's requests go to one loom.llm.batching.BatchEngine, whose thread decodes e
 request together (continuous batching); each request's tokens come back to its handler through an
 asyncio queue. A client that disconnects has its sequence cancelled, which frees its slot and
 blocks at the engine's next step. A full queue answers 429, bad input 400 naming the field, an
-unknown model 404, all with OpenAI's error body.
+unknown model 404, all with OpenAI's error body. A response_format of json_object or json_schema gives
+each request a constraint (loom/llm/token_mask.py) that masks its logits step by step.
 """
 from __future__ import annotations
 
@@ -145,7 +146,11 @@ class Server:
             protocol.check_model(body, self.name)
             if self.encoder:
                 raise BadRequest("model", f"{self.name!r} is an embedding model; use /v1/embeddings")
-            job = (protocol.chat_job if chat else protocol.completion_job)(body, self.model, self.context)
+            build = protocol.chat_job if chat else protocol.completion_job
+            if protocol.needs_constraint(body):       # the first grammar over a vocabulary takes a moment
+                job = await asyncio.to_thread(build, body, self.model, self.context)
+            else:
+                job = build(body, self.model, self.context)
             queue, handles = self._submit(job, "messages" if chat else "prompt")
         except BadRequest as exc:
             return _error(exc)

@@ -5,26 +5,34 @@ Sampling fields as OpenAI names them: temperature (default 1, 0 is greedy), top_
 (chat: also max_completion_tokens; default: the rest of the context for chat, 16 for completions as
 OpenAI's legacy endpoint), stop (a string or up to 4), seed (without one, each request draws a
 random seed: reproducible only with a seed), n, presence_penalty, frequency_penalty, logprobs
-(chat: a flag with top_logprobs 0-20; completions: 0-5 alternatives). Unknown fields are ignored,
+(chat: a flag with top_logprobs 0-20; completions: 0-5 alternatives), response_format (text,
+json_object, or json_schema with a schema of the subset loom/llm/json_schema.py supports: the
+output is then constrained token by token, see loom/llm/token_mask.py). Unknown fields are ignored,
 as vLLM and llama.cpp's server do; fields that would change the output and are not supported
-(tools, response_format other than text, logit_bias) are refused rather than ignored.
+(tools, logit_bias, schema keywords outside the subset) are refused rather than ignored.
 """
 from __future__ import annotations
 
+import json
 import math
+import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..llm import generate as gen
+from ..llm import token_mask
 from ..llm.batching import Request
+from ..llm.json_constraint import JsonGrammar
 
 if TYPE_CHECKING:
     from ..llm.model import CausalLM
 
 MAX_N = 16
 MAX_STOP = 4
+SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class BadRequest(Exception):
@@ -110,9 +118,56 @@ def _refuse_unsupported(body: dict) -> None:
     for key in ("tools", "functions", "logit_bias"):
         if body.get(key):
             raise BadRequest(key, f"'{key}' is not supported by this server")
+
+
+def needs_constraint(body: dict) -> bool:
+    """Whether the body asks for structured output (building its first grammar may take a while)."""
     fmt = body.get("response_format")
-    if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
-        raise BadRequest("response_format", "only response_format {'type': 'text'} is supported")
+    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+
+
+def _response_format(body: dict, model: CausalLM) -> Callable[[], gen.Constraint] | None:
+    """What makes each request's constraint for the body's response_format (None: plain text)."""
+    fmt = body.get("response_format")
+    if fmt is None:
+        return None
+    if not isinstance(fmt, dict):
+        raise BadRequest("response_format", "'response_format' must be an object such as "
+                                            f"{{\"type\": \"json_object\"}}, got {fmt!r:.60}")
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        key, schema, path = "json_object", {"type": "object"}, "response_format"
+    elif kind == "json_schema":
+        spec = fmt.get("json_schema")
+        where = "response_format.json_schema"
+        if not isinstance(spec, dict):
+            raise BadRequest(where, "'json_schema' must be an object with 'name' and 'schema'")
+        name = spec.get("name")
+        if not isinstance(name, str) or not SCHEMA_NAME.fullmatch(name):
+            raise BadRequest(f"{where}.name", "'name' must be 1-64 letters, digits, '_' or '-', got "
+                                              f"{name!r:.60}")
+        if spec.get("strict") is not None and not isinstance(spec.get("strict"), bool):
+            raise BadRequest(f"{where}.strict", f"'strict' must be true or false, got {spec.get('strict')!r:.60}")
+        schema = spec.get("schema", {})
+        if not isinstance(schema, (dict, bool)):
+            raise BadRequest(f"{where}.schema", f"'schema' must be a JSON Schema object, got {schema!r:.60}")
+        key, path = "json_schema:" + json.dumps(schema), f"{where}.schema"
+    else:
+        raise BadRequest("response_format.type", "'type' must be 'text', 'json_object' or 'json_schema', got "
+                                                 f"{kind!r:.60}")
+    if model.tokenizer is None:
+        raise BadRequest("response_format", "structured output needs the model's tokenizer; this model has none")
+    try:
+        vocabulary = token_mask.Vocabulary.of(model.tokenizer, model.decoder.config.vocab_size)
+    except ConfigError as exc:
+        raise BadRequest("response_format", exc.reason) from None
+    try:
+        masks = token_mask.grammar_masks(vocabulary, key, lambda: JsonGrammar.from_schema(schema, path))
+    except ConfigError as exc:                  # json_schema.SchemaError: the path of the bad keyword
+        raise BadRequest(exc.path, exc.reason) from None
+    return masks.constraint
 
 
 def _sampling(body: dict) -> tuple[gen.Sampling, dict]:
@@ -130,9 +185,10 @@ def _sampling(body: dict) -> tuple[gen.Sampling, dict]:
 
 
 def _requests(prompt_ids: list[list[int]], n: int, max_tokens: int | None, context: int, body: dict,
-              logprobs: int | None, max_key: str, prompt_key: str) -> list[Request]:
+              logprobs: int | None, max_key: str, prompt_key: str,
+              constraint: Callable[[], gen.Constraint] | None) -> list[Request]:
     """context: the positions a sequence may use (the model's context, or less where the server's
-    KV cache holds less)."""
+    KV cache holds less); constraint: makes each request's own (None: unconstrained)."""
     sampling, extra = _sampling(body)
     stop = _stop(body)
     out = []
@@ -148,7 +204,7 @@ def _requests(prompt_ids: list[list[int]], n: int, max_tokens: int | None, conte
             # choice i of a prompt samples with seed + i: n different answers, each reproducible
             s = gen.Sampling(sampling.temperature, 0, sampling.top_p, 0.0, 1.0, (sampling.seed + i) % (1 << 64))
             out.append(Request(ids, tokens, s, None, stop, extra["presence_penalty"], extra["frequency_penalty"],
-                               logprobs))
+                               logprobs, None if constraint is None else constraint()))
     return out
 
 
@@ -183,8 +239,9 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
     elif body.get("top_logprobs") is not None:
         raise BadRequest("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     stream = _flag(body, "stream", False)
-    return Job(_requests([ids], n, max_tokens, context, body, logprobs, key, "messages"), [ids], n, stream,
-               _include_usage(body, stream), logprobs)
+    constraint = _response_format(body, model)
+    return Job(_requests([ids], n, max_tokens, context, body, logprobs, key, "messages", constraint), [ids], n,
+               stream, _include_usage(body, stream), logprobs)
 
 
 def completion_job(body: dict, model: CausalLM, context: int) -> Job:
@@ -213,8 +270,9 @@ def completion_job(body: dict, model: CausalLM, context: int) -> Job:
     logprobs = _integer(body, "logprobs", None, 0, 5)
     stream = _flag(body, "stream", False)
     max_tokens = _integer(body, "max_tokens", 16, 1)
-    return Job(_requests(ids, n, max_tokens, context, body, logprobs, "max_tokens", "prompt"), ids, n, stream,
-               _include_usage(body, stream), logprobs)
+    constraint = _response_format(body, model)
+    return Job(_requests(ids, n, max_tokens, context, body, logprobs, "max_tokens", "prompt", constraint), ids, n,
+               stream, _include_usage(body, stream), logprobs)
 
 
 def _prompts(prompt: Any) -> list:

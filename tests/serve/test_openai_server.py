@@ -1,8 +1,9 @@
 """`loom serve` through the official openai client against a real uvicorn server on loopback: plain,
 streamed and concurrent requests (each the bits it gets alone), a client that leaves mid-stream, a
-full queue, malformed JSON, bad parameters and an unknown model; embeddings from an encoder; the CLI's
-errors."""
+full queue, malformed JSON, bad parameters and an unknown model; structured output (response_format);
+embeddings from an encoder; the CLI's errors."""
 import concurrent.futures
+import json
 import os
 import sys
 import threading
@@ -222,7 +223,23 @@ def test_a_full_queue_answers_429(lm):
     ({"messages": HELLO, "top_logprobs": 2}, "top_logprobs"),
     ({"messages": HELLO, "stream": "yes"}, "stream"),
     ({"messages": HELLO, "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"messages": HELLO, "response_format": {"type": "json_object"}}, "response_format"),
+    ({"messages": HELLO, "response_format": "json"}, "response_format"),
+    ({"messages": HELLO, "response_format": {"type": "xml"}}, "response_format.type"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema"}}, "response_format.json_schema"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "a b", "schema": {}}}},
+     "response_format.json_schema.name"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": []}}},
+     "response_format.json_schema.schema"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {"name": "x", "strict": "yes"}}},
+     "response_format.json_schema.strict"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "object", "properties": {"x": {"type": "string", "pattern": "^a"}}}}}},
+     "response_format.json_schema.schema.properties.x.pattern"),
+    ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
+        "name": "x", "schema": {"type": "array", "items": {"$ref": "#/$defs/none"}}}}},
+     "response_format.json_schema.schema.items.$ref"),
     ({"messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
@@ -253,6 +270,72 @@ def test_malformed_json_unknown_model_and_wrong_endpoint(served):
     assert info.value.body["code"] == "model_not_found" and "gpt-4" in info.value.body["message"]
     response = httpx.post(served.url + "/v1/embeddings", json={"model": "tiny", "input": "x"}, timeout=30)
     assert response.status_code == 400 and response.json()["error"]["param"] == "model"
+
+
+PERSON = {"type": "object",
+          "properties": {"name": {"type": "string", "maxLength": 6}, "age": {"type": "integer"},
+                         "pets": {"type": "array", "items": {"enum": ["cat", "dog"]}, "maxItems": 2},
+                         "email": {"type": ["string", "null"], "maxLength": 8}},
+          "required": ["name", "age"], "additionalProperties": False}
+
+
+def test_json_schema_replies_parse_and_validate(served, lm):
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "person", "schema": PERSON, "strict": True}}
+    reply = served.client.chat.completions.create(model="tiny", messages=HELLO, response_format=fmt, n=4,
+                                                  temperature=0.9, seed=3, max_tokens=100)
+    for choice in reply.choices:
+        assert choice.finish_reason == "stop", choice.message.content
+        jsonschema.validate(json.loads(choice.message.content), PERSON)
+    # the first choice is what generate_ids gives alone under the same constraint
+    from loom.llm import generate as gen
+    from loom.llm.json_constraint import JsonGrammar
+    from loom.llm.token_mask import GrammarMasks, Vocabulary
+    masks = GrammarMasks(JsonGrammar.from_schema(PERSON), Vocabulary.of(lm.tokenizer, lm.decoder.config.vocab_size))
+    with loom.deterministic(True):
+        ids = list(gen.generate_ids(lm.decoder, lm.chat_ids(HELLO), max_tokens=100, stop_ids=lm.eos_ids,
+                                    sampling=gen.Sampling(temperature=0.9, seed=3), constraint=masks.constraint()))
+    assert reply.choices[0].message.content == lm.tokenizer.decode(ids)
+    chunks = list(served.client.chat.completions.create(model="tiny", messages=HELLO, response_format=fmt, n=4,
+                                                        temperature=0.9, seed=3, max_tokens=100, stream=True))
+    for choice in reply.choices:
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks
+                           if c.choices and c.choices[0].index == choice.index)
+        assert streamed == choice.message.content
+
+
+def test_json_object_and_completions_with_a_schema(served):
+    for seed in (0, 1):
+        reply = served.client.chat.completions.create(model="tiny", messages=HELLO, temperature=0.7, seed=seed,
+                                                      response_format={"type": "json_object"}, max_tokens=100)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "stop" and isinstance(json.loads(choice.message.content), dict)
+    text = served.client.chat.completions.create(model="tiny", messages=HELLO, temperature=0,
+                                                 response_format={"type": "text"}, max_tokens=8)
+    assert text.choices[0].message.content
+    schema = {"anyOf": [{"enum": ["yes", "no"]}, {"type": "integer"}]}
+    reply = served.client.completions.create(model="tiny", prompt="the answer is", temperature=1.0, seed=4, n=3,
+                                             max_tokens=30, extra_body={"response_format": {
+                                                 "type": "json_schema", "json_schema": {"name": "a", "schema": schema}}})
+    for choice in reply.choices:
+        value = json.loads(choice.text)
+        assert value in ("yes", "no") or isinstance(value, int)
+    short = served.client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=3, response_format={
+        "type": "json_schema", "json_schema": {"name": "person", "schema": PERSON}})
+    assert short.choices[0].finish_reason == "length"        # too short for the value: cut, as OpenAI does
+
+
+def test_an_unsupported_schema_is_a_400_through_the_client(served):
+    schema = {"type": "object", "properties": {"when": {"type": "string", "format": "date-time"}}}
+    with pytest.raises(openai.BadRequestError) as info:
+        served.client.chat.completions.create(model="tiny", messages=HELLO, response_format={
+            "type": "json_schema", "json_schema": {"name": "event", "schema": schema}})
+    assert info.value.status_code == 400
+    assert info.value.body["param"] == "response_format.json_schema.schema.properties.when.format"
+    assert "'format' is not supported" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        served.client.chat.completions.create(model="tiny", messages=HELLO, response_format={"type": "yaml"})
+    assert info.value.body["param"] == "response_format.type"
 
 
 def test_embeddings_from_an_encoder(tmp_path):
