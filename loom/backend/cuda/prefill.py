@@ -178,8 +178,12 @@ def rope_cache(qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float
     [positions, D]: the RoPE tables."""
     rows = qkv.shape[0]
     T, D = rows // batch, cos.shape[1]
-    if cache_v.strides != cache_k.strides:
-        raise ValueError("rope_cache: the key and value caches must share a layout")
+    _check_rope(qkv, cos, sin, heads, kv_heads, cache_k, cache_v)
+    if cache_v.strides != cache_k.strides or cache_k.shape[0] != batch or rows != batch * T:
+        raise ValueError(f"rope_cache: {rows} rows of {batch} sequences for caches {cache_k.shape} / {cache_v.shape}")
+    if pos + T > min(cos.shape[0], cache_k.shape[2]):
+        raise ValueError(f"rope_cache: positions up to {pos + T} past the tables ({cos.shape[0]}) or the cache "
+                         f"({cache_k.shape[2]})")
     cb, ch, ct = (s // 4 for s in cache_k.strides[:3])
     q = cupy.empty((batch, T, heads, D), dtype=np.float32)
     _rope(qkv, bias, qk_norm, eps, cos, sin, T, heads, kv_heads, D, q, cache_k, cache_v, cb, ch, ct, pos, None, None)
@@ -192,12 +196,27 @@ def rope_rows(qkv: Array, bias: Array | None, qk_norm: Array | None, eps: float,
     at position positions[r] (int64, device) and its key and value go to slot slots[r] of cache_k,
     cache_v [slots, KV, D] (C-contiguous). Returns q [rows, H, D]."""
     rows, D = qkv.shape[0], cos.shape[1]
+    _check_rope(qkv, cos, sin, heads, kv_heads, cache_k, cache_v)
     if cache_k.shape != cache_v.shape or not (cache_k.flags.c_contiguous and cache_v.flags.c_contiguous):
         raise ValueError("rope_rows: the paged caches must be C-contiguous [slots, KV, D] of one shape")
+    if positions.shape != (rows,) or slots.shape != (rows,):
+        raise ValueError(f"rope_rows: {rows} rows, {positions.shape} positions, {slots.shape} slots")
     q = cupy.empty((rows, heads, D), dtype=np.float32)
     _rope(qkv, bias, qk_norm, eps, cos, sin, 1, heads, kv_heads, D, q, cache_k, cache_v, 0, D, 0, 0, positions,
           slots * (kv_heads * D))
     return q
+
+
+def _check_rope(qkv: Array, cos: Array, sin: Array, heads: int, kv_heads: int, cache_k: Array, cache_v: Array) -> None:
+    """The shapes rope_cache and rope_rows read: float32 throughout, qkv [rows, (H + 2 KV) D] and
+    C-contiguous, the tables [positions, D], cache rows of D contiguous floats."""
+    D = cos.shape[1]
+    arrays = (qkv, cos, sin, cache_k, cache_v)
+    if (any(a.dtype != np.float32 for a in arrays) or qkv.ndim != 2 or qkv.shape[1] != (heads + 2 * kv_heads) * D
+            or not (qkv.flags.c_contiguous and cos.flags.c_contiguous and sin.flags.c_contiguous)
+            or sin.shape != cos.shape or cache_k.shape[-1] != D or cache_k.strides[-1] != 4):
+        raise ValueError(f"rope: unsupported shapes qkv {qkv.shape}, tables {cos.shape}, cache {cache_k.shape} for "
+                         f"{heads} heads and {kv_heads} key/value heads")
 
 
 def _rope(qkv, bias, qk_norm, eps, cos, sin, T, heads, kv_heads, D, q, cache_k, cache_v, cb, ch, ct, pos, rpos, roff):
