@@ -151,44 +151,62 @@ class CausalLM:
 
     def generate_ids(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
-                     seed: int = 0, stop_ids: Iterable[int] | None = None, truncate: bool = False) -> Iterator[int]:
+                     seed: int = 0, stop_ids: Iterable[int] | None = None, truncate: bool = False,
+                     json_schema: dict | bool | None = None) -> Iterator[int]:
         """The generated token ids (stop ids excluded); settings as in generate()."""
         sampling = gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         stops = self.eos_ids if stop_ids is None else gen.check_stop_ids(stop_ids, self.decoder.config.vocab_size)
         c = self.decoder.config
         ids = gen.fit_prompt(self.encode_prompt(prompt), max_tokens, c.max_positions, c.vocab_size, truncate)
-        return gen.generate_ids(self.decoder, ids, max_tokens=max_tokens, sampling=sampling, stop_ids=stops)
+        constraint = None if json_schema is None else self.json_constraint(json_schema)
+        return gen.generate_ids(self.decoder, ids, max_tokens=max_tokens, sampling=sampling, stop_ids=stops,
+                                constraint=constraint)
 
     def generate(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  seed: int = 0, stop: str | Iterable[str] = (), stop_ids: Iterable[int] | None = None,
-                 truncate: bool = False) -> Iterator[str]:
+                 truncate: bool = False, json_schema: dict | bool | None = None) -> Iterator[str]:
         """Stream the continuation of `prompt` (text, encoded with the tokenizer's special tokens, or
         token ids) as text pieces. temperature 0 is greedy; stop: strings that end the text (not
-        emitted); stop_ids: token ids that end it (default: the end-of-sequence ids). Settings are
+        emitted); stop_ids: token ids that end it (default: the end-of-sequence ids); json_schema:
+        the text is JSON valid against this schema ({"type": "object"}: any object; the subset and
+        spelling of docs/llm.md's structured output), ending when the value does. Settings are
         checked here, before the first piece: bad ones raise ConfigError."""
         tokenizer = self._tokenizer("prompt")
         stop = gen.check_stop(stop)
         tokens = self.generate_ids(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                    top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-                                   stop_ids=stop_ids, truncate=truncate)
+                                   stop_ids=stop_ids, truncate=truncate, json_schema=json_schema)
         return gen.stream_text(tokens, tokenizer, stop)
 
     def generate_batch(self, prompts: Iterable[str | Iterable[int]], *, max_tokens: int = 256,
                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0,
                        repetition_penalty: float = 1.0, seed: int = 0, stop: str | Iterable[str] = (),
-                       stop_ids: Iterable[int] | None = None, max_batch: int = 16) -> list:
+                       stop_ids: Iterable[int] | None = None, max_batch: int = 16,
+                       json_schema: dict | bool | None = None) -> list:
         """Generate for many prompts together (continuous batching over a paged KV cache:
         loom/llm/batching.py); a list of batching.Result (tokens, text, finish_reason), one per
         prompt in order. In deterministic mode each result is what generate_ids gives for its prompt
-        alone. Prompt i samples with seed + i."""
+        alone. Prompt i samples with seed + i; json_schema as in generate(), for every prompt."""
         from .batching import BatchEngine, Request
         prompts = [self.encode_prompt(p) for p in prompts]
         stop = gen.check_stop(stop)
         stop_ids = None if stop_ids is None else tuple(stop_ids)
         requests = [Request(ids, max_tokens, gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed + i),
-                            stop_ids, stop) for i, ids in enumerate(prompts)]
+                            stop_ids, stop,
+                            constraint=None if json_schema is None else self.json_constraint(json_schema))
+                    for i, ids in enumerate(prompts)]
         return BatchEngine(self, max_batch=max_batch).generate(requests)
+
+    def json_constraint(self, schema: dict | bool) -> gen.Constraint:
+        """A fresh constraint keeping the generated text JSON valid against `schema` (for one
+        generation; the masks behind it are shared by every constraint of the same schema). A schema
+        outside the supported subset raises json_schema.SchemaError naming its path."""
+        from . import token_mask
+        from .json_constraint import JsonGrammar
+        vocabulary = token_mask.Vocabulary.of(self._tokenizer("json_schema"), self.decoder.config.vocab_size)
+        key = "json_schema:" + json.dumps(schema, sort_keys=True)
+        return token_mask.grammar_masks(vocabulary, key, lambda: JsonGrammar.from_schema(schema, "json_schema")).constraint()
 
     def chat_ids(self, messages: list[dict]) -> list[int]:
         """The token ids of `messages` rendered with the chat template, ready for the reply."""

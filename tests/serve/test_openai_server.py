@@ -304,6 +304,24 @@ def test_json_schema_replies_parse_and_validate(served, lm):
         assert streamed == choice.message.content
 
 
+def test_the_python_api_takes_a_json_schema(lm):
+    """CausalLM.generate / generate_ids / generate_batch(json_schema=...): the server's constraint,
+    the same text; a schema outside the subset raises naming its path."""
+    jsonschema = pytest.importorskip("jsonschema")
+    from loom.llm.json_schema import SchemaError
+    ids = lm.chat_ids(HELLO)
+    with loom.deterministic(True):
+        text = "".join(lm.generate(ids, max_tokens=100, temperature=0.9, seed=3, json_schema=PERSON))
+        jsonschema.validate(json.loads(text), PERSON)
+        assert text == lm.tokenizer.decode(list(lm.generate_ids(ids, max_tokens=100, temperature=0.9, seed=3,
+                                                                json_schema=PERSON)))
+        batch = lm.generate_batch([ids, ids], max_tokens=100, temperature=0.9, seed=3, json_schema=PERSON)
+        assert batch[0].text == text and batch[1].finish_reason == "stop"
+        jsonschema.validate(json.loads(batch[1].text), PERSON)
+    with pytest.raises(SchemaError, match="pattern"):
+        lm.json_constraint({"type": "string", "pattern": "a+"})
+
+
 def test_json_object_and_completions_with_a_schema(served):
     for seed in (0, 1):
         reply = served.client.chat.completions.create(model="tiny", messages=HELLO, temperature=0.7, seed=seed,
