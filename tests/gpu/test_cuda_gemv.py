@@ -81,14 +81,17 @@ def test_one_kernel_decode_gives_the_cpu_decoders_bits(qtype):
 
 
 @pytest.mark.parametrize("qtype", ["BF16", "Q4_K", "Q8_0"])
-@pytest.mark.parametrize("rows", [1100, 8200])          # two warps a row, one (the tests above: four)
-def test_gemv_with_fewer_warps_per_row(qtype, rows):
+@pytest.mark.parametrize("rows", [1100, 2100, 8200])    # two warps a row, one (the tests above: four)
+@pytest.mark.parametrize("m", [1, 2])                   # one row past 4096 warps: blocks of WIDE_THREADS
+def test_gemv_with_fewer_warps_per_row(qtype, rows, m):
     data, w = _weight(qtype, rows, 512)
-    x = RNG.standard_normal((2, 512)).astype(np.float32)
-    residual = RNG.standard_normal((2, rows)).astype(np.float32)
+    x = RNG.standard_normal((m, 512)).astype(np.float32)
+    norm = (1 + 0.1 * RNG.standard_normal(512)).astype(np.float32)
+    residual = RNG.standard_normal((m, rows)).astype(np.float32)
     out = cupy.asarray(residual)
-    cuda_quant.gemv(cupy.asarray(data), qtype, cupy.asarray(x), out, residual=out)
-    want = _reference(x, w, None, 0.0, None, residual, False)
+    cuda_quant.gemv(cupy.asarray(data), qtype, cupy.asarray(x), out, norm=cupy.asarray(norm), eps=1e-5,
+                    residual=out)
+    want = _reference(x, w, norm, 1e-5, None, residual, False)
     scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
     np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-5, atol=1e-5 * scale)
 
