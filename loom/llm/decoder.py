@@ -260,6 +260,7 @@ class Decoder:
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
+        self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
         self._graph = None               # the DecodeGraph last decoded with
         self._graph_ok = {}              # batch size -> whether a decode step can be recorded
         # recorded decode steps by (batch, cache positions, deterministic), each holding a cache's arrays
@@ -410,7 +411,14 @@ class Decoder:
     def bf16_weights(self, L: _Layer) -> tuple | None:
         """The layer's four weights as bfloat16 bits [rows, cols] (stored BF16 rows, or the bf16 copies
         of keep_dense), or None where one is not (float32 weights, block-quantized ones without copies,
-        output biases): that layer runs the composed path."""
+        output biases): that layer runs the composed path. Kept per layer (every prompt chunk asks)
+        until keep_dense changes which copies exist."""
+        key = (id(L), self._dense is not None)
+        if key not in self._bf16:
+            self._bf16[key] = self._find_bf16(L)
+        return self._bf16[key]
+
+    def _find_bf16(self, L: _Layer) -> tuple | None:
         if L.o_bias is not None or L.down_bias is not None:
             return None
         out = []

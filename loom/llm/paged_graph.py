@@ -64,11 +64,9 @@ class PagedDecodeGraph:
         self.h = xp.empty((B, c.hidden), dtype=np.float32)
         self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
         self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
-        self.act = xp.empty((B, c.intermediate), dtype=np.float32)
         # fast mode past MAX_ROWS rows with every weight in bfloat16: the activation stays bfloat16
         self.bf16 = not exact and batch > _kernels(dec.backend, exact)[0].MAX_ROWS and _bf16_ready(dec)
-        if self.bf16:
-            self.act = xp.empty((B, c.intermediate), dtype=np.uint16)
+        self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
         self._host = np.zeros(self.inputs.shape, dtype=np.int64)

@@ -226,7 +226,7 @@ def batch_warps(blocks: int, head_dim: int) -> int:
 
 def supports(head_dim: int) -> bool:
     """64, 128 or 256: a key's group of D / 16 lanes must divide a warp (192's 12 lanes would not)."""
-    return head_dim in (64, 128, 256) and head_dim <= MAX_HEAD_DIM
+    return head_dim in (64, 128, MAX_HEAD_DIM)
 
 
 def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,

@@ -27,11 +27,12 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS, translating
+from .quant import BF16_BITS
 
 BLOCK_Q = 64          # queries per block (4 warps of 16)
 BLOCK_K = 64          # keys per tile
 
-_SOURCE = r"""
+_SOURCE = BF16_BITS + r"""
 #define BQ 64
 #define BK 64
 #define KS (HD + 8)       // row stride of the key tile (bfloat16 units): conflict-free fragment loads
@@ -39,12 +40,7 @@ _SOURCE = r"""
 typedef unsigned short u16;
 typedef unsigned int u32;
 
-__device__ __forceinline__ u32 bf16_bits(float x) {          // round to nearest, ties to even
-    const u32 u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u >> 16) | 0x40u;   // NaN stays NaN
-    return (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-}
-__device__ __forceinline__ u32 pack(float lo, float hi) { return bf16_bits(lo) | (bf16_bits(hi) << 16); }
+__device__ __forceinline__ u32 pack(float lo, float hi) { return loom_bf16_bits(lo) | (loom_bf16_bits(hi) << 16); }
 
 __device__ __forceinline__ void store2(void* out, int out16, long long at, float a, float b) {
     if (out16) *(u32*)((u16*)out + at) = pack(a, b);
@@ -87,10 +83,10 @@ extern "C" __global__ void loom_flash_kv16(const float* __restrict__ k, const fl
             vx = *(const float4*)(v + at + d);
         }
         *(uint2*)(k16 + ((long long)bh * np + j0 + key) * HD + d) = make_uint2(pack(kx.x, kx.y), pack(kx.z, kx.w));
-        tile[(d + 0) * VS + key] = (u16)bf16_bits(vx.x);
-        tile[(d + 1) * VS + key] = (u16)bf16_bits(vx.y);
-        tile[(d + 2) * VS + key] = (u16)bf16_bits(vx.z);
-        tile[(d + 3) * VS + key] = (u16)bf16_bits(vx.w);
+        tile[(d + 0) * VS + key] = (u16)loom_bf16_bits(vx.x);
+        tile[(d + 1) * VS + key] = (u16)loom_bf16_bits(vx.y);
+        tile[(d + 2) * VS + key] = (u16)loom_bf16_bits(vx.z);
+        tile[(d + 3) * VS + key] = (u16)loom_bf16_bits(vx.w);
     }
     __syncthreads();
     for (int e = threadIdx.x; e < HD * BK / 8; e += blockDim.x) {     // 8 keys a thread
@@ -330,7 +326,7 @@ def attend_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, ite
 
 
 def _check(q: Array, keys: Array, values: Array, H: int, D: int) -> None:
-    KV = keys.shape[-3] if keys.ndim == 4 else keys.shape[1]
+    KV = keys.shape[1]                  # [B, KV, n, D] or, paged, [slots, KV, D]
     if not supports(D) or H % KV or keys.shape[-1] != D:
         raise ValueError(f"flash attention: unsupported shapes q {q.shape}, keys {keys.shape}, values {values.shape}")
     for name, a in (("q", q), ("keys", keys), ("values", values)):

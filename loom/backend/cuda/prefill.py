@@ -22,16 +22,10 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS, translating
+from .quant import BF16_BITS
 
-_SOURCE = r"""
+_SOURCE = BF16_BITS + r"""
 typedef unsigned short u16;
-typedef unsigned int u32;
-
-__device__ __forceinline__ u16 bf16_bits(float x) {          // round to nearest, ties to even
-    const u32 u = __float_as_uint(x);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);
-    return (u16)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int off = 16; off; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
@@ -50,7 +44,7 @@ extern "C" __global__ void loom_rms_bf16(const float* __restrict__ x, const floa
     if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
     const float rstd = 1.0f / sqrtf((part[0] + part[1] + part[2] + part[3]) / (float)n + eps);
-    for (int d = threadIdx.x; d < n; d += blockDim.x) out[row * n + d] = bf16_bits(xr[d] * rstd * w[d]);
+    for (int d = threadIdx.x; d < n; d += blockDim.x) out[row * n + d] = (u16)loom_bf16_bits(xr[d] * rstd * w[d]);
 }
 
 // each row's argmax of x [rows, n] (NumPy's: the first of equal maxima; a NaN counts as the
@@ -147,7 +141,7 @@ extern "C" __global__ void loom_swiglu_bf16(const float* __restrict__ gu, const 
             u = u + bias[I + c];
         }
         const float sig = g >= 0.f ? 1.0f / (1.0f + expf(-g)) : expf(g) / (1.0f + expf(g));
-        out[i] = bf16_bits(g * sig * u);
+        out[i] = (u16)loom_bf16_bits(g * sig * u);
     }
 }
 """

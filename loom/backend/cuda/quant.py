@@ -440,14 +440,20 @@ def dequantize(data: Array, qtype: str, out: Array) -> None:
         embed(data, qtype, None, out.reshape(data.shape[0], -1))
 
 
-_TO_BF16 = r"""
+# float32 to bfloat16 bits, rounded to nearest even (inf stays inf, large finite values round up to
+# it; NaN stays a quiet NaN): the one rounding of every bfloat16 kernel (to_bf16, flash, prefill)
+BF16_BITS = r"""
+__device__ __forceinline__ unsigned loom_bf16_bits(float x) {
+    const unsigned u = __float_as_uint(x);
+    return (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+}
+"""
+
+_TO_BF16 = BF16_BITS + r"""
 extern "C" __global__ void loom_to_bf16(const float* x, unsigned short* out, long long n) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
-    const unsigned u = __float_as_uint(x[i]);
-    // round to nearest even (inf stays inf, large finite values round up to it); NaN stays a quiet NaN
-    out[i] = (u & 0x7fffffffu) > 0x7f800000u ? (unsigned short)((u >> 16) | 0x40u)
-                                             : (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    out[i] = (unsigned short)loom_bf16_bits(x[i]);
 }
 """
 
