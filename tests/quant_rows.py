@@ -22,3 +22,16 @@ def random_rows(qtype: str, rows: int, cols: int, rng: np.random.Generator, scal
         fields = (rng.random(len(blocks)) * scale + 1e-3).astype(np.float16)
         blocks[:, at:at + 2] = fields.view(np.uint8).reshape(-1, 2)
     return blocks.reshape(rows, -1)
+
+
+def gemv_reference(x, w, norm, eps, bias, residual, swiglu):
+    """float64 residual + pro(x) @ w.T + bias (pro: RMSNorm times norm when given; swiglu: silu(gate) * up of
+    the two halves of the product): what the decode step's fused products compute."""
+    x = x.astype(np.float64)
+    if norm is not None:
+        x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + eps) * norm
+    y = x @ w.T + (0 if bias is None else bias)
+    if swiglu:
+        g, u = np.split(y, 2, axis=1)
+        y = g / (1 + np.exp(-g)) * u
+    return y + (0 if residual is None else residual)

@@ -4,7 +4,7 @@ misaligned inputs, and launched plainly or overlapping the previous kernel (loom
 overlapped launch gives the same bits, eagerly and inside a recorded graph."""
 import numpy as np
 import pytest
-from quant_rows import random_rows
+from quant_rows import gemv_reference, random_rows
 
 from loom.errors import BackendError
 from loom.kernels.quant import gguf as gguf_quants
@@ -25,17 +25,6 @@ def _weight(qtype, rows, cols):
     return data, gguf_quants.dequantize(data, qtype, (rows, cols)).astype(np.float64)
 
 
-def _reference(x, w, norm, eps, bias, residual, swiglu):
-    x = x.astype(np.float64)
-    if norm is not None:
-        x = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + eps) * norm
-    y = x @ w.T + (0 if bias is None else bias)
-    if swiglu:
-        g, u = np.split(y, 2, axis=1)
-        y = g / (1 + np.exp(-g)) * u
-    return y + (0 if residual is None else residual)
-
-
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "Q5_0", "BF16", "F32", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"])
 @pytest.mark.parametrize("m, cols", [(1, 256), (3, 1536), (16, 1536)])     # 16 x 1536: x too long to stage
 @pytest.mark.parametrize("pro, epi", [("none", "none"), ("norm", "residual"), ("norm", "swiglu"), ("none", "bias")])
@@ -47,7 +36,7 @@ def test_gemv_matches_float64_reference(qtype, m, cols, pro, epi):
     bias = RNG.standard_normal(rows).astype(np.float32) if epi in ("bias", "swiglu") else None
     out_rows = rows // 2 if epi == "swiglu" else rows
     residual = RNG.standard_normal((m, out_rows)).astype(np.float32) if epi == "residual" else None
-    want = _reference(x, w, norm, 1e-5, bias, residual, epi == "swiglu")
+    want = gemv_reference(x, w, norm, 1e-5, bias, residual, epi == "swiglu")
     dev = {k: None if v is None else cupy.asarray(v) for k, v in dict(norm=norm, bias=bias).items()}
     results = []
     for overlap in (False, True):
@@ -91,7 +80,7 @@ def test_gemv_with_fewer_warps_per_row(qtype, rows, m):
     out = cupy.asarray(residual)
     cuda_quant.gemv(cupy.asarray(data), qtype, cupy.asarray(x), out, norm=cupy.asarray(norm), eps=1e-5,
                     residual=out)
-    want = _reference(x, w, norm, 1e-5, None, residual, False)
+    want = gemv_reference(x, w, norm, 1e-5, None, residual, False)
     scale = np.abs(x).max() * np.abs(w).sum(axis=1).max()
     np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-5, atol=1e-5 * scale)
 
@@ -104,7 +93,7 @@ def test_gemv_reads_misaligned_x_and_norm_correctly():
     norm = norm_big[1:]
     out = cupy.empty((2, 64), cupy.float32)
     cuda_quant.gemv(cupy.asarray(data), "Q4_1", x, out, norm=norm, eps=1e-5)
-    want = _reference(cupy.asnumpy(x), w, cupy.asnumpy(norm), 1e-5, None, None, False)
+    want = gemv_reference(cupy.asnumpy(x), w, cupy.asnumpy(norm), 1e-5, None, None, False)
     np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 

@@ -82,19 +82,22 @@ def _c_value(a):
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
 
 
-def launch(kernel: cupy.RawKernel, grid: int, block: int, args: tuple, overlap: bool) -> None:
-    """kernel<<<grid, block>>>(*args) for a cupy.RawKernel on CuPy's current stream; with overlap, as a
-    programmatic dependent launch."""
+def launch(kernel: cupy.RawKernel, grid: int, block: int, args: tuple, overlap: bool, shared: int = 0) -> None:
+    """kernel<<<grid, block, shared>>>(*args) for a cupy.RawKernel on CuPy's current stream; with
+    overlap, as a programmatic dependent launch. shared: bytes of dynamic shared memory (past 48 KiB
+    the kernel's limit is raised to it)."""
+    if shared > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < shared:
+        kernel.max_dynamic_shared_size_bytes = shared
     lib = _driver() if overlap else None
     if lib is None:
-        kernel((grid,), (block,), args)
+        kernel((grid,), (block,), args, shared_mem=shared)
         return
     import cupy  # (cupy is loaded: the kernel is one of its objects)
     stream_ptr = cupy.cuda.get_current_stream().ptr
     values = [_c_value(a) for a in args]
     params = (ctypes.c_void_p * len(values))(*[ctypes.cast(ctypes.pointer(v), ctypes.c_void_p) for v in values])
     attr = _Attribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)     # programmaticStreamSerializationAllowed
-    config = _Config((grid, 1, 1), (block, 1, 1), 0, ctypes.c_void_p(stream_ptr), ctypes.pointer(attr), 1)
+    config = _Config((grid, 1, 1), (block, 1, 1), shared, ctypes.c_void_p(stream_ptr), ctypes.pointer(attr), 1)
     function = kernel.kernel            # a RawKernel's compiled cupy.cuda.Function for the current device
     status = lib.cuLaunchKernelEx(ctypes.byref(config), ctypes.c_void_p(function.ptr), params, None)
     if status != 0:

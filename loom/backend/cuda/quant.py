@@ -33,6 +33,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import Array
+from . import half_gemv
 from .compile import OPTIONS, translating
 from .cublas import CuBLAS
 from .launch import OVERLAP_PROLOGUE, launch
@@ -205,7 +206,42 @@ __device__ __forceinline__ void prefetch_row(const unsigned char* start, long lo
 }
 """
 
-_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + BLOCK_DECODE + r"""
+STAGE_ROWS = r"""
+// x [MR, cols] into shared memory x_s by the whole block (8 warps), times the norm weight aux when PRO is 1,
+// and each row's RMSNorm factor in scale (1 without the prologue); squares_s: shared [MR][8]
+__device__ __forceinline__ void stage_rows(const float* x, const float* aux, float* x_s, float (*squares_s)[8],
+                                           int cols, float eps, float* scale) {
+    const int lane = threadIdx.x & 31, local = threadIdx.x >> 5;
+    float squares[MR];
+    #pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        squares[m] = 0.0f;
+        for (int k = threadIdx.x; k < cols / 4; k += blockDim.x) {
+            float4 v = ((const float4*)(x + m * cols))[k];
+            if (PRO == 1) {
+                squares[m] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+                const float4 a = ((const float4*)aux)[k];
+                v.x *= a.x; v.y *= a.y; v.z *= a.z; v.w *= a.w;
+            }
+            ((float4*)x_s)[m * cols / 4 + k] = v;
+        }
+        if (PRO == 1) {
+            squares[m] = warp_sum(squares[m]);
+            if (lane == 0) squares_s[m][local] = squares[m];
+        }
+    }
+    __syncthreads();
+    #pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        float t = 0.0f;
+        #pragma unroll
+        for (int j = 0; j < 8; ++j) t += PRO == 1 ? squares_s[m][j] : 0.0f;
+        scale[m] = PRO == 1 ? 1.0f / sqrtf(t / (float)cols + eps) : 1.0f;
+    }
+}
+"""
+
+_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + BLOCK_DECODE + STAGE_ROWS + r"""
 // PRO 0: x as is; 1: rms_norm(x) * aux per row of x. EPI 0: out[m, r] = (res[m, r] +) x W[r]^T (+ bias[r]),
 // r < rows; 1 (SwiGLU): out[m, r] = silu(g) * u with g, u the products with W rows r and r + rows (+ bias).
 // MR rows of x [MR, NB * 32]. One warp per output row; eight lanes share a block, so a warp reads four
@@ -244,34 +280,7 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     // The RMSNorm factor of each row of x (as fused.rms_norm), applied to the finished sums. x (and aux)
     // are read as float4: 16-byte aligned, cols % 32 == 0.
     float scale[MR];
-    if (STAGE) {                    // the block copies x (times the norm weight) into shared memory once
-        float squares[MR];
-        #pragma unroll
-        for (int m = 0; m < MR; ++m) {
-            squares[m] = 0.0f;
-            for (int k = threadIdx.x; k < cols / 4; k += blockDim.x) {
-                float4 v = ((const float4*)(x + m * cols))[k];
-                if (PRO == 1) {
-                    squares[m] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-                    const float4 a = ((const float4*)aux)[k];
-                    v.x *= a.x; v.y *= a.y; v.z *= a.z; v.w *= a.w;
-                }
-                ((float4*)x_s)[m * cols / 4 + k] = v;
-            }
-            if (PRO == 1) {
-                squares[m] = warp_sum(squares[m]);
-                if (lane == 0) squares_s[m][local] = squares[m];
-            }
-        }
-        __syncthreads();
-        #pragma unroll
-        for (int m = 0; m < MR; ++m) {
-            float t = 0.0f;
-            #pragma unroll
-            for (int j = 0; j < 8; ++j) t += PRO == 1 ? squares_s[m][j] : 0.0f;
-            scale[m] = PRO == 1 ? 1.0f / sqrtf(t / (float)cols + eps) : 1.0f;
-        }
-    }
+    if (STAGE) stage_rows(x, aux, x_s, squares_s, cols, eps, scale);   // the block copies x into shared memory once
     #pragma unroll
     for (int m = 0; !STAGE && m < MR; ++m) {      // x too long to stage: each warp reads it
         scale[m] = 1.0f;
@@ -411,12 +420,17 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, norm: Array | None = Non
         # a few rows: several warps per row, so that ~4096 warps keep the GPU's memory system busy
         # (8B shapes: 4,096-6,144 rows read at 1.3-1.8 TB/s with one warp a row, too few warps in flight)
         wpr = 1 if rows >= 8192 else 2 if rows >= 1024 else 4
-        threads = 256
-        blocks = (rows * wpr * 32 + threads - 1) // threads
-        kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr,
-                         x.shape[1] // 32).get_function("loom_quant_gemv")
+        threads, shared = 256, 0
+        if half_gemv.supports(qtype, x.shape[0], x.shape[1]):       # 16-bit rows, batch 1-2: 16-byte loads
+            kernel, blocks, shared = half_gemv.launch_shape(qtype, norm is not None, swiglu, x.shape[0],
+                                                            x.shape[1], rows)
+            threads = half_gemv.THREADS
+        else:
+            kernel = _module(qtype, int(norm is not None), int(swiglu), x.shape[0], wpr,
+                             x.shape[1] // 32).get_function("loom_quant_gemv")
+            blocks = (rows * wpr * 32 + threads - 1) // threads
         launch(kernel, blocks, threads, (data, x, out, np.int32(rows), pointer(norm), np.float32(eps), pointer(bias),
-                                         pointer(residual)), overlap)
+                                         pointer(residual)), overlap, shared)
 
 
 def pointer(a: Array | None) -> Array | np.uint64:

@@ -1,0 +1,210 @@
+"""Products of F16/BF16 weight rows with one or two rows of x (batch-1 decoding), fast mode.
+
+quant.gemv's general kernel reads 16-bit rows 8 bytes a lane, as it reads every block type; a batch-1
+decode step of a bf16 model is nothing but these reads (an 8B model: 15 GB a token), and at 8 bytes
+a lane too few bytes are in flight to keep HBM busy. Here each lane loads 16 bytes (8 values) a
+step with a streaming load, a warp covers 256 values of its row a step, and the loads of UNROLL
+steps are issued before any is used. x (times the RMSNorm weight, when the prologue applies one) is
+staged in dynamic shared memory once per block, after the first loads are issued, so its copy hides
+behind them; rows as long as an 8B model's down product (14,336) fit (57 KiB a row of x).
+
+The operations around the product are quant.gemv's (the prologue's RMSNorm, a bias, a residual,
+SwiGLU over [gate; up] rows); so are the arguments, and the decode graph reaches this kernel through
+quant.gemv. The sums run in another order than a GEMM's: fast mode only.
+"""
+from __future__ import annotations
+
+import math
+from functools import cache
+
+import cupy
+
+from .compile import OPTIONS
+from .launch import OVERLAP_PROLOGUE
+
+MAX_ROWS = 2          # rows of x: past two, re-reading x from shared memory for every 8 values dominates
+THREADS = 256          # 8 warps: quant.STAGE_ROWS sums the squares of x over 8 warps
+
+_SOURCE = r"""
+#include <cuda_fp16.h>
+// 8 stored 16-bit values as floats (F16: KIND 1; BF16, a float32's high half: KIND 2)
+__device__ __forceinline__ void unpack8(uint4 t, float* v) {
+    const unsigned u[4] = {t.x, t.y, t.z, t.w};
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        if (KIND == 2) {
+            v[2 * j] = __uint_as_float(u[j] << 16);
+            v[2 * j + 1] = __uint_as_float(u[j] & 0xFFFF0000u);
+        } else {
+            const float2 f = __half22float2(*(const __half2*)&u[j]);
+            v[2 * j] = f.x; v[2 * j + 1] = f.y;
+        }
+    }
+}
+#define STEPS ((COLS + 255) / 256)             // 256-value steps of a row
+#define PER ((STEPS + WPR - 1) / WPR)          // steps of one warp (WPR warps share a row)
+#define WARPS (THREADS / 32)
+extern "C" __global__ void __launch_bounds__(THREADS) loom_half_gemv(
+        const unsigned short* w, const float* x, float* out, int rows, const float* aux, float eps,
+        const float* bias, const float* res) {
+    // A block takes groups of WARPS / WPR output rows, one group after another (the grid is as many blocks
+    // as fit the GPU at once, so no last wave runs half empty), and stages x once for all of them.
+    extern __shared__ __align__(16) float x_s[];                 // [MR][COLS]
+    __shared__ float partial[WARPS][EPI + 1][MR];
+    __shared__ float squares_s[MR][8];
+    const int lane = threadIdx.x & 31, local = threadIdx.x >> 5, slice = local % WPR;
+    const int groups = (rows + WARPS / WPR - 1) / (WARPS / WPR);
+    const long long second = (long long)rows * COLS;           // SwiGLU: the up row, `rows` rows further
+    int warp = blockIdx.x * (WARPS / WPR) + local / WPR;
+    bool valid = warp < rows;
+    const unsigned short* row = w + (long long)warp * COLS;
+    if (valid) {
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e)   // this warp's lines of its first row (four a step), while the previous kernel ends
+            for (int s = slice + WPR * (lane >> 2); s < STEPS; s += 8 * WPR)
+                prefetch_l1(row + e * second + s * 256 + (lane & 3) * 64);
+    }
+    wait_for_previous_kernel();
+    uint4 wv[EPI + 1][UNROLL];
+    // the first UNROLL steps' loads of a row
+    auto first_loads = [&]() {
+        #pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int k = (slice + u * WPR) * 256 + lane * 8;
+            const bool ok = valid && u < PER && k < COLS;
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e)
+                wv[e][u] = ok ? __ldcs((const uint4*)(row + e * second + k)) : make_uint4(0u, 0u, 0u, 0u);
+        }
+    };
+    first_loads();                                              // before x is staged: the copy hides behind them
+    float scale[MR];
+    stage_rows(x, aux, x_s, squares_s, COLS, eps, scale);
+    for (int group = blockIdx.x; group < groups; group += gridDim.x) {
+        if (group != blockIdx.x) {
+            warp = group * (WARPS / WPR) + local / WPR;
+            valid = warp < rows;
+            row = w + (long long)warp * COLS;
+            first_loads();
+        }
+        float acc[EPI + 1][MR];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e)
+            #pragma unroll
+            for (int m = 0; m < MR; ++m) acc[e][m] = 0.0f;
+        #pragma unroll 1
+        for (int base = 0; base < PER; base += UNROLL) {
+            #pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int k = (slice + (base + u) * WPR) * 256 + lane * 8;
+                if (valid && base + u < PER && k < COLS) {
+                    #pragma unroll
+                    for (int m = 0; m < MR; ++m) {
+                        const float4 a = *(const float4*)(x_s + m * COLS + k), b = *(const float4*)(x_s + m * COLS + k + 4);
+                        #pragma unroll
+                        for (int e = 0; e <= EPI; ++e) {
+                            float v[8];
+                            unpack8(wv[e][u], v);
+                            acc[e][m] += ((v[0] * a.x + v[1] * a.y) + (v[2] * a.z + v[3] * a.w))
+                                       + ((v[4] * b.x + v[5] * b.y) + (v[6] * b.z + v[7] * b.w));
+                        }
+                    }
+                }
+                // this register's next load: step base + u + UNROLL
+                const int next = base + u + UNROLL, kn = (slice + next * WPR) * 256 + lane * 8;
+                const bool ok = valid && next < PER && kn < COLS;
+                #pragma unroll
+                for (int e = 0; e <= EPI; ++e)
+                    if (ok) wv[e][u] = __ldcs((const uint4*)(row + e * second + kn));
+            }
+        }
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e)
+            #pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                acc[e][m] = warp_sum(acc[e][m]);
+                if (WPR > 1 && lane == 0) partial[local][e][m] = acc[e][m];
+            }
+        if (WPR > 1) {
+            __syncthreads();
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e)
+                #pragma unroll
+                for (int m = 0; m < MR; ++m) {
+                    float s = partial[local][e][m];
+                    for (int j = 1; j < WPR; ++j) s += slice == 0 ? partial[local + j][e][m] : 0.0f;
+                    acc[e][m] = s;
+                }
+            __syncthreads();                                    // partial is written again by the next group
+        }
+        if (valid && lane == 0 && slice == 0) {
+            #pragma unroll
+            for (int m = 0; m < MR; ++m) {
+                const float r = res != 0 ? res[(long long)m * rows + warp] : 0.0f;
+                float s = acc[0][m] * scale[m] + (bias != 0 ? bias[warp] : 0.0f);
+                if (EPI == 1) {
+                    const float up = acc[EPI][m] * scale[m] + (bias != 0 ? bias[warp + rows] : 0.0f);
+                    s = s / (1.0f + expf(-s)) * up;
+                }
+                out[(long long)m * rows + warp] = r + s;
+            }
+        }
+    }
+}
+"""
+
+
+@cache
+def _module(kind: int, prologue: int, epilogue: int, x_rows: int, warps_per_row: int, cols: int):
+    from .quant import STAGE_ROWS, WARP_REDUCTIONS  # (quant imports this module)
+    unroll = 8 if epilogue == 0 else 4          # 8 (4 with both SwiGLU rows) 16-byte loads in flight a lane
+    head = (f"#define KIND {kind}\n#define PRO {prologue}\n#define EPI {epilogue}\n#define MR {x_rows}\n"
+            f"#define WPR {warps_per_row}\n#define COLS {cols}\n#define UNROLL {unroll}\n#define THREADS {THREADS}\n")
+    return cupy.RawModule(code=head + WARP_REDUCTIONS + OVERLAP_PROLOGUE + STAGE_ROWS + _SOURCE, options=OPTIONS)
+
+
+def supports(qtype: str, x_rows: int, cols: int) -> bool:
+    """Whether this kernel takes the product (F16/BF16 rows, at most MAX_ROWS rows of x fitting shared memory)."""
+    return qtype in ("F16", "BF16") and 1 <= x_rows <= MAX_ROWS and x_rows * cols * 4 <= 160 * 1024
+
+
+def launch_shape(qtype: str, prologue: bool, swiglu: bool, x_rows: int, cols: int,
+                 rows: int) -> tuple[cupy.RawKernel, int, int]:
+    """(kernel, blocks, dynamic shared memory in bytes) for `rows` output rows. The grid is at most as
+    many blocks as are resident on the GPU at once, each looping over groups of rows; warps share a row
+    (WPR) when that spreads the groups more evenly over the blocks (a block with one more group than
+    the others makes the whole product wait for it)."""
+    kind = 1 if qtype == "F16" else 2
+    shared = x_rows * cols * 4
+
+    def compiled(wpr):
+        return _module(kind, int(prologue), int(swiglu), x_rows, wpr, cols).get_function("loom_half_gemv")
+    resident = _resident(compiled(1), shared)       # registers and shared memory: the same for every WPR
+    best = None
+    # at most 32 steps (16 KiB) of a row a warp: a longer walk is one warp's latency-bound loop
+    shortest = min(8, 1 << max(0, math.ceil(math.log2(-(-cols // 256) / 32))))
+    for wpr in (w for w in (1, 2, 4, 8) if w >= shortest):
+        groups = -(-rows // (THREADS // 32 // wpr))
+        waves = groups / resident
+        balance = 1.0 if waves <= 1 else waves / math.ceil(waves)
+        if best is None or balance > best[0] + 0.02:
+            best = (balance, wpr, groups)
+        if balance >= 0.93:
+            break
+    _, wpr, groups = best
+    return compiled(wpr), min(groups, resident), shared
+
+
+def _resident(kernel, shared: int) -> int:
+    """Blocks of THREADS threads with `shared` bytes of dynamic shared memory resident on the current GPU at once."""
+    device = cupy.cuda.Device()
+    key = (device.id, kernel.kernel.ptr, shared)
+    if key not in _RESIDENT:
+        if shared > 48 * 1024:
+            kernel.max_dynamic_shared_size_bytes = shared
+        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, THREADS, shared)
+        _RESIDENT[key] = max(1, per_sm) * device.attributes["MultiProcessorCount"]
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict = {}
