@@ -47,6 +47,10 @@ class GraphCache:
             self.entries.move_to_end(key)
         return entry
 
+    def clear(self) -> None:
+        """Drop every recorded entry (their graphs are freed once nothing else holds them)."""
+        self.entries.clear()
+
     def put(self, key: Hashable, entry: Any) -> None:
         self.entries[key] = entry
         while len(self.entries) > self.size:

@@ -263,65 +263,71 @@ def _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation,
         step.reduce_gradients = parallel.reduce_gradients
     # the ranks of a world check the loss at the same batches (every 16 on a device)
     guard = None if allow_nonfinite else _Guard(net, opt, loss_fn, strict, None if parallel is None else 16)
-    for epoch in range(start, epochs):
-        t0 = time.perf_counter()
-        order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
-        bar = Progress(f"epoch {epoch + 1}/{epochs}", batches, enabled=verbose)
-        net.train()
-        step.reset_total()
-        if guard:
-            guard.start(epoch, lambda e: _shuffle(n, settings["seed"], e) if settings["shuffle"] else np.arange(n),
-                        bs, X, Y)
-        seen, outs = 0, []
-        for b in range(batches):
-            idx = order[b * bs:(b + 1) * bs]
-            if tel is not None and tel.due(epoch * batches + b):
-                with tel.step(epoch * batches + b, epoch=epoch, batch=b):
-                    value = step(X[idx], Y[idx], checked=False, eager=True)     # hooks need an eager step
-            elif parallel is not None:
-                rows, context = parallel.batch(idx)
-                with context:
-                    value = step(X[rows], Y[rows], checked=False)
-            else:
-                value = step(X[idx], Y[idx], checked=False)
-            seen += len(idx)
-            if metric_fns:
-                pred = net.backend.to_numpy(step.pred)
-                outs.append((pred if parallel is None else parallel.gather(pred, idx), Y[idx]))
+    try:
+        for epoch in range(start, epochs):
+            t0 = time.perf_counter()
+            order = _shuffle(n, settings["seed"], epoch) if settings["shuffle"] else np.arange(n)
+            bar = Progress(f"epoch {epoch + 1}/{epochs}", batches, enabled=verbose)
+            net.train()
+            step.reset_total()
             if guard:
-                guard.after(b, value, step.total)
-            # the running loss is read from the device only when the bar redraws
-            bar.update(b + 1, loss=lambda: float(step.total) / seen, samples=seen)
-        total = float(step.total)
-        if guard:
-            guard.check_total(batches - 1, total)
-            guard.check_parameters()            # the epoch's last update has no loss after it
-        net.eval()
-        logs = {"loss": total / seen}
-        if metric_fns:
-            P, T = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-            logs.update({name: fn(P, T) for name, fn in metric_fns.items()})
-        if Xv is not None:
-            logs.update(_evaluate(net, loss_fn, metric_fns, Xv, Yv, bs, prefix="val_"))
-        logs["lr"] = opt.lr if opt.schedule is None else opt.schedule(max(opt.steps - 1, 0))
-        logs["seconds"] = time.perf_counter() - t0
-        if parallel is not None:            # the epoch ends with its slowest rank: every rank logs that
-            logs["seconds"] = float(parallel.all_max(np.array([logs["seconds"]]))[0])
-        history.add(logs)
-        bar.close(**{k: v for k, v in logs.items() if k not in ("lr", "seconds")},
-                  rate=seen / max(logs["seconds"], 1e-9))
-        stop = stopper.update(logs, net) if stopper else False
-        for cb in callbacks or ():
-            stop = bool(cb(epoch, dict(logs))) or stop
-        if parallel is not None:            # a rank's callback may stop the run: then every rank stops
-            stop = bool(parallel.all_max(np.array([float(stop)]))[0])
-        if checkpoint is not None and writer:
-            _save_checkpoint(checkpoint, net, opt, history, stopper, epoch + 1, settings)
-        if tel_path is not None:
-            tel.to_json(tel_path)
-        if stop:
-            history.stopped_early = True
-            break
+                guard.start(epoch, lambda e: _shuffle(n, settings["seed"], e) if settings["shuffle"] else np.arange(n),
+                            bs, X, Y)
+            seen, outs = 0, []
+            for b in range(batches):
+                idx = order[b * bs:(b + 1) * bs]
+                if tel is not None and tel.due(epoch * batches + b):
+                    with tel.step(epoch * batches + b, epoch=epoch, batch=b):
+                        value = step(X[idx], Y[idx], checked=False, eager=True)     # hooks need an eager step
+                elif parallel is not None:
+                    rows, context = parallel.batch(idx)
+                    with context:
+                        value = step(X[rows], Y[rows], checked=False)
+                else:
+                    value = step(X[idx], Y[idx], checked=False)
+                seen += len(idx)
+                if metric_fns:
+                    pred = net.backend.to_numpy(step.pred)
+                    outs.append((pred if parallel is None else parallel.gather(pred, idx), Y[idx]))
+                if guard:
+                    guard.after(b, value, step.total)
+                # the running loss is read from the device only when the bar redraws
+                bar.update(b + 1, loss=lambda: float(step.total) / seen, samples=seen)
+            total = float(step.total)
+            if guard:
+                guard.check_total(batches - 1, total)
+                guard.check_parameters()            # the epoch's last update has no loss after it
+            net.eval()
+            logs = {"loss": total / seen}
+            if metric_fns:
+                P, T = np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+                logs.update({name: fn(P, T) for name, fn in metric_fns.items()})
+            if Xv is not None:
+                logs.update(_evaluate(net, loss_fn, metric_fns, Xv, Yv, bs, prefix="val_"))
+            logs["lr"] = opt.lr if opt.schedule is None else opt.schedule(max(opt.steps - 1, 0))
+            logs["seconds"] = time.perf_counter() - t0
+            if parallel is not None:            # the epoch ends with its slowest rank: every rank logs that
+                logs["seconds"] = float(parallel.all_max(np.array([logs["seconds"]]))[0])
+            history.add(logs)
+            bar.close(**{k: v for k, v in logs.items() if k not in ("lr", "seconds")},
+                      rate=seen / max(logs["seconds"], 1e-9))
+            stop = stopper.update(logs, net) if stopper else False
+            for cb in callbacks or ():
+                stop = bool(cb(epoch, dict(logs))) or stop
+            if parallel is not None:            # a rank's callback may stop the run: then every rank stops
+                stop = bool(parallel.all_max(np.array([float(stop)]))[0])
+            if checkpoint is not None and writer:
+                _save_checkpoint(checkpoint, net, opt, history, stopper, epoch + 1, settings)
+            if tel_path is not None:
+                tel.to_json(tel_path)
+            if stop:
+                history.stopped_early = True
+                break
+    finally:
+        if parallel is not None:
+            # the recorded steps hold the world's collectives (NCCL waits for graphs that captured
+            # its calls before a communicator can be destroyed): free them with the training
+            step.cache.clear()
     if stopper and stopper.restore_best and stopper.best_state is not None:
         net.load_state_dict(stopper.best_state)
     return history

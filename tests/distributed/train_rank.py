@@ -1,6 +1,7 @@
 """One rank of the fault tests: `python train_rank.py OUT FAULT`, under loom.distributed.launch.spawn.
 
-Trains a small convnet data-parallel on the CPU (the store's collective) with a checkpoint in OUT;
+Trains a small convnet data-parallel with a checkpoint in OUT, on the CPU (the store's collective) or,
+with FAULT_DEVICE=cuda, one GPU per rank (NCCL);
 FAULT is "none", "die:R:S" (rank R exits with code 1 at its S-th step) or "hang:R:S" (rank R
 sleeps at its S-th step). Rank 0 writes OUT/weights.npz at the end."""
 import os
@@ -25,7 +26,8 @@ def data():
 
 
 def main(out: str, fault: str, epochs: int, resume: str | None) -> None:
-    group = distributed.init(device="cpu", timeout=float(os.environ.get("FAULT_TIMEOUT", "3")))
+    device = os.environ.get("FAULT_DEVICE", "cpu")
+    group = distributed.init(device=device, timeout=float(os.environ.get("FAULT_TIMEOUT", "3")))
     kind, rank, step = (fault.split(":") + ["0", "0"])[:3] if fault != "none" else ("none", "-1", "0")
     steps = [0]
     original = data_parallel.DataParallel.batch
@@ -40,10 +42,10 @@ def main(out: str, fault: str, epochs: int, resume: str | None) -> None:
     data_parallel.DataParallel.batch = batch
     X, Y = data()
     net = loom.Network.from_config(CONFIG)
-    loom.train(net, X, Y, epochs=epochs, batch_size=8, optimizer={"type": "sgd", "lr": 0.1}, verbose=False,
+    loom.train(net, X, Y, device=device, epochs=epochs, batch_size=8, optimizer={"type": "sgd", "lr": 0.1}, verbose=False,
                checkpoint=os.path.join(out, "ck.loom"), resume=resume)
     if group.rank == 0:
-        np.savez(os.path.join(out, "weights.npz"), **{k: np.asarray(v) for k, v in net.parameters().items()})
+        np.savez(os.path.join(out, "weights.npz"), **{k: net.backend.to_numpy(v) for k, v in net.parameters().items()})
     distributed.shutdown()
 
 

@@ -6,6 +6,8 @@ import hashlib
 import json
 import pathlib
 import socket
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -13,7 +15,8 @@ from loopback import run_world
 
 import loom
 from loom import backend
-from loom.distributed import DataParallel, World, init, shutdown
+from loom.distributed import DataParallel, World, init, launch, shutdown
+from loom.errors import DistributedError
 from loom.kernels import batch_split
 from loom.kernels.exact import over_batch
 from loom.nn import chain
@@ -35,6 +38,10 @@ def configs():
 
 
 CONFIGS = configs()
+
+
+def _two_gpus() -> bool:
+    return backend.available()["cuda"] == "ok" and backend.get("cuda").collectives.device_count() >= 2
 
 
 def data(config, n):
@@ -140,8 +147,7 @@ def test_nccl_world_of_one_records_its_collectives_into_the_step(deterministic):
                                        backend.get("cuda").to_numpy(alone.parameters()[k]), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(backend.available()["cuda"] != "ok" or
-                    backend.get("cuda").collectives.device_count() < 2, reason="needs 2 GPUs")
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
 @pytest.mark.parametrize("name", ["mnist-mlp", "digits-convnet", "tiny-transformer"])
 def test_spawned_gpu_ranks_train_the_cpu_bits(name):
     config = CONFIGS[name]
@@ -187,3 +193,43 @@ def test_split_sums_on_the_gpu_equal_one_process():
                 return cuda.to_numpy(over_batch.sum(gx[cuts[0] * per:cuts[1] * per], axis=axes))
         for got in run_world(3, rank):
             np.testing.assert_array_equal(got.view(np.uint32), one.view(np.uint32))
+
+
+FAULT_RANK = pathlib.Path(__file__).resolve().parents[1] / "distributed" / "train_rank.py"
+
+
+def _fault_world(out, fault, ranks=2, resume=None):
+    argv = [sys.executable, str(FAULT_RANK), str(out), fault, "3"] + ([str(resume)] if resume else [])
+    launch.spawn(argv, ranks, env={"FAULT_TIMEOUT": "3", "FAULT_DEVICE": "cuda"}, timeout=120, grace=5)
+
+
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
+def test_nccl_rank_that_dies_is_named_within_bounded_time(tmp_path):
+    t0 = time.monotonic()
+    with pytest.raises(DistributedError, match="rank 1 exited with code 1"):
+        _fault_world(tmp_path, "die:1:5")
+    assert time.monotonic() - t0 < 60
+
+
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
+def test_nccl_rank_that_hangs_is_named_by_the_watchdog(tmp_path, capfd):
+    t0 = time.monotonic()
+    with pytest.raises(DistributedError, match="rank 0 exited with code 3"):
+        _fault_world(tmp_path, "hang:1:4")
+    assert time.monotonic() - t0 < 60
+    assert "rank(s) 1 did not finish" in capfd.readouterr().err
+
+
+@pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
+def test_nccl_killed_run_resumes_bit_exactly_on_one_gpu(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir()
+    broken.mkdir()
+    _fault_world(straight, "none")
+    with pytest.raises(DistributedError):
+        _fault_world(broken, "die:0:8")          # epoch 3 (3 batches an epoch): two checkpoints written
+    assert (broken / "ck.loom").exists()
+    _fault_world(broken, "none", ranks=1, resume=broken / "ck.loom")
+    with np.load(straight / "weights.npz") as a, np.load(broken / "weights.npz") as b:
+        assert sorted(a.files) == sorted(b.files)
+        assert all(np.array_equal(a[k], b[k]) for k in a.files)

@@ -14,11 +14,16 @@ NCCL's ring and tree all-reduces hand every rank the same bytes, which determini
 """
 from __future__ import annotations
 
+import gc
+import logging
+import threading
 from typing import Any
 
 import numpy as np
 
 from ...errors import BackendError, DistributedError
+
+_log = logging.getLogger("loom")
 
 
 def _nccl():
@@ -127,5 +132,15 @@ class NcclCollective:
         """Tear the communicator down without waiting for the other ranks (a rank died or hangs)."""
         self.comm.abort()
 
-    def close(self) -> None:
-        self.comm.destroy()
+    def close(self, timeout: float = 20.0) -> None:
+        """Destroy the communicator. NCCL's destroy waits until every CUDA graph that captured one of
+        its calls is freed, so graphs still held elsewhere would make it wait forever: unreachable
+        ones are collected first, and a destroy still waiting after `timeout` seconds is left behind
+        (logged; the process is leaving the world) rather than hanging the caller."""
+        gc.collect()
+        done = threading.Thread(target=self.comm.destroy, name="loom-nccl-destroy", daemon=True)
+        done.start()
+        done.join(timeout)
+        if done.is_alive():
+            _log.warning("rank %d: the NCCL communicator was not destroyed within %g s: a recorded step that "
+                         "captured its collectives is still held; leaving it", self.rank, timeout)
