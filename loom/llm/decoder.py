@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -389,14 +390,43 @@ class Decoder:
         pos = cache.length
         cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
         fast = self.prefill_kernels(B * T)
+        token = self.token_ops(h) if B * T == 1 else None
         for i, layer in enumerate(self.layers):
             bf16 = self.bf16_weights(layer) if fast is not None else None
             if bf16 is not None:
                 h = self._layer_fast(fast, layer, bf16, h, cache.layer_k[i], cache.layer_v[i], pos)
+            elif token is not None:
+                self._layer_token(token, layer, h.reshape(1, -1), cache.layer_k[i][0], cache.layer_v[i][0], pos)
             else:
                 h = self._layer(layer, h, cache.layer_k[i], cache.layer_v[i], pos, cos, sin)
         cache.length = pos + T
         return h
+
+    # --- fast mode's one-token steps on the CPU ---------------------------------------------------------
+    def token_ops(self, h: Array) -> ModuleType | None:
+        """The compiled decode-step operations (loom/backend/cpu/decode_jit.py) where a step of one token
+        of one sequence, hidden state h, runs them: the CPU in fast mode, numba present; else None."""
+        if not self.backend.host or is_deterministic() or h.dtype != np.float32:
+            return None
+        from ..backend.cpu import decode_jit
+        return decode_jit if decode_jit.available() else None
+
+    def _layer_token(self, ops_: ModuleType, L: _Layer, h2: Array, cache_k: Array, cache_v: Array, pos: int) -> None:
+        """_layer for one token of one sequence, h2 [1, E] updated in place: the products as always, the
+        operations between them one compiled call each. cache_k, cache_v: [KV, max_len, D]."""
+        c = self.config
+        x = np.empty_like(h2)
+        ops_.rms_rows(h2, L.ln1, c.eps, x)
+        qkv = _linear(x, L.qkv, L.qkv_bias, self._weight)
+        ctx = np.empty((1, c.heads * c.head_dim), dtype=np.float32)
+        ops_.attend_token(qkv[0], c.heads, c.kv_heads, self._cos[pos], self._sin[pos], L.qk_norm, c.eps,
+                          cache_k, cache_v, pos, self.first_key(L, pos), self.scale, ctx[0])
+        h2 += _linear(ctx, L.o, L.o_bias, self._weight)
+        ops_.rms_rows(h2, L.ln2, c.eps, x)
+        gate_up = _linear(x, L.gate_up, L.gate_up_bias, self._weight)
+        act = np.empty((1, c.intermediate), dtype=np.float32)
+        ops_.swiglu_rows(gate_up, act)
+        h2 += _linear(act, L.down, L.down_bias, self._weight)
 
     # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
     def prefill_kernels(self, rows: int) -> PrefillKernels | None:

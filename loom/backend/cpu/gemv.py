@@ -48,7 +48,7 @@ from . import jit
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16")
 MAX_ROWS = 16           # x with more rows goes to BLAS on decoded blocks of W (loom.kernels.quant.block)
 CHUNK = 16              # rows of W per parallel task: 36 tasks for a 576-row weight on 2 threads
-_HELPERS = ("_half", "_dots", "_f16_values")
+_HELPERS = ("_half", "_dots", "_f16_values", "_block_sums")
 _KERNELS = {"Q8_0": "_q8_0", "Q4_0": "_q4_0", "Q4_1": "_q4_1", "Q5_0": "_q5_0", "Q5_1": "_q5_1",
             "F16": "_f16", "BF16": "_bf16"}
 prange = range
@@ -116,6 +116,17 @@ def _dots(x, w, out, r):
         out[i, r] = acc
 
 
+def _block_sums(x):
+    """The sums of x[0]'s 32-value blocks (the offsets' factor in a one-row product)."""
+    sums = np.empty(x.shape[1] // 32, np.float32)
+    for b in range(sums.shape[0]):
+        s = f32(0)
+        for j in range(32):
+            s += x[0, 32 * b + j]
+        sums[b] = s
+    return sums
+
+
 def _f16_values(bits, out):
     for k in range(bits.shape[0]):
         out[k] = _half(bits[k])
@@ -133,16 +144,17 @@ def _q8_0(x, data, out, f16, n16):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
             halves, codes = data[r].view(np.uint16), data[r].view(np.int8)
-            if x.shape[0] == 1:         # one row of x: sum x q per block, then scale (20% faster)
-                acc, finite = f32(0), True
+            if x.shape[0] == 1:         # one row of x: sum x q per block, then scale (1.5-2x faster)
+                acc = f32(0)
                 for b in range(w.shape[0] // 32):
                     s = f32(0)
                     for j in range(2 * n16):
                         s += x[0, 32 * b + j] * f32(codes[34 * b + 2 + j])
-                    d = f16[halves[17 * b]]
-                    finite = finite and np.isfinite(d)
-                    acc += d * s
-                if finite:              # else the decoded row's inf/NaN pattern (inf * 0 is NaN), below
+                    acc += f16[halves[17 * b]] * s
+                # A non-finite scale makes the sum non-finite; such a row (or one that overflowed) is
+                # done again below, for the decoded row's inf/NaN pattern (inf * 0 is NaN there).
+                # Checked once a row: a test per block kept the loop from vectorising as well.
+                if np.isfinite(acc):
                     out[0, r] = acc
                     continue
             for b in range(w.shape[0] // 32):
@@ -168,10 +180,23 @@ def _q4_0(x, data, out, f16, n16):
 
 
 def _q4_1(x, data, out, f16, n16):
+    sums = _block_sums(x)
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
             row, halves = data[r], data[r].view(np.uint16)
+            if x.shape[0] == 1:         # one row of x: d * sum(x q) + m * sum(x) per block (15% faster)
+                acc = f32(0)
+                for b in range(w.shape[0] // 32):
+                    s = f32(0)
+                    for j in range(n16):
+                        q = f32(row[20 * b + 4 + j])
+                        hi = np.floor(q * f32(0.0625))
+                        s += x[0, 32 * b + j] * (q - f32(16) * hi) + x[0, 32 * b + 16 + j] * hi
+                    acc += f16[halves[10 * b]] * s + f16[halves[10 * b + 1]] * sums[b]
+                if np.isfinite(acc):    # else the decoded row's inf/NaN pattern, as _q8_0
+                    out[0, r] = acc
+                    continue
             for b in range(w.shape[0] // 32):
                 d, m = f16[halves[10 * b]], f16[halves[10 * b + 1]]
                 for j in range(n16):

@@ -1,0 +1,121 @@
+"""The small operations of a one-token decode step on the CPU, compiled by Numba (fast mode).
+
+A decode step of a small model (SmolLM2-135M: 30 layers) spends as long in the NumPy calls around
+its products as in the products: an RMSNorm, RoPE, the cache writes, the attention's two products
+and softmax, SwiGLU are each several whole-array NumPy calls of a few hundred values, and their
+Python and dispatch cost (about 7 ms a token, 2026-11-24) is what kept the decode behind
+llama.cpp. Here each is one compiled call: `rms_rows` (RMSNorm of rows), `attend_token` (the rotated
+query and key, the cache writes, and the attention of one query position over its keys, every head),
+`swiglu_rows`. loom.llm.decoder uses them for a step of one token of one sequence in fast mode; the
+products stay loom/backend/cpu/gemv.py's.
+
+Fast mode only: float32 sums in the loops' order, reassociated by the compiler (jit.FASTMATH);
+deterministic mode keeps the composed path, whose bits its contract fixes.
+Until _load() runs these are plain Python functions (jit.compile_module).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import jit
+
+prange = range
+f32 = np.float32
+_PLAIN = ("_rms_rows", "_swiglu_rows", "_rope_head")
+_PARALLEL = ("_attend_token",)
+
+
+def available() -> bool:
+    """Whether these loops run here (jit.available()); compiles them on the first call."""
+    return jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, fastmath=jit.FASTMATH)
+
+
+def rms_rows(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> None:
+    """out [R, E] = x / sqrt(mean(x^2) + eps) * weight, row by row (x float32 C-contiguous [R, E])."""
+    _rms_rows(x, weight, f32(eps), out)
+
+
+def swiglu_rows(gate_up: np.ndarray, out: np.ndarray) -> None:
+    """out [R, I] = silu(gate) * up for gate_up [R, 2 I] = [gate | up]."""
+    _swiglu_rows(gate_up, out)
+
+
+def attend_token(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin: np.ndarray,
+                 qk_norm: np.ndarray | None, eps: float, cache_k: np.ndarray, cache_v: np.ndarray, pos: int,
+                 lo: int, scale: float, out: np.ndarray) -> None:
+    """One query position's attention, every head: qkv [(H + 2 KV) D] (biases added) holds the query
+    heads, the key heads and the value heads; each query and key head gets qwen3's RMSNorm (qk_norm
+    [H + KV, D], a weight row a head, if given) and HF's rotate-half RoPE (cos, sin [D] of position
+    pos); the key and value heads are written to cache_k, cache_v [KV, max_len, D] at pos; out [H D] =
+    softmax(q K^T scale) V over the cached positions lo..pos, query head h reading key head h // (H / KV)."""
+    norm = qk_norm if qk_norm is not None else np.empty((0, qkv.shape[0] // (heads + 2 * kv_heads)), np.float32)
+    _attend_token(qkv, heads, kv_heads, cos, sin, norm, f32(eps), cache_k, cache_v, pos, lo, f32(scale), out)
+
+
+def _rms_rows(x, weight, eps, out):
+    n = x.shape[1]
+    for r in range(x.shape[0]):
+        s = f32(0)
+        for k in range(n):
+            s += x[r, k] * x[r, k]
+        rstd = f32(1) / np.sqrt(s / f32(n) + eps)
+        for k in range(n):
+            out[r, k] = x[r, k] * rstd * weight[k]
+
+
+def _swiglu_rows(gate_up, out):
+    n = out.shape[1]
+    for r in range(out.shape[0]):
+        for k in range(n):
+            g = gate_up[r, k]
+            out[r, k] = g / (f32(1) + np.exp(-g)) * gate_up[r, n + k]
+
+
+def _rope_head(x, cos, sin, norm, head, eps, out):
+    """out [D] = RoPE(rms(x) * norm[head]) (x alone where norm has no rows)."""
+    d = x.shape[0]
+    half = d // 2
+    normed = norm.shape[0] > 0
+    rstd = f32(1)
+    if normed:
+        s = f32(0)
+        for k in range(d):
+            s += x[k] * x[k]
+        rstd = f32(1) / np.sqrt(s / f32(d) + eps)
+    for k in range(half):
+        a = x[k] * rstd * (norm[head, k] if normed else f32(1))
+        b = x[k + half] * rstd * (norm[head, k + half] if normed else f32(1))
+        out[k] = a * cos[k] - b * sin[k]
+        out[k + half] = b * cos[k + half] + a * sin[k + half]
+
+
+def _attend_token(qkv, heads, kv_heads, cos, sin, norm, eps, cache_k, cache_v, pos, lo, scale, out):
+    d = cache_k.shape[2]
+    group = heads // kv_heads
+    for j in range(kv_heads):                       # the new key and value, rotated, into the cache
+        _rope_head(qkv[(heads + j) * d:(heads + j + 1) * d], cos, sin, norm, heads + j, eps, cache_k[j, pos])
+        for k in range(d):
+            cache_v[j, pos, k] = qkv[(heads + kv_heads + j) * d + k]
+    n = pos + 1 - lo
+    for h in prange(heads):
+        j = h // group
+        q = np.empty(d, np.float32)
+        _rope_head(qkv[h * d:(h + 1) * d], cos, sin, norm, h, eps, q)
+        p = np.empty(n, np.float32)
+        top = f32(-np.inf)
+        for t in range(n):
+            s = f32(0)
+            for k in range(d):
+                s += q[k] * cache_k[j, lo + t, k]
+            p[t] = s * scale
+            top = max(top, p[t])
+        total = f32(0)
+        for t in range(n):
+            p[t] = np.exp(p[t] - top)
+            total += p[t]
+        for k in range(d):
+            out[h * d + k] = f32(0)
+        for t in range(n):
+            w = p[t] / total
+            for k in range(d):
+                out[h * d + k] += w * cache_v[j, lo + t, k]

@@ -1,0 +1,102 @@
+"""Fast mode's compiled one-token decode step on the CPU (loom/backend/cpu/decode_jit.py and
+Decoder._layer_token): each operation against a NumPy reference on fresh random inputs, and whole
+decode steps against the composed path (the same model, token_ops switched off) for llama, a sliding
+window, qwen2's biases and qwen3's per-head norms."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+import loom
+import loom.llm
+from loom.backend.cpu import decode_jit
+from loom.llm.decoder import Decoder
+
+sys.path.insert(0, os.path.dirname(__file__))
+import tiny_decoders as td  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not decode_jit.available(), reason="numba is not installed")
+RNG = np.random.default_rng(20261124)
+
+
+def _rope(x, cos, sin):
+    half = x.shape[-1] // 2
+    return x * cos + np.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+
+
+def _rms(x, w, eps):
+    x = x.astype(np.float64)
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w
+
+
+def test_rms_rows_and_swiglu_rows_match_numpy():
+    x = (RNG.standard_normal((3, 70)) * np.exp(RNG.uniform(-3, 3, (3, 1)))).astype(np.float32)
+    w = RNG.standard_normal(70).astype(np.float32)
+    out = np.empty_like(x)
+    decode_jit.rms_rows(x, w, 1e-5, out)
+    np.testing.assert_allclose(out, _rms(x, w, 1e-5), rtol=2e-5, atol=1e-6)
+    gu = (RNG.standard_normal((2, 2 * 33)) * 4).astype(np.float32)
+    act = np.empty((2, 33), np.float32)
+    decode_jit.swiglu_rows(gu, act)
+    g, u = gu[:, :33].astype(np.float64), gu[:, 33:]
+    np.testing.assert_allclose(act, g / (1 + np.exp(-g)) * u, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("heads, kv, d, pos, lo, normed", [(4, 2, 16, 0, 0, False), (4, 2, 16, 9, 0, True),
+                                                          (6, 1, 32, 20, 15, False), (3, 3, 8, 5, 2, True)])
+def test_attend_token_matches_numpy(heads, kv, d, pos, lo, normed):
+    qkv = RNG.standard_normal((heads + 2 * kv) * d).astype(np.float32)
+    cos, sin = np.cos(RNG.uniform(0, 6, d)).astype(np.float32), np.sin(RNG.uniform(0, 6, d)).astype(np.float32)
+    norm = (1 + 0.3 * RNG.standard_normal((heads + kv, d))).astype(np.float32) if normed else None
+    cache_k = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
+    cache_v = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
+    keys, values = cache_k.copy(), cache_v.copy()
+    out = np.full(heads * d, np.nan, np.float32)
+    decode_jit.attend_token(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v, pos, lo, 0.3, out)
+    qk = qkv[:(heads + kv) * d].reshape(heads + kv, d).astype(np.float64)
+    if normed:
+        qk = _rms(qk, norm, 1e-5)
+    qk = _rope(qk, cos, sin)
+    keys[:, pos], values[:, pos] = qk[heads:], qkv[(heads + kv) * d:].reshape(kv, d)
+    np.testing.assert_allclose(cache_k[:, pos], keys[:, pos], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(cache_v, values)
+    np.testing.assert_array_equal(np.delete(cache_k, pos, axis=1), np.delete(keys, pos, axis=1))
+    want = []
+    for h in range(heads):
+        j = h // (heads // kv)
+        s = keys[j, lo:pos + 1] @ qk[h] * 0.3
+        p = np.exp(s - s.max())
+        want.append(p / p.sum() @ values[j, lo:pos + 1])
+    np.testing.assert_allclose(out, np.concatenate(want), rtol=1e-4, atol=1e-5)
+
+
+VARIANTS = {"llama": dict(kind="llama"), "mistral-window": dict(kind="mistral", sliding_window=6),
+            "qwen2-bias": dict(kind="qwen2", tied=True), "qwen3": dict(kind="qwen3", head_dim=32)}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_token_steps_match_the_composed_path(name, tmp_path, monkeypatch):
+    opts = dict(VARIANTS[name])
+    model = td.build(opts.pop("kind"), seed=4, **opts)
+    dec = loom.llm.load(td.save(model, tmp_path)).decoder
+    ids = np.random.default_rng(2).integers(0, td.VOCAB, 20)
+    taken = []
+    real = Decoder._layer_token
+    monkeypatch.setattr(Decoder, "_layer_token", lambda self, *a: taken.append(1) or real(self, *a))
+
+    def steps():
+        cache = dec.new_cache(20)
+        out = [dec.forward(ids[None, :8], cache)[0]]
+        out += [dec.forward(ids[None, t:t + 1], cache)[0] for t in range(8, 20)]
+        return np.concatenate(out)
+    with loom.deterministic(False):
+        compiled = steps()
+        assert len(taken) == 12 * len(dec.layers)
+        monkeypatch.setattr(Decoder, "token_ops", lambda self, h: None)
+        composed = steps()
+    assert td.relative_error(compiled, composed) < 1e-5
+    with loom.deterministic(True):
+        taken.clear()
+        steps()
+        assert not taken                     # deterministic mode keeps the composed path's bits
