@@ -176,6 +176,17 @@ def test_memory_maps_strided_x_and_empty_shapes():
         assert np.array_equal(jit_product(w, np.ones((m, cols), np.float32)), np.zeros((m, rows), np.float32))
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "BF16"])
+def test_no_rows_of_x_read_nothing(qtype):
+    """x with no rows: an empty product. The one-row paths' block sums must not read x[0] (the loops are
+    unchecked: with rows of 4M values a read of x[0] lands far outside any allocation)."""
+    cols = 1 << 22
+    data = np.zeros((1, gq.row_nbytes(qtype, cols)), np.uint8)
+    out = np.empty((0, 1), np.float32)
+    cpu_jit.matmul_t(np.empty((0, cols), np.float32), data, qtype, out)
+    assert out.shape == (0, 1)
+
+
 def test_threads_share_the_kernels():
     rng = np.random.default_rng(7)
     w = random_weight("Q5_1", 96, 128, rng)

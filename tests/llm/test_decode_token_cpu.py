@@ -100,3 +100,51 @@ def test_token_steps_match_the_composed_path(name, tmp_path, monkeypatch):
         taken.clear()
         steps()
         assert not taken                     # deterministic mode keeps the composed path's bits
+
+
+@pytest.fixture(scope="module")
+def float_decoder(tmp_path_factory):
+    """A float32-weight llama: its products go to BLAS, so attend_token is the only parallel kernel a step runs."""
+    return loom.llm.load(td.save(td.build("llama", seed=6), tmp_path_factory.mktemp("llama"))).decoder
+
+
+def _greedy(dec, steps=4):
+    with loom.deterministic(False):
+        cache = dec.new_cache(16)
+        logits = dec.forward(np.array([[5, 7, 9]]), cache, last_only=True)
+        out = []
+        for _ in range(steps):
+            out.append(int(np.argmax(logits[0, -1])))
+            logits = dec.forward(np.array([[out[-1]]]), cache, last_only=True)
+        return out
+
+
+_FORK_DEC = None
+
+
+def _child_greedy(_):
+    return _greedy(_FORK_DEC)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork start method")
+def test_a_forked_child_decodes_after_its_parent_did(float_decoder):
+    """The parallel attention kernel goes through jit.run like the products: its threading layer is noted,
+    so a forked child (GNU OpenMP is not fork-safe) takes the composed path instead of dying."""
+    import multiprocessing
+    global _FORK_DEC
+    _FORK_DEC = float_decoder
+    want = _greedy(float_decoder)                       # the parent has run the compiled step
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply_async(_child_greedy, (0,)).get(timeout=60) == want
+
+
+def test_threads_decode_at_once(float_decoder):
+    import threading
+    want = _greedy(float_decoder)
+    results = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, _greedy(float_decoder))) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [results[i] for i in range(3)] == [want] * 3

@@ -49,7 +49,9 @@ def attend_token(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, si
     pos); the key and value heads are written to cache_k, cache_v [KV, max_len, D] at pos; out [H D] =
     softmax(q K^T scale) V over the cached positions lo..pos, query head h reading key head h // (H / KV)."""
     norm = qk_norm if qk_norm is not None else np.empty((0, qkv.shape[0] // (heads + 2 * kv_heads)), np.float32)
-    _attend_token(qkv, heads, kv_heads, cos, sin, norm, f32(eps), cache_k, cache_v, pos, lo, f32(scale), out)
+    # through jit.run, as every parallel kernel: its lock (numba's workqueue layer aborts on concurrent
+    # parallel calls) and its note of the threading layer (a forked child must not start OpenMP)
+    jit.run(_attend_token, qkv, heads, kv_heads, cos, sin, norm, f32(eps), cache_k, cache_v, pos, lo, f32(scale), out)
 
 
 def _rms_rows(x, weight, eps, out):

@@ -180,7 +180,7 @@ def _q4_0(x, data, out, f16, n16):
 
 
 def _q4_1(x, data, out, f16, n16):
-    sums = _block_sums(x)
+    sums = _block_sums(x) if x.shape[0] == 1 else np.empty(0, np.float32)
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):

@@ -23,6 +23,7 @@ from .compile import OPTIONS
 from .launch import OVERLAP_PROLOGUE
 
 MAX_ROWS = 2          # rows of x: past two, re-reading x from shared memory for every 8 values dominates
+MIN_VALUES = 1 << 22  # weights of at least 4M values (8 MB): a 1B model's products and up
 THREADS = 256          # 8 warps: quant.STAGE_ROWS sums the squares of x over 8 warps
 
 _SOURCE = r"""
@@ -62,7 +63,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_half_gemv(
         #pragma unroll
         for (int e = 0; e <= EPI; ++e)   // this warp's lines of its first row (four a step), while the previous kernel ends
             for (int s = slice + WPR * (lane >> 2); s < STEPS; s += 8 * WPR)
-                prefetch_l1(row + e * second + s * 256 + (lane & 3) * 64);
+                if (s * 256 + (lane & 3) * 64 < COLS)    // never past the row (nor the weight's end)
+                    prefetch_l1(row + e * second + s * 256 + (lane & 3) * 64);
     }
     wait_for_previous_kernel();
     uint4 wv[EPI + 1][UNROLL];
@@ -163,36 +165,43 @@ def _module(kind: int, prologue: int, epilogue: int, x_rows: int, warps_per_row:
     return cupy.RawModule(code=head + WARP_REDUCTIONS + OVERLAP_PROLOGUE + STAGE_ROWS + _SOURCE, options=OPTIONS)
 
 
-def supports(qtype: str, x_rows: int, cols: int) -> bool:
-    """Whether this kernel takes the product (F16/BF16 rows, at most MAX_ROWS rows of x fitting shared memory)."""
-    return qtype in ("F16", "BF16") and 1 <= x_rows <= MAX_ROWS and x_rows * cols * 4 <= 160 * 1024
+def supports(qtype: str, x_rows: int, cols: int, rows: int) -> bool:
+    """Whether this kernel takes the product: F16/BF16 rows of whole 32-value units (so every row starts
+    16-byte aligned), at most MAX_ROWS rows of x fitting shared memory, and a weight of at least
+    MIN_VALUES values (smaller ones, whose product is a few microseconds of latency, ran faster in
+    quant.gemv's general kernel: SmolLM2-135M decoded at 2,150 tok/s there, 1,700-1,795 here)."""
+    return (qtype in ("F16", "BF16") and 1 <= x_rows <= MAX_ROWS and cols >= 32 and cols % 32 == 0
+            and x_rows * cols * 4 <= 160 * 1024 and rows * cols >= MIN_VALUES)
 
 
 def launch_shape(qtype: str, prologue: bool, swiglu: bool, x_rows: int, cols: int,
                  rows: int) -> tuple[cupy.RawKernel, int, int]:
-    """(kernel, blocks, dynamic shared memory in bytes) for `rows` output rows. The grid is at most as
-    many blocks as are resident on the GPU at once, each looping over groups of rows; warps share a row
-    (WPR) when that spreads the groups more evenly over the blocks (a block with one more group than
-    the others makes the whole product wait for it)."""
+    """(kernel, blocks, dynamic shared memory in bytes) for `rows` output rows: at most as many blocks
+    as are resident on the GPU at once, each looping over groups of rows (pick_wpr says how many
+    warps share a row)."""
     kind = 1 if qtype == "F16" else 2
     shared = x_rows * cols * 4
 
     def compiled(wpr):
         return _module(kind, int(prologue), int(swiglu), x_rows, wpr, cols).get_function("loom_half_gemv")
-    resident = _resident(compiled(1), shared)       # registers and shared memory: the same for every WPR
-    best = None
-    # at most 32 steps (16 KiB) of a row a warp: a longer walk is one warp's latency-bound loop
+    resident = _resident(compiled(1), shared)       # registers and shared memory: about the same for every WPR
+    wpr = pick_wpr(rows, cols, resident)
+    return compiled(wpr), min(-(-rows // (THREADS // 32 // wpr)), resident), shared
+
+
+def pick_wpr(rows: int, cols: int, resident: int) -> int:
+    """Warps a row (1, 2, 4 or 8) for `rows` rows of `cols` values and `resident` blocks: the fewest
+    that reach the least time, counted as the waves of row groups times a warp's share of a row (more
+    warps a row fill the GPU for short outputs and spread the groups evenly; fewer need no cross-warp
+    sums), with no warp walking more than 32 steps (16 KiB) of a row."""
     shortest = min(8, 1 << max(0, math.ceil(math.log2(-(-cols // 256) / 32))))
+    best, best_cost = 8, None
     for wpr in (w for w in (1, 2, 4, 8) if w >= shortest):
         groups = -(-rows // (THREADS // 32 // wpr))
-        waves = groups / resident
-        balance = 1.0 if waves <= 1 else waves / math.ceil(waves)
-        if best is None or balance > best[0] + 0.02:
-            best = (balance, wpr, groups)
-        if balance >= 0.93:
-            break
-    _, wpr, groups = best
-    return compiled(wpr), min(groups, resident), shared
+        cost = math.ceil(groups / resident) / wpr
+        if best_cost is None or cost < best_cost * 0.9:     # a cross-warp sum a group: worth 10%
+            best, best_cost = wpr, cost
+    return best
 
 
 def _resident(kernel, shared: int) -> int:

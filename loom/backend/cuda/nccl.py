@@ -84,6 +84,7 @@ class NcclCollective:
         self._fork = xp.cuda.Event(disable_timing=True)
         self._merge = xp.cuda.Event(disable_timing=True)
         self._forked = False
+        self._closed = False
 
     def _check(self, x, what: str):
         if not isinstance(x, self.xp.ndarray):
@@ -130,13 +131,18 @@ class NcclCollective:
 
     def abort(self) -> None:
         """Tear the communicator down without waiting for the other ranks (a rank died or hangs)."""
-        self.comm.abort()
+        if not self._closed:
+            self._closed = True
+            self.comm.abort()
 
     def close(self, timeout: float = 20.0) -> None:
         """Destroy the communicator. NCCL's destroy waits until every CUDA graph that captured one of
         its calls is freed, so graphs still held elsewhere would make it wait forever: unreachable
         ones are collected first, and a destroy still waiting after `timeout` seconds is left behind
         (logged; the process is leaving the world) rather than hanging the caller."""
+        if self._closed:            # a second destroy of the same handle, maybe while the first still waits
+            return
+        self._closed = True
         gc.collect()
         done = threading.Thread(target=self.comm.destroy, name="loom-nccl-destroy", daemon=True)
         done.start()

@@ -421,7 +421,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, norm: Array | None = Non
         # (8B shapes: 4,096-6,144 rows read at 1.3-1.8 TB/s with one warp a row, too few warps in flight)
         wpr = 1 if rows >= 8192 else 2 if rows >= 1024 else 4
         threads, shared = 256, 0
-        if half_gemv.supports(qtype, x.shape[0], x.shape[1]):       # 16-bit rows, batch 1-2: 16-byte loads
+        if half_gemv.supports(qtype, x.shape[0], x.shape[1], data.shape[0]):       # 16-bit rows, batch 1-2: 16-byte loads
             kernel, blocks, shared = half_gemv.launch_shape(qtype, norm is not None, swiglu, x.shape[0],
                                                             x.shape[1], rows)
             threads = half_gemv.THREADS
