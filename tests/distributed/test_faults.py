@@ -1,21 +1,13 @@
 """Faults in a multi-process world on the CPU: a rank that dies or hangs stops the world within a
 bounded time with an error naming it, and a run killed after a checkpoint resumes bit-exactly."""
-import pathlib
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from loom.distributed import launch
 from loom.errors import DistributedError
 
-SCRIPT = str(pathlib.Path(__file__).with_name("train_rank.py"))
-
-
-def run(out, fault, ranks=2, epochs=3, resume=None, timeout=60):
-    argv = [sys.executable, SCRIPT, str(out), fault, str(epochs)] + ([str(resume)] if resume else [])
-    return launch.spawn(argv, ranks, env={"FAULT_TIMEOUT": "3"}, timeout=timeout, grace=5)
+from .train_rank import spawn_world as run
 
 
 def weights(out):

@@ -12,12 +12,19 @@ import numpy as np
 
 import loom
 from loom import distributed
-from loom.distributed import data_parallel
+from loom.distributed import data_parallel, launch
 from loom.errors import LoomError
 
 CONFIG = {"loom": 1, "name": "c", "seed": 0, "dtype": "float32", "input": {"shape": [1, 6, 6]},
           "layers": [{"type": "conv2d", "filters": 3, "kernel_size": 3, "activation": "relu"},
                      {"type": "flatten"}, {"type": "dense", "units": 4}]}
+
+
+def spawn_world(out, fault: str, ranks: int = 2, epochs: int = 3, resume=None, timeout: float = 60,
+                device: str = "cpu") -> list[int]:
+    """Run this script as `ranks` ranks (loom.distributed.launch.spawn) with a 3 s collective timeout."""
+    argv = [sys.executable, os.path.abspath(__file__), str(out), fault, str(epochs)] + ([str(resume)] if resume else [])
+    return launch.spawn(argv, ranks, env={"FAULT_TIMEOUT": "3", "FAULT_DEVICE": device}, timeout=timeout, grace=5)
 
 
 def data():

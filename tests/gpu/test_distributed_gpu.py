@@ -6,16 +6,16 @@ import hashlib
 import json
 import pathlib
 import socket
-import sys
 import time
 
 import numpy as np
 import pytest
+from distributed.train_rank import spawn_world
 from loopback import run_world
 
 import loom
 from loom import backend
-from loom.distributed import DataParallel, World, init, launch, shutdown
+from loom.distributed import DataParallel, World, init, shutdown
 from loom.errors import DistributedError
 from loom.kernels import batch_split
 from loom.kernels.exact import over_batch
@@ -195,12 +195,8 @@ def test_split_sums_on_the_gpu_equal_one_process():
             np.testing.assert_array_equal(got.view(np.uint32), one.view(np.uint32))
 
 
-FAULT_RANK = pathlib.Path(__file__).resolve().parents[1] / "distributed" / "train_rank.py"
-
-
 def _fault_world(out, fault, ranks=2, resume=None):
-    argv = [sys.executable, str(FAULT_RANK), str(out), fault, "3"] + ([str(resume)] if resume else [])
-    launch.spawn(argv, ranks, env={"FAULT_TIMEOUT": "3", "FAULT_DEVICE": "cuda"}, timeout=120, grace=5)
+    return spawn_world(out, fault, ranks, resume=resume, timeout=120, device="cuda")
 
 
 @pytest.mark.skipif(not _two_gpus(), reason="needs 2 GPUs")
