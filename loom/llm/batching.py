@@ -99,6 +99,16 @@ class Result:
     prompt_tokens: int
 
 
+@dataclass
+class _Ahead:
+    """A greedy decode step launched on the device, its tokens not yet taken: the sequence of each row
+    (None: padding) and its position."""
+    graph: paged_graph.PagedDecodeGraph
+    rows: list
+    positions: list[int]
+    tokens: paged_graph.Tokens
+
+
 class Handle:
     """A submitted request: cancel() frees its slot at the next step."""
 
@@ -163,12 +173,14 @@ class BatchEngine:
         self.chunk = prefill_chunk()
         # recorded decode steps by batch bucket, where the device has the kernels
         self._graph_cache: dict[int, paged_graph.PagedDecodeGraph] = {}
+        self.pipeline = True                        # greedy decode steps launched a step ahead (_Ahead)
+        self._ahead: _Ahead | None = None           # a launched step whose tokens are not taken yet
         why = paged_graph.why_not(self.dec, self.deterministic) if self.dec.backend.graphs else "no graphs"
         self._graphs_off = why is not None
         if why is not None and self.dec.backend.graphs:
             fallback.notice_once(f"batched decode steps run kernel by kernel, not as recorded CUDA graphs ({why})")
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "cached_tokens": 0, "preempted": 0,
-                      "cancelled": 0, "graph_steps": 0}
+                      "cancelled": 0, "graph_steps": 0, "ahead_steps": 0}
 
     # --- submitting ---------------------------------------------------------------------------------
     def check(self, request: Request) -> Request:
@@ -259,7 +271,7 @@ class BatchEngine:
             self._thread = None
         with self._lock:
             left = self.running + list(self.waiting)
-            self.running, self.waiting = [], collections.deque()
+            self.running, self.waiting, self._ahead = [], collections.deque(), None
         for seq in left:
             self._retire(seq, "cancelled")
 
@@ -283,7 +295,7 @@ class BatchEngine:
     def _fail_all(self, message: str) -> None:
         with self._lock:
             seqs = self.running + list(self.waiting)
-            self.running, self.waiting = [], collections.deque()
+            self.running, self.waiting, self._ahead = [], collections.deque(), None
         for seq in seqs:
             self.cache.release(seq.table)
             seq.table = []
@@ -297,24 +309,102 @@ class BatchEngine:
 
     # --- one step -----------------------------------------------------------------------------------
     def step(self) -> bool:
-        """One step; returns whether any sequence is left running or waiting."""
+        """One step; returns whether any sequence is left running or waiting (or a step in flight)."""
         self._drop_cancelled()
-        self._admit()
-        work, seqs = self._plan()
-        if work:
-            choices = self._forward(work, seqs)
-            self.stats["steps"] += 1
-            for w, seq, choice in zip(work, seqs, choices):
-                seq.length = w.pos + len(w.tokens)
-                self._register_blocks(seq)
-                if choice is not None:
-                    try:
-                        self._sample(seq, choice)
-                    except Exception as exc:    # noqa: BLE001 - this sequence's (a token its tokenizer lacks)
-                        if seq in self.running:
-                            self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
+        if self._ahead is None:
+            self._admit()
+            work, seqs = self._plan()
+            if work and self._pipelines(work, seqs):
+                graph = self._graph(len(work), work)
+                self._ahead = _Ahead(graph, seqs, [w.pos for w in work], graph.step_greedy(
+                    [int(w.tokens[0]) for w in work], [w.pos for w in work], [w.table for w in work]))
+            elif work:
+                self._finish_step(work, seqs, self._forward(work, seqs))
+        if self._ahead is not None:
+            self._take_ahead()
         with self._lock:
-            return bool(self.running or self.waiting)
+            return bool(self.running or self.waiting or self._ahead)
+
+    def _finish_step(self, work: list[paged_forward.Work], seqs: list[_Sequence], choices: list) -> None:
+        """After a step's forward pass: the sequences' new lengths, their full blocks registered,
+        and a token sampled for each that wanted logits."""
+        self.stats["steps"] += 1
+        for w, seq, choice in zip(work, seqs, choices):
+            seq.length = w.pos + len(w.tokens)
+            self._register_blocks(seq)
+            if choice is not None:
+                self._take_token(seq, choice)
+
+    def _take_token(self, seq: _Sequence, choice: np.ndarray | int) -> None:
+        try:
+            self._sample(seq, choice)
+        except Exception as exc:    # noqa: BLE001 - this sequence's (a token its tokenizer lacks)
+            if seq in self.running:
+                self._finish(seq, "error", f"{type(exc).__name__}: {exc}")
+
+    # --- greedy steps a step ahead ------------------------------------------------------------------
+    # While every running sequence decodes plain greedy tokens through a recorded step, the host need
+    # not see a step's tokens before the next step starts: each step writes its argmax tokens into the
+    # graph's inputs on the device, and the engine launches step n + 1 before it takes step n's tokens
+    # (streams them, checks stops), so that host work overlaps the device's. The rows stay those of
+    # the run's first step; a sequence that stops, or is cancelled, leaves a padding row (its last
+    # step's extra token is dropped: it wrote one more key into the sequence's own last block, which
+    # is released, and stream order puts that write before any later owner's). The run ends, and the
+    # next step is planned as usual, when a waiting request could be admitted, a block cannot be
+    # taken without preempting, half the rows are padding, or a position leaves the recorded steps.
+    def _pipelines(self, work: list[paged_forward.Work], seqs: list[_Sequence]) -> bool:
+        """Whether this step can start a run of steps launched ahead."""
+        return (self.pipeline and self.dec.backend.prefill is not None and not self._admissible()
+                and all(len(w.tokens) == 1 and w.logits for w in work)
+                and all(_plain_greedy(s.request) for s in seqs) and self._graph(len(work), work) is not None)
+
+    def _admissible(self) -> bool:
+        with self._lock:
+            return bool(self.waiting) and len(self.running) < self.max_batch
+
+    def _take_ahead(self) -> None:
+        """Launch the step after the one in flight (where the run goes on), then take the in-flight
+        step's tokens."""
+        step = self._ahead
+        self._ahead = self._launch_next(step)
+        tokens = step.tokens.get()
+        self.stats["steps"] += 1
+        self.stats["graph_steps"] += 1
+        live = {id(s) for s in self.running}
+        for row, seq in enumerate(step.rows):
+            if seq is None or id(seq) not in live or seq.cancelled:
+                continue
+            seq.length = step.positions[row] + 1
+            self._register_blocks(seq)
+            self._take_token(seq, int(tokens[row]))
+
+    def _launch_next(self, step: _Ahead) -> _Ahead | None:
+        """The step after `step`, launched on the device (None where the run ends)."""
+        if self._admissible():
+            return None
+        live = {id(s) for s in self.running}
+        rows: list[_Sequence | None] = []
+        for seq in step.rows:
+            # a sequence taking its last token in `step` (max_tokens, or the context) pads its row
+            last = seq is not None and (len(seq.generated) + 1 >= seq.request.max_tokens
+                                        or len(seq.tokens) + 1 >= self.context)
+            rows.append(seq if seq is not None and id(seq) in live and not seq.cancelled and not last else None)
+        if sum(seq is not None for seq in rows) * 2 <= len(rows):
+            return None
+        positions = [0 if seq is None else p + 1 for seq, p in zip(rows, step.positions)]
+        if self.deterministic and max(positions) >= exact_dispatch.ROUNDED_MAX_K:
+            return None
+        bs = self.cache.block_size
+        for seq, p in zip(rows, positions):
+            if seq is not None and p // bs >= len(seq.table):
+                try:
+                    seq.table.append(self.cache.take())
+                except OutOfBlocks:
+                    return None             # the next planned step preempts
+        self.stats["decode_tokens"] += sum(seq is not None for seq in rows)
+        self.stats["ahead_steps"] += 1
+        tokens = step.graph.step_greedy(None, positions, [[] if seq is None else seq.table for seq in rows])
+        return _Ahead(step.graph, rows, positions, tokens)
 
     def _forward(self, work: list[paged_forward.Work], seqs: list[_Sequence]) -> list:
         """Each work item's next-token input (None where its logits are not wanted): the host logits,

@@ -5,13 +5,18 @@ The step is decode_graph.DecodeGraph's, five fused kernels per layer, with two c
 attention kernel reads each sequence's own position and block table (decode.paged_attention,
 decode_exact.paged_attention in deterministic mode), and the products run over the batch in groups
 of the block kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
-than MAX_ROWS rows takes cuBLAS GEMMs with the decoder's copies of the weights (Decoder.dense: float32,
-or bfloat16 on the tensor cores) instead; on the tensor cores RMSNorm and the rounding to bfloat16
-are one kernel, the residual is added by the GEMM and SwiGLU writes bfloat16 (backend/cuda/prefill.py),
-elsewhere RMSNorm, bias, SwiGLU and residual are separate kernels. A graph is recorded per
-batch size bucket (BUCKETS) and mode; a step of fewer sequences pads its rows to the bucket with
-token 0 at position 0, whose keys and values go to the cache's scratch block and whose logits are
-dropped. Token ids, positions and block tables are written by one copy before each replay.
+than TENSOR_CORE_ROWS rows whose weights are all bfloat16 takes cuBLAS GEMMs on the tensor cores:
+RMSNorm and the rounding to bfloat16 are one kernel, the attention kernel and SwiGLU write bfloat16,
+and the residual is added by the GEMM (backend/cuda/prefill.py). Other weights past MAX_ROWS rows take
+GEMMs with the decoder's float32 copies (Decoder.dense), RMSNorm, bias, SwiGLU and residual in
+kernels of their own. A graph is recorded per batch size bucket (BUCKETS) and mode; a step of fewer
+sequences pads its rows to the bucket with token 0 at position 0, whose keys and values go to the
+cache's scratch block and whose logits are dropped.
+
+Token ids, positions and the block tables (column-major, only the columns in use) go up in one
+asynchronous copy from pinned memory before each replay. step_greedy also chooses each row's argmax
+token on the device, into the graph's input ids: the next step_greedy can decode it before the host
+has seen it (BatchEngine's steps launched ahead).
 
 Deterministic mode's kernels give the array code's bits (decode_graph's docstring), so a sequence's
 logits are what paged_forward gives it, and what it gets alone; they take positions below
@@ -20,7 +25,8 @@ exact_dispatch.ROUNDED_MAX_K, and the engine steps longer sequences through page
 from __future__ import annotations
 
 from functools import partial
-from typing import TYPE_CHECKING
+from itertools import chain
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
     from .decoder import Decoder
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+TENSOR_CORE_ROWS = 4        # fast mode, every weight bfloat16: batches past this many rows take the GEMM steps
 
 
 def bucket(n: int) -> int | None:
@@ -58,41 +65,79 @@ class PagedDecodeGraph:
         self.max_blocks = -(-c.max_positions // cache.block_size)
         dec.ensure_rope(c.max_positions)          # the graph keeps the tables' addresses: none may move
         B = batch
+        # ids, positions, then the block tables column-major (entry j of every row together), so that a
+        # step uploads only the columns its sequences use
         self.inputs = xp.zeros(2 * B + B * self.max_blocks, dtype=np.int64)
         self.ids, self.pos = self.inputs[:B], self.inputs[B:2 * B]
-        self.tables = self.inputs[2 * B:].reshape(B, self.max_blocks)
+        self.tables = self.inputs[2 * B:].reshape(self.max_blocks, B).T
         self.h = xp.empty((B, c.hidden), dtype=np.float32)
         self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
-        self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.float32)
-        # fast mode past MAX_ROWS rows with every weight in bfloat16: the activation stays bfloat16
-        self.bf16 = not exact and batch > _kernels(dec.backend, exact)[0].MAX_ROWS and _bf16_ready(dec)
+        # fast mode past TENSOR_CORE_ROWS rows with every weight in bfloat16: the activations the
+        # products read (attention's output, SwiGLU's) are bfloat16 bits
+        self.bf16 = not exact and batch > TENSOR_CORE_ROWS and _bf16_ready(dec)
+        self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.uint16 if self.bf16 else np.float32)
         self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
-        self._host = np.zeros(self.inputs.shape, dtype=np.int64)
-        self._pad()
-        self.inputs.set(self._host)
+        # the host side of each step's input copy and token copy: pinned, two of each used in turn, so
+        # that the copies run asynchronously while the host fills the next step's
+        self._staged = [_pinned(xp, self.inputs.size) for _ in range(2)]
+        self._tokens = [_pinned(xp, B) for _ in range(2)]
+        self._turn = 0
+        self._staged[0][:2 * B] = 0
+        self._staged[0][2 * B:] = cache.scratch             # every row padding: token 0 at position 0
+        self.inputs.set(self._staged[0])
         self._body()                               # compiles every kernel before the capture
         self.graph, _ = dec.backend.record(self._body)
 
-    def _pad(self) -> None:
-        """Every row padding: token 0 at position 0, every table entry the scratch block."""
-        B = self.batch
-        self._host[:2 * B] = 0
-        self._host[2 * B:] = self.cache.scratch
-
     def step(self, ids: list[int], positions: list[int], tables: list[list[int]]) -> Array:
-        """Logits [len(ids), vocab] (a fresh array) for one token per sequence at its position."""
-        n, B = len(ids), self.batch
-        self._pad()
-        self._host[:n] = ids
-        self._host[B:B + n] = positions
-        rows = self._host[2 * B:].reshape(B, self.max_blocks)
-        for i, table in enumerate(tables):
-            rows[i, :len(table)] = table
-        self.inputs.set(self._host)
+        """Logits [len(ids), vocab] for one token per sequence at its position: a view of the graph's
+        output, valid until the next step."""
+        self._upload(ids, positions, tables)
         self.graph.launch()
-        return self.logits[:n].copy()
+        return self.logits[:len(ids)]
+
+    def step_greedy(self, ids: list[int] | None, positions: list[int], tables: list[list[int]]) -> Tokens:
+        """Launch a step whose rows all take the argmax token, without waiting for it: each row's token
+        is chosen on the device into the graph's input ids, so a following step_greedy(None, ...)
+        decodes it with no host round trip, and is copied to the host (Tokens.get() waits for it).
+        ids None: the previous step_greedy's tokens, row for row."""
+        n = len(positions)
+        turn = self._upload(ids, positions, tables)
+        self.graph.launch()
+        self.dec.backend.prefill.argmax_rows(self.logits[:n], out=self.ids[:n])
+        host = self._tokens[turn][:n]
+        xp = self.dec.xp
+        self.ids[:n].get(stream=xp.cuda.get_current_stream(), out=host, blocking=False)
+        done = xp.cuda.Event(block=False, disable_timing=True)
+        done.record()
+        return Tokens(done, host)
+
+    def _upload(self, ids: list[int] | None, positions: list[int], tables: list[list[int]]) -> int:
+        """Copy a step's ids (unless None), positions and block tables (rows past len(positions): padding,
+        token 0 at position 0 on the scratch block) into the graph's inputs, asynchronously, from the
+        pinned buffer whose turn it is (returned)."""
+        n, B = len(positions), self.batch
+        turn, self._turn = self._turn, self._turn ^ 1
+        host = self._staged[turn]
+        lengths = np.fromiter(map(len, tables), dtype=np.int64, count=n)
+        width = int(lengths.max(initial=1))
+        if width > self.max_blocks:
+            raise ValueError(f"a block table of {width} entries; the graph holds {self.max_blocks}")
+        used = 2 * B + width * B
+        if ids is not None:
+            host[:B] = 0
+            host[:n] = ids
+        host[B:2 * B] = 0
+        host[B:B + n] = positions
+        columns = host[2 * B:used].reshape(width, B)
+        columns.fill(self.cache.scratch)
+        entries = np.fromiter(chain.from_iterable(tables), dtype=np.int64, count=int(lengths.sum()))
+        rows = np.repeat(np.arange(n), lengths)
+        columns[np.arange(entries.size) - np.repeat(np.cumsum(lengths) - lengths, lengths), rows] = entries
+        start = 0 if ids is not None else B
+        self.inputs[start:used].set(host[start:used], stream=self.dec.xp.cuda.get_current_stream())
+        return turn
 
     def _body(self) -> None:
         for launch in self._operations():
@@ -148,6 +193,22 @@ class PagedDecodeGraph:
             ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
                                residual=r, **kw, **extra))
         return ops
+
+
+class Tokens:
+    """The tokens of a step_greedy launch: get() waits for the step and returns them (int64 [rows])."""
+
+    def __init__(self, done: Any, host: np.ndarray):      # done: a cupy.cuda.Event
+        self._done, self._host = done, host
+
+    def get(self) -> np.ndarray:
+        self._done.synchronize()
+        return self._host
+
+
+def _pinned(xp, size: int) -> np.ndarray:
+    """int64 [size] in page-locked host memory (asynchronous copies need it)."""
+    return np.frombuffer(xp.cuda.alloc_pinned_memory(size * 8), dtype=np.int64, count=size)
 
 
 def _bf16_ready(dec: Decoder) -> bool:

@@ -84,7 +84,7 @@ def test_recorded_paged_steps_give_the_cpu_bits(arch, extra):
 def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows(arch, bf16):
     """Past sixteen rows: float32 weights through GEMMs, BF16 ones through the fused bfloat16 steps
     (qwen2: with the q|k|v bias); the recorded steps agree with the eager ones. 70 sequences: a
-    bucket of 96 x 4 heads, the attention kernel's four-warp blocks (decode.batch_warps)."""
+    bucket of 96 x 4 heads, the attention kernel's two-warp blocks (decode.batch_warps)."""
     with loom.deterministic(False):
         gpu = _graph_model(arch, "cuda", bf16)
         rng = np.random.default_rng(8)
@@ -110,3 +110,64 @@ def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows(arch, bf16):
             np.testing.assert_allclose(a.logprobs[:min(same, 4)], b.logprobs[:min(same, 4)], rtol=3e-2, atol=3e-2)
             agree += same >= 3
         assert agree >= 0.9 * len(reqs)
+
+
+def _tokens(events):
+    return [e.token for e in events if e.token is not None]
+
+
+@pytest.mark.parametrize("block_size, cache_tokens", [(16, None), (4, None), (4, 200)])
+def test_greedy_steps_launched_ahead_give_each_sequence_its_tokens_alone(block_size, cache_tokens):
+    """Plain greedy requests run in steps launched a step ahead (BatchEngine._launch_next): sequences
+    stop at different steps (max_tokens, and stop ids met mid-run) and leave padding rows, tables
+    grow past block boundaries (block_size 4), and a small cache runs out of blocks (the run ends and
+    the planned step preempts); every sequence gets the tokens the CPU gives it alone."""
+    with loom.deterministic(True):
+        cpu, gpu = _graph_model("llama", "cpu"), _graph_model("llama", "cuda")
+        rng = np.random.default_rng(11)
+        reqs = [Request(rng.integers(0, 256, 3 + 2 * i).tolist(), max_tokens=4 + 5 * i % 17, stop_ids=())
+                for i in range(12)]
+        plain = [BatchEngine(cpu).generate([r])[0].tokens for r in reqs]
+        for i in (1, 5, 9):                 # stop at a token the sequence generates
+            reqs[i] = Request(reqs[i].prompt, max_tokens=reqs[i].max_tokens, stop_ids=(plain[i][2],))
+        alone = [BatchEngine(cpu).generate([r])[0].tokens for r in reqs]
+        assert all(len(alone[i]) < len(plain[i]) for i in (1, 5, 9))
+        engine = BatchEngine(gpu, max_batch=12, block_size=block_size, cache_tokens=cache_tokens)
+        assert [r.tokens for r in engine.generate(reqs)] == alone
+        assert engine.stats["ahead_steps"] > 0
+        if cache_tokens is not None:
+            assert engine.stats["preempted"] > 0
+        planned = BatchEngine(gpu, max_batch=12, block_size=block_size, cache_tokens=cache_tokens)
+        planned.pipeline = False
+        assert [r.tokens for r in planned.generate(reqs)] == alone and planned.stats["ahead_steps"] == 0
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_request_submitted_or_cancelled_during_steps_launched_ahead(deterministic):
+    """A run of steps launched ahead ends for a request that can be admitted (it joins at the next
+    planned step) and drops a cancelled sequence's row; the others keep their tokens."""
+    with loom.deterministic(deterministic):
+        gpu = _graph_model("llama", "cuda")
+        rng = np.random.default_rng(12)
+        reqs = [Request(rng.integers(0, 256, 4 + i).tolist(), max_tokens=24, stop_ids=()) for i in range(7)]
+        reference = BatchEngine(gpu, max_batch=8)
+        reference.pipeline = False
+        want = [reference.generate([r])[0].tokens for r in reqs]
+        engine = BatchEngine(gpu, max_batch=8)
+        events = [[] for _ in reqs]
+        handles = [engine.submit(r, events[i].append) for i, r in enumerate(reqs[:6])]
+        for _ in range(6):
+            engine.step()
+        assert engine._ahead is not None and engine.stats["ahead_steps"] > 0
+        before = engine.stats["ahead_steps"]
+        handles[2].cancel()
+        engine.submit(reqs[6], events[6].append)
+        while engine.step():
+            pass
+        assert engine._ahead is None and not engine.running
+        for i in (0, 1, 3, 4, 5, 6):
+            assert _tokens(events[i]) == want[i], i
+            assert events[i][-1].finish_reason == "length"
+        got = _tokens(events[2])
+        assert events[2][-1].finish_reason == "cancelled" and got == want[2][:len(got)] and len(got) < 24
+        assert engine.stats["ahead_steps"] - before >= 10       # a new run after the admission

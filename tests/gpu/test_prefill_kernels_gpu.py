@@ -77,10 +77,13 @@ def test_rope_cache_applies_per_head_norms():
     np.testing.assert_allclose(cupy.asnumpy(ck)[0].transpose(1, 0, 2), want[:, H:], rtol=1e-5, atol=1e-5)
 
 
-def test_rms_and_swiglu_round_to_bfloat16():
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((50, 96)).astype(np.float32) * 4
-    w = rng.standard_normal(96).astype(np.float32)
+@pytest.mark.parametrize("n", [96, 576, 1025, 4096])
+def test_rms_and_swiglu_round_to_bfloat16(n):
+    """Widths within a warp's registers and past them (rms_bf16 keeps 32 values a lane), 50 rows (not
+    a multiple of the kernel's four rows a block)."""
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal((50, n)).astype(np.float32) * 4
+    w = rng.standard_normal(n).astype(np.float32)
     got = _bf16(prefill.rms_bf16(cupy.asarray(x), cupy.asarray(w), 1e-5))
     want = (x / np.sqrt((x.astype(np.float64) ** 2).mean(axis=1, keepdims=True) + 1e-5) * w)
     rounded = want.astype(ml_dtypes.bfloat16).astype(np.float32)

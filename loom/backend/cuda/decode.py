@@ -29,12 +29,13 @@ import numpy as np
 from .. import Array
 from .compile import OPTIONS
 from .launch import OVERLAP_PROLOGUE, launch
-from .quant import WARP_REDUCTIONS, pointer
+from .quant import BF16_BITS, WARP_REDUCTIONS, pointer
 
 MAX_HEAD_DIM = 256
 WARPS = 8
+TABLE_SMEM = 1024     # block-table entries a paged attention block stages in shared memory (16 K keys at 16 a block)
 
-_SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + r"""
+_SOURCE = WARP_REDUCTIONS + BF16_BITS + OVERLAP_PROLOGUE + r"""
 #define PER (D / 32)
 #define G (D / 16)
 #define GROUPS (WARPS * 32 / G)
@@ -72,20 +73,25 @@ __device__ void head_vector(const float* x, float* dst, float* also, const float
 // cache [B, KV, max_len, D] (Flat), or a paged one [slots, KV, D] through the sequence's block table.
 struct Flat {
     float* base;                  // the sequence's key/value head: position t at base + t * D
-    __device__ float* at(long long t) const { return base + t * D; }
+    __device__ float* at(int t) const { return base + (long long)t * D; }
 };
 struct Paged {
-    float* base; const long long* table; int block_size, KV, kv;
-    __device__ float* at(long long t) const {
-        return base + ((table[t / block_size] * block_size + t % block_size) * KV + kv) * D;
+    // the sequence's block table: entry j at table[j * col]; entries first .. first + count - 1 (the
+    // blocks of the keys in view, up to TABLE_SMEM of them) staged in shared memory by the kernel
+    float* base; const long long* table; long long col; const int* staged; int first, count, block_size, KV, kv;
+    __device__ float* at(int t) const {
+        const int j = t / block_size, i = j - first;
+        const long long blk = i < count ? (long long)staged[i] : table[j * col];
+        return base + ((blk * block_size + t % block_size) * KV + kv) * D;
     }
 };
 
-// One block per (sequence b, query head h): the new token's attention at position pos.
+// One block per (sequence b, query head h): the new token's attention at position pos, written to
+// out (float32) or, where out16 is not null, to out16 as bfloat16 bits.
 template <class Addr>
-__device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, float* out, const float* cos_t,
-                                 const float* sin_t, const float* norm, int pos, int b, int h, int H, int KV,
-                                 int window, float scale, float eps) {
+__device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, float* out, unsigned short* out16,
+                                 const float* cos_t, const float* sin_t, const float* norm, int pos, int b, int h,
+                                 int H, int KV, int window, float scale, float eps) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D];     // read as float4
     __shared__ float part_m[GROUPS], part_w[GROUPS], part_acc[GROUPS][D], merged[SLICES][D];
     __shared__ float total_s;
@@ -104,20 +110,22 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
             sn[i] = sin_t[(long long)pos * D + i * 32 + (threadIdx.x & 31)];
         }
     }
-    float4 k_first[4], v_first[4];
+    // kc, vc: the key and value of this group's key in the current step of the loop below (loaded one
+    // step ahead, so that a step's loads are in flight while the one before computes)
+    float4 kc[4], vc[4];
     if (lo + group < pos) {
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            k_first[i] = ((const float4*)(keys_w.at(lo + group) + sub * 16))[i];
-            v_first[i] = ((const float4*)(values_w.at(lo + group) + sub * 16))[i];
+            kc[i] = ((const float4*)(keys_w.at(lo + group) + sub * 16))[i];
+            vc[i] = ((const float4*)(values_w.at(lo + group) + sub * 16))[i];
         }
     }
     wait_for_previous_kernel();
     if (w == 0) head_vector(x + h * D, q_s, 0, norm == 0 ? 0 : norm + h * D, cs, sn, eps, scale, true);
     if (w == 1) head_vector(x + (H + kv) * D, k_s, writer ? keys_w.at(pos) : 0,
                             norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, 1.0f, true);
-    if (w == 2) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w.at(pos) : 0, 0, cs, sn,
-                            eps, 1.0f, false);
+    if (w == 2 % WARPS) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w.at(pos) : 0, 0, cs, sn,
+                                    eps, 1.0f, false);                      // (two warps: warp 0 after q)
     __syncthreads();
 
     float qv[16], acc[16];
@@ -125,32 +133,41 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
     for (int i = 0; i < 16; ++i) { qv[i] = q_s[sub * 16 + i]; acc[i] = 0.0f; }
     float m = -__int_as_float(0x7f800000), l = 0.0f;
     // the loop condition is the same for the whole warp (its first group's key), because the shuffles
-    // need every lane; a group past the last key computes on key pos and discards it
+    // need every lane; a group past the last key computes on what it holds and discards it
     const int first = lo + w * (32 / G);
     for (int base = 0; first + base <= pos; base += GROUPS) {
-        const int t = lo + group + base;
-        const bool valid = t <= pos;
-        const float* k = t < pos ? keys_w.at(t) + sub * 16 : k_s + sub * 16;   // pos: the new key
-        const float* v = t < pos ? values_w.at(t) + sub * 16 : v_s + sub * 16;
-        const bool loaded = base == 0 && t < pos;                // k_first / v_first hold this key
+        const int t = lo + group + base, next = t + GROUPS;
+        float4 kn[4], vn[4];
+        if (next < pos) {
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                kn[i] = ((const float4*)(keys_w.at(next) + sub * 16))[i];
+                vn[i] = ((const float4*)(values_w.at(next) + sub * 16))[i];
+            }
+        }
+        if (t == pos) {                                          // the new key, from shared memory
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) { kc[i] = ((const float4*)(k_s + sub * 16))[i];
+                                          vc[i] = ((const float4*)(v_s + sub * 16))[i]; }
+        }
         float s = 0.0f;
         #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float4 kk = loaded ? k_first[i] : ((const float4*)k)[i];
-            s += qv[4 * i] * kk.x + qv[4 * i + 1] * kk.y + qv[4 * i + 2] * kk.z + qv[4 * i + 3] * kk.w;
-        }
+        for (int i = 0; i < 4; ++i)
+            s += qv[4 * i] * kc[i].x + qv[4 * i + 1] * kc[i].y + qv[4 * i + 2] * kc[i].z + qv[4 * i + 3] * kc[i].w;
         #pragma unroll
         for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);   // the group's lanes
-        if (!valid) continue;
-        const float m_new = fmaxf(m, s), c = expf(m - m_new), p = expf(s - m_new);
-        l = l * c + p;
-        #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const float4 vv = loaded ? v_first[i] : ((const float4*)v)[i];
-            acc[4 * i] = acc[4 * i] * c + p * vv.x; acc[4 * i + 1] = acc[4 * i + 1] * c + p * vv.y;
-            acc[4 * i + 2] = acc[4 * i + 2] * c + p * vv.z; acc[4 * i + 3] = acc[4 * i + 3] * c + p * vv.w;
+        if (t <= pos) {
+            const float m_new = fmaxf(m, s), c = expf(m - m_new), p = expf(s - m_new);
+            l = l * c + p;
+            #pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                acc[4 * i] = acc[4 * i] * c + p * vc[i].x; acc[4 * i + 1] = acc[4 * i + 1] * c + p * vc[i].y;
+                acc[4 * i + 2] = acc[4 * i + 2] * c + p * vc[i].z; acc[4 * i + 3] = acc[4 * i + 3] * c + p * vc[i].w;
+            }
+            m = m_new;
         }
-        m = m_new;
+        #pragma unroll
+        for (int i = 0; i < 4; ++i) { kc[i] = kn[i]; vc[i] = vn[i]; }
     }
     if (sub == 0) { part_m[group] = m; part_w[group] = l; }
     #pragma unroll
@@ -180,7 +197,9 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
         float t = merged[0][d];
         #pragma unroll
         for (int j = 1; j < SLICES; ++j) t += merged[j][d];
-        out[((long long)b * H + h) * D + d] = t / total_s;
+        const long long at = ((long long)b * H + h) * D + d;
+        if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(t / total_s);
+        else out[at] = t / total_s;
     }
 }
 
@@ -193,35 +212,43 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
                                                  long long batch_stride, int window, float scale, float eps) {
     const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
     const long long base = b * batch_stride + (long long)kv * max_len * D;
-    decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, cos_t, sin_t, norm, (int)*pos_p, b, h,
-                     H, KV, window, scale, eps);
+    decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, (unsigned short*)0, cos_t, sin_t, norm,
+                     (int)*pos_p, b, h, H, KV, window, scale, eps);
 }
 
 // The same over a paged cache: cache_k/v [slots, KV, D] (one layer), sequence b at position pos[b]
-// with block table tables[b * max_blocks ..]
+// with block table entry j at tables[b * row + j * col]; out16: bfloat16 bits instead of out, or null
 extern "C" __global__ void loom_paged_decode_attention(const float* qkv, float* cache_k, float* cache_v, float* out,
-                                                       const float* cos_t, const float* sin_t, const float* norm,
-                                                       const long long* pos, const long long* tables, int max_blocks,
-                                                       int block_size, int H, int KV, int window, float scale,
-                                                       float eps) {
-    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
-    const long long* table = tables + (long long)b * max_blocks;
-    decode_attention(qkv, Paged{cache_k, table, block_size, KV, kv}, Paged{cache_v, table, block_size, KV, kv}, out,
-                     cos_t, sin_t, norm, (int)pos[b], b, h, H, KV, window, scale, eps);
+                                                       unsigned short* out16, const float* cos_t, const float* sin_t,
+                                                       const float* norm, const long long* pos, const long long* tables,
+                                                       long long row, long long col, int block_size, int H, int KV,
+                                                       int window, float scale, float eps) {
+    __shared__ int staged[TABLE_SMEM];      // the table entries of the keys in view, read once per block
+    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV), p = (int)pos[b];
+    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const long long* table = tables + (long long)b * row;
+    const int first = lo / block_size, count = min(p / block_size - first + 1, TABLE_SMEM);
+    for (int j = threadIdx.x; j < count; j += blockDim.x) staged[j] = (int)table[(long long)(first + j) * col];
+    __syncthreads();
+    decode_attention(qkv, Paged{cache_k, table, col, staged, first, count, block_size, KV, kv},
+                     Paged{cache_v, table, col, staged, first, count, block_size, KV, kv}, out, out16, cos_t, sin_t,
+                     norm, p, b, h, H, KV, window, scale, eps);
 }
 """
 
 
 @cache
 def _module(head_dim: int, warps: int = WARPS):
-    return cupy.RawModule(code=f"#define D {head_dim}\n#define WARPS {warps}\n" + _SOURCE, options=OPTIONS)
+    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define TABLE_SMEM {TABLE_SMEM}\n"
+    return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
 def batch_warps(blocks: int, head_dim: int) -> int:
-    """Warps per block for `blocks` (sequence, head) blocks at once: four where there are blocks enough
-    to fill the device twice over (fewer key groups to merge per block; a short context's block
-    ends sooner), else WARPS. At least three warps load q, k and v; at least D / 32 merge."""
-    return max(4, head_dim // 32) if blocks >= 256 else WARPS
+    """Warps per block for `blocks` (sequence, head) blocks at once: two where there are blocks enough
+    to fill the device twice over, else WARPS. Small blocks all stay resident at once (576 blocks
+    of four warps took two waves on the H100: 10.5 us against 8.0 at 80 keys, 25.5 against 20.1 at
+    300) and merge fewer key groups; at least D / 32 warps merge."""
+    return max(2, head_dim // 32) if blocks >= 256 else WARPS
 
 
 def supports(head_dim: int) -> bool:
@@ -247,13 +274,17 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
                     scale: float, eps: float, overlap: bool = False) -> None:
     """attention() over a paged cache: cache_k/cache_v [slots, KV, D] (one layer), sequence b at
-    position pos[b] (int64, device) with block table tables[b] (int64 [B, max_blocks], device): its
-    key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size. Many
-    sequences at once run with fewer warps a block (batch_warps)."""
+    position pos[b] (int64, device) with block table tables[b] (int64 [B, max_blocks], device, any
+    strides: the recorded steps keep it column-major so that a step uploads only the columns in use):
+    its key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size. out:
+    float32 [B, H * D], or uint16 for bfloat16 bits (the next product's input on the tensor cores).
+    Many sequences at once run with fewer warps a block (batch_warps)."""
     _, kv_heads, D = cache_k.shape
-    B, max_blocks = tables.shape
+    B = tables.shape[0]
+    row, col = (s // tables.itemsize for s in tables.strides)
+    bits = out.dtype == np.uint16
     warps = batch_warps(B * heads, D)
     launch(_module(D, warps).get_function("loom_paged_decode_attention"), B * heads, warps * 32,
-           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int32(max_blocks),
-            np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
-            np.float32(eps)), overlap)
+           (qkv, cache_k, cache_v, pointer(None if bits else out), pointer(out if bits else None), cos, sin,
+            pointer(norm), pos, tables, np.int64(row), np.int64(col), np.int32(block_size), np.int32(heads),
+            np.int32(kv_heads), np.int32(window or 0), np.float32(scale), np.float32(eps)), overlap)

@@ -64,9 +64,9 @@ struct Flat {
     __device__ float* at(long long t) const { return base + t * D; }
 };
 struct Paged {
-    float* base; const long long* table; int block_size, KV, kv;
+    float* base; const long long* table; long long col; int block_size, KV, kv;   // entry j at table[j * col]
     __device__ float* at(long long t) const {
-        return base + ((table[t / block_size] * block_size + t % block_size) * KV + kv) * D;
+        return base + ((table[t / block_size * col] * block_size + t % block_size) * KV + kv) * D;
     }
 };
 
@@ -177,14 +177,16 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attentio
                            H, KV, window, scale, eps, dbits, dfactor);
 }
 
-// The same over a paged cache [slots, KV, D]: sequence b at position pos[b], block table tables[b]
+// The same over a paged cache [slots, KV, D]: sequence b at position pos[b], its block table entry j at
+// tables[b * row + j * col]
 extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_attention(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
-        const float* norm, const long long* pos, const long long* tables, int max_blocks, int block_size, int H,
-        int KV, int window, float scale, float eps, int dbits, double dfactor) {
+        const float* norm, const long long* pos, const long long* tables, long long row, long long col, int block_size,
+        int H, int KV, int window, float scale, float eps, int dbits, double dfactor) {
     const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
-    const long long* table = tables + (long long)b * max_blocks;
-    exact_decode_attention(qkv, Paged{cache_k, table, block_size, KV, kv}, Paged{cache_v, table, block_size, KV, kv},
+    const long long* table = tables + (long long)b * row;
+    exact_decode_attention(qkv, Paged{cache_k, table, col, block_size, KV, kv},
+                           Paged{cache_v, table, col, block_size, KV, kv},
                            out, cos_t, sin_t, norm, pos[b], b, h, H, KV, window, scale, eps, dbits, dfactor);
 }
 """
@@ -224,10 +226,12 @@ def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
                     scale: float, eps: float, factor: float, overlap: bool = False) -> None:
-    """decode.paged_attention's operation with deterministic mode's bits (positions below MAX_KEYS)."""
+    """decode.paged_attention's operation with deterministic mode's bits (positions below MAX_KEYS; out
+    float32 only)."""
     _, kv_heads, D = cache_k.shape
-    B, max_blocks = tables.shape
+    B = tables.shape[0]
+    row, col = (s // tables.itemsize for s in tables.strides)
     launch(_module(D).get_function("loom_exact_paged_decode_attention"), B * heads, THREADS,
-           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int32(max_blocks),
+           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor)), overlap)

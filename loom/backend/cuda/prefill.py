@@ -32,19 +32,34 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// one block (128 threads) per row of x [rows, n]
+// RMSNorm of each row of x [rows, n]: one warp per row, RMS_ROWS rows a block. A row's values (and the
+// weight's) stay in registers, up to KEEP a lane, so that x and w are each read once in one round of
+// loads; wider rows read the rest twice.
+#define KEEP 32
+#define RMS_ROWS 4
 extern "C" __global__ void loom_rms_bf16(const float* __restrict__ x, const float* __restrict__ w,
         u16* __restrict__ out, long long rows, int n, float eps) {
-    __shared__ float part[4];
-    const long long row = blockIdx.x;
+    const long long row = (long long)blockIdx.x * RMS_ROWS + (threadIdx.x >> 5);
+    if (row >= rows) return;
+    const int lane = threadIdx.x & 31;
     const float* xr = x + row * n;
-    float ss = 0.f;
-    for (int d = threadIdx.x; d < n; d += blockDim.x) ss += xr[d] * xr[d];
-    ss = warp_sum(ss);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
-    __syncthreads();
-    const float rstd = 1.0f / sqrtf((part[0] + part[1] + part[2] + part[3]) / (float)n + eps);
-    for (int d = threadIdx.x; d < n; d += blockDim.x) out[row * n + d] = (u16)loom_bf16_bits(xr[d] * rstd * w[d]);
+    float v[KEEP], g[KEEP], ss = 0.f;
+    #pragma unroll
+    for (int i = 0; i < KEEP; ++i) {
+        const int d = lane + 32 * i;
+        v[i] = d < n ? xr[d] : 0.f;
+        g[i] = d < n ? w[d] : 0.f;
+        ss += v[i] * v[i];
+    }
+    for (int d = lane + 32 * KEEP; d < n; d += 32) ss += xr[d] * xr[d];
+    const float rstd = 1.0f / sqrtf(warp_sum(ss) / (float)n + eps);
+    u16* o = out + row * n;
+    #pragma unroll
+    for (int i = 0; i < KEEP; ++i) {
+        const int d = lane + 32 * i;
+        if (d < n) o[d] = (u16)loom_bf16_bits(v[i] * rstd * g[i]);
+    }
+    for (int d = lane + 32 * KEEP; d < n; d += 32) o[d] = (u16)loom_bf16_bits(xr[d] * rstd * w[d]);
 }
 
 // each row's argmax of x [rows, n] (NumPy's: the first of equal maxima; a NaN counts as the
@@ -159,7 +174,7 @@ def rms_bf16(x: Array, weight: Array, eps: float) -> Array:
     if not out.size:
         return out
     with translating("prefill rms_norm", x):
-        _module().get_function("loom_rms_bf16")((rows,), (128,), (
+        _module().get_function("loom_rms_bf16")((-(-rows // 4),), (128,), (
             x, weight, out, np.int64(rows), np.int32(n), np.float32(eps)))
     return out
 
@@ -243,10 +258,14 @@ def swiglu_bf16(gu: Array, bias: Array | None, out: Array | None = None) -> Arra
     return out
 
 
-def argmax_rows(x: Array) -> Array:
-    """int64 [rows]: each row's argmax of x float32 [rows, n] (C-contiguous), as numpy.argmax(x, 1)."""
+def argmax_rows(x: Array, out: Array | None = None) -> Array:
+    """int64 [rows]: each row's argmax of x float32 [rows, n] (C-contiguous), as numpy.argmax(x, 1);
+    into `out` (int64 [rows], contiguous) when given."""
     rows, n = x.shape
-    out = cupy.empty(rows, dtype=np.int64)
+    if out is None:
+        out = cupy.empty(rows, dtype=np.int64)
+    elif out.dtype != np.int64 or out.shape != (rows,) or not out.flags.c_contiguous:
+        raise ValueError(f"argmax_rows: out must be contiguous int64 [{rows}]")
     if rows and n:
         with translating("argmax", x):
             _module().get_function("loom_argmax_rows")((rows,), (1024,), (cupy.ascontiguousarray(x), np.int64(n), out))
