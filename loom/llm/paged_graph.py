@@ -59,8 +59,8 @@ def why_not(dec: Decoder, exact: bool) -> str | None:
 
 
 class PagedDecodeGraph:
-    def __init__(self, dec: Decoder, cache: PagedKVCache, batch: int, exact: bool):
-        self.dec, self.cache, self.batch, self.exact = dec, cache, batch, exact
+    def __init__(self, dec: Decoder, cache: PagedKVCache, batch: int, exact: bool, overlap: bool = True):
+        self.dec, self.cache, self.batch, self.exact, self.overlap = dec, cache, batch, exact, overlap
         c, xp = dec.config, dec.xp
         self.max_blocks = -(-c.max_positions // cache.block_size)
         dec.ensure_rope(c.max_positions)          # the graph keeps the tables' addresses: none may move
@@ -159,7 +159,7 @@ class PagedDecodeGraph:
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
-                               dec.scale, c.eps, *extra))
+                               dec.scale, c.eps, *extra, overlap=self.overlap))
             ops += self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h)
             ops += self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True)
             ops += self._product(L.down, self.act, h, bias=L.down_bias, residual=h)
@@ -173,7 +173,7 @@ class PagedDecodeGraph:
         quant, _ = _kernels(dec.backend, self.exact)
         if self.bf16:
             return [partial(_bf16_product, dec.backend, dec.dense(w).data.view(np.uint16), x, out, norm, c.eps,
-                            kw.get("bias"), residual, kw.get("swiglu", False))]
+                            kw.get("bias"), residual, kw.get("swiglu", False), self.overlap)]
         if not self.exact and self.batch > quant.MAX_ROWS:
             return [partial(_dense_product, dec.dense(w), x, out, norm, c.eps, kw.get("bias"), residual,
                             kw.get("swiglu", False))]
@@ -181,17 +181,18 @@ class PagedDecodeGraph:
         for rows in self._groups():
             r = None if residual is None else residual[rows]
             if not self.exact:
-                ops.append(partial(quant.gemv, *_stored(w), x[rows], out[rows], norm=norm, eps=c.eps, residual=r, **kw))
+                ops.append(partial(quant.gemv, *_stored(w), x[rows], out[rows], norm=norm, eps=c.eps, residual=r,
+                                   overlap=self.overlap, **kw))
                 continue
             xs = x[rows]
             if norm is not None and (head or not quant.stages(*xs.shape)):
-                ops.append(partial(quant.rms_norm, xs, norm, self.normed[rows], c.eps))
+                ops.append(partial(quant.rms_norm, xs, norm, self.normed[rows], c.eps, overlap=self.overlap))
                 xs, norm_here = self.normed[rows], None
             else:
                 norm_here = norm
             extra = {} if norm_here is None else {"norm": norm_here, "eps": c.eps}
             ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
-                               residual=r, **kw, **extra))
+                               residual=r, overlap=self.overlap, **kw, **extra))
         return ops
 
 
@@ -221,19 +222,19 @@ def _bf16_ready(dec: Decoder) -> bool:
 
 
 def _bf16_product(be, w16: Array, x: Array, out: Array, norm: Array | None, eps: float, bias: Array | None,
-                  residual: Array | None, swiglu: bool) -> None:
+                  residual: Array | None, swiglu: bool, overlap: bool) -> None:
     """_dense_product on the tensor cores in few launches: x (float32, or bfloat16 bits) rounded to
     bfloat16 with its RMSNorm in one kernel, the GEMM adding into the residual (out is h), SwiGLU
     written as bfloat16 bits into out (uint16)."""
     if x.dtype == np.uint16:
         x16 = x
     else:
-        x16 = be.prefill.rms_bf16(x, norm, eps) if norm is not None else be.quant.to_bf16(x)
+        x16 = be.prefill.rms_bf16(x, norm, eps, overlap=overlap) if norm is not None else be.quant.to_bf16(x)
     rows, n = x16.shape[0], w16.shape[0]
     if swiglu:
         gu = be.xp.empty((rows, n), dtype=np.float32)
         be.blas.gemm_bf16_t(x16, w16, gu)
-        be.prefill.swiglu_bf16(gu, bias, out=out)
+        be.prefill.swiglu_bf16(gu, bias, out=out, overlap=overlap)
         return
     if residual is out and bias is None:
         be.blas.gemm_bf16_t(x16, w16, out, accumulate=True)

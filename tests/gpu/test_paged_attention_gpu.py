@@ -54,6 +54,22 @@ def _reference(qkv, ck, cv, cos, sin, norm, pos, tables, bs, H, window, scale, e
 @pytest.mark.parametrize("layout", ["rows", "columns"])
 @pytest.mark.parametrize("bits", [False, True])
 def test_paged_attention_is_the_reference(B, H, KV, D, bs, window, qk_norm, far, layout, bits):
+    _check(B, H, KV, D, bs, window, qk_norm, far, layout, bits)
+
+
+@pytest.mark.parametrize("warps", [2, 4, 8, 16])
+def test_every_warp_count_gives_the_reference(warps):
+    _check(70, 4, 2, 64, 16, 9, True, False, "columns", False, warps)
+
+
+def test_a_warp_count_that_cannot_merge_a_head_raises():
+    with pytest.raises(ValueError, match="warps=2"):
+        _check(2, 2, 1, 128, 16, None, False, False, "rows", False, 2)
+    with pytest.raises(ValueError, match="warps=1"):
+        _check(2, 2, 1, 64, 16, None, False, False, "rows", False, 1)
+
+
+def _check(B, H, KV, D, bs, window, qk_norm, far, layout, bits, warps=None):
     rng = np.random.default_rng(B * 7 + D + bs + bits)
     longest = decode.TABLE_SMEM * bs + 77 if far else 150
     pos = rng.integers(0, longest, B)
@@ -81,7 +97,7 @@ def test_paged_attention_is_the_reference(B, H, KV, D, bs, window, qk_norm, far,
     out = cupy.full((B, H * D), 7, dtype=np.uint16 if bits else np.float32)
     decode.paged_attention(cupy.asarray(qkv), g_k, g_v, out, cupy.asarray(cos), cupy.asarray(sin),
                            None if norm is None else cupy.asarray(norm), cupy.asarray(pos), g_tables, bs, H, window,
-                           scale, eps)
+                           scale, eps, warps=warps)
     got = cupy.asnumpy(out).view(ml_dtypes.bfloat16).astype(np.float64) if bits else cupy.asnumpy(out)
     tol = 2.0 ** -8 if bits else 2e-5
     np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())

@@ -22,9 +22,10 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS, translating
+from .launch import OVERLAP_PROLOGUE, launch
 from .quant import BF16_BITS
 
-_SOURCE = BF16_BITS + r"""
+_SOURCE = BF16_BITS + OVERLAP_PROLOGUE + r"""
 typedef unsigned short u16;
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -45,10 +46,12 @@ extern "C" __global__ void loom_rms_bf16(const float* __restrict__ x, const floa
     const float* xr = x + row * n;
     float v[KEEP], g[KEEP], ss = 0.f;
     #pragma unroll
+    for (int i = 0; i < KEEP; ++i) g[i] = lane + 32 * i < n ? w[lane + 32 * i] : 0.f;
+    wait_for_previous_kernel();                 // (overlapped launches: the weight is read before)
+    #pragma unroll
     for (int i = 0; i < KEEP; ++i) {
         const int d = lane + 32 * i;
         v[i] = d < n ? xr[d] : 0.f;
-        g[i] = d < n ? w[d] : 0.f;
         ss += v[i] * v[i];
     }
     for (int d = lane + 32 * KEEP; d < n; d += 32) ss += xr[d] * xr[d];
@@ -146,6 +149,7 @@ extern "C" __global__ void loom_rope_cache(const float* __restrict__ qkv, const 
 extern "C" __global__ void loom_swiglu_bf16(const float* __restrict__ gu, const float* __restrict__ bias,
         int has_bias, u16* __restrict__ out, long long rows, int I) {
     const long long total = rows * I;
+    wait_for_previous_kernel();
     for (long long i = blockIdx.x * (long long)blockDim.x + threadIdx.x; i < total;
          i += (long long)gridDim.x * blockDim.x) {
         const long long r = i / I;
@@ -167,15 +171,17 @@ def _module():
     return cupy.RawModule(code=_SOURCE, options=OPTIONS)
 
 
-def rms_bf16(x: Array, weight: Array, eps: float) -> Array:
-    """bfloat16 bits (uint16 [rows, n]) of RMSNorm(x) * weight for x float32 [rows, n] (C-contiguous)."""
+def rms_bf16(x: Array, weight: Array, eps: float, overlap: bool = False) -> Array:
+    """bfloat16 bits (uint16 [rows, n]) of RMSNorm(x) * weight for x float32 [rows, n] (C-contiguous).
+    overlap: a programmatic dependent launch (loom.backend.cuda.launch; the weight is read before the
+    previous kernel ends)."""
     rows, n = x.shape
     out = cupy.empty((rows, n), dtype=np.uint16)
     if not out.size:
         return out
     with translating("prefill rms_norm", x):
-        _module().get_function("loom_rms_bf16")((-(-rows // 4),), (128,), (
-            x, weight, out, np.int64(rows), np.int32(n), np.float32(eps)))
+        launch(_module().get_function("loom_rms_bf16"), -(-rows // 4), 128,
+               (x, weight, out, np.int64(rows), np.int32(n), np.float32(eps)), overlap)
     return out
 
 
@@ -242,9 +248,9 @@ def _rope(qkv, bias, qk_norm, eps, cos, sin, T, heads, kv_heads, D, q, cache_k, 
             shared_mem=8 * D * 4)
 
 
-def swiglu_bf16(gu: Array, bias: Array | None, out: Array | None = None) -> Array:
+def swiglu_bf16(gu: Array, bias: Array | None, out: Array | None = None, overlap: bool = False) -> Array:
     """bfloat16 bits [rows, I] of silu(gate) * up for gu float32 [rows, 2 I] (gate | up, bias [2 I]),
-    into `out` (uint16 [rows, I], C-contiguous) when given."""
+    into `out` (uint16 [rows, I], C-contiguous) when given; overlap as rms_bf16's."""
     rows, width = gu.shape
     if out is None:
         out = cupy.empty((rows, width // 2), dtype=np.uint16)
@@ -252,9 +258,9 @@ def swiglu_bf16(gu: Array, bias: Array | None, out: Array | None = None) -> Arra
         raise ValueError(f"swiglu_bf16: out must be C-contiguous uint16 [{rows}, {width // 2}]")
     total = rows * (width // 2)
     with translating("prefill swiglu", gu):
-        _module().get_function("loom_swiglu_bf16")((max(1, min(-(-total // 256), 1 << 16)),), (256,), (
-            gu, gu if bias is None else bias, np.int32(bias is not None), out, np.int64(rows),
-            np.int32(width // 2)))
+        launch(_module().get_function("loom_swiglu_bf16"), max(1, min(-(-total // 256), 1 << 16)), 256,
+               (gu, gu if bias is None else bias, np.int32(bias is not None), out, np.int64(rows),
+                np.int32(width // 2)), overlap)
     return out
 
 

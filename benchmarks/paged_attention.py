@@ -1,0 +1,70 @@
+"""The fast paged decode attention kernel (loom/backend/cuda/decode.paged_attention) alone: 64
+sequences x SmolLM2-135M's heads (9 query heads, 3 key/value heads, head_dim 64), blocks of 16
+positions scattered through the pool, at 80, 300 and 1,000 keys a sequence, with each number of warps
+a block; microseconds per launch, replayed from a CUDA graph of 30 launches (10 replays).
+
+    PYTHONPATH=. python benchmarks/paged_attention.py
+"""
+from __future__ import annotations
+
+import cupy as cp
+import numpy as np
+
+from loom.backend.cuda import decode
+
+B, H, KV, D, BS = 64, 9, 3, 64, 16
+
+
+def case(rng, keys: int):
+    pos = rng.integers(keys - 20, keys, B)
+    need = pos // BS + 1
+    blocks = int(need.sum()) + 1
+    order = rng.permutation(blocks)
+    tables = np.full((B, int(need.max())), blocks, dtype=np.int64)
+    start = 0
+    for b in range(B):
+        tables[b, :need[b]] = order[start:start + need[b]]
+        start += need[b]
+    ck = cp.asarray(rng.standard_normal(((blocks + 1) * BS, KV, D)).astype(np.float32))
+    cv = cp.asarray(rng.standard_normal(((blocks + 1) * BS, KV, D)).astype(np.float32))
+    qkv = cp.asarray(rng.standard_normal((B, (H + 2 * KV) * D)).astype(np.float32))
+    angles = np.arange(keys)[:, None] * 0.01 * np.ones(D)
+    cos, sin = (cp.asarray(f(angles).astype(np.float32)) for f in (np.cos, np.sin))
+    return qkv, ck, cv, cos, sin, cp.asarray(pos), cp.asarray(np.asfortranarray(tables))
+
+
+def microseconds(launch) -> float:
+    launch()
+    stream = cp.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for _ in range(30):
+            launch()
+        graph = stream.end_capture()
+    graph.launch(stream)
+    stream.synchronize()
+    start, end = cp.cuda.Event(), cp.cuda.Event()
+    start.record(stream)
+    for _ in range(10):
+        graph.launch(stream)
+    end.record(stream)
+    end.synchronize()
+    return cp.cuda.get_elapsed_time(start, end) * 1e3 / 300
+
+
+def main() -> None:
+    rng = np.random.default_rng(0)
+    print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, {B} sequences x {H} heads, head_dim {D}")
+    print("| keys | " + " | ".join(f"{w} warps (us)" for w in (2, 4, 8)) + f" | default ({decode.batch_warps(B * H, D)}) |")
+    print("|---|---|---|---|---|")
+    for keys in (80, 300, 1000):
+        qkv, ck, cv, cos, sin, pos, tables = case(rng, keys)
+        out = cp.empty((B, H * D), dtype=np.uint16)
+        times = [microseconds(lambda w=w: decode.paged_attention(qkv, ck, cv, out, cos, sin, None, pos, tables, BS, H,
+                                                                 None, D ** -0.5, 1e-6, warps=w))
+                 for w in (2, 4, 8, None)]
+        print(f"| {keys} | " + " | ".join(f"{t:.1f}" for t in times) + " |")
+
+
+if __name__ == "__main__":
+    main()
