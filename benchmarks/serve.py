@@ -113,7 +113,7 @@ def decode(model: CausalLM, rng, args) -> None:
                 first = time.perf_counter()
         seconds = time.perf_counter() - t
         total = sum(e.token is not None for evs in events for e in evs)
-        decode = (total - streams) / (seconds - (first - t))
+        decode = (total - streams) / (seconds - (first - t)) if first is not None else float("nan")
         print(f"BatchEngine, {streams} streams: {total / seconds:,.0f} tok/s aggregate "
               f"({seconds / (engine.stats['steps'] - steps) * 1e3:.1f} ms a step), decode steps alone "
               f"{decode:,.0f} tok/s ({streams / decode * 1e3:.2f} ms a step)")

@@ -101,12 +101,17 @@ class QuantKernels(Protocol):
         """out (float32 C-contiguous, data's value count) = the values of the stored rows `data`, bit for bit
         loom.kernels.quant.gguf's; False: declined (gguf's array code decodes)."""
 
+    def dequantize_bf16(self, data: Array, qtype: str, out: Array) -> bool:
+        """out (uint16 C-contiguous, data's value count) = to_bf16 of dequantize's values, in one pass;
+        False: declined."""
+
     def to_bf16(self, x: Array) -> Array | None:
         """bfloat16 bits (uint16) of float32 x, rounded to nearest even; None without tensor_cores."""
 
     def matmul_t_bf16(self, x2: Array, w16: Array, out: Array) -> bool:
-        """out float32 [M, R] = x2 [M, K] rounded to bfloat16 @ w16^T (bfloat16 bits [R, K]), float32
-        sums (fast mode); False: declined."""
+        """out float32 [M, R] = x2 [M, K] rounded to bfloat16 (or bfloat16 bits, uint16) @ w16^T
+        (bfloat16 bits [R, K]), float32 sums (fast mode); out may be a column slice of a C-contiguous
+        matrix; False: declined."""
 
 
 class ElementwiseKernels(Protocol):

@@ -26,6 +26,7 @@ differently from the decode steps that first computed those positions.
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import math
@@ -107,6 +108,7 @@ class _Ahead:
     rows: list
     positions: list[int]
     tokens: paged_graph.Tokens
+    ahead: bool = False             # launched before the previous step's tokens were taken
 
 
 class Handle:
@@ -269,9 +271,10 @@ class BatchEngine:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        self._drain_ahead()
         with self._lock:
             left = self.running + list(self.waiting)
-            self.running, self.waiting, self._ahead = [], collections.deque(), None
+            self.running, self.waiting = [], collections.deque()
         for seq in left:
             self._retire(seq, "cancelled")
 
@@ -293,9 +296,10 @@ class BatchEngine:
                         log.exception("loom: failing the requests of a failed step failed too")
 
     def _fail_all(self, message: str) -> None:
+        self._drain_ahead()
         with self._lock:
             seqs = self.running + list(self.waiting)
-            self.running, self.waiting, self._ahead = [], collections.deque(), None
+            self.running, self.waiting = [], collections.deque()
         for seq in seqs:
             self.cache.release(seq.table)
             seq.table = []
@@ -359,8 +363,22 @@ class BatchEngine:
                 and all(_plain_greedy(s.request) for s in seqs) and self._graph(len(work), work) is not None)
 
     def _admissible(self) -> bool:
+        """Whether _admit would take the first waiting request now (a slot, and blocks for its first
+        chunk): a run of steps launched ahead would keep it waiting."""
         with self._lock:
-            return bool(self.waiting) and len(self.running) < self.max_batch
+            if not self.waiting or len(self.running) >= self.max_batch:
+                return False
+            seq = self.waiting[0]
+        need = -(-min(self.chunk, len(seq.tokens)) // self.cache.block_size) + 1
+        return seq.request.max_tokens == 0 or not self.running or self.cache.available() >= need
+
+    def _drain_ahead(self) -> None:
+        """Wait for a step still in flight and drop its tokens (stop, a failed step): its copies from and
+        to the pinned buffers end before anything reuses them."""
+        step, self._ahead = self._ahead, None
+        if step is not None:
+            with contextlib.suppress(Exception):        # (a failed device: the caller reports it)
+                step.tokens.get()
 
     def _take_ahead(self) -> None:
         """Launch the step after the one in flight (where the run goes on), then take the in-flight
@@ -374,6 +392,8 @@ class BatchEngine:
         for row, seq in enumerate(step.rows):
             if seq is None or id(seq) not in live or seq.cancelled:
                 continue
+            if step.ahead:                  # (a run's first step was counted when it was planned)
+                self.stats["decode_tokens"] += 1
             seq.length = step.positions[row] + 1
             self._register_blocks(seq)
             self._take_token(seq, int(tokens[row]))
@@ -401,10 +421,9 @@ class BatchEngine:
                     seq.table.append(self.cache.take())
                 except OutOfBlocks:
                     return None             # the next planned step preempts
-        self.stats["decode_tokens"] += sum(seq is not None for seq in rows)
         self.stats["ahead_steps"] += 1
         tokens = step.graph.step_greedy(None, positions, [[] if seq is None else seq.table for seq in rows])
-        return _Ahead(step.graph, rows, positions, tokens)
+        return _Ahead(step.graph, rows, positions, tokens, ahead=True)
 
     def _forward(self, work: list[paged_forward.Work], seqs: list[_Sequence]) -> list:
         """Each work item's next-token input (None where its logits are not wanted): the host logits,

@@ -5,13 +5,14 @@ The step is decode_graph.DecodeGraph's, five fused kernels per layer, with two c
 attention kernel reads each sequence's own position and block table (decode.paged_attention,
 decode_exact.paged_attention in deterministic mode), and the products run over the batch in groups
 of the block kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
-than TENSOR_CORE_ROWS rows whose weights are all bfloat16 takes cuBLAS GEMMs on the tensor cores:
+than TENSOR_CORE_ROWS rows (MAX_ROWS for quantized weights) takes cuBLAS GEMMs on the tensor cores:
 RMSNorm and the rounding to bfloat16 are one kernel, the attention kernel and SwiGLU write bfloat16,
-and the residual is added by the GEMM (backend/cuda/prefill.py). Other weights past MAX_ROWS rows take
-GEMMs with the decoder's float32 copies (Decoder.dense), RMSNorm, bias, SwiGLU and residual in
-kernels of their own. A graph is recorded per batch size bucket (BUCKETS) and mode; a step of fewer
-sequences pads its rows to the bucket with token 0 at position 0, whose keys and values go to the
-cache's scratch block and whose logits are dropped.
+and the residual is added by the GEMM (backend/cuda/prefill.py). Without them (float32 weights, or
+tensor_cores off) batches past MAX_ROWS rows take GEMMs with the decoder's float32 copies
+(Decoder.dense), RMSNorm, bias, SwiGLU and residual in kernels of their own. A graph is recorded
+per batch size bucket (BUCKETS) and mode; a step of fewer sequences pads its rows to the bucket with
+token 0 at position 0, whose keys and values go to the cache's scratch block and whose logits are
+dropped.
 
 Token ids, positions and the block tables (column-major, only the columns in use) go up in one
 asynchronous copy from pinned memory before each replay. step_greedy also chooses each row's argmax
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
     from .decoder import Decoder
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
-TENSOR_CORE_ROWS = 4        # fast mode, every weight bfloat16: batches past this many rows take the GEMM steps
+TENSOR_CORE_ROWS = 4        # fast mode, 16-bit weights: batches past this many rows take the GEMM steps
 
 
 def bucket(n: int) -> int | None:
@@ -74,7 +75,7 @@ class PagedDecodeGraph:
         self.qkv = xp.empty((B, (c.heads + 2 * c.kv_heads) * c.head_dim), dtype=np.float32)
         # fast mode past TENSOR_CORE_ROWS rows with every weight in bfloat16: the activations the
         # products read (attention's output, SwiGLU's) are bfloat16 bits
-        self.bf16 = not exact and batch > TENSOR_CORE_ROWS and _bf16_ready(dec)
+        self.bf16 = not exact and batch > _tensor_core_rows(dec) and _bf16_ready(dec)
         self.ctx = xp.empty((B, c.heads * c.head_dim), dtype=np.uint16 if self.bf16 else np.float32)
         self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
@@ -212,13 +213,24 @@ def _pinned(xp, size: int) -> np.ndarray:
     return np.frombuffer(xp.cuda.alloc_pinned_memory(size * 8), dtype=np.int64, count=size)
 
 
+def _product_weights(dec: Decoder) -> list:
+    return [dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
+
+
+def _tensor_core_rows(dec: Decoder) -> int:
+    """Rows past which fast-mode steps take the tensor cores: TENSOR_CORE_ROWS for 16-bit weights;
+    quantized ones keep their block kernels (which read the smaller stored rows) up to MAX_ROWS."""
+    quant, _ = _kernels(dec.backend, False)
+    sixteen = all(isinstance(w, BlockQuantized) and w.qtype in ("BF16", "F16") for w in _product_weights(dec))
+    return TENSOR_CORE_ROWS if sixteen else quant.MAX_ROWS
+
+
 def _bf16_ready(dec: Decoder) -> bool:
     """Whether every product weight has a bfloat16 dense copy (Decoder.dense in fast mode on the tensor
     cores: stored weights, not float32 ones) and the backend has the fused prompt kernels."""
     if dec.backend.prefill is None or not dec.tensor_cores:
         return False
-    weights = [dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
-    return all(isinstance(w, BlockQuantized) for w in weights)
+    return all(isinstance(w, BlockQuantized) for w in _product_weights(dec))
 
 
 def _bf16_product(be, w16: Array, x: Array, out: Array, norm: Array | None, eps: float, bias: Array | None,

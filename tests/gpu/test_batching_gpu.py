@@ -159,8 +159,12 @@ def test_a_request_submitted_or_cancelled_during_steps_launched_ahead(determinis
         for _ in range(6):
             engine.step()
         assert engine._ahead is not None and engine.stats["ahead_steps"] > 0
-        before = engine.stats["ahead_steps"]
         handles[2].cancel()
+        before = engine.stats["ahead_steps"]
+        for _ in range(3):                  # the cancelled sequence's row is padding; the run goes on
+            engine.step()
+            assert engine._ahead is not None
+        assert engine.stats["ahead_steps"] == before + 3 and engine.stats["cancelled"] == 1
         engine.submit(reqs[6], events[6].append)
         while engine.step():
             pass
@@ -171,3 +175,18 @@ def test_a_request_submitted_or_cancelled_during_steps_launched_ahead(determinis
         got = _tokens(events[2])
         assert events[2][-1].finish_reason == "cancelled" and got == want[2][:len(got)] and len(got) < 24
         assert engine.stats["ahead_steps"] - before >= 10       # a new run after the admission
+
+
+def test_steps_launched_ahead_up_to_the_end_of_the_context():
+    """Sequences that fill the model's context (prompt + max_tokens = 256 positions, the graph's whole
+    block table) end their run on the last position; the tokens are the CPU's alone."""
+    with loom.deterministic(True):
+        cpu, gpu = _graph_model("llama", "cpu"), _graph_model("llama", "cuda")
+        rng = np.random.default_rng(13)
+        reqs = [Request(rng.integers(0, 256, 230).tolist(), max_tokens=26, stop_ids=()),
+                Request(rng.integers(0, 256, 240).tolist(), max_tokens=16, stop_ids=()),
+                Request(rng.integers(0, 256, 7).tolist(), max_tokens=30, stop_ids=())]
+        alone = [BatchEngine(cpu).generate([r])[0].tokens for r in reqs]
+        engine = BatchEngine(gpu, max_batch=3, block_size=8)
+        assert [r.tokens for r in engine.generate(reqs)] == alone
+        assert engine.stats["ahead_steps"] > 10 and [len(t) for t in alone] == [26, 16, 30]

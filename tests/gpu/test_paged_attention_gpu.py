@@ -50,6 +50,7 @@ def _reference(qkv, ck, cv, cos, sin, norm, pos, tables, bs, H, window, scale, e
     (5, 6, 2, 128, 8, 9, False, False),         # sliding window, head_dim 128
     (4, 4, 4, 64, 16, None, True, False),       # qwen3's per-head norms
     (2, 2, 1, 64, 1, None, False, True),        # more table entries than a block stages
+    (130, 2, 1, 64, 1, 1050, False, True),      # the same in a window, two-warp blocks
 ])
 @pytest.mark.parametrize("layout", ["rows", "columns"])
 @pytest.mark.parametrize("bits", [False, True])

@@ -40,7 +40,37 @@ def test_to_bf16_rounds_to_nearest_even_like_ml_dtypes():
     assert np.isnan((got[nan].astype(np.uint32) << 16).view(np.float32)).all()
 
 
-@pytest.mark.parametrize("qtype", ["BF16", "Q4_K", "Q8_0", "F16"])
+@pytest.mark.parametrize("qtype", cuda_quant.TYPES)
+def test_dequantize_to_bf16_is_the_rounded_dequantize(qtype):
+    """One pass straight to bfloat16 bits gives to_bf16(dequantize) (ml_dtypes' rounding of gguf's
+    values), inf and NaN included (random bytes hold them in F16 scales and codes)."""
+    rows, cols = 37, 512
+    data = random_rows(qtype, rows, cols, RNG)
+    data[3, :] = RNG.integers(0, 256, data.shape[1], dtype=np.uint8)       # any scale bits: inf, NaN, subnormal
+    values = gguf_quants.dequantize(data, qtype, (rows, cols))
+    out = cupy.full((rows, cols), 0x1234, dtype=np.uint16)
+    cuda_quant.dequantize_bf16(cupy.asarray(data), qtype, out)
+    got = cupy.asnumpy(out)
+    nan = np.isnan(values)
+    np.testing.assert_array_equal(got[~nan], values[~nan].astype("bfloat16").view(np.uint16))
+    assert np.isnan((got[nan].astype(np.uint32) << 16).view(np.float32)).all()
+
+
+def test_bf16_gemm_writes_a_column_slice_and_refuses_other_layouts():
+    be = backend.get("cuda")
+    x = RNG.standard_normal((9, 64)).astype(np.float32)
+    w = RNG.standard_normal((20, 64)).astype(np.float32)
+    out = cupy.full((9, 50), 7.0, dtype=np.float32)
+    be.blas.gemm_bf16_t(cuda_quant.to_bf16(cupy.asarray(x)), cuda_quant.to_bf16(cupy.asarray(w)), out[:, 13:33])
+    got = cupy.asnumpy(out)
+    np.testing.assert_allclose(got[:, 13:33], _bf16(x) @ _bf16(w).T, rtol=1e-5, atol=1e-4)
+    assert (got[:, :13] == 7).all() and (got[:, 33:] == 7).all()           # nothing outside the slice
+    with pytest.raises(ValueError, match="strided"):
+        be.blas.gemm_bf16_t(cuda_quant.to_bf16(cupy.asarray(x)), cuda_quant.to_bf16(cupy.asarray(w)),
+                            cupy.empty((20, 9), dtype=np.float32).T)
+
+
+@pytest.mark.parametrize("qtype", ["BF16", "Q4_K", "Q8_0", "F16", "Q4_0", "Q5_1", "Q2_K", "Q6_K"])
 def test_tensor_core_products_equal_the_rounded_operands_reference(qtype, monkeypatch):
     rows, cols, m = 160, 512, 40
     data = random_rows(qtype, rows, cols, RNG, plain=0.05)

@@ -106,8 +106,11 @@ class CPUQuant:
             return False
         return dequant.dequantize(data, qtype, out.reshape(data.shape[0], -1))
 
+    def dequantize_bf16(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
+        return False            # no bfloat16 products: tensor_cores is False
+
     def to_bf16(self, x: np.ndarray) -> None:
-        return None             # no bfloat16 products: tensor_cores is False
+        return None
 
     def matmul_t_bf16(self, x2: np.ndarray, w16: np.ndarray, out: np.ndarray) -> bool:
         return False

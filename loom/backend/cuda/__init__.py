@@ -318,6 +318,12 @@ class CUDAQuant:
         self._kernels.dequantize(self._be.xp.ascontiguousarray(data), qtype, out)
         return True
 
+    def dequantize_bf16(self, data: Array, qtype: str, out: Array) -> bool:
+        if qtype not in self.TYPES:
+            return False
+        self._kernels.dequantize_bf16(self._be.xp.ascontiguousarray(data), qtype, out)
+        return True
+
     def to_bf16(self, x: Array) -> Array:
         return self._kernels.to_bf16(x)
 

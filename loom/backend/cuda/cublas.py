@@ -134,13 +134,16 @@ class CuBLAS:
     def gemm_bf16_t(self, x16: Array, w16: Array, out: Array, accumulate: bool = False) -> None:
         """out float32 [M, N] = x16 @ w16^T (accumulate: out += x16 @ w16^T, cuBLAS's beta = 1) for
         C-contiguous bfloat16 bits (uint16) x16 [M, K] and w16 [N, K]: the tensor cores' bfloat16
-        products, summed in float32 (CUBLAS_COMPUTE_32F)."""
+        products, summed in float32 (CUBLAS_COMPUTE_32F). out's rows may be strided (a column slice
+        of a wider C-contiguous matrix)."""
         rows, k = x16.shape
         n = w16.shape[0]
+        row_stride = out.strides[0] // 4 if out.ndim == 2 else 0
         if (w16.shape != (n, k) or out.shape != (rows, n) or out.dtype != np.float32
-                or not (x16.flags.c_contiguous and w16.flags.c_contiguous and out.flags.c_contiguous)):
+                or not (x16.flags.c_contiguous and w16.flags.c_contiguous)
+                or (rows > 1 and (out.strides[0] % 4 or row_stride < n)) or (n > 1 and out.strides[1] != 4)):
             raise ValueError(f"gemm_bf16_t: operands {list(x16.shape)} x {list(w16.shape)}^T -> {list(out.shape)} are "
-                             "not C-ordered [M, K] x [N, K] -> float32 [M, N]")
+                             "not C-ordered [M, K] x [N, K] -> float32 [M, N] (rows of out may be strided)")
         if out.size == 0:
             return
         if k == 0:
@@ -154,7 +157,8 @@ class CuBLAS:
         status = self.lib.cublasGemmEx(
             self.handle, _OP_T, _OP_N, n, rows, k, ctypes.byref(one),
             ctypes.c_void_p(w16.data.ptr), _CUDA_R_16BF, k, ctypes.c_void_p(x16.data.ptr), _CUDA_R_16BF, k,
-            ctypes.byref(beta), ctypes.c_void_p(out.data.ptr), _CUDA_R_32F, n, _COMPUTE_32F, _GEMM_DEFAULT)
+            ctypes.byref(beta), ctypes.c_void_p(out.data.ptr), _CUDA_R_32F, row_stride if rows > 1 else n,
+            _COMPUTE_32F, _GEMM_DEFAULT)
         self._check(status, f"bfloat16 GEMM {list(x16.shape)} x {list(w16.shape)}^T")
 
     def _gemm(self, a, b, c, batch) -> None:

@@ -279,15 +279,15 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     its key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size. out:
     float32 [B, H * D], or uint16 for bfloat16 bits (the next product's input on the tensor cores).
     Many sequences at once run with fewer warps a block (batch_warps; `warps` overrides it: a multiple
-    of D / 32, at least 2, at most 32)."""
+    of D / 32 from 2 to 16, as the static shared memory allows)."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
     bits = out.dtype == np.uint16
     if warps is None:
         warps = batch_warps(B * heads, D)
-    elif not (2 <= warps <= 32 and warps % max(1, D // 32) == 0):
-        raise ValueError(f"paged_attention: warps={warps}; expected a multiple of {max(1, D // 32)} from 2 to 32")
+    elif not (2 <= warps <= 16 and warps % max(1, D // 32) == 0):
+        raise ValueError(f"paged_attention: warps={warps}; expected a multiple of {max(1, D // 32)} from 2 to 16")
     launch(_module(D, warps).get_function("loom_paged_decode_attention"), B * heads, warps * 32,
            (qkv, cache_k, cache_v, pointer(None if bits else out), pointer(out if bits else None), cos, sin,
             pointer(norm), pos, tables, np.int64(row), np.int64(col), np.int32(block_size), np.int32(heads),

@@ -454,6 +454,18 @@ def dequantize(data: Array, qtype: str, out: Array) -> None:
         embed(data, qtype, None, out.reshape(data.shape[0], -1))
 
 
+def dequantize_bf16(data: Array, qtype: str, out: Array) -> None:
+    """out (uint16 C-contiguous, [rows, cols] or flat) = the bfloat16 bits of the values of the `qtype` rows
+    `data`, rounded to nearest even: to_bf16(dequantize(...))'s bits in one launch, without the float32
+    matrix (a quantized prompt's products on the tensor cores decode W this way, block by block)."""
+    n = data.shape[0]
+    nb = out.size // max(n, 1) // 32
+    if n and nb:
+        with translating(f"{qtype} dequantize to bfloat16", data):
+            _bf16_decode_module(qtype).get_function("loom_quant_decode_bf16")(
+                ((n * nb * 8 + 255) // 256,), (256,), (data, out, np.int64(n), np.int32(nb)))
+
+
 # float32 to bfloat16 bits, rounded to nearest even (inf stays inf, large finite values round up to
 # it; NaN stays a quiet NaN): the one rounding of every bfloat16 kernel (to_bf16, flash, prefill)
 BF16_BITS = r"""
@@ -484,14 +496,35 @@ def to_bf16(x: Array, out: Array | None = None) -> Array:
     return out
 
 
+_DECODE_BF16 = r"""
+// out[r, :] = W[r, :] decoded and rounded to bfloat16 bits (nb 32-value units a row); eight lanes per unit
+extern "C" __global__ void loom_quant_decode_bf16(const unsigned char* w, unsigned short* out, long long n, int nb) {
+    const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 3;
+    if (t >= n * nb) return;
+    const long long r = t / nb, b = t % nb;
+    float v[4]; int at[4];
+    block_values(w + r * (nb / SUBS) * BLOCK, (int)b, threadIdx.x & 7, v, at);
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) out[r * nb * 32 + b * 32 + at[j]] = (unsigned short)loom_bf16_bits(v[j]);
+}
+"""
+
+
+@cache
+def _bf16_decode_module(qtype: str):
+    return cupy.RawModule(code=type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + BF16_BITS + _DECODE_BF16,
+                          options=OPTIONS)
+
+
 @cache
 def _bf16_module():
     return cupy.RawModule(code=_TO_BF16, options=OPTIONS)
 
 
 def matmul_t_bf16(x2: Array, w16: Array, out: Array, blas: CuBLAS) -> None:
-    """out float32 [M, R] = x2 [M, cols] @ W^T on the tensor cores: x rounded to bfloat16, W the bfloat16
-    bits w16 [R, cols] (uint16), float32 sums (`blas`: the backend's CuBLAS handle)."""
+    """out float32 [M, R] = x2 [M, cols] @ W^T on the tensor cores: x rounded to bfloat16 (or given as
+    bfloat16 bits, uint16), W the bfloat16 bits w16 [R, cols] (uint16), float32 sums (`blas`: the
+    backend's CuBLAS handle). out may be a column slice of a C-contiguous matrix."""
     with translating("bfloat16 product", x2, w16):
-        blas.gemm_bf16_t(to_bf16(x2), w16, out)
+        blas.gemm_bf16_t(x2 if x2.dtype == np.uint16 else to_bf16(x2), w16, out)
 

@@ -152,18 +152,23 @@ class BlockQuantized:
             out[:, start:stop] = product(self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols]))
 
     def _bf16_product(self, x2: Array, out: Array) -> None:
-        """out = x2 @ W^T on the tensor cores: BF16 rows as stored, other types decoded block by block and
-        rounded to bfloat16."""
+        """out = x2 @ W^T on the tensor cores: BF16 rows as stored; other types decoded straight to
+        bfloat16, block by block into one reused buffer, each block's GEMM writing its columns of out
+        (x rounded to bfloat16 once)."""
         quant = backend.of(self.data).quant
         if self.qtype == "BF16":
             quant.matmul_t_bf16(x2, self.data.view(np.uint16), out)
             return
-
-        def product(w: Array) -> Array:
-            part = self.xp.empty((x2.shape[0], w.shape[0]), dtype=np.float32)
-            quant.matmul_t_bf16(x2, quant.to_bf16(w), part)
-            return part
-        self._by_blocks(x2, out, product)
+        rows, cols = self.shape
+        x16 = quant.to_bf16(x2)
+        step = self.block_rows() * (2 if self.qtype in quant.TYPES else 1)  # bfloat16: half the bytes
+        buffer = self.xp.empty(min(step, rows) * cols, dtype=np.uint16)
+        for start in range(0, rows, step):
+            stop = min(rows, start + step)
+            w16 = buffer[:(stop - start) * cols].reshape(stop - start, cols)
+            if not quant.dequantize_bf16(self.data[start:stop], self.qtype, w16):
+                w16 = quant.to_bf16(self.dequantize(slice(start, stop)))
+            quant.matmul_t_bf16(x16, w16, out[:, start:stop])
 
     def take_rows(self, ids: Array) -> Array:
         """float32 [*ids.shape, cols]: rows `ids` (an embedding lookup), decoding only those."""
