@@ -108,8 +108,8 @@ class QuantKernels(Protocol):
     def to_bf16(self, x: Array) -> Array | None:
         """bfloat16 bits (uint16) of float32 x, rounded to nearest even; None without tensor_cores."""
 
-    def matmul_t_bf16(self, x2: Array, w16: Array, out: Array) -> bool:
-        """out float32 [M, R] = x2 [M, K] rounded to bfloat16 (or bfloat16 bits, uint16) @ w16^T
+    def matmul_t_bf16(self, x2: Array, w16: Array, out: Array, accumulate: bool = False) -> bool:
+        """out float32 [M, R] (+)= x2 [M, K] rounded to bfloat16 (or bfloat16 bits, uint16) @ w16^T
         (bfloat16 bits [R, K]), float32 sums (fast mode); out may be a column slice of a C-contiguous
         matrix; False: declined."""
 

@@ -439,10 +439,11 @@ class Decoder:
         return be.prefill
 
     def bf16_weights(self, L: _Layer) -> tuple | None:
-        """The layer's four weights as bfloat16 bits [rows, cols] (stored BF16 rows, or the bf16 copies
-        of keep_dense), or None where one is not (float32 weights, block-quantized ones without copies,
-        output biases): that layer runs the composed path. Kept per layer (every prompt chunk asks)
-        until keep_dense changes which copies exist."""
+        """The layer's four weights for the tensor cores: bfloat16 bits [rows, cols] (stored BF16 rows,
+        or the bf16 copies of keep_dense), or a BlockQuantized the backend decodes to bfloat16 block by
+        block (BlockQuantized.matmul_t_bf16); None where one is neither (float32 weights, types the
+        backend cannot decode, output biases): that layer runs the composed path. Kept per layer (every
+        prompt chunk asks) until keep_dense changes which copies exist."""
         key = (id(L), self._dense is not None)
         if key not in self._bf16:
             self._bf16[key] = self._find_bf16(L)
@@ -455,10 +456,22 @@ class Decoder:
         for w in (L.qkv, L.o, L.gate_up, L.down):
             if isinstance(w, BlockQuantized) and w.qtype != "BF16" and self._dense is not None:
                 w = self.dense(w)
-            if not isinstance(w, BlockQuantized) or w.qtype != "BF16":
+            if not isinstance(w, BlockQuantized):
                 return None
-            out.append(w.data.view(np.uint16))
+            if w.qtype == "BF16":
+                out.append(w.data.view(np.uint16))
+            elif w.qtype in self.backend.quant.TYPES:
+                out.append(w)
+            else:
+                return None
         return tuple(out)
+
+    def gemm16(self, x16: Array, w: Array | BlockQuantized, out: Array, accumulate: bool = False) -> None:
+        """out (+)= x16 @ w^T on the tensor cores for one of bf16_weights' weights."""
+        if isinstance(w, BlockQuantized):
+            w.matmul_t_bf16(x16, out, accumulate)
+        else:
+            self.backend.blas.gemm_bf16_t(x16, w, out, accumulate=accumulate)
 
     def _layer_fast(self, kernels, L: _Layer, w16: tuple, h: Array, cache_k: Array, cache_v: Array,
                     pos: int) -> Array:
@@ -480,7 +493,7 @@ class Decoder:
         """The fused q|k|v product [rows, (H + 2 KV) D] (no bias yet) of h2 [rows, E]: RMSNorm written
         as bfloat16, one bfloat16 GEMM (fast mode's prompt layers; w16 from bf16_weights)."""
         qkv = self.xp.empty((h2.shape[0], w16[0].shape[0]), dtype=np.float32)
-        self.backend.blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln1, self.config.eps), w16[0], qkv)
+        self.gemm16(kernels.rms_bf16(h2, L.ln1, self.config.eps), w16[0], qkv)
         return qkv
 
     def finish_fast(self, kernels: PrefillKernels, L: _Layer, w16: tuple, h2: Array, ctx16: Array) -> None:
@@ -488,11 +501,10 @@ class Decoder:
         it, RMSNorm written as bfloat16, the gate|up GEMM, SwiGLU written as bfloat16, the down GEMM
         adding into it. ctx16: the attention's context as bfloat16 bits [rows, H D]."""
         _, wo, wgu, wdown = w16
-        blas = self.backend.blas
-        blas.gemm_bf16_t(ctx16, wo, h2, accumulate=True)
+        self.gemm16(ctx16, wo, h2, accumulate=True)
         gu = self.xp.empty((h2.shape[0], wgu.shape[0]), dtype=np.float32)
-        blas.gemm_bf16_t(kernels.rms_bf16(h2, L.ln2, self.config.eps), wgu, gu)
-        blas.gemm_bf16_t(kernels.swiglu_bf16(gu, L.gate_up_bias), wdown, h2, accumulate=True)
+        self.gemm16(kernels.rms_bf16(h2, L.ln2, self.config.eps), wgu, gu)
+        self.gemm16(kernels.swiglu_bf16(gu, L.gate_up_bias), wdown, h2, accumulate=True)
 
     def embed_ids(self, ids: np.ndarray) -> Array:
         """The embeddings [B, T, E] of host token ids [B, T]."""

@@ -117,9 +117,28 @@ def test_decoder_prefill_on_tensor_cores_is_close_to_float32(dense):
         want = host(plain.forward(prompt, plain.new_cache(48)))
         err = np.abs(got - want).max() / np.abs(want).max()
         assert 1e-6 < err < 2e-2                  # bfloat16 inputs: close, and not the float32 products
+        # the fused prompt layers take the quantized weights themselves, or the bf16 copies
+        assert all(isinstance(w, BlockQuantized) != dense for w in fast.bf16_weights(fast.layers[0]))
         if dense:
             assert all(isinstance(c, BlockQuantized) and c.qtype == "BF16" for c in fast._dense.values())
     with loom.deterministic(True):              # deterministic mode: the CPU's bits whatever tensor_cores says
         cpu = Decoder(config, weights)
         same_bits(fast.forward(prompt, fast.new_cache(48)), cpu.forward(prompt, cpu.new_cache(48)),
                   "deterministic prefill")
+
+
+def test_fused_prompt_layers_with_quantized_weights_match_the_composed_layers(monkeypatch):
+    """Quantized weights in the fused prompt layers (decoded to bfloat16 block by block, the output and
+    down products adding into the residual column block by column block) give the composed layers'
+    values, whose products round the same operands."""
+    config = DecoderConfig.from_hf({**CONFIG, "intermediate_size": 512})
+    weights = _quant_weights("Q4_K", {**CONFIG, "intermediate_size": 512})
+    prompt = np.array([(np.arange(40) * 37 + 11) % CONFIG["vocab_size"]])
+    monkeypatch.setattr(backend.get("cuda").quant, "dequantize_bytes", 4 * 256 * 40)   # several blocks each
+    with loom.deterministic(False):
+        fused, composed = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda")
+        monkeypatch.setattr(composed, "bf16_weights", lambda layer: None)
+        assert fused.layers[0].gate_up.block_rows() < fused.layers[0].gate_up.shape[0]
+        got = host(fused.forward(prompt, fused.new_cache(48)))
+        want = host(composed.forward(prompt, composed.new_cache(48)))
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())

@@ -112,7 +112,7 @@ class CPUQuant:
     def to_bf16(self, x: np.ndarray) -> None:
         return None
 
-    def matmul_t_bf16(self, x2: np.ndarray, w16: np.ndarray, out: np.ndarray) -> bool:
+    def matmul_t_bf16(self, x2: np.ndarray, w16: np.ndarray, out: np.ndarray, accumulate: bool = False) -> bool:
         return False
 
 

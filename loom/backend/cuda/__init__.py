@@ -327,8 +327,8 @@ class CUDAQuant:
     def to_bf16(self, x: Array) -> Array:
         return self._kernels.to_bf16(x)
 
-    def matmul_t_bf16(self, x2: Array, w16: Array, out: Array) -> bool:
-        self._kernels.matmul_t_bf16(x2, w16, out, self._be.blas)     # (to_bf16 makes x2 contiguous)
+    def matmul_t_bf16(self, x2: Array, w16: Array, out: Array, accumulate: bool = False) -> bool:
+        self._kernels.matmul_t_bf16(x2, w16, out, self._be.blas, accumulate)     # (to_bf16 makes x2 contiguous)
         return True
 
 

@@ -521,10 +521,10 @@ def _bf16_module():
     return cupy.RawModule(code=_TO_BF16, options=OPTIONS)
 
 
-def matmul_t_bf16(x2: Array, w16: Array, out: Array, blas: CuBLAS) -> None:
-    """out float32 [M, R] = x2 [M, cols] @ W^T on the tensor cores: x rounded to bfloat16 (or given as
+def matmul_t_bf16(x2: Array, w16: Array, out: Array, blas: CuBLAS, accumulate: bool = False) -> None:
+    """out float32 [M, R] (+)= x2 [M, cols] @ W^T on the tensor cores: x rounded to bfloat16 (or given as
     bfloat16 bits, uint16), W the bfloat16 bits w16 [R, cols] (uint16), float32 sums (`blas`: the
     backend's CuBLAS handle). out may be a column slice of a C-contiguous matrix."""
     with translating("bfloat16 product", x2, w16):
-        blas.gemm_bf16_t(x2 if x2.dtype == np.uint16 else to_bf16(x2), w16, out)
+        blas.gemm_bf16_t(x2 if x2.dtype == np.uint16 else to_bf16(x2), w16, out, accumulate)
 

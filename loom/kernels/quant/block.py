@@ -152,15 +152,23 @@ class BlockQuantized:
             out[:, start:stop] = product(self.dequantize(slice(start, stop), out=buffer[:(stop - start) * cols]))
 
     def _bf16_product(self, x2: Array, out: Array) -> None:
-        """out = x2 @ W^T on the tensor cores: BF16 rows as stored; other types decoded straight to
-        bfloat16, block by block into one reused buffer, each block's GEMM writing its columns of out
-        (x rounded to bfloat16 once)."""
+        """out = x2 @ W^T on the tensor cores, x rounded to bfloat16 once (matmul_t_bf16)."""
         quant = backend.of(self.data).quant
         if self.qtype == "BF16":
             quant.matmul_t_bf16(x2, self.data.view(np.uint16), out)
             return
+        self.matmul_t_bf16(quant.to_bf16(x2), out)
+
+    def matmul_t_bf16(self, x16: Array, out: Array, accumulate: bool = False) -> None:
+        """out (+)= x16 @ W^T on the tensor cores for x16 bfloat16 bits [M, cols] (uint16): BF16 rows as
+        stored; other types decoded straight to bfloat16, block by block into one reused buffer, each
+        block's GEMM writing (or adding into, with accumulate) its columns of out [M, rows]. Fast mode,
+        a backend with tensor_cores."""
+        quant = backend.of(self.data).quant
+        if self.qtype == "BF16":
+            quant.matmul_t_bf16(x16, self.data.view(np.uint16), out, accumulate)
+            return
         rows, cols = self.shape
-        x16 = quant.to_bf16(x2)
         step = self.block_rows() * (2 if self.qtype in quant.TYPES else 1)  # bfloat16: half the bytes
         buffer = self.xp.empty(min(step, rows) * cols, dtype=np.uint16)
         for start in range(0, rows, step):
@@ -168,7 +176,7 @@ class BlockQuantized:
             w16 = buffer[:(stop - start) * cols].reshape(stop - start, cols)
             if not quant.dequantize_bf16(self.data[start:stop], self.qtype, w16):
                 w16 = quant.to_bf16(self.dequantize(slice(start, stop)))
-            quant.matmul_t_bf16(x16, w16, out[:, start:stop])
+            quant.matmul_t_bf16(x16, w16, out[:, start:stop], accumulate)
 
     def take_rows(self, ids: Array) -> Array:
         """float32 [*ids.shape, cols]: rows `ids` (an embedding lookup), decoding only those."""
