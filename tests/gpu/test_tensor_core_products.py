@@ -54,6 +54,8 @@ def test_dequantize_to_bf16_is_the_rounded_dequantize(qtype):
     nan = np.isnan(values)
     np.testing.assert_array_equal(got[~nan], values[~nan].astype("bfloat16").view(np.uint16))
     assert np.isnan((got[nan].astype(np.uint32) << 16).view(np.float32)).all()
+    with pytest.raises(ValueError, match="aligned"):             # its 16-byte stores need an aligned output
+        cuda_quant.dequantize_bf16(cupy.asarray(data), qtype, cupy.empty(rows * cols + 1, dtype=np.uint16)[1:])
 
 
 def test_bf16_gemm_writes_a_column_slice_and_refuses_other_layouts():

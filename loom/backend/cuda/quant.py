@@ -460,10 +460,12 @@ def dequantize_bf16(data: Array, qtype: str, out: Array) -> None:
     matrix (a quantized prompt's products on the tensor cores decode W this way, block by block)."""
     n = data.shape[0]
     nb = out.size // max(n, 1) // 32
+    if not out.flags.c_contiguous or out.data.ptr % 16:
+        raise ValueError("dequantize_bf16: out must be C-contiguous and 16-byte aligned")
     if n and nb:
         with translating(f"{qtype} dequantize to bfloat16", data):
             _bf16_decode_module(qtype).get_function("loom_quant_decode_bf16")(
-                ((n * nb * 8 + 255) // 256,), (256,), (data, out, np.int64(n), np.int32(nb)))
+                ((n * nb + 255) // 256,), (256,), (data, out, np.int64(n), np.int32(nb)))
 
 
 # float32 to bfloat16 bits, rounded to nearest even (inf stays inf, large finite values round up to
@@ -497,15 +499,28 @@ def to_bf16(x: Array, out: Array | None = None) -> Array:
 
 
 _DECODE_BF16 = r"""
-// out[r, :] = W[r, :] decoded and rounded to bfloat16 bits (nb 32-value units a row); eight lanes per unit
-extern "C" __global__ void loom_quant_decode_bf16(const unsigned char* w, unsigned short* out, long long n, int nb) {
-    const long long t = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 3;
+// out[r, :] = W[r, :] decoded and rounded to bfloat16 bits (nb 32-value units a row), one unit per
+// thread: its eight inlined block_values calls read the same scale bytes, which the compiler can decode
+// once (eight lanes a unit each decoded them), and its 64 bytes go out in four 16-byte stores
+extern "C" __global__ void loom_quant_decode_bf16(const unsigned char* __restrict__ w, unsigned short* __restrict__ out,
+                                                  long long n, int nb) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (t >= n * nb) return;
     const long long r = t / nb, b = t % nb;
-    float v[4]; int at[4];
-    block_values(w + r * (nb / SUBS) * BLOCK, (int)b, threadIdx.x & 7, v, at);
+    const unsigned char* row = w + r * (nb / SUBS) * BLOCK;
+    unsigned bits[32];
     #pragma unroll
-    for (int j = 0; j < 4; ++j) out[r * nb * 32 + b * 32 + at[j]] = (unsigned short)loom_bf16_bits(v[j]);
+    for (int i = 0; i < 8; ++i) {
+        float v[4]; int at[4];
+        block_values(row, (int)b, i, v, at);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) bits[at[j]] = loom_bf16_bits(v[j]);
+    }
+    uint4* dst = (uint4*)(out + t * 32);
+    #pragma unroll
+    for (int k = 0; k < 4; ++k)
+        dst[k] = make_uint4(bits[8 * k] | (bits[8 * k + 1] << 16), bits[8 * k + 2] | (bits[8 * k + 3] << 16),
+                            bits[8 * k + 4] | (bits[8 * k + 5] << 16), bits[8 * k + 6] | (bits[8 * k + 7] << 16));
 }
 """
 
