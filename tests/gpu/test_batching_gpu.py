@@ -190,3 +190,49 @@ def test_steps_launched_ahead_up_to_the_end_of_the_context():
         engine = BatchEngine(gpu, max_batch=3, block_size=8)
         assert [r.tokens for r in engine.generate(reqs)] == alone
         assert engine.stats["ahead_steps"] > 10 and [len(t) for t in alone] == [26, 16, 30]
+
+
+def test_the_engine_thread_with_steps_launched_ahead():
+    """engine.start() with requests submitted from several threads, more than max_batch (admissions
+    end runs mid-way), one cancelled by its own sink mid-stream: each other request gets the CPU's
+    tokens alone."""
+    import threading
+    with loom.deterministic(True):
+        cpu, gpu = _graph_model("llama", "cpu"), _graph_model("llama", "cuda")
+        rng = np.random.default_rng(14)
+        reqs = [Request(rng.integers(0, 256, 3 + 4 * i).tolist(), max_tokens=20, stop_ids=()) for i in range(7)]
+        alone = [BatchEngine(cpu).generate([r])[0].tokens for r in reqs]
+        engine = BatchEngine(gpu, max_batch=4)
+    events: list[list] = [[] for _ in reqs]
+    done = [threading.Event() for _ in reqs]
+    handles: dict = {}
+
+    def sink(i):
+        def take(event):
+            events[i].append(event)
+            if i == 1 and len(_tokens(events[i])) >= 5 and 1 in handles:
+                handles[1].cancel()
+            if event.finish_reason is not None:
+                done[i].set()
+        return take
+
+    def submit(i):
+        handles[i] = engine.submit(reqs[i], sink(i))
+
+    engine.start()
+    try:
+        threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(reqs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert all(d.wait(120) for d in done)
+    finally:
+        engine.stop()
+    for i in range(len(reqs)):
+        got = _tokens(events[i])
+        if i == 1:
+            assert events[i][-1].finish_reason == "cancelled" and got == alone[i][:len(got)] and len(got) < 20
+        else:
+            assert got == alone[i] and events[i][-1].finish_reason == "length", i
+    assert engine.stats["ahead_steps"] > 0
