@@ -248,6 +248,7 @@ _SOURCE = WARP_REDUCTIONS + OVERLAP_PROLOGUE + BLOCK_DECODE + STAGE_ROWS + r"""
 // blocks' bytes together and each lane turns four codes into values. NB (blocks per row) is compiled
 // in, so a short row's block loop unrolls completely and all of a warp's weight loads are in flight at once.
 #define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
+#define KITERS ((NB + 8 * WPR - 1) / (8 * WPR))
 #define ROW_BYTES ((long long)(NB / SUBS) * BLOCK)
 #define STAGE (MR * NB * 32 <= 8192)     // x [MR, cols] fits in 32 KB of shared memory (blocks of 8 warps)
 extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* x, float* out, int rows,
@@ -299,34 +300,44 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
     for (int e = 0; e <= EPI; ++e)
         #pragma unroll
         for (int m = 0; m < MR; ++m) acc[e][m] = 0.0f;
-    #pragma unroll 8
-    for (int it = 0; it < ITERS; ++it) {
-        const int b = part + 4 * slice + it * 4 * WPR;
-        if (!valid || b >= NB) continue;
-        if (KQ != 0) {
-            // K-quants: sum_j (dl q_j - ml) x_j as dl (sum_j q_j x_j) - ml (sum_j x_j), the scales applied per
-            // four values (the decode was bound by instructions, not bytes)
-            float q[EPI + 1][4], dl[EPI + 1], ml[EPI + 1];
+    if (KQ != 0) {
+        // K-quants: four lanes share a 32-value unit, lane i taking values 4i..4i+3 and 4i+16..4i+19, so
+        // that the unit's scales (dl, ml) decode once for eight values (the decode is bound by instructions,
+        // not bytes; eight lanes a unit decoded them once per four); sum_j (dl q_j - ml) x_j as
+        // dl (sum_j q_j x_j) - ml (sum_j x_j)
+        #pragma unroll 4
+        for (int it = 0; it < KITERS; ++it) {
+            const int b = (lane >> 2) + 8 * slice + it * 8 * WPR;
+            if (!valid || b >= NB) continue;
             #pragma unroll
-            for (int e = 0; e <= EPI; ++e)
-                kquant_codes(row + e * second + (long long)(b / SUBS) * BLOCK, b % SUBS, i, q[e], dl[e], ml[e]);
-            #pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                const int k = b * 32 + 4 * i;
-                float4 xv = STAGE ? *(const float4*)(x_s + m * cols + k) : *(const float4*)(x + m * cols + k);
-                if (PRO == 1 && !STAGE) {
-                    const float4 a = *(const float4*)(aux + k);
-                    xv.x *= a.x; xv.y *= a.y; xv.z *= a.z; xv.w *= a.w;
-                }
-                const float sx = (xv.x + xv.y) + (xv.z + xv.w);
+            for (int h = 0; h < 2; ++h) {
+                const int g = (lane & 3) + 4 * h;                    // the group of four values
+                float q[EPI + 1][4], dl[EPI + 1], ml[EPI + 1];
                 #pragma unroll
-                for (int e = 0; e <= EPI; ++e) {
-                    const float dot = q[e][0] * xv.x + q[e][1] * xv.y + q[e][2] * xv.z + q[e][3] * xv.w;
-                    acc[e][m] += dl[e] * dot - ml[e] * sx;
+                for (int e = 0; e <= EPI; ++e)
+                    kquant_codes(row + e * second + (long long)(b / SUBS) * BLOCK, b % SUBS, g, q[e], dl[e], ml[e]);
+                #pragma unroll
+                for (int m = 0; m < MR; ++m) {
+                    const int k = b * 32 + 4 * g;
+                    float4 xv = STAGE ? *(const float4*)(x_s + m * cols + k) : *(const float4*)(x + m * cols + k);
+                    if (PRO == 1 && !STAGE) {
+                        const float4 a = *(const float4*)(aux + k);
+                        xv.x *= a.x; xv.y *= a.y; xv.z *= a.z; xv.w *= a.w;
+                    }
+                    const float sx = (xv.x + xv.y) + (xv.z + xv.w);
+                    #pragma unroll
+                    for (int e = 0; e <= EPI; ++e) {
+                        const float dot = q[e][0] * xv.x + q[e][1] * xv.y + q[e][2] * xv.z + q[e][3] * xv.w;
+                        acc[e][m] += dl[e] * dot - ml[e] * sx;
+                    }
                 }
             }
-            continue;
         }
+    }
+    #pragma unroll 8
+    for (int it = 0; KQ == 0 && it < ITERS; ++it) {
+        const int b = part + 4 * slice + it * 4 * WPR;
+        if (!valid || b >= NB) continue;
         float v[EPI + 1][4]; int at[4];
         #pragma unroll
         for (int e = 0; e <= EPI; ++e) block_values(row + e * second, b, i, v[e], at);
