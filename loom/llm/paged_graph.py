@@ -118,25 +118,10 @@ class PagedDecodeGraph:
         """Copy a step's ids (unless None), positions and block tables (rows past len(positions): padding,
         token 0 at position 0 on the scratch block) into the graph's inputs, asynchronously, from the
         pinned buffer whose turn it is (returned)."""
-        n, B = len(positions), self.batch
         turn, self._turn = self._turn, self._turn ^ 1
         host = self._staged[turn]
-        lengths = np.fromiter(map(len, tables), dtype=np.int64, count=n)
-        width = int(lengths.max(initial=1))
-        if width > self.max_blocks:
-            raise ValueError(f"a block table of {width} entries; the graph holds {self.max_blocks}")
-        used = 2 * B + width * B
-        if ids is not None:
-            host[:B] = 0
-            host[:n] = ids
-        host[B:2 * B] = 0
-        host[B:B + n] = positions
-        columns = host[2 * B:used].reshape(width, B)
-        columns.fill(self.cache.scratch)
-        entries = np.fromiter(chain.from_iterable(tables), dtype=np.int64, count=int(lengths.sum()))
-        rows = np.repeat(np.arange(n), lengths)
-        columns[np.arange(entries.size) - np.repeat(np.cumsum(lengths) - lengths, lengths), rows] = entries
-        start = 0 if ids is not None else B
+        used = fill_inputs(host, self.batch, ids, positions, tables, self.cache.scratch, self.max_blocks)
+        start = 0 if ids is not None else self.batch
         self.inputs[start:used].set(host[start:used], stream=self.dec.xp.cuda.get_current_stream())
         return turn
 
@@ -195,6 +180,34 @@ class PagedDecodeGraph:
             ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
                                residual=r, overlap=self.overlap, **kw, **extra))
         return ops
+
+
+def fill_inputs(host: np.ndarray, batch: int, ids: list[int] | None, positions: list[int], tables: list[list[int]],
+                scratch: int, max_blocks: int) -> int:
+    """Write a step's inputs into host (int64 [2 batch + batch max_blocks]) as the graph reads them: ids
+    (left as they are where None: the device wrote them), positions, then block table entry j of row b
+    at 2 batch + j batch + b, for the columns up to the longest table. Rows past len(positions) and
+    entries past a table's end are padding (token 0, position 0, the scratch block). Returns how many
+    leading values the step uses."""
+    n, B = len(positions), batch
+    lengths = np.fromiter(map(len, tables), dtype=np.int64, count=n)
+    width = int(lengths.max(initial=1))
+    if width > max_blocks:
+        raise ValueError(f"a block table of {width} entries; the graph holds {max_blocks}")
+    if n > B or (ids is not None and len(ids) != n):
+        raise ValueError(f"{n} positions and {None if ids is None else len(ids)} ids for a graph of {B} rows")
+    used = 2 * B + width * B
+    if ids is not None:
+        host[:B] = 0
+        host[:n] = ids
+    host[B:2 * B] = 0
+    host[B:B + n] = positions
+    columns = host[2 * B:used].reshape(width, B)
+    columns.fill(scratch)
+    entries = np.fromiter(chain.from_iterable(tables), dtype=np.int64, count=int(lengths.sum()))
+    rows = np.repeat(np.arange(n), lengths)
+    columns[np.arange(entries.size) - np.repeat(np.cumsum(lengths) - lengths, lengths), rows] = entries
+    return used
 
 
 class Tokens:
