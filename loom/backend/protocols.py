@@ -222,6 +222,17 @@ class OrderKernels(Protocol):
         axis (both C-contiguous)."""
 
 
+class SortKernels(Protocol):
+    """Stable sorts along the last axis in loom.sort's order, in one kernel per digit (None: the array
+    library's sort of order_keys' keys)."""
+
+    DTYPES: tuple[np.dtype, ...]
+
+    def takes(self, x: Array) -> bool: ...      # whether sort/argsort take x (its dtype and shape)
+    def sort(self, x: Array, descending: bool) -> Array: ...
+    def argsort(self, x: Array, descending: bool) -> Array: ...     # int64 positions
+
+
 class SearchKernels(Protocol):
     """loom.db.search's filter and exact refinement in one kernel each (None: its array-module path)."""
 
@@ -318,6 +329,7 @@ class Backend(Protocol):
     decode: DecodeKernels | None
     compute: ComputeKernels | None
     order: OrderKernels | None
+    sorts: SortKernels | None
     search: SearchKernels | None
     flash: FlashKernels | None
     prefill: PrefillKernels | None

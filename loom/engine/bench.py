@@ -1,5 +1,5 @@
 """The engine's benchmark (`loom bench engine`, benchmarks/engine.py): dispatch cost inside a chain,
-swarm overlap, and sum/scan/sort against a copy and the array library's own (and torch's when it is
+swarm overlap, and sum/scan/sort/argsort against a copy and the array library's own (and torch's when it is
 installed), all in one run, on the GPU or the CPU.
 
 1. Per-dispatch cost: a chain of `dispatches` launches of a one-block kernel built into one program
@@ -7,7 +7,8 @@ installed), all in one run, on the GPU or the CPU.
    launched eagerly (CuPy's RawKernel call, one after another on the current stream).
 2. A swarm of 16 units, each a chain of one-block kernels: the units one after another against the
    swarm (overlap = sequential time / swarm time).
-3. sum, scan, sort of 2^log2n float32: bytes read plus written once per second, against a copy's.
+3. sum, scan, sort, argsort of 2^log2n float32: bytes read plus written once (argsort's int64 indices
+   8 bytes each) per second, against a copy's.
 """
 from __future__ import annotations
 
@@ -119,7 +120,10 @@ def pattern_rates(device: str, log2n: int) -> list[dict]:
                   ("loom.scan fast", lambda: patterns.scan(x), False),
                   (f"{lib}.cumsum", lambda: xp.cumsum(x), None), ("torch.cumsum", lambda: tx.cumsum(0), "torch")]),
              (2, [("loom.sort", lambda: sorting.sort(x), None),
-                  (f"{lib}.sort", lambda: xp.sort(x), None), ("torch.sort", lambda: tx.sort(), "torch")])]
+                  (f"{lib}.sort", lambda: xp.sort(x), None), ("torch.sort", lambda: tx.sort(), "torch")]),
+             # argsort reads 4 bytes a value and writes 8 (int64 indices)
+             (3, [("loom.argsort", lambda: sorting.argsort(x), None), (f"{lib}.argsort", lambda: xp.argsort(x), None),
+                  ("torch.argsort", lambda: tx.argsort(stable=True), "torch")])]
     for passes, variants in cases:
         for name, fn, mode in variants:
             if mode == "torch":

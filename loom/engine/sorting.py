@@ -37,6 +37,9 @@ def sort(x: Any, axis: int | None = -1, *, descending: bool = False) -> Array:
     Takes bool, int8..int64, uint8..uint64 and float16/32/64 arrays of any backend (lists become NumPy
     arrays); other dtypes raise ShapeError naming the dtype; a 0-d array needs axis=None."""
     x, xp, axis = _prepared(x, axis, "loom.sort")
+    radix = _radix(x, axis)
+    if radix is not None:
+        return _back(xp, radix.sort(xp.moveaxis(x, axis, -1), descending), axis)
     if not args.is_float(x):
         # equal integers are identical: no order among them to keep, and no gather needed
         out = xp.sort(x, axis=axis)
@@ -72,6 +75,9 @@ def argsort(x: Any, axis: int | None = -1, *, descending: bool = False) -> Array
     np.argsort(x, kind="stable")'s indices (NaNs last); descending=True: NaNs first, largest to
     smallest. Equal values (-0 and +0 too, and all NaNs) keep their input order. Same dtypes as sort."""
     x, xp, axis = _prepared(x, axis, "loom.argsort")
+    radix = _radix(x, axis)
+    if radix is not None:
+        return _back(xp, radix.argsort(xp.moveaxis(x, axis, -1), descending), axis)
     return stable_argsort(xp, order_keys(xp, x, descending=descending), axis)
 
 
@@ -90,13 +96,14 @@ def topk(x: Any, k: int, *, largest: bool = True, axis: int = -1) -> tuple[Array
     k = args.integer(k, "k")
     if not 0 <= k <= n:
         raise ConfigError("k", f"expected 0 <= k <= {n} (the length of axis {axis}), got {k}")
-    keys = xp.moveaxis(order_keys(xp, x, descending=largest), axis, -1)
+    radix = _radix(x, axis)
     if k == 0:
-        picked = xp.zeros(keys.shape[:-1] + (0,), dtype=np.int64)
-    elif k * _PARTITION_RATIO <= n:
-        picked = _select(xp, keys, k)
+        picked = xp.zeros(x.shape[:axis] + x.shape[axis + 1:] + (0,), dtype=np.int64)
+    elif k * _PARTITION_RATIO > n and radix is not None:
+        picked = radix.argsort(xp.moveaxis(x, axis, -1), largest)[..., :k]
     else:
-        picked = stable_argsort(xp, keys, -1)[..., :k]
+        keys = xp.moveaxis(order_keys(xp, x, descending=largest), axis, -1)
+        picked = _select(xp, keys, k) if k * _PARTITION_RATIO <= n else stable_argsort(xp, keys, -1)[..., :k]
     indices = xp.ascontiguousarray(xp.moveaxis(picked, -1, axis))
     return xp.take_along_axis(x, indices, axis=axis), indices
 
@@ -115,6 +122,17 @@ def _select(xp, keys: Array, k: int) -> Array:
     columns = xp.nonzero(take.reshape(-1, n))[1].reshape(keys.shape[:-1] + (k,))
     order = stable_argsort(xp, xp.take_along_axis(keys, columns, axis=-1), -1)
     return xp.take_along_axis(columns, order, axis=-1)
+
+
+def _radix(x: Array, axis: int):
+    """The backend's sort kernels where they take x sorted along axis, else None."""
+    kernels = backend.of(x).sorts
+    return kernels if kernels is not None and kernels.takes(x.swapaxes(axis, -1)) else None
+
+
+def _back(xp, out: Array, axis: int) -> Array:
+    """A result along the last axis moved back to `axis`, C-contiguous."""
+    return out if axis == out.ndim - 1 else xp.ascontiguousarray(xp.moveaxis(out, -1, axis))
 
 
 def _prepared(x: Any, axis: int | None, what: str):

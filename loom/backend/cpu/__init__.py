@@ -140,6 +140,7 @@ class CPUBackend:
     decode = None       # decode graphs record GPU launches
     compute = None      # the engine runs kernels with NumPy (loom.kernels.ir.kernel_numpy) here
     order = None        # order_keys composes its keys from NumPy operations
+    sorts = None        # loom.sort sorts those keys with NumPy's stable sort
     search = None       # loom.db.search's NumPy path is its CPU kernel
     flash = None        # prompts' attention composes its products and softmax (llm/decoder.py)
     prefill = None      # and their layers compose their element-wise steps

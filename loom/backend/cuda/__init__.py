@@ -97,6 +97,8 @@ class CUDABackend:
         self.lmo = Lmo(self.xp)              # the special leaves of LMO prime counting (loom.engine.lmo)
         from .order import OrderKeys
         self.order = OrderKeys(self.xp)      # loom.engine.order_keys' float keys, one pass each
+        from .radix import RadixSort
+        self.sorts = RadixSort()             # loom.sort and loom.argsort: a onesweep radix sort
         from .search import SearchKernels
         self.search = SearchKernels(self.xp)  # loom.db.search's filter and refinement, one kernel each
         from .nccl import NcclCollectives

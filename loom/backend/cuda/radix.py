@@ -1,0 +1,425 @@
+"""A stable LSD radix sort of rows, one pass per 8-bit digit: the onesweep design of Adinets and
+Merrill ("Onesweep: A Faster Least Significant Digit Radix Sort for GPUs", 2022).
+
+One kernel first counts every digit of every pass at once (one read of the data). Then each pass is
+one kernel: a block takes the next tile (4,096 or 5,120 values) from a counter, counts its digits and
+publishes the counts, ranks its values by digit (each warp in turn over its values, grouping a warp's
+equal digits with ballots, or with __match_any_sync in passes where few digits occur: that is faster
+there and slower elsewhere), lays the tile out in digit order in shared memory, and only then adds
+the counts its predecessors published (a decoupled look-back, as scan.py's, one digit per thread,
+eight words read at once) until it meets a tile that has published its inclusive prefix. The tile
+leaves from shared memory, so that values of one digit go out as consecutive writes.
+
+The sort moves the values themselves, and computes the key of each from its bits as it reads it: for
+floats NumPy's order (-0 and +0 one key, every NaN one key after +inf), for signed integers the sign
+bit flipped, `descending` every bit of the key flipped. So no pass converts to keys and back, each
+value keeps its bits (-0 stays -0, a NaN its payload), and, the sort being stable, equal values (-0
+and +0 among them) stay in input order. argsort moves positions beside the values (uint32 while
+they fit, the last pass writing int64), the first pass making them. A pass whose digit is the same
+for every value of every row is skipped.
+
+A tile's status per digit is one word, the count shifted left by two and a flag in the low two bits
+(0 not yet, 1 the tile's own count, 2 its inclusive prefix), written and read whole: 32-bit words
+while a row holds fewer than 2^30 values, 64-bit ones past that.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import cupy
+import numpy as np
+
+from .. import Array
+from .compile import OPTIONS, translating
+from .order import _FLOATS
+
+THREADS = 256
+RADIX = 256
+_HISTOGRAM_BLOCKS = 1024        # blocks of the counting kernel over all rows (grid-stride inside)
+
+_DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.uint8, np.int8, np.uint16, np.int16, np.float16, np.uint32,
+                                       np.int32, np.float32, np.uint64, np.int64, np.float64))
+_CTYPES = {1: "unsigned char", 2: "unsigned short", 4: "unsigned int", 8: "unsigned long long"}
+_MATCH_DIGITS = 32              # see _few_digits
+_NULL = np.uint64(0)            # a null pointer argument
+_PATTERNS = {n: np.dtype(f"uint{8 * n}") for n in _CTYPES}
+
+_SOURCE = r"""
+typedef unsigned long long u64;
+typedef %(type)s U;
+#define MODE %(mode)d
+#define BITS (8 * (int)sizeof(U))
+#define PASSES (BITS / 8)
+#define SIGN ((U)((U)1 << (BITS - 1)))
+#define INF ((U)%(inf)sull)
+#define THREADS %(threads)d
+#define WARPS (THREADS / 32)
+#define ITEMS %(items)d
+#define TILE (THREADS * ITEMS)
+#define KEY_BLOCKS %(key_blocks)d             // resident blocks an SM must hold (bounds the registers)
+#define PAIR_BLOCKS %(pair_blocks)d
+#define KIND %(kind)d
+typedef %(status)s STATUS;
+#define LOOK 8                          // look-back words a thread reads at once
+#define NONE 256                        // the digit of a slot past the row's end
+
+// the key that orders the value with bits b (see the module's docstring)
+__device__ __forceinline__ U ordered(U b, int descending) {
+#if MODE == 0
+    U k = b;
+#elif MODE == 1
+    U k = (U)(b ^ SIGN);
+#else
+    const U m = (U)(b & (U)(SIGN - 1));
+    U k = m > INF ? (U)~(U)0 : m == 0 ? SIGN : (b & SIGN) ? (U)~b : (U)(b | SIGN);
+#endif
+    return descending ? (U)~k : k;
+}
+
+__device__ __forceinline__ int digit_of(U b, int shift, int descending) {
+    return (int)((ordered(b, descending) >> shift) & 255u);
+}
+
+// the lanes of the warp whose digit (BITS_USED bits: 9 with NONE) equals this lane's, one ballot a bit
+// (__match_any_sync takes longer when the lanes hold many distinct values)
+template <int BITS_USED> __device__ __forceinline__ unsigned peers_of(unsigned digit) {
+#ifdef MATCH_ANY
+    return __match_any_sync(0xffffffffu, digit);
+#else
+    unsigned peers = 0xffffffffu;
+    #pragma unroll
+    for (int b = 0; b < BITS_USED; ++b) {
+        const bool set = (digit >> b) & 1u;
+        const unsigned ballot = __ballot_sync(0xffffffffu, set);
+        peers &= set ? ballot : ~ballot;
+    }
+    return peers;
+#endif
+}
+
+// hist[row][pass][digit]: every pass's digit counts of every row; blocks over (blockIdx.x, row)
+extern "C" __global__ void loom_radix_histogram(const U* __restrict__ x, long long L, int descending,
+                                                u64* __restrict__ hist) {
+    __shared__ unsigned counts[PASSES * 256];
+    for (int i = threadIdx.x; i < PASSES * 256; i += blockDim.x) counts[i] = 0;
+    __syncthreads();
+    const U* row = x + (long long)blockIdx.y * L;
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    for (; i + 3 * stride < L; i += 4 * stride) {         // four loads in flight
+        U k[4];
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) k[u] = ordered(row[i + u * stride], descending);
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            #pragma unroll
+            for (int p = 0; p < PASSES; ++p) atomicAdd(&counts[p * 256 + ((k[u] >> (8 * p)) & 255u)], 1u);
+        }
+    }
+    for (; i < L; i += stride) {
+        const U k = ordered(row[i], descending);
+        #pragma unroll
+        for (int p = 0; p < PASSES; ++p) atomicAdd(&counts[p * 256 + ((k >> (8 * p)) & 255u)], 1u);
+    }
+    __syncthreads();
+    u64* out = hist + (long long)blockIdx.y * PASSES * 256;
+    for (int i = threadIdx.x; i < PASSES * 256; i += blockDim.x) {
+        if (counts[i]) atomicAdd(out + i, (u64)counts[i]);
+    }
+}
+
+// One pass over rows of L values, tiles_per_row tiles each: keys (and, with PAIRS, values) from
+// kin/vin to kout/vout by the digit at `shift`. offsets[row][digit]: where the row's values of each
+// digit start (row * L included); status[tile][digit] the look-back words, status + tiles * 256 the
+// tile counter (all zero before the pass). vin null with PAIRS: the values are the positions in the
+// row. MATCH: __match_any_sync groups a warp's equal digits (faster where few digits occur), else
+// ballots.
+template <int EXCHANGE> struct Shared {
+    unsigned warp_counts[WARPS][256];       // a warp's count of each digit, then its first place
+    unsigned tile_counts[256], warp_sums[WARPS];
+    long long global_base[256];             // where the tile's first value of each digit goes, less
+                                            // its place in the tile
+    long long tile;
+    __align__(16) unsigned char exchange[EXCHANGE];         // the tile's keys, then its values
+};
+
+// one tile; FULL: all TILE values are there (no check per value)
+template <class S, class VIN, class VOUT, bool PAIRS, bool MATCH, bool FULL, class SH>
+__device__ __forceinline__ void radix_tile(
+        SH& sh, const U* __restrict__ kin, U* __restrict__ kout, const VIN* __restrict__ vin,
+        VOUT* __restrict__ vout, long long row, long long j, long long start, int count, int shift,
+        int descending, const u64* __restrict__ offsets, S* status) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long long tile = sh.tile;
+    const int first = warp * 32 * ITEMS + lane;                  // warp-striped: a warp owns 32 * ITEMS
+    U key[ITEMS];
+    unsigned slot[ITEMS];           // the digit (NONE past the end) in 9 bits, the place in the tile above
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int at = first + i * 32;
+        key[i] = FULL || at < count ? kin[start + at] : (U)0;
+    }
+    // the tile's digit counts first, published at once, so that the tiles after it wait less
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        slot[i] = FULL || first + i * 32 < count ? digit_of(key[i], shift, descending) : NONE;
+#ifndef LATE_COUNTS
+        if (FULL || slot[i] < NONE) atomicAdd(&sh.tile_counts[slot[i]], 1u);
+#endif
+    }
+    const int d = threadIdx.x;                  // from here on, thread d speaks for digit d
+    volatile S* words = status;
+#ifndef LATE_COUNTS
+    __syncthreads();
+    const unsigned total = sh.tile_counts[d];
+    words[tile * 256 + d] = ((S)total << 2) | (j == 0 ? 2u : 1u);
+#endif
+    // ranks inside the warp, in the order of the values: item i of every lane before item i + 1
+    const unsigned lower = (1u << lane) - 1u;
+    unsigned* counts = sh.warp_counts[warp];
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const unsigned digit = slot[i];
+        const unsigned peers = MATCH ? __match_any_sync(0xffffffffu, digit)
+                                     : peers_of<FULL ? 8 : 9>(digit);      // (a full tile has no NONE)
+        const unsigned below = __popc(peers & lower);
+        const unsigned earlier = FULL || digit < NONE ? counts[digit] : 0u;
+        __syncwarp();
+        if ((FULL || digit < NONE) && below == 0) counts[digit] = earlier + __popc(peers);
+        __syncwarp();
+        slot[i] |= (earlier + below) << 9;
+    }
+#ifdef LATE_COUNTS
+    __syncthreads();
+    unsigned total = 0;
+    #pragma unroll
+    for (int w = 0; w < WARPS; ++w) total += sh.warp_counts[w][d];
+    words[tile * 256 + d] = ((S)total << 2) | (j == 0 ? 2u : 1u);
+#endif
+    // where each digit's values start in the tile (an exclusive scan of the counts), and where each
+    // warp's values of the digit start
+    unsigned scanned = total;
+    #pragma unroll
+    for (int s = 1; s < 32; s <<= 1) {
+        const unsigned other = __shfl_up_sync(0xffffffffu, scanned, s);
+        if (lane >= s) scanned += other;
+    }
+    if (lane == 31) sh.warp_sums[warp] = scanned;
+    __syncthreads();
+    unsigned exclusive = scanned - total;
+    for (int w = 0; w < warp; ++w) exclusive += sh.warp_sums[w];
+    unsigned start_w = exclusive;
+    #pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+        const unsigned c = sh.warp_counts[w][d];
+        sh.warp_counts[w][d] = start_w;
+        start_w += c;
+    }
+    __syncthreads();
+    // the tile in order of digits in shared memory: all of this needs no other tile
+    U* keys = (U*)sh.exchange;
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        if (FULL || (slot[i] & 511u) < NONE) {
+            slot[i] += counts[slot[i] & 511u] << 9;
+            keys[slot[i] >> 9] = key[i];
+        }
+    }
+    // add the predecessors' counts back to a published prefix (or the row's start), LOOK words
+    // read at once, then publish this tile's prefix
+    u64 before = 0;
+    if (j > 0) {
+        const long long row_first = tile - j;
+        for (long long k = tile - 1;;) {
+            S w[LOOK];
+            #pragma unroll
+            for (int i = 0; i < LOOK; ++i) w[i] = k - i >= row_first ? words[(k - i) * 256 + d] : (S)2u;
+            int used = 0;
+            bool done = false;
+            #pragma unroll
+            for (int i = 0; i < LOOK; ++i) {
+                if (done || used < i || (w[i] & 3u) == 0) continue;
+                before += (u64)(w[i] >> 2);
+                used = i + 1;
+                done = (w[i] & 3u) == 2u;
+            }
+            if (done) break;
+            k -= used;
+        }
+        words[tile * 256 + d] = ((S)(before + total) << 2) | 2u;
+    }
+    sh.global_base[d] = (long long)(offsets[row * 256 + d] + before) - (long long)exclusive;
+    __syncthreads();
+    unsigned out_digit[ITEMS];
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int at = threadIdx.x + i * THREADS;
+        if (FULL || at < count) {
+            const U k = keys[at];
+            const int digit = digit_of(k, shift, descending);
+            kout[sh.global_base[digit] + at] = k;
+            if (PAIRS) out_digit[i] = digit;
+        }
+    }
+    if (PAIRS) {
+        // the values the same way, each to where its key went
+        __syncthreads();
+        VOUT* values = (VOUT*)sh.exchange;
+        #pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+            const int at = first + i * 32;
+            if (FULL || at < count) values[slot[i] >> 9] = vin == nullptr ? (VOUT)(j * TILE + at) : (VOUT)vin[start + at];
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+            const int at = threadIdx.x + i * THREADS;
+            if (FULL || at < count) vout[sh.global_base[out_digit[i]] + at] = values[at];
+        }
+    }
+}
+
+template <class S, class VIN, class VOUT, bool PAIRS, bool MATCH> __device__ void loom_radix_pass(
+        const U* __restrict__ kin, U* __restrict__ kout, const VIN* __restrict__ vin,
+        VOUT* __restrict__ vout, long long L, long long tiles_per_row, int shift, int descending,
+        const u64* __restrict__ offsets, S* status) {
+    constexpr int EXCHANGE = TILE * (PAIRS && sizeof(VOUT) > sizeof(U) ? sizeof(VOUT) : sizeof(U));
+    __shared__ Shared<EXCHANGE> sh;
+    if (threadIdx.x == 0) sh.tile = (long long)atomicAdd((u64*)(status + (long long)gridDim.x * 256), 1ull);
+    for (int i = threadIdx.x; i < WARPS * 256; i += THREADS) (&sh.warp_counts[0][0])[i] = 0;
+    sh.tile_counts[threadIdx.x] = 0;
+    __syncthreads();
+    const long long tile = sh.tile, row = tile / tiles_per_row, j = tile %% tiles_per_row;
+    const long long start = row * L + j * TILE;                  // the tile's first value
+    const int count = (int)min((long long)TILE, L - j * TILE);
+    if (count == TILE) {
+        radix_tile<S, VIN, VOUT, PAIRS, MATCH, true>(sh, kin, kout, vin, vout, row, j, start, count, shift,
+                                                     descending, offsets, status);
+    } else {
+        radix_tile<S, VIN, VOUT, PAIRS, MATCH, false>(sh, kin, kout, vin, vout, row, j, start, count, shift,
+                                                      descending, offsets, status);
+    }
+}
+
+// the kernels of this module, each way of ranking: keys alone (KIND 0), with positions that move as
+// uint32 (KIND 1), with int64 positions (KIND 2: rows past 2^32 values)
+#define PASS(name, VIN, VOUT, PAIRS, MATCH) \
+extern "C" __global__ void __launch_bounds__(THREADS, PAIRS ? PAIR_BLOCKS : KEY_BLOCKS) name( \
+        const U* kin, U* kout, const VIN* vin, VOUT* vout, long long L, long long tiles_per_row, \
+        int shift, int descending, const u64* offsets, STATUS* status) { \
+    loom_radix_pass<STATUS, VIN, VOUT, PAIRS, MATCH>(kin, kout, vin, vout, L, tiles_per_row, shift, \
+                                                     descending, offsets, status); \
+}
+#if KIND == 0
+PASS(loom_radix_keys_ballot, unsigned, unsigned, false, false)
+PASS(loom_radix_keys_match, unsigned, unsigned, false, true)
+#elif KIND == 1
+PASS(loom_radix_pairs_u32_u32_ballot, unsigned, unsigned, true, false)
+PASS(loom_radix_pairs_u32_u32_match, unsigned, unsigned, true, true)
+PASS(loom_radix_pairs_u32_i64_ballot, unsigned, long long, true, false)
+PASS(loom_radix_pairs_u32_i64_match, unsigned, long long, true, true)
+#else
+PASS(loom_radix_pairs_i64_i64_ballot, long long, long long, true, false)
+PASS(loom_radix_pairs_i64_i64_match, long long, long long, true, true)
+#endif
+"""
+
+
+def _items(dtype: np.dtype, pairs: bool) -> int:
+    """Values a thread takes in a pass: 20 of keys alone up to 4 bytes, else 16 (what fits 48 KB of
+    shared memory; 20 was 5% faster than 16 for float32 on an H100)."""
+    return 16 if pairs or dtype.itemsize > 4 else 20
+
+
+@cache
+def _module(dtype: np.dtype, kind: int, wide: bool) -> cupy.RawModule:
+    """The kernels for dtype: the counting kernel and the passes of keys alone (kind 0), with uint32
+    positions (1) or int64 ones (2); wide: 64-bit look-back words (rows of 2^30 values or more)."""
+    mode = {"f": 2, "i": 1}.get(dtype.kind, 0)             # the key: float, signed, unsigned
+    inf = _FLOATS[dtype][1] if mode == 2 else 0
+    return cupy.RawModule(code=_SOURCE % {
+        "type": _CTYPES[dtype.itemsize], "mode": mode, "inf": hex(inf), "threads": THREADS,
+        "items": _items(dtype, kind > 0), "kind": kind, "status": "u64" if wide else "unsigned",
+        "key_blocks": 4 if dtype.itemsize <= 4 else 3, "pair_blocks": 3}, options=OPTIONS)
+
+
+class RadixSort:
+    """Stable sorts of rows on the GPU (protocols.SortKernels)."""
+
+    DTYPES = _DTYPES
+    MIN_ROW = 1 << 16       # rows shorter than this (past the first) go to the array library's sort
+
+    def takes(self, x: Array) -> bool:
+        """Whether sort/argsort take x: a dtype of DTYPES, and one row or rows of MIN_ROW or more."""
+        if np.dtype(x.dtype) not in _DTYPES or x.ndim < 1 or x.size == 0:
+            return False
+        rows = x.size // x.shape[-1]
+        return rows == 1 or (x.shape[-1] >= self.MIN_ROW and rows < 65536)     # (a grid's y limit)
+
+    def sort(self, x: Array, descending: bool) -> Array:
+        """x sorted along its last axis, stably, in loom.sort's order (takes(x))."""
+        with translating("radix sort", x):
+            return self._run(x, descending, pairs=False)[0]
+
+    def argsort(self, x: Array, descending: bool) -> Array:
+        """int64 positions that sort x along its last axis, stably, in loom.argsort's order (takes(x))."""
+        with translating("radix argsort", x):
+            return self._run(x, descending, pairs=True)[1]
+
+    def _run(self, x: Array, descending: bool, pairs: bool) -> tuple[Array, Array | None]:
+        dtype = np.dtype(x.dtype)
+        keys = cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize])
+        L = x.shape[-1]
+        rows = x.size // L
+        wide = L >= 1 << 30
+        counts = self._histogram(keys, dtype, rows, L, descending)
+        # a pass whose digit is one for all of a row's values moves nothing; the others, in order
+        todo = [p for p in range(dtype.itemsize) if not (counts[:, p, :].max(axis=1) == L).all()]
+        if not todo:
+            return keys.copy().view(dtype).reshape(x.shape), (self._positions(x.shape) if pairs else None)
+        starts = np.cumsum(counts, axis=2, dtype=np.int64) - counts.astype(np.int64)
+        starts += (np.arange(rows, dtype=np.int64) * L)[:, None, None]
+        offsets = cupy.asarray(np.ascontiguousarray(starts.transpose(1, 0, 2)).view(np.uint64))
+        tiles_per_row = -(-L // (THREADS * _items(dtype, pairs)))
+        tiles = rows * tiles_per_row
+        status = cupy.empty(tiles * RADIX + (1 if wide else 2), dtype=np.uint64 if wide else np.uint32)
+        # positions below 2^32 move as uint32 until the last pass writes them as int64
+        narrow = L <= 1 << 32
+        module = _module(dtype, (1 if narrow else 2) if pairs else 0, wide)
+        buffers = [cupy.empty_like(keys), cupy.empty_like(keys)]
+        vbuffers = [cupy.empty(x.shape, dtype=np.uint32 if narrow else np.int64) for _ in range(2)]
+        src, vsrc = keys, _NULL
+        for n, p in enumerate(todo):
+            last = n == len(todo) - 1
+            dst = buffers[n % 2]
+            vdst = cupy.empty(x.shape, dtype=np.int64) if pairs and last and narrow else vbuffers[n % 2]
+            rank = "match" if _few_digits(counts[:, p, :]) else "ballot"
+            kind = f"pairs_{'u32' if narrow else 'i64'}_{'i64' if vdst.dtype == np.int64 else 'u32'}" if pairs else "keys"
+            status.fill(0)
+            module.get_function(f"loom_radix_{kind}_{rank}")((tiles,), (THREADS,), (
+                src, dst, vsrc, vdst if pairs else _NULL, np.int64(L), np.int64(tiles_per_row), np.int32(8 * p),
+                np.int32(descending), offsets[p], status))
+            src, vsrc = dst, vdst
+        return src.view(dtype).reshape(x.shape), (vsrc if pairs else None)
+
+    @staticmethod
+    def _histogram(keys: Array, dtype: np.dtype, rows: int, L: int, descending: bool) -> np.ndarray:
+        """[rows, passes, 256] counts of every pass's digits, on the host."""
+        hist = cupy.zeros((rows, dtype.itemsize, RADIX), dtype=np.uint64)
+        blocks = max(1, min(_HISTOGRAM_BLOCKS // rows, -(-L // 4096)))
+        _module(dtype, 0, False).get_function("loom_radix_histogram")(
+            (blocks, rows), (THREADS,), (keys, np.int64(L), np.int32(descending), hist))
+        return cupy.asnumpy(hist)
+
+    @staticmethod
+    def _positions(shape: tuple) -> Array:
+        return cupy.broadcast_to(cupy.arange(shape[-1], dtype=np.int64), shape).copy()
+
+
+def _few_digits(counts: np.ndarray) -> bool:
+    """Whether a pass's digits (counts [rows, 256]) are concentrated enough for __match_any_sync's
+    ranking, which is faster than ballots where a warp's 32 values hold few distinct digits: the
+    inverse Simpson index (how many equally common digits would give the same chance that two
+    values share one) below 32."""
+    c = counts.sum(axis=0, dtype=np.float64)
+    return c.sum() ** 2 < _MATCH_DIGITS * float((c * c).sum())
