@@ -1,0 +1,66 @@
+"""GPU sorts by dtype and distribution: loom.sort and loom.argsort (Loom's radix sort,
+loom/backend/cuda/radix.py) beside cupy.sort/argsort and torch.sort/argsort(stable=True), all on the
+same arrays in the same run; milliseconds, best of 5 after one untimed call.
+
+    PYTHONPATH=. python benchmarks/sort.py [--log2n 28]
+"""
+from __future__ import annotations
+
+import argparse
+
+import cupy as cp
+import numpy as np
+
+import loom
+from loom.engine.bench import best
+
+
+def cases(log2n: int) -> list[tuple[str, cp.ndarray]]:
+    rng = np.random.default_rng(0)
+    n = 1 << log2n
+    return [("float32 normal", rng.standard_normal(n, dtype=np.float32)),
+            ("float32 uniform [0, 1)", rng.random(n, dtype=np.float32)),
+            ("uint32 uniform", rng.integers(0, 2**32, n, dtype=np.uint32)),
+            ("int32 in [0, 1000)", rng.integers(0, 1000, n, dtype=np.int32)),
+            ("float16 normal", rng.standard_normal(n).astype(np.float16)),
+            (f"float64 normal (2^{log2n - 1})", rng.standard_normal(n // 2)),
+            (f"int64 uniform (2^{log2n - 1})", rng.integers(-2**63, 2**63 - 1, n // 2, dtype=np.int64))]
+
+
+def torch_ms(fn, t, sync) -> float | None:
+    """best(fn), or None without torch or where torch does not sort this dtype."""
+    if t is None:
+        return None
+    try:
+        return best(fn, sync)
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--log2n", type=int, default=28, help="values per array (2^log2n; the 8-byte ones half)")
+    args = parser.parse_args()
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    sync = cp.cuda.Device().synchronize
+    print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, 2^{args.log2n} values")
+    print("| data | loom.sort | cupy.sort | torch.sort | loom.argsort | cupy.argsort | torch.argsort |")
+    print("|---|---|---|---|---|---|---|")
+    for name, host in cases(args.log2n):
+        x = cp.asarray(host)
+        t = torch.as_tensor(x, device="cuda") if torch is not None else None
+        ms = [best(lambda: loom.sort(x), sync), best(lambda: cp.sort(x), sync),
+              torch_ms(lambda: t.sort(stable=True), t, sync),
+              best(lambda: loom.argsort(x), sync), best(lambda: cp.argsort(x), sync),
+              torch_ms(lambda: t.argsort(stable=True), t, sync)]
+        cells = ["-" if s is None else f"{s * 1e3:.2f}" for s in ms]
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+        x = t = None          # (the next arrays need the memory)
+        cp.get_default_memory_pool().free_all_blocks()
+
+
+if __name__ == "__main__":
+    main()
