@@ -388,9 +388,9 @@ class BatchEngine:
         tokens = step.tokens.get()
         self.stats["steps"] += 1
         self.stats["graph_steps"] += 1
-        live = {id(s) for s in self.running}
+        live = self._live()
         for row, seq in enumerate(step.rows):
-            if seq is None or id(seq) not in live or seq.cancelled:
+            if seq is None or id(seq) not in live:
                 continue
             if step.ahead:                  # (a run's first step was counted when it was planned)
                 self.stats["decode_tokens"] += 1
@@ -398,17 +398,21 @@ class BatchEngine:
             self._register_blocks(seq)
             self._take_token(seq, int(tokens[row]))
 
+    def _live(self) -> set[int]:
+        """The ids of the running sequences that are not cancelled: a run's rows that still decode."""
+        return {id(s) for s in self.running if not s.cancelled}
+
     def _launch_next(self, step: _Ahead) -> _Ahead | None:
         """The step after `step`, launched on the device (None where the run ends)."""
         if self._admissible():
             return None
-        live = {id(s) for s in self.running}
+        live = self._live()
         rows: list[_Sequence | None] = []
         for seq in step.rows:
             # a sequence taking its last token in `step` (max_tokens, or the context) pads its row
             last = seq is not None and (len(seq.generated) + 1 >= seq.request.max_tokens
                                         or len(seq.tokens) + 1 >= self.context)
-            rows.append(seq if seq is not None and id(seq) in live and not seq.cancelled and not last else None)
+            rows.append(seq if seq is not None and id(seq) in live and not last else None)
         if sum(seq is not None for seq in rows) * 2 <= len(rows):
             return None
         positions = [0 if seq is None else p + 1 for seq, p in zip(rows, step.positions)]

@@ -439,10 +439,10 @@ class Decoder:
         return be.prefill
 
     def bf16_weights(self, L: _Layer) -> tuple | None:
-        """The layer's four weights for the tensor cores: bfloat16 bits [rows, cols] (stored BF16 rows,
-        or the bf16 copies of keep_dense), or a BlockQuantized the backend decodes to bfloat16 block by
-        block (BlockQuantized.matmul_t_bf16); None where one is neither (float32 weights, types the
-        backend cannot decode, output biases): that layer runs the composed path. Kept per layer (every
+        """The layer's four weights for the tensor cores, each a BlockQuantized whose matmul_t_bf16 runs
+        there: stored BF16 rows (or the BF16 copies of keep_dense) as they are, other types decoded to
+        bfloat16 block by block; None where one is neither (float32 weights, types the backend cannot
+        decode, output biases): that layer runs the composed path. Kept per layer (every
         prompt chunk asks) until keep_dense changes which copies exist."""
         key = (id(L), self._dense is not None)
         if key not in self._bf16:
@@ -456,22 +456,15 @@ class Decoder:
         for w in (L.qkv, L.o, L.gate_up, L.down):
             if isinstance(w, BlockQuantized) and w.qtype != "BF16" and self._dense is not None:
                 w = self.dense(w)
-            if not isinstance(w, BlockQuantized):
+            if not isinstance(w, BlockQuantized) or (w.qtype != "BF16" and w.qtype not in self.backend.quant.TYPES):
                 return None
-            if w.qtype == "BF16":
-                out.append(w.data.view(np.uint16))
-            elif w.qtype in self.backend.quant.TYPES:
-                out.append(w)
-            else:
-                return None
+            out.append(w)
         return tuple(out)
 
-    def gemm16(self, x16: Array, w: Array | BlockQuantized, out: Array, accumulate: bool = False) -> None:
+    @staticmethod
+    def gemm16(x16: Array, w: BlockQuantized, out: Array, accumulate: bool = False) -> None:
         """out (+)= x16 @ w^T on the tensor cores for one of bf16_weights' weights."""
-        if isinstance(w, BlockQuantized):
-            w.matmul_t_bf16(x16, out, accumulate)
-        else:
-            self.backend.blas.gemm_bf16_t(x16, w, out, accumulate=accumulate)
+        w.matmul_t_bf16(x16, out, accumulate)
 
     def _layer_fast(self, kernels, L: _Layer, w16: tuple, h: Array, cache_k: Array, cache_v: Array,
                     pos: int) -> Array:

@@ -120,25 +120,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_half_gemv(
                     if (ok) wv[e][u] = __ldcs((const uint4*)(row + e * second + kn));
             }
         }
-        #pragma unroll
-        for (int e = 0; e <= EPI; ++e)
-            #pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                acc[e][m] = warp_sum(acc[e][m]);
-                if (WPR > 1 && lane == 0) partial[local][e][m] = acc[e][m];
-            }
-        if (WPR > 1) {
-            __syncthreads();
-            #pragma unroll
-            for (int e = 0; e <= EPI; ++e)
-                #pragma unroll
-                for (int m = 0; m < MR; ++m) {
-                    float s = partial[local][e][m];
-                    for (int j = 1; j < WPR; ++j) s += slice == 0 ? partial[local + j][e][m] : 0.0f;
-                    acc[e][m] = s;
-                }
-            __syncthreads();                                    // partial is written again by the next group
-        }
+        merge_warps<EPI + 1, MR, WPR>(acc, partial, local, slice, lane);
+        if (WPR > 1) __syncthreads();                           // partial is written again by the next group
         if (valid && lane == 0 && slice == 0) {
             #pragma unroll
             for (int m = 0; m < MR; ++m) {

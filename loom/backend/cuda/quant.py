@@ -63,7 +63,8 @@ def type_defines(qtype: str) -> str:
     return (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
             f"#define KIND {kind}\n#define KQ {kq}\n#define SUBS {subs}\n")
 
-# float warp reductions (every lane gets the result), shared with decode's attention kernel
+# float warp reductions (every lane gets the result), shared with decode's attention kernel, and
+# the gemv kernels' merge of the warps sharing a row (here and half_gemv.py)
 WARP_REDUCTIONS = r"""
 __device__ __forceinline__ float warp_sum(float s) {
     #pragma unroll
@@ -74,6 +75,34 @@ __device__ __forceinline__ float warp_max(float s) {
     #pragma unroll
     for (int o = 16; o > 0; o >>= 1) s = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, o));
     return s;
+}
+
+// The products' sums where WPR warps share output rows: each warp's lanes summed, lane 0 of warp
+// `local` writing partial[local], then slice 0 of each row adding its row's WPR partials in slice
+// order into acc (the other slices' acc keep their own warp's sum). Every thread of the block calls
+// it: there is a barrier.
+template <int E, int M, int WPR_> __device__ __forceinline__ void merge_warps(
+        float (&acc)[E][M], float (*partial)[E][M], int local, int slice, int lane) {
+    #pragma unroll
+    for (int e = 0; e < E; ++e)
+        #pragma unroll
+        for (int m = 0; m < M; ++m) {
+            acc[e][m] = warp_sum(acc[e][m]);
+            if (WPR_ > 1 && lane == 0) partial[local][e][m] = acc[e][m];
+        }
+    if (WPR_ > 1) {
+        __syncthreads();
+        if (slice == 0) {
+            #pragma unroll
+            for (int e = 0; e < E; ++e)
+                #pragma unroll
+                for (int m = 0; m < M; ++m) {
+                    float s = partial[local][e][m];
+                    for (int j = 1; j < WPR_; ++j) s += partial[local + j][e][m];
+                    acc[e][m] = s;
+                }
+        }
+    }
 }
 """
 
@@ -353,26 +382,8 @@ extern "C" __global__ void loom_quant_gemv(const unsigned char* w, const float* 
             }
         }
     }
-    #pragma unroll
-    for (int e = 0; e <= EPI; ++e)
-        #pragma unroll
-        for (int m = 0; m < MR; ++m) {
-            acc[e][m] = warp_sum(acc[e][m]);
-            if (WPR > 1 && lane == 0) partial[local][e][m] = acc[e][m];
-        }
-    if (WPR > 1) {
-        __syncthreads();
-        if (slice != 0) return;
-        #pragma unroll
-        for (int e = 0; e <= EPI; ++e)
-            #pragma unroll
-            for (int m = 0; m < MR; ++m) {
-                float s = partial[local][e][m];
-                for (int j = 1; j < WPR; ++j) s += partial[local + j][e][m];
-                acc[e][m] = s;
-            }
-    }
-    if (!valid || lane != 0) return;
+    merge_warps<EPI + 1, MR, WPR>(acc, partial, local, slice, lane);
+    if (!valid || lane != 0 || slice != 0) return;
     #pragma unroll
     for (int m = 0; m < MR; ++m) {
         float s = acc[0][m] * scale[m] + bias_v[0];

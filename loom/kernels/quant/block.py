@@ -153,11 +153,7 @@ class BlockQuantized:
 
     def _bf16_product(self, x2: Array, out: Array) -> None:
         """out = x2 @ W^T on the tensor cores, x rounded to bfloat16 once (matmul_t_bf16)."""
-        quant = backend.of(self.data).quant
-        if self.qtype == "BF16":
-            quant.matmul_t_bf16(x2, self.data.view(np.uint16), out)
-            return
-        self.matmul_t_bf16(quant.to_bf16(x2), out)
+        self.matmul_t_bf16(backend.of(self.data).quant.to_bf16(x2), out)
 
     def matmul_t_bf16(self, x16: Array, out: Array, accumulate: bool = False) -> None:
         """out (+)= x16 @ W^T on the tensor cores for x16 bfloat16 bits [M, cols] (uint16): BF16 rows as
