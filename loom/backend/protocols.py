@@ -227,6 +227,7 @@ class SortKernels(Protocol):
     library's sort of order_keys' keys)."""
 
     DTYPES: tuple[np.dtype, ...]
+    ROW_TILE: int                               # rows up to this long are sorted whole by one block
 
     def takes(self, x: Array) -> bool: ...      # whether sort/argsort take x (its dtype and shape)
     def sort(self, x: Array, descending: bool) -> Array: ...

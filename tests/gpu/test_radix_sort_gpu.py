@@ -1,5 +1,5 @@
-"""loom.sort and loom.argsort through the GPU's onesweep radix sort (loom/backend/cuda/radix.py):
-every dtype, partial and many tiles, rows long enough to take it, both directions, special values,
+"""loom.sort and loom.argsort through the GPU's radix sorts (loom/backend/cuda/radix.py): every
+dtype, rows of one block, partial and many tiles, long rows, both directions, special values,
 passes skipped for every row or for some rows only, both ways of ranking. The reference is the same
 call on the CPU (NumPy's stable sort of order keys), bit for bit."""
 import numpy as np
@@ -53,7 +53,8 @@ def _check(x: np.ndarray, what: str, axis: int = -1) -> None:
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)
-@pytest.mark.parametrize("shape", [(1,), (2,), (4097,), (5121,), (100003,), (2, 65537)])
+@pytest.mark.parametrize("shape", [(1,), (2,), (4097,), (5121,), (100003,), (2, 65537),
+                                   (300, 37), (40, 1024), (20, 1025), (9, 4096)])
 def test_radix_sort_gives_the_cpus_bits(dtype, shape):
     x = _values(np.random.default_rng(shape[-1]), dtype, shape)
     assert backend.of(cupy.asarray(x)).sorts.takes(cupy.asarray(x)), "the radix sort should take this"
@@ -88,7 +89,16 @@ def test_both_rankings_give_the_same_order(monkeypatch):
         assert loom.sort(x).get().tobytes() == loom.sort(x.get()).tobytes()
 
 
-def test_rows_too_short_for_the_radix_sort_go_to_the_library():
-    x = cupy.asarray(np.random.default_rng(6).standard_normal((3, 1000)).astype(np.float32))
+def test_rows_between_one_block_and_the_passes_go_to_the_library():
+    x = cupy.asarray(np.random.default_rng(6).standard_normal((3, 5000)).astype(np.float32))
     assert not backend.of(x).sorts.takes(x)
     assert loom.sort(x).get().tobytes() == loom.sort(x.get()).tobytes()
+
+
+def test_more_rows_than_a_grid_dimension_holds():
+    """70,000 rows of 3 (one block a row: the grid's x takes them all), and a topk over them."""
+    x = _values(np.random.default_rng(8), np.float32, (70000, 3))
+    _check(x, "70000 rows of 3")
+    g = cupy.asarray(x)
+    for got, want in zip(loom.topk(g, 2), loom.topk(x, 2)):
+        assert got.get().tobytes() == want.tobytes()

@@ -31,3 +31,15 @@ def test_sort_keeps_every_zero_and_nan_in_input_order(dtype, shape, descending):
 def test_sort_without_zeros_or_nans_is_unchanged_by_the_restore():
     x = np.random.default_rng(1).standard_normal(50000).astype(np.float32) + 10
     assert loom.sort(cupy.asarray(x)).get().tobytes() == np.sort(x).tobytes()
+
+
+def test_sort_of_more_rows_than_a_grid_holds():
+    """65,537 rows of -0s and NaNs among numbers: the restore launches rows in chunks of the grid's
+    65,535 (one launch of all of them failed with an invalid argument)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((65537, 6)).astype(np.float32)
+    x[rng.random(x.shape) < 0.2] = -0.0
+    x[rng.random(x.shape) < 0.1] = np.nan
+    for descending in (False, True):
+        want = loom.sort(x, descending=descending)
+        assert loom.sort(cupy.asarray(x), descending=descending).get().tobytes() == want.tobytes()

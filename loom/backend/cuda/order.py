@@ -31,6 +31,7 @@ _FLOATS = {
 # zeros; prefix sums of the tile counts give every tile its place in the runs; a second pass writes
 # each tile's zeros and NaNs there in element order (ranks from warp ballots).
 TILE = 4096
+_MAX_GRID_Y = 65535
 _RESTORE = r"""
 typedef %(type)s U;
 #define SIGN ((U)%(sign)s)
@@ -165,8 +166,11 @@ class OrderKeys:
             zeros = cp.empty((rows, tiles), dtype=np.uint64)
             nans = cp.empty((rows, tiles), dtype=np.uint64)
             before = cp.zeros(rows, dtype=np.uint64)
-            xu, outu = x.view(ut), out.view(ut)
-            count((tiles, rows), (256,), (xu, np.int64(L), np.int32(tiles), np.int32(descending), zeros, nans, before))
+            xu, outu = x.view(ut).reshape(rows, L), out.view(ut).reshape(rows, L)
+            for r in range(0, rows, _MAX_GRID_Y):           # (rows go to the grid's y, at most 65,535)
+                s = slice(r, r + _MAX_GRID_Y)
+                count((tiles, len(xu[s])), (256,), (xu[s], np.int64(L), np.int32(tiles), np.int32(descending),
+                                                   zeros[s], nans[s], before[s]))
             zeros, nans, before = zeros.view(np.int64), nans.view(np.int64), before.view(np.int64)
             ztotal, ntotal = zeros.sum(axis=1), nans.sum(axis=1)
             if not int(ztotal.sum() + ntotal.sum()):
@@ -177,7 +181,9 @@ class OrderKeys:
             nbase = cp.zeros_like(ntotal) if descending else L - ntotal
             zoff = cp.cumsum(zeros, axis=1) - zeros + zbase[:, None]
             noff = cp.cumsum(nans, axis=1) - nans + nbase[:, None]
-            scatter((tiles, rows), (256,), (xu, outu, np.int64(L), np.int32(tiles), zoff, noff))
+            for r in range(0, rows, _MAX_GRID_Y):
+                s = slice(r, r + _MAX_GRID_Y)
+                scatter((tiles, len(xu[s])), (256,), (xu[s], outu[s], np.int64(L), np.int32(tiles), zoff[s], noff[s]))
 
     def _restore_kernels(self, ut: np.dtype) -> tuple:
         if ut not in self._restore:

@@ -301,8 +301,100 @@ template <class S, class VIN, class VOUT, bool PAIRS, bool MATCH> __device__ voi
     }
 }
 
+// A whole row of at most TILE values sorted by one block (rows of `blockIdx.x`): every pass ranks
+// the row in shared memory as radix_tile ranks a tile, lays it out in digit order there and reads
+// it back, values in registers between passes; a pass whose digit is one for the whole row moves
+// nothing. PAIRS: the positions move beside the values (uint32), written out as int64.
+template <bool PAIRS> __device__ void loom_radix_rows(const U* __restrict__ kin, U* __restrict__ kout,
+                                                      long long* __restrict__ vout, int L, int descending) {
+    extern __shared__ __align__(16) unsigned char dynamic[];
+    U* keys_s = (U*)dynamic;                                    // [TILE]
+    unsigned* pos_s = (unsigned*)(keys_s + TILE);               // [TILE] with PAIRS
+    __shared__ unsigned warp_counts[WARPS][256], warp_sums[WARPS];
+    __shared__ int trivial[PASSES];                             // whether pass p's digit is one (no reset:
+                                                                // a slow thread may still read it)
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, d = threadIdx.x;
+    const int first = warp * 32 * ITEMS + lane;
+    const long long base = (long long)blockIdx.x * L;
+    U key[ITEMS];
+    unsigned pos[ITEMS], slot[ITEMS];
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int at = first + i * 32;
+        key[i] = at < L ? kin[base + at] : (U)0;
+        pos[i] = at;
+    }
+    const unsigned lower = (1u << lane) - 1u;
+    if (threadIdx.x < PASSES) trivial[threadIdx.x] = 0;
+    for (int p = 0; p < PASSES; ++p) {
+        for (int i = threadIdx.x; i < WARPS * 256; i += THREADS) (&warp_counts[0][0])[i] = 0;
+        __syncthreads();
+        unsigned* counts = warp_counts[warp];
+        #pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+            const unsigned digit = first + i * 32 < L ? digit_of(key[i], 8 * p, descending) : NONE;
+            const unsigned peers = peers_of<9>(digit);
+            const unsigned below = __popc(peers & lower);
+            const unsigned earlier = digit < NONE ? counts[digit] : 0u;
+            __syncwarp();
+            if (digit < NONE && below == 0) counts[digit] = earlier + __popc(peers);
+            __syncwarp();
+            slot[i] = digit | (earlier + below) << 9;
+        }
+        __syncthreads();
+        unsigned total = 0;
+        #pragma unroll
+        for (int w = 0; w < WARPS; ++w) total += warp_counts[w][d];
+        if (total == (unsigned)L) trivial[p] = 1;               // the row's digits are all d
+        unsigned scanned = total;
+        #pragma unroll
+        for (int s = 1; s < 32; s <<= 1) {
+            const unsigned other = __shfl_up_sync(0xffffffffu, scanned, s);
+            if (lane >= s) scanned += other;
+        }
+        if (lane == 31) warp_sums[warp] = scanned;
+        __syncthreads();
+        if (trivial[p]) continue;                               // (the same for every thread)
+        unsigned start_w = scanned - total;
+        for (int w = 0; w < warp; ++w) start_w += warp_sums[w];
+        #pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const unsigned c = warp_counts[w][d];
+            warp_counts[w][d] = start_w;
+            start_w += c;
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+            if ((slot[i] & 511u) < NONE) {
+                const unsigned at = counts[slot[i] & 511u] + (slot[i] >> 9);
+                keys_s[at] = key[i];
+                if (PAIRS) pos_s[at] = pos[i];
+            }
+        }
+        __syncthreads();
+        #pragma unroll
+        for (int i = 0; i < ITEMS; ++i) {
+            const int at = first + i * 32;
+            if (at < L) {
+                key[i] = keys_s[at];
+                if (PAIRS) pos[i] = pos_s[at];
+            }
+        }
+    }
+    #pragma unroll
+    for (int i = 0; i < ITEMS; ++i) {
+        const int at = first + i * 32;
+        if (at < L) {
+            kout[base + at] = key[i];
+            if (PAIRS) vout[base + at] = pos[i];
+        }
+    }
+}
+
 // the kernels of this module, each way of ranking: keys alone (KIND 0), with positions that move as
-// uint32 (KIND 1), with int64 positions (KIND 2: rows past 2^32 values)
+// uint32 (KIND 1), with int64 positions (KIND 2: rows past 2^32 values); rows of one tile, a block
+// each (KIND 3)
 #define PASS(name, VIN, VOUT, PAIRS, MATCH) \
 extern "C" __global__ void __launch_bounds__(THREADS, PAIRS ? PAIR_BLOCKS : KEY_BLOCKS) name( \
         const U* kin, U* kout, const VIN* vin, VOUT* vout, long long L, long long tiles_per_row, \
@@ -318,9 +410,17 @@ PASS(loom_radix_pairs_u32_u32_ballot, unsigned, unsigned, true, false)
 PASS(loom_radix_pairs_u32_u32_match, unsigned, unsigned, true, true)
 PASS(loom_radix_pairs_u32_i64_ballot, unsigned, long long, true, false)
 PASS(loom_radix_pairs_u32_i64_match, unsigned, long long, true, true)
-#else
+#elif KIND == 2
 PASS(loom_radix_pairs_i64_i64_ballot, long long, long long, true, false)
 PASS(loom_radix_pairs_i64_i64_match, long long, long long, true, true)
+#else
+extern "C" __global__ void __launch_bounds__(THREADS) loom_radix_rows_keys(const U* kin, U* kout, int L, int descending) {
+    loom_radix_rows<false>(kin, kout, nullptr, L, descending);
+}
+extern "C" __global__ void __launch_bounds__(THREADS) loom_radix_rows_pairs(const U* kin, U* kout, long long* vout, int L,
+                                                                             int descending) {
+    loom_radix_rows<true>(kin, kout, vout, L, descending);
+}
 #endif
 """
 
@@ -332,14 +432,15 @@ def _items(dtype: np.dtype, pairs: bool) -> int:
 
 
 @cache
-def _module(dtype: np.dtype, kind: int, wide: bool) -> cupy.RawModule:
+def _module(dtype: np.dtype, kind: int, wide: bool = False, items: int | None = None) -> cupy.RawModule:
     """The kernels for dtype: the counting kernel and the passes of keys alone (kind 0), with uint32
-    positions (1) or int64 ones (2); wide: 64-bit look-back words (rows of 2^30 values or more)."""
+    positions (1) or int64 ones (2), or the one-block row sorts (3, `items` values a thread); wide:
+    64-bit look-back words (rows of 2^30 values or more)."""
     mode = {"f": 2, "i": 1}.get(dtype.kind, 0)             # the key: float, signed, unsigned
     inf = _FLOATS[dtype][1] if mode == 2 else 0
     return cupy.RawModule(code=_SOURCE % {
         "type": _CTYPES[dtype.itemsize], "mode": mode, "inf": hex(inf), "threads": THREADS,
-        "items": _items(dtype, kind > 0), "kind": kind, "status": "u64" if wide else "unsigned",
+        "items": items or _items(dtype, kind > 0), "kind": kind, "status": "u64" if wide else "unsigned",
         "key_blocks": 4 if dtype.itemsize <= 4 else 3, "pair_blocks": 3}, options=OPTIONS)
 
 
@@ -347,14 +448,19 @@ class RadixSort:
     """Stable sorts of rows on the GPU (protocols.SortKernels)."""
 
     DTYPES = _DTYPES
-    MIN_ROW = 1 << 16       # rows shorter than this (past the first) go to the array library's sort
+    ROW_TILE = THREADS * 16     # rows up to this long: one block sorts each
+    MIN_ROW = 1 << 16           # longer rows, past the first, take the passes from this length (the
+                                # digit counts of every row go to the host); between the two, the
+                                # array library's sort
 
     def takes(self, x: Array) -> bool:
-        """Whether sort/argsort take x: a dtype of DTYPES, and one row or rows of MIN_ROW or more."""
+        """Whether sort/argsort take x: a dtype of DTYPES, and one row, rows of at most ROW_TILE
+        values, or rows of at least MIN_ROW values (fewer than 65,536 of them)."""
         if np.dtype(x.dtype) not in _DTYPES or x.ndim < 1 or x.size == 0:
             return False
-        rows = x.size // x.shape[-1]
-        return rows == 1 or (x.shape[-1] >= self.MIN_ROW and rows < 65536)     # (a grid's y limit)
+        L = x.shape[-1]
+        rows = x.size // L
+        return rows == 1 or L <= self.ROW_TILE or (L >= self.MIN_ROW and rows < 65536)     # (a grid's y limit)
 
     def sort(self, x: Array, descending: bool) -> Array:
         """x sorted along its last axis, stably, in loom.sort's order (takes(x))."""
@@ -371,6 +477,8 @@ class RadixSort:
         keys = cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize])
         L = x.shape[-1]
         rows = x.size // L
+        if L <= self.ROW_TILE:
+            return self._rows(keys, dtype, rows, L, descending, pairs)
         wide = L >= 1 << 30
         counts = self._histogram(keys, dtype, rows, L, descending)
         # a pass whose digit is one for all of a row's values moves nothing; the others, in order
@@ -401,6 +509,19 @@ class RadixSort:
                 np.int32(descending), offsets[p], status))
             src, vsrc = dst, vdst
         return src.view(dtype).reshape(x.shape), (vsrc if pairs else None)
+
+    @staticmethod
+    def _rows(keys: Array, dtype: np.dtype, rows: int, L: int, descending: bool, pairs: bool) -> tuple[Array, Array | None]:
+        """_run for rows of at most ROW_TILE values: one block a row, the row in shared memory."""
+        items = 4 if L <= THREADS * 4 else 16
+        fn = _module(dtype, 3, items=items).get_function("loom_radix_rows_pairs" if pairs else "loom_radix_rows_keys")
+        shared = THREADS * items * (dtype.itemsize + (4 if pairs else 0))
+        fn.max_dynamic_shared_size_bytes = shared
+        out = cupy.empty_like(keys)
+        positions = cupy.empty(keys.shape, dtype=np.int64) if pairs else None
+        args = (keys, out) + ((positions,) if pairs else ()) + (np.int32(L), np.int32(descending))
+        fn((rows,), (THREADS,), args, shared_mem=shared)
+        return out.view(dtype), positions
 
     @staticmethod
     def _histogram(keys: Array, dtype: np.dtype, rows: int, L: int, descending: bool) -> np.ndarray:
