@@ -1,6 +1,7 @@
 """GPU sorts by dtype and distribution: loom.sort and loom.argsort (Loom's radix sort,
 loom/backend/cuda/radix.py) beside cupy.sort/argsort and torch.sort/argsort(stable=True), all on the
-same arrays in the same run; milliseconds, best of 5 after one untimed call.
+same arrays in the same run; then batches of float32 rows sorted along the last axis, with topk
+(k = 10) beside torch.topk. Milliseconds, best of 5 after one untimed call.
 
     PYTHONPATH=. python benchmarks/sort.py [--log2n 28]
 """
@@ -13,6 +14,8 @@ import numpy as np
 
 import loom
 from loom.engine.bench import best
+
+ROWS = [(65536, 128), (8192, 1024), (2048, 4096), (512, 32768), (64, 1 << 20)]
 
 
 def cases(log2n: int) -> list[tuple[str, cp.ndarray]]:
@@ -60,6 +63,20 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
         x = t = None          # (the next arrays need the memory)
         cp.get_default_memory_pool().free_all_blocks()
+    print("\n| float32 rows | loom.sort | cupy.sort | torch.sort | loom.argsort | cupy.argsort | torch.argsort "
+          "| loom.topk 10 | torch.topk 10 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(1)
+    for shape in ROWS:
+        x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
+        t = torch.as_tensor(x, device="cuda") if torch is not None else None
+        ms = [best(lambda: loom.sort(x), sync), best(lambda: cp.sort(x), sync),
+              torch_ms(lambda: t.sort(stable=True), t, sync),
+              best(lambda: loom.argsort(x), sync), best(lambda: cp.argsort(x), sync),
+              torch_ms(lambda: t.argsort(stable=True), t, sync),
+              best(lambda: loom.topk(x, 10), sync), torch_ms(lambda: t.topk(10), t, sync)]
+        cells = ["-" if s is None else f"{s * 1e3:.3f}" for s in ms]
+        print(f"| {shape[0]} x {shape[1]} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":
