@@ -41,6 +41,7 @@ _DTYPES = tuple(np.dtype(t) for t in (np.bool_, np.uint8, np.int8, np.uint16, np
                                        np.int32, np.float32, np.uint64, np.int64, np.float64))
 _CTYPES = {1: "unsigned char", 2: "unsigned short", 4: "unsigned int", 8: "unsigned long long"}
 _MATCH_DIGITS = 32              # see _few_digits
+_MAX_GRID_X = 2**31 - 1
 _NULL = np.uint64(0)            # a null pointer argument
 _PATTERNS = {n: np.dtype(f"uint{8 * n}") for n in _CTYPES}
 
@@ -472,7 +473,8 @@ class RadixSort:
         with translating("radix argsort", x):
             return self._run(x, descending, pairs=True)[1]
 
-    def _run(self, x: Array, descending: bool, pairs: bool) -> tuple[Array, Array | None]:
+    def _run(self, x: Array, descending: bool, pairs: bool) -> tuple[Array | None, Array | None]:
+        """(x sorted, None) or, with pairs, (x sorted or None, the positions that sort it)."""
         dtype = np.dtype(x.dtype)
         keys = cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize])
         L = x.shape[-1]
@@ -484,7 +486,7 @@ class RadixSort:
         # a pass whose digit is one for all of a row's values moves nothing; the others, in order
         todo = [p for p in range(dtype.itemsize) if not (counts[:, p, :].max(axis=1) == L).all()]
         if not todo:
-            return keys.copy().view(dtype).reshape(x.shape), (self._positions(x.shape) if pairs else None)
+            return (None, self._positions(x.shape)) if pairs else (keys.copy().view(dtype).reshape(x.shape), None)
         starts = np.cumsum(counts, axis=2, dtype=np.int64) - counts.astype(np.int64)
         starts += (np.arange(rows, dtype=np.int64) * L)[:, None, None]
         offsets = cupy.asarray(np.ascontiguousarray(starts.transpose(1, 0, 2)).view(np.uint64))
@@ -494,18 +496,27 @@ class RadixSort:
         # positions below 2^32 move as uint32 until the last pass writes them as int64
         narrow = L <= 1 << 32
         module = _module(dtype, (1 if narrow else 2) if pairs else 0, wide)
-        buffers = [cupy.empty_like(keys), cupy.empty_like(keys)]
-        vbuffers = [cupy.empty(x.shape, dtype=np.uint32 if narrow else np.int64) for _ in range(2)]
+        # ping-pong buffers, made when first used (a pass or two need fewer)
+        buffers: list = [None, None]
+        vbuffers: list = [None, None]
         src, vsrc = keys, _NULL
         for n, p in enumerate(todo):
             last = n == len(todo) - 1
+            if buffers[n % 2] is None:
+                buffers[n % 2] = cupy.empty_like(keys)
             dst = buffers[n % 2]
-            vdst = cupy.empty(x.shape, dtype=np.int64) if pairs and last and narrow else vbuffers[n % 2]
+            vdst = _NULL
+            if pairs and last and narrow:
+                vdst = cupy.empty(x.shape, dtype=np.int64)
+            elif pairs:
+                if vbuffers[n % 2] is None:
+                    vbuffers[n % 2] = cupy.empty(x.shape, dtype=np.uint32 if narrow else np.int64)
+                vdst = vbuffers[n % 2]
             rank = "match" if _few_digits(counts[:, p, :]) else "ballot"
             kind = f"pairs_{'u32' if narrow else 'i64'}_{'i64' if vdst.dtype == np.int64 else 'u32'}" if pairs else "keys"
             status.fill(0)
             module.get_function(f"loom_radix_{kind}_{rank}")((tiles,), (THREADS,), (
-                src, dst, vsrc, vdst if pairs else _NULL, np.int64(L), np.int64(tiles_per_row), np.int32(8 * p),
+                src, dst, vsrc, vdst, np.int64(L), np.int64(tiles_per_row), np.int32(8 * p),
                 np.int32(descending), offsets[p], status))
             src, vsrc = dst, vdst
         return src.view(dtype).reshape(x.shape), (vsrc if pairs else None)
@@ -519,8 +530,10 @@ class RadixSort:
         fn.max_dynamic_shared_size_bytes = shared
         out = cupy.empty_like(keys)
         positions = cupy.empty(keys.shape, dtype=np.int64) if pairs else None
-        args = (keys, out) + ((positions,) if pairs else ()) + (np.int32(L), np.int32(descending))
-        fn((rows,), (THREADS,), args, shared_mem=shared)
+        flat = [a.reshape(rows, L) for a in (keys, out) + ((positions,) if pairs else ())]
+        for r in range(0, rows, _MAX_GRID_X):           # (a row a block: at most 2^31 - 1 of them a launch)
+            fn((min(_MAX_GRID_X, rows - r),), (THREADS,), tuple(a[r:r + _MAX_GRID_X] for a in flat)
+               + (np.int32(L), np.int32(descending)), shared_mem=shared)
         return out.view(dtype), positions
 
     @staticmethod
