@@ -36,7 +36,9 @@ def torch_ms(fn, t, sync) -> float | None:
         return None
     try:
         return best(fn, sync)
-    except (RuntimeError, NotImplementedError):
+    except (RuntimeError, NotImplementedError) as exc:
+        if "not implemented" not in str(exc):
+            raise                       # (out of memory, a CUDA error: not a dtype torch lacks)
         return None
 
 

@@ -223,8 +223,8 @@ class OrderKernels(Protocol):
 
 
 class SortKernels(Protocol):
-    """Stable sorts along the last axis in loom.sort's order, in one kernel per digit (None: the array
-    library's sort of order_keys' keys)."""
+    """Stable sorts along the last axis in loom.sort's order, keys computed from the values' bits as
+    they move (None: the array library's sort of order_keys' keys)."""
 
     DTYPES: tuple[np.dtype, ...]
     ROW_TILE: int                               # rows up to this long are sorted whole by one block

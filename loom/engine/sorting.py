@@ -12,6 +12,9 @@ zeros' signs nor its choice of sorting algorithm can change a result, and each v
 the keys alone (distinct for -0 and +0, one for every NaN: 4x faster than an argsort and a gather of
 2^28 float32 on an H100), turns them back into values, and where the result holds a -0 or a NaN puts
 the input's zeros and NaNs back into their runs in input order.
+
+Where the backend has sort kernels that take the array (`backend.sorts`: the GPU's radix sorts), they
+do all of it instead, computing the same keys from the values' bits inside each pass.
 """
 from __future__ import annotations
 

@@ -84,9 +84,6 @@ __device__ __forceinline__ int digit_of(U b, int shift, int descending) {
 // the lanes of the warp whose digit (BITS_USED bits: 9 with NONE) equals this lane's, one ballot a bit
 // (__match_any_sync takes longer when the lanes hold many distinct values)
 template <int BITS_USED> __device__ __forceinline__ unsigned peers_of(unsigned digit) {
-#ifdef MATCH_ANY
-    return __match_any_sync(0xffffffffu, digit);
-#else
     unsigned peers = 0xffffffffu;
     #pragma unroll
     for (int b = 0; b < BITS_USED; ++b) {
@@ -95,7 +92,54 @@ template <int BITS_USED> __device__ __forceinline__ unsigned peers_of(unsigned d
         peers &= set ? ballot : ~ballot;
     }
     return peers;
-#endif
+}
+
+// A value's rank among the values of its digit that its warp has seen (the warp takes its values in
+// order: item i of every lane, lane order, before item i + 1), counts[] the warp's running counts;
+// digit NONE (past the row's end) counts nothing. MATCH: __match_any_sync groups the lanes, else
+// ballots (NONE_POSSIBLE: 9 bits of them, else 8).
+template <bool MATCH, bool NONE_POSSIBLE> __device__ __forceinline__ unsigned warp_rank(
+        unsigned digit, unsigned* counts, unsigned lower) {
+    const unsigned peers = MATCH ? __match_any_sync(0xffffffffu, digit) : peers_of<NONE_POSSIBLE ? 9 : 8>(digit);
+    const unsigned below = __popc(peers & lower);
+    const bool counted = !NONE_POSSIBLE || digit < NONE;
+    const unsigned earlier = counted ? counts[digit] : 0u;
+    __syncwarp();
+    if (counted && below == 0) counts[digit] = earlier + __popc(peers);
+    __syncwarp();
+    return earlier + below;
+}
+
+// Thread d (a block of 256, one a digit) with its digit's count in the block: the inclusive scan of
+// the counts within its warp, each warp's total left in warp_sums (a barrier inside) ...
+__device__ __forceinline__ unsigned scan_digits(unsigned total, unsigned* warp_sums) {
+    const int lane = threadIdx.x & 31;
+    unsigned scanned = total;
+    #pragma unroll
+    for (int s = 1; s < 32; s <<= 1) {
+        const unsigned other = __shfl_up_sync(0xffffffffu, scanned, s);
+        if (lane >= s) scanned += other;
+    }
+    if (lane == 31) warp_sums[threadIdx.x >> 5] = scanned;
+    __syncthreads();
+    return scanned;
+}
+
+// ... and from it where digit d's values start among the block's (the exclusive scan)
+__device__ __forceinline__ unsigned digit_start(unsigned scanned, unsigned total, const unsigned* warp_sums) {
+    unsigned exclusive = scanned - total;
+    for (int w = 0; w < (int)(threadIdx.x >> 5); ++w) exclusive += warp_sums[w];
+    return exclusive;
+}
+
+// warp_counts[w][d] (each warp's count of digit d) becomes where warp w's values of the digit start.
+__device__ __forceinline__ void warp_starts(unsigned (*warp_counts)[256], int d, unsigned start) {
+    #pragma unroll
+    for (int w = 0; w < WARPS; ++w) {
+        const unsigned c = warp_counts[w][d];
+        warp_counts[w][d] = start;
+        start += c;
+    }
 }
 
 // hist[row][pass][digit]: every pass's digit counts of every row; blocks over (blockIdx.x, row)
@@ -164,58 +208,20 @@ __device__ __forceinline__ void radix_tile(
     #pragma unroll
     for (int i = 0; i < ITEMS; ++i) {
         slot[i] = FULL || first + i * 32 < count ? digit_of(key[i], shift, descending) : NONE;
-#ifndef LATE_COUNTS
         if (FULL || slot[i] < NONE) atomicAdd(&sh.tile_counts[slot[i]], 1u);
-#endif
     }
     const int d = threadIdx.x;                  // from here on, thread d speaks for digit d
     volatile S* words = status;
-#ifndef LATE_COUNTS
     __syncthreads();
     const unsigned total = sh.tile_counts[d];
     words[tile * 256 + d] = ((S)total << 2) | (j == 0 ? 2u : 1u);
-#endif
-    // ranks inside the warp, in the order of the values: item i of every lane before item i + 1
     const unsigned lower = (1u << lane) - 1u;
     unsigned* counts = sh.warp_counts[warp];
     #pragma unroll
-    for (int i = 0; i < ITEMS; ++i) {
-        const unsigned digit = slot[i];
-        const unsigned peers = MATCH ? __match_any_sync(0xffffffffu, digit)
-                                     : peers_of<FULL ? 8 : 9>(digit);      // (a full tile has no NONE)
-        const unsigned below = __popc(peers & lower);
-        const unsigned earlier = FULL || digit < NONE ? counts[digit] : 0u;
-        __syncwarp();
-        if ((FULL || digit < NONE) && below == 0) counts[digit] = earlier + __popc(peers);
-        __syncwarp();
-        slot[i] |= (earlier + below) << 9;
-    }
-#ifdef LATE_COUNTS
-    __syncthreads();
-    unsigned total = 0;
-    #pragma unroll
-    for (int w = 0; w < WARPS; ++w) total += sh.warp_counts[w][d];
-    words[tile * 256 + d] = ((S)total << 2) | (j == 0 ? 2u : 1u);
-#endif
-    // where each digit's values start in the tile (an exclusive scan of the counts), and where each
-    // warp's values of the digit start
-    unsigned scanned = total;
-    #pragma unroll
-    for (int s = 1; s < 32; s <<= 1) {
-        const unsigned other = __shfl_up_sync(0xffffffffu, scanned, s);
-        if (lane >= s) scanned += other;
-    }
-    if (lane == 31) sh.warp_sums[warp] = scanned;
-    __syncthreads();
-    unsigned exclusive = scanned - total;
-    for (int w = 0; w < warp; ++w) exclusive += sh.warp_sums[w];
-    unsigned start_w = exclusive;
-    #pragma unroll
-    for (int w = 0; w < WARPS; ++w) {
-        const unsigned c = sh.warp_counts[w][d];
-        sh.warp_counts[w][d] = start_w;
-        start_w += c;
-    }
+    for (int i = 0; i < ITEMS; ++i) slot[i] |= warp_rank<MATCH, !FULL>(slot[i], counts, lower) << 9;
+    // where each digit's values start in the tile, and each warp's values of the digit
+    const unsigned exclusive = digit_start(scan_digits(total, sh.warp_sums), total, sh.warp_sums);
+    warp_starts(sh.warp_counts, d, exclusive);
     __syncthreads();
     // the tile in order of digits in shared memory: all of this needs no other tile
     U* keys = (U*)sh.exchange;
@@ -334,36 +340,16 @@ template <bool PAIRS> __device__ void loom_radix_rows(const U* __restrict__ kin,
         #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
             const unsigned digit = first + i * 32 < L ? digit_of(key[i], 8 * p, descending) : NONE;
-            const unsigned peers = peers_of<9>(digit);
-            const unsigned below = __popc(peers & lower);
-            const unsigned earlier = digit < NONE ? counts[digit] : 0u;
-            __syncwarp();
-            if (digit < NONE && below == 0) counts[digit] = earlier + __popc(peers);
-            __syncwarp();
-            slot[i] = digit | (earlier + below) << 9;
+            slot[i] = digit | warp_rank<false, true>(digit, counts, lower) << 9;
         }
         __syncthreads();
         unsigned total = 0;
         #pragma unroll
         for (int w = 0; w < WARPS; ++w) total += warp_counts[w][d];
         if (total == (unsigned)L) trivial[p] = 1;               // the row's digits are all d
-        unsigned scanned = total;
-        #pragma unroll
-        for (int s = 1; s < 32; s <<= 1) {
-            const unsigned other = __shfl_up_sync(0xffffffffu, scanned, s);
-            if (lane >= s) scanned += other;
-        }
-        if (lane == 31) warp_sums[warp] = scanned;
-        __syncthreads();
+        const unsigned scanned = scan_digits(total, warp_sums);
         if (trivial[p]) continue;                               // (the same for every thread)
-        unsigned start_w = scanned - total;
-        for (int w = 0; w < warp; ++w) start_w += warp_sums[w];
-        #pragma unroll
-        for (int w = 0; w < WARPS; ++w) {
-            const unsigned c = warp_counts[w][d];
-            warp_counts[w][d] = start_w;
-            start_w += c;
-        }
+        warp_starts(warp_counts, d, digit_start(scanned, total, warp_sums));
         __syncthreads();
         #pragma unroll
         for (int i = 0; i < ITEMS; ++i) {
