@@ -404,8 +404,10 @@ class Decoder:
 
     # --- fast mode's one-token steps on the CPU ---------------------------------------------------------
     def token_ops(self, h: Array) -> ModuleType | None:
-        """The compiled decode-step operations (loom/backend/cpu/decode_jit.py) where a step of one token
-        of one sequence, hidden state h, runs them: the CPU in fast mode, numba present; else None."""
+        """The compiled operations of decode steps and prompts (loom/backend/cpu/decode_jit.py) where a
+        layer with hidden state h runs them: the CPU in fast mode, numba present; else None. A step of
+        one token of one sequence runs _layer_token; longer steps use rms_rows, causal_softmax and
+        swiglu_rows between _layer's products."""
         if not self.backend.host or is_deterministic() or h.dtype != np.float32:
             return None
         from ..backend.cpu import decode_jit
@@ -522,7 +524,7 @@ class Decoder:
         c = self.config
         B, T, _ = h.shape
         H, KV, D = c.heads, c.kv_heads, c.head_dim
-        x = fused.rms_norm(h, L.ln1, c.eps)[0]
+        x = self._rms(h, L.ln1)
         qkv = _linear(x, L.qkv, L.qkv_bias, self._weight)                            # [B, T, (H + 2 KV) D]
         qk = qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D)          # q heads, then k heads
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
@@ -555,7 +557,11 @@ class Decoder:
         n = end - lo
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         scores = ops.matmul(q, keys.transpose(0, 1, 3, 2))              # [B, KV, R*T, n]
-        if T == 1:                                                       # a decode step sees exactly its keys
+        compiled = self.token_ops(scores) if T > 1 else None
+        if compiled is not None:                                         # the CPU's fast mode
+            compiled.causal_softmax(scores.reshape(B * KV * R, T, n), self.scale, pos, lo, L.window)
+            p = scores
+        elif T == 1:                                                     # a decode step sees exactly its keys
             p = ops.softmax(scores * scores.dtype.type(self.scale), axis=-1)
         elif L.window is None and lo == 0:
             p = fused.scaled_masked_softmax(scores.reshape(B, KV, R, T, n), self.scale, True, pos)
@@ -571,11 +577,26 @@ class Decoder:
         """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
         c = self.config
         h = h + _linear(ctx, L.o, L.o_bias, self._weight)
-        x = fused.rms_norm(h, L.ln2, c.eps)[0]
+        x = self._rms(h, L.ln2)
         gu = _linear(x, L.gate_up, L.gate_up_bias, self._weight)                     # [B, T, 2 I]
-        gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
-        act = fused.bias_act(gate, None, "silu")[1]                      # one kernel where the backend fuses
-        return h + _linear(act * up, L.down, L.down_bias, self._weight)
+        compiled = self.token_ops(gu)
+        if compiled is not None:                                         # the CPU's fast mode
+            act = np.empty(gu.shape[:-1] + (c.intermediate,), dtype=np.float32)
+            compiled.swiglu_rows(gu.reshape(-1, gu.shape[-1]), act.reshape(-1, c.intermediate))
+        else:
+            gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
+            act = fused.bias_act(gate, None, "silu")[1] * up             # one kernel where the backend fuses
+        return h + _linear(act, L.down, L.down_bias, self._weight)
+
+    def _rms(self, h: Array, weight: Array) -> Array:
+        """RMSNorm of h [..., E] with `weight`: the compiled rows where token_ops has them, else fused's."""
+        compiled = self.token_ops(h)
+        if compiled is None:
+            return fused.rms_norm(h, weight, self.config.eps)[0]
+        h = np.ascontiguousarray(h)
+        out = np.empty_like(h)
+        compiled.rms_rows(h.reshape(-1, h.shape[-1]), weight, self.config.eps, out.reshape(-1, h.shape[-1]))
+        return out
 
 
 def _rotate(x, cos, sin, xp):

@@ -176,6 +176,27 @@ def test_memory_maps_strided_x_and_empty_shapes():
         assert np.array_equal(jit_product(w, np.ones((m, cols), np.float32)), np.zeros((m, rows), np.float32))
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
+def test_one_row_dots_on_strided_and_long_rows(qtype):
+    """The one-row vector dots (loom/backend/cpu/row_dots.py) read a row from its own start: W's rows at
+    a stride wider than a row (a column slice of a wider array), and byte-strided rows (copied first),
+    keep the product's bound (not the contiguous weight's bits: each array layout is its own numba
+    specialization, whose reassociated sums may differ in the last bits); so do rows of 4,096 blocks."""
+    rng = np.random.default_rng(11)
+    w = random_weight(qtype, 21, 160, rng)
+    x = rng.standard_normal((1, 160)).astype(np.float32)
+    wide = np.zeros((21, w.data.shape[1] + 7), np.uint8)
+    wide[:, 3:3 + w.data.shape[1]] = w.data
+    for data in (wide[:, 3:3 + w.data.shape[1]], np.repeat(w.data, 2, axis=1)[:, ::2]):
+        assert not data.flags.c_contiguous and np.array_equal(data, w.data)
+        got = np.empty((1, 21), np.float32)
+        cpu_jit.matmul_t(x, data, qtype, got)
+        assert_close(got, x, reference_values(w))
+    long = random_weight(qtype, 3, 32 * 4096, rng)
+    x = rng.standard_normal((1, 32 * 4096)).astype(np.float32)
+    assert_close(jit_product(long, x), x, reference_values(long))
+
+
 @pytest.mark.parametrize("qtype", ["Q4_1", "Q8_0", "BF16"])
 def test_no_rows_of_x_read_nothing(qtype):
     """x with no rows: an empty product. The one-row paths' block sums must not read x[0] (the loops are

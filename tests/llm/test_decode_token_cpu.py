@@ -1,7 +1,8 @@
-"""Fast mode's compiled one-token decode step on the CPU (loom/backend/cpu/decode_jit.py and
-Decoder._layer_token): each operation against a NumPy reference on fresh random inputs, and whole
-decode steps against the composed path (the same model, token_ops switched off) for llama, a sliding
-window, qwen2's biases and qwen3's per-head norms."""
+"""Fast mode's compiled one-token decode step and prompt operations on the CPU
+(loom/backend/cpu/decode_jit.py, Decoder._layer_token and the compiled calls in _layer): each operation
+against a NumPy reference on fresh random inputs, and whole prompts (in two chunks) and decode steps
+against the composed path (the same model, token_ops switched off) for llama, a sliding window, qwen2's
+biases and qwen3's per-head norms."""
 import os
 import sys
 
@@ -71,6 +72,28 @@ def test_attend_token_matches_numpy(heads, kv, d, pos, lo, normed):
     np.testing.assert_allclose(out, np.concatenate(want), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("t, pos, lo, window", [(1, 0, 0, None), (7, 0, 0, None), (5, 9, 0, None),
+                                                (6, 4, 0, 3), (4, 10, 6, 5), (3, 12, 12, 1)])
+def test_causal_softmax_matches_the_masked_softmax(t, pos, lo, window):
+    n = pos + t - lo
+    scores = (RNG.standard_normal((3, t, n)) * 5).astype(np.float32)
+    scores[0, -1, -1] = -np.inf     # a seen -inf key: weight 0 (NaN where it is the only key, as ops.softmax)
+    got = scores.copy()
+    decode_jit.causal_softmax(got, 0.7, pos, lo, window)
+    qpos, kpos = np.arange(pos, pos + t)[:, None], np.arange(lo, pos + t)[None, :]
+    seen = (kpos <= qpos) & (kpos > qpos - (n if window is None else window))
+    s = np.where(seen, scores.astype(np.float64) * 0.7, -np.inf)
+    with np.errstate(invalid="ignore"):
+        e = np.exp(s - s.max(axis=-1, keepdims=True))
+        want = np.where(seen, e / e.sum(axis=-1, keepdims=True), 0)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+    assert np.all(got[:, ~seen] == 0)
+    with pytest.raises(ValueError, match="see no key"):
+        decode_jit.causal_softmax(got, 0.7, pos, pos + 1, window)
+    with pytest.raises(ValueError, match="window 0"):
+        decode_jit.causal_softmax(got, 0.7, pos, lo, 0)
+
+
 VARIANTS = {"llama": dict(kind="llama"), "mistral-window": dict(kind="mistral", sliding_window=6),
             "qwen2-bias": dict(kind="qwen2", tied=True), "qwen3": dict(kind="qwen3", head_dim=32)}
 
@@ -87,7 +110,7 @@ def test_token_steps_match_the_composed_path(name, tmp_path, monkeypatch):
 
     def steps():
         cache = dec.new_cache(20)
-        out = [dec.forward(ids[None, :8], cache)[0]]
+        out = [dec.forward(ids[None, :5], cache)[0], dec.forward(ids[None, 5:8], cache)[0]]   # a later chunk too
         out += [dec.forward(ids[None, t:t + 1], cache)[0] for t in range(8, 20)]
         return np.concatenate(out)
     with loom.deterministic(False):

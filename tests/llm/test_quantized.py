@@ -38,10 +38,11 @@ def test_matmul_t_deterministic_is_exact_for_any_blocking(qtype, monkeypatch):
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q6_K", "F16"])
-@pytest.mark.parametrize("m", [1, 4, 40])     # 40 > gguf_gemv.MAX_ROWS: decoded blocks of W
-def test_matmul_t_fast_mode(qtype, m, monkeypatch):
+@pytest.mark.parametrize("m", [1, 4, 40, 200])     # 40 > gguf_gemv.MAX_ROWS: decoded blocks of W; 200:
+def test_matmul_t_fast_mode(qtype, m, monkeypatch):  # BLAS writing each block's columns of out itself
     """Fast mode: the factored block product (few rows of x) or BLAS on decoded blocks; both are
     the dequantized weight's product up to float32 rounding."""
+    assert 40 < qz._DIRECT_ROWS <= 200
     monkeypatch.setattr(CPU.quant, "dequantize_bytes", 4 * 256 * 7)
     monkeypatch.setattr(qz.gguf_gemv, "STEP_BYTES", 4 * 40 * 8 * 11)       # 11 rows per step: several
     w = random_weight(qtype, 50, 1 if qtype.endswith("K") else 8, seed=3)

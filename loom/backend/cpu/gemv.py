@@ -48,15 +48,22 @@ from . import jit
 TYPES = ("Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "BF16", "F16")
 MAX_ROWS = 16           # x with more rows goes to BLAS on decoded blocks of W (loom.kernels.quant.block)
 CHUNK = 16              # rows of W per parallel task: 36 tasks for a 576-row weight on 2 threads
-_HELPERS = ("_half", "_dots", "_f16_values", "_block_sums")
+_HELPERS = ("_half", "_dots", "_f16_values", "_block_sums", "_finite")
 _KERNELS = {"Q8_0": "_q8_0", "Q4_0": "_q4_0", "Q4_1": "_q4_1", "Q5_0": "_q5_0", "Q5_1": "_q5_1",
             "F16": "_f16", "BF16": "_bf16"}
 prange = range
 f32, u32 = np.float32, np.uint32
+_q8_0_dot = _q4_0_dot = _q4_1_dot = None    # row_dots.py's one-row dots (numba intrinsics): available()
 
 
 def available() -> bool:
     """Whether these loops run here (jit.available()); compiles them on the first call."""
+    if not jit.available():
+        return False
+    global _q8_0_dot, _q4_0_dot, _q4_1_dot
+    if _q4_1_dot is None:               # bound before the kernels compile: numba resolves their globals then
+        from . import row_dots
+        _q8_0_dot, _q4_0_dot, _q4_1_dot = row_dots.q8_0_dot, row_dots.q4_0_dot, row_dots.q4_1_dot
     return jit.compile_module(globals(), plain=_HELPERS, parallel=_KERNELS.values(), fastmath=jit.FASTMATH)
 
 
@@ -75,6 +82,8 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray) -> N
     kernel = globals()[_KERNELS[qtype]]
     x2 = np.ascontiguousarray(x2)
     data = np.asarray(data)             # a memory map as a plain array (numba types ndarrays only)
+    if data.strides[1] != 1:            # row_dots reads each row's bytes as one run
+        data = np.ascontiguousarray(data)
     if qtype == "BF16":
         jit.run(kernel, x2, data.view(np.uint16), out)
     else:
@@ -127,6 +136,13 @@ def _block_sums(x):
     return sums
 
 
+def _finite(v):
+    """Whether float32 v is finite, from its exponent bits. np.isfinite came out always true in the
+    one-row kernels when numba loaded them from its on-disk cache (parallel loops calling row_dots'
+    intrinsics: fresh compiles were right), as if compiled assuming no infinities."""
+    return (f32(v).view(np.uint32) & u32(0x7F800000)) != u32(0x7F800000)
+
+
 def _f16_values(bits, out):
     for k in range(bits.shape[0]):
         out[k] = _half(bits[k])
@@ -143,20 +159,14 @@ def _q8_0(x, data, out, f16, n16):
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            halves, codes = data[r].view(np.uint16), data[r].view(np.int8)
-            if x.shape[0] == 1:         # one row of x: sum x q per block, then scale (1.5-2x faster)
-                acc = f32(0)
-                for b in range(w.shape[0] // 32):
-                    s = f32(0)
-                    for j in range(2 * n16):
-                        s += x[0, 32 * b + j] * f32(codes[34 * b + 2 + j])
-                    acc += f16[halves[17 * b]] * s
+            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py (3-4x faster)
+                acc = _q8_0_dot(data, r, x, f16)
                 # A non-finite scale makes the sum non-finite; such a row (or one that overflowed) is
                 # done again below, for the decoded row's inf/NaN pattern (inf * 0 is NaN there).
-                # Checked once a row: a test per block kept the loop from vectorising as well.
-                if np.isfinite(acc):
+                if _finite(acc):
                     out[0, r] = acc
                     continue
+            halves, codes = data[r].view(np.uint16), data[r].view(np.int8)
             for b in range(w.shape[0] // 32):
                 d = f16[halves[17 * b]]
                 for j in range(2 * n16):
@@ -165,9 +175,15 @@ def _q8_0(x, data, out, f16, n16):
 
 
 def _q4_0(x, data, out, f16, n16):
+    sums = _block_sums(x) if x.shape[0] == 1 else np.empty(0, np.float32)
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
+            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py
+                acc = _q4_0_dot(data, r, x, sums, f16)
+                if _finite(acc):    # else the decoded row's inf/NaN pattern, as _q8_0
+                    out[0, r] = acc
+                    continue
             row, halves = data[r], data[r].view(np.uint16)
             for b in range(w.shape[0] // 32):
                 d = f16[halves[9 * b]]
@@ -184,19 +200,12 @@ def _q4_1(x, data, out, f16, n16):
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            row, halves = data[r], data[r].view(np.uint16)
-            if x.shape[0] == 1:         # one row of x: d * sum(x q) + m * sum(x) per block (15% faster)
-                acc = f32(0)
-                for b in range(w.shape[0] // 32):
-                    s = f32(0)
-                    for j in range(n16):
-                        q = f32(row[20 * b + 4 + j])
-                        hi = np.floor(q * f32(0.0625))
-                        s += x[0, 32 * b + j] * (q - f32(16) * hi) + x[0, 32 * b + 16 + j] * hi
-                    acc += f16[halves[10 * b]] * s + f16[halves[10 * b + 1]] * sums[b]
-                if np.isfinite(acc):    # else the decoded row's inf/NaN pattern, as _q8_0
+            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py (2-3x faster)
+                acc = _q4_1_dot(data, r, x, sums, f16)
+                if _finite(acc):    # else the decoded row's inf/NaN pattern, as _q8_0
                     out[0, r] = acc
                     continue
+            row, halves = data[r], data[r].view(np.uint16)
             for b in range(w.shape[0] // 32):
                 d, m = f16[halves[10 * b]], f16[halves[10 * b + 1]]
                 for j in range(n16):

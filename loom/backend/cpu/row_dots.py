@@ -1,0 +1,155 @@
+"""One row of x dotted with one row of block-quantized W, written as LLVM vector IR (numba intrinsics).
+Imported by loom/backend/cpu/gemv.py once numba is known to load; its one-row kernels call these.
+
+Why IR: a 32-value block is one small loop in Python, and LLVM's loop vectoriser, given a trip count of
+16, runs it as two 8-wide iterations of its remainder loop, then reduces the block's sum to a scalar
+before the scale multiplies it: on the H100 host's Zen 4 cores that came to 7 Gvalues/s a core, compute
+bound. Here a block is one <16 x float> of low nibbles and one of high nibbles (or two of int8 codes),
+scaled by d in-register and added into a vector accumulator that is reduced once per row: ~30 Gvalues/s
+on the same 2 cores, so decode is bound by memory bandwidth, not by arithmetic. The IR is generic LLVM
+(no x86 intrinsics): LLVM lowers the 16-lane vectors to AVX-512, AVX2 or NEON registers as the CPU has.
+
+Arithmetic: float32 throughout, the codes converted exactly (small integers), the blocks' partial sums
+reassociated (the same fast-math flags as gemv.py's loops: no nnan/ninf, so inf and NaN propagate). The
+m (offset) term adds m_b * sum(x over block b), from the block sums the caller computed once per product.
+
+numba's on-disk cache keys a function by its own file: a change here reaches gemv.py's cached kernels only
+when gemv.py changes too (an installed upgrade replaces both).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.typing.templates import Signature
+from numba.extending import intrinsic
+
+LANES = 16
+_F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
+_V = ir.VectorType(_F32, LANES)
+_FAST = ("reassoc", "contract", "nsz", "arcp")      # jit.FASTMATH
+
+
+class _Builder:
+    """The few vector operations the dots need, on one llvmlite builder."""
+
+    def __init__(self, builder: ir.IRBuilder) -> None:
+        self.b = builder
+        module = builder.module
+        self._floor = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.floor.v16f32")
+        self._fma = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V, _V, _V]), "llvm.fma.v16f32")
+        self._sum = cgutils.get_or_insert_function(module, ir.FunctionType(_F32, [_F32, _V]),
+                                                   "llvm.vector.reduce.fadd.v16f32")
+
+    def at(self, base: ir.Value, byte_offset: ir.Value, ty: ir.Type) -> ir.Value:
+        """A `ty` pointer `byte_offset` bytes past `base`."""
+        raw = self.b.gep(self.b.bitcast(base, _I8.as_pointer()), [byte_offset])
+        return self.b.bitcast(raw, ty.as_pointer())
+
+    def load(self, base: ir.Value, byte_offset: ir.Value, ty: ir.Type) -> ir.Value:
+        return self.b.load(self.at(base, byte_offset, ty), align=1)
+
+    def scale(self, table: ir.Value, base: ir.Value, byte_offset: ir.Value) -> ir.Value:
+        """The float16 field at base + byte_offset as float32, through the 65,536-entry table."""
+        bits = self.load(base, byte_offset, _I16)
+        return self.b.load(self.b.gep(table, [self.b.zext(bits, _I64)]))
+
+    def splat(self, scalar: ir.Value) -> ir.Value:
+        lane0 = self.b.insert_element(ir.Constant(_V, ir.Undefined), scalar, ir.Constant(_I32, 0))
+        return self.b.shuffle_vector(lane0, ir.Constant(_V, ir.Undefined),
+                                     ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+
+    def mul(self, a: ir.Value, c: ir.Value) -> ir.Value:
+        return self.b.fmul(a, c, flags=_FAST)
+
+    def fma(self, a: ir.Value, c: ir.Value, add: ir.Value) -> ir.Value:
+        return self.b.call(self._fma, [a, c, add], fastmath=_FAST)
+
+    def floor(self, v: ir.Value) -> ir.Value:
+        return self.b.call(self._floor, [v])
+
+    def total(self, start: ir.Value, v: ir.Value) -> ir.Value:
+        return self.b.call(self._sum, [start, v], fastmath=_FAST)
+
+
+def _const(value: int) -> ir.Constant:
+    return ir.Constant(_I64, value)
+
+
+def _row_start(context, builder, aryty, value, r):
+    """Pointer to row r of a 2-D uint8 array (rows at any stride; the bytes of a row contiguous)."""
+    array = context.make_array(aryty)(context, builder, value)
+    stride = cgutils.unpack_tuple(builder, array.strides)[0]
+    return builder.gep(array.data, [builder.mul(r, stride)]), array
+
+
+def _nibble_dot(block_bytes: int, codes_at: int, offset_at: int | None) -> Callable:
+    """The dot of a 4-bit block type's row r with x[0]: value j < 16 of block b is d (lo_j) + m and value
+    16 + j is d (hi_j) + m, from the nibbles of the code byte j at codes_at; m is the float16 at
+    `offset_at`, or -8 d where offset_at is None (Q4_0)."""
+
+    @intrinsic
+    def dot(typingctx, data, r, x, sums, table):
+        def codegen(context, builder, signature, args):
+            row, _ = _row_start(context, builder, signature.args[0], args[0], args[1])
+            xs = context.make_array(signature.args[2])(context, builder, args[2]).data
+            block_sums = context.make_array(signature.args[3])(context, builder, args[3])
+            f16 = context.make_array(signature.args[4])(context, builder, args[4]).data
+            v = _Builder(builder)
+            acc = cgutils.alloca_once_value(builder, ir.Constant(_V, None))
+            offsets = cgutils.alloca_once_value(builder, ir.Constant(_F32, 0.0))
+            sixteenth, sixteen = v.splat(ir.Constant(_F32, 1 / 16)), v.splat(ir.Constant(_F32, -16.0))
+            blocks = cgutils.unpack_tuple(builder, block_sums.shape)[0]
+            with cgutils.for_range(builder, blocks) as loop:
+                b = loop.index
+                at = builder.mul(b, _const(block_bytes))
+                d = v.scale(f16, row, at)
+                m = (v.scale(f16, row, builder.add(at, _const(offset_at))) if offset_at is not None
+                     else builder.fmul(d, ir.Constant(_F32, -8.0)))
+                codes = v.load(row, builder.add(at, _const(codes_at)), ir.VectorType(_I8, LANES))
+                q = builder.uitofp(codes, _V)
+                hi = v.floor(v.mul(q, sixteenth))
+                lo = v.fma(sixteen, hi, q)                      # exact: integers below 256
+                x_at = builder.mul(b, _const(32 * 4))
+                x_lo, x_hi = v.load(xs, x_at, _V), v.load(xs, builder.add(x_at, _const(64)), _V)
+                part = v.fma(x_hi, hi, v.mul(x_lo, lo))
+                builder.store(v.fma(v.splat(d), part, builder.load(acc)), acc)
+                s = builder.load(builder.gep(block_sums.data, [b]))
+                builder.store(builder.fadd(builder.load(offsets), builder.fmul(m, s, flags=_FAST), flags=_FAST),
+                              offsets)
+            return v.total(builder.load(offsets), builder.load(acc))
+        return types.float32(data, r, x, sums, table), codegen
+    return dot
+
+
+@intrinsic
+def q8_0_dot(typingctx: object, data: types.Array, r: types.Integer, x: types.Array,
+             table: types.Array) -> tuple[Signature, Callable]:
+    """The dot of Q8_0 row r with x[0]: value j of block b is d int8_j, d the float16 at the block's start
+    and the 32 codes after it."""
+    def codegen(context, builder, signature, args):
+        row, array = _row_start(context, builder, signature.args[0], args[0], args[1])
+        xs = context.make_array(signature.args[2])(context, builder, args[2]).data
+        f16 = context.make_array(signature.args[3])(context, builder, args[3]).data
+        v = _Builder(builder)
+        acc = cgutils.alloca_once_value(builder, ir.Constant(_V, None))
+        width = cgutils.unpack_tuple(builder, array.shape)[1]
+        with cgutils.for_range(builder, builder.udiv(width, _const(34))) as loop:
+            b = loop.index
+            at = builder.mul(b, _const(34))
+            halves = []
+            for half in (0, 1):
+                codes = v.load(row, builder.add(at, _const(2 + 16 * half)), ir.VectorType(_I8, LANES))
+                x_half = v.load(xs, builder.add(builder.mul(b, _const(128)), _const(64 * half)), _V)
+                halves.append((builder.sitofp(codes, _V), x_half))
+            (q0, x0), (q1, x1) = halves
+            part = v.fma(x1, q1, v.mul(x0, q0))
+            builder.store(v.fma(v.splat(v.scale(f16, row, at)), part, builder.load(acc)), acc)
+        return v.total(ir.Constant(_F32, 0.0), builder.load(acc))
+    return types.float32(data, r, x, table), codegen
+
+
+q4_0_dot = _nibble_dot(18, 2, None)
+q4_1_dot = _nibble_dot(20, 4, 2)
