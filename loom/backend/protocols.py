@@ -232,6 +232,7 @@ class SortKernels(Protocol):
     def takes(self, x: Array) -> bool: ...      # whether sort/argsort take x (its dtype and shape)
     def sort(self, x: Array, descending: bool) -> Array: ...
     def argsort(self, x: Array, descending: bool) -> Array: ...     # int64 positions
+    def digit_passes(self, x: Array) -> int: ...   # passes over all of x that sort(x) makes (benchmarks)
 
 
 class SearchKernels(Protocol):

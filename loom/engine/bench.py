@@ -8,7 +8,9 @@ installed), all in one run, on the GPU or the CPU.
 2. A swarm of 16 units, each a chain of one-block kernels: the units one after another against the
    swarm (overlap = sequential time / swarm time).
 3. sum, scan, sort, argsort of 2^log2n float32: bytes read plus written once (argsort's int64 indices
-   8 bytes each) per second, against a copy's.
+   8 bytes each) per second, against a copy's. For loom.sort on the GPU, also the bytes its radix sort
+   moves (the digit count reads every key once, each pass that moves anything reads and writes every
+   key once: backend.sorts.digit_passes) per second, against a copy's.
 """
 from __future__ import annotations
 
@@ -137,6 +139,9 @@ def pattern_rates(device: str, log2n: int) -> list[dict]:
                     s = best(fn, sync)
             rate = passes * x.nbytes / s
             rows.append({"op": name, "s": s, "GB/s": rate / 1e9, "of copy": rate / copy_rate})
+            if name == "loom.sort" and be.sorts is not None:
+                moved = (1 + 2 * be.sorts.digit_passes(x)) * x.nbytes / s
+                rows[-1].update({"moved GB/s": moved / 1e9, "moved of copy": moved / copy_rate})
     return rows
 
 
@@ -155,6 +160,9 @@ def report(results: dict) -> str:
              + (f"; eager launches {d['eager_us_per_launch']:.3f} us each" if "eager_us_per_launch" in d else ""),
              f"swarm of {s['units']} units x {s['dispatches_per_unit']} dispatches: one after another "
              f"{s['sequential_s'] * 1e3:.1f} ms, as a swarm {s['swarm_s'] * 1e3:.1f} ms (overlap {s['overlap']:.1f}x)",
-             "", "| op (float32) | ms | GB/s | of copy bandwidth |", "|---|---|---|---|"]
-    lines += [f"| {r['op']} | {r['s'] * 1e3:.2f} | {r['GB/s']:.0f} | {r['of copy']:.2f} |" for r in results["patterns"]]
+             "", "| op (float32) | ms | GB/s | of copy bandwidth | bytes moved: of copy bandwidth |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {r['op']} | {r['s'] * 1e3:.2f} | {r['GB/s']:.0f} | {r['of copy']:.2f} | "
+              + (f"{r['moved of copy']:.2f} ({r['moved GB/s']:.0f} GB/s) |" if "moved of copy" in r else "- |")
+              for r in results["patterns"]]
     return "\n".join(lines)

@@ -78,6 +78,16 @@ def test_radix_sort_skips_passes_and_keeps_ties_in_order(x):
     _check(x, f"{x.dtype} {x.shape}")
 
 
+def test_digit_passes_count_the_passes_that_move_anything():
+    sorts = backend.get("cuda").sorts
+    cases = [(np.random.default_rng(1).standard_normal(70000).astype(np.float32), 4),
+             (np.random.default_rng(1).integers(0, 1000, 70000).astype(np.int32), 2),     # the top 2 bytes fixed
+             (np.full(70000, 5, np.int64), 0),                                            # one value
+             (np.random.default_rng(1).standard_normal((3, 100)).astype(np.float32), 0)]  # one block a row
+    for x, want in cases:
+        assert sorts.digit_passes(cupy.asarray(x)) == want, (x.dtype, x.shape)
+
+
 def test_both_rankings_give_the_same_order(monkeypatch):
     """Normal floats' top digit is concentrated (match ranking), their low digits spread (ballots):
     forcing either ranking for every pass gives the same bits."""

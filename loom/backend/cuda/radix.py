@@ -469,8 +469,7 @@ class RadixSort:
             return self._rows(keys, dtype, rows, L, descending, pairs)
         wide = L >= 1 << 30
         counts = self._histogram(keys, dtype, rows, L, descending)
-        # a pass whose digit is one for all of a row's values moves nothing; the others, in order
-        todo = [p for p in range(dtype.itemsize) if not (counts[:, p, :].max(axis=1) == L).all()]
+        todo = _needed(counts, L)
         if not todo:
             return (None, self._positions(x.shape)) if pairs else (keys.copy().view(dtype).reshape(x.shape), None)
         starts = np.cumsum(counts, axis=2, dtype=np.int64) - counts.astype(np.int64)
@@ -507,6 +506,17 @@ class RadixSort:
             src, vsrc = dst, vdst
         return src.view(dtype).reshape(x.shape), (vsrc if pairs else None)
 
+    def digit_passes(self, x: Array) -> int:
+        """How many passes over the whole of x sort(x) makes after counting its digits (each reads and
+        writes every key once; the count reads them once more): 0 where one block sorts each row in
+        shared memory. Benchmarks count the bytes a sort moves from it."""
+        if not self.takes(x) or x.shape[-1] <= self.ROW_TILE:
+            return 0
+        dtype = np.dtype(x.dtype)
+        keys = cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize])
+        L = x.shape[-1]
+        return len(_needed(self._histogram(keys, dtype, x.size // L, L, False), L))
+
     @staticmethod
     def _rows(keys: Array, dtype: np.dtype, rows: int, L: int, descending: bool, pairs: bool) -> tuple[Array, Array | None]:
         """_run for rows of at most ROW_TILE values: one block a row, the row in shared memory."""
@@ -534,6 +544,12 @@ class RadixSort:
     @staticmethod
     def _positions(shape: tuple) -> Array:
         return cupy.broadcast_to(cupy.arange(shape[-1], dtype=np.int64), shape).copy()
+
+
+def _needed(counts: np.ndarray, L: int) -> list[int]:
+    """The passes (digit positions, in order) that move anything, from counts [rows, passes, 256]: a pass
+    whose digit is one for all of a row's values, in every row, is skipped."""
+    return [p for p in range(counts.shape[1]) if not (counts[:, p, :].max(axis=1) == L).all()]
 
 
 def _few_digits(counts: np.ndarray) -> bool:
