@@ -3,10 +3,10 @@ Imported by loom/backend/cpu/gemv.py once numba is known to load; its one-row ke
 
 Why IR: a 32-value block is one small loop in Python, and LLVM's loop vectoriser, given a trip count of
 16, runs it as two 8-wide iterations of its remainder loop, then reduces the block's sum to a scalar
-before the scale multiplies it: on the H100 host's Zen 4 cores that came to 7 Gvalues/s a core, compute
+before the scale multiplies it: on the 2-core Zen 4 VM that came to 7-9 Gvalues/s a core, compute
 bound. Here a block is one <16 x float> of low nibbles and one of high nibbles (or two of int8 codes),
 scaled by d in-register and added into a vector accumulator that is reduced once per row: ~30 Gvalues/s
-on the same 2 cores, so decode is bound by memory bandwidth, not by arithmetic. The IR is generic LLVM
+on the same 2 cores, which brings decode close to the memory bandwidth bound. The IR is generic LLVM
 (no x86 intrinsics): LLVM lowers the 16-lane vectors to AVX-512, AVX2 or NEON registers as the CPU has.
 
 Arithmetic: float32 throughout, the codes converted exactly (small integers), the blocks' partial sums
