@@ -30,16 +30,28 @@ def cases(log2n: int) -> list[tuple[str, cp.ndarray]]:
             (f"int64 uniform (2^{log2n - 1})", rng.integers(-2**63, 2**63 - 1, n // 2, dtype=np.int64))]
 
 
-def torch_ms(fn, t, sync) -> float | None:
-    """best(fn), or None without torch or where torch does not sort this dtype."""
+def torch_best(fn, t, sync) -> float | None:
+    """best(fn) in seconds, or None without torch or where torch does not sort this dtype (its error then reads
+    '"sort_cuda" not implemented for ...'; any other error, out of memory or CUDA's, is raised)."""
     if t is None:
         return None
     try:
         return best(fn, sync)
     except (RuntimeError, NotImplementedError) as exc:
         if "not implemented" not in str(exc):
-            raise                       # (out of memory, a CUDA error: not a dtype torch lacks)
+            raise
         return None
+
+
+def times(x, t, sync, topk: bool = False) -> list[float | None]:
+    """Seconds: loom, CuPy and torch sort, then their argsorts (then loom.topk and torch.topk, k = 10)."""
+    out = [best(lambda: loom.sort(x), sync), best(lambda: cp.sort(x), sync),
+           torch_best(lambda: t.sort(stable=True), t, sync),
+           best(lambda: loom.argsort(x), sync), best(lambda: cp.argsort(x), sync),
+           torch_best(lambda: t.argsort(stable=True), t, sync)]
+    if topk:
+        out += [best(lambda: loom.topk(x, 10), sync), torch_best(lambda: t.topk(10), t, sync)]
+    return out
 
 
 def main() -> None:
@@ -57,11 +69,7 @@ def main() -> None:
     for name, host in cases(args.log2n):
         x = cp.asarray(host)
         t = torch.as_tensor(x, device="cuda") if torch is not None else None
-        ms = [best(lambda: loom.sort(x), sync), best(lambda: cp.sort(x), sync),
-              torch_ms(lambda: t.sort(stable=True), t, sync),
-              best(lambda: loom.argsort(x), sync), best(lambda: cp.argsort(x), sync),
-              torch_ms(lambda: t.argsort(stable=True), t, sync)]
-        cells = ["-" if s is None else f"{s * 1e3:.2f}" for s in ms]
+        cells = ["-" if s is None else f"{s * 1e3:.2f}" for s in times(x, t, sync)]
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
         x = t = None          # (the next arrays need the memory)
         cp.get_default_memory_pool().free_all_blocks()
@@ -72,12 +80,7 @@ def main() -> None:
     for shape in ROWS:
         x = cp.asarray(rng.standard_normal(shape, dtype=np.float32))
         t = torch.as_tensor(x, device="cuda") if torch is not None else None
-        ms = [best(lambda: loom.sort(x), sync), best(lambda: cp.sort(x), sync),
-              torch_ms(lambda: t.sort(stable=True), t, sync),
-              best(lambda: loom.argsort(x), sync), best(lambda: cp.argsort(x), sync),
-              torch_ms(lambda: t.argsort(stable=True), t, sync),
-              best(lambda: loom.topk(x, 10), sync), torch_ms(lambda: t.topk(10), t, sync)]
-        cells = ["-" if s is None else f"{s * 1e3:.3f}" for s in ms]
+        cells = ["-" if s is None else f"{s * 1e3:.3f}" for s in times(x, t, sync, topk=True)]
         print(f"| {shape[0]} x {shape[1]} | " + " | ".join(cells) + " |", flush=True)
 
 

@@ -159,7 +159,7 @@ def _q8_0(x, data, out, f16, n16):
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py (3-4x faster)
+            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py (about 2x faster)
                 acc = _q8_0_dot(data, r, x, f16)
                 # A non-finite scale makes the sum non-finite; such a row (or one that overflowed) is
                 # done again below, for the decoded row's inf/NaN pattern (inf * 0 is NaN there).
@@ -200,7 +200,7 @@ def _q4_1(x, data, out, f16, n16):
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
         w = np.empty(x.shape[1], np.float32)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py (2-3x faster)
+            if x.shape[0] == 1:         # one row of x: loom/backend/cpu/row_dots.py (about 2x faster)
                 acc = _q4_1_dot(data, r, x, sums, f16)
                 if _finite(acc):    # else the decoded row's inf/NaN pattern, as _q8_0
                     out[0, r] = acc

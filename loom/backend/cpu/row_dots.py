@@ -26,10 +26,12 @@ from numba.core import cgutils
 from numba.core.typing.templates import Signature
 from numba.extending import intrinsic
 
+from . import jit
+
 LANES = 16
 _F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V = ir.VectorType(_F32, LANES)
-_FAST = ("reassoc", "contract", "nsz", "arcp")      # jit.FASTMATH
+_FAST = tuple(sorted(jit.FASTMATH))                 # the compiled loops' fast-math flags
 
 
 class _Builder:

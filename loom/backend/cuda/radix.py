@@ -461,10 +461,7 @@ class RadixSort:
 
     def _run(self, x: Array, descending: bool, pairs: bool) -> tuple[Array | None, Array | None]:
         """(x sorted, None) or, with pairs, (x sorted or None, the positions that sort it)."""
-        dtype = np.dtype(x.dtype)
-        keys = cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize])
-        L = x.shape[-1]
-        rows = x.size // L
+        dtype, keys, rows, L = _keys(x)
         if L <= self.ROW_TILE:
             return self._rows(keys, dtype, rows, L, descending, pairs)
         wide = L >= 1 << 30
@@ -512,10 +509,8 @@ class RadixSort:
         shared memory. Benchmarks count the bytes a sort moves from it."""
         if not self.takes(x) or x.shape[-1] <= self.ROW_TILE:
             return 0
-        dtype = np.dtype(x.dtype)
-        keys = cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize])
-        L = x.shape[-1]
-        return len(_needed(self._histogram(keys, dtype, x.size // L, L, False), L))
+        dtype, keys, rows, L = _keys(x)
+        return len(_needed(self._histogram(keys, dtype, rows, L, False), L))
 
     @staticmethod
     def _rows(keys: Array, dtype: np.dtype, rows: int, L: int, descending: bool, pairs: bool) -> tuple[Array, Array | None]:
@@ -544,6 +539,13 @@ class RadixSort:
     @staticmethod
     def _positions(shape: tuple) -> Array:
         return cupy.broadcast_to(cupy.arange(shape[-1], dtype=np.int64), shape).copy()
+
+
+def _keys(x: Array) -> tuple[np.dtype, Array, int, int]:
+    """(x's dtype, its bits as unsigned integers, C-ordered, rows, row length)."""
+    dtype = np.dtype(x.dtype)
+    L = x.shape[-1]
+    return dtype, cupy.ascontiguousarray(x).view(_PATTERNS[dtype.itemsize]), x.size // L, L
 
 
 def _needed(counts: np.ndarray, L: int) -> list[int]:
