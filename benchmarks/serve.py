@@ -65,16 +65,19 @@ def main() -> None:
 
 def prefill(dec: Decoder, rng, transformers: bool) -> None:
     """One PREFILL-token prompt through Decoder.forward, best of 5 after three warm-ups: products on the tensor
-    cores (bf16, the default in fast mode) and in float32 (tensor_cores off, float32 weight copies); and
-    transformers' bf16 model with sdpa attention on the same prompt length, in the same run."""
+    cores (bf16, the default in fast mode), replayed as a recorded graph (a prompt shape seen before: the
+    default) and launched kernel by kernel (graphs off: a shape seen for the first time), and in float32
+    (tensor_cores off, float32 weight copies); transformers' bf16 model with sdpa attention (eager) on the
+    same prompt length, in the same run."""
     ids = rng.integers(0, 49152, (1, PREFILL))
     setting = dec.tensor_cores
-    for tensor_cores in dict.fromkeys((setting, False)):
-        dec.tensor_cores = tensor_cores
+    rates = {}
+    for tensor_cores, graphs in dict.fromkeys(((setting, True), (setting, False), (False, False))):
+        dec.tensor_cores, dec.graphs = tensor_cores, graphs
         if not tensor_cores:
             dec.keep_dense()
         times = []
-        for _ in range(8):                  # the first three: warm-up (kernels, the memory pool's blocks)
+        for _ in range(8):                  # the first three: warm-up (kernels, the memory pool's blocks, graph)
             cache = dec.new_cache(PREFILL)
             dec.backend.synchronize()
             t = time.perf_counter()
@@ -82,12 +85,15 @@ def prefill(dec: Decoder, rng, transformers: bool) -> None:
             dec.backend.synchronize()
             times.append(time.perf_counter() - t)
         best = min(times[3:])
-        print(f"loom prefill {PREFILL} tokens, {'bf16 tensor-core' if tensor_cores else 'float32'} products: "
-              f"{best * 1e3:.1f} ms, {PREFILL / best:,.0f} tok/s")
-    dec.tensor_cores = setting
+        what = (("bf16 tensor-core" if tensor_cores else "float32") + " products, "
+                + ("recorded graph" if graphs and dec._prefills.entries else "kernel by kernel"))
+        rates[what] = PREFILL / best
+        print(f"loom prefill {PREFILL} tokens, {what}: {best * 1e3:.1f} ms, {PREFILL / best:,.0f} tok/s")
+    dec.tensor_cores, dec.graphs = setting, True
     if transformers:
         rate = llm.transformers_prefill(llm.CONFIG, dec.device, PREFILL)
         print(f"transformers bf16 (sdpa) prefill {PREFILL} tokens: {PREFILL / rate * 1e3:.1f} ms, {rate:,.0f} tok/s")
+        print("  loom / transformers: " + ", ".join(f"{what} {r / rate:.2f}x" for what, r in rates.items()))
 
 
 def decode(model: CausalLM, rng, args) -> None:

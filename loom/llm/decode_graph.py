@@ -30,7 +30,6 @@ caches of at most that many positions; elsewhere deterministic steps run kernel 
 """
 from __future__ import annotations
 
-import weakref
 from functools import partial
 from typing import TYPE_CHECKING
 
@@ -114,14 +113,15 @@ def _not_rounded(k: int) -> str | None:
 
 class DecodeGraph:
     """The recorded decode step of `dec` for caches of `cache`'s shape. The graph reads and writes
-    the KV arrays it was recorded with; bind() moves a cache of that shape into them, so one
-    recording serves every cache of the shape (loom/llm/decoder.py keeps one per shape)."""
+    the decoder's GraphKV arrays of that shape; bind() moves a cache into them, so one recording
+    serves every cache of the shape (loom/llm/decoder.py keeps one per shape)."""
 
     def __init__(self, dec: Decoder, cache: KVCache, overlap: bool = True, exact: bool = False):
         self.dec, self.overlap, self.exact = dec, overlap, exact
-        self.k, self.v = cache.k, cache.v              # the KV arrays baked into the graph
+        self.kv = dec.graph_kv(cache)                  # the KV arrays baked into the graph
+        self.kv.bind(cache)                            # first: the warm-up below writes into cache's positions
         self.layer_k, self.layer_v = cache.layer_k, cache.layer_v
-        self._bound = weakref.ref(cache)
+        self.tables = dec._cos, dec._sin               # read by the graph: kept while it lives
         c, xp, B = dec.config, dec.xp, cache.batch
         # token ids and the position, written by one copy per step; the warm-up run writes junk keys at
         # the next position, which the first real step overwrites
@@ -199,21 +199,11 @@ class DecodeGraph:
     @property
     def cache(self) -> KVCache | None:
         """The cache whose arrays the graph steps (the one bound last), or None once it is gone."""
-        cache = self._bound()
-        return cache if cache is not None and cache.k is self.k else None
+        return self.kv.cache
 
     def bind(self, cache: KVCache) -> None:
-        """Step `cache` (of the recorded shape) from now on: its filled positions move into the graph's
-        arrays. A cache bound before keeps its positions in arrays of its own."""
-        if cache.k is self.k:
-            self._bound = weakref.ref(cache)
-            return
-        previous = self.cache
-        if previous is not None:
-            xp = self.dec.xp
-            previous.move_to(xp.zeros_like(self.k), xp.zeros_like(self.v))
-        cache.move_to(self.k, self.v)
-        self._bound = weakref.ref(cache)
+        """Step `cache` (of the recorded shape) from now on (GraphKV.bind)."""
+        self.kv.bind(cache)
 
     def step(self, ids: np.ndarray) -> Array:
         """Logits [B, vocab] (a fresh array) for token ids [B] (host ints, already checked) at cache.length;

@@ -30,6 +30,7 @@ keys than the step that produced a given position.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -46,7 +47,8 @@ from ..kernels.quant import gemv
 from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
 from . import decode_graph, rope
-from .kv_cache import KVCache
+from .kv_cache import GraphKV, KVCache
+from .prefill_graph import PrefillGraph
 
 ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
@@ -197,10 +199,15 @@ class _Layer:
 
 
 GRAPHS_KEPT = 2        # recorded decode steps kept (each holds a KV cache of its shape)
+PREFILL_GRAPHS_KEPT = 4  # recorded prompt chunks kept (each holds its chunk's activations)
 
 
 def _describe_decode(key) -> str:
     return f"a decode step of {key[0]} sequence(s) over a cache of {key[1]} positions"
+
+
+def _describe_prefill(key) -> str:
+    return f"a prompt chunk of {key[0]}x{key[1]} tokens at position {key[2]} over a cache of {key[3]} positions"
 
 
 class Decoder:
@@ -208,7 +215,9 @@ class Decoder:
     On the GPU a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless `graphs`
     is set False; in deterministic mode its kernels give the kernel-by-kernel path's bits. Where the
     graph's kernels cannot take the model or the cache (decode_graph.unsupported), steps run kernel by
-    kernel and the reason is logged once on the "loom" logger.
+    kernel and the reason is logged once on the "loom" logger. In fast mode, a prompt chunk whose
+    layers all run on the tensor cores (below) replays a recorded graph of the same kernels from the
+    second time its shape and start position are seen (loom/llm/prefill_graph.py; the same bits).
 
     tensor_cores (fast mode, a GPU): products of more than gemv.MAX_ROWS rows (prefill, large batches)
     with stored 16-bit or quantized weights run as bfloat16 GEMMs with float32 sums, x rounded to
@@ -266,6 +275,9 @@ class Decoder:
         self._graph_ok = {}              # batch size -> whether a decode step can be recorded
         # recorded decode steps by (batch, cache positions, deterministic), each holding a cache's arrays
         self._graphs = GraphCache(GRAPHS_KEPT, _describe_decode, strict=False, record_from=1)
+        # recorded prompt chunks by (batch, T, position, cache positions, dense copies, logits wanted)
+        self._prefills = GraphCache(PREFILL_GRAPHS_KEPT, _describe_prefill, strict=False, record_from=2)
+        self._kv = weakref.WeakValueDictionary()    # (batch, cache positions) -> the graphs' GraphKV
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
     def keep_dense(self) -> None:
@@ -341,13 +353,34 @@ class Decoder:
         step = prefill_chunk()
         for start in range(0, ids.shape[1], step):
             chunk = ids[:, start:start + step]
-            h = self._hidden(chunk, cache)
-            if last_only and start + step < ids.shape[1]:
+            wanted = not last_only or start + step >= ids.shape[1]     # this chunk's logits are returned
+            graph = self._prefill_graph(chunk, cache, last_only and wanted)
+            if graph is not None and graph.want_logits:
+                outs.append(graph.run(chunk, cache))
                 continue
-            if last_only:
-                h = h[:, -1:]
-            outs.append(self.logits_of(h))
+            h = self._hidden(chunk, cache) if graph is None else graph.run(chunk, cache)
+            if wanted:
+                outs.append(self.logits_of(h[:, -1:] if last_only else h))
         return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
+
+    def _prefill_graph(self, ids: np.ndarray, cache: KVCache, logits: bool) -> PrefillGraph | None:
+        """The recorded prompt chunk for ids [B, T] at cache.length (recorded on the second sighting
+        of its key), or None: graphs off, deterministic mode, or a layer off the tensor cores."""
+        B, T = ids.shape
+        if (not self.graphs or not self.backend.graphs or self.prefill_kernels(B * T) is None
+                or any(self.bf16_weights(L) is None for L in self.layers)):
+            return None
+        key = (B, T, cache.length, cache.max_len, self._dense is not None, logits)
+        return self._prefills.lookup(key, lambda: PrefillGraph(self, ids, cache, logits))
+
+    def graph_kv(self, cache: KVCache) -> GraphKV:
+        """The KV arrays every recorded graph of caches of `cache`'s shape uses (made from cache's
+        own arrays the first time; kept while a graph holds them)."""
+        key = (cache.batch, cache.max_len)
+        kv = self._kv.get(key)
+        if kv is None:
+            kv = self._kv[key] = GraphKV(self.xp, cache)
+        return kv
 
     def _decode_graph(self, cache: KVCache):
         """The recorded decode step for caches of `cache`'s shape in the current mode (recorded on the
@@ -385,8 +418,14 @@ class Decoder:
 
     def _hidden(self, ids, cache: KVCache):
         """Run every layer on ids [B, T] at positions cache.length ..; returns h [B, T, E]."""
-        B, T = ids.shape
-        h = self.embed_ids(ids)
+        h = self.run_layers(self.embed_ids(ids), cache)
+        cache.length += ids.shape[1]
+        return h
+
+    def run_layers(self, h: Array, cache: KVCache) -> Array:
+        """Every layer on the embeddings h [B, T, E] at positions cache.length .. (writing the cache
+        there, leaving cache.length as it is); returns the hidden states [B, T, E]."""
+        B, T, _ = h.shape
         pos = cache.length
         cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
         fast = self.prefill_kernels(B * T)
@@ -399,7 +438,6 @@ class Decoder:
                 self._layer_token(token, layer, h.reshape(1, -1), cache.layer_k[i][0], cache.layer_v[i][0], pos)
             else:
                 h = self._layer(layer, h, cache.layer_k[i], cache.layer_v[i], pos, cos, sin)
-        cache.length = pos + T
         return h
 
     # --- fast mode's one-token steps on the CPU ---------------------------------------------------------
@@ -508,6 +546,13 @@ class Decoder:
             return self.embed.take_rows(ids.reshape(-1)).reshape(B, T, -1)
         # intp: NumPy's take refuses int64 indices where pointers are 32-bit (WebAssembly)
         return self.xp.take(self.embed, self.backend.asarray(ids, dtype=np.intp), axis=0)
+
+    def embed_rows(self, ids: Array) -> Array:
+        """embed_ids for device token ids [B, T] already checked to be in the vocabulary (no read back
+        to the host: a recorded prefill's lookup)."""
+        if isinstance(self.embed, BlockQuantized):
+            return self.embed.gather_rows(ids)
+        return self.xp.take(self.embed, ids, axis=0)
 
     def _layer(self, L: _Layer, h, cache_k, cache_v, pos: int, cos, sin):
         q, k, v = self.qkv(L, h, cos, sin)

@@ -7,6 +7,7 @@ past max_len raises ConfigError instead (the caller sizes the cache for prompt +
 """
 from __future__ import annotations
 
+import weakref
 from types import ModuleType
 
 import numpy as np
@@ -52,3 +53,31 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return int(self.k.nbytes + self.v.nbytes)
+
+
+class GraphKV:
+    """KV arrays that recorded graphs read and write (loom/llm/decode_graph.py, prefill_graph.py), and
+    the cache that lives in them now. A graph bakes the arrays' addresses in; bind() moves a cache of
+    their shape into them, so one recording serves every cache of the shape. A decoder keeps one per
+    (batch, max_len) for all its graphs, so a prompt's positions stay where its decode steps read them."""
+
+    def __init__(self, xp: ModuleType, cache: KVCache):
+        self.xp = xp
+        self.k, self.v = cache.k, cache.v
+        self._bound = weakref.ref(cache)
+
+    @property
+    def cache(self) -> KVCache | None:
+        """The cache living in the arrays (the one bound last), or None once it is gone."""
+        cache = self._bound()
+        return cache if cache is not None and cache.k is self.k else None
+
+    def bind(self, cache: KVCache) -> None:
+        """Let `cache` (of the arrays' shape) live in the arrays from now on: its filled positions move
+        in. A cache bound before keeps its positions in new arrays of its own."""
+        if cache.k is not self.k:
+            previous = self.cache
+            if previous is not None:
+                previous.move_to(self.xp.zeros_like(self.k), self.xp.zeros_like(self.v))
+            cache.move_to(self.k, self.v)
+        self._bound = weakref.ref(cache)

@@ -144,22 +144,27 @@ class CUDABackend:
     def record(self, fn: Callable[[], Any]) -> tuple[Graph, Any]:
         """Run fn() under stream capture and return (Graph, fn's result). Nothing runs on the GPU
         while recording; the graph's memory comes from its own pool, so nothing else can reuse the
-        buffers it reads and writes between launches. Host transfers and synchronizations inside
-        fn raise (CuPy refuses them while capturing) and the capture is abandoned."""
+        buffers it reads and writes between launches, and what fn passes to keep_while_recorded
+        lives as long as the Graph. Host transfers and synchronizations inside fn raise (CuPy
+        refuses them while capturing) and the capture is abandoned."""
         cp = self.xp
         pool = cp.cuda.MemoryPool()
         stream = cp.cuda.Stream(non_blocking=False)      # ordered with the default stream
         self.synchronize()
-        with cp.cuda.using_allocator(pool.malloc), stream:
-            stream.begin_capture()
-            try:
-                result = fn()
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    stream.end_capture()
-                raise
-            graph = stream.end_capture()
-        return Graph(graph, pool, stream, cp), result
+        outer, _RECORDING.kept = getattr(_RECORDING, "kept", None), []
+        try:
+            with cp.cuda.using_allocator(pool.malloc), stream:
+                stream.begin_capture()
+                try:
+                    result = fn()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        stream.end_capture()
+                    raise
+                graph = stream.end_capture()
+            return Graph(graph, pool, stream, cp, _RECORDING.kept), result
+        finally:
+            _RECORDING.kept = outer
 
     def may_be_true(self, flag: Array) -> bool:
         """bool(flag) for a device flag, read back to the host; True while recording, when the
@@ -372,11 +377,12 @@ class CUDADecode:
 
 
 class Graph:
-    """A recorded CUDA graph with the memory pool and stream it was recorded with (kept alive)."""
+    """A recorded CUDA graph with the memory pool and stream it was recorded with, and the arrays
+    made outside the recording that it reads (kept alive)."""
 
     def __init__(self, graph: cupy.cuda.Graph, pool: cupy.cuda.MemoryPool, stream: cupy.cuda.Stream,
-                 cp: ModuleType):
-        self.graph, self.pool, self.stream, self._cp = graph, pool, stream, cp
+                 cp: ModuleType, kept: list):
+        self.graph, self.pool, self.stream, self._cp, self.kept = graph, pool, stream, cp, kept
 
     def launch(self) -> None:
         """Replay on the current stream (after whatever was queued there, e.g. input copies)."""
@@ -389,6 +395,17 @@ class Graph:
 
 
 _CUDA: CUDABackend | None = None
+_RECORDING = threading.local()          # .kept: what the graph this thread records must keep alive
+
+
+def keep_while_recorded(array: Array) -> None:
+    """Keep `array`, made outside the recording this thread runs and read by its graph, alive as long
+    as the graph (a table a kernel reads that a cache of the caller's would otherwise be free to drop).
+    ValueError when nothing is being recorded."""
+    kept = getattr(_RECORDING, "kept", None)
+    if kept is None:
+        raise ValueError("keep_while_recorded outside a recording")
+    kept.append(array)
 
 
 def get() -> CUDABackend:

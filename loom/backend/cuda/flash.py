@@ -20,12 +20,14 @@ same inputs give the same bits every time.
 from __future__ import annotations
 
 import math
-from functools import cache, lru_cache
+from collections import OrderedDict
+from functools import cache
 
 import cupy
 import numpy as np
 
 from .. import Array
+from . import keep_while_recorded
 from .compile import OPTIONS, translating
 from .quant import BF16_BITS
 
@@ -341,17 +343,25 @@ def _rows(q: Array) -> Array:
 
 
 def _meta(items: tuple, device: int) -> Array:
-    """The items' descriptions as an array [S, 5] int64 on the device (kept: a prompt's chunks repeat
-    them). Not while a CUDA graph is recorded: the copy cannot be captured, and a kept array from the
-    graph's private pool would not outlive it."""
+    """The items' descriptions as an array [S, 5] int64 on the device, kept (a prompt's chunks and
+    layers repeat them; _KEPT_META most recent). While a CUDA graph is recorded, the copy cannot be
+    captured: the kept array made by a run before the recording serves, and lives as long as the graph."""
+    key = (items, device)
+    meta = _KEPT_META.pop(key, None)
+    if meta is None:
+        if cupy.cuda.get_current_stream().is_capturing():
+            raise RuntimeError("flash attention records only shapes an eager run has made the item table of")
+        meta = cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
+    _KEPT_META[key] = meta                              # (re)inserted last: the most recently used
+    while len(_KEPT_META) > KEPT_META:
+        _KEPT_META.popitem(last=False)
     if cupy.cuda.get_current_stream().is_capturing():
-        raise ValueError("flash attention cannot be recorded into a CUDA graph")
-    return _kept_meta(items, device)
+        keep_while_recorded(meta)
+    return meta
 
 
-@lru_cache(maxsize=256)
-def _kept_meta(items: tuple, device: int) -> Array:
-    return cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
+KEPT_META = 256
+_KEPT_META: OrderedDict = OrderedDict()
 
 
 def _run(q, keys, values, kb, kh, kt, slots, ns, meta, S, t_max, n_max, KV, window, scale, out16, shape):

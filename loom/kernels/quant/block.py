@@ -194,8 +194,12 @@ class BlockQuantized:
             if lo < 0 or hi >= self.shape[0]:
                 bad = lo if lo < 0 else hi
                 raise ShapeError(f"row id {bad} is out of range for a weight of {self.shape[0]} rows")
-        flat = ids.reshape(-1)
-        values = _decode(self.data[flat], self.qtype, self.shape[1])
+        return self.gather_rows(ids)
+
+    def gather_rows(self, ids: Array) -> Array:
+        """take_rows for device ids already known to be in range: no read back to the host (a recorded
+        prefill's embedding lookup)."""
+        values = _decode(self.data[ids.reshape(-1)], self.qtype, self.shape[1])
         return values.reshape(ids.shape + (self.shape[1],))
 
     def permute_rows(self, perm: Array) -> BlockQuantized:

@@ -1,0 +1,156 @@
+"""The recorded prompt chunk (loom/llm/prefill_graph.py): a replay gives the eager chunk's bits (logits and
+cache) for every architecture option (sliding window, q|k|v biases, per-head norms), stored BF16 and
+quantized weights, chunked prompts, all-position logits; its KV arrays are the decode graph's; caches of
+one shape take turns in them without losing positions; deterministic mode never records one."""
+import numpy as np
+import pytest
+
+import loom
+from loom.llm import decoder as decoder_module
+from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm.prefill_graph import PrefillGraph
+
+from .test_decode_graph import CONFIG, _quant_weights
+
+cupy = pytest.importorskip("cupy")
+from loom.backend import cuda as cuda_backend  # noqa: E402  (imports cupy)
+from loom.backend.cuda import flash  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+CFG = {**CONFIG, "max_position_embeddings": 512}
+
+
+def _decoders(kind="llama", qtype="BF16", **extra):
+    cfg = {**CFG, "model_type": kind, **extra}
+    if qtype in ("Q4_K", "Q6_K"):
+        cfg["intermediate_size"] = 512
+    config, weights = DecoderConfig.from_hf(cfg), _quant_weights(qtype, cfg)
+    recorded, eager = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda")
+    eager.graphs = False
+    return recorded, eager
+
+
+def _prompt(n, seed=3, batch=1):
+    return np.random.default_rng(seed).integers(0, CFG["vocab_size"], (batch, n))
+
+
+def _prefill(dec, prompt, max_len=200, last_only=True):
+    """(logits, keys, values) of a fresh cache of max_len positions after the prompt, on the host."""
+    cache = dec.new_cache(max_len, batch=prompt.shape[0])
+    logits = cupy.asnumpy(dec.forward(prompt, cache, last_only=last_only))
+    n = cache.length
+    return logits, cupy.asnumpy(cache.k[..., :n, :]), cupy.asnumpy(cache.v[..., :n, :])
+
+
+def _same(got, want):
+    for g, w in zip(got, want, strict=True):
+        assert g.shape == w.shape and g.tobytes() == w.tobytes()
+
+
+@pytest.mark.parametrize("kind, extra", [("llama", {}), ("mistral", {"sliding_window": 24}), ("qwen2", {}),
+                                         ("qwen3", {"head_dim": 128})])
+def test_a_replayed_chunk_gives_the_eager_chunks_bits(kind, extra):
+    prompt = _prompt(70)
+    with loom.deterministic(False):
+        recorded, eager = _decoders(kind, **extra)
+        want = _prefill(eager, prompt)
+        runs = [_prefill(recorded, prompt) for _ in range(3)]     # eager, recorded on the second, replayed
+        assert len(recorded._prefills.entries) == 1 and not eager._prefills.entries
+        assert isinstance(next(iter(recorded._prefills.entries.values())), PrefillGraph)
+    for got in runs:
+        _same(got, want)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_quantized_weights_record_too(qtype):
+    """Weights decoded to bfloat16 block by block inside the chunk, and keep_dense's BF16 copies."""
+    prompt = _prompt(40, seed=5, batch=2)
+    with loom.deterministic(False):
+        recorded, eager = _decoders(qtype=qtype)
+        for dense in (False, True):
+            if dense:
+                recorded.keep_dense()
+                eager.keep_dense()
+            want = _prefill(eager, prompt, 64)
+            for _ in range(3):
+                _same(_prefill(recorded, prompt, 64), want)
+        assert len(recorded._prefills.entries) == 2        # a key each: the copies are other weights
+
+
+def test_chunked_prompts_and_every_positions_logits(monkeypatch):
+    """Chunks after the first start past position 0 and attend to the cache (their own keys); a prompt's
+    chunks without logits record the hidden states only; last_only=False takes every position's logits."""
+    monkeypatch.setattr(decoder_module, "PREFILL_CHUNK_FAST", 32)
+    prompt = _prompt(90, seed=8)
+    with loom.deterministic(False):
+        recorded, eager = _decoders("mistral", sliding_window=20)
+        for last_only in (True, False):
+            want = _prefill(eager, prompt, last_only=last_only)
+            for _ in range(3):
+                _same(_prefill(recorded, prompt, last_only=last_only), want)
+        keys = set(recorded._prefills.entries)
+    # (batch, T, position, cache positions, dense copies, logits): the 26-token tail is still past MAX_ROWS
+    assert keys == {(1, 32, 0, 200, False, False), (1, 32, 32, 200, False, False), (1, 26, 64, 200, False, True),
+                    (1, 26, 64, 200, False, False)}
+
+
+def test_decode_steps_read_the_prompt_where_the_prefill_graph_wrote_it():
+    """Prompt then decode steps: the recorded prefill and the decode graph share one GraphKV (no copies
+    between them), and the whole generation's logits are those of a run with an eager prefill."""
+    prompt = _prompt(50, seed=11)
+    with loom.deterministic(False):
+        dec, _ = _decoders()
+        runs = []
+        for _ in range(3):
+            cache = dec.new_cache(80)
+            rows = [cupy.asnumpy(dec.forward(prompt, cache, last_only=True))]
+            for tok in (7, 300, 42, 9):
+                rows.append(cupy.asnumpy(dec.forward(np.array([[tok]]), cache)))
+            runs.append(np.concatenate(rows, axis=1))
+        graph = next(iter(dec._prefills.entries.values()))
+        assert graph.kv is dec._graph.kv and cache.k is graph.kv.k
+    assert runs[1].tobytes() == runs[0].tobytes() and runs[2].tobytes() == runs[0].tobytes()
+
+
+def test_caches_of_one_shape_take_turns_without_losing_positions():
+    first, second = _prompt(40, seed=1), _prompt(40, seed=2)
+    with loom.deterministic(False):
+        dec, eager = _decoders()
+        _prefill(dec, first)                                   # seen once: eager
+        a, b = dec.new_cache(200), dec.new_cache(200)
+        dec.forward(first, a, last_only=True)                  # recorded; a lives in the graph's arrays
+        dec.forward(second, b, last_only=True)                 # replayed; a moves to arrays of its own
+        assert b.k is next(iter(dec._prefills.entries.values())).kv.k and a.k is not b.k
+        for cache, prompt in ((a, first), (b, second)):
+            _, k, v = _prefill(eager, prompt)
+            _same((cupy.asnumpy(cache.k[..., :40, :]), cupy.asnumpy(cache.v[..., :40, :])), (k, v))
+
+
+def test_deterministic_mode_never_records_a_chunk():
+    prompt = _prompt(40)
+    with loom.deterministic(True):
+        dec, _ = _decoders()
+        for _ in range(3):
+            _prefill(dec, prompt, 64)
+    assert not dec._prefills.entries and not dec._prefills.eager_reasons
+
+
+def test_flash_records_only_item_tables_an_eager_run_made_and_the_graph_keeps_them():
+    rng = np.random.default_rng(4)
+    q = cupy.asarray(rng.standard_normal((1, 37, 4, 64)).astype(np.float32))
+    k = cupy.asarray(rng.standard_normal((1, 2, 37, 64)).astype(np.float32))
+    be = loom.backend.get("cuda")
+
+    def attend(pos):
+        return flash.attend(q, k, k, pos, 0, None, 0.125)
+
+    with pytest.raises(RuntimeError, match="item table"):
+        be.record(lambda: attend(5))                          # never run eagerly at these shapes
+    want = attend(0)
+    graph, out = be.record(lambda: attend(0))
+    assert any(isinstance(a, cupy.ndarray) and a.shape == (1, 5) for a in graph.kept)
+    flash._KEPT_META.clear()                                   # the graph still holds its table
+    graph.launch()
+    assert cupy.asnumpy(out).tobytes() == cupy.asnumpy(want).tobytes()
+    with pytest.raises(ValueError, match="outside a recording"):
+        cuda_backend.keep_while_recorded(q)
