@@ -154,3 +154,31 @@ def test_flash_records_only_item_tables_an_eager_run_made_and_the_graph_keeps_th
     assert cupy.asnumpy(out).tobytes() == cupy.asnumpy(want).tobytes()
     with pytest.raises(ValueError, match="outside a recording"):
         cuda_backend.keep_while_recorded(q)
+
+
+def test_graphs_keep_the_rope_tables_they_read_when_the_decoder_grows_them():
+    """A cache longer than any before grows the decoder's RoPE tables (new arrays); graphs recorded for
+    shorter caches still read the old ones, which must outlive them: freed, CuPy's pool would hand
+    their memory to the next arrays of their size (here NaN-filled ones)."""
+    prompt = _prompt(40, seed=6)
+    with loom.deterministic(False):
+        dec, eager = _decoders()
+
+        def run(d):
+            cache = d.new_cache(48)
+            rows = [cupy.asnumpy(d.forward(prompt, cache, last_only=True))]
+            rows += [cupy.asnumpy(d.forward(np.array([[t]]), cache)) for t in (3, 99)]
+            return np.concatenate(rows, axis=1)
+
+        want = [run(dec) for _ in range(2)][1]          # the prefill graph recorded, the decode graph too
+        shape, ptr = dec._cos.shape, dec._cos.data.ptr  # (no reference to the old tables here)
+        dec.new_cache(400)                              # grows the tables
+        assert dec._cos.data.ptr != ptr and dec._cos.shape[0] >= 400
+        junk = [cupy.full(shape, np.nan, dtype=np.float32) for _ in range(8)]
+        got = run(dec)
+        del junk
+        assert len(dec._prefills.entries) == 1
+        cache = eager.new_cache(48)
+        alone = cupy.asnumpy(eager.forward(prompt, cache, last_only=True))
+    assert np.isfinite(got).all() and got.tobytes() == want.tobytes()
+    assert got[:, :1].tobytes() == alone.tobytes()                   # the prompt's logits: the eager bits
