@@ -5,7 +5,8 @@ A key is everything that changes a step's device work (shapes, dtypes, mode, an 
 a KV cache's shape). A key is recorded on its `record_from`-th sighting: chains run a key's first
 step eagerly (kernels compile, lazily created state appears) and record the second; a decode step
 warms itself up inside its recording, so it records the first. The least recently used entry is
-evicted first.
+evicted first, and an evicted key counts as unseen again, so keys taken in turn by more steps than the
+cache holds run eagerly instead of being recorded anew at every sighting.
 
 Recording needs device work free of host synchronization. When a key cannot be recorded, refuse()
 applies the determinism contract (loom/fallback.py): in deterministic mode a `strict` cache raises
@@ -54,7 +55,8 @@ class GraphCache:
     def put(self, key: Hashable, entry: Any) -> None:
         self.entries[key] = entry
         while len(self.entries) > self.size:
-            self.entries.popitem(last=False)
+            evicted, _ = self.entries.popitem(last=False)
+            self.seen.discard(evicted)       # recorded again only if seen twice again: keys in turn do not churn
 
     def wants_recording(self, key: Hashable) -> bool:
         """True on the record_from-th sighting (and later) of a key that is neither recorded nor

@@ -351,10 +351,11 @@ class Decoder:
                 return graph.step(ids[:, 0])[:, None, :]
         outs = []
         step = prefill_chunk()
+        recorded = -(-ids.shape[1] // step) <= PREFILL_GRAPHS_KEPT    # (more chunks would evict each other)
         for start in range(0, ids.shape[1], step):
             chunk = ids[:, start:start + step]
             wanted = not last_only or start + step >= ids.shape[1]     # this chunk's logits are returned
-            graph = self._prefill_graph(chunk, cache, last_only and wanted)
+            graph = self._prefill_graph(chunk, cache, last_only and wanted) if recorded else None
             if graph is not None and graph.want_logits:
                 outs.append(graph.run(chunk, cache))
                 continue
@@ -371,7 +372,18 @@ class Decoder:
                 or any(self.bf16_weights(L) is None for L in self.layers)):
             return None
         key = (B, T, cache.length, cache.max_len, self._dense is not None, logits)
-        return self._prefills.lookup(key, lambda: PrefillGraph(self, ids, cache, logits))
+        try:
+            return self._prefills.lookup(key, lambda: PrefillGraph(self, ids, cache, logits))
+        except MemoryError as exc:       # CuPy's OutOfMemoryError: the recording's own activations did not fit
+            fallback.notice_once(f"a prompt chunk runs kernel by kernel: no memory to record it ({exc})")
+            return None
+
+    def release_graphs(self) -> None:
+        """Drop every recorded decode step and prompt chunk, with the activation memory and the KV
+        arrays they hold (caches keep theirs); later steps record anew."""
+        self._graphs.clear()
+        self._prefills.clear()
+        self._graph = None
 
     def graph_kv(self, cache: KVCache) -> GraphKV:
         """The KV arrays every recorded graph of caches of `cache`'s shape uses (made from cache's

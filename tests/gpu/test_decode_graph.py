@@ -98,17 +98,18 @@ def test_graph_follows_hf_logits(tmp_path):
         assert isinstance(dec._graph, DecodeGraph)
 
 
-def _quant_weights(qtype, config):
-    """Random weights of `qtype` with small finite scales (random bytes would give inf/NaN scales)."""
+def _quant_weights(qtype, config, rng=RNG):
+    """Random weights of `qtype` with small finite scales (random bytes would give inf/NaN scales); from
+    `rng` (the module's, unless another file passes its own and leaves this file's sequence alone)."""
     required, _ = expected_tensors(DecoderConfig.from_hf(config))
     out = {}
     for name, shape in required.items():
         if len(shape) == 1:
-            out[name] = (1 + 0.1 * RNG.standard_normal(shape)).astype(np.float32)
+            out[name] = (1 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         elif qtype == "F32":
-            out[name] = (RNG.standard_normal(shape) * 0.05).astype(np.float32)
+            out[name] = (rng.standard_normal(shape) * 0.05).astype(np.float32)
         else:
-            out[name] = BlockQuantized(random_rows(qtype, *shape, RNG, scale=0.01, plain=0.05), qtype, shape)
+            out[name] = BlockQuantized(random_rows(qtype, *shape, rng, scale=0.01, plain=0.05), qtype, shape)
     return out
 
 

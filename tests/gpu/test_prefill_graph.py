@@ -24,7 +24,7 @@ def _decoders(kind="llama", qtype="BF16", **extra):
     cfg = {**CFG, "model_type": kind, **extra}
     if qtype in ("Q4_K", "Q6_K"):
         cfg["intermediate_size"] = 512
-    config, weights = DecoderConfig.from_hf(cfg), _quant_weights(qtype, cfg)
+    config, weights = DecoderConfig.from_hf(cfg), _quant_weights(qtype, cfg, np.random.default_rng(20261124))
     recorded, eager = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda")
     eager.graphs = False
     return recorded, eager
@@ -182,3 +182,35 @@ def test_graphs_keep_the_rope_tables_they_read_when_the_decoder_grows_them():
         alone = cupy.asnumpy(eager.forward(prompt, cache, last_only=True))
     assert np.isfinite(got).all() and got.tobytes() == want.tobytes()
     assert got[:, :1].tobytes() == alone.tobytes()                   # the prompt's logits: the eager bits
+
+
+def test_long_prompts_run_eagerly_a_failed_allocation_falls_back_and_release_frees(monkeypatch):
+    """A prompt of more chunks than the decoder keeps graphs for is not recorded (its chunks would evict
+    each other); a recording that runs out of memory (CuPy's OutOfMemoryError is a MemoryError) runs the
+    chunk kernel by kernel without giving up the key; release_graphs drops every graph."""
+    monkeypatch.setattr(decoder_module, "PREFILL_CHUNK_FAST", 32)
+    prompt = _prompt(40, seed=12)
+    with loom.deterministic(False):
+        dec, eager = _decoders()
+        long = _prompt((decoder_module.PREFILL_GRAPHS_KEPT + 1) * 32, seed=9)
+        want = _prefill(eager, long, 300)
+        for _ in range(3):
+            _same(_prefill(dec, long, 300), want)
+        assert not dec._prefills.entries
+
+        def no_memory(*args):
+            raise MemoryError("out of memory allocating 1073741824 bytes")
+        monkeypatch.setattr(decoder_module, "PrefillGraph", no_memory)
+        want = _prefill(eager, prompt)
+        for _ in range(3):
+            _same(_prefill(dec, prompt), want)
+        assert not dec._prefills.entries and not dec._prefills.eager_reasons
+        monkeypatch.setattr(decoder_module, "PrefillGraph", PrefillGraph)
+        _same(_prefill(dec, prompt), want)                    # seen before: recorded now
+        assert len(dec._prefills.entries) == 1 and dec._graph is None
+        dec.forward(np.array([[5]]), dec.new_cache(60))       # a decode graph too
+        assert dec._graph is not None
+        dec.release_graphs()
+        assert not dec._prefills.entries and not dec._graphs.entries and dec._graph is None
+        _same(_prefill(dec, prompt), want)
+        assert len(dec._prefills.entries) == 1

@@ -76,6 +76,7 @@ def test_cache_records_on_the_second_sighting_and_evicts_the_oldest():
     for key in "abc":
         cache.put(key, key.upper())
     assert list(cache.entries) == ["b", "c"]
+    assert not cache.wants_recording("a") and cache.wants_recording("a")     # evicted: two sightings again
     with loom.deterministic(False):
         cache.refuse(("x",), RuntimeError("no"))
     assert not cache.wants_recording(("x",)) and cache.eager_reasons == {("x",): "RuntimeError: no"}

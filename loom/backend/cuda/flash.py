@@ -19,6 +19,7 @@ same inputs give the same bits every time.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import OrderedDict
 from functools import cache
@@ -347,14 +348,16 @@ def _meta(items: tuple, device: int) -> Array:
     layers repeat them; _KEPT_META most recent). While a CUDA graph is recorded, the copy cannot be
     captured: the kept array made by a run before the recording serves, and lives as long as the graph."""
     key = (items, device)
-    meta = _KEPT_META.pop(key, None)
+    meta = _KEPT_META.get(key)               # (never popped: another thread's recording may want it)
     if meta is None:
         if cupy.cuda.get_current_stream().is_capturing():
             raise RuntimeError("flash attention records only shapes an eager run has made the item table of")
-        meta = cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
-    _KEPT_META[key] = meta                              # (re)inserted last: the most recently used
-    while len(_KEPT_META) > KEPT_META:
-        _KEPT_META.popitem(last=False)
+        meta = _KEPT_META[key] = cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
+        while len(_KEPT_META) > KEPT_META:
+            _KEPT_META.popitem(last=False)
+    else:
+        with contextlib.suppress(KeyError):  # (evicted meanwhile by another thread)
+            _KEPT_META.move_to_end(key)
     if cupy.cuda.get_current_stream().is_capturing():
         keep_while_recorded(meta)
     return meta
