@@ -131,9 +131,11 @@ def test_graph_decode_with_stored_weight_types(qtype):
         graph, eager = _graph_and_eager(built(config, weights))
         got, want = _both(graph, eager, PROMPT, STEPS, batch=2)
         assert isinstance(graph._graph, DecodeGraph)
-        assert td.relative_error(got, want) < 1e-5
+        # sums in other orders: up to 1.9e-5 (against the eager GPU) and 7.1e-5 (against the CPU) over six
+        # weight draws a type on an H100; a wrong value is O(1)
+        assert td.relative_error(got, want) < 1e-4
         got, ref = _both(graph, Decoder(config, weights), PROMPT, STEPS)       # the CPU's integer-code products
-        assert td.relative_error(got, ref) < 3e-5      # sums in other orders (a wrong value is O(1))
+        assert td.relative_error(got, ref) < 2e-4
 
 
 def test_a_cache_of_a_recorded_shape_reuses_its_graph_and_the_previous_cache_keeps_its_positions():
