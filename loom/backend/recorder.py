@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import fallback
 from ..errors import ConfigError, LoomError
+from ..mode import is_deterministic
 
 
 class GraphCache:
@@ -73,13 +74,20 @@ class GraphCache:
         when this call runs eagerly (too early, or the step cannot be recorded). The exceptions
         caught are how CuPy refuses work inside a stream capture: RuntimeError for a host transfer,
         NotImplementedError (CuPy's, not Loom's) for a cuBLAS call it cannot capture, as its integer
-        GEMM; either refuses the key (refuse())."""
+        GEMM; either refuses the key (refuse()). Running out of device memory (CuPy's OutOfMemoryError
+        is a MemoryError: a recording holds buffers of its own) refuses nothing: this call runs
+        eagerly, said once, and a later sighting tries again; a strict cache in deterministic mode
+        re-raises it (the chain asked for cannot run)."""
         entry = self.get(key)
         if entry is None and self.wants_recording(key):
             try:
                 entry = record()
             except (LoomError, RuntimeError, NotImplementedError) as exc:
                 self.refuse(key, exc)
+            except MemoryError as exc:
+                if self.strict and is_deterministic():
+                    raise
+                fallback.notice_once(f"{self.describe(key)} runs eagerly: no memory to record it ({exc})")
             else:
                 self.put(key, entry)
         return entry

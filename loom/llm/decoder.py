@@ -356,11 +356,10 @@ class Decoder:
             chunk = ids[:, start:start + step]
             wanted = not last_only or start + step >= ids.shape[1]     # this chunk's logits are returned
             graph = self._prefill_graph(chunk, cache, last_only and wanted) if recorded else None
-            if graph is not None and graph.want_logits:
-                outs.append(graph.run(chunk, cache))
-                continue
             h = self._hidden(chunk, cache) if graph is None else graph.run(chunk, cache)
-            if wanted:
+            if graph is not None and graph.logits is not None:
+                outs.append(self.xp.copy(graph.logits))              # (the graph's buffer: its next run overwrites it)
+            elif wanted:
                 outs.append(self.logits_of(h[:, -1:] if last_only else h))
         return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
 
@@ -372,11 +371,7 @@ class Decoder:
                 or any(self.bf16_weights(L) is None for L in self.layers)):
             return None
         key = (B, T, cache.length, cache.max_len, self._dense is not None, logits)
-        try:
-            return self._prefills.lookup(key, lambda: PrefillGraph(self, ids, cache, logits))
-        except MemoryError as exc:       # CuPy's OutOfMemoryError: the recording's own activations did not fit
-            fallback.notice_once(f"a prompt chunk runs kernel by kernel: no memory to record it ({exc})")
-            return None
+        return self._prefills.lookup(key, lambda: PrefillGraph(self, ids, cache, logits))
 
     def release_graphs(self) -> None:
         """Drop every recorded decode step and prompt chunk, with the activation memory and the KV

@@ -46,12 +46,12 @@ class PrefillGraph:
         return h, dec.logits_of(h[:, -1:]) if self.want_logits else None
 
     def run(self, ids: np.ndarray, cache: KVCache) -> Array:
-        """Replay for `ids` (of the recorded shape) and `cache` (of the recorded shape and length):
-        the logits [B, 1, vocab] of the last position (a fresh array) when recorded with them, else
-        the hidden states [B, T, E] (the graph's buffer: the next replay overwrites it). The cache
+        """Replay for `ids` (of the recorded shape) and `cache` (of the recorded shape and length): the
+        hidden states [B, T, E], and in self.logits the last position's logits [B, 1, vocab] when
+        recorded with them (both the graph's buffers: the next replay overwrites them). The cache
         advances by T."""
         self.kv.bind(cache)
         self.dec.backend.copy_into(self.ids, np.asarray(ids, dtype=np.int64))
         self.graph.launch()
         cache.length += ids.shape[1]
-        return self.dec.xp.copy(self.logits) if self.logits is not None else self.h
+        return self.h

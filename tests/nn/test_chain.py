@@ -201,3 +201,18 @@ def test_train_passes_strict_to_its_step(loom_log):
     history = loom.train(net, X, Y, epochs=2, batch_size=4, optimizer="sgd", verbose=False, strict=False)
     assert history.epochs == 2
     assert len(loom_log()) == 1
+
+
+def test_running_out_of_memory_while_recording_refuses_nothing():
+    """A MemoryError (CuPy's OutOfMemoryError) runs this call eagerly and leaves the key to a later
+    sighting; a strict cache in deterministic mode passes it on."""
+    def no_memory():
+        raise MemoryError("out of memory allocating 1073741824 bytes")
+    lenient = GraphCache(2, strict=False, record_from=1)
+    assert lenient.lookup("a", no_memory) is None and lenient.eager_reasons == {}
+    assert lenient.lookup("a", lambda: "A") == "A"
+    strict = GraphCache(2, record_from=1)
+    with loom.deterministic(True), pytest.raises(MemoryError):
+        strict.lookup("b", no_memory)
+    with loom.deterministic(False):
+        assert strict.lookup("b", no_memory) is None and strict.eager_reasons == {}

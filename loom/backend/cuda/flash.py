@@ -347,10 +347,10 @@ def _meta(items: tuple, device: int) -> Array:
     """The items' descriptions as an array [S, 5] int64 on the device, kept (a prompt's chunks and
     layers repeat them; _KEPT_META most recent). While a CUDA graph is recorded, the copy cannot be
     captured: the kept array made by a run before the recording serves, and lives as long as the graph."""
-    key = (items, device)
+    key, capturing = (items, device), cupy.cuda.get_current_stream().is_capturing()
     meta = _KEPT_META.get(key)               # (never popped: another thread's recording may want it)
     if meta is None:
-        if cupy.cuda.get_current_stream().is_capturing():
+        if capturing:
             raise RuntimeError("flash attention records only shapes an eager run has made the item table of")
         meta = _KEPT_META[key] = cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
         while len(_KEPT_META) > KEPT_META:
@@ -358,7 +358,7 @@ def _meta(items: tuple, device: int) -> Array:
     else:
         with contextlib.suppress(KeyError):  # (evicted meanwhile by another thread)
             _KEPT_META.move_to_end(key)
-    if cupy.cuda.get_current_stream().is_capturing():
+    if capturing:
         keep_while_recorded(meta)
     return meta
 
