@@ -15,6 +15,7 @@ LEVELS = {
     # foundations: no Loom imports but each other
     "errors": 0, "dtypes": 0, "version": 0, "atomic": 0, "mode": 0, "fallback": 0,
     "config": 1, "rng": 1, "config_schema": 1,
+    "config_checks": 1, "config_layers": 1,
     "backend": 2,
     "kernels": 3,
     "nn": 4, "batch_invariance": 4, "datasets": 4,
