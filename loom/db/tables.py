@@ -9,46 +9,44 @@ Every value reaches SQL as a bound parameter; every table and column name is che
 `IDENTIFIER` and quoted. Bad arguments raise ConfigError naming where they are (`where[1]`,
 `items[2].price`); a malformed CSV or database file raises FormatError; a violated constraint (a
 duplicate primary key) raises ConstraintError; a file that cannot be read or written, FileError.
+
+This module holds the `Tables` API: the connection and the one place SQL runs, transactions, the
+schema (creating, dropping and reading tables) and the writes. The column types and names are in
+table_types.py, the SQL of reads (the where language, select, aggregate) in table_query.py and the
+CSV files in table_csv.py.
 """
 from __future__ import annotations
 
-import json
-import math
-import numbers
 import os
-import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any, overload
 
-from ..atomic import FileError, read_bytes, write_bytes
+from ..atomic import FileError
 from ..errors import ConfigError, FormatError, LoomError, StoreError
+from .table_csv import csv_value, infer_type, read_csv, write_csv
+from .table_query import AGGREGATES, OPERATORS, aggregate_sql, select_sql, where_sql  # noqa: F401 - re-exported
+from .table_types import (
+    _RESERVED_COLUMNS,
+    _RESERVED_TABLES,
+    IDENTIFIER,
+    TYPES,
+    _affinity,
+    _from_sql,
+    _identifier,
+    _quote,
+    _show,
+    _Table,
+    _table_name,
+    _to_sql,
+)
 
-# fullmatch, never match + "$": "$" also matches before a final newline, which would let "t\n" through.
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
-TYPES = ("int", "float", "text", "bool", "blob", "json")
-OPERATORS = ("==", "!=", "<", "<=", ">", ">=", "in", "contains", "startswith", "like")
-AGGREGATES = ("count", "sum", "avg", "min", "max")
-
-_RULE = "letters, digits and _, not starting with a digit, at most 64 characters"
 _META = "_octo_columns"                  # the Loom type of each column: SQLite has no bool or json type
-_RESERVED_TABLES = ("sqlite_", "_octo_")
-_RESERVED_COLUMNS = ("rowid", "oid", "_rowid_")   # SQLite's names for the row id; a column would hide it
-_I64 = (-2**63, 2**63 - 1)
 # STRICT tables (SQLite 3.37+) make SQLite itself refuse wrong types; older versions get CHECK constraints.
 _STRICT = sqlite3.sqlite_version_info >= (3, 37, 0)
 _DECLARED = {"int": "INTEGER", "float": "REAL", "text": "TEXT", "bool": "INTEGER", "blob": "BLOB", "json": "TEXT"}
 _TYPEOF = {"int": "integer", "float": "real", "text": "text", "blob": "blob", "json": "text"}
-_ORDERED = ("int", "float", "text", "bool", "blob", "any")
-_NUMERIC = ("int", "float", "bool", "any")
-_INT_TEXT = re.compile(r"[+-]?[0-9]+")
-_FLOAT_TEXT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?|[+-]?(inf|infinity)", re.IGNORECASE)
-_HEX_TEXT = re.compile(r"([0-9a-fA-F]{2})*")
-_UNQUOTED = re.compile(r'[^,"\r\n]*')
-_WHERE_HELP = ("a condition is (column, operator, value), ('and', cond, ...), ('or', cond, ...), ('not', cond) "
-               "or a dict {column: value, ...}")
 
 Where = tuple[Any, ...] | list[Any] | Mapping[str, Any]
 OrderBy = str | list[str] | tuple[str, ...]
@@ -58,116 +56,6 @@ Key = str | list[str] | tuple[str, ...]
 class ConstraintError(LoomError, sqlite3.IntegrityError):
     """A write breaks a constraint of the table (a duplicate primary key, a NOT NULL or CHECK constraint,
     a foreign key): the message names the table, the row or CSV line, and SQLite's reason."""
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _quote(name: str) -> str:
-    # Names are validated before they get here; doubling quotes keeps even a foreign table's odd names safe.
-    return '"' + name.replace('"', '""') + '"'
-
-
-def _identifier(value: Any, path: str, what: str) -> str:
-    if not isinstance(value, str) or not IDENTIFIER.fullmatch(value):
-        raise ConfigError(path, f"{_show(value)} is not a valid {what} name: {_RULE}")
-    return value
-
-
-def _table_name(value: Any, path: str = "table") -> str:
-    name = _identifier(value, path, "table")
-    if name.lower().startswith(_RESERVED_TABLES):
-        raise ConfigError(path, f"{name!r}: names starting with sqlite_ or _octo_ are reserved")
-    return name
-
-
-def _to_sql(kind: str, value: Any, path: str) -> Any:
-    """value checked against a column of Loom type `kind`, as SQLite stores it (None is NULL)."""
-    if value is None:
-        return None
-    if kind == "int" and isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        if not _I64[0] <= int(value) <= _I64[1]:
-            raise ConfigError(path, f"{value} is outside the 64-bit integer range of an int column")
-        return int(value)
-    if kind == "float" and isinstance(value, numbers.Real) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            raise ConfigError(path, f"{_show(value)} is too large for a float column") from None
-        if math.isnan(number):       # SQLite would store a NaN as NULL
-            raise ConfigError(path, "NaN cannot be stored in a float column (SQLite turns it into NULL)")
-        return number
-    if kind == "bool" and isinstance(value, bool):
-        return int(value)
-    if kind == "blob" and isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value)
-    if kind == "json":
-        try:
-            value = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(path, f"{_show(value)} cannot be stored in a json column: {exc}") from None
-        kind = "text"
-    if kind == "any":                           # a column of a table made by another tool
-        for sub, accepted in (("int", numbers.Integral), ("float", numbers.Real), ("text", str),
-                              ("blob", (bytes, bytearray, memoryview))):
-            if isinstance(value, accepted) and not isinstance(value, bool):
-                return _to_sql(sub, value, path)
-    if kind == "text" and isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ConfigError(path, f"{_show(value)} is not valid Unicode (a lone surrogate)") from None
-        return value
-    raise ConfigError(path, f"expected {kind}, got {_show(value)} ({type(value).__name__})")
-
-
-def _from_sql(kind: str, value: Any) -> Any:
-    if value is None:
-        return None
-    if kind == "bool":
-        return bool(value)
-    if kind == "json":
-        return json.loads(value)
-    if kind == "float":
-        return float(value)
-    return value
-
-
-def _affinity(declared: str) -> str:
-    """The Loom type of a column another tool declared (SQLite's affinity rules); "any" if none fits."""
-    upper = declared.upper()
-    if "INT" in upper:
-        return "int"
-    if any(word in upper for word in ("CHAR", "CLOB", "TEXT")):
-        return "text"
-    if "BLOB" in upper:
-        return "blob"
-    if any(word in upper for word in ("REAL", "FLOA", "DOUB")):
-        return "float"
-    return "any"
-
-
-@dataclass(frozen=True)
-class _Table:
-    name: str
-    columns: dict[str, str]            # name -> Loom type, in table order
-    primary_key: tuple[str, ...]
-    rowid: bool
-
-    def column(self, name: Any, path: str, pseudo: bool = True) -> tuple[str, str]:
-        """(the column's name as created, its type); "rowid" too where `pseudo`."""
-        _identifier(name, path, "column")
-        for column, kind in self.columns.items():
-            if column.lower() == name.lower():       # SQLite names are ASCII case-insensitive
-                return column, kind
-        if pseudo and self.rowid and name.lower() == "rowid":
-            return "rowid", "int"
-        raise ConfigError(path, f"table {self.name} has no column {name!r}; columns: {', '.join(self.columns)}")
-
-    def order_key(self) -> tuple[str, ...]:
-        return self.primary_key or (("rowid",) if self.rowid else tuple(self.columns))
 
 
 class Tables:
@@ -451,14 +339,14 @@ class Tables:
         if not isinstance(values, Mapping) or not values:
             raise ConfigError("values", "give a non-empty dict {column: new value}")
         names, params = self._assignments(t, values, t.name)
-        clause, where_params = self._where(t, where)
+        clause, where_params = where_sql(t, where)
         sets = ", ".join(f"{_quote(name)} = ?" for name in names)
         return self._execute(f"UPDATE {_quote(t.name)} SET {sets}{clause}", params + where_params, t.name).rowcount
 
     def delete(self, table: str, *, where: Where | None) -> int:
         """Delete the rows that match `where` (None: every row, said explicitly); returns how many."""
         t = self._table(table)
-        clause, params = self._where(t, where)
+        clause, params = where_sql(t, where)
         return self._execute(f"DELETE FROM {_quote(t.name)}{clause}", params, t.name).rowcount
 
     # --- reads -------------------------------------------------------------------------------------------
@@ -490,7 +378,7 @@ class Tables:
         distinct, in the order of the columns) unless `order_by` ("col", "-col" descending, or a
         list) says otherwise; its ties are broken the same way. `limit` and `offset` are integers >= 0."""
         t = self._table(table)
-        sql, params, kinds = self._select_sql(t, columns, where, order_by, limit, offset, distinct)
+        sql, params, kinds = select_sql(t, columns, where, order_by, limit, offset, distinct)
         names = list(kinds)
         return [{name: _from_sql(kinds[name], value) for name, value in zip(names, row)}
                 for row in self._query(sql, params)]
@@ -498,58 +386,8 @@ class Tables:
     def count(self, table: str, where: Where | None = None) -> int:
         """How many rows match `where` (all rows for None)."""
         t = self._table(table)
-        clause, params = self._where(t, where)
+        clause, params = where_sql(t, where)
         return self._query(f"SELECT count(*) FROM {_quote(t.name)}{clause}", params)[0][0]
-
-    def _select_sql(self, t: _Table, columns: Any, where: Any, order_by: Any, limit: Any, offset: Any,
-                    distinct: Any) -> tuple[str, list[Any], dict[str, str]]:
-        """(SQL, parameters, {output column: type})."""
-        if not isinstance(distinct, bool):
-            raise ConfigError("distinct", f"expected True or False, got {_show(distinct)}")
-        if columns is None:
-            kinds = dict(t.columns)
-        elif isinstance(columns, (list, tuple)) and columns:
-            kinds = {}
-            for i, name in enumerate(columns):
-                column, kind = t.column(name, f"columns[{i}]")
-                if column in kinds:
-                    raise ConfigError(f"columns[{i}]", f"column {column!r} is asked for twice")
-                kinds[column] = kind
-        else:
-            raise ConfigError("columns", f"give a non-empty list of column names, not {_show(columns)}")
-        clause, params = self._where(t, where)
-        terms = self._order_terms(order_by, lambda name, path: t.column(name, path)[0])
-        tie = list(kinds) if distinct else t.order_key()
-        if distinct and any(name not in kinds for name, _ in terms):
-            raise ConfigError("order_by", "with distinct=True, order by columns that are selected")
-        order = terms + [(name, False) for name in tie if name not in {n for n, _ in terms}]
-        sql = (f"SELECT {'DISTINCT ' if distinct else ''}{', '.join(map(_quote, kinds))} FROM {_quote(t.name)}"
-               f"{clause} ORDER BY " + ", ".join(_quote(name) + (" DESC" if desc else "") for name, desc in order))
-        limit, offset = _count_arg(limit, "limit"), _count_arg(offset, "offset")
-        if limit is not None or offset is not None:
-            sql += " LIMIT ? OFFSET ?"        # LIMIT -1: no limit (SQLite needs a LIMIT before an OFFSET)
-            params += [-1 if limit is None else limit, offset or 0]
-        return sql, params, kinds
-
-    @staticmethod
-    def _order_terms(order_by: Any, resolve: Any) -> list[tuple[str, bool]]:
-        """[(column, descending)] from "col" / "-col" / a list of them; `resolve(name, path)` checks a name."""
-        if order_by is None:
-            return []
-        single = isinstance(order_by, str)
-        if not single and not isinstance(order_by, (list, tuple)):
-            raise ConfigError("order_by", f"give a column, '-column' or a list of them, not {_show(order_by)}")
-        terms: list[tuple[str, bool]] = []
-        for i, item in enumerate([order_by] if single else order_by):
-            path = "order_by" if single else f"order_by[{i}]"
-            if not isinstance(item, str):
-                raise ConfigError(path, f"give a column or '-column', not {_show(item)}")
-            desc = item.startswith("-")
-            name = resolve(item[1:] if desc else item, path)
-            if any(name == other for other, _ in terms):
-                raise ConfigError(path, f"{name!r} is named twice")
-            terms.append((name, desc))
-        return terms
 
     def aggregate(self, table: str, aggregates: Mapping[str, tuple[str, str]], where: Where | None = None,
                   group_by: str | list[str] | tuple[str, ...] | None = None, order_by: OrderBy | None = None
@@ -560,127 +398,10 @@ class Tables:
         sum, avg, min and max of no values are None. Groups come in group_by order unless `order_by`
         (group columns and output names, "-name" descending) says otherwise."""
         t = self._table(table)
-        groups: list[str] = []
-        kinds: dict[str, str] = {}
-        if group_by is not None:
-            single = isinstance(group_by, str)
-            if not single and (not isinstance(group_by, (list, tuple)) or not group_by):
-                raise ConfigError("group_by", f"give a column or a list of columns, not {_show(group_by)}")
-            for i, name in enumerate([group_by] if single else group_by):
-                path = "group_by" if single else f"group_by[{i}]"
-                column, kind = t.column(name, path)
-                if column in groups:
-                    raise ConfigError(path, f"{column!r} is named twice")
-                groups.append(column)
-                kinds[column] = kind
-        if not isinstance(aggregates, Mapping) or not (aggregates or groups):
-            raise ConfigError("aggregates", "give a dict {name: (function, column)}, e.g. {'n': ('count', '*')}")
-        exprs = [_quote(column) for column in groups]
-        for out, spec in aggregates.items():
-            path = f"aggregates.{out}"
-            _identifier(out, "aggregates", "output")
-            if any(out.lower() == other.lower() for other in kinds):
-                raise ConfigError(path, f"{out!r} is already a group column or an output name")
-            if not isinstance(spec, (tuple, list)) or len(spec) != 2:
-                raise ConfigError(path, f"give (function, column), e.g. ('sum', 'price'), not {_show(spec)}")
-            function, name = spec
-            if not isinstance(function, str) or function not in AGGREGATES:
-                raise ConfigError(f"{path}[0]", f"unknown function {_show(function)}; functions: "
-                                                f"{', '.join(AGGREGATES)}")
-            if function == "count" and name == "*":
-                exprs.append("count(*)")
-                kinds[out] = "int"
-                continue
-            column, kind = t.column(name, f"{path}[1]")
-            if function in ("sum", "avg") and kind not in _NUMERIC:
-                raise ConfigError(f"{path}[1]", f"{function} needs an int, float or bool column; {column} is {kind}")
-            if function in ("min", "max") and kind not in _ORDERED:
-                raise ConfigError(f"{path}[1]", f"{function} cannot order a {kind} column ({column})")
-            exprs.append(f"{function}({_quote(column)})")
-            kinds[out] = {"count": "int", "avg": "float", "sum": "int" if kind == "bool" else kind}.get(function, kind)
-        clause, params = self._where(t, where)
+        sql, params, kinds = aggregate_sql(t, aggregates, where, group_by, order_by)
         names = list(kinds)
-
-        def resolve(name: str, path: str) -> str:
-            _identifier(name, path, "column")
-            for known in names:
-                if known.lower() == name.lower():
-                    return known
-            raise ConfigError(path, f"order by a group column or an output name: {', '.join(names)}")
-
-        terms = self._order_terms(order_by, resolve) + [(name, False) for name in groups]
-        # ORDER BY output positions: an output name may also be a column of the table, and SQL would be
-        # ambiguous about which one "name" means.
-        order = ", ".join(f"{names.index(name) + 1}{' DESC' if desc else ''}" for name, desc in terms)
-        sql = (f"SELECT {', '.join(exprs)} FROM {_quote(t.name)}{clause}"
-               + (f" GROUP BY {', '.join(map(_quote, groups))}" if groups else "")
-               + (f" ORDER BY {order}" if order else ""))
         return [{name: _from_sql(kinds[name], value) for name, value in zip(names, row)}
                 for row in self._query(sql, params)]
-
-    # --- the where language ------------------------------------------------------------------------------
-
-    def _where(self, t: _Table, where: Any) -> tuple[str, list[Any]]:
-        if where is None:
-            return "", []
-        sql, params = self._condition(t, where, "where")
-        return f" WHERE {sql}", params
-
-    def _condition(self, t: _Table, cond: Any, path: str) -> tuple[str, list[Any]]:
-        if isinstance(cond, Mapping):
-            if not cond:
-                raise ConfigError(path, "an empty dict compares nothing; pass where=None for every row")
-            cond = ("and", *((column, "==", value) for column, value in cond.items()))
-        if not isinstance(cond, (tuple, list)) or not cond:
-            raise ConfigError(path, f"{_WHERE_HELP}; got {_show(cond)}")
-        head = cond[0]
-        # ("not", "==", 1) compares a column named "not": a sub-condition is never a string.
-        if isinstance(head, str) and head in ("and", "or", "not") and not (len(cond) > 1 and isinstance(cond[1], str)):
-            if len(cond) == 1 or head == "not" and len(cond) != 2:
-                raise ConfigError(path, f"({head!r}, ...) takes {'one condition' if head == 'not' else 'conditions'}")
-            parts, params = [], []
-            for i, sub in enumerate(cond[1:], 1):
-                sql, more = self._condition(t, sub, f"{path}[{i}]")
-                parts.append(f"({sql})")
-                params += more
-            if head == "not":
-                # SQL's NOT of an unknown (a NULL compared) is unknown, matching no row; "not" here matches
-                # exactly the rows its condition does not.
-                return f"NOT coalesce({parts[0]}, 0)", params
-            return f" {head.upper()} ".join(parts), params
-        if len(cond) != 3:
-            raise ConfigError(path, f"{_WHERE_HELP}; got {_show(cond)}")
-        name, op, value = cond
-        column, kind = t.column(name, f"{path}[0]")
-        if not isinstance(op, str) or op not in OPERATORS:
-            raise ConfigError(f"{path}[1]", f"unknown operator {_show(op)}; operators: {', '.join(OPERATORS)}")
-        ident, vpath = _quote(column), f"{path}[2]"
-        if op in ("==", "!="):
-            if value is None:
-                return f"{ident} IS {'' if op == '==' else 'NOT '}NULL", []
-            # "!=" is IS NOT: a NULL differs from every value, as None != 3 in Python.
-            return f"{ident} {'=' if op == '==' else 'IS NOT'} ?", [_to_sql(kind, value, vpath)]
-        if op == "in":
-            if not isinstance(value, (list, tuple, set, frozenset)):
-                raise ConfigError(vpath, f"'in' takes a list of values, not {_show(value)}")
-            values = [_to_sql(kind, v, f"{vpath}[{i}]") for i, v in enumerate(value)]
-            known = [v for v in values if v is not None]
-            parts = [f"{ident} IN ({', '.join('?' * len(known))})"] if known else []
-            parts += [f"{ident} IS NULL"] if None in values else []
-            return " OR ".join(parts) or "0", known
-        if value is None:
-            raise ConfigError(vpath, f"{op!r} cannot compare with None (NULL); use ('{column}', '==', None)")
-        if op in ("contains", "startswith", "like"):
-            if kind != "text":
-                raise ConfigError(f"{path}[1]", f"{op!r} needs a text column; {column} is {kind}")
-            text = _to_sql("text", value, vpath)
-            # instr, not LIKE: % and _ in the text are plain characters, and the match is case-sensitive.
-            sql = {"contains": f"instr({ident}, ?) > 0", "startswith": f"instr({ident}, ?) = 1",
-                   "like": f"{ident} LIKE ?"}[op]
-            return sql, [text]
-        if kind not in _ORDERED:
-            raise ConfigError(f"{path}[1]", f"{op!r} cannot order a {kind} column ({column})")
-        return f"{ident} {op} ?", [_to_sql(kind, value, vpath)]
 
     # --- CSV ---------------------------------------------------------------------------------------------
 
@@ -690,11 +411,9 @@ class Tables:
         names, "\\n" line ends), atomically: readers see the old file or the whole new one. Returns the
         number of rows. Text is always quoted; NULL is an empty unquoted field (docs/db_tables.md)."""
         t = self._table(table)
-        sql, params, kinds = self._select_sql(t, columns, where, order_by, None, None, False)
+        sql, params, kinds = select_sql(t, columns, where, order_by, None, None, False)
         rows = self._query(sql, params)
-        lines = [",".join(kinds)]
-        lines += [",".join(_csv_field(kind, value) for kind, value in zip(kinds.values(), row)) for row in rows]
-        write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+        write_csv(path, kinds, rows)
         return len(rows)
 
     def import_csv(self, table: str, path: str | os.PathLike[str], create: bool = False,
@@ -711,26 +430,10 @@ class Tables:
             raise ConfigError("table", f"no table {name!r}; pass create=True to make it from the CSV")
         if types is not None and not isinstance(types, Mapping):
             raise ConfigError("types", f"give a dict {{column: type}}, not {_show(types)}")
-        where = os.fspath(path)
-        data = read_bytes(where)
-        records = _csv_records(_csv_text(data, where), where)
-        if not records:
-            raise FormatError(f"{where}: the file is empty; the first line must name the columns")
-        header = records[0][1]
-        for i, field in enumerate(header):
-            if field is None or not IDENTIFIER.fullmatch(field) or field.lower() in _RESERVED_COLUMNS:
-                raise FormatError(f"{where}: line 1, field {i + 1}: {_show(field or '')} is not a valid column "
-                                  f"name ({_RULE})")
-            if any(field.lower() == other.lower() for other in header[:i]):
-                raise FormatError(f"{where}: line 1: column {field!r} is named twice")
-        for column, kind in (types or {}).items():
-            if not isinstance(column, str) or column not in header:
-                raise ConfigError(f"types.{column}", f"not a column of the CSV header ({', '.join(header)})")
-            if kind not in TYPES:
-                raise ConfigError(f"types.{column}", f"unknown type {_show(kind)}; types: {', '.join(TYPES)}")
+        where, header, records = read_csv(path, types)
         with self.transaction():
             if not exists:
-                spec = {column: (types or {}).get(column) or _infer([r[i] for _, r in records[1:] if i < len(r)])
+                spec = {column: (types or {}).get(column) or infer_type([r[i] for _, r in records if i < len(r)])
                         for i, column in enumerate(header)}
                 self.create(name, spec, primary_key=primary_key)
             t = self._table(name)
@@ -747,134 +450,11 @@ class Tables:
                 columns.append((column, kind))
             sql = (f"INSERT INTO {_quote(t.name)} ({', '.join(_quote(c) for c, _ in columns)}) "
                    f"VALUES ({', '.join('?' * len(columns))})")
-            for line, fields in records[1:]:
+            for line, fields in records:
                 if len(fields) != len(columns):
                     raise FormatError(f"{where}: line {line}: {len(fields)} field{'s' * (len(fields) != 1)}, "
                                       f"the header has {len(columns)}")
-                values = [_csv_value(kind, field, f"{where}: line {line}, column {column}")
+                values = [csv_value(kind, field, f"{where}: line {line}, column {column}")
                           for (column, kind), field in zip(columns, fields)]
                 self._execute(sql, values, f"{where}: line {line}")
-        return len(records) - 1
-
-
-def _count_arg(value: Any, path: str) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ConfigError(path, f"expected an integer >= 0 (or None), got {_show(value)}")
-    return int(value)
-
-
-def _csv_field(kind: str, value: Any) -> str:
-    if value is None:
-        return ""
-    if kind == "bool":
-        return "true" if value else "false"
-    if isinstance(value, bytes):
-        return value.hex() or '""'             # quoted: an empty blob, not NULL
-    if isinstance(value, float):
-        return repr(value)           # the shortest text that reads back as the same float
-    text = str(value)
-    # Text is always quoted, so that "" (an empty string) differs from an empty field (NULL).
-    if kind == "text" or isinstance(value, str) and kind == "any" or any(c in text for c in ',"\r\n'):
-        return '"' + text.replace('"', '""') + '"'
-    return text
-
-
-def _csv_text(data: bytes, where: str) -> str:
-    if data.startswith(b"\xef\xbb\xbf"):       # a byte-order mark, as spreadsheets write
-        data = data[3:]
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise FormatError(f"{where}: line {line}: not UTF-8 text (byte {exc.start})") from None
-
-
-def _csv_records(text: str, where: str) -> list[tuple[int, list[str | None]]]:
-    """[(line number where the record starts, fields)], RFC 4180: fields separated by commas, a
-    quoted field may hold commas, newlines and doubled quotes. An empty unquoted field is None (NULL),
-    a quoted one "". csv.reader cannot tell those apart, hence this reader."""
-    records: list[tuple[int, list[str | None]]] = []
-    i, n, line = 0, len(text), 1
-    while i < n:
-        start = line
-        fields: list[str | None] = []
-        while True:
-            if i < n and text[i] == '"':
-                opened, parts = line, []
-                i += 1
-                while True:
-                    j = text.find('"', i)
-                    if j < 0:
-                        raise FormatError(f"{where}: line {opened}: a quoted field is not closed (the file ends "
-                                          f"inside it: truncated?)")
-                    parts.append(text[i:j])
-                    line += text.count("\n", i, j)
-                    if text.startswith('""', j):
-                        parts.append('"')
-                        i = j + 2
-                        continue
-                    i = j + 1
-                    break
-                fields.append("".join(parts))
-                if i < n and text[i] not in ',\r\n':
-                    raise FormatError(f"{where}: line {line}: {_show(text[i])} after a closing quote (a quote inside "
-                                      f"a field is written as two quotes)")
-            else:
-                match = _UNQUOTED.match(text, i)
-                i = match.end()
-                if i < n and text[i] == '"':
-                    raise FormatError(f"{where}: line {line}: a quote inside an unquoted field (quote the field and "
-                                      f"double the quote)")
-                fields.append(match.group() or None)
-            if i < n and text[i] == ",":
-                i += 1
-                continue
-            if i < n:                               # a line end: \n, \r\n or \r
-                i += 2 if text.startswith("\r\n", i) else 1
-                line += 1
-            break
-        records.append((start, fields))
-    return records
-
-
-def _csv_value(kind: str, field: str | None, where: str) -> Any:
-    """A CSV field as the value to store in a column of type `kind`."""
-    if field is None:
-        return None
-    if kind in ("text", "any"):
-        return field
-    if field == "":                             # quoted: an empty blob; NULL in the other types
-        return b"" if kind == "blob" else None
-    value: Any = None
-    if kind == "int" and _INT_TEXT.fullmatch(field):
-        value = int(field)
-    elif kind == "float" and _FLOAT_TEXT.fullmatch(field):
-        value = float(field)
-    elif kind == "bool" and field.lower() in ("true", "false", "1", "0"):
-        value = field.lower() in ("true", "1")
-    elif kind == "blob" and _HEX_TEXT.fullmatch(field):
-        value = bytes.fromhex(field)
-    elif kind == "json":
-        try:
-            value = json.loads(field)
-        except ValueError:
-            raise FormatError(f"{where}: {_show(field)} is not JSON") from None
-    else:
-        raise FormatError(f"{where}: expected {kind}{' (hex)' if kind == 'blob' else ''}, got {_show(field)}")
-    try:
-        return _to_sql(kind, value, "")
-    except ConfigError as exc:
-        raise FormatError(f"{where}: {exc.reason}") from None
-
-
-def _infer(fields: list[str | None]) -> str:
-    values = [f for f in fields if f is not None]
-    if not values:
-        return "text"
-    if all(_INT_TEXT.fullmatch(f) and _I64[0] <= int(f) <= _I64[1] for f in values):
-        return "int"
-    if all(_FLOAT_TEXT.fullmatch(f) for f in values):
-        return "float"
-    return "text"
+        return len(records)
