@@ -16,8 +16,8 @@ from .. import dtypes, formats, verify
 from ..datasets import digits_split
 from ..nn import Network, optim
 from ..nn.train import train
-from . import runtime
-from .runtime import (
+from . import abi
+from .abi import (
     ARGUMENT,
     CONFIG,
     CError,
@@ -48,7 +48,7 @@ def _net(ptr: Any, what: str = "net"):
 
 def _network_out(net: Network, out: Any) -> None:
     need(out, "out")
-    runtime.ffi.cast("loom_network **", out)[0] = new_handle(NET, net)
+    abi.ffi.cast("loom_network **", out)[0] = new_handle(NET, net)
 
 
 @export("network_from_json")
@@ -71,7 +71,7 @@ def network_from_bytes(data: Any, size: int, out: Any) -> None:
     need(out, "out")
     if size >= 1 << 62:                         # else an OverflowError (LOOM_ERR_INTERNAL) in ffi.buffer
         raise CError(ARGUMENT, f"size {size} is larger than any buffer")
-    _network_out(formats.from_bytes(bytes(runtime.ffi.buffer(need(data, "data"), size))), out)
+    _network_out(formats.from_bytes(bytes(abi.ffi.buffer(need(data, "data"), size))), out)
 
 
 @export("network_save")
@@ -88,13 +88,13 @@ def network_to_bytes(net: Any, data: Any, size: Any) -> None:
     h = _net(net)
     with locked(h):
         raw = h.obj.to_bytes()
-    runtime.ffi.cast("void **", data)[0] = malloc_copy(raw, "data")
+    abi.ffi.cast("void **", data)[0] = malloc_copy(raw, "data")
     put(size, len(raw), "size")
 
 
 @export("network_free")
 def network_free(net: Any) -> None:
-    runtime.free_handle(net, NET, "net")
+    abi.free_handle(net, NET, "net")
 
 
 @export("network_to_device")
@@ -103,7 +103,7 @@ def network_to_device(net: Any, device: Any) -> None:
     name = text(device, "device")
     if name not in ("cpu", "cuda"):
         raise CError(ARGUMENT, f'device is "cpu" or "cuda", got {name!r}')
-    users = [hh.kind for hh in list(runtime.STATE.handles.values())
+    users = [hh.kind for hh in list(abi.STATE.handles.values())
              if hh.kind in (OPT, STEP) and getattr(hh.obj, "net", None) is h.obj]
     if users:                       # they hold the arrays and layers of the device the network leaves
         raise CError(ARGUMENT, f"free the network's {len(users)} optimizer and step-state handles first "
@@ -159,7 +159,7 @@ def network_fingerprint(net: Any, hex65: Any) -> None:
     h = _net(net)
     with locked(h):
         digest = verify.combined(h.obj.state_dict())
-    runtime.ffi.memmove(hex65, digest.encode() + b"\0", 65)
+    abi.ffi.memmove(hex65, digest.encode() + b"\0", 65)
 
 
 def _as_input(net: Network, x: np.ndarray, what: str) -> np.ndarray:
@@ -196,7 +196,7 @@ def backward(net: Any, grad_output: Any, shape_ptr: Any, ndim: int, grad_input: 
         n = h.obj
         dims = shape(shape_ptr, ndim, "grad_output shape")
         dy = array_in(grad_output, dims, np.float32, "grad_output").astype(n.output_spec.dtype, copy=False)
-        if grad_input != runtime.ffi.NULL:
+        if grad_input != abi.ffi.NULL:
             # grad_input's errors before the gradients accumulate (a retry would add them twice); where
             # dy's shape is not the last forward's, n.backward raises that first, changing nothing
             if not n.input_spec.is_float:
@@ -205,8 +205,8 @@ def backward(net: Any, grad_output: Any, shape_ptr: Any, ndim: int, grad_input: 
             if dims == (getattr(n, "_batch", None), *n.output_spec.shape) and capacity < need_dx:
                 raise CError(ARGUMENT, f"grad_input has room for {capacity} values; the input gradient has {need_dx} "
                                        f"(shape {[dims[0], *n.input_spec.shape]})")
-        dx = n.backward(n.backend.asarray(dy), input_grad=grad_input != runtime.ffi.NULL)
-        if grad_input != runtime.ffi.NULL:
+        dx = n.backward(n.backend.asarray(dy), input_grad=grad_input != abi.ffi.NULL)
+        if grad_input != abi.ffi.NULL:
             if dx is None:
                 raise CError(ARGUMENT, "grad_input: this network's input has no gradient (integer inputs); pass NULL")
             _floats_out(n, dx, grad_input, capacity, "grad_input")
@@ -272,7 +272,7 @@ def get_gradient(net: Any, name: Any, out: Any, capacity: int) -> None:
 def train_(net: Any, spec_json: Any, x: Any, x_shape: Any, x_ndim: int, y: Any, y_dtype: int, y_shape: Any,
            y_ndim: int, history_json: Any) -> None:
     h = _net(net)
-    spec = json_arg(spec_json, "spec_json") if spec_json != runtime.ffi.NULL else {}
+    spec = json_arg(spec_json, "spec_json") if spec_json != abi.ffi.NULL else {}
     if not isinstance(spec, dict):
         raise CError(CONFIG, f"spec_json is an object, got {type(spec).__name__}")
     unknown = sorted(set(spec) - set(TRAIN_KEYS))
@@ -292,7 +292,7 @@ def train_(net: Any, spec_json: Any, x: Any, x_shape: Any, x_ndim: int, y: Any, 
         raise CError(ARGUMENT, f"x has {len(X)} samples, y has {len(Y)}")
     with locked(h):
         history = train(h.obj, X, Y, verbose=False, **spec)
-    if history_json != runtime.ffi.NULL:
+    if history_json != abi.ffi.NULL:
         put_string(history_json, json.dumps({"epochs": history.epochs, "stopped_early": history.stopped_early,
                                              "logs": history.logs}), "history_json")
 
@@ -309,12 +309,12 @@ def optimizer_create(net: Any, spec_json: Any, out: Any) -> None:
     spec = json_arg(spec_json, "spec_json")
     with locked(h):
         opt = optim.build(spec, h.obj.parameters())
-    runtime.ffi.cast("loom_optimizer **", out)[0] = new_handle(OPT, _Optimizer(h.obj, opt), h.lock)
+    abi.ffi.cast("loom_optimizer **", out)[0] = new_handle(OPT, _Optimizer(h.obj, opt), h.lock)
 
 
 @export("optimizer_free")
 def optimizer_free(opt: Any) -> None:
-    runtime.free_handle(opt, OPT, "opt")
+    abi.free_handle(opt, OPT, "opt")
 
 
 @export("apply_gradients")
@@ -337,12 +337,12 @@ def step_state_create(net: Any, out: Any) -> None:
     h = _net(net)
     with locked(h):
         step = _Step(h.obj)
-    runtime.ffi.cast("loom_step_state **", out)[0] = new_handle(STEP, step, h.lock)
+    abi.ffi.cast("loom_step_state **", out)[0] = new_handle(STEP, step, h.lock)
 
 
 @export("step_state_free")
 def step_state_free(state: Any) -> None:
-    runtime.free_handle(state, STEP, "state")
+    abi.free_handle(state, STEP, "state")
 
 
 @export("step_set_input")
@@ -394,7 +394,7 @@ def digits(test_fraction: float, seed: int, x_train: Any, y_train: Any, n_train:
     (xa, ya), (xb, yb) = digits_split(test_fraction, seed)
     for (xs, ys, n), (px, py, pn) in (((xa, ya, len(ya)), (x_train, y_train, n_train)),
                                       ((xb, yb, len(yb)), (x_test, y_test, n_test))):
-        ffi_ = runtime.ffi
+        ffi_ = abi.ffi
         ffi_.cast("float **", px)[0] = ffi_.cast("float *", malloc_copy(np.ascontiguousarray(xs, np.float32), "x"))
         ffi_.cast("int64_t **", py)[0] = ffi_.cast("int64_t *", malloc_copy(np.ascontiguousarray(ys, np.int64), "y"))
         put(pn, n, "n")

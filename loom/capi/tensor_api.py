@@ -30,8 +30,8 @@ import numpy as np
 
 from .. import backend, dtypes, mode
 from ..kernels import ops
-from . import runtime
-from .runtime import ARGUMENT, DEVICE, MAX_DIMS, CError, export, handle, locked, need, new_handle, put
+from . import abi
+from .abi import ARGUMENT, DEVICE, MAX_DIMS, CError, export, handle, locked, need, new_handle, put
 
 TENSOR, CSR, OP = "LoomTensor", "LoomCSR", "LoomOpHandle"
 DEVICES = {0: "cpu", 1: "cuda", 2: "metal", 3: "hip"}
@@ -60,11 +60,11 @@ class Tensor:
         return self.stream if self.stream is not None else contextlib.nullcontext()
 
 
-def _tensor(ptr: Any, what: str) -> runtime.Handle:
+def _tensor(ptr: Any, what: str) -> abi.Handle:
     return handle(ptr, TENSOR, what)
 
 
-def _use(*handles: runtime.Handle) -> contextlib.AbstractContextManager:
+def _use(*handles: abi.Handle) -> contextlib.AbstractContextManager:
     """The handles' locks, taken once the queued CPU ops (loom_enqueue_gemm) on these tensors are done,
     so that a call sees their results and ops run in the order they were asked for (waiting before
     locking: the worker needs the locks)."""
@@ -114,7 +114,7 @@ def _dims(ptr: Any, ndim: int) -> tuple[int, ...]:
         raise CError(ARGUMENT, f"ndim {ndim} is outside 0..{MAX_DIMS}")
     if ndim == 0:
         return ()
-    dims = runtime.ffi.cast("size_t *", need(ptr, "dims"))
+    dims = abi.ffi.cast("size_t *", need(ptr, "dims"))
     out = tuple(int(dims[i]) for i in range(ndim))
     if math.prod(out) * 8 >= 1 << 62:
         raise CError(ARGUMENT, f"dims {list(out)} describe more elements than any device holds")
@@ -135,25 +135,25 @@ def tensor_create(device: int, dtype: int, dims: Any, ndim: int) -> Any:
 
 @export("tensor_wrap", pointer=True)
 def tensor_wrap(data: Any, dtype: int, dims: Any, ndim: int) -> Any:
-    view = runtime.array_in(data, _dims(dims, ndim), _dtype(dtype, "cpu"), "data", copy=False)
+    view = abi.array_in(data, _dims(dims, ndim), _dtype(dtype, "cpu"), "data", copy=False)
     return _new("cpu", view)
 
 
 @export("tensor_free")
 def tensor_free(t: Any) -> None:
-    runtime.free_handle(t, TENSOR, "t")
+    abi.free_handle(t, TENSOR, "t")
 
 
 @export("tensor_info")
 def tensor_info(t: Any, device: Any, dtype: Any, ndim: Any, dims: Any, capacity: int) -> None:
     x = _tensor(t, "t").obj
-    if device != runtime.ffi.NULL:
+    if device != abi.ffi.NULL:
         put(device, DEVICE_CODES[x.device], "device")
-    if dtype != runtime.ffi.NULL:
+    if dtype != abi.ffi.NULL:
         put(dtype, CODES[x.array.dtype], "dtype")
-    if ndim != runtime.ffi.NULL:
+    if ndim != abi.ffi.NULL:
         put(ndim, x.array.ndim, "ndim")
-    if dims != runtime.ffi.NULL:
+    if dims != abi.ffi.NULL:
         if capacity < x.array.ndim:
             raise CError(ARGUMENT, f"dims holds {capacity} entries; the tensor has {x.array.ndim} dimensions")
         for i, d in enumerate(x.array.shape):
@@ -161,7 +161,7 @@ def tensor_info(t: Any, device: Any, dtype: Any, ndim: Any, dims: Any, capacity:
 
 
 def _pointer_to(a: np.ndarray) -> Any:
-    return runtime.ffi.cast("void *", a.ctypes.data)
+    return abi.ffi.cast("void *", a.ctypes.data)
 
 
 @export("tensor_data", pointer=True)
@@ -320,9 +320,9 @@ class CSRMatrix:
 
 @export("csr_create", pointer=True)
 def csr_create(rows: int, cols: int, nnz: int, row_ptr: Any, col_idx: Any, values: Any) -> Any:
-    rp = runtime.array_in(row_ptr, (rows + 1,), np.uint32, "row_ptr").astype(np.int64)
-    ci = runtime.array_in(col_idx, (nnz,), np.uint32, "col_idx").astype(np.int64)    # NULL with nnz > 0: named
-    va = runtime.array_in(values, (nnz,), np.float32, "values")
+    rp = abi.array_in(row_ptr, (rows + 1,), np.uint32, "row_ptr").astype(np.int64)
+    ci = abi.array_in(col_idx, (nnz,), np.uint32, "col_idx").astype(np.int64)    # NULL with nnz > 0: named
+    va = abi.array_in(values, (nnz,), np.float32, "values")
     if rp[0] != 0 or rp[-1] != nnz:
         raise CError(ARGUMENT, f"row_ptr runs from {rp[0]} to {rp[-1]}; it must run from 0 to nnz ({nnz})")
     bad = np.flatnonzero(np.diff(rp) < 0)
@@ -336,7 +336,7 @@ def csr_create(rows: int, cols: int, nnz: int, row_ptr: Any, col_idx: Any, value
 
 @export("csr_free")
 def csr_free(csr: Any) -> None:
-    runtime.free_handle(csr, CSR, "csr")
+    abi.free_handle(csr, CSR, "csr")
 
 
 def _spmm(m: CSRMatrix, dense: Tensor, out: Tensor) -> None:
@@ -390,13 +390,13 @@ def csr_spmm(csr: Any, dense: Any, out: Any) -> None:
 def device_query(devices: Any, count: Any) -> None:
     need(count, "count")
     found = [0] + ([1] if backend.available()["cuda"] == "ok" else [])
-    capacity = runtime.ffi.cast("int *", count)[0]
-    if devices != runtime.ffi.NULL:
+    capacity = abi.ffi.cast("int *", count)[0]
+    if devices != abi.ffi.NULL:
         if capacity < len(found):
             raise CError(ARGUMENT, f"devices holds {capacity} entries (*count); {len(found)} devices are available")
         for i, d in enumerate(found):
             devices[i] = d
-    runtime.ffi.cast("int *", count)[0] = len(found)
+    abi.ffi.cast("int *", count)[0] = len(found)
 
 
 @export("tensor_set_stream")
@@ -404,12 +404,12 @@ def tensor_set_stream(t: Any, stream_handle: Any) -> None:
     h = _tensor(t, "t")
     with locked(h):
         x = h.obj
-        if stream_handle == runtime.ffi.NULL:
+        if stream_handle == abi.ffi.NULL:
             x.stream = None
             return
         if x.device != "cuda":
             raise CError(ARGUMENT, "a CPU tensor has no stream; pass NULL")
-        x.stream = x.be.compute.external_stream(int(runtime.ffi.cast("uintptr_t", stream_handle)))
+        x.stream = x.be.compute.external_stream(int(abi.ffi.cast("uintptr_t", stream_handle)))
 
 
 class Op:
@@ -456,7 +456,7 @@ def enqueue_gemm(A: Any, B: Any, C: Any) -> Any:
             compute = c.be.compute
             event = compute.event(c.stream)     # None: the current stream, where the product went
         return new_handle(OP, Op(event=event, wait=compute.wait))
-    deterministic = runtime.STATE.deterministic
+    deterministic = abi.STATE.deterministic
     _gemm_operands(a, b, c, 0, 0)               # misfits fail here (NULL), as on CUDA, not at loom_wait_op
 
     def work():
@@ -469,5 +469,5 @@ def enqueue_gemm(A: Any, B: Any, C: Any) -> Any:
 
 @export("wait_op")
 def wait_op(h: Any) -> None:
-    op = runtime.free_handle(h, OP, "h").obj
+    op = abi.free_handle(h, OP, "h").obj
     op.wait()

@@ -28,7 +28,7 @@ from ..backend import Array
 from ..backend.protocols import Backend
 from ..engine.order_keys import lexsort
 from ..kernels import exact
-from .search import normalize
+from .row_norms import normalize
 
 ASSIGN_ROWS = 16384             # rows scored against every centroid at a time
 SPLIT_EPS = 1.0 / 1024          # faiss's EPS for splitting a large list into an empty one

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import functools
 from concurrent.futures import ThreadPoolExecutor
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -40,6 +39,7 @@ from ..backend import Array
 from ..backend.protocols import Backend
 from ..engine.order_keys import lexsort
 from ..kernels import exact
+from .row_norms import normalize, norms  # noqa: F401 - normalize re-exported (tests, callers)
 
 if TYPE_CHECKING:
     from .ivf import IVFIndex
@@ -56,18 +56,6 @@ def blocks(be: Backend) -> tuple[int, int]:
     """(queries per block, scores per block): a CPU keeps the score block near its caches, a GPU
     fills the device. Rows per block: as many as fit the scores, a multiple of 8."""
     return (1024, 1 << 24) if be.host else (2048, 1 << 27)
-
-
-def normalize(xp: ModuleType, v: Array) -> Array:
-    """Rows divided by their L2 norm (exact sum of squares, correctly rounded sqrt and division: the
-    same bits on every backend); zero rows stay zero."""
-    norms = xp.sqrt(exact.sum(v.astype(np.float64) ** 2, axis=1, keepdims=True))
-    return xp.where(norms > 0, v / xp.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
-
-
-def norms(xp: ModuleType, v: Array) -> Array:
-    """Each row's L2 norm in float64 (for the filter's bounds only)."""
-    return xp.sqrt(xp.sum(v.astype(np.float64) ** 2, axis=1))
 
 
 def search(be: Backend, matrix: Array, row_norms: Array, ids: Array, queries: Array, k: int, metric: str,

@@ -25,13 +25,14 @@ import math
 import os
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .. import dtypes
 from ..errors import FormatError
+from . import openfluke_layers
+from .openfluke_tree import BITS, Layer, Model
 
 if TYPE_CHECKING:
     from ..nn.network import Network
@@ -41,38 +42,11 @@ ENTITY_VERSION = 1
 _FIXED = 20                       # magic, version, flags, header length
 _MAX_HEADER = 256 << 20           # welvet's own limit
 
-# dtype name -> bits per packed value; float16/bfloat16/float32/float64 ignore the layer scale
-BITS = {"float64": 64, "float32": 32, "float16": 16, "bfloat16": 16, "fp8e4m3": 8, "fp8e5m2": 8,
-        "int64": 64, "int32": 32, "int16": 16, "int8": 8, "uint64": 64, "uint32": 32, "uint16": 16,
-        "uint8": 8, "int4": 4, "uint4": 4, "fp4": 4, "int2": 2, "uint2": 2, "ternary": 2, "binary": 1}
 UNSCALED = ("float64", "float32", "float16", "bfloat16")
 _ALIASES = {"fp8_e4m3": "fp8e4m3", "fp8_e5m2": "fp8e5m2", "f32": "float32", "f64": "float64",
             "f16": "float16", "fp16": "float16", "bf16": "bfloat16", "double": "float64", "": "float32"}
 _FP4 = np.array([0.0, 0.75, 1.0, 1.5, 2.0, 3.0, np.inf, np.nan,
                  -0.0, -0.75, -1.0, -1.5, -2.0, -3.0, -np.inf, np.nan], dtype=np.float32)
-
-
-@dataclass
-class Layer:
-    """One welvet layer: its (checked) wire fields, decoded weights and children."""
-    spec: dict
-    where: str                     # "layers[3] (z=0, y=0, x=1, l=0)" for messages
-    weights: np.ndarray | None = None     # stored values as float32, before the scale
-    scale: float = 1.0                    # what welvet multiplies them by (1 for float dtypes)
-    wdtype: str = "float32"               # the dtype the values were stored in
-    branches: list = field(default_factory=list)     # parallel_branches
-    children: list = field(default_factory=list)     # sequential_layers
-
-    @property
-    def type(self) -> str:
-        return self.spec["type"]
-
-
-@dataclass
-class Model:
-    grid: tuple                    # (depth, rows, cols, layers_per_cell)
-    layers: list                   # top-level layers in execution order (z, y, x, l row-major)
-    source: str
 
 
 # --- public API -------------------------------------------------------------------------------------
@@ -92,7 +66,6 @@ def convert(source: str | os.PathLike[str] | bytes | bytearray | memoryview, inp
             name: str | None = None) -> tuple[dict, dict]:
     """(Loom config, state dict) for a welvet model; input_shape (batch excluded) overrides the
     shape inferred from the first layer."""
-    from . import openfluke_layers
     model = read(source, name)
     try:
         return openfluke_layers.to_loom(model, input_shape)

@@ -13,14 +13,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..errors import FormatError
-
-if TYPE_CHECKING:
-    from .openfluke import Layer, Model
+from .openfluke_tree import BITS, Layer, Model
 
 # welvet activation names (case-insensitive) -> Loom; welvet's GELU is the tanh approximation
 ACTIVATIONS = {"relu": "relu", "silu": "silu", "gelu": "gelu_tanh", "tanh": "tanh", "sigmoid": "sigmoid",
@@ -427,7 +424,6 @@ def _act(layer) -> str:
 def _take(layer, count) -> np.ndarray:
     """The layer's first `count` weights as welvet uses them (value * scale); sub-byte dtypes may
     pad the last byte, nothing else may differ."""
-    from .openfluke import BITS
     w = layer.weights
     if w is None:
         raise FormatError(f"{layer.where}: {layer.type} layer has no weights (welvet would crash running it)")

@@ -11,17 +11,15 @@ gives the same document.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .built_network import BuiltNetwork
 from .layers import Layer, Spec
-
-if TYPE_CHECKING:
-    from .network import Network
 
 FORMAT = 1           # "loom_blueprint": the version of this document's layout
 
 
-def blueprint(net: Network) -> dict[str, Any]:
+def blueprint(net: BuiltNetwork) -> dict[str, Any]:
     """The blueprint of `net` (see the module docstring); JSON-serializable."""
     cfg = net.config
     walked = [layer for _, layer in net.root.walk()]

@@ -29,10 +29,10 @@ from ..backend import Array
 from ..backend.recorder import GraphCache
 from ..errors import ShapeError
 from ..kernels import batch_split, ops
+from .built_network import BuiltNetwork
 
 if TYPE_CHECKING:
     from .losses import Loss
-    from .network import Network
     from .optim import Optimizer
 
 
@@ -95,7 +95,7 @@ class TrainStep:
     strict=False it runs eagerly instead (the same bits, slower) and is logged once, as in fast mode.
     """
 
-    def __init__(self, net: Network, loss: Loss, optimizer: Optimizer, cache_size: int = 4, strict: bool = True):
+    def __init__(self, net: BuiltNetwork, loss: Loss, optimizer: Optimizer, cache_size: int = 4, strict: bool = True):
         self.net, self.loss, self.opt = net, loss, optimizer
         self.cache = GraphCache(cache_size, _describe_train, strict)
         self.grads = net.gradients()
@@ -198,7 +198,7 @@ class InferenceChain:
     output each call, so results never change under the caller when the graph runs again.
     strict: as TrainStep's."""
 
-    def __init__(self, net: Network, cache_size: int = 4, strict: bool = True):
+    def __init__(self, net: BuiltNetwork, cache_size: int = 4, strict: bool = True):
         self.net = net
         self.cache_size, self.strict = cache_size, strict
         self.cache = GraphCache(cache_size, _describe_forward, strict)

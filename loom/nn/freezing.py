@@ -16,13 +16,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..errors import ConfigError
+from .built_network import BuiltNetwork
 from .layers import Layer
-
-if TYPE_CHECKING:
-    from .network import Network
 
 
 class Parameters(dict):
@@ -34,13 +32,13 @@ class Parameters(dict):
         self.frozen = frozenset(frozen)
 
 
-def owners(net: Network) -> dict[str, tuple[Layer, str]]:
+def owners(net: BuiltNetwork) -> dict[str, tuple[Layer, str]]:
     """Each parameter's name -> (the layer holding it, its key in that layer), in parameter order."""
     return {f"{prefix}.{key}" if prefix else key: (layer, key)
             for prefix, layer in net.root.walk() for key in layer.params}
 
 
-def frozen(net: Network) -> list[str]:
+def frozen(net: BuiltNetwork) -> list[str]:
     """The names of the frozen parameters, in parameter order (a quantized network has none: its
     stored weights are inference-only, not frozen)."""
     if net.quantized:
@@ -65,18 +63,18 @@ def select(names: Iterable[str], patterns: tuple[Any, ...], what: str) -> list[s
     return [name for name in names if any(fnmatchcase(name, p) for p in patterns)]
 
 
-def freeze(net: Network, patterns: tuple[Any, ...], what: str = "freeze") -> list[str]:
+def freeze(net: BuiltNetwork, patterns: tuple[Any, ...], what: str = "freeze") -> list[str]:
     """Freeze the parameters matching any pattern; returns the names this call froze."""
     return _set(net, patterns, what, trainable=False)
 
 
-def unfreeze(net: Network, patterns: tuple[Any, ...], what: str = "unfreeze") -> list[str]:
+def unfreeze(net: BuiltNetwork, patterns: tuple[Any, ...], what: str = "unfreeze") -> list[str]:
     """Unfreeze the parameters matching any pattern (zeroed gradient buffers); returns the names
     this call unfroze."""
     return _set(net, patterns, what, trainable=True)
 
 
-def freeze_exact(net: Network, names: Iterable[str]) -> None:
+def freeze_exact(net: BuiltNetwork, names: Iterable[str]) -> None:
     """Freeze the parameters of exactly these names (no patterns): how Network.to carries its
     freezing over to the layers it rebuilds."""
     table = owners(net)

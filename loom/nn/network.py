@@ -16,13 +16,15 @@ from .. import config as configs
 from ..backend import Array
 from ..errors import BackendError, ConfigError, ShapeError
 from ..kernels.quant import affine as quant
+from . import blueprint as blueprints
 from . import files, freezing, hooks, state_names
+from .chain import InferenceChain
 from .layers import BuildContext, ForwardContext, Spec
 from .layers.structure import Sequential
+from .step import StepState
 
 if TYPE_CHECKING:
     from .optim import Optimizer
-    from .step import StepState
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,6 @@ class Network:
         loom/nn/chain.py). Results are bit-identical to the eager forward. On the CPU this changes
         nothing. strict: in deterministic mode a forward pass that cannot be recorded raises
         DeterminismError; strict=False runs it eagerly instead (logged once). Returns the network."""
-        from .chain import InferenceChain
         self._compiled = InferenceChain(self, cache_size, strict)
         return self
 
@@ -319,7 +320,6 @@ class Network:
 
     def step_state(self) -> StepState:
         """A StepState: run the network as a pipeline, one tick at a time (see loom/nn/step.py)."""
-        from .step import StepState
         return StepState(self)
 
     def apply_gradients(self, optimizer: Optimizer) -> None:
@@ -386,8 +386,7 @@ class Network:
     def blueprint(self) -> dict:
         """Every layer's path, type, grid cell, input/output specs, parameter counts, shapes and dtypes,
         nested layers included, as a JSON-serializable dict (see loom/nn/blueprint.py)."""
-        from .blueprint import blueprint
-        return blueprint(self)
+        return blueprints.blueprint(self)
 
     def __repr__(self) -> str:
         return (f"Network({self._cfg['name']!r}, input={list(self.input_spec.shape)}, "

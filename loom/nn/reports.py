@@ -1,5 +1,5 @@
 """Evaluation reports (a printed summary and JSON export) and training-curve plots over the metrics
-of loom/nn/metrics.py. Public as loom.nn.metrics.evaluate and loom.nn.metrics.plot_history.
+of loom/nn/metric_functions.py. Public as loom.nn.metrics.evaluate and loom.nn.metrics.plot_history.
 """
 from __future__ import annotations
 
@@ -7,17 +7,17 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import ArrayLike
 
 from .. import atomic
 from ..errors import ConfigError, LoomError, ShapeError
-from .metrics import (
-    BUCKETS,
+from .metric_functions import (
     WORST_K,
     Deviation,
+    _fmt,
     _jsonable,
     _mean,
     _numeric,
@@ -25,16 +25,20 @@ from .metrics import (
     _prf_counts,
     _probabilities,
     _scores,
+    _table,
     _true_rank,
     confusion_matrix,
     deviation,
+    deviation_lines,
     precision_recall_f1,
 )
 
-if TYPE_CHECKING:
-    from .train import History
-
 CONFUSION_MAX_CLASSES = 1024     # evaluate() skips the [C, C] matrix above this
+
+
+class Logged(Protocol):
+    """What plot_history reads of loom.train's History: its per-epoch logs."""
+    logs: dict[str, list[float]]
 
 
 class _Report:
@@ -46,39 +50,6 @@ class _Report:
     def to_json(self, path: str | Path) -> list[str]:
         """Write the report as valid JSON (a NaN metric as null); returns where NaN became null."""
         return atomic.write_json(path, self.to_dict())
-
-
-def _fmt(v, digits: int = 4) -> str:
-    if isinstance(v, list):
-        shown = ", ".join(_fmt(x, digits) for x in v[:4])
-        return f"[{shown}{', ...' if len(v) > 4 else ''}]"
-    return "nan" if v is None or not math.isfinite(v) else f"{v:.{digits}g}"
-
-
-def _table(header: list[str], rows: list[list[str]], indent: str = "  ") -> list[str]:
-    widths = [max(len(r[i]) for r in [header] + rows) for i in range(len(header))]
-    return [indent + "  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in [header] + rows]
-
-
-def deviation_lines(d: Deviation) -> list[str]:
-    pct = lambda v: "nan" if not math.isfinite(v) else f"{v:.2f}%"  # noqa: E731
-    out = [f"Quality score      : {d.score:.2f}/100", f"Average deviation  : {pct(d.mean)}",
-           f"Failures (>= 100%) : {d.failures} ({100.0 * d.failures / d.samples:.1f}%)", "",
-           "Deviation distribution:"]
-    for b in d.buckets:
-        bar = "█" * int(round(b["percent"] / 2))
-        out.append(f"  {b['range']:>7}: {b['count']:>6} samples ({b['percent']:5.1f}%) {bar}".rstrip())
-    rows = [[str(r + 1), str(w["index"]), _fmt(w["target"]), _fmt(w["prediction"]), pct(w["deviation"])]
-            for r, w in enumerate(d.worst)]
-    out += ["", f"Worst {len(rows)} samples (largest deviation):"]
-    out += _table(["rank", "index", "target", "prediction", "deviation"], rows)
-    out += ["", "Samples by bucket (first indices):"]
-    for name in BUCKETS:
-        idx = d.samples_in_bucket(name)
-        if len(idx):
-            more = f" ... ({len(idx) - 5} more)" if len(idx) > 5 else ""
-            out.append(f"  {name:>7}: {idx[:5].tolist()}{more}")
-    return out
 
 
 @dataclass
@@ -211,7 +182,7 @@ def evaluate(pred: ArrayLike, target: ArrayLike, task: str | None = None, k: int
 
 # ---------------------------------------------------------------- training curves
 
-def plot_history(history: dict[str, list[float]] | History, path: str | Path) -> None:
+def plot_history(history: dict[str, list[float]] | Logged, path: str | Path) -> None:
     """Training curves as a PNG: one panel per quantity ("loss", each metric), its "val_" twin on the
     same axes, epochs on x. Needs the `plot` extra (matplotlib); written atomically."""
     history = getattr(history, "logs", history)      # loom.train's History holds its dict in .logs

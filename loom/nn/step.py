@@ -9,18 +9,14 @@ and this is exact backpropagation, otherwise it is the pipelined approximation t
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from ..backend import Array
 from ..errors import ShapeError
+from .built_network import BuiltNetwork
 from .layers import ForwardContext
-
-if TYPE_CHECKING:
-    from .network import Network
 
 
 class StepState:
-    def __init__(self, net: Network):
+    def __init__(self, net: BuiltNetwork):
         self.net = net
         self.layers = list(net.root.children.values())
         self.buffers = [None] * len(self.layers)

@@ -20,11 +20,12 @@ from functools import cache
 import cupy
 
 from .compile import OPTIONS
+from .gemv_device import STAGE_ROWS, WARP_REDUCTIONS
 from .launch import OVERLAP_PROLOGUE
 
 MAX_ROWS = 2          # rows of x: past two, re-reading x from shared memory for every 8 values dominates
 MIN_VALUES = 1 << 22  # weights of at least 4M values (8 MB): a 1B model's products and up
-THREADS = 256          # 8 warps: quant.STAGE_ROWS sums the squares of x over 8 warps
+THREADS = 256          # 8 warps: gemv_device.STAGE_ROWS sums the squares of x over 8 warps
 
 _SOURCE = r"""
 #include <cuda_fp16.h>
@@ -141,7 +142,6 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_half_gemv(
 
 @cache
 def _module(kind: int, prologue: int, epilogue: int, x_rows: int, warps_per_row: int, cols: int):
-    from .quant import STAGE_ROWS, WARP_REDUCTIONS  # (quant imports this module)
     unroll = 8 if epilogue == 0 else 4          # 8 (4 with both SwiGLU rows) 16-byte loads in flight a lane
     head = (f"#define KIND {kind}\n#define PRO {prologue}\n#define EPI {epilogue}\n#define MR {x_rows}\n"
             f"#define WPR {warps_per_row}\n#define COLS {cols}\n#define UNROLL {unroll}\n#define THREADS {THREADS}\n")

@@ -36,6 +36,7 @@ from .. import Array
 from . import half_gemv
 from .compile import OPTIONS, translating
 from .cublas import CuBLAS
+from .gemv_device import STAGE_ROWS, WARP_REDUCTIONS
 from .launch import OVERLAP_PROLOGUE, launch
 
 MAX_ROWS = 16
@@ -62,49 +63,6 @@ def type_defines(qtype: str) -> str:
         kq, kind, subs = 0, _KIND.get(qtype, 0), 1
     return (f"#define BLOCK {block}\n#define AT_Q {at_q}\n#define AT_M {at_m}\n#define AT_H {at_h}\n#define SUB {sub}\n"
             f"#define KIND {kind}\n#define KQ {kq}\n#define SUBS {subs}\n")
-
-# float warp reductions (every lane gets the result), shared with decode's attention kernel, and
-# the gemv kernels' merge of the warps sharing a row (here and half_gemv.py)
-WARP_REDUCTIONS = r"""
-__device__ __forceinline__ float warp_sum(float s) {
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    return s;
-}
-__device__ __forceinline__ float warp_max(float s) {
-    #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s = fmaxf(s, __shfl_xor_sync(0xffffffffu, s, o));
-    return s;
-}
-
-// The products' sums where WPR warps share output rows: each warp's lanes summed, lane 0 of warp
-// `local` writing partial[local], then slice 0 of each row adding its row's WPR partials in slice
-// order into acc (the other slices' acc keep their own warp's sum). Every thread of the block calls
-// it: there is a barrier.
-template <int E, int M, int WPR_> __device__ __forceinline__ void merge_warps(
-        float (&acc)[E][M], float (*partial)[E][M], int local, int slice, int lane) {
-    #pragma unroll
-    for (int e = 0; e < E; ++e)
-        #pragma unroll
-        for (int m = 0; m < M; ++m) {
-            acc[e][m] = warp_sum(acc[e][m]);
-            if (WPR_ > 1 && lane == 0) partial[local][e][m] = acc[e][m];
-        }
-    if (WPR_ > 1) {
-        __syncthreads();
-        if (slice == 0) {
-            #pragma unroll
-            for (int e = 0; e < E; ++e)
-                #pragma unroll
-                for (int m = 0; m < M; ++m) {
-                    float s = partial[local][e][m];
-                    for (int j = 1; j < WPR_; ++j) s += partial[local + j][e][m];
-                    acc[e][m] = s;
-                }
-        }
-    }
-}
-"""
 
 # Reading the stored rows: 16-bit fields, a block's values for one of the eight lanes sharing it, and
 # L1 prefetches of a row (also compiled into quant_exact's deterministic products, with BLOCK,
@@ -232,41 +190,6 @@ __device__ __forceinline__ void prefetch_row(const unsigned char* start, long lo
     const unsigned long long end = (unsigned long long)start + bytes;
     for (unsigned long long p = ((unsigned long long)start & ~127ull) + 128ull * k; p < end; p += 128ull * step)
         prefetch_l1((const void*)p);
-}
-"""
-
-STAGE_ROWS = r"""
-// x [MR, cols] into shared memory x_s by the whole block (8 warps), times the norm weight aux when PRO is 1,
-// and each row's RMSNorm factor in scale (1 without the prologue); squares_s: shared [MR][8]
-__device__ __forceinline__ void stage_rows(const float* x, const float* aux, float* x_s, float (*squares_s)[8],
-                                           int cols, float eps, float* scale) {
-    const int lane = threadIdx.x & 31, local = threadIdx.x >> 5;
-    float squares[MR];
-    #pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        squares[m] = 0.0f;
-        for (int k = threadIdx.x; k < cols / 4; k += blockDim.x) {
-            float4 v = ((const float4*)(x + m * cols))[k];
-            if (PRO == 1) {
-                squares[m] += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-                const float4 a = ((const float4*)aux)[k];
-                v.x *= a.x; v.y *= a.y; v.z *= a.z; v.w *= a.w;
-            }
-            ((float4*)x_s)[m * cols / 4 + k] = v;
-        }
-        if (PRO == 1) {
-            squares[m] = warp_sum(squares[m]);
-            if (lane == 0) squares_s[m][local] = squares[m];
-        }
-    }
-    __syncthreads();
-    #pragma unroll
-    for (int m = 0; m < MR; ++m) {
-        float t = 0.0f;
-        #pragma unroll
-        for (int j = 0; j < 8; ++j) t += PRO == 1 ? squares_s[m][j] : 0.0f;
-        scale[m] = PRO == 1 ? 1.0f / sqrtf(t / (float)cols + eps) : 1.0f;
-    }
 }
 """
 

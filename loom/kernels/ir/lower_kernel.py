@@ -10,8 +10,8 @@ the fault bit. The text is a pure function of the IR, so a cache keyed by it is 
 from __future__ import annotations
 
 from . import lower_cuda
-from .kernel import Assign, Barrier, Buffer, Declare, For, If, Kernel, Let, Shared, Store, While
 from .lower_cuda import C_TYPES
+from .statements import Assign, Barrier, Buffer, Declare, For, If, Let, Shared, Store, TracedKernel, While
 
 SHARED_FAULT_BIT = 31
 
@@ -39,11 +39,11 @@ _ATOMIC_FN = {"add": "atomicAdd", "min": "atomicMin", "max": "atomicMax", "and":
               "or": "atomicOr", "xor": "atomicXor", "exchange": "atomicExch"}
 
 
-def c_name(kernel: Kernel) -> str:
+def c_name(kernel: TracedKernel) -> str:
     return f"loom_{kernel.name}"
 
 
-def source(kernel: Kernel) -> str:
+def source(kernel: TracedKernel) -> str:
     params = []
     for position, (_name, ptype) in enumerate(kernel.signature):
         if isinstance(ptype, Buffer):
@@ -64,7 +64,7 @@ def source(kernel: Kernel) -> str:
 
 
 class _Writer:
-    def __init__(self, kernel: Kernel, lines: list[str]):
+    def __init__(self, kernel: TracedKernel, lines: list[str]):
         self.kernel, self.lines = kernel, lines
 
     def emit(self, depth: int, text: str) -> None:
