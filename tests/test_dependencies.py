@@ -1,7 +1,9 @@
 """The dependency direction between Loom's top-level modules (ARCHITECTURE.md, "The layering rule"):
 every import inside loom/ (at the top of a file or inside a function) goes to a module of a lower or
 the same level, never up; the package root `loom` (re-exports only) is imported by nothing inside
-loom; and only loom/backend/ imports cupy.
+loom; no modules import each other, directly or around a circle (any import counts: lazy and
+type-only ones too, but not a module's import of the packages it lives in); and only loom/backend/
+imports cupy.
 """
 import ast
 from pathlib import Path
@@ -129,6 +131,85 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, "modules that import each other at import time:\n" + "\n".join(cycles)
+
+
+def _module_graph(sources=None) -> dict:
+    """Module -> every loom module it imports: at the top, inside functions and under TYPE_CHECKING
+    alike. An import of one of its own ancestor packages is left out: a package's __init__ re-exports
+    its submodules, so that edge says nothing about the module's own dependencies."""
+    modules = {_module_name(p): p for p in (_sources() if sources is None else sources)}
+    return {name: {m for _, m in _imports(path)
+                   if m in modules and m != name and not name.startswith(m + ".")}
+            for name, path in modules.items()}
+
+
+def _circles(graph: dict) -> list[list[str]]:
+    """The strongly connected components of more than one node (Tarjan's algorithm, iterative), each
+    sorted, in order of their first module."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, edges = work[-1]
+            nxt = next(edges, None)
+            if nxt is not None:
+                if nxt not in index:
+                    index[nxt] = low[nxt] = len(index)
+                    stack.append(nxt)
+                    on_stack.add(nxt)
+                    work.append((nxt, iter(sorted(graph.get(nxt, ())))))
+                elif nxt in on_stack:
+                    low[node] = min(low[node], index[nxt])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return sorted(found)
+
+
+def test_no_import_circles_inside_loom():
+    # any import counts, lazy or type-only: a circle means neither module can be understood (or
+    # moved) without the other; break it by moving the shared piece down or passing it in
+    circles = _circles(_module_graph())
+    assert not circles, "modules that import each other, directly or around a circle:\n" + \
+        "\n".join("  " + ", ".join(c) for c in circles)
+
+
+def test_the_circle_finder_finds_every_circle_and_nothing_else():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(),     # a -> b -> c -> a
+             "e": {"f"}, "f": {"e", "d"},                             # e <-> f
+             "g": {"a", "e"}, "h": {"h"}}                             # reaches both circles; a self-import
+    assert _circles(graph) == [["a", "b", "c"], ["e", "f"]]
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+    long = {str(i): {str(i + 1)} for i in range(5000)} | {"5000": {"0"}}   # deeper than Python's recursion limit
+    assert len(_circles(long)) == 1 and len(_circles(long)[0]) == 5001
+
+
+def test_the_graph_leaves_out_only_ancestor_packages(monkeypatch):
+    backend, cuda = LOOM / "backend", LOOM / "backend" / "cuda"
+    sources = {backend / "__init__.py": "", backend / "protocols.py": "", cuda / "__init__.py": "",
+               cuda / "quant.py": "",
+               cuda / "x.py": "from .. import Array\nimport loom.backend.cuda\n"          # its ancestors
+                              "from ..protocols import Backend\nfrom . import quant\n"}  # two edges
+    monkeypatch.setattr(Path, "read_text", lambda self, encoding=None: sources[self])
+    assert _module_graph(list(sources)) == {
+        "loom.backend": set(), "loom.backend.protocols": set(), "loom.backend.cuda": set(),
+        "loom.backend.cuda.quant": set(), "loom.backend.cuda.x": {"loom.backend.protocols", "loom.backend.cuda.quant"}}
 
 
 @pytest.mark.parametrize("source, expected", [
