@@ -36,10 +36,10 @@ import numpy as np
 from .. import backend
 from ..atomic import describe
 from ..engine.unit import Unit
-from ..errors import ConfigError, FormatError, NotFoundError, NumericError, ShapeError, StoreError
+from ..errors import BackendError, ConfigError, FormatError, NotFoundError, NumericError, ShapeError, StoreError
 from . import catalog, filters, ivf, search, segments
 from .catalog import transaction
-from .search import normalize, norms
+from .row_norms import normalize, norms
 
 METRICS = ("cosine", "dot", "l2")
 SEGMENT_BYTES = 1 << 28          # a new segment file past this size
@@ -339,7 +339,7 @@ class VectorStore:
 
     def _vectors(self, vectors: Any, what: str) -> Any:
         """vectors as float32 [n, dim] (or [dim]) on their own library, checked: shape and finite."""
-        v = vectors if hasattr(vectors, "__cuda_array_interface__") else np.asarray(vectors)
+        v = vectors if _on_a_device(vectors) else np.asarray(vectors)
         xp = backend.of(v).xp
         if v.dtype.kind not in "fiu":
             raise ShapeError(f"{what}: expected numbers, got dtype {v.dtype}")
@@ -470,11 +470,20 @@ class VectorStore:
         self._n = last
 
 
+def _on_a_device(value: Any) -> bool:
+    """Whether a device backend owns value (a CuPy array): such arrays are used where they live;
+    NumPy reads anything else."""
+    try:
+        return not backend.of(value).host
+    except BackendError:            # no backend owns lists, tuples or other libraries' arrays
+        return False
+
+
 def _ids(ids: Any) -> np.ndarray:
     """ids as int64 [n], each in [0, 2^63): ConfigError naming the first bad one."""
     if isinstance(ids, int | np.integer) and not isinstance(ids, bool):
         ids = [ids]
-    if hasattr(ids, "__cuda_array_interface__"):
+    if _on_a_device(ids):
         ids = backend.of(ids).to_numpy(ids)
     values = list(ids.tolist() if isinstance(ids, np.ndarray) else ids)
     for i, v in enumerate(values):

@@ -47,13 +47,38 @@ def test_the_cuda_backend_class_declares_every_member_it_does_not_set_at_constru
         assert re.search(rf"\b(self\.)?{name}\b\s*=|def {name}\(", source), name
 
 
+# a backend, or a kernel family, asked whether it has something (getattr / hasattr) instead of
+# declaring it in protocols.py; the array module compared with NumPy; an array asked whether it is
+# a GPU array (backend.of(array) says which backend owns it)
+_PROBED = r"(be|B|backend|self\.backend|\w+\.backend|backends?\.\w+\(.*?\)|kernels|\w+\.kernels)"
+PROBES = re.compile(rf"\bxp is (not )?np\b|\b(getattr|hasattr)\({_PROBED},|__cuda_array_interface__")
+
+
 def test_nothing_outside_the_backend_branches_on_the_array_module_or_probes_a_backend():
-    probes = re.compile(r"\bxp is (not )?np\b|getattr\((be|B|backend|self\.backend|\w+\.backend|backend\.\w+\(.*?\)),")
     offenders = []
     for path in ROOT.rglob("*.py"):
         if path.is_relative_to(ROOT / "backend"):
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if probes.search(line):
+            if PROBES.search(line):
                 offenders.append(f"{path.relative_to(ROOT.parent)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("line, probe", [
+    ("if xp is np:", True),
+    ("fn = getattr(be, 'fused_rms', None)", True),
+    ("if hasattr(backend, 'decode'):", True),
+    ("if hasattr(self.backend, 'graphs'):", True),
+    ("ok = hasattr(net.backend, 'record')", True),
+    ("if hasattr(backend.of(x), 'quant'):", True),
+    ("if not hasattr(kernels, 'paged_attention'):", True),
+    ("if hasattr(be.kernels, 'flash'):", True),
+    ('on_gpu = hasattr(x, "__cuda_array_interface__")', True),
+    ("if be.fused is not None:", False),
+    ("shape = getattr(g, 'shape', None)", False),
+    ("if hasattr(layer, 'check_ids'):", False),
+    ("xp = backend.of(x).xp", False),
+])
+def test_the_probe_pattern(line, probe):
+    assert bool(PROBES.search(line)) is probe
