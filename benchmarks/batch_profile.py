@@ -16,7 +16,8 @@ import numpy as np
 
 import loom
 from loom.llm.batching import BatchEngine, Request
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 from loom.llm.model import CausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))

@@ -18,8 +18,9 @@ import sys
 import numpy as np
 
 import loom
-from loom.llm import decode_graph
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm import decode_graph, sequence
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
@@ -66,7 +67,7 @@ def main():
     exact = args.deterministic
     with loom.deterministic(exact):
         cache = dec.new_cache(64)
-        dec.forward(prompt, cache, last_only=True)
+        sequence.forward(dec, prompt, cache, last_only=True)
         PartialGraph.skip = ()
         whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
         mode = "deterministic" if exact else "fast"

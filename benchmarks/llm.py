@@ -27,7 +27,9 @@ import numpy as np
 import loom
 from loom.kernels.quant import gguf as gguf_quants
 from loom.kernels.quant.block import BlockQuantized
-from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+from loom.llm import sequence
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig, expected_tensors
 
 PROMPT, DECODE, PREFILL = 16, 64, 256
 CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -112,27 +114,27 @@ def time_decoder(dec: Decoder, sync, repeats: int = 1) -> dict:
     rng = np.random.default_rng(1)
     prompt = rng.integers(0, dec.config.vocab_size, (1, PREFILL))
     cache = dec.new_cache(PREFILL + 8)
-    dec.forward(prompt, cache, last_only=True)                 # warm-up: the same shapes (kernels compiled)
+    sequence.forward(dec, prompt, cache, last_only=True)                 # warm-up: the same shapes (kernels compiled)
     prefill = 0.0
     for _ in range(repeats):
         cache.reset()
         sync()
         t = time.perf_counter()
-        dec.forward(prompt, cache, last_only=True)
+        sequence.forward(dec, prompt, cache, last_only=True)
         sync()
         prefill = max(prefill, PREFILL / (time.perf_counter() - t))
 
     cache = dec.new_cache(PROMPT + repeats * DECODE + 4)
-    logits = dec.forward(prompt[:, :PROMPT], cache, last_only=True)
+    logits = sequence.forward(dec, prompt[:, :PROMPT], cache, last_only=True)
     token = int(xp.argmax(logits[0, -1]))
     for _ in range(3):                                          # warm-up steps
-        token = int(xp.argmax(dec.forward(np.array([[token]]), cache, last_only=True)[0, -1]))
+        token = int(xp.argmax(sequence.forward(dec, np.array([[token]]), cache, last_only=True)[0, -1]))
     decode = 0.0
     for _ in range(repeats):
         sync()
         t = time.perf_counter()
         for _ in range(DECODE):
-            token = int(xp.argmax(dec.forward(np.array([[token]]), cache, last_only=True)[0, -1]))
+            token = int(xp.argmax(sequence.forward(dec, np.array([[token]]), cache, last_only=True)[0, -1]))
         decode = max(decode, DECODE / (time.perf_counter() - t))
     return {"prefill tok/s": prefill, "decode tok/s": decode}
 

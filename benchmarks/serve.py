@@ -9,7 +9,7 @@ decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy 
 all submitted at once; "tok/s aggregate" counts every generated token over the whole run's time,
 prefill included, so it is what a server's clients would see in aggregate; "decode steps alone"
 counts the tokens after each stream's first over the time after the last stream got its first.
-prefill: one 2048-token prompt through Decoder.forward (last position's logits), best of 5, with bf16
+prefill: one 2048-token prompt through loom.llm.sequence.forward (last position's logits), best of 5, with bf16
 products on the tensor cores (fast mode's default) launched kernel by kernel (graphs off, as a prompt
 shape's first call runs) and replayed as the recorded graph (the default from a shape's second call),
 and in float32 (tensor_cores off, Decoder.keep_dense copies); --transformers adds transformers' bf16
@@ -29,8 +29,10 @@ import time
 import numpy as np
 
 import loom
+from loom.llm import sequence
 from loom.llm.batching import BatchEngine, Request
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 from loom.llm.model import CausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -66,7 +68,7 @@ def main() -> None:
 
 
 def prefill(dec: Decoder, rng, transformers: bool) -> None:
-    """One PREFILL-token prompt through Decoder.forward, best of 5 after three warm-ups: products on the tensor
+    """One PREFILL-token prompt through loom.llm.sequence.forward, best of 5 after three warm-ups: products on the tensor
     cores (bf16, the default in fast mode), replayed as a recorded graph (a prompt shape seen before: the
     default) and launched kernel by kernel (graphs off: a shape seen for the first time), and in float32
     (tensor_cores off, float32 weight copies); transformers' bf16 model with sdpa attention (eager) on the
@@ -83,7 +85,7 @@ def prefill(dec: Decoder, rng, transformers: bool) -> None:
             cache = dec.new_cache(PREFILL)
             dec.backend.synchronize()
             t = time.perf_counter()
-            dec.forward(ids, cache, last_only=True)
+            sequence.forward(dec, ids, cache, last_only=True)
             dec.backend.synchronize()
             times.append(time.perf_counter() - t)
         best = min(times[3:])

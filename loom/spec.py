@@ -172,7 +172,8 @@ def _random(stream: str, shape, scale: float, offset: float = 0.0) -> np.ndarray
 def tiny_decoder(arch: str, device: str = "cpu") -> CausalLM:
     """A CausalLM (no tokenizer) of DECODERS[arch] with random weights from loom.rng: every matrix
     N(0, 0.2²) and every norm weight 1 + N(0, 0.1²), the same bits on every machine."""
-    from .llm.decoder import Decoder, DecoderConfig, expected_tensors
+    from .llm.decoder import Decoder
+    from .llm.decoder_config import DecoderConfig, expected_tensors
     from .llm.model import CausalLM
     cfg = DecoderConfig.from_hf(DECODERS[arch])
     required, _ = expected_tensors(cfg)
@@ -182,11 +183,12 @@ def tiny_decoder(arch: str, device: str = "cpu") -> CausalLM:
 
 
 def _decoder_checks(device: str, arch: str) -> dict[str, str]:
+    from .llm import sequence
     model = tiny_decoder(arch, device)
     dec, ids = model.decoder, np.asarray(LLM_IDS, dtype=np.int64)
     cache = dec.new_cache(len(LLM_IDS))
-    steps = [dec.forward(ids[None, :DECODE_PREFILL], cache)]
-    steps += [dec.forward(ids[None, i:i + 1], cache) for i in range(DECODE_PREFILL, len(LLM_IDS))]
+    steps = [sequence.forward(dec, ids[None, :DECODE_PREFILL], cache)]
+    steps += [sequence.forward(dec, ids[None, i:i + 1], cache) for i in range(DECODE_PREFILL, len(LLM_IDS))]
     decoded = np.concatenate([dec.backend.to_numpy(s) for s in steps], axis=1)
     greedy = model.generate_ids(LLM_IDS, max_tokens=LLM_NEW_TOKENS, stop_ids=())
     sampled = model.generate_ids(LLM_IDS, max_tokens=LLM_NEW_TOKENS, stop_ids=(), **SAMPLED)

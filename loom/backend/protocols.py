@@ -171,8 +171,9 @@ class WindowKernels(Protocol):
 
 
 class DecodeKernels(Protocol):
-    """One LLM decode step's kernels for a recorded graph (loom/llm/decode_graph.py): block-weight
-    products and the step's attention, for fast mode and with deterministic mode's bits."""
+    """One LLM decode step's kernels for a recorded graph (loom/llm/decode_graph.py, paged_graph.py):
+    block-weight products and the step's attention, for fast mode and with deterministic mode's bits.
+    Each attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
 
     products: ModuleType
     attention: ModuleType

@@ -33,7 +33,7 @@ import math
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -47,12 +47,21 @@ from .decoder import prefill_chunk
 from .paged_cache import OutOfBlocks, PagedKVCache, block_names
 
 if TYPE_CHECKING:
-    from .model import CausalLM
+    from .decoder import Decoder
+    from .tokenizer import Tokenizer
 
 log = logging.getLogger("loom")
 
 BLOCK_SIZE = 16
 PREFILL_TOKENS = 2048       # prefill rows per step (more when one chunk is longer): decode streams keep moving
+
+
+class LanguageModel(Protocol):
+    """What the engine needs of a model (loom.llm.model.CausalLM is one): its decoder, its tokenizer
+    (None: no text, no stop strings) and the token ids that end a sequence by default."""
+    decoder: Decoder
+    tokenizer: Tokenizer | None
+    eos_ids: tuple[int, ...]
 
 
 class QueueFull(LoomError, RuntimeError):
@@ -139,7 +148,7 @@ class _Sequence:
 
 
 class BatchEngine:
-    """Continuous batching over one CausalLM (see the module's docstring).
+    """Continuous batching over one model (see the module's docstring).
 
     max_batch: sequences decoded together; max_queue: requests waiting beyond those (submit raises
     QueueFull past it); cache_tokens: positions of the paged cache (default: max_batch times the
@@ -148,7 +157,7 @@ class BatchEngine:
     weights for products of many rows (Decoder.keep_dense: float32, or bfloat16 with tensor cores in
     fast mode; default on the GPU)."""
 
-    def __init__(self, model: CausalLM, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
+    def __init__(self, model: LanguageModel, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
                  block_size: int = BLOCK_SIZE, prefix_cache: bool = True, dense_weights: bool | None = None):
         for name, value in (("max_batch", max_batch), ("max_queue", max_queue), ("block_size", block_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

@@ -42,7 +42,7 @@ from ..kernels.quant.block import BlockQuantized
 
 if TYPE_CHECKING:
     from .decoder import Decoder
-    from .kv_cache import KVCache
+    from .kv_cache import GraphKV, KVCache
 
 KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
 
@@ -113,12 +113,12 @@ def _not_rounded(k: int) -> str | None:
 
 class DecodeGraph:
     """The recorded decode step of `dec` for caches of `cache`'s shape. The graph reads and writes
-    the decoder's GraphKV arrays of that shape; bind() moves a cache into them, so one recording
-    serves every cache of the shape (loom/llm/decoder.py keeps one per shape)."""
+    the GraphKV arrays `kv` of that shape; bind() moves a cache into them, so one recording serves
+    every cache of the shape (loom/llm/sequence.py keeps one per shape)."""
 
-    def __init__(self, dec: Decoder, cache: KVCache, overlap: bool = True, exact: bool = False):
+    def __init__(self, dec: Decoder, cache: KVCache, kv: GraphKV, overlap: bool = True, exact: bool = False):
         self.dec, self.overlap, self.exact = dec, overlap, exact
-        self.kv = dec.graph_kv(cache)                  # the KV arrays baked into the graph
+        self.kv = kv                                   # the KV arrays baked into the graph
         self.kv.bind(cache)                            # first: the warm-up below writes into cache's positions
         self.layer_k, self.layer_v = cache.layer_k, cache.layer_v
         self.tables = dec._cos, dec._sin               # read by the graph: kept while it lives

@@ -22,35 +22,29 @@ loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
 
 Prefill and decode are the same code: a prompt is T tokens at once, a decode step T = 1 (no mask).
 Long prompts run in chunks (prefill_chunk(): 512 tokens in deterministic mode, 2048 in fast mode) so
-the score arrays stay small. In deterministic
-mode a cached decode matches the full forward to float32 rounding, not bit for bit: the exact sums of
-p v scale each column of v by its largest value over the keys present, and a full forward sees more
-keys than the step that produced a given position.
+the score arrays stay small. The model's shape and tensors: loom/llm/decoder_config.py; a sequence
+run alone through a contiguous cache, with recorded steps: loom/llm/sequence.py; many sequences
+through a paged cache: loom/llm/paged_forward.py.
 """
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
-from numpy.typing import ArrayLike
 
-from .. import backend, fallback
+from .. import backend
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
-from ..backend.recorder import GraphCache
-from ..errors import ConfigError, FormatError
+from ..errors import ConfigError
 from ..kernels import fused, ops
 from ..kernels.quant import gemv
 from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
-from . import decode_graph, rope
-from .kv_cache import GraphKV, KVCache
-from .prefill_graph import PrefillGraph
+from . import rope
+from .decoder_config import DecoderConfig, check_weights
+from .kv_cache import KVCache
 
-ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
 
@@ -60,164 +54,18 @@ def prefill_chunk() -> int:
     return PREFILL_CHUNK if is_deterministic() else PREFILL_CHUNK_FAST
 
 
-@dataclass(frozen=True)
-class DecoderConfig:
-    arch: str
-    vocab_size: int
-    hidden: int
-    intermediate: int
-    layers: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    eps: float
-    rope: rope.RopeSpec
-    max_positions: int
-    tied: bool
-    qkv_bias: bool
-    o_bias: bool
-    mlp_bias: bool
-    qk_norm: bool
-    windows: tuple          # per layer: sliding-window length, or None for full attention
-
-    @classmethod
-    def from_hf(cls, cfg: dict) -> DecoderConfig:
-        """Read an HF config.json dict; every bad value raises ConfigError naming its key."""
-        arch = cfg.get("model_type")
-        if arch not in ARCHITECTURES:
-            raise ConfigError("model_type", f"unsupported decoder architecture {arch!r}; supported: {', '.join(ARCHITECTURES)}")
-        n = {key: _count(cfg, key) for key in ("vocab_size", "hidden_size", "intermediate_size",
-                                               "num_hidden_layers", "num_attention_heads")}
-        heads = n["num_attention_heads"]
-        kv = _count(cfg, "num_key_value_heads") if cfg.get("num_key_value_heads") is not None else heads
-        if heads % kv:
-            raise ConfigError("num_key_value_heads", f"num_attention_heads ({heads}) must be a multiple of it, got {kv}")
-        if cfg.get("head_dim") is not None:
-            head_dim = _count(cfg, "head_dim")
-        elif n["hidden_size"] % heads:
-            raise ConfigError("num_attention_heads", f"hidden_size ({n['hidden_size']}) is not divisible by {heads} "
-                                                     "heads and config.json gives no head_dim")
-        else:
-            head_dim = n["hidden_size"] // heads
-        act = cfg.get("hidden_act", "silu")
-        if act != "silu":
-            raise ConfigError("hidden_act", f"the Llama-family MLP is SwiGLU with silu; got {act!r}")
-        eps = cfg.get("rms_norm_eps", 1e-6)
-        if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps > 0:
-            raise ConfigError("rms_norm_eps", f"expected a positive number, got {eps!r}")
-        max_pos = _count(cfg, "max_position_embeddings") if "max_position_embeddings" in cfg else 2048
-        attention_bias = _flag(cfg, "attention_bias", False)
-        return cls(arch=arch, vocab_size=n["vocab_size"], hidden=n["hidden_size"], intermediate=n["intermediate_size"],
-                   layers=n["num_hidden_layers"], heads=heads, kv_heads=kv, head_dim=head_dim, eps=float(eps),
-                   rope=rope.spec_from_hf(cfg, head_dim), max_positions=max_pos,
-                   tied=_flag(cfg, "tie_word_embeddings", False),
-                   qkv_bias=True if arch == "qwen2" else attention_bias and arch in ("llama", "qwen3"),
-                   o_bias=attention_bias and arch in ("llama", "qwen3"),
-                   mlp_bias=_flag(cfg, "mlp_bias", False) and arch == "llama",
-                   qk_norm=arch == "qwen3", windows=_windows(cfg, arch, n["num_hidden_layers"]))
-
-
-def _count(cfg, key) -> int:
-    v = cfg.get(key)
-    if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-        raise ConfigError(key, f"expected a positive integer, got {v!r}")
-    return v
-
-
-def _flag(cfg, key, default) -> bool:
-    v = cfg.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(key, f"expected true or false, got {v!r}")
-    return v
-
-
-def _windows(cfg, arch, layers) -> tuple:
-    """Per-layer sliding windows as transformers applies them (keys j > i - window attend to query i)."""
-    if arch == "llama":
-        return (None,) * layers
-    if arch == "mistral":
-        w = cfg.get("sliding_window")
-        return (None if w is None else _count(cfg, "sliding_window"),) * layers
-    if not cfg.get("use_sliding_window", False) or cfg.get("sliding_window") is None:
-        return (None,) * layers
-    w = _count(cfg, "sliding_window")
-    types = cfg.get("layer_types")
-    if types is None:
-        first = cfg.get("max_window_layers", 28)
-        return tuple(w if i >= first else None for i in range(layers))
-    if not isinstance(types, list) or len(types) != layers or \
-            any(t not in ("full_attention", "sliding_attention") for t in types):
-        raise ConfigError("layer_types", f"expected {layers} entries of 'full_attention' / 'sliding_attention', got {types!r}")
-    return tuple(w if t == "sliding_attention" else None for t in types)
-
-
-def expected_tensors(c: DecoderConfig) -> tuple[dict, dict]:
-    """(required, optional): tensor name -> shape. A tied model may still store lm_head.weight
-    (transformers then ignores it and uses the embeddings, and so does Loom)."""
-    E, D = c.hidden, c.head_dim
-    req = {"model.embed_tokens.weight": (c.vocab_size, E), "model.norm.weight": (E,)}
-    opt = {}
-    (opt if c.tied else req)["lm_head.weight"] = (c.vocab_size, E)
-    for i in range(c.layers):
-        p = f"model.layers.{i}."
-        req.update({p + "input_layernorm.weight": (E,), p + "post_attention_layernorm.weight": (E,),
-                    p + "self_attn.q_proj.weight": (c.heads * D, E), p + "self_attn.k_proj.weight": (c.kv_heads * D, E),
-                    p + "self_attn.v_proj.weight": (c.kv_heads * D, E), p + "self_attn.o_proj.weight": (E, c.heads * D),
-                    p + "mlp.gate_proj.weight": (c.intermediate, E), p + "mlp.up_proj.weight": (c.intermediate, E),
-                    p + "mlp.down_proj.weight": (E, c.intermediate)})
-        if c.qkv_bias:
-            req.update({p + "self_attn.q_proj.bias": (c.heads * D,), p + "self_attn.k_proj.bias": (c.kv_heads * D,),
-                        p + "self_attn.v_proj.bias": (c.kv_heads * D,)})
-        if c.o_bias:
-            req[p + "self_attn.o_proj.bias"] = (E,)
-        if c.mlp_bias:
-            req.update({p + "mlp.gate_proj.bias": (c.intermediate,), p + "mlp.up_proj.bias": (c.intermediate,),
-                        p + "mlp.down_proj.bias": (E,)})
-        if c.qk_norm:
-            req.update({p + "self_attn.q_norm.weight": (D,), p + "self_attn.k_norm.weight": (D,)})
-    return req, opt
-
-
-def check_weights(c: DecoderConfig, weights: dict) -> None:
-    """FormatError naming the first missing, unexpected or mis-shaped tensor."""
-    req, opt = expected_tensors(c)
-    missing = [name for name in req if name not in weights]
-    if missing:
-        raise FormatError(f"tensor {missing[0]!r} is missing ({len(missing)} expected tensors are absent)")
-    extra = sorted(set(weights) - set(req) - set(opt))
-    if extra:
-        raise FormatError(f"unexpected tensor {extra[0]!r} for a {c.arch} model ({len(extra)} unexpected in all)")
-    for name, w in weights.items():
-        shape = tuple(w.shape)
-        if shape != {**req, **opt}[name]:
-            raise FormatError(f"tensor {name!r} has shape {list(shape)}, the config implies {list({**req, **opt}[name])}")
-
 
 class _Layer:
     __slots__ = ("ln1", "ln2", "qkv", "qkv_bias", "o", "o_bias", "gate_up", "gate_up_bias", "down", "down_bias",
                  "qk_norm", "window")
 
 
-GRAPHS_KEPT = 2        # recorded decode steps kept (each holds a KV cache of its shape)
-PREFILL_GRAPHS_KEPT = 4  # recorded prompt chunks kept (each holds its chunk's activations)
-
-
-def _describe_decode(key) -> str:
-    return f"a decode step of {key[0]} sequence(s) over a cache of {key[1]} positions"
-
-
-def _describe_prefill(key) -> str:
-    return f"a prompt chunk of {key[0]}x{key[1]} tokens at position {key[2]} over a cache of {key[3]} positions"
-
 
 class Decoder:
-    """A Llama-family decoder on one device. forward() runs a prefill or a decode step through a KVCache.
-    On the GPU a decode step replays a recorded CUDA graph (loom/llm/decode_graph.py) unless `graphs`
-    is set False; in deterministic mode its kernels give the kernel-by-kernel path's bits. Where the
-    graph's kernels cannot take the model or the cache (decode_graph.unsupported), steps run kernel by
-    kernel and the reason is logged once on the "loom" logger. In fast mode, a prompt chunk whose
-    layers all run on the tensor cores (below) replays a recorded graph of the same kernels from the
-    second time its shape and start position are seen (loom/llm/prefill_graph.py; the same bits).
+    """A Llama-family decoder's weights on one device and the operations of its layers: run_layers()
+    runs every layer on new positions of a KVCache (loom/llm/sequence.py steps a sequence with it);
+    qkv(), attend() and finish_layer() are a layer's parts, which paged_forward composes over a paged
+    cache. graphs: whether steps may replay recorded CUDA graphs (False: always kernel by kernel).
 
     tensor_cores (fast mode, a GPU): products of more than gemv.MAX_ROWS rows (prefill, large batches)
     with stored 16-bit or quantized weights run as bfloat16 GEMMs with float32 sums, x rounded to
@@ -271,15 +119,14 @@ class Decoder:
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
-        self._graph = None               # the DecodeGraph last decoded with
-        self._graph_ok = {}              # batch size -> whether a decode step can be recorded
-        # recorded decode steps by (batch, cache positions, deterministic), each holding a cache's arrays
-        self._graphs = GraphCache(GRAPHS_KEPT, _describe_decode, strict=False, record_from=1)
-        # recorded prompt chunks by (batch, T, position, cache positions, dense copies, logits wanted)
-        self._prefills = GraphCache(PREFILL_GRAPHS_KEPT, _describe_prefill, strict=False, record_from=2)
-        self._kv = weakref.WeakValueDictionary()    # (batch, cache positions) -> the graphs' GraphKV
+        self.recorded = None             # loom/llm/sequence.py's recorded steps (made on first use)
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
+    @property
+    def has_dense_copies(self) -> bool:
+        """Whether keep_dense() (or dense()) has been called: wide products read the copies."""
+        return self._dense is not None
+
     def keep_dense(self) -> None:
         """From now on, products of more than gemv.MAX_ROWS rows use copies of the block-quantized weights
         decoded once instead of block by block at every product: a batch engine's prefill chunks and large
@@ -331,103 +178,11 @@ class Decoder:
         return self._cos[positions][:, None], self._sin[positions][:, None]
 
     # --- forward -------------------------------------------------------------------------------------
-    def forward(self, ids: ArrayLike, cache: KVCache, last_only: bool = False) -> Array:
-        """Logits float32 [B, T, vocab] for token ids [B, T] (or [T]) that follow cache.length positions;
-        the cache advances by T. last_only: only the last position's logits, [B, 1, vocab]."""
-        ids = np.asarray(ids)
-        if ids.ndim == 1:
-            ids = ids[None]
-        if ids.ndim != 2 or ids.shape[1] == 0 or ids.dtype.kind not in "iu":
-            raise ConfigError("ids", f"expected integer token ids [batch, T] with T >= 1, got {ids.dtype} {list(ids.shape)}")
-        if ids.shape[0] != cache.batch:
-            raise ConfigError("ids", f"batch of {ids.shape[0]} sequences for a cache of batch {cache.batch}")
-        bad = (ids < 0) | (ids >= self.config.vocab_size)
-        if bad.any():
-            raise ConfigError("ids", f"token id {int(ids[bad][0])} is outside the vocabulary [0, {self.config.vocab_size})")
-        cache.check_room(ids.shape[1])
-        if ids.shape[1] == 1 and self.graphs:
-            graph = self._decode_graph(cache)
-            if graph is not None:
-                return graph.step(ids[:, 0])[:, None, :]
-        outs = []
-        step = prefill_chunk()
-        recorded = -(-ids.shape[1] // step) <= PREFILL_GRAPHS_KEPT    # (more chunks would evict each other)
-        for start in range(0, ids.shape[1], step):
-            chunk = ids[:, start:start + step]
-            wanted = not last_only or start + step >= ids.shape[1]     # this chunk's logits are returned
-            graph = self._prefill_graph(chunk, cache, last_only and wanted) if recorded else None
-            h = self._hidden(chunk, cache) if graph is None else graph.run(chunk, cache)
-            if graph is not None and graph.logits is not None:
-                outs.append(self.xp.copy(graph.logits))              # (the graph's buffer: its next run overwrites it)
-            elif wanted:
-                outs.append(self.logits_of(h[:, -1:] if last_only else h))
-        return outs[0] if len(outs) == 1 else self.xp.concatenate(outs, axis=1)
-
-    def _prefill_graph(self, ids: np.ndarray, cache: KVCache, logits: bool) -> PrefillGraph | None:
-        """The recorded prompt chunk for ids [B, T] at cache.length (recorded on the second sighting
-        of its key), or None: graphs off, deterministic mode, or a layer off the tensor cores."""
-        B, T = ids.shape
-        if (not self.graphs or not self.backend.graphs or self.prefill_kernels(B * T) is None
-                or any(self.bf16_weights(L) is None for L in self.layers)):
-            return None
-        key = (B, T, cache.length, cache.max_len, self._dense is not None, logits)
-        return self._prefills.lookup(key, lambda: PrefillGraph(self, ids, cache, logits))
-
-    def release_graphs(self) -> None:
-        """Drop every recorded decode step and prompt chunk, with the activation memory and the KV
-        arrays they hold (caches keep theirs); later steps record anew."""
-        self._graphs.clear()
-        self._prefills.clear()
-        self._graph = None
-
-    def graph_kv(self, cache: KVCache) -> GraphKV:
-        """The KV arrays every recorded graph of caches of `cache`'s shape uses (made from cache's
-        own arrays the first time; kept while a graph holds them)."""
-        key = (cache.batch, cache.max_len)
-        kv = self._kv.get(key)
-        if kv is None:
-            kv = self._kv[key] = GraphKV(self.xp, cache)
-        return kv
-
-    def _decode_graph(self, cache: KVCache):
-        """The recorded decode step for caches of `cache`'s shape in the current mode (recorded on the
-        first step of such a cache; `cache` is bound to it), or None where unsupported. Both modes'
-        steps give the kernel-by-kernel path's results (deterministic mode: its bits), so a step that
-        cannot be recorded runs that path, and says so once."""
-        exact = is_deterministic()
-        key = (cache.batch, cache.max_len, exact)
-        graph = self._graphs.get(key)
-        if graph is None:
-            ok = self._graph_ok.get((cache.batch, exact))
-            if ok is None:               # the weights never change: ask once per batch size and mode
-                why = decode_graph.unsupported(self, cache.batch, exact)
-                ok = self._graph_ok[cache.batch, exact] = why is None
-                self._graph_notice(cache.batch, exact, why)
-            why = decode_graph.unsupported_cache(self, cache, exact) if ok else None
-            self._graph_notice(cache.batch, exact, why)
-            if ok and why is None:
-                graph = self._graphs.lookup(key, lambda: decode_graph.DecodeGraph(self, cache, exact=exact))
-        if graph is not None:
-            graph.bind(cache)
-        self._graph = graph
-        return graph
-
-    def _graph_notice(self, batch: int, exact: bool, why: str | None) -> None:
-        if why is not None and self.backend.graphs:          # (on the CPU there is no graph to miss)
-            mode = "deterministic" if exact else "fast"
-            fallback.notice_once(f"{mode} mode: decode steps of {batch} sequence(s) run kernel by kernel, not "
-                                 f"as a recorded CUDA graph ({why})")
 
     def logits_of(self, h: Array) -> Array:
         """Logits [..., vocab] of final hidden states h [..., E]."""
         h = fused.rms_norm(h, self.norm, self.config.eps)[0]
         return _linear(h, self.lm_head, None, self._weight)
-
-    def _hidden(self, ids, cache: KVCache):
-        """Run every layer on ids [B, T] at positions cache.length ..; returns h [B, T, E]."""
-        h = self.run_layers(self.embed_ids(ids), cache)
-        cache.length += ids.shape[1]
-        return h
 
     def run_layers(self, h: Array, cache: KVCache) -> Array:
         """Every layer on the embeddings h [B, T, E] at positions cache.length .. (writing the cache

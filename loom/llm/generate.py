@@ -35,6 +35,7 @@ import numpy as np
 from .. import rng
 from ..errors import ConfigError
 from ..kernels import ops
+from . import sequence
 
 if TYPE_CHECKING:
     from .decoder import Decoder
@@ -192,7 +193,7 @@ def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sa
     seen = np.zeros(vocab, dtype=bool)
     seen[np.asarray(ids)] = True
     cache = decoder.new_cache(cache_positions(len(ids) + max_tokens, decoder.config.max_positions))
-    logits = decoder.forward(np.asarray(ids, dtype=np.int64)[None], cache, last_only=True)
+    logits = sequence.forward(decoder, np.asarray(ids, dtype=np.int64)[None], cache, last_only=True)
     to_host = decoder.backend.to_numpy
     step_ids = np.zeros((1, 1), dtype=np.int64)
     for step in range(max_tokens):
@@ -207,7 +208,7 @@ def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sa
             return
         seen[token] = True
         step_ids[0, 0] = token
-        logits = decoder.forward(step_ids, cache)
+        logits = sequence.forward(decoder, step_ids, cache)
 
 
 def stream_text(tokens: Iterator[int], tokenizer: Tokenizer, stop: tuple[str, ...] = ()) -> Iterator[str]:

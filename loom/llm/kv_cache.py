@@ -58,8 +58,8 @@ class KVCache:
 class GraphKV:
     """KV arrays that recorded graphs read and write (loom/llm/decode_graph.py, prefill_graph.py), and
     the cache that lives in them now. A graph bakes the arrays' addresses in; bind() moves a cache of
-    their shape into them, so one recording serves every cache of the shape. A decoder keeps one per
-    (batch, max_len) for all its graphs, so a prompt's positions stay where its decode steps read them."""
+    their shape into them, so one recording serves every cache of the shape. loom/llm/sequence.py keeps
+    one per (batch, max_len) of a decoder for all its graphs, so a prompt's positions stay where its decode steps read them."""
 
     def __init__(self, xp: ModuleType, cache: KVCache):
         self.xp = xp

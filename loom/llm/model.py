@@ -25,7 +25,9 @@ from ..errors import ConfigError, FormatError
 from ..formats import hf
 from ..kernels.quant.block import BlockQuantized
 from . import generate as gen
-from .decoder import ARCHITECTURES, Decoder, DecoderConfig, expected_tensors
+from . import sequence
+from .decoder import Decoder
+from .decoder_config import ARCHITECTURES, DecoderConfig, expected_tensors
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -133,7 +135,7 @@ class CausalLM:
         if ids.ndim != 1 or ids.size == 0:
             raise ConfigError("ids", f"expected a non-empty 1-D list of token ids, got shape {list(ids.shape)}")
         cache = self.decoder.new_cache(int(ids.size))
-        return self.decoder.forward(ids[None], cache)[0]
+        return sequence.forward(self.decoder, ids[None], cache)[0]
 
     def encode_prompt(self, prompt: str | Iterable[int]) -> list[int]:
         if isinstance(prompt, str):

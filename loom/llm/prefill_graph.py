@@ -9,8 +9,8 @@ ids, one graph launch and, for a prompt's last chunk, one copy of the last posit
 The graph's body is the eager code itself (embedding, Decoder.run_layers, Decoder.logits_of), so a
 replay gives the eager chunk's bits. A shape is recorded the second time it is seen (a prompt length
 seen once costs no recording), after an eager run that compiles the kernels and makes the tables
-they read; the decoder keeps the few most recently used (PREFILL_GRAPHS_KEPT). The graph reads and
-writes the decoder's GraphKV arrays for the cache's shape, the ones its decode graphs use, so the
+they read; loom/llm/sequence.py keeps the few most recently used (PREFILL_GRAPHS_KEPT). The graph
+reads and writes the GraphKV arrays for the cache's shape, the ones its decode graphs use, so the
 prompt's keys and values stay where the decode steps read them.
 """
 from __future__ import annotations
@@ -24,16 +24,17 @@ from ..backend import Array
 
 if TYPE_CHECKING:
     from .decoder import Decoder
-    from .kv_cache import KVCache
+    from .kv_cache import GraphKV, KVCache
 
 
 class PrefillGraph:
     """The recorded chunk of `ids` [B, T] (host ints, already checked) at cache.length, for caches of
-    `cache`'s shape: the last position's logits when `logits`, else only the hidden states."""
+    `cache`'s shape, in the GraphKV arrays `kv` its decode graphs share: the last position's logits
+    when `logits`, else only the hidden states."""
 
-    def __init__(self, dec: Decoder, ids: np.ndarray, cache: KVCache, logits: bool):
+    def __init__(self, dec: Decoder, ids: np.ndarray, cache: KVCache, kv: GraphKV, logits: bool):
         self.dec, self.want_logits = dec, logits
-        self.kv = dec.graph_kv(cache)
+        self.kv = kv
         self.kv.bind(cache)                        # first: the eager run below writes cache's positions
         self.tables = dec._cos, dec._sin           # read by the graph: kept while it lives
         self.ids = dec.backend.asarray(np.ascontiguousarray(ids, dtype=np.int64))

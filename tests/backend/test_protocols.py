@@ -50,7 +50,7 @@ def test_the_cuda_backend_class_declares_every_member_it_does_not_set_at_constru
 # a backend, or a kernel family, asked whether it has something (getattr / hasattr) instead of
 # declaring it in protocols.py; the array module compared with NumPy; an array asked whether it is
 # a GPU array (backend.of(array) says which backend owns it)
-_PROBED = r"(be|B|backend|self\.backend|\w+\.backend|backends?\.\w+\(.*?\)|kernels|\w+\.kernels)"
+_PROBED = r"(be|B|\w+\.B|backend|self\.backend|\w+\.backend|backends?\.\w+\(.*?\)|kernels|\w+\.kernels)"
 PROBES = re.compile(rf"\bxp is (not )?np\b|\b(getattr|hasattr)\({_PROBED},|__cuda_array_interface__")
 
 
@@ -74,6 +74,7 @@ def test_nothing_outside_the_backend_branches_on_the_array_module_or_probes_a_ba
     ("if hasattr(backend.of(x), 'quant'):", True),
     ("if not hasattr(kernels, 'paged_attention'):", True),
     ("if hasattr(be.kernels, 'flash'):", True),
+    ('and getattr(self.B, "fused", None) is not None', True),
     ('on_gpu = hasattr(x, "__cuda_array_interface__")', True),
     ("if be.fused is not None:", False),
     ("shape = getattr(g, 'shape', None)", False),

@@ -45,7 +45,8 @@ def test_fast_gpu_batches_agree_with_each_sequence_alone():
 def _graph_model(arch: str, device: str, bf16: bool = False, **extra):
     """A small random decoder the recorded paged step takes (head_dim 64, widths multiples of 32);
     bf16: its matrices stored as BF16 (the tensor cores' fused steps in fast mode)."""
-    from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+    from loom.llm.decoder import Decoder
+    from loom.llm.decoder_config import DecoderConfig, expected_tensors
     from loom.llm.model import CausalLM
     cfg = {"model_type": arch, "vocab_size": 256, "hidden_size": 128, "intermediate_size": 256,
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 64,

@@ -12,8 +12,10 @@ from quant_rows import random_rows
 
 import loom
 from loom.kernels.quant.block import BlockQuantized
+from loom.llm import sequence
 from loom.llm.decode_graph import DecodeGraph
-from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig, expected_tensors
 
 from .cpu_gpu import host
 
@@ -35,10 +37,10 @@ def _both(dec_gpu, dec_ref, prompt, steps, batch=1):
     out = []
     for dec in (dec_gpu, dec_ref):
         cache = dec.new_cache(len(prompt) + steps + 1, batch=batch)
-        logits = host(dec.forward(ids, cache, last_only=True))
+        logits = host(sequence.forward(dec, ids, cache, last_only=True))
         rows, toks = [], logits[:, -1].argmax(-1)
         for _ in range(steps):
-            logits = host(dec.forward(toks[:, None], cache))
+            logits = host(sequence.forward(dec, toks[:, None], cache))
             rows.append(logits[:, 0])
             toks = (toks * 7 + 3) % logits.shape[-1]          # fixed inputs: both paths see the same ids
         out.append(np.stack(rows))
@@ -75,7 +77,7 @@ def test_graph_decode_matches_the_array_path(kind, extra, tmp_path):
     with loom.deterministic(False):
         graph, eager = _graph_and_eager(loaded(tmp_path))
         got, want = _both(graph, eager, PROMPT, STEPS)
-        assert isinstance(graph._graph, DecodeGraph) and eager._graph is None
+        assert isinstance(sequence.recorded(graph).last, DecodeGraph) and sequence.recorded(eager).last is None
         assert td.relative_error(got, want) < 1e-5
         cpu = loom.llm.load(tmp_path).decoder
         got2, ref = _both(graph, cpu, PROMPT, STEPS, batch=3)
@@ -90,12 +92,12 @@ def test_graph_follows_hf_logits(tmp_path):
         dec = loom.llm.load(tmp_path, device="cuda").decoder
         cache = dec.new_cache(32)
         ids = list(PROMPT)
-        dec.forward(np.array([ids]), cache)
+        sequence.forward(dec, np.array([ids]), cache)
         for tok in (11, 250, 3, 42):
-            logits = host(dec.forward(np.array([[tok]]), cache))[0, 0]
+            logits = host(sequence.forward(dec, np.array([[tok]]), cache))[0, 0]
             ids.append(tok)
             assert td.relative_error(logits, td.hf_logits(model, ids)[-1]) < 1e-5
-        assert isinstance(dec._graph, DecodeGraph)
+        assert isinstance(sequence.recorded(dec).last, DecodeGraph)
 
 
 def _quant_weights(qtype, config, rng=RNG):
@@ -130,7 +132,7 @@ def test_graph_decode_with_stored_weight_types(qtype):
     with loom.deterministic(False):
         graph, eager = _graph_and_eager(built(config, weights))
         got, want = _both(graph, eager, PROMPT, STEPS, batch=2)
-        assert isinstance(graph._graph, DecodeGraph)
+        assert isinstance(sequence.recorded(graph).last, DecodeGraph)
         # sums in other orders: up to 1.9e-5 (against the eager GPU) and 7.1e-5 (against the CPU) over six
         # weight draws a type on an H100; a wrong value is O(1)
         assert td.relative_error(got, want) < 1e-4
@@ -145,22 +147,22 @@ def test_a_cache_of_a_recorded_shape_reuses_its_graph_and_the_previous_cache_kee
         first = _both(dec, dec, PROMPT, 4)                    # two caches, one after the other
         assert td.relative_error(first[0], first[1]) < 1e-6   # same inputs, same model: same logits
         c1 = dec.new_cache(16)
-        dec.forward(np.array([PROMPT]), c1)
-        dec.forward(np.array([[1]]), c1)
-        g1 = dec._graph
+        sequence.forward(dec, np.array([PROMPT]), c1)
+        sequence.forward(dec, np.array([[1]]), c1)
+        g1 = sequence.recorded(dec).last
         assert g1.cache is c1
         c2 = dec.new_cache(16)
-        dec.forward(np.array([PROMPT]), c2)
-        dec.forward(np.array([[1]]), c2)
-        assert dec._graph is g1 and g1.cache is c2 and c1.k is not c2.k      # recorded once for the shape
+        sequence.forward(dec, np.array([PROMPT]), c2)
+        sequence.forward(dec, np.array([[1]]), c2)
+        assert sequence.recorded(dec).last is g1 and g1.cache is c2 and c1.k is not c2.k      # recorded once for the shape
         n = len(PROMPT) + 1
         assert np.array_equal(host(c1.k[:, :, :, :n]), host(c2.k[:, :, :, :n]))
-        same = [host(dec.forward(np.array([[2]]), c)) for c in (c1, c2)]    # c1 moves back in, then c2
+        same = [host(sequence.forward(dec, np.array([[2]]), c)) for c in (c1, c2)]    # c1 moves back in, then c2
         assert np.array_equal(same[0], same[1]) and g1.cache is c2
         c3 = dec.new_cache(24)                                # another shape: its own graph
-        dec.forward(np.array([PROMPT]), c3)
-        dec.forward(np.array([[1]]), c3)
-        assert dec._graph is not g1 and dec._graph.cache is c3
+        sequence.forward(dec, np.array([PROMPT]), c3)
+        sequence.forward(dec, np.array([[1]]), c3)
+        assert sequence.recorded(dec).last is not g1 and sequence.recorded(dec).last.cache is c3
 
 
 def test_unsupported_shapes_use_the_array_path(tmp_path):
@@ -169,30 +171,30 @@ def test_unsupported_shapes_use_the_array_path(tmp_path):
     for deterministic in (False, True):
         with loom.deterministic(deterministic):
             cache = dec.new_cache(16)
-            dec.forward(np.array([PROMPT]), cache)
-            dec.forward(np.array([[4]]), cache)
-        assert dec._graph is None
+            sequence.forward(dec, np.array([PROMPT]), cache)
+            sequence.forward(dec, np.array([[4]]), cache)
+        assert sequence.recorded(dec).last is None
 
 
 def test_each_mode_records_its_own_graph():
     dec = Decoder(DecoderConfig.from_hf(CONFIG), _quant_weights("Q4_0", CONFIG), device="cuda")
     cache = dec.new_cache(16)
-    dec.forward(np.array([PROMPT]), cache)
+    sequence.forward(dec, np.array([PROMPT]), cache)
     with loom.deterministic(False):
-        dec.forward(np.array([[4]]), cache)
-    assert not dec._graph.exact
-    dec.forward(np.array([[4]]), cache)                          # deterministic (the default)
-    assert dec._graph.exact and dec._graph.cache is cache
+        sequence.forward(dec, np.array([[4]]), cache)
+    assert not sequence.recorded(dec).last.exact
+    sequence.forward(dec, np.array([[4]]), cache)                          # deterministic (the default)
+    assert sequence.recorded(dec).last.exact and sequence.recorded(dec).last.cache is cache
 
 
 def test_a_full_cache_still_raises_before_any_graph_runs():
     dec = Decoder(DecoderConfig.from_hf(CONFIG), _quant_weights("Q4_1", CONFIG), device="cuda")
     with loom.deterministic(False):
         cache = dec.new_cache(len(PROMPT) + 1)
-        dec.forward(np.array([PROMPT]), cache)
-        dec.forward(np.array([[4]]), cache)
+        sequence.forward(dec, np.array([PROMPT]), cache)
+        sequence.forward(dec, np.array([[4]]), cache)
         with pytest.raises(loom.errors.ConfigError, match="KV cache holds"):
-            dec.forward(np.array([[4]]), cache)
+            sequence.forward(dec, np.array([[4]]), cache)
 
 
 @pytest.mark.parametrize("context", [7, 150])          # 150 keys: past one pass of the attention's key groups
@@ -206,7 +208,7 @@ def test_overlapped_launches_give_the_plain_launches_bits(context):
     with loom.deterministic(False):
         for overlap in (False, True):
             cache = dec.new_cache(context + 8)
-            dec.forward(prompt, cache, last_only=True)
-            graph = DecodeGraph(dec, cache, overlap=overlap)
+            sequence.forward(dec, prompt, cache, last_only=True)
+            graph = DecodeGraph(dec, cache, sequence.graph_kv(dec, cache), overlap=overlap)
             logits.append(np.stack([host(graph.step([t])) for t in (3, 9, 27, 81)]))
     np.testing.assert_array_equal(logits[1], logits[0])

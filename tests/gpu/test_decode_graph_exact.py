@@ -9,8 +9,10 @@ import pytest
 import loom
 from loom.kernels import exact
 from loom.kernels.exact import rounded as exact_rounded
+from loom.llm import sequence
 from loom.llm.decode_graph import DecodeGraph
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 
 from .cpu_gpu import host, same_bits
 from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, config_for, loaded, saved
@@ -27,10 +29,10 @@ STEPS = 6
 def _steps(dec, prompts, steps=STEPS):
     """Logits [steps, B, vocab] (host) of decode steps after `prompts` [B, T], and the cache's keys."""
     cache = dec.new_cache(prompts.shape[1] + steps + 1, batch=prompts.shape[0])
-    toks = host(dec.forward(prompts, cache, last_only=True))[:, -1].argmax(-1)
+    toks = host(sequence.forward(dec, prompts, cache, last_only=True))[:, -1].argmax(-1)
     rows = []
     for _ in range(steps):
-        rows.append(host(dec.forward(toks[:, None], cache))[:, 0])
+        rows.append(host(sequence.forward(dec, toks[:, None], cache))[:, 0])
         toks = (toks * 7 + 3) % rows[-1].shape[-1]
     return np.stack(rows), host(cache.k[:, :, :, :cache.length])
 
@@ -41,9 +43,9 @@ def _same(got, want, what):
 
 def _check(graph, eager, cpu, prompts):
     got, got_k = _steps(graph, prompts)
-    assert isinstance(graph._graph, DecodeGraph) and graph._graph.exact
+    assert isinstance(sequence.recorded(graph).last, DecodeGraph) and sequence.recorded(graph).last.exact
     want, want_k = _steps(eager, prompts)
-    assert eager._graph is None
+    assert sequence.recorded(eager).last is None
     _same(got, want, "graph vs kernel by kernel")
     _same(got_k, want_k, "cached keys")
     ref, _ = _steps(cpu, prompts)
@@ -88,15 +90,15 @@ def test_long_caches_run_kernel_by_kernel_with_a_notice(caplog):
     with loom.deterministic(True):
         dec = Decoder(config, _quant_weights("Q8_0", CONFIG), device="cuda")
         cache = dec.new_cache(2049)
-        dec.forward(np.array([PROMPT]), cache)
+        sequence.forward(dec, np.array([PROMPT]), cache)
         with caplog.at_level("WARNING", logger="loom"):
-            dec.forward(np.array([[4]]), cache)
-        assert dec._graph is None
+            sequence.forward(dec, np.array([[4]]), cache)
+        assert sequence.recorded(dec).last is None
         assert any("2049 positions" in r.getMessage() for r in caplog.records)
         short = dec.new_cache(2048)
-        dec.forward(np.array([PROMPT]), short)
-        dec.forward(np.array([[4]]), short)
-        assert isinstance(dec._graph, DecodeGraph)
+        sequence.forward(dec, np.array([PROMPT]), short)
+        sequence.forward(dec, np.array([[4]]), short)
+        assert isinstance(sequence.recorded(dec).last, DecodeGraph)
 
 
 def _gemv_case(rng, rows, cols, m):

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import loom
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm import sequence
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 
 from .test_decode_graph import CONFIG, _quant_weights
 
@@ -144,14 +146,14 @@ def test_decoder_prompts_use_it_and_stay_close_to_float32(kind):
         mp.setattr(flash, "attend", lambda *a, **k: calls.append(1) or real(*a, **k))
         try:
             cache = fast.new_cache(200)
-            got = cupy.asnumpy(fast.forward(prompt[:, :100], cache))
-            got2 = cupy.asnumpy(fast.forward(prompt[:, 100:], cache))          # a second chunk after the cache
+            got = cupy.asnumpy(sequence.forward(fast, prompt[:, :100], cache))
+            got2 = cupy.asnumpy(sequence.forward(fast, prompt[:, 100:], cache))          # a second chunk after the cache
         finally:
             mp.undo()
         assert len(calls) == 2 * config.layers
         pc = plain.new_cache(200)
-        want = cupy.asnumpy(plain.forward(prompt[:, :100], pc))
-        want2 = cupy.asnumpy(plain.forward(prompt[:, 100:], pc))
+        want = cupy.asnumpy(sequence.forward(plain, prompt[:, :100], pc))
+        want2 = cupy.asnumpy(sequence.forward(plain, prompt[:, 100:], pc))
     for g, w in ((got, want), (got2, want2)):
         assert np.abs(g - w).max() / np.abs(w).max() < 2e-2
 
@@ -168,7 +170,7 @@ def test_float32_weights_keep_float32_attention():
     try:
         with loom.deterministic(False):
             dec = Decoder(config, weights, "cuda")
-            dec.forward(np.arange(100)[None] % cfg["vocab_size"], dec.new_cache(120))
+            sequence.forward(dec, np.arange(100)[None] % cfg["vocab_size"], dec.new_cache(120))
     finally:
         mp.undo()
     assert calls == []

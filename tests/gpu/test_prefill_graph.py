@@ -7,7 +7,9 @@ import pytest
 
 import loom
 from loom.llm import decoder as decoder_module
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm import sequence
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 from loom.llm.prefill_graph import PrefillGraph
 
 from .test_decode_graph import CONFIG, _quant_weights
@@ -37,7 +39,7 @@ def _prompt(n, seed=3, batch=1):
 def _prefill(dec, prompt, max_len=200, last_only=True):
     """(logits, keys, values) of a fresh cache of max_len positions after the prompt, on the host."""
     cache = dec.new_cache(max_len, batch=prompt.shape[0])
-    logits = cupy.asnumpy(dec.forward(prompt, cache, last_only=last_only))
+    logits = cupy.asnumpy(sequence.forward(dec, prompt, cache, last_only=last_only))
     n = cache.length
     return logits, cupy.asnumpy(cache.k[..., :n, :]), cupy.asnumpy(cache.v[..., :n, :])
 
@@ -55,8 +57,8 @@ def test_a_replayed_chunk_gives_the_eager_chunks_bits(kind, extra):
         recorded, eager = _decoders(kind, **extra)
         want = _prefill(eager, prompt)
         runs = [_prefill(recorded, prompt) for _ in range(3)]     # eager, recorded on the second, replayed
-        assert len(recorded._prefills.entries) == 1 and not eager._prefills.entries
-        assert isinstance(next(iter(recorded._prefills.entries.values())), PrefillGraph)
+        assert len(sequence.recorded(recorded).prefill.entries) == 1 and not sequence.recorded(eager).prefill.entries
+        assert isinstance(next(iter(sequence.recorded(recorded).prefill.entries.values())), PrefillGraph)
     for got in runs:
         _same(got, want)
 
@@ -74,7 +76,7 @@ def test_quantized_weights_record_too(qtype):
             want = _prefill(eager, prompt, 64)
             for _ in range(3):
                 _same(_prefill(recorded, prompt, 64), want)
-        assert len(recorded._prefills.entries) == 2        # a key each: the copies are other weights
+        assert len(sequence.recorded(recorded).prefill.entries) == 2        # a key each: the copies are other weights
 
 
 def test_chunked_prompts_and_every_positions_logits(monkeypatch):
@@ -88,7 +90,7 @@ def test_chunked_prompts_and_every_positions_logits(monkeypatch):
             want = _prefill(eager, prompt, last_only=last_only)
             for _ in range(3):
                 _same(_prefill(recorded, prompt, last_only=last_only), want)
-        keys = set(recorded._prefills.entries)
+        keys = set(sequence.recorded(recorded).prefill.entries)
     # (batch, T, position, cache positions, dense copies, logits): the 26-token tail is still past MAX_ROWS
     assert keys == {(1, 32, 0, 200, False, False), (1, 32, 32, 200, False, False), (1, 26, 64, 200, False, True),
                     (1, 26, 64, 200, False, False)}
@@ -103,12 +105,12 @@ def test_decode_steps_read_the_prompt_where_the_prefill_graph_wrote_it():
         runs = []
         for _ in range(3):
             cache = dec.new_cache(80)
-            rows = [cupy.asnumpy(dec.forward(prompt, cache, last_only=True))]
+            rows = [cupy.asnumpy(sequence.forward(dec, prompt, cache, last_only=True))]
             for tok in (7, 300, 42, 9):
-                rows.append(cupy.asnumpy(dec.forward(np.array([[tok]]), cache)))
+                rows.append(cupy.asnumpy(sequence.forward(dec, np.array([[tok]]), cache)))
             runs.append(np.concatenate(rows, axis=1))
-        graph = next(iter(dec._prefills.entries.values()))
-        assert graph.kv is dec._graph.kv and cache.k is graph.kv.k
+        graph = next(iter(sequence.recorded(dec).prefill.entries.values()))
+        assert graph.kv is sequence.recorded(dec).last.kv and cache.k is graph.kv.k
     assert runs[1].tobytes() == runs[0].tobytes() and runs[2].tobytes() == runs[0].tobytes()
 
 
@@ -118,9 +120,9 @@ def test_caches_of_one_shape_take_turns_without_losing_positions():
         dec, eager = _decoders()
         _prefill(dec, first)                                   # seen once: eager
         a, b = dec.new_cache(200), dec.new_cache(200)
-        dec.forward(first, a, last_only=True)                  # recorded; a lives in the graph's arrays
-        dec.forward(second, b, last_only=True)                 # replayed; a moves to arrays of its own
-        assert b.k is next(iter(dec._prefills.entries.values())).kv.k and a.k is not b.k
+        sequence.forward(dec, first, a, last_only=True)                  # recorded; a lives in the graph's arrays
+        sequence.forward(dec, second, b, last_only=True)                 # replayed; a moves to arrays of its own
+        assert b.k is next(iter(sequence.recorded(dec).prefill.entries.values())).kv.k and a.k is not b.k
         for cache, prompt in ((a, first), (b, second)):
             _, k, v = _prefill(eager, prompt)
             _same((cupy.asnumpy(cache.k[..., :40, :]), cupy.asnumpy(cache.v[..., :40, :])), (k, v))
@@ -132,7 +134,7 @@ def test_deterministic_mode_never_records_a_chunk():
         dec, _ = _decoders()
         for _ in range(3):
             _prefill(dec, prompt, 64)
-    assert not dec._prefills.entries and not dec._prefills.eager_reasons
+    assert not sequence.recorded(dec).prefill.entries and not sequence.recorded(dec).prefill.eager_reasons
 
 
 def test_flash_records_only_item_tables_an_eager_run_made_and_the_graph_keeps_them():
@@ -166,8 +168,8 @@ def test_graphs_keep_the_rope_tables_they_read_when_the_decoder_grows_them():
 
         def run(d):
             cache = d.new_cache(48)
-            rows = [cupy.asnumpy(d.forward(prompt, cache, last_only=True))]
-            rows += [cupy.asnumpy(d.forward(np.array([[t]]), cache)) for t in (3, 99)]
+            rows = [cupy.asnumpy(sequence.forward(d, prompt, cache, last_only=True))]
+            rows += [cupy.asnumpy(sequence.forward(d, np.array([[t]]), cache)) for t in (3, 99)]
             return np.concatenate(rows, axis=1)
 
         want = [run(dec) for _ in range(2)][1]          # the prefill graph recorded, the decode graph too
@@ -177,9 +179,9 @@ def test_graphs_keep_the_rope_tables_they_read_when_the_decoder_grows_them():
         junk = [cupy.full(shape, np.nan, dtype=np.float32) for _ in range(8)]
         got = run(dec)
         del junk
-        assert len(dec._prefills.entries) == 1
+        assert len(sequence.recorded(dec).prefill.entries) == 1
         cache = eager.new_cache(48)
-        alone = cupy.asnumpy(eager.forward(prompt, cache, last_only=True))
+        alone = cupy.asnumpy(sequence.forward(eager, prompt, cache, last_only=True))
     assert np.isfinite(got).all() and got.tobytes() == want.tobytes()
     assert got[:, :1].tobytes() == alone.tobytes()                   # the prompt's logits: the eager bits
 
@@ -192,25 +194,26 @@ def test_long_prompts_run_eagerly_a_failed_allocation_falls_back_and_release_fre
     prompt = _prompt(40, seed=12)
     with loom.deterministic(False):
         dec, eager = _decoders()
-        long = _prompt((decoder_module.PREFILL_GRAPHS_KEPT + 1) * 32, seed=9)
+        long = _prompt((sequence.PREFILL_GRAPHS_KEPT + 1) * 32, seed=9)
         want = _prefill(eager, long, 300)
         for _ in range(3):
             _same(_prefill(dec, long, 300), want)
-        assert not dec._prefills.entries
+        assert not sequence.recorded(dec).prefill.entries
 
         def no_memory(*args):
             raise MemoryError("out of memory allocating 1073741824 bytes")
-        monkeypatch.setattr(decoder_module, "PrefillGraph", no_memory)
+        monkeypatch.setattr(sequence, "PrefillGraph", no_memory)
         want = _prefill(eager, prompt)
         for _ in range(3):
             _same(_prefill(dec, prompt), want)
-        assert not dec._prefills.entries and not dec._prefills.eager_reasons
-        monkeypatch.setattr(decoder_module, "PrefillGraph", PrefillGraph)
+        assert not sequence.recorded(dec).prefill.entries and not sequence.recorded(dec).prefill.eager_reasons
+        monkeypatch.setattr(sequence, "PrefillGraph", PrefillGraph)
         _same(_prefill(dec, prompt), want)                    # seen before: recorded now
-        assert len(dec._prefills.entries) == 1 and dec._graph is None
-        dec.forward(np.array([[5]]), dec.new_cache(60))       # a decode graph too
-        assert dec._graph is not None
-        dec.release_graphs()
-        assert not dec._prefills.entries and not dec._graphs.entries and dec._graph is None
+        assert len(sequence.recorded(dec).prefill.entries) == 1 and sequence.recorded(dec).last is None
+        sequence.forward(dec, np.array([[5]]), dec.new_cache(60))       # a decode graph too
+        assert sequence.recorded(dec).last is not None
+        sequence.release_graphs(dec)
+        rec = sequence.recorded(dec)
+        assert not rec.prefill.entries and not rec.decode.entries and rec.last is None
         _same(_prefill(dec, prompt), want)
-        assert len(dec._prefills.entries) == 1
+        assert len(sequence.recorded(dec).prefill.entries) == 1

@@ -10,7 +10,9 @@ import loom
 from loom import backend
 from loom.kernels.quant import gguf as gguf_quants
 from loom.kernels.quant.block import BlockQuantized
-from loom.llm.decoder import Decoder, DecoderConfig
+from loom.llm import sequence
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig
 
 from .cpu_gpu import host, same_bits
 from .test_decode_graph import CONFIG, _quant_weights
@@ -115,8 +117,8 @@ def test_decoder_prefill_on_tensor_cores_is_close_to_float32(dense):
         if dense:
             fast.keep_dense()
             plain.keep_dense()
-        got = host(fast.forward(prompt, fast.new_cache(48)))
-        want = host(plain.forward(prompt, plain.new_cache(48)))
+        got = host(sequence.forward(fast, prompt, fast.new_cache(48)))
+        want = host(sequence.forward(plain, prompt, plain.new_cache(48)))
         err = np.abs(got - want).max() / np.abs(want).max()
         assert 1e-6 < err < 2e-2                  # bfloat16 inputs: close, and not the float32 products
         # the fused prompt layers take the quantized weights themselves, or the bf16 copies
@@ -125,7 +127,7 @@ def test_decoder_prefill_on_tensor_cores_is_close_to_float32(dense):
             assert all(isinstance(c, BlockQuantized) and c.qtype == "BF16" for c in fast._dense.values())
     with loom.deterministic(True):              # deterministic mode: the CPU's bits whatever tensor_cores says
         cpu = Decoder(config, weights)
-        same_bits(fast.forward(prompt, fast.new_cache(48)), cpu.forward(prompt, cpu.new_cache(48)),
+        same_bits(sequence.forward(fast, prompt, fast.new_cache(48)), cpu.forward(prompt, cpu.new_cache(48)),
                   "deterministic prefill")
 
 

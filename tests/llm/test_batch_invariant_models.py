@@ -9,6 +9,7 @@ import pytest
 
 import loom
 import loom.llm
+from loom.llm import sequence
 from loom.llm.encoder import Encoder
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -30,10 +31,10 @@ def _run(lm, ids, steps: int):
     """Logits [B, T + steps, vocab]: a prefill of ids [B, T], then `steps` greedy decode steps."""
     dec = lm.decoder
     cache = dec.new_cache(ids.shape[1] + steps, batch=ids.shape[0])
-    out = [dec.forward(ids, cache)]
+    out = [sequence.forward(dec, ids, cache)]
     for _ in range(steps):
         nxt = dec.xp.argmax(out[-1][:, -1], axis=-1).reshape(-1, 1)
-        out.append(dec.forward(dec.backend.to_numpy(nxt).astype(np.int64), cache))
+        out.append(sequence.forward(dec, dec.backend.to_numpy(nxt).astype(np.int64), cache))
     return dec.backend.to_numpy(dec.xp.concatenate(out, axis=1))
 
 

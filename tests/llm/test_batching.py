@@ -197,7 +197,8 @@ def _q8_model():
     """A tiny llama whose matrices are random Q8_0 blocks (moderate scales), norms float."""
     from loom.kernels.quant import gguf as gq
     from loom.kernels.quant.block import BlockQuantized
-    from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+    from loom.llm.decoder import Decoder
+    from loom.llm.decoder_config import DecoderConfig, expected_tensors
     from loom.llm.model import CausalLM
     cfg = {"model_type": "llama", "vocab_size": 96, "hidden_size": 64, "intermediate_size": 96,
            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,

@@ -13,7 +13,8 @@ import loom
 from loom.errors import ConfigError
 from loom.llm import generate as gen
 from loom.llm.batching import BatchEngine, Request, _plain_greedy
-from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig, expected_tensors
 from loom.llm.json_constraint import JsonGrammar
 from loom.llm.model import CausalLM
 from loom.llm.token_mask import GrammarMasks, Vocabulary

@@ -12,6 +12,7 @@ import pytest
 import loom
 import loom.llm
 from loom.backend.cpu import decode_jit
+from loom.llm import sequence
 from loom.llm.decoder import Decoder
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -110,8 +111,9 @@ def test_token_steps_match_the_composed_path(name, tmp_path, monkeypatch):
 
     def steps():
         cache = dec.new_cache(20)
-        out = [dec.forward(ids[None, :5], cache)[0], dec.forward(ids[None, 5:8], cache)[0]]   # a later chunk too
-        out += [dec.forward(ids[None, t:t + 1], cache)[0] for t in range(8, 20)]
+        out = [sequence.forward(dec, ids[None, :5], cache)[0],
+               sequence.forward(dec, ids[None, 5:8], cache)[0]]                  # a later chunk too
+        out += [sequence.forward(dec, ids[None, t:t + 1], cache)[0] for t in range(8, 20)]
         return np.concatenate(out)
     with loom.deterministic(False):
         compiled = steps()
@@ -134,11 +136,11 @@ def float_decoder(tmp_path_factory):
 def _greedy(dec, steps=4):
     with loom.deterministic(False):
         cache = dec.new_cache(16)
-        logits = dec.forward(np.array([[5, 7, 9]]), cache, last_only=True)
+        logits = sequence.forward(dec, np.array([[5, 7, 9]]), cache, last_only=True)
         out = []
         for _ in range(steps):
             out.append(int(np.argmax(logits[0, -1])))
-            logits = dec.forward(np.array([[out[-1]]]), cache, last_only=True)
+            logits = sequence.forward(dec, np.array([[out[-1]]]), cache, last_only=True)
         return out
 
 

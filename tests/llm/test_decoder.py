@@ -11,8 +11,9 @@ import loom
 import loom.llm
 from loom.errors import ConfigError, FormatError
 from loom.llm import decoder as decoder_module
-from loom.llm import rope
-from loom.llm.decoder import Decoder, DecoderConfig, expected_tensors
+from loom.llm import rope, sequence
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig, expected_tensors
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402
@@ -76,11 +77,11 @@ def test_cached_decode_matches_full_forward(saved, name, mode):
     _, lm = saved(name)
     dec, ids = lm.decoder, _ids(24, seed=5)
     with loom.deterministic(MODES[mode]):
-        full = dec.forward(ids[None], dec.new_cache(24))[0]
+        full = sequence.forward(dec, ids[None], dec.new_cache(24))[0]
         cache = dec.new_cache(24)
-        parts = [dec.forward(ids[None, :9], cache)[0]]
+        parts = [sequence.forward(dec, ids[None, :9], cache)[0]]
         for t in range(9, 24):
-            parts.append(dec.forward(ids[None, t:t + 1], cache)[0])
+            parts.append(sequence.forward(dec, ids[None, t:t + 1], cache)[0])
     assert cache.length == 24
     steps = np.concatenate(parts)
     assert td.relative_error(steps, full) < 1e-5
@@ -90,10 +91,10 @@ def test_chunked_prefill_matches_one_chunk(saved, monkeypatch):
     _, lm = saved("mistral-window")
     dec, ids = lm.decoder, _ids(20, seed=7)
     with loom.deterministic(False):
-        whole = dec.forward(ids[None], dec.new_cache(20))[0]
+        whole = sequence.forward(dec, ids[None], dec.new_cache(20))[0]
         monkeypatch.setattr(decoder_module, "PREFILL_CHUNK_FAST", 6)          # fast mode's chunk
-        chunked = dec.forward(ids[None], dec.new_cache(20))[0]
-        last = dec.forward(ids[None], dec.new_cache(20), last_only=True)[0]
+        chunked = sequence.forward(dec, ids[None], dec.new_cache(20))[0]
+        last = sequence.forward(dec, ids[None], dec.new_cache(20), last_only=True)[0]
     assert td.relative_error(chunked, whole) < 1e-5
     assert last.shape == (1, td.VOCAB) and td.relative_error(last, whole[-1:]) < 1e-5
 
@@ -103,18 +104,18 @@ def test_deterministic_rows_do_not_depend_on_the_batch(saved):
     _, lm = saved("qwen3")
     dec = lm.decoder
     a, b = _ids(10, seed=1), _ids(10, seed=2)
-    alone = dec.forward(a[None], dec.new_cache(12))
+    alone = sequence.forward(dec, a[None], dec.new_cache(12))
     batch_cache = dec.new_cache(12, batch=2)
-    both = dec.forward(np.stack([a, b]), batch_cache)
+    both = sequence.forward(dec, np.stack([a, b]), batch_cache)
     assert np.array_equal(alone[0], both[0])
-    step_alone = dec.forward(np.array([[7]]), _advance(dec, a))
-    step_both = dec.forward(np.array([[7], [9]]), batch_cache)
+    step_alone = sequence.forward(dec, np.array([[7]]), _advance(dec, a))
+    step_both = sequence.forward(dec, np.array([[7], [9]]), batch_cache)
     assert np.array_equal(step_alone[0], step_both[0])
 
 
 def _advance(dec, ids):
     cache = dec.new_cache(12)
-    dec.forward(ids[None], cache)
+    sequence.forward(dec, ids[None], cache)
     return cache
 
 
@@ -189,12 +190,12 @@ def test_context_and_id_errors():
         dec.new_cache(17)
     cache = dec.new_cache(4)
     with pytest.raises(ConfigError, match="token id 50 is outside the vocabulary"):
-        dec.forward(np.array([[1, 50]]), cache)
-    dec.forward(np.array([[1, 2, 3]]), cache)
+        sequence.forward(dec, np.array([[1, 50]]), cache)
+    sequence.forward(dec, np.array([[1, 2, 3]]), cache)
     with pytest.raises(ConfigError, match="holds 4 positions; 3 are used and 2 more"):
-        dec.forward(np.array([[4, 5]]), cache)
+        sequence.forward(dec, np.array([[4, 5]]), cache)
     with pytest.raises(ConfigError, match="batch of 2"):
-        dec.forward(np.array([[4], [5]]), cache)
+        sequence.forward(dec, np.array([[4], [5]]), cache)
 
 
 class _GraphsBackend:
@@ -224,7 +225,7 @@ def test_a_decode_step_without_its_graph_says_why_once_in_fast_mode(loom_log):
     with loom.deterministic(False):
         caches = plain.new_cache(8), dec.new_cache(8)
         for token in ([[1, 2]], [[3]], [[4]]):
-            want, got = (d.forward(np.array(token), c) for d, c in zip((plain, dec), caches))
+            want, got = (sequence.forward(d, np.array(token), c) for d, c in zip((plain, dec), caches))
             assert np.array_equal(got, want)
     assert loom_log() == [("fast mode: decode steps of 1 sequence(s) run kernel by kernel, not as a recorded "
                            "CUDA graph (head_dim 8 is not 64, 128 or 256)")]

@@ -41,7 +41,7 @@ class Dense(Layer):
         self.x = x
         bias = self.params.get("bias")
         if (self.float_weight() and bias is not None and self.act in fused.BIAS_ACTIVATIONS
-                and getattr(self.B, "fused", None) is not None):
+                and self.B.fused is not None):
             # one kernel for bias + activation where the backend has it (the GPU: launches dominate)
             self.z, self.y = fused.bias_act(linear.project(self, "weight", x), bias, self.act)
             return self.y
