@@ -29,84 +29,38 @@ import collections
 import contextlib
 import itertools
 import logging
-import math
 import threading
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
 
 import numpy as np
 
-from .. import fallback, mode
-from ..errors import ConfigError, EngineError, LoomError
+from .. import mode
+from ..errors import ConfigError, EngineError
 from ..kernels.exact import dispatch as exact_dispatch
 from ..mode import is_deterministic
 from . import generate as gen
 from . import paged_forward, paged_graph
+from .batch_requests import (
+    Event,
+    Handle,
+    LanguageModel,
+    QueueFull,
+    Request,
+    Result,
+    Sequence,
+    logprobs,
+    plain_greedy,
+    result,
+)
 from .decoder import prefill_chunk
+from .engine_steps import StepRunner
 from .paged_cache import OutOfBlocks, PagedKVCache, block_names
-
-if TYPE_CHECKING:
-    from .decoder import Decoder
-    from .tokenizer import Tokenizer
 
 log = logging.getLogger("loom")
 
 BLOCK_SIZE = 16
 PREFILL_TOKENS = 2048       # prefill rows per step (more when one chunk is longer): decode streams keep moving
-
-
-class LanguageModel(Protocol):
-    """What the engine needs of a model (loom.llm.model.CausalLM is one): its decoder, its tokenizer
-    (None: no text, no stop strings) and the token ids that end a sequence by default."""
-    decoder: Decoder
-    tokenizer: Tokenizer | None
-    eos_ids: tuple[int, ...]
-
-
-class QueueFull(LoomError, RuntimeError):
-    """The engine's queue holds max_queue requests already."""
-
-
-@dataclass
-class Request:
-    """One generation. prompt: token ids; sampling: gen.Sampling; stop_ids end it without being
-    emitted; stop: strings that end the text (needs the model's tokenizer). presence and frequency
-    penalties as OpenAI defines them: logit -= frequency * count + presence * (count > 0), over the
-    tokens generated so far. logprobs: None, or how many top alternatives to report with each
-    token's log-probability (0: the token's own only). constraint: a fresh gen.Constraint (e.g. a
-    token_mask.JsonConstraint for JSON output) that masks each step's logits; the request ends
-    ("stop") once it is finished. Constrained requests always bring their logits to the host."""
-    prompt: list[int]
-    max_tokens: int = 256
-    sampling: gen.Sampling = field(default_factory=gen.Sampling)
-    stop_ids: tuple[int, ...] | None = None     # None: the model's end-of-sequence ids
-    stop: tuple[str, ...] = ()
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logprobs: int | None = None
-    constraint: gen.Constraint | None = None
-
-
-@dataclass
-class Event:
-    """What a sink receives: a token (with its text, maybe empty while a stop string may begin), or the
-    end (token None, finish_reason "stop" | "length" | "cancelled" | "error")."""
-    token: int | None
-    text: str = ""
-    logprob: float | None = None
-    top_logprobs: list[tuple[int, float]] | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-
-
-@dataclass
-class Result:
-    tokens: list[int]
-    text: str | None
-    finish_reason: str
-    logprobs: list[float] | None
-    prompt_tokens: int
 
 
 @dataclass
@@ -118,33 +72,6 @@ class _Ahead:
     positions: list[int]
     tokens: paged_graph.Tokens
     ahead: bool = False             # launched before the previous step's tokens were taken
-
-
-class Handle:
-    """A submitted request: cancel() frees its slot at the next step."""
-
-    def __init__(self, seq: _Sequence):
-        self._seq = seq
-
-    def cancel(self) -> None:
-        self._seq.cancelled = True
-
-
-class _Sequence:
-    def __init__(self, number: int, request: Request, sink: Callable[[Event], None], vocab: int, text):
-        self.number, self.request, self.sink = number, request, sink
-        self.tokens = list(request.prompt)
-        self.prompt_len = len(request.prompt)
-        self.generated: list[int] = []
-        self.table: list[int] = []
-        self.length = 0                     # positions whose keys and values are in the cache
-        self.registered = 0                 # full blocks registered for prefix caching
-        self.names: list[bytes] = []        # their names
-        self.seen = np.zeros(vocab, dtype=bool)
-        self.seen[np.asarray(request.prompt)] = True
-        self.counts: collections.Counter[int] = collections.Counter()
-        self.text = text
-        self.cancelled = False
 
 
 class BatchEngine:
@@ -174,24 +101,19 @@ class BatchEngine:
         self.cache = PagedKVCache(self.dec.xp, c.layers, c.kv_heads, c.head_dim,
                                   -(-cache_tokens // block_size), block_size)
         self.max_batch, self.max_queue, self.prefix_cache = max_batch, max_queue, prefix_cache
-        self.waiting: collections.deque[_Sequence] = collections.deque()
-        self.running: list[_Sequence] = []
+        self.waiting: collections.deque[Sequence] = collections.deque()
+        self.running: list[Sequence] = []
         self._numbers = itertools.count()
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.deterministic = is_deterministic()     # the mode steps run in (a thread has its own)
         self.chunk = prefill_chunk()
-        # recorded decode steps by batch bucket, where the device has the kernels
-        self._graph_cache: dict[int, paged_graph.PagedDecodeGraph] = {}
         self.pipeline = True                        # greedy decode steps launched a step ahead (_Ahead)
         self._ahead: _Ahead | None = None           # a launched step whose tokens are not taken yet
-        why = paged_graph.why_not(self.dec, self.deterministic) if self.dec.backend.graphs else "no graphs"
-        self._graphs_off = why is not None
-        if why is not None and self.dec.backend.graphs:
-            fallback.notice_once(f"batched decode steps run kernel by kernel, not as recorded CUDA graphs ({why})")
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "cached_tokens": 0, "preempted": 0,
                       "cancelled": 0, "graph_steps": 0, "ahead_steps": 0}
+        self.steps = StepRunner(self.dec, self.cache, self.deterministic, self.stats)   # the device's part
 
     # --- submitting ---------------------------------------------------------------------------------
     def check(self, request: Request) -> Request:
@@ -241,7 +163,7 @@ class BatchEngine:
             if len(self.waiting) + len(checked) > self.max_queue:
                 raise QueueFull(f"the queue holds {len(self.waiting)} of at most {self.max_queue} waiting requests "
                                 f"(max_queue); {len(checked)} more do not fit, try again later")
-            seqs = [_Sequence(next(self._numbers), r, sink, self.dec.config.vocab_size,
+            seqs = [Sequence(next(self._numbers), r, sink, self.dec.config.vocab_size,
                               None if tokenizer is None else gen.TextStream(tokenizer, r.stop))
                     for r, sink in zip(checked, sinks)]
             self.waiting.extend(seqs)
@@ -262,7 +184,7 @@ class BatchEngine:
                     events: list[Event] = []
                     outs.append((events, self.submit(pending.popleft(), events.append)))
                 busy = self.step()
-        return [_result(events, handle._seq.prompt_len, self.model.tokenizer is not None) for events, handle in outs]
+        return [result(events, handle._seq.prompt_len, self.model.tokenizer is not None) for events, handle in outs]
 
     # --- the thread ---------------------------------------------------------------------------------
     def start(self) -> None:
@@ -328,17 +250,17 @@ class BatchEngine:
             self._admit()
             work, seqs = self._plan()
             if work and self._pipelines(work, seqs):
-                graph = self._graph(len(work), work)
+                graph = self.steps.decode_graph(len(work), work)
                 self._ahead = _Ahead(graph, seqs, [w.pos for w in work], graph.step_greedy(
                     [int(w.tokens[0]) for w in work], [w.pos for w in work], [w.table for w in work]))
             elif work:
-                self._finish_step(work, seqs, self._forward(work, seqs))
+                self._finish_step(work, seqs, self.steps.run(work, [plain_greedy(s.request) for s in seqs]))
         if self._ahead is not None:
             self._take_ahead()
         with self._lock:
             return bool(self.running or self.waiting or self._ahead)
 
-    def _finish_step(self, work: list[paged_forward.Work], seqs: list[_Sequence], choices: list) -> None:
+    def _finish_step(self, work: list[paged_forward.Work], seqs: list[Sequence], choices: list) -> None:
         """After a step's forward pass: the sequences' new lengths, their full blocks registered,
         and a token sampled for each that wanted logits."""
         self.stats["steps"] += 1
@@ -348,7 +270,7 @@ class BatchEngine:
             if choice is not None:
                 self._take_token(seq, choice)
 
-    def _take_token(self, seq: _Sequence, choice: np.ndarray | int) -> None:
+    def _take_token(self, seq: Sequence, choice: np.ndarray | int) -> None:
         try:
             self._sample(seq, choice)
         except Exception as exc:    # noqa: BLE001 - this sequence's (a token its tokenizer lacks)
@@ -365,11 +287,11 @@ class BatchEngine:
     # is released, and stream order puts that write before any later owner's). The run ends, and the
     # next step is planned as usual, when a waiting request could be admitted, a block cannot be
     # taken without preempting, half the rows are padding, or a position leaves the recorded steps.
-    def _pipelines(self, work: list[paged_forward.Work], seqs: list[_Sequence]) -> bool:
+    def _pipelines(self, work: list[paged_forward.Work], seqs: list[Sequence]) -> bool:
         """Whether this step can start a run of steps launched ahead."""
         return (self.pipeline and self.dec.backend.prefill is not None and not self._admissible()
                 and all(len(w.tokens) == 1 and w.logits for w in work)
-                and all(_plain_greedy(s.request) for s in seqs) and self._graph(len(work), work) is not None)
+                and all(plain_greedy(s.request) for s in seqs) and self.steps.decode_graph(len(work), work) is not None)
 
     def _admissible(self) -> bool:
         """Whether _admit would take the first waiting request now (a slot, and blocks for its first
@@ -416,7 +338,7 @@ class BatchEngine:
         if self._admissible():
             return None
         live = self._live()
-        rows: list[_Sequence | None] = []
+        rows: list[Sequence | None] = []
         for seq in step.rows:
             # a sequence taking its last token in `step` (max_tokens, or the context) pads its row
             last = seq is not None and (len(seq.generated) + 1 >= seq.request.max_tokens
@@ -437,57 +359,6 @@ class BatchEngine:
         self.stats["ahead_steps"] += 1
         tokens = step.graph.step_greedy(None, positions, [[] if seq is None else seq.table for seq in rows])
         return _Ahead(step.graph, rows, positions, tokens, ahead=True)
-
-    def _forward(self, work: list[paged_forward.Work], seqs: list[_Sequence]) -> list:
-        """Each work item's next-token input (None where its logits are not wanted): the host logits,
-        or, for a greedy sequence that needs nothing else of them, the token itself, chosen on the
-        device (only ids cross to the host). Decode tokens go through a recorded paged step where
-        the device has one, the rest through paged_forward."""
-        decode = [i for i, w in enumerate(work) if len(w.tokens) == 1 and w.logits]
-        graph = self._graph(len(decode), [work[i] for i in decode]) if decode else None
-        by_graph = set(decode) if graph is not None else set()
-        rest = [i for i in range(len(work)) if i not in by_graph]
-        out: list = [None] * len(work)
-        if rest:
-            logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in rest])
-            if logits is not None:         # rows for the items that want logits, in order
-                self._choose_rows(logits, [i for i in rest if work[i].logits], seqs, out)
-        if graph is not None:
-            self.stats["graph_steps"] += 1
-            items = [work[i] for i in decode]
-            logits = graph.step([int(w.tokens[0]) for w in items], [w.pos for w in items], [w.table for w in items])
-            self._choose_rows(logits, decode, seqs, out)
-        return out
-
-    def _choose_rows(self, logits, indices: list[int], seqs: list[_Sequence], out: list) -> None:
-        """out[i] for the rows of device logits [len(indices), V]: argmax ids for plain greedy
-        sequences (first of equal maxima, as gen.choose), host rows for the others."""
-        xp, to_host = self.dec.xp, self.dec.backend.to_numpy
-        plain = [k for k, i in enumerate(indices) if _plain_greedy(seqs[i].request)]
-        other = [k for k, i in enumerate(indices) if not _plain_greedy(seqs[i].request)]
-        if plain:
-            rows = logits if len(plain) == len(indices) else logits[self.dec.backend.asarray(np.asarray(plain))]
-            kernels = self.dec.backend.prefill
-            tokens = kernels.argmax_rows(rows) if kernels is not None else xp.argmax(rows, axis=1)
-            for k, token in zip(plain, to_host(tokens)):
-                out[indices[k]] = int(token)
-        if other:
-            rows = logits if len(other) == len(indices) else logits[self.dec.backend.asarray(np.asarray(other))]
-            for k, row in zip(other, to_host(rows)):
-                out[indices[k]] = row
-
-    def _graph(self, n: int, items: list[paged_forward.Work]):
-        """The recorded paged decode step for n sequences (None: run them through paged_forward)."""
-        if self._graphs_off or paged_graph.bucket(n) is None:
-            return None
-        if self.deterministic and max(w.pos for w in items) >= exact_dispatch.ROUNDED_MAX_K:
-            return None             # the exact kernels' attention takes the rounded scheme's keys only
-        key = paged_graph.bucket(n)
-        graph = self._graph_cache.get(key)
-        if graph is None:
-            graph = self._graph_cache[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key,
-                                                                           self.deterministic)
-        return graph
 
     def _drop_cancelled(self) -> None:
         with self._lock:
@@ -517,7 +388,7 @@ class BatchEngine:
                 self.running.append(seq)
             self._reuse_prefix(seq)
 
-    def _reuse_prefix(self, seq: _Sequence) -> None:
+    def _reuse_prefix(self, seq: Sequence) -> None:
         """Take the registered blocks the sequence's tokens start with (never the block holding its
         last token, whose logits must be computed)."""
         if not self.prefix_cache or seq.length:
@@ -538,7 +409,7 @@ class BatchEngine:
         seq.length = len(seq.table) * bs
         self.stats["cached_tokens"] += seq.length
 
-    def _plan(self) -> tuple[list[paged_forward.Work], list[_Sequence]]:
+    def _plan(self) -> tuple[list[paged_forward.Work], list[Sequence]]:
         """This step's work, one item per running sequence that has some (blocks taken for it)."""
         planned: dict[int, paged_forward.Work] = {}      # by sequence number, in running order
         budget = PREFILL_TOKENS
@@ -562,7 +433,7 @@ class BatchEngine:
         self.stats["decode_tokens"] += sum(1 for w in work if len(w.tokens) == 1)
         return work, seqs
 
-    def _make_room(self, seq: _Sequence, end: int, planned: dict) -> bool:
+    def _make_room(self, seq: Sequence, end: int, planned: dict) -> bool:
         """Blocks for positions up to `end`; preempts other sequences (newest first; their work
         planned for this step is dropped) when none is left. False when seq itself had to be
         preempted."""
@@ -580,7 +451,7 @@ class BatchEngine:
                     return False
         return True
 
-    def _preempt(self, seq: _Sequence) -> None:
+    def _preempt(self, seq: Sequence) -> None:
         with self._lock:
             self.running.remove(seq)
             self.waiting.appendleft(seq)
@@ -590,13 +461,13 @@ class BatchEngine:
         if not self.running:        # it held every block alone (check() makes this unreachable)
             self._fail(seq, f"the sequence needs more than the paged cache's {self.cache.blocks} blocks")
 
-    def _fail(self, seq: _Sequence, message: str) -> None:
+    def _fail(self, seq: Sequence, message: str) -> None:
         with self._lock:
             if seq in self.waiting:
                 self.waiting.remove(seq)
         self._emit(seq, Event(None, finish_reason="error", error=message))
 
-    def _register_blocks(self, seq: _Sequence) -> None:
+    def _register_blocks(self, seq: Sequence) -> None:
         """Name and register the sequence's newly full blocks (prefix caching)."""
         if not self.prefix_cache:
             return
@@ -610,7 +481,7 @@ class BatchEngine:
         seq.names += names
         seq.registered = full
 
-    def _sample(self, seq: _Sequence, logits: np.ndarray | int) -> None:
+    def _sample(self, seq: Sequence, logits: np.ndarray | int) -> None:
         """The sequence's next token from its logits (or the token, chosen on the device)."""
         r = seq.request
         if isinstance(logits, int):
@@ -629,7 +500,7 @@ class BatchEngine:
             return
         event = Event(token)
         if r.logprobs is not None:
-            event.logprob, event.top_logprobs = _logprobs(logits, token, r.logprobs)
+            event.logprob, event.top_logprobs = logprobs(logits, token, r.logprobs)
         if r.constraint is not None:
             r.constraint.push(token)
         seq.generated.append(token)
@@ -644,13 +515,13 @@ class BatchEngine:
         elif len(seq.generated) >= r.max_tokens or len(seq.tokens) >= self.context:
             self._finish(seq, "length")
 
-    def _finish(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+    def _finish(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         with self._lock:
             self.running.remove(seq)
         self._retire(seq, reason, error)
 
     @staticmethod
-    def _emit(seq: _Sequence, event: Event) -> None:
+    def _emit(seq: Sequence, event: Event) -> None:
         """Hand an event to the sequence's sink; a sink that raises cancels its own request only."""
         try:
             seq.sink(event)
@@ -658,44 +529,10 @@ class BatchEngine:
             log.exception("loom: a request's event sink raised; the request is cancelled")
             seq.cancelled = True
 
-    def _retire(self, seq: _Sequence, reason: str, error: str | None = None) -> None:
+    def _retire(self, seq: Sequence, reason: str, error: str | None = None) -> None:
         self.cache.release(seq.table)
         seq.table = []
         tail = seq.text.flush() if seq.text is not None and reason != "cancelled" else ""
         if tail:
             self._emit(seq, Event(None, text=tail))
         self._emit(seq, Event(None, finish_reason=reason, error=error))
-
-
-def _plain_greedy(r: Request) -> bool:
-    """Whether the next token is the logits' argmax and nothing else of them is needed (a constraint
-    needs the host logits to mask)."""
-    s = r.sampling
-    return (s.temperature == 0.0 and s.repetition_penalty == 1.0 and not r.presence_penalty
-            and not r.frequency_penalty and r.logprobs is None and r.constraint is None)
-
-
-def _logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
-    """The token's log-probability under the model's distribution (the raw logits, before any
-    sampling setting) and the `top` most likely tokens' (ties: smaller id first)."""
-    x = logits.astype(np.float64)
-    m = np.max(x)
-    lp = x - (m + math.log(np.sum(np.exp(x - m))))
-    best = []
-    if top > 0:
-        k = min(top, lp.size)
-        cand = np.argpartition(-lp, k - 1)[:k]
-        cand = sorted(cand.tolist(), key=lambda i: (-lp[i], i))
-        best = [(int(i), float(lp[i])) for i in cand]
-    return float(lp[token]), best
-
-
-def _result(events: list[Event], prompt_tokens: int, has_text: bool) -> Result:
-    tokens = [e.token for e in events if e.token is not None]
-    text = "".join(e.text for e in events) if has_text else None
-    end = events[-1] if events else Event(None, finish_reason="error", error="no events")
-    if end.finish_reason == "error":
-        raise LoomError(end.error)
-    logprobs = [e.logprob for e in events if e.token is not None] if any(e.logprob is not None for e in events) \
-        else None
-    return Result(tokens, text, end.finish_reason, logprobs, prompt_tokens)

@@ -187,7 +187,7 @@ class CausalLM:
                        stop_ids: Iterable[int] | None = None, max_batch: int = 16,
                        json_schema: dict | bool | None = None) -> list:
         """Generate for many prompts together (continuous batching over a paged KV cache:
-        loom/llm/batching.py); a list of batching.Result (tokens, text, finish_reason), one per
+        loom/llm/batching.py); a list of batch_requests.Result (tokens, text, finish_reason), one per
         prompt in order. In deterministic mode each result is what generate_ids gives for its prompt
         alone. Prompt i samples with seed + i; json_schema as in generate(), for every prompt."""
         from .batching import BatchEngine, Request

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import mode
 from ..errors import ConfigError, EngineError
-from ..llm.batching import BatchEngine, Event, QueueFull
+from ..llm.batch_requests import Event, QueueFull
+from ..llm.batching import BatchEngine
 from . import protocol
 from .protocol import BadRequest
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..llm import generate as gen
 from ..llm import token_mask
-from ..llm.batching import Request
+from ..llm.batch_requests import Request
 from ..llm.json_constraint import JsonGrammar
 
 if TYPE_CHECKING:

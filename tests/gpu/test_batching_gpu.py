@@ -92,12 +92,12 @@ def test_recorded_paged_steps_in_fast_mode_and_past_sixteen_rows(arch, bf16):
         reqs = [Request(rng.integers(0, 256, 5 + i).tolist(), max_tokens=10, stop_ids=(), logprobs=1)
                 for i in range(70)]
         eager = BatchEngine(gpu, max_batch=70)
-        eager._graphs_off = True
+        eager.steps.graphs_off = True
         want = eager.generate(reqs)
         engine = BatchEngine(gpu, max_batch=70)
         got = engine.generate(reqs)
         assert engine.stats["graph_steps"] > 0
-        assert any(g.bf16 for g in engine._graph_cache.values()) == bf16
+        assert any(g.bf16 for g in engine.steps.graphs.values()) == bf16
         if not bf16:
             for a, b in zip(want, got):
                 np.testing.assert_allclose(a.logprobs[:4], b.logprobs[:4], rtol=1e-3, atol=1e-3)

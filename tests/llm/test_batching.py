@@ -320,7 +320,7 @@ def test_single_token_prefill_pieces_never_take_the_decode_graph(monkeypatch):
                 return paged_forward.forward(model.decoder, engine.cache, work)
         engine = BatchEngine(model, max_batch=1, block_size=3)
         engine.chunk = 10                 # the second prompt reuses 3 blocks: its next piece is position 9 alone
-        engine._graph = lambda n, items: FakeGraph()
+        engine.steps.decode_graph = lambda n, items: FakeGraph()
         got = engine.generate(reqs)
     assert engine.stats["cached_tokens"] == 9
     assert all(same(a, b) for a, b in zip(alone, got))

@@ -12,7 +12,8 @@ import pytest
 import loom
 from loom.errors import ConfigError
 from loom.llm import generate as gen
-from loom.llm.batching import BatchEngine, Request, _plain_greedy
+from loom.llm.batch_requests import plain_greedy
+from loom.llm.batching import BatchEngine, Request
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig, expected_tensors
 from loom.llm.json_constraint import JsonGrammar
@@ -153,8 +154,8 @@ def test_masks_only_drop_tokens():
 def test_constraints_are_checked(model, vocabulary):
     masks = GrammarMasks(JsonGrammar.json_object(), vocabulary)
     engine = BatchEngine(model)
-    assert not _plain_greedy(Request(PROMPT, 4, constraint=masks.constraint()))     # it needs host logits
-    assert _plain_greedy(Request(PROMPT, 4))
+    assert not plain_greedy(Request(PROMPT, 4, constraint=masks.constraint()))     # it needs host logits
+    assert plain_greedy(Request(PROMPT, 4))
     with pytest.raises(ConfigError, match="covers 65 tokens"):
         engine.check(Request(PROMPT, 4, constraint=GrammarMasks(masks.grammar, Vocabulary(PIECES + [b"x"])).constraint()))
     used = masks.constraint()
