@@ -13,7 +13,8 @@ prefill: one 2048-token prompt through loom.llm.sequence.forward (last position'
 products on the tensor cores (fast mode's default) launched kernel by kernel (graphs off, as a prompt
 shape's first call runs) and replayed as the recorded graph (the default from a shape's second call),
 and in float32 (tensor_cores off, Decoder.keep_dense copies); --transformers adds transformers' bf16
-model (sdpa attention, eager) on the same prompt length.
+model (sdpa attention, eager) on the same prompt length. Then one 2048-token request through a BatchEngine
+(loom serve's path; its first token included), kernel by kernel and replayed.
 ttft: `loom serve`'s app on uvicorn (loopback, in this process), --ttft-clients concurrent streamed
 /v1/completions requests of --ttft-prompt random token ids each (16 new tokens): the time from sending
 a request to its first token's event, p50 and p99 over the clients (needs the 'serve' extra).
@@ -61,6 +62,7 @@ def main() -> None:
         print(f"# SmolLM2-135M shapes, bf16 random weights, {args.device}, {mode} mode")
         if "prefill" in parts:
             prefill(dec, rng, args.transformers)
+            engine_prefill(model, rng)
         if "decode" in parts:
             decode(model, rng, args)
         if "ttft" in parts:
@@ -90,7 +92,7 @@ def prefill(dec: Decoder, rng, transformers: bool) -> None:
             times.append(time.perf_counter() - t)
         best = min(times[3:])
         what = (("bf16 tensor-core" if tensor_cores else "float32") + " products, "
-                + ("recorded graph" if graphs and dec._prefills.entries else "kernel by kernel"))
+                + ("recorded graph" if graphs and sequence.recorded(dec).prefill.entries else "kernel by kernel"))
         rates[what] = PREFILL / best
         # a new shape's first call runs kernel by kernel, its second also records the graph
         first = f" (first call {times[0] * 1e3:.0f} ms, second {times[1] * 1e3:.0f} ms)" if graphs else ""
@@ -100,6 +102,28 @@ def prefill(dec: Decoder, rng, transformers: bool) -> None:
         rate = llm.transformers_prefill(llm.CONFIG, dec.device, PREFILL)
         print(f"transformers bf16 (sdpa) prefill {PREFILL} tokens: {PREFILL / rate * 1e3:.1f} ms, {rate:,.0f} tok/s")
         print("  loom / transformers: " + ", ".join(f"{what} {r / rate:.2f}x" for what, r in rates.items()))
+
+
+def engine_prefill(model: CausalLM, rng) -> None:
+    """One PREFILL-token request (max_tokens 1: the prompt and its first token) through a BatchEngine, the
+    path of `loom serve` and generate_batch, best of 5 after three warm-ups: the prompt step kernel by kernel
+    (graphs off) and replayed as a recorded graph (from the shape's second sighting)."""
+    dec = model.decoder
+    ids = rng.integers(0, 49152, PREFILL).tolist()
+    for graphs in (False, True):
+        dec.graphs = graphs
+        engine = BatchEngine(model, max_batch=1, cache_tokens=PREFILL + 16, prefix_cache=False)
+        times = []
+        for _ in range(8):
+            dec.backend.synchronize()
+            t = time.perf_counter()
+            engine.generate([Request(ids, max_tokens=1, stop_ids=())])
+            times.append(time.perf_counter() - t)
+        best = min(times[3:])
+        what = "recorded graph" if engine.stats["prefill_graph_steps"] else "kernel by kernel"
+        print(f"BatchEngine prefill {PREFILL} tokens + first token, {what}: {best * 1e3:.1f} ms, "
+              f"{PREFILL / best:,.0f} tok/s")
+    dec.graphs = True
 
 
 def decode(model: CausalLM, rng, args) -> None:

@@ -112,7 +112,7 @@ class BatchEngine:
         self.pipeline = True                        # greedy decode steps launched a step ahead (_Ahead)
         self._ahead: _Ahead | None = None           # a launched step whose tokens are not taken yet
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "cached_tokens": 0, "preempted": 0,
-                      "cancelled": 0, "graph_steps": 0, "ahead_steps": 0}
+                      "cancelled": 0, "graph_steps": 0, "prefill_graph_steps": 0, "ahead_steps": 0}
         self.steps = StepRunner(self.dec, self.cache, self.deterministic, self.stats)   # the device's part
 
     # --- submitting ---------------------------------------------------------------------------------

@@ -1,28 +1,36 @@
-"""The device side of one batch-engine step (loom/llm/batching.py plans it): the work items run
-through a recorded paged decode step where every item is one decode token and the device has the
-kernels (loom/llm/paged_graph.py, one graph per batch bucket), else kernel by kernel through
-loom/llm/paged_forward.py; then each item that wants logits gets its next-token input: the token
-itself, chosen on the device, for a plain greedy sequence (only ids cross to the host), else its row
-of logits on the host.
+"""The device side of one batch-engine step (loom/llm/batching.py plans it). The step's decode tokens
+run through a recorded paged decode step where the device has the kernels (loom/llm/paged_graph.py,
+one graph per batch bucket); each of its prompt chunks through the recorded prompt step of the
+chunk's length and position where fast mode's fused prompt kernels take every layer
+(loom/llm/paged_prefill_graph.py, recorded at the second sighting of that shape); what is left
+(and decode tokens no graph takes) runs together kernel by kernel through loom/llm/paged_forward.py.
+Then each item that wants logits gets its next-token input: the token itself, chosen on the device,
+for a plain greedy sequence (only ids cross to the host), else its row of logits on the host.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .. import fallback
+from ..backend.recorder import GraphCache
 from ..kernels.exact import dispatch as exact_dispatch
-from . import paged_forward, paged_graph
+from . import paged_forward, paged_graph, paged_prefill_graph
 from .decoder import Decoder
 from .paged_cache import PagedKVCache
+
+PREFILL_GRAPHS_KEPT = 8     # recorded prompt chunks kept (each holds its rows' activations)
 
 
 class StepRunner:
     """Runs the engine's steps for decoder `dec` over `cache` in one mode (`deterministic`), keeping
-    the recorded decode steps it made (by batch bucket). stats: the engine's counters ("graph_steps")."""
+    the recorded steps it made: decode steps by batch bucket (graphs), prompt chunks by length and
+    position (prefills). stats: the engine's counters ("graph_steps", "prefill_graph_steps"). Steps replay
+    graphs only while dec.graphs is True."""
 
     def __init__(self, dec: Decoder, cache: PagedKVCache, deterministic: bool, stats: dict):
         self.dec, self.cache, self.deterministic, self.stats = dec, cache, deterministic, stats
         self.graphs: dict[int, paged_graph.PagedDecodeGraph] = {}
+        self.prefills = GraphCache(PREFILL_GRAPHS_KEPT, paged_prefill_graph.describe, strict=False, record_from=2)
         why = paged_graph.why_not(dec, deterministic) if dec.backend.graphs else "no graphs"
         self.graphs_off = why is not None
         if why is not None and dec.backend.graphs:
@@ -32,7 +40,7 @@ class StepRunner:
         """The recorded paged decode step for the n decode tokens `items` (None: run them through
         paged_forward)."""
         key = paged_graph.bucket(n)
-        if self.graphs_off or key is None:
+        if self.graphs_off or key is None or not self.dec.graphs:
             return None
         if self.deterministic and max(w.pos for w in items) >= exact_dispatch.ROUNDED_MAX_K:
             return None             # the exact kernels' attention takes the rounded scheme's keys only
@@ -40,6 +48,17 @@ class StepRunner:
         if graph is None:
             graph = self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic)
         return graph
+
+    def prefill_graph(self, work: list[paged_forward.Work]) -> paged_prefill_graph.PagedPrefillGraph | None:
+        """The recorded prompt step for `work` (recorded on the second sighting of its shape), or None:
+        graphs off, deterministic mode, or a layer off the fused prompt kernels."""
+        if not self.dec.graphs or not self.dec.backend.graphs or self.deterministic:
+            return None
+        fused = paged_forward.fused_weights(self.dec, sum(len(w.tokens) for w in work))
+        if fused is None:
+            return None
+        return self.prefills.lookup(paged_prefill_graph.key(self.dec, work),
+                                    lambda: paged_prefill_graph.PagedPrefillGraph(self.dec, self.cache, work, fused))
 
     def run(self, work: list[paged_forward.Work], greedy: list[bool]) -> list:
         """Each work item's next-token input (None where its logits are not wanted): the host logits,
@@ -50,10 +69,23 @@ class StepRunner:
         by_graph = set(decode) if graph is not None else set()
         rest = [i for i in range(len(work)) if i not in by_graph]
         out: list = [None] * len(work)
-        if rest:
-            logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in rest])
+        # a prompt chunk replays the recorded step of its length and position where there is one (each
+        # alone: chunks recur across requests, the mix of a step's chunks seldom does); the rest run
+        # together kernel by kernel
+        eager = []
+        for i in rest:
+            prefill = self.prefill_graph([work[i]]) if len(work[i].tokens) > 1 else None
+            if prefill is None:
+                eager.append(i)
+                continue
+            self.stats["prefill_graph_steps"] += 1
+            logits = prefill.run([work[i]])
+            if logits is not None:
+                self._choose_rows(logits, [i], greedy, out)
+        if eager:
+            logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in eager])
             if logits is not None:         # rows for the items that want logits, in order
-                self._choose_rows(logits, [i for i in rest if work[i].logits], greedy, out)
+                self._choose_rows(logits, [i for i in eager if work[i].logits], greedy, out)
         if graph is not None:
             self.stats["graph_steps"] += 1
             items = [work[i] for i in decode]

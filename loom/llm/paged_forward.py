@@ -45,7 +45,11 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
     cos, sin = dec.rope_at(be.asarray(positions))
     slots = be.asarray(np.concatenate([cache.slots(w.table, w.pos, w.pos + n) for w, n in zip(work, sizes)]))
     h = dec.embed_ids(ids[None])                                       # [1, N, E]
-    if _fused(dec, cache, work, sizes, bounds, be.asarray(positions), slots, h[0]):
+    fused = fused_weights(dec, len(ids))
+    if fused is not None:
+        plans = {window: (be.asarray(key_slots), items) for window, (key_slots, items)
+                 in flash_plans(dec, cache, work).items()}
+        run_fused(dec, cache, *fused, h[0], be.asarray(positions), slots, plans)
         return _logits(dec, work, bounds, h)
     alone = is_deterministic() or len(work) == 1
     plans: dict = {}            # by sliding window: the key slots (and padding) every layer of it shares
@@ -77,41 +81,51 @@ def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array) -> Arr
     return dec.logits_of(h[0, dec.backend.asarray(np.asarray(rows, dtype=np.int64))])
 
 
-def _fused(dec: Decoder, cache: PagedKVCache, work: list[Work], sizes: list[int], bounds: np.ndarray,
-           positions: Array, slots: Array, h2: Array) -> bool:
-    """Fast mode with the decoder's fused prompt kernels (every layer's weights in bfloat16): run
-    every layer on h2 [N, E] in place, the rows of all items together; attention by one paged flash
-    launch over every item's keys (backend/cuda/flash.py). False (nothing done) where they do not
-    apply."""
-    kernels = None if is_deterministic() else dec.prefill_kernels(h2.shape[0])
-    weights = [dec.bf16_weights(L) for L in dec.layers] if kernels is not None else [None]
-    if any(w is None for w in weights):
-        return False
+def fused_weights(dec: Decoder, rows: int) -> tuple | None:
+    """(the decoder's fused prompt kernels, every layer's bfloat16 weights) where a step of `rows` rows
+    runs every layer through them (fast mode on the tensor cores: Decoder.prefill_kernels and
+    bf16_weights); else None."""
+    kernels = None if is_deterministic() else dec.prefill_kernels(rows)
+    if kernels is None:
+        return None
+    weights = [dec.bf16_weights(L) for L in dec.layers]
+    return None if any(w is None for w in weights) else (kernels, weights)
+
+
+def run_fused(dec: Decoder, cache: PagedKVCache, kernels, weights: list, h2: Array, positions: Array, slots: Array,
+              plans: dict) -> None:
+    """Every layer on h2 [N, E] in place through the fused prompt kernels (fused_weights), the rows of
+    all items together: row r at position positions[r], its key and value written to slot slots[r];
+    attention by one paged flash launch a layer over every item's keys (backend/cuda/flash.py),
+    plans[window] = (device key slots [S, n_max], items) as flash_plans gives them. Device arrays
+    only: a recorded prompt step (loom/llm/paged_prefill_graph.py) runs this body too."""
     c, be = dec.config, dec.backend
-    plans: dict = {}            # by sliding window: every item's keys
     for i, (layer, w16) in enumerate(zip(dec.layers, weights)):
         q = kernels.rope_rows(dec.qkv_fast(kernels, layer, w16, h2), layer.qkv_bias, layer.qk_norm, c.eps, dec._cos,
                               dec._sin, c.heads, c.kv_heads, cache.k[i], cache.v[i], positions, slots)
-        plan = plans.get(layer.window)
-        if plan is None:
-            plan = plans[layer.window] = _flash_plan(dec, cache, layer, work, sizes, bounds)
-        ctx = be.flash.attend_paged(q, cache.k[i], cache.v[i], *plan, layer.window, dec.scale, out16=True)
+        key_slots, items = plans[layer.window]
+        ctx = be.flash.attend_paged(q, cache.k[i], cache.v[i], key_slots, items, layer.window, dec.scale, out16=True)
         dec.finish_fast(kernels, layer, w16, h2, ctx)
-    return True
 
 
-def _flash_plan(dec: Decoder, cache: PagedKVCache, layer, work: list[Work], sizes: list[int],
-                bounds: np.ndarray) -> tuple:
-    """(key slots [S, n_max] on the device, items (first row, T, pos, lo, n)) for layers of `layer`'s window."""
-    items, lists = [], []
-    for w, n, row in zip(work, sizes, bounds[:-1]):
-        lo = dec.first_key(layer, w.pos)
-        items.append((int(row), n, w.pos, lo, w.pos + n - lo))
-        lists.append(cache.slots(w.table, lo, w.pos + n))
-    key_slots = np.zeros((len(work), max(len(x) for x in lists)), dtype=np.int64)
-    for s, x in enumerate(lists):
-        key_slots[s, :len(x)] = x
-    return dec.backend.asarray(key_slots), items
+def flash_plans(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> dict:
+    """By each sliding window of the decoder's layers: (key slots int64 [S, n_max] on the host, items
+    ((first row, T, pos, lo, n), ...)) for the flash kernel; the items depend on the work's lengths
+    and positions only, the slots on its block tables too."""
+    plans = {}
+    for window in dict.fromkeys(L.window for L in dec.layers):
+        items, lists, row = [], [], 0
+        for w in work:
+            n = len(w.tokens)
+            lo = 0 if window is None else max(0, w.pos - window + 1)
+            items.append((row, n, w.pos, lo, w.pos + n - lo))
+            lists.append(cache.slots(w.table, lo, w.pos + n))
+            row += n
+        key_slots = np.zeros((len(work), max(len(x) for x in lists)), dtype=np.int64)
+        for s, x in enumerate(lists):
+            key_slots[s, :len(x)] = x
+        plans[window] = (key_slots, tuple(items))
+    return plans
 
 
 PADDED_ELEMENTS = 1 << 26           # float32 scores of one padded attention group (256 MB)
