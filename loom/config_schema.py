@@ -1,7 +1,8 @@
-"""The JSON Schema of network config format v1, generated from the key tables of loom/config.py.
+"""The JSON Schema of network config format v1, generated from the key tables of loom/config.py and
+loom/config_layers.py.
 
 Every checker in those tables carries the schema of what it accepts (see "the JSON Schema of each
-checker" in loom/config.py); this module assembles them into docs/loom-config.schema.json:
+checker" in loom/config_checks.py); this module assembles them into docs/loom-config.schema.json:
 
     python -m loom.config_schema > docs/loom-config.schema.json
 
@@ -25,7 +26,7 @@ TITLE = f"Loom network config, format v{C.VERSION}"
 REGENERATE = "python -m loom.config_schema > docs/loom-config.schema.json"
 
 DESCRIPTION = (
-    "Generated from loom/config.py's key tables by `" + REGENERATE + "` (do not edit by hand; "
+    "Generated from the key tables of loom/config.py and loom/config_layers.py by `" + REGENERATE + "` (do not edit by hand; "
     "see docs/format.md). Defaults are given as \"default\" and are filled in by loom.config.validate. "
     "Not expressed in this schema, and checked only by loom.config: integers written with a fraction part "
     "(4.0 is an integer to JSON Schema but rejected by loom); multi_head_attention (and openfluke_attention) "
