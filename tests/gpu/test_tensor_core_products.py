@@ -127,7 +127,7 @@ def test_decoder_prefill_on_tensor_cores_is_close_to_float32(dense):
             assert all(isinstance(c, BlockQuantized) and c.qtype == "BF16" for c in fast._dense.values())
     with loom.deterministic(True):              # deterministic mode: the CPU's bits whatever tensor_cores says
         cpu = Decoder(config, weights)
-        same_bits(sequence.forward(fast, prompt, fast.new_cache(48)), cpu.forward(prompt, cpu.new_cache(48)),
+        same_bits(sequence.forward(fast, prompt, fast.new_cache(48)), sequence.forward(cpu, prompt, cpu.new_cache(48)),
                   "deterministic prefill")
 
 
@@ -143,6 +143,6 @@ def test_fused_prompt_layers_with_quantized_weights_match_the_composed_layers(mo
         fused, composed = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda")
         monkeypatch.setattr(composed, "bf16_weights", lambda layer: None)
         assert fused.layers[0].gate_up.block_rows() < fused.layers[0].gate_up.shape[0]
-        got = host(fused.forward(prompt, fused.new_cache(48)))
-        want = host(composed.forward(prompt, composed.new_cache(48)))
+        got = host(sequence.forward(fused, prompt, fused.new_cache(48)))
+        want = host(sequence.forward(composed, prompt, composed.new_cache(48)))
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
