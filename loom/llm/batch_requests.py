@@ -87,7 +87,8 @@ class Sequence:
     """A request inside the engine: its tokens so far (prompt, then generated), its block table and
     how many of its positions are cached, its prefix-cache names, and what sampling needs."""
 
-    def __init__(self, number: int, request: Request, sink: Callable[[Event], None], vocab: int, text):
+    def __init__(self, number: int, request: Request, sink: Callable[[Event], None], vocab: int,
+                 text: gen.TextStream | None):
         self.number, self.request, self.sink = number, request, sink
         self.tokens = list(request.prompt)
         self.prompt_len = len(request.prompt)

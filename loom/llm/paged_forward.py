@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import Array
+from ..backend.protocols import PrefillKernels
 from ..kernels import ops
 from ..mode import is_deterministic
 from .decoder import Decoder
@@ -92,7 +93,7 @@ def fused_weights(dec: Decoder, rows: int) -> tuple | None:
     return None if any(w is None for w in weights) else (kernels, weights)
 
 
-def run_fused(dec: Decoder, cache: PagedKVCache, kernels, weights: list, h2: Array, positions: Array, slots: Array,
+def run_fused(dec: Decoder, cache: PagedKVCache, kernels: PrefillKernels, weights: list, h2: Array, positions: Array, slots: Array,
               plans: dict) -> None:
     """Every layer on h2 [N, E] in place through the fused prompt kernels (fused_weights), the rows of
     all items together: row r at position positions[r], its key and value written to slot slots[r];
