@@ -93,8 +93,8 @@ def fused_weights(dec: Decoder, rows: int) -> tuple | None:
     return None if any(w is None for w in weights) else (kernels, weights)
 
 
-def run_fused(dec: Decoder, cache: PagedKVCache, kernels: PrefillKernels, weights: list, h2: Array, positions: Array, slots: Array,
-              plans: dict) -> None:
+def run_fused(dec: Decoder, cache: PagedKVCache, kernels: PrefillKernels, weights: list, h2: Array,
+              positions: Array, slots: Array, plans: dict) -> None:
     """Every layer on h2 [N, E] in place through the fused prompt kernels (fused_weights), the rows of
     all items together: row r at position positions[r], its key and value written to slot slots[r];
     attention by one paged flash launch a layer over every item's keys (backend/cuda/flash.py),
