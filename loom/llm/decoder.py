@@ -230,6 +230,26 @@ class Decoder:
         ops_.swiglu_rows(gate_up, act)
         h2 += _linear(act, L.down, L.down_bias, self._weight)
 
+    def layer_tokens_paged(self, ops_: ModuleType, L: _Layer, h2: Array, cache_k: Array, cache_v: Array,
+                           positions: list[int], key_slots: list[np.ndarray]) -> None:
+        """_layer_token for rows of one token each over a paged cache: h2 [N, E] updated in place, row r
+        at position positions[r], seeing the keys in slots key_slots[r] (its own slot last); cache_k,
+        cache_v [slots, KV, D]. The products take every row at once."""
+        c = self.config
+        x = np.empty_like(h2)
+        ops_.rms_rows(h2, L.ln1, c.eps, x)
+        qkv = _linear(x, L.qkv, L.qkv_bias, self._weight)
+        ctx = np.empty((h2.shape[0], c.heads * c.head_dim), dtype=np.float32)
+        for r, (pos, slots) in enumerate(zip(positions, key_slots)):
+            ops_.attend_token_paged(qkv[r], c.heads, c.kv_heads, self._cos[pos], self._sin[pos], L.qk_norm, c.eps,
+                                    cache_k, cache_v, slots, self.scale, ctx[r])
+        h2 += _linear(ctx, L.o, L.o_bias, self._weight)
+        ops_.rms_rows(h2, L.ln2, c.eps, x)
+        gate_up = _linear(x, L.gate_up, L.gate_up_bias, self._weight)
+        act = np.empty((h2.shape[0], c.intermediate), dtype=np.float32)
+        ops_.swiglu_rows(gate_up, act)
+        h2 += _linear(act, L.down, L.down_bias, self._weight)
+
     # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
     def prefill_kernels(self, rows: int) -> PrefillKernels | None:
         """The backend's fused prompt kernels (backend/cuda/prefill.py) where a product of `rows` rows

@@ -8,7 +8,9 @@ exactly its own keys (decoder.attend). Prefill chunks end where the single-seque
 (at multiples of decoder.prefill_chunk(), or at the prompt's end), which keeps the attention products'
 K the same as alone too. Fast mode runs the attention of all sequences at once, their queries and
 keys padded to the longest and masked (in groups that keep the scores under PADDED_ELEMENTS): the
-padding changes sums' order, so last bits may move. Where the decoder has its fused prompt kernels
+padding changes sums' order, so last bits may move. On the CPU in fast mode a step of decode tokens
+only runs each row's attention as one compiled call instead (decoder.layer_tokens_paged,
+backend/cpu/decode_jit.py). Where the decoder has its fused prompt kernels
 (fast mode on the tensor cores, every layer's weights in bfloat16), all rows go through them instead
 and attention is one paged flash launch per layer over every item's keys.
 """
@@ -46,6 +48,16 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
     cos, sin = dec.rope_at(be.asarray(positions))
     slots = be.asarray(np.concatenate([cache.slots(w.table, w.pos, w.pos + n) for w, n in zip(work, sizes)]))
     h = dec.embed_ids(ids[None])                                       # [1, N, E]
+    compiled = dec.token_ops(h) if max(sizes) == 1 else None
+    if compiled is not None:                # the CPU's fast mode, decode tokens only: a compiled attention a row
+        h2, by_window = np.ascontiguousarray(h[0]), {}
+        for i, layer in enumerate(dec.layers):
+            key_slots = by_window.get(layer.window)
+            if key_slots is None:
+                key_slots = by_window[layer.window] = [cache.slots(w.table, dec.first_key(layer, w.pos), w.pos + 1)
+                                                       for w in work]
+            dec.layer_tokens_paged(compiled, layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
+        return _logits(dec, work, bounds, h2[None])
     fused = fused_weights(dec, len(ids))
     if fused is not None:
         plans = {window: (be.asarray(key_slots), items) for window, (key_slots, items)

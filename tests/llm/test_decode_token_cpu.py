@@ -173,3 +173,51 @@ def test_threads_decode_at_once(float_decoder):
     for t in threads:
         t.join()
     assert [results[i] for i in range(3)] == [want] * 3
+
+
+@pytest.mark.parametrize("normed", [False, True])
+def test_attend_token_paged_matches_attend_token(normed):
+    """The same keys laid out in a paged cache (scattered slots) give attend_token's context and cache
+    writes."""
+    heads, kv, d, pos, lo = 6, 2, 16, 11, 3
+    qkv = RNG.standard_normal((heads + 2 * kv) * d).astype(np.float32)
+    cos, sin = np.cos(RNG.uniform(0, 6, d)).astype(np.float32), np.sin(RNG.uniform(0, 6, d)).astype(np.float32)
+    norm = (1 + 0.3 * RNG.standard_normal((heads + kv, d))).astype(np.float32) if normed else None
+    cache_k = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
+    cache_v = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
+    slot_of = RNG.permutation(40)[:pos + 4]                       # position -> slot in a pool of 40
+    paged_k = RNG.standard_normal((40, kv, d)).astype(np.float32)
+    paged_v = RNG.standard_normal((40, kv, d)).astype(np.float32)
+    paged_k[slot_of], paged_v[slot_of] = cache_k.transpose(1, 0, 2), cache_v.transpose(1, 0, 2)
+    want, got = np.empty(heads * d, np.float32), np.full(heads * d, np.nan, np.float32)
+    decode_jit.attend_token(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v, pos, lo, 0.3, want)
+    decode_jit.attend_token_paged(qkv, heads, kv, cos, sin, norm, 1e-5, paged_k, paged_v,
+                                  slot_of[lo:pos + 1].astype(np.int64), 0.3, got)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(paged_k[slot_of[pos]], cache_k[:, pos], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(paged_v[slot_of[pos]], cache_v[:, pos])
+    with pytest.raises(ValueError, match="non-empty 1-D slot list"):
+        decode_jit.attend_token_paged(qkv, heads, kv, cos, sin, norm, 1e-5, paged_k, paged_v,
+                                      np.zeros(0, np.int64), 0.3, got)
+
+
+def test_the_batch_engine_decodes_with_the_compiled_token_steps_on_the_cpu(monkeypatch):
+    """Fast mode on the CPU: the engine's decode steps run decode_jit.attend_token_paged, and a lone
+    sequence gets generate_ids' tokens (the same compiled loops over the same keys)."""
+    from loom.llm.batching import BatchEngine, Request
+    from loom.spec import tiny_decoder
+    if not decode_jit.available():
+        pytest.skip("numba is not installed: the compiled token steps do not run")
+    model = tiny_decoder("qwen3")
+    calls = []
+    real = decode_jit.attend_token_paged
+
+    def counting(*args):
+        calls.append(1)
+        return real(*args)
+    with loom.deterministic(False):
+        want = list(model.generate_ids([5, 9, 2, 7], max_tokens=12, stop_ids=()))
+        monkeypatch.setattr(decode_jit, "attend_token_paged", counting)
+        got = BatchEngine(model).generate([Request([5, 9, 2, 7], max_tokens=12, stop_ids=())])[0].tokens
+    assert len(calls) == 11 * model.decoder.config.layers       # a call a layer for each of 11 decode steps
+    assert got == want

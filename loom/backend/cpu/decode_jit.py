@@ -30,7 +30,7 @@ from . import jit
 prange = range
 f32 = np.float32
 _PLAIN = ("_rms_rows", "_swiglu_rows", "_rope_head", "_causal_softmax")
-_PARALLEL = ("_attend_token",)
+_PARALLEL = ("_attend_token", "_attend_token_paged")
 
 
 def available() -> bool:
@@ -71,6 +71,20 @@ def attend_token(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, si
     # through jit.run, as every parallel kernel: its lock (numba's workqueue layer aborts on concurrent
     # parallel calls) and its note of the threading layer (a forked child must not start OpenMP)
     jit.run(_attend_token, qkv, heads, kv_heads, cos, sin, norm, f32(eps), cache_k, cache_v, pos, lo, f32(scale), out)
+
+
+def attend_token_paged(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin: np.ndarray,
+                       qk_norm: np.ndarray | None, eps: float, cache_k: np.ndarray, cache_v: np.ndarray,
+                       slots: np.ndarray, scale: float, out: np.ndarray) -> None:
+    """attend_token over a paged cache: cache_k, cache_v [cache slots, KV, D]; slots (int64 [n]) are
+    the slots of the keys the query sees, in position order, the last one the query's own position,
+    where its key and value are written. The same loops in the same order as attend_token: the same
+    values for the same keys."""
+    if slots.ndim != 1 or slots.size == 0:
+        raise ValueError(f"attend_token_paged: expected a non-empty 1-D slot list, got shape {slots.shape}")
+    norm = qk_norm if qk_norm is not None else np.empty((0, qkv.shape[0] // (heads + 2 * kv_heads)), np.float32)
+    jit.run(_attend_token_paged, qkv, heads, kv_heads, cos, sin, norm, f32(eps), cache_k, cache_v, slots,
+            f32(scale), out)
 
 
 def _rms_rows(x, weight, eps, out):
@@ -164,3 +178,36 @@ def _attend_token(qkv, heads, kv_heads, cos, sin, norm, eps, cache_k, cache_v, p
             w = p[t] / total
             for k in range(d):
                 out[h * d + k] += w * cache_v[j, lo + t, k]
+
+
+def _attend_token_paged(qkv, heads, kv_heads, cos, sin, norm, eps, cache_k, cache_v, slots, scale, out):
+    d = cache_k.shape[2]
+    group = heads // kv_heads
+    n = slots.shape[0]
+    own = slots[n - 1]
+    for j in range(kv_heads):                       # the new key and value, rotated, into the cache
+        _rope_head(qkv[(heads + j) * d:(heads + j + 1) * d], cos, sin, norm, heads + j, eps, cache_k[own, j])
+        for k in range(d):
+            cache_v[own, j, k] = qkv[(heads + kv_heads + j) * d + k]
+    for h in prange(heads):
+        j = h // group
+        q = np.empty(d, np.float32)
+        _rope_head(qkv[h * d:(h + 1) * d], cos, sin, norm, h, eps, q)
+        p = np.empty(n, np.float32)
+        top = f32(-np.inf)
+        for t in range(n):
+            s = f32(0)
+            for k in range(d):
+                s += q[k] * cache_k[slots[t], j, k]
+            p[t] = s * scale
+            top = max(top, p[t])
+        total = f32(0)
+        for t in range(n):
+            p[t] = np.exp(p[t] - top)
+            total += p[t]
+        for k in range(d):
+            out[h * d + k] = f32(0)
+        for t in range(n):
+            w = p[t] / total
+            for k in range(d):
+                out[h * d + k] += w * cache_v[slots[t], j, k]
