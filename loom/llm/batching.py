@@ -188,8 +188,11 @@ class BatchEngine:
 
     # --- the thread ---------------------------------------------------------------------------------
     def start(self) -> None:
-        """Run steps on a background thread until stop()."""
+        """Run steps on a background thread until stop(); first record the decode steps of every batch
+        size up to max_batch where the device replays them (StepRunner.record_decode_steps)."""
         if self._thread is None:
+            with mode.deterministic(self.deterministic):
+                self.steps.record_decode_steps(self.max_batch)
             self._stopping = False
             self._thread = threading.Thread(target=self._loop, name="loom-batch-engine", daemon=True)
             self._thread.start()

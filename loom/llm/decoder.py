@@ -251,11 +251,13 @@ class Decoder:
         h2 += _linear(act, L.down, L.down_bias, self._weight)
 
     # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
-    def prefill_kernels(self, rows: int) -> PrefillKernels | None:
+    def prefill_kernels(self, rows: int, prompt: bool = False) -> PrefillKernels | None:
         """The backend's fused prompt kernels (backend/cuda/prefill.py) where a product of `rows` rows
-        runs on the tensor cores in the current mode and the flash kernel takes the heads; else None."""
+        runs on the tensor cores in the current mode and the flash kernel takes the heads; else None.
+        Past gemv.MAX_ROWS rows; `prompt`: rows of prompt chunks only (a batch engine's step), which
+        take them from two rows (the composed path would launch every operation on its own)."""
         be = self.backend
-        if (rows <= gemv.MAX_ROWS or not self.tensor_cores or is_deterministic() or be.flash is None
+        if (rows <= (1 if prompt else gemv.MAX_ROWS) or not self.tensor_cores or is_deterministic() or be.flash is None
                 or be.prefill is None or not be.flash.supports(self.config.head_dim)):
             return None
         return be.prefill

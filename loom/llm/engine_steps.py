@@ -49,12 +49,24 @@ class StepRunner:
             graph = self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic)
         return graph
 
+    def record_decode_steps(self, max_batch: int) -> None:
+        """Record the decode step of every batch bucket up to max_batch's now (a server's start, as vLLM
+        captures its batch sizes), so that no request waits for a recording."""
+        last = paged_graph.bucket(max_batch) or paged_graph.BUCKETS[-1]
+        if self.graphs_off or not self.dec.graphs:
+            return
+        for key in paged_graph.BUCKETS:
+            if key > last:
+                break
+            if key not in self.graphs:
+                self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic)
+
     def prefill_graph(self, work: list[paged_forward.Work]) -> paged_prefill_graph.PagedPrefillGraph | None:
         """The recorded prompt step for `work` (recorded on the second sighting of its shape), or None:
         graphs off, deterministic mode, or a layer off the fused prompt kernels."""
         if not self.dec.graphs or not self.dec.backend.graphs or self.deterministic:
             return None
-        fused = paged_forward.fused_weights(self.dec, sum(len(w.tokens) for w in work))
+        fused = paged_forward.fused_weights(self.dec, sum(len(w.tokens) for w in work), prompt=True)
         if fused is None:
             return None
         return self.prefills.lookup(paged_prefill_graph.key(self.dec, work),

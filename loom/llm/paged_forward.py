@@ -58,7 +58,7 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
                                                        for w in work]
             dec.layer_tokens_paged(compiled, layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
         return _logits(dec, work, bounds, h2[None])
-    fused = fused_weights(dec, len(ids))
+    fused = fused_weights(dec, len(ids), prompt=min(sizes) > 1)
     if fused is not None:
         plans = {window: (be.asarray(key_slots), items) for window, (key_slots, items)
                  in flash_plans(dec, cache, work).items()}
@@ -94,11 +94,11 @@ def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array) -> Arr
     return dec.logits_of(h[0, dec.backend.asarray(np.asarray(rows, dtype=np.int64))])
 
 
-def fused_weights(dec: Decoder, rows: int) -> tuple | None:
+def fused_weights(dec: Decoder, rows: int, prompt: bool = False) -> tuple | None:
     """(the decoder's fused prompt kernels, every layer's bfloat16 weights) where a step of `rows` rows
-    runs every layer through them (fast mode on the tensor cores: Decoder.prefill_kernels and
-    bf16_weights); else None."""
-    kernels = None if is_deterministic() else dec.prefill_kernels(rows)
+    (prompt: of prompt chunks only) runs every layer through them (fast mode on the tensor cores:
+    Decoder.prefill_kernels and bf16_weights); else None."""
+    kernels = None if is_deterministic() else dec.prefill_kernels(rows, prompt)
     if kernels is None:
         return None
     weights = [dec.bf16_weights(L) for L in dec.layers]

@@ -73,3 +73,19 @@ def test_a_mixed_step_records_its_prompt_chunks_apart_from_its_decode_tokens():
         assert engine.stats["prefill_graph_steps"] > 0 and engine.stats["graph_steps"] > 0
         for a, b in zip(want, got):          # (chunks sharing a step with others: other product shapes)
             np.testing.assert_allclose(a.logprobs[0], b.logprobs[0], rtol=1e-3, atol=1e-3)
+
+
+def test_a_short_chunk_after_a_prefix_hit_runs_and_replays_the_fused_kernels():
+    """A prompt whose cached prefix leaves a chunk of a few tokens (here 4) takes the fused prompt
+    kernels too (not the operation-at-a-time path), recorded from its second sighting."""
+    with loom.deterministic(False):
+        eager_model, model = _graph_model("llama", "cuda", True), _graph_model("llama", "cuda", True)
+        eager_model.decoder.graphs = False
+        prompt = np.random.default_rng(4).integers(0, 256, 20).tolist()
+        engines = [BatchEngine(m, max_batch=1, block_size=8) for m in (eager_model, model)]
+        got = [[e.generate([Request(prompt, max_tokens=1, stop_ids=(), logprobs=2)])[0] for _ in range(4)]
+               for e in engines]
+        assert engines[1].stats["cached_tokens"] == 3 * 16          # every run after the first: two blocks
+        assert engines[1].stats["prefill_graph_steps"] == 2          # the 4-token chunk: seen, recorded, replayed
+        for a, b in zip(*got):
+            assert a.tokens == b.tokens and a.logprobs == b.logprobs
