@@ -78,8 +78,8 @@ def attend_token_paged(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarr
                        slots: np.ndarray, scale: float, out: np.ndarray) -> None:
     """attend_token over a paged cache: cache_k, cache_v [cache slots, KV, D]; slots (int64 [n]) are
     the slots of the keys the query sees, in position order, the last one the query's own position,
-    where its key and value are written. The same loops in the same order as attend_token: the same
-    values for the same keys."""
+    where its key and value are written. The same sums in the same order as attend_token (each slot's
+    key and value row read once, the context summed in a local row)."""
     if slots.ndim != 1 or slots.size == 0:
         raise ValueError(f"attend_token_paged: expected a non-empty 1-D slot list, got shape {slots.shape}")
     norm = qk_norm if qk_norm is not None else np.empty((0, qkv.shape[0] // (heads + 2 * kv_heads)), np.float32)
@@ -196,18 +196,21 @@ def _attend_token_paged(qkv, heads, kv_heads, cos, sin, norm, eps, cache_k, cach
         p = np.empty(n, np.float32)
         top = f32(-np.inf)
         for t in range(n):
+            key = cache_k[slots[t], j]              # (a row view: the slot read once, the loop vectorized)
             s = f32(0)
             for k in range(d):
-                s += q[k] * cache_k[slots[t], j, k]
+                s += q[k] * key[k]
             p[t] = s * scale
             top = max(top, p[t])
         total = f32(0)
         for t in range(n):
             p[t] = np.exp(p[t] - top)
             total += p[t]
-        for k in range(d):
-            out[h * d + k] = f32(0)
+        acc = np.zeros(d, np.float32)
         for t in range(n):
             w = p[t] / total
+            value = cache_v[slots[t], j]
             for k in range(d):
-                out[h * d + k] += w * cache_v[slots[t], j, k]
+                acc[k] += w * value[k]
+        for k in range(d):
+            out[h * d + k] = acc[k]
