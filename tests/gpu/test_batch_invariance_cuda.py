@@ -17,7 +17,8 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode"),
 ROWS = [s for s in SAMPLES if not bi.mixes_rows(s[1])]
 
 
-@pytest.mark.parametrize("name, layers, shape, idt", ROWS, ids=[s[0] for s in ROWS])
+@pytest.mark.parametrize("name, layers, shape, idt",
+                         [pytest.param(*s, id=s[0], marks=pytest.mark.smoke if s[0] == "dense" else ()) for s in ROWS])
 def test_every_layer_is_batch_invariant_on_the_gpu(name, layers, shape, idt):
     x = verify.sample_input(name, layers, shape, idt)
     gpu = bi.check_network(loom.Network.from_config(config(layers, shape, idt)).to("cuda"), x, name)

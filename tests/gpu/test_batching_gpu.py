@@ -32,6 +32,7 @@ def test_gpu_batches_give_the_cpu_bits_alone(arch):
         assert engine.stats["preempted"] > 0
 
 
+@pytest.mark.smoke
 def test_fast_gpu_batches_agree_with_each_sequence_alone():
     with loom.deterministic(False):
         gpu = tiny_decoder("llama", "cuda")

@@ -14,8 +14,8 @@ from loom.engine.sieve import _odd_base_primes
 pytestmark = pytest.mark.gpu
 
 
-@pytest.mark.parametrize("log_segment, window, sms", [(12, 1, None), (12, 3, None), (13, 64, None),
-                                                      (12, 3, 1), (13, 7, 2), (20, 32, None), (20, 2, 1)])
+@pytest.mark.parametrize("log_segment, window, sms", [pytest.param(12, 1, None, marks=pytest.mark.smoke), (12, 3, None),
+                                                      (13, 64, None), (12, 3, 1), (13, 7, 2), (20, 32, None), (20, 2, 1)])
 def test_bucketed_counts_and_lists_match_the_reference(log_segment, window, sms):
     """sms=1 or 2: one or two blocks, so each runs many windows (the next multiples carried over)."""
     cp = backend.get("cuda").xp

@@ -48,6 +48,7 @@ def test_optimizer_steps(kind):
         _close(gpu, cpu, what)
 
 
+@pytest.mark.smoke
 def test_training_the_demo_model_on_the_gpu():
     from loom import datasets
     from loom.cli.demo import demo_config

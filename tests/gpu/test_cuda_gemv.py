@@ -85,6 +85,7 @@ def test_gemv_with_fewer_warps_per_row(qtype, rows, m):
     np.testing.assert_allclose(cupy.asnumpy(out), want, rtol=1e-5, atol=1e-5 * scale)
 
 
+@pytest.mark.smoke
 def test_gemv_reads_misaligned_x_and_norm_correctly():
     data, w = _weight("Q4_1", 64, 256)
     big = cupy.asarray(RNG.standard_normal(2 * 256 + 1).astype(np.float32))

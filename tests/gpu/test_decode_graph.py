@@ -70,7 +70,7 @@ def built(config, weights):
 
 
 @pytest.mark.parametrize("kind, extra", [
-    ("llama", {}), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
+    pytest.param("llama", {}, marks=pytest.mark.smoke), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
     ("mistral", {"sliding_window": 4}), ("qwen3", {"head_dim": 64, "tied": True})])
 def test_graph_decode_matches_the_array_path(kind, extra, tmp_path):
     saved(kind, extra, tmp_path)

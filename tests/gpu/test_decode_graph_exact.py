@@ -53,7 +53,7 @@ def _check(graph, eager, cpu, prompts):
 
 
 @pytest.mark.parametrize("kind, extra", [
-    ("llama", {}), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
+    pytest.param("llama", {}, marks=pytest.mark.smoke), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
     ("mistral", {"sliding_window": 4}), ("qwen3", {"head_dim": 32, "tied": True})])
 def test_exact_graph_gives_the_array_paths_bits(kind, extra, tmp_path):
     saved(kind, extra, tmp_path)

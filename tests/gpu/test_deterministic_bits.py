@@ -134,6 +134,7 @@ def test_rounded_gemm_bits_when_no_entry_certifies(m):
     same_bits(exact.matmul(cuda.asarray(a), cuda.asarray(b)), exact.matmul(a, b), "cancelling gemm")
 
 
+@pytest.mark.smoke
 def test_gemm_special_value_bits():
     rng = np.random.default_rng(2)
     cuda = backend.get("cuda")

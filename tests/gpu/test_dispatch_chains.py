@@ -104,6 +104,7 @@ def test_every_optimizer_replays_bit_identically(kind, extra):
     _same_state(eager, o1, chained, o2, kind)
 
 
+@pytest.mark.smoke
 def test_new_shapes_record_new_chains_and_the_cache_evicts():
     cfg = config([{"type": "dense", "units": 6, "activation": "tanh"}], [7], False)
     (eager, chained), (o1, o2) = _pair(cfg, {"type": "sgd", "lr": 0.05})

@@ -177,6 +177,7 @@ def test_slice_parts_kernels_equal_the_reference():
                                       over_batch.matmul(a, b).view(np.uint32))
 
 
+@pytest.mark.smoke
 def test_split_sums_on_the_gpu_equal_one_process():
     cuda = backend.get("cuda")
     rng = np.random.default_rng(11)

@@ -100,6 +100,7 @@ def test_shared_memory_barriers_and_integer_atomics_give_numpys_bits():
     assert np.array_equal(cpu[2], gpu[2])                                      # integer atomics: any order
 
 
+@pytest.mark.smoke
 def test_a_unit_on_cuda_gives_the_cpu_units_bits():
     rng = np.random.default_rng()
     g = rng.normal(size=5000).astype(np.float32)

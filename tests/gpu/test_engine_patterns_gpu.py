@@ -77,6 +77,7 @@ def test_reductions_give_the_cpus_bits(dtype, n):
     check(lambda a: loom.sum(a.T, axis=0), m, "sum of a transposed view")
 
 
+@pytest.mark.smoke
 def test_sum_is_exact_on_wide_ranges():
     rng = np.random.default_rng(3)
     for dtype in (np.float32, np.float64):

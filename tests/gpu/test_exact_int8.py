@@ -135,6 +135,7 @@ def test_a_large_product_takes_the_int8_path_by_default(int8, monkeypatch):
     same_bits(got, exact.matmul(a, b), "int8 default")
 
 
+@pytest.mark.smoke
 def test_int8_products_replay_from_a_recorded_graph(int8, monkeypatch):
     """Recorded into a dispatch chain (panels freed and reallocated inside the capture) and replayed on
     new operands, the int8 path gives the CPU's bits for those operands."""

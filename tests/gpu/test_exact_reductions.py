@@ -97,6 +97,7 @@ def test_rank4_gemm_specials_are_guarded():
     same_bits(exact.matmul(cuda.asarray(q[:1]), kt_dev), exact.matmul(q[:1], kt_host), "broadcast rank-4")
 
 
+@pytest.mark.smoke
 def test_float32_subnormals_are_kept():
     """CuPy appends -ftz=true to every compile; the backend takes it out (backend/cuda/subnormals.py), so GEMMs,
     sums and whole layers on values below 2^-126 give the CPU's bits."""

@@ -23,6 +23,7 @@ def test_freezing_survives_moving_to_the_gpu():
     assert net.frozen == frozen
 
 
+@pytest.mark.smoke
 def test_gate_only_training_matches_the_cpu_bits():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(128, 4)).astype(np.float32)

@@ -116,7 +116,7 @@ def test_rms_norm_and_grad(cuda, ran, shape, weighted, kind):
     assert ran == ["rms_norm", "rms_norm_grad"]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [pytest.param(np.float32, marks=pytest.mark.smoke), np.float64])
 @pytest.mark.parametrize("kind", KINDS)
 def test_gelu_and_grad(cuda, ran, kind, dtype):
     rng = np.random.default_rng(5)

@@ -281,6 +281,7 @@ def test_every_function_runs_its_kernel_on_rows_of_any_rank(cuda, spy):
 
 # --- CUDA graphs -------------------------------------------------------------------------------------
 
+@pytest.mark.smoke
 def test_every_kernel_records_into_a_cuda_graph(cuda):
     """No kernel synchronizes or copies to the host (CUDABackend.record refuses both): recorded once, a
     replay gives the eager bits."""

@@ -32,6 +32,7 @@ def folder(request, tmp_path_factory):
     return out
 
 
+@pytest.mark.smoke
 def test_decoder_logits_cpu_equals_gpu(folder):
     cpu, gpu = loom.llm.load(folder), loom.llm.load(folder, device="cuda")
     same_bits(gpu.logits(IDS), np.asarray(cpu.logits(IDS)), "deterministic logits")

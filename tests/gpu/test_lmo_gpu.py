@@ -58,7 +58,8 @@ def test_random_x_against_the_gpu_sieve():
         assert lmo.prime_count(x, "cuda") == E.count_primes(0, x + 1, device="cuda"), x
 
 
-@pytest.mark.parametrize("x", sorted(KNOWN), ids=str)
+@pytest.mark.parametrize("x", [pytest.param(x, marks=pytest.mark.smoke if x == 10**13 else ()) for x in sorted(KNOWN)],
+                         ids=str)
 def test_known_values(x):
     assert E.prime_count(x, device="cuda") == KNOWN[x]
 

@@ -19,7 +19,8 @@ def records(device, arch, stream, mode):
     return r.records, r.summary
 
 
-@pytest.mark.parametrize("mode", online.MODES)
+@pytest.mark.parametrize("mode", [pytest.param(m, marks=pytest.mark.smoke if m == "TweenChain" else ())
+                                  for m in online.MODES])
 @pytest.mark.parametrize("arch, stream", [("conv2d", "abrupt"), ("lstm", "grid"), ("attention", "noisy")])
 def test_every_mode_gives_the_cpu_bits(arch, stream, mode):
     (cpu, cs), (gpu, gs) = records("cpu", arch, stream, mode), records("cuda", arch, stream, mode)

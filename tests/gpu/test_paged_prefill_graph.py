@@ -28,7 +28,8 @@ def _engine(model):
     return engine
 
 
-@pytest.mark.parametrize("arch, extra", [("llama", {}), ("mistral", {"sliding_window": 20}), ("qwen2", {})])
+@pytest.mark.parametrize("arch, extra", [pytest.param("llama", {}, marks=pytest.mark.smoke), ("mistral", {"sliding_window": 20}),
+                                         ("qwen2", {})])
 def test_replayed_prompt_steps_give_the_eager_steps_bits(arch, extra):
     with loom.deterministic(False):
         eager_model, model = _graph_model(arch, "cuda", True, **extra), _graph_model(arch, "cuda", True, **extra)

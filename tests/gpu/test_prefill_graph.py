@@ -49,8 +49,8 @@ def _same(got, want):
         assert g.shape == w.shape and g.tobytes() == w.tobytes()
 
 
-@pytest.mark.parametrize("kind, extra", [("llama", {}), ("mistral", {"sliding_window": 24}), ("qwen2", {}),
-                                         ("qwen3", {"head_dim": 128})])
+@pytest.mark.parametrize("kind, extra", [pytest.param("llama", {}, marks=pytest.mark.smoke), ("mistral", {"sliding_window": 24}),
+                                         ("qwen2", {}), ("qwen3", {"head_dim": 128})])
 def test_a_replayed_chunk_gives_the_eager_chunks_bits(kind, extra):
     prompt = _prompt(70)
     with loom.deterministic(False):

@@ -62,6 +62,7 @@ def test_rope_rows_writes_each_row_to_its_slot():
     assert not cupy.asnumpy(ck)[untouched].any() and not cupy.asnumpy(cv)[untouched].any()
 
 
+@pytest.mark.smoke
 def test_rope_cache_applies_per_head_norms():
     rng = np.random.default_rng(2)
     B, T, H, KV, D = 1, 20, 2, 1, 32

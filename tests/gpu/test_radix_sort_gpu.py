@@ -8,6 +8,7 @@ import pytest
 import loom
 from loom import backend
 
+pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
 
 from loom.backend.cuda import radix  # noqa: E402
@@ -88,6 +89,7 @@ def test_digit_passes_count_the_passes_that_move_anything():
         assert sorts.digit_passes(cupy.asarray(x)) == want, (x.dtype, x.shape)
 
 
+@pytest.mark.smoke
 def test_both_rankings_give_the_same_order(monkeypatch):
     """Normal floats' top digit is concentrated (match ranking), their low digits spread (ballots):
     forcing either ranking for every pass gives the same bits."""

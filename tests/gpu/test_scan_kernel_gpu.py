@@ -37,7 +37,7 @@ def exact_on_both(x):
     return exact.cumsum(g, axis=-1), exact.cumsum(x, axis=-1)
 
 
-@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize("n", [pytest.param(n, marks=pytest.mark.smoke if n == 3 * TILE + 17 else ()) for n in LENGTHS])
 def test_exact_scan_gives_the_cpus_bits(n):
     rng = np.random.default_rng(n)
     for specials in (False, True):

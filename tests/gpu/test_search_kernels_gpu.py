@@ -6,6 +6,7 @@ import pytest
 from loom import backend
 from loom.db import search
 
+pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
 
 
@@ -51,6 +52,7 @@ def test_exact_scores_are_the_array_paths_bits(metric, dim):
     assert got.get().tobytes() == want.tobytes()
 
 
+@pytest.mark.smoke
 def test_uncertified_sums_are_settled_exactly():
     """1 + 2^-24 is halfway between two float32s: no interval around a float64 sum certifies it,
     exact.sum rounds it to even (1.0); 1 + 2^-24 + 2^-52 (within the bound of the midpoint too) rounds up."""

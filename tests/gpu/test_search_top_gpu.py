@@ -132,7 +132,7 @@ def test_top_reports_overflow_and_uncertified_queries():
     assert status.tolist() == [1, 1, 2]
 
 
-@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("metric", ["cosine", pytest.param("dot", marks=pytest.mark.smoke), "l2"])
 def test_one_pass_search_is_the_cpus_with_overflows_and_midpoints(metric):
     """The one-pass path (one GEMM block) with a query whose ties overflow the slots and one whose
     scores are float32 midpoints: those go the general way; every answer is the CPU's, bit for bit."""

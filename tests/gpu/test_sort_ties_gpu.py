@@ -6,6 +6,7 @@ import pytest
 
 import loom
 
+pytestmark = pytest.mark.gpu
 cupy = pytest.importorskip("cupy")
 
 
@@ -33,6 +34,7 @@ def test_sort_without_zeros_or_nans_is_unchanged_by_the_restore():
     assert loom.sort(cupy.asarray(x)).get().tobytes() == np.sort(x).tobytes()
 
 
+@pytest.mark.smoke
 def test_sort_of_more_rows_than_a_grid_holds():
     """65,537 rows of -0s and NaNs among numbers: the restore launches rows in chunks of the grid's
     65,535 (one launch of all of them failed with an invalid argument)."""

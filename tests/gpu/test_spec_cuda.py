@@ -12,6 +12,7 @@ pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 GOLDEN = pathlib.Path(__file__).resolve().parents[1] / "golden" / f"spec{spec.SPEC}.json"
 
 
+@pytest.mark.smoke
 def test_cuda_fingerprints_equal_the_golden_file():
     golden = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert golden["spec"] == spec.SPEC

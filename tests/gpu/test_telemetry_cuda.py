@@ -22,6 +22,7 @@ def run(device, telemetry):
     return state, history
 
 
+@pytest.mark.smoke
 def test_gpu_telemetry_is_the_cpus_and_keeps_the_bits():
     with loom.deterministic(True):
         cpu, hc = run("cpu", 2)

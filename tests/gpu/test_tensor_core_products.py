@@ -74,7 +74,8 @@ def test_bf16_gemm_writes_a_column_slice_and_refuses_other_layouts():
                             cupy.empty((20, 9), dtype=np.float32).T)
 
 
-@pytest.mark.parametrize("qtype", ["BF16", "Q4_K", "Q8_0", "F16", "Q4_0", "Q5_1", "Q2_K", "Q6_K"])
+@pytest.mark.parametrize("qtype", ["BF16", pytest.param("Q4_K", marks=pytest.mark.smoke), "Q8_0", "F16", "Q4_0", "Q5_1",
+                                   "Q2_K", "Q6_K"])
 def test_tensor_core_products_equal_the_rounded_operands_reference(qtype, monkeypatch):
     rows, cols, m = 160, 512, 40
     data = random_rows(qtype, rows, cols, RNG, plain=0.05)

@@ -39,6 +39,7 @@ def test_gpu_names_the_cpus_batch_and_layer(monkeypatch, every):
         assert failure("cuda", every, monkeypatch) == failure("cpu")
 
 
+@pytest.mark.smoke
 def test_default_loss_on_gpu_matches_cpu():
     X, Y = data(64)
     with loom.deterministic(True):

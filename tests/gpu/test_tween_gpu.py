@@ -71,6 +71,7 @@ def test_step_updates_match_the_cpu_bits(mode):
         same_bits(nets[1].parameters()[k], p, f"step {mode} {k}")
 
 
+@pytest.mark.smoke
 def test_a_tween_follows_its_network_to_the_gpu():
     layers, shape = NETS["mlp"]
     cfg = {"loom": 1, "seed": 5, "input": {"shape": shape}, "layers": layers}

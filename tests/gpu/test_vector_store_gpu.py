@@ -42,7 +42,7 @@ def test_capture_from_a_cuda_unit_and_a_cupy_array(tmp_path):
         assert s.search(v[4], 1)[0].tolist() == [4]
 
 
-@pytest.mark.parametrize("metric", ["cosine", "dot", "l2"])
+@pytest.mark.parametrize("metric", ["cosine", pytest.param("dot", marks=pytest.mark.smoke), "l2"])
 def test_every_search_path_gives_the_cpus_bits(monkeypatch, metric):
     """Small blocks (many blocks, prunes and a first threshold per block of queries) and a low
     DENSE (queries searched alone): the CPU's ids and score bits."""

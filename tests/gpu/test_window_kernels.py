@@ -57,7 +57,8 @@ def test_max_pool_matches_numpy_bits_with_ties_and_specials(cfg, shape, dtype):
 
 
 @pytest.mark.parametrize("layer", [
-    {"type": "conv2d", "filters": 6, "kernel_size": 3, "padding": "same", "activation": "relu", "groups": 2},
+    pytest.param({"type": "conv2d", "filters": 6, "kernel_size": 3, "padding": "same", "activation": "relu",
+                  "groups": 2}, marks=pytest.mark.smoke),
     {"type": "conv2d", "filters": 4, "kernel_size": [2, 3], "stride": 2, "activation": "relu", "bias": False},
     {"type": "conv1d", "filters": 3, "kernel_size": 3, "dilation": 2, "activation": "linear"},
 ])
