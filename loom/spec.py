@@ -183,13 +183,11 @@ def tiny_decoder(arch: str, device: str = "cpu") -> CausalLM:
 
 
 def _decoder_checks(device: str, arch: str) -> dict[str, str]:
-    from .llm import sequence
+    from .llm import paged_forward
     model = tiny_decoder(arch, device)
     dec, ids = model.decoder, np.asarray(LLM_IDS, dtype=np.int64)
-    cache = dec.new_cache(len(LLM_IDS))
-    steps = [sequence.forward(dec, ids[None, :DECODE_PREFILL], cache)]
-    steps += [sequence.forward(dec, ids[None, i:i + 1], cache) for i in range(DECODE_PREFILL, len(LLM_IDS))]
-    decoded = np.concatenate([dec.backend.to_numpy(s) for s in steps], axis=1)
+    pieces = [DECODE_PREFILL] + [1] * (len(LLM_IDS) - DECODE_PREFILL)
+    decoded = dec.backend.to_numpy(paged_forward.sequence_logits(dec, ids, pieces))[None]
     greedy = model.generate_ids(LLM_IDS, max_tokens=LLM_NEW_TOKENS, stop_ids=())
     sampled = model.generate_ids(LLM_IDS, max_tokens=LLM_NEW_TOKENS, stop_ids=(), **SAMPLED)
     p = f"llm {arch}{SEP}"

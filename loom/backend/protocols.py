@@ -171,7 +171,7 @@ class WindowKernels(Protocol):
 
 
 class DecodeKernels(Protocol):
-    """One LLM decode step's kernels for a recorded graph (loom/llm/decode_graph.py, paged_graph.py):
+    """One LLM decode step's kernels for a recorded graph (loom/llm/paged_graph.py):
     block-weight products and the step's attention, for fast mode and with deterministic mode's bits.
     Each attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
 

@@ -225,11 +225,12 @@ class BatchEngine:
                 except Exception as exc:        # a bug or a device failure: every live request learns it
                     log.exception("loom: a batch step failed")
                     try:
-                        self._fail_all(f"{type(exc).__name__}: {exc}")
+                        self.fail_all(f"{type(exc).__name__}: {exc}")
                     except Exception:           # noqa: BLE001 - the thread must outlive it
                         log.exception("loom: failing the requests of a failed step failed too")
 
-    def _fail_all(self, message: str) -> None:
+    def fail_all(self, message: str) -> None:
+        """End every queued and running request with finish_reason "error" and `message` (a step failed)."""
         self._drain_ahead()
         with self._lock:
             seqs = self.running + list(self.waiting)

@@ -22,9 +22,9 @@ loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
 
 Prefill and decode are the same code: a prompt is T tokens at once, a decode step T = 1 (no mask).
 Long prompts run in chunks (prefill_chunk(): 512 tokens in deterministic mode, 2048 in fast mode) so
-the score arrays stay small. The model's shape and tensors: loom/llm/decoder_config.py; a sequence
-run alone through a contiguous cache, with recorded steps: loom/llm/sequence.py; many sequences
-through a paged cache: loom/llm/paged_forward.py.
+the score arrays stay small. The model's shape and tensors: loom/llm/decoder_config.py; sequences
+through a paged cache, alone or batched: loom/llm/paged_forward.py, driven by the engine
+(loom/llm/batching.py).
 """
 from __future__ import annotations
 
@@ -36,14 +36,12 @@ import numpy as np
 from .. import backend
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
-from ..errors import ConfigError
 from ..kernels import fused, ops
 from ..kernels.quant import gemv
 from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
 from . import rope
 from .decoder_config import DecoderConfig, check_weights
-from .kv_cache import KVCache
 
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
@@ -62,15 +60,15 @@ class _Layer:
 
 
 class Decoder:
-    """A Llama-family decoder's weights on one device and the operations of its layers: run_layers()
-    runs every layer on new positions of a KVCache (loom/llm/sequence.py steps a sequence with it);
-    qkv(), attend() and finish_layer() are a layer's parts, which paged_forward composes over a paged
-    cache. graphs: whether steps may replay recorded CUDA graphs (False: always kernel by kernel).
+    """A Llama-family decoder's weights on one device and the operations of its layers: qkv(), attend()
+    and finish_layer() are a layer's parts, which paged_forward composes over a paged cache (the fused
+    variants: layer_tokens_paged, qkv_fast, finish_fast). graphs: whether steps may replay recorded
+    CUDA graphs (False: always kernel by kernel).
 
     tensor_cores (fast mode, a GPU): products of more than gemv.MAX_ROWS rows (prefill, large batches)
     with stored 16-bit or quantized weights run as bfloat16 GEMMs with float32 sums, x rounded to
     bfloat16 (loom.kernels.quant.block), and such layers' prompt attention runs the flash kernel;
-    with BF16 weights a prompt layer is nine fused launches (_layer_fast). False keeps them float32.
+    with BF16 weights a prompt layer is nine fused launches (qkv_fast, finish_fast). False keeps them float32.
     Deterministic mode never uses them."""
 
     graphs = True
@@ -116,10 +114,9 @@ class Decoder:
             L.window = c.windows[i]
             self.layers.append(L)
         self.scale = 1.0 / math.sqrt(c.head_dim)
-        self._cos = self._sin = None     # RoPE tables [positions, D], grown by new_cache
+        self._cos = self._sin = None     # RoPE tables [positions, D], grown by ensure_rope
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
-        self.recorded = None             # loom/llm/sequence.py's recorded steps (made on first use)
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
     @property
@@ -157,16 +154,7 @@ class Decoder:
             return self.dense(w)
         return w.with_tensor_cores() if self.tensor_cores and not is_deterministic() else w
 
-    # --- cache ---------------------------------------------------------------------------------------
-    def new_cache(self, max_len: int, batch: int = 1) -> KVCache:
-        """A cache for `max_len` positions (at most the model's max_position_embeddings)."""
-        c = self.config
-        if not isinstance(max_len, int) or max_len < 1 or max_len > c.max_positions:
-            raise ConfigError("max_len", f"a sequence of {max_len} positions does not fit the model's context of "
-                                         f"{c.max_positions} (max_position_embeddings)")
-        self.ensure_rope(max_len)
-        return KVCache(self.xp, batch, c.layers, c.kv_heads, max_len, c.head_dim)
-
+    # --- positions -----------------------------------------------------------------------------------
     def ensure_rope(self, positions: int) -> None:
         """RoPE tables for at least `positions` positions."""
         if self._cos is None or self._cos.shape[0] < positions:
@@ -184,55 +172,20 @@ class Decoder:
         h = fused.rms_norm(h, self.norm, self.config.eps)[0]
         return _linear(h, self.lm_head, None, self._weight)
 
-    def run_layers(self, h: Array, cache: KVCache) -> Array:
-        """Every layer on the embeddings h [B, T, E] at positions cache.length .. (writing the cache
-        there, leaving cache.length as it is); returns the hidden states [B, T, E]."""
-        B, T, _ = h.shape
-        pos = cache.length
-        cos, sin = self._cos[pos:pos + T, None], self._sin[pos:pos + T, None]      # [T, 1, D]
-        fast = self.prefill_kernels(B * T)
-        token = self.token_ops(h) if B * T == 1 else None
-        for i, layer in enumerate(self.layers):
-            bf16 = self.bf16_weights(layer) if fast is not None else None
-            if bf16 is not None:
-                h = self._layer_fast(fast, layer, bf16, h, cache.layer_k[i], cache.layer_v[i], pos)
-            elif token is not None:
-                self._layer_token(token, layer, h.reshape(1, -1), cache.layer_k[i][0], cache.layer_v[i][0], pos)
-            else:
-                h = self._layer(layer, h, cache.layer_k[i], cache.layer_v[i], pos, cos, sin)
-        return h
-
     # --- fast mode's one-token steps on the CPU ---------------------------------------------------------
     def token_ops(self, h: Array) -> ModuleType | None:
         """The compiled operations of decode steps and prompts (loom/backend/cpu/decode_jit.py) where a
         layer with hidden state h runs them: the CPU in fast mode, numba present; else None. A step of
-        one token of one sequence runs _layer_token; longer steps use rms_rows, causal_softmax and
-        swiglu_rows between _layer's products."""
+        decode tokens runs layer_tokens_paged; prompt rows use causal_softmax in attend()."""
         if not self.backend.host or is_deterministic() or h.dtype != np.float32:
             return None
         from ..backend.cpu import decode_jit
         return decode_jit if decode_jit.available() else None
 
-    def _layer_token(self, ops_: ModuleType, L: _Layer, h2: Array, cache_k: Array, cache_v: Array, pos: int) -> None:
-        """_layer for one token of one sequence, h2 [1, E] updated in place: the products as always, the
-        operations between them one compiled call each. cache_k, cache_v: [KV, max_len, D]."""
-        c = self.config
-        x = np.empty_like(h2)
-        ops_.rms_rows(h2, L.ln1, c.eps, x)
-        qkv = _linear(x, L.qkv, L.qkv_bias, self._weight)
-        ctx = np.empty((1, c.heads * c.head_dim), dtype=np.float32)
-        ops_.attend_token(qkv[0], c.heads, c.kv_heads, self._cos[pos], self._sin[pos], L.qk_norm, c.eps,
-                          cache_k, cache_v, pos, self.first_key(L, pos), self.scale, ctx[0])
-        h2 += _linear(ctx, L.o, L.o_bias, self._weight)
-        ops_.rms_rows(h2, L.ln2, c.eps, x)
-        gate_up = _linear(x, L.gate_up, L.gate_up_bias, self._weight)
-        act = np.empty((1, c.intermediate), dtype=np.float32)
-        ops_.swiglu_rows(gate_up, act)
-        h2 += _linear(act, L.down, L.down_bias, self._weight)
-
     def layer_tokens_paged(self, ops_: ModuleType, L: _Layer, h2: Array, cache_k: Array, cache_v: Array,
                            positions: list[int], key_slots: list[np.ndarray]) -> None:
-        """_layer_token for rows of one token each over a paged cache: h2 [N, E] updated in place, row r
+        """A layer for rows of one token each over a paged cache, the products as always, the operations
+        between them one compiled call each: h2 [N, E] updated in place, row r
         at position positions[r], seeing the keys in slots key_slots[r] (its own slot last); cache_k,
         cache_v [slots, KV, D]. The products take every row at once."""
         c = self.config
@@ -290,22 +243,6 @@ class Decoder:
         """out (+)= x16 @ w^T on the tensor cores for one of bf16_weights' weights."""
         w.matmul_t_bf16(x16, out, accumulate)
 
-    def _layer_fast(self, kernels, L: _Layer, w16: tuple, h: Array, cache_k: Array, cache_v: Array,
-                    pos: int) -> Array:
-        """_layer in nine launches: the products as bfloat16 GEMMs (residuals added by the GEMM), the
-        norms and activation written as bfloat16, RoPE and the cache writes in one kernel, the flash
-        kernel for attention. h [B, T, E] is updated in place."""
-        c = self.config
-        B, T, E = h.shape
-        h2 = h.reshape(B * T, E)
-        q = kernels.rope_cache(self.qkv_fast(kernels, L, w16, h2), L.qkv_bias, L.qk_norm, c.eps, self._cos,
-                               self._sin, B, c.heads, c.kv_heads, cache_k, cache_v, pos)
-        lo, end = self.first_key(L, pos), pos + T
-        ctx = self.backend.flash.attend(q, cache_k[:, :, lo:end], cache_v[:, :, lo:end], pos, lo, L.window,
-                                        self.scale, out16=True)
-        self.finish_fast(kernels, L, w16, h2, ctx.reshape(B * T, -1))
-        return h
-
     def qkv_fast(self, kernels: PrefillKernels, L: _Layer, w16: tuple, h2: Array) -> Array:
         """The fused q|k|v product [rows, (H + 2 KV) D] (no bias yet) of h2 [rows, E]: RMSNorm written
         as bfloat16, one bfloat16 GEMM (fast mode's prompt layers; w16 from bf16_weights)."""
@@ -337,15 +274,6 @@ class Decoder:
         if isinstance(self.embed, BlockQuantized):
             return self.embed.gather_rows(ids)
         return self.xp.take(self.embed, ids, axis=0)
-
-    def _layer(self, L: _Layer, h, cache_k, cache_v, pos: int, cos, sin):
-        q, k, v = self.qkv(L, h, cos, sin)
-        end = pos + h.shape[1]
-        cache_k[:, :, pos:end] = k.transpose(0, 2, 1, 3)
-        cache_v[:, :, pos:end] = v.transpose(0, 2, 1, 3)
-        lo = self.first_key(L, pos)
-        ctx = self.attend(L, q, cache_k[:, :, lo:end], cache_v[:, :, lo:end], pos, lo)
-        return self.finish_layer(L, h, ctx)
 
     def qkv(self, L: _Layer, h: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
         """The layer's rotated queries [B, T, H, D], keys and values [B, T, KV, D] for hidden h [B, T, E]

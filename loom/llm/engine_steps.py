@@ -34,7 +34,8 @@ class StepRunner:
         why = paged_graph.why_not(dec, deterministic) if dec.backend.graphs else "no graphs"
         self.graphs_off = why is not None
         if why is not None and dec.backend.graphs:
-            fallback.notice_once(f"batched decode steps run kernel by kernel, not as recorded CUDA graphs ({why})")
+            mode = "deterministic" if deterministic else "fast"
+            fallback.notice_once(f"{mode} mode: decode steps run kernel by kernel, not as recorded CUDA graphs ({why})")
 
     def decode_graph(self, n: int, items: list[paged_forward.Work]) -> paged_graph.PagedDecodeGraph | None:
         """The recorded paged decode step for the n decode tokens `items` (None: run them through

@@ -1,4 +1,5 @@
-"""Generation: sampling settings, the prefill + decode loop, stop tokens and strings, streamed text.
+"""Generation: sampling settings, one step's token choice, stop tokens and strings, streamed text (the
+steps themselves run on the batch engine, loom/llm/batching.py).
 
 Each step turns the last position's logits into one token, in transformers' order:
 1. repetition penalty (HF's RepetitionPenaltyLogitsProcessor): every token already in the sequence
@@ -35,10 +36,8 @@ import numpy as np
 from .. import rng
 from ..errors import ConfigError
 from ..kernels import ops
-from . import sequence
 
 if TYPE_CHECKING:
-    from .decoder import Decoder
     from .tokenizer import Tokenizer
 
 SAMPLE_STREAM = "loom.llm.sample"
@@ -168,49 +167,6 @@ def fit_prompt(ids: list[int], max_tokens: int, context: int, vocab_size: int, t
     return ids[len(ids) + max_tokens - context:]
 
 
-CACHE_STEP = 256        # KV caches of generate() grow in steps of this many positions
-
-
-def cache_positions(needed: int, limit: int) -> int:
-    """The positions of a generation's KV cache: `needed` rounded up to a multiple of CACHE_STEP (at most
-    `limit`), so calls with similar lengths share one cache shape and so one recorded decode step.
-    Positions past the filled ones are never read: the size changes no result."""
-    return min(-(-needed // CACHE_STEP) * CACHE_STEP, max(limit, needed))
-
-
-def generate_ids(decoder: Decoder, prompt_ids: list[int], *, max_tokens: int, sampling: Sampling,
-                 stop_ids: Iterable[int] = (), truncate: bool = False,
-                 constraint: Constraint | None = None) -> Iterator[int]:
-    """Token ids after the prompt, one per step, until a stop id (not yielded), max_tokens, or the
-    end of what `constraint` (a fresh one) allows."""
-    ids = fit_prompt([int(i) for i in prompt_ids], max_tokens, decoder.config.max_positions,
-                     decoder.config.vocab_size, truncate)
-    stops = frozenset(int(i) for i in stop_ids)
-    check_constraint(constraint, decoder.config.vocab_size)
-    if max_tokens == 0:
-        return
-    vocab = decoder.config.vocab_size
-    seen = np.zeros(vocab, dtype=bool)
-    seen[np.asarray(ids)] = True
-    cache = decoder.new_cache(cache_positions(len(ids) + max_tokens, decoder.config.max_positions))
-    logits = sequence.forward(decoder, np.asarray(ids, dtype=np.int64)[None], cache, last_only=True)
-    to_host = decoder.backend.to_numpy
-    step_ids = np.zeros((1, 1), dtype=np.int64)
-    for step in range(max_tokens):
-        allowed = None if constraint is None else constraint.allowed(stops)
-        token = choose(to_host(logits[0, -1]), seen, sampling, step, allowed)
-        if token in stops:
-            return
-        if constraint is not None:
-            constraint.push(token)
-        yield token
-        if step + 1 == max_tokens or (constraint is not None and constraint.finished):
-            return
-        seen[token] = True
-        step_ids[0, 0] = token
-        logits = sequence.forward(decoder, step_ids, cache)
-
-
 def stream_text(tokens: Iterator[int], tokenizer: Tokenizer, stop: tuple[str, ...] = ()) -> Iterator[str]:
     """Decoded text pieces of a token stream, cut before the first stop string."""
     text = TextStream(tokenizer, stop)
@@ -307,5 +263,5 @@ def check_stop_ids(stop_ids: Iterable[int], vocab_size: int) -> tuple[int, ...]:
 
 
 __all__ = ["Sampling", "Constraint", "check_constraint", "choose", "keep_mask", "repetition_penalty", "fit_prompt",
-           "generate_ids", "stream_text",
+           "stream_text",
            "check_stop", "check_stop_ids", "SAMPLE_STREAM", "TextStream"]

@@ -25,9 +25,11 @@ from ..errors import ConfigError, FormatError
 from ..formats import hf
 from ..kernels.quant.block import BlockQuantized
 from . import generate as gen
-from . import sequence
+from . import paged_forward
+from .batch_requests import Request
 from .decoder import Decoder
 from .decoder_config import ARCHITECTURES, DecoderConfig, expected_tensors
+from .model_engine import ModelEngines
 
 if TYPE_CHECKING:
     from .encoder import Encoder
@@ -124,6 +126,7 @@ class CausalLM:
         eos = set(eos_ids) | set(getattr(tokenizer, "eos_ids", ()) or ())
         self.eos_ids = tuple(sorted(i for i in eos if i < decoder.config.vocab_size))
         self._source = None
+        self._engines: ModelEngines | None = None
 
     @property
     def device(self) -> str:
@@ -132,10 +135,17 @@ class CausalLM:
     def logits(self, ids: ArrayLike) -> Array:
         """float32 logits [T, vocab] for token ids [T] (a fresh sequence), on the model's device."""
         ids = np.asarray(ids)
-        if ids.ndim != 1 or ids.size == 0:
-            raise ConfigError("ids", f"expected a non-empty 1-D list of token ids, got shape {list(ids.shape)}")
-        cache = self.decoder.new_cache(int(ids.size))
-        return sequence.forward(self.decoder, ids[None], cache)[0]
+        c = self.decoder.config
+        if ids.ndim != 1 or ids.size == 0 or ids.dtype.kind not in "iu":
+            raise ConfigError("ids", f"expected a non-empty 1-D list of token ids, got {ids.dtype} {list(ids.shape)}")
+        bad = (ids < 0) | (ids >= c.vocab_size)
+        if bad.any():
+            raise ConfigError("ids", f"token id {int(ids[bad][0])} at index {int(np.flatnonzero(bad)[0])} is outside "
+                                     f"the vocabulary [0, {c.vocab_size})")
+        if ids.size > c.max_positions:
+            raise ConfigError("ids", f"{ids.size} tokens exceed the model's context of {c.max_positions} "
+                                     f"(max_position_embeddings)")
+        return paged_forward.sequence_logits(self.decoder, ids.astype(np.int64))
 
     def encode_prompt(self, prompt: str | Iterable[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -155,14 +165,22 @@ class CausalLM:
                      top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                      seed: int = 0, stop_ids: Iterable[int] | None = None, truncate: bool = False,
                      json_schema: dict | bool | None = None) -> Iterator[int]:
-        """The generated token ids (stop ids excluded); settings as in generate()."""
+        """The generated token ids (stop ids excluded); settings as in generate(). The sequence runs on
+        the model's own batch engine (model_engine.py): in deterministic mode its tokens are the bits
+        it gets in any batch; close() the iterator to stop early."""
         sampling = gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         stops = self.eos_ids if stop_ids is None else gen.check_stop_ids(stop_ids, self.decoder.config.vocab_size)
         c = self.decoder.config
         ids = gen.fit_prompt(self.encode_prompt(prompt), max_tokens, c.max_positions, c.vocab_size, truncate)
         constraint = None if json_schema is None else self.json_constraint(json_schema)
-        return gen.generate_ids(self.decoder, ids, max_tokens=max_tokens, sampling=sampling, stop_ids=stops,
-                                constraint=constraint)
+        return self.engines.stream(Request(ids, max_tokens, sampling, tuple(stops), constraint=constraint))
+
+    @property
+    def engines(self) -> ModelEngines:
+        """The batch engines generate_ids runs on (a lone sequence is a batch of one; loom/llm/model_engine.py)."""
+        if self._engines is None:
+            self._engines = ModelEngines(self)
+        return self._engines
 
     def generate(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
@@ -190,7 +208,7 @@ class CausalLM:
         loom/llm/batching.py); a list of batch_requests.Result (tokens, text, finish_reason), one per
         prompt in order. In deterministic mode each result is what generate_ids gives for its prompt
         alone. Prompt i samples with seed + i; json_schema as in generate(), for every prompt."""
-        from .batching import BatchEngine, Request
+        from .batching import BatchEngine
         prompts = [self.encode_prompt(p) for p in prompts]
         stop = gen.check_stop(stop)
         stop_ids = None if stop_ids is None else tuple(stop_ids)

@@ -24,7 +24,7 @@ from ..backend import Array
 from ..backend.protocols import PrefillKernels
 from ..kernels import ops
 from ..mode import is_deterministic
-from .decoder import Decoder
+from .decoder import Decoder, prefill_chunk
 from .paged_cache import PagedKVCache
 
 
@@ -36,9 +36,10 @@ class Work:
     logits: bool                # whether the last row's logits are wanted
 
 
-def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None:
+def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool = False) -> Array | None:
     """Run every work item's tokens, writing their keys and values into the cache; returns the
-    logits [S, vocab] of the items with logits=True, in order (None when there are none)."""
+    logits [S, vocab] of the last row of each item with logits=True, in order (None when there are
+    none); every_row: of every row of those items, [rows, vocab]."""
     be, xp = dec.backend, dec.xp
     sizes = [len(w.tokens) for w in work]
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -57,13 +58,13 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
                 key_slots = by_window[layer.window] = [cache.slots(w.table, dec.first_key(layer, w.pos), w.pos + 1)
                                                        for w in work]
             dec.layer_tokens_paged(compiled, layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
-        return _logits(dec, work, bounds, h2[None])
+        return _logits(dec, work, bounds, h2[None], every_row)
     fused = fused_weights(dec, len(ids), prompt=min(sizes) > 1)
     if fused is not None:
         plans = {window: (be.asarray(key_slots), items) for window, (key_slots, items)
                  in flash_plans(dec, cache, work).items()}
         run_fused(dec, cache, *fused, h[0], be.asarray(positions), slots, plans)
-        return _logits(dec, work, bounds, h)
+        return _logits(dec, work, bounds, h, every_row)
     alone = is_deterministic() or len(work) == 1
     plans: dict = {}            # by sliding window: the key slots (and padding) every layer of it shares
     for i, layer in enumerate(dec.layers):
@@ -76,22 +77,49 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> Array | None
         if alone:
             contexts = []
             for w, lo_row, hi_row, (first, keys) in zip(work, bounds[:-1], bounds[1:], plan):
-                ks = cache.k[i][keys].transpose(1, 0, 2)[None]              # [1, KV, n, D]
-                vs = cache.v[i][keys].transpose(1, 0, 2)[None]
+                # [1, KV, n, D], each head's keys contiguous (the exact products' compiled loops take
+                # contiguous matrices only; a strided view would take their NumPy reference)
+                ks = xp.ascontiguousarray(cache.k[i][keys].transpose(1, 0, 2))[None]
+                vs = xp.ascontiguousarray(cache.v[i][keys].transpose(1, 0, 2))[None]
                 contexts.append(dec.attend(layer, q[:, lo_row:hi_row], ks, vs, w.pos, first))
             ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
         else:
             ctx = _padded_attention(dec, cache, i, q[0], plan)[None]
         h = dec.finish_layer(layer, h, ctx)
-    return _logits(dec, work, bounds, h)
+    return _logits(dec, work, bounds, h, every_row)
 
 
-def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array) -> Array | None:
-    """The logits of the last row of each item that wants them (h [1, N, E])."""
-    rows = [int(hi) - 1 for w, hi in zip(work, bounds[1:]) if w.logits]
+def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array, every_row: bool) -> Array | None:
+    """The logits of the last row (every_row: of every row) of each item that wants them (h [1, N, E])."""
+    rows = [r for w, lo, hi in zip(work, bounds[:-1], bounds[1:]) if w.logits
+            for r in (range(int(lo), int(hi)) if every_row else [int(hi) - 1])]
     if not rows:
         return None
     return dec.logits_of(h[0, dec.backend.asarray(np.asarray(rows, dtype=np.int64))])
+
+
+def sequence_logits(dec: Decoder, ids: np.ndarray, pieces: list[int] | None = None) -> Array:
+    """Logits [T, vocab] of every position of a fresh sequence of token ids [T] (checked), run through
+    a paged cache of its own in steps of `pieces` tokens (default: chunks ending at multiples of
+    prefill_chunk(), as the engine's prompt steps end them): CausalLM.logits, and loom.spec's decode
+    check (a prompt, then one token a step)."""
+    T = len(ids)
+    if pieces is None:
+        step = prefill_chunk()
+        pieces = [min(step, T - start) for start in range(0, T, step)]
+    if sum(pieces) != T or min(pieces) < 1:
+        raise ValueError(f"pieces {pieces} do not split {T} tokens")
+    c, bs = dec.config, BLOCK
+    cache = PagedKVCache(dec.xp, c.layers, c.kv_heads, c.head_dim, -(-T // bs), bs)
+    table = list(range(cache.blocks))
+    out, start = [], 0
+    for n in pieces:
+        out.append(forward(dec, cache, [Work(ids[start:start + n], start, table, logits=True)], every_row=True))
+        start += n
+    return out[0] if len(out) == 1 else dec.xp.concatenate(out, axis=0)
+
+
+BLOCK = 16          # sequence_logits' cache blocks (any size gives the same bits)
 
 
 def fused_weights(dec: Decoder, rows: int, prompt: bool = False) -> tuple | None:

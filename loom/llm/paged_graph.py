@@ -1,10 +1,14 @@
 """A batch of decode steps over a paged KV cache as one recorded CUDA graph (the engine's steps where
 every running sequence decodes one token).
 
-The step is decode_graph.DecodeGraph's, five fused kernels per layer, with two changes: the
-attention kernel reads each sequence's own position and block table (decode.paged_attention,
-decode_exact.paged_attention in deterministic mode), and the products run over the batch in groups
-of the block kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
+Launched one operation at a time, a decode step of a small model is ~300 kernels whose Python launch
+cost dwarfs their run time. Here a step is five fused kernels per layer, recorded once per batch
+bucket and replayed for every step: the products with an RMSNorm prologue and bias / residual /
+SwiGLU epilogues (backend/cuda/quant.py), RoPE, the cache write and attention in one kernel that
+reads each sequence's own position and block table (backend/cuda/decode.py: paged_attention). The
+kernels are launched to overlap their predecessor (backend/cuda/launch.py): each fetches its
+weights while the kernel before it finishes. The products run over the batch in groups of the block
+kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
 than TENSOR_CORE_ROWS rows (MAX_ROWS for quantized weights) takes cuBLAS GEMMs on the tensor cores:
 RMSNorm and the rounding to bfloat16 are one kernel, the attention kernel and SwiGLU write bfloat16,
 and the residual is added by the GEMM (backend/cuda/prefill.py). Without them (float32 weights, or
@@ -19,9 +23,13 @@ asynchronous copy from pinned memory before each replay. step_greedy also choose
 token on the device, into the graph's input ids: the next step_greedy can decode it before the host
 has seen it (BatchEngine's steps launched ahead).
 
-Deterministic mode's kernels give the array code's bits (decode_graph's docstring), so a sequence's
-logits are what paged_forward gives it, and what it gets alone; they take positions below
-exact_dispatch.ROUNDED_MAX_K, and the engine steps longer sequences through paged_forward instead.
+In fast mode the sums run in the kernels' own order, so logits agree with paged_forward's to float32
+rounding, not bit for bit. Deterministic mode records the same five kernels per layer from
+backend/cuda/quant_exact.py and decode_exact.py, which give the array code's bits (the exact GEMM's
+correctly rounded products, exact.sum's norms and softmax, mathlib's exp and sigmoid): a sequence's
+logits are what paged_forward gives it, and the CPU's, bit for bit. Those kernels take products whose
+K has the rounded scheme (K <= exact_dispatch.ROUNDED_MAX_K) and positions below that many; the
+engine steps longer sequences through paged_forward instead.
 """
 from __future__ import annotations
 
@@ -33,9 +41,9 @@ import numpy as np
 
 from ..backend import Array
 from ..kernels import fused
+from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.block import BlockQuantized, linear
-from .decode_graph import _kernels, _stored, unsupported
 from .paged_cache import PagedKVCache
 
 if TYPE_CHECKING:
@@ -57,6 +65,60 @@ def why_not(dec: Decoder, exact: bool) -> str | None:
     if quant is None:
         return f"device {be.name!r} has no paged decode kernels"
     return unsupported(dec, min(quant.MAX_ROWS, 16), exact)
+
+
+def _stored(w):
+    """(uint8 rows, qtype) of a weight the block kernels read, or None."""
+    if isinstance(w, BlockQuantized):
+        return w.data, w.qtype
+    if getattr(w, "dtype", None) == np.float32 and w.ndim == 2 and w.flags.c_contiguous:
+        return w.view(np.uint8), "F32"
+    return None
+
+
+def _kernels(be, exact: bool) -> tuple:
+    """(products, attention) kernel modules of backend `be` for fast or deterministic (`exact`) mode,
+    (None, None) where it has no decode kernels."""
+    if be.decode is None:
+        return None, None
+    if exact:
+        return be.decode.products_exact, be.decode.attention_exact
+    return be.decode.products, be.decode.attention
+
+
+def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
+    """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
+    block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
+    128 or 256 (fast mode) or a multiple of 32 up to 128 with products over K <= ROUNDED_MAX_K (`exact`:
+    deterministic mode, whose steps also take positions below ROUNDED_MAX_K only: StepRunner.decode_graph)."""
+    be = dec.backend
+    quant, kernels = _kernels(be, exact)
+    if quant is None or kernels is None or not be.graphs:
+        return f"device {be.name!r} has no decode kernels or graphs"
+    if batch > quant.MAX_ROWS:
+        return f"a batch of {batch} sequences is more than the kernels' {quant.MAX_ROWS}"
+    c = dec.config
+    why = kernels.unsupported(c.head_dim, 1) if exact else \
+        None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not 64, 128 or 256"
+    if why is None and (c.hidden % 32 or c.intermediate % 32):
+        why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
+    for cols in (c.hidden, c.heads * c.head_dim, c.intermediate, c.head_dim) if exact else ():
+        why = why or _not_rounded(cols) or quant.unsupported("F32", batch, cols)   # (the weight types: below)
+    if why is not None:
+        return why
+    mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
+    for w in mats:
+        s = _stored(w)
+        if s is None or s[1] not in quant.TYPES:
+            kind = s[1] if s is not None else "mixed types" if isinstance(w, tuple) else f"a {w.dtype} array"
+            return f"no block kernel for weights stored as {kind} (the kernels take {', '.join(quant.TYPES)})"
+    return None
+
+
+def _not_rounded(k: int) -> str | None:
+    """Why the deterministic kernels, which compute the rounded scheme, cannot take sums over k terms."""
+    scheme = exact_dispatch.matmul_scheme(np.float32, k)
+    return None if scheme == exact_dispatch.ROUNDED else f"products over K = {k} take the {scheme} scheme"
 
 
 class PagedDecodeGraph:
@@ -153,7 +215,7 @@ class PagedDecodeGraph:
 
     def _product(self, w, x, out, norm=None, residual=None, head: bool = False, **kw) -> list:
         """out = (residual +) pro(x) @ w^T ..., one kernel per group of rows (deterministic mode: the
-        RMSNorm in its own kernel where the product cannot stage x, as decode_graph does); fast mode
+        RMSNorm in its own kernel where the product cannot stage x); fast mode
         past MAX_ROWS rows: one GEMM with the weight's dense copy."""
         dec, c = self.dec, self.dec.config
         quant, _ = _kernels(dec.backend, self.exact)

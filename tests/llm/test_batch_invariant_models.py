@@ -9,8 +9,10 @@ import pytest
 
 import loom
 import loom.llm
-from loom.llm import sequence
+from loom.llm import paged_forward
 from loom.llm.encoder import Encoder
+from loom.llm.paged_cache import PagedKVCache
+from loom.llm.paged_forward import Work
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402
@@ -28,14 +30,20 @@ def decoder(tmp_path_factory):
 
 
 def _run(lm, ids, steps: int):
-    """Logits [B, T + steps, vocab]: a prefill of ids [B, T], then `steps` greedy decode steps."""
-    dec = lm.decoder
-    cache = dec.new_cache(ids.shape[1] + steps, batch=ids.shape[0])
-    out = [sequence.forward(dec, ids, cache)]
-    for _ in range(steps):
-        nxt = dec.xp.argmax(out[-1][:, -1], axis=-1).reshape(-1, 1)
-        out.append(sequence.forward(dec, dec.backend.to_numpy(nxt).astype(np.int64), cache))
-    return dec.backend.to_numpy(dec.xp.concatenate(out, axis=1))
+    """Logits [B, T + steps, vocab]: a prompt step of the rows of ids [B, T] together, then `steps`
+    greedy decode steps of every row together, through paged_forward over one paged cache."""
+    dec, (B, T) = lm.decoder, ids.shape
+    c, bs = dec.config, 4
+    per = -(-(T + steps) // bs)
+    cache = PagedKVCache(dec.xp, c.layers, c.kv_heads, c.head_dim, blocks=B * per, block_size=bs)
+    tables = [list(range(b * per, (b + 1) * per))[::-1] for b in range(B)]     # (blocks out of order)
+    logits = paged_forward.forward(dec, cache, [Work(row, 0, t, True) for row, t in zip(ids, tables)], every_row=True)
+    out = [dec.backend.to_numpy(logits).reshape(B, T, -1)]
+    for step in range(steps):
+        nxt = out[-1][:, -1].argmax(axis=-1)
+        logits = paged_forward.forward(dec, cache, [Work(np.array([n]), T + step, t, True) for n, t in zip(nxt, tables)])
+        out.append(dec.backend.to_numpy(logits)[:, None])
+    return np.concatenate(out, axis=1)
 
 
 def test_decoder_sequence_bits_do_not_depend_on_the_batch(decoder):

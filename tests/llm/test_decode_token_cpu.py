@@ -1,8 +1,8 @@
-"""Fast mode's compiled one-token decode step and prompt operations on the CPU
-(loom/backend/cpu/decode_jit.py, Decoder._layer_token and the compiled calls in _layer): each operation
+"""Fast mode's compiled decode-step and prompt operations on the CPU (loom/backend/cpu/decode_jit.py,
+Decoder.layer_tokens_paged and the compiled calls in attend() and finish_layer()): each operation
 against a NumPy reference on fresh random inputs, and whole prompts (in two chunks) and decode steps
-against the composed path (the same model, token_ops switched off) for llama, a sliding window, qwen2's
-biases and qwen3's per-head norms."""
+over a paged cache against the composed path (the same model, token_ops switched off) for llama, a
+sliding window, qwen2's biases and qwen3's per-head norms."""
 import os
 import sys
 
@@ -12,8 +12,9 @@ import pytest
 import loom
 import loom.llm
 from loom.backend.cpu import decode_jit
-from loom.llm import sequence
+from loom.llm import paged_forward
 from loom.llm.decoder import Decoder
+from loom.llm.model import CausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402
@@ -47,30 +48,39 @@ def test_rms_rows_and_swiglu_rows_match_numpy():
 
 @pytest.mark.parametrize("heads, kv, d, pos, lo, normed", [(4, 2, 16, 0, 0, False), (4, 2, 16, 9, 0, True),
                                                           (6, 1, 32, 20, 15, False), (3, 3, 8, 5, 2, True)])
-def test_attend_token_matches_numpy(heads, kv, d, pos, lo, normed):
+def test_attend_token_paged_matches_numpy(heads, kv, d, pos, lo, normed):
+    """Keys at scattered slots of a paged pool: the rotated (and normed) key and the value written to the
+    query's slot, nothing else written, and the context the softmax over positions lo..pos gives."""
     qkv = RNG.standard_normal((heads + 2 * kv) * d).astype(np.float32)
     cos, sin = np.cos(RNG.uniform(0, 6, d)).astype(np.float32), np.sin(RNG.uniform(0, 6, d)).astype(np.float32)
     norm = (1 + 0.3 * RNG.standard_normal((heads + kv, d))).astype(np.float32) if normed else None
-    cache_k = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
-    cache_v = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
+    slot_of = RNG.permutation(48)[:pos + 4]                       # position -> slot in a pool of 48
+    cache_k = RNG.standard_normal((48, kv, d)).astype(np.float32)
+    cache_v = RNG.standard_normal((48, kv, d)).astype(np.float32)
     keys, values = cache_k.copy(), cache_v.copy()
     out = np.full(heads * d, np.nan, np.float32)
-    decode_jit.attend_token(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v, pos, lo, 0.3, out)
+    decode_jit.attend_token_paged(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v,
+                                  slot_of[lo:pos + 1].astype(np.int64), 0.3, out)
     qk = qkv[:(heads + kv) * d].reshape(heads + kv, d).astype(np.float64)
     if normed:
         qk = _rms(qk, norm, 1e-5)
     qk = _rope(qk, cos, sin)
-    keys[:, pos], values[:, pos] = qk[heads:], qkv[(heads + kv) * d:].reshape(kv, d)
-    np.testing.assert_allclose(cache_k[:, pos], keys[:, pos], rtol=1e-5, atol=1e-5)
+    own = slot_of[pos]
+    keys[own], values[own] = qk[heads:], qkv[(heads + kv) * d:].reshape(kv, d)
+    np.testing.assert_allclose(cache_k[own], keys[own], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(cache_v, values)
-    np.testing.assert_array_equal(np.delete(cache_k, pos, axis=1), np.delete(keys, pos, axis=1))
+    np.testing.assert_array_equal(np.delete(cache_k, own, axis=0), np.delete(keys, own, axis=0))
+    seen = slot_of[lo:pos + 1]
     want = []
     for h in range(heads):
         j = h // (heads // kv)
-        s = keys[j, lo:pos + 1] @ qk[h] * 0.3
+        s = keys[seen, j] @ qk[h] * 0.3
         p = np.exp(s - s.max())
-        want.append(p / p.sum() @ values[j, lo:pos + 1])
+        want.append(p / p.sum() @ values[seen, j])
     np.testing.assert_allclose(out, np.concatenate(want), rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="non-empty 1-D slot list"):
+        decode_jit.attend_token_paged(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v,
+                                      np.zeros(0, np.int64), 0.3, out)
 
 
 @pytest.mark.parametrize("t, pos, lo, window", [(1, 0, 0, None), (7, 0, 0, None), (5, 9, 0, None),
@@ -106,15 +116,11 @@ def test_token_steps_match_the_composed_path(name, tmp_path, monkeypatch):
     dec = loom.llm.load(td.save(model, tmp_path)).decoder
     ids = np.random.default_rng(2).integers(0, td.VOCAB, 20)
     taken = []
-    real = Decoder._layer_token
-    monkeypatch.setattr(Decoder, "_layer_token", lambda self, *a: taken.append(1) or real(self, *a))
+    real = Decoder.layer_tokens_paged
+    monkeypatch.setattr(Decoder, "layer_tokens_paged", lambda self, *a: taken.append(1) or real(self, *a))
 
-    def steps():
-        cache = dec.new_cache(20)
-        out = [sequence.forward(dec, ids[None, :5], cache)[0],
-               sequence.forward(dec, ids[None, 5:8], cache)[0]]                  # a later chunk too
-        out += [sequence.forward(dec, ids[None, t:t + 1], cache)[0] for t in range(8, 20)]
-        return np.concatenate(out)
+    def steps():        # a prompt in two chunks, then one token a step
+        return paged_forward.sequence_logits(dec, ids, [5, 3] + [1] * 12)
     with loom.deterministic(False):
         compiled = steps()
         assert len(taken) == 12 * len(dec.layers)
@@ -129,19 +135,15 @@ def test_token_steps_match_the_composed_path(name, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def float_decoder(tmp_path_factory):
-    """A float32-weight llama: its products go to BLAS, so attend_token is the only parallel kernel a step runs."""
+    """A float32-weight llama: its products go to BLAS, so attend_token_paged is the only parallel kernel a step
+    runs."""
     return loom.llm.load(td.save(td.build("llama", seed=6), tmp_path_factory.mktemp("llama"))).decoder
 
 
 def _greedy(dec, steps=4):
+    """Greedy tokens through the engine (a fresh model each call: its own engine, as a forked child's)."""
     with loom.deterministic(False):
-        cache = dec.new_cache(16)
-        logits = sequence.forward(dec, np.array([[5, 7, 9]]), cache, last_only=True)
-        out = []
-        for _ in range(steps):
-            out.append(int(np.argmax(logits[0, -1])))
-            logits = sequence.forward(dec, np.array([[out[-1]]]), cache, last_only=True)
-        return out
+        return list(CausalLM(dec, None, {}).generate_ids([5, 7, 9], max_tokens=steps, stop_ids=()))
 
 
 _FORK_DEC = None
@@ -175,35 +177,9 @@ def test_threads_decode_at_once(float_decoder):
     assert [results[i] for i in range(3)] == [want] * 3
 
 
-@pytest.mark.parametrize("normed", [False, True])
-def test_attend_token_paged_matches_attend_token(normed):
-    """The same keys laid out in a paged cache (scattered slots) give attend_token's context and cache
-    writes."""
-    heads, kv, d, pos, lo = 6, 2, 16, 11, 3
-    qkv = RNG.standard_normal((heads + 2 * kv) * d).astype(np.float32)
-    cos, sin = np.cos(RNG.uniform(0, 6, d)).astype(np.float32), np.sin(RNG.uniform(0, 6, d)).astype(np.float32)
-    norm = (1 + 0.3 * RNG.standard_normal((heads + kv, d))).astype(np.float32) if normed else None
-    cache_k = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
-    cache_v = RNG.standard_normal((kv, pos + 4, d)).astype(np.float32)
-    slot_of = RNG.permutation(40)[:pos + 4]                       # position -> slot in a pool of 40
-    paged_k = RNG.standard_normal((40, kv, d)).astype(np.float32)
-    paged_v = RNG.standard_normal((40, kv, d)).astype(np.float32)
-    paged_k[slot_of], paged_v[slot_of] = cache_k.transpose(1, 0, 2), cache_v.transpose(1, 0, 2)
-    want, got = np.empty(heads * d, np.float32), np.full(heads * d, np.nan, np.float32)
-    decode_jit.attend_token(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v, pos, lo, 0.3, want)
-    decode_jit.attend_token_paged(qkv, heads, kv, cos, sin, norm, 1e-5, paged_k, paged_v,
-                                  slot_of[lo:pos + 1].astype(np.int64), 0.3, got)
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(paged_k[slot_of[pos]], cache_k[:, pos], rtol=1e-6, atol=1e-7)
-    np.testing.assert_array_equal(paged_v[slot_of[pos]], cache_v[:, pos])
-    with pytest.raises(ValueError, match="non-empty 1-D slot list"):
-        decode_jit.attend_token_paged(qkv, heads, kv, cos, sin, norm, 1e-5, paged_k, paged_v,
-                                      np.zeros(0, np.int64), 0.3, got)
-
-
 def test_the_batch_engine_decodes_with_the_compiled_token_steps_on_the_cpu(monkeypatch):
-    """Fast mode on the CPU: the engine's decode steps run decode_jit.attend_token_paged, and a lone
-    sequence gets generate_ids' tokens (the same compiled loops over the same keys)."""
+    """Fast mode on the CPU: the engine's decode steps run decode_jit.attend_token_paged, and a sequence
+    batched with another gets the tokens it gets alone through generate_ids."""
     from loom.llm.batching import BatchEngine, Request
     from loom.spec import tiny_decoder
     if not decode_jit.available():
@@ -218,6 +194,7 @@ def test_the_batch_engine_decodes_with_the_compiled_token_steps_on_the_cpu(monke
     with loom.deterministic(False):
         want = list(model.generate_ids([5, 9, 2, 7], max_tokens=12, stop_ids=()))
         monkeypatch.setattr(decode_jit, "attend_token_paged", counting)
-        got = BatchEngine(model).generate([Request([5, 9, 2, 7], max_tokens=12, stop_ids=())])[0].tokens
-    assert len(calls) == 11 * model.decoder.config.layers       # a call a layer for each of 11 decode steps
+        got = BatchEngine(model).generate([Request([5, 9, 2, 7], max_tokens=12, stop_ids=()),
+                                           Request([3, 1], max_tokens=12, stop_ids=())])[0].tokens
+    assert len(calls) == 2 * 11 * model.decoder.config.layers       # a row a layer in each of 11 decode steps
     assert got == want

@@ -1,5 +1,5 @@
 """The Llama-family decoder against transformers on tiny random checkpoints: logits, RoPE variants,
-KV-cache decoding, configuration and weight errors."""
+paged-cache decoding, configuration and weight errors."""
 import os
 import sys
 from types import SimpleNamespace
@@ -11,9 +11,12 @@ import loom
 import loom.llm
 from loom.errors import ConfigError, FormatError
 from loom.llm import decoder as decoder_module
-from loom.llm import rope, sequence
+from loom.llm import paged_forward, paged_graph, rope
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig, expected_tensors
+from loom.llm.model import CausalLM
+from loom.llm.paged_cache import PagedKVCache
+from loom.llm.paged_forward import Work
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402
@@ -72,18 +75,15 @@ def test_tied_model_shares_the_embedding(saved):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("name", ["llama", "mistral-window", "qwen3"])
 def test_cached_decode_matches_full_forward(saved, name, mode):
-    """Prefill 9 tokens, then 15 one-token steps: the same logits as one forward over all 24 (to float32
-    rounding; deterministic mode is not bit-identical here, see loom/llm/decoder.py)."""
+    """Prefill 9 tokens, then 15 one-token steps over the paged cache: the same logits as one forward
+    over all 24 (to float32 rounding; deterministic mode is not bit-identical here, see
+    loom/llm/decoder.py)."""
     _, lm = saved(name)
     dec, ids = lm.decoder, _ids(24, seed=5)
     with loom.deterministic(MODES[mode]):
-        full = sequence.forward(dec, ids[None], dec.new_cache(24))[0]
-        cache = dec.new_cache(24)
-        parts = [sequence.forward(dec, ids[None, :9], cache)[0]]
-        for t in range(9, 24):
-            parts.append(sequence.forward(dec, ids[None, t:t + 1], cache)[0])
-    assert cache.length == 24
-    steps = np.concatenate(parts)
+        full = paged_forward.sequence_logits(dec, ids)
+        steps = paged_forward.sequence_logits(dec, ids, [9] + [1] * 15)
+    assert steps.shape == full.shape == (24, td.VOCAB)
     assert td.relative_error(steps, full) < 1e-5
 
 
@@ -91,32 +91,33 @@ def test_chunked_prefill_matches_one_chunk(saved, monkeypatch):
     _, lm = saved("mistral-window")
     dec, ids = lm.decoder, _ids(20, seed=7)
     with loom.deterministic(False):
-        whole = sequence.forward(dec, ids[None], dec.new_cache(20))[0]
+        whole = paged_forward.sequence_logits(dec, ids)
         monkeypatch.setattr(decoder_module, "PREFILL_CHUNK_FAST", 6)          # fast mode's chunk
-        chunked = sequence.forward(dec, ids[None], dec.new_cache(20))[0]
-        last = sequence.forward(dec, ids[None], dec.new_cache(20), last_only=True)[0]
+        chunked = paged_forward.sequence_logits(dec, ids)
     assert td.relative_error(chunked, whole) < 1e-5
-    assert last.shape == (1, td.VOCAB) and td.relative_error(last, whole[-1:]) < 1e-5
 
 
 def test_deterministic_rows_do_not_depend_on_the_batch(saved):
-    """In deterministic mode a sequence's logits are the same bits alone or next to another sequence."""
+    """In deterministic mode a sequence's logits are the same bits alone or next to another sequence,
+    in a prompt step and in a decode step."""
     _, lm = saved("qwen3")
     dec = lm.decoder
     a, b = _ids(10, seed=1), _ids(10, seed=2)
-    alone = sequence.forward(dec, a[None], dec.new_cache(12))
-    batch_cache = dec.new_cache(12, batch=2)
-    both = sequence.forward(dec, np.stack([a, b]), batch_cache)
-    assert np.array_equal(alone[0], both[0])
-    step_alone = sequence.forward(dec, np.array([[7]]), _advance(dec, a))
-    step_both = sequence.forward(dec, np.array([[7], [9]]), batch_cache)
+    c = dec.config
+
+    def run(items):
+        cache = PagedKVCache(np, c.layers, c.kv_heads, c.head_dim, blocks=8, block_size=4)
+        tables = [[2 * i, 2 * i + 1, 6 - i] for i in range(len(items))]
+        prompt = paged_forward.forward(dec, cache, [Work(ids, 0, t, True) for ids, t in zip(items, tables)],
+                                       every_row=True)
+        step = paged_forward.forward(dec, cache, [Work(np.array([7 + 2 * i]), 10, t, True)
+                                                  for i, t in enumerate(tables)])
+        return prompt, step
+
+    with loom.deterministic(True):
+        (prompt_alone, step_alone), (prompt_both, step_both) = run([a]), run([a, b])
+    assert np.array_equal(prompt_alone, prompt_both[:10])
     assert np.array_equal(step_alone[0], step_both[0])
-
-
-def _advance(dec, ids):
-    cache = dec.new_cache(12)
-    sequence.forward(dec, ids[None], cache)
-    return cache
 
 
 @pytest.mark.parametrize("scaling", [None, td.LINEAR, td.LLAMA3])
@@ -185,17 +186,17 @@ def test_weight_errors_name_the_tensor():
 
 def test_context_and_id_errors():
     config = DecoderConfig.from_hf(_config())
-    dec = Decoder(config, _random_weights(config))
-    with pytest.raises(ConfigError, match="17 positions .* context of 16"):
-        dec.new_cache(17)
-    cache = dec.new_cache(4)
+    lm = CausalLM(Decoder(config, _random_weights(config)), None, _config())
+    with pytest.raises(ConfigError, match="17 tokens exceed the model's context of 16"):
+        lm.logits(np.arange(17) % 50)
+    with pytest.raises(ConfigError, match="token id 50 at index 1 is outside the vocabulary"):
+        lm.logits(np.array([1, 50]))
     with pytest.raises(ConfigError, match="token id 50 is outside the vocabulary"):
-        sequence.forward(dec, np.array([[1, 50]]), cache)
-    sequence.forward(dec, np.array([[1, 2, 3]]), cache)
-    with pytest.raises(ConfigError, match="holds 4 positions; 3 are used and 2 more"):
-        sequence.forward(dec, np.array([[4, 5]]), cache)
-    with pytest.raises(ConfigError, match="batch of 2"):
-        sequence.forward(dec, np.array([[4], [5]]), cache)
+        list(lm.generate_ids([1, 50], max_tokens=2))
+    with pytest.raises(ConfigError, match="3 tokens and max_tokens is 14: 17 positions exceed"):
+        lm.generate_ids([1, 2, 3], max_tokens=14)
+    with pytest.raises(ConfigError, match="expected a non-empty 1-D list"):
+        lm.logits(np.array([[4], [5]]))
 
 
 class _GraphsBackend:
@@ -215,17 +216,15 @@ class _GraphsBackend:
 
 
 def test_a_decode_step_without_its_graph_says_why_once_in_fast_mode(loom_log):
-    from loom.llm import decode_graph
     config = DecoderConfig.from_hf(_config())
     plain, dec = Decoder(config, _random_weights(config)), Decoder(config, _random_weights(config))
-    assert decode_graph.unsupported(plain, 1) == "device 'cpu' has no decode kernels or graphs"
+    assert paged_graph.unsupported(plain, 1) == "device 'cpu' has no decode kernels or graphs"
     dec.backend = _GraphsBackend(dec.backend)
-    assert decode_graph.unsupported(dec, 17) == "a batch of 17 sequences is more than the kernels' 16"
-    assert decode_graph.unsupported(dec, 1) == "head_dim 8 is not 64, 128 or 256"
+    assert paged_graph.unsupported(dec, 17) == "a batch of 17 sequences is more than the kernels' 16"
+    assert paged_graph.unsupported(dec, 1) == "head_dim 8 is not 64, 128 or 256"
     with loom.deterministic(False):
-        caches = plain.new_cache(8), dec.new_cache(8)
-        for token in ([[1, 2]], [[3]], [[4]]):
-            want, got = (sequence.forward(d, np.array(token), c) for d, c in zip((plain, dec), caches))
-            assert np.array_equal(got, want)
-    assert loom_log() == [("fast mode: decode steps of 1 sequence(s) run kernel by kernel, not as a recorded "
-                           "CUDA graph (head_dim 8 is not 64, 128 or 256)")]
+        want, got = (list(CausalLM(d, None, _config()).generate_ids([1, 2], max_tokens=4, stop_ids=()))
+                     for d in (plain, dec))
+    assert got == want and len(got) == 4
+    assert loom_log() == [("fast mode: decode steps run kernel by kernel, not as recorded CUDA graphs "
+                           "(head_dim 8 is not 64, 128 or 256)")]

@@ -4,10 +4,10 @@ A decode step of a small model (SmolLM2-135M: 30 layers) spends as long in the N
 its products as in the products: an RMSNorm, RoPE, the cache writes, the attention's two products
 and softmax, SwiGLU are each several whole-array NumPy calls of a few hundred values, and their
 Python and dispatch cost (about 7 ms a token, 2026-11-24) is what kept the decode behind
-llama.cpp. Here each is one compiled call: `rms_rows` (RMSNorm of rows), `attend_token` (the rotated
-query and key, the cache writes, and the attention of one query position over its keys, every head),
-`swiglu_rows`. loom.llm.decoder uses them for a step of one token of one sequence in fast mode; the
-products stay loom/backend/cpu/gemv.py's.
+llama.cpp. Here each is one compiled call: `rms_rows` (RMSNorm of rows), `attend_token_paged` (the
+rotated query and key, the cache writes, and the attention of one query position over its keys in a
+paged cache, every head), `swiglu_rows`. loom.llm.decoder uses them for a step of decode tokens in
+fast mode (Decoder.layer_tokens_paged); the products stay loom/backend/cpu/gemv.py's.
 
 A prompt's layers keep BLAS for every product, the attention's two included, and use `rms_rows`,
 `swiglu_rows` and `causal_softmax` (the scores' softmax in place, computing only the keys a query
@@ -30,7 +30,7 @@ from . import jit
 prange = range
 f32 = np.float32
 _PLAIN = ("_rms_rows", "_swiglu_rows", "_rope_head", "_causal_softmax")
-_PARALLEL = ("_attend_token", "_attend_token_paged")
+_PARALLEL = ("_attend_token_paged",)
 
 
 def available() -> bool:
@@ -59,27 +59,19 @@ def causal_softmax(scores: np.ndarray, scale: float, pos: int, lo: int, window: 
     _causal_softmax(scores, f32(scale), pos, lo, 0 if window is None else window)
 
 
-def attend_token(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin: np.ndarray,
-                 qk_norm: np.ndarray | None, eps: float, cache_k: np.ndarray, cache_v: np.ndarray, pos: int,
-                 lo: int, scale: float, out: np.ndarray) -> None:
-    """One query position's attention, every head: qkv [(H + 2 KV) D] (biases added) holds the query
-    heads, the key heads and the value heads; each query and key head gets qwen3's RMSNorm (qk_norm
-    [H + KV, D], a weight row a head, if given) and HF's rotate-half RoPE (cos, sin [D] of position
-    pos); the key and value heads are written to cache_k, cache_v [KV, max_len, D] at pos; out [H D] =
-    softmax(q K^T scale) V over the cached positions lo..pos, query head h reading key head h // (H / KV)."""
-    norm = qk_norm if qk_norm is not None else np.empty((0, qkv.shape[0] // (heads + 2 * kv_heads)), np.float32)
-    # through jit.run, as every parallel kernel: its lock (numba's workqueue layer aborts on concurrent
-    # parallel calls) and its note of the threading layer (a forked child must not start OpenMP)
-    jit.run(_attend_token, qkv, heads, kv_heads, cos, sin, norm, f32(eps), cache_k, cache_v, pos, lo, f32(scale), out)
-
-
 def attend_token_paged(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin: np.ndarray,
                        qk_norm: np.ndarray | None, eps: float, cache_k: np.ndarray, cache_v: np.ndarray,
                        slots: np.ndarray, scale: float, out: np.ndarray) -> None:
-    """attend_token over a paged cache: cache_k, cache_v [cache slots, KV, D]; slots (int64 [n]) are
-    the slots of the keys the query sees, in position order, the last one the query's own position,
-    where its key and value are written. The same sums in the same order as attend_token (each slot's
-    key and value row read once, the context summed in a local row)."""
+    """One query position's attention, every head, over a paged cache: qkv [(H + 2 KV) D] (biases
+    added) holds the query heads, the key heads and the value heads; each query and key head gets
+    qwen3's RMSNorm (qk_norm [H + KV, D], a weight row a head, if given) and HF's rotate-half RoPE
+    (cos, sin [D] of the query's position); cache_k, cache_v [cache slots, KV, D]; slots (int64 [n])
+    are the slots of the keys the query sees, in position order, the last one the query's own
+    position, where its key and value are written; out [H D] = softmax(q K^T scale) V over those keys,
+    query head h reading key head h // (H / KV). Each slot's key and value row is read once and the
+    context summed in a local row."""
+    # through jit.run, as every parallel kernel: its lock (numba's workqueue layer aborts on concurrent
+    # parallel calls) and its note of the threading layer (a forked child must not start OpenMP)
     if slots.ndim != 1 or slots.size == 0:
         raise ValueError(f"attend_token_paged: expected a non-empty 1-D slot list, got shape {slots.shape}")
     norm = qk_norm if qk_norm is not None else np.empty((0, qkv.shape[0] // (heads + 2 * kv_heads)), np.float32)
@@ -146,38 +138,6 @@ def _rope_head(x, cos, sin, norm, head, eps, out):
         b = x[k + half] * rstd * (norm[head, k + half] if normed else f32(1))
         out[k] = a * cos[k] - b * sin[k]
         out[k + half] = b * cos[k + half] + a * sin[k + half]
-
-
-def _attend_token(qkv, heads, kv_heads, cos, sin, norm, eps, cache_k, cache_v, pos, lo, scale, out):
-    d = cache_k.shape[2]
-    group = heads // kv_heads
-    for j in range(kv_heads):                       # the new key and value, rotated, into the cache
-        _rope_head(qkv[(heads + j) * d:(heads + j + 1) * d], cos, sin, norm, heads + j, eps, cache_k[j, pos])
-        for k in range(d):
-            cache_v[j, pos, k] = qkv[(heads + kv_heads + j) * d + k]
-    n = pos + 1 - lo
-    for h in prange(heads):
-        j = h // group
-        q = np.empty(d, np.float32)
-        _rope_head(qkv[h * d:(h + 1) * d], cos, sin, norm, h, eps, q)
-        p = np.empty(n, np.float32)
-        top = f32(-np.inf)
-        for t in range(n):
-            s = f32(0)
-            for k in range(d):
-                s += q[k] * cache_k[j, lo + t, k]
-            p[t] = s * scale
-            top = max(top, p[t])
-        total = f32(0)
-        for t in range(n):
-            p[t] = np.exp(p[t] - top)
-            total += p[t]
-        for k in range(d):
-            out[h * d + k] = f32(0)
-        for t in range(n):
-            w = p[t] / total
-            for k in range(d):
-                out[h * d + k] += w * cache_v[j, lo + t, k]
 
 
 def _attend_token_paged(qkv, heads, kv_heads, cos, sin, norm, eps, cache_k, cache_v, slots, scale, out):

@@ -2,7 +2,7 @@
 
 `attention` does everything between the fused Q/K/V product and the output projection for one new
 token, reading the step's position from device memory so that a recorded decode step
-(loom/llm/decode_graph.py) replays unchanged at every position. One block per (sequence, query head):
+(loom/llm/paged_graph.py) replays unchanged at every position. One block per (sequence, query head):
 
 1. its warps 0-2 take the head's q, its key/value head's new k and v from the product [B, (H + 2 KV) D]:
    qwen3's optional per-head RMSNorm, HF's rotate-half RoPE with the position's cos/sin row (lane l

@@ -11,7 +11,7 @@ adds its lanes' sums. W is read once, never materialised in float32: for a decod
 bytes are the whole memory traffic.
 
 `gemv` can also fold the operations around a decoder's products into the same kernel (the recorded
-decode step, loom/llm/decode_graph.py, uses them so a layer is five launches):
+decode step, loom/llm/paged_graph.py, uses them so a layer is five launches):
 - a prologue on x: RMSNorm with a weight. Each block of 8 warps copies x, times the norm weight,
   into shared memory once and sums its squares (a row of x longer than fits: each warp reads x
   itself); the norm factor multiplies the finished sums;

@@ -24,7 +24,7 @@ every block computes it while staging x; the layer's products, one wave of block
 its own (`rms_norm`: before the lm_head, whose 6,144 blocks would repeat it). In a recorded step the
 prologue is cheaper than the extra kernel, and the last block of the product before computing it for
 all (a ticket counted with atomics) was dearer than either.
-`CUDABackend.decode.products_exact` is this module; loom/llm/decode_graph.py records it in deterministic
+`CUDABackend.decode.products_exact` is this module; loom/llm/paged_graph.py records it in deterministic
 mode. Capturable: sizes as arguments, no sync, no host read.
 """
 from __future__ import annotations
