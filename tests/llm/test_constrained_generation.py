@@ -59,6 +59,11 @@ def vocabulary():
     return Vocabulary(PIECES)
 
 
+def generate_alone(model, prompt, sampling, constraint):
+    """The tokens of one constrained request on the model's own engine (what generate_ids runs)."""
+    return list(model.engines.stream(Request(list(prompt), MAX_TOKENS, sampling, (EOS,), constraint=constraint)))
+
+
 def text_of(ids):
     return b"".join(PIECES[i] for i in ids)
 
@@ -80,8 +85,7 @@ def test_generate_ids_writes_valid_json(model, vocabulary, schema):
     with loom.deterministic(True):
         for settings in SETTINGS:
             c = masks.constraint()
-            ids = list(gen.generate_ids(model.decoder, PROMPT, max_tokens=MAX_TOKENS, sampling=gen.Sampling(**settings),
-                                        stop_ids=[EOS], constraint=c))
+            ids = generate_alone(model, PROMPT, gen.Sampling(**settings), c)
             assert EOS not in ids
             check_output(masks.grammar, schema, ids, c.complete)
             done += c.complete
@@ -95,8 +99,7 @@ def test_the_batch_engine_gives_each_constrained_request_its_alone_bits(model, v
             masks = GrammarMasks(JsonGrammar.from_schema(schema), vocabulary)
             for settings in SETTINGS[k % 2::2]:
                 prompt = PROMPT + [k]
-                ids = list(gen.generate_ids(model.decoder, prompt, max_tokens=MAX_TOKENS, stop_ids=[EOS],
-                                            sampling=gen.Sampling(**settings), constraint=masks.constraint()))
+                ids = generate_alone(model, prompt, gen.Sampling(**settings), masks.constraint())
                 alone.append((ids, masks.grammar, schema))
                 requests.append(Request(prompt, MAX_TOKENS, gen.Sampling(**settings), logprobs=2,
                                         constraint=masks.constraint()))
@@ -125,8 +128,7 @@ def test_a_number_ends_with_the_stop_token(model, vocabulary):
     with loom.deterministic(True):
         for seed in range(8):
             c = masks.constraint()
-            ids = list(gen.generate_ids(model.decoder, PROMPT, max_tokens=MAX_TOKENS, stop_ids=[EOS],
-                                        sampling=gen.Sampling(temperature=1.0, seed=seed), constraint=c))
+            ids = generate_alone(model, PROMPT, gen.Sampling(temperature=1.0, seed=seed), c)
             assert c.complete and isinstance(json.loads(text_of(ids)), (int, float))
             ended_by_stop_token = not c.finished
             stopped += ended_by_stop_token
@@ -166,4 +168,4 @@ def test_constraints_are_checked(model, vocabulary):
     with pytest.raises(ConfigError, match="share one constraint"):
         engine.submit_all([Request(PROMPT, 4, constraint=shared)] * 2, [lambda e: None] * 2)
     with pytest.raises(ConfigError, match="expected a constraint"):
-        list(gen.generate_ids(model.decoder, PROMPT, max_tokens=2, sampling=gen.Sampling(), constraint="json"))
+        model.engines.stream(Request(PROMPT, 2, constraint="json"))

@@ -289,12 +289,13 @@ def test_json_schema_replies_parse_and_validate(served, lm):
         jsonschema.validate(json.loads(choice.message.content), PERSON)
     # the first choice is what generate_ids gives alone under the same constraint
     from loom.llm import generate as gen
+    from loom.llm.batch_requests import Request
     from loom.llm.json_constraint import JsonGrammar
     from loom.llm.token_mask import GrammarMasks, Vocabulary
     masks = GrammarMasks(JsonGrammar.from_schema(PERSON), Vocabulary.of(lm.tokenizer, lm.decoder.config.vocab_size))
     with loom.deterministic(True):
-        ids = list(gen.generate_ids(lm.decoder, lm.chat_ids(HELLO), max_tokens=100, stop_ids=lm.eos_ids,
-                                    sampling=gen.Sampling(temperature=0.9, seed=3), constraint=masks.constraint()))
+        ids = list(lm.engines.stream(Request(lm.chat_ids(HELLO), 100, gen.Sampling(temperature=0.9, seed=3),
+                                             lm.eos_ids, constraint=masks.constraint())))
     assert reply.choices[0].message.content == lm.tokenizer.decode(ids)
     chunks = list(served.client.chat.completions.create(model="tiny", messages=HELLO, response_format=fmt, n=4,
                                                         temperature=0.9, seed=3, max_tokens=100, stream=True))
