@@ -1,40 +1,101 @@
-"""Where a recorded decode step's time goes (issue 7): the step's CUDA graph replayed 200 times, then
-again recorded without one kind of kernel; the difference is that kernel's share, launch gaps included.
+"""Where a recorded decode step's time goes (issue 7): the batch engine's decode step at batch 1
+(loom/llm/paged_graph.py PagedDecodeGraph, the graph a lone sequence's steps replay) replayed 200 times,
+then again recorded without one kind of kernel; the difference is that kernel's share, launch gaps
+included.
 
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
                                                          [--deterministic]
 
-SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, 16 cached positions,
-batch 1, fast mode (--deterministic: deterministic mode's graph). --plain records plain launches instead
-of overlapped ones (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight
-holds and the rate they were read at (its time share, launch gaps included).
+SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
+holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
+(--deterministic: deterministic mode's graph). --plain records plain launches instead of overlapped
+ones (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
+rate they were read at (its time share, launch gaps included).
+
+PagedDecodeGraph builds its launches untagged (_operations()); PartialGraph.tagged() builds the same
+list through the graph's own _product() with each launch's kind, and main() checks that it matches
+_operations() launch for launch before timing anything.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+from functools import partial
 
 import numpy as np
 
 import loom
-from loom.llm import decode_graph, sequence
+from loom.kernels.exact import rounded as exact_rounded
+from loom.llm import paged_forward, paged_graph
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
+from loom.llm.paged_cache import PagedKVCache
 
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
 
+KINDS = ("embed", "qkv", "attention", "o", "gate_up", "down", "lm_head")
+PROMPT, BLOCK = 16, 16
 
-class PartialGraph(decode_graph.DecodeGraph):
-    """The decode step with the kernels of the kinds in `skip` left out (the logits are then meaningless)."""
+
+class PartialGraph(paged_graph.PagedDecodeGraph):
+    """The paged decode step with the kernels of the kinds in `skip` left out (the logits are then
+    meaningless)."""
 
     skip: tuple = ()
 
-    def _body(self):
-        for kind, launch in self.operations():
-            if kind not in self.skip:
-                launch()
+    def tagged(self) -> list:
+        """PagedDecodeGraph._operations() as (kind, launch) pairs, kind one of KINDS (an RMSNorm kernel
+        of its own counts with its product)."""
+        dec, c, cache = self.dec, self.dec.config, self.cache
+        quant, kernels = paged_graph._kernels(dec.backend, self.exact)
+        h = self.h
+
+        def kind(name, launches):
+            return [(name, launch) for launch in launches]
+
+        ops = [("embed", partial(quant.embed, *paged_graph._stored(dec.embed), self.ids, h))]
+        for i, L in enumerate(dec.layers):
+            ops += kind("qkv", self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias))
+            extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
+            ops.append(("attention", partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx,
+                                             dec._cos, dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size,
+                                             c.heads, L.window, dec.scale, c.eps, *extra, overlap=self.overlap)))
+            ops += kind("o", self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h))
+            ops += kind("gate_up", self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True))
+            ops += kind("down", self._product(L.down, self.act, h, bias=L.down_bias, residual=h))
+        return ops + kind("lm_head", self._product(dec.lm_head, h, self.logits, norm=dec.norm, head=True))
+
+    def _operations(self) -> list:
+        return [launch for name, launch in self.tagged() if name not in self.skip]
+
+
+def same_launches(graph: PartialGraph) -> str | None:
+    """Why tagged() is not PagedDecodeGraph._operations() launch for launch (None where it is): the
+    same functions with the same arguments (the same objects, or equal values), in the same order."""
+    ours = [launch for _, launch in graph.tagged()]
+    theirs = paged_graph.PagedDecodeGraph._operations(graph)
+    if len(ours) != len(theirs):
+        return f"{len(ours)} launches tagged, {len(theirs)} in PagedDecodeGraph._operations()"
+    for n, (a, b) in enumerate(zip(ours, theirs)):
+        if (a.func is not b.func or len(a.args) != len(b.args) or a.keywords.keys() != b.keywords.keys()
+                or not all(_same(x, y) for x, y in zip(a.args, b.args))
+                or not all(_same(a.keywords[k], b.keywords[k]) for k in a.keywords)):
+            return f"launch {n} differs: {a.func.__name__} against {b.func.__name__}"
+    return None
+
+
+def _same(x, y) -> bool:
+    if x is y:
+        return True
+    if hasattr(x, "data") and hasattr(x, "shape") and hasattr(y, "data") and hasattr(y, "shape"):
+        ptr = getattr(getattr(x, "data", None), "ptr", None)      # device arrays: the same memory
+        return ptr is not None and ptr == getattr(y.data, "ptr", None) and x.shape == y.shape
+    try:
+        return bool(x == y)
+    except Exception:
+        return False
 
 
 def replay_us(graph, xp, n: int = 200) -> float:
@@ -59,23 +120,38 @@ def main():
     config = llm.SHAPES[args.shape]
     dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),
                   device="cuda")
-    xp, layers = dec.xp, config["num_hidden_layers"]
-    prompt = np.random.default_rng(1).integers(0, config["vocab_size"], (1, 16))
+    c, xp, layers = dec.config, dec.xp, config["num_hidden_layers"]
+    prompt = np.random.default_rng(1).integers(0, config["vocab_size"], PROMPT)
     L = dec.layers[0]
     nbytes = {"qkv": L.qkv.nbytes, "o": L.o.nbytes, "gate_up": L.gate_up.nbytes, "down": L.down.nbytes,
               "lm_head": dec.lm_head.nbytes}
     exact = args.deterministic
     with loom.deterministic(exact):
-        cache = dec.new_cache(64)
-        sequence.forward(dec, prompt, cache, last_only=True)
-        PartialGraph.skip = ()
-        whole = replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
+        why = paged_graph.unsupported(dec, 1, exact)
+        if why is not None:
+            raise SystemExit(f"no recorded decode step: {why}")
+        cache = PagedKVCache(xp, c.layers, c.kv_heads, c.head_dim, blocks=4, block_size=BLOCK)
+        table = [0, 1]                                   # positions 0-31: the prompt, then the step at 16
+        paged_forward.forward(dec, cache, [paged_forward.Work(prompt, 0, table, logits=True)])
+        token = int(prompt[-1])
+
+        def graph(skip: tuple) -> PartialGraph:
+            PartialGraph.skip = skip
+            g = PartialGraph(dec, cache, 1, exact, overlap=not args.plain)
+            g.step([token], [PROMPT], [table])          # the step's inputs, which every replay reads
+            return g
+
+        whole_graph = graph(())
+        why = same_launches(whole_graph)
+        if why is not None:
+            raise SystemExit(f"PartialGraph.tagged() no longer matches PagedDecodeGraph._operations(): {why}")
+        whole = replay_us(whole_graph, xp)
+        del whole_graph
         mode = "deterministic" if exact else "fast"
-        print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches: "
-              f"whole step {whole:.1f} us")
-        for kind in decode_graph.KINDS[1:]:           # (not the embedding: the step reads its output)
-            PartialGraph.skip = (kind,)
-            share = whole - replay_us(PartialGraph(dec, cache, overlap=not args.plain, exact=exact), xp)
+        print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches, "
+              f"paged decode step at batch 1: whole step {whole:.1f} us")
+        for kind in KINDS[1:]:                        # (not the embedding: the step reads its output)
+            share = whole - replay_us(graph((kind,)), xp)
             each = share / layers if kind != "lm_head" else share
             per = f"{each:.2f} us per layer" if kind != "lm_head" else f"{each:.2f} us"
             rate = f"  {nbytes[kind] / 1e6:8.2f} MB, {nbytes[kind] / each / 1e3:7.0f} GB/s" if kind in nbytes else ""

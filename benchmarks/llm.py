@@ -15,7 +15,9 @@ memory in use after its run; on the GPU, the decode rate the copy bandwidth allo
 token / a device-to-device copy's bytes read plus written per second) and the share of it reached.
 --transformers adds transformers' LlamaForCausalLM with the same config in bf16 on the same device: eager,
 and (CUDA) static cache + torch.compile(mode="reduce-overhead").
-Decode: a prompt of PROMPT tokens is prefilled, then DECODE greedy tokens are timed one by one.
+Loom runs through CausalLM.generate_ids (the model's own batch engine; a lone sequence is a batch of one).
+Prefill: a fresh random PREFILL-token prompt each time (no prefix-cache hit), timed from the call to its
+first token. Decode: a prompt of PROMPT tokens is prefilled, then DECODE greedy tokens are timed one by one.
 """
 from __future__ import annotations
 
@@ -27,9 +29,9 @@ import numpy as np
 import loom
 from loom.kernels.quant import gguf as gguf_quants
 from loom.kernels.quant.block import BlockQuantized
-from loom.llm import sequence
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig, expected_tensors
+from loom.llm.model import CausalLM
 
 PROMPT, DECODE, PREFILL = 16, 64, 256
 CONFIG = {"model_type": "llama", "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
@@ -107,35 +109,49 @@ def copy_bandwidth(xp, nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / best(copy, xp.cuda.Device().synchronize, repeats=10)
 
 
-def time_decoder(dec: Decoder, sync, repeats: int = 1) -> dict:
-    """{'prefill tok/s', 'decode tok/s'} for one Decoder (greedy, batch 1): the best of `repeats`
-    prefills, and of `repeats` windows of DECODE tokens (a shared VM's noise only ever slows a run)."""
-    xp = dec.xp
-    rng = np.random.default_rng(1)
-    prompt = rng.integers(0, dec.config.vocab_size, (1, PREFILL))
-    cache = dec.new_cache(PREFILL + 8)
-    sequence.forward(dec, prompt, cache, last_only=True)                 # warm-up: the same shapes (kernels compiled)
-    prefill = 0.0
-    for _ in range(repeats):
-        cache.reset()
+_PROMPTS = np.random.default_rng(1)     # every prompt drawn in a process is new: no prefix-cache hit
+
+
+def random_prompt(vocab: int, length: int) -> list[int]:
+    """`length` random token ids, never drawn before in this process (so the engine's prefix cache has
+    none of their blocks)."""
+    return _PROMPTS.integers(0, vocab, length).tolist()
+
+
+def time_decoder(model: CausalLM, sync, repeats: int = 1) -> dict:
+    """{'prefill tok/s', 'decode tok/s'} of one model (greedy, batch 1) through CausalLM.generate_ids, which
+    runs a lone sequence on the model's own batch engine (a batch of one, with prefix caching): the best of
+    `repeats` prefills, each a fresh random PREFILL-token prompt timed from the call to its first token (no
+    prefix-cache hit; two warm-ups of that shape first, so that the prompt chunk replays its recorded step,
+    recorded at its second sighting), and of `repeats` windows of DECODE tokens read one by one from one
+    stream after a PROMPT-token prompt and three warm-up tokens (a shared VM's noise only ever slows a run).
+    Wrap a bare Decoder as CausalLM(dec, None, dict(config), eos_ids=())."""
+    vocab = model.decoder.config.vocab_size
+
+    def first_token(ids: list[int]) -> float:
         sync()
         t = time.perf_counter()
-        sequence.forward(dec, prompt, cache, last_only=True)
-        sync()
-        prefill = max(prefill, PREFILL / (time.perf_counter() - t))
+        tokens = model.generate_ids(ids, max_tokens=1, stop_ids=())
+        next(tokens)
+        seconds = time.perf_counter() - t
+        list(tokens)                    # (the stream's end)
+        return seconds
 
-    cache = dec.new_cache(PROMPT + repeats * DECODE + 4)
-    logits = sequence.forward(dec, prompt[:, :PROMPT], cache, last_only=True)
-    token = int(xp.argmax(logits[0, -1]))
-    for _ in range(3):                                          # warm-up steps
-        token = int(xp.argmax(sequence.forward(dec, np.array([[token]]), cache, last_only=True)[0, -1]))
+    for _ in range(2):                  # warm-up: kernels compiled; the prompt chunk's step recorded
+        first_token(random_prompt(vocab, PREFILL))
+    prefill = max(PREFILL / first_token(random_prompt(vocab, PREFILL)) for _ in range(repeats))
+
+    tokens = model.generate_ids(random_prompt(vocab, PROMPT), max_tokens=4 + repeats * DECODE, stop_ids=())
+    for _ in range(4):                  # the prompt's token, then three warm-up steps (the decode step recorded)
+        next(tokens)
     decode = 0.0
     for _ in range(repeats):
         sync()
         t = time.perf_counter()
         for _ in range(DECODE):
-            token = int(xp.argmax(sequence.forward(dec, np.array([[token]]), cache, last_only=True)[0, -1]))
+            next(tokens)
         decode = max(decode, DECODE / (time.perf_counter() - t))
+    list(tokens)                        # (the stream's end)
     return {"prefill tok/s": prefill, "decode tok/s": decode}
 
 
@@ -150,7 +166,8 @@ def loom_rows(device: str, path: str | None, repeats: int = 1, shape: str = "smo
     rows = []
     for qtype in (types or DEFAULT_TYPES[shape]).split(","):
         dec = Decoder(DecoderConfig.from_hf(config), random_weights(qtype, config=config, device=device), device=device)
-        result = time_decoder(dec, be.synchronize, repeats)
+        model = CausalLM(dec, None, dict(config), eos_ids=())
+        result = time_decoder(model, be.synchronize, repeats)
         total, per_token = weight_bytes(dec)
         result["weights GB"] = total / 1e9
         if not be.host:
@@ -158,13 +175,13 @@ def loom_rows(device: str, path: str | None, repeats: int = 1, shape: str = "smo
             result["device GB"] = (capacity - free) / 1e9
             result["limit tok/s"] = bandwidth / per_token
         rows.append((f"loom {qtype.lower() if qtype == 'BF16' else qtype} (random)", result))
-        del dec
+        del dec, model
         gc.collect()
         if not be.host:
             be.xp.get_default_memory_pool().free_all_blocks()
     if path:
         model = loom.llm.load(path, device=device)
-        rows.append(("loom Q4_1 (SmolLM2 file)", time_decoder(model.decoder, be.synchronize, repeats)))
+        rows.append(("loom Q4_1 (SmolLM2 file)", time_decoder(model, be.synchronize, repeats)))
     if bandwidth:
         print(f"copy bandwidth {bandwidth / 1e9:,.0f} GB/s (bytes read + written)")
     return rows
@@ -177,15 +194,16 @@ def compare_rows(device: str, repeats: int) -> list:
     be = backend.get(device)
     rows = []
     for label, qtype in (("Q4_1 (random)", "Q4_1"), ("bf16 (random)", "BF16")):
-        decoders = {}
+        models = {}
         for det in (False, True):
             with loom.deterministic(det):
-                decoders[det] = Decoder(DecoderConfig.from_hf(CONFIG), random_weights(qtype), device=device)
+                dec = Decoder(DecoderConfig.from_hf(CONFIG), random_weights(qtype), device=device)
+                models[det] = CausalLM(dec, None, dict(CONFIG), eos_ids=())
         best = {False: {}, True: {}}
         for _ in range(repeats):
             for det in (False, True):
                 with loom.deterministic(det):
-                    for key, value in time_decoder(decoders[det], be.synchronize).items():
+                    for key, value in time_decoder(models[det], be.synchronize).items():
                         best[det][key] = max(best[det].get(key, 0.0), value)
         ratio = {key: best[True][key] / best[False][key] for key in best[False]}
         rows += [(f"loom fast {label}", best[False]), (f"loom deterministic {label}", best[True]),

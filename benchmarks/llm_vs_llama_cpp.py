@@ -64,7 +64,7 @@ def llama_cpp(path: str, node_dir: str, threads: int, ids: list[int]) -> dict:
 
 
 def loom_run(model) -> dict:
-    rates = time_decoder(model.decoder, lambda: None)
+    rates = time_decoder(model, lambda: None)
     return {"prefill": rates["prefill tok/s"], "decode": rates["decode tok/s"]}
 
 

@@ -1,6 +1,7 @@
 """Batched generation (issue 34): aggregate decode tokens/s of loom.llm.batching.BatchEngine with 1,
-16 and 64 concurrent streams, against one stream through CausalLM.generate_ids (the recorded decode
-graph on the GPU), on SmolLM2-135M's shapes with random bf16 weights (benchmarks/llm.py's).
+16 and 64 concurrent streams, against one stream through CausalLM.generate_ids (the model's own
+engine, a batch of one; a fresh prompt each call), on SmolLM2-135M's shapes with random bf16 weights
+(benchmarks/llm.py's).
 
     PYTHONPATH=. python benchmarks/serve.py --device cuda [--streams 1,16,64] [--tokens 64] [--deterministic]
                                             [--parts prefill,decode,ttft] [--transformers]
@@ -9,12 +10,12 @@ decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy 
 all submitted at once; "tok/s aggregate" counts every generated token over the whole run's time,
 prefill included, so it is what a server's clients would see in aggregate; "decode steps alone"
 counts the tokens after each stream's first over the time after the last stream got its first.
-prefill: one 2048-token prompt through loom.llm.sequence.forward (last position's logits), best of 5, with bf16
-products on the tensor cores (fast mode's default) launched kernel by kernel (graphs off, as a prompt
-shape's first call runs) and replayed as the recorded graph (the default from a shape's second call),
-and in float32 (tensor_cores off, Decoder.keep_dense copies); --transformers adds transformers' bf16
-model (sdpa attention, eager) on the same prompt length. Then one 2048-token request through a BatchEngine
-(loom serve's path; its first token included), kernel by kernel and replayed.
+prefill: one 2048-token request through a BatchEngine (loom serve's and generate_ids' path; the prompt
+and its first token, no prefix cache), best of 5, with bf16 products on the tensor cores (fast mode's
+default) launched kernel by kernel (graphs off, as a prompt shape's first sighting runs) and replayed
+as the recorded prompt step (the default from a shape's second sighting), and in float32 (tensor_cores
+off, Decoder.keep_dense copies); --transformers adds transformers' bf16 model (sdpa attention, eager)
+on the same prompt length (the last position's logits), the anchor.
 ttft: `loom serve`'s app on uvicorn (loopback, in this process), --ttft-clients concurrent streamed
 /v1/completions requests of --ttft-prompt random token ids each (16 new tokens): the time from sending
 a request to its first token's event, p50 and p99 over the clients (needs the 'serve' extra).
@@ -30,7 +31,6 @@ import time
 import numpy as np
 
 import loom
-from loom.llm import sequence
 from loom.llm.batching import BatchEngine, Request
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
@@ -61,42 +61,44 @@ def main() -> None:
         mode = "deterministic" if args.deterministic else "fast"
         print(f"# SmolLM2-135M shapes, bf16 random weights, {args.device}, {mode} mode")
         if "prefill" in parts:
-            prefill(dec, rng, args.transformers)
-            engine_prefill(model, rng)
+            engine_prefill(model, rng, args.transformers)
         if "decode" in parts:
             decode(model, rng, args)
         if "ttft" in parts:
             ttft(model, rng, args.ttft_clients, args.ttft_prompt)
 
 
-def prefill(dec: Decoder, rng, transformers: bool) -> None:
-    """One PREFILL-token prompt through loom.llm.sequence.forward, best of 5 after three warm-ups: products on the tensor
-    cores (bf16, the default in fast mode), replayed as a recorded graph (a prompt shape seen before: the
-    default) and launched kernel by kernel (graphs off: a shape seen for the first time), and in float32
-    (tensor_cores off, float32 weight copies); transformers' bf16 model with sdpa attention (eager) on the
-    same prompt length, in the same run."""
-    ids = rng.integers(0, 49152, (1, PREFILL))
+def engine_prefill(model: CausalLM, rng, transformers: bool) -> None:
+    """One PREFILL-token request (max_tokens 1: the prompt and its first token) through a BatchEngine, the
+    path of `loom serve`, generate_batch and generate_ids, best of 5 after three warm-ups (no prefix cache,
+    so each run computes the whole prompt): bf16 products on the tensor cores (fast mode's default) with
+    the prompt step launched kernel by kernel (graphs off: a shape's first sighting) and replayed as a
+    recorded graph (from the shape's second sighting: the default), and float32 products (tensor_cores
+    off, float32 weight copies); transformers' bf16 model with sdpa attention (eager) on the same prompt
+    length, in the same run."""
+    dec = model.decoder
+    ids = rng.integers(0, 49152, PREFILL).tolist()
     setting = dec.tensor_cores
     rates = {}
     for tensor_cores, graphs in dict.fromkeys(((setting, False), (setting, True), (False, False))):
+        if graphs and not dec.backend.graphs:
+            continue                    # (no recorded steps on this device)
         dec.tensor_cores, dec.graphs = tensor_cores, graphs
-        if not tensor_cores:
-            dec.keep_dense()
+        engine = BatchEngine(model, max_batch=1, cache_tokens=PREFILL + 16, prefix_cache=False)
         times = []
-        for _ in range(8):                  # the first three: warm-up (kernels, the memory pool's blocks, graph)
-            cache = dec.new_cache(PREFILL)
+        for _ in range(8):              # the first three: warm-up (kernels, weight copies, the recorded step)
             dec.backend.synchronize()
             t = time.perf_counter()
-            sequence.forward(dec, ids, cache, last_only=True)
-            dec.backend.synchronize()
+            engine.generate([Request(ids, max_tokens=1, stop_ids=())])
             times.append(time.perf_counter() - t)
         best = min(times[3:])
         what = (("bf16 tensor-core" if tensor_cores else "float32") + " products, "
-                + ("recorded graph" if graphs and sequence.recorded(dec).prefill.entries else "kernel by kernel"))
+                + ("recorded graph" if engine.stats["prefill_graph_steps"] else "kernel by kernel"))
         rates[what] = PREFILL / best
-        # a new shape's first call runs kernel by kernel, its second also records the graph
+        # a new shape's first sighting runs kernel by kernel, its second also records the step
         first = f" (first call {times[0] * 1e3:.0f} ms, second {times[1] * 1e3:.0f} ms)" if graphs else ""
-        print(f"loom prefill {PREFILL} tokens, {what}: {best * 1e3:.1f} ms, {PREFILL / best:,.0f} tok/s{first}")
+        print(f"BatchEngine prefill {PREFILL} tokens + first token, {what}: {best * 1e3:.1f} ms, "
+              f"{PREFILL / best:,.0f} tok/s{first}")
     dec.tensor_cores, dec.graphs = setting, True
     if transformers:
         rate = llm.transformers_prefill(llm.CONFIG, dec.device, PREFILL)
@@ -104,34 +106,13 @@ def prefill(dec: Decoder, rng, transformers: bool) -> None:
         print("  loom / transformers: " + ", ".join(f"{what} {r / rate:.2f}x" for what, r in rates.items()))
 
 
-def engine_prefill(model: CausalLM, rng) -> None:
-    """One PREFILL-token request (max_tokens 1: the prompt and its first token) through a BatchEngine, the
-    path of `loom serve` and generate_batch, best of 5 after three warm-ups: the prompt step kernel by kernel
-    (graphs off) and replayed as a recorded graph (from the shape's second sighting)."""
-    dec = model.decoder
-    ids = rng.integers(0, 49152, PREFILL).tolist()
-    for graphs in (False, True):
-        dec.graphs = graphs
-        engine = BatchEngine(model, max_batch=1, cache_tokens=PREFILL + 16, prefix_cache=False)
-        times = []
-        for _ in range(8):
-            dec.backend.synchronize()
-            t = time.perf_counter()
-            engine.generate([Request(ids, max_tokens=1, stop_ids=())])
-            times.append(time.perf_counter() - t)
-        best = min(times[3:])
-        what = "recorded graph" if engine.stats["prefill_graph_steps"] else "kernel by kernel"
-        print(f"BatchEngine prefill {PREFILL} tokens + first token, {what}: {best * 1e3:.1f} ms, "
-              f"{PREFILL / best:,.0f} tok/s")
-    dec.graphs = True
-
-
 def decode(model: CausalLM, rng, args) -> None:
-    prompt = rng.integers(0, 49152, PROMPT).tolist()
+    def prompt() -> list[int]:      # a fresh one each call: generate_ids' engine caches prompt prefixes
+        return rng.integers(0, 49152, PROMPT).tolist()
     for _ in range(2):          # warm-up: kernels, the decode graph, the prompt's graph (recorded on its second run)
-        list(model.generate_ids(prompt, max_tokens=8, stop_ids=()))
+        list(model.generate_ids(prompt(), max_tokens=8, stop_ids=()))
     t = time.perf_counter()
-    n = len(list(model.generate_ids(prompt, max_tokens=args.tokens, stop_ids=())))
+    n = len(list(model.generate_ids(prompt(), max_tokens=args.tokens, stop_ids=())))
     single = n / (time.perf_counter() - t)
     print(f"generate_ids, 1 stream, {args.tokens} tokens: {single:,.0f} tok/s")
     for streams in [int(s) for s in args.streams.split(",")]:

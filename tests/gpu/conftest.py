@@ -18,12 +18,11 @@ HERE = pathlib.Path(__file__).resolve().parent
 TIERS = {
     # gpu_llm: decoders CPU == GPU, the batching engine, decode and prefill graphs
     "test_batching_gpu.py": "gpu_llm",
-    "test_decode_graph.py": "gpu_llm",
-    "test_decode_graph_exact.py": "gpu_llm",
     "test_flash_attention_gpu.py": "gpu_llm",
     "test_llm_cuda.py": "gpu_llm",
+    "test_paged_decode_graph.py": "gpu_llm",
+    "test_paged_decode_graph_exact.py": "gpu_llm",
     "test_paged_prefill_graph.py": "gpu_llm",
-    "test_prefill_graph.py": "gpu_llm",
     "test_tensor_core_products.py": "gpu_llm",
     # gpu_kernels: single kernels against NumPy or float64 references
     "test_cuda_gemv.py": "gpu_kernels",

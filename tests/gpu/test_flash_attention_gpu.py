@@ -1,16 +1,18 @@
 """backend/cuda/flash.py against attention in float64 on fresh random inputs: causal masks, chunked
-prompts after cached keys, sliding windows, grouped heads, head sizes 64 and 128, strided queries;
-and the decoder's fast-mode prompts through it against its float32 composition."""
+prompts after cached keys, sliding windows, grouped heads, head sizes 64 and 128, strided queries, and
+its paged form (many sequences' keys in scattered slots); and the decoder's fast-mode prompts through
+them (the fused prompt layers' paged flash launch, and the composed layers' flash.attend) against its
+float32 composition."""
 import ml_dtypes
 import numpy as np
 import pytest
 
 import loom
-from loom.llm import sequence
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
+from loom.llm.paged_forward import sequence_logits
 
-from .test_decode_graph import CONFIG, _quant_weights
+from .paged_steps import CONFIG, quant_weights
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import flash  # noqa: E402  (needs cupy)
@@ -127,50 +129,54 @@ def test_flash_attention_refuses_what_it_cannot_take():
     assert not flash.supports(192) and not flash.supports(256)     # beyond its shared memory: composed
 
 
+def _counting(monkeypatch, names):
+    """Calls of flash's functions `names`, counted (they still run)."""
+    calls = {name: 0 for name in names}
+    for name in names:
+        real = getattr(flash, name)
+
+        def counted(*a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(*a, **k)
+        monkeypatch.setattr(flash, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("kind", ["llama", "mistral", "qwen2", "qwen3"])
-def test_decoder_prompts_use_it_and_stay_close_to_float32(kind):
-    """The fused prompt layers (flash attention, backend/cuda/prefill.py) for every architecture: a
-    sliding window (mistral), q|k|v biases (qwen2), per-head norms (qwen3); two chunks, the second
-    attending to the first through the cache."""
+def test_decoder_prompts_use_it_and_stay_close_to_float32(kind, fused, monkeypatch):
+    """The prompt layers on the tensor cores for every architecture: a sliding window (mistral), q|k|v
+    biases (qwen2), per-head norms (qwen3); two chunks, the second attending to the first through the
+    paged cache. fused: the fused prompt layers (backend/cuda/prefill.py), attention by one paged
+    flash launch a layer; else the composed layers (no bfloat16 weights for the fused ones), attention
+    by flash.attend over each chunk's gathered keys."""
     cfg = {**CONFIG, "max_position_embeddings": 512, "model_type": kind}
     if kind == "mistral":
         cfg |= {"sliding_window": 48}
     config = DecoderConfig.from_hf(cfg)
-    weights = _quant_weights("BF16", cfg)
-    prompt = np.random.default_rng(3).integers(0, cfg["vocab_size"], (1, 150))
+    weights = quant_weights("BF16", cfg)
+    prompt = np.random.default_rng(3).integers(0, cfg["vocab_size"], 150)
     with loom.deterministic(False):
         fast, plain = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda", tensor_cores=False)
-        calls = []
-        real = flash.attend
-        mp = pytest.MonkeyPatch()
-        mp.setattr(flash, "attend", lambda *a, **k: calls.append(1) or real(*a, **k))
-        try:
-            cache = fast.new_cache(200)
-            got = cupy.asnumpy(sequence.forward(fast, prompt[:, :100], cache))
-            got2 = cupy.asnumpy(sequence.forward(fast, prompt[:, 100:], cache))          # a second chunk after the cache
-        finally:
-            mp.undo()
-        assert len(calls) == 2 * config.layers
-        pc = plain.new_cache(200)
-        want = cupy.asnumpy(sequence.forward(plain, prompt[:, :100], pc))
-        want2 = cupy.asnumpy(sequence.forward(plain, prompt[:, 100:], pc))
-    for g, w in ((got, want), (got2, want2)):
+        if not fused:
+            monkeypatch.setattr(fast, "bf16_weights", lambda layer: None)
+        calls = _counting(monkeypatch, ["attend", "attend_paged"])
+        got = cupy.asnumpy(sequence_logits(fast, prompt, [100, 50]))      # a second chunk after the cache
+        assert calls == ({"attend": 0, "attend_paged": 2 * config.layers} if fused else
+                         {"attend": 2 * config.layers, "attend_paged": 0})
+        want = cupy.asnumpy(sequence_logits(plain, prompt, [100, 50]))
+        assert calls["attend"] + calls["attend_paged"] == 2 * config.layers    # none in float32
+    for g, w in ((got[:100], want[:100]), (got[100:], want[100:])):
         assert np.abs(g - w).max() / np.abs(w).max() < 2e-2
 
 
-def test_float32_weights_keep_float32_attention():
+def test_float32_weights_keep_float32_attention(monkeypatch):
     """A decoder with float32 weights keeps float32 products, and so float32 attention, in fast mode."""
     cfg = {**CONFIG, "max_position_embeddings": 512}
     config = DecoderConfig.from_hf(cfg)
-    weights = _quant_weights("F32", cfg)
-    calls = []
-    real = flash.attend
-    mp = pytest.MonkeyPatch()
-    mp.setattr(flash, "attend", lambda *a, **k: calls.append(1) or real(*a, **k))
-    try:
-        with loom.deterministic(False):
-            dec = Decoder(config, weights, "cuda")
-            sequence.forward(dec, np.arange(100)[None] % cfg["vocab_size"], dec.new_cache(120))
-    finally:
-        mp.undo()
-    assert calls == []
+    weights = quant_weights("F32", cfg)
+    with loom.deterministic(False):
+        dec = Decoder(config, weights, "cuda")
+        calls = _counting(monkeypatch, ["attend", "attend_paged"])
+        sequence_logits(dec, np.arange(100) % cfg["vocab_size"])
+    assert calls == {"attend": 0, "attend_paged": 0}

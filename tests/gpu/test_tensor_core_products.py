@@ -10,12 +10,12 @@ import loom
 from loom import backend
 from loom.kernels.quant import gguf as gguf_quants
 from loom.kernels.quant.block import BlockQuantized
-from loom.llm import sequence
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
+from loom.llm.paged_forward import sequence_logits
 
 from .cpu_gpu import host, same_bits
-from .test_decode_graph import CONFIG, _quant_weights
+from .paged_steps import CONFIG, quant_weights
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
@@ -110,16 +110,16 @@ def test_bf16_copies_share_bf16_bytes_and_round_other_types():
 @pytest.mark.parametrize("dense", [False, True])
 def test_decoder_prefill_on_tensor_cores_is_close_to_float32(dense):
     config = DecoderConfig.from_hf({**CONFIG, "intermediate_size": 512})
-    weights = _quant_weights("Q4_K", {**CONFIG, "intermediate_size": 512})
-    prompt = np.array([(np.arange(40) * 37 + 11) % CONFIG["vocab_size"]])
+    weights = quant_weights("Q4_K", {**CONFIG, "intermediate_size": 512})
+    prompt = (np.arange(40) * 37 + 11) % CONFIG["vocab_size"]
     with loom.deterministic(False):
         fast, plain = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda", tensor_cores=False)
         assert fast.tensor_cores and not plain.tensor_cores
         if dense:
             fast.keep_dense()
             plain.keep_dense()
-        got = host(sequence.forward(fast, prompt, fast.new_cache(48)))
-        want = host(sequence.forward(plain, prompt, plain.new_cache(48)))
+        got = host(sequence_logits(fast, prompt))
+        want = host(sequence_logits(plain, prompt))
         err = np.abs(got - want).max() / np.abs(want).max()
         assert 1e-6 < err < 2e-2                  # bfloat16 inputs: close, and not the float32 products
         # the fused prompt layers take the quantized weights themselves, or the bf16 copies
@@ -128,8 +128,7 @@ def test_decoder_prefill_on_tensor_cores_is_close_to_float32(dense):
             assert all(isinstance(c, BlockQuantized) and c.qtype == "BF16" for c in fast._dense.values())
     with loom.deterministic(True):              # deterministic mode: the CPU's bits whatever tensor_cores says
         cpu = Decoder(config, weights)
-        same_bits(sequence.forward(fast, prompt, fast.new_cache(48)), sequence.forward(cpu, prompt, cpu.new_cache(48)),
-                  "deterministic prefill")
+        same_bits(sequence_logits(fast, prompt), sequence_logits(cpu, prompt), "deterministic prefill")
 
 
 def test_fused_prompt_layers_with_quantized_weights_match_the_composed_layers(monkeypatch):
@@ -137,13 +136,13 @@ def test_fused_prompt_layers_with_quantized_weights_match_the_composed_layers(mo
     down products adding into the residual column block by column block) give the composed layers'
     values, whose products round the same operands."""
     config = DecoderConfig.from_hf({**CONFIG, "intermediate_size": 512})
-    weights = _quant_weights("Q4_K", {**CONFIG, "intermediate_size": 512})
-    prompt = np.array([(np.arange(40) * 37 + 11) % CONFIG["vocab_size"]])
+    weights = quant_weights("Q4_K", {**CONFIG, "intermediate_size": 512})
+    prompt = (np.arange(40) * 37 + 11) % CONFIG["vocab_size"]
     monkeypatch.setattr(backend.get("cuda").quant, "dequantize_bytes", 4 * 256 * 40)   # several blocks each
     with loom.deterministic(False):
         fused, composed = Decoder(config, weights, "cuda"), Decoder(config, weights, "cuda")
         monkeypatch.setattr(composed, "bf16_weights", lambda layer: None)
         assert fused.layers[0].gate_up.block_rows() < fused.layers[0].gate_up.shape[0]
-        got = host(sequence.forward(fused, prompt, fused.new_cache(48)))
-        want = host(sequence.forward(composed, prompt, composed.new_cache(48)))
+        got = host(sequence_logits(fused, prompt))
+        want = host(sequence_logits(composed, prompt))
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())

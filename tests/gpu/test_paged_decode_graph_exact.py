@@ -1,21 +1,37 @@
-"""The recorded decode step in deterministic mode (loom/llm/decode_graph.py with backend/cuda/quant_exact.py and
-decode_exact.py): its logits and KV cache equal the kernel-by-kernel path's and the CPU's bit for bit,
-for every architecture option and stored weight type, whatever the batch; its products equal the exact
-GEMM's bits where the certification must be settled and where inf and NaN meet."""
+"""The recorded paged decode step in deterministic mode (loom/llm/paged_graph.py with
+backend/cuda/quant_exact.py and decode_exact.py) as the batch engine's device steps run it: its logits
+and cached keys and values equal the kernel-by-kernel steps' (Decoder.graphs False) and the CPU's bit
+for bit, for every architecture option and stored weight type, whatever the batch and its order;
+positions past the rounded scheme's keys run kernel by kernel with the same bits; generate_ids and
+CausalLM.logits on the GPU give the CPU's tokens and bits; the products equal the exact GEMM's bits
+where the certification must be settled and where inf and NaN meet."""
 
 import numpy as np
 import pytest
 
 import loom
 from loom.kernels import exact
+from loom.kernels.exact import dispatch as exact_dispatch
 from loom.kernels.exact import rounded as exact_rounded
-from loom.llm import sequence
-from loom.llm.decode_graph import DecodeGraph
+from loom.llm import paged_graph
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
+from loom.llm.paged_forward import Work, sequence_logits
 
 from .cpu_gpu import host, same_bits
-from .test_decode_graph import CONFIG, PROMPT, _graph_and_eager, _quant_weights, built, config_for, loaded, saved
+from .paged_steps import (
+    CONFIG,
+    PROMPT,
+    built,
+    config_for,
+    fixed_inputs,
+    graph_and_eager,
+    quant_weights,
+    runner_for,
+    saved,
+    steps,
+    tables_for,
+)
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
@@ -26,79 +42,93 @@ pytestmark = pytest.mark.gpu
 STEPS = 6
 
 
-def _steps(dec, prompts, steps=STEPS):
-    """Logits [steps, B, vocab] (host) of decode steps after `prompts` [B, T], and the cache's keys."""
-    cache = dec.new_cache(prompts.shape[1] + steps + 1, batch=prompts.shape[0])
-    toks = host(sequence.forward(dec, prompts, cache, last_only=True))[:, -1].argmax(-1)
-    rows = []
-    for _ in range(steps):
-        rows.append(host(sequence.forward(dec, toks[:, None], cache))[:, 0])
-        toks = (toks * 7 + 3) % rows[-1].shape[-1]
-    return np.stack(rows), host(cache.k[:, :, :, :cache.length])
-
-
 def _same(got, want, what):
     same_bits(got, want, what)
 
 
 def _check(graph, eager, cpu, prompts):
-    got, got_k = _steps(graph, prompts)
-    assert isinstance(sequence.recorded(graph).last, DecodeGraph) and sequence.recorded(graph).last.exact
-    want, want_k = _steps(eager, prompts)
-    assert sequence.recorded(eager).last is None
-    _same(got, want, "graph vs kernel by kernel")
+    """Prompts then STEPS decode steps: the recorded steps' logits, keys and values are the
+    kernel-by-kernel steps' and the CPU's bits."""
+    inputs = fixed_inputs(STEPS, len(prompts), graph.config.vocab_size)
+    got, got_k, got_v, run = steps(graph, prompts, inputs)
+    assert run.stats["graph_steps"] == STEPS and run.graphs and all(g.exact for g in run.graphs.values())
+    want, want_k, want_v, eager_run = steps(eager, prompts, inputs)
+    assert eager_run.stats["graph_steps"] == 0 and not eager_run.graphs
+    _same(got, want, "recorded steps vs kernel by kernel")
     _same(got_k, want_k, "cached keys")
-    ref, _ = _steps(cpu, prompts)
-    _same(got, ref, "graph vs CPU")
+    _same(got_v, want_v, "cached values")
+    ref, ref_k, _, _ = steps(cpu, prompts, inputs)
+    _same(got, ref, "recorded steps vs CPU")
+    _same(got_k, ref_k, "cached keys vs CPU")
 
 
 @pytest.mark.parametrize("kind, extra", [
     pytest.param("llama", {}, marks=pytest.mark.smoke), ("llama", {"tied": True}), ("qwen2", {}), ("qwen3", {"head_dim": 128}),
     ("mistral", {"sliding_window": 4}), ("qwen3", {"head_dim": 32, "tied": True})])
-def test_exact_graph_gives_the_array_paths_bits(kind, extra, tmp_path):
+def test_exact_recorded_steps_give_the_kernel_by_kernel_and_cpu_bits(kind, extra, tmp_path):
     saved(kind, extra, tmp_path)
     with loom.deterministic(True):
-        graph, eager = _graph_and_eager(loaded(tmp_path))
+        gpu, cpu = loom.llm.load(tmp_path, device="cuda"), loom.llm.load(tmp_path)
+        eager = loom.llm.load(tmp_path, device="cuda").decoder
+        eager.graphs = False
         prompts = np.array([PROMPT, [(t * 5 + 1) % 97 for t in PROMPT], PROMPT[::-1]])
-        _check(graph, eager, loom.llm.load(tmp_path).decoder, prompts)
+        _check(gpu.decoder, eager, cpu.decoder, prompts)
+        # the model's own engine (generate_ids: greedy tokens chosen on the device) and CausalLM.logits
+        assert list(gpu.generate_ids(PROMPT, max_tokens=STEPS, stop_ids=())) == \
+            list(cpu.generate_ids(PROMPT, max_tokens=STEPS, stop_ids=()))
+        ids = np.array(PROMPT + [11, 250, 3, 42])
+        _same(gpu.logits(ids), cpu.logits(ids), "CausalLM.logits")
+        pieces = [len(PROMPT)] + [1] * 4                                  # a prompt, then one token a step
+        _same(sequence_logits(gpu.decoder, ids, pieces), sequence_logits(cpu.decoder, ids, pieces),
+              "sequence_logits in decode steps")
 
 
 @pytest.mark.parametrize("qtype", cuda_quant.TYPES)
-def test_exact_graph_with_stored_weight_types(qtype):
-    weights = _quant_weights(qtype, config_for(qtype))
-    config = DecoderConfig.from_hf(config_for(qtype))
+def test_exact_recorded_steps_with_stored_weight_types(qtype):
+    cfg = config_for(qtype, cuda_quant.K_LAYOUTS)
+    weights, config = quant_weights(qtype, cfg), DecoderConfig.from_hf(cfg)
     with loom.deterministic(True):
-        graph, eager = _graph_and_eager(built(config, weights))
+        graph, eager = graph_and_eager(built(config, weights))
         _check(graph, eager, Decoder(config, weights), np.array([PROMPT, PROMPT[::-1]]))
 
 
 def test_a_sequence_has_the_same_bits_in_any_batch():
-    weights = _quant_weights("Q4_1", CONFIG)
+    """Alone (the bucket of one), in a batch of four and at another row of it (other block tables too)."""
+    weights = quant_weights("Q4_1", CONFIG)
     prompts = np.array([PROMPT, [(t * 3 + 2) % 500 for t in PROMPT], PROMPT[::-1], [9] * len(PROMPT)])
+    inputs = fixed_inputs(STEPS, 4, CONFIG["vocab_size"])
     with loom.deterministic(True):
         dec = Decoder(DecoderConfig.from_hf(CONFIG), weights, device="cuda")
-        together, _ = _steps(dec, prompts)
+        together, _, _, run = steps(dec, prompts, inputs)
+        assert list(run.graphs) == [4]
         for i in (0, 2, 3):
-            alone, _ = _steps(dec, prompts[i:i + 1])
+            alone, _, _, _ = steps(dec, prompts[i:i + 1], inputs[:, i:i + 1])
             _same(together[:, i], alone[:, 0], f"sequence {i} in a batch of 4 vs alone")
-        shuffled, _ = _steps(dec, prompts[[3, 1, 0, 2]])
-        _same(shuffled[:, 2], together[:, 0], "sequence 0 at position 2")
+        order = [3, 1, 0, 2]
+        shuffled, _, _, _ = steps(dec, prompts[order], inputs[:, order])
+        _same(shuffled[:, 2], together[:, 0], "sequence 0 at row 2")
 
 
-def test_long_caches_run_kernel_by_kernel_with_a_notice(caplog):
+def test_positions_past_the_rounded_scheme_run_kernel_by_kernel_with_the_same_bits():
+    """The deterministic kernels' attention takes the rounded scheme's keys only (up to
+    exact_dispatch.ROUNDED_MAX_K): the engine steps a sequence there through the recorded step and
+    past it kernel by kernel (StepRunner.decode_graph), the logits the kernel-by-kernel steps' bits
+    on either side. (The positions between the prompt and the steps hold zero keys.)"""
     config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": 4096})
+    limit = exact_dispatch.ROUNDED_MAX_K
+    out = []
     with loom.deterministic(True):
-        dec = Decoder(config, _quant_weights("Q8_0", CONFIG), device="cuda")
-        cache = dec.new_cache(2049)
-        sequence.forward(dec, np.array([PROMPT]), cache)
-        with caplog.at_level("WARNING", logger="loom"):
-            sequence.forward(dec, np.array([[4]]), cache)
-        assert sequence.recorded(dec).last is None
-        assert any("2049 positions" in r.getMessage() for r in caplog.records)
-        short = dec.new_cache(2048)
-        sequence.forward(dec, np.array([PROMPT]), short)
-        sequence.forward(dec, np.array([[4]]), short)
-        assert isinstance(sequence.recorded(dec).last, DecodeGraph)
+        for dec in graph_and_eager(built(config, quant_weights("Q8_0", CONFIG))):
+            blocks, (table,) = tables_for(1, limit + 2, 16)
+            run = runner_for(dec, blocks, 16)
+            run.run([Work(np.array(PROMPT), 0, table, True)], [False])
+            rows, counts = [], []
+            for pos in range(limit - 2, limit + 2):
+                rows.append(run.run([Work(np.array([pos % 500]), pos, table, True)], [False])[0])
+                counts.append(run.stats["graph_steps"])
+            out.append(np.stack(rows))
+            assert counts == ([1, 2, 2, 2] if dec.graphs else [0, 0, 0, 0])
+    _same(out[0], out[1], "recorded steps, then kernel by kernel, vs kernel by kernel")
 
 
 def _gemv_case(rng, rows, cols, m):
@@ -173,9 +203,8 @@ def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
 
 
 def test_unsupported_products_say_why():
-    from loom.llm import decode_graph
     assert "IQ2_XS" in cuda_quant_exact.unsupported("IQ2_XS", 1, 256)
-    assert "slices" in decode_graph._not_rounded(4096)           # the kernels compute the rounded scheme
-    assert decode_graph._not_rounded(2048) is None
+    assert "slices" in paged_graph._not_rounded(4096)            # the kernels compute the rounded scheme
+    assert paged_graph._not_rounded(2048) is None
     assert "17 rows" in cuda_quant_exact.unsupported("Q8_0", 17, 256)
     assert cuda_quant_exact.unsupported("Q8_0", 16, 2048) is None
