@@ -1,7 +1,9 @@
-"""The fast paged decode attention kernel (loom/backend/cuda/decode.paged_attention) alone: 64
-sequences x SmolLM2-135M's heads (9 query heads, 3 key/value heads, head_dim 64), blocks of 16
-positions scattered through the pool, at 80, 300 and 1,000 keys a sequence, with each number of warps
-a block; microseconds per launch, replayed from a CUDA graph of 30 launches (10 replays).
+"""The fast paged decode attention kernel (loom/backend/cuda/decode.paged_attention) alone, with
+SmolLM2-135M's heads (9 query heads, 3 key/value heads, head_dim 64) and blocks of 16 positions
+scattered through the pool; microseconds per launch, replayed from a CUDA graph of 30 launches (10
+replays). First 64 sequences at 80, 300 and 1,000 keys with each number of warps a block; then
+batches of 1 to 64 sequences at 128 to 8,192 keys, each head in one block against windows cut over
+several (split_work's default parts).
 
     PYTHONPATH=. python benchmarks/paged_attention.py
 """
@@ -15,7 +17,7 @@ from loom.backend.cuda import decode
 B, H, KV, D, BS = 64, 9, 3, 64, 16
 
 
-def case(rng, keys: int):
+def case(rng, keys: int, B: int = B):
     pos = rng.integers(keys - 20, keys, B)
     need = pos // BS + 1
     blocks = int(need.sum()) + 1
@@ -64,6 +66,18 @@ def main() -> None:
                                                                  None, D ** -0.5, 1e-6, warps=w))
                  for w in (2, 4, 8, None)]
         print(f"| {keys} | " + " | ".join(f"{t:.1f}" for t in times) + " |")
+    print("\n| sequences | keys | one block a head (us) | split (us) | parts |")
+    print("|---|---|---|---|---|")
+    for batch in (1, 4, 16, 64):
+        split = decode.split_work(batch, H, D)
+        for keys in (128, 300, 1000, 2048, 8192):
+            qkv, ck, cv, cos, sin, pos, tables = case(rng, keys, batch)
+            out = cp.empty((batch, H * D), dtype=np.float32)
+            times = [microseconds(lambda s=s: decode.paged_attention(qkv, ck, cv, out, cos, sin, None, pos, tables, BS,
+                                                                     H, None, D ** -0.5, 1e-6, split=s))
+                     for s in (None, split)]
+            parts = 1 if split is None else split.splits
+            print(f"| {batch} | {keys} | {times[0]:.1f} | {times[1]:.1f} | {parts} |")
 
 
 if __name__ == "__main__":

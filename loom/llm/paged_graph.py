@@ -142,6 +142,9 @@ class PagedDecodeGraph:
         self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
+        # fast mode: where the batch's heads are too few blocks to fill the device, attention cuts long
+        # windows over several blocks, through this graph's own workspace
+        self.split = None if exact else _kernels(dec.backend, exact)[1].split_work(B, c.heads, c.head_dim)
         # the host side of each step's input copy and token copy: pinned, two of each used in turn, so
         # that the copies run asynchronously while the host fills the next step's
         self._staged = [_pinned(xp, self.inputs.size) for _ in range(2)]
@@ -205,9 +208,10 @@ class PagedDecodeGraph:
         for i, L in enumerate(dec.layers):
             ops += self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias)
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
+            split = {} if self.exact else {"split": self.split}
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
-                               dec.scale, c.eps, *extra, overlap=self.overlap))
+                               dec.scale, c.eps, *extra, overlap=self.overlap, **split))
             ops += self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h)
             ops += self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True)
             ops += self._product(L.down, self.act, h, bias=L.down_bias, residual=h)

@@ -42,13 +42,13 @@ def test_losses(name):
         _close(gpu, np.asarray(cpu), what)
 
 
-@pytest.mark.parametrize("kind", sorted(optim.TYPES))
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.smoke) if k == "adam" else k
+                                  for k in sorted(optim.TYPES)])
 def test_optimizer_steps(kind):
     for what, gpu, cpu in optimizer_results(kind, np.float64):
         _close(gpu, cpu, what)
 
 
-@pytest.mark.smoke
 def test_training_the_demo_model_on_the_gpu():
     from loom import datasets
     from loom.cli.demo import demo_config

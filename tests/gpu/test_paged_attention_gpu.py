@@ -70,9 +70,38 @@ def test_a_warp_count_that_cannot_merge_a_head_raises():
         _check(2, 2, 1, 64, 16, None, False, False, "rows", False, 1)
 
 
-def _check(B, H, KV, D, bs, window, qk_norm, far, layout, bits, warps=None):
+@pytest.mark.parametrize("B, H, KV, D, bs, window, longest, splits", [
+    (1, 9, 3, 64, 16, None, 2100, 16),          # SmolLM2's heads, one sequence: up to 16 parts
+    (3, 4, 2, 128, 16, None, 1500, 5),          # parts of uneven length, head_dim 128
+    (2, 4, 2, 64, 8, 700, 2000, 16),            # a sliding window cut in parts
+    (2, 2, 1, 64, 1, None, None, 3),            # parts past the block-table entries a block stages
+    (4, 4, 2, 64, 16, None, 300, 2),            # positions 0 .. 299: fewer than SPLIT_KEYS, one part
+])
+@pytest.mark.parametrize("bits", [False, pytest.param(True, marks=pytest.mark.smoke)])
+def test_split_windows_give_the_reference(B, H, KV, D, bs, window, longest, splits, bits):
+    """Windows of more than SPLIT_KEYS keys cut over several blocks and merged by the last: the same
+    reference, twice in a row (the counters are back at zero after each launch)."""
+    _check(B, H, KV, D, bs, window, False, longest is None, "columns", bits, longest=longest, splits=splits,
+           launches=2)
+
+
+def test_a_split_workspace_of_other_sizes_raises():
+    work = decode.split_work(2, 4, 64, splits=4)
+    with pytest.raises(ValueError, match="split workspace"):
+        _check(3, 4, 2, 64, 16, None, False, False, "rows", False, split=work)
+
+
+def test_parts_fill_the_device_once():
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    assert decode.split_work(sms, 1, 64) is None
+    assert decode.split_work(sms // 2, 1, 64).splits == 2
+    assert decode.split_work(1, 1, 128).splits == decode.MAX_SPLITS
+
+
+def _check(B, H, KV, D, bs, window, qk_norm, far, layout, bits, warps=None, longest=None, splits=None, launches=1,
+           split=None):
     rng = np.random.default_rng(B * 7 + D + bs + bits)
-    longest = decode.TABLE_SMEM * bs + 77 if far else 150
+    longest = longest or (decode.TABLE_SMEM * bs + 77 if far else 150)
     pos = rng.integers(0, longest, B)
     pos[0], pos[-1] = 0, longest - 1
     need = pos // bs + 1
@@ -95,13 +124,17 @@ def _check(B, H, KV, D, bs, window, qk_norm, far, layout, bits, warps=None):
 
     g_tables = cupy.asarray(tables) if layout == "rows" else cupy.asarray(np.asfortranarray(tables))
     g_k, g_v = cupy.asarray(ck), cupy.asarray(cv)
-    out = cupy.full((B, H * D), 7, dtype=np.uint16 if bits else np.float32)
-    decode.paged_attention(cupy.asarray(qkv), g_k, g_v, out, cupy.asarray(cos), cupy.asarray(sin),
-                           None if norm is None else cupy.asarray(norm), cupy.asarray(pos), g_tables, bs, H, window,
-                           scale, eps, warps=warps)
-    got = cupy.asnumpy(out).view(ml_dtypes.bfloat16).astype(np.float64) if bits else cupy.asnumpy(out)
-    tol = 2.0 ** -8 if bits else 2e-5
-    np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    split = split if splits is None else decode.split_work(B, H, D, splits)
+    for _ in range(launches):
+        out = cupy.full((B, H * D), 7, dtype=np.uint16 if bits else np.float32)
+        decode.paged_attention(cupy.asarray(qkv), g_k, g_v, out, cupy.asarray(cos), cupy.asarray(sin),
+                               None if norm is None else cupy.asarray(norm), cupy.asarray(pos), g_tables, bs, H,
+                               window, scale, eps, warps=warps, split=split)
+        got = cupy.asnumpy(out).view(ml_dtypes.bfloat16).astype(np.float64) if bits else cupy.asnumpy(out)
+        tol = 2.0 ** -8 if bits else 2e-5
+        np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+    if split is not None:
+        assert not cupy.asnumpy(split.counters).any()
     k_host, v_host = cupy.asnumpy(g_k), cupy.asnumpy(g_v)
     slots = tables[np.arange(B), pos // bs] * bs + pos % bs
     np.testing.assert_allclose(k_host[slots], new_k, rtol=1e-5, atol=1e-5)

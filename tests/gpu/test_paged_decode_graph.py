@@ -141,6 +141,35 @@ def test_one_recording_a_bucket_serves_any_rows_positions_and_tables():
         assert td.relative_error(got, want) < 1e-4
 
 
+def test_long_windows_split_over_blocks_give_the_kernel_by_kernel_logits():
+    """Sequences past decode.SPLIT_KEYS keys, few enough that the recorded step cuts their windows
+    over several blocks (decode.split_work): one sequence, then two of different lengths, against the
+    kernel-by-kernel steps."""
+    from loom.backend.cuda import decode
+
+    long = {**CONFIG, "max_position_embeddings": 2048}
+    config, weights = DecoderConfig.from_hf(long), quant_weights("F32", long)
+    rng = np.random.default_rng(59)
+    for lengths in ([1300], [1100, 700]):
+        prompts = [rng.integers(0, 512, n) for n in lengths]
+        inputs = fixed_inputs(4, len(lengths), 512)
+        out = []
+        with loom.deterministic(False):
+            for dec in graph_and_eager(built(config, weights)):
+                blocks, tables = tables_for(len(lengths), max(lengths) + len(inputs), 16)
+                run = runner_for(dec, blocks + 1, 16)
+                rows = [run.run([Work(p, 0, t, True) for p, t in zip(prompts, tables)], [False] * len(lengths))]
+                for s, ids in enumerate(inputs):
+                    work = [Work(np.array([tok]), n + s, t, True) for tok, n, t in zip(ids, lengths, tables)]
+                    rows.append(run.run(work, [False] * len(lengths)))
+                if dec.graphs:
+                    graph = run.graphs[paged_graph.bucket(len(lengths))]
+                    assert graph.split is not None and graph.split.splits > 1
+                    assert max(lengths) > 2 * decode.SPLIT_KEYS and run.stats["graph_steps"] == len(inputs)
+                out.append(np.stack([np.stack(r) for r in rows]))
+        assert td.relative_error(out[0], out[1]) < 1e-5
+
+
 def test_models_the_kernels_cannot_take_run_kernel_by_kernel_with_a_notice(tmp_path, loom_log):
     td.save(td.build("llama", layers=1), tmp_path)              # head_dim 16: not a multiple of 64 (or 32)
     dec = loom.llm.load(tmp_path, device="cuda").decoder

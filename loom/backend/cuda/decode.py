@@ -14,14 +14,17 @@ token, reading the step's position from device memory so that a recorded decode 
    max, sum and weighted sum of values);
 3. the groups' partial results are merged (weights by one warp, the weighted sums by all threads).
 
-Work grows with the keys present, not with the cache's size; a long context runs through its keys
-in one block per head (no split over blocks yet). Sums and exponentials run in another order than
+Work grows with the keys present, not with the cache's size. Where a batch has too few (sequence,
+head) blocks to fill the device (split_work), a window of more than SPLIT_KEYS keys is cut into
+parts, one block each (flash-decoding): each leaves its running max, sum and weighted sums in a
+workspace and the last part of a head to finish merges them. Sums and exponentials run in another order than
 loom/llm/decoder.py's array code: fast mode only. `CUDABackend.decode.attention` is this module.
 Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -34,6 +37,8 @@ from .quant import BF16_BITS, WARP_REDUCTIONS, pointer
 MAX_HEAD_DIM = 256
 WARPS = 8
 TABLE_SMEM = 1024     # block-table entries a paged attention block stages in shared memory (16 K keys at 16 a block)
+SPLIT_KEYS = 512      # the fewest keys a part of a split window takes (at 256, 300 keys in two parts lost 10%)
+MAX_SPLITS = 16
 
 _SOURCE = WARP_REDUCTIONS + BF16_BITS + OVERLAP_PROLOGUE + r"""
 #define PER (D / 32)
@@ -86,19 +91,29 @@ struct Paged {
     }
 };
 
+// Where the parts of a window split over several blocks leave their partial results (work null:
+// not split): part `index` of `count` at work[((b * H + h) * splits + index) * (D + 2)], the
+// head's finished parts counted at counters[b * H + h].
+struct Split {
+    float* work; int* counters; int splits, index, count;
+};
+
 // One block per (sequence b, query head h): the new token's attention at position pos, written to
 // out (float32) or, where out16 is not null, to out16 as bfloat16 bits.
+// Keys lo .. end of the window lo .. pos (end == pos: the last part, which takes the new key and
+// writes it to the cache); part: where a block taking one part of a split window leaves its partial
+// result (part.work null: the block takes the whole window).
 template <class Addr>
 __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, float* out, unsigned short* out16,
-                                 const float* cos_t, const float* sin_t, const float* norm, int pos, int b, int h,
-                                 int H, int KV, int window, float scale, float eps) {
+                                 const float* cos_t, const float* sin_t, const float* norm, int pos, int lo, int end,
+                                 int b, int h, int H, int KV, float scale, float eps, const Split part) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D];     // read as float4
     __shared__ float part_m[GROUPS], part_w[GROUPS], part_acc[GROUPS][D], merged[SLICES][D];
-    __shared__ float total_s;
+    __shared__ float total_s, max_s;
     const int R = H / KV, kv = h / R;
-    const int w = threadIdx.x >> 5, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
+    const int w = threadIdx.x >> 5, cached = min(end, pos - 1);  // the last key read from the cache
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
-    const bool writer = h % R == 0;                              // one query head per key/value head writes
+    const bool last = end == pos, writer = last && h % R == 0;  // one query head per key/value head writes
     const int group = threadIdx.x / G, sub = threadIdx.x % G;    // sub: elements sub*16 .. sub*16+15
     // Before the wait (launch): only what no kernel of this step writes, the position's cos/sin
     // row and the keys and values cached by earlier steps (each group's first key).
@@ -113,7 +128,7 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
     // kc, vc: the key and value of this group's key in the current step of the loop below (loaded one
     // step ahead, so that a step's loads are in flight while the one before computes)
     float4 kc[4], vc[4];
-    if (lo + group < pos) {
+    if (lo + group <= cached) {
         #pragma unroll
         for (int i = 0; i < 4; ++i) {
             kc[i] = ((const float4*)(keys_w.at(lo + group) + sub * 16))[i];
@@ -122,9 +137,9 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
     }
     wait_for_previous_kernel();
     if (w == 0) head_vector(x + h * D, q_s, 0, norm == 0 ? 0 : norm + h * D, cs, sn, eps, scale, true);
-    if (w == 1) head_vector(x + (H + kv) * D, k_s, writer ? keys_w.at(pos) : 0,
-                            norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, 1.0f, true);
-    if (w == 2 % WARPS) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w.at(pos) : 0, 0, cs, sn,
+    if (w == 1 && last) head_vector(x + (H + kv) * D, k_s, writer ? keys_w.at(pos) : 0,
+                                    norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, 1.0f, true);
+    if (w == 2 % WARPS && last) head_vector(x + (H + KV + kv) * D, v_s, writer ? values_w.at(pos) : 0, 0, cs, sn,
                                     eps, 1.0f, false);                      // (two warps: warp 0 after q)
     __syncthreads();
 
@@ -135,10 +150,10 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
     // the loop condition is the same for the whole warp (its first group's key), because the shuffles
     // need every lane; a group past the last key computes on what it holds and discards it
     const int first = lo + w * (32 / G);
-    for (int base = 0; first + base <= pos; base += GROUPS) {
+    for (int base = 0; first + base <= end; base += GROUPS) {
         const int t = lo + group + base, next = t + GROUPS;
         float4 kn[4], vn[4];
-        if (next < pos) {
+        if (next <= cached) {
             #pragma unroll
             for (int i = 0; i < 4; ++i) {
                 kn[i] = ((const float4*)(keys_w.at(next) + sub * 16))[i];
@@ -156,7 +171,7 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
             s += qv[4 * i] * kc[i].x + qv[4 * i + 1] * kc[i].y + qv[4 * i + 2] * kc[i].z + qv[4 * i + 3] * kc[i].w;
         #pragma unroll
         for (int o = G / 2; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);   // the group's lanes
-        if (t <= pos) {
+        if (t <= end) {
             const float m_new = fmaxf(m, s), c = expf(m - m_new), p = expf(s - m_new);
             l = l * c + p;
             #pragma unroll
@@ -185,7 +200,7 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
             total += part_w[j] * weight;
         }
         total = warp_sum(total);
-        if (lane == 0) total_s = total;
+        if (lane == 0) { total_s = total; max_s = mx; }
     }
     __syncthreads();
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
@@ -193,14 +208,48 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
     for (int j = slice; j < GROUPS; j += SLICES) s += part_acc[j][d] * part_m[j];
     merged[slice][d] = s;
     __syncthreads();
+    const long long at = ((long long)b * H + h) * D + d;
+    if (part.work == 0) {
+        if (threadIdx.x < D) {
+            float t = merged[0][d];
+            #pragma unroll
+            for (int j = 1; j < SLICES; ++j) t += merged[j][d];
+            if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(t / total_s);
+            else out[at] = t / total_s;
+        }
+        return;
+    }
+    // A split: leave (max, total, unnormalised sums) in the workspace; the last of the head's parts
+    // to finish (a counter, reset by it for the next launch) merges them all.
+    float* mine = part.work + ((long long)(b * H + h) * part.splits + part.index) * (D + 2);
     if (threadIdx.x < D) {
         float t = merged[0][d];
         #pragma unroll
         for (int j = 1; j < SLICES; ++j) t += merged[j][d];
-        const long long at = ((long long)b * H + h) * D + d;
-        if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(t / total_s);
-        else out[at] = t / total_s;
+        mine[2 + d] = t;
     }
+    if (threadIdx.x == 0) { mine[0] = max_s; mine[1] = total_s; }
+    __threadfence();
+    __syncthreads();
+    __shared__ int merger;
+    if (threadIdx.x == 0) {
+        merger = atomicAdd(part.counters + b * H + h, 1) == part.count - 1;
+        if (merger) part.counters[b * H + h] = 0;
+    }
+    __syncthreads();
+    if (!merger || threadIdx.x >= D) return;
+    __threadfence();
+    const float* all = part.work + (long long)(b * H + h) * part.splits * (D + 2);
+    float mx = -__int_as_float(0x7f800000);
+    for (int j = 0; j < part.count; ++j) mx = fmaxf(mx, __ldcg(all + j * (D + 2)));
+    float num = 0.0f, den = 0.0f;
+    for (int j = 0; j < part.count; ++j) {
+        const float weight = expf(__ldcg(all + j * (D + 2)) - mx);
+        den += __ldcg(all + j * (D + 2) + 1) * weight;
+        num += __ldcg(all + j * (D + 2) + 2 + d) * weight;
+    }
+    if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(num / den);
+    else out[at] = num / den;
 }
 
 // qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
@@ -212,34 +261,45 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
                                                  long long batch_stride, int window, float scale, float eps) {
     const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
     const long long base = b * batch_stride + (long long)kv * max_len * D;
+    const int pos = (int)*pos_p, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
     decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, (unsigned short*)0, cos_t, sin_t, norm,
-                     (int)*pos_p, b, h, H, KV, window, scale, eps);
+                     pos, lo, pos, b, h, H, KV, scale, eps, Split{});
 }
 
 // The same over a paged cache: cache_k/v [slots, KV, D] (one layer), sequence b at position pos[b]
-// with block table entry j at tables[b * row + j * col]; out16: bfloat16 bits instead of out, or null
-extern "C" __global__ void loom_paged_decode_attention(const float* qkv, float* cache_k, float* cache_v, float* out,
-                                                       unsigned short* out16, const float* cos_t, const float* sin_t,
-                                                       const float* norm, const long long* pos, const long long* tables,
-                                                       long long row, long long col, int block_size, int H, int KV,
-                                                       int window, float scale, float eps) {
+// with block table entry j at tables[b * row + j * col]; out16: bfloat16 bits instead of out, or null.
+// splits > 1: blockIdx.x = part * B * H + b * H + h (every head's first part launched first, so
+// that those the device takes first spread over the multiprocessors), and a window of more than
+// SPLIT_KEYS keys is cut into up to `splits` parts (work [B * H, splits, D + 2] and counters [B * H],
+// zeros, as split_work makes them); parts past the window's end return at once.
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_paged_decode_attention(
+    const float* qkv, float* cache_k, float* cache_v, float* out, unsigned short* out16, const float* cos_t, const float* sin_t,
+    const float* norm, const long long* pos, const long long* tables, long long row, long long col, int block_size,
+    int H, int KV, int window, float scale, float eps, float* work, int* counters, int splits) {
     __shared__ int staged[TABLE_SMEM];      // the table entries of the keys in view, read once per block
-    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV), p = (int)pos[b];
-    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0;
+    const int heads = gridDim.x / splits, bh = blockIdx.x % heads, index = blockIdx.x / heads;
+    const int b = bh / H, h = bh % H, kv = h / (H / KV), p = (int)pos[b];
+    const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, n = p - lo + 1;
+    int count = min(splits, (n + SPLIT_KEYS - 1) / SPLIT_KEYS);
+    const int chunk = (n + count - 1) / count;
+    count = (n + chunk - 1) / chunk;        // every part non-empty
+    if (index >= count) return;
+    const int start = lo + index * chunk, end = min(start + chunk - 1, p);
     const long long* table = tables + (long long)b * row;
-    const int first = lo / block_size, count = min(p / block_size - first + 1, TABLE_SMEM);
-    for (int j = threadIdx.x; j < count; j += blockDim.x) staged[j] = (int)table[(long long)(first + j) * col];
+    const int first = start / block_size, entries = min(end / block_size - first + 1, TABLE_SMEM);
+    for (int j = threadIdx.x; j < entries; j += blockDim.x) staged[j] = (int)table[(long long)(first + j) * col];
     __syncthreads();
-    decode_attention(qkv, Paged{cache_k, table, col, staged, first, count, block_size, KV, kv},
-                     Paged{cache_v, table, col, staged, first, count, block_size, KV, kv}, out, out16, cos_t, sin_t,
-                     norm, p, b, h, H, KV, window, scale, eps);
+    decode_attention(qkv, Paged{cache_k, table, col, staged, first, entries, block_size, KV, kv},
+                     Paged{cache_v, table, col, staged, first, entries, block_size, KV, kv}, out, out16, cos_t, sin_t,
+                     norm, p, start, end, b, h, H, KV, scale, eps,
+                     count > 1 ? Split{work, counters, splits, index, count} : Split{});
 }
 """
 
 
 @cache
 def _module(head_dim: int, warps: int = WARPS):
-    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define TABLE_SMEM {TABLE_SMEM}\n"
+    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define TABLE_SMEM {TABLE_SMEM}\n#define SPLIT_KEYS {SPLIT_KEYS}\n"
     return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
@@ -249,6 +309,32 @@ def batch_warps(blocks: int, head_dim: int) -> int:
     of four warps took two waves on the H100: 10.5 us against 8.0 at 80 keys, 25.5 against 20.1 at
     300) and merge fewer key groups; at least D / 32 warps merge."""
     return max(2, head_dim // 32) if blocks >= 256 else WARPS
+
+
+class SplitWork(NamedTuple):
+    """The workspace of paged_attention's split windows: partial results [blocks, splits, D + 2] and a
+    counter of finished parts per (sequence, head) block, zero between launches."""
+    splits: int
+    work: Array
+    counters: Array
+
+
+def split_work(batch: int, heads: int, head_dim: int, splits: int | None = None) -> SplitWork | None:
+    """The workspace for paged_attention over `batch` sequences of `heads` query heads, None where
+    the batch has blocks enough to fill the device without splitting windows. splits: parts a long
+    window is cut into, by default as many as take the blocks to one a multiprocessor (up to
+    MAX_SPLITS): on the H100 (benchmarks/paged_attention.py), one sequence of SmolLM2's 9 heads at
+    2,048 keys took 26 us a layer in one block a head and 12 in 14 parts, four sequences 26 and 17 in
+    3; at eight sequences (72 blocks) parts gained nothing below 8,192 keys and cost 10% at 1,000.
+    A launch uses it alone: one per recorded graph (or stream)."""
+    blocks = batch * heads
+    if splits is None:
+        sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        splits = min(MAX_SPLITS, sms // blocks)
+    if splits <= 1:
+        return None
+    return SplitWork(splits, cupy.empty((blocks, splits, head_dim + 2), dtype=np.float32),
+                     cupy.zeros(blocks, dtype=np.int32))
 
 
 def supports(head_dim: int) -> bool:
@@ -272,14 +358,16 @@ def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array
 
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
-                    scale: float, eps: float, overlap: bool = False, warps: int | None = None) -> None:
+                    scale: float, eps: float, overlap: bool = False, warps: int | None = None,
+                    split: SplitWork | None = None) -> None:
     """attention() over a paged cache: cache_k/cache_v [slots, KV, D] (one layer), sequence b at
     position pos[b] (int64, device) with block table tables[b] (int64 [B, max_blocks], device, any
     strides: the recorded steps keep it column-major so that a step uploads only the columns in use):
     its key at position t lives in slot tables[b, t // block_size] * block_size + t % block_size. out:
     float32 [B, H * D], or uint16 for bfloat16 bits (the next product's input on the tensor cores).
     Many sequences at once run with fewer warps a block (batch_warps; `warps` overrides it: a multiple
-    of D / 32 from 2 to 16, as the static shared memory allows)."""
+    of D / 32 from 2 to 16, as the static shared memory allows). split: split_work's workspace for
+    these sizes, to cut windows longer than SPLIT_KEYS over several blocks (None: one block a head)."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
@@ -288,7 +376,13 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
         warps = batch_warps(B * heads, D)
     elif not (2 <= warps <= 16 and warps % max(1, D // 32) == 0):
         raise ValueError(f"paged_attention: warps={warps}; expected a multiple of {max(1, D // 32)} from 2 to 16")
-    launch(_module(D, warps).get_function("loom_paged_decode_attention"), B * heads, warps * 32,
+    splits = 1 if split is None else split.splits
+    if split is not None and split.work.shape != (B * heads, splits, D + 2):
+        raise ValueError(f"paged_attention: a split workspace of shape {split.work.shape}; these sizes take "
+                         f"{(B * heads, splits, D + 2)}")
+    launch(_module(D, warps).get_function("loom_paged_decode_attention"), B * heads * splits, warps * 32,
            (qkv, cache_k, cache_v, pointer(None if bits else out), pointer(out if bits else None), cos, sin,
             pointer(norm), pos, tables, np.int64(row), np.int64(col), np.int32(block_size), np.int32(heads),
-            np.int32(kv_heads), np.int32(window or 0), np.float32(scale), np.float32(eps)), overlap)
+            np.int32(kv_heads), np.int32(window or 0), np.float32(scale), np.float32(eps),
+            pointer(None if split is None else split.work), pointer(None if split is None else split.counters),
+            np.int32(splits)), overlap)
