@@ -70,7 +70,7 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for batch in (1, 4, 16, 64):
         split = decode.split_work(batch, H, D)
-        for keys in (128, 300, 1000, 2048, 8192):
+        for keys in (128, 300, 600, 1000, 2048, 8192):
             qkv, ck, cv, cos, sin, pos, tables = case(rng, keys, batch)
             out = cp.empty((batch, H * D), dtype=np.float32)
             times = [microseconds(lambda s=s: decode.paged_attention(qkv, ck, cv, out, cos, sin, None, pos, tables, BS,

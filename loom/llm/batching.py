@@ -122,11 +122,7 @@ class BatchEngine:
         gen._integer("max_tokens", request.max_tokens, "an integer >= 0")
         if not isinstance(request.sampling, gen.Sampling):
             raise ConfigError("sampling", f"expected a loom.llm.generate.Sampling, got {type(request.sampling).__name__}")
-        ids = list(request.prompt)
-        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))]
-        if bad:
-            raise ConfigError("prompt", f"token ids must be integers, got {bad[0]!r}")
-        prompt = gen.fit_prompt([int(i) for i in ids], request.max_tokens, self.context, c.vocab_size, truncate=False)
+        prompt = gen.fit_prompt(gen.token_ids(request.prompt), request.max_tokens, self.context, c.vocab_size, truncate=False)
         stop_ids = (self.model.eos_ids if request.stop_ids is None
                     else gen.check_stop_ids(request.stop_ids, c.vocab_size))
         stop = gen.check_stop(request.stop)

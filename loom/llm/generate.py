@@ -147,15 +147,28 @@ def _generator(seed: int) -> rng.Generator:
 
 # --- the loop ------------------------------------------------------------------------------------
 
+def token_ids(ids: Iterable, what: str = "prompt") -> list[int]:
+    """ids as a list of Python ints (numpy integers converted); ConfigError naming `what` and the first
+    value that is not an integer (a bool is not). Plain ints pass by their types alone: a long prompt
+    is checked at C speed."""
+    ids = list(ids)
+    if set(map(type, ids)) <= {int}:
+        return ids
+    for i in ids:
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise ConfigError(what, f"token ids must be integers, got {i!r}")
+    return [int(i) for i in ids]
+
+
 def fit_prompt(ids: list[int], max_tokens: int, context: int, vocab_size: int, truncate: bool) -> list[int]:
     """The prompt ids checked against the vocabulary and the context: prompt + max_tokens must fit;
     truncate=True drops the oldest prompt tokens instead of raising."""
     _integer("max_tokens", max_tokens, "an integer >= 0")
     if not ids:
         raise ConfigError("prompt", "the prompt has no tokens; give text or at least one token id")
-    bad = [i for i in ids if not 0 <= i < vocab_size]
-    if bad:
-        raise ConfigError("prompt", f"token id {bad[0]} is outside the vocabulary [0, {vocab_size})")
+    if min(ids) < 0 or max(ids) >= vocab_size:
+        bad = next(i for i in ids if not 0 <= i < vocab_size)
+        raise ConfigError("prompt", f"token id {bad} is outside the vocabulary [0, {vocab_size})")
     if len(ids) + max_tokens <= context:
         return ids
     if not truncate:

@@ -150,10 +150,7 @@ class CausalLM:
     def encode_prompt(self, prompt: str | Iterable[int]) -> list[int]:
         if isinstance(prompt, str):
             return self._tokenizer("prompt").encode(prompt)
-        ids = list(prompt)
-        if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
-            raise ConfigError("prompt", "expected text or a list of integer token ids")
-        return [int(i) for i in ids]
+        return gen.token_ids(prompt)
 
     def _tokenizer(self, what: str):
         if self.tokenizer is None:

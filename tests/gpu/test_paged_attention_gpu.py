@@ -71,15 +71,16 @@ def test_a_warp_count_that_cannot_merge_a_head_raises():
 
 
 @pytest.mark.parametrize("B, H, KV, D, bs, window, longest, splits", [
-    (1, 9, 3, 64, 16, None, 2100, 16),          # SmolLM2's heads, one sequence: up to 16 parts
+    (1, 9, 3, 64, 16, None, 2100, 16),          # SmolLM2's heads, one sequence: up to 9 parts
+    (1, 2, 1, 64, 16, None, 5000, 16),          # 20 parts' worth of keys in the 16 there are
     (3, 4, 2, 128, 16, None, 1500, 5),          # parts of uneven length, head_dim 128
     (2, 4, 2, 64, 8, 700, 2000, 16),            # a sliding window cut in parts
     (2, 2, 1, 64, 1, None, None, 3),            # parts past the block-table entries a block stages
-    (4, 4, 2, 64, 16, None, 300, 2),            # positions 0 .. 299: fewer than SPLIT_KEYS, one part
+    (4, 4, 2, 64, 16, None, 300, 2),            # positions 0 .. 299: at most 2 SPLIT_KEYS, one part
 ])
 @pytest.mark.parametrize("bits", [False, pytest.param(True, marks=pytest.mark.smoke)])
 def test_split_windows_give_the_reference(B, H, KV, D, bs, window, longest, splits, bits):
-    """Windows of more than SPLIT_KEYS keys cut over several blocks and merged by the last: the same
+    """Windows of more than 2 SPLIT_KEYS keys cut over several blocks and merged by the last: the same
     reference, twice in a row (the counters are back at zero after each launch)."""
     _check(B, H, KV, D, bs, window, False, longest is None, "columns", bits, longest=longest, splits=splits,
            launches=2)

@@ -3,6 +3,7 @@ processors, statistics of the sampler, stop strings and ids, context limits, and
 import argparse
 import io
 import os
+import re
 import sys
 
 import numpy as np
@@ -232,6 +233,17 @@ def test_prompt_longer_than_the_context(tiny):
     for bad in (300, -1):
         with pytest.raises(ConfigError, match=f"token id {bad} is outside the vocabulary"):
             lm.generate_ids([1, bad, 2], max_tokens=5)
+
+
+def test_prompt_ids_must_be_integers(tiny):
+    _, lm, _ = tiny
+    ids = [5, np.int32(9), np.uint16(17)]
+    assert gen.token_ids(ids) == [5, 9, 17] and all(type(i) is int for i in gen.token_ids(ids))
+    assert list(lm.generate_ids(ids, max_tokens=3, stop_ids=[])) == list(lm.generate_ids([5, 9, 17], max_tokens=3,
+                                                                                         stop_ids=[]))
+    for bad in (True, 2.0, "7", None, np.float32(1)):
+        with pytest.raises(ConfigError, match=re.escape(f"prompt: token ids must be integers, got {bad!r}")):
+            lm.generate_ids([1, bad, 2], max_tokens=2)
 
 
 def test_chat_renders_the_template(tiny):

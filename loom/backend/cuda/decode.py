@@ -15,7 +15,7 @@ token, reading the step's position from device memory so that a recorded decode 
 3. the groups' partial results are merged (weights by one warp, the weighted sums by all threads).
 
 Work grows with the keys present, not with the cache's size. Where a batch has too few (sequence,
-head) blocks to fill the device (split_work), a window of more than SPLIT_KEYS keys is cut into
+head) blocks to fill the device (split_work), a window of more than 2 SPLIT_KEYS keys is cut into
 parts, one block each (flash-decoding): each leaves its running max, sum and weighted sums in a
 workspace and the last part of a head to finish merges them. Sums and exponentials run in another order than
 loom/llm/decoder.py's array code: fast mode only. `CUDABackend.decode.attention` is this module.
@@ -37,7 +37,7 @@ from .quant import BF16_BITS, WARP_REDUCTIONS, pointer
 MAX_HEAD_DIM = 256
 WARPS = 8
 TABLE_SMEM = 1024     # block-table entries a paged attention block stages in shared memory (16 K keys at 16 a block)
-SPLIT_KEYS = 512      # the fewest keys a part of a split window takes (at 256, 300 keys in two parts lost 10%)
+SPLIT_KEYS = 256      # keys a part of a split window takes (windows of more than twice this are split)
 MAX_SPLITS = 16
 
 _SOURCE = WARP_REDUCTIONS + BF16_BITS + OVERLAP_PROLOGUE + r"""
@@ -98,15 +98,48 @@ struct Split {
     float* work; int* counters; int splits, index, count;
 };
 
+// A part of a split window: leave (max, total, unnormalised sums t) in the workspace; the last of
+// the head's parts to finish (a counter, reset by it for the next launch) merges them all and writes
+// element d of the head's output at `at`. Not inlined: the merge's registers stay out of the loop's.
+__device__ __noinline__ void merge_parts(const Split part, int bh, int d, float t, float max_s, float total_s,
+                                         float* out, unsigned short* out16, long long at) {
+    __shared__ int merger;
+    float* mine = part.work + ((long long)bh * part.splits + part.index) * (D + 2);
+    if (threadIdx.x < D) mine[2 + d] = t;
+    if (threadIdx.x == 0) { mine[0] = max_s; mine[1] = total_s; }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        merger = atomicAdd(part.counters + bh, 1) == part.count - 1;
+        if (merger) part.counters[bh] = 0;
+    }
+    __syncthreads();
+    if (!merger || threadIdx.x >= D) return;
+    __threadfence();
+    const float* all = part.work + (long long)bh * part.splits * (D + 2);
+    float mx = -__int_as_float(0x7f800000);
+    for (int j = 0; j < part.count; ++j) mx = fmaxf(mx, __ldcg(all + j * (D + 2)));
+    float num = 0.0f, den = 0.0f;
+    for (int j = 0; j < part.count; ++j) {
+        const float weight = expf(__ldcg(all + j * (D + 2)) - mx);
+        den += __ldcg(all + j * (D + 2) + 1) * weight;
+        num += __ldcg(all + j * (D + 2) + 2 + d) * weight;
+    }
+    if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(num / den);
+    else out[at] = num / den;
+}
+
 // One block per (sequence b, query head h): the new token's attention at position pos, written to
 // out (float32) or, where out16 is not null, to out16 as bfloat16 bits.
 // Keys lo .. end of the window lo .. pos (end == pos: the last part, which takes the new key and
 // writes it to the cache); part: where a block taking one part of a split window leaves its partial
 // result (part.work null: the block takes the whole window).
-template <class Addr>
+// SPLIT false: the whole window (end is pos, part unused), a kernel without the merge's registers.
+template <bool SPLIT, class Addr>
 __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, float* out, unsigned short* out16,
                                  const float* cos_t, const float* sin_t, const float* norm, int pos, int lo, int end,
                                  int b, int h, int H, int KV, float scale, float eps, const Split part) {
+    if (!SPLIT) end = pos;
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D];     // read as float4
     __shared__ float part_m[GROUPS], part_w[GROUPS], part_acc[GROUPS][D], merged[SLICES][D];
     __shared__ float total_s, max_s;
@@ -209,47 +242,18 @@ __device__ void decode_attention(const float* qkv, Addr keys_w, Addr values_w, f
     merged[slice][d] = s;
     __syncthreads();
     const long long at = ((long long)b * H + h) * D + d;
-    if (part.work == 0) {
-        if (threadIdx.x < D) {
-            float t = merged[0][d];
-            #pragma unroll
-            for (int j = 1; j < SLICES; ++j) t += merged[j][d];
-            if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(t / total_s);
-            else out[at] = t / total_s;
-        }
-        return;
-    }
-    // A split: leave (max, total, unnormalised sums) in the workspace; the last of the head's parts
-    // to finish (a counter, reset by it for the next launch) merges them all.
-    float* mine = part.work + ((long long)(b * H + h) * part.splits + part.index) * (D + 2);
+    float t = 0.0f;
     if (threadIdx.x < D) {
-        float t = merged[0][d];
+        t = merged[0][d];
         #pragma unroll
         for (int j = 1; j < SLICES; ++j) t += merged[j][d];
-        mine[2 + d] = t;
     }
-    if (threadIdx.x == 0) { mine[0] = max_s; mine[1] = total_s; }
-    __threadfence();
-    __syncthreads();
-    __shared__ int merger;
-    if (threadIdx.x == 0) {
-        merger = atomicAdd(part.counters + b * H + h, 1) == part.count - 1;
-        if (merger) part.counters[b * H + h] = 0;
+    if (SPLIT && part.work != 0) {
+        merge_parts(part, b * H + h, d, t, max_s, total_s, out, out16, at);
+    } else if (threadIdx.x < D) {
+        if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(t / total_s);
+        else out[at] = t / total_s;
     }
-    __syncthreads();
-    if (!merger || threadIdx.x >= D) return;
-    __threadfence();
-    const float* all = part.work + (long long)(b * H + h) * part.splits * (D + 2);
-    float mx = -__int_as_float(0x7f800000);
-    for (int j = 0; j < part.count; ++j) mx = fmaxf(mx, __ldcg(all + j * (D + 2)));
-    float num = 0.0f, den = 0.0f;
-    for (int j = 0; j < part.count; ++j) {
-        const float weight = expf(__ldcg(all + j * (D + 2)) - mx);
-        den += __ldcg(all + j * (D + 2) + 1) * weight;
-        num += __ldcg(all + j * (D + 2) + 2 + d) * weight;
-    }
-    if (out16 != 0) out16[at] = (unsigned short)loom_bf16_bits(num / den);
-    else out[at] = num / den;
 }
 
 // qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
@@ -262,44 +266,68 @@ extern "C" __global__ void loom_decode_attention(const float* qkv, float* cache_
     const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
     const long long base = b * batch_stride + (long long)kv * max_len * D;
     const int pos = (int)*pos_p, lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0;
-    decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, (unsigned short*)0, cos_t, sin_t, norm,
-                     pos, lo, pos, b, h, H, KV, scale, eps, Split{});
+    decode_attention<false>(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, (unsigned short*)0, cos_t, sin_t,
+                            norm, pos, lo, pos, b, h, H, KV, scale, eps, Split{});
 }
 
 // The same over a paged cache: cache_k/v [slots, KV, D] (one layer), sequence b at position pos[b]
 // with block table entry j at tables[b * row + j * col]; out16: bfloat16 bits instead of out, or null.
-// splits > 1: blockIdx.x = part * B * H + b * H + h (every head's first part launched first, so
-// that those the device takes first spread over the multiprocessors), and a window of more than
-// SPLIT_KEYS keys is cut into up to `splits` parts (work [B * H, splits, D + 2] and counters [B * H],
-// zeros, as split_work makes them); parts past the window's end return at once.
-extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_paged_decode_attention(
-    const float* qkv, float* cache_k, float* cache_v, float* out, unsigned short* out16, const float* cos_t, const float* sin_t,
-    const float* norm, const long long* pos, const long long* tables, long long row, long long col, int block_size,
-    int H, int KV, int window, float scale, float eps, float* work, int* counters, int splits) {
+// SPLIT (splits > 1): blockIdx.x = part * B * H + b * H + h (every head's first part launched first,
+// so that those the device takes first spread over the multiprocessors), and a window of more than
+// 2 SPLIT_KEYS keys is cut into parts of about SPLIT_KEYS, up to `splits` of them (work [B * H,
+// splits, D + 2] and counters [B * H], zeros, as split_work makes them); parts past the window's end
+// return at once.
+template <bool SPLIT>
+__device__ void paged_attention(const float* qkv, float* cache_k, float* cache_v, float* out, unsigned short* out16,
+                                const float* cos_t, const float* sin_t, const float* norm, const long long* pos,
+                                const long long* tables, long long row, long long col, int block_size, int H, int KV,
+                                int window, float scale, float eps, float* work, int* counters, int splits) {
     __shared__ int staged[TABLE_SMEM];      // the table entries of the keys in view, read once per block
     const int heads = gridDim.x / splits, bh = blockIdx.x % heads, index = blockIdx.x / heads;
     const int b = bh / H, h = bh % H, kv = h / (H / KV), p = (int)pos[b];
     const int lo = window > 0 && p - window + 1 > 0 ? p - window + 1 : 0, n = p - lo + 1;
-    int count = min(splits, (n + SPLIT_KEYS - 1) / SPLIT_KEYS);
-    const int chunk = (n + count - 1) / count;
-    count = (n + chunk - 1) / chunk;        // every part non-empty
-    if (index >= count) return;
-    const int start = lo + index * chunk, end = min(start + chunk - 1, p);
+    int count = 1, start = lo, end = p;
+    if (SPLIT) {
+        count = n > 2 * SPLIT_KEYS ? min(splits, (n + SPLIT_KEYS - 1) / SPLIT_KEYS) : 1;
+        const int chunk = (n + count - 1) / count;
+        count = (n + chunk - 1) / chunk;    // every part non-empty
+        if (index >= count) return;
+        start = lo + index * chunk;
+        end = min(start + chunk - 1, p);
+    }
     const long long* table = tables + (long long)b * row;
     const int first = start / block_size, entries = min(end / block_size - first + 1, TABLE_SMEM);
     for (int j = threadIdx.x; j < entries; j += blockDim.x) staged[j] = (int)table[(long long)(first + j) * col];
     __syncthreads();
-    decode_attention(qkv, Paged{cache_k, table, col, staged, first, entries, block_size, KV, kv},
-                     Paged{cache_v, table, col, staged, first, entries, block_size, KV, kv}, out, out16, cos_t, sin_t,
-                     norm, p, start, end, b, h, H, KV, scale, eps,
-                     count > 1 ? Split{work, counters, splits, index, count} : Split{});
+    decode_attention<SPLIT>(qkv, Paged{cache_k, table, col, staged, first, entries, block_size, KV, kv},
+                            Paged{cache_v, table, col, staged, first, entries, block_size, KV, kv}, out, out16, cos_t,
+                            sin_t, norm, p, start, end, b, h, H, KV, scale, eps,
+                            count > 1 ? Split{work, counters, splits, index, count} : Split{});
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_paged_decode_attention(
+        const float* qkv, float* cache_k, float* cache_v, float* out, unsigned short* out16, const float* cos_t,
+        const float* sin_t, const float* norm, const long long* pos, const long long* tables, long long row,
+        long long col, int block_size, int H, int KV, int window, float scale, float eps) {
+    paged_attention<false>(qkv, cache_k, cache_v, out, out16, cos_t, sin_t, norm, pos, tables, row, col, block_size,
+                           H, KV, window, scale, eps, (float*)0, (int*)0, 1);
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_paged_decode_attention_split(
+        const float* qkv, float* cache_k, float* cache_v, float* out, unsigned short* out16, const float* cos_t,
+        const float* sin_t, const float* norm, const long long* pos, const long long* tables, long long row,
+        long long col, int block_size, int H, int KV, int window, float scale, float eps, float* work, int* counters,
+        int splits) {
+    paged_attention<true>(qkv, cache_k, cache_v, out, out16, cos_t, sin_t, norm, pos, tables, row, col, block_size,
+                          H, KV, window, scale, eps, work, counters, splits);
 }
 """
 
 
 @cache
 def _module(head_dim: int, warps: int = WARPS):
-    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define TABLE_SMEM {TABLE_SMEM}\n#define SPLIT_KEYS {SPLIT_KEYS}\n"
+    head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define TABLE_SMEM {TABLE_SMEM}\n"
+            f"#define SPLIT_KEYS {SPLIT_KEYS}\n")
     return cupy.RawModule(code=head + _SOURCE, options=OPTIONS)
 
 
@@ -367,7 +395,7 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     float32 [B, H * D], or uint16 for bfloat16 bits (the next product's input on the tensor cores).
     Many sequences at once run with fewer warps a block (batch_warps; `warps` overrides it: a multiple
     of D / 32 from 2 to 16, as the static shared memory allows). split: split_work's workspace for
-    these sizes, to cut windows longer than SPLIT_KEYS over several blocks (None: one block a head)."""
+    these sizes, to cut windows longer than 2 SPLIT_KEYS over several blocks (None: one block a head)."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
@@ -380,9 +408,10 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     if split is not None and split.work.shape != (B * heads, splits, D + 2):
         raise ValueError(f"paged_attention: a split workspace of shape {split.work.shape}; these sizes take "
                          f"{(B * heads, splits, D + 2)}")
-    launch(_module(D, warps).get_function("loom_paged_decode_attention"), B * heads * splits, warps * 32,
-           (qkv, cache_k, cache_v, pointer(None if bits else out), pointer(out if bits else None), cos, sin,
+    args = (qkv, cache_k, cache_v, pointer(None if bits else out), pointer(out if bits else None), cos, sin,
             pointer(norm), pos, tables, np.int64(row), np.int64(col), np.int32(block_size), np.int32(heads),
-            np.int32(kv_heads), np.int32(window or 0), np.float32(scale), np.float32(eps),
-            pointer(None if split is None else split.work), pointer(None if split is None else split.counters),
-            np.int32(splits)), overlap)
+            np.int32(kv_heads), np.int32(window or 0), np.float32(scale), np.float32(eps))
+    name = "loom_paged_decode_attention"
+    if split is not None:
+        name, args = name + "_split", args + (split.work, split.counters, np.int32(splits))
+    launch(_module(D, warps).get_function(name), B * heads * splits, warps * 32, args, overlap)
