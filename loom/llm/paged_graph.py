@@ -142,9 +142,15 @@ class PagedDecodeGraph:
         self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
-        # fast mode: where the batch's heads are too few blocks to fill the device, attention cuts long
-        # windows over several blocks, through this graph's own workspace
-        self.split = None if exact else _kernels(dec.backend, exact)[1].split_work(B, c.heads, c.head_dim)
+        # fast mode: where the batch's heads are too few blocks to fill the device, steps with a
+        # position from long_from on replay a second recording whose attention cuts long windows over
+        # several blocks, through this graph's own workspace (recorded at the first such step; shorter
+        # windows keep the one-block kernel, 0.2 us a layer faster there)
+        attention = _kernels(dec.backend, exact)[1]
+        self.split = None if exact else attention.split_work(B, c.heads, c.head_dim)
+        self.long_from = 2 * attention.SPLIT_KEYS if self.split is not None else None
+        self._splitting = False                    # (which attention _operations() launches)
+        self.long_graph = None
         # the host side of each step's input copy and token copy: pinned, two of each used in turn, so
         # that the copies run asynchronously while the host fills the next step's
         self._staged = [_pinned(xp, self.inputs.size) for _ in range(2)]
@@ -154,13 +160,30 @@ class PagedDecodeGraph:
         self._staged[0][2 * B:] = cache.scratch             # every row padding: token 0 at position 0
         self.inputs.set(self._staged[0])
         self._body()                               # compiles every kernel before the capture
+        if self.split is not None:
+            self._splitting = True
+            self._body()                           # (position 0 everywhere: one part, no merge)
+            self._splitting = False
         self.graph, _ = dec.backend.record(self._body)
+
+    def _graph_for(self, positions: list[int]):
+        """The recording a step at these positions replays."""
+        if self.long_from is None or max(positions, default=0) < self.long_from:
+            return self.graph
+        if self.long_graph is None:
+            self._splitting = True
+            try:
+                self.long_graph, _ = self.dec.backend.record(self._body)
+            finally:
+                self._splitting = False
+        return self.long_graph
 
     def step(self, ids: list[int], positions: list[int], tables: list[list[int]]) -> Array:
         """Logits [len(ids), vocab] for one token per sequence at its position: a view of the graph's
         output, valid until the next step."""
+        graph = self._graph_for(positions)
         self._upload(ids, positions, tables)
-        self.graph.launch()
+        graph.launch()
         return self.logits[:len(ids)]
 
     def step_greedy(self, ids: list[int] | None, positions: list[int], tables: list[list[int]]) -> Tokens:
@@ -169,8 +192,9 @@ class PagedDecodeGraph:
         decodes it with no host round trip, and is copied to the host (Tokens.get() waits for it).
         ids None: the previous step_greedy's tokens, row for row."""
         n = len(positions)
+        graph = self._graph_for(positions)
         turn = self._upload(ids, positions, tables)
-        self.graph.launch()
+        graph.launch()
         self.dec.backend.prefill.argmax_rows(self.logits[:n], out=self.ids[:n])
         host = self._tokens[turn][:n]
         xp = self.dec.xp
@@ -208,7 +232,7 @@ class PagedDecodeGraph:
         for i, L in enumerate(dec.layers):
             ops += self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias)
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
-            split = {} if self.exact else {"split": self.split}
+            split = {} if self.exact else {"split": self.split if self._splitting else None}
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
                                dec.scale, c.eps, *extra, overlap=self.overlap, **split))

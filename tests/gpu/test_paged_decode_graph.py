@@ -55,6 +55,7 @@ def test_recorded_steps_match_the_kernel_by_kernel_steps_and_the_cpu(kind, extra
         want, _, _, eager_run = steps(eager, [PROMPT], inputs)
         assert run.stats["graph_steps"] == STEPS and eager_run.stats["graph_steps"] == 0 and not eager_run.graphs
         assert list(run.graphs) == [1] and not run.graphs[1].exact
+        assert run.graphs[1].long_from == 512 and run.graphs[1].long_graph is None     # short windows: one block
         assert td.relative_error(got, want) < 1e-5
         # three sequences: the bucket of four, one padding row
         prompts = np.array([PROMPT, PROMPT[::-1], [(t * 5 + 1) % 97 for t in PROMPT]])
@@ -164,7 +165,7 @@ def test_long_windows_split_over_blocks_give_the_kernel_by_kernel_logits():
                     rows.append(run.run(work, [False] * len(lengths)))
                 if dec.graphs:
                     graph = run.graphs[paged_graph.bucket(len(lengths))]
-                    assert graph.split is not None and graph.split.splits > 1
+                    assert graph.split is not None and graph.split.splits > 1 and graph.long_graph is not None
                     assert min(lengths) > 2 * decode.SPLIT_KEYS and run.stats["graph_steps"] == len(inputs)
                 out.append(np.stack([np.stack(r) for r in rows]))
         assert td.relative_error(out[0], out[1]) < 1e-5
