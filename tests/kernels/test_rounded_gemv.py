@@ -7,6 +7,8 @@ but for one product 2^-20 of its size (the compensated sum), random rows (the fi
 the correctly rounded cases of tests/rounded_cases.py (midpoints, subnormals, overflow) as F32
 weights; inf and NaN in x and in W (scales, values); zero rows; extreme float16 scales against
 gguf_quants' decoding; the dispatch from BlockQuantized.matmul_t and exact.matmul."""
+import math
+
 import numpy as np
 import pytest
 from rounded_cases import CASES, case
@@ -215,6 +217,44 @@ def test_extreme_scales_decode_exactly():
         got, _ = product(x[:16], w)
         values = w.dequantize()[:, :16].T
         np.testing.assert_array_equal(bits(got), bits(np.where(values == 0, np.float32(0), values)))  # -0: +0
+
+
+def test_block_bounds_hold_every_product_sum():
+    """The block types' first stage bounds sum |x_k| |w_k| by each block's largest |w| its scales
+    allow (_decode's wb) times the block's sum of |x| (_bound): never below the exact sum, for every
+    code (the extremes included), scales from subnormal to 65504 with offsets of either sign, and x
+    of mixed magnitudes; inf and NaN scales give a bound that is not finite."""
+    rng = np.random.default_rng(59)
+    k = 256
+    f16 = cpu_jit.f16_table()
+    for qtype in BLOCK_TYPES:
+        top = 2 * ZERO_CODE[qtype] if qtype != "Q8_0" else 128
+        codes = rng.integers(-128, 128, (8, k)) if qtype == "Q8_0" else rng.integers(0, top, (8, k))
+        codes[:, :32] = -128 if qtype == "Q8_0" else top - 1          # a block of extreme codes
+        codes[:, 32:64] = 0
+        d = (rng.choice([-1, 1], (8, k // 32)) * np.exp2(rng.integers(-24, 15, (8, k // 32)))
+             * rng.uniform(1, 2, (8, k // 32))).astype(np.float16)
+        m = (rng.choice([-1, 1], (8, k // 32)) * np.exp2(rng.integers(-24, 16, (8, k // 32)))).astype(np.float16)
+        has_m = qtype in ("Q4_1", "Q5_1")
+        w = pack_blocks(qtype, codes, d.astype(np.float32), m.astype(np.float32) if has_m else None)
+        values = w.dequantize().astype(np.float64)
+        x = (rng.standard_normal((3, k)) * np.exp2(rng.integers(-30, 30, (3, k)))).astype(np.float32)
+        xb = np.abs(x.astype(np.float64)).reshape(3, -1, 32).sum(axis=2)
+        u16, i8 = w.data.view(np.uint16), w.data.view(np.int8)
+        buffer, wb = np.empty(k, np.float32), np.empty(k // 32)
+        for r in range(8):
+            gemv._decode(gemv._KINDS[qtype], w.data, u16, i8, r, f16, buffer, 16, wb)
+            assert bits(buffer).tolist() == bits(values[r].astype(np.float32)).tolist()
+            for i in range(3):
+                exact_sum = math.fsum(np.abs(x[i].astype(np.float64) * values[r]))
+                assert gemv._bound(wb, xb, i) >= exact_sum > 0, (qtype, r, i)
+        scales = w.data.copy().view(np.uint16)
+        scales[0, 0] = np.float16(np.inf).view(np.uint16)                     # block 0's d of row 0
+        scales[1, 0] = np.float16(np.nan).view(np.uint16)
+        for r in (0, 1):
+            gemv._decode(gemv._KINDS[qtype], scales.view(np.uint8), scales, scales.view(np.int8), r, f16, buffer,
+                         16, wb)
+            assert not np.isfinite(gemv._bound(wb, xb, 0))
 
 
 # --- dispatch ------------------------------------------------------------------------------------------
