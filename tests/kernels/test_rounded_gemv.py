@@ -194,6 +194,8 @@ def test_inf_nan_and_zero_rows(qtype):
     want = reference(x, w)
     assert_same_bits(got, want)
     assert np.isnan(want).any() and np.isinf(want).any()
+    for i in range(len(x)):                                      # one row of x (Q4_1: decoded in the sum)
+        assert_same_bits(product(x[i:i + 1], w)[0], want[i:i + 1])
     zero = got[4][np.isfinite(want[4])]
     assert zero.size and not bits(zero).any()                    # +0, not -0
 
@@ -214,6 +216,11 @@ def test_extreme_scales_decode_exactly():
         for rows in (x[:16], x[16:32], x[32:48], x[48:]):
             got, _ = product(rows, w)
             assert_same_bits(got, reference(rows, w))
+        for j in (0, 17, 31, 40, 63):                            # one row of x
+            assert_same_bits(product(x[j:j + 1], w)[0], reference(x[j:j + 1], w))
+        dense = rng.standard_normal((4, k)).astype(np.float32)   # every value's rounding in the sums
+        for j in range(4):
+            assert_same_bits(product(dense[j:j + 1], w)[0], reference(dense[j:j + 1], w))
         got, _ = product(x[:16], w)
         values = w.dequantize()[:, :16].T
         np.testing.assert_array_equal(bits(got), bits(np.where(values == 0, np.float32(0), values)))  # -0: +0
