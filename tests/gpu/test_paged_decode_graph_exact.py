@@ -42,10 +42,6 @@ pytestmark = pytest.mark.gpu
 STEPS = 6
 
 
-def _same(got, want, what):
-    same_bits(got, want, what)
-
-
 def _check(graph, eager, cpu, prompts):
     """Prompts then STEPS decode steps: the recorded steps' logits, keys and values are the
     kernel-by-kernel steps' and the CPU's bits."""
@@ -54,12 +50,12 @@ def _check(graph, eager, cpu, prompts):
     assert run.stats["graph_steps"] == STEPS and run.graphs and all(g.exact for g in run.graphs.values())
     want, want_k, want_v, eager_run = steps(eager, prompts, inputs)
     assert eager_run.stats["graph_steps"] == 0 and not eager_run.graphs
-    _same(got, want, "recorded steps vs kernel by kernel")
-    _same(got_k, want_k, "cached keys")
-    _same(got_v, want_v, "cached values")
+    same_bits(got, want, "recorded steps vs kernel by kernel")
+    same_bits(got_k, want_k, "cached keys")
+    same_bits(got_v, want_v, "cached values")
     ref, ref_k, _, _ = steps(cpu, prompts, inputs)
-    _same(got, ref, "recorded steps vs CPU")
-    _same(got_k, ref_k, "cached keys vs CPU")
+    same_bits(got, ref, "recorded steps vs CPU")
+    same_bits(got_k, ref_k, "cached keys vs CPU")
 
 
 @pytest.mark.parametrize("kind, extra", [
@@ -77,9 +73,9 @@ def test_exact_recorded_steps_give_the_kernel_by_kernel_and_cpu_bits(kind, extra
         assert list(gpu.generate_ids(PROMPT, max_tokens=STEPS, stop_ids=())) == \
             list(cpu.generate_ids(PROMPT, max_tokens=STEPS, stop_ids=()))
         ids = np.array(PROMPT + [11, 250, 3, 42])
-        _same(gpu.logits(ids), cpu.logits(ids), "CausalLM.logits")
+        same_bits(gpu.logits(ids), cpu.logits(ids), "CausalLM.logits")
         pieces = [len(PROMPT)] + [1] * 4                                  # a prompt, then one token a step
-        _same(sequence_logits(gpu.decoder, ids, pieces), sequence_logits(cpu.decoder, ids, pieces),
+        same_bits(sequence_logits(gpu.decoder, ids, pieces), sequence_logits(cpu.decoder, ids, pieces),
               "sequence_logits in decode steps")
 
 
@@ -103,10 +99,10 @@ def test_a_sequence_has_the_same_bits_in_any_batch():
         assert list(run.graphs) == [4]
         for i in (0, 2, 3):
             alone, _, _, _ = steps(dec, prompts[i:i + 1], inputs[:, i:i + 1])
-            _same(together[:, i], alone[:, 0], f"sequence {i} in a batch of 4 vs alone")
+            same_bits(together[:, i], alone[:, 0], f"sequence {i} in a batch of 4 vs alone")
         order = [3, 1, 0, 2]
         shuffled, _, _, _ = steps(dec, prompts[order], inputs[:, order])
-        _same(shuffled[:, 2], together[:, 0], "sequence 0 at row 2")
+        same_bits(shuffled[:, 2], together[:, 0], "sequence 0 at row 2")
 
 
 def test_positions_past_the_rounded_scheme_run_kernel_by_kernel_with_the_same_bits():
@@ -128,7 +124,7 @@ def test_positions_past_the_rounded_scheme_run_kernel_by_kernel_with_the_same_bi
                 counts.append(run.stats["graph_steps"])
             out.append(np.stack(rows))
             assert counts == ([1, 2, 2, 2] if dec.graphs else [0, 0, 0, 0])
-    _same(out[0], out[1], "recorded steps, then kernel by kernel, vs kernel by kernel")
+    same_bits(out[0], out[1], "recorded steps, then kernel by kernel, vs kernel by kernel")
 
 
 def _gemv_case(rng, rows, cols, m):
@@ -161,7 +157,7 @@ def test_exact_gemv_matches_the_exact_gemm_where_it_must_settle(m, cols, swiglu)
         cuda_quant_exact.gemv(cupy.asarray(w).view(np.uint8), "F32", cupy.asarray(x), out,
                               exact_rounded.error_factor(cols), bias=cupy.asarray(bias),
                               residual=None if swiglu else cupy.asarray(residual), swiglu=swiglu)
-        _same(host(out), want, "exact gemv")
+        same_bits(host(out), want, "exact gemv")
     # the case does need settling: the float64 sum's error bound leaves many roundings open
     s = x.astype(np.float64) @ w.T.astype(np.float64)
     e = (np.abs(x).astype(np.float64) @ np.abs(w).T.astype(np.float64)) * exact_rounded.error_factor(cols) + \
@@ -180,7 +176,7 @@ def test_exact_rms_norm_matches_fused(cols):
     out = cupy.empty_like(cupy.asarray(x))
     cuda_quant_exact.rms_norm(cupy.asarray(x), cupy.asarray(weight), out, 1e-5)
     with loom.deterministic(True):
-        _same(host(out), loom.kernels.fused.rms_norm(x, weight, 1e-5)[0], "rms_norm")
+        same_bits(host(out), loom.kernels.fused.rms_norm(x, weight, 1e-5)[0], "rms_norm")
 
 
 @pytest.mark.parametrize("m, swiglu", [(1, False), (3, True)])
@@ -199,7 +195,7 @@ def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
     with loom.deterministic(True):
         y = exact.matmul(loom.kernels.fused.rms_norm(x, weight, 1e-6)[0], w.T)
         want = loom.kernels.fused.activation("silu", y[:, :rows]) * y[:, rows:] if swiglu else y
-        _same(host(out), want, "gemv with the norm")
+        same_bits(host(out), want, "gemv with the norm")
 
 
 def test_unsupported_products_say_why():
