@@ -68,7 +68,7 @@ def main():
         a = be.asarray(rng.standard_normal((m, k), dtype=np.float32))
         b = be.asarray(rng.standard_normal((k, n), dtype=np.float32))
         shipped = exact_dispatch.matmul_scheme(np.float32, k)
-        if int8 is not None and shipped != exact_dispatch.ROUNDED and int8.takes(a, b, exact._narrow_bits(k)):
+        if int8 is not None and shipped != exact_dispatch.ROUNDED and int8.takes(a, b, exact.narrow_bits(k)):
             shipped += " int8"
         rounded = forced(lambda: exact.matmul(a, b), be, gpu, exact_dispatch.ROUNDED)
         sliced = forced(lambda: exact.matmul(a, b), be, gpu, exact_dispatch.SLICES_2X1, int8, 1 << 62)

@@ -47,8 +47,15 @@ SHAPES = {
     "llama-3.1-8b": {**_LLAMA3, "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32,
                      "num_attention_heads": 32, "num_key_value_heads": 8, "head_dim": 128,
                      "tie_word_embeddings": False},
+    # Qwen2.5-0.5B's shapes: biases on q, k and v, a 152k vocabulary tied to the embedding, K = 4864 in the
+    # down projection
+    "qwen2-0.5b": {"model_type": "qwen2", "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+                   "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+                   "rope_theta": 1000000.0, "rms_norm_eps": 1e-6, "max_position_embeddings": 8192,
+                   "tie_word_embeddings": True, "bos_token_id": 151643, "eos_token_id": 151645},
 }
-DEFAULT_TYPES = {"smollm2-135m": "Q4_1,BF16", "llama-3.2-1b": "BF16,Q4_K,Q8_0", "llama-3.1-8b": "BF16,Q4_K,Q8_0"}
+DEFAULT_TYPES = {"smollm2-135m": "Q4_1,BF16", "llama-3.2-1b": "BF16,Q4_K,Q8_0", "llama-3.1-8b": "BF16,Q4_K,Q8_0",
+                 "qwen2-0.5b": "BF16"}
 # each block type's float16 scale fields get these values (finite; small enough that no sum overflows)
 _SCALES = {"Q4_1": (0.004, -0.03), "Q8_0": (0.0002,), "Q4_K": (0.0002, 0.0001), "Q6_K": (0.0002,),
            "Q5_K": (0.0001, 0.0001), "Q2_K": (0.001, 0.0005), "Q3_K": (0.001,), "Q4_0": (0.004,), "Q5_0": (0.002,),
@@ -187,18 +194,23 @@ def loom_rows(device: str, path: str | None, repeats: int = 1, shape: str = "smo
     return rows
 
 
-def compare_rows(device: str, repeats: int) -> list:
+def compare_rows(device: str, repeats: int, shape: str = "smollm2-135m", types: str | None = None) -> list:
     """Deterministic against fast mode, alternated in one process (each model's two decoders timed in
     turn, `repeats` rounds, the best of each): on a shared machine the ratio then sees the same noise."""
+    import gc
+
     from loom import backend
     be = backend.get(device)
+    config = SHAPES[shape]
     rows = []
-    for label, qtype in (("Q4_1 (random)", "Q4_1"), ("bf16 (random)", "BF16")):
+    for qtype in (types or DEFAULT_TYPES[shape]).split(","):
+        label = f"{qtype.lower() if qtype == 'BF16' else qtype} (random)"
         models = {}
         for det in (False, True):
             with loom.deterministic(det):
-                dec = Decoder(DecoderConfig.from_hf(CONFIG), random_weights(qtype), device=device)
-                models[det] = CausalLM(dec, None, dict(CONFIG), eos_ids=())
+                dec = Decoder(DecoderConfig.from_hf(config), random_weights(qtype, config=config, device=device),
+                              device=device)
+                models[det] = CausalLM(dec, None, dict(config), eos_ids=())
         best = {False: {}, True: {}}
         for _ in range(repeats):
             for det in (False, True):
@@ -208,6 +220,10 @@ def compare_rows(device: str, repeats: int) -> list:
         ratio = {key: best[True][key] / best[False][key] for key in best[False]}
         rows += [(f"loom fast {label}", best[False]), (f"loom deterministic {label}", best[True]),
                  ("  deterministic / fast", ratio)]
+        del models, dec
+        gc.collect()
+        if not be.host:
+            be.xp.get_default_memory_pool().free_all_blocks()
     return rows
 
 
@@ -310,7 +326,7 @@ def main() -> None:
                     help="time both modes alternately in one process and print their ratio")
     args = ap.parse_args()
     if args.compare:
-        rows = compare_rows(args.device, args.repeats)
+        rows = compare_rows(args.device, args.repeats, args.shape, args.types)
     else:
         with loom.deterministic(args.deterministic):
             rows = loom_rows(args.device, args.file, args.repeats, args.shape, args.types)

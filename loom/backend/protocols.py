@@ -172,12 +172,15 @@ class WindowKernels(Protocol):
 
 class DecodeKernels(Protocol):
     """One LLM decode step's kernels for a recorded graph (loom/llm/paged_graph.py):
-    block-weight products and the step's attention, for fast mode and with deterministic mode's bits.
-    Each attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
+    block-weight products and the step's attention, for fast mode and with deterministic mode's bits
+    (products_exact: the products the rounded scheme takes; products_sliced: the longer ones, which take
+    the slice scheme). Each attention module has attention (a contiguous cache) and paged_attention (a
+    paged one)."""
 
     products: ModuleType
     attention: ModuleType
     products_exact: ModuleType
+    products_sliced: ModuleType
     attention_exact: ModuleType
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backend import Array
-from ..kernels import fused
+from ..kernels import exact, fused
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.block import BlockQuantized, linear
@@ -102,8 +102,10 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
         None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not 64, 128 or 256"
     if why is None and (c.hidden % 32 or c.intermediate % 32):
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
-    for cols in (c.hidden, c.heads * c.head_dim, c.intermediate, c.head_dim) if exact else ():
-        why = why or _not_rounded(cols) or quant.unsupported("F32", batch, cols)   # (the weight types: below)
+    if exact:
+        why = why or _not_rounded(c.head_dim)           # attention's products q k
+        for cols in (c.hidden, c.heads * c.head_dim, c.intermediate):   # (the weight types: below)
+            why = why or _exact_products(be, cols).unsupported("F32", batch, cols)
     if why is not None:
         return why
     mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
@@ -116,9 +118,17 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
 
 
 def _not_rounded(k: int) -> str | None:
-    """Why the deterministic kernels, which compute the rounded scheme, cannot take sums over k terms."""
+    """Why the deterministic attention kernel, which computes the rounded scheme, cannot take sums over
+    k terms."""
     scheme = exact_dispatch.matmul_scheme(np.float32, k)
     return None if scheme == exact_dispatch.ROUNDED else f"products over K = {k} take the {scheme} scheme"
+
+
+def _exact_products(be, k: int):
+    """The deterministic product kernels for sums over k terms: the rounded scheme's (quant_exact) or,
+    past ROUNDED_MAX_K, the slice scheme's (quant_slices)."""
+    rounded = exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED
+    return be.decode.products_exact if rounded else be.decode.products_sliced
 
 
 class PagedDecodeGraph:
@@ -142,6 +152,12 @@ class PagedDecodeGraph:
         self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
+        # deterministic products over K > ROUNDED_MAX_K (the slice scheme): each weight's row maxima, made
+        # once here (the graph reads them at every replay, as it reads the weights), and x's slices
+        self.row_maxima = _sliced_row_maxima(dec) if exact else {}
+        widest = max((w.shape[1] for w in _product_weights(dec) if id(w) in self.row_maxima), default=0)
+        self.slices = xp.empty(B * 2 * widest, dtype=np.float32)
+        self.xmax = xp.empty(B, dtype=np.float32)
         # fast mode: where the batch's heads are too few blocks to fill the device, steps with a
         # position from long_from on replay a second recording whose attention cuts long windows over
         # several blocks, through this graph's own workspace (recorded at the first such step; shorter
@@ -261,6 +277,9 @@ class PagedDecodeGraph:
                                    overlap=self.overlap, **kw))
                 continue
             xs = x[rows]
+            if id(w) in self.row_maxima:
+                ops += self._sliced_product(w, xs, out[rows], norm, r, rows, **kw)
+                continue
             if norm is not None and (head or not quant.stages(*xs.shape)):
                 ops.append(partial(quant.rms_norm, xs, norm, self.normed[rows], c.eps, overlap=self.overlap))
                 xs, norm_here = self.normed[rows], None
@@ -270,6 +289,32 @@ class PagedDecodeGraph:
             ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
                                residual=r, overlap=self.overlap, **kw, **extra))
         return ops
+
+
+    def _sliced_product(self, w, x, out, norm, residual, rows: slice, bias=None, swiglu: bool = False) -> list:
+        """Deterministic mode's out = (residual +) pro(x) @ w^T ... for K > ROUNDED_MAX_K (the slice
+        scheme): x's slices (after the RMSNorm, where there is one), then the product."""
+        sliced, c = self.dec.backend.decode.products_sliced, self.dec.config
+        n, k = x.shape
+        bits = exact.narrow_bits(k)
+        slices, xmax = self.slices[:n * 2 * k].reshape(n, 2 * k), self.xmax[:n]
+        normed = None if norm is None else self.normed[rows]
+        return [partial(sliced.slice_rows, x, slices, xmax, bits, norm=norm, normed=normed, eps=c.eps,
+                        overlap=self.overlap),
+                partial(sliced.gemv, *_stored(w), slices, xmax, x if normed is None else normed, self.row_maxima[id(w)],
+                        out, bits, bias=bias, residual=residual, swiglu=swiglu, overlap=self.overlap)]
+
+
+def _sliced_row_maxima(dec: Decoder) -> dict:
+    """id(weight) -> its rows' maxima (quant_slices.row_maxima) for the product weights whose K takes the
+    slice scheme."""
+    sliced = dec.backend.decode.products_sliced
+    out = {}
+    for w in _product_weights(dec):
+        rows, k = w.shape
+        if exact_dispatch.matmul_scheme(np.float32, k) != exact_dispatch.ROUNDED and id(w) not in out:
+            out[id(w)] = sliced.row_maxima(*_stored(w), rows, k)
+    return out
 
 
 def fill_inputs(host: np.ndarray, batch: int, ids: list[int] | None, positions: list[int], tables: list[list[int]],

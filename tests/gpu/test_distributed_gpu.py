@@ -161,14 +161,14 @@ def test_spawned_gpu_ranks_train_the_cpu_bits(name):
 
 
 def test_slice_parts_kernels_equal_the_reference():
-    from loom.kernels.exact import _narrow_bits
+    from loom.kernels.exact import narrow_bits
     cuda = backend.get("cuda")
     rng = np.random.default_rng(9)
     for m, k, n in [(5, 7, 3), (64, 3000, 48), (3, 20000, 5)]:
         a = (rng.standard_normal((m, k)) * np.exp(rng.uniform(-30, 30, (m, 1)))).astype(np.float32)
         b = (rng.standard_normal((k, n)) * np.exp(rng.uniform(-30, 30, (1, n)))).astype(np.float32)
         amax, bmax = np.abs(a).max(1, keepdims=True), np.abs(b).max(0, keepdims=True)
-        bits = _narrow_bits(min(k, 1 << 14))
+        bits = narrow_bits(min(k, 1 << 14))
         ref = over_batch._slice_parts(backend.get("cpu"), a, b, amax, bmax, bits)
         got = cuda.exact.slice_parts(cuda.asarray(a), cuda.asarray(b), cuda.asarray(amax), cuda.asarray(bmax), bits)
         np.testing.assert_array_equal(cuda.to_numpy(got), ref)

@@ -88,6 +88,23 @@ def test_exact_recorded_steps_with_stored_weight_types(qtype):
         _check(graph, eager, Decoder(config, weights), np.array([PROMPT, PROMPT[::-1]]))
 
 
+# products past the rounded scheme's K (quant_slices in the recorded step): the down projection alone, and
+# every product (the norms in the slicing kernel, the lm_head untied)
+LONG_DOWN = {**CONFIG, "intermediate_size": 2304}
+ALL_LONG = {**CONFIG, "hidden_size": 2304, "num_attention_heads": 36, "num_key_value_heads": 4,
+            "intermediate_size": 2560, "tie_word_embeddings": False}
+
+
+@pytest.mark.parametrize("cfg, qtype", [(LONG_DOWN, "Q4_1"), (ALL_LONG, "Q8_0"), (ALL_LONG, "BF16")])
+def test_exact_recorded_steps_with_products_past_the_rounded_scheme(cfg, qtype):
+    weights, config = quant_weights(qtype, cfg, np.random.default_rng(len(qtype))), DecoderConfig.from_hf(cfg)
+    assert exact_dispatch.matmul_scheme(np.float32, config.intermediate) == exact_dispatch.SLICES_2X1
+    with loom.deterministic(True):
+        graph, eager = graph_and_eager(built(config, weights))
+        assert paged_graph.unsupported(graph, 16, exact=True) is None
+        _check(graph, eager, Decoder(config, weights), np.array([PROMPT, PROMPT[::-1], PROMPT[2:] + PROMPT[:2]]))
+
+
 def test_a_sequence_has_the_same_bits_in_any_batch():
     """Alone (the bucket of one), in a batch of four and at another row of it (other block tables too)."""
     weights = quant_weights("Q4_1", CONFIG)

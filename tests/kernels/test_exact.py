@@ -249,7 +249,7 @@ def _reference_narrow(a, b):
     """exact._matmul_narrow's reference arithmetic for float32 a, b (K <= 2^14), one step a line."""
     amax = np.maximum(a.max(axis=-1, keepdims=True), -a.min(axis=-1, keepdims=True))
     bmax = np.maximum(b.max(axis=-2, keepdims=True), -b.min(axis=-2, keepdims=True))
-    bits_a, shift_a, shift_b, row_scale, col_scale = exact_cpu.narrow_scales(amax, bmax, exact._narrow_bits(a.shape[-1]))
+    bits_a, shift_a, shift_b, row_scale, col_scale = exact_cpu.narrow_scales(amax, bmax, exact.narrow_bits(a.shape[-1]))
     s = np.ldexp(a, shift_a)
     hi = np.rint(s).astype(np.float64)
     lo = np.rint((s - hi) * 2.0 ** bits_a)
@@ -310,7 +310,7 @@ def test_cpu_gemm_keeps_the_reference_bits_at_the_edges_of_float32(edge, folded,
         b = (b * np.exp2(RNG.integers(-140, -120, (1, 300)).astype(np.float64))).astype(np.float32)
     amax = exact._absmax(CPU, a, -1)
     bmax = exact._absmax(CPU, b, -2)
-    bits_a, shift_a, shift_b, _, _ = exact_cpu.narrow_scales(amax, bmax, exact._narrow_bits(64))
+    bits_a, shift_a, shift_b, _, _ = exact_cpu.narrow_scales(amax, bmax, exact.narrow_bits(64))
     assert exact_cpu._foldable(a, b, bits_a, shift_a, shift_b) == folded
     with np.errstate(over="ignore"):
         assert _bits(_sliced(a, b)) == _bits(_reference_narrow(a, b))

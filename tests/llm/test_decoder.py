@@ -206,7 +206,7 @@ class _GraphsBackend:
     decode = SimpleNamespace(
         products=SimpleNamespace(MAX_ROWS=16, TYPES=("F32",)),
         attention=SimpleNamespace(supports=lambda head_dim: head_dim % 64 == 0),
-        products_exact=None, attention_exact=None)
+        products_exact=None, products_sliced=None, attention_exact=None)
 
     def __init__(self, cpu):
         self._cpu = cpu

@@ -59,7 +59,7 @@ def absmax(x: np.ndarray, axis: int | tuple[int, ...]) -> np.ndarray:
 
 def narrow_scales(amax: np.ndarray, bmax: np.ndarray, bits: tuple[int, int]) -> tuple:
     """(bits_a, shift_a, shift_b, row_scale, col_scale) of the 2 x 1 slice scheme with bits (bits_a,
-    bits_b) (loom.kernels.exact._narrow_bits) for row maxima amax and column maxima bmax."""
+    bits_b) (loom.kernels.exact.narrow_bits) for row maxima amax and column maxima bmax."""
     bits_a, bits_b = bits
     ea, eb = np.frexp(amax)[1], np.frexp(bmax)[1]                 # max < 2^e (0 for zero rows)
     return (bits_a, (bits_a - ea).astype(np.int32), (bits_b - eb).astype(np.int32),

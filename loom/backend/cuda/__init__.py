@@ -79,7 +79,18 @@ class CUDABackend:
         self._blas: dict[tuple[int, int], cublas.CuBLAS] = {}
         self._ones = {}                 # (rows, dtype) -> ones vector for column sums
         # the kernel families (loom/backend/protocols.py)
-        from . import decode, decode_exact, flash, fused, fused_exact, prefill, quant, quant_exact, windows
+        from . import (
+            decode,
+            decode_exact,
+            flash,
+            fused,
+            fused_exact,
+            prefill,
+            quant,
+            quant_exact,
+            quant_slices,
+            windows,
+        )
         self.exact = CUDAExact(self)
         self.quant = CUDAQuant(self)
         self.elementwise = CUDAElementwise(self)
@@ -88,7 +99,7 @@ class CUDABackend:
         self.windows = windows
         self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
         self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
-        self.decode = CUDADecode(quant, decode, quant_exact, decode_exact)
+        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, decode_exact)
         from .compute import Compute
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
         from .primes import Primes
@@ -371,9 +382,9 @@ class CUDADecode:
     """One decode step's kernels for a recorded graph (protocols.DecodeKernels)."""
 
     def __init__(self, products: ModuleType, attention: ModuleType, products_exact: ModuleType,
-                 attention_exact: ModuleType):
+                 products_sliced: ModuleType, attention_exact: ModuleType):
         self.products, self.attention = products, attention
-        self.products_exact, self.attention_exact = products_exact, attention_exact
+        self.products_exact, self.products_sliced, self.attention_exact = products_exact, products_sliced, attention_exact
 
 
 class Graph:

@@ -118,7 +118,8 @@ _MARK = r"""
 __device__ __forceinline__ float loom_mark(float x) { return isfinite(x) ? (x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : 0.0f)) : x; }
 """
 
-_SOURCE = r"""
+# fused.rms_norm of one row by a whole block (also the prologue of quant_slices' slicing kernel).
+NORM_ROW = r"""
 // fused.rms_norm's y = (x * rstd) * w, rstd = 1 / sqrt(exact sum(x^2) / cols + eps), for one row xr of
 // x, by a whole block. `at(k)` reads xr[k]; a row of at most LOOM_HELD entries per thread is read once.
 template <class At> __device__ void loom_rms_norm_row(At at, const float* w, float* out, int cols, float eps,
@@ -144,7 +145,9 @@ template <class At> __device__ void loom_rms_norm_row(At at, const float* w, flo
     const float inv = 1.0f / loom_sqrt(ms + eps);
     for (int k = threadIdx.x; k < cols; k += blockDim.x) out[k] = (at(k) * inv) * w[k];
 }
+"""
 
+_SOURCE = r"""
 // EPI 0: out[m, r] = (res[m, r] +) (x W[r]^T (+ bias[r])); EPI 1 (SwiGLU): out[m, r] = silu(g) * u, g and u
 // the products with rows r and r + rows (+ bias). One warp (WPR warps, their sums met in shared memory)
 // per row of W; lanes as quant's kernel; x staged in shared memory when it fits.
@@ -271,13 +274,19 @@ extern "C" __global__ void loom_exact_rms_norm(const float* x, const float* w, f
 """
 
 
-@cache
-def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int):
+def prelude(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int) -> str:
+    """The defines and device functions a deterministic product kernel for stored type `qtype` builds
+    on (this module's, and quant_slices'): block decoding, the settling stages, the row norm."""
     head = (f"typedef float T;\n{type_defines(qtype)}#define EPI {epilogue}\n"
             f"#define MR {x_rows}\n#define WPR {warps_per_row}\n#define NB {blocks}\n#define STAGE_FLOATS {STAGE_FLOATS}\n"
             f"#define MIN_BLOCKS {MIN_BLOCKS}\n")
-    source = (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
-              + BLOCK_DECODE + _SOURCE)
+    return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
+            + BLOCK_DECODE + NORM_ROW)
+
+
+@cache
+def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int):
+    source = prelude(qtype, epilogue, x_rows, warps_per_row, blocks) + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
@@ -311,7 +320,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, factor: float, bias: Arr
         kernel = _module(qtype, int(swiglu), x.shape[0], wpr, cols // 32).get_function("loom_exact_gemv")
         launch(kernel, blocks, threads, (data, x, out, np.int32(rows), pointer(bias), pointer(residual),
                                          np.float64(factor), pointer(norm), np.float32(eps),
-                                         _sum_bits(cols)), overlap)
+                                         sum_bits(cols)), overlap)
 
 
 def stages(x_rows: int, cols: int) -> bool:
@@ -319,7 +328,7 @@ def stages(x_rows: int, cols: int) -> bool:
     return x_rows * cols <= STAGE_FLOATS
 
 
-def _sum_bits(n: int) -> np.int32:
+def sum_bits(n: int) -> np.int32:
     return np.int32(53 - max(0, (n - 1).bit_length()))      # exact.sum's bits for rows of n
 
 
@@ -328,4 +337,4 @@ def rms_norm(x: Array, weight: Array, out: Array, eps: float, overlap: bool = Fa
     rows, cols = x.shape
     if rows:
         kernel = _module("F32", 0, 1, 1, 1).get_function("loom_exact_rms_norm")
-        launch(kernel, rows, 256, (x, weight, out, np.int32(cols), np.float32(eps), _sum_bits(cols)), overlap)
+        launch(kernel, rows, 256, (x, weight, out, np.int32(cols), np.float32(eps), sum_bits(cols)), overlap)

@@ -93,7 +93,7 @@ def _matmul_sliced(be, a2, b2, dtype):
     xp = be.xp
     if a2.shape[-1] <= 1 << exact_dispatch.CHUNK_BITS:
         # the whole product at once (the CPU's compiled loops: finite float32 values), the same bits
-        result = be.exact.matmul_sliced(a2, b2, _narrow_bits(a2.shape[-1]))
+        result = be.exact.matmul_sliced(a2, b2, narrow_bits(a2.shape[-1]))
         if result is not None:
             return result
     maxima = be.exact.gemm_maxima(a2, b2)                       # (the GPU: one memset for both)
@@ -155,7 +155,7 @@ def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     if a.shape[-1] <= step:
         return _matmul_narrow(be, a, b, amax, bmax, k, dtype, guard is not None)
     # the GPU: every chunk at once where the memory allows, the same bits
-    result = be.exact.matmul_narrow_chunks(a, b, amax, bmax, _narrow_bits(k), dtype, step)
+    result = be.exact.matmul_narrow_chunks(a, b, amax, bmax, narrow_bits(k), dtype, step)
     if result is not None:
         if guard is not None:
             guard.patch_specials(a, b, amax, bmax, result)
@@ -174,7 +174,7 @@ def _matmul_float32(be, a, b, amax, bmax, dtype, guard=None):
     return result
 
 
-def _narrow_bits(k: int) -> tuple:
+def narrow_bits(k: int) -> tuple:
     """(bits_a, bits_b) of the 2 x 1 slice scheme for sums of at most k products: a's rows become
     integers below 2^bits_a (two slices), b's columns below 2^bits_b, so every partial sum of k
     products of slices stays an integer below 2^53."""
@@ -194,7 +194,7 @@ def _matmul_narrow(be, a, b, amax, bmax, k: int, dtype, guarded: bool = False):
     trim them: fused kernels on the GPU, float32 passes on the CPU (loom/backend/cpu/exact.py), each
     working the scales out from the maxima itself. `guarded` (operands with a special_guard):
     special values patched in as well."""
-    return be.exact.matmul_narrow(a, b, amax, bmax, _narrow_bits(k), dtype, guarded)
+    return be.exact.matmul_narrow(a, b, amax, bmax, narrow_bits(k), dtype, guarded)
 
 
 def _matmul_general(be, a, b, amax, bmax, wide, dtype):

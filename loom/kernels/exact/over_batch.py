@@ -63,9 +63,9 @@ def matmul(a: Array, b: Array) -> Array:
 
 def _matmul_parts(be, a, b, amax, bmax, k_total: int, split, dtype):
     """The slice scheme through its integers: [g_hi; g_lo] in int64, summed over the ranks."""
-    from . import _narrow_bits
+    from . import narrow_bits
     xp = be.xp
-    bits = _narrow_bits(min(k_total, 1 << exact_dispatch.CHUNK_BITS))
+    bits = narrow_bits(min(k_total, 1 << exact_dispatch.CHUNK_BITS))
     bad_rows, bad_cols = ~xp.isfinite(amax), ~xp.isfinite(bmax)
     amax, bmax = xp.where(bad_rows, 0, amax), xp.where(bad_cols, 0, bmax)    # their entries become NaN
     if split is not None:              # one all-reduce for both maxima and both flags

@@ -1,0 +1,256 @@
+"""Deterministic products with stored (block-quantized or 16/32-bit) weights for a few rows of x and
+K > ROUNDED_MAX_K: the decode step's longer products (Llama-3.2-1B's down projection, every product of
+Llama-3.1-8B) in deterministic mode, with the bits of the exact GEMM.
+
+The dispatch table (loom/kernels/exact/dispatch.py) gives those products the 2 x 1 slice scheme
+(loom/kernels/exact/__init__.py, `_matmul_narrow`; exact_slices.py runs it on the GPU for decoded
+weights): each row of x becomes two integer slices at its maximum's scale, each row of W one integer
+at its maximum's scale, the slices' dot products are exact integer sums, and one recombination rounds.
+Every partial sum of those products is an integer below 2^53, so a float64 sum of them is exact in
+any order: the kernels here need no certification and no settling, only the same slicing arithmetic.
+
+- `row_maxima`: max |W[r, :]| of each decoded row (the scheme's column maxima of W^T), once per
+  weight: the caller keeps it (a recorded step reads it at every replay).
+- `slice_rows`: per row of x, a block (fused.rms_norm first where the product has a norm, with
+  quant_exact's bits), its maximum, and both slices as float32 pairs (exact: below 2^17).
+- `gemv`: a warp per row of W, as quant_exact's kernel reads the stored bytes (quant.BLOCK_DECODE),
+  each value rounded to the row's integer, two float64 sums per row of x (exact); then the
+  recombination in exact_slices' order and the epilogues (+ bias, a residual, or SwiGLU) as
+  quant_exact's. A row of x or W whose maximum is not finite gets IEEE's special value, as
+  exact_slices.patch_specials writes it.
+
+loom/llm/paged_graph.py records these in deterministic mode. Capturable: sizes as arguments, no sync,
+no host read.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import cupy
+import numpy as np
+
+from ...kernels.exact import dispatch as exact_dispatch
+from .. import Array
+from .compile import OPTIONS
+from .launch import launch
+from .quant import MAX_ROWS, TYPES, pointer
+from .quant_exact import prelude, sum_bits
+
+MAX_K = 1 << exact_dispatch.CHUNK_BITS      # longer products sum chunks in order (not here)
+
+_SOURCE = r"""
+#define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
+#define COLS (NB * 32)
+#define ROW_BYTES ((long long)(NB / SUBS) * BLOCK)
+
+// out[r] = max |W[r, k]| over the decoded row (as bit patterns: a NaN's pattern is above inf's), a warp a row.
+extern "C" __global__ void loom_row_maxima(const unsigned char* w, float* out, int rows) {
+    const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    if (warp >= rows) return;
+    const unsigned char* row = w + warp * ROW_BYTES;
+    unsigned top = 0;
+    for (int b = lane >> 3; b < NB; b += 4) {
+        float v[4]; int at[4];
+        block_values(row, b, lane & 7, v, at);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) top = max(top, __float_as_uint(v[j]) & 0x7fffffffu);
+    }
+    for (int o = 16; o; o >>= 1) top = max(top, __shfl_xor_sync(LOOM_FULL, top, o));
+    if (lane == 0) out[warp] = __uint_as_float(top);
+}
+
+// Row m of x (a block): with norm_w, y = rms_norm(x) (quant_exact's bits) into normed, else y = x; then
+// ymax[m] = max |y| and slices[m, k] = (hi, lo) as exact_slices' loom_exact_slice_left makes them.
+extern "C" __global__ void loom_slice_rows(const float* x, const float* norm_w, float* normed, float2* slices,
+                                           float* ymax, int cols, float eps, int sumbits, int abits) {
+    __shared__ Scratch scratch;
+    __shared__ unsigned tops[32];
+    wait_for_previous_kernel();
+    const long long m = blockIdx.x;
+    const float* y = x + m * cols;
+    if (norm_w != 0) {
+        const float* xr = y;
+        loom_rms_norm_row([&](long long k) { return xr[k]; }, norm_w, normed + m * cols, cols, eps, sumbits, scratch);
+        __syncthreads();                                        // (global writes, visible to the block)
+        y = normed + m * cols;
+    }
+    unsigned top = 0;
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) top = max(top, __float_as_uint(y[k]) & 0x7fffffffu);
+    for (int o = 16; o; o >>= 1) top = max(top, __shfl_xor_sync(LOOM_FULL, top, o));
+    if ((threadIdx.x & 31) == 0) tops[threadIdx.x >> 5] = top;
+    __syncthreads();
+    top = 0;
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) top = max(top, tops[i]);
+    const float amax = __uint_as_float(top);
+    if (threadIdx.x == 0) ymax[m] = amax;
+    const int shift = abits - loom_top_exponent(amax);
+    const double up = ldexp(1.0, abits);
+    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
+        const float s = ldexpf(y[k], shift);                                // |s| < 2^abits, exact
+        const float h = rintf(s);
+        const double lo = rint(__dmul_rn(__dsub_rn((double)s, (double)h), up));   // |lo| <= 2^(abits - 1)
+        slices[m * cols + k] = make_float2(h, (float)lo);
+    }
+}
+
+// EPI 0: out[m, r] = (res[m, r] +) (x W[r]^T (+ bias[r])); EPI 1 (SwiGLU): out[m, r] = silu(g) * u, g and u
+// the products with rows r and r + rows (+ bias). One warp (WPR warps, their sums met in shared memory)
+// per row of W, lanes as quant_exact's kernel. xs: slice_rows' slices of x [MR, COLS], xmax its row maxima,
+// xf the float rows they were made from (for special values); wmax: row_maxima of W.
+extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_sliced_gemv(
+        const unsigned char* w, const float2* xs, const float* xmax, const float* xf, const float* wmax, float* out,
+        int rows, const float* bias, const float* res, int abits, int bbits) {
+    __shared__ double partial[8][2][EPI + 1][MR];
+    const int global_warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+    const int warp = global_warp / WPR, slice = global_warp % WPR, local = threadIdx.x >> 5;
+    const bool valid = warp < rows;
+    const int part = lane >> 3, i = lane & 7;
+    const unsigned char* row = w + warp * ROW_BYTES;
+    const long long second = rows * ROW_BYTES;
+    if (valid) {
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) prefetch_row(row + e * second, ROW_BYTES, slice + WPR * lane, 32 * WPR);
+    }
+    wait_for_previous_kernel();
+    int shift[EPI + 1];
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e) shift[e] = valid ? bbits - loom_top_exponent(wmax[warp + e * rows]) : 0;
+    double hi[EPI + 1][MR], lo[EPI + 1][MR];
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e)
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) { hi[e][m] = 0.0; lo[e][m] = 0.0; }
+    #pragma unroll 4
+    for (int it = 0; it < ITERS; ++it) {
+        const int b = part + 4 * slice + it * 4 * WPR;
+        if (!valid || b >= NB) continue;
+        float v[EPI + 1][4]; int at[4];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) block_values(row + e * second, b, i, v[e], at);
+        double q[EPI + 1][4];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e)
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) q[e][j] = (double)rintf(ldexpf(v[e][j], shift[e]));   // |q| <= 2^bbits
+        #pragma unroll
+        for (int m = 0; m < MR; ++m)
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float2 a = xs[m * COLS + b * 32 + at[j]];
+                #pragma unroll
+                for (int e = 0; e <= EPI; ++e) {        // integers: every partial sum below 2^53, exact
+                    hi[e][m] = __fma_rn((double)a.x, q[e][j], hi[e][m]);
+                    lo[e][m] = __fma_rn((double)a.y, q[e][j], lo[e][m]);
+                }
+            }
+    }
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e)
+        #pragma unroll
+        for (int m = 0; m < MR; ++m) {
+            for (int o = 16; o; o >>= 1) {
+                hi[e][m] = __dadd_rn(hi[e][m], __shfl_xor_sync(LOOM_FULL, hi[e][m], o));
+                lo[e][m] = __dadd_rn(lo[e][m], __shfl_xor_sync(LOOM_FULL, lo[e][m], o));
+            }
+            if (WPR > 1 && lane == 0) { partial[local][0][e][m] = hi[e][m]; partial[local][1][e][m] = lo[e][m]; }
+        }
+    if (WPR > 1) {
+        __syncthreads();
+        if (slice != 0) return;
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e)
+            #pragma unroll
+            for (int m = 0; m < MR; ++m)
+                for (int j = 1; j < WPR; ++j) {
+                    hi[e][m] = __dadd_rn(hi[e][m], partial[local + j][0][e][m]);
+                    lo[e][m] = __dadd_rn(lo[e][m], partial[local + j][1][e][m]);
+                }
+    }
+    if (!valid) return;
+    const double down = ldexp(1.0, -abits);
+    #pragma unroll
+    for (int m = 0; m < MR; ++m) {
+        const float am = xmax[m];
+        float y[EPI + 1];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) {
+            const float bm = wmax[warp + e * rows];
+            double acc = __dadd_rn(__dmul_rn(lo[e][m], down), hi[e][m]);      // the one rounding
+            acc = __dmul_rn(acc, ldexp(1.0, loom_top_exponent(am) - abits));
+            float v = (float)__dmul_rn(acc, ldexp(1.0, loom_top_exponent(bm) - bbits));
+            if (!isfinite(am) || !isfinite(bm)) {                               // warp-uniform
+                const float s = loom_special_walk([&](auto f) {
+                    for (int b = part; b < NB; b += 4) {
+                        float wv[4]; int at[4];
+                        block_values(row + e * second, b, i, wv, at);
+                        #pragma unroll
+                        for (int j = 0; j < 4; ++j) f(xf[m * COLS + b * 32 + at[j]], wv[j]);
+                    }
+                });
+                if (!isfinite(s)) v = s;
+            }
+            y[e] = bias != 0 ? v + bias[warp + e * rows] : v;
+        }
+        if (lane == 0) {
+            const float r = EPI == 1 ? (y[0] * loom_sigmoid(y[0])) * y[EPI] : y[0];
+            out[(long long)m * rows + warp] = res != 0 ? res[(long long)m * rows + warp] + r : r;
+        }
+    }
+}
+"""
+
+
+@cache
+def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int):
+    source = prelude(qtype, epilogue, x_rows, warps_per_row, blocks) + _SOURCE
+    return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
+
+
+def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
+    """Why `gemv` cannot take a product over K = cols, or None where it can. (The kernels compute the
+    slice scheme over one chunk: the caller checks that exact_dispatch gives it to K = cols.)"""
+    if qtype not in TYPES:
+        return f"no deterministic block kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})"
+    if rows_of_x > MAX_ROWS:
+        return f"{rows_of_x} rows of x are more than the kernel's {MAX_ROWS}"
+    if cols % 32:
+        return f"a width of {cols} is not a multiple of 32"
+    if cols > MAX_K:
+        return f"products over K = {cols} sum chunks of {MAX_K} (no decode kernel)"
+    return None
+
+
+def row_maxima(data: Array, qtype: str, rows: int, cols: int) -> Array:
+    """float32 [rows]: max |W[r, :]| of each row of the stored weight decoded (NaN where a row holds one)."""
+    out = cupy.empty(rows, dtype=np.float32)
+    if rows:
+        kernel = _module(qtype, 0, 1, 1, cols // 32).get_function("loom_row_maxima")
+        kernel(((rows * 32 + 255) // 256,), (256,), (data, out, np.int32(rows)))
+    return out
+
+
+def slice_rows(x: Array, slices: Array, xmax: Array, bits: tuple, norm: Array | None = None,
+               normed: Array | None = None, eps: float = 0.0, overlap: bool = False) -> None:
+    """slices (float32 [M, 2 cols]: (hi, lo) pairs) and xmax [M] of x [M, cols] for the slice scheme
+    with `bits` (exact.narrow_bits(cols)); with `norm`, of rms_norm(x, norm, eps), which is written to
+    `normed` [M, cols]. All C-contiguous."""
+    rows, cols = x.shape
+    if rows:
+        kernel = _module("F32", 0, 1, 1, 1).get_function("loom_slice_rows")
+        launch(kernel, rows, 256, (x, pointer(norm), pointer(normed), slices, xmax, np.int32(cols), np.float32(eps),
+                                   sum_bits(cols), np.int32(bits[0])), overlap)
+
+
+def gemv(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, wmax: Array, out: Array, bits: tuple,
+         bias: Array | None = None, residual: Array | None = None, swiglu: bool = False, overlap: bool = False) -> None:
+    """out (+)= x @ W^T ... with the slice scheme's bits, from slice_rows' slices and xmax of x (xf: the
+    rows they were made from) and W's row_maxima `wmax`; epilogues as quant_exact.gemv's. The caller
+    has checked `unsupported`."""
+    rows = data.shape[0] // 2 if swiglu else data.shape[0]
+    m, cols = xf.shape
+    if rows and m:
+        wpr = 1 if rows >= 2048 else 2 if rows >= 1024 else 4
+        blocks = (rows * wpr * 32 + 255) // 256
+        kernel = _module(qtype, int(swiglu), m, wpr, cols // 32).get_function("loom_sliced_gemv")
+        launch(kernel, blocks, 256, (data, slices, xmax, xf, wmax, out, np.int32(rows), pointer(bias),
+                                     pointer(residual), np.int32(bits[0]), np.int32(bits[1])), overlap)
