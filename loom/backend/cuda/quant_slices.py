@@ -11,8 +11,8 @@ any order: the kernels here need no certification and no settling, only the same
 
 - `row_maxima`: max |W[r, :]| of each decoded row (the scheme's column maxima of W^T), once per
   weight: the caller keeps it (a recorded step reads it at every replay).
-- `slice_rows`: per row of x, a block (fused.rms_norm first where the product has a norm, with
-  quant_exact's bits), its maximum, and both slices as float32 pairs (exact: below 2^17).
+- `slice_rows`: per row of x, blocks of SLICE_CHUNK values (fused.rms_norm first where the product has
+  a norm, with quant_exact's bits), its maximum, and both slices as float32 pairs (exact: below 2^17).
 - `gemv`: a warp per row of W, as quant_exact's kernel reads the stored bytes (quant.BLOCK_DECODE),
   each value rounded to the row's integer, two float64 sums per row of x (exact); then the
   recombination in exact_slices' order and the epilogues (+ bias, a residual, or SwiGLU) as
@@ -34,9 +34,12 @@ from .. import Array
 from .compile import OPTIONS
 from .launch import launch
 from .quant import MAX_ROWS, TYPES, pointer
-from .quant_exact import prelude, sum_bits
+from .quant_exact import prelude, sum_bits, warps_per_row
 
 MAX_K = 1 << exact_dispatch.CHUNK_BITS      # longer products sum chunks in order (not here)
+# Values of a row of x each slicing block writes: a row of 8,192 by one block took 20 us (its loads and
+# stores one after another), as long as the product after it
+SLICE_CHUNK = 512
 
 _SOURCE = r"""
 #define ITERS ((NB + 4 * WPR - 1) / (4 * WPR))
@@ -59,22 +62,29 @@ extern "C" __global__ void loom_row_maxima(const unsigned char* w, float* out, i
     if (lane == 0) out[warp] = __uint_as_float(top);
 }
 
-// Row m of x (a block): with norm_w, y = rms_norm(x) (quant_exact's bits) into normed, else y = x; then
-// ymax[m] = max |y| and slices[m, k] = (hi, lo) as exact_slices' loom_exact_slice_left makes them.
-extern "C" __global__ void loom_slice_rows(const float* x, const float* norm_w, float* normed, float2* slices,
-                                           float* ymax, int cols, float eps, int sumbits, int abits) {
+// Row m of x, by `chunks` blocks (block m * chunks + c slices values [c chunk, (c + 1) chunk)): with norm_w,
+// y = rms_norm(x) (quant_exact's bits, each block the whole row into shared memory, its own chunk into
+// normed), else y = x; then ymax[m] = max |y| (each block the whole row's) and slices[m, k] = (hi, lo) as
+// exact_slices' loom_exact_slice_left makes them, stored as float32 pairs (exact: below 2^17).
+extern "C" __global__ void loom_slice_rows(const float* __restrict__ x, const float* __restrict__ norm_w,
+                                           float* __restrict__ normed, float2* __restrict__ slices,
+                                           float* __restrict__ ymax, int cols, float eps, int sumbits, int abits,
+                                           int chunks, int chunk) {
+    extern __shared__ float y_s[];
     __shared__ Scratch scratch;
     __shared__ unsigned tops[32];
     wait_for_previous_kernel();
-    const long long m = blockIdx.x;
-    const float* y = x + m * cols;
+    const long long m = blockIdx.x / chunks;
+    const int first = (blockIdx.x % chunks) * chunk, last = min(cols, first + chunk);
+    const float* xr = x + m * cols;
+    const float* y = xr;
     if (norm_w != 0) {
-        const float* xr = y;
-        loom_rms_norm_row([&](long long k) { return xr[k]; }, norm_w, normed + m * cols, cols, eps, sumbits, scratch);
-        __syncthreads();                                        // (global writes, visible to the block)
-        y = normed + m * cols;
+        loom_rms_norm_row([&](long long k) { return xr[k]; }, norm_w, y_s, cols, eps, sumbits, scratch);
+        __syncthreads();
+        y = y_s;
     }
     unsigned top = 0;
+    #pragma unroll 8
     for (int k = threadIdx.x; k < cols; k += blockDim.x) top = max(top, __float_as_uint(y[k]) & 0x7fffffffu);
     for (int o = 16; o; o >>= 1) top = max(top, __shfl_xor_sync(LOOM_FULL, top, o));
     if ((threadIdx.x & 31) == 0) tops[threadIdx.x >> 5] = top;
@@ -82,11 +92,14 @@ extern "C" __global__ void loom_slice_rows(const float* x, const float* norm_w, 
     top = 0;
     for (int i = 0; i < (int)(blockDim.x >> 5); ++i) top = max(top, tops[i]);
     const float amax = __uint_as_float(top);
-    if (threadIdx.x == 0) ymax[m] = amax;
+    if (threadIdx.x == 0 && first == 0) ymax[m] = amax;
     const int shift = abits - loom_top_exponent(amax);
     const double up = ldexp(1.0, abits);
-    for (int k = threadIdx.x; k < cols; k += blockDim.x) {
-        const float s = ldexpf(y[k], shift);                                // |s| < 2^abits, exact
+    #pragma unroll 4
+    for (int k = first + threadIdx.x; k < last; k += blockDim.x) {
+        const float v = y[k];
+        if (norm_w != 0) normed[m * cols + k] = v;
+        const float s = ldexpf(v, shift);                                   // |s| < 2^abits, exact
         const float h = rintf(s);
         const double lo = rint(__dmul_rn(__dsub_rn((double)s, (double)h), up));   // |lo| <= 2^(abits - 1)
         slices[m * cols + k] = make_float2(h, (float)lo);
@@ -237,8 +250,10 @@ def slice_rows(x: Array, slices: Array, xmax: Array, bits: tuple, norm: Array | 
     rows, cols = x.shape
     if rows:
         kernel = _module("F32", 0, 1, 1, 1).get_function("loom_slice_rows")
-        launch(kernel, rows, 256, (x, pointer(norm), pointer(normed), slices, xmax, np.int32(cols), np.float32(eps),
-                                   sum_bits(cols), np.int32(bits[0])), overlap)
+        chunks = -(-cols // SLICE_CHUNK)
+        launch(kernel, rows * chunks, 256, (x, pointer(norm), pointer(normed), slices, xmax, np.int32(cols),
+                                            np.float32(eps), sum_bits(cols), np.int32(bits[0]), np.int32(chunks),
+                                            np.int32(SLICE_CHUNK)), overlap, shared=4 * cols if norm is not None else 0)
 
 
 def gemv(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, wmax: Array, out: Array, bits: tuple,
@@ -249,7 +264,7 @@ def gemv(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, wmax: A
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
     m, cols = xf.shape
     if rows and m:
-        wpr = 1 if rows >= 2048 else 2 if rows >= 1024 else 4
+        wpr = warps_per_row(rows, cols)
         blocks = (rows * wpr * 32 + 255) // 256
         kernel = _module(qtype, int(swiglu), m, wpr, cols // 32).get_function("loom_sliced_gemv")
         launch(kernel, blocks, 256, (data, slices, xmax, xf, wmax, out, np.int32(rows), pointer(bias),
