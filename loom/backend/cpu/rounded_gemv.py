@@ -83,20 +83,27 @@ _B_SLACK = 1.0 + 2.0 ** -20
 # kind codes the kernel branches on, once per weight row; from _DIRECT on, values are read in the dot
 _KINDS = {"Q8_0": 0, "Q4_0": 1, "Q4_1": 2, "Q5_0": 3, "Q5_1": 4, "F16": 5, "BF16": 6, "F32": 7}
 _DIRECT, _F16, _BF16 = 5, 5, 6
+_ONE_ROW = 3        # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' sums
 TYPES = tuple(_KINDS)
 _PLAIN = ("_decode", "_q8_0", "_q4_0", "_q4_1", "_q5_0", "_q5_1", "_f16", "_bf16", "_f32",
-          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows")
+          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows", "_block_bounds")
 _PARALLEL = ("_gemv",)
 _REASSOCIATED = ("_dot", "_dot_direct", "_sum", "_bound")
 prange = range
 f32, f64, u32 = np.float32, np.float64, np.uint32
+_q8_0_sum = _q4_0_sum = _q4_1_sum = None    # row_dots.py's one-row float64 sums (numba intrinsics): available()
 
 
 def available() -> bool:
     """Whether the compiled loops run here (cpu_jit.available(): numba importable, LOOM_JIT not "0",
     not a forked child of an OpenMP parent); compiles rounded_jit's helpers first, which these call."""
-    return rounded_jit.available() and gemv.available() and cpu_jit.compile_module(
-        globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
+    if not (rounded_jit.available() and gemv.available()):
+        return False
+    global _q8_0_sum, _q4_0_sum, _q4_1_sum
+    if _q4_1_sum is None:               # bound before the kernels compile: numba resolves their globals then
+        from . import row_dots
+        _q8_0_sum, _q4_0_sum, _q4_1_sum = row_dots.q8_0_sum, row_dots.q4_0_sum, row_dots.q4_1_sum
+    return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
 
 
 def supports(qtype: str, m_rows: int, cols: int) -> bool:
@@ -166,8 +173,20 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
         wb = np.empty(x.shape[1] // 32, np.float64)
         limbs = np.zeros(rounded_jit.LIMBS, np.int64)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
+            decoded = False
+            if x.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums, from the stored codes
+                _block_bounds(kind, u16, r, f16, wb)
+                s = _q8_0_sum(data, r, x64, f16) if kind == 0 else \
+                    _q4_0_sum(data, r, x64, f16) if kind == 1 else _q4_1_sum(data, r, x64, f16)
+                v, certain = _first_stage(s, _bound(wb, xb, 0), factor)
+                if not certain:
+                    _decode(kind, data, u16, i8, r, f16, w, n16, wb)
+                    v = _settle(x, w, 0, factor, limbs, stages, c)
+                out[0, r] = v
+                continue
             if kind < _DIRECT:
                 _decode(kind, data, u16, i8, r, f16, w, n16, wb)
+                decoded = True
             for i in range(x.shape[0]):
                 if kind < _DIRECT:
                     s, t = _sum(x64, i, w), _bound(wb, xb, i)
@@ -175,11 +194,23 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
                     s, t = _dot_direct(kind, x64, ax, i, u16, r)
                 v, certain = _first_stage(s, t, factor)
                 if not certain:
-                    if kind >= _DIRECT:         # these rows were never decoded: now, for the later stages
+                    if not decoded:             # these rows were never decoded: now, for the later stages
                         _decode(kind, data, u16, i8, r, f16, w, n16, wb)
+                        decoded = True
                     v = _settle(x, w, i, factor, limbs, stages, c)
                 out[i, r] = v
     counts += stages.sum(axis=0)
+
+
+def _block_bounds(kind, u16, r, f16, wb):
+    """_decode's block bounds (_BOUNDS) of Q8_0, Q4_0 or Q4_1 row r into wb, without decoding the row."""
+    for b in range(wb.shape[0]):
+        if kind == 0:
+            wb[b] = 128.0 * abs(f64(f16[u16[r, 17 * b]]))
+        elif kind == 1:
+            wb[b] = 8.0 * abs(f64(f16[u16[r, 9 * b]]))
+        else:
+            wb[b] = 15.0 * abs(f64(f16[u16[r, 10 * b]])) + abs(f64(f16[u16[r, 10 * b + 1]]))
 
 
 def _stack_dots(x, columns, m, out, factor, counts):

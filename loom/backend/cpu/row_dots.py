@@ -31,6 +31,8 @@ from . import jit
 LANES = 16
 _F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V = ir.VectorType(_F32, LANES)
+_F64 = ir.DoubleType()
+_VD = ir.VectorType(_F64, LANES)
 _FAST = tuple(sorted(jit.FASTMATH))                 # the compiled loops' fast-math flags
 
 
@@ -155,3 +157,91 @@ def q8_0_dot(typingctx: object, data: types.Array, r: types.Integer, x: types.Ar
 
 q4_0_dot = _nibble_dot(18, 2, None)
 q4_1_dot = _nibble_dot(20, 4, 2)
+
+
+# --- deterministic mode's one-row sums (loom/backend/cpu/rounded_gemv.py) ------------------------------
+# Each value decoded in float32 as gguf_quants decodes it (d q is exact in float32, so one fma(d, q, m)
+# rounds as the reference's product then sum; Q8_0's and Q4_0's d q need no rounding at all), widened
+# to float64 (exact), multiplied with x in float64 (exact: two 24-bit significands) and added into a
+# <16 x double> accumulator reduced once per row: the sum of the exact products in some order, which
+# is all rounded_gemv's certification asks of it.
+
+class _Wide:
+    """The float64 accumulation of the exact sums."""
+
+    def __init__(self, builder: ir.IRBuilder) -> None:
+        self.b = builder
+        module = builder.module
+        self._fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VD, [_VD, _VD, _VD]), "llvm.fma.v16f64")
+        self._sum = cgutils.get_or_insert_function(module, ir.FunctionType(_F64, [_F64, _VD]),
+                                                   "llvm.vector.reduce.fadd.v16f64")
+        self.acc = cgutils.alloca_once_value(builder, ir.Constant(_VD, None))
+
+    def add(self, x: ir.Value, w: ir.Value) -> None:
+        """acc += x * w for x <16 x double> and w <16 x float> (widened: exact)."""
+        wide = self.b.fpext(w, _VD)
+        self.b.store(self.b.call(self._fma, [x, wide, self.b.load(self.acc)]), self.acc)
+
+    def total(self) -> ir.Value:
+        return self.b.call(self._sum, [ir.Constant(_F64, 0.0), self.b.load(self.acc)], fastmath=_FAST)
+
+
+def _nibble_sum(block_bytes: int, codes_at: int, offset_at: int | None) -> Callable:
+    """sum_k x64[0, k] w_k (float64, exact products) for a 4-bit block type's row r, w_k as _nibble_dot
+    decodes them: d lo_j + m and d hi_j + m (Q4_1), d (lo_j - 8) and d (hi_j - 8) (Q4_0)."""
+
+    @intrinsic
+    def total(typingctx, data, r, x64, table):
+        def codegen(context, builder, signature, args):
+            row, array = _row_start(context, builder, signature.args[0], args[0], args[1])
+            xs = context.make_array(signature.args[2])(context, builder, args[2]).data
+            f16 = context.make_array(signature.args[3])(context, builder, args[3]).data
+            v, wide = _Builder(builder), _Wide(builder)
+            sixteenth, sixteen = v.splat(ir.Constant(_F32, 1 / 16)), v.splat(ir.Constant(_F32, -16.0))
+            width = cgutils.unpack_tuple(builder, array.shape)[1]
+            with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
+                b = loop.index
+                at = builder.mul(b, _const(block_bytes))
+                d = v.splat(v.scale(f16, row, at))
+                codes = v.load(row, builder.add(at, _const(codes_at)), ir.VectorType(_I8, LANES))
+                q = builder.uitofp(codes, _V)
+                hi = v.floor(v.mul(q, sixteenth))
+                lo = v.fma(sixteen, hi, q)                      # exact: integers below 256
+                if offset_at is not None:
+                    m = v.splat(v.scale(f16, row, builder.add(at, _const(offset_at))))
+                    w_lo, w_hi = v.fma(d, lo, m), v.fma(d, hi, m)
+                else:
+                    eight = v.splat(ir.Constant(_F32, -8.0))
+                    w_lo, w_hi = builder.fmul(d, builder.fadd(lo, eight)), builder.fmul(d, builder.fadd(hi, eight))
+                x_at = builder.mul(b, _const(32 * 8))
+                wide.add(v.load(xs, x_at, _VD), w_lo)
+                wide.add(v.load(xs, builder.add(x_at, _const(128)), _VD), w_hi)
+            return wide.total()
+        return types.float64(data, r, x64, table), codegen
+    return total
+
+
+@intrinsic
+def q8_0_sum(typingctx: object, data: types.Array, r: types.Integer, x64: types.Array,
+             table: types.Array) -> tuple[Signature, Callable]:
+    """sum_k x64[0, k] w_k (float64, exact products) for Q8_0 row r, w_k = d int8_k (exact in float32)."""
+    def codegen(context, builder, signature, args):
+        row, array = _row_start(context, builder, signature.args[0], args[0], args[1])
+        xs = context.make_array(signature.args[2])(context, builder, args[2]).data
+        f16 = context.make_array(signature.args[3])(context, builder, args[3]).data
+        v, wide = _Builder(builder), _Wide(builder)
+        width = cgutils.unpack_tuple(builder, array.shape)[1]
+        with cgutils.for_range(builder, builder.udiv(width, _const(34))) as loop:
+            b = loop.index
+            at = builder.mul(b, _const(34))
+            d = v.splat(v.scale(f16, row, at))
+            for half in (0, 1):
+                codes = v.load(row, builder.add(at, _const(2 + 16 * half)), ir.VectorType(_I8, LANES))
+                w = builder.fmul(d, builder.sitofp(codes, _V))
+                wide.add(v.load(xs, builder.add(builder.mul(b, _const(256)), _const(128 * half)), _VD), w)
+        return wide.total()
+    return types.float64(data, r, x64, table), codegen
+
+
+q4_0_sum = _nibble_sum(18, 2, None)
+q4_1_sum = _nibble_sum(20, 4, 2)
