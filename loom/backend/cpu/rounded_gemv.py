@@ -86,12 +86,12 @@ _DIRECT, _F16, _BF16 = 5, 5, 6
 _ONE_ROW = 3        # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' sums
 TYPES = tuple(_KINDS)
 _PLAIN = ("_decode", "_q8_0", "_q4_0", "_q4_1", "_q5_0", "_q5_1", "_f16", "_bf16", "_f32",
-          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows", "_block_bounds")
+          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows")
 _PARALLEL = ("_gemv",)
 _REASSOCIATED = ("_dot", "_dot_direct", "_sum", "_bound")
 prange = range
 f32, f64, u32 = np.float32, np.float64, np.uint32
-_q8_0_sum = _q4_0_sum = _q4_1_sum = None    # row_dots.py's one-row float64 sums (numba intrinsics): available()
+_q8_0_sum = _q4_0_sum = _q4_1_sum = None    # row_dots.py's one-row float64 sums and bounds: available()
 
 
 def available() -> bool:
@@ -172,18 +172,19 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
         w = np.empty(x.shape[1], np.float32)
         wb = np.empty(x.shape[1] // 32, np.float64)
         limbs = np.zeros(rounded_jit.LIMBS, np.int64)
-        for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            decoded = False
-            if x.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums, from the stored codes
-                _block_bounds(kind, u16, r, f16, wb)
-                s = _q8_0_sum(data, r, x64, f16) if kind == 0 else \
-                    _q4_0_sum(data, r, x64, f16) if kind == 1 else _q4_1_sum(data, r, x64, f16)
-                v, certain = _first_stage(s, _bound(wb, xb, 0), factor)
+        first, end = c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)
+        if x.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums and bounds, from the stored codes
+            for r in range(first, end):
+                s, bound = _q8_0_sum(data, r, x64, xb, f16) if kind == 0 else \
+                    _q4_0_sum(data, r, x64, xb, f16) if kind == 1 else _q4_1_sum(data, r, x64, xb, f16)
+                v, certain = _first_stage(s, bound * _B_SLACK, factor)
                 if not certain:
                     _decode(kind, data, u16, i8, r, f16, w, n16, wb)
                     v = _settle(x, w, 0, factor, limbs, stages, c)
                 out[0, r] = v
-                continue
+            continue
+        for r in range(first, end):
+            decoded = False
             if kind < _DIRECT:
                 _decode(kind, data, u16, i8, r, f16, w, n16, wb)
                 decoded = True
@@ -200,17 +201,6 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
                     v = _settle(x, w, i, factor, limbs, stages, c)
                 out[i, r] = v
     counts += stages.sum(axis=0)
-
-
-def _block_bounds(kind, u16, r, f16, wb):
-    """_decode's block bounds (_BOUNDS) of Q8_0, Q4_0 or Q4_1 row r into wb, without decoding the row."""
-    for b in range(wb.shape[0]):
-        if kind == 0:
-            wb[b] = 128.0 * abs(f64(f16[u16[r, 17 * b]]))
-        elif kind == 1:
-            wb[b] = 8.0 * abs(f64(f16[u16[r, 9 * b]]))
-        else:
-            wb[b] = 15.0 * abs(f64(f16[u16[r, 10 * b]])) + abs(f64(f16[u16[r, 10 * b + 1]]))
 
 
 def _stack_dots(x, columns, m, out, factor, counts):
