@@ -1,24 +1,29 @@
 """Batched generation (issue 34): aggregate decode tokens/s of loom.llm.batching.BatchEngine with 1,
 16 and 64 concurrent streams, against one stream through CausalLM.generate_ids (the model's own
-engine, a batch of one; a fresh prompt each call), on SmolLM2-135M's shapes with random bf16 weights
-(benchmarks/llm.py's).
+engine, a batch of one; a fresh prompt each call), on one of benchmarks/llm.py's model shapes
+(SmolLM2-135M's by default) with random bf16 weights.
 
-    PYTHONPATH=. python benchmarks/serve.py --device cuda [--streams 1,16,64] [--tokens 64] [--deterministic]
-                                            [--parts prefill,decode,ttft] [--transformers]
+    PYTHONPATH=. python benchmarks/serve.py --device cuda [--shape S] [--streams 1,16,64] [--tokens 64]
+                                            [--deterministic | --compare] [--parts prefill,decode,ttft]
+                                            [--prefill-tokens 512,2048] [--transformers]
 
 decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id),
-all submitted at once; "tok/s aggregate" counts every generated token over the whole run's time,
-prefill included, so it is what a server's clients would see in aggregate; "decode steps alone"
-counts the tokens after each stream's first over the time after the last stream got its first.
-prefill: one 2048-token request through a BatchEngine (loom serve's and generate_ids' path; the prompt
-and its first token, no prefix cache), best of 5, with bf16 products on the tensor cores (fast mode's
-default) launched kernel by kernel (graphs off, as a prompt shape's first sighting runs) and replayed
-as the recorded prompt step (the default from a shape's second sighting), and in float32 (tensor_cores
-off, Decoder.keep_dense copies); --transformers adds transformers' bf16 model (sdpa attention, eager)
-on the same prompt length (the last position's logits), the anchor.
+all submitted at once, after two warm-up rounds of the same shapes (the second replays the prompt
+step the first recorded, as a server does from a shape's second sighting); "tok/s aggregate" counts
+every generated token over the whole run's time, prefill included, so it is what a server's clients
+would see in aggregate; "decode steps alone" counts the tokens after each stream's first over the
+time after the last stream got its first.
+prefill: one request of each --prefill-tokens length through a BatchEngine (loom serve's and
+generate_ids' path; the prompt and its first token, no prefix cache), best of 5, with bf16 products on
+the tensor cores (fast mode's default) launched kernel by kernel (graphs off, as a prompt shape's first
+sighting runs) and replayed as the recorded prompt step (the default from a shape's second sighting),
+and in float32 (tensor_cores off, Decoder.keep_dense copies); --transformers adds transformers' bf16
+model (sdpa attention, eager) on the same prompt length (the last position's logits), the anchor.
 ttft: `loom serve`'s app on uvicorn (loopback, in this process), --ttft-clients concurrent streamed
 /v1/completions requests of --ttft-prompt random token ids each (16 new tokens): the time from sending
 a request to its first token's event, p50 and p99 over the clients (needs the 'serve' extra).
+--compare: both modes in one process, each part run in fast then deterministic mode, then every
+figure's deterministic / fast ratio (for times, above 1 is slower).
 """
 from __future__ import annotations
 
@@ -39,52 +44,75 @@ from loom.llm.model import CausalLM
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
 
-PROMPT, PREFILL = 32, 2048
+PROMPT = 32
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", default="cuda")
+    p.add_argument("--shape", default="smollm2-135m", choices=sorted(llm.SHAPES))
     p.add_argument("--streams", default="1,16,64")
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--compare", action="store_true", help="both modes in one process, with det / fast ratios")
     p.add_argument("--parts", default="prefill,decode,ttft")
+    p.add_argument("--prefill-tokens", default="2048", help="comma-separated prompt lengths")
     p.add_argument("--ttft-clients", type=int, default=16)
     p.add_argument("--ttft-prompt", type=int, default=1024)
     p.add_argument("--transformers", action="store_true", help="add transformers' bf16 prefill (the anchor)")
     args = p.parse_args()
-    parts = args.parts.split(",")
-    with loom.deterministic(args.deterministic):
-        dec = Decoder(DecoderConfig.from_hf(llm.CONFIG), llm.random_weights("BF16"), args.device)
-        model = CausalLM(dec, None, dict(llm.CONFIG), eos_ids=())
-        rng = np.random.default_rng(0)
-        mode = "deterministic" if args.deterministic else "fast"
-        print(f"# SmolLM2-135M shapes, bf16 random weights, {args.device}, {mode} mode")
-        if "prefill" in parts:
-            engine_prefill(model, rng, args.transformers)
-        if "decode" in parts:
-            decode(model, rng, args)
-        if "ttft" in parts:
-            ttft(model, rng, args.ttft_clients, args.ttft_prompt)
+    config = llm.SHAPES[args.shape]
+    modes = (False, True) if args.compare else (args.deterministic,)
+    models = {}
+    for det in modes:
+        with loom.deterministic(det):
+            weights = llm.random_weights("BF16", config=config, device=args.device)
+            models[det] = CausalLM(Decoder(DecoderConfig.from_hf(config), weights, args.device), None, dict(config),
+                                   eos_ids=())
+    figures: dict = {det: {} for det in modes}
+    rng = np.random.default_rng(0)
+    for part in args.parts.split(","):
+        for det in modes:
+            with loom.deterministic(det):
+                print(f"# {args.shape} shapes, bf16 random weights, {args.device}, "
+                      f"{'deterministic' if det else 'fast'} mode")
+                if part == "prefill":
+                    figures[det].update(engine_prefill(models[det], rng, args, config))
+                elif part == "decode":
+                    figures[det].update(decode(models[det], rng, args))
+                elif part == "ttft":
+                    figures[det].update(ttft(models[det], rng, args.ttft_clients, args.ttft_prompt))
+    if args.compare:
+        print("# deterministic / fast")
+        for name, fast in figures[False].items():
+            if name in figures[True] and fast:
+                print(f"{name}: {figures[True][name]:,.1f} / {fast:,.1f} = {figures[True][name] / fast:.2f}")
 
 
-def engine_prefill(model: CausalLM, rng, transformers: bool) -> None:
-    """One PREFILL-token request (max_tokens 1: the prompt and its first token) through a BatchEngine, the
+def engine_prefill(model: CausalLM, rng, args, config: dict) -> dict:
+    """For each --prefill-tokens length, one request (max_tokens 1: the prompt and its first token) through a BatchEngine, the
     path of `loom serve`, generate_batch and generate_ids, best of 5 after three warm-ups (no prefix cache,
     so each run computes the whole prompt): bf16 products on the tensor cores (fast mode's default) with
     the prompt step launched kernel by kernel (graphs off: a shape's first sighting) and replayed as a
     recorded graph (from the shape's second sighting: the default), and float32 products (tensor_cores
     off, float32 weight copies); transformers' bf16 model with sdpa attention (eager) on the same prompt
-    length, in the same run."""
+    length, in the same run. Returns {"prefill N tok/s": the default setting's rate} per length."""
+    figures = {}
+    for length in (int(n) for n in args.prefill_tokens.split(",")):
+        figures[f"prefill {length} tok/s"] = _prefill(model, rng, length, args.transformers, config)
+    return figures
+
+
+def _prefill(model: CausalLM, rng, length: int, transformers: bool, config: dict) -> float:
     dec = model.decoder
-    ids = rng.integers(0, 49152, PREFILL).tolist()
+    ids = rng.integers(0, config["vocab_size"], length).tolist()
     setting = dec.tensor_cores
-    rates = {}
+    rates, default = {}, None
     for tensor_cores, graphs in dict.fromkeys(((setting, False), (setting, True), (False, False))):
         if graphs and not dec.backend.graphs:
             continue                    # (no recorded steps on this device)
         dec.tensor_cores, dec.graphs = tensor_cores, graphs
-        engine = BatchEngine(model, max_batch=1, cache_tokens=PREFILL + 16, prefix_cache=False)
+        engine = BatchEngine(model, max_batch=1, cache_tokens=length + 16, prefix_cache=False)
         times = []
         for _ in range(8):              # the first three: warm-up (kernels, weight copies, the recorded step)
             dec.backend.synchronize()
@@ -94,33 +122,39 @@ def engine_prefill(model: CausalLM, rng, transformers: bool) -> None:
         best = min(times[3:])
         what = (("bf16 tensor-core" if tensor_cores else "float32") + " products, "
                 + ("recorded graph" if engine.stats["prefill_graph_steps"] else "kernel by kernel"))
-        rates[what] = PREFILL / best
+        rates[what] = length / best
+        if (tensor_cores, graphs) == (setting, True) or default is None:
+            default = length / best         # (the device's default: graphs on, where it has them)
         # a new shape's first sighting runs kernel by kernel, its second also records the step
         first = f" (first call {times[0] * 1e3:.0f} ms, second {times[1] * 1e3:.0f} ms)" if graphs else ""
-        print(f"BatchEngine prefill {PREFILL} tokens + first token, {what}: {best * 1e3:.1f} ms, "
-              f"{PREFILL / best:,.0f} tok/s{first}")
+        print(f"BatchEngine prefill {length} tokens + first token, {what}: {best * 1e3:.1f} ms, "
+              f"{length / best:,.0f} tok/s{first}")
     dec.tensor_cores, dec.graphs = setting, True
     if transformers:
-        rate = llm.transformers_prefill(llm.CONFIG, dec.device, PREFILL)
-        print(f"transformers bf16 (sdpa) prefill {PREFILL} tokens: {PREFILL / rate * 1e3:.1f} ms, {rate:,.0f} tok/s")
+        rate = llm.transformers_prefill(config, dec.device, length)
+        print(f"transformers bf16 (sdpa) prefill {length} tokens: {length / rate * 1e3:.1f} ms, {rate:,.0f} tok/s")
         print("  loom / transformers: " + ", ".join(f"{what} {r / rate:.2f}x" for what, r in rates.items()))
+    return default
 
 
-def decode(model: CausalLM, rng, args) -> None:
+def decode(model: CausalLM, rng, args) -> dict:
+    vocab = model.decoder.config.vocab_size
+    figures = {}
+
     def prompt() -> list[int]:      # a fresh one each call: generate_ids' engine caches prompt prefixes
-        return rng.integers(0, 49152, PROMPT).tolist()
+        return rng.integers(0, vocab, PROMPT).tolist()
     for _ in range(2):          # warm-up: kernels, the decode graph, the prompt's graph (recorded on its second run)
         list(model.generate_ids(prompt(), max_tokens=8, stop_ids=()))
     t = time.perf_counter()
     n = len(list(model.generate_ids(prompt(), max_tokens=args.tokens, stop_ids=())))
     single = n / (time.perf_counter() - t)
     print(f"generate_ids, 1 stream, {args.tokens} tokens: {single:,.0f} tok/s")
+    figures["generate_ids tok/s"] = single
     for streams in [int(s) for s in args.streams.split(",")]:
         engine = BatchEngine(model, max_batch=streams, cache_tokens=streams * (PROMPT + args.tokens + 16))
-        warm = [Request(rng.integers(0, 49152, PROMPT).tolist(), max_tokens=4, stop_ids=()) for _ in range(streams)]
-        engine.generate(warm)
-        reqs = [Request(rng.integers(0, 49152, PROMPT).tolist(), max_tokens=args.tokens, stop_ids=())
-                for _ in range(streams)]
+        for _ in range(2):      # the second round replays the prompt step the first recorded
+            engine.generate([Request(prompt(), max_tokens=4, stop_ids=()) for _ in range(streams)])
+        reqs = [Request(prompt(), max_tokens=args.tokens, stop_ids=()) for _ in range(streams)]
         events: list[list] = [[] for _ in reqs]
         steps, t = engine.stats["steps"], time.perf_counter()
         for r, sink in zip(reqs, events):
@@ -135,9 +169,12 @@ def decode(model: CausalLM, rng, args) -> None:
         print(f"BatchEngine, {streams} streams: {total / seconds:,.0f} tok/s aggregate "
               f"({seconds / (engine.stats['steps'] - steps) * 1e3:.1f} ms a step), decode steps alone "
               f"{decode:,.0f} tok/s ({streams / decode * 1e3:.2f} ms a step)")
+        figures[f"{streams} streams aggregate tok/s"] = total / seconds
+        figures[f"{streams} streams decode steps tok/s"] = decode
+    return figures
 
 
-def ttft(model: CausalLM, rng, clients: int, prompt: int) -> None:
+def ttft(model: CausalLM, rng, clients: int, prompt: int) -> dict:
     import http.client
     import threading
 
@@ -165,10 +202,12 @@ def ttft(model: CausalLM, rng, clients: int, prompt: int) -> None:
         response.read()
         conn.close()
 
+    vocab = model.decoder.config.vocab_size
+    figures = {}
     try:
         for label in ("warm-up", "timed"):
             times = [0.0] * clients
-            threads = [threading.Thread(target=first_token, args=(rng.integers(0, 49152, prompt).tolist(), times, i))
+            threads = [threading.Thread(target=first_token, args=(rng.integers(0, vocab, prompt).tolist(), times, i))
                        for i in range(clients)]
             for th in threads:
                 th.start()
@@ -177,9 +216,12 @@ def ttft(model: CausalLM, rng, clients: int, prompt: int) -> None:
             if label == "timed":
                 print(f"time to first token, {clients} concurrent {prompt}-token requests through loom serve: "
                       f"p50 {np.percentile(times, 50) * 1e3:.0f} ms, p99 {np.percentile(times, 99) * 1e3:.0f} ms")
+                figures = {"time to first token p50 ms": float(np.percentile(times, 50)) * 1e3,
+                           "time to first token p99 ms": float(np.percentile(times, 99)) * 1e3}
     finally:
         running.should_exit = True
         thread.join(30)
+    return figures
 
 
 if __name__ == "__main__":

@@ -27,9 +27,10 @@ In fast mode the sums run in the kernels' own order, so logits agree with paged_
 rounding, not bit for bit. Deterministic mode records the same five kernels per layer from
 backend/cuda/quant_exact.py and decode_exact.py, which give the array code's bits (the exact GEMM's
 correctly rounded products, exact.sum's norms and softmax, mathlib's exp and sigmoid): a sequence's
-logits are what paged_forward gives it, and the CPU's, bit for bit. Those kernels take products whose
-K has the rounded scheme (K <= exact_dispatch.ROUNDED_MAX_K) and positions below that many; the
-engine steps longer sequences through paged_forward instead.
+logits are what paged_forward gives it, and the CPU's, bit for bit. Products whose K has the slice
+scheme (ROUNDED_MAX_K < K <= 2^14) take backend/cuda/quant_slices.py instead: x's slices in a kernel
+before each product, and each weight's row maxima, made once when the graph is built. The attention
+kernel takes positions below ROUNDED_MAX_K; the engine steps longer sequences through paged_forward.
 """
 from __future__ import annotations
 
@@ -89,7 +90,7 @@ def _kernels(be, exact: bool) -> tuple:
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
-    128 or 256 (fast mode) or a multiple of 32 up to 128 with products over K <= ROUNDED_MAX_K (`exact`:
+    128 or 256 (fast mode) or a multiple of 32 up to 128 with products over K <= 2^14 (`exact`:
     deterministic mode, whose steps also take positions below ROUNDED_MAX_K only: StepRunner.decode_graph)."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
