@@ -107,6 +107,7 @@ def test_sliced_products_at_the_edges_of_their_scheme_and_of_float32(cols):
 
 
 def test_unsupported_sliced_products_say_why():
+    assert quant_slices.MAX_K == 1 << exact_dispatch.CHUNK_BITS      # (the backend keeps its own copy)
     assert "IQ2_XS" in quant_slices.unsupported("IQ2_XS", 1, 4096)
     assert "17 rows" in quant_slices.unsupported("Q8_0", 17, 4096)
     assert "4100" in quant_slices.unsupported("Q8_0", 1, 4100)

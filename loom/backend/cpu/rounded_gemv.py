@@ -38,6 +38,11 @@ bits. Per weight row r and row i of x:
    sum of sign(x_k) sign(w_k), infinities and NaNs kept, which is NaN or an infinity whatever the
    order (NaN payloads are not part of the result, as in exact.py's tests).
 
+One row of x against Q8_0, Q4_0 or Q4_1 rows (a decode step's products) skips the buffer: row_dots'
+q*_sum intrinsics decode each block in registers (the same float32 operations), widen the values and
+add the exact products into float64 vector accumulators, and sum the block bound in the same pass
+(_bound's sum; the caller applies _B_SLACK). Only an entry left uncertain decodes its row.
+
 Rows of W are split over the threads (prange over chunks of CHUNK rows), each chunk with its own
 row buffer and limbs; every entry is computed from its own row and x row only, so neither the
 split nor M changes a bit. Used for x of at most MAX_ROWS rows (faster than the general path up

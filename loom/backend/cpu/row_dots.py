@@ -1,5 +1,6 @@
 """One row of x dotted with one row of block-quantized W, written as LLVM vector IR (numba intrinsics).
-Imported by loom/backend/cpu/gemv.py once numba is known to load; its one-row kernels call these.
+Imported by loom/backend/cpu/gemv.py (fast mode's one-row kernels: the float32 dots) and rounded_gemv.py
+(deterministic mode's: the float64 sums at the end of this file) once numba is known to load.
 
 Why IR: a 32-value block is one small loop in Python, and LLVM's loop vectoriser, given a trip count of
 16, runs it as two 8-wide iterations of its remainder loop, then reduces the block's sum to a scalar
@@ -13,8 +14,8 @@ Arithmetic: float32 throughout, the codes converted exactly (small integers), th
 reassociated (the same fast-math flags as gemv.py's loops: no nnan/ninf, so inf and NaN propagate). The
 m (offset) term adds m_b * sum(x over block b), from the block sums the caller computed once per product.
 
-numba's on-disk cache keys a function by its own file: a change here reaches gemv.py's cached kernels only
-when gemv.py changes too (an installed upgrade replaces both).
+numba's on-disk cache keys a function by its own file: a change here reaches gemv.py's and rounded_gemv.py's
+cached kernels only when those files change too (an installed upgrade replaces all three).
 """
 from __future__ import annotations
 

@@ -29,14 +29,13 @@ from functools import cache
 import cupy
 import numpy as np
 
-from ...kernels.exact import dispatch as exact_dispatch
 from .. import Array
 from .compile import OPTIONS
 from .launch import launch
 from .quant import MAX_ROWS, TYPES, pointer
 from .quant_exact import prelude, sum_bits, warps_per_row
 
-MAX_K = 1 << exact_dispatch.CHUNK_BITS      # longer products sum chunks in order (not here)
+MAX_K = 1 << 14     # exact_dispatch.CHUNK_BITS: longer products sum chunks in order (not here)
 # Values of a row of x each slicing block writes: a row of 8,192 by one block took 20 us (its loads and
 # stores one after another), as long as the product after it
 SLICE_CHUNK = 512
