@@ -1,6 +1,7 @@
 """Continuous batching over a paged KV cache: a sequence's tokens and logits (through its logprobs) are
 the bits it gets alone and from CausalLM.generate_ids in deterministic mode, whatever it is batched
-with, however the cache is shared (prefix caching) or squeezed (preemption); the paged cache's
+with, however the cache is shared (prefix caching) or squeezed (preemption), with products on either
+side of the rounded scheme's K (a model whose down projection takes the slices); the paged cache's
 bookkeeping; the engine's checks, queue limit and cancellation."""
 import os
 import sys
@@ -10,10 +11,14 @@ import pytest
 
 import loom
 from loom.errors import ConfigError
+from loom.kernels.exact import dispatch as exact_dispatch
 from loom.llm import generate as gen
 from loom.llm.batching import BatchEngine, QueueFull, Request
+from loom.llm.decoder import Decoder
+from loom.llm.decoder_config import DecoderConfig, expected_tensors
+from loom.llm.model import CausalLM
 from loom.llm.paged_cache import OutOfBlocks, PagedKVCache, block_names
-from loom.spec import tiny_decoder
+from loom.spec import DECODERS, tiny_decoder
 
 sys.path.insert(0, os.path.dirname(__file__))
 import tiny_decoders as td  # noqa: E402
@@ -35,9 +40,25 @@ def same(a, b):
     return a.tokens == b.tokens and a.logprobs == b.logprobs
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen3"])
+LONG = "qwen2, K > 2048"
+
+
+def long_decoder() -> CausalLM:
+    """A tiny qwen2 decoder (q, k, v biases) whose down projection sums K = 2080 products: exact_dispatch's
+    slice scheme there, the rounded scheme in its other products."""
+    config = {**DECODERS["llama"], "model_type": "qwen2", "intermediate_size": 2080, "tie_word_embeddings": True}
+    assert exact_dispatch.matmul_scheme(np.float32, 2080) == exact_dispatch.SLICES_2X1
+    cfg = DecoderConfig.from_hf(config)
+    required, _ = expected_tensors(cfg)
+    rng = np.random.default_rng(7)
+    weights = {name: (1 + 0.1 * rng.standard_normal(shape) if name.endswith("norm.weight")
+                      else 0.2 * rng.standard_normal(shape)).astype(np.float32) for name, shape in required.items()}
+    return CausalLM(Decoder(cfg, weights), None, config)
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3", LONG])
 def model(request):
-    return tiny_decoder(request.param)
+    return long_decoder() if request.param == LONG else tiny_decoder(request.param)
 
 
 def test_batched_sequences_get_their_bits_alone(model):
