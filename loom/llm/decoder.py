@@ -346,9 +346,16 @@ class Decoder:
         return h + _linear(act, L.down, L.down_bias, self._weight)
 
     def _rms(self, h: Array, weight: Array) -> Array:
-        """RMSNorm of h [..., E] with `weight`: the compiled rows where token_ops has them, else fused's."""
+        """RMSNorm of h [..., E] with `weight`: the compiled rows where token_ops has them (fast mode) or
+        the exact ones do (deterministic mode on the CPU: fused.rms_norm's bits), else fused's."""
         compiled = self.token_ops(h)
         if compiled is None:
+            if self.backend.host and is_deterministic() and h.dtype == np.float32:
+                from ..backend.cpu import exact_jit
+                h2 = np.ascontiguousarray(h).reshape(-1, h.shape[-1])
+                out = np.empty_like(h2)
+                if exact_jit.rms_rows(h2, weight, self.config.eps, out):
+                    return out.reshape(h.shape)
             return fused.rms_norm(h, weight, self.config.eps)[0]
         h = np.ascontiguousarray(h)
         out = np.empty_like(h)

@@ -433,6 +433,27 @@ def test_compiled_sums_give_the_numpy_passes_bits(layout, axis, monkeypatch):
     assert exact_jit.sum_float32(x, (1,), 50) is None          # the general path handles specials
 
 
+@pytest.mark.parametrize("n", [1, 7, 576, 2048, 3000])
+def test_compiled_rms_rows_give_the_array_codes_bits(n):
+    """exact_jit.rms_rows (deterministic CPU decode steps' RMSNorms) against fused.rms_norm in
+    deterministic mode: rows of normal, tiny, huge, subnormal and zero values; a row whose square is
+    inf or NaN is refused (the caller runs the array code)."""
+    if not exact_jit.available():
+        pytest.skip("numba is not installed (the loom[cpu] extra)")
+    rng = np.random.default_rng(n)
+    x = (rng.standard_normal((6, n)) * np.array([[1], [1e-20], [3e18], [1e-41], [0], [1]])).astype(np.float32)
+    x[5, :4] = np.array([1e-30, 0.0, 2.5e7, -1e-38], np.float32)[:n]
+    weight = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
+    out = np.empty_like(x)
+    assert exact_jit.rms_rows(x, weight, 1e-5, out)
+    with loom.deterministic(True):
+        assert _bits(out) == _bits(loom.kernels.fused.rms_norm(x, weight, 1e-5)[0])
+    for bad in (np.inf, np.nan, 3e20):
+        y = x.copy()
+        y[2, n // 2] = bad
+        assert not exact_jit.rms_rows(y, weight, 1e-5, np.empty_like(y))
+
+
 def test_padded_sums_take_their_bits_from_their_nonzero_terms():
     """1 + 2^-24 + 2^-50: the last term decides the rounding of a tie. Summed alone (3 terms, 51 bits)
     it is kept; padded with zeros to 16 terms (49 bits) the plain scheme rounds it away and the total

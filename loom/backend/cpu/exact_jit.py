@@ -30,7 +30,7 @@ from . import jit as cpu_jit
 
 _LOOPS = ("_pow2_f32", "_factors", "_exponent", "_row_top", "_absmax_rows", "_absmax_cols", "_exponents_rows",
           "_exponents_cols", "_sum_rows", "_sum_cols", "_slice_rows", "_slice_cols", "_combine_fold",
-          "_combine_scaled")
+          "_combine_scaled", "_rms_rows")
 _MAGNITUDE_MASKS = {4: (np.uint32, np.uint32(0x7FFFFFFF)), 8: (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
 
 
@@ -121,6 +121,17 @@ def sum_float32(x: np.ndarray, axes: tuple, bits: int) -> np.ndarray | None:
     return out.reshape(kept) if _sum_cols(x.view(np.uint32), x, bits, out) else None
 
 
+def rms_rows(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> bool:
+    """out = loom.kernels.fused.rms_norm(x, weight, eps)[0] in deterministic mode, its bits, for float32
+    x [M, n] and weight [n], C-contiguous: one compiled call where the array code makes a dozen (a
+    decode step's norms, 61 a token for SmolLM2-135M, were 80 us each). False (out undefined) where
+    the loops are unavailable or a square is inf or NaN: the caller runs the array code."""
+    if not available() or x.ndim != 2 or x.shape[1] == 0 or not x.flags.c_contiguous:
+        return False
+    bits = 53 - max(0, (x.shape[1] - 1).bit_length())           # exact.sum's bits for rows of n
+    return _rms_rows(x, np.ascontiguousarray(weight, dtype=np.float32), np.float32(eps), bits, out)
+
+
 def _sum_of_rows(rows, bits: int, kept: tuple):
     out = np.empty(rows.shape[0], np.float64)
     return out.reshape(kept) if _sum_rows(rows.view(np.uint32), rows, bits, out) else None
@@ -195,6 +206,33 @@ def _sum_rows(bits_x, x, bits, out):
         for k in range(x.shape[1]):
             total += np.float64(np.rint(x[i, k] * f0 * f1))      # integers below 2^53: exact
         out[i] = math.ldexp(total, e - bits)
+    return True
+
+
+def _rms_rows(x, w, eps, bits, out):
+    """rms_rows' loop: per row, the squares in float32, their exact sum as _sum_rows makes it, rounded
+    once to float32, then the array code's float32 operations in its order: / n, + eps, sqrt, 1 / it,
+    x times that, times w."""
+    n = x.shape[1]
+    squares = np.empty(n, np.float32)
+    square_bits = squares.view(np.uint32)
+    for i in range(x.shape[0]):
+        for k in range(n):
+            squares[k] = x[i, k] * x[i, k]
+        top = np.uint32(0)
+        for k in range(n):
+            top = max(top, square_bits[k] & np.uint32(0x7FFFFFFF))
+        if top >= np.uint32(0x7F800000):
+            return False
+        e = _exponent(top)
+        f0, f1, _, _ = _factors(e, bits, 0)
+        total = 0.0
+        for k in range(n):
+            total += np.float64(np.rint(squares[k] * f0 * f1))      # integers below 2^53: exact
+        mean = np.float32(math.ldexp(total, e - bits)) / np.float32(n)
+        rstd = np.float32(1.0) / np.sqrt(mean + eps)
+        for k in range(n):
+            out[i, k] = (x[i, k] * rstd) * w[k]
     return True
 
 
