@@ -91,7 +91,7 @@ _DIRECT, _F16, _BF16 = 5, 5, 6
 _ONE_ROW = 3        # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' sums
 TYPES = tuple(_KINDS)
 _PLAIN = ("_decode", "_q8_0", "_q4_0", "_q4_1", "_q5_0", "_q5_1", "_f16", "_bf16", "_f32",
-          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows")
+          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows", "_settle_row")
 _PARALLEL = ("_gemv",)
 _REASSOCIATED = ("_dot", "_dot_direct", "_sum", "_bound")
 prange = range
@@ -102,6 +102,8 @@ _q8_0_sum = _q4_0_sum = _q4_1_sum = None    # row_dots.py's one-row float64 sums
 def available() -> bool:
     """Whether the compiled loops run here (cpu_jit.available(): numba importable, LOOM_JIT not "0",
     not a forked child of an OpenMP parent); compiles rounded_jit's helpers first, which these call."""
+    if cpu_jit.compiled(globals()):     # compiled once: only the run-time switches are left to check
+        return cpu_jit.available()
     if not (rounded_jit.available() and gemv.available()):
         return False
     global _q8_0_sum, _q4_0_sum, _q4_1_sum
@@ -166,7 +168,7 @@ def matmul_stack(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
 # (measured 16 ns a weight row).
 
 def _gemv(x, data, kind, out, f16, n16, factor, counts):
-    x64, ax = x.astype(np.float64), np.abs(x)
+    x64, ax = x.astype(np.float64), np.abs(x) if kind >= _DIRECT else x     # (|x|: the 16/32-bit types' dots)
     xb = np.zeros((x.shape[0], x.shape[1] // 32))       # block types: each block's sum of |x|
     for i in range(x.shape[0]):
         for k in range(xb.shape[1] * 32):
@@ -174,20 +176,17 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
     u16, i8 = data.view(np.uint16), data.view(np.int8)      # every type's rows have an even byte count
     stages = np.zeros(((data.shape[0] + CHUNK - 1) // CHUNK, 2), np.int64)
     for c in prange(stages.shape[0]):
-        w = np.empty(x.shape[1], np.float32)
-        wb = np.empty(x.shape[1] // 32, np.float64)
-        limbs = np.zeros(rounded_jit.LIMBS, np.int64)
         first, end = c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)
         if x.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums and bounds, from the stored codes
             for r in range(first, end):
                 s, bound = _q8_0_sum(data, r, x64, xb, f16) if kind == 0 else \
                     _q4_0_sum(data, r, x64, xb, f16) if kind == 1 else _q4_1_sum(data, r, x64, xb, f16)
                 v, certain = _first_stage(s, bound * _B_SLACK, factor)
-                if not certain:
-                    _decode(kind, data, u16, i8, r, f16, w, n16, wb)
-                    v = _settle(x, w, 0, factor, limbs, stages, c)
-                out[0, r] = v
+                out[0, r] = v if certain else _settle_row(kind, data, u16, i8, r, f16, n16, x, factor, stages, c)
             continue
+        w = np.empty(x.shape[1], np.float32)       # (allocations a chunk: 3 of them were a tenth of a
+        wb = np.empty(x.shape[1] // 32, np.float64)   # one-row product's time, so that path has none)
+        limbs = np.zeros(rounded_jit.LIMBS, np.int64)
         for r in range(first, end):
             decoded = False
             if kind < _DIRECT:
@@ -206,6 +205,15 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
                     v = _settle(x, w, i, factor, limbs, stages, c)
                 out[i, r] = v
     counts += stages.sum(axis=0)
+
+
+def _settle_row(kind, data, u16, i8, r, f16, n16, x, factor, stages, c):
+    """The later stages for the one row of x against stored row r, which the first left uncertain (its
+    own buffers: rare, so the chunks of certain rows allocate none)."""
+    w = np.empty(x.shape[1], np.float32)
+    wb = np.empty(x.shape[1] // 32, np.float64)
+    _decode(kind, data, u16, i8, r, f16, w, n16, wb)
+    return _settle(x, w, 0, factor, np.zeros(rounded_jit.LIMBS, np.int64), stages, c)
 
 
 def _stack_dots(x, columns, m, out, factor, counts):
