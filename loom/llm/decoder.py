@@ -37,6 +37,8 @@ from .. import backend
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
 from ..kernels import fused, ops
+from ..kernels.exact import dispatch as exact_dispatch
+from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant import gemv
 from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
@@ -313,6 +315,10 @@ class Decoder:
         R, end = H // KV, pos + T
         n = end - lo
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
+        if T == 1 and n <= exact_dispatch.ROUNDED_MAX_K and self._exact_token_ops(q):
+            ctx = _exact_token_attention(q, keys, values, R, self.scale)
+            if ctx is not None:                                          # the array code's bits
+                return ctx.reshape(B, T, H * D)
         scores = ops.matmul(q, keys.transpose(0, 1, 3, 2))              # [B, KV, R*T, n]
         compiled = self.token_ops(scores) if T > 1 else None
         if compiled is not None:                                         # the CPU's fast mode
@@ -345,6 +351,14 @@ class Decoder:
             act = fused.bias_act(gate, None, "silu")[1] * up             # one kernel where the backend fuses
         return h + _linear(act, L.down, L.down_bias, self._weight)
 
+    def _exact_token_ops(self, x: Array) -> bool:
+        """Whether deterministic mode's compiled decode-token operations take x's layer here (the CPU,
+        float32, numba: backend/cpu/attend_exact.py)."""
+        if not self.backend.host or not is_deterministic() or x.dtype != np.float32:
+            return False
+        from ..backend.cpu import attend_exact
+        return attend_exact.available()
+
     def _rms(self, h: Array, weight: Array) -> Array:
         """RMSNorm of h [..., E] with `weight`: the compiled rows where token_ops has them (fast mode) or
         the exact ones do (deterministic mode on the CPU: fused.rms_norm's bits), else fused's."""
@@ -361,6 +375,21 @@ class Decoder:
         out = np.empty_like(h)
         compiled.rms_rows(h.reshape(-1, h.shape[-1]), weight, self.config.eps, out.reshape(-1, h.shape[-1]))
         return out
+
+
+def _exact_token_attention(q: Array, keys: Array, values: Array, per_group: int, scale: float) -> Array | None:
+    """attend's deterministic arithmetic for one query position on the CPU, compiled
+    (backend/cpu/attend_exact.py) around mathlib's exp: q [B, KV, R, D], keys and values [B, KV, n, D];
+    the context [B * KV * R, D], or None where a score or sum is not finite (the array code runs)."""
+    from ..backend.cpu import attend_exact
+    D, n = q.shape[-1], keys.shape[-2]
+    shifted = attend_exact.shifted_scores(np.ascontiguousarray(q).reshape(-1, D),
+                                          np.ascontiguousarray(keys).reshape(-1, n, D), per_group, scale,
+                                          exact_rounded.error_factor(D))
+    if shifted is None:
+        return None
+    return attend_exact.weighted_values(ops.exp(shifted), np.ascontiguousarray(values).reshape(-1, n, D), per_group,
+                                        exact_rounded.error_factor(n))
 
 
 def _rotate(x, cos, sin, xp):
