@@ -194,20 +194,26 @@ def loom_rows(device: str, path: str | None, repeats: int = 1, shape: str = "smo
     return rows
 
 
-def compare_rows(device: str, repeats: int, shape: str = "smollm2-135m", types: str | None = None) -> list:
+def compare_rows(device: str, repeats: int, shape: str = "smollm2-135m", types: str | None = None,
+                 path: str | None = None) -> list:
     """Deterministic against fast mode, alternated in one process (each model's two decoders timed in
-    turn, `repeats` rounds, the best of each): on a shared machine the ratio then sees the same noise."""
+    turn, `repeats` rounds, the best of each): on a shared machine the ratio then sees the same noise.
+    `path`: a SmolLM2 GGUF file compared the same way, after the random weights."""
     import gc
 
     from loom import backend
     be = backend.get(device)
     config = SHAPES[shape]
     rows = []
-    for qtype in (types or DEFAULT_TYPES[shape]).split(","):
-        label = f"{qtype.lower() if qtype == 'BF16' else qtype} (random)"
+    kinds = [(qtype, None) for qtype in (types or DEFAULT_TYPES[shape]).split(",")] + ([("file", path)] if path else [])
+    for qtype, file in kinds:
+        label = "Q4_1 (SmolLM2 file)" if file else f"{qtype.lower() if qtype == 'BF16' else qtype} (random)"
         models = {}
         for det in (False, True):
             with loom.deterministic(det):
+                if file:
+                    models[det] = loom.llm.load(file, device=device)
+                    continue
                 dec = Decoder(DecoderConfig.from_hf(config), random_weights(qtype, config=config, device=device),
                               device=device)
                 models[det] = CausalLM(dec, None, dict(config), eos_ids=())
@@ -220,7 +226,7 @@ def compare_rows(device: str, repeats: int, shape: str = "smollm2-135m", types: 
         ratio = {key: best[True][key] / best[False][key] for key in best[False]}
         rows += [(f"loom fast {label}", best[False]), (f"loom deterministic {label}", best[True]),
                  ("  deterministic / fast", ratio)]
-        del models, dec
+        del models
         gc.collect()
         if not be.host:
             be.xp.get_default_memory_pool().free_all_blocks()
@@ -326,7 +332,7 @@ def main() -> None:
                     help="time both modes alternately in one process and print their ratio")
     args = ap.parse_args()
     if args.compare:
-        rows = compare_rows(args.device, args.repeats, args.shape, args.types)
+        rows = compare_rows(args.device, args.repeats, args.shape, args.types, args.file)
     else:
         with loom.deterministic(args.deterministic):
             rows = loom_rows(args.device, args.file, args.repeats, args.shape, args.types)
