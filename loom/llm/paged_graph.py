@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..backend import Array
-from ..kernels import exact, fused
+from ..kernels import fused
 from ..kernels.exact import dispatch as exact_dispatch
+from ..kernels.exact import narrow_bits
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.block import BlockQuantized, linear
 from .paged_cache import PagedKVCache
@@ -297,7 +298,7 @@ class PagedDecodeGraph:
         scheme): x's slices (after the RMSNorm, where there is one), then the product."""
         sliced, c = self.dec.backend.decode.products_sliced, self.dec.config
         n, k = x.shape
-        bits = exact.narrow_bits(k)
+        bits = narrow_bits(k)
         slices, xmax = self.slices[:n * 2 * k].reshape(n, 2 * k), self.xmax[:n]
         normed = None if norm is None else self.normed[rows]
         return [partial(sliced.slice_rows, x, slices, xmax, bits, norm=norm, normed=normed, eps=c.eps,
