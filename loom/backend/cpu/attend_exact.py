@@ -19,15 +19,13 @@ code (which handles infinities and NaNs as IEEE says).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from . import exact_jit, rounded_gemv
 from . import jit as cpu_jit
 
 _LOOPS = ("_scores", "_weighted")
-f32, f64 = np.float32, np.float64
+f32 = np.float32
 
 
 def available() -> bool:
@@ -50,8 +48,7 @@ def weighted_values(e: np.ndarray, values: np.ndarray, per_group: int, factor: f
     C-contiguous; `factor` exact_rounded.error_factor(n). None where a sum is not finite."""
     n = e.shape[1]
     out = np.empty((e.shape[0], values.shape[2]), np.float32)
-    bits = 53 - max(0, (n - 1).bit_length())            # exact.sum's bits for rows of n
-    return out if _weighted(e, values, per_group, bits, factor, out) else None
+    return out if _weighted(e, values, per_group, exact_jit.sum_bits(n), factor, out) else None
 
 
 def _scores(q, keys, per_group, scale, factor, out):
@@ -74,15 +71,10 @@ def _weighted(e, values, per_group, bits, factor, out):
     p = np.empty_like(e)
     e_bits = e.view(np.uint32)
     for i in range(e.shape[0]):
-        top = exact_jit._row_top(e_bits, i, np.uint32(0x7FFFFFFF))
-        if top >= np.uint32(0x7F800000):
+        finite, total = exact_jit._row_sum(e_bits, e, i, bits)
+        if not finite:
             return False
-        exponent = exact_jit._exponent(top)
-        f0, f1, _, _ = exact_jit._factors(exponent, bits, 0)
-        total = 0.0
-        for k in range(e.shape[1]):
-            total += f64(np.rint(e[i, k] * f0 * f1))          # integers below 2^53: exact
-        s = f32(math.ldexp(total, exponent - bits))
+        s = f32(total)
         for k in range(e.shape[1]):
             p[i, k] = e[i, k] / s
     counts = np.zeros(2, np.int64)

@@ -29,7 +29,7 @@ import numpy as np
 from . import jit as cpu_jit
 
 _LOOPS = ("_pow2_f32", "_factors", "_exponent", "_row_top", "_absmax_rows", "_absmax_cols", "_exponents_rows",
-          "_exponents_cols", "_sum_rows", "_sum_cols", "_slice_rows", "_slice_cols", "_combine_fold",
+          "_exponents_cols", "_row_sum", "_sum_rows", "_sum_cols", "_slice_rows", "_slice_cols", "_combine_fold",
           "_combine_scaled", "_rms_rows")
 _MAGNITUDE_MASKS = {4: (np.uint32, np.uint32(0x7FFFFFFF)), 8: (np.uint64, np.uint64(0x7FFFFFFFFFFFFFFF))}
 
@@ -128,8 +128,12 @@ def rms_rows(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> 
     the loops are unavailable or a square is inf or NaN: the caller runs the array code."""
     if not available() or x.ndim != 2 or x.shape[1] == 0 or not x.flags.c_contiguous:
         return False
-    bits = 53 - max(0, (x.shape[1] - 1).bit_length())           # exact.sum's bits for rows of n
-    return _rms_rows(x, np.ascontiguousarray(weight, dtype=np.float32), np.float32(eps), bits, out)
+    return _rms_rows(x, np.ascontiguousarray(weight, dtype=np.float32), np.float32(eps), sum_bits(x.shape[1]), out)
+
+
+def sum_bits(n: int) -> int:
+    """exact.sum's bits for sums of n values, 53 - ceil(log2 n) (for callers below loom.kernels)."""
+    return 53 - max(0, (n - 1).bit_length())
 
 
 def _sum_of_rows(rows, bits: int, kept: tuple):
@@ -195,17 +199,26 @@ def _exponents_cols(bits, e):
     return True, low, high
 
 
+def _row_sum(bits_x, x, i, bits):
+    """(finite, total): row i of float32 x summed as exact.sum's one slice does it, the float64 total
+    (exact, before its rounding to float32); finite False (total 0) where the row holds inf or NaN."""
+    top = _row_top(bits_x, i, np.uint32(0x7FFFFFFF))
+    if top >= np.uint32(0x7F800000):
+        return False, 0.0
+    e = _exponent(top)
+    f0, f1, _, _ = _factors(e, bits, 0)
+    total = 0.0
+    for k in range(x.shape[1]):
+        total += np.float64(np.rint(x[i, k] * f0 * f1))      # integers below 2^53: exact
+    return True, math.ldexp(total, e - bits)
+
+
 def _sum_rows(bits_x, x, bits, out):
     for i in range(x.shape[0]):
-        top = _row_top(bits_x, i, np.uint32(0x7FFFFFFF))
-        if top >= np.uint32(0x7F800000):
+        finite, total = _row_sum(bits_x, x, i, bits)
+        if not finite:
             return False
-        e = _exponent(top)
-        f0, f1, _, _ = _factors(e, bits, 0)
-        total = 0.0
-        for k in range(x.shape[1]):
-            total += np.float64(np.rint(x[i, k] * f0 * f1))      # integers below 2^53: exact
-        out[i] = math.ldexp(total, e - bits)
+        out[i] = total
     return True
 
 
@@ -214,22 +227,15 @@ def _rms_rows(x, w, eps, bits, out):
     once to float32, then the array code's float32 operations in its order: / n, + eps, sqrt, 1 / it,
     x times that, times w."""
     n = x.shape[1]
-    squares = np.empty(n, np.float32)
+    squares = np.empty((1, n), np.float32)
     square_bits = squares.view(np.uint32)
     for i in range(x.shape[0]):
         for k in range(n):
-            squares[k] = x[i, k] * x[i, k]
-        top = np.uint32(0)
-        for k in range(n):
-            top = max(top, square_bits[k] & np.uint32(0x7FFFFFFF))
-        if top >= np.uint32(0x7F800000):
+            squares[0, k] = x[i, k] * x[i, k]
+        finite, total = _row_sum(square_bits, squares, 0, bits)
+        if not finite:
             return False
-        e = _exponent(top)
-        f0, f1, _, _ = _factors(e, bits, 0)
-        total = 0.0
-        for k in range(n):
-            total += np.float64(np.rint(squares[k] * f0 * f1))      # integers below 2^53: exact
-        mean = np.float32(math.ldexp(total, e - bits)) / np.float32(n)
+        mean = np.float32(total) / np.float32(n)
         rstd = np.float32(1.0) / np.sqrt(mean + eps)
         for k in range(n):
             out[i, k] = (x[i, k] * rstd) * w[k]

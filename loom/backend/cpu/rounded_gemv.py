@@ -170,7 +170,7 @@ def matmul_stack(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
 def _gemv(x, data, kind, out, f16, n16, factor, counts):
     x64, ax = x.astype(np.float64), np.abs(x) if kind >= _DIRECT else x     # (|x|: the 16/32-bit types' dots)
     xb = np.zeros((x.shape[0], x.shape[1] // 32))       # block types: each block's sum of |x|
-    for i in range(x.shape[0]):
+    for i in range(x.shape[0] if kind < _DIRECT else 0):
         for k in range(xb.shape[1] * 32):
             xb[i, k // 32] += ax[i, k]
     u16, i8 = data.view(np.uint16), data.view(np.int8)      # every type's rows have an even byte count
