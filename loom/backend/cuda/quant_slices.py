@@ -30,9 +30,10 @@ import cupy
 import numpy as np
 
 from .. import Array
+from . import quant_exact
 from .compile import OPTIONS
 from .launch import launch
-from .quant import MAX_ROWS, TYPES, pointer
+from .quant import pointer
 from .quant_exact import prelude, sum_bits, warps_per_row
 
 MAX_K = 1 << 14     # exact_dispatch.CHUNK_BITS: longer products sum chunks in order (not here)
@@ -221,15 +222,9 @@ def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: 
 def unsupported(qtype: str, rows_of_x: int, cols: int) -> str | None:
     """Why `gemv` cannot take a product over K = cols, or None where it can. (The kernels compute the
     slice scheme over one chunk: the caller checks that exact_dispatch gives it to K = cols.)"""
-    if qtype not in TYPES:
-        return f"no deterministic block kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})"
-    if rows_of_x > MAX_ROWS:
-        return f"{rows_of_x} rows of x are more than the kernel's {MAX_ROWS}"
-    if cols % 32:
-        return f"a width of {cols} is not a multiple of 32"
     if cols > MAX_K:
         return f"products over K = {cols} sum chunks of {MAX_K} (no decode kernel)"
-    return None
+    return quant_exact.unsupported(qtype, rows_of_x, cols)       # (the same types, rows and widths)
 
 
 def row_maxima(data: Array, qtype: str, rows: int, cols: int) -> Array:
