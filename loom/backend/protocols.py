@@ -174,13 +174,14 @@ class DecodeKernels(Protocol):
     """One LLM decode step's kernels for a recorded graph (loom/llm/paged_graph.py):
     block-weight products and the step's attention, for fast mode and with deterministic mode's bits
     (products_exact: the products the rounded scheme takes; products_sliced: the longer ones, which take
-    the slice scheme). Each attention module has attention (a contiguous cache) and paged_attention (a
-    paged one)."""
+    the slice scheme; products_tiles: both schemes for many rows of x at once, on the float64 tensor
+    cores). Each attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
 
     products: ModuleType
     attention: ModuleType
     products_exact: ModuleType
     products_sliced: ModuleType
+    products_tiles: ModuleType
     attention_exact: ModuleType
 
 

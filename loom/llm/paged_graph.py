@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 TENSOR_CORE_ROWS = 4        # fast mode, 16-bit weights: batches past this many rows take the GEMM steps
+EXACT_TILE_ROWS = 4         # deterministic mode: batches past this many rows take the tile products
 
 
 def bucket(n: int) -> int | None:
@@ -157,6 +158,11 @@ class PagedDecodeGraph:
         # deterministic products over K > ROUNDED_MAX_K (the slice scheme): each weight's row maxima, made
         # once here (the graph reads them at every replay, as it reads the weights), and x's slices
         self.row_maxima = _sliced_row_maxima(dec) if exact else {}
+        # deterministic batches past EXACT_TILE_ROWS rows: every product one launch of the float64 tensor
+        # cores' tiles (quant_tiles), which reads each weight once for all rows; the rounded scheme's
+        # weights need their rows' norms, made once here
+        self.tiles = exact and batch > EXACT_TILE_ROWS and _tiles_take(dec)
+        self.row_norms = _rounded_row_norms(dec) if self.tiles else {}
         widest = max((w.shape[1] for w in _product_weights(dec) if id(w) in self.row_maxima), default=0)
         self.slices = xp.empty(B * 2 * widest, dtype=np.float32)
         self.xmax = xp.empty(B, dtype=np.float32)
@@ -271,6 +277,8 @@ class PagedDecodeGraph:
         if not self.exact and self.batch > quant.MAX_ROWS:
             return [partial(_dense_product, dec.dense(w), x, out, norm, c.eps, kw.get("bias"), residual,
                             kw.get("swiglu", False))]
+        if self.tiles:
+            return self._tile_product(w, x, out, norm, residual, **kw)
         ops = []
         for rows in self._groups():
             r = None if residual is None else residual[rows]
@@ -293,6 +301,30 @@ class PagedDecodeGraph:
         return ops
 
 
+    def _tile_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
+        """Deterministic mode's out = (residual +) pro(x) @ w^T ... for the whole batch in one tile product
+        (quant_tiles), after the RMSNorm's kernel (or, for the slice scheme, x's slicing kernel, which
+        applies it)."""
+        be, c = self.dec.backend, self.dec.config
+        tiles = be.decode.products_tiles
+        if id(w) in self.row_maxima:
+            n, k = x.shape
+            bits = narrow_bits(k)
+            slices, xmax = self.slices[:n * 2 * k].reshape(n, 2 * k), self.xmax[:n]
+            normed = None if norm is None else self.normed
+            return [partial(be.decode.products_sliced.slice_rows, x, slices, xmax, bits, norm=norm, normed=normed,
+                            eps=c.eps, overlap=self.overlap),
+                    partial(tiles.sliced_gemm, *_stored(w), slices, xmax, x if normed is None else normed,
+                            self.row_maxima[id(w)], out, bits, bias=bias, residual=residual, swiglu=swiglu,
+                            overlap=self.overlap)]
+        ops = []
+        if norm is not None:
+            ops.append(partial(be.decode.products_exact.rms_norm, x, norm, self.normed, c.eps, overlap=self.overlap))
+            x = self.normed
+        factor = exact_rounded.error_factor(x.shape[1])
+        return ops + [partial(tiles.gemm, *_stored(w), x, self.row_norms[id(w)], out, factor, bias=bias,
+                              residual=residual, swiglu=swiglu, overlap=self.overlap)]
+
     def _sliced_product(self, w, x, out, norm, residual, rows: slice, bias=None, swiglu: bool = False) -> list:
         """Deterministic mode's out = (residual +) pro(x) @ w^T ... for K > ROUNDED_MAX_K (the slice
         scheme): x's slices (after the RMSNorm, where there is one), then the product."""
@@ -305,6 +337,30 @@ class PagedDecodeGraph:
                         overlap=self.overlap),
                 partial(sliced.gemv, *_stored(w), slices, xmax, x if normed is None else normed, self.row_maxima[id(w)],
                         out, bits, bias=bias, residual=residual, swiglu=swiglu, overlap=self.overlap)]
+
+
+def _tiles_take(dec: Decoder) -> bool:
+    """Whether the tile products (quant_tiles) take every product weight of the decoder."""
+    tiles = dec.backend.decode.products_tiles
+    for w in _product_weights(dec):
+        k = w.shape[1]
+        sliced = exact_dispatch.matmul_scheme(np.float32, k) != exact_dispatch.ROUNDED
+        stored = _stored(w)
+        if stored is None or tiles.unsupported(stored[1], k, sliced=sliced) is not None:
+            return False
+    return True
+
+
+def _rounded_row_norms(dec: Decoder) -> dict:
+    """id(weight) -> its rows' 2-norms (quant_tiles.row_norms) for the product weights whose K takes the
+    rounded scheme."""
+    tiles = dec.backend.decode.products_tiles
+    out = {}
+    for w in _product_weights(dec):
+        rows, k = w.shape
+        if exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED and id(w) not in out:
+            out[id(w)] = tiles.row_norms(*_stored(w), rows, k)
+    return out
 
 
 def _sliced_row_maxima(dec: Decoder) -> dict:

@@ -122,6 +122,30 @@ def test_a_sequence_has_the_same_bits_in_any_batch():
         same_bits(shuffled[:, 2], together[:, 0], "sequence 0 at row 2")
 
 
+@pytest.mark.parametrize("cfg, qtype", [pytest.param(CONFIG, "Q4_1", marks=pytest.mark.smoke), (CONFIG, "BF16"),
+                                        (LONG_DOWN, "Q4_K"), (ALL_LONG, "Q8_0")])
+def test_batches_past_the_tile_rows_take_the_tiles_with_the_same_bits(cfg, qtype):
+    """A batch of 21 sequences (bucket 24: padding rows too) replays products on the float64 tensor cores
+    (quant_tiles, both schemes): its logits and cached keys are the kernel-by-kernel steps' and the CPU's,
+    and each sequence's are those it has alone (bucket 1: quant_exact's and quant_slices' one-row kernels)."""
+    weights, config = quant_weights(qtype, cfg, np.random.default_rng(21)), DecoderConfig.from_hf(cfg)
+    n = 21
+    prompts = np.array([[(t * (i + 2) + i) % 500 for t in PROMPT] for i in range(n)])
+    inputs = fixed_inputs(STEPS, n, cfg["vocab_size"])
+    with loom.deterministic(True):
+        graph, eager = graph_and_eager(built(config, weights))
+        together, _, _, run = steps(graph, prompts, inputs)
+        assert list(run.graphs) == [24] and run.graphs[24].tiles and run.stats["graph_steps"] == STEPS
+        want, want_k, _, _ = steps(eager, prompts, inputs)
+        same_bits(together, want, "tile steps vs kernel by kernel")
+        ref, _, _, _ = steps(Decoder(config, weights), prompts, inputs)
+        same_bits(together, ref, "tile steps vs CPU")
+        for i in (0, 13, 20):
+            alone, _, _, alone_run = steps(graph, prompts[i:i + 1], inputs[:, i:i + 1])
+            assert not alone_run.graphs[1].tiles
+            same_bits(together[:, i], alone[:, 0], f"sequence {i} in a batch of {n} vs alone")
+
+
 def test_positions_past_the_rounded_scheme_run_kernel_by_kernel_with_the_same_bits():
     """The deterministic kernels' attention takes the rounded scheme's keys only (up to
     exact_dispatch.ROUNDED_MAX_K): the engine steps a sequence there through the recorded step and

@@ -89,6 +89,7 @@ class CUDABackend:
             quant,
             quant_exact,
             quant_slices,
+            quant_tiles,
             windows,
         )
         self.exact = CUDAExact(self)
@@ -99,7 +100,7 @@ class CUDABackend:
         self.windows = windows
         self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
         self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
-        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, decode_exact)
+        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact)
         from .compute import Compute
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
         from .primes import Primes
@@ -382,9 +383,10 @@ class CUDADecode:
     """One decode step's kernels for a recorded graph (protocols.DecodeKernels)."""
 
     def __init__(self, products: ModuleType, attention: ModuleType, products_exact: ModuleType,
-                 products_sliced: ModuleType, attention_exact: ModuleType):
+                 products_sliced: ModuleType, products_tiles: ModuleType, attention_exact: ModuleType):
         self.products, self.attention = products, attention
         self.products_exact, self.products_sliced, self.attention_exact = products_exact, products_sliced, attention_exact
+        self.products_tiles = products_tiles
 
 
 class Graph:

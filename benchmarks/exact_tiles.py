@@ -1,0 +1,117 @@
+"""Deterministic products of many rows of x with stored weights (issue 60): the float64 tensor-core tiles
+(loom/backend/cuda/quant_tiles.py) against what deterministic batches ran before (quant_exact /
+quant_slices' warp-per-row kernels in groups of 16 rows of x) and against fast mode's product of the same
+shape (cuBLAS bf16 GEMM on the tensor cores with float32 accumulation: blas.gemm_bf16_t), each timed
+as a CUDA graph of 20 launches, best of 5.
+
+    PYTHONPATH=. python benchmarks/exact_tiles.py [--rows 16,64,256,2048] [--types BF16,Q4_1] [--groups]
+
+Shapes: SmolLM2-135M's and Llama-3.2-1B's products (K = 8192 takes the slice scheme). --groups adds the
+grouped warp-per-row kernels (slow past 16 rows: they are the "before").
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SHAPES = {  # name: (rows of W, K, swiglu)
+    "smol qkv": (960, 576, False), "smol o": (576, 576, False), "smol gate_up": (3072, 576, True),
+    "smol down": (576, 1536, False), "smol lm_head": (49152, 576, False),
+    "1b qkv": (3072, 2048, False), "1b gate_up": (16384, 2048, True), "1b down": (2048, 8192, False),
+}
+
+
+def _time(cupy, fn, launches: int = 20, repeats: int = 5) -> float:
+    """Microseconds a launch: fn recorded `launches` times into one graph, the graph's best of `repeats`."""
+    fn()
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        for _ in range(launches):
+            fn()
+        graph = stream.end_capture()
+        graph.launch(stream)
+        stream.synchronize()
+        best = float("inf")
+        for _ in range(repeats):
+            start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+            start.record(stream)
+            graph.launch(stream)
+            stop.record(stream)
+            stop.synchronize()
+            best = min(best, cupy.cuda.get_elapsed_time(start, stop) * 1000 / launches)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="16,64,256,2048")
+    parser.add_argument("--types", default="BF16,Q4_1")
+    parser.add_argument("--groups", action="store_true")
+    args = parser.parse_args()
+    import cupy
+
+    import loom
+    from loom.backend.cuda import quant_exact, quant_slices, quant_tiles
+    from loom.kernels import exact
+    from loom.kernels.exact import dispatch as exact_dispatch
+    from loom.kernels.exact import rounded as exact_rounded
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+    from quant_rows import random_rows
+    be = loom.backend.get("cuda")
+    gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); fast = cuBLAS bf16 GEMM of the same shape")
+    print("| shape | type | rows of x | tiles (det.) | groups of 16 (det., before) | fast bf16 | det / fast time |")
+    print("|---|---|---|---|---|---|---|")
+    rng = np.random.default_rng(0)
+    for name, (rows, k, swiglu) in SHAPES.items():
+        stored = 2 * rows if swiglu else rows
+        rounded = exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED
+        for qtype in args.types.split(","):
+            data = cupy.asarray(random_rows(qtype, stored, k, rng, scale=0.01, plain=0.05))
+            w16 = cupy.asarray(rng.standard_normal((stored, k)).astype(np.float32) * 0.05)
+            w16 = (w16.view(np.uint32) >> 16).astype(np.uint16)
+            if rounded:
+                wnorm = quant_tiles.row_norms(data, qtype, stored, k)
+            else:
+                wmax = quant_slices.row_maxima(data, qtype, stored, k)
+                bits = exact.narrow_bits(k)
+            for m in [int(v) for v in args.rows.split(",")]:
+                x = cupy.asarray(rng.standard_normal((m, k)).astype(np.float32))
+                out = cupy.empty((m, rows), dtype=np.float32)
+                if rounded:
+                    tiles = (lambda: quant_tiles.gemm(data, qtype, x, wnorm, out, exact_rounded.error_factor(k),
+                                                      swiglu=swiglu))
+                else:
+                    slices, xmax = cupy.empty((m, 2 * k), dtype=np.float32), cupy.empty(m, dtype=np.float32)
+
+                    def tiles():
+                        quant_slices.slice_rows(x, slices, xmax, bits)
+                        quant_tiles.sliced_gemm(data, qtype, slices, xmax, x, wmax, out, bits, swiglu=swiglu)
+                t_tiles = _time(cupy, tiles)
+                t_groups = ""
+                if args.groups and m <= 256:
+                    def groups():
+                        for r in range(0, m, 16):
+                            xs, o = x[r:r + 16], out[r:r + 16]
+                            if rounded:
+                                quant_exact.gemv(data, qtype, xs, o, exact_rounded.error_factor(k), swiglu=swiglu)
+                            else:
+                                sl, xm = slices[r:r + 16], xmax[r:r + 16]
+                                quant_slices.slice_rows(xs, sl, xm, bits)
+                                quant_slices.gemv(data, qtype, sl, xm, xs, wmax, o, bits, swiglu=swiglu)
+                    t_groups = f"{_time(cupy, groups, launches=3, repeats=2):.1f}"
+                xb = (x.view(np.uint32) >> 16).astype(np.uint16)
+                yb = cupy.empty((m, stored), dtype=np.float32)
+                t_fast = _time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
+                print(f"| {name} | {qtype} | {m} | {t_tiles:.1f} | {t_groups} | {t_fast:.1f} | "
+                      f"{t_tiles / t_fast:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

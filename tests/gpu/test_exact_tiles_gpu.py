@@ -1,0 +1,147 @@
+"""Deterministic mode's batched products on the float64 tensor cores (backend/cuda/quant_tiles.py): for
+many rows of x at once they give the CPU's exact GEMM of the decoded weight bit for bit, in both of the
+dispatch table's schemes (rounded: K <= 2048; slices: 2048 < K <= 2^14), for every stored type, rows of x
+past one tile and not a multiple of it, with every epilogue, and where rows are huge, tiny, zero,
+cancelling, infinite or NaN; and each row has the bits it has alone (quant_exact's one-row kernel)."""
+import numpy as np
+import pytest
+from quant_rows import random_rows
+
+import loom
+from loom.kernels import exact, fused
+from loom.kernels.exact import dispatch as exact_dispatch
+from loom.kernels.exact import rounded as exact_rounded
+from loom.kernels.quant.block import BlockQuantized
+
+from .cpu_gpu import host, same_bits
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant_exact, quant_slices, quant_tiles  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+def _reference(x, w, bias, residual, swiglu):
+    """The decoder's array code on the CPU, deterministic mode: (residual +) x @ w.T (+ bias), or SwiGLU of
+    the two halves."""
+    with loom.deterministic(True):
+        y = exact.matmul(x, w.T)
+        if bias is not None:
+            y = y + bias
+        if swiglu:
+            rows = w.shape[0] // 2
+            return fused.activation("silu", y[:, :rows]) * y[:, rows:]
+        return y if residual is None else residual + y
+
+
+def _tiles(data, qtype, x, rows, cols, bias=None, residual=None, swiglu=False):
+    """quant_tiles' product of x [m, cols] (host) with stored rows `data`, in the scheme K = cols takes."""
+    m = x.shape[0]
+    d, xd = cupy.asarray(data), cupy.asarray(x)
+    out = cupy.empty((m, rows), dtype=np.float32)
+    if residual is not None:
+        out[...] = cupy.asarray(residual)
+    kw = dict(bias=None if bias is None else cupy.asarray(bias), residual=None if residual is None else out,
+              swiglu=swiglu)
+    if exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED:
+        wnorm = quant_tiles.row_norms(d, qtype, d.shape[0], cols)
+        quant_tiles.gemm(d, qtype, xd, wnorm, out, exact_rounded.error_factor(cols), **kw)
+    else:
+        bits = exact.narrow_bits(cols)
+        wmax = quant_slices.row_maxima(d, qtype, d.shape[0], cols)
+        slices, xmax = cupy.empty((m, 2 * cols), dtype=np.float32), cupy.empty(m, dtype=np.float32)
+        quant_slices.slice_rows(xd, slices, xmax, bits)
+        quant_tiles.sliced_gemm(d, qtype, slices, xmax, xd, wmax, out, bits, **kw)
+    return host(out)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
+                         + [t for t in cuda_quant.TYPES if t != "BF16"])
+@pytest.mark.parametrize("m, cols, epilogue", [(70, 768, "residual"), (17, 1536, "swiglu"), (64, 2304, "bias"),
+                                               (33, 4864, "swiglu")])
+def test_tile_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
+    rng = np.random.default_rng(cols + m + len(qtype))
+    rows = 80                                            # a tile and a part of one
+    swiglu = epilogue == "swiglu"
+    stored_rows = 2 * rows if swiglu else rows
+    data = random_rows(qtype, stored_rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (stored_rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4                                          # rows of other scales
+    x[5] *= 1e-3
+    bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
+    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu)
+    same_bits(got, _reference(x, w, bias, residual, swiglu), f"{qtype} tile product, {m} x {cols}")
+
+
+@pytest.mark.parametrize("cols", [256, 2048, 2080, quant_tiles.MAX_K])
+def test_tile_products_at_the_edges_of_float32(cols):
+    """Rows of x and W at float32's extremes, zero and cancelling rows, rows holding inf or NaN, and
+    entries built to sit on a float32 midpoint (the rounded scheme settles them); 70 rows of x."""
+    rng = np.random.default_rng(cols)
+    rows, m = 72, 70
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x[1] *= np.float32(3e36)                              # products overflow float32
+    x[2] *= np.float32(1e-38)                             # subnormal values
+    x[3] = 0.0
+    x[4, 17] = np.inf
+    x[5, 3] = np.nan
+    x[6, :7] = [1e-45, -1e-45, 2e-39, 0.0, -0.0, 3.0, -3.0]
+    x[7, ::2] = -x[7, 1::2]                               # products that cancel to an exact zero
+    x[66, 9] = -np.inf
+    w[2] *= np.float32(1e-30)
+    w[3] = -0.0
+    w[5, 11] = -np.inf
+    w[8, 100] = np.nan
+    w[9, ::2] = w[9, 1::2]
+    w[10] = np.float32(3e38)
+    w[70, 0] = np.inf
+    # a midpoint: 1 + 2^-24 exactly, from two products and a cancelling pair
+    x[8] = 0.0
+    w[11] = 0.0
+    x[8, :4] = [1.0, 2.0 ** -12, 3.0, 3.0]
+    w[11, :4] = [1.0, 2.0 ** -12, 1e-8, -1e-8]
+    bias = rng.standard_normal(rows).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = _tiles(w.view(np.uint8), "F32", x, rows, cols, bias=bias)
+        want = _reference(x, w, bias, None, False)
+    same_bits(got, want, f"tile product at the edges, K = {cols}")
+    assert np.isinf(got[1]).any() and np.isnan(got[4]).any() and np.isnan(got[:, 8]).all()
+
+
+@pytest.mark.parametrize("cols", [576, 2560])
+def test_a_row_has_its_bits_alone_in_any_tile(cols):
+    """Row 40 of a 100-row product, the same row alone through quant_exact / quant_slices' one-row kernels
+    and through the tiles as a product of one row: the same bits (batch invariance)."""
+    rng = np.random.default_rng(5)
+    rows = 96
+    data = random_rows("Q4_1", rows, cols, rng)
+    x = rng.standard_normal((100, cols)).astype(np.float32)
+    many = _tiles(data, "Q4_1", x, rows, cols)
+    one = _tiles(data, "Q4_1", x[40:41], rows, cols)
+    d, xd = cupy.asarray(data), cupy.asarray(x[40:41])
+    out = cupy.empty((1, rows), dtype=np.float32)
+    if cols <= exact_dispatch.ROUNDED_MAX_K:
+        quant_exact.gemv(d, "Q4_1", xd, out, exact_rounded.error_factor(cols))
+    else:
+        bits = exact.narrow_bits(cols)
+        slices, xmax = cupy.empty((1, 2 * cols), dtype=np.float32), cupy.empty(1, dtype=np.float32)
+        quant_slices.slice_rows(xd, slices, xmax, bits)
+        quant_slices.gemv(d, "Q4_1", slices, xmax, xd, quant_slices.row_maxima(d, "Q4_1", rows, cols), out, bits)
+    same_bits(many[40], one[0], "row 40 of 100 against the row alone")
+    same_bits(one[0], host(out)[0], "the tiles against the one-row kernel")
+
+
+def test_row_norms_and_unsupported_products():
+    rng = np.random.default_rng(2)
+    data = random_rows("Q8_0", 40, 512, rng)
+    w = BlockQuantized(data, "Q8_0", (40, 512)).dequantize().astype(np.float64)
+    norms = host(quant_tiles.row_norms(cupy.asarray(data), "Q8_0", 40, 512))
+    np.testing.assert_allclose(norms, np.sqrt((w * w).sum(axis=1)), rtol=1e-14)
+    assert "IQ2_XS" in quant_tiles.unsupported("IQ2_XS", 4096)
+    assert "4100" in quant_tiles.unsupported("Q8_0", 4100)
+    assert "chunks" in quant_tiles.unsupported("Q8_0", quant_tiles.MAX_K + 32, sliced=True)
+    assert quant_tiles.unsupported("Q4_K", quant_tiles.MAX_K, sliced=True) is None
