@@ -35,15 +35,16 @@ def _reference(x, w, bias, residual, swiglu):
         return y if residual is None else residual + y
 
 
-def _tiles(data, qtype, x, rows, cols, bias=None, residual=None, swiglu=False):
-    """quant_tiles' product of x [m, cols] (host) with stored rows `data`, in the scheme K = cols takes."""
+def _tiles(data, qtype, x, rows, cols, bias=None, residual=None, swiglu=False, splits=None):
+    """quant_tiles' product of x [m, cols] (host) with stored rows `data`, in the scheme K = cols takes, K
+    summed in `splits` parts (None: the device's choice, several for these small products)."""
     m = x.shape[0]
     d, xd = cupy.asarray(data), cupy.asarray(x)
     out = cupy.empty((m, rows), dtype=np.float32)
     if residual is not None:
         out[...] = cupy.asarray(residual)
     kw = dict(bias=None if bias is None else cupy.asarray(bias), residual=None if residual is None else out,
-              swiglu=swiglu)
+              swiglu=swiglu, splits=splits)
     if exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED:
         wnorm = quant_tiles.row_norms(d, qtype, d.shape[0], cols)
         quant_tiles.gemm(d, qtype, xd, wnorm, out, exact_rounded.error_factor(cols), **kw)
@@ -58,9 +59,9 @@ def _tiles(data, qtype, x, rows, cols, bias=None, residual=None, swiglu=False):
 
 @pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
                          + [t for t in cuda_quant.TYPES if t != "BF16"])
-@pytest.mark.parametrize("m, cols, epilogue", [(70, 768, "residual"), (17, 1536, "swiglu"), (64, 2304, "bias"),
-                                               (33, 4864, "swiglu")])
-def test_tile_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
+@pytest.mark.parametrize("m, cols, epilogue, splits", [(70, 768, "residual", None), (17, 1536, "swiglu", 1),
+                                                       (64, 2304, "bias", None), (33, 4864, "swiglu", 1)])
+def test_tile_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue, splits):
     rng = np.random.default_rng(cols + m + len(qtype))
     rows = 80                                            # a tile and a part of one
     swiglu = epilogue == "swiglu"
@@ -72,12 +73,12 @@ def test_tile_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     x[5] *= 1e-3
     bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
     residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
-    got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu)
+    got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu, splits=splits)
     same_bits(got, _reference(x, w, bias, residual, swiglu), f"{qtype} tile product, {m} x {cols}")
 
 
-@pytest.mark.parametrize("cols", [256, 2048, 2080, quant_tiles.MAX_K])
-def test_tile_products_at_the_edges_of_float32(cols):
+@pytest.mark.parametrize("cols, splits", [(256, None), (2048, 1), (2048, 5), (2080, 3), (quant_tiles.MAX_K, None)])
+def test_tile_products_at_the_edges_of_float32(cols, splits):
     """Rows of x and W at float32's extremes, zero and cancelling rows, rows holding inf or NaN, and
     entries built to sit on a float32 midpoint (the rounded scheme settles them); 70 rows of x."""
     rng = np.random.default_rng(cols)
@@ -106,7 +107,7 @@ def test_tile_products_at_the_edges_of_float32(cols):
     w[11, :4] = [1.0, 2.0 ** -12, 1e-8, -1e-8]
     bias = rng.standard_normal(rows).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
-        got = _tiles(w.view(np.uint8), "F32", x, rows, cols, bias=bias)
+        got = _tiles(w.view(np.uint8), "F32", x, rows, cols, bias=bias, splits=splits)
         want = _reference(x, w, bias, None, False)
     same_bits(got, want, f"tile product at the edges, K = {cols}")
     assert np.isinf(got[1]).any() and np.isnan(got[4]).any() and np.isnan(got[:, 8]).all()
@@ -114,13 +115,14 @@ def test_tile_products_at_the_edges_of_float32(cols):
 
 @pytest.mark.parametrize("cols", [576, 2560])
 def test_a_row_has_its_bits_alone_in_any_tile(cols):
-    """Row 40 of a 100-row product, the same row alone through quant_exact / quant_slices' one-row kernels
-    and through the tiles as a product of one row: the same bits (batch invariance)."""
+    """Row 40 of a 100-row product (K in one part), the same row alone through quant_exact / quant_slices'
+    one-row kernels and through the tiles as a product of one row (K split): the same bits (batch
+    invariance)."""
     rng = np.random.default_rng(5)
     rows = 96
     data = random_rows("Q4_1", rows, cols, rng)
     x = rng.standard_normal((100, cols)).astype(np.float32)
-    many = _tiles(data, "Q4_1", x, rows, cols)
+    many = _tiles(data, "Q4_1", x, rows, cols, splits=1)
     one = _tiles(data, "Q4_1", x[40:41], rows, cols)
     d, xd = cupy.asarray(data), cupy.asarray(x[40:41])
     out = cupy.empty((1, rows), dtype=np.float32)

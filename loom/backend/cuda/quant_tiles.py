@@ -42,12 +42,16 @@ from .quant_exact import prelude
 
 THREADS = 128
 MAX_K = 1 << 14         # the slice scheme's products over one chunk (exact_dispatch.CHUNK_BITS)
+# Split K only into parts of at least this many 32-value units: each part's sums cost the finishing
+# kernel a float64 read per entry
+MIN_UNITS = 2
 
 _SOURCE = r"""
 #define XR (SLICED ? 32 : 64)          // rows of x a block takes
 #define NR (EPI ? 32 : 64)             // output columns a block takes
 #define KP 36                          // doubles a staged row takes: 32 and 4 of padding (the fragments'
                                        // loads then hit each bank once a half-warp)
+#define COMP (SLICED ? 2 : 1)          // sums an entry has (the slices: hi and lo)
 #define COLS (NB * 32)
 #define ROW_BYTES ((long long)(NB / SUBS) * BLOCK)
 
@@ -61,23 +65,85 @@ __device__ __forceinline__ void loom_dmma(double* d, double a, double b) {
 __device__ __forceinline__ int loom_tile_out(int cb) { return EPI ? 16 * (cb >> 5) + 8 * ((cb >> 3) & 1) + (cb & 7) : cb; }
 __device__ __forceinline__ int loom_tile_half(int cb) { return EPI ? (cb >> 4) & 1 : 0; }
 
-// out [M, rows] (+)= x [M, COLS] W^T ..., the block's tile of XR rows of x by NR output columns.
-// Rounded (SLICED 0): x the float32 rows, wnorm ||W[r]||, factor exact_rounded.error_factor(COLS).
-// Sliced: x slice_rows' (hi, lo) pairs, xmax their rows' maxima, xf the float rows (for special values),
-// wmax row_maxima of W, abits / bbits the scheme's bits.
-extern "C" __global__ void __launch_bounds__(128) loom_exact_tiles(
-        const unsigned char* __restrict__ w, const float* __restrict__ x, const float* __restrict__ xf,
-        const float* __restrict__ xmax, const double* __restrict__ wnorm, const float* __restrict__ wmax,
-        float* out, int m_rows, int rows, const float* __restrict__ bias, const float* res, double factor,
-        int abits, int bbits) {
+// A product's operands. Rounded (SLICED 0): x the float32 rows [m_rows, COLS], wnorm ||W[r]||, factor
+// exact_rounded.error_factor(COLS). Sliced: x slice_rows' (hi, lo) pairs, xmax their rows' maxima, xf the
+// float rows (for special values), wmax row_maxima of W, abits / bbits the scheme's bits.
+struct LoomTiles {
+    const unsigned char* w; const float* x; const float* xf; const float* xmax; const double* wnorm;
+    const float* wmax; float* out; int m_rows, rows; const float* bias; const float* res; double factor;
+    int abits, bbits;
+};
+#define LOOM_TILES_ARGS const unsigned char* w, const float* x, const float* xf, const float* xmax, \
+        const double* wnorm, const float* wmax, float* out, int m_rows, int rows, const float* bias, \
+        const float* res, double factor, int abits, int bbits
+#define LOOM_TILES {w, x, xf, xmax, wnorm, wmax, out, m_rows, rows, bias, res, factor, abits, bbits}
+
+// Entry (m, n) of out from its sums hi[e] (sliced: and lo[e]) over all of K, e = 0 and SwiGLU's up half,
+// and ||x[m]|| (rounded); every lane of the warp calls, each with its own entry (valid false: none), and
+// the warp settles its doubtful entries together, one at a time.
+__device__ __forceinline__ void loom_tile_finish(const LoomTiles& p, bool valid, int m, int n, const double* hi,
+                                                 const double* lo, double xnorm, int lane) {
+    float y[EPI + 1];
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e) {
+        const int wr = valid ? n + e * p.rows : 0;
+        float v = 0.0f;
+        bool doubt = false, special = false;
+        if (valid && SLICED) {
+            const float am = p.xmax[m], bm = p.wmax[wr];
+            double r = __dadd_rn(__dmul_rn(lo[e], ldexp(1.0, -p.abits)), hi[e]);      // the one rounding
+            r = __dmul_rn(r, ldexp(1.0, loom_top_exponent(am) - p.abits));
+            v = (float)__dmul_rn(r, ldexp(1.0, loom_top_exponent(bm) - p.bbits));
+            special = doubt = !isfinite(am) || !isfinite(bm);
+        } else if (valid) {
+            const double s = hi[e], norms = __dmul_rn(xnorm, p.wnorm[wr]);
+            special = !isfinite(norms);
+            doubt = !loom_certified(s, __dadd_rn(__dmul_rn(norms, p.factor), __dmul_rn(fabs(s), 0x1p-52)), &v)
+                    || special;
+        }
+        for (unsigned left = __ballot_sync(LOOM_FULL, doubt); left; left &= left - 1) {
+            const int src = __ffs(left) - 1;
+            const int sm = __shfl_sync(LOOM_FULL, m, src), sw = __shfl_sync(LOOM_FULL, wr, src);
+            const bool sp = __shfl_sync(LOOM_FULL, special, src);
+            const float* xr = (SLICED ? p.xf : p.x) + (long long)sm * COLS;
+            const unsigned char* row = p.w + (long long)sw * ROW_BYTES;
+            auto walk = [=](auto f) {
+                for (int b = lane >> 3; b < NB; b += 4) {
+                    float wv[4]; int at[4];
+                    block_values(row, b, lane & 7, wv, at);
+                    #pragma unroll
+                    for (int j = 0; j < 4; ++j) f(xr[b * 32 + at[j]], wv[j]);
+                }
+            };
+            // (the slice scheme keeps its value where IEEE's is finite: quant_slices' rule)
+            const float settled = sp ? loom_special_walk(walk) : loom_settle_walk(walk, COLS);
+            if (lane == src && (!SLICED || !isfinite(settled))) v = settled;
+        }
+        y[e] = valid && p.bias != 0 ? v + p.bias[wr] : v;
+    }
+    if (valid) {
+        const float r = EPI == 1 ? (y[0] * loom_sigmoid(y[0])) * y[EPI] : y[0];
+        const long long at = (long long)m * p.rows + n;
+        p.out[at] = p.res != 0 ? p.res[at] + r : r;
+    }
+}
+
+// The block's tile of XR rows of x by NR output columns over units [split per, split per + per) of K.
+// splits 1: out (+)= x W^T ... finished here; else the tile's sums go to part (float64 [splits, COMP,
+// m_rows, stored rows]; the rounded scheme's row sums of squares of x after them, [splits, m_rows], from
+// the blocks of the first output columns) for loom_exact_tiles_finish.
+extern "C" __global__ void __launch_bounds__(128) loom_exact_tiles(LOOM_TILES_ARGS, double* part, int splits,
+                                                                  int per) {
+    const LoomTiles p = LOOM_TILES;
     __shared__ __align__(16) double a_s[64 * KP];
     __shared__ __align__(16) double b_s[64 * KP];
     __shared__ double xnorm_s[64];
     __shared__ int shift_s[64];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp >> 1, wn = warp & 1;
     const int g = lane >> 2, c = lane & 3;
-    const int tiles_m = (m_rows + XR - 1) / XR;
-    const int m0 = (blockIdx.x % tiles_m) * XR, n0 = (blockIdx.x / tiles_m) * NR;
+    const int tiles_m = (m_rows + XR - 1) / XR, rest = blockIdx.x / tiles_m;
+    const int m0 = (blockIdx.x % tiles_m) * XR, split = rest % splits, n0 = (rest / splits) * NR;
+    const int first = split * per, last = min(NB, first + per);
     // this thread's four W staging tasks: tile column task / 8, lane-of-eight task % 8 (block_values')
     const unsigned char* wrow[4];
     bool wvalid[4];
@@ -99,7 +165,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_exact_tiles(
         #pragma unroll
         for (int j = 0; j < 4; ++j) { acc[i][j][0] = 0.0; acc[i][j][1] = 0.0; }
     double sq = 0.0;            // rounded: this thread's share of its row of x's sum of squares
-    for (int b = 0; b < NB; ++b) {
+    for (int b = first; b < last; ++b) {
         #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int task = tid + THREADS * q, cb = task >> 3, i = task & 7;
@@ -114,28 +180,28 @@ extern "C" __global__ void __launch_bounds__(128) loom_exact_tiles(
                 b_s[cb * KP + at[j]] = SLICED ? (double)rintf(ldexpf(v[j], shift_s[cb])) : (double)v[j];
         }
         if (SLICED) {           // row r of the block's x, values 8 part .. 8 part + 7, both slices
-            const int r = tid >> 2, part = tid & 3;
+            const int r = tid >> 2, part4 = tid & 3;
             const bool ok = m0 + r < m_rows;
-            const float4* src = (const float4*)(x + 2 * ((long long)(m0 + r) * COLS + b * 32 + 8 * part));
+            const float4* src = (const float4*)(x + 2 * ((long long)(m0 + r) * COLS + b * 32 + 8 * part4));
             const int hi = 32 * (r >> 4) + 8 * ((r >> 3) & 1) + (r & 7), lo = hi + 16;
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-                const float4 p = ok ? src[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                const int k = 8 * part + 2 * q;
-                a_s[hi * KP + k] = p.x; a_s[lo * KP + k] = p.y;
-                a_s[hi * KP + k + 1] = p.z; a_s[lo * KP + k + 1] = p.w;
+                const float4 v = ok ? src[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                const int k = 8 * part4 + 2 * q;
+                a_s[hi * KP + k] = v.x; a_s[lo * KP + k] = v.y;
+                a_s[hi * KP + k + 1] = v.z; a_s[lo * KP + k + 1] = v.w;
             }
-        } else {                // row r of the block's x, values 16 part .. 16 part + 15
-            const int r = tid >> 1, part = tid & 1;
+        } else {                // row r of the block's x, values 16 half .. 16 half + 15
+            const int r = tid >> 1, half = tid & 1;
             const bool ok = m0 + r < m_rows;
-            const float4* src = (const float4*)(x + (long long)(m0 + r) * COLS + b * 32 + 16 * part);
+            const float4* src = (const float4*)(x + (long long)(m0 + r) * COLS + b * 32 + 16 * half);
             #pragma unroll
             for (int q = 0; q < 4; ++q) {
-                const float4 p = ok ? src[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                const double e[4] = {p.x, p.y, p.z, p.w};
+                const float4 v = ok ? src[q] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                const double e[4] = {v.x, v.y, v.z, v.w};
                 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
-                    a_s[r * KP + 16 * part + 4 * q + j] = e[j];
+                    a_s[r * KP + 16 * half + 4 * q + j] = e[j];
                     sq = __dadd_rn(sq, __dmul_rn(e[j], e[j]));        // exact squares, rounded sums
                 }
             }
@@ -156,72 +222,82 @@ extern "C" __global__ void __launch_bounds__(128) loom_exact_tiles(
         }
         __syncthreads();
     }
+    if (!SLICED) sq = __dadd_rn(sq, __shfl_xor_sync(LOOM_FULL, sq, 1));
+    // Each lane's entries: rows g (+ 8 a fragment) of the warp's, columns 2c, 2c + 1 (+ 8 a fragment).
+    #define MT (SLICED ? 2 : 4)
+    #define NT (EPI ? 2 : 4)
+    if (splits > 1) {
+        const long long stored = (long long)(EPI + 1) * rows;
+        #pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+            #pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+                #pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    const int m = m0 + (SLICED ? 16 * wm : 32 * wm) + 8 * mt + g;
+                    const int n = n0 + (EPI ? 16 * wn : 32 * wn) + 8 * nt + 2 * c + h;
+                    if (m >= m_rows || n >= rows) continue;
+                    #pragma unroll
+                    for (int e = 0; e <= EPI; ++e)
+                        #pragma unroll
+                        for (int k = 0; k < COMP; ++k)
+                            part[((long long)(split * COMP + k) * m_rows + m) * stored + n + e * rows] =
+                                acc[mt + 2 * k][nt + 2 * e][h];
+                }
+        if (!SLICED && n0 == 0 && (tid & 1) == 0 && m0 + (tid >> 1) < m_rows)
+            part[(long long)splits * m_rows * stored + (long long)split * m_rows + m0 + (tid >> 1)] = sq;
+        return;
+    }
     if (!SLICED) {
-        sq = __dadd_rn(sq, __shfl_xor_sync(LOOM_FULL, sq, 1));
         if ((tid & 1) == 0) xnorm_s[tid >> 1] = __dsqrt_rn(sq);
         __syncthreads();
     }
-    // Each lane's entries: rows g (+ 8 per fragment) of x, columns 2c, 2c + 1 (+ 8 per fragment).
-    #define MT (SLICED ? 2 : 4)
-    #define NT (EPI ? 2 : 4)
-    float val[MT][NT][2][EPI + 1];
     #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
         #pragma unroll
         for (int nt = 0; nt < NT; ++nt)
             #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                const int lm = SLICED ? 16 * wm + 8 * mt + g : 32 * wm + 8 * mt + g;
-                const int m = m0 + lm;
+                const int lm = (SLICED ? 16 * wm : 32 * wm) + 8 * mt + g, m = m0 + lm;
                 const int n = n0 + (EPI ? 16 * wn : 32 * wn) + 8 * nt + 2 * c + h;
-                const bool valid = m < m_rows && n < rows;
+                double hi[EPI + 1], lo[EPI + 1];
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) {
-                    const int wr = valid ? n + e * rows : 0;
-                    float v = 0.0f;
-                    bool doubt = false, special = false;
-                    if (valid && SLICED) {
-                        const float am = xmax[m], bm = wmax[wr];
-                        const double hi = acc[mt][nt + 2 * e][h], lo = acc[mt + 2][nt + 2 * e][h];
-                        double r = __dadd_rn(__dmul_rn(lo, ldexp(1.0, -abits)), hi);      // the one rounding
-                        r = __dmul_rn(r, ldexp(1.0, loom_top_exponent(am) - abits));
-                        v = (float)__dmul_rn(r, ldexp(1.0, loom_top_exponent(bm) - bbits));
-                        special = doubt = !isfinite(am) || !isfinite(bm);
-                    } else if (valid) {
-                        const double s = acc[mt][nt + 2 * e][h];
-                        const double norms = __dmul_rn(xnorm_s[lm], wnorm[wr]);
-                        special = !isfinite(norms);
-                        doubt = !loom_certified(s, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(s), 0x1p-52)), &v)
-                                || special;
-                    }
-                    // the warp settles its doubtful entries together, one at a time
-                    for (unsigned left = __ballot_sync(LOOM_FULL, doubt); left; left &= left - 1) {
-                        const int src = __ffs(left) - 1;
-                        const int sm = __shfl_sync(LOOM_FULL, m, src), sw = __shfl_sync(LOOM_FULL, wr, src);
-                        const bool sp = __shfl_sync(LOOM_FULL, special, src);
-                        const float* xr = (SLICED ? xf : x) + (long long)sm * COLS;
-                        const unsigned char* row = w + (long long)sw * ROW_BYTES;
-                        auto walk = [=](auto f) {
-                            for (int b = lane >> 3; b < NB; b += 4) {
-                                float wv[4]; int at[4];
-                                block_values(row, b, lane & 7, wv, at);
-                                #pragma unroll
-                                for (int j = 0; j < 4; ++j) f(xr[b * 32 + at[j]], wv[j]);
-                            }
-                        };
-                        // (the slice scheme keeps its value where IEEE's is finite: quant_slices' rule)
-                        const float settled = sp ? loom_special_walk(walk) : loom_settle_walk(walk, COLS);
-                        if (lane == src && (!SLICED || !isfinite(settled))) v = settled;
-                    }
-                    val[mt][nt][h][e] = valid && bias != 0 ? v + bias[wr] : v;
+                    hi[e] = acc[mt][nt + 2 * e][h];
+                    lo[e] = SLICED ? acc[mt + 2][nt + 2 * e][h] : 0.0;
                 }
-                if (valid) {
-                    const float y0 = val[mt][nt][h][0];
-                    const float r = EPI == 1 ? (y0 * loom_sigmoid(y0)) * val[mt][nt][h][EPI] : y0;
-                    const long long at = (long long)m * rows + n;
-                    out[at] = res != 0 ? res[at] + r : r;
-                }
+                loom_tile_finish(p, m < m_rows && n < rows, m, n, hi, lo, SLICED ? 0.0 : xnorm_s[lm], lane);
             }
+}
+
+// The split tiles' entries finished, a thread each: each sum's parts added in split order (exact for
+// the slices; for the rounded scheme the bound holds for any order).
+extern "C" __global__ void loom_exact_tiles_finish(LOOM_TILES_ARGS, const double* part, int splits) {
+    const LoomTiles p = LOOM_TILES;
+    const int lane = threadIdx.x & 31;
+    const long long total = (long long)m_rows * rows, stride = (long long)gridDim.x * blockDim.x;
+    const long long stored = (long long)(EPI + 1) * rows;
+    const double* squares = part + (long long)splits * COMP * m_rows * stored;
+    wait_for_previous_kernel();
+    for (long long base = (long long)blockIdx.x * blockDim.x + threadIdx.x - lane; base < total; base += stride) {
+        const long long idx = base + lane;
+        const bool valid = idx < total;
+        const int m = valid ? (int)(idx / rows) : 0, n = valid ? (int)(idx - (long long)m * rows) : 0;
+        double hi[EPI + 1], lo[EPI + 1], sq = 0.0;
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) { hi[e] = 0.0; lo[e] = 0.0; }
+        if (valid) {
+            for (int s = 0; s < splits; ++s) {
+                #pragma unroll
+                for (int e = 0; e <= EPI; ++e) {
+                    hi[e] = __dadd_rn(hi[e], part[((long long)(s * COMP) * m_rows + m) * stored + n + e * rows]);
+                    if (SLICED) lo[e] = __dadd_rn(lo[e], part[((long long)(s * COMP + 1) * m_rows + m) * stored + n + e * rows]);
+                }
+                if (!SLICED) sq = __dadd_rn(sq, squares[(long long)s * m_rows + m]);
+            }
+        }
+        loom_tile_finish(p, valid, m, n, hi, lo, __dsqrt_rn(sq), lane);
+    }
 }
 
 // out[r] = ||W[r, :]||_2 of the decoded row in float64 (exact squares, rounded sums: the rounded scheme's
@@ -275,34 +351,57 @@ def row_norms(data: Array, qtype: str, rows: int, cols: int) -> Array:
 
 
 def gemm(data: Array, qtype: str, x: Array, wnorm: Array, out: Array, factor: float, bias: Array | None = None,
-         residual: Array | None = None, swiglu: bool = False, overlap: bool = False) -> None:
+         residual: Array | None = None, swiglu: bool = False, overlap: bool = False, splits: int | None = None) -> None:
     """out [M, rows] = (residual +) x @ W^T (+ bias), or SwiGLU of the two halves, with the rounded
     scheme's bits (quant_exact.gemv's), for x [M, K] float32 C-contiguous and 16-byte aligned, wnorm =
-    row_norms(W), factor = exact_rounded.error_factor(K)."""
+    row_norms(W), factor = exact_rounded.error_factor(K). splits: parts of K summed apart (None: chosen
+    from the device's multiprocessors; the bits are the same for any)."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
     m, cols = x.shape
     if rows and m:
         _launch(data, qtype, False, swiglu, m, rows, cols,
                 (x, x, None, wnorm, None, out, np.int32(m), np.int32(rows), pointer(bias), pointer(residual),
-                 np.float64(factor), np.int32(0), np.int32(0)), overlap)
+                 np.float64(factor), np.int32(0), np.int32(0)), overlap, splits)
 
 
 def sliced_gemm(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, wmax: Array, out: Array, bits: tuple,
                 bias: Array | None = None, residual: Array | None = None, swiglu: bool = False,
-                overlap: bool = False) -> None:
+                overlap: bool = False, splits: int | None = None) -> None:
     """quant_slices.gemv's product and epilogues (the slice scheme's bits) for any number of rows, from
-    quant_slices.slice_rows' slices and xmax of xf [M, K] and W's quant_slices.row_maxima `wmax`."""
+    quant_slices.slice_rows' slices and xmax of xf [M, K] and W's quant_slices.row_maxima `wmax`; splits
+    as gemm's."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
     m, cols = xf.shape
     if rows and m:
         _launch(data, qtype, True, swiglu, m, rows, cols,
                 (slices, xf, xmax, None, wmax, out, np.int32(m), np.int32(rows), pointer(bias), pointer(residual),
-                 np.float64(0.0), np.int32(bits[0]), np.int32(bits[1])), overlap)
+                 np.float64(0.0), np.int32(bits[0]), np.int32(bits[1])), overlap, splits)
 
 
-def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap) -> None:
+def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -> None:
+    """The tiles over K in `splits` parts where the tiles alone would leave multiprocessors idle (their
+    sums then finished by a second kernel), else finished in place."""
     x_rows, out_cols = (32 if sliced else 64), (32 if swiglu else 64)
-    grid = -(-m // x_rows) * -(-rows // out_cols)
-    kernel = _module(qtype, int(swiglu), sliced, cols // 32).get_function("loom_exact_tiles")
+    tiles = -(-m // x_rows) * -(-rows // out_cols)
+    units = cols // 32
+    sms = quant_exact._multiprocessors()
+    if splits is None:
+        splits = 1
+        if tiles < sms:
+            per = max(MIN_UNITS, -(-units * tiles // sms))
+            splits = -(-units // per)
+    per = -(-units // min(max(1, splits), units))
+    splits = -(-units // per)
+    module = _module(qtype, int(swiglu), sliced, units)
     args = (data,) + tuple(pointer(a) if a is None else a for a in args)
-    launch(kernel, grid, THREADS, args, overlap)
+    if splits == 1:
+        launch(module.get_function("loom_exact_tiles"), tiles, THREADS, args + (pointer(None), np.int32(1),
+                                                                                np.int32(per)), overlap)
+        return
+    stored = rows * (2 if swiglu else 1)
+    part = cupy.empty(splits * (2 if sliced else 1) * m * stored + splits * m, dtype=np.float64)
+    launch(module.get_function("loom_exact_tiles"), tiles * splits, THREADS,
+           args + (part, np.int32(splits), np.int32(per)), overlap)
+    finish_blocks = min(-(-m * rows // 256), 8 * sms)
+    launch(module.get_function("loom_exact_tiles_finish"), finish_blocks, 256, args + (part, np.int32(splits)),
+           overlap)
