@@ -29,7 +29,11 @@ backend/cuda/quant_exact.py and decode_exact.py, which give the array code's bit
 correctly rounded products, exact.sum's norms and softmax, mathlib's exp and sigmoid): a sequence's
 logits are what paged_forward gives it, and the CPU's, bit for bit. Products whose K has the slice
 scheme (ROUNDED_MAX_K < K <= 2^14) take backend/cuda/quant_slices.py instead: x's slices in a kernel
-before each product, and each weight's row maxima, made once when the graph is built. The attention
+before each product, and each weight's row maxima, made once when the graph is built. Those kernels hold
+every row of x's sums in registers, so past EXACT_TILE_ROWS rows a deterministic step takes
+backend/cuda/quant_tiles.py for every product (both schemes, the same bits, the float64 tensor cores,
+each weight read once for the whole batch; the rounded scheme's weights keep their rows' norms, made once
+here), after the RMSNorm's own kernel or the slicing kernel. The attention
 kernel takes positions below ROUNDED_MAX_K; the engine steps longer sequences through paged_forward.
 """
 from __future__ import annotations
