@@ -2,6 +2,8 @@
 code bytes with finite, moderate float16 scale fields (random bytes there would give inf and NaN)."""
 import numpy as np
 
+import loom
+from loom.kernels import exact, fused
 from loom.kernels.quant import gguf as gq
 
 PLAIN = ("F32", "F16", "BF16")
@@ -35,3 +37,18 @@ def gemv_reference(x, w, norm, eps, bias, residual, swiglu):
         g, u = np.split(y, 2, axis=1)
         y = g / (1 + np.exp(-g)) * u
     return y + (0 if residual is None else residual)
+
+
+def exact_reference(x, w, norm, bias, residual, swiglu, eps=1e-5):
+    """The decoder's array code on the CPU, deterministic mode: (residual +) pro(x) @ w.T (+ bias), or
+    SwiGLU of the two halves."""
+    with loom.deterministic(True):
+        if norm is not None:
+            x = fused.rms_norm(x, norm, eps)[0]
+        y = exact.matmul(x, w.T)
+        if bias is not None:
+            y = y + bias
+        if swiglu:
+            rows = w.shape[0] // 2
+            return fused.activation("silu", y[:, :rows]) * y[:, rows:]
+        return y if residual is None else residual + y

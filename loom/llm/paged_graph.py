@@ -358,24 +358,23 @@ def _tiles_take(dec: Decoder) -> bool:
 def _rounded_row_norms(dec: Decoder) -> dict:
     """id(weight) -> its rows' 2-norms (quant_tiles.row_norms) for the product weights whose K takes the
     rounded scheme."""
-    tiles = dec.backend.decode.products_tiles
-    out = {}
-    for w in _product_weights(dec):
-        rows, k = w.shape
-        if exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED and id(w) not in out:
-            out[id(w)] = tiles.row_norms(*_stored(w), rows, k)
-    return out
+    return _per_weight(dec, True, dec.backend.decode.products_tiles.row_norms)
 
 
 def _sliced_row_maxima(dec: Decoder) -> dict:
     """id(weight) -> its rows' maxima (quant_slices.row_maxima) for the product weights whose K takes the
     slice scheme."""
-    sliced = dec.backend.decode.products_sliced
+    return _per_weight(dec, False, dec.backend.decode.products_sliced.row_maxima)
+
+
+def _per_weight(dec: Decoder, rounded: bool, make) -> dict:
+    """id(weight) -> make(stored rows, qtype, rows, K) for each product weight whose K takes the rounded
+    scheme (or, rounded False, the slice scheme), once per weight."""
     out = {}
     for w in _product_weights(dec):
         rows, k = w.shape
-        if exact_dispatch.matmul_scheme(np.float32, k) != exact_dispatch.ROUNDED and id(w) not in out:
-            out[id(w)] = sliced.row_maxima(*_stored(w), rows, k)
+        if (exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED) == rounded and id(w) not in out:
+            out[id(w)] = make(*_stored(w), rows, k)
     return out
 
 

@@ -5,10 +5,9 @@ past one tile and not a multiple of it, with every epilogue, and where rows are 
 cancelling, infinite or NaN; and each row has the bits it has alone (quant_exact's one-row kernel)."""
 import numpy as np
 import pytest
-from quant_rows import random_rows
+from quant_rows import exact_reference, random_rows
 
-import loom
-from loom.kernels import exact, fused
+from loom.kernels import exact
 from loom.kernels.exact import dispatch as exact_dispatch
 from loom.kernels.exact import rounded as exact_rounded
 from loom.kernels.quant.block import BlockQuantized
@@ -20,19 +19,6 @@ from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
 from loom.backend.cuda import quant_exact, quant_slices, quant_tiles  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-
-
-def _reference(x, w, bias, residual, swiglu):
-    """The decoder's array code on the CPU, deterministic mode: (residual +) x @ w.T (+ bias), or SwiGLU of
-    the two halves."""
-    with loom.deterministic(True):
-        y = exact.matmul(x, w.T)
-        if bias is not None:
-            y = y + bias
-        if swiglu:
-            rows = w.shape[0] // 2
-            return fused.activation("silu", y[:, :rows]) * y[:, rows:]
-        return y if residual is None else residual + y
 
 
 def _tiles(data, qtype, x, rows, cols, bias=None, residual=None, swiglu=False, splits=None):
@@ -74,7 +60,7 @@ def test_tile_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue, splits
     bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
     residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
     got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu, splits=splits)
-    same_bits(got, _reference(x, w, bias, residual, swiglu), f"{qtype} tile product, {m} x {cols}")
+    same_bits(got, exact_reference(x, w, None, bias, residual, swiglu), f"{qtype} tile product, {m} x {cols}")
 
 
 @pytest.mark.parametrize("cols, splits", [(256, None), (2048, 1), (2048, 5), (2080, 3), (quant_tiles.MAX_K, None)])
@@ -108,7 +94,7 @@ def test_tile_products_at_the_edges_of_float32(cols, splits):
     bias = rng.standard_normal(rows).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         got = _tiles(w.view(np.uint8), "F32", x, rows, cols, bias=bias, splits=splits)
-        want = _reference(x, w, bias, None, False)
+        want = exact_reference(x, w, None, bias, None, False)
     same_bits(got, want, f"tile product at the edges, K = {cols}")
     assert np.isinf(got[1]).any() and np.isnan(got[4]).any() and np.isnan(got[:, 8]).all()
 

@@ -5,10 +5,9 @@ longest unchunked K, with the norm prologue and every epilogue, and where rows a
 infinite or NaN."""
 import numpy as np
 import pytest
-from quant_rows import random_rows
+from quant_rows import exact_reference, random_rows
 
-import loom
-from loom.kernels import exact, fused
+from loom.kernels import exact
 from loom.kernels.exact import dispatch as exact_dispatch
 from loom.kernels.quant.block import BlockQuantized
 
@@ -19,21 +18,6 @@ from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
 from loom.backend.cuda import quant_slices  # noqa: E402
 
 pytestmark = pytest.mark.gpu
-
-
-def _reference(x, w, norm, bias, residual, swiglu, eps=1e-5):
-    """The decoder's array code on the CPU, deterministic mode: (residual +) pro(x) @ w.T (+ bias), or
-    SwiGLU of the two halves."""
-    with loom.deterministic(True):
-        if norm is not None:
-            x = fused.rms_norm(x, norm, eps)[0]
-        y = exact.matmul(x, w.T)
-        if bias is not None:
-            y = y + bias
-        if swiglu:
-            rows = w.shape[0] // 2
-            return fused.activation("silu", y[:, :rows]) * y[:, rows:]
-        return y if residual is None else residual + y
 
 
 def _run(data, qtype, x, rows, cols, norm=None, bias=None, residual=None, swiglu=False, eps=1e-5):
@@ -73,7 +57,7 @@ def test_sliced_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     norm = (1 + 0.1 * rng.standard_normal(cols)).astype(np.float32) if epilogue == "norm" else None
     got, wmax = _run(data, qtype, x, rows, cols, norm=norm, bias=bias, residual=residual, swiglu=swiglu)
     same_bits(wmax, np.abs(w).max(axis=1), f"{qtype} row maxima")
-    same_bits(got, _reference(x, w, norm, bias, residual, swiglu), f"{qtype} sliced product")
+    same_bits(got, exact_reference(x, w, norm, bias, residual, swiglu), f"{qtype} sliced product")
 
 
 @pytest.mark.parametrize("cols", [2080, quant_slices.MAX_K])
@@ -100,7 +84,7 @@ def test_sliced_products_at_the_edges_of_their_scheme_and_of_float32(cols):
     bias = rng.standard_normal(rows).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         got, wmax = _run(w.view(np.uint8), "F32", x, rows, cols, bias=bias)
-        want = _reference(x, w, None, bias, None, False)
+        want = exact_reference(x, w, None, bias, None, False)
     same_bits(wmax, np.abs(w).max(axis=1), "F32 row maxima with specials")
     same_bits(got, want, "sliced product at the edges")
     assert np.isinf(got[1]).any() and np.isnan(got[4]).any() and np.isnan(got[:, 8]).all()
