@@ -90,12 +90,17 @@ class QuantKernels(Protocol):
     TYPES: tuple[str, ...]          # the block types matmul_t takes (fast mode)
     dequantize_bytes: int           # float32 bytes of W decoded at once where no kernel takes a product
     tensor_cores: bool              # whether to_bf16 and matmul_t_bf16 run (fast-mode bfloat16 products)
+    exact_wide: bool                # whether matmul_t_exact takes x of any number of rows (W read once)
 
     def matmul_t(self, x2: Array, data: Array, qtype: str, out: Array) -> bool:
         """out = x2 @ W.T for W's stored blocks `data` (fast mode); False: declined."""
 
-    def matmul_t_rounded(self, x2: Array, data: Array, qtype: str, out: Array, factor: float) -> bool:
-        """The same with deterministic mode's rounded GEMM's bits; False: declined."""
+    def matmul_t_exact(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
+                       factor: float | None = None, bits: tuple | None = None) -> bool:
+        """The same with deterministic mode's bits: the rounded GEMM's (factor =
+        exact_rounded.error_factor(K)) or, given bits (exact.narrow_bits(K), K <= 2^14), the slice
+        scheme's; `tables`: the weight's memo (BlockQuantized.tables), for what the backend derives from
+        the stored rows once; False: declined."""
 
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         """out (float32 C-contiguous, data's value count) = the values of the stored rows `data`, bit for bit

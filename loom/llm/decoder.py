@@ -152,6 +152,8 @@ class Decoder:
     def _weight(self, w, rows: int):
         if not isinstance(w, BlockQuantized) or rows <= gemv.MAX_ROWS:
             return w
+        if is_deterministic() and self.backend.quant.exact_wide:
+            return w                # the block kernels read W once for all rows: no decoded copy
         if self._dense is not None:
             return self.dense(w)
         return w.with_tensor_cores() if self.tensor_cores and not is_deterministic() else w

@@ -1,8 +1,9 @@
 """The device side of one batch-engine step (loom/llm/batching.py plans it). The step's decode tokens
 run through a recorded paged decode step where the device has the kernels (loom/llm/paged_graph.py,
 one graph per batch bucket); each of its prompt chunks through the recorded prompt step of the
-chunk's length and position where fast mode's fused prompt kernels take every layer
-(loom/llm/paged_prefill_graph.py, recorded at the second sighting of that shape); what is left
+chunk's length and position where fast mode's fused prompt kernels take every layer, or in
+deterministic mode where the exact block kernels take prompt chunks (loom/llm/paged_prefill_graph.py,
+recorded at the second sighting of that shape); what is left
 (and decode tokens no graph takes) runs together kernel by kernel through loom/llm/paged_forward.py.
 Then each item that wants logits gets its next-token input: the token itself, chosen on the device,
 for a plain greedy sequence (only ids cross to the host), else its row of logits on the host.
@@ -64,12 +65,19 @@ class StepRunner:
 
     def prefill_graph(self, work: list[paged_forward.Work]) -> paged_prefill_graph.PagedPrefillGraph | None:
         """The recorded prompt step for `work` (recorded on the second sighting of its shape), or None:
-        graphs off, deterministic mode, or a layer off the fused prompt kernels."""
-        if not self.dec.graphs or not self.dec.backend.graphs or self.deterministic:
+        graphs off, or a layer off fast mode's fused prompt kernels, or in deterministic mode a
+        backend whose exact block kernels do not take prompt chunks (QuantKernels.exact_wide)."""
+        be = self.dec.backend
+        if not self.dec.graphs or not be.graphs:
             return None
-        fused = paged_forward.fused_weights(self.dec, sum(len(w.tokens) for w in work), prompt=True)
-        if fused is None:
-            return None
+        if self.deterministic:
+            fused = None
+            if not be.quant.exact_wide:
+                return None
+        else:
+            fused = paged_forward.fused_weights(self.dec, sum(len(w.tokens) for w in work), prompt=True)
+            if fused is None:
+                return None
         return self.prefills.lookup(paged_prefill_graph.key(self.dec, work),
                                     lambda: paged_prefill_graph.PagedPrefillGraph(self.dec, self.cache, work, fused))
 

@@ -40,7 +40,7 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
     """Run every work item's tokens, writing their keys and values into the cache; returns the
     logits [S, vocab] of the last row of each item with logits=True, in order (None when there are
     none); every_row: of every row of those items, [rows, vocab]."""
-    be, xp = dec.backend, dec.xp
+    be = dec.backend
     sizes = [len(w.tokens) for w in work]
     bounds = np.concatenate([[0], np.cumsum(sizes)])
     ids = np.concatenate([w.tokens for w in work]).astype(np.int64)
@@ -60,31 +60,23 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
             dec.layer_tokens_paged(compiled, layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
         return _logits(dec, work, bounds, h2[None], every_row)
     fused = fused_weights(dec, len(ids), prompt=min(sizes) > 1)
-    if fused is not None:
+    if fused is not None or is_deterministic() or len(work) == 1:
         plans = {window: (be.asarray(key_slots), items) for window, (key_slots, items)
                  in flash_plans(dec, cache, work).items()}
-        run_fused(dec, cache, *fused, h[0], be.asarray(positions), slots, plans)
+        if fused is not None:
+            run_fused(dec, cache, *fused, h[0], be.asarray(positions), slots, plans)
+        else:                               # each item's attention alone over exactly its keys
+            h = run_alone(dec, cache, h, cos, sin, slots, plans)
         return _logits(dec, work, bounds, h, every_row)
-    alone = is_deterministic() or len(work) == 1
-    plans: dict = {}            # by sliding window: the key slots (and padding) every layer of it shares
+    plans = {}                  # by sliding window: the padded groups every layer of it shares
     for i, layer in enumerate(dec.layers):
         q, k, v = dec.qkv(layer, h, cos, sin)
         cache.k[i][slots] = k[0]
         cache.v[i][slots] = v[0]
         plan = plans.get(layer.window)
         if plan is None:
-            plan = plans[layer.window] = (_alone_plan if alone else _padded_plan)(dec, cache, layer, work, sizes)
-        if alone:
-            contexts = []
-            for w, lo_row, hi_row, (first, keys) in zip(work, bounds[:-1], bounds[1:], plan):
-                # [1, KV, n, D], each head's keys contiguous (the exact products' compiled loops take
-                # contiguous matrices only; a strided view would take their NumPy reference)
-                ks = xp.ascontiguousarray(cache.k[i][keys].transpose(1, 0, 2))[None]
-                vs = xp.ascontiguousarray(cache.v[i][keys].transpose(1, 0, 2))[None]
-                contexts.append(dec.attend(layer, q[:, lo_row:hi_row], ks, vs, w.pos, first))
-            ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
-        else:
-            ctx = _padded_attention(dec, cache, i, q[0], plan)[None]
+            plan = plans[layer.window] = _padded_plan(dec, cache, layer, work, sizes)
+        ctx = _padded_attention(dec, cache, i, q[0], plan)[None]
         h = dec.finish_layer(layer, h, ctx)
     return _logits(dec, work, bounds, h, every_row)
 
@@ -149,6 +141,32 @@ def run_fused(dec: Decoder, cache: PagedKVCache, kernels: PrefillKernels, weight
         dec.finish_fast(kernels, layer, w16, h2, ctx)
 
 
+def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Array, slots: Array,
+              plans: dict) -> Array:
+    """Every layer on h [1, N, E], each item's attention alone over exactly its own keys (deterministic
+    mode, and fast mode's lone items): row r at the position of cos, sin [N, 1, D], its key and value
+    written to slot slots[r]; plans[window] = (key slots [S, n_max] on h's device, items) as
+    flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
+    (loom/llm/paged_prefill_graph.py) runs this body too."""
+    xp = dec.xp
+    for i, layer in enumerate(dec.layers):
+        q, k, v = dec.qkv(layer, h, cos, sin)
+        cache.k[i][slots] = k[0]
+        cache.v[i][slots] = v[0]
+        key_slots, items = plans[layer.window]
+        contexts = []
+        for s, (row, n, pos, lo, count) in enumerate(items):
+            keys = key_slots[s, :count]
+            # [1, KV, n, D], each head's keys contiguous (the exact products' compiled loops take
+            # contiguous matrices only; a strided view would take their NumPy reference)
+            ks = xp.ascontiguousarray(cache.k[i][keys].transpose(1, 0, 2))[None]
+            vs = xp.ascontiguousarray(cache.v[i][keys].transpose(1, 0, 2))[None]
+            contexts.append(dec.attend(layer, q[:, row:row + n], ks, vs, pos, lo))
+        ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
+        h = dec.finish_layer(layer, h, ctx)
+    return h
+
+
 def flash_plans(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> dict:
     """By each sliding window of the decoder's layers: (key slots int64 [S, n_max] on the host, items
     ((first row, T, pos, lo, n), ...)) for the flash kernel; the items depend on the work's lengths
@@ -170,15 +188,6 @@ def flash_plans(dec: Decoder, cache: PagedKVCache, work: list[Work]) -> dict:
 
 
 PADDED_ELEMENTS = 1 << 26           # float32 scores of one padded attention group (256 MB)
-
-
-def _alone_plan(dec: Decoder, cache: PagedKVCache, layer, work: list[Work], sizes: list[int]) -> list:
-    """Per item: (its first key, the device slots of its keys) for layers of `layer`'s window."""
-    out = []
-    for w, n in zip(work, sizes):
-        first = dec.first_key(layer, w.pos)
-        out.append((first, dec.backend.asarray(cache.slots(w.table, first, w.pos + n))))
-    return out
 
 
 def _padded_plan(dec: Decoder, cache: PagedKVCache, layer, work: list[Work], sizes: list[int]) -> list:

@@ -1,4 +1,4 @@
-"""The batch engine's prompt steps on the GPU as recorded CUDA graphs, fast mode.
+"""The batch engine's prompt steps on the GPU as recorded CUDA graphs, in both modes.
 
 A step of prompt chunks whose layers all run through the fused prompt kernels
 (paged_forward.run_fused: nine launches a layer, attention by the paged flash kernel) is about 300
@@ -11,7 +11,11 @@ fixes the rows' positions, the flash kernel's item table and which rows' logits 
 the graph bakes in. What changes between steps of one shape, the token ids, the cache slots the rows'
 keys and values go to and the slots of every item's keys (its block table), is one int64 buffer the
 graph reads, written before each launch. The body is the eager code itself (embedding,
-paged_forward.run_fused, Decoder.logits_of), so a replay gives the eager step's bits. A shape is
+paged_forward.run_fused, Decoder.logits_of), so a replay gives the eager step's bits. In deterministic
+mode the body is paged_forward.run_alone, the eager deterministic step (its products the block
+kernels' exact ones, each item's attention over exactly its keys), where the backend's exact block
+kernels take any number of rows (QuantKernels.exact_wide; elsewhere the chunks run kernel by kernel,
+each product decoding its weight block by block). A shape is
 recorded the second time it is seen (StepRunner keeps the few most recently used), after an eager
 run that compiles the kernels and makes the tables they read. StepRunner records one chunk a graph,
 so that a prompt length that recurs across requests replays whatever else shares its step.
@@ -44,9 +48,10 @@ def describe(k: tuple) -> str:
 
 class PagedPrefillGraph:
     """The recorded prompt step for work items of `work`'s shape (key()) over `cache`, its fused
-    kernels and weights `fused` (paged_forward.fused_weights for the step's rows)."""
+    kernels and weights `fused` (paged_forward.fused_weights for the step's rows), or None: the
+    deterministic step (paged_forward.run_alone)."""
 
-    def __init__(self, dec: Decoder, cache: PagedKVCache, work: list[paged_forward.Work], fused: tuple):
+    def __init__(self, dec: Decoder, cache: PagedKVCache, work: list[paged_forward.Work], fused: tuple | None):
         self.dec, self.cache, self.fused = dec, cache, fused
         be = dec.backend
         dec.ensure_rope(dec.config.max_positions)       # the graph keeps the tables' addresses: none may move
@@ -62,6 +67,7 @@ class PagedPrefillGraph:
             self.plans[window] = (self.inputs[start:start + key_slots.size].reshape(key_slots.shape), items)
             start += key_slots.size
         self.positions = be.asarray(np.concatenate([np.arange(w.pos, w.pos + len(w.tokens)) for w in work]))
+        self.rope = dec.rope_at(self.positions)          # (the deterministic body's cos, sin)
         ends = np.cumsum([len(w.tokens) for w in work]) - 1
         wanted = [int(end) for w, end in zip(work, ends) if w.logits]
         self.rows = be.asarray(np.asarray(wanted, dtype=np.int64)) if wanted else None
@@ -83,9 +89,12 @@ class PagedPrefillGraph:
 
     def _body(self) -> Array | None:
         dec = self.dec
-        h2 = dec.embed_rows(self.ids[None])[0]                               # [rows, E]
-        paged_forward.run_fused(dec, self.cache, *self.fused, h2, self.positions, self.slots, self.plans)
-        return None if self.rows is None else dec.logits_of(dec.xp.take(h2, self.rows, axis=0))
+        h = dec.embed_rows(self.ids[None])                                   # [1, rows, E]
+        if self.fused is None:
+            h = paged_forward.run_alone(dec, self.cache, h, *self.rope, self.slots, self.plans)
+        else:
+            paged_forward.run_fused(dec, self.cache, *self.fused, h[0], self.positions, self.slots, self.plans)
+        return None if self.rows is None else dec.logits_of(dec.xp.take(h[0], self.rows, axis=0))
 
     def run(self, work: list[paged_forward.Work]) -> Array | None:
         """Replay for `work` (of the recorded shape): the cache gets the chunks' keys and values;

@@ -133,3 +133,28 @@ def test_row_norms_and_unsupported_products():
     assert "4100" in quant_tiles.unsupported("Q8_0", 4100)
     assert "chunks" in quant_tiles.unsupported("Q8_0", quant_tiles.MAX_K + 32, sliced=True)
     assert quant_tiles.unsupported("Q4_K", quant_tiles.MAX_K, sliced=True) is None
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "BF16"])
+@pytest.mark.parametrize("cols", [1536, 2048, 2304, 4864, quant_tiles.MAX_K + 256])
+def test_deterministic_products_of_any_rows_read_the_stored_weight(qtype, cols):
+    """BlockQuantized.matmul_t in deterministic mode on the GPU (a prompt chunk's products): 1, 4 rows
+    (the one-row kernels), 5, 37 and 300 rows (the tiles), x C-contiguous or a strided view, give the
+    CPU's bits; the weight's row norms or maxima are made once and kept; past one chunk of K (no tile
+    kernel) the decoded blocks' exact GEMM gives them."""
+    import loom
+    rng = np.random.default_rng(cols + len(qtype))
+    rows = 70
+    data = random_rows(qtype, rows, cols, rng, scale=0.01)
+    cpu_w, gpu_w = BlockQuantized(data, qtype, (rows, cols)), BlockQuantized(cupy.asarray(data), qtype, (rows, cols))
+    big = rng.standard_normal((300, cols + 8)).astype(np.float32)
+    big[3] *= 1e4
+    with loom.deterministic(True):
+        for m in (1, 4, 5, 37, 300):
+            for strided in (False, True):
+                x = big[:m, 8:] if strided else np.ascontiguousarray(big[:m, :cols])
+                xd = cupy.asarray(big)[:m, 8:] if strided else cupy.asarray(x)
+                same_bits(host(gpu_w.matmul_t(xd)), cpu_w.matmul_t(x), f"{qtype}, {m} x {cols}, strided {strided}")
+    kept = {"row_norms"} if cols <= exact_dispatch.ROUNDED_MAX_K else \
+        set() if cols > quant_tiles.MAX_K else {"row_maxima"}
+    assert set(gpu_w.tables) == kept

@@ -1,10 +1,11 @@
-"""The batch engine's recorded prompt chunks (loom/llm/paged_prefill_graph.py), fast mode: from the second
+"""The batch engine's recorded prompt chunks (loom/llm/paged_prefill_graph.py): from the second
 sighting of a chunk's length and position the engine's device steps (loom/llm/engine_steps.py) replay a
 CUDA graph whose logits, keys and values are the eager chunk's bits, with other token ids and other
 block tables than the recording's (the blocks of earlier runs keep theirs); sliding windows, q|k|v
 biases, per-head norms, quantized weights (decoded block by block, or keep_dense's copies) and several
-chunks a prompt included; decode steps read the keys a replayed chunk wrote; deterministic mode and
-Decoder.graphs False never record one; a recording without memory runs the chunk eagerly, the oldest
+chunks a prompt included; decode steps read the keys a replayed chunk wrote; deterministic mode
+records its chunks too (eager, replayed and CPU bits alike, both product schemes); Decoder.graphs False
+never records one; a recording without memory runs the chunk eagerly, the oldest
 of more shapes than PREFILL_GRAPHS_KEPT is evicted; the graphs keep the flash kernel's item tables and
 the RoPE tables they read."""
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import loom
 from loom.llm import engine_steps, paged_prefill_graph
 from loom.llm.batching import BatchEngine, Request
+from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
 from loom.llm.model import CausalLM
 from loom.llm.paged_forward import sequence_logits
@@ -70,16 +72,36 @@ def test_replayed_prompt_steps_give_the_eager_steps_bits(arch, extra):
                                                       (((26, 64, True),), True), (((27, 32, True),), True)}
 
 
-def test_prompt_steps_are_not_recorded_in_deterministic_mode_or_with_graphs_off():
+def test_prompt_steps_are_not_recorded_with_graphs_off():
     for deterministic in (True, False):
         with loom.deterministic(deterministic):
             model = _graph_model("llama", "cuda", True)
-            model.decoder.graphs = deterministic           # fast mode: graphs off
+            model.decoder.graphs = False
             engine = _engine(model)
             for seed in range(3):
                 engine.generate(_prompt_requests(seed))
             assert engine.stats["prefill_graph_steps"] == 0 and not engine.steps.prefills.entries
             assert not engine.steps.prefills.eager_reasons
+
+
+@pytest.mark.parametrize("arch, extra", [pytest.param("llama", {}, marks=pytest.mark.smoke), ("mistral", {"sliding_window": 20}),
+                                         ("qwen2", {}), ("qwen3", {"head_dim": 128})])
+def test_deterministic_prompt_steps_record_with_the_eager_and_cpu_bits(arch, extra):
+    """Deterministic mode records its prompt chunks too (their products the exact block kernels': the
+    float64 tensor cores' tiles): replays give the eager chunks' tokens and log-probability bits and the
+    CPU's, chunks past position 0 (a window starting past the first key) included."""
+    with loom.deterministic(True):
+        model, eager_model = _graph_model(arch, "cuda", True, **extra), _graph_model(arch, "cuda", True, **extra)
+        cpu_model = _graph_model(arch, "cpu", True, **extra)
+        eager_model.decoder.graphs = False
+        engine, eager, cpu = _engine(model), _engine(eager_model), _engine(cpu_model)
+        for seed in range(3):               # each length: seen once (eager), recorded, replayed
+            reqs = _prompt_requests(seed)
+            got, want, ref = engine.generate(reqs), eager.generate(reqs), cpu.generate(reqs)
+            for a, b, c in zip(got, want, ref):
+                assert a.tokens == b.tokens == c.tokens and a.logprobs == b.logprobs == c.logprobs
+        assert engine.stats["prefill_graph_steps"] > 0 and not engine.steps.prefills.eager_reasons
+        assert eager.stats["prefill_graph_steps"] == 0
 
 
 def test_a_mixed_step_records_its_prompt_chunks_apart_from_its_decode_tokens():
@@ -271,3 +293,27 @@ def test_flash_records_only_item_tables_an_eager_run_made_and_the_graph_keeps_th
     assert cupy.asnumpy(out).tobytes() == cupy.asnumpy(want).tobytes()
     with pytest.raises(ValueError, match="outside a recording"):
         cuda_backend.keep_while_recorded(q)
+
+
+LONG_DOWN = {**CFG, "intermediate_size": 2304}          # the down projection past the rounded scheme's K
+
+
+@pytest.mark.parametrize("cfg, qtype, length", [(CFG, "Q4_1", 40), (CFG, "Q8_0", 3), (LONG_DOWN, "Q4_K", 40),
+                                                (LONG_DOWN, "BF16", 4), (CFG, "F32", 40)])
+def test_deterministic_replayed_chunks_give_the_eager_and_cpu_bits(cfg, qtype, length):
+    """A prompt through the engine's device steps three times (eager, recorded, replayed), each with
+    blocks of its own: logits, keys and values are the eager chunk's and the CPU's bits; chunks of up
+    to 4 rows (the one-row kernels) and past (the tiles), both schemes, stored types and float32."""
+    prompt = _prompt(length, seed=length)
+    blocks = -(-length // 8)
+    weights = quant_weights(qtype, cfg, np.random.default_rng(7))
+    config = DecoderConfig.from_hf(cfg)
+    with loom.deterministic(True):
+        recorded, eager = graph_and_eager(built(config, weights))
+        run = runner_for(recorded, RUNS * blocks, 8)
+        want = steps(eager, [prompt])[:3]
+        _same(want, steps(Decoder(config, weights), [prompt])[:3])
+        for r in range(3):
+            _same(steps(recorded, [prompt], runner=run, tables=_table(blocks, r))[:3], want)
+        assert run.stats["prefill_graph_steps"] == 2 and len(run.prefills.entries) == 1
+        assert not run.prefills.eager_reasons

@@ -82,6 +82,7 @@ class CPUQuant:
     # decoding the whole weight first)
     dequantize_bytes = 1 << 20
     tensor_cores = False        # matmul_t_bf16 declines
+    exact_wide = False          # matmul_t_exact: decode-sized x only (rounded_gemv.MAX_ROWS)
 
     @property
     def TYPES(self) -> tuple[str, ...]:     # noqa: N802 - the protocol's constant, known only once numba loads
@@ -93,9 +94,9 @@ class CPUQuant:
         gemv.matmul_t(x2, data, qtype, out)
         return True
 
-    def matmul_t_rounded(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray,
-                         factor: float) -> bool:
-        if not rounded_gemv.supports(qtype, x2.shape[0], x2.shape[1]):
+    def matmul_t_exact(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict,
+                       factor: float | None = None, bits: tuple | None = None) -> bool:
+        if bits is not None or not rounded_gemv.supports(qtype, x2.shape[0], x2.shape[1]):
             return False
         rounded_gemv.matmul_t(x2, data, qtype, out, factor)
         return True

@@ -328,8 +328,15 @@ class CUDAQuant:
         self._kernels.matmul_t(x2, data, qtype, out)
         return True
 
-    def matmul_t_rounded(self, x2: Array, data: Array, qtype: str, out: Array, factor: float) -> bool:
-        return False            # deterministic products outside a decode graph: decoded W, exact GEMM
+    @property
+    def exact_wide(self) -> bool:       # the tile products on the float64 tensor cores (DMMA)
+        from . import quant_tiles
+        return quant_tiles.available()
+
+    def matmul_t_exact(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
+                       factor: float | None = None, bits: tuple | None = None) -> bool:
+        from . import quant_tiles
+        return quant_tiles.product(data, qtype, x2, out, tables, factor, bits)
 
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         if qtype not in self.TYPES:

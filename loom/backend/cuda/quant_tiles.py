@@ -34,7 +34,7 @@ import cupy
 import numpy as np
 
 from .. import Array
-from . import quant_exact
+from . import quant_exact, quant_slices
 from .compile import OPTIONS
 from .launch import launch
 from .quant import pointer
@@ -45,6 +45,9 @@ MAX_K = 1 << 14         # the slice scheme's products over one chunk (exact_disp
 # Split K only into parts of at least this many 32-value units: each part's sums cost the finishing
 # kernel a float64 read per entry
 MIN_UNITS = 2
+# Products of up to this many rows of x outside a decode graph take the one-row kernels (quant_exact,
+# quant_slices: W read once per row group, no tables); more take the tiles
+ONE_ROW_KERNELS = 4
 
 _SOURCE = r"""
 #define XR (SLICED ? 32 : 64)          // rows of x a block takes
@@ -376,6 +379,42 @@ def sliced_gemm(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, 
         _launch(data, qtype, True, swiglu, m, rows, cols,
                 (slices, xf, xmax, None, wmax, out, np.int32(m), np.int32(rows), pointer(bias), pointer(residual),
                  np.float64(0.0), np.int32(bits[0]), np.int32(bits[1])), overlap, splits)
+
+
+def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor: float | None = None,
+            bits: tuple | None = None) -> bool:
+    """out [M, rows] = x @ W^T for x float32 [M, K] with the rounded scheme's bits (factor =
+    exact_rounded.error_factor(K)) or the slice scheme's (bits = exact.narrow_bits(K)), W read once for
+    all M rows: the one-row kernels up to ONE_ROW_KERNELS rows, the tiles past; `tables` is the
+    weight's memo (BlockQuantized.tables), where its row norms or row maxima are made once. False
+    where no kernel takes the product (the caller decodes W for the exact GEMM)."""
+    m, cols = x.shape
+    rows = data.shape[0]
+    sliced = bits is not None
+    tiles = m > ONE_ROW_KERNELS
+    one_row = quant_slices if sliced else quant_exact
+    if (unsupported(qtype, cols, sliced) if tiles else one_row.unsupported(qtype, m, cols)) is not None:
+        return False
+    if not x.flags.c_contiguous or x.data.ptr % 16:
+        x = cupy.array(x, order="C")                # (a fresh allocation: aligned)
+    if not sliced:
+        if tiles:
+            gemm(data, qtype, x, _table(tables, "row_norms", row_norms, data, qtype, rows, cols), out, factor)
+        else:
+            quant_exact.gemv(data, qtype, x, out, factor)
+        return True
+    slices, xmax = cupy.empty((m, 2 * cols), dtype=np.float32), cupy.empty(m, dtype=np.float32)
+    quant_slices.slice_rows(x, slices, xmax, bits)
+    wmax = _table(tables, "row_maxima", quant_slices.row_maxima, data, qtype, rows, cols)
+    (sliced_gemm if tiles else quant_slices.gemv)(data, qtype, slices, xmax, x, wmax, out, bits)
+    return True
+
+
+def _table(tables: dict, name: str, make, data: Array, qtype: str, rows: int, cols: int) -> Array:
+    """tables[name] = make(data, qtype, rows, cols), made the first time it is asked for."""
+    if name not in tables:
+        tables[name] = make(data, qtype, rows, cols)
+    return tables[name]
 
 
 def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -> None:

@@ -47,6 +47,7 @@ from ...errors import ShapeError
 from ...mode import is_deterministic
 from .. import ops
 from ..exact import dispatch as exact_dispatch
+from ..exact import narrow_bits
 from ..exact import rounded as exact_rounded
 from . import gemv as gguf_gemv
 from . import gguf as gguf_quants
@@ -70,6 +71,9 @@ class BlockQuantized:
         # fast-mode products of more than gemv.MAX_ROWS rows on a backend with tensor cores round x to
         # bfloat16 and multiply it with W's values in bfloat16 (exact for BF16 rows), summing in float32
         self.tensor_cores = tensor_cores
+        # what the backend's deterministic products derive from the stored rows once (the GPU's row
+        # norms and row maxima: backend/cuda/quant_tiles.product)
+        self.tables: dict = {}
 
     def with_tensor_cores(self) -> BlockQuantized:
         """This weight (the same stored bytes) with tensor-core products in fast mode."""
@@ -135,8 +139,7 @@ class BlockQuantized:
                 return out.reshape(lead + (rows,))
             if x2.shape[0] <= gguf_gemv.MAX_ROWS:
                 _no_block_kernel(self.qtype, be.name)
-        elif (exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED
-                and be.quant.matmul_t_rounded(x2, self.data, self.qtype, out, exact_rounded.error_factor(cols))):
+        elif self._exact_kernel(be, x2, out):
             return out.reshape(lead + (rows,))      # the exact GEMM's bits, W read once
         if be.host and not is_deterministic() and x2.shape[0] >= _DIRECT_ROWS:
             # BLAS writes each block's columns of out itself: at these row counts x @ W.T into a strided
@@ -145,6 +148,18 @@ class BlockQuantized:
         else:
             self._by_blocks(x2, out, lambda w, dst: ops.matmul(x2, w.T))
         return out.reshape(lead + (rows,))
+
+    def _exact_kernel(self, be, x2: Array, out: Array) -> bool:
+        """Deterministic mode: out = x2 @ W^T by the backend's block kernels with the exact GEMM's bits
+        (the rounded scheme, or the slice scheme over one chunk); False where none takes it."""
+        cols = self.shape[1]
+        scheme = exact_dispatch.matmul_scheme(np.float32, cols)
+        if scheme == exact_dispatch.ROUNDED:
+            return be.quant.matmul_t_exact(x2, self.data, self.qtype, out, self.tables,
+                                           factor=exact_rounded.error_factor(cols))
+        if cols <= 1 << exact_dispatch.CHUNK_BITS:
+            return be.quant.matmul_t_exact(x2, self.data, self.qtype, out, self.tables, bits=narrow_bits(cols))
+        return False
 
     def _by_blocks(self, x2: Array, out: Array, product) -> None:
         """out[:, block] = product(W's rows of the block decoded to float32, out[:, block]) for blocks of
