@@ -131,7 +131,8 @@ class Decoder:
         decoded once instead of block by block at every product: a batch engine's prefill chunks and large
         decode batches. The copies are float32 (4 bytes a parameter more memory; the same values, so
         deterministic mode's bits are too), or in fast mode with tensor_cores bfloat16 (2 bytes a
-        parameter; none for BF16 weights)."""
+        parameter; none for BF16 weights). Deterministic mode makes none where the backend's exact block
+        kernels take products of any rows (QuantKernels.exact_wide: the GPU's tiles read W in place)."""
         if self._dense is None:
             self._dense = {}
 
