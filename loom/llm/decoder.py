@@ -161,9 +161,12 @@ class Decoder:
 
     # --- positions -----------------------------------------------------------------------------------
     def ensure_rope(self, positions: int) -> None:
-        """RoPE tables for at least `positions` positions."""
+        """RoPE tables for at least `positions` positions. They grow to twice their length (up to the
+        model's context) at a time: a decode step asking one position more each time would otherwise
+        rebuild them at every token. (Each row depends on its position alone.)"""
         if self._cos is None or self._cos.shape[0] < positions:
-            cos, sin = rope.tables(self.config.rope, positions)
+            have = 0 if self._cos is None else self._cos.shape[0]
+            cos, sin = rope.tables(self.config.rope, max(positions, min(2 * have, self.config.max_positions)))
             self._cos, self._sin = self.backend.asarray(cos), self.backend.asarray(sin)
 
     def rope_at(self, positions: Array) -> tuple[Array, Array]:

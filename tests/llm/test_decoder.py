@@ -136,6 +136,22 @@ def test_rope_tables_match_transformers(scaling):
     assert np.allclose(rope.inverse_frequencies(rope.spec_from_hf(cfg, 16)), expected_inv, rtol=1e-6, atol=0)
 
 
+def test_rope_tables_grow_by_doubling_with_each_rows_bits():
+    """A row of the tables depends on its position alone, so ensure_rope may grow them by doubling (a
+    decode step asks for one position more each time) without moving any bit; never past the context."""
+    spec = rope.spec_from_hf(td.build("llama", rope_scaling=td.LLAMA3).config.to_dict(), 16)
+    short, long = rope.tables(spec, 10), rope.tables(spec, 37)
+    assert all(a.tobytes() == b[:10].tobytes() for a, b in zip(short, long))
+    config = DecoderConfig.from_hf(_config(max_position_embeddings=40))
+    dec = Decoder(config, _random_weights(config))
+    grown = []
+    for positions in range(1, 41):
+        dec.ensure_rope(positions)
+        grown.append(dec._cos.shape[0])
+    assert grown[:6] == [1, 2, 4, 4, 8, 8] and max(grown) == 40 and len(set(grown)) == 7
+    assert dec._cos.tobytes() == rope.tables(config.rope, 40)[0].tobytes()
+
+
 def _config(**changes):
     cfg = dict(model_type="llama", vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=16)

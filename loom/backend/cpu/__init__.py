@@ -124,8 +124,12 @@ class CPUElementwise:
 
     def run(self, source: str, name: str, inputs: Sequence[np.ndarray],
             out_dtypes: Sequence[DTypeLike]) -> list[np.ndarray]:
-        shape = np.broadcast_shapes(*(a.shape for a in inputs))
-        flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in inputs]
+        shape = inputs[0].shape
+        if all(a.shape == shape and a.flags.c_contiguous for a in inputs):
+            flat = [a.reshape(-1) for a in inputs]         # (the usual case: no broadcast views to build)
+        else:
+            shape = np.broadcast_shapes(*(a.shape for a in inputs))
+            flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in inputs]
         outs = [np.empty(shape, dtype=d) for d in out_dtypes]
         getattr(jit.load_source(source), name)(*flat, *(o.reshape(-1) for o in outs))
         return outs

@@ -91,7 +91,8 @@ _DIRECT, _F16, _BF16 = 5, 5, 6
 _ONE_ROW = 3        # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' sums
 TYPES = tuple(_KINDS)
 _PLAIN = ("_decode", "_q8_0", "_q4_0", "_q4_1", "_q5_0", "_q5_1", "_f16", "_bf16", "_f32",
-          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows", "_settle_row")
+          "_mark", "_special", "_settle", "_first_stage", "_stack_dots", "_stack_rows", "_settle_row", "_x_tables",
+          "_tally")
 _PARALLEL = ("_gemv",)
 _REASSOCIATED = ("_dot", "_dot_direct", "_sum", "_bound")
 prange = range
@@ -167,14 +168,28 @@ def matmul_stack(a: np.ndarray, b: np.ndarray, factor: float) -> np.ndarray:
 # inside the loops: a view there costs a reference count update on the parent, shared by the threads
 # (measured 16 ns a weight row).
 
-def _gemv(x, data, kind, out, f16, n16, factor, counts):
+def _x_tables(x, kind, rows):
+    """_gemv's tables of x, and its per-chunk stage counts for `rows` rows of W (zeros). A plain
+    function: in the parallel kernel each array expression would be a parallel region of its own,
+    launched in turn (about 7 us of a one-row product's 9)."""
     x64, ax = x.astype(np.float64), np.abs(x) if kind >= _DIRECT else x     # (|x|: the 16/32-bit types' dots)
     xb = np.zeros((x.shape[0], x.shape[1] // 32))       # block types: each block's sum of |x|
     for i in range(x.shape[0] if kind < _DIRECT else 0):
         for k in range(xb.shape[1] * 32):
             xb[i, k // 32] += ax[i, k]
+    return x64, ax, xb, np.zeros(((rows + CHUNK - 1) // CHUNK, 2), np.int64)
+
+
+def _tally(counts, stages):
+    """counts += the chunks' stage counts (plain, as _x_tables)."""
+    for c in range(stages.shape[0]):
+        counts[0] += stages[c, 0]
+        counts[1] += stages[c, 1]
+
+
+def _gemv(x, data, kind, out, f16, n16, factor, counts):
+    x64, ax, xb, stages = _x_tables(x, kind, data.shape[0])
     u16, i8 = data.view(np.uint16), data.view(np.int8)      # every type's rows have an even byte count
-    stages = np.zeros(((data.shape[0] + CHUNK - 1) // CHUNK, 2), np.int64)
     for c in prange(stages.shape[0]):
         first, end = c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)
         if x.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums and bounds, from the stored codes
@@ -204,7 +219,7 @@ def _gemv(x, data, kind, out, f16, n16, factor, counts):
                         decoded = True
                     v = _settle(x, w, i, factor, limbs, stages, c)
                 out[i, r] = v
-    counts += stages.sum(axis=0)
+    _tally(counts, stages)
 
 
 def _settle_row(kind, data, u16, i8, r, f16, n16, x, factor, stages, c):
