@@ -30,7 +30,6 @@ from numba.extending import intrinsic
 from . import jit
 
 LANES = 16
-AHEAD = 8           # the deterministic sums prefetch the stored row this many rows on
 _F32, _I8, _I16, _I32, _I64 = ir.FloatType(), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V = ir.VectorType(_F32, LANES)
 _F64 = ir.DoubleType()
@@ -220,16 +219,9 @@ def _sums(block_bytes: int, block_values: Callable, top: float, rows: int) -> Ca
             v = _Builder(builder)
             wides = [_Wide(builder) for _ in range(rows)]
             width = cgutils.unpack_tuple(builder, array.shape)[1]
-            ahead, _ = _row_start(context, builder, signature.args[0], args[0], builder.add(args[1], _const(AHEAD)))
-            prefetch = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [_I8.as_pointer(), _I32, _I32, _I32]), "llvm.prefetch.p0i8")
             with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
                 b = loop.index
                 at = builder.mul(b, _const(block_bytes))
-                # the row AHEAD rows on, into the cache while this one computes (a hint: no fault past
-                # the weight's end)
-                builder.call(prefetch, [builder.gep(builder.bitcast(ahead, _I8.as_pointer()), [at]),
-                                        ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
                 x_at = builder.mul(b, _const(32 * 8))
                 halves = [v.load(xs, x_at, _VD), v.load(xs, builder.add(x_at, _const(128)), _VD)]
                 xb_b = builder.load(builder.gep(block_sums, [b]))
