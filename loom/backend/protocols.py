@@ -90,7 +90,6 @@ class QuantKernels(Protocol):
     TYPES: tuple[str, ...]          # the block types matmul_t takes (fast mode)
     dequantize_bytes: int           # float32 bytes of W decoded at once where no kernel takes a product
     tensor_cores: bool              # whether to_bf16 and matmul_t_bf16 run (fast-mode bfloat16 products)
-    exact_wide: bool                # whether matmul_t_exact takes x of any number of rows (W read once)
 
     def matmul_t(self, x2: Array, data: Array, qtype: str, out: Array) -> bool:
         """out = x2 @ W.T for W's stored blocks `data` (fast mode); False: declined."""
@@ -101,6 +100,10 @@ class QuantKernels(Protocol):
         exact_rounded.error_factor(K)) or, given bits (exact.narrow_bits(K), K <= 2^14), the slice
         scheme's; `tables`: the weight's memo (BlockQuantized.tables), for what the backend derives from
         the stored rows once; False: declined."""
+
+    def exact_wide(self, qtype: str, cols: int, sliced: bool) -> bool:
+        """Whether matmul_t_exact takes products of any number of rows of x with a weight stored as
+        qtype over K = cols in the rounded scheme (or, sliced, the slice scheme), reading W in place."""
 
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         """out (float32 C-contiguous, data's value count) = the values of the stored rows `data`, bit for bit

@@ -117,6 +117,7 @@ class Decoder:
             self.layers.append(L)
         self.scale = 1.0 / math.sqrt(c.head_dim)
         self._cos = self._sin = None     # RoPE tables [positions, D], grown by ensure_rope
+        self._in_place = None            # exact_in_place(), once known
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
 
@@ -131,8 +132,9 @@ class Decoder:
         decoded once instead of block by block at every product: a batch engine's prefill chunks and large
         decode batches. The copies are float32 (4 bytes a parameter more memory; the same values, so
         deterministic mode's bits are too), or in fast mode with tensor_cores bfloat16 (2 bytes a
-        parameter; none for BF16 weights). Deterministic mode makes none where the backend's exact block
-        kernels take products of any rows (QuantKernels.exact_wide: the GPU's tiles read W in place)."""
+        parameter; none for BF16 weights). Deterministic mode makes none of a weight whose products the
+        backend's exact block kernels take for any rows (BlockQuantized.exact_in_place: the GPU's tiles
+        read W in place)."""
         if self._dense is None:
             self._dense = {}
 
@@ -150,10 +152,20 @@ class Decoder:
             self._dense[(id(w), bf16)] = copy
         return copy
 
+    def exact_in_place(self) -> bool:
+        """Whether every deterministic product of this decoder's layers and lm_head with a stored
+        weight reads it in place for any number of rows (BlockQuantized.exact_in_place); float arrays
+        take the exact GEMM itself. Worked out once (the weights do not change)."""
+        if self._in_place is None:
+            weights = [self.lm_head] + [w for L in self.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
+            parts = [p for w in weights for p in (w if isinstance(w, tuple) else (w,))]
+            self._in_place = all(p.exact_in_place() for p in parts if isinstance(p, BlockQuantized))
+        return self._in_place
+
     def _weight(self, w, rows: int):
         if not isinstance(w, BlockQuantized) or rows <= gemv.MAX_ROWS:
             return w
-        if is_deterministic() and self.backend.quant.exact_wide:
+        if is_deterministic() and w.exact_in_place():
             return w                # the block kernels read W once for all rows: no decoded copy
         if self._dense is not None:
             return self.dense(w)

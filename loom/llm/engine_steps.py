@@ -66,13 +66,15 @@ class StepRunner:
     def prefill_graph(self, work: list[paged_forward.Work]) -> paged_prefill_graph.PagedPrefillGraph | None:
         """The recorded prompt step for `work` (recorded on the second sighting of its shape), or None:
         graphs off, or a layer off fast mode's fused prompt kernels, or in deterministic mode a
-        backend whose exact block kernels do not take prompt chunks (QuantKernels.exact_wide)."""
+        stored weight whose products the exact block kernels do not take for any rows
+        (Decoder.exact_in_place: its blocks would be decoded inside the recording, which would keep
+        their buffers)."""
         be = self.dec.backend
         if not self.dec.graphs or not be.graphs:
             return None
         if self.deterministic:
             fused = None
-            if not be.quant.exact_wide:
+            if not self.dec.exact_in_place():
                 return None
         else:
             fused = paged_forward.fused_weights(self.dec, sum(len(w.tokens) for w in work), prompt=True)

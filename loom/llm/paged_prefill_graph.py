@@ -14,8 +14,8 @@ graph reads, written before each launch. The body is the eager code itself (embe
 paged_forward.run_fused, Decoder.logits_of), so a replay gives the eager step's bits. In deterministic
 mode the body is paged_forward.run_alone, the eager deterministic step (its products the block
 kernels' exact ones, each item's attention over exactly its keys), where the backend's exact block
-kernels take any number of rows (QuantKernels.exact_wide; elsewhere the chunks run kernel by kernel,
-each product decoding its weight block by block). A shape is
+kernels take every stored weight's products for any number of rows (Decoder.exact_in_place; elsewhere
+the chunks run kernel by kernel, each such product decoding its weight block by block). A shape is
 recorded the second time it is seen (StepRunner keeps the few most recently used), after an eager
 run that compiles the kernels and makes the tables they read. StepRunner records one chunk a graph,
 so that a prompt length that recurs across requests replays whatever else shares its step.

@@ -137,24 +137,40 @@ def test_row_norms_and_unsupported_products():
 
 @pytest.mark.parametrize("qtype", ["Q4_K", "BF16"])
 @pytest.mark.parametrize("cols", [1536, 2048, 2304, 4864, quant_tiles.MAX_K + 256])
-def test_deterministic_products_of_any_rows_read_the_stored_weight(qtype, cols):
+def test_deterministic_products_of_any_rows_read_the_stored_weight(qtype, cols, monkeypatch):
     """BlockQuantized.matmul_t in deterministic mode on the GPU (a prompt chunk's products): 1, 4 rows
-    (the one-row kernels), 5, 37 and 300 rows (the tiles), x C-contiguous or a strided view, give the
-    CPU's bits; the weight's row norms or maxima are made once and kept; past one chunk of K (no tile
-    kernel) the decoded blocks' exact GEMM gives them."""
+    (the one-row kernels), 5, 37 and 300 rows (the tiles), x C-contiguous, a strided view or misaligned
+    (copied), give the CPU's bits without decoding the weight; its row norms or maxima are made once and
+    kept; past one chunk of K (no tile kernel) the decoded blocks' exact GEMM gives them."""
     import loom
     rng = np.random.default_rng(cols + len(qtype))
     rows = 70
     data = random_rows(qtype, rows, cols, rng, scale=0.01)
     cpu_w, gpu_w = BlockQuantized(data, qtype, (rows, cols)), BlockQuantized(cupy.asarray(data), qtype, (rows, cols))
+    in_place = cols <= quant_tiles.MAX_K
+    assert gpu_w.exact_in_place() == in_place
+    if in_place:                                # the block kernels, never the decoded blocks
+        def decoded(*args):
+            raise AssertionError("the weight was decoded")
+        monkeypatch.setattr(BlockQuantized, "_by_blocks", decoded)
     big = rng.standard_normal((300, cols + 8)).astype(np.float32)
     big[3] *= 1e4
+    kept = None
     with loom.deterministic(True):
         for m in (1, 4, 5, 37, 300):
-            for strided in (False, True):
-                x = big[:m, 8:] if strided else np.ascontiguousarray(big[:m, :cols])
-                xd = cupy.asarray(big)[:m, 8:] if strided else cupy.asarray(x)
-                same_bits(host(gpu_w.matmul_t(xd)), cpu_w.matmul_t(x), f"{qtype}, {m} x {cols}, strided {strided}")
-    kept = {"row_norms"} if cols <= exact_dispatch.ROUNDED_MAX_K else \
-        set() if cols > quant_tiles.MAX_K else {"row_maxima"}
-    assert set(gpu_w.tables) == kept
+            for layout in ("contiguous", "strided", "misaligned"):
+                x = np.ascontiguousarray(big[:m, 8:])
+                if layout == "strided":
+                    xd = cupy.asarray(big)[:m, 8:]
+                elif layout == "misaligned":         # C-contiguous, 4 bytes past a 16-byte boundary
+                    xd = cupy.empty(m * cols + 1, dtype=np.float32)[1:].reshape(m, cols)
+                    xd[...] = cupy.asarray(x)
+                    assert xd.flags.c_contiguous and xd.data.ptr % 16
+                else:
+                    xd = cupy.asarray(x)
+                same_bits(host(gpu_w.matmul_t(xd)), cpu_w.matmul_t(x), f"{qtype}, {m} x {cols}, {layout}")
+                if kept is None and gpu_w.tables:
+                    kept = {name: table.data.ptr for name, table in gpu_w.tables.items()}
+    want = {"row_norms"} if cols <= exact_dispatch.ROUNDED_MAX_K else {"row_maxima"} if in_place else set()
+    assert set(gpu_w.tables) == want
+    assert {name: table.data.ptr for name, table in gpu_w.tables.items()} == (kept or {})   # made once

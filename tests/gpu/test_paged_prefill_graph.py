@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import loom
+from loom.kernels.quant.block import BlockQuantized
 from loom.llm import engine_steps, paged_prefill_graph
 from loom.llm.batching import BatchEngine, Request
 from loom.llm.decoder import Decoder
@@ -72,11 +73,15 @@ def test_replayed_prompt_steps_give_the_eager_steps_bits(arch, extra):
                                                       (((26, 64, True),), True), (((27, 32, True),), True)}
 
 
-def test_prompt_steps_are_not_recorded_with_graphs_off():
-    for deterministic in (True, False):
+def test_prompt_steps_are_not_recorded_with_graphs_off_or_weights_the_exact_kernels_decode(monkeypatch):
+    """Decoder.graphs False records nothing in either mode; nor does deterministic mode where a stored
+    weight's products would decode it inside the recording (Decoder.exact_in_place False)."""
+    for deterministic, graphs in ((True, False), (False, False), (True, True)):
         with loom.deterministic(deterministic):
             model = _graph_model("llama", "cuda", True)
-            model.decoder.graphs = False
+            model.decoder.graphs = graphs
+            if graphs:
+                monkeypatch.setattr(model.decoder, "exact_in_place", lambda: False)
             engine = _engine(model)
             for seed in range(3):
                 engine.generate(_prompt_requests(seed))
@@ -84,12 +89,24 @@ def test_prompt_steps_are_not_recorded_with_graphs_off():
             assert not engine.steps.prefills.eager_reasons
 
 
+def _no_decoded_weights_on_the_gpu(monkeypatch):
+    """Make a deterministic product that decodes a weight on the GPU fail the test: the exact block
+    kernels must take every one (the CPU's references still decode theirs)."""
+    by_blocks = BlockQuantized._by_blocks
+
+    def checked(self, *args):
+        assert isinstance(self.data, np.ndarray), "a GPU weight was decoded for a deterministic product"
+        return by_blocks(self, *args)
+    monkeypatch.setattr(BlockQuantized, "_by_blocks", checked)
+
+
 @pytest.mark.parametrize("arch, extra", [pytest.param("llama", {}, marks=pytest.mark.smoke), ("mistral", {"sliding_window": 20}),
                                          ("qwen2", {}), ("qwen3", {"head_dim": 128})])
-def test_deterministic_prompt_steps_record_with_the_eager_and_cpu_bits(arch, extra):
+def test_deterministic_prompt_steps_record_with_the_eager_and_cpu_bits(arch, extra, monkeypatch):
     """Deterministic mode records its prompt chunks too (their products the exact block kernels': the
     float64 tensor cores' tiles): replays give the eager chunks' tokens and log-probability bits and the
     CPU's, chunks past position 0 (a window starting past the first key) included."""
+    _no_decoded_weights_on_the_gpu(monkeypatch)
     with loom.deterministic(True):
         model, eager_model = _graph_model(arch, "cuda", True, **extra), _graph_model(arch, "cuda", True, **extra)
         cpu_model = _graph_model(arch, "cpu", True, **extra)
@@ -300,10 +317,12 @@ LONG_DOWN = {**CFG, "intermediate_size": 2304}          # the down projection pa
 
 @pytest.mark.parametrize("cfg, qtype, length", [(CFG, "Q4_1", 40), (CFG, "Q8_0", 3), (LONG_DOWN, "Q4_K", 40),
                                                 (LONG_DOWN, "BF16", 4), (CFG, "F32", 40)])
-def test_deterministic_replayed_chunks_give_the_eager_and_cpu_bits(cfg, qtype, length):
+def test_deterministic_replayed_chunks_give_the_eager_and_cpu_bits(cfg, qtype, length, monkeypatch):
     """A prompt through the engine's device steps three times (eager, recorded, replayed), each with
-    blocks of its own: logits, keys and values are the eager chunk's and the CPU's bits; chunks of up
-    to 4 rows (the one-row kernels) and past (the tiles), both schemes, stored types and float32."""
+    blocks of its own: logits, keys and values are the eager chunk's and the CPU's bits, and the blocks
+    of the runs before keep theirs; chunks of up to 4 rows (the one-row kernels) and past (the tiles),
+    both schemes, stored types and float32."""
+    _no_decoded_weights_on_the_gpu(monkeypatch)
     prompt = _prompt(length, seed=length)
     blocks = -(-length // 8)
     weights = quant_weights(qtype, cfg, np.random.default_rng(7))
@@ -317,3 +336,7 @@ def test_deterministic_replayed_chunks_give_the_eager_and_cpu_bits(cfg, qtype, l
             _same(steps(recorded, [prompt], runner=run, tables=_table(blocks, r))[:3], want)
         assert run.stats["prefill_graph_steps"] == 2 and len(run.prefills.entries) == 1
         assert not run.prefills.eager_reasons
+    slots = [run.cache.slots(_table(blocks, r)[0], 0, length) for r in range(3)]
+    _, k, v = want
+    for r in range(3):                      # each run's blocks keep what it wrote
+        _same((cupy.asnumpy(run.cache.k[:, slots[r]]), cupy.asnumpy(run.cache.v[:, slots[r]])), (k[:, 0], v[:, 0]))

@@ -171,3 +171,32 @@ def test_fast_mode_says_once_where_no_block_kernel_takes_a_type(loom_log):
         w.matmul_t(np.ones((40, w.shape[1]), np.float32))      # a prefill: decoding blocks is the plan
     assert loom_log() == [("fast mode: products of a few rows with Q4_K weights on 'cpu' decode the weight to "
                            "float32 blocks for the GEMM (no block kernel takes Q4_K there)")]
+
+
+def test_deterministic_copies_where_no_block_kernel_reads_the_weight_in_place(monkeypatch):
+    """On the CPU the exact block kernels take decode-sized x only (QuantKernels.exact_wide False), so
+    deterministic prompt-sized products keep reading keep_dense's float32 copies; where a backend says
+    its kernels take a weight's products for any rows (as the GPU's tiles do, up to K = 2^14), that
+    weight gets no copy, and a decoder whose stored weights all qualify says so (exact_in_place)."""
+    from loom.llm.decoder import Decoder
+    from loom.llm.decoder_config import DecoderConfig, expected_tensors
+    cfg = DecoderConfig.from_hf({"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96,
+                                 "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+                                 "max_position_embeddings": 32})
+    rng = np.random.default_rng(3)
+    weights = {name: qz.BlockQuantized(random_rows("Q8_0", *shape, rng), "Q8_0", shape) if len(shape) == 2
+               else np.ones(shape, np.float32) for name, shape in expected_tensors(cfg)[0].items()}
+    with loom.deterministic(True):
+        dec = Decoder(cfg, weights)
+        dec.keep_dense()
+        w = dec.layers[0].o
+        assert not w.exact_in_place() and not dec.exact_in_place()
+        assert isinstance(dec._weight(w, 64), np.ndarray)                    # the float32 copy
+        asked = []
+        monkeypatch.setattr(CPU.quant, "exact_wide", lambda qtype, cols, sliced: asked.append((qtype, cols, sliced))
+                            or True)
+        dec._in_place = None
+        assert w.exact_in_place() and dec._weight(w, 64) is w and dec.exact_in_place()
+        assert ("Q8_0", 64, False) in asked
+        long = qz.BlockQuantized(random_rows("Q8_0", 2, 32768, rng), "Q8_0", (2, 32768))
+        assert not long.exact_in_place()                                     # slices past 2^14: in chunks

@@ -82,7 +82,6 @@ class CPUQuant:
     # decoding the whole weight first)
     dequantize_bytes = 1 << 20
     tensor_cores = False        # matmul_t_bf16 declines
-    exact_wide = False          # matmul_t_exact: decode-sized x only (rounded_gemv.MAX_ROWS)
 
     @property
     def TYPES(self) -> tuple[str, ...]:     # noqa: N802 - the protocol's constant, known only once numba loads
@@ -100,6 +99,9 @@ class CPUQuant:
             return False
         rounded_gemv.matmul_t(x2, data, qtype, out, factor)
         return True
+
+    def exact_wide(self, qtype: str, cols: int, sliced: bool) -> bool:
+        return False            # matmul_t_exact: decode-sized x only (rounded_gemv.MAX_ROWS)
 
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
         # the compiled loops for the 32-value block types (gguf's bits); else gguf's array code

@@ -328,10 +328,9 @@ class CUDAQuant:
         self._kernels.matmul_t(x2, data, qtype, out)
         return True
 
-    @property
-    def exact_wide(self) -> bool:       # the tile products on the float64 tensor cores (DMMA)
-        from . import quant_tiles
-        return quant_tiles.available()
+    def exact_wide(self, qtype: str, cols: int, sliced: bool) -> bool:
+        from . import quant_tiles  # the tiles on the float64 tensor cores (DMMA) past 4 rows
+        return quant_tiles.unsupported(qtype, cols, sliced) is None
 
     def matmul_t_exact(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
                        factor: float | None = None, bits: tuple | None = None) -> bool:

@@ -1,10 +1,11 @@
-"""Deterministic products with stored (block-quantized or 16/32-bit) weights for many rows of x at once,
-on the float64 tensor cores: batched decode steps in deterministic mode, with the bits of the exact
-GEMM. quant_exact and quant_slices take a warp per row of W and hold every row of x's sums in registers,
-so past a few rows they spill and read W once per group of 16 rows (a 64-row step of SmolLM2's shapes
-took 36 ms); here a block of 128 threads takes a tile of 64 x 64 (rows of x by rows of W), decodes each
-32-value unit of its W rows once into shared memory as float64 (quant.BLOCK_DECODE's exact values),
-stages x beside it, and accumulates with the DMMA instruction (mma m8n8k4, float64).
+"""Deterministic products with stored (block-quantized or 16/32-bit) weights for many rows of x at once, on
+the float64 tensor cores: batched decode steps and prompt chunks in deterministic mode (`product` for
+BlockQuantized.matmul_t), with the bits of the exact GEMM. quant_exact and quant_slices take a warp per
+row of W and hold every row of x's sums in registers, so past a few rows they spill and read W once per
+group of 16 rows (a 64-row step of SmolLM2's shapes took 36 ms); here a block of 128 threads takes a
+tile of 64 x 64 (rows of x by rows of W), decodes each 32-value unit of its W rows once into shared
+memory as float64 (quant.BLOCK_DECODE's exact values), stages x beside it, and accumulates with the DMMA
+instruction (mma m8n8k4, float64).
 
 Both of the dispatch table's schemes for float32 products:
 - **rounded** (K <= ROUNDED_MAX_K): r = the float64 dot product, in the tensor cores' order. Any order
@@ -46,7 +47,7 @@ MAX_K = 1 << 14         # the slice scheme's products over one chunk (exact_disp
 # kernel a float64 read per entry
 MIN_UNITS = 2
 # Products of up to this many rows of x outside a decode graph take the one-row kernels (quant_exact,
-# quant_slices: W read once per row group, no tables); more take the tiles
+# quant_slices: W read once per row group; the rounded scheme's need no row norms); more take the tiles
 ONE_ROW_KERNELS = 4
 
 _SOURCE = r"""
@@ -411,8 +412,13 @@ def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor:
 
 
 def _table(tables: dict, name: str, make, data: Array, qtype: str, rows: int, cols: int) -> Array:
-    """tables[name] = make(data, qtype, rows, cols), made the first time it is asked for."""
+    """tables[name] = make(data, qtype, rows, cols), made the first time it is asked for, never inside
+    a recording (its kernel would run only at the replays, and an eager product before them would read
+    the table unmade): there it raises RuntimeError, which makes a GraphCache run that step eagerly."""
     if name not in tables:
+        if cupy.cuda.get_current_stream().is_capturing():
+            raise RuntimeError(f"a weight's {name.replace('_', ' ')} are made by its first product, not inside a "
+                               "CUDA graph's recording")
         tables[name] = make(data, qtype, rows, cols)
     return tables[name]
 

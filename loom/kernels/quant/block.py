@@ -15,12 +15,14 @@ else, for the 32-value block types, loom.kernels.quant.gemv multiplies the integ
 applies the scales per block afterwards.
 
 Deterministic mode has the same bits whichever path takes a product (exact_dispatch's scheme for
-float32 and K). On the CPU with numba installed, x of at most rounded_gemv_jit.MAX_ROWS rows
-against the 32-value block types, F16, BF16 or F32 with K <= exact_dispatch.ROUNDED_MAX_K goes to
-loom.backend.cpu.rounded_gemv: the exact product rounded once, straight from the stored rows (W read
-once: faster than decoding it first). Every other product (the K-quants, longer x, longer K, the
-GPU, no numba) decodes W exactly and runs the exact GEMM, so deterministic mode has no fallback to
-refuse. Fast mode logs once (logging, "loom") where a product of a few rows finds no block kernel
+float32 and K): the backend's QuantKernels.matmul_t_exact where it takes one, straight from the
+stored rows (W read once: faster than decoding it first). On the CPU with numba installed, x of at
+most rounded_gemv.MAX_ROWS rows against the 32-value block types, F16, BF16 or F32 with K <=
+exact_dispatch.ROUNDED_MAX_K (loom.backend.cpu.rounded_gemv); on the GPU any number of rows against
+every type the decode kernels take, in both schemes up to K = 2^14 (backend/cuda/quant_tiles.product:
+the one-row kernels, and past 4 rows the float64 tensor cores' tiles, compute capability 8.0 and up).
+Every other product decodes W exactly and runs the exact GEMM, so deterministic mode has no fallback
+to refuse. Fast mode logs once (logging, "loom") where a product of a few rows finds no block kernel
 for its type.
 
 Tensor cores (fast mode, a backend whose `quant.tensor_cores` is true: the GPU): a weight made with
@@ -148,6 +150,16 @@ class BlockQuantized:
         else:
             self._by_blocks(x2, out, lambda w, dst: ops.matmul(x2, w.T))
         return out.reshape(lead + (rows,))
+
+    def exact_in_place(self) -> bool:
+        """Whether deterministic products with this weight read it in place for any number of rows of
+        x (the backend's exact block kernels, QuantKernels.exact_wide): no decoded copy is worth
+        keeping, and a prompt chunk's products decode nothing."""
+        cols = self.shape[1]
+        sliced = exact_dispatch.matmul_scheme(np.float32, cols) != exact_dispatch.ROUNDED
+        if sliced and cols > 1 << exact_dispatch.CHUNK_BITS:
+            return False                    # (chunks of the slice scheme: _exact_kernel declines them)
+        return backend.of(self.data).quant.exact_wide(self.qtype, cols, sliced)
 
     def _exact_kernel(self, be, x2: Array, out: Array) -> bool:
         """Deterministic mode: out = x2 @ W^T by the backend's block kernels with the exact GEMM's bits
