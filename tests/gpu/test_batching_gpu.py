@@ -238,3 +238,34 @@ def test_the_engine_thread_with_steps_launched_ahead():
         else:
             assert got == alone[i] and events[i][-1].finish_reason == "length", i
     assert engine.stats["ahead_steps"] > 0
+
+
+@pytest.mark.parametrize("qtype, long", [("Q4_1", False), ("Q4_K", True), ("BF16", True)])
+def test_deterministic_continuous_batches_of_any_length_give_the_cpu_bits_alone(qtype, long):
+    """Deterministic mode through the engine on the GPU with products past K = 2048 (`long`: the down
+    projection takes the slice scheme) and not: ten sequences of other prompt lengths (chunks of 3 to 70
+    rows: the one-row kernels and the tiles, recorded or not), decoded in batches past 4 (the tiles) and
+    after preemption (a small cache), give every sequence the tokens and log-probability bits the CPU
+    gives it alone."""
+    from loom.llm.decoder import Decoder
+    from loom.llm.decoder_config import DecoderConfig
+    from loom.llm.model import CausalLM
+
+    from .paged_steps import CONFIG, quant_weights
+    cfg = {**CONFIG, "max_position_embeddings": 256, "intermediate_size": 2304 if long else 512}
+    weights = quant_weights(qtype, cfg, np.random.default_rng(30))
+    config = DecoderConfig.from_hf(cfg)
+    rng = np.random.default_rng(31)
+    reqs = [Request(rng.integers(0, cfg["vocab_size"], n).tolist(), max_tokens=9, stop_ids=(), logprobs=2)
+            for n in (3, 70, 12, 41, 5, 33, 64, 8, 27, 50)]
+    with loom.deterministic(True):
+        cpu = CausalLM(Decoder(config, weights), None, cfg)
+        gpu = CausalLM(Decoder(config, weights, device="cuda"), None, cfg)
+        alone = [BatchEngine(cpu).generate([r])[0] for r in reqs]
+        for engine in (BatchEngine(gpu, max_batch=10, block_size=8), BatchEngine(gpu, max_batch=10, cache_tokens=160,
+                                                                                  block_size=8)):
+            for _ in range(2):                              # chunks seen once (eager), then recorded and replayed
+                for a, b in zip(alone, engine.generate(reqs)):
+                    assert a.tokens == b.tokens and a.logprobs == b.logprobs
+            assert engine.stats["graph_steps"] > 0 and engine.stats["prefill_graph_steps"] > 0
+        assert engine.stats["preempted"] > 0
