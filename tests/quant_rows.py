@@ -26,6 +26,29 @@ def random_rows(qtype: str, rows: int, cols: int, rng: np.random.Generator, scal
     return blocks.reshape(rows, -1)
 
 
+def float32_edges(m: int, rows: int, cols: int, rng: np.random.Generator) -> tuple:
+    """x float32 [m, cols] and w [rows, cols] (m > 7, rows > 10, cols > 100) of normal values with rows at
+    float32's edges: x's row 1 overflows the products, 2 subnormal, 3 zero, 4 and 5 holding inf and NaN,
+    6 the smallest values and signed zeros, 7 products that cancel to an exact zero; w's row 2 tiny, 3
+    negative zeros, 5 and 8 holding -inf and NaN, 9 pairs of equal values, 10 near float32's maximum."""
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x[1] *= np.float32(3e36)
+    x[2] *= np.float32(1e-38)
+    x[3] = 0.0
+    x[4, 17] = np.inf
+    x[5, 3] = np.nan
+    x[6, :7] = [1e-45, -1e-45, 2e-39, 0.0, -0.0, 3.0, -3.0]
+    x[7, ::2] = -x[7, 1::2]
+    w[2] *= np.float32(1e-30)
+    w[3] = -0.0
+    w[5, 11] = -np.inf
+    w[8, 100] = np.nan
+    w[9, ::2] = w[9, 1::2]
+    w[10] = np.float32(3e38)
+    return x, w
+
+
 def gemv_reference(x, w, norm, eps, bias, residual, swiglu):
     """float64 residual + pro(x) @ w.T + bias (pro: RMSNorm times norm when given; swiglu: silu(gate) * up of
     the two halves of the product): what the decode step's fused products compute."""

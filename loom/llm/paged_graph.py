@@ -358,23 +358,26 @@ def _tiles_take(dec: Decoder) -> bool:
 def _rounded_row_norms(dec: Decoder) -> dict:
     """id(weight) -> its rows' 2-norms (quant_tiles.row_norms) for the product weights whose K takes the
     rounded scheme."""
-    return _per_weight(dec, True, dec.backend.decode.products_tiles.row_norms)
+    return _per_weight(dec, True, "row_norms")
 
 
 def _sliced_row_maxima(dec: Decoder) -> dict:
     """id(weight) -> its rows' maxima (quant_slices.row_maxima) for the product weights whose K takes the
     slice scheme."""
-    return _per_weight(dec, False, dec.backend.decode.products_sliced.row_maxima)
+    return _per_weight(dec, False, "row_maxima")
 
 
-def _per_weight(dec: Decoder, rounded: bool, make) -> dict:
-    """id(weight) -> make(stored rows, qtype, rows, K) for each product weight whose K takes the rounded
-    scheme (or, rounded False, the slice scheme), once per weight."""
+def _per_weight(dec: Decoder, rounded: bool, name: str) -> dict:
+    """id(weight) -> its table `name` (quant_tiles.weight_table) for each product weight whose K takes
+    the rounded scheme (or, rounded False, the slice scheme): a stored weight's are the ones kept in its
+    BlockQuantized.tables, which every decode graph and prompt product reads; a float array's are made
+    here."""
+    table = dec.backend.decode.products_tiles.weight_table
     out = {}
     for w in _product_weights(dec):
         rows, k = w.shape
         if (exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED) == rounded and id(w) not in out:
-            out[id(w)] = make(*_stored(w), rows, k)
+            out[id(w)] = table(w.tables if isinstance(w, BlockQuantized) else {}, name, *_stored(w), rows, k)
     return out
 
 

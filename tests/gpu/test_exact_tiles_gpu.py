@@ -5,7 +5,7 @@ past one tile and not a multiple of it, with every epilogue, and where rows are 
 cancelling, infinite or NaN; and each row has the bits it has alone (quant_exact's one-row kernel)."""
 import numpy as np
 import pytest
-from quant_rows import exact_reference, random_rows
+from quant_rows import exact_reference, float32_edges, random_rows
 
 from loom.kernels import exact
 from loom.kernels.exact import dispatch as exact_dispatch
@@ -69,22 +69,8 @@ def test_tile_products_at_the_edges_of_float32(cols, splits):
     entries built to sit on a float32 midpoint (the rounded scheme settles them); 70 rows of x."""
     rng = np.random.default_rng(cols)
     rows, m = 72, 70
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    x[1] *= np.float32(3e36)                              # products overflow float32
-    x[2] *= np.float32(1e-38)                             # subnormal values
-    x[3] = 0.0
-    x[4, 17] = np.inf
-    x[5, 3] = np.nan
-    x[6, :7] = [1e-45, -1e-45, 2e-39, 0.0, -0.0, 3.0, -3.0]
-    x[7, ::2] = -x[7, 1::2]                               # products that cancel to an exact zero
-    x[66, 9] = -np.inf
-    w[2] *= np.float32(1e-30)
-    w[3] = -0.0
-    w[5, 11] = -np.inf
-    w[8, 100] = np.nan
-    w[9, ::2] = w[9, 1::2]
-    w[10] = np.float32(3e38)
+    x, w = float32_edges(m, rows, cols, rng)
+    x[66, 9] = -np.inf                                    # (specials in the tiles past the first)
     w[70, 0] = np.inf
     # a midpoint: 1 + 2^-24 exactly, from two products and a cancelling pair
     x[8] = 0.0

@@ -5,7 +5,7 @@ longest unchunked K, with the norm prologue and every epilogue, and where rows a
 infinite or NaN."""
 import numpy as np
 import pytest
-from quant_rows import exact_reference, random_rows
+from quant_rows import exact_reference, float32_edges, random_rows
 
 from loom.kernels import exact
 from loom.kernels.exact import dispatch as exact_dispatch
@@ -66,21 +66,8 @@ def test_sliced_products_at_the_edges_of_their_scheme_and_of_float32(cols):
     zero rows, and rows holding inf or NaN (IEEE's special values, as the exact GEMM's patch)."""
     rng = np.random.default_rng(cols)
     rows, m = 40, 9
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    x[1] *= np.float32(3e36)                              # products overflow float32: inf from the recombination
-    x[2] *= np.float32(1e-38)                             # subnormal values, their slices at a tiny scale
-    x[3] = 0.0
-    x[4, 17] = np.inf
-    x[5, 3] = np.nan
-    x[6, :7] = [1e-45, -1e-45, 2e-39, 0.0, -0.0, 3.0, -3.0]
-    x[7, ::2] = -x[7, 1::2]                               # products that cancel to an exact zero
-    w[2] *= np.float32(1e-30)
-    w[3] = -0.0
-    w[5, 11] = -np.inf
-    w[8, 100] = np.nan
-    w[9, ::2] = w[9, 1::2]
-    w[10] = np.float32(3e38)
+    # (x's row 1 overflows: inf from the recombination; row 2 subnormal: its slices at a tiny scale)
+    x, w = float32_edges(m, rows, cols, rng)
     bias = rng.standard_normal(rows).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         got, wmax = _run(w.view(np.uint8), "F32", x, rows, cols, bias=bias)

@@ -400,25 +400,28 @@ def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor:
         x = cupy.array(x, order="C")                # (a fresh allocation: aligned)
     if not sliced:
         if tiles:
-            gemm(data, qtype, x, _table(tables, "row_norms", row_norms, data, qtype, rows, cols), out, factor)
+            gemm(data, qtype, x, weight_table(tables, "row_norms", data, qtype, rows, cols), out, factor)
         else:
             quant_exact.gemv(data, qtype, x, out, factor)
         return True
     slices, xmax = cupy.empty((m, 2 * cols), dtype=np.float32), cupy.empty(m, dtype=np.float32)
     quant_slices.slice_rows(x, slices, xmax, bits)
-    wmax = _table(tables, "row_maxima", quant_slices.row_maxima, data, qtype, rows, cols)
+    wmax = weight_table(tables, "row_maxima", data, qtype, rows, cols)
     (sliced_gemm if tiles else quant_slices.gemv)(data, qtype, slices, xmax, x, wmax, out, bits)
     return True
 
 
-def _table(tables: dict, name: str, make, data: Array, qtype: str, rows: int, cols: int) -> Array:
-    """tables[name] = make(data, qtype, rows, cols), made the first time it is asked for, never inside
-    a recording (its kernel would run only at the replays, and an eager product before them would read
+def weight_table(tables: dict, name: str, data: Array, qtype: str, rows: int, cols: int) -> Array:
+    """tables[name] for the stored rows `data`: "row_norms" (row_norms, the rounded scheme's) or
+    "row_maxima" (quant_slices.row_maxima, the slice scheme's), made the first time it is asked for and
+    kept in `tables` (a weight's BlockQuantized.tables: the decode graphs and the prompt products share
+    them), never inside a recording (its kernel would run only at the replays, and an eager product before them would read
     the table unmade): there it raises RuntimeError, which makes a GraphCache run that step eagerly."""
     if name not in tables:
         if cupy.cuda.get_current_stream().is_capturing():
             raise RuntimeError(f"a weight's {name.replace('_', ' ')} are made by its first product, not inside a "
                                "CUDA graph's recording")
+        make = {"row_norms": row_norms, "row_maxima": quant_slices.row_maxima}[name]
         tables[name] = make(data, qtype, rows, cols)
     return tables[name]
 

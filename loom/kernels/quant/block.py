@@ -36,6 +36,7 @@ lookup) decodes only the rows asked for and `permute_rows` reorders the stored b
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Sequence
@@ -151,27 +152,28 @@ class BlockQuantized:
             self._by_blocks(x2, out, lambda w, dst: ops.matmul(x2, w.T))
         return out.reshape(lead + (rows,))
 
+    @functools.cached_property
+    def _exact_args(self) -> dict | None:
+        """The block kernels' scheme for products over this weight's K (fixed: worked out once, not at
+        every product): {"factor": exact_rounded.error_factor(K)} for the rounded scheme, {"bits":
+        exact.narrow_bits(K)} for the slice scheme over one chunk, None past one chunk (no kernel)."""
+        cols = self.shape[1]
+        if exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED:
+            return {"factor": exact_rounded.error_factor(cols)}
+        return {"bits": narrow_bits(cols)} if cols <= 1 << exact_dispatch.CHUNK_BITS else None
+
     def exact_in_place(self) -> bool:
         """Whether deterministic products with this weight read it in place for any number of rows of
         x (the backend's exact block kernels, QuantKernels.exact_wide): no decoded copy is worth
         keeping, and a prompt chunk's products decode nothing."""
-        cols = self.shape[1]
-        sliced = exact_dispatch.matmul_scheme(np.float32, cols) != exact_dispatch.ROUNDED
-        if sliced and cols > 1 << exact_dispatch.CHUNK_BITS:
-            return False                    # (chunks of the slice scheme: _exact_kernel declines them)
-        return backend.of(self.data).quant.exact_wide(self.qtype, cols, sliced)
+        args = self._exact_args
+        return args is not None and backend.of(self.data).quant.exact_wide(self.qtype, self.shape[1], "bits" in args)
 
     def _exact_kernel(self, be, x2: Array, out: Array) -> bool:
         """Deterministic mode: out = x2 @ W^T by the backend's block kernels with the exact GEMM's bits
         (the rounded scheme, or the slice scheme over one chunk); False where none takes it."""
-        cols = self.shape[1]
-        scheme = exact_dispatch.matmul_scheme(np.float32, cols)
-        if scheme == exact_dispatch.ROUNDED:
-            return be.quant.matmul_t_exact(x2, self.data, self.qtype, out, self.tables,
-                                           factor=exact_rounded.error_factor(cols))
-        if cols <= 1 << exact_dispatch.CHUNK_BITS:
-            return be.quant.matmul_t_exact(x2, self.data, self.qtype, out, self.tables, bits=narrow_bits(cols))
-        return False
+        args = self._exact_args
+        return args is not None and be.quant.matmul_t_exact(x2, self.data, self.qtype, out, self.tables, **args)
 
     def _by_blocks(self, x2: Array, out: Array, product) -> None:
         """out[:, block] = product(W's rows of the block decoded to float32, out[:, block]) for blocks of
