@@ -301,6 +301,20 @@ class FlashKernels(Protocol):
         """attend for many sequences' query rows over a paged cache (key slots per sequence)."""
 
 
+class ExactFlashKernels(Protocol):
+    """Deterministic mode's attention for prompt rows over a paged cache in one pass, with the bits of
+    the composition (the exact GEMMs and the exact softmax; None: composed)."""
+
+    def unsupported(self, head_dim: int, keys: int) -> str | None: ...
+
+    def attend(self, q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int, lo: int,
+               window: int | None, scale: float, error_factor: Callable[[int], float],
+               out: Array | None = None) -> Array:
+        """The context [T, H * D] of one sequence's queries q [T, H, D] at positions pos.. over its
+        cached keys and values at key_slots (positions lo..; causal, within `window` when given);
+        error_factor: the rounded scheme's (loom.kernels.exact.rounded)."""
+
+
 class PrefillKernels(Protocol):
     """Fast mode's fused prompt-layer steps between the bfloat16 GEMMs (llm/decoder.py)."""
 
@@ -347,6 +361,7 @@ class Backend(Protocol):
     sorts: SortKernels | None
     search: SearchKernels | None
     flash: FlashKernels | None
+    flash_exact: ExactFlashKernels | None
     prefill: PrefillKernels | None
     collectives: Collectives | None
 

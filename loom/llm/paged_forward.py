@@ -23,6 +23,7 @@ import numpy as np
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
 from ..kernels import ops
+from ..kernels.exact import rounded as exact_rounded
 from ..mode import is_deterministic
 from .decoder import Decoder, prefill_chunk
 from .paged_cache import PagedKVCache
@@ -149,6 +150,7 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
     flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
     (loom/llm/paged_prefill_graph.py) runs this body too."""
     xp = dec.xp
+    exact_flash = dec.backend.flash_exact if is_deterministic() else None
     for i, layer in enumerate(dec.layers):
         q, k, v = dec.qkv(layer, h, cos, sin)
         cache.k[i][slots] = k[0]
@@ -157,6 +159,11 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
         contexts = []
         for s, (row, n, pos, lo, count) in enumerate(items):
             keys = key_slots[s, :count]
+            if exact_flash is not None and n > 1 and exact_flash.unsupported(dec.config.head_dim, count) is None:
+                # deterministic prompt rows: one pass over the cached keys, the composition's bits
+                contexts.append(exact_flash.attend(q[0, row:row + n], cache.k[i], cache.v[i], keys, pos, lo,
+                                                   layer.window, dec.scale, exact_rounded.error_factor)[None])
+                continue
             # [1, KV, n, D], each head's keys contiguous (the exact products' compiled loops take
             # contiguous matrices only; a strided view would take their NumPy reference)
             ks = xp.ascontiguousarray(cache.k[i][keys].transpose(1, 0, 2))[None]

@@ -33,6 +33,7 @@ TIERS = {
     "test_prefill_kernels_gpu.py": "gpu_kernels",
     "test_fused_kernels.py": "gpu_kernels",
     "test_fused_exact.py": "gpu_kernels",
+    "test_flash_exact_gpu.py": "gpu_kernels",
     "test_scan_kernel_gpu.py": "gpu_kernels",
     "test_window_kernels.py": "gpu_kernels",
     # gpu_exact: deterministic mode's bits, exact GEMMs and sums, the spec's fingerprints

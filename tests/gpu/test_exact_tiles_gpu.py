@@ -135,10 +135,12 @@ def test_deterministic_products_of_any_rows_read_the_stored_weight(qtype, cols, 
     cpu_w, gpu_w = BlockQuantized(data, qtype, (rows, cols)), BlockQuantized(cupy.asarray(data), qtype, (rows, cols))
     in_place = cols <= quant_tiles.MAX_K
     assert gpu_w.exact_in_place() == in_place
-    if in_place:                                # the block kernels, never the decoded blocks
-        def decoded(*args):
-            raise AssertionError("the weight was decoded")
-        monkeypatch.setattr(BlockQuantized, "_by_blocks", decoded)
+    decoding = BlockQuantized._by_blocks
+
+    def gpu_decoded(weight, *args):            # the block kernels, never the decoded blocks (the CPU's may)
+        assert weight is cpu_w or not in_place, "the GPU's weight was decoded"
+        return decoding(weight, *args)
+    monkeypatch.setattr(BlockQuantized, "_by_blocks", gpu_decoded)
     big = rng.standard_normal((300, cols + 8)).astype(np.float32)
     big[3] *= 1e4
     kept = None

@@ -150,6 +150,7 @@ class CPUBackend:
     sorts = None        # loom.sort sorts those keys with NumPy's stable sort
     search = None       # loom.db.search's NumPy path is its CPU kernel
     flash = None        # prompts' attention composes its products and softmax (llm/decoder.py)
+    flash_exact = None  # (in both modes)
     prefill = None      # and their layers compose their element-wise steps
     collectives = None  # loom.distributed on the CPU: its store collective (tests, debugging)
 

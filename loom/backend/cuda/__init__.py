@@ -83,6 +83,7 @@ class CUDABackend:
             decode,
             decode_exact,
             flash,
+            flash_exact,
             fused,
             fused_exact,
             prefill,
@@ -99,6 +100,7 @@ class CUDABackend:
         self.fused_exact = fused_exact      # deterministic mode's, with the reference's bits
         self.windows = windows
         self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
+        self.flash_exact = flash_exact      # deterministic mode's, with the composed reference's bits
         self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
         self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact)
         from .compute import Compute
