@@ -35,17 +35,6 @@ def _sequence_mask(layer: Layer, fc, batch: int, steps: int):
     return mask.astype(bool)[:, :, None]
 
 
-def _gates(xp, parts: list[Array]) -> Array:
-    """The gate blocks [B, H] side by side, [B, G*H]: written into one array rather than concatenated
-    (CuPy's concatenation of several arrays copies their addresses from the host, which a recorded step
-    cannot do)."""
-    B, H = parts[0].shape
-    out = xp.empty((B, len(parts) * H), dtype=parts[0].dtype)
-    for k, part in enumerate(parts):
-        out[:, k * H:(k + 1) * H] = part
-    return out
-
-
 class _Recurrent(Layer):
     QUANT_WEIGHTS = ("weight_ih", "weight_hh")
     GATES = 1          # stacked gate blocks in weight_ih / weight_hh
@@ -116,8 +105,8 @@ class _Recurrent(Layer):
         d = [zero] * self.STATES
         if not self.seqs:
             d[0] = dy
-        # written step by step (as forward writes hs): stacking T arrays makes CuPy copy their
-        # addresses to the device, a host transfer a recorded step cannot hold
+        # written step by step (as forward writes hs): CuPy stacks more than 8 arrays with one kernel
+        # whose table of their addresses it copies from the host, which a recorded step cannot hold
         dax = xp.empty((B, T, gh), dtype=x.dtype)
         dah = xp.empty((B, T, gh), dtype=x.dtype)
         for t in reversed(range(T)):
@@ -182,8 +171,10 @@ class LSTM(_Recurrent):
         i, f, g, o, tc, c_prev = cache
         dh, dc = dstate
         dc = dc + dh * o * (1 - tc * tc)
-        da = _gates(self.xp, [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
-                              dh * tc * o * (1 - o)])
+        da = self.xp.concatenate([dc * g * i * (1 - i),
+                                  dc * c_prev * f * (1 - f),
+                                  dc * i * (1 - g * g),
+                                  dh * tc * o * (1 - o)], axis=1)
         return da, da, (0, dc * f)
 
 
@@ -208,4 +199,5 @@ class GRU(_Recurrent):
         dan = dh * (1 - z) * (1 - n * n)
         dar = dan * hn * r * (1 - r)
         daz = dh * (h_prev - n) * z * (1 - z)
-        return _gates(self.xp, [dar, daz, dan]), _gates(self.xp, [dar, daz, dan * r]), (dh * z,)
+        cat = self.xp.concatenate
+        return cat([dar, daz, dan], axis=1), cat([dar, daz, dan * r], axis=1), (dh * z,)
