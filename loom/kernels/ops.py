@@ -9,6 +9,7 @@ In deterministic mode (loom.mode, the default) GEMMs and sums are exact and orde
 """
 from __future__ import annotations
 
+import builtins
 import math
 
 from .. import backend
@@ -18,6 +19,7 @@ from . import batch_split, exact, mathlib
 from .exact import over_batch
 
 _SQRT_PI = math.sqrt(math.pi)
+_builtin_sum = builtins.sum       # `sum` below is the exact one
 
 
 def _xp(x):
@@ -162,6 +164,51 @@ def none_on_host(flags: Array) -> bool:
     on a device, where the read would synchronize and could not be recorded into a graph: a loop
     that stops early on it must give the same result when it runs on."""
     return backend.of(flags).host and not bool(flags.any())
+
+
+def stack(arrays: list[Array], axis: int = 0) -> Array:
+    """xp.stack of arrays of one shape. On a device each is written into one new array: CuPy stacks
+    and concatenates more than 8 arrays with one kernel whose table of their addresses it copies from
+    the host, which a recorded step (a CUDA graph's capture) refuses."""
+    xp = _xp(arrays[0])
+    if backend.of(arrays[0]).host:
+        return xp.stack(arrays, axis=axis)
+    return _joined(xp, arrays, axis, True)
+
+
+def concatenate(arrays: list[Array], axis: int = -1) -> Array:
+    """xp.concatenate, as `stack` writes it on a device (any number of arrays, one recorded step)."""
+    xp = _xp(arrays[0])
+    if backend.of(arrays[0]).host:
+        return xp.concatenate(arrays, axis=axis)
+    return _joined(xp, arrays, axis, False)
+
+
+def _joined(xp, arrays: list[Array], axis: int, new_axis: bool) -> Array:
+    """The arrays along `axis` (a new one when new_axis), each copied into its slice of one array."""
+    first = arrays[0]
+    ndim = first.ndim + new_axis
+    axis = axis + ndim if axis < 0 else axis
+    if not 0 <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for {ndim} dimensions")
+    for a in arrays:        # as xp.stack and xp.concatenate check (a slice assignment would broadcast)
+        if a.ndim != first.ndim or any(m != n for i, (m, n) in enumerate(zip(a.shape, first.shape))
+                                       if new_axis or i != axis):
+            raise ValueError(f"all input arrays must have the same shape{'' if new_axis else ' off the axis'}: "
+                             f"{list(first.shape)} and {list(a.shape)}")
+    sizes = [1] * len(arrays) if new_axis else [a.shape[axis] for a in arrays]
+    shape = list(first.shape)
+    if new_axis:
+        shape.insert(axis, len(arrays))
+    else:
+        shape[axis] = _builtin_sum(sizes)
+    out = xp.empty(tuple(shape), dtype=xp.result_type(*arrays))
+    start = 0
+    for a, size in zip(arrays, sizes):
+        at = (slice(None),) * axis + ((start,) if new_axis else (slice(start, start + size),))
+        out[at] = a
+        start += size
+    return out
 
 
 def canonical(name: str, *xs: Array) -> Array:

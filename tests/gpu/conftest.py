@@ -50,7 +50,7 @@ TIERS = {
     "test_train_guard_cuda.py": "gpu_nn",
     "test_telemetry_cuda.py": "gpu_nn",
     "test_freeze_gpu.py": "gpu_nn",
-    "test_recurrent_training_gpu.py": "gpu_nn",
+    "test_train_steps_record_gpu.py": "gpu_nn",
     "test_distributed_gpu.py": "gpu_nn",
     # gpu_engine: compute-engine units and chains, the GPU sieve, LMO (pi(2^64): 110 s)
     "test_engine_gpu.py": "gpu_engine",

@@ -41,3 +41,28 @@ def test_mean_and_sum_match_numpy(axis):
     np.testing.assert_allclose(ops.mean(x, axis=axis), np.mean(x, axis=axis), rtol=1e-14)
     np.testing.assert_allclose(ops.sum(x, axis=axis), np.sum(x, axis=axis), rtol=1e-14)
     assert ops.mean(x.astype(np.float32), axis=axis).dtype == np.float32
+
+
+@pytest.mark.parametrize("count", [1, 3, 9, 12])
+def test_stack_and_concatenate_written_into_one_array_equal_numpys(count):
+    """ops.stack / ops.concatenate on a device copy each array into its slice of one new array (CuPy
+    joins more than 8 arrays with a host-copied address table a recorded step refuses); that path,
+    run with NumPy here, gives NumPy's arrays for every axis, and NumPy's own on the host."""
+    rng = np.random.default_rng(count)
+    same = [rng.standard_normal((4, 5)).astype(np.float32) for _ in range(count)]
+    widths = [rng.standard_normal((4, k + 1)).astype(np.float32) for k in range(count)]
+    for axis in (0, 1, 2, -1, -2, -3):
+        np.testing.assert_array_equal(ops._joined(np, same, axis, True), np.stack(same, axis=axis))
+    for axis in (1, -1):
+        np.testing.assert_array_equal(ops._joined(np, widths, axis, False), np.concatenate(widths, axis=axis))
+    np.testing.assert_array_equal(ops.stack(same, axis=1), np.stack(same, axis=1))
+    np.testing.assert_array_equal(ops.concatenate(widths), np.concatenate(widths, axis=-1))
+
+
+def test_joined_refuses_what_numpy_refuses():
+    with pytest.raises(ValueError, match=r"same shape: \[4, 5\] and \[4, 1\]"):
+        ops._joined(np, [np.zeros((4, 5)), np.zeros((4, 1))], 0, True)     # a slice assignment would broadcast
+    with pytest.raises(ValueError, match="off the axis"):
+        ops._joined(np, [np.zeros((4, 5)), np.zeros((3, 5))], 1, False)
+    with pytest.raises(ValueError, match="out of bounds"):
+        ops._joined(np, [np.zeros((4, 5))], 3, True)

@@ -39,7 +39,7 @@ class Concat:
         return Spec(tuple(first[:-1]) + (sum(self.widths),), specs[0].dtype)
 
     def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
-        return layer.xp.concatenate(outs, axis=-1)
+        return ops.concatenate(outs, axis=-1)
 
     def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         grads, start = [], 0
@@ -68,7 +68,7 @@ class Sum:
         return same_shapes("avg" if self.mean else "add", specs, ctx)
 
     def forward(self, layer: Layer, outs: list[Array], x: Array, fc: ForwardContext) -> Array:
-        stacked = layer.xp.stack(outs)
+        stacked = ops.stack(outs)
         return ops.mean(stacked, axis=0) if self.mean else ops.sum(stacked, axis=0)
 
     def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
@@ -162,8 +162,8 @@ class Filter:
         w = xp.where(mask, p, 0)
         self.outs, self.mask, self.p, self.w = outs, mask, p, w
         # where() keeps unselected experts out entirely, even if their output is not finite
-        return ops.sum(xp.stack([xp.where(self._col(mask, i, o), self._col(w, i, o) * o, 0)
-                                 for i, o in enumerate(outs)]), axis=0)
+        return ops.sum(ops.stack([xp.where(self._col(mask, i, o), self._col(w, i, o) * o, 0)
+                                  for i, o in enumerate(outs)]), axis=0)
 
     @staticmethod
     def _col(a, i, like):
@@ -173,7 +173,7 @@ class Filter:
     def backward(self, layer: Layer, dy: Array) -> tuple[list[Array], Array | None]:
         xp, mask, w = layer.xp, self.mask, self.w
         batch = dy.shape[0]
-        dw = xp.stack([ops.sum((dy * o).reshape(batch, -1), axis=1) for o in self.outs], axis=1)
+        dw = ops.stack([ops.sum((dy * o).reshape(batch, -1), axis=1) for o in self.outs], axis=1)
         dp = xp.where(mask, dw, 0)                            # unselected branches do not depend on p
         p = self.p
         dg = p * (dp - ops.sum(p * dp, axis=1, keepdims=True))  # softmax backward (p is 0 outside its pool)
@@ -211,7 +211,7 @@ class Parallel(Layer):
             return None
         if dx_gate is not None:
             dxs.append(dx_gate)
-        return dxs[0] if len(dxs) == 1 else ops.sum(self.xp.stack(dxs), axis=0)
+        return dxs[0] if len(dxs) == 1 else ops.sum(ops.stack(dxs), axis=0)
 
     def branch_forward(self, i: int, x: Array, fc: ForwardContext) -> Array:
         """Branch i's output (what the combine mode receives)."""

@@ -1,0 +1,47 @@
+"""Networks whose steps join many arrays train on the GPU in the default (deterministic) mode (issue
+61): every train step records as a dispatch chain, so nothing in it copies from the host (CuPy joins
+more than 8 arrays with an address table it copies from the host: the recurrent backward writes its
+steps into one array, parallel layers join their branches through ops.stack / ops.concatenate), and
+the trained weights have the CPU's bits. A step that cannot be recorded raises (strict, the default)."""
+import numpy as np
+import pytest
+
+import loom
+
+from .cpu_gpu import same_bits
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("sequences", [False, True])
+@pytest.mark.parametrize("kind", [pytest.param("lstm", marks=pytest.mark.smoke), "gru", "rnn"])
+def test_recurrent_network_trains_with_the_cpus_bits(kind, sequences):
+    cfg = {"loom": 1, "input": {"shape": [12, 5]},
+           "layers": [{"type": kind, "hidden": 16, "return_sequences": sequences}, {"type": "flatten"},
+                      {"type": "dense", "units": 3}]}
+    _trains_alike(cfg, (12, 5), len(kind) + sequences, kind)
+
+
+@pytest.mark.parametrize("combine", ["concat", "add", "filter"])
+def test_parallel_layer_of_ten_branches_trains_with_the_cpus_bits(combine):
+    branches = [{"type": "dense", "units": 4, "activation": "tanh"} for _ in range(10)]
+    layer = {"type": "parallel", "combine": combine, "branches": branches}
+    if combine == "filter":
+        layer["top_k"] = 3
+    cfg = {"loom": 1, "input": {"shape": [6]}, "layers": [layer, {"type": "dense", "units": 3}]}
+    _trains_alike(cfg, (6,), 7, combine)
+
+
+def _trains_alike(cfg, shape, seed, what):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((64,) + shape).astype(np.float32)
+    Y = rng.integers(0, 3, 64)
+    trained = {}
+    with loom.deterministic(True):
+        for device in ("cpu", "cuda"):
+            net = loom.Network.from_config(cfg)
+            loom.train(net, X, Y, device=device, epochs=2, batch_size=16, shuffle=False, verbose=False)
+            trained[device] = net.to("cpu").state_dict()
+    assert trained["cpu"].keys() == trained["cuda"].keys()
+    for name, value in trained["cpu"].items():
+        same_bits(trained["cuda"][name], value, f"{what} {name}")
