@@ -137,8 +137,8 @@ class Conv(_ConvBase):
         """The convolution with stored quantized weights: one quant.qmatmul per group."""
         g = self.geom
         cols = windows.im2col(self.xp, x, g)                                          # [G, B*P, Ci/G*prod(k)]
-        out = self.xp.stack([quant.qmatmul(cols[i], part, x.dtype)
-                             for i, part in enumerate(quant.split_rows(w, g.groups))])
+        out = ops.stack([quant.qmatmul(cols[i], part, x.dtype)
+                         for i, part in enumerate(quant.split_rows(w, g.groups))])
         return windows.from_rows(out, x.shape[0], g.small)
 
     def _fake_quantized(self, x, w):

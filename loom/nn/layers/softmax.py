@@ -124,7 +124,7 @@ class Hierarchical:
             dP = dpath.reshape(q.shape)                          # [..., N_{d-1}, n_d]
             parts.append(softmax_grad(q, dP * parent[..., None]).reshape(lead + (q.shape[-2] * q.shape[-1],)))
             dpath = ops.sum(dP * q, axis=-1)                     # [..., N_{d-1}]
-        return _xp(dy).concatenate(parts[::-1], axis=-1)
+        return ops.concatenate(parts[::-1], axis=-1)
 
 
 class Gumbel(Standard):
@@ -228,7 +228,7 @@ class Adaptive:
             self.u.append(u)
             self.q.append(q)
             parts.append(self.ph[:, self.short + i, None] * q)
-        return _xp(x).concatenate(parts, axis=-1).reshape(x.shape[:-1] + (-1,))
+        return ops.concatenate(parts, axis=-1).reshape(x.shape[:-1] + (-1,))
 
     def backward(self, dy: Array) -> Array:
         P, G, xp = self.layer.params, self.layer.grads, _xp(dy)
