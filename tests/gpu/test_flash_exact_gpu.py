@@ -1,9 +1,10 @@
-"""Deterministic prompt attention in one kernel (loom/backend/cuda/flash_exact.py): the context of an
+"""Deterministic prompt attention (loom/backend/cuda/flash_exact.py): the context of an
 item's query rows over its cached keys has the bits of the composition it replaces (Decoder.attend in
 deterministic mode, here on the CPU), for head sizes 64 and 128 with grouped heads, chunks of 2 to 512
 rows at positions that leave the keys aligned to the kernel's tiles of 64 or not, n = 2048 keys (the
 rounded scheme's last), sliding windows, keys in scattered cache slots, and hostile values: a peaked
-softmax, contexts that cancel (the fix-up kernel's rows), inf and NaN in q, k and v."""
+softmax, contexts that cancel (settled by the finishing warps), inf and NaN in q, k and v (one at a
+key most rows do not keep: its column still makes their entries NaN, 0 inf)."""
 import types
 
 import numpy as np
@@ -54,6 +55,8 @@ def _case(head_dim, T, pos, window, rng, hostile=None):
         k[slots[min(3, n - 1)], 0, 5] = np.inf
         q[T // 2, -1, 7] = np.nan
         v[slots[n // 2], -1, 0] = -np.inf
+    elif hostile == "late inf":             # an inf value at a key most rows do not keep: 0 inf = NaN
+        v[slots[n - 1], 0, 1] = np.inf
     return q, k, v, slots, lo
 
 
@@ -87,15 +90,16 @@ def test_context_has_the_composed_attentions_bits(head_dim, T, pos, window):
               f"D {head_dim}, T {T} at {pos}, window {window}")
 
 
-@pytest.mark.parametrize("hostile", ["peaked", "cancel", "special"])
+@pytest.mark.parametrize("hostile", ["peaked", "cancel", "special", "late inf"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_hostile_values_keep_the_bits(head_dim, hostile):
-    for T, pos, window in [(40, 0, None), (100, 200, None), (33, 60, 40)]:
+    # (300 rows: the first 256 rows' keys lie in the first part of the context sums)
+    for T, pos, window in [(40, 0, None), (100, 200, None), (33, 60, 40), (300, 0, None)]:
         rng = np.random.default_rng(T + pos)
         q, k, v, slots, lo = _case(head_dim, T, pos, window, rng, hostile)
         got = _gpu(head_dim, q, k, v, slots, pos, lo, window)
         want = _reference(head_dim, q, k, v, slots, pos, lo, window)
-        if hostile == "special":
+        if hostile in ("special", "late inf"):
             assert not np.isfinite(want).all()
         same_bits(got, want, f"{hostile}, D {head_dim}, T {T} at {pos}, window {window}")
 

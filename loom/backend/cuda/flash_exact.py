@@ -303,7 +303,7 @@ extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const floa
     const int kv = (int)(at / rows), rho = (int)(at - (long long)kv * rows);
     int t, r, first, kept;
     loom_flash_row(p, rho, &t, &r, &first, &kept);
-    const int parts = (kept + SPAN - 1) / SPAN;
+    const int parts = (kept + SPAN - 1) / SPAN, all_parts = (p.n + SPAN - 1) / SPAN;
     double psq = 0.0;
     for (int s = 0; s < parts; ++s) psq = __dadd_rn(psq, squares[((long long)s * p.KV + kv) * rows + rho]);
     const double pnorm = __dsqrt_rn(psq);
@@ -314,11 +314,17 @@ extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const floa
         const int d = lane + 32 * u;
         double sum = 0.0;
         for (int s = 0; s < parts; ++s) sum = __dadd_rn(sum, sums[(((long long)s * p.KV + kv) * rows + rho) * D + d]);
-        double vsq = 0.0;                       // over the parts' keys: all this row keeps, and more
-        for (int s = 0; s < parts; ++s) vsq = __dadd_rn(vsq, vsquares[((long long)s * p.KV + kv) * D + d]);
+        // ||v[:, d]|| over the row's parts' keys (all it keeps, and more) bounds its sums; the reference's
+        // special values look at the whole column (an inf at a key p gives 0 still makes 0 inf = NaN)
+        double vsq = 0.0, whole = 0.0;
+        for (int s = 0; s < all_parts; ++s) {
+            const double part = vsquares[((long long)s * p.KV + kv) * D + d];
+            whole = __dadd_rn(whole, part);
+            if (s < parts) vsq = __dadd_rn(vsq, part);
+        }
         const double norms = __dmul_rn(pnorm, __dsqrt_rn(vsq));
         float v = 0.0f;
-        const bool special = !isfinite(norms);
+        const bool special = !isfinite(norms) || !isfinite(whole);
         const bool doubt = special ||
             !loom_certified(sum, __dadd_rn(__dmul_rn(norms, p.factor_n), __dmul_rn(fabs(sum), 0x1p-52)), &v);
         for (unsigned left = __ballot_sync(LOOM_FULL, doubt); left; left &= left - 1) {
@@ -340,11 +346,15 @@ def _module(head_dim: int):
     warps = 4 if head_dim == 64 else 8
     head = f"typedef float T;\n#define D {head_dim}\n#define WARPS {warps}\n#define SPAN {SPAN}\n"
     source = head + fused_exact.helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + DMMA2 + _SOURCE
-    module = cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
-    scores_bytes, parts_bytes = _shared_bytes(head_dim)
-    module.get_function("loom_exact_scores").max_dynamic_shared_size_bytes = scores_bytes
-    module.get_function("loom_exact_context_parts").max_dynamic_shared_size_bytes = parts_bytes
-    return module, warps
+    return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",)), warps
+
+
+def _launch(kernel, grid: tuple, threads: int, args: tuple, shared: int) -> None:
+    """kernel<<<grid, threads, shared>>>: the kernel's limit of dynamic shared memory raised first, on the
+    current device (each device's loaded function has its own)."""
+    if kernel.max_dynamic_shared_size_bytes < shared:
+        kernel.max_dynamic_shared_size_bytes = shared
+    kernel(grid, (threads,), args, shared_mem=shared)
 
 
 def _shared_bytes(head_dim: int) -> tuple[int, int]:
@@ -381,6 +391,11 @@ def attend(q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int,
         out = cupy.empty((T, H * D), dtype=np.float32)
     if T == 0:
         return out
+    for name, a in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+        if a.dtype != np.float32:
+            raise ValueError(f"flash_exact.attend takes float32 arrays, {name} is {a.dtype}")
+    if any(not c.flags.c_contiguous or c.data.ptr % 16 for c in (k_cache, v_cache)) or not out.flags.c_contiguous:
+        raise ValueError("flash_exact.attend reads the caches as C-contiguous rows 16-byte aligned and writes out whole")
     if q.strides[1:] != (4 * D, 4) or q.strides[0] % 16 or q.data.ptr % 16:
         q = cupy.ascontiguousarray(q)
     module, warps = _module(D)
@@ -390,15 +405,15 @@ def attend(q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int,
     scores_bytes, parts_bytes = _shared_bytes(D)
     row_tiles, parts = -(-rows // ROWS), -(-n // SPAN)
     scores = cupy.empty((KV * (H // KV), T, n), dtype=np.float32)
-    module.get_function("loom_exact_scores")((row_tiles, parts, KV), (32 * warps,), args + (scores,),
-                                             shared_mem=scores_bytes)
+    _launch(module.get_function("loom_exact_scores"), (row_tiles, parts, KV), 32 * warps, args + (scores,),
+            scores_bytes)
     # the reference's own softmax kernel: keys j < first hold -inf, so exp gives the mask's 0
     probs = fused_exact.scaled_masked_softmax(scores, scale, True, pos - lo)
     sums = cupy.empty((parts, KV, rows, D), dtype=np.float64)
     squares = cupy.empty((parts, KV, rows), dtype=np.float64)
     vsquares = cupy.empty((parts, KV, D), dtype=np.float64)
-    module.get_function("loom_exact_context_parts")((row_tiles, parts, KV), (32 * warps,),
-                                                    args + (probs, sums, squares, vsquares), shared_mem=parts_bytes)
+    _launch(module.get_function("loom_exact_context_parts"), (row_tiles, parts, KV), 32 * warps,
+            args + (probs, sums, squares, vsquares), parts_bytes)
     module.get_function("loom_exact_context_finish")((-(-KV * rows * 32 // 256),), (256,),
                                                      args + (probs, sums, squares, vsquares, out))
     return out
