@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import Array
 from . import fused_exact
-from .compile import OPTIONS
+from .compile import OPTIONS, translating
 from .exact_reduce import EXACT_ROW_SUM
 from .exact_rounded import ROUNDED_DEVICE
 from .fused import ROW_HELPERS
@@ -404,16 +404,17 @@ def attend(q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int,
             np.float64(error_factor(n)))
     scores_bytes, parts_bytes = _shared_bytes(D)
     row_tiles, parts = -(-rows // ROWS), -(-n // SPAN)
-    scores = cupy.empty((KV * (H // KV), T, n), dtype=np.float32)
-    _launch(module.get_function("loom_exact_scores"), (row_tiles, parts, KV), 32 * warps, args + (scores,),
-            scores_bytes)
-    # the reference's own softmax kernel: keys j < first hold -inf, so exp gives the mask's 0
-    probs = fused_exact.scaled_masked_softmax(scores, scale, True, pos - lo)
-    sums = cupy.empty((parts, KV, rows, D), dtype=np.float64)
-    squares = cupy.empty((parts, KV, rows), dtype=np.float64)
-    vsquares = cupy.empty((parts, KV, D), dtype=np.float64)
-    _launch(module.get_function("loom_exact_context_parts"), (row_tiles, parts, KV), 32 * warps,
-            args + (probs, sums, squares, vsquares), parts_bytes)
-    module.get_function("loom_exact_context_finish")((-(-KV * rows * 32 // 256),), (256,),
-                                                     args + (probs, sums, squares, vsquares, out))
+    with translating("deterministic prompt attention", q, k_cache):
+        scores = cupy.empty((KV * (H // KV), T, n), dtype=np.float32)
+        _launch(module.get_function("loom_exact_scores"), (row_tiles, parts, KV), 32 * warps, args + (scores,),
+                scores_bytes)
+        # the reference's own softmax kernel: keys j < first hold -inf, so exp gives the mask's 0
+        probs = fused_exact.scaled_masked_softmax(scores, scale, True, pos - lo)
+        sums = cupy.empty((parts, KV, rows, D), dtype=np.float64)
+        squares = cupy.empty((parts, KV, rows), dtype=np.float64)
+        vsquares = cupy.empty((parts, KV, D), dtype=np.float64)
+        _launch(module.get_function("loom_exact_context_parts"), (row_tiles, parts, KV), 32 * warps,
+                args + (probs, sums, squares, vsquares), parts_bytes)
+        module.get_function("loom_exact_context_finish")((-(-KV * rows * 32 // 256),), (256,),
+                                                         args + (probs, sums, squares, vsquares, out))
     return out
