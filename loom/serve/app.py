@@ -1,7 +1,8 @@
 """`loom serve`: an OpenAI-compatible HTTP server over one model, on starlette (ASGI) and uvicorn.
 
 Routes: POST /v1/chat/completions and /v1/completions (streamed as server-sent events with
-"stream": true), POST /v1/embeddings (encoder models), GET /v1/models and /health. A language
+"stream": true), POST /v1/embeddings (encoder models), GET /v1/models and /health. With API keys,
+every route but /health answers 401 without `Authorization: Bearer KEY` (_RequireKey). A language
 model's requests go to one loom.llm.batching.BatchEngine, whose thread decodes every running
 request together (continuous batching); each request's tokens come back to its handler through an
 asyncio queue. A client that disconnects has its sequence cancelled, which frees its slot and
@@ -14,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hmac
 import json
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import mode
@@ -53,8 +56,12 @@ class Server:
     """The state behind the routes: the model, its name, the engine (language models) and the mode."""
 
     def __init__(self, model: CausalLM | Encoder, name: str, max_batch: int = 16, max_queue: int = 64,
-                 cache_tokens: int | None = None):
+                 cache_tokens: int | None = None, api_keys: Sequence[str] = ()):
         from ..llm.encoder import Encoder
+        for i, key in enumerate(api_keys):
+            if not isinstance(key, str) or not key or key != key.strip() or not key.isprintable():
+                raise ConfigError(f"api_keys[{i}]", "expected a non-empty printable key without surrounding spaces")
+        self.keys = tuple(key.encode() for key in api_keys)
         self.model, self.name = model, name
         self.deterministic = mode.is_deterministic()
         self.created = int(time.time())
@@ -68,12 +75,14 @@ class Server:
     def app(self) -> Starlette:
         need_extra()
         from starlette.applications import Starlette
+        from starlette.middleware import Middleware
         from starlette.routing import Route
         routes = [Route("/health", self.health), Route("/v1/models", self.models),
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
                   Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/embeddings", self.embeddings, methods=["POST"])]
-        return Starlette(routes=routes, lifespan=self._lifespan)
+        middleware = [Middleware(_RequireKey, keys=self.keys)] if self.keys else []
+        return Starlette(routes=routes, lifespan=self._lifespan, middleware=middleware)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
@@ -305,6 +314,35 @@ class _Reply:
             kind = "text_completion"
         return {"id": self.id, "object": kind, "created": self.created, "model": self.server.name,
                 "choices": [choice], "system_fingerprint": _fingerprint(self.server)}
+
+
+class _RequireKey:
+    """ASGI middleware: every HTTP request except to /health needs `Authorization: Bearer KEY` with one of
+    the keys, else 401 in OpenAI's error shape (code invalid_api_key) before the route runs. Keys are
+    compared in constant time (hmac.compare_digest, against every key) and never logged or echoed."""
+
+    def __init__(self, app, keys: tuple[bytes, ...]):
+        self.app, self.keys = app, keys
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            await self.app(scope, receive, send)
+            return
+        header = next((value for name, value in scope["headers"] if name == b"authorization"), None)
+        scheme, _, token = (header or b"").partition(b" ")
+        token = token.strip()
+        matched = False
+        for key in self.keys:
+            matched |= hmac.compare_digest(token, key)
+        if header is not None and scheme.lower() == b"bearer" and matched:
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import JSONResponse
+        message = ("No API key provided: pass one as the header 'Authorization: Bearer KEY'" if header is None else
+                   "Incorrect API key provided in the Authorization header" if scheme.lower() == b"bearer" else
+                   "The Authorization header must be 'Bearer KEY'")
+        body = BadRequest(None, message, 401, code="invalid_api_key").body()        # (OpenAI's param: null)
+        await JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
 
 
 def _fingerprint(server: Server) -> str:
