@@ -114,6 +114,9 @@ def check_model(body: dict, served: str) -> None:
                          code="model_not_found")
 
 
+ROLES = ("system", "developer", "user", "assistant", "tool", "function")     # OpenAI's message roles
+
+
 def _refuse_unsupported(body: dict) -> None:
     for key in ("tools", "functions", "logit_bias"):
         if body.get(key):
@@ -214,17 +217,8 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", "'messages' must be a non-empty list of {role, content} objects")
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
-            raise BadRequest(f"messages[{i}]", f"message {i} must be an object with a string 'role'")
-        content = m.get("content")
-        if isinstance(content, list):           # OpenAI's content parts: text parts only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in content):
-                raise BadRequest(f"messages[{i}].content", "only text content parts are supported")
-            messages[i] = {**m, "content": "".join(p["text"] for p in content)}
-        elif not isinstance(content, str):
-            raise BadRequest(f"messages[{i}].content", f"message {i}'s 'content' must be a string")
+    messages = [_message(m, i, messages[i - 1] if i else None) for i, m in enumerate(messages)]
+    _request_labels(body, chat=True)
     try:
         ids = model.chat_ids(messages)
     except ConfigError as exc:
@@ -244,9 +238,68 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
                stream, _include_usage(body, stream), logprobs)
 
 
+def _message(m: Any, i: int, previous: dict | None) -> dict:
+    """Message i of a chat body checked as OpenAI checks it, its content parts joined, a developer
+    message as the system message the chat templates know."""
+    where = f"messages[{i}]"
+    if not isinstance(m, dict):
+        raise BadRequest(where, f"message {i} must be an object with 'role' and 'content'")
+    role = m.get("role")
+    if not isinstance(role, str):
+        raise BadRequest(f"{where}.role", f"message {i}'s 'role' must be a string, got {role!r:.60}")
+    if role not in ROLES:
+        raise BadRequest(f"{where}.role", f"Invalid value: {role!r:.60}. Supported values are: "
+                                          + ", ".join(repr(r) for r in ROLES))
+    if role == "function":
+        raise BadRequest(f"{where}.role", "the 'function' role (OpenAI's deprecated function calling) is not "
+                                          "supported by this server")
+    if m.get("name") is not None and not isinstance(m.get("name"), str):
+        raise BadRequest(f"{where}.name", f"message {i}'s 'name' must be a string, got {m.get('name')!r:.60}")
+    if m.get("tool_calls") is not None:
+        raise BadRequest(f"{where}.tool_calls", "tool calls are not supported by this server")
+    if role == "tool":
+        # OpenAI's rule: a tool message answers the tool_calls of the assistant message before it, and
+        # this server makes none
+        if previous is None or not previous.get("tool_calls"):
+            raise BadRequest(where, "messages with role 'tool' must be a response to a preceding message with "
+                                    "'tool_calls'")
+    content = m.get("content")
+    if isinstance(content, list):           # OpenAI's content parts: text parts only
+        if not content or not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                                  for p in content):
+            raise BadRequest(f"{where}.content", "only a non-empty list of text content parts is supported")
+        content = "".join(p["text"] for p in content)
+    elif not isinstance(content, str):
+        raise BadRequest(f"{where}.content", f"message {i}'s 'content' must be a string or a list of text parts, "
+                                             f"got {type(content).__name__}")
+    return {**m, "role": "system" if role == "developer" else role, "content": content}
+
+
+def _request_labels(body: dict, chat: bool) -> None:
+    """OpenAI's labels of a request, checked as it checks them and otherwise unused: `user` (a string)
+    and, in chat, `metadata` (up to 16 string pairs, keys up to 64 characters, values up to 512) and
+    `store` (a boolean; nothing is stored here)."""
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise BadRequest("user", f"'user' must be a string, got {user!r:.60}")
+    if not chat:
+        return
+    _flag(body, "store", False)
+    metadata = body.get("metadata")
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict) or len(metadata) > 16:
+        raise BadRequest("metadata", "'metadata' must be an object of at most 16 string keys and values")
+    for key, value in metadata.items():
+        if len(key) > 64 or not isinstance(value, str) or len(value) > 512:
+            raise BadRequest(f"metadata.{key:.64}", "metadata keys hold up to 64 characters and values are strings "
+                                                    "of up to 512")
+
+
 def completion_job(body: dict, model: CausalLM, context: int) -> Job:
     """A /v1/completions body: prompt a string, a list of strings, token ids or lists of them."""
     _refuse_unsupported(body)
+    _request_labels(body, chat=False)
     best_of = body.get("best_of")
     unsupported = {"echo": body.get("echo") not in (None, False), "suffix": body.get("suffix") not in (None, ""),
                    "best_of": best_of is not None and (isinstance(best_of, bool) or best_of != 1)}
