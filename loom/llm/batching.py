@@ -30,6 +30,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -111,6 +112,7 @@ class BatchEngine:
         self.deterministic = is_deterministic()     # the mode steps run in (a thread has its own)
         self.chunk = prefill_chunk()
         self.pipeline = True                        # greedy decode steps launched a step ahead (_Ahead)
+        self.on_step: Callable[[float], None] | None = None   # each step's wall seconds, from the engine's thread
         self._ahead: _Ahead | None = None           # a launched step whose tokens are not taken yet
         self.stats = {"steps": 0, "prefill_tokens": 0, "decode_tokens": 0, "cached_tokens": 0, "preempted": 0,
                       "cancelled": 0, "graph_steps": 0, "prefill_graph_steps": 0, "ahead_steps": 0}
@@ -218,7 +220,10 @@ class BatchEngine:
                     if self._stopping:
                         return
                 try:
+                    start = time.perf_counter()
                     self.step()
+                    if self.on_step is not None:
+                        self.on_step(time.perf_counter() - start)
                 except Exception as exc:        # a bug or a device failure: every live request learns it
                     log.exception("loom: a batch step failed")
                     try:

@@ -1,8 +1,9 @@
 """`loom serve`: an OpenAI-compatible HTTP server over one model, on starlette (ASGI) and uvicorn.
 
 Routes: POST /v1/chat/completions and /v1/completions (streamed as server-sent events with
-"stream": true), POST /v1/embeddings (encoder models), GET /v1/models and /health. With API keys,
-every route but /health answers 401 without `Authorization: Bearer KEY` (_RequireKey). A language
+"stream": true), POST /v1/embeddings (encoder models), GET /v1/models, /health and /metrics
+(Prometheus: loom/serve/metrics.py). With API keys, every route but /health answers 401 without
+`Authorization: Bearer KEY` (_RequireKey). A language
 model's requests go to one loom.llm.batching.BatchEngine, whose thread decodes every running
 request together (continuous batching); each request's tokens come back to its handler through an
 asyncio queue. A client that disconnects has its sequence cancelled, which frees its slot and
@@ -28,6 +29,7 @@ from ..errors import ConfigError, EngineError
 from ..llm.batch_requests import Event, QueueFull
 from ..llm.batching import BatchEngine
 from . import protocol
+from .metrics import CountResponses, Metrics
 from .protocol import BadRequest
 
 if TYPE_CHECKING:
@@ -62,12 +64,15 @@ class Server:
             if not isinstance(key, str) or not key or key != key.strip() or not key.isprintable():
                 raise ConfigError(f"api_keys[{i}]", "expected a non-empty printable key without surrounding spaces")
         self.keys = tuple(key.encode() for key in api_keys)
+        self.metrics = Metrics()
         self.model, self.name = model, name
         self.deterministic = mode.is_deterministic()
         self.created = int(time.time())
         self.encoder = isinstance(model, Encoder)
         self.engine = None if self.encoder else BatchEngine(model, max_batch=max_batch, max_queue=max_queue,
                                                             cache_tokens=cache_tokens)
+        if self.engine is not None:
+            self.engine.on_step = lambda seconds: self.metrics.observe("loom_engine_step_seconds", seconds)
         # the positions one sequence may use: the model's context, or the KV cache's if smaller
         self.context = None if self.encoder else min(model.decoder.config.max_positions,
                                                      self.engine.cache.blocks * self.engine.cache.block_size)
@@ -77,11 +82,13 @@ class Server:
         from starlette.applications import Starlette
         from starlette.middleware import Middleware
         from starlette.routing import Route
-        routes = [Route("/health", self.health), Route("/v1/models", self.models),
+        routes = [Route("/health", self.health), Route("/metrics", self.metrics_text), Route("/v1/models", self.models),
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
                   Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/embeddings", self.embeddings, methods=["POST"])]
-        middleware = [Middleware(_RequireKey, keys=self.keys)] if self.keys else []
+        middleware = [Middleware(CountResponses, metrics=self.metrics)]
+        if self.keys:
+            middleware.append(Middleware(_RequireKey, keys=self.keys))
         return Starlette(routes=routes, lifespan=self._lifespan, middleware=middleware)
 
     @contextlib.asynccontextmanager
@@ -102,6 +109,12 @@ class Server:
         if self.engine is not None:
             body.update(self.engine.load)
         return JSONResponse(body)
+
+    async def metrics_text(self, request: Request) -> Response:
+        from starlette.responses import Response
+        mode_name = "deterministic" if self.deterministic else "fast"
+        text = self.metrics.render(self.name, mode_name, None if self.engine is None else self.engine.load)
+        return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
@@ -151,6 +164,7 @@ class Server:
 
     async def _generate(self, request, chat: bool):
         from starlette.responses import JSONResponse, StreamingResponse
+        arrived = time.perf_counter()
         try:
             body = await _body(request)
             protocol.check_model(body, self.name)
@@ -164,7 +178,7 @@ class Server:
             queue, handles = self._submit(job, "messages" if chat else "prompt")
         except BadRequest as exc:
             return _error(exc)
-        reply = _Reply(self, job, chat)
+        reply = _Reply(self, job, chat, arrived)
         if job.stream:
             return StreamingResponse(reply.stream(queue, handles), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
@@ -206,12 +220,28 @@ class Server:
 class _Reply:
     """The response to one generation job: OpenAI's JSON, or its stream of chunks."""
 
-    def __init__(self, server: Server, job: protocol.Job, chat: bool):
+    def __init__(self, server: Server, job: protocol.Job, chat: bool, arrived: float):
         self.server, self.job, self.chat = server, job, chat
+        self.last = [arrived] * len(job.requests)       # each choice's latest token (its arrival before one)
+        self.started = [False] * len(job.requests)
+        self.counted = False
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
         self.tokenizer = server.model.tokenizer
+
+    def _timed(self, index: int) -> None:
+        """A token of choice `index` arrived: time to first token, or the time since its last one."""
+        now = time.perf_counter()
+        name = "loom_time_per_output_token_seconds" if self.started[index] else "loom_time_to_first_token_seconds"
+        self.server.metrics.observe(name, now - self.last[index])
+        self.started[index], self.last[index] = True, now
+
+    def _count(self, counts: list[int]) -> None:
+        """The job's prompt and generated tokens into the metrics, once (at its end, or when its client left)."""
+        if not self.counted:
+            self.counted = True
+            self.server.metrics.tokens(sum(len(p) for p in self.job.prompts), sum(counts))
 
     def _usage(self, counts: list[int]) -> dict:
         prompt = sum(len(p) for p in self.job.prompts)
@@ -239,14 +269,17 @@ class _Reply:
             index, event = await queue.get()
             if event.token is not None:
                 tokens[index] += 1
+                self._timed(index)
                 if event.logprob is not None:
                     logprobs[index].append(self._logprob_entry(event))
             texts[index] += event.text
             if event.finish_reason is not None:
                 if event.finish_reason == "error":
+                    self._count(tokens)
                     return BadRequest(None, f"generation failed: {event.error}", 500, kind="server_error")
                 reasons[index] = event.finish_reason
                 open_ -= 1
+        self._count(tokens)
         choices = []
         for i in range(count):
             if self.chat:
@@ -287,6 +320,7 @@ class _Reply:
                     return
                 if event.token is not None:
                     tokens[index] += 1
+                    self._timed(index)
                 if event.text or event.token is not None and self.job.logprobs is not None:
                     logprobs = self._logprob_entry(event) if event.logprob is not None else None
                     yield _sse(self._chunk(index, {"content": event.text} if self.chat else event.text, None,
@@ -300,6 +334,7 @@ class _Reply:
                             "usage": self._usage(tokens)})
             yield "data: [DONE]\n\n"
         finally:
+            self._count(tokens)
             for h in handles:
                 h.cancel()
 

@@ -68,7 +68,7 @@ def test_plain_http_without_a_right_key_gets_openais_401(guarded, headers, says)
     for method, path, body in (("POST", "/v1/chat/completions", {"model": "tiny", "messages": HELLO}),
                                ("POST", "/v1/completions", {"model": "tiny", "prompt": "hi"}),
                                ("POST", "/v1/embeddings", {"model": "tiny", "input": "hi"}),
-                               ("GET", "/v1/models", None), ("GET", "/v1/nowhere", None)):
+                               ("GET", "/v1/models", None), ("GET", "/metrics", None), ("GET", "/v1/nowhere", None)):
         response = httpx.request(method, guarded.url + path, json=body, headers=headers)
         assert response.status_code == 401, path
         error = response.json()["error"]
