@@ -7,7 +7,8 @@ The model is served under its file or folder name (--name to choose another). La
 answer /v1/chat/completions and /v1/completions, decoding up to --max-batch requests together
 (continuous batching) with up to --max-queue more waiting (beyond that: 429); encoder models answer
 /v1/embeddings. With --api-key (or LOOM_API_KEY) every route but /health needs `Authorization: Bearer
-KEY`; serving beyond loopback without one prints a warning. Deterministic mode is the default: a
+KEY`; serving beyond loopback without one prints a warning. SIGTERM or Ctrl-C shuts down gracefully
+(loom/serve/lifecycle.py, --shutdown-timeout). Deterministic mode is the default: a
 request's tokens are then the bits the CPU gives for it alone, whatever else is batched with it;
 --fast trades that for speed.
 """
@@ -25,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="the model name clients ask for (default: the file or folder name)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM or Ctrl-C, how long requests in flight may run before they are cancelled "
+                        "(default 10)")
     p.add_argument("--api-key", action="append", metavar="KEY",
                    help="require 'Authorization: Bearer KEY' on every route but /health (repeatable; "
                         "LOOM_API_KEY adds one)")
@@ -44,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
     from ..llm import load
     from ..serve import Server
     from ..serve.app import need_extra
+    from ..serve.lifecycle import serve
     need_extra()
-    import uvicorn
     if not 0 <= args.port <= 65535:
         raise ConfigError("--port", f"expected 0-65535, got {args.port}")
     for flag, value in (("--max-batch", args.max_batch), ("--max-queue", args.max_queue)):
         if value < 1:
             raise ConfigError(flag, f"expected a positive integer, got {value}")
+    if not 0 <= args.shutdown_timeout <= 24 * 3600:          # (NaN fails both)
+        raise ConfigError("--shutdown-timeout", f"expected seconds in [0, 86400], got {args.shutdown_timeout}")
     keys = api_keys(args.api_key, os.environ.get("LOOM_API_KEY"))
     model = load(args.model, device=args.device)
     name = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
@@ -63,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     warning = exposure_warning(args.host, args.port, keys)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    uvicorn.run(server.app(), host=args.host, port=args.port, log_level="warning")
+    serve(server, args.host, args.port, args.shutdown_timeout)
     return 0
 
 

@@ -196,6 +196,14 @@ class BatchEngine:
             self._thread = threading.Thread(target=self._loop, name="loom-batch-engine", daemon=True)
             self._thread.start()
 
+    def cancel_all(self) -> None:
+        """Every queued and running request ends with finish_reason "cancelled" at the engine's next step
+        (a server shutting down; the thread keeps running)."""
+        with self._lock:
+            for seq in self.running + list(self.waiting):
+                seq.cancelled = True
+            self._lock.notify()
+
     def stop(self) -> None:
         """Stop the thread; requests still queued or running end with finish_reason "cancelled"."""
         with self._lock:

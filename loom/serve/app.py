@@ -19,6 +19,7 @@ import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -65,6 +66,7 @@ class Server:
                 raise ConfigError(f"api_keys[{i}]", "expected a non-empty printable key without surrounding spaces")
         self.keys = tuple(key.encode() for key in api_keys)
         self.metrics = Metrics()
+        self.closing = False                # shutting down: new generations answer 503
         self.model, self.name = model, name
         self.deterministic = mode.is_deterministic()
         self.created = int(time.time())
@@ -90,6 +92,16 @@ class Server:
         if self.keys:
             middleware.append(Middleware(_RequireKey, keys=self.keys))
         return Starlette(routes=routes, lifespan=self._lifespan, middleware=middleware)
+
+    def begin_shutdown(self, timeout: float) -> None:
+        """New generation requests answer 503 from now on; those in flight may finish for `timeout`
+        seconds, then the engine cancels the rest (each ends with finish_reason "cancelled", a stream with
+        its last chunk and [DONE])."""
+        self.closing = True
+        if self.engine is not None:
+            timer = threading.Timer(timeout, self.engine.cancel_all)
+            timer.daemon = True
+            timer.start()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
@@ -166,6 +178,8 @@ class Server:
         from starlette.responses import JSONResponse, StreamingResponse
         arrived = time.perf_counter()
         try:
+            if self.closing:
+                raise BadRequest(None, "the server is shutting down", 503, kind="server_error")
             body = await _body(request)
             protocol.check_model(body, self.name)
             if self.encoder:
