@@ -225,10 +225,11 @@ class CausalLM:
         key = "json_schema:" + json.dumps(schema, sort_keys=True)
         return token_mask.grammar_masks(vocabulary, key, lambda: JsonGrammar.from_schema(schema, "json_schema")).constraint()
 
-    def chat_ids(self, messages: list[dict]) -> list[int]:
-        """The token ids of `messages` rendered with the chat template, ready for the reply."""
+    def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
+        """The token ids of `messages` rendered with the chat template, ready for the reply; `tools`
+        (OpenAI's function tools, loom.llm.tool_calls.check_tools) are rendered by the template too."""
         tokenizer = self._tokenizer("messages")
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
         return tokenizer.encode(text, add_special_tokens=False)   # the template writes its own BOS
 
     def chat(self, messages: list[dict], **sampling: Any) -> Iterator[str]:

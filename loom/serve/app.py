@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import mode
 from ..errors import ConfigError, EngineError
+from ..llm import tool_calls
 from ..llm.batch_requests import Event, QueueFull
 from ..llm.batching import BatchEngine
 from . import protocol
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from ..llm.model import CausalLM
 
 log = logging.getLogger("loom")
+ARGUMENT_PIECE = 16                 # characters of a streamed call's arguments per chunk
 
 
 def need_extra() -> None:
@@ -244,6 +246,27 @@ class _Reply:
         self.object = "chat.completion" if chat else "text_completion"
         self.tokenizer = server.model.tokenizer
 
+    def _message(self, text: str, reason: str) -> tuple[dict, str]:
+        """A chat choice's message and finish reason: with tools, the calls its reply makes (finish reason
+        "tool_calls"); a forced call's reply is that call's JSON (cut by max_tokens: left as content)."""
+        plan = self.job.tools
+        calls: list[dict] = []
+        content: str | None = text
+        if plan is not None and plan.mode != "auto":
+            if reason != "length":
+                value = json.loads(text)            # the constraint made it one call of the schema
+                calls = [tool_calls.call(value["name"], value[plan.fmt.arguments_key])]
+                content = None
+        elif plan is not None:
+            content, calls = tool_calls.parse(text, plan.fmt, plan.names)
+            if not plan.parallel:
+                calls = calls[:1]
+        message: dict = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+            return message, "tool_calls"
+        return message, reason
+
     def _timed(self, index: int) -> None:
         """A token of choice `index` arrived: time to first token, or the time since its last one."""
         now = time.perf_counter()
@@ -298,8 +321,8 @@ class _Reply:
         for i in range(count):
             if self.chat:
                 lp = {"content": logprobs[i]} if self.job.logprobs is not None else None
-                choices.append({"index": i, "message": {"role": "assistant", "content": texts[i]},
-                                "logprobs": lp, "finish_reason": reasons[i]})
+                message, reason = self._message(texts[i], reasons[i])
+                choices.append({"index": i, "message": message, "logprobs": lp, "finish_reason": reason})
             else:
                 choices.append({"index": i, "text": texts[i], "logprobs": self._completion_logprobs(logprobs[i]),
                                 "finish_reason": reasons[i]})
@@ -321,7 +344,7 @@ class _Reply:
         """Server-sent events: one chunk per piece of text, a last chunk per choice with its finish
         reason, the usage when asked for, then [DONE]. The handles are cancelled if the client leaves."""
         count = len(self.job.requests)
-        tokens, open_ = [0] * count, count
+        tokens, open_, held = [0] * count, count, [""] * count
         try:
             if self.chat:
                 for i in range(count):
@@ -335,6 +358,13 @@ class _Reply:
                 if event.token is not None:
                     tokens[index] += 1
                     self._timed(index)
+                if self.job.tools is not None:      # tool calls are known at the reply's end: buffered
+                    held[index] += event.text
+                    if event.finish_reason is not None:
+                        open_ -= 1
+                        for chunk in self._tool_chunks(index, held[index], event.finish_reason):
+                            yield _sse(chunk)
+                    continue
                 if event.text or event.token is not None and self.job.logprobs is not None:
                     logprobs = self._logprob_entry(event) if event.logprob is not None else None
                     yield _sse(self._chunk(index, {"content": event.text} if self.chat else event.text, None,
@@ -351,6 +381,24 @@ class _Reply:
             self._count(tokens)
             for h in handles:
                 h.cancel()
+
+    def _tool_chunks(self, index: int, text: str, reason: str) -> list[dict]:
+        """A buffered choice's chunks, as OpenAI streams them: its content, or each call's id, type and
+        name with empty arguments and then its arguments in pieces; then its finish reason."""
+        message, reason = self._message(text, reason)
+        chunks = []
+        if message["content"]:
+            chunks.append(self._chunk(index, {"content": message["content"]}, None))
+        for k, c in enumerate(message.get("tool_calls", [])):
+            head = {"index": k, "id": c["id"], "type": "function", "function": {"name": c["function"]["name"],
+                                                                                 "arguments": ""}}
+            chunks.append(self._chunk(index, {"tool_calls": [head]}, None))
+            arguments = c["function"]["arguments"]
+            for at in range(0, len(arguments), ARGUMENT_PIECE):
+                piece = {"index": k, "function": {"arguments": arguments[at:at + ARGUMENT_PIECE]}}
+                chunks.append(self._chunk(index, {"tool_calls": [piece]}, None))
+        chunks.append(self._chunk(index, {}, reason))
+        return chunks
 
     def _chunk(self, index: int, delta: Any, finish: str | None, logprobs: dict | None = None) -> dict:
         if self.chat:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..llm import generate as gen
-from ..llm import token_mask
+from ..llm import token_mask, tool_calls
 from ..llm.batch_requests import Request
 from ..llm.json_constraint import JsonGrammar
 
@@ -56,6 +56,18 @@ class Job:
     stream: bool
     include_usage: bool
     logprobs: int | None
+    tools: ToolPlan | None = None
+
+
+@dataclass(frozen=True)
+class ToolPlan:
+    """A chat job's tools: the model's call format, the tools' names, the tool_choice mode ("auto",
+    "required" or "named": the reply is then one call's JSON, its format's prefix in the prompt) and
+    whether several calls may come back."""
+    fmt: tool_calls.Format
+    names: list[str]
+    mode: str
+    parallel: bool
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
@@ -118,7 +130,7 @@ ROLES = ("system", "developer", "user", "assistant", "tool", "function")     # O
 
 
 def _refuse_unsupported(body: dict) -> None:
-    for key in ("tools", "functions", "logit_bias"):
+    for key in ("functions", "logit_bias"):
         if body.get(key):
             raise BadRequest(key, f"'{key}' is not supported by this server")
 
@@ -160,12 +172,18 @@ def _response_format(body: dict, model: CausalLM) -> Callable[[], gen.Constraint
     else:
         raise BadRequest("response_format.type", "'type' must be 'text', 'json_object' or 'json_schema', got "
                                                  f"{kind!r:.60}")
+    return _schema_constraint(model, key, schema, path, "response_format")
+
+
+def _schema_constraint(model: CausalLM, key: str, schema: dict | bool, path: str, field: str):
+    """What makes a request's constraint to JSON values of `schema` (its grammar built once per key);
+    BadRequest names `field`, or the schema's bad keyword by its path under `path`."""
     if model.tokenizer is None:
-        raise BadRequest("response_format", "structured output needs the model's tokenizer; this model has none")
+        raise BadRequest(field, "structured output needs the model's tokenizer; this model has none")
     try:
         vocabulary = token_mask.Vocabulary.of(model.tokenizer, model.decoder.config.vocab_size)
     except ConfigError as exc:
-        raise BadRequest("response_format", exc.reason) from None
+        raise BadRequest(field, exc.reason) from None
     try:
         masks = token_mask.grammar_masks(vocabulary, key, lambda: JsonGrammar.from_schema(schema, path))
     except ConfigError as exc:                  # json_schema.SchemaError: the path of the bad keyword
@@ -217,13 +235,32 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise BadRequest("messages", "'messages' must be a non-empty list of {role, content} objects")
-    messages = [_message(m, i, messages[i - 1] if i else None) for i, m in enumerate(messages)]
+    messages = [_message(m, i, messages[:i]) for i, m in enumerate(messages)]
     _request_labels(body, chat=True)
+    plan, tools = _tool_plan(body, model)
     try:
-        ids = model.chat_ids(messages)
+        ids = model.chat_ids(tool_calls.for_template(messages), tools=tools)
     except ConfigError as exc:
         raise BadRequest("messages", f"the messages cannot be rendered with the model's chat template: {exc}") \
             from None
+    forced = None
+    if plan is not None and plan.mode != "auto":      # the reply is one call's JSON, after the format's prefix
+        if body.get("response_format") is not None:
+            raise BadRequest("response_format", "'response_format' cannot be combined with a required or named "
+                                                "tool_choice")
+        ids = ids + model.tokenizer.encode(plan.fmt.prefix, add_special_tokens=False)
+        name = body["tool_choice"]["function"]["name"] if plan.mode == "named" else None
+        for i, tool in enumerate(tools):          # the subset the constraint takes, each named where it fails
+            if name in (None, tool["function"]["name"]):
+                try:
+                    JsonGrammar.from_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
+                except ConfigError as exc:
+                    raise BadRequest(exc.path, exc.reason) from None
+        try:
+            schema = tool_calls.call_schema(tools, plan.fmt, name)
+        except ConfigError as exc:
+            raise BadRequest(exc.path, exc.reason) from None
+        forced = _schema_constraint(model, "tool_call:" + json.dumps(schema, sort_keys=True), schema, "tools", "tools")
     n = _integer(body, "n", 1, 1, MAX_N)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
     max_tokens = _integer(body, key, None, 1)
@@ -232,13 +269,34 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
         logprobs = _integer(body, "top_logprobs", 0, 0, 20)
     elif body.get("top_logprobs") is not None:
         raise BadRequest("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    if plan is not None and logprobs is not None:
+        raise BadRequest("logprobs", "'logprobs' is not supported together with 'tools' on this server")
     stream = _flag(body, "stream", False)
-    constraint = _response_format(body, model)
+    constraint = forced or _response_format(body, model)
     return Job(_requests([ids], n, max_tokens, context, body, logprobs, key, "messages", constraint), [ids], n,
-               stream, _include_usage(body, stream), logprobs)
+               stream, _include_usage(body, stream), logprobs, plan)
 
 
-def _message(m: Any, i: int, previous: dict | None) -> dict:
+def _tool_plan(body: dict, model: CausalLM) -> tuple[ToolPlan | None, list[dict] | None]:
+    """(the job's tool plan, the tools its template renders): (None, None) without tools or with
+    tool_choice "none" (the template then sees no tools, so the model cannot call one)."""
+    try:
+        tools = None if body.get("tools") is None else tool_calls.check_tools(body["tools"])
+        mode, _ = tool_calls.check_choice(body.get("tool_choice"), tools)
+    except ConfigError as exc:
+        raise BadRequest(exc.path, exc.reason) from None
+    parallel = _flag(body, "parallel_tool_calls", True)
+    if tools is None or mode == "none":
+        return None, None
+    fmt = tool_calls.template_format(None if model.tokenizer is None else model.tokenizer.chat_template)
+    if fmt is None:
+        raise BadRequest("tools", "this model's chat template renders no tools in a call format this server reads "
+                                  "(Hermes-style <tool_call> blocks, as Qwen2.5 and Qwen3 write them, or Llama 3.1's "
+                                  "JSON calls)")
+    return ToolPlan(fmt, [t["function"]["name"] for t in tools], mode, parallel), tools
+
+
+def _message(m: Any, i: int, previous: list) -> dict:
     """Message i of a chat body checked as OpenAI checks it, its content parts joined, a developer
     message as the system message the chat templates know."""
     where = f"messages[{i}]"
@@ -256,13 +314,22 @@ def _message(m: Any, i: int, previous: dict | None) -> dict:
     if m.get("name") is not None and not isinstance(m.get("name"), str):
         raise BadRequest(f"{where}.name", f"message {i}'s 'name' must be a string, got {m.get('name')!r:.60}")
     if m.get("tool_calls") is not None:
-        raise BadRequest(f"{where}.tool_calls", "tool calls are not supported by this server")
+        if role != "assistant":
+            raise BadRequest(f"{where}.tool_calls", "only assistant messages carry 'tool_calls'")
+        _check_calls(m["tool_calls"], f"{where}.tool_calls")
+        if m.get("content") is None:
+            m = {**m, "content": ""}
     if role == "tool":
-        # OpenAI's rule: a tool message answers the tool_calls of the assistant message before it, and
-        # this server makes none
-        if previous is None or not previous.get("tool_calls"):
+        # OpenAI's rule: a tool message answers a call of the assistant message before it (tool messages
+        # between them aside)
+        caller = next((p for p in reversed(previous) if p.get("role") != "tool"), None)
+        ids = [c.get("id") for c in (caller or {}).get("tool_calls") or []]
+        if not ids:
             raise BadRequest(where, "messages with role 'tool' must be a response to a preceding message with "
                                     "'tool_calls'")
+        if m.get("tool_call_id") not in ids:
+            raise BadRequest(f"{where}.tool_call_id", f"'tool_call_id' must name one of the preceding calls {ids}, "
+                                                      f"got {m.get('tool_call_id')!r:.60}")
     content = m.get("content")
     if isinstance(content, list):           # OpenAI's content parts: text parts only
         if not content or not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
@@ -273,6 +340,25 @@ def _message(m: Any, i: int, previous: dict | None) -> dict:
         raise BadRequest(f"{where}.content", f"message {i}'s 'content' must be a string or a list of text parts, "
                                              f"got {type(content).__name__}")
     return {**m, "role": "system" if role == "developer" else role, "content": content}
+
+
+def _check_calls(calls: Any, where: str) -> None:
+    """An assistant message's tool_calls as OpenAI takes them: [{"id", "type": "function", "function":
+    {"name", "arguments": JSON text of an object}}]."""
+    if not isinstance(calls, list) or not calls:
+        raise BadRequest(where, "'tool_calls' must be a non-empty list")
+    for k, c in enumerate(calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or c.get("type") != "function" or not isinstance(c.get("id"), str):
+            raise BadRequest(f"{where}[{k}]", "a tool call is {\"id\", \"type\": \"function\", \"function\": {...}}")
+        if not isinstance(fn.get("name"), str):
+            raise BadRequest(f"{where}[{k}].function.name", "'name' must be a string")
+        try:
+            arguments = json.loads(fn.get("arguments")) if isinstance(fn.get("arguments"), str) else None
+        except json.JSONDecodeError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise BadRequest(f"{where}[{k}].function.arguments", "'arguments' must be the JSON text of an object")
 
 
 def _request_labels(body: dict, chat: bool) -> None:

@@ -240,7 +240,7 @@ def test_a_full_queue_answers_429(lm):
     ({"messages": HELLO, "response_format": {"type": "json_schema", "json_schema": {
         "name": "x", "schema": {"type": "array", "items": {"$ref": "#/$defs/none"}}}}},
      "response_format.json_schema.schema.items.$ref"),
-    ({"messages": HELLO, "tools": [{"type": "function"}]}, "tools"),
+    ({"messages": HELLO, "tools": [{"type": "function"}]}, "tools[0]"),
     ({"messages": []}, "messages"),
     ({"messages": [{"role": "user", "content": 3}]}, "messages[0].content"),
     ({"messages": HELLO, "model": None}, "model"),

@@ -1,6 +1,6 @@
 """OpenAI's request rules in `loom serve` (issue 62): message roles (an unknown one is a 400 naming
-messages[i].role; developer is the system message; the deprecated function role and tool calls are
-refused, and so is a tool message that answers none), content that must be a string or text parts,
+messages[i].role; developer is the system message; the deprecated function role is refused, and so
+are malformed tool calls and a tool message that answers none), content that must be a string or text parts,
 `name`, `user`, `metadata` and `store` checked as OpenAI checks them and otherwise ignored, and
 `max_completion_tokens` through the official client."""
 import pytest
@@ -35,7 +35,12 @@ def _post(served, body, path="/v1/chat/completions"):  # noqa: F811
     ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], "messages[0].content",
      "text content parts"),
     ([{"role": "user", "content": "hi", "name": 7}], "messages[0].name", "must be a string"),
-    ([{"role": "user", "content": "hi"}, ASSISTANT_CALL], "messages[1].tool_calls", "not supported"),
+    ([{"role": "user", "content": "hi"}, {**ASSISTANT_CALL, "tool_calls": [{"id": "c1", "type": "function",
+      "function": {"name": "f", "arguments": "{not json"}}]}], "messages[1].tool_calls[0].function.arguments", "JSON"),
+    ([{"role": "user", "content": "hi", "tool_calls": ASSISTANT_CALL["tool_calls"]}], "messages[0].tool_calls",
+     "only assistant"),
+    ([{"role": "user", "content": "hi"}, ASSISTANT_CALL, {"role": "tool", "tool_call_id": "c9", "content": "42"}],
+     "messages[2].tool_call_id", "one of the preceding calls"),
     ([{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "c1", "content": "42"}], "messages[1]",
      "preceding message with 'tool_calls'"),
 ])

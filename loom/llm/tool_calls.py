@@ -1,0 +1,174 @@
+"""Tool (function) calling: OpenAI's `tools` checked, the model's own format of a call found from its chat
+template, its replies parsed into calls, and the JSON Schema of one call for constrained decoding.
+
+Formats (the chat template decides; the text is the decoded reply):
+- "hermes" (Qwen2.5, Qwen3, Hermes, and any template that writes `<tool_call>`): calls are
+  `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` blocks, other text is content;
+- "llama3" (Llama 3.1 / 3.2, whose templates ask for `{"name": function name, "parameters": ...}`): the
+  whole reply is one call `{"name": ..., "parameters": {...}}` (or several joined by ";").
+A reply whose calls do not parse as JSON objects naming one of the tools with an object of arguments is
+content, as vLLM's parsers leave it: the request still succeeds.
+"""
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ConfigError
+
+MAX_TOOLS = 128                                 # OpenAI's limit
+NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str               # "hermes" | "llama3"
+    arguments_key: str      # the key of a call's arguments in the model's JSON
+    prefix: str             # text that opens a call (appended to the prompt when a call is forced)
+
+
+FORMATS = {"hermes": Format("hermes", "arguments", "<tool_call>\n"), "llama3": Format("llama3", "parameters", "")}
+
+
+def template_format(template: str | None) -> Format | None:
+    """The call format a chat template teaches its model, or None where it renders no tools."""
+    if not template or "tools" not in template:
+        return None
+    if "<tool_call>" in template:
+        return FORMATS["hermes"]
+    if '"parameters": dictionary of argument name' in template or "Environment: ipython" in template:
+        return FORMATS["llama3"]
+    return None
+
+
+def check_tools(tools: Any) -> list[dict]:
+    """OpenAI's `tools`, checked: a list of 1 to MAX_TOOLS {"type": "function", "function": {"name",
+    "description"?, "parameters"?, "strict"?}} with distinct names; returns them with parameters
+    defaulted to an empty object schema. ConfigError names the bad field (tools[i].function.name, ...)."""
+    if not isinstance(tools, list) or not tools:
+        raise ConfigError("tools", "'tools' must be a non-empty list of {\"type\": \"function\", \"function\": ...}")
+    if len(tools) > MAX_TOOLS:
+        raise ConfigError("tools", f"at most {MAX_TOOLS} tools, got {len(tools)}")
+    out, seen = [], set()
+    for i, tool in enumerate(tools):
+        where = f"tools[{i}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(tool.get("function"), dict):
+            raise ConfigError(where, "a tool must be {\"type\": \"function\", \"function\": {...}}")
+        fn = tool["function"]
+        name = fn.get("name")
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ConfigError(f"{where}.function.name", f"a function name is 1-64 letters, digits, '_' or '-', "
+                                                        f"got {name!r:.70}")
+        if name in seen:
+            raise ConfigError(f"{where}.function.name", f"the function {name!r} is named twice")
+        seen.add(name)
+        if fn.get("description") is not None and not isinstance(fn.get("description"), str):
+            raise ConfigError(f"{where}.function.description", "'description' must be a string")
+        if fn.get("strict") is not None and not isinstance(fn.get("strict"), bool):
+            raise ConfigError(f"{where}.function.strict", "'strict' must be true or false")
+        parameters = fn.get("parameters", {"type": "object", "properties": {}})
+        if not isinstance(parameters, dict) or parameters.get("type", "object") != "object":
+            raise ConfigError(f"{where}.function.parameters", "'parameters' must be a JSON Schema of an object")
+        out.append({"type": "function", "function": {**fn, "parameters": parameters}})
+    return out
+
+
+def check_choice(choice: Any, tools: list[dict] | None) -> tuple[str, str | None]:
+    """OpenAI's `tool_choice` -> (mode, forced name): "none", "auto", "required", or "named" with the
+    function's name. Without tools only "none" (or nothing) is allowed, as OpenAI has it."""
+    names = [t["function"]["name"] for t in tools or []]
+    if choice is None:
+        return ("auto", None) if tools else ("none", None)
+    if not tools and choice != "none":
+        raise ConfigError("tool_choice", "'tool_choice' is only allowed when 'tools' are given")
+    if choice in ("none", "auto", "required"):
+        return choice, None
+    if isinstance(choice, dict) and choice.get("type") == "function" and isinstance(choice.get("function"), dict):
+        name = choice["function"].get("name")
+        if name not in names:
+            raise ConfigError("tool_choice.function.name", f"no tool is named {name!r:.70}; the tools are {names}")
+        return "named", name
+    raise ConfigError("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", "
+                                     f"\"function\": {{\"name\": ...}}}}, got {choice!r:.70}")
+
+
+def call_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict:
+    """The JSON Schema of one call in the model's format ({"name": ..., <arguments key>: {...}}) of any of
+    the tools, or of `name` alone; each tool's $defs / definitions move to the root (a clash of names
+    between tools is a ConfigError naming the tool)."""
+    defs: dict = {}
+    choices = []
+    for i, tool in enumerate(tools):
+        fn = tool["function"]
+        if name is not None and fn["name"] != name:
+            continue
+        params = dict(fn["parameters"])
+        for key in ("$defs", "definitions"):
+            for def_name, schema in params.pop(key, {}).items():
+                if (key, def_name) in defs and defs[(key, def_name)] != schema:
+                    raise ConfigError(f"tools[{i}].function.parameters.{key}.{def_name}",
+                                      "two tools define this name differently")
+                defs[(key, def_name)] = schema
+        choices.append({"type": "object", "properties": {"name": {"const": fn["name"]}, fmt.arguments_key: params},
+                        "required": ["name", fmt.arguments_key], "additionalProperties": False})
+    schema: dict = choices[0] if len(choices) == 1 else {"anyOf": choices}
+    for (key, def_name), value in defs.items():
+        schema.setdefault(key, {})[def_name] = value
+    return schema
+
+
+def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[dict]]:
+    """(content, calls) of a reply: calls as OpenAI's message.tool_calls (ids fresh, arguments as JSON
+    text); no calls and the whole text as content where the reply holds none, or any that does not parse."""
+    if fmt.name == "hermes":
+        if "<tool_call>" not in text:
+            return text, []
+        found = _calls([m.group(1) for m in _HERMES_BLOCK.finditer(text)], fmt, names)
+        if found is None:
+            return text, []
+        content = _HERMES_BLOCK.sub("", text).strip()
+        return content or None, found
+    body = text.strip()
+    if not body.startswith("{"):
+        return text, []
+    found = _calls([part for part in body.split(";") if part.strip()], fmt, names)
+    return (text, []) if found is None else (None, found)
+
+
+def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | None:
+    calls = []
+    for piece in pieces:
+        try:
+            value = json.loads(piece)
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(value, dict) or value.get("name") not in names:
+            return None
+        arguments = value.get(fmt.arguments_key, value.get("arguments", {}))
+        if not isinstance(arguments, dict):
+            return None
+        calls.append(call(value["name"], arguments))
+    return calls or None
+
+
+def call(name: str, arguments: dict) -> dict:
+    """One entry of OpenAI's tool_calls."""
+    return {"id": "call_" + secrets.token_hex(12), "type": "function",
+            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+def for_template(messages: list[dict]) -> list[dict]:
+    """The messages as chat templates read them: an assistant's tool calls with their arguments as
+    objects (OpenAI sends JSON text; Qwen's and Llama's templates write `arguments | tojson`)."""
+    out = []
+    for m in messages:
+        if m.get("tool_calls"):
+            calls = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+                     for c in m["tool_calls"]]
+            m = {**m, "tool_calls": calls}
+        out.append(m)
+    return out

@@ -1,0 +1,132 @@
+"""Tool calling through `loom serve` and the official openai client (issue 62), on a tiny random model
+whose chat template takes tools in the Hermes format (as Qwen2.5's and Qwen3's do): tool_choice
+"required" and a named function give calls whose arguments validate against the function's parameters
+(constrained decoding), streamed as OpenAI streams them (the same calls as plain); "auto" and "none"
+answer; tool results fed back render; bad tools, choices and combinations are 400s naming the field;
+a model whose template takes no tools refuses them."""
+import json
+import os
+import sys
+
+import pytest
+
+import loom
+import loom.llm
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+openai = pytest.importorskip("openai")
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("tokenizers")
+pytest.importorskip("jinja2")
+
+from test_openai_server import HELLO, Running, lm, served  # noqa: E402, F401  (a server whose template takes no tools)
+
+from loom.serve import Server  # noqa: E402
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "llm"))
+import tiny_decoders as td  # noqa: E402
+
+HERMES_TEMPLATE = (
+    "{%- if tools %}<s>system: tools:{% for t in tools %} {{ t.function.name }}{% endfor %}. Call one as "
+    "<tool_call>{\"name\": ..., \"arguments\": ...}</tool_call></s>{% endif %}"
+    "{%- for m in messages %}{% if m.role == 'tool' %}<s>tool: {{ m.content }}</s>"
+    "{% elif m.tool_calls %}<s>assistant: {% for c in m.tool_calls %}<tool_call>"
+    "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>{% endfor %}</s>"
+    "{% else %}<s>{{ m.role }}: {{ m.content }}</s>{% endif %}{% endfor %}"
+    "{%- if add_generation_prompt %}<s>assistant: {% endif %}")
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "maxLength": 12}, "unit": {"enum": ["c", "f"]}},
+        "required": ["city", "unit"], "additionalProperties": False}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {
+    "type": "object", "properties": {"zone": {"type": "string", "maxLength": 8}}, "required": ["zone"],
+    "additionalProperties": False}}}
+ASK = [{"role": "user", "content": "weather in Oslo?"}]
+
+
+@pytest.fixture(scope="module")
+def tooled(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-tools")
+    td.save(td.build("llama", seed=11, max_position_embeddings=512), folder)
+    td.write_tokenizer(folder, chat_template=HERMES_TEMPLATE)
+    model = loom.llm.load(folder)
+    with loom.deterministic(True):
+        running = Running(Server(model, "tiny", max_batch=4, max_queue=16))
+    yield running
+    running.close()
+
+
+def _valid(call, tool):
+    args = json.loads(call.function.arguments)
+    assert call.type == "function" and call.id.startswith("call_") and call.function.name == tool["function"]["name"]
+    schema = tool["function"]["parameters"]
+    assert set(args) == set(schema["required"])
+    for key, value in args.items():
+        spec = schema["properties"][key]
+        assert value in spec["enum"] if "enum" in spec else isinstance(value, str) and len(value) <= spec["maxLength"]
+    return args
+
+
+@pytest.mark.parametrize("choice, tool", [("required", None), ({"type": "function", "function": {"name": "get_time"}},
+                                                                TIME)])
+def test_forced_calls_validate_and_stream_as_openai_streams_them(tooled, choice, tool):
+    client = tooled.client
+    plain = client.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, TIME], tool_choice=choice,
+                                           max_tokens=80, seed=5)
+    assert plain.choices[0].finish_reason == "tool_calls" and plain.choices[0].message.content is None
+    (call,) = plain.choices[0].message.tool_calls
+    want_tool = tool or {"get_weather": WEATHER, "get_time": TIME}[call.function.name]
+    args = _valid(call, want_tool)
+    chunks = list(client.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER, TIME], tool_choice=choice,
+                                                 max_tokens=80, seed=5, stream=True))
+    deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+    head = deltas[0].tool_calls[0]
+    assert head.index == 0 and head.id.startswith("call_") and head.function.name == call.function.name
+    assert head.function.arguments == "" and len(deltas) >= 2
+    streamed = "".join(d.tool_calls[0].function.arguments or "" for d in deltas[1:])
+    assert json.loads(streamed) == args                                  # the plain reply's call, in pieces
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_auto_and_none_answer_and_results_feed_back(tooled):
+    client = tooled.client
+    for choice in ("auto", "none"):
+        reply = client.chat.completions.create(model="tiny", messages=ASK, tools=[WEATHER], tool_choice=choice,
+                                               max_tokens=8, temperature=0)
+        choice0 = reply.choices[0]
+        assert choice0.finish_reason in ("stop", "length", "tool_calls")
+        assert choice0.message.content is not None or choice0.message.tool_calls
+    history = ASK + [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo", "unit": "c"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "4 degrees"}]
+    reply = client.chat.completions.create(model="tiny", messages=history, tools=[WEATHER], max_tokens=6, temperature=0)
+    assert reply.usage.prompt_tokens > len(HERMES_TEMPLATE) // 10 and reply.choices[0].finish_reason
+
+
+@pytest.mark.parametrize("extra, param", [
+    ({"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "tool_choice.function.name"),
+    ({"tool_choice": "required"}, "tool_choice"),
+    ({"tools": [WEATHER] * 129}, "tools"),
+    ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "x": {"type": "string", "pattern": "a+"}}}}}], "tool_choice": "required"},
+     "tools[0].function.parameters.properties.x.pattern"),
+    ({"tools": [WEATHER], "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    ({"tools": [WEATHER], "logprobs": True}, "logprobs"),
+    ({"tools": [WEATHER], "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+])
+def test_bad_tool_requests_are_400s_naming_the_field(tooled, extra, param):
+    response = httpx.post(tooled.url + "/v1/chat/completions", json={"model": "tiny", "messages": ASK, **extra},
+                          timeout=60)
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_a_template_without_tools_refuses_them(served):  # noqa: F811
+    response = httpx.post(served.url + "/v1/chat/completions", json={"model": "tiny", "messages": HELLO,
+                                                                      "tools": [WEATHER]}, timeout=60)
+    assert response.status_code == 400 and response.json()["error"]["param"] == "tools"
+    assert "chat template" in response.json()["error"]["message"]
+    none = httpx.post(served.url + "/v1/chat/completions", json={"model": "tiny", "messages": HELLO, "max_tokens": 2,
+                                                                  "tools": [WEATHER], "tool_choice": "none"}, timeout=60)
+    assert none.status_code == 200                                     # "none": the template sees no tools
