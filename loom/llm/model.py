@@ -25,7 +25,7 @@ from ..errors import ConfigError, FormatError
 from ..formats import hf
 from ..kernels.quant.block import BlockQuantized
 from . import generate as gen
-from . import paged_forward
+from . import paged_forward, tool_calls
 from .batch_requests import Request
 from .decoder import Decoder
 from .decoder_config import ARCHITECTURES, DecoderConfig, expected_tensors
@@ -232,6 +232,43 @@ class CausalLM:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tools=tools)
         return tokenizer.encode(text, add_special_tokens=False)   # the template writes its own BOS
 
-    def chat(self, messages: list[dict], **sampling: Any) -> Iterator[str]:
-        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...])."""
-        return self.generate(self.chat_ids(messages), **sampling)
+    def chat(self, messages: list[dict], tools: list[dict] | None = None, **sampling: Any) -> Iterator[str]:
+        """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]) as text; with
+        `tools` (OpenAI's function tools) the template renders them and the text may hold the model's
+        calls in its own format (`chat_message` parses them)."""
+        if tools is not None:
+            tools = tool_calls.check_tools(tools)
+        return self.generate(self.chat_ids(tool_calls.for_template(messages), tools=tools), **sampling)
+
+    def chat_message(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: Any = None,
+                     **sampling: Any) -> dict:
+        """The assistant's reply as OpenAI's message: {"role": "assistant", "content": ..., "tool_calls": [...]}
+        (tool_calls only where it makes calls). tool_choice as OpenAI's (None: "auto" with tools): with
+        "required" or a named function the reply is one call decoded under the JSON Schema of its
+        parameters, so its arguments validate; with "none" the template sees no tools. A template that
+        renders tools in no format loom.llm.tool_calls reads raises ConfigError("tools", ...)."""
+        checked = None if tools is None else tool_calls.check_tools(tools)
+        mode, name = tool_calls.check_choice(tool_choice, checked)
+        shown = tool_calls.for_template(messages)
+        if checked is None or mode == "none":
+            return {"role": "assistant", "content": "".join(self.generate(self.chat_ids(shown), **sampling))}
+        fmt = tool_calls.template_format(self._tokenizer("messages").chat_template)
+        if fmt is None:
+            raise ConfigError("tools", "this model's chat template renders no tools in a call format loom reads "
+                                       "(Hermes-style <tool_call> blocks, or Llama 3.1's JSON calls)")
+        ids = self.chat_ids(shown, tools=checked)
+        names = [t["function"]["name"] for t in checked]
+        if mode == "auto":
+            content, calls = tool_calls.parse("".join(self.generate(ids, **sampling)), fmt, names)
+        else:
+            ids = ids + self._tokenizer("messages").encode(fmt.prefix, add_special_tokens=False)
+            text = "".join(self.generate(ids, json_schema=tool_calls.call_schema(checked, fmt, name), **sampling))
+            try:
+                value = json.loads(text)
+                content, calls = None, [tool_calls.call(value["name"], value[fmt.arguments_key])]
+            except json.JSONDecodeError:        # cut short by max_tokens
+                content, calls = text, []
+        message = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+        return message

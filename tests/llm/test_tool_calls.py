@@ -109,3 +109,65 @@ def test_history_calls_reach_templates_as_objects():
     shown = tc.for_template(messages)
     assert shown[0]["tool_calls"][0]["function"]["arguments"] == {"zone": "UTC"} and shown[1] == messages[1]
     assert messages[0]["tool_calls"][0]["function"]["arguments"] == '{"zone": "UTC"}'     # not changed in place
+
+
+HERMES_TEMPLATE = (
+    "{%- if tools %}<s>system: tools:{% for t in tools %} {{ t.function.name }}{% endfor %}. Call one as "
+    "<tool_call>{\"name\": ..., \"arguments\": ...}</tool_call></s>{% endif %}"
+    "{%- for m in messages %}{% if m.tool_calls %}<s>assistant: {% for c in m.tool_calls %}<tool_call>"
+    "{{ {'name': c.function.name, 'arguments': c.function.arguments} | tojson }}</tool_call>{% endfor %}</s>"
+    "{% else %}<s>{{ m.role }}: {{ m.content }}</s>{% endif %}{% endfor %}"
+    "{%- if add_generation_prompt %}<s>assistant: {% endif %}")
+
+
+@pytest.fixture(scope="module")
+def hermes_model(tmp_path_factory):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("jinja2")
+    import tiny_decoders as td
+
+    import loom.llm
+    folder = tmp_path_factory.mktemp("tiny-hermes")
+    td.save(td.build("llama", seed=3, max_position_embeddings=512), folder)
+    td.write_tokenizer(folder, chat_template=HERMES_TEMPLATE)
+    return loom.llm.load(folder)
+
+
+def test_chat_message_makes_forced_calls_and_plain_replies(hermes_model):
+    import loom
+    ask = [{"role": "user", "content": "weather?"}]
+    # bounded arguments: a random model writes a free string or key as long as max_tokens lets it
+    bounded = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12}}, "required": ["city"],
+               "additionalProperties": False}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": bounded}},
+             {"type": "function", "function": {"name": "get_time", "parameters": {
+                 "type": "object", "properties": {}, "additionalProperties": False}}}]
+    with loom.deterministic(True):
+        forced = hermes_model.chat_message(ask, tools=tools, tool_choice="required", max_tokens=120, seed=2)
+        named = hermes_model.chat_message(ask, tools=tools, max_tokens=120, seed=2,
+                                          tool_choice={"type": "function", "function": {"name": "get_weather"}})
+        none = hermes_model.chat_message(ask, tools=tools, tool_choice="none", max_tokens=5)
+        auto = hermes_model.chat_message(ask, tools=tools, max_tokens=5)
+        text = "".join(hermes_model.chat(ask, tools=tools, max_tokens=5))
+    assert forced["content"] is None and forced["tool_calls"][0]["function"]["name"] in NAMES
+    (call,) = named["tool_calls"]
+    args = json.loads(call["function"]["arguments"])
+    assert call["function"]["name"] == "get_weather" and set(args) == {"city"} and isinstance(args["city"], str)
+    assert isinstance(none["content"], str) and "tool_calls" not in none
+    assert auto["content"] == text or auto.get("tool_calls")           # auto: the same reply, parsed
+    with pytest.raises(ConfigError) as info:
+        hermes_model.chat_message(ask, tools=[{"type": "function", "function": {"name": "bad name"}}])
+    assert info.value.path == "tools[0].function.name"
+
+
+def test_a_template_without_tools_is_named(tmp_path):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("jinja2")
+    import tiny_decoders as td
+
+    import loom.llm
+    td.save(td.build("llama", seed=3), tmp_path)
+    td.write_tokenizer(tmp_path, chat_template=td.CHAT_TEMPLATE)
+    with pytest.raises(ConfigError) as info:
+        loom.llm.load(tmp_path).chat_message([{"role": "user", "content": "hi"}], tools=[TIME], max_tokens=2)
+    assert info.value.path == "tools"
