@@ -16,11 +16,13 @@ it; see loom/cli/generate.py's Stats). So stdout holds a clean transcript of the
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Iterable
 from typing import TextIO
 
+from ..llm import tool_calls
 from .generate import Stats, add_sampling_arguments, check_sampling, load_causal, sampling_options, stream
 
 HELP = "chat with a language model interactively (chat template, history, streamed replies)"
@@ -30,6 +32,9 @@ commands (never sent to the model):
   /help          this list
   /system TEXT   set the system message (/reset keeps it); /system alone shows it
   /reset         forget the conversation, keep the system message
+  /tools FILE    offer the model the tools of FILE (OpenAI's "tools" list, JSON); /tools alone lists
+                 them, /tools off drops them. Its calls are shown here; answer each with
+  /result ID TEXT  (the model replies once every call of its message is answered)
   /exit, /quit   end the chat (so do end of input, Ctrl-D, and Ctrl-C at the prompt)
   //TEXT         send TEXT with its leading '/'
 Ctrl-C during a reply stops it; the text shown so far stays in the conversation.
@@ -52,6 +57,7 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     model = load_causal(args.model, args.device)
     system = args.system
     history = _start(system)
+    tool_session = ToolSession(model)
     interactive = stdin.isatty()
     if interactive:
         _note(f"loom chat: {os.path.basename(os.path.normpath(args.model))} on {model.device}, {mode.name()} "
@@ -72,21 +78,31 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
         if not text:
             continue
         if text.startswith("/") and not text.startswith("//"):
-            state = _command(text, system, history)
-            if state is None:
-                break
-            system, history = state
-            continue
-        if text.startswith("//"):
-            message = message.lstrip()[1:]
-        history.append({"role": "user", "content": message})
+            if text.split()[0] in ("/tools", "/result"):
+                if not tool_session.command(text, history):
+                    continue
+                user = False                    # every call answered: the model replies
+            else:
+                state = _command(text, system, history)
+                if state is None:
+                    break
+                system, history = state
+                continue
+        else:
+            user = True
+        if user:
+            if text.startswith("//"):
+                message = message.lstrip()[1:]
+            history.append({"role": "user", "content": message})
         stats = Stats()
         try:
-            pieces = stream(model, model.chat_ids(history), stats, **options)
+            ids = model.chat_ids(history) if tool_session.tools is None else tool_session.ids(history)
+            pieces = stream(model, ids, stats, **options)
         except ConfigError as exc:
             if exc.path != "prompt":
                 raise
-            history.pop()      # this message does not fit: keep the conversation usable
+            if user:
+                history.pop()  # this message does not fit: keep the conversation usable
             reason = exc.reason.split("; shorten")[0]       # the library's advice names its arguments
             _note(f"loom: this message does not fit: {reason}; type /reset to start a new conversation, "
                   "or lower --max-tokens")
@@ -95,8 +111,8 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
             pieces = None      # Ctrl-C while the prompt was being rendered
         reply, stopped = _reply(pieces, stdout)
         if reply or not stopped:
-            history.append({"role": "assistant", "content": reply})
-        else:
+            history.append(tool_session.message(reply))
+        elif user:
             history.pop()      # stopped before any text: as if the message was never sent
         if stopped:
             _note("loom: reply stopped (Ctrl-C)")
@@ -123,6 +139,70 @@ def _command(text: str, system: str | None, history: list[dict]) -> tuple[str | 
     else:
         _note(f"loom: unknown command {command}; type /help for commands (//TEXT sends /TEXT to the model)")
     return system, history
+
+
+class ToolSession:
+    """The chat's tools (/tools FILE): rendered into each prompt, the model's calls parsed from its replies
+    and shown, their results taken from /result ID TEXT."""
+
+    def __init__(self, model):
+        self.model, self.tools, self.fmt = model, None, None
+
+    def ids(self, history: list[dict]) -> list[int]:
+        return self.model.chat_ids(tool_calls.for_template(history), tools=self.tools)
+
+    def message(self, reply: str) -> dict:
+        """The history's entry for a reply: with tools, the calls it makes, each shown on stderr."""
+        if self.tools is None:
+            return {"role": "assistant", "content": reply}
+        content, calls = tool_calls.parse(reply, self.fmt, [t["function"]["name"] for t in self.tools])
+        for c in calls:
+            _note(f"loom: tool call {c['id']}: {c['function']['name']} {c['function']['arguments']} "
+                  f"(answer with /result {c['id']} TEXT)")
+        message = {"role": "assistant", "content": content or ""}
+        if calls:
+            message["tool_calls"] = calls
+        return message
+
+    def command(self, text: str, history: list[dict]) -> bool:
+        """/tools or /result; True when the model should reply now (every call of its message answered)."""
+        command, _, rest = text.replace("\t", " ").partition(" ")
+        rest = rest.strip()
+        if command == "/tools":
+            if not rest:
+                names = [t["function"]["name"] for t in self.tools or []]
+                _note("loom: tools: " + (", ".join(names) if names else "none"))
+            elif rest == "off":
+                self.tools = self.fmt = None
+            else:
+                self._load(rest)
+            return False
+        call_id, _, result = rest.partition(" ")
+        asked = next((m for m in reversed(history) if m["role"] == "assistant"), None)
+        ids = [c["id"] for c in (asked or {}).get("tool_calls", [])]
+        answered = {m.get("tool_call_id") for m in history[history.index(asked) + 1:]} if asked else set()
+        if call_id not in ids or call_id in answered:
+            _note(f"loom: no open tool call {call_id or '(none given)'}; open: "
+                  f"{', '.join(i for i in ids if i not in answered) or 'none'}")
+            return False
+        history.append({"role": "tool", "tool_call_id": call_id, "content": result})
+        return set(ids) <= answered | {call_id}
+
+    def _load(self, path: str) -> None:
+        from ..errors import ConfigError
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            tools = tool_calls.check_tools(data.get("tools") if isinstance(data, dict) else data)
+        except (OSError, ValueError, ConfigError) as exc:
+            _note(f"loom: /tools {path}: {exc}")
+            return
+        fmt = tool_calls.template_format(self.model.tokenizer.chat_template if self.model.tokenizer else None)
+        if fmt is None:
+            _note("loom: this model's chat template renders no tools in a call format loom reads")
+            return
+        self.tools, self.fmt = tools, fmt
+        _note(f"loom: tools: {', '.join(t['function']['name'] for t in tools)}")
 
 
 def _start(system: str | None) -> list[dict]:

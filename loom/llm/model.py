@@ -236,9 +236,10 @@ class CausalLM:
         """Stream the assistant's reply to `messages` ([{"role": ..., "content": ...}, ...]) as text; with
         `tools` (OpenAI's function tools) the template renders them and the text may hold the model's
         calls in its own format (`chat_message` parses them)."""
-        if tools is not None:
-            tools = tool_calls.check_tools(tools)
-        return self.generate(self.chat_ids(tool_calls.for_template(messages), tools=tools), **sampling)
+        if tools is None:
+            return self.generate(self.chat_ids(messages), **sampling)
+        return self.generate(self.chat_ids(tool_calls.for_template(messages), tools=tool_calls.check_tools(tools)),
+                             **sampling)
 
     def chat_message(self, messages: list[dict], tools: list[dict] | None = None, tool_choice: Any = None,
                      **sampling: Any) -> dict:
