@@ -256,7 +256,8 @@ class CausalLM:
         fmt = tool_calls.template_format(self._tokenizer("messages").chat_template)
         if fmt is None:
             raise ConfigError("tools", "this model's chat template renders no tools in a call format loom reads "
-                                       "(Hermes-style <tool_call> blocks, or Llama 3.1's JSON calls)")
+                                       "(Hermes-style <tool_call> blocks, Llama 3.1's JSON calls or Mistral's "
+                                       "[TOOL_CALLS] arrays)")
         ids = self.chat_ids(shown, tools=checked)
         names = [t["function"]["name"] for t in checked]
         if mode == "auto":
@@ -266,6 +267,7 @@ class CausalLM:
             text = "".join(self.generate(ids, json_schema=tool_calls.call_schema(checked, fmt, name), **sampling))
             try:
                 value = json.loads(text)
+                value = value[0] if fmt.array else value
                 content, calls = None, [tool_calls.call(value["name"], value[fmt.arguments_key])]
             except json.JSONDecodeError:        # cut short by max_tokens
                 content, calls = text, []

@@ -5,7 +5,10 @@ Formats (the chat template decides; the text is the decoded reply):
 - "hermes" (Qwen2.5, Qwen3, Hermes, and any template that writes `<tool_call>`): calls are
   `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>` blocks, other text is content;
 - "llama3" (Llama 3.1 / 3.2, whose templates ask for `{"name": function name, "parameters": ...}`): the
-  whole reply is one call `{"name": ..., "parameters": {...}}` (or several joined by ";").
+  whole reply is one call `{"name": ..., "parameters": {...}}` (or several joined by ";");
+- "mistral" (Mistral's v3 templates, which write `[TOOL_CALLS]`): the reply is `[TOOL_CALLS]` and a JSON
+  array of `{"name": ..., "arguments": {...}}` (the marker is a special token, which decoding may drop:
+  a reply that is such an array alone counts too).
 A reply whose calls do not parse as JSON objects naming one of the tools with an object of arguments is
 content, as vLLM's parsers leave it: the request still succeeds.
 """
@@ -26,12 +29,14 @@ _HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 @dataclass(frozen=True)
 class Format:
-    name: str               # "hermes" | "llama3"
+    name: str               # "hermes" | "llama3" | "mistral"
     arguments_key: str      # the key of a call's arguments in the model's JSON
     prefix: str             # text that opens a call (appended to the prompt when a call is forced)
+    array: bool = False     # calls come as one JSON array
 
 
-FORMATS = {"hermes": Format("hermes", "arguments", "<tool_call>\n"), "llama3": Format("llama3", "parameters", "")}
+FORMATS = {"hermes": Format("hermes", "arguments", "<tool_call>\n"), "llama3": Format("llama3", "parameters", ""),
+           "mistral": Format("mistral", "arguments", "[TOOL_CALLS]", array=True)}
 
 
 def template_format(template: str | None) -> Format | None:
@@ -40,6 +45,8 @@ def template_format(template: str | None) -> Format | None:
         return None
     if "<tool_call>" in template:
         return FORMATS["hermes"]
+    if "[TOOL_CALLS]" in template:
+        return FORMATS["mistral"]
     if '"parameters": dictionary of argument name' in template or "Environment: ipython" in template:
         return FORMATS["llama3"]
     return None
@@ -116,6 +123,8 @@ def call_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict
         choices.append({"type": "object", "properties": {"name": {"const": fn["name"]}, fmt.arguments_key: params},
                         "required": ["name", fmt.arguments_key], "additionalProperties": False})
     schema: dict = choices[0] if len(choices) == 1 else {"anyOf": choices}
+    if fmt.array:                               # one call, in the array the format writes
+        schema = {"type": "array", "items": schema, "minItems": 1, "maxItems": 1}
     for (key, def_name), value in defs.items():
         schema.setdefault(key, {})[def_name] = value
     return schema
@@ -133,6 +142,14 @@ def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[di
         content = _HERMES_BLOCK.sub("", text).strip()
         return content or None, found
     body = text.strip()
+    if fmt.array:
+        body = body.removeprefix("[TOOL_CALLS]").strip()
+        try:
+            items = json.loads(body) if body.startswith("[") else None
+        except json.JSONDecodeError:
+            items = None
+        found = _calls([json.dumps(item) for item in items], fmt, names) if isinstance(items, list) else None
+        return (text, []) if found is None else (None, found)
     if not body.startswith("{"):
         return text, []
     found = _calls([part for part in body.split(";") if part.strip()], fmt, names)

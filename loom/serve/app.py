@@ -255,6 +255,7 @@ class _Reply:
         if plan is not None and plan.mode != "auto":
             if reason != "length":
                 value = json.loads(text)            # the constraint made it one call of the schema
+                value = value[0] if plan.fmt.array else value
                 calls = [tool_calls.call(value["name"], value[plan.fmt.arguments_key])]
                 content = None
         elif plan is not None:

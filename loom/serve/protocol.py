@@ -291,8 +291,8 @@ def _tool_plan(body: dict, model: CausalLM) -> tuple[ToolPlan | None, list[dict]
     fmt = tool_calls.template_format(None if model.tokenizer is None else model.tokenizer.chat_template)
     if fmt is None:
         raise BadRequest("tools", "this model's chat template renders no tools in a call format this server reads "
-                                  "(Hermes-style <tool_call> blocks, as Qwen2.5 and Qwen3 write them, or Llama 3.1's "
-                                  "JSON calls)")
+                                  "(Hermes-style <tool_call> blocks, as Qwen2.5 and Qwen3 write them, Llama 3.1's "
+                                  "JSON calls or Mistral's [TOOL_CALLS] arrays)")
     return ToolPlan(fmt, [t["function"]["name"] for t in tools], mode, parallel), tools
 
 

@@ -171,3 +171,39 @@ def test_a_template_without_tools_is_named(tmp_path):
     with pytest.raises(ConfigError) as info:
         loom.llm.load(tmp_path).chat_message([{"role": "user", "content": "hi"}], tools=[TIME], max_tokens=2)
     assert info.value.path == "tools"
+
+
+MISTRAL = tc.FORMATS["mistral"]
+
+
+def test_mistral_replies_and_schema():
+    text = '[TOOL_CALLS] [{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": {"city": "Nice"}}]'
+    content, calls = tc.parse(text, MISTRAL, NAMES)
+    assert content is None and [c["function"]["name"] for c in calls] == ["get_time", "get_weather"]
+    assert tc.parse('[{"name": "get_time", "arguments": {}}]', MISTRAL, NAMES)[1]       # the marker dropped
+    for bad in ("Sure.", "[TOOL_CALLS] [{\"name\": \"get_time\"", '[TOOL_CALLS] {"name": "get_time"}', "[1, 2]"):
+        assert tc.parse(bad, MISTRAL, NAMES) == (bad, [])
+    schema = tc.call_schema(tc.check_tools([WEATHER, TIME]), MISTRAL)
+    assert schema["type"] == "array" and schema["minItems"] == schema["maxItems"] == 1
+    JsonGrammar.from_schema(schema, "tools")
+    assert tc.template_format("{%- if tools %}[AVAILABLE_TOOLS]...[TOOL_CALLS]{{ calls }}{% endif %}") is MISTRAL
+
+
+def test_chat_message_forced_call_in_mistrals_array(tmp_path):
+    pytest.importorskip("tokenizers")
+    pytest.importorskip("jinja2")
+    import tiny_decoders as td
+
+    import loom
+    import loom.llm
+    template = ("{%- if tools %}<s>[AVAILABLE_TOOLS]{{ tools | tojson }}[/AVAILABLE_TOOLS]{% endif %}"
+                "{%- for m in messages %}<s>{{ m.role }}: {{ m.content }}</s>{% endfor %}"
+                "{%- if add_generation_prompt %}<s>assistant: {% endif %}{# calls: [TOOL_CALLS][...] #}")
+    td.save(td.build("llama", seed=3, max_position_embeddings=1024), tmp_path)
+    td.write_tokenizer(tmp_path, chat_template=template)
+    tools = [{"type": "function", "function": {"name": "get_time", "parameters": {
+        "type": "object", "properties": {}, "additionalProperties": False}}}]
+    with loom.deterministic(True):
+        reply = loom.llm.load(tmp_path).chat_message([{"role": "user", "content": "time?"}], tools=tools,
+                                                     tool_choice="required", max_tokens=150, seed=1)
+    assert reply["content"] is None and reply["tool_calls"][0]["function"] == {"name": "get_time", "arguments": "{}"}
