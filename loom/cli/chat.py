@@ -20,10 +20,13 @@ import json
 import os
 import sys
 from collections.abc import Iterable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ..llm import tool_calls
 from .generate import Stats, add_sampling_arguments, check_sampling, load_causal, sampling_options, stream
+
+if TYPE_CHECKING:
+    from ..llm.model import CausalLM
 
 HELP = "chat with a language model interactively (chat template, history, streamed replies)"
 MAX_TOKENS = 128         # `loom chat`'s default --max-tokens: most tokens per reply
@@ -145,7 +148,7 @@ class ToolSession:
     """The chat's tools (/tools FILE): rendered into each prompt, the model's calls parsed from its replies
     and shown, their results taken from /result ID TEXT."""
 
-    def __init__(self, model):
+    def __init__(self, model: CausalLM):
         self.model, self.tools, self.fmt = model, None, None
 
     def ids(self, history: list[dict]) -> list[int]:

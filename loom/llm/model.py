@@ -265,12 +265,8 @@ class CausalLM:
         else:
             ids = ids + self._tokenizer("messages").encode(fmt.prefix, add_special_tokens=False)
             text = "".join(self.generate(ids, json_schema=tool_calls.call_schema(checked, fmt, name), **sampling))
-            try:
-                value = json.loads(text)
-                value = value[0] if fmt.array else value
-                content, calls = None, [tool_calls.call(value["name"], value[fmt.arguments_key])]
-            except json.JSONDecodeError:        # cut short by max_tokens
-                content, calls = text, []
+            value = tool_calls.forced_call(text, fmt)
+            content, calls = (text, []) if value is None else (None, [tool_calls.call(*value, fmt)])   # None: cut
         message = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

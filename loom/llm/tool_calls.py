@@ -24,6 +24,7 @@ from ..errors import ConfigError
 
 MAX_TOOLS = 128                                 # OpenAI's limit
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_ID_CHARACTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
 _HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
@@ -115,7 +116,10 @@ def call_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict
             continue
         params = dict(fn["parameters"])
         for key in ("$defs", "definitions"):
-            for def_name, schema in params.pop(key, {}).items():
+            found = params.pop(key, {})
+            if not isinstance(found, dict):
+                raise ConfigError(f"tools[{i}].function.parameters.{key}", f"'{key}' must be an object of schemas")
+            for def_name, schema in found.items():
                 if (key, def_name) in defs and defs[(key, def_name)] != schema:
                     raise ConfigError(f"tools[{i}].function.parameters.{key}.{def_name}",
                                       "two tools define this name differently")
@@ -142,18 +146,35 @@ def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[di
         content = _HERMES_BLOCK.sub("", text).strip()
         return content or None, found
     body = text.strip()
-    if fmt.array:
-        body = body.removeprefix("[TOOL_CALLS]").strip()
+    if fmt.array:                               # text before the marker stays content
+        before, marker, after = body.partition("[TOOL_CALLS]")
+        lead, rest = (before.strip(), after.strip()) if marker else ("", body)
         try:
-            items = json.loads(body) if body.startswith("[") else None
+            items = json.loads(rest) if rest.startswith("[") else None
         except json.JSONDecodeError:
             items = None
         found = _calls([json.dumps(item) for item in items], fmt, names) if isinstance(items, list) else None
-        return (text, []) if found is None else (None, found)
+        return (text, []) if found is None else (lead or None, found)
     if not body.startswith("{"):
         return text, []
-    found = _calls([part for part in body.split(";") if part.strip()], fmt, names)
+    found = _calls(_json_values(body), fmt, names)
     return (text, []) if found is None else (None, found)
+
+
+def _json_values(body: str) -> list[str]:
+    """The JSON texts of a reply of values separated by ';' and whitespace (a ';' inside a string is
+    part of it); one piece that does not parse where the reply is not such a sequence."""
+    decoder, pieces, at = json.JSONDecoder(), [], 0
+    while at < len(body):
+        try:
+            _, end = decoder.raw_decode(body, at)
+        except json.JSONDecodeError:
+            return [body[at:]]
+        pieces.append(body[at:end])
+        at = end
+        while at < len(body) and body[at] in " \t\r\n;":
+            at += 1
+    return pieces
 
 
 def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | None:
@@ -168,14 +189,30 @@ def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | Non
         arguments = value.get(fmt.arguments_key, value.get("arguments", {}))
         if not isinstance(arguments, dict):
             return None
-        calls.append(call(value["name"], arguments))
+        calls.append(call(value["name"], arguments, fmt))
     return calls or None
 
 
-def call(name: str, arguments: dict) -> dict:
-    """One entry of OpenAI's tool_calls."""
-    return {"id": "call_" + secrets.token_hex(12), "type": "function",
+def call(name: str, arguments: dict, fmt: Format | None = None) -> dict:
+    """One entry of OpenAI's tool_calls, with a fresh id (Mistral's templates take 9 letters and digits)."""
+    if fmt is not None and fmt.name == "mistral":
+        call_id = "".join(secrets.choice(_ID_CHARACTERS) for _ in range(9))
+    else:
+        call_id = "call_" + secrets.token_hex(12)
+    return {"id": call_id, "type": "function",
             "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
+
+
+def forced_call(text: str, fmt: Format) -> tuple[str, dict] | None:
+    """(name, arguments) of a forced call's reply (the JSON the constraint allowed), or None where it was
+    cut short and does not parse."""
+    try:
+        value = json.loads(text)
+        value = value[0] if fmt.array else value
+        name, arguments = value["name"], value[fmt.arguments_key]
+    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return None
+    return (name, arguments) if isinstance(name, str) and isinstance(arguments, dict) else None
 
 
 def for_template(messages: list[dict]) -> list[dict]:
@@ -184,8 +221,20 @@ def for_template(messages: list[dict]) -> list[dict]:
     out = []
     for m in messages:
         if m.get("tool_calls"):
-            calls = [{**c, "function": {**c["function"], "arguments": json.loads(c["function"]["arguments"])}}
+            calls = [{**c, "function": {**c["function"], "arguments": _as_object(c["function"].get("arguments"))}}
                      for c in m["tool_calls"]]
             m = {**m, "tool_calls": calls}
         out.append(m)
     return out
+
+
+def _as_object(arguments: Any) -> Any:
+    """JSON text of an object as the object; anything else (an object already, or text that is not one)
+    as it is."""
+    if isinstance(arguments, str):
+        try:
+            value = json.loads(arguments)
+        except json.JSONDecodeError:
+            return arguments
+        return value if isinstance(value, dict) else arguments
+    return arguments

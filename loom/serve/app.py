@@ -35,7 +35,6 @@ from .metrics import CountResponses, Metrics
 from .protocol import BadRequest
 
 if TYPE_CHECKING:
-    from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import Response
 
@@ -63,12 +62,16 @@ class Server:
     def __init__(self, model: CausalLM | Encoder, name: str, max_batch: int = 16, max_queue: int = 64,
                  cache_tokens: int | None = None, api_keys: Sequence[str] = ()):
         from ..llm.encoder import Encoder
+        if isinstance(api_keys, (str, bytes)):
+            raise ConfigError("api_keys", "expected a list of keys, got one string")
         for i, key in enumerate(api_keys):
             if not isinstance(key, str) or not key or key != key.strip() or not key.isprintable():
                 raise ConfigError(f"api_keys[{i}]", "expected a non-empty printable key without surrounding spaces")
         self.keys = tuple(key.encode() for key in api_keys)
         self.metrics = Metrics()
         self.closing = False                # shutting down: new generations answer 503
+        self._cancelled = False             # ... and the requests in flight have been cancelled
+        self._shutdown_lock = threading.Lock()
         self.model, self.name = model, name
         self.deterministic = mode.is_deterministic()
         self.created = int(time.time())
@@ -81,7 +84,7 @@ class Server:
         self.context = None if self.encoder else min(model.decoder.config.max_positions,
                                                      self.engine.cache.blocks * self.engine.cache.block_size)
 
-    def app(self) -> Starlette:
+    def app(self) -> CountResponses:
         need_extra()
         from starlette.applications import Starlette
         from starlette.middleware import Middleware
@@ -90,10 +93,9 @@ class Server:
                   Route("/v1/chat/completions", self.chat, methods=["POST"]),
                   Route("/v1/completions", self.completions, methods=["POST"]),
                   Route("/v1/embeddings", self.embeddings, methods=["POST"])]
-        middleware = [Middleware(CountResponses, metrics=self.metrics)]
-        if self.keys:
-            middleware.append(Middleware(_RequireKey, keys=self.keys))
-        return Starlette(routes=routes, lifespan=self._lifespan, middleware=middleware)
+        middleware = [Middleware(_RequireKey, keys=self.keys)] if self.keys else []
+        # counted outside Starlette's own error handler, so that its 500s count too
+        return CountResponses(Starlette(routes=routes, lifespan=self._lifespan, middleware=middleware), self.metrics)
 
     def begin_shutdown(self, timeout: float) -> None:
         """New generation requests answer 503 from now on; those in flight may finish for `timeout`
@@ -101,9 +103,14 @@ class Server:
         its last chunk and [DONE])."""
         self.closing = True
         if self.engine is not None:
-            timer = threading.Timer(timeout, self.engine.cancel_all)
+            timer = threading.Timer(timeout, self._cancel_all)
             timer.daemon = True
             timer.start()
+
+    def _cancel_all(self) -> None:
+        with self._shutdown_lock:           # no request slips in between (_submit holds it too)
+            self._cancelled = True
+            self.engine.cancel_all()
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, app):
@@ -223,7 +230,10 @@ class Server:
         def sink(index):
             return lambda event: loop.call_soon_threadsafe(queue.put_nowait, (index, event))
         try:
-            handles = self.engine.submit_all(job.requests, [sink(i) for i in range(len(job.requests))])
+            with self._shutdown_lock:       # a request that passed the first check while the server closed
+                if self._cancelled:
+                    raise BadRequest(None, "the server is shutting down", 503, kind="server_error")
+                handles = self.engine.submit_all(job.requests, [sink(i) for i in range(len(job.requests))])
         except QueueFull as exc:
             raise BadRequest(None, str(exc), 429, kind="requests", code="rate_limit_exceeded") from None
         except ConfigError as exc:                    # the engine's own checks (the protocol's come first)
@@ -253,11 +263,11 @@ class _Reply:
         calls: list[dict] = []
         content: str | None = text
         if plan is not None and plan.mode != "auto":
-            if reason != "length":
-                value = json.loads(text)            # the constraint made it one call of the schema
-                value = value[0] if plan.fmt.array else value
-                calls = [tool_calls.call(value["name"], value[plan.fmt.arguments_key])]
-                content = None
+            # the constraint makes a finished reply one call of the schema; one cut short (max_tokens, a stop
+            # string, a shutdown) stays content
+            value = tool_calls.forced_call(text, plan.fmt) if reason == "stop" else None
+            if value is not None:
+                calls, content = [tool_calls.call(*value, plan.fmt)], None
         elif plan is not None:
             content, calls = tool_calls.parse(text, plan.fmt, plan.names)
             if not plan.parallel:
@@ -302,7 +312,14 @@ class _Reply:
         texts, tokens = [""] * count, [0] * count
         reasons: list[str | None] = [None] * count
         logprobs: list[list] = [[] for _ in range(count)]
-        open_ = count
+        try:
+            return await self._gathered(queue, texts, tokens, reasons, logprobs)
+        finally:
+            self._count(tokens)             # (a client gone early, cancelling this: the tokens so far)
+
+    async def _gathered(self, queue: asyncio.Queue, texts: list, tokens: list, reasons: list, logprobs: list):
+        """collect's body: the events into the lists, then the response."""
+        count = open_ = len(texts)
         while open_:
             index, event = await queue.get()
             if event.token is not None:
@@ -313,11 +330,9 @@ class _Reply:
             texts[index] += event.text
             if event.finish_reason is not None:
                 if event.finish_reason == "error":
-                    self._count(tokens)
                     return BadRequest(None, f"generation failed: {event.error}", 500, kind="server_error")
                 reasons[index] = event.finish_reason
                 open_ -= 1
-        self._count(tokens)
         choices = []
         for i in range(count):
             if self.chat:

@@ -138,7 +138,9 @@ def _refuse_unsupported(body: dict) -> None:
 def needs_constraint(body: dict) -> bool:
     """Whether the body asks for structured output (building its first grammar may take a while)."""
     fmt = body.get("response_format")
-    return isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+    forced = body.get("tools") is not None and (body.get("tool_choice") == "required"
+                                                 or isinstance(body.get("tool_choice"), dict))
+    return forced or isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
 def _response_format(body: dict, model: CausalLM) -> Callable[[], gen.Constraint] | None:
@@ -353,12 +355,8 @@ def _check_calls(calls: Any, where: str) -> None:
             raise BadRequest(f"{where}[{k}]", "a tool call is {\"id\", \"type\": \"function\", \"function\": {...}}")
         if not isinstance(fn.get("name"), str):
             raise BadRequest(f"{where}[{k}].function.name", "'name' must be a string")
-        try:
-            arguments = json.loads(fn.get("arguments")) if isinstance(fn.get("arguments"), str) else None
-        except json.JSONDecodeError:
-            arguments = None
-        if not isinstance(arguments, dict):
-            raise BadRequest(f"{where}[{k}].function.arguments", "'arguments' must be the JSON text of an object")
+        if not isinstance(fn.get("arguments"), str):    # (any text, as OpenAI takes it; JSON reaches templates
+            raise BadRequest(f"{where}[{k}].function.arguments", "'arguments' must be a string")    # as objects)
 
 
 def _request_labels(body: dict, chat: bool) -> None:

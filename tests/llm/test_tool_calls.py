@@ -207,3 +207,28 @@ def test_chat_message_forced_call_in_mistrals_array(tmp_path):
         reply = loom.llm.load(tmp_path).chat_message([{"role": "user", "content": "time?"}], tools=tools,
                                                      tool_choice="required", max_tokens=150, seed=1)
     assert reply["content"] is None and reply["tool_calls"][0]["function"] == {"name": "get_time", "arguments": "{}"}
+
+
+def test_review_cases():
+    """Semicolons inside a Llama call's strings, text before Mistral's marker, Mistral's 9-character ids,
+    a $defs that is not an object, forced replies cut short, and history arguments that are objects or
+    not JSON."""
+    sql = '{"name": "get_weather", "parameters": {"city": "a; b"}} ; {"name": "get_time", "parameters": {}}'
+    content, calls = tc.parse(sql, LLAMA3, NAMES)
+    assert content is None and json.loads(calls[0]["function"]["arguments"]) == {"city": "a; b"} and len(calls) == 2
+    content, calls = tc.parse('Sure. [TOOL_CALLS][{"name": "get_time", "arguments": {}}]', MISTRAL, NAMES)
+    assert content == "Sure." and len(calls[0]["id"]) == 9 and calls[0]["id"].isalnum()
+    bad = tc.check_tools([{"type": "function", "function": {"name": "f", "parameters": {"type": "object",
+                                                                                        "$defs": [1]}}}])
+    with pytest.raises(ConfigError) as info:
+        tc.call_schema(bad, HERMES)
+    assert info.value.path == "tools[0].function.parameters.$defs"
+    assert tc.forced_call('{"name": "get_time", "arguments": {}}', HERMES) == ("get_time", {})
+    assert tc.forced_call('[{"name": "get_time", "arguments": {"a": 1}}]', MISTRAL) == ("get_time", {"a": 1})
+    for cut in ('{"name": "get_time", "argu', "", '{"name": "get_time"}', "[]", '{"name": 3, "arguments": {}}'):
+        assert tc.forced_call(cut, MISTRAL if cut == "[]" else HERMES) is None
+    history = [{"role": "assistant", "content": "", "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "f", "arguments": {"already": "an object"}}},
+        {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}}]}]
+    shown = tc.for_template(history)[0]["tool_calls"]
+    assert shown[0]["function"]["arguments"] == {"already": "an object"} and shown[1]["function"]["arguments"] == "not json"

@@ -85,6 +85,8 @@ def test_health_needs_no_key_and_the_scheme_is_case_blind(guarded):
 
 
 def test_bad_keys_are_config_errors(lm):  # noqa: F811
+    with pytest.raises(ConfigError, match="one string"):
+        Server(lm, "tiny", api_keys="secret")              # not six one-letter keys
     for keys, where in (([""], "api_keys[0]"), (["ok", " padded"], "api_keys[1]"), (["tab\tkey"], "api_keys[0]")):
         with pytest.raises(ConfigError, match=r"api_keys\[\d\]") as info:
             Server(lm, "tiny", api_keys=keys)

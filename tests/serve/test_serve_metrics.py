@@ -104,3 +104,18 @@ def test_label_values_are_escaped():
     text = Metrics().render('a "quoted"\\name\n', "fast", None)
     assert 'loom_info{model="a \\"quoted\\"\\\\name\\n",mode="fast"} 1' in text
     assert "loom_requests_running" not in text                  # no engine: no engine gauges
+
+
+def test_a_500_is_counted(lm, monkeypatch):  # noqa: F811
+    with loom.deterministic(True):
+        server = Server(lm, "tiny", max_batch=2, max_queue=2)
+
+    async def broken(request):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(server, "models", broken)
+    running = Running(server)
+    try:
+        assert httpx.get(running.url + "/v1/models").status_code == 500
+        assert scrape(running)[("loom_requests_total", '{endpoint="/v1/models",status="500"}')] == 1
+    finally:
+        running.close()

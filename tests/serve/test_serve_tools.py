@@ -130,3 +130,23 @@ def test_a_template_without_tools_refuses_them(served):  # noqa: F811
     none = httpx.post(served.url + "/v1/chat/completions", json={"model": "tiny", "messages": HELLO, "max_tokens": 2,
                                                                   "tools": [WEATHER], "tool_choice": "none"}, timeout=60)
     assert none.status_code == 200                                     # "none": the template sees no tools
+
+
+def test_a_forced_call_cut_short_is_content_not_an_error(tooled):
+    for extra in ({"stop": ["}"]}, {"max_tokens": 3}):
+        body = {"model": "tiny", "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "seed": 5,
+                "max_tokens": 80, **extra}
+        plain = httpx.post(tooled.url + "/v1/chat/completions", json=body, timeout=60)
+        assert plain.status_code == 200, plain.text
+        choice = plain.json()["choices"][0]
+        assert choice["finish_reason"] in ("stop", "length") and choice["message"]["content"].lstrip().startswith("{")
+        assert "tool_calls" not in choice["message"]
+        with httpx.stream("POST", tooled.url + "/v1/chat/completions", json={**body, "stream": True},
+                          timeout=60) as response:
+            lines = [line for line in response.iter_lines() if line.startswith("data: ")]
+        assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop",
+                                                                                                          "length")
+    bad_defs = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "$defs": [1]}}}
+    response = httpx.post(tooled.url + "/v1/chat/completions", timeout=60, json={
+        "model": "tiny", "messages": ASK, "tools": [bad_defs], "tool_choice": "required"})
+    assert response.status_code == 400
