@@ -4,15 +4,11 @@ embeddings); the official client with a right key works and with a wrong one rai
 AuthenticationError; no key is ever echoed; the CLI takes --api-key (repeatable) and LOOM_API_KEY,
 refuses empty ones, and warns when it serves beyond loopback without a key."""
 import pytest
+import serve_extras
 
 import loom
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("jinja2")
+openai, httpx = serve_extras.need()
 
 from test_openai_server import HELLO, Running, lm  # noqa: E402, F401  (lm: the shared tiny model fixture)
 

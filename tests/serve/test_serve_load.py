@@ -11,16 +11,12 @@ import sys
 import threading
 
 import pytest
+import serve_extras
 
 import loom
 import loom.llm
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("jinja2")
+openai, httpx = serve_extras.need()
 
 from test_openai_server import Running, alone  # noqa: E402
 from test_serve_tools import HERMES_TEMPLATE, WEATHER  # noqa: E402

@@ -6,15 +6,11 @@ import re
 import time
 
 import pytest
+import serve_extras
 
 import loom
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("jinja2")
+openai, httpx = serve_extras.need()
 
 from test_openai_server import HELLO, Running, lm  # noqa: E402, F401  (the shared tiny model)
 

@@ -4,13 +4,9 @@ are malformed tool calls and a tool message that answers none), content that mus
 `name`, `user`, `metadata` and `store` checked as OpenAI checks them and otherwise ignored, and
 `max_completion_tokens` through the official client."""
 import pytest
+import serve_extras
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("jinja2")
+openai, httpx = serve_extras.need()
 
 from test_openai_server import HELLO, lm, served  # noqa: E402, F401  (the shared tiny model and server)
 

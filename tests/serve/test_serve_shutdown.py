@@ -12,15 +12,12 @@ import threading
 import time
 
 import pytest
+import serve_extras
 
 import loom
 import loom.llm
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("jinja2")
+_, httpx = serve_extras.need()
 
 from test_openai_server import Running  # noqa: E402
 

@@ -9,16 +9,12 @@ import os
 import sys
 
 import pytest
+import serve_extras
 
 import loom
 import loom.llm
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
-openai = pytest.importorskip("openai")
-httpx = pytest.importorskip("httpx")
-pytest.importorskip("tokenizers")
-pytest.importorskip("jinja2")
+openai, httpx = serve_extras.need()
 
 from test_openai_server import HELLO, Running, lm, served  # noqa: E402, F401  (a server whose template takes no tools)
 
