@@ -197,12 +197,9 @@ class ToolSession:
             with open(path, encoding="utf-8") as f:
                 data = json.load(f)
             tools = tool_calls.check_tools(data.get("tools") if isinstance(data, dict) else data)
+            fmt = tool_calls.format_for(self.model.tokenizer.chat_template if self.model.tokenizer else None)
         except (OSError, ValueError, ConfigError) as exc:
             _note(f"loom: /tools {path}: {exc}")
-            return
-        fmt = tool_calls.template_format(self.model.tokenizer.chat_template if self.model.tokenizer else None)
-        if fmt is None:
-            _note("loom: this model's chat template renders no tools in a call format loom reads")
             return
         self.tools, self.fmt = tools, fmt
         _note(f"loom: tools: {', '.join(t['function']['name'] for t in tools)}")

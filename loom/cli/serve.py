@@ -62,9 +62,8 @@ def run(args: argparse.Namespace) -> int:
     name = args.name or os.path.splitext(os.path.basename(os.path.normpath(args.model)))[0]
     server = Server(model, name, max_batch=args.max_batch, max_queue=args.max_queue, cache_tokens=args.cache_tokens,
                     api_keys=keys)
-    mode = "deterministic" if server.deterministic else "fast"
     guarded = f", {len(keys)} API key{'s' if len(keys) > 1 else ''} required" if keys else ""
-    print(f"loom: serving {name!r} ({mode} mode, {args.device}{guarded}) on http://{args.host}:{args.port}/v1",
+    print(f"loom: serving {name!r} ({server.mode_name} mode, {args.device}{guarded}) on http://{args.host}:{args.port}/v1",
           file=sys.stderr, flush=True)
     warning = exposure_warning(args.host, args.port, keys)
     if warning:

@@ -253,20 +253,15 @@ class CausalLM:
         shown = tool_calls.for_template(messages)
         if checked is None or mode == "none":
             return {"role": "assistant", "content": "".join(self.generate(self.chat_ids(shown), **sampling))}
-        fmt = tool_calls.template_format(self._tokenizer("messages").chat_template)
-        if fmt is None:
-            raise ConfigError("tools", "this model's chat template renders no tools in a call format loom reads "
-                                       "(Hermes-style <tool_call> blocks, Llama 3.1's JSON calls or Mistral's "
-                                       "[TOOL_CALLS] arrays)")
+        tokenizer = self._tokenizer("messages")
+        fmt = tool_calls.format_for(tokenizer.chat_template)
         ids = self.chat_ids(shown, tools=checked)
-        names = [t["function"]["name"] for t in checked]
-        if mode == "auto":
-            content, calls = tool_calls.parse("".join(self.generate(ids, **sampling)), fmt, names)
-        else:
-            ids = ids + self._tokenizer("messages").encode(fmt.prefix, add_special_tokens=False)
-            text = "".join(self.generate(ids, json_schema=tool_calls.call_schema(checked, fmt, name), **sampling))
-            value = tool_calls.forced_call(text, fmt)
-            content, calls = (text, []) if value is None else (None, [tool_calls.call(*value, fmt)])   # None: cut
+        forced = mode != "auto"
+        if forced:          # the reply is one call's JSON, after the format's prefix
+            ids = ids + tokenizer.encode(fmt.prefix, add_special_tokens=False)
+            sampling = {**sampling, "json_schema": tool_calls.forced_schema(checked, fmt, name)}
+        content, calls = tool_calls.reply("".join(self.generate(ids, **sampling)), fmt,
+                                          [t["function"]["name"] for t in checked], forced)
         message = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

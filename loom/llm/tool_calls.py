@@ -40,6 +40,16 @@ FORMATS = {"hermes": Format("hermes", "arguments", "<tool_call>\n"), "llama3": F
            "mistral": Format("mistral", "arguments", "[TOOL_CALLS]", array=True)}
 
 
+def format_for(template: str | None) -> Format:
+    """template_format, or ConfigError("tools", ...) where the template renders no tools in a known format."""
+    fmt = template_format(template)
+    if fmt is None:
+        raise ConfigError("tools", "this model's chat template renders no tools in a call format loom reads "
+                                   "(Hermes-style <tool_call> blocks, as Qwen2.5 and Qwen3 write them, Llama 3.1's "
+                                   "JSON calls or Mistral's [TOOL_CALLS] arrays)")
+    return fmt
+
+
 def template_format(template: str | None) -> Format | None:
     """The call format a chat template teaches its model, or None where it renders no tools."""
     if not template or "tools" not in template:
@@ -102,6 +112,16 @@ def check_choice(choice: Any, tools: list[dict] | None) -> tuple[str, str | None
         return "named", name
     raise ConfigError("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or {\"type\": \"function\", "
                                      f"\"function\": {{\"name\": ...}}}}, got {choice!r:.70}")
+
+
+def forced_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict:
+    """call_schema, once each tool it may call has parameters within the constraint's JSON Schema subset
+    (else the ConfigError of the bad keyword, at tools[i].function.parameters...)."""
+    from .json_constraint import JsonGrammar
+    for i, tool in enumerate(tools):
+        if name in (None, tool["function"]["name"]):
+            JsonGrammar.from_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
+    return call_schema(tools, fmt, name)
 
 
 def call_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict:
@@ -175,6 +195,18 @@ def _json_values(body: str) -> list[str]:
         while at < len(body) and body[at] in " \t\r\n;":
             at += 1
     return pieces
+
+
+def reply(text: str, fmt: Format, names: list[str], forced: bool, finished: bool = True,
+          parallel: bool = True) -> tuple[str | None, list[dict]]:
+    """(content, calls) of a reply to a request with tools: a forced call's reply (tool_choice required or
+    named) is that call's JSON where it finished (one cut short stays content); any other is parsed;
+    parallel False keeps the first call."""
+    if forced:
+        value = forced_call(text, fmt) if finished else None
+        return (text, []) if value is None else (None, [call(*value, fmt)])
+    content, calls = parse(text, fmt, names)
+    return content, calls if parallel else calls[:1]
 
 
 def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | None:

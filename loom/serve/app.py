@@ -84,6 +84,10 @@ class Server:
         self.context = None if self.encoder else min(model.decoder.config.max_positions,
                                                      self.engine.cache.blocks * self.engine.cache.block_size)
 
+    @property
+    def mode_name(self) -> str:
+        return "deterministic" if self.deterministic else "fast"
+
     def app(self) -> CountResponses:
         need_extra()
         from starlette.applications import Starlette
@@ -126,15 +130,14 @@ class Server:
     # --- plain routes -------------------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
         from starlette.responses import JSONResponse
-        body = {"status": "ok", "model": self.name, "mode": "deterministic" if self.deterministic else "fast"}
+        body = {"status": "ok", "model": self.name, "mode": self.mode_name}
         if self.engine is not None:
             body.update(self.engine.load)
         return JSONResponse(body)
 
     async def metrics_text(self, request: Request) -> Response:
         from starlette.responses import Response
-        mode_name = "deterministic" if self.deterministic else "fast"
-        text = self.metrics.render(self.name, mode_name, None if self.engine is None else self.engine.load)
+        text = self.metrics.render(self.name, self.mode_name, None if self.engine is None else self.engine.load)
         return Response(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     async def models(self, request: Request) -> Response:
@@ -260,18 +263,10 @@ class _Reply:
         """A chat choice's message and finish reason: with tools, the calls its reply makes (finish reason
         "tool_calls"); a forced call's reply is that call's JSON (cut by max_tokens: left as content)."""
         plan = self.job.tools
-        calls: list[dict] = []
-        content: str | None = text
-        if plan is not None and plan.mode != "auto":
-            # the constraint makes a finished reply one call of the schema; one cut short (max_tokens, a stop
-            # string, a shutdown) stays content
-            value = tool_calls.forced_call(text, plan.fmt) if reason == "stop" else None
-            if value is not None:
-                calls, content = [tool_calls.call(*value, plan.fmt)], None
-        elif plan is not None:
-            content, calls = tool_calls.parse(text, plan.fmt, plan.names)
-            if not plan.parallel:
-                calls = calls[:1]
+        content, calls = text, []
+        if plan is not None:    # (a forced call cut short by max_tokens, a stop string or a shutdown: content)
+            content, calls = tool_calls.reply(text, plan.fmt, plan.names, plan.mode != "auto", reason == "stop",
+                                              plan.parallel)
         message: dict = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

@@ -252,14 +252,8 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
                                                 "tool_choice")
         ids = ids + model.tokenizer.encode(plan.fmt.prefix, add_special_tokens=False)
         name = body["tool_choice"]["function"]["name"] if plan.mode == "named" else None
-        for i, tool in enumerate(tools):          # the subset the constraint takes, each named where it fails
-            if name in (None, tool["function"]["name"]):
-                try:
-                    JsonGrammar.from_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
-                except ConfigError as exc:
-                    raise BadRequest(exc.path, exc.reason) from None
         try:
-            schema = tool_calls.call_schema(tools, plan.fmt, name)
+            schema = tool_calls.forced_schema(tools, plan.fmt, name)
         except ConfigError as exc:
             raise BadRequest(exc.path, exc.reason) from None
         forced = _schema_constraint(model, "tool_call:" + json.dumps(schema, sort_keys=True), schema, "tools", "tools")
@@ -282,19 +276,15 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
 def _tool_plan(body: dict, model: CausalLM) -> tuple[ToolPlan | None, list[dict] | None]:
     """(the job's tool plan, the tools its template renders): (None, None) without tools or with
     tool_choice "none" (the template then sees no tools, so the model cannot call one)."""
+    parallel = _flag(body, "parallel_tool_calls", True)
     try:
         tools = None if body.get("tools") is None else tool_calls.check_tools(body["tools"])
         mode, _ = tool_calls.check_choice(body.get("tool_choice"), tools)
+        if tools is None or mode == "none":
+            return None, None
+        fmt = tool_calls.format_for(None if model.tokenizer is None else model.tokenizer.chat_template)
     except ConfigError as exc:
         raise BadRequest(exc.path, exc.reason) from None
-    parallel = _flag(body, "parallel_tool_calls", True)
-    if tools is None or mode == "none":
-        return None, None
-    fmt = tool_calls.template_format(None if model.tokenizer is None else model.tokenizer.chat_template)
-    if fmt is None:
-        raise BadRequest("tools", "this model's chat template renders no tools in a call format this server reads "
-                                  "(Hermes-style <tool_call> blocks, as Qwen2.5 and Qwen3 write them, Llama 3.1's "
-                                  "JSON calls or Mistral's [TOOL_CALLS] arrays)")
     return ToolPlan(fmt, [t["function"]["name"] for t in tools], mode, parallel), tools
 
 
@@ -346,7 +336,7 @@ def _message(m: Any, i: int, previous: list) -> dict:
 
 def _check_calls(calls: Any, where: str) -> None:
     """An assistant message's tool_calls as OpenAI takes them: [{"id", "type": "function", "function":
-    {"name", "arguments": JSON text of an object}}]."""
+    {"name", "arguments": text (JSON of an object reaches templates as the object)}}]."""
     if not isinstance(calls, list) or not calls:
         raise BadRequest(where, "'tool_calls' must be a non-empty list")
     for k, c in enumerate(calls):
@@ -355,8 +345,8 @@ def _check_calls(calls: Any, where: str) -> None:
             raise BadRequest(f"{where}[{k}]", "a tool call is {\"id\", \"type\": \"function\", \"function\": {...}}")
         if not isinstance(fn.get("name"), str):
             raise BadRequest(f"{where}[{k}].function.name", "'name' must be a string")
-        if not isinstance(fn.get("arguments"), str):    # (any text, as OpenAI takes it; JSON reaches templates
-            raise BadRequest(f"{where}[{k}].function.arguments", "'arguments' must be a string")    # as objects)
+        if not isinstance(fn.get("arguments"), str):
+            raise BadRequest(f"{where}[{k}].function.arguments", "'arguments' must be a string")
 
 
 def _request_labels(body: dict, chat: bool) -> None:

@@ -15,19 +15,9 @@ from loom.llm import tool_calls
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "llm"))
 import tiny_decoders as td  # noqa: E402
-from test_tool_calls import HERMES_TEMPLATE  # noqa: E402
+from test_tool_calls import hermes  # noqa: E402, F401  (the tiny model whose template takes tools)
 
 TOOLS = [{"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}]
-
-
-@pytest.fixture(scope="module")
-def hermes(tmp_path_factory):
-    pytest.importorskip("tokenizers")
-    pytest.importorskip("jinja2")
-    folder = tmp_path_factory.mktemp("tiny-chat-tools")
-    td.save(td.build("llama", seed=5, max_position_embeddings=512), folder)
-    td.write_tokenizer(folder, chat_template=HERMES_TEMPLATE)
-    return loom.llm.load(folder), str(folder)
 
 
 def _run(model, folder, text, monkeypatch, replies):
@@ -51,7 +41,7 @@ def _run(model, folder, text, monkeypatch, replies):
     return out.getvalue(), rendered
 
 
-def test_a_call_is_shown_answered_and_replied_to(hermes, tmp_path, monkeypatch, capsys):
+def test_a_call_is_shown_answered_and_replied_to(hermes, tmp_path, monkeypatch, capsys):  # noqa: F811
     model, folder = hermes
     path = tmp_path / "tools.json"
     path.write_text(json.dumps({"tools": TOOLS}))
@@ -73,7 +63,7 @@ def test_a_call_is_shown_answered_and_replied_to(hermes, tmp_path, monkeypatch, 
                                                                             "content": "It is noon."}
 
 
-def test_tools_off_bad_files_and_templates_are_noted(hermes, tmp_path, monkeypatch, capsys):
+def test_tools_off_bad_files_and_templates_are_noted(hermes, tmp_path, monkeypatch, capsys):  # noqa: F811
     model, folder = hermes
     good = tmp_path / "tools.json"
     good.write_text(json.dumps(TOOLS))

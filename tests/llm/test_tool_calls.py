@@ -121,7 +121,8 @@ HERMES_TEMPLATE = (
 
 
 @pytest.fixture(scope="module")
-def hermes_model(tmp_path_factory):
+def hermes(tmp_path_factory):
+    """(model, folder): a tiny llama with 512 positions whose chat template takes tools (Hermes-style)."""
     pytest.importorskip("tokenizers")
     pytest.importorskip("jinja2")
     import tiny_decoders as td
@@ -130,7 +131,12 @@ def hermes_model(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny-hermes")
     td.save(td.build("llama", seed=3, max_position_embeddings=512), folder)
     td.write_tokenizer(folder, chat_template=HERMES_TEMPLATE)
-    return loom.llm.load(folder)
+    return loom.llm.load(folder), str(folder)
+
+
+@pytest.fixture(scope="module")
+def hermes_model(hermes):
+    return hermes[0]
 
 
 def test_chat_message_makes_forced_calls_and_plain_replies(hermes_model):
