@@ -5,9 +5,12 @@ shape (cuBLAS bf16 GEMM on the tensor cores with float32 accumulation: blas.gemm
 as a CUDA graph of 20 launches, best of 5.
 
     PYTHONPATH=. python benchmarks/exact_tiles.py [--rows 16,64,256,2048] [--types BF16,Q4_1] [--groups]
+                                                  [--split-waves 1,2] [--shapes "smol o,1b down"]
 
 Shapes: SmolLM2-135M's and Llama-3.2-1B's products (K = 8192 takes the slice scheme). --groups adds the
-grouped warp-per-row kernels (slow past 16 rows: they are the "before").
+grouped warp-per-row kernels (slow past 16 rows: they are the "before"). --split-waves times the tiles
+with each value of quant_tiles.SPLIT_WAVES (the blocks a multiprocessor that split products aim for), one
+column each.
 """
 from __future__ import annotations
 
@@ -53,7 +56,10 @@ def main() -> None:
     parser.add_argument("--rows", default="16,64,256,2048")
     parser.add_argument("--types", default="BF16,Q4_1")
     parser.add_argument("--groups", action="store_true")
+    parser.add_argument("--split-waves", default=None, help="comma-separated quant_tiles.SPLIT_WAVES values")
+    parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     args = parser.parse_args()
+    waves = [int(v) for v in args.split_waves.split(",")] if args.split_waves else [None]
     import cupy
 
     import loom
@@ -66,10 +72,12 @@ def main() -> None:
     be = loom.backend.get("cuda")
     gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); fast = cuBLAS bf16 GEMM of the same shape")
-    print("| shape | type | rows of x | tiles (det.) | groups of 16 (det., before) | fast bf16 | det / fast time |")
-    print("|---|---|---|---|---|---|---|")
+    tiles_heads = " | ".join("tiles (det.)" if w is None else f"tiles, SPLIT_WAVES {w}" for w in waves)
+    print(f"| shape | type | rows of x | {tiles_heads} | groups of 16 (det., before) | fast bf16 | det / fast time |")
+    print("|---|---|---|" + "---|" * len(waves) + "---|---|---|")
     rng = np.random.default_rng(0)
-    for name, (rows, k, swiglu) in SHAPES.items():
+    for name in args.shapes.split(","):
+        rows, k, swiglu = SHAPES[name]
         stored = 2 * rows if swiglu else rows
         rounded = exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED
         for qtype in args.types.split(","):
@@ -93,7 +101,11 @@ def main() -> None:
                     def tiles():
                         quant_slices.slice_rows(x, slices, xmax, bits)
                         quant_tiles.sliced_gemm(data, qtype, slices, xmax, x, wmax, out, bits, swiglu=swiglu)
-                t_tiles = _time(cupy, tiles)
+                t_tiles = []
+                for w in waves:
+                    if w is not None:
+                        quant_tiles.SPLIT_WAVES = w
+                    t_tiles.append(_time(cupy, tiles))
                 t_groups = ""
                 if args.groups and m <= 256:
                     def groups():
@@ -109,8 +121,9 @@ def main() -> None:
                 xb = (x.view(np.uint32) >> 16).astype(np.uint16)
                 yb = cupy.empty((m, stored), dtype=np.float32)
                 t_fast = _time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
-                print(f"| {name} | {qtype} | {m} | {t_tiles:.1f} | {t_groups} | {t_fast:.1f} | "
-                      f"{t_tiles / t_fast:.2f} |", flush=True)
+                times = " | ".join(f"{t:.1f}" for t in t_tiles)
+                print(f"| {name} | {qtype} | {m} | {times} | {t_groups} | {t_fast:.1f} | "
+                      f"{t_tiles[0] / t_fast:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

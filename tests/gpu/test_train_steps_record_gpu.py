@@ -5,6 +5,7 @@ steps into one array, parallel layers join their branches through ops.stack / op
 the trained weights have the CPU's bits. A step that cannot be recorded raises (strict, the default)."""
 import numpy as np
 import pytest
+from catalogue import SAMPLES, config
 
 import loom
 
@@ -32,9 +33,19 @@ def test_parallel_layer_of_ten_branches_trains_with_the_cpus_bits(combine):
     _trains_alike(cfg, (6,), 7, combine)
 
 
-def _trains_alike(cfg, shape, seed, what):
+@pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_every_catalogue_sample_trains_with_the_cpus_bits(name, layers, shape, idt):
+    """Issue 61's rule: every layer family (each catalogue sample, then a dense layer over its flattened
+    output, so that every network has weights to train and class targets) trains on CUDA through
+    loom.train in the default mode, every step a recorded dispatch chain, with the CPU's bits."""
+    cfg = config(layers + [{"type": "flatten"}, {"type": "dense", "units": 3}], shape, idt)
+    vocab = layers[0].get("vocab_size") if idt else None
+    _trains_alike(cfg, tuple(shape), sum(map(ord, name)), name, vocab)
+
+
+def _trains_alike(cfg, shape, seed, what, vocab=None):
     rng = np.random.default_rng(seed)
-    X = rng.standard_normal((64,) + shape).astype(np.float32)
+    X = (rng.integers(0, vocab, (64,) + shape) if vocab else rng.standard_normal((64,) + shape).astype(np.float32))
     Y = rng.integers(0, 3, 64)
     trained = {}
     with loom.deterministic(True):

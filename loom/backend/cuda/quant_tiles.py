@@ -46,6 +46,9 @@ MAX_K = 1 << 14         # the slice scheme's products over one chunk (exact_disp
 # Split K only into parts of at least this many 32-value units: each part's sums cost the finishing
 # kernel a float64 read per entry
 MIN_UNITS = 2
+# Split K, where the tiles alone leave multiprocessors idle, into as many parts as fill this many blocks a
+# multiprocessor (benchmarks/exact_tiles.py --split-waves times other values)
+SPLIT_WAVES = 1
 # Products of up to this many rows of x outside a decode graph take the one-row kernels (quant_exact,
 # quant_slices: W read once per row group; the rounded scheme's need no row norms); more take the tiles
 ONE_ROW_KERNELS = 4
@@ -451,7 +454,7 @@ def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -
     if splits is None:
         splits = 1
         if tiles < sms:
-            per = max(MIN_UNITS, -(-units * tiles // sms))
+            per = max(MIN_UNITS, -(-units * tiles // (SPLIT_WAVES * sms)))
             splits = -(-units // per)
     per = -(-units // min(max(1, splits), units))
     splits = -(-units // per)
