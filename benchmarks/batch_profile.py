@@ -39,7 +39,11 @@ def main() -> None:
     args = p.parse_args()
     if args.plain:
         from loom.llm import paged_graph
-        paged_graph.PagedDecodeGraph.__init__.__defaults__ = (False,)
+
+        class PlainGraph(paged_graph.PagedDecodeGraph):     # the engine makes its graphs through this name
+            def __init__(self, *a, **kw):
+                super().__init__(*a, **{**kw, "overlap": False})
+        paged_graph.PagedDecodeGraph = PlainGraph
     import cupy as cp
     from torch.profiler import ProfilerActivity, profile
     config = llm.SHAPES[args.shape]

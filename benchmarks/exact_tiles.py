@@ -101,11 +101,11 @@ def main() -> None:
                     def tiles():
                         quant_slices.slice_rows(x, slices, xmax, bits)
                         quant_tiles.sliced_gemm(data, qtype, slices, xmax, x, wmax, out, bits, swiglu=swiglu)
-                t_tiles = []
+                t_tiles, default = [], quant_tiles.SPLIT_WAVES
                 for w in waves:
-                    if w is not None:
-                        quant_tiles.SPLIT_WAVES = w
+                    quant_tiles.SPLIT_WAVES = default if w is None else w
                     t_tiles.append(_time(cupy, tiles))
+                quant_tiles.SPLIT_WAVES = default
                 t_groups = ""
                 if args.groups and m <= 256:
                     def groups():

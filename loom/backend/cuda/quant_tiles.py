@@ -47,7 +47,7 @@ MAX_K = 1 << 14         # the slice scheme's products over one chunk (exact_disp
 # kernel a float64 read per entry
 MIN_UNITS = 2
 # Split K, where the tiles alone leave multiprocessors idle, into as many parts as fill this many blocks a
-# multiprocessor: two against one, on an H100, 1.3-1.4x on Llama-3.2-1B's qkv and down products of 16 and 64
+# multiprocessor: two against one, on an H100, 1.2-1.45x on Llama-3.2-1B's qkv and down products of 16 and 64
 # rows, SmolLM2's within 10% either way, its 16-stream decode steps 5% faster (benchmarks/exact_tiles.py
 # --split-waves, benchmarks/serve.py)
 SPLIT_WAVES = 2
