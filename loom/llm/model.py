@@ -256,12 +256,13 @@ class CausalLM:
         tokenizer = self._tokenizer("messages")
         fmt = tool_calls.format_for(tokenizer.chat_template)
         ids = self.chat_ids(shown, tools=checked)
-        forced = mode != "auto"
+        forced, called = mode != "auto", None
         if forced:          # the reply is one call's JSON, after the format's prefix
-            ids = ids + tokenizer.encode(fmt.prefix, add_special_tokens=False)
-            sampling = {**sampling, "json_schema": tool_calls.forced_schema(checked, fmt, name)}
+            prefix, schema, called = tool_calls.forced(checked, fmt, name)
+            ids = ids + tokenizer.encode(prefix, add_special_tokens=False)
+            sampling = {**sampling, "json_schema": schema}
         content, calls = tool_calls.reply("".join(self.generate(ids, **sampling)), fmt,
-                                          [t["function"]["name"] for t in checked], forced)
+                                          [t["function"]["name"] for t in checked], forced, called=called)
         message = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

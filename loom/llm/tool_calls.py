@@ -8,7 +8,11 @@ Formats (the chat template decides; the text is the decoded reply):
   whole reply is one call `{"name": ..., "parameters": {...}}` (or several joined by ";");
 - "mistral" (Mistral's v3 templates, which write `[TOOL_CALLS]`): the reply is `[TOOL_CALLS]` and a JSON
   array of `{"name": ..., "arguments": {...}}` (the marker is a special token, which decoding may drop:
-  a reply that is such an array alone counts too).
+  a reply that is such an array alone counts too);
+- "mistral_v11" (Mistral's templates from tokenizer v11 on, which write `[ARGS]`: Mistral Small 3.2's): each
+  call is `[TOOL_CALLS]name[ARGS]{...}` (`[CALL_ID]id` before `[ARGS]` in a history); the markers are
+  special tokens too, so `name{...}` counts as a call. A forced call writes the name in the prompt and
+  decodes only the arguments, so `required` needs a single tool (else name one).
 A reply whose calls do not parse as JSON objects naming one of the tools with an object of arguments is
 content, as vLLM's parsers leave it: the request still succeeds.
 """
@@ -37,7 +41,9 @@ class Format:
 
 
 FORMATS = {"hermes": Format("hermes", "arguments", "<tool_call>\n"), "llama3": Format("llama3", "parameters", ""),
-           "mistral": Format("mistral", "arguments", "[TOOL_CALLS]", array=True)}
+           "mistral": Format("mistral", "arguments", "[TOOL_CALLS]", array=True),
+           "mistral_v11": Format("mistral_v11", "arguments", "[TOOL_CALLS]")}
+_CALL_ID = re.compile(r"\[CALL_ID\][A-Za-z0-9]*")
 
 
 def format_for(template: str | None) -> Format:
@@ -57,7 +63,7 @@ def template_format(template: str | None) -> Format | None:
     if "<tool_call>" in template:
         return FORMATS["hermes"]
     if "[TOOL_CALLS]" in template:
-        return FORMATS["mistral"]
+        return FORMATS["mistral_v11" if "[ARGS]" in template else "mistral"]
     if '"parameters": dictionary of argument name' in template or "Environment: ipython" in template:
         return FORMATS["llama3"]
     return None
@@ -114,6 +120,24 @@ def check_choice(choice: Any, tools: list[dict] | None) -> tuple[str, str | None
                                      f"\"function\": {{\"name\": ...}}}}, got {choice!r:.70}")
 
 
+def forced(tools: list[dict], fmt: Format, name: str | None = None) -> tuple[str, dict, str | None]:
+    """What a required (name None) or named tool_choice decodes: (the text after the prompt, the JSON Schema
+    of the reply, the function's name where that text already writes it: mistral_v11's). ConfigError as
+    forced_schema's, or at tool_choice where mistral_v11 is required to choose among several tools."""
+    if fmt.name != "mistral_v11":
+        return fmt.prefix, forced_schema(tools, fmt, name), None
+    if name is None:
+        if len(tools) > 1:
+            raise ConfigError("tool_choice", "this model writes a call's name before its arguments "
+                                             "([TOOL_CALLS]name[ARGS]{...}), so 'required' with several tools cannot "
+                                             "be decoded under their schemas: name one function")
+        name = tools[0]["function"]["name"]
+    from .json_constraint import JsonGrammar
+    i, tool = next((i, t) for i, t in enumerate(tools) if t["function"]["name"] == name)
+    JsonGrammar.from_schema(tool["function"]["parameters"], f"tools[{i}].function.parameters")
+    return f"{fmt.prefix}{name}[ARGS]", tool["function"]["parameters"], name
+
+
 def forced_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict:
     """call_schema, once each tool it may call has parameters within the constraint's JSON Schema subset
     (else the ConfigError of the bad keyword, at tools[i].function.parameters...)."""
@@ -157,6 +181,8 @@ def call_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict
 def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[dict]]:
     """(content, calls) of a reply: calls as OpenAI's message.tool_calls (ids fresh, arguments as JSON
     text); no calls and the whole text as content where the reply holds none, or any that does not parse."""
+    if fmt.name == "mistral_v11":
+        return _parse_named(text, fmt, names)
     if fmt.name == "hermes":
         if "<tool_call>" not in text:
             return text, []
@@ -181,6 +207,36 @@ def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[di
     return (text, []) if found is None else (None, found)
 
 
+def _parse_named(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[dict]]:
+    """parse for calls written `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` (the markers and the id optional);
+    text before the first marker stays content."""
+    before, marker, after = text.partition(fmt.prefix)
+    lead, body = (before.strip(), after) if marker else ("", text)
+    decoder, calls, at = json.JSONDecoder(), [], 0
+    longest_first = sorted(names, key=len, reverse=True)
+    while True:
+        at = len(body) - len(body[at:].lstrip())
+        if at == len(body):
+            break
+        if body.startswith(fmt.prefix, at):
+            at += len(fmt.prefix)
+        name = next((n for n in longest_first if body.startswith(n, at)), None)
+        if name is None:
+            return text, []
+        at += len(name)
+        found = _CALL_ID.match(body, at)
+        at = found.end() if found else at
+        at += len("[ARGS]") if body.startswith("[ARGS]", at) else 0
+        try:
+            arguments, at = decoder.raw_decode(body, at)
+        except json.JSONDecodeError:
+            return text, []
+        if not isinstance(arguments, dict):
+            return text, []
+        calls.append(call(name, arguments, fmt))
+    return (text, []) if not calls else (lead or None, calls)
+
+
 def _json_values(body: str) -> list[str]:
     """The JSON texts of a reply of values separated by ';' and whitespace (a ';' inside a string is
     part of it); one piece that does not parse where the reply is not such a sequence."""
@@ -198,12 +254,12 @@ def _json_values(body: str) -> list[str]:
 
 
 def reply(text: str, fmt: Format, names: list[str], forced: bool, finished: bool = True,
-          parallel: bool = True) -> tuple[str | None, list[dict]]:
+          parallel: bool = True, called: str | None = None) -> tuple[str | None, list[dict]]:
     """(content, calls) of a reply to a request with tools: a forced call's reply (tool_choice required or
-    named) is that call's JSON where it finished (one cut short stays content); any other is parsed;
-    parallel False keeps the first call."""
+    named) is that call's JSON where it finished (one cut short stays content; `called`: the name the
+    prompt wrote, `forced`'s third value); any other is parsed; parallel False keeps the first call."""
     if forced:
-        value = forced_call(text, fmt) if finished else None
+        value = forced_call(text, fmt, called) if finished else None
         return (text, []) if value is None else (None, [call(*value, fmt)])
     content, calls = parse(text, fmt, names)
     return content, calls if parallel else calls[:1]
@@ -227,7 +283,7 @@ def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | Non
 
 def call(name: str, arguments: dict, fmt: Format | None = None) -> dict:
     """One entry of OpenAI's tool_calls, with a fresh id (Mistral's templates take 9 letters and digits)."""
-    if fmt is not None and fmt.name == "mistral":
+    if fmt is not None and fmt.name.startswith("mistral"):
         call_id = "".join(secrets.choice(_ID_CHARACTERS) for _ in range(9))
     else:
         call_id = "call_" + secrets.token_hex(12)
@@ -235,9 +291,15 @@ def call(name: str, arguments: dict, fmt: Format | None = None) -> dict:
             "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
 
 
-def forced_call(text: str, fmt: Format) -> tuple[str, dict] | None:
-    """(name, arguments) of a forced call's reply (the JSON the constraint allowed), or None where it was
-    cut short and does not parse."""
+def forced_call(text: str, fmt: Format, called: str | None = None) -> tuple[str, dict] | None:
+    """(name, arguments) of a forced call's reply (the JSON the constraint allowed; the arguments alone
+    where the prompt wrote the name `called`), or None where it was cut short and does not parse."""
+    if called is not None:
+        try:
+            arguments = json.loads(text)
+        except json.JSONDecodeError:
+            return None
+        return (called, arguments) if isinstance(arguments, dict) else None
     try:
         value = json.loads(text)
         value = value[0] if fmt.array else value
@@ -249,13 +311,17 @@ def forced_call(text: str, fmt: Format) -> tuple[str, dict] | None:
 
 def for_template(messages: list[dict]) -> list[dict]:
     """The messages as chat templates read them: an assistant's tool calls with their arguments as
-    objects (OpenAI sends JSON text; Qwen's and Llama's templates write `arguments | tojson`)."""
+    objects (OpenAI sends JSON text; Qwen's and Llama's templates write `arguments | tojson`), and an
+    assistant's null content (OpenAI's, beside tool calls) as "", as vLLM passes it: Qwen3's template
+    tests `'</think>' in message.content` and fails on null; the others render "" as they render null."""
     out = []
     for m in messages:
         if m.get("tool_calls"):
             calls = [{**c, "function": {**c["function"], "arguments": _as_object(c["function"].get("arguments"))}}
                      for c in m["tool_calls"]]
             m = {**m, "tool_calls": calls}
+        if m.get("role") == "assistant" and m.get("content") is None:
+            m = {**m, "content": ""}
         out.append(m)
     return out
 

@@ -266,7 +266,7 @@ class _Reply:
         content, calls = text, []
         if plan is not None:    # (a forced call cut short by max_tokens, a stop string or a shutdown: content)
             content, calls = tool_calls.reply(text, plan.fmt, plan.names, plan.mode != "auto", reason == "stop",
-                                              plan.parallel)
+                                              plan.parallel, plan.called)
         message: dict = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

@@ -18,7 +18,7 @@ import math
 import re
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
@@ -68,6 +68,7 @@ class ToolPlan:
     names: list[str]
     mode: str
     parallel: bool
+    called: str | None = None       # the forced call's name where the prompt writes it (tool_calls.forced)
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
@@ -250,12 +251,13 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
         if body.get("response_format") is not None:
             raise BadRequest("response_format", "'response_format' cannot be combined with a required or named "
                                                 "tool_choice")
-        ids = ids + model.tokenizer.encode(plan.fmt.prefix, add_special_tokens=False)
         name = body["tool_choice"]["function"]["name"] if plan.mode == "named" else None
         try:
-            schema = tool_calls.forced_schema(tools, plan.fmt, name)
+            prefix, schema, called = tool_calls.forced(tools, plan.fmt, name)
         except ConfigError as exc:
             raise BadRequest(exc.path, exc.reason) from None
+        ids = ids + model.tokenizer.encode(prefix, add_special_tokens=False)
+        plan = replace(plan, called=called)
         forced = _schema_constraint(model, "tool_call:" + json.dumps(schema, sort_keys=True), schema, "tools", "tools")
     n = _integer(body, "n", 1, 1, MAX_N)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"

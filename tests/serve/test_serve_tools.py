@@ -146,3 +146,34 @@ def test_a_forced_call_cut_short_is_content_not_an_error(tooled):
     response = httpx.post(tooled.url + "/v1/chat/completions", timeout=60, json={
         "model": "tiny", "messages": ASK, "tools": [bad_defs], "tool_choice": "required"})
     assert response.status_code == 400
+
+
+def test_mistral_small_calls_name_the_function_before_its_arguments(tmp_path):
+    """Mistral Small 3.2's real template (calls written `[TOOL_CALLS]name[ARGS]{...}`) through the official
+    client: a named choice puts the name in the prompt and decodes the arguments under the function's
+    schema, plain and streamed alike; 'required' among several tools is a 400 naming tool_choice."""
+    import datacache
+    from test_tool_templates import FOLDER, SDIST, TEMPLATES
+    name = "Mistral-Small-3.2-24B-Instruct-2506"
+    template = datacache.fetch_sdist_file(SDIST, FOLDER + name + ".jinja", sha256=TEMPLATES[name][1])
+    td.save(td.build("llama", seed=5, max_position_embeddings=4096), tmp_path)
+    td.write_tokenizer(tmp_path, chat_template=template.read_text(encoding="utf-8"))
+    with loom.deterministic(True):
+        running = Running(Server(loom.llm.load(tmp_path), "tiny", max_batch=2, max_queue=4))
+    try:
+        ask = dict(model="tiny", messages=ASK, tools=[WEATHER, TIME], max_tokens=600, seed=3,
+                   tool_choice={"type": "function", "function": {"name": "get_time"}})
+        plain = running.client.chat.completions.create(**ask)
+        (call,) = plain.choices[0].message.tool_calls
+        assert plain.choices[0].finish_reason == "tool_calls" and len(call.id) == 9 and call.id.isalnum()
+        args = json.loads(call.function.arguments)
+        assert call.function.name == "get_time" and set(args) == {"zone"} and len(args["zone"]) <= 8
+        chunks = list(running.client.chat.completions.create(**ask, stream=True))
+        deltas = [c.choices[0].delta.tool_calls[0] for c in chunks if c.choices and c.choices[0].delta.tool_calls]
+        assert deltas[0].function.name == "get_time"
+        assert json.loads("".join(d.function.arguments or "" for d in deltas)) == args
+        response = httpx.post(running.url + "/v1/chat/completions", timeout=60,
+                              json={**ask, "tool_choice": "required"})
+        assert response.status_code == 400 and response.json()["error"]["param"] == "tool_choice"
+    finally:
+        running.close()
