@@ -207,6 +207,28 @@ def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[di
     return (text, []) if found is None else (None, found)
 
 
+def settled_content(text: str, fmt: Format, names: list[str]) -> int:
+    """How much of the beginning of a reply (to a request with tool_choice auto) is content whatever the
+    model writes next, so that a stream can send it as it comes: `text[:n]` begins parse's content of
+    any longer reply. 0 while the reply could still be a call from its start, or while it starts with
+    whitespace (parse strips that where calls follow); else up to where a call could begin (the format's
+    marker, whole or cut at the end), less trailing whitespace."""
+    if not text or text[0].isspace():
+        return 0
+    if fmt.name == "llama3":                    # a call is the whole reply
+        return 0 if text.startswith("{") else len(text)
+    if fmt.name == "mistral" and text.startswith("["):
+        return 0
+    if fmt.name == "mistral_v11" and any(text.startswith(n) or n.startswith(text) for n in names):
+        return 0
+    marker = "<tool_call>" if fmt.name == "hermes" else fmt.prefix
+    end = text.find(marker)
+    if end < 0:
+        end = len(text) - next((k for k in range(min(len(marker) - 1, len(text)), 0, -1)
+                                if text.endswith(marker[:k])), 0)
+    return len(text[:end].rstrip())
+
+
 def _parse_named(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[dict]]:
     """parse for calls written `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` (the markers and the id optional);
     text before the first marker stays content."""

@@ -355,7 +355,8 @@ class _Reply:
         """Server-sent events: one chunk per piece of text, a last chunk per choice with its finish
         reason, the usage when asked for, then [DONE]. The handles are cancelled if the client leaves."""
         count = len(self.job.requests)
-        tokens, open_, held = [0] * count, count, [""] * count
+        tokens, open_, held, sent = [0] * count, count, [""] * count, [0] * count
+        plan = self.job.tools
         try:
             if self.chat:
                 for i in range(count):
@@ -369,11 +370,16 @@ class _Reply:
                 if event.token is not None:
                     tokens[index] += 1
                     self._timed(index)
-                if self.job.tools is not None:      # tool calls are known at the reply's end: buffered
+                if plan is not None:    # calls are known at the reply's end; auto's content before one streams
                     held[index] += event.text
+                    if plan.mode == "auto" and event.finish_reason is None:
+                        settled = tool_calls.settled_content(held[index], plan.fmt, plan.names)
+                        if settled > sent[index]:
+                            yield _sse(self._chunk(index, {"content": held[index][sent[index]:settled]}, None))
+                            sent[index] = settled
                     if event.finish_reason is not None:
                         open_ -= 1
-                        for chunk in self._tool_chunks(index, held[index], event.finish_reason):
+                        for chunk in self._tool_chunks(index, held[index], event.finish_reason, sent[index]):
                             yield _sse(chunk)
                     continue
                 if event.text or event.token is not None and self.job.logprobs is not None:
@@ -393,13 +399,14 @@ class _Reply:
             for h in handles:
                 h.cancel()
 
-    def _tool_chunks(self, index: int, text: str, reason: str) -> list[dict]:
-        """A buffered choice's chunks, as OpenAI streams them: its content, or each call's id, type and
-        name with empty arguments and then its arguments in pieces; then its finish reason."""
+    def _tool_chunks(self, index: int, text: str, reason: str, sent: int) -> list[dict]:
+        """A choice's last chunks, as OpenAI streams them: its content past the `sent` characters already
+        streamed (tool_calls.settled_content: they begin it), and each call's id, type and name with empty
+        arguments and then its arguments in pieces; then its finish reason."""
         message, reason = self._message(text, reason)
         chunks = []
-        if message["content"]:
-            chunks.append(self._chunk(index, {"content": message["content"]}, None))
+        if (message["content"] or "")[sent:]:
+            chunks.append(self._chunk(index, {"content": message["content"][sent:]}, None))
         for k, c in enumerate(message.get("tool_calls", [])):
             head = {"index": k, "id": c["id"], "type": "function", "function": {"name": c["function"]["name"],
                                                                                  "arguments": ""}}

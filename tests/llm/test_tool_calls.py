@@ -1,10 +1,13 @@
 """loom.llm.tool_calls: OpenAI's tools and tool_choice checked (bad ones name their field), the call
 format found from real chat templates' markers, replies parsed into calls (Hermes blocks, Llama 3.1 JSON)
-with anything that does not parse left as content, one call's JSON Schema (its $defs at the root), and
-history tool calls handed to templates with their arguments as objects."""
+with anything that does not parse left as content, one call's JSON Schema (its $defs at the root),
+history tool calls handed to templates with their arguments as objects, and the content a stream may send
+before a reply ends."""
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from loom.errors import ConfigError
 from loom.llm import tool_calls as tc
@@ -238,3 +241,50 @@ def test_review_cases():
         {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}}]}]
     shown = tc.for_template(history)[0]["tool_calls"]
     assert shown[0]["function"]["arguments"] == {"already": "an object"} and shown[1]["function"]["arguments"] == "not json"
+
+
+# pieces of replies in every format: markers whole and cut, names, JSON, words, whitespace
+_PIECES = ["<tool_call>", "</tool_call>", "<tool", "[TOOL_CALLS]", "[TOOL", "[ARGS]", "[CALL_ID]a1b2c3d4e", "get_weather",
+           "get_time", "get_", '{"name": "get_weather", "arguments": {"city": "Oslo"}}', '{"name": "get_time", '
+           '"parameters": {}}', '[{"name": "get_time", "arguments": {}}]', '{"city": "Oslo"}', "{", "}", "[", "]",
+           ";", " ", "\n", "Sure", "the weather", ".", "\u00e9t\u00e9"]
+
+
+_CALLS = {"hermes": ['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'],
+          "llama3": ['{"name": "get_time", "parameters": {}}'],
+          "mistral": ['[TOOL_CALLS][{"name": "get_time", "arguments": {}}]', '[{"name": "get_time", "arguments": {}}]'],
+          "mistral_v11": ['[TOOL_CALLS]get_weather[ARGS]{"city": "Oslo"}', 'get_time{"zone": "UTC"}']}
+
+
+def _streams_within_content(name: str, text: str) -> None:
+    """For every prefix of the reply `text`, the content settled_content lets a stream send begins the
+    content that parse finds in the whole reply: what was streamed is never taken back."""
+    fmt = tc.FORMATS[name]
+    content = tc.parse(text, fmt, NAMES)[0] or ""
+    for end in range(len(text) + 1):
+        settled = tc.settled_content(text[:end], fmt, NAMES)
+        assert content.startswith(text[:settled]), (name, text, end)
+
+
+@pytest.mark.parametrize("name", sorted(tc.FORMATS))
+def test_streamed_content_around_calls_begins_the_replys_content(name):
+    """Content before, after and without each call the format writes (its markers dropped too)."""
+    for lead in ("", "Sure", "Sure ", " Sure", "Sure\n", "get_", "[", "{"):
+        for call in [""] + _CALLS[name]:
+            for tail in ("", " bye", "\n", " {"):
+                _streams_within_content(name, lead + call + tail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(tc.FORMATS)), st.lists(st.sampled_from(_PIECES), max_size=8))
+def test_streamed_content_of_any_reply_begins_the_replys_content(name, pieces):
+    _streams_within_content(name, "".join(pieces))
+
+
+@pytest.mark.parametrize("name, text, settled", [
+    ("hermes", "It is sunny in Oslo", 19), ("hermes", "Let me look. <tool_call>", 12), ("hermes", "Look <tool", 4),
+    ("hermes", " leading space", 0), ("llama3", "{\"name\"", 0), ("llama3", "Sunny. ", 7),
+    ("mistral", "[TOOL_CALLS][", 0), ("mistral", "Sunny [TOOL", 5), ("mistral_v11", "get_wea", 0),
+    ("mistral_v11", "Sunny.", 6)])
+def test_plain_text_streams_and_a_call_holds_back(name, text, settled):
+    assert tc.settled_content(text, tc.FORMATS[name], NAMES) == settled

@@ -177,3 +177,15 @@ def test_mistral_small_calls_name_the_function_before_its_arguments(tmp_path):
         assert response.status_code == 400 and response.json()["error"]["param"] == "tool_choice"
     finally:
         running.close()
+
+
+def test_auto_streams_its_content_as_it_comes_and_ends_as_plain(tooled):
+    """tool_choice auto: a reply's content streams while no call can have begun (not at the reply's end),
+    and the streamed content and calls are the plain reply's."""
+    ask = dict(model="tiny", messages=ASK, tools=[WEATHER, TIME], max_tokens=24, seed=1, temperature=0.9)
+    plain = tooled.client.chat.completions.create(**ask).choices[0]
+    chunks = list(tooled.client.chat.completions.create(**ask, stream=True))
+    pieces = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(pieces) >= 8, pieces                                    # token by token, not one piece at the end
+    assert "".join(pieces) == plain.message.content and not plain.message.tool_calls
+    assert chunks[-1].choices[0].finish_reason == plain.finish_reason
