@@ -25,11 +25,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHAPES = {  # name: (rows of W, K, swiglu)
     "smol qkv": (960, 576, False), "smol o": (576, 576, False), "smol gate_up": (3072, 576, True),
     "smol down": (576, 1536, False), "smol lm_head": (49152, 576, False),
-    "1b qkv": (3072, 2048, False), "1b gate_up": (16384, 2048, True), "1b down": (2048, 8192, False),
+    "1b qkv": (3072, 2048, False), "1b gate_up": (8192, 2048, True), "1b down": (2048, 8192, False),
 }
 
 
-def _time(cupy, fn, launches: int = 20, repeats: int = 5) -> float:
+def graph_time(cupy, fn, launches: int = 20, repeats: int = 5) -> float:
     """Microseconds a launch: fn recorded `launches` times into one graph, the graph's best of `repeats`."""
     fn()
     stream = cupy.cuda.Stream(non_blocking=True)
@@ -104,7 +104,7 @@ def main() -> None:
                 t_tiles, default = [], quant_tiles.SPLIT_WAVES
                 for w in waves:
                     quant_tiles.SPLIT_WAVES = default if w is None else w
-                    t_tiles.append(_time(cupy, tiles))
+                    t_tiles.append(graph_time(cupy, tiles))
                 quant_tiles.SPLIT_WAVES = default
                 t_groups = ""
                 if args.groups and m <= 256:
@@ -117,10 +117,10 @@ def main() -> None:
                                 sl, xm = slices[r:r + 16], xmax[r:r + 16]
                                 quant_slices.slice_rows(xs, sl, xm, bits)
                                 quant_slices.gemv(data, qtype, sl, xm, xs, wmax, o, bits, swiglu=swiglu)
-                    t_groups = f"{_time(cupy, groups, launches=3, repeats=2):.1f}"
+                    t_groups = f"{graph_time(cupy, groups, launches=3, repeats=2):.1f}"
                 xb = (x.view(np.uint32) >> 16).astype(np.uint16)
                 yb = cupy.empty((m, stored), dtype=np.float32)
-                t_fast = _time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
+                t_fast = graph_time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
                 times = " | ".join(f"{t:.1f}" for t in t_tiles)
                 print(f"| {name} | {qtype} | {m} | {times} | {t_groups} | {t_fast:.1f} | "
                       f"{t_tiles[0] / t_fast:.2f} |", flush=True)

@@ -180,8 +180,10 @@ def _gemv_case(rng, rows, cols, m):
     return x, w
 
 
-@pytest.mark.parametrize("m, cols, swiglu", [(1, 576, False), (3, 1536, False), (2, 256, False), (1, 512, True)])
+@pytest.mark.parametrize("m, cols, swiglu", [(1, 576, False), (3, 1536, False), (2, 256, False), (1, 512, True),
+                                             (9, 1024, False), (5, 2048, True)])
 def test_exact_gemv_matches_the_exact_gemm_where_it_must_settle(m, cols, swiglu):
+    # (x staged in shared memory, and not: m cols past quant_exact.STAGE_FLOATS)
     rng = np.random.default_rng(cols + m)
     rows = 96
     x, w = _gemv_case(rng, 2 * rows if swiglu else rows, cols, m)
@@ -220,7 +222,7 @@ def test_exact_rms_norm_matches_fused(cols):
         same_bits(host(out), loom.kernels.fused.rms_norm(x, weight, 1e-5)[0], "rms_norm")
 
 
-@pytest.mark.parametrize("m, swiglu", [(1, False), (3, True)])
+@pytest.mark.parametrize("m, swiglu", [(1, False), (3, True), (12, False)])
 def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
     # gemv(norm=w) is the product of rms_norm(x, w): each block computes the norm as it stages x
     rng = np.random.default_rng(m)

@@ -39,13 +39,9 @@ def _run(data, qtype, x, rows, cols, norm=None, bias=None, residual=None, swiglu
     return host(out), host(wmax)
 
 
-@pytest.mark.parametrize("qtype", [pytest.param("F32", marks=pytest.mark.smoke)]
-                         + [t for t in cuda_quant.TYPES if t != "F32"])
-@pytest.mark.parametrize("m, cols, epilogue", [(1, 2304, "residual"), (3, 4864, "swiglu"), (16, 2560, "norm")])
-def test_sliced_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
+def _check(qtype, m, cols, epilogue, rows):
     assert exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.SLICES_2X1 and cols % 256 == 0
     rng = np.random.default_rng(cols + m + len(qtype))
-    rows = 48
     swiglu = epilogue == "swiglu"
     stored_rows = 2 * rows if swiglu else rows
     data = random_rows(qtype, stored_rows, cols, rng, scale=0.01, plain=0.05)
@@ -60,10 +56,28 @@ def test_sliced_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     same_bits(got, exact_reference(x, w, norm, bias, residual, swiglu), f"{qtype} sliced product")
 
 
-@pytest.mark.parametrize("cols", [2080, quant_slices.MAX_K])
-def test_sliced_products_at_the_edges_of_their_scheme_and_of_float32(cols):
+@pytest.mark.parametrize("qtype", [pytest.param("F32", marks=pytest.mark.smoke)]
+                         + [t for t in cuda_quant.TYPES if t != "F32"])
+@pytest.mark.parametrize("m, cols, epilogue", [(1, 2304, "residual"), (3, 4864, "swiglu"), (16, 2560, "norm")])
+def test_sliced_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
+    _check(qtype, m, cols, epilogue, rows=48)
+
+
+@pytest.mark.parametrize("rows_per_warp", [2, 4])
+@pytest.mark.parametrize("qtype, m, cols, epilogue", [("BF16", 1, 4864, "residual"), ("Q4_K", 2, 2304, "swiglu"),
+                                                      ("Q8_0", 1, 8192, "norm"), ("F32", 3, 2560, "residual")])
+def test_sliced_products_with_rows_of_w_in_groups(monkeypatch, rows_per_warp, qtype, m, cols, epilogue):
+    """A warp taking 2 or 4 rows of W at once (the last group short: 47 rows) gives each row's bits."""
+    monkeypatch.setattr(quant_slices, "ROWS_PER_WARP", rows_per_warp)
+    _check(qtype, m, cols, epilogue, rows=47)
+
+
+@pytest.mark.parametrize("cols, rows_per_warp", [(2080, None), (quant_slices.MAX_K, None), (2080, 4)])
+def test_sliced_products_at_the_edges_of_their_scheme_and_of_float32(monkeypatch, cols, rows_per_warp):
     """K just past ROUNDED_MAX_K and the longest unchunked K; rows of x and W at float32's extremes,
-    zero rows, and rows holding inf or NaN (IEEE's special values, as the exact GEMM's patch)."""
+    zero rows, and rows holding inf or NaN (IEEE's special values, as the exact GEMM's patch), also
+    where a warp's group of rows of W mixes them with plain ones."""
+    monkeypatch.setattr(quant_slices, "ROWS_PER_WARP", rows_per_warp)
     rng = np.random.default_rng(cols)
     rows, m = 40, 9
     # (x's row 1 overflows: inf from the recombination; row 2 subnormal: its slices at a tiny scale)
