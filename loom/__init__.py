@@ -8,6 +8,7 @@ from .engine.patterns import argmax, argmin, argsort, histogram, map, matmul, ma
 from .errors import BackendError, ConfigError, DeterminismError, FormatError, LoomError, ShapeError
 from .formats import from_bytes, load
 from .info import info
+from .mixed_precision import precision
 from .mode import deterministic, is_deterministic
 from .nn import Network, NonFinite
 from .nn.train import evaluate, predict
@@ -22,7 +23,7 @@ def __getattr__(name: str):
         return SPEC
     raise AttributeError(f"module 'loom' has no attribute {name!r}")
 
-__all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic",
+__all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "precision",
            "is_deterministic", "load", "from_bytes", "LoomError", "ConfigError", "ShapeError", "FormatError",
            "BackendError", "DeterminismError", "DETERMINISM_SPEC", "__version__",
            # the compute engine's one-call patterns (loom/engine/patterns.py) and prime counting

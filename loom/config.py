@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from . import dtypes
+from . import dtypes, mixed_precision
 from .config_checks import (  # noqa: F401 - re-exported
     REQUIRED,
     _apply_schema,
@@ -165,6 +165,7 @@ training_block = _named("training", _record({
     "early_stopping": (optional(_early_stopping), None),
     "shuffle": (boolean, True),
     "deterministic": (optional(boolean), None),
+    "precision": (optional(one_of(*mixed_precision.PRECISIONS)), None),     # None: the precision in effect
     "freeze": (optional(list_of(string, min_len=1)), None)}, "training settings"))   # parameter-name globs
 
 _QUANT_TYPES = tuple(n for n in dtypes.TABLE if n not in dtypes.COMPUTE)

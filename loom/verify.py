@@ -5,7 +5,8 @@ For each backend it fingerprints (SHA-256 of dtype, shape and bytes) the results
   (float inputs), every parameter gradient and every buffer, for a fixed random upstream gradient;
 - every optimizer type with its defaults: the weights of a small network after one step;
 - the demo convnet (the `loom demo` config) trained `steps` steps by loom.train on a fixed slice of
-  the bundled digits: the final weights and the loss history;
+  the bundled digits: the final weights and the loss history, in float32 and in bf16 mixed precision
+  ("demo bf16": every product's operands rounded to bfloat16, loom/mixed_precision.py);
 - in deterministic mode, batch invariance: every catalogue sample whose rows are independent
   (loom.batch_invariance) gives each row's output and input gradient the same bits alone, reordered
   and beside NaN, huge, zero and subnormal padding rows; the row shows the batch's output fingerprint.
@@ -93,6 +94,7 @@ def compute(device: str, steps: int = 50, samples: list[str] | None = None) -> d
     for kind in TYPES:
         guarded(out, f"{kind}{SEP}step", lambda: {f"{kind}{SEP}step": _optimizer_step(device, kind)})
     guarded(out, f"demo{SEP}weights after {steps} steps", lambda: _demo_checks(device, steps))
+    guarded(out, f"demo bf16{SEP}weights after {steps} steps", lambda: _demo_checks(device, steps, "bf16"))
     return out
 
 
@@ -186,7 +188,8 @@ def demo_plan(steps: int, batch_size: int) -> tuple[int, int]:
     return per_epoch * batch_size, steps // per_epoch
 
 
-def _demo_checks(device: str, steps: int) -> dict[str, str]:
+def _demo_checks(device: str, steps: int, precision: str = "float32") -> dict[str, str]:
+    """The demo trained `steps` steps, in float32 or bf16 mixed precision (its rows "demo bf16")."""
     from . import datasets
     from .nn import Network
     from .nn.train import train
@@ -194,9 +197,10 @@ def _demo_checks(device: str, steps: int) -> dict[str, str]:
     net = Network.from_config(cfg).to(device)
     n, epochs = demo_plan(steps, cfg["training"]["batch_size"])
     X, Y = datasets.load_digits()       # the file's first n images: a fixed slice
-    history = train(net, X[:n], Y[:n], epochs=epochs, verbose=False)
-    return {f"demo{SEP}weights after {steps} steps": combined(net.state_dict()),
-            f"demo{SEP}loss history": fingerprint(np.asarray(history["loss"], dtype=np.float64))}
+    history = train(net, X[:n], Y[:n], epochs=epochs, verbose=False, precision=precision)
+    name = "demo" if precision == "float32" else f"demo {precision}"
+    return {f"{name}{SEP}weights after {steps} steps": combined(net.state_dict()),
+            f"{name}{SEP}loss history": fingerprint(np.asarray(history["loss"], dtype=np.float64))}
 
 
 # --- the report ------------------------------------------------------------------------------------

@@ -16,10 +16,11 @@ HELP = "train a network config on an .npz or .csv data file"
 
 # the name loom.train's errors use for a setting -> its flag
 _FLAGS = {"loss": "--loss", "optimizer": "--optimizer", "epochs": "--epochs", "batch_size": "--batch-size",
-          "seed": "--seed", "validation": "--validation", "metrics": "--metrics"}
+          "seed": "--seed", "validation": "--validation", "metrics": "--metrics", "precision": "--precision"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from .. import mixed_precision
     from ..datasets.files import TARGET_DEFAULT
     from ..nn import losses, metrics, optim
     p.add_argument("config", help="network config (JSON file)")
@@ -43,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="fraction held out for validation, e.g. 0.1 (default: the training block's, else none)")
     p.add_argument("--metrics", help=f"comma-separated metrics from {', '.join(sorted(metrics.METRICS))} "
                                      "(default: the training block's, else none)")
+    p.add_argument("--precision", choices=mixed_precision.PRECISIONS, default=None,
+                   help="bf16: mixed precision, every product's operands rounded to bfloat16, weights, optimizer "
+                        "and the rest float32 (default: the training block's, else float32)")
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="train on through NaN or infinite data and losses (default: stop at the first, "
                         "naming the sample, or the batch and the layer)")
@@ -136,7 +140,7 @@ def _run(args: argparse.Namespace, writer: bool, device: str) -> int:
                               batch_size=args.batch_size, seed=args.seed, validation=args.validation,
                               metrics=args.metrics.split(",") if args.metrics else None, verbose=False,
                               checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite,
-                              devices=args.gpus)
+                              devices=args.gpus, precision=args.precision)
         return 0
     with new_folder(args.out, keep_on=(KeyboardInterrupt, NumericError)):
         try:
@@ -146,7 +150,7 @@ def _run(args: argparse.Namespace, writer: bool, device: str) -> int:
                     batch_size=args.batch_size, seed=args.seed, validation=args.validation,
                     metrics=args.metrics.split(",") if args.metrics else None, verbose=not args.quiet,
                     checkpoint=checkpoint, resume=args.resume, allow_nonfinite=args.allow_nonfinite,
-                    devices=args.gpus)
+                    devices=args.gpus, precision=args.precision)
         except NumericError as exc:          # the last good epoch's checkpoint stays, to resume from
             if not os.path.exists(checkpoint):
                 raise

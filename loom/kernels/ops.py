@@ -14,6 +14,7 @@ import math
 
 from .. import backend
 from ..backend import Array
+from ..mixed_precision import is_bf16, round_bf16
 from ..mode import is_deterministic
 from . import batch_split, exact, mathlib
 from .exact import over_batch
@@ -27,10 +28,17 @@ def _xp(x):
 
 
 def matmul(a: Array, b: Array, out: Array | None = None) -> Array:
-    """a @ b with NumPy broadcasting over leading dimensions (written into `out` when given)."""
+    """a @ b with NumPy broadcasting over leading dimensions (written into `out` when given); under
+    loom.precision("bf16"), of a and b rounded to bfloat16."""
+    if is_bf16():
+        a, b = _bf16(a), _bf16(b)
     if is_deterministic():
         return exact.matmul(a, b, out=out)
     return backend.of(a).matmul(a, b, out=out)
+
+
+def _bf16(x: Array) -> Array:
+    return round_bf16(x, _xp(x))
 
 
 def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - mirrors numpy's name on purpose
@@ -68,7 +76,9 @@ def grad_matmul(a: Array, b: Array, out: Array | None = None) -> Array:
     """a @ b whose reduced axis K runs over the batch: a parameter gradient. Deterministic mode: the
     gradient over the global batch, the same bits on any number of ranks (exact.over_batch); fast
     mode: this rank's part, which the data-parallel trainer all-reduces with the others. `out`:
-    written there too."""
+    written there too. Under loom.precision("bf16"), of a and b rounded to bfloat16."""
+    if is_bf16():
+        a, b = _bf16(a), _bf16(b)
     if is_deterministic():
         result = over_batch.matmul(a, b)
         if out is not None:

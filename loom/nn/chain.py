@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import mode, rng
+from .. import mixed_precision, mode, rng
 from ..backend import Array
 from ..backend.recorder import GraphCache
 from ..errors import ShapeError
@@ -127,7 +127,7 @@ class TrainStep:
             return self._eager(x, y)
         split = batch_split.current()       # a rank's slice: its place in the batch is recorded too
         key = (tuple(x.shape), str(x.dtype), tuple(y.shape), str(y.dtype), net.training, self.opt.phase(),
-               mode.name(), None if split is None else (split.total, split.offset))
+               mode.name(), mixed_precision.current(), None if split is None else (split.total, split.offset))
         entry = self.cache.lookup(key, lambda: _RecordedStep(self, x, y))
         if entry is None:
             return self._eager(x, y)
@@ -212,7 +212,8 @@ class InferenceChain:
         net.check_spec(x)
         mask = None if attention_mask is None else net.check_mask(attention_mask, x.shape[0])
         net.check_ids(x)
-        key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape), mode.name())
+        key = (tuple(x.shape), str(x.dtype), None if mask is None else tuple(mask.shape), mode.name(),
+               mixed_precision.current())
         entry = self.cache.lookup(key, lambda: _RecordedForward(net, x, mask))
         if entry is None:
             return net.forward_unchecked(net.backend.asarray(x), mask)

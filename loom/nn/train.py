@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import mode, rng
+from .. import mixed_precision, mode, rng
 from ..backend import Array
 from ..errors import ConfigError, NumericError, ShapeError, renamed_paths
 from . import files, loss_choice, losses, metrics, optim
@@ -121,7 +121,7 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
           device: str | None = None, deterministic: bool | None = None, strict: bool = True,
           allow_nonfinite: bool = False, freeze: Sequence[str] | str | None = None,
           telemetry: Telemetry | dict | bool | int | str | Path | None = None,
-          parallel: Parallel | None = None) -> History:
+          parallel: Parallel | None = None, precision: str | None = None) -> History:
     """Train `net` on inputs X and targets Y (arrays with the batch first).
 
     Arguments left as None come from the config's "training" block, then from DEFAULTS:
@@ -157,12 +157,21 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     parallel: this process's rank of a data-parallel world (loom.distributed; `loom.train` with
     devices=N makes one per rank): each batch of the same seeded shuffle is split across the ranks,
     and every rank ends with the same weights (in deterministic mode, the bits one device gets).
+    precision: "float32" or "bf16" (mixed precision: every product's operands rounded to bfloat16, the
+    rest float32; loom/mixed_precision.py); None takes the config's training.precision, else the
+    precision already in effect (loom.precision).
     """
     if deterministic is None:
         deterministic = (net.config.get("training") or {}).get("deterministic")
     if deterministic is None:
         deterministic = mode.is_deterministic()
-    with mode.deterministic(deterministic):
+    where = "precision"
+    if precision is None:
+        precision, where = (net.config.get("training") or {}).get("precision"), "training.precision"
+    if precision is None:
+        precision, where = mixed_precision.current(), "precision"
+    mixed_precision.check_network(net, mixed_precision.check(precision, where), where)
+    with mode.deterministic(deterministic), mixed_precision.precision(precision):
         try:
             return _train(net, X, Y, loss, optimizer, schedule, epochs, batch_size, validation, seed, verbose,
                           metrics, callbacks, early_stopping, checkpoint, resume, shuffle, device, strict,

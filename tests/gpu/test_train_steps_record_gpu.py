@@ -43,7 +43,16 @@ def test_every_catalogue_sample_trains_with_the_cpus_bits(name, layers, shape, i
     _trains_alike(cfg, tuple(shape), sum(map(ord, name)), name, vocab)
 
 
-def _trains_alike(cfg, shape, seed, what, vocab=None):
+@pytest.mark.parametrize("name", ["dense", "conv2d", "lstm", "multi_head_attention", "swiglu", "batch_norm"])
+def test_bf16_training_has_the_cpus_bits(name):
+    """bf16 mixed precision (every product's operands rounded to bfloat16) trains on CUDA, each step a
+    recorded chain, with the CPU's bits."""
+    _, layers, shape, idt = next(s for s in SAMPLES if s[0] == name)
+    cfg = config(layers + [{"type": "flatten"}, {"type": "dense", "units": 3}], shape, idt)
+    _trains_alike(cfg, tuple(shape), sum(map(ord, name)), f"bf16 {name}", precision="bf16")
+
+
+def _trains_alike(cfg, shape, seed, what, vocab=None, precision="float32"):
     rng = np.random.default_rng(seed)
     X = (rng.integers(0, vocab, (64,) + shape) if vocab else rng.standard_normal((64,) + shape).astype(np.float32))
     Y = rng.integers(0, 3, 64)
@@ -51,7 +60,8 @@ def _trains_alike(cfg, shape, seed, what, vocab=None):
     with loom.deterministic(True):
         for device in ("cpu", "cuda"):
             net = loom.Network.from_config(cfg)
-            loom.train(net, X, Y, device=device, epochs=2, batch_size=16, shuffle=False, verbose=False)
+            loom.train(net, X, Y, device=device, epochs=2, batch_size=16, shuffle=False, verbose=False,
+                       precision=precision)
             trained[device] = net.to("cpu").state_dict()
     assert trained["cpu"].keys() == trained["cuda"].keys()
     for name, value in trained["cpu"].items():
