@@ -15,7 +15,7 @@ LOOM = Path(__file__).resolve().parents[1] / "loom"
 # Level of each top-level module or package of loom/; a module may import its own level and below.
 LEVELS = {
     # foundations: no Loom imports but each other
-    "errors": 0, "dtypes": 0, "version": 0, "atomic": 0, "mode": 0, "fallback": 0,
+    "errors": 0, "dtypes": 0, "version": 0, "atomic": 0, "mode": 0, "mixed_precision": 0, "fallback": 0,
     "config": 1, "rng": 1, "config_schema": 1,
     "config_checks": 1, "config_layers": 1,
     "backend": 2,
