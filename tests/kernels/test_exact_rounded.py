@@ -152,3 +152,26 @@ def test_stacks_of_transposed_operands_and_specials_agree_on_both_cpu_forms(monk
     for got, want in zip(results["1"], results["0"]):
         assert np.array_equal(np.isnan(got), np.isnan(want))
         assert _bits(np.nan_to_num(got, nan=0)) == _bits(np.nan_to_num(want, nan=0))
+
+
+def test_many_open_entries_are_settled_together_with_the_exact_bits(monkeypatch):
+    """Operands of few significant bits (bfloat16 values, integers) leave many entries on float32
+    midpoints; the NumPy passes settle them together (rounded._sums_without_error: sums shown exact,
+    partial sums past float64's reach too) and only the rest one by one, with the exact bits."""
+    from loom.kernels.exact import rounded
+    monkeypatch.setenv("LOOM_JIT", "0")
+    ints = RNG.integers(-(1 << 12), 1 << 12, (48, 64)).astype(np.float32)
+    ints_b = RNG.integers(-(1 << 12), 1 << 12, (64, 40)).astype(np.float32)
+    bf16 = (RNG.standard_normal((48, 64)).astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32)
+    bf16_b = (RNG.standard_normal((64, 40)).astype(np.float32).view(np.uint32) & 0xFFFF0000).view(np.float32)
+    wide, wide_b = ints.copy(), ints_b.copy()
+    wide[:, 0], wide[:, 1], wide_b[1] = 2.0 ** 60, -(2.0 ** 60), wide_b[0]    # partial sums past 2^53, cancelling
+    slow = []
+    one = rounded._round_float32
+    monkeypatch.setattr(rounded, "_round_float32", lambda p: slow.append(1) or one(p))
+    for a, b in ((ints, ints_b), (bf16, bf16_b), (wide, wide_b)):
+        open_ = int(doubtful(a, b).sum())
+        assert open_ > 64
+        slow.clear()
+        assert _bits(exact.matmul(a, b)) == _bits(_reference(a, b))
+        assert len(slow) < open_ / 4
