@@ -70,6 +70,9 @@ def check_network(net: Any, value: str, where: str) -> None:
     if dtype != "float32":
         raise ConfigError(where, f"bf16 mixed precision trains float32 networks; this one computes in {dtype} "
                                  "(its \"dtype\")")
+    if net.config.get("quantization") is not None:
+        raise ConfigError(where, "bf16 mixed precision trains float weights; this network's are quantized (its "
+                                 "\"quantization\" block: inference only)")
     if net.config.get("qat") is not None:
         raise ConfigError(where, "bf16 mixed precision and quantization-aware training (the \"qat\" block) "
                                  "both set the products' operands; use one")
@@ -86,7 +89,7 @@ def round_bf16(x: Any, xp: Any) -> Any:
     every backend gives the same bits."""
     if x.dtype != np.float32:
         raise TypeError(f"bf16 rounding takes float32 operands, got {x.dtype}")
-    bits = xp.ascontiguousarray(x).view(np.uint32)
+    bits = xp.ascontiguousarray(x).reshape(x.shape).view(np.uint32)     # (0-d stays 0-d)
     up = (bits >> np.uint32(16)) & np.uint32(1)
     rounded = ((bits + np.uint32(0x7FFF) + up) & np.uint32(0xFFFF0000)).view(np.float32)
     return xp.where(xp.isnan(x), x, rounded)

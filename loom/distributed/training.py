@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .. import backend
+from .. import backend, mixed_precision, mode
 from ..errors import ConfigError, DistributedError
 from ..formats import load
 from ..nn import train as nn_train
@@ -48,6 +48,17 @@ def train(net: Any, X: ArrayLike, Y: ArrayLike, *args: Any, devices: int | None 
     return _spawned(net, X, Y, devices, kwargs)
 
 
+def _context_settings(net, kwargs: dict) -> dict:
+    """The mode and precision this process is in (loom.deterministic, loom.precision), for the ranks it
+    starts (fresh processes, in the defaults), where neither an argument nor the training block sets them."""
+    block, out = net.config.get("training") or {}, {}
+    if kwargs.get("deterministic") is None and block.get("deterministic") is None:
+        out["deterministic"] = mode.is_deterministic()
+    if kwargs.get("precision") is None and block.get("precision") is None:
+        out["precision"] = mixed_precision.current()
+    return out
+
+
 def _spawned(net, X, Y, devices: int, kwargs: dict) -> nn_train.History:
     for key in _LOCAL_ONLY:
         if kwargs.get(key):
@@ -63,7 +74,7 @@ def _spawned(net, X, Y, devices: int, kwargs: dict) -> nn_train.History:
         net.save(folder / "net.loom")
         np.save(folder / "X.npy", np.asarray(X), allow_pickle=False)
         np.save(folder / "Y.npy", np.asarray(Y), allow_pickle=False)
-        settings = dict(kwargs, frozen=list(net.frozen), device=device)
+        settings = dict(kwargs, frozen=list(net.frozen), device=device, **_context_settings(net, kwargs))
         with open(folder / "settings.pkl", "wb") as f:
             pickle.dump(settings, f)       # this process's own objects, read back by its own ranks
         launch.spawn([sys.executable, "-m", "loom.distributed.worker", str(folder)], devices)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import builtins
 import math
 
+import numpy as np
+
 from .. import backend
 from ..backend import Array
 from ..mixed_precision import is_bf16, round_bf16
@@ -38,7 +40,9 @@ def matmul(a: Array, b: Array, out: Array | None = None) -> Array:
 
 
 def _bf16(x: Array) -> Array:
-    return round_bf16(x, _xp(x))
+    """x rounded to bfloat16 where it is float32 (the operands mixed precision narrows); other dtypes
+    (a float64 network's, integers) as they are."""
+    return round_bf16(x, _xp(x)) if x.dtype == np.float32 else x
 
 
 def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - mirrors numpy's name on purpose

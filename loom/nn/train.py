@@ -169,7 +169,7 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     if precision is None:
         precision, where = (net.config.get("training") or {}).get("precision"), "training.precision"
     if precision is None:
-        precision, where = mixed_precision.current(), "precision"
+        precision, where = mixed_precision.current(), "loom.precision"
     mixed_precision.check_network(net, mixed_precision.check(precision, where), where)
     with mode.deterministic(deterministic), mixed_precision.precision(precision):
         try:
@@ -453,7 +453,8 @@ def _fingerprint(net, settings, X, Y, start) -> bytes:
     """What every rank of a data-parallel world must agree on: the network (config and weights), the
     settings, the data's shapes and bytes, the epoch it starts from."""
     h = hashlib.sha256()
-    h.update(f"{mode.name()} frozen {sorted(net.frozen)}".encode())     # ranks in other modes reduce differently
+    # ranks in other modes reduce differently; in other precisions they multiply differently
+    h.update(f"{mode.name()} {mixed_precision.current()} frozen {sorted(net.frozen)}".encode())
     h.update(json.dumps(net.config, sort_keys=True, default=str).encode())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     for name, value in sorted(net.parameters().items()) + sorted(net.buffers().items()):

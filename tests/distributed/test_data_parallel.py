@@ -304,3 +304,27 @@ def test_layers_that_mix_rows_are_refused_even_inside_a_gate():
     with pytest.raises(ConfigError, match="mixes the rows"):
         run_world(2, lambda c: nn_train.train(loom.Network.from_config(config), X, Y,
                                               parallel=DataParallel(FakeGroup(c)), **SETTINGS))
+
+
+@pytest.mark.parametrize("name", ["mnist-mlp", "tiny-transformer"])
+def test_bf16_weights_are_the_same_bits_on_any_number_of_ranks(name):
+    """bf16 mixed precision (operands rounded elementwise, gradients over the global batch) keeps the
+    one-process bits on every world size."""
+    config = CONFIGS[name]
+    X, Y = data(config, 30)
+    alone = trained_alone(config, X, Y, precision="bf16")
+    assert alone[0] != trained_alone(config, X, Y)[0]
+    for ranks in (2, 3):
+        for r, got in enumerate(trained_split(config, X, Y, ranks, precision="bf16")):
+            assert got == alone, f"{name}: rank {r} of {ranks} differs from one process in bf16"
+
+
+def test_ranks_in_other_precisions_are_refused_at_start():
+    config = CONFIGS["mnist-mlp"]
+    X, Y = data(config, 24)
+
+    def rank(collective):
+        return nn_train.train(loom.Network.from_config(config), X, Y, parallel=DataParallel(FakeGroup(collective)),
+                              precision="bf16" if collective.rank == 0 else "float32", **SETTINGS)
+    with pytest.raises(DistributedError, match="train something other"):
+        run_world(2, rank)

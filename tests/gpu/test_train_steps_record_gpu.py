@@ -66,3 +66,36 @@ def _trains_alike(cfg, shape, seed, what, vocab=None, precision="float32"):
     assert trained["cpu"].keys() == trained["cuda"].keys()
     for name, value in trained["cpu"].items():
         same_bits(trained["cuda"][name], value, f"{what} {name}")
+
+
+@pytest.mark.parametrize("name, layers, shape, idt", SAMPLES, ids=[s[0] for s in SAMPLES])
+def test_every_family_records_in_fast_mode_and_as_an_inference_chain(name, layers, shape, idt):
+    """Issue 61's rule in fast mode too (which would fall back to eager steps silently, with a log):
+    every catalogue sample's train step records, and its eval forward records through net.compile() in
+    both modes, with the eager forward's result (its bits in deterministic mode)."""
+    from loom.nn import losses, optim
+    from loom.nn.chain import TrainStep
+    cfg = config(layers + [{"type": "flatten"}, {"type": "dense", "units": 3}], shape, idt)
+    rng = np.random.default_rng(sum(map(ord, name)))
+    vocab = layers[0].get("vocab_size") if idt else None
+    X = rng.integers(0, vocab, (16,) + tuple(shape)) if vocab else rng.standard_normal((16,) + tuple(shape)).astype(
+        np.float32)
+    Y = rng.integers(0, 3, 16)
+    with loom.deterministic(False):
+        net = loom.Network.from_config(cfg).to("cuda").train()
+        step = TrainStep(net, losses.build("cross_entropy"), optim.build({"type": "adam"}, net.parameters()))
+        for _ in range(3):
+            step(X, Y)
+        assert step.eager_reasons == {}, f"{name}: fast-mode train step not recorded: {step.eager_reasons}"
+    for deterministic in (True, False):
+        with loom.deterministic(deterministic):
+            net = loom.Network.from_config(cfg).to("cuda").eval()
+            eager = net.backend.to_numpy(net.forward(net.backend.asarray(X)))
+            net.compile()
+            outs = [net.backend.to_numpy(net(X)) for _ in range(3)]        # eager, recorded, replayed
+            assert net._compiled.eager_reasons == {}, f"{name}: forward not recorded: {net._compiled.eager_reasons}"
+            for out in outs:
+                if deterministic:
+                    same_bits(out, eager, f"{name} compiled forward")
+                else:
+                    np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)

@@ -137,9 +137,27 @@ def test_settings_that_cannot_train_in_bf16_name_the_key_and_layer():
     qat = {**MLP, "qat": {"dtype": "int8"}}
     with pytest.raises(ConfigError, match=r"^precision: .*quantization-aware"):
         loom.train(loom.Network.from_config(qat), X, Y, epochs=1, verbose=False, precision="bf16")
+    quantized = {**MLP, "quantization": {"dtype": "int8"}}
+    with pytest.raises(ConfigError, match=r"^precision: .*quantized"):
+        loom.train(loom.Network.from_config(quantized), X, Y, epochs=1, verbose=False, precision="bf16")
     with pytest.raises(ConfigError, match="expected one of float32, bf16"):
         with loom.precision("bf8"):
             pass
+    with loom.precision("bf16"), pytest.raises(ConfigError, match=r"^loom\.precision: .*float64"):
+        net = loom.Network.from_config({**MLP, "dtype": "float64"})
+        loom.train(net, X.astype(np.float64), Y, epochs=1, verbose=False)
+
+
+def test_the_bf16_context_leaves_other_dtypes_alone():
+    """Only float32 operands are narrowed: a float64 network's forward and integer products run as they are."""
+    X, _ = _data(3, n=4)
+    net = loom.Network.from_config({**MLP, "dtype": "float64"})
+    x64 = X.astype(np.float64)
+    with loom.precision("bf16"):
+        inside = net.forward(x64)
+        ints = ops.matmul(np.arange(6).reshape(2, 3), np.arange(6).reshape(3, 2))
+    assert np.array_equal(inside, net.forward(x64)) and ints.tolist() == [[10, 13], [28, 40]]
+    assert mixed_precision.round_bf16(np.float32(1.00390625), np).shape == ()
 
 
 def test_loom_train_precision_flag(tmp_path, capsys):

@@ -85,7 +85,8 @@ def _matmul_numpy(be, a, b, factor) -> tuple:
             rows = a_b[tuple(batch) + (i,)].astype(np.float64)                  # [n, K]
             cols = np.swapaxes(b_b, -1, -2)[tuple(batch) + (j,)].astype(np.float64)   # [n, K]
             sums, exact = _sums_without_error(rows * cols)
-            out[tuple(w[exact] for w in part)] = sums[exact].astype(np.float32)
+            with np.errstate(over="ignore"):                   # past float32's range: inf, as asked
+                out[tuple(w[exact] for w in part)] = sums[exact].astype(np.float32)
             left[start:start + OPEN_PART] = ~exact
     for index in zip(*(w[left] for w in where)):
         *batch, i, j = index
@@ -107,7 +108,7 @@ def _sums_without_error(products: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     to right, each addition's rounding error found exactly (Knuth's TwoSum); where some rounded, the
     errors are added the same way, then the two sums: where none of those additions rounded, s is exact
     (sums whose partial sums outgrow float64, as in cancelling rows, too)."""
-    with np.errstate(invalid="ignore", over="ignore"):
+    with np.errstate(invalid="ignore"):
         s, errors = _two_sums(np.asfortranarray(products))
         rounded = np.nonzero(errors.any(axis=1))[0]
         exact = np.ones(len(s), dtype=bool)
