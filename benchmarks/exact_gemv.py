@@ -21,16 +21,12 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from exact_tiles import graph_time  # noqa: E402  (benchmarks/, the script's folder)
+from exact_tiles import SHAPES as TILE_SHAPES  # noqa: E402  (benchmarks/, the script's folder)
+from exact_tiles import graph_time  # noqa: E402
 
-SHAPES = {  # name: (rows of W, K, swiglu)
-    "smol qkv": (960, 576, False), "smol gate_up": (3072, 576, True), "smol down": (576, 1536, False),
-    "smol lm_head": (49152, 576, False),
-    "1b qkv": (3072, 2048, False), "1b o": (2048, 2048, False), "1b gate_up": (8192, 2048, True),
-    "1b down": (2048, 8192, False), "1b lm_head": (128256, 2048, False),
-    "qwen down": (896, 4864, False),
-    "8b qkv": (6144, 4096, False), "8b gate_up": (14336, 4096, True), "8b down": (4096, 14336, False),
-}
+SHAPES = {**TILE_SHAPES,  # name: (rows of W, K, swiglu); exact_tiles' and these
+          "1b o": (2048, 2048, False), "1b lm_head": (128256, 2048, False), "qwen down": (896, 4864, False),
+          "8b qkv": (6144, 4096, False), "8b gate_up": (14336, 4096, True), "8b down": (4096, 14336, False)}
 
 
 def _copy_rate(cupy) -> float:

@@ -161,15 +161,8 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
     rest float32; loom/mixed_precision.py); None takes the config's training.precision, else the
     precision already in effect (loom.precision).
     """
-    if deterministic is None:
-        deterministic = (net.config.get("training") or {}).get("deterministic")
-    if deterministic is None:
-        deterministic = mode.is_deterministic()
-    where = "precision"
-    if precision is None:
-        precision, where = (net.config.get("training") or {}).get("precision"), "training.precision"
-    if precision is None:
-        precision, where = mixed_precision.current(), "loom.precision"
+    deterministic, _ = _in_effect(net, "deterministic", deterministic, mode.is_deterministic())
+    precision, where = _in_effect(net, "precision", precision, mixed_precision.current())
     mixed_precision.check_network(net, mixed_precision.check(precision, where), where)
     with mode.deterministic(deterministic), mixed_precision.precision(precision):
         try:
@@ -179,6 +172,16 @@ def train(net: Network, X: ArrayLike, Y: ArrayLike, loss: str | dict | losses.Lo
         finally:
             if parallel is not None:
                 parallel.finish()
+
+
+def _in_effect(net, key: str, given: Any, current: Any) -> tuple[Any, str]:
+    """(value, where) of a setting that runs the whole training in a context: the argument, else the
+    training block's, else the one `current`ly in effect (loom.deterministic, loom.precision); `where` is
+    the name an error about it uses."""
+    if given is not None:
+        return given, key
+    block = (net.config.get("training") or {}).get(key)
+    return (block, f"training.{key}") if block is not None else (current, f"loom.{key}")
 
 
 class Parallel(Protocol):

@@ -274,13 +274,12 @@ extern "C" __global__ void loom_exact_rms_norm(const float* x, const float* w, f
 """
 
 
-def prelude(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int, rows_per_warp: int = 1) -> str:
+def prelude(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int) -> str:
     """The defines and device functions a deterministic product kernel for stored type `qtype` builds
-    on (this module's, and quant_slices'): block decoding, the settling stages, the row norm. (RB, rows of
-    W a warp takes at once, is quant_slices' gemv's.)"""
+    on (this module's, and quant_slices'): block decoding, the settling stages, the row norm."""
     head = (f"typedef float T;\n{type_defines(qtype)}#define EPI {epilogue}\n"
             f"#define MR {x_rows}\n#define WPR {warps_per_row}\n#define NB {blocks}\n#define STAGE_FLOATS {STAGE_FLOATS}\n"
-            f"#define MIN_BLOCKS {MIN_BLOCKS}\n#define RB {rows_per_warp}\n")
+            f"#define MIN_BLOCKS {MIN_BLOCKS}\n")
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
             + BLOCK_DECODE + NORM_ROW)
 

@@ -240,7 +240,7 @@ extern "C" __global__ void __launch_bounds__(256, MIN_BLOCKS) loom_sliced_gemv(
 
 @cache
 def _module(qtype: str, epilogue: int, x_rows: int, warps_per_row: int, blocks: int, rows_per_warp: int = 1):
-    source = prelude(qtype, epilogue, x_rows, warps_per_row, blocks, rows_per_warp) + _SOURCE
+    source = prelude(qtype, epilogue, x_rows, warps_per_row, blocks) + f"#define RB {rows_per_warp}\n" + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
