@@ -80,6 +80,13 @@ def _row_kernels(x, *per_feature, arithmetic: bool = False, row_sums: bool = Tru
 
 # --- activations -----------------------------------------------------------------------------------
 
+def lstm_kernels(x: Array):
+    """The owning backend's fused LSTM steps for a float network whose input is x (lstm_step and
+    lstm_step_back: nn/layers/recurrent.py's fused loop, with the composed cell's results, its bits in
+    deterministic mode), or None: the layer composes its cell."""
+    return _kernels(x)
+
+
 def gelu(x: Array) -> Array:
     """Exact GELU, 0.5 x (1 + erf(x / sqrt 2))."""
     fused = _kernels(x)

@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import Array
-from ..mixed_precision import is_bf16, round_bf16
+from ..mixed_precision import is_bf16
 from ..mode import is_deterministic
 from . import batch_split, exact, mathlib
 from .exact import over_batch
@@ -33,6 +33,8 @@ def matmul(a: Array, b: Array, out: Array | None = None) -> Array:
     """a @ b with NumPy broadcasting over leading dimensions (written into `out` when given); under
     loom.precision("bf16"), of a and b rounded to bfloat16."""
     if is_bf16():
+        if _fast_bf16(a, b):
+            return backend.of(a).matmul_bf16(a, b, out=out)
         a, b = _bf16(a), _bf16(b)
     if is_deterministic():
         return exact.matmul(a, b, out=out)
@@ -42,7 +44,14 @@ def matmul(a: Array, b: Array, out: Array | None = None) -> Array:
 def _bf16(x: Array) -> Array:
     """x rounded to bfloat16 where it is float32 (the operands mixed precision narrows); other dtypes
     (a float64 network's, integers) as they are."""
-    return round_bf16(x, _xp(x)) if x.dtype == np.float32 else x
+    return backend.of(x).round_bf16(x) if x.dtype == np.float32 else x
+
+
+def _fast_bf16(a: Array, b: Array) -> bool:
+    """Whether a mixed-precision product goes to the backend's bfloat16 GEMM (fast mode, float32
+    operands: the tensor cores on a GPU); deterministic mode rounds the operands and takes its exact
+    product of their values."""
+    return not is_deterministic() and a.dtype == np.float32 and b.dtype == np.float32
 
 
 def sum(x: Array, axis: int | tuple[int, ...] | None = None,  # noqa: A001 - mirrors numpy's name on purpose
@@ -82,6 +91,8 @@ def grad_matmul(a: Array, b: Array, out: Array | None = None) -> Array:
     mode: this rank's part, which the data-parallel trainer all-reduces with the others. `out`:
     written there too. Under loom.precision("bf16"), of a and b rounded to bfloat16."""
     if is_bf16():
+        if _fast_bf16(a, b):
+            return backend.of(a).matmul_bf16(a, b, out=out)
         a, b = _bf16(a), _bf16(b)
     if is_deterministic():
         result = over_batch.matmul(a, b)

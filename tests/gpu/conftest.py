@@ -51,6 +51,8 @@ TIERS = {
     "test_telemetry_cuda.py": "gpu_nn",
     "test_freeze_gpu.py": "gpu_nn",
     "test_train_steps_record_gpu.py": "gpu_nn",
+    "test_bf16_products_gpu.py": "gpu_nn",
+    "test_recurrent_gpu.py": "gpu_nn",
     "test_distributed_gpu.py": "gpu_nn",
     # gpu_engine: compute-engine units and chains, the GPU sieve, LMO (pi(2^64): 110 s)
     "test_engine_gpu.py": "gpu_engine",

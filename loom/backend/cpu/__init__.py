@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from ... import mixed_precision
 from . import dequant, exact, gemv, jit, rounded, rounded_gemv
 from .windows import CPUWindows
 
@@ -182,6 +183,12 @@ class CPUBackend:
 
     def to_numpy(self, x: ArrayLike) -> np.ndarray:
         return np.asarray(x)
+
+    def round_bf16(self, x: np.ndarray) -> np.ndarray:
+        return mixed_precision.round_bf16(x, np)
+
+    def matmul_bf16(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        return self.matmul(self.round_bf16(a), self.round_bf16(b), out=out)
 
     def matmul(self, a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         if a.ndim == 2 and b.ndim == 2 and a.shape[1] == 1 and a.dtype == b.dtype:

@@ -141,6 +141,18 @@ class CUDABackend:
                 return self.blas.gemm(a, b, out=out)
             return self.xp.matmul(a, b, out=out)     # integer and mixed dtypes: eager only
 
+    def round_bf16(self, x: Array) -> Array:
+        from . import quant  # (imports cupy)
+        with translating("bfloat16 rounding", x):
+            return quant.round_bf16(x)
+
+    def matmul_bf16(self, a: Array, b: Array, out: Array | None = None) -> Array:
+        """The tensor cores' product of a and b's bfloat16 roundings (one conversion pass each, W.T kept
+        a transposed view), summed in float32 by cuBLAS (CUBLAS_COMPUTE_32F)."""
+        from . import quant
+        with translating("matmul", a, b):
+            return self.blas.gemm(quant.bf16_operand(a), quant.bf16_operand(b), out=out, bf16=True)
+
     @property
     def blas(self) -> cublas.CuBLAS:
         """Loom's own cuBLAS handle (see cublas.py: CuPy's cannot be recorded into graphs)."""

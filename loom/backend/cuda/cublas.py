@@ -10,8 +10,9 @@ Row-major C = A @ B is computed as the column-major product C^T = B^T A^T: a C-c
 matrix is its own transpose in column-major order, so no copies are needed for C-ordered operands or
 for transposed views (W.T); anything else is made contiguous first. Batched products map to
 cublasGemmStridedBatchedEx when every operand's batch dimensions collapse to one stride (0 for a
-broadcast operand). TF32 is never used: float32 runs with CUBLAS_COMPUTE_32F. `gemm_bf16_t` is the one
-reduced-precision product: bfloat16 operands on the tensor cores, float32 sums (fast-mode prefill).
+broadcast operand). TF32 is never used: float32 runs with CUBLAS_COMPUTE_32F. The reduced-precision
+products take bfloat16 operands on the tensor cores with float32 sums: `gemm_bf16_t` (fast-mode prefill)
+and `gemm(..., bf16=True)` (mixed-precision training's fast mode).
 """
 from __future__ import annotations
 
@@ -86,9 +87,11 @@ class CuBLAS:
                                                        ctypes.c_size_t(WORKSPACE_BYTES)), "cublasSetWorkspace")
             self._stream = ptr
 
-    def gemm(self, a: Array, b: Array, out: Array | None = None) -> Array:
+    def gemm(self, a: Array, b: Array, out: Array | None = None, bf16: bool = False) -> Array:
         """a @ b with NumPy's matmul semantics (1-D promotion, broadcast batch dimensions), written
-        into `out` when given."""
+        into `out` when given. bf16: a and b are bfloat16 bits (uint16, quant.bf16_operand's), the
+        product float32: the tensor cores' bfloat16 products summed in float32 (mixed precision's fast
+        mode)."""
         vec_a, vec_b = a.ndim == 1, b.ndim == 1
         a = a[None, :] if vec_a else a
         b = b[:, None] if vec_b else b
@@ -97,15 +100,16 @@ class CuBLAS:
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         shape = batch + (a.shape[-2], b.shape[-1])
         final = shape[:-2] + shape[-2:-1] * (not vec_a) + shape[-1:] * (not vec_b)
-        if out is not None and not (tuple(out.shape) == final and out.dtype == a.dtype and out.flags.c_contiguous):
-            out[...] = self.gemm(a if not vec_a else a[0], b if not vec_b else b[:, 0])
+        dtype = np.dtype(np.float32) if bf16 else a.dtype
+        if out is not None and not (tuple(out.shape) == final and out.dtype == dtype and out.flags.c_contiguous):
+            out[...] = self.gemm(a if not vec_a else a[0], b if not vec_b else b[:, 0], bf16=bf16)
             return out
-        c = self.cp.empty(shape, dtype=a.dtype) if out is None else out.reshape(shape)
+        c = self.cp.empty(shape, dtype=dtype) if out is None else out.reshape(shape)
         if b.ndim == 2 and a.ndim > 2 and a.flags.c_contiguous:
             # [..., M, K] @ [K, N] is one [(... M), K] x [K, N] GEMM
-            self._gemm(a.reshape(-1, a.shape[-1]), b, c.reshape(-1, c.shape[-1]), ())
+            self._gemm(a.reshape(-1, a.shape[-1]), b, c.reshape(-1, c.shape[-1]), (), bf16)
         else:
-            self._gemm(a, b, c, batch)
+            self._gemm(a, b, c, batch, bf16)
         return c.reshape(final)
 
     def gemm_int8(self, a: Array, bt: Array) -> Array:
@@ -161,8 +165,8 @@ class CuBLAS:
             _COMPUTE_32F, _GEMM_DEFAULT)
         self._check(status, f"bfloat16 GEMM {list(x16.shape)} x {list(w16.shape)}^T")
 
-    def _gemm(self, a, b, c, batch) -> None:
-        """c (C-contiguous, batch + (M, N)) = a @ b."""
+    def _gemm(self, a, b, c, batch, bf16=False) -> None:
+        """c (C-contiguous, batch + (M, N)) = a @ b (bf16: of bfloat16 bits, c float32)."""
         rows, k, n = c.shape[-2], a.shape[-1], c.shape[-1]
         if c.size == 0:
             return
@@ -173,20 +177,21 @@ class CuBLAS:
         bt, ldb, sb, b = _operand(self.cp, b, batch)
         aptr, bptr = a.data.ptr, b.data.ptr
         self._bind_stream()
-        dtype_id, compute, _ = _TYPES[a.dtype]
-        one, zero = self._scalars[a.dtype]
+        dtype_id, compute, _ = _TYPES[c.dtype]
+        one, zero = self._scalars[c.dtype]
+        ab_id = _CUDA_R_16BF if bf16 else dtype_id
         count = math.prod(batch)
         # column-major: C^T (n x rows) = op(B stored) (n x k) . op(A stored) (k x rows)
         if count == 1:
             status = self.lib.cublasGemmEx(
                 self.handle, bt, at, n, rows, k, ctypes.byref(one),
-                ctypes.c_void_p(bptr), dtype_id, ldb, ctypes.c_void_p(aptr), dtype_id, lda,
+                ctypes.c_void_p(bptr), ab_id, ldb, ctypes.c_void_p(aptr), ab_id, lda,
                 ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), dtype_id, n, compute, _GEMM_DEFAULT)
         else:
             status = self.lib.cublasGemmStridedBatchedEx(
                 self.handle, bt, at, n, rows, k, ctypes.byref(one),
-                ctypes.c_void_p(bptr), dtype_id, ldb, ctypes.c_longlong(sb),
-                ctypes.c_void_p(aptr), dtype_id, lda, ctypes.c_longlong(sa),
+                ctypes.c_void_p(bptr), ab_id, ldb, ctypes.c_longlong(sb),
+                ctypes.c_void_p(aptr), ab_id, lda, ctypes.c_longlong(sa),
                 ctypes.byref(zero), ctypes.c_void_p(c.data.ptr), dtype_id, n, ctypes.c_longlong(rows * n),
                 count, compute, _GEMM_DEFAULT)
         self._check(status, f"GEMM {list(a.shape)} @ {list(b.shape)}")

@@ -437,6 +437,17 @@ def gelu_grad(x: Array, dy: Array, helpers: str = _HELPERS) -> Array:
         return _gelu_kernels(helpers)[1](x, dy)
 
 
+def lstm_step(*args, helpers: str = _HELPERS) -> None:
+    """recurrent.lstm_step (an LSTM step forward, one launch) with `helpers`' transcendentals."""
+    from . import recurrent
+    recurrent.lstm_step(*args, helpers)
+
+
+def lstm_step_back(*args, helpers: str = _HELPERS) -> None:
+    from . import recurrent
+    recurrent.lstm_step_back(*args, helpers)
+
+
 # --- optimizers ------------------------------------------------------------------------------------
 
 def _scalar(value, dtype):

@@ -200,3 +200,12 @@ def gelu(x: Array) -> Array:
 
 def gelu_grad(x: Array, dy: Array) -> Array:
     return fused.gelu_grad(x, dy, helpers())
+
+
+# An LSTM step's element-wise work with mathlib's transcendentals: the composition's bits.
+def lstm_step(*args) -> None:
+    fused.lstm_step(*args, helpers=helpers())
+
+
+def lstm_step_back(*args) -> None:
+    fused.lstm_step_back(*args, helpers=helpers())

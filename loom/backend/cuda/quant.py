@@ -428,6 +428,13 @@ extern "C" __global__ void loom_to_bf16(const float* x, unsigned short* out, lon
     if (i >= n) return;
     out[i] = (unsigned short)loom_bf16_bits(x[i]);
 }
+// mixed_precision.round_bf16's bits in one pass: NaN as it is (payload kept), else to nearest even
+extern "C" __global__ void loom_round_bf16(const float* x, float* out, long long n) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    const unsigned u = __float_as_uint(x[i]);
+    out[i] = (u & 0x7fffffffu) > 0x7f800000u ? x[i] : __uint_as_float((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
+}
 """
 
 
@@ -439,6 +446,27 @@ def to_bf16(x: Array, out: Array | None = None) -> Array:
     out = cupy.empty(x.shape, dtype=cupy.uint16) if out is None else out
     if x.size:
         kernel = _bf16_module().get_function("loom_to_bf16")
+        kernel(((x.size + 255) // 256,), (256,), (x, out, np.int64(x.size)))
+    return out
+
+
+def bf16_operand(x: Array) -> Array:
+    """to_bf16 of a GEMM operand, keeping a transposed view (W.T) transposed: its bits are written in
+    W's order, so cuBLAS reads them as it would have read W.T's floats (no transposing copy)."""
+    if x.ndim >= 2 and not x.flags.c_contiguous and x.swapaxes(-1, -2).flags.c_contiguous:
+        return to_bf16(x.swapaxes(-1, -2)).swapaxes(-1, -2)
+    return to_bf16(x)
+
+
+def round_bf16(x: Array) -> Array:
+    """mixed_precision.round_bf16(x, cupy)'s bits (float32 x rounded to bfloat16's values, kept as
+    float32) in one launch instead of its eight element-wise passes."""
+    if x.dtype != np.float32:
+        raise ShapeError(f"round_bf16 takes float32 values, got {x.dtype}")
+    x = cupy.ascontiguousarray(x)
+    out = cupy.empty_like(x)
+    if x.size:
+        kernel = _bf16_module().get_function("loom_round_bf16")
         kernel(((x.size + 255) // 256,), (256,), (x, out, np.int64(x.size)))
     return out
 

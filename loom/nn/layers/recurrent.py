@@ -19,7 +19,8 @@ from typing import Any
 
 from ...backend import Array
 from ...errors import ShapeError
-from ...kernels import ops
+from ...kernels import fused, ops
+from ...kernels.quant import affine as quant
 from . import linear
 from .base import BuildContext, ForwardContext, Layer, Spec, register
 
@@ -152,8 +153,66 @@ class RNN(_Recurrent):
 @register("lstm")
 class LSTM(_Recurrent):
     """i, f, g, o = sig, sig, tanh, sig of (W_ih x + b_ih + W_hh h + b_hh); c' = f c + i g;
-    h' = o tanh(c')."""
+    h' = o tanh(c').
+
+    Where the backend has fused LSTM steps (the GPU: one launch a step each way beside its GEMM, the
+    composed cell's results, its bits in deterministic mode) and no attention mask or quantization is
+    involved, the loop runs those; otherwise the cell is composed (_Recurrent's loop)."""
     GATES, STATES = 4, 2
+
+    def _fused(self, x: Array, mask: Array | None):
+        if mask is not None or self.qat is not None or any(
+                isinstance(self.params[k], quant.AffineQuantized) for k in self.QUANT_WEIGHTS):
+            return None
+        return fused.lstm_kernels(x)
+
+    def forward(self, x: Array, fc: ForwardContext) -> Array:
+        B, T, _ = x.shape
+        kernels = self._fused(x, _sequence_mask(self, fc, B, T))
+        self.fused_loop = kernels is not None
+        if kernels is None:
+            return super().forward(x, fc)
+        xp, p, H = self.xp, self.params, self.H
+        ax = linear.project(self, "weight_ih", x)                    # [B, T, 4H]
+        if "bias_ih" in p:
+            ax = ax + p["bias_ih"]
+        hs = xp.empty((B, T, H), dtype=x.dtype)
+        hprev = xp.empty((B, T, H), dtype=x.dtype)                   # h before each step (weight_hh's gradient)
+        hprev[:, 0] = 0
+        cs = xp.zeros((T + 1, B, H), dtype=x.dtype)                  # c before each step, and the last
+        gates = xp.empty((T, 5, B, H), dtype=x.dtype)                # i, f, g, o, tanh(c) of each step
+        for t in range(T):
+            mm = linear.project(self, "weight_hh", hprev[:, t])
+            kernels.lstm_step(ax[:, t], mm, p.get("bias_hh"), cs[t], cs[t + 1], gates[t], hs[:, t],
+                              hprev[:, t + 1] if t + 1 < T else None)
+        self.x, self.mask, self.hprev, self.cs, self.gates = x, None, hprev, cs, gates
+        return hs if self.seqs else xp.ascontiguousarray(hs[:, -1])
+
+    def backward(self, dy: Array) -> Array:
+        if not self.fused_loop:
+            return super().backward(dy)
+        kernels = fused.lstm_kernels(self.x)
+        xp, x, p, H = self.xp, self.x, self.params, self.H
+        B, T, F = x.shape
+        dax = xp.empty((B, T, 4 * H), dtype=x.dtype)                 # da of every step (= d ah for an LSTM)
+        d1 = [xp.empty((B, H), dtype=x.dtype) for _ in range(2)]    # the cell state's gradient, two buffers
+        mm = None
+        for t in reversed(range(T)):
+            kernels.lstm_step_back(mm, None if self.seqs or t < T - 1 else dy, dy[:, t] if self.seqs else None,
+                                   self.gates[t], self.cs[t], None if t == T - 1 else d1[t % 2], dax[:, t],
+                                   d1[(t + 1) % 2])
+            if t:
+                mm = ops.matmul(dax[:, t], p["weight_hh"])
+        dax2 = dax.reshape(B * T, 4 * H)
+        if self.trains("weight_ih"):
+            self.grads["weight_ih"] += ops.grad_matmul(dax2.T, x.reshape(B * T, F))
+        if self.trains("weight_hh"):
+            self.grads["weight_hh"] += ops.grad_matmul(dax2.T, self.hprev.reshape(B * T, H))
+        if self.trains("bias_ih"):
+            self.grads["bias_ih"] += ops.grad_sum(dax2, axis=0)
+        if self.trains("bias_hh"):
+            self.grads["bias_hh"] += ops.grad_sum(dax2, axis=0)
+        return ops.matmul(dax2, p["weight_ih"]).reshape(B, T, F)
 
     def cell(self, ax: Array, ah: Array, state: tuple[Array, ...]) -> tuple[tuple[Array, ...], Any]:
         H = self.H

@@ -139,3 +139,67 @@ def test_mask_of_wrong_length_is_a_shape_error():
     net = gradcheck.make_net([{"type": "gru", "hidden": 3}], [4, 2])
     with pytest.raises(loom.ShapeError):
         net(np.zeros((2, 4, 2)), attention_mask=np.ones((2, 3), dtype=bool))
+
+
+class _NumpyLSTMSteps:
+    """The GPU's fused LSTM steps (loom/backend/cuda/recurrent.py) written out in NumPy with the
+    composed cell's operations: the fused loop's bookkeeping (which h, c, gradient and buffer each step
+    reads and writes) must give the composed loop's bits, which the GPU test then holds the kernels to."""
+
+    @staticmethod
+    def lstm_step(ax_t, mm, bias_hh, c_prev, c_out, gates, h_out, h_next):
+        from loom.kernels import ops
+        H = c_prev.shape[1]
+        a = ax_t + (mm + bias_hh if bias_hh is not None else mm)
+        i, f = ops.sigmoid(a[:, :H]), ops.sigmoid(a[:, H:2 * H])
+        g, o = ops.tanh(a[:, 2 * H:3 * H]), ops.sigmoid(a[:, 3 * H:])
+        c_out[...] = f * c_prev + i * g
+        gates[:4] = i, f, g, o
+        gates[4] = ops.tanh(c_out)
+        h_out[...] = o * gates[4]
+        if h_next is not None:
+            h_next[...] = h_out
+
+    @staticmethod
+    def lstm_step_back(mm, d0, dy_t, gates, c_prev, d1, da_t, d1_out):
+        i, f, g, o, tc = gates
+        dh = 0 + mm if mm is not None else (d0 if d0 is not None else np.zeros_like(i))
+        if dy_t is not None:
+            dh = dh + dy_t
+        dc = (d1 if d1 is not None else np.zeros_like(i)) + dh * o * (1 - tc * tc)
+        da_t[...] = np.concatenate([dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g),
+                                    dh * tc * o * (1 - o)], axis=1)
+        d1_out[...] = 0 + dc * f
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+@pytest.mark.parametrize("seqs", [True, False])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fused_lstm_loop_has_the_composed_loops_bits(monkeypatch, deterministic, seqs, bias, dtype):
+    from loom.kernels import fused
+    cfg = {"loom": 1, "dtype": dtype, "seed": 4, "input": {"shape": [6, 3]},
+           "layers": [{"type": "lstm", "hidden": 5, "return_sequences": seqs, "bias": bias}]}
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(4, 6, 3)).astype(dtype) * 2
+    dy = rng.normal(size=(4, 6, 5) if seqs else (4, 5)).astype(dtype)
+    results = []
+    with loom.deterministic(deterministic):
+        for kernels in (None, _NumpyLSTMSteps()):
+            monkeypatch.setattr(fused, "lstm_kernels", lambda x, k=kernels: k)
+            net = loom.Network.from_config(cfg)
+            y = net.forward(x)
+            results.append((y, net.backward(dy), net.gradients()))
+    (y0, dx0, g0), (y1, dx1, g1) = results
+    np.testing.assert_array_equal(y1, y0)
+    np.testing.assert_array_equal(dx1, dx0)
+    assert g1.keys() == g0.keys()
+    for name in g0:
+        np.testing.assert_array_equal(g1[name], g0[name], err_msg=name)
+
+
+def test_fused_lstm_loop_passes_finite_differences(monkeypatch):
+    from loom.kernels import fused
+    monkeypatch.setattr(fused, "lstm_kernels", lambda x: _NumpyLSTMSteps())
+    gradcheck.check([{"type": "lstm", "hidden": 3, "return_sequences": True}], [4, 3], batch=2, seed=1)
+    gradcheck.check([{"type": "lstm", "hidden": 3, "return_sequences": False}], [4, 3], batch=2, seed=2)

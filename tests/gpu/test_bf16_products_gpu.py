@@ -1,0 +1,117 @@
+"""Mixed precision's products on the GPU (issue 61): the CUDA backend's one-pass bfloat16 rounding has
+mixed_precision.round_bf16's bits (deterministic mode's operands), and fast mode's bfloat16 GEMM
+(cuBLAS, tensor cores, float32 sums) equals the float64 product of the rounded operands within float32
+summation's error, for every operand layout the layers pass (transposed views, batches, broadcasts,
+vectors, `out=`), eagerly and recorded into a graph."""
+import numpy as np
+import pytest
+from catalogue import SAMPLES, config
+
+import loom
+from loom.mixed_precision import round_bf16
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def be():
+    return loom.backend.get("cuda")
+
+
+def _hostile(rng, n):
+    """float32 values at every scale, with bfloat16 ties, overflow, subnormals, infinities and NaNs
+    with payloads."""
+    with np.errstate(over="ignore"):            # the largest scales overflow to infinity, on purpose
+        x = (rng.standard_normal(n) * np.exp2(rng.integers(-140, 128, n))).astype(np.float32)
+    bits = x.view(np.uint32)
+    bits[: n // 8] = (bits[: n // 8] & 0xFFFF0000) | 0x8000               # exact ties
+    bits[n // 8: n // 4] = (bits[n // 8: n // 4] & 0xFFFF0000) | 0x7FFF
+    x[-8:] = [np.inf, -np.inf, 3.4e38, -3.4e38, 1e-45, -0.0, 0.0, 1.17e-38]
+    bits[-12:-8] = [0x7FC00001, 0xFFC12345, 0x7F800001, 0x7FBFFFFF]          # NaNs, quiet and signalling
+    return x
+
+
+@pytest.mark.smoke
+def test_round_bf16_has_the_reference_bits(be):
+    rng = np.random.default_rng(0)
+    x = _hostile(rng, 1 << 16).reshape(256, 256)
+    dx = be.asarray(x)
+    for device, host in ((dx, x), (dx[:, ::3], x[:, ::3]), (dx.T, x.T)):    # contiguous, strided, transposed
+        got = be.to_numpy(be.round_bf16(device))
+        want = round_bf16(np.ascontiguousarray(host), np)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def _reference(a, b):
+    """The float64 product of a and b rounded to bfloat16, and the bound on float32 summation's error
+    (every partial sum rounded: K * 2^-24 of the sum of magnitudes, doubled for the tensor cores'
+    own order)."""
+    ra, rb = (round_bf16(np.ascontiguousarray(v), np).astype(np.float64) for v in (a, b))
+    k = a.shape[-1]
+    return np.matmul(ra, rb), 2 * k * 2.0 ** -24 * np.matmul(np.abs(ra), np.abs(rb)) + 1e-30
+
+
+CASES = {
+    "x @ W.T": lambda r: (r.standard_normal((37, 300)), r.standard_normal((130, 300)).T),
+    "x @ W": lambda r: (r.standard_normal((64, 129)), r.standard_normal((129, 96))),
+    "g.T @ x": lambda r: (r.standard_normal((200, 33)).T, r.standard_normal((200, 48))),
+    "batched heads": lambda r: (r.standard_normal((2, 4, 17, 64)), r.standard_normal((2, 4, 64, 17))),
+    "batched @ broadcast": lambda r: (r.standard_normal((3, 20, 40)), r.standard_normal((40, 24))),
+    "broadcast batch": lambda r: (r.standard_normal((1, 5, 32)), r.standard_normal((6, 32, 8))),
+    "vector @ matrix": lambda r: (r.standard_normal(50), r.standard_normal((50, 7))),
+    "matrix @ vector": lambda r: (r.standard_normal((9, 50)), r.standard_normal(50)),
+    "K large": lambda r: (r.standard_normal((16, 4100)), r.standard_normal((4100, 64))),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_fast_bf16_product_matches_the_rounded_operands(be, case):
+    rng = np.random.default_rng(len(case))
+    a, b = (v.astype(np.float32) * 3 for v in CASES[case](rng))
+    want, bound = _reference(a, b)
+    with loom.deterministic(False):
+        da = be.asarray(np.ascontiguousarray(a.T)).T if not a.flags.c_contiguous else be.asarray(a)
+        db = be.asarray(np.ascontiguousarray(b.T)).T if not b.flags.c_contiguous else be.asarray(b)
+        got = be.to_numpy(be.matmul_bf16(da, db))
+        out = be.xp.full(want.shape, np.nan, dtype=np.float32)
+        be.matmul_bf16(da, db, out=out)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    assert np.all(np.abs(got - want) <= bound), f"{case}: off by {np.max(np.abs(got - want) / bound):.2f}x the bound"
+    np.testing.assert_array_equal(be.to_numpy(out), got)
+    # the float32 GEMM of unrounded operands is not what it computed (rounding happened)
+    assert not np.array_equal(got, a @ b)
+
+
+def test_fast_bf16_product_records_and_replays(be):
+    rng = np.random.default_rng(7)
+    a = be.asarray(rng.standard_normal((48, 256)).astype(np.float32))
+    w = be.asarray(rng.standard_normal((128, 256)).astype(np.float32))
+    eager = be.to_numpy(be.matmul_bf16(a, w.T))
+    graph, out = be.record(lambda: be.matmul_bf16(a, w.T))
+    graph.launch()
+    be.synchronize()
+    np.testing.assert_array_equal(be.to_numpy(out), eager)
+    a[...] = be.asarray(rng.standard_normal((48, 256)).astype(np.float32))   # new inputs, same buffers
+    graph.launch()
+    be.synchronize()
+    np.testing.assert_array_equal(be.to_numpy(out), be.to_numpy(be.matmul_bf16(a, w.T)))
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv2d", "lstm", "multi_head_attention"])
+def test_fast_bf16_training_records_and_follows_the_cpu(kind):
+    """A fast-mode bf16 train step on CUDA records as a chain (its products on the tensor cores) and
+    trains to weights near the CPU's bf16 run (float32 sums in another order)."""
+    _, layers, shape, idt = next(s for s in SAMPLES if s[0] == kind)
+    cfg = config(layers + [{"type": "flatten"}, {"type": "dense", "units": 3}], shape, idt)
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((64,) + tuple(shape)).astype(np.float32)
+    Y = rng.integers(0, 3, 64)
+    trained = {}
+    with loom.deterministic(False):
+        for device in ("cpu", "cuda"):
+            net = loom.Network.from_config(cfg)
+            loom.train(net, X, Y, device=device, epochs=2, batch_size=16, shuffle=False, verbose=False,
+                       precision="bf16")
+            trained[device] = net.to("cpu").state_dict()
+    for name, value in trained["cpu"].items():
+        np.testing.assert_allclose(trained["cuda"][name], value, rtol=2e-2, atol=2e-2, err_msg=f"{kind} {name}")
