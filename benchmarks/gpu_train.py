@@ -11,8 +11,9 @@ Cases: mlp32 / mlp4096, an MLP 784-256-10 at batch 32 and 4096; encoder, 6 pre-n
 d 512, 8 heads, sequence 256, batch 32; conv, a convnet on 1x28x28 at batch 256; lstm, an LSTM of hidden
 256 over sequences of 64 (64 features), batch 64; gpt, 12 causal pre-norm blocks, d 768, 12 heads,
 sequence 512, batch 8. SGD lr 0.01, MSE loss on random targets. Milliseconds a train step (median of
-timed windows); every Loom row prints its ratio to PyTorch's float32 graph (TF32 off), to its best
-float32 step, and, for bf16 rows, to bf16 autocast + graph; deterministic rows also to fast mode's.
+timed windows of up to 50 steps, a quarter of a second for slower steps); every Loom row prints its
+ratio to PyTorch's float32 graph (TF32 off), to its best float32 step, and, for bf16 rows, to bf16 autocast +
+graph; deterministic rows also to fast mode's.
 (Autocast runs cuDNN's LSTM in float16, not bfloat16: the LSTM's "bf16" anchor is that.)
 """
 import argparse
@@ -60,16 +61,22 @@ SHORT = {"mlp32": "a: MLP batch 32", "mlp4096": "a: MLP batch 4096", "encoder": 
 
 
 def timed(step, sync) -> float:
+    """Median ms a step over WINDOWS windows of up to STEPS steps (fewer for slow steps: a window of
+    about a quarter of a second, at least 3 steps)."""
     for _ in range(3):
         step()
     sync()
+    t = time.perf_counter()
+    step()
+    sync()
+    steps = max(3, min(STEPS, int(0.25 / max(time.perf_counter() - t, 1e-6))))
     out = []
     for _ in range(WINDOWS):
         t = time.perf_counter()
-        for _ in range(STEPS):
+        for _ in range(steps):
             step()
         sync()
-        out.append((time.perf_counter() - t) / STEPS * 1e3)
+        out.append((time.perf_counter() - t) / steps * 1e3)
     return statistics.median(out)
 
 

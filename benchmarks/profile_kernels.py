@@ -1,11 +1,12 @@
 """Kernel-level profile of GPU train steps (torch.profiler over CUPTI: Loom's, CuPy's and cuBLAS's
 kernels alike), deterministic and fast mode, for the cases of benchmarks/gpu_train.py:
 
-    PYTHONPATH=. python benchmarks/profile_kernels.py [mlp32 mlp4096 encoder conv] [--chain] [--det-only]
+    PYTHONPATH=. python benchmarks/profile_kernels.py [mlp32 mlp4096 encoder conv lstm gpt] [--chain]
+                                                      [--det-only | --fast-only] [--bf16]
 
 --chain profiles the recorded dispatch chain's replays instead of eager steps (a recording takes
-the branches that cannot look at data, so the two can differ). Prints kernel milliseconds and
-launches per step, and the costliest kernels. Needs torch with CUDA (the device machine has it).
+the branches that cannot look at data, so the two can differ); --bf16 trains in bf16 mixed precision.
+Prints kernel milliseconds and launches per step, and the costliest kernels. Needs torch with CUDA (the device machine has it).
 """
 import os
 import sys
@@ -23,11 +24,11 @@ import gpu_train  # noqa: E402
 STEPS = 3
 
 
-def profile(cfg, batch, deterministic: bool, chained: bool, top: int):
+def profile(cfg, batch, deterministic: bool, chained: bool, top: int, precision: str = "float32"):
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
     cuda = backend.get("cuda")
-    with loom.deterministic(deterministic):
+    with loom.deterministic(deterministic), loom.precision(precision):
         net = loom.Network.from_config(cfg).to("cuda").train()
         rng = np.random.default_rng(0)
         x = cuda.asarray(rng.standard_normal((batch, *cfg["input"]["shape"]), dtype=np.float32))
@@ -57,13 +58,16 @@ def profile(cfg, batch, deterministic: bool, chained: bool, top: int):
 
 
 def main(argv):
-    names = dict(zip(["mlp32", "mlp4096", "encoder", "conv"], gpu_train.cases()))
-    chosen = [a for a in argv if not a.startswith("--")] or list(names)
+    cases = {title: (title, cfg, batch) for title, cfg, batch in gpu_train.cases()}
+    names = {short: cases[title] for short, title in gpu_train.SHORT.items()}
+    chosen = [a for a in argv if not a.startswith("--")] or ["mlp32", "mlp4096", "encoder", "conv"]
+    modes = (True,) if "--det-only" in argv else (False,) if "--fast-only" in argv else (True, False)
+    precision = "bf16" if "--bf16" in argv else "float32"
     for key in chosen:
         title, cfg, batch = names[key]
-        print(f"{title} ({'recorded chain' if '--chain' in argv else 'eager'})")
-        for det in (True,) if "--det-only" in argv else (True, False):
-            profile(cfg, batch, det, "--chain" in argv, 25 if det else 10)
+        print(f"{title} ({'recorded chain' if '--chain' in argv else 'eager'}, {precision})")
+        for det in modes:
+            profile(cfg, batch, det, "--chain" in argv, 25 if det else 15, precision)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import numpy as np
 from .. import backend
 from ..backend import Array
 from ..backend.cpu import elementwise as elementwise_jit
+from ..backend.protocols import FusedKernels
 from ..mode import is_deterministic
 from . import ops
 
@@ -80,7 +81,7 @@ def _row_kernels(x, *per_feature, arithmetic: bool = False, row_sums: bool = Tru
 
 # --- activations -----------------------------------------------------------------------------------
 
-def lstm_kernels(x: Array):
+def lstm_kernels(x: Array) -> FusedKernels | None:
     """The owning backend's fused LSTM steps for a float network whose input is x (lstm_step and
     lstm_step_back: nn/layers/recurrent.py's fused loop, with the composed cell's results, its bits in
     deterministic mode), or None: the layer composes its cell."""

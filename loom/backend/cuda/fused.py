@@ -25,6 +25,7 @@ import cupy
 import numpy as np
 
 from .. import Array
+from . import recurrent
 from .compile import OPTIONS, translating
 
 MAX_GRID = 2 ** 31 - 1
@@ -437,15 +438,16 @@ def gelu_grad(x: Array, dy: Array, helpers: str = _HELPERS) -> Array:
         return _gelu_kernels(helpers)[1](x, dy)
 
 
-def lstm_step(*args, helpers: str = _HELPERS) -> None:
+def lstm_step(ax_t: Array, mm: Array, bias_hh: Array | None, c_prev: Array, c_out: Array, gates: Array,
+              h_out: Array, h_next: Array | None, helpers: str = _HELPERS) -> None:
     """recurrent.lstm_step (an LSTM step forward, one launch) with `helpers`' transcendentals."""
-    from . import recurrent
-    recurrent.lstm_step(*args, helpers)
+    recurrent.lstm_step(ax_t, mm, bias_hh, c_prev, c_out, gates, h_out, h_next, helpers)
 
 
-def lstm_step_back(*args, helpers: str = _HELPERS) -> None:
-    from . import recurrent
-    recurrent.lstm_step_back(*args, helpers)
+def lstm_step_back(mm: Array | None, d0: Array | None, dy_t: Array | None, gates: Array, c_prev: Array,
+                   d1: Array | None, da_t: Array, d1_out: Array, helpers: str = _HELPERS) -> None:
+    """recurrent.lstm_step_back (an LSTM step backward, one launch) with `helpers`' transcendentals."""
+    recurrent.lstm_step_back(mm, d0, dy_t, gates, c_prev, d1, da_t, d1_out, helpers)
 
 
 # --- optimizers ------------------------------------------------------------------------------------

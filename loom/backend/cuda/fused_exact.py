@@ -203,9 +203,11 @@ def gelu_grad(x: Array, dy: Array) -> Array:
 
 
 # An LSTM step's element-wise work with mathlib's transcendentals: the composition's bits.
-def lstm_step(*args) -> None:
-    fused.lstm_step(*args, helpers=helpers())
+def lstm_step(ax_t: Array, mm: Array, bias_hh: Array | None, c_prev: Array, c_out: Array, gates: Array,
+              h_out: Array, h_next: Array | None) -> None:
+    fused.lstm_step(ax_t, mm, bias_hh, c_prev, c_out, gates, h_out, h_next, helpers=helpers())
 
 
-def lstm_step_back(*args) -> None:
-    fused.lstm_step_back(*args, helpers=helpers())
+def lstm_step_back(mm: Array | None, d0: Array | None, dy_t: Array | None, gates: Array, c_prev: Array,
+                   d1: Array | None, da_t: Array, d1_out: Array) -> None:
+    fused.lstm_step_back(mm, d0, dy_t, gates, c_prev, d1, da_t, d1_out, helpers=helpers())

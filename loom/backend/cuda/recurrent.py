@@ -19,7 +19,6 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS, translating
-from .fused import C_TYPES
 from .quant import pointer as _ptr
 
 THREADS = 256
@@ -85,7 +84,8 @@ extern "C" __global__ void loom_lstm_step_back(const T* __restrict__ mm, const T
 
 @cache
 def _module(dtype: np.dtype, helpers: str):
-    return cupy.RawModule(code=f"typedef {C_TYPES[dtype]} T;\n" + helpers + _SOURCE, options=OPTIONS)
+    c_type = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}[dtype]
+    return cupy.RawModule(code=f"typedef {c_type} T;\n" + helpers + _SOURCE, options=OPTIONS)
 
 
 def _row(a: Array | None) -> np.int64:
