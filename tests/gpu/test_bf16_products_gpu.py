@@ -10,6 +10,8 @@ from catalogue import SAMPLES, config
 import loom
 from loom.mixed_precision import round_bf16
 
+from .cpu_gpu import same_bits
+
 pytestmark = pytest.mark.gpu
 
 
@@ -115,3 +117,49 @@ def test_fast_bf16_training_records_and_follows_the_cpu(kind):
             trained[device] = net.to("cpu").state_dict()
     for name, value in trained["cpu"].items():
         np.testing.assert_allclose(trained["cuda"][name], value, rtol=2e-2, atol=2e-2, err_msg=f"{kind} {name}")
+
+
+# --- deterministic mode: the exact product of bfloat16-valued operands --------------------------------------
+
+def _bf16_operand(rng, shape, spread):
+    """bfloat16 values (as float32) whose binades spread over 2 * spread + 1."""
+    x = rng.standard_normal(shape) * np.exp2(rng.integers(-spread, spread + 1, shape))
+    return round_bf16(x.astype(np.float32), np)
+
+
+def _exact_on_both(be, a, b):
+    from loom.kernels import exact
+    with loom.deterministic(True):
+        return be.to_numpy(exact.matmul(be.asarray(a), be.asarray(b))), exact.matmul(a, b)
+
+
+@pytest.mark.parametrize("spread", [0, 3, 12, 40, 100])
+@pytest.mark.parametrize("shape", [(70, 300, 90), (640, 96, 600)], ids=["one launch", "listed"])
+def test_exact_product_of_bf16_values_has_the_cpus_bits(be, spread, shape):
+    """Products of bfloat16 values are exact in float64 where their binades are few (the certification
+    rounds the float64 product then), and often fall exactly halfway between two float32 values (the
+    settling's compensated sum, shown exact by the products' least set bit, rounds them then); wider
+    spreads still reach the integer limbs. Every way gives the CPU's bits."""
+    m, k, n = shape
+    rng = np.random.default_rng(spread + m)
+    a, b = _bf16_operand(rng, (m, k), spread), _bf16_operand(rng, (k, n), spread)
+    got, want = _exact_on_both(be, a, b)
+    same_bits(got, want, f"bf16 values, spread {spread}")
+
+
+def test_exact_product_rounds_halfway_sums_by_what_lies_below_them(be):
+    """Rows whose exact sums sit at, just above and just below float32 halfway points (1 + 2^-24 and
+    its kind), at both signs, in the subnormals and at the overflow threshold 2^128 - 2^103."""
+    big = float(np.finfo(np.float32).max)
+    rows = []
+    for head, half in ((1.0, 2.0 ** -24), (3.0, 2.0 ** -23), (2.0 ** -126, 2.0 ** -150), (big, 2.0 ** 103)):
+        for tail in (0.0, 2.0 ** -60, -(2.0 ** -60), 2.0 ** -140, -(2.0 ** -140)):
+            tail = tail * head if head != big else tail * 2.0 ** 120
+            for sign in (1.0, -1.0):
+                rows.append([sign * head, sign * half, sign * tail, 0.0])
+    a = np.array(rows, dtype=np.float32)
+    b = np.ones((4, 3), dtype=np.float32)
+    b[:, 1] = [1.0, 1.0, 1.0, 5.0]               # a zero column of a times anything
+    b[:, 2] = [1.0, 1.0, -1.0, 0.0]              # the tail's sign flipped
+    got, want = _exact_on_both(be, a, b)
+    same_bits(got, want, "halfway sums")

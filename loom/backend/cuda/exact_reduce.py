@@ -221,29 +221,50 @@ struct LoomSum {
 };
 
 // exact_rounded's sums of squares (its norms, squared) into zeroed float64 out[outputs], writing
-// the float64 copy of each element as it goes (copy: x's element strides)
+// the float64 copy of each element as it goes (copy: x's element strides), and each line's quantum
+// into zeroed low[outputs]: 2000 - the least exponent of a set bit among its nonzero finite values
+// (0: none), which lets exact_rounded see where its float64 product is exact
+__device__ __forceinline__ int loom_low_mark(float x) {
+    const unsigned bits = __float_as_uint(x), e = (bits >> 23) & 0xff, m = bits & 0x7fffff;
+    if ((bits & 0x7fffffffu) == 0 || e == 0xff) return 0;
+    return 2000 - ((e ? (int)e - 150 : -149) + __ffs(e ? m | 0x800000u : m) - 1);
+}
+__device__ __forceinline__ int loom_low_mark(double x) {
+    const unsigned long long bits = (unsigned long long)__double_as_longlong(x), m = bits & 0xfffffffffffffull;
+    const int e = (int)((bits >> 52) & 0x7ff);
+    if ((bits & 0x7fffffffffffffffull) == 0 || e == 0x7ff) return 0;
+    return 2000 - ((e ? e - 1075 : -1074) + __ffsll((long long)(e ? m | (1ull << 52) : m)) - 1);
+}
+struct LoomSquaresAcc { double sq; int low; };
 struct LoomSquares {
-    typedef double Acc;
+    typedef LoomSquaresAcc Acc;
     double* out;
     double* copy;
+    unsigned long long* low;
     __device__ void begin(long long) {}
-    __device__ static double zero() { return 0.0; }
-    __device__ double take(double acc, T x, long long at) const {
+    __device__ static Acc zero() { return {0.0, 0}; }
+    __device__ Acc take(Acc acc, T x, long long at) const {
         const double v = (double)x;
         copy[at] = v;
-        return __dadd_rn(acc, __dmul_rn(v, v));
+        return {__dadd_rn(acc.sq, __dmul_rn(v, v)), max(acc.low, loom_low_mark(x))};
     }
-    __device__ static double merge(double a, double b) { return __dadd_rn(a, b); }
-    __device__ static double shuffle(double a, int off) { return __shfl_xor_sync(0xffffffffu, a, off); }
-    __device__ void publish(long long o, double acc) const { if (acc != 0.0) atomicAdd(out + o, acc); }
+    __device__ static Acc merge(Acc a, Acc b) { return {__dadd_rn(a.sq, b.sq), max(a.low, b.low)}; }
+    __device__ static Acc shuffle(Acc a, int off) {
+        return {__shfl_xor_sync(0xffffffffu, a.sq, off), __shfl_xor_sync(0xffffffffu, a.low, off)};
+    }
+    __device__ void publish(long long o, Acc acc) const {
+        if (acc.sq != 0.0) atomicAdd(out + o, acc.sq);
+        if (acc.low != 0) atomicMax(low + o, (unsigned long long)acc.low);
+    }
 };
 
-extern "C" __global__ void loom_squares_along(
-        const T* x, double* out, double* copy, LOOM_GEOMETRY, long long splits, long long chunk) {
-    loom_along(LoomSquares{out, copy}, x, outputs, length, kept, sb, sk, sr, splits, chunk);
+extern "C" __global__ void loom_squares_along(const T* x, double* out, double* copy, unsigned long long* low,
+                                              LOOM_GEOMETRY, long long splits, long long chunk) {
+    loom_along(LoomSquares{out, copy, low}, x, outputs, length, kept, sb, sk, sr, splits, chunk);
 }
-extern "C" __global__ void loom_squares_across(const T* x, double* out, double* copy, LOOM_GEOMETRY, long long chunk) {
-    loom_across(LoomSquares{out, copy}, x, outputs, length, kept, sb, sk, sr, chunk);
+extern "C" __global__ void loom_squares_across(const T* x, double* out, double* copy, unsigned long long* low,
+                                               LOOM_GEOMETRY, long long chunk) {
+    loom_across(LoomSquares{out, copy, low}, x, outputs, length, kept, sb, sk, sr, chunk);
 }
 extern "C" __global__ void loom_absmax_along(
         const T* x, U* out, int finite_only, LOOM_GEOMETRY, long long splits, long long chunk) {
@@ -352,18 +373,19 @@ def _launch_plan(name: str, dtype, outputs: int, length: int, kept: int, sb: int
     return module.get_function(name + "_across"), (columns, splits), (32, 8), (*geometry, np.int64(chunk))
 
 
-def squares_copy(x: Array, axis: int, out: Array) -> Array:
+def squares_copy(x: Array, axis: int, out: Array, low: Array) -> Array:
     """The float64 copy of float32 x (x's element strides where x is dense, as a C- or F-ordered array
     or a transposed view of one is, and its axes merge for the reduction; else C-ordered) and the sums
     of the squares of x along `axis` added into `out` (zeroed float64 of x's kept shape): exact_rounded's
     norms, squared, in the copy's one pass. NaN where a NaN is, inf where an inf is; the order of the
-    additions is free (atomics)."""
+    additions is free (atomics). low (zeroed uint64, out's shape): each line's quantum, 2000 - the least
+    exponent of a set bit among its nonzero finite values (0 where there is none)."""
     if _geometry(x.shape, x.strides, x.itemsize, (axis % x.ndim,)) is None:   # (a copy to reduce)
         x = cupy.ascontiguousarray(x)
     base = cupy.empty(x.size, dtype=np.float64)
     copy = cupy.ndarray(x.shape, np.float64, base.data, strides=tuple(2 * s for s in x.strides))
     if x.size:
-        _launch("loom_squares", x.dtype, x, (axis % x.ndim,), (out, copy))
+        _launch("loom_squares", x.dtype, x, (axis % x.ndim,), (out, copy, low))
     return copy
 
 

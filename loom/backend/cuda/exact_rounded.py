@@ -150,6 +150,44 @@ __device__ void loom_exact_share(const float* a, const float* b, long long sak, 
     }
 }
 
+// The least exponent of a set bit among a lane's share of an entry's products (2^20: all are 0);
+// each product of two finite float32 numbers is exact in float64, and normal there.
+__device__ int loom_low_share(const float* a, const float* b, long long sak, long long sbk, long long k,
+                              long long first, long long step) {
+    int low = 1 << 20;
+    for (long long q = first; q < k; q += step) {
+        const float x = a[q * sak];
+        if (x == 0.0f) continue;
+        const double p = __dmul_rn((double)x, (double)b[q * sbk]);
+        if (p == 0.0) continue;
+        const long long bits = __double_as_longlong(p);
+        low = min(low, (int)((bits >> 52) & 0x7ff) - 1075 + __ffsll((bits & 0xfffffffffffffll) | (1ll << 52)) - 1);
+    }
+    return low;
+}
+
+// The compensated sum s + c of kk error terms (each below u t) where every product is a multiple of
+// 2^low: every TwoSum error is such a multiple too (s stays one), so where their magnitudes' total,
+// below kk 2^-53 t, stays under 2^53 2^low (t kk < 2^(105 + low), a factor 2 for t's own rounding), c
+// holds their sum exactly and s + c is the exact value. Then *v = it rounded once to float32: float32 of
+// f = s + c rounded, except where f falls exactly halfway between two float32 values and the part of
+// s + c below f (TwoSum's error) decides. Products of bfloat16 operands land exactly halfway often,
+// where no error bound can certify them; this spares them the integer limbs.
+__device__ bool loom_dot2_exact(double s, double c, double t, double kk, int low, float* v) {
+    if (low >= (1 << 20)) { *v = 0.0f; return true; }              // every product 0: the scheme's +0
+    if (!(__dmul_rn(t, kk) < __longlong_as_double((long long)(1023 + 105 + low) << 52))) return false;
+    double f = s;
+    const double g = loom_two_sum(&f, c);
+    *v = __double2float_rn(f);
+    if (g != 0.0) {
+        const float lo = __double2float_rd(f), hi = __double2float_ru(f);
+        // halfway between lo and hi; past float32's largest, halfway to 2^128 (float32 rounds there to inf)
+        const double mid = isinf(hi) ? 0x1.ffffffp+127 : isinf(lo) ? -0x1.ffffffp+127 : 0.5 * ((double)lo + (double)hi);
+        if (lo != hi && f == mid) *v = g > 0.0 ? hi : lo;
+    }
+    return true;
+}
+
 // The warp's two later stages for one entry (row a, column b, k products), every lane calling.
 __device__ float loom_settle(const float* a, const float* b, long long sak, long long sbk, long long k, int lane) {
     double s = 0.0, c = 0.0, t = 0.0;
@@ -157,6 +195,10 @@ __device__ float loom_settle(const float* a, const float* b, long long sak, long
     loom_dot2_warp(&s, &c, &t);
     float v;
     if (loom_dot2_certified(s, c, t, (double)k + 64.0, &v))     // K + 31 error terms
+        return v;
+    int low = loom_low_share(a, b, sak, sbk, k, lane, 32);
+    for (int o = 16; o; o >>= 1) low = min(low, __shfl_xor_sync(LOOM_FULL, low, o));
+    if (loom_dot2_exact(s, c, t, (double)k + 64.0, low, &v))
         return v;
     long long limb[LOOM_LIMBS];
     loom_exact_share(a, b, sak, sbk, k, lane, 32, limb);
@@ -286,9 +328,21 @@ template <typename I> __device__ void loom_settle_entry(const LoomProduct& p, I 
 // (LIST false: small products, where a second launch costs more) or listed for loom_rounded_settle
 // in any order (each entry's value depends on that entry alone). The listing form is kept lean:
 // the later stages' registers and local memory in it cost three quarters of its bandwidth.
+// Where every product of an entry is a multiple of 2^q (q: the least set bits of its row and column, from
+// their quanta la and lb, squares_copy's marks) and ||row|| ||column|| (>= the sum of the products'
+// magnitudes) stays below 2^(51 + q), every partial sum is such a multiple below 2^53 2^q: the float64
+// product x is the exact value in any order, and float32(x) its rounding (an exact 0 the scheme's +0).
+// Products of bfloat16 operands land there often, and often exactly between two float32 values, where
+// the bound below can never certify them.
+__device__ __forceinline__ bool loom_exact_in_float64(double norms, unsigned long long qa, unsigned long long qb) {
+    if (qa == 0 || qb == 0 || !isfinite(norms)) return false;
+    const int q = 4000 - (int)qa - (int)qb;                     // in [-298, 254]: 2^(51 + q) is a normal double
+    return norms < __longlong_as_double((long long)(1023 + 51 + q) << 52);
+}
+
 template <typename I, bool LIST> __device__ void loom_rounded_certify_body(
         const LoomProduct& p, const double* r, I* doubtful, unsigned long long* count, double factor, int rooted,
-        I total, I inner, I m, I n) {
+        I total, I inner, I m, I n, const unsigned long long* la, const unsigned long long* lb) {
     const int lane = threadIdx.x & 31;
     const I stride = (I)gridDim.x * blockDim.x;
     const bool batched = total != m * n;
@@ -299,12 +353,16 @@ template <typename I, bool LIST> __device__ void loom_rounded_certify_body(
         if (idx < total) {
             e = loom_entry(idx, inner, m, n, batched);
             const double x = r[idx];
-            const double ra = p.sa[e.z1 * p.sr1 + e.z2 * p.sr2 + e.i * p.srm];
-            const double cb = p.sb[e.z1 * p.sc1 + e.z2 * p.sc2 + e.j * p.scn];
+            const long long ri = e.z1 * p.sr1 + e.z2 * p.sr2 + e.i * p.srm, ci = e.z1 * p.sc1 + e.z2 * p.sc2 + e.j * p.scn;
+            const double ra = p.sa[ri], cb = p.sb[ci];
             const double norms = rooted ? __dmul_rn(ra, cb) : __dsqrt_rn(__dmul_rn(ra, cb));
             float v;
-            settle = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v)
-                     || !isfinite(norms);
+            if (la != nullptr && loom_exact_in_float64(norms, la[ri], lb[ci])) {
+                v = x == 0.0 ? 0.0f : __double2float_rn(x);
+            } else {
+                settle = !loom_certified(x, __dadd_rn(__dmul_rn(norms, factor), __dmul_rn(fabs(x), 0x1p-52)), &v)
+                         || !isfinite(norms);
+            }
             p.out[idx] = v;
         }
         const unsigned pending = __ballot_sync(LOOM_FULL, settle);
@@ -364,9 +422,10 @@ template <typename I> __device__ void loom_rounded_settle_team_body(
 #define LOOM_PRODUCT {sa, sb, a, b, out, k, sa1, sa2, sam, sak, sb1, sb2, sbk, sbn, sr1, sr2, srm, sc1, sc2, scn}
 #define LOOM_ROUNDED(CERTIFY, SETTLE, TEAM, I) \
 extern "C" __global__ void CERTIFY(LOOM_PRODUCT_ARGS, const double* r, I* doubtful, unsigned long long* count, \
-        double factor, int rooted, long long total, long long inner, long long m, long long n) { \
+        double factor, int rooted, long long total, long long inner, long long m, long long n, \
+        const unsigned long long* la, const unsigned long long* lb) { \
     const LoomProduct p = LOOM_PRODUCT; \
-    loom_rounded_certify_body<I, true>(p, r, doubtful, count, factor, rooted, (I)total, (I)inner, (I)m, (I)n); } \
+    loom_rounded_certify_body<I, true>(p, r, doubtful, count, factor, rooted, (I)total, (I)inner, (I)m, (I)n, la, lb); } \
 extern "C" __global__ void SETTLE(LOOM_PRODUCT_ARGS, const I* doubtful, const unsigned long long* count, \
         long long total, long long inner, long long m, long long n) { \
     const LoomProduct p = LOOM_PRODUCT; \
@@ -378,10 +437,11 @@ extern "C" __global__ void __launch_bounds__(LOOM_TEAM) TEAM(LOOM_PRODUCT_ARGS, 
 LOOM_ROUNDED(loom_rounded_certify32, loom_rounded_settle32, loom_rounded_settle_team32, unsigned)
 LOOM_ROUNDED(loom_rounded_certify64, loom_rounded_settle64, loom_rounded_settle_team64, unsigned long long)
 extern "C" __global__ void loom_rounded_certify_settle(LOOM_PRODUCT_ARGS, const double* r, double factor, int rooted,
-        long long total, long long inner, long long m, long long n) {
+        long long total, long long inner, long long m, long long n, const unsigned long long* la,
+        const unsigned long long* lb) {
     const LoomProduct p = LOOM_PRODUCT;
     loom_rounded_certify_body<unsigned, false>(p, r, nullptr, nullptr, factor, rooted, (unsigned)total,
-                                               (unsigned)inner, (unsigned)m, (unsigned)n);
+                                               (unsigned)inner, (unsigned)m, (unsigned)n, la, lb);
 }
 """
 
@@ -418,11 +478,14 @@ def matmul_rounded(be: CUDABackend, a: Array, b: Array, factor: float) -> Array:
     with translating("exact GEMM (rounded) operands", a, b):
         a, b = _dense(a), _dense(b)
         plan = _rounded_plan(a.shape, a.strides, b.shape, b.strides, cupy.cuda.runtime.getDevice())
-        # one memset for both sums of squares and the count of entries to settle (its last element)
-        squares = cupy.zeros(plan.size_a + plan.size_b + 1, dtype=np.float64)
+        # one memset for both sums of squares, the count of entries to settle and the lines' quanta
+        lines = plan.size_a + plan.size_b
+        zeroed = cupy.zeros(2 * lines + 1, dtype=np.float64)
+        squares, lows = zeroed[:lines + 1], zeroed[lines + 1:].view(np.uint64)
         sa = squares[:plan.size_a].reshape(plan.shape_a)
         sb = squares[plan.size_a:-1].reshape(plan.shape_b)
-        a64, b64 = squares_copy(a, -1, sa), squares_copy(b, -2, sb)
+        a64 = squares_copy(a, -1, sa, lows[:plan.size_a].reshape(plan.shape_a))
+        b64 = squares_copy(b, -2, sb, lows[plan.size_a:].reshape(plan.shape_b))
     r = cupy.ascontiguousarray(be.matmul(a64, b64))
     out = cupy.empty(r.shape, dtype=np.float32)
     total = r.size
@@ -430,22 +493,25 @@ def matmul_rounded(be: CUDABackend, a: Array, b: Array, factor: float) -> Array:
         with translating("exact GEMM (rounded) certification", r):
             norms = cupy.sqrt(squares) if plan.rooted else squares
             r4, c4 = norms, norms[plan.size_a:]         # (their strides are in the plan)
+            la, lb = lows, lows[plan.size_a:]          # (indexed as the norms are)
             if plan.strides is None:                    # more than two batch axes that do not merge
                 a, b = _batched(a, plan.batch), _batched(b, plan.batch)
                 r4, c4 = (_batched(norms[:plan.size_a].reshape(plan.shape_a), plan.batch),
                           _batched(norms[plan.size_a:-1].reshape(plan.shape_b), plan.batch))
                 strides = _product_strides(_elements(a), _elements(b), _elements(r4), _elements(c4))
+                la = lb = np.uint64(0)                  # (null: the norms are copies, with no quanta beside them)
             else:
                 strides = plan.strides
             args = (r4, c4, a, b, out, plan.k, *strides)
             sizes = plan.sizes
             if plan.kernels[1] is None:
-                plan.kernels[0](plan.blocks, (256,), (*args, r, np.float64(factor), np.int32(plan.rooted), *sizes))
+                plan.kernels[0](plan.blocks, (256,), (*args, r, np.float64(factor), np.int32(plan.rooted), *sizes,
+                                                      la, lb))
                 return out
             doubtful = cupy.empty(total, dtype=np.uint64 if plan.wide else np.uint32)   # the entries to settle
             count = squares[-1:].view(np.uint64)                                        # zeroed with the squares
             plan.kernels[0](plan.blocks, (256,), (*args, r, doubtful, count, np.float64(factor),
-                                                  np.int32(plan.rooted), *sizes))
+                                                  np.int32(plan.rooted), *sizes, la, lb))
             plan.kernels[1](plan.settle_blocks, (256,), (*args, doubtful, count, *sizes))
     return out
 

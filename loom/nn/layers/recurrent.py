@@ -194,6 +194,7 @@ class LSTM(_Recurrent):
         kernels = fused.lstm_kernels(self.x)
         xp, x, p, H = self.xp, self.x, self.params, self.H
         B, T, F = x.shape
+        dy = xp.ascontiguousarray(dy)           # (a combining layer passes views; the kernels read rows)
         dax = xp.empty((B, T, 4 * H), dtype=x.dtype)                 # da of every step (= d ah for an LSTM)
         d1 = [xp.empty((B, H), dtype=x.dtype) for _ in range(2)]    # the cell state's gradient, two buffers
         mm = None
