@@ -44,6 +44,21 @@ def test_round_bf16_has_the_reference_bits(be):
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("n, offset", [(4096, 0), (4100, 0), (4096, 1), (8, 0), (3, 0)],
+                         ids=["eight a thread", "a tail", "unaligned", "one group", "short"])
+def test_bf16_bits_of_every_layout(be, n, offset):
+    """quant.to_bf16 (the fast bf16 GEMM's operands) against the bit arithmetic in NumPy, on the
+    vectorised path (eight values a thread) and the plain one (unaligned or a tail)."""
+    from loom.backend.cuda import quant
+    x = _hostile(np.random.default_rng(n + offset), 64 + offset + n)     # its special values at the end
+    start = 64 + offset                                                  # (64 floats: 256 bytes)
+    got = be.to_numpy(quant.to_bf16(be.asarray(x)[start:]))
+    u = x[start:].view(np.uint32).astype(np.uint64)
+    nan = (u & 0x7FFFFFFF) > 0x7F800000
+    want = np.where(nan, (u >> 16) | 0x40, (u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    np.testing.assert_array_equal(got, want)
+
+
 def _reference(a, b):
     """The float64 product of a and b rounded to bfloat16, and the bound on float32 summation's error
     (every partial sum rounded: K * 2^-24 of the sum of magnitudes, doubled for the tensor cores'
@@ -157,9 +172,45 @@ def test_exact_product_rounds_halfway_sums_by_what_lies_below_them(be):
             tail = tail * head if head != big else tail * 2.0 ** 120
             for sign in (1.0, -1.0):
                 rows.append([sign * head, sign * half, sign * tail, 0.0])
+    for units in (1.0, 3.0):                     # 2^-150 and 3 2^-150: halfway between subnormals (column 3)
+        for tail in (0.0, 2.0 ** -95, -(2.0 ** -95)):
+            for sign in (1.0, -1.0):
+                rows.append([sign * units * 2.0 ** -75, 0.0, sign * tail, 0.0])
     a = np.array(rows, dtype=np.float32)
-    b = np.ones((4, 3), dtype=np.float32)
+    b = np.ones((4, 4), dtype=np.float32)
     b[:, 1] = [1.0, 1.0, 1.0, 5.0]               # a zero column of a times anything
     b[:, 2] = [1.0, 1.0, -1.0, 0.0]              # the tail's sign flipped
+    b[:, 3] = [2.0 ** -75, 0.0, 2.0 ** -75, 0.0]
     got, want = _exact_on_both(be, a, b)
+    assert np.any((want[:, 3] != 0) & (np.abs(want[:, 3]) < np.finfo(np.float32).tiny)), "no subnormal result"
     same_bits(got, want, "halfway sums")
+
+
+_I, _T = (lambda x: x), (lambda x: x.swapaxes(-1, -2))
+LAYOUTS = {  # name: (stored shape of a, its view, stored shape of b, its view)
+    "2-D": ((70, 300), _I, (300, 90), _I), "a transposed": ((300, 70), _T, (300, 90), _I),
+    "b transposed": ((70, 300), _I, (90, 300), _T), "batched": ((3, 40, 64), _I, (3, 64, 50), _I),
+    "batch @ matrix": ((3, 40, 64), _I, (64, 50), _I), "broadcast a": ((1, 40, 64), _I, (5, 64, 50), _I),
+    "two batch axes": ((2, 3, 20, 64), _I, (2, 3, 64, 30), _I),
+    "two broadcast": ((2, 1, 20, 64), _I, (1, 3, 64, 30), _I),
+    "two broadcast, transposed": ((2, 1, 64, 20), _T, (3, 30, 64), _T),
+    "three batch axes": ((2, 3, 2, 20, 64), _I, (2, 3, 2, 64, 30), _I),
+    "three broadcast": ((2, 1, 2, 20, 64), _I, (1, 3, 1, 64, 30), _I),
+    "batched, both transposed": ((3, 64, 40), _T, (3, 50, 64), _T),
+    "listed": ((640, 96), _I, (96, 600), _I), "long sums": ((16, 4100), _I, (4100, 20), _I),
+}
+
+
+@pytest.mark.parametrize("spread", [0, 3, 12])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_rounded_scheme_on_bf16_values_in_every_layout(be, layout, spread):
+    """The rounded scheme itself (exact_rounded.matmul, also past K = 2048, where the dispatch table
+    would take the slices) on bfloat16 values: each line's quantum indexed as its norm is, in batched,
+    broadcast and transposed products, the CPU's bits."""
+    from loom.kernels.exact import rounded
+    sa, va, sb, vb = LAYOUTS[layout]
+    rng = np.random.default_rng(spread + len(layout))
+    a, b = _bf16_operand(rng, sa, spread), _bf16_operand(rng, sb, spread)
+    want = rounded.matmul(loom.backend.get("cpu"), va(a), vb(b))[0]
+    got = be.to_numpy(rounded.matmul(be, va(be.asarray(a)), vb(be.asarray(b)))[0])
+    same_bits(got, want, f"{layout}, spread {spread}")

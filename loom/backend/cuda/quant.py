@@ -428,6 +428,15 @@ extern "C" __global__ void loom_to_bf16(const float* x, unsigned short* out, lon
     if (i >= n) return;
     out[i] = (unsigned short)loom_bf16_bits(x[i]);
 }
+// The same, eight values a thread in 16-byte accesses (n a multiple of 8, both arrays 16-byte aligned):
+// one value and a 2-byte store a thread left the GPT-style bf16 train step's 576 conversions at 10 ms
+extern "C" __global__ void loom_to_bf16_x8(const float4* x, uint4* out, long long n8) {
+    const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n8) return;
+    const float4 a = x[2 * i], b = x[2 * i + 1];
+    out[i] = make_uint4(loom_bf16_bits(a.x) | (loom_bf16_bits(a.y) << 16), loom_bf16_bits(a.z) | (loom_bf16_bits(a.w) << 16),
+                        loom_bf16_bits(b.x) | (loom_bf16_bits(b.y) << 16), loom_bf16_bits(b.z) | (loom_bf16_bits(b.w) << 16));
+}
 // mixed_precision.round_bf16's bits in one pass: NaN as it is (payload kept), else to nearest even
 extern "C" __global__ void loom_round_bf16(const float* x, float* out, long long n) {
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -444,7 +453,11 @@ def to_bf16(x: Array, out: Array | None = None) -> Array:
         raise ShapeError(f"to_bf16 takes float32 values, got {x.dtype}")
     x = cupy.ascontiguousarray(x)
     out = cupy.empty(x.shape, dtype=cupy.uint16) if out is None else out
-    if x.size:
+    if x.size % 8 == 0 and x.data.ptr % 16 == 0 and out.data.ptr % 16 == 0:
+        if x.size:
+            kernel = _bf16_module().get_function("loom_to_bf16_x8")
+            kernel(((x.size // 8 + 255) // 256,), (256,), (x, out, np.int64(x.size // 8)))
+    elif x.size:
         kernel = _bf16_module().get_function("loom_to_bf16")
         kernel(((x.size + 255) // 256,), (256,), (x, out, np.int64(x.size)))
     return out
