@@ -262,7 +262,8 @@ class CausalLM:
             ids = ids + tokenizer.encode(prefix, add_special_tokens=False)
             sampling = {**sampling, "json_schema": schema}
         content, calls = tool_calls.reply("".join(self.generate(ids, **sampling)), fmt,
-                                          [t["function"]["name"] for t in checked], forced, called=called)
+                                          [t["function"]["name"] for t in checked], forced, called=called,
+                                          only=tool_calls.forced_only(checked, name) if forced else None)
         message = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

@@ -138,6 +138,11 @@ def forced(tools: list[dict], fmt: Format, name: str | None = None) -> tuple[str
     return f"{fmt.prefix}{name}[ARGS]", tool["function"]["parameters"], name
 
 
+def forced_only(tools: list[dict], name: str | None = None) -> str | None:
+    """The one function a forced call can name: the named tool_choice's, or the only tool's (else None)."""
+    return name if name is not None else tools[0]["function"]["name"] if len(tools) == 1 else None
+
+
 def forced_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict:
     """call_schema, once each tool it may call has parameters within the constraint's JSON Schema subset
     (else the ConfigError of the bad keyword, at tools[i].function.parameters...)."""
@@ -275,16 +280,104 @@ def _json_values(body: str) -> list[str]:
     return pieces
 
 
-def reply(text: str, fmt: Format, names: list[str], forced: bool, finished: bool = True,
-          parallel: bool = True, called: str | None = None) -> tuple[str | None, list[dict]]:
+def reply(text: str, fmt: Format, names: list[str], forced: bool, parallel: bool = True,
+          called: str | None = None, only: str | None = None) -> tuple[str | None, list[dict]]:
     """(content, calls) of a reply to a request with tools: a forced call's reply (tool_choice required or
-    named) is that call's JSON where it finished (one cut short stays content; `called`: the name the
-    prompt wrote, `forced`'s third value); any other is parsed; parallel False keeps the first call."""
+    named; `called`: the name the prompt wrote, `forced`'s third value; `only`: the one function it can
+    name, forced_only's) is that call, its arguments the
+    JSON text the model wrote (forced_progress: cut short by max_tokens or a stop string, as far as it
+    got, as OpenAI returns such a call), or content where it stopped before its name and arguments began;
+    any other reply is parsed; parallel False keeps the first call."""
     if forced:
-        value = forced_call(text, fmt, called) if finished else None
-        return (text, []) if value is None else (None, [call(*value, fmt)])
+        name, arguments = forced_progress(text, fmt, called, only)
+        return (text, []) if name is None or arguments is None else (None, [call(name, arguments, fmt)])
     content, calls = parse(text, fmt, names)
     return content, calls if parallel else calls[:1]
+
+
+def forced_progress(text: str, fmt: Format, called: str | None = None,
+                    only: str | None = None) -> tuple[str | None, str | None]:
+    """(name, arguments) of a forced call's reply as far as `text` goes: the function's name once written
+    (`called` where the prompt wrote it and the reply is the arguments alone; `only` where a single
+    function can be called), and the arguments' JSON text as written, from its '{' to the object's end or
+    to where text ends (None before the '{'). The constraint lets the model write the call's keys in
+    either order; the call has begun (a stream sends its head) once both are known. Prefix-stable: a longer
+    text's arguments begin with a shorter one's, so a stream sends them as they are generated and the
+    reply's message holds the same text."""
+    if called is not None:
+        at = _skip_space(text, 0)
+        return called, (text[at:_value_end(text, at) or len(text)] if text[at:at + 1] == "{" else None)
+    at = _skip_space(text, 0)
+    if fmt.array:
+        if text[at:at + 1] != "[":
+            return only, None
+        at = _skip_space(text, at + 1)
+    if text[at:at + 1] != "{":
+        return only, None
+    name, arguments, at = only, None, at + 1
+    while True:                                 # the call's "key": value pairs
+        at = _skip_space(text, at)
+        key_end = _value_end(text, at) if text[at:at + 1] == '"' else None
+        if key_end is None:
+            return name, arguments
+        key = json.loads(text[at:key_end])
+        at = _skip_space(text, key_end)
+        if text[at:at + 1] != ":":
+            return name, arguments
+        at = _skip_space(text, at + 1)
+        if at >= len(text):
+            return name, arguments
+        end = _value_end(text, at)
+        if key == fmt.arguments_key and text[at] == "{":
+            arguments = text[at:end or len(text)]
+        elif key == "name" and end is not None and only is None:
+            value = json.loads(text[at:end])
+            name = value if isinstance(value, str) else None
+        if end is None:
+            return name, arguments
+        at = _skip_space(text, end)
+        if text[at:at + 1] != ",":
+            return name, arguments
+        at += 1
+
+
+def _skip_space(text: str, at: int) -> int:
+    while at < len(text) and text[at] in " \t\r\n":
+        at += 1
+    return at
+
+
+def _value_end(text: str, at: int) -> int | None:
+    """The index just past the JSON value that starts at text[at] (a string, an object, an array or a
+    scalar), or None where text ends inside it."""
+    depth, in_string, escaped = 0, False, False
+    for k in range(at, len(text)):
+        ch = text[k]
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+            if not in_string and depth == 0:
+                return k + 1
+        elif ch == '"':
+            in_string = True
+        elif ch in "{[":
+            depth += 1
+        elif ch in "}]":
+            depth -= 1
+            if depth == 0:
+                return k + 1
+            if depth < 0:
+                return k                        # a scalar that the enclosing object closes
+        elif depth == 0 and ch in ", \t\r\n":
+            return k                            # a scalar's end
+    return None
+
+
+def whole_arguments(entry: dict) -> bool:
+    """Whether a tool_calls entry's arguments are a whole JSON object (not a forced call cut short)."""
+    try:
+        return isinstance(json.loads(entry["function"]["arguments"]), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | None:
@@ -303,32 +396,15 @@ def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | Non
     return calls or None
 
 
-def call(name: str, arguments: dict, fmt: Format | None = None) -> dict:
-    """One entry of OpenAI's tool_calls, with a fresh id (Mistral's templates take 9 letters and digits)."""
+def call(name: str, arguments: dict | str, fmt: Format | None = None) -> dict:
+    """One entry of OpenAI's tool_calls, with a fresh id (Mistral's templates take 9 letters and digits);
+    arguments an object (written as JSON) or the JSON text the model wrote."""
     if fmt is not None and fmt.name.startswith("mistral"):
         call_id = "".join(secrets.choice(_ID_CHARACTERS) for _ in range(9))
     else:
         call_id = "call_" + secrets.token_hex(12)
-    return {"id": call_id, "type": "function",
-            "function": {"name": name, "arguments": json.dumps(arguments, ensure_ascii=False)}}
-
-
-def forced_call(text: str, fmt: Format, called: str | None = None) -> tuple[str, dict] | None:
-    """(name, arguments) of a forced call's reply (the JSON the constraint allowed; the arguments alone
-    where the prompt wrote the name `called`), or None where it was cut short and does not parse."""
-    if called is not None:
-        try:
-            arguments = json.loads(text)
-        except json.JSONDecodeError:
-            return None
-        return (called, arguments) if isinstance(arguments, dict) else None
-    try:
-        value = json.loads(text)
-        value = value[0] if fmt.array else value
-        name, arguments = value["name"], value[fmt.arguments_key]
-    except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-        return None
-    return (name, arguments) if isinstance(name, str) and isinstance(arguments, dict) else None
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
 
 
 def for_template(messages: list[dict]) -> list[dict]:

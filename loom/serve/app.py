@@ -261,16 +261,19 @@ class _Reply:
 
     def _message(self, text: str, reason: str) -> tuple[dict, str]:
         """A chat choice's message and finish reason: with tools, the calls its reply makes (finish reason
-        "tool_calls"); a forced call's reply is that call's JSON (cut by max_tokens: left as content)."""
+        "tool_calls" where the model stopped by itself after whole calls; a forced call cut short by
+        max_tokens or a stop string keeps its arguments as far as they got and that reason, as OpenAI
+        returns it)."""
         plan = self.job.tools
         content, calls = text, []
-        if plan is not None:    # (a forced call cut short by max_tokens, a stop string or a shutdown: content)
-            content, calls = tool_calls.reply(text, plan.fmt, plan.names, plan.mode != "auto", reason == "stop",
-                                              plan.parallel, plan.called)
+        if plan is not None:
+            content, calls = tool_calls.reply(text, plan.fmt, plan.names, plan.mode != "auto", plan.parallel,
+                                              plan.called, plan.only)
         message: dict = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls
-            return message, "tool_calls"
+            whole = reason == "stop" and all(tool_calls.whole_arguments(c) for c in calls)
+            return message, "tool_calls" if whole else reason
         return message, reason
 
     def _timed(self, index: int) -> None:
@@ -356,6 +359,7 @@ class _Reply:
         reason, the usage when asked for, then [DONE]. The handles are cancelled if the client leaves."""
         count = len(self.job.requests)
         tokens, open_, held, sent = [0] * count, count, [""] * count, [0] * count
+        headed = [False] * count            # a forced call's head (id, name) streamed
         plan = self.job.tools
         try:
             if self.chat:
@@ -370,17 +374,23 @@ class _Reply:
                 if event.token is not None:
                     tokens[index] += 1
                     self._timed(index)
-                if plan is not None:    # calls are known at the reply's end; auto's content before one streams
+                if plan is not None:
                     held[index] += event.text
-                    if plan.mode == "auto" and event.finish_reason is None:
+                    if plan.mode != "auto":     # a forced call: its head, then its arguments as they come
+                        for chunk in self._forced_chunks(index, held[index], headed, sent):
+                            yield _sse(chunk)
+                    elif event.finish_reason is None:   # auto: content before any call streams, calls at the end
                         settled = tool_calls.settled_content(held[index], plan.fmt, plan.names)
                         if settled > sent[index]:
                             yield _sse(self._chunk(index, {"content": held[index][sent[index]:settled]}, None))
                             sent[index] = settled
                     if event.finish_reason is not None:
                         open_ -= 1
-                        for chunk in self._tool_chunks(index, held[index], event.finish_reason, sent[index]):
-                            yield _sse(chunk)
+                        if headed[index]:
+                            yield _sse(self._chunk(index, {}, self._message(held[index], event.finish_reason)[1]))
+                        else:
+                            for chunk in self._tool_chunks(index, held[index], event.finish_reason, sent[index]):
+                                yield _sse(chunk)
                     continue
                 if event.text or event.token is not None and self.job.logprobs is not None:
                     logprobs = self._logprob_entry(event) if event.logprob is not None else None
@@ -398,6 +408,26 @@ class _Reply:
             self._count(tokens)
             for h in handles:
                 h.cancel()
+
+    def _forced_chunks(self, index: int, text: str, headed: list[bool], sent: list[int]) -> list[dict]:
+        """A forced call's chunks for its reply so far (tool_calls.forced_progress): its id, type and name
+        with empty arguments once the reply has written them, then each new piece of its arguments' text;
+        `headed` and `sent` (characters of arguments streamed) are updated."""
+        plan = self.job.tools
+        name, arguments = tool_calls.forced_progress(text, plan.fmt, plan.called, plan.only)
+        chunks = []
+        if name is None or arguments is None:
+            return chunks
+        if not headed[index]:
+            head = tool_calls.call(name, "", plan.fmt)
+            chunks.append(self._chunk(index, {"tool_calls": [{"index": 0, "id": head["id"], "type": "function",
+                                                              "function": {"name": name, "arguments": ""}}]}, None))
+            headed[index] = True
+        if len(arguments) > sent[index]:
+            piece = {"index": 0, "function": {"arguments": arguments[sent[index]:]}}
+            chunks.append(self._chunk(index, {"tool_calls": [piece]}, None))
+            sent[index] = len(arguments)
+        return chunks
 
     def _tool_chunks(self, index: int, text: str, reason: str, sent: int) -> list[dict]:
         """A choice's last chunks, as OpenAI streams them: its content past the `sent` characters already

@@ -69,6 +69,7 @@ class ToolPlan:
     mode: str
     parallel: bool
     called: str | None = None       # the forced call's name where the prompt writes it (tool_calls.forced)
+    only: str | None = None         # the one function a forced call can name (tool_calls.forced_only)
 
 
 def _number(body: dict, key: str, default: float, low: float, high: float, low_open: bool = False) -> float:
@@ -257,7 +258,7 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
         except ConfigError as exc:
             raise BadRequest(exc.path, exc.reason) from None
         ids = ids + model.tokenizer.encode(prefix, add_special_tokens=False)
-        plan = replace(plan, called=called)
+        plan = replace(plan, called=called, only=tool_calls.forced_only(tools, name))
         forced = _schema_constraint(model, "tool_call:" + json.dumps(schema, sort_keys=True), schema, "tools", "tools")
     n = _integer(body, "n", 1, 1, MAX_N)
     key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"

@@ -215,7 +215,8 @@ def test_chat_message_forced_call_in_mistrals_array(tmp_path):
     with loom.deterministic(True):
         reply = loom.llm.load(tmp_path).chat_message([{"role": "user", "content": "time?"}], tools=tools,
                                                      tool_choice="required", max_tokens=150, seed=1)
-    assert reply["content"] is None and reply["tool_calls"][0]["function"] == {"name": "get_time", "arguments": "{}"}
+    function = reply["tool_calls"][0]["function"]
+    assert reply["content"] is None and function["name"] == "get_time" and json.loads(function["arguments"]) == {}
 
 
 def test_review_cases():
@@ -232,10 +233,12 @@ def test_review_cases():
     with pytest.raises(ConfigError) as info:
         tc.call_schema(bad, HERMES)
     assert info.value.path == "tools[0].function.parameters.$defs"
-    assert tc.forced_call('{"name": "get_time", "arguments": {}}', HERMES) == ("get_time", {})
-    assert tc.forced_call('[{"name": "get_time", "arguments": {"a": 1}}]', MISTRAL) == ("get_time", {"a": 1})
-    for cut in ('{"name": "get_time", "argu', "", '{"name": "get_time"}', "[]", '{"name": 3, "arguments": {}}'):
-        assert tc.forced_call(cut, MISTRAL if cut == "[]" else HERMES) is None
+    assert tc.forced_progress('{"name": "get_time", "arguments": {}}', HERMES) == ("get_time", "{}")
+    assert tc.forced_progress('[{"name": "get_time", "arguments": {"a": 1}}]', MISTRAL) == ("get_time", '{"a": 1}')
+    for cut in ('{"name": "get_time", "argu', "", '{"name": "get_time"}', "[]", '{"name": 3, "arguments": {}}',
+                '{"name": "get_ti', '{"arguments": {"a": 1}, "na'):
+        name, arguments = tc.forced_progress(cut, MISTRAL if cut == "[]" else HERMES)
+        assert name is None or arguments is None, cut
     history = [{"role": "assistant", "content": "", "tool_calls": [
         {"id": "a", "type": "function", "function": {"name": "f", "arguments": {"already": "an object"}}},
         {"id": "b", "type": "function", "function": {"name": "g", "arguments": "not json"}}]}]
@@ -288,3 +291,40 @@ def test_streamed_content_of_any_reply_begins_the_replys_content(name, pieces):
     ("mistral_v11", "Sunny.", 6)])
 def test_plain_text_streams_and_a_call_holds_back(name, text, settled):
     assert tc.settled_content(text, tc.FORMATS[name], NAMES) == settled
+
+
+@pytest.mark.parametrize("fmt, reply, called, name, arguments", [
+    (HERMES, '{"name": "get_weather", "arguments": {"city": "Oslo {x}", "unit": "c"}}', None, "get_weather",
+     '{"city": "Oslo {x}", "unit": "c"}'),
+    (HERMES, '\n\t{ "arguments" :\n{"city": "a,b"} ,\n "name": "get_weather" }', None, "get_weather",
+     '{"city": "a,b"}'),                                                 # the constraint allows either order
+    (HERMES, '{ "name" : "f", "arguments" : {"q": "a \\"}\\" b", "n": [1, {"m": []}]}}', None, "f",
+     '{"q": "a \\"}\\" b", "n": [1, {"m": []}]}'),
+    (LLAMA3, '{"name": "get_time", "parameters": {"zone": "UTC"}}', None, "get_time", '{"zone": "UTC"}'),
+    (MISTRAL, '[{"name": "get_time", "arguments": {"zone": "]"}}]', None, "get_time", '{"zone": "]"}'),
+    (HERMES, ' {"city": "Oslo"}', "get_weather", "get_weather", '{"city": "Oslo"}'),
+])
+def test_forced_progress_streams_the_arguments_as_written(fmt, reply, called, name, arguments):
+    """A forced call's arguments as the model wrote them, found from every prefix of its reply: nothing
+    before the name and the arguments' '{' are written, then a prefix of the final arguments each time
+    (what a stream sends as it goes), the whole object once it closes, and the plain reply's call holds
+    the same text; braces and quotes inside strings do not end it."""
+    for only in (None, name):                   # the name read from the reply, or known beforehand
+        seen = ""
+        for end in range(len(reply) + 1):
+            got_name, got = tc.forced_progress(reply[:end], fmt, called, only)
+            if got_name is None or got is None:
+                assert seen == ""
+                continue
+            assert got_name == name and got.startswith(seen) and arguments.startswith(got)
+            seen = got
+        assert seen == arguments
+        content, calls = tc.reply(reply + " trailing", fmt, NAMES + ["f"], True, called=called, only=only)
+        assert content is None and calls[0]["function"] == {"name": name, "arguments": arguments}
+        assert tc.whole_arguments(calls[0])
+    cut = reply[:reply.index(arguments) + len(arguments) - 2]           # max_tokens or a stop string
+    content, calls = tc.reply(cut, fmt, NAMES + ["f"], True, called=called, only=name)
+    assert content is None and arguments.startswith(calls[0]["function"]["arguments"])
+    assert not tc.whole_arguments(calls[0])
+    assert tc.forced_only([{"function": {"name": "a"}}]) == "a" and tc.forced_only([{}, {}]) is None
+    assert tc.forced_only([{}, {}], "b") == "b"

@@ -79,9 +79,10 @@ def test_forced_calls_validate_and_stream_as_openai_streams_them(tooled, choice,
     deltas = [c.choices[0].delta for c in chunks if c.choices and c.choices[0].delta.tool_calls]
     head = deltas[0].tool_calls[0]
     assert head.index == 0 and head.id.startswith("call_") and head.function.name == call.function.name
-    assert head.function.arguments == "" and len(deltas) >= 2
+    assert head.function.arguments == ""
     streamed = "".join(d.tool_calls[0].function.arguments or "" for d in deltas[1:])
-    assert json.loads(streamed) == args                                  # the plain reply's call, in pieces
+    assert streamed == call.function.arguments and json.loads(streamed) == args    # the plain reply's call
+    assert len(deltas) > 4, "the arguments came in one piece, not as they were generated"
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
@@ -128,20 +129,46 @@ def test_a_template_without_tools_refuses_them(served):  # noqa: F811
     assert none.status_code == 200                                     # "none": the template sees no tools
 
 
-def test_a_forced_call_cut_short_is_content_not_an_error(tooled):
-    for extra in ({"stop": ["}"]}, {"max_tokens": 3}):
+def _streamed(lines):
+    """The message and finish reason a stream of chunk lines adds up to (content, one call's head and
+    arguments), as a client assembles them."""
+    content, call, reason = "", None, None
+    for line in lines[:-1]:
+        choice = json.loads(line[6:])["choices"][0]
+        delta = choice["delta"]
+        content += delta.get("content") or ""
+        for piece in delta.get("tool_calls") or []:
+            call = call or {"name": piece["function"]["name"], "arguments": ""}
+            call["arguments"] += piece["function"]["arguments"]
+        reason = choice["finish_reason"] or reason
+    return (content or None), call, reason
+
+
+def test_a_forced_call_cut_short_keeps_its_arguments_as_far_as_they_got(tooled):
+    """As OpenAI returns a call that max_tokens or a stop string cuts: its arguments as written so far and
+    that finish reason; cut before its arguments began it is content. Streamed as plain."""
+    for extra, started in (({"stop": ["}"]}, True), ({"max_tokens": 3}, False)):
         body = {"model": "tiny", "messages": ASK, "tools": [WEATHER], "tool_choice": "required", "seed": 5,
-                "max_tokens": 80, **extra}
+                "max_tokens": 360, **extra}
         plain = httpx.post(tooled.url + "/v1/chat/completions", json=body, timeout=60)
         assert plain.status_code == 200, plain.text
         choice = plain.json()["choices"][0]
-        assert choice["finish_reason"] in ("stop", "length") and choice["message"]["content"].lstrip().startswith("{")
-        assert "tool_calls" not in choice["message"]
+        message = choice["message"]
+        assert choice["finish_reason"] == ("stop" if "stop" in extra else "length")
+        if started:
+            (call,) = message["tool_calls"]
+            assert message["content"] is None and call["function"]["name"] == "get_weather"
+            arguments = call["function"]["arguments"]
+            assert arguments.lstrip().startswith("{") and "}" not in arguments
+        else:
+            assert "tool_calls" not in message and message["content"].lstrip().startswith("{")
         with httpx.stream("POST", tooled.url + "/v1/chat/completions", json={**body, "stream": True},
                           timeout=60) as response:
             lines = [line for line in response.iter_lines() if line.startswith("data: ")]
-        assert lines[-1] == "data: [DONE]" and json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("stop",
-                                                                                                          "length")
+        assert lines[-1] == "data: [DONE]"
+        content, call, reason = _streamed(lines)
+        assert reason == choice["finish_reason"] and content == message["content"]
+        assert call == (message["tool_calls"][0]["function"] if started else None)
     bad_defs = {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "$defs": [1]}}}
     response = httpx.post(tooled.url + "/v1/chat/completions", timeout=60, json={
         "model": "tiny", "messages": ASK, "tools": [bad_defs], "tool_choice": "required"})
