@@ -40,7 +40,8 @@ class Request:
     tokens generated so far. logprobs: None, or how many top alternatives to report with each
     token's log-probability (0: the token's own only). constraint: a fresh gen.Constraint (e.g. a
     token_mask.JsonConstraint for JSON output) that masks each step's logits; the request ends
-    ("stop") once it is finished. Constrained requests always bring their logits to the host."""
+    ("stop") once it is finished. Constrained requests bring their logits to the host for every step
+    the constraint masks (a lazy one, lazy_constraint.LazyConstraint, only inside its calls)."""
     prompt: list[int]
     max_tokens: int = 256
     sampling: gen.Sampling = field(default_factory=gen.Sampling)
@@ -106,10 +107,11 @@ class Sequence:
 
 def plain_greedy(r: Request) -> bool:
     """Whether the next token is the logits' argmax and nothing else of them is needed (a constraint
-    needs the host logits to mask)."""
+    that masks the next token needs the host logits; a lazy one before its marker does not)."""
     s = r.sampling
     return (s.temperature == 0.0 and s.repetition_penalty == 1.0 and not r.presence_penalty
-            and not r.frequency_penalty and r.logprobs is None and r.constraint is None)
+            and not r.frequency_penalty and r.logprobs is None
+            and (r.constraint is None or not getattr(r.constraint, "masking", True)))
 
 
 def logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:

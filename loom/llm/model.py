@@ -25,7 +25,7 @@ from ..errors import ConfigError, FormatError
 from ..formats import hf
 from ..kernels.quant.block import BlockQuantized
 from . import generate as gen
-from . import paged_forward, tool_calls
+from . import lazy_constraint, paged_forward, tool_calls
 from .batch_requests import Request
 from .decoder import Decoder
 from .decoder_config import ARCHITECTURES, DecoderConfig, expected_tensors
@@ -161,15 +161,19 @@ class CausalLM:
     def generate_ids(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
                      top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                      seed: int = 0, stop_ids: Iterable[int] | None = None, truncate: bool = False,
-                     json_schema: dict | bool | None = None) -> Iterator[int]:
+                     json_schema: dict | bool | None = None, constraint: gen.Constraint | None = None) -> Iterator[int]:
         """The generated token ids (stop ids excluded); settings as in generate(). The sequence runs on
         the model's own batch engine (model_engine.py): in deterministic mode its tokens are the bits
-        it gets in any batch; close() the iterator to stop early."""
+        it gets in any batch; close() the iterator to stop early. constraint: a fresh gen.Constraint of
+        the caller's (json_schema makes one; not both)."""
+        if json_schema is not None and constraint is not None:
+            raise ConfigError("constraint", "give 'json_schema' or a constraint, not both")
         sampling = gen.Sampling(temperature, top_k, top_p, min_p, repetition_penalty, seed)
         stops = self.eos_ids if stop_ids is None else gen.check_stop_ids(stop_ids, self.decoder.config.vocab_size)
         c = self.decoder.config
         ids = gen.fit_prompt(self.encode_prompt(prompt), max_tokens, c.max_positions, c.vocab_size, truncate)
-        constraint = None if json_schema is None else self.json_constraint(json_schema)
+        if json_schema is not None:
+            constraint = self.json_constraint(json_schema)
         return self.engines.stream(Request(ids, max_tokens, sampling, tuple(stops), constraint=constraint))
 
     @property
@@ -225,6 +229,16 @@ class CausalLM:
         key = "json_schema:" + json.dumps(schema, sort_keys=True)
         return token_mask.grammar_masks(vocabulary, key, lambda: JsonGrammar.from_schema(schema, "json_schema")).constraint()
 
+    def _auto_reply(self, ids: list[int], tools: list[dict], fmt: tool_calls.Format, tokenizer: Tokenizer,
+                    sampling: dict) -> str:
+        """generate()'s text for a reply under tool_choice auto: a call, once the model writes its format's
+        marker, decoded under the calls' schema (lazy_constraint; the server does the same)."""
+        make = lazy_constraint.for_tools(tools, fmt, True, tokenizer, self.decoder.config.vocab_size)
+        sampling = dict(sampling)
+        stop = gen.check_stop(sampling.pop("stop", ()))
+        return "".join(gen.stream_text(self.generate_ids(ids, **sampling, constraint=make and make()), tokenizer,
+                                       stop))
+
     def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The token ids of `messages` rendered with the chat template, ready for the reply; `tools`
         (OpenAI's function tools, loom.llm.tool_calls.check_tools) are rendered by the template too."""
@@ -261,7 +275,9 @@ class CausalLM:
             prefix, schema, called = tool_calls.forced(checked, fmt, name)
             ids = ids + tokenizer.encode(prefix, add_special_tokens=False)
             sampling = {**sampling, "json_schema": schema}
-        content, calls = tool_calls.reply("".join(self.generate(ids, **sampling)), fmt,
+        text = "".join(self.generate(ids, **sampling)) if forced or "json_schema" in sampling else \
+            self._auto_reply(ids, checked, fmt, tokenizer, sampling)
+        content, calls = tool_calls.reply(text, fmt,
                                           [t["function"]["name"] for t in checked], forced, called=called,
                                           only=tool_calls.forced_only(checked, name) if forced else None)
         message = {"role": "assistant", "content": content}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..llm import generate as gen
-from ..llm import token_mask, tool_calls
+from ..llm import lazy_constraint, token_mask, tool_calls
 from ..llm.batch_requests import Request
 from ..llm.json_constraint import JsonGrammar
 
@@ -272,6 +272,9 @@ def chat_job(body: dict, model: CausalLM, context: int) -> Job:
         raise BadRequest("logprobs", "'logprobs' is not supported together with 'tools' on this server")
     stream = _flag(body, "stream", False)
     constraint = forced or _response_format(body, model)
+    if constraint is None and plan is not None and plan.mode == "auto" and model.tokenizer is not None:
+        constraint = lazy_constraint.for_tools(tools, plan.fmt, plan.parallel, model.tokenizer,
+                                               model.decoder.config.vocab_size)   # a call once its marker is written
     return Job(_requests([ids], n, max_tokens, context, body, logprobs, key, "messages", constraint), [ids], n,
                stream, _include_usage(body, stream), logprobs, plan)
 
