@@ -302,10 +302,12 @@ class BatchEngine:
     # next step is planned as usual, when a waiting request could be admitted, a block cannot be
     # taken without preempting, half the rows are padding, or a position leaves the recorded steps.
     def _pipelines(self, work: list[paged_forward.Work], seqs: list[Sequence]) -> bool:
-        """Whether this step can start a run of steps launched ahead."""
+        """Whether this step can start a run of steps launched ahead (no constraint: a lazy one, free
+        now, may begin masking within the run, whose tokens the host sees only a step later)."""
         return (self.pipeline and self.dec.backend.prefill is not None and not self._admissible()
                 and all(len(w.tokens) == 1 and w.logits for w in work)
-                and all(plain_greedy(s.request) for s in seqs) and self.steps.decode_graph(len(work), work) is not None)
+                and all(plain_greedy(s.request) and s.request.constraint is None for s in seqs)
+                and self.steps.decode_graph(len(work), work) is not None)
 
     def _admissible(self) -> bool:
         """Whether _admit would take the first waiting request now (a slot, and blocks for its first

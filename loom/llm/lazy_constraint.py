@@ -112,15 +112,16 @@ def for_tools(tools: list[dict], fmt: Format, parallel: bool, tokenizer: Tokeniz
     marker = MARKERS.get(fmt.name)
     if marker is None:
         return None
-    schema = tool_calls.call_schema(tools, fmt)
-    if fmt.array and parallel:
-        schema = {k: v for k, v in schema.items() if k != "maxItems"}
     try:
-        grammar = JsonGrammar.from_schema(schema, "tools")
+        schema = tool_calls.call_schema(tools, fmt)     # (tools whose $defs clash: unconstrained)
+        if fmt.array and parallel:
+            schema = {k: v for k, v in schema.items() if k != "maxItems"}
         vocabulary = Vocabulary.of(tokenizer, vocab_size)
+        masks = grammar_masks(vocabulary, "tool_calls:" + json.dumps(schema, sort_keys=True),
+                              lambda: JsonGrammar.from_schema(schema, "tools"))
     except ConfigError:
         return None
-    masks = grammar_masks(vocabulary, "tool_calls:" + json.dumps(schema, sort_keys=True), lambda: grammar)
-    ids = tokenizer.encode(marker, add_special_tokens=False)
+    single = tokenizer.token_to_id(marker) if hasattr(tokenizer, "token_to_id") else None
+    ids = [single] if single is not None else tokenizer.encode(marker, add_special_tokens=False)
     marker_ids = ids if len(ids) == 1 else ()
     return lambda: LazyConstraint(masks.constraint, vocabulary, marker, marker_ids)

@@ -275,7 +275,7 @@ class CausalLM:
             prefix, schema, called = tool_calls.forced(checked, fmt, name)
             ids = ids + tokenizer.encode(prefix, add_special_tokens=False)
             sampling = {**sampling, "json_schema": schema}
-        text = "".join(self.generate(ids, **sampling)) if forced or "json_schema" in sampling else \
+        text = "".join(self.generate(ids, **sampling)) if forced or sampling.get("json_schema") is not None else \
             self._auto_reply(ids, checked, fmt, tokenizer, sampling)
         content, calls = tool_calls.reply(text, fmt,
                                           [t["function"]["name"] for t in checked], forced, called=called,

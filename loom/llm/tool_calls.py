@@ -303,41 +303,84 @@ def forced_progress(text: str, fmt: Format, called: str | None = None,
     to where text ends (None before the '{'). The constraint lets the model write the call's keys in
     either order; the call has begun (a stream sends its head) once both are known. Prefix-stable: a longer
     text's arguments begin with a shorter one's, so a stream sends them as they are generated and the
-    reply's message holds the same text."""
+    reply's message holds the same text (ForcedStream: the same for a growing reply, scanned once)."""
+    name, start, end = _locate(text, fmt, called, only)
+    return name, (None if start is None else text[start:end or len(text)])
+
+
+class ForcedStream:
+    """forced_progress for a reply that only grows (a stream's), each character of the arguments scanned
+    once: rescanning the whole reply at every token cost a long call quadratic time (7.5 s at 28k
+    characters). Once their '{' is found the object is followed from where the last call stopped."""
+
+    def __init__(self, fmt: Format, called: str | None = None, only: str | None = None):
+        self.fmt, self.called, self.only = fmt, called, only
+        self.name: str | None = None
+        self.start: int | None = None       # the arguments' '{'
+        self.end: int | None = None         # just past their '}'
+        self.at, self.depth, self.in_string, self.escaped = 0, 0, False, False
+
+    def progress(self, text: str) -> tuple[str | None, str | None]:
+        if self.start is None:
+            self.name, self.start, self.end = _locate(text, self.fmt, self.called, self.only)
+            if self.start is None:
+                return self.name, None
+            self.at = self.start
+        while self.end is None and self.at < len(text):
+            ch = text[self.at]
+            self.at += 1
+            if self.in_string:
+                self.escaped, self.in_string = (False, True) if self.escaped else (ch == "\\", ch != '"')
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth == 0:
+                    self.end = self.at
+        if self.end is not None and self.name is None:      # the name after the arguments
+            self.name = _locate(text, self.fmt, self.called, self.only)[0]
+        return self.name, text[self.start:self.end or len(text)]
+
+
+def _locate(text: str, fmt: Format, called: str | None, only: str | None) -> tuple[str | None, int | None, int | None]:
+    """forced_progress's (name, start, end): the arguments' span in text (end None while it is open)."""
     if called is not None:
         at = _skip_space(text, 0)
-        return called, (text[at:_value_end(text, at) or len(text)] if text[at:at + 1] == "{" else None)
+        return called, (at if text[at:at + 1] == "{" else None), (_value_end(text, at) if text[at:at + 1] == "{"
+                                                                  else None)
     at = _skip_space(text, 0)
     if fmt.array:
         if text[at:at + 1] != "[":
-            return only, None
+            return only, None, None
         at = _skip_space(text, at + 1)
     if text[at:at + 1] != "{":
-        return only, None
-    name, arguments, at = only, None, at + 1
+        return only, None, None
+    name, start, stop, at = only, None, None, at + 1
     while True:                                 # the call's "key": value pairs
         at = _skip_space(text, at)
         key_end = _value_end(text, at) if text[at:at + 1] == '"' else None
         if key_end is None:
-            return name, arguments
+            return name, start, stop
         key = json.loads(text[at:key_end])
         at = _skip_space(text, key_end)
         if text[at:at + 1] != ":":
-            return name, arguments
+            return name, start, stop
         at = _skip_space(text, at + 1)
         if at >= len(text):
-            return name, arguments
+            return name, start, stop
         end = _value_end(text, at)
         if key == fmt.arguments_key and text[at] == "{":
-            arguments = text[at:end or len(text)]
+            start, stop = at, end
         elif key == "name" and end is not None and only is None:
             value = json.loads(text[at:end])
             name = value if isinstance(value, str) else None
         if end is None:
-            return name, arguments
+            return name, start, stop
         at = _skip_space(text, end)
         if text[at:at + 1] != ",":
-            return name, arguments
+            return name, start, stop
         at += 1
 
 

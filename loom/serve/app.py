@@ -361,6 +361,8 @@ class _Reply:
         tokens, open_, held, sent = [0] * count, count, [""] * count, [0] * count
         headed = [False] * count            # a forced call's head (id, name) streamed
         plan = self.job.tools
+        scans = [tool_calls.ForcedStream(plan.fmt, plan.called, plan.only) if plan is not None else None
+                 for _ in range(count)]
         try:
             if self.chat:
                 for i in range(count):
@@ -377,7 +379,7 @@ class _Reply:
                 if plan is not None:
                     held[index] += event.text
                     if plan.mode != "auto":     # a forced call: its head, then its arguments as they come
-                        for chunk in self._forced_chunks(index, held[index], headed, sent):
+                        for chunk in self._forced_chunks(index, held[index], scans[index], headed, sent):
                             yield _sse(chunk)
                     elif event.finish_reason is None:   # auto: content before any call streams, calls at the end
                         settled = tool_calls.settled_content(held[index], plan.fmt, plan.names)
@@ -409,12 +411,13 @@ class _Reply:
             for h in handles:
                 h.cancel()
 
-    def _forced_chunks(self, index: int, text: str, headed: list[bool], sent: list[int]) -> list[dict]:
-        """A forced call's chunks for its reply so far (tool_calls.forced_progress): its id, type and name
-        with empty arguments once the reply has written them, then each new piece of its arguments' text;
-        `headed` and `sent` (characters of arguments streamed) are updated."""
+    def _forced_chunks(self, index: int, text: str, scan: tool_calls.ForcedStream, headed: list[bool],
+                       sent: list[int]) -> list[dict]:
+        """A forced call's chunks for its reply so far (scan: tool_calls.ForcedStream, forced_progress's
+        values): its id, type and name with empty arguments once the reply has written them, then each new
+        piece of its arguments' text; `headed` and `sent` (characters of arguments streamed) are updated."""
         plan = self.job.tools
-        name, arguments = tool_calls.forced_progress(text, plan.fmt, plan.called, plan.only)
+        name, arguments = scan.progress(text)
         chunks = []
         if name is None or arguments is None:
             return chunks

@@ -140,9 +140,8 @@ def _refuse_unsupported(body: dict) -> None:
 def needs_constraint(body: dict) -> bool:
     """Whether the body asks for structured output (building its first grammar may take a while)."""
     fmt = body.get("response_format")
-    forced = body.get("tools") is not None and (body.get("tool_choice") == "required"
-                                                 or isinstance(body.get("tool_choice"), dict))
-    return forced or isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
+    tools = body.get("tools") is not None and body.get("tool_choice") != "none"   # forced, or auto's lazy one
+    return tools or isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema")
 
 
 def _response_format(body: dict, model: CausalLM) -> Callable[[], gen.Constraint] | None:

@@ -88,15 +88,26 @@ def test_greedy_decoding_keeps_its_plain_path_outside_calls(vocab):
     assert plain_greedy(request)
 
 
-def test_formats_without_a_marker_or_schemas_outside_the_subset_stay_unconstrained():
-    class Tok:
-        def encode(self, text, add_special_tokens=False):
-            return [5]
+def test_formats_without_a_marker_or_schemas_outside_the_subset_stay_unconstrained(tmp_path):
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(__file__))
+    import tiny_decoders as td
+
+    from loom.llm.tokenizer import Tokenizer
+    td.write_tokenizer(tmp_path)
+    tok = Tokenizer.from_dir(tmp_path)
     tools = tool_calls.check_tools([WEATHER])
-    assert lazy_constraint.for_tools(tools, tool_calls.FORMATS["llama3"], True, Tok(), 300) is None
+    assert lazy_constraint.for_tools(tools, tool_calls.FORMATS["llama3"], True, tok, td.VOCAB) is None
     odd = tool_calls.check_tools([{"type": "function", "function": {"name": "f", "parameters": {
         "type": "object", "properties": {"x": {"type": "string", "pattern": "a+"}}}}}])
-    assert lazy_constraint.for_tools(odd, tool_calls.FORMATS["hermes"], True, Tok(), 300) is None
+    assert lazy_constraint.for_tools(odd, tool_calls.FORMATS["hermes"], True, tok, td.VOCAB) is None
+    clash = tool_calls.check_tools([{"type": "function", "function": {"name": n, "parameters": {
+        "type": "object", "$defs": {"d": {"type": t}}}}} for n, t in (("a", "string"), ("b", "integer"))])
+    assert lazy_constraint.for_tools(clash, tool_calls.FORMATS["hermes"], True, tok, td.VOCAB) is None
+    make = lazy_constraint.for_tools(tools, tool_calls.FORMATS["hermes"], True, tok, td.VOCAB)
+    first, second = make(), make()
+    assert first is not second and not first.started and not first.masking
     assert set(lazy_constraint.MARKERS) == {"hermes", "mistral"}
 
 

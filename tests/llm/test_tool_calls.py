@@ -328,3 +328,22 @@ def test_forced_progress_streams_the_arguments_as_written(fmt, reply, called, na
     assert not tc.whole_arguments(calls[0])
     assert tc.forced_only([{"function": {"name": "a"}}]) == "a" and tc.forced_only([{}, {}]) is None
     assert tc.forced_only([{}, {}], "b") == "b"
+
+
+def test_forced_stream_gives_forced_progress_for_every_prefix_in_one_pass():
+    """tool_calls.ForcedStream (the server's, a reply growing token by token) agrees with forced_progress at
+    every prefix, in both key orders, the arrays and the arguments alone, a long call's too."""
+    cases = [(HERMES, '{"name": "get_weather", "arguments": {"city": "a \\\\"}{ b", "n": [1, {"m": 2}]}}', None),
+             (HERMES, ' {"arguments": {"zone": "UTC"}, "name": "get_time"}', None),
+             (MISTRAL, '[{"name": "get_time", "arguments": {"zone": "x]"}}]', None),
+             (HERMES, ' {"city": "Oslo", "n": 3}', "get_weather")]
+    for fmt, reply, called in cases:
+        for step in (1, 3, 7):
+            scan = tc.ForcedStream(fmt, called)
+            for end in list(range(0, len(reply), step)) + [len(reply)]:
+                assert scan.progress(reply[:end]) == tc.forced_progress(reply[:end], fmt, called), (reply, end)
+    body = '{"name": "get_time", "arguments": {"zone": "' + "x" * 40000 + '"}}'
+    scan = tc.ForcedStream(HERMES)
+    for end in range(0, len(body), 4):
+        scan.progress(body[:end])
+    assert scan.progress(body)[1] == body[body.index('{"zone"'):-1] and scan.at == len(body) - 1
