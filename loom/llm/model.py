@@ -186,18 +186,21 @@ class CausalLM:
     def generate(self, prompt: str | Iterable[int], *, max_tokens: int = 256, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, min_p: float = 0.0, repetition_penalty: float = 1.0,
                  seed: int = 0, stop: str | Iterable[str] = (), stop_ids: Iterable[int] | None = None,
-                 truncate: bool = False, json_schema: dict | bool | None = None) -> Iterator[str]:
+                 truncate: bool = False, json_schema: dict | bool | None = None,
+                 constraint: gen.Constraint | None = None) -> Iterator[str]:
         """Stream the continuation of `prompt` (text, encoded with the tokenizer's special tokens, or
         token ids) as text pieces. temperature 0 is greedy; stop: strings that end the text (not
         emitted); stop_ids: token ids that end it (default: the end-of-sequence ids); json_schema:
         the text is JSON valid against this schema ({"type": "object"}: any object; the subset and
-        spelling of docs/llm.md's structured output), ending when the value does. Settings are
-        checked here, before the first piece: bad ones raise ConfigError."""
+        spelling of docs/llm.md's structured output), ending when the value does; constraint: a fresh
+        gen.Constraint of the caller's instead. Settings are checked here, before the first piece: bad
+        ones raise ConfigError."""
         tokenizer = self._tokenizer("prompt")
         stop = gen.check_stop(stop)
         tokens = self.generate_ids(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                                    top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-                                   stop_ids=stop_ids, truncate=truncate, json_schema=json_schema)
+                                   stop_ids=stop_ids, truncate=truncate, json_schema=json_schema,
+                                   constraint=constraint)
         return gen.stream_text(tokens, tokenizer, stop)
 
     def generate_batch(self, prompts: Iterable[str | Iterable[int]], *, max_tokens: int = 256,
@@ -228,16 +231,6 @@ class CausalLM:
         vocabulary = token_mask.Vocabulary.of(self._tokenizer("json_schema"), self.decoder.config.vocab_size)
         key = "json_schema:" + json.dumps(schema, sort_keys=True)
         return token_mask.grammar_masks(vocabulary, key, lambda: JsonGrammar.from_schema(schema, "json_schema")).constraint()
-
-    def _auto_reply(self, ids: list[int], tools: list[dict], fmt: tool_calls.Format, tokenizer: Tokenizer,
-                    sampling: dict) -> str:
-        """generate()'s text for a reply under tool_choice auto: a call, once the model writes its format's
-        marker, decoded under the calls' schema (lazy_constraint; the server does the same)."""
-        make = lazy_constraint.for_tools(tools, fmt, True, tokenizer, self.decoder.config.vocab_size)
-        sampling = dict(sampling)
-        stop = gen.check_stop(sampling.pop("stop", ()))
-        return "".join(gen.stream_text(self.generate_ids(ids, **sampling, constraint=make and make()), tokenizer,
-                                       stop))
 
     def chat_ids(self, messages: list[dict], tools: list[dict] | None = None) -> list[int]:
         """The token ids of `messages` rendered with the chat template, ready for the reply; `tools`
@@ -275,9 +268,10 @@ class CausalLM:
             prefix, schema, called = tool_calls.forced(checked, fmt, name)
             ids = ids + tokenizer.encode(prefix, add_special_tokens=False)
             sampling = {**sampling, "json_schema": schema}
-        text = "".join(self.generate(ids, **sampling)) if forced or sampling.get("json_schema") is not None else \
-            self._auto_reply(ids, checked, fmt, tokenizer, sampling)
-        content, calls = tool_calls.reply(text, fmt,
+        elif sampling.get("json_schema") is None:   # auto: a call, once its marker is written, under its schema
+            make = lazy_constraint.for_tools(checked, fmt, True, tokenizer, self.decoder.config.vocab_size)
+            sampling = {**sampling, "constraint": make and make()}
+        content, calls = tool_calls.reply("".join(self.generate(ids, **sampling)), fmt,
                                           [t["function"]["name"] for t in checked], forced, called=called,
                                           only=tool_calls.forced_only(checked, name) if forced else None)
         message = {"role": "assistant", "content": content}

@@ -317,31 +317,23 @@ class ForcedStream:
         self.fmt, self.called, self.only = fmt, called, only
         self.name: str | None = None
         self.start: int | None = None       # the arguments' '{'
-        self.end: int | None = None         # just past their '}'
-        self.at, self.depth, self.in_string, self.escaped = 0, 0, False, False
+        self.scan: _ValueScan | None = None
 
     def progress(self, text: str) -> tuple[str | None, str | None]:
         if self.start is None:
-            self.name, self.start, self.end = _locate(text, self.fmt, self.called, self.only)
+            self.name, self.start, _ = _locate(text, self.fmt, self.called, self.only)
             if self.start is None:
                 return self.name, None
-            self.at = self.start
-        while self.end is None and self.at < len(text):
-            ch = text[self.at]
-            self.at += 1
-            if self.in_string:
-                self.escaped, self.in_string = (False, True) if self.escaped else (ch == "\\", ch != '"')
-            elif ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                self.depth -= 1
-                if self.depth == 0:
-                    self.end = self.at
-        if self.end is not None and self.name is None:      # the name after the arguments
+            self.scan = _ValueScan(self.start)
+        end = self.scan.run(text)
+        if end is not None and self.name is None:          # the name after the arguments
             self.name = _locate(text, self.fmt, self.called, self.only)[0]
-        return self.name, text[self.start:self.end or len(text)]
+        return self.name, text[self.start:end or len(text)]
+
+    @property
+    def at(self) -> int:
+        """How far into the reply the arguments have been read (0 before they begin)."""
+        return 0 if self.scan is None else self.scan.at
 
 
 def _locate(text: str, fmt: Format, called: str | None, only: str | None) -> tuple[str | None, int | None, int | None]:
@@ -393,26 +385,35 @@ def _skip_space(text: str, at: int) -> int:
 def _value_end(text: str, at: int) -> int | None:
     """The index just past the JSON value that starts at text[at] (a string, an object, an array or a
     scalar), or None where text ends inside it."""
-    depth, in_string, escaped = 0, False, False
-    for k in range(at, len(text)):
-        ch = text[k]
-        if in_string:
-            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
-            if not in_string and depth == 0:
-                return k + 1
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
-            depth += 1
-        elif ch in "}]":
-            depth -= 1
-            if depth == 0:
-                return k + 1
-            if depth < 0:
-                return k                        # a scalar that the enclosing object closes
-        elif depth == 0 and ch in ", \t\r\n":
-            return k                            # a scalar's end
-    return None
+    return _ValueScan(at).run(text)
+
+
+class _ValueScan:
+    """_value_end that resumes: run() reads only what was added to the text since its last call."""
+
+    def __init__(self, at: int):
+        self.at, self.depth, self.in_string, self.escaped = at, 0, False, False
+        self.end: int | None = None
+
+    def run(self, text: str) -> int | None:
+        while self.end is None and self.at < len(text):
+            ch, k = text[self.at], self.at
+            self.at += 1
+            if self.in_string:
+                self.escaped, self.in_string = (False, True) if self.escaped else (ch == "\\", ch != '"')
+                if not self.in_string and self.depth == 0:
+                    self.end = k + 1
+            elif ch == '"':
+                self.in_string = True
+            elif ch in "{[":
+                self.depth += 1
+            elif ch in "}]":
+                self.depth -= 1
+                if self.depth <= 0:             # its close, or a scalar's that the enclosing value closes
+                    self.end = k + 1 if self.depth == 0 else k
+            elif self.depth == 0 and ch in ", \t\r\n":
+                self.end = k                    # a scalar's end
+        return self.end
 
 
 def whole_arguments(entry: dict) -> bool:

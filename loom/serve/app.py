@@ -361,8 +361,8 @@ class _Reply:
         tokens, open_, held, sent = [0] * count, count, [""] * count, [0] * count
         headed = [False] * count            # a forced call's head (id, name) streamed
         plan = self.job.tools
-        scans = [tool_calls.ForcedStream(plan.fmt, plan.called, plan.only) if plan is not None else None
-                 for _ in range(count)]
+        scans = [tool_calls.ForcedStream(plan.fmt, plan.called, plan.only) if plan is not None and plan.mode != "auto"
+                 else None for _ in range(count)]
         try:
             if self.chat:
                 for i in range(count):
