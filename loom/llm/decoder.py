@@ -28,7 +28,9 @@ through a paged cache, alone or batched: loom/llm/paged_forward.py, driven by th
 """
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from types import ModuleType
 
 import numpy as np
@@ -36,7 +38,7 @@ import numpy as np
 from .. import backend
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
-from ..kernels import fused, ops
+from ..kernels import fused, mathlib, ops
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant import gemv
@@ -189,7 +191,8 @@ class Decoder:
 
     def logits_of(self, h: Array) -> Array:
         """Logits [..., vocab] of final hidden states h [..., E]."""
-        h = fused.rms_norm(h, self.norm, self.config.eps)[0]
+        # (deterministic mode: _rms's one compiled call on the CPU where it can, fused.rms_norm's bits)
+        h = self._rms(h, self.norm) if is_deterministic() else fused.rms_norm(h, self.norm, self.config.eps)[0]
         return _linear(h, self.lm_head, None, self._weight)
 
     # --- fast mode's one-token steps on the CPU ---------------------------------------------------------
@@ -201,6 +204,16 @@ class Decoder:
             return None
         from ..backend.cpu import decode_jit
         return decode_jit if decode_jit.available() else None
+
+    def token_layer(self, h: Array) -> Callable | None:
+        """The compiled layer step for rows of one decode token each over a paged cache, where it runs
+        for hidden states like h (the CPU, float32, numba present): fast mode's layer_tokens_paged,
+        deterministic mode's layer_tokens_exact; else None. Called as step(L, h2, cache_k, cache_v,
+        positions, key_slots)."""
+        if self._exact_token_ops(h) and mathlib.host_loop("exp", np.float32) is not None:
+            return self.layer_tokens_exact
+        compiled = self.token_ops(h)
+        return None if compiled is None else functools.partial(self.layer_tokens_paged, compiled)
 
     def layer_tokens_paged(self, ops_: ModuleType, L: _Layer, h2: Array, cache_k: Array, cache_v: Array,
                            positions: list[int], key_slots: list[np.ndarray]) -> None:
@@ -222,6 +235,52 @@ class Decoder:
         act = np.empty((h2.shape[0], c.intermediate), dtype=np.float32)
         ops_.swiglu_rows(gate_up, act)
         h2 += _linear(act, L.down, L.down_bias, self._weight)
+
+    # --- deterministic mode's one-token steps on the CPU -----------------------------------------------
+    def layer_tokens_exact(self, L: _Layer, h2: Array, cache_k: Array, cache_v: Array, positions: list[int],
+                           key_slots: list[np.ndarray]) -> None:
+        """layer_tokens_paged in deterministic mode, with the bits of qkv, attend and finish_layer (the
+        same operations, fewer calls): each row's RoPE, cache write and attention in two compiled calls
+        around exp (backend/cpu/decode_exact.py) where its keys are within the rounded scheme's K and
+        everything is finite, else the composed operations for that row; exp and SiGLU's sigmoid as
+        mathlib's compiled loops called directly (a call through ops cost more than its loop)."""
+        c = self.config
+        exp, sigmoid = mathlib.host_loop("exp", np.float32), mathlib.host_loop("sigmoid", np.float32)
+        qkv = _linear(self._rms(h2, L.ln1), L.qkv, L.qkv_bias, self._weight)
+        ctx = np.empty((h2.shape[0], c.heads * c.head_dim), dtype=np.float32)
+        for r, (pos, slots) in enumerate(zip(positions, key_slots)):
+            ctx[r] = self._exact_token_row(L, qkv[r], cache_k, cache_v, pos, slots, exp)
+        h2 += _linear(ctx, L.o, L.o_bias, self._weight)
+        gu = _linear(self._rms(h2, L.ln2), L.gate_up, L.gate_up_bias, self._weight)
+        act = np.ascontiguousarray(gu[:, :c.intermediate])      # (x sigmoid(x)) up, as _swiglu composes it
+        sig = np.empty_like(act)
+        sigmoid(act.reshape(-1), sig.reshape(-1))
+        act *= sig
+        act *= gu[:, c.intermediate:]
+        h2 += _linear(act, L.down, L.down_bias, self._weight)
+
+    def _exact_token_row(self, L: _Layer, qkv: Array, cache_k: Array, cache_v: Array, pos: int,
+                         slots: np.ndarray, exp) -> Array:
+        """One row's context [H D] for layer_tokens_exact (qkv [(H + 2 KV) D], biases added; exp:
+        mathlib's compiled loop)."""
+        from ..backend.cpu import attend_exact, decode_exact
+        c = self.config
+        H, KV, D, n = c.heads, c.kv_heads, c.head_dim, len(slots)
+        if n <= exact_dispatch.ROUNDED_MAX_K:
+            values = np.empty((KV, n, D), dtype=np.float32)
+            shifted = decode_exact.rope_scores(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
+                                               cache_v, slots, self.scale, exact_rounded.error_factor(D), values)
+            if shifted is not None:
+                e = np.empty_like(shifted)
+                exp(shifted.reshape(-1), e.reshape(-1))
+                ctx = attend_exact.weighted_values(e, values, H // KV, exact_rounded.error_factor(n))
+                if ctx is not None:
+                    return ctx.reshape(-1)
+        q, k, v = self._rotated(L, qkv[None, None], self._cos[pos][None, None], self._sin[pos][None, None])
+        cache_k[slots[-1]], cache_v[slots[-1]] = k[0, 0], v[0, 0]
+        keys = np.ascontiguousarray(cache_k[slots].transpose(1, 0, 2))[None]
+        values = np.ascontiguousarray(cache_v[slots].transpose(1, 0, 2))[None]
+        return self.attend(L, q, keys, values, pos, self.first_key(L, pos)).reshape(-1)
 
     # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
     def prefill_kernels(self, rows: int, prompt: bool = False) -> PrefillKernels | None:
@@ -298,11 +357,15 @@ class Decoder:
     def qkv(self, L: _Layer, h: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
         """The layer's rotated queries [B, T, H, D], keys and values [B, T, KV, D] for hidden h [B, T, E]
         at the positions of cos, sin [T, 1, D]."""
+        qkv = _linear(self._rms(h, L.ln1), L.qkv, L.qkv_bias, self._weight)          # [B, T, (H + 2 KV) D]
+        return self._rotated(L, qkv, cos, sin)
+
+    def _rotated(self, L: _Layer, qkv: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
+        """qkv's tail: the queries [B, T, H, D] and keys [B, T, KV, D] normed (qwen3) and rotated, and the
+        values [B, T, KV, D], from the projection qkv [B, T, (H + 2 KV) D] (biases added)."""
         c = self.config
-        B, T, _ = h.shape
+        B, T, _ = qkv.shape
         H, KV, D = c.heads, c.kv_heads, c.head_dim
-        x = self._rms(h, L.ln1)
-        qkv = _linear(x, L.qkv, L.qkv_bias, self._weight)                            # [B, T, (H + 2 KV) D]
         qk = qkv[..., :(H + KV) * D].reshape(B, T, H + KV, D)          # q heads, then k heads
         v = qkv[..., (H + KV) * D:].reshape(B, T, KV, D)
         if L.qk_norm is not None:                                        # qwen3: per-head RMSNorm before RoPE
@@ -356,26 +419,29 @@ class Decoder:
 
     def finish_layer(self, L: _Layer, h: Array, ctx: Array) -> Array:
         """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
-        c = self.config
         h = h + _linear(ctx, L.o, L.o_bias, self._weight)
         x = self._rms(h, L.ln2)
         gu = _linear(x, L.gate_up, L.gate_up_bias, self._weight)                     # [B, T, 2 I]
+        return h + _linear(self._swiglu(gu), L.down, L.down_bias, self._weight)
+
+    def _swiglu(self, gu: Array) -> Array:
+        """silu(gate) * up of the gate|up product gu [..., 2 I]."""
+        c = self.config
         compiled = self.token_ops(gu)
         if compiled is not None:                                         # the CPU's fast mode
             act = np.empty(gu.shape[:-1] + (c.intermediate,), dtype=np.float32)
             compiled.swiglu_rows(gu.reshape(-1, gu.shape[-1]), act.reshape(-1, c.intermediate))
-        else:
-            gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
-            act = fused.bias_act(gate, None, "silu")[1] * up             # one kernel where the backend fuses
-        return h + _linear(act, L.down, L.down_bias, self._weight)
+            return act
+        gate, up = gu[..., :c.intermediate], gu[..., c.intermediate:]
+        return fused.bias_act(gate, None, "silu")[1] * up                # one kernel where the backend fuses
 
     def _exact_token_ops(self, x: Array) -> bool:
         """Whether deterministic mode's compiled decode-token operations take x's layer here (the CPU,
         float32, numba: backend/cpu/attend_exact.py)."""
         if not self.backend.host or not is_deterministic() or x.dtype != np.float32:
             return False
-        from ..backend.cpu import attend_exact
-        return attend_exact.available()
+        from ..backend.cpu import decode_exact
+        return decode_exact.available()
 
     def _rms(self, h: Array, weight: Array) -> Array:
         """RMSNorm of h [..., E] with `weight`: the compiled rows where token_ops has them (fast mode) or

@@ -8,9 +8,10 @@ exactly its own keys (decoder.attend). Prefill chunks end where the single-seque
 (at multiples of decoder.prefill_chunk(), or at the prompt's end), which keeps the attention products'
 K the same as alone too. Fast mode runs the attention of all sequences at once, their queries and
 keys padded to the longest and masked (in groups that keep the scores under PADDED_ELEMENTS): the
-padding changes sums' order, so last bits may move. On the CPU in fast mode a step of decode tokens
-only runs each row's attention as one compiled call instead (decoder.layer_tokens_paged,
-backend/cpu/decode_jit.py). Where the decoder has its fused prompt kernels
+padding changes sums' order, so last bits may move. On the CPU a step of decode tokens only runs
+each row's attention as compiled calls instead (Decoder.token_layer: in fast mode
+decoder.layer_tokens_paged, backend/cpu/decode_jit.py; in deterministic mode layer_tokens_exact,
+backend/cpu/decode_exact.py, with the composed operations' bits). Where the decoder has its fused prompt kernels
 (fast mode on the tensor cores, every layer's weights in bfloat16), all rows go through them instead
 and attention is one paged flash launch per layer over every item's keys.
 """
@@ -50,15 +51,15 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
     cos, sin = dec.rope_at(be.asarray(positions))
     slots = be.asarray(np.concatenate([cache.slots(w.table, w.pos, w.pos + n) for w, n in zip(work, sizes)]))
     h = dec.embed_ids(ids[None])                                       # [1, N, E]
-    compiled = dec.token_ops(h) if max(sizes) == 1 else None
-    if compiled is not None:                # the CPU's fast mode, decode tokens only: a compiled attention a row
+    step = dec.token_layer(h) if max(sizes) == 1 else None
+    if step is not None:                    # the CPU, decode tokens only: a compiled attention a row
         h2, by_window = np.ascontiguousarray(h[0]), {}
         for i, layer in enumerate(dec.layers):
             key_slots = by_window.get(layer.window)
             if key_slots is None:
                 key_slots = by_window[layer.window] = [cache.slots(w.table, dec.first_key(layer, w.pos), w.pos + 1)
                                                        for w in work]
-            dec.layer_tokens_paged(compiled, layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
+            step(layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
         return _logits(dec, work, bounds, h2[None], every_row)
     fused = fused_weights(dec, len(ids), prompt=min(sizes) > 1)
     if fused is not None or is_deterministic() or len(work) == 1:

@@ -38,6 +38,28 @@ def test_public_api_types():
                                       "sin", "cos", "pow", "gelu", "gelu_tanh", "silu"}
 
 
+@pytest.mark.parametrize("name", ["exp", "sigmoid", "pow"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_host_loop_gives_evaluates_bits(name, dtype, monkeypatch):
+    """The CPU's compiled loop called directly (a deterministic decode step's exp and sigmoid): evaluate's
+    bits on fresh random arguments, specials among them; None where the loops are switched off."""
+    from loom.backend.cpu import jit
+    if not jit.available():
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(len(name))
+    args = [(rng.standard_normal(257) * 30).astype(dtype) for _ in range(mathlib.FUNCTIONS[name]["arity"])]
+    args[0][:3] = [INF, -INF, NAN]
+    out = np.empty_like(args[0])
+    mathlib.host_loop(name, dtype)(*args, out)
+    assert np.array_equal(out.view(BITS[dtype]), mathlib.evaluate(name, *args).view(BITS[dtype]))
+    with pytest.raises(KeyError, match="known"):
+        mathlib.host_loop("exp2", dtype)
+    with pytest.raises(TypeError, match="float32 and float64"):
+        mathlib.host_loop(name, np.float16)
+    monkeypatch.setenv("LOOM_JIT", "0")
+    assert mathlib.host_loop(name, dtype) is None
+
+
 def test_kernel_source_is_stable_text_with_rounded_intrinsics():
     src, name = mathlib.kernel_source("pow", np.float64)
     assert name == "loom_pow_f64"

@@ -134,8 +134,14 @@ class CPUElementwise:
             shape = np.broadcast_shapes(*(a.shape for a in inputs))
             flat = [np.ascontiguousarray(np.broadcast_to(a, shape)).reshape(-1) for a in inputs]
         outs = [np.empty(shape, dtype=d) for d in out_dtypes]
-        getattr(jit.load_source(source), name)(*flat, *(o.reshape(-1) for o in outs))
+        self.loop(source, name)(*flat, *(o.reshape(-1) for o in outs))
         return outs
+
+    @staticmethod
+    def loop(source: str, name: str) -> Callable:
+        """The compiled loop `name` of the generated module `source`: loop(*inputs, *outputs) over flat
+        C-contiguous arrays of one length."""
+        return getattr(jit.load_source(source), name)
 
 
 class CPUBackend:

@@ -24,7 +24,7 @@ import numpy as np
 from . import exact_jit, rounded_gemv
 from . import jit as cpu_jit
 
-_LOOPS = ("_scores", "_weighted")
+_LOOPS = ("_scores", "_scale_shift", "_weighted")
 f32 = np.float32
 
 
@@ -54,6 +54,12 @@ def weighted_values(e: np.ndarray, values: np.ndarray, per_group: int, factor: f
 def _scores(q, keys, per_group, scale, factor, out):
     counts = np.zeros(2, np.int64)
     rounded_gemv._stack_dots(q, keys, per_group, out, factor, counts)
+    return _scale_shift(out, scale)
+
+
+def _scale_shift(out, scale):
+    """In place, each row of the scores x -> x scale - max(x scale) (float32, as ops.softmax does it);
+    False where a scaled score is not finite."""
     for i in range(out.shape[0]):
         top = f32(-np.inf)
         for j in range(out.shape[1]):

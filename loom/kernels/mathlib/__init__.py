@@ -15,6 +15,7 @@ which NaN payload an operation returns, and bit-identical means NaNs too.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from functools import cache
 
 import numpy as np
@@ -107,6 +108,19 @@ def evaluate(name: str, *arrays: Array) -> Array:
         return lower_numpy.evaluate(function(name, dtype), *arrays, xp=be.xp)
     source, kernel = lowered(name, dtype, kernels.language)
     return kernels.run(source, kernel, arrays, [dtype])[0]
+
+
+def host_loop(name: str, dtype: DTypeLike) -> Callable | None:
+    """`name` as the CPU's compiled loop, called loop(x0[, x1], y0) on flat C-contiguous arrays of
+    `dtype` of one length: evaluate's work and bits without its checks and dispatch, for callers that
+    make many small calls (a deterministic decode step's exp and sigmoid, each layer); None where the
+    CPU has no compiled loops (numba missing or switched off)."""
+    _check_name(name)
+    _float_type(dtype)
+    kernels = backend.get("cpu").elementwise
+    if kernels is None:
+        return None
+    return kernels.loop(*lowered(name, dtype, kernels.language))
 
 
 @cache
