@@ -13,8 +13,12 @@ Formats (the chat template decides; the text is the decoded reply):
   call is `[TOOL_CALLS]name[ARGS]{...}` (`[CALL_ID]id` before `[ARGS]` in a history); the markers are
   special tokens too, so `name{...}` counts as a call. A forced call writes the name in the prompt and
   decodes only the arguments, so `required` needs a single tool (else name one).
-A reply whose calls do not parse as JSON objects naming one of the tools with an object of arguments is
-content, as vLLM's parsers leave it: the request still succeeds.
+Replies in the formats with a marker are read as a stream reads them (loom/llm/tool_stream.py), so that a
+stream's content and calls add up to the plain reply's for the same text: once a call has begun (its marker,
+one of the tools' names and its arguments' '{'), it is a call, its arguments the JSON text the model wrote
+(as far as it got where max_tokens or a stop string cut it); text that does not begin a call (no object, a
+name that is no tool's) is content. A Llama 3 reply that does not parse as calls naming the tools with
+objects of arguments is content, as vLLM's parsers leave it. Either way the request succeeds.
 """
 from __future__ import annotations
 
@@ -25,16 +29,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
+from . import tool_stream
 
 MAX_TOOLS = 128                                 # OpenAI's limit
+ARGUMENT_PIECE = 16                             # characters of a call's arguments per chunk, streamed at the end
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _ID_CHARACTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-_HERMES_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
 @dataclass(frozen=True)
 class Format:
-    name: str               # "hermes" | "llama3" | "mistral"
+    name: str               # "hermes" | "llama3" | "mistral" | "mistral_v11"
     arguments_key: str      # the key of a call's arguments in the model's JSON
     prefix: str             # text that opens a call (appended to the prompt when a call is forced)
     array: bool = False     # calls come as one JSON array
@@ -43,7 +48,6 @@ class Format:
 FORMATS = {"hermes": Format("hermes", "arguments", "<tool_call>\n"), "llama3": Format("llama3", "parameters", ""),
            "mistral": Format("mistral", "arguments", "[TOOL_CALLS]", array=True),
            "mistral_v11": Format("mistral_v11", "arguments", "[TOOL_CALLS]")}
-_CALL_ID = re.compile(r"\[CALL_ID\][A-Za-z0-9]*")
 
 
 def format_for(template: str | None) -> Format:
@@ -184,28 +188,14 @@ def call_schema(tools: list[dict], fmt: Format, name: str | None = None) -> dict
 
 
 def parse(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[dict]]:
-    """(content, calls) of a reply: calls as OpenAI's message.tool_calls (ids fresh, arguments as JSON
-    text); no calls and the whole text as content where the reply holds none, or any that does not parse."""
-    if fmt.name == "mistral_v11":
-        return _parse_named(text, fmt, names)
-    if fmt.name == "hermes":
-        if "<tool_call>" not in text:
-            return text, []
-        found = _calls([m.group(1) for m in _HERMES_BLOCK.finditer(text)], fmt, names)
-        if found is None:
-            return text, []
-        content = _HERMES_BLOCK.sub("", text).strip()
-        return content or None, found
+    """(content, calls) of a reply: calls as OpenAI's message.tool_calls (ids fresh, arguments the JSON text
+    the model wrote); the whole text as content where the reply makes no call. The formats with a marker
+    are read as a stream reads them (tool_stream.ReplyReader: a call once begun stays one, text that is no
+    call is content); Llama 3's reply is its calls only where all of it parses as such."""
+    if fmt.name != "llama3":
+        content, found = tool_stream.read(text, fmt.name, names)
+        return content, [call(name, arguments, fmt) for name, arguments in found]
     body = text.strip()
-    if fmt.array:                               # text before the marker stays content
-        before, marker, after = body.partition("[TOOL_CALLS]")
-        lead, rest = (before.strip(), after.strip()) if marker else ("", body)
-        try:
-            items = json.loads(rest) if rest.startswith("[") else None
-        except json.JSONDecodeError:
-            items = None
-        found = _calls([json.dumps(item) for item in items], fmt, names) if isinstance(items, list) else None
-        return (text, []) if found is None else (lead or None, found)
     if not body.startswith("{"):
         return text, []
     found = _calls(_json_values(body), fmt, names)
@@ -217,7 +207,8 @@ def settled_content(text: str, fmt: Format, names: list[str]) -> int:
     model writes next, so that a stream can send it as it comes: `text[:n]` begins parse's content of
     any longer reply. 0 while the reply could still be a call from its start, or while it starts with
     whitespace (parse strips that where calls follow); else up to where a call could begin (the format's
-    marker, whole or cut at the end), less trailing whitespace."""
+    marker, whole or cut at the end), less trailing whitespace. (The server streams Llama 3's replies with
+    it, HeldReply; the formats with a marker stream their calls too, tool_stream.ReplyReader.)"""
     if not text or text[0].isspace():
         return 0
     if fmt.name == "llama3":                    # a call is the whole reply
@@ -232,36 +223,6 @@ def settled_content(text: str, fmt: Format, names: list[str]) -> int:
         end = len(text) - next((k for k in range(min(len(marker) - 1, len(text)), 0, -1)
                                 if text.endswith(marker[:k])), 0)
     return len(text[:end].rstrip())
-
-
-def _parse_named(text: str, fmt: Format, names: list[str]) -> tuple[str | None, list[dict]]:
-    """parse for calls written `[TOOL_CALLS]name[CALL_ID]id[ARGS]{...}` (the markers and the id optional);
-    text before the first marker stays content."""
-    before, marker, after = text.partition(fmt.prefix)
-    lead, body = (before.strip(), after) if marker else ("", text)
-    decoder, calls, at = json.JSONDecoder(), [], 0
-    longest_first = sorted(names, key=len, reverse=True)
-    while True:
-        at = len(body) - len(body[at:].lstrip())
-        if at == len(body):
-            break
-        if body.startswith(fmt.prefix, at):
-            at += len(fmt.prefix)
-        name = next((n for n in longest_first if body.startswith(n, at)), None)
-        if name is None:
-            return text, []
-        at += len(name)
-        found = _CALL_ID.match(body, at)
-        at = found.end() if found else at
-        at += len("[ARGS]") if body.startswith("[ARGS]", at) else 0
-        try:
-            arguments, at = decoder.raw_decode(body, at)
-        except json.JSONDecodeError:
-            return text, []
-        if not isinstance(arguments, dict):
-            return text, []
-        calls.append(call(name, arguments, fmt))
-    return (text, []) if not calls else (lead or None, calls)
 
 
 def _json_values(body: str) -> list[str]:
@@ -304,116 +265,107 @@ def forced_progress(text: str, fmt: Format, called: str | None = None,
     either order; the call has begun (a stream sends its head) once both are known. Prefix-stable: a longer
     text's arguments begin with a shorter one's, so a stream sends them as they are generated and the
     reply's message holds the same text (ForcedStream: the same for a growing reply, scanned once)."""
-    name, start, end = _locate(text, fmt, called, only)
-    return name, (None if start is None else text[start:end or len(text)])
+    return ForcedStream(fmt, called, only).progress(text)
 
 
 class ForcedStream:
-    """forced_progress for a reply that only grows (a stream's), each character of the arguments scanned
-    once: rescanning the whole reply at every token cost a long call quadratic time (7.5 s at 28k
-    characters). Once their '{' is found the object is followed from where the last call stopped."""
+    """forced_progress for a reply that only grows (a stream's), each character scanned once
+    (tool_stream.CallScan resumes where its last call stopped); feed and finish give the deltas a stream
+    sends, as ReplyReader's: the call's head once it has begun, then each new piece of its arguments."""
 
     def __init__(self, fmt: Format, called: str | None = None, only: str | None = None):
         self.fmt, self.called, self.only = fmt, called, only
-        self.name: str | None = None
-        self.start: int | None = None       # the arguments' '{'
-        self.scan: _ValueScan | None = None
+        self.call: tool_stream.CallScan | None = None
+        self.arguments: tool_stream.ValueScan | None = None     # `called`'s: the reply is the arguments alone
+        self.start = 0
+        self.headed, self.sent = False, 0
 
     def progress(self, text: str) -> tuple[str | None, str | None]:
-        if self.start is None:
-            self.name, self.start, _ = _locate(text, self.fmt, self.called, self.only)
-            if self.start is None:
-                return self.name, None
-            self.scan = _ValueScan(self.start)
-        end = self.scan.run(text)
-        if end is not None and self.name is None:          # the name after the arguments
-            self.name = _locate(text, self.fmt, self.called, self.only)[0]
-        return self.name, text[self.start:end or len(text)]
+        if self.called is not None:
+            if self.arguments is None:
+                self.start = tool_stream.skip_space(text, 0)
+                if text[self.start:self.start + 1] != "{":
+                    return self.called, None
+                self.arguments = tool_stream.ValueScan(self.start)
+            return self.called, text[self.start:self.arguments.run(text) or len(text)]
+        if self.call is None:
+            at = tool_stream.skip_space(text, 0)
+            if self.fmt.array:
+                if text[at:at + 1] != "[":
+                    return self.only, None
+                at = tool_stream.skip_space(text, at + 1)
+            if text[at:at + 1] != "{":
+                return self.only, None
+            self.call = tool_stream.CallScan(at, self.fmt.arguments_key, only=self.only)
+        found = self.call
+        found.run(text)
+        return found.name, None if found.start is None else text[found.start:found.stop or len(text)]
 
     @property
     def at(self) -> int:
         """How far into the reply the arguments have been read (0 before they begin)."""
-        return 0 if self.scan is None else self.scan.at
+        scan = self.arguments if self.called is not None else self.call and self.call.arguments
+        return 0 if scan is None else scan.at
+
+    def feed(self, text: str) -> list[tuple[str, int | None, str]]:
+        name, arguments = self.progress(text)
+        out: list[tuple[str, int | None, str]] = []
+        if name is None or arguments is None:
+            return out
+        if not self.headed:
+            out.append(("call", 0, name))
+            self.headed = True
+        if len(arguments) > self.sent:
+            out.append(("arguments", 0, arguments[self.sent:]))
+            self.sent = len(arguments)
+        return out
+
+    def finish(self, text: str) -> list[tuple[str, int | None, str]]:
+        """The last deltas: a reply that stopped before the call began is content (reply's message)."""
+        out = self.feed(text)
+        return out if self.headed or not text else [("content", None, text)]
 
 
-def _locate(text: str, fmt: Format, called: str | None, only: str | None) -> tuple[str | None, int | None, int | None]:
-    """forced_progress's (name, start, end): the arguments' span in text (end None while it is open)."""
-    if called is not None:
-        at = _skip_space(text, 0)
-        return called, (at if text[at:at + 1] == "{" else None), (_value_end(text, at) if text[at:at + 1] == "{"
-                                                                  else None)
-    at = _skip_space(text, 0)
-    if fmt.array:
-        if text[at:at + 1] != "[":
-            return only, None, None
-        at = _skip_space(text, at + 1)
-    if text[at:at + 1] != "{":
-        return only, None, None
-    name, start, stop, at = only, None, None, at + 1
-    while True:                                 # the call's "key": value pairs
-        at = _skip_space(text, at)
-        key_end = _value_end(text, at) if text[at:at + 1] == '"' else None
-        if key_end is None:
-            return name, start, stop
-        key = json.loads(text[at:key_end])
-        at = _skip_space(text, key_end)
-        if text[at:at + 1] != ":":
-            return name, start, stop
-        at = _skip_space(text, at + 1)
-        if at >= len(text):
-            return name, start, stop
-        end = _value_end(text, at)
-        if key == fmt.arguments_key and text[at] == "{":
-            start, stop = at, end
-        elif key == "name" and end is not None and only is None:
-            value = json.loads(text[at:end])
-            name = value if isinstance(value, str) else None
-        if end is None:
-            return name, start, stop
-        at = _skip_space(text, end)
-        if text[at:at + 1] != ",":
-            return name, start, stop
-        at += 1
+class HeldReply:
+    """auto's stream in Llama 3's format, whose calls are bare JSON with no marker: a reply that opens with
+    '{' cannot be told from content until it ends, so it cannot be streamed safely as it comes. Content
+    streams while settled_content allows; the calls go out at the choice's end, their arguments in pieces
+    of ARGUMENT_PIECE characters, as OpenAI streams them. The deltas are ReplyReader's."""
+
+    def __init__(self, fmt: Format, names: list[str], parallel: bool = True):
+        self.fmt, self.names, self.parallel, self.sent = fmt, names, parallel, 0
+
+    def feed(self, text: str) -> list[tuple[str, int | None, str]]:
+        settled = settled_content(text, self.fmt, self.names)
+        if settled <= self.sent:
+            return []
+        piece, self.sent = text[self.sent:settled], settled
+        return [("content", None, piece)]
+
+    def finish(self, text: str) -> list[tuple[str, int | None, str]]:
+        content, calls = reply(text, self.fmt, self.names, False, self.parallel)
+        out: list[tuple[str, int | None, str]] = []
+        if (content or "")[self.sent:]:
+            out.append(("content", None, content[self.sent:]))
+        for k, c in enumerate(calls):
+            arguments = c["function"]["arguments"]
+            out.append(("call", k, c["function"]["name"]))
+            out += [("arguments", k, arguments[at:at + ARGUMENT_PIECE]) for at in range(0, len(arguments),
+                                                                                          ARGUMENT_PIECE)]
+        return out
 
 
-def _skip_space(text: str, at: int) -> int:
-    while at < len(text) and text[at] in " \t\r\n":
-        at += 1
-    return at
-
-
-def _value_end(text: str, at: int) -> int | None:
-    """The index just past the JSON value that starts at text[at] (a string, an object, an array or a
-    scalar), or None where text ends inside it."""
-    return _ValueScan(at).run(text)
-
-
-class _ValueScan:
-    """_value_end that resumes: run() reads only what was added to the text since its last call."""
-
-    def __init__(self, at: int):
-        self.at, self.depth, self.in_string, self.escaped = at, 0, False, False
-        self.end: int | None = None
-
-    def run(self, text: str) -> int | None:
-        while self.end is None and self.at < len(text):
-            ch, k = text[self.at], self.at
-            self.at += 1
-            if self.in_string:
-                self.escaped, self.in_string = (False, True) if self.escaped else (ch == "\\", ch != '"')
-                if not self.in_string and self.depth == 0:
-                    self.end = k + 1
-            elif ch == '"':
-                self.in_string = True
-            elif ch in "{[":
-                self.depth += 1
-            elif ch in "}]":
-                self.depth -= 1
-                if self.depth <= 0:             # its close, or a scalar's that the enclosing value closes
-                    self.end = k + 1 if self.depth == 0 else k
-            elif self.depth == 0 and ch in ", \t\r\n":
-                self.end = k                    # a scalar's end
-        return self.end
+def reply_stream(fmt: Format, names: list[str], forced: bool, parallel: bool = True, called: str | None = None,
+                 only: str | None = None) -> ForcedStream | HeldReply | tool_stream.ReplyReader:
+    """What a stream reads a reply with (reply's arguments): feed(text) with the reply so far and finish(text)
+    with the whole reply give its deltas, ("content", None, text), ("call", k, name) and ("arguments", k,
+    text), which add up to reply's message: a forced call, or auto's content and calls as they come (in
+    Llama 3's format, calls at the end: HeldReply)."""
+    if forced:
+        return ForcedStream(fmt, called, only)
+    if fmt.name == "llama3":
+        return HeldReply(fmt, names, parallel)
+    return tool_stream.ReplyReader(fmt.name, names, parallel)
 
 
 def whole_arguments(entry: dict) -> bool:
@@ -441,14 +393,18 @@ def _calls(pieces: list[str], fmt: Format, names: list[str]) -> list[dict] | Non
 
 
 def call(name: str, arguments: dict | str, fmt: Format | None = None) -> dict:
-    """One entry of OpenAI's tool_calls, with a fresh id (Mistral's templates take 9 letters and digits);
-    arguments an object (written as JSON) or the JSON text the model wrote."""
-    if fmt is not None and fmt.name.startswith("mistral"):
-        call_id = "".join(secrets.choice(_ID_CHARACTERS) for _ in range(9))
-    else:
-        call_id = "call_" + secrets.token_hex(12)
+    """One entry of OpenAI's tool_calls, with a fresh id; arguments an object (written as JSON) or the JSON
+    text the model wrote."""
     text = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
+    return {"id": call_id(fmt), "type": "function", "function": {"name": name, "arguments": text}}
+
+
+def call_id(fmt: Format | None = None) -> str:
+    """A fresh call id: 9 letters and digits for Mistral's formats (their templates take no other), else
+    OpenAI's "call_" and 24 hex digits."""
+    if fmt is not None and fmt.name.startswith("mistral"):
+        return "".join(secrets.choice(_ID_CHARACTERS) for _ in range(9))
+    return "call_" + secrets.token_hex(12)
 
 
 def for_template(messages: list[dict]) -> list[dict]:

@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from ..llm.model import CausalLM
 
 log = logging.getLogger("loom")
-ARGUMENT_PIECE = 16                 # characters of a streamed call's arguments per chunk
 
 
 def need_extra() -> None:
@@ -356,13 +355,15 @@ class _Reply:
 
     async def stream(self, queue: asyncio.Queue, handles):
         """Server-sent events: one chunk per piece of text, a last chunk per choice with its finish
-        reason, the usage when asked for, then [DONE]. The handles are cancelled if the client leaves."""
+        reason, the usage when asked for, then [DONE]. The handles are cancelled if the client leaves.
+        With tools, each choice's reply is read as it grows (tool_calls.reply_stream): its content, and
+        each call's head and arguments as they are generated, adding up to the plain reply's message."""
         count = len(self.job.requests)
-        tokens, open_, held, sent = [0] * count, count, [""] * count, [0] * count
-        headed = [False] * count            # a forced call's head (id, name) streamed
+        tokens, open_, held = [0] * count, count, [""] * count
         plan = self.job.tools
-        scans = [tool_calls.ForcedStream(plan.fmt, plan.called, plan.only) if plan is not None and plan.mode != "auto"
-                 else None for _ in range(count)]
+        readers = [None if plan is None else tool_calls.reply_stream(plan.fmt, plan.names, plan.mode != "auto",
+                                                                     plan.parallel, plan.called, plan.only)
+                   for _ in range(count)]
         try:
             if self.chat:
                 for i in range(count):
@@ -378,21 +379,13 @@ class _Reply:
                     self._timed(index)
                 if plan is not None:
                     held[index] += event.text
-                    if plan.mode != "auto":     # a forced call: its head, then its arguments as they come
-                        for chunk in self._forced_chunks(index, held[index], scans[index], headed, sent):
+                    reader, done = readers[index], event.finish_reason is not None
+                    if event.text or done:
+                        for chunk in self._delta_chunks(index, (reader.finish if done else reader.feed)(held[index])):
                             yield _sse(chunk)
-                    elif event.finish_reason is None:   # auto: content before any call streams, calls at the end
-                        settled = tool_calls.settled_content(held[index], plan.fmt, plan.names)
-                        if settled > sent[index]:
-                            yield _sse(self._chunk(index, {"content": held[index][sent[index]:settled]}, None))
-                            sent[index] = settled
-                    if event.finish_reason is not None:
+                    if done:
                         open_ -= 1
-                        if headed[index]:
-                            yield _sse(self._chunk(index, {}, self._message(held[index], event.finish_reason)[1]))
-                        else:
-                            for chunk in self._tool_chunks(index, held[index], event.finish_reason, sent[index]):
-                                yield _sse(chunk)
+                        yield _sse(self._chunk(index, {}, self._message(held[index], event.finish_reason)[1]))
                     continue
                 if event.text or event.token is not None and self.job.logprobs is not None:
                     logprobs = self._logprob_entry(event) if event.logprob is not None else None
@@ -411,44 +404,19 @@ class _Reply:
             for h in handles:
                 h.cancel()
 
-    def _forced_chunks(self, index: int, text: str, scan: tool_calls.ForcedStream, headed: list[bool],
-                       sent: list[int]) -> list[dict]:
-        """A forced call's chunks for its reply so far (scan: tool_calls.ForcedStream, forced_progress's
-        values): its id, type and name with empty arguments once the reply has written them, then each new
-        piece of its arguments' text; `headed` and `sent` (characters of arguments streamed) are updated."""
-        plan = self.job.tools
-        name, arguments = scan.progress(text)
+    def _delta_chunks(self, index: int, deltas: list[tuple[str, int | None, str]]) -> list[dict]:
+        """The chunks of a reply's deltas (tool_calls.reply_stream's), as OpenAI streams them: content; a
+        call's head (a fresh id, its type and name, empty arguments); a piece of its arguments."""
         chunks = []
-        if name is None or arguments is None:
-            return chunks
-        if not headed[index]:
-            head = tool_calls.call(name, "", plan.fmt)
-            chunks.append(self._chunk(index, {"tool_calls": [{"index": 0, "id": head["id"], "type": "function",
-                                                              "function": {"name": name, "arguments": ""}}]}, None))
-            headed[index] = True
-        if len(arguments) > sent[index]:
-            piece = {"index": 0, "function": {"arguments": arguments[sent[index]:]}}
-            chunks.append(self._chunk(index, {"tool_calls": [piece]}, None))
-            sent[index] = len(arguments)
-        return chunks
-
-    def _tool_chunks(self, index: int, text: str, reason: str, sent: int) -> list[dict]:
-        """A choice's last chunks, as OpenAI streams them: its content past the `sent` characters already
-        streamed (tool_calls.settled_content: they begin it), and each call's id, type and name with empty
-        arguments and then its arguments in pieces; then its finish reason."""
-        message, reason = self._message(text, reason)
-        chunks = []
-        if (message["content"] or "")[sent:]:
-            chunks.append(self._chunk(index, {"content": message["content"][sent:]}, None))
-        for k, c in enumerate(message.get("tool_calls", [])):
-            head = {"index": k, "id": c["id"], "type": "function", "function": {"name": c["function"]["name"],
-                                                                                 "arguments": ""}}
-            chunks.append(self._chunk(index, {"tool_calls": [head]}, None))
-            arguments = c["function"]["arguments"]
-            for at in range(0, len(arguments), ARGUMENT_PIECE):
-                piece = {"index": k, "function": {"arguments": arguments[at:at + ARGUMENT_PIECE]}}
-                chunks.append(self._chunk(index, {"tool_calls": [piece]}, None))
-        chunks.append(self._chunk(index, {}, reason))
+        for kind, k, text in deltas:
+            if kind == "content":
+                delta: dict = {"content": text}
+            elif kind == "call":
+                delta = {"tool_calls": [{"index": k, "id": tool_calls.call_id(self.job.tools.fmt), "type": "function",
+                                         "function": {"name": text, "arguments": ""}}]}
+            else:
+                delta = {"tool_calls": [{"index": k, "function": {"arguments": text}}]}
+            chunks.append(self._chunk(index, delta, None))
         return chunks
 
     def _chunk(self, index: int, delta: Any, finish: str | None, logprobs: dict | None = None) -> dict:

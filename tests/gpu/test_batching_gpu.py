@@ -144,6 +144,57 @@ def test_greedy_steps_launched_ahead_give_each_sequence_its_tokens_alone(block_s
         assert [r.tokens for r in planned.generate(reqs)] == alone and planned.stats["ahead_steps"] == 0
 
 
+class _MasksAfter:
+    """A lazy constraint (lazy_constraint.LazyConstraint's protocol): free for `free` tokens, masking
+    none; then only `token` is allowed, `count` times; then finished."""
+
+    def __init__(self, vocab: int, free: int, token: int, count: int = 3):
+        self.vocab_size, self.free, self.token, self.count, self.pushed = vocab, free, token, count, 0
+
+    @property
+    def started(self) -> bool:
+        return self.pushed > 0
+
+    @property
+    def finished(self) -> bool:
+        return self.pushed >= self.free + self.count
+
+    @property
+    def masking(self) -> bool:
+        return self.free <= self.pushed < self.free + self.count
+
+    def allowed(self, stop_ids) -> np.ndarray:
+        mask = np.zeros(self.vocab_size, bool)
+        mask[self.token] = True
+        return mask
+
+    def push(self, token: int) -> None:
+        self.pushed += 1
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_a_constraint_that_begins_masking_mid_run_is_kept_beside_steps_launched_ahead(deterministic):
+    """A request whose constraint masks nothing at first (tool_choice auto before its marker) does not join
+    the greedy steps launched ahead (whose tokens the host sees a step late): when it begins masking,
+    its next tokens are the allowed one; the plain requests beside it get their tokens alone, and run
+    ahead once it has ended."""
+    with loom.deterministic(deterministic):
+        gpu = _graph_model("llama", "cuda")
+        rng = np.random.default_rng(14)
+        plain = [Request(rng.integers(0, 256, 5 + i).tolist(), max_tokens=20, stop_ids=()) for i in range(4)]
+        reference = BatchEngine(gpu, max_batch=8)
+        reference.pipeline = False
+        want = [reference.generate([r])[0].tokens for r in plain]
+        free = reference.generate([Request([9, 4, 1], max_tokens=4, stop_ids=())])[0].tokens
+        token = next(t for t in range(256) if t not in free)        # one greedy decoding would not pick
+        constrained = Request([9, 4, 1], max_tokens=20, stop_ids=(), constraint=_MasksAfter(256, 4, token))
+        engine = BatchEngine(gpu, max_batch=8)
+        got = engine.generate([constrained] + plain)
+        assert got[0].tokens == free + [token] * 3 and got[0].finish_reason == "stop"
+        assert [r.tokens for r in got[1:]] == want
+        assert engine.stats["ahead_steps"] > 0
+
+
 @pytest.mark.parametrize("deterministic", [True, False])
 def test_a_request_submitted_or_cancelled_during_steps_launched_ahead(deterministic):
     """A run of steps launched ahead ends for a request that can be admitted (it joins at the next

@@ -3,7 +3,9 @@ format found from real chat templates' markers, replies parsed into calls (Herme
 with anything that does not parse left as content, one call's JSON Schema (its $defs at the root),
 history tool calls handed to templates with their arguments as objects, and the content a stream may send
 before a reply ends."""
+import copy
 import json
+import time
 
 import pytest
 from hypothesis import given, settings
@@ -74,7 +76,10 @@ def test_hermes_replies():
     assert all(c["type"] == "function" and c["id"].startswith("call_") for c in calls) and calls[0]["id"] != calls[1]["id"]
     unclosed = '<tool_call>\n{"name": "get_time", "arguments": {}}'             # stopped at its end token
     assert tc.parse(unclosed, HERMES, NAMES)[1][0]["function"]["name"] == "get_time"
-    for bad in ("just text", '<tool_call>{"name": "get_time", "arguments": {}', '<tool_call>{"name": "nope", '
+    cut = '<tool_call>{"name": "get_weather", "arguments": {"city": "Os'     # max_tokens: begun, so a call
+    content, calls = tc.parse(cut, HERMES, NAMES)
+    assert content is None and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Os'}
+    for bad in ("just text", '<tool_call>{"name": "get_time"', '<tool_call>{"name": "nope", '
                 '"arguments": {}}</tool_call>', '<tool_call>{"name": "get_time", "arguments": [1]}</tool_call>',
                 '<tool_call>[1, 2]</tool_call>'):
         assert tc.parse(bad, HERMES, NAMES) == (bad, [])
@@ -347,3 +352,125 @@ def test_forced_stream_gives_forced_progress_for_every_prefix_in_one_pass():
     for end in range(0, len(body), 4):
         scan.progress(body[:end])
     assert scan.progress(body)[1] == body[body.index('{"zone"'):-1] and scan.at == len(body) - 1
+
+
+V11 = tc.FORMATS["mistral_v11"]
+# auto replies in each format: content before, between and after calls, one and two calls, the keys in either
+# order, braces, brackets, quotes and markers inside strings, calls that are no calls; with what the whole
+# reply's message is: (content, [(name, arguments)])
+_AUTO = [
+    (HERMES, 'Let me check. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo {x} \\"q\\" }"}}\n'
+             '</tool_call> Done.', ("Let me check.  Done.", [("get_weather", '{"city": "Oslo {x} \\"q\\" }"}')])),
+    (HERMES, '<tool_call>\n{"name": "get_weather", "arguments": {"city": "a}b"}}\n</tool_call>\n<tool_call>\n'
+             '{"arguments": {"zone": "<tool_call>"}, "name": "get_time"}\n</tool_call>\nBye {now}.',
+     ("Bye {now}.", [("get_weather", '{"city": "a}b"}'), ("get_time", '{"zone": "<tool_call>"}')])),
+    (HERMES, '\n Sure <tool_call>{"name": "get_time", "arguments": {}}</tool_call>', ("Sure", [("get_time", "{}")])),
+    (HERMES, '<tool_call>{"name": "nope", "arguments": {}}</tool_call> then <tool_call>{"name": "get_time", '
+             '"arguments": {"q": "[TOOL_CALLS]"}}</tool_call>',
+     ('<tool_call>{"name": "nope", "arguments": {}}</tool_call> then', [("get_time", '{"q": "[TOOL_CALLS]"}')])),
+    (HERMES, "Just text with <tool and {braces}. ", ("Just text with <tool and {braces}. ", [])),
+    (MISTRAL, 'Sure. [TOOL_CALLS][{"name": "get_weather", "arguments": {"city": "x]}{"}}]',
+     ("Sure.", [("get_weather", '{"city": "x]}{"}')])),
+    (MISTRAL, '[TOOL_CALLS] [{"name": "get_time", "arguments": {}}, {"name": "get_weather", "arguments": '
+              '{"city": "a, \\"b\\""}}] after', ("after", [("get_time", "{}"), ("get_weather", '{"city": "a, \\"b\\""}')])),
+    (MISTRAL, ' [{"name": "get_time", "arguments": {"zone": "UTC"}}]', (None, [("get_time", '{"zone": "UTC"}')])),
+    (MISTRAL, '[TOOL_CALLS][{"name": "get_time", "arguments": {}}, {"name": "nope"}] tail', ("tail", [("get_time", "{}")])),
+    (MISTRAL, "[1, 2] is a list", ("[1, 2] is a list", [])),
+    (V11, 'Let me look. [TOOL_CALLS]get_weather[ARGS]{"city": "Oslo{}"}', ("Let me look.",
+                                                                          [("get_weather", '{"city": "Oslo{}"}')])),
+    (V11, '[TOOL_CALLS]get_weather[CALL_ID]a1B2c3D4e[ARGS]{"city": "}"}[TOOL_CALLS]get_time[ARGS]{"zone": "UTC"} Done.',
+     ("Done.", [("get_weather", '{"city": "}"}'), ("get_time", '{"zone": "UTC"}')])),
+    (V11, 'get_time{"zone": "a\\"}"} get_weather{"city": "Rome"}', (None, [("get_time", '{"zone": "a\\"}"}'),
+                                                                      ("get_weather", '{"city": "Rome"}')])),
+    (V11, "get_timezone is not a tool", ("get_timezone is not a tool", [])),
+    (LLAMA3, '{"name": "get_time", "parameters": {"zone": "UTC"}}; {"name": "get_weather", "parameters": {"city": '
+             '"a; b"}}', (None, [("get_time", '{"zone": "UTC"}'), ("get_weather", '{"city": "a; b"}')])),
+    (LLAMA3, "Sunny {today}.", ("Sunny {today}.", [])),
+]
+
+
+def _assembled(deltas) -> tuple[str, list[list[str]]]:
+    """The content and the [name, arguments] of each call that a stream's deltas add up to, as a client
+    assembles them (a call's head, then its arguments, before the next call's head)."""
+    content, calls = "", []
+    for kind, k, piece in deltas:
+        if kind == "content":
+            content += piece
+        elif kind == "call":
+            assert k == len(calls)
+            calls.append([piece, ""])
+        else:
+            assert kind == "arguments" and k == len(calls) - 1
+            calls[k][1] += piece
+    return content, calls
+
+
+def _plain(text, fmt, parallel) -> tuple[str, list[list[str]]]:
+    content, calls = tc.reply(text, fmt, NAMES, False, parallel)
+    return content or "", [[c["function"]["name"], c["function"]["arguments"]] for c in calls]
+
+
+@pytest.mark.parametrize("fmt, text, want", _AUTO)
+def test_auto_calls_stream_as_they_come_and_add_up_to_the_plain_reply(fmt, text, want):
+    """tool_choice auto, streamed (tool_calls.reply_stream, the server's): the reply fed a prefix at a time,
+    a character or a few (a token's text), and finished at any point (max_tokens, a stop string, the end):
+    the content and each call's arguments streamed add up to the plain reply's message for that same text,
+    and what was streamed before the end is never taken back by what the whole reply's message holds. A
+    call's head goes out once its name and its arguments' '{' are read, and its arguments as they come
+    (Llama 3's format: at the end, its calls being bare JSON)."""
+    assert tc.parse(text, fmt, NAMES)[0] == want[0]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in tc.parse(text, fmt, NAMES)[1]] == want[1]
+    for parallel in (True, False):
+        final = _plain(text, fmt, parallel)
+        for step in (1, 3, 7):
+            stream, sent = tc.reply_stream(fmt, NAMES, False, parallel), []
+            for end in list(range(0, len(text), step)) + [len(text)]:
+                sent += stream.feed(text[:end])
+                content, calls = _assembled(sent)
+                assert final[0].startswith(content), (text, end)            # never taken back
+                assert len(calls) <= len(final[1]) and all(
+                    got[0] == whole[0] and whole[1].startswith(got[1]) for got, whole in zip(calls, final[1]))
+                ended = copy.deepcopy(stream).finish(text[:end])             # the reply ends here
+                assert _assembled(sent + ended) == _plain(text[:end], fmt, parallel), (text, end, step)
+    if want[1] and fmt is not LLAMA3:                                       # the first call, as it is generated
+        stream, sent = tc.reply_stream(fmt, NAMES, False), []
+        named = text.index(want[1][0][0] if fmt is V11 else f'"{want[1][0][0]}"')      # (its name comes first)
+        opened = text.index("{", named if fmt is V11 else text.index('"arguments"', named))
+        for end in range(opened + 1):
+            sent += stream.feed(text[:end + 1])
+        assert ("call", 0, want[1][0][0]) in sent
+        for end in range(opened + 1, len(text) + 1):
+            sent += stream.feed(text[:end])
+        pieces = [d for d in sent if d[0] == "arguments" and d[1] == 0]
+        assert len(pieces) == len(want[1][0][1]), pieces                    # a character at a time
+
+
+def test_auto_streams_read_a_long_reply_once():
+    """A long reply streamed 4 characters at a time takes linear time: each reader resumes where it stopped
+    (a whole rescan at every token took 7.5 s at 28k characters)."""
+    long = "x" * 30000
+    replies = [(HERMES, "Sure. " + long + ' <tool_call>{"name": "get_time", "arguments": {"zone": "' + long + '"}}'),
+               (MISTRAL, '[TOOL_CALLS][{"name": "get_time", "arguments": {"zone": "' + long + '"}}] ' + long),
+               (V11, 'get_time{"zone": "' + long + '"} ' + long),
+               (HERMES, "Sure." + "\n" * 30000 + '<tool_call>{"name": "get_time", "arguments": {}}</tool_call>' + " " * 30000)]
+    for fmt, text in replies:
+        began = time.perf_counter()
+        stream, sent = tc.reply_stream(fmt, NAMES, False), []
+        for end in range(0, len(text), 4):
+            sent += stream.feed(text[:end])
+        sent += stream.finish(text)
+        assert time.perf_counter() - began < 3, fmt.name
+        assert _assembled(sent) == _plain(text, fmt, True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(sorted(tc.FORMATS)), st.lists(st.sampled_from(_PIECES), max_size=8), st.booleans())
+def test_any_auto_reply_streams_what_the_plain_reply_holds(name, pieces, parallel):
+    """Random replies (markers whole and cut, names, JSON, words): streamed a character at a time and
+    ended anywhere, the deltas add up to the plain reply's message for that text."""
+    fmt, text = tc.FORMATS[name], "".join(pieces)
+    stream, sent = tc.reply_stream(fmt, NAMES, False, parallel), []
+    for end in range(len(text) + 1):
+        sent += stream.feed(text[:end])
+        ended = copy.deepcopy(stream).finish(text[:end])
+        assert _assembled(sent + ended) == _plain(text[:end], fmt, parallel), (text, end)

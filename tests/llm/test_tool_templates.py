@@ -93,8 +93,10 @@ def test_mistral_v11_calls_parse_without_their_markers_and_several_at_once():
     assert all(len(c["id"]) == 9 and c["id"].isalnum() for c in calls)
     assert tc.parse('get_weather{"city": "Oslo"}', fmt, names)[1][0]["function"]["name"] == "get_weather"
     for text in ("get_weather", "[TOOL_CALLS]nope[ARGS]{}", '[TOOL_CALLS]get_weather[ARGS]["Oslo"]',
-                 '[TOOL_CALLS]get_weather[ARGS]{"city": ', "the weather is fine"):
+                 "the weather is fine", "get_weather is the one"):
         assert tc.parse(text, fmt, names) == (text, [])
+    content, calls = tc.parse('[TOOL_CALLS]get_weather[ARGS]{"city": ', fmt, names)    # begun, then cut short
+    assert content is None and calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": '}
 
 
 def test_a_tiny_model_with_the_template_makes_forced_calls(template, tmp_path):

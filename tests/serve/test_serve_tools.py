@@ -216,3 +216,72 @@ def test_auto_streams_its_content_as_it_comes_and_ends_as_plain(tooled):
     assert len(pieces) >= 8, pieces                                    # token by token, not one piece at the end
     assert "".join(pieces) == plain.message.content and not plain.message.tool_calls
     assert chunks[-1].choices[0].finish_reason == plain.finish_reason
+
+
+SCRIPTED = ('Let me look. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo {x}", "unit": "c"}}\n'
+            '</tool_call>\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC\\"}"}}\n</tool_call> Both asked.')
+
+
+def _scripted(monkeypatch, model, text: str) -> int:
+    """The model writes `text` (the tiny random models never write a call's marker by themselves): each
+    sampled step takes the next of its tokens, then the end of sequence, through the engine's own
+    sampling, text streaming, stops and lazy call constraint (which must allow every token). Returns
+    how many tokens the text is."""
+    from loom.llm import generate
+    ids = model.tokenizer.encode(text, add_special_tokens=False)
+
+    def choose(logits, seen, sampling, step, allowed=None):
+        token = ids[step] if step < len(ids) else model.eos_ids[0]
+        assert allowed is None or allowed[token], f"the call's constraint refuses token {step} of the script"
+        return token
+    monkeypatch.setattr(generate, "choose", choose)
+    return len(ids)
+
+
+def _client_streamed(chunks):
+    """(content, [[name, arguments]] by call index, the number of argument pieces of each call, the finish
+    reason) of a stream of the client's chunks, checking each call's head comes before its arguments."""
+    content, calls, pieces, reason = "", [], [], None
+    for chunk in chunks:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        content += delta.content or ""
+        for piece in delta.tool_calls or []:
+            if piece.id is not None:                                   # a call's head
+                assert piece.index == len(calls) and piece.type == "function" and piece.function.arguments == ""
+                calls.append([piece.function.name, ""])
+                pieces.append(0)
+            else:
+                assert piece.index == len(calls) - 1                   # the call being generated
+                calls[piece.index][1] += piece.function.arguments
+                pieces[piece.index] += 1
+        reason = chunk.choices[0].finish_reason or reason
+    return content, calls, pieces, reason
+
+
+def test_auto_calls_stream_as_they_are_generated(tooled, monkeypatch):
+    """tool_choice auto through the official client, the model writing content, two calls and content: each
+    call's head (id, name) comes once its name and its arguments' '{' are generated and its arguments in
+    pieces as they come (not one piece, nor OpenAI's end-of-choice pieces of 16 characters), and the
+    stream adds up to the plain reply's message and finish reason; parallel_tool_calls false streams the
+    first call alone, and a reply cut inside a call's arguments ("length") streams as plain too."""
+    tokens = _scripted(monkeypatch, tooled.server.model, SCRIPTED)
+    ask = dict(model="tiny", messages=ASK, tools=[WEATHER, TIME], max_tokens=tokens + 5)
+    plain = tooled.client.chat.completions.create(**ask).choices[0]
+    want = [["get_weather", '{"city": "Oslo {x}", "unit": "c"}'], ["get_time", '{"zone": "UTC\\"}"}']]
+    assert plain.finish_reason == "tool_calls" and plain.message.content == "Let me look. \n Both asked."
+    assert [[c.function.name, c.function.arguments] for c in plain.message.tool_calls] == want
+    content, calls, pieces, reason = _client_streamed(tooled.client.chat.completions.create(**ask, stream=True))
+    assert (content, calls, reason) == (plain.message.content, want, "tool_calls")
+    assert pieces[0] > len(want[0][1]) // 16 + 2 and pieces[1] > 2, pieces     # as generated, token by token
+    content, calls, _, reason = _client_streamed(tooled.client.chat.completions.create(
+        **ask, parallel_tool_calls=False, stream=True))
+    assert (content, calls, reason) == ("Let me look. \n Both asked.", want[:1], "tool_calls")
+    cut = {**ask, "max_tokens": len(tooled.server.model.tokenizer.encode(SCRIPTED[:SCRIPTED.index("UTC")],
+                                                                          add_special_tokens=False)) + 1}
+    plain = tooled.client.chat.completions.create(**cut).choices[0]
+    assert plain.finish_reason == "length" and plain.message.tool_calls[1].function.arguments.startswith('{"zone": "')
+    content, calls, _, reason = _client_streamed(tooled.client.chat.completions.create(**cut, stream=True))
+    assert reason == "length" and content == plain.message.content == "Let me look."
+    assert calls == [[c.function.name, c.function.arguments] for c in plain.message.tool_calls]
