@@ -14,7 +14,6 @@ import numpy as np
 
 from .. import fallback
 from ..backend.recorder import GraphCache
-from ..kernels.exact import dispatch as exact_dispatch
 from . import paged_forward, paged_graph, paged_prefill_graph
 from .decoder import Decoder
 from .paged_cache import PagedKVCache
@@ -44,8 +43,8 @@ class StepRunner:
         key = paged_graph.bucket(n)
         if self.graphs_off or key is None or not self.dec.graphs:
             return None
-        if self.deterministic and max(w.pos for w in items) >= exact_dispatch.ROUNDED_MAX_K:
-            return None             # the exact kernels' attention takes the rounded scheme's keys only
+        if self.deterministic and max(w.pos for w in items) >= paged_graph.EXACT_POSITIONS:
+            return None             # the exact attention kernel takes one chunk of the slice scheme's K
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic)

@@ -34,7 +34,8 @@ every row of x's sums in registers, so past EXACT_TILE_ROWS rows a deterministic
 backend/cuda/quant_tiles.py for every product (both schemes, the same bits, the float64 tensor cores,
 each weight read once for the whole batch; the rounded scheme's weights keep their rows' norms, made once
 here), after the RMSNorm's own kernel or the slicing kernel. The attention
-kernel takes positions below ROUNDED_MAX_K; the engine steps longer sequences through paged_forward.
+kernel takes positions below EXACT_POSITIONS (p v over more than ROUNDED_MAX_K keys in the slice scheme,
+as the array code's product); the engine steps longer sequences through paged_forward.
 """
 from __future__ import annotations
 
@@ -93,11 +94,17 @@ def _kernels(be, exact: bool) -> tuple:
     return be.decode.products, be.decode.attention
 
 
+# Deterministic steps record for positions below this: their attention kernel's p v takes the rounded
+# scheme up to ROUNDED_MAX_K keys and the slice scheme's one chunk of K past it (longer sequences step
+# through paged_forward).
+EXACT_POSITIONS = 1 << exact_dispatch.CHUNK_BITS
+
+
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
     128 or 256 (fast mode) or a multiple of 32 up to 128 with products over K <= 2^14 (`exact`:
-    deterministic mode, whose steps also take positions below ROUNDED_MAX_K only: StepRunner.decode_graph)."""
+    deterministic mode, whose steps also take positions below EXACT_POSITIONS only: StepRunner.decode_graph)."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
     if quant is None or kernels is None or not be.graphs:
@@ -260,7 +267,8 @@ class PagedDecodeGraph:
         for i, L in enumerate(dec.layers):
             ops += self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias)
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
-            split = {} if self.exact else {"split": self.split if self._splitting else None}
+            split = {"max_keys": self.max_blocks * cache.block_size} if self.exact else \
+                {"split": self.split if self._splitting else None}
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
                                dec.scale, c.eps, *extra, overlap=self.overlap, **split))

@@ -2,7 +2,8 @@
 backend/cuda/quant_exact.py and decode_exact.py) as the batch engine's device steps run it: its logits
 and cached keys and values equal the kernel-by-kernel steps' (Decoder.graphs False) and the CPU's bit
 for bit, for every architecture option and stored weight type, whatever the batch and its order;
-positions past the rounded scheme's keys run kernel by kernel with the same bits; generate_ids and
+positions past the rounded scheme's keys record too (attention's p v in the slice scheme), and past
+the slice scheme's one chunk run kernel by kernel, with the same bits; generate_ids and
 CausalLM.logits on the GPU give the CPU's tokens and bits; the products equal the exact GEMM's bits
 where the certification must be settled and where inf and NaN meet."""
 
@@ -146,26 +147,38 @@ def test_batches_past_the_tile_rows_take_the_tiles_with_the_same_bits(cfg, qtype
             same_bits(together[:, i], alone[:, 0], f"sequence {i} in a batch of {n} vs alone")
 
 
-def test_positions_past_the_rounded_scheme_run_kernel_by_kernel_with_the_same_bits():
-    """The deterministic kernels' attention takes the rounded scheme's keys only (up to
-    exact_dispatch.ROUNDED_MAX_K): the engine steps a sequence there through the recorded step and
-    past it kernel by kernel (StepRunner.decode_graph), the logits the kernel-by-kernel steps' bits
-    on either side. (The positions between the prompt and the steps hold zero keys.)"""
-    config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": 4096})
-    limit = exact_dispatch.ROUNDED_MAX_K
+@pytest.mark.parametrize("limit", [exact_dispatch.ROUNDED_MAX_K, paged_graph.EXACT_POSITIONS])
+def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit):
+    """The recorded step's attention takes p v over more than ROUNDED_MAX_K keys in the slice scheme, as the
+    array code's product does, up to EXACT_POSITIONS; past that the engine steps kernel by kernel
+    (StepRunner.decode_graph). On either side of both limits the logits are the kernel-by-kernel steps'
+    bits and the CPU's. The cache's positions between the prompt and the steps hold random keys and
+    values of spread magnitudes (a few of them zero), the same on every device."""
+    config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": limit + 64})
+    weights = quant_weights("Q8_0", CONFIG)
     out = []
     with loom.deterministic(True):
-        for dec in graph_and_eager(built(config, quant_weights("Q8_0", CONFIG))):
+        for dec in graph_and_eager(built(config, weights)) + (Decoder(config, weights),):
             blocks, (table,) = tables_for(1, limit + 2, 16)
             run = runner_for(dec, blocks, 16)
             run.run([Work(np.array(PROMPT), 0, table, True)], [False])
+            rng = np.random.default_rng(limit)
+            slots = run.cache.slots(table, len(PROMPT), limit - 2)
+            for cache in (run.cache.k, run.cache.v):
+                for layer in cache:
+                    shape = (len(slots),) + layer.shape[1:]
+                    x = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 3, shape))
+                    x[rng.random(shape) < 0.01] = 0
+                    layer[dec.backend.asarray(slots)] = dec.backend.asarray(x.astype(np.float32))
             rows, counts = [], []
             for pos in range(limit - 2, limit + 2):
-                rows.append(run.run([Work(np.array([pos % 500]), pos, table, True)], [False])[0])
+                rows.append(host(run.run([Work(np.array([pos % 500]), pos, table, True)], [False])[0]))
                 counts.append(run.stats["graph_steps"])
             out.append(np.stack(rows))
-            assert counts == ([1, 2, 2, 2] if dec.graphs else [0, 0, 0, 0])
-    same_bits(out[0], out[1], "recorded steps, then kernel by kernel, vs kernel by kernel")
+            recorded = [1, 2, 3, 4] if limit < paged_graph.EXACT_POSITIONS else [1, 2, 2, 2]
+            assert counts == (recorded if dec.graphs and dec.device == "cuda" else [0, 0, 0, 0])
+    same_bits(out[0], out[1], "recorded steps vs kernel by kernel")
+    same_bits(out[0], out[2], "recorded steps vs the CPU")
 
 
 def _gemv_case(rng, rows, cols, m):

@@ -11,10 +11,15 @@ Q/K/V product, each operation with its bits:
    exact dot product rounded once (the rounded scheme: K = head_dim), times the float32 scale;
 3. ops.softmax: the largest score (NaN wins), mathlib's exp of each score minus it, their exact sum
    (exact.sum's scheme over the n keys), each divided by it;
-4. ctx_d = sum_j p_j v_jd, each rounded once (the rounded scheme over K = n keys: n <= ROUNDED_MAX_K,
-   so `unsupported` refuses longer caches), THREADS / head_dim threads per d sharing the keys.
-The certification and settling are quant_exact's (a thread's float64 sum and sum of magnitudes,
-then a compensated and an exact sum where those leave the rounding open).
+4. ctx_d = sum_j p_j v_jd, THREADS / head_dim threads per d sharing the keys, with the scheme the dispatch
+   table gives K = n keys: up to ROUNDED_KEYS, each rounded once (the rounded scheme: quant_exact's
+   certification and settling, a thread's float64 sum and sum of magnitudes, then a compensated and an
+   exact sum where those leave the rounding open); past it, up to MAX_KEYS, the slice scheme 2x1
+   (exact._matmul_narrow's reference arithmetic: p's row in two integer slices of bits_a bits below its
+   largest value, each d's values over the keys as integers of bits_b bits below their largest, the
+   two integer sums exact in float64 whatever their order, combined and rounded once as the reference
+   does). Rows or columns holding inf or NaN take IEEE's special value in both (exact's guard).
+The probabilities stay in shared memory, sized by the graph for its cache (at most MAX_KEYS floats).
 `CUDABackend.decode.attention_exact` is this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
@@ -35,7 +40,8 @@ from .quant import pointer
 from .quant_exact import _MARK, SETTLE
 
 THREADS = 256
-MAX_KEYS = 2048     # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slices scheme
+ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
+MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 
 _SOURCE = r"""
 #define SLICES (THREADS / D)
@@ -70,13 +76,75 @@ struct Paged {
     }
 };
 
+// ctx_d for n > ROUNDED_KEYS keys: exact._matmul_narrow's slice scheme 2x1 over K = n (narrow_bits(n)), a =
+// the block's row p (p_s), b = column d of the values (v_at); every thread calls, slice 0 of each d writes.
+template <class At>
+__device__ void slice_weighted_values(const float* p_s, At v_at, long long n, int d, int slice,
+                                      float (*top_s)[D], bool (*bad_s)[D], double (*part_s)[D], double (*part_t)[D],
+                                      float* red, float* out) {
+    float top = 0.0f;                           // the row's largest |p| (non-finite ones flagged instead)
+    bool bad = false;
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+        const float pj = p_s[j];
+        bad |= !isfinite(pj);
+        top = fmaxf(top, fabsf(pj));
+    }
+    const bool row_bad = __syncthreads_or(bad);
+    const float a_top = block_max(top, red);
+    top = 0.0f;                                 // column d's largest |v|
+    bad = false;
+    for (long long j = slice; j < n; j += SLICES) {
+        const float vj = v_at(j);
+        bad |= !isfinite(vj);
+        top = fmaxf(top, fabsf(vj));
+    }
+    top_s[slice][d] = top;
+    bad_s[slice][d] = bad;
+    __syncthreads();
+    for (int k = 0; k < SLICES; ++k) { top = fmaxf(top, top_s[k][d]); bad |= bad_s[k][d]; }
+    const int log2k = 64 - __clzll(n - 1);
+    const int bits_b = min(24, 53 - log2k - 12), bits_a = 53 - log2k - bits_b;
+    int ea, eb;                                 // top < 2^e (0 for zero)
+    frexpf(a_top, &ea);
+    frexpf(top, &eb);
+    // s = p 2^(bits_a - ea) (exact, or below 2^-126 where rint makes it 0 either way), hi = rint(s),
+    // lo = rint((s - hi) 2^bits_a); v as rint(v 2^(bits_b - eb)); the products' sums are integers below 2^53
+    const double up_a = ldexp(1.0, bits_a - ea), up_b = ldexp(1.0, bits_b - eb);
+    const float lo_up = ldexpf(1.0f, bits_a);
+    double g_hi = 0.0, g_lo = 0.0;
+    if (!row_bad && !bad) {
+        for (long long j = slice; j < n; j += SLICES) {
+            const float s = (float)((double)p_s[j] * up_a);
+            const float hi = rintf(s), lo = rintf((s - hi) * lo_up);
+            const double vq = rint((double)v_at(j) * up_b);
+            g_hi = __dadd_rn(g_hi, __dmul_rn((double)hi, vq));
+            g_lo = __dadd_rn(g_lo, __dmul_rn((double)lo, vq));
+        }
+    }
+    part_s[slice][d] = g_hi;
+    part_t[slice][d] = g_lo;
+    __syncthreads();
+    if (slice != 0) return;
+    for (int k = 1; k < SLICES; ++k) { g_hi = __dadd_rn(g_hi, part_s[k][d]); g_lo = __dadd_rn(g_lo, part_t[k][d]); }
+    if (row_bad || bad) {
+        *out = loom_special_pairs([&](long long j, float* a, float* c) { *a = p_s[j]; *c = v_at(j); }, n);
+        return;
+    }
+    // ((g_lo 2^-bits_a + g_hi) row_scale) col_scale in float64, the sum its one rounding, then to float32
+    const double r = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(g_lo, ldexp(1.0, -bits_a)), g_hi), ldexp(1.0, ea - bits_a)),
+                               ldexp(1.0, eb - bits_b));
+    *out = __double2float_rn(r);
+}
+
 template <class Addr>
 __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values, float* out, const float* cos_t,
                                        const float* sin_t, const float* norm, long long pos, int b, int h, int H,
                                        int KV, int window, float scale, float eps, int dbits, double dfactor) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D], tmp[D];
-    __shared__ float p_s[MAX_KEYS];
+    extern __shared__ float p_s[];              // n probabilities (the launch sizes it for the cache)
     __shared__ double part_s[SLICES][D], part_t[SLICES][D];
+    __shared__ float top_s[SLICES][D];
+    __shared__ bool bad_s[SLICES][D];
     __shared__ Scratch scratch;
     __shared__ float red[32];
     const int R = H / KV, kv = h / R;
@@ -134,6 +202,11 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
     auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
+    if (n > ROUNDED_KEYS) {
+        slice_weighted_values(p_s, v_at, n, d, slice, top_s, bad_s, part_s, part_t, red,
+                              out + ((long long)b * H + h) * D + d);
+        return;
+    }
     double s = 0.0, t = 0.0;
     auto add = [&](float pj, float vj) {
         const double p = __dmul_rn((double)pj, (double)vj);
@@ -194,15 +267,15 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
 
 @cache
 def _module(head_dim: int):
-    head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {THREADS}\n#define MAX_KEYS {MAX_KEYS}\n"
+    head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {THREADS}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
     source = head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why `attention` cannot take a model's heads or a cache, or None where it can. (Its products are
-    the rounded scheme's: the caller checks that exact_dispatch gives it to K = head_dim and to K =
-    max_len keys.)"""
+    """Why `attention` cannot take a model's heads or a cache of max_len positions, or None where it can.
+    (Its scores' products are the rounded scheme's: the caller checks that exact_dispatch gives it to K =
+    head_dim.)"""
     if head_dim % 32 or head_dim > THREADS:
         return f"head_dim {head_dim} is not a multiple of 32 up to {THREADS}"
     if max_len > MAX_KEYS:
@@ -210,28 +283,36 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
     return None
 
 
+def _shared(max_keys: int) -> int:
+    """The probabilities' dynamic shared memory for caches of max_keys positions (at most MAX_KEYS: a step
+    past them does not run this kernel)."""
+    return 4 * max(1, min(max_keys, MAX_KEYS))
+
+
 def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
               pos: Array, heads: int, window: int | None, scale: float, eps: float, factor: float,
               overlap: bool = False) -> None:
     """decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
-    checked `unsupported`; `factor` is exact_rounded.error_factor(head_dim)."""
+    checked `unsupported` (for cache_k's max_len); `factor` is exact_rounded.error_factor(head_dim)."""
     B, kv_heads, max_len, D = cache_k.shape
     launch(_module(D).get_function("loom_exact_decode_attention"), B * heads, THREADS,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
             np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())),
-            np.float64(factor)), overlap)
+            np.float64(factor)), overlap, shared=_shared(max_len))
 
 
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
-                    scale: float, eps: float, factor: float, overlap: bool = False) -> None:
-    """decode.paged_attention's operation with deterministic mode's bits (positions below MAX_KEYS; out
-    float32 only)."""
+                    scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = MAX_KEYS) -> None:
+    """decode.paged_attention's operation with deterministic mode's bits (out float32 only) for sequences
+    at positions below max_keys (at most MAX_KEYS: the caller keeps longer ones off this kernel), which
+    sizes the probabilities' shared memory."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
     launch(_module(D).get_function("loom_exact_paged_decode_attention"), B * heads, THREADS,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
-            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor)), overlap)
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor)), overlap,
+           shared=_shared(max_keys))

@@ -84,9 +84,9 @@ def _c_value(a):
 
 def launch(kernel: cupy.RawKernel, grid: int, block: int, args: tuple, overlap: bool, shared: int = 0) -> None:
     """kernel<<<grid, block, shared>>>(*args) for a cupy.RawKernel on CuPy's current stream; with
-    overlap, as a programmatic dependent launch. shared: bytes of dynamic shared memory (past 48 KiB
-    the kernel's limit is raised to it)."""
-    if shared > 48 * 1024 and kernel.max_dynamic_shared_size_bytes < shared:
+    overlap, as a programmatic dependent launch. shared: bytes of dynamic shared memory (the kernel's
+    limit, 48 KiB less its static shared memory unless raised, is raised to it where it is below)."""
+    if shared and kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
     lib = _driver() if overlap else None
     if lib is None:
