@@ -147,13 +147,19 @@ def test_batches_past_the_tile_rows_take_the_tiles_with_the_same_bits(cfg, qtype
             same_bits(together[:, i], alone[:, 0], f"sequence {i} in a batch of {n} vs alone")
 
 
-@pytest.mark.parametrize("limit", [exact_dispatch.ROUNDED_MAX_K, paged_graph.EXACT_POSITIONS])
-def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit):
+@pytest.mark.parametrize("limit, threads", [(exact_dispatch.ROUNDED_MAX_K, None), (exact_dispatch.ROUNDED_MAX_K, 256),
+                                            (paged_graph.EXACT_POSITIONS, None)])
+def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, threads, monkeypatch):
     """The recorded step's attention takes p v over more than ROUNDED_MAX_K keys in the slice scheme, as the
     array code's product does, up to EXACT_POSITIONS; past that the engine steps kernel by kernel
     (StepRunner.decode_graph). On either side of both limits the logits are the kernel-by-kernel steps'
-    bits and the CPU's. The cache's positions between the prompt and the steps hold random keys and
-    values of spread magnitudes (a few of them zero), the same on every device."""
+    bits and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and
+    of THREADS (`threads` 256: many blocks' size). The cache's positions between the prompt and the
+    steps hold random keys and values of spread magnitudes (a few of them zero), the same on every
+    device."""
+    from loom.backend.cuda import decode_exact
+    if threads is not None:
+        monkeypatch.setattr(decode_exact, "FEW_THREADS", threads)
     config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": limit + 64})
     weights = quant_weights("Q8_0", CONFIG)
     out = []

@@ -1,7 +1,8 @@
 """The attention of a decode step (one new token per sequence) in deterministic mode: one kernel with
 the bits of loom/llm/decoder.py's array code, for the recorded deterministic decode step.
 
-Per (sequence, query head), one block of THREADS threads does what the array code does with the step's
+Per (sequence, query head), one block of THREADS threads (FEW_THREADS where such blocks are fewer than the
+multiprocessors) does what the array code does with the step's
 Q/K/V product, each operation with its bits:
 1. the head's q and its key/value head's new k (qwen3: the per-head RMSNorm first, with exact.sum's sum
    of squares) through HF's rotate-half RoPE, x * cos + rotated * sin rounded per operation; the first
@@ -11,7 +12,7 @@ Q/K/V product, each operation with its bits:
    exact dot product rounded once (the rounded scheme: K = head_dim), times the float32 scale;
 3. ops.softmax: the largest score (NaN wins), mathlib's exp of each score minus it, their exact sum
    (exact.sum's scheme over the n keys), each divided by it;
-4. ctx_d = sum_j p_j v_jd, THREADS / head_dim threads per d sharing the keys, with the scheme the dispatch
+4. ctx_d = sum_j p_j v_jd, (FEW_)THREADS / head_dim threads per d sharing the keys, with the scheme the dispatch
    table gives K = n keys: up to ROUNDED_KEYS, each rounded once (the rounded scheme: quant_exact's
    certification and settling, a thread's float64 sum and sum of magnitudes, then a compensated and an
    exact sum where those leave the rounding open); past it, up to MAX_KEYS, the slice scheme 2x1
@@ -32,7 +33,7 @@ import numpy as np
 from .. import Array
 from .compile import OPTIONS
 from .exact_reduce import EXACT_ROW_SUM
-from .exact_rounded import ROUNDED_DEVICE
+from .exact_rounded import ROUNDED_DEVICE, _multiprocessors
 from .fused import ROW_HELPERS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE, launch
@@ -40,6 +41,10 @@ from .quant import pointer
 from .quant_exact import _MARK, SETTLE
 
 THREADS = 256
+# Where a step's (sequence, head) blocks are fewer than the multiprocessors (a few sequences), each block's
+# serial share of the keys is what the step waits for: twice the threads halve it (SmolLM2-135M's shapes
+# on an H100: decode after 1,000 tokens 1.5x, after 3,000 1.9x), where at 64 sequences they cost 9%.
+FEW_THREADS = 512
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 
@@ -71,8 +76,9 @@ struct Flat {
 };
 struct Paged {
     float* base; const long long* table; long long col; int block_size, KV, kv;   // entry j at table[j * col]
-    __device__ float* at(long long t) const {
-        return base + ((table[t / block_size * col] * block_size + t % block_size) * KV + kv) * D;
+    __device__ float* at(long long t) const {       // (positions below 2^31: 32-bit division, a fraction of 64-bit's)
+        const unsigned u = (unsigned)t, bs = (unsigned)block_size;
+        return base + ((table[(long long)(u / bs) * col] * block_size + u % bs) * KV + kv) * D;
     }
 };
 
@@ -91,13 +97,25 @@ __device__ void slice_weighted_values(const float* p_s, At v_at, long long n, in
     }
     const bool row_bad = __syncthreads_or(bad);
     const float a_top = block_max(top, red);
+    // this thread's keys j = slice, slice + SLICES, ... with f(j, v_j), four loads in flight (the sums
+    // below are exact, or maxima: any order gives their values)
+    auto each_value = [&](auto f) {
+        long long j = slice;
+        for (; j + 3 * SLICES < n; j += 4 * SLICES) {
+            float vv[4];
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) vv[u] = v_at(j + u * SLICES);
+            #pragma unroll
+            for (int u = 0; u < 4; ++u) f(j + u * SLICES, vv[u]);
+        }
+        for (; j < n; j += SLICES) f(j, v_at(j));
+    };
     top = 0.0f;                                 // column d's largest |v|
     bad = false;
-    for (long long j = slice; j < n; j += SLICES) {
-        const float vj = v_at(j);
+    each_value([&](long long, float vj) {
         bad |= !isfinite(vj);
         top = fmaxf(top, fabsf(vj));
-    }
+    });
     top_s[slice][d] = top;
     bad_s[slice][d] = bad;
     __syncthreads();
@@ -113,13 +131,13 @@ __device__ void slice_weighted_values(const float* p_s, At v_at, long long n, in
     const float lo_up = ldexpf(1.0f, bits_a);
     double g_hi = 0.0, g_lo = 0.0;
     if (!row_bad && !bad) {
-        for (long long j = slice; j < n; j += SLICES) {
+        each_value([&](long long j, float vj) {
             const float s = (float)((double)p_s[j] * up_a);
             const float hi = rintf(s), lo = rintf((s - hi) * lo_up);
-            const double vq = rint((double)v_at(j) * up_b);
+            const double vq = rint((double)vj * up_b);
             g_hi = __dadd_rn(g_hi, __dmul_rn((double)hi, vq));
             g_lo = __dadd_rn(g_lo, __dmul_rn((double)lo, vq));
-        }
+        });
     }
     part_s[slice][d] = g_hi;
     part_t[slice][d] = g_lo;
@@ -266,8 +284,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
 
 
 @cache
-def _module(head_dim: int):
-    head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {THREADS}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
+def _module(head_dim: int, threads: int):
+    head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
     source = head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
@@ -283,6 +301,12 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
     return None
 
 
+def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
+    """(the kernel, its threads) for a launch of `blocks` (sequence, head) blocks."""
+    threads = FEW_THREADS if blocks < _multiprocessors(cupy.cuda.Device().id) else THREADS
+    return _module(head_dim, threads).get_function(name), threads
+
+
 def _shared(max_keys: int) -> int:
     """The probabilities' dynamic shared memory for caches of max_keys positions (at most MAX_KEYS: a step
     past them does not run this kernel)."""
@@ -295,7 +319,8 @@ def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array
     """decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
     checked `unsupported` (for cache_k's max_len); `factor` is exact_rounded.error_factor(head_dim)."""
     B, kv_heads, max_len, D = cache_k.shape
-    launch(_module(D).get_function("loom_exact_decode_attention"), B * heads, THREADS,
+    kernel, threads = _kernel("loom_exact_decode_attention", D, B * heads)
+    launch(kernel, B * heads, threads,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
             np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())),
@@ -311,7 +336,8 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
-    launch(_module(D).get_function("loom_exact_paged_decode_attention"), B * heads, THREADS,
+    kernel, threads = _kernel("loom_exact_paged_decode_attention", D, B * heads)
+    launch(kernel, B * heads, threads,
            (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor)), overlap,
