@@ -103,7 +103,7 @@ EXACT_POSITIONS = 1 << exact_dispatch.CHUNK_BITS
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
-    128 or 256 (fast mode) or a multiple of 32 up to 128 with products over K <= 2^14 (`exact`:
+    128 or 256 (fast mode) or 32, 64, 128 or 256 with products over K <= 2^14 (`exact`:
     deterministic mode, whose steps also take positions below EXACT_POSITIONS only: StepRunner.decode_graph)."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
@@ -112,7 +112,7 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     if batch > quant.MAX_ROWS:
         return f"a batch of {batch} sequences is more than the kernels' {quant.MAX_ROWS}"
     c = dec.config
-    why = kernels.unsupported(c.head_dim, 1) if exact else \
+    why = kernels.unsupported(c.head_dim, c.max_positions) if exact else \
         None if kernels.supports(c.head_dim) else f"head_dim {c.head_dim} is not 64, 128 or 256"
     if why is None and (c.hidden % 32 or c.intermediate % 32):
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"

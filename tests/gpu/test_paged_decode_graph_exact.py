@@ -175,6 +175,8 @@ def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, thre
                     shape = (len(slots),) + layer.shape[1:]
                     x = rng.standard_normal(shape) * np.exp2(rng.integers(-12, 3, shape))
                     x[rng.random(shape) < 0.01] = 0
+                    x[rng.random(shape) < 0.01] *= 2.0 ** -140          # float32 subnormals
+                    x[..., 0, 1] = 0                                    # a head's column of zeros
                     layer[dec.backend.asarray(slots)] = dec.backend.asarray(x.astype(np.float32))
             rows, counts = [], []
             for pos in range(limit - 2, limit + 2):
@@ -258,6 +260,25 @@ def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
         y = exact.matmul(loom.kernels.fused.rms_norm(x, weight, 1e-6)[0], w.T)
         want = loom.kernels.fused.activation("silu", y[:, :rows]) * y[:, rows:] if swiglu else y
         same_bits(host(out), want, "gemv with the norm")
+
+
+def test_the_attention_kernels_follow_the_dispatch_table_and_say_what_they_refuse():
+    """decode_exact's scheme limits are the dispatch table's (the kernel's CUDA C writes them as numbers):
+    the rounded scheme up to ROUNDED_MAX_K keys, one chunk of the slice scheme up to 2^CHUNK_BITS, whose
+    bits (narrow_bits) the kernel works out as min(24, 53 - ceil(log2 n) - 12) and the rest; head sizes
+    that do not split its blocks evenly, and caches whose probabilities do not fit a block's shared
+    memory, are refused with the reason."""
+    from loom.backend.cuda import decode_exact
+    assert decode_exact.ROUNDED_KEYS == exact_dispatch.ROUNDED_MAX_K
+    assert decode_exact.MAX_KEYS == 1 << exact_dispatch.CHUNK_BITS == paged_graph.EXACT_POSITIONS
+    for n in (2049, 3000, 4096, 4097, 8191, 16384):
+        log2k = (n - 1).bit_length()
+        bits_b = min(24, 53 - log2k - 12)
+        assert exact.narrow_bits(n) == (53 - log2k - bits_b, bits_b)
+    for d in (32, 64, 128):
+        assert decode_exact.unsupported(d, 1 << 17) is None
+    for d in (48, 96, 160, 192):
+        assert "head_dim" in decode_exact.unsupported(d, 64)
 
 
 def test_unsupported_products_say_why():

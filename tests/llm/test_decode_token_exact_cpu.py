@@ -48,11 +48,18 @@ def _logits(dec, ids, monkeypatch, compiled: bool):
 
 def test_compiled_steps_keep_the_composed_bits(decoder, monkeypatch):
     ids = RNG.integers(0, td.VOCAB, sum(PIECES))
-    taken = []
-    real = Decoder.layer_tokens_exact
+    taken, scored = [], []
+    real, real_scores = Decoder.layer_tokens_exact, decode_exact.rope_scores
     monkeypatch.setattr(Decoder, "layer_tokens_exact", lambda self, *a: taken.append(1) or real(self, *a))
+
+    def scores(*args):
+        out = real_scores(*args)
+        scored.append(out is not None)
+        return out
+    monkeypatch.setattr(decode_exact, "rope_scores", scores)
     compiled = _logits(decoder, ids, monkeypatch, compiled=True)
     assert len(taken) == 12 * len(decoder.layers)
+    assert scored == [True] * 12 * len(decoder.layers)     # every row's attention took the compiled calls
     composed = _logits(decoder, ids, monkeypatch, compiled=False)
     np.testing.assert_array_equal(_bits(compiled), _bits(composed))
 

@@ -290,27 +290,34 @@ def _module(head_dim: int, threads: int):
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
+STATIC_SHARED = 16 * 1024   # above the kernels' own shared arrays (12.4-13.4 KiB at 512 threads)
+
+
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why `attention` cannot take a model's heads or a cache of max_len positions, or None where it can.
-    (Its scores' products are the rounded scheme's: the caller checks that exact_dispatch gives it to K =
-    head_dim.)"""
-    if head_dim % 32 or head_dim > THREADS:
-        return f"head_dim {head_dim} is not a multiple of 32 up to {THREADS}"
-    if max_len > MAX_KEYS:
-        return f"a cache of {max_len} positions is more than the kernel's {MAX_KEYS} keys"
+    """Why the kernels cannot take a model's heads, or caches of max_len positions (a step runs them below
+    MAX_KEYS; their probabilities take 4 bytes of shared memory a key), or None where they can. (Their
+    scores' products are the rounded scheme's: the caller checks that exact_dispatch gives it to K =
+    head_dim.) A block's threads split evenly over head_dim (SLICES = threads / head_dim)."""
+    if head_dim % 32 or THREADS % head_dim or FEW_THREADS % head_dim:
+        return f"head_dim {head_dim} is not 32, 64, 128 or 256 (the attention kernel's blocks split over it)"
+    need = _shared(max_len) + STATIC_SHARED
+    limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+    if need > limit:
+        return (f"a cache of {max_len} positions needs {need // 1024} KiB of shared memory a block in the "
+                f"attention kernel, more than this GPU's {limit // 1024} KiB")
     return None
+
+
+def _shared(max_keys: int) -> int:
+    """The probabilities' dynamic shared memory for caches of max_keys positions (at most MAX_KEYS: a step past
+    them does not run these kernels)."""
+    return 4 * max(1, min(max_keys, MAX_KEYS))
 
 
 def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
     """(the kernel, its threads) for a launch of `blocks` (sequence, head) blocks."""
     threads = FEW_THREADS if blocks < _multiprocessors(cupy.cuda.Device().id) else THREADS
     return _module(head_dim, threads).get_function(name), threads
-
-
-def _shared(max_keys: int) -> int:
-    """The probabilities' dynamic shared memory for caches of max_keys positions (at most MAX_KEYS: a step
-    past them does not run this kernel)."""
-    return 4 * max(1, min(max_keys, MAX_KEYS))
 
 
 def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
