@@ -5,6 +5,8 @@
     python benchmarks/llm.py --device cuda [--transformers]
     python benchmarks/llm.py --device cuda --shape llama-3.1-8b --types BF16,Q4_K,Q8_0 [--transformers]
     python benchmarks/llm.py --device cpu --compare --repeats 3      # both modes alternately, and their ratio
+    python benchmarks/llm.py --device cpu --compare --composed       # and deterministic without its compiled steps
+    python benchmarks/llm.py --device cuda --compare --prompt 3000   # decode after a 3,000-token prompt
 
 The weights are random with the real shapes (SmolLM2-135M: 30 layers, hidden 576, 9/3 heads, vocab 49152,
 tied): speed does not depend on their values, and the device machine takes no upload. Block types get
@@ -195,10 +197,12 @@ def loom_rows(device: str, path: str | None, repeats: int = 1, shape: str = "smo
 
 
 def compare_rows(device: str, repeats: int, shape: str = "smollm2-135m", types: str | None = None,
-                 path: str | None = None) -> list:
+                 path: str | None = None, composed: bool = False) -> list:
     """Deterministic against fast mode, alternated in one process (each model's two decoders timed in
     turn, `repeats` rounds, the best of each): on a shared machine the ratio then sees the same noise.
-    `path`: a SmolLM2 GGUF file compared the same way, after the random weights."""
+    `path`: a SmolLM2 GGUF file compared the same way, after the random weights. `composed`: a third
+    decoder in the rounds, deterministic with its compiled decode steps off (Decoder.token_layer None:
+    the composed operations, the same bits), and its ratio to fast mode."""
     import gc
 
     from loom import backend
@@ -209,23 +213,30 @@ def compare_rows(device: str, repeats: int, shape: str = "smollm2-135m", types: 
     for qtype, file in kinds:
         label = "Q4_1 (SmolLM2 file)" if file else f"{qtype.lower() if qtype == 'BF16' else qtype} (random)"
         models = {}
-        for det in (False, True):
-            with loom.deterministic(det):
+        kinds = (False, True, "composed") if composed else (False, True)
+        for kind in kinds:
+            with loom.deterministic(bool(kind)):
                 if file:
-                    models[det] = loom.llm.load(file, device=device)
-                    continue
-                dec = Decoder(DecoderConfig.from_hf(config), random_weights(qtype, config=config, device=device),
-                              device=device)
-                models[det] = CausalLM(dec, None, dict(config), eos_ids=())
-        best = {False: {}, True: {}}
+                    models[kind] = loom.llm.load(file, device=device)
+                else:
+                    dec = Decoder(DecoderConfig.from_hf(config), random_weights(qtype, config=config, device=device),
+                                  device=device)
+                    models[kind] = CausalLM(dec, None, dict(config), eos_ids=())
+            if kind == "composed":
+                models[kind].decoder.token_layer = lambda h: None
+        best = {kind: {} for kind in kinds}
         for _ in range(repeats):
-            for det in (False, True):
-                with loom.deterministic(det):
-                    for key, value in time_decoder(models[det], be.synchronize).items():
-                        best[det][key] = max(best[det].get(key, 0.0), value)
+            for kind in kinds:
+                with loom.deterministic(bool(kind)):
+                    for key, value in time_decoder(models[kind], be.synchronize).items():
+                        best[kind][key] = max(best[kind].get(key, 0.0), value)
         ratio = {key: best[True][key] / best[False][key] for key in best[False]}
         rows += [(f"loom fast {label}", best[False]), (f"loom deterministic {label}", best[True]),
                  ("  deterministic / fast", ratio)]
+        if composed:
+            rows += [(f"loom det. composed {label}", best["composed"]),
+                     ("  deterministic (composed) / fast",
+                      {key: best["composed"][key] / best[False][key] for key in best[False]})]
         del models
         gc.collect()
         if not be.host:
@@ -320,6 +331,7 @@ def _compiled_decode(model, cfg, prompt) -> float:
 
 
 def main() -> None:
+    global PROMPT
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(SHAPES))
@@ -330,9 +342,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="best of this many prefills and decode windows")
     ap.add_argument("--compare", action="store_true",
                     help="time both modes alternately in one process and print their ratio")
+    ap.add_argument("--composed", action="store_true",
+                    help="with --compare: also deterministic mode with its compiled decode steps off")
+    ap.add_argument("--prompt", type=int, default=PROMPT, help="prompt tokens before the timed decode steps")
     args = ap.parse_args()
+    PROMPT = args.prompt
     if args.compare:
-        rows = compare_rows(args.device, args.repeats, args.shape, args.types, args.file)
+        rows = compare_rows(args.device, args.repeats, args.shape, args.types, args.file, args.composed)
     else:
         with loom.deterministic(args.deterministic):
             rows = loom_rows(args.device, args.file, args.repeats, args.shape, args.types)
@@ -347,7 +363,7 @@ def main() -> None:
     def cell(r, key, width, digits=1):
         return f"{r[key]:{width}.{digits}f}" if key in r else f"{'-':>{width}s}"
     for label, r in rows:
-        digits = 2 if label.strip().startswith("deterministic /") else 1
+        digits = 2 if label.strip().startswith("deterministic") else 1
         share = f"{r['decode tok/s'] / r['limit tok/s']:9.0%}" if "limit tok/s" in r else f"{'-':>9s}"
         print(f"{label:42s} {cell(r, 'prefill tok/s', 14, digits)} {cell(r, 'decode tok/s', 13, digits)} "
               f"{cell(r, 'weights GB', 11, 2)} {cell(r, 'device GB', 10, 2)} {cell(r, 'limit tok/s', 12)} {share}")
