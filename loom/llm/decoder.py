@@ -44,7 +44,7 @@ from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant import gemv
 from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
-from . import rope
+from . import argmax_logits, rope
 from .decoder_config import DecoderConfig, check_weights
 
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
@@ -122,6 +122,7 @@ class Decoder:
         self._in_place = None            # exact_in_place(), once known
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
+        self._lm_head_max = None         # argmax_logits.weight_max(lm_head), once asked for
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
     @property
@@ -189,10 +190,19 @@ class Decoder:
 
     # --- forward -------------------------------------------------------------------------------------
 
-    def logits_of(self, h: Array) -> Array:
-        """Logits [..., vocab] of final hidden states h [..., E]."""
-        # (deterministic mode: _rms's one compiled call on the CPU where it can, fused.rms_norm's bits)
-        h = self._rms(h, self.norm) if is_deterministic() else fused.rms_norm(h, self.norm, self.config.eps)[0]
+    def logits_of(self, h: Array, argmax_only: bool = False) -> Array:
+        """Logits [..., vocab] of final hidden states h [..., E]. argmax_only (h [rows, E], each a plain
+        greedy row whose logits serve only their first argmax): in deterministic mode on the CPU, each
+        row's candidates for it exact and the rest -inf (argmax_logits.py: the same first argmax for
+        about half the output layer's time), where the output layer's stored type allows."""
+        if not is_deterministic():
+            return _linear(fused.rms_norm(h, self.norm, self.config.eps)[0], self.lm_head, None, self._weight)
+        h = self._rms(h, self.norm)         # (_rms's one compiled call on the CPU where it can: fused's bits)
+        if argmax_only and h.ndim == 2 and h.shape[0] <= gemv.MAX_ROWS and argmax_logits.supports(self.backend,
+                                                                                                  self.lm_head):
+            if self._lm_head_max is None:
+                self._lm_head_max = argmax_logits.weight_max(self.lm_head)
+            return argmax_logits.exact_logits(self.backend, np.ascontiguousarray(h), self.lm_head, self._lm_head_max)
         return _linear(h, self.lm_head, None, self._weight)
 
     # --- fast mode's one-token steps on the CPU ---------------------------------------------------------

@@ -105,7 +105,9 @@ class StepRunner:
             if logits is not None:
                 self._choose_rows(logits, [i], greedy, out)
         if eager:
-            logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in eager])
+            wanted = [i for i in eager if work[i].logits]       # (plain greedy rows need only the argmax)
+            logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in eager],
+                                           argmax_only=bool(wanted) and all(greedy[i] for i in wanted))
             if logits is not None:         # rows for the items that want logits, in order
                 self._choose_rows(logits, [i for i in eager if work[i].logits], greedy, out)
         if graph is not None:

@@ -38,10 +38,12 @@ class Work:
     logits: bool                # whether the last row's logits are wanted
 
 
-def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool = False) -> Array | None:
+def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool = False,
+            argmax_only: bool = False) -> Array | None:
     """Run every work item's tokens, writing their keys and values into the cache; returns the
     logits [S, vocab] of the last row of each item with logits=True, in order (None when there are
-    none); every_row: of every row of those items, [rows, vocab]."""
+    none); every_row: of every row of those items, [rows, vocab]. argmax_only: every wanted row serves
+    only its first argmax (Decoder.logits_of's)."""
     be = dec.backend
     sizes = [len(w.tokens) for w in work]
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -60,7 +62,7 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
                 key_slots = by_window[layer.window] = [cache.slots(w.table, dec.first_key(layer, w.pos), w.pos + 1)
                                                        for w in work]
             step(layer, h2, cache.k[i], cache.v[i], positions.tolist(), key_slots)
-        return _logits(dec, work, bounds, h2[None], every_row)
+        return _logits(dec, work, bounds, h2[None], every_row, argmax_only)
     fused = fused_weights(dec, len(ids), prompt=min(sizes) > 1)
     if fused is not None or is_deterministic() or len(work) == 1:
         plans = {window: (be.asarray(key_slots), items) for window, (key_slots, items)
@@ -69,7 +71,7 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
             run_fused(dec, cache, *fused, h[0], be.asarray(positions), slots, plans)
         else:                               # each item's attention alone over exactly its keys
             h = run_alone(dec, cache, h, cos, sin, slots, plans)
-        return _logits(dec, work, bounds, h, every_row)
+        return _logits(dec, work, bounds, h, every_row, argmax_only)
     plans = {}                  # by sliding window: the padded groups every layer of it shares
     for i, layer in enumerate(dec.layers):
         q, k, v = dec.qkv(layer, h, cos, sin)
@@ -80,16 +82,17 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
             plan = plans[layer.window] = _padded_plan(dec, cache, layer, work, sizes)
         ctx = _padded_attention(dec, cache, i, q[0], plan)[None]
         h = dec.finish_layer(layer, h, ctx)
-    return _logits(dec, work, bounds, h, every_row)
+    return _logits(dec, work, bounds, h, every_row, argmax_only)
 
 
-def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array, every_row: bool) -> Array | None:
+def _logits(dec: Decoder, work: list[Work], bounds: np.ndarray, h: Array, every_row: bool,
+            argmax_only: bool = False) -> Array | None:
     """The logits of the last row (every_row: of every row) of each item that wants them (h [1, N, E])."""
     rows = [r for w, lo, hi in zip(work, bounds[:-1], bounds[1:]) if w.logits
             for r in (range(int(lo), int(hi)) if every_row else [int(hi) - 1])]
     if not rows:
         return None
-    return dec.logits_of(h[0, dec.backend.asarray(np.asarray(rows, dtype=np.int64))])
+    return dec.logits_of(h[0, dec.backend.asarray(np.asarray(rows, dtype=np.int64))], argmax_only and not every_row)
 
 
 def sequence_logits(dec: Decoder, ids: np.ndarray, pieces: list[int] | None = None) -> Array:

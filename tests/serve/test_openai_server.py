@@ -141,9 +141,9 @@ def test_a_client_that_leaves_mid_stream_frees_its_slot(served, monkeypatch):
     from loom.llm import paged_forward
     real = paged_forward.forward
 
-    def slow(*args):                                # 100 tokens take 5 s: the client leaves long before
+    def slow(*args, **kwargs):                      # 100 tokens take 5 s: the client leaves long before
         time.sleep(0.05)
-        return real(*args)
+        return real(*args, **kwargs)
     monkeypatch.setattr(paged_forward, "forward", slow)
     engine = served.server.engine
     cancelled = engine.stats["cancelled"]
@@ -166,9 +166,9 @@ def test_a_client_that_times_out_on_a_plain_request_frees_its_slot(served, monke
     from loom.llm import paged_forward
     real = paged_forward.forward
 
-    def slow(*args):
+    def slow(*args, **kwargs):
         time.sleep(0.05)
-        return real(*args)
+        return real(*args, **kwargs)
     monkeypatch.setattr(paged_forward, "forward", slow)
     engine = served.server.engine
     cancelled = engine.stats["cancelled"]
