@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import Array, Backend
 from ..kernels.quant.block import BlockQuantized, linear
 
 _U = 2.0 ** -24
 
 
-def supports(be, w) -> bool:
+def supports(be: Backend, w: Array | BlockQuantized | tuple) -> bool:
     """Whether exact_logits takes output weight w on backend be: the CPU with a compiled fast product
     for w's stored type (whose values it decodes as the reference does)."""
     return be.host and isinstance(w, BlockQuantized) and w.qtype in be.quant.TYPES
@@ -42,7 +43,7 @@ def weight_max(w: BlockQuantized, rows_per_chunk: int = 4096) -> float:
     return top
 
 
-def exact_logits(be, x: np.ndarray, w: BlockQuantized, w_max: float) -> np.ndarray:
+def exact_logits(be: Backend, x: np.ndarray, w: BlockQuantized, w_max: float) -> np.ndarray:
     """[M, rows] float32 for x [M, K] (float32, C-contiguous, M within the fast product's rows): each
     row's candidates for its argmax hold their exact logits (the deterministic product's bits), every
     other entry -inf; a row the bound cannot settle holds all its exact logits. w_max: weight_max(w)."""
