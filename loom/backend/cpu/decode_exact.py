@@ -19,6 +19,10 @@ deterministic arithmetic, so the bits stay those of Decoder.qkv then Decoder.att
 
 Where a score, a sum or a per-head norm is not finite the calls return False and the caller runs the
 composed path for the row (writing the same key and value again).
+
+The compiled loop calls exact_jit's, rounded_gemv's and attend_exact's numba functions; numba's disk
+cache checks only this file's timestamp, so a change to those needs this file's cache dropped too
+(touching this file does it), as rounded_gemv's docstring says of its own helpers.
 """
 from __future__ import annotations
 
