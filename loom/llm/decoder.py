@@ -220,8 +220,10 @@ class Decoder:
         for hidden states like h (the CPU, float32, numba present): fast mode's layer_tokens_paged,
         deterministic mode's layer_tokens_exact; else None. Called as step(L, h2, cache_k, cache_v,
         positions, key_slots)."""
-        if self._exact_token_ops(h) and mathlib.host_loop("exp", np.float32) is not None:
-            return self.layer_tokens_exact
+        if self._exact_token_ops(h):
+            exp, sigmoid = mathlib.host_loop("exp", np.float32), mathlib.host_loop("sigmoid", np.float32)
+            if exp is not None and sigmoid is not None:     # (looked up once a step, not twice a layer)
+                return functools.partial(self.layer_tokens_exact, exp, sigmoid)
         compiled = self.token_ops(h)
         return None if compiled is None else functools.partial(self.layer_tokens_paged, compiled)
 
@@ -247,15 +249,14 @@ class Decoder:
         h2 += _linear(act, L.down, L.down_bias, self._weight)
 
     # --- deterministic mode's one-token steps on the CPU -----------------------------------------------
-    def layer_tokens_exact(self, L: _Layer, h2: Array, cache_k: Array, cache_v: Array, positions: list[int],
-                           key_slots: list[np.ndarray]) -> None:
+    def layer_tokens_exact(self, exp: Callable, sigmoid: Callable, L: _Layer, h2: Array, cache_k: Array,
+                           cache_v: Array, positions: list[int], key_slots: list[np.ndarray]) -> None:
         """layer_tokens_paged in deterministic mode, with the bits of qkv, attend and finish_layer (the
         same operations, fewer calls): each row's RoPE, cache write and attention in two compiled calls
         around exp (backend/cpu/decode_exact.py) where its keys are within the rounded scheme's K and
         everything is finite, else the composed operations for that row; exp and SiGLU's sigmoid as
         mathlib's compiled loops called directly (a call through ops cost more than its loop)."""
         c = self.config
-        exp, sigmoid = mathlib.host_loop("exp", np.float32), mathlib.host_loop("sigmoid", np.float32)
         qkv = _linear(self._rms(h2, L.ln1), L.qkv, L.qkv_bias, self._weight)
         ctx = np.empty((h2.shape[0], c.heads * c.head_dim), dtype=np.float32)
         for r, (pos, slots) in enumerate(zip(positions, key_slots)):
@@ -288,9 +289,8 @@ class Decoder:
                     return ctx.reshape(-1)
         q, k, v = self._rotated(L, qkv[None, None], self._cos[pos][None, None], self._sin[pos][None, None])
         cache_k[slots[-1]], cache_v[slots[-1]] = k[0, 0], v[0, 0]
-        keys = np.ascontiguousarray(cache_k[slots].transpose(1, 0, 2))[None]
-        values = np.ascontiguousarray(cache_v[slots].transpose(1, 0, 2))[None]
-        return self.attend(L, q, keys, values, pos, self.first_key(L, pos)).reshape(-1)
+        return self.attend(L, q, heads_first(np, cache_k, slots), heads_first(np, cache_v, slots), pos,
+                           self.first_key(L, pos)).reshape(-1)
 
     # --- fast mode's prompt layers on the GPU ----------------------------------------------------------
     def prefill_kernels(self, rows: int, prompt: bool = False) -> PrefillKernels | None:
@@ -484,6 +484,13 @@ def _exact_token_attention(q: Array, keys: Array, values: Array, per_group: int,
         return None
     return attend_exact.weighted_values(ops.exp(shifted), np.ascontiguousarray(values).reshape(-1, n, D), per_group,
                                         exact_rounded.error_factor(n))
+
+
+def heads_first(xp: ModuleType, pool: Array, slots: Array) -> Array:
+    """The cached rows at `slots` of a pool [slots, KV, D] as attend's keys or values [1, KV, n, D], each
+    head's rows contiguous (the exact products' compiled loops take contiguous matrices only; a strided
+    view would take their NumPy reference)."""
+    return xp.ascontiguousarray(pool[slots].transpose(1, 0, 2))[None]
 
 
 def _rotate(x, cos, sin, xp):

@@ -26,7 +26,7 @@ from ..backend.protocols import PrefillKernels
 from ..kernels import ops
 from ..kernels.exact import rounded as exact_rounded
 from ..mode import is_deterministic
-from .decoder import Decoder, prefill_chunk
+from .decoder import Decoder, heads_first, prefill_chunk
 from .paged_cache import PagedKVCache
 
 
@@ -168,11 +168,8 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
                 contexts.append(exact_flash.attend(q[0, row:row + n], cache.k[i], cache.v[i], keys, pos, lo,
                                                    layer.window, dec.scale, exact_rounded.error_factor)[None])
                 continue
-            # [1, KV, n, D], each head's keys contiguous (the exact products' compiled loops take
-            # contiguous matrices only; a strided view would take their NumPy reference)
-            ks = xp.ascontiguousarray(cache.k[i][keys].transpose(1, 0, 2))[None]
-            vs = xp.ascontiguousarray(cache.v[i][keys].transpose(1, 0, 2))[None]
-            contexts.append(dec.attend(layer, q[:, row:row + n], ks, vs, pos, lo))
+            contexts.append(dec.attend(layer, q[:, row:row + n], heads_first(xp, cache.k[i], keys),
+                                       heads_first(xp, cache.v[i], keys), pos, lo))
         ctx = contexts[0] if len(contexts) == 1 else xp.concatenate(contexts, axis=1)
         h = dec.finish_layer(layer, h, ctx)
     return h
