@@ -229,8 +229,14 @@ class Server:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
+        metrics = self.metrics
+
         def sink(index):
-            return lambda event: loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+            def push(event):       # tokens are counted as the engine makes them: a client gone early keeps its count
+                if event.token is not None:
+                    metrics.tokens(0, 1)
+                loop.call_soon_threadsafe(queue.put_nowait, (index, event))
+            return push
         try:
             with self._shutdown_lock:       # a request that passed the first check while the server closed
                 if self._cancelled:
@@ -242,6 +248,7 @@ class Server:
             raise BadRequest(prompt_key if exc.path == "prompt" else exc.path, str(exc)) from None
         except EngineError as exc:                    # the engine stopped (a shutting-down server)
             raise BadRequest(None, str(exc), 503, kind="server_error") from None
+        self.metrics.tokens(sum(len(p) for p in job.prompts), 0)
         return queue, handles
 
 
@@ -252,7 +259,6 @@ class _Reply:
         self.server, self.job, self.chat = server, job, chat
         self.last = [arrived] * len(job.requests)       # each choice's latest token (its arrival before one)
         self.started = [False] * len(job.requests)
-        self.counted = False
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
         self.object = "chat.completion" if chat else "text_completion"
@@ -282,12 +288,6 @@ class _Reply:
         self.server.metrics.observe(name, now - self.last[index])
         self.started[index], self.last[index] = True, now
 
-    def _count(self, counts: list[int]) -> None:
-        """The job's prompt and generated tokens into the metrics, once (at its end, or when its client left)."""
-        if not self.counted:
-            self.counted = True
-            self.server.metrics.tokens(sum(len(p) for p in self.job.prompts), sum(counts))
-
     def _usage(self, counts: list[int]) -> dict:
         prompt = sum(len(p) for p in self.job.prompts)
         return {"prompt_tokens": prompt, "completion_tokens": sum(counts), "total_tokens": prompt + sum(counts)}
@@ -309,10 +309,7 @@ class _Reply:
         texts, tokens = [""] * count, [0] * count
         reasons: list[str | None] = [None] * count
         logprobs: list[list] = [[] for _ in range(count)]
-        try:
-            return await self._gathered(queue, texts, tokens, reasons, logprobs)
-        finally:
-            self._count(tokens)             # (a client gone early, cancelling this: the tokens so far)
+        return await self._gathered(queue, texts, tokens, reasons, logprobs)
 
     async def _gathered(self, queue: asyncio.Queue, texts: list, tokens: list, reasons: list, logprobs: list):
         """collect's body: the events into the lists, then the response."""
@@ -400,7 +397,6 @@ class _Reply:
                             "usage": self._usage(tokens)})
             yield "data: [DONE]\n\n"
         finally:
-            self._count(tokens)
             for h in handles:
                 h.cancel()
 
