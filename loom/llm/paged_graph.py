@@ -177,12 +177,14 @@ class PagedDecodeGraph:
         widest = max((w.shape[1] for w in _product_weights(dec) if id(w) in self.row_maxima), default=0)
         self.slices = xp.empty(B * 2 * widest, dtype=np.float32)
         self.xmax = xp.empty(B, dtype=np.float32)
-        # fast mode: where the batch's heads are too few blocks to fill the device, steps with a
-        # position from long_from on replay a second recording whose attention cuts long windows over
-        # several blocks, through this graph's own workspace (recorded at the first such step; shorter
-        # windows keep the one-block kernel, 0.2 us a layer faster there)
+        # where the batch's heads are too few blocks to fill the device, steps with a position from
+        # long_from on replay a second recording whose attention cuts long windows over several blocks,
+        # through this graph's own workspace (recorded at the first such step; shorter windows keep the
+        # one-block kernel, 0.2 us a layer faster there); deterministic mode's parts keep its bits
         attention = _kernels(dec.backend, exact)[1]
-        self.split = None if exact else attention.split_work(B, c.heads, c.head_dim)
+        max_keys = self.max_blocks * cache.block_size
+        self.split = attention.split_work(B, c.heads, c.head_dim, max_keys) if exact else \
+            attention.split_work(B, c.heads, c.head_dim)
         self.long_from = 2 * attention.SPLIT_KEYS if self.split is not None else None
         self._splitting = False                    # (which attention _operations() launches)
         self.long_graph = None
@@ -267,8 +269,9 @@ class PagedDecodeGraph:
         for i, L in enumerate(dec.layers):
             ops += self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias)
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
-            split = {"max_keys": self.max_blocks * cache.block_size} if self.exact else \
-                {"split": self.split if self._splitting else None}
+            split = {"split": self.split if self._splitting else None}
+            if self.exact:
+                split["max_keys"] = self.max_blocks * cache.block_size
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
                                dec.scale, c.eps, *extra, overlap=self.overlap, **split))

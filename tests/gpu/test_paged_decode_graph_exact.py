@@ -154,7 +154,8 @@ def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, thre
     array code's product does, up to EXACT_POSITIONS; past that the engine steps kernel by kernel
     (StepRunner.decode_graph). On either side of both limits the logits are the kernel-by-kernel steps'
     bits and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and
-    of THREADS (`threads` 256: many blocks' size). The cache's positions between the prompt and the
+    of THREADS (`threads` 256: many blocks' size), its windows cut over several blocks (decode_exact's
+    split kernel; one sequence's heads are too few blocks to fill the device). The cache's positions between the prompt and the
     steps hold random keys and values of spread magnitudes (a few of them zero), the same on every
     device."""
     from loom.backend.cuda import decode_exact
@@ -183,6 +184,8 @@ def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, thre
                 rows.append(host(run.run([Work(np.array([pos % 500]), pos, table, True)], [False])[0]))
                 counts.append(run.stats["graph_steps"])
             out.append(np.stack(rows))
+            if dec.graphs and dec.device == "cuda":         # one sequence of 4 heads: long windows split
+                assert run.graphs[1].long_graph is not None and run.graphs[1].split.splits > 1
             recorded = [1, 2, 3, 4] if limit < paged_graph.EXACT_POSITIONS else [1, 2, 2, 2]
             assert counts == (recorded if dec.graphs and dec.device == "cuda" else [0, 0, 0, 0])
     same_bits(out[0], out[1], "recorded steps vs kernel by kernel")

@@ -26,6 +26,7 @@ The probabilities stay in shared memory, sized by the graph for its cache (at mo
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -47,6 +48,8 @@ THREADS = 256
 FEW_THREADS = 512
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
+SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
+MAX_SPLITS = 16
 
 _SOURCE = r"""
 #define SLICES (THREADS / D)
@@ -154,24 +157,206 @@ __device__ void slice_weighted_values(const float* p_s, At v_at, long long n, in
     *out = __double2float_rn(r);
 }
 
+// A split window's workspace (split_work's arrays at its (sequence, head) block g): the group's
+// probabilities, each part's statistics (its largest score, its exponentials' integer sum and the sum of
+// their non-finite ones), each part's largest |v_d| (-1: a non-finite one) and its sums of p_j v_jd
+// (rounded: s and t; slices: g_hi and g_lo), and the counter of the group's arrivals (zero between launches).
+struct Parts {
+    float* p; double* stats; float* vtop; double* sums; unsigned* counter;
+};
+
+// Every part of the group (count of them, all resident: split_work keeps the grid within one block a
+// multiprocessor) waits here until all have arrived `round` times; what each wrote before is visible after.
+__device__ void group_barrier(unsigned* counter, unsigned target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1u);
+        while (*(volatile unsigned*)counter < target) __nanosleep(64);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// The rest of a part's work where a window of n keys is split: keys j0 .. j1 - 1 (scores in p_s[j - j0]).
+// The bits are the unsplit block's: the maxima are maxima; the exponentials' integers sit at the scale of
+// the largest, exp(+0) (the peak's own key; every other is at most that), so each part's integer sum is
+// exact and the parts add exactly; each probability's division is its own; p v's sums are either exact
+// integers (slices: the largest |p| is exp(+0) / total, division being monotonic) or a float64 sum that
+// the certification bounds whatever the order, the rest settled over all n pairs in key order, as the
+// unsplit block settles them. The last part to arrive adds the parts' sums in part order and rounds.
+template <class VAt>
+__device__ void split_softmax_values(float* p_s, VAt v_at, long long n, long long j0, long long j1, int count,
+                                     int index, const Parts& w, float* out, float (*top_s)[D], bool (*bad_s)[D],
+                                     double (*part_s)[D], double (*part_t)[D], float* red, Scratch& scratch) {
+    const long long m = j1 - j0;
+    const int d = threadIdx.x % D, slice = threadIdx.x / D;
+    constexpr int FLIGHT = 8;                   // loads in flight a thread
+    auto each_value = [&](auto f) {             // f(j - j0, v_jd) for j = j0 + slice, + SLICES, ...
+        long long j = slice;
+        for (; j + (FLIGHT - 1) * SLICES < m; j += FLIGHT * SLICES) {
+            float vv[FLIGHT];
+            #pragma unroll
+            for (int u = 0; u < FLIGHT; ++u) vv[u] = v_at(j0 + j + u * SLICES);
+            #pragma unroll
+            for (int u = 0; u < FLIGHT; ++u) f(j + u * SLICES, vv[u]);
+        }
+        for (; j < m; j += SLICES) f(j, v_at(j0 + j));
+    };
+    // 1. the part's largest score (and, for the slice scheme, its keys' largest |v_d|)
+    float peak = loom_neg_inf(0.0f);
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) peak = max_nan(peak, p_s[j]);
+    peak = block_max(peak, red);
+    if (n > ROUNDED_KEYS) {
+        float top = 0.0f;
+        bool bad = false;
+        each_value([&](long long, float vj) {
+            bad |= !isfinite(vj);
+            top = fmaxf(top, fabsf(vj));
+        });
+        top_s[slice][d] = top;
+        bad_s[slice][d] = bad;
+        __syncthreads();
+        if (slice == 0) {
+            for (int k = 1; k < SLICES; ++k) { top = fmaxf(top, top_s[k][d]); bad |= bad_s[k][d]; }
+            w.vtop[index * D + d] = bad ? -1.0f : top;
+        }
+    }
+    if (threadIdx.x == 0) w.stats[index * 3] = (double)peak;
+    group_barrier(w.counter, count);
+    // 2. the window's peak; the part's exponentials and their integer sum
+    peak = loom_neg_inf(0.0f);
+    for (int k = 0; k < count; ++k) peak = max_nan(peak, (float)__ldcg(w.stats + k * 3));
+    const float e_top = loom_exp(0.0f);
+    const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0), shift = nbits - loom_top_exponent(e_top);
+    double sum = 0.0, specials = 0.0;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) {
+        const float e = loom_exp(p_s[j] - peak);
+        p_s[j] = e;
+        if (isfinite(e)) sum += rint(ldexp((double)e, shift));
+        else specials += (double)e;
+    }
+    sum = block_reduce(sum, scratch.sums, 0.0, AddOp());
+    specials = block_reduce(specials, scratch.sums, 0.0, AddOp());
+    if (threadIdx.x == 0) { w.stats[index * 3 + 1] = sum; w.stats[index * 3 + 2] = specials; }
+    group_barrier(w.counter, 2 * count);
+    // 3. the total (exact.sum's rounding), the part's probabilities, its sums of p_j v_jd
+    sum = specials = 0.0;
+    for (int k = 0; k < count; ++k) { sum += __ldcg(w.stats + k * 3 + 1); specials += __ldcg(w.stats + k * 3 + 2); }
+    const float total = specials == 0.0 ? __double2float_rn(ldexp(sum, -shift)) : (float)specials;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) {
+        const float pj = p_s[j] / total;
+        p_s[j] = pj;
+        w.p[j0 + j] = pj;
+    }
+    __syncthreads();
+    // (slices) the row's largest |p| and whether one is non-finite; column d's largest |v| over the window
+    const bool row_bad = !isfinite(total);
+    const float a_top = e_top / total;
+    float top = 0.0f;
+    bool bad = false;
+    int ea = 0, eb = 0, bits_a = 0, bits_b = 0;
+    double s = 0.0, t = 0.0;
+    if (n <= ROUNDED_KEYS) {
+        each_value([&](long long j, float vj) {
+            const double q = __dmul_rn((double)p_s[j], (double)vj);
+            s = __dadd_rn(s, q);
+            t = __dadd_rn(t, fabs(q));
+        });
+    } else {
+        for (int k = 0; k < count; ++k) {
+            const float x = __ldcg(w.vtop + k * D + d);
+            bad |= x < 0.0f;
+            top = fmaxf(top, x);
+        }
+        const int log2k = 64 - __clzll(n - 1);
+        bits_b = min(24, 53 - log2k - 12);
+        bits_a = 53 - log2k - bits_b;
+        frexpf(a_top, &ea);
+        frexpf(top, &eb);
+        const double up_a = ldexp(1.0, bits_a - ea), up_b = ldexp(1.0, bits_b - eb);
+        const float lo_up = ldexpf(1.0f, bits_a);
+        if (!row_bad && !bad) {
+            each_value([&](long long j, float vj) {
+                const float x = (float)((double)p_s[j] * up_a);
+                const float hi = rintf(x), lo = rintf((x - hi) * lo_up);
+                const double vq = rint((double)vj * up_b);
+                s = __dadd_rn(s, __dmul_rn((double)hi, vq));
+                t = __dadd_rn(t, __dmul_rn((double)lo, vq));
+            });
+        }
+    }
+    part_s[slice][d] = s;
+    part_t[slice][d] = t;
+    __syncthreads();
+    if (slice == 0) {
+        for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
+        w.sums[(index * 2) * D + d] = s;
+        w.sums[(index * 2 + 1) * D + d] = t;
+    }
+    // 4. the last part to arrive: the parts' sums, then the rounding (or settling) of each ctx_d
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(w.counter, 1u) == 3u * count - 1u;
+        if (last) *w.counter = 0u;                  // every part has passed both barriers: none reads it again
+        __threadfence();
+    }
+    __syncthreads();
+    if (!last || slice != 0) return;
+    s = t = 0.0;
+    for (int k = 0; k < count; ++k) {
+        s = __dadd_rn(s, __ldcg(w.sums + (k * 2) * D + d));
+        t = __dadd_rn(t, __ldcg(w.sums + (k * 2 + 1) * D + d));
+    }
+    auto pair = [&](long long j, float* a, float* c) { *a = __ldcg(w.p + j); *c = v_at(j); };
+    if (n > ROUNDED_KEYS) {
+        if (row_bad || bad) { *out = loom_special_pairs(pair, n); return; }
+        const double r = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(t, ldexp(1.0, -bits_a)), s), ldexp(1.0, ea - bits_a)),
+                                   ldexp(1.0, eb - bits_b));
+        *out = __double2float_rn(r);
+        return;
+    }
+    const double factor = __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
+    float v;
+    if (!isfinite(t)) v = loom_special_pairs(pair, n);
+    else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
+    *out = v;
+}
+
+// (parts: split_work's workspace at this block's group, splits its parts a window may take, index this
+// block's; splits 1: one block a head)
 template <class Addr>
 __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values, float* out, const float* cos_t,
                                        const float* sin_t, const float* norm, long long pos, int b, int h, int H,
-                                       int KV, int window, float scale, float eps, int dbits, double dfactor) {
+                                       int KV, int window, float scale, float eps, int dbits, double dfactor,
+                                       Parts parts = Parts{}, int splits = 1, int index = 0) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D], tmp[D];
-    extern __shared__ float p_s[];              // n probabilities (the launch sizes it for the cache)
+    extern __shared__ float p_s[];              // the probabilities of the block's keys (the launch sizes it)
     __shared__ double part_s[SLICES][D], part_t[SLICES][D];
     __shared__ float top_s[SLICES][D];
     __shared__ bool bad_s[SLICES][D];
     __shared__ Scratch scratch;
     __shared__ float red[32];
     const int R = H / KV, kv = h / R;
+    const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
+    // a window of more than 2 SPLIT_KEYS keys, where splits allow, in parts of about SPLIT_KEYS or more
+    long long count = 1, j0 = 0, j1 = n;
+    if (splits > 1) {
+        count = n > 2 * SPLIT_KEYS ? min((long long)splits, (n + SPLIT_KEYS - 1) / SPLIT_KEYS) : 1;
+        const long long chunk = (n + count - 1) / count;
+        count = (n + chunk - 1) / chunk;        // every part non-empty
+        if (index >= count) return;
+        j0 = index * chunk;
+        j1 = min(n, j0 + chunk);
+    }
     // Before the wait (launch): the keys and values earlier steps cached are requested into L1
     // (the position is this step's input, written before the graph starts)
-    const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
-    for (long long line = threadIdx.x; line < (n - 1) * D / 32; line += blockDim.x) {
-        prefetch_l1(keys.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
-        prefetch_l1(values.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
+    const long long cached = min(j1, n - 1) - j0;
+    for (long long line = threadIdx.x; line < cached * D / 32; line += blockDim.x) {
+        prefetch_l1(keys.at(lo + j0 + line / (D / 32)) + 32 * (line % (D / 32)));
+        prefetch_l1(values.at(lo + j0 + line / (D / 32)) + 32 * (line % (D / 32)));
     }
     wait_for_previous_kernel();
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
@@ -181,11 +366,11 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     head_vector(x + (H + kv) * D, k_s, tmp, norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
     for (int d = threadIdx.x; d < D; d += blockDim.x) {
         v_s[d] = x[(H + KV + kv) * D + d];
-        if (h % R == 0) { keys.at(pos)[d] = k_s[d]; values.at(pos)[d] = x[(H + KV + kv) * D + d]; }
+        if (h % R == 0 && index == 0) { keys.at(pos)[d] = k_s[d]; values.at(pos)[d] = x[(H + KV + kv) * D + d]; }
     }
     __syncthreads();
     // scores, a thread per key (the new key from this block's copy), its row read as float4 all at once
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
+    for (long long j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
         double s = 0.0, t = 0.0;
         #pragma unroll
@@ -203,9 +388,16 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
         float v;
         if (!isfinite(t)) v = loom_special_pairs(pair, D);
         else if (!loom_finish_certified(s, t, dfactor, &v)) v = loom_settle_pairs(pair, D);
-        p_s[j] = v * scale;
+        p_s[j - j0] = v * scale;
     }
     __syncthreads();
+    const int d = threadIdx.x % D, slice = threadIdx.x / D;
+    auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
+    if (count > 1) {
+        split_softmax_values(p_s, v_at, n, j0, j1, (int)count, (int)index, parts, out + ((long long)b * H + h) * D + d,
+                             top_s, bad_s, part_s, part_t, red, scratch);
+        return;
+    }
     // ops.softmax over the n scores
     T peak = loom_neg_inf(0.0f);
     for (long long j = threadIdx.x; j < n; j += blockDim.x) peak = max_nan(peak, p_s[j]);
@@ -218,8 +410,6 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
     __syncthreads();
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
-    const int d = threadIdx.x % D, slice = threadIdx.x / D;
-    auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
     if (n > ROUNDED_KEYS) {
         slice_weighted_values(p_s, v_at, n, d, slice, top_s, bad_s, part_s, part_t, red,
                               out + ((long long)b * H + h) * D + d);
@@ -280,12 +470,32 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
                            Paged{cache_v, table, col, block_size, KV, kv},
                            out, cos_t, sin_t, norm, pos[b], b, h, H, KV, window, scale, eps, dbits, dfactor);
 }
+
+// ... with windows of more than 2 SPLIT_KEYS keys in up to `splits` parts, a block each: block
+// index * B H + g is part `index` of (sequence, head) g = b H + h; split_work's workspace p [B H, cap],
+// stats [B H, splits, 3], vtop [B H, splits, D], sums [B H, splits, 2, D], counters [B H]
+extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_attention_split(
+        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
+        const float* norm, const long long* pos, const long long* tables, long long row, long long col, int block_size,
+        int H, int KV, int window, float scale, float eps, int dbits, double dfactor, float* p, double* stats,
+        float* vtop, double* sums, unsigned* counters, int splits, long long cap) {
+    const int groups = gridDim.x / splits, g = blockIdx.x % groups, index = blockIdx.x / groups;
+    const int b = g / H, h = g % H, kv = h / (H / KV);
+    const long long* table = tables + (long long)b * row;
+    const Parts parts{p + g * cap, stats + (long long)g * splits * 3, vtop + (long long)g * splits * D,
+                      sums + (long long)g * splits * 2 * D, counters + g};
+    exact_decode_attention(qkv, Paged{cache_k, table, col, block_size, KV, kv},
+                           Paged{cache_v, table, col, block_size, KV, kv},
+                           out, cos_t, sin_t, norm, pos[b], b, h, H, KV, window, scale, eps, dbits, dfactor,
+                           parts, splits, index);
+}
 """
 
 
 @cache
 def _module(head_dim: int, threads: int):
-    head = f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
+    head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
+            f"#define SPLIT_KEYS {SPLIT_KEYS}\n")
     source = head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
@@ -334,18 +544,65 @@ def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array
             np.float64(factor)), overlap, shared=_shared(max_len))
 
 
+class SplitWork(NamedTuple):
+    """The workspace of paged_attention's split windows (see loom_exact_paged_decode_attention_split):
+    probabilities [blocks, cap], each part's statistics [blocks, splits, 3], largest |v| [blocks, splits, D]
+    and sums [blocks, splits, 2, D], and a counter per (sequence, head) block, zero between launches."""
+    splits: int
+    p: Array
+    stats: Array
+    vtop: Array
+    sums: Array
+    counters: Array
+
+
+def split_work(batch: int, heads: int, head_dim: int, max_keys: int, splits: int | None = None) -> SplitWork | None:
+    """The workspace for paged_attention over `batch` sequences of `heads` query heads and windows of at most
+    max_keys keys, None where the batch's heads are blocks enough to fill the device. splits: parts a long
+    window is cut into, by default as many as take the blocks to one a multiprocessor (up to MAX_SPLITS):
+    a group's parts wait for each other, so the whole grid must be resident at once. A launch uses it
+    alone: one per recorded graph (or stream)."""
+    blocks = batch * heads
+    sms = _multiprocessors(cupy.cuda.Device().id)
+    if splits is None:
+        splits = min(MAX_SPLITS, sms // blocks)
+    if splits <= 1:
+        return None
+    if blocks * splits > sms:
+        raise ValueError(f"split_work: {blocks} blocks in {splits} parts exceed the {sms} multiprocessors "
+                         "(a group's parts must all be resident)")
+    cap = max(1, min(max_keys, MAX_KEYS))
+    return SplitWork(splits, cupy.empty((blocks, cap), dtype=np.float32),
+                     cupy.empty((blocks, splits, 3), dtype=np.float64),
+                     cupy.empty((blocks, splits, head_dim), dtype=np.float32),
+                     cupy.empty((blocks, splits, 2, head_dim), dtype=np.float64), cupy.zeros(blocks, dtype=np.uint32))
+
+
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
-                    scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = MAX_KEYS) -> None:
+                    scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = MAX_KEYS,
+                    split: SplitWork | None = None) -> None:
     """decode.paged_attention's operation with deterministic mode's bits (out float32 only) for sequences
     at positions below max_keys (at most MAX_KEYS: the caller keeps longer ones off this kernel), which
-    sizes the probabilities' shared memory."""
+    sizes the probabilities' shared memory. split: split_work's workspace for these sizes, to cut windows
+    of more than 2 SPLIT_KEYS keys over several blocks, with the same bits (None: one block a head)."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
-    kernel, threads = _kernel("loom_exact_paged_decode_attention", D, B * heads)
-    launch(kernel, B * heads, threads,
-           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
+    args = (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
-            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor)), overlap,
-           shared=_shared(max_keys))
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor))
+    if split is None:
+        kernel, threads = _kernel("loom_exact_paged_decode_attention", D, B * heads)
+        launch(kernel, B * heads, threads, args, overlap, shared=_shared(max_keys))
+        return
+    splits, cap = split.splits, split.p.shape[1]
+    if split.p.shape[0] != B * heads or split.vtop.shape != (B * heads, splits, D) or cap < min(max_keys, MAX_KEYS):
+        raise ValueError(f"paged_attention: a split workspace for {split.p.shape[0]} blocks of {split.vtop.shape[2]} "
+                         f"and {cap} keys; these sizes take {B * heads}, {D} and {min(max_keys, MAX_KEYS)}")
+    kernel, threads = _kernel("loom_exact_paged_decode_attention_split", D, B * heads * splits)
+    # a block holds the probabilities of a part (or of a window too short to split)
+    part = max(2 * SPLIT_KEYS, -(-min(max_keys, MAX_KEYS) // splits))
+    launch(kernel, B * heads * splits, threads,
+           args + (split.p, split.stats, split.vtop, split.sums, split.counters, np.int32(splits), np.int64(cap)),
+           overlap, shared=_shared(part))

@@ -1,0 +1,147 @@
+"""Deterministic decode attention with long windows cut over several blocks (backend/cuda/decode_exact.py's
+split kernel) gives the one-block kernel's bits: on fresh random caches of spread magnitudes, on both
+sides of the split threshold (2 SPLIT_KEYS keys) and of the rounded scheme's keys (ROUNDED_KEYS: p v
+in the slice scheme past it), with sliding windows, qwen3's head norms, head sizes 64 and 128, any
+number of parts, blocks of either thread count; where inf and NaN reach the scores or the values; and
+where p v cancels so that the certification must be settled. The one-block kernel's own bits are the
+CPU's (test_paged_decode_graph_exact.py); the recorded steps that replay the split kernel are checked
+against the CPU there too."""
+
+import numpy as np
+import pytest
+
+from .cpu_gpu import host, same_bits
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import decode_exact  # noqa: E402  (imports cupy)
+from loom.kernels.exact import rounded as exact_rounded  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+BLOCK = 16
+
+
+class Case:
+    """B sequences at positions `positions` over a paged cache of random keys and values (each sequence
+    its own shuffled blocks), H query heads of KV key/value heads of size D."""
+
+    def __init__(self, positions, H=4, KV=2, D=64, seed=0, norm=False):
+        rng = np.random.default_rng(seed)
+        self.positions, self.H, self.KV, self.D = positions, H, KV, D
+        self.B = len(positions)
+        self.max_keys = -(-(max(positions) + 1) // BLOCK) * BLOCK
+        per = self.max_keys // BLOCK
+        order = rng.permutation(self.B * per)
+        self.tables = order.reshape(self.B, per).astype(np.int64)
+        slots = self.B * per * BLOCK
+        shape = (slots, KV, D)
+        self.k = (rng.standard_normal(shape) * np.exp2(rng.integers(-6, 2, shape))).astype(np.float32)
+        self.v = (rng.standard_normal(shape) * np.exp2(rng.integers(-12, 3, shape))).astype(np.float32)
+        self.v[rng.random(shape) < 0.01] = 0
+        self.qkv = rng.standard_normal((self.B, (H + 2 * KV) * D)).astype(np.float32)
+        angles = rng.uniform(-3, 3, (self.max_keys + 1, D))
+        self.cos, self.sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+        self.norm = (1 + 0.1 * rng.standard_normal((H + KV, D))).astype(np.float32) if norm else None
+
+    def slot(self, b, t):
+        return self.tables[b, t // BLOCK] * BLOCK + t % BLOCK
+
+    def run(self, split=None, window=None):
+        """(the attention's output, the caches after the step) on fresh device copies."""
+        d = cupy.asarray
+        k, v, out = d(self.k), d(self.v), cupy.full((self.B, self.H * self.D), np.nan, dtype=np.float32)
+        decode_exact.paged_attention(d(self.qkv), k, v, out, d(self.cos), d(self.sin),
+                                     None if self.norm is None else d(self.norm), d(np.array(self.positions)),
+                                     d(self.tables), BLOCK, self.H, window, 0.125, 1e-6,
+                                     exact_rounded.error_factor(self.D), max_keys=self.max_keys, split=split)
+        return host(out), host(k), host(v)
+
+    def work(self, splits):
+        return decode_exact.split_work(self.B, self.H, self.D, self.max_keys, splits)
+
+
+def _same(case, splits, window=None, what=""):
+    one, k1, v1 = case.run(window=window)
+    assert np.isfinite(one).any()
+    work = case.work(splits)
+    for _ in range(2):                    # twice: the counters are back to zero after a launch
+        got, k2, v2 = case.run(work, window)
+        same_bits(got, one, f"{what} split in {splits} vs one block a head")
+        same_bits(k2, k1, "keys written")
+        same_bits(v2, v1, "values written")
+    assert not host(work.counters).any()
+
+
+@pytest.mark.parametrize("positions", [[511, 512], [513, 700], [1500, 2047], [2048, 2049], [3000, 600],
+                                       [5000, 9000], [16383, 40]])
+def test_split_windows_give_the_one_block_bits(positions):
+    _same(Case(positions, seed=positions[0]), 16, what=str(positions))
+
+
+@pytest.mark.parametrize("splits, H, KV, D, norm", [(2, 4, 2, 64, False), (5, 8, 8, 64, True), (3, 6, 2, 128, False),
+                                                    (16, 2, 1, 128, True)])
+def test_any_parts_heads_and_norms(splits, H, KV, D, norm):
+    _same(Case([1200, 2600], H, KV, D, seed=splits, norm=norm), splits)
+
+
+@pytest.mark.parametrize("window", [600, 2047, 3000])
+def test_sliding_windows(window):
+    _same(Case([4000, 2100], seed=window), 8, window=window)
+
+
+def test_blocks_of_either_thread_count(monkeypatch):
+    case = Case([2500, 1000], seed=7)
+    one = case.run()[0]
+    for threads in (256, 512):
+        monkeypatch.setattr(decode_exact, "FEW_THREADS", threads)
+        monkeypatch.setattr(decode_exact, "THREADS", threads)
+        same_bits(case.run(case.work(10))[0], one, f"{threads} threads")
+
+
+@pytest.mark.parametrize("where", ["nan key", "inf key", "inf value", "nan value", "huge scores"])
+@pytest.mark.parametrize("positions", [[1000, 900], [2500, 3100]])
+def test_special_values(where, positions):
+    case = Case(positions, seed=len(where))
+    b, t = 0, positions[0] // 2
+    slot = case.slot(b, t)
+    if where == "nan key":
+        case.k[slot, 0, 3] = np.nan
+    elif where == "inf key":
+        case.k[slot, 1, 5] = np.inf
+    elif where == "inf value":
+        case.v[slot, 0, 7] = -np.inf
+    elif where == "nan value":
+        case.v[case.slot(1, positions[1] - 3), 1, 2] = np.nan
+    else:                                 # scores overflow to inf in both signs
+        case.k[:, 0, :] *= 2.0 ** 64
+        case.qkv[:, :case.D] *= 2.0 ** 64
+    one = case.run()[0]
+    assert where == "inf key" or not np.isfinite(one).all()
+    got = case.run(case.work(12))[0]
+    same_bits(got, one, where)
+
+
+def test_cancelling_sums_are_settled_as_one_block_settles_them():
+    """Every cached key of a head alike (equal scores, equal probabilities), the values alternating in sign
+    along the positions with every seventh nudged, the new value zero: p v cancels to about 2^-20 of its
+    terms, beyond the float64 certification, so the entries are settled, by the last part over all keys."""
+    case = Case([1800, 1101], seed=3)
+    case.k[:] = case.k[:1]
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(case.v.shape[1:]).astype(np.float32)
+    for b, pos in enumerate(case.positions):
+        for t in range(pos):
+            case.v[case.slot(b, t)] = base * np.float32((-1) ** t * (1 + 2.0 ** -20 * (t % 7 == 0)))
+    H, KV, D = case.H, case.KV, case.D
+    case.qkv[:, (H + KV) * D:] = 0
+    _same(case, 9, what="cancelling")
+
+
+def test_split_work_refuses_a_grid_past_the_multiprocessors():
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    assert decode_exact.split_work(1, sms, 64, 4096) is None           # enough blocks already
+    with pytest.raises(ValueError, match="multiprocessors"):
+        decode_exact.split_work(1, 8, 64, 4096, splits=sms)
+    case = Case([900])
+    with pytest.raises(ValueError, match="split workspace"):
+        case.run(decode_exact.split_work(2, case.H, case.D, case.max_keys, 2))
