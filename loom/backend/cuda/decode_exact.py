@@ -185,23 +185,29 @@ __device__ void group_barrier(unsigned* counter, unsigned target) {
 // integers (slices: the largest |p| is exp(+0) / total, division being monotonic) or a float64 sum that
 // the certification bounds whatever the order, the rest settled over all n pairs in key order, as the
 // unsplit block settles them. The last part to arrive adds the parts' sums in part order and rounds.
-template <class VAt>
-__device__ void split_softmax_values(float* p_s, VAt v_at, long long n, long long j0, long long j1, int count,
-                                     int index, const Parts& w, float* out, float (*top_s)[D], bool (*bad_s)[D],
-                                     double (*part_s)[D], double (*part_t)[D], float* red, Scratch& scratch) {
+// (values: the cache's values of keys lo + j before the last, v_new the last's; v_at(j) reads either)
+template <class Addr, class VAt>
+__device__ void split_softmax_values(float* p_s, const Addr values, long long lo, float v_new, VAt v_at, long long n,
+                                     long long j0, long long j1, int count, int index, const Parts& w, float* out,
+                                     float (*top_s)[D], bool (*bad_s)[D], double (*part_s)[D], double (*part_t)[D],
+                                     float* red, Scratch& scratch) {
     const long long m = j1 - j0;
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
-    constexpr int FLIGHT = 8;                   // loads in flight a thread
-    auto each_value = [&](auto f) {             // f(j - j0, v_jd) for j = j0 + slice, + SLICES, ...
-        long long j = slice;
-        for (; j + (FLIGHT - 1) * SLICES < m; j += FLIGHT * SLICES) {
+    // f(j - j0, v_jd) for this thread's keys j = j0 + slice, + SLICES, ...: the cached ones FLIGHT loads at a
+    // time (no branch between them, so that they are in flight together), then the new one
+    constexpr int FLIGHT = 8;
+    const long long cached_end = min(j1, n - 1);
+    auto each_value = [=](auto f) {
+        long long j = j0 + slice;
+        for (; j + (FLIGHT - 1) * SLICES < cached_end; j += FLIGHT * SLICES) {
             float vv[FLIGHT];
             #pragma unroll
-            for (int u = 0; u < FLIGHT; ++u) vv[u] = v_at(j0 + j + u * SLICES);
+            for (int u = 0; u < FLIGHT; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
             #pragma unroll
-            for (int u = 0; u < FLIGHT; ++u) f(j + u * SLICES, vv[u]);
+            for (int u = 0; u < FLIGHT; ++u) f(j - j0 + u * SLICES, vv[u]);
         }
-        for (; j < m; j += SLICES) f(j, v_at(j0 + j));
+        for (; j < cached_end; j += SLICES) f(j - j0, __ldg(values.at(lo + j) + d));
+        if (j == n - 1 && j1 == n) f(j - j0, v_new);
     };
     // 1. the part's largest score (and, for the slice scheme, its keys' largest |v_d|)
     float peak = loom_neg_inf(0.0f);
@@ -394,8 +400,8 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
     auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
     if (count > 1) {
-        split_softmax_values(p_s, v_at, n, j0, j1, (int)count, (int)index, parts, out + ((long long)b * H + h) * D + d,
-                             top_s, bad_s, part_s, part_t, red, scratch);
+        split_softmax_values(p_s, values, lo, v_s[d], v_at, n, j0, j1, (int)count, (int)index, parts,
+                             out + ((long long)b * H + h) * D + d, top_s, bad_s, part_s, part_t, red, scratch);
         return;
     }
     // ops.softmax over the n scores
@@ -425,11 +431,11 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     for (; j + 3 * SLICES < n - 1; j += 4 * SLICES) {
         float vv[4];
         #pragma unroll
-        for (int u = 0; u < 4; ++u) vv[u] = values.at(lo + j + u * SLICES)[d];
+        for (int u = 0; u < 4; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
         #pragma unroll
         for (int u = 0; u < 4; ++u) add(p_s[j + u * SLICES], vv[u]);
     }
-    for (; j < n - 1; j += SLICES) add(p_s[j], values.at(lo + j)[d]);
+    for (; j < n - 1; j += SLICES) add(p_s[j], __ldg(values.at(lo + j) + d));
     if (slice == 0) add(p_s[n - 1], v_s[d]);
     part_s[slice][d] = s;
     part_t[slice][d] = t;
