@@ -3,16 +3,21 @@ SmolLM2-135M's heads (9 query heads, 3 key/value heads, head_dim 64) and blocks 
 scattered through the pool; microseconds per launch, replayed from a CUDA graph of 30 launches (10
 replays). First 64 sequences at 80, 300 and 1,000 keys with each number of warps a block; then
 batches of 1 to 64 sequences at 128 to 8,192 keys, each head in one block against windows cut over
-several (split_work's default parts).
+several (split_work's default parts). With --deterministic: deterministic mode's kernel
+(loom/backend/cuda/decode_exact.paged_attention, the same bits whatever the split) beside fast mode's,
+both one block a head and split, at batches of 1 to 16 sequences.
 
-    PYTHONPATH=. python benchmarks/paged_attention.py
+    PYTHONPATH=. python benchmarks/paged_attention.py [--deterministic]
 """
 from __future__ import annotations
+
+import argparse
 
 import cupy as cp
 import numpy as np
 
-from loom.backend.cuda import decode
+from loom.backend.cuda import decode, decode_exact
+from loom.kernels.exact import rounded as exact_rounded
 
 B, H, KV, D, BS = 64, 9, 3, 64, 16
 
@@ -54,8 +59,33 @@ def microseconds(launch) -> float:
     return cp.cuda.get_elapsed_time(start, end) * 1e3 / 300
 
 
+def deterministic_rows(rng) -> None:
+    """Deterministic mode's kernel against fast mode's, each one block a head and split."""
+    print("\n| sequences | keys | det. one block (us) | det. split (us) | fast one block (us) | fast split (us) | det/fast split |")
+    print("|---|---|---|---|---|---|---|")
+    factor = exact_rounded.error_factor(D)
+    for batch in (1, 4, 16):
+        for keys in (300, 1000, 3000, 8192):
+            qkv, ck, cv, cos, sin, pos, tables = case(rng, keys, batch)
+            out = cp.empty((batch, H * D), dtype=np.float32)
+            max_keys = tables.shape[1] * BS
+            exact_split = decode_exact.split_work(batch, H, D, max_keys)
+            fast_split = decode.split_work(batch, H, D)
+            args = (qkv, ck, cv, out, cos, sin, None, pos, tables, BS, H, None, D ** -0.5, 1e-6)
+            times = [microseconds(lambda s=s: decode_exact.paged_attention(*args, factor, max_keys=max_keys, split=s))
+                     for s in (None, exact_split)]
+            times += [microseconds(lambda s=s: decode.paged_attention(*args, split=s)) for s in (None, fast_split)]
+            print(f"| {batch} | {keys} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {times[3] / times[1]:.2f} |")
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--deterministic", action="store_true", help="deterministic mode's kernel beside fast mode's")
+    args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.deterministic:
+        deterministic_rows(rng)
+        return
     print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, {B} sequences x {H} heads, head_dim {D}")
     print("| keys | " + " | ".join(f"{w} warps (us)" for w in (2, 4, 8)) + f" | default ({decode.batch_warps(B * H, D)}) |")
     print("|---|---|---|---|---|")
