@@ -61,7 +61,8 @@ def microseconds(launch) -> float:
 
 def deterministic_rows(rng) -> None:
     """Deterministic mode's kernel against fast mode's, each one block a head and split."""
-    print("\n| sequences | keys | det. one block (us) | det. split (us) | fast one block (us) | fast split (us) | det/fast split |")
+    print("\n| sequences | keys | det. one block (us) | det. split (us) | fast one block (us) | fast split (us) "
+          "| det/fast split |")
     print("|---|---|---|---|---|---|---|")
     factor = exact_rounded.error_factor(D)
     for batch in (1, 4, 16):
