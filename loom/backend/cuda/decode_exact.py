@@ -21,6 +21,11 @@ Q/K/V product, each operation with its bits:
    two integer sums exact in float64 whatever their order, combined and rounded once as the reference
    does). Rows or columns holding inf or NaN take IEEE's special value in both (exact's guard).
 The probabilities stay in shared memory, sized by the graph for its cache (at most MAX_KEYS floats).
+Where a batch's heads are too few blocks to fill the device, the paged kernel's split form cuts a long
+window over several blocks with the same bits (see split_softmax_values): a head's parts wait for each
+other at two barriers, so its grid (one block a multiprocessor at most: split_work) must be resident at
+once, which holds for one launch at a time on the device (not beside another such launch on a
+concurrent stream, which could hold the multiprocessors its parts need).
 `CUDABackend.decode.attention_exact` is this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
