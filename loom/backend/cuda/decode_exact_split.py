@@ -1,0 +1,192 @@
+"""The device code of deterministic decode attention's split form (decode_exact's
+loom_exact_paged_decode_attention_split, which includes it): a long window cut over several blocks, a
+part each, with the one-block kernel's bits.
+
+Where a batch's (sequence, head) blocks are fewer than the multiprocessors, one block walking all of a
+head's keys is what the step waits for. The parts of a head meet at two group barriers (a counter
+per head, one thread of each block spinning on it): every part of the grid must be resident at once,
+which decode_exact.split_work ensures by keeping the grid within one block a multiprocessor. Why the
+bits are the one-block kernel's is split_softmax_values' comment: the maxima are maxima, the sums of
+exponentials and of the slice scheme's products are exact integers, and the rounded scheme's float64
+sums are certified whatever their order, the rest settled over all keys in key order.
+
+A source fragment, compiled inside decode_exact's module (it uses that module's D, THREADS, SLICES,
+ROUNDED_KEYS and the exact helpers before it).
+"""
+
+SPLIT_SOURCE = r"""
+// A split window's workspace (split_work's arrays at its (sequence, head) block g): the group's
+// probabilities, each part's statistics (its largest score, its exponentials' integer sum and the sum of
+// their non-finite ones), each part's largest |v_d| (-1: a non-finite one) and its sums of p_j v_jd
+// (rounded: s and t; slices: g_hi and g_lo), and the counter of the group's arrivals (zero between launches).
+struct Parts {
+    float* p; double* stats; float* vtop; double* sums; unsigned* counter;
+};
+
+// Every part of the group (count of them, all resident: split_work keeps the grid within one block a
+// multiprocessor) waits here until all have arrived `round` times; what each wrote before is visible after.
+__device__ void group_barrier(unsigned* counter, unsigned target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        atomicAdd(counter, 1u);
+        while (*(volatile unsigned*)counter < target) __nanosleep(64);
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+// The rest of a part's work where a window of n keys is split: keys j0 .. j1 - 1 (scores in p_s[j - j0]).
+// The bits are the unsplit block's: the maxima are maxima; the exponentials' integers sit at the scale of
+// the largest, exp(+0) (the peak's own key; every other is at most that), so each part's integer sum is
+// exact and the parts add exactly; each probability's division is its own; p v's sums are either exact
+// integers (slices: the largest |p| is exp(+0) / total, division being monotonic) or a float64 sum that
+// the certification bounds whatever the order, the rest settled over all n pairs in key order, as the
+// unsplit block settles them. The last part to arrive adds the parts' sums in part order and rounds.
+// (values: the cache's values of keys lo + j before the last, v_new the last's; v_at(j) reads either)
+template <class Addr, class VAt>
+__device__ void split_softmax_values(float* p_s, const Addr values, long long lo, float v_new, VAt v_at, long long n,
+                                     long long j0, long long j1, int count, int index, const Parts& w, float* out,
+                                     float (*top_s)[D], bool (*bad_s)[D], double (*part_s)[D], double (*part_t)[D],
+                                     float* red, Scratch& scratch) {
+    const long long m = j1 - j0;
+    const int d = threadIdx.x % D, slice = threadIdx.x / D;
+    // f(j - j0, v_jd) for this thread's keys j = j0 + slice, + SLICES, ...: the cached ones FLIGHT loads at a
+    // time (no branch between them, so that they are in flight together), then the new one
+    constexpr int FLIGHT = 8;
+    const long long cached_end = min(j1, n - 1);
+    auto each_value = [=](auto f) {
+        long long j = j0 + slice;
+        for (; j + (FLIGHT - 1) * SLICES < cached_end; j += FLIGHT * SLICES) {
+            float vv[FLIGHT];
+            #pragma unroll
+            for (int u = 0; u < FLIGHT; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
+            #pragma unroll
+            for (int u = 0; u < FLIGHT; ++u) f(j - j0 + u * SLICES, vv[u]);
+        }
+        for (; j < cached_end; j += SLICES) f(j - j0, __ldg(values.at(lo + j) + d));
+        if (j == n - 1 && j1 == n) f(j - j0, v_new);
+    };
+    // 1. the part's largest score (and, for the slice scheme, its keys' largest |v_d|)
+    float peak = loom_neg_inf(0.0f);
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) peak = max_nan(peak, p_s[j]);
+    peak = block_max(peak, red);
+    if (n > ROUNDED_KEYS) {
+        float top = 0.0f;
+        bool bad = false;
+        each_value([&](long long, float vj) {
+            bad |= !isfinite(vj);
+            top = fmaxf(top, fabsf(vj));
+        });
+        top_s[slice][d] = top;
+        bad_s[slice][d] = bad;
+        __syncthreads();
+        if (slice == 0) {
+            for (int k = 1; k < SLICES; ++k) { top = fmaxf(top, top_s[k][d]); bad |= bad_s[k][d]; }
+            w.vtop[index * D + d] = bad ? -1.0f : top;
+        }
+    }
+    if (threadIdx.x == 0) w.stats[index * 3] = (double)peak;
+    group_barrier(w.counter, count);
+    // 2. the window's peak; the part's exponentials and their integer sum
+    peak = loom_neg_inf(0.0f);
+    for (int k = 0; k < count; ++k) peak = max_nan(peak, (float)__ldcg(w.stats + k * 3));
+    const float e_top = loom_exp(0.0f);
+    const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0), shift = nbits - loom_top_exponent(e_top);
+    double sum = 0.0, specials = 0.0;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) {
+        const float e = loom_exp(p_s[j] - peak);
+        p_s[j] = e;
+        if (isfinite(e)) sum += rint(ldexp((double)e, shift));
+        else specials += (double)e;
+    }
+    sum = block_reduce(sum, scratch.sums, 0.0, AddOp());
+    specials = block_reduce(specials, scratch.sums, 0.0, AddOp());
+    if (threadIdx.x == 0) { w.stats[index * 3 + 1] = sum; w.stats[index * 3 + 2] = specials; }
+    group_barrier(w.counter, 2 * count);
+    // 3. the total (exact.sum's rounding), the part's probabilities, its sums of p_j v_jd
+    sum = specials = 0.0;
+    for (int k = 0; k < count; ++k) { sum += __ldcg(w.stats + k * 3 + 1); specials += __ldcg(w.stats + k * 3 + 2); }
+    const float total = specials == 0.0 ? __double2float_rn(ldexp(sum, -shift)) : (float)specials;
+    for (long long j = threadIdx.x; j < m; j += blockDim.x) {
+        const float pj = p_s[j] / total;
+        p_s[j] = pj;
+        w.p[j0 + j] = pj;
+    }
+    __syncthreads();
+    // (slices) the row's largest |p| and whether one is non-finite; column d's largest |v| over the window
+    const bool row_bad = !isfinite(total);
+    const float a_top = e_top / total;
+    float top = 0.0f;
+    bool bad = false;
+    int ea = 0, eb = 0, bits_a = 0, bits_b = 0;
+    double s = 0.0, t = 0.0;
+    if (n <= ROUNDED_KEYS) {
+        each_value([&](long long j, float vj) {
+            const double q = __dmul_rn((double)p_s[j], (double)vj);
+            s = __dadd_rn(s, q);
+            t = __dadd_rn(t, fabs(q));
+        });
+    } else {
+        for (int k = 0; k < count; ++k) {
+            const float x = __ldcg(w.vtop + k * D + d);
+            bad |= x < 0.0f;
+            top = fmaxf(top, x);
+        }
+        const int log2k = 64 - __clzll(n - 1);
+        bits_b = min(24, 53 - log2k - 12);
+        bits_a = 53 - log2k - bits_b;
+        frexpf(a_top, &ea);
+        frexpf(top, &eb);
+        const double up_a = ldexp(1.0, bits_a - ea), up_b = ldexp(1.0, bits_b - eb);
+        const float lo_up = ldexpf(1.0f, bits_a);
+        if (!row_bad && !bad) {
+            each_value([&](long long j, float vj) {
+                const float x = (float)((double)p_s[j] * up_a);
+                const float hi = rintf(x), lo = rintf((x - hi) * lo_up);
+                const double vq = rint((double)vj * up_b);
+                s = __dadd_rn(s, __dmul_rn((double)hi, vq));
+                t = __dadd_rn(t, __dmul_rn((double)lo, vq));
+            });
+        }
+    }
+    part_s[slice][d] = s;
+    part_t[slice][d] = t;
+    __syncthreads();
+    if (slice == 0) {
+        for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
+        w.sums[(index * 2) * D + d] = s;
+        w.sums[(index * 2 + 1) * D + d] = t;
+    }
+    // 4. the last part to arrive: the parts' sums, then the rounding (or settling) of each ctx_d
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence();
+        last = atomicAdd(w.counter, 1u) == 3u * count - 1u;
+        if (last) *w.counter = 0u;                  // every part has passed both barriers: none reads it again
+        __threadfence();
+    }
+    __syncthreads();
+    if (!last || slice != 0) return;
+    s = t = 0.0;
+    for (int k = 0; k < count; ++k) {
+        s = __dadd_rn(s, __ldcg(w.sums + (k * 2) * D + d));
+        t = __dadd_rn(t, __ldcg(w.sums + (k * 2 + 1) * D + d));
+    }
+    auto pair = [&](long long j, float* a, float* c) { *a = __ldcg(w.p + j); *c = v_at(j); };
+    if (n > ROUNDED_KEYS) {
+        if (row_bad || bad) { *out = loom_special_pairs(pair, n); return; }
+        const double r = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(t, ldexp(1.0, -bits_a)), s), ldexp(1.0, ea - bits_a)),
+                                   ldexp(1.0, eb - bits_b));
+        *out = __double2float_rn(r);
+        return;
+    }
+    const double factor = __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
+    float v;
+    if (!isfinite(t)) v = loom_special_pairs(pair, n);
+    else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
+    *out = v;
+}
+
+"""
