@@ -22,6 +22,7 @@ TIERS = {
     "test_llm_cuda.py": "gpu_llm",
     "test_paged_decode_graph.py": "gpu_llm",
     "test_paged_decode_graph_exact.py": "gpu_llm",
+    "test_exact_decode_split.py": "gpu_llm",
     "test_sliced_gemv_gpu.py": "gpu_llm",
     "test_exact_tiles_gpu.py": "gpu_llm",
     "test_paged_prefill_graph.py": "gpu_llm",
