@@ -12,7 +12,10 @@ fingerprint() and combined()) for each of:
 - tiny Llama-family decoders (a llama with grouped-query attention, a qwen3 with q/k norms and tied
   embeddings): the logits of a fixed id sequence, the logits of a prefill and cached decode steps,
   and ids generated greedily and by sampling;
-- a tiny BERT encoder: the mean-pooled embeddings (raw and normalized) of a padded batch of ids.
+- a tiny BERT encoder: the mean-pooled embeddings (raw and normalized) of a padded batch of ids;
+- sampling's rules (loom.llm.generate): the tokens top-k, top-p and min-p keep and 64 draws, from fixed
+  logits over a vocabulary past 2^17, at a top-p cut where spec 3's integer masses and spec 2's float64
+  running sum part.
 Every input and weight comes from loom.rng (or the bundled digits), so it is the same on every
 machine; only the arithmetic under test can change a fingerprint.
 
@@ -20,8 +23,8 @@ tests/golden/spec{SPEC}.json stores the CPU's fingerprints; tests/test_spec.py c
 CPU and tests/gpu/test_spec_cuda.py on the GPU. Changing any of those bits is a deliberate spec
 bump: SPEC + 1, a new golden file, a CHANGELOG note (docs/determinism.md, "Spec stability").
 
-    python -m loom.spec --write tests/golden/spec2.json      # (re)generate the golden file
-    python -m loom.spec --check tests/golden/spec2.json      # list the changed names, exit 1 if any
+    python -m loom.spec --write tests/golden/spec3.json      # (re)generate the golden file
+    python -m loom.spec --check tests/golden/spec3.json      # list the changed names, exit 1 if any
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ if TYPE_CHECKING:
     from .llm.encoder import Encoder
     from .llm.model import CausalLM
 
-SPEC = 2
+SPEC = 3
 DEMO_STEPS = 20            # loom verify's demo run, shortened so the CPU test stays quick
 TRAIN_STEPS = 3
 TRAIN_OPTIMIZERS = {"sgd": {"type": "sgd", "lr": 0.05, "momentum": 0.9},
@@ -68,6 +71,32 @@ ENCODER = {"model_type": "bert", "vocab_size": 64, "hidden_size": 32, "num_hidde
            "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12}
 
 
+# --- sampling -----------------------------------------------------------------------------------------
+
+SAMPLING_VOCAB = (1 << 17) + 3          # masses of 2^-35: coarser than float32's spacing of small probabilities
+SAMPLING_TOP_P = 0.9984434649829754     # a cut where the masses' sum and a float64 running sum part (spec 2 -> 3)
+
+
+def _sampling_checks() -> dict[str, str]:
+    """The tokens each setting keeps, and 64 draws, from fixed logits (host arrays: sampling runs on the
+    host for every device)."""
+    from .llm import generate as gen
+    logits = _random("sampling", (SAMPLING_VOCAB,), 3.0)
+    seen = np.zeros(SAMPLING_VOCAB, dtype=bool)
+    seen[::97] = True
+    settings = {"top-p": gen.Sampling(temperature=1.0, top_p=SAMPLING_TOP_P, seed=11),
+                "top-k top-p min-p penalty": gen.Sampling(temperature=0.7, top_k=500, top_p=0.9, min_p=0.01,
+                                                          repetition_penalty=1.3, seed=12)}
+    out = {}
+    for name, s in settings.items():
+        penalized = gen.repetition_penalty(logits, seen, s.repetition_penalty)
+        scaled = (penalized / np.float32(s.temperature)).astype(np.float32)
+        out[f"sampling{SEP}{name} kept"] = fingerprint(gen.keep_mask(scaled, s).astype(np.uint8))
+        draws = [gen.choose(logits, seen, s, step) for step in range(64)]
+        out[f"sampling{SEP}{name} draws"] = fingerprint(np.asarray(draws, dtype=np.int64))
+    return out
+
+
 # --- all checks -------------------------------------------------------------------------------------
 
 def fingerprints(device: str = "cpu") -> dict[str, str]:
@@ -86,6 +115,7 @@ def fingerprints(device: str = "cpu") -> dict[str, str]:
         for arch in DECODERS:
             verify.guarded(out, f"llm {arch}{SEP}logits", lambda arch=arch: _decoder_checks(device, arch))
         verify.guarded(out, f"encoder bert{SEP}embeddings", lambda: _encoder_checks(device))
+        verify.guarded(out, f"sampling{SEP}top-p kept", _sampling_checks)
     return out
 
 

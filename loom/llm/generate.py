@@ -11,8 +11,16 @@ Each step turns the last position's logits into one token, in transformers' orde
    (drop tokens with probability < min_p x the largest probability);
 4. draw by inverse CDF over the kept tokens in id order, with the uniform number u of loom.rng's
    Philox stream "loom.llm.sample" at counter = step. Softmax goes through loom.kernels.ops (exact
-   and backend-independent in deterministic mode) and the CDF is a float64 running sum on the host,
-   so a seed gives the same tokens on every machine and device whenever the logits agree.
+   and backend-independent in deterministic mode), so a seed gives the same tokens on every machine
+   and device whenever the logits agree.
+
+The cumulative sums of steps 3 (top-p) and 4 add integers, not floats (determinism spec 3): each
+probability p is its mass, rint(p 2^B) with B = 53 - ceil(log2 V) for a vocabulary of V tokens, so every
+partial sum is an integer of at most 2^53, exact in int64 and float64 whatever the order of the additions. A
+device can therefore find the cut and the token with parallel sums and get the host's answer (a float64
+running sum's bits depend on its order). The draw takes the first token whose cumulative mass exceeds
+floor(u x total) (at most total - 1); a token of probability below 2^-(B+1) has no mass and is never
+drawn (2^-36 at a 152k vocabulary).
 
 A constraint (Constraint below: loom.llm.token_mask.JsonConstraint for JSON output) narrows step 1's
 logits first: tokens it does not allow are dropped, exactly (greedy takes the argmax of the allowed
@@ -109,11 +117,12 @@ def keep_mask(logits: np.ndarray, s: Sampling, allowed: np.ndarray | None = None
         kth = np.partition(candidates, candidates.size - s.top_k)[candidates.size - s.top_k]
         keep &= logits >= kth
     if s.top_p < 1.0:
-        probs = _softmax(logits, keep)
-        ascending = np.sort(probs)          # values only: no sort order of equal values to depend on
-        dropped = min(int(np.count_nonzero(np.cumsum(ascending.astype(np.float64)) <= 1.0 - s.top_p)),
-                      probs.size - 1)       # the most likely token always stays
-        keep &= probs >= ascending[dropped]                              # ties at the cut are kept
+        mass, bits = masses(_softmax(logits, keep))
+        ascending = np.sort(mass)           # values only: no sort order of equal values to depend on
+        cut = math.floor(math.ldexp(1.0 - s.top_p, bits))
+        dropped = min(int(np.count_nonzero(np.cumsum(ascending) <= cut)),
+                      mass.size - 1)        # the most likely token always stays
+        keep &= mass >= ascending[dropped]                               # ties at the cut are kept
     if s.min_p > 0.0:
         probs = _softmax(logits, keep)
         keep &= probs >= np.float32(s.min_p) * probs.max()
@@ -124,6 +133,13 @@ def _softmax(logits, keep):
     return np.asarray(ops.softmax(logits, axis=-1, mask=keep))
 
 
+def masses(probs: np.ndarray) -> tuple[np.ndarray, int]:
+    """(int64 masses, B): each probability of `probs` (float32 [V], each at most 1) as rint(p 2^B), to
+    nearest with ties to even, B = 53 - ceil(log2 V): the masses' sums stay at most 2^53, exact in any order."""
+    bits = 53 - max(0, (probs.size - 1).bit_length())
+    return np.rint(np.ldexp(probs.astype(np.float64), bits)).astype(np.int64), bits
+
+
 def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int, allowed: np.ndarray | None = None) -> int:
     """The token for one step from float32 logits [V] (host array); `allowed` (bool [V], at least one
     True) restricts it to those tokens."""
@@ -132,12 +148,18 @@ def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int, allowed
         return int(np.argmax(logits if allowed is None else np.where(allowed, logits, -np.inf)))
     scaled = (logits / np.float32(s.temperature)).astype(np.float32)
     keep = keep_mask(scaled, s, allowed)
-    cdf = np.cumsum(_softmax(scaled, keep).astype(np.float64))
     u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
-    token = int(np.searchsorted(cdf, u * cdf[-1], side="right"))        # cdf rises at the token: p > 0
-    if token == logits.size:            # u * total rounded up to the total: the last token with p > 0
-        token = int(np.flatnonzero(keep)[-1])
-    return token
+    return draw(masses(_softmax(scaled, keep))[0], u)
+
+
+def draw(mass: np.ndarray, u: float) -> int:
+    """The inverse-CDF draw from int64 masses [V] (some positive) for u in [0, 1): the first token whose
+    cumulative mass exceeds floor(u x total), at most total - 1 (u x total, rounded in float64, may reach
+    the total). The cumulative masses rise only at tokens of positive mass, so no other is drawn."""
+    cumulative = np.cumsum(mass)
+    total = int(cumulative[-1])
+    target = min(math.floor(u * total), total - 1)
+    return int(np.searchsorted(cumulative, target, side="right"))
 
 
 @functools.lru_cache(maxsize=64)
@@ -275,6 +297,6 @@ def check_stop_ids(stop_ids: Iterable[int], vocab_size: int) -> tuple[int, ...]:
     return tuple(int(i) for i in items)
 
 
-__all__ = ["Sampling", "Constraint", "check_constraint", "choose", "keep_mask", "repetition_penalty", "fit_prompt",
-           "stream_text",
+__all__ = ["Sampling", "Constraint", "check_constraint", "choose", "draw", "keep_mask", "masses", "repetition_penalty",
+           "fit_prompt", "stream_text",
            "check_stop", "check_stop_ids", "SAMPLE_STREAM", "TextStream"]

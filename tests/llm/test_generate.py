@@ -134,6 +134,53 @@ def test_draws_agree_between_modes():
     assert len(set(fast)) > 20
 
 
+def test_masses_are_exact_integers_whose_sums_cannot_overflow():
+    rng = np.random.default_rng(5)
+    for v in (1, 2, 3, 1000, (1 << 17) + 3):
+        probs = rng.dirichlet(np.full(v, 0.3)).astype(np.float32) if v > 1 else np.ones(1, np.float32)
+        mass, bits = gen.masses(probs)
+        assert bits == 53 - (v - 1).bit_length() and mass.dtype == np.int64
+        assert mass.max() <= 1 << bits and int(mass.sum()) <= 1 << 53      # every partial sum exact
+        assert np.array_equal(mass, [round(float(p) * 2 ** bits) for p in probs])   # nearest, ties to even
+    half = np.array([2.0 ** -52, 3 * 2.0 ** -52, 1.0], dtype=np.float32)  # bits 51: 0.5 and 1.5 mass units
+    assert gen.masses(half)[0].tolist() == [0, 2, 1 << 51]
+
+
+def test_the_draw_is_the_first_token_past_u_times_the_total_in_any_order_of_the_sums():
+    mass = np.array([0, 3, 0, 5, 1, 0], dtype=np.int64)              # cumulative 0 3 3 8 9 9
+    assert [gen.draw(mass, u) for u in (0.0, 0.3, 0.33, 1 / 3, 0.85, 0.9, 1 - 2 ** -53)] == [1, 1, 1, 3, 3, 4, 4]
+    assert gen.draw(np.array([0, 0, 7], dtype=np.int64), 0.0) == 2     # zero masses are never drawn
+    rng = np.random.default_rng(8)
+    for _ in range(200):                                                # against Python's integers, added backwards
+        mass = rng.integers(0, 1 << 40, 50) * (rng.random(50) < 0.7)
+        if not mass.any():
+            continue
+        u = float(rng.random())
+        total = sum(int(m) for m in reversed(mass))
+        target = min(int(u * total), total - 1)
+        first = next(i for i in range(50) if sum(int(m) for m in mass[:i + 1]) > target)
+        assert gen.draw(mass, u) == first
+
+
+def test_the_top_p_cut_adds_masses_not_floats():
+    """At loom.spec's SAMPLING_TOP_P the masses' cut keeps three tokens that a float64 running sum over the
+    sorted probabilities (spec 2's rule) drops: the reason for spec 3, pinned by its golden checks."""
+    import math
+
+    from loom import spec
+    with loom.deterministic(True):
+        logits = spec._random("sampling", (spec.SAMPLING_VOCAB,), 3.0)
+        keep = gen.keep_mask(logits, gen.Sampling(temperature=1.0, top_p=spec.SAMPLING_TOP_P))
+        probs = gen._softmax(logits, np.ones(logits.size, dtype=bool))
+    ascending = np.sort(probs)
+    dropped = int(np.count_nonzero(np.cumsum(ascending.astype(np.float64)) <= 1.0 - spec.SAMPLING_TOP_P))
+    spec2 = probs >= ascending[dropped]
+    assert keep.sum() - spec2.sum() == 3 and np.all(keep >= spec2)
+    mass, bits = gen.masses(probs)
+    cut = math.floor(math.ldexp(1.0 - spec.SAMPLING_TOP_P, bits))
+    assert int(np.sort(mass)[:np.count_nonzero(~keep)].sum()) <= cut            # what it drops fits the cut
+
+
 def _within(freq, expected, n=20000):
     sigma = np.sqrt(np.maximum(expected * (1 - expected), 1e-12) / n)
     return np.all(np.abs(freq - expected) <= 5 * sigma + 1e-12)

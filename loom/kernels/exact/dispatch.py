@@ -10,7 +10,7 @@ kernel may run on other hardware (the GPU's int8 tensor cores, compiled CPU loop
 a scheme, where the bits are the scheme's.
 
 docs/determinism.md quotes this table (`describe()` prints it); `loom.DETERMINISM_SPEC` names the
-version of these rules (loom/spec.py), and tests/golden/spec2.json pins their bits.
+version of these rules (loom/spec.py), and tests/golden/spec3.json pins their bits.
 """
 from __future__ import annotations
 
