@@ -19,8 +19,9 @@ probability p is its mass, rint(p 2^B) with B = 53 - ceil(log2 V) for a vocabula
 partial sum is an integer of at most 2^53, exact in int64 and float64 whatever the order of the additions. A
 device can therefore find the cut and the token with parallel sums and get the host's answer (a float64
 running sum's bits depend on its order). The draw takes the first token whose cumulative mass exceeds
-floor(u x total) (at most total - 1); a token of probability below 2^-(B+1) has no mass and is never
-drawn (2^-36 at a 152k vocabulary).
+floor(u x total) (at most total - 1), u x total rounded in float64; a token of probability at most
+2^-(B+1) has no mass and is never drawn (2^-36 at a 152k vocabulary). Where the kept probabilities are
+not all finite or none has mass, the greedy token is taken (`choose`).
 
 A constraint (Constraint below: loom.llm.token_mask.JsonConstraint for JSON output) narrows step 1's
 logits first: tokens it does not allow are dropped, exactly (greedy takes the argmax of the allowed
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
     from .tokenizer import Tokenizer
 
 SAMPLE_STREAM = "loom.llm.sample"
+SHORTLIST = 13          # top_p_floor sorts the masses of at least 2^-SHORTLIST of the largest first (benchmarks/sampling.py)
 
 
 @dataclass(frozen=True)
@@ -118,15 +120,28 @@ def keep_mask(logits: np.ndarray, s: Sampling, allowed: np.ndarray | None = None
         keep &= logits >= kth
     if s.top_p < 1.0:
         mass, bits = masses(_softmax(logits, keep))
-        ascending = np.sort(mass)           # values only: no sort order of equal values to depend on
-        cut = math.floor(math.ldexp(1.0 - s.top_p, bits))
-        dropped = min(int(np.count_nonzero(np.cumsum(ascending) <= cut)),
-                      mass.size - 1)        # the most likely token always stays
-        keep &= mass >= ascending[dropped]                               # ties at the cut are kept
+        keep &= mass >= top_p_floor(mass, math.floor(math.ldexp(1.0 - s.top_p, bits)))  # ties at the cut are kept
     if s.min_p > 0.0:
         probs = _softmax(logits, keep)
         keep &= probs >= np.float32(s.min_p) * probs.max()
     return keep
+
+
+def top_p_floor(mass: np.ndarray, cut: int) -> int:
+    """The smallest mass top-p keeps: with the masses sorted ascending (values only: no order of equal
+    values to depend on), the first one whose running sum exceeds `cut`, or the largest where none does
+    (the most likely token always stays). Only the masses of at least 2^-SHORTLIST of the largest are
+    sorted where they decide it: where the running sum through the smallest of them (ties included,
+    the rest below it) is still <= cut, every smaller mass is dropped too. Otherwise all are sorted."""
+    total, largest = int(mass.sum()), int(mass.max())
+    if total <= cut:
+        return largest
+    top = np.sort(mass[mass >= max(1, largest >> SHORTLIST)])
+    rest = total - int(top.sum())                   # the masses below the shortlist's
+    if rest + int(np.count_nonzero(top == top[0])) * int(top[0]) <= cut:
+        return int(top[min(int(np.count_nonzero(rest + np.cumsum(top) <= cut)), top.size - 1)])
+    ascending = np.sort(mass)
+    return int(ascending[min(int(np.count_nonzero(np.cumsum(ascending) <= cut)), mass.size - 1)])
 
 
 def _softmax(logits, keep):
@@ -135,21 +150,38 @@ def _softmax(logits, keep):
 
 def masses(probs: np.ndarray) -> tuple[np.ndarray, int]:
     """(int64 masses, B): each probability of `probs` (float32 [V], each at most 1) as rint(p 2^B), to
-    nearest with ties to even, B = 53 - ceil(log2 V): the masses' sums stay at most 2^53, exact in any order."""
+    nearest with ties to even, B = 53 - ceil(log2 V): the masses' sums stay at most 2^53, exact in any order.
+    A non-finite probability (the softmax of +inf or NaN logits) has no mass."""
     bits = 53 - max(0, (probs.size - 1).bit_length())
-    return np.rint(np.ldexp(probs.astype(np.float64), bits)).astype(np.int64), bits
+    x = probs.astype(np.float64)
+    if not np.isfinite(x).all():
+        x[~np.isfinite(x)] = 0
+    x *= 2.0 ** bits                                # (exact: a power of two, far from overflow and underflow)
+    return np.rint(x, out=x).astype(np.int64), bits
 
 
 def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int, allowed: np.ndarray | None = None) -> int:
     """The token for one step from float32 logits [V] (host array); `allowed` (bool [V], at least one
-    True) restricts it to those tokens."""
+    True) restricts it to those tokens. Where the kept tokens' probabilities are not all finite (a +inf
+    or NaN logit, all of them -inf, or a temperature too small for float32, which divides to inf), or none
+    has mass, the draw is undefined and the greedy token is taken instead, as at temperature 0."""
     logits = repetition_penalty(logits, seen, s.repetition_penalty)
+    if allowed is None:
+        greedy = int(np.argmax(logits))
+    else:                               # (the first allowed token where every allowed logit is -inf)
+        ids = np.flatnonzero(allowed)
+        greedy = int(ids[np.argmax(logits[ids])])
     if s.temperature == 0.0:
-        return int(np.argmax(logits if allowed is None else np.where(allowed, logits, -np.inf)))
-    scaled = (logits / np.float32(s.temperature)).astype(np.float32)
-    keep = keep_mask(scaled, s, allowed)
+        return greedy
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):     # (non-finite: the greedy token below)
+        scaled = (logits / np.float32(s.temperature)).astype(np.float32)
+        keep = keep_mask(scaled, s, allowed)
+        probs = _softmax(scaled, keep)
+    mass = masses(probs)[0]
+    if not np.isfinite(probs).all() or not mass.any():
+        return greedy
     u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
-    return draw(masses(_softmax(scaled, keep))[0], u)
+    return draw(mass, u)
 
 
 def draw(mass: np.ndarray, u: float) -> int:
@@ -158,6 +190,8 @@ def draw(mass: np.ndarray, u: float) -> int:
     the total). The cumulative masses rise only at tokens of positive mass, so no other is drawn."""
     cumulative = np.cumsum(mass)
     total = int(cumulative[-1])
+    if total <= 0:
+        raise ValueError("draw: no token has mass")
     target = min(math.floor(u * total), total - 1)
     return int(np.searchsorted(cumulative, target, side="right"))
 
@@ -297,6 +331,6 @@ def check_stop_ids(stop_ids: Iterable[int], vocab_size: int) -> tuple[int, ...]:
     return tuple(int(i) for i in items)
 
 
-__all__ = ["Sampling", "Constraint", "check_constraint", "choose", "draw", "keep_mask", "masses", "repetition_penalty",
-           "fit_prompt", "stream_text",
+__all__ = ["Sampling", "Constraint", "check_constraint", "choose", "draw", "keep_mask", "masses", "top_p_floor",
+           "repetition_penalty", "fit_prompt", "stream_text",
            "check_stop", "check_stop_ids", "SAMPLE_STREAM", "TextStream"]

@@ -162,6 +162,51 @@ def test_the_draw_is_the_first_token_past_u_times_the_total_in_any_order_of_the_
         assert gen.draw(mass, u) == first
 
 
+@pytest.mark.parametrize("case", ["tiny temperature", "inf logit", "nan logit", "all allowed -inf"])
+def test_undefined_draws_take_the_greedy_token_among_the_allowed(case):
+    """Probabilities that are not all finite have no defined draw (and NaN has no integer mass): the
+    step takes the greedy token, which keeps a constraint's allowed set and is the same on every machine."""
+    logits = (np.random.default_rng(4).standard_normal(1000)).astype(np.float32)
+    allowed = np.zeros(1000, dtype=bool)
+    allowed[[10, 20, 30]] = True
+    s = gen.Sampling(temperature=0.8, top_p=0.9, seed=1)
+    if case == "tiny temperature":
+        s = gen.Sampling(temperature=1e-50, seed=1)           # float32(1e-50) is 0: the logits divide to inf
+    elif case == "inf logit":
+        logits[20] = np.inf
+    elif case == "nan logit":
+        logits[30] = np.nan
+    else:
+        logits[allowed] = -np.inf
+    seen = np.zeros(1000, dtype=bool)
+    with loom.deterministic(True):
+        token = gen.choose(logits, seen, s, 3, allowed)
+        greedy = gen.choose(logits, seen, gen.Sampling(), 3, allowed)
+    assert token == greedy and allowed[token]
+    assert gen.masses(np.array([np.nan, np.inf, 0.5], dtype=np.float32))[0].tolist() == [0, 0, 1 << 50]
+    with pytest.raises(ValueError, match="no token has mass"):
+        gen.draw(np.zeros(4, dtype=np.int64), 0.5)
+
+
+def test_the_top_p_floor_is_the_sorted_running_sums_cut():
+    """top_p_floor (the largest masses first, more only where they cannot decide) against its definition
+    on the full sort, with ties, zeros, heavy tails and every kind of cut."""
+    def sorted_cut(mass, cut):
+        ascending = np.sort(mass)
+        return int(ascending[min(int(np.count_nonzero(np.cumsum(ascending) <= cut)), mass.size - 1)])
+    rng = np.random.default_rng(1)
+    for trial in range(400):
+        v = int(rng.choice([1, 2, 3, 7, 100, 1025, 5000, 70000]))
+        mass = [rng.integers(0, 1 << 30, v), rng.integers(0, 4, v) * (1 << 20),
+                (rng.pareto(1.2, v) * 1e6).astype(np.int64), np.zeros(v, np.int64)][trial % 4].astype(np.int64)
+        if trial % 4 == 3:
+            mass[rng.integers(0, v, max(1, v // 50))] = rng.integers(1, 1 << 20, max(1, v // 50))
+        mass[0] += not mass.any()
+        total = int(mass.sum())
+        for cut in (0, total // 10, total // 2, int(total * 0.9), int(total * 0.999), total - 1, total, total + 5):
+            assert gen.top_p_floor(mass, cut) == sorted_cut(mass, cut), (trial, cut)
+
+
 def test_the_top_p_cut_adds_masses_not_floats():
     """At loom.spec's SAMPLING_TOP_P the masses' cut keeps three tokens that a float64 running sum over the
     sorted probabilities (spec 2's rule) drops: the reason for spec 3, pinned by its golden checks."""

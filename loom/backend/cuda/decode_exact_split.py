@@ -24,7 +24,7 @@ struct Parts {
 };
 
 // Every part of the group (count of them, all resident: split_work keeps the grid within one block a
-// multiprocessor) waits here until all have arrived `round` times; what each wrote before is visible after.
+// multiprocessor) waits here until the group's arrivals reach `target`; what each wrote before is visible after.
 __device__ void group_barrier(unsigned* counter, unsigned target) {
     __syncthreads();
     if (threadIdx.x == 0) {
