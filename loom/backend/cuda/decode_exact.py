@@ -55,10 +55,26 @@ FEW_THREADS = 512
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
+PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py: LOOM_PHASE_CLOCK)
 MAX_SPLITS = 16
 
 _SOURCE = r"""
 #define SLICES (THREADS / D)
+
+// Phase timestamps for benchmarks/attention_phases.py, compiled in only where it defines LOOM_PHASE_CLOCK
+// (that many slots): thread 0 of block b writes the global timer into slot b PHASES + k.
+#ifdef LOOM_PHASE_CLOCK
+__device__ unsigned long long loom_phase_clock[LOOM_PHASE_CLOCK];
+__device__ __forceinline__ void phase(int k) {
+    if (threadIdx.x == 0 && blockIdx.x * PHASES + k < LOOM_PHASE_CLOCK) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        loom_phase_clock[blockIdx.x * PHASES + k] = t;
+    }
+}
+#else
+__device__ __forceinline__ void phase(int) {}
+#endif
 
 // One head vector of the Q/K/V product into dst: (rms_norm with weight norm, then) RoPE; every thread calls.
 __device__ void head_vector(const float* x, float* dst, float* tmp, const float* norm, const float* cs,
@@ -200,7 +216,9 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
         prefetch_l1(keys.at(lo + j0 + line / (D / 32)) + 32 * (line % (D / 32)));
         prefetch_l1(values.at(lo + j0 + line / (D / 32)) + 32 * (line % (D / 32)));
     }
+    phase(0);
     wait_for_previous_kernel();
+    phase(1);
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
     const float* cs = cos_t + pos * D;
     const float* sn = sin_t + pos * D;
@@ -211,6 +229,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
         if (h % R == 0 && index == 0) { keys.at(pos)[d] = k_s[d]; values.at(pos)[d] = x[(H + KV + kv) * D + d]; }
     }
     __syncthreads();
+    phase(2);
     // scores, a thread per key (the new key from this block's copy), its row read as float4 all at once
     for (long long j = j0 + threadIdx.x; j < j1; j += blockDim.x) {
         const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
@@ -235,6 +254,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     __syncthreads();
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
     auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
+    phase(3);
     if (count > 1) {
         split_softmax_values(p_s, values, lo, v_s[d], v_at, n, j0, j1, (int)count, (int)index, parts,
                              out + ((long long)b * H + h) * D + d, top_s, bad_s, part_s, part_t, red, scratch);
@@ -247,14 +267,17 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = loom_exp(p_s[j] - peak);
     __syncthreads();
     const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0);
+    phase(4);
     const float total = exact_row_sum([&](long long j) { return p_s[j]; }, n, nbits, scratch);
     __syncthreads();
     for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
     __syncthreads();
+    phase(5);
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
     if (n > ROUNDED_KEYS) {
         slice_weighted_values(p_s, v_at, n, d, slice, top_s, bad_s, part_s, part_t, red,
                               out + ((long long)b * H + h) * D + d);
+        phase(6);
         return;
     }
     double s = 0.0, t = 0.0;
@@ -285,6 +308,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     if (!isfinite(t)) v = loom_special_pairs(pair, n);
     else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
     out[((long long)b * H + h) * D + d] = v;
+    phase(6);
 }
 
 // qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
@@ -334,13 +358,20 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
 """
 
 
+def source(head_dim: int, threads: int) -> str:
+    """The kernels' CUDA source for heads of head_dim and blocks of `threads`."""
+    head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
+            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n")
+    return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
+            + _SOURCE + SPLIT_SOURCE + _KERNELS)
+
+
+COMPILE = OPTIONS + ("-std=c++17",)
+
+
 @cache
 def _module(head_dim: int, threads: int):
-    head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
-            f"#define SPLIT_KEYS {SPLIT_KEYS}\n")
-    source = (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
-              + _SOURCE + SPLIT_SOURCE + _KERNELS)
-    return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
+    return cupy.RawModule(code=source(head_dim, threads), options=COMPILE)
 
 
 STATIC_SHARED = 16 * 1024   # above the kernels' own shared arrays (12.4-13.4 KiB at 512 threads)

@@ -87,7 +87,9 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
         }
     }
     if (threadIdx.x == 0) w.stats[index * 3] = (double)peak;
+    phase(7);
     group_barrier(w.counter, count);
+    phase(8);
     // 2. the window's peak; the part's exponentials and their integer sum
     peak = loom_neg_inf(0.0f);
     for (int k = 0; k < count; ++k) peak = max_nan(peak, (float)__ldcg(w.stats + k * 3));
@@ -104,6 +106,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
     specials = block_reduce(specials, scratch.sums, 0.0, AddOp());
     if (threadIdx.x == 0) { w.stats[index * 3 + 1] = sum; w.stats[index * 3 + 2] = specials; }
     group_barrier(w.counter, 2 * count);
+    phase(9);
     // 3. the total (exact.sum's rounding), the part's probabilities, its sums of p_j v_jd
     sum = specials = 0.0;
     for (int k = 0; k < count; ++k) { sum += __ldcg(w.stats + k * 3 + 1); specials += __ldcg(w.stats + k * 3 + 2); }
@@ -158,6 +161,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
         w.sums[(index * 2) * D + d] = s;
         w.sums[(index * 2 + 1) * D + d] = t;
     }
+    phase(10);
     // 4. the last part to arrive: the parts' sums, then the rounding (or settling) of each ctx_d
     __shared__ bool last;
     __syncthreads();
@@ -180,6 +184,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
         const double r = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(t, ldexp(1.0, -bits_a)), s), ldexp(1.0, ea - bits_a)),
                                    ldexp(1.0, eb - bits_b));
         *out = __double2float_rn(r);
+        phase(11);
         return;
     }
     const double factor = __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
@@ -187,6 +192,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
     if (!isfinite(t)) v = loom_special_pairs(pair, n);
     else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
     *out = v;
+    phase(11);
 }
 
 """
