@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hmac
 import json
 import logging
@@ -186,7 +187,7 @@ class Server:
         return await self._generate(request, chat=False)
 
     async def _generate(self, request, chat: bool):
-        from starlette.responses import JSONResponse, StreamingResponse
+        from starlette.responses import JSONResponse
         arrived = time.perf_counter()
         try:
             if self.closing:
@@ -205,7 +206,7 @@ class Server:
             return _error(exc)
         reply = _Reply(self, job, chat, arrived)
         if job.stream:
-            return StreamingResponse(reply.stream(queue, handles), media_type="text/event-stream",
+            return _closing_stream()(reply.stream(queue, handles), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
         collect = asyncio.ensure_future(reply.collect(queue))
         gone = asyncio.ensure_future(_disconnected(request))
@@ -459,6 +460,23 @@ class _RequireKey:
 
 def _fingerprint(server: Server) -> str:
     return "loom-deterministic" if server.deterministic else "loom-fast"
+
+
+@functools.cache
+def _closing_stream() -> type:
+    """Starlette's StreamingResponse, closing its generator as soon as the response ends, however it ends.
+    A client gone mid-stream leaves Starlette's generator suspended at a `yield`, closed only when the
+    garbage collector gets to it; its `finally` cancels the request's engine slots, which must not wait
+    for that."""
+    from starlette.responses import StreamingResponse
+
+    class ClosingStream(StreamingResponse):
+        async def __call__(self, scope, receive, send) -> None:
+            try:
+                await super().__call__(scope, receive, send)
+            finally:
+                await self.body_iterator.aclose()
+    return ClosingStream
 
 
 def _sse(payload: dict) -> str:
