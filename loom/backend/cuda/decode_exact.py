@@ -107,6 +107,29 @@ struct Paged {
     }
 };
 
+// exact_rounded.error_factor(n), as the host computes it: (n + 2) 2^-53 (1 + 2^-20)
+__device__ __forceinline__ double rounded_factor(long long n) {
+    return __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
+}
+
+// The slice scheme's products: s = p 2^(bits_a - ea) (exact, or below 2^-126 where rint makes it 0 either
+// way), hi = rint(s), lo = rint((s - hi) 2^bits_a) (lo_up = 2^bits_a); v as rint(v up_b); hi v and lo v added to
+// g_hi and g_lo, integers whose sums stay below 2^53
+__device__ __forceinline__ void slice_add(float pj, float vj, double up_a, double up_b, float lo_up, double& g_hi,
+                                          double& g_lo) {
+    const float s = (float)((double)pj * up_a);
+    const float hi = rintf(s), lo = rintf((s - hi) * lo_up);
+    const double vq = rint((double)vj * up_b);
+    g_hi = __dadd_rn(g_hi, __dmul_rn((double)hi, vq));
+    g_lo = __dadd_rn(g_lo, __dmul_rn((double)lo, vq));
+}
+
+// ((g_lo 2^-bits_a + g_hi) row_scale) col_scale in float64, the sum its one rounding, then to float32
+__device__ __forceinline__ float slice_result(double g_hi, double g_lo, int bits_a, int ea, int bits_b, int eb) {
+    return __double2float_rn(__dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(g_lo, ldexp(1.0, -bits_a)), g_hi),
+                                                 ldexp(1.0, ea - bits_a)), ldexp(1.0, eb - bits_b)));
+}
+
 // ctx_d for n > ROUNDED_KEYS keys: exact._matmul_narrow's slice scheme 2x1 over K = n (narrow_bits(n)), a =
 // the block's row p (p_s), b = column d of the values (v_at); every thread calls, slice 0 of each d writes.
 template <class At>
@@ -150,20 +173,11 @@ __device__ void slice_weighted_values(const float* p_s, At v_at, long long n, in
     int ea, eb;                                 // top < 2^e (0 for zero)
     frexpf(a_top, &ea);
     frexpf(top, &eb);
-    // s = p 2^(bits_a - ea) (exact, or below 2^-126 where rint makes it 0 either way), hi = rint(s),
-    // lo = rint((s - hi) 2^bits_a); v as rint(v 2^(bits_b - eb)); the products' sums are integers below 2^53
     const double up_a = ldexp(1.0, bits_a - ea), up_b = ldexp(1.0, bits_b - eb);
     const float lo_up = ldexpf(1.0f, bits_a);
     double g_hi = 0.0, g_lo = 0.0;
-    if (!row_bad && !bad) {
-        each_value([&](long long j, float vj) {
-            const float s = (float)((double)p_s[j] * up_a);
-            const float hi = rintf(s), lo = rintf((s - hi) * lo_up);
-            const double vq = rint((double)vj * up_b);
-            g_hi = __dadd_rn(g_hi, __dmul_rn((double)hi, vq));
-            g_lo = __dadd_rn(g_lo, __dmul_rn((double)lo, vq));
-        });
-    }
+    if (!row_bad && !bad)
+        each_value([&](long long j, float vj) { slice_add(p_s[j], vj, up_a, up_b, lo_up, g_hi, g_lo); });
     part_s[slice][d] = g_hi;
     part_t[slice][d] = g_lo;
     __syncthreads();
@@ -173,10 +187,7 @@ __device__ void slice_weighted_values(const float* p_s, At v_at, long long n, in
         *out = loom_special_pairs([&](long long j, float* a, float* c) { *a = p_s[j]; *c = v_at(j); }, n);
         return;
     }
-    // ((g_lo 2^-bits_a + g_hi) row_scale) col_scale in float64, the sum its one rounding, then to float32
-    const double r = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(g_lo, ldexp(1.0, -bits_a)), g_hi), ldexp(1.0, ea - bits_a)),
-                               ldexp(1.0, eb - bits_b));
-    *out = __double2float_rn(r);
+    *out = slice_result(g_hi, g_lo, bits_a, ea, bits_b, eb);
 }
 
 """
@@ -301,8 +312,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     __syncthreads();
     if (slice != 0) return;
     for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
-    // exact_rounded.error_factor(n), as the host computes it: (n + 2) 2^-53 (1 + 2^-20)
-    const double factor = __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
+    const double factor = rounded_factor(n);
     auto pair = [&](long long j, float* a, float* c) { *a = p_s[j]; *c = v_at(j); };
     float v;
     if (!isfinite(t)) v = loom_special_pairs(pair, n);

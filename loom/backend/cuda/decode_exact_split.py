@@ -143,15 +143,8 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
         frexpf(top, &eb);
         const double up_a = ldexp(1.0, bits_a - ea), up_b = ldexp(1.0, bits_b - eb);
         const float lo_up = ldexpf(1.0f, bits_a);
-        if (!row_bad && !bad) {
-            each_value([&](long long j, float vj) {
-                const float x = (float)((double)p_s[j] * up_a);
-                const float hi = rintf(x), lo = rintf((x - hi) * lo_up);
-                const double vq = rint((double)vj * up_b);
-                s = __dadd_rn(s, __dmul_rn((double)hi, vq));
-                t = __dadd_rn(t, __dmul_rn((double)lo, vq));
-            });
-        }
+        if (!row_bad && !bad)
+            each_value([&](long long j, float vj) { slice_add(p_s[j], vj, up_a, up_b, lo_up, s, t); });
     }
     part_s[slice][d] = s;
     part_t[slice][d] = t;
@@ -181,13 +174,11 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
     auto pair = [&](long long j, float* a, float* c) { *a = __ldcg(w.p + j); *c = v_at(j); };
     if (n > ROUNDED_KEYS) {
         if (row_bad || bad) { *out = loom_special_pairs(pair, n); return; }
-        const double r = __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(t, ldexp(1.0, -bits_a)), s), ldexp(1.0, ea - bits_a)),
-                                   ldexp(1.0, eb - bits_b));
-        *out = __double2float_rn(r);
+        *out = slice_result(s, t, bits_a, ea, bits_b, eb);
         phase(11);
         return;
     }
-    const double factor = __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
+    const double factor = rounded_factor(n);
     float v;
     if (!isfinite(t)) v = loom_special_pairs(pair, n);
     else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
