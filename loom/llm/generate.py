@@ -166,22 +166,25 @@ def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int, allowed
     or NaN logit, all of them -inf, or a temperature too small for float32, which divides to inf), or none
     has mass, the draw is undefined and the greedy token is taken instead, as at temperature 0."""
     logits = repetition_penalty(logits, seen, s.repetition_penalty)
-    if allowed is None:
-        greedy = int(np.argmax(logits))
-    else:                               # (the first allowed token where every allowed logit is -inf)
-        ids = np.flatnonzero(allowed)
-        greedy = int(ids[np.argmax(logits[ids])])
     if s.temperature == 0.0:
-        return greedy
+        return _greedy(logits, allowed)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore"):     # (non-finite: the greedy token below)
         scaled = (logits / np.float32(s.temperature)).astype(np.float32)
         keep = keep_mask(scaled, s, allowed)
         probs = _softmax(scaled, keep)
     mass = masses(probs)[0]
     if not np.isfinite(probs).all() or not mass.any():
-        return greedy
+        return _greedy(logits, allowed)
     u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
     return draw(mass, u)
+
+
+def _greedy(logits: np.ndarray, allowed: np.ndarray | None) -> int:
+    """The first maximum among the allowed tokens (the first allowed one where every allowed logit is -inf)."""
+    if allowed is None:
+        return int(np.argmax(logits))
+    ids = np.flatnonzero(allowed)
+    return int(ids[np.argmax(logits[ids])])
 
 
 def draw(mass: np.ndarray, u: float) -> int:
