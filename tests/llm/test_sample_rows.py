@@ -1,0 +1,89 @@
+"""loom/llm/sample_rows.py: a batch of rows sampled with array operations alone gives generate.choose's
+token row for row in deterministic mode, over mixed settings (greedy rows, top-k, top-p, min-p,
+penalties, constraints) and rows whose draw is undefined (inf and NaN logits, a temperature that divides
+to inf, every allowed logit -inf)."""
+import numpy as np
+import pytest
+
+import loom
+from loom.llm import generate as gen
+from loom.llm.sample_rows import masses, sample_rows
+
+
+def _settings(rng, n):
+    out = []
+    for r in range(n):
+        kind = r % 6
+        if kind == 0:
+            out.append(gen.Sampling())                                      # greedy
+        elif kind == 1:
+            out.append(gen.Sampling(temperature=0.8, seed=r))
+        elif kind == 2:
+            out.append(gen.Sampling(temperature=0.7, top_k=int(rng.integers(1, 60)), seed=r))
+        elif kind == 3:
+            out.append(gen.Sampling(temperature=1.1, top_p=float(rng.uniform(0.3, 0.99)), seed=r))
+        elif kind == 4:
+            out.append(gen.Sampling(temperature=0.9, min_p=float(rng.uniform(0.01, 0.2)), repetition_penalty=1.3,
+                                    seed=r))
+        else:
+            out.append(gen.Sampling(temperature=0.6, top_k=40, top_p=0.9, min_p=0.05, repetition_penalty=0.8,
+                                    seed=r))
+    return out
+
+
+def _batched(logits, seen, settings, steps, allowed=None):
+    u = np.array([gen._generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0]
+                  for s, step in zip(settings, steps)])
+    column = [np.array([getattr(s, f) for s in settings], dtype=np.float32)
+              for f in ("temperature", "top_p", "min_p", "repetition_penalty")]
+    top_k = np.array([s.top_k for s in settings], dtype=np.int64)
+    return sample_rows(logits, seen, column[0], top_k, column[1], column[2], column[3], u, allowed)
+
+
+@pytest.mark.parametrize("vocab, scale", [(50, 2.0), (1000, 3.0), (5000, 8.0)])
+def test_rows_are_choose_row_for_row(vocab, scale):
+    rng = np.random.default_rng(vocab)
+    n = 24
+    logits = (rng.standard_normal((n, vocab)) * scale).astype(np.float32)
+    seen = rng.random((n, vocab)) < 0.05
+    allowed = np.ones((n, vocab), dtype=bool)
+    allowed[::5] = rng.random((len(allowed[::5]), vocab)) < 0.3                  # constrained rows
+    allowed[::5, 0] = True
+    settings = _settings(rng, n)
+    steps = list(range(n))
+    with loom.deterministic(True):
+        got = _batched(logits, seen, settings, steps, allowed)
+        want = [gen.choose(logits[r], seen[r], settings[r], steps[r], allowed[r]) for r in range(n)]
+        assert got.tolist() == want
+        unconstrained = [gen.choose(logits[r], seen[r], settings[r], steps[r]) for r in range(n)]
+        assert _batched(logits, seen, settings, steps).tolist() == unconstrained
+    assert len(set(want)) > n // 2
+
+
+def test_undefined_draws_take_the_greedy_token():
+    rng = np.random.default_rng(9)
+    vocab = 300
+    logits = rng.standard_normal((5, vocab)).astype(np.float32)
+    allowed = np.zeros((5, vocab), dtype=bool)
+    allowed[:, [10, 20, 30]] = True
+    logits[1, 20] = np.inf
+    logits[2, 30] = np.nan
+    logits[3, [10, 20, 30]] = -np.inf
+    settings = [gen.Sampling(temperature=1e-50, seed=1), gen.Sampling(temperature=0.8, top_p=0.9, seed=2),
+                gen.Sampling(temperature=0.8, seed=3), gen.Sampling(temperature=0.8, min_p=0.1, seed=4),
+                gen.Sampling(temperature=0.8, seed=5)]
+    seen = np.zeros((5, vocab), dtype=bool)
+    with loom.deterministic(True):
+        got = _batched(logits, seen, settings, [3] * 5, allowed)
+        want = [gen.choose(logits[r], seen[r], settings[r], 3, allowed[r]) for r in range(5)]
+    assert got.tolist() == want and allowed[np.arange(5), got].all()
+
+
+def test_masses_are_generates_along_rows():
+    rng = np.random.default_rng(2)
+    probs = rng.dirichlet(np.full(700, 0.2), size=4).astype(np.float32)
+    probs[1, 3] = np.nan
+    got, bits = masses(probs)
+    for r in range(4):
+        want, want_bits = gen.masses(probs[r])
+        assert bits == want_bits and np.array_equal(got[r], want)
