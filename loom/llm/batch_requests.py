@@ -114,6 +114,13 @@ def plain_greedy(r: Request) -> bool:
             and (r.constraint is None or not getattr(r.constraint, "masking", True)))
 
 
+def device_sampled(r: Request) -> bool:
+    """Whether the next token can be chosen on the device (sample_rows.DeviceRows): nothing masks the
+    logits (no constraint), nothing more is needed of them (no logprobs), and no presence or frequency
+    penalty (the repetition penalty's seen tokens are kept on the device)."""
+    return r.constraint is None and r.logprobs is None and not r.presence_penalty and not r.frequency_penalty
+
+
 def logprobs(logits: np.ndarray, token: int, top: int) -> tuple[float, list[tuple[int, float]]]:
     """The token's log-probability under the model's distribution (the raw logits, before any
     sampling setting) and the `top` most likely tokens' (ties: smaller id first)."""

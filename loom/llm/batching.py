@@ -50,6 +50,7 @@ from .batch_requests import (
     Request,
     Result,
     Sequence,
+    device_sampled,
     logprobs,
     plain_greedy,
     result,
@@ -57,6 +58,7 @@ from .batch_requests import (
 from .decoder import prefill_chunk
 from .engine_steps import StepRunner
 from .paged_cache import OutOfBlocks, PagedKVCache, block_names
+from .sample_rows import DeviceRows
 
 log = logging.getLogger("loom")
 
@@ -73,6 +75,7 @@ class _Ahead:
     positions: list[int]
     tokens: paged_graph.Tokens
     ahead: bool = False             # launched before the previous step's tokens were taken
+    sampler: DeviceRows | None = None   # rows that sample on the device (None: every row greedy)
 
 
 class BatchEngine:
@@ -265,8 +268,15 @@ class BatchEngine:
             work, seqs = self._plan()
             if work and self._pipelines(work, seqs):
                 graph = self.steps.decode_graph(len(work), work)
-                self._ahead = _Ahead(graph, seqs, [w.pos for w in work], graph.step_greedy(
-                    [int(w.tokens[0]) for w in work], [w.pos for w in work], [w.table for w in work]))
+                ids, positions, tables = [int(w.tokens[0]) for w in work], [w.pos for w in work], [w.table for w in work]
+                if all(plain_greedy(s.request) for s in seqs):
+                    self._ahead = _Ahead(graph, seqs, positions, graph.step_greedy(ids, positions, tables))
+                else:                       # some rows sample: every row's token chosen by sample_rows
+                    sampler = DeviceRows(self.dec.xp, [s.request.sampling for s in seqs], [s.seen for s in seqs],
+                                         self.dec.config.vocab_size)
+                    sampler.set_steps([len(s.generated) for s in seqs])
+                    self._ahead = _Ahead(graph, seqs, positions, graph.step_sample(ids, positions, tables, sampler),
+                                         sampler=sampler)
             elif work:
                 self._finish_step(work, seqs, self.steps.run(work, [plain_greedy(s.request) for s in seqs]))
         if self._ahead is not None:
@@ -306,7 +316,8 @@ class BatchEngine:
         now, may begin masking within the run, whose tokens the host sees only a step later)."""
         return (self.pipeline and self.dec.backend.prefill is not None and not self._admissible()
                 and all(len(w.tokens) == 1 and w.logits for w in work)
-                and all(plain_greedy(s.request) and s.request.constraint is None for s in seqs)
+                and (all(plain_greedy(s.request) and s.request.constraint is None for s in seqs)
+                     or all(device_sampled(s.request) for s in seqs))
                 and self.steps.decode_graph(len(work), work) is not None)
 
     def _admissible(self) -> bool:
@@ -373,8 +384,13 @@ class BatchEngine:
                 except OutOfBlocks:
                     return None             # the next planned step preempts
         self.stats["ahead_steps"] += 1
-        tokens = step.graph.step_greedy(None, positions, [[] if seq is None else seq.table for seq in rows])
-        return _Ahead(step.graph, rows, positions, tokens, ahead=True)
+        tables = [[] if seq is None else seq.table for seq in rows]
+        if step.sampler is None:
+            return _Ahead(step.graph, rows, positions, step.graph.step_greedy(None, positions, tables), ahead=True)
+        # the next token's step counter: its generated tokens so far and `step`'s, not yet taken
+        step.sampler.set_steps([0 if seq is None else len(seq.generated) + 1 for seq in rows])
+        return _Ahead(step.graph, rows, positions, step.graph.step_sample(None, positions, tables, step.sampler),
+                      ahead=True, sampler=step.sampler)
 
     def _drop_cancelled(self) -> None:
         with self._lock:

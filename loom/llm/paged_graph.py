@@ -55,6 +55,7 @@ from .paged_cache import PagedKVCache
 
 if TYPE_CHECKING:
     from .decoder import Decoder
+    from .sample_rows import DeviceRows
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 TENSOR_CORE_ROWS = 4        # fast mode, 16-bit weights: batches past this many rows take the GEMM steps
@@ -233,6 +234,22 @@ class PagedDecodeGraph:
         turn = self._upload(ids, positions, tables)
         graph.launch()
         self.dec.backend.prefill.argmax_rows(self.logits[:n], out=self.ids[:n])
+        return self._tokens_out(n, turn)
+
+    def step_sample(self, ids: list[int] | None, positions: list[int], tables: list[list[int]],
+                    rows: DeviceRows) -> Tokens:
+        """step_greedy's launch for rows that sample: each row's token chosen on the device by
+        sample_rows (rows: the run's settings and seen tokens, with this step's uniform numbers set),
+        written into the graph's input ids and the rows' seen tokens, and copied to the host."""
+        n = len(positions)
+        graph = self._graph_for(positions)
+        turn = self._upload(ids, positions, tables)
+        graph.launch()
+        self.ids[:n] = rows.choose(self.logits[:n])
+        return self._tokens_out(n, turn)
+
+    def _tokens_out(self, n: int, turn: int) -> Tokens:
+        """The step's first n input ids (its chosen tokens) copied to the turn's pinned buffer."""
         host = self._tokens[turn][:n]
         xp = self.dec.xp
         self.ids[:n].get(stream=xp.cuda.get_current_stream(), out=host, blocking=False)

@@ -15,8 +15,13 @@ have it with the step's inputs). The presence and frequency penalties are the ca
 """
 from __future__ import annotations
 
+from types import ModuleType
+
+import numpy as np
+
 from ..backend import Array, of
 from ..kernels import ops
+from . import generate as gen
 
 
 def masses(probs: Array) -> tuple[Array, int]:
@@ -72,6 +77,40 @@ def sample_rows(logits: Array, seen: Array, temperature: Array, top_k: Array, to
     target = xp.minimum(xp.floor(u.astype(xp.float64) * total.astype(xp.float64)).astype(xp.int64), total - 1)
     token = xp.count_nonzero(xp.cumsum(mass, axis=1) <= target[:, None], axis=1)
     return xp.where(drawable, token, greedy).astype(xp.int64)
+
+
+class DeviceRows:
+    """The sampling state of a run of decode steps whose tokens are chosen on the device (the engine's
+    steps launched ahead): each row's settings and the tokens already in its sequence (the repetition
+    penalty's), on the device, and each step's uniform numbers. A row of `settings` None (padding)
+    takes greedy tokens."""
+
+    def __init__(self, xp: ModuleType, settings: list, seen: list, vocab: int):
+        s = [x if x is not None else gen.Sampling() for x in settings]
+        self.xp, self.seeds = xp, [x.seed for x in s]
+        self.temperature = xp.asarray(np.array([x.temperature for x in s], dtype=np.float32))
+        self.top_k = xp.asarray(np.array([x.top_k for x in s], dtype=np.int64))
+        self.top_p = xp.asarray(np.array([x.top_p for x in s], dtype=np.float32))
+        self.min_p = xp.asarray(np.array([x.min_p for x in s], dtype=np.float32))
+        self.penalty = xp.asarray(np.array([x.repetition_penalty for x in s], dtype=np.float32))
+        self.seen = xp.asarray(np.stack([np.asarray(x, dtype=bool) if x is not None else np.zeros(vocab, dtype=bool)
+                                         for x in seen]))
+        self.u = xp.zeros(len(s), dtype=np.float64)
+
+    def set_steps(self, counters: list[int]) -> None:
+        """Each row's uniform number for its next token: generate's Philox stream at the row's seed and
+        step counter (its generated tokens before this one), as generate.choose draws it."""
+        u = np.array([gen._generator(seed).uniform(1, counter=c, dtype=np.float64)[0]
+                      for seed, c in zip(self.seeds, counters)])
+        self.u[:] = self.xp.asarray(u)
+
+    def choose(self, logits: Array) -> Array:
+        """int64 tokens for the first len(logits) rows, each added to its row's seen tokens."""
+        n = logits.shape[0]
+        tokens = sample_rows(logits, self.seen[:n], self.temperature[:n], self.top_k[:n], self.top_p[:n],
+                             self.min_p[:n], self.penalty[:n], self.u[:n])
+        self.seen[self.xp.arange(n), tokens] = True
+        return tokens
 
 
 class _quiet:

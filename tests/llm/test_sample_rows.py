@@ -7,7 +7,7 @@ import pytest
 
 import loom
 from loom.llm import generate as gen
-from loom.llm.sample_rows import masses, sample_rows
+from loom.llm.sample_rows import DeviceRows, masses, sample_rows
 
 
 def _settings(rng, n):
@@ -77,6 +77,29 @@ def test_undefined_draws_take_the_greedy_token():
         got = _batched(logits, seen, settings, [3] * 5, allowed)
         want = [gen.choose(logits[r], seen[r], settings[r], 3, allowed[r]) for r in range(5)]
     assert got.tolist() == want and allowed[np.arange(5), got].all()
+
+
+def test_device_rows_keep_each_rows_seen_tokens_and_step_counter():
+    """A run of steps through DeviceRows (here on NumPy arrays): each step's tokens are choose's with the
+    sequence's seen tokens so far and its step counter, a padding row (None) takes greedy tokens."""
+    rng = np.random.default_rng(6)
+    vocab, n = 200, 5
+    settings = [gen.Sampling(temperature=0.8, repetition_penalty=1.5, seed=1), gen.Sampling(),
+                gen.Sampling(temperature=1.2, top_p=0.7, repetition_penalty=0.7, seed=2), None,
+                gen.Sampling(temperature=0.5, top_k=5, seed=3)]
+    seen = [rng.random(vocab) < 0.1 if s is not None else None for s in settings]
+    host_seen = [np.zeros(vocab, dtype=bool) if x is None else x.copy() for x in seen]
+    rows = DeviceRows(np, settings, seen, vocab)
+    with loom.deterministic(True):
+        for step in range(6):
+            logits = (rng.standard_normal((n, vocab)) * 2).astype(np.float32)
+            rows.set_steps([3 + step] * n)
+            got = rows.choose(logits)
+            for r, s in enumerate(settings):
+                want = gen.choose(logits[r], host_seen[r], s or gen.Sampling(), 3 + step)
+                assert got[r] == want, (step, r)
+                host_seen[r][want] = True
+    assert all(np.array_equal(rows.seen[r], host_seen[r]) for r in range(n))
 
 
 def test_masses_are_generates_along_rows():
