@@ -267,7 +267,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
     phase(3);
     if (count > 1) {
-        split_softmax_values(p_s, values, lo, v_s[d], v_at, n, j0, j1, (int)count, (int)index, parts,
+        split_softmax_values(p_s, values, lo, v_s, n, j0, j1, (int)count, (int)index, parts,
                              out + ((long long)b * H + h) * D + d, top_s, bad_s, part_s, part_t, red, scratch);
         return;
     }
@@ -309,15 +309,24 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     if (slice == 0) add(p_s[n - 1], v_s[d]);
     part_s[slice][d] = s;
     part_t[slice][d] = t;
+    __shared__ short open[D];
+    __shared__ int opened;
+    if (threadIdx.x == 0) opened = 0;
     __syncthreads();
-    if (slice != 0) return;
-    for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
-    const double factor = rounded_factor(n);
-    auto pair = [&](long long j, float* a, float* c) { *a = p_s[j]; *c = v_at(j); };
-    float v;
-    if (!isfinite(t)) v = loom_special_pairs(pair, n);
-    else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
-    out[((long long)b * H + h) * D + d] = v;
+    float* row = out + ((long long)b * H + h) * D;
+    if (slice == 0) {
+        for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
+        const double factor = rounded_factor(n);
+        float v;
+        if (!isfinite(t)) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
+        else if (loom_finish_certified(s, t, factor, &v)) row[d] = v;
+        else open[atomicAdd(&opened, 1)] = (short)d;
+    }
+    __syncthreads();
+    settle_open(open, opened, n, [&](long long j, int dd, float* a, float* c) {
+        *a = p_s[j];
+        *c = lo + j < pos ? values.at(lo + j)[dd] : v_s[dd];
+    }, row);
     phase(6);
 }
 

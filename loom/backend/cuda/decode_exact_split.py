@@ -15,6 +15,27 @@ ROUNDED_KEYS and the exact helpers before it).
 """
 
 SPLIT_SOURCE = r"""
+// ctx's entries the certification left open, settled by a warp each (open[0 .. count - 1]: column d,
+// bit 15 set where the sum is not finite): the warp's lanes walk the n keys' pairs pair(j, d, &p, &v), so
+// that 32 loads are in flight where one thread would wait for each (the settled value is the exact sum's
+// rounding, or IEEE's non-finite value, whatever the walk: one thread's settling gives the same bits).
+template <class Pair>
+__device__ void settle_open(const short* open, int count, long long n, Pair pair, float* out_row) {
+    const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+    for (int e = threadIdx.x >> 5; e < count; e += warps) {
+        const int code = open[e], d = code & 0x7fff;
+        auto walk = [&](auto f) {
+            for (long long j = lane; j < n; j += 32) {
+                float a, c;
+                pair(j, d, &a, &c);
+                f(a, c);
+            }
+        };
+        const float v = code & 0x8000 ? loom_special_walk(walk) : loom_settle_walk(walk, n);
+        if (lane == 0) out_row[d] = v;
+    }
+}
+
 // A split window's workspace (split_work's arrays at its (sequence, head) block g): the group's
 // probabilities, each part's statistics (its largest score, its exponentials' integer sum and the sum of
 // their non-finite ones), each part's largest |v_d| (-1: a non-finite one) and its sums of p_j v_jd
@@ -43,9 +64,9 @@ __device__ void group_barrier(unsigned* counter, unsigned target) {
 // integers (slices: the largest |p| is exp(+0) / total, division being monotonic) or a float64 sum that
 // the certification bounds whatever the order, the rest settled over all n pairs in key order, as the
 // unsplit block settles them. The last part to arrive adds the parts' sums in part order and rounds.
-// (values: the cache's values of keys lo + j before the last, v_new the last's; v_at(j) reads either)
-template <class Addr, class VAt>
-__device__ void split_softmax_values(float* p_s, const Addr values, long long lo, float v_new, VAt v_at, long long n,
+// (values: the cache's values of keys lo + j before the last, v_new_s the last's)
+template <class Addr>
+__device__ void split_softmax_values(float* p_s, const Addr values, long long lo, const float* v_new_s, long long n,
                                      long long j0, long long j1, int count, int index, const Parts& w, float* out,
                                      float (*top_s)[D], bool (*bad_s)[D], double (*part_s)[D], double (*part_t)[D],
                                      float* red, Scratch& scratch) {
@@ -65,7 +86,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
             for (int u = 0; u < FLIGHT; ++u) f(j - j0 + u * SLICES, vv[u]);
         }
         for (; j < cached_end; j += SLICES) f(j - j0, __ldg(values.at(lo + j) + d));
-        if (j == n - 1 && j1 == n) f(j - j0, v_new);
+        if (j == n - 1 && j1 == n) f(j - j0, v_new_s[d]);
     };
     // 1. the part's largest score (and, for the slice scheme, its keys' largest |v_d|)
     float peak = loom_neg_inf(0.0f);
@@ -165,24 +186,33 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
         __threadfence();
     }
     __syncthreads();
-    if (!last || slice != 0) return;
-    s = t = 0.0;
-    for (int k = 0; k < count; ++k) {
-        s = __dadd_rn(s, __ldcg(w.sums + (k * 2) * D + d));
-        t = __dadd_rn(t, __ldcg(w.sums + (k * 2 + 1) * D + d));
+    if (!last) return;
+    __shared__ short open[D];
+    __shared__ int opened;
+    if (threadIdx.x == 0) opened = 0;
+    __syncthreads();
+    if (slice == 0) {
+        s = t = 0.0;
+        for (int k = 0; k < count; ++k) {
+            s = __dadd_rn(s, __ldcg(w.sums + (k * 2) * D + d));
+            t = __dadd_rn(t, __ldcg(w.sums + (k * 2 + 1) * D + d));
+        }
+        if (n > ROUNDED_KEYS) {
+            if (row_bad || bad) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
+            else *out = slice_result(s, t, bits_a, ea, bits_b, eb);
+        } else {
+            const double factor = rounded_factor(n);
+            float v;
+            if (!isfinite(t)) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
+            else if (loom_finish_certified(s, t, factor, &v)) *out = v;
+            else open[atomicAdd(&opened, 1)] = (short)d;
+        }
     }
-    auto pair = [&](long long j, float* a, float* c) { *a = __ldcg(w.p + j); *c = v_at(j); };
-    if (n > ROUNDED_KEYS) {
-        if (row_bad || bad) { *out = loom_special_pairs(pair, n); return; }
-        *out = slice_result(s, t, bits_a, ea, bits_b, eb);
-        phase(11);
-        return;
-    }
-    const double factor = rounded_factor(n);
-    float v;
-    if (!isfinite(t)) v = loom_special_pairs(pair, n);
-    else if (!loom_finish_certified(s, t, factor, &v)) v = loom_settle_pairs(pair, n);
-    *out = v;
+    __syncthreads();
+    settle_open(open, opened, n, [&](long long j, int dd, float* a, float* c) {
+        *a = __ldcg(w.p + j);
+        *c = j < n - 1 ? __ldg(values.at(lo + j) + dd) : v_new_s[dd];
+    }, out - d);
     phase(11);
 }
 
