@@ -18,7 +18,7 @@ from loom.backend.cuda import decode_exact
 from loom.kernels.exact import rounded as exact_rounded
 
 H, KV, D, BS = 9, 3, 64, 16
-SLOTS = 4096                      # decode_exact's PHASES slots for up to 341 blocks
+SLOTS = 400 * decode_exact.PHASES   # decode_exact's PHASES slots for up to 400 blocks
 ONE_BLOCK = [("wait", 0, 1), ("q, k, v", 1, 2), ("scores", 2, 3), ("max, exp", 3, 4), ("sum, divide", 4, 5),
              ("p v", 5, 6)]
 SPLIT = [("wait", 0, 1), ("q, k, v", 1, 2), ("scores", 2, 3), ("max (, |v|)", 3, 7), ("barrier 1", 7, 8),
@@ -85,8 +85,9 @@ def run(batch: int, keys: int, split: bool) -> None:
 def main() -> None:
     decode_exact._module = _clocked            # paged_attention launches the clocked kernels
     print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, deterministic decode attention phases")
-    for batch, keys, split in ((1, 300, False), (1, 1000, True), (1, 3000, True), (4, 3000, True),
-                               (16, 300, False), (16, 1000, False), (64, 300, False)):
+    for batch, keys, split in ((1, 300, False), (1, 1000, True), (1, 3000, False), (1, 3000, True),
+                               (4, 3000, True), (16, 300, False), (16, 1000, False), (16, 3000, False),
+                               (64, 300, False)):
         run(batch, keys, split)
 
 

@@ -7,7 +7,8 @@ engine, a batch of one; a fresh prompt each call), on one of benchmarks/llm.py's
                                             [--deterministic | --compare] [--parts prefill,decode,ttft]
                                             [--prefill-tokens 512,2048] [--transformers]
 
-decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id),
+decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id;
+sampled at --temperature and --top-p where given, each stream its own seed),
 all submitted at once, after two warm-up rounds of the same shapes (the second replays the prompt
 step the first recorded, as a server does from a shape's second sighting); "tok/s aggregate" counts
 every generated token over the whole run's time, prefill included, so it is what a server's clients
@@ -39,6 +40,7 @@ import loom
 from loom.llm.batching import BatchEngine, Request
 from loom.llm.decoder import Decoder
 from loom.llm.decoder_config import DecoderConfig
+from loom.llm.generate import Sampling
 from loom.llm.model import CausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -56,6 +58,8 @@ def main() -> None:
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--compare", action="store_true", help="both modes in one process, with det / fast ratios")
     p.add_argument("--parts", default="prefill,decode,ttft")
+    p.add_argument("--temperature", type=float, default=0.0, help="decode: sample at this temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="decode: and this top-p")
     p.add_argument("--prefill-tokens", default="2048", help="comma-separated prompt lengths")
     p.add_argument("--ttft-clients", type=int, default=16)
     p.add_argument("--ttft-prompt", type=int, default=1024)
@@ -153,8 +157,12 @@ def decode(model: CausalLM, rng, args) -> dict:
     for streams in [int(s) for s in args.streams.split(",")]:
         engine = BatchEngine(model, max_batch=streams, cache_tokens=streams * (PROMPT + args.tokens + 16))
         for _ in range(2):      # the second round replays the prompt step the first recorded
-            engine.generate([Request(prompt(), max_tokens=4, stop_ids=()) for _ in range(streams)])
-        reqs = [Request(prompt(), max_tokens=args.tokens, stop_ids=()) for _ in range(streams)]
+            engine.generate([Request(prompt(), max_tokens=4, stop_ids=(),
+                                     sampling=Sampling(temperature=args.temperature, top_p=args.top_p))
+                             for _ in range(streams)])
+        reqs = [Request(prompt(), max_tokens=args.tokens, stop_ids=(),
+                        sampling=Sampling(temperature=args.temperature, top_p=args.top_p, seed=i))
+                for i in range(streams)]
         events: list[list] = [[] for _ in reqs]
         steps, t = engine.stats["steps"], time.perf_counter()
         for r, sink in zip(reqs, events):
