@@ -48,7 +48,12 @@ def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np, offs
         c3 = xp.full(blocks, (int(counter) >> 32) & 0xFFFFFFFF, dtype=np.uint32)
     else:
         c2, c3 = counter[0], counter[1]          # 0-d: broadcast by the first round
-    k0, k1 = np.uint32(key[0]), np.uint32(key[1])
+    c0, c1, c2, c3 = _rounds(c0, c1, c2, c3, np.uint32(key[0]), np.uint32(key[1]))
+    return xp.stack([c0, c1, c2, c3], axis=1).reshape(-1)[skip:skip + n]
+
+
+def _rounds(c0, c1, c2, c3, k0, k1) -> tuple:
+    """Philox4x32-10's ten rounds over uint32 words (arrays or scalars, broadcast; keys likewise)."""
     with np.errstate(over="ignore"):
         for _ in range(10):
             p0 = c0.astype(np.uint64) * _M0
@@ -57,7 +62,19 @@ def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np, offs
             hi1, lo1 = (p1 >> _SHIFT32).astype(np.uint32), (p1 & _LO32).astype(np.uint32)
             c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
             k0, k1 = k0 + _W0, k1 + _W1
-    return xp.stack([c0, c1, c2, c3], axis=1).reshape(-1)[skip:skip + n]
+    return c0, c1, c2, c3
+
+
+def first_uniforms(keys: np.ndarray, counters: np.ndarray) -> np.ndarray:
+    """float64 [R]: row r's Generator.uniform(1, counter=counters[r])[0] for the stream whose key is
+    keys[r] (uint32 [R, 2], stream_key's pair), all rows in one pass: the per-step draw of many
+    sequences sampled at once."""
+    counters = np.asarray(counters, dtype=np.uint64)
+    zero = np.zeros(len(counters), dtype=np.uint32)
+    w0, w1, _, _ = _rounds(zero, zero, (counters & _LO32).astype(np.uint32), (counters >> _SHIFT32).astype(np.uint32),
+                           keys[:, 0].astype(np.uint32), keys[:, 1].astype(np.uint32))
+    w0, w1 = w0.astype(np.uint64), w1.astype(np.uint64)
+    return ((w0 >> np.uint64(5)) << np.uint64(26) | (w1 >> np.uint64(6))).astype(np.float64) * 2.0 ** -53
 
 
 def counter_words(counter: int) -> np.ndarray:

@@ -19,6 +19,7 @@ from types import ModuleType
 
 import numpy as np
 
+from .. import rng
 from ..backend import Array, of
 from ..kernels import ops
 from . import generate as gen
@@ -33,42 +34,71 @@ def masses(probs: Array) -> tuple[Array, int]:
     return xp.rint(x).astype(xp.int64), bits
 
 
+STAGES = frozenset({"penalty", "top_k", "top_p", "min_p", "draw"})
+
+
+def unused_stages(settings: list) -> frozenset:
+    """The stages of sample_rows that no row of gen.Sampling `settings` uses: skipping them gives the
+    same tokens (a penalty of 1, top-k 0, top-p 1 and min-p 0 keep every token; temperature 0
+    everywhere: only greedy tokens)."""
+    unused = set()
+    if all(s.repetition_penalty == 1.0 for s in settings):
+        unused.add("penalty")
+    if all(s.top_k == 0 for s in settings):
+        unused.add("top_k")
+    if all(s.top_p >= 1.0 for s in settings):
+        unused.add("top_p")
+    if all(s.min_p <= 0.0 for s in settings):
+        unused.add("min_p")
+    if all(s.temperature == 0.0 for s in settings):
+        unused |= STAGES
+    return frozenset(unused)
+
+
 def sample_rows(logits: Array, seen: Array, temperature: Array, top_k: Array, top_p: Array, min_p: Array,
-                penalty: Array, u: Array, allowed: Array | None = None) -> Array:
+                penalty: Array, u: Array, allowed: Array | None = None, skip: frozenset = frozenset()) -> Array:
     """int64 [R] tokens for float32 logits [R, V]: seen (bool [R, V], the tokens already in each
     sequence), temperature, top_k, top_p, min_p, penalty and u ([R] each: float32 for the first five but
-    top_k (int64), float64 for u), allowed (bool [R, V] with at least one True a row, or None: all)."""
+    top_k (int64), float64 for u), allowed (bool [R, V] with at least one True a row, or None: all).
+    skip: STAGES that no row uses (unused_stages), left out: the array work of a step is then that of
+    the settings in use (a whole-vocabulary sort each for top-k and top-p)."""
     xp = of(logits).xp
     R, V = logits.shape
     f32 = xp.float32
-    p = penalty.astype(f32)[:, None]
-    logits = xp.where(seen, xp.where(logits < 0, logits * p, logits / p), logits).astype(f32)
+    if "penalty" not in skip:
+        p = penalty.astype(f32)[:, None]
+        logits = xp.where(seen, xp.where(logits < 0, logits * p, logits / p), logits).astype(f32)
     keep = xp.ones((R, V), dtype=bool) if allowed is None else allowed.copy()
     # the greedy token: the first allowed maximum (NaN first, as argmax takes it), else the first allowed
     masked = xp.where(keep, logits, -xp.inf)
     greedy = xp.argmax(masked, axis=1)
     none_above = xp.max(masked, axis=1) == -xp.inf
     greedy = xp.where(none_above, xp.argmax(keep, axis=1), greedy)
+    if "draw" in skip:
+        return greedy.astype(xp.int64)
     t = temperature.astype(f32)[:, None]
     with _quiet(xp):
         scaled = (logits / xp.where(t == 0, f32(1), t)).astype(f32)
         # top-k: the k-th largest allowed logit (the others sort first, as -inf), where 0 < k < allowed count
-        k = top_k.astype(xp.int64)
-        allowed_count = xp.count_nonzero(keep, axis=1)
-        on = (k > 0) & (k < allowed_count)
-        ascending = xp.sort(xp.where(keep, scaled, -xp.inf), axis=1)
-        kth = xp.take_along_axis(ascending, xp.clip(V - k, 0, V - 1)[:, None], axis=1)
-        keep &= ~on[:, None] | (scaled >= kth)
+        if "top_k" not in skip:
+            k = top_k.astype(xp.int64)
+            allowed_count = xp.count_nonzero(keep, axis=1)
+            on = (k > 0) & (k < allowed_count)
+            ascending = xp.sort(xp.where(keep, scaled, -xp.inf), axis=1)
+            kth = xp.take_along_axis(ascending, xp.clip(V - k, 0, V - 1)[:, None], axis=1)
+            keep &= ~on[:, None] | (scaled >= kth)
         # top-p: the smallest mass kept, from the ascending masses' running sum (exact), where top_p < 1
-        mass, bits = masses(ops.softmax(scaled, axis=-1, mask=keep))
-        cut = xp.floor((1.0 - top_p.astype(xp.float64)) * (2.0 ** bits)).astype(xp.int64)
-        ascending = xp.sort(mass, axis=1)
-        dropped = xp.minimum(xp.count_nonzero(xp.cumsum(ascending, axis=1) <= cut[:, None], axis=1), V - 1)
-        floor = xp.take_along_axis(ascending, dropped[:, None], axis=1)
-        keep &= (top_p >= 1.0)[:, None] | (mass >= floor)
-        # min-p
-        probs = ops.softmax(scaled, axis=-1, mask=keep)
-        keep &= (min_p <= 0.0)[:, None] | (probs >= min_p.astype(f32)[:, None] * xp.max(probs, axis=1, keepdims=True))
+        if "top_p" not in skip:
+            mass, bits = masses(ops.softmax(scaled, axis=-1, mask=keep))
+            cut = xp.floor((1.0 - top_p.astype(xp.float64)) * (2.0 ** bits)).astype(xp.int64)
+            ascending = xp.sort(mass, axis=1)
+            dropped = xp.minimum(xp.count_nonzero(xp.cumsum(ascending, axis=1) <= cut[:, None], axis=1), V - 1)
+            floor = xp.take_along_axis(ascending, dropped[:, None], axis=1)
+            keep &= (top_p >= 1.0)[:, None] | (mass >= floor)
+        if "min_p" not in skip:
+            probs = ops.softmax(scaled, axis=-1, mask=keep)
+            keep &= (min_p <= 0.0)[:, None] | (probs >= min_p.astype(f32)[:, None]
+                                                * xp.max(probs, axis=1, keepdims=True))
         # the draw
         probs = ops.softmax(scaled, axis=-1, mask=keep)
     mass, _ = masses(probs)
@@ -87,7 +117,8 @@ class DeviceRows:
 
     def __init__(self, xp: ModuleType, settings: list, seen: list, vocab: int):
         s = [x if x is not None else gen.Sampling() for x in settings]
-        self.xp, self.seeds = xp, [x.seed for x in s]
+        self.xp, self.skip = xp, unused_stages(s)
+        self.keys = np.array([rng.stream_key(x.seed, gen.SAMPLE_STREAM) for x in s], dtype=np.uint32)
         self.temperature = xp.asarray(np.array([x.temperature for x in s], dtype=np.float32))
         self.top_k = xp.asarray(np.array([x.top_k for x in s], dtype=np.int64))
         self.top_p = xp.asarray(np.array([x.top_p for x in s], dtype=np.float32))
@@ -100,15 +131,13 @@ class DeviceRows:
     def set_steps(self, counters: list[int]) -> None:
         """Each row's uniform number for its next token: generate's Philox stream at the row's seed and
         step counter (its generated tokens before this one), as generate.choose draws it."""
-        u = np.array([gen._generator(seed).uniform(1, counter=c, dtype=np.float64)[0]
-                      for seed, c in zip(self.seeds, counters)])
-        self.u[:] = self.xp.asarray(u)
+        self.u[:] = self.xp.asarray(rng.first_uniforms(self.keys, np.array(counters, dtype=np.uint64)))
 
     def choose(self, logits: Array) -> Array:
         """int64 tokens for the first len(logits) rows, each added to its row's seen tokens."""
         n = logits.shape[0]
         tokens = sample_rows(logits, self.seen[:n], self.temperature[:n], self.top_k[:n], self.top_p[:n],
-                             self.min_p[:n], self.penalty[:n], self.u[:n])
+                             self.min_p[:n], self.penalty[:n], self.u[:n], skip=self.skip)
         self.seen[self.xp.arange(n), tokens] = True
         return tokens
 

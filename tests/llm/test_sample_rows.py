@@ -7,7 +7,7 @@ import pytest
 
 import loom
 from loom.llm import generate as gen
-from loom.llm.sample_rows import DeviceRows, masses, sample_rows
+from loom.llm.sample_rows import STAGES, DeviceRows, masses, sample_rows, unused_stages
 
 
 def _settings(rng, n):
@@ -110,3 +110,43 @@ def test_masses_are_generates_along_rows():
     for r in range(4):
         want, want_bits = gen.masses(probs[r])
         assert bits == want_bits and np.array_equal(got[r], want)
+
+
+@pytest.mark.parametrize("only", ["temperature", "top_k", "top_p", "min_p", "repetition_penalty", "greedy"])
+def test_skipping_the_unused_stages_keeps_the_tokens(only):
+    """unused_stages names the stages no row uses; sample_rows without them gives the same tokens, and
+    each stage in use is kept (a batch using one setting of a kind beside plain sampling)."""
+    rng = np.random.default_rng(len(only))
+    vocab, n = 3000, 12
+    value = {"top_k": 20, "top_p": 0.8, "min_p": 0.1, "repetition_penalty": 1.4}.get(only)
+    settings = [gen.Sampling() if only == "greedy" else
+                gen.Sampling(temperature=0.9, seed=r, **({only: value} if value and r % 2 else {}))
+                for r in range(n)]
+    skip = unused_stages(settings)
+    assert skip == {"temperature": {"top_k", "top_p", "min_p", "penalty"}, "greedy": STAGES,
+                    "top_k": {"top_p", "min_p", "penalty"}, "top_p": {"top_k", "min_p", "penalty"},
+                    "min_p": {"top_k", "top_p", "penalty"},
+                    "repetition_penalty": {"top_k", "top_p", "min_p"}}[only]
+    logits = (rng.standard_normal((n, vocab)) * 3).astype(np.float32)
+    seen = rng.random((n, vocab)) < 0.05
+    u = rng.random(n)
+    column = [np.array([getattr(s, f) for s in settings], dtype=np.float32)
+              for f in ("temperature", "top_p", "min_p", "repetition_penalty")]
+    top_k = np.array([s.top_k for s in settings], dtype=np.int64)
+    with loom.deterministic(True):
+        full = sample_rows(logits, seen, column[0], top_k, column[1], column[2], column[3], u)
+        lean = sample_rows(logits, seen, column[0], top_k, column[1], column[2], column[3], u, skip=skip)
+        assert lean.tolist() == full.tolist()
+        if only != "greedy":        # the stage in use changes tokens: skipping it would be caught above
+            plain = sample_rows(logits, seen, column[0], top_k, column[1], column[2], column[3], u, skip=STAGES - {"draw"})
+            assert (plain != full).any() or only == "temperature"
+
+
+def test_first_uniforms_are_each_streams_draw():
+    from loom import rng
+    seeds = [0, 1, 5, 2**31, 2**40 + 3, 987654321]
+    counters = [0, 1, 17, 2**32 - 1, 2**32 + 7, 2**40 + 5]
+    keys = np.array([rng.stream_key(s, gen.SAMPLE_STREAM) for s in seeds], dtype=np.uint32)
+    got = rng.first_uniforms(keys, np.array(counters, dtype=np.uint64))
+    want = [gen._generator(s).uniform(1, counter=c, dtype=np.float64)[0] for s, c in zip(seeds, counters)]
+    assert got.tolist() == want
