@@ -131,9 +131,11 @@ __device__ __forceinline__ float slice_result(double g_hi, double g_lo, int bits
 }
 
 // ctx_d for n > ROUNDED_KEYS keys: exact._matmul_narrow's slice scheme 2x1 over K = n (narrow_bits(n)), a =
-// the block's row p (p_s), b = column d of the values (v_at); every thread calls, slice 0 of each d writes.
-template <class At>
-__device__ void slice_weighted_values(const float* p_s, At v_at, long long n, int d, int slice,
+// the block's row p (p_s), b = column d of the values (v_at: the cache's keys lo .. lo + n - 2, then v_s, the
+// new key's); every thread calls, slice 0 of each d writes.
+template <class Addr, class At>
+__device__ void slice_weighted_values(const float* p_s, const Addr values, long long lo, const float* v_s, At v_at,
+                                      long long n, int d, int slice,
                                       float (*top_s)[D], bool (*bad_s)[D], double (*part_s)[D], double (*part_t)[D],
                                       float* red, float* out) {
     float top = 0.0f;                           // the row's largest |p| (non-finite ones flagged instead)
@@ -145,18 +147,21 @@ __device__ void slice_weighted_values(const float* p_s, At v_at, long long n, in
     }
     const bool row_bad = __syncthreads_or(bad);
     const float a_top = block_max(top, red);
-    // this thread's keys j = slice, slice + SLICES, ... with f(j, v_j), four loads in flight (the sums
-    // below are exact, or maxima: any order gives their values)
+    // this thread's keys j = slice, slice + SLICES, ... with f(j, v_j) (the sums below are exact, or maxima:
+    // any order gives their values): the cached ones FLIGHT loads at a time with no branch between them, so
+    // that they are in flight together (a load behind a branch waits for the one before it), then the new one
+    constexpr int FLIGHT = 8;
     auto each_value = [&](auto f) {
         long long j = slice;
-        for (; j + 3 * SLICES < n; j += 4 * SLICES) {
-            float vv[4];
+        for (; j + (FLIGHT - 1) * SLICES < n - 1; j += FLIGHT * SLICES) {
+            float vv[FLIGHT];
             #pragma unroll
-            for (int u = 0; u < 4; ++u) vv[u] = v_at(j + u * SLICES);
+            for (int u = 0; u < FLIGHT; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
             #pragma unroll
-            for (int u = 0; u < 4; ++u) f(j + u * SLICES, vv[u]);
+            for (int u = 0; u < FLIGHT; ++u) f(j + u * SLICES, vv[u]);
         }
-        for (; j < n; j += SLICES) f(j, v_at(j));
+        for (; j < n - 1; j += SLICES) f(j, __ldg(values.at(lo + j) + d));
+        if (j == n - 1) f(j, v_s[d]);
     };
     top = 0.0f;                                 // column d's largest |v|
     bad = false;
@@ -286,7 +291,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     phase(5);
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
     if (n > ROUNDED_KEYS) {
-        slice_weighted_values(p_s, v_at, n, d, slice, top_s, bad_s, part_s, part_t, red,
+        slice_weighted_values(p_s, values, lo, v_s, v_at, n, d, slice, top_s, bad_s, part_s, part_t, red,
                               out + ((long long)b * H + h) * D + d);
         phase(6);
         return;
