@@ -10,7 +10,8 @@ as a CUDA graph of 20 launches, best of 5.
 Shapes: SmolLM2-135M's and Llama-3.2-1B's products (K = 8192 takes the slice scheme). --groups adds the
 grouped warp-per-row kernels (slow past 16 rows: they are the "before"). --split-waves times the tiles
 with each value of quant_tiles.SPLIT_WAVES (the blocks a multiprocessor that split products aim for), one
-column each.
+column each. --dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded
+weight, which prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue.
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--groups", action="store_true")
     parser.add_argument("--split-waves", default=None, help="comma-separated quant_tiles.SPLIT_WAVES values")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    parser.add_argument("--dgemm", action="store_true",
+                        help="add the float64 GEMM path (quant_tiles.product from DGEMM_ROWS rows) at every row count")
     args = parser.parse_args()
     waves = [int(v) for v in args.split_waves.split(",")] if args.split_waves else [None]
     import cupy
@@ -73,8 +76,10 @@ def main() -> None:
     gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); fast = cuBLAS bf16 GEMM of the same shape")
     tiles_heads = " | ".join("tiles (det.)" if w is None else f"tiles, SPLIT_WAVES {w}" for w in waves)
-    print(f"| shape | type | rows of x | {tiles_heads} | groups of 16 (det., before) | fast bf16 | det / fast time |")
-    print("|---|---|---|" + "---|" * len(waves) + "---|---|---|")
+    dgemm_head = " float64 GEMM (det.) |" if args.dgemm else ""
+    print(f"| shape | type | rows of x | {tiles_heads} |{dgemm_head} groups of 16 (det., before) | fast bf16 | "
+          "det / fast time |")
+    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm) + "---|---|---|")
     rng = np.random.default_rng(0)
     for name in args.shapes.split(","):
         rows, k, swiglu = SHAPES[name]
@@ -84,6 +89,7 @@ def main() -> None:
             data = cupy.asarray(random_rows(qtype, stored, k, rng, scale=0.01, plain=0.05))
             w16 = cupy.asarray(rng.standard_normal((stored, k)).astype(np.float32) * 0.05)
             w16 = (w16.view(np.uint32) >> 16).astype(np.uint16)
+            tables = {}                         # product()'s memo of the weight's norms or maxima
             if rounded:
                 wnorm = quant_tiles.row_norms(data, qtype, stored, k)
             else:
@@ -106,6 +112,17 @@ def main() -> None:
                     quant_tiles.SPLIT_WAVES = default if w is None else w
                     t_tiles.append(graph_time(cupy, tiles))
                 quant_tiles.SPLIT_WAVES = default
+                t_dgemm = ""
+                if args.dgemm and not swiglu:       # (product() has no epilogues: prompt products)
+                    default_rows, quant_tiles.DGEMM_ROWS = quant_tiles.DGEMM_ROWS, 1
+                    default_values, quant_tiles.DGEMM_VALUES = quant_tiles.DGEMM_VALUES, 0
+                    t_dgemm = graph_time(cupy, lambda: quant_tiles.product(
+                        data, qtype, x, out, tables, exact_rounded.error_factor(k) if rounded else None,
+                        None if rounded else bits, blas=be.blas))
+                    quant_tiles.DGEMM_ROWS, quant_tiles.DGEMM_VALUES = default_rows, default_values
+                    t_dgemm = f" {t_dgemm:.1f} |"
+                elif args.dgemm:
+                    t_dgemm = " |"
                 t_groups = ""
                 if args.groups and m <= 256:
                     def groups():
@@ -122,7 +139,7 @@ def main() -> None:
                 yb = cupy.empty((m, stored), dtype=np.float32)
                 t_fast = graph_time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
                 times = " | ".join(f"{t:.1f}" for t in t_tiles)
-                print(f"| {name} | {qtype} | {m} | {times} | {t_groups} | {t_fast:.1f} | "
+                print(f"| {name} | {qtype} | {m} | {times} |{t_dgemm} {t_groups} | {t_fast:.1f} | "
                       f"{t_tiles[0] / t_fast:.2f} |", flush=True)
 
 

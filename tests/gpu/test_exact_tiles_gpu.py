@@ -162,3 +162,58 @@ def test_deterministic_products_of_any_rows_read_the_stored_weight(qtype, cols, 
     want = {"row_norms"} if cols <= exact_dispatch.ROUNDED_MAX_K else {"row_maxima"} if in_place else set()
     assert set(gpu_w.tables) == want
     assert {name: table.data.ptr for name, table in gpu_w.tables.items()} == (kept or {})   # made once
+
+
+def _prompt_product(data, qtype, x, rows, cols, monkeypatch):
+    """quant_tiles.product of x [m, cols] (host) with the backend's cuBLAS handle, as prompt chunks take
+    it; asserts that it took cuBLAS's float64 GEMM (m >= DGEMM_ROWS; any size of W here)."""
+    import loom
+    monkeypatch.setattr(quant_tiles, "DGEMM_VALUES", 0)
+    taken = []
+    dgemm = quant_tiles._dgemm
+    monkeypatch.setattr(quant_tiles, "_dgemm", lambda *a: taken.append(1) or dgemm(*a))
+    d, xd = cupy.asarray(data), cupy.asarray(x)
+    out = cupy.empty((x.shape[0], rows), dtype=np.float32)
+    rounded = exact_dispatch.matmul_scheme(np.float32, cols) == exact_dispatch.ROUNDED
+    assert quant_tiles.product(d, qtype, xd, out, {}, exact_rounded.error_factor(cols) if rounded else None,
+                               None if rounded else exact.narrow_bits(cols), blas=loom.backend.get("cuda").blas)
+    assert taken == [1]
+    return host(out)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
+                         + [t for t in cuda_quant.TYPES if t != "BF16"])
+@pytest.mark.parametrize("cols", [768, 4864])
+def test_prompt_sized_products_take_the_float64_gemm_with_the_exact_bits(qtype, cols, monkeypatch):
+    """From DGEMM_ROWS rows of x, W decoded to float64 and cuBLAS's float64 GEMM (any summation order:
+    the rounded scheme's bound holds for any, the slices' integer sums are exact in any), then the
+    tiles' finishing kernel: the exact GEMM's bits, in both schemes, for every stored type."""
+    rng = np.random.default_rng(cols + len(qtype))
+    rows, m = 80, quant_tiles.DGEMM_ROWS + 37
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4                                          # rows of other scales
+    x[5] *= 1e-3
+    got = _prompt_product(data, qtype, x, rows, cols, monkeypatch)
+    same_bits(got, exact_reference(x, w, None, None, None, False), f"{qtype} float64 GEMM product, {m} x {cols}")
+
+
+@pytest.mark.parametrize("cols", [2048, 2080])
+def test_the_float64_gemm_path_at_the_edges_of_float32(cols, monkeypatch):
+    """As test_tile_products_at_the_edges_of_float32, through the float64 GEMM: extreme, zero,
+    cancelling, infinite and NaN rows, and an entry on a float32 midpoint (settled)."""
+    rng = np.random.default_rng(cols + 1)
+    rows, m = 72, quant_tiles.DGEMM_ROWS + 6
+    x, w = float32_edges(m, rows, cols, rng)
+    x[m - 3, 9] = -np.inf
+    w[70, 0] = np.inf
+    x[8] = 0.0
+    w[11] = 0.0
+    x[8, :4] = [1.0, 2.0 ** -12, 3.0, 3.0]
+    w[11, :4] = [1.0, 2.0 ** -12, 1e-8, -1e-8]
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = _prompt_product(w.view(np.uint8), "F32", x, rows, cols, monkeypatch)
+        want = exact_reference(x, w, None, None, None, False)
+    same_bits(got, want, f"float64 GEMM product at the edges, K = {cols}")
+    assert np.isinf(got[1]).any() and np.isnan(got[4]).any() and np.isnan(got[:, 8]).all()

@@ -349,7 +349,7 @@ class CUDAQuant:
     def matmul_t_exact(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
                        factor: float | None = None, bits: tuple | None = None) -> bool:
         from . import quant_tiles
-        return quant_tiles.product(data, qtype, x2, out, tables, factor, bits)
+        return quant_tiles.product(data, qtype, x2, out, tables, factor, bits, blas=self._be.blas)
 
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         if qtype not in self.TYPES:

@@ -54,6 +54,15 @@ SPLIT_WAVES = 2
 # Products of up to this many rows of x outside a decode graph take the one-row kernels (quant_exact,
 # quant_slices: W read once per row group; the rounded scheme's need no row norms); more take the tiles
 ONE_ROW_KERNELS = 4
+# Products of at least DGEMM_ROWS rows of x (prompt chunks) with a weight of at least DGEMM_VALUES values
+# take cuBLAS's float64 GEMM of the decoded weight (decoded for each product: its float64 copy is 4x a
+# bf16 weight) and the tiles' finishing kernel: the rounded scheme's bound holds for the sum in any order
+# and the slices' integer sums are exact in any order, so the bits are the tiles'. On an H200
+# (benchmarks/exact_tiles.py --dgemm) Llama-3.2-1B's qkv and down products take 0.55-0.9x the tiles' time
+# from 256 rows; SmolLM2-135M's smaller ones (at most 1.8M values) 0.8-1.3x: the decoding, the float64
+# copy of x and the finishing kernel cost about what the GEMM saves
+DGEMM_ROWS = 256
+DGEMM_VALUES = 1 << 22
 
 DMMA2 = r"""
 // d0 (rows g) += a0 b and d1 (rows g + 8) += a1 b, two 8 x 8 fragments over k 4 sharing b: Hopper's
@@ -323,6 +332,22 @@ extern "C" __global__ void loom_exact_tiles_finish(LOOM_TILES_ARGS, const double
     }
 }
 
+// W's stored rows decoded to float64 for cuBLAS's float64 GEMM (product's DGEMM_ROWS path): out [rows, COLS]
+// the values as the tiles stage them, block_values' (rounded), or each rounded to its row's integer
+// (sliced: bbits below the top exponent of wmax[r], quant_slices.row_maxima's); a thread four values.
+extern "C" __global__ void loom_decode_f64(const unsigned char* w, const float* wmax, double* out, int rows,
+                                           int bbits) {
+    const long long t = (long long)blockIdx.x * blockDim.x + threadIdx.x, unit = t >> 3;
+    if (unit >= (long long)rows * NB) return;
+    const int r = (int)(unit / NB), b = (int)(unit % NB), i = (int)(t & 7);
+    float v[4]; int at[4];
+    block_values(w + (long long)r * ROW_BYTES, b, i, v, at);
+    const int shift = SLICED ? bbits - loom_top_exponent(wmax[r]) : 0;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j)
+        out[(long long)r * COLS + b * 32 + at[j]] = SLICED ? (double)rintf(ldexpf(v[j], shift)) : (double)v[j];
+}
+
 // out[r] = ||W[r, :]||_2 of the decoded row in float64 (exact squares, rounded sums: the rounded scheme's
 // bound allows for it), a warp a row; not finite where the row holds inf or NaN.
 extern "C" __global__ void loom_row_norms(const unsigned char* w, double* out, int rows) {
@@ -403,10 +428,12 @@ def sliced_gemm(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, 
 
 
 def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor: float | None = None,
-            bits: tuple | None = None) -> bool:
+            bits: tuple | None = None, blas=None) -> bool:
     """out [M, rows] = x @ W^T for x float32 [M, K] with the rounded scheme's bits (factor =
     exact_rounded.error_factor(K)) or the slice scheme's (bits = exact.narrow_bits(K)), W read once for
-    all M rows: the one-row kernels up to ONE_ROW_KERNELS rows, the tiles past; `tables` is the
+    all M rows: the one-row kernels up to ONE_ROW_KERNELS rows, the tiles past, and from DGEMM_ROWS rows
+    of x and DGEMM_VALUES values of W cuBLAS's float64 GEMM where `blas` (the backend's CuBLAS handle)
+    is given; `tables` is the
     weight's memo (BlockQuantized.tables), where its row norms or row maxima are made once. False
     where no kernel takes the product (the caller decodes W for the exact GEMM)."""
     m, cols = x.shape
@@ -418,17 +445,49 @@ def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor:
         return False
     if not x.flags.c_contiguous or x.data.ptr % 16:
         x = cupy.array(x, order="C")                # (a fresh allocation: aligned)
+    dgemm = tiles and blas is not None and m >= DGEMM_ROWS and rows * cols >= DGEMM_VALUES
     if not sliced:
-        if tiles:
-            gemm(data, qtype, x, weight_table(tables, "row_norms", data, qtype, rows, cols), out, factor)
+        wnorm = weight_table(tables, "row_norms", data, qtype, rows, cols) if tiles else None
+        if dgemm:
+            _dgemm(data, qtype, x, None, None, x, wnorm, None, out, (0, 0), factor, blas)
+        elif tiles:
+            gemm(data, qtype, x, wnorm, out, factor)
         else:
             quant_exact.gemv(data, qtype, x, out, factor)
         return True
     slices, xmax = cupy.empty((m, 2 * cols), dtype=np.float32), cupy.empty(m, dtype=np.float32)
     quant_slices.slice_rows(x, slices, xmax, bits)
     wmax = weight_table(tables, "row_maxima", data, qtype, rows, cols)
-    (sliced_gemm if tiles else quant_slices.gemv)(data, qtype, slices, xmax, x, wmax, out, bits)
+    if dgemm:
+        _dgemm(data, qtype, None, slices, xmax, x, None, wmax, out, bits, 0.0, blas)
+    else:
+        (sliced_gemm if tiles else quant_slices.gemv)(data, qtype, slices, xmax, x, wmax, out, bits)
     return True
+
+
+def _dgemm(data, qtype, x, slices, xmax, xf, wnorm, wmax, out, bits, factor, blas) -> None:
+    """product's path from DGEMM_ROWS rows: W decoded to float64 (loom_decode_f64), the A operand x in
+    float64 (rounded) or its hi and lo slices as rows of their own (sliced), their product by cuBLAS's
+    float64 GEMM written where the tiles' split parts go (one part), and the tiles' finishing kernel:
+    certification and settling, or the slices' recombination, as the tiles do it."""
+    sliced = slices is not None
+    m, cols = xf.shape
+    rows, units, comp = data.shape[0], cols // 32, 2 if sliced else 1
+    module = _module(qtype, 0, sliced, units)
+    w64 = cupy.empty((rows, cols), dtype=np.float64)
+    launch(module.get_function("loom_decode_f64"), -(-rows * units * 8 // 256), 256,
+           (data, pointer(wmax), w64, np.int32(rows), np.int32(bits[1])), False)
+    part = cupy.empty(comp * m * rows + m, dtype=np.float64)
+    if sliced:                  # slice_rows' (hi, lo) pairs -> the hi rows, then the lo rows
+        a64 = slices.reshape(m, cols, 2).transpose(2, 0, 1).astype(np.float64)
+    else:
+        a64 = x.astype(np.float64)
+        cupy.sum(a64 * a64, axis=1, out=part[m * rows:])     # ||x[m]||^2: the bound holds for any order
+    blas.gemm(a64.reshape(comp * m, cols), w64.T, out=part[:comp * m * rows].reshape(comp * m, rows))
+    args = (data, slices if sliced else x, xf, pointer(xmax), pointer(wnorm), pointer(wmax), out, np.int32(m),
+            np.int32(rows), pointer(None), pointer(None), np.float64(factor), np.int32(bits[0]), np.int32(bits[1]))
+    launch(module.get_function("loom_exact_tiles_finish"), min(-(-m * rows // 256), 8 * quant_exact._multiprocessors()),
+           256, args + (part, np.int32(1)), False)
 
 
 def weight_table(tables: dict, name: str, data: Array, qtype: str, rows: int, cols: int) -> Array:
