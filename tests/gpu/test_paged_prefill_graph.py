@@ -106,6 +106,25 @@ def test_deterministic_prompt_steps_record_with_the_eager_and_cpu_bits(arch, ext
     """Deterministic mode records its prompt chunks too (their products the exact block kernels': the
     float64 tensor cores' tiles): replays give the eager chunks' tokens and log-probability bits and the
     CPU's, chunks past position 0 (a window starting past the first key) included."""
+    _deterministic_prompt_steps(arch, extra, monkeypatch)
+
+
+@pytest.mark.parametrize("arch, extra", [("llama", {}), ("qwen2", {})])
+def test_deterministic_prompt_products_through_the_float64_gemm_keep_the_bits(arch, extra, monkeypatch):
+    """As above with every prompt product of 5 rows and more taking quant_tiles' float64 GEMM path
+    (cuBLAS's DGEMM of the decoded weight, which real models' large weights take from 256 rows), eager
+    and recorded."""
+    from loom.backend.cuda import quant_tiles
+    monkeypatch.setattr(quant_tiles, "DGEMM_ROWS", 5)
+    monkeypatch.setattr(quant_tiles, "DGEMM_VALUES", 0)
+    taken = []
+    dgemm = quant_tiles._dgemm
+    monkeypatch.setattr(quant_tiles, "_dgemm", lambda *a: taken.append(1) or dgemm(*a))
+    _deterministic_prompt_steps(arch, extra, monkeypatch)
+    assert taken
+
+
+def _deterministic_prompt_steps(arch, extra, monkeypatch):
     _no_decoded_weights_on_the_gpu(monkeypatch)
     with loom.deterministic(True):
         model, eager_model = _graph_model(arch, "cuda", True, **extra), _graph_model(arch, "cuda", True, **extra)
