@@ -37,6 +37,7 @@ import numpy as np
 from .. import Array
 from . import quant_exact, quant_slices
 from .compile import OPTIONS
+from .cublas import CuBLAS
 from .launch import launch
 from .quant import pointer
 from .quant_exact import prelude
@@ -428,7 +429,7 @@ def sliced_gemm(data: Array, qtype: str, slices: Array, xmax: Array, xf: Array, 
 
 
 def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor: float | None = None,
-            bits: tuple | None = None, blas=None) -> bool:
+            bits: tuple | None = None, blas: CuBLAS | None = None) -> bool:
     """out [M, rows] = x @ W^T for x float32 [M, K] with the rounded scheme's bits (factor =
     exact_rounded.error_factor(K)) or the slice scheme's (bits = exact.narrow_bits(K)), W read once for
     all M rows: the one-row kernels up to ONE_ROW_KERNELS rows, the tiles past, and from DGEMM_ROWS rows
@@ -465,7 +466,7 @@ def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor:
     return True
 
 
-def _dgemm(data, qtype, x, slices, xmax, xf, wnorm, wmax, out, bits, factor, blas) -> None:
+def _dgemm(data, qtype, x, slices, xmax, xf, wnorm, wmax, out, bits, factor, blas: CuBLAS) -> None:
     """product's path from DGEMM_ROWS rows: W decoded to float64 (loom_decode_f64), the A operand x in
     float64 (rounded) or its hi and lo slices as rows of their own (sliced), their product by cuBLAS's
     float64 GEMM written where the tiles' split parts go (one part), and the tiles' finishing kernel:
