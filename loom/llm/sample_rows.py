@@ -134,8 +134,14 @@ class DeviceRows:
         self.u[:] = self.xp.asarray(rng.first_uniforms(self.keys, np.array(counters, dtype=np.uint64)))
 
     def choose(self, logits: Array) -> Array:
-        """int64 tokens for the first len(logits) rows, each added to its row's seen tokens."""
+        """int64 tokens for the first len(logits) rows, each added to its row's seen tokens. On a GPU one
+        kernel samples every row (backend/cuda/sampling.py: these array operations' deterministic tokens,
+        in both modes)."""
         n = logits.shape[0]
+        if self.xp.__name__ == "cupy":
+            from ..backend.cuda import sampling
+            return sampling.sample_rows(logits, self.seen[:n], self.temperature[:n], self.top_k[:n], self.top_p[:n],
+                                        self.min_p[:n], self.penalty[:n], self.u[:n], self.skip, mark_seen=True)
         tokens = sample_rows(logits, self.seen[:n], self.temperature[:n], self.top_k[:n], self.top_p[:n],
                              self.min_p[:n], self.penalty[:n], self.u[:n], skip=self.skip)
         self.seen[self.xp.arange(n), tokens] = True
