@@ -55,15 +55,18 @@ SPLIT_WAVES = 2
 # Products of up to this many rows of x outside a decode graph take the one-row kernels (quant_exact,
 # quant_slices: W read once per row group; the rounded scheme's need no row norms); more take the tiles
 ONE_ROW_KERNELS = 4
-# Products of at least DGEMM_ROWS rows of x (prompt chunks) with a weight of at least DGEMM_VALUES values
-# take cuBLAS's float64 GEMM of the decoded weight (decoded for each product: its float64 copy is 4x a
-# bf16 weight) and the tiles' finishing kernel: the rounded scheme's bound holds for the sum in any order
-# and the slices' integer sums are exact in any order, so the bits are the tiles'. On an H200
-# (benchmarks/exact_tiles.py --dgemm) Llama-3.2-1B's qkv and down products take 0.55-0.9x the tiles' time
-# from 256 rows; SmolLM2-135M's smaller ones (at most 1.8M values) 0.8-1.3x: the decoding, the float64
-# copy of x and the finishing kernel cost about what the GEMM saves
+# Products of at least DGEMM_ROWS rows of x (prompt chunks) with a weight of DGEMM_VALUES to
+# DGEMM_MAX_VALUES values take cuBLAS's float64 GEMM of the decoded weight (decoded for each product: its
+# float64 copy is 4x a bf16 weight, about 14x a 4-bit one, and at most 1 GiB) and the tiles' finishing
+# kernel: the rounded scheme's bound holds for the sum in any order and the slices' integer sums are exact
+# in any order, so the bits are the tiles'. On an H200 (benchmarks/exact_tiles.py --dgemm) Llama-3.2-1B's
+# qkv and down products take 0.55-0.9x the tiles' time from 256 rows; SmolLM2-135M's layer products (at
+# most 1.8M values) 0.8-1.3x: the decoding, the float64 copy of x and the finishing kernel cost about what
+# the GEMM saves. (A tied output layer of 2^22 values or more, where a prompt's every logit is wanted,
+# takes the path too; it was not timed.)
 DGEMM_ROWS = 256
 DGEMM_VALUES = 1 << 22
+DGEMM_MAX_VALUES = 1 << 27
 
 DMMA2 = r"""
 // d0 (rows g) += a0 b and d1 (rows g + 8) += a1 b, two 8 x 8 fragments over k 4 sharing b: Hopper's
@@ -433,8 +436,8 @@ def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor:
     """out [M, rows] = x @ W^T for x float32 [M, K] with the rounded scheme's bits (factor =
     exact_rounded.error_factor(K)) or the slice scheme's (bits = exact.narrow_bits(K)), W read once for
     all M rows: the one-row kernels up to ONE_ROW_KERNELS rows, the tiles past, and from DGEMM_ROWS rows
-    of x and DGEMM_VALUES values of W cuBLAS's float64 GEMM where `blas` (the backend's CuBLAS handle)
-    is given; `tables` is the
+    of x and DGEMM_VALUES to DGEMM_MAX_VALUES values of W cuBLAS's float64 GEMM where `blas` (the
+    backend's CuBLAS handle) is given; `tables` is the
     weight's memo (BlockQuantized.tables), where its row norms or row maxima are made once. False
     where no kernel takes the product (the caller decodes W for the exact GEMM)."""
     m, cols = x.shape
@@ -446,7 +449,7 @@ def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, factor:
         return False
     if not x.flags.c_contiguous or x.data.ptr % 16:
         x = cupy.array(x, order="C")                # (a fresh allocation: aligned)
-    dgemm = tiles and blas is not None and m >= DGEMM_ROWS and rows * cols >= DGEMM_VALUES
+    dgemm = tiles and blas is not None and m >= DGEMM_ROWS and DGEMM_VALUES <= rows * cols <= DGEMM_MAX_VALUES
     if not sliced:
         wnorm = weight_table(tables, "row_norms", data, qtype, rows, cols) if tiles else None
         if dgemm:
@@ -480,7 +483,7 @@ def _dgemm(data, qtype, x, slices, xmax, xf, wnorm, wmax, out, bits, factor, bla
            (data, pointer(wmax), w64, np.int32(rows), np.int32(bits[1])), False)
     part = cupy.empty(comp * m * rows + m, dtype=np.float64)
     if sliced:                  # slice_rows' (hi, lo) pairs -> the hi rows, then the lo rows
-        a64 = slices.reshape(m, cols, 2).transpose(2, 0, 1).astype(np.float64)
+        a64 = slices.reshape(m, cols, 2).transpose(2, 0, 1).astype(np.float64, order="C")
     else:
         a64 = x.astype(np.float64)
         cupy.sum(a64 * a64, axis=1, out=part[m * rows:])     # ||x[m]||^2: the bound holds for any order
