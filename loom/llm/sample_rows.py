@@ -58,8 +58,9 @@ def unused_stages(settings: list) -> frozenset:
 def sample_rows(logits: Array, seen: Array, temperature: Array, top_k: Array, top_p: Array, min_p: Array,
                 penalty: Array, u: Array, allowed: Array | None = None, skip: frozenset = frozenset()) -> Array:
     """int64 [R] tokens for float32 logits [R, V]: seen (bool [R, V], the tokens already in each
-    sequence), temperature, top_k, top_p, min_p, penalty and u ([R] each: float32 for the first five but
-    top_k (int64), float64 for u), allowed (bool [R, V] with at least one True a row, or None: all).
+    sequence), temperature, top_k, top_p, min_p, penalty and u ([R] each: float32 for temperature, min_p
+    and penalty, as choose rounds them; int64 top_k; float64 top_p and u: choose's top-p cut is
+    floor((1 - top_p) 2^B) of the double), allowed (bool [R, V] with at least one True a row, or None: all).
     skip: STAGES that no row uses (unused_stages), left out: the array work of a step is then that of
     the settings in use (a whole-vocabulary sort each for top-k and top-p)."""
     xp = of(logits).xp
@@ -121,7 +122,7 @@ class DeviceRows:
         self.keys = np.array([rng.stream_key(x.seed, gen.SAMPLE_STREAM) for x in s], dtype=np.uint32)
         self.temperature = xp.asarray(np.array([x.temperature for x in s], dtype=np.float32))
         self.top_k = xp.asarray(np.array([x.top_k for x in s], dtype=np.int64))
-        self.top_p = xp.asarray(np.array([x.top_p for x in s], dtype=np.float32))
+        self.top_p = xp.asarray(np.array([x.top_p for x in s], dtype=np.float64))     # choose's cut: the double
         self.min_p = xp.asarray(np.array([x.min_p for x in s], dtype=np.float32))
         self.penalty = xp.asarray(np.array([x.repetition_penalty for x in s], dtype=np.float32))
         self.seen = xp.asarray(np.stack([np.asarray(x, dtype=bool) if x is not None else np.zeros(vocab, dtype=bool)

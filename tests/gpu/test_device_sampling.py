@@ -31,7 +31,7 @@ def test_sample_rows_on_the_device_are_choose_on_the_host(vocab):
                 gen.Sampling(temperature=1.1, top_p=0.8, seed=3), gen.Sampling(temperature=0.9, min_p=0.05, seed=4),
                 gen.Sampling(temperature=0.6, top_k=40, top_p=0.9, min_p=0.02, repetition_penalty=1.2, seed=5)] * 3
     u = np.array([gen._generator(s.seed).uniform(1, counter=r, dtype=np.float64)[0] for r, s in enumerate(settings)])
-    column = [cupy.asarray(np.array([getattr(s, f) for s in settings], dtype=np.float32))
+    column = [cupy.asarray(np.array([getattr(s, f) for s in settings], dtype=np.float64 if f == "top_p" else np.float32))
               for f in ("temperature", "top_p", "min_p", "repetition_penalty")]
     with loom.deterministic(True):
         got = sample_rows(cupy.asarray(logits), cupy.asarray(seen), column[0],
@@ -111,7 +111,7 @@ def test_the_sampling_kernel_skips_the_unused_stages_with_the_same_tokens(only):
     logits = cupy.asarray((rng.standard_normal((n, vocab)) * 3).astype(np.float32))
     seen = cupy.zeros((n, vocab), dtype=bool)
     u = cupy.asarray(rng.random(n))
-    cols = [cupy.asarray(np.array([getattr(s, f) for s in settings], dtype=np.float32))
+    cols = [cupy.asarray(np.array([getattr(s, f) for s in settings], dtype=np.float64 if f == "top_p" else np.float32))
             for f in ("temperature", "top_p", "min_p", "repetition_penalty")]
     top_k = cupy.asarray(np.array([s.top_k for s in settings], dtype=np.int64))
     args = (logits, seen, cols[0], top_k, cols[1], cols[2], cols[3], u)
@@ -121,3 +121,16 @@ def test_the_sampling_kernel_skips_the_unused_stages_with_the_same_tokens(only):
         arrays = sample_rows(*args)
     assert cupy.asnumpy(full).tolist() == cupy.asnumpy(lean).tolist() == cupy.asnumpy(arrays).tolist()
     assert STAGES >= unused_stages(settings)
+
+
+def test_the_sampling_kernel_cuts_top_p_at_the_doubles():
+    """As tests/llm/test_sample_rows.py's case: a top-p cut where float32 and float64 top_p part."""
+    logits = cupy.asarray(np.array([[-2.1972244, 0.0]], dtype=np.float32))
+    settings = [gen.Sampling(temperature=1.0, top_p=0.9, seed=0)]
+    rows = DeviceRows(cupy, settings, [None], 2)
+    with loom.deterministic(True):
+        for step in range(100):
+            rows.set_steps([step])
+            rows.seen[...] = False
+            want = gen.choose(cupy.asnumpy(logits)[0], np.zeros(2, dtype=bool), settings[0], step)
+            assert int(rows.choose(logits)[0]) == want, step

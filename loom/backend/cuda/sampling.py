@@ -131,7 +131,7 @@ __device__ __forceinline__ long long mass_of(float p, double up) {
 
 extern "C" __global__ void __launch_bounds__(1024) loom_sample_rows(
         const float* logits, unsigned char* seen, const float* temperature, const long long* top_k,
-        const float* top_p, const float* min_p, const float* penalty, const double* u, long long* tokens,
+        const double* top_p, const float* min_p, const float* penalty, const double* u, long long* tokens,
         float* scaled_buf, float* e_buf, unsigned char* keep_buf, long long n, int skip, int bits, int mark_seen) {
     __shared__ Scratch s;
     __shared__ float red[32];
@@ -197,10 +197,10 @@ extern "C" __global__ void __launch_bounds__(1024) loom_sample_rows(
             __syncthreads();
         }
         const double up = ldexp(1.0, bits);
-        if (!(skip & 4) && top_p[r] < 1.0f) {
+        if (!(skip & 4) && top_p[r] < 1.0) {
             const float denom = masked_exponentials(scaled, keep, e, n, bits, s, red);
             auto mass = [&](long long j) { return mass_of(e[j] / denom, up); };
-            const long long cut = (long long)floor((1.0 - (double)top_p[r]) * up);
+            const long long cut = (long long)floor((1.0 - top_p[r]) * up);
             unsigned long long floor_mass = select_key([&](long long j) { return (unsigned long long)mass(j); },
                                                        mass, n, cut, 56, sel, &found);
             if (!found) {                           // nothing past the cut: the largest mass
@@ -277,8 +277,8 @@ def sample_rows(logits: Array, seen: Array, temperature: Array, top_k: Array, to
                 penalty: Array, u: Array, skip: frozenset = frozenset(), mark_seen: bool = False) -> Array:
     """int64 [R] tokens for float32 logits [R, V] (C-contiguous), as loom.llm.sample_rows.sample_rows gives
     them in deterministic mode (no `allowed` mask): seen bool [R, V] (C-contiguous; with mark_seen each
-    row's token is marked there), temperature, top_p, min_p, penalty float32 [R], top_k int64 [R], u
-    float64 [R]; skip: the stages no row uses (sample_rows.unused_stages)."""
+    row's token is marked there), temperature, min_p, penalty float32 [R], top_k int64 [R], top_p and u
+    float64 [R] (sample_rows' dtypes); skip: the stages no row uses (sample_rows.unused_stages)."""
     rows, n = logits.shape
     tokens = cupy.empty(rows, dtype=np.int64)
     if rows == 0:
@@ -287,8 +287,11 @@ def sample_rows(logits: Array, seen: Array, temperature: Array, top_k: Array, to
     keep = cupy.empty((rows, n), dtype=np.uint8)
     flags = sum(bit for name, bit in FLAGS.items() if name in skip)
     bits = 53 - max(0, (n - 1).bit_length())            # exact.sum's and generate.masses' B for rows of n
-    args = (cupy.ascontiguousarray(logits, dtype=np.float32), seen.view(np.uint8), temperature, top_k, top_p,
-            min_p, penalty, u, tokens, scaled, e, keep, np.int64(n), np.int32(flags), np.int32(bits),
+    f32, f64 = (lambda a: cupy.ascontiguousarray(a, dtype=np.float32)), (lambda a: cupy.ascontiguousarray(a, dtype=np.float64))
+    if seen.dtype != np.bool_ or seen.shape != logits.shape or not seen.flags.c_contiguous:
+        raise ValueError(f"seen must be C-contiguous bool {list(logits.shape)}, got {seen.dtype} {list(seen.shape)}")
+    args = (f32(logits), seen.view(np.uint8), f32(temperature), cupy.ascontiguousarray(top_k, dtype=np.int64),
+            f64(top_p), f32(min_p), f32(penalty), f64(u), tokens, scaled, e, keep, np.int64(n), np.int32(flags), np.int32(bits),
             np.int32(mark_seen))
     launch(_kernel(), rows, THREADS, args, False)
     return tokens
