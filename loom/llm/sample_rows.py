@@ -12,6 +12,8 @@ whose cumulative mass exceeds floor(u x total). A row at temperature 0, or whose
 not all finite or have no mass, takes its greedy token. Each setting is a per-row array; u is the row's
 uniform number (generate's Philox stream at its seed and step: known before the step, so a device can
 have it with the step's inputs). The presence and frequency penalties are the caller's, on the logits.
+On a GPU, DeviceRows.choose runs loom/backend/cuda/sampling.py's kernel instead: these stages in one
+launch, with these tokens; sample_rows is its reference.
 """
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ from functools import cache
 import cupy
 import numpy as np
 
+from ...errors import ShapeError
 from .. import Array
 from .compile import OPTIONS
 from .exact_reduce import EXACT_ROW_SUM
@@ -287,11 +288,14 @@ def sample_rows(logits: Array, seen: Array, temperature: Array, top_k: Array, to
     keep = cupy.empty((rows, n), dtype=np.uint8)
     flags = sum(bit for name, bit in FLAGS.items() if name in skip)
     bits = 53 - max(0, (n - 1).bit_length())            # exact.sum's and generate.masses' B for rows of n
-    f32, f64 = (lambda a: cupy.ascontiguousarray(a, dtype=np.float32)), (lambda a: cupy.ascontiguousarray(a, dtype=np.float64))
     if seen.dtype != np.bool_ or seen.shape != logits.shape or not seen.flags.c_contiguous:
-        raise ValueError(f"seen must be C-contiguous bool {list(logits.shape)}, got {seen.dtype} {list(seen.shape)}")
-    args = (f32(logits), seen.view(np.uint8), f32(temperature), cupy.ascontiguousarray(top_k, dtype=np.int64),
-            f64(top_p), f32(min_p), f32(penalty), f64(u), tokens, scaled, e, keep, np.int64(n), np.int32(flags), np.int32(bits),
-            np.int32(mark_seen))
+        raise ShapeError(f"sampling: seen must be C-contiguous bool {list(logits.shape)}, got {seen.dtype} "
+                         f"{list(seen.shape)}")
+    f32, f64 = np.float32, np.float64
+    settings = [cupy.ascontiguousarray(a, dtype=d) for a, d in ((logits, f32), (temperature, f32), (top_k, np.int64),
+                                                              (top_p, f64), (min_p, f32), (penalty, f32), (u, f64))]
+    x, temperature, top_k, top_p, min_p, penalty, u = settings
+    args = (x, seen.view(np.uint8), temperature, top_k, top_p, min_p, penalty, u, tokens, scaled, e, keep,
+            np.int64(n), np.int32(flags), np.int32(bits), np.int32(mark_seen))
     launch(_kernel(), rows, THREADS, args, False)
     return tokens
