@@ -112,6 +112,22 @@ __device__ __forceinline__ double rounded_factor(long long n) {
     return __dmul_rn(__dmul_rn((double)(n + 2), 0x1p-53), 1.0 + 0x1p-20);
 }
 
+// The slice scheme's column maxima: this thread's largest |v| and whether one is not finite over its keys
+// (each_value(f) calls f(j, v_jd) for them), left in top_s / bad_s [slice][d] for every slice to combine
+template <class E>
+__device__ __forceinline__ void value_column_top(E each_value, int d, int slice, float (*top_s)[D], bool (*bad_s)[D],
+                                                 float& top, bool& bad) {
+    top = 0.0f;
+    bad = false;
+    each_value([&](long long, float vj) {
+        bad |= !isfinite(vj);
+        top = fmaxf(top, fabsf(vj));
+    });
+    top_s[slice][d] = top;
+    bad_s[slice][d] = bad;
+    __syncthreads();
+}
+
 // The slice scheme's products: s = p 2^(bits_a - ea) (exact, or below 2^-126 where rint makes it 0 either
 // way), hi = rint(s), lo = rint((s - hi) 2^bits_a) (lo_up = 2^bits_a); v as rint(v up_b); hi v and lo v added to
 // g_hi and g_lo, integers whose sums stay below 2^53
@@ -163,15 +179,7 @@ __device__ void slice_weighted_values(const float* p_s, const Addr values, long 
         for (; j < n - 1; j += SLICES) f(j, __ldg(values.at(lo + j) + d));
         if (j == n - 1) f(j, v_s[d]);
     };
-    top = 0.0f;                                 // column d's largest |v|
-    bad = false;
-    each_value([&](long long, float vj) {
-        bad |= !isfinite(vj);
-        top = fmaxf(top, fabsf(vj));
-    });
-    top_s[slice][d] = top;
-    bad_s[slice][d] = bad;
-    __syncthreads();
+    value_column_top(each_value, d, slice, top_s, bad_s, top, bad);      // column d's largest |v|
     for (int k = 0; k < SLICES; ++k) { top = fmaxf(top, top_s[k][d]); bad |= bad_s[k][d]; }
     const int log2k = 64 - __clzll(n - 1);
     const int bits_b = min(24, 53 - log2k - 12), bits_a = 53 - log2k - bits_b;

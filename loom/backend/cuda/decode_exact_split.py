@@ -93,15 +93,9 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
     for (long long j = threadIdx.x; j < m; j += blockDim.x) peak = max_nan(peak, p_s[j]);
     peak = block_max(peak, red);
     if (n > ROUNDED_KEYS) {
-        float top = 0.0f;
-        bool bad = false;
-        each_value([&](long long, float vj) {
-            bad |= !isfinite(vj);
-            top = fmaxf(top, fabsf(vj));
-        });
-        top_s[slice][d] = top;
-        bad_s[slice][d] = bad;
-        __syncthreads();
+        float top;
+        bool bad;
+        value_column_top(each_value, d, slice, top_s, bad_s, top, bad);
         if (slice == 0) {
             for (int k = 1; k < SLICES; ++k) { top = fmaxf(top, top_s[k][d]); bad |= bad_s[k][d]; }
             w.vtop[index * D + d] = bad ? -1.0f : top;
