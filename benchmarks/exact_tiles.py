@@ -6,12 +6,15 @@ as a CUDA graph of 20 launches, best of 5.
 
     PYTHONPATH=. python benchmarks/exact_tiles.py [--rows 16,64,256,2048] [--types BF16,Q4_1] [--groups]
                                                   [--split-waves 1,2] [--shapes "smol o,1b down"]
+                                                  [--split-tiles] [--dgemm]
 
 Shapes: SmolLM2-135M's and Llama-3.2-1B's products (K = 8192 takes the slice scheme). --groups adds the
 grouped warp-per-row kernels (slow past 16 rows: they are the "before"). --split-waves times the tiles
 with each value of quant_tiles.SPLIT_WAVES (the blocks a multiprocessor that split products aim for), one
-column each. --dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded
-weight, which prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue.
+column each. Up to quant_rows.ROWS_MAX rows of x the "tiles (det.)" column is the default path, quant_rows'
+kernel; --split-tiles adds the tiles with K split in parts (the default there before quant_rows).
+--dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded weight, which
+prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue.
 """
 from __future__ import annotations
 
@@ -59,6 +62,8 @@ def main() -> None:
     parser.add_argument("--groups", action="store_true")
     parser.add_argument("--split-waves", default=None, help="comma-separated quant_tiles.SPLIT_WAVES values")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
+    parser.add_argument("--split-tiles", action="store_true",
+                        help="add the tiles with K split (what products of up to quant_rows.ROWS_MAX rows took before)")
     parser.add_argument("--dgemm", action="store_true",
                         help="add the float64 GEMM path (quant_tiles.product from DGEMM_ROWS rows) at every row count")
     args = parser.parse_args()
@@ -76,10 +81,11 @@ def main() -> None:
     gpu = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); fast = cuBLAS bf16 GEMM of the same shape")
     tiles_heads = " | ".join("tiles (det.)" if w is None else f"tiles, SPLIT_WAVES {w}" for w in waves)
-    dgemm_head = " float64 GEMM (det.) |" if args.dgemm else ""
+    dgemm_head = (" tiles, K split (det., before) |" if args.split_tiles else "") + (
+        " float64 GEMM (det.) |" if args.dgemm else "")
     print(f"| shape | type | rows of x | {tiles_heads} |{dgemm_head} groups of 16 (det., before) | fast bf16 | "
           "det / fast time |")
-    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm) + "---|---|---|")
+    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm + args.split_tiles) + "---|---|---|")
     rng = np.random.default_rng(0)
     for name in args.shapes.split(","):
         rows, k, swiglu = SHAPES[name]
@@ -99,20 +105,25 @@ def main() -> None:
                 x = cupy.asarray(rng.standard_normal((m, k)).astype(np.float32))
                 out = cupy.empty((m, rows), dtype=np.float32)
                 if rounded:
-                    tiles = (lambda: quant_tiles.gemm(data, qtype, x, wnorm, out, exact_rounded.error_factor(k),
-                                                      swiglu=swiglu))
+                    def tiles(splits=None):
+                        quant_tiles.gemm(data, qtype, x, wnorm, out, exact_rounded.error_factor(k), swiglu=swiglu,
+                                         splits=splits)
                 else:
                     slices, xmax = cupy.empty((m, 2 * k), dtype=np.float32), cupy.empty(m, dtype=np.float32)
 
-                    def tiles():
+                    def tiles(splits=None):
                         quant_slices.slice_rows(x, slices, xmax, bits)
-                        quant_tiles.sliced_gemm(data, qtype, slices, xmax, x, wmax, out, bits, swiglu=swiglu)
+                        quant_tiles.sliced_gemm(data, qtype, slices, xmax, x, wmax, out, bits, swiglu=swiglu,
+                                                splits=splits)
                 t_tiles, default = [], quant_tiles.SPLIT_WAVES
                 for w in waves:
                     quant_tiles.SPLIT_WAVES = default if w is None else w
                     t_tiles.append(graph_time(cupy, tiles))
                 quant_tiles.SPLIT_WAVES = default
-                t_dgemm = ""
+                t_split = t_dgemm = ""
+                if args.split_tiles:
+                    splits = quant_tiles.tile_splits(m, rows, k, not rounded, swiglu)
+                    t_split = f" {graph_time(cupy, lambda: tiles(splits)):.1f} |"
                 if args.dgemm and not swiglu:       # (product() has no epilogues: prompt products)
                     default_rows, quant_tiles.DGEMM_ROWS = quant_tiles.DGEMM_ROWS, 1
                     default_values, quant_tiles.DGEMM_VALUES = quant_tiles.DGEMM_VALUES, 0
@@ -139,7 +150,7 @@ def main() -> None:
                 yb = cupy.empty((m, stored), dtype=np.float32)
                 t_fast = graph_time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
                 times = " | ".join(f"{t:.1f}" for t in t_tiles)
-                print(f"| {name} | {qtype} | {m} | {times} |{t_dgemm} {t_groups} | {t_fast:.1f} | "
+                print(f"| {name} | {qtype} | {m} | {times} |{t_split}{t_dgemm} {t_groups} | {t_fast:.1f} | "
                       f"{t_tiles[0] / t_fast:.2f} |", flush=True)
 
 

@@ -32,8 +32,8 @@ scheme (ROUNDED_MAX_K < K <= 2^14) take backend/cuda/quant_slices.py instead: x'
 before each product, and each weight's row maxima, made once when the graph is built. Those kernels hold
 every row of x's sums in registers, so past EXACT_TILE_ROWS rows a deterministic step takes
 backend/cuda/quant_tiles.py for every product (both schemes, the same bits, the float64 tensor cores,
-each weight read once for the whole batch; the rounded scheme's weights keep their rows' norms, made once
-here), after the RMSNorm's own kernel or the slicing kernel. The attention
+each weight read once for the whole batch: quant_rows' kernel for batches of decode size; the rounded
+scheme's weights keep their rows' norms, made once here), after the RMSNorm's own kernel or the slicing kernel. The attention
 kernel takes positions below EXACT_POSITIONS (p v over more than ROUNDED_MAX_K keys in the slice scheme,
 as the array code's product); the engine steps longer sequences through paged_forward.
 """
@@ -59,7 +59,10 @@ if TYPE_CHECKING:
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 TENSOR_CORE_ROWS = 4        # fast mode, 16-bit weights: batches past this many rows take the GEMM steps
-EXACT_TILE_ROWS = 4         # deterministic mode: batches past this many rows take the tile products
+# deterministic mode: batches past this many rows take quant_tiles' products (quant_rows' kernel up to 64 rows):
+# on an H200 it took 0.45-0.93x the one-row kernels' time for 4 rows of SmolLM2's and Llama-3.2-1B's
+# products, 1.3-1.7x for one row (benchmarks/exact_tiles.py --rows 1,4 --groups)
+EXACT_TILE_ROWS = 2
 
 
 def bucket(n: int) -> int | None:

@@ -36,7 +36,7 @@ from .exact_reduce import EXACT_ROW_SUM
 from .exact_rounded import ROUNDED_DEVICE
 from .fused import ROW_HELPERS
 from .quant_exact import _MARK, SETTLE
-from .quant_tiles import DMMA2
+from .quant_finish import DMMA2
 
 HEAD_DIMS = (64, 128)
 MAX_KEYS = 2048             # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme

@@ -35,12 +35,13 @@ import cupy
 import numpy as np
 
 from .. import Array
-from . import quant_exact, quant_slices
+from . import quant_exact, quant_rows, quant_slices
 from .compile import OPTIONS
 from .cublas import CuBLAS
 from .launch import launch
 from .quant import pointer
 from .quant_exact import prelude
+from .quant_finish import DMMA2, FINISH
 
 THREADS = 128
 MAX_K = 1 << 14         # the slice scheme's products over one chunk (exact_dispatch.CHUNK_BITS)
@@ -68,101 +69,17 @@ DGEMM_ROWS = 256
 DGEMM_VALUES = 1 << 22
 DGEMM_MAX_VALUES = 1 << 27
 
-DMMA2 = r"""
-// d0 (rows g) += a0 b and d1 (rows g + 8) += a1 b, two 8 x 8 fragments over k 4 sharing b: Hopper's
-// m16n8k4 in one instruction (twice m8n8k4's rate there: 65 against 32 TFLOP/s on an H100), else two
-// m8n8k4. The fragments' layouts agree (a: row g, column c; b: row c, column g; d: row g, columns 2c,
-// 2c + 1), so the tiles below hold the same entries either way.
-__device__ __forceinline__ void loom_dmma2(double* d0, double* d1, double a0, double a1, double b) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("mma.sync.aligned.m16n8k4.row.col.f64.f64.f64.f64 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
-                 : "+d"(d0[0]), "+d"(d0[1]), "+d"(d1[0]), "+d"(d1[1]) : "d"(a0), "d"(a1), "d"(b));
-#else
-    asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0,%1}, {%2}, {%3}, {%0,%1};"
-                 : "+d"(d0[0]), "+d"(d0[1]) : "d"(a0), "d"(b));
-    asm volatile("mma.sync.aligned.m8n8k4.row.col.f64.f64.f64.f64 {%0,%1}, {%2}, {%3}, {%0,%1};"
-                 : "+d"(d1[0]), "+d"(d1[1]) : "d"(a1), "d"(b));
-#endif
-}
-"""
-
 _SOURCE = r"""
 #define XR (SLICED ? 32 : 64)          // rows of x a block takes
 #define NR (EPI ? 32 : 64)             // output columns a block takes
 #define KP 36                          // doubles a staged row takes: 32 and 4 of padding (the fragments'
                                        // loads then hit each bank once a half-warp)
 #define COMP (SLICED ? 2 : 1)          // sums an entry has (the slices: hi and lo)
-#define COLS (NB * 32)
-#define ROW_BYTES ((long long)(NB / SUBS) * BLOCK)
-
 
 // Tile column cb (0..63: warp column cb / 32, fragment (cb / 8) % 4, column cb % 8): its output column,
 // counted from the block's first, and its half (1: SwiGLU's up rows, fragments 2-3).
 __device__ __forceinline__ int loom_tile_out(int cb) { return EPI ? 16 * (cb >> 5) + 8 * ((cb >> 3) & 1) + (cb & 7) : cb; }
 __device__ __forceinline__ int loom_tile_half(int cb) { return EPI ? (cb >> 4) & 1 : 0; }
-
-// A product's operands. Rounded (SLICED 0): x the float32 rows [m_rows, COLS], wnorm ||W[r]||, factor
-// exact_rounded.error_factor(COLS). Sliced: x slice_rows' (hi, lo) pairs, xmax their rows' maxima, xf the
-// float rows (for special values), wmax row_maxima of W, abits / bbits the scheme's bits.
-struct LoomTiles {
-    const unsigned char* w; const float* x; const float* xf; const float* xmax; const double* wnorm;
-    const float* wmax; float* out; int m_rows, rows; const float* bias; const float* res; double factor;
-    int abits, bbits;
-};
-#define LOOM_TILES_ARGS const unsigned char* w, const float* x, const float* xf, const float* xmax, \
-        const double* wnorm, const float* wmax, float* out, int m_rows, int rows, const float* bias, \
-        const float* res, double factor, int abits, int bbits
-#define LOOM_TILES {w, x, xf, xmax, wnorm, wmax, out, m_rows, rows, bias, res, factor, abits, bbits}
-
-// Entry (m, n) of out from its sums hi[e] (sliced: and lo[e]) over all of K, e = 0 and SwiGLU's up half,
-// and ||x[m]|| (rounded); every lane of the warp calls, each with its own entry (valid false: none), and
-// the warp settles its doubtful entries together, one at a time.
-__device__ __forceinline__ void loom_tile_finish(const LoomTiles& p, bool valid, int m, int n, const double* hi,
-                                                 const double* lo, double xnorm, int lane) {
-    float y[EPI + 1];
-    #pragma unroll
-    for (int e = 0; e <= EPI; ++e) {
-        const int wr = valid ? n + e * p.rows : 0;
-        float v = 0.0f;
-        bool doubt = false, special = false;
-        if (valid && SLICED) {
-            const float am = p.xmax[m], bm = p.wmax[wr];
-            double r = __dadd_rn(__dmul_rn(lo[e], ldexp(1.0, -p.abits)), hi[e]);      // the one rounding
-            r = __dmul_rn(r, ldexp(1.0, loom_top_exponent(am) - p.abits));
-            v = (float)__dmul_rn(r, ldexp(1.0, loom_top_exponent(bm) - p.bbits));
-            special = doubt = !isfinite(am) || !isfinite(bm);
-        } else if (valid) {
-            const double s = hi[e], norms = __dmul_rn(xnorm, p.wnorm[wr]);
-            special = !isfinite(norms);
-            doubt = !loom_certified(s, __dadd_rn(__dmul_rn(norms, p.factor), __dmul_rn(fabs(s), 0x1p-52)), &v)
-                    || special;
-        }
-        for (unsigned left = __ballot_sync(LOOM_FULL, doubt); left; left &= left - 1) {
-            const int src = __ffs(left) - 1;
-            const int sm = __shfl_sync(LOOM_FULL, m, src), sw = __shfl_sync(LOOM_FULL, wr, src);
-            const bool sp = __shfl_sync(LOOM_FULL, special, src);
-            const float* xr = (SLICED ? p.xf : p.x) + (long long)sm * COLS;
-            const unsigned char* row = p.w + (long long)sw * ROW_BYTES;
-            auto walk = [=](auto f) {
-                for (int b = lane >> 3; b < NB; b += 4) {
-                    float wv[4]; int at[4];
-                    block_values(row, b, lane & 7, wv, at);
-                    #pragma unroll
-                    for (int j = 0; j < 4; ++j) f(xr[b * 32 + at[j]], wv[j]);
-                }
-            };
-            // (the slice scheme keeps its value where IEEE's is finite: quant_slices' rule)
-            const float settled = sp ? loom_special_walk(walk) : loom_settle_walk(walk, COLS);
-            if (lane == src && (!SLICED || !isfinite(settled))) v = settled;
-        }
-        y[e] = valid && p.bias != 0 ? v + p.bias[wr] : v;
-    }
-    if (valid) {
-        const float r = EPI == 1 ? (y[0] * loom_sigmoid(y[0])) * y[EPI] : y[0];
-        const long long at = (long long)m * p.rows + n;
-        p.out[at] = p.res != 0 ? p.res[at] + r : r;
-    }
-}
 
 // The block's tile of XR rows of x by NR output columns over units [split per, split per + per) of K.
 // splits 1: out (+)= x W^T ... finished here; else the tile's sums go to part (float64 [splits, COMP,
@@ -374,7 +291,7 @@ extern "C" __global__ void loom_row_norms(const unsigned char* w, double* out, i
 @cache
 def _module(qtype: str, epilogue: int, sliced: bool, blocks: int):
     source = (f"#define SLICED {int(sliced)}\n#define THREADS {THREADS}\n" + prelude(qtype, epilogue, 1, 1, blocks)
-              + DMMA2 + _SOURCE)
+              + DMMA2 + FINISH + _SOURCE)
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
@@ -407,8 +324,8 @@ def gemm(data: Array, qtype: str, x: Array, wnorm: Array, out: Array, factor: fl
          residual: Array | None = None, swiglu: bool = False, overlap: bool = False, splits: int | None = None) -> None:
     """out [M, rows] = (residual +) x @ W^T (+ bias), or SwiGLU of the two halves, with the rounded
     scheme's bits (quant_exact.gemv's), for x [M, K] float32 C-contiguous and 16-byte aligned, wnorm =
-    row_norms(W), factor = exact_rounded.error_factor(K). splits: parts of K summed apart (None: chosen
-    from the device's multiprocessors; the bits are the same for any)."""
+    row_norms(W), factor = exact_rounded.error_factor(K). splits: parts of K the tiles sum apart (None:
+    quant_rows' kernel where quant_rows.takes the product, else tile_splits; the bits are the same for any)."""
     rows = data.shape[0] // 2 if swiglu else data.shape[0]
     m, cols = x.shape
     if rows and m:
@@ -509,18 +426,31 @@ def weight_table(tables: dict, name: str, data: Array, qtype: str, rows: int, co
     return tables[name]
 
 
+def tile_splits(m: int, rows: int, cols: int, sliced: bool, swiglu: bool) -> int:
+    """The parts of K the tiles split a product into by default: as many as fill SPLIT_WAVES blocks a
+    multiprocessor where the tiles alone would leave multiprocessors idle, each of at least MIN_UNITS
+    32-value units."""
+    tiles = -(-m // (32 if sliced else 64)) * -(-rows // (32 if swiglu else 64))
+    units = cols // 32
+    sms = quant_exact._multiprocessors()
+    if tiles >= sms:
+        return 1
+    return -(-units // max(MIN_UNITS, -(-units * tiles // (SPLIT_WAVES * sms))))
+
+
 def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -> None:
-    """The tiles over K in `splits` parts where the tiles alone would leave multiprocessors idle (their
-    sums then finished by a second kernel), else finished in place."""
+    """Products quant_rows.takes (splits None): quant_rows' kernel. Others (or splits given): the
+    tiles over K in `splits` parts where the tiles alone would leave multiprocessors idle (their sums then
+    finished by a second kernel), else finished in place."""
+    if splits is None and quant_rows.takes(m, rows):
+        quant_rows.launch(qtype, sliced, swiglu, m, rows, cols, (data,) + tuple(
+            pointer(a) if a is None else a for a in args), overlap)
+        return
     x_rows, out_cols = (32 if sliced else 64), (32 if swiglu else 64)
     tiles = -(-m // x_rows) * -(-rows // out_cols)
     units = cols // 32
-    sms = quant_exact._multiprocessors()
     if splits is None:
-        splits = 1
-        if tiles < sms:
-            per = max(MIN_UNITS, -(-units * tiles // (SPLIT_WAVES * sms)))
-            splits = -(-units // per)
+        splits = tile_splits(m, rows, cols, sliced, swiglu)
     per = -(-units // min(max(1, splits), units))
     splits = -(-units // per)
     module = _module(qtype, int(swiglu), sliced, units)
@@ -533,6 +463,6 @@ def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -
     part = cupy.empty(splits * (2 if sliced else 1) * m * stored + splits * m, dtype=np.float64)
     launch(module.get_function("loom_exact_tiles"), tiles * splits, THREADS,
            args + (part, np.int32(splits), np.int32(per)), overlap)
-    finish_blocks = min(-(-m * rows // 256), 8 * sms)
+    finish_blocks = min(-(-m * rows // 256), 8 * quant_exact._multiprocessors())
     launch(module.get_function("loom_exact_tiles_finish"), finish_blocks, 256, args + (part, np.int32(splits)),
            overlap)

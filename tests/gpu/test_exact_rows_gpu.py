@@ -1,0 +1,92 @@
+"""Deterministic mode's products of a few rows of x (batched decode steps, 1 to quant_rows.ROWS_MAX rows)
+with each warp's W fragments loaded straight into registers (backend/cuda/quant_rows.py): the CPU's exact
+GEMM of the decoded weight bit for bit, in both schemes, for every stored type (the nibble types give a
+lane its values in another order), for every shape of the kernel's grid (x fragments 1 to 4, W fragments
+1, 2 and 4, output rows past a block and not a multiple of one), every epilogue, and rows at float32's
+extremes; and the bits of the tiles (quant_tiles, K split) for the same product."""
+import numpy as np
+import pytest
+from quant_rows import exact_reference, float32_edges, random_rows
+
+from loom.kernels.quant.block import BlockQuantized
+
+from .cpu_gpu import same_bits
+from .test_exact_tiles_gpu import _tiles
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant_rows, quant_tiles  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
+                         + [t for t in cuda_quant.TYPES if t != "BF16"])
+@pytest.mark.parametrize("m, cols, epilogue", [(5, 576, "residual"), (16, 1536, "swiglu"), (17, 2048, "bias"),
+                                               (64, 2080, "swiglu"), (33, 4864, "residual"), (40, 576, "bias")])
+def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
+    if qtype in cuda_quant.K_LAYOUTS:
+        cols = -(-cols // 256) * 256                     # (whole super-blocks)
+    rng = np.random.default_rng(cols + m + len(qtype))
+    rows = 84                                            # past ten blocks of 8 outputs, not a multiple of 16
+    swiglu = epilogue == "swiglu"
+    stored_rows = 2 * rows if swiglu else rows
+    data = random_rows(qtype, stored_rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (stored_rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4                                          # rows of other scales
+    x[m - 1] *= 1e-3
+    bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
+    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu)
+    want = exact_reference(x, w, None, bias, residual, swiglu)
+    same_bits(got, want, f"{qtype} row product, {m} x {cols}, {epilogue}")
+    split = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu, splits=3)
+    same_bits(got, split, f"{qtype} row product against the tiles, K in 3 parts")
+
+
+@pytest.mark.parametrize("m, rows, swiglu", [(64, 8192, False), (16, 4096, True), (8, 300, False)])
+def test_every_grid_shape_gives_the_same_bits(m, rows, swiglu):
+    """Outputs enough for 4 and 2 W fragments a warp (and 1), x fragments 1 and 4: the tiles' bits."""
+    rng = np.random.default_rng(rows)
+    cols = 512
+    stored = 2 * rows if swiglu else rows
+    data = random_rows("Q8_0", stored, cols, rng)
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    shape = quant_rows.shape(m, rows, False, swiglu)
+    got = _tiles(data, "Q8_0", x, rows, cols, swiglu=swiglu)
+    same_bits(got, _tiles(data, "Q8_0", x, rows, cols, swiglu=swiglu, splits=1), f"grid {shape}")
+
+
+@pytest.mark.parametrize("cols", [256, 2080])
+def test_row_products_at_the_edges_of_float32(cols):
+    """float32_edges' rows (extremes, zeros, cancelling rows, inf and NaN) and a product built to sit on a
+    float32 midpoint (the rounded scheme settles it), 40 rows of x."""
+    rng = np.random.default_rng(cols)
+    rows, m = 72, 40
+    x, w = float32_edges(m, rows, cols, rng)
+    x[33, 9] = -np.inf
+    w[70, 0] = np.inf
+    x[8] = 0.0
+    w[11] = 0.0
+    x[8, :4] = [1.0, 2.0 ** -12, 3.0, 3.0]
+    w[11, :4] = [1.0, 2.0 ** -12, 1e-8, -1e-8]
+    with np.errstate(over="ignore", invalid="ignore"):
+        got = _tiles(w.view(np.uint8), "F32", x, rows, cols)
+        want = exact_reference(x, w, None, None, None, False)
+    same_bits(got, want, f"row product at the edges, K = {cols}")
+    assert np.isinf(got[1]).any() and np.isnan(got[4]).any() and np.isnan(got[:, 8]).all()
+    assert quant_tiles.unsupported("F32", cols) is None
+
+
+def test_grid_shapes_follow_the_rows():
+    """x fragments cover the rows (8 a fragment sliced, 16 rounded, at most 4); W fragments as many as
+    keep two blocks a multiprocessor, at most 8 fragments a warp in all; SwiGLU pairs them."""
+    sms = quant_rows._multiprocessors()
+    assert quant_rows.shape(16, 64 * sms, False, False) == (1, 4, 2 * sms)
+    assert quant_rows.shape(64, 64 * sms, False, False)[:2] == (4, 2)
+    assert quant_rows.shape(40, 64 * sms, True, False)[:2] == (4, 2)
+    assert quant_rows.shape(5, 576, False, False) == (1, 1, 72)
+    assert quant_rows.shape(5, 576, False, True) == (1, 2, 72)
+    assert quant_rows.takes(16, 49152) and quant_rows.takes(64, 1024) and not quant_rows.takes(17, 1025)
+    assert not quant_rows.takes(65, 576) and not quant_rows.takes(0, 576)
