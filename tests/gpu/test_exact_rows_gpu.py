@@ -88,5 +88,5 @@ def test_grid_shapes_follow_the_rows():
     assert quant_rows.shape(40, 64 * sms, True, False)[:2] == (4, 2)
     assert quant_rows.shape(5, 576, False, False) == (1, 1, 72)
     assert quant_rows.shape(5, 576, False, True) == (1, 2, 72)
-    assert quant_rows.takes(16, 49152) and quant_rows.takes(64, 1024) and not quant_rows.takes(17, 1025)
+    assert quant_rows.takes(32, 49152) and quant_rows.takes(64, 1024) and not quant_rows.takes(33, 1025)
     assert not quant_rows.takes(65, 576) and not quant_rows.takes(0, 576)

@@ -27,12 +27,13 @@ from .quant_exact import _multiprocessors, prelude
 from .quant_finish import DMMA2, FINISH
 
 ROWS_MAX = 64
-# Past this many rows of x, products with more than WIDE_ROWS output rows go back to the tiles: each warp
-# loads its x rows from L1 for every unit, 8 KB a unit at 64 rows against 1 KB of W, and on an H200 the
-# tiles took 0.5-0.9x this kernel's time for SmolLM2's output layer, Llama-3.2-1B's qkv and gate/up
-# products and SmolLM2's gate/up at 64 rows (benchmarks/exact_tiles.py --split-tiles), this kernel 0.75x
-# theirs for SmolLM2's other products there and 0.3-0.6x for every product at 16 rows
-FEW_ROWS = 16
+# Past FEW_ROWS rows of x, products with more than WIDE_ROWS output rows go back to the tiles: each warp
+# loads its x rows from L1 for every unit, 8 KB a unit at 64 rows against 1 KB of W. On an H200
+# (benchmarks/exact_tiles.py --split-tiles) this kernel took 0.3-0.6x the tiles' time for SmolLM2's and
+# Llama-3.2-1B's products at 16 rows, 0.5-1.0x at 32, and at 64 0.75-0.95x for SmolLM2's products of
+# up to 960 output rows but 1.1-2x for the wider ones (its output layer, Llama's qkv and gate/up). (Loading
+# two units' W values before the first is used was measured too: within noise, or slower where it spilled.)
+FEW_ROWS = 32
 WIDE_ROWS = 1024
 RW = 8                      # warps a block, each over every RW-th 32-value unit of K
 
