@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from quant_rows import exact_reference, float32_edges, random_rows
 
+from loom.kernels.exact import dispatch as exact_dispatch
 from loom.kernels.quant.block import BlockQuantized
 
 from .cpu_gpu import same_bits
@@ -38,6 +39,7 @@ def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     x[m - 1] *= 1e-3
     bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
     residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    assert quant_rows.takes(m, rows)
     got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu)
     want = exact_reference(x, w, None, bias, residual, swiglu)
     same_bits(got, want, f"{qtype} row product, {m} x {cols}, {epilogue}")
@@ -45,17 +47,33 @@ def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     same_bits(got, split, f"{qtype} row product against the tiles, K in 3 parts")
 
 
-@pytest.mark.parametrize("m, rows, swiglu", [(64, 8192, False), (16, 4096, True), (8, 300, False)])
-def test_every_grid_shape_gives_the_same_bits(m, rows, swiglu):
-    """Outputs enough for 4 and 2 W fragments a warp (and 1), x fragments 1 and 4: the tiles' bits."""
-    rng = np.random.default_rng(rows)
-    cols = 512
+# (rows of x, output rows as multiprocessors times a factor or a fixed count, SwiGLU, K, stored type, the grid
+# shape quant_rows.shape gives: x fragments, W fragments a warp)
+GRIDS = {"W fragments 4": (32, ("sms", 64), False, 512, "Q4_1", (2, 4)),
+         "W fragments 2": (12, ("sms", 48), False, 512, "Q8_0", (1, 2)),
+         "SwiGLU, W fragments 4": (16, ("sms", 32), True, 512, "Q4_0", (1, 4)),
+         "x fragments 4": (64, ("rows", 1000), False, 512, "BF16", (4, 1)),
+         "x fragments 4, 50 rows": (50, ("rows", 700), False, 768, "Q5_1", (4, 1)),
+         "sliced, x fragments 1": (8, ("rows", 300), False, 2080, "Q4_1", (1, 1)),
+         "sliced, x fragments 3": (20, ("rows", 300), False, 2080, "Q8_0", (3, 1)),
+         "sliced, x fragments 3, W fragments 2": (24, ("sms", 48), False, 2080, "BF16", (3, 2))}
+
+
+@pytest.mark.parametrize("case", list(GRIDS))
+def test_every_grid_shape_gives_the_same_bits(case):
+    """Each grid shape the kernel takes (x fragments 1 to 4 in both schemes, W fragments 1, 2 and 4, the
+    nibble types' order among them), sized by the device's multiprocessors so that the shape is the one
+    named: the tiles' bits (K in one part)."""
+    m, (unit, n), swiglu, cols, qtype, shape = GRIDS[case]
+    rows = n * quant_rows._multiprocessors() if unit == "sms" else n
+    sliced = exact_dispatch.matmul_scheme(np.float32, cols) != exact_dispatch.ROUNDED
+    assert quant_rows.takes(m, rows) and quant_rows.shape(m, rows, sliced, swiglu)[:2] == shape
+    rng = np.random.default_rng(rows + m)
     stored = 2 * rows if swiglu else rows
-    data = random_rows("Q8_0", stored, cols, rng)
+    data = random_rows(qtype, stored, cols, rng)
     x = rng.standard_normal((m, cols)).astype(np.float32)
-    shape = quant_rows.shape(m, rows, False, swiglu)
-    got = _tiles(data, "Q8_0", x, rows, cols, swiglu=swiglu)
-    same_bits(got, _tiles(data, "Q8_0", x, rows, cols, swiglu=swiglu, splits=1), f"grid {shape}")
+    got = _tiles(data, qtype, x, rows, cols, swiglu=swiglu)
+    same_bits(got, _tiles(data, qtype, x, rows, cols, swiglu=swiglu, splits=1), f"{case}: grid {shape}")
 
 
 @pytest.mark.parametrize("cols", [256, 2080])
@@ -71,6 +89,7 @@ def test_row_products_at_the_edges_of_float32(cols):
     w[11] = 0.0
     x[8, :4] = [1.0, 2.0 ** -12, 3.0, 3.0]
     w[11, :4] = [1.0, 2.0 ** -12, 1e-8, -1e-8]
+    assert quant_rows.takes(m, rows)
     with np.errstate(over="ignore", invalid="ignore"):
         got = _tiles(w.view(np.uint8), "F32", x, rows, cols)
         want = exact_reference(x, w, None, None, None, False)

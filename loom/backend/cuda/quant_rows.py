@@ -38,7 +38,6 @@ WIDE_ROWS = 1024
 RW = 8                      # warps a block, each over every RW-th 32-value unit of K
 
 _SOURCE = r"""
-#define RW 8
 #define XROWS (SLICED ? 8 * MF : 16 * MF)        // rows of x a block takes
 #define OUTS (EPI ? 4 * NF : 8 * NF)             // output columns a block takes
 #define SLOTS (MF * NF * 4)                      // a lane's sums
@@ -54,10 +53,12 @@ __device__ __forceinline__ void loom_x4(const float* xr, int b, int at, bool ok,
         for (int j = 0; j < 4; ++j) { hi[j] = 0.0f; lo[j] = 0.0f; }
     } else if (SLICED) {
         const float4* src = (const float4*)(xr + 2 * (b * 32 + at));
-        const float4 u = __ldg(src), v = __ldg(src + 1);
+        const float4 u = src[0], v = src[1];
         hi[0] = u.x; lo[0] = u.y; hi[1] = u.z; lo[1] = u.w; hi[2] = v.x; lo[2] = v.y; hi[3] = v.z; lo[3] = v.w;
     } else {
-        const float4 u = __ldg((const float4*)(xr + b * 32 + at));
+        // (plain loads, not __ldg: under a programmatic dependent launch the kernel is resident while the
+        // one before it writes x, and the non-coherent path assumes data unwritten for the kernel's life)
+        const float4 u = *(const float4*)(xr + b * 32 + at);
         hi[0] = u.x; hi[1] = u.y; hi[2] = u.z; hi[3] = u.w;
     }
 }
@@ -205,7 +206,7 @@ extern "C" __global__ void __launch_bounds__(RW * 32) loom_exact_rows(LOOM_TILES
 
 @cache
 def _module(qtype: str, epilogue: int, sliced: bool, blocks: int, x_frags: int, w_frags: int):
-    source = (f"#define SLICED {int(sliced)}\n#define MF {x_frags}\n#define NF {w_frags}\n"
+    source = (f"#define SLICED {int(sliced)}\n#define MF {x_frags}\n#define NF {w_frags}\n#define RW {RW}\n"
               + prelude(qtype, epilogue, 1, 1, blocks) + DMMA2 + FINISH + _SOURCE)
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
