@@ -1,4 +1,4 @@
-"""Deterministic products of a few rows of x (batched decode steps: 5 to ROWS_MAX rows) with stored weights,
+"""Deterministic products of a few rows of x (batched decode steps: up to ROWS_MAX rows) with stored weights,
 with the bits of quant_tiles' (and so of the exact GEMM). quant_tiles stages 64 rows of x and 64 rows of
 W through shared memory as float64 and splits K over blocks, finishing the parts in a second kernel: at
 16-64 rows most of its DMMA work is padding and a product of SmolLM2's shapes took 9-24 us against
