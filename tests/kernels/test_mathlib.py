@@ -198,7 +198,10 @@ def ulps(got, ref, dtype):
     finfo = np.finfo(dtype)
     ref = np.asarray(ref, np.float64)
     got = np.asarray(got, np.float64)
-    over = np.abs(ref) > float(finfo.max) * (1 + 2.0 ** (-finfo.nmant - 1))
+    # ref rounds to inf from max + half max's spacing on (a tie too: max's last bit is odd); exact in float64
+    # for float32, and a float64 ref past max is inf itself
+    top = float(finfo.max) + 2.0 ** (finfo.maxexp - finfo.nmant - 2) if finfo.bits < 64 else np.inf
+    over = np.abs(ref) >= top
     _, e = np.frexp(np.abs(ref))
     spacing = np.ldexp(1.0, np.maximum(e - 1, finfo.minexp) - finfo.nmant)
     with np.errstate(invalid="ignore"):
@@ -257,7 +260,7 @@ def test_float64_within_two_ulp_of_mpmath(name):
 def _mp_ulps(y, v):
     if isinstance(v, mp.mpc) or mp.isnan(v):
         return 0.0 if np.isnan(y) else np.inf
-    if mp.isinf(v) or abs(v) > mp.mpf(np.finfo(np.float64).max) * (1 + mp.mpf(2) ** -53):
+    if mp.isinf(v) or abs(v) >= mp.mpf(np.finfo(np.float64).max) + mp.mpf(2) ** 970:    # (half max's spacing)
         return 0.0 if np.isinf(y) and (y > 0) == (v > 0) else np.inf
     if not np.isfinite(y):
         return np.inf
