@@ -442,9 +442,9 @@ def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -
     """Products quant_rows.takes (splits None): quant_rows' kernel. Others (or splits given): the
     tiles over K in `splits` parts where the tiles alone would leave multiprocessors idle (their sums then
     finished by a second kernel), else finished in place."""
+    args = (data,) + tuple(pointer(a) if a is None else a for a in args)
     if splits is None and quant_rows.takes(m, rows):
-        quant_rows.launch(qtype, sliced, swiglu, m, rows, cols, (data,) + tuple(
-            pointer(a) if a is None else a for a in args), overlap)
+        quant_rows.launch(qtype, sliced, swiglu, m, rows, cols, args, overlap)
         return
     x_rows, out_cols = (32 if sliced else 64), (32 if swiglu else 64)
     tiles = -(-m // x_rows) * -(-rows // out_cols)
@@ -454,7 +454,6 @@ def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -
     per = -(-units // min(max(1, splits), units))
     splits = -(-units // per)
     module = _module(qtype, int(swiglu), sliced, units)
-    args = (data,) + tuple(pointer(a) if a is None else a for a in args)
     if splits == 1:
         launch(module.get_function("loom_exact_tiles"), tiles, THREADS, args + (pointer(None), np.int32(1),
                                                                                 np.int32(per)), overlap)
