@@ -9,10 +9,9 @@ import pytest
 from quant_rows import exact_reference, float32_edges, random_rows
 
 from loom.kernels.exact import dispatch as exact_dispatch
-from loom.kernels.quant.block import BlockQuantized
 
 from .cpu_gpu import same_bits
-from .test_exact_tiles_gpu import _tiles
+from .test_exact_tiles_gpu import _tiles, random_product
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
@@ -31,14 +30,7 @@ def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     rng = np.random.default_rng(cols + m + len(qtype))
     rows = 84                                            # past ten blocks of 8 outputs, not a multiple of 16
     swiglu = epilogue == "swiglu"
-    stored_rows = 2 * rows if swiglu else rows
-    data = random_rows(qtype, stored_rows, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (stored_rows, cols)).dequantize()
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    x[0] *= 3e4                                          # rows of other scales
-    x[m - 1] *= 1e-3
-    bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
-    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    data, w, x, bias, residual = random_product(qtype, m, cols, rows, epilogue, m - 1, rng)
     assert quant_rows.takes(m, rows)
     got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu)
     want = exact_reference(x, w, None, bias, residual, swiglu)

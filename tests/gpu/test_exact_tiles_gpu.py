@@ -43,6 +43,21 @@ def _tiles(data, qtype, x, rows, cols, bias=None, residual=None, swiglu=False, s
     return host(out)
 
 
+def random_product(qtype, m, cols, rows, epilogue, small, rng):
+    """A product's operands: W's stored rows `data` (2 x rows for SwiGLU) and their decoded values w, x [m,
+    cols] with rows of other scales (0 large, `small` tiny), and the epilogue's bias or residual (None where
+    it has none)."""
+    stored_rows = 2 * rows if epilogue == "swiglu" else rows
+    data = random_rows(qtype, stored_rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (stored_rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4
+    x[small] *= 1e-3
+    bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
+    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    return data, w, x, bias, residual
+
+
 @pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
                          + [t for t in cuda_quant.TYPES if t != "BF16"])
 @pytest.mark.parametrize("m, cols, epilogue, splits", [(70, 768, "residual", None), (17, 1536, "swiglu", 1),
@@ -51,14 +66,7 @@ def test_tile_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue, splits
     rng = np.random.default_rng(cols + m + len(qtype))
     rows = 80                                            # a tile and a part of one
     swiglu = epilogue == "swiglu"
-    stored_rows = 2 * rows if swiglu else rows
-    data = random_rows(qtype, stored_rows, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (stored_rows, cols)).dequantize()
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    x[0] *= 3e4                                          # rows of other scales
-    x[5] *= 1e-3
-    bias = rng.standard_normal(stored_rows).astype(np.float32) if epilogue != "residual" else None
-    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    data, w, x, bias, residual = random_product(qtype, m, cols, rows, epilogue, 5, rng)
     got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu, splits=splits)
     same_bits(got, exact_reference(x, w, None, bias, residual, swiglu), f"{qtype} tile product, {m} x {cols}")
 
