@@ -6,7 +6,7 @@ as a CUDA graph of 20 launches, best of 5.
 
     PYTHONPATH=. python benchmarks/exact_tiles.py [--rows 16,64,256,2048] [--types BF16,Q4_1] [--groups]
                                                   [--split-waves 1,2] [--shapes "smol o,1b down"]
-                                                  [--split-tiles] [--dgemm]
+                                                  [--split-tiles] [--dgemm] [--grids]
 
 Shapes: SmolLM2-135M's and Llama-3.2-1B's products (K = 8192 takes the slice scheme). --groups adds the
 grouped warp-per-row kernels (slow past 16 rows: they are the "before"). --split-waves times the tiles
@@ -14,7 +14,9 @@ with each value of quant_tiles.SPLIT_WAVES (the blocks a multiprocessor that spl
 column each. Up to quant_rows.ROWS_MAX rows of x the "tiles (det.)" column is the default path, quant_rows'
 kernel; --split-tiles adds the tiles with K split in parts (the default there before quant_rows).
 --dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded weight, which
-prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue.
+prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue. --grids adds
+quant_rows' kernel at each grid shape (x fragments, W fragments a warp: quant_rows.shape's choices), forced
+(products past quant_rows.takes included), each checked against the default's bits.
 """
 from __future__ import annotations
 
@@ -55,6 +57,34 @@ def graph_time(cupy, fn, launches: int = 20, repeats: int = 5) -> float:
     return best
 
 
+GRIDS = ("1x1", "1x2", "1x4", "2x1", "2x2", "2x4")   # quant_rows' (x fragments)x(W fragments) a warp
+
+
+def grid_times(cupy, quant_rows, product, out, m: int, swiglu: bool) -> list[str]:
+    """us a product with quant_rows' kernel forced at each of GRIDS (its shape() and takes() swapped for
+    the call; "-" where SwiGLU needs pairs of W fragments or m exceeds the kernel), "!" where the bits differ
+    from the default path's."""
+    product()
+    want = out.copy()
+    shape, takes = quant_rows.shape, quant_rows.takes
+    times = []
+    for grid in GRIDS:
+        mf, nf = (int(v) for v in grid.split("x"))
+        if (swiglu and nf == 1) or m > quant_rows.ROWS_MAX:
+            times.append("-")
+            continue
+        quant_rows.takes = lambda m, rows: True
+        quant_rows.shape = lambda m, rows, sliced, swiglu, qtype: (mf, nf, -(-rows // (4 * nf if swiglu else 8 * nf)))
+        try:
+            out.fill(np.nan)
+            t = graph_time(cupy, product)
+            same = bool((out.view(np.uint32) == want.view(np.uint32)).all())
+        finally:
+            quant_rows.shape, quant_rows.takes = shape, takes
+        times.append(f"{t:.1f}" + ("" if same else " !"))
+    return times
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="16,64,256,2048")
@@ -64,6 +94,8 @@ def main() -> None:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--split-tiles", action="store_true",
                         help="add the tiles with K split (what products of up to quant_rows.ROWS_MAX rows took before)")
+    parser.add_argument("--grids", action="store_true",
+                        help="add quant_rows' kernel at each grid shape (x fragments 1 and 2, W fragments 1, 2, 4)")
     parser.add_argument("--dgemm", action="store_true",
                         help="add the float64 GEMM path (quant_tiles.product from DGEMM_ROWS rows) at every row count")
     args = parser.parse_args()
@@ -71,7 +103,7 @@ def main() -> None:
     import cupy
 
     import loom
-    from loom.backend.cuda import quant_exact, quant_slices, quant_tiles
+    from loom.backend.cuda import quant_exact, quant_rows, quant_slices, quant_tiles
     from loom.kernels import exact
     from loom.kernels.exact import dispatch as exact_dispatch
     from loom.kernels.exact import rounded as exact_rounded
@@ -82,10 +114,11 @@ def main() -> None:
     print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); fast = cuBLAS bf16 GEMM of the same shape")
     tiles_heads = " | ".join("tiles (det.)" if w is None else f"tiles, SPLIT_WAVES {w}" for w in waves)
     dgemm_head = (" tiles, K split (det., before) |" if args.split_tiles else "") + (
-        " float64 GEMM (det.) |" if args.dgemm else "")
+        " float64 GEMM (det.) |" if args.dgemm else "") + "".join(f" rows {g} |" for g in GRIDS if args.grids)
     print(f"| shape | type | rows of x | {tiles_heads} |{dgemm_head} groups of 16 (det., before) | fast bf16 | "
           "det / fast time |")
-    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm + args.split_tiles) + "---|---|---|")
+    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm + args.split_tiles + len(GRIDS) * args.grids)
+          + "---|---|---|")
     rng = np.random.default_rng(0)
     for name in args.shapes.split(","):
         rows, k, swiglu = SHAPES[name]
@@ -134,6 +167,8 @@ def main() -> None:
                     t_dgemm = f" {t_dgemm:.1f} |"
                 elif args.dgemm:
                     t_dgemm = " |"
+                t_grids = "".join(f" {t} |" for t in grid_times(cupy, quant_rows, tiles, out, m, swiglu)) \
+                    if args.grids else ""
                 t_groups = ""
                 if args.groups and m <= 256:
                     def groups():
@@ -150,7 +185,7 @@ def main() -> None:
                 yb = cupy.empty((m, stored), dtype=np.float32)
                 t_fast = graph_time(cupy, lambda: be.blas.gemm_bf16_t(xb, w16, yb))
                 times = " | ".join(f"{t:.1f}" for t in t_tiles)
-                print(f"| {name} | {qtype} | {m} | {times} |{t_split}{t_dgemm} {t_groups} | {t_fast:.1f} | "
+                print(f"| {name} | {qtype} | {m} | {times} |{t_split}{t_dgemm}{t_grids} {t_groups} | {t_fast:.1f} | "
                       f"{t_tiles[0] / t_fast:.2f} |", flush=True)
 
 

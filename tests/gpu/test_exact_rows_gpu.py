@@ -1,7 +1,7 @@
 """Deterministic mode's products of a few rows of x (batched decode steps, 1 to quant_rows.ROWS_MAX rows)
 with each warp's W fragments loaded straight into registers (backend/cuda/quant_rows.py): the CPU's exact
 GEMM of the decoded weight bit for bit, in both schemes, for every stored type (the nibble types give a
-lane its values in another order), for every shape of the kernel's grid (x fragments 1 to 4, W fragments
+lane its values in another order), for every shape of the kernel's grid (x fragments 1 and 2, W fragments
 1, 2 and 4, output rows past a block and not a multiple of one), every epilogue, and rows at float32's
 extremes; and the bits of the tiles (quant_tiles, K split) for the same product."""
 import numpy as np
@@ -41,25 +41,26 @@ def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
 
 # (rows of x, output rows as multiprocessors times a factor or a fixed count, SwiGLU, K, stored type, the grid
 # shape quant_rows.shape gives: x fragments, W fragments a warp)
-GRIDS = {"W fragments 4": (32, ("sms", 64), False, 512, "Q4_1", (2, 4)),
-         "W fragments 2": (12, ("sms", 48), False, 512, "Q8_0", (1, 2)),
-         "SwiGLU, W fragments 4": (16, ("sms", 32), True, 512, "Q4_0", (1, 4)),
-         "x fragments 4": (64, ("rows", 1000), False, 512, "BF16", (4, 1)),
-         "x fragments 4, 50 rows": (50, ("rows", 700), False, 768, "Q5_1", (4, 1)),
+GRIDS = {"plain, W fragments 4": (32, ("sms", 32), False, 512, "BF16", (1, 4)),
+         "block type, W fragments 2": (32, ("sms", 16), False, 512, "Q4_1", (1, 2)),
+         "W fragments 1": (12, ("rows", 300), False, 512, "Q8_0", (1, 1)),
+         "SwiGLU, W fragments 4": (16, ("sms", 16), True, 512, "F16", (1, 4)),
+         "SwiGLU, W fragments 2": (16, ("rows", 300), True, 512, "Q4_0", (1, 2)),
+         "four groups of x rows, 50 rows": (50, ("sms", 4), False, 768, "Q5_1", (1, 2)),
          "sliced, x fragments 1": (8, ("rows", 300), False, 2080, "Q4_1", (1, 1)),
-         "sliced, x fragments 3": (20, ("rows", 300), False, 2080, "Q8_0", (3, 1)),
-         "sliced, x fragments 3, W fragments 2": (24, ("sms", 48), False, 2080, "BF16", (3, 2))}
+         "sliced, x fragments 2": (20, ("rows", 300), False, 2080, "Q8_0", (2, 1)),
+         "sliced, x fragments 2, W fragments 2": (24, ("sms", 8), False, 2080, "BF16", (2, 2))}
 
 
 @pytest.mark.parametrize("case", list(GRIDS))
 def test_every_grid_shape_gives_the_same_bits(case):
-    """Each grid shape the kernel takes (x fragments 1 to 4 in both schemes, W fragments 1, 2 and 4, the
-    nibble types' order among them), sized by the device's multiprocessors so that the shape is the one
+    """Each grid shape the kernel takes (x fragments 1 and 2, W fragments 1, 2 and 4, several groups of x
+    rows, the nibble types' order among them), sized by the device's multiprocessors so that the shape is the one
     named: the tiles' bits (K in one part)."""
     m, (unit, n), swiglu, cols, qtype, shape = GRIDS[case]
     rows = n * quant_rows._multiprocessors() if unit == "sms" else n
     sliced = exact_dispatch.matmul_scheme(np.float32, cols) != exact_dispatch.ROUNDED
-    assert quant_rows.takes(m, rows) and quant_rows.shape(m, rows, sliced, swiglu)[:2] == shape
+    assert quant_rows.takes(m, rows) and quant_rows.shape(m, rows, sliced, swiglu, qtype)[:2] == shape
     rng = np.random.default_rng(rows + m)
     stored = 2 * rows if swiglu else rows
     data = random_rows(qtype, stored, cols, rng)
@@ -91,13 +92,14 @@ def test_row_products_at_the_edges_of_float32(cols):
 
 
 def test_grid_shapes_follow_the_rows():
-    """x fragments cover the rows (8 a fragment sliced, 16 rounded, at most 4); W fragments as many as
-    keep two blocks a multiprocessor, at most 8 fragments a warp in all; SwiGLU pairs them."""
+    """16 rows of x a block (one fragment rounded, two sliced); W fragments as many as still give every
+    multiprocessor a block, 4 only for plain types in the rounded scheme; SwiGLU pairs them."""
     sms = quant_rows._multiprocessors()
-    assert quant_rows.shape(16, 64 * sms, False, False) == (1, 4, 2 * sms)
-    assert quant_rows.shape(64, 64 * sms, False, False)[:2] == (4, 2)
-    assert quant_rows.shape(40, 64 * sms, True, False)[:2] == (4, 2)
-    assert quant_rows.shape(5, 576, False, False) == (1, 1, 72)
-    assert quant_rows.shape(5, 576, False, True) == (1, 2, 72)
-    assert quant_rows.takes(32, 49152) and quant_rows.takes(64, 1024) and not quant_rows.takes(33, 1025)
+    assert quant_rows.shape(16, 64 * sms, False, False, "BF16") == (1, 4, 2 * sms)
+    assert quant_rows.shape(16, 64 * sms, False, False, "Q4_1") == (1, 2, 4 * sms)
+    assert quant_rows.shape(64, 64 * sms, False, False, "BF16")[:2] == (1, 4)
+    assert quant_rows.shape(40, 64 * sms, True, False, "BF16")[:2] == (2, 2)
+    assert quant_rows.shape(5, 576, False, False, "BF16") == (1, 1, 72)
+    assert quant_rows.shape(5, 576, False, True, "BF16") == (1, 2, 72)
+    assert quant_rows.takes(32, 49152) and quant_rows.takes(64, 8192) and not quant_rows.takes(33, 8193)
     assert not quant_rows.takes(65, 576) and not quant_rows.takes(0, 576)

@@ -27,14 +27,14 @@ from .quant_exact import _multiprocessors, prelude
 from .quant_finish import DMMA2, FINISH
 
 ROWS_MAX = 64
-# Past FEW_ROWS rows of x, products with more than WIDE_ROWS output rows go back to the tiles: each warp
-# loads its x rows from L1 for every unit, 8 KB a unit at 64 rows against 1 KB of W. On an H200
-# (benchmarks/exact_tiles.py --split-tiles) this kernel took 0.3-0.6x the tiles' time for SmolLM2's and
-# Llama-3.2-1B's products at 16 rows, 0.5-1.0x at 32, and at 64 0.75-0.95x for SmolLM2's products of
-# up to 960 output rows but 1.1-2x for the wider ones (its output layer, Llama's qkv and gate/up). (Loading
-# two units' W values before the first is used was measured too: within noise, or slower where it spilled.)
+# Past FEW_ROWS rows of x, products with more than WIDE_ROWS output rows go back to the tiles: every block
+# of 16 rows of x decodes its W rows again, and the tiles stage both operands through shared memory once.
+# On an H200 (benchmarks/exact_tiles.py --split-tiles), with shape()'s grid, this kernel took
+# 0.5-0.8x the tiles' time at 64 rows for SmolLM2's products and Llama-3.2-1B's qkv and down, 0.97x for
+# Llama's gate/up (8,192 rows), but 1.3-1.45x for SmolLM2's output layer (49,152 rows).
 FEW_ROWS = 32
-WIDE_ROWS = 1024
+WIDE_ROWS = 8192
+PLAIN = ("F32", "F16", "BF16")  # stored types whose decoding is a conversion (shape() gives them 4 W fragments)
 RW = 8                      # warps a block, each over every RW-th 32-value unit of K
 
 _SOURCE = r"""
@@ -211,17 +211,22 @@ def _module(qtype: str, epilogue: int, sliced: bool, blocks: int, x_frags: int, 
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",))
 
 
-def shape(m: int, rows: int, sliced: bool, swiglu: bool) -> tuple[int, int, int]:
+def shape(m: int, rows: int, sliced: bool, swiglu: bool, qtype: str) -> tuple[int, int, int]:
     """(x fragments a warp takes, W fragments a warp takes, blocks for each group of x rows) for the product
-    of m rows of x (at most ROWS_MAX) with `rows` output rows: x fragments to cover m (16 rows each, sliced
-    8; at most 4, further blocks taking the rest), then the most W fragments (4, 2, or for plain products
-    1) that keep at least two blocks a multiprocessor, registers allowing (at most 8 fragments in all)."""
+    of m rows of x (at most ROWS_MAX) with `rows` output rows. A block takes 16 rows of x (one fragment
+    rounded, two sliced; further blocks take the rest), and as many W fragments as still give every
+    multiprocessor a block: 4 (plain types, rounded scheme), 2 or 1 (SwiGLU at least 2, a gate and an up).
+    Measured on an H200 at 16-64 rows of SmolLM2's and Llama-3.2-1B's products (CHANGELOG.md): fewer x
+    rows a block and more blocks beat more x rows a block (each block's warps are latency-bound); 4 W
+    fragments only pay where decoding W is cheap and the scheme keeps one sum an entry."""
     per_frag = 8 if sliced else 16
-    x_frags = min(4, -(-m // per_frag))
+    x_frags = min(16 // per_frag, -(-m // per_frag))
+    groups = -(-m // (per_frag * x_frags))
+    widest = 4 if qtype in PLAIN and not sliced else 2
     sms = _multiprocessors()
     w_frags = 2 if swiglu else 1
     for nf in (4, 2):
-        if x_frags * nf <= 8 and nf > w_frags and -(-rows // (4 * nf if swiglu else 8 * nf)) >= 2 * sms:
+        if w_frags < nf <= widest and groups * -(-rows // (4 * nf if swiglu else 8 * nf)) >= sms:
             w_frags = nf
             break
     outs = 4 * w_frags if swiglu else 8 * w_frags
@@ -237,7 +242,7 @@ def launch(qtype: str, sliced: bool, swiglu: bool, m: int, rows: int, cols: int,
            overlap: bool) -> None:
     """quant_tiles' product (its argument tuple `args`, W first) for m <= ROWS_MAX rows of x, finished in
     the one kernel."""
-    x_frags, w_frags, blocks = shape(m, rows, sliced, swiglu)
+    x_frags, w_frags, blocks = shape(m, rows, sliced, swiglu, qtype)
     x_rows = (8 if sliced else 16) * x_frags
     kernel = _module(qtype, int(swiglu), sliced, cols // 32, x_frags, w_frags).get_function("loom_exact_rows")
     launch_kernel(kernel, blocks * -(-m // x_rows), RW * 32, args, overlap)
