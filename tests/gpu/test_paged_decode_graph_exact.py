@@ -148,13 +148,13 @@ def test_batches_past_the_tile_rows_take_the_tiles_with_the_same_bits(cfg, qtype
 
 
 @pytest.mark.parametrize("limit, threads", [(exact_dispatch.ROUNDED_MAX_K, None), (exact_dispatch.ROUNDED_MAX_K, 256),
-                                            (paged_graph.EXACT_POSITIONS, None)])
+                                            (exact_dispatch.ROUNDED_MAX_K, 128), (paged_graph.EXACT_POSITIONS, None)])
 def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, threads, monkeypatch):
     """The recorded step's attention takes p v over more than ROUNDED_MAX_K keys in the slice scheme, as the
     array code's product does, up to EXACT_POSITIONS; past that the engine steps kernel by kernel
     (StepRunner.decode_graph). On either side of both limits the logits are the kernel-by-kernel steps'
     bits and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and
-    of THREADS (`threads` 256: many blocks' size), its windows cut over several blocks (decode_exact's
+    of THREADS and MANY_THREADS (`threads` 256 and 128: many blocks' sizes), its windows cut over several blocks (decode_exact's
     split kernel; one sequence's heads are too few blocks to fill the device). The cache's positions between the prompt and the
     steps hold random keys and values of spread magnitudes (a few of them zero), the same on every
     device."""

@@ -2,8 +2,8 @@
 the bits of loom/llm/decoder.py's array code, for the recorded deterministic decode step.
 
 Per (sequence, query head), one block of THREADS threads (FEW_THREADS where such blocks are fewer than the
-multiprocessors) does what the array code does with the step's
-Q/K/V product, each operation with its bits:
+multiprocessors, MANY_THREADS where they are more than twice as many) does what the array code does with
+the step's Q/K/V product, each operation with its bits:
 1. the head's q and its key/value head's new k (qwen3: the per-head RMSNorm first, with exact.sum's sum
    of squares) through HF's rotate-half RoPE, x * cos + rotated * sin rounded per operation; the first
    query head of each key/value head writes k and v into the KV cache at the position, and every block
@@ -12,7 +12,7 @@ Q/K/V product, each operation with its bits:
    exact dot product rounded once (the rounded scheme: K = head_dim), times the float32 scale;
 3. ops.softmax: the largest score (NaN wins), mathlib's exp of each score minus it, their exact sum
    (exact.sum's scheme over the n keys), each divided by it;
-4. ctx_d = sum_j p_j v_jd, (FEW_)THREADS / head_dim threads per d sharing the keys, with the scheme the dispatch
+4. ctx_d = sum_j p_j v_jd, a block's threads / head_dim threads per d sharing the keys, with the scheme the dispatch
    table gives K = n keys: up to ROUNDED_KEYS, each rounded once (the rounded scheme: quant_exact's
    certification and settling, a thread's float64 sum and sum of magnitudes, then a compensated and an
    exact sum where those leave the rounding open); past it, up to MAX_KEYS, the slice scheme 2x1
@@ -52,6 +52,10 @@ THREADS = 256
 # serial share of the keys is what the step waits for: twice the threads halve it (SmolLM2-135M's shapes
 # on an H100: decode after 1,000 tokens 1.5x, after 3,000 1.9x), where at 64 sequences they cost 9%.
 FEW_THREADS = 512
+# Where they are more than two a multiprocessor (many sequences), blocks of 256 threads (128 registers
+# each) run in waves of two a multiprocessor; blocks of 128 threads take 108 registers, four a
+# multiprocessor, the same bits (H200, SmolLM2-135M's shapes, 64 sequences: see CHANGELOG.md).
+MANY_THREADS = 128
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
@@ -432,7 +436,9 @@ def _shared(max_keys: int) -> int:
 
 def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
     """(the kernel, its threads) for a launch of `blocks` (sequence, head) blocks."""
-    threads = FEW_THREADS if blocks < _multiprocessors(cupy.cuda.Device().id) else THREADS
+    sms = _multiprocessors(cupy.cuda.Device().id)
+    threads = (FEW_THREADS if blocks < sms else
+               MANY_THREADS if blocks > 2 * sms and MANY_THREADS % head_dim == 0 else THREADS)
     return _module(head_dim, threads).get_function(name), threads
 
 
