@@ -29,9 +29,11 @@ exact in int32 for K < 2^15 (`planes`).
 """
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 
-from ...backend import Array
+from ...backend import Array, Backend
 from ...errors import ShapeError
 
 BITS = 15                       # |q| <= 2^BITS - 1
@@ -39,7 +41,7 @@ LIMIT = (1 << BITS) - 1
 MAX_K = 1 << 23                 # past it a float64 sum of products below 2^30 could round
 
 
-def row_exponents(xp, v: Array) -> Array:
+def row_exponents(xp: ModuleType, v: Array) -> Array:
     """int32 [..., rows]: each row's e (the module's docstring) for v [..., rows, K] float32 whose
     rows are finite (non-finite rows: any value, their entries are overwritten with IEEE's)."""
     v64 = v.astype(np.float64)
@@ -50,20 +52,20 @@ def row_exponents(xp, v: Array) -> Array:
     return e + spills.astype(np.int32)
 
 
-def to_integers(xp, v: Array, e: Array) -> Array:
+def to_integers(xp: ModuleType, v: Array, e: Array) -> Array:
     """float64 [..., rows, K]: the rows' integers q (exact in float64), non-finite values as 0."""
     v64 = v.astype(np.float64)
     q = xp.rint(xp.ldexp(xp.where(xp.isfinite(v64), v64, 0.0), (BITS - e)[..., None]))
     return q + 0.0                                          # (-0 -> +0: a product's exact zero is +0)
 
 
-def planes(xp, q: Array) -> tuple[Array, Array]:
+def planes(xp: ModuleType, q: Array) -> tuple[Array, Array]:
     """(hi int8, lo uint8) with q = 256 hi + lo for integers q of to_integers."""
     qi = q.astype(np.int32)
     return (qi >> 8).astype(np.int8), (qi & 255).astype(np.uint8)
 
 
-def finish(xp, s: Array, ex: Array, ew: Array) -> Array:
+def finish(xp: ModuleType, s: Array, ex: Array, ew: Array) -> Array:
     """float32 [M, N]: the exact integer sums s [M, N] (float64) scaled by 2^(ex[m] + ew[n] - 30),
     rounded once."""
     scaled = xp.ldexp(s + 0.0, (ex[:, None] + ew[None, :] - 2 * BITS).astype(np.int32))
@@ -71,7 +73,7 @@ def finish(xp, s: Array, ex: Array, ew: Array) -> Array:
         return scaled.astype(np.float32)
 
 
-def matmul_t(be, x: Array, w: Array, w_exponents: Array | None = None) -> Array:
+def matmul_t(be: Backend, x: Array, w: Array, w_exponents: Array | None = None) -> Array:
     """float32 [M, N] = x [M, K] @ w [N, K]^T in this scheme, for float32 x and w (w the decoded
     weight rows; w_exponents their row_exponents, where the caller keeps them). The integers' product is
     one float64 GEMM: every partial sum is an integer below 2^53, exact in any order."""
