@@ -15,8 +15,8 @@ column each. Up to quant_rows.ROWS_MAX rows of x the "tiles (det.)" column is th
 kernel; --split-tiles adds the tiles with K split in parts (the default there before quant_rows).
 --dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded weight, which
 prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue. --grids adds
-quant_rows' kernel at each grid shape (x fragments, W fragments a warp: quant_rows.shape's choices), forced
-(products past quant_rows.takes included), each checked against the default's bits.
+quant_rows' kernel at each grid shape of GRIDS (x fragments, W fragments a warp), forced (products past
+quant_rows.takes included), each checked against the tiles' bits.
 """
 from __future__ import annotations
 
@@ -57,14 +57,16 @@ def graph_time(cupy, fn, launches: int = 20, repeats: int = 5) -> float:
     return best
 
 
-GRIDS = ("1x1", "1x2", "1x4", "2x1", "2x2", "2x4")   # quant_rows' (x fragments)x(W fragments) a warp
+# quant_rows' (x fragments)x(W fragments) a warp: shape()'s choices, and the x fragments 4 of its grid
+# before 2026-11-26 (a block took up to 64 rows of x)
+GRIDS = ("1x1", "1x2", "1x4", "2x1", "2x2", "2x4", "4x1", "4x2")
 
 
 def grid_times(cupy, quant_rows, product, out, m: int, swiglu: bool) -> list[str]:
     """us a product with quant_rows' kernel forced at each of GRIDS (its shape() and takes() swapped for
     the call; "-" where SwiGLU needs pairs of W fragments or m exceeds the kernel), "!" where the bits differ
-    from the default path's."""
-    product()
+    from the tiles' with K in one part (product(1))."""
+    product(1)
     want = out.copy()
     shape, takes = quant_rows.shape, quant_rows.takes
     times = []
@@ -73,9 +75,10 @@ def grid_times(cupy, quant_rows, product, out, m: int, swiglu: bool) -> list[str
         if (swiglu and nf == 1) or m > quant_rows.ROWS_MAX:
             times.append("-")
             continue
-        quant_rows.takes = lambda m, rows: True
-        quant_rows.shape = lambda m, rows, sliced, swiglu, qtype: (mf, nf, -(-rows // (4 * nf if swiglu else 8 * nf)))
         try:
+            quant_rows.takes = lambda m, rows, qtype: True
+            quant_rows.shape = lambda m, rows, sliced, swiglu, qtype: (
+                mf, nf, -(-rows // (4 * nf if swiglu else 8 * nf)))
             out.fill(np.nan)
             t = graph_time(cupy, product)
             same = bool((out.view(np.uint32) == want.view(np.uint32)).all())
@@ -95,7 +98,7 @@ def main() -> None:
     parser.add_argument("--split-tiles", action="store_true",
                         help="add the tiles with K split (what products of up to quant_rows.ROWS_MAX rows took before)")
     parser.add_argument("--grids", action="store_true",
-                        help="add quant_rows' kernel at each grid shape (x fragments 1 and 2, W fragments 1, 2, 4)")
+                        help="add quant_rows' kernel at each grid shape of GRIDS, forced")
     parser.add_argument("--dgemm", action="store_true",
                         help="add the float64 GEMM path (quant_tiles.product from DGEMM_ROWS rows) at every row count")
     args = parser.parse_args()

@@ -2,10 +2,10 @@
 split kernel) gives the one-block kernel's bits: on fresh random caches of spread magnitudes, on both
 sides of the split threshold (2 SPLIT_KEYS keys) and of the rounded scheme's keys (ROUNDED_KEYS: p v
 in the slice scheme past it), with sliding windows, qwen3's head norms, head sizes 64 and 128, any
-number of parts, blocks of either thread count; where inf and NaN reach the scores or the values; and
-where p v cancels so that the certification must be settled. The one-block kernel's own bits are the
-CPU's (test_paged_decode_graph_exact.py); the recorded steps that replay the split kernel are checked
-against the CPU there too."""
+number of parts, blocks of 128, 256 and 512 threads (split and one block a head); where inf and NaN
+reach the scores or the values; and where p v cancels so that the certification must be settled. The
+one-block kernel's own bits are the CPU's (test_paged_decode_graph_exact.py); the recorded steps that
+replay the split kernel are checked against the CPU there too."""
 
 import numpy as np
 import pytest
@@ -95,7 +95,8 @@ def test_blocks_of_any_thread_count(monkeypatch):
     for threads in (128, 256, 512):
         for name in ("FEW_THREADS", "THREADS", "MANY_THREADS"):
             monkeypatch.setattr(decode_exact, name, threads)
-        same_bits(case.run(case.work(10))[0], one, f"{threads} threads")
+        same_bits(case.run(case.work(10))[0], one, f"{threads} threads, windows split")
+        same_bits(case.run()[0], one, f"{threads} threads, one block a head")
 
 
 def test_thread_counts_follow_the_blocks():

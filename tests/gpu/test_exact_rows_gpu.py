@@ -31,7 +31,7 @@ def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     rows = 84                                            # past ten blocks of 8 outputs, not a multiple of 16
     swiglu = epilogue == "swiglu"
     data, w, x, bias, residual = random_product(qtype, m, cols, rows, epilogue, m - 1, rng)
-    assert quant_rows.takes(m, rows)
+    assert quant_rows.takes(m, rows, qtype)
     got = _tiles(data, qtype, x, rows, cols, bias=bias, residual=residual, swiglu=swiglu)
     want = exact_reference(x, w, None, bias, residual, swiglu)
     same_bits(got, want, f"{qtype} row product, {m} x {cols}, {epilogue}")
@@ -39,17 +39,19 @@ def test_row_products_give_the_exact_gemm_bits(qtype, m, cols, epilogue):
     same_bits(got, split, f"{qtype} row product against the tiles, K in 3 parts")
 
 
-# (rows of x, output rows as multiprocessors times a factor or a fixed count, SwiGLU, K, stored type, the grid
-# shape quant_rows.shape gives: x fragments, W fragments a warp)
-GRIDS = {"plain, W fragments 4": (32, ("sms", 32), False, 512, "BF16", (1, 4)),
-         "block type, W fragments 2": (32, ("sms", 16), False, 512, "Q4_1", (1, 2)),
-         "W fragments 1": (12, ("rows", 300), False, 512, "Q8_0", (1, 1)),
-         "SwiGLU, W fragments 4": (16, ("sms", 16), True, 512, "F16", (1, 4)),
-         "SwiGLU, W fragments 2": (16, ("rows", 300), True, 512, "Q4_0", (1, 2)),
-         "four groups of x rows, 50 rows": (50, ("sms", 4), False, 768, "Q5_1", (1, 2)),
-         "sliced, x fragments 1": (8, ("rows", 300), False, 2080, "Q4_1", (1, 1)),
-         "sliced, x fragments 2": (20, ("rows", 300), False, 2080, "Q8_0", (2, 1)),
-         "sliced, x fragments 2, W fragments 2": (24, ("sms", 8), False, 2080, "BF16", (2, 2))}
+# (rows of x, output rows as a function of the device's multiprocessors, SwiGLU, K, stored type, the grid
+# shape quant_rows.shape gives: x fragments, W fragments a warp); "few" outputs leave W fragments of 2 less
+# than a block a multiprocessor on any device, so the shape keeps 1
+FEW = 4
+GRIDS = {"plain, W fragments 4": (32, lambda sms: 32 * sms, False, 512, "BF16", (1, 4)),
+         "block type, W fragments 2": (32, lambda sms: 16 * sms, False, 512, "Q4_1", (1, 2)),
+         "W fragments 1": (12, lambda sms: FEW * sms + 3, False, 512, "Q8_0", (1, 1)),
+         "SwiGLU, W fragments 4": (16, lambda sms: 16 * sms, True, 512, "F16", (1, 4)),
+         "SwiGLU, W fragments 2": (16, lambda sms: 300, True, 512, "Q4_0", (1, 2)),
+         "four groups of x rows, 50 rows": (50, lambda sms: 4 * sms, False, 768, "Q5_1", (1, 2)),
+         "sliced, x fragments 1": (8, lambda sms: FEW * sms + 3, False, 2080, "Q4_1", (1, 1)),
+         "sliced, x fragments 2": (20, lambda sms: FEW * sms + 3, False, 2080, "Q8_0", (2, 1)),
+         "sliced, x fragments 2, W fragments 2": (24, lambda sms: 8 * sms, False, 2080, "BF16", (2, 2))}
 
 
 @pytest.mark.parametrize("case", list(GRIDS))
@@ -57,10 +59,10 @@ def test_every_grid_shape_gives_the_same_bits(case):
     """Each grid shape the kernel takes (x fragments 1 and 2, W fragments 1, 2 and 4, several groups of x
     rows, the nibble types' order among them), sized by the device's multiprocessors so that the shape is the one
     named: the tiles' bits (K in one part)."""
-    m, (unit, n), swiglu, cols, qtype, shape = GRIDS[case]
-    rows = n * quant_rows._multiprocessors() if unit == "sms" else n
+    m, rows_of, swiglu, cols, qtype, shape = GRIDS[case]
+    rows = rows_of(quant_rows._multiprocessors())
     sliced = exact_dispatch.matmul_scheme(np.float32, cols) != exact_dispatch.ROUNDED
-    assert quant_rows.takes(m, rows) and quant_rows.shape(m, rows, sliced, swiglu, qtype)[:2] == shape
+    assert quant_rows.takes(m, rows, qtype) and quant_rows.shape(m, rows, sliced, swiglu, qtype)[:2] == shape
     rng = np.random.default_rng(rows + m)
     stored = 2 * rows if swiglu else rows
     data = random_rows(qtype, stored, cols, rng)
@@ -82,7 +84,7 @@ def test_row_products_at_the_edges_of_float32(cols):
     w[11] = 0.0
     x[8, :4] = [1.0, 2.0 ** -12, 3.0, 3.0]
     w[11, :4] = [1.0, 2.0 ** -12, 1e-8, -1e-8]
-    assert quant_rows.takes(m, rows)
+    assert quant_rows.takes(m, rows, "F32")
     with np.errstate(over="ignore", invalid="ignore"):
         got = _tiles(w.view(np.uint8), "F32", x, rows, cols)
         want = exact_reference(x, w, None, None, None, False)
@@ -91,15 +93,18 @@ def test_row_products_at_the_edges_of_float32(cols):
     assert quant_tiles.unsupported("F32", cols) is None
 
 
-def test_grid_shapes_follow_the_rows():
+def test_grid_shapes_follow_the_rows(monkeypatch):
     """16 rows of x a block (one fragment rounded, two sliced); W fragments as many as still give every
-    multiprocessor a block, 4 only for plain types in the rounded scheme; SwiGLU pairs them."""
-    sms = quant_rows._multiprocessors()
-    assert quant_rows.shape(16, 64 * sms, False, False, "BF16") == (1, 4, 2 * sms)
-    assert quant_rows.shape(16, 64 * sms, False, False, "Q4_1") == (1, 2, 4 * sms)
-    assert quant_rows.shape(64, 64 * sms, False, False, "BF16")[:2] == (1, 4)
-    assert quant_rows.shape(40, 64 * sms, True, False, "BF16")[:2] == (2, 2)
+    multiprocessor a block, 4 only for plain types in the rounded scheme; SwiGLU pairs them (the rule
+    alone, for an H100's 132 multiprocessors). Past 32 rows the tiles take the wide products."""
+    monkeypatch.setattr(quant_rows, "_multiprocessors", lambda: 132)
+    assert quant_rows.shape(16, 64 * 132, False, False, "BF16") == (1, 4, 2 * 132)
+    assert quant_rows.shape(16, 64 * 132, False, False, "Q4_1") == (1, 2, 4 * 132)
+    assert quant_rows.shape(64, 64 * 132, False, False, "BF16")[:2] == (1, 4)
+    assert quant_rows.shape(40, 64 * 132, True, False, "BF16")[:2] == (2, 2)
     assert quant_rows.shape(5, 576, False, False, "BF16") == (1, 1, 72)
     assert quant_rows.shape(5, 576, False, True, "BF16") == (1, 2, 72)
-    assert quant_rows.takes(32, 49152) and quant_rows.takes(64, 8192) and not quant_rows.takes(33, 8193)
-    assert not quant_rows.takes(65, 576) and not quant_rows.takes(0, 576)
+    assert quant_rows.takes(32, 49152, "Q8_0") and quant_rows.takes(64, 8192, "BF16")
+    assert not quant_rows.takes(33, 8193, "BF16") and not quant_rows.takes(33, 3073, "Q4_1")
+    assert quant_rows.takes(64, 3072, "Q4_K") and not quant_rows.takes(65, 576, "F16")
+    assert not quant_rows.takes(0, 576, "BF16")

@@ -154,7 +154,7 @@ def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, thre
     array code's product does, up to EXACT_POSITIONS; past that the engine steps kernel by kernel
     (StepRunner.decode_graph). On either side of both limits the logits are the kernel-by-kernel steps'
     bits and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and
-    of THREADS and MANY_THREADS (`threads` 256 and 128: many blocks' sizes), its windows cut over several blocks (decode_exact's
+    of 256 and 128 threads (`threads`, FEW_THREADS forced), its windows cut over several blocks (decode_exact's
     split kernel; one sequence's heads are too few blocks to fill the device). The cache's positions between the prompt and the
     steps hold random keys and values of spread magnitudes (a few of them zero), the same on every
     device."""

@@ -54,7 +54,8 @@ THREADS = 256
 FEW_THREADS = 512
 # Where they are more than two a multiprocessor (many sequences), blocks of 256 threads (128 registers
 # each) run in waves of two a multiprocessor; blocks of 128 threads take 108 registers, four a
-# multiprocessor, the same bits (H200, SmolLM2-135M's shapes, 64 sequences: see CHANGELOG.md).
+# multiprocessor where the probabilities' shared memory allows (caches of up to about 8,192 positions;
+# three at MAX_KEYS), the same bits (H200, SmolLM2-135M's shapes, 64 sequences: see CHANGELOG.md).
 MANY_THREADS = 128
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order

@@ -27,13 +27,16 @@ from .quant_exact import _multiprocessors, prelude
 from .quant_finish import DMMA2, FINISH
 
 ROWS_MAX = 64
-# Past FEW_ROWS rows of x, products with more than WIDE_ROWS output rows go back to the tiles: every block
-# of 16 rows of x decodes its W rows again, and the tiles stage both operands through shared memory once.
-# On an H200 (benchmarks/exact_tiles.py --split-tiles), with shape()'s grid, this kernel took
-# 0.5-0.8x the tiles' time at 64 rows for SmolLM2's products and Llama-3.2-1B's qkv and down, 0.97x for
-# Llama's gate/up (8,192 rows), but 1.3-1.45x for SmolLM2's output layer (49,152 rows).
+# Past FEW_ROWS rows of x, products with more output rows than WIDE_ROWS (plain types) or BLOCK_WIDE_ROWS
+# (block types, whose W fragments are at most 2 a warp) go back to the tiles: every block of 16 rows of x
+# decodes its W rows again, and the tiles stage both operands through shared memory once. On an H200
+# (benchmarks/exact_tiles.py --split-tiles --grids), with shape()'s grid, at 64 rows this kernel took
+# 0.5-0.9x the tiles' time for SmolLM2's products and Llama-3.2-1B's qkv and down (bf16 and Q4_1, up
+# to 3,072 output rows), 0.97x for Llama's bf16 gate/up (8,192 rows; its block types were not measured
+# there), and 1.45x for SmolLM2's output layer (49,152 rows).
 FEW_ROWS = 32
 WIDE_ROWS = 8192
+BLOCK_WIDE_ROWS = 3072
 PLAIN = ("F32", "F16", "BF16")  # stored types whose decoding is a conversion (shape() gives them 4 W fragments)
 RW = 8                      # warps a block, each over every RW-th 32-value unit of K
 
@@ -233,9 +236,10 @@ def shape(m: int, rows: int, sliced: bool, swiglu: bool, qtype: str) -> tuple[in
     return x_frags, w_frags, -(-rows // outs)
 
 
-def takes(m: int, rows: int) -> bool:
-    """Whether a product of m rows of x with `rows` output rows takes this kernel (rather than the tiles)."""
-    return 0 < m and (m <= FEW_ROWS or (m <= ROWS_MAX and rows <= WIDE_ROWS))
+def takes(m: int, rows: int, qtype: str) -> bool:
+    """Whether a product of m rows of x with `rows` output rows of a `qtype` weight takes this kernel
+    (rather than the tiles)."""
+    return 0 < m and (m <= FEW_ROWS or (m <= ROWS_MAX and rows <= (WIDE_ROWS if qtype in PLAIN else BLOCK_WIDE_ROWS)))
 
 
 def launch(qtype: str, sliced: bool, swiglu: bool, m: int, rows: int, cols: int, args: tuple,

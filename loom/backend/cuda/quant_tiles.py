@@ -443,7 +443,7 @@ def _launch(data, qtype, sliced, swiglu, m, rows, cols, args, overlap, splits) -
     tiles over K in `splits` parts where the tiles alone would leave multiprocessors idle (their sums then
     finished by a second kernel), else finished in place."""
     args = (data,) + tuple(pointer(a) if a is None else a for a in args)
-    if splits is None and quant_rows.takes(m, rows):
+    if splits is None and quant_rows.takes(m, rows, qtype):
         quant_rows.launch(qtype, sliced, swiglu, m, rows, cols, args, overlap)
         return
     x_rows, out_cols = (32 if sliced else 64), (32 if swiglu else 64)
