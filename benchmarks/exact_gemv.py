@@ -6,11 +6,14 @@ both in the same process. Prints the read rate of the stored bytes beside the de
 
     PYTHONPATH=. python benchmarks/exact_gemv.py [--rows 1,2,4,8] [--types BF16,Q4_1,Q8_0,Q4_K]
                                                  [--shapes "1b down,8b gate_up"] [--rows-per-warp 1,2,4]
+                                                 [--fixed]
 
 Shapes: SmolLM2-135M's, Llama-3.2-1B's, a Qwen2-0.5B shape's and Llama-3.1-8B's products (their K above
 2048 takes the slice scheme). --rows-per-warp times the deterministic kernels with each value of
 quant_slices.ROWS_PER_WARP (rows of W a warp of the slice scheme takes at once; None: the module's choice),
-one column each.
+one column each. --fixed (branch wip/spec4) adds the integer scheme proposed for spec 4
+(quant_fixed: x's integers, then the product over every stored row, without SwiGLU's epilogue), for
+rows of x up to quant_fixed.MAX_ROWS.
 """
 from __future__ import annotations
 
@@ -42,11 +45,12 @@ def main() -> None:
     parser.add_argument("--types", default="BF16,Q4_1")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--rows-per-warp", default=None, help="comma-separated quant_slices.ROWS_PER_WARP values")
+    parser.add_argument("--fixed", action="store_true", help="add the integer scheme's product (spec 4 proposal)")
     args = parser.parse_args()
     variants = [int(v) for v in args.rows_per_warp.split(",")] if args.rows_per_warp else [None]
     import cupy
 
-    from loom.backend.cuda import quant, quant_exact, quant_slices
+    from loom.backend.cuda import quant, quant_exact, quant_fixed, quant_slices
     from loom.kernels import exact
     from loom.kernels.exact import dispatch as exact_dispatch
     from loom.kernels.exact import rounded as exact_rounded
@@ -57,8 +61,9 @@ def main() -> None:
     print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); GB/s: stored bytes read a second "
           f"(copy: {copy:.0f} GB/s read + written)")
     heads = " | ".join("det." if v is None else f"det., {v} rows a warp" for v in variants)
+    heads += " | integer scheme | integer / fast time" if args.fixed else ""
     print(f"| shape | type | rows of x | {heads} | fast | det / fast time | det. GB/s | fast GB/s |")
-    print("|---|---|---|" + "---|" * len(variants) + "---|---|---|---|")
+    print("|---|---|---|" + "---|" * (len(variants) + 2 * args.fixed) + "---|---|---|---|")
     rng = np.random.default_rng(0)
     for name in args.shapes.split(","):
         rows, k, swiglu = SHAPES[name]
@@ -69,6 +74,7 @@ def main() -> None:
             if not rounded:
                 wmax = quant_slices.row_maxima(data, qtype, stored, k)
                 bits = exact.narrow_bits(k)
+            w_tables = quant_fixed.w_exponents(data, qtype, stored, k) if args.fixed else None
             for m in [int(v) for v in args.rows.split(",")]:
                 x = cupy.asarray(rng.standard_normal((m, k)).astype(np.float32))
                 out = cupy.empty((m, rows), dtype=np.float32)
@@ -88,6 +94,11 @@ def main() -> None:
                 quant_slices.ROWS_PER_WARP = default
                 fast = graph_time(cupy, lambda: quant.gemv(data, qtype, x, out, swiglu=swiglu))
                 cells = " | ".join(f"{t:.1f}" for t in times)
+                if args.fixed:
+                    whole = cupy.empty((m, stored), dtype=np.float32)
+                    t_fixed = (graph_time(cupy, lambda: quant_fixed.gemv(data, qtype, x, whole, w_tables))
+                               if m <= quant_fixed.MAX_ROWS else float("nan"))
+                    cells += f" | {t_fixed:.1f} | {t_fixed / fast:.2f}"
                 print(f"| {name} | {qtype} | {m} | {cells} | {fast:.1f} | {times[0] / fast:.2f} | "
                       f"{data.nbytes / times[0] / 1e3:.0f} | {data.nbytes / fast / 1e3:.0f} |", flush=True)
 

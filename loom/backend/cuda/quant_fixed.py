@@ -1,0 +1,217 @@
+"""Products of a few rows of x with stored weights in the integer scheme proposed for spec 4
+(loom/kernels/exact/fixed.py; branch work, not yet dispatched): the decode step's products with int
+multiply-adds in place of spec 3's float64 sums, certification and settling.
+
+Three kernels:
+- `loom_fixed_w_exponents`, once per weight: a warp a row of W decodes it (quant.BLOCK_DECODE's values,
+  exactly gguf's dequantization) and finds fixed.row_exponents' e from the largest finite magnitude
+  (frexpf, then the spill past 32767), and whether the row holds inf or NaN;
+- `loom_fixed_x`, once per product: a block a row of x writes the same exponent and the row's integers
+  q = rint(x 2^(15 - e)) as int16 (every |q| <= 32767), computed in float64, where they are exact;
+- `loom_fixed_gemv`: a warp a row of W; lane l takes value group l & 7 of units l >> 3, l >> 3 + 4, ...
+  (block_values' layout), rounds each decoded value to its integer in float64 and adds its products with
+  each row of x's integers into an int64 (each product below 2^30: exact); the warp adds its lanes'
+  int64 sums, exact in any order, and lane 0 scales the sum by 2^(ex + ew - 30) in float64 (exact: the sum
+  is below 2^53) and rounds once to float32. A row of x or W holding inf or NaN gives IEEE's value of the
+  sum of sign products with the infinities and NaNs kept (exact._special_values), which is not finite.
+Capturable: sizes as arguments, no sync, no host read.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import cupy
+import numpy as np
+
+from ...errors import ShapeError
+from .. import Array
+from .compile import OPTIONS
+from .launch import OVERLAP_PROLOGUE
+from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, type_defines
+
+MAX_ROWS = 4                # rows of x a product takes (decode steps; batches take the planes' GEMMs)
+WARPS = 8                   # warps a block of the product and of the exponents' kernel
+X_THREADS = 256
+
+_SOURCE = r"""
+#define LOOM_FULL 0xffffffffu
+#define LIMIT 32767.0f
+
+// fixed.row_exponents' e for the largest finite magnitude m of a row
+__device__ __forceinline__ int loom_fixed_exponent(float m) {
+    if (m == 0.0f) return 0;
+    int e;
+    frexpf(m, &e);
+    return rintf(ldexpf(m, 15 - e)) > LIMIT ? e + 1 : e;
+}
+
+__device__ __forceinline__ float loom_fixed_mark(float v) {
+    return isfinite(v) ? (v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f)) : v;
+}
+
+__device__ __forceinline__ const unsigned char* loom_fixed_row(const unsigned char* w, long long r, int nb) {
+    return w + r * (long long)(nb / SUBS) * BLOCK;
+}
+
+// ew[r], bad[r] for each row r of W (rows, nb 32-value units a row): a warp a row
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_w_exponents(
+        const unsigned char* __restrict__ w, int* __restrict__ ew, int* __restrict__ bad, long long rows, int nb) {
+    const long long r = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31;
+    const unsigned char* row = loom_fixed_row(w, r, nb);
+    float top = 0.0f;
+    int nonfinite = 0;
+    for (int b = lane >> 3; b < nb; b += 4) {
+        float v[4]; int at[4];
+        block_values(row, b, lane & 7, v, at);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
+            else nonfinite = 1;
+        }
+    }
+    for (int o = 16; o; o >>= 1) {
+        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
+        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
+    }
+    if (lane == 0) { ew[r] = loom_fixed_exponent(top); bad[r] = nonfinite; }
+}
+
+// xq[m, :], ex[m], bad[m] for each row m of x [M, K]: a block a row
+extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
+        const float* __restrict__ x, short* __restrict__ xq, int* __restrict__ ex, int* __restrict__ bad, int K) {
+    __shared__ float top_s[X_THREADS / 32];
+    __shared__ int bad_s[X_THREADS / 32];
+    __shared__ int e_s;
+    const float* row = x + (long long)blockIdx.x * K;
+    float top = 0.0f;
+    int nonfinite = 0;
+    for (int k = threadIdx.x; k < K; k += X_THREADS) {
+        const float v = row[k];
+        if (isfinite(v)) top = fmaxf(top, fabsf(v));
+        else nonfinite = 1;
+    }
+    for (int o = 16; o; o >>= 1) {
+        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
+        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
+    }
+    if ((threadIdx.x & 31) == 0) { top_s[threadIdx.x >> 5] = top; bad_s[threadIdx.x >> 5] = nonfinite; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < X_THREADS / 32; ++i) { top = fmaxf(top, top_s[i]); nonfinite |= bad_s[i]; }
+        e_s = loom_fixed_exponent(top);
+        ex[blockIdx.x] = e_s;
+        bad[blockIdx.x] = nonfinite;
+    }
+    __syncthreads();
+    const int shift = 15 - e_s;
+    short* q = xq + (long long)blockIdx.x * K;
+    for (int k = threadIdx.x; k < K; k += X_THREADS) {
+        const float v = row[k];
+        q[k] = isfinite(v) ? (short)__double2int_rn(ldexp((double)v, shift)) : (short)0;
+    }
+}
+
+// out[m, r] for rows r of W and the M (<= MAX_ROWS) rows of x: a warp a row of W
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
+        const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
+        const short* __restrict__ xq, const int* __restrict__ ex, const int* __restrict__ xbad,
+        const float* __restrict__ x, float* __restrict__ out, long long rows, int nb, int M) {
+    const long long r = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31, K = 32 * nb;
+    const unsigned char* row = loom_fixed_row(w, r, nb);
+    const int shift = 15 - ew[r];
+    long long acc[MAX_ROWS];
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) acc[m] = 0;
+    for (int b = lane >> 3; b < nb; b += 4) {
+        float v[4]; int at[4];
+        block_values(row, b, lane & 7, v, at);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = isfinite(v[j]) ? __double2int_rn(ldexp((double)v[j], shift)) : 0;
+            #pragma unroll
+            for (int m = 0; m < MAX_ROWS; ++m)
+                if (m < M) acc[m] += (long long)(q * (int)xq[(long long)m * K + 32 * b + at[j]]);
+        }
+    }
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) {
+        if (m >= M) break;
+        long long s = acc[m];
+        for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(LOOM_FULL, s, o);
+        float value;
+        if (xbad[m] || wbad[r]) {               // IEEE's value: sign products, infinities and NaNs kept
+            float t = 0.0f;
+            for (int b = lane >> 3; b < nb; b += 4) {
+                float v[4]; int at[4];
+                block_values(row, b, lane & 7, v, at);
+                #pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(x[(long long)m * K + 32 * b + at[j]]), loom_fixed_mark(v[j])));
+            }
+            for (int o = 16; o; o >>= 1) t = __fadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
+            value = t;
+        } else {
+            value = __double2float_rn(ldexp((double)s, ex[m] + ew[r] - 30));
+        }
+        if (lane == 0) out[(long long)m * rows + r] = value;
+    }
+}
+"""
+
+
+@cache
+def _module(qtype: str):
+    head = f"#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
+    return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE, options=OPTIONS)
+
+
+def _check(qtype: str, cols: int) -> None:
+    if qtype not in TYPES:
+        raise ShapeError(f"no integer product kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})")
+    unit = 256 if qtype in K_LAYOUTS else 32
+    if cols % unit or cols <= 0:
+        raise ShapeError(f"a width of {cols} is not a positive multiple of {unit} (whole {qtype} blocks)")
+
+
+def w_exponents(data: Array, qtype: str, rows: int, cols: int) -> tuple[Array, Array]:
+    """(ew int32 [rows], bad int32 [rows]): each row of the stored weight's exponent and whether it holds
+    inf or NaN. Once per weight."""
+    _check(qtype, cols)
+    ew, bad = cupy.empty(rows, dtype=np.int32), cupy.empty(rows, dtype=np.int32)
+    if rows:
+        _module(qtype).get_function("loom_fixed_w_exponents")(
+            (-(-rows // WARPS),), (WARPS * 32,), (data, ew, bad, np.int64(rows), np.int32(cols // 32)))
+    return ew, bad
+
+
+def x_integers(x: Array) -> tuple[Array, Array, Array]:
+    """(xq int16 [M, K], ex int32 [M], bad int32 [M]) for float32 x [M, K], C-contiguous."""
+    m, k = x.shape
+    xq = cupy.empty((m, k), dtype=np.int16)
+    ex, bad = cupy.empty(m, dtype=np.int32), cupy.empty(m, dtype=np.int32)
+    if m:
+        # (any qtype's module holds it: the x kernel reads no weight)
+        _module("F32").get_function("loom_fixed_x")((m,), (X_THREADS,), (x, xq, ex, bad, np.int32(k)))
+    return xq, ex, bad
+
+
+def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array]) -> None:
+    """out [M, rows] = x [M, K] @ W^T in the integer scheme (fixed.matmul_t's bits) for M <= MAX_ROWS
+    rows of float32 x, C-contiguous, and the stored weight `data` [rows, row bytes] with its
+    w_exponents `w_tables`."""
+    m, k = x.shape
+    rows = data.shape[0]
+    _check(qtype, k)
+    if not 0 < m <= MAX_ROWS:
+        raise ShapeError(f"gemv takes 1 to {MAX_ROWS} rows of x, got {m}")
+    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    xq, ex, xbad = x_integers(x)
+    ew, wbad = w_tables
+    _module(qtype).get_function("loom_fixed_gemv")(
+        (-(-rows // WARPS),), (WARPS * 32,),
+        (data, ew, wbad, xq, ex, xbad, x, out, np.int64(rows), np.int32(k // 32), np.int32(m)))

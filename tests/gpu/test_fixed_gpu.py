@@ -1,0 +1,87 @@
+"""The integer scheme proposed for spec 4 on the GPU (backend/cuda/quant_fixed.py, branch work): its
+one-row products give exact.fixed's bits (the CPU's float64 GEMM of the integers) for every stored
+type, one to four rows of x, K on both sides of 2048 and past 2^14, rows of x of very different scales,
+and float32's edges (overflow, subnormals, zeros, inf and NaN rows); the exponent kernels match
+fixed.row_exponents."""
+import numpy as np
+import pytest
+from quant_rows import float32_edges, random_rows
+
+from loom import backend
+from loom.kernels.exact import fixed
+from loom.kernels.quant.block import BlockQuantized
+
+from .cpu_gpu import host, same_bits
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant_fixed  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+CPU = backend.get("cpu")
+
+
+def _product(data, qtype, x):
+    rows = data.shape[0]
+    d = cupy.asarray(data)
+    tables = quant_fixed.w_exponents(d, qtype, rows, x.shape[1])
+    out = cupy.full((x.shape[0], rows), np.nan, dtype=np.float32)
+    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, tables)
+    return host(out), tuple(host(t) for t in tables)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
+                         + [t for t in cuda_quant.TYPES if t != "BF16"])
+@pytest.mark.parametrize("m, cols", [(1, 576), (3, 2048), (4, 4864), (2, 16896)])
+def test_integer_products_give_the_cpus_bits(qtype, m, cols):
+    if qtype in cuda_quant.K_LAYOUTS:
+        cols = -(-cols // 256) * 256
+    rng = np.random.default_rng(cols + m + len(qtype))
+    rows = 84
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4
+    x[-1, ::7] *= 1e-6
+    got, (ew, bad) = _product(data, qtype, x)
+    same_bits(ew, fixed.row_exponents(np, w), f"{qtype} W exponents")
+    assert not bad.any()
+    same_bits(got, fixed.matmul_t(CPU, x, w), f"{qtype} integer product, {m} x {cols}")
+
+
+def test_the_x_kernel_gives_the_cpus_integers():
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((4, 1000)).astype(np.float32) * np.exp2(rng.integers(-30, 30, (4, 1000)))
+    x[1] = np.float32(1.0 - 2.0 ** -20)                     # spills past 32767 at the first scale
+    x[2] = 0.0
+    x[3, :5] = [np.inf, 1.0, -0.0, 2.0 ** -140, -3.0]
+    xq, ex, bad = (host(a) for a in quant_fixed.x_integers(cupy.asarray(x)))
+    e = fixed.row_exponents(np, x)
+    same_bits(ex, e, "x exponents")
+    assert np.array_equal(xq.astype(np.float64), fixed.to_integers(np, x, e))
+    assert bad.tolist() == [0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("cols", [256, 2080])
+def test_integer_products_at_the_edges_of_float32(cols):
+    rng = np.random.default_rng(cols)
+    rows, m = 72, 8
+    x, w = float32_edges(m, rows, cols, rng)
+    got = []
+    for start in range(0, m, quant_fixed.MAX_ROWS):
+        part, _ = _product(w.view(np.uint8), "F32", np.ascontiguousarray(x[start:start + quant_fixed.MAX_ROWS]))
+        got.append(part)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = fixed.matmul_t(CPU, x, w)
+    same_bits(np.concatenate(got), want, f"integer product at the edges, K = {cols}")
+    assert np.isnan(got[1][0]).any() or np.isinf(got[1][0]).any()     # x's rows 4 and 5 hold inf and NaN
+
+
+def test_bad_arguments_are_refused():
+    data = cupy.zeros((8, 64 * 2), dtype=np.uint8)
+    x = cupy.zeros((5, 64), dtype=np.float32)
+    tables = quant_fixed.w_exponents(data, "BF16", 8, 64)
+    with pytest.raises(Exception, match="1 to 4 rows"):
+        quant_fixed.gemv(data, "BF16", x, cupy.empty((5, 8), np.float32), tables)
+    with pytest.raises(Exception, match="multiple of 256"):
+        quant_fixed.w_exponents(cupy.zeros((8, 144), np.uint8), "Q4_K", 8, 128)
