@@ -1,8 +1,8 @@
 """The integer scheme proposed for spec 4 on the GPU (backend/cuda/quant_fixed.py, branch work): its
-one-row products give exact.fixed's bits (the CPU's float64 GEMM of the integers) for every stored
-type, one to four rows of x, K on both sides of 2048 and past 2^14, rows of x of very different scales,
-and float32's edges (overflow, subnormals, zeros, inf and NaN rows); the exponent kernels match
-fixed.row_exponents."""
+one-row products and its batched products on the int8 tensor cores give exact.fixed's bits (the CPU's
+float64 GEMM of the integers) for every stored type, 1 to 64 rows of x, K on both sides of 2048 and past
+2^14, rows of x of very different scales, every batched grid shape, and float32's edges (overflow,
+subnormals, zeros, inf and NaN rows); the exponent kernels match fixed.row_exponents."""
 import numpy as np
 import pytest
 from quant_rows import float32_edges, random_rows
@@ -21,12 +21,12 @@ pytestmark = pytest.mark.gpu
 CPU = backend.get("cpu")
 
 
-def _product(data, qtype, x):
+def _product(data, qtype, x, batched=False):
     rows = data.shape[0]
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, qtype, rows, x.shape[1])
     out = cupy.full((x.shape[0], rows), np.nan, dtype=np.float32)
-    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, tables)
+    (quant_fixed.rows_product if batched else quant_fixed.gemv)(d, qtype, cupy.asarray(x), out, tables)
     return host(out), tuple(host(t) for t in tables)
 
 
@@ -47,6 +47,36 @@ def test_integer_products_give_the_cpus_bits(qtype, m, cols):
     same_bits(ew, fixed.row_exponents(np, w), f"{qtype} W exponents")
     assert not bad.any()
     same_bits(got, fixed.matmul_t(CPU, x, w), f"{qtype} integer product, {m} x {cols}")
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
+                         + [t for t in cuda_quant.TYPES if t != "BF16"])
+@pytest.mark.parametrize("m, cols, rows", [(5, 576, 84), (16, 2048, 300), (17, 4864, 40), (64, 768, 1100)])
+def test_batched_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
+    """loom_fixed_rows on the int8 tensor cores: rows of x past a fragment and not a multiple of one, output
+    rows past a block and not a multiple of one, each grid shape rows_shape gives."""
+    if qtype in cuda_quant.K_LAYOUTS:
+        cols = -(-cols // 256) * 256
+    rng = np.random.default_rng(cols + m + rows + len(qtype))
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4
+    x[-1] *= 1e-5
+    got, _ = _product(data, qtype, x, batched=True)
+    same_bits(got, fixed.matmul_t(CPU, x, w), f"{qtype} batched integer product, {m} x {cols}, {rows} rows")
+
+
+@pytest.mark.parametrize("w_frags", [1, 2, 4])
+def test_every_batched_grid_shape_gives_the_same_bits(w_frags, monkeypatch):
+    rng = np.random.default_rng(w_frags)
+    rows, cols, m = 200, 1024, 40
+    data = random_rows("Q4_1", rows, cols, rng)
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows: (1, w_frags))
+    got, _ = _product(data, "Q4_1", x, batched=True)
+    same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, "Q4_1", (rows, cols)).dequantize()),
+              f"W fragments {w_frags}")
 
 
 def test_the_x_kernel_gives_the_cpus_integers():
@@ -74,7 +104,9 @@ def test_integer_products_at_the_edges_of_float32(cols):
     with np.errstate(over="ignore", invalid="ignore"):
         want = fixed.matmul_t(CPU, x, w)
     same_bits(np.concatenate(got), want, f"integer product at the edges, K = {cols}")
-    assert np.isnan(got[1][0]).any() or np.isinf(got[1][0]).any()     # x's rows 4 and 5 hold inf and NaN
+    assert not np.isfinite(got[1][0]).any()                            # x's row 4 holds inf
+    batched, _ = _product(w.view(np.uint8), "F32", x, batched=True)
+    same_bits(batched, want, f"batched integer product at the edges, K = {cols}")
 
 
 def test_bad_arguments_are_refused():

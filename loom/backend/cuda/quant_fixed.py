@@ -14,6 +14,14 @@ Three kernels:
   int64 sums, exact in any order, and lane 0 scales the sum by 2^(ex + ew - 30) in float64 (exact: the sum
   is below 2^53) and rounds once to float32. A row of x or W holding inf or NaN gives IEEE's value of the
   sum of sign products with the infinities and NaNs kept (exact._special_values), which is not finite.
+- `loom_fixed_rows`, for up to ROWS_MAX rows of x (decode batches): quant_rows' layout with the int8
+  tensor cores in place of the float64 ones. Each integer splits into planes, q = 256 hi + lo (hi = q >> 8
+  signed, lo = q & 255 unsigned), and a warp's fragment of 16 rows of x by 8 rows of W takes four
+  m16n8k32 products a 32-value unit (hi.hi, hi.lo, lo.hi, lo.lo, each exact in int32 up to K = 2^15),
+  combined in int64 as 65536 HH + 256 (HL + LH) + LL. As in quant_rows, lane c of a quad takes
+  block_values' eight values for lanes 2c and 2c + 1 as its k (x the same positions): the sums are
+  exact, so the order of k is free. The block's warps split K and add their int64 sums in shared memory
+  (atomics: integer additions, any order), and the block rounds its entries once.
 Capturable: sizes as arguments, no sync, no host read.
 """
 from __future__ import annotations
@@ -28,8 +36,11 @@ from .. import Array
 from .compile import OPTIONS
 from .launch import OVERLAP_PROLOGUE
 from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, type_defines
+from .quant_exact import _multiprocessors
 
-MAX_ROWS = 4                # rows of x a product takes (decode steps; batches take the planes' GEMMs)
+MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
+ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
+RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
 X_THREADS = 256
 
@@ -163,10 +174,152 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
 """
 
 
+_ROWS_SOURCE = r"""
+#define XROWS (16 * MF)
+#define OUTS (8 * NF)
+
+#define LOOM_IMMA(AT, BT) asm volatile( \
+    "mma.sync.aligned.m16n8k32.row.col.s32." AT "." BT ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+    : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) \
+    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
+
+// kind: 0 s8.s8, 1 s8.u8, 2 u8.s8, 3 u8.u8 (A's plane, B's plane)
+__device__ __forceinline__ void loom_imma(int* c, const unsigned* a, const unsigned* b, int kind) {
+    if (kind == 0) LOOM_IMMA("s8", "s8");
+    else if (kind == 1) LOOM_IMMA("s8", "u8");
+    else if (kind == 2) LOOM_IMMA("u8", "s8");
+    else LOOM_IMMA("u8", "u8");
+}
+
+// four integers' planes packed four to a register: hi (q >> 8, signed bytes) and lo (q & 255)
+__device__ __forceinline__ void loom_planes(const int* q, unsigned* hi, unsigned* lo) {
+    *hi = 0u; *lo = 0u;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        *hi |= ((unsigned)(q[j] >> 8) & 0xFFu) << (8 * j);
+        *lo |= ((unsigned)q[j] & 0xFFu) << (8 * j);
+    }
+}
+
+// out[m, n] for the M (<= ROWS_MAX) rows of x and rows n of W; a block XROWS rows of x by OUTS rows of W
+extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
+        const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
+        const short* __restrict__ xq, const int* __restrict__ ex, const int* __restrict__ xbad,
+        const float* __restrict__ x, float* __restrict__ out, long long rows, int nb, int M) {
+    __shared__ unsigned long long sums_s[XROWS * OUTS];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3, K = 32 * nb;
+    const long long out_blocks = (rows + OUTS - 1) / OUTS;
+    const long long o0 = (blockIdx.x % out_blocks) * OUTS;
+    const int m0 = (int)(blockIdx.x / out_blocks) * XROWS;
+    for (int i = threadIdx.x; i < XROWS * OUTS; i += RW * 32) sums_s[i] = 0ull;
+    const unsigned char* wrow[NF];
+    int shift[NF];
+    bool wok[NF];
+    #pragma unroll
+    for (int f = 0; f < NF; ++f) {
+        const long long n = o0 + 8 * f + g;
+        wok[f] = n < rows;
+        wrow[f] = loom_fixed_row(w, wok[f] ? n : 0, nb);
+        shift[f] = wok[f] ? 15 - ew[n] : 0;
+    }
+    int acc[MF][NF][4][4];
+    #pragma unroll
+    for (int i = 0; i < MF; ++i)
+        #pragma unroll
+        for (int f = 0; f < NF; ++f)
+            #pragma unroll
+            for (int p = 0; p < 4; ++p)
+                #pragma unroll
+                for (int v = 0; v < 4; ++v) acc[i][f][p][v] = 0;
+    for (int b = warp; b < nb; b += RW) {
+        int at[8];
+        unsigned bh[NF][2], bl[NF][2];
+        #pragma unroll
+        for (int f = 0; f < NF; ++f) {
+            float v[8];
+            block_values(wrow[f], b, 2 * c, v, at);
+            block_values(wrow[f], b, 2 * c + 1, v + 4, at + 4);
+            int q[8];
+            #pragma unroll
+            for (int j = 0; j < 8; ++j)
+                q[j] = wok[f] && isfinite(v[j]) ? __double2int_rn(ldexp((double)v[j], shift[f])) : 0;
+            loom_planes(q, &bh[f][0], &bl[f][0]);
+            loom_planes(q + 4, &bh[f][1], &bl[f][1]);
+        }
+        #pragma unroll
+        for (int i = 0; i < MF; ++i) {
+            // a0/a2: row g's values at this lane's positions 0-3 / 4-7; a1/a3: row g + 8's
+            unsigned ah[4], al[4];
+            #pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int m = m0 + 16 * i + 8 * h + g;
+                int q[8];
+                #pragma unroll
+                for (int j = 0; j < 8; ++j) q[j] = m < M ? (int)xq[(long long)m * K + 32 * b + at[j]] : 0;
+                loom_planes(q, &ah[h], &al[h]);
+                loom_planes(q + 4, &ah[h + 2], &al[h + 2]);
+            }
+            #pragma unroll
+            for (int f = 0; f < NF; ++f) {
+                loom_imma(acc[i][f][0], ah, bh[f], 0);
+                loom_imma(acc[i][f][1], ah, bl[f], 1);
+                loom_imma(acc[i][f][2], al, bh[f], 2);
+                loom_imma(acc[i][f][3], al, bl[f], 3);
+            }
+        }
+    }
+    __syncthreads();                            // (sums_s zeroed)
+    #pragma unroll
+    for (int i = 0; i < MF; ++i)
+        #pragma unroll
+        for (int f = 0; f < NF; ++f)
+            #pragma unroll
+            for (int v = 0; v < 4; ++v) {
+                const long long s = 65536LL * acc[i][f][0][v] + 256LL * ((long long)acc[i][f][1][v] + acc[i][f][2][v])
+                                    + acc[i][f][3][v];
+                const int lm = 16 * i + 8 * (v >> 1) + g, ln = 8 * f + 2 * c + (v & 1);
+                atomicAdd(&sums_s[lm * OUTS + ln], (unsigned long long)s);     // two's complement: exact
+            }
+    __syncthreads();
+    for (int e = threadIdx.x; e < XROWS * OUTS; e += RW * 32) {
+        const int m = m0 + e / OUTS;
+        const long long n = o0 + e % OUTS;
+        if (m >= M || n >= rows) continue;
+        float value;
+        if (xbad[m] || wbad[n]) {               // IEEE's value, by one thread (rare)
+            const unsigned char* row = loom_fixed_row(w, n, nb);
+            float t = 0.0f;
+            for (int u = 0; u < nb; ++u)
+                for (int l = 0; l < 8; ++l) {
+                    float v[4]; int pos[4];
+                    block_values(row, u, l, v, pos);
+                    for (int j = 0; j < 4; ++j) {
+                        const float xv = x[(long long)m * K + 32 * u + pos[j]];
+                        t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
+                    }
+                }
+            value = t;
+        } else {
+            value = __double2float_rn(ldexp((double)(long long)sums_s[e], ex[m] + ew[n] - 30));
+        }
+        out[(long long)m * rows + n] = value;
+    }
+}
+"""
+
+
 @cache
 def _module(qtype: str):
     head = f"#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
     return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE, options=OPTIONS)
+
+
+@cache
+def _rows_module(qtype: str, x_frags: int, w_frags: int):
+    head = (f"#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n#define RW {RW}\n"
+            f"#define MF {x_frags}\n#define NF {w_frags}\n")
+    return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE + _ROWS_SOURCE,
+                          options=OPTIONS)
 
 
 def _check(qtype: str, cols: int) -> None:
@@ -197,6 +350,36 @@ def x_integers(x: Array) -> tuple[Array, Array, Array]:
         # (any qtype's module holds it: the x kernel reads no weight)
         _module("F32").get_function("loom_fixed_x")((m,), (X_THREADS,), (x, xq, ex, bad, np.int32(k)))
     return xq, ex, bad
+
+
+def rows_shape(m: int, rows: int) -> tuple[int, int]:
+    """(x fragments, W fragments a warp) for loom_fixed_rows: one x fragment (16 rows of x) a block, further
+    blocks the rest; 4 W fragments where that still gives every multiprocessor a block, else 2 or 1
+    (quant_rows.shape's rule, to be measured for this kernel)."""
+    groups = -(-m // 16)
+    sms = _multiprocessors()
+    for nf in (4, 2):
+        if groups * -(-rows // (8 * nf)) >= sms:
+            return 1, nf
+    return 1, 1
+
+
+def rows_product(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array]) -> None:
+    """out [M, rows] = x [M, K] @ W^T in the integer scheme for up to ROWS_MAX rows of float32 x on the
+    int8 tensor cores (compute capability 8.0 and up), with gemv's arguments."""
+    m, k = x.shape
+    rows = data.shape[0]
+    _check(qtype, k)
+    if not 0 < m <= ROWS_MAX:
+        raise ShapeError(f"rows_product takes 1 to {ROWS_MAX} rows of x, got {m}")
+    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    xq, ex, xbad = x_integers(x)
+    ew, wbad = w_tables
+    x_frags, w_frags = rows_shape(m, rows)
+    blocks = -(-rows // (8 * w_frags)) * -(-m // (16 * x_frags))
+    _rows_module(qtype, x_frags, w_frags).get_function("loom_fixed_rows")(
+        (blocks,), (RW * 32,), (data, ew, wbad, xq, ex, xbad, x, out, np.int64(rows), np.int32(k // 32), np.int32(m)))
 
 
 def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array]) -> None:
