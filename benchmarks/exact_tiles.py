@@ -6,7 +6,7 @@ as a CUDA graph of 20 launches, best of 5.
 
     PYTHONPATH=. python benchmarks/exact_tiles.py [--rows 16,64,256,2048] [--types BF16,Q4_1] [--groups]
                                                   [--split-waves 1,2] [--shapes "smol o,1b down"]
-                                                  [--split-tiles] [--dgemm] [--grids]
+                                                  [--split-tiles] [--dgemm] [--grids] [--fixed]
 
 Shapes: SmolLM2-135M's and Llama-3.2-1B's products (K = 8192 takes the slice scheme). --groups adds the
 grouped warp-per-row kernels (slow past 16 rows: they are the "before"). --split-waves times the tiles
@@ -16,7 +16,9 @@ kernel; --split-tiles adds the tiles with K split in parts (the default there be
 --dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded weight, which
 prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue. --grids adds
 quant_rows' kernel at each grid shape of GRIDS (x fragments, W fragments a warp), forced (products past
-quant_rows.takes included), each checked against the tiles' bits.
+quant_rows.takes included), each checked against the tiles' bits. --fixed (branch wip/spec4) adds the
+integer scheme proposed for spec 4 (quant_fixed.rows_product: x's integers, then the product over every
+stored row on the int8 tensor cores, without SwiGLU's epilogue) up to its ROWS_MAX rows.
 """
 from __future__ import annotations
 
@@ -99,6 +101,7 @@ def main() -> None:
                         help="add the tiles with K split (what products of up to quant_rows.ROWS_MAX rows took before)")
     parser.add_argument("--grids", action="store_true",
                         help="add quant_rows' kernel at each grid shape of GRIDS, forced")
+    parser.add_argument("--fixed", action="store_true", help="add the integer scheme's product (spec 4 proposal)")
     parser.add_argument("--dgemm", action="store_true",
                         help="add the float64 GEMM path (quant_tiles.product from DGEMM_ROWS rows) at every row count")
     args = parser.parse_args()
@@ -106,7 +109,7 @@ def main() -> None:
     import cupy
 
     import loom
-    from loom.backend.cuda import quant_exact, quant_rows, quant_slices, quant_tiles
+    from loom.backend.cuda import quant_exact, quant_fixed, quant_rows, quant_slices, quant_tiles
     from loom.kernels import exact
     from loom.kernels.exact import dispatch as exact_dispatch
     from loom.kernels.exact import rounded as exact_rounded
@@ -117,11 +120,12 @@ def main() -> None:
     print(f"# {gpu}; us a product (CUDA graph of 20, best of 5); fast = cuBLAS bf16 GEMM of the same shape")
     tiles_heads = " | ".join("tiles (det.)" if w is None else f"tiles, SPLIT_WAVES {w}" for w in waves)
     dgemm_head = (" tiles, K split (det., before) |" if args.split_tiles else "") + (
-        " float64 GEMM (det.) |" if args.dgemm else "") + "".join(f" rows {g} |" for g in GRIDS if args.grids)
+        " float64 GEMM (det.) |" if args.dgemm else "") + "".join(f" rows {g} |" for g in GRIDS if args.grids) + (
+        " integer scheme |" if args.fixed else "")
     print(f"| shape | type | rows of x | {tiles_heads} |{dgemm_head} groups of 16 (det., before) | fast bf16 | "
           "det / fast time |")
-    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm + args.split_tiles + len(GRIDS) * args.grids)
-          + "---|---|---|")
+    print("|---|---|---|" + "---|" * (len(waves) + args.dgemm + args.split_tiles + len(GRIDS) * args.grids
+                                     + args.fixed) + "---|---|---|")
     rng = np.random.default_rng(0)
     for name in args.shapes.split(","):
         rows, k, swiglu = SHAPES[name]
@@ -132,6 +136,7 @@ def main() -> None:
             w16 = cupy.asarray(rng.standard_normal((stored, k)).astype(np.float32) * 0.05)
             w16 = (w16.view(np.uint32) >> 16).astype(np.uint16)
             tables = {}                         # product()'s memo of the weight's norms or maxima
+            w_tables = quant_fixed.w_exponents(data, qtype, stored, k) if args.fixed else None
             if rounded:
                 wnorm = quant_tiles.row_norms(data, qtype, stored, k)
             else:
@@ -172,6 +177,10 @@ def main() -> None:
                     t_dgemm = " |"
                 t_grids = "".join(f" {t} |" for t in grid_times(cupy, quant_rows, tiles, out, m, swiglu)) \
                     if args.grids else ""
+                if args.fixed:
+                    whole = cupy.empty((m, stored), dtype=np.float32)
+                    t_grids += (f" {graph_time(cupy, lambda: quant_fixed.rows_product(data, qtype, x, whole, w_tables)):.1f} |"
+                                if m <= quant_fixed.ROWS_MAX else " - |")
                 t_groups = ""
                 if args.groups and m <= 256:
                     def groups():
