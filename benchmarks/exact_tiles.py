@@ -17,8 +17,9 @@ kernel; --split-tiles adds the tiles with K split in parts (the default there be
 prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue. --grids adds
 quant_rows' kernel at each grid shape of GRIDS (x fragments, W fragments a warp), forced (products past
 quant_rows.takes included), each checked against the tiles' bits. --fixed (branch wip/spec4) adds the
-integer scheme proposed for spec 4 (quant_fixed.rows_product: x's integers, then the product over every
-stored row on the int8 tensor cores, without SwiGLU's epilogue) up to its ROWS_MAX rows.
+integer scheme proposed for spec 4 (x's integers, then the product over every stored row, without
+SwiGLU's epilogue: quant_fixed.rows_product on the int8 tensor cores up to its ROWS_MAX rows,
+quant_fixed_planes' int8 GEMM of the planes past).
 """
 from __future__ import annotations
 
@@ -109,7 +110,7 @@ def main() -> None:
     import cupy
 
     import loom
-    from loom.backend.cuda import quant_exact, quant_fixed, quant_rows, quant_slices, quant_tiles
+    from loom.backend.cuda import quant_exact, quant_fixed, quant_fixed_planes, quant_rows, quant_slices, quant_tiles
     from loom.kernels import exact
     from loom.kernels.exact import dispatch as exact_dispatch
     from loom.kernels.exact import rounded as exact_rounded
@@ -137,6 +138,7 @@ def main() -> None:
             w16 = (w16.view(np.uint32) >> 16).astype(np.uint16)
             tables = {}                         # product()'s memo of the weight's norms or maxima
             w_tables = quant_fixed.w_exponents(data, qtype, stored, k) if args.fixed else None
+            w_planes = quant_fixed_planes.w_planes(data, qtype, stored, k, w_tables) if args.fixed else None
             if rounded:
                 wnorm = quant_tiles.row_norms(data, qtype, stored, k)
             else:
@@ -179,8 +181,12 @@ def main() -> None:
                     if args.grids else ""
                 if args.fixed:
                     whole = cupy.empty((m, stored), dtype=np.float32)
-                    t_grids += (f" {graph_time(cupy, lambda: quant_fixed.rows_product(data, qtype, x, whole, w_tables)):.1f} |"
-                                if m <= quant_fixed.ROWS_MAX else " - |")
+                    if m <= quant_fixed.ROWS_MAX:
+                        t_fixed = graph_time(cupy, lambda: quant_fixed.rows_product(data, qtype, x, whole, w_tables))
+                    else:
+                        t_fixed = graph_time(cupy, lambda: quant_fixed_planes.product(data, qtype, x, whole, w_planes,
+                                                                                      be.blas))
+                    t_grids += f" {t_fixed:.1f} |"
                 t_groups = ""
                 if args.groups and m <= 256:
                     def groups():

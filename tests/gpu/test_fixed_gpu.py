@@ -15,7 +15,7 @@ from .cpu_gpu import host, same_bits
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
-from loom.backend.cuda import quant_fixed  # noqa: E402
+from loom.backend.cuda import quant_fixed, quant_fixed_planes  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 CPU = backend.get("cpu")
@@ -79,6 +79,32 @@ def test_every_batched_grid_shape_gives_the_same_bits(w_frags, monkeypatch):
               f"W fragments {w_frags}")
 
 
+def _planes_product(data, qtype, x):
+    rows, cols = data.shape[0], x.shape[1]
+    d = cupy.asarray(data)
+    weight = quant_fixed_planes.w_planes(d, qtype, rows, cols, quant_fixed.w_exponents(d, qtype, rows, cols))
+    out = cupy.full((x.shape[0], rows), np.nan, dtype=np.float32)
+    quant_fixed_planes.product(d, qtype, cupy.asarray(x), out, weight, backend.get("cuda").blas)
+    return host(out)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke), "F16", "F32", "Q4_1", "Q8_0",
+                                   "Q4_K", "Q6_K"])
+@pytest.mark.parametrize("m, cols, rows", [(70, 576, 84), (256, 2048, 300), (33, 4864, 40)])
+def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
+    """The int8 GEMM of the stacked planes (cuBLAS), rows of x and W not multiples of 16 (padded)."""
+    if qtype in cuda_quant.K_LAYOUTS:
+        cols = -(-cols // 256) * 256
+    rng = np.random.default_rng(cols + m + rows + len(qtype))
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4
+    x[-1] *= 1e-5
+    same_bits(_planes_product(data, qtype, x), fixed.matmul_t(CPU, x, w),
+              f"{qtype} prompt integer product, {m} x {cols}, {rows} rows")
+
+
 def test_the_x_kernel_gives_the_cpus_integers():
     rng = np.random.default_rng(5)
     x = rng.standard_normal((4, 1000)).astype(np.float32) * np.exp2(rng.integers(-30, 30, (4, 1000)))
@@ -107,6 +133,7 @@ def test_integer_products_at_the_edges_of_float32(cols):
     assert not np.isfinite(got[1][0]).any()                            # x's row 4 holds inf
     batched, _ = _product(w.view(np.uint8), "F32", x, batched=True)
     same_bits(batched, want, f"batched integer product at the edges, K = {cols}")
+    same_bits(_planes_product(w.view(np.uint8), "F32", x), want, f"prompt integer product at the edges, K = {cols}")
 
 
 def test_bad_arguments_are_refused():

@@ -1,0 +1,170 @@
+"""Prompt-sized products in the integer scheme proposed for spec 4 (loom/kernels/exact/fixed.py; branch
+work, not yet dispatched) on cuBLAS's int8 GEMM: the same bits as quant_fixed's kernels.
+
+Each integer q (|q| <= 32767) splits into two signed bytes, q = 256 h + l' + 128 with h = q >> 8 and
+l' = (q & 255) - 128 (cuBLAS's int8 GEMM takes signed bytes only). With X = q_x - 128 and W = q_w - 128,
+
+    S = sum q_x q_w = 65536 HH + 256 (HL + LH) + LL + 128 sum q_x + 128 sum q_w - 16384 K,
+
+where HH = sum h_x h_w, HL = sum h_x l'_w, LH = sum l'_x h_w, LL = sum l'_x l'_w: one int8 GEMM of the stacked
+planes [h_x; l'_x] [2M, K] by [h_w; l'_w] [2N, K]^T gives all four, each exact in int32 (|product| <=
+2^14, K < 2^17). The weight's planes and its rows' sums are made once and kept (`w_planes`); x's per
+product; a finishing kernel combines the four blocks and the sums in int64 (below 2^53, so exact in
+float64), scales by 2^(ex + ew - 30) and rounds once; an entry whose row of x or W holds inf or NaN
+takes IEEE's value of the sum of sign products (exact._special_values), by one thread.
+
+cuBLAS wants M, N and K multiples of 16: x's rows are padded with zeros (padding rows are never read
+back), the weight's rows likewise once (`w_planes`). Capturable: sizes as arguments, no sync.
+"""
+from __future__ import annotations
+
+from functools import cache
+from typing import NamedTuple
+
+import cupy
+import numpy as np
+
+from ...errors import ShapeError
+from .. import Array
+from .compile import OPTIONS
+from .cublas import CuBLAS
+from .launch import OVERLAP_PROLOGUE
+from .quant import BLOCK_DECODE, type_defines
+from .quant_fixed import _SOURCE as FIXED_SOURCE
+from .quant_fixed import WARPS, X_THREADS, _check, x_integers
+
+_SOURCE = r"""
+// planes [2 * padded, K]: rows r (h) and padded + r (l'); sums[r] = sum q; one warp a row of W
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_w_planes(
+        const unsigned char* __restrict__ w, const int* __restrict__ ew, signed char* __restrict__ planes,
+        long long* __restrict__ sums, long long rows, long long padded, int nb) {
+    const long long r = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31, K = 32 * nb, shift = 15 - ew[r];
+    const unsigned char* row = loom_fixed_row(w, r, nb);
+    long long total = 0;
+    for (int b = lane >> 3; b < nb; b += 4) {
+        float v[4]; int at[4];
+        block_values(row, b, lane & 7, v, at);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = isfinite(v[j]) ? __double2int_rn(ldexp((double)v[j], shift)) : 0;
+            planes[r * K + 32 * b + at[j]] = (signed char)(q >> 8);
+            planes[(padded + r) * K + 32 * b + at[j]] = (signed char)((q & 255) - 128);
+            total += q;
+        }
+    }
+    for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
+    if (lane == 0) sums[r] = total;
+}
+
+// x's planes likewise from loom_fixed_x's integers xq [M, K]: a block a row
+extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x_planes(
+        const short* __restrict__ xq, signed char* __restrict__ planes, long long* __restrict__ sums,
+        long long padded, int K) {
+    __shared__ long long part[X_THREADS / 32];
+    const long long m = blockIdx.x;
+    long long total = 0;
+    for (int k = threadIdx.x; k < K; k += X_THREADS) {
+        const int q = xq[m * K + k];
+        planes[m * K + k] = (signed char)(q >> 8);
+        planes[(padded + m) * K + k] = (signed char)((q & 255) - 128);
+        total += q;
+    }
+    for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < X_THREADS / 32; ++i) total += part[i];
+        sums[m] = total;
+    }
+}
+
+// out[m, n] from the int8 GEMM's blocks c [2 * pm, 2 * pn] (pm, pn: the padded row counts)
+extern "C" __global__ void loom_fixed_planes_finish(
+        const int* __restrict__ c, const long long* __restrict__ sx, const long long* __restrict__ sw,
+        const int* __restrict__ ex, const int* __restrict__ ew, const int* __restrict__ xbad, const int* __restrict__ wbad,
+        const float* __restrict__ x, const unsigned char* __restrict__ w, float* __restrict__ out,
+        long long M, long long N, long long pm, long long pn, int nb) {
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= M * N) return;
+    const long long m = e / N, n = e % N, K = 32LL * nb, width = 2 * pn;
+    if (xbad[m] || wbad[n]) {
+        const unsigned char* row = loom_fixed_row(w, n, nb);
+        float t = 0.0f;
+        for (int u = 0; u < nb; ++u)
+            for (int l = 0; l < 8; ++l) {
+                float v[4]; int pos[4];
+                block_values(row, u, l, v, pos);
+                for (int j = 0; j < 4; ++j)
+                    t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(x[m * K + 32 * u + pos[j]]), loom_fixed_mark(v[j])));
+            }
+        out[e] = t;
+        return;
+    }
+    const long long hh = c[m * width + n], hl = c[m * width + pn + n];
+    const long long lh = c[(pm + m) * width + n], ll = c[(pm + m) * width + pn + n];
+    const long long s = 65536 * hh + 256 * (hl + lh) + ll + 128 * (sx[m] + sw[n]) - 16384 * K;
+    out[e] = __double2float_rn(ldexp((double)s, ex[m] + ew[n] - 30));
+}
+"""
+
+
+class WeightPlanes(NamedTuple):
+    """A weight's planes for the int8 GEMM: planes int8 [2 padded, K] (h rows, then l' rows), the rows'
+    integer sums int64 [rows], its exponents and inf/NaN flags (quant_fixed.w_exponents), and the padded
+    row count (a multiple of 16)."""
+    planes: Array
+    sums: Array
+    exponents: Array
+    bad: Array
+    padded: int
+
+
+@cache
+def _module(qtype: str):
+    head = f"#define MAX_ROWS 1\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
+    return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
+                          options=OPTIONS)
+
+
+def _padded(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def w_planes(data: Array, qtype: str, rows: int, cols: int, w_tables: tuple[Array, Array]) -> WeightPlanes:
+    """The weight's planes (once per weight: 2 bytes a value), from quant_fixed.w_exponents' tables."""
+    _check(qtype, cols)
+    ew, bad = w_tables
+    padded = _padded(rows)
+    planes = cupy.zeros((2 * padded, cols), dtype=np.int8)
+    sums = cupy.empty(rows, dtype=np.int64)
+    _module(qtype).get_function("loom_fixed_w_planes")(
+        (-(-rows // WARPS),), (WARPS * 32,), (data, ew, planes, sums, np.int64(rows), np.int64(padded),
+                                              np.int32(cols // 32)))
+    return WeightPlanes(planes, sums, ew, bad, padded)
+
+
+def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes, blas: CuBLAS) -> None:
+    """out [M, rows] = x [M, K] @ W^T in the integer scheme (fixed.matmul_t's bits) for float32 x,
+    C-contiguous, through one int8 GEMM of the stacked planes (`blas`: the backend's CuBLAS handle)."""
+    m, k = x.shape
+    rows = data.shape[0]
+    _check(qtype, k)
+    if k >= 1 << 17:
+        raise ShapeError(f"the int8 planes' products sum exactly in int32 below K = 2^17, got {k}")
+    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    if m == 0 or rows == 0:
+        return
+    xq, ex, xbad = x_integers(x)
+    pm = _padded(m)
+    xp = cupy.zeros((2 * pm, k), dtype=np.int8)
+    sx = cupy.empty(m, dtype=np.int64)
+    module = _module(qtype)
+    module.get_function("loom_fixed_x_planes")((m,), (X_THREADS,), (xq, xp, sx, np.int64(pm), np.int32(k)))
+    c = blas.gemm_int8(xp[None], weight.planes[None])[0]          # int32 [2 pm, 2 padded]
+    module.get_function("loom_fixed_planes_finish")(
+        (-(-(m * rows) // 256),), (256,),
+        (c, sx, weight.sums, ex, weight.exponents, xbad, weight.bad, x, data, out, np.int64(m), np.int64(rows),
+         np.int64(pm), np.int64(weight.padded), np.int32(k // 32)))
