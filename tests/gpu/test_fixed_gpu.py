@@ -19,13 +19,14 @@ from loom.backend.cuda import quant_fixed, quant_fixed_planes  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 CPU = backend.get("cpu")
+UNWRITTEN = 1234.5                  # (finite: an entry a kernel leaves unwritten fails the bit comparison)
 
 
 def _product(data, qtype, x, batched=False):
     rows = data.shape[0]
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, qtype, rows, x.shape[1])
-    out = cupy.full((x.shape[0], rows), np.nan, dtype=np.float32)
+    out = cupy.full((x.shape[0], rows), UNWRITTEN, dtype=np.float32)
     (quant_fixed.rows_product if batched else quant_fixed.gemv)(d, qtype, cupy.asarray(x), out, tables)
     return host(out), tuple(host(t) for t in tables)
 
@@ -51,10 +52,11 @@ def test_integer_products_give_the_cpus_bits(qtype, m, cols):
 
 @pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke)]
                          + [t for t in cuda_quant.TYPES if t != "BF16"])
-@pytest.mark.parametrize("m, cols, rows", [(5, 576, 84), (16, 2048, 300), (17, 4864, 40), (64, 768, 1100)])
+@pytest.mark.parametrize("m, cols, rows", [(5, 576, 84), (16, 2048, 300), (17, 4864, 40), (64, 768, 1100),
+                                           (16, 16896, 24)])
 def test_batched_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
     """loom_fixed_rows on the int8 tensor cores: rows of x past a fragment and not a multiple of one, output
-    rows past a block and not a multiple of one, each grid shape rows_shape gives."""
+    rows past a block and not a multiple of one, K past 2^14 (the planes' largest sums)."""
     if qtype in cuda_quant.K_LAYOUTS:
         cols = -(-cols // 256) * 256
     rng = np.random.default_rng(cols + m + rows + len(qtype))
@@ -73,7 +75,7 @@ def test_every_batched_grid_shape_gives_the_same_bits(w_frags, monkeypatch):
     rows, cols, m = 200, 1024, 40
     data = random_rows("Q4_1", rows, cols, rng)
     x = rng.standard_normal((m, cols)).astype(np.float32)
-    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows: (1, w_frags))
+    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows, qtype: (1, w_frags))
     got, _ = _product(data, "Q4_1", x, batched=True)
     same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, "Q4_1", (rows, cols)).dequantize()),
               f"W fragments {w_frags}")
@@ -83,7 +85,7 @@ def _planes_product(data, qtype, x):
     rows, cols = data.shape[0], x.shape[1]
     d = cupy.asarray(data)
     weight = quant_fixed_planes.w_planes(d, qtype, rows, cols, quant_fixed.w_exponents(d, qtype, rows, cols))
-    out = cupy.full((x.shape[0], rows), np.nan, dtype=np.float32)
+    out = cupy.full((x.shape[0], rows), UNWRITTEN, dtype=np.float32)
     quant_fixed_planes.product(d, qtype, cupy.asarray(x), out, weight, backend.get("cuda").blas)
     return host(out)
 

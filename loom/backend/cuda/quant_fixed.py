@@ -2,7 +2,7 @@
 (loom/kernels/exact/fixed.py; branch work, not yet dispatched): the decode step's products with int
 multiply-adds in place of spec 3's float64 sums, certification and settling.
 
-Three kernels:
+Four kernels:
 - `loom_fixed_w_exponents`, once per weight: a warp a row of W decodes it (quant.BLOCK_DECODE's values,
   exactly gguf's dequantization) and finds fixed.row_exponents' e from the largest finite magnitude
   (frexpf, then the spill past 32767), and whether the row holds inf or NaN;
@@ -31,12 +31,14 @@ from functools import cache
 import cupy
 import numpy as np
 
-from ...errors import ShapeError
+from ...errors import BackendError, ShapeError
+from ...kernels.exact import fixed
 from .. import Array
 from .compile import OPTIONS
 from .launch import OVERLAP_PROLOGUE
 from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, type_defines
 from .quant_exact import _multiprocessors
+from .quant_rows import PLAIN
 
 MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
@@ -322,7 +324,11 @@ def _rows_module(qtype: str, x_frags: int, w_frags: int):
                           options=OPTIONS)
 
 
-def _check(qtype: str, cols: int) -> None:
+def _check(qtype: str, cols: int, x: Array | None = None) -> None:
+    if x is not None and (x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous):
+        raise ShapeError(f"x must be float32 [M, K], C-contiguous, got {x.dtype} {x.shape}")
+    if cols >= fixed.MAX_K:
+        raise ShapeError(f"the integer scheme sums at most {fixed.MAX_K - 1} products exactly, got K = {cols}")
     if qtype not in TYPES:
         raise ShapeError(f"no integer product kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})")
     unit = 256 if qtype in K_LAYOUTS else 32
@@ -352,13 +358,14 @@ def x_integers(x: Array) -> tuple[Array, Array, Array]:
     return xq, ex, bad
 
 
-def rows_shape(m: int, rows: int) -> tuple[int, int]:
+def rows_shape(m: int, rows: int, qtype: str) -> tuple[int, int]:
     """(x fragments, W fragments a warp) for loom_fixed_rows: one x fragment (16 rows of x) a block, further
-    blocks the rest; 4 W fragments where that still gives every multiprocessor a block, else 2 or 1
-    (quant_rows.shape's rule, to be measured for this kernel)."""
+    blocks the rest; as many W fragments as still give every multiprocessor a block, 4 only for plain types
+    (block types at 4 take 160-172 registers, one block a multiprocessor), else 2 or 1 (quant_rows.shape's
+    rule, to be measured for this kernel)."""
     groups = -(-m // 16)
     sms = _multiprocessors()
-    for nf in (4, 2):
+    for nf in (4, 2) if qtype in PLAIN else (2,):
         if groups * -(-rows // (8 * nf)) >= sms:
             return 1, nf
     return 1, 1
@@ -369,14 +376,20 @@ def rows_product(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[
     int8 tensor cores (compute capability 8.0 and up), with gemv's arguments."""
     m, k = x.shape
     rows = data.shape[0]
-    _check(qtype, k)
+    _check(qtype, k, x)
+    if k > 1 << 18:
+        raise ShapeError(f"the int8 planes' sums are exact in int32 up to K = 2^18, got {k}")
     if not 0 < m <= ROWS_MAX:
         raise ShapeError(f"rows_product takes 1 to {ROWS_MAX} rows of x, got {m}")
+    if int(cupy.cuda.Device().compute_capability) < 80:
+        raise BackendError("the integer scheme's batched products need int8 tensor cores (compute capability 8.0)")
     if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    if rows == 0:
+        return
     xq, ex, xbad = x_integers(x)
     ew, wbad = w_tables
-    x_frags, w_frags = rows_shape(m, rows)
+    x_frags, w_frags = rows_shape(m, rows, qtype)
     blocks = -(-rows // (8 * w_frags)) * -(-m // (16 * x_frags))
     _rows_module(qtype, x_frags, w_frags).get_function("loom_fixed_rows")(
         (blocks,), (RW * 32,), (data, ew, wbad, xq, ex, xbad, x, out, np.int64(rows), np.int32(k // 32), np.int32(m)))
@@ -388,11 +401,13 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
     w_exponents `w_tables`."""
     m, k = x.shape
     rows = data.shape[0]
-    _check(qtype, k)
+    _check(qtype, k, x)
     if not 0 < m <= MAX_ROWS:
         raise ShapeError(f"gemv takes 1 to {MAX_ROWS} rows of x, got {m}")
     if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    if rows == 0:
+        return
     xq, ex, xbad = x_integers(x)
     ew, wbad = w_tables
     _module(qtype).get_function("loom_fixed_gemv")(

@@ -150,7 +150,7 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
     C-contiguous, through one int8 GEMM of the stacked planes (`blas`: the backend's CuBLAS handle)."""
     m, k = x.shape
     rows = data.shape[0]
-    _check(qtype, k)
+    _check(qtype, k, x)
     if k >= 1 << 17:
         raise ShapeError(f"the int8 planes' products sum exactly in int32 below K = 2^17, got {k}")
     if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
