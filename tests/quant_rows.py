@@ -62,13 +62,13 @@ def gemv_reference(x, w, norm, eps, bias, residual, swiglu):
     return y + (0 if residual is None else residual)
 
 
-def exact_reference(x, w, norm, bias, residual, swiglu, eps=1e-5):
+def exact_reference(x, w, norm, bias, residual, swiglu, eps=1e-5, product=None):
     """The decoder's array code on the CPU, deterministic mode: (residual +) pro(x) @ w.T (+ bias), or
-    SwiGLU of the two halves."""
+    SwiGLU of the two halves; `product(x, w)` in place of the exact GEMM where given."""
     with loom.deterministic(True):
         if norm is not None:
             x = fused.rms_norm(x, norm, eps)[0]
-        y = exact.matmul(x, w.T)
+        y = exact.matmul(x, w.T) if product is None else product(x, w)
         if bias is not None:
             y = y + bias
         if swiglu:

@@ -5,7 +5,7 @@ float64 GEMM of the integers) for every stored type, 1 to 64 rows of x, K on bot
 subnormals, zeros, inf and NaN rows); the exponent kernels match fixed.row_exponents."""
 import numpy as np
 import pytest
-from quant_rows import float32_edges, random_rows
+from quant_rows import exact_reference, float32_edges, random_rows
 
 from loom import backend
 from loom.kernels.exact import fixed
@@ -75,7 +75,7 @@ def test_every_batched_grid_shape_gives_the_same_bits(w_frags, monkeypatch):
     rows, cols, m = 200, 1024, 40
     data = random_rows("Q4_1", rows, cols, rng)
     x = rng.standard_normal((m, cols)).astype(np.float32)
-    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows, qtype: (1, w_frags))
+    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows, qtype, swiglu=False: (1, w_frags))
     got, _ = _product(data, "Q4_1", x, batched=True)
     same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, "Q4_1", (rows, cols)).dequantize()),
               f"W fragments {w_frags}")
@@ -105,6 +105,30 @@ def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
     x[-1] *= 1e-5
     same_bits(_planes_product(data, qtype, x), fixed.matmul_t(CPU, x, w),
               f"{qtype} prompt integer product, {m} x {cols}, {rows} rows")
+
+
+@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("epilogue", ["bias", "residual", "swiglu", "swiglu and bias"])
+def test_epilogues_give_the_array_codes_bits(batched, epilogue):
+    """(bias +) the product, (residual +), SwiGLU of the gate's and the up's products: the decoder's array
+    code on the CPU (tests/quant_rows.exact_reference) with the integer scheme's product."""
+    rng = np.random.default_rng(len(epilogue) + batched)
+    m, cols, rows = (20 if batched else 3), 576, 72
+    swiglu = epilogue.startswith("swiglu")
+    stored = 2 * rows if swiglu else rows
+    data = random_rows("Q4_1", stored, cols, rng, scale=0.01)
+    w = BlockQuantized(data, "Q4_1", (stored, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    bias = rng.standard_normal(stored).astype(np.float32) if "bias" in epilogue else None
+    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    d = cupy.asarray(data)
+    tables = quant_fixed.w_exponents(d, "Q4_1", stored, cols)
+    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
+    run = quant_fixed.rows_product if batched else quant_fixed.gemv
+    run(d, "Q4_1", cupy.asarray(x), out, tables, bias=None if bias is None else cupy.asarray(bias),
+        residual=None if residual is None else cupy.asarray(residual), swiglu=swiglu)
+    want = exact_reference(x, w, None, bias, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(host(out), want, f"{epilogue}, {'batched' if batched else 'one-row'}")
 
 
 def test_the_x_kernel_gives_the_cpus_integers():

@@ -35,8 +35,9 @@ from ...errors import BackendError, ShapeError
 from ...kernels.exact import fixed
 from .. import Array
 from .compile import OPTIONS
+from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE
-from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, type_defines
+from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, pointer, type_defines
 from .quant_exact import _multiprocessors
 from .quant_rows import PLAIN
 
@@ -126,51 +127,74 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     }
 }
 
-// out[m, r] for rows r of W and the M (<= MAX_ROWS) rows of x: a warp a row of W
+// The epilogue of an entry from its products y[0] (and SwiGLU's up half y[1]), each rounded once:
+// quant_finish's loom_tile_finish's (bias +) value, silu(gate) * up, (residual +)
+__device__ __forceinline__ void loom_fixed_store(float* y, const float* bias, const float* res, float* out,
+                                                 long long at, long long wr, long long rows) {
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e) if (bias != 0) y[e] = y[e] + bias[wr + e * rows];
+    const float r = EPI == 1 ? (y[0] * loom_sigmoid(y[0])) * y[EPI] : y[0];
+    out[at] = res != 0 ? res[at] + r : r;
+}
+
+// out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
+// rows of x: a warp an output row
 extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const short* __restrict__ xq, const int* __restrict__ ex, const int* __restrict__ xbad,
-        const float* __restrict__ x, float* __restrict__ out, long long rows, int nb, int M) {
+        const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
+        const float* __restrict__ res, long long rows, int nb, int M) {
     const long long r = (long long)blockIdx.x * WARPS + (threadIdx.x >> 5);
     if (r >= rows) return;
     const int lane = threadIdx.x & 31, K = 32 * nb;
-    const unsigned char* row = loom_fixed_row(w, r, nb);
-    const int shift = 15 - ew[r];
-    long long acc[MAX_ROWS];
+    long long acc[EPI + 1][MAX_ROWS];
     #pragma unroll
-    for (int m = 0; m < MAX_ROWS; ++m) acc[m] = 0;
-    for (int b = lane >> 3; b < nb; b += 4) {
-        float v[4]; int at[4];
-        block_values(row, b, lane & 7, v, at);
+    for (int e = 0; e <= EPI; ++e) {
+        const long long wr = r + e * rows;
+        const unsigned char* row = loom_fixed_row(w, wr, nb);
+        const int shift = 15 - ew[wr];
         #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = isfinite(v[j]) ? __double2int_rn(ldexp((double)v[j], shift)) : 0;
+        for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] = 0;
+        for (int b = lane >> 3; b < nb; b += 4) {
+            float v[4]; int at[4];
+            block_values(row, b, lane & 7, v, at);
             #pragma unroll
-            for (int m = 0; m < MAX_ROWS; ++m)
-                if (m < M) acc[m] += (long long)(q * (int)xq[(long long)m * K + 32 * b + at[j]]);
+            for (int j = 0; j < 4; ++j) {
+                const int q = isfinite(v[j]) ? __double2int_rn(ldexp((double)v[j], shift)) : 0;
+                #pragma unroll
+                for (int m = 0; m < MAX_ROWS; ++m)
+                    if (m < M) acc[e][m] += (long long)(q * (int)xq[(long long)m * K + 32 * b + at[j]]);
+            }
         }
     }
     #pragma unroll
     for (int m = 0; m < MAX_ROWS; ++m) {
         if (m >= M) break;
-        long long s = acc[m];
-        for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(LOOM_FULL, s, o);
-        float value;
-        if (xbad[m] || wbad[r]) {               // IEEE's value: sign products, infinities and NaNs kept
-            float t = 0.0f;
-            for (int b = lane >> 3; b < nb; b += 4) {
-                float v[4]; int at[4];
-                block_values(row, b, lane & 7, v, at);
-                #pragma unroll
-                for (int j = 0; j < 4; ++j)
-                    t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(x[(long long)m * K + 32 * b + at[j]]), loom_fixed_mark(v[j])));
+        float y[EPI + 1];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) {
+            const long long wr = r + e * rows;
+            long long s = acc[e][m];
+            for (int o = 16; o; o >>= 1) s += __shfl_xor_sync(LOOM_FULL, s, o);
+            if (xbad[m] || wbad[wr]) {          // IEEE's value: sign products, infinities and NaNs kept
+                const unsigned char* row = loom_fixed_row(w, wr, nb);
+                float t = 0.0f;
+                for (int b = lane >> 3; b < nb; b += 4) {
+                    float v[4]; int at[4];
+                    block_values(row, b, lane & 7, v, at);
+                    #pragma unroll
+                    for (int j = 0; j < 4; ++j) {
+                        const float xv = x[(long long)m * K + 32 * b + at[j]];
+                        t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
+                    }
+                }
+                for (int o = 16; o; o >>= 1) t = __fadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
+                y[e] = t;
+            } else {
+                y[e] = __double2float_rn(ldexp((double)s, ex[m] + ew[wr] - 30));
             }
-            for (int o = 16; o; o >>= 1) t = __fadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
-            value = t;
-        } else {
-            value = __double2float_rn(ldexp((double)s, ex[m] + ew[r] - 30));
         }
-        if (lane == 0) out[(long long)m * rows + r] = value;
+        if (lane == 0) loom_fixed_store(y, bias, res, out, (long long)m * rows + r, r, rows);
     }
 }
 """
@@ -178,7 +202,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
 
 _ROWS_SOURCE = r"""
 #define XROWS (16 * MF)
-#define OUTS (8 * NF)
+#define OUTS (EPI ? 4 * NF : 8 * NF)             // output rows a block takes (SwiGLU: fragment pairs)
 
 #define LOOM_IMMA(AT, BT) asm volatile( \
     "mma.sync.aligned.m16n8k32.row.col.s32." AT "." BT ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
@@ -207,22 +231,25 @@ __device__ __forceinline__ void loom_planes(const int* q, unsigned* hi, unsigned
 extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const short* __restrict__ xq, const int* __restrict__ ex, const int* __restrict__ xbad,
-        const float* __restrict__ x, float* __restrict__ out, long long rows, int nb, int M) {
-    __shared__ unsigned long long sums_s[XROWS * OUTS];
+        const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
+        const float* __restrict__ res, long long rows, int nb, int M) {
+    __shared__ unsigned long long sums_s[XROWS * 8 * NF];       // a column a stored W row the block takes
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3, K = 32 * nb;
     const long long out_blocks = (rows + OUTS - 1) / OUTS;
     const long long o0 = (blockIdx.x % out_blocks) * OUTS;
     const int m0 = (int)(blockIdx.x / out_blocks) * XROWS;
-    for (int i = threadIdx.x; i < XROWS * OUTS; i += RW * 32) sums_s[i] = 0ull;
+    for (int i = threadIdx.x; i < XROWS * 8 * NF; i += RW * 32) sums_s[i] = 0ull;
+    // this lane's stored W row in each fragment (SwiGLU: even fragments the gate rows, odd the up rows)
     const unsigned char* wrow[NF];
     int shift[NF];
     bool wok[NF];
     #pragma unroll
     for (int f = 0; f < NF; ++f) {
-        const long long n = o0 + 8 * f + g;
+        const long long n = EPI ? o0 + 8 * (f >> 1) + g : o0 + 8 * f + g;
+        const long long wr = EPI ? n + (f & 1) * rows : n;
         wok[f] = n < rows;
-        wrow[f] = loom_fixed_row(w, wok[f] ? n : 0, nb);
-        shift[f] = wok[f] ? 15 - ew[n] : 0;
+        wrow[f] = loom_fixed_row(w, wok[f] ? wr : 0, nb);
+        shift[f] = wok[f] ? 15 - ew[wr] : 0;
     }
     int acc[MF][NF][4][4];
     #pragma unroll
@@ -280,48 +307,57 @@ extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
                 const long long s = 65536LL * acc[i][f][0][v] + 256LL * ((long long)acc[i][f][1][v] + acc[i][f][2][v])
                                     + acc[i][f][3][v];
                 const int lm = 16 * i + 8 * (v >> 1) + g, ln = 8 * f + 2 * c + (v & 1);
-                atomicAdd(&sums_s[lm * OUTS + ln], (unsigned long long)s);     // two's complement: exact
+                atomicAdd(&sums_s[lm * 8 * NF + ln], (unsigned long long)s);   // two's complement: exact
             }
     __syncthreads();
     for (int e = threadIdx.x; e < XROWS * OUTS; e += RW * 32) {
-        const int m = m0 + e / OUTS;
-        const long long n = o0 + e % OUTS;
+        const int lm = e / OUTS, o = e % OUTS, m = m0 + lm;
+        const long long n = o0 + o;
         if (m >= M || n >= rows) continue;
-        float value;
-        if (xbad[m] || wbad[n]) {               // IEEE's value, by one thread (rare)
-            const unsigned char* row = loom_fixed_row(w, n, nb);
-            float t = 0.0f;
-            for (int u = 0; u < nb; ++u)
-                for (int l = 0; l < 8; ++l) {
-                    float v[4]; int pos[4];
-                    block_values(row, u, l, v, pos);
-                    for (int j = 0; j < 4; ++j) {
-                        const float xv = x[(long long)m * K + 32 * u + pos[j]];
-                        t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
+        float y[EPI + 1];
+        #pragma unroll
+        for (int h = 0; h <= EPI; ++h) {
+            // the sums' column: SwiGLU's output o is column within its fragment pair's gate (h 0) or up (h 1)
+            const int col = EPI ? 8 * (2 * (o >> 3) + h) + (o & 7) : o;
+            const long long wr = n + h * rows;
+            if (xbad[m] || wbad[wr]) {          // IEEE's value, by one thread (rare)
+                const unsigned char* row = loom_fixed_row(w, wr, nb);
+                float t = 0.0f;
+                for (int u = 0; u < nb; ++u)
+                    for (int l = 0; l < 8; ++l) {
+                        float v[4]; int pos[4];
+                        block_values(row, u, l, v, pos);
+                        for (int j = 0; j < 4; ++j) {
+                            const float xv = x[(long long)m * K + 32 * u + pos[j]];
+                            t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
+                        }
                     }
-                }
-            value = t;
-        } else {
-            value = __double2float_rn(ldexp((double)(long long)sums_s[e], ex[m] + ew[n] - 30));
+                y[h] = t;
+            } else {
+                y[h] = __double2float_rn(ldexp((double)(long long)sums_s[lm * 8 * NF + col], ex[m] + ew[wr] - 30));
+            }
         }
-        out[(long long)m * rows + n] = value;
+        loom_fixed_store(y, bias, res, out, (long long)m * rows + n, n, rows);
     }
 }
 """
 
 
-@cache
-def _module(qtype: str):
-    head = f"#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
-    return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE, options=OPTIONS)
+def _head(epilogue: int) -> str:
+    return (f"typedef float T;\n#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
+            f"#define RW {RW}\n#define EPI {epilogue}\n" + helpers())
 
 
 @cache
-def _rows_module(qtype: str, x_frags: int, w_frags: int):
-    head = (f"#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n#define RW {RW}\n"
-            f"#define MF {x_frags}\n#define NF {w_frags}\n")
-    return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE + _ROWS_SOURCE,
+def _module(qtype: str, epilogue: int = 0):
+    return cupy.RawModule(code=_head(epilogue) + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE,
                           options=OPTIONS)
+
+
+@cache
+def _rows_module(qtype: str, epilogue: int, x_frags: int, w_frags: int):
+    return cupy.RawModule(code=_head(epilogue) + f"#define MF {x_frags}\n#define NF {w_frags}\n" + type_defines(qtype)
+                          + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE + _ROWS_SOURCE, options=OPTIONS)
 
 
 def _check(qtype: str, cols: int, x: Array | None = None) -> None:
@@ -358,24 +394,44 @@ def x_integers(x: Array) -> tuple[Array, Array, Array]:
     return xq, ex, bad
 
 
-def rows_shape(m: int, rows: int, qtype: str) -> tuple[int, int]:
-    """(x fragments, W fragments a warp) for loom_fixed_rows: one x fragment (16 rows of x) a block, further
-    blocks the rest; as many W fragments as still give every multiprocessor a block, 4 only for plain types
-    (block types at 4 take 160-172 registers, one block a multiprocessor), else 2 or 1 (quant_rows.shape's
-    rule, to be measured for this kernel)."""
+def rows_shape(m: int, rows: int, qtype: str, swiglu: bool = False) -> tuple[int, int]:
+    """(x fragments, W fragments a warp) for loom_fixed_rows' product of m rows of x with `rows` output rows:
+    one x fragment (16 rows of x) a block, further blocks the rest; as many W fragments as still give every
+    multiprocessor a block, 4 only for plain types (block types at 4 take 160-172 registers, one block a
+    multiprocessor), else 2 or 1, SwiGLU pairs of them (quant_rows.shape's rule, to be measured for this
+    kernel)."""
     groups = -(-m // 16)
     sms = _multiprocessors()
-    for nf in (4, 2) if qtype in PLAIN else (2,):
-        if groups * -(-rows // (8 * nf)) >= sms:
+    w_frags = 2 if swiglu else 1
+    for nf in (4, 2):
+        if w_frags < nf <= (4 if qtype in PLAIN else 2) and groups * -(-rows // (4 * nf if swiglu else 8 * nf)) >= sms:
             return 1, nf
-    return 1, 1
+    return 1, w_frags
 
 
-def rows_product(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array]) -> None:
-    """out [M, rows] = x [M, K] @ W^T in the integer scheme for up to ROWS_MAX rows of float32 x on the
-    int8 tensor cores (compute capability 8.0 and up), with gemv's arguments."""
+def _epilogue_args(data: Array, m: int, out: Array, bias: Array | None, residual: Array | None,
+                   swiglu: bool) -> tuple[int, tuple]:
+    """(output rows, the kernels' bias and residual pointers), checking the epilogue's arrays."""
+    stored = data.shape[0]
+    if swiglu and (stored % 2 or residual is not None):
+        raise ShapeError("SwiGLU takes an even number of stored rows (gate, then up) and no residual")
+    rows = stored // 2 if swiglu else stored
+    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
+        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    if bias is not None and (bias.shape != (stored,) or bias.dtype != np.float32):
+        raise ShapeError(f"bias must be float32 [{stored}], got {bias.dtype} {bias.shape}")
+    if residual is not None and (residual.shape != (m, rows) or residual.dtype != np.float32
+                                 or not residual.flags.c_contiguous):
+        raise ShapeError(f"residual must be float32 [{m}, {rows}], C-contiguous, got {residual.dtype} {residual.shape}")
+    return rows, (pointer(bias), pointer(residual))
+
+
+def rows_product(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array],
+                 bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> None:
+    """out [M, rows] = (residual +) x [M, K] @ W^T (+ bias), or SwiGLU of its two halves (W's stored rows
+    the gate's, then the up's), in the integer scheme for up to ROWS_MAX rows of float32 x on the int8
+    tensor cores (compute capability 8.0 and up), with gemv's arguments."""
     m, k = x.shape
-    rows = data.shape[0]
     _check(qtype, k, x)
     if k > 1 << 18:
         raise ShapeError(f"the int8 planes' sums are exact in int32 up to K = 2^18, got {k}")
@@ -383,33 +439,34 @@ def rows_product(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[
         raise ShapeError(f"rows_product takes 1 to {ROWS_MAX} rows of x, got {m}")
     if int(cupy.cuda.Device().compute_capability) < 80:
         raise BackendError("the integer scheme's batched products need int8 tensor cores (compute capability 8.0)")
-    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    rows, epilogue = _epilogue_args(data, m, out, bias, residual, swiglu)
     if rows == 0:
         return
     xq, ex, xbad = x_integers(x)
     ew, wbad = w_tables
-    x_frags, w_frags = rows_shape(m, rows, qtype)
-    blocks = -(-rows // (8 * w_frags)) * -(-m // (16 * x_frags))
-    _rows_module(qtype, x_frags, w_frags).get_function("loom_fixed_rows")(
-        (blocks,), (RW * 32,), (data, ew, wbad, xq, ex, xbad, x, out, np.int64(rows), np.int32(k // 32), np.int32(m)))
+    x_frags, w_frags = rows_shape(m, rows, qtype, swiglu)
+    outs = 4 * w_frags if swiglu else 8 * w_frags
+    blocks = -(-rows // outs) * -(-m // (16 * x_frags))
+    _rows_module(qtype, int(swiglu), x_frags, w_frags).get_function("loom_fixed_rows")(
+        (blocks,), (RW * 32,), (data, ew, wbad, xq, ex, xbad, x, out, *epilogue, np.int64(rows), np.int32(k // 32),
+                                np.int32(m)))
 
 
-def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array]) -> None:
-    """out [M, rows] = x [M, K] @ W^T in the integer scheme (fixed.matmul_t's bits) for M <= MAX_ROWS
-    rows of float32 x, C-contiguous, and the stored weight `data` [rows, row bytes] with its
+def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, Array], bias: Array | None = None,
+         residual: Array | None = None, swiglu: bool = False) -> None:
+    """out [M, rows] = (residual +) x [M, K] @ W^T (+ bias), or SwiGLU of its two halves, in the integer
+    scheme (fixed.matmul_t's bits, then the epilogue's float32 operations: quant_tiles' epilogues) for M <=
+    MAX_ROWS rows of float32 x, C-contiguous, and the stored weight `data` [stored rows, row bytes] with its
     w_exponents `w_tables`."""
     m, k = x.shape
-    rows = data.shape[0]
     _check(qtype, k, x)
     if not 0 < m <= MAX_ROWS:
         raise ShapeError(f"gemv takes 1 to {MAX_ROWS} rows of x, got {m}")
-    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    rows, epilogue = _epilogue_args(data, m, out, bias, residual, swiglu)
     if rows == 0:
         return
     xq, ex, xbad = x_integers(x)
     ew, wbad = w_tables
-    _module(qtype).get_function("loom_fixed_gemv")(
+    _module(qtype, int(swiglu)).get_function("loom_fixed_gemv")(
         (-(-rows // WARPS),), (WARPS * 32,),
-        (data, ew, wbad, xq, ex, xbad, x, out, np.int64(rows), np.int32(k // 32), np.int32(m)))
+        (data, ew, wbad, xq, ex, xbad, x, out, *epilogue, np.int64(rows), np.int32(k // 32), np.int32(m)))

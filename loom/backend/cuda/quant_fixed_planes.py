@@ -31,7 +31,7 @@ from .cublas import CuBLAS
 from .launch import OVERLAP_PROLOGUE
 from .quant import BLOCK_DECODE, type_defines
 from .quant_fixed import _SOURCE as FIXED_SOURCE
-from .quant_fixed import WARPS, X_THREADS, _check, x_integers
+from .quant_fixed import WARPS, X_THREADS, _check, _head, x_integers
 
 _SOURCE = r"""
 // planes [2 * padded, K]: rows r (h) and padded + r (l'); sums[r] = sum q; one warp a row of W
@@ -123,8 +123,7 @@ class WeightPlanes(NamedTuple):
 
 @cache
 def _module(qtype: str):
-    head = f"#define MAX_ROWS 1\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
-    return cupy.RawModule(code=head + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
+    return cupy.RawModule(code=_head(0) + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
                           options=OPTIONS)
 
 
