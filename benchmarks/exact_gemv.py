@@ -12,8 +12,8 @@ Shapes: SmolLM2-135M's, Llama-3.2-1B's, a Qwen2-0.5B shape's and Llama-3.1-8B's 
 2048 takes the slice scheme). --rows-per-warp times the deterministic kernels with each value of
 quant_slices.ROWS_PER_WARP (rows of W a warp of the slice scheme takes at once; None: the module's choice),
 one column each. --fixed (branch wip/spec4) adds the integer scheme proposed for spec 4
-(quant_fixed: x's integers, then the product over every stored row, without SwiGLU's epilogue), for
-rows of x up to quant_fixed.MAX_ROWS.
+(quant_fixed.gemv: x's integers, then the product with the same epilogue), for rows of x up to
+quant_fixed.MAX_ROWS.
 """
 from __future__ import annotations
 
@@ -95,8 +95,7 @@ def main() -> None:
                 fast = graph_time(cupy, lambda: quant.gemv(data, qtype, x, out, swiglu=swiglu))
                 cells = " | ".join(f"{t:.1f}" for t in times)
                 if args.fixed:
-                    whole = cupy.empty((m, stored), dtype=np.float32)
-                    t_fixed = (graph_time(cupy, lambda: quant_fixed.gemv(data, qtype, x, whole, w_tables))
+                    t_fixed = (graph_time(cupy, lambda: quant_fixed.gemv(data, qtype, x, out, w_tables, swiglu=swiglu))
                                if m <= quant_fixed.MAX_ROWS else float("nan"))
                     cells += f" | {t_fixed:.1f} | {t_fixed / fast:.2f}"
                 print(f"| {name} | {qtype} | {m} | {cells} | {fast:.1f} | {times[0] / fast:.2f} | "

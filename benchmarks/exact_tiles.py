@@ -17,9 +17,9 @@ kernel; --split-tiles adds the tiles with K split in parts (the default there be
 prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue. --grids adds
 quant_rows' kernel at each grid shape of GRIDS (x fragments, W fragments a warp), forced (products past
 quant_rows.takes included), each checked against the tiles' bits. --fixed (branch wip/spec4) adds the
-integer scheme proposed for spec 4 (x's integers, then the product over every stored row, without
-SwiGLU's epilogue: quant_fixed.rows_product on the int8 tensor cores up to its ROWS_MAX rows,
-quant_fixed_planes' int8 GEMM of the planes past).
+integer scheme proposed for spec 4 (x's integers, then the product: quant_fixed.rows_product on the
+int8 tensor cores up to its ROWS_MAX rows, with the same epilogue; past them quant_fixed_planes' int8
+GEMM of the planes, over every stored row, without SwiGLU's epilogue).
 """
 from __future__ import annotations
 
@@ -182,7 +182,8 @@ def main() -> None:
                 if args.fixed:
                     whole = cupy.empty((m, stored), dtype=np.float32)
                     if m <= quant_fixed.ROWS_MAX:
-                        t_fixed = graph_time(cupy, lambda: quant_fixed.rows_product(data, qtype, x, whole, w_tables))
+                        t_fixed = graph_time(cupy, lambda: quant_fixed.rows_product(data, qtype, x, out, w_tables,
+                                                                                    swiglu=swiglu))
                     else:
                         t_fixed = graph_time(cupy, lambda: quant_fixed_planes.product(data, qtype, x, whole, w_planes,
                                                                                       be.blas))
