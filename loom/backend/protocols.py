@@ -105,6 +105,14 @@ class QuantKernels(Protocol):
         """Whether matmul_t_exact takes products of any number of rows of x with a weight stored as
         qtype over K = cols in the rounded scheme (or, sliced, the slice scheme), reading W in place."""
 
+    def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict) -> bool:
+        """out = x2 @ W.T in the integer scheme of a language model's weight products (exact.fixed: the
+        dispatch table's "weight" rule), W read in place; `tables`: the weight's memo; False: declined."""
+
+    def fixed_wide(self, qtype: str, cols: int) -> bool:
+        """Whether matmul_t_fixed takes products of any number of rows of x with a weight stored as qtype
+        over K = cols."""
+
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         """out (float32 C-contiguous, data's value count) = the values of the stored rows `data`, bit for bit
         loom.kernels.quant.gguf's; False: declined (gguf's array code decodes)."""

@@ -104,6 +104,12 @@ class CPUQuant:
     def exact_wide(self, qtype: str, cols: int, sliced: bool) -> bool:
         return False            # matmul_t_exact: decode-sized x only (rounded_gemv.MAX_ROWS)
 
+    def matmul_t_fixed(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict) -> bool:
+        return False            # (no compiled loops yet: BlockQuantized decodes blocks for exact.fixed's GEMM)
+
+    def fixed_wide(self, qtype: str, cols: int) -> bool:
+        return False
+
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
         # the compiled loops for the 32-value block types (gguf's bits); else gguf's array code
         if data.ndim != 2 or not data.shape[0] or qtype not in dequant.TYPES:

@@ -351,6 +351,14 @@ class CUDAQuant:
         from . import quant_tiles
         return quant_tiles.product(data, qtype, x2, out, tables, factor, bits, blas=self._be.blas)
 
+    def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict) -> bool:
+        from . import quant_fixed  # the integer scheme's kernels: one-row, int8 tensor cores, cuBLAS's int8 GEMM
+        return quant_fixed.product(data, qtype, self._be.xp.ascontiguousarray(x2), out, tables, self._be.blas)
+
+    def fixed_wide(self, qtype: str, cols: int) -> bool:
+        from . import quant_fixed
+        return quant_fixed.unsupported(qtype, cols) is None
+
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
         if qtype not in self.TYPES:
             return False

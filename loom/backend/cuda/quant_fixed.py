@@ -35,6 +35,7 @@ from ...errors import BackendError, ShapeError
 from ...kernels.exact import fixed
 from .. import Array
 from .compile import OPTIONS
+from .cublas import CuBLAS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE
 from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, pointer, type_defines
@@ -358,6 +359,49 @@ def _module(qtype: str, epilogue: int = 0):
 def _rows_module(qtype: str, epilogue: int, x_frags: int, w_frags: int):
     return cupy.RawModule(code=_head(epilogue) + f"#define MF {x_frags}\n#define NF {w_frags}\n" + type_defines(qtype)
                           + OVERLAP_PROLOGUE + BLOCK_DECODE + _SOURCE + _ROWS_SOURCE, options=OPTIONS)
+
+
+def unsupported(qtype: str, cols: int) -> str | None:
+    """Why the integer kernels cannot take products with a weight stored as qtype over K = cols, or None."""
+    try:
+        _check(qtype, cols)
+    except ShapeError as e:
+        return str(e)
+    return None
+
+
+def weight_tables(tables: dict, name: str, make) -> object:
+    """tables[name], made by make() the first time and kept (a weight's BlockQuantized.tables, shared by the
+    decode graphs and the prompt products), never inside a recording (its kernels would run only at the
+    replays): there it raises RuntimeError, which makes a GraphCache run that step eagerly."""
+    if name not in tables:
+        if cupy.cuda.get_current_stream().is_capturing():
+            raise RuntimeError(f"a weight's {name.replace('_', ' ')} are made by its first product, not inside a "
+                               "CUDA graph's recording")
+        tables[name] = make()
+    return tables[name]
+
+
+def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, blas: CuBLAS) -> bool:
+    """out [M, rows] = x [M, K] @ W^T in the integer scheme for any M, W read in place: gemv up to
+    MAX_ROWS rows, rows_product up to ROWS_MAX (int8 tensor cores), quant_fixed_planes' int8 GEMM past;
+    `tables` the weight's memo (its exponents, and its planes for the GEMM). False where the kernels
+    cannot take the weight (the caller decodes W for exact.fixed)."""
+    from . import quant_fixed_planes
+    m, k = x.shape
+    rows = data.shape[0]
+    if unsupported(qtype, k) is not None:
+        return False
+    w_tables = weight_tables(tables, "fixed_exponents", lambda: w_exponents(data, qtype, rows, k))
+    if m <= MAX_ROWS:
+        gemv(data, qtype, x, out, w_tables)
+    elif m <= ROWS_MAX and int(cupy.cuda.Device().compute_capability) >= 80:
+        rows_product(data, qtype, x, out, w_tables)
+    else:
+        planes = weight_tables(tables, "fixed_planes",
+                               lambda: quant_fixed_planes.w_planes(data, qtype, rows, k, w_tables))
+        quant_fixed_planes.product(data, qtype, x, out, planes, blas)
+    return True
 
 
 def _check(qtype: str, cols: int, x: Array | None = None) -> None:

@@ -28,11 +28,13 @@ SLICES_3X3 = "slices 3x3"         # three slices on each side, the six pairs tha
 SUM_1 = "sum 1 slice"             # one integer slice per element, exact float64 sum (exact.py)
 SUM_2 = "sum 2 slices"            # two integer slices per element
 SLICES_2X1_INT = "slices 2x1, int64 chunks"   # the 2x1 slices, the chunks' integers added exactly
+INT16 = "int16 rows"              # rows of x and W as int16 at their own scales, exact integer sums (fixed.py)
 
 
 @dataclass(frozen=True)
 class Rule:
-    op: str                 # "matmul", "gradient" (a matmul over the batch: ops.grad_matmul) or "sum" (sums,
+    op: str                 # "matmul", "gradient" (a matmul over the batch: ops.grad_matmul), "weight" (a
+                            # language model's product with a stored weight: BlockQuantized) or "sum" (sums,
                             # means, variances, norms, softmax, cumsum, index_add; over the batch too)
     dtype: str              # the operands' dtype class: "float32" (and narrower) or "float64"
     k_min: int              # reduced length K (a GEMM's inner dimension, a sum's count), inclusive
@@ -64,6 +66,11 @@ TABLE = (
          "the chunks' (and ranks') integers added exactly in int64, rounded once"),
     Rule("gradient", "float64", 1, None, SLICES_3X3,
          "as matmul on float64 (one device only: a float64 gradient is not split across ranks)"),
+    Rule("weight", "float32", 1, None, INT16,
+         "a language model's product with a stored weight: each row of x and of W (decoded) rounded once to "
+         "integers of at most 32767 at the finest power-of-two scale of its largest magnitude, the exact "
+         "integer sum (int8 tensor cores: four plane products) rounded once to float32; K < 2^23 (longer "
+         "products are refused)"),
     Rule("sum", "float32", 1, None, SUM_1,
          "each value rounded to 53 - ceil(log2 n) bits of the largest magnitude it is summed with, "
          "the integers summed exactly in float64, rounded once (a padded sum: n counts its nonzero terms)"),

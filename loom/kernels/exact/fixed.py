@@ -1,5 +1,5 @@
-"""Integer products with a language model's stored weights: the scheme proposed for determinism spec 4
-(branch work, not yet dispatched; see the issue notes of issue 60).
+"""Integer products with a language model's stored weights: the dispatch table's "weight" rule (the
+scheme proposed for determinism spec 4; branch work).
 
 Why: spec 3 makes a weight product of float32 activations correctly rounded (K <= 2048) or sums two
 integer slices of x against 24-bit columns (K > 2048). Both need float64 arithmetic, which the GPU runs
@@ -80,11 +80,19 @@ def matmul_t(be: Backend, x: Array, w: Array, w_exponents: Array | None = None) 
     xp = be.xp
     if x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
         raise ShapeError(f"fixed.matmul_t takes x [M, K] and w [N, K], got {x.shape} and {w.shape}")
+    ex = row_exponents(xp, x)
+    return matmul_t_integers(be, x, to_integers(xp, x, ex), ex, w, w_exponents)
+
+
+def matmul_t_integers(be: Backend, x: Array, qx: Array, ex: Array, w: Array,
+                      w_exponents: Array | None = None) -> Array:
+    """matmul_t for x whose integers qx and exponents ex the caller made once (a weight decoded block by
+    block: each block's product reuses them)."""
+    xp = be.xp
     if x.shape[1] >= MAX_K:
         raise ShapeError(f"fixed.matmul_t sums at most {MAX_K - 1} products exactly, got K = {x.shape[1]}")
-    ex = row_exponents(xp, x)
     ew = row_exponents(xp, w) if w_exponents is None else w_exponents
-    s = be.matmul(to_integers(xp, x, ex), to_integers(xp, w, ew).T)
+    s = be.matmul(qx, to_integers(xp, w, ew).T)
     result = finish(xp, s, ex, ew)
     if not (bool(xp.all(xp.isfinite(x))) and bool(xp.all(xp.isfinite(w)))):
         from . import _with_specials

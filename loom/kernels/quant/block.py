@@ -50,7 +50,7 @@ from ...errors import ShapeError
 from ...mode import is_deterministic
 from .. import ops
 from ..exact import dispatch as exact_dispatch
-from ..exact import narrow_bits
+from ..exact import fixed, narrow_bits
 from ..exact import rounded as exact_rounded
 from . import gemv as gguf_gemv
 from . import gguf as gguf_quants
@@ -142,8 +142,9 @@ class BlockQuantized:
                 return out.reshape(lead + (rows,))
             if x2.shape[0] <= gguf_gemv.MAX_ROWS:
                 _no_block_kernel(self.qtype, be.name)
-        elif self._exact_kernel(be, x2, out):
-            return out.reshape(lead + (rows,))      # the exact GEMM's bits, W read once
+        else:
+            self._fixed_product(be, x2, out)        # the dispatch table's "weight" rule (exact.fixed)
+            return out.reshape(lead + (rows,))
         if be.host and not is_deterministic() and x2.shape[0] >= _DIRECT_ROWS:
             # BLAS writes each block's columns of out itself: at these row counts x @ W.T into a strided
             # out beats (W @ x.T).T plus the copy (backend/cpu's choice for an unwritten result)
@@ -151,6 +152,29 @@ class BlockQuantized:
         else:
             self._by_blocks(x2, out, lambda w, dst: ops.matmul(x2, w.T))
         return out.reshape(lead + (rows,))
+
+    def _fixed_product(self, be, x2: Array, out: Array) -> None:
+        """Deterministic mode: out = x2 @ W^T in exact.fixed's integer scheme: the backend's kernels,
+        which read W in place, where they take it; else W decoded block by block (its rows' exponents made
+        once and kept in `tables`), x's integers made once."""
+        if be.quant.matmul_t_fixed(x2, self.data, self.qtype, out, self.tables):
+            return
+        xp = be.xp
+        if "fixed_exponents_cpu" not in self.tables:
+            exponents = xp.empty(self.shape[0], dtype=np.int32)
+            step = self.block_rows()
+            for start in range(0, self.shape[0], step):
+                stop = min(self.shape[0], start + step)
+                exponents[start:stop] = fixed.row_exponents(xp, self.dequantize(slice(start, stop)))
+            self.tables["fixed_exponents_cpu"] = exponents
+        exponents = self.tables["fixed_exponents_cpu"]
+        ex = fixed.row_exponents(xp, x2)
+        qx = fixed.to_integers(xp, x2, ex)
+        step = self.block_rows()
+        for start in range(0, self.shape[0], step):
+            stop = min(self.shape[0], start + step)
+            out[:, start:stop] = fixed.matmul_t_integers(be, x2, qx, ex, self.dequantize(slice(start, stop)),
+                                                         exponents[start:stop])
 
     @functools.cached_property
     def _exact_args(self) -> dict | None:
@@ -164,10 +188,9 @@ class BlockQuantized:
 
     def exact_in_place(self) -> bool:
         """Whether deterministic products with this weight read it in place for any number of rows of
-        x (the backend's exact block kernels, QuantKernels.exact_wide): no decoded copy is worth
-        keeping, and a prompt chunk's products decode nothing."""
-        args = self._exact_args
-        return args is not None and backend.of(self.data).quant.exact_wide(self.qtype, self.shape[1], "bits" in args)
+        x (the backend's integer kernels, QuantKernels.fixed_wide): no decoded copy is worth keeping, and
+        a prompt chunk's products decode nothing."""
+        return backend.of(self.data).quant.fixed_wide(self.qtype, self.shape[1])
 
     def _exact_kernel(self, be, x2: Array, out: Array) -> bool:
         """Deterministic mode: out = x2 @ W^T by the backend's block kernels with the exact GEMM's bits
@@ -260,11 +283,16 @@ def _no_block_kernel(qtype: str, device: str) -> None:
 
 
 def linear(x: Array, w: Array | BlockQuantized) -> Array:
-    """x @ w.T for w a float weight [out, in] or a BlockQuantized (the one helper every layer uses)."""
+    """x @ w.T for w a float weight [out, in] or a BlockQuantized (the one helper every language-model
+    layer uses); deterministic mode's float32 products in the dispatch table's "weight" rule."""
     if isinstance(w, BlockQuantized):
         return w.matmul_t(x)
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear: x {list(x.shape)} does not fit weight [out, in] = {list(w.shape)}")
+    if is_deterministic() and x.dtype == np.float32 and w.dtype == np.float32:
+        # a language model's weight product: the dispatch table's "weight" rule, as for stored weights
+        x2 = x.reshape(-1, x.shape[-1])
+        return fixed.matmul_t(backend.of(x), x2, w).reshape(x.shape[:-1] + (w.shape[0],))
     return ops.matmul(x, w.T)
 
 
