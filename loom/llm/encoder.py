@@ -204,7 +204,8 @@ class Encoder:
         return ops.matmul(probs, v).transpose(0, 2, 1, 3).reshape(b * t, nh * d)[rows]
 
     def _linear(self, x, name: str):
-        return linear(x, self._w[name + ".weight"]) + self._w[name + ".bias"]
+        # (the exact GEMM's rule: embeddings keep float32's precision; the decoders' integer rule is for speed)
+        return linear(x, self._w[name + ".weight"], rule="matmul") + self._w[name + ".bias"]
 
     def _norm(self, x, name: str):
         return fused.layer_norm(x, self._w[name + ".weight"], self._w[name + ".bias"], self.eps)[0]

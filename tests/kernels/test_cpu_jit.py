@@ -15,9 +15,11 @@ import pytest
 pytest.importorskip("numba")
 
 import loom  # noqa: E402
+from loom import backend  # noqa: E402
 from loom.backend.cpu import dequant as cpu_dequant  # noqa: E402
 from loom.backend.cpu import gemv as cpu_jit  # noqa: E402  (the block loops; jit.py loads them)
 from loom.kernels import ops  # noqa: E402
+from loom.kernels.exact import fixed  # noqa: E402
 from loom.kernels.quant import gemv as gguf_gemv
 from loom.kernels.quant import gguf as gq  # noqa: E402
 from loom.kernels.quant.block import BlockQuantized  # noqa: E402
@@ -149,6 +151,9 @@ def test_dispatch_follows_mode_env_and_row_limit(monkeypatch):
     assert calls == [(16, 96)]
 
 
+CPU = backend.get("cpu")
+
+
 @pytest.mark.parametrize("qtype", TYPES)
 def test_deterministic_mode_never_calls_the_jit(qtype, monkeypatch):
     def refuse(*args):
@@ -156,8 +161,10 @@ def test_deterministic_mode_never_calls_the_jit(qtype, monkeypatch):
     monkeypatch.setattr(cpu_jit, "matmul_t", refuse)
     w = random_weight(qtype, 37, 64, np.random.default_rng(4))
     x = np.random.default_rng(5).standard_normal((2, 64)).astype(np.float32)
-    got = w.matmul_t(x)
-    assert np.array_equal(got.view(np.uint32), ops.matmul(x, w.dequantize().T).view(np.uint32))
+    for rule in ("weight", "matmul"):           # a decoder's products, and an encoder's (the exact GEMM)
+        got = w.matmul_t(x, rule)
+        want = fixed.matmul_t(CPU, x, w.dequantize()) if rule == "weight" else ops.matmul(x, w.dequantize().T)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32)), rule
 
 
 def test_memory_maps_strided_x_and_empty_shapes():

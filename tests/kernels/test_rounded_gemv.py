@@ -267,8 +267,9 @@ def test_block_bounds_hold_every_product_sum():
 # --- dispatch ------------------------------------------------------------------------------------------
 
 def test_quantized_matmul_t_dispatch(monkeypatch):
-    """Deterministic mode sends x of at most MAX_ROWS rows with K <= ROUNDED_MAX_K here; longer x,
-    longer K, LOOM_JIT=0 and fast mode do not come; the bits are the same either way."""
+    """Deterministic mode sends an encoder's products (rule "matmul") of x of at most MAX_ROWS rows with K
+    <= ROUNDED_MAX_K here; longer x, longer K, LOOM_JIT=0, a decoder's products (the integer "weight"
+    rule) and fast mode do not come; the bits are the same either way."""
     rng = np.random.default_rng(11)
     calls = []
     real = gemv.matmul_t
@@ -278,11 +279,12 @@ def test_quantized_matmul_t_dispatch(monkeypatch):
     w_long = staged_weight("Q4_1", long_k, rng, rows_each=2)
     x = rng.standard_normal((gemv.MAX_ROWS + 1, 256)).astype(np.float32)
     with loom.deterministic(True):
-        fast_path = w.matmul_t(x[:gemv.MAX_ROWS])
-        general = w.matmul_t(x)                                  # MAX_ROWS + 1 rows: the float64 GEMM
-        w_long.matmul_t(rng.standard_normal((1, long_k)).astype(np.float32))
+        fast_path = w.matmul_t(x[:gemv.MAX_ROWS], "matmul")
+        general = w.matmul_t(x, "matmul")                        # MAX_ROWS + 1 rows: the float64 GEMM
+        w_long.matmul_t(rng.standard_normal((1, long_k)).astype(np.float32), "matmul")
+        w.matmul_t(x[:3])                                        # the weight rule: exact.fixed
         monkeypatch.setenv("LOOM_JIT", "0")
-        unjitted = w.matmul_t(x[:3])
+        unjitted = w.matmul_t(x[:3], "matmul")
         monkeypatch.delenv("LOOM_JIT")
     with loom.deterministic(False):
         w.matmul_t(x[:3])

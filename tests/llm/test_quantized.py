@@ -9,6 +9,7 @@ import loom
 from loom import ShapeError
 from loom.backend.cpu import CPU
 from loom.kernels import ops
+from loom.kernels.exact import fixed
 from loom.kernels.quant import block as qz
 from loom.kernels.quant import gguf as gq
 
@@ -27,7 +28,7 @@ def test_matmul_t_deterministic_is_exact_for_any_blocking(qtype, monkeypatch):
     w = random_weight(qtype, 37, 2, seed=TYPES.index(qtype))
     dense = w.dequantize()
     x = np.random.default_rng(1).standard_normal((2, 3, w.shape[1])).astype(np.float32)
-    want = ops.matmul(x, dense.T)
+    want = fixed.matmul_t(CPU, x.reshape(6, -1), dense).reshape(2, 3, 37)    # the dispatch table's weight rule
     for block_bytes in (1, 4 * w.shape[1] * 5, 1 << 20):     # 1 row, 5 rows (uneven), everything
         monkeypatch.setattr(CPU.quant, "dequantize_bytes", block_bytes)
         got = w.matmul_t(x)
@@ -65,9 +66,9 @@ def test_block_rows_bound_the_temporary(monkeypatch):
         return real(data, qtype, cols, out)
     monkeypatch.setattr(qz, "_decode", spy)
     monkeypatch.setattr(CPU.quant, "dequantize_bytes", 576 * 4 * 300)
-    from loom.backend.cpu import rounded_gemv as rounded_gemv_jit  # (fewer rows of x take its loops: no blocks)
-    w.matmul_t(np.ones((rounded_gemv_jit.MAX_ROWS + 1, 576), np.float32))
-    assert [s[0] for s in calls] == [250, 250, 250, 250]  # 4 even blocks of <= 300 rows
+    w.matmul_t(np.ones((17, 576), np.float32))
+    # 4 even blocks of <= 300 rows: once for the rows' exponents (kept), once for the product
+    assert [s[0] for s in calls] == [250, 250, 250, 250] * 2
     assert all(s[1] == 576 for s in calls)
 
 
@@ -116,7 +117,9 @@ def test_linear_for_both_weight_kinds():
     x = np.random.default_rng(3).standard_normal((5, 64)).astype(np.float32)
     dense = w.dequantize()
     assert np.array_equal(qz.linear(x, w), qz.linear(x, dense))
-    assert np.array_equal(qz.linear(x, dense), ops.matmul(x, dense.T))
+    assert np.array_equal(qz.linear(x, dense), fixed.matmul_t(CPU, x, dense))      # the weight rule
+    with loom.deterministic(False):
+        assert np.array_equal(qz.linear(x, dense), ops.matmul(x, dense.T))
     with pytest.raises(ShapeError, match="does not fit"):
         qz.linear(x[:, :63], dense)
     with pytest.raises(ShapeError, match=r"float32 \[\.\.\., 64\]"):
@@ -158,7 +161,7 @@ def test_deterministic_mode_decodes_every_type_for_the_exact_gemm(qtype, monkeyp
     w = random_weight(qtype, 9, 1, seed=5)
     x = np.random.default_rng(6).standard_normal((1, w.shape[1])).astype(np.float32)
     got = w.matmul_t(x)
-    assert np.array_equal(got.view(np.uint32), ops.matmul(x, w.dequantize().T).view(np.uint32))
+    assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, w.dequantize()).view(np.uint32))
     assert loom_log() == []
 
 
@@ -174,10 +177,10 @@ def test_fast_mode_says_once_where_no_block_kernel_takes_a_type(loom_log):
 
 
 def test_deterministic_copies_where_no_block_kernel_reads_the_weight_in_place(monkeypatch):
-    """On the CPU the exact block kernels take decode-sized x only (QuantKernels.exact_wide False), so
+    """On the CPU no integer kernel reads the weights in place (QuantKernels.fixed_wide False), so
     deterministic prompt-sized products keep reading keep_dense's float32 copies; where a backend says
-    its kernels take a weight's products for any rows (as the GPU's tiles do, up to K = 2^14), that
-    weight gets no copy, and a decoder whose stored weights all qualify says so (exact_in_place)."""
+    its kernels take a weight's products for any rows (as the GPU's integer kernels do), that weight gets
+    no copy, and a decoder whose stored weights all qualify says so (exact_in_place)."""
     from loom.llm.decoder import Decoder
     from loom.llm.decoder_config import DecoderConfig, expected_tensors
     cfg = DecoderConfig.from_hf({"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96,
@@ -193,10 +196,9 @@ def test_deterministic_copies_where_no_block_kernel_reads_the_weight_in_place(mo
         assert not w.exact_in_place() and not dec.exact_in_place()
         assert isinstance(dec._weight(w, 64), np.ndarray)                    # the float32 copy
         asked = []
-        monkeypatch.setattr(CPU.quant, "exact_wide", lambda qtype, cols, sliced: asked.append((qtype, cols, sliced))
-                            or True)
+        monkeypatch.setattr(CPU.quant, "fixed_wide", lambda qtype, cols: asked.append((qtype, cols)) or True)
         dec._in_place = None
         assert w.exact_in_place() and dec._weight(w, 64) is w and dec.exact_in_place()
-        assert ("Q8_0", 64, False) in asked
+        assert ("Q8_0", 64) in asked
         long = qz.BlockQuantized(random_rows("Q8_0", 2, 32768, rng), "Q8_0", (2, 32768))
-        assert not long.exact_in_place()                                     # slices past 2^14: in chunks
+        assert long.exact_in_place() and ("Q8_0", 32768) in asked          # the backend's answer for any K

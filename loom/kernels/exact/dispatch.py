@@ -34,7 +34,7 @@ INT16 = "int16 rows"              # rows of x and W as int16 at their own scales
 @dataclass(frozen=True)
 class Rule:
     op: str                 # "matmul", "gradient" (a matmul over the batch: ops.grad_matmul), "weight" (a
-                            # language model's product with a stored weight: BlockQuantized) or "sum" (sums,
+                            # decoder language model's product with its weight: block.linear) or "sum" (sums,
                             # means, variances, norms, softmax, cumsum, index_add; over the batch too)
     dtype: str              # the operands' dtype class: "float32" (and narrower) or "float64"
     k_min: int              # reduced length K (a GEMM's inner dimension, a sum's count), inclusive
@@ -67,7 +67,7 @@ TABLE = (
     Rule("gradient", "float64", 1, None, SLICES_3X3,
          "as matmul on float64 (one device only: a float64 gradient is not split across ranks)"),
     Rule("weight", "float32", 1, None, INT16,
-         "a language model's product with a stored weight: each row of x and of W (decoded) rounded once to "
+         "a decoder language model's product with its weight: each row of x and of W (decoded) rounded once to "
          "integers of at most 32767 at the finest power-of-two scale of its largest magnitude, the exact "
          "integer sum (int8 tensor cores: four plane products) rounded once to float32; K < 2^23 (longer "
          "products are refused)"),

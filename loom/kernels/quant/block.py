@@ -119,8 +119,10 @@ class BlockQuantized:
         n_blocks = max(1, math.ceil(rows / per_block))
         return math.ceil(rows / n_blocks) if rows else 1
 
-    def matmul_t(self, x: Array) -> Array:
-        """x @ W.T for x float32 [..., cols]: float32 [..., rows]."""
+    def matmul_t(self, x: Array, rule: str = "weight") -> Array:
+        """x @ W.T for x float32 [..., cols]: float32 [..., rows]. Deterministic mode's products take the
+        dispatch table's `rule`: "weight" (a decoder's weight products: exact.fixed's integers) or "matmul"
+        (the exact GEMM's: an encoder's, whose embeddings keep float32's precision)."""
         rows, cols = self.shape
         if x.dtype != np.float32 or x.ndim < 1 or x.shape[-1] != cols:
             raise ShapeError(f"matmul_t with {self.qtype} weight [{rows}, {cols}] takes float32 [..., {cols}], "
@@ -142,9 +144,11 @@ class BlockQuantized:
                 return out.reshape(lead + (rows,))
             if x2.shape[0] <= gguf_gemv.MAX_ROWS:
                 _no_block_kernel(self.qtype, be.name)
-        else:
+        elif rule == "weight":
             self._fixed_product(be, x2, out)        # the dispatch table's "weight" rule (exact.fixed)
             return out.reshape(lead + (rows,))
+        elif self._exact_kernel(be, x2, out):
+            return out.reshape(lead + (rows,))      # the exact GEMM's bits, W read once
         if be.host and not is_deterministic() and x2.shape[0] >= _DIRECT_ROWS:
             # BLAS writes each block's columns of out itself: at these row counts x @ W.T into a strided
             # out beats (W @ x.T).T plus the copy (backend/cpu's choice for an unwritten result)
@@ -282,14 +286,15 @@ def _no_block_kernel(qtype: str, device: str) -> None:
                          logging.INFO)
 
 
-def linear(x: Array, w: Array | BlockQuantized) -> Array:
+def linear(x: Array, w: Array | BlockQuantized, rule: str = "weight") -> Array:
     """x @ w.T for w a float weight [out, in] or a BlockQuantized (the one helper every language-model
-    layer uses); deterministic mode's float32 products in the dispatch table's "weight" rule."""
+    layer uses); deterministic mode's float32 products in the dispatch table's `rule` ("weight": a
+    decoder's; "matmul": an encoder's, the exact GEMM)."""
     if isinstance(w, BlockQuantized):
-        return w.matmul_t(x)
+        return w.matmul_t(x, rule)
     if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
         raise ShapeError(f"linear: x {list(x.shape)} does not fit weight [out, in] = {list(w.shape)}")
-    if is_deterministic() and x.dtype == np.float32 and w.dtype == np.float32:
+    if rule == "weight" and is_deterministic() and x.dtype == np.float32 and w.dtype == np.float32:
         # a language model's weight product: the dispatch table's "weight" rule, as for stored weights
         x2 = x.reshape(-1, x.shape[-1])
         return fixed.matmul_t(backend.of(x), x2, w).reshape(x.shape[:-1] + (w.shape[0],))
