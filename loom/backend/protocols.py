@@ -193,7 +193,8 @@ class DecodeKernels(Protocol):
     block-weight products and the step's attention, for fast mode and with deterministic mode's bits
     (products_exact: the products the rounded scheme takes; products_sliced: the longer ones, which take
     the slice scheme; products_tiles: both schemes for many rows of x at once, on the float64 tensor
-    cores). Each attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
+    cores; products_fixed: the dispatch table's "weight" rule, exact.fixed's integers, for any rows). Each
+    attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
 
     products: ModuleType
     attention: ModuleType
@@ -201,6 +202,7 @@ class DecodeKernels(Protocol):
     products_sliced: ModuleType
     products_tiles: ModuleType
     attention_exact: ModuleType
+    products_fixed: ModuleType
 
 
 class ComputeKernels(Protocol):

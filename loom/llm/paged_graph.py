@@ -122,8 +122,14 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
     if exact:
         why = why or _not_rounded(c.head_dim)           # attention's products q k
-        for cols in (c.hidden, c.heads * c.head_dim, c.intermediate):   # (the weight types: below)
-            why = why or _exact_products(be, cols).unsupported("F32", batch, cols)
+        # the weight products: the dispatch table's "weight" rule, on the backend's integer kernels
+        fixed_kernels = getattr(be.decode, "products_fixed", None)
+        for w in _product_weights(dec):
+            s = _stored(w)
+            if fixed_kernels is None:
+                why = why or f"device {be.name!r} has no integer product kernels"
+            elif s is not None:
+                why = why or fixed_kernels.unsupported(s[1], w.shape[1])
     if why is not None:
         return why
     mats = [dec.embed, dec.lm_head] + [w for L in dec.layers for w in (L.qkv, L.o, L.gate_up, L.down)]
@@ -170,13 +176,17 @@ class PagedDecodeGraph:
         self.act = xp.empty((B, c.intermediate), dtype=np.uint16 if self.bf16 else np.float32)
         self.logits = xp.empty((B, c.vocab_size), dtype=np.float32)
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
-        # deterministic products over K > ROUNDED_MAX_K (the slice scheme): each weight's row maxima, made
-        # once here (the graph reads them at every replay, as it reads the weights), and x's slices
-        self.row_maxima = _sliced_row_maxima(dec) if exact else {}
+        # deterministic mode's products: the dispatch table's "weight" rule (exact.fixed's integers) on the
+        # backend's integer kernels, each weight's rows' exponents made once here (the graph reads them at
+        # every replay, as it reads the weights). (Spec 3's kernels below stay for the comparison and are
+        # taken only where no integer kernels exist: products over K > ROUNDED_MAX_K in the slice scheme,
+        # each weight's row maxima and x's slices.)
+        self.fixed_tables = _fixed_tables(dec) if exact else None
+        self.row_maxima = _sliced_row_maxima(dec) if exact and self.fixed_tables is None else {}
         # deterministic batches past EXACT_TILE_ROWS rows: every product one launch of the float64 tensor
         # cores' tiles (quant_tiles), which reads each weight once for all rows; the rounded scheme's
         # weights need their rows' norms, made once here
-        self.tiles = exact and batch > EXACT_TILE_ROWS and _tiles_take(dec)
+        self.tiles = exact and self.fixed_tables is None and batch > EXACT_TILE_ROWS and _tiles_take(dec)
         self.row_norms = _rounded_row_norms(dec) if self.tiles else {}
         widest = max((w.shape[1] for w in _product_weights(dec) if id(w) in self.row_maxima), default=0)
         self.slices = xp.empty(B * 2 * widest, dtype=np.float32)
@@ -312,6 +322,8 @@ class PagedDecodeGraph:
         if not self.exact and self.batch > quant.MAX_ROWS:
             return [partial(_dense_product, dec.dense(w), x, out, norm, c.eps, kw.get("bias"), residual,
                             kw.get("swiglu", False))]
+        if self.exact and self.fixed_tables is not None:
+            return self._fixed_product(w, x, out, norm, residual, **kw)
         if self.tiles:
             return self._tile_product(w, x, out, norm, residual, **kw)
         ops = []
@@ -335,6 +347,20 @@ class PagedDecodeGraph:
                                residual=r, overlap=self.overlap, **kw, **extra))
         return ops
 
+
+    def _fixed_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
+        """Deterministic mode's out = (residual +) pro(x) @ w^T ... in the dispatch table's "weight" rule
+        (exact.fixed's integers) for the whole batch in one launch: quant_fixed's one-row kernel up to its
+        MAX_ROWS rows, its int8 tensor-core kernel past, after the RMSNorm's kernel."""
+        be, c = self.dec.backend, self.dec.config
+        fixed_kernels = be.decode.products_fixed
+        ops = []
+        if norm is not None:
+            ops.append(partial(be.decode.products_exact.rms_norm, x, norm, self.normed, c.eps, overlap=self.overlap))
+            x = self.normed
+        run = fixed_kernels.gemv if self.batch <= fixed_kernels.MAX_ROWS else fixed_kernels.rows_product
+        return ops + [partial(run, *_stored(w), x, out, self.fixed_tables[id(w)], bias=bias, residual=residual,
+                              swiglu=swiglu)]
 
     def _tile_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
         """Deterministic mode's out = (residual +) pro(x) @ w^T ... for the whole batch in one tile product
@@ -372,6 +398,25 @@ class PagedDecodeGraph:
                         overlap=self.overlap),
                 partial(sliced.gemv, *_stored(w), slices, xmax, x if normed is None else normed, self.row_maxima[id(w)],
                         out, bits, bias=bias, residual=residual, swiglu=swiglu, overlap=self.overlap)]
+
+
+def _fixed_tables(dec: Decoder) -> dict | None:
+    """id(weight) -> its quant_fixed.w_exponents tables (kept in a stored weight's BlockQuantized.tables,
+    which the prompt products read too) for every product weight, or None where the backend has no
+    integer kernels or they cannot take one of the weights (unsupported() then refuses the graph)."""
+    fixed_kernels = getattr(dec.backend.decode, "products_fixed", None)
+    if fixed_kernels is None:
+        return None
+    out = {}
+    for w in _product_weights(dec):
+        stored = _stored(w)
+        if stored is None or fixed_kernels.unsupported(stored[1], w.shape[1]) is not None:
+            return None
+        if id(w) not in out:
+            tables = w.tables if isinstance(w, BlockQuantized) else {}
+            out[id(w)] = fixed_kernels.weight_tables(tables, "fixed_exponents", lambda s=stored, w=w: (
+                fixed_kernels.w_exponents(s[0], s[1], w.shape[0], w.shape[1])))
+    return out
 
 
 def _tiles_take(dec: Decoder) -> bool:

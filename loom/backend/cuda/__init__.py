@@ -89,6 +89,7 @@ class CUDABackend:
             prefill,
             quant,
             quant_exact,
+            quant_fixed,
             quant_slices,
             quant_tiles,
             windows,
@@ -102,7 +103,7 @@ class CUDABackend:
         self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
         self.flash_exact = flash_exact      # deterministic mode's, with the composed reference's bits
         self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
-        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact)
+        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact, quant_fixed)
         from .compute import Compute
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
         from .primes import Primes
@@ -411,10 +412,11 @@ class CUDADecode:
     """One decode step's kernels for a recorded graph (protocols.DecodeKernels)."""
 
     def __init__(self, products: ModuleType, attention: ModuleType, products_exact: ModuleType,
-                 products_sliced: ModuleType, products_tiles: ModuleType, attention_exact: ModuleType):
+                 products_sliced: ModuleType, products_tiles: ModuleType, attention_exact: ModuleType,
+                 products_fixed: ModuleType):
         self.products, self.attention = products, attention
         self.products_exact, self.products_sliced, self.attention_exact = products_exact, products_sliced, attention_exact
-        self.products_tiles = products_tiles
+        self.products_tiles, self.products_fixed = products_tiles, products_fixed
 
 
 class Graph:

@@ -26,6 +26,7 @@ Capturable: sizes as arguments, no sync, no host read.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import cupy
@@ -370,7 +371,7 @@ def unsupported(qtype: str, cols: int) -> str | None:
     return None
 
 
-def weight_tables(tables: dict, name: str, make) -> object:
+def weight_tables(tables: dict, name: str, make: Callable[[], object]) -> object:
     """tables[name], made by make() the first time and kept (a weight's BlockQuantized.tables, shared by the
     decode graphs and the prompt products), never inside a recording (its kernels would run only at the
     replays): there it raises RuntimeError, which makes a GraphCache run that step eagerly."""
