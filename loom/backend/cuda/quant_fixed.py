@@ -33,10 +33,8 @@ import cupy
 import numpy as np
 
 from ...errors import BackendError, ShapeError
-from ...kernels.exact import fixed
 from .. import Array
 from .compile import OPTIONS
-from .cublas import CuBLAS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE
 from .quant import BLOCK_DECODE, K_LAYOUTS, TYPES, pointer, type_defines
@@ -46,6 +44,7 @@ from .quant_rows import PLAIN
 MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
+MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float64 sums could round)
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
 X_THREADS = 256
 
@@ -383,33 +382,11 @@ def weight_tables(tables: dict, name: str, make: Callable[[], object]) -> object
     return tables[name]
 
 
-def product(data: Array, qtype: str, x: Array, out: Array, tables: dict, blas: CuBLAS) -> bool:
-    """out [M, rows] = x [M, K] @ W^T in the integer scheme for any M, W read in place: gemv up to
-    MAX_ROWS rows, rows_product up to ROWS_MAX (int8 tensor cores), quant_fixed_planes' int8 GEMM past;
-    `tables` the weight's memo (its exponents, and its planes for the GEMM). False where the kernels
-    cannot take the weight (the caller decodes W for exact.fixed)."""
-    from . import quant_fixed_planes
-    m, k = x.shape
-    rows = data.shape[0]
-    if unsupported(qtype, k) is not None:
-        return False
-    w_tables = weight_tables(tables, "fixed_exponents", lambda: w_exponents(data, qtype, rows, k))
-    if m <= MAX_ROWS:
-        gemv(data, qtype, x, out, w_tables)
-    elif m <= ROWS_MAX and int(cupy.cuda.Device().compute_capability) >= 80:
-        rows_product(data, qtype, x, out, w_tables)
-    else:
-        planes = weight_tables(tables, "fixed_planes",
-                               lambda: quant_fixed_planes.w_planes(data, qtype, rows, k, w_tables))
-        quant_fixed_planes.product(data, qtype, x, out, planes, blas)
-    return True
-
-
 def _check(qtype: str, cols: int, x: Array | None = None) -> None:
     if x is not None and (x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous):
         raise ShapeError(f"x must be float32 [M, K], C-contiguous, got {x.dtype} {x.shape}")
-    if cols >= fixed.MAX_K:
-        raise ShapeError(f"the integer scheme sums at most {fixed.MAX_K - 1} products exactly, got K = {cols}")
+    if cols >= MAX_K:
+        raise ShapeError(f"the integer scheme sums at most {MAX_K - 1} products exactly, got K = {cols}")
     if qtype not in TYPES:
         raise ShapeError(f"no integer product kernel for weights stored as {qtype} (it takes {', '.join(TYPES)})")
     unit = 256 if qtype in K_LAYOUTS else 32
