@@ -1,0 +1,114 @@
+"""The integer scheme of a decoder's weight products (loom/kernels/exact/fixed.py, the dispatch table's
+"weight" rule; branch work) for x of a few rows, straight from the stored weight rows (numba, the
+optional `loom[cpu]` extra): W read once a product, never materialised.
+
+Per row r of W: rounded_gemv's decoder writes its values (gguf's dequantization, bit for bit) into a
+float32 buffer; each becomes its integer q = rint(w 2^(15 - e_r)) in float64 (exact); each row i of x's
+integers (made once a product by exact.fixed) dots with them in float64: every product is an integer
+below 2^30 and every partial sum one below 2^53, so the sum is exact in any order and the loop is
+compiled with reassociation (vectorised). The caller scales each sum by 2^(e_x + e_r - 30) and rounds it
+once (fixed.finish), and patches IEEE's values where a row holds inf or NaN.
+
+`w_exponents` finds each row's e the same way, from the decoded values' largest finite magnitude.
+Rows of W are split over the threads (prange over chunks of CHUNK rows), each chunk with its own
+buffers; every entry comes from its own rows, so neither the split nor M changes a bit.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import jit as cpu_jit
+from . import rounded_gemv
+
+MAX_ROWS = 16           # x with more rows: decoded blocks of W and exact.fixed's float64 GEMM
+CHUNK = 16              # rows of W per parallel task
+TYPES = tuple(rounded_gemv._KINDS)
+_PLAIN = ()
+_PARALLEL = ("_sums", "_exponents")
+_REASSOCIATED = ("_dot",)
+prange = range
+f32, f64 = np.float32, np.float64
+
+
+def available() -> bool:
+    """Whether the compiled loops run here (rounded_gemv's decoders compiled first: these call them)."""
+    if cpu_jit.compiled(globals()):
+        return cpu_jit.available()
+    if not rounded_gemv.available():
+        return False
+    return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
+
+
+def supports(qtype: str, m_rows: int) -> bool:
+    return qtype in TYPES and 1 <= m_rows <= MAX_ROWS and available()
+
+
+def w_exponents(data: np.ndarray, qtype: str, cols: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int32 [rows], bool [rows]): fixed.row_exponents of each stored row decoded, and whether it holds
+    inf or NaN (supports() checked)."""
+    out, bad = np.empty(data.shape[0], np.int32), np.empty(data.shape[0], np.bool_)
+    cpu_jit.run(_exponents, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], cols, cpu_jit.f16_table(), 16,
+                out, bad)
+    return out, bad
+
+
+def sums(qx: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray) -> np.ndarray:
+    """float64 [M, rows]: the exact integer sums of x's integers qx (float64 [M, K], fixed.to_integers)
+    with each stored row's integers at its exponent ew (supports() checked)."""
+    out = np.empty((qx.shape[0], data.shape[0]), np.float64)
+    cpu_jit.run(_sums, np.ascontiguousarray(qx), np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew,
+                cpu_jit.f16_table(), 16, out)
+    return out
+
+
+# --- the kernels ------------------------------------------------------------------------------------
+
+def _exponents(data, kind, cols, f16, n16, out, bad):
+    u16, i8 = data.view(np.uint16), data.view(np.int8)
+    for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
+        w = np.empty(cols, np.float32)
+        wb = np.empty(cols // 32, np.float32)
+        for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
+            rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
+            top = 0.0
+            nonfinite = False
+            for k in range(cols):
+                v = abs(f64(w[k]))
+                if not math.isfinite(v):
+                    nonfinite = True
+                elif v > top:
+                    top = v
+            e = 0
+            if top > 0.0:
+                e = math.frexp(top)[1]
+                if np.rint(math.ldexp(top, 15 - e)) > 32767.0:
+                    e += 1
+            out[r] = e
+            bad[r] = nonfinite
+
+
+def _sums(qx, data, kind, ew, f16, n16, out):
+    u16, i8 = data.view(np.uint16), data.view(np.int8)
+    cols = qx.shape[1]
+    for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
+        w = np.empty(cols, np.float32)
+        wb = np.empty(cols // 32, np.float32)
+        q = np.empty(cols, np.float64)
+        for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
+            rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
+            scale = math.ldexp(1.0, 15 - ew[r])
+            for k in range(cols):
+                v = f64(w[k])
+                q[k] = np.rint(v * scale) if math.isfinite(v) else 0.0      # (inf and NaN: patched after)
+            for i in range(qx.shape[0]):
+                out[i, r] = _dot(qx, i, q)
+
+
+def _dot(qx, i, q):
+    """sum_k qx[i, k] q[k]: integers, exact in float64 in any order."""
+    s = 0.0
+    for k in range(q.shape[0]):
+        s += qx[i, k] * q[k]
+    return s
