@@ -30,6 +30,8 @@ _PARALLEL = ("_sums", "_exponents")
 _REASSOCIATED = ("_dot",)
 prange = range
 f32, f64 = np.float32, np.float64
+_ONE_ROW = 3            # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' integer sums
+_q8_0_integers = _q4_0_integers = _q4_1_integers = None     # row_dots.py's intrinsics: available()
 
 
 def available() -> bool:
@@ -38,6 +40,11 @@ def available() -> bool:
         return cpu_jit.available()
     if not rounded_gemv.available():
         return False
+    global _q8_0_integers, _q4_0_integers, _q4_1_integers
+    if _q4_1_integers is None:          # bound before the kernels compile: numba resolves their globals then
+        from . import row_dots
+        _q8_0_integers, _q4_0_integers, _q4_1_integers = (row_dots.q8_0_integers, row_dots.q4_0_integers,
+                                                          row_dots.q4_1_integers)
     return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
 
 
@@ -97,8 +104,12 @@ def _sums(qx, data, kind, ew, f16, n16, out):
         wb = np.empty(cols // 32, np.float32)
         q = np.empty(cols, np.float64)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
             scale = math.ldexp(1.0, 15 - ew[r])
+            if qx.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums, from the stored codes
+                out[0, r] = _q8_0_integers(data, r, qx, scale, f16) if kind == 0 else \
+                    _q4_0_integers(data, r, qx, scale, f16) if kind == 1 else _q4_1_integers(data, r, qx, scale, f16)
+                continue
+            rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
             for k in range(cols):
                 v = f64(w[k])
                 q[k] = np.rint(v * scale) if math.isfinite(v) else 0.0      # (inf and NaN: patched after)

@@ -266,3 +266,50 @@ def _q8_0_values(v, row, at, f16):
 q8_0_sum = _sums(34, _q8_0_values, 128.0, 1)
 q4_0_sum = _sums(18, _nibble_values(2, None), 8.0, 1)
 q4_1_sum = _sums(20, _nibble_values(4, 2), 15.0, 1)
+
+
+# --- the integer scheme of a decoder's weight products (loom/backend/cpu/fixed_gemv.py; branch work) ----
+# Each value decoded as above, widened to float64 (exact), scaled by the row's 2^(15 - e) (exact) and
+# rounded to its integer (llvm.rint: to nearest, ties to even, the default rounding), multiplied with x's
+# integer (exact: both below 2^15) and added into two <16 x double> accumulators: integers below 2^53,
+# exact in any order.
+
+def _integer_sums(block_bytes: int, block_values: Callable) -> Callable:
+    """An intrinsic (data, r, qx64, scale, table) -> float64: row r's integers (its values times `scale`,
+    rounded) dotted with x's integers qx64 (float64 [1, K])."""
+
+    @intrinsic
+    def sums(typingctx, data, r, qx64, scale, table):
+        def codegen(context, builder, signature, args):
+            row, array = _row_start(context, builder, signature.args[0], args[0], args[1])
+            xs = context.make_array(signature.args[2])(context, builder, args[2]).data
+            f16 = context.make_array(signature.args[4])(context, builder, args[4]).data
+            v = _Builder(builder)
+            module = builder.module
+            fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VD, [_VD, _VD, _VD]), "llvm.fma.v16f64")
+            rint = cgutils.get_or_insert_function(module, ir.FunctionType(_VD, [_VD]), "llvm.rint.v16f64")
+            total = cgutils.get_or_insert_function(module, ir.FunctionType(_F64, [_F64, _VD]),
+                                                   "llvm.vector.reduce.fadd.v16f64")
+            lane0 = builder.insert_element(ir.Constant(_VD, ir.Undefined), args[3], ir.Constant(_I32, 0))
+            scale = builder.shuffle_vector(lane0, ir.Constant(_VD, ir.Undefined),
+                                           ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+            accs = [cgutils.alloca_once_value(builder, ir.Constant(_VD, None)) for _ in range(2)]
+            width = cgutils.unpack_tuple(builder, array.shape)[1]
+            with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
+                b = loop.index
+                at = builder.mul(b, _const(block_bytes))
+                x_at = builder.mul(b, _const(32 * 8))
+                halves = [v.load(xs, x_at, _VD), v.load(xs, builder.add(x_at, _const(128)), _VD)]
+                (w_lo, w_hi), _, _ = block_values(v, row, at, f16)
+                for acc, x, w in zip(accs, halves, (w_lo, w_hi)):
+                    q = builder.call(rint, [builder.fmul(builder.fpext(w, _VD), scale)])
+                    builder.store(builder.call(fma, [x, q, builder.load(acc)]), acc)
+            both = builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=_FAST)
+            return builder.call(total, [ir.Constant(_F64, 0.0), both], fastmath=_FAST)
+        return types.float64(data, r, qx64, scale, table), codegen
+    return sums
+
+
+q8_0_integers = _integer_sums(34, _q8_0_values)
+q4_0_integers = _integer_sums(18, _nibble_values(2, None))
+q4_1_integers = _integer_sums(20, _nibble_values(4, 2))
