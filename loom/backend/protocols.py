@@ -109,11 +109,6 @@ class QuantKernels(Protocol):
         """out = x2 @ W.T in the integer scheme of a language model's weight products (exact.fixed: the
         dispatch table's "weight" rule), W read in place; `tables`: the weight's memo; False: declined."""
 
-    def fixed_sums(self, qx: Array, data: Array, qtype: str, tables: dict) -> tuple[Array, Array, Array] | None:
-        """(the exact integer sums float64 [M, rows] of x's integers qx (exact.fixed.to_integers) with W's,
-        W's rows' exponents int32 [rows], whether each W row holds inf or NaN): the scheme's sums without
-        its scaling, W read in place; None: declined."""
-
     def fixed_wide(self, qtype: str, cols: int) -> bool:
         """Whether matmul_t_fixed takes products of any number of rows of x with a weight stored as qtype
         over K = cols."""

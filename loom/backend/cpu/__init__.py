@@ -105,17 +105,13 @@ class CPUQuant:
         return False            # matmul_t_exact: decode-sized x only (rounded_gemv.MAX_ROWS)
 
     def matmul_t_fixed(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict) -> bool:
-        return False            # (fixed_sums below: BlockQuantized scales and rounds the sums)
-
-    def fixed_sums(self, qx: np.ndarray, data: np.ndarray, qtype: str,
-                   tables: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         from . import fixed_gemv  # the compiled loops (numba): decode-sized x
-        if not fixed_gemv.supports(qtype, qx.shape[0]):
-            return None
+        if not fixed_gemv.supports(qtype, x2.shape[0]):
+            return False
         if "fixed_exponents_jit" not in tables:
-            tables["fixed_exponents_jit"] = fixed_gemv.w_exponents(data, qtype, qx.shape[1])
+            tables["fixed_exponents_jit"] = fixed_gemv.w_exponents(data, qtype, x2.shape[1])
         ew, bad = tables["fixed_exponents_jit"]
-        return fixed_gemv.sums(qx, data, qtype, ew), ew, bad
+        return not bad.any() and fixed_gemv.matmul_t(x2, data, qtype, ew, out)
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:
         return False

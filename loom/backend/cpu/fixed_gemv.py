@@ -25,7 +25,7 @@ from . import rounded_gemv
 MAX_ROWS = 16           # x with more rows: decoded blocks of W and exact.fixed's float64 GEMM
 CHUNK = 16              # rows of W per parallel task
 TYPES = tuple(rounded_gemv._KINDS)
-_PLAIN = ()
+_PLAIN = ("_x_integers", "_exponent")
 _PARALLEL = ("_sums", "_exponents")
 _REASSOCIATED = ("_dot",)
 prange = range
@@ -61,16 +61,47 @@ def w_exponents(data: np.ndarray, qtype: str, cols: int) -> tuple[np.ndarray, np
     return out, bad
 
 
-def sums(qx: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray) -> np.ndarray:
-    """float64 [M, rows]: the exact integer sums of x's integers qx (float64 [M, K], fixed.to_integers)
-    with each stored row's integers at its exponent ew (supports() checked)."""
-    out = np.empty((qx.shape[0], data.shape[0]), np.float64)
-    cpu_jit.run(_sums, np.ascontiguousarray(qx), np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew,
-                cpu_jit.f16_table(), 16, out)
-    return out
+def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray, out: np.ndarray) -> bool:
+    """out [M, rows] = x2 [M, K] @ W^T in the integer scheme (exact.fixed.matmul_t's bits) for finite x2
+    and W rows with the exponents ew and no inf or NaN (supports() checked); False (out untouched) where
+    x2 holds inf or NaN (the caller's decoded path gives IEEE's values)."""
+    x2 = np.ascontiguousarray(x2)
+    qx, ex = np.empty(x2.shape, np.float64), np.empty(x2.shape[0], np.int64)
+    if not _x_integers(x2, qx, ex):
+        return False
+    sums = np.empty((x2.shape[0], data.shape[0]), np.float64)
+    cpu_jit.run(_sums, qx, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(), 16, sums)
+    with np.errstate(over="ignore"):
+        out[...] = np.ldexp(sums + 0.0, (ex[:, None] + ew[None, :] - 30).astype(np.int32)).astype(np.float32)
+    return True
 
 
 # --- the kernels ------------------------------------------------------------------------------------
+
+def _exponent(top):
+    """fixed.row_exponents' e for a row's largest finite magnitude."""
+    if top == 0.0:
+        return 0
+    e = math.frexp(top)[1]
+    return e + 1 if np.rint(math.ldexp(top, 15 - e)) > 32767.0 else e
+
+
+def _x_integers(x, qx, ex):
+    """x's rows' integers and exponents (fixed.to_integers, row_exponents); False where x holds inf or NaN."""
+    for i in range(x.shape[0]):
+        top = 0.0
+        for k in range(x.shape[1]):
+            v = abs(f64(x[i, k]))
+            if not math.isfinite(v):
+                return False
+            top = max(top, v)
+        e = _exponent(top)
+        ex[i] = e
+        scale = math.ldexp(1.0, 15 - e)
+        for k in range(x.shape[1]):
+            qx[i, k] = np.rint(f64(x[i, k]) * scale) + 0.0
+    return True
+
 
 def _exponents(data, kind, cols, f16, n16, out, bad):
     u16, i8 = data.view(np.uint16), data.view(np.int8)
@@ -87,12 +118,7 @@ def _exponents(data, kind, cols, f16, n16, out, bad):
                     nonfinite = True
                 elif v > top:
                     top = v
-            e = 0
-            if top > 0.0:
-                e = math.frexp(top)[1]
-                if np.rint(math.ldexp(top, 15 - e)) > 32767.0:
-                    e += 1
-            out[r] = e
+            out[r] = _exponent(top)
             bad[r] = nonfinite
 
 

@@ -374,9 +374,6 @@ class CUDAQuant:
             quant_fixed_planes.product(data, qtype, x2, out, planes, self._be.blas)
         return True
 
-    def fixed_sums(self, qx: Array, data: Array, qtype: str, tables: dict) -> None:
-        return None             # (matmul_t_fixed takes the whole product)
-
     def fixed_wide(self, qtype: str, cols: int) -> bool:
         from . import quant_fixed
         return quant_fixed.unsupported(qtype, cols) is None

@@ -159,20 +159,13 @@ class BlockQuantized:
 
     def _fixed_product(self, be, x2: Array, out: Array) -> None:
         """Deterministic mode: out = x2 @ W^T in exact.fixed's integer scheme: the backend's kernels,
-        which read W in place, where they take it (the whole product, or its integer sums, scaled and
-        rounded here); else W decoded block by block (its rows' exponents made once and kept in
-        `tables`), x's integers made once."""
+        which read W in place, where they take it; else W decoded block by block (its rows' exponents
+        made once and kept in `tables`), x's integers made once."""
         if be.quant.matmul_t_fixed(x2, self.data, self.qtype, out, self.tables):
             return
         xp = be.xp
         ex = fixed.row_exponents(xp, x2)
         qx = fixed.to_integers(xp, x2, ex)
-        got = be.quant.fixed_sums(qx, self.data, self.qtype, self.tables)
-        if got is not None:
-            s, ew, bad = got
-            if bool(xp.all(xp.isfinite(x2))) and not bool(bad.any()):
-                out[...] = fixed.finish(xp, s, ex, ew)
-                return
         if "fixed_exponents_blocks" not in self.tables:
             exponents = xp.empty(self.shape[0], dtype=np.int32)
             step = self.block_rows()
