@@ -16,8 +16,10 @@ more than float32's spacing there, so its rounded logit is below M's rounded (ro
 and it can neither be the argmax nor tie with it. Every other row (the candidates: usually one or
 two) gets its exact logit from the same exact product as the full output layer (row-invariant: the
 same bits); the rest are -inf. The first argmax of that row is the first argmax of the exact logits,
-ties and all. Two passes over the fast logits (their maximum, the comparison) are all the extra work.
-Rows with a non-finite fast maximum, or an S that could overflow, take the full exact product.
+ties and all. (Under the dispatch table's "weight" rule the deterministic logit is the exact product
+of x's and W's integers, rounded once: the bound grows by how far those integers move z.) Two passes
+over the fast logits (their maximum, the comparison) are all the extra work. Rows with
+a non-finite fast maximum, or an S that could overflow, take the full exact product.
 """
 from __future__ import annotations
 
@@ -60,7 +62,13 @@ def exact_logits(be: Backend, x: np.ndarray, w: BlockQuantized, w_max: float) ->
         if not (s < 2.0 ** 126 and np.isfinite(top)):
             out[i] = linear(x[i:i + 1], w)[0]
             continue
-        bound = 2.0 * gamma * s
+        # the weight rule's integers (exact.fixed: x and W rounded to 2^-16 of a power of two at most 4x their
+        # rows' largest magnitudes, so each value moves by at most 2^-14 of that largest) move z by at most
+        # 2^-14 max|x| K max|W| + (||x||_1 + 2^-14 max|x| K) 2^-14 max|W|: the deterministic logit is that
+        # moved z rounded once, so the same argument holds with the bound widened by it (twice, for slack)
+        x_top, x_sum = float(np.abs(x[i]).max()), s / w_max if w_max > 0 else 0.0
+        moved = 2.0 ** -14 * x_top * k * w_max + (x_sum + 2.0 ** -14 * x_top * k) * 2.0 ** -14 * w_max
+        bound = 2.0 * (gamma * s + moved)
         floor = np.float32(top - 2.0 * bound - 2.0 ** -22 * (abs(top) + bound) - 2.0 ** -148)
         candidates = np.flatnonzero(fast[i] >= floor)          # (float32(v) rounds v up by under the slack)
         part = BlockQuantized(np.ascontiguousarray(w.data[candidates]), w.qtype, (len(candidates), k))
