@@ -47,6 +47,7 @@ LAYOUTS = {"Q8_0": (34, 2, -1, -1, 0), "Q4_0": (18, 2, -1, -1, 8), "Q4_1": (20, 
            "F16": (64, 0, -1, -1, 0), "BF16": (64, 0, -1, -1, 0),     # 32 plain 16-bit values per "block"
            "F32": (128, 0, -1, -1, 0)}
 _KIND = {"F16": 1, "BF16": 2, "F32": 3}
+PLAIN = tuple(_KIND)         # the stored types whose decoding is a conversion, not a block's scales
 # K-quants: super-block bytes and the KQ number the kernels switch on
 K_LAYOUTS = {"Q2_K": (84, 2), "Q3_K": (110, 3), "Q4_K": (144, 4), "Q5_K": (176, 5), "Q6_K": (210, 6)}
 TYPES = tuple(LAYOUTS) + tuple(K_LAYOUTS)

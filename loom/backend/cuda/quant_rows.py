@@ -23,6 +23,7 @@ import cupy
 
 from .compile import OPTIONS
 from .launch import launch as launch_kernel
+from .quant import PLAIN  # (shape() gives these 4 W fragments)
 from .quant_exact import _multiprocessors, prelude
 from .quant_finish import DMMA2, FINISH
 
@@ -37,7 +38,6 @@ ROWS_MAX = 64
 FEW_ROWS = 32
 WIDE_ROWS = 8192
 BLOCK_WIDE_ROWS = 3072
-PLAIN = ("F32", "F16", "BF16")  # stored types whose decoding is a conversion (shape() gives them 4 W fragments)
 RW = 8                      # warps a block, each over every RW-th 32-value unit of K
 
 _SOURCE = r"""
