@@ -350,21 +350,23 @@ class PagedDecodeGraph:
 
     def _fixed_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
         """Deterministic mode's out = (residual +) pro(x) @ w^T ... in the dispatch table's "weight" rule
-        (exact.fixed's integers), after the RMSNorm's kernel: quant_fixed's one-row kernel up to its MAX_ROWS
-        rows, its int8 tensor-core kernel past (a launch for each ROWS_MAX rows)."""
-        be, c = self.dec.backend, self.dec.config
-        fixed_kernels = be.decode.products_fixed
-        ops = []
-        if norm is not None:
-            ops.append(partial(be.decode.products_exact.rms_norm, x, norm, self.normed, c.eps, overlap=self.overlap))
-            x = self.normed
+        (exact.fixed's integers): quant_fixed's one-row kernel up to its MAX_ROWS rows (the RMSNorm made by
+        each of its blocks where x stages, else by x's integers' launch), its int8 tensor-core kernel past (a
+        launch for each ROWS_MAX rows, after x's integers' launch, which applies the norm)."""
+        fixed_kernels = self.dec.backend.decode.products_fixed
+        kw = dict(bias=bias, swiglu=swiglu, overlap=self.overlap)
+
+        def normed(rows: slice) -> dict:
+            return {} if norm is None else dict(norm=norm, normed=self.normed[rows], eps=self.dec.config.eps)
+
         if self.batch <= fixed_kernels.MAX_ROWS:
-            return ops + [partial(fixed_kernels.gemv, *_stored(w), x, out, self.fixed_tables[id(w)], bias=bias,
-                                  residual=residual, swiglu=swiglu)]
+            return [partial(fixed_kernels.gemv, *_stored(w), x, out, self.fixed_tables[id(w)], residual=residual,
+                            **kw, **normed(slice(None)))]
+        ops = []
         for start in range(0, self.batch, fixed_kernels.ROWS_MAX):     # (groups of at most ROWS_MAX rows)
             rows = slice(start, min(self.batch, start + fixed_kernels.ROWS_MAX))
             ops.append(partial(fixed_kernels.rows_product, *_stored(w), x[rows], out[rows], self.fixed_tables[id(w)],
-                               bias=bias, residual=None if residual is None else residual[rows], swiglu=swiglu))
+                               residual=None if residual is None else residual[rows], **kw, **normed(rows)))
         return ops
 
     def _tile_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from quant_rows import exact_reference, float32_edges, random_rows
 
+import loom
 from loom import backend
+from loom.errors import ShapeError
+from loom.kernels import fused
 from loom.kernels.exact import fixed
 from loom.kernels.quant.block import BlockQuantized
 
@@ -69,16 +72,31 @@ def test_batched_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
     same_bits(got, fixed.matmul_t(CPU, x, w), f"{qtype} batched integer product, {m} x {cols}, {rows} rows")
 
 
-@pytest.mark.parametrize("w_frags", [1, 2, 4])
-def test_every_batched_grid_shape_gives_the_same_bits(w_frags, monkeypatch):
+@pytest.mark.parametrize("x_frags, w_frags", [(1, 1), (1, 2), (1, 4), (2, 1), (2, 2), (4, 1)])
+def test_every_batched_grid_shape_gives_the_same_bits(x_frags, w_frags, monkeypatch):
     rng = np.random.default_rng(w_frags)
     rows, cols, m = 200, 1024, 40
     data = random_rows("Q4_1", rows, cols, rng)
     x = rng.standard_normal((m, cols)).astype(np.float32)
-    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows, qtype, swiglu=False: (1, w_frags))
+    monkeypatch.setattr(quant_fixed, "rows_shape", lambda m, rows, qtype, swiglu=False: (x_frags, w_frags))
     got, _ = _product(data, "Q4_1", x, batched=True)
     same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, "Q4_1", (rows, cols)).dequantize()),
-              f"W fragments {w_frags}")
+              f"{x_frags} x fragments, {w_frags} W fragments")
+
+
+@pytest.mark.parametrize("wpr", [1, 2, 4, 8])
+@pytest.mark.parametrize("m, cols", [(1, 576), (4, 2080), (3, 16896)])
+def test_every_split_of_a_row_over_warps_gives_the_same_bits(wpr, m, cols, monkeypatch):
+    """loom_fixed_gemv's warps sharing a row (gemv_warps), staged x (M K <= STAGED) and not, output rows
+    not a multiple of a block's."""
+    rng = np.random.default_rng(wpr + m)
+    rows = 37
+    data = random_rows("Q4_1", rows, cols, rng)
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    monkeypatch.setattr(quant_fixed, "gemv_warps", lambda rows: wpr)
+    got, _ = _product(data, "Q4_1", x)
+    same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, "Q4_1", (rows, cols)).dequantize()),
+              f"{wpr} warps a row, {m} x {cols}")
 
 
 def _planes_product(data, qtype, x):
@@ -131,9 +149,39 @@ def test_epilogues_give_the_array_codes_bits(batched, epilogue):
     same_bits(host(out), want, f"{epilogue}, {'batched' if batched else 'one-row'}")
 
 
+@pytest.mark.parametrize("m, cols, kernel", [(1, 576, "gemv"), (4, 2048, "gemv"), (3, 8192, "gemv"),
+                                            (2, 576, "gemv, a wide grid"), (20, 576, "rows"), (64, 2048, "rows")])
+@pytest.mark.parametrize("overlap", [False, True])
+def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
+    """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel where x stages (M K <= STAGED),
+    else by x's integers' launch, which writes the normed rows; the same through programmatic dependent
+    launches (overlap). SwiGLU (the gate and up product, which follows a norm in decoders). x held in
+    registers (M K <= 2048), staged in two passes, and not staged (a grid past STAGE_WAVES)."""
+    if kernel == "gemv, a wide grid":
+        monkeypatch.setattr(quant_fixed, "STAGE_WAVES", 0)
+    rng = np.random.default_rng(m + cols)
+    rows = 40
+    data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
+    w = BlockQuantized(data, "BF16", (2 * rows, cols)).dequantize()
+    x = (rng.standard_normal((m, cols)) * 3.0).astype(np.float32)
+    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    d = cupy.asarray(data)
+    tables = quant_fixed.w_exponents(d, "BF16", 2 * rows, cols)
+    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
+    normed = cupy.full((m, cols), UNWRITTEN, dtype=np.float32)
+    run = quant_fixed.rows_product if kernel == "rows" else quant_fixed.gemv
+    run(d, "BF16", cupy.asarray(x), out, tables, swiglu=True, norm=cupy.asarray(norm), normed=normed, eps=1e-5,
+        overlap=overlap)
+    want = exact_reference(x, w, norm, None, None, True, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(host(out), want, f"normed product, {kernel}, {m} x {cols}")
+    if kernel == "rows" or not quant_fixed.stages(m, cols, rows):
+        with loom.deterministic(True):
+            same_bits(normed, fused.rms_norm(x, norm, 1e-5)[0], "the normed rows")
+
+
 def test_the_x_kernel_gives_the_cpus_integers():
     rng = np.random.default_rng(5)
-    x = rng.standard_normal((4, 1000)).astype(np.float32) * np.exp2(rng.integers(-30, 30, (4, 1000)))
+    x = (rng.standard_normal((4, 1000)) * np.exp2(rng.integers(-30, 30, (4, 1000)))).astype(np.float32)
     x[1] = np.float32(1.0 - 2.0 ** -20)                     # spills past 32767 at the first scale
     x[2] = 0.0
     x[3, :5] = [np.inf, 1.0, -0.0, 2.0 ** -140, -3.0]
@@ -142,6 +190,13 @@ def test_the_x_kernel_gives_the_cpus_integers():
     same_bits(ex, e, "x exponents")
     assert np.array_equal(xq.astype(np.float64), fixed.to_integers(np, x, e))
     assert bad.tolist() == [0, 0, 0, 1]
+    # the nibble types' lane order: lane i's slots 4i .. 4i + 3 hold positions 2i, 2i + 1, 2i + 16, 2i + 17
+    lanes = host(quant_fixed.x_integers(cupy.asarray(np.ascontiguousarray(x[:, :992])), "Q4_1")[0]).reshape(4, -1, 32)
+    order = np.array([p for i in range(8) for p in (2 * i, 2 * i + 1, 2 * i + 16, 2 * i + 17)])
+    natural = fixed.to_integers(np, x[:, :992], fixed.row_exponents(np, x[:, :992])).reshape(4, -1, 32)
+    assert np.array_equal(lanes.astype(np.float64), natural[..., order])
+    with pytest.raises(ShapeError, match="float32"):
+        quant_fixed.x_integers(cupy.asarray(x.astype(np.float64)))
 
 
 @pytest.mark.parametrize("cols", [256, 2080])

@@ -28,7 +28,6 @@ from ...errors import ShapeError
 from .. import Array
 from .compile import OPTIONS
 from .cublas import CuBLAS
-from .launch import OVERLAP_PROLOGUE
 from .quant import BLOCK_DECODE, type_defines
 from .quant_fixed import _SOURCE as FIXED_SOURCE
 from .quant_fixed import WARPS, X_THREADS, _check, _head, x_integers
@@ -123,8 +122,8 @@ class WeightPlanes(NamedTuple):
 
 @cache
 def _module(qtype: str):
-    return cupy.RawModule(code=_head(0) + type_defines(qtype) + OVERLAP_PROLOGUE + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
-                          options=OPTIONS)
+    return cupy.RawModule(code=_head(0) + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
+                          options=OPTIONS + ("-std=c++17",))
 
 
 def _padded(n: int) -> int:
