@@ -155,8 +155,8 @@ def test_epilogues_give_the_array_codes_bits(batched, epilogue):
 def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
     """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel where x stages (M K <= STAGED),
     else by x's integers' launch, which writes the normed rows; the same through programmatic dependent
-    launches (overlap). SwiGLU (the gate and up product, which follows a norm in decoders). x held in
-    registers (M K <= 2048), staged in two passes, and not staged (a grid past STAGE_WAVES)."""
+    launches (overlap). SwiGLU (the gate and up product, which follows a norm in decoders). x staged
+    and not (a grid past STAGE_WAVES)."""
     if kernel == "gemv, a wide grid":
         monkeypatch.setattr(quant_fixed, "STAGE_WAVES", 0)
     rng = np.random.default_rng(m + cols)

@@ -54,7 +54,6 @@ X_THREADS = 256
 
 _SOURCE = r"""
 #define LOOM_FULL 0xffffffffu
-#define HELD 8                         // values of x a thread of the staged one-row kernel holds
 #define LIMIT 32767.0f
 
 // fixed.row_exponents' e for the largest finite magnitude m of a row
@@ -319,56 +318,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
         xs = xf;
     }
     short* xq_s = (short*)(staged_s + (norm_w != 0 ? 4 * M * K : 0));
-    if (M * K <= HELD * WARPS * 32) {
-        // x held in registers, read once: each thread finds every row's exponent after one barrier
-        float v[HELD], top[MAX_ROWS];
-        int nonfinite[MAX_ROWS];
-        #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m) { top[m] = 0.0f; nonfinite[m] = 0; }
-        #pragma unroll
-        for (int j = 0; j < HELD; ++j) {
-            const int i = threadIdx.x + j * WARPS * 32, row = i / K;
-            v[j] = i < M * K ? xs[i] : 0.0f;
-            #pragma unroll
-            for (int m = 0; m < MAX_ROWS; ++m) {
-                if (m != row || i >= M * K) continue;
-                if (isfinite(v[j])) top[m] = fmaxf(top[m], fabsf(v[j]));
-                else nonfinite[m] = 1;
-            }
-        }
-        #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m) {
-            for (int o = 16; o; o >>= 1) {
-                top[m] = fmaxf(top[m], __shfl_xor_sync(LOOM_FULL, top[m], o));
-                nonfinite[m] |= __shfl_xor_sync(LOOM_FULL, nonfinite[m], o);
-            }
-            if (lane == 0) { top_s[warp][m] = top[m]; bad_s[warp][m] = nonfinite[m]; }
-        }
-        __syncthreads();
-        int shift[MAX_ROWS];
-        #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m) {
-            float t = 0.0f;
-            int nf = 0;
-            for (int w8 = 0; w8 < WARPS; ++w8) { t = fmaxf(t, top_s[w8][m]); nf |= bad_s[w8][m]; }
-            const int e = loom_fixed_exponent(t);
-            shift[m] = 15 - e;
-            if (threadIdx.x == m) { ex_s[m] = e; xbad_s[m] = nf; }
-        }
-        #pragma unroll
-        for (int j = 0; j < HELD; ++j) {
-            const int i = threadIdx.x + j * WARPS * 32, row = i / K, k = i - row * K;
-            if (i >= M * K) break;
-            int sh = shift[0];
-            #pragma unroll
-            for (int m = 1; m < MAX_ROWS; ++m) if (m == row) sh = shift[m];
-            xq_s[row * K + (k & ~31) + loom_fixed_slot(k & 31, nibble)] =
-                isfinite(v[j]) ? (short)loom_fixed_bits(v[j], loom_fixed_scale(sh), sh) : (short)0;
-        }
-        __syncthreads();
-        loom_fixed_gemv_rows(w, ew, wbad, xq_s, ex_s, xbad_s, xs, out, bias, res, rows, nb, M);
-        return;
-    }
     for (int m = 0; m < M; ++m) {
         float top = 0.0f;
         int nonfinite = 0;
