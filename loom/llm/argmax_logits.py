@@ -17,15 +17,19 @@ and it can neither be the argmax nor tie with it. Every other row (the candidate
 two) gets its exact logit from the same exact product as the full output layer (row-invariant: the
 same bits); the rest are -inf. The first argmax of that row is the first argmax of the exact logits,
 ties and all. (Under the dispatch table's "weight" rule the deterministic logit is the exact product
-of x's and W's integers, rounded once: the bound grows by how far those integers move z.) Two passes
-over the fast logits (their maximum, the comparison) are all the extra work. Rows with
-a non-finite fast maximum, or an S that could overflow, take the full exact product.
+of x's and W's integers, rounded once: each row's bound grows by how far those integers can move its z,
+from the row's sum of |w| and its integers' step, found once.) A few passes over the fast logits are
+all the extra work. Rows with a non-finite fast maximum, or an S that could overflow, take the full
+exact product.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
 from ..backend import Array, Backend
+from ..kernels.exact import fixed
 from ..kernels.quant.block import BlockQuantized, linear
 
 _U = 2.0 ** -24
@@ -37,18 +41,31 @@ def supports(be: Backend, w: Array | BlockQuantized | tuple) -> bool:
     return be.host and isinstance(w, BlockQuantized) and w.qtype in be.quant.TYPES
 
 
-def weight_max(w: BlockQuantized, rows_per_chunk: int = 4096) -> float:
-    """The largest |w| of the stored weight (the reference's decoded values)."""
-    top = 0.0
-    for start in range(0, w.shape[0], rows_per_chunk):
-        top = max(top, float(np.abs(w.dequantize(slice(start, min(w.shape[0], start + rows_per_chunk)))).max()))
-    return top
+class WeightBounds(NamedTuple):
+    """What exact_logits' bounds need of an output weight, found once (weight_bounds)."""
+    top: float              # max |w|
+    l1: np.ndarray          # float64 [rows]: each row's sum |w| plus K of its integers' half-steps
+    step: np.ndarray        # float64 [rows]: half a step of each row's integers, 2^(e - 16) (exact.fixed)
 
 
-def exact_logits(be: Backend, x: np.ndarray, w: BlockQuantized, w_max: float) -> np.ndarray:
+def weight_bounds(w: BlockQuantized, rows_per_chunk: int = 4096) -> WeightBounds:
+    """The largest |w| of the stored weight (the reference's decoded values), and each row's sum of |w| and
+    its integers' half-step under the dispatch table's weight rule (exact.fixed.row_exponents)."""
+    rows, k = w.shape
+    top, l1, step = 0.0, np.empty(rows), np.empty(rows)
+    for start in range(0, rows, rows_per_chunk):
+        part = slice(start, min(rows, start + rows_per_chunk))
+        v = w.dequantize(part)
+        top = max(top, float(np.abs(v).max(initial=0.0)))
+        step[part] = np.ldexp(1.0, fixed.row_exponents(np, v) - 16)
+        l1[part] = np.abs(v.astype(np.float64)).sum(axis=1) + k * step[part]
+    return WeightBounds(top, l1, step)
+
+
+def exact_logits(be: Backend, x: np.ndarray, w: BlockQuantized, bounds: WeightBounds) -> np.ndarray:
     """[M, rows] float32 for x [M, K] (float32, C-contiguous, M within the fast product's rows): each
     row's candidates for its argmax hold their exact logits (the deterministic product's bits), every
-    other entry -inf; a row the bound cannot settle holds all its exact logits. w_max: weight_max(w)."""
+    other entry -inf; a row the bound cannot settle holds all its exact logits. bounds: weight_bounds(w)."""
     rows, k = w.shape
     fast = np.empty((x.shape[0], rows), np.float32)
     if not be.quant.matmul_t(x, w.data, w.qtype, fast):
@@ -57,20 +74,22 @@ def exact_logits(be: Backend, x: np.ndarray, w: BlockQuantized, w_max: float) ->
     gamma = n * _U / (1 - n * _U)
     out = np.full((x.shape[0], rows), -np.inf, np.float32)
     for i in range(x.shape[0]):
-        s = w_max * float(np.abs(x[i].astype(np.float64)).sum())
+        x_sum = float(np.abs(x[i].astype(np.float64)).sum())
+        s = bounds.top * x_sum
         top = float(fast[i].max())
         if not (s < 2.0 ** 126 and np.isfinite(top)):
             out[i] = linear(x[i:i + 1], w)[0]
             continue
-        # the weight rule's integers (exact.fixed: x and W rounded to 2^-16 of a power of two at most 4x their
-        # rows' largest magnitudes, so each value moves by at most 2^-14 of that largest) move z by at most
-        # 2^-14 max|x| K max|W| + (||x||_1 + 2^-14 max|x| K) 2^-14 max|W|: the deterministic logit is that
-        # moved z rounded once, so the same argument holds with the bound widened by it (twice, for slack)
-        x_top, x_sum = float(np.abs(x[i]).max()), s / w_max if w_max > 0 else 0.0
-        moved = 2.0 ** -14 * x_top * k * w_max + (x_sum + 2.0 ** -14 * x_top * k) * 2.0 ** -14 * w_max
-        bound = 2.0 * (gamma * s + moved)
-        floor = np.float32(top - 2.0 * bound - 2.0 ** -22 * (abs(top) + bound) - 2.0 ** -148)
-        candidates = np.flatnonzero(fast[i] >= floor)          # (float32(v) rounds v up by under the slack)
+        # the weight rule's integers move z by at most dx sum |w~| + step_r ||x||_1 (x's and row r's values
+        # each move by at most half a step of their integers, dx and step_r; |w~| <= |w| + step_r): the
+        # deterministic logit is that moved z rounded once, so the argument holds with each row's bound
+        # widened by it (twice, for slack)
+        dx = float(np.ldexp(1.0, int(fixed.row_exponents(np, x[i:i + 1])[0]) - 16))
+        bound = 2.0 * (gamma * s + dx * bounds.l1 + x_sum * bounds.step)
+        f = fast[i].astype(np.float64)
+        low = float((f - bound).max())                              # the largest exact logit is at least this
+        floor = low - 2.0 ** -22 * (abs(top) + float(bound.max())) - 2.0 ** -148
+        candidates = np.flatnonzero(f + bound >= floor)
         part = BlockQuantized(np.ascontiguousarray(w.data[candidates]), w.qtype, (len(candidates), k))
         out[i, candidates] = linear(x[i:i + 1], part)[0]
     return out

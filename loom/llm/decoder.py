@@ -122,7 +122,7 @@ class Decoder:
         self._in_place = None            # exact_in_place(), once known
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
-        self._lm_head_max = None         # argmax_logits.weight_max(lm_head), once asked for
+        self._lm_head_bounds = None      # argmax_logits.weight_bounds(lm_head), once asked for
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
     @property
@@ -200,9 +200,10 @@ class Decoder:
         h = self._rms(h, self.norm)         # (_rms's one compiled call on the CPU where it can: fused's bits)
         if argmax_only and h.ndim == 2 and h.shape[0] <= gemv.MAX_ROWS and argmax_logits.supports(self.backend,
                                                                                                   self.lm_head):
-            if self._lm_head_max is None:
-                self._lm_head_max = argmax_logits.weight_max(self.lm_head)
-            return argmax_logits.exact_logits(self.backend, np.ascontiguousarray(h), self.lm_head, self._lm_head_max)
+            if self._lm_head_bounds is None:
+                self._lm_head_bounds = argmax_logits.weight_bounds(self.lm_head)
+            return argmax_logits.exact_logits(self.backend, np.ascontiguousarray(h), self.lm_head,
+                                              self._lm_head_bounds)
         return _linear(h, self.lm_head, None, self._weight)
 
     # --- fast mode's one-token steps on the CPU ---------------------------------------------------------

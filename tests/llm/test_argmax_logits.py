@@ -9,6 +9,7 @@ from quant_rows import random_rows
 
 import loom
 from loom import backend
+from loom.kernels.exact import fixed
 from loom.kernels.quant.block import BlockQuantized, linear
 from loom.llm import argmax_logits
 
@@ -25,7 +26,7 @@ def _weight(qtype, rows=600, cols=256):
 def _check(x, w):
     with loom.deterministic(True):
         full = linear(x, w)
-        part = argmax_logits.exact_logits(CPU, x, w, argmax_logits.weight_max(w))
+        part = argmax_logits.exact_logits(CPU, x, w, argmax_logits.weight_bounds(w))
     np.testing.assert_array_equal(np.argmax(part, axis=1), np.argmax(full, axis=1))
     kept = np.isfinite(part)
     np.testing.assert_array_equal(part[kept].view(np.uint32), full[kept].view(np.uint32))
@@ -40,7 +41,11 @@ def test_the_first_argmax_of_the_exact_logits_on_fresh_random_rows(qtype):
     x = (RNG.standard_normal((3, w.shape[1])) * np.exp(RNG.uniform(-3, 3, (3, 1)))).astype(np.float32)
     kept = _check(x, w)
     assert kept.sum(axis=1).max() < w.shape[0] // 10          # a few candidates, not the whole layer
-    assert argmax_logits.weight_max(w) == np.abs(w.dequantize()).max()
+    bounds, v = argmax_logits.weight_bounds(w, rows_per_chunk=256), w.dequantize()
+    assert bounds.top == np.abs(v).max()
+    np.testing.assert_array_equal(bounds.step, np.ldexp(1.0, fixed.row_exponents(np, v) - 16))
+    np.testing.assert_allclose(bounds.l1, np.abs(v.astype(np.float64)).sum(axis=1) + v.shape[1] * bounds.step,
+                               rtol=1e-12)
 
 
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_1", "BF16"])
@@ -69,7 +74,7 @@ def test_rows_the_bound_cannot_settle_take_the_full_product():
     x[1, 5] = np.inf                                          # its fast logits are not finite
     with loom.deterministic(True):
         full = linear(x, w)
-        part = argmax_logits.exact_logits(CPU, x, w, argmax_logits.weight_max(w))
+        part = argmax_logits.exact_logits(CPU, x, w, argmax_logits.weight_bounds(w))
     np.testing.assert_array_equal(part[1].view(np.uint32), full[1].view(np.uint32))
     assert np.isfinite(part[0]).sum() < w.shape[0]
 

@@ -6,8 +6,8 @@ Per row r of W: rounded_gemv's decoder writes its values (gguf's dequantization,
 float32 buffer; each becomes its integer q = rint(w 2^(15 - e_r)) in float64 (exact); each row i of x's
 integers (made once a product by exact.fixed) dots with them in float64: every product is an integer
 below 2^30 and every partial sum one below 2^53, so the sum is exact in any order and the loop is
-compiled with reassociation (vectorised). The caller scales each sum by 2^(e_x + e_r - 30) and rounds it
-once (fixed.finish), and patches IEEE's values where a row holds inf or NaN.
+compiled with reassociation (vectorised). Each sum is scaled by 2^(e_x + e_r - 30) and rounded once to
+float32 in the same loop (fixed.finish); the caller patches IEEE's values where a row holds inf or NaN.
 
 `w_exponents` finds each row's e the same way, from the decoded values' largest finite magnitude.
 Rows of W are split over the threads (prange over chunks of CHUNK rows), each chunk with its own
@@ -69,10 +69,11 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray, out: 
     qx, ex = np.empty(x2.shape, np.float64), np.empty(x2.shape[0], np.int64)
     if not _x_integers(x2, qx, ex):
         return False
-    sums = np.empty((x2.shape[0], data.shape[0]), np.float64)
-    cpu_jit.run(_sums, qx, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(), 16, sums)
-    with np.errstate(over="ignore"):
-        out[...] = np.ldexp(sums + 0.0, (ex[:, None] + ew[None, :] - 30).astype(np.int32)).astype(np.float32)
+    target = out if out.dtype == np.float32 and out.flags.c_contiguous else np.empty(out.shape, np.float32)
+    cpu_jit.run(_sums, qx, ex, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(), 16,
+                target)
+    if target is not out:
+        out[...] = target
     return True
 
 
@@ -122,7 +123,9 @@ def _exponents(data, kind, cols, f16, n16, out, bad):
             bad[r] = nonfinite
 
 
-def _sums(qx, data, kind, ew, f16, n16, out):
+def _sums(qx, ex, data, kind, ew, f16, n16, out):
+    """out[i, r]: the integer sums scaled by 2^(ex[i] + ew[r] - 30) (exact: below 2^53) and rounded once to
+    float32 (fixed.finish; past float32's range, inf)."""
     u16, i8 = data.view(np.uint16), data.view(np.int8)
     cols = qx.shape[1]
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
@@ -132,15 +135,16 @@ def _sums(qx, data, kind, ew, f16, n16, out):
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
             scale = math.ldexp(1.0, 15 - ew[r])
             if qx.shape[0] == 1 and kind < _ONE_ROW:     # row_dots' sums, from the stored codes
-                out[0, r] = _q8_0_integers(data, r, qx, scale, f16) if kind == 0 else \
+                s = _q8_0_integers(data, r, qx, scale, f16) if kind == 0 else \
                     _q4_0_integers(data, r, qx, scale, f16) if kind == 1 else _q4_1_integers(data, r, qx, scale, f16)
+                out[0, r] = f32(math.ldexp(s + 0.0, ex[0] + ew[r] - 30))
                 continue
             rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
             for k in range(cols):
                 v = f64(w[k])
                 q[k] = np.rint(v * scale) if math.isfinite(v) else 0.0      # (inf and NaN: patched after)
             for i in range(qx.shape[0]):
-                out[i, r] = _dot(qx, i, q)
+                out[i, r] = f32(math.ldexp(_dot(qx, i, q) + 0.0, ex[i] + ew[r] - 30))
 
 
 def _dot(qx, i, q):
