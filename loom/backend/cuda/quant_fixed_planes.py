@@ -29,8 +29,8 @@ from .. import Array
 from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
-from .quant_fixed import _SOURCE as FIXED_SOURCE
 from .quant_fixed import WARPS, X_THREADS, _check, _head, x_integers
+from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 _SOURCE = r"""
 // planes [2 * padded, K]: rows r (h) and padded + r (l'); sums[r] = sum q; one warp a row of W
