@@ -32,7 +32,6 @@ prange = range
 f32, f64 = np.float32, np.float64
 _ONE_ROW = 3            # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' integer sums
 _q8_0_integers = _q4_0_integers = _q4_1_integers = None     # row_dots.py's intrinsics: available()
-_q8_0_integers32 = _q4_0_integers32 = _q4_1_integers32 = None
 
 
 def available() -> bool:
@@ -41,13 +40,11 @@ def available() -> bool:
         return cpu_jit.available()
     if not rounded_gemv.available():
         return False
-    global _q8_0_integers, _q4_0_integers, _q4_1_integers, _q8_0_integers32, _q4_0_integers32, _q4_1_integers32
+    global _q8_0_integers, _q4_0_integers, _q4_1_integers
     if _q4_1_integers is None:          # bound before the kernels compile: numba resolves their globals then
         from . import row_dots
         _q8_0_integers, _q4_0_integers, _q4_1_integers = (row_dots.q8_0_integers, row_dots.q4_0_integers,
                                                           row_dots.q4_1_integers)
-        _q8_0_integers32, _q4_0_integers32, _q4_1_integers32 = (row_dots.q8_0_integers32, row_dots.q4_0_integers32,
-                                                                row_dots.q4_1_integers32)
     return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
 
 
@@ -137,16 +134,13 @@ def _sums(qx, ex, data, kind, ew, f16, n16, out):
         q = np.empty(cols, np.float64)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
             scale = math.ldexp(1.0, 15 - ew[r])
+            # row_dots' sums from the stored codes for one row of x, the values scaled and rounded in float32:
+            # their float16 scales keep every finite row's largest value within [2^-24, 2^24), so its scale
+            # 2^(15 - e) is a float32 (the range test only guards that)
             if qx.shape[0] == 1 and kind < _ONE_ROW and -126 <= 15 - ew[r] <= 127:
-                # row_dots' sums from the stored codes, the values scaled and rounded in float32 (exact)
                 s32 = f32(scale)
-                s = _q8_0_integers32(data, r, qx, s32, f16) if kind == 0 else \
-                    _q4_0_integers32(data, r, qx, s32, f16) if kind == 1 else _q4_1_integers32(data, r, qx, s32, f16)
-                out[0, r] = f32(math.ldexp(s + 0.0, ex[0] + ew[r] - 30))
-                continue
-            if qx.shape[0] == 1 and kind < _ONE_ROW:     # (rows below 2^-111: the scale past float32's range)
-                s = _q8_0_integers(data, r, qx, scale, f16) if kind == 0 else \
-                    _q4_0_integers(data, r, qx, scale, f16) if kind == 1 else _q4_1_integers(data, r, qx, scale, f16)
+                s = _q8_0_integers(data, r, qx, s32, f16) if kind == 0 else \
+                    _q4_0_integers(data, r, qx, s32, f16) if kind == 1 else _q4_1_integers(data, r, qx, s32, f16)
                 out[0, r] = f32(math.ldexp(s + 0.0, ex[0] + ew[r] - 30))
                 continue
             rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)

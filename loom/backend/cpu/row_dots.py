@@ -269,17 +269,16 @@ q4_1_sum = _sums(20, _nibble_values(4, 2), 15.0, 1)
 
 
 # --- the integer scheme of a decoder's weight products (loom/backend/cpu/fixed_gemv.py; branch work) ----
-# Each value decoded as above, widened to float64 (exact), scaled by the row's 2^(15 - e) (exact) and
-# rounded to its integer (llvm.rint: to nearest, ties to even, the default rounding), multiplied with x's
+# Each value decoded as above, scaled by the row's 2^(15 - e) (exact) and rounded to its integer in float32
+# (llvm.rint: to nearest, ties to even, the default rounding), widened to float64, multiplied with x's
 # integer (exact: both below 2^15) and added into two <16 x double> accumulators: integers below 2^53,
 # exact in any order.
 
-def _integer_sums(block_bytes: int, block_values: Callable, narrow: bool = False) -> Callable:
-    """An intrinsic (data, r, qx64, scale, table) -> float64: row r's integers (its values times `scale`,
-    rounded) dotted with x's integers qx64 (float64 [1, K]). narrow: `scale` a float32 (a power of two
-    of float32's normal range), the values scaled and rounded in float32 (exact: the product is a power-of-
-    two scaling below 2^15 in magnitude, or below 2^-126 where it rounds to 0 either way), then widened."""
-    vector = _V if narrow else _VD        # the values' vectors while they are scaled and rounded
+def _integer_sums(block_bytes: int, block_values: Callable) -> Callable:
+    """An intrinsic (data, r, qx64, scale, table) -> float64: row r's integers (its values times the float32
+    power of two `scale`, rounded, both in float32: exact, a power-of-two scaling below 2^15 in magnitude,
+    or below 2^-126 where it rounds to 0 either way) widened and dotted with x's integers qx64 (float64
+    [1, K])."""
 
     @intrinsic
     def sums(typingctx, data, r, qx64, scale, table):
@@ -290,12 +289,11 @@ def _integer_sums(block_bytes: int, block_values: Callable, narrow: bool = False
             v = _Builder(builder)
             module = builder.module
             fma = cgutils.get_or_insert_function(module, ir.FunctionType(_VD, [_VD, _VD, _VD]), "llvm.fma.v16f64")
-            rint = cgutils.get_or_insert_function(module, ir.FunctionType(vector, [vector]),
-                                                  "llvm.rint.v16f32" if narrow else "llvm.rint.v16f64")
+            rint = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.rint.v16f32")
             total = cgutils.get_or_insert_function(module, ir.FunctionType(_F64, [_F64, _VD]),
                                                    "llvm.vector.reduce.fadd.v16f64")
-            lane0 = builder.insert_element(ir.Constant(vector, ir.Undefined), args[3], ir.Constant(_I32, 0))
-            scale = builder.shuffle_vector(lane0, ir.Constant(vector, ir.Undefined),
+            lane0 = builder.insert_element(ir.Constant(_V, ir.Undefined), args[3], ir.Constant(_I32, 0))
+            scale = builder.shuffle_vector(lane0, ir.Constant(_V, ir.Undefined),
                                            ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_VD, None)) for _ in range(2)]
             width = cgutils.unpack_tuple(builder, array.shape)[1]
@@ -306,20 +304,14 @@ def _integer_sums(block_bytes: int, block_values: Callable, narrow: bool = False
                 halves = [v.load(xs, x_at, _VD), v.load(xs, builder.add(x_at, _const(128)), _VD)]
                 (w_lo, w_hi), _, _ = block_values(v, row, at, f16)
                 for acc, x, w in zip(accs, halves, (w_lo, w_hi)):
-                    if narrow:
-                        q = builder.fpext(builder.call(rint, [builder.fmul(w, scale)]), _VD)
-                    else:
-                        q = builder.call(rint, [builder.fmul(builder.fpext(w, _VD), scale)])
+                    q = builder.fpext(builder.call(rint, [builder.fmul(w, scale)]), _VD)
                     builder.store(builder.call(fma, [x, q, builder.load(acc)]), acc)
             both = builder.fadd(builder.load(accs[0]), builder.load(accs[1]), flags=_FAST)
             return builder.call(total, [ir.Constant(_F64, 0.0), both], fastmath=_FAST)
-        return types.float64(data, r, qx64, types.float32 if narrow else types.float64, table), codegen
+        return types.float64(data, r, qx64, types.float32, table), codegen
     return sums
 
 
 q8_0_integers = _integer_sums(34, _q8_0_values)
 q4_0_integers = _integer_sums(18, _nibble_values(2, None))
 q4_1_integers = _integer_sums(20, _nibble_values(4, 2))
-q8_0_integers32 = _integer_sums(34, _q8_0_values, narrow=True)
-q4_0_integers32 = _integer_sums(18, _nibble_values(2, None), narrow=True)
-q4_1_integers32 = _integer_sums(20, _nibble_values(4, 2), narrow=True)

@@ -106,8 +106,8 @@ def weight_tables(tables: dict, name: str, make: Callable[[], object]) -> object
 
 
 def _check(qtype: str, cols: int, x: Array | None = None) -> None:
-    if x is not None and (x.dtype != np.float32 or x.ndim != 2 or not x.flags.c_contiguous):
-        raise ShapeError(f"x must be float32 [M, K], C-contiguous, got {x.dtype} {x.shape}")
+    if x is not None:
+        _check_x(x)
     if cols >= MAX_K:
         raise ShapeError(f"the integer scheme sums at most {MAX_K - 1} products exactly, got K = {cols}")
     if qtype not in TYPES:
