@@ -59,7 +59,9 @@ class PartialGraph(paged_graph.PagedDecodeGraph):
         for i, L in enumerate(dec.layers):
             ops += kind("qkv", self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias))
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
-            split = {} if self.exact else {"split": self.split if self._splitting else None}
+            split = {"split": self.split if self._splitting else None}
+            if self.exact:
+                split["max_keys"] = self.max_blocks * cache.block_size
             ops.append(("attention", partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx,
                                              dec._cos, dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size,
                                              c.heads, L.window, dec.scale, c.eps, *extra, overlap=self.overlap,

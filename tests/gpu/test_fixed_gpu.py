@@ -25,6 +25,12 @@ CPU = backend.get("cpu")
 UNWRITTEN = 1234.5                  # (finite: an entry a kernel leaves unwritten fails the bit comparison)
 
 
+def _force(monkeypatch, source):
+    """gemv's x_source forced to `source` ("block" or "launch"; None: as dispatched)."""
+    if source is not None:
+        monkeypatch.setattr(quant_fixed, "x_source", lambda m, k, rows: source)
+
+
 def _product(data, qtype, x, batched=False):
     rows = data.shape[0]
     d = cupy.asarray(data)
@@ -85,10 +91,12 @@ def test_every_batched_grid_shape_gives_the_same_bits(x_frags, w_frags, monkeypa
 
 
 @pytest.mark.parametrize("wpr", [1, 2, 4, 8])
-@pytest.mark.parametrize("m, cols", [(1, 576), (4, 2080), (3, 16896)])
-def test_every_split_of_a_row_over_warps_gives_the_same_bits(wpr, m, cols, monkeypatch):
-    """loom_fixed_gemv's warps sharing a row (gemv_warps), staged x (M K <= STAGED) and not, output rows
-    not a multiple of a block's."""
+@pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (4, 2080, "block"),
+                                             (4, 2080, "launch"), (3, 16896, "launch")])
+def test_every_split_of_a_row_over_warps_gives_the_same_bits(wpr, m, cols, source, monkeypatch):
+    """loom_fixed_gemv's warps sharing a row (gemv_warps), x's integers made by each block or by their own
+    launch, output rows not a multiple of a block's."""
+    _force(monkeypatch, source)
     rng = np.random.default_rng(wpr + m)
     rows = 37
     data = random_rows("Q4_1", rows, cols, rng)
@@ -149,16 +157,17 @@ def test_epilogues_give_the_array_codes_bits(batched, epilogue):
     same_bits(host(out), want, f"{epilogue}, {'batched' if batched else 'one-row'}")
 
 
-@pytest.mark.parametrize("m, cols, kernel", [(1, 576, "gemv"), (4, 2048, "gemv"), (3, 8192, "gemv"),
-                                            (2, 576, "gemv, a wide grid"), (20, 576, "rows"), (64, 2048, "rows")])
+@pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (4, 2048, "block"), (1, 4096, "block"),
+                                            (3, 8192, "launch"), (2, 576, "launch"),
+                                            (20, 576, "rows"), (64, 2048, "rows")])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
-    """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel where x stages (M K <= STAGED),
-    else by x's integers' launch, which writes the normed rows; the same through programmatic dependent
-    launches (overlap). SwiGLU (the gate and up product, which follows a norm in decoders). x staged
-    and not (a grid past STAGE_WAVES)."""
-    if kernel == "gemv, a wide grid":
-        monkeypatch.setattr(quant_fixed, "STAGE_WAVES", 0)
+    """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel, or by x's integers' launch,
+    which writes the normed rows; the same through programmatic dependent launches (overlap). SwiGLU (the
+    gate and up product, which follows a norm in decoders). K past 2048 (the block's norm reads its row
+    twice there)."""
+    if kernel != "rows":
+        _force(monkeypatch, kernel)
     rng = np.random.default_rng(m + cols)
     rows = 40
     data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
@@ -174,7 +183,7 @@ def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, ove
         overlap=overlap)
     want = exact_reference(x, w, norm, None, None, True, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
     same_bits(host(out), want, f"normed product, {kernel}, {m} x {cols}")
-    if kernel == "rows" or not quant_fixed.stages(m, cols, rows):
+    if kernel in ("rows", "launch"):
         with loom.deterministic(True):
             same_bits(normed, fused.rms_norm(x, norm, 1e-5)[0], "the normed rows")
 
@@ -200,7 +209,9 @@ def test_the_x_kernel_gives_the_cpus_integers():
 
 
 @pytest.mark.parametrize("cols", [256, 2080])
-def test_integer_products_at_the_edges_of_float32(cols):
+@pytest.mark.parametrize("source", ["block", "launch"])
+def test_integer_products_at_the_edges_of_float32(cols, source, monkeypatch):
+    _force(monkeypatch, source)
     rng = np.random.default_rng(cols)
     rows, m = 72, 8
     x, w = float32_edges(m, rows, cols, rng)
@@ -215,6 +226,36 @@ def test_integer_products_at_the_edges_of_float32(cols):
     batched, _ = _product(w.view(np.uint8), "F32", x, batched=True)
     same_bits(batched, want, f"batched integer product at the edges, K = {cols}")
     same_bits(_planes_product(w.view(np.uint8), "F32", x), want, f"prompt integer product at the edges, K = {cols}")
+
+
+@pytest.mark.parametrize("source", ["block", "launch"])
+def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, monkeypatch):
+    """rms_norm's exact sum of squares with squares that overflow (inf), underflow, rows of zeros and rows
+    holding inf and NaN, where each block makes x's integers and where their launch does; a wide spread of
+    scales within a row."""
+    _force(monkeypatch, source)
+    rng = np.random.default_rng(11)
+    rows, cols = 24, 512
+    x, w = float32_edges(8, rows, cols, rng)
+    w = np.clip(np.where(np.isfinite(w), w, 0.0) * 1e-3, -1.0, 1.0).astype(np.float32)
+    x[0] *= np.exp2(rng.integers(-60, 60, cols)).astype(np.float32)
+    x[2, :3] = [1e20, -3e19, 0.0]                   # squares past float32's largest: an inf sum
+    x[3, 9] = np.float32(1e-30)                      # one value in a row of zeros
+    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    data = w.view(np.uint8)
+    d = cupy.asarray(data)
+    tables = quant_fixed.w_exponents(d, "F32", rows, cols)
+    got = []
+    for rows_x in (x[:4], x[4:]):
+        out = cupy.full((4, rows), UNWRITTEN, dtype=np.float32)
+        normed = cupy.empty((4, cols), dtype=np.float32)
+        quant_fixed.gemv(d, "F32", cupy.asarray(np.ascontiguousarray(rows_x)), out, tables,
+                         norm=cupy.asarray(norm), normed=normed, eps=1e-6)
+        got.append(host(out))
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = exact_reference(x, w, norm, None, None, False, eps=1e-6,
+                               product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(np.concatenate(got), want, f"normed product at the edges, x's integers by {source}")
 
 
 def test_bad_arguments_are_refused():

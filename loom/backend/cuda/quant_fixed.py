@@ -54,6 +54,7 @@ from .quant_rows import PLAIN
 
 MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 STAGED = 16384              # M K up to which it makes x's integers itself, in shared memory (32 KB)
+STAGED_ROWS = 2             # ... and rows of x
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
@@ -167,11 +168,17 @@ def _check_norm(norm: Array, normed: Array | None, shape: tuple) -> None:
         raise ShapeError(f"normed must be float32 {list(shape)}, C-contiguous, got {normed.dtype} {normed.shape}")
 
 
-def stages(m: int, k: int, rows: int) -> bool:
-    """Whether gemv makes the integers of x [m, k] (and its norm) in each block's shared memory: where they
-    fit and the grid is at most STAGE_WAVES blocks a multiprocessor (past that, the blocks' repeated
-    work costs more than the x kernel's launch: Llama-3.2-1B's output layer took twice as long staged)."""
-    return m * k <= STAGED and -(-rows // (WARPS // gemv_warps(rows))) <= STAGE_WAVES * _multiprocessors()
+def x_source(m: int, k: int, rows: int) -> str:
+    """Where gemv's product of x [m, k] gets x's integers (and its norm): "block", each block makes them in
+    its shared memory (up to STAGED_ROWS rows, M K <= STAGED and a grid of at most STAGE_WAVES blocks a
+    multiprocessor: past those, the blocks' repeated work costs more than a launch: at 4 rows every
+    SmolLM2 and Llama-3.2-1B product, and Llama-3.2-1B's output layer twice as long), else "launch", x's
+    integers' own launch (x_integers). (Each warp making them for itself, with no barrier, was measured
+    too: slower than a block everywhere, twice as slow on Llama-3.2-1B's qkv.)"""
+    if (m <= STAGED_ROWS and m * k <= STAGED
+            and -(-rows // (WARPS // gemv_warps(rows))) <= STAGE_WAVES * _multiprocessors()):
+        return "block"
+    return "launch"
 
 
 def gemv_warps(rows: int) -> int:
@@ -252,7 +259,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
     scheme (fixed.matmul_t's bits, then the epilogue's float32 operations: quant_tiles' epilogues) for M <=
     MAX_ROWS rows of float32 x, C-contiguous, and the stored weight `data` [stored rows, row bytes] with its
     w_exponents `w_tables`. With `norm` (a weight [K]), the product of rms_norm(x, norm, eps)
-    (quant_exact.rms_norm's bits): made by each block where x `stages`, else by x's integers' launch, which
+    (quant_exact.rms_norm's bits): made by each block where `x_source` says so, else by x's integers' launch, which
     writes it to `normed` [M, K]. overlap: programmatic dependent launches (launch.py)."""
     m, k = x.shape
     _check(qtype, k, x)
@@ -266,7 +273,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
     ew, wbad = w_tables
     wpr = gemv_warps(rows)
     module, grid = _module(qtype, int(swiglu), k // 32, wpr), -(-rows // (WARPS // wpr))
-    if stages(m, k, rows):
+    if x_source(m, k, rows) == "block":
         launch(module.get_function("loom_fixed_gemv_staged"), grid, WARPS * 32,
                (data, ew, wbad, x, out, *epilogue, np.int64(rows), np.int32(k // 32), np.int32(m),
                 np.int32(_nibble(qtype)), pointer(norm), np.float32(eps), sum_bits(k)), overlap,

@@ -34,6 +34,11 @@ __device__ __forceinline__ int loom_fixed_slot(int p, int nibble) {
     return nibble ? 4 * ((p & 15) >> 1) + 2 * (p >> 4) + (p & 1) : p;
 }
 
+// 2^e as a float64, for the e of a product's scale (x's and W's exponents, each within float32's: |e| < 400)
+__device__ __forceinline__ double loom_fixed_pow2(int e) {
+    return __longlong_as_double((long long)(1023 + e) << 52);
+}
+
 __device__ __forceinline__ float loom_fixed_mark(float v) {
     return isfinite(v) ? (v > 0.0f ? 1.0f : (v < 0.0f ? -1.0f : 0.0f)) : v;
 }
@@ -123,6 +128,35 @@ __device__ __forceinline__ void loom_fixed_store(float* y, const float* bias, co
     out[at] = res != 0 ? res[at] + r : r;
 }
 
+// x's integers as loom_fixed_x leaves them (global or shared memory): xq [M, K] in lane order, with each
+// row's exponent, inf/NaN flag and float values (the normed ones, with a norm)
+struct LoomFixedStored {
+    const short* xq; const int* ex; const int* xbad; const float* x; int K;
+    __device__ __forceinline__ void integers(int m, int b, int group, const int*, int* t) const {
+        const uint2 v = *(const uint2*)(xq + (long long)m * K + 32 * b + 4 * group);   // one 8-byte load
+        t[0] = (int)(short)(v.x & 0xFFFFu); t[1] = (int)v.x >> 16;
+        t[2] = (int)(short)(v.y & 0xFFFFu); t[3] = (int)v.y >> 16;
+    }
+    __device__ __forceinline__ float value(int m, int k) const { return x[(long long)m * K + k]; }
+    __device__ __forceinline__ int exponent(int m) const { return ex[m]; }
+    __device__ __forceinline__ int bad(int m) const { return xbad[m]; }
+};
+
+// this warp's output row's exponents and inf/NaN flags (SwiGLU: the gate's and the up's), read before the
+// kernel waits for the one before it (W's tables are not written by it): off the products' critical path
+struct LoomFixedWRow { int e[EPI + 1]; int bad[EPI + 1]; };
+__device__ __forceinline__ LoomFixedWRow loom_fixed_w_row(const int* ew, const int* wbad, long long rows) {
+    const long long r = (long long)blockIdx.x * (WARPS / WPR) + (threadIdx.x >> 5) / WPR;
+    LoomFixedWRow t;
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e) {
+        const long long wr = r < rows ? r + e * rows : 0;
+        t.e[e] = ew[wr];
+        t.bad[e] = wbad[wr];
+    }
+    return t;
+}
+
 // L1 prefetches of this warp's share of its W row(s) (loom_fixed_gemv_rows' rows), before the kernel waits
 // for the one before it (the weights are not written by it)
 __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long long rows, int nb) {
@@ -138,11 +172,9 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
 // out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
 // rows of x: a warp an output row; x's integers xq (lane order), exponents ex and flags xbad in global or
 // shared memory
-__device__ __forceinline__ void loom_fixed_gemv_rows(
-        const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
-        const short* xq, const int* ex, const int* xbad,
-        const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
-        const float* __restrict__ res, long long rows, int nb, int M) {
+template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
+        const unsigned char* __restrict__ w, const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out,
+        const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M) {
     // WPR warps share a row, each taking every WPR-th group of four units; their int64 sums meet in shared
     // memory (exact: any order)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
@@ -150,13 +182,18 @@ __device__ __forceinline__ void loom_fixed_gemv_rows(
     const bool live = r < rows;
     if (WPR == 1 && !live) return;
     if (NB) nb = NB;                    // (compiled in: the unit loop's trip count is a constant)
-    const int K = 32 * nb;
+    int xe[MAX_ROWS], xb[MAX_ROWS];     // (read first: off the critical path at the end)
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) {
+        xe[m] = m < M ? xs.exponent(m) : 0;
+        xb[m] = m < M ? xs.bad(m) : 0;
+    }
     long long acc[EPI + 1][MAX_ROWS];
     #pragma unroll
     for (int e = 0; e <= EPI; ++e) {
         const long long wr = live ? r + e * rows : 0;
         const unsigned char* row = loom_fixed_row(w, wr, nb);
-        const int shift = 15 - ew[wr];
+        const int shift = 15 - wt.e[e];
         const float sc = loom_fixed_scale(shift);
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] = 0;
@@ -172,25 +209,28 @@ __device__ __forceinline__ void loom_fixed_gemv_rows(
             #pragma unroll
             for (int m = 0; m < MAX_ROWS; ++m) {
                 if (m >= M) break;
-                // x's four integers in lane order, one 8-byte load; two products (each below 2^30) a 32-bit sum
-                const uint2 t = *(const uint2*)(xq + (long long)m * K + 32 * b + 4 * (lane & 7));
-                acc[e][m] += (long long)(q[0] * (int)(short)(t.x & 0xFFFFu) + q[1] * ((int)t.x >> 16));
-                acc[e][m] += (long long)(q[2] * (int)(short)(t.y & 0xFFFFu) + q[3] * ((int)t.y >> 16));
+                int t[4];
+                xs.integers(m, b, lane & 7, at, t);
+                // two products (each below 2^30) a 32-bit sum
+                acc[e][m] += (long long)(q[0] * t[0] + q[1] * t[1]);
+                acc[e][m] += (long long)(q[2] * t[2] + q[3] * t[3]);
             }
         }
     }
     #pragma unroll
     for (int e = 0; e <= EPI; ++e)
         #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m)
+        for (int m = 0; m < MAX_ROWS; ++m) {
+            if (m >= M) break;
             for (int o = 16; o; o >>= 1) acc[e][m] += __shfl_xor_sync(LOOM_FULL, acc[e][m], o);
+        }
     if (WPR > 1) {
         __shared__ long long part_s[WARPS][EPI + 1][MAX_ROWS];
         if (lane == 0) {
             #pragma unroll
             for (int e = 0; e <= EPI; ++e)
                 #pragma unroll
-                for (int m = 0; m < MAX_ROWS; ++m) part_s[warp][e][m] = acc[e][m];
+                for (int m = 0; m < MAX_ROWS; ++m) if (m < M) part_s[warp][e][m] = acc[e][m];
         }
         __syncthreads();
         if (slice != 0 || !live) return;
@@ -198,7 +238,7 @@ __device__ __forceinline__ void loom_fixed_gemv_rows(
         for (int e = 0; e <= EPI; ++e)
             #pragma unroll
             for (int m = 0; m < MAX_ROWS; ++m)
-                for (int j = 1; j < WPR; ++j) acc[e][m] += part_s[warp + j][e][m];
+                if (m < M) for (int j = 1; j < WPR; ++j) acc[e][m] += part_s[warp + j][e][m];
     }
     #pragma unroll
     for (int m = 0; m < MAX_ROWS; ++m) {
@@ -208,7 +248,7 @@ __device__ __forceinline__ void loom_fixed_gemv_rows(
         for (int e = 0; e <= EPI; ++e) {
             const long long wr = r + e * rows;
             const long long s = acc[e][m];
-            if (xbad[m] || wbad[wr]) {          // IEEE's value: sign products, infinities and NaNs kept
+            if (xb[m] || wt.bad[e]) {           // IEEE's value: sign products, infinities and NaNs kept
                 const unsigned char* row = loom_fixed_row(w, wr, nb);
                 float t = 0.0f;
                 for (int b = lane >> 3; b < nb; b += 4) {
@@ -216,14 +256,14 @@ __device__ __forceinline__ void loom_fixed_gemv_rows(
                     block_values(row, b, lane & 7, v, at);
                     #pragma unroll
                     for (int j = 0; j < 4; ++j) {
-                        const float xv = x[(long long)m * K + 32 * b + at[j]];
+                        const float xv = xs.value(m, 32 * b + at[j]);
                         t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
                     }
                 }
                 for (int o = 16; o; o >>= 1) t = __fadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
                 y[e] = t;
             } else {
-                y[e] = __double2float_rn(ldexp((double)s, ex[m] + ew[wr] - 30));
+                y[e] = __double2float_rn(__dmul_rn((double)s, loom_fixed_pow2(xe[m] + wt.e[e] - 30)));
             }
         }
         if (lane == 0) loom_fixed_store(y, bias, res, out, (long long)m * rows + r, r, rows);
@@ -237,37 +277,89 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
         const float* __restrict__ res, long long rows, int nb, int M) {
     if (NB) nb = NB;
     loom_fixed_prefetch(w, rows, nb);
+    const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows);
     wait_for_previous_kernel();
-    loom_fixed_gemv_rows(w, ew, wbad, xq, ex, xbad, x, out, bias, res, rows, nb, M);
+    const LoomFixedStored xs{xq, ex, xbad, x, 32 * nb};
+    loom_fixed_gemv_rows(w, wt, xs, out, bias, res, rows, nb, M);
 }
 
-// the same where M K <= STAGED: each block makes x's integers itself in shared memory (loom_fixed_x's
-// arithmetic; every block finds the same exponents), which saves a launch a product in decode steps; with
-// norm_w, of rms_norm(x, norm_w) (quant_exact.rms_norm's bits), staged first: the norm's launch saved too.
-// Dynamic shared memory: M K floats (the normed rows, with norm_w), then M K int16 integers.
-extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
-        const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
-        const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
-        const float* __restrict__ res, long long rows, int nb, int M, int nibble, const float* __restrict__ norm_w,
-        float eps, int bits) {
-    extern __shared__ __align__(16) unsigned char staged_s[];
-    __shared__ float top_s[WARPS][MAX_ROWS];
-    __shared__ int bad_s[WARPS][MAX_ROWS], ex_s[MAX_ROWS], xbad_s[MAX_ROWS];
-    __shared__ Scratch scratch;
-    if (NB) nb = NB;
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, K = 32 * nb;
-    loom_fixed_prefetch(w, rows, nb);
-    wait_for_previous_kernel();
+// x's exponents, flags and integers (lane order) for the M rows of x in shared memory, each thread holding
+// its R values of a row (K <= R WARPS 32): one read of x and two barriers (and the norm's two) a product;
+// every thread combines the warps' maxima itself. With norm_w, of rms_norm(x, norm_w) (loom_rms_norm_row's
+// held arithmetic), whose values go to xf too. (Rounding x's integers inside the product instead, from the
+// float values, saved the second barrier but cost more: 0.2-2.5 us a product, H200.)
+template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
+        const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
+        float* xf, short* xq_s, int* ex_s, int* xbad_s, float (*top_s)[MAX_ROWS], int (*bad_s)[MAX_ROWS],
+        Scratch& scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float v[MAX_ROWS][R];
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) {
+        if (m >= M) break;
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int k = threadIdx.x + i * WARPS * 32;
+            v[m][i] = k < K ? x[(long long)m * K + k] : 0.0f;
+        }
+        if (norm_w != 0) {
+            float sq[R];
+            #pragma unroll
+            for (int i = 0; i < R; ++i) sq[i] = v[m][i] * v[m][i];
+            const float inv = 1.0f / loom_sqrt(exact_sum_held(sq, bits, scratch) / (float)K + eps);
+            #pragma unroll
+            for (int i = 0; i < R; ++i) {
+                const int k = threadIdx.x + i * WARPS * 32;
+                if (k < K) { v[m][i] = (v[m][i] * inv) * norm_w[k]; xf[m * K + k] = v[m][i]; }
+            }
+        }
+        float top = 0.0f;
+        int nonfinite = 0;
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (isfinite(v[m][i])) top = fmaxf(top, fabsf(v[m][i]));
+            else nonfinite = 1;
+        }
+        top = warp_reduce(top, MaxOp());
+        nonfinite = warp_reduce(nonfinite, MaxOp());
+        if (lane == 0) { top_s[warp][m] = top; bad_s[warp][m] = nonfinite; }
+    }
+    __syncthreads();
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) {
+        if (m >= M) break;
+        float top = 0.0f;
+        int nonfinite = 0;
+        #pragma unroll
+        for (int i = 0; i < WARPS; ++i) { top = fmaxf(top, top_s[i][m]); nonfinite |= bad_s[i][m]; }
+        const int e = loom_fixed_exponent(top), shift = 15 - e;
+        if (threadIdx.x == 0) { ex_s[m] = e; xbad_s[m] = nonfinite; }
+        const float sc = loom_fixed_scale(shift);
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int k = threadIdx.x + i * WARPS * 32;
+            if (k < K)
+                xq_s[m * K + (k & ~31) + loom_fixed_slot(k & 31, nibble)] =
+                    isfinite(v[m][i]) ? (short)loom_fixed_bits(v[m][i], sc, shift) : (short)0;
+        }
+    }
+    __syncthreads();
+}
+
+// the same for any K: the normed rows staged first, then read for their maxima, then for their integers
+__device__ __forceinline__ void loom_fixed_stage_rows(
+        const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
+        float* xf, short* xq_s, int* ex_s, int* xbad_s, float (*top_s)[MAX_ROWS], int (*bad_s)[MAX_ROWS],
+        Scratch& scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const float* xs = x;
     if (norm_w != 0) {
-        float* xf = (float*)staged_s;
         for (int m = 0; m < M; ++m)
             loom_rms_norm_row([&](long long k) { return x[(long long)m * K + k]; }, norm_w, xf + m * K, K, eps, bits,
                               scratch);
         __syncthreads();
         xs = xf;
     }
-    short* xq_s = (short*)(staged_s + (norm_w != 0 ? 4 * M * K : 0));
     for (int m = 0; m < M; ++m) {
         float top = 0.0f;
         int nonfinite = 0;
@@ -276,10 +368,8 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
             if (isfinite(v)) top = fmaxf(top, fabsf(v));
             else nonfinite = 1;
         }
-        for (int o = 16; o; o >>= 1) {
-            top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
-            nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
-        }
+        top = warp_reduce(top, MaxOp());
+        nonfinite = warp_reduce(nonfinite, MaxOp());
         if (lane == 0) { top_s[warp][m] = top; bad_s[warp][m] = nonfinite; }
     }
     __syncthreads();
@@ -298,7 +388,36 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
             isfinite(v) ? (short)loom_fixed_bits(v, loom_fixed_scale(shift), shift) : (short)0;
     }
     __syncthreads();
-    loom_fixed_gemv_rows(w, ew, wbad, xq_s, ex_s, xbad_s, xs, out, bias, res, rows, nb, M);
+}
+
+// the same as loom_fixed_gemv where M K <= STAGED: each block makes x's integers itself in shared memory
+// (loom_fixed_x's arithmetic; every block finds the same exponents), which saves a launch a product in
+// decode steps; with norm_w, of rms_norm(x, norm_w) (quant_exact.rms_norm's bits): the norm's launch saved
+// too. Dynamic shared memory: M K floats (the normed rows, with norm_w), then M K int16 integers.
+#define HELD (NB ? (32 * NB + WARPS * 32 - 1) / (WARPS * 32) : 0)    // values of a row a thread holds
+extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
+        const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
+        const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
+        const float* __restrict__ res, long long rows, int nb, int M, int nibble, const float* __restrict__ norm_w,
+        float eps, int bits) {
+    extern __shared__ __align__(16) unsigned char staged_s[];
+    __shared__ float top_s[WARPS][MAX_ROWS];
+    __shared__ int bad_s[WARPS][MAX_ROWS], ex_s[MAX_ROWS], xbad_s[MAX_ROWS];
+    __shared__ Scratch scratch;
+    if (NB) nb = NB;
+    const int K = 32 * nb;
+    loom_fixed_prefetch(w, rows, nb);
+    const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows);
+    wait_for_previous_kernel();
+    float* xf = (float*)staged_s;
+    short* xq_s = (short*)(staged_s + (norm_w != 0 ? 4 * M * K : 0));
+    if (HELD >= 1 && HELD <= LOOM_HELD)
+        loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf,
+                                                                          xq_s, ex_s, xbad_s, top_s, bad_s, scratch);
+    else
+        loom_fixed_stage_rows(x, M, K, nibble, norm_w, eps, bits, xf, xq_s, ex_s, xbad_s, top_s, bad_s, scratch);
+    const LoomFixedStored stored{xq_s, ex_s, xbad_s, norm_w != 0 ? xf : x, K};
+    loom_fixed_gemv_rows(w, wt, stored, out, bias, res, rows, nb, M);
 }
 """
 
