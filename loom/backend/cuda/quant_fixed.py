@@ -60,22 +60,25 @@ ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
 MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float64 sums could round)
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
+HELD_K = 8 * WARPS * 32     # K up to which gemv's blocks make x's integers (each thread holding 8 values)
 X_THREADS = 256
 
 
 
-def _head(epilogue: int, units: int = 0, wpr: int = 1) -> str:
+def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
     """The kernels' #defines; units (NB): the 32-value units of a row, compiled into the products (0: an
-    argument); wpr: the warps sharing a row in the one-row kernel."""
-    return (f"typedef float T;\n#define MAX_ROWS {MAX_ROWS}\n#define WARPS {WARPS}\n#define X_THREADS {X_THREADS}\n"
+    argument); wpr: the warps sharing a row in the one-row kernel; x_rows (XR): the rows of x it takes,
+    compiled in (0: an argument, up to MAX_ROWS)."""
+    return (f"typedef float T;\n#define MAX_ROWS {x_rows or MAX_ROWS}\n#define XR {x_rows}\n#define WARPS {WARPS}\n"
+            f"#define X_THREADS {X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED {STAGED}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 
 @cache
-def _module(qtype: str, epilogue: int = 0, units: int = 0, wpr: int = 1):
-    return cupy.RawModule(code=_head(epilogue, units, wpr) + type_defines(qtype) + BLOCK_DECODE + SOURCE,
+def _module(qtype: str, epilogue: int = 0, units: int = 0, wpr: int = 1, x_rows: int = 0):
+    return cupy.RawModule(code=_head(epilogue, units, wpr, x_rows) + type_defines(qtype) + BLOCK_DECODE + SOURCE,
                           options=OPTIONS + ("-std=c++17",))
 
 
@@ -170,12 +173,13 @@ def _check_norm(norm: Array, normed: Array | None, shape: tuple) -> None:
 
 def x_source(m: int, k: int, rows: int) -> str:
     """Where gemv's product of x [m, k] gets x's integers (and its norm): "block", each block makes them in
-    its shared memory (up to STAGED_ROWS rows, M K <= STAGED and a grid of at most STAGE_WAVES blocks a
-    multiprocessor: past those, the blocks' repeated work costs more than a launch: at 4 rows every
-    SmolLM2 and Llama-3.2-1B product, and Llama-3.2-1B's output layer twice as long), else "launch", x's
+    its shared memory (up to STAGED_ROWS rows, K <= HELD_K, M K <= STAGED and a grid of at most
+    STAGE_WAVES blocks a multiprocessor: past those, the blocks' repeated work costs more than a launch: at
+    4 rows every SmolLM2 and Llama-3.2-1B product, Llama-3.2-1B's down product at K = 8192 (24 us against
+    20, H200) and its output layer twice as long), else "launch", x's
     integers' own launch (x_integers). (Each warp making them for itself, with no barrier, was measured
     too: slower than a block everywhere, twice as slow on Llama-3.2-1B's qkv.)"""
-    if (m <= STAGED_ROWS and m * k <= STAGED
+    if (m <= STAGED_ROWS and k <= HELD_K and m * k <= STAGED
             and -(-rows // (WARPS // gemv_warps(rows))) <= STAGE_WAVES * _multiprocessors()):
         return "block"
     return "launch"
@@ -272,7 +276,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
         _check_norm(norm, normed, x.shape)
     ew, wbad = w_tables
     wpr = gemv_warps(rows)
-    module, grid = _module(qtype, int(swiglu), k // 32, wpr), -(-rows // (WARPS // wpr))
+    module, grid = _module(qtype, int(swiglu), k // 32, wpr, m), -(-rows // (WARPS // wpr))
     if x_source(m, k, rows) == "block":
         launch(module.get_function("loom_fixed_gemv_staged"), grid, WARPS * 32,
                (data, ew, wbad, x, out, *epilogue, np.int64(rows), np.int32(k // 32), np.int32(m),

@@ -182,6 +182,7 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
     const bool live = r < rows;
     if (WPR == 1 && !live) return;
     if (NB) nb = NB;                    // (compiled in: the unit loop's trip count is a constant)
+    if (XR) M = XR;                     // (and the rows of x)
     int xe[MAX_ROWS], xb[MAX_ROWS];     // (read first: off the critical path at the end)
     #pragma unroll
     for (int m = 0; m < MAX_ROWS; ++m) {
@@ -200,7 +201,7 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         #pragma unroll 8
         for (int it = 0; it < (nb + 4 * WPR - 1) / (4 * WPR); ++it) {
             const int b = 4 * (WPR * it + slice) + (lane >> 3);
-            if (!live || b >= nb) break;
+            if (!live || b >= nb) continue;   // (not break: the unrolled iterations' loads issue together)
             float v[4]; int at[4];
             block_values(row, b, lane & 7, v, at);
             int q[4];
@@ -405,6 +406,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
     __shared__ int bad_s[WARPS][MAX_ROWS], ex_s[MAX_ROWS], xbad_s[MAX_ROWS];
     __shared__ Scratch scratch;
     if (NB) nb = NB;
+    if (XR) M = XR;
     const int K = 32 * nb;
     loom_fixed_prefetch(w, rows, nb);
     const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows);
