@@ -91,7 +91,7 @@ def test_every_batched_grid_shape_gives_the_same_bits(x_frags, w_frags, monkeypa
 
 
 @pytest.mark.parametrize("wpr", [1, 2, 4, 8])
-@pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (4, 2080, "block"),
+@pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (2, 2048, "block"),
                                              (4, 2080, "launch"), (3, 16896, "launch")])
 def test_every_split_of_a_row_over_warps_gives_the_same_bits(wpr, m, cols, source, monkeypatch):
     """loom_fixed_gemv's warps sharing a row (gemv_warps), x's integers made by each block or by their own
@@ -157,14 +157,14 @@ def test_epilogues_give_the_array_codes_bits(batched, epilogue):
     same_bits(host(out), want, f"{epilogue}, {'batched' if batched else 'one-row'}")
 
 
-@pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (4, 2048, "block"), (1, 4096, "block"),
+@pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
                                             (3, 8192, "launch"), (2, 576, "launch"),
                                             (20, 576, "rows"), (64, 2048, "rows")])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
     """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel, or by x's integers' launch,
     which writes the normed rows; the same through programmatic dependent launches (overlap). SwiGLU (the
-    gate and up product, which follows a norm in decoders). K past 2048 (the block's norm reads its row
+    gate and up product, which follows a norm in decoders). K past 2048 (x_integers' norm reads its row
     twice there)."""
     if kernel != "rows":
         _force(monkeypatch, kernel)
@@ -208,21 +208,21 @@ def test_the_x_kernel_gives_the_cpus_integers():
         quant_fixed.x_integers(cupy.asarray(x.astype(np.float64)))
 
 
-@pytest.mark.parametrize("cols", [256, 2080])
-@pytest.mark.parametrize("source", ["block", "launch"])
+@pytest.mark.parametrize("cols, source", [(256, "block"), (2048, "block"), (256, "launch"), (2080, "launch")])
 def test_integer_products_at_the_edges_of_float32(cols, source, monkeypatch):
     _force(monkeypatch, source)
     rng = np.random.default_rng(cols)
     rows, m = 72, 8
     x, w = float32_edges(m, rows, cols, rng)
     got = []
-    for start in range(0, m, quant_fixed.MAX_ROWS):
-        part, _ = _product(w.view(np.uint8), "F32", np.ascontiguousarray(x[start:start + quant_fixed.MAX_ROWS]))
+    step = quant_fixed.STAGED_ROWS if source == "block" else quant_fixed.MAX_ROWS
+    for start in range(0, m, step):
+        part, _ = _product(w.view(np.uint8), "F32", np.ascontiguousarray(x[start:start + step]))
         got.append(part)
     with np.errstate(over="ignore", invalid="ignore"):
         want = fixed.matmul_t(CPU, x, w)
     same_bits(np.concatenate(got), want, f"integer product at the edges, K = {cols}")
-    assert not np.isfinite(got[1][0]).any()                            # x's row 4 holds inf
+    assert not np.isfinite(np.concatenate(got)[4]).any()               # x's row 4 holds inf
     batched, _ = _product(w.view(np.uint8), "F32", x, batched=True)
     same_bits(batched, want, f"batched integer product at the edges, K = {cols}")
     same_bits(_planes_product(w.view(np.uint8), "F32", x), want, f"prompt integer product at the edges, K = {cols}")
@@ -246,9 +246,10 @@ def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, mon
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, "F32", rows, cols)
     got = []
-    for rows_x in (x[:4], x[4:]):
-        out = cupy.full((4, rows), UNWRITTEN, dtype=np.float32)
-        normed = cupy.empty((4, cols), dtype=np.float32)
+    for start in range(0, 8, quant_fixed.STAGED_ROWS):
+        rows_x = x[start:start + quant_fixed.STAGED_ROWS]
+        out = cupy.full((len(rows_x), rows), UNWRITTEN, dtype=np.float32)
+        normed = cupy.empty((len(rows_x), cols), dtype=np.float32)
         quant_fixed.gemv(d, "F32", cupy.asarray(np.ascontiguousarray(rows_x)), out, tables,
                          norm=cupy.asarray(norm), normed=normed, eps=1e-6)
         got.append(host(out))

@@ -53,8 +53,7 @@ from .quant_fixed_source import ROWS_SOURCE, SOURCE
 from .quant_rows import PLAIN
 
 MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
-STAGED = 16384              # M K up to which it makes x's integers itself, in shared memory (32 KB)
-STAGED_ROWS = 2             # ... and rows of x
+STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself, in shared memory
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
@@ -72,7 +71,7 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
     return (f"typedef float T;\n#define MAX_ROWS {x_rows or MAX_ROWS}\n#define XR {x_rows}\n#define WARPS {WARPS}\n"
             f"#define X_THREADS {X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
-            f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED {STAGED}\n"
+            f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 
@@ -173,13 +172,13 @@ def _check_norm(norm: Array, normed: Array | None, shape: tuple) -> None:
 
 def x_source(m: int, k: int, rows: int) -> str:
     """Where gemv's product of x [m, k] gets x's integers (and its norm): "block", each block makes them in
-    its shared memory (up to STAGED_ROWS rows, K <= HELD_K, M K <= STAGED and a grid of at most
-    STAGE_WAVES blocks a multiprocessor: past those, the blocks' repeated work costs more than a launch: at
+    its shared memory (up to STAGED_ROWS rows, K <= HELD_K and a grid of at most STAGE_WAVES blocks a
+    multiprocessor: past those, the blocks' repeated work costs more than a launch: at
     4 rows every SmolLM2 and Llama-3.2-1B product, Llama-3.2-1B's down product at K = 8192 (24 us against
     20, H200) and its output layer twice as long), else "launch", x's
     integers' own launch (x_integers). (Each warp making them for itself, with no barrier, was measured
     too: slower than a block everywhere, twice as slow on Llama-3.2-1B's qkv.)"""
-    if (m <= STAGED_ROWS and k <= HELD_K and m * k <= STAGED
+    if (m <= STAGED_ROWS and k <= HELD_K
             and -(-rows // (WARPS // gemv_warps(rows))) <= STAGE_WAVES * _multiprocessors()):
         return "block"
     return "launch"
@@ -278,13 +277,16 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
     wpr = gemv_warps(rows)
     module, grid = _module(qtype, int(swiglu), k // 32, wpr, m), -(-rows // (WARPS // wpr))
     if x_source(m, k, rows) == "block":
+        if m > STAGED_ROWS or k > HELD_K:
+            raise ShapeError(f"gemv's blocks make the integers of at most {STAGED_ROWS} rows of x over K <= {HELD_K}, "
+                             f"got [{m}, {k}]")
         launch(module.get_function("loom_fixed_gemv_staged"), grid, WARPS * 32,
                (data, ew, wbad, x, out, *epilogue, np.int64(rows), np.int32(k // 32), np.int32(m),
-                np.int32(_nibble(qtype)), pointer(norm), np.float32(eps), sum_bits(k)), overlap,
-               shared=m * k * (6 if norm is not None else 2))
+                np.int32(_nibble(qtype)), pointer(norm), np.float32(eps), sum_bits(k)), overlap)
         return
     if norm is not None and normed is None:
-        raise ShapeError(f"gemv with a norm over x [{m}, {k}] (past STAGED) writes the normed rows: pass `normed`")
+        raise ShapeError(f"gemv with a norm over x [{m}, {k}] (x's integers by their own launch) writes the normed "
+                         "rows: pass `normed`")
     xq, ex, xbad = x_integers(x, qtype, norm, normed, eps, overlap)
     launch(module.get_function("loom_fixed_gemv"), grid, WARPS * 32,
            (data, ew, wbad, xq, ex, xbad, x if norm is None else normed, out, *epilogue, np.int64(rows),

@@ -190,28 +190,35 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         xb[m] = m < M ? xs.bad(m) : 0;
     }
     long long acc[EPI + 1][MAX_ROWS];
+    const unsigned char* wrow[EPI + 1];
+    int shift[EPI + 1];
+    float sc[EPI + 1];
     #pragma unroll
     for (int e = 0; e <= EPI; ++e) {
-        const long long wr = live ? r + e * rows : 0;
-        const unsigned char* row = loom_fixed_row(w, wr, nb);
-        const int shift = 15 - wt.e[e];
-        const float sc = loom_fixed_scale(shift);
+        wrow[e] = loom_fixed_row(w, live ? r + e * rows : 0, nb);
+        shift[e] = 15 - wt.e[e];
+        sc[e] = loom_fixed_scale(shift[e]);
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] = 0;
-        #pragma unroll 8
-        for (int it = 0; it < (nb + 4 * WPR - 1) / (4 * WPR); ++it) {
-            const int b = 4 * (WPR * it + slice) + (lane >> 3);
-            if (!live || b >= nb) continue;   // (not break: the unrolled iterations' loads issue together)
-            float v[4]; int at[4];
-            block_values(row, b, lane & 7, v, at);
-            int q[4];
+    }
+    // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
+    #pragma unroll 8
+    for (int it = 0; it < (nb + 4 * WPR - 1) / (4 * WPR); ++it) {
+        const int b = 4 * (WPR * it + slice) + (lane >> 3);
+        if (!live || b >= nb) continue;       // (not break: the unrolled iterations' loads issue together)
+        float v[EPI + 1][4]; int at[4];
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e) block_values(wrow[e], b, lane & 7, v[e], at);
+        #pragma unroll
+        for (int m = 0; m < MAX_ROWS; ++m) {
+            if (m >= M) break;
+            int t[4];
+            xs.integers(m, b, lane & 7, at, t);
             #pragma unroll
-            for (int j = 0; j < 4; ++j) q[j] = (int)(loom_fixed_bits(v[j], sc, shift) - 0x4B400000u);
-            #pragma unroll
-            for (int m = 0; m < MAX_ROWS; ++m) {
-                if (m >= M) break;
-                int t[4];
-                xs.integers(m, b, lane & 7, at, t);
+            for (int e = 0; e <= EPI; ++e) {
+                int q[4];
+                #pragma unroll
+                for (int j = 0; j < 4; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
                 // two products (each below 2^30) a 32-bit sum
                 acc[e][m] += (long long)(q[0] * t[0] + q[1] * t[1]);
                 acc[e][m] += (long long)(q[2] * t[2] + q[3] * t[3]);
@@ -347,61 +354,20 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
     __syncthreads();
 }
 
-// the same for any K: the normed rows staged first, then read for their maxima, then for their integers
-__device__ __forceinline__ void loom_fixed_stage_rows(
-        const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
-        float* xf, short* xq_s, int* ex_s, int* xbad_s, float (*top_s)[MAX_ROWS], int (*bad_s)[MAX_ROWS],
-        Scratch& scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const float* xs = x;
-    if (norm_w != 0) {
-        for (int m = 0; m < M; ++m)
-            loom_rms_norm_row([&](long long k) { return x[(long long)m * K + k]; }, norm_w, xf + m * K, K, eps, bits,
-                              scratch);
-        __syncthreads();
-        xs = xf;
-    }
-    for (int m = 0; m < M; ++m) {
-        float top = 0.0f;
-        int nonfinite = 0;
-        for (int k = threadIdx.x; k < K; k += WARPS * 32) {
-            const float v = xs[m * K + k];
-            if (isfinite(v)) top = fmaxf(top, fabsf(v));
-            else nonfinite = 1;
-        }
-        top = warp_reduce(top, MaxOp());
-        nonfinite = warp_reduce(nonfinite, MaxOp());
-        if (lane == 0) { top_s[warp][m] = top; bad_s[warp][m] = nonfinite; }
-    }
-    __syncthreads();
-    if (threadIdx.x < M) {
-        float top = 0.0f;
-        int nonfinite = 0;
-        for (int i = 0; i < WARPS; ++i) { top = fmaxf(top, top_s[i][threadIdx.x]); nonfinite |= bad_s[i][threadIdx.x]; }
-        ex_s[threadIdx.x] = loom_fixed_exponent(top);
-        xbad_s[threadIdx.x] = nonfinite;
-    }
-    __syncthreads();
-    for (int i = threadIdx.x; i < M * K; i += WARPS * 32) {
-        const int m = i / K, k = i - m * K, shift = 15 - ex_s[m];
-        const float v = xs[i];
-        xq_s[m * K + (k & ~31) + loom_fixed_slot(k & 31, nibble)] =
-            isfinite(v) ? (short)loom_fixed_bits(v, loom_fixed_scale(shift), shift) : (short)0;
-    }
-    __syncthreads();
-}
-
-// the same as loom_fixed_gemv where M K <= STAGED: each block makes x's integers itself in shared memory
-// (loom_fixed_x's arithmetic; every block finds the same exponents), which saves a launch a product in
-// decode steps; with norm_w, of rms_norm(x, norm_w) (quant_exact.rms_norm's bits): the norm's launch saved
-// too. Dynamic shared memory: M K floats (the normed rows, with norm_w), then M K int16 integers.
-#define HELD (NB ? (32 * NB + WARPS * 32 - 1) / (WARPS * 32) : 0)    // values of a row a thread holds
+// the same as loom_fixed_gemv where x is small (XR rows of NB units, K <= LOOM_HELD WARPS 32): each block
+// makes x's integers itself in shared memory (loom_fixed_x's arithmetic; every block finds the same
+// exponents), which saves a launch a product in decode steps; with norm_w, of rms_norm(x, norm_w)
+// (quant_exact.rms_norm's bits): the norm's launch saved too. Static shared memory (the normed rows as
+// floats, then the integers), as spec 3's products: with dynamic shared memory the decode step lost its
+// programmatic launches' gain.
+#define HELD (NB ? (32 * NB + WARPS * 32 - 1) / (WARPS * 32) : 1)    // values of a row a thread holds
+#define STAGED_BYTES (XR && XR <= STAGED_ROWS && NB && 32 * NB <= HELD_K ? XR * NB * 32 * 6 : 16)
 extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
         const float* __restrict__ res, long long rows, int nb, int M, int nibble, const float* __restrict__ norm_w,
         float eps, int bits) {
-    extern __shared__ __align__(16) unsigned char staged_s[];
+    __shared__ __align__(16) unsigned char staged_s[STAGED_BYTES];
     __shared__ float top_s[WARPS][MAX_ROWS];
     __shared__ int bad_s[WARPS][MAX_ROWS], ex_s[MAX_ROWS], xbad_s[MAX_ROWS];
     __shared__ Scratch scratch;
@@ -412,12 +378,9 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
     const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows);
     wait_for_previous_kernel();
     float* xf = (float*)staged_s;
-    short* xq_s = (short*)(staged_s + (norm_w != 0 ? 4 * M * K : 0));
-    if (HELD >= 1 && HELD <= LOOM_HELD)
-        loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf,
-                                                                          xq_s, ex_s, xbad_s, top_s, bad_s, scratch);
-    else
-        loom_fixed_stage_rows(x, M, K, nibble, norm_w, eps, bits, xf, xq_s, ex_s, xbad_s, top_s, bad_s, scratch);
+    short* xq_s = (short*)(staged_s + 4 * M * K);
+    loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf, xq_s,
+                                                                      ex_s, xbad_s, top_s, bad_s, scratch);
     const LoomFixedStored stored{xq_s, ex_s, xbad_s, norm_w != 0 ? xf : x, K};
     loom_fixed_gemv_rows(w, wt, stored, out, bias, res, rows, nb, M);
 }
