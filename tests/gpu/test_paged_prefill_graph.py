@@ -103,23 +103,22 @@ def _no_decoded_weights_on_the_gpu(monkeypatch):
 @pytest.mark.parametrize("arch, extra", [pytest.param("llama", {}, marks=pytest.mark.smoke), ("mistral", {"sliding_window": 20}),
                                          ("qwen2", {}), ("qwen3", {"head_dim": 128})])
 def test_deterministic_prompt_steps_record_with_the_eager_and_cpu_bits(arch, extra, monkeypatch):
-    """Deterministic mode records its prompt chunks too (their products the exact block kernels': the
-    float64 tensor cores' tiles): replays give the eager chunks' tokens and log-probability bits and the
-    CPU's, chunks past position 0 (a window starting past the first key) included."""
+    """Deterministic mode records its prompt chunks too (their products the integer scheme's kernels):
+    replays give the eager chunks' tokens and log-probability bits and the CPU's, chunks past position 0
+    (a window starting past the first key) included."""
     _deterministic_prompt_steps(arch, extra, monkeypatch)
 
 
 @pytest.mark.parametrize("arch, extra", [("llama", {}), ("qwen2", {})])
-def test_deterministic_prompt_products_through_the_float64_gemm_keep_the_bits(arch, extra, monkeypatch):
-    """As above with every prompt product of 5 rows and more taking quant_tiles' float64 GEMM path
-    (cuBLAS's DGEMM of the decoded weight, which real models' large weights take from 256 rows), eager
-    and recorded."""
-    from loom.backend.cuda import quant_tiles
-    monkeypatch.setattr(quant_tiles, "DGEMM_ROWS", 5)
-    monkeypatch.setattr(quant_tiles, "DGEMM_VALUES", 0)
+def test_deterministic_prompt_products_through_the_int8_gemm_keep_the_bits(arch, extra, monkeypatch):
+    """As above with every prompt product of more than quant_fixed.MAX_ROWS rows taking quant_fixed_planes'
+    int8 GEMM (cuBLAS's GEMM of the stacked planes, which prompts take past ROWS_MAX rows), eager and
+    recorded."""
+    from loom.backend.cuda import quant_fixed, quant_fixed_planes
+    monkeypatch.setattr(quant_fixed, "ROWS_MAX", quant_fixed.MAX_ROWS)
     taken = []
-    dgemm = quant_tiles._dgemm
-    monkeypatch.setattr(quant_tiles, "_dgemm", lambda *a: taken.append(1) or dgemm(*a))
+    product = quant_fixed_planes.product
+    monkeypatch.setattr(quant_fixed_planes, "product", lambda *a: taken.append(1) or product(*a))
     _deterministic_prompt_steps(arch, extra, monkeypatch)
     assert taken
 
