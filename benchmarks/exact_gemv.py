@@ -11,7 +11,7 @@ both in the same process. Prints the read rate of the stored bytes beside the de
 Shapes: SmolLM2-135M's, Llama-3.2-1B's, a Qwen2-0.5B shape's and Llama-3.1-8B's products (their K above
 2048 takes the slice scheme). --rows-per-warp times the deterministic kernels with each value of
 quant_slices.ROWS_PER_WARP (rows of W a warp of the slice scheme takes at once; None: the module's choice),
-one column each. --fixed (branch wip/spec4) adds the integer scheme proposed for spec 4
+one column each. --fixed adds the integer scheme of spec 4
 (quant_fixed.gemv: x's integers, then the product with the same epilogue), for rows of x up to
 quant_fixed.MAX_ROWS.
 """
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--types", default="BF16,Q4_1")
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names of SHAPES")
     parser.add_argument("--rows-per-warp", default=None, help="comma-separated quant_slices.ROWS_PER_WARP values")
-    parser.add_argument("--fixed", action="store_true", help="add the integer scheme's product (spec 4 proposal)")
+    parser.add_argument("--fixed", action="store_true", help="add the integer scheme's product (spec 4)")
     args = parser.parse_args()
     variants = [int(v) for v in args.rows_per_warp.split(",")] if args.rows_per_warp else [None]
     import cupy

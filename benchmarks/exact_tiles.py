@@ -16,8 +16,8 @@ kernel; --split-tiles adds the tiles with K split in parts (the default there be
 --dgemm adds quant_tiles.product's float64 GEMM path (cuBLAS's DGEMM of the decoded weight, which
 prompt chunks of DGEMM_ROWS rows and more take), for the products without an epilogue. --grids adds
 quant_rows' kernel at each grid shape of GRIDS (x fragments, W fragments a warp), forced (products past
-quant_rows.takes included), each checked against the tiles' bits. --fixed (branch wip/spec4) adds the
-integer scheme proposed for spec 4 (x's integers, then the product: quant_fixed.rows_product on the
+quant_rows.takes included), each checked against the tiles' bits. --fixed adds the
+integer scheme of spec 4 (x's integers, then the product: quant_fixed.rows_product on the
 int8 tensor cores up to its ROWS_MAX rows, with the same epilogue; past them quant_fixed_planes' int8
 GEMM of the planes, over every stored row, without SwiGLU's epilogue).
 """
@@ -102,7 +102,7 @@ def main() -> None:
                         help="add the tiles with K split (what products of up to quant_rows.ROWS_MAX rows took before)")
     parser.add_argument("--grids", action="store_true",
                         help="add quant_rows' kernel at each grid shape of GRIDS, forced")
-    parser.add_argument("--fixed", action="store_true", help="add the integer scheme's product (spec 4 proposal)")
+    parser.add_argument("--fixed", action="store_true", help="add the integer scheme's product (spec 4)")
     parser.add_argument("--dgemm", action="store_true",
                         help="add the float64 GEMM path (quant_tiles.product from DGEMM_ROWS rows) at every row count")
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""The integer scheme's batched product (quant_fixed.rows_product, branch wip/spec4) at every grid shape:
+"""The integer scheme's batched product (quant_fixed.rows_product) at every grid shape:
 us a product with (x fragments, W fragments) forced, beside the shape rows_shape() picks, each checked
 against the default grid's bits ("!" where they differ). The table behind rows_shape's rule.
 

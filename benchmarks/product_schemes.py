@@ -5,7 +5,7 @@ mode's speed needs products on the int8 tensor cores).
 Every product x @ W^T of SmolLM2-135M (the Q4_1 file, dequantized) over a Hamlet passage is replaced by:
 - `exact`: the exact product rounded once to float32 (deterministic mode's rounded scheme; the reference);
 - `bf16 x`, `bf16 x, W`: x (and W) rounded to bfloat16 first, as fast mode's tensor-core products read them;
-- `int16 (exact.fixed)`: the scheme proposed for spec 4 (loom/kernels/exact/fixed.py, |q| <= 32767);
+- `int16 (exact.fixed)`: the scheme of spec 4 (loom/kernels/exact/fixed.py, |q| <= 32767);
 - `fixed bx/bw`: each row of x, and each row of W (an output's weights), rounded to a signed fixed point of
   bx (bw) bits below its largest magnitude, |q| < 2^b, then the exact product of those integers, rounded
   once. 14/14 is two int8 slices a side (four int8 GEMMs, exact in int32, about two bf16 GEMMs' time on an
@@ -61,7 +61,7 @@ def product(kind: str, bx: int | None, bw: int | None, dense):
             x, W = bf16(x), bf16(W)
         elif kind == "fixed":
             x, W = fixed(x, bx), fixed(W, bw)
-        elif kind.startswith("int16"):             # the scheme proposed for spec 4, its own reference
+        elif kind.startswith("int16"):             # the scheme of spec 4, its own reference
             from loom import backend
             from loom.kernels.exact import fixed as exact_fixed
             return exact_fixed.matmul_t(backend.get("cpu"), np.asarray(x2, np.float32), W.astype(np.float32))

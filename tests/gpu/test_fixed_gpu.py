@@ -1,4 +1,4 @@
-"""The integer scheme proposed for spec 4 on the GPU (backend/cuda/quant_fixed.py, branch work): its
+"""The integer scheme of spec 4 on the GPU (backend/cuda/quant_fixed.py): its
 one-row products and its batched products on the int8 tensor cores give exact.fixed's bits (the CPU's
 float64 GEMM of the integers) for every stored type, 1 to 64 rows of x, K on both sides of 2048 and past
 2^14, rows of x of very different scales, every batched grid shape, and float32's edges (overflow,

@@ -1,4 +1,4 @@
-"""exact.fixed, the integer products proposed for spec 4: each row's integers follow the definition
+"""exact.fixed, the integer products of spec 4: each row's integers follow the definition
 (checked with exact rational arithmetic: the finest scale, ties to even, the spill past 32767), every
 entry is the exact integer sum rounded once (Python integers and fractions), zeros are +0, overflow and
 subnormal results round as IEEE does, inf and NaN rows take IEEE's values, a row's bits do not depend on

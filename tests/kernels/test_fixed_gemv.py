@@ -1,5 +1,5 @@
-"""The CPU's compiled loops for the integer scheme of decoder weight products (backend/cpu/fixed_gemv.py,
-branch work): the integer sums, scaled and rounded by BlockQuantized, give exact.fixed's bits for every
+"""The CPU's compiled loops for the integer scheme of decoder weight products (backend/cpu/fixed_gemv.py):
+the integer sums, scaled and rounded by BlockQuantized, give exact.fixed's bits for every
 type they take and 1 to 16 rows of x, the rows' exponents are fixed.row_exponents', and rows holding inf
 or NaN take IEEE's values through the decoded path."""
 import numpy as np

@@ -1,5 +1,5 @@
 """The integer scheme of a decoder's weight products (loom/kernels/exact/fixed.py, the dispatch table's
-"weight" rule; branch work) for x of a few rows, straight from the stored weight rows (numba, the
+"weight" rule) for x of a few rows, straight from the stored weight rows (numba, the
 optional `loom[cpu]` extra): W read once a product, never materialised.
 
 Per row r of W: rounded_gemv's decoder writes its values (gguf's dequantization, bit for bit) into a

@@ -268,7 +268,7 @@ q4_0_sum = _sums(18, _nibble_values(2, None), 8.0, 1)
 q4_1_sum = _sums(20, _nibble_values(4, 2), 15.0, 1)
 
 
-# --- the integer scheme of a decoder's weight products (loom/backend/cpu/fixed_gemv.py; branch work) ----
+# --- the integer scheme of a decoder's weight products (loom/backend/cpu/fixed_gemv.py) ----
 # Each value decoded as above, scaled by the row's 2^(15 - e) (exact) and rounded to its integer in float32
 # (llvm.rint: to nearest, ties to even, the default rounding), widened to float64, multiplied with x's
 # integer (exact: both below 2^15) and added into two <16 x double> accumulators: integers below 2^53,

@@ -1,5 +1,5 @@
-"""Products of a few rows of x with stored weights in the integer scheme proposed for spec 4
-(loom/kernels/exact/fixed.py, the dispatch table's "weight" rule; branch work): the decode step's
+"""Products of a few rows of x with stored weights in the integer scheme of spec 4
+(loom/kernels/exact/fixed.py, the dispatch table's "weight" rule): the decode step's
 products with integer multiply-adds in place of spec 3's float64 sums, certification and settling.
 
 Every integer is made the same way (loom_fixed_bits): q = rint(v 2^(15 - e)) is the low half of the bits

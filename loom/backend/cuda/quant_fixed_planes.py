@@ -1,5 +1,5 @@
-"""Prompt-sized products in the integer scheme proposed for spec 4 (loom/kernels/exact/fixed.py; branch
-work, not yet dispatched) on cuBLAS's int8 GEMM: the same bits as quant_fixed's kernels.
+"""Prompt-sized products in the integer scheme of spec 4 (loom/kernels/exact/fixed.py;
+prompts past quant_fixed.ROWS_MAX rows) on cuBLAS's int8 GEMM: the same bits as quant_fixed's kernels.
 
 Each integer q (|q| <= 32767) splits into two signed bytes, q = 256 h + l' + 128 with h = q >> 8 and
 l' = (q & 255) - 128 (cuBLAS's int8 GEMM takes signed bytes only). With X = q_x - 128 and W = q_w - 128,

@@ -1,5 +1,5 @@
 """Integer products with a language model's stored weights: the dispatch table's "weight" rule (the
-scheme proposed for determinism spec 4; branch work).
+scheme of determinism spec 4).
 
 Why: spec 3 makes a weight product of float32 activations correctly rounded (K <= 2048) or sums two
 integer slices of x against 24-bit columns (K > 2048). Both need float64 arithmetic, which the GPU runs
