@@ -94,9 +94,9 @@ def matmul_t_integers(be: Backend, x: Array, qx: Array, ex: Array, w: Array,
     ew = row_exponents(xp, w) if w_exponents is None else w_exponents
     s = be.matmul(qx, to_integers(xp, w, ew).T)
     result = finish(xp, s, ex, ew)
-    # IEEE's values where a row holds inf or NaN; on a device always patched (an exact no-op on finite
-    # rows), as asking first would read the device from the host and stop the step being recorded
-    if xp is not np or not (bool(xp.all(xp.isfinite(x))) and bool(xp.all(xp.isfinite(w)))):
+    # IEEE's values where a row holds inf or NaN (while a step is recorded the host cannot look: always
+    # patched there, an exact no-op on finite rows)
+    if be.may_be_true(~(xp.all(xp.isfinite(x)) & xp.all(xp.isfinite(w)))):
         from . import _with_specials
         with np.errstate(invalid="ignore"):
             result = _with_specials(be, x, w.T, result).astype(np.float32)
