@@ -109,9 +109,10 @@ class CPUQuant:
         if not fixed_gemv.supports(qtype, x2.shape[0]):
             return False
         if "fixed_exponents_jit" not in tables:
-            tables["fixed_exponents_jit"] = fixed_gemv.w_exponents(data, qtype, x2.shape[1])
+            ew, bad = fixed_gemv.w_exponents(data, qtype, x2.shape[1])
+            tables["fixed_exponents_jit"] = ew, bool(bad.any())
         ew, bad = tables["fixed_exponents_jit"]
-        return not bad.any() and fixed_gemv.matmul_t(x2, data, qtype, ew, out)
+        return not bad and fixed_gemv.matmul_t(x2, data, qtype, ew, out)
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:
         return False

@@ -6,8 +6,10 @@ Per row r of W: rounded_gemv's decoder writes its values (gguf's dequantization,
 float32 buffer; each becomes its integer q = rint(w 2^(15 - e_r)) in float64 (exact); each row i of x's
 integers (made once a product by exact.fixed) dots with them in float64: every product is an integer
 below 2^30 and every partial sum one below 2^53, so the sum is exact in any order and the loop is
-compiled with reassociation (vectorised). Each sum is scaled by 2^(e_x + e_r - 30) and rounded once to
-float32 in the same loop (fixed.finish); the caller patches IEEE's values where a row holds inf or NaN.
+compiled with reassociation (vectorised). Each sum is scaled by 2^(e_x + e_r - 30) (a product with a
+power of two from a table: exact, the row's exponents within float32's keep it a normal float64) and
+rounded once to float32 in the same loop (fixed.finish); the caller patches IEEE's values where a row
+holds inf or NaN.
 
 `w_exponents` finds each row's e the same way, from the decoded values' largest finite magnitude.
 Rows of W are split over the threads (prange over chunks of CHUNK rows), each chunk with its own
@@ -30,6 +32,8 @@ _PARALLEL = ("_sums", "_exponents")
 _REASSOCIATED = ("_dot",)
 prange = range
 f32, f64 = np.float32, np.float64
+# 2^e for every e a float64 holds (_POW2[e + 1074]): the kernels' scalings, exact, without a libm call a row
+_POW2 = np.ldexp(1.0, np.arange(-1074, 1024))
 _ONE_ROW = 3            # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' integer sums
 _q8_0_integers = _q4_0_integers = _q4_1_integers = None     # row_dots.py's intrinsics: available()
 
@@ -133,7 +137,7 @@ def _sums(qx, ex, data, kind, ew, f16, n16, out):
         wb = np.empty(cols // 32, np.float32)
         q = np.empty(cols, np.float64)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
-            scale = math.ldexp(1.0, 15 - ew[r])
+            scale = _POW2[15 - ew[r] + 1074]
             # row_dots' sums from the stored codes for one row of x, the values scaled and rounded in float32:
             # their float16 scales keep every finite row's largest value within [2^-24, 2^24), so its scale
             # 2^(15 - e) is a float32 (the range test only guards that)
@@ -141,14 +145,14 @@ def _sums(qx, ex, data, kind, ew, f16, n16, out):
                 s32 = f32(scale)
                 s = _q8_0_integers(data, r, qx, s32, f16) if kind == 0 else \
                     _q4_0_integers(data, r, qx, s32, f16) if kind == 1 else _q4_1_integers(data, r, qx, s32, f16)
-                out[0, r] = f32(math.ldexp(s + 0.0, ex[0] + ew[r] - 30))
+                out[0, r] = f32((s + 0.0) * _POW2[ex[0] + ew[r] - 30 + 1074])
                 continue
             rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
             for k in range(cols):
                 v = f64(w[k])
                 q[k] = np.rint(v * scale) if math.isfinite(v) else 0.0      # (inf and NaN: patched after)
             for i in range(qx.shape[0]):
-                out[i, r] = f32(math.ldexp(_dot(qx, i, q) + 0.0, ex[i] + ew[r] - 30))
+                out[i, r] = f32((_dot(qx, i, q) + 0.0) * _POW2[ex[i] + ew[r] - 30 + 1074])
 
 
 def _dot(qx, i, q):
