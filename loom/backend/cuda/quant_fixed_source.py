@@ -170,8 +170,8 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
 }
 
 // out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
-// rows of x: a warp an output row; x's integers xq (lane order), exponents ex and flags xbad in global or
-// shared memory
+// rows of x: WPR warps an output row; x's integers, exponents and flags from xs (LoomFixedStored: global or
+// shared memory), W's exponents and flags wt read before the kernel's wait
 template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         const unsigned char* __restrict__ w, const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out,
         const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M) {
