@@ -66,6 +66,11 @@ class _Builder:
         return self.b.shuffle_vector(lane0, ir.Constant(_V, ir.Undefined),
                                      ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
 
+    def x_halves(self, xs: ir.Value, b: ir.Value) -> list:
+        """x's two <16 x double> halves of 32-value block b (float64 x, 256 bytes a block)."""
+        x_at = self.b.mul(b, _const(32 * 8))
+        return [self.load(xs, x_at, _VD), self.load(xs, self.b.add(x_at, _const(128)), _VD)]
+
     def mul(self, a: ir.Value, c: ir.Value) -> ir.Value:
         return self.b.fmul(a, c, flags=_FAST)
 
@@ -222,8 +227,7 @@ def _sums(block_bytes: int, block_values: Callable, top: float, rows: int) -> Ca
             with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
                 b = loop.index
                 at = builder.mul(b, _const(block_bytes))
-                x_at = builder.mul(b, _const(32 * 8))
-                halves = [v.load(xs, x_at, _VD), v.load(xs, builder.add(x_at, _const(128)), _VD)]
+                halves = v.x_halves(xs, b)
                 xb_b = builder.load(builder.gep(block_sums, [b]))
                 for (row, _), wide in zip(starts, wides):
                     (w_lo, w_hi), d, m = block_values(v, row, at, f16)
@@ -292,16 +296,13 @@ def _integer_sums(block_bytes: int, block_values: Callable) -> Callable:
             rint = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.rint.v16f32")
             total = cgutils.get_or_insert_function(module, ir.FunctionType(_F64, [_F64, _VD]),
                                                    "llvm.vector.reduce.fadd.v16f64")
-            lane0 = builder.insert_element(ir.Constant(_V, ir.Undefined), args[3], ir.Constant(_I32, 0))
-            scale = builder.shuffle_vector(lane0, ir.Constant(_V, ir.Undefined),
-                                           ir.Constant(ir.VectorType(_I32, LANES), [0] * LANES))
+            scale = v.splat(args[3])
             accs = [cgutils.alloca_once_value(builder, ir.Constant(_VD, None)) for _ in range(2)]
             width = cgutils.unpack_tuple(builder, array.shape)[1]
             with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
                 b = loop.index
                 at = builder.mul(b, _const(block_bytes))
-                x_at = builder.mul(b, _const(32 * 8))
-                halves = [v.load(xs, x_at, _VD), v.load(xs, builder.add(x_at, _const(128)), _VD)]
+                halves = v.x_halves(xs, b)
                 (w_lo, w_hi), _, _ = block_values(v, row, at, f16)
                 for acc, x, w in zip(accs, halves, (w_lo, w_hi)):
                     q = builder.fpext(builder.call(rint, [builder.fmul(w, scale)]), _VD)
