@@ -31,6 +31,20 @@ def _force(monkeypatch, source):
         monkeypatch.setattr(quant_fixed, "x_source", lambda m, k, rows: source)
 
 
+def _scaled_case(qtype, m, cols, rows):
+    """(stored rows, their decoded values, x [m, K]) for a product test: K rounded up to whole blocks of
+    qtype, x's first row scaled up by 3e4 and its last down by 1e-5."""
+    if qtype in cuda_quant.K_LAYOUTS:
+        cols = -(-cols // 256) * 256
+    rng = np.random.default_rng(cols + m + rows + len(qtype))
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    x[0] *= 3e4
+    x[-1] *= 1e-5
+    return data, w, x
+
+
 def _product(data, qtype, x, batched=False):
     rows = data.shape[0]
     d = cupy.asarray(data)
@@ -66,14 +80,8 @@ def test_integer_products_give_the_cpus_bits(qtype, m, cols):
 def test_batched_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
     """loom_fixed_rows on the int8 tensor cores: rows of x past a fragment and not a multiple of one, output
     rows past a block and not a multiple of one, K past 2^14 (the planes' largest sums)."""
-    if qtype in cuda_quant.K_LAYOUTS:
-        cols = -(-cols // 256) * 256
-    rng = np.random.default_rng(cols + m + rows + len(qtype))
-    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    x[0] *= 3e4
-    x[-1] *= 1e-5
+    data, w, x = _scaled_case(qtype, m, cols, rows)
+    cols = x.shape[1]
     got, _ = _product(data, qtype, x, batched=True)
     same_bits(got, fixed.matmul_t(CPU, x, w), f"{qtype} batched integer product, {m} x {cols}, {rows} rows")
 
@@ -121,14 +129,8 @@ def _planes_product(data, qtype, x):
 @pytest.mark.parametrize("m, cols, rows", [(70, 576, 84), (256, 2048, 300), (33, 4864, 40)])
 def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
     """The int8 GEMM of the stacked planes (cuBLAS), rows of x and W not multiples of 16 (padded)."""
-    if qtype in cuda_quant.K_LAYOUTS:
-        cols = -(-cols // 256) * 256
-    rng = np.random.default_rng(cols + m + rows + len(qtype))
-    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    x[0] *= 3e4
-    x[-1] *= 1e-5
+    data, w, x = _scaled_case(qtype, m, cols, rows)
+    cols = x.shape[1]
     same_bits(_planes_product(data, qtype, x), fixed.matmul_t(CPU, x, w),
               f"{qtype} prompt integer product, {m} x {cols}, {rows} rows")
 
