@@ -123,6 +123,7 @@ class Decoder:
         self._dense = None               # keep_dense(): float32 copies of block-quantized weights by id
         self._bf16 = {}                  # bf16_weights by (layer, whether dense copies exist)
         self._lm_head_bounds = None      # argmax_logits.weight_bounds(lm_head), once asked for
+        self._stored_floats = {}         # _float_weight(): float32 weights as stored F32 weights, by id
 
     # --- dense copies of block-quantized weights ------------------------------------------------------
     @property
@@ -166,13 +167,27 @@ class Decoder:
         return self._in_place
 
     def _weight(self, w, rows: int):
-        if not isinstance(w, BlockQuantized) or rows <= gemv.MAX_ROWS:
+        if not isinstance(w, BlockQuantized):
+            return self._float_weight(w) if is_deterministic() else w
+        if rows <= gemv.MAX_ROWS:
             return w
         if is_deterministic() and w.exact_in_place():
             return w                # the block kernels read W once for all rows: no decoded copy
         if self._dense is not None:
             return self.dense(w)
         return w.with_tensor_cores() if self.tensor_cores and not is_deterministic() else w
+
+    def _float_weight(self, w):
+        """A float32 weight [out, in] as a stored F32 BlockQuantized over the same memory, made once: its
+        deterministic products then take the stored weights' path (the integer kernels where the backend
+        has them), with the rows' exponents made once in its tables, not at every product (weights
+        dequantized at load: the browser's)."""
+        if w.dtype != np.float32 or w.ndim != 2 or not w.flags.c_contiguous:
+            return w
+        stored = self._stored_floats.get(id(w))
+        if stored is None:
+            stored = self._stored_floats[id(w)] = BlockQuantized(w.view(np.uint8), "F32", w.shape)
+        return stored
 
     # --- positions -----------------------------------------------------------------------------------
     def ensure_rope(self, positions: int) -> None:
