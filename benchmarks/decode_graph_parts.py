@@ -4,11 +4,11 @@ then again recorded without one kind of kernel; the difference is that kernel's 
 included.
 
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
-                                                         [--deterministic]
+                                                         [--deterministic] [--batch N]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
-(--deterministic: deterministic mode's graph). --plain records plain launches instead of overlapped
+(--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at batch N). --plain records plain launches instead of overlapped
 ones (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included).
 
@@ -120,6 +120,7 @@ def main():
     ap.add_argument("--shape", default="smollm2-135m", choices=sorted(llm.SHAPES))
     ap.add_argument("--plain", action="store_true", help="plain launches instead of overlapped ones")
     ap.add_argument("--deterministic", action="store_true", help="deterministic mode's graph (default: fast)")
+    ap.add_argument("--batch", type=int, default=1, help="sequences in the step (default 1)")
     args = ap.parse_args()
     config = llm.SHAPES[args.shape]
     dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),
@@ -129,20 +130,20 @@ def main():
     L = dec.layers[0]
     nbytes = {"qkv": L.qkv.nbytes, "o": L.o.nbytes, "gate_up": L.gate_up.nbytes, "down": L.down.nbytes,
               "lm_head": dec.lm_head.nbytes}
-    exact = args.deterministic
+    exact, batch = args.deterministic, args.batch
     with loom.deterministic(exact):
-        why = paged_graph.unsupported(dec, 1, exact)
+        why = paged_graph.unsupported(dec, batch, exact)
         if why is not None:
             raise SystemExit(f"no recorded decode step: {why}")
-        cache = PagedKVCache(xp, c.layers, c.kv_heads, c.head_dim, blocks=4, block_size=BLOCK)
-        table = [0, 1]                                   # positions 0-31: the prompt, then the step at 16
-        paged_forward.forward(dec, cache, [paged_forward.Work(prompt, 0, table, logits=True)])
+        cache = PagedKVCache(xp, c.layers, c.kv_heads, c.head_dim, blocks=2 * batch + 2, block_size=BLOCK)
+        tables = [[2 * s, 2 * s + 1] for s in range(batch)]    # positions 0-31: the prompt, then the step at 16
+        paged_forward.forward(dec, cache, [paged_forward.Work(prompt, 0, t, logits=True) for t in tables])
         token = int(prompt[-1])
 
         def graph(skip: tuple) -> PartialGraph:
             PartialGraph.skip = skip
-            g = PartialGraph(dec, cache, 1, exact, overlap=not args.plain)
-            g.step([token], [PROMPT], [table])          # the step's inputs, which every replay reads
+            g = PartialGraph(dec, cache, batch, exact, overlap=not args.plain)
+            g.step([token] * batch, [PROMPT] * batch, tables)     # the step's inputs, which every replay reads
             return g
 
         whole_graph = graph(())
@@ -153,7 +154,7 @@ def main():
         del whole_graph
         mode = "deterministic" if exact else "fast"
         print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches, "
-              f"paged decode step at batch 1: whole step {whole:.1f} us")
+              f"paged decode step at batch {batch}: whole step {whole:.1f} us")
         for kind in KINDS[1:]:                        # (not the embedding: the step reads its output)
             share = whole - replay_us(graph((kind,)), xp)
             each = share / layers if kind != "lm_head" else share

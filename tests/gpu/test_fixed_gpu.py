@@ -261,6 +261,26 @@ def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, mon
     same_bits(np.concatenate(got), want, f"normed product at the edges, x's integers by {source}")
 
 
+@pytest.mark.parametrize("qtype", ["F32", "F16", "BF16"])
+@pytest.mark.parametrize("m", [1, 12, 70])
+def test_float_weights_of_widths_past_whole_units_give_the_cpus_bits(qtype, m):
+    """A float weight's rows need not be whole 32-value units (the decoder's float32 weights [N, 48] of
+    loom.spec's tiny decoders): the integer kernels refuse them and the rows decode through the array
+    code, not the unit decode kernels (which read whole units), in both modes."""
+    rng = np.random.default_rng(m + len(qtype))
+    rows, cols = 40, 48
+    w = BlockQuantized(random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05), qtype, (rows, cols))
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    dense = w.dequantize()
+    on_gpu = w.to("cuda")
+    same_bits(host(on_gpu.dequantize()), dense, f"{qtype} [{rows}, {cols}] decoded")
+    same_bits(host(on_gpu.matmul_t(cupy.asarray(x))), fixed.matmul_t(CPU, x, dense),
+              f"{qtype} [{rows}, {cols}] integer product, {m} rows")
+    with loom.deterministic(False):
+        got = host(on_gpu.matmul_t(cupy.asarray(x)))
+    assert np.max(np.abs(got - x @ dense.T)) <= 1e-2 * np.max(np.abs(x @ dense.T))
+
+
 def test_bad_arguments_are_refused():
     data = cupy.zeros((8, 64 * 2), dtype=np.uint8)
     x = cupy.zeros((5, 64), dtype=np.float32)

@@ -378,14 +378,19 @@ class CUDAQuant:
         from . import quant_fixed
         return quant_fixed.unsupported(qtype, cols) is None
 
+    def _whole_units(self, qtype: str, data: Array, out: Array) -> bool:
+        """Whether the decode kernels take these rows: qtype is theirs and a row is whole 32-value units
+        (a float weight's rows need not be: F32 [N, 48] decodes through gguf's array code)."""
+        return qtype in self.TYPES and (out.size // max(data.shape[0], 1)) % 32 == 0
+
     def dequantize(self, data: Array, qtype: str, out: Array) -> bool:
-        if qtype not in self.TYPES:
+        if not self._whole_units(qtype, data, out):
             return False
         self._kernels.dequantize(self._be.xp.ascontiguousarray(data), qtype, out)
         return True
 
     def dequantize_bf16(self, data: Array, qtype: str, out: Array) -> bool:
-        if qtype not in self.TYPES:
+        if not self._whole_units(qtype, data, out):
             return False
         self._kernels.dequantize_bf16(self._be.xp.ascontiguousarray(data), qtype, out)
         return True

@@ -137,6 +137,10 @@ struct LoomFixedStored {
         t[0] = (int)(short)(v.x & 0xFFFFu); t[1] = (int)v.x >> 16;
         t[2] = (int)(short)(v.y & 0xFFFFu); t[3] = (int)v.y >> 16;
     }
+    // WIDE rows: positions 8 group .. 8 group + 7 of unit b (lane order is position order there), one 16-byte load
+    __device__ __forceinline__ uint4 integers8(int m, int b, int group) const {
+        return *(const uint4*)(xq + (long long)m * K + 32 * b + 8 * group);
+    }
     __device__ __forceinline__ float value(int m, int k) const { return x[(long long)m * K + k]; }
     __device__ __forceinline__ int exponent(int m) const { return ex[m]; }
     __device__ __forceinline__ int bad(int m) const { return xbad[m]; }
@@ -172,6 +176,12 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
 // out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
 // rows of x: WPR warps an output row; x's integers, exponents and flags from xs (LoomFixedStored: global or
 // shared memory), W's exponents and flags wt read before the kernel's wait
+// WIDE (F16, BF16): a lane takes eight values of a unit in one 16-byte load, four lanes a unit (measured
+// faster than block_values' eight-byte loads for rows of 2-byte values); else block_values' four, eight lanes
+#define WIDE (KIND == 1 || KIND == 2)
+#define LPU (WIDE ? 4 : 8)                  // lanes a 32-value unit
+#define VPL (32 / LPU)                      // values a lane takes of it
+#define UPI (32 / LPU)                      // units a warp takes an iteration
 template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         const unsigned char* __restrict__ w, const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out,
         const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M) {
@@ -203,25 +213,44 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
     }
     // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
     #pragma unroll 8
-    for (int it = 0; it < (nb + 4 * WPR - 1) / (4 * WPR); ++it) {
-        const int b = 4 * (WPR * it + slice) + (lane >> 3);
+    for (int it = 0; it < (nb + UPI * WPR - 1) / (UPI * WPR); ++it) {
+        const int b = UPI * (WPR * it + slice) + lane / LPU, group = lane % LPU;
         if (!live || b >= nb) continue;       // (not break: the unrolled iterations' loads issue together)
-        float v[EPI + 1][4]; int at[4];
+        float v[EPI + 1][VPL]; int at[4];
         #pragma unroll
-        for (int e = 0; e <= EPI; ++e) block_values(wrow[e], b, lane & 7, v[e], at);
+        for (int e = 0; e <= EPI; ++e) {
+            if (WIDE) {                       // eight 16-bit values, one 16-byte load
+                const uint4 t = ((const uint4*)(wrow[e] + 64 * (long long)b))[group];
+                const unsigned u[4] = {t.x, t.y, t.z, t.w};
+                #pragma unroll
+                for (int j = 0; j < VPL; ++j) {
+                    const unsigned h = (u[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
+                    v[e][j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
+                }
+            } else {
+                block_values(wrow[e], b, group, v[e], at);
+            }
+        }
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) {
             if (m >= M) break;
-            int t[4];
-            xs.integers(m, b, lane & 7, at, t);
+            int t[VPL];
+            if (WIDE) {
+                const uint4 p = xs.integers8(m, b, group);
+                const unsigned u[4] = {p.x, p.y, p.z, p.w};
+                #pragma unroll
+                for (int j = 0; j < VPL; ++j) t[j] = (j & 1) ? (int)u[j >> 1] >> 16 : (int)(short)(u[j >> 1] & 0xFFFFu);
+            } else {
+                xs.integers(m, b, group, at, t);
+            }
             #pragma unroll
             for (int e = 0; e <= EPI; ++e) {
-                int q[4];
+                int q[VPL];
                 #pragma unroll
-                for (int j = 0; j < 4; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
+                for (int j = 0; j < VPL; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
                 // two products (each below 2^30) a 32-bit sum
-                acc[e][m] += (long long)(q[0] * t[0] + q[1] * t[1]);
-                acc[e][m] += (long long)(q[2] * t[2] + q[3] * t[3]);
+                #pragma unroll
+                for (int j = 0; j < VPL; j += 2) acc[e][m] += (long long)(q[j] * t[j] + q[j + 1] * t[j + 1]);
             }
         }
     }
