@@ -176,12 +176,24 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
 // out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
 // rows of x: WPR warps an output row; x's integers, exponents and flags from xs (LoomFixedStored: global or
 // shared memory), W's exponents and flags wt read before the kernel's wait
-// WIDE (F16, BF16): a lane takes eight values of a unit in one 16-byte load, four lanes a unit (measured
-// faster than block_values' eight-byte loads for rows of 2-byte values); else block_values' four, eight lanes
+// WIDE (F16, BF16): a lane takes eight values of a unit in one 16-byte load, four lanes a unit (faster than
+// block_values' eight-byte loads: Llama-3.2-1B's batch-1 step 1.87 -> 1.64 ms, H100); else block_values'
+// four values, eight lanes a unit
 #define WIDE (KIND == 1 || KIND == 2)
 #define LPU (WIDE ? 4 : 8)                  // lanes a 32-value unit
 #define VPL (32 / LPU)                      // values a lane takes of it
 #define UPI (32 / LPU)                      // units a warp takes an iteration
+// WIDE: steps whose loads are in flight together (half_gemv's; fewer past two rows of x: registers), at most
+// the row's steps where NB is compiled in (SmolLM2's rows are one step: more only cost registers)
+#define U_MAX ((EPI ? 4 : 8) / (MAX_ROWS > 2 ? 2 : 1))
+#define U_STEPS (NB ? (NB + UPI * WPR - 1) / (UPI * WPR) : U_MAX)
+#define U (U_STEPS < U_MAX ? U_STEPS : U_MAX)
+// The batched loads where they paid (H100, decode_graph_parts): every row count past one, and one row of x
+// over rows of more than two steps; one row of one or two steps (SmolLM2's) was 1-2 us a product slower
+// so, and takes the plain loop. Streaming loads (read once) for up to two rows of x, plain ones past
+// (Llama-3.2-1B's batch-4 step: 2.32 ms against 2.51 with streaming loads; batch 1: 1.60 against 1.61).
+#define BATCHED (WIDE && (MAX_ROWS > 1 || U_STEPS > 2))
+#define LOOM_W_LOAD(p) (MAX_ROWS > 2 ? *(p) : __ldcs(p))
 template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         const unsigned char* __restrict__ w, const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out,
         const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M) {
@@ -211,46 +223,88 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] = 0;
     }
-    // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
-    #pragma unroll 8
-    for (int it = 0; it < (nb + UPI * WPR - 1) / (UPI * WPR); ++it) {
-        const int b = UPI * (WPR * it + slice) + lane / LPU, group = lane % LPU;
-        if (!live || b >= nb) continue;       // (not break: the unrolled iterations' loads issue together)
-        float v[EPI + 1][VPL]; int at[4];
-        #pragma unroll
-        for (int e = 0; e <= EPI; ++e) {
-            if (WIDE) {                       // eight 16-bit values, one 16-byte load
-                const uint4 t = ((const uint4*)(wrow[e] + 64 * (long long)b))[group];
-                const unsigned u[4] = {t.x, t.y, t.z, t.w};
+    const int group = lane % LPU, steps = (nb + UPI * WPR - 1) / (UPI * WPR);
+    if (BATCHED) {
+        // U steps' loads of W (streaming: read once) and of x's integers issued before any is used; a
+        // step: eight 16-bit values a lane, one 16-byte load (SwiGLU's gate and up rows together)
+        for (int base = 0; base < steps; base += U) {
+            uint4 wv[EPI + 1][U], xv[MAX_ROWS][U];
+            #pragma unroll
+            for (int u = 0; u < U; ++u) {
+                const int b = UPI * (WPR * (base + u) + slice) + lane / LPU;
+                const bool ok = live && base + u < steps && b < nb;
                 #pragma unroll
-                for (int j = 0; j < VPL; ++j) {
-                    const unsigned h = (u[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
-                    v[e][j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
-                }
-            } else {
-                block_values(wrow[e], b, group, v[e], at);
-            }
-        }
-        #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m) {
-            if (m >= M) break;
-            int t[VPL];
-            if (WIDE) {
-                const uint4 p = xs.integers8(m, b, group);
-                const unsigned u[4] = {p.x, p.y, p.z, p.w};
+                for (int e = 0; e <= EPI; ++e)
+                    wv[e][u] = ok ? LOOM_W_LOAD((const uint4*)(wrow[e] + 64 * (long long)b) + group) : make_uint4(0, 0, 0, 0);
                 #pragma unroll
-                for (int j = 0; j < VPL; ++j) t[j] = (j & 1) ? (int)u[j >> 1] >> 16 : (int)(short)(u[j >> 1] & 0xFFFFu);
-            } else {
-                xs.integers(m, b, group, at, t);
+                for (int m = 0; m < MAX_ROWS; ++m)
+                    xv[m][u] = ok && m < M ? xs.integers8(m, b, group) : make_uint4(0, 0, 0, 0);
             }
             #pragma unroll
+            for (int u = 0; u < U; ++u)
+                #pragma unroll
+                for (int e = 0; e <= EPI; ++e) {
+                    const unsigned wu[4] = {wv[e][u].x, wv[e][u].y, wv[e][u].z, wv[e][u].w};
+                    int q[8];
+                    #pragma unroll
+                    for (int j = 0; j < 8; ++j) {
+                        const unsigned h = (wu[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
+                        const float v = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
+                        q[j] = (int)(loom_fixed_bits(v, sc[e], shift[e]) - 0x4B400000u);
+                    }
+                    #pragma unroll
+                    for (int m = 0; m < MAX_ROWS; ++m) {
+                        if (m >= M) break;
+                        const unsigned xu[4] = {xv[m][u].x, xv[m][u].y, xv[m][u].z, xv[m][u].w};
+                        #pragma unroll
+                        for (int j = 0; j < 8; j += 2)      // two products (each below 2^30) a 32-bit sum
+                            acc[e][m] += (long long)(q[j] * (int)(short)(xu[j >> 1] & 0xFFFFu)
+                                                     + q[j + 1] * ((int)xu[j >> 1] >> 16));
+                    }
+                }
+        }
+    } else {
+        // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
+        #pragma unroll 8
+        for (int it = 0; it < steps; ++it) {
+            const int b = UPI * (WPR * it + slice) + lane / LPU;
+            if (!live || b >= nb) continue;       // (not break: the unrolled iterations' loads issue together)
+            float v[EPI + 1][VPL]; int at[4];
+            #pragma unroll
             for (int e = 0; e <= EPI; ++e) {
-                int q[VPL];
+                if (WIDE) {                   // eight 16-bit values, one 16-byte load
+                    const uint4 t = ((const uint4*)(wrow[e] + 64 * (long long)b))[group];
+                    const unsigned u[4] = {t.x, t.y, t.z, t.w};
+                    #pragma unroll
+                    for (int j = 0; j < VPL; ++j) {
+                        const unsigned h = (u[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
+                        v[e][j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
+                    }
+                } else {
+                    block_values(wrow[e], b, group, v[e], at);
+                }
+            }
+            #pragma unroll
+            for (int m = 0; m < MAX_ROWS; ++m) {
+                if (m >= M) break;
+                int t[VPL];
+                if (WIDE) {
+                    const uint4 p = xs.integers8(m, b, group);
+                    const unsigned u[4] = {p.x, p.y, p.z, p.w};
+                    #pragma unroll
+                    for (int j = 0; j < VPL; ++j) t[j] = (j & 1) ? (int)u[j >> 1] >> 16 : (int)(short)(u[j >> 1] & 0xFFFFu);
+                } else {
+                    xs.integers(m, b, group, at, t);
+                }
                 #pragma unroll
-                for (int j = 0; j < VPL; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
-                // two products (each below 2^30) a 32-bit sum
-                #pragma unroll
-                for (int j = 0; j < VPL; j += 2) acc[e][m] += (long long)(q[j] * t[j] + q[j + 1] * t[j + 1]);
+                for (int e = 0; e <= EPI; ++e) {
+                    int q[VPL];
+                    #pragma unroll
+                    for (int j = 0; j < VPL; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
+                    #pragma unroll
+                    for (int j = 0; j < VPL; j += 2)  // two products (each below 2^30) a 32-bit sum
+                        acc[e][m] += (long long)(q[j] * t[j] + q[j + 1] * t[j + 1]);
+                }
             }
         }
     }
