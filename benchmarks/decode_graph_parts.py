@@ -8,8 +8,9 @@ included.
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
-(--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at batch N). --plain records plain launches instead of overlapped
-ones (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
+(--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
+batch N, up to the graph's 16). --plain records plain launches instead of overlapped ones
+(loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included).
 
 PagedDecodeGraph builds its launches untagged (_operations()); PartialGraph.tagged() builds the same

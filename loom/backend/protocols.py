@@ -105,9 +105,15 @@ class QuantKernels(Protocol):
         """Whether matmul_t_exact takes products of any number of rows of x with a weight stored as
         qtype over K = cols in the rounded scheme (or, sliced, the slice scheme), reading W in place."""
 
-    def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict) -> bool:
+    def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
+                       bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> bool:
         """out = x2 @ W.T in the integer scheme of a language model's weight products (exact.fixed: the
-        dispatch table's "weight" rule), W read in place; `tables`: the weight's memo; False: declined."""
+        dispatch table's "weight" rule), W read in place; `tables`: the weight's memo; False: declined.
+        With an epilogue (the array code's bits: (residual +) the product (+ bias), or swiglu: silu(gate) *
+        up of its halves, W's stored rows the gate's then the up's, out [M, rows / 2]) where the backend
+        fuses it (`fixed_epilogues`), else declined."""
+
+    fixed_epilogues: bool           # matmul_t_fixed takes bias, residual and swiglu
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:
         """Whether matmul_t_fixed takes products of any number of rows of x with a weight stored as qtype

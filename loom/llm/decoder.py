@@ -445,10 +445,33 @@ class Decoder:
 
     def finish_layer(self, L: _Layer, h: Array, ctx: Array) -> Array:
         """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
-        h = h + _linear(ctx, L.o, L.o_bias, self._weight)
-        x = self._rms(h, L.ln2)
-        gu = _linear(x, L.gate_up, L.gate_up_bias, self._weight)                     # [B, T, 2 I]
-        return h + _linear(self._swiglu(gu), L.down, L.down_bias, self._weight)
+        h = self._product(ctx, L.o, L.o_bias, residual=h)
+        act = self._product(self._rms(h, L.ln2), L.gate_up, L.gate_up_bias, swiglu=True)     # [B, T, I]
+        return self._product(act, L.down, L.down_bias, residual=h)
+
+    def _product(self, x: Array, w, bias: Array | None, residual: Array | None = None,
+                 swiglu: bool = False) -> Array:
+        """(residual +) x @ w^T (+ bias), or (swiglu) silu(gate) * up of its halves [..., I]. Deterministic
+        mode on a backend that fuses epilogues (the GPU's integer kernels): one launch with the epilogue
+        inside, no [rows, 2 I] product in memory, the array code's bits (quant_fixed's epilogues); else
+        _linear's product and the array code."""
+        lead, k = x.shape[:-1], x.shape[-1]
+        rows = int(np.prod(lead))
+        w1 = self._weight(w, rows) if not isinstance(w, tuple) else w
+        quant = self.backend.quant
+        if (is_deterministic() and quant.fixed_epilogues and isinstance(w1, BlockQuantized) and w1.shape[1] == k
+                and (bias is None or (bias.dtype == np.float32 and bias.shape == (w1.shape[0],)))):
+            xp = self.xp
+            n = w1.shape[0] // 2 if swiglu else w1.shape[0]
+            x2 = xp.ascontiguousarray(x.reshape(rows, k), dtype=np.float32)
+            res = None if residual is None else xp.ascontiguousarray(residual.reshape(rows, n), dtype=np.float32)
+            out = xp.empty((rows, n), dtype=np.float32)
+            if quant.matmul_t_fixed(x2, w1.data, w1.qtype, out, w1.tables, bias=bias, residual=res, swiglu=swiglu):
+                return out.reshape(*lead, n)
+        y = _linear(x, w, bias, self._weight)
+        if swiglu:
+            y = self._swiglu(y)
+        return y if residual is None else residual + y
 
     def _swiglu(self, gu: Array) -> Array:
         """silu(gate) * up of the gate|up product gu [..., 2 I]."""

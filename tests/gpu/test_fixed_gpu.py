@@ -135,13 +135,14 @@ def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
               f"{qtype} prompt integer product, {m} x {cols}, {rows} rows")
 
 
-@pytest.mark.parametrize("batched", [False, True])
+@pytest.mark.parametrize("kernel", ["one-row", "batched", "planes"])
 @pytest.mark.parametrize("epilogue", ["bias", "residual", "swiglu", "swiglu and bias"])
-def test_epilogues_give_the_array_codes_bits(batched, epilogue):
+def test_epilogues_give_the_array_codes_bits(kernel, epilogue):
     """(bias +) the product, (residual +), SwiGLU of the gate's and the up's products: the decoder's array
-    code on the CPU (tests/quant_rows.exact_reference) with the integer scheme's product."""
-    rng = np.random.default_rng(len(epilogue) + batched)
-    m, cols, rows = (20 if batched else 3), 576, 72
+    code on the CPU (tests/quant_rows.exact_reference) with the integer scheme's product; in the one-row
+    kernel, the int8 tensor-core kernel and the planes' finishing kernel (prompts past ROWS_MAX rows)."""
+    rng = np.random.default_rng(len(epilogue) + len(kernel))
+    m, cols, rows = {"one-row": 3, "batched": 20, "planes": 80}[kernel], 576, 72
     swiglu = epilogue.startswith("swiglu")
     stored = 2 * rows if swiglu else rows
     data = random_rows("Q4_1", stored, cols, rng, scale=0.01)
@@ -152,11 +153,16 @@ def test_epilogues_give_the_array_codes_bits(batched, epilogue):
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, "Q4_1", stored, cols)
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
-    run = quant_fixed.rows_product if batched else quant_fixed.gemv
-    run(d, "Q4_1", cupy.asarray(x), out, tables, bias=None if bias is None else cupy.asarray(bias),
-        residual=None if residual is None else cupy.asarray(residual), swiglu=swiglu)
+    epilogue_args = {"bias": None if bias is None else cupy.asarray(bias),
+                     "residual": None if residual is None else cupy.asarray(residual), "swiglu": swiglu}
+    if kernel == "planes":
+        weight = quant_fixed_planes.w_planes(d, "Q4_1", stored, cols, tables)
+        quant_fixed_planes.product(d, "Q4_1", cupy.asarray(x), out, weight, backend.get("cuda").blas, **epilogue_args)
+    else:
+        run = quant_fixed.rows_product if kernel == "batched" else quant_fixed.gemv
+        run(d, "Q4_1", cupy.asarray(x), out, tables, **epilogue_args)
     want = exact_reference(x, w, None, bias, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(host(out), want, f"{epilogue}, {'batched' if batched else 'one-row'}")
+    same_bits(host(out), want, f"{epilogue}, {kernel}")
 
 
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),

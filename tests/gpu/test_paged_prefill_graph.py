@@ -118,7 +118,7 @@ def test_deterministic_prompt_products_through_the_int8_gemm_keep_the_bits(arch,
     monkeypatch.setattr(quant_fixed, "ROWS_MAX", quant_fixed.MAX_ROWS)
     taken = []
     product = quant_fixed_planes.product
-    monkeypatch.setattr(quant_fixed_planes, "product", lambda *a: taken.append(1) or product(*a))
+    monkeypatch.setattr(quant_fixed_planes, "product", lambda *a, **kw: taken.append(1) or product(*a, **kw))
     _deterministic_prompt_steps(arch, extra, monkeypatch)
     assert taken
 

@@ -104,9 +104,12 @@ class CPUQuant:
     def exact_wide(self, qtype: str, cols: int, sliced: bool) -> bool:
         return False            # matmul_t_exact: decode-sized x only (rounded_gemv.MAX_ROWS)
 
-    def matmul_t_fixed(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict) -> bool:
+    fixed_epilogues = False
+
+    def matmul_t_fixed(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict,
+                       bias: np.ndarray | None = None, residual: np.ndarray | None = None, swiglu: bool = False) -> bool:
         from . import fixed_gemv  # the compiled loops (numba): decode-sized x
-        if not fixed_gemv.supports(qtype, x2.shape[0]):
+        if bias is not None or residual is not None or swiglu or not fixed_gemv.supports(qtype, x2.shape[0]):
             return False
         if "fixed_exponents_jit" not in tables:
             ew, bad = fixed_gemv.w_exponents(data, qtype, x2.shape[1])

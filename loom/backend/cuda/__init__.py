@@ -352,10 +352,13 @@ class CUDAQuant:
         from . import quant_tiles
         return quant_tiles.product(data, qtype, x2, out, tables, factor, bits, blas=self._be.blas)
 
-    def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict) -> bool:
+    fixed_epilogues = True
+
+    def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
+                       bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> bool:
         """The integer scheme's kernels, W read in place: quant_fixed.gemv up to its MAX_ROWS rows of x,
         rows_product (int8 tensor cores) up to ROWS_MAX, quant_fixed_planes' int8 GEMM past; the weight's
-        exponents (and planes, for the GEMM) made once into `tables`."""
+        exponents (and planes, for the GEMM) made once into `tables`; the epilogue in each."""
         from . import quant_fixed, quant_fixed_planes
         m, k = x2.shape
         rows = data.shape[0]
@@ -364,14 +367,15 @@ class CUDAQuant:
         x2 = self._be.xp.ascontiguousarray(x2)
         w_tables = quant_fixed.weight_tables(tables, "fixed_exponents",
                                              lambda: quant_fixed.w_exponents(data, qtype, rows, k))
+        epilogue = {"bias": bias, "residual": residual, "swiglu": swiglu}
         if m <= quant_fixed.MAX_ROWS:
-            quant_fixed.gemv(data, qtype, x2, out, w_tables)
+            quant_fixed.gemv(data, qtype, x2, out, w_tables, **epilogue)
         elif m <= quant_fixed.ROWS_MAX and int(self._be.xp.cuda.Device().compute_capability) >= 80:
-            quant_fixed.rows_product(data, qtype, x2, out, w_tables)
+            quant_fixed.rows_product(data, qtype, x2, out, w_tables, **epilogue)
         else:
             planes = quant_fixed.weight_tables(tables, "fixed_planes",
                                                lambda: quant_fixed_planes.w_planes(data, qtype, rows, k, w_tables))
-            quant_fixed_planes.product(data, qtype, x2, out, planes, self._be.blas)
+            quant_fixed_planes.product(data, qtype, x2, out, planes, self._be.blas, **epilogue)
         return True
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:

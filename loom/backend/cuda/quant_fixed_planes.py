@@ -29,7 +29,7 @@ from .. import Array
 from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
-from .quant_fixed import WARPS, X_THREADS, _check, _head, x_integers
+from .quant_fixed import WARPS, X_THREADS, _check, _epilogue_args, _head, x_integers
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 _SOURCE = r"""
@@ -79,32 +79,35 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x_planes(
     }
 }
 
-// out[m, n] from the int8 GEMM's blocks c [2 * pm, 2 * pn] (pm, pn: the padded row counts)
+// out[m, n] from the int8 GEMM's blocks c [2 * pm, 2 * pn] (pm, pn: the padded row counts), then the epilogue
+// (quant_fixed_source's loom_fixed_store): (residual +) the sum (+ bias), or SwiGLU's silu(gate) * up of
+// stored rows n and rows + n
+__device__ __forceinline__ float loom_planes_entry(
+        const int* __restrict__ c, const long long* __restrict__ sx, const long long* __restrict__ sw,
+        const int* __restrict__ ex, const int* __restrict__ ew, const int* __restrict__ xbad, const int* __restrict__ wbad,
+        const float* __restrict__ x, const unsigned char* __restrict__ w, long long m, long long n, long long pm,
+        long long pn, int nb) {
+    const long long K = 32LL * nb, width = 2 * pn;
+    if (xbad[m] || wbad[n]) return loom_fixed_ieee(loom_fixed_row(w, n, nb), x + m * K, nb);
+    const long long hh = c[m * width + n], hl = c[m * width + pn + n];
+    const long long lh = c[(pm + m) * width + n], ll = c[(pm + m) * width + pn + n];
+    const long long s = 65536 * hh + 256 * (hl + lh) + ll + 128 * (sx[m] + sw[n]) - 16384 * K;
+    return __double2float_rn(ldexp((double)s, ex[m] + ew[n] - 30));
+}
+
 extern "C" __global__ void loom_fixed_planes_finish(
         const int* __restrict__ c, const long long* __restrict__ sx, const long long* __restrict__ sw,
         const int* __restrict__ ex, const int* __restrict__ ew, const int* __restrict__ xbad, const int* __restrict__ wbad,
         const float* __restrict__ x, const unsigned char* __restrict__ w, float* __restrict__ out,
-        long long M, long long N, long long pm, long long pn, int nb) {
+        const float* __restrict__ bias, const float* __restrict__ res, long long M, long long rows, long long pm,
+        long long pn, int nb) {
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (e >= M * N) return;
-    const long long m = e / N, n = e % N, K = 32LL * nb, width = 2 * pn;
-    if (xbad[m] || wbad[n]) {
-        const unsigned char* row = loom_fixed_row(w, n, nb);
-        float t = 0.0f;
-        for (int u = 0; u < nb; ++u)
-            for (int l = 0; l < 8; ++l) {
-                float v[4]; int pos[4];
-                block_values(row, u, l, v, pos);
-                for (int j = 0; j < 4; ++j)
-                    t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(x[m * K + 32 * u + pos[j]]), loom_fixed_mark(v[j])));
-            }
-        out[e] = t;
-        return;
-    }
-    const long long hh = c[m * width + n], hl = c[m * width + pn + n];
-    const long long lh = c[(pm + m) * width + n], ll = c[(pm + m) * width + pn + n];
-    const long long s = 65536 * hh + 256 * (hl + lh) + ll + 128 * (sx[m] + sw[n]) - 16384 * K;
-    out[e] = __double2float_rn(ldexp((double)s, ex[m] + ew[n] - 30));
+    if (e >= M * rows) return;
+    const long long m = e / rows, n = e % rows;
+    float y[EPI + 1];
+    #pragma unroll
+    for (int h = 0; h <= EPI; ++h) y[h] = loom_planes_entry(c, sx, sw, ex, ew, xbad, wbad, x, w, m, n + h * rows, pm, pn, nb);
+    loom_fixed_store(y, bias, res, out, e, n, rows);
 }
 """
 
@@ -121,8 +124,8 @@ class WeightPlanes(NamedTuple):
 
 
 @cache
-def _module(qtype: str):
-    return cupy.RawModule(code=_head(0) + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
+def _module(qtype: str, epilogue: int = 0):
+    return cupy.RawModule(code=_head(epilogue) + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
                           options=OPTIONS + ("-std=c++17",))
 
 
@@ -143,26 +146,26 @@ def w_planes(data: Array, qtype: str, rows: int, cols: int, w_tables: tuple[Arra
     return WeightPlanes(planes, sums, ew, bad, padded)
 
 
-def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes, blas: CuBLAS) -> None:
-    """out [M, rows] = x [M, K] @ W^T in the integer scheme (fixed.matmul_t's bits) for float32 x,
-    C-contiguous, through one int8 GEMM of the stacked planes (`blas`: the backend's CuBLAS handle)."""
+def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes, blas: CuBLAS,
+            bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> None:
+    """out [M, rows] = (residual +) x [M, K] @ W^T (+ bias), or SwiGLU of its two halves (W's stored rows the
+    gate's, then the up's), in the integer scheme (fixed.matmul_t's bits, then quant_fixed's epilogues) for
+    float32 x, C-contiguous, through one int8 GEMM of the stacked planes (`blas`: the backend's CuBLAS
+    handle); the epilogue runs in the finishing kernel."""
     m, k = x.shape
-    rows = data.shape[0]
     _check(qtype, k, x)
     if k >= 1 << 17:
         raise ShapeError(f"the int8 planes' products sum exactly in int32 below K = 2^17, got {k}")
-    if out.shape != (m, rows) or out.dtype != np.float32 or not out.flags.c_contiguous:
-        raise ShapeError(f"out must be float32 [{m}, {rows}], C-contiguous, got {out.dtype} {out.shape}")
+    rows, epilogue = _epilogue_args(data, m, out, bias, residual, swiglu)
     if m == 0 or rows == 0:
         return
     xq, ex, xbad = x_integers(x)
     pm = _padded(m)
     xp = cupy.zeros((2 * pm, k), dtype=np.int8)
     sx = cupy.empty(m, dtype=np.int64)
-    module = _module(qtype)
-    module.get_function("loom_fixed_x_planes")((m,), (X_THREADS,), (xq, xp, sx, np.int64(pm), np.int32(k)))
-    c = blas.gemm_int8(xp[None], weight.planes[None])[0]          # int32 [2 pm, 2 padded]
-    module.get_function("loom_fixed_planes_finish")(
+    _module(qtype).get_function("loom_fixed_x_planes")((m,), (X_THREADS,), (xq, xp, sx, np.int64(pm), np.int32(k)))
+    c = blas.gemm_int8(xp[None], weight.planes[None])[0]          # int32 [2 pm, 2 padded] (padded: of `stored`)
+    _module(qtype, int(swiglu)).get_function("loom_fixed_planes_finish")(
         (-(-(m * rows) // 256),), (256,),
-        (c, sx, weight.sums, ex, weight.exponents, xbad, weight.bad, x, data, out, np.int64(m), np.int64(rows),
-         np.int64(pm), np.int64(weight.padded), np.int32(k // 32)))
+        (c, sx, weight.sums, ex, weight.exponents, xbad, weight.bad, x, data, out, *epilogue, np.int64(m),
+         np.int64(rows), np.int64(pm), np.int64(weight.padded), np.int32(k // 32)))

@@ -23,6 +23,16 @@ __device__ __forceinline__ unsigned loom_fixed_bits(float v, float s, int shift)
                         : 0x4B400000u + (unsigned)__double2int_rn(ldexp((double)v, shift));
 }
 
+// the eight 16-bit values (F16, BF16: KIND 1, 2) of a 16-byte load, in order
+__device__ __forceinline__ void loom_wide_values(uint4 t, float* v) {
+    const unsigned u[4] = {t.x, t.y, t.z, t.w};
+    #pragma unroll
+    for (int j = 0; j < 8; ++j) {
+        const unsigned h = (u[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
+        v[j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
+    }
+}
+
 // 2^shift as a float32 for -126 <= shift <= 127 (else unused)
 __device__ __forceinline__ float loom_fixed_scale(int shift) {
     return shift <= 127 && shift >= -126 ? __int_as_float((shift + 127) << 23) : 0.0f;
@@ -45,6 +55,19 @@ __device__ __forceinline__ float loom_fixed_mark(float v) {
 
 __device__ __forceinline__ const unsigned char* loom_fixed_row(const unsigned char* w, long long r, int nb) {
     return w + r * (long long)(nb / SUBS) * BLOCK;
+}
+
+// IEEE's value of an entry whose row of x or of W holds inf or NaN, by one thread (rare): the sum of the
+// sign products (exact._special_values: infinities and NaNs kept) of x's row xr and W's row
+__device__ __forceinline__ float loom_fixed_ieee(const unsigned char* row, const float* xr, int nb) {
+    float t = 0.0f;
+    for (int u = 0; u < nb; ++u)
+        for (int l = 0; l < 8; ++l) {
+            float v[4]; int pos[4];
+            block_values(row, u, l, v, pos);
+            for (int j = 0; j < 4; ++j) t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xr[32 * u + pos[j]]), loom_fixed_mark(v[j])));
+        }
+    return t;
 }
 
 // ew[r], bad[r] for each row r of W (rows, nb 32-value units a row): a warp a row
@@ -244,14 +267,11 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
             for (int u = 0; u < U; ++u)
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) {
-                    const unsigned wu[4] = {wv[e][u].x, wv[e][u].y, wv[e][u].z, wv[e][u].w};
+                    float v[8];
+                    loom_wide_values(wv[e][u], v);
                     int q[8];
                     #pragma unroll
-                    for (int j = 0; j < 8; ++j) {
-                        const unsigned h = (wu[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
-                        const float v = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
-                        q[j] = (int)(loom_fixed_bits(v, sc[e], shift[e]) - 0x4B400000u);
-                    }
+                    for (int j = 0; j < 8; ++j) q[j] = (int)(loom_fixed_bits(v[j], sc[e], shift[e]) - 0x4B400000u);
                     #pragma unroll
                     for (int m = 0; m < MAX_ROWS; ++m) {
                         if (m >= M) break;
@@ -273,13 +293,7 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
             #pragma unroll
             for (int e = 0; e <= EPI; ++e) {
                 if (WIDE) {                   // eight 16-bit values, one 16-byte load
-                    const uint4 t = ((const uint4*)(wrow[e] + 64 * (long long)b))[group];
-                    const unsigned u[4] = {t.x, t.y, t.z, t.w};
-                    #pragma unroll
-                    for (int j = 0; j < VPL; ++j) {
-                        const unsigned h = (u[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
-                        v[e][j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
-                    }
+                    loom_wide_values(((const uint4*)(wrow[e] + 64 * (long long)b))[group], v[e]);
                 } else {
                     block_values(wrow[e], b, group, v[e], at);
                 }
@@ -586,18 +600,7 @@ extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
             const int col = EPI ? 8 * (2 * (o >> 3) + h) + (o & 7) : o;
             const long long wr = n + h * rows;
             if (xbad[m] || wbad[wr]) {          // IEEE's value, by one thread (rare)
-                const unsigned char* row = loom_fixed_row(w, wr, nb);
-                float t = 0.0f;
-                for (int u = 0; u < nb; ++u)
-                    for (int l = 0; l < 8; ++l) {
-                        float v[4]; int pos[4];
-                        block_values(row, u, l, v, pos);
-                        for (int j = 0; j < 4; ++j) {
-                            const float xv = x[(long long)m * K + 32 * u + pos[j]];
-                            t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
-                        }
-                    }
-                y[h] = t;
+                y[h] = loom_fixed_ieee(loom_fixed_row(w, wr, nb), x + (long long)m * K, nb);
             } else {
                 y[h] = __double2float_rn(ldexp((double)(long long)sums_s[lm * 8 * NF + col], ex[m] + ew[wr] - 30));
             }
