@@ -70,7 +70,7 @@ class PartialGraph(paged_graph.PagedDecodeGraph):
             ops += kind("o", self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h))
             ops += kind("gate_up", self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True))
             ops += kind("down", self._product(L.down, self.act, h, bias=L.down_bias, residual=h))
-        return ops + kind("lm_head", self._product(dec.lm_head, h, self.logits, norm=dec.norm, head=True))
+        return ops + kind("lm_head", self._product(dec.lm_head, h, self.logits, norm=dec.norm))
 
     def _operations(self) -> list:
         return [launch for name, launch in self.tagged() if name not in self.skip]

@@ -24,18 +24,14 @@ token on the device, into the graph's input ids: the next step_greedy can decode
 has seen it (BatchEngine's steps launched ahead).
 
 In fast mode the sums run in the kernels' own order, so logits agree with paged_forward's to float32
-rounding, not bit for bit. Deterministic mode records the same five kernels per layer from
-backend/cuda/quant_exact.py and decode_exact.py, which give the array code's bits (the exact GEMM's
-correctly rounded products, exact.sum's norms and softmax, mathlib's exp and sigmoid): a sequence's
-logits are what paged_forward gives it, and the CPU's, bit for bit. Products whose K has the slice
-scheme (ROUNDED_MAX_K < K <= 2^14) take backend/cuda/quant_slices.py instead: x's slices in a kernel
-before each product, and each weight's row maxima, made once when the graph is built. Those kernels hold
-every row of x's sums in registers, so past EXACT_TILE_ROWS rows a deterministic step takes
-backend/cuda/quant_tiles.py for every product (both schemes, the same bits, the float64 tensor cores,
-each weight read once for the whole batch: quant_rows' kernel for batches of decode size; the rounded
-scheme's weights keep their rows' norms, made once here), after the RMSNorm's own kernel or the slicing kernel. The attention
-kernel takes positions below EXACT_POSITIONS (p v over more than ROUNDED_MAX_K keys in the slice scheme,
-as the array code's product); the engine steps longer sequences through paged_forward.
+rounding, not bit for bit. Deterministic mode records the products of the dispatch table's "weight" rule
+(exact.fixed's integers, determinism spec 4) on backend/cuda/quant_fixed.py's kernels, each weight's rows'
+exponents made once when the graph is built (the one-row kernel up to its MAX_ROWS rows, the int8
+tensor-core kernel past), and decode_exact.py's attention, which gives the array code's bits (exact.sum's
+norms and softmax, mathlib's exp): a sequence's logits are what paged_forward gives it, and the CPU's, bit
+for bit. unsupported() refuses a deterministic graph whose weights the integer kernels cannot take. The
+attention kernel takes positions below EXACT_POSITIONS (p v over more than ROUNDED_MAX_K keys in the slice
+scheme, as the array code's product); the engine steps longer sequences through paged_forward.
 """
 from __future__ import annotations
 
@@ -48,7 +44,6 @@ import numpy as np
 from ..backend import Array
 from ..kernels import fused
 from ..kernels.exact import dispatch as exact_dispatch
-from ..kernels.exact import narrow_bits
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.block import BlockQuantized, linear
 from .paged_cache import PagedKVCache
@@ -59,10 +54,6 @@ if TYPE_CHECKING:
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 TENSOR_CORE_ROWS = 4        # fast mode, 16-bit weights: batches past this many rows take the GEMM steps
-# deterministic mode: batches past this many rows take quant_tiles' products (quant_rows' kernel up to 64 rows):
-# on an H200 it took 0.45-0.93x the one-row kernels' time for 4 rows of SmolLM2's and Llama-3.2-1B's
-# products, 1.3-1.7x for one row (benchmarks/exact_tiles.py --rows 1,4 --groups)
-EXACT_TILE_ROWS = 2
 
 
 def bucket(n: int) -> int | None:
@@ -148,13 +139,6 @@ def _not_rounded(k: int) -> str | None:
     return None if scheme == exact_dispatch.ROUNDED else f"products over K = {k} take the {scheme} scheme"
 
 
-def _exact_products(be, k: int):
-    """The deterministic product kernels for sums over k terms: the rounded scheme's (quant_exact) or,
-    past ROUNDED_MAX_K, the slice scheme's (quant_slices)."""
-    rounded = exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED
-    return be.decode.products_exact if rounded else be.decode.products_sliced
-
-
 class PagedDecodeGraph:
     def __init__(self, dec: Decoder, cache: PagedKVCache, batch: int, exact: bool, overlap: bool = True):
         self.dec, self.cache, self.batch, self.exact, self.overlap = dec, cache, batch, exact, overlap
@@ -178,19 +162,8 @@ class PagedDecodeGraph:
         self.normed = xp.empty((B, c.hidden), dtype=np.float32)
         # deterministic mode's products: the dispatch table's "weight" rule (exact.fixed's integers) on the
         # backend's integer kernels, each weight's rows' exponents made once here (the graph reads them at
-        # every replay, as it reads the weights). (Spec 3's kernels below stay for the comparison and are
-        # taken only where no integer kernels exist: products over K > ROUNDED_MAX_K in the slice scheme,
-        # each weight's row maxima and x's slices.)
+        # every replay, as it reads the weights)
         self.fixed_tables = _fixed_tables(dec) if exact else None
-        self.row_maxima = _sliced_row_maxima(dec) if exact and self.fixed_tables is None else {}
-        # deterministic batches past EXACT_TILE_ROWS rows: every product one launch of the float64 tensor
-        # cores' tiles (quant_tiles), which reads each weight once for all rows; the rounded scheme's
-        # weights need their rows' norms, made once here
-        self.tiles = exact and self.fixed_tables is None and batch > EXACT_TILE_ROWS and _tiles_take(dec)
-        self.row_norms = _rounded_row_norms(dec) if self.tiles else {}
-        widest = max((w.shape[1] for w in _product_weights(dec) if id(w) in self.row_maxima), default=0)
-        self.slices = xp.empty(B * 2 * widest, dtype=np.float32)
-        self.xmax = xp.empty(B, dtype=np.float32)
         # where the batch's heads are too few blocks to fill the device, steps with a position from
         # long_from on replay a second recording whose attention cuts long windows over several blocks,
         # through this graph's own workspace (recorded at the first such step; shorter windows keep the
@@ -308,45 +281,25 @@ class PagedDecodeGraph:
             ops += self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h)
             ops += self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True)
             ops += self._product(L.down, self.act, h, bias=L.down_bias, residual=h)
-        return ops + self._product(dec.lm_head, h, self.logits, norm=dec.norm, head=True)
+        return ops + self._product(dec.lm_head, h, self.logits, norm=dec.norm)
 
-    def _product(self, w, x, out, norm=None, residual=None, head: bool = False, **kw) -> list:
-        """out = (residual +) pro(x) @ w^T ..., one kernel per group of rows (deterministic mode: the
-        RMSNorm in its own kernel where the product cannot stage x); fast mode
-        past MAX_ROWS rows: one GEMM with the weight's dense copy."""
+    def _product(self, w, x, out, norm=None, residual=None, **kw) -> list:
+        """out = (residual +) pro(x) @ w^T ...: deterministic mode's integer kernels (_fixed_product); fast
+        mode's one kernel per group of up to MAX_ROWS rows, or past them one GEMM with the weight's dense
+        copy."""
         dec, c = self.dec, self.dec.config
         quant, _ = _kernels(dec.backend, self.exact)
+        if self.exact:
+            return self._fixed_product(w, x, out, norm, residual, **kw)
         if self.bf16:
             return [partial(_bf16_product, dec.backend, dec.dense(w).data.view(np.uint16), x, out, norm, c.eps,
                             kw.get("bias"), residual, kw.get("swiglu", False), self.overlap)]
-        if not self.exact and self.batch > quant.MAX_ROWS:
+        if self.batch > quant.MAX_ROWS:
             return [partial(_dense_product, dec.dense(w), x, out, norm, c.eps, kw.get("bias"), residual,
                             kw.get("swiglu", False))]
-        if self.exact and self.fixed_tables is not None:
-            return self._fixed_product(w, x, out, norm, residual, **kw)
-        if self.tiles:
-            return self._tile_product(w, x, out, norm, residual, **kw)
-        ops = []
-        for rows in self._groups():
-            r = None if residual is None else residual[rows]
-            if not self.exact:
-                ops.append(partial(quant.gemv, *_stored(w), x[rows], out[rows], norm=norm, eps=c.eps, residual=r,
-                                   overlap=self.overlap, **kw))
-                continue
-            xs = x[rows]
-            if id(w) in self.row_maxima:
-                ops += self._sliced_product(w, xs, out[rows], norm, r, rows, **kw)
-                continue
-            if norm is not None and (head or not quant.stages(*xs.shape)):
-                ops.append(partial(quant.rms_norm, xs, norm, self.normed[rows], c.eps, overlap=self.overlap))
-                xs, norm_here = self.normed[rows], None
-            else:
-                norm_here = norm
-            extra = {} if norm_here is None else {"norm": norm_here, "eps": c.eps}
-            ops.append(partial(quant.gemv, *_stored(w), xs, out[rows], exact_rounded.error_factor(xs.shape[1]),
-                               residual=r, overlap=self.overlap, **kw, **extra))
-        return ops
-
+        return [partial(quant.gemv, *_stored(w), x[rows], out[rows], norm=norm, eps=c.eps,
+                        residual=None if residual is None else residual[rows], overlap=self.overlap, **kw)
+                for rows in self._groups()]
 
     def _fixed_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
         """Deterministic mode's out = (residual +) pro(x) @ w^T ... in the dispatch table's "weight" rule
@@ -369,98 +322,18 @@ class PagedDecodeGraph:
                                residual=None if residual is None else residual[rows], **kw, **normed(rows)))
         return ops
 
-    def _tile_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
-        """Deterministic mode's out = (residual +) pro(x) @ w^T ... for the whole batch in one tile product
-        (quant_tiles), after the RMSNorm's kernel (or, for the slice scheme, x's slicing kernel, which
-        applies it)."""
-        be, c = self.dec.backend, self.dec.config
-        tiles = be.decode.products_tiles
-        if id(w) in self.row_maxima:
-            n, k = x.shape
-            bits = narrow_bits(k)
-            slices, xmax = self.slices[:n * 2 * k].reshape(n, 2 * k), self.xmax[:n]
-            normed = None if norm is None else self.normed
-            return [partial(be.decode.products_sliced.slice_rows, x, slices, xmax, bits, norm=norm, normed=normed,
-                            eps=c.eps, overlap=self.overlap),
-                    partial(tiles.sliced_gemm, *_stored(w), slices, xmax, x if normed is None else normed,
-                            self.row_maxima[id(w)], out, bits, bias=bias, residual=residual, swiglu=swiglu,
-                            overlap=self.overlap)]
-        ops = []
-        if norm is not None:
-            ops.append(partial(be.decode.products_exact.rms_norm, x, norm, self.normed, c.eps, overlap=self.overlap))
-            x = self.normed
-        factor = exact_rounded.error_factor(x.shape[1])
-        return ops + [partial(tiles.gemm, *_stored(w), x, self.row_norms[id(w)], out, factor, bias=bias,
-                              residual=residual, swiglu=swiglu, overlap=self.overlap)]
-
-    def _sliced_product(self, w, x, out, norm, residual, rows: slice, bias=None, swiglu: bool = False) -> list:
-        """Deterministic mode's out = (residual +) pro(x) @ w^T ... for K > ROUNDED_MAX_K (the slice
-        scheme): x's slices (after the RMSNorm, where there is one), then the product."""
-        sliced, c = self.dec.backend.decode.products_sliced, self.dec.config
-        n, k = x.shape
-        bits = narrow_bits(k)
-        slices, xmax = self.slices[:n * 2 * k].reshape(n, 2 * k), self.xmax[:n]
-        normed = None if norm is None else self.normed[rows]
-        return [partial(sliced.slice_rows, x, slices, xmax, bits, norm=norm, normed=normed, eps=c.eps,
-                        overlap=self.overlap),
-                partial(sliced.gemv, *_stored(w), slices, xmax, x if normed is None else normed, self.row_maxima[id(w)],
-                        out, bits, bias=bias, residual=residual, swiglu=swiglu, overlap=self.overlap)]
-
-
-def _fixed_tables(dec: Decoder) -> dict | None:
+def _fixed_tables(dec: Decoder) -> dict:
     """id(weight) -> its quant_fixed.w_exponents tables (kept in a stored weight's BlockQuantized.tables,
-    which the prompt products read too) for every product weight, or None where the backend has no
-    integer kernels or they cannot take one of the weights (unsupported() then refuses the graph)."""
-    fixed_kernels = getattr(dec.backend.decode, "products_fixed", None)
-    if fixed_kernels is None:
-        return None
+    which the prompt products read too) for every product weight (unsupported() has said the backend's
+    integer kernels take every one)."""
+    fixed_kernels = dec.backend.decode.products_fixed
     out = {}
     for w in _product_weights(dec):
         stored = _stored(w)
-        if stored is None or fixed_kernels.unsupported(stored[1], w.shape[1]) is not None:
-            return None
         if id(w) not in out:
             tables = w.tables if isinstance(w, BlockQuantized) else {}
             out[id(w)] = fixed_kernels.weight_tables(tables, "fixed_exponents", lambda s=stored, w=w: (
                 fixed_kernels.w_exponents(s[0], s[1], w.shape[0], w.shape[1])))
-    return out
-
-
-def _tiles_take(dec: Decoder) -> bool:
-    """Whether the tile products (quant_tiles) take every product weight of the decoder."""
-    tiles = dec.backend.decode.products_tiles
-    for w in _product_weights(dec):
-        k = w.shape[1]
-        sliced = exact_dispatch.matmul_scheme(np.float32, k) != exact_dispatch.ROUNDED
-        stored = _stored(w)
-        if stored is None or tiles.unsupported(stored[1], k, sliced=sliced) is not None:
-            return False
-    return True
-
-
-def _rounded_row_norms(dec: Decoder) -> dict:
-    """id(weight) -> its rows' 2-norms (quant_tiles.row_norms) for the product weights whose K takes the
-    rounded scheme."""
-    return _per_weight(dec, True, "row_norms")
-
-
-def _sliced_row_maxima(dec: Decoder) -> dict:
-    """id(weight) -> its rows' maxima (quant_slices.row_maxima) for the product weights whose K takes the
-    slice scheme."""
-    return _per_weight(dec, False, "row_maxima")
-
-
-def _per_weight(dec: Decoder, rounded: bool, name: str) -> dict:
-    """id(weight) -> its table `name` (quant_tiles.weight_table) for each product weight whose K takes
-    the rounded scheme (or, rounded False, the slice scheme): a stored weight's are the ones kept in its
-    BlockQuantized.tables, which every decode graph and prompt product reads; a float array's are made
-    here."""
-    table = dec.backend.decode.products_tiles.weight_table
-    out = {}
-    for w in _product_weights(dec):
-        rows, k = w.shape
-        if (exact_dispatch.matmul_scheme(np.float32, k) == exact_dispatch.ROUNDED) == rounded and id(w) not in out:
-            out[id(w)] = table(w.tables if isinstance(w, BlockQuantized) else {}, name, *_stored(w), rows, k)
     return out
 
 

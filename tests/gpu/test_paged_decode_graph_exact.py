@@ -125,11 +125,10 @@ def test_a_sequence_has_the_same_bits_in_any_batch():
 
 @pytest.mark.parametrize("cfg, qtype", [pytest.param(CONFIG, "Q4_1", marks=pytest.mark.smoke), (CONFIG, "BF16"),
                                         (LONG_DOWN, "Q4_K"), (ALL_LONG, "Q8_0")])
-def test_batches_past_the_tile_rows_take_the_tiles_with_the_same_bits(cfg, qtype):
+def test_batches_past_the_one_row_kernel_give_the_same_bits(cfg, qtype):
     """A batch of 21 sequences (bucket 24: padding rows too) replays products on the int8 tensor cores
-    (quant_fixed.rows_product, the weight rule) or the float64 ones (quant_tiles): its logits and cached
-    keys are the kernel-by-kernel steps' and the CPU's, and each sequence's are those it has alone (bucket
-    1: the one-row kernels)."""
+    (quant_fixed.rows_product, the weight rule): its logits and cached keys are the kernel-by-kernel
+    steps' and the CPU's, and each sequence's are those it has alone (bucket 1: the one-row kernel)."""
     weights, config = quant_weights(qtype, cfg, np.random.default_rng(21)), DecoderConfig.from_hf(cfg)
     n = 21
     prompts = np.array([[(t * (i + 2) + i) % 500 for t in PROMPT] for i in range(n)])
@@ -137,16 +136,14 @@ def test_batches_past_the_tile_rows_take_the_tiles_with_the_same_bits(cfg, qtype
     with loom.deterministic(True):
         graph, eager = graph_and_eager(built(config, weights))
         together, _, _, run = steps(graph, prompts, inputs)
-        # (the weight rule's integer kernels where they take the decoder's weights, else quant_tiles)
-        taken = run.graphs[24].fixed_tables is not None or run.graphs[24].tiles
-        assert list(run.graphs) == [24] and taken and run.stats["graph_steps"] == STEPS
+        assert list(run.graphs) == [24] and run.graphs[24].fixed_tables and run.stats["graph_steps"] == STEPS
         want, want_k, _, _ = steps(eager, prompts, inputs)
-        same_bits(together, want, "tile steps vs kernel by kernel")
+        same_bits(together, want, "batched steps vs kernel by kernel")
         ref, _, _, _ = steps(Decoder(config, weights), prompts, inputs)
-        same_bits(together, ref, "tile steps vs CPU")
+        same_bits(together, ref, "batched steps vs CPU")
         for i in (0, 13, 20):
             alone, _, _, alone_run = steps(graph, prompts[i:i + 1], inputs[:, i:i + 1])
-            assert not alone_run.graphs[1].tiles
+            assert list(alone_run.graphs) == [1]
             same_bits(together[:, i], alone[:, 0], f"sequence {i} in a batch of {n} vs alone")
 
 
