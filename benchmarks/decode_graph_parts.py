@@ -9,7 +9,7 @@ included.
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
 (--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
-batch N, up to the graph's 16). --plain records plain launches instead of overlapped ones
+batch N). --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included).
 
@@ -133,7 +133,7 @@ def main():
               "lm_head": dec.lm_head.nbytes}
     exact, batch = args.deterministic, args.batch
     with loom.deterministic(exact):
-        why = paged_graph.unsupported(dec, batch, exact)
+        why = paged_graph.why_not(dec, exact)
         if why is not None:
             raise SystemExit(f"no recorded decode step: {why}")
         cache = PagedKVCache(xp, c.layers, c.kv_heads, c.head_dim, blocks=2 * batch + 2, block_size=BLOCK)
