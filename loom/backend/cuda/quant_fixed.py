@@ -51,7 +51,8 @@ from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE, launch
 from .quant import BLOCK_DECODE, K_LAYOUTS, LAYOUTS, TYPES, pointer, type_defines
 from .quant_exact import NORM_ROW, _multiprocessors, sum_bits
-from .quant_fixed_source import ROWS_SOURCE, SOURCE
+from .quant_fixed_rows_source import ROWS_SOURCE
+from .quant_fixed_source import SOURCE
 from .quant_rows import PLAIN
 
 MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
