@@ -98,21 +98,23 @@ def test_every_batched_grid_shape_gives_the_same_bits(x_frags, w_frags, monkeypa
               f"{x_frags} x fragments, {w_frags} W fragments")
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "BF16"])
 @pytest.mark.parametrize("wpr", [1, 2, 4, 8])
 @pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (2, 2048, "block"),
                                              (4, 2080, "launch"), (3, 16896, "launch")])
-def test_every_split_of_a_row_over_warps_gives_the_same_bits(wpr, m, cols, source, monkeypatch):
+def test_every_split_of_a_row_over_warps_gives_the_same_bits(qtype, wpr, m, cols, source, monkeypatch):
     """loom_fixed_gemv's warps sharing a row (gemv_warps), x's integers made by each block or by their own
-    launch, output rows not a multiple of a block's."""
+    launch, output rows not a multiple of a block's; BF16 rows take the 16-byte loads (one step of eight
+    units a warp, the loads of several in flight past one row of x or two steps)."""
     _force(monkeypatch, source)
     rng = np.random.default_rng(wpr + m)
     rows = 37
-    data = random_rows("Q4_1", rows, cols, rng)
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
     x = rng.standard_normal((m, cols)).astype(np.float32)
     monkeypatch.setattr(quant_fixed, "gemv_warps", lambda rows: wpr)
-    got, _ = _product(data, "Q4_1", x)
-    same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, "Q4_1", (rows, cols)).dequantize()),
-              f"{wpr} warps a row, {m} x {cols}")
+    got, _ = _product(data, qtype, x)
+    same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, qtype, (rows, cols)).dequantize()),
+              f"{qtype}, {wpr} warps a row, {m} x {cols}")
 
 
 def _planes_product(data, qtype, x):
@@ -135,9 +137,10 @@ def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
               f"{qtype} prompt integer product, {m} x {cols}, {rows} rows")
 
 
+@pytest.mark.parametrize("qtype", ["Q4_1", "BF16"])
 @pytest.mark.parametrize("kernel", ["one-row", "batched", "planes"])
 @pytest.mark.parametrize("epilogue", ["bias", "residual", "swiglu", "swiglu and bias"])
-def test_epilogues_give_the_array_codes_bits(kernel, epilogue):
+def test_epilogues_give_the_array_codes_bits(qtype, kernel, epilogue):
     """(bias +) the product, (residual +), SwiGLU of the gate's and the up's products: the decoder's array
     code on the CPU (tests/quant_rows.exact_reference) with the integer scheme's product; in the one-row
     kernel, the int8 tensor-core kernel and the planes' finishing kernel (prompts past ROWS_MAX rows)."""
@@ -145,24 +148,24 @@ def test_epilogues_give_the_array_codes_bits(kernel, epilogue):
     m, cols, rows = {"one-row": 3, "batched": 20, "planes": 80}[kernel], 576, 72
     swiglu = epilogue.startswith("swiglu")
     stored = 2 * rows if swiglu else rows
-    data = random_rows("Q4_1", stored, cols, rng, scale=0.01)
-    w = BlockQuantized(data, "Q4_1", (stored, cols)).dequantize()
+    data = random_rows(qtype, stored, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (stored, cols)).dequantize()
     x = rng.standard_normal((m, cols)).astype(np.float32)
     bias = rng.standard_normal(stored).astype(np.float32) if "bias" in epilogue else None
     residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
     d = cupy.asarray(data)
-    tables = quant_fixed.w_exponents(d, "Q4_1", stored, cols)
+    tables = quant_fixed.w_exponents(d, qtype, stored, cols)
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
     epilogue_args = {"bias": None if bias is None else cupy.asarray(bias),
                      "residual": None if residual is None else cupy.asarray(residual), "swiglu": swiglu}
     if kernel == "planes":
-        weight = quant_fixed_planes.w_planes(d, "Q4_1", stored, cols, tables)
-        quant_fixed_planes.product(d, "Q4_1", cupy.asarray(x), out, weight, backend.get("cuda").blas, **epilogue_args)
+        weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
+        quant_fixed_planes.product(d, qtype, cupy.asarray(x), out, weight, backend.get("cuda").blas, **epilogue_args)
     else:
         run = quant_fixed.rows_product if kernel == "batched" else quant_fixed.gemv
-        run(d, "Q4_1", cupy.asarray(x), out, tables, **epilogue_args)
+        run(d, qtype, cupy.asarray(x), out, tables, **epilogue_args)
     want = exact_reference(x, w, None, bias, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(host(out), want, f"{epilogue}, {kernel}")
+    same_bits(host(out), want, f"{qtype}, {epilogue}, {kernel}")
 
 
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
@@ -216,24 +219,31 @@ def test_the_x_kernel_gives_the_cpus_integers():
         quant_fixed.x_integers(cupy.asarray(x.astype(np.float64)))
 
 
+@pytest.mark.parametrize("qtype", ["F32", "BF16"])
 @pytest.mark.parametrize("cols, source", [(256, "block"), (2048, "block"), (256, "launch"), (2080, "launch")])
-def test_integer_products_at_the_edges_of_float32(cols, source, monkeypatch):
+def test_integer_products_at_the_edges_of_float32(qtype, cols, source, monkeypatch):
+    """Rows of x and W at float32's edges (tests/quant_rows.float32_edges: overflow, subnormals, zeros, inf
+    and NaN); as BF16 rows too (their values truncated to bfloat16, float32's exponent range: the one-row
+    kernel's 16-byte loads at every edge)."""
     _force(monkeypatch, source)
     rng = np.random.default_rng(cols)
     rows, m = 72, 8
     x, w = float32_edges(m, rows, cols, rng)
+    if qtype == "BF16":
+        w = (w.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)      # (the reference takes these values)
+    data = w.view(np.uint8) if qtype == "F32" else (w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
     got = []
     step = quant_fixed.STAGED_ROWS if source == "block" else quant_fixed.MAX_ROWS
     for start in range(0, m, step):
-        part, _ = _product(w.view(np.uint8), "F32", np.ascontiguousarray(x[start:start + step]))
+        part, _ = _product(data, qtype, np.ascontiguousarray(x[start:start + step]))
         got.append(part)
     with np.errstate(over="ignore", invalid="ignore"):
         want = fixed.matmul_t(CPU, x, w)
     same_bits(np.concatenate(got), want, f"integer product at the edges, K = {cols}")
     assert not np.isfinite(np.concatenate(got)[4]).any()               # x's row 4 holds inf
-    batched, _ = _product(w.view(np.uint8), "F32", x, batched=True)
+    batched, _ = _product(data, qtype, x, batched=True)
     same_bits(batched, want, f"batched integer product at the edges, K = {cols}")
-    same_bits(_planes_product(w.view(np.uint8), "F32", x), want, f"prompt integer product at the edges, K = {cols}")
+    same_bits(_planes_product(data, qtype, x), want, f"prompt integer product at the edges, K = {cols}")
 
 
 @pytest.mark.parametrize("source", ["block", "launch"])

@@ -139,8 +139,9 @@ __device__ __forceinline__ void kquant_values(const unsigned char* blk, int s, i
 // Four values of 32-value unit b of a stored row for lane i (0..7) of the eight that share it, and their
 // positions in the unit: nibble types give lane i code bytes 2i, 2i+1 (values 2i, 2i+1 in the low
 // nibbles, 2i+16, 2i+17 in the high ones); the others values 4i .. 4i+3. A unit is a block, or an
-// eighth of a K-quant super-block. Blocks and their 16-bit fields are 2-byte aligned (F16/BF16 rows 8-byte
-// aligned, F32 rows 16-byte aligned: device allocations are, and a row of whole 32-value units keeps it).
+// eighth of a K-quant super-block. Blocks and their 16-bit fields are 2-byte aligned (F16/BF16 and F32 rows
+// 16-byte aligned: device allocations are, and a row of whole 32-value units keeps it; quant_fixed's one-row
+// kernel reads F16/BF16 rows 16 bytes a lane).
 __device__ __forceinline__ void block_values(const unsigned char* row, int b, int i, float* v, int* at) {
     const unsigned char* blk = row + (long long)(b / SUBS) * BLOCK;
     if (KQ != 0) {

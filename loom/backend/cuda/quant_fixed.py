@@ -17,8 +17,8 @@ Kernels:
 - `loom_fixed_gemv` (x's integers made by loom_fixed_x) and `loom_fixed_gemv_staged` (each block makes
   them, and the norm, in static shared memory, each thread holding its values of x: up to STAGED_ROWS
   rows over K <= HELD_K, small grids; see x_source), both compiled for their rows of x and units of K:
-  WPR warps a row of W (gemv_warps), lane l taking
-  value group l & 7 of its units; each decoded value's integer times x's, two products (each below 2^30)
+  WPR warps a row of W (gemv_warps), lane l taking value group l & 7 of its units (F16/BF16: eight values,
+  8 (l & 3) .. 8 (l & 3) + 7, in one 16-byte load); each decoded value's integer times x's, two products (each below 2^30)
   a 32-bit sum, added into int64s: exact in any order; the warps' sums meet in shared memory, and one lane
   scales the sum by 2^(ex + ew - 30) in float64 (exact: below 2^53) and rounds once to float32. A row of x
   or W holding inf or NaN gives IEEE's value of the sum of sign products with the infinities and NaNs

@@ -161,7 +161,7 @@ struct LoomFixedStored {
         t[0] = (int)(short)(v.x & 0xFFFFu); t[1] = (int)v.x >> 16;
         t[2] = (int)(short)(v.y & 0xFFFFu); t[3] = (int)v.y >> 16;
     }
-    // WIDE rows: positions 8 group .. 8 group + 7 of unit b (lane order is position order there), one 16-byte load
+    // LOOM_WIDE rows: positions 8 group .. 8 group + 7 of unit b (lane order is position order there), one 16-byte load
     __device__ __forceinline__ uint4 integers8(int m, int b, int group) const {
         return *(const uint4*)(xq + (long long)m * K + 32 * b + 8 * group);
     }
@@ -200,28 +200,28 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
 // out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
 // rows of x: WPR warps an output row; x's integers, exponents and flags from xs (LoomFixedStored: global or
 // shared memory), W's exponents and flags wt read before the kernel's wait
-// WIDE (F16, BF16): a lane takes eight values of a unit in one 16-byte load, four lanes a unit (faster than
+// LOOM_WIDE (F16, BF16): a lane takes eight values of a unit in one 16-byte load, four lanes a unit (faster than
 // block_values' eight-byte loads: Llama-3.2-1B's batch-1 step 1.87 -> 1.64 ms, H100); else block_values'
 // four values, eight lanes a unit
-#define WIDE (KIND == 1 || KIND == 2)
-#define LPU (WIDE ? 4 : 8)                  // lanes a 32-value unit
-#define VPL (32 / LPU)                      // values a lane takes of it
-#define UPI (32 / LPU)                      // units a warp takes an iteration
-// WIDE: steps whose loads are in flight together (half_gemv's; fewer past two rows of x: registers), at most
+#define LOOM_WIDE (KIND == 1 || KIND == 2)
+#define LOOM_LPU (LOOM_WIDE ? 4 : 8)                  // lanes a 32-value unit
+#define LOOM_VPL (32 / LOOM_LPU)                      // values a lane takes of it
+#define LOOM_UPI (32 / LOOM_LPU)                      // units a warp takes an iteration
+// LOOM_WIDE: steps whose loads are in flight together (half_gemv's; fewer past two rows of x: registers), at most
 // the row's steps where NB is compiled in (SmolLM2's rows are one step: more only cost registers)
-#define U_MAX ((EPI ? 4 : 8) / (MAX_ROWS > 2 ? 2 : 1))
-#define U_STEPS (NB ? (NB + UPI * WPR - 1) / (UPI * WPR) : U_MAX)
-#define U (U_STEPS < U_MAX ? U_STEPS : U_MAX)
+#define LOOM_WIDE_STEPS_MAX ((EPI ? 4 : 8) / (MAX_ROWS > 2 ? 2 : 1))
+#define LOOM_ROW_STEPS (NB ? (NB + LOOM_UPI * WPR - 1) / (LOOM_UPI * WPR) : LOOM_WIDE_STEPS_MAX)
+#define LOOM_WIDE_STEPS (LOOM_ROW_STEPS < LOOM_WIDE_STEPS_MAX ? LOOM_ROW_STEPS : LOOM_WIDE_STEPS_MAX)
 // The batched loads where they paid (H100, decode_graph_parts): every row count past one, and one row of x
 // over rows of more than two steps; one row of one or two steps (SmolLM2's) was 1-2 us a product slower
 // so, and takes the plain loop. Streaming loads (read once) for up to two rows of x, plain ones past
 // (Llama-3.2-1B's batch-4 step: 2.32 ms against 2.51 with streaming loads; batch 1: 1.60 against 1.61).
-#define BATCHED (WIDE && (MAX_ROWS > 1 || U_STEPS > 2))
+#define LOOM_BATCHED (LOOM_WIDE && (MAX_ROWS > 1 || LOOM_ROW_STEPS > 2))
 #define LOOM_W_LOAD(p) (MAX_ROWS > 2 ? *(p) : __ldcs(p))
 template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         const unsigned char* __restrict__ w, const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out,
         const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M) {
-    // WPR warps share a row, each taking every WPR-th group of four units; their int64 sums meet in shared
+    // WPR warps share a row, each taking every WPR-th step (four units, LOOM_WIDE eight); their int64 sums meet in shared
     // memory (exact: any order)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
     const long long r = (long long)blockIdx.x * (WARPS / WPR) + warp / WPR;
@@ -247,15 +247,15 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] = 0;
     }
-    const int group = lane % LPU, steps = (nb + UPI * WPR - 1) / (UPI * WPR);
-    if (BATCHED) {
-        // U steps' loads of W (streaming: read once) and of x's integers issued before any is used; a
+    const int group = lane % LOOM_LPU, steps = (nb + LOOM_UPI * WPR - 1) / (LOOM_UPI * WPR);
+    if (LOOM_BATCHED) {
+        // LOOM_WIDE_STEPS steps' loads of W (streaming: read once) and of x's integers issued before any is used; a
         // step: eight 16-bit values a lane, one 16-byte load (SwiGLU's gate and up rows together)
-        for (int base = 0; base < steps; base += U) {
-            uint4 wv[EPI + 1][U], xv[MAX_ROWS][U];
+        for (int base = 0; base < steps; base += LOOM_WIDE_STEPS) {
+            uint4 wv[EPI + 1][LOOM_WIDE_STEPS], xv[MAX_ROWS][LOOM_WIDE_STEPS];
             #pragma unroll
-            for (int u = 0; u < U; ++u) {
-                const int b = UPI * (WPR * (base + u) + slice) + lane / LPU;
+            for (int u = 0; u < LOOM_WIDE_STEPS; ++u) {
+                const int b = LOOM_UPI * (WPR * (base + u) + slice) + lane / LOOM_LPU;
                 const bool ok = live && base + u < steps && b < nb;
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e)
@@ -265,7 +265,7 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
                     xv[m][u] = ok && m < M ? xs.integers8(m, b, group) : make_uint4(0, 0, 0, 0);
             }
             #pragma unroll
-            for (int u = 0; u < U; ++u)
+            for (int u = 0; u < LOOM_WIDE_STEPS; ++u)
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) {
                     float v[8];
@@ -288,12 +288,12 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
         #pragma unroll 8
         for (int it = 0; it < steps; ++it) {
-            const int b = UPI * (WPR * it + slice) + lane / LPU;
+            const int b = LOOM_UPI * (WPR * it + slice) + lane / LOOM_LPU;
             if (!live || b >= nb) continue;       // (not break: the unrolled iterations' loads issue together)
-            float v[EPI + 1][VPL]; int at[4];
+            float v[EPI + 1][LOOM_VPL]; int at[4];
             #pragma unroll
             for (int e = 0; e <= EPI; ++e) {
-                if (WIDE) {                   // eight 16-bit values, one 16-byte load
+                if (LOOM_WIDE) {                   // eight 16-bit values, one 16-byte load
                     loom_wide_values(((const uint4*)(wrow[e] + 64 * (long long)b))[group], v[e]);
                 } else {
                     block_values(wrow[e], b, group, v[e], at);
@@ -302,22 +302,22 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
             #pragma unroll
             for (int m = 0; m < MAX_ROWS; ++m) {
                 if (m >= M) break;
-                int t[VPL];
-                if (WIDE) {
+                int t[LOOM_VPL];
+                if (LOOM_WIDE) {
                     const uint4 p = xs.integers8(m, b, group);
                     const unsigned u[4] = {p.x, p.y, p.z, p.w};
                     #pragma unroll
-                    for (int j = 0; j < VPL; ++j) t[j] = (j & 1) ? (int)u[j >> 1] >> 16 : (int)(short)(u[j >> 1] & 0xFFFFu);
+                    for (int j = 0; j < LOOM_VPL; ++j) t[j] = (j & 1) ? (int)u[j >> 1] >> 16 : (int)(short)(u[j >> 1] & 0xFFFFu);
                 } else {
                     xs.integers(m, b, group, at, t);
                 }
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) {
-                    int q[VPL];
+                    int q[LOOM_VPL];
                     #pragma unroll
-                    for (int j = 0; j < VPL; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
+                    for (int j = 0; j < LOOM_VPL; ++j) q[j] = (int)(loom_fixed_bits(v[e][j], sc[e], shift[e]) - 0x4B400000u);
                     #pragma unroll
-                    for (int j = 0; j < VPL; j += 2)  // two products (each below 2^30) a 32-bit sum
+                    for (int j = 0; j < LOOM_VPL; j += 2)  // two products (each below 2^30) a 32-bit sum
                         acc[e][m] += (long long)(q[j] * t[j] + q[j + 1] * t[j + 1]);
                 }
             }
