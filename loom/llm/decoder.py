@@ -460,7 +460,8 @@ class Decoder:
         w1 = self._weight(w, rows) if not isinstance(w, tuple) else w
         quant = self.backend.quant
         if (is_deterministic() and quant.fixed_epilogues and rows and isinstance(w1, BlockQuantized) and w1.shape[1] == k
-                and (bias is None or (bias.dtype == np.float32 and bias.shape == (w1.shape[0],)))):
+                and (bias is None or (bias.dtype == np.float32 and bias.shape == (w1.shape[0],)
+                                      and bias.flags.c_contiguous))):       # (the kernels index it flat)
             xp = self.xp
             n = w1.shape[0] // 2 if swiglu else w1.shape[0]
             x2 = xp.ascontiguousarray(x.reshape(rows, k), dtype=np.float32)
