@@ -53,8 +53,13 @@ def test_counters_histograms_and_gauges_follow_the_traffic(metered):
     usage = [client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4, seed=s).usage
              for s in range(3)]
     stream = list(client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=5, n=2, stream=True,
-                                                 stream_options={"include_usage": True}))
+                                                 logprobs=True, stream_options={"include_usage": True}))
     usage.append(stream[-1].usage)
+    streamed = [0, 0]                                  # each choice's tokens: one logprob entry a token
+    for chunk in stream:
+        for choice in chunk.choices:
+            streamed[choice.index] += len(choice.logprobs.content) if choice.logprobs else 0
+    assert sum(streamed) == stream[-1].usage.completion_tokens
     completion = client.completions.create(model="tiny", prompt="hi there", max_tokens=3)
     usage.append(completion.usage)
     assert httpx.post(metered.url + "/v1/chat/completions", json={"model": "tiny", "messages": []}).status_code == 400
@@ -67,7 +72,8 @@ def test_counters_histograms_and_gauges_follow_the_traffic(metered):
     assert m[("loom_prompt_tokens_total", "")] == sum(u.prompt_tokens for u in usage)
     generated = sum(u.completion_tokens for u in usage)
     assert m[("loom_generation_tokens_total", "")] == generated
-    choices = 3 + 2 + 1                                # every choice produced at least one token
+    # a choice whose first sample is the end of text has no first token (sampling is random without a seed)
+    choices = sum(u.completion_tokens > 0 for u in usage[:3] + usage[4:]) + sum(n > 0 for n in streamed)
     assert m[("loom_time_to_first_token_seconds_count", "")] == choices
     assert m[("loom_time_per_output_token_seconds_count", "")] == generated - choices
     for name in ("loom_time_to_first_token_seconds", "loom_time_per_output_token_seconds", "loom_engine_step_seconds"):
