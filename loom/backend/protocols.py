@@ -199,7 +199,8 @@ class DecodeKernels(Protocol):
     block-weight products and the step's attention, for fast mode and with deterministic mode's bits
     (products_exact: the products the rounded scheme takes; products_sliced: the longer ones, which take
     the slice scheme; products_tiles: both schemes for many rows of x at once, on the float64 tensor
-    cores; products_fixed: the dispatch table's "weight" rule, exact.fixed's integers, for any rows). Each
+    cores; products_fixed: the dispatch table's "weight" rule, exact.fixed's integers, for any rows;
+    products_planes: the same bits from PLANES_ROWS rows on, through the weights' int8 planes). Each
     attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
 
     products: ModuleType
@@ -209,6 +210,7 @@ class DecodeKernels(Protocol):
     products_tiles: ModuleType
     attention_exact: ModuleType
     products_fixed: ModuleType
+    products_planes: ModuleType
 
 
 class ComputeKernels(Protocol):

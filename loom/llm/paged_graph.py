@@ -26,8 +26,9 @@ has seen it (BatchEngine's steps launched ahead).
 In fast mode the sums run in the kernels' own order, so logits agree with paged_forward's to float32
 rounding, not bit for bit. Deterministic mode records the products of the dispatch table's "weight" rule
 (exact.fixed's integers, determinism spec 4) on backend/cuda/quant_fixed.py's kernels, each weight's rows'
-exponents made once when the graph is built (the one-row kernel up to its MAX_ROWS rows, the int8
-tensor-core kernel past), and decode_exact.py's attention, which gives the array code's bits (exact.sum's
+exponents (and, for batches of PLANES_ROWS rows and more, its int8 planes) made once when the graph is
+built (the one-row kernel up to its MAX_ROWS rows, the int8 tensor-core kernel past, cuBLAS's int8 GEMM of
+the planes from PLANES_ROWS), and decode_exact.py's attention, which gives the array code's bits (exact.sum's
 norms and softmax, mathlib's exp): a sequence's logits are what paged_forward gives it, and the CPU's, bit
 for bit. unsupported() refuses a deterministic graph whose weights the integer kernels cannot take. The
 attention kernel takes positions below EXACT_POSITIONS (p v over more than ROUNDED_MAX_K keys in the slice
@@ -164,6 +165,7 @@ class PagedDecodeGraph:
         # backend's integer kernels, each weight's rows' exponents made once here (the graph reads them at
         # every replay, as it reads the weights)
         self.fixed_tables = _fixed_tables(dec) if exact else None
+        self.fixed_planes = _fixed_planes(dec, self.fixed_tables) if exact and self._planes() else None
         # where the batch's heads are too few blocks to fill the device, steps with a position from
         # long_from on replay a second recording whose attention cuts long windows over several blocks,
         # through this graph's own workspace (recorded at the first such step; shorter windows keep the
@@ -304,9 +306,11 @@ class PagedDecodeGraph:
     def _fixed_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
         """Deterministic mode's out = (residual +) pro(x) @ w^T ... in the dispatch table's "weight" rule
         (exact.fixed's integers): quant_fixed's one-row kernel up to its MAX_ROWS rows (the RMSNorm made by
-        each of its blocks where x stages, else by x's integers' launch), its int8 tensor-core kernel past (a
-        launch for each ROWS_MAX rows, after x's integers' launch, which applies the norm)."""
-        fixed_kernels = self.dec.backend.decode.products_fixed
+        each of its blocks where x stages, else by x's integers' launch), its int8 tensor-core kernel below
+        PLANES_ROWS rows (after x's integers' launch, which applies the norm), from there one int8 GEMM of
+        the weight's planes (quant_fixed_planes: each weight read once for the whole batch)."""
+        decode = self.dec.backend.decode
+        fixed_kernels = decode.products_fixed
         kw = dict(bias=bias, swiglu=swiglu, overlap=self.overlap)
 
         def normed(rows: slice) -> dict:
@@ -315,12 +319,31 @@ class PagedDecodeGraph:
         if self.batch <= fixed_kernels.MAX_ROWS:
             return [partial(fixed_kernels.gemv, *_stored(w), x, out, self.fixed_tables[id(w)], residual=residual,
                             **kw, **normed(slice(None)))]
-        ops = []
-        for start in range(0, self.batch, fixed_kernels.ROWS_MAX):     # (groups of at most ROWS_MAX rows)
-            rows = slice(start, min(self.batch, start + fixed_kernels.ROWS_MAX))
-            ops.append(partial(fixed_kernels.rows_product, *_stored(w), x[rows], out[rows], self.fixed_tables[id(w)],
-                               residual=None if residual is None else residual[rows], **kw, **normed(rows)))
-        return ops
+        if self.fixed_planes is not None:
+            return [partial(decode.products_planes.product, *_stored(w), x, out, self.fixed_planes[id(w)],
+                            self.dec.backend.blas, residual=residual, **kw, **normed(slice(None)))]
+        return [partial(fixed_kernels.rows_product, *_stored(w), x, out, self.fixed_tables[id(w)], residual=residual,
+                        **kw, **normed(slice(None)))]
+
+    def _planes(self) -> bool:
+        """Whether the deterministic products take the weights' int8 planes (quant_fixed_planes: cuBLAS's
+        int8 GEMM), from the integer kernels' PLANES_ROWS rows on."""
+        return self.batch >= self.dec.backend.decode.products_fixed.PLANES_ROWS
+
+
+def _fixed_planes(dec: Decoder, fixed_tables: dict) -> dict:
+    """id(weight) -> its quant_fixed_planes.w_planes (kept in the stored weight's tables beside its exponents,
+    shared with the prompt products: 2 bytes a value), made here, never inside a recording."""
+    decode = dec.backend.decode
+    out = {}
+    for w in _product_weights(dec):
+        if id(w) not in out:
+            data, qtype = _stored(w)
+            tables = w.tables if isinstance(w, BlockQuantized) else {}
+            out[id(w)] = decode.products_fixed.weight_tables(tables, "fixed_planes", lambda: (
+                decode.products_planes.w_planes(data, qtype, w.shape[0], w.shape[1], fixed_tables[id(w)])))
+    return out
+
 
 def _fixed_tables(dec: Decoder) -> dict:
     """id(weight) -> its quant_fixed.w_exponents tables (kept in a stored weight's BlockQuantized.tables,

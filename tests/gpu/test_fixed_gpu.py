@@ -170,14 +170,16 @@ def test_epilogues_give_the_array_codes_bits(qtype, kernel, epilogue):
 
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
                                             (3, 8192, "launch"), (2, 576, "launch"),
-                                            (20, 576, "rows"), (64, 2048, "rows")])
+                                            (20, 576, "rows"), (64, 2048, "rows"), (24, 576, "planes"),
+                                            (70, 4096, "planes")])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
     """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel, or by x's integers' launch,
-    which writes the normed rows; the same through programmatic dependent launches (overlap). SwiGLU (the
+    which writes the normed rows (the int8 tensor-core kernel and the planes' GEMM likewise); the same through
+    programmatic dependent launches (overlap). SwiGLU (the
     gate and up product, which follows a norm in decoders). K past 2048 (x_integers' norm reads its row
     twice there)."""
-    if kernel != "rows":
+    if kernel in ("block", "launch"):
         _force(monkeypatch, kernel)
     rng = np.random.default_rng(m + cols)
     rows = 40
@@ -189,12 +191,17 @@ def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, ove
     tables = quant_fixed.w_exponents(d, "BF16", 2 * rows, cols)
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
     normed = cupy.full((m, cols), UNWRITTEN, dtype=np.float32)
-    run = quant_fixed.rows_product if kernel == "rows" else quant_fixed.gemv
-    run(d, "BF16", cupy.asarray(x), out, tables, swiglu=True, norm=cupy.asarray(norm), normed=normed, eps=1e-5,
-        overlap=overlap)
+    if kernel == "planes":
+        weight = quant_fixed_planes.w_planes(d, "BF16", 2 * rows, cols, tables)
+        quant_fixed_planes.product(d, "BF16", cupy.asarray(x), out, weight, backend.get("cuda").blas, swiglu=True,
+                                   norm=cupy.asarray(norm), normed=normed, eps=1e-5, overlap=overlap)
+    else:
+        run = quant_fixed.rows_product if kernel == "rows" else quant_fixed.gemv
+        run(d, "BF16", cupy.asarray(x), out, tables, swiglu=True, norm=cupy.asarray(norm), normed=normed, eps=1e-5,
+            overlap=overlap)
     want = exact_reference(x, w, norm, None, None, True, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
     same_bits(host(out), want, f"normed product, {kernel}, {m} x {cols}")
-    if kernel in ("rows", "launch"):
+    if kernel in ("rows", "launch", "planes"):
         with loom.deterministic(True):
             same_bits(normed, fused.rms_norm(x, norm, 1e-5)[0], "the normed rows")
 

@@ -90,6 +90,7 @@ class CUDABackend:
             quant,
             quant_exact,
             quant_fixed,
+            quant_fixed_planes,
             quant_slices,
             quant_tiles,
             windows,
@@ -103,7 +104,8 @@ class CUDABackend:
         self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
         self.flash_exact = flash_exact      # deterministic mode's, with the composed reference's bits
         self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
-        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact, quant_fixed)
+        self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact, quant_fixed,
+                                 quant_fixed_planes)
         from .compute import Compute
         self.compute = Compute(self.xp)      # the compute engine's primitives (loom.engine)
         from .primes import Primes
@@ -357,7 +359,7 @@ class CUDAQuant:
     def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
                        bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> bool:
         """The integer scheme's kernels, W read in place: quant_fixed.gemv up to its MAX_ROWS rows of x,
-        rows_product (int8 tensor cores) up to ROWS_MAX, quant_fixed_planes' int8 GEMM past; the weight's
+        rows_product (int8 tensor cores) below PLANES_ROWS, quant_fixed_planes' int8 GEMM from there; the weight's
         exponents (and planes, for the GEMM) made once into `tables`; the epilogue in each."""
         from . import quant_fixed, quant_fixed_planes
         m, k = x2.shape
@@ -370,7 +372,7 @@ class CUDAQuant:
         epilogue = {"bias": bias, "residual": residual, "swiglu": swiglu}
         if m <= quant_fixed.MAX_ROWS:
             quant_fixed.gemv(data, qtype, x2, out, w_tables, **epilogue)
-        elif m <= quant_fixed.ROWS_MAX and int(self._be.xp.cuda.Device().compute_capability) >= 80:
+        elif m < quant_fixed.PLANES_ROWS and int(self._be.xp.cuda.Device().compute_capability) >= 80:
             quant_fixed.rows_product(data, qtype, x2, out, w_tables, **epilogue)
         else:
             planes = quant_fixed.weight_tables(tables, "fixed_planes",
@@ -440,10 +442,10 @@ class CUDADecode:
 
     def __init__(self, products: ModuleType, attention: ModuleType, products_exact: ModuleType,
                  products_sliced: ModuleType, products_tiles: ModuleType, attention_exact: ModuleType,
-                 products_fixed: ModuleType):
+                 products_fixed: ModuleType, products_planes: ModuleType):
         self.products, self.attention = products, attention
         self.products_exact, self.products_sliced, self.attention_exact = products_exact, products_sliced, attention_exact
-        self.products_tiles, self.products_fixed = products_tiles, products_fixed
+        self.products_tiles, self.products_fixed, self.products_planes = products_tiles, products_fixed, products_planes
 
 
 class Graph:

@@ -59,6 +59,10 @@ MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself, in shared memory
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
+# rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
+# once for any rows; at most ROWS_MAX + 1 (below it, one rows_product launch takes them). Today's value keeps
+# rows_product wherever it takes the rows in one launch; a lower one is not yet measured.
+PLANES_ROWS = ROWS_MAX + 1
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
 MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float64 sums could round)
 WARPS = 8                   # warps a block of the product and of the exponents' kernel

@@ -13,8 +13,8 @@ product; a finishing kernel combines the four blocks and the sums in int64 (belo
 float64), scales by 2^(ex + ew - 30) and rounds once; an entry whose row of x or W holds inf or NaN
 takes IEEE's value of the sum of sign products (exact._special_values), by one thread.
 
-cuBLAS wants M, N and K multiples of 16: x's rows are padded with zeros (padding rows are never read
-back), the weight's rows likewise once (`w_planes`). Capturable: sizes as arguments, no sync.
+cuBLAS wants M, N and K multiples of 16: x's planes have padding rows, left unwritten (their products
+are never read back), the weight's rows are padded with zeros once (`w_planes`). Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
 
@@ -147,11 +147,14 @@ def w_planes(data: Array, qtype: str, rows: int, cols: int, w_tables: tuple[Arra
 
 
 def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes, blas: CuBLAS,
-            bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> None:
+            bias: Array | None = None, residual: Array | None = None, swiglu: bool = False,
+            norm: Array | None = None, normed: Array | None = None, eps: float = 0.0, overlap: bool = False) -> None:
     """out [M, rows] = (residual +) x [M, K] @ W^T (+ bias), or SwiGLU of its two halves (W's stored rows the
     gate's, then the up's), in the integer scheme (fixed.matmul_t's bits, then quant_fixed's epilogues) for
     float32 x, C-contiguous, through one int8 GEMM of the stacked planes (`blas`: the backend's CuBLAS
-    handle); the epilogue runs in the finishing kernel."""
+    handle); the epilogue runs in the finishing kernel. With `norm` (a weight [K]), the product of
+    rms_norm(x, norm, eps), which x's integers' launch writes to `normed` [M, K] on the way (quant_fixed's
+    x_integers); overlap: that launch is a programmatic dependent launch (launch.py)."""
     m, k = x.shape
     _check(qtype, k, x)
     if k >= 1 << 17:
@@ -159,9 +162,13 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
     rows, epilogue = _epilogue_args(data, m, out, bias, residual, swiglu)
     if m == 0 or rows == 0:
         return
-    xq, ex, xbad = x_integers(x)
+    if norm is not None and normed is None:
+        raise ShapeError("the planes' product with a norm writes the normed rows: pass `normed` [M, K]")
+    xq, ex, xbad = x_integers(x, None, norm, normed, eps, overlap)
+    if norm is not None:
+        x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
     pm = _padded(m)
-    xp = cupy.zeros((2 * pm, k), dtype=np.int8)
+    xp = cupy.empty((2 * pm, k), dtype=np.int8)       # (padding rows' products are never read back)
     sx = cupy.empty(m, dtype=np.int64)
     _module(qtype).get_function("loom_fixed_x_planes")((m,), (X_THREADS,), (xq, xp, sx, np.int64(pm), np.int32(k)))
     c = blas.gemm_int8(xp[None], weight.planes[None])[0]          # int32 [2 pm, 2 padded] (padded: of `stored`)
