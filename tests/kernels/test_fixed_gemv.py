@@ -49,3 +49,28 @@ def test_rows_holding_inf_or_nan_take_ieees_values():
         want = fixed.matmul_t(CPU, x, values)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert not np.isfinite(got[:, [2, 4]]).any() and np.isfinite(got[:, [0, 1, 3]]).all()
+
+
+def test_one_row_sums_round_ties_to_even_and_take_the_largest_integers():
+    """The one-row sums (row_dots' integer intrinsics) round each scaled value to its integer with ties to
+    even, as fixed.to_integers does: a Q8_0 row whose second block's values scale to odd multiples of
+    0.5 (its scale is the first's times 2^-8), and integers of +-32767 in both x and W."""
+    rng = np.random.default_rng(5)
+    cols = 256
+    codes = rng.integers(-127, 128, (3, cols), dtype=np.int8)
+    codes[:, 0], codes[1, 1] = 127, -127                   # the row maxima: integers of magnitude 32767
+    blocks = np.zeros((3, cols // 32, 34), np.uint8)
+    for r, scale in enumerate((1.5, 0.75, 3.0)):
+        d = np.array([scale * 2.0 ** (-8 * (b % 2)) for b in range(cols // 32)], np.float16)
+        blocks[r, :, :2] = d.view(np.uint8).reshape(-1, 2)
+        blocks[r, :, 2:] = codes[r].view(np.uint8).reshape(-1, 32)
+    data = blocks.reshape(3, -1)
+    w = BlockQuantized(data, "Q8_0", (3, cols))
+    dense = w.dequantize()
+    ties = (np.ldexp(dense.astype(np.float64), (15 - fixed.row_exponents(np, dense))[:, None]) % 1) == 0.5
+    assert ties.sum() > 50                                  # many values sit on a tie
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    x[0, 7] = -40.0                                         # x's largest magnitude: integer -32767 or so
+    with loom.deterministic(True):
+        got = w.matmul_t(x)
+    assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))
