@@ -4,12 +4,13 @@ then again recorded without one kind of kernel; the difference is that kernel's 
 included.
 
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
-                                                         [--deterministic] [--batch N]
+                                                         [--deterministic] [--batch N] [--planes-rows N]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
 (--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
-batch N). --plain records plain launches instead of overlapped ones
+batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS).
+--plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included).
 
@@ -122,7 +123,15 @@ def main():
     ap.add_argument("--plain", action="store_true", help="plain launches instead of overlapped ones")
     ap.add_argument("--deterministic", action="store_true", help="deterministic mode's graph (default: fast)")
     ap.add_argument("--batch", type=int, default=1, help="sequences in the step (default 1)")
+    ap.add_argument("--planes-rows", type=int, default=None,
+                    help="deterministic products take the weights' int8 planes from this many rows (quant_fixed."
+                         "PLANES_ROWS; default: its value)")
     args = ap.parse_args()
+    if args.planes_rows is not None:
+        from loom.backend.cuda import quant_fixed
+        if not quant_fixed.MAX_ROWS < args.planes_rows <= quant_fixed.ROWS_MAX + 1:
+            raise SystemExit(f"--planes-rows takes {quant_fixed.MAX_ROWS + 1} to {quant_fixed.ROWS_MAX + 1}")
+        quant_fixed.PLANES_ROWS = args.planes_rows
     config = llm.SHAPES[args.shape]
     dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),
                   device="cuda")
