@@ -237,9 +237,13 @@ class Decoder:
         deterministic mode's layer_tokens_exact; else None. Called as step(L, h2, cache_k, cache_v,
         positions, key_slots)."""
         if self._exact_token_ops(h):
+            from ..backend.cpu import exact_jit
             exp, sigmoid = mathlib.host_loop("exp", np.float32), mathlib.host_loop("sigmoid", np.float32)
-            if exp is not None and sigmoid is not None:     # (looked up once a step, not twice a layer)
-                return functools.partial(self.layer_tokens_exact, exp, sigmoid)
+            loop = exact_jit.rms_rows_loop()
+            if exp is not None and sigmoid is not None and loop is not None:    # (looked up once a step)
+                eps, bits = np.float32(self.config.eps), exact_jit.sum_bits(self.config.hidden)
+                return functools.partial(self.layer_tokens_exact, exp, sigmoid,
+                                         lambda x, weight, out: loop(x, weight, eps, bits, out))
         compiled = self.token_ops(h)
         return None if compiled is None else functools.partial(self.layer_tokens_paged, compiled)
 
@@ -265,26 +269,35 @@ class Decoder:
         h2 += _linear(act, L.down, L.down_bias, self._weight)
 
     # --- deterministic mode's one-token steps on the CPU -----------------------------------------------
-    def layer_tokens_exact(self, exp: Callable, sigmoid: Callable, L: _Layer, h2: Array, cache_k: Array,
-                           cache_v: Array, positions: list[int], key_slots: list[np.ndarray]) -> None:
+    def layer_tokens_exact(self, exp: Callable, sigmoid: Callable, rms: Callable, L: _Layer, h2: Array,
+                           cache_k: Array, cache_v: Array, positions: list[int], key_slots: list[np.ndarray]) -> None:
         """layer_tokens_paged in deterministic mode, with the bits of qkv, attend and finish_layer (the
         same operations, fewer calls): each row's RoPE, cache write and attention in two compiled calls
         around exp (backend/cpu/decode_exact.py) where its keys are within the rounded scheme's K and
-        everything is finite, else the composed operations for that row; exp and SiGLU's sigmoid as
-        mathlib's compiled loops called directly (a call through ops cost more than its loop)."""
+        everything is finite, else the composed operations for that row; exp, SiGLU's sigmoid and the
+        RMSNorms' loop (exact_jit.rms_rows_loop) called directly (a call through ops, or _rms' checks,
+        cost more than the loop)."""
         c = self.config
-        qkv = _linear(self._rms(h2, L.ln1), L.qkv, L.qkv_bias, self._weight)
+        qkv = _linear(self._exact_rms(rms, h2, L.ln1), L.qkv, L.qkv_bias, self._weight)
         ctx = np.empty((h2.shape[0], c.heads * c.head_dim), dtype=np.float32)
         for r, (pos, slots) in enumerate(zip(positions, key_slots)):
             ctx[r] = self._exact_token_row(L, qkv[r], cache_k, cache_v, pos, slots, exp)
         h2 += _linear(ctx, L.o, L.o_bias, self._weight)
-        gu = _linear(self._rms(h2, L.ln2), L.gate_up, L.gate_up_bias, self._weight)
+        gu = _linear(self._exact_rms(rms, h2, L.ln2), L.gate_up, L.gate_up_bias, self._weight)
         act = np.ascontiguousarray(gu[:, :c.intermediate])      # (x sigmoid(x)) up, as _swiglu composes it
         sig = np.empty_like(act)
         sigmoid(act.reshape(-1), sig.reshape(-1))
         act *= sig
         act *= gu[:, c.intermediate:]
         h2 += _linear(act, L.down, L.down_bias, self._weight)
+
+    def _exact_rms(self, rms: Callable, h2: Array, weight: Array) -> Array:
+        """_rms(h2, weight) in layer_tokens_exact (h2 [N, E] float32, C-contiguous): exact_jit's loop `rms`
+        called directly; _rms where the weight is not float32 and C-contiguous or a square is inf or NaN."""
+        out = np.empty_like(h2)
+        if weight.dtype == np.float32 and weight.flags.c_contiguous and rms(h2, weight, out):
+            return out
+        return self._rms(h2, weight)
 
     def _exact_token_row(self, L: _Layer, qkv: Array, cache_k: Array, cache_v: Array, pos: int,
                          slots: np.ndarray, exp) -> Array:

@@ -152,3 +152,23 @@ def test_a_batched_step_gives_each_sequence_its_bits_alone():
     for a, b in zip(alone, together):
         assert a.tokens == b.tokens
         assert a.logprobs == b.logprobs and len(a.logprobs) == 10
+
+
+def test_the_steps_norms_give_the_composed_bits_and_fall_back_past_float32(decoder):
+    """The step's RMSNorms call exact_jit's loop directly (Decoder._exact_rms): fused.rms_norm's bits on
+    ordinary rows, and on a row whose squares overflow float32 (the loop declines it: the array code)
+    and with a weight that is not float32."""
+    from loom.kernels import fused
+    c, L = decoder.config, decoder.layers[0]
+    h2 = RNG.standard_normal((3, c.hidden)).astype(np.float32)
+    h2[1, :4] = 3e19                                            # its squares are inf in float32
+    with loom.deterministic(True):
+        rms = decoder.token_layer(h2).args[2]
+        with np.errstate(all="ignore"):
+            want = fused.rms_norm(h2, L.ln1, c.eps)[0]
+            got = decoder._exact_rms(rms, h2, L.ln1)
+            wide = decoder._exact_rms(rms, h2, L.ln1.astype(np.float64))
+            want_wide = fused.rms_norm(h2, L.ln1.astype(np.float64), c.eps)[0]
+    assert np.array_equal(_bits(got), _bits(want)) and np.isfinite(got[[0, 2]]).all()
+    assert not rms(h2[1:2].copy(), L.ln1, np.empty((1, c.hidden), np.float32))   # (that row: the array code)
+    assert np.array_equal(_bits(wide), _bits(want_wide))

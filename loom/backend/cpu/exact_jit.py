@@ -23,6 +23,7 @@ last a scheduler time slice; one thread per pass is memory-bound already.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -129,6 +130,14 @@ def rms_rows(x: np.ndarray, weight: np.ndarray, eps: float, out: np.ndarray) -> 
     if not available() or x.ndim != 2 or x.shape[1] == 0 or not x.flags.c_contiguous:
         return False
     return _rms_rows(x, np.ascontiguousarray(weight, dtype=np.float32), np.float32(eps), sum_bits(x.shape[1]), out)
+
+
+def rms_rows_loop() -> Callable | None:
+    """The compiled loop behind rms_rows, for a caller that checks its arguments once (a decode step's
+    layers: 61 norms a token for SmolLM2-135M, where rms_rows' checks cost several times its loop):
+    loop(x, weight, eps, bits, out) -> bool with x [M, n] and weight [n] float32, C-contiguous, eps a
+    float32, bits sum_bits(n); None where the loops are unavailable."""
+    return _rms_rows if available() else None
 
 
 def sum_bits(n: int) -> int:
