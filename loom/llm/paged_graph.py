@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .. import fallback
 from ..backend import Array
 from ..kernels import fused
 from ..kernels.exact import dispatch as exact_dispatch
@@ -165,7 +166,13 @@ class PagedDecodeGraph:
         # backend's integer kernels, each weight's rows' exponents made once here (the graph reads them at
         # every replay, as it reads the weights)
         self.fixed_tables = _fixed_tables(dec) if exact else None
-        self.fixed_planes = _fixed_planes(dec, self.fixed_tables) if exact and self._planes() else None
+        self.fixed_planes = None
+        if exact and self._planes():
+            try:
+                self.fixed_planes = _fixed_planes(dec, self.fixed_tables)
+            except MemoryError as exc:          # (CuPy's OutOfMemoryError): rows_product, the same bits
+                fallback.notice_once(f"deterministic decode steps of {batch} rows take the int8 tensor-core kernel "
+                                     f"in groups of its rows: no device memory for the weights' int8 planes ({exc})")
         # where the batch's heads are too few blocks to fill the device, steps with a position from
         # long_from on replay a second recording whose attention cuts long windows over several blocks,
         # through this graph's own workspace (recorded at the first such step; shorter windows keep the
@@ -308,7 +315,8 @@ class PagedDecodeGraph:
         (exact.fixed's integers): quant_fixed's one-row kernel up to its MAX_ROWS rows (the RMSNorm made by
         each of its blocks where x stages, else by x's integers' launch), its int8 tensor-core kernel below
         PLANES_ROWS rows (after x's integers' launch, which applies the norm), from there one int8 GEMM of
-        the weight's planes (quant_fixed_planes: each weight read once for the whole batch)."""
+        the weight's planes (quant_fixed_planes: each weight read once for the whole batch), or where the
+        device had no memory for the planes the int8 kernel again, a launch for each ROWS_MAX rows."""
         decode = self.dec.backend.decode
         fixed_kernels = decode.products_fixed
         kw = dict(bias=bias, swiglu=swiglu, overlap=self.overlap)
@@ -322,8 +330,12 @@ class PagedDecodeGraph:
         if self.fixed_planes is not None:
             return [partial(decode.products_planes.product, *_stored(w), x, out, self.fixed_planes[id(w)],
                             self.dec.backend.blas, residual=residual, **kw, **normed(slice(None)))]
-        return [partial(fixed_kernels.rows_product, *_stored(w), x, out, self.fixed_tables[id(w)], residual=residual,
-                        **kw, **normed(slice(None)))]
+        ops = []
+        for start in range(0, self.batch, fixed_kernels.ROWS_MAX):     # (past ROWS_MAX: planes short of memory)
+            rows = slice(start, min(self.batch, start + fixed_kernels.ROWS_MAX))
+            ops.append(partial(fixed_kernels.rows_product, *_stored(w), x[rows], out[rows], self.fixed_tables[id(w)],
+                               residual=None if residual is None else residual[rows], **kw, **normed(rows)))
+        return ops
 
     def _planes(self) -> bool:
         """Whether the deterministic products take the weights' int8 planes (quant_fixed_planes: cuBLAS's

@@ -125,14 +125,19 @@ def test_a_sequence_has_the_same_bits_in_any_batch():
 
 @pytest.mark.parametrize("cfg, qtype", [pytest.param(CONFIG, "Q4_1", marks=pytest.mark.smoke), (CONFIG, "BF16"),
                                         (LONG_DOWN, "Q4_K"), (ALL_LONG, "Q8_0")])
-@pytest.mark.parametrize("planes", [False, True])
-def test_batches_past_the_one_row_kernel_give_the_same_bits(cfg, qtype, planes, monkeypatch):
+@pytest.mark.parametrize("planes", [False, True, "no memory"])
+def test_batches_past_the_one_row_kernel_give_the_same_bits(cfg, qtype, planes, monkeypatch, loom_log):
     """A batch of 21 sequences (bucket 24: padding rows too) replays products on the int8 tensor cores
     (quant_fixed.rows_product, the weight rule), or on the weights' int8 planes (cuBLAS's GEMM, PLANES_ROWS
-    lowered to the bucket): its logits and cached keys are the kernel-by-kernel steps' and the CPU's, and
-    each sequence's are those it has alone (bucket 1: the one-row kernel)."""
+    lowered to the bucket), or, where making the planes runs out of device memory, rows_product again
+    (said once): its logits and cached keys are the kernel-by-kernel steps' and the CPU's, and each
+    sequence's are those it has alone (bucket 1: the one-row kernel)."""
     from loom.backend.cuda import quant_fixed
-    monkeypatch.setattr(quant_fixed, "PLANES_ROWS", 24 if planes else 25)
+    monkeypatch.setattr(quant_fixed, "PLANES_ROWS", 25 if planes is False else 24)
+    if planes == "no memory":
+        def short(*args):
+            raise cupy.cuda.memory.OutOfMemoryError(1 << 40, 0)
+        monkeypatch.setattr(paged_graph, "_fixed_planes", short)
     weights, config = quant_weights(qtype, cfg, np.random.default_rng(21)), DecoderConfig.from_hf(cfg)
     n = 21
     prompts = np.array([[(t * (i + 2) + i) % 500 for t in PROMPT] for i in range(n)])
@@ -141,7 +146,9 @@ def test_batches_past_the_one_row_kernel_give_the_same_bits(cfg, qtype, planes, 
         graph, eager = graph_and_eager(built(config, weights))
         together, _, _, run = steps(graph, prompts, inputs)
         assert list(run.graphs) == [24] and run.graphs[24].fixed_tables and run.stats["graph_steps"] == STEPS
-        assert (run.graphs[24].fixed_planes is not None) == planes
+        assert (run.graphs[24].fixed_planes is not None) == (planes is True)
+        said = any("no device memory for the weights' int8 planes" in m for m in loom_log())
+        assert said == (planes == "no memory")
         want, want_k, _, _ = steps(eager, prompts, inputs)
         same_bits(together, want, "batched steps vs kernel by kernel")
         ref, _, _, _ = steps(Decoder(config, weights), prompts, inputs)
