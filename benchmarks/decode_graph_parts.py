@@ -128,6 +128,8 @@ def main():
                          "PLANES_ROWS; default: its value)")
     args = ap.parse_args()
     if args.planes_rows is not None:
+        if not args.deterministic:
+            raise SystemExit("--planes-rows sets where deterministic products take the planes: pass --deterministic")
         from loom.backend.cuda import quant_fixed
         if not quant_fixed.MAX_ROWS < args.planes_rows <= quant_fixed.ROWS_MAX + 1:
             raise SystemExit(f"--planes-rows takes {quant_fixed.MAX_ROWS + 1} to {quant_fixed.ROWS_MAX + 1}")

@@ -170,9 +170,9 @@ class PagedDecodeGraph:
         if exact and self._planes():
             try:
                 self.fixed_planes = _fixed_planes(dec, self.fixed_tables)
-            except MemoryError as exc:          # (CuPy's OutOfMemoryError): rows_product, the same bits
+            except MemoryError:                 # (CuPy's OutOfMemoryError): rows_product, the same bits
                 fallback.notice_once(f"deterministic decode steps of {batch} rows take the int8 tensor-core kernel "
-                                     f"in groups of its rows: no device memory for the weights' int8 planes ({exc})")
+                                     "in groups of its rows: no device memory for the weights' int8 planes")
         # where the batch's heads are too few blocks to fill the device, steps with a position from
         # long_from on replay a second recording whose attention cuts long windows over several blocks,
         # through this graph's own workspace (recorded at the first such step; shorter windows keep the
@@ -345,16 +345,31 @@ class PagedDecodeGraph:
 
 def _fixed_planes(dec: Decoder, fixed_tables: dict) -> dict:
     """id(weight) -> its quant_fixed_planes.w_planes (kept in the stored weight's tables beside its exponents,
-    shared with the prompt products: 2 bytes a value), made here, never inside a recording."""
+    shared with the prompt products and the other graphs: 2 bytes a value), made here, never inside a
+    recording. Where the device runs out of memory, the planes this call made are dropped again and the
+    MemoryError raised."""
     decode = dec.backend.decode
-    out = {}
-    for w in _product_weights(dec):
-        if id(w) not in out:
-            data, qtype = _stored(w)
-            tables = w.tables if isinstance(w, BlockQuantized) else {}
-            out[id(w)] = decode.products_fixed.weight_tables(tables, "fixed_planes", lambda: (
-                decode.products_planes.w_planes(data, qtype, w.shape[0], w.shape[1], fixed_tables[id(w)])))
+    out, made = {}, []
+    try:
+        for w in _product_weights(dec):
+            if id(w) not in out:
+                data, qtype = _stored(w)
+                tables = _tables(dec, w)
+                if "fixed_planes" not in tables:
+                    made.append(tables)
+                out[id(w)] = decode.products_fixed.weight_tables(tables, "fixed_planes", lambda: (
+                    decode.products_planes.w_planes(data, qtype, w.shape[0], w.shape[1], fixed_tables[id(w)])))
+    except MemoryError:
+        for tables in made:
+            tables.pop("fixed_planes", None)
+        raise
     return out
+
+
+def _tables(dec: Decoder, w) -> dict:
+    """The tables a product weight's exponents and planes are kept in: a stored weight's own, a float32
+    weight's stored F32 view's (Decoder._float_weight: one per weight, shared by every graph)."""
+    return w.tables if isinstance(w, BlockQuantized) else dec._float_weight(w).tables
 
 
 def _fixed_tables(dec: Decoder) -> dict:
@@ -366,7 +381,7 @@ def _fixed_tables(dec: Decoder) -> dict:
     for w in _product_weights(dec):
         stored = _stored(w)
         if id(w) not in out:
-            tables = w.tables if isinstance(w, BlockQuantized) else {}
+            tables = _tables(dec, w)
             out[id(w)] = fixed_kernels.weight_tables(tables, "fixed_exponents", lambda s=stored, w=w: (
                 fixed_kernels.w_exponents(s[0], s[1], w.shape[0], w.shape[1])))
     return out

@@ -224,6 +224,17 @@ def test_the_x_kernel_gives_the_cpus_integers():
     assert np.array_equal(lanes.astype(np.float64), natural[..., order])
     with pytest.raises(ShapeError, match="float32"):
         quant_fixed.x_integers(cupy.asarray(x.astype(np.float64)))
+    # quant_fixed_planes' layout (x's order): q = 256 h + l' + 128 with h in row m, l' in row P + m, and the
+    # rows' sums of q; the padding rows (P = 16 > 4) are left as they were
+    planes, sums = cupy.full((32, 1000), 99, dtype=np.int8), cupy.empty(4, dtype=np.int64)
+    none, pex, pbad = quant_fixed.x_integers(cupy.asarray(x), planes=(planes, sums))
+    q = fixed.to_integers(np, x, e).astype(np.int64)
+    p = host(planes).astype(np.int64)
+    assert none is None and np.array_equal(host(pex), ex) and np.array_equal(host(pbad), bad)
+    assert np.array_equal(256 * p[:4] + p[16:20] + 128, q) and np.array_equal(host(sums), q.sum(axis=1))
+    assert (p[4:16] == 99).all() and (p[20:] == 99).all()
+    with pytest.raises(ShapeError, match="planes"):
+        quant_fixed.x_integers(cupy.asarray(x), planes=(cupy.empty((6, 1000), dtype=np.int8), sums))
 
 
 @pytest.mark.parametrize("qtype", ["F32", "BF16"])

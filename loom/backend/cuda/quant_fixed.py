@@ -13,7 +13,8 @@ Kernels:
 - `loom_fixed_x`, once per product where the product does not make them itself: a block a row of x writes
   its exponent and its integers as int16 in the lane order of the weight's block_values (lane i's four
   values at slots 4i .. 4i + 3: one vector load in the products), optionally of rms_norm(x) (the normed
-  rows written first, quant_exact.rms_norm's bits);
+  rows written first, quant_exact.rms_norm's bits); for quant_fixed_planes' GEMM, as its int8 planes and
+  the rows' sums of their integers instead;
 - `loom_fixed_gemv` (x's integers made by loom_fixed_x) and `loom_fixed_gemv_staged` (each block makes
   them, and the norm, in static shared memory, each thread holding its values of x: up to STAGED_ROWS
   rows over K <= HELD_K, small grids; see x_source), both compiled for their rows of x and units of K:
@@ -145,23 +146,36 @@ def _nibble(qtype: str | None) -> bool:
 
 
 def x_integers(x: Array, qtype: str | None = None, norm: Array | None = None, normed: Array | None = None,
-               eps: float = 0.0, overlap: bool = False) -> tuple[Array, Array, Array]:
+               eps: float = 0.0, overlap: bool = False, planes: tuple[Array, Array] | None = None
+               ) -> tuple[Array | None, Array, Array]:
     """(xq int16 [M, K], ex int32 [M], bad int32 [M]) for float32 x [M, K], C-contiguous; each 32 values'
     integers in the lane order of qtype's block_values (the kernels' loads: slot 4i + j holds lane i's j-th
     value), in x's order where qtype is None or its lanes take four consecutive values. With `norm` (a
     weight [K]), those of rms_norm(x, norm, eps) (quant_exact.rms_norm's bits), which the same launch writes
-    to `normed` [M, K] first. overlap: a programmatic dependent launch (launch.py)."""
+    to `normed` [M, K] first. overlap: a programmatic dependent launch (launch.py). planes: (int8 [2 P, K],
+    int64 [M]) with P >= M: the integers go there instead, in quant_fixed_planes' layout (x's order; each
+    q = 256 h + l' + 128, h in row m, l' in row P + m), with each row's sum of q; xq is then None."""
     _check_x(x)
     m, k = x.shape
     if norm is not None:
         _check_norm(norm, normed, x.shape)
-    xq = cupy.empty((m, k), dtype=np.int16)
+    padded = 0
+    if planes is not None:
+        padded = planes[0].shape[0] // 2
+        if (planes[0].dtype != np.int8 or planes[0].shape != (2 * padded, k) or padded < m or qtype is not None
+                or not planes[0].flags.c_contiguous or planes[1].dtype != np.int64 or planes[1].shape != (m,)
+                or not planes[1].flags.c_contiguous):
+            raise ShapeError(f"planes must be int8 [2 P, {k}] (P >= {m}) and int64 [{m}], C-contiguous, in x's "
+                             f"order (no qtype), got {planes[0].dtype} {planes[0].shape} and {planes[1].dtype} "
+                             f"{planes[1].shape}, qtype {qtype}")
+    xq = cupy.empty((m, k), dtype=np.int16) if planes is None else None
     ex, bad = cupy.empty(m, dtype=np.int32), cupy.empty(m, dtype=np.int32)
     if m:
         # (any qtype's module holds it: the x kernel reads no weight)
         launch(_module("F32").get_function("loom_fixed_x"), m, X_THREADS,
-               (x, xq, ex, bad, np.int32(k), np.int32(_nibble(qtype)), pointer(norm), pointer(normed),
-                np.float32(eps), sum_bits(k)), overlap)
+               (x, pointer(xq), ex, bad, np.int32(k), np.int32(_nibble(qtype)), pointer(norm), pointer(normed),
+                np.float32(eps), sum_bits(k), *(pointer(p) for p in planes or (None, None)), np.int64(padded)),
+               overlap)
     return xq, ex, bad
 
 

@@ -1,5 +1,5 @@
-"""Prompt-sized products in the integer scheme of spec 4 (loom/kernels/exact/fixed.py;
-prompts past quant_fixed.ROWS_MAX rows) on cuBLAS's int8 GEMM: the same bits as quant_fixed's kernels.
+"""Products of many rows in the integer scheme of spec 4 (loom/kernels/exact/fixed.py; prompts and decode
+batches from quant_fixed.PLANES_ROWS rows) on cuBLAS's int8 GEMM: the same bits as quant_fixed's kernels.
 
 Each integer q (|q| <= 32767) splits into two signed bytes, q = 256 h + l' + 128 with h = q >> 8 and
 l' = (q & 255) - 128 (cuBLAS's int8 GEMM takes signed bytes only). With X = q_x - 128 and W = q_w - 128,
@@ -9,8 +9,9 @@ l' = (q & 255) - 128 (cuBLAS's int8 GEMM takes signed bytes only). With X = q_x 
 where HH = sum h_x h_w, HL = sum h_x l'_w, LH = sum l'_x h_w, LL = sum l'_x l'_w: one int8 GEMM of the stacked
 planes [h_x; l'_x] [2M, K] by [h_w; l'_w] [2N, K]^T gives all four, each exact in int32 (|product| <=
 2^14, K < 2^17). The weight's planes and its rows' sums are made once and kept (`w_planes`); x's per
-product; a finishing kernel combines the four blocks and the sums in int64 (below 2^53, so exact in
-float64), scales by 2^(ex + ew - 30) and rounds once; an entry whose row of x or W holds inf or NaN
+product, by quant_fixed's x kernel (x_integers with `planes`, the norm applied on the way); a finishing
+kernel combines the four blocks and the sums in int64 (below 2^53, so exact in float64), scales by
+2^(ex + ew - 30) and rounds once; an entry whose row of x or W holds inf or NaN
 takes IEEE's value of the sum of sign products (exact._special_values), by one thread.
 
 cuBLAS wants M, N and K multiples of 16: x's planes have padding rows, left unwritten (their products
@@ -29,7 +30,7 @@ from .. import Array
 from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
-from .quant_fixed import WARPS, X_THREADS, _check, _epilogue_args, _head, x_integers
+from .quant_fixed import WARPS, _check, _epilogue_args, _head, x_integers
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 _SOURCE = r"""
@@ -55,28 +56,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_w_planes(
     }
     for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
     if (lane == 0) sums[r] = total;
-}
-
-// x's planes likewise from loom_fixed_x's integers xq [M, K]: a block a row
-extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x_planes(
-        const short* __restrict__ xq, signed char* __restrict__ planes, long long* __restrict__ sums,
-        long long padded, int K) {
-    __shared__ long long part[X_THREADS / 32];
-    const long long m = blockIdx.x;
-    long long total = 0;
-    for (int k = threadIdx.x; k < K; k += X_THREADS) {
-        const int q = xq[m * K + k];
-        planes[m * K + k] = (signed char)(q >> 8);
-        planes[(padded + m) * K + k] = (signed char)((q & 255) - 128);
-        total += q;
-    }
-    for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
-    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = total;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        for (int i = 1; i < X_THREADS / 32; ++i) total += part[i];
-        sums[m] = total;
-    }
 }
 
 // out[m, n] from the int8 GEMM's blocks c [2 * pm, 2 * pn] (pm, pn: the padded row counts), then the epilogue
@@ -164,13 +143,12 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
         return
     if norm is not None and normed is None:
         raise ShapeError("the planes' product with a norm writes the normed rows: pass `normed` [M, K]")
-    xq, ex, xbad = x_integers(x, None, norm, normed, eps, overlap)
-    if norm is not None:
-        x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
     pm = _padded(m)
     xp = cupy.empty((2 * pm, k), dtype=np.int8)       # (padding rows' products are never read back)
     sx = cupy.empty(m, dtype=np.int64)
-    _module(qtype).get_function("loom_fixed_x_planes")((m,), (X_THREADS,), (xq, xp, sx, np.int64(pm), np.int32(k)))
+    _, ex, xbad = x_integers(x, None, norm, normed, eps, overlap, planes=(xp, sx))
+    if norm is not None:
+        x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
     c = blas.gemm_int8(xp[None], weight.planes[None])[0]          # int32 [2 pm, 2 padded] (padded: of `stored`)
     _module(qtype, int(swiglu)).get_function("loom_fixed_planes_finish")(
         (-(-(m * rows) // 256),), (256,),

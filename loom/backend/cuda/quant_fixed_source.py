@@ -100,9 +100,11 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_w_exponents(
 // (quant_exact.rms_norm's bits), which it writes to normed [M, K] first.
 extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
         const float* __restrict__ x, short* __restrict__ xq, int* __restrict__ ex, int* __restrict__ bad, int K,
-        int nibble, const float* __restrict__ norm_w, float* normed, float eps, int bits) {
+        int nibble, const float* __restrict__ norm_w, float* normed, float eps, int bits,
+        signed char* __restrict__ planes, long long* __restrict__ sums, long long padded) {
     __shared__ float top_s[X_THREADS / 32];
     __shared__ int bad_s[X_THREADS / 32];
+    __shared__ long long sum_s[X_THREADS / 32];
     __shared__ int e_s;
     __shared__ Scratch scratch;
     wait_for_previous_kernel();
@@ -135,10 +137,31 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     __syncthreads();
     const int shift = 15 - e_s;
     const float s = loom_fixed_scale(shift);
-    short* q = xq + (long long)blockIdx.x * K;
+    if (planes == 0) {
+        short* q = xq + (long long)blockIdx.x * K;
+        for (int k = threadIdx.x; k < K; k += X_THREADS) {
+            const float v = row[k];
+            q[(k & ~31) + loom_fixed_slot(k & 31, nibble)] = isfinite(v) ? (short)loom_fixed_bits(v, s, shift) : (short)0;
+        }
+        return;
+    }
+    // quant_fixed_planes' layout in place of xq (x's order): q = 256 h + l' + 128, h in row m of planes, l' in
+    // row padded + m, and the row's sum of q (exact in int64)
+    const long long m = blockIdx.x;
+    long long total = 0;
     for (int k = threadIdx.x; k < K; k += X_THREADS) {
         const float v = row[k];
-        q[(k & ~31) + loom_fixed_slot(k & 31, nibble)] = isfinite(v) ? (short)loom_fixed_bits(v, s, shift) : (short)0;
+        const int q = isfinite(v) ? (int)(short)(loom_fixed_bits(v, s, shift) & 0xFFFFu) : 0;
+        planes[m * K + k] = (signed char)(q >> 8);
+        planes[(padded + m) * K + k] = (signed char)((q & 255) - 128);
+        total += q;
+    }
+    for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
+    if ((threadIdx.x & 31) == 0) sum_s[threadIdx.x >> 5] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < X_THREADS / 32; ++i) total += sum_s[i];
+        sums[m] = total;
     }
 }
 
