@@ -12,7 +12,7 @@ holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fas
 batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS).
 --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
-rate they were read at (its time share, launch gaps included).
+rate they were read at (its time share, launch gaps included; with the planes, their 2 bytes a value).
 
 PagedDecodeGraph builds its launches untagged (_operations()); PartialGraph.tagged() builds the same
 list through the graph's own _product() with each launch's kind, and main() checks that it matches
@@ -159,6 +159,9 @@ def main():
             return g
 
         whole_graph = graph(())
+        if getattr(whole_graph, "fixed_planes", None) is not None:     # the products read the int8 planes
+            weights = {"qkv": L.qkv, "o": L.o, "gate_up": L.gate_up, "down": L.down, "lm_head": dec.lm_head}
+            nbytes = {kind: 2 * w.shape[0] * w.shape[1] for kind, w in weights.items()}
         why = same_launches(whole_graph)
         if why is not None:
             raise SystemExit(f"PartialGraph.tagged() no longer matches PagedDecodeGraph._operations(): {why}")
