@@ -339,51 +339,43 @@ class PagedDecodeGraph:
 
     def _planes(self) -> bool:
         """Whether the deterministic products take the weights' int8 planes (quant_fixed_planes: cuBLAS's
-        int8 GEMM), from the integer kernels' PLANES_ROWS rows on."""
-        return self.batch >= self.dec.backend.decode.products_fixed.PLANES_ROWS
+        int8 GEMM): quant_fixed.takes_planes, as the prompt products decide it."""
+        return self.batch > self.dec.backend.decode.products_fixed.MAX_ROWS and \
+            self.dec.backend.decode.products_fixed.takes_planes(self.batch)
 
 
 def _fixed_planes(dec: Decoder, fixed_tables: dict) -> dict:
-    """id(weight) -> its quant_fixed_planes.w_planes (kept in the stored weight's tables beside its exponents,
-    shared with the prompt products and the other graphs: 2 bytes a value), made here, never inside a
-    recording. Where the device runs out of memory, the planes this call made are dropped again and the
-    MemoryError raised."""
-    decode = dec.backend.decode
+    """id(weight) -> its quant_fixed_planes.w_planes (2 bytes a value), _per_weight's "fixed_planes"."""
+    planes = dec.backend.decode.products_planes
+    return _per_weight(dec, "fixed_planes", lambda data, qtype, w: planes.w_planes(data, qtype, w.shape[0], w.shape[1],
+                                                                                  fixed_tables[id(w)]))
+
+
+def _fixed_tables(dec: Decoder) -> dict:
+    """id(weight) -> its quant_fixed.w_exponents tables, _per_weight's "fixed_exponents" (unsupported() has
+    said the backend's integer kernels take every product weight)."""
+    fixed_kernels = dec.backend.decode.products_fixed
+    return _per_weight(dec, "fixed_exponents", lambda data, qtype, w: fixed_kernels.w_exponents(data, qtype, *w.shape))
+
+
+def _per_weight(dec: Decoder, name: str, make) -> dict:
+    """id(weight) -> table `name` of each product weight, make(data, qtype, weight) the first time: kept in a
+    stored weight's BlockQuantized.tables (a float32 weight's: its stored F32 view's, Decoder._float_weight),
+    which the prompt products and every graph read too; made here, never inside a recording. Where the
+    device runs out of memory, the tables this call made are dropped again and the MemoryError raised."""
+    weight_tables = dec.backend.decode.products_fixed.weight_tables
     out, made = {}, []
     try:
         for w in _product_weights(dec):
             if id(w) not in out:
-                data, qtype = _stored(w)
-                tables = _tables(dec, w)
-                if "fixed_planes" not in tables:
+                tables = w.tables if isinstance(w, BlockQuantized) else dec._float_weight(w).tables
+                if name not in tables:
                     made.append(tables)
-                out[id(w)] = decode.products_fixed.weight_tables(tables, "fixed_planes", lambda: (
-                    decode.products_planes.w_planes(data, qtype, w.shape[0], w.shape[1], fixed_tables[id(w)])))
+                out[id(w)] = weight_tables(tables, name, lambda w=w: make(*_stored(w), w))
     except MemoryError:
         for tables in made:
-            tables.pop("fixed_planes", None)
+            tables.pop(name, None)
         raise
-    return out
-
-
-def _tables(dec: Decoder, w) -> dict:
-    """The tables a product weight's exponents and planes are kept in: a stored weight's own, a float32
-    weight's stored F32 view's (Decoder._float_weight: one per weight, shared by every graph)."""
-    return w.tables if isinstance(w, BlockQuantized) else dec._float_weight(w).tables
-
-
-def _fixed_tables(dec: Decoder) -> dict:
-    """id(weight) -> its quant_fixed.w_exponents tables (kept in a stored weight's BlockQuantized.tables,
-    which the prompt products read too) for every product weight (unsupported() has said the backend's
-    integer kernels take every one)."""
-    fixed_kernels = dec.backend.decode.products_fixed
-    out = {}
-    for w in _product_weights(dec):
-        stored = _stored(w)
-        if id(w) not in out:
-            tables = _tables(dec, w)
-            out[id(w)] = fixed_kernels.weight_tables(tables, "fixed_exponents", lambda s=stored, w=w: (
-                fixed_kernels.w_exponents(s[0], s[1], w.shape[0], w.shape[1])))
     return out
 
 

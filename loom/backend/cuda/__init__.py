@@ -372,8 +372,7 @@ class CUDAQuant:
         epilogue = {"bias": bias, "residual": residual, "swiglu": swiglu}
         if m <= quant_fixed.MAX_ROWS:
             quant_fixed.gemv(data, qtype, x2, out, w_tables, **epilogue)
-        elif (m <= min(quant_fixed.ROWS_MAX, quant_fixed.PLANES_ROWS - 1)
-              and int(self._be.xp.cuda.Device().compute_capability) >= 80):
+        elif not quant_fixed.takes_planes(m) and int(self._be.xp.cuda.Device().compute_capability) >= 80:
             quant_fixed.rows_product(data, qtype, x2, out, w_tables, **epilogue)
         else:
             planes = quant_fixed.weight_tables(tables, "fixed_planes",

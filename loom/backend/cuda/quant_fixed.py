@@ -61,7 +61,7 @@ STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 # rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
-# once for any rows; at most ROWS_MAX + 1 (below it, one rows_product launch takes them). Today's value keeps
+# once for any rows (past ROWS_MAX they take it whatever this says: takes_planes). Today's value keeps
 # rows_product wherever it takes the rows in one launch; a lower one is not yet measured.
 PLANES_ROWS = ROWS_MAX + 1
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
@@ -224,6 +224,12 @@ def rows_shape(m: int, rows: int, qtype: str, swiglu: bool = False) -> tuple[int
     if swiglu:
         return 1, 2
     return (1 if m <= 16 else 2), 1
+
+
+def takes_planes(m: int) -> bool:
+    """Whether a product of m rows of x (past MAX_ROWS) takes the planes' int8 GEMM rather than one
+    rows_product launch: from PLANES_ROWS rows, and past ROWS_MAX always."""
+    return m >= PLANES_ROWS or m > ROWS_MAX
 
 
 def _epilogue_args(data: Array, m: int, out: Array, bias: Array | None, residual: Array | None,
