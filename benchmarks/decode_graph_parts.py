@@ -4,12 +4,13 @@ then again recorded without one kind of kernel; the difference is that kernel's 
 included.
 
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
-                                                         [--deterministic] [--batch N] [--planes-rows N]
+                                                         [--deterministic] [--batch N] [--planes-rows N] [--whole]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
 (--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
-batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS).
+batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS;
+--whole: the whole step's time alone).
 --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included; with the planes, their 2 bytes a value).
@@ -123,6 +124,7 @@ def main():
     ap.add_argument("--plain", action="store_true", help="plain launches instead of overlapped ones")
     ap.add_argument("--deterministic", action="store_true", help="deterministic mode's graph (default: fast)")
     ap.add_argument("--batch", type=int, default=1, help="sequences in the step (default 1)")
+    ap.add_argument("--whole", action="store_true", help="time the whole step only, not each kind's share")
     ap.add_argument("--planes-rows", type=int, default=None,
                     help="deterministic products take the weights' int8 planes from this many rows (quant_fixed."
                          "PLANES_ROWS; default: its value)")
@@ -170,7 +172,7 @@ def main():
         mode = "deterministic" if exact else "fast"
         print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches, "
               f"paged decode step at batch {batch}: whole step {whole:.1f} us")
-        for kind in KINDS[1:]:                        # (not the embedding: the step reads its output)
+        for kind in KINDS[1:] if not args.whole else ():     # (not the embedding: the step reads its output)
             share = whole - replay_us(graph((kind,)), xp)
             each = share / layers if kind != "lm_head" else share
             per = f"{each:.2f} us per layer" if kind != "lm_head" else f"{each:.2f} us"

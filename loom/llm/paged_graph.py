@@ -9,7 +9,7 @@ reads each sequence's own position and block table (backend/cuda/decode.py: page
 kernels are launched to overlap their predecessor (backend/cuda/launch.py): each fetches its
 weights while the kernel before it finishes. The products run over the batch in groups of the block
 kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
-than TENSOR_CORE_ROWS rows (MAX_ROWS for quantized weights) takes cuBLAS GEMMs on the tensor cores:
+than TENSOR_CORE_ROWS rows (QUANT_TENSOR_CORE_ROWS for quantized weights) takes cuBLAS GEMMs on the tensor cores:
 RMSNorm and the rounding to bfloat16 are one kernel, the attention kernel and SwiGLU write bfloat16,
 and the residual is added by the GEMM (backend/cuda/prefill.py). Without them (float32 weights, or
 tensor_cores off) batches past MAX_ROWS rows take GEMMs with the decoder's float32 copies
@@ -56,6 +56,10 @@ if TYPE_CHECKING:
 
 BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 TENSOR_CORE_ROWS = 4        # fast mode, 16-bit weights: batches past this many rows take the GEMM steps
+# ... quantized weights: quant.gemv reads fewer bytes than the bfloat16 copy, but its time grows with every
+# row of x (Llama-3.2-1B Q4_1 / Q4_K on an H200: 4 rows 1.7-1.8x one row's step, 8 rows 3-4.9x), while the
+# GEMM step's barely does (8 rows 1,240 us against gemv's 3,747-6,078)
+QUANT_TENSOR_CORE_ROWS = 2
 
 
 def bucket(n: int) -> int | None:
@@ -428,11 +432,10 @@ def _product_weights(dec: Decoder) -> list:
 
 
 def _tensor_core_rows(dec: Decoder) -> int:
-    """Rows past which fast-mode steps take the tensor cores: TENSOR_CORE_ROWS for 16-bit weights;
-    quantized ones keep their block kernels (which read the smaller stored rows) up to MAX_ROWS."""
-    quant, _ = _kernels(dec.backend, False)
+    """Rows past which fast-mode steps take the tensor cores: TENSOR_CORE_ROWS for 16-bit weights,
+    QUANT_TENSOR_CORE_ROWS for quantized ones."""
     sixteen = all(isinstance(w, BlockQuantized) and w.qtype in ("BF16", "F16") for w in _product_weights(dec))
-    return TENSOR_CORE_ROWS if sixteen else quant.MAX_ROWS
+    return TENSOR_CORE_ROWS if sixteen else QUANT_TENSOR_CORE_ROWS
 
 
 def _bf16_ready(dec: Decoder) -> bool:

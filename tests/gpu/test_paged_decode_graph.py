@@ -106,11 +106,33 @@ def test_recorded_steps_with_stored_weight_types(qtype):
         assert td.relative_error(got, ref) < 2e-4
 
 
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_quantized_batches_past_two_rows_take_the_tensor_cores(qtype):
+    """Quantized weights: batches of up to QUANT_TENSOR_CORE_ROWS rows take the block kernel (float32
+    sums), larger ones the bfloat16 GEMM steps on the weights' bfloat16 copies, whose logits agree with
+    the kernel-by-kernel steps' float32 ones to bfloat16 rounding: random rows of K = 256 cancel about
+    sqrt(K)-fold, so bfloat16's 2^-9 on x and W is a few percent of a logit's scale (Q8_0's values are
+    not bfloat16 values: 9.5% at most on an H200; Q4_K's mostly are), a wrong product O(1)."""
+    cfg = config_for(qtype, cuda_quant.K_LAYOUTS)
+    weights, config = quant_weights(qtype, cfg), DecoderConfig.from_hf(cfg)
+    with loom.deterministic(False):
+        graph, eager = graph_and_eager(built(config, weights))
+        for batch, bf16 in ((paged_graph.QUANT_TENSOR_CORE_ROWS, False), (3, True), (8, True)):
+            prompts = np.array([np.roll(PROMPT, i) for i in range(batch)])
+            inputs = fixed_inputs(4, batch, cfg["vocab_size"])
+            got, _, _, run = steps(graph, prompts, inputs)
+            want, _, _, _ = steps(eager, prompts, inputs)
+            assert run.stats["graph_steps"] == 4
+            assert [g.bf16 for g in run.graphs.values()] == [bf16]
+            assert td.relative_error(got, want) < (0.2 if bf16 else 1e-4), batch
+
+
 def test_one_recording_a_bucket_serves_any_rows_positions_and_tables():
     """Steps of three, two, two, one and three sequences (at positions that drift apart): the runner
     records a step per bucket (4, 2, 1) and replays the same one when the bucket comes back; the
     logits are the kernel-by-kernel steps'; a step writes its rows' slots only (and, padding rows,
-    the scratch block), so a sequence left out of a step keeps its cached keys."""
+    the scratch block), so a sequence left out of a step keeps its cached keys. Tensor cores off: the
+    bucket of four takes the block kernel's float32 sums, as the eager steps do."""
     config = DecoderConfig.from_hf(CONFIG)
     weights = quant_weights("Q8_0", CONFIG)
     prompts = [PROMPT, PROMPT[::-1], [9, 9, 9, 9] + PROMPT[:3]]
@@ -118,7 +140,7 @@ def test_one_recording_a_bucket_serves_any_rows_positions_and_tables():
     bs = 4
     out = []
     with loom.deterministic(False):
-        for dec in graph_and_eager(built(config, weights)):
+        for dec in graph_and_eager(built(config, weights, tensor_cores=False)):
             blocks, tables = tables_for(3, len(PROMPT) + len(schedule), bs)
             run = runner_for(dec, blocks, bs)
             run.run([Work(np.array(p), 0, t, True) for p, t in zip(prompts, tables)], [False] * 3)

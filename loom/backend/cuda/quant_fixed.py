@@ -61,9 +61,10 @@ STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 # rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
-# once for any rows (past ROWS_MAX they take it whatever this says: takes_planes). Today's value keeps
-# rows_product wherever it takes the rows in one launch; a lower one is not yet measured.
-PLANES_ROWS = ROWS_MAX + 1
+# once for any rows (past ROWS_MAX they take it whatever this says: takes_planes). Measured on an H200
+# (benchmarks/decode_graph_parts.py --planes-rows), Llama-3.2-1B decode steps of 8 / 16 / 64 rows:
+# 1,612 / 1,632 / 2,464 us on the planes against rows_product's 2,238 / 2,350 / 5,790 (SmolLM2: even)
+PLANES_ROWS = 8
 RW = 8                      # warps a block of loom_fixed_rows, each over every RW-th unit of K
 MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float64 sums could round)
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
