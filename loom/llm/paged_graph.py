@@ -344,8 +344,7 @@ class PagedDecodeGraph:
     def _planes(self) -> bool:
         """Whether the deterministic products take the weights' int8 planes (quant_fixed_planes: cuBLAS's
         int8 GEMM): quant_fixed.takes_planes, as the prompt products decide it."""
-        return self.batch > self.dec.backend.decode.products_fixed.MAX_ROWS and \
-            self.dec.backend.decode.products_fixed.takes_planes(self.batch)
+        return self.dec.backend.decode.products_fixed.takes_planes(self.batch)
 
 
 def _fixed_planes(dec: Decoder, fixed_tables: dict) -> dict:

@@ -228,9 +228,9 @@ def rows_shape(m: int, rows: int, qtype: str, swiglu: bool = False) -> tuple[int
 
 
 def takes_planes(m: int) -> bool:
-    """Whether a product of m rows of x (past MAX_ROWS) takes the planes' int8 GEMM rather than one
+    """Whether a product of m rows of x takes the planes' int8 GEMM rather than gemv (up to MAX_ROWS) or one
     rows_product launch: from PLANES_ROWS rows, and past ROWS_MAX always."""
-    return m >= PLANES_ROWS or m > ROWS_MAX
+    return m > MAX_ROWS and (m >= PLANES_ROWS or m > ROWS_MAX)
 
 
 def _epilogue_args(data: Array, m: int, out: Array, bias: Array | None, residual: Array | None,
