@@ -5,12 +5,13 @@ included.
 
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
                                                          [--deterministic] [--batch N] [--planes-rows N] [--whole]
+                                                         [--profile ROWS]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
 (--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
 batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS;
---whole: the whole step's time alone).
+--whole: the whole step's time alone; --profile ROWS: its kernels by name as well, from torch.profiler).
 --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included; with the planes, their 2 bytes a value).
@@ -117,6 +118,22 @@ def replay_us(graph, xp, n: int = 200) -> float:
     return xp.cuda.get_elapsed_time(start, stop) * 1000 / n
 
 
+def profile_replays(graph, rows: int, n: int = 20) -> None:
+    """The kernels of n replays of the step by name, us a step (torch.profiler: its CUPTI sees the graph's
+    kernels, CuPy's and cuBLAS's alike; needs torch with CUDA)."""
+    from torch.profiler import ProfilerActivity, profile
+    graph.graph.launch()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            graph.graph.launch()
+        graph.dec.backend.synchronize()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
+    total = sum(e.self_device_time_total for e in events) / n
+    print(f"  kernels of one step (profiler, {n} replays): {total:.1f} us in all")
+    for e in events[:rows]:
+        print(f"    {e.self_device_time_total / n:8.1f} us {e.count // n:5d} launches  {e.key[:90]}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("qtype", nargs="?", default="Q4_1", choices=["Q4_1", "BF16", "Q4_K", "Q8_0"])
@@ -125,6 +142,8 @@ def main():
     ap.add_argument("--deterministic", action="store_true", help="deterministic mode's graph (default: fast)")
     ap.add_argument("--batch", type=int, default=1, help="sequences in the step (default 1)")
     ap.add_argument("--whole", action="store_true", help="time the whole step only, not each kind's share")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="also list the whole step's kernels by name (torch.profiler over 20 replays), ROWS of them")
     ap.add_argument("--planes-rows", type=int, default=None,
                     help="deterministic products take the weights' int8 planes from this many rows (quant_fixed."
                          "PLANES_ROWS; default: its value)")
@@ -168,6 +187,8 @@ def main():
         if why is not None:
             raise SystemExit(f"PartialGraph.tagged() no longer matches PagedDecodeGraph._operations(): {why}")
         whole = replay_us(whole_graph, xp)
+        if args.profile:
+            profile_replays(whole_graph, args.profile)
         del whole_graph
         mode = "deterministic" if exact else "fast"
         print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches, "

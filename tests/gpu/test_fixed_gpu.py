@@ -18,7 +18,7 @@ from .cpu_gpu import host, same_bits
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
-from loom.backend.cuda import quant_fixed, quant_fixed_planes  # noqa: E402
+from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_mma  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 CPU = backend.get("cpu")
@@ -128,13 +128,34 @@ def _planes_product(data, qtype, x):
 
 @pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke), "F16", "F32", "Q4_1", "Q8_0",
                                    "Q4_K", "Q6_K"])
-@pytest.mark.parametrize("m, cols, rows", [(70, 576, 84), (256, 2048, 300), (33, 4864, 40)])
+@pytest.mark.parametrize("m, cols, rows", [(70, 576, 84), (256, 2048, 300), (33, 4864, 40), (9, 576, 86)])
 def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
-    """The int8 GEMM of the stacked planes (cuBLAS), rows of x and W not multiples of 16 (padded)."""
+    """The int8 GEMM of the stacked planes (cuBLAS), rows of x and W not multiples of 16 (padded); the
+    finishing kernel four entries a thread, and one (86 rows: not a multiple of 4)."""
     data, w, x = _scaled_case(qtype, m, cols, rows)
     cols = x.shape[1]
     same_bits(_planes_product(data, qtype, x), fixed.matmul_t(CPU, x, w),
               f"{qtype} prompt integer product, {m} x {cols}, {rows} rows")
+
+
+def _epilogue_case(qtype, m, cols, rows, epilogue, rng, run):
+    """(the product's output on the host, the decoder's array code's on the CPU) for random rows of W (stored
+    as qtype; SwiGLU: 2 rows of them, the gate's then the up's) and x [m, cols], with the epilogue's bias and
+    residual; run(d, x, out, tables, stored, bias=, residual=, swiglu=) makes the product on the GPU."""
+    swiglu = epilogue.startswith("swiglu")
+    stored = 2 * rows if swiglu else rows
+    data = random_rows(qtype, stored, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (stored, cols)).dequantize()
+    x = rng.standard_normal((m, cols)).astype(np.float32)
+    bias = rng.standard_normal(stored).astype(np.float32) if "bias" in epilogue else None
+    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
+    d = cupy.asarray(data)
+    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
+    run(d, cupy.asarray(x), out, quant_fixed.w_exponents(d, qtype, stored, cols), stored,
+        bias=None if bias is None else cupy.asarray(bias), residual=None if residual is None else cupy.asarray(residual),
+        swiglu=swiglu)
+    want = exact_reference(x, w, None, bias, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    return host(out), want
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "BF16"])
@@ -144,28 +165,17 @@ def test_epilogues_give_the_array_codes_bits(qtype, kernel, epilogue):
     """(bias +) the product, (residual +), SwiGLU of the gate's and the up's products: the decoder's array
     code on the CPU (tests/quant_rows.exact_reference) with the integer scheme's product; in the one-row
     kernel, the int8 tensor-core kernel and the planes' finishing kernel (prompts past ROWS_MAX rows)."""
-    rng = np.random.default_rng(len(epilogue) + len(kernel))
-    m, cols, rows = {"one-row": 3, "batched": 20, "planes": 80}[kernel], 576, 72
-    swiglu = epilogue.startswith("swiglu")
-    stored = 2 * rows if swiglu else rows
-    data = random_rows(qtype, stored, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (stored, cols)).dequantize()
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    bias = rng.standard_normal(stored).astype(np.float32) if "bias" in epilogue else None
-    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
-    d = cupy.asarray(data)
-    tables = quant_fixed.w_exponents(d, qtype, stored, cols)
-    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
-    epilogue_args = {"bias": None if bias is None else cupy.asarray(bias),
-                     "residual": None if residual is None else cupy.asarray(residual), "swiglu": swiglu}
-    if kernel == "planes":
-        weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
-        quant_fixed_planes.product(d, qtype, cupy.asarray(x), out, weight, backend.get("cuda").blas, **epilogue_args)
-    else:
-        run = quant_fixed.rows_product if kernel == "batched" else quant_fixed.gemv
-        run(d, qtype, cupy.asarray(x), out, tables, **epilogue_args)
-    want = exact_reference(x, w, None, bias, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(host(out), want, f"{qtype}, {epilogue}, {kernel}")
+    m = {"one-row": 3, "batched": 20, "planes": 80}[kernel]
+
+    def run(d, x, out, tables, stored, **epilogue_args):
+        if kernel == "planes":
+            weight = quant_fixed_planes.w_planes(d, qtype, stored, 576, tables)
+            quant_fixed_planes.product(d, qtype, x, out, weight, backend.get("cuda").blas, **epilogue_args)
+        else:
+            (quant_fixed.rows_product if kernel == "batched" else quant_fixed.gemv)(d, qtype, x, out, tables,
+                                                                                    **epilogue_args)
+    out, want = _epilogue_case(qtype, m, 576, 72, epilogue, np.random.default_rng(len(epilogue) + len(kernel)), run)
+    same_bits(out, want, f"{qtype}, {epilogue}, {kernel}")
 
 
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
@@ -235,6 +245,78 @@ def test_the_x_kernel_gives_the_cpus_integers():
     assert (p[4:16] == 99).all() and (p[20:] == 99).all()
     with pytest.raises(ShapeError, match="planes"):
         quant_fixed.x_integers(cupy.asarray(x), planes=(cupy.empty((6, 1000), dtype=np.int8), sums))
+
+
+@pytest.mark.parametrize("qtype", ["BF16", "Q4_1"])
+@pytest.mark.parametrize("m, cols, rows", [(1, 576, 72), (8, 608, 100), (16, 2048, 300), (17, 576, 1100),
+                                           (33, 4864, 84), (64, 8192, 136), (64, 576, 2500)])
+@pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
+def test_the_planes_one_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, monkeypatch):
+    """Decode batches' planes products in one kernel (quant_fixed_planes_mma: the int8 tensor cores and the
+    finish in one launch): rows of x of one to four fragments and not a multiple of one, K with a last chunk
+    of 32 values (608) and past 2^13, output rows not a multiple of a block's, every grid shape
+    (warps_along_rows), the epilogues; against the CPU's integer scheme and the decoder's array code. (The
+    dispatch gives it one fragment of small products; every shape it compiles for is held to the same bits.)"""
+    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_ROWS", 64)
+    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_K", 1 << 15)
+    assert quant_fixed_planes_mma.takes(m, cols)
+
+    def run(d, x, out, tables, stored, **epilogue_args):
+        weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
+        quant_fixed_planes.product(d, qtype, x, out, weight, backend.get("cuda").blas, **epilogue_args)
+    out, want = _epilogue_case(qtype, m, cols, rows, epilogue, np.random.default_rng(m + cols + rows), run)
+    same_bits(out, want, f"{qtype}, {m} x {cols}, {rows} rows, {epilogue}")
+
+
+@pytest.mark.parametrize("wn", [1, 2, 4, 8])
+def test_every_grid_of_the_planes_one_kernel_gives_the_same_bits(wn, monkeypatch):
+    """Warps along W's rows (the rest split K), forced, on rows at float32's edges (inf and NaN entries by
+    one thread); the same bits as the CPU's."""
+    rng = np.random.default_rng(wn)
+    m, rows, cols = 8, 72, 2048
+    x, w = float32_edges(m, rows, cols, rng)
+    data = cupy.asarray(w.view(np.uint8))
+    weight = quant_fixed_planes.w_planes(data, "F32", rows, cols, quant_fixed.w_exponents(data, "F32", rows, cols))
+    monkeypatch.setattr(quant_fixed_planes_mma, "warps_along_rows", lambda outs, x_frags, swiglu: wn)
+    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_K", 1 << 15)
+    assert quant_fixed_planes_mma.takes(m, cols)
+    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
+    quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = fixed.matmul_t(CPU, x, w)
+    same_bits(host(out), want, f"{wn} warps along W's rows, at float32's edges")
+
+
+@pytest.mark.parametrize("epilogue", ["residual", "swiglu and bias"])
+def test_the_planes_finishing_kernels_agree(epilogue, monkeypatch):
+    """The finishing kernel four entries a thread (16-byte loads and store) against one entry a thread, on
+    rows of x and W at float32's edges (entries holding inf or NaN take the one-thread IEEE value), and x's
+    planes made from rows that do not start 16-byte aligned (the x kernel's one-value loop)."""
+    rng = np.random.default_rng(7)
+    m, rows, cols = 32, 72, 256
+    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_ROWS", 0)             # (cuBLAS's GEMM, then the finish)
+    monkeypatch.setattr(quant_fixed_planes, "FINISH_FOUR", True)
+    x, w = float32_edges(m, 2 * rows, cols, rng)
+    data = cupy.asarray(w.view(np.uint8))
+    swiglu = epilogue.startswith("swiglu")
+    stored = 2 * rows if swiglu else rows
+    data = data[:stored]
+    weight = quant_fixed_planes.w_planes(data, "F32", stored, cols, quant_fixed.w_exponents(data, "F32", stored, cols))
+    args = {"residual": cupy.asarray(rng.standard_normal((m, rows)).astype(np.float32)) if not swiglu else None,
+            "bias": cupy.asarray(rng.standard_normal(stored).astype(np.float32)) if swiglu else None, "swiglu": swiglu}
+    spare = cupy.zeros(m * cols + 1, dtype=np.float32)
+    shifted = spare[1:].reshape(m, cols)                # C-contiguous, 4 bytes past a 16-byte boundary
+    shifted[...] = cupy.asarray(x)
+    got = {}
+    for four, xs in ((True, cupy.asarray(x)), (False, cupy.asarray(x)), (True, shifted)):
+        monkeypatch.setattr(quant_fixed_planes, "FINISH_FOUR", four)
+        out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            quant_fixed_planes.product(data, "F32", xs, out, weight, backend.get("cuda").blas, **args)
+        got[four, xs is shifted] = host(out)
+    same_bits(got[True, False], got[False, False], f"{epilogue}: four entries a thread against one")
+    same_bits(got[True, True], got[False, False], f"{epilogue}: x's rows not 16-byte aligned")
+    assert not np.isfinite(got[True, False][4]).all()              # x's row 4 holds inf
 
 
 @pytest.mark.parametrize("qtype", ["F32", "BF16"])

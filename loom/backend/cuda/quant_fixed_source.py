@@ -149,7 +149,24 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     // row padded + m, and the row's sum of q (exact in int64)
     const long long m = blockIdx.x;
     long long total = 0;
-    for (int k = threadIdx.x; k < K; k += X_THREADS) {
+    // four values a thread: a 16-byte load, two 4-byte stores (K is a multiple of 32; rows of x start 16-byte aligned
+    // where `row` does)
+    const bool wide = ((unsigned long long)row & 15) == 0;
+    for (int k = 4 * threadIdx.x; wide && k < K; k += 4 * X_THREADS) {
+        const float4 v4 = *(const float4*)(row + k);
+        const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+        unsigned hi = 0, lo = 0;
+        #pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int q = isfinite(v[j]) ? (int)(short)(loom_fixed_bits(v[j], s, shift) & 0xFFFFu) : 0;
+            hi |= (unsigned)(q >> 8 & 255) << (8 * j);
+            lo |= (unsigned)(((q & 255) - 128) & 255) << (8 * j);
+            total += q;
+        }
+        *(unsigned*)(planes + m * K + k) = hi;
+        *(unsigned*)(planes + (padded + m) * K + k) = lo;
+    }
+    for (int k = threadIdx.x; !wide && k < K; k += X_THREADS) {
         const float v = row[k];
         const int q = isfinite(v) ? (int)(short)(loom_fixed_bits(v, s, shift) & 0xFFFFu) : 0;
         planes[m * K + k] = (signed char)(q >> 8);
@@ -167,11 +184,14 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
 
 // The epilogue of an entry from its products y[0] (and SwiGLU's up half y[1]), each rounded once:
 // quant_finish's loom_tile_finish's (bias +) value, silu(gate) * up, (residual +)
-__device__ __forceinline__ void loom_fixed_store(float* y, const float* bias, const float* res, float* out,
-                                                 long long at, long long wr, long long rows) {
+__device__ __forceinline__ float loom_fixed_value(float* y, const float* bias, long long wr, long long rows) {
     #pragma unroll
     for (int e = 0; e <= EPI; ++e) if (bias != 0) y[e] = y[e] + bias[wr + e * rows];
-    const float r = EPI == 1 ? (y[0] * loom_sigmoid(y[0])) * y[EPI] : y[0];
+    return EPI == 1 ? (y[0] * loom_sigmoid(y[0])) * y[EPI] : y[0];
+}
+__device__ __forceinline__ void loom_fixed_store(float* y, const float* bias, const float* res, float* out,
+                                                 long long at, long long wr, long long rows) {
+    const float r = loom_fixed_value(y, bias, wr, rows);
     out[at] = res != 0 ? res[at] + r : r;
 }
 
