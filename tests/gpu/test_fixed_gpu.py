@@ -181,7 +181,8 @@ def test_epilogues_give_the_array_codes_bits(qtype, kernel, epilogue):
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
                                             (3, 8192, "launch"), (2, 576, "launch"),
                                             (20, 576, "rows"), (64, 2048, "rows"), (24, 576, "planes"),
-                                            (70, 4096, "planes")])
+                                            (70, 4096, "planes"), (5, 576, "own x"), (16, 512, "own x"),
+                                            (12, 960, "own x")])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
     """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel, or by x's integers' launch,
@@ -191,6 +192,10 @@ def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, ove
     twice there)."""
     if kernel in ("block", "launch"):
         _force(monkeypatch, kernel)
+    if kernel == "own x":                   # (the planes' one kernel making x's planes and the norm itself)
+        monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", True)
+        assert quant_fixed_planes_mma.makes_x(m, cols)
+        kernel = "planes"
     rng = np.random.default_rng(m + cols)
     rows = 40
     data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
@@ -346,12 +351,26 @@ def test_integer_products_at_the_edges_of_float32(qtype, cols, source, monkeypat
     same_bits(_planes_product(data, qtype, x), want, f"prompt integer product at the edges, K = {cols}")
 
 
-@pytest.mark.parametrize("source", ["block", "launch"])
+@pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
+@pytest.mark.parametrize("m, cols", [(3, 576), (16, 960)])
+def test_the_planes_one_kernel_making_x_gives_the_cpus_bits(m, cols, epilogue, monkeypatch):
+    """The planes' one kernel making x's planes itself (each block, a warp a row) with no norm: the o and
+    down products' case."""
+    monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", True)
+    assert quant_fixed_planes_mma.makes_x(m, cols)
+
+    def run(d, x, out, tables, stored, **epilogue_args):
+        weight = quant_fixed_planes.w_planes(d, "BF16", stored, cols, tables)
+        quant_fixed_planes.product(d, "BF16", x, out, weight, backend.get("cuda").blas, **epilogue_args)
+    out, want = _epilogue_case("BF16", m, cols, 200, epilogue, np.random.default_rng(m + cols), run)
+    same_bits(out, want, f"making x, {m} x {cols}, {epilogue}")
+
+
+@pytest.mark.parametrize("source", ["block", "launch", "planes", "own x"])
 def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, monkeypatch):
     """rms_norm's exact sum of squares with squares that overflow (inf), underflow, rows of zeros and rows
     holding inf and NaN, where each block makes x's integers and where their launch does; a wide spread of
     scales within a row."""
-    _force(monkeypatch, source)
     rng = np.random.default_rng(11)
     rows, cols = 24, 512
     x, w = float32_edges(8, rows, cols, rng)
@@ -364,7 +383,17 @@ def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, mon
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, "F32", rows, cols)
     got = []
-    for start in range(0, 8, quant_fixed.STAGED_ROWS):
+    if source in ("planes", "own x"):           # (the planes' one kernel: x's planes by x's kernel, or its own)
+        monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", source == "own x")
+        out = cupy.full((8, rows), UNWRITTEN, dtype=np.float32)
+        weight = quant_fixed_planes.w_planes(d, "F32", rows, cols, tables)
+        with np.errstate(over="ignore", invalid="ignore"):
+            quant_fixed_planes.product(d, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas,
+                                       norm=cupy.asarray(norm), normed=cupy.empty((8, cols), dtype=np.float32), eps=1e-6)
+        got.append(host(out))
+    else:
+        _force(monkeypatch, source)
+    for start in range(0, 8 if not got else 0, quant_fixed.STAGED_ROWS):
         rows_x = x[start:start + quant_fixed.STAGED_ROWS]
         out = cupy.full((len(rows_x), rows), UNWRITTEN, dtype=np.float32)
         normed = cupy.empty((len(rows_x), cols), dtype=np.float32)
