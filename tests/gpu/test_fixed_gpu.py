@@ -128,7 +128,7 @@ def _planes_product(data, qtype, x):
 
 @pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke), "F16", "F32", "Q4_1", "Q8_0",
                                    "Q4_K", "Q6_K"])
-@pytest.mark.parametrize("m, cols, rows", [(70, 576, 84), (256, 2048, 300), (33, 4864, 40), (9, 576, 86)])
+@pytest.mark.parametrize("m, cols, rows", [(70, 576, 84), (256, 2048, 300), (33, 4864, 40), (40, 576, 86)])
 def test_prompt_integer_products_give_the_cpus_bits(qtype, m, cols, rows):
     """The int8 GEMM of the stacked planes (cuBLAS), rows of x and W not multiples of 16 (padded); the
     finishing kernel four entries a thread, and one (86 rows: not a multiple of 4)."""
@@ -274,17 +274,20 @@ def test_the_planes_one_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogu
 
 
 @pytest.mark.parametrize("wn", [1, 2, 4, 8])
-def test_every_grid_of_the_planes_one_kernel_gives_the_same_bits(wn, monkeypatch):
+@pytest.mark.parametrize("cols, own_x", [(2048, False), (608, False), (608, True)])
+def test_every_grid_of_the_planes_one_kernel_gives_the_same_bits(wn, cols, own_x, monkeypatch):
     """Warps along W's rows (the rest split K), forced, on rows at float32's edges (inf and NaN entries by
-    one thread); the same bits as the CPU's."""
+    one thread; W's bad rows in some blocks only), x's planes made by x's kernel or by each block (own_x);
+    the same bits as the CPU's."""
     rng = np.random.default_rng(wn)
-    m, rows, cols = 8, 72, 2048
+    m, rows = 8, 72
+    monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", own_x)
     x, w = float32_edges(m, rows, cols, rng)
     data = cupy.asarray(w.view(np.uint8))
     weight = quant_fixed_planes.w_planes(data, "F32", rows, cols, quant_fixed.w_exponents(data, "F32", rows, cols))
     monkeypatch.setattr(quant_fixed_planes_mma, "warps_along_rows", lambda outs, x_frags, swiglu: wn)
     monkeypatch.setattr(quant_fixed_planes_mma, "MMA_K", 1 << 15)
-    assert quant_fixed_planes_mma.takes(m, cols)
+    assert quant_fixed_planes_mma.takes(m, cols) and quant_fixed_planes_mma.makes_x(m, cols) == own_x
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
     quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -352,7 +355,7 @@ def test_integer_products_at_the_edges_of_float32(qtype, cols, source, monkeypat
 
 
 @pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
-@pytest.mark.parametrize("m, cols", [(3, 576), (16, 960)])
+@pytest.mark.parametrize("m, cols", [(3, 576), (16, 960), (7, 608)])
 def test_the_planes_one_kernel_making_x_gives_the_cpus_bits(m, cols, epilogue, monkeypatch):
     """The planes' one kernel making x's planes itself (each block, a warp a row) with no norm: the o and
     down products' case."""

@@ -29,7 +29,7 @@ from .compile import OPTIONS
 from .launch import launch
 from .quant import BLOCK_DECODE, pointer, type_defines
 from .quant_exact import _multiprocessors, sum_bits
-from .quant_fixed import _head
+from .quant_fixed import _check_norm, _head
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 # Where the kernel takes a product: up to MMA_ROWS rows of x (one fragment) over K <= MMA_K. Measured on an
@@ -193,14 +193,17 @@ __device__ void loom_mma_make_x(signed char* xs, long long* sx, int* ex, int* ba
 
 extern "C" __global__ void __launch_bounds__(256) loom_fixed_planes_mma(
         const signed char* __restrict__ xp, const long long* __restrict__ sx, const int* __restrict__ ex,
-        const int* __restrict__ xbad, const float* __restrict__ x,
+        const int* __restrict__ xbad, const float* x,
         const signed char* __restrict__ wp, const long long* __restrict__ sw, const int* __restrict__ ew,
         const int* __restrict__ wbad, const unsigned char* __restrict__ w,
         float* __restrict__ out, const float* __restrict__ bias, const float* __restrict__ res,
         long long M, long long rows, long long pm, long long padded, int nb,
-        const float* __restrict__ xf, const float* __restrict__ norm_w, float* __restrict__ normed, float eps, int bits) {
+        const float* __restrict__ xf, const float* __restrict__ norm_w, float* normed, float eps, int bits) {
+    // (x and normed without __restrict__: in XF the IEEE values read through x the normed rows the kernel writes,
+    // which must not take the read-only cache's loads)
     __shared__ unsigned long long sums_s[MF * 16 * COLS];
 #if XF
+    static_assert(32 * XK + 8 * MF * 16 * COLS + 256 <= 48 * 1024, "XF: x's planes and the sums past 48 KiB");
     // (XF: the block makes x's planes itself, of xf or rms_norm(xf); xp, sx, ex, xbad and x are not read)
     __shared__ __align__(16) signed char xs_s[32 * XK];
     __shared__ long long sx_s[16];
@@ -372,5 +375,7 @@ def product_making_x(x: Array, norm: Array | None, normed: Array | None, eps: fl
     """The same from float32 x [m, K] itself (makes_x(m, K)), or from rms_norm(x, norm, eps), whose rows go to
     `normed` [m, K] (quant_fixed.x_integers' values, made by each block in its shared memory)."""
     m, k = x.shape
+    if norm is not None:
+        _check_norm(norm, normed, x.shape)
     _launch(qtype, m, k, rows, swiglu, 16, k, weight, data, out, epilogue, (pointer(None),) * 5,
             (x, pointer(norm), pointer(normed), np.float32(eps), sum_bits(k)), overlap)

@@ -149,9 +149,9 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     // row padded + m, and the row's sum of q (exact in int64)
     const long long m = blockIdx.x;
     long long total = 0;
-    // four values a thread: a 16-byte load, two 4-byte stores (K is a multiple of 32; rows of x start 16-byte aligned
-    // where `row` does)
-    const bool wide = ((unsigned long long)row & 15) == 0;
+    // four values a thread: a 16-byte load, two 4-byte stores (K is a multiple of 32: every row of x and of the planes
+    // starts 16- and 4-byte aligned where the first does)
+    const bool wide = ((unsigned long long)row & 15) == 0 && ((unsigned long long)planes & 3) == 0;
     for (int k = 4 * threadIdx.x; wide && k < K; k += 4 * X_THREADS) {
         const float4 v4 = *(const float4*)(row + k);
         const float v[4] = {v4.x, v4.y, v4.z, v4.w};
