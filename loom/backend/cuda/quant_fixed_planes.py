@@ -23,7 +23,6 @@ are never read back), the weight's rows are padded with zeros once (`w_planes`).
 from __future__ import annotations
 
 from functools import cache
-from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -35,6 +34,7 @@ from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
 from .quant_fixed import WARPS, _check, _epilogue_args, _head, x_integers
+from .quant_fixed_planes_mma import WeightPlanes
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 _SOURCE = r"""
@@ -142,17 +142,6 @@ extern "C" __global__ void loom_fixed_planes_finish4(
 # the finishing kernel takes four entries a thread where the output's rows are a multiple of 4 (16-byte loads)
 # and x has 32 rows or more: Llama-3.2-1B's decode step at 64 rows 2,468 -> 2,408 us; at 16 rows 1,622 -> 1,640 (H200)
 FINISH_FOUR = True
-
-
-class WeightPlanes(NamedTuple):
-    """A weight's planes for the int8 GEMM: planes int8 [2 padded, K] (h rows, then l' rows), the rows'
-    integer sums int64 [rows], its exponents and inf/NaN flags (quant_fixed.w_exponents), and the padded
-    row count (a multiple of 16)."""
-    planes: Array
-    sums: Array
-    exponents: Array
-    bad: Array
-    padded: int
 
 
 @cache

@@ -20,6 +20,7 @@ out from block 0, and from any block one of whose entries takes the IEEE value (
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -31,6 +32,19 @@ from .quant import BLOCK_DECODE, pointer, type_defines
 from .quant_exact import _multiprocessors, sum_bits
 from .quant_fixed import _check_norm, _head
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
+
+
+class WeightPlanes(NamedTuple):
+    """A weight's planes for the int8 products (quant_fixed_planes.w_planes makes them): planes int8 [2 padded,
+    K] (h rows, then l' rows), the rows' integer sums int64 [rows], its exponents and inf/NaN flags
+    (quant_fixed.w_exponents), and the padded row count (a multiple of 16)."""
+    planes: Array
+    sums: Array
+    exponents: Array
+    bad: Array
+    padded: int
+
+
 
 # Where the kernel takes a product: up to MMA_ROWS rows of x (one fragment) over K <= MMA_K. Measured on an
 # H200 (benchmarks/decode_graph_parts.py BF16 --whole --deterministic --batch 16) against cuBLAS's GEMM and
@@ -347,8 +361,8 @@ def makes_x(m: int, k: int) -> bool:
     return MAKES_X and takes(m, k) and m <= 16 and k <= MAKES_X_K
 
 
-def _launch(qtype: str, m: int, k: int, rows: int, swiglu: bool, pm: int, fused_k: int, weight, data: Array,
-            out: Array, epilogue: tuple, made: tuple, own: tuple, overlap: bool) -> None:
+def _launch(qtype: str, m: int, k: int, rows: int, swiglu: bool, pm: int, fused_k: int, weight: WeightPlanes,
+            data: Array, out: Array, epilogue: tuple, made: tuple, own: tuple, overlap: bool) -> None:
     x_frags = pm // 16
     wn = WN or warps_along_rows(rows, x_frags, swiglu)
     outs = 8 * wn if swiglu else 16 * wn
@@ -361,8 +375,8 @@ def _launch(qtype: str, m: int, k: int, rows: int, swiglu: bool, pm: int, fused_
 _NO_NORM = (pointer(None), pointer(None), pointer(None), np.float32(0.0), np.int32(0))
 
 
-def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight, data: Array, qtype: str, out: Array,
-            epilogue: tuple, m: int, rows: int, swiglu: bool, overlap: bool) -> None:
+def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: WeightPlanes, data: Array, qtype: str,
+            out: Array, epilogue: tuple, m: int, rows: int, swiglu: bool, overlap: bool) -> None:
     """out [m, rows] from x's planes (quant_fixed.x_integers' `planes`: xp [2 pm, K], pm = xp.shape[0] // 2, a
     multiple of 16, and sx) and the weight's (quant_fixed_planes.WeightPlanes), with quant_fixed's epilogue
     pointers; x: the float rows the products take (an inf or NaN entry's IEEE value reads them)."""
@@ -370,8 +384,9 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight, data
             (xp, sx, ex, xbad, x), _NO_NORM, overlap)
 
 
-def product_making_x(x: Array, norm: Array | None, normed: Array | None, eps: float, weight, data: Array, qtype: str,
-                     out: Array, epilogue: tuple, rows: int, swiglu: bool, overlap: bool) -> None:
+def product_making_x(x: Array, norm: Array | None, normed: Array | None, eps: float, weight: WeightPlanes,
+                     data: Array, qtype: str, out: Array, epilogue: tuple, rows: int, swiglu: bool,
+                     overlap: bool) -> None:
     """The same from float32 x [m, K] itself (makes_x(m, K)), or from rms_norm(x, norm, eps), whose rows go to
     `normed` [m, K] (quant_fixed.x_integers' values, made by each block in its shared memory)."""
     m, k = x.shape
