@@ -5,13 +5,14 @@ included.
 
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
                                                          [--deterministic] [--batch N] [--planes-rows N] [--whole]
-                                                         [--profile ROWS]
+                                                         [--profile ROWS] [--set loom.MODULE.NAME=INT]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
 (--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
 batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS;
---whole: the whole step's time alone; --profile ROWS: its kernels by name as well, from torch.profiler).
+--whole: the whole step's time alone; --profile ROWS: its kernels by name as well, from torch.profiler;
+--set: an integer constant of a loom module changed first, such as a dispatch threshold).
 --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included; with the planes, their 2 bytes a value).
@@ -23,6 +24,7 @@ _operations() launch for launch before timing anything.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
 from functools import partial
@@ -147,7 +149,19 @@ def main():
     ap.add_argument("--planes-rows", type=int, default=None,
                     help="deterministic products take the weights' int8 planes from this many rows (quant_fixed."
                          "PLANES_ROWS; default: its value)")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
+                    help="set an integer constant of a loom module first, to time a dispatch choice, e.g. "
+                         "loom.backend.cuda.quant_fixed_planes_mma.MAKES_X=1 (repeatable)")
     args = ap.parse_args()
+    for setting in args.set:
+        name, _, value = setting.partition("=")
+        module, _, attr = name.rpartition(".")
+        if not module.startswith("loom.") or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--set takes loom.MODULE.NAME=INT, got {setting!r}")
+        target = importlib.import_module(module)
+        if not isinstance(getattr(target, attr, None), int):
+            raise SystemExit(f"--set: {name} is not an integer constant of {module}")
+        setattr(target, attr, type(getattr(target, attr))(int(value)))
     if args.planes_rows is not None:
         if not args.deterministic:
             raise SystemExit("--planes-rows sets where deterministic products take the planes: pass --deterministic")
