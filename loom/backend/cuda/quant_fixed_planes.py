@@ -74,8 +74,7 @@ __device__ __forceinline__ float loom_planes_entry(
     if (xbad[m] || wbad[n]) return loom_fixed_ieee(loom_fixed_row(w, n, nb), x + m * K, nb);
     const long long hh = c[m * width + n], hl = c[m * width + pn + n];
     const long long lh = c[(pm + m) * width + n], ll = c[(pm + m) * width + pn + n];
-    const long long s = 65536 * hh + 256 * (hl + lh) + ll + 128 * (sx[m] + sw[n]) - 16384 * K;
-    return __double2float_rn(ldexp((double)s, ex[m] + ew[n] - 30));
+    return loom_planes_round(loom_planes_combine(hh, hl + lh, ll), sx[m], sw[n], K, ex[m] + ew[n]);
 }
 
 extern "C" __global__ void loom_fixed_planes_finish(
@@ -105,7 +104,7 @@ extern "C" __global__ void loom_fixed_planes_finish4(
     const long long e = 4 * ((long long)blockIdx.x * blockDim.x + threadIdx.x);
     if (e >= M * rows) return;
     const long long m = e / rows, n = e % rows, K = 32LL * nb, width = 2 * pn;
-    const long long xs = 128 * sx[m] - 16384 * K;
+    const long long xsum = sx[m];
     const int xe = ex[m], xb = xbad[m];
     float y[4][EPI + 1];
     #pragma unroll
@@ -124,8 +123,8 @@ extern "C" __global__ void loom_fixed_planes_finish4(
             if (xb || bv[j]) {
                 y[j][h] = loom_fixed_ieee(loom_fixed_row(w, r + j, nb), x + m * K, nb);
             } else {
-                const long long s = 65536LL * hhv[j] + 256LL * ((long long)hlv[j] + lhv[j]) + llv[j] + 128 * sv[j] + xs;
-                y[j][h] = __double2float_rn(ldexp((double)s, xe + ev[j] - 30));
+                y[j][h] = loom_planes_round(loom_planes_combine(hhv[j], (long long)hlv[j] + lhv[j], llv[j]), xsum, sv[j],
+                                            K, xe + ev[j]);
             }
         }
     }

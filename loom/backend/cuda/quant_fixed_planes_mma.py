@@ -187,15 +187,10 @@ __device__ void loom_mma_make_x(signed char* xs, long long* sx, int* ex, int* ba
         const float s = loom_fixed_scale(shift);
         long long total = 0;
         for (int k = 4 * lane; k < K; k += 128) {
-            unsigned hi = 0, lo = 0;
-            #pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const float v = loom_mma_value(xr, norm_w, inv, k + j);
-                const int q = isfinite(v) ? (int)(short)(loom_fixed_bits(v, s, shift) & 0xFFFFu) : 0;
-                hi |= (unsigned)(q >> 8 & 255) << (8 * j);
-                lo |= (unsigned)(((q & 255) - 128) & 255) << (8 * j);
-                total += q;
-            }
+            const float v[4] = {loom_mma_value(xr, norm_w, inv, k), loom_mma_value(xr, norm_w, inv, k + 1),
+                                loom_mma_value(xr, norm_w, inv, k + 2), loom_mma_value(xr, norm_w, inv, k + 3)};
+            unsigned hi, lo;
+            total += loom_fixed_planes4(v, s, shift, &hi, &lo);
             *(unsigned*)(xs + m * K + k) = hi;
             *(unsigned*)(xs + (16 + m) * K + k) = lo;
         }
@@ -302,7 +297,7 @@ extern "C" __global__ void __launch_bounds__(256) loom_fixed_planes_mma(
         for (int f = 0; f < W_FRAGS; ++f)
             #pragma unroll
             for (int v = 0; v < 4; ++v) {
-                const long long s = 65536LL * acc[i][f][0][v] + 256LL * acc[i][f][1][v] + acc[i][f][2][v];
+                const long long s = loom_planes_combine(acc[i][f][0][v], acc[i][f][1][v], acc[i][f][2][v]);
                 const int lm = 16 * i + 8 * (v >> 1) + g, col = 16 * wn + 8 * f + 2 * c + (v & 1);
                 atomicAdd(&sums_s[lm * COLS + col], (unsigned long long)s);      // two's complement: exact
             }
@@ -320,8 +315,7 @@ extern "C" __global__ void __launch_bounds__(256) loom_fixed_planes_mma(
             if (xbad[lm] || wbad[wr]) {
                 y[h] = loom_fixed_ieee(loom_fixed_row(w, wr, nb), x + (long long)lm * K, nb);
             } else {
-                const long long s = (long long)sums_s[lm * COLS + col] + 128 * (sx[lm] + sw[wr]) - 16384 * K;
-                y[h] = __double2float_rn(ldexp((double)s, ex[lm] + ew[wr] - 30));
+                y[h] = loom_planes_round((long long)sums_s[lm * COLS + col], sx[lm], sw[wr], K, ex[lm] + ew[wr]);
             }
         }
         loom_fixed_store(y, bias, res, out, (long long)lm * rows + n, n, rows);

@@ -102,7 +102,7 @@ extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
     for (int i = 0; i < MF; ++i)
         #pragma unroll
         for (int v = 0; v < 4; ++v) {
-            const long long s = 65536LL * acc[i][0][v] + 256LL * acc[i][1][v] + acc[i][2][v];
+            const long long s = loom_planes_combine(acc[i][0][v], acc[i][1][v], acc[i][2][v]);
             const int lm = 16 * i + 8 * (v >> 1) + g, ln = 8 * f + 2 * c + (v & 1);
             atomicAdd(&sums_s[lm * 8 * NF + ln], (unsigned long long)s);   // two's complement: exact
         }

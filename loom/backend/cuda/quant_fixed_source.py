@@ -39,6 +39,39 @@ __device__ __forceinline__ float loom_fixed_scale(int shift) {
     return shift <= 127 && shift >= -126 ? __int_as_float((shift + 127) << 23) : 0.0f;
 }
 
+// quant_fixed_planes' layout: the integer q of x's value v (0 for inf and NaN, whose row takes the IEEE path)
+__device__ __forceinline__ int loom_fixed_q(float v, float s, int shift) {
+    return isfinite(v) ? (int)(short)(loom_fixed_bits(v, s, shift) & 0xFFFFu) : 0;
+}
+
+// the planes of four values (q = 256 h + l' + 128: h's and l''s bytes, four to a word, value j in byte j) and
+// their sum of q
+__device__ __forceinline__ long long loom_fixed_planes4(const float (&v)[4], float s, int shift, unsigned* hi,
+                                                        unsigned* lo) {
+    long long total = 0;
+    *hi = 0; *lo = 0;
+    #pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const int q = loom_fixed_q(v[j], s, shift);
+        *hi |= (unsigned)(q >> 8 & 255) << (8 * j);
+        *lo |= (unsigned)(((q & 255) - 128) & 255) << (8 * j);
+        total += q;
+    }
+    return total;
+}
+
+// an entry's exact sum from its planes' products (HH, HL + LH, LL: 65536 HH + 256 (HL + LH) + LL) ...
+__device__ __forceinline__ long long loom_planes_combine(long long hh, long long mid, long long ll) {
+    return 65536 * hh + 256 * mid + ll;
+}
+
+// ... and, for quant_fixed_planes' signed planes (l' = l - 128), the rows' sums of q: + 128 (sum q_x + sum q_w)
+// - 16384 K, scaled by 2^(e - 30) (e = ex + ew) and rounded once
+__device__ __forceinline__ float loom_planes_round(long long products, long long sum_x, long long sum_w, long long K,
+                                                   int e) {
+    return __double2float_rn(ldexp((double)(products + 128 * (sum_x + sum_w) - 16384 * K), e - 30));
+}
+
 // the slot of a unit's position p in lane order: block_values' lane i takes its four values at slots 4i ..
 // 4i + 3 (nibble types' lane i holds positions 2i, 2i + 1, 2i + 16, 2i + 17; the others' 4i .. 4i + 3)
 __device__ __forceinline__ int loom_fixed_slot(int p, int nibble) {
@@ -155,20 +188,14 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     for (int k = 4 * threadIdx.x; wide && k < K; k += 4 * X_THREADS) {
         const float4 v4 = *(const float4*)(row + k);
         const float v[4] = {v4.x, v4.y, v4.z, v4.w};
-        unsigned hi = 0, lo = 0;
-        #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            const int q = isfinite(v[j]) ? (int)(short)(loom_fixed_bits(v[j], s, shift) & 0xFFFFu) : 0;
-            hi |= (unsigned)(q >> 8 & 255) << (8 * j);
-            lo |= (unsigned)(((q & 255) - 128) & 255) << (8 * j);
-            total += q;
-        }
+        unsigned hi, lo;
+        total += loom_fixed_planes4(v, s, shift, &hi, &lo);
         *(unsigned*)(planes + m * K + k) = hi;
         *(unsigned*)(planes + (padded + m) * K + k) = lo;
     }
     for (int k = threadIdx.x; !wide && k < K; k += X_THREADS) {
         const float v = row[k];
-        const int q = isfinite(v) ? (int)(short)(loom_fixed_bits(v, s, shift) & 0xFFFFu) : 0;
+        const int q = loom_fixed_q(v, s, shift);
         planes[m * K + k] = (signed char)(q >> 8);
         planes[(padded + m) * K + k] = (signed char)((q & 255) - 128);
         total += q;
