@@ -181,8 +181,7 @@ def test_epilogues_give_the_array_codes_bits(qtype, kernel, epilogue):
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
                                             (3, 8192, "launch"), (2, 576, "launch"),
                                             (20, 576, "rows"), (64, 2048, "rows"), (24, 576, "planes"),
-                                            (70, 4096, "planes"), (5, 576, "own x"), (16, 512, "own x"),
-                                            (12, 960, "own x")])
+                                            (70, 4096, "planes")])
 @pytest.mark.parametrize("overlap", [False, True])
 def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, overlap, monkeypatch):
     """pro(x) = rms_norm(x, norm): made by each block of the one-row kernel, or by x's integers' launch,
@@ -192,10 +191,6 @@ def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, ove
     twice there)."""
     if kernel in ("block", "launch"):
         _force(monkeypatch, kernel)
-    if kernel == "own x":                   # (the planes' one kernel making x's planes and the norm itself)
-        monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", True)
-        assert quant_fixed_planes_mma.makes_x(m, cols)
-        kernel = "planes"
     rng = np.random.default_rng(m + cols)
     rows = 40
     data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
@@ -274,20 +269,19 @@ def test_the_planes_one_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogu
 
 
 @pytest.mark.parametrize("wn", [1, 2, 4, 8])
-@pytest.mark.parametrize("cols, own_x", [(2048, False), (608, False), (608, True)])
-def test_every_grid_of_the_planes_one_kernel_gives_the_same_bits(wn, cols, own_x, monkeypatch):
+@pytest.mark.parametrize("cols", [2048, 608])
+def test_every_grid_of_the_planes_one_kernel_gives_the_same_bits(wn, cols, monkeypatch):
     """Warps along W's rows (the rest split K), forced, on rows at float32's edges (inf and NaN entries by
-    one thread; W's bad rows in some blocks only), x's planes made by x's kernel or by each block (own_x);
-    the same bits as the CPU's."""
+    one thread; W's bad rows in some blocks only), K with a last chunk of 32 values (608); the same bits as
+    the CPU's."""
     rng = np.random.default_rng(wn)
     m, rows = 8, 72
-    monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", own_x)
     x, w = float32_edges(m, rows, cols, rng)
     data = cupy.asarray(w.view(np.uint8))
     weight = quant_fixed_planes.w_planes(data, "F32", rows, cols, quant_fixed.w_exponents(data, "F32", rows, cols))
     monkeypatch.setattr(quant_fixed_planes_mma, "warps_along_rows", lambda outs, x_frags, swiglu: wn)
     monkeypatch.setattr(quant_fixed_planes_mma, "MMA_K", 1 << 15)
-    assert quant_fixed_planes_mma.takes(m, cols) and quant_fixed_planes_mma.makes_x(m, cols) == own_x
+    assert quant_fixed_planes_mma.takes(m, cols)
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
     quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas)
     with np.errstate(over="ignore", invalid="ignore"):
@@ -354,22 +348,7 @@ def test_integer_products_at_the_edges_of_float32(qtype, cols, source, monkeypat
     same_bits(_planes_product(data, qtype, x), want, f"prompt integer product at the edges, K = {cols}")
 
 
-@pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
-@pytest.mark.parametrize("m, cols", [(3, 576), (16, 960), (7, 608)])
-def test_the_planes_one_kernel_making_x_gives_the_cpus_bits(m, cols, epilogue, monkeypatch):
-    """The planes' one kernel making x's planes itself (each block, a warp a row) with no norm: the o and
-    down products' case."""
-    monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", True)
-    assert quant_fixed_planes_mma.makes_x(m, cols)
-
-    def run(d, x, out, tables, stored, **epilogue_args):
-        weight = quant_fixed_planes.w_planes(d, "BF16", stored, cols, tables)
-        quant_fixed_planes.product(d, "BF16", x, out, weight, backend.get("cuda").blas, **epilogue_args)
-    out, want = _epilogue_case("BF16", m, cols, 200, epilogue, np.random.default_rng(m + cols), run)
-    same_bits(out, want, f"making x, {m} x {cols}, {epilogue}")
-
-
-@pytest.mark.parametrize("source", ["block", "launch", "planes", "own x"])
+@pytest.mark.parametrize("source", ["block", "launch", "planes"])
 def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, monkeypatch):
     """rms_norm's exact sum of squares with squares that overflow (inf), underflow, rows of zeros and rows
     holding inf and NaN, where each block makes x's integers and where their launch does; a wide spread of
@@ -386,8 +365,7 @@ def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, mon
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, "F32", rows, cols)
     got = []
-    if source in ("planes", "own x"):           # (the planes' one kernel: x's planes by x's kernel, or its own)
-        monkeypatch.setattr(quant_fixed_planes_mma, "MAKES_X", source == "own x")
+    if source == "planes":                      # (the planes' one kernel, x's planes by x's kernel)
         out = cupy.full((8, rows), UNWRITTEN, dtype=np.float32)
         weight = quant_fixed_planes.w_planes(d, "F32", rows, cols, tables)
         with np.errstate(over="ignore", invalid="ignore"):

@@ -184,10 +184,6 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
         return
     if norm is not None and normed is None:
         raise ShapeError("the planes' product with a norm writes the normed rows: pass `normed` [M, K]")
-    if quant_fixed_planes_mma.makes_x(m, k):     # (the products, x's integers and the finish in one kernel)
-        quant_fixed_planes_mma.product_making_x(x, norm, normed, eps, weight, data, qtype, out, epilogue, rows, swiglu,
-                                                overlap)
-        return
     pm = _padded(m)
     xp = cupy.empty((2 * pm, k), dtype=np.int8)       # (padding rows' products are never read back)
     sx = cupy.empty(m, dtype=np.int64)

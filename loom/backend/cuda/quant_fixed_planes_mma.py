@@ -11,11 +11,6 @@ chunk takes two m16n8k32 products a plane pair, HH into one int32 accumulator, H
 int64 sums (65536 HH + 256 (HL' + L'H) + L'L') in shared memory (integer atomics: any order), and its
 threads finish each entry as loom_planes_entry does: + 128 (sum q_x + sum q_w) - 16384 K, scaled by
 2^(ex + ew - 30), rounded once, inf and NaN rows by one thread, then the epilogue (loom_fixed_store).
-
-Built with XF (`product_making_x`, where `makes_x`), each block makes x's planes itself in shared memory,
-a warp a row (the norm's exact sum of squares by the warp alone: exact integers, so the same bits as the
-block's in loom_rms_norm_row), instead of after a launch of quant_fixed's x kernel; the normed rows go
-out from block 0, and from any block one of whose entries takes the IEEE value (which reads them).
 """
 from __future__ import annotations
 
@@ -28,9 +23,9 @@ import numpy as np
 from .. import Array
 from .compile import OPTIONS
 from .launch import launch
-from .quant import BLOCK_DECODE, pointer, type_defines
-from .quant_exact import _multiprocessors, sum_bits
-from .quant_fixed import _check_norm, _head
+from .quant import BLOCK_DECODE, type_defines
+from .quant_exact import _multiprocessors
+from .quant_fixed import _head
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 
@@ -55,10 +50,6 @@ class WeightPlanes(NamedTuple):
 # are not: short rows gain from the one launch, long ones lose.
 MMA_ROWS = 16
 MMA_K = 1536
-# ... and where it makes x's planes itself (each block, in shared memory; each row by a warp) rather than after a
-# launch of quant_fixed's x kernel: not yet measured on a GPU, so off (MAKES_X)
-MAKES_X = False
-MAKES_X_K = 960
 MAX_K = 1 << 16         # past it HL' + L'H could leave int32
 W_FRAGS = 2             # W fragments a warp
 THREADS = 256           # a block: WN warps along W's rows times SLICES along K (WN * SLICES = 8)
@@ -134,93 +125,14 @@ __device__ __forceinline__ void loom_mma_w(uint4 (&wh)[W_FRAGS], uint4 (&wl)[W_F
     }
 }
 
-#if XF
-// exact.sum of the float32 squares of xr[0 .. n) by one warp (exact_row_sum's integers: any order, the same bits
-// as the block's sum in loom_rms_norm_row)
-__device__ float loom_warp_sum_squares(const float* __restrict__ xr, int n, int bits) {
-    const int lane = threadIdx.x & 31;
-    unsigned top = 0;
-    double specials = 0.0;
-    for (int j = lane; j < n; j += 32) {
-        const float v = xr[j] * xr[j];
-        const unsigned k = __float_as_uint(v) & 0x7fffffffu;
-        if (k < 0x7f800000u) top = max(top, k);
-        else specials += (double)v;
-    }
-    top = warp_reduce(top, MaxOp());
-    specials = warp_reduce(specials, AddOp());
-    const int shift = bits - loom_top_exponent(__uint_as_float(top));
-    double total = 0.0;
-    for (int j = lane; j < n; j += 32) {
-        const float v = xr[j] * xr[j];
-        if (isfinite(v)) total += rint(ldexp((double)v, shift));
-    }
-    total = warp_reduce(total, AddOp());
-    return specials == 0.0 ? __double2float_rn(ldexp(total, -shift)) : (float)specials;
-}
-
-// row m's value k as the products take it: rms_norm's (x inv) w (loom_rms_norm_row's operations), or x's
-__device__ __forceinline__ float loom_mma_value(const float* __restrict__ xr, const float* __restrict__ norm_w,
-                                                float inv, int k) {
-    return norm_w != 0 ? (xr[k] * inv) * norm_w[k] : xr[k];
-}
-
-// x's planes in shared memory (XK values a row: h in rows 0-15, l' in rows 16-31) with each row's sum of q,
-// exponent, inf/NaN flag and the norm's 1 / rms, loom_fixed_x's values: a warp a row of x
-__device__ void loom_mma_make_x(signed char* xs, long long* sx, int* ex, int* bad, float* inv_s,
-                                const float* __restrict__ xf, const float* __restrict__ norm_w, float eps, int bits,
-                                int M, int K) {
-    const int lane = threadIdx.x & 31;
-    for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5) {
-        const float* xr = xf + (long long)m * K;
-        const float inv = norm_w != 0 ? 1.0f / loom_sqrt(loom_warp_sum_squares(xr, K, bits) / (float)K + eps) : 0.0f;
-        float top = 0.0f;
-        int nonfinite = 0;
-        for (int k = lane; k < K; k += 32) {
-            const float v = loom_mma_value(xr, norm_w, inv, k);
-            if (isfinite(v)) top = fmaxf(top, fabsf(v));
-            else nonfinite = 1;
-        }
-        top = warp_reduce(top, MaxOp());
-        nonfinite = warp_reduce(nonfinite, MaxOp());
-        const int e = loom_fixed_exponent(top), shift = 15 - e;
-        const float s = loom_fixed_scale(shift);
-        long long total = 0;
-        for (int k = 4 * lane; k < K; k += 128) {
-            const float v[4] = {loom_mma_value(xr, norm_w, inv, k), loom_mma_value(xr, norm_w, inv, k + 1),
-                                loom_mma_value(xr, norm_w, inv, k + 2), loom_mma_value(xr, norm_w, inv, k + 3)};
-            unsigned hi, lo;
-            total += loom_fixed_planes4(v, s, shift, &hi, &lo);
-            *(unsigned*)(xs + m * K + k) = hi;
-            *(unsigned*)(xs + (16 + m) * K + k) = lo;
-        }
-        total = warp_reduce(total, AddOp());
-        if (lane == 0) { sx[m] = total; ex[m] = e; bad[m] = nonfinite; inv_s[m] = inv; }
-    }
-}
-#endif
-
 extern "C" __global__ void __launch_bounds__(256) loom_fixed_planes_mma(
         const signed char* __restrict__ xp, const long long* __restrict__ sx, const int* __restrict__ ex,
-        const int* __restrict__ xbad, const float* x,
+        const int* __restrict__ xbad, const float* __restrict__ x,
         const signed char* __restrict__ wp, const long long* __restrict__ sw, const int* __restrict__ ew,
         const int* __restrict__ wbad, const unsigned char* __restrict__ w,
         float* __restrict__ out, const float* __restrict__ bias, const float* __restrict__ res,
-        long long M, long long rows, long long pm, long long padded, int nb,
-        const float* __restrict__ xf, const float* __restrict__ norm_w, float* normed, float eps, int bits) {
-    // (x and normed without __restrict__: in XF the IEEE values read through x the normed rows the kernel writes,
-    // which must not take the read-only cache's loads)
+        long long M, long long rows, long long pm, long long padded, int nb) {
     __shared__ unsigned long long sums_s[MF * 16 * COLS];
-#if XF
-    static_assert(32 * XK + 8 * MF * 16 * COLS + 256 <= 48 * 1024, "XF: x's planes and the sums past 48 KiB");
-    // (XF: the block makes x's planes itself, of xf or rms_norm(xf); xp, sx, ex, xbad and x are not read)
-    __shared__ __align__(16) signed char xs_s[32 * XK];
-    __shared__ long long sx_s[16];
-    __shared__ int ex_s[16], bad_s[16];
-    __shared__ float inv_s[16];
-    sx = sx_s; ex = ex_s; xbad = bad_s;
-    x = norm_w != 0 ? normed : xf;          // (the rows an inf or NaN entry's IEEE value reads)
-#endif
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
     const int wn = warp % WN, slice = warp / WN;
     const long long K = 32LL * nb, o0 = (long long)blockIdx.x * OUTS;
@@ -254,42 +166,19 @@ extern "C" __global__ void __launch_bounds__(256) loom_fixed_planes_mma(
             if (j < chunks) loom_mma_w(wh[d], wl[d], wrow, padded, K, 64 * j, c, tail && j == chunks - 1);
         }
     };
-    bool waited = false;
-#if XF
     load_group(slice);                      // (W's planes: not written by the kernel before)
     wait_for_previous_kernel();
-    waited = true;
-    loom_mma_make_x(xs_s, sx_s, ex_s, bad_s, inv_s, xf, norm_w, eps, bits, (int)M, (int)K);
-    __syncthreads();
-    // the normed rows go out from block 0 (the caller's), and from any block whose entries take the IEEE value
-    bool ieee = blockIdx.x == 0 || (threadIdx.x < M && bad_s[threadIdx.x]);
-    for (int e = threadIdx.x; e < (EPI + 1) * OUTS; e += blockDim.x) {
-        const long long n = o0 + e % OUTS;
-        if (n < rows && wbad[n + (e / OUTS) * rows]) ieee = true;
-    }
-    if (__syncthreads_or(ieee) && norm_w != 0)
-        for (int m = threadIdx.x >> 5; m < M; m += blockDim.x >> 5)
-            for (int k = lane; k < K; k += 32)
-                normed[(long long)m * K + k] = loom_mma_value(xf + (long long)m * K, norm_w, inv_s[m], k);
-    const signed char* xsrc = xs_s;
-    const long long xpm = 16;
-#else
-    const signed char* xsrc = xp;
-    const long long xpm = pm;
-#endif
     for (long long base = slice; base < chunks; base += DEPTH * SLICES) {
-        if (!XF || base != slice) load_group(base);
-        if (!waited) { wait_for_previous_kernel(); waited = true; }   // (after the first loads, as above)
+        if (base != slice) load_group(base);
         #pragma unroll
         for (int d = 0; d < DEPTH; ++d) {
             const long long j = base + d * SLICES;
             if (j >= chunks) break;
             const bool half = tail && j == chunks - 1;
-            loom_mma_x(ah, al, xsrc, xpm, K, 64 * j, g, c, half);
+            loom_mma_x(ah, al, xp, pm, K, 64 * j, g, c, half);
             loom_mma_chunk(acc, wh[d], wl[d], ah, al, half);
         }
     }
-    if (!waited) wait_for_previous_kernel();
     __syncthreads();                        // (sums_s zeroed)
     #pragma unroll
     for (int i = 0; i < MF; ++i)
@@ -325,10 +214,9 @@ extern "C" __global__ void __launch_bounds__(256) loom_fixed_planes_mma(
 
 
 @cache
-def _module(qtype: str, epilogue: int, x_frags: int, wn: int, depth: int, fused_k: int = 0):
-    """fused_k (XK): the block makes x's planes itself for rows of that K (XF); 0: they come made."""
+def _module(qtype: str, epilogue: int, x_frags: int, wn: int, depth: int):
     return cupy.RawModule(code=_head(epilogue) + f"#define MF {x_frags}\n#define WN {wn}\n#define W_FRAGS {W_FRAGS}\n"
-                          f"#define DEPTH {depth}\n#define XF {int(fused_k > 0)}\n#define XK {fused_k or 1}\n"
+                          f"#define DEPTH {depth}\n"
                           + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
                           options=OPTIONS + ("-std=c++17",))
 
@@ -349,24 +237,15 @@ def takes(m: int, k: int) -> bool:
     return 0 < m <= MMA_ROWS and k <= min(MMA_K, MAX_K - 1)
 
 
-def makes_x(m: int, k: int) -> bool:
-    """Whether the kernel makes x's planes itself (no launch of quant_fixed's x kernel): one fragment of rows,
-    and rows short enough for its shared memory (32 K bytes beside the sums' 16 KiB)."""
-    return MAKES_X and takes(m, k) and m <= 16 and k <= MAKES_X_K
-
-
-def _launch(qtype: str, m: int, k: int, rows: int, swiglu: bool, pm: int, fused_k: int, weight: WeightPlanes,
-            data: Array, out: Array, epilogue: tuple, made: tuple, own: tuple, overlap: bool) -> None:
+def _launch(qtype: str, m: int, k: int, rows: int, swiglu: bool, pm: int, weight: WeightPlanes,
+            data: Array, out: Array, epilogue: tuple, made: tuple, overlap: bool) -> None:
     x_frags = pm // 16
     wn = WN or warps_along_rows(rows, x_frags, swiglu)
     outs = 8 * wn if swiglu else 16 * wn
-    launch(_module(qtype, int(swiglu), x_frags, wn, DEPTH, fused_k).get_function("loom_fixed_planes_mma"),
+    launch(_module(qtype, int(swiglu), x_frags, wn, DEPTH).get_function("loom_fixed_planes_mma"),
            -(-rows // outs), THREADS,
            (*made, weight.planes, weight.sums, weight.exponents, weight.bad, data, out, *epilogue, np.int64(m),
-            np.int64(rows), np.int64(pm), np.int64(weight.padded), np.int32(k // 32), *own), overlap)
-
-
-_NO_NORM = (pointer(None), pointer(None), pointer(None), np.float32(0.0), np.int32(0))
+            np.int64(rows), np.int64(pm), np.int64(weight.padded), np.int32(k // 32)), overlap)
 
 
 def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: WeightPlanes, data: Array, qtype: str,
@@ -374,17 +253,6 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
     """out [m, rows] from x's planes (quant_fixed.x_integers' `planes`: xp [2 pm, K], pm = xp.shape[0] // 2, a
     multiple of 16, and sx) and the weight's (quant_fixed_planes.WeightPlanes), with quant_fixed's epilogue
     pointers; x: the float rows the products take (an inf or NaN entry's IEEE value reads them)."""
-    _launch(qtype, m, xp.shape[1], rows, swiglu, xp.shape[0] // 2, 0, weight, data, out, epilogue,
-            (xp, sx, ex, xbad, x), _NO_NORM, overlap)
+    _launch(qtype, m, xp.shape[1], rows, swiglu, xp.shape[0] // 2, weight, data, out, epilogue,
+            (xp, sx, ex, xbad, x), overlap)
 
-
-def product_making_x(x: Array, norm: Array | None, normed: Array | None, eps: float, weight: WeightPlanes,
-                     data: Array, qtype: str, out: Array, epilogue: tuple, rows: int, swiglu: bool,
-                     overlap: bool) -> None:
-    """The same from float32 x [m, K] itself (makes_x(m, K)), or from rms_norm(x, norm, eps), whose rows go to
-    `normed` [m, K] (quant_fixed.x_integers' values, made by each block in its shared memory)."""
-    m, k = x.shape
-    if norm is not None:
-        _check_norm(norm, normed, x.shape)
-    _launch(qtype, m, k, rows, swiglu, 16, k, weight, data, out, epilogue, (pointer(None),) * 5,
-            (x, pointer(norm), pointer(normed), np.float32(eps), sum_bits(k)), overlap)
