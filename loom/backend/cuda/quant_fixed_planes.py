@@ -29,7 +29,7 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import Array
-from . import quant_fixed_planes_mma
+from . import quant_fixed_planes_mma, quant_fixed_planes_tiled
 from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
@@ -192,6 +192,10 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
         x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
     if quant_fixed_planes_mma.takes(m, k):       # (decode batches: the products and their finish in one kernel)
         quant_fixed_planes_mma.product(xp, sx, ex, xbad, x, weight, data, qtype, out, epilogue, m, rows, swiglu, overlap)
+        return
+    if quant_fixed_planes_tiled.takes(m, k):     # (decode batches over long rows: pipelined, finished in the launch)
+        quant_fixed_planes_tiled.product(xp, sx, ex, xbad, x, weight, data, qtype, out, epilogue, m, rows, swiglu,
+                                         overlap)
         return
     c = blas.gemm_int8(xp[None], weight.planes[None])[0]          # int32 [2 pm, 2 padded] (padded: of `stored`)
     four = FINISH_FOUR and m >= 32 and rows % 4 == 0 and all(a is None or a.data.ptr % 16 == 0 for a in (out, residual))

@@ -1,0 +1,89 @@
+"""The deterministic planes' products of decode batches, product by product (issue 60): quant_fixed_planes'
+pipelined kernel (quant_fixed_planes_tiled: the int8 tensor cores, K split over a cluster, finished in the
+launch) beside the path before it (cuBLAS's int8 GEMM of the planes, then the finishing kernel) and fast
+mode's bfloat16 GEMM (cuBLAS, float32 out) on the same shapes, each with x's integer kernel where it has
+one. Each product recorded 20 times into a CUDA graph, replayed; microseconds a product (median of 7 replays).
+
+    PYTHONPATH=. python benchmarks/planes_products.py [--rows 16,32,64] [--set MODULE.NAME=INT ...]
+
+Shapes: Llama-3.2-1B's qkv, o, gate_up (SwiGLU) and down products, Llama-3.1-8B's gate_up and down, and
+SmolLM2-135M's gate_up and down (random bf16 weights).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+
+import numpy as np
+
+SHAPES = [("llama-1b qkv", 3072, 2048, False), ("llama-1b o", 2048, 2048, False),
+          ("llama-1b gate_up", 16384, 2048, True), ("llama-1b down", 2048, 8192, False),
+          ("llama-8b gate_up", 28672, 4096, True), ("llama-8b down", 4096, 14336, False),
+          ("smollm2 gate_up", 3072, 576, True), ("smollm2 down", 576, 1536, False)]
+REPLAYS, RECORDED = 7, 20
+
+
+def _time(be, cp, fn) -> float:
+    """Microseconds a call of fn, from a graph of RECORDED calls (median of REPLAYS replays)."""
+    fn()
+    graph, _ = be.record(lambda: [fn() for _ in range(RECORDED)])
+    times = []
+    for _ in range(REPLAYS):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        graph.launch()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end) * 1e3 / RECORDED)
+    return float(np.median(times))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", default="16,32,64", help="rows of x (decode batch sizes), comma-separated")
+    ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
+                    help="set an integer constant of a loom module first (repeatable)")
+    args = ap.parse_args()
+    for item in args.set:
+        name, value = item.split("=")
+        module, attr = name.rsplit(".", 1)
+        setattr(importlib.import_module(module), attr, int(value))
+    import cupy as cp
+
+    from loom import backend
+    from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_mma
+    from loom.backend.cuda import quant_fixed_planes_tiled as tiled
+    be = backend.get("cuda")
+    rng = np.random.default_rng(0)
+    print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: us a product (x's kernel included)")
+    print("| product | rows of x | tiled | cuBLAS int8 + finish | fast bf16 GEMM | tiled / cuBLAS | fast / tiled |")
+    print("|---|---|---|---|---|---|---|")
+    mma_rows = quant_fixed_planes_mma.MMA_ROWS
+    for name, stored, k, swiglu in SHAPES:
+        w = (rng.standard_normal((stored, k)) * 0.02).astype(np.float32)
+        data = cp.asarray((w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))
+        tables = quant_fixed.w_exponents(data, "BF16", stored, k)
+        weight = quant_fixed_planes.w_planes(data, "BF16", stored, k, tables)
+        w16 = data.view(cp.uint16).reshape(stored, k)          # (fast mode's operand: the stored bf16 rows)
+        for m in (int(r) for r in args.rows.split(",")):
+            x = cp.asarray(rng.standard_normal((m, k)).astype(np.float32))
+            out = cp.empty((m, stored // 2 if swiglu else stored), dtype=np.float32)
+
+            def planes(use_tiled: bool):
+                tiled.TILED = use_tiled
+                quant_fixed_planes_mma.MMA_ROWS = 0
+                try:
+                    quant_fixed_planes.product(data, "BF16", x, out, weight, be.blas, swiglu=swiglu)
+                finally:
+                    tiled.TILED, quant_fixed_planes_mma.MMA_ROWS = True, mma_rows
+            t_tiled = _time(be, cp, lambda: planes(True)) if tiled.takes(m, k) else float("nan")
+            t_cublas = _time(be, cp, lambda: planes(False))
+            x16 = (x.view(cp.uint32) >> 16).astype(cp.uint16)
+            fast_out = cp.empty((m, stored), dtype=np.float32)
+            t_fast = _time(be, cp, lambda: be.blas.gemm_bf16_t(x16, w16, fast_out))
+            print(f"| {name} ({stored} x {k}) | {m} | {t_tiled:.1f} | {t_cublas:.1f} | {t_fast:.1f} | "
+                  f"{t_tiled / t_cublas:.2f} | {t_fast / t_tiled:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

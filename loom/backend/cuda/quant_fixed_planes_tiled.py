@@ -1,0 +1,316 @@
+"""The planes' products of decode batches in one pipelined kernel: quant_fixed_planes' int8 planes on the
+int8 tensor cores (mma.sync m16n8k32), staged through shared memory by cp.async, K split over the blocks of a
+thread-block cluster, finished in the same launch, in place of cuBLAS's GEMM and the finishing kernel, whose
+int32 blocks [2 M, 2 N] went out to memory and back (`takes` says where: one fragment of x over rows of up
+to 2,048, two over shorter ones). The same bits: the sums are exact integers, so neither the order of k nor
+the split of K over blocks can change them.
+
+A block (4 warps along W's rows, times X_WARPS along x's fragments from two of them) takes TILE_ROWS stored
+rows of W (SwiGLU: TILE_ROWS / 2 of the gate's and the matching up rows) against every row of x, over its
+share of K's 64-value chunks (a contiguous range; the cluster's SPLITS blocks share a tile's K). Each
+chunk's planes (W's h and l' rows, x's) come into one of STAGES shared-memory stages by cp.async, STAGES - 1
+chunks ahead of the products (W's first chunks before the programmatic wait: the previous kernel does not
+write them). Each warp takes two fragments of 8 rows of W (SwiGLU: gate and up) against its fragments of 16
+rows of x; a lane reads 16 bytes of each plane of its rows (k's order is free: the products are exact), two
+m16n8k32 products a plane pair and chunk, HH into one int32 accumulator, HL' and L'H into a second (exact:
+|h l'| <= 2^14 and a block sums K < 2^16), L'L' into a third, as quant_fixed_planes_mma's loom_mma_chunk
+(here in an order that puts other products between HL' and L'H). After the chunks each entry's int64 sum
+(65536 HH + 256 (HL' + L'H) + L'L') goes to shared memory; the cluster's blocks meet at a barrier, and each
+finishes a share of the tile's entries, adding the SPLITS blocks' sums through distributed shared memory
+(integer additions: any order) as quant_fixed_planes' finishing kernel does: + 128 (sum q_x + sum q_w) -
+16384 K, scaled by 2^(ex + ew - 30), rounded once, inf and NaN rows by one thread, then the epilogue
+(loom_fixed_store). A second barrier keeps every block's sums until the others have read them.
+
+Clusters need compute capability 9.0 (Hopper); below it the products keep cuBLAS's GEMM. Capturable: sizes
+as arguments, no sync, no host read, no memory of its own.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import cupy
+import numpy as np
+
+from .. import Array
+from .compile import OPTIONS
+from .launch import launch
+from .quant import BLOCK_DECODE, type_defines
+from .quant_exact import _multiprocessors
+from .quant_fixed import _head
+from .quant_fixed_planes_mma import WeightPlanes
+from .quant_fixed_source import SOURCE as FIXED_SOURCE
+
+# Where the kernel takes a product (after quant_fixed_planes_mma, before cuBLAS): up to ROWS rows of x over K <=
+# SHORT_K, up to LONG_ROWS over K <= LONG_K (K a whole number of 64-value chunks), on compute capability 9.0
+# (clusters). Measured on an H200 (benchmarks/planes_products.py, x's kernel included), us a product against
+# cuBLAS's GEMM and the finishing kernel: at 16 rows Llama-3.2-1B's qkv 9.4 / 10.8, o 8.3 / 9.7, gate_up
+# 33.0 / 34.0, down (K = 8,192) 15.5 / 14.8, Llama-3.1-8B's gate_up (K = 4,096) 104.9 / 80.3; SmolLM2-135M's
+# gate_up and down at 32 rows 8.9 / 10.2 and 7.5 / 9.4, at 64 rows 11.4 / 11.8 and 9.3 / 9.6; Llama-3.2-1B's
+# at 32 and 64 rows 1.04-1.95x slower. Past one fragment of x the int8 products of the four plane pairs
+# (mma.sync) take longer than W's bytes: the kernel is bound by the tensor cores' issue, not by memory.
+# TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
+TILED = True
+ROWS = 32
+SHORT_K = 1536
+LONG_ROWS = 16
+LONG_K = 2048
+MAX_ROWS = 64           # (what the kernel compiles for: four fragments of x)
+MAX_K = 1 << 16         # past it a block's HL' + L'H could leave int32
+TILE_ROWS = 64          # stored rows of W a block takes
+X_WARPS = 2             # warps along x's fragments from two fragments (4 along W's rows, two W fragments each)
+MAX_SPLITS = 8          # blocks of a cluster (the portable cluster size)
+MIN_CHUNKS = 2          # chunks a block takes at least where K is split (4 and 8: as fast or slower, H200)
+STATIC_SHARED = 48 * 1024
+MIN_BLOCKS = 2          # blocks a multiprocessor holds at least (__launch_bounds__: registers)
+
+_SOURCE = r"""
+#define OUTS (EPI ? TILE_ROWS / 2 : TILE_ROWS)          // output rows a block finishes
+#define X_ROWS (32 * MF)                                // x's plane rows a stage holds (h, then l')
+#define STAGE_BYTES (64 * (2 * TILE_ROWS + X_ROWS))     // W's h and l' rows, then x's, 64 bytes each
+#define FM ((MF + WM - 1) / WM)                         // x fragments a warp takes (of WM warps along x)
+#define W_PIECES (8 * TILE_ROWS / THREADS)              // 16-byte pieces of a stage's W a thread copies
+#define X_PIECES ((4 * X_ROWS + THREADS - 1) / THREADS) // ... and of x's (at most)
+// (not volatile: the compiler interleaves the products of independent accumulators)
+#define LOOM_MMA(C, A, B) asm( \
+    "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+    : "+r"(C[0]), "+r"(C[1]), "+r"(C[2]), "+r"(C[3]) : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]))
+
+__device__ __forceinline__ void loom_cp16(void* dst, const void* src, bool ok) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ void loom_cp_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N> __device__ __forceinline__ void loom_cp_wait() {
+    asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory");
+}
+// every thread of the cluster's blocks: shared-memory writes before it are visible to the others' reads after it
+__device__ __forceinline__ void loom_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+// a 64-bit value of block `rank`'s shared memory at the address p has in this block's
+__device__ __forceinline__ long long loom_cluster_ld(const long long* p, unsigned rank) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    unsigned r;
+    long long v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.s64 %0, [%1];" : "=l"(v) : "r"(r) : "memory");
+    return v;
+}
+
+#if SPLITS > 1
+#define LOOM_CLUSTER __cluster_dims__(SPLITS, 1, 1)
+#else
+#define LOOM_CLUSTER
+#endif
+
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER loom_fixed_planes_tiled(
+        const signed char* __restrict__ xp, const long long* __restrict__ sx, const int* __restrict__ ex,
+        const int* __restrict__ xbad, const float* __restrict__ x,
+        const signed char* __restrict__ wp, const long long* __restrict__ sw, const int* __restrict__ ew,
+        const int* __restrict__ wbad, const unsigned char* __restrict__ w,
+        float* __restrict__ out, const float* __restrict__ bias, const float* __restrict__ res,
+        long long M, long long rows, long long padded, int nb) {
+    __shared__ __align__(16) signed char stage_s[STAGES * STAGE_BYTES];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
+    const int wn = warp & 3, wm = warp >> 2;          // (the warp's W fragments; its x fragments wm, wm + WM, ...)
+    const long long K = 32LL * nb, o0 = (long long)(blockIdx.x / SPLITS) * OUTS;
+    const int rank = blockIdx.x % SPLITS;
+    // this block's chunks: a contiguous share of K's
+    const int chunks = (int)(K / 64), per = (chunks + SPLITS - 1) / SPLITS;
+    const int first = min(chunks, rank * per), count = min(chunks, first + per) - first;
+    // the 16-byte pieces this thread copies a chunk: W's (W_PIECES) and x's (X_PIECES), each from a fixed row
+    const signed char* wsrc[W_PIECES];
+    bool wok[W_PIECES];
+    #pragma unroll
+    for (int i = 0; i < W_PIECES; ++i) {
+        const int p = threadIdx.x + THREADS * i, srow = p >> 2, j = srow & (TILE_ROWS - 1);
+        // (SwiGLU: the tile's rows j < TILE_ROWS / 2 the gate's, the rest the matching up rows)
+        const long long r = EPI ? (j < TILE_ROWS / 2 ? o0 + j : rows + o0 + j - TILE_ROWS / 2) : o0 + j;
+        wok[i] = r < padded;                                  // (past the planes: zeros)
+        wsrc[i] = wp + ((srow >= TILE_ROWS ? padded : 0) + (wok[i] ? r : 0)) * K + 16 * (p & 3);
+    }
+    const signed char* xsrc[X_PIECES];
+    #pragma unroll
+    for (int i = 0; i < X_PIECES; ++i) {
+        const int p = threadIdx.x + THREADS * i, xrow = min(p >> 2, X_ROWS - 1);
+        xsrc[i] = xp + (long long)xrow * K + 16 * (p & 3);      // (x's planes: h rows 0 .. 16 MF, then l')
+    }
+    auto load_w = [&](int stage, int chunk) {
+        signed char* st = stage_s + stage * STAGE_BYTES;
+        #pragma unroll
+        for (int i = 0; i < W_PIECES; ++i)
+            loom_cp16(st + 16 * (threadIdx.x + THREADS * i), wsrc[i] + 64LL * chunk, wok[i]);
+    };
+    auto load_x = [&](int stage, int chunk) {
+        signed char* st = stage_s + stage * STAGE_BYTES + 64 * 2 * TILE_ROWS;
+        #pragma unroll
+        for (int i = 0; i < X_PIECES; ++i)
+            if (threadIdx.x + THREADS * i < 4 * X_ROWS)
+                loom_cp16(st + 16 * (threadIdx.x + THREADS * i), xsrc[i] + 64LL * chunk, true);
+    };
+    int acc[FM][2][3][4];
+    #pragma unroll
+    for (int i = 0; i < FM; ++i)
+        #pragma unroll
+        for (int f = 0; f < 2; ++f)
+            #pragma unroll
+            for (int p = 0; p < 3; ++p)
+                #pragma unroll
+                for (int v = 0; v < 4; ++v) acc[i][f][p][v] = 0;
+    // the first STAGES - 1 chunks: W's before the wait (the previous kernel does not write the planes), x's after;
+    // a commit group each (W's all in the first)
+    #pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) if (s < count) load_w(s, first + s);
+    wait_for_previous_kernel();
+    #pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < count) load_x(s, first + s);
+        loom_cp_commit();
+    }
+    // this warp's rows of a stage: W fragment f's row (SwiGLU: f 0 the gate's, f 1 the up's)
+    const int wr0 = EPI ? 8 * wn + g : 16 * wn + g, wr1 = EPI ? TILE_ROWS / 2 + 8 * wn + g : 16 * wn + 8 + g;
+    for (int it = 0; it < count; ++it) {
+        loom_cp_wait<STAGES - 2>();
+        __syncthreads();                    // (chunk it is in; every warp is done with the stage refilled below)
+        const int next = it + STAGES - 1;
+        if (next < count) { load_w(next % STAGES, first + next); load_x(next % STAGES, first + next); }
+        loom_cp_commit();
+        const signed char* st = stage_s + (it % STAGES) * STAGE_BYTES;
+        const signed char* xs = st + 64 * 2 * TILE_ROWS;
+        uint4 wh[2], wl[2];
+        wh[0] = *(const uint4*)(st + 64 * wr0 + 16 * c);
+        wl[0] = *(const uint4*)(st + 64 * (TILE_ROWS + wr0) + 16 * c);
+        wh[1] = *(const uint4*)(st + 64 * wr1 + 16 * c);
+        wl[1] = *(const uint4*)(st + 64 * (TILE_ROWS + wr1) + 16 * c);
+        #pragma unroll
+        for (int j = 0; j < FM; ++j) {
+            const int i = wm + WM * j;
+            if (i >= MF) break;
+            // x's rows g and g + 8 of fragment i, 16 bytes of each plane; two k steps of 32 (the loads' halves)
+            const uint4 h0 = *(const uint4*)(xs + 64 * (16 * i + g) + 16 * c);
+            const uint4 h1 = *(const uint4*)(xs + 64 * (16 * i + 8 + g) + 16 * c);
+            const uint4 l0 = *(const uint4*)(xs + 64 * (16 * MF + 16 * i + g) + 16 * c);
+            const uint4 l1 = *(const uint4*)(xs + 64 * (16 * MF + 16 * i + 8 + g) + 16 * c);
+            #pragma unroll
+            for (int p = 0; p < 2; ++p) {
+                // a0 / a2: row g's bytes 0-3 / 4-7 of this half, a1 / a3 row g + 8's; b0 / b1 W's row, the same bytes
+                const unsigned a_h[4] = {p ? h0.z : h0.x, p ? h1.z : h1.x, p ? h0.w : h0.y, p ? h1.w : h1.y};
+                const unsigned a_l[4] = {p ? l0.z : l0.x, p ? l1.z : l1.x, p ? l0.w : l0.y, p ? l1.w : l1.y};
+                unsigned b_h[2][2], b_l[2][2];
+                #pragma unroll
+                for (int f = 0; f < 2; ++f) {
+                    b_h[f][0] = p ? wh[f].z : wh[f].x; b_h[f][1] = p ? wh[f].w : wh[f].y;
+                    b_l[f][0] = p ? wl[f].z : wl[f].x; b_l[f][1] = p ? wl[f].w : wl[f].y;
+                }
+                // (HL' and L'H share an accumulator: other products between them)
+                #pragma unroll
+                for (int f = 0; f < 2; ++f) LOOM_MMA(acc[j][f][0], a_h, b_h[f]);
+                #pragma unroll
+                for (int f = 0; f < 2; ++f) LOOM_MMA(acc[j][f][1], a_h, b_l[f]);
+                #pragma unroll
+                for (int f = 0; f < 2; ++f) LOOM_MMA(acc[j][f][2], a_l, b_l[f]);
+                #pragma unroll
+                for (int f = 0; f < 2; ++f) LOOM_MMA(acc[j][f][1], a_l, b_h[f]);
+            }
+        }
+    }
+    loom_cp_wait<0>();
+    __syncthreads();                        // (the stages are free: the sums take their place)
+    long long* sums_s = (long long*)stage_s;                    // [16 MF][TILE_ROWS]: each entry one lane's
+    #pragma unroll
+    for (int j = 0; j < FM; ++j) {
+        const int i = wm + WM * j;
+        if (i >= MF) break;
+        #pragma unroll
+        for (int f = 0; f < 2; ++f)
+            #pragma unroll
+            for (int v = 0; v < 4; ++v) {
+                const int lm = 16 * i + 8 * (v >> 1) + g, col = (f ? wr1 : wr0) - g + 2 * c + (v & 1);
+                sums_s[lm * TILE_ROWS + col] = loom_planes_combine(acc[j][f][0][v], acc[j][f][1][v], acc[j][f][2][v]);
+            }
+    }
+#if SPLITS > 1
+    loom_cluster_sync();
+#else
+    __syncthreads();
+#endif
+    for (int e = rank * THREADS + threadIdx.x; e < 16 * MF * OUTS; e += SPLITS * THREADS) {
+        const int lm = e / OUTS, o = e % OUTS;
+        const long long n = o0 + o;
+        if (lm >= M || n >= rows) continue;
+        float y[EPI + 1];
+        #pragma unroll
+        for (int h = 0; h <= EPI; ++h) {
+            const long long wr = n + h * rows;
+            const long long* at = sums_s + lm * TILE_ROWS + h * (TILE_ROWS / 2) + o;    // (SwiGLU's up: the tile's second half)
+            if (xbad[lm] || wbad[wr]) {
+                y[h] = loom_fixed_ieee(loom_fixed_row(w, wr, nb), x + (long long)lm * K, nb);
+            } else {
+                long long s = 0;
+                #pragma unroll
+                for (int q = 0; q < SPLITS; ++q) s += SPLITS > 1 ? loom_cluster_ld(at, q) : *at;
+                y[h] = loom_planes_round(s, sx[lm], sw[wr], K, ex[lm] + ew[wr]);
+            }
+        }
+        loom_fixed_store(y, bias, res, out, (long long)lm * rows + n, n, rows);
+    }
+#if SPLITS > 1
+    loom_cluster_sync();                    // (no block leaves while another reads its sums)
+#endif
+}
+"""
+
+
+def threads(x_frags: int) -> int:
+    """A block's threads: 4 warps along W's rows, times X_WARPS along x's fragments where there are two or more."""
+    return 128 * (X_WARPS if x_frags > 1 else 1)
+
+
+def stages(x_frags: int) -> int:
+    """Shared-memory stages a block pipelines (static shared memory: 48 KiB), at most 4."""
+    return min(4, STATIC_SHARED // (64 * (2 * TILE_ROWS + 32 * x_frags)))
+
+
+@cache
+def _module(qtype: str, epilogue: int, x_frags: int, splits: int):
+    return cupy.RawModule(code=_head(epilogue) + f"#define MF {x_frags}\n#define SPLITS {splits}\n"
+                          f"#define STAGES {stages(x_frags)}\n#define TILE_ROWS {TILE_ROWS}\n#define THREADS {threads(x_frags)}\n"
+                          f"#define WM {threads(x_frags) // 128}\n"
+                          f"#define MIN_BLOCKS {MIN_BLOCKS}\n"
+                          + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
+                          options=OPTIONS + ("-std=c++17",))
+
+
+@cache
+def _clusters() -> bool:
+    return int(cupy.cuda.Device().compute_capability) >= 90
+
+
+def takes(m: int, k: int) -> bool:
+    """Whether a planes' product of m rows of x over K = k takes this kernel (else cuBLAS's GEMM)."""
+    return (TILED and m > 0 and k > 0 and k % 64 == 0 and k < MAX_K and m <= MAX_ROWS
+            and ((m <= ROWS and k <= SHORT_K) or (m <= LONG_ROWS and k <= LONG_K)) and _clusters())
+
+
+def splits(tiles: int, chunks: int) -> int:
+    """The blocks a tile's K is split over (a cluster): doubled, up to MAX_SPLITS, while the grid is under two
+    blocks a multiprocessor and each block keeps MIN_CHUNKS chunks."""
+    s = 1
+    while s < MAX_SPLITS and tiles * s < 2 * _multiprocessors() and chunks >= 2 * s * MIN_CHUNKS:
+        s *= 2
+    return s
+
+
+def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: WeightPlanes, data: Array, qtype: str,
+            out: Array, epilogue: tuple, m: int, rows: int, swiglu: bool, overlap: bool) -> None:
+    """out [m, rows] from x's planes (quant_fixed.x_integers' `planes`: xp [2 pm, K], pm = xp.shape[0] // 2, a
+    multiple of 16, and sx) and the weight's (WeightPlanes), with quant_fixed's epilogue pointers; x: the float
+    rows the products take (an inf or NaN entry's IEEE value reads them). quant_fixed_planes_mma.product's
+    arguments."""
+    k = xp.shape[1]
+    x_frags = xp.shape[0] // 32
+    tiles = -(-rows // (TILE_ROWS // 2 if swiglu else TILE_ROWS))
+    s = splits(tiles, k // 64)
+    launch(_module(qtype, int(swiglu), x_frags, s).get_function("loom_fixed_planes_tiled"), tiles * s, threads(x_frags),
+           (xp, sx, ex, xbad, x, weight.planes, weight.sums, weight.exponents, weight.bad, data, out, *epilogue,
+            np.int64(m), np.int64(rows), np.int64(weight.padded), np.int32(k // 32)), overlap)

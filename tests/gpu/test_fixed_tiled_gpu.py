@@ -1,0 +1,89 @@
+"""The planes' pipelined kernel for decode batches over long rows (loom/backend/cuda/quant_fixed_planes_tiled.py):
+the CPU's integer scheme's bits (loom.kernels.exact.fixed) and the decoder's array code's epilogues, for every
+fragment count of x, K split over every cluster size, evenly and not, a block's chunks fewer than its stages,
+rows of x and W at float32's edges, and where the dispatch sends products."""
+import numpy as np
+import pytest
+from quant_rows import exact_reference, float32_edges
+
+from loom import backend
+from loom.kernels.exact import fixed
+
+from .cpu_gpu import host, same_bits
+from .test_fixed_gpu import UNWRITTEN, _epilogue_case
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_mma  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant_fixed_planes_tiled as tiled  # noqa: E402
+
+pytestmark = pytest.mark.gpu
+CPU = backend.get("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _hopper():
+    if int(cupy.cuda.Device().compute_capability) < 90:
+        pytest.skip("the tiled kernel's clusters need compute capability 9.0")
+
+
+def _tiled_only(monkeypatch):
+    """Products of up to 64 rows over any K below 2^16 take the tiled kernel (not the one short-row kernel, nor
+    cuBLAS's GEMM where the dispatch measured them faster): every shape it compiles for, held to the same bits."""
+    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_ROWS", 0)
+    monkeypatch.setattr(tiled, "ROWS", tiled.MAX_ROWS)
+    monkeypatch.setattr(tiled, "SHORT_K", tiled.MAX_K)
+
+
+@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke), "Q4_1"])
+@pytest.mark.parametrize("m, cols, rows", [(8, 2048, 300), (17, 4864, 84), (33, 576, 1100), (64, 8192, 136),
+                                           (48, 2048, 72), (1, 1024, 40), (5, 64, 40)])
+@pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
+def test_the_tiled_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, monkeypatch):
+    """One to four fragments of x (1, 5, 8, 17, 33, 48, 64 rows: not multiples of 16 too), K from one chunk (fewer
+    than the stages) to 128, split as dispatched (76 chunks: unevenly), output rows not a multiple of a tile's,
+    the epilogues; against the CPU's integer scheme and the decoder's array code."""
+    _tiled_only(monkeypatch)
+    assert tiled.takes(m, cols)
+
+    def run(d, x, out, tables, stored, **epilogue_args):
+        weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
+        quant_fixed_planes.product(d, qtype, x, out, weight, backend.get("cuda").blas, **epilogue_args)
+    out, want = _epilogue_case(qtype, m, cols, rows, epilogue, np.random.default_rng(m + cols + rows), run)
+    same_bits(out, want, f"{qtype}, {m} x {cols}, {rows} rows, {epilogue}")
+
+
+@pytest.mark.parametrize("split", [1, 2, 4, 8])
+@pytest.mark.parametrize("m, cols, swiglu", [(40, 1024, False), (16, 4864, True), (64, 320, False)])
+def test_every_split_of_k_gives_the_same_bits(split, m, cols, swiglu, monkeypatch):
+    """K over 1, 2, 4 and 8 blocks of a cluster, forced (4,864: 76 chunks, the last block's share shorter; 320:
+    five chunks, some blocks none at 8), on rows of x and W at float32's edges (inf and NaN entries take IEEE's
+    value, by one thread), SwiGLU's gate and up rows too; the CPU's bits and the array code's epilogue."""
+    _tiled_only(monkeypatch)
+    monkeypatch.setattr(tiled, "splits", lambda tiles, chunks: split)
+    rng = np.random.default_rng(split + cols)
+    rows = 72
+    stored = 2 * rows if swiglu else rows
+    x, w = float32_edges(m, stored, cols, rng)
+    data = cupy.asarray(w.view(np.uint8))
+    weight = quant_fixed_planes.w_planes(data, "F32", stored, cols, quant_fixed.w_exponents(data, "F32", stored, cols))
+    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
+    quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas, swiglu=swiglu)
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = exact_reference(x, w, None, None, None, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(host(out), want, f"K = {cols} over {split} blocks, at float32's edges")
+
+
+def test_the_dispatch_sends_decode_batches_here(monkeypatch):
+    """quant_fixed_planes.product: 16 rows over K = 2,048 and 32 over 576 take the tiled kernel; 16 rows over K =
+    576 the one short-row kernel; 64 rows over 2,048 and 16 over 4,096 cuBLAS's GEMM."""
+    calls = []
+    monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append("tiled"))
+    monkeypatch.setattr(quant_fixed_planes_mma, "product", lambda *a, **k: calls.append("mma"))
+    rng = np.random.default_rng(3)
+    for m, cols in ((16, 2048), (32, 576), (16, 576), (64, 2048), (16, 4096)):
+        data = cupy.asarray(rng.standard_normal((40, cols)).astype(np.float32).view(np.uint8))
+        weight = quant_fixed_planes.w_planes(data, "F32", 40, cols, quant_fixed.w_exponents(data, "F32", 40, cols))
+        out = cupy.zeros((m, 40), dtype=np.float32)
+        quant_fixed_planes.product(data, "F32", cupy.asarray(rng.standard_normal((m, cols)).astype(np.float32)), out,
+                                   weight, backend.get("cuda").blas)
+    assert calls == ["tiled", "tiled", "mma"]
