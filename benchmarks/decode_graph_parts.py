@@ -151,7 +151,7 @@ def main():
                          "PLANES_ROWS; default: its value)")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
                     help="set an integer constant of a loom module first, to time a dispatch choice, e.g. "
-                         "loom.backend.cuda.quant_fixed_planes_mma.MMA_K=2048 (repeatable)")
+                         "loom.backend.cuda.quant_fixed_planes_tiled.ROWS=16 (repeatable)")
     args = ap.parse_args()
     for setting in args.set:
         name, _, value = setting.partition("=")

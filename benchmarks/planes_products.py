@@ -3,6 +3,8 @@ pipelined kernel (quant_fixed_planes_tiled: the int8 tensor cores, K split over 
 launch) beside the path before it (cuBLAS's int8 GEMM of the planes, then the finishing kernel) and fast
 mode's bfloat16 GEMM (cuBLAS, float32 out) on the same shapes, each with x's integer kernel where it has
 one. Each product recorded 20 times into a CUDA graph, replayed; microseconds a product (median of 7 replays).
+The tiled kernel is timed on every shape, also where the dispatch (quant_fixed_planes_tiled.takes) leaves a
+product to cuBLAS.
 
     PYTHONPATH=. python benchmarks/planes_products.py [--rows 16,32,64] [--set MODULE.NAME=INT ...]
 
@@ -51,14 +53,14 @@ def main() -> None:
     import cupy as cp
 
     from loom import backend
-    from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_mma
+    from loom.backend.cuda import quant_fixed, quant_fixed_planes
     from loom.backend.cuda import quant_fixed_planes_tiled as tiled
     be = backend.get("cuda")
     rng = np.random.default_rng(0)
     print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: us a product (x's kernel included)")
     print("| product | rows of x | tiled | cuBLAS int8 + finish | fast bf16 GEMM | tiled / cuBLAS | fast / tiled |")
     print("|---|---|---|---|---|---|---|")
-    mma_rows = quant_fixed_planes_mma.MMA_ROWS
+    dispatch = (tiled.TILED, tiled.ROWS, tiled.SHORT_K)
     for name, stored, k, swiglu in SHAPES:
         w = (rng.standard_normal((stored, k)) * 0.02).astype(np.float32)
         data = cp.asarray((w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))
@@ -70,13 +72,13 @@ def main() -> None:
             out = cp.empty((m, stored // 2 if swiglu else stored), dtype=np.float32)
 
             def planes(use_tiled: bool):
-                tiled.TILED = use_tiled
-                quant_fixed_planes_mma.MMA_ROWS = 0
+                # (the tiled kernel on every shape it compiles for, where the dispatch may send it to cuBLAS)
+                tiled.TILED, tiled.ROWS, tiled.SHORT_K = use_tiled, tiled.MAX_ROWS, tiled.MAX_K - 1
                 try:
                     quant_fixed_planes.product(data, "BF16", x, out, weight, be.blas, swiglu=swiglu)
                 finally:
-                    tiled.TILED, quant_fixed_planes_mma.MMA_ROWS = True, mma_rows
-            t_tiled = _time(be, cp, lambda: planes(True)) if tiled.takes(m, k) else float("nan")
+                    tiled.TILED, tiled.ROWS, tiled.SHORT_K = dispatch
+            t_tiled = _time(be, cp, lambda: planes(True))
             t_cublas = _time(be, cp, lambda: planes(False))
             x16 = (x.view(cp.uint32) >> 16).astype(cp.uint16)
             fast_out = cp.empty((m, stored), dtype=np.float32)

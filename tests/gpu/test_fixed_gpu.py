@@ -18,7 +18,7 @@ from .cpu_gpu import host, same_bits
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
-from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_mma  # noqa: E402
+from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_tiled  # noqa: E402
 
 pytestmark = pytest.mark.gpu
 CPU = backend.get("cpu")
@@ -247,48 +247,6 @@ def test_the_x_kernel_gives_the_cpus_integers():
         quant_fixed.x_integers(cupy.asarray(x), planes=(cupy.empty((6, 1000), dtype=np.int8), sums))
 
 
-@pytest.mark.parametrize("qtype", ["BF16", "Q4_1"])
-@pytest.mark.parametrize("m, cols, rows", [(1, 576, 72), (8, 608, 100), (16, 2048, 300), (17, 576, 1100),
-                                           (33, 4864, 84), (64, 8192, 136), (64, 576, 2500)])
-@pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
-def test_the_planes_one_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, monkeypatch):
-    """Decode batches' planes products in one kernel (quant_fixed_planes_mma: the int8 tensor cores and the
-    finish in one launch): rows of x of one to four fragments and not a multiple of one, K with a last chunk
-    of 32 values (608) and past 2^13, output rows not a multiple of a block's, every grid shape
-    (warps_along_rows), the epilogues; against the CPU's integer scheme and the decoder's array code. (The
-    dispatch gives it one fragment of small products; every shape it compiles for is held to the same bits.)"""
-    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_ROWS", 64)
-    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_K", 1 << 15)
-    assert quant_fixed_planes_mma.takes(m, cols)
-
-    def run(d, x, out, tables, stored, **epilogue_args):
-        weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
-        quant_fixed_planes.product(d, qtype, x, out, weight, backend.get("cuda").blas, **epilogue_args)
-    out, want = _epilogue_case(qtype, m, cols, rows, epilogue, np.random.default_rng(m + cols + rows), run)
-    same_bits(out, want, f"{qtype}, {m} x {cols}, {rows} rows, {epilogue}")
-
-
-@pytest.mark.parametrize("wn", [1, 2, 4, 8])
-@pytest.mark.parametrize("cols", [2048, 608])
-def test_every_grid_of_the_planes_one_kernel_gives_the_same_bits(wn, cols, monkeypatch):
-    """Warps along W's rows (the rest split K), forced, on rows at float32's edges (inf and NaN entries by
-    one thread; W's bad rows in some blocks only), K with a last chunk of 32 values (608); the same bits as
-    the CPU's."""
-    rng = np.random.default_rng(wn)
-    m, rows = 8, 72
-    x, w = float32_edges(m, rows, cols, rng)
-    data = cupy.asarray(w.view(np.uint8))
-    weight = quant_fixed_planes.w_planes(data, "F32", rows, cols, quant_fixed.w_exponents(data, "F32", rows, cols))
-    monkeypatch.setattr(quant_fixed_planes_mma, "warps_along_rows", lambda outs, x_frags, swiglu: wn)
-    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_K", 1 << 15)
-    assert quant_fixed_planes_mma.takes(m, cols)
-    out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
-    quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas)
-    with np.errstate(over="ignore", invalid="ignore"):
-        want = fixed.matmul_t(CPU, x, w)
-    same_bits(host(out), want, f"{wn} warps along W's rows, at float32's edges")
-
-
 @pytest.mark.parametrize("epilogue", ["residual", "swiglu and bias"])
 def test_the_planes_finishing_kernels_agree(epilogue, monkeypatch):
     """The finishing kernel four entries a thread (16-byte loads and store) against one entry a thread, on
@@ -296,7 +254,7 @@ def test_the_planes_finishing_kernels_agree(epilogue, monkeypatch):
     planes made from rows that do not start 16-byte aligned (the x kernel's one-value loop)."""
     rng = np.random.default_rng(7)
     m, rows, cols = 32, 72, 256
-    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_ROWS", 0)             # (cuBLAS's GEMM, then the finish)
+    monkeypatch.setattr(quant_fixed_planes_tiled, "TILED", False)         # (cuBLAS's GEMM, then the finish)
     monkeypatch.setattr(quant_fixed_planes, "FINISH_FOUR", True)
     x, w = float32_edges(m, 2 * rows, cols, rng)
     data = cupy.asarray(w.view(np.uint8))
@@ -365,7 +323,7 @@ def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, mon
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, "F32", rows, cols)
     got = []
-    if source == "planes":                      # (the planes' one kernel, x's planes by x's kernel)
+    if source == "planes":                      # (the planes' tiled kernel, x's planes by x's kernel)
         out = cupy.full((8, rows), UNWRITTEN, dtype=np.float32)
         weight = quant_fixed_planes.w_planes(d, "F32", rows, cols, tables)
         with np.errstate(over="ignore", invalid="ignore"):

@@ -13,7 +13,7 @@ from .cpu_gpu import host, same_bits
 from .test_fixed_gpu import UNWRITTEN, _epilogue_case
 
 cupy = pytest.importorskip("cupy")
-from loom.backend.cuda import quant_fixed, quant_fixed_planes, quant_fixed_planes_mma  # noqa: E402  (imports cupy)
+from loom.backend.cuda import quant_fixed, quant_fixed_planes  # noqa: E402  (imports cupy)
 from loom.backend.cuda import quant_fixed_planes_tiled as tiled  # noqa: E402
 
 pytestmark = pytest.mark.gpu
@@ -27,9 +27,8 @@ def _hopper():
 
 
 def _tiled_only(monkeypatch):
-    """Products of up to 64 rows over any K below 2^16 take the tiled kernel (not the one short-row kernel, nor
-    cuBLAS's GEMM where the dispatch measured them faster): every shape it compiles for, held to the same bits."""
-    monkeypatch.setattr(quant_fixed_planes_mma, "MMA_ROWS", 0)
+    """Products of up to 64 rows over any K below 2^16 take the tiled kernel (not cuBLAS's GEMM where the
+    dispatch measured that faster): every shape it compiles for, held to the same bits."""
     monkeypatch.setattr(tiled, "ROWS", tiled.MAX_ROWS)
     monkeypatch.setattr(tiled, "SHORT_K", tiled.MAX_K)
 
@@ -74,16 +73,15 @@ def test_every_split_of_k_gives_the_same_bits(split, m, cols, swiglu, monkeypatc
 
 
 def test_the_dispatch_sends_decode_batches_here(monkeypatch):
-    """quant_fixed_planes.product: 16 rows over K = 2,048 and 32 over 576 take the tiled kernel; 16 rows over K =
-    576 the one short-row kernel; 64 rows over 2,048 and 16 over 4,096 cuBLAS's GEMM."""
+    """quant_fixed_planes.product: 16 rows over K = 2,048 and 576 and 64 over 576 take the tiled kernel; 64 rows
+    over 2,048, 16 over 4,096 and 8 over 608 (not whole 64-value chunks) cuBLAS's GEMM."""
     calls = []
-    monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append("tiled"))
-    monkeypatch.setattr(quant_fixed_planes_mma, "product", lambda *a, **k: calls.append("mma"))
+    monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append(a[0].shape))
     rng = np.random.default_rng(3)
-    for m, cols in ((16, 2048), (32, 576), (16, 576), (64, 2048), (16, 4096)):
+    for m, cols in ((16, 2048), (16, 576), (64, 576), (64, 2048), (16, 4096), (8, 608)):
         data = cupy.asarray(rng.standard_normal((40, cols)).astype(np.float32).view(np.uint8))
         weight = quant_fixed_planes.w_planes(data, "F32", 40, cols, quant_fixed.w_exponents(data, "F32", 40, cols))
         out = cupy.zeros((m, 40), dtype=np.float32)
         quant_fixed_planes.product(data, "F32", cupy.asarray(rng.standard_normal((m, cols)).astype(np.float32)), out,
                                    weight, backend.get("cuda").blas)
-    assert calls == ["tiled", "tiled", "mma"]
+    assert calls == [(32, 2048), (32, 576), (128, 576)]          # (x's planes: 2 x 16 fragment rows)

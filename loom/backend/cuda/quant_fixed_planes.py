@@ -14,8 +14,8 @@ kernel combines the four blocks and the sums in int64 (below 2^53, so exact in f
 2^(ex + ew - 30) and rounds once; an entry whose row of x or W holds inf or NaN
 takes IEEE's value of the sum of sign products (exact._special_values), by one thread.
 
-Up to quant_fixed_planes_mma.MMA_ROWS rows of x over short rows, the products and their finish are one kernel
-of its own instead (quant_fixed_planes_mma.takes), on the same planes.
+Decode batches of up to 64 rows of x over short rows (quant_fixed_planes_tiled.takes) take a pipelined kernel of
+their own instead, the products and their finish in one launch, on the same planes.
 
 cuBLAS wants M, N and K multiples of 16: x's planes have padding rows, left unwritten (their products
 are never read back), the weight's rows are padded with zeros once (`w_planes`). Capturable: sizes as arguments, no sync.
@@ -29,12 +29,12 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import Array
-from . import quant_fixed_planes_mma, quant_fixed_planes_tiled
+from . import quant_fixed_planes_tiled
 from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
 from .quant_fixed import WARPS, _check, _epilogue_args, _head, x_integers
-from .quant_fixed_planes_mma import WeightPlanes
+from .quant_fixed_planes_tiled import WeightPlanes
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
 _SOURCE = r"""
@@ -190,10 +190,7 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
     _, ex, xbad = x_integers(x, None, norm, normed, eps, overlap, planes=(xp, sx))
     if norm is not None:
         x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
-    if quant_fixed_planes_mma.takes(m, k):       # (decode batches: the products and their finish in one kernel)
-        quant_fixed_planes_mma.product(xp, sx, ex, xbad, x, weight, data, qtype, out, epilogue, m, rows, swiglu, overlap)
-        return
-    if quant_fixed_planes_tiled.takes(m, k):     # (decode batches over long rows: pipelined, finished in the launch)
+    if quant_fixed_planes_tiled.takes(m, k):     # (decode batches: pipelined, finished in the launch)
         quant_fixed_planes_tiled.product(xp, sx, ex, xbad, x, weight, data, qtype, out, epilogue, m, rows, swiglu,
                                          overlap)
         return

@@ -13,8 +13,8 @@ chunks ahead of the products (W's first chunks before the programmatic wait: the
 write them). Each warp takes two fragments of 8 rows of W (SwiGLU: gate and up) against its fragments of 16
 rows of x; a lane reads 16 bytes of each plane of its rows (k's order is free: the products are exact), two
 m16n8k32 products a plane pair and chunk, HH into one int32 accumulator, HL' and L'H into a second (exact:
-|h l'| <= 2^14 and a block sums K < 2^16), L'L' into a third, as quant_fixed_planes_mma's loom_mma_chunk
-(here in an order that puts other products between HL' and L'H). After the chunks each entry's int64 sum
+|h l'| <= 2^14 and a block sums K < 2^16), L'L' into a third, in an order that puts other products between
+HL' and L'H (they share an accumulator). After the chunks each entry's int64 sum
 (65536 HH + 256 (HL' + L'H) + L'L') goes to shared memory; the cluster's blocks meet at a barrier, and each
 finishes a share of the tile's entries, adding the SPLITS blocks' sums through distributed shared memory
 (integer additions: any order) as quant_fixed_planes' finishing kernel does: + 128 (sum q_x + sum q_w) -
@@ -27,6 +27,7 @@ as arguments, no sync, no host read, no memory of its own.
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -37,10 +38,21 @@ from .launch import launch
 from .quant import BLOCK_DECODE, type_defines
 from .quant_exact import _multiprocessors
 from .quant_fixed import _head
-from .quant_fixed_planes_mma import WeightPlanes
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 
-# Where the kernel takes a product (after quant_fixed_planes_mma, before cuBLAS): up to ROWS rows of x over K <=
+
+class WeightPlanes(NamedTuple):
+    """A weight's planes for the int8 products (quant_fixed_planes.w_planes makes them): planes int8 [2 padded,
+    K] (h rows, then l' rows), the rows' integer sums int64 [rows], its exponents and inf/NaN flags
+    (quant_fixed.w_exponents), and the padded row count (a multiple of 16)."""
+    planes: Array
+    sums: Array
+    exponents: Array
+    bad: Array
+    padded: int
+
+
+# Where the kernel takes a product (else cuBLAS's GEMM and the finishing kernel): up to ROWS rows of x over K <=
 # SHORT_K, up to LONG_ROWS over K <= LONG_K (K a whole number of 64-value chunks), on compute capability 9.0
 # (clusters). Measured on an H200 (benchmarks/planes_products.py, x's kernel included), us a product against
 # cuBLAS's GEMM and the finishing kernel: at 16 rows Llama-3.2-1B's qkv 9.4 / 10.8, o 8.3 / 9.7, gate_up
@@ -48,9 +60,12 @@ from .quant_fixed_source import SOURCE as FIXED_SOURCE
 # gate_up and down at 32 rows 8.9 / 10.2 and 7.5 / 9.4, at 64 rows 11.4 / 11.8 and 9.3 / 9.6; Llama-3.2-1B's
 # at 32 and 64 rows 1.04-1.95x slower. Past one fragment of x the int8 products of the four plane pairs
 # (mma.sync) take longer than W's bytes: the kernel is bound by the tensor cores' issue, not by memory.
+# (Decode steps, benchmarks/decode_graph_parts.py: SmolLM2-135M at 8 / 16 / 32 / 64 rows 1,275 / 1,315 /
+# 1,505 / 1,754 -> 1,061 / 1,111 / 1,209 / 1,711 us, where 8 and 16 rows took the one-launch kernel it
+# replaces, quant_fixed_planes_mma, with no split of K and no shared-memory stages.)
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True
-ROWS = 32
+ROWS = 64
 SHORT_K = 1536
 LONG_ROWS = 16
 LONG_K = 2048
@@ -305,8 +320,7 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
             out: Array, epilogue: tuple, m: int, rows: int, swiglu: bool, overlap: bool) -> None:
     """out [m, rows] from x's planes (quant_fixed.x_integers' `planes`: xp [2 pm, K], pm = xp.shape[0] // 2, a
     multiple of 16, and sx) and the weight's (WeightPlanes), with quant_fixed's epilogue pointers; x: the float
-    rows the products take (an inf or NaN entry's IEEE value reads them). quant_fixed_planes_mma.product's
-    arguments."""
+    rows the products take (an inf or NaN entry's IEEE value reads them)."""
     k = xp.shape[1]
     x_frags = xp.shape[0] // 32
     tiles = -(-rows // (TILE_ROWS // 2 if swiglu else TILE_ROWS))
