@@ -229,6 +229,7 @@ from loom.db import VectorStore
 path, seed = sys.argv[1], int(sys.argv[2])
 rng = np.random.default_rng(seed)
 s = VectorStore.open(path, dim=8, metric="dot")
+print("open", flush=True)
 live = sorted(s.ids().tolist())
 nxt = max(live, default=-1) + 1
 while True:
@@ -268,7 +269,9 @@ def test_acknowledged_writes_survive_kill_9(tmp_path):
     for round_ in range(8):
         child = subprocess.Popen([sys.executable, "-c", CHILD, path, str(round_)], stdout=subprocess.PIPE,
                                  env=env, text=True)
-        time.sleep(1.5 + rng.random() * 1.5)        # start-up, then a random moment of the loop
+        # (the kill waits for the child's start-up, however slow the machine, then a random moment of its loop)
+        assert child.stdout.readline() == "open\n", f"round {round_}: the child did not open the store"
+        time.sleep(0.3 + rng.random() * 1.5)
         child.send_signal(signal.SIGKILL)
         out, _ = child.communicate()
         pending = None
