@@ -7,6 +7,7 @@ import pytest
 from quant_rows import exact_reference, float32_edges
 
 from loom import backend
+from loom.errors import ShapeError
 from loom.kernels.exact import fixed
 
 from .cpu_gpu import host, same_bits
@@ -85,3 +86,12 @@ def test_the_dispatch_sends_decode_batches_here(monkeypatch):
         quant_fixed_planes.product(data, "F32", cupy.asarray(rng.standard_normal((m, cols)).astype(np.float32)), out,
                                    weight, backend.get("cuda").blas)
     assert calls == [(32, 2048), (32, 576), (128, 576)]          # (x's planes: 2 x 16 fragment rows)
+
+
+@pytest.mark.parametrize("planes_shape, m", [((32, 2048), 17), ((160, 576), 64), ((32, 2080), 8), ((48, 576), 8)])
+def test_the_tiled_kernel_refuses_shapes_it_does_not_compile_for(planes_shape, m):
+    """More rows than x's planes hold, more than four fragments, K not whole 64-value chunks, a planes array of
+    an odd fragment count: a ShapeError naming the shape, before any launch."""
+    xp = cupy.zeros(planes_shape, dtype=np.int8)
+    with pytest.raises(ShapeError, match=r"tiled kernel.*got planes"):
+        tiled.product(xp, None, None, None, None, None, None, "BF16", None, (), m, 40, False, False)

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import cupy
 import numpy as np
 
+from ...errors import ShapeError
 from .. import Array
 from .compile import OPTIONS
 from .launch import launch
@@ -323,6 +324,9 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
     rows the products take (an inf or NaN entry's IEEE value reads them)."""
     k = xp.shape[1]
     x_frags = xp.shape[0] // 32
+    if not (0 < m <= 16 * x_frags <= MAX_ROWS and xp.shape[0] == 32 * x_frags and k % 64 == 0 and 0 < k < MAX_K):
+        raise ShapeError(f"the tiled kernel takes x's planes [2 pm, K] for m <= pm <= {MAX_ROWS} rows (pm a multiple of "
+                         f"16) over K < {MAX_K} whole 64-value chunks, got planes {xp.shape} for {m} rows")
     tiles = -(-rows // (TILE_ROWS // 2 if swiglu else TILE_ROWS))
     s = splits(tiles, k // 64)
     launch(_module(qtype, int(swiglu), x_frags, s).get_function("loom_fixed_planes_tiled"), tiles * s, threads(x_frags),
