@@ -136,6 +136,20 @@ def profile_replays(graph, rows: int, n: int = 20) -> None:
         print(f"    {e.self_device_time_total / n:8.1f} us {e.count // n:5d} launches  {e.key[:90]}")
 
 
+def set_constants(settings: list[str]) -> None:
+    """Apply --set's loom.MODULE.NAME=INT settings (an integer or bool constant of a loom module, such as a
+    dispatch threshold), or exit naming the bad one."""
+    for setting in settings:
+        name, _, value = setting.partition("=")
+        module, _, attr = name.rpartition(".")
+        if not module.startswith("loom.") or not value.lstrip("-").isdigit():
+            raise SystemExit(f"--set takes loom.MODULE.NAME=INT, got {setting!r}")
+        target = importlib.import_module(module)
+        if not isinstance(getattr(target, attr, None), int):
+            raise SystemExit(f"--set: {name} is not an integer constant of {module}")
+        setattr(target, attr, type(getattr(target, attr))(int(value)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("qtype", nargs="?", default="Q4_1", choices=["Q4_1", "BF16", "Q4_K", "Q8_0"])
@@ -153,15 +167,7 @@ def main():
                     help="set an integer constant of a loom module first, to time a dispatch choice, e.g. "
                          "loom.backend.cuda.quant_fixed_planes_tiled.ROWS=16 (repeatable)")
     args = ap.parse_args()
-    for setting in args.set:
-        name, _, value = setting.partition("=")
-        module, _, attr = name.rpartition(".")
-        if not module.startswith("loom.") or not value.lstrip("-").isdigit():
-            raise SystemExit(f"--set takes loom.MODULE.NAME=INT, got {setting!r}")
-        target = importlib.import_module(module)
-        if not isinstance(getattr(target, attr, None), int):
-            raise SystemExit(f"--set: {name} is not an integer constant of {module}")
-        setattr(target, attr, type(getattr(target, attr))(int(value)))
+    set_constants(args.set)
     if args.planes_rows is not None:
         if not args.deterministic:
             raise SystemExit("--planes-rows sets where deterministic products take the planes: pass --deterministic")

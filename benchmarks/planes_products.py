@@ -14,9 +14,13 @@ SmolLM2-135M's gate_up and down (random bf16 weights).
 from __future__ import annotations
 
 import argparse
-import importlib
+import os
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(__file__))
+from decode_graph_parts import set_constants  # noqa: E402  (--set, as there)
 
 SHAPES = [("llama-1b qkv", 3072, 2048, False), ("llama-1b o", 2048, 2048, False),
           ("llama-1b gate_up", 16384, 2048, True), ("llama-1b down", 2048, 8192, False),
@@ -46,10 +50,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
                     help="set an integer constant of a loom module first (repeatable)")
     args = ap.parse_args()
-    for item in args.set:
-        name, value = item.split("=")
-        module, attr = name.rsplit(".", 1)
-        setattr(importlib.import_module(module), attr, int(value))
+    set_constants(args.set)
     import cupy as cp
 
     from loom import backend

@@ -61,8 +61,8 @@ class WeightPlanes(NamedTuple):
 # gate_up and down at 32 rows 8.9 / 10.2 and 7.5 / 9.4, at 64 rows 11.4 / 11.8 and 9.3 / 9.6; Llama-3.2-1B's
 # at 32 and 64 rows 1.04-1.95x slower. Past one fragment of x the int8 products of the four plane pairs
 # (mma.sync) take longer than W's bytes: the kernel is bound by the tensor cores' issue, not by memory.
-# (Decode steps, benchmarks/decode_graph_parts.py: SmolLM2-135M at 8 / 16 / 32 / 64 rows 1,275 / 1,315 /
-# 1,505 / 1,754 -> 1,061 / 1,111 / 1,209 / 1,711 us, where 8 and 16 rows took the one-launch kernel it
+# (Decode steps, benchmarks/decode_graph_parts.py: SmolLM2-135M at 8 / 16 / 32 / 64 rows 1,276 / 1,302 /
+# 1,503 / 1,744 -> 1,054 / 1,105 / 1,205 / 1,702 us, where 8 and 16 rows took the one-launch kernel it
 # replaces, quant_fixed_planes_mma, with no split of K and no shared-memory stages.)
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True

@@ -129,8 +129,6 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_w_exponents(
     if (lane == 0) { ew[r] = loom_fixed_exponent(top); bad[r] = nonfinite; }
 }
 
-// xq[m, :], ex[m], bad[m] for each row m of x [M, K]: a block a row. With norm_w, of rms_norm(x, norm_w)
-// (quant_exact.rms_norm's bits), which it writes to normed [M, K] first.
 // loom_fixed_x's planes of a row of at most 4 X_HELD X_THREADS values held in registers, four consecutive a
 // float4 (16-byte aligned rows, norm weights and normed rows; 4-byte aligned planes): the row read once, the
 // norm's exact sum (exact_sum_held), one barrier for the maximum (every thread combines the warps' maxima itself)
@@ -205,6 +203,8 @@ __device__ __forceinline__ void loom_fixed_x_held(
     }
 }
 
+// xq[m, :], ex[m], bad[m] for each row m of x [M, K]: a block a row. With norm_w, of rms_norm(x, norm_w)
+// (quant_exact.rms_norm's bits), which it writes to normed [M, K] first.
 extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
         const float* __restrict__ x, short* __restrict__ xq, int* __restrict__ ex, int* __restrict__ bad, int K,
         int nibble, const float* __restrict__ norm_w, float* normed, float eps, int bits,
