@@ -25,8 +25,20 @@ CPU = backend.get("cpu")
 UNWRITTEN = 1234.5                  # (finite: an entry a kernel leaves unwritten fails the bit comparison)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_modules():
+    """Modules compiled under a test's WARP_STAGE_K (_force's "whole block") are not kept for the next test."""
+    yield
+    quant_fixed._module.cache_clear()
+
+
 def _force(monkeypatch, source):
-    """gemv's x_source forced to `source` ("block" or "launch"; None: as dispatched)."""
+    """gemv's x_source forced to `source` ("block", "launch", or "whole block": each block makes the integers of
+    normed x with all its warps (loom_fixed_stage_held) where one warp a row would at this K; None: as dispatched)."""
+    if source == "whole block":
+        monkeypatch.setattr(quant_fixed, "WARP_STAGE_K", 0)
+        quant_fixed._module.cache_clear()
+        source = "block"
     if source is not None:
         monkeypatch.setattr(quant_fixed, "x_source", lambda m, k, rows: source)
 
@@ -115,6 +127,35 @@ def test_every_split_of_a_row_over_warps_gives_the_same_bits(qtype, wpr, m, cols
     got, _ = _product(data, qtype, x)
     same_bits(got, fixed.matmul_t(CPU, x, BlockQuantized(data, qtype, (rows, cols)).dequantize()),
               f"{qtype}, {wpr} warps a row, {m} x {cols}")
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "BF16"])
+@pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (1, 2048, "block"), (1, 576, "whole block"),
+                                             (1, 1024, "launch")])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, m, cols, source, swiglu, monkeypatch):
+    """A grid smaller than the output's groups of rows (gemv_grid, one row of x: each block takes every grid-th
+    group, one warp a row), x's integers made by each block once (with and without a norm) or by their own
+    launch."""
+    _force(monkeypatch, source)
+    monkeypatch.setattr(quant_fixed, "_multiprocessors", lambda: 1)
+    monkeypatch.setattr(quant_fixed, "GEMV_WAVES", 3)
+    monkeypatch.setattr(quant_fixed, "gemv_warps", lambda rows: 1)
+    rng = np.random.default_rng(m + cols)
+    rows = 2 * 77 if swiglu else 77                  # ten groups of eight rows on three blocks, the last group short
+    assert quant_fixed.gemv_grid(rows // (2 if swiglu else 1), 1, m) == 3
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = (rng.standard_normal((m, cols)) * 2.0).astype(np.float32)
+    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32) if source != "launch" else None
+    d = cupy.asarray(data)
+    tables = quant_fixed.w_exponents(d, qtype, rows, cols)
+    out = cupy.full((m, rows // (2 if swiglu else 1)), UNWRITTEN, dtype=np.float32)
+    normed = cupy.empty((m, cols), dtype=np.float32)
+    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, tables, swiglu=swiglu,
+                     norm=None if norm is None else cupy.asarray(norm), normed=normed, eps=1e-5)
+    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(host(out), want, f"{qtype}, {m} x {cols}, x by {source}, three blocks for ten groups")
 
 
 def _planes_product(data, qtype, x):
@@ -306,7 +347,7 @@ def test_integer_products_at_the_edges_of_float32(qtype, cols, source, monkeypat
     same_bits(_planes_product(data, qtype, x), want, f"prompt integer product at the edges, K = {cols}")
 
 
-@pytest.mark.parametrize("source", ["block", "launch", "planes"])
+@pytest.mark.parametrize("source", ["block", "whole block", "launch", "planes"])
 def test_the_norm_at_the_edges_of_float32_gives_the_array_codes_bits(source, monkeypatch):
     """rms_norm's exact sum of squares with squares that overflow (inf), underflow, rows of zeros and rows
     holding inf and NaN, where each block makes x's integers and where their launch does; a wide spread of

@@ -47,11 +47,12 @@ EXACT_ROW_SUM = TOP_EXPONENT + r"""
 struct Scratch { unsigned patterns[32]; unsigned flags[32]; double sums[32]; };
 #define LOOM_HELD 8
 
-// exact.sum of the values v[i] (entry threadIdx.x + i blockDim.x of the row; 0 past its end) held by
-// every thread of the block, rounded once to float (bits = 53 - ceil(log2 n)). Each barrier separates
-// a write of an array of `s` from the previous call's reads of it.
-template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, Scratch& s) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+// exact.sum of the values v[i] held by every thread of the block (ACROSS; entry threadIdx.x + i blockDim.x of
+// the row, 0 past its end) or by the 32 lanes of one warp alone (no barrier, no shared memory: s unused),
+// rounded once to float (bits = 53 - ceil(log2 n)). Each barrier separates a write of an array of `s` from the
+// previous call's reads of it.
+template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(const float (&v)[R], int bits, Scratch* s) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = ACROSS ? blockDim.x >> 5 : 1;
     unsigned top = 0, special = 0;    // the finite maximum of |v| as a pattern: they order alike
     #pragma unroll
     for (int i = 0; i < R; ++i) {
@@ -62,16 +63,16 @@ template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, 
     top = warp_reduce(top, MaxOp());
     special = warp_reduce(special, MaxOp());
     if (nwarps > 1) {
-        if (lane == 0) { s.patterns[warp] = top; s.flags[warp] = special; }
+        if (lane == 0) { s->patterns[warp] = top; s->flags[warp] = special; }
         __syncthreads();
-        top = warp_reduce(lane < nwarps ? s.patterns[lane] : 0u, MaxOp());
-        special = warp_reduce(lane < nwarps ? s.flags[lane] : 0u, MaxOp());
+        top = warp_reduce(lane < nwarps ? s->patterns[lane] : 0u, MaxOp());
+        special = warp_reduce(lane < nwarps ? s->flags[lane] : 0u, MaxOp());
     }
     if (special) {                    // inf and NaN only: any order, same sum
         double specials = 0.0;
         #pragma unroll
         for (int i = 0; i < R; ++i) if (!isfinite(v[i])) specials += (double)v[i];
-        return (float)block_reduce(specials, s.sums, 0.0, AddOp());
+        return (float)(ACROSS ? block_reduce(specials, s->sums, 0.0, AddOp()) : warp_reduce(specials, AddOp()));
     }
     const int shift = bits - loom_top_exponent(__uint_as_float(top));
     // 2^shift: |shift| < 300, so v 2^shift is exact, ldexp's value
@@ -81,11 +82,17 @@ template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, 
     for (int i = 0; i < R; ++i) total += rint(__dmul_rn((double)v[i], scale));
     total = warp_reduce(total, AddOp());                        // integers below 2^53: exact
     if (nwarps > 1) {
-        if (lane == 0) s.sums[warp] = total;
+        if (lane == 0) s->sums[warp] = total;
         __syncthreads();
-        total = warp_reduce(lane < nwarps ? s.sums[lane] : 0.0, AddOp());
+        total = warp_reduce(lane < nwarps ? s->sums[lane] : 0.0, AddOp());
     }
     return __double2float_rn(ldexp(total, -shift));
+}
+template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, Scratch& s) {
+    return exact_sum_regs<true>(v, bits, &s);
+}
+template <int R> __device__ __forceinline__ float exact_sum_warp(const float (&v)[R], int bits) {
+    return exact_sum_regs<false>(v, bits, (Scratch*)0);
 }
 
 // exact.sum of value(j) for j < n, rounded once to float (bits = 53 - ceil(log2 n)).

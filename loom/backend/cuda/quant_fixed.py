@@ -59,6 +59,7 @@ from .quant_rows import PLAIN
 MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself, in shared memory
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
+GEMV_WAVES = 4              # blocks a multiprocessor of a one-row, one-warp-a-row product at most (0: a block a group)
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 # rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
 # once for any rows (past ROWS_MAX they take it whatever this says: takes_planes). Measured on an H200
@@ -69,6 +70,7 @@ RW = 8                      # warps a block of loom_fixed_rows, each over every 
 MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float64 sums could round)
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
 HELD_K = 8 * WARPS * 32     # K up to which gemv's blocks make x's integers (each thread holding 8 values)
+WARP_STAGE_K = 1024         # K up to which one warp a row of normed x makes them (loom_fixed_stage_warp)
 X_THREADS = 256
 
 
@@ -81,6 +83,7 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
             f"#define X_THREADS {X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
+            f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 
@@ -200,10 +203,20 @@ def x_source(m: int, k: int, rows: int) -> str:
     20, H200) and its output layer twice as long), else "launch", x's
     integers' own launch (x_integers). (Each warp making them for itself, with no barrier, was measured
     too: slower than a block everywhere, twice as slow on Llama-3.2-1B's qkv.)"""
-    if (m <= STAGED_ROWS and k <= HELD_K
-            and -(-rows // (WARPS // gemv_warps(rows))) <= STAGE_WAVES * _multiprocessors()):
+    if m <= STAGED_ROWS and k <= HELD_K and gemv_grid(rows, gemv_warps(rows), m) <= STAGE_WAVES * _multiprocessors():
         return "block"
     return "launch"
+
+
+def gemv_grid(rows: int, wpr: int, m: int) -> int:
+    """loom_fixed_gemv's blocks for m rows of x: one a group of WARPS / wpr output rows, at most GEMV_WAVES a
+    multiprocessor for one row of x where a warp takes a row (each block then takes every grid-th group,
+    loom_fixed_gemv_groups; the smaller grid also lets the blocks stage x). Measured on an H200
+    (decode_graph_parts.py --whole): one row of x, SmolLM2 801 -> 796 us a step (its output layer 35 -> 28 us),
+    Llama-3.2-1B 1,549 -> 1,474; two rows of Llama-3.2-1B 2,151 -> 2,427 (its products over K = 2,048 then
+    staged x in blocks of 125 registers, two a multiprocessor), so not past one row."""
+    groups = -(-rows // (WARPS // wpr))
+    return min(groups, GEMV_WAVES * _multiprocessors()) if wpr == 1 and m == 1 and GEMV_WAVES else groups
 
 
 def gemv_warps(rows: int) -> int:
@@ -303,7 +316,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
         _check_norm(norm, normed, x.shape)
     ew, wbad = w_tables
     wpr = gemv_warps(rows)
-    module, grid = _module(qtype, int(swiglu), k // 32, wpr, m), -(-rows // (WARPS // wpr))
+    module, grid = _module(qtype, int(swiglu), k // 32, wpr, m), gemv_grid(rows, wpr, m)
     if x_source(m, k, rows) == "block":
         if m > STAGED_ROWS or k > HELD_K:
             raise ShapeError(f"gemv's blocks make the integers of at most {STAGED_ROWS} rows of x over K <= {HELD_K}, "

@@ -323,8 +323,9 @@ struct LoomFixedStored {
 // this warp's output row's exponents and inf/NaN flags (SwiGLU: the gate's and the up's), read before the
 // kernel waits for the one before it (W's tables are not written by it): off the products' critical path
 struct LoomFixedWRow { int e[EPI + 1]; int bad[EPI + 1]; };
-__device__ __forceinline__ LoomFixedWRow loom_fixed_w_row(const int* ew, const int* wbad, long long rows) {
-    const long long r = (long long)blockIdx.x * (WARPS / WPR) + (threadIdx.x >> 5) / WPR;
+__device__ __forceinline__ LoomFixedWRow loom_fixed_w_row(const int* ew, const int* wbad, long long rows,
+                                                          long long group) {
+    const long long r = group * (WARPS / WPR) + (threadIdx.x >> 5) / WPR;
     LoomFixedWRow t;
     #pragma unroll
     for (int e = 0; e <= EPI; ++e) {
@@ -339,7 +340,7 @@ __device__ __forceinline__ LoomFixedWRow loom_fixed_w_row(const int* ew, const i
 // for the one before it (the weights are not written by it)
 __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long long rows, int nb) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long r = (long long)blockIdx.x * (WARPS / WPR) + warp / WPR;
+    const long long r = (long long)blockIdx.x * (WARPS / WPR) + warp / WPR;     // (the block's first group)
     if (r >= rows) return;
     #pragma unroll
     for (int e = 0; e <= EPI; ++e)
@@ -370,11 +371,11 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
 #define LOOM_W_LOAD(p) (MAX_ROWS > 2 ? *(p) : __ldcs(p))
 template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
         const unsigned char* __restrict__ w, const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out,
-        const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M) {
+        const float* __restrict__ bias, const float* __restrict__ res, long long rows, int nb, int M, long long g) {
     // WPR warps share a row, each taking every WPR-th step (four units, LOOM_WIDE eight); their int64 sums meet in shared
-    // memory (exact: any order)
+    // memory (exact: any order); the block's group of output rows g
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
-    const long long r = (long long)blockIdx.x * (WARPS / WPR) + warp / WPR;
+    const long long r = g * (WARPS / WPR) + warp / WPR;
     const bool live = r < rows;
     if (WPR == 1 && !live) return;
     if (NB) nb = NB;                    // (compiled in: the unit loop's trip count is a constant)
@@ -526,6 +527,21 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
     }
 }
 
+// every group of WARPS / WPR output rows this block takes: its own (blockIdx.x, W's tables wt read before the wait),
+// then with one warp a row every gridDim.x-th further one (gemv_grid: a grid of a few blocks a multiprocessor that
+// stage x once each, where a block a group left the output layer's 6,144 blocks of eight rows to the block scheduler)
+template <class XS> __device__ __forceinline__ void loom_fixed_gemv_groups(
+        const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
+        const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out, const float* __restrict__ bias,
+        const float* __restrict__ res, long long rows, int nb, int M) {
+    loom_fixed_gemv_rows(w, wt, xs, out, bias, res, rows, nb, M, blockIdx.x);
+    // (one row of x only, gemv_grid; a block's warps sharing rows meet at a barrier: one group a block)
+    if (WPR != 1 || XR != 1) return;
+    const long long groups = (rows + WARPS - 1) / WARPS;
+    for (long long g = blockIdx.x + gridDim.x; g < groups; g += gridDim.x)
+        loom_fixed_gemv_rows(w, loom_fixed_w_row(ew, wbad, rows, g), xs, out, bias, res, rows, nb, M, g);
+}
+
 extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const short* __restrict__ xq, const int* __restrict__ ex, const int* __restrict__ xbad,
@@ -533,10 +549,10 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
         const float* __restrict__ res, long long rows, int nb, int M) {
     if (NB) nb = NB;
     loom_fixed_prefetch(w, rows, nb);
-    const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows);
+    const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows, blockIdx.x);
     wait_for_previous_kernel();
     const LoomFixedStored xs{xq, ex, xbad, x, 32 * nb};
-    loom_fixed_gemv_rows(w, wt, xs, out, bias, res, rows, nb, M);
+    loom_fixed_gemv_groups(w, ew, wbad, wt, xs, out, bias, res, rows, nb, M);
 }
 
 // x's exponents, flags and integers (lane order) for the M rows of x in shared memory, each thread holding
@@ -602,6 +618,51 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
     __syncthreads();
 }
 
+// loom_fixed_stage_held's values by one warp a row of x (warp m for row m < M <= WARPS; lane l holding entries
+// l + 32 i, R = K / 32 of them): no barrier but the block's one at the end, while the other warps wait. The staged
+// blocks' repeated prologue is what a decode step's small products spend their issue slots on (ncu, SmolLM2's
+// qkv at batch 1: 0.58 warps issued a scheduler-cycle); one warp issues about an eighth of a block's instructions.
+// Where a norm comes first (SmolLM2's step at batch 1 / 2: 844 -> 803 / 1,226 -> 997 us, H200); rows without one
+// were slower so (o and down: 803 -> 823 / 997 -> 1,012), their block path being two barriers.
+template <int R> __device__ __forceinline__ void loom_fixed_stage_warp(
+        const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
+        float* xf, short* xq_s, int* ex_s, int* xbad_s) {
+    const int lane = threadIdx.x & 31, m = threadIdx.x >> 5;
+    if (m < M) {
+        float v[R];
+        #pragma unroll
+        for (int i = 0; i < R; ++i) v[i] = x[(long long)m * K + lane + 32 * i];
+        if (norm_w != 0) {
+            float sq[R];
+            #pragma unroll
+            for (int i = 0; i < R; ++i) sq[i] = v[i] * v[i];
+            const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
+            #pragma unroll
+            for (int i = 0; i < R; ++i) {
+                v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
+                xf[m * K + lane + 32 * i] = v[i];
+            }
+        }
+        float top = 0.0f;
+        int nonfinite = 0;
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (isfinite(v[i])) top = fmaxf(top, fabsf(v[i]));
+            else nonfinite = 1;
+        }
+        top = warp_reduce(top, MaxOp());
+        nonfinite = warp_reduce(nonfinite, MaxOp());
+        const int e = loom_fixed_exponent(top), shift = 15 - e;
+        if (lane == 0) { ex_s[m] = e; xbad_s[m] = nonfinite; }
+        const float sc = loom_fixed_scale(shift);
+        const int slot = loom_fixed_slot(lane, nibble);
+        #pragma unroll
+        for (int i = 0; i < R; ++i)
+            xq_s[m * K + 32 * i + slot] = isfinite(v[i]) ? (short)loom_fixed_bits(v[i], sc, shift) : (short)0;
+    }
+    __syncthreads();
+}
+
 // the same as loom_fixed_gemv where x is small (XR rows of NB units, K <= LOOM_HELD WARPS 32): each block
 // makes x's integers itself in shared memory (loom_fixed_x's arithmetic; every block finds the same
 // exponents), which saves a launch a product in decode steps; with norm_w, of rms_norm(x, norm_w)
@@ -609,6 +670,9 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
 // floats, then the integers), as spec 3's products: with dynamic shared memory the decode step lost its
 // programmatic launches' gain.
 #define HELD (NB ? (32 * NB + WARPS * 32 - 1) / (WARPS * 32) : 1)    // values of a row a thread holds
+// the integers of normed rows of x by one warp a row (loom_fixed_stage_warp) where K <= WARP_STAGE_K, else by the
+// whole block
+#define WARP_STAGE (NB >= 1 && 32 * NB <= WARP_STAGE_K)
 #define STAGED_BYTES (XR && XR <= STAGED_ROWS && NB && 32 * NB <= HELD_K ? XR * NB * 32 * 6 : 16)
 extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
@@ -623,14 +687,17 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
     if (XR) M = XR;
     const int K = 32 * nb;
     loom_fixed_prefetch(w, rows, nb);
-    const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows);
+    const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows, blockIdx.x);
     wait_for_previous_kernel();
     float* xf = (float*)staged_s;
     short* xq_s = (short*)(staged_s + 4 * M * K);
-    loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf, xq_s,
-                                                                      ex_s, xbad_s, top_s, bad_s, scratch);
+    if (WARP_STAGE && norm_w != 0)
+        loom_fixed_stage_warp<WARP_STAGE ? NB : 1>(x, M, K, nibble, norm_w, eps, bits, xf, xq_s, ex_s, xbad_s);
+    else
+        loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf, xq_s,
+                                                                          ex_s, xbad_s, top_s, bad_s, scratch);
     const LoomFixedStored stored{xq_s, ex_s, xbad_s, norm_w != 0 ? xf : x, K};
-    loom_fixed_gemv_rows(w, wt, stored, out, bias, res, rows, nb, M);
+    loom_fixed_gemv_groups(w, ew, wbad, wt, stored, out, bias, res, rows, nb, M);
 }
 """
 
