@@ -16,8 +16,10 @@ Kernels:
   rows written first, quant_exact.rms_norm's bits); for quant_fixed_planes' GEMM, as its int8 planes and
   the rows' sums of their integers instead;
 - `loom_fixed_gemv` (x's integers made by loom_fixed_x) and `loom_fixed_gemv_staged` (each block makes
-  them, and the norm, in static shared memory, each thread holding its values of x: up to STAGED_ROWS
-  rows over K <= HELD_K, small grids; see x_source), both compiled for their rows of x and units of K:
+  them, and the norm, in static shared memory, each thread holding its values of x, or with a norm over
+  K <= WARP_STAGE_K one warp a row of x: up to STAGED_ROWS rows over K <= HELD_K, small grids; see
+  x_source), both compiled for their rows of x and units of K; for one row of x a block takes every
+  grid-th group of output rows (gemv_grid):
   WPR warps a row of W (gemv_warps), lane l taking value group l & 7 of its units (F16/BF16: eight values,
   8 (l & 3) .. 8 (l & 3) + 7, in one 16-byte load); each decoded value's integer times x's, two products (each below 2^30)
   a 32-bit sum, added into int64s: exact in any order; the warps' sums meet in shared memory, and one lane
