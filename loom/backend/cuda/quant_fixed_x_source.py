@@ -1,0 +1,166 @@
+"""The CUDA source of x's integer kernel (quant_fixed.x_integers and quant_fixed_planes launch it, one block a
+row of x: its exponent and integers in the one-row kernels' lane order, or its int8 planes and sums of integers
+for the planes' products; optionally of rms_norm(x) first). Compiled inside quant_fixed_source.SOURCE, after the
+shared device functions it calls."""
+
+X_SOURCE = r"""
+// loom_fixed_x's planes of a row of at most 4 X_HELD X_THREADS values held in registers, four consecutive a
+// float4 (16-byte aligned rows, norm weights and normed rows; 4-byte aligned planes): the row read once, the
+// norm's exact sum (exact_sum_held), one barrier for the maximum (every thread combines the warps' maxima itself)
+// and one for the sum of q, where the general path writes the normed row out and reads it back between
+// barriers; the same values
+#define X_HELD 2
+__device__ __forceinline__ void loom_fixed_x_held(
+        const float* __restrict__ row, const float* __restrict__ norm_w, float* normed, float eps, int bits,
+        int* __restrict__ ex, int* __restrict__ bad, signed char* __restrict__ planes, long long* __restrict__ sums,
+        long long padded, int K, Scratch& scratch) {
+    __shared__ float top_s[X_THREADS / 32];
+    __shared__ int bad_s[X_THREADS / 32];
+    __shared__ long long sum_s[X_THREADS / 32];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const long long m = blockIdx.x;
+    float v[4 * X_HELD];
+    #pragma unroll
+    for (int i = 0; i < X_HELD; ++i) {
+        const int k = 4 * (threadIdx.x + i * X_THREADS);
+        const float4 t = k < K ? *(const float4*)(row + k) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        v[4 * i] = t.x; v[4 * i + 1] = t.y; v[4 * i + 2] = t.z; v[4 * i + 3] = t.w;
+    }
+    if (norm_w != 0) {                  // (loom_rms_norm_row's operations; exact_sum_held: any order of the values)
+        float sq[4 * X_HELD];
+        #pragma unroll
+        for (int j = 0; j < 4 * X_HELD; ++j) sq[j] = v[j] * v[j];
+        const float inv = 1.0f / loom_sqrt(exact_sum_held(sq, bits, scratch) / (float)K + eps);
+        #pragma unroll
+        for (int i = 0; i < X_HELD; ++i) {
+            const int k = 4 * (threadIdx.x + i * X_THREADS);
+            if (k >= K) break;
+            const float4 w4 = *(const float4*)(norm_w + k);
+            const float w[4] = {w4.x, w4.y, w4.z, w4.w};
+            #pragma unroll
+            for (int j = 0; j < 4; ++j) v[4 * i + j] = (v[4 * i + j] * inv) * w[j];
+            *(float4*)(normed + m * K + k) = make_float4(v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]);
+        }
+    }
+    float top = 0.0f;
+    int nonfinite = 0;
+    #pragma unroll
+    for (int j = 0; j < 4 * X_HELD; ++j) {
+        if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
+        else nonfinite = 1;
+    }
+    top = warp_reduce(top, MaxOp());
+    nonfinite = warp_reduce(nonfinite, MaxOp());
+    if (lane == 0) { top_s[warp] = top; bad_s[warp] = nonfinite; }
+    __syncthreads();
+    #pragma unroll
+    for (int i = 0; i < X_THREADS / 32; ++i) { top = fmaxf(top, top_s[i]); nonfinite |= bad_s[i]; }
+    const int e = loom_fixed_exponent(top), shift = 15 - e;
+    if (threadIdx.x == 0) { ex[m] = e; bad[m] = nonfinite; }
+    const float s = loom_fixed_scale(shift);
+    long long total = 0;
+    #pragma unroll
+    for (int i = 0; i < X_HELD; ++i) {
+        const int k = 4 * (threadIdx.x + i * X_THREADS);
+        if (k >= K) break;
+        const float q[4] = {v[4 * i], v[4 * i + 1], v[4 * i + 2], v[4 * i + 3]};
+        unsigned hi, lo;
+        total += loom_fixed_planes4(q, s, shift, &hi, &lo);
+        *(unsigned*)(planes + m * K + k) = hi;
+        *(unsigned*)(planes + (padded + m) * K + k) = lo;
+    }
+    total = warp_reduce(total, AddOp());
+    if (lane == 0) sum_s[warp] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < X_THREADS / 32; ++i) total += sum_s[i];
+        sums[m] = total;
+    }
+}
+
+// xq[m, :], ex[m], bad[m] for each row m of x [M, K]: a block a row. With norm_w, of rms_norm(x, norm_w)
+// (quant_exact.rms_norm's bits), which it writes to normed [M, K] first.
+extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
+        const float* __restrict__ x, short* __restrict__ xq, int* __restrict__ ex, int* __restrict__ bad, int K,
+        int nibble, const float* __restrict__ norm_w, float* normed, float eps, int bits,
+        signed char* __restrict__ planes, long long* __restrict__ sums, long long padded) {
+    __shared__ float top_s[X_THREADS / 32];
+    __shared__ int bad_s[X_THREADS / 32];
+    __shared__ long long sum_s[X_THREADS / 32];
+    __shared__ int e_s;
+    __shared__ Scratch scratch;
+    wait_for_previous_kernel();
+    const float* row = x + (long long)blockIdx.x * K;
+    if (planes != 0 && K <= 4 * X_HELD * X_THREADS && ((unsigned long long)row & 15) == 0
+            && ((unsigned long long)planes & 3) == 0
+            && (norm_w == 0 || (((unsigned long long)norm_w | (unsigned long long)normed) & 15) == 0)) {
+        loom_fixed_x_held(row, norm_w, normed, eps, bits, ex, bad, planes, sums, padded, K, scratch);
+        return;
+    }
+    if (norm_w != 0) {
+        float* out = normed + (long long)blockIdx.x * K;
+        loom_rms_norm_row([&](long long k) { return row[k]; }, norm_w, out, K, eps, bits, scratch);
+        __syncthreads();                        // (the block's own writes: visible to it after the barrier)
+        row = out;
+    }
+    float top = 0.0f;
+    int nonfinite = 0;
+    for (int k = threadIdx.x; k < K; k += X_THREADS) {
+        const float v = row[k];
+        if (isfinite(v)) top = fmaxf(top, fabsf(v));
+        else nonfinite = 1;
+    }
+    for (int o = 16; o; o >>= 1) {
+        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
+        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
+    }
+    if ((threadIdx.x & 31) == 0) { top_s[threadIdx.x >> 5] = top; bad_s[threadIdx.x >> 5] = nonfinite; }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < X_THREADS / 32; ++i) { top = fmaxf(top, top_s[i]); nonfinite |= bad_s[i]; }
+        e_s = loom_fixed_exponent(top);
+        ex[blockIdx.x] = e_s;
+        bad[blockIdx.x] = nonfinite;
+    }
+    __syncthreads();
+    const int shift = 15 - e_s;
+    const float s = loom_fixed_scale(shift);
+    if (planes == 0) {
+        short* q = xq + (long long)blockIdx.x * K;
+        for (int k = threadIdx.x; k < K; k += X_THREADS) {
+            const float v = row[k];
+            q[(k & ~31) + loom_fixed_slot(k & 31, nibble)] = isfinite(v) ? (short)loom_fixed_bits(v, s, shift) : (short)0;
+        }
+        return;
+    }
+    // quant_fixed_planes' layout in place of xq (x's order): q = 256 h + l' + 128, h in row m of planes, l' in
+    // row padded + m, and the row's sum of q (exact in int64)
+    const long long m = blockIdx.x;
+    long long total = 0;
+    // four values a thread: a 16-byte load, two 4-byte stores (K is a multiple of 32: every row of x and of the planes
+    // starts 16- and 4-byte aligned where the first does)
+    const bool wide = ((unsigned long long)row & 15) == 0 && ((unsigned long long)planes & 3) == 0;
+    for (int k = 4 * threadIdx.x; wide && k < K; k += 4 * X_THREADS) {
+        const float4 v4 = *(const float4*)(row + k);
+        const float v[4] = {v4.x, v4.y, v4.z, v4.w};
+        unsigned hi, lo;
+        total += loom_fixed_planes4(v, s, shift, &hi, &lo);
+        *(unsigned*)(planes + m * K + k) = hi;
+        *(unsigned*)(planes + (padded + m) * K + k) = lo;
+    }
+    for (int k = threadIdx.x; !wide && k < K; k += X_THREADS) {
+        const float v = row[k];
+        const int q = loom_fixed_q(v, s, shift);
+        planes[m * K + k] = (signed char)(q >> 8);
+        planes[(padded + m) * K + k] = (signed char)((q & 255) - 128);
+        total += q;
+    }
+    for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
+    if ((threadIdx.x & 31) == 0) sum_s[threadIdx.x >> 5] = total;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int i = 1; i < X_THREADS / 32; ++i) total += sum_s[i];
+        sums[m] = total;
+    }
+}
+"""
