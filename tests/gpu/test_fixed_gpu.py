@@ -158,6 +158,30 @@ def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, m, cols,
     same_bits(host(out), want, f"{qtype}, {m} x {cols}, x by {source}, three blocks for ten groups")
 
 
+@pytest.mark.parametrize("qtype, cols", [("Q4_1", 576), ("Q4_1", 1024), ("Q4_K", 1024), ("Q8_0", 1024), ("F16", 992)])
+@pytest.mark.parametrize("m", [1, 2])
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_normed_rows_made_by_one_warp_give_the_cpus_bits(qtype, cols, m, swiglu, monkeypatch):
+    """rms_norm(x)'s integers made by one warp a row of x in each block (K <= WARP_STAGE_K: up to 32 values a
+    lane), nibble and plain stored types' lane orders, one and two rows of x (two warps)."""
+    assert cols <= quant_fixed.WARP_STAGE_K
+    _force(monkeypatch, "block")
+    rng = np.random.default_rng(cols + m)
+    rows = 2 * 44 if swiglu else 44
+    data = random_rows(qtype, rows, cols, rng, scale=0.02, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    x = (rng.standard_normal((m, cols)) * 4.0).astype(np.float32)
+    x[-1] *= np.exp2(rng.integers(-20, 20, cols)).astype(np.float32)       # a wide spread of scales in a row
+    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    d = cupy.asarray(data)
+    tables = quant_fixed.w_exponents(d, qtype, rows, cols)
+    out = cupy.full((m, rows // (2 if swiglu else 1)), UNWRITTEN, dtype=np.float32)
+    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, tables, swiglu=swiglu, norm=cupy.asarray(norm),
+                     normed=cupy.empty((m, cols), dtype=np.float32), eps=1e-5)
+    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(host(out), want, f"{qtype}, {m} x {cols}, normed x by one warp a row")
+
+
 def _planes_product(data, qtype, x):
     rows, cols = data.shape[0], x.shape[1]
     d = cupy.asarray(data)
