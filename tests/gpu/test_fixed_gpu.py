@@ -129,11 +129,25 @@ def test_every_split_of_a_row_over_warps_gives_the_same_bits(qtype, wpr, m, cols
               f"{qtype}, {wpr} warps a row, {m} x {cols}")
 
 
+def _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, scale):
+    """(gemv's product of x with random stored rows of qtype, with rms_norm(x, norm) first where norm is given, and
+    the CPU's bits for it)."""
+    m, cols = x.shape
+    data = random_rows(qtype, rows, cols, rng, scale=scale, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
+    d = cupy.asarray(data)
+    out = cupy.full((m, rows // (2 if swiglu else 1)), UNWRITTEN, dtype=np.float32)
+    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, quant_fixed.w_exponents(d, qtype, rows, cols), swiglu=swiglu,
+                     norm=None if norm is None else cupy.asarray(norm),
+                     normed=cupy.empty((m, cols), dtype=np.float32), eps=1e-5)
+    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    return host(out), want
+
+
 @pytest.mark.parametrize("qtype", ["Q4_1", "BF16"])
-@pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (1, 2048, "block"), (1, 576, "whole block"),
-                                             (1, 1024, "launch")])
+@pytest.mark.parametrize("cols, source", [(576, "block"), (2048, "block"), (576, "whole block"), (1024, "launch")])
 @pytest.mark.parametrize("swiglu", [False, True])
-def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, m, cols, source, swiglu, monkeypatch):
+def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, cols, source, swiglu, monkeypatch):
     """A grid smaller than the output's groups of rows (gemv_grid, one row of x: each block takes every grid-th
     group, one warp a row), x's integers made by each block once (with and without a norm) or by their own
     launch."""
@@ -141,21 +155,13 @@ def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, m, cols,
     monkeypatch.setattr(quant_fixed, "_multiprocessors", lambda: 1)
     monkeypatch.setattr(quant_fixed, "GEMV_WAVES", 3)
     monkeypatch.setattr(quant_fixed, "gemv_warps", lambda rows: 1)
-    rng = np.random.default_rng(m + cols)
+    rng = np.random.default_rng(1 + cols)
     rows = 2 * 77 if swiglu else 77                  # ten groups of eight rows on three blocks, the last group short
-    assert quant_fixed.gemv_grid(rows // (2 if swiglu else 1), 1, m) == 3
-    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
-    x = (rng.standard_normal((m, cols)) * 2.0).astype(np.float32)
+    assert quant_fixed.gemv_grid(rows // (2 if swiglu else 1), 1, 1) == 3
+    x = (rng.standard_normal((1, cols)) * 2.0).astype(np.float32)
     norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32) if source != "launch" else None
-    d = cupy.asarray(data)
-    tables = quant_fixed.w_exponents(d, qtype, rows, cols)
-    out = cupy.full((m, rows // (2 if swiglu else 1)), UNWRITTEN, dtype=np.float32)
-    normed = cupy.empty((m, cols), dtype=np.float32)
-    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, tables, swiglu=swiglu,
-                     norm=None if norm is None else cupy.asarray(norm), normed=normed, eps=1e-5)
-    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(host(out), want, f"{qtype}, {m} x {cols}, x by {source}, three blocks for ten groups")
+    got, want = _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, 0.01)
+    same_bits(got, want, f"{qtype}, 1 x {cols}, x by {source}, three blocks for ten groups")
 
 
 @pytest.mark.parametrize("qtype, cols", [("Q4_1", 576), ("Q4_1", 1024), ("Q4_K", 1024), ("Q8_0", 1024), ("F16", 992)])
@@ -167,19 +173,11 @@ def test_normed_rows_made_by_one_warp_give_the_cpus_bits(qtype, cols, m, swiglu,
     assert cols <= quant_fixed.WARP_STAGE_K
     _force(monkeypatch, "block")
     rng = np.random.default_rng(cols + m)
-    rows = 2 * 44 if swiglu else 44
-    data = random_rows(qtype, rows, cols, rng, scale=0.02, plain=0.05)
-    w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
     x = (rng.standard_normal((m, cols)) * 4.0).astype(np.float32)
     x[-1] *= np.exp2(rng.integers(-20, 20, cols)).astype(np.float32)       # a wide spread of scales in a row
     norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
-    d = cupy.asarray(data)
-    tables = quant_fixed.w_exponents(d, qtype, rows, cols)
-    out = cupy.full((m, rows // (2 if swiglu else 1)), UNWRITTEN, dtype=np.float32)
-    quant_fixed.gemv(d, qtype, cupy.asarray(x), out, tables, swiglu=swiglu, norm=cupy.asarray(norm),
-                     normed=cupy.empty((m, cols), dtype=np.float32), eps=1e-5)
-    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(host(out), want, f"{qtype}, {m} x {cols}, normed x by one warp a row")
+    got, want = _gemv_and_reference(qtype, x, 2 * 44 if swiglu else 44, norm, swiglu, rng, 0.02)
+    same_bits(got, want, f"{qtype}, {m} x {cols}, normed x by one warp a row")
 
 
 def _planes_product(data, qtype, x):

@@ -462,7 +462,7 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
     __syncthreads();
 }
 
-// loom_fixed_stage_held's values by one warp a row of x (warp m for row m < M <= WARPS; lane l holding entries
+// loom_fixed_stage_held's values for normed x by one warp a row of x (warp m for row m < M <= WARPS; lane l holding entries
 // l + 32 i, R = K / 32 of them): no barrier but the block's one at the end, while the other warps wait. The staged
 // blocks' repeated prologue is what a decode step's small products spend their issue slots on (ncu, SmolLM2's
 // qkv at batch 1: 0.58 warps issued a scheduler-cycle); one warp issues about an eighth of a block's instructions.
@@ -472,20 +472,18 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_warp(
         const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
         float* xf, short* xq_s, int* ex_s, int* xbad_s) {
     const int lane = threadIdx.x & 31, m = threadIdx.x >> 5;
-    if (m < M) {
-        float v[R];
+    if (m < M) {                        // (rms_norm(x, norm_w) first: norm_w is never null here)
+        float v[R], sq[R];
         #pragma unroll
-        for (int i = 0; i < R; ++i) v[i] = x[(long long)m * K + lane + 32 * i];
-        if (norm_w != 0) {
-            float sq[R];
-            #pragma unroll
-            for (int i = 0; i < R; ++i) sq[i] = v[i] * v[i];
-            const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
-            #pragma unroll
-            for (int i = 0; i < R; ++i) {
-                v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
-                xf[m * K + lane + 32 * i] = v[i];
-            }
+        for (int i = 0; i < R; ++i) {
+            v[i] = x[(long long)m * K + lane + 32 * i];
+            sq[i] = v[i] * v[i];
+        }
+        const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
+            xf[m * K + lane + 32 * i] = v[i];
         }
         float top = 0.0f;
         int nonfinite = 0;
