@@ -156,3 +156,40 @@ def test_split_work_refuses_a_grid_past_the_multiprocessors():
     case = Case([900])
     with pytest.raises(ValueError, match="split workspace"):
         case.run(decode_exact.split_work(2, case.H, case.D, case.max_keys, 2))
+
+
+@pytest.fixture
+def block_softmax(monkeypatch):
+    """decode_exact compiled with the whole block's softmax at every window (WARP_SOFTMAX 0), then rebuilt
+    as dispatched."""
+    monkeypatch.setattr(decode_exact, "WARP_SOFTMAX", 0)
+    decode_exact._module.cache_clear()
+    yield
+    monkeypatch.undo()
+    decode_exact._module.cache_clear()
+
+
+def _block_softmax_run(case, request):
+    request.getfixturevalue("block_softmax")
+    return case.run()[0]
+
+
+@pytest.mark.parametrize("positions", [[0, 15], [200, 255], [256, 300], [31, 32]])
+@pytest.mark.parametrize("where", [None, "nan key", "inf key", "huge scores"])
+def test_one_warps_softmax_gives_the_blocks_bits(positions, where, request):
+    """Windows of up to 32 WARP_SOFTMAX keys take their softmax on one warp (no barrier inside): the same
+    bits as the whole block's reductions, on both sides of that length (256 keys: 255 and 256 positions),
+    with NaN and inf in the scores."""
+    assert decode_exact.WARP_SOFTMAX == 8
+    case = Case(positions, seed=positions[1])
+    slot = case.slot(0, positions[0] // 2)
+    if where == "nan key":
+        case.k[slot, 0, 3] = np.nan
+    elif where == "inf key":
+        case.k[slot, 1, 5] = np.inf
+    elif where == "huge scores":
+        case.k[:, 0, :] *= 2.0 ** 64
+        case.qkv[:, :case.D] *= 2.0 ** 64
+    warp = case.run()[0]
+    assert np.isfinite(warp).any()
+    same_bits(warp, _block_softmax_run(case, request), f"{positions}, {where}")
