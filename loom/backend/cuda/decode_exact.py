@@ -82,6 +82,12 @@ __device__ __forceinline__ void phase(int k) {
 __device__ __forceinline__ void phase(int) {}
 #endif
 
+// Entry d of a head vector v after RoPE with the position's cos and sin rows
+__device__ __forceinline__ float rope_at(const float* v, int d, const float* cs, const float* sn) {
+    const float partner = d < D / 2 ? -v[d + D / 2] : v[d - D / 2];
+    return v[d] * cs[d] + partner * sn[d];
+}
+
 // One head vector of the Q/K/V product into dst: (rms_norm with weight norm, then) RoPE; every thread calls.
 __device__ void head_vector(const float* x, float* dst, float* tmp, const float* norm, const float* cs,
                             const float* sn, float eps, int dbits, Scratch& scratch) {
@@ -92,10 +98,7 @@ __device__ void head_vector(const float* x, float* dst, float* tmp, const float*
     }
     for (int d = threadIdx.x; d < D; d += blockDim.x) tmp[d] = norm != 0 ? (x[d] * inv) * norm[d] : x[d];
     __syncthreads();
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        const float partner = d < D / 2 ? -tmp[d + D / 2] : tmp[d - D / 2];
-        dst[d] = tmp[d] * cs[d] + partner * sn[d];
-    }
+    for (int d = threadIdx.x; d < D; d += blockDim.x) dst[d] = rope_at(tmp, d, cs, sn);
     __syncthreads();
 }
 
@@ -252,11 +255,24 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
     const float* cs = cos_t + pos * D;
     const float* sn = sin_t + pos * D;
-    head_vector(x + h * D, q_s, tmp, norm == 0 ? 0 : norm + h * D, cs, sn, eps, dbits, scratch);
-    head_vector(x + (H + kv) * D, k_s, tmp, norm == 0 ? 0 : norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
-        v_s[d] = x[(H + KV + kv) * D + d];
-        if (h % R == 0 && index == 0) { keys.at(pos)[d] = k_s[d]; values.at(pos)[d] = x[(H + KV + kv) * D + d]; }
+    const bool writes = h % R == 0 && index == 0;      // (one block a key/value head writes the cache)
+    if (norm == 0) {
+        // without head norms q and k are RoPE'd straight from qkv, in the pass that copies v: one barrier where
+        // head_vector's two passes take four (the same operations on the same values)
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            const float kd = rope_at(x + (H + kv) * D, d, cs, sn), vd = x[(H + KV + kv) * D + d];
+            q_s[d] = rope_at(x + h * D, d, cs, sn);
+            k_s[d] = kd;
+            v_s[d] = vd;
+            if (writes) { keys.at(pos)[d] = kd; values.at(pos)[d] = vd; }
+        }
+    } else {
+        head_vector(x + h * D, q_s, tmp, norm + h * D, cs, sn, eps, dbits, scratch);
+        head_vector(x + (H + kv) * D, k_s, tmp, norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
+        for (int d = threadIdx.x; d < D; d += blockDim.x) {
+            v_s[d] = x[(H + KV + kv) * D + d];
+            if (writes) { keys.at(pos)[d] = k_s[d]; values.at(pos)[d] = x[(H + KV + kv) * D + d]; }
+        }
     }
     __syncthreads();
     phase(2);
