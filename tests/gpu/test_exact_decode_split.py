@@ -174,13 +174,16 @@ def _block_softmax_run(case, request):
     return case.run()[0]
 
 
-@pytest.mark.parametrize("positions", [[0, 15], [200, 255], [256, 300], [31, 32]])
+@pytest.mark.parametrize("positions", [[2, 15], [200, 255], [256, 300], [31, 32]])
 @pytest.mark.parametrize("where", [None, "nan key", "inf key", "huge scores"])
-def test_one_warps_softmax_gives_the_blocks_bits(positions, where, request):
+@pytest.mark.parametrize("threads", [128, 512])
+def test_one_warps_softmax_gives_the_blocks_bits(positions, where, threads, request, monkeypatch):
     """Windows of up to 32 WARP_SOFTMAX keys take their softmax on one warp (no barrier inside): the same
     bits as the whole block's reductions, on both sides of that length (256 keys: 255 and 256 positions),
-    with NaN and inf in the scores."""
+    with NaN and inf in the scores, in blocks of 128 and 512 threads."""
     assert decode_exact.WARP_SOFTMAX == 8
+    for name in ("FEW_THREADS", "THREADS", "MANY_THREADS"):
+        monkeypatch.setattr(decode_exact, name, threads)
     case = Case(positions, seed=positions[1])
     slot = case.slot(0, positions[0] // 2)
     if where == "nan key":

@@ -307,29 +307,30 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
         return;
     }
     // ops.softmax over the n scores
+    #define WARP_HELD (WARP_SOFTMAX > 0 ? WARP_SOFTMAX : 1)
     const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0);
-    if (n <= 32 * WARP_SOFTMAX) {
+    if (WARP_SOFTMAX > 0 && n <= 32 * WARP_SOFTMAX) {
         // by one warp, each lane holding its keys' values (n <= 32 WARP_SOFTMAX): the maximum, the exponentials
         // and their exact sum (exact_sum_warp) with no barrier but the block's one after, where the block's
         // reductions take five; the same operations on the same values, so the same bits
         if (threadIdx.x < 32) {
-            float e[WARP_SOFTMAX];
+            float e[WARP_HELD];
             T peak = loom_neg_inf(0.0f);
             #pragma unroll
-            for (int i = 0; i < WARP_SOFTMAX; ++i) {
+            for (int i = 0; i < WARP_HELD; ++i) {
                 const long long j = threadIdx.x + 32 * i;
                 if (j < n) peak = max_nan(peak, p_s[j]);
             }
             peak = warp_reduce(peak, MaxNanOp());
             #pragma unroll
-            for (int i = 0; i < WARP_SOFTMAX; ++i) {
+            for (int i = 0; i < WARP_HELD; ++i) {
                 const long long j = threadIdx.x + 32 * i;
                 e[i] = j < n ? loom_exp(p_s[j] - peak) : 0.0f;
             }
             phase(4);
             const float total = exact_sum_warp(e, nbits);
             #pragma unroll
-            for (int i = 0; i < WARP_SOFTMAX; ++i) {
+            for (int i = 0; i < WARP_HELD; ++i) {
                 const long long j = threadIdx.x + 32 * i;
                 if (j < n) p_s[j] = e[i] / total;
             }

@@ -62,6 +62,7 @@ MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself, in shared memory
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 GEMV_WAVES = 4              # blocks a multiprocessor of a one-row, one-warp-a-row product at most (0: a block a group)
+ONE_WAVE = 1                # ... and no more than the kernel's blocks resident at once (0: GEMV_WAVES alone)
 GEMV_PREFETCH = 1           # such a block requests its next group's rows into L1 before each group's loads (0: not)
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 # rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
@@ -211,7 +212,7 @@ def x_source(m: int, k: int, rows: int) -> str:
     return "launch"
 
 
-def gemv_grid(rows: int, wpr: int, m: int) -> int:
+def gemv_grid(rows: int, wpr: int, m: int, per_sm: int = 0) -> int:
     """loom_fixed_gemv's blocks for m rows of x: one a group of WARPS / wpr output rows, at most GEMV_WAVES a
     multiprocessor for one row of x where a warp takes a row (each block then takes every grid-th group,
     loom_fixed_gemv_groups; the smaller grid also lets the blocks stage x). Measured on an H200
@@ -219,7 +220,21 @@ def gemv_grid(rows: int, wpr: int, m: int) -> int:
     Llama-3.2-1B 1,549 -> 1,474; two rows of Llama-3.2-1B 2,151 -> 2,427 (its products over K = 2,048 then
     staged x in blocks of 125 registers, two a multiprocessor), so not past one row."""
     groups = -(-rows // (WARPS // wpr))
-    return min(groups, GEMV_WAVES * _multiprocessors()) if wpr == 1 and m == 1 and GEMV_WAVES else groups
+    waves = min(GEMV_WAVES, per_sm) if per_sm else GEMV_WAVES   # (per_sm: the kernel's resident blocks, ONE_WAVE)
+    return min(groups, waves * _multiprocessors()) if wpr == 1 and m == 1 and GEMV_WAVES else groups
+
+
+def _resident_per_sm(kernel) -> int:
+    """Blocks of the kernel resident on one multiprocessor of the current GPU at once (its registers and static
+    shared memory), kept per kernel."""
+    key = (cupy.cuda.Device().id, kernel.kernel.ptr)
+    if key not in _RESIDENT:
+        _RESIDENT[key] = max(1, cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr,
+                                                                                        WARPS * 32, 0))
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict = {}
 
 
 def gemv_warps(rows: int) -> int:
@@ -319,12 +334,17 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
         _check_norm(norm, normed, x.shape)
     ew, wbad = w_tables
     wpr = gemv_warps(rows)
-    module, grid = _module(qtype, int(swiglu), k // 32, wpr, m), gemv_grid(rows, wpr, m)
-    if x_source(m, k, rows) == "block":
+    module = _module(qtype, int(swiglu), k // 32, wpr, m)
+    staged = x_source(m, k, rows) == "block"
+    kernel = module.get_function("loom_fixed_gemv_staged" if staged else "loom_fixed_gemv")
+    # (at most the blocks resident at once with ONE_WAVE: a second, partial wave of a small grid costs a block's
+    # whole time; the grid only shrinks, so x_source's choice stands)
+    grid = gemv_grid(rows, wpr, m, _resident_per_sm(kernel) if ONE_WAVE else 0)
+    if staged:
         if m > STAGED_ROWS or k > HELD_K:
             raise ShapeError(f"gemv's blocks make the integers of at most {STAGED_ROWS} rows of x over K <= {HELD_K}, "
                              f"got [{m}, {k}]")
-        launch(module.get_function("loom_fixed_gemv_staged"), grid, WARPS * 32,
+        launch(kernel, grid, WARPS * 32,
                (data, ew, wbad, x, out, *epilogue, np.int64(rows), np.int32(k // 32), np.int32(m),
                 np.int32(_nibble(qtype)), pointer(norm), np.float32(eps), sum_bits(k)), overlap)
         return
@@ -332,6 +352,6 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, w_tables: tuple[Array, A
         raise ShapeError(f"gemv with a norm over x [{m}, {k}] (x's integers by their own launch) writes the normed "
                          "rows: pass `normed`")
     xq, ex, xbad = x_integers(x, qtype, norm, normed, eps, overlap)
-    launch(module.get_function("loom_fixed_gemv"), grid, WARPS * 32,
+    launch(kernel, grid, WARPS * 32,
            (data, ew, wbad, xq, ex, xbad, x if norm is None else normed, out, *epilogue, np.int64(rows),
             np.int32(k // 32), np.int32(m)), overlap)
