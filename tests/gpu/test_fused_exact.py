@@ -16,7 +16,8 @@ from .cpu_gpu import same_bits  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
-ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (5, 1000), (2, 4097), (2, 2, 3, 256)]
+# (softmax rows of 33 to fused_exact.WARP_ROWS_MAX = 1,024 entries take a warp a row: both sides of each end)
+ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (5, 1000), (3, 1024), (2, 1025), (2, 4097), (2, 2, 3, 256)]
 KINDS = ["normal", "wide", "specials"]
 
 
@@ -75,7 +76,7 @@ def test_softmax_and_grad(cuda, ran, shape, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal, tq, tk, offset", [(False, 5, 7, 0), (True, 6, 6, 0), (True, 4, 9, 5),
-                                                    (True, 5, 3, -2), (True, 40, 300, 0)])
+                                                    (True, 5, 3, -2), (True, 40, 300, 0), (True, 9, 1024, -4)])
 def test_scaled_masked_softmax(cuda, ran, causal, tq, tk, offset, kind):
     rng = np.random.default_rng(2)
     scores = _values(rng, (2, 3, tq, tk), kind)

@@ -55,6 +55,42 @@ extern "C" __global__ void loom_exact_softmax_rows(const T* __restrict__ x, T* _
     }
 }
 
+// loom_exact_softmax_rows for rows of n <= 32 SOFTMAX_HELD entries, a warp a row (eight rows a block of 256
+// threads): the same operations on the same values, each lane holding its entries in registers, so the row is read
+// once and written once, with no barrier (the block kernel writes the exponentials out and reads them back twice,
+// behind four barriers)
+#ifdef SOFTMAX_HELD
+extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_rows_warp(
+        const T* __restrict__ x, T* __restrict__ y, long long rows, long long n, T scale, int causal, long long tq,
+        long long offset, int bits) {
+    const int lane = threadIdx.x & 31;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        const T* xr = x + r * n;
+        T* yr = y + r * n;
+        const long long kept = softmax_kept(r, n, causal, tq, offset);
+        T v[SOFTMAX_HELD];
+        T peak = loom_neg_inf((T)0);
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = lane + 32 * i;
+            v[i] = j < kept ? xr[j] * scale : (T)0;
+            if (j < kept) peak = max_nan(peak, v[i]);
+        }
+        peak = warp_reduce(peak, MaxNanOp());
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) v[i] = lane + 32 * i < kept ? loom_exp(v[i] - peak) : (T)0;
+        const T total = exact_sum_warp(v, bits);
+        const T denom = kept > 0 ? total : (T)1;
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = lane + 32 * i;
+            if (j < n) yr[j] = v[i] / denom;
+        }
+    }
+}
+#endif
+
 // fused.softmax_grad: dx = y * (dy - sum(dy * y)).
 extern "C" __global__ void loom_exact_softmax_grad_rows(const T* __restrict__ y, const T* __restrict__ dy,
                                                         T* __restrict__ dx, long long rows, long long n, int bits) {
@@ -144,8 +180,10 @@ def helpers() -> str:
 
 
 @cache
-def _row_kernel(name: str):
-    source = "typedef float T;\n" + helpers() + ROW_HELPERS + EXACT_ROW_SUM + _ROWS
+def _row_kernel(name: str, held: int = 0):
+    """Kernel `name` of _ROWS; held: the entries a lane holds in loom_exact_softmax_rows_warp (SOFTMAX_HELD)."""
+    define = f"#define SOFTMAX_HELD {held}\n" if held else ""
+    source = "typedef float T;\n" + define + helpers() + ROW_HELPERS + EXACT_ROW_SUM + _ROWS
     return cupy.RawModule(code=source, options=OPTIONS).get_function(name)
 
 
@@ -153,9 +191,21 @@ def _bits(n: int) -> np.int32:
     return np.int32(53 - max(0, (n - 1).bit_length()))      # exact.sum's bits for rows of n
 
 
+# Softmax rows of up to this many entries take a warp a row (loom_exact_softmax_rows_warp; 0: a block a row).
+# ptxas: 42 / 64 / 80 registers at 8 / 16 / 32 entries a lane, 167 at 64 (one block a multiprocessor): not past 1,024
+WARP_ROWS_MAX = 1024
+WARP_ROW_BLOCKS = 1 << 16       # blocks of eight rows at most (each then takes every grid-th group of rows)
+
+
 def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     """fused' row launcher for this module: its float32 kernel loom_exact_<name>, with exact.sum's
-    bits for rows of n as the last argument."""
+    bits for rows of n as the last argument (softmax rows of n <= WARP_ROWS_MAX: a warp a row, holding
+    the next power of two of n / 32 entries a lane)."""
+    if name == "loom_softmax_rows" and 32 < n <= WARP_ROWS_MAX:
+        held = 1 << (-(-n // 32) - 1).bit_length()
+        kernel = _row_kernel("loom_exact_softmax_rows_warp", held)
+        kernel((min(-(-rows // 8), WARP_ROW_BLOCKS),), (256,), args + (_bits(n),))
+        return
     kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1))
     kernel((min(rows, fused.MAX_GRID),), (fused.row_threads(n),), args + (_bits(n),))
 
