@@ -16,8 +16,10 @@ from .cpu_gpu import same_bits  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
-# (softmax rows of 33 to fused_exact.WARP_ROWS_MAX = 1,024 entries take a warp a row: both sides of each end)
-ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (5, 1000), (3, 1024), (2, 1025), (2, 4097), (2, 2, 3, 256)]
+# (softmax rows of 33 to fused_exact.WARP_ROWS_MAX = 1,024 entries, and their gradients' up to WARP_GRAD_ROWS_MAX =
+# 512, take a warp a row: both sides of each end)
+ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (3, 512), (2, 513), (5, 1000), (3, 1024), (2, 1025), (2, 4097),
+              (2, 2, 3, 256)]
 KINDS = ["normal", "wide", "specials"]
 
 

@@ -89,6 +89,29 @@ extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_rows_warp(
         }
     }
 }
+
+// loom_exact_softmax_grad_rows for rows of n <= 32 SOFTMAX_HELD entries, a warp a row, y held in registers (dy
+// read again for dx: holding it too took 128 registers at 32 entries a lane)
+extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_grad_rows_warp(
+        const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, long long rows, long long n, int bits) {
+    const int lane = threadIdx.x & 31;
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps) {
+        T yv[SOFTMAX_HELD], prod[SOFTMAX_HELD];
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = lane + 32 * i;
+            yv[i] = j < n ? y[r * n + j] : (T)0;
+            prod[i] = j < n ? dy[r * n + j] * yv[i] : (T)0;
+        }
+        const T dot = exact_sum_warp(prod, bits);
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = lane + 32 * i;
+            if (j < n) dx[r * n + j] = yv[i] * (dy[r * n + j] - dot);
+        }
+    }
+}
 #endif
 
 // fused.softmax_grad: dx = y * (dy - sum(dy * y)).
@@ -191,9 +214,11 @@ def _bits(n: int) -> np.int32:
     return np.int32(53 - max(0, (n - 1).bit_length()))      # exact.sum's bits for rows of n
 
 
-# Softmax rows of up to this many entries take a warp a row (loom_exact_softmax_rows_warp; 0: a block a row).
+# Softmax rows (and their gradients' rows) of up to this many entries take a warp a row
+# (loom_exact_softmax_rows_warp, loom_exact_softmax_grad_rows_warp; 0: a block a row).
 # ptxas: 42 / 64 / 80 registers at 8 / 16 / 32 entries a lane, 167 at 64 (one block a multiprocessor): not past 1,024
 WARP_ROWS_MAX = 1024
+WARP_GRAD_ROWS_MAX = 512        # (the gradient's kernel: 73 / 115 registers at 16 / 32 entries a lane)
 WARP_ROW_BLOCKS = 1 << 16       # blocks of eight rows at most (each then takes every grid-th group of rows)
 
 
@@ -201,9 +226,10 @@ def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     """fused' row launcher for this module: its float32 kernel loom_exact_<name>, with exact.sum's
     bits for rows of n as the last argument (softmax rows of n <= WARP_ROWS_MAX: a warp a row, holding
     the next power of two of n / 32 entries a lane)."""
-    if name == "loom_softmax_rows" and 32 < n <= WARP_ROWS_MAX:
+    most = WARP_ROWS_MAX if name == "loom_softmax_rows" else WARP_GRAD_ROWS_MAX if name == "loom_softmax_grad_rows" else 0
+    if 32 < n <= most:
         held = 1 << (-(-n // 32) - 1).bit_length()
-        kernel = _row_kernel("loom_exact_softmax_rows_warp", held)
+        kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1) + "_warp", held)
         kernel((min(-(-rows // 8), WARP_ROW_BLOCKS),), (256,), args + (_bits(n),))
         return
     kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1))
