@@ -63,7 +63,6 @@ STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 GEMV_WAVES = 4              # blocks a multiprocessor of a one-row, one-warp-a-row product at most (0: a block a group)
 ONE_WAVE = 1                # ... and no more than the kernel's blocks resident at once (0: GEMV_WAVES alone)
-GEMV_PREFETCH = 1           # such a block requests its next group's rows into L1 before each group's loads (0: not)
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 # rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
 # once for any rows (past ROWS_MAX they take it whatever this says: takes_planes). Measured on an H200
@@ -87,7 +86,7 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
             f"#define X_THREADS {X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
-            f"#define WARP_STAGE_K {WARP_STAGE_K}\n#define GEMV_PREFETCH {GEMV_PREFETCH}\n"
+            f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 

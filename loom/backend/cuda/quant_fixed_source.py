@@ -182,10 +182,9 @@ __device__ __forceinline__ LoomFixedWRow loom_fixed_w_row(const int* ew, const i
 
 // L1 prefetches of this warp's share of its W row(s) (loom_fixed_gemv_rows' rows), before the kernel waits
 // for the one before it (the weights are not written by it)
-__device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long long rows, int nb,
-                                                    long long g = blockIdx.x) {
+__device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long long rows, int nb) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long r = g * (WARPS / WPR) + warp / WPR;                         // (the block's group g)
+    const long long r = (long long)blockIdx.x * (WARPS / WPR) + warp / WPR;     // (the block's first group)
     if (r >= rows) return;
     #pragma unroll
     for (int e = 0; e <= EPI; ++e)
@@ -379,20 +378,12 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_groups(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const LoomFixedWRow& wt, const XS& xs, float* __restrict__ out, const float* __restrict__ bias,
         const float* __restrict__ res, long long rows, int nb, int M) {
-    // (one row of x only, gemv_grid; a block's warps sharing rows meet at a barrier: one group a block)
-    if (WPR != 1 || XR != 1) {
-        loom_fixed_gemv_rows(w, wt, xs, out, bias, res, rows, nb, M, blockIdx.x);
-        return;
-    }
-    // each group's next one requested into L1 before the group's own loads (GEMV_PREFETCH): its bytes in flight
-    // during this group's sums and epilogue
-    const long long groups = (rows + WARPS - 1) / WARPS;
-    if (GEMV_PREFETCH && blockIdx.x + gridDim.x < groups) loom_fixed_prefetch(w, rows, nb, blockIdx.x + gridDim.x);
     loom_fixed_gemv_rows(w, wt, xs, out, bias, res, rows, nb, M, blockIdx.x);
-    for (long long g = blockIdx.x + gridDim.x; g < groups; g += gridDim.x) {
-        if (GEMV_PREFETCH && g + gridDim.x < groups) loom_fixed_prefetch(w, rows, nb, g + gridDim.x);
+    // (one row of x only, gemv_grid; a block's warps sharing rows meet at a barrier: one group a block)
+    if (WPR != 1 || XR != 1) return;
+    const long long groups = (rows + WARPS - 1) / WARPS;
+    for (long long g = blockIdx.x + gridDim.x; g < groups; g += gridDim.x)
         loom_fixed_gemv_rows(w, loom_fixed_w_row(ew, wbad, rows, g), xs, out, bias, res, rows, nb, M, g);
-    }
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
