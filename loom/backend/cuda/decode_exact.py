@@ -60,7 +60,6 @@ MANY_THREADS = 128
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
-WARP_SOFTMAX = 8            # keys a lane up to which one warp takes the softmax (32 WARP_SOFTMAX keys)
 PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py: LOOM_PHASE_CLOCK)
 MAX_SPLITS = 16
 
@@ -307,47 +306,17 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
         return;
     }
     // ops.softmax over the n scores
-    #define WARP_HELD (WARP_SOFTMAX > 0 ? WARP_SOFTMAX : 1)
+    T peak = loom_neg_inf(0.0f);
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) peak = max_nan(peak, p_s[j]);
+    peak = block_max(peak, red);
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = loom_exp(p_s[j] - peak);
+    __syncthreads();
     const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0);
-    if (WARP_SOFTMAX > 0 && n <= 32 * WARP_SOFTMAX) {
-        // by one warp, each lane holding its keys' values (n <= 32 WARP_SOFTMAX): the maximum, the exponentials
-        // and their exact sum (exact_sum_warp) with no barrier but the block's one after, where the block's
-        // reductions take five; the same operations on the same values, so the same bits
-        if (threadIdx.x < 32) {
-            float e[WARP_HELD];
-            T peak = loom_neg_inf(0.0f);
-            #pragma unroll
-            for (int i = 0; i < WARP_HELD; ++i) {
-                const long long j = threadIdx.x + 32 * i;
-                if (j < n) peak = max_nan(peak, p_s[j]);
-            }
-            peak = warp_reduce(peak, MaxNanOp());
-            #pragma unroll
-            for (int i = 0; i < WARP_HELD; ++i) {
-                const long long j = threadIdx.x + 32 * i;
-                e[i] = j < n ? loom_exp(p_s[j] - peak) : 0.0f;
-            }
-            phase(4);
-            const float total = exact_sum_warp(e, nbits);
-            #pragma unroll
-            for (int i = 0; i < WARP_HELD; ++i) {
-                const long long j = threadIdx.x + 32 * i;
-                if (j < n) p_s[j] = e[i] / total;
-            }
-        }
-        __syncthreads();
-    } else {
-        T peak = loom_neg_inf(0.0f);
-        for (long long j = threadIdx.x; j < n; j += blockDim.x) peak = max_nan(peak, p_s[j]);
-        peak = block_max(peak, red);
-        for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = loom_exp(p_s[j] - peak);
-        __syncthreads();
-        phase(4);
-        const float total = exact_row_sum([&](long long j) { return p_s[j]; }, n, nbits, scratch);
-        __syncthreads();
-        for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
-        __syncthreads();
-    }
+    phase(4);
+    const float total = exact_row_sum([&](long long j) { return p_s[j]; }, n, nbits, scratch);
+    __syncthreads();
+    for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
+    __syncthreads();
     phase(5);
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
     if (n > ROUNDED_KEYS) {
@@ -445,7 +414,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
 def source(head_dim: int, threads: int) -> str:
     """The kernels' CUDA source for heads of head_dim and blocks of `threads`."""
     head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
-            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define WARP_SOFTMAX {WARP_SOFTMAX}\n")
+            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n")
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
             + _SOURCE + SPLIT_SOURCE + _KERNELS)
 
