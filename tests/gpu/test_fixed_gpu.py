@@ -164,6 +164,27 @@ def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, cols, so
     same_bits(got, want, f"{qtype}, 1 x {cols}, x by {source}, three blocks for ten groups")
 
 
+@pytest.mark.parametrize("swiglu", [False, True])
+def test_one_wave_caps_the_grid_at_the_kernels_resident_blocks(swiglu, monkeypatch):
+    """ONE_WAVE: a one-row grid no larger than the blocks of its kernel resident on a multiprocessor at once
+    (the occupancy query), here fewer than the groups of rows, so each block takes several; the same bits."""
+    _force(monkeypatch, "block")
+    monkeypatch.setattr(quant_fixed, "_multiprocessors", lambda: 1)
+    monkeypatch.setattr(quant_fixed, "GEMV_WAVES", 64)
+    monkeypatch.setattr(quant_fixed, "gemv_warps", lambda rows: 1)
+    rows = 2 * 1000 if swiglu else 1000               # 125 groups of eight rows
+    kernel = quant_fixed._module("Q4_1", int(swiglu), 576 // 32, 1, 1).get_function("loom_fixed_gemv_staged")
+    per_sm = quant_fixed._resident_per_sm(kernel)
+    assert 1 <= per_sm <= 2048 // (quant_fixed.WARPS * 32)
+    assert quant_fixed.gemv_grid(1000, 1, 1, per_sm) == per_sm
+    assert quant_fixed.gemv_grid(1000, 1, 1, 0) == 64
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((1, 576)) * 2.0).astype(np.float32)
+    norm = (1.0 + 0.1 * rng.standard_normal(576)).astype(np.float32)
+    got, want = _gemv_and_reference("Q4_1", x, rows, norm, swiglu, rng, 0.01)
+    same_bits(got, want, f"{per_sm} resident blocks for 125 groups")
+
+
 @pytest.mark.parametrize("qtype, cols", [("Q4_1", 576), ("Q4_1", 1024), ("Q4_K", 1024), ("Q8_0", 1024), ("F16", 992)])
 @pytest.mark.parametrize("m", [1, 2])
 @pytest.mark.parametrize("swiglu", [False, True])
