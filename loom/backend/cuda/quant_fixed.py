@@ -217,7 +217,9 @@ def gemv_grid(rows: int, wpr: int, m: int, per_sm: int = 0) -> int:
     loom_fixed_gemv_groups; the smaller grid also lets the blocks stage x). Measured on an H200
     (decode_graph_parts.py --whole): one row of x, SmolLM2 801 -> 796 us a step (its output layer 35 -> 28 us),
     Llama-3.2-1B 1,549 -> 1,474; two rows of Llama-3.2-1B 2,151 -> 2,427 (its products over K = 2,048 then
-    staged x in blocks of 125 registers, two a multiprocessor), so not past one row."""
+    staged x in blocks of 125 registers, two a multiprocessor), so not past one row. With ONE_WAVE (per_sm, the
+    kernel's resident blocks) one row of Qwen2-0.5B 1,264 -> 1,158 us (its SwiGLU products stage x in blocks of
+    up to 112 registers, two a multiprocessor), Llama-3.2-1B 1,457 -> 1,442, SmolLM2 770 -> 768."""
     groups = -(-rows // (WARPS // wpr))
     waves = min(GEMV_WAVES, per_sm) if per_sm else GEMV_WAVES   # (per_sm: the kernel's resident blocks, ONE_WAVE)
     return min(groups, waves * _multiprocessors()) if wpr == 1 and m == 1 and GEMV_WAVES else groups
