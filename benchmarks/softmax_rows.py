@@ -1,10 +1,11 @@
 """Softmax rows and their gradients' rows on the GPU: deterministic mode's kernels (loom/backend/cuda/
-fused_exact: a warp a row up to WARP_ROWS_MAX / WARP_GRAD_ROWS_MAX entries, a block a row past them, and the
-block kernel at every length with --block) beside fast mode's (loom/backend/cuda/fused) and PyTorch's
-(torch.softmax, torch's softmax backward) where torch is installed. Float32 rows of n entries, as many as
-make about 2^24 entries; microseconds a launch, the best of --repeats timed by CUDA events over 20 launches.
+fused_exact: a warp a row up to WARP_ROWS_MAX / WARP_GRAD_ROWS_MAX entries, a block holding the row in
+registers up to HELD_ROWS_MAX, the block kernel past it; the block kernel at every length with --block)
+beside fast mode's (loom/backend/cuda/fused) and PyTorch's (torch.softmax, torch's softmax backward) where
+torch is installed. Float32 rows of n entries, as many as make about 2^24 entries; microseconds a launch, the
+best of --repeats timed by CUDA events over 20 launches.
 
-    PYTHONPATH=. python benchmarks/softmax_rows.py [--lengths 64,128,256,512,1000,2048] [--block]
+    PYTHONPATH=. python benchmarks/softmax_rows.py [--lengths 64,128,256,512,1000,2048,4096] [--block]
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ def _torch():
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--lengths", default="64,128,256,512,1000,2048")
+    p.add_argument("--lengths", default="64,128,256,512,1000,2048,4096")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--block", action="store_true", help="deterministic mode's block kernel at every length")
     args = p.parse_args()

@@ -6,7 +6,7 @@ kernel records into a CUDA graph."""
 import numpy as np
 import pytest
 
-pytest.importorskip("cupy")
+cupy = pytest.importorskip("cupy")
 
 from loom import backend  # noqa: E402
 from loom.backend.cuda import fused_exact as cuda_fused_exact  # noqa: E402
@@ -17,9 +17,10 @@ from .cpu_gpu import same_bits  # noqa: E402
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
 # (softmax rows of 33 to fused_exact.WARP_ROWS_MAX = 1,024 entries, and their gradients' up to WARP_GRAD_ROWS_MAX =
-# 512, take a warp a row: both sides of each end)
-ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (3, 512), (2, 513), (5, 1000), (3, 1024), (2, 1025), (2, 4097),
-              (2, 2, 3, 256)]
+# 512, take a warp a row, longer ones up to HELD_ROWS_MAX = 4,096 a block holding the row: both sides of each end,
+# and of 2,048, where a thread's entries go from 8 to 16)
+ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (3, 512), (2, 513), (5, 1000), (3, 1024), (2, 1025), (3, 2048),
+              (2, 2049), (2, 4096), (2, 4097), (2, 2, 3, 256)]
 KINDS = ["normal", "wide", "specials"]
 
 
@@ -76,9 +77,29 @@ def test_softmax_and_grad(cuda, ran, shape, kind):
     assert {"softmax", "softmax_grad"} <= set(ran)
 
 
+def test_row_lengths_take_their_kernels(monkeypatch):
+    """The softmax shapes above reach the kernel each length is meant for: a warp a row, a block holding the row
+    (8 or 16 entries a thread), the block kernel."""
+    taken = []
+    kernel = cuda_fused_exact._row_kernel
+    monkeypatch.setattr(cuda_fused_exact, "_row_kernel", lambda name, held=0: taken.append((name, held)) or
+                        kernel(name, held))
+    for n in (33, 1024, 1025, 2048, 2049, 4096, 4097):
+        y = cuda_fused_exact.softmax(cupy.ones((2, n), dtype=np.float32))
+        cuda_fused_exact.softmax_grad(y, y)
+    assert taken == [("loom_exact_softmax_rows_warp", 2), ("loom_exact_softmax_grad_rows_warp", 2),
+                     ("loom_exact_softmax_rows_warp", 32), ("loom_exact_softmax_grad_rows_held", 4),
+                     ("loom_exact_softmax_rows_held", 8), ("loom_exact_softmax_grad_rows_held", 8),
+                     ("loom_exact_softmax_rows_held", 8), ("loom_exact_softmax_grad_rows_held", 8),
+                     ("loom_exact_softmax_rows_held", 16), ("loom_exact_softmax_grad_rows_held", 16),
+                     ("loom_exact_softmax_rows_held", 16), ("loom_exact_softmax_grad_rows_held", 16),
+                     ("loom_exact_softmax_rows", 0), ("loom_exact_softmax_grad_rows", 0)]
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal, tq, tk, offset", [(False, 5, 7, 0), (True, 6, 6, 0), (True, 4, 9, 5),
-                                                    (True, 5, 3, -2), (True, 40, 300, 0), (True, 9, 1024, -4)])
+                                                    (True, 5, 3, -2), (True, 40, 300, 0), (True, 9, 1024, -4),
+                                                    (True, 7, 3000, 2993), (True, 5, 4096, 1500)])
 def test_scaled_masked_softmax(cuda, ran, causal, tq, tk, offset, kind):
     rng = np.random.default_rng(2)
     scores = _values(rng, (2, 3, tq, tk), kind)

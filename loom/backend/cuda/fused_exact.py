@@ -112,6 +112,61 @@ extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_grad_rows_w
         }
     }
 }
+// loom_exact_softmax_rows for rows of n <= 256 SOFTMAX_HELD entries, a block of 256 threads a row, each thread
+// holding its entries in registers: the row is read once and written once, behind three barriers (the block
+// kernel reads it twice and writes the exponentials out, reads them back twice and writes them again)
+extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_rows_held(
+        const T* __restrict__ x, T* __restrict__ y, long long rows, long long n, T scale, int causal, long long tq,
+        long long offset, int bits) {
+    __shared__ Scratch s;
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        const T* xr = x + r * n;
+        T* yr = y + r * n;
+        const long long kept = softmax_kept(r, n, causal, tq, offset);
+        T v[SOFTMAX_HELD];
+        T peak = loom_neg_inf((T)0);
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = threadIdx.x + 256 * i;
+            v[i] = j < kept ? xr[j] * scale : (T)0;
+            if (j < kept) peak = max_nan(peak, v[i]);
+        }
+        peak = block_max(peak, red);
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) v[i] = threadIdx.x + 256 * i < kept ? loom_exp(v[i] - peak) : (T)0;
+        const T total = exact_sum_held(v, bits, s);
+        const T denom = kept > 0 ? total : (T)1;
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = threadIdx.x + 256 * i;
+            if (j < n) yr[j] = v[i] / denom;
+        }
+    }
+}
+
+// loom_exact_softmax_grad_rows for rows of n <= 256 SOFTMAX_HELD entries, a block of 256 threads a row, y and
+// dy read once and held in registers
+extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_grad_rows_held(
+        const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, long long rows, long long n, int bits) {
+    __shared__ Scratch s;
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
+        T yv[SOFTMAX_HELD], dv[SOFTMAX_HELD], prod[SOFTMAX_HELD];
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = threadIdx.x + 256 * i;
+            yv[i] = j < n ? y[r * n + j] : (T)0;
+            dv[i] = j < n ? dy[r * n + j] : (T)0;
+            prod[i] = dv[i] * yv[i];
+        }
+        const T dot = exact_sum_held(prod, bits, s);
+        #pragma unroll
+        for (int i = 0; i < SOFTMAX_HELD; ++i) {
+            const long long j = threadIdx.x + 256 * i;
+            if (j < n) dx[r * n + j] = yv[i] * (dv[i] - dot);
+        }
+    }
+}
 #endif
 
 // fused.softmax_grad: dx = y * (dy - sum(dy * y)).
@@ -204,7 +259,8 @@ def helpers() -> str:
 
 @cache
 def _row_kernel(name: str, held: int = 0):
-    """Kernel `name` of _ROWS; held: the entries a lane holds in loom_exact_softmax_rows_warp (SOFTMAX_HELD)."""
+    """Kernel `name` of _ROWS; held: the entries a lane (the _warp kernels) or a thread (the _held ones) holds
+    (SOFTMAX_HELD)."""
     define = f"#define SOFTMAX_HELD {held}\n" if held else ""
     source = "typedef float T;\n" + define + helpers() + ROW_HELPERS + EXACT_ROW_SUM + _ROWS
     return cupy.RawModule(code=source, options=OPTIONS).get_function(name)
@@ -222,17 +278,28 @@ def _bits(n: int) -> np.int32:
 WARP_ROWS_MAX = 1024
 WARP_GRAD_ROWS_MAX = 512        # (the gradient's kernel: 73 / 115 registers at 16 / 32 entries a lane)
 WARP_ROW_BLOCKS = 1 << 16       # blocks of eight rows at most (each then takes every grid-th group of rows)
+# Longer rows up to this many entries take a block of 256 threads a row holding them in registers
+# (loom_exact_softmax_rows_held, loom_exact_softmax_grad_rows_held: 8 or 16 entries a thread); past it the block
+# kernel, which reads the row again for each pass (0: the block kernel past the warp's rows)
+HELD_ROWS_MAX = 4096
 
 
 def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     """fused' row launcher for this module: its float32 kernel loom_exact_<name>, with exact.sum's
     bits for rows of n as the last argument (softmax rows of n <= WARP_ROWS_MAX: a warp a row, holding
-    the next power of two of n / 32 entries a lane)."""
+    the next power of two of n / 32 entries a lane; longer ones up to HELD_ROWS_MAX: a block of 256 threads a
+    row, holding the next power of two of n / 256 entries a thread; the gradients' likewise from
+    WARP_GRAD_ROWS_MAX)."""
     most = WARP_ROWS_MAX if name == "loom_softmax_rows" else WARP_GRAD_ROWS_MAX if name == "loom_softmax_grad_rows" else 0
     if 32 < n <= most:
         held = 1 << (-(-n // 32) - 1).bit_length()
         kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1) + "_warp", held)
         kernel((min(-(-rows // 8), WARP_ROW_BLOCKS),), (256,), args + (_bits(n),))
+        return
+    if most and max(most, 32) < n <= HELD_ROWS_MAX:
+        held = 1 << (-(-n // 256) - 1).bit_length()
+        kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1) + "_held", held)
+        kernel((min(rows, fused.MAX_GRID),), (256,), args + (_bits(n),))
         return
     kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1))
     kernel((min(rows, fused.MAX_GRID),), (fused.row_threads(n),), args + (_bits(n),))
