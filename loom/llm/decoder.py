@@ -399,6 +399,25 @@ class Decoder:
         qkv = _linear(self._rms(h, L.ln1), L.qkv, L.qkv_bias, self._weight)          # [B, T, (H + 2 KV) D]
         return self._rotated(L, qkv, cos, sin)
 
+    def qkv_into_cache(self, L: _Layer, h: Array, positions: Array, slots: Array, cache_k: Array,
+                       cache_v: Array) -> Array | None:
+        """qkv's queries [1, N, H, D] for hidden h [1, N, E] at the device positions [N], with the keys and values
+        written to `slots` [N] of the paged caches [slots, KV, D], the bias, RoPE and the cache writes in the
+        backend's one launch (backend/cuda/prefill.rope_rows: the bias added and HF's rotate-half as the composed
+        float32 operations, each rounded, so the composed path's bits in either mode); None where it does not
+        apply (no such kernel, qwen3's head norms, whose sums it does not take exactly, other dtypes): the
+        caller composes qkv and the writes."""
+        kernels = self.backend.prefill
+        if (kernels is None or L.qk_norm is not None or self._cos.dtype != np.float32
+                or cache_k.dtype != np.float32 or cache_v.dtype != np.float32):
+            return None
+        qkv = _linear(self._rms(h, L.ln1), L.qkv, None, self._weight)[0]          # [N, (H + 2 KV) D]
+        if qkv.dtype != np.float32:
+            return None
+        c = self.config
+        return kernels.rope_rows(qkv, L.qkv_bias, None, c.eps, self._cos, self._sin, c.heads, c.kv_heads, cache_k,
+                                 cache_v, positions, slots)[None]
+
     def _rotated(self, L: _Layer, qkv: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
         """qkv's tail: the queries [B, T, H, D] and keys [B, T, KV, D] normed (qwen3) and rotated, and the
         values [B, T, KV, D], from the projection qkv [B, T, (H + 2 KV) D] (biases added)."""

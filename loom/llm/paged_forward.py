@@ -70,7 +70,7 @@ def forward(dec: Decoder, cache: PagedKVCache, work: list[Work], every_row: bool
         if fused is not None:
             run_fused(dec, cache, *fused, h[0], be.asarray(positions), slots, plans)
         else:                               # each item's attention alone over exactly its keys
-            h = run_alone(dec, cache, h, cos, sin, slots, plans)
+            h = run_alone(dec, cache, h, cos, sin, be.asarray(positions), slots, plans)
         return _logits(dec, work, bounds, h, every_row, argmax_only)
     plans = {}                  # by sliding window: the padded groups every layer of it shares
     for i, layer in enumerate(dec.layers):
@@ -146,19 +146,21 @@ def run_fused(dec: Decoder, cache: PagedKVCache, kernels: PrefillKernels, weight
         dec.finish_fast(kernels, layer, w16, h2, ctx)
 
 
-def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Array, slots: Array,
+def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Array, positions: Array, slots: Array,
               plans: dict) -> Array:
     """Every layer on h [1, N, E], each item's attention alone over exactly its own keys (deterministic
-    mode, and fast mode's lone items): row r at the position of cos, sin [N, 1, D], its key and value
-    written to slot slots[r]; plans[window] = (key slots [S, n_max] on h's device, items) as
-    flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
+    mode, and fast mode's lone items): row r at position positions[r] (cos, sin [N, 1, D] its RoPE rows),
+    its key and value written to slot slots[r]; plans[window] = (key slots [S, n_max] on h's device, items)
+    as flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
     (loom/llm/paged_prefill_graph.py) runs this body too."""
     xp = dec.xp
     exact_flash = dec.backend.flash_exact if is_deterministic() else None
     for i, layer in enumerate(dec.layers):
-        q, k, v = dec.qkv(layer, h, cos, sin)
-        cache.k[i][slots] = k[0]
-        cache.v[i][slots] = v[0]
+        q = dec.qkv_into_cache(layer, h, positions, slots, cache.k[i], cache.v[i])
+        if q is None:
+            q, k, v = dec.qkv(layer, h, cos, sin)
+            cache.k[i][slots] = k[0]
+            cache.v[i][slots] = v[0]
         key_slots, items = plans[layer.window]
         contexts = []
         for s, (row, n, pos, lo, count) in enumerate(items):

@@ -91,7 +91,7 @@ class PagedPrefillGraph:
         dec = self.dec
         h = dec.embed_rows(self.ids[None])                                   # [1, rows, E]
         if self.fused is None:
-            h = paged_forward.run_alone(dec, self.cache, h, *self.rope, self.slots, self.plans)
+            h = paged_forward.run_alone(dec, self.cache, h, *self.rope, self.positions, self.slots, self.plans)
         else:
             paged_forward.run_fused(dec, self.cache, *self.fused, h[0], self.positions, self.slots, self.plans)
         return None if self.rows is None else dec.logits_of(dec.xp.take(h[0], self.rows, axis=0))
