@@ -125,7 +125,8 @@ def test_recorded_in_a_graph_and_replayed_with_other_inputs():
         graph = stream.end_capture()
     q2, k2, v2, _, _ = _case(64, 96, 40, None, np.random.default_rng(6))
     v2[slots, 0, 0] = np.where(np.arange(len(slots)) % 2 == 0, 1e6, -1e6)      # rows for the fix-up too
-    qd[...], kd[...], vd[...] = cupy.asarray(q2), cupy.asarray(k2), cupy.asarray(v2)
+    with stream:            # the new inputs written on the replay's stream, ahead of it (a non-blocking stream does
+        qd[...], kd[...], vd[...] = cupy.asarray(q2), cupy.asarray(k2), cupy.asarray(v2)  # not wait for the null one)
     graph.launch(stream)
     stream.synchronize()
     same_bits(out, _reference(64, q2, k2, v2, slots, 40, lo, None), "a replay with new inputs")
