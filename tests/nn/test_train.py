@@ -126,8 +126,8 @@ def test_mnist_5k_mlp_reaches_95_percent():
                                                {"type": "dense", "units": 10}]})
     train(net, x[:4000], y[:4000], loss={"type": "cross_entropy", "label_smoothing": 0.1},
           optimizer={"type": "adamw", "lr": 1e-3, "weight_decay": 0.05,
-                     "schedule": {"type": "cosine", "steps": 30 * 63}}, epochs=30, batch_size=64, verbose=False)
-    acc = evaluate(net, x[4000:], y[4000:])["accuracy"]    # 1,000 held-out images
+                     "schedule": {"type": "cosine", "steps": 20 * 63}}, epochs=20, batch_size=64, verbose=False)
+    acc = evaluate(net, x[4000:], y[4000:])["accuracy"]    # 1,000 held-out images (0.959; 30 epochs: 0.960)
     assert acc >= 0.95, acc
 
 
