@@ -408,11 +408,11 @@ class Decoder:
         apply (no such kernel, qwen3's head norms, whose sums it does not take exactly, other dtypes): the
         caller composes qkv and the writes."""
         kernels = self.backend.prefill
-        if (kernels is None or L.qk_norm is not None or self._cos.dtype != np.float32
+        if (kernels is None or L.qk_norm is not None or h.dtype != np.float32 or self._cos.dtype != np.float32
                 or cache_k.dtype != np.float32 or cache_v.dtype != np.float32):
             return None
         qkv = _linear(self._rms(h, L.ln1), L.qkv, None, self._weight)[0]          # [N, (H + 2 KV) D]
-        if qkv.dtype != np.float32:
+        if qkv.dtype != np.float32:     # (float64 weights: the composed path, which takes this product again)
             return None
         c = self.config
         return kernels.rope_rows(qkv, L.qkv_bias, None, c.eps, self._cos, self._sin, c.heads, c.kv_heads, cache_k,

@@ -114,7 +114,9 @@ extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_grad_rows_w
 }
 // loom_exact_softmax_rows for rows of n <= 256 SOFTMAX_HELD entries, a block of 256 threads a row, each thread
 // holding its entries in registers: the row is read once and written once, behind three barriers (the block
-// kernel reads it twice and writes the exponentials out, reads them back twice and writes them again)
+// kernel reads it twice and writes the exponentials out, reads them back twice and writes them again). The warp
+// kernel's body with a block's reductions; one template for both compiled to 8-16 more registers a thread
+// (ptxas, nvcc 13), so they stay apart.
 extern "C" __global__ void __launch_bounds__(256) loom_exact_softmax_rows_held(
         const T* __restrict__ x, T* __restrict__ y, long long rows, long long n, T scale, int causal, long long tq,
         long long offset, int bits) {
@@ -290,19 +292,16 @@ def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     the next power of two of n / 32 entries a lane; longer ones up to HELD_ROWS_MAX: a block of 256 threads a
     row, holding the next power of two of n / 256 entries a thread; the gradients' likewise from
     WARP_GRAD_ROWS_MAX)."""
+    exact = name.replace("loom_", "loom_exact_", 1)
     most = WARP_ROWS_MAX if name == "loom_softmax_rows" else WARP_GRAD_ROWS_MAX if name == "loom_softmax_grad_rows" else 0
     if 32 < n <= most:
         held = 1 << (-(-n // 32) - 1).bit_length()
-        kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1) + "_warp", held)
-        kernel((min(-(-rows // 8), WARP_ROW_BLOCKS),), (256,), args + (_bits(n),))
-        return
-    if most and max(most, 32) < n <= HELD_ROWS_MAX:
+        _row_kernel(exact + "_warp", held)((min(-(-rows // 8), WARP_ROW_BLOCKS),), (256,), args + (_bits(n),))
+    elif most and most < n <= HELD_ROWS_MAX:
         held = 1 << (-(-n // 256) - 1).bit_length()
-        kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1) + "_held", held)
-        kernel((min(rows, fused.MAX_GRID),), (256,), args + (_bits(n),))
-        return
-    kernel = _row_kernel(name.replace("loom_", "loom_exact_", 1))
-    kernel((min(rows, fused.MAX_GRID),), (fused.row_threads(n),), args + (_bits(n),))
+        _row_kernel(exact + "_held", held)((min(rows, fused.MAX_GRID),), (256,), args + (_bits(n),))
+    else:
+        _row_kernel(exact)((min(rows, fused.MAX_GRID),), (fused.row_threads(n),), args + (_bits(n),))
 
 
 # The row operations: fused' (same arguments, same outputs) with this module's kernels.
