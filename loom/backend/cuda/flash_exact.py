@@ -304,18 +304,29 @@ extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const floa
     int t, r, first, kept;
     loom_flash_row(p, rho, &t, &r, &first, &kept);
     const int parts = (kept + SPAN - 1) / SPAN, all_parts = (p.n + SPAN - 1) / SPAN;
+    // every part's value loaded before the first addition (MAX_PARTS unrolled: one memory latency where a
+    // loop over the parts waited for each load in turn), then added in order
+    double held[MAX_PARTS];
+    #pragma unroll
+    for (int s = 0; s < MAX_PARTS; ++s) held[s] = s < parts ? squares[((long long)s * p.KV + kv) * rows + rho] : 0.0;
     double psq = 0.0;
-    for (int s = 0; s < parts; ++s) psq = __dadd_rn(psq, squares[((long long)s * p.KV + kv) * rows + rho]);
+    #pragma unroll
+    for (int s = 0; s < MAX_PARTS; ++s) if (s < parts) psq = __dadd_rn(psq, held[s]);
     const double pnorm = __dsqrt_rn(psq);
     const float* pr = probs + ((long long)kv * rows + rho) * p.n;
     float* o = out + (long long)t * p.H * D + (kv * R + r) * D;
     #pragma unroll
     for (int u = 0; u < D / 32; ++u) {
         const int d = lane + 32 * u;
+        #pragma unroll
+        for (int s = 0; s < MAX_PARTS; ++s)
+            held[s] = s < parts ? sums[(((long long)s * p.KV + kv) * rows + rho) * D + d] : 0.0;
         double sum = 0.0;
-        for (int s = 0; s < parts; ++s) sum = __dadd_rn(sum, sums[(((long long)s * p.KV + kv) * rows + rho) * D + d]);
+        #pragma unroll
+        for (int s = 0; s < MAX_PARTS; ++s) if (s < parts) sum = __dadd_rn(sum, held[s]);
         // ||v[:, d]|| over the row's parts' keys (all it keeps, and more) bounds its sums; the reference's
-        // special values look at the whole column (an inf at a key p gives 0 still makes 0 inf = NaN)
+        // special values look at the whole column (an inf at a key p gives 0 still makes 0 inf = NaN).
+        // (The same for every row of the key-value head: mostly L1 hits)
         double vsq = 0.0, whole = 0.0;
         for (int s = 0; s < all_parts; ++s) {
             const double part = vsquares[((long long)s * p.KV + kv) * D + d];
@@ -344,7 +355,8 @@ extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const floa
 @cache
 def _module(head_dim: int):
     warps = 4 if head_dim == 64 else 8
-    head = f"typedef float T;\n#define D {head_dim}\n#define WARPS {warps}\n#define SPAN {SPAN}\n"
+    head = (f"typedef float T;\n#define D {head_dim}\n#define WARPS {warps}\n#define SPAN {SPAN}\n"
+            f"#define MAX_PARTS {-(-MAX_KEYS // SPAN)}\n")
     source = head + fused_exact.helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + DMMA2 + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",)), warps
 
@@ -391,6 +403,8 @@ def attend(q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int,
         out = cupy.empty((T, H * D), dtype=np.float32)
     if T == 0:
         return out
+    if n > MAX_KEYS:        # (the finishing kernel holds at most MAX_KEYS / SPAN parts)
+        raise ValueError(f"flash_exact.attend takes at most {MAX_KEYS} keys, got {n}: check `unsupported` first")
     for name, a in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
         if a.dtype != np.float32:
             raise ValueError(f"flash_exact.attend takes float32 arrays, {name} is {a.dtype}")
