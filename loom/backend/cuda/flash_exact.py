@@ -174,6 +174,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLA
                 #pragma unroll
                 for (int j = 0; j < SF; ++j) loom_dmma2(acc[i][j], acc[i + 1][j], af[i], af[i + 1], bf[j]);
         }
+        // each certified score written at once, the open ones marked in `doubts` (bit (i SF + j) 2 + hh) and
+        // settled after, by the warp, one at a time (one settling call site, not one an entry)
+        unsigned doubts = 0u;
         #pragma unroll
         for (int i = 0; i < 4; ++i)
             #pragma unroll
@@ -185,21 +188,26 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLA
                     const bool windowed = key < first_s[lm];
                     const double sc = acc[i][j][hh], norms = __dmul_rn(qn_s[lm], kn_s[lc]);
                     float v = 0.0f;
-                    const bool special = valid && !windowed && !isfinite(norms);
-                    const bool doubt = valid && !windowed && (special ||
+                    const bool doubt = valid && !windowed && (!isfinite(norms) ||
                         !loom_certified(sc, __dadd_rn(__dmul_rn(norms, p.factor_d), __dmul_rn(fabs(sc), 0x1p-52)), &v));
-                    for (unsigned left = __ballot_sync(LOOM_FULL, doubt); left; left &= left - 1) {
-                        const int src = __ffs(left) - 1;
-                        const int sm = __shfl_sync(LOOM_FULL, lm, src), sk = __shfl_sync(LOOM_FULL, lc, src);
-                        const bool sp = __shfl_sync(LOOM_FULL, special, src);
-                        auto walk = [=](auto f) {
-                            for (int d = lane; d < D; d += 32) f((float)q_s[sm * DP + d], (float)k_s[sk * DP + d]);
-                        };
-                        const float settled = sp ? loom_special_walk(walk) : loom_settle_walk(walk, D);
-                        if (lane == src) v = settled;
-                    }
-                    if (valid) out[(long long)(rho0 + lm) * p.n + key] = windowed ? __int_as_float(0xff800000) : v;
+                    if (doubt) doubts |= 1u << ((i * SF + j) * 2 + hh);
+                    else if (valid) out[(long long)(rho0 + lm) * p.n + key] = windowed ? __int_as_float(0xff800000) : v;
                 }
+        for (unsigned left = __ballot_sync(LOOM_FULL, doubts != 0u); left; left = __ballot_sync(LOOM_FULL, doubts != 0u)) {
+            const int src = __ffs(left) - 1;
+            const int b = __ffs(__shfl_sync(LOOM_FULL, doubts, src)) - 1;      // src's first open score
+            const int i = b / (2 * SF), j = (b >> 1) % SF, hh = b & 1;
+            const int sm = 32 * wm + 8 * i + (src >> 2), sk = 8 * (SF * wn + j) + 2 * (src & 3) + hh;
+            auto walk = [=](auto f) {
+                for (int d = lane; d < D; d += 32) f((float)q_s[sm * DP + d], (float)k_s[sk * DP + d]);
+            };
+            const float settled = isfinite(__dmul_rn(qn_s[sm], kn_s[sk])) ? loom_settle_walk(walk, D)
+                                                                          : loom_special_walk(walk);
+            if (lane == src) {
+                out[(long long)(rho0 + sm) * p.n + k0 + sk] = settled;
+                doubts &= doubts - 1u;
+            }
+        }
         __syncthreads();                        // k_s is read by the settling warps until here
     }
 }
