@@ -47,13 +47,19 @@ SPAN = 256                  # keys a part of the context sums takes (the parts a
 _SOURCE = r"""
 #define QM 64                          // query rows a block takes
 #define KN 64                          // keys a tile holds
-#define DP (D + 4)                     // doubles a staged row of q, k or v takes (padding: the fragments'
-#define PP (KN + 4)                    // loads hit each bank once a half-warp); PP: a row of p
+// Staged rows are floats (converted to float64 as the fragments load them: half the shared memory of doubles,
+// so more blocks a multiprocessor), padded so that a warp's fragment loads hit 32 banks: q and k fragments read
+// rows g and columns c (a row stride of 4 mod 32 floats), v's rows c and columns g (8 mod 32), p's as q's.
+#define DQ (D + 4)                     // floats a staged row of q or k takes
+#define DV (D + 8)                     // ... of v
+#define PP (KN + 4)                    // ... of p
 #define THREADS (WARPS * 32)
 #define WN (WARPS / 2)                 // warp columns (two warp rows of 32 query rows)
 #define SF (KN / WN / 8)               // 8-wide fragments of scores a warp takes
 #define CF (D / WN / 8)                // 8-wide fragments of context a warp takes
 #define TPR (THREADS / 64)             // threads staging one row
+// (both tile kernels: __launch_bounds__(THREADS, 512 / THREADS), at most 128 registers a thread: four blocks of 128
+// threads or two of 256 a multiprocessor, which their shared memory allows)
 
 struct LoomFlash {
     const float* q; long long q_row; const float* kc; const float* vc; const long long* slots; int T, H, KV, n, pos,
@@ -92,9 +98,9 @@ __device__ int loom_flash_rows(const LoomFlash& p, int rho0, int rows, int* firs
     return hi;
 }
 
-// Stage 64 rows of D floats into dst (doubles, DP apart) and their norms into norm (the square root of
-// the rounded sum of the exact squares); row i's floats at src(i) (nullptr: zeros), 16-byte aligned.
-template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, double* dst, double* norm) {
+// Stage 64 rows of D floats into dst (`stride` apart) and their norms into norm (the square root of the
+// rounded sum of the exact squares); row i's floats at src(i) (nullptr: zeros), 16-byte aligned.
+template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, float* dst, int stride, double* norm) {
     const int row = threadIdx.x / TPR, part = threadIdx.x % TPR;
     const float* from = src(row);
     double sq = 0.0;
@@ -105,7 +111,7 @@ template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, d
         const double e[4] = {v.x, v.y, v.z, v.w};
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            dst[row * DP + d + j] = e[j];
+            dst[row * stride + d + j] = (float)e[j];
             sq = __dadd_rn(sq, __dmul_rn(e[j], e[j]));
         }
     }
@@ -118,12 +124,12 @@ template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, d
 // holds inf or NaN) of the block's 64 rows and the keys of span blockIdx.y (SPAN keys, tiles of 64)
 // that some row keeps; -inf where j is before a row's window (its softmax then takes exp(-inf) = 0:
 // the masked reference's 0); keys at or past a row's kept are left unwritten (the softmax reads none).
-extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLASH_ARGS, float* scores) {
+extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_scores(LOOM_FLASH_ARGS, float* scores) {
     const LoomFlash p = LOOM_FLASH;
     extern __shared__ __align__(16) double smem[];
-    double* q_s = smem;                         // [QM][DP]
-    double* k_s = q_s + QM * DP;                // [KN][DP]
-    double* qn_s = k_s + KN * DP;               // [QM]
+    float* q_s = (float*)smem;                  // [QM][DQ]
+    float* k_s = q_s + QM * DQ;                 // [KN][DQ]
+    double* qn_s = (double*)(k_s + KN * DQ);    // [QM] ((QM + KN) DQ floats: a multiple of two)
     double* kn_s = qn_s + QM;                   // [KN]
     int* first_s = (int*)(kn_s + KN);           // [QM]
     int* kept_s = first_s + QM;                 // [QM]
@@ -150,12 +156,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLA
                 if (rho >= rows) return nullptr;
                 const int r = rho / p.T, t = rho - r * p.T;
                 return p.q + (long long)t * p.q_row + (kv * R + r) * D;
-            }, q_s, qn_s);
+            }, q_s, DQ, qn_s);
             staged = true;
         }
         loom_flash_stage([&](int i) -> const float* {
             return k0 + i < p.n ? loom_flash_key(p, p.kc, kv, k0 + i) : nullptr;
-        }, k_s, kn_s);
+        }, k_s, DQ, kn_s);
         __syncthreads();
         double acc[4][SF][2];
         #pragma unroll
@@ -166,9 +172,9 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLA
         for (int kk = 0; kk < D / 4; ++kk) {
             double af[4], bf[SF];
             #pragma unroll
-            for (int i = 0; i < 4; ++i) af[i] = q_s[(32 * wm + 8 * i + g) * DP + 4 * kk + c];
+            for (int i = 0; i < 4; ++i) af[i] = q_s[(32 * wm + 8 * i + g) * DQ + 4 * kk + c];
             #pragma unroll
-            for (int j = 0; j < SF; ++j) bf[j] = k_s[(8 * (SF * wn + j) + g) * DP + 4 * kk + c];
+            for (int j = 0; j < SF; ++j) bf[j] = k_s[(8 * (SF * wn + j) + g) * DQ + 4 * kk + c];
             #pragma unroll
             for (int i = 0; i < 4; i += 2)
                 #pragma unroll
@@ -199,7 +205,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLA
             const int i = b / (2 * SF), j = (b >> 1) % SF, hh = b & 1;
             const int sm = 32 * wm + 8 * i + (src >> 2), sk = 8 * (SF * wn + j) + 2 * (src & 3) + hh;
             auto walk = [=](auto f) {
-                for (int d = lane; d < D; d += 32) f((float)q_s[sm * DP + d], (float)k_s[sk * DP + d]);
+                for (int d = lane; d < D; d += 32) f(q_s[sm * DQ + d], k_s[sk * DQ + d]);
             };
             const float settled = isfinite(__dmul_rn(qn_s[sm], kn_s[sk])) ? loom_settle_walk(walk, D)
                                                                           : loom_special_walk(walk);
@@ -215,14 +221,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_scores(LOOM_FLA
 // Part blockIdx.y of the context sums p . v (keys [y SPAN, (y + 1) SPAN)) of the block's rows, in float64
 // on the tensor cores: sums [y][kv][rho][d], the rounded sums of p^2 [y][kv][rho], and (the last row
 // tile, whose last row keeps every key) those of v[:, d]^2 [y][kv][d].
-extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_context_parts(LOOM_FLASH_ARGS, const float* probs,
+extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_context_parts(LOOM_FLASH_ARGS, const float* probs,
                                                                                double* sums, double* squares,
                                                                                double* vsquares) {
     const LoomFlash p = LOOM_FLASH;
     extern __shared__ __align__(16) double smem[];
-    double* p_s = smem;                         // [QM][PP]
-    double* v_s = p_s + QM * PP;                // [KN][DP]
-    int* first_s = (int*)(v_s + KN * DP);       // [QM]
+    float* p_s = (float*)smem;                  // [QM][PP]
+    float* v_s = p_s + QM * PP;                 // [KN][DV]
+    int* first_s = (int*)(v_s + KN * DV);       // [QM]
     int* kept_s = first_s + QM;                 // [QM]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp / WN, wn = warp % WN;
     const int g = lane >> 2, c = lane & 3;
@@ -243,11 +249,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_context_parts(L
         #pragma unroll 4
         for (int e = tid; e < QM * KN; e += THREADS) {      // consecutive threads, consecutive keys
             const int i = e / KN, j = k0 + e % KN;
-            p_s[i * PP + e % KN] = rho0 + i < rows && j < p.n ? (double)pr[(long long)(rho0 + i) * p.n + j] : 0.0;
+            p_s[i * PP + e % KN] = rho0 + i < rows && j < p.n ? pr[(long long)(rho0 + i) * p.n + j] : 0.0f;
         }
         loom_flash_stage([&](int i) -> const float* {
             return k0 + i < p.n ? loom_flash_key(p, p.vc, kv, k0 + i) : nullptr;
-        }, v_s, nullptr);
+        }, v_s, DV, nullptr);
         __syncthreads();
         #pragma unroll 4
         for (int kk = 0; kk < KN / 4; ++kk) {
@@ -255,7 +261,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_context_parts(L
             #pragma unroll
             for (int i = 0; i < 4; ++i) af[i] = p_s[(32 * wm + 8 * i + g) * PP + 4 * kk + c];
             #pragma unroll
-            for (int j = 0; j < CF; ++j) bf[j] = v_s[(4 * kk + c) * DP + 8 * (CF * wn + j) + g];
+            for (int j = 0; j < CF; ++j) bf[j] = v_s[(4 * kk + c) * DV + 8 * (CF * wn + j) + g];
             #pragma unroll
             for (int i = 0; i < 4; i += 2)
                 #pragma unroll
@@ -380,8 +386,8 @@ def _launch(kernel, grid: tuple, threads: int, args: tuple, shared: int) -> None
 def _shared_bytes(head_dim: int) -> tuple[int, int]:
     """Dynamic shared memory of loom_exact_scores (q and k tiles, their norms, the rows' key ranges) and
     of loom_exact_context_parts (p and v tiles, the key ranges)."""
-    dp, pp = head_dim + 4, KEYS + 4
-    return 8 * ((ROWS + KEYS) * dp + ROWS + KEYS) + 8 * ROWS, 8 * (ROWS * pp + KEYS * dp) + 8 * ROWS
+    dq, dv, pp = head_dim + 4, head_dim + 8, KEYS + 4          # (DQ, DV, PP: floats a staged row takes)
+    return 4 * (ROWS + KEYS) * dq + 8 * (ROWS + KEYS) + 8 * ROWS, 4 * (ROWS * pp + KEYS * dv) + 8 * ROWS
 
 
 def unsupported(head_dim: int, keys: int) -> str | None:
