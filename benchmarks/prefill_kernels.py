@@ -3,12 +3,13 @@ BatchEngine (the prompt and its first token, no prefix cache), by kernel name, f
 (its CUPTI sees every kernel of the process, CuPy's and cuBLAS's included), in one mode.
 
     PYTHONPATH=. python benchmarks/prefill_kernels.py [--shape smollm2-135m] [--type BF16] [--tokens 2048]
-                                                      [--deterministic] [--rows 25]
+                                                      [--deterministic] [--rows 25] [--set loom.MODULE.NAME=INT]
 
 One of benchmarks/llm.py's model shapes with random weights. The request runs three times first
 (kernels compiled; each chunk's shape seen, then recorded), then once under the profiler; the line
 before the table gives that run's wall time and the kernels' total, whose gap is the host's share
-(launches, Python; a recorded chunk replays as one graph launch). Needs torch with CUDA.
+(launches, Python; a recorded chunk replays as one graph launch). --set: an integer constant of a loom module
+changed first (decode_graph_parts.py's). Needs torch with CUDA.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from loom.llm.model import CausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
+from decode_graph_parts import set_constants  # noqa: E402
 
 
 def main() -> None:
@@ -36,7 +38,10 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=2048)
     p.add_argument("--deterministic", action="store_true")
     p.add_argument("--rows", type=int, default=25, help="kernel names shown")
+    p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
+                   help="an integer constant of a loom module, changed first (repeatable)")
     args = p.parse_args()
+    set_constants(args.set)
     from torch.profiler import ProfilerActivity, profile
     config = llm.SHAPES[args.shape]
     ids = np.random.default_rng(0).integers(0, config["vocab_size"], args.tokens).tolist()

@@ -5,7 +5,7 @@ GEMM p v), reading the keys and values in place through the item's key slots, wi
 of the scores and no separate norm, certification and settling passes.
 
 1. loom_exact_scores: a block takes 64 query rows of one key-value head (rows r T + t of its group's R
-   heads) by SPAN keys in tiles of 64, on the float64 tensor cores (quant_tiles' DMMA2), and certifies each
+   heads) by SCORES_SPAN keys in tiles of 64, on the float64 tensor cores (quant_tiles' DMMA2), and certifies each
    score against error_factor(D) ||q|| ||k|| (the rounded scheme, D <= 2048); the warp settles the rest
    over the staged rows, and IEEE's value where a norm is not finite: s is the exact dot product rounded
    once, as the reference's GEMM gives it. Only tiles some row keeps are computed (causal); keys
@@ -43,6 +43,8 @@ MAX_KEYS = 2048             # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys
 ROWS = 64                   # query rows a block takes
 KEYS = 64                   # keys a tile holds
 SPAN = 256                  # keys a part of the context sums takes (the parts are added in order)
+SCORES_SPAN = 128           # keys a block of the scores takes (more blocks than SPAN's: the scores' grid is the
+                            # chunk's row tiles x its keys / this x the key-value heads, a few hundred blocks)
 
 _SOURCE = r"""
 #define QM 64                          // query rows a block takes
@@ -121,7 +123,7 @@ template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, f
 }
 
 // The scores s[kv, rho, j] = q . k (the rounded scheme: exact, rounded once; IEEE's value where a row
-// holds inf or NaN) of the block's 64 rows and the keys of span blockIdx.y (SPAN keys, tiles of 64)
+// holds inf or NaN) of the block's 64 rows and the keys of span blockIdx.y (SCORES_SPAN keys, tiles of 64)
 // that some row keeps; -inf where j is before a row's window (its softmax then takes exp(-inf) = 0:
 // the masked reference's 0); keys at or past a row's kept are left unwritten (the softmax reads none).
 extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_scores(LOOM_FLASH_ARGS, float* scores) {
@@ -138,7 +140,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_
     const int kv = blockIdx.z, R = p.H / p.KV, rows = R * p.T, rho0 = blockIdx.x * QM;
     int low;
     const int high = loom_flash_rows(p, rho0, rows, first_s, kept_s, &low);
-    const int start = blockIdx.y * SPAN, stop = min(high, start + SPAN);
+    const int start = blockIdx.y * SCORES_SPAN, stop = min(high, start + SCORES_SPAN);
     if (start >= high) return;
     float* out = scores + (long long)kv * rows * p.n;
     bool staged = false;
@@ -370,6 +372,7 @@ extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const floa
 def _module(head_dim: int):
     warps = 4 if head_dim == 64 else 8
     head = (f"typedef float T;\n#define D {head_dim}\n#define WARPS {warps}\n#define SPAN {SPAN}\n"
+            f"#define SCORES_SPAN {SCORES_SPAN}\n"
             f"#define MAX_PARTS {-(-MAX_KEYS // SPAN)}\n")
     source = head + fused_exact.helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + DMMA2 + _SOURCE
     return cupy.RawModule(code=source, options=OPTIONS + ("-std=c++17",)), warps
@@ -434,8 +437,8 @@ def attend(q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int,
     row_tiles, parts = -(-rows // ROWS), -(-n // SPAN)
     with translating("deterministic prompt attention", q, k_cache):
         scores = cupy.empty((KV * (H // KV), T, n), dtype=np.float32)
-        _launch(module.get_function("loom_exact_scores"), (row_tiles, parts, KV), 32 * warps, args + (scores,),
-                scores_bytes)
+        _launch(module.get_function("loom_exact_scores"), (row_tiles, -(-n // SCORES_SPAN), KV), 32 * warps,
+                args + (scores,), scores_bytes)
         # the reference's own softmax kernel: keys j < first hold -inf, so exp gives the mask's 0
         probs = fused_exact.scaled_masked_softmax(scores, scale, True, pos - lo)
         sums = cupy.empty((parts, KV, rows, D), dtype=np.float64)
