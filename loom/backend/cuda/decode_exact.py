@@ -61,6 +61,9 @@ ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
 PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py: LOOM_PHASE_CLOCK)
+# A thread's value loads in flight at once in p v (a block at 300 keys spent ~7 of its ~13 us there, each thread
+# waiting out a load round trip per VALUE_LOADS keys; the additions keep their order whatever this is)
+VALUE_LOADS = 8
 MAX_SPLITS = 16
 
 _SOURCE = r"""
@@ -331,13 +334,13 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
         s = __dadd_rn(s, p);
         t = __dadd_rn(t, fabs(p));
     };
-    long long j = slice;                        // the cached keys, four loads in flight, then the new one
-    for (; j + 3 * SLICES < n - 1; j += 4 * SLICES) {
-        float vv[4];
+    long long j = slice;                        // the cached keys, VALUE_LOADS loads in flight, then the new one
+    for (; j + (VALUE_LOADS - 1) * SLICES < n - 1; j += VALUE_LOADS * SLICES) {
+        float vv[VALUE_LOADS];
         #pragma unroll
-        for (int u = 0; u < 4; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
+        for (int u = 0; u < VALUE_LOADS; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
         #pragma unroll
-        for (int u = 0; u < 4; ++u) add(p_s[j + u * SLICES], vv[u]);
+        for (int u = 0; u < VALUE_LOADS; ++u) add(p_s[j + u * SLICES], vv[u]);
     }
     for (; j < n - 1; j += SLICES) add(p_s[j], __ldg(values.at(lo + j) + d));
     if (slice == 0) add(p_s[n - 1], v_s[d]);
@@ -414,7 +417,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
 def source(head_dim: int, threads: int) -> str:
     """The kernels' CUDA source for heads of head_dim and blocks of `threads`."""
     head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
-            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n")
+            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define VALUE_LOADS {VALUE_LOADS}\n")
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
             + _SOURCE + SPLIT_SOURCE + _KERNELS)
 
