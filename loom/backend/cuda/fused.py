@@ -165,6 +165,89 @@ extern "C" __global__ void loom_softmax_grad_rows(const T* __restrict__ y, const
     }
 }
 
+#ifdef SOFTMAX_HELD
+// loom_softmax_rows / loom_softmax_grad_rows with each row held in registers, SOFTMAX_HELD entries a thread: by a
+// warp (BLOCK false: entries lane + 32 i; eight rows a block of 256 threads) or by a block of 256 threads (entries
+// threadIdx.x + 256 i). The row is read once and written once (the block kernels above read it two or three
+// times and write the exponentials twice), which is most of their time: they are bound by memory.
+template <bool BLOCK> __device__ __forceinline__ void loom_softmax_row_held(
+        const T* __restrict__ xr, T* __restrict__ yr, long long kept, long long n, T scale, T* red) {
+    const int first = BLOCK ? (int)threadIdx.x : (int)(threadIdx.x & 31), step = BLOCK ? 256 : 32;
+    T v[SOFTMAX_HELD];
+    T peak = loom_neg_inf((T)0);
+    #pragma unroll
+    for (int i = 0; i < SOFTMAX_HELD; ++i) {
+        const long long j = first + step * i;
+        v[i] = j < kept ? xr[j] * scale : (T)0;
+        if (j < kept) peak = max_nan(peak, v[i]);
+    }
+    peak = BLOCK ? block_max(peak, red) : warp_reduce(peak, MaxNanOp());
+    T total = (T)0;
+    #pragma unroll
+    for (int i = 0; i < SOFTMAX_HELD; ++i) {
+        v[i] = first + step * i < kept ? loom_exp(v[i] - peak) : (T)0;
+        total += v[i];
+    }
+    total = BLOCK ? block_sum(total, red) : warp_reduce(total, AddOp());
+    const T denom = kept > 0 ? total : (T)1;          // (a row with nothing kept: all +0)
+    #pragma unroll
+    for (int i = 0; i < SOFTMAX_HELD; ++i) {
+        const long long j = first + step * i;
+        if (j < n) yr[j] = v[i] / denom;
+    }
+}
+
+template <bool BLOCK> __device__ __forceinline__ void loom_softmax_grad_row_held(
+        const T* __restrict__ yr, const T* __restrict__ dyr, T* __restrict__ dxr, long long n, T* red) {
+    const int first = BLOCK ? (int)threadIdx.x : (int)(threadIdx.x & 31), step = BLOCK ? 256 : 32;
+    T yv[SOFTMAX_HELD], dv[SOFTMAX_HELD];
+    T dot = (T)0;
+    #pragma unroll
+    for (int i = 0; i < SOFTMAX_HELD; ++i) {
+        const long long j = first + step * i;
+        yv[i] = j < n ? yr[j] : (T)0;
+        dv[i] = j < n ? dyr[j] : (T)0;
+        dot += dv[i] * yv[i];
+    }
+    dot = BLOCK ? block_sum(dot, red) : warp_reduce(dot, AddOp());
+    #pragma unroll
+    for (int i = 0; i < SOFTMAX_HELD; ++i) {
+        const long long j = first + step * i;
+        if (j < n) dxr[j] = yv[i] * (dv[i] - dot);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) loom_softmax_rows_warp(
+        const T* __restrict__ x, T* __restrict__ y, long long rows, long long n, T scale, int causal, long long tq,
+        long long offset) {
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps)
+        loom_softmax_row_held<false>(x + r * n, y + r * n, softmax_kept(r, n, causal, tq, offset), n, scale, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(256) loom_softmax_rows_held(
+        const T* __restrict__ x, T* __restrict__ y, long long rows, long long n, T scale, int causal, long long tq,
+        long long offset) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+        loom_softmax_row_held<true>(x + r * n, y + r * n, softmax_kept(r, n, causal, tq, offset), n, scale, red);
+}
+
+extern "C" __global__ void __launch_bounds__(256) loom_softmax_grad_rows_warp(
+        const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, long long rows, long long n) {
+    const long long warps = (long long)gridDim.x * (blockDim.x >> 5);
+    for (long long r = (long long)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); r < rows; r += warps)
+        loom_softmax_grad_row_held<false>(y + r * n, dy + r * n, dx + r * n, n, nullptr);
+}
+
+extern "C" __global__ void __launch_bounds__(256) loom_softmax_grad_rows_held(
+        const T* __restrict__ y, const T* __restrict__ dy, T* __restrict__ dx, long long rows, long long n) {
+    __shared__ T red[32];
+    for (long long r = blockIdx.x; r < rows; r += gridDim.x)
+        loom_softmax_grad_row_held<true>(y + r * n, dy + r * n, dx + r * n, n, red);
+}
+#endif
+
 // LayerNorm._forward: mu = sum(x) / n; var = sum((x - mu)^2) / n; rstd = 1 / sqrt(var + eps);
 // xhat = (x - mu) * rstd; y = xhat (* w) (+ b). w and b are read only when has_w / has_b (else the caller
 // passes another array as a stand-in pointer).
@@ -260,14 +343,23 @@ C_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
 
 
 @cache
-def _row_kernel(dtype: np.dtype, name: str):
-    """The row kernel `name` for one dtype (one module per dtype, compiled on first use)."""
-    return _row_module(dtype).get_function(name)
+def _row_kernel(dtype: np.dtype, name: str, held: int = 0):
+    """The row kernel `name` for one dtype (one module per dtype, compiled on first use); held: the entries a
+    thread of the softmax kernels holding their rows (the _warp and _held ones) holds (SOFTMAX_HELD)."""
+    return _row_module(dtype, held).get_function(name)
 
 
 @cache
-def _row_module(dtype: np.dtype):
-    return cupy.RawModule(code=f"typedef {C_TYPES[dtype]} T;\n" + _ROWS, options=OPTIONS)
+def _row_module(dtype: np.dtype, held: int = 0):
+    define = f"#define SOFTMAX_HELD {held}\n" if held else ""
+    return cupy.RawModule(code=f"typedef {C_TYPES[dtype]} T;\n" + define + _ROWS, options=OPTIONS)
+
+
+# float32 softmax rows (and their gradients' rows) of up to WARP_ROWS entries take a warp a row, longer ones up to
+# HELD_ROWS a block of 256 threads a row, each holding the row in registers (0: the block kernels throughout)
+WARP_ROWS = 1024
+HELD_ROWS = 4096
+HELD_NAMES = ("loom_softmax_rows", "loom_softmax_grad_rows")
 
 
 def row_threads(n: int) -> int:
@@ -279,7 +371,16 @@ def row_threads(n: int) -> int:
 def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     """Launch row kernel `name` (e.g. "loom_softmax_rows") over rows of n. The functions below take
     another launcher as `launch`: fused_exact runs its own kernels through them."""
-    kernel = _row_kernel(np.dtype(dtype), name)
+    dtype = np.dtype(dtype)
+    if name in HELD_NAMES and dtype == np.float32 and n <= WARP_ROWS:
+        held = 1 << (-(-n // 32) - 1).bit_length()
+        _row_kernel(dtype, name + "_warp", held)((min(-(-rows // 8), 1 << 16),), (256,), args)
+        return
+    if name in HELD_NAMES and dtype == np.float32 and n <= HELD_ROWS:
+        held = 1 << (-(-n // 256) - 1).bit_length()
+        _row_kernel(dtype, name + "_held", held)((min(rows, MAX_GRID),), (256,), args)
+        return
+    kernel = _row_kernel(dtype, name)
     kernel((min(rows, MAX_GRID),), (row_threads(n),), args)
 
 
