@@ -57,6 +57,10 @@ def _case(head_dim, T, pos, window, rng, hostile=None):
         v[slots[n // 2], -1, 0] = -np.inf
     elif hostile == "late inf":             # an inf value at a key most rows do not keep: 0 inf = NaN
         v[slots[n - 1], 0, 1] = np.inf
+    elif hostile == "zero scores":          # q . k exactly 0 on head 0 with norms that are not: every score there
+        half = head_dim // 2                # left open by the certification and settled by its warp
+        q[:, 0, half:] = -q[:, 0, :half]
+        k[:, 0, half:] = k[:, 0, :half]
     return q, k, v, slots, lo
 
 
@@ -90,7 +94,7 @@ def test_context_has_the_composed_attentions_bits(head_dim, T, pos, window):
               f"D {head_dim}, T {T} at {pos}, window {window}")
 
 
-@pytest.mark.parametrize("hostile", ["peaked", "cancel", "special", "late inf"])
+@pytest.mark.parametrize("hostile", ["peaked", "cancel", "special", "late inf", "zero scores"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_hostile_values_keep_the_bits(head_dim, hostile):
     # (300 rows: the first 256 rows' keys lie in the first part of the context sums)

@@ -60,6 +60,9 @@ _SOURCE = r"""
 #define SF (KN / WN / 8)               // 8-wide fragments of scores a warp takes
 #define CF (D / WN / 8)                // 8-wide fragments of context a warp takes
 #define TPR (THREADS / 64)             // threads staging one row
+static_assert(SPAN % KN == 0 && SCORES_SPAN % KN == 0, "a block's keys are whole tiles (a part's sums would "
+              "take the next part's keys)");
+static_assert(8 * SF <= 32, "a thread's open scores are bits of one 32-bit mask");
 // (both tile kernels: __launch_bounds__(THREADS, 512 / THREADS), at most 128 registers a thread: four blocks of 128
 // threads or two of 256 a multiprocessor, which their shared memory allows)
 

@@ -189,11 +189,10 @@ template <bool BLOCK> __device__ __forceinline__ void loom_softmax_row_held(
         total += v[i];
     }
     total = BLOCK ? block_sum(total, red) : warp_reduce(total, AddOp());
-    const T denom = kept > 0 ? total : (T)1;          // (a row with nothing kept: all +0)
     #pragma unroll
     for (int i = 0; i < SOFTMAX_HELD; ++i) {
         const long long j = first + step * i;
-        if (j < n) yr[j] = v[i] / denom;
+        if (j < n) yr[j] = j < kept ? v[i] / total : (T)0;     // masked: +0 whatever the total (the block kernel's)
     }
 }
 
