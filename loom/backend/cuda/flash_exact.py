@@ -15,9 +15,10 @@ of the scores and no separate norm, certification and settling passes.
 3. loom_exact_context_parts: p . v of the same row tiles over parts of SPAN keys on the tensor cores,
    float64 sums per part, and the rounded sums of p^2 and of v[:, d]^2 from the fragments it loads.
 4. loom_exact_context_finish, a warp a row: the parts added in order, certified against
-   error_factor(n) ||p|| ||v[:, d]|| (the reference's product has K = n, its rounded scheme up to
-   ROUNDED_MAX_K keys), the rest settled by the warp over the row of p (loom_settle_walk, or
-   loom_special_walk where a norm is not finite).
+   error_factor(SPAN + parts) ||p|| ||v[:, d]|| (the float64 sums' own bound; the certified value is the
+   exact sum rounded once, the reference's rounded scheme's value up to ROUNDED_MAX_K keys), the rest
+   settled by the warp over the keys the row keeps (loom_settle_walk, or loom_special_walk over all of
+   them where a norm is not finite).
 A certified entry is the exact value rounded once whatever the order of the float64 sums, so the parts
 and tiles are free. Capturable: sizes as arguments, no host read, no sync.
 """
@@ -49,12 +50,14 @@ SCORES_SPAN = 128           # keys a block of the scores takes (more blocks than
 _SOURCE = r"""
 #define QM 64                          // query rows a block takes
 #define KN 64                          // keys a tile holds
-// Staged rows are floats (converted to float64 as the fragments load them: half the shared memory of doubles,
-// so more blocks a multiprocessor), padded so that a warp's fragment loads hit 32 banks: q and k fragments read
-// rows g and columns c (a row stride of 4 mod 32 floats), v's rows c and columns g (8 mod 32), p's as q's.
+// The scores' staged rows of q and k are floats (converted to float64 as the fragments load them: half the
+// shared memory of doubles, so more blocks a multiprocessor), padded so that a warp's fragment loads hit 32
+// banks (rows g, columns c: a row stride of 4 mod 32 floats). The context parts stage p and v as doubles: their
+// grid is under one wave, so the conversions cost time that more resident blocks would not win back (6.1 ms
+// with doubles, 7.4 with floats, for SmolLM2's 2,048-token prompt on an H200).
 #define DQ (D + 4)                     // floats a staged row of q or k takes
-#define DV (D + 8)                     // ... of v
-#define PP (KN + 4)                    // ... of p
+#define DP (D + 4)                     // doubles a staged row of v takes (the fragments' loads hit each bank
+#define PP (KN + 4)                    // once a half-warp); PP: a row of p
 #define THREADS (WARPS * 32)
 #define WN (WARPS / 2)                 // warp columns (two warp rows of 32 query rows)
 #define SF (KN / WN / 8)               // 8-wide fragments of scores a warp takes
@@ -63,7 +66,7 @@ _SOURCE = r"""
 static_assert(SPAN % KN == 0 && SCORES_SPAN % KN == 0, "a block's keys are whole tiles (a part's sums would "
               "take the next part's keys)");
 static_assert(8 * SF <= 32, "a thread's open scores are bits of one 32-bit mask");
-// (both tile kernels: __launch_bounds__(THREADS, 512 / THREADS), at most 128 registers a thread: four blocks of 128
+// (the scores: __launch_bounds__(THREADS, 512 / THREADS), at most 128 registers a thread: four blocks of 128
 // threads or two of 256 a multiprocessor, which their shared memory allows)
 
 struct LoomFlash {
@@ -105,7 +108,7 @@ __device__ int loom_flash_rows(const LoomFlash& p, int rho0, int rows, int* firs
 
 // Stage 64 rows of D floats into dst (`stride` apart) and their norms into norm (the square root of the
 // rounded sum of the exact squares); row i's floats at src(i) (nullptr: zeros), 16-byte aligned.
-template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, float* dst, int stride, double* norm) {
+template <class Src, class S> __device__ __forceinline__ void loom_flash_stage(Src src, S* dst, int stride, double* norm) {
     const int row = threadIdx.x / TPR, part = threadIdx.x % TPR;
     const float* from = src(row);
     double sq = 0.0;
@@ -116,7 +119,7 @@ template <class Src> __device__ __forceinline__ void loom_flash_stage(Src src, f
         const double e[4] = {v.x, v.y, v.z, v.w};
         #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            dst[row * stride + d + j] = (float)e[j];
+            dst[row * stride + d + j] = (S)e[j];
             sq = __dadd_rn(sq, __dmul_rn(e[j], e[j]));
         }
     }
@@ -226,14 +229,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_
 // Part blockIdx.y of the context sums p . v (keys [y SPAN, (y + 1) SPAN)) of the block's rows, in float64
 // on the tensor cores: sums [y][kv][rho][d], the rounded sums of p^2 [y][kv][rho], and (the last row
 // tile, whose last row keeps every key) those of v[:, d]^2 [y][kv][d].
-extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_context_parts(LOOM_FLASH_ARGS, const float* probs,
+extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_context_parts(LOOM_FLASH_ARGS, const float* probs,
                                                                                double* sums, double* squares,
                                                                                double* vsquares) {
     const LoomFlash p = LOOM_FLASH;
     extern __shared__ __align__(16) double smem[];
-    float* p_s = (float*)smem;                  // [QM][PP]
-    float* v_s = p_s + QM * PP;                 // [KN][DV]
-    int* first_s = (int*)(v_s + KN * DV);       // [QM]
+    double* p_s = smem;                         // [QM][PP]
+    double* v_s = p_s + QM * PP;                // [KN][DP]
+    int* first_s = (int*)(v_s + KN * DP);       // [QM]
     int* kept_s = first_s + QM;                 // [QM]
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, wm = warp / WN, wn = warp % WN;
     const int g = lane >> 2, c = lane & 3;
@@ -254,11 +257,11 @@ extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_
         #pragma unroll 4
         for (int e = tid; e < QM * KN; e += THREADS) {      // consecutive threads, consecutive keys
             const int i = e / KN, j = k0 + e % KN;
-            p_s[i * PP + e % KN] = rho0 + i < rows && j < p.n ? pr[(long long)(rho0 + i) * p.n + j] : 0.0f;
+            p_s[i * PP + e % KN] = rho0 + i < rows && j < p.n ? (double)pr[(long long)(rho0 + i) * p.n + j] : 0.0;
         }
         loom_flash_stage([&](int i) -> const float* {
             return k0 + i < p.n ? loom_flash_key(p, p.vc, kv, k0 + i) : nullptr;
-        }, v_s, DV, nullptr);
+        }, v_s, DP, nullptr);
         __syncthreads();
         #pragma unroll 4
         for (int kk = 0; kk < KN / 4; ++kk) {
@@ -266,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_
             #pragma unroll
             for (int i = 0; i < 4; ++i) af[i] = p_s[(32 * wm + 8 * i + g) * PP + 4 * kk + c];
             #pragma unroll
-            for (int j = 0; j < CF; ++j) bf[j] = v_s[(4 * kk + c) * DV + 8 * (CF * wn + j) + g];
+            for (int j = 0; j < CF; ++j) bf[j] = v_s[(4 * kk + c) * DP + 8 * (CF * wn + j) + g];
             #pragma unroll
             for (int i = 0; i < 4; i += 2)
                 #pragma unroll
@@ -311,10 +314,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, 512 / THREADS) loom_exact_
 }
 
 // The context out[t, h D + d], a warp a row: the parts that hold its kept keys added in order, certified
-// against error_factor(n) ||p|| ||v[:, d]||; the rest settled by the warp over the row of p (IEEE's
-// value where a norm is not finite).
-extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const float* probs, const double* sums,
-                                                     const double* squares, const double* vsquares, float* out) {
+// against factor_n ||p|| ||v[:, d]|| (attend's error_factor(SPAN + parts)); the rest settled by the warp over
+// the keys the row keeps (IEEE's value over all n where a norm is not finite). Bounded to 128 registers, two
+// blocks a multiprocessor (a latency-bound kernel; the settling walk took it to 137-146, one block).
+extern "C" __global__ void __launch_bounds__(256, 2)
+loom_exact_context_finish(LOOM_FLASH_ARGS, const float* probs, const double* sums, const double* squares,
+                          const double* vsquares, float* out) {
     const LoomFlash p = LOOM_FLASH;
     const int lane = threadIdx.x & 31, R = p.H / p.KV, rows = R * p.T;
     const long long at = ((long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
@@ -361,8 +366,12 @@ extern "C" __global__ void loom_exact_context_finish(LOOM_FLASH_ARGS, const floa
             const int src = __ffs(left) - 1;
             const int sd = src + 32 * u;
             const bool sp = __shfl_sync(LOOM_FULL, special, src);
-            auto walk = [=](auto f) { for (int j = lane; j < p.n; j += 32) f(pr[j], loom_flash_key(p, p.vc, kv, j)[sd]); };
-            const float settled = sp ? loom_special_walk(walk) : loom_settle_walk(walk, p.n);
+            auto pair = [=](long long j, float* a, float* b) { *a = pr[j]; *b = loom_flash_key(p, p.vc, kv, (int)j)[sd]; };
+            // the settled sum over the keys the row keeps (the rest have p = +0, which adds nothing); IEEE's
+            // special value over all n (0 inf is NaN)
+            const float settled = sp ? loom_special_walk([=](auto f) { loom_lanes_walk<8>(0, p.n, pair, f); })
+                                     : loom_settle_walk([=](auto f) { loom_lanes_walk<8>(first, kept, pair, f); },
+                                                        kept - first);
             if (lane == src) v = settled;
         }
         o[d] = v;
@@ -392,8 +401,8 @@ def _launch(kernel, grid: tuple, threads: int, args: tuple, shared: int) -> None
 def _shared_bytes(head_dim: int) -> tuple[int, int]:
     """Dynamic shared memory of loom_exact_scores (q and k tiles, their norms, the rows' key ranges) and
     of loom_exact_context_parts (p and v tiles, the key ranges)."""
-    dq, dv, pp = head_dim + 4, head_dim + 8, KEYS + 4          # (DQ, DV, PP: floats a staged row takes)
-    return 4 * (ROWS + KEYS) * dq + 8 * (ROWS + KEYS) + 8 * ROWS, 4 * (ROWS * pp + KEYS * dv) + 8 * ROWS
+    dq, pp = head_dim + 4, KEYS + 4          # (DQ: floats a staged row of q or k takes; DP = DQ and PP: doubles)
+    return 4 * (ROWS + KEYS) * dq + 8 * (ROWS + KEYS) + 8 * ROWS, 8 * (ROWS * pp + KEYS * dq) + 8 * ROWS
 
 
 def unsupported(head_dim: int, keys: int) -> str | None:
@@ -433,11 +442,14 @@ def attend(q: Array, k_cache: Array, v_cache: Array, key_slots: Array, pos: int,
     if q.strides[1:] != (4 * D, 4) or q.strides[0] % 16 or q.data.ptr % 16:
         q = cupy.ascontiguousarray(q)
     module, warps = _module(D)
+    row_tiles, parts = -(-rows // ROWS), -(-n // SPAN)
+    # A context entry's float64 sum rounds SPAN exact products a part (any order: the tensor cores') and then
+    # adds the parts in order, so its error is within gamma(SPAN + parts) sum |p v|: the bound of
+    # error_factor(SPAN + parts), not of n keys, which leaves ~n / SPAN times fewer entries to settle.
     args = (q, np.int64(q.strides[0] // 4), k_cache, v_cache, key_slots, np.int32(T), np.int32(H), np.int32(KV),
             np.int32(n), np.int32(pos), np.int32(lo), np.int32(window or 0), np.float64(error_factor(D)),
-            np.float64(error_factor(n)))
+            np.float64(error_factor(min(n, SPAN + parts))))
     scores_bytes, parts_bytes = _shared_bytes(D)
-    row_tiles, parts = -(-rows // ROWS), -(-n // SPAN)
     with translating("deterministic prompt attention", q, k_cache):
         scores = cupy.empty((KV * (H // KV), T, n), dtype=np.float32)
         _launch(module.get_function("loom_exact_scores"), (row_tiles, -(-n // SCORES_SPAN), KV), 32 * warps,

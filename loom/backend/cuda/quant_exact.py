@@ -56,6 +56,27 @@ __device__ __forceinline__ bool loom_finish_certified(double s, double t, double
     return loom_certified(s, __dadd_rn(__dmul_rn(t, factor), __dmul_rn(fabs(s), 0x1p-52)), v);
 }
 
+// A warp's walk for loom_settle_walk / loom_special_walk: f(a_j, b_j) for this lane's keys j = begin + lane,
+// + 32, ... below end, in that order, with pair(j, &a_j, &b_j) loading FLIGHT of them before the first of their
+// calls (a loop that loaded as it went waited a memory latency a key: tens of microseconds for one entry of a
+// long row, which the whole launch then waited for). The order of f's calls is the loop's: the same sums.
+template <int FLIGHT, class Pair, class F>
+__device__ __forceinline__ void loom_lanes_walk(long long begin, long long end, Pair pair, F f) {
+    long long j = begin + (threadIdx.x & 31);
+    for (; j + 32 * (FLIGHT - 1) < end; j += 32 * FLIGHT) {
+        float a[FLIGHT], b[FLIGHT];
+        #pragma unroll
+        for (int u = 0; u < FLIGHT; ++u) pair(j + 32 * u, &a[u], &b[u]);
+        #pragma unroll
+        for (int u = 0; u < FLIGHT; ++u) f(a[u], b[u]);
+    }
+    for (; j < end; j += 32) {
+        float a, b;
+        pair(j, &a, &b);
+        f(a, b);
+    }
+}
+
 template <class Walk> __device__ __noinline__ float loom_settle_walk(Walk walk, long long k) {
     double s = 0.0, c = 0.0, t = 0.0;
     walk([&](float a, float b) { if (a != 0.0f) loom_dot2_add(a, b, &s, &c, &t); });
