@@ -44,9 +44,17 @@ def main() -> None:
     p.add_argument("--lengths", default="64,128,256,512,1000,2048,4096")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--block", action="store_true", help="deterministic mode's block kernel at every length")
+    p.add_argument("--warp-rows", type=int, metavar="N",
+                   help="deterministic rows of up to N entries on a warp a row, longer ones held by a block "
+                        "(fused_exact.WARP_ROWS_MAX; default: the module's)")
+    p.add_argument("--warp-grad-rows", type=int, metavar="N", help="the same for the gradients' rows")
     args = p.parse_args()
     if args.block:
         fused_exact.WARP_ROWS_MAX = fused_exact.WARP_GRAD_ROWS_MAX = 0
+    if args.warp_rows is not None:
+        fused_exact.WARP_ROWS_MAX = args.warp_rows
+    if args.warp_grad_rows is not None:
+        fused_exact.WARP_GRAD_ROWS_MAX = args.warp_grad_rows
     torch = _torch()
     rng = np.random.default_rng(0)
     print("| n | rows | det. softmax | fast softmax | torch softmax | det. grad | fast grad | torch grad |")

@@ -16,9 +16,9 @@ from .cpu_gpu import same_bits  # noqa: E402
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("deterministic_mode")]
 
-# (softmax rows of 33 to fused_exact.WARP_ROWS_MAX = 1,024 entries, and their gradients' up to WARP_GRAD_ROWS_MAX =
+# (softmax rows of 33 to fused_exact.WARP_ROWS_MAX = 512 entries, and their gradients' up to WARP_GRAD_ROWS_MAX =
 # 512, take a warp a row, longer ones up to HELD_ROWS_MAX = 4,096 a block holding the row: both sides of each end,
-# and of 2,048, where a thread's entries go from 8 to 16)
+# and of 1,024 and 2,048, where a thread's entries go from 4 to 8 to 16)
 ROW_SHAPES = [(1,), (4, 1), (3, 7), (2, 3, 33), (3, 512), (2, 513), (5, 1000), (3, 1024), (2, 1025), (3, 2048),
               (2, 2049), (2, 4096), (2, 4097), (2, 2, 3, 256)]
 KINDS = ["normal", "wide", "specials"]
@@ -79,16 +79,18 @@ def test_softmax_and_grad(cuda, ran, shape, kind):
 
 def test_row_lengths_take_their_kernels(monkeypatch):
     """The softmax shapes above reach the kernel each length is meant for: a warp a row, a block holding the row
-    (8 or 16 entries a thread), the block kernel."""
+    (4, 8 or 16 entries a thread), the block kernel."""
     taken = []
     kernel = cuda_fused_exact._row_kernel
     monkeypatch.setattr(cuda_fused_exact, "_row_kernel", lambda name, held=0: taken.append((name, held)) or
                         kernel(name, held))
-    for n in (33, 1024, 1025, 2048, 2049, 4096, 4097):
+    for n in (33, 512, 513, 1024, 1025, 2048, 2049, 4096, 4097):
         y = cuda_fused_exact.softmax(cupy.ones((2, n), dtype=np.float32))
         cuda_fused_exact.softmax_grad(y, y)
     assert taken == [("loom_exact_softmax_rows_warp", 2), ("loom_exact_softmax_grad_rows_warp", 2),
-                     ("loom_exact_softmax_rows_warp", 32), ("loom_exact_softmax_grad_rows_held", 4),
+                     ("loom_exact_softmax_rows_warp", 16), ("loom_exact_softmax_grad_rows_warp", 16),
+                     ("loom_exact_softmax_rows_held", 4), ("loom_exact_softmax_grad_rows_held", 4),
+                     ("loom_exact_softmax_rows_held", 4), ("loom_exact_softmax_grad_rows_held", 4),
                      ("loom_exact_softmax_rows_held", 8), ("loom_exact_softmax_grad_rows_held", 8),
                      ("loom_exact_softmax_rows_held", 8), ("loom_exact_softmax_grad_rows_held", 8),
                      ("loom_exact_softmax_rows_held", 16), ("loom_exact_softmax_grad_rows_held", 16),

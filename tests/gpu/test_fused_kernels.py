@@ -24,10 +24,10 @@ def fast_mode():
 TOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
 DTYPES = [np.float32, np.float64]
 SEEDS = [0, 1, 2]
-# (float32 softmax rows up to fused.WARP_ROWS = 1,024 entries take a warp a row, up to HELD_ROWS = 4,096 a block
-# holding the row: both sides of each end and of 32 and 2,048, where a thread's entries double)
-ROW_SHAPES = [(1,), (4, 1), (3, 7), (3, 32), (2, 3, 33), (5, 1000), (2, 1024), (2, 1025), (3, 2048), (2, 2049),
-              (2, 4096), (2, 4097), (2, 2, 3, 256)]
+# (float32 softmax rows up to fused.WARP_ROWS = 512 entries take a warp a row, up to HELD_ROWS = 4,096 a block
+# holding the row: both sides of each end and of 32, 1,024 and 2,048, where a thread's entries double)
+ROW_SHAPES = [(1,), (4, 1), (3, 7), (3, 32), (2, 3, 33), (3, 512), (2, 513), (5, 1000), (2, 1024), (2, 1025),
+              (3, 2048), (2, 2049), (2, 4096), (2, 4097), (2, 2, 3, 256)]
 FUNCTIONS = ("gelu", "gelu_grad", "bias_act", "softmax", "softmax_grad", "scaled_masked_softmax", "layer_norm",
              "layer_norm_grad", "rms_norm", "rms_norm_grad", "adam_update", "sgd_update")
 
@@ -130,13 +130,15 @@ def test_softmax_row_lengths_take_their_kernels(cuda, monkeypatch):
     kernel = cuda_fused._row_kernel
     monkeypatch.setattr(cuda_fused, "_row_kernel", lambda dtype, name, held=0: taken.append((name, held)) or
                         kernel(dtype, name, held))
-    for n in (1, 33, 1024, 1025, 2049, 4097):
+    for n in (1, 33, 512, 513, 1024, 1025, 2049, 4097):
         y = fused.softmax(cuda.asarray(np.ones((2, n), dtype=np.float32)))
         fused.softmax_grad(y, y)
     fused.softmax(cuda.asarray(np.ones((2, 5), dtype=np.float64)))
     assert taken == [("loom_softmax_rows_warp", 1), ("loom_softmax_grad_rows_warp", 1),
                      ("loom_softmax_rows_warp", 2), ("loom_softmax_grad_rows_warp", 2),
-                     ("loom_softmax_rows_warp", 32), ("loom_softmax_grad_rows_warp", 32),
+                     ("loom_softmax_rows_warp", 16), ("loom_softmax_grad_rows_warp", 16),
+                     ("loom_softmax_rows_held", 4), ("loom_softmax_grad_rows_held", 4),
+                     ("loom_softmax_rows_held", 4), ("loom_softmax_grad_rows_held", 4),
                      ("loom_softmax_rows_held", 8), ("loom_softmax_grad_rows_held", 8),
                      ("loom_softmax_rows_held", 16), ("loom_softmax_grad_rows_held", 16),
                      ("loom_softmax_rows", 0), ("loom_softmax_grad_rows", 0), ("loom_softmax_rows", 0)]

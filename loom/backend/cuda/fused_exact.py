@@ -274,14 +274,15 @@ def _bits(n: int) -> np.int32:
 
 # Softmax rows (and their gradients' rows) of up to this many entries take a warp a row
 # (loom_exact_softmax_rows_warp, loom_exact_softmax_grad_rows_warp; 0: a block a row).
-# ptxas: 42 / 64 / 80 registers at 8 / 16 / 32 entries a lane, 167 at 64 (one block a multiprocessor): not past 1,024
-# (benchmarks/softmax_rows.py, H200, 2^24 float32 entries: rows of 64 / 256 / 1,000 205 -> 116 / 160 -> 85 /
-# 170 -> 158 us; gradients' rows of 64 / 256 / 512 163 -> 63 / 93 -> 60 / 94 -> 88 us)
-WARP_ROWS_MAX = 1024
+# ptxas: 42 / 64 / 80 registers at 8 / 16 / 32 entries a lane, 167 at 64 (one block a multiprocessor): not past 512
+# (benchmarks/softmax_rows.py, H200, 2^24 float32 entries: rows of 64 / 256 205 -> 116 / 160 -> 85 us against the
+# block kernel; rows of 640 / 768 / 1,000 159 / 148 / 155 us at 32 entries a lane, 145 / 128 / 110 held by a
+# block; gradients' rows of 64 / 256 / 512 163 -> 63 / 93 -> 60 / 94 -> 88 us, held by a block 300 / 400: 133 / 101)
+WARP_ROWS_MAX = 512
 WARP_GRAD_ROWS_MAX = 512        # (the gradient's kernel: 73 / 115 registers at 16 / 32 entries a lane)
 WARP_ROW_BLOCKS = 1 << 16       # blocks of eight rows at most (each then takes every grid-th group of rows)
 # Longer rows up to this many entries take a block of 256 threads a row holding them in registers
-# (loom_exact_softmax_rows_held, loom_exact_softmax_grad_rows_held: 8 or 16 entries a thread); past it the block
+# (loom_exact_softmax_rows_held, loom_exact_softmax_grad_rows_held: 4, 8 or 16 entries a thread); past it the block
 # kernel, which reads the row again for each pass (0: the block kernel past the warp's rows)
 HELD_ROWS_MAX = 4096
 
