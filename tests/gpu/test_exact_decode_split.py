@@ -92,7 +92,7 @@ def test_sliding_windows(window):
 def test_blocks_of_any_thread_count(monkeypatch):
     case = Case([2500, 1000], seed=7)
     one = case.run()[0]
-    for threads in (128, 256, 512):
+    for threads in (64, 128, 256, 512):
         for name in ("FEW_THREADS", "THREADS", "MANY_THREADS"):
             monkeypatch.setattr(decode_exact, name, threads)
         same_bits(case.run(case.work(10))[0], one, f"{threads} threads, windows split")
@@ -100,13 +100,14 @@ def test_blocks_of_any_thread_count(monkeypatch):
 
 
 def test_thread_counts_follow_the_blocks():
-    """FEW_THREADS below a block a multiprocessor, THREADS up to two, MANY_THREADS past (where head_dim
-    divides it)."""
+    """FEW_THREADS below a block a multiprocessor, THREADS up to two, MANY_THREADS past (head_dim threads where
+    the head is larger)."""
     sms = decode_exact._multiprocessors(cupy.cuda.Device().id)
     name = "loom_exact_paged_decode_attention"
     assert [decode_exact._kernel(name, 64, blocks)[1] for blocks in (sms - 1, sms, 2 * sms, 2 * sms + 1)] == [
         decode_exact.FEW_THREADS, decode_exact.THREADS, decode_exact.THREADS, decode_exact.MANY_THREADS]
-    assert decode_exact._kernel(name, 256, 4 * sms)[1] == decode_exact.THREADS
+    assert decode_exact._kernel(name, 128, 4 * sms)[1] == max(decode_exact.MANY_THREADS, 128)
+    assert decode_exact._kernel(name, 256, 4 * sms)[1] == max(decode_exact.MANY_THREADS, 256)
 
 
 @pytest.mark.parametrize("where", ["nan key", "inf key", "inf value", "nan value", "huge scores"])

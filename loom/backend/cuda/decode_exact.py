@@ -55,8 +55,9 @@ FEW_THREADS = 512
 # Where they are more than two a multiprocessor (many sequences), blocks of 256 threads (128 registers
 # each) run in waves of two a multiprocessor; blocks of 128 threads take 108 registers, four a
 # multiprocessor where the probabilities' shared memory allows (caches of up to about 8,192 positions;
-# three at MAX_KEYS), the same bits (H200, SmolLM2-135M's shapes, 64 sequences: see CHANGELOG.md).
-MANY_THREADS = 128
+# three at MAX_KEYS), the same bits (H200, SmolLM2-135M's shapes, 64 sequences: see CHANGELOG.md). Blocks of
+# 64 threads (96 registers: ten a multiprocessor) where the head allows; head_dim threads for larger heads.
+MANY_THREADS = 64
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
 MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
 SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
@@ -457,8 +458,7 @@ def _shared(max_keys: int) -> int:
 def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
     """(the kernel, its threads) for a launch of `blocks` (sequence, head) blocks."""
     sms = _multiprocessors(cupy.cuda.Device().id)
-    threads = (FEW_THREADS if blocks < sms else
-               MANY_THREADS if blocks > 2 * sms and MANY_THREADS % head_dim == 0 else THREADS)
+    threads = FEW_THREADS if blocks < sms else THREADS if blocks <= 2 * sms else max(MANY_THREADS, head_dim)
     return _module(head_dim, threads).get_function(name), threads
 
 
