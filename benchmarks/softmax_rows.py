@@ -45,8 +45,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--block", action="store_true", help="deterministic mode's block kernel at every length")
     p.add_argument("--warp-rows", type=int, metavar="N",
-                   help="deterministic rows of up to N entries on a warp a row, longer ones held by a block "
-                        "(fused_exact.WARP_ROWS_MAX; default: the module's)")
+                   help="deterministic rows of up to N entries on a warp a row, longer ones up to HELD_ROWS_MAX "
+                        "held by a block (fused_exact.WARP_ROWS_MAX; 0: the block kernel; default: the module's)")
     p.add_argument("--warp-grad-rows", type=int, metavar="N", help="the same for the gradients' rows")
     args = p.parse_args()
     if args.block:

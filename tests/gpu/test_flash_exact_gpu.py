@@ -97,8 +97,9 @@ def test_context_has_the_composed_attentions_bits(head_dim, T, pos, window):
 @pytest.mark.parametrize("hostile", ["peaked", "cancel", "special", "late inf", "zero scores"])
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_hostile_values_keep_the_bits(head_dim, hostile):
-    # (300 rows: the first 256 rows' keys lie in the first part of the context sums)
-    for T, pos, window in [(40, 0, None), (100, 200, None), (33, 60, 40), (300, 0, None)]:
+    # (300 rows: the first 256 rows' keys lie in the first part of the context sums; the last case's rows keep up
+    # to 600 keys from a first key past 0, which the finishing warps' settling walk starts from)
+    for T, pos, window in [(40, 0, None), (100, 200, None), (33, 60, 40), (300, 0, None), (300, 1700, 600)]:
         rng = np.random.default_rng(T + pos)
         q, k, v, slots, lo = _case(head_dim, T, pos, window, rng, hostile)
         got = _gpu(head_dim, q, k, v, slots, pos, lo, window)

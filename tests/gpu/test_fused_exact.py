@@ -101,7 +101,8 @@ def test_row_lengths_take_their_kernels(monkeypatch):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("causal, tq, tk, offset", [(False, 5, 7, 0), (True, 6, 6, 0), (True, 4, 9, 5),
                                                     (True, 5, 3, -2), (True, 40, 300, 0), (True, 9, 1024, -4),
-                                                    (True, 7, 3000, 2993), (True, 5, 4096, 1500)])
+                                                    (True, 8, 1000, 600), (True, 7, 3000, 2993),
+                                                    (True, 5, 4096, 1500)])
 def test_scaled_masked_softmax(cuda, ran, causal, tq, tk, offset, kind):
     rng = np.random.default_rng(2)
     scores = _values(rng, (2, 3, tq, tk), kind)

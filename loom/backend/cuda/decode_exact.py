@@ -438,7 +438,7 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
     MAX_KEYS; their probabilities take 4 bytes of shared memory a key), or None where they can. (Their
     scores' products are the rounded scheme's: the caller checks that exact_dispatch gives it to K =
     head_dim.) A block's threads split evenly over head_dim (SLICES = threads / head_dim)."""
-    if head_dim % 32 or THREADS % head_dim or FEW_THREADS % head_dim:
+    if head_dim % 32 or THREADS % head_dim or FEW_THREADS % head_dim or max(MANY_THREADS, head_dim) % head_dim:
         return f"head_dim {head_dim} is not 32, 64, 128 or 256 (the attention kernel's blocks split over it)"
     need = _shared(max_len) + STATIC_SHARED
     limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]

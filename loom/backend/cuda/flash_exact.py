@@ -315,9 +315,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_context_parts(L
 
 // The context out[t, h D + d], a warp a row: the parts that hold its kept keys added in order, certified
 // against factor_n ||p|| ||v[:, d]|| (attend's error_factor(SPAN + parts)); the rest settled by the warp over
-// the keys the row keeps (IEEE's value over all n where a norm is not finite). Bounded to 128 registers, two
-// blocks a multiprocessor (a latency-bound kernel; the settling walk took it to 137-146, one block).
-extern "C" __global__ void __launch_bounds__(256, 2)
+// the keys the row keeps (IEEE's value over all n where a norm is not finite). At D = 64 bounded to 128
+// registers, two blocks a multiprocessor (a latency-bound kernel; the settling walk took it to 137, one block);
+// at D = 128 that bound spills (ptxas), and the heads of 128 were not measured, so it stays unbounded there.
+extern "C" __global__ void __launch_bounds__(256, D <= 64 ? 2 : 1)
 loom_exact_context_finish(LOOM_FLASH_ARGS, const float* probs, const double* sums, const double* squares,
                           const double* vsquares, float* out) {
     const LoomFlash p = LOOM_FLASH;

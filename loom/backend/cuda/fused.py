@@ -147,7 +147,8 @@ def _row_module(dtype: np.dtype, held: int = 0):
 
 
 # float32 softmax rows (and their gradients' rows) of up to WARP_ROWS entries take a warp a row, longer ones up to
-# HELD_ROWS a block of 256 threads a row, each holding the row in registers (0: the block kernels throughout).
+# HELD_ROWS a block of 256 threads a row, each holding the row in registers (HELD_ROWS 0: the block kernels past
+# the warp's rows).
 # Not the warp past 512 (benchmarks/softmax_rows.py, H200: rows of 640 / 768 / 1,000 87 / 87 / 78 us on a warp,
 # 75 / 66 / 56 held by a block; the gradients' even)
 WARP_ROWS = 512
