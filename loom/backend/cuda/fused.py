@@ -154,6 +154,7 @@ def _row_module(dtype: np.dtype, held: int = 0):
 WARP_ROWS = 512
 HELD_ROWS = 4096
 HELD_NAMES = ("loom_softmax_rows", "loom_softmax_grad_rows")
+WARP_ROW_BLOCKS = 1 << 16       # blocks of eight rows a warp a row at most (each then takes every grid-th group)
 
 
 def row_threads(n: int) -> int:
@@ -162,20 +163,25 @@ def row_threads(n: int) -> int:
     return min(1024, max(32, want // 4))
 
 
+def row_plan(rows: int, n: int, warp_max: int, held_max: int, warp_min: int = 0) -> tuple[str, int, int, int]:
+    """(kernel suffix, entries held, grid, threads) of a softmax row launch over rows of n, both modes' kernels:
+    a warp a row for warp_min < n <= warp_max (eight rows a block of 256), holding the next power of two of
+    n / 32 entries a lane; a block of 256 threads a row past warp_max up to held_max, holding the next power of
+    two of n / 256 a thread; else the block kernel ("", 0) with row_threads(n)."""
+    if warp_min < n <= warp_max:
+        return "_warp", 1 << (-(-n // 32) - 1).bit_length(), min(-(-rows // 8), WARP_ROW_BLOCKS), 256
+    if warp_max < n <= held_max:
+        return "_held", 1 << (-(-n // 256) - 1).bit_length(), min(rows, MAX_GRID), 256
+    return "", 0, min(rows, MAX_GRID), row_threads(n)
+
+
 def _launch_rows(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     """Launch row kernel `name` (e.g. "loom_softmax_rows") over rows of n. The functions below take
     another launcher as `launch`: fused_exact runs its own kernels through them."""
     dtype = np.dtype(dtype)
-    if name in HELD_NAMES and dtype == np.float32 and n <= WARP_ROWS:
-        held = 1 << (-(-n // 32) - 1).bit_length()
-        _row_kernel(dtype, name + "_warp", held)((min(-(-rows // 8), 1 << 16),), (256,), args)
-        return
-    if name in HELD_NAMES and dtype == np.float32 and n <= HELD_ROWS:
-        held = 1 << (-(-n // 256) - 1).bit_length()
-        _row_kernel(dtype, name + "_held", held)((min(rows, MAX_GRID),), (256,), args)
-        return
-    kernel = _row_kernel(dtype, name)
-    kernel((min(rows, MAX_GRID),), (row_threads(n),), args)
+    held_rows = name in HELD_NAMES and dtype == np.float32
+    suffix, held, grid, threads = row_plan(rows, n, WARP_ROWS, HELD_ROWS) if held_rows else row_plan(rows, n, 0, 0)
+    _row_kernel(dtype, name + suffix, held)((grid,), (threads,), args)
 
 
 def shape_rows(x: Array) -> tuple[int, int]:

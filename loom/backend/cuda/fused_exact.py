@@ -280,7 +280,6 @@ def _bits(n: int) -> np.int32:
 # block; gradients' rows of 64 / 256 / 512 163 -> 63 / 93 -> 60 / 94 -> 88 us, held by a block 300 / 400: 133 / 101)
 WARP_ROWS_MAX = 512
 WARP_GRAD_ROWS_MAX = 512        # (the gradient's kernel: 73 / 115 registers at 16 / 32 entries a lane)
-WARP_ROW_BLOCKS = 1 << 16       # blocks of eight rows at most (each then takes every grid-th group of rows)
 # Longer rows up to this many entries take a block of 256 threads a row holding them in registers
 # (loom_exact_softmax_rows_held, loom_exact_softmax_grad_rows_held: 4, 8 or 16 entries a thread); past it the block
 # kernel, which reads the row again for each pass (0: the block kernel past the warp's rows)
@@ -295,14 +294,10 @@ def _launch(name: str, dtype, rows: int, n: int, args: tuple) -> None:
     WARP_GRAD_ROWS_MAX)."""
     exact = name.replace("loom_", "loom_exact_", 1)
     most = WARP_ROWS_MAX if name == "loom_softmax_rows" else WARP_GRAD_ROWS_MAX if name == "loom_softmax_grad_rows" else 0
-    if 32 < n <= most:
-        held = 1 << (-(-n // 32) - 1).bit_length()
-        _row_kernel(exact + "_warp", held)((min(-(-rows // 8), WARP_ROW_BLOCKS),), (256,), args + (_bits(n),))
-    elif most and most < n <= HELD_ROWS_MAX:
-        held = 1 << (-(-n // 256) - 1).bit_length()
-        _row_kernel(exact + "_held", held)((min(rows, fused.MAX_GRID),), (256,), args + (_bits(n),))
-    else:
-        _row_kernel(exact)((min(rows, fused.MAX_GRID),), (fused.row_threads(n),), args + (_bits(n),))
+    # (rows of up to 32 entries keep the block kernel; other kernels than the softmax's take it at every length)
+    suffix, held, grid, threads = fused.row_plan(rows, n, most, HELD_ROWS_MAX, 32) if most else \
+        fused.row_plan(rows, n, 0, 0)
+    _row_kernel(exact + suffix, held)((grid,), (threads,), args + (_bits(n),))
 
 
 # The row operations: fused' (same arguments, same outputs) with this module's kernels.
