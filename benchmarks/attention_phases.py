@@ -25,9 +25,9 @@ SPLIT = [("wait", 0, 1), ("q, k, v", 1, 2), ("scores", 2, 3), ("max (, |v|)", 3,
          ("exp, sum, barrier 2", 8, 9), ("p v", 9, 10), ("last part", 10, 11)]
 
 @functools.cache
-def _clocked(head_dim: int, threads: int):
+def _clocked(head_dim: int, threads: int, group: int = 0):
     """decode_exact's module with the phase clock compiled in."""
-    return cp.RawModule(code=f"#define LOOM_PHASE_CLOCK {SLOTS}\n" + decode_exact.source(head_dim, threads),
+    return cp.RawModule(code=f"#define LOOM_PHASE_CLOCK {SLOTS}\n" + decode_exact.source(head_dim, threads, group),
                         options=decode_exact.COMPILE)
 
 
@@ -84,6 +84,7 @@ def run(batch: int, keys: int, split: bool) -> None:
 
 def main() -> None:
     decode_exact._module = _clocked            # paged_attention launches the clocked kernels
+    decode_exact.GROUPED = False               # (a block a query head: the phases clocked here)
     print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}, deterministic decode attention phases")
     for batch, keys, split in ((1, 300, False), (1, 1000, True), (1, 3000, False), (1, 3000, True),
                                (4, 3000, True), (16, 300, False), (16, 1000, False), (16, 3000, False),

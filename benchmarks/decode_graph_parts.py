@@ -6,13 +6,15 @@ included.
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
                                                          [--deterministic] [--batch N] [--planes-rows N] [--whole]
                                                          [--profile ROWS] [--set loom.MODULE.NAME=INT]
+                                                         [--position P]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
 (--deterministic: deterministic mode's graph; --batch N: N sequences of that prompt, the step at
 batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS;
 --whole: the whole step's time alone; --profile ROWS: its kernels by name as well, from torch.profiler;
---set: an integer constant of a loom module changed first, such as a dispatch threshold).
+--set: an integer constant of a loom module changed first, such as a dispatch threshold; --position P: the step at
+position P, the cache past the prompt holding random keys and values, so that attention reads P + 1 keys).
 --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included; with the planes, their 2 bytes a value).
@@ -67,7 +69,7 @@ class PartialGraph(paged_graph.PagedDecodeGraph):
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
             split = {"split": self.split if self._splitting else None}
             if self.exact:
-                split["max_keys"] = self.max_blocks * cache.block_size
+                split.update(max_keys=self.max_blocks * cache.block_size, group_p=self.group_p)
             ops.append(("attention", partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx,
                                              dec._cos, dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size,
                                              c.heads, L.window, dec.scale, c.eps, *extra, overlap=self.overlap,
@@ -166,7 +168,12 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
                     help="set an integer constant of a loom module first, to time a dispatch choice, e.g. "
                          "loom.backend.cuda.quant_fixed_planes_tiled.ROWS=16 (repeatable)")
+    ap.add_argument("--position", type=int, default=PROMPT,
+                    help=f"the step's position (default {PROMPT}, right after the prompt); the cache between holds "
+                         "random keys and values")
     args = ap.parse_args()
+    if args.position < PROMPT:
+        raise SystemExit(f"--position {args.position}: the step comes after the {PROMPT}-token prompt")
     set_constants(args.set)
     if args.planes_rows is not None:
         if not args.deterministic:
@@ -188,15 +195,19 @@ def main():
         why = paged_graph.why_not(dec, exact)
         if why is not None:
             raise SystemExit(f"no recorded decode step: {why}")
-        cache = PagedKVCache(xp, c.layers, c.kv_heads, c.head_dim, blocks=2 * batch + 2, block_size=BLOCK)
-        tables = [[2 * s, 2 * s + 1] for s in range(batch)]    # positions 0-31: the prompt, then the step at 16
+        per = args.position // BLOCK + 1                         # each sequence's blocks: the prompt, then the step
+        cache = PagedKVCache(xp, c.layers, c.kv_heads, c.head_dim, blocks=per * batch + 2, block_size=BLOCK)
+        xp.random.seed(2)
+        for array in (cache.k, cache.v):         # the positions between the prompt and the step: random
+            array[...] = xp.random.standard_normal(array.shape, dtype=np.float32) * 0.5
+        tables = [[per * s + i for i in range(per)] for s in range(batch)]
         paged_forward.forward(dec, cache, [paged_forward.Work(prompt, 0, t, logits=True) for t in tables])
         token = int(prompt[-1])
 
         def graph(skip: tuple) -> PartialGraph:
             PartialGraph.skip = skip
             g = PartialGraph(dec, cache, batch, exact, overlap=not args.plain)
-            g.step([token] * batch, [PROMPT] * batch, tables)     # the step's inputs, which every replay reads
+            g.step([token] * batch, [args.position] * batch, tables)     # the step's inputs, which every replay reads
             return g
 
         whole_graph = graph(())
@@ -212,7 +223,7 @@ def main():
         del whole_graph
         mode = "deterministic" if exact else "fast"
         print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches, "
-              f"paged decode step at batch {batch}: whole step {whole:.1f} us")
+              f"paged decode step at batch {batch}, position {args.position}: whole step {whole:.1f} us")
         for kind in KINDS[1:] if not args.whole else ():     # (not the embedding: the step reads its output)
             share = whole - replay_us(graph((kind,)), xp)
             each = share / layers if kind != "lm_head" else share

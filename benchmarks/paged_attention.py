@@ -5,9 +5,11 @@ replays). First 64 sequences at 80, 300 and 1,000 keys with each number of warps
 batches of 1 to 64 sequences at 128 to 8,192 keys, each head in one block against windows cut over
 several (split_work's default parts). With --deterministic: deterministic mode's kernel
 (loom/backend/cuda/decode_exact.paged_attention, the same bits whatever the split) beside fast mode's,
-both one block a head and split, at batches of 1 to 16 sequences.
+both one block a head and split, at batches of 1 to 16 sequences. With --grouped: deterministic mode's
+kernel a block a query head against a block a key/value head (decode_exact_group, the same bits) and fast mode's,
+on SmolLM2-135M's, Qwen2-0.5B's and Llama-3.2-1B's heads, 1 to 64 sequences at 24 to 1,000 keys.
 
-    PYTHONPATH=. python benchmarks/paged_attention.py [--deterministic]
+    PYTHONPATH=. python benchmarks/paged_attention.py [--deterministic | --grouped]
 """
 from __future__ import annotations
 
@@ -79,11 +81,57 @@ def deterministic_rows(rng) -> None:
             print(f"| {batch} | {keys} | " + " | ".join(f"{t:.1f}" for t in times) + f" | {times[3] / times[1]:.2f} |")
 
 
+def grouped_rows(rng) -> None:
+    """Deterministic mode's kernel a block a query head, then a block a key/value head (its threads forced to
+    each of 128, 256 and 512; without GROUP_FEWEST's choice, at every batch), and fast mode's one block a head."""
+    global H, KV, D
+    print("\n| heads over kv heads | sequences | keys | a block a query head (us) | grouped 128 / 256 / 512 threads (us) "
+          "| fast (us) | default dispatch / fast (us) |")
+    print("|---|---|---|---|---|---|---|")
+    saved = {name: getattr(decode_exact, name) for name in ("GROUPED", "GROUP_FEWEST", "GROUP_FEW_THREADS",
+                                                            "GROUP_THREADS", "GROUP_MANY_THREADS")}
+    try:
+        for H, KV, D in ((9, 3, 64), (14, 2, 64), (32, 8, 64)):
+            for batch in (1, 16, 64):
+                for keys in (24, 300, 1000):
+                    qkv, ck, cv, cos, sin, pos, tables = case(rng, keys, batch)
+                    out = cp.empty((batch, H * D), dtype=np.float32)
+                    max_keys = tables.shape[1] * BS
+                    args = (qkv, ck, cv, out, cos, sin, None, pos, tables, BS, H, None, D ** -0.5, 1e-6)
+
+                    def exact():
+                        decode_exact.paged_attention(*args, exact_rounded.error_factor(D), max_keys=max_keys,
+                                                     group_p=decode_exact.group_work(batch, H, KV, D, max_keys))
+                    decode_exact.GROUPED = False
+                    one = microseconds(exact)
+                    decode_exact.GROUPED, decode_exact.GROUP_FEWEST = True, 1 << 20
+                    grouped = []
+                    for threads in (128, 256, 512):
+                        for name in ("GROUP_FEW_THREADS", "GROUP_THREADS", "GROUP_MANY_THREADS"):
+                            setattr(decode_exact, name, threads)
+                        grouped.append(microseconds(exact))
+                    for name, value in saved.items():
+                        setattr(decode_exact, name, value)
+                    default = microseconds(exact)
+                    fast = microseconds(lambda: decode.paged_attention(*args))
+                    print(f"| {H} / {KV} | {batch} | {keys} | {one:.1f} | " + " / ".join(f"{t:.1f}" for t in grouped)
+                          + f" | {fast:.1f} | {default:.1f} / {fast:.1f} |", flush=True)
+    finally:
+        for name, value in saved.items():
+            setattr(decode_exact, name, value)
+        H, KV, D = 9, 3, 64
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--deterministic", action="store_true", help="deterministic mode's kernel beside fast mode's")
+    parser.add_argument("--grouped", action="store_true",
+                        help="deterministic mode's kernel a block a query head against a block a key/value head")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    if args.grouped:
+        grouped_rows(rng)
+        return
     if args.deterministic:
         deterministic_rows(rng)
         return

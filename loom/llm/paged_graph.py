@@ -186,6 +186,9 @@ class PagedDecodeGraph:
         self.split = attention.split_work(B, c.heads, c.head_dim, max_keys) if exact else \
             attention.split_work(B, c.heads, c.head_dim)
         self.long_from = 2 * attention.SPLIT_KEYS if self.split is not None else None
+        # deterministic attention with a block per key/value head keeps its probabilities here where they
+        # do not fit its shared memory (decode_exact.group_work)
+        self.group_p = attention.group_work(B, c.heads, c.kv_heads, c.head_dim, max_keys) if exact else None
         self._splitting = False                    # (which attention _operations() launches)
         self.long_graph = None
         # the host side of each step's input copy and token copy: pinned, two of each used in turn, so
@@ -287,7 +290,7 @@ class PagedDecodeGraph:
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
             split = {"split": self.split if self._splitting else None}
             if self.exact:
-                split["max_keys"] = self.max_blocks * cache.block_size
+                split.update(max_keys=self.max_blocks * cache.block_size, group_p=self.group_p)
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
                                dec.scale, c.eps, *extra, overlap=self.overlap, **split))

@@ -46,15 +46,42 @@ class Case:
     def slot(self, b, t):
         return self.tables[b, t // BLOCK] * BLOCK + t % BLOCK
 
-    def run(self, split=None, window=None):
-        """(the attention's output, the caches after the step) on fresh device copies."""
+    def run(self, split=None, window=None, **kw):
+        """(the attention's output, the caches after the step) on fresh device copies (kw: paged_attention's
+        other keywords)."""
         d = cupy.asarray
         k, v, out = d(self.k), d(self.v), cupy.full((self.B, self.H * self.D), np.nan, dtype=np.float32)
         decode_exact.paged_attention(d(self.qkv), k, v, out, d(self.cos), d(self.sin),
                                      None if self.norm is None else d(self.norm), d(np.array(self.positions)),
                                      d(self.tables), BLOCK, self.H, window, 0.125, 1e-6,
-                                     exact_rounded.error_factor(self.D), max_keys=self.max_keys, split=split)
+                                     exact_rounded.error_factor(self.D), max_keys=self.max_keys, split=split, **kw)
         return host(out), host(k), host(v)
+
+    def spoil(self, where):
+        """Put inf or NaN where `where` says ("nan key", "inf key", "inf value", "nan value"), or scale the first
+        key/value head's keys and query head 0 so that its scores overflow to inf in both signs ("huge scores")."""
+        slot = self.slot(0, self.positions[0] // 2)
+        if where == "nan key":
+            self.k[slot, 0, 3] = np.nan
+        elif where == "inf key":
+            self.k[slot, 1, 5] = np.inf
+        elif where == "inf value":
+            self.v[slot, 0, 7] = -np.inf
+        elif where == "nan value":
+            self.v[self.slot(1, self.positions[1] - 3), 1, 2] = np.nan
+        else:
+            self.k[:, 0, :] *= 2.0 ** 64
+            self.qkv[:, :self.D] *= 2.0 ** 64
+
+    def cancel(self):
+        """Every cached key alike (equal scores, equal probabilities), the values alternating in sign along the
+        positions with every seventh nudged, the new value zero: p v cancels to about 2^-20 of its terms."""
+        self.k[:] = self.k[:1]
+        base = np.random.default_rng(5).standard_normal(self.v.shape[1:]).astype(np.float32)
+        for b, pos in enumerate(self.positions):
+            for t in range(pos):
+                self.v[self.slot(b, t)] = base * np.float32((-1) ** t * (1 + 2.0 ** -20 * (t % 7 == 0)))
+        self.qkv[:, (self.H + self.KV) * self.D:] = 0
 
     def work(self, splits):
         return decode_exact.split_work(self.B, self.H, self.D, self.max_keys, splits)
@@ -115,19 +142,7 @@ def test_thread_counts_follow_the_blocks():
 @pytest.mark.parametrize("positions", [[1000, 900], [2500, 3100]])
 def test_special_values(where, positions):
     case = Case(positions, seed=len(where))
-    b, t = 0, positions[0] // 2
-    slot = case.slot(b, t)
-    if where == "nan key":
-        case.k[slot, 0, 3] = np.nan
-    elif where == "inf key":
-        case.k[slot, 1, 5] = np.inf
-    elif where == "inf value":
-        case.v[slot, 0, 7] = -np.inf
-    elif where == "nan value":
-        case.v[case.slot(1, positions[1] - 3), 1, 2] = np.nan
-    else:                                 # scores overflow to inf in both signs
-        case.k[:, 0, :] *= 2.0 ** 64
-        case.qkv[:, :case.D] *= 2.0 ** 64
+    case.spoil(where)
     one = case.run()[0]
     assert where == "inf key" or not np.isfinite(one).all()
     got = case.run(case.work(12))[0]
@@ -139,14 +154,7 @@ def test_cancelling_sums_are_settled_as_one_block_settles_them():
     along the positions with every seventh nudged, the new value zero: p v cancels to about 2^-20 of its
     terms, beyond the float64 certification, so the entries are settled, by the last part over all keys."""
     case = Case([1800, 1101], seed=3)
-    case.k[:] = case.k[:1]
-    rng = np.random.default_rng(5)
-    base = rng.standard_normal(case.v.shape[1:]).astype(np.float32)
-    for b, pos in enumerate(case.positions):
-        for t in range(pos):
-            case.v[case.slot(b, t)] = base * np.float32((-1) ** t * (1 + 2.0 ** -20 * (t % 7 == 0)))
-    H, KV, D = case.H, case.KV, case.D
-    case.qkv[:, (H + KV) * D:] = 0
+    case.cancel()
     _same(case, 9, what="cancelling")
 
 

@@ -80,6 +80,28 @@ def test_exact_recorded_steps_give_the_kernel_by_kernel_and_cpu_bits(kind, extra
               "sequence_logits in decode steps")
 
 
+@pytest.mark.parametrize("kind, extra, held", [("llama", {}, True), ("llama", {}, False), ("qwen3", {"head_dim": 128}, True),
+                                               ("mistral", {"sliding_window": 4}, False),
+                                               ("qwen2", {"num_attention_heads": 8, "num_key_value_heads": 1}, False)])
+def test_grouped_attention_gives_the_cpu_bits(kind, extra, held, tmp_path, monkeypatch):
+    """The attention kernel with a block per key/value head (decode_exact_group), taken here at three sequences,
+    its probabilities in shared memory (held) or in the graph's workspace, in recorded and kernel-by-kernel
+    steps: the CPU's bits."""
+    from loom.backend.cuda import decode_exact
+    monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 1 << 20)
+    if not held:
+        monkeypatch.setattr(decode_exact, "SHARED_MAX", 0)
+    saved(kind, extra, tmp_path)
+    with loom.deterministic(True):
+        gpu, cpu = loom.llm.load(tmp_path, device="cuda"), loom.llm.load(tmp_path)
+        eager = loom.llm.load(tmp_path, device="cuda").decoder
+        eager.graphs = False
+        c = gpu.decoder.config
+        assert decode_exact._grouped(3, c.heads, c.kv_heads, c.head_dim, 64)[4] == held
+        prompts = np.array([PROMPT, [(t * 5 + 1) % 97 for t in PROMPT], PROMPT[::-1]])
+        _check(gpu.decoder, eager, cpu.decoder, prompts)
+
+
 @pytest.mark.parametrize("qtype", cuda_quant.TYPES)
 def test_exact_recorded_steps_with_stored_weight_types(qtype):
     cfg = config_for(qtype, cuda_quant.K_LAYOUTS)

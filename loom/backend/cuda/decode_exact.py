@@ -26,6 +26,9 @@ window over several blocks with the same bits (see split_softmax_values): a head
 other at two barriers, so its grid (one block a multiprocessor at most: split_work) must be resident at
 once, which holds for one launch at a time on the device (not beside another such launch on a
 concurrent stream, which could hold the multiprocessors its parts need).
+Where a batch has many sequences, paged_attention gives each (sequence, key/value head) one block for its
+group of query heads instead (decode_exact_group.py: each cached key and value read once for the group;
+the same bits; see _grouped for where).
 `CUDABackend.decode.attention_exact` is this module. Capturable: sizes as arguments, no sync.
 """
 from __future__ import annotations
@@ -38,6 +41,7 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS
+from .decode_exact_group import GROUP_MAX, GROUP_SOURCE, group_shared
 from .decode_exact_split import SPLIT_SOURCE
 from .exact_reduce import EXACT_ROW_SUM
 from .exact_rounded import ROUNDED_DEVICE, _multiprocessors
@@ -65,6 +69,23 @@ PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py
 # waiting out a load round trip per VALUE_LOADS keys; the additions keep their order whatever this is)
 VALUE_LOADS = 8
 MAX_SPLITS = 16
+# A block per (sequence, key/value head) for its group of query heads (decode_exact_group), reading each
+# cached key and value once for the group, where those blocks are at least 1 / GROUP_FEWEST of the
+# multiprocessors (below, a block a query head spreads the work wider). H200, the kernel alone, a block a
+# query head -> grouped, us: 64 sequences x 1,000 keys, SmolLM2-135M's heads (9 over 3) 210 -> 117, Qwen2-0.5B's
+# (14 over 2) 273 -> 100, Llama-3.2-1B's (32 over 8) 512 -> 258; at 24 keys 9.9 -> 10.2, 10.1 -> 11.0,
+# 18.9 -> 10.8; one sequence (3 blocks) at 300 keys 14.5 -> 18.1. Blocks of GROUP_FEW_THREADS threads
+# where they are fewer than the multiprocessors, GROUP_THREADS up to three a multiprocessor, then
+# GROUP_MANY_THREADS.
+GROUPED = True
+GROUP_FEWEST = 3
+GROUP_FEW_THREADS = 512
+GROUP_THREADS = 256
+GROUP_MANY_THREADS = 128
+# Dynamic shared memory a grouped block may take with its probabilities; past it they go to device memory
+# (group_work). H200, 64-row SmolLM2-135M steps over caches of 8,192 positions (111 KiB held): at position
+# 16 1,749 us held against 1,564 in device memory, at position 1,000 5,709 against 4,957.
+SHARED_MAX = 48 * 1024
 
 _SOURCE = r"""
 #define SLICES (THREADS / D)
@@ -414,20 +435,22 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_at
 """
 
 
-def source(head_dim: int, threads: int) -> str:
-    """The kernels' CUDA source for heads of head_dim and blocks of `threads`."""
+def source(head_dim: int, threads: int, group: int = 0) -> str:
+    """The kernels' CUDA source for heads of head_dim and blocks of `threads`; with group, the grouped
+    kernel for key/value heads of `group` query heads as well (decode_exact_group)."""
     head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
             f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define VALUE_LOADS {VALUE_LOADS}\n")
+    grouped = f"#define GROUP {group}\n" + GROUP_SOURCE if group else ""
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
-            + _SOURCE + SPLIT_SOURCE + _KERNELS)
+            + _SOURCE + SPLIT_SOURCE + _KERNELS + grouped)
 
 
 COMPILE = OPTIONS + ("-std=c++17",)
 
 
 @cache
-def _module(head_dim: int, threads: int):
-    return cupy.RawModule(code=source(head_dim, threads), options=COMPILE)
+def _module(head_dim: int, threads: int, group: int = 0):
+    return cupy.RawModule(code=source(head_dim, threads, group), options=COMPILE)
 
 
 STATIC_SHARED = 16 * 1024   # above the kernels' own shared arrays (12.4-13.4 KiB at 512 threads)
@@ -459,6 +482,33 @@ def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
     sms = _multiprocessors(cupy.cuda.Device().id)
     threads = FEW_THREADS if blocks < sms else THREADS if blocks <= 2 * sms else max(MANY_THREADS, head_dim)
     return _module(head_dim, threads).get_function(name), threads
+
+
+def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int) -> tuple | None:
+    """(the grouped kernel, its threads, the probabilities' row stride, its dynamic shared memory, whether the
+    probabilities are held in it) for a paged launch where a key/value head's query heads take one block
+    (decode_exact_group), or None where they do not: GROUPED off, fewer than two or more than GROUP_MAX heads a
+    group, or too few blocks (GROUP_FEWEST)."""
+    group, blocks = heads // kv_heads, batch * kv_heads
+    sms = _multiprocessors(cupy.cuda.Device().id)
+    if not GROUPED or group < 2 or group > GROUP_MAX or blocks * GROUP_FEWEST < sms:
+        return None
+    threads = GROUP_FEW_THREADS if blocks < sms else GROUP_THREADS if blocks < 3 * sms else GROUP_MANY_THREADS
+    threads = max(threads, head_dim)
+    cap = max(1, min(max_keys, MAX_KEYS))
+    held = group_shared(group, head_dim, threads, cap, True) <= SHARED_MAX
+    kernel = _module(head_dim, threads, group).get_function("loom_exact_paged_decode_attention_group")
+    return kernel, threads, cap, group_shared(group, head_dim, threads, cap, held), held
+
+
+def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int) -> Array | None:
+    """The grouped kernel's probabilities in device memory ([batch heads, max_keys] floats) where paged_attention
+    takes it for these sizes and they do not fit its shared memory, else None. A launch uses it alone: one per
+    recorded graph (or stream)."""
+    grouped = _grouped(batch, heads, kv_heads, head_dim, max_keys)
+    if grouped is None or grouped[4]:
+        return None
+    return cupy.empty(batch * heads * grouped[2], dtype=np.float32)
 
 
 def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
@@ -512,11 +562,12 @@ def split_work(batch: int, heads: int, head_dim: int, max_keys: int, splits: int
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
                     scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = MAX_KEYS,
-                    split: SplitWork | None = None) -> None:
+                    split: SplitWork | None = None, group_p: Array | None = None) -> None:
     """decode.paged_attention's operation with deterministic mode's bits (out float32 only) for sequences
     at positions below max_keys (at most MAX_KEYS: the caller keeps longer ones off this kernel), which
     sizes the probabilities' shared memory. split: split_work's workspace for these sizes, to cut windows
-    of more than 2 SPLIT_KEYS keys over several blocks, with the same bits (None: one block a head)."""
+    of more than 2 SPLIT_KEYS keys over several blocks, with the same bits (None: one block a head, or a block
+    a key/value head where _grouped takes it). group_p: group_work's workspace for these sizes, where it gives one."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
@@ -524,6 +575,16 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor))
     if split is None:
+        grouped = _grouped(B, heads, kv_heads, D, max_keys)
+        if grouped is not None:
+            kernel, threads, cap, shared, held = grouped
+            if not held and (group_p is None or group_p.size < B * heads * cap):
+                raise ValueError(f"paged_attention: {B} sequences of {heads} heads over {cap} keys take group_work's "
+                                 f"workspace of {B * heads * cap} floats; given "
+                                 f"{'none' if group_p is None else group_p.size}")
+            launch(kernel, B * kv_heads, threads, args + (np.int64(cap), pointer(None if held else group_p)), overlap,
+                   shared=shared)
+            return
         kernel, threads = _kernel("loom_exact_paged_decode_attention", D, B * heads)
         launch(kernel, B * heads, threads, args, overlap, shared=_shared(max_keys))
         return
