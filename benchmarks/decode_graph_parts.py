@@ -111,12 +111,13 @@ def _same(x, y) -> bool:
 
 
 def replay_us(graph, xp, n: int = 200) -> float:
+    """The step's time, us: n replays of the recording its position takes (graph.replayed)."""
     for _ in range(3):
-        graph.graph.launch()
+        graph.replayed.launch()
     start, stop = xp.cuda.Event(), xp.cuda.Event()
     start.record()
     for _ in range(n):
-        graph.graph.launch()
+        graph.replayed.launch()
     stop.record()
     stop.synchronize()
     return xp.cuda.get_elapsed_time(start, stop) * 1000 / n
@@ -126,10 +127,10 @@ def profile_replays(graph, rows: int, n: int = 20) -> None:
     """The kernels of n replays of the step by name, us a step (torch.profiler: its CUPTI sees the graph's
     kernels, CuPy's and cuBLAS's alike; needs torch with CUDA)."""
     from torch.profiler import ProfilerActivity, profile
-    graph.graph.launch()
+    graph.replayed.launch()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(n):
-            graph.graph.launch()
+            graph.replayed.launch()
         graph.dec.backend.synchronize()
     events = sorted(prof.key_averages(), key=lambda e: -e.self_device_time_total)
     total = sum(e.self_device_time_total for e in events) / n
@@ -183,6 +184,9 @@ def main():
             raise SystemExit(f"--planes-rows takes {quant_fixed.MAX_ROWS + 1} to {quant_fixed.ROWS_MAX + 1}")
         quant_fixed.PLANES_ROWS = args.planes_rows
     config = llm.SHAPES[args.shape]
+    limit = min(config["max_position_embeddings"], paged_graph.EXACT_POSITIONS if args.deterministic else 1 << 62)
+    if args.position >= limit:
+        raise SystemExit(f"--position {args.position}: this shape's recorded steps take positions below {limit}")
     dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),
                   device="cuda")
     c, xp, layers = dec.config, dec.xp, config["num_hidden_layers"]
@@ -208,6 +212,8 @@ def main():
             PartialGraph.skip = skip
             g = PartialGraph(dec, cache, batch, exact, overlap=not args.plain)
             g.step([token] * batch, [args.position] * batch, tables)     # the step's inputs, which every replay reads
+            # the recording such a step replays (past PagedDecodeGraph.long_from at a few sequences: windows split)
+            g.replayed = g._graph_for([args.position] * batch)
             return g
 
         whole_graph = graph(())

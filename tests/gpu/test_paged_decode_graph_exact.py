@@ -85,8 +85,8 @@ def test_exact_recorded_steps_give_the_kernel_by_kernel_and_cpu_bits(kind, extra
                                                ("qwen2", {"num_attention_heads": 8, "num_key_value_heads": 1}, False)])
 def test_grouped_attention_gives_the_cpu_bits(kind, extra, held, tmp_path, monkeypatch):
     """The attention kernel with a block per key/value head (decode_exact_group), taken here at three sequences,
-    its probabilities in shared memory (held) or in the graph's workspace, in recorded and kernel-by-kernel
-    steps: the CPU's bits."""
+    its probabilities in shared memory (held) or in the graph's workspace: the recorded steps' logits and caches
+    are the kernel-by-kernel steps' (another attention path) and the CPU's bits."""
     from loom.backend.cuda import decode_exact
     monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 1 << 20)
     if not held:

@@ -156,9 +156,9 @@ def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int
 
 
 def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int) -> Array | None:
-    """The grouped kernel's probabilities in device memory ([batch heads, max_keys] floats) where paged_attention
-    takes it for these sizes and they do not fit its shared memory, else None. A launch uses it alone: one per
-    recorded graph (or stream)."""
+    """The grouped kernel's probabilities in device memory (float32, batch x heads x min(max_keys, MAX_KEYS), flat)
+    where paged_attention takes that kernel for these sizes and they do not fit its shared memory, else None. A
+    launch uses it alone: one per recorded graph (or stream)."""
     grouped = _grouped(batch, heads, kv_heads, head_dim, max_keys)
     if grouped is None or grouped[4]:
         return None
