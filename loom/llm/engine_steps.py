@@ -30,6 +30,7 @@ class StepRunner:
     def __init__(self, dec: Decoder, cache: PagedKVCache, deterministic: bool, stats: dict):
         self.dec, self.cache, self.deterministic, self.stats = dec, cache, deterministic, stats
         self.graphs: dict[int, paged_graph.PagedDecodeGraph] = {}
+        self.shared: dict = {}      # the decode recordings' shared workspaces (they replay one after another)
         self.prefills = GraphCache(PREFILL_GRAPHS_KEPT, paged_prefill_graph.describe, strict=False, record_from=2)
         why = paged_graph.why_not(dec, deterministic) if dec.backend.graphs else "no graphs"
         self.graphs_off = why is not None
@@ -47,7 +48,8 @@ class StepRunner:
             return None             # the exact attention kernel takes one chunk of the slice scheme's K
         graph = self.graphs.get(key)
         if graph is None:
-            graph = self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic)
+            graph = self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic,
+                                                                    shared=self.shared)
         return graph
 
     def record_decode_steps(self, max_batch: int) -> None:
@@ -56,11 +58,11 @@ class StepRunner:
         last = paged_graph.bucket(max_batch) or paged_graph.BUCKETS[-1]
         if self.graphs_off or not self.dec.graphs:
             return
-        for key in paged_graph.BUCKETS:
-            if key > last:
-                break
+        # the largest first: its workspaces are the ones the smaller buckets' recordings then share
+        for key in sorted((k for k in paged_graph.BUCKETS if k <= last), reverse=True):
             if key not in self.graphs:
-                self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic)
+                self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic,
+                                                                shared=self.shared)
 
     def prefill_graph(self, work: list[paged_forward.Work]) -> paged_prefill_graph.PagedPrefillGraph | None:
         """The recorded prompt step for `work` (recorded on the second sighting of its shape), or None:

@@ -146,7 +146,8 @@ def _not_rounded(k: int) -> str | None:
 
 
 class PagedDecodeGraph:
-    def __init__(self, dec: Decoder, cache: PagedKVCache, batch: int, exact: bool, overlap: bool = True):
+    def __init__(self, dec: Decoder, cache: PagedKVCache, batch: int, exact: bool, overlap: bool = True,
+                 shared: dict | None = None):
         self.dec, self.cache, self.batch, self.exact, self.overlap = dec, cache, batch, exact, overlap
         c, xp = dec.config, dec.xp
         self.max_blocks = -(-c.max_positions // cache.block_size)
@@ -187,8 +188,15 @@ class PagedDecodeGraph:
             attention.split_work(B, c.heads, c.head_dim)
         self.long_from = 2 * attention.SPLIT_KEYS if self.split is not None else None
         # deterministic attention with a block per key/value head keeps its probabilities here where they
-        # do not fit its shared memory (decode_exact.group_work)
-        self.group_p = attention.group_work(B, c.heads, c.kv_heads, c.head_dim, max_keys) if exact else None
+        # do not fit its shared memory (decode_exact.group_work): in `shared`'s workspace where it is large
+        # enough (the recordings of one StepRunner replay one after another on its stream), else a new one
+        # that becomes shared's
+        self.group_p = None
+        if exact:
+            have = None if shared is None else shared.get("group_p")
+            self.group_p = attention.group_work(B, c.heads, c.kv_heads, c.head_dim, max_keys, have=have)
+            if shared is not None and self.group_p is not None and (have is None or self.group_p.size > have.size):
+                shared["group_p"] = self.group_p
         self._splitting = False                    # (which attention _operations() launches)
         self.long_graph = None
         # the host side of each step's input copy and token copy: pinned, two of each used in turn, so

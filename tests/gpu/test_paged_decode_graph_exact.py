@@ -102,6 +102,29 @@ def test_grouped_attention_gives_the_cpu_bits(kind, extra, held, tmp_path, monke
         _check(gpu.decoder, eager, cpu.decoder, prompts)
 
 
+def test_an_engines_recordings_share_one_grouped_workspace(monkeypatch):
+    """record_decode_steps records the largest bucket first; the smaller buckets' recordings take the start of
+    its grouped attention workspace (they replay one after another), and their steps keep the CPU's bits."""
+    from loom.backend.cuda import decode_exact
+    monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 1 << 20)
+    monkeypatch.setattr(decode_exact, "SHARED_MAX", 0)
+    config = DecoderConfig.from_hf(CONFIG)
+    weights = quant_weights("Q8_0", CONFIG)
+    with loom.deterministic(True):
+        dec = built(config, weights)()
+        run = runner_for(dec, 64)
+        run.record_decode_steps(16)
+        largest = run.graphs[16].group_p
+        assert largest is not None and run.shared["group_p"] is largest
+        for key, graph in run.graphs.items():
+            assert graph.group_p.data.ptr == largest.data.ptr and graph.group_p.size <= largest.size, key
+        prompts = np.array([PROMPT, PROMPT[::-1], [(t * 3 + 2) % 97 for t in PROMPT]])
+        inputs = fixed_inputs(STEPS, len(prompts), config.vocab_size)
+        got, _, _, _ = steps(dec, prompts, inputs, runner=run)
+        ref, _, _, _ = steps(Decoder(config, weights), prompts, inputs)
+        same_bits(got, ref, "recorded steps on the shared workspace vs CPU")
+
+
 @pytest.mark.parametrize("qtype", cuda_quant.TYPES)
 def test_exact_recorded_steps_with_stored_weight_types(qtype):
     cfg = config_for(qtype, cuda_quant.K_LAYOUTS)

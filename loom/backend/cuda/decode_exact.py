@@ -155,14 +155,19 @@ def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int
     return kernel, threads, cap, group_shared(group, head_dim, threads, cap, held), held
 
 
-def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int) -> Array | None:
+def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int,
+               have: Array | None = None) -> Array | None:
     """The grouped kernel's probabilities in device memory (float32, batch x heads x min(max_keys, MAX_KEYS), flat)
     where paged_attention takes that kernel for these sizes and they do not fit its shared memory, else None. A
-    launch uses it alone: one per recorded graph (or stream)."""
+    launch uses it alone: recordings that replay one after another on one stream may share one. have: such a
+    workspace, whose start is returned where it is large enough (None: a new one)."""
     grouped = _grouped(batch, heads, kv_heads, head_dim, max_keys)
     if grouped is None or grouped[4]:
         return None
-    return cupy.empty(batch * heads * grouped[2], dtype=np.float32)
+    size = batch * heads * grouped[2]
+    if have is not None and have.dtype == np.float32 and have.size >= size:
+        return have[:size]
+    return cupy.empty(size, dtype=np.float32)
 
 
 def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
