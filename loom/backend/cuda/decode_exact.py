@@ -138,9 +138,18 @@ def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
     return _module(head_dim, threads).get_function(name), threads
 
 
-def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int) -> tuple | None:
-    """(the grouped kernel, its threads, the probabilities' row stride, its dynamic shared memory, whether the
-    probabilities are held in it) for a paged launch where a key/value head's query heads take one block
+class GroupedLaunch(NamedTuple):
+    """The grouped kernel's launch: the kernel, its threads, the probabilities' row stride (cap), its dynamic
+    shared memory in bytes, and whether the probabilities are held in it (else in group_work's workspace)."""
+    kernel: object
+    threads: int
+    cap: int
+    shared: int
+    held: bool
+
+
+def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int) -> GroupedLaunch | None:
+    """The launch for a paged step where a key/value head's query heads take one block
     (decode_exact_group), or None where they do not: GROUPED off, fewer than two or more than GROUP_MAX heads a
     group, or too few blocks (GROUP_FEWEST)."""
     group, blocks = heads // kv_heads, batch * kv_heads
@@ -152,7 +161,7 @@ def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int
     cap = max(1, min(max_keys, MAX_KEYS))
     held = group_shared(group, head_dim, threads, cap, True) <= SHARED_MAX
     kernel = _module(head_dim, threads, group).get_function("loom_exact_paged_decode_attention_group")
-    return kernel, threads, cap, group_shared(group, head_dim, threads, cap, held), held
+    return GroupedLaunch(kernel, threads, cap, group_shared(group, head_dim, threads, cap, held), held)
 
 
 def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int,
@@ -162,9 +171,9 @@ def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: i
     launch uses it alone: recordings that replay one after another on one stream may share one. have: such a
     workspace, whose start is returned where it is large enough (None: a new one)."""
     grouped = _grouped(batch, heads, kv_heads, head_dim, max_keys)
-    if grouped is None or grouped[4]:
+    if grouped is None or grouped.held:
         return None
-    size = batch * heads * grouped[2]
+    size = batch * heads * grouped.cap
     if have is not None and have.dtype == np.float32 and have.size >= size:
         return have[:size]
     return cupy.empty(size, dtype=np.float32)
@@ -237,10 +246,10 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
         grouped = _grouped(B, heads, kv_heads, D, max_keys)
         if grouped is not None:
             kernel, threads, cap, shared, held = grouped
-            if not held and (group_p is None or group_p.size < B * heads * cap):
+            if not held and (group_p is None or group_p.dtype != np.float32 or group_p.size < B * heads * cap):
                 raise ValueError(f"paged_attention: {B} sequences of {heads} heads over {cap} keys take group_work's "
-                                 f"workspace of {B * heads * cap} floats; given "
-                                 f"{'none' if group_p is None else group_p.size}")
+                                 f"workspace of {B * heads * cap} float32; given "
+                                 f"{'none' if group_p is None else f'{group_p.size} {group_p.dtype}'}")
             launch(kernel, B * kv_heads, threads, args + (np.int64(cap), pointer(None if held else group_p)), overlap,
                    shared=shared)
             return

@@ -10,8 +10,8 @@ once and uses it for every head of its group:
    decode_exact's head_vector and rope_at make them; the block writes k and v into the cache;
 2. scores: a thread per key, its row read once, the GROUP dot products side by side (each the exact
    product rounded once: certified, or settled as decode_exact settles it);
-3. the softmax of each head's row by a warp (exact_warp_row_sum: exact.sum's integers on one warp,
-   the same sum as the block's exact_row_sum);
+3. the softmax of each head's row by a warp (exact_reduce's exact_warp_row_sum: exact.sum's integers on
+   one warp, the same sum as the block's exact_row_sum);
 4. ctx = p v: head_dim threads per slice of the keys, each value read once for the GROUP heads' float64
    sums, the slices' sums combined and certified per (head, d), the open ones settled by a warp each.
    Past ROUNDED_KEYS keys the slice scheme runs head by head (decode_exact.slice_weighted_values).
@@ -29,31 +29,6 @@ from __future__ import annotations
 GROUP_MAX = 8                 # query heads a key/value head may have for this kernel (registers: 2 doubles each)
 
 GROUP_SOURCE = r"""
-// exact.sum of value(j) for j < n by the 32 lanes of one warp, rounded once to float (bits = 53 -
-// ceil(log2 n)): exact_row_sum's arithmetic (the finite maximum's exponent, the integers below 2^53 summed
-// in float64, exact in any order; inf and NaN summed apart and winning), with the same bits
-template <class F> __device__ float exact_warp_row_sum(F value, long long n, int bits) {
-    const int lane = threadIdx.x & 31;
-    unsigned top = 0;
-    double specials = 0.0;
-    for (long long j = lane; j < n; j += 32) {
-        const float v = value(j);
-        const unsigned k = __float_as_uint(v) & 0x7fffffffu;
-        if (k < 0x7f800000u) top = max(top, k);
-        else specials += (double)v;
-    }
-    top = warp_reduce(top, MaxOp());
-    specials = warp_reduce(specials, AddOp());
-    const int shift = bits - loom_top_exponent(__uint_as_float(top));
-    double total = 0.0;
-    for (long long j = lane; j < n; j += 32) {
-        const float v = value(j);
-        if (isfinite(v)) total += rint(ldexp((double)v, shift));
-    }
-    total = warp_reduce(total, AddOp());
-    return specials == 0.0 ? __double2float_rn(ldexp(total, -shift)) : (float)specials;
-}
-
 // The block of (sequence b, key/value head kv): query heads h = kv GROUP + r, r < GROUP. Dynamic shared
 // memory: q_s [GROUP][D] floats, the slices' sums ps, pt [SLICES][GROUP][D] doubles, then the probabilities
 // [GROUP][cap] floats (cap >= the window's keys), or, where p_work is not null, those in p_work (device
@@ -203,10 +178,7 @@ __device__ void exact_group_attention(const float* qkv, Addr keys, Addr values, 
     for (int e = threadIdx.x; e < GROUP * D; e += blockDim.x) {     // entry e: head e / D, column e % D
         double se = ps[e], te = pt[e];
         for (int k = 1; k < SLICES; ++k) { se = __dadd_rn(se, ps[k * GROUP * D + e]); te = __dadd_rn(te, pt[k * GROUP * D + e]); }
-        float v;
-        if (!isfinite(te)) open[atomicAdd(&opened, 1)] = (short)(e | 0x8000);
-        else if (loom_finish_certified(se, te, factor, &v)) rows[e] = v;
-        else open[atomicAdd(&opened, 1)] = (short)e;
+        certify_or_open(se, te, factor, e, rows, open, &opened);
     }
     __syncthreads();
     settle_open(open, opened, n, [&](long long j, int e, float* a, float* c) {

@@ -292,11 +292,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     float* row = out + ((long long)b * H + h) * D;
     if (slice == 0) {
         for (int k = 1; k < SLICES; ++k) { s = __dadd_rn(s, part_s[k][d]); t = __dadd_rn(t, part_t[k][d]); }
-        const double factor = rounded_factor(n);
-        float v;
-        if (!isfinite(t)) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
-        else if (loom_finish_certified(s, t, factor, &v)) row[d] = v;
-        else open[atomicAdd(&opened, 1)] = (short)d;
+        certify_or_open(s, t, rounded_factor(n), d, row, open, &opened);
     }
     __syncthreads();
     settle_open(open, opened, n, [&](long long j, int dd, float* a, float* c) {

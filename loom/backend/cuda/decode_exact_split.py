@@ -22,6 +22,17 @@ SPLIT_SOURCE = r"""
 // One key a lane at a time (FLIGHT 1): eight in flight made Llama-3.2-1B's batch-1 step 10 us slower on an
 // H200. This form of the loop took the 128-thread kernels from 110-114 registers to 96 (ptxas, nvcc 13) and
 // SmolLM2-135M's 64-row step from 1,649 to 1,553 us, where they run five blocks a multiprocessor, not four.
+// Entry e's float64 sum s and sum of magnitudes t of the rounded scheme (error factor `factor`): its rounding
+// written to out_row[e] where the certification holds, else e queued in open for settle_open (bit 15 set where
+// the sum is not finite)
+__device__ __forceinline__ void certify_or_open(double s, double t, double factor, int e, float* out_row, short* open,
+                                                int* opened) {
+    float v;
+    if (!isfinite(t)) open[atomicAdd(opened, 1)] = (short)(e | 0x8000);
+    else if (loom_finish_certified(s, t, factor, &v)) out_row[e] = v;
+    else open[atomicAdd(opened, 1)] = (short)e;
+}
+
 template <class Pair>
 __device__ void settle_open(const short* open, int count, long long n, Pair pair, float* out_row) {
     const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
@@ -194,11 +205,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
             if (row_bad || bad) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
             else *out = slice_result(s, t, bits_a, ea, bits_b, eb);
         } else {
-            const double factor = rounded_factor(n);
-            float v;
-            if (!isfinite(t)) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
-            else if (loom_finish_certified(s, t, factor, &v)) *out = v;
-            else open[atomicAdd(&opened, 1)] = (short)d;
+            certify_or_open(s, t, rounded_factor(n), d, out - d, open, &opened);
         }
     }
     __syncthreads();

@@ -95,7 +95,37 @@ template <int R> __device__ __forceinline__ float exact_sum_warp(const float (&v
     return exact_sum_regs<false>(v, bits, (Scratch*)0);
 }
 
-// exact.sum of value(j) for j < n, rounded once to float (bits = 53 - ceil(log2 n)).
+// exact.sum of value(j) for j < n, rounded once to float (bits = 53 - ceil(log2 n)), in two passes (the finite
+// maximum's exponent, then the integers), this thread taking j = first, first + step, ...: by the whole block
+// (ACROSS) or by the 32 lanes of one warp alone (no barrier, no shared memory: s unused)
+template <bool ACROSS, class F> __device__ float exact_row_sum_passes(F value, long long n, int bits, Scratch* s) {
+    const unsigned first = ACROSS ? threadIdx.x : threadIdx.x & 31, step = ACROSS ? blockDim.x : 32;
+    unsigned top = 0;
+    double specials = 0.0;
+    for (long long j = first; j < n; j += step) {
+        const float v = value(j);
+        const unsigned k = __float_as_uint(v) & 0x7fffffffu;
+        if (k < 0x7f800000u) top = max(top, k);
+        else specials += (double)v;
+    }
+    if (ACROSS) {
+        top = block_reduce(top, s->patterns, 0u, MaxOp());
+        specials = block_reduce(specials, s->sums, 0.0, AddOp());
+    } else {
+        top = warp_reduce(top, MaxOp());
+        specials = warp_reduce(specials, AddOp());
+    }
+    const int shift = bits - loom_top_exponent(__uint_as_float(top));
+    double total = 0.0;
+    for (long long j = first; j < n; j += step) {
+        const float v = value(j);
+        if (isfinite(v)) total += rint(ldexp((double)v, shift));
+    }
+    total = ACROSS ? block_reduce(total, s->sums, 0.0, AddOp()) : warp_reduce(total, AddOp());
+    return specials == 0.0 ? __double2float_rn(ldexp(total, -shift)) : (float)specials;
+}
+
+// exact.sum of value(j) for j < n by the block, rounded once to float (bits = 53 - ceil(log2 n)).
 template <class F> __device__ float exact_row_sum(F value, long long n, int bits, Scratch& s) {
     if (n <= LOOM_HELD * (long long)blockDim.x) {
         float v[LOOM_HELD];
@@ -106,24 +136,12 @@ template <class F> __device__ float exact_row_sum(F value, long long n, int bits
         }
         return exact_sum_held(v, bits, s);
     }
-    unsigned top = 0;
-    double specials = 0.0;
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = value(j);
-        const unsigned k = __float_as_uint(v) & 0x7fffffffu;
-        if (k < 0x7f800000u) top = max(top, k);
-        else specials += (double)v;
-    }
-    top = block_reduce(top, s.patterns, 0u, MaxOp());
-    specials = block_reduce(specials, s.sums, 0.0, AddOp());
-    const int shift = bits - loom_top_exponent(__uint_as_float(top));
-    double total = 0.0;
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) {
-        const float v = value(j);
-        if (isfinite(v)) total += rint(ldexp((double)v, shift));
-    }
-    total = block_reduce(total, s.sums, 0.0, AddOp());
-    return specials == 0.0 ? __double2float_rn(ldexp(total, -shift)) : (float)specials;
+    return exact_row_sum_passes<true>(value, n, bits, &s);
+}
+
+// The same by the 32 lanes of one warp (every lane calls; the same bits: the integers' sum is exact in any order).
+template <class F> __device__ float exact_warp_row_sum(F value, long long n, int bits) {
+    return exact_row_sum_passes<false>(value, n, bits, (Scratch*)0);
 }
 
 """
