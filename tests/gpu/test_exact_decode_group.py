@@ -61,11 +61,19 @@ def test_any_group_size_head_size_and_norm(monkeypatch, H, KV, D, norm, held):
     _both(monkeypatch, Case([700, 90, 1], H, KV, D, seed=H + KV, norm=norm), what=f"H {H} KV {KV} D {D}", held=held)
 
 
+@pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize("threads", [128, 256, 512])
-def test_blocks_of_any_thread_count(monkeypatch, threads):
+def test_blocks_of_any_thread_count(monkeypatch, threads, held):
     for name in ("GROUP_FEW_THREADS", "GROUP_THREADS", "GROUP_MANY_THREADS"):
         monkeypatch.setattr(decode_exact, name, threads)
-    _both(monkeypatch, Case([2500, 1000, 40], H=12, KV=3, seed=threads), what=f"{threads} threads")
+    _both(monkeypatch, Case([2500, 1000, 40], H=12, KV=3, seed=threads), what=f"{threads} threads", held=held)
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_heads_of_128_past_the_rounded_keys(monkeypatch, held):
+    for name in ("GROUP_FEW_THREADS", "GROUP_THREADS", "GROUP_MANY_THREADS"):
+        monkeypatch.setattr(decode_exact, name, 256)
+    _both(monkeypatch, Case([2600, 2049, 300], H=8, KV=2, D=128, seed=11), what="head_dim 128", held=held)
 
 
 @pytest.mark.parametrize("window", [1, 600, 2047, 3000])
@@ -83,13 +91,14 @@ def test_special_values(monkeypatch, where, positions):
     assert where == "inf key" or not np.isfinite(out).all()
 
 
+@pytest.mark.parametrize("held", [True, False])
 @pytest.mark.parametrize("positions", [[1800, 1101], [2600, 60]])
-def test_cancelling_sums_are_settled(monkeypatch, positions):
+def test_cancelling_sums_are_settled(monkeypatch, positions, held):
     """Every cached key alike (equal probabilities), the values alternating in sign along the positions with
     every seventh nudged, the new value zero: p v cancels beyond the float64 certification and is settled."""
     case = Case(positions, H=6, KV=2, seed=3)
     case.cancel()
-    _both(monkeypatch, case, what="cancelling", held=positions[0] < 2048)
+    _both(monkeypatch, case, what="cancelling", held=held)
 
 
 def test_where_the_grouped_kernel_is_taken_and_its_threads(monkeypatch):
@@ -121,6 +130,7 @@ def test_a_missing_or_short_workspace_is_refused(monkeypatch):
     case = Case([300, 20], H=6, KV=2)
     with pytest.raises(ValueError, match="group_work"):
         case.run()
-    short = decode_exact.group_work(case.B, case.H, case.KV, case.D, case.max_keys)[:-1]
-    with pytest.raises(ValueError, match="group_work"):
-        case.run(group_p=short)
+    work = decode_exact.group_work(case.B, case.H, case.KV, case.D, case.max_keys)
+    for bad in (work[:-1], work.astype(np.float64)):
+        with pytest.raises(ValueError, match="group_work"):
+            case.run(group_p=bad)
