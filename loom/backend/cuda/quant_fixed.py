@@ -74,6 +74,10 @@ MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
 HELD_K = 8 * WARPS * 32     # K up to which gemv's blocks make x's integers (each thread holding 8 values)
 WARP_STAGE_K = 1024         # K up to which one warp a row of normed x makes them (loom_fixed_stage_warp)
+# blocks a multiprocessor loom_fixed_gemv_staged's registers must allow (0: no bound). Three (80 registers) was
+# measured on an H100 (decode_graph_parts.py --whole, batch 1): Llama-3.2-1B 1,564 -> 1,542 us, Qwen2-0.5B 1,165 ->
+# 1,173, SmolLM2-135M 776 -> 864 (a few bytes spilled), so none.
+STAGED_MIN_BLOCKS = 0
 X_THREADS = 256
 
 
@@ -86,7 +90,7 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
             f"#define X_THREADS {X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
-            f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
+            f"#define WARP_STAGE_K {WARP_STAGE_K}\n#define STAGED_MIN_BLOCKS {STAGED_MIN_BLOCKS}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 

@@ -148,7 +148,13 @@ __device__ __forceinline__ void loom_fixed_store(float* y, const float* bias, co
 
 // x's integers as loom_fixed_x leaves them (global or shared memory): xq [M, K] in lane order, with each
 // row's exponent, inf/NaN flag and float values (the normed ones, with a norm)
-struct LoomFixedStored {
+// (NEAR: x's integers in the block's shared memory, which the products read at each step's use, after W's
+// loads are issued; global ones are loaded beside W's. Held beside W's loads, shared ones cost registers for
+// nothing: Llama-3.2-1B's staged qkv 107 -> 91, gate_up 99 -> 80 (nvcc 13, sm_90). H100, decode_graph_parts.py
+// --whole, us: Llama-3.2-1B at batch 1 / 2 1,566 / 2,131 -> 1,564 / 2,017, Qwen2-0.5B 1,188 -> 1,165,
+// SmolLM2-135M 778 -> 776. LoomFixedStored: global memory; LoomFixedShared: shared.)
+template <bool NEAR> struct LoomFixedStoredT {
+    static constexpr bool near = NEAR;
     const short* xq; const int* ex; const int* xbad; const float* x; int K;
     __device__ __forceinline__ void integers(int m, int b, int group, const int*, int* t) const {
         const uint2 v = *(const uint2*)(xq + (long long)m * K + 32 * b + 4 * group);   // one 8-byte load
@@ -163,6 +169,8 @@ struct LoomFixedStored {
     __device__ __forceinline__ int exponent(int m) const { return ex[m]; }
     __device__ __forceinline__ int bad(int m) const { return xbad[m]; }
 };
+typedef LoomFixedStoredT<false> LoomFixedStored;
+typedef LoomFixedStoredT<true> LoomFixedShared;
 
 // this warp's output row's exponents and inf/NaN flags (SwiGLU: the gate's and the up's), read before the
 // kernel waits for the one before it (W's tables are not written by it): off the products' critical path
@@ -246,8 +254,9 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
     if (LOOM_BATCHED) {
         // LOOM_WIDE_STEPS steps' loads of W (streaming: read once) and of x's integers issued before any is used; a
         // step: eight 16-bit values a lane, one 16-byte load (SwiGLU's gate and up rows together)
+        constexpr int XS_STEPS = XS::near ? 1 : LOOM_WIDE_STEPS;     // (x's loads held in registers)
         for (int base = 0; base < steps; base += LOOM_WIDE_STEPS) {
-            uint4 wv[EPI + 1][LOOM_WIDE_STEPS], xv[MAX_ROWS][LOOM_WIDE_STEPS];
+            uint4 wv[EPI + 1][LOOM_WIDE_STEPS], xv[MAX_ROWS][XS_STEPS];
             #pragma unroll
             for (int u = 0; u < LOOM_WIDE_STEPS; ++u) {
                 const int b = LOOM_UPI * (WPR * (base + u) + slice) + lane / LOOM_LPU;
@@ -255,12 +264,21 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e)
                     wv[e][u] = ok ? LOOM_W_LOAD((const uint4*)(wrow[e] + 64 * (long long)b) + group) : make_uint4(0, 0, 0, 0);
-                #pragma unroll
-                for (int m = 0; m < MAX_ROWS; ++m)
-                    xv[m][u] = ok && m < M ? xs.integers8(m, b, group) : make_uint4(0, 0, 0, 0);
+                if (!XS::near) {
+                    #pragma unroll
+                    for (int m = 0; m < MAX_ROWS; ++m)
+                        xv[m][u % XS_STEPS] = ok && m < M ? xs.integers8(m, b, group) : make_uint4(0, 0, 0, 0);
+                }
             }
             #pragma unroll
-            for (int u = 0; u < LOOM_WIDE_STEPS; ++u)
+            for (int u = 0; u < LOOM_WIDE_STEPS; ++u) {
+                if (XS::near) {
+                    const int b = LOOM_UPI * (WPR * (base + u) + slice) + lane / LOOM_LPU;
+                    const bool ok = live && base + u < steps && b < nb;
+                    #pragma unroll
+                    for (int m = 0; m < MAX_ROWS; ++m)
+                        xv[m][0] = ok && m < M ? xs.integers8(m, b, group) : make_uint4(0, 0, 0, 0);
+                }
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) {
                     float v[8];
@@ -271,13 +289,15 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
                     #pragma unroll
                     for (int m = 0; m < MAX_ROWS; ++m) {
                         if (m >= M) break;
-                        const unsigned xu[4] = {xv[m][u].x, xv[m][u].y, xv[m][u].z, xv[m][u].w};
+                        const uint4 xx = xv[m][u % XS_STEPS];
+                        const unsigned xu[4] = {xx.x, xx.y, xx.z, xx.w};
                         #pragma unroll
                         for (int j = 0; j < 8; j += 2)      // two products (each below 2^30) a 32-bit sum
                             acc[e][m] += (long long)(q[j] * (int)(short)(xu[j >> 1] & 0xFFFFu)
                                                      + q[j + 1] * ((int)xu[j >> 1] >> 16));
                     }
                 }
+            }
         }
     } else {
         // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
@@ -516,7 +536,12 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_warp(
 // whole block
 #define WARP_STAGE (NB >= 1 && 32 * NB <= WARP_STAGE_K)
 #define STAGED_BYTES (XR && XR <= STAGED_ROWS && NB && 32 * NB <= HELD_K ? XR * NB * 32 * 6 : 16)
-extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
+#if STAGED_MIN_BLOCKS
+#define LOOM_STAGED_BOUNDS __launch_bounds__(WARPS * 32, STAGED_MIN_BLOCKS)
+#else
+#define LOOM_STAGED_BOUNDS __launch_bounds__(WARPS * 32)
+#endif
+extern "C" __global__ void LOOM_STAGED_BOUNDS loom_fixed_gemv_staged(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const float* __restrict__ x, float* __restrict__ out, const float* __restrict__ bias,
         const float* __restrict__ res, long long rows, int nb, int M, int nibble, const float* __restrict__ norm_w,
@@ -538,7 +563,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv_staged(
     else
         loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf, xq_s,
                                                                           ex_s, xbad_s, top_s, bad_s, scratch);
-    const LoomFixedStored stored{xq_s, ex_s, xbad_s, norm_w != 0 ? xf : x, K};
+    const LoomFixedShared stored{xq_s, ex_s, xbad_s, norm_w != 0 ? xf : x, K};
     loom_fixed_gemv_groups(w, ew, wbad, wt, stored, out, bias, res, rows, nb, M);
 }
 """
