@@ -78,6 +78,9 @@ WARP_STAGE_K = 1024         # K up to which one warp a row of normed x makes the
 # measured on an H100 (decode_graph_parts.py --whole, batch 1): Llama-3.2-1B 1,564 -> 1,542 us, Qwen2-0.5B 1,165 ->
 # 1,173, SmolLM2-135M 776 -> 864 (a few bytes spilled), so none.
 STAGED_MIN_BLOCKS = 0
+STAGED_MIN_BLOCKS_K = 0     # ... for products over K >= this only
+GLOBAL_X_AT_USE = 0         # loom_fixed_gemv reads x's integers (global memory) at each step's use, not beside W's loads
+COPY_X_K = 0                # K up to which a one-row loom_fixed_gemv copies x's integers to shared memory first (0: none)
 X_THREADS = 256
 
 
@@ -90,7 +93,9 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
             f"#define X_THREADS {X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
-            f"#define WARP_STAGE_K {WARP_STAGE_K}\n#define STAGED_MIN_BLOCKS {STAGED_MIN_BLOCKS}\n"
+            f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
+            f"#define STAGED_MIN_BLOCKS {STAGED_MIN_BLOCKS if 32 * units >= STAGED_MIN_BLOCKS_K else 0}\n"
+            f"#define GLOBAL_X_AT_USE {GLOBAL_X_AT_USE}\n#define COPY_X_K {COPY_X_K}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 
