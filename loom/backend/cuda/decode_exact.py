@@ -125,10 +125,15 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
     return None
 
 
-def _shared(max_keys: int) -> int:
-    """The probabilities' dynamic shared memory for caches of max_keys positions (at most MAX_KEYS: a step past
+def _keys(max_keys: int) -> int:
+    """The keys a row of probabilities holds for caches of max_keys positions (at most MAX_KEYS: a step past
     them does not run these kernels)."""
-    return 4 * max(1, min(max_keys, MAX_KEYS))
+    return max(1, min(max_keys, MAX_KEYS))
+
+
+def _shared(max_keys: int) -> int:
+    """The probabilities' dynamic shared memory of a block a query head for caches of max_keys positions."""
+    return 4 * _keys(max_keys)
 
 
 def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
@@ -158,7 +163,7 @@ def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int
         return None
     threads = GROUP_FEW_THREADS if blocks < sms else GROUP_THREADS if blocks < 3 * sms else GROUP_MANY_THREADS
     threads = max(threads, head_dim)
-    cap = max(1, min(max_keys, MAX_KEYS))
+    cap = _keys(max_keys)
     held = group_shared(group, head_dim, threads, cap, True) <= SHARED_MAX
     kernel = _module(head_dim, threads, group).get_function("loom_exact_paged_decode_attention_group")
     return GroupedLaunch(kernel, threads, cap, group_shared(group, head_dim, threads, cap, held), held)
@@ -220,7 +225,7 @@ def split_work(batch: int, heads: int, head_dim: int, max_keys: int, splits: int
     if blocks * splits > sms:
         raise ValueError(f"split_work: {blocks} blocks in {splits} parts exceed the {sms} multiprocessors "
                          "(a group's parts must all be resident)")
-    cap = max(1, min(max_keys, MAX_KEYS))
+    cap = _keys(max_keys)
     return SplitWork(splits, cupy.empty((blocks, cap), dtype=np.float32),
                      cupy.empty((blocks, splits, 3), dtype=np.float64),
                      cupy.empty((blocks, splits, head_dim), dtype=np.float32),
@@ -257,12 +262,12 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
         launch(kernel, B * heads, threads, args, overlap, shared=_shared(max_keys))
         return
     splits, cap = split.splits, split.p.shape[1]
-    if split.p.shape[0] != B * heads or split.vtop.shape != (B * heads, splits, D) or cap < min(max_keys, MAX_KEYS):
+    if split.p.shape[0] != B * heads or split.vtop.shape != (B * heads, splits, D) or cap < _keys(max_keys):
         raise ValueError(f"paged_attention: a split workspace for {split.p.shape[0]} blocks of {split.vtop.shape[2]} "
-                         f"and {cap} keys; these sizes take {B * heads}, {D} and {min(max_keys, MAX_KEYS)}")
+                         f"and {cap} keys; these sizes take {B * heads}, {D} and {_keys(max_keys)}")
     kernel, threads = _kernel("loom_exact_paged_decode_attention_split", D, B * heads * splits)
     # a block holds the probabilities of a part (or of a window too short to split)
-    part = max(2 * SPLIT_KEYS, -(-min(max_keys, MAX_KEYS) // splits))
+    part = max(2 * SPLIT_KEYS, -(-_keys(max_keys) // splits))
     launch(kernel, B * heads * splits, threads,
            args + (split.p, split.stats, split.vtop, split.sums, split.counters, np.int32(splits), np.int64(cap)),
            overlap, shared=_shared(part))

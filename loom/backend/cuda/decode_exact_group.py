@@ -16,7 +16,8 @@ once and uses it for every head of its group:
    sums, the slices' sums combined and certified per (head, d), the open ones settled by a warp each.
    Past ROUNDED_KEYS keys the slice scheme runs head by head (decode_exact.slice_weighted_values).
 Every value computed is the correctly rounded exact value, or a maximum, or an exact sum: whatever the
-grouping, the same bits (tests/gpu/test_paged_decode_graph_exact.py, test_exact_decode_split.py).
+grouping, the same bits (tests/gpu/test_exact_decode_group.py against the one-block kernel,
+test_paged_decode_graph_exact.py against the CPU).
 
 The probabilities of the GROUP rows stay in shared memory (GROUP x the cache's keys, 4 bytes each) where
 they fit decode_exact.SHARED_MAX, else in a workspace in device memory that the caller passes (decode_exact.group_work;
