@@ -74,13 +74,16 @@ MAX_K = 1 << 23             # (loom.kernels.exact.fixed.MAX_K: past it the float
 WARPS = 8                   # warps a block of the product and of the exponents' kernel
 HELD_K = 8 * WARPS * 32     # K up to which gemv's blocks make x's integers (each thread holding 8 values)
 WARP_STAGE_K = 1024         # K up to which one warp a row of normed x makes them (loom_fixed_stage_warp)
-# blocks a multiprocessor loom_fixed_gemv_staged's registers must allow (0: no bound). Three (80 registers) was
-# measured on an H100 (decode_graph_parts.py --whole, batch 1): Llama-3.2-1B 1,564 -> 1,542 us, Qwen2-0.5B 1,165 ->
-# 1,173, SmolLM2-135M 776 -> 864 (a few bytes spilled), so none.
-STAGED_MIN_BLOCKS = 0
-STAGED_MIN_BLOCKS_K = 0     # ... for products over K >= this only
-GLOBAL_X_AT_USE = 0         # loom_fixed_gemv reads x's integers (global memory) at each step's use, not beside W's loads
-COPY_X_K = 0                # K up to which a one-row loom_fixed_gemv copies x's integers to shared memory first (0: none)
+# blocks a multiprocessor loom_fixed_gemv_staged's registers must allow at one row of x over K >= STAGED_MIN_BLOCKS_K
+# (0: no bound). H100, decode_graph_parts.py --whole --deterministic, us: three blocks (80 registers) at one row from
+# K = 2,048 (Llama-3.2-1B's qkv, o, gate_up, lm_head), 1,567 -> 1,542; everywhere, SmolLM2-135M 776 -> 864 (a few bytes
+# spilled) and Qwen2-0.5B 1,165 -> 1,173; at two rows too, Llama-3.2-1B batch 2 2,015 -> 2,044.
+STAGED_MIN_BLOCKS = 3
+STAGED_MIN_BLOCKS_K = 2048
+# rows of x from which loom_fixed_gemv (x's integers in global memory) reads them at each step's use rather than
+# loading them beside W's (0: never). H100, as above: batch 2, Llama-3.2-1B 2,015 -> 1,902 us; at one row, slower
+# (Llama-3.2-1B 1,567 -> 1,593, Llama-3.1-8B 7,563 -> 8,313, Qwen2-0.5B 1,166 -> 1,187).
+GLOBAL_X_AT_USE_ROWS = 2
 X_THREADS = 256
 
 
@@ -94,8 +97,8 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
             f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
-            f"#define STAGED_MIN_BLOCKS {STAGED_MIN_BLOCKS if 32 * units >= STAGED_MIN_BLOCKS_K else 0}\n"
-            f"#define GLOBAL_X_AT_USE {GLOBAL_X_AT_USE}\n#define COPY_X_K {COPY_X_K}\n"
+            f"#define STAGED_MIN_BLOCKS {STAGED_MIN_BLOCKS if x_rows == 1 and 32 * units >= STAGED_MIN_BLOCKS_K else 0}\n"
+            f"#define GLOBAL_X_AT_USE {int(0 < GLOBAL_X_AT_USE_ROWS <= x_rows)}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 

@@ -406,7 +406,6 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_groups(
         loom_fixed_gemv_rows(w, loom_fixed_w_row(ew, wbad, rows, g), xs, out, bias, res, rows, nb, M, g);
 }
 
-#define LOOM_COPY_X (XR == 1 && NB > 0 && 32 * NB <= COPY_X_K)
 extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
         const unsigned char* __restrict__ w, const int* __restrict__ ew, const int* __restrict__ wbad,
         const short* __restrict__ xq, const int* __restrict__ ex, const int* __restrict__ xbad,
@@ -416,16 +415,8 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
     loom_fixed_prefetch(w, rows, nb);
     const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows, blockIdx.x);
     wait_for_previous_kernel();
-    if constexpr (LOOM_COPY_X) {        // one row of x over K <= COPY_X_K: its integers copied to shared memory first
-        __shared__ __align__(16) short xq_s[LOOM_COPY_X ? 32 * NB : 8];
-        for (int i = threadIdx.x; i < 4 * NB; i += blockDim.x) ((uint4*)xq_s)[i] = ((const uint4*)xq)[i];
-        __syncthreads();
-        const LoomFixedShared xs{xq_s, ex, xbad, x, 32 * nb};
-        loom_fixed_gemv_groups(w, ew, wbad, wt, xs, out, bias, res, rows, nb, M);
-    } else {
-        const LoomFixedStored xs{xq, ex, xbad, x, 32 * nb};
-        loom_fixed_gemv_groups(w, ew, wbad, wt, xs, out, bias, res, rows, nb, M);
-    }
+    const LoomFixedStored xs{xq, ex, xbad, x, 32 * nb};
+    loom_fixed_gemv_groups(w, ew, wbad, wt, xs, out, bias, res, rows, nb, M);
 }
 
 // x's exponents, flags and integers (lane order) for the M rows of x in shared memory, each thread holding
