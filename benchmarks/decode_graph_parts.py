@@ -69,7 +69,7 @@ class PartialGraph(paged_graph.PagedDecodeGraph):
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
             split = {"split": self.split if self._splitting else None}
             if self.exact:
-                split.update(max_keys=self.max_blocks * cache.block_size, group_p=self.group_p)
+                split.update(max_keys=self.max_blocks * cache.block_size, p_work=self.p_work)
             ops.append(("attention", partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx,
                                              dec._cos, dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size,
                                              c.heads, L.window, dec.scale, c.eps, *extra, overlap=self.overlap,
@@ -184,7 +184,7 @@ def main():
             raise SystemExit(f"--planes-rows takes {quant_fixed.MAX_ROWS + 1} to {quant_fixed.ROWS_MAX + 1}")
         quant_fixed.PLANES_ROWS = args.planes_rows
     config = llm.SHAPES[args.shape]
-    limit = min(config["max_position_embeddings"], paged_graph.EXACT_POSITIONS if args.deterministic else 1 << 62)
+    limit = config["max_position_embeddings"]
     if args.position >= limit:
         raise SystemExit(f"--position {args.position}: this shape's recorded steps take positions below {limit}")
     dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),

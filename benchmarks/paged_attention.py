@@ -109,9 +109,9 @@ def grouped_rows(rng) -> None:
                     args = (qkv, ck, cv, out, cos, sin, None, pos, tables, BS, H, None, D ** -0.5, 1e-6)
 
                     def exact() -> float:       # (the workspace made before the launches are recorded)
-                        work = decode_exact.group_work(batch, H, KV, D, max_keys)
+                        work = decode_exact.probability_work(batch, H, KV, D, max_keys)
                         return microseconds(lambda: decode_exact.paged_attention(
-                            *args, exact_rounded.error_factor(D), max_keys=max_keys, group_p=work))
+                            *args, exact_rounded.error_factor(D), max_keys=max_keys, p_work=work))
                     decode_exact.GROUPED = False
                     one = exact()
                     decode_exact.GROUPED, decode_exact.GROUP_FEWEST = True, 1 << 20

@@ -374,8 +374,6 @@ class BatchEngine:
         if sum(seq is not None for seq in rows) * 2 <= len(rows):
             return None
         positions = [0 if seq is None else p + 1 for seq, p in zip(rows, step.positions)]
-        if self.deterministic and max(positions) >= paged_graph.EXACT_POSITIONS:
-            return None
         bs = self.cache.block_size
         for seq, p in zip(rows, positions):
             if seq is not None and p // bs >= len(seq.table):

@@ -44,8 +44,6 @@ class StepRunner:
         key = paged_graph.bucket(n)
         if self.graphs_off or key is None or not self.dec.graphs:
             return None
-        if self.deterministic and max(w.pos for w in items) >= paged_graph.EXACT_POSITIONS:
-            return None             # the exact attention kernel takes one chunk of the slice scheme's K
         graph = self.graphs.get(key)
         if graph is None:
             graph = self.graphs[key] = paged_graph.PagedDecodeGraph(self.dec, self.cache, key, self.deterministic,

@@ -31,8 +31,8 @@ built (the one-row kernel up to its MAX_ROWS rows, the int8 tensor-core kernel p
 the planes from PLANES_ROWS), and decode_exact.py's attention, which gives the array code's bits (exact.sum's
 norms and softmax, mathlib's exp): a sequence's logits are what paged_forward gives it, and the CPU's, bit
 for bit. unsupported() refuses a deterministic graph whose weights the integer kernels cannot take. The
-attention kernel takes positions below EXACT_POSITIONS (p v over more than ROUNDED_MAX_K keys in the slice
-scheme, as the array code's product); the engine steps longer sequences through paged_forward.
+attention kernel takes any position (p v over more than ROUNDED_MAX_K keys in the slice scheme, in chunks of
+2^CHUNK_BITS keys past that, as the array code's product).
 """
 from __future__ import annotations
 
@@ -95,17 +95,10 @@ def _kernels(be, exact: bool) -> tuple:
     return be.decode.products, be.decode.attention
 
 
-# Deterministic steps record for positions below this: their attention kernel's p v takes the rounded
-# scheme up to ROUNDED_MAX_K keys and the slice scheme's one chunk of K past it (longer sequences step
-# through paged_forward).
-EXACT_POSITIONS = 1 << exact_dispatch.CHUNK_BITS
-
-
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
-    128 or 256 (fast mode) or 32, 64, 128 or 256 with products over K <= 2^14 (`exact`:
-    deterministic mode, whose steps also take positions below EXACT_POSITIONS only: StepRunner.decode_graph)."""
+    128 or 256 (fast mode) or 32, 64, 128 or 256 with products over K <= 2^14 (`exact`: deterministic mode)."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
     if quant is None or kernels is None or not be.graphs:
@@ -181,22 +174,24 @@ class PagedDecodeGraph:
         # where the batch's heads are too few blocks to fill the device, steps with a position from
         # long_from on replay a second recording whose attention cuts long windows over several blocks,
         # through this graph's own workspace (recorded at the first such step; shorter windows keep the
-        # one-block kernel, 0.2 us a layer faster there); deterministic mode's parts keep its bits
+        # one-block kernel, 0.2 us a layer faster there); deterministic mode's parts keep its bits, for
+        # windows up to split_max_keys (long_until: longer ones take the first recording's form)
         attention = _kernels(dec.backend, exact)[1]
         max_keys = self.max_blocks * cache.block_size
         self.split = attention.split_work(B, c.heads, c.head_dim, max_keys) if exact else \
             attention.split_work(B, c.heads, c.head_dim)
         self.long_from = 2 * attention.SPLIT_KEYS if self.split is not None else None
-        # deterministic attention with a block per key/value head keeps its probabilities here where they
-        # do not fit its shared memory (decode_exact.group_work): in `shared`'s workspace where it is large
-        # enough (the recordings of one StepRunner replay one after another on its stream), else a new one
-        # that becomes shared's
-        self.group_p = None
+        self.long_until = attention.split_max_keys(self.split.splits) if exact and self.split is not None else None
+        # deterministic attention keeps its probabilities here where they do not fit shared memory
+        # (decode_exact.probability_work: a block per key/value head's, or long caches'): in `shared`'s
+        # workspace where it is large enough (the recordings of one StepRunner replay one after another on its
+        # stream), else a new one that becomes shared's
+        self.p_work = None
         if exact:
-            have = None if shared is None else shared.get("group_p")
-            self.group_p = attention.group_work(B, c.heads, c.kv_heads, c.head_dim, max_keys, have=have)
-            if shared is not None and self.group_p is not None and (have is None or self.group_p.size > have.size):
-                shared["group_p"] = self.group_p
+            have = None if shared is None else shared.get("p_work")
+            self.p_work = attention.probability_work(B, c.heads, c.kv_heads, c.head_dim, max_keys, have=have)
+            if shared is not None and self.p_work is not None and (have is None or self.p_work.size > have.size):
+                shared["p_work"] = self.p_work
         self._splitting = False                    # (which attention _operations() launches)
         self.long_graph = None
         # the host side of each step's input copy and token copy: pinned, two of each used in turn, so
@@ -216,7 +211,9 @@ class PagedDecodeGraph:
 
     def _graph_for(self, positions: list[int]):
         """The recording a step at these positions replays."""
-        if self.long_from is None or max(positions, default=0) < self.long_from:
+        last = max(positions, default=0)        # (a window holds at most last + 1 keys)
+        if self.long_from is None or last < self.long_from or (self.long_until is not None
+                                                               and last + 1 > self.long_until):
             return self.graph
         if self.long_graph is None:
             self._splitting = True
@@ -298,7 +295,7 @@ class PagedDecodeGraph:
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
             split = {"split": self.split if self._splitting else None}
             if self.exact:
-                split.update(max_keys=self.max_blocks * cache.block_size, group_p=self.group_p)
+                split.update(max_keys=self.max_blocks * cache.block_size, p_work=self.p_work)
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
                                dec.scale, c.eps, *extra, overlap=self.overlap, **split))

@@ -27,15 +27,15 @@ def grouped_at_any_batch(monkeypatch):
 
 def _both(monkeypatch, case, window=None, what="", held=True):
     """The grouped kernel's output and caches against the one-block kernel's, bit for bit: its probabilities
-    in shared memory (held: SHARED_MAX raised for these cases' sizes) or in group_work's workspace."""
+    in shared memory (held: SHARED_MAX raised for these cases' sizes) or in probability_work's workspace."""
     monkeypatch.setattr(decode_exact, "SHARED_MAX", 200 * 1024 if held else 0)
     grouped = decode_exact._grouped(case.B, case.H, case.KV, case.D, case.max_keys)
     assert grouped is not None and grouped[4] == held, "grouped kernel not taken as asked"
-    work = decode_exact.group_work(case.B, case.H, case.KV, case.D, case.max_keys)
+    work = decode_exact.probability_work(case.B, case.H, case.KV, case.D, case.max_keys)
     assert (work is None) == held
     if work is not None:
         work.fill(np.nan)                     # nothing of it is read before it is written
-    out = case.run(window=window, group_p=work)
+    out = case.run(window=window, p_work=work)
     monkeypatch.setattr(decode_exact, "GROUPED", False)
     one = case.run(window=window)
     monkeypatch.setattr(decode_exact, "GROUPED", True)
@@ -104,15 +104,15 @@ def test_cancelling_sums_are_settled(monkeypatch, positions, held):
 def test_where_the_grouped_kernel_is_taken_and_its_threads(monkeypatch):
     """Not for one query head a key/value head, more than GROUP_MAX, GROUPED off or blocks fewer than a
     GROUP_FEWEST-th of the multiprocessors; the probabilities in shared memory up to SHARED_MAX, else in
-    group_work's workspace; GROUP_FEW_THREADS below a block a multiprocessor, GROUP_THREADS up to three,
+    probability_work's workspace; GROUP_FEW_THREADS below a block a multiprocessor, GROUP_THREADS up to three,
     GROUP_MANY_THREADS past (head_dim where the head is larger)."""
     assert decode_exact._grouped(64, 8, 8, 64, 1024) is None
     assert decode_exact._grouped(64, 2 * (decode_exact.GROUP_MAX + 1), 2, 64, 1024) is None
     assert decode_exact._grouped(64, 8 * 7, 8, 64, 256)[4]
-    *_, shared, held = decode_exact._grouped(64, 8 * 7, 8, 64, decode_exact.MAX_KEYS)
+    *_, shared, held = decode_exact._grouped(64, 8 * 7, 8, 64, decode_exact.CHUNK_KEYS)
     assert not held and shared <= decode_exact.SHARED_MAX
-    assert decode_exact.group_work(64, 8 * 7, 8, 64, decode_exact.MAX_KEYS).size == 64 * 56 * decode_exact.MAX_KEYS
-    assert decode_exact.group_work(64, 8 * 7, 8, 64, 256) is None
+    assert decode_exact.probability_work(64, 8 * 7, 8, 64, decode_exact.CHUNK_KEYS).size == 64 * 56 * decode_exact.CHUNK_KEYS
+    assert decode_exact.probability_work(64, 8 * 7, 8, 64, 256) is None
     sms = decode_exact._multiprocessors(cupy.cuda.Device().id)
     threads = [decode_exact._grouped(blocks, 6, 1, 64, 1024)[1] for blocks in (sms - 1, sms, 3 * sms - 1, 3 * sms)]
     assert threads == [decode_exact.GROUP_FEW_THREADS, decode_exact.GROUP_THREADS, decode_exact.GROUP_THREADS,
@@ -128,9 +128,9 @@ def test_where_the_grouped_kernel_is_taken_and_its_threads(monkeypatch):
 def test_a_missing_or_short_workspace_is_refused(monkeypatch):
     monkeypatch.setattr(decode_exact, "SHARED_MAX", 0)
     case = Case([300, 20], H=6, KV=2)
-    with pytest.raises(ValueError, match="group_work"):
+    with pytest.raises(ValueError, match="probability_work"):
         case.run()
-    work = decode_exact.group_work(case.B, case.H, case.KV, case.D, case.max_keys)
+    work = decode_exact.probability_work(case.B, case.H, case.KV, case.D, case.max_keys)
     for bad in (work[:-1], work.astype(np.float64)):
-        with pytest.raises(ValueError, match="group_work"):
-            case.run(group_p=bad)
+        with pytest.raises(ValueError, match="probability_work"):
+            case.run(p_work=bad)

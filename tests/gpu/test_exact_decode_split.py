@@ -1,11 +1,12 @@
 """Deterministic decode attention with long windows cut over several blocks (backend/cuda/decode_exact.py's
 split kernel) gives the one-block kernel's bits: on fresh random caches of spread magnitudes, on both
-sides of the split threshold (2 SPLIT_KEYS keys) and of the rounded scheme's keys (ROUNDED_KEYS: p v
-in the slice scheme past it), with sliding windows, qwen3's head norms, head sizes 64 and 128, any
-number of parts, blocks of 64 to 512 threads (split and one block a head); where inf and NaN
-reach the scores or the values; and where p v cancels so that the certification must be settled. The
-one-block kernel's own bits are the CPU's (test_paged_decode_graph_exact.py); the recorded steps that
-replay the split kernel are checked against the CPU there too."""
+sides of the split threshold (2 SPLIT_KEYS keys), of the rounded scheme's keys (ROUNDED_KEYS: p v in the
+slice scheme past it) and of the slice scheme's chunk (CHUNK_KEYS: its chunks added in order past it,
+the one-block kernel's probabilities in device memory), with sliding windows, qwen3's head norms, head
+sizes 64 and 128, any number of parts, blocks of 64 to 512 threads (split and one block a head); where
+inf and NaN reach the scores or the values; and where p v cancels so that the certification must be
+settled. The one-block kernel's own bits are the CPU's (test_paged_decode_graph_exact.py); the recorded
+steps that replay the split kernel are checked against the CPU there too."""
 
 import numpy as np
 import pytest
@@ -51,6 +52,8 @@ class Case:
         other keywords)."""
         d = cupy.asarray
         k, v, out = d(self.k), d(self.v), cupy.full((self.B, self.H * self.D), np.nan, dtype=np.float32)
+        if split is None and "p_work" not in kw:          # (past HELD_KEYS keys the probabilities' workspace)
+            kw["p_work"] = decode_exact.probability_work(self.B, self.H, self.KV, self.D, self.max_keys)
         decode_exact.paged_attention(d(self.qkv), k, v, out, d(self.cos), d(self.sin),
                                      None if self.norm is None else d(self.norm), d(np.array(self.positions)),
                                      d(self.tables), BLOCK, self.H, window, 0.125, 1e-6,
@@ -100,7 +103,7 @@ def _same(case, splits, window=None, what=""):
 
 
 @pytest.mark.parametrize("positions", [[511, 512], [513, 700], [1500, 2047], pytest.param([2048, 2049], marks=pytest.mark.smoke),
-                                       [3000, 600], [5000, 9000], [16383, 40]])
+                                       [3000, 600], [5000, 9000], [16383, 40], [16384, 40], [33000, 16385]])
 def test_split_windows_give_the_one_block_bits(positions):
     _same(Case(positions, seed=positions[0]), 16, what=str(positions))
 

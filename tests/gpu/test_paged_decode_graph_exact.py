@@ -3,7 +3,7 @@ backend/cuda/quant_exact.py and decode_exact.py) as the batch engine's device st
 and cached keys and values equal the kernel-by-kernel steps' (Decoder.graphs False) and the CPU's bit
 for bit, for every architecture option and stored weight type, whatever the batch and its order;
 positions past the rounded scheme's keys record too (attention's p v in the slice scheme), and past
-the slice scheme's one chunk run kernel by kernel, with the same bits; generate_ids and
+the slice scheme's one chunk (its chunks added in order), in each of the attention's forms; generate_ids and
 CausalLM.logits on the GPU give the CPU's tokens and bits; the products equal the exact GEMM's bits
 where the certification must be settled and where inf and NaN meet."""
 
@@ -114,10 +114,10 @@ def test_an_engines_recordings_share_one_grouped_workspace(monkeypatch):
         dec = built(config, weights)()
         run = runner_for(dec, 64)
         run.record_decode_steps(16)
-        largest = run.graphs[16].group_p
-        assert largest is not None and run.shared["group_p"] is largest
+        largest = run.graphs[16].p_work
+        assert largest is not None and run.shared["p_work"] is largest
         for key, graph in run.graphs.items():
-            assert graph.group_p.data.ptr == largest.data.ptr and graph.group_p.size <= largest.size, key
+            assert graph.p_work.data.ptr == largest.data.ptr and graph.p_work.size <= largest.size, key
         prompts = np.array([PROMPT, PROMPT[::-1], [(t * 3 + 2) % 97 for t in PROMPT]])
         inputs = fixed_inputs(STEPS, len(prompts), config.vocab_size)
         got, _, _, _ = steps(dec, prompts, inputs, runner=run)
@@ -204,20 +204,40 @@ def test_batches_past_the_one_row_kernel_give_the_same_bits(cfg, qtype, planes, 
             same_bits(together[:, i], alone[:, 0], f"sequence {i} in a batch of {n} vs alone")
 
 
-@pytest.mark.parametrize("limit, threads", [(exact_dispatch.ROUNDED_MAX_K, None), (exact_dispatch.ROUNDED_MAX_K, 256),
-                                            (exact_dispatch.ROUNDED_MAX_K, 128), (paged_graph.EXACT_POSITIONS, None)])
-def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, threads, monkeypatch):
-    """The recorded step's attention takes p v over more than ROUNDED_MAX_K keys in the slice scheme, as the
-    array code's product does, up to EXACT_POSITIONS; past that the engine steps kernel by kernel
-    (StepRunner.decode_graph). On either side of both limits the logits are the kernel-by-kernel steps'
-    bits and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and
-    of 256 and 128 threads (`threads`, FEW_THREADS forced), its windows cut over several blocks (decode_exact's
-    split kernel; one sequence's heads are too few blocks to fill the device). The cache's positions between the prompt and the
-    steps hold random keys and values of spread magnitudes (a few of them zero), the same on every
-    device."""
+CHUNK = 1 << exact_dispatch.CHUNK_BITS
+
+
+def _attention_form(form, monkeypatch):
+    """Make the recorded steps' attention take `form` for one sequence of CONFIG's 4 heads over 2 key/value
+    heads: "split" (its default past 2 SPLIT_KEYS keys: the window cut over several blocks), "one block" (a
+    block a query head), "grouped" (a block a key/value head) or "past split" (the split form's longest
+    window made shorter than these steps', so that they take the first recording's one-block form)."""
+    from loom.backend.cuda import decode_exact
+    if form in ("one block", "grouped"):
+        monkeypatch.setattr(decode_exact, "MAX_SPLITS", 1)
+    if form == "grouped":
+        monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 0)
+    if form == "past split":
+        monkeypatch.setattr(decode_exact, "split_max_keys", lambda splits: CHUNK - 8)
+
+
+@pytest.mark.parametrize("limit, threads, form", [
+    (exact_dispatch.ROUNDED_MAX_K, None, "split"), (exact_dispatch.ROUNDED_MAX_K, 256, "split"),
+    (exact_dispatch.ROUNDED_MAX_K, 128, "split"), (CHUNK, None, "split"), (CHUNK, None, "one block"),
+    (CHUNK, None, "grouped"), (CHUNK, None, "past split")])
+def test_positions_past_the_rounded_scheme_and_the_chunk_record_with_the_same_bits(limit, threads, form, monkeypatch):
+    """The recorded step's attention takes p v over more than ROUNDED_MAX_K keys in the slice scheme, and past
+    2^CHUNK_BITS keys in chunks added in order, as the array code's product does. On either side of both
+    limits the steps record (none runs kernel by kernel) and the logits are the kernel-by-kernel steps' bits
+    and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and of 256 and
+    128 threads (`threads`, FEW_THREADS forced), in each of its forms (_attention_form; past HELD_KEYS the
+    one-block and grouped forms keep their probabilities in device memory). The cache's positions between
+    the prompt and the steps hold random keys and values of spread magnitudes (a few of them zero, some
+    float32 subnormals), the same on every device."""
     from loom.backend.cuda import decode_exact
     if threads is not None:
         monkeypatch.setattr(decode_exact, "FEW_THREADS", threads)
+    _attention_form(form, monkeypatch)
     config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": limit + 64})
     weights = quant_weights("Q8_0", CONFIG)
     out = []
@@ -241,12 +261,15 @@ def test_positions_past_the_rounded_scheme_record_with_the_same_bits(limit, thre
                 rows.append(host(run.run([Work(np.array([pos % 500]), pos, table, True)], [False])[0]))
                 counts.append(run.stats["graph_steps"])
             out.append(np.stack(rows))
-            if dec.graphs and dec.device == "cuda":         # one sequence of 4 heads: long windows split
-                assert run.graphs[1].long_graph is not None and run.graphs[1].split.splits > 1
-            recorded = [1, 2, 3, 4] if limit < paged_graph.EXACT_POSITIONS else [1, 2, 2, 2]
-            assert counts == (recorded if dec.graphs and dec.device == "cuda" else [0, 0, 0, 0])
-    same_bits(out[0], out[1], "recorded steps vs kernel by kernel")
-    same_bits(out[0], out[2], "recorded steps vs the CPU")
+            if dec.graphs and dec.device == "cuda":
+                graph = run.graphs[1]
+                split = form in ("split", "past split")
+                assert (graph.split is not None and graph.split.splits > 1) == split, form
+                assert (graph.long_graph is not None) == (form == "split"), form
+                assert (graph.p_work is not None) == (limit == CHUNK and form != "split"), form
+            assert counts == ([1, 2, 3, 4] if dec.graphs and dec.device == "cuda" else [0, 0, 0, 0])
+    same_bits(out[0], out[1], f"recorded steps vs kernel by kernel ({form})")
+    same_bits(out[0], out[2], f"recorded steps vs the CPU ({form})")
 
 
 def _gemv_case(rng, rows, cols, m):
@@ -324,19 +347,23 @@ def test_exact_gemv_with_the_norm_in_its_prologue(m, swiglu):
 
 def test_the_attention_kernels_follow_the_dispatch_table_and_say_what_they_refuse():
     """decode_exact's scheme limits are the dispatch table's (the kernel's CUDA C writes them as numbers):
-    the rounded scheme up to ROUNDED_MAX_K keys, one chunk of the slice scheme up to 2^CHUNK_BITS, whose
-    bits (narrow_bits) the kernel works out as min(24, 53 - ceil(log2 n) - 12) and the rest; head sizes
-    that do not split its blocks evenly, and caches whose probabilities do not fit a block's shared
-    memory, are refused with the reason."""
+    the rounded scheme up to ROUNDED_MAX_K keys, one chunk of the slice scheme up to 2^CHUNK_BITS (chunks of
+    it past that), whose bits (narrow_bits) the kernel works out as min(24, 53 - ceil(log2 n) - 12) and the
+    rest; head sizes that do not split its blocks evenly are refused with the reason, caches of any length
+    taken."""
     from loom.backend.cuda import decode_exact
     assert decode_exact.ROUNDED_KEYS == exact_dispatch.ROUNDED_MAX_K
-    assert decode_exact.MAX_KEYS == 1 << exact_dispatch.CHUNK_BITS == paged_graph.EXACT_POSITIONS
+    assert decode_exact.CHUNK_KEYS == 1 << exact_dispatch.CHUNK_BITS
     for n in (2049, 3000, 4096, 4097, 8191, 16384):
         log2k = (n - 1).bit_length()
         bits_b = min(24, 53 - log2k - 12)
         assert exact.narrow_bits(n) == (53 - log2k - bits_b, bits_b)
     for d in (32, 64, 128):
-        assert decode_exact.unsupported(d, 1 << 17) is None
+        assert decode_exact.unsupported(d, 1 << 20) is None        # (past HELD_KEYS: probabilities in device memory)
+    # the split form's parts past CHUNK_KEYS keys: powers of two, at most `splits` of them, each inside one chunk
+    for n, splits in ((CHUNK + 1, 16), (CHUNK + 2, 9), (3 * CHUNK - 5, 4), (decode_exact.split_max_keys(3), 3)):
+        part = decode_exact.split_part_keys(n, splits)
+        assert part & (part - 1) == 0 and -(-n // part) <= splits and part <= CHUNK, (n, splits)
     for d in (48, 96, 160, 192):
         assert "head_dim" in decode_exact.unsupported(d, 64)
 

@@ -15,12 +15,15 @@ the step's Q/K/V product, each operation with its bits:
 4. ctx_d = sum_j p_j v_jd, a block's threads / head_dim threads per d sharing the keys, with the scheme the dispatch
    table gives K = n keys: up to ROUNDED_KEYS, each rounded once (the rounded scheme: quant_exact's
    certification and settling, a thread's float64 sum and sum of magnitudes, then a compensated and an
-   exact sum where those leave the rounding open); past it, up to MAX_KEYS, the slice scheme 2x1
-   (exact._matmul_narrow's reference arithmetic: p's row in two integer slices of bits_a bits below its
-   largest value, each d's values over the keys as integers of bits_b bits below their largest, the
-   two integer sums exact in float64 whatever their order, combined and rounded once as the reference
-   does). Rows or columns holding inf or NaN take IEEE's special value in both (exact's guard).
-The probabilities stay in shared memory, sized by the graph for its cache (at most MAX_KEYS floats).
+   exact sum where those leave the rounding open); past it the slice scheme 2x1 (exact._matmul_narrow's
+   reference arithmetic: p's row in two integer slices of bits_a bits below its largest value, each d's
+   values over the keys as integers of bits_b bits below their largest, the two integer sums exact in
+   float64 whatever their order, combined and rounded once as the reference does); past CHUNK_KEYS keys
+   with the bits of K = CHUNK_KEYS, each chunk of CHUNK_KEYS keys' value in float64, the chunks' values
+   added in order and rounded once (exact._matmul_float32's chunks). Rows or columns holding inf or NaN take
+   IEEE's special value in both (exact's guard).
+The probabilities stay in shared memory, sized by the graph for its cache, up to HELD_KEYS keys; past them in
+a workspace in device memory (probability_work), so that a cache of any length records.
 Where a batch's heads are too few blocks to fill the device, the paged kernel's split form cuts a long
 window over several blocks with the same bits (see split_softmax_values): a head's parts wait for each
 other at two barriers, so its grid (one block a multiprocessor at most: split_work) must be resident at
@@ -63,7 +66,8 @@ FEW_THREADS = 512
 # blocks of 128 threads: Llama-3.2-1B 2,339 -> 2,277 us, SmolLM2-135M 1,554 -> 1,542, Qwen2-0.5B 2,167 -> 2,192.
 MANY_THREADS = 64
 ROUNDED_KEYS = 2048         # exact_dispatch.ROUNDED_MAX_K: p @ v over more keys takes the slice scheme
-MAX_KEYS = 1 << 14          # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
+CHUNK_KEYS = 1 << 14        # 2^exact_dispatch.CHUNK_BITS: past it the slice scheme sums chunks of K in order
+HELD_KEYS = CHUNK_KEYS      # keys up to which a block a query head holds its probabilities in shared memory
 SPLIT_KEYS = 256            # keys a part of a split window takes (windows of more than twice this are split)
 PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py: LOOM_PHASE_CLOCK)
 # A thread's value loads in flight at once in p v (a block at 300 keys spent ~7 of its ~13 us there, each thread
@@ -84,7 +88,7 @@ GROUP_FEW_THREADS = 512
 GROUP_THREADS = 256
 GROUP_MANY_THREADS = 128
 # Dynamic shared memory a grouped block may take with its probabilities; past it they go to device memory
-# (group_work). H200, 64-row SmolLM2-135M steps over caches of 8,192 positions (111 KiB held): at position
+# (probability_work). H200, 64-row SmolLM2-135M steps over caches of 8,192 positions (111 KiB held): at position
 # 16 1,749 us held against 1,564 in device memory, at position 1,000 5,709 against 4,957.
 SHARED_MAX = 48 * 1024
 
@@ -93,7 +97,8 @@ def source(head_dim: int, threads: int, group: int = 0) -> str:
     """The kernels' CUDA source for heads of head_dim and blocks of `threads`; with group, the grouped
     kernel for key/value heads of `group` query heads as well (decode_exact_group)."""
     head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
-            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define VALUE_LOADS {VALUE_LOADS}\n")
+            f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define VALUE_LOADS {VALUE_LOADS}\n"
+            f"#define CHUNK_KEYS {CHUNK_KEYS}\n")
     grouped = f"#define GROUP {group}\n" + GROUP_SOURCE if group else ""
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
             + SOURCE + SPLIT_SOURCE + KERNELS + grouped)
@@ -107,33 +112,43 @@ def _module(head_dim: int, threads: int, group: int = 0):
     return cupy.RawModule(code=source(head_dim, threads, group), options=COMPILE)
 
 
-STATIC_SHARED = 16 * 1024   # above the kernels' own shared arrays (12.4-13.4 KiB at 512 threads)
-
-
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why the kernels cannot take a model's heads, or caches of max_len positions (a step runs them below
-    MAX_KEYS; their probabilities take 4 bytes of shared memory a key), or None where they can. (Their
-    scores' products are the rounded scheme's: the caller checks that exact_dispatch gives it to K =
-    head_dim.) A block's threads split evenly over head_dim (SLICES = threads / head_dim)."""
+    """Why the kernels cannot take a model's heads, or None where they can (caches of any length max_len:
+    past HELD_KEYS the probabilities go to probability_work's workspace). (Their scores' products are the
+    rounded scheme's: the caller checks that exact_dispatch gives it to K = head_dim.) A block's threads split
+    evenly over head_dim (SLICES = threads / head_dim)."""
     if head_dim % 32 or THREADS % head_dim or FEW_THREADS % head_dim or max(MANY_THREADS, head_dim) % head_dim:
         return f"head_dim {head_dim} is not 32, 64, 128 or 256 (the attention kernel's blocks split over it)"
-    need = _shared(max_len) + STATIC_SHARED
-    limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
-    if need > limit:
-        return (f"a cache of {max_len} positions needs {need // 1024} KiB of shared memory a block in the "
-                f"attention kernel, more than this GPU's {limit // 1024} KiB")
     return None
 
 
 def _keys(max_keys: int) -> int:
-    """The keys a row of probabilities holds for caches of max_keys positions (at most MAX_KEYS: a step past
-    them does not run these kernels)."""
-    return max(1, min(max_keys, MAX_KEYS))
+    """The keys a row of probabilities holds for caches of max_keys positions."""
+    return max(1, max_keys)
+
+
+def _held(max_keys: int) -> bool:
+    """Whether a block a query head holds its probabilities in shared memory for caches of max_keys positions."""
+    return _keys(max_keys) <= HELD_KEYS
 
 
 def _shared(max_keys: int) -> int:
-    """The probabilities' dynamic shared memory of a block a query head for caches of max_keys positions."""
+    """The probabilities' dynamic shared memory of a block a query head holding those of max_keys keys."""
     return 4 * _keys(max_keys)
+
+
+def split_part_keys(n: int, splits: int) -> int:
+    """The keys of a part where the split form cuts a window of n > CHUNK_KEYS keys over up to `splits` blocks (the
+    kernel's split_part_keys): the least power of two of at least n / splits. The split form takes such a window
+    only where this is at most CHUNK_KEYS (each part inside one chunk of the slice scheme): split_max_keys."""
+    least = -(-n // splits)
+    return 1 << max(0, (least - 1).bit_length())
+
+
+def split_max_keys(splits: int) -> int:
+    """The longest window the split form takes in `splits` parts: splits CHUNK_KEYS keys (longer ones take the
+    one-block or grouped form, whose probabilities may be in device memory)."""
+    return splits * CHUNK_KEYS
 
 
 def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
@@ -145,7 +160,7 @@ def _kernel(name: str, head_dim: int, blocks: int) -> tuple:
 
 class GroupedLaunch(NamedTuple):
     """The grouped kernel's launch: the kernel, its threads, the probabilities' row stride (cap), its dynamic
-    shared memory in bytes, and whether the probabilities are held in it (else in group_work's workspace)."""
+    shared memory in bytes, and whether the probabilities are held in it (else in probability_work's workspace)."""
     kernel: object
     threads: int
     cap: int
@@ -169,33 +184,20 @@ def _grouped(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int
     return GroupedLaunch(kernel, threads, cap, group_shared(group, head_dim, threads, cap, held), held)
 
 
-def group_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int,
-               have: Array | None = None) -> Array | None:
-    """The grouped kernel's probabilities in device memory (float32, batch x heads x min(max_keys, MAX_KEYS), flat)
-    where paged_attention takes that kernel for these sizes and they do not fit its shared memory, else None. A
-    launch uses it alone: recordings that replay one after another on one stream may share one. have: such a
-    workspace, whose start is returned where it is large enough (None: a new one)."""
+def probability_work(batch: int, heads: int, kv_heads: int, head_dim: int, max_keys: int,
+                     have: Array | None = None) -> Array | None:
+    """The probabilities in device memory (float32, batch x heads x max_keys, flat) where paged_attention's
+    unsplit launch for these sizes (a block per key/value head: _grouped; else a block per query head past
+    HELD_KEYS) does not hold them in shared memory, else None. A launch uses it alone: recordings that
+    replay one after another on one stream may share one. have: such a workspace, whose start is returned
+    where it is large enough (None: a new one)."""
     grouped = _grouped(batch, heads, kv_heads, head_dim, max_keys)
-    if grouped is None or grouped.held:
+    if grouped.held if grouped is not None else _held(max_keys):
         return None
-    size = batch * heads * grouped.cap
+    size = batch * heads * _keys(max_keys)
     if have is not None and have.dtype == np.float32 and have.size >= size:
         return have[:size]
     return cupy.empty(size, dtype=np.float32)
-
-
-def attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
-              pos: Array, heads: int, window: int | None, scale: float, eps: float, factor: float,
-              overlap: bool = False) -> None:
-    """decode.attention's operation (same arguments) with deterministic mode's bits; the caller has
-    checked `unsupported` (for cache_k's max_len); `factor` is exact_rounded.error_factor(head_dim)."""
-    B, kv_heads, max_len, D = cache_k.shape
-    kernel, threads = _kernel("loom_exact_decode_attention", D, B * heads)
-    launch(kernel, B * heads, threads,
-           (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, np.int32(heads), np.int32(kv_heads),
-            np.int32(max_len), np.int64(cache_k.strides[0] // 4), np.int32(window or 0), np.float32(scale),
-            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())),
-            np.float64(factor)), overlap, shared=_shared(max_len))
 
 
 class SplitWork(NamedTuple):
@@ -234,13 +236,14 @@ def split_work(batch: int, heads: int, head_dim: int, max_keys: int, splits: int
 
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
-                    scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = MAX_KEYS,
-                    split: SplitWork | None = None, group_p: Array | None = None) -> None:
+                    scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = CHUNK_KEYS,
+                    split: SplitWork | None = None, p_work: Array | None = None) -> None:
     """decode.paged_attention's operation with deterministic mode's bits (out float32 only) for sequences
-    at positions below max_keys (at most MAX_KEYS: the caller keeps longer ones off this kernel), which
-    sizes the probabilities' shared memory. split: split_work's workspace for these sizes, to cut windows
-    of more than 2 SPLIT_KEYS keys over several blocks, with the same bits (None: one block a head, or a block
-    a key/value head where _grouped takes it). group_p: group_work's workspace for these sizes, where it gives one."""
+    at positions below max_keys, which sizes the probabilities' rows. split: split_work's workspace for these
+    sizes, to cut windows of more than 2 SPLIT_KEYS keys (and at most split_max_keys) over several blocks, with
+    the same bits (None: one block a head, or a block a key/value head where _grouped takes it; the caller
+    keeps longer windows off a split launch). p_work: probability_work's workspace for these sizes, where it
+    gives one."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
@@ -249,25 +252,30 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), np.float64(factor))
     if split is None:
         grouped = _grouped(B, heads, kv_heads, D, max_keys)
+        cap = _keys(max_keys)
+        held = grouped.held if grouped is not None else _held(max_keys)
+        if not held and (p_work is None or p_work.dtype != np.float32 or p_work.size < B * heads * cap):
+            raise ValueError(f"paged_attention: {B} sequences of {heads} heads over {cap} keys take probability_work's "
+                             f"workspace of {B * heads * cap} float32; given "
+                             f"{'none' if p_work is None else f'{p_work.size} {p_work.dtype}'}")
+        work = (np.int64(cap), pointer(None if held else p_work))
         if grouped is not None:
-            kernel, threads, cap, shared, held = grouped
-            if not held and (group_p is None or group_p.dtype != np.float32 or group_p.size < B * heads * cap):
-                raise ValueError(f"paged_attention: {B} sequences of {heads} heads over {cap} keys take group_work's "
-                                 f"workspace of {B * heads * cap} float32; given "
-                                 f"{'none' if group_p is None else f'{group_p.size} {group_p.dtype}'}")
-            launch(kernel, B * kv_heads, threads, args + (np.int64(cap), pointer(None if held else group_p)), overlap,
-                   shared=shared)
+            launch(grouped.kernel, B * kv_heads, grouped.threads, args + work, overlap, shared=grouped.shared)
             return
         kernel, threads = _kernel("loom_exact_paged_decode_attention", D, B * heads)
-        launch(kernel, B * heads, threads, args, overlap, shared=_shared(max_keys))
+        launch(kernel, B * heads, threads, args + work, overlap, shared=_shared(max_keys) if held else 0)
         return
     splits, cap = split.splits, split.p.shape[1]
     if split.p.shape[0] != B * heads or split.vtop.shape != (B * heads, splits, D) or cap < _keys(max_keys):
         raise ValueError(f"paged_attention: a split workspace for {split.p.shape[0]} blocks of {split.vtop.shape[2]} "
                          f"and {cap} keys; these sizes take {B * heads}, {D} and {_keys(max_keys)}")
     kernel, threads = _kernel("loom_exact_paged_decode_attention_split", D, B * heads * splits)
-    # a block holds the probabilities of a part (or of a window too short to split)
-    part = max(2 * SPLIT_KEYS, -(-_keys(max_keys) // splits))
+    # a block holds the probabilities of a part (or of a window too short to split; past CHUNK_KEYS keys, parts of
+    # split_part_keys, up to split_max_keys)
+    keys = _keys(max_keys)
+    part = max(2 * SPLIT_KEYS, -(-min(keys, CHUNK_KEYS) // splits))
+    if keys > CHUNK_KEYS:
+        part = max(part, split_part_keys(min(keys, split_max_keys(splits)), splits))
     launch(kernel, B * heads * splits, threads,
            args + (split.p, split.stats, split.vtop, split.sums, split.counters, np.int32(splits), np.int64(cap)),
            overlap, shared=_shared(part))

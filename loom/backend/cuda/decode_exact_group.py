@@ -20,7 +20,7 @@ grouping, the same bits (tests/gpu/test_exact_decode_group.py against the one-bl
 test_paged_decode_graph_exact.py against the CPU).
 
 The probabilities of the GROUP rows stay in shared memory (GROUP x the cache's keys, 4 bytes each) where
-they fit decode_exact.SHARED_MAX, else in a workspace in device memory that the caller passes (decode_exact.group_work;
+they fit decode_exact.SHARED_MAX, else in a workspace in device memory that the caller passes (decode_exact.probability_work;
 SmolLM2-135M's, Qwen2-0.5B's and Llama-3.2-1B's caches of 8,192 positions take it: a large shared allocation
 cost more than the caches' round trips). A source fragment
 compiled inside decode_exact's module (its D, THREADS, SLICES, ROUNDED_KEYS, VALUE_LOADS and helpers).

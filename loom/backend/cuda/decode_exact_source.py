@@ -43,12 +43,8 @@ __device__ void head_vector(const float* x, float* dst, float* tmp, const float*
     __syncthreads();
 }
 
-// Where key (or value) position t of the block's sequence and key/value head lives: a contiguous
-// cache (Flat) or a paged one through the sequence's block table (Paged); as decode.py's.
-struct Flat {
-    float* base;
-    __device__ float* at(long long t) const { return base + t * D; }
-};
+// Where key (or value) position t of the block's sequence and key/value head lives: a paged cache through the
+// sequence's block table, as decode.py's.
 struct Paged {
     float* base; const long long* table; long long col; int block_size, KV, kv;   // entry j at table[j * col]
     __device__ float* at(long long t) const {       // (positions below 2^31: 32-bit division, a fraction of 64-bit's)
@@ -56,6 +52,14 @@ struct Paged {
         return base + ((table[(long long)(u / bs) * col] * block_size + u % bs) * KV + kv) * D;
     }
 };
+
+// The keys of a part where a window of n > CHUNK_KEYS keys is split over up to `splits` blocks: the least power of
+// two of at least n / splits (so at most splits parts). Where it is at most CHUNK_KEYS, a power of two too, each
+// part lies inside one chunk of the slice scheme (decode_exact.split_part_keys, the host's copy, says where).
+__device__ __forceinline__ long long split_part_keys(long long n, int splits) {
+    const long long least = (n + splits - 1) / splits;
+    return least > 1 ? 1ll << (64 - __clzll(least - 1)) : 1;
+}
 
 // exact_rounded.error_factor(n), as the host computes it: (n + 2) 2^-53 (1 + 2^-20)
 __device__ __forceinline__ double rounded_factor(long long n) {
@@ -90,15 +94,23 @@ __device__ __forceinline__ void slice_add(float pj, float vj, double up_a, doubl
     g_lo = __dadd_rn(g_lo, __dmul_rn((double)lo, vq));
 }
 
-// ((g_lo 2^-bits_a + g_hi) row_scale) col_scale in float64, the sum its one rounding, then to float32
-__device__ __forceinline__ float slice_result(double g_hi, double g_lo, int bits_a, int ea, int bits_b, int eb) {
-    return __double2float_rn(__dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(g_lo, ldexp(1.0, -bits_a)), g_hi),
-                                                 ldexp(1.0, ea - bits_a)), ldexp(1.0, eb - bits_b)));
+// ((g_lo 2^-bits_a + g_hi) row_scale) col_scale in float64, the sum its one rounding: a chunk's value (keys past
+// CHUNK_KEYS: exact._matmul_float32 adds the chunks' values in order in float64, then rounds once to float32)
+__device__ __forceinline__ double slice_value(double g_hi, double g_lo, int bits_a, int ea, int bits_b, int eb) {
+    return __dmul_rn(__dmul_rn(__dadd_rn(__dmul_rn(g_lo, ldexp(1.0, -bits_a)), g_hi), ldexp(1.0, ea - bits_a)),
+                     ldexp(1.0, eb - bits_b));
 }
 
-// ctx_d for n > ROUNDED_KEYS keys: exact._matmul_narrow's slice scheme 2x1 over K = n (narrow_bits(n)), a =
-// the block's row p (p_s), b = column d of the values (v_at: the cache's keys lo .. lo + n - 2, then v_s, the
-// new key's); every thread calls, slice 0 of each d writes.
+// ceil(log2 k) for the slice scheme's bits (narrow_bits) over n keys: every chunk takes those of K = CHUNK_KEYS
+__device__ __forceinline__ int slice_log2k(long long n) {
+    return 64 - __clzll(min(n, (long long)CHUNK_KEYS) - 1);
+}
+
+// ctx_d for n > ROUNDED_KEYS keys: exact._matmul_float32's slice scheme 2x1, a = the block's row p (p_s), b =
+// column d of the values (v_at: the cache's keys lo .. lo + n - 2, then v_s, the new key's): up to CHUNK_KEYS
+// keys _matmul_narrow over K = n (narrow_bits(n)); past it the bits of K = CHUNK_KEYS and the row's and column's
+// maxima, each chunk of CHUNK_KEYS keys' value in float64, the chunks' values added in order and rounded once.
+// Every thread calls, slice 0 of each d writes.
 template <class Addr, class At>
 __device__ void slice_weighted_values(const float* p_s, const Addr values, long long lo, const float* v_s, At v_at,
                                       long long n, int d, int slice,
@@ -113,44 +125,56 @@ __device__ void slice_weighted_values(const float* p_s, const Addr values, long 
     }
     const bool row_bad = __syncthreads_or(bad);
     const float a_top = block_max(top, red);
-    // this thread's keys j = slice, slice + SLICES, ... with f(j, v_j) (the sums below are exact, or maxima:
-    // any order gives their values): the cached ones FLIGHT loads at a time with no branch between them, so
-    // that they are in flight together (a load behind a branch waits for the one before it), then the new one
+    // this thread's keys j = slice, slice + SLICES, ... in [c0, c1) with f(j, v_j) (the sums below are exact, or
+    // maxima: any order gives their values): the cached ones FLIGHT loads at a time with no branch between them,
+    // so that they are in flight together (a load behind a branch waits for the one before it), then the new one
+    // (c0: 0 or a multiple of CHUNK_KEYS, which SLICES divides)
     constexpr int FLIGHT = 8;
-    auto each_value = [&](auto f) {
-        long long j = slice;
-        for (; j + (FLIGHT - 1) * SLICES < n - 1; j += FLIGHT * SLICES) {
+    auto each_value_in = [&](auto f, long long c0, long long c1) {
+        const long long cached_end = min(c1, n - 1);
+        long long j = c0 + slice;
+        for (; j + (FLIGHT - 1) * SLICES < cached_end; j += FLIGHT * SLICES) {
             float vv[FLIGHT];
             #pragma unroll
             for (int u = 0; u < FLIGHT; ++u) vv[u] = __ldg(values.at(lo + j + u * SLICES) + d);
             #pragma unroll
             for (int u = 0; u < FLIGHT; ++u) f(j + u * SLICES, vv[u]);
         }
-        for (; j < n - 1; j += SLICES) f(j, __ldg(values.at(lo + j) + d));
-        if (j == n - 1) f(j, v_s[d]);
+        for (; j < cached_end; j += SLICES) f(j, __ldg(values.at(lo + j) + d));
+        if (j == n - 1 && c1 == n) f(j, v_s[d]);
     };
+    auto each_value = [&](auto f) { each_value_in(f, 0, n); };
     value_column_top(each_value, d, slice, top_s, bad_s, top, bad);      // column d's largest |v|
     for (int k = 0; k < SLICES; ++k) { top = fmaxf(top, top_s[k][d]); bad |= bad_s[k][d]; }
-    const int log2k = 64 - __clzll(n - 1);
+    const int log2k = slice_log2k(n);
     const int bits_b = min(24, 53 - log2k - 12), bits_a = 53 - log2k - bits_b;
     int ea, eb;                                 // top < 2^e (0 for zero)
     frexpf(a_top, &ea);
     frexpf(top, &eb);
     const double up_a = ldexp(1.0, bits_a - ea), up_b = ldexp(1.0, bits_b - eb);
     const float lo_up = ldexpf(1.0f, bits_a);
-    double g_hi = 0.0, g_lo = 0.0;
-    if (!row_bad && !bad)
-        each_value([&](long long j, float vj) { slice_add(p_s[j], vj, up_a, up_b, lo_up, g_hi, g_lo); });
-    part_s[slice][d] = g_hi;
-    part_t[slice][d] = g_lo;
-    __syncthreads();
+    double total = 0.0;                         // (slice 0's: the chunks' values added in order)
+    for (long long c0 = 0; c0 < n; c0 += CHUNK_KEYS) {
+        const long long c1 = min(n, c0 + CHUNK_KEYS);
+        double g_hi = 0.0, g_lo = 0.0;
+        if (!row_bad && !bad)
+            each_value_in([&](long long j, float vj) { slice_add(p_s[j], vj, up_a, up_b, lo_up, g_hi, g_lo); }, c0, c1);
+        part_s[slice][d] = g_hi;
+        part_t[slice][d] = g_lo;
+        __syncthreads();
+        if (slice == 0) {
+            for (int k = 1; k < SLICES; ++k) { g_hi = __dadd_rn(g_hi, part_s[k][d]); g_lo = __dadd_rn(g_lo, part_t[k][d]); }
+            const double v = slice_value(g_hi, g_lo, bits_a, ea, bits_b, eb);
+            total = c0 == 0 ? v : __dadd_rn(total, v);
+        }
+        __syncthreads();                        // (part_s and part_t again for the next chunk)
+    }
     if (slice != 0) return;
-    for (int k = 1; k < SLICES; ++k) { g_hi = __dadd_rn(g_hi, part_s[k][d]); g_lo = __dadd_rn(g_lo, part_t[k][d]); }
     if (row_bad || bad) {
         *out = loom_special_pairs([&](long long j, float* a, float* c) { *a = p_s[j]; *c = v_at(j); }, n);
         return;
     }
-    *out = slice_result(g_hi, g_lo, bits_a, ea, bits_b, eb);
+    *out = __double2float_rn(total);
 }
 
 """
@@ -163,9 +187,13 @@ template <class Addr>
 __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values, float* out, const float* cos_t,
                                        const float* sin_t, const float* norm, long long pos, int b, int h, int H,
                                        int KV, int window, float scale, float eps, int dbits, double dfactor,
-                                       Parts parts = Parts{}, int splits = 1, int index = 0) {
+                                       Parts parts = Parts{}, int splits = 1, int index = 0, float* p_work = 0,
+                                       long long cap = 0) {
     __shared__ __align__(16) float q_s[D], k_s[D], v_s[D], tmp[D];
-    extern __shared__ float p_s[];              // the probabilities of the block's keys (the launch sizes it)
+    // the probabilities of the block's keys: in shared memory (the launch sizes it), or in p_work's row of cap
+    // floats (device memory, read back through the caches; the barriers order them as they order shared memory)
+    extern __shared__ float p_dyn[];
+    float* p_s = p_work != 0 ? p_work + (long long)blockIdx.x * cap : p_dyn;
     __shared__ double part_s[SLICES][D], part_t[SLICES][D];
     __shared__ float top_s[SLICES][D];
     __shared__ bool bad_s[SLICES][D];
@@ -173,11 +201,15 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     __shared__ float red[32];
     const int R = H / KV, kv = h / R;
     const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
-    // a window of more than 2 SPLIT_KEYS keys, where splits allow, in parts of about SPLIT_KEYS or more
-    long long count = 1, j0 = 0, j1 = n;
+    // a window of more than 2 SPLIT_KEYS keys, where splits allow, in parts of about SPLIT_KEYS or more; past
+    // CHUNK_KEYS keys in parts of a power of two keys, each inside one chunk of the slice scheme
+    // (split_part_keys; the caller keeps windows of more than splits CHUNK_KEYS keys off this form)
+    long long count = 1, j0 = 0, j1 = n, chunk = n;
     if (splits > 1) {
         count = n > 2 * SPLIT_KEYS ? min((long long)splits, (n + SPLIT_KEYS - 1) / SPLIT_KEYS) : 1;
-        const long long chunk = (n + count - 1) / count;
+        chunk = (n + count - 1) / count;
+        if (n > CHUNK_KEYS) chunk = split_part_keys(n, splits);
+        if (n > CHUNK_KEYS && chunk > CHUNK_KEYS) __trap();     // (parts across chunks: never launched so)
         count = (n + chunk - 1) / chunk;        // every part non-empty
         if (index >= count) return;
         j0 = index * chunk;
@@ -243,7 +275,7 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     auto v_at = [&](long long j) { return lo + j < pos ? values.at(lo + j)[d] : v_s[d]; };
     phase(3);
     if (count > 1) {
-        split_softmax_values(p_s, values, lo, v_s, n, j0, j1, (int)count, (int)index, parts,
+        split_softmax_values(p_s, values, lo, v_s, n, j0, j1, (int)count, (int)index, chunk, parts,
                              out + ((long long)b * H + h) * D + d, top_s, bad_s, part_s, part_t, red, scratch);
         return;
     }
@@ -302,30 +334,19 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
     phase(6);
 }
 
-// qkv [B, (H + 2 KV) D]; out [B, H * D]; cache_k/v: layer views, element (b, kv, t, d) at
-// b * batch_stride + (kv * max_len + t) * D + d; cos, sin [positions, D]; norm [H + KV, D] or null;
-// every sequence at position *pos_p
-extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_decode_attention(
-        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
-        const float* norm, const long long* pos_p, int H, int KV, int max_len, long long batch_stride, int window,
-        float scale, float eps, int dbits, double dfactor) {
-    const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
-    const long long base = b * batch_stride + (long long)kv * max_len * D;
-    exact_decode_attention(qkv, Flat{cache_k + base}, Flat{cache_v + base}, out, cos_t, sin_t, norm, *pos_p, b, h,
-                           H, KV, window, scale, eps, dbits, dfactor);
-}
-
-// The same over a paged cache [slots, KV, D]: sequence b at position pos[b], its block table entry j at
-// tables[b * row + j * col]
+// qkv [B, (H + 2 KV) D]; out [B, H * D]; a paged cache [slots, KV, D]: sequence b at position pos[b], its block
+// table entry j at tables[b * row + j * col]; cos, sin [positions, D]; norm [H + KV, D] or null; p_work: the
+// probabilities' workspace [B H, cap] (decode_exact.probability_work), or null to hold them in shared memory
 extern "C" __global__ void __launch_bounds__(THREADS) loom_exact_paged_decode_attention(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
         const float* norm, const long long* pos, const long long* tables, long long row, long long col, int block_size,
-        int H, int KV, int window, float scale, float eps, int dbits, double dfactor) {
+        int H, int KV, int window, float scale, float eps, int dbits, double dfactor, long long cap, float* p_work) {
     const int b = blockIdx.x / H, h = blockIdx.x % H, kv = h / (H / KV);
     const long long* table = tables + (long long)b * row;
     exact_decode_attention(qkv, Paged{cache_k, table, col, block_size, KV, kv},
                            Paged{cache_v, table, col, block_size, KV, kv},
-                           out, cos_t, sin_t, norm, pos[b], b, h, H, KV, window, scale, eps, dbits, dfactor);
+                           out, cos_t, sin_t, norm, pos[b], b, h, H, KV, window, scale, eps, dbits, dfactor,
+                           Parts{}, 1, 0, p_work, cap);
 }
 
 // ... with windows of more than 2 SPLIT_KEYS keys in up to `splits` parts, a block each: block

@@ -67,7 +67,8 @@ __device__ void group_barrier(unsigned* counter, unsigned target) {
     __syncthreads();
 }
 
-// The rest of a part's work where a window of n keys is split: keys j0 .. j1 - 1 (scores in p_s[j - j0]).
+// The rest of a part's work where a window of n keys is split: keys j0 .. j1 - 1 (scores in p_s[j - j0]), parts of
+// part_keys keys (the last one's the rest).
 // The bits are the unsplit block's: the maxima are maxima; the exponentials' integers sit at the scale of
 // the largest, exp(+0) (the peak's own key; every other is at most that), so each part's integer sum is
 // exact and the parts add exactly; each probability's division is its own; p v's sums are either exact
@@ -77,7 +78,8 @@ __device__ void group_barrier(unsigned* counter, unsigned target) {
 // (values: the cache's values of keys lo + j before the last, v_new_s the last's)
 template <class Addr>
 __device__ void split_softmax_values(float* p_s, const Addr values, long long lo, const float* v_new_s, long long n,
-                                     long long j0, long long j1, int count, int index, const Parts& w, float* out,
+                                     long long j0, long long j1, int count, int index, long long part_keys,
+                                     const Parts& w, float* out,
                                      float (*top_s)[D], bool (*bad_s)[D], double (*part_s)[D], double (*part_t)[D],
                                      float* red, Scratch& scratch) {
     const long long m = j1 - j0;
@@ -161,7 +163,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
             bad |= x < 0.0f;
             top = fmaxf(top, x);
         }
-        const int log2k = 64 - __clzll(n - 1);
+        const int log2k = slice_log2k(n);
         bits_b = min(24, 53 - log2k - 12);
         bits_a = 53 - log2k - bits_b;
         frexpf(a_top, &ea);
@@ -196,14 +198,23 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
     if (threadIdx.x == 0) opened = 0;
     __syncthreads();
     if (slice == 0) {
+        // (slices past CHUNK_KEYS keys: each part inside one chunk, whose parts' integer sums add exactly; the
+        // chunks' values added in order in float64, then rounded once, as exact._matmul_float32 adds them)
+        double total = 0.0;
         s = t = 0.0;
         for (int k = 0; k < count; ++k) {
             s = __dadd_rn(s, __ldcg(w.sums + (k * 2) * D + d));
             t = __dadd_rn(t, __ldcg(w.sums + (k * 2 + 1) * D + d));
+            const long long c = (k * part_keys) / CHUNK_KEYS;
+            if (n > ROUNDED_KEYS && (k == count - 1 || ((k + 1) * part_keys) / CHUNK_KEYS != c)) {
+                const double v = slice_value(s, t, bits_a, ea, bits_b, eb);
+                total = c == 0 ? v : __dadd_rn(total, v);
+                s = t = 0.0;
+            }
         }
         if (n > ROUNDED_KEYS) {
             if (row_bad || bad) open[atomicAdd(&opened, 1)] = (short)(d | 0x8000);
-            else *out = slice_result(s, t, bits_a, ea, bits_b, eb);
+            else *out = __double2float_rn(total);
         } else {
             certify_or_open(s, t, rounded_factor(n), d, out - d, open, &opened);
         }
