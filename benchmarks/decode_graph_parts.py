@@ -6,7 +6,7 @@ included.
     PYTHONPATH=. python benchmarks/decode_graph_parts.py [Q4_1|BF16|Q4_K|Q8_0] [--shape llama-3.1-8b] [--plain]
                                                          [--deterministic] [--batch N] [--planes-rows N] [--whole]
                                                          [--profile ROWS] [--set loom.MODULE.NAME=INT]
-                                                         [--position P]
+                                                         [--position P] [--eager]
 
 SmolLM2-135M's shapes (or another of benchmarks/llm.py's SHAPES) with random weights, a paged cache
 holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fast mode
@@ -14,7 +14,8 @@ holding a 16-token prompt (paged_forward), the step at position 16, batch 1, fas
 batch N; --planes-rows N: its products take the weights' int8 planes from N rows, quant_fixed.PLANES_ROWS;
 --whole: the whole step's time alone; --profile ROWS: its kernels by name as well, from torch.profiler;
 --set: an integer constant of a loom module changed first, such as a dispatch threshold; --position P: the step at
-position P, the cache past the prompt holding random keys and values, so that attention reads P + 1 keys).
+position P, the cache past the prompt holding random keys and values, so that attention reads P + 1 keys;
+--eager: also the same step kernel by kernel, paged_forward.forward, the path a step takes without a recording).
 --plain records plain launches instead of overlapped ones
 (loom/backend/cuda/launch.py). Each product's row also gives the bytes its weight holds and the
 rate they were read at (its time share, launch gaps included; with the planes, their 2 bytes a value).
@@ -29,6 +30,7 @@ import argparse
 import importlib
 import os
 import sys
+import time
 from functools import partial
 
 import numpy as np
@@ -123,6 +125,19 @@ def replay_us(graph, xp, n: int = 200) -> float:
     return xp.cuda.get_elapsed_time(start, stop) * 1000 / n
 
 
+def eager_us(dec, cache, token: int, position: int, tables: list, n: int = 10) -> float:
+    """The step's time kernel by kernel, us: n calls of paged_forward.forward for one token a sequence at
+    `position` (each rewrites that position's keys and values, as a replay does), after one to warm up."""
+    work = [paged_forward.Work(np.array([token]), position, t, logits=True) for t in tables]
+    paged_forward.forward(dec, cache, work)
+    dec.xp.cuda.Device().synchronize()
+    start = time.perf_counter()
+    for _ in range(n):
+        paged_forward.forward(dec, cache, work)
+    dec.xp.cuda.Device().synchronize()
+    return (time.perf_counter() - start) * 1e6 / n
+
+
 def profile_replays(graph, rows: int, n: int = 20) -> None:
     """The kernels of n replays of the step by name, us a step (torch.profiler: its CUPTI sees the graph's
     kernels, CuPy's and cuBLAS's alike; needs torch with CUDA)."""
@@ -169,6 +184,8 @@ def main():
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
                     help="set an integer constant of a loom module first, to time a dispatch choice, e.g. "
                          "loom.backend.cuda.quant_fixed_planes_tiled.ROWS=16 (repeatable)")
+    ap.add_argument("--eager", action="store_true",
+                    help="also time the step kernel by kernel (paged_forward.forward, without a recording)")
     ap.add_argument("--position", type=int, default=PROMPT,
                     help=f"the step's position (default {PROMPT}, right after the prompt); the cache between holds "
                          "random keys and values")
@@ -183,10 +200,8 @@ def main():
         if not quant_fixed.MAX_ROWS < args.planes_rows <= quant_fixed.ROWS_MAX + 1:
             raise SystemExit(f"--planes-rows takes {quant_fixed.MAX_ROWS + 1} to {quant_fixed.ROWS_MAX + 1}")
         quant_fixed.PLANES_ROWS = args.planes_rows
-    config = llm.SHAPES[args.shape]
-    limit = config["max_position_embeddings"]
-    if args.position >= limit:
-        raise SystemExit(f"--position {args.position}: this shape's recorded steps take positions below {limit}")
+    config = llm.SHAPES[args.shape]         # (its context made long enough for --position: the RoPE tables' rows)
+    config = {**config, "max_position_embeddings": max(config["max_position_embeddings"], args.position + 1)}
     dec = Decoder(DecoderConfig.from_hf(config), llm.random_weights(args.qtype, config=config, device="cuda"),
                   device="cuda")
     c, xp, layers = dec.config, dec.xp, config["num_hidden_layers"]
@@ -230,6 +245,8 @@ def main():
         mode = "deterministic" if exact else "fast"
         print(f"{args.shape} {args.qtype}, {mode} mode, {'plain' if args.plain else 'overlapped'} launches, "
               f"paged decode step at batch {batch}, position {args.position}: whole step {whole:.1f} us")
+        if args.eager:
+            print(f"  kernel by kernel (paged_forward.forward): {eager_us(dec, cache, token, args.position, tables):.1f} us")
         for kind in KINDS[1:] if not args.whole else ():     # (not the embedding: the step reads its output)
             share = whole - replay_us(graph((kind,)), xp)
             each = share / layers if kind != "lm_head" else share

@@ -52,7 +52,7 @@ class Case:
         other keywords)."""
         d = cupy.asarray
         k, v, out = d(self.k), d(self.v), cupy.full((self.B, self.H * self.D), np.nan, dtype=np.float32)
-        if split is None and "p_work" not in kw:          # (past HELD_KEYS keys the probabilities' workspace)
+        if split is None and "p_work" not in kw and self.max_keys > decode_exact.HELD_KEYS:   # (their workspace)
             kw["p_work"] = decode_exact.probability_work(self.B, self.H, self.KV, self.D, self.max_keys)
         decode_exact.paged_attention(d(self.qkv), k, v, out, d(self.cos), d(self.sin),
                                      None if self.norm is None else d(self.norm), d(np.array(self.positions)),
