@@ -69,13 +69,10 @@ class PartialGraph(paged_graph.PagedDecodeGraph):
         for i, L in enumerate(dec.layers):
             ops += kind("qkv", self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias))
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
-            split = {"split": self.split if self._splitting else None}
-            if self.exact:
-                split.update(max_keys=self.max_blocks * cache.block_size, p_work=self.p_work)
             ops.append(("attention", partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx,
                                              dec._cos, dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size,
                                              c.heads, L.window, dec.scale, c.eps, *extra, overlap=self.overlap,
-                                             **split)))
+                                             **self._attention_keywords())))
             ops += kind("o", self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h))
             ops += kind("gate_up", self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True))
             ops += kind("down", self._product(L.down, self.act, h, bias=L.down_bias, residual=h))

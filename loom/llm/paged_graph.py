@@ -177,21 +177,24 @@ class PagedDecodeGraph:
         # one-block kernel, 0.2 us a layer faster there); deterministic mode's parts keep its bits, for
         # windows up to split_max_keys (long_until: longer ones take the first recording's form)
         attention = _kernels(dec.backend, exact)[1]
-        max_keys = self.max_blocks * cache.block_size
-        self.split = attention.split_work(B, c.heads, c.head_dim, max_keys) if exact else \
+        # (a window's keys: at most the context, and the cache's positions)
+        self.max_keys = min(self.max_blocks, cache.blocks) * cache.block_size
+        self.split = attention.split_work(B, c.heads, c.head_dim, self.max_keys) if exact else \
             attention.split_work(B, c.heads, c.head_dim)
         self.long_from = 2 * attention.SPLIT_KEYS if self.split is not None else None
         self.long_until = attention.split_max_keys(self.split.splits) if exact and self.split is not None else None
-        # deterministic attention keeps its probabilities here where they do not fit shared memory
-        # (decode_exact.probability_work: a block per key/value head's, or long caches'): in `shared`'s
+        # deterministic attention keeps its probabilities in device memory where they do not fit shared memory
+        # (decode_exact.probability_work: a block per key/value head's, or windows past HELD_KEYS): in `shared`'s
         # workspace where it is large enough (the recordings of one StepRunner replay one after another on its
-        # stream), else a new one that becomes shared's
-        self.p_work = None
-        if exact:
-            have = None if shared is None else shared.get("p_work")
-            self.p_work = attention.probability_work(B, c.heads, c.kv_heads, c.head_dim, max_keys, have=have)
-            if shared is not None and self.p_work is not None and (have is None or self.p_work.size > have.size):
-                shared["p_work"] = self.p_work
+        # stream), else a new one that becomes shared's. The first recording takes windows up to near_keys
+        # (2^14); a step with a longer one that the split recording does not take replays far_graph, recorded at
+        # the first such step with a workspace for max_keys, so that only an engine whose sequences grow that
+        # long spends that memory (4 bytes a sequence, query head and position)
+        self.shared = shared
+        self.near_keys = min(self.max_keys, attention.CHUNK_KEYS) if exact else None
+        self.p_work = self._probabilities(self.near_keys, "p_work") if exact else None
+        self._far = False
+        self.far_p_work = self.far_graph = None
         self._splitting = False                    # (which attention _operations() launches)
         self.long_graph = None
         # the host side of each step's input copy and token copy: pinned, two of each used in turn, so
@@ -209,19 +212,49 @@ class PagedDecodeGraph:
             self._splitting = False
         self.graph, _ = dec.backend.record(self._body)
 
+    def _probabilities(self, keys: int, name: str) -> Array | None:
+        """Deterministic attention's probabilities' workspace for windows of up to `keys` keys (None where its
+        launch holds them in shared memory), `shared`'s `name` where that is large enough."""
+        c = self.dec.config
+        attention = _kernels(self.dec.backend, True)[1]
+        have = None if self.shared is None else self.shared.get(name)
+        work = attention.probability_work(self.batch, c.heads, c.kv_heads, c.head_dim, keys, have=have)
+        if self.shared is not None and work is not None and (have is None or work.size > have.size):
+            self.shared[name] = work
+        return work
+
     def _graph_for(self, positions: list[int]):
         """The recording a step at these positions replays."""
-        last = max(positions, default=0)        # (a window holds at most last + 1 keys)
-        if self.long_from is None or last < self.long_from or (self.long_until is not None
-                                                               and last + 1 > self.long_until):
-            return self.graph
-        if self.long_graph is None:
-            self._splitting = True
-            try:
-                self.long_graph, _ = self.dec.backend.record(self._body)
-            finally:
-                self._splitting = False
-        return self.long_graph
+        keys = max(positions, default=0) + 1    # (the most keys a window holds)
+        if self.long_from is not None and keys > self.long_from and (self.long_until is None
+                                                                     or keys <= self.long_until):
+            if self.long_graph is None:
+                self.long_graph = self._record(splitting=True)
+            return self.long_graph
+        if self.exact and keys > self.near_keys:
+            if self.far_graph is None:
+                self.far_p_work = self._probabilities(self.max_keys, "far_p_work")
+                self.far_graph = self._record(far=True)
+            return self.far_graph
+        return self.graph
+
+    def _record(self, splitting: bool = False, far: bool = False):
+        """A further recording of the step: with the split attention, or (far) for windows past near_keys."""
+        self._splitting, self._far = splitting, far
+        try:
+            graph, _ = self.dec.backend.record(self._body)
+        finally:
+            self._splitting = self._far = False
+        return graph
+
+    def _attention_keywords(self) -> dict:
+        """paged_attention's keywords in the recording being made: the split workspace in the split one, and in
+        deterministic mode the windows it takes (max_keys) and its probabilities' workspace."""
+        keywords = {"split": self.split if self._splitting else None}
+        if self.exact:
+            keywords.update(max_keys=self.max_keys if self._splitting or self._far else self.near_keys,
+                            p_work=self.far_p_work if self._far else self.p_work)
+        return keywords
 
     def step(self, ids: list[int], positions: list[int], tables: list[list[int]]) -> Array:
         """Logits [len(ids), vocab] for one token per sequence at its position: a view of the graph's
@@ -293,12 +326,9 @@ class PagedDecodeGraph:
         for i, L in enumerate(dec.layers):
             ops += self._product(L.qkv, h, self.qkv, norm=L.ln1, bias=L.qkv_bias)
             extra = (exact_rounded.error_factor(c.head_dim),) if self.exact else ()
-            split = {"split": self.split if self._splitting else None}
-            if self.exact:
-                split.update(max_keys=self.max_blocks * cache.block_size, p_work=self.p_work)
             ops.append(partial(kernels.paged_attention, self.qkv, cache.k[i], cache.v[i], self.ctx, dec._cos,
                                dec._sin, L.qk_norm, self.pos, self.tables, cache.block_size, c.heads, L.window,
-                               dec.scale, c.eps, *extra, overlap=self.overlap, **split))
+                               dec.scale, c.eps, *extra, overlap=self.overlap, **self._attention_keywords()))
             ops += self._product(L.o, self.ctx, h, bias=L.o_bias, residual=h)
             ops += self._product(L.gate_up, h, self.act, norm=L.ln2, bias=L.gate_up_bias, swiglu=True)
             ops += self._product(L.down, self.act, h, bias=L.down_bias, residual=h)

@@ -119,6 +119,12 @@ def test_sliding_windows(window):
     _same(Case([4000, 2100], seed=window), 8, window=window)
 
 
+def test_a_long_sliding_window_starts_inside_a_chunk():
+    """A window of 20,000 keys ending at position 40,000: its chunks of the slice scheme start at its first key,
+    not at a multiple of CHUNK_KEYS of the cache's positions."""
+    _same(Case([40000, 300], seed=3), 16, window=20000)
+
+
 @pytest.mark.parametrize("head_dim", [32, 64])
 def test_blocks_of_any_thread_count(monkeypatch, head_dim):
     case = Case([2500, 1000], D=head_dim, seed=7)

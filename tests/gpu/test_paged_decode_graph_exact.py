@@ -221,24 +221,29 @@ def _attention_form(form, monkeypatch):
         monkeypatch.setattr(decode_exact, "split_max_keys", lambda splits: CHUNK - 8)
 
 
-@pytest.mark.parametrize("limit, threads, form", [
-    (exact_dispatch.ROUNDED_MAX_K, None, "split"), (exact_dispatch.ROUNDED_MAX_K, 256, "split"),
-    (exact_dispatch.ROUNDED_MAX_K, 128, "split"), (CHUNK, None, "split"), (CHUNK, None, "one block"),
-    (CHUNK, None, "grouped"), (CHUNK, None, "past split")])
-def test_positions_past_the_rounded_scheme_and_the_chunk_record_with_the_same_bits(limit, threads, form, monkeypatch):
+@pytest.mark.parametrize("limit, threads, form, window", [
+    (exact_dispatch.ROUNDED_MAX_K, None, "split", None), (exact_dispatch.ROUNDED_MAX_K, 256, "split", None),
+    (exact_dispatch.ROUNDED_MAX_K, 128, "split", None), (CHUNK, None, "split", None), (CHUNK, None, "one block", None),
+    (CHUNK, None, "grouped", None), (CHUNK, None, "past split", None), (2 * CHUNK + 1000, None, "split", None),
+    (2 * CHUNK + 1000, None, "one block", None), (2 * CHUNK + 1000, None, "one block", CHUNK + 3001)])
+def test_positions_past_the_rounded_scheme_and_the_chunk_record_with_the_same_bits(limit, threads, form, window,
+                                                                                   monkeypatch):
     """The recorded step's attention takes p v over more than ROUNDED_MAX_K keys in the slice scheme, and past
     2^CHUNK_BITS keys in chunks added in order, as the array code's product does. On either side of both
     limits the steps record (none runs kernel by kernel) and the logits are the kernel-by-kernel steps' bits
     and the CPU's, with the attention kernel's blocks of FEW_THREADS (this step's few blocks) and of 256 and
     128 threads (`threads`, FEW_THREADS forced), in each of its forms (_attention_form; past HELD_KEYS the
-    one-block and grouped forms keep their probabilities in device memory). The cache's positions between
+    one-block and grouped forms keep their probabilities in device memory, in a third recording made at the
+    first step past 2^14 keys), over three chunks, and with a sliding window that starts inside a chunk
+    (`window`: a mistral shape). The cache's positions between
     the prompt and the steps hold random keys and values of spread magnitudes (a few of them zero, some
     float32 subnormals), the same on every device."""
     from loom.backend.cuda import decode_exact
     if threads is not None:
         monkeypatch.setattr(decode_exact, "FEW_THREADS", threads)
     _attention_form(form, monkeypatch)
-    config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": limit + 64})
+    extra = {} if window is None else {"model_type": "mistral", "sliding_window": window}
+    config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": limit + 64, **extra})
     weights = quant_weights("Q8_0", CONFIG)
     out = []
     with loom.deterministic(True):
@@ -266,7 +271,8 @@ def test_positions_past_the_rounded_scheme_and_the_chunk_record_with_the_same_bi
                 split = form in ("split", "past split")
                 assert (graph.split is not None and graph.split.splits > 1) == split, form
                 assert (graph.long_graph is not None) == (form == "split"), form
-                assert (graph.p_work is not None) == (limit == CHUNK), form      # (the first recording's)
+                far = limit > exact_dispatch.ROUNDED_MAX_K and form != "split"      # (windows past 2^14 keys)
+                assert (graph.far_graph is not None) == far and (graph.far_p_work is not None) == far, form
             assert counts == ([1, 2, 3, 4] if dec.graphs and dec.device == "cuda" else [0, 0, 0, 0])
     same_bits(out[0], out[1], f"recorded steps vs kernel by kernel ({form})")
     same_bits(out[0], out[2], f"recorded steps vs the CPU ({form})")

@@ -112,13 +112,22 @@ def _module(head_dim: int, threads: int, group: int = 0):
     return cupy.RawModule(code=source(head_dim, threads, group), options=COMPILE)
 
 
+STATIC_SHARED = 16 * 1024   # above the kernels' own shared arrays (12.4-13.4 KiB at 512 threads)
+
+
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why the kernels cannot take a model's heads, or None where they can (caches of any length max_len:
-    past HELD_KEYS the probabilities go to probability_work's workspace). (Their scores' products are the
-    rounded scheme's: the caller checks that exact_dispatch gives it to K = head_dim.) A block's threads split
-    evenly over head_dim (SLICES = threads / head_dim)."""
+    """Why the kernels cannot take a model's heads, or caches of max_len positions, or None where they can. A
+    block holds at most HELD_KEYS probabilities in shared memory (a split window's part at most CHUNK_KEYS;
+    past HELD_KEYS a block a query head keeps them in probability_work's workspace), 4 bytes a key, which the
+    device must allow. (Their scores' products are the rounded scheme's: the caller checks that exact_dispatch
+    gives it to K = head_dim.) A block's threads split evenly over head_dim (SLICES = threads / head_dim)."""
     if head_dim % 32 or THREADS % head_dim or FEW_THREADS % head_dim or max(MANY_THREADS, head_dim) % head_dim:
         return f"head_dim {head_dim} is not 32, 64, 128 or 256 (the attention kernel's blocks split over it)"
+    need = _shared(min(max_len, HELD_KEYS)) + STATIC_SHARED
+    limit = cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+    if need > limit:
+        return (f"a cache of {max_len} positions needs {need // 1024} KiB of shared memory a block in the "
+                f"attention kernel, more than this GPU's {limit // 1024} KiB")
     return None
 
 
@@ -236,14 +245,14 @@ def split_work(batch: int, heads: int, head_dim: int, max_keys: int, splits: int
 
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array,
                     norm: Array | None, pos: Array, tables: Array, block_size: int, heads: int, window: int | None,
-                    scale: float, eps: float, factor: float, overlap: bool = False, max_keys: int = CHUNK_KEYS,
+                    scale: float, eps: float, factor: float, overlap: bool = False, *, max_keys: int,
                     split: SplitWork | None = None, p_work: Array | None = None) -> None:
-    """decode.paged_attention's operation with deterministic mode's bits (out float32 only) for sequences
-    at positions below max_keys, which sizes the probabilities' rows. split: split_work's workspace for these
-    sizes, to cut windows of more than 2 SPLIT_KEYS keys (and at most split_max_keys) over several blocks, with
-    the same bits (None: one block a head, or a block a key/value head where _grouped takes it; the caller
-    keeps longer windows off a split launch). p_work: probability_work's workspace for these sizes, where it
-    gives one."""
+    """decode.paged_attention's operation with deterministic mode's bits (out float32 only) for sequences at
+    positions below max_keys (the most keys a window holds), which sizes the probabilities' rows. split:
+    split_work's workspace for these sizes, to cut windows of more than 2 SPLIT_KEYS keys (and at most
+    split_max_keys) over several blocks, with the same bits (None: one block a head, or a block a key/value head
+    where _grouped takes it; the caller keeps longer windows off a split launch). p_work: probability_work's
+    workspace for these sizes, where it gives one."""
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
     row, col = (s // tables.itemsize for s in tables.strides)
