@@ -201,7 +201,7 @@ class DecodeKernels(Protocol):
     the slice scheme; products_tiles: both schemes for many rows of x at once, on the float64 tensor
     cores; products_fixed: the dispatch table's "weight" rule, exact.fixed's integers, for any rows;
     products_planes: the same bits from PLANES_ROWS rows on, through the weights' int8 planes). Each
-    attention module has attention (a contiguous cache) and paged_attention (a paged one)."""
+    attention module has paged_attention (a paged cache); the fast one also attention (a contiguous one)."""
 
     products: ModuleType
     attention: ModuleType

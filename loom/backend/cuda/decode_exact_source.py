@@ -1,8 +1,8 @@
 """The CUDA source of deterministic decode attention's one-block-a-head kernels (decode_exact.py, whose
 docstring says what they compute and why the bits are the array code's): the device helpers (RoPE, the head
-vectors, the paged and flat cache addresses, the slice scheme's p v) in SOURCE, the kernel bodies and entry
+vectors, the paged cache's addresses, the slice scheme's p v in chunks) in SOURCE, the kernel bodies and entry
 points in KERNELS. decode_exact.source() compiles them with its defines (D, THREADS, ROUNDED_KEYS, SPLIT_KEYS,
-PHASES, VALUE_LOADS) around decode_exact_split's SPLIT_SOURCE.
+PHASES, VALUE_LOADS, CHUNK_KEYS) around decode_exact_split's SPLIT_SOURCE.
 """
 
 SOURCE = r"""

@@ -11,7 +11,7 @@ exponentials and of the slice scheme's products are exact integers, and the roun
 sums are certified whatever their order, the rest settled over all keys in key order.
 
 A source fragment, compiled inside decode_exact's module (it uses that module's D, THREADS, SLICES,
-ROUNDED_KEYS and the exact helpers before it).
+ROUNDED_KEYS, CHUNK_KEYS and the exact helpers before it).
 """
 
 SPLIT_SOURCE = r"""
