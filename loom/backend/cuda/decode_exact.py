@@ -73,6 +73,7 @@ PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py
 # A thread's value loads in flight at once in p v (a block at 300 keys spent ~7 of its ~13 us there, each thread
 # waiting out a load round trip per VALUE_LOADS keys; the additions keep their order whatever this is)
 VALUE_LOADS = 8
+SLICE_LOADS = 8             # ... and in the slice scheme's passes over the values (past ROUNDED_KEYS keys)
 MAX_SPLITS = 16
 # A block per (sequence, key/value head) for its group of query heads (decode_exact_group), reading each
 # cached key and value once for the group, where those blocks are at least 1 / GROUP_FEWEST of the
@@ -98,7 +99,7 @@ def source(head_dim: int, threads: int, group: int = 0) -> str:
     kernel for key/value heads of `group` query heads as well (decode_exact_group)."""
     head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
             f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define VALUE_LOADS {VALUE_LOADS}\n"
-            f"#define CHUNK_KEYS {CHUNK_KEYS}\n")
+            f"#define CHUNK_KEYS {CHUNK_KEYS}\n#define SLICE_LOADS {SLICE_LOADS}\n")
     grouped = f"#define GROUP {group}\n" + GROUP_SOURCE if group else ""
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
             + SOURCE + SPLIT_SOURCE + KERNELS + grouped)

@@ -129,7 +129,7 @@ __device__ void slice_weighted_values(const float* p_s, const Addr values, long 
     // maxima: any order gives their values): the cached ones FLIGHT loads at a time with no branch between them,
     // so that they are in flight together (a load behind a branch waits for the one before it), then the new one
     // (c0: 0 or a multiple of CHUNK_KEYS, which SLICES divides)
-    constexpr int FLIGHT = 8;
+    constexpr int FLIGHT = SLICE_LOADS;
     auto each_value_in = [&](auto f, long long c0, long long c1) {
         const long long cached_end = min(c1, n - 1);
         long long j = c0 + slice;

@@ -86,7 +86,7 @@ __device__ void split_softmax_values(float* p_s, const Addr values, long long lo
     const int d = threadIdx.x % D, slice = threadIdx.x / D;
     // f(j - j0, v_jd) for this thread's keys j = j0 + slice, + SLICES, ...: the cached ones FLIGHT loads at a
     // time (no branch between them, so that they are in flight together), then the new one
-    constexpr int FLIGHT = 8;
+    constexpr int FLIGHT = SLICE_LOADS;
     const long long cached_end = min(j1, n - 1);
     auto each_value = [=](auto f) {
         long long j = j0 + slice;
