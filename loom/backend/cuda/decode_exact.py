@@ -73,7 +73,10 @@ PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py
 # A thread's value loads in flight at once in p v (a block at 300 keys spent ~7 of its ~13 us there, each thread
 # waiting out a load round trip per VALUE_LOADS keys; the additions keep their order whatever this is)
 VALUE_LOADS = 8
-SLICE_LOADS = 8             # ... and in the slice scheme's passes over the values (past ROUNDED_KEYS keys)
+# ... and in the slice scheme's passes over the values (past ROUNDED_KEYS keys). H100, decode_graph_parts.py --whole
+# --deterministic --position P, one sequence, us: 16 against 8, SmolLM2-135M at 20,000 / 40,000 positions 4,903 /
+# 8,564 -> 4,804 / 8,329, Llama-3.2-1B 9,147 / 16,346 -> 8,939 / 16,045 (VALUE_LOADS 16 at 1,000 positions: even)
+SLICE_LOADS = 16
 MAX_SPLITS = 16
 # A block per (sequence, key/value head) for its group of query heads (decode_exact_group), reading each
 # cached key and value once for the group, where those blocks are at least 1 / GROUP_FEWEST of the
