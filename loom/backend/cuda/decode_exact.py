@@ -75,7 +75,8 @@ PHASES = 12                 # timestamps a block (benchmarks/attention_phases.py
 VALUE_LOADS = 8
 # ... and in the slice scheme's passes over the values (past ROUNDED_KEYS keys). H100, decode_graph_parts.py --whole
 # --deterministic --position P, one sequence, us: 16 against 8, SmolLM2-135M at 20,000 / 40,000 positions 4,903 /
-# 8,564 -> 4,804 / 8,329, Llama-3.2-1B 9,147 / 16,346 -> 8,939 / 16,045 (VALUE_LOADS 16 at 1,000 positions: even)
+# 8,564 -> 4,804 / 8,329, Llama-3.2-1B 9,147 / 16,346 -> 8,939 / 16,045; at 16 / 1,000 positions 1,549 / 2,159 ->
+# 1,546 / 2,168 (the same bits: the sums are exact). VALUE_LOADS 16 at 1,000 positions: 2,157 -> 2,169.
 SLICE_LOADS = 16
 MAX_SPLITS = 16
 # A block per (sequence, key/value head) for its group of query heads (decode_exact_group), reading each
