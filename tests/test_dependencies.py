@@ -6,6 +6,7 @@ type-only ones too, but not a module's import of the packages it lives in); and 
 imports cupy.
 """
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -36,12 +37,32 @@ def _top_level(module: str) -> str | None:
     return parts[1] if len(parts) > 1 else None
 
 
-def _imports(path: Path):
+@functools.cache
+def _parse(text: str) -> ast.Module:
+    """A source's syntax tree, parsed once per test process (four tests walk every file of loom/);
+    keyed by the text itself, so the checker's own tests, which fake the files' text, still parse theirs."""
+    return ast.parse(text)
+
+
+def _tree(path: Path) -> ast.Module:
+    return _parse(path.read_text(encoding="utf-8"))
+
+
+def _imports(path: Path) -> tuple[tuple[int, str], ...]:
     """(line, absolute module name) of every import in a loom source file, relative ones resolved;
     `from package import name` gives package.name where name is a submodule."""
+    return _resolved_imports(path, path.read_text(encoding="utf-8"))
+
+
+@functools.cache
+def _resolved_imports(path: Path, text: str) -> tuple[tuple[int, str], ...]:
+    return tuple(_walk_imports(path, text))
+
+
+def _walk_imports(path: Path, text: str):
     rel = path.relative_to(LOOM.parent).with_suffix("")
     package = list(rel.parts[:-1])            # a module's package; an __init__'s own package
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_parse(text)):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name
@@ -109,7 +130,7 @@ def _import_time_graph() -> dict:
     modules = {_module_name(p): p for p in _sources()}
     graph = {}
     for name, path in modules.items():
-        top = [n for n in ast.parse(path.read_text(encoding="utf-8")).body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        top = [n for n in _tree(path).body if isinstance(n, (ast.Import, ast.ImportFrom))]
         lines = {n.lineno for n in top}
         graph[name] = {m for line, m in _imports(path) if line in lines and m in modules and m != name}
     return graph

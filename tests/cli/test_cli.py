@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -26,18 +27,25 @@ def test_demo_trains_saves_and_reloads_bit_identically(tmp_path):
     assert (tmp_path / "demo" / "digits.loom").stat().st_size > 0
 
 
-def test_info_json():
-    out = loom("info", "--json")
+@pytest.fixture(scope="module")
+def info_json():
+    """`loom info --json`, run once for the two tests that read it (each run is a fresh interpreter)."""
+    return loom("info", "--json")
+
+
+def test_info_json(info_json):
+    out = info_json
     assert out.returncode == 0
     data = json.loads(out.stdout)
     assert data["devices"]["cpu"] == "ok" and "conv2d" in data["layer_types"]
 
 
 def test_usage_errors_exit_2_with_one_line():
+    runs = {}
     for args in (["frobnicate"], ["demo", "--epochs", "many"], [], ["train"], ["run", "m.loom"]):
-        out = loom(*args)
+        runs[tuple(args)] = out = loom(*args)
         assert out.returncode == 2, args
-    out = loom("frobnicate")
+    out = runs["frobnicate",]                  # its stderr, from the run above (no second start-up)
     assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("loom: usage error")
 
 
@@ -121,8 +129,8 @@ def test_cli_bad_inputs_exit_3(tmp_path):
         assert message in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
-def test_info_lists_accelerations():
-    data = json.loads(loom("info", "--json").stdout)
+def test_info_lists_accelerations(info_json):
+    data = json.loads(info_json.stdout)
     assert set(data["accelerations"]) == {"numba", "cuda_graphs", "decode_graphs", "int8_exact_gemm",
                                           "kquant_kernels"}
     out = subprocess.run([sys.executable, "-m", "loom", "info"], capture_output=True, text=True, cwd=ROOT,

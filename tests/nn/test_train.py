@@ -124,10 +124,12 @@ def test_mnist_5k_mlp_reaches_95_percent():
                                     "layers": [{"type": "dense", "units": 1024, "activation": "relu"},
                                                {"type": "dropout", "rate": 0.4},
                                                {"type": "dense", "units": 10}]})
+    # 6 epochs at a peak lr of 3e-3 (0.957; 5 and 7 epochs: 0.956 and 0.960; lr 4e-3: 0.960) learn what 20
+    # at 1e-3 did (0.959) in a third of the time: the suite's slowest training run
     train(net, x[:4000], y[:4000], loss={"type": "cross_entropy", "label_smoothing": 0.1},
-          optimizer={"type": "adamw", "lr": 1e-3, "weight_decay": 0.05,
-                     "schedule": {"type": "cosine", "steps": 20 * 63}}, epochs=20, batch_size=64, verbose=False)
-    acc = evaluate(net, x[4000:], y[4000:])["accuracy"]    # 1,000 held-out images (0.959; 30 epochs: 0.960)
+          optimizer={"type": "adamw", "lr": 3e-3, "weight_decay": 0.05,
+                     "schedule": {"type": "cosine", "steps": 6 * 63}}, epochs=6, batch_size=64, verbose=False)
+    acc = evaluate(net, x[4000:], y[4000:])["accuracy"]    # 1,000 held-out images, never trained on
     assert acc >= 0.95, acc
 
 

@@ -90,11 +90,19 @@ def test_the_sites_wheel_trains_to_the_native_fingerprints(tmp_path):
     assert got == {name: site["native"][name]["fingerprint"] for name in site["networks"]}
 
 
+# Greedy tokens the WebAssembly run generates: the page's reference generation (llm.reference) cut from
+# REFERENCE_TOKENS (24) to 8. Every step runs there at about 1.5 s (deterministic mode's exact products
+# in NumPy under WebAssembly), so 24 took 84 s of the suite; 8 still run the prompt's prefill, seven
+# cached decode steps, the streamed text and the whole sequence's logits fingerprint, the same code as 24
+# (tests/web/test_browser_llm.py checks all 24 against site.json where Chromium is installed).
+WASM_TOKENS = 8
+
+
 @pytest.mark.slow
-def test_smollm2_generates_the_native_tokens_and_bits_in_webassembly(pyodide_dir, tmp_path):
+def test_smollm2_generates_the_native_tokens_and_bits_in_webassembly(pyodide_dir, tmp_path, monkeypatch):
     """SmolLM2-135M's GGUF in Pyodide (the pure-Python tokenizer, the chat template's packages as the
-    page installs them, weights dequantized at load): the page's reference generation gives the
-    native ids, text and logits fingerprint (deterministic mode)."""
+    page installs them, weights dequantized at load): the page's reference generation, WASM_TOKENS
+    long, gives the native ids, text and logits fingerprint (deterministic mode)."""
     import datacache
 
     from loom.web import llm, site
@@ -107,9 +115,11 @@ def test_smollm2_generates_the_native_tokens_and_bits_in_webassembly(pyodide_dir
     code = ("import json, sysconfig, zipfile\n"
             "zipfile.ZipFile('/files/chat.zip').extractall(sysconfig.get_paths()['purelib'])\n"
             "from loom.web import llm\n"
+            f"llm.REFERENCE_TOKENS = {WASM_TOKENS}\n"
             "r = llm.reference('/files/model.gguf')\n"
-            "json.dumps({k: r[k] for k in ('ids', 'text', 'fingerprint', 'prompt_tokens')})")
+            "json.dumps({k: r[k] for k in ('ids', 'text', 'fingerprint', 'prompt_tokens', 'max_tokens')})")
     wasm = json.loads(_node(tmp_path, pyodide_dir, "SOURCE+FILES", code, files=files))
+    monkeypatch.setattr(llm, "REFERENCE_TOKENS", WASM_TOKENS)
     native = llm.reference(gguf)
-    assert len(native["ids"]) == llm.REFERENCE_TOKENS
-    assert wasm == {k: native[k] for k in ("ids", "text", "fingerprint", "prompt_tokens")}
+    assert len(native["ids"]) == WASM_TOKENS and native["text"] != ""
+    assert wasm == {k: native[k] for k in ("ids", "text", "fingerprint", "prompt_tokens", "max_tokens")}
