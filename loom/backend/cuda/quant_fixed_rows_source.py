@@ -73,10 +73,10 @@ extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
             block_values(wrow, b, 2 * c, v, at);
             block_values(wrow, b, 2 * c + 1, v + 4, at + 4);
             // (a row past the output's end or holding inf or NaN: its column's sums are not used)
-            int q[8];                  // (loom_planes takes the low 16 bits: q's as an int16)
-            loom_fixed_ints<8>(v, sc, shift, q);
-            loom_planes((const unsigned*)q, &bh[0], &bl[0]);
-            loom_planes((const unsigned*)q + 4, &bh[1], &bl[1]);
+            unsigned q[8];
+            loom_fixed_bits_n<8>(v, sc, shift, q);
+            loom_planes(q, &bh[0], &bl[0]);
+            loom_planes(q + 4, &bh[1], &bl[1]);
         }
         #pragma unroll
         for (int i = 0; i < MF; ++i) {

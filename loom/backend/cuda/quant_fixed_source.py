@@ -26,17 +26,34 @@ __device__ __forceinline__ unsigned loom_fixed_bits(float v, float s, int shift)
                         : 0x4B400000u + (unsigned)__double2int_rn(ldexp((double)v, shift));
 }
 
-// q[j] = rint(v[j] 2^shift) for N values of one row (loom_fixed_bits less 0x4B400000), the row's test of shift made
-// once for the N values: left to the compiler, a branch on it stayed around each value's fma in the products' loops
-// (H100, decode_graph_parts.py --whole --deterministic, us a step: Llama-3.2-1B at batch 1 / 2 / 4 1,546 / 1,903 /
-// 2,289 -> 1,364 / 1,695 / 2,104, Llama-3.1-8B 7,548 -> 6,770, Qwen2-0.5B 1,183 -> 1,077, SmolLM2-135M 781 -> 743)
-template <int N> __device__ __forceinline__ void loom_fixed_ints(const float* v, float s, int shift, int* q) {
+// loom_fixed_bits of N values of one row (the low 16 bits: q = rint(v[j] 2^shift) as an int16), the row's test of
+// shift made once for the N values: left to the compiler, a branch on it stayed around each value's fma in the
+// products' loops (H100, decode_graph_parts.py --whole --deterministic, us a step: Llama-3.2-1B at batch 1 / 2 / 4
+// 1,546 / 1,903 / 2,289 -> 1,364 / 1,695 / 2,104, Llama-3.1-8B 7,548 -> 6,770, Qwen2-0.5B 1,183 -> 1,077, SmolLM2-135M
+// 781 -> 743)
+template <int N> __device__ __forceinline__ void loom_fixed_bits_n(const float* v, float s, int shift, unsigned* q) {
     if (shift <= 127) {
         #pragma unroll
-        for (int j = 0; j < N; ++j) q[j] = (int)(__float_as_uint(__fmaf_rn(v[j], s, 12582912.0f)) - 0x4B400000u);
+        for (int j = 0; j < N; ++j) q[j] = __float_as_uint(__fmaf_rn(v[j], s, 12582912.0f));
     } else {
         #pragma unroll
-        for (int j = 0; j < N; ++j) q[j] = (int)(loom_fixed_bits(v[j], s, shift) - 0x4B400000u);
+        for (int j = 0; j < N; ++j) q[j] = loom_fixed_bits(v[j], s, shift);
+    }
+}
+
+// The products of N (4 or 8) of W's integers (loom_fixed_bits_n's words) with x's (int16 pairs xu[N / 2], value 2i in
+// the low half of word i) by dp2a, two products an instruction: a pair of W's int16s (one byte_perm of the two words'
+// low halves) against x's low bytes (unsigned) into lo, against its high bytes (signed) into hi, x = 256 x_h + x_l.
+// Each product is below 2^23 in magnitude, so hi and lo are exact over up to 2^7 pairs: callers add
+// 256 hi + lo into their int64 sums at least that often (the same sums: exact in any order). In place of each
+// product's int16 extractions, multiply and int64 addition a pair.
+template <int N> __device__ __forceinline__ void loom_fixed_dot(const unsigned* q, const unsigned* xu, int& hi, int& lo) {
+    #pragma unroll
+    for (int i = 0; i < N / 2; ++i) {
+        const unsigned qp = __byte_perm(q[2 * i], q[2 * i + 1], 0x5410);   // q_2i, q_2i+1 as int16s
+        const unsigned xb = __byte_perm(xu[i], 0, 0x3120);                 // x_2i's and x_2i+1's low bytes, then high
+        asm("dp2a.lo.s32.u32 %0, %1, %2, %0;" : "+r"(lo) : "r"(qp), "r"(xb));
+        asm("dp2a.hi.s32.s32 %0, %1, %2, %0;" : "+r"(hi) : "r"(qp), "r"(xb));
     }
 }
 
@@ -170,10 +187,9 @@ __device__ __forceinline__ void loom_fixed_store(float* y, const float* bias, co
 template <bool NEAR> struct LoomFixedStoredT {
     static constexpr bool near = NEAR;
     const short* xq; const int* ex; const int* xbad; const float* x; int K;
-    __device__ __forceinline__ void integers(int m, int b, int group, const int*, int* t) const {
-        const uint2 v = *(const uint2*)(xq + (long long)m * K + 32 * b + 4 * group);   // one 8-byte load
-        t[0] = (int)(short)(v.x & 0xFFFFu); t[1] = (int)v.x >> 16;
-        t[2] = (int)(short)(v.y & 0xFFFFu); t[3] = (int)v.y >> 16;
+    // the same four integers as an int16 pair a word (one 8-byte load)
+    __device__ __forceinline__ uint2 integers4(int m, int b, int group) const {
+        return *(const uint2*)(xq + (long long)m * K + 32 * b + 4 * group);
     }
     // LOOM_WIDE rows: positions 8 group .. 8 group + 7 of unit b (lane order is position order there), one 16-byte load
     __device__ __forceinline__ uint4 integers8(int m, int b, int group) const {
@@ -284,6 +300,11 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
                         xv[m][u % XS_STEPS] = ok && m < M ? xs.integers8(m, b, group) : make_uint4(0, 0, 0, 0);
                 }
             }
+            int hi[EPI + 1][MAX_ROWS], lo[EPI + 1][MAX_ROWS];     // (at most 4 LOOM_WIDE_STEPS <= 32 pairs each)
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e)
+                #pragma unroll
+                for (int m = 0; m < MAX_ROWS; ++m) hi[e][m] = lo[e][m] = 0;
             #pragma unroll
             for (int u = 0; u < LOOM_WIDE_STEPS; ++u) {
                 if (XS::near) {
@@ -297,20 +318,21 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
                 for (int e = 0; e <= EPI; ++e) {
                     float v[8];
                     loom_wide_values(wv[e][u], v);
-                    int q[8];
-                    loom_fixed_ints<8>(v, sc[e], shift[e], q);
+                    unsigned q[8];
+                    loom_fixed_bits_n<8>(v, sc[e], shift[e], q);
                     #pragma unroll
                     for (int m = 0; m < MAX_ROWS; ++m) {
                         if (m >= M) break;
                         const uint4 xx = xv[m][u % XS_STEPS];
                         const unsigned xu[4] = {xx.x, xx.y, xx.z, xx.w};
-                        #pragma unroll
-                        for (int j = 0; j < 8; j += 2)      // two products (each below 2^30) a 32-bit sum
-                            acc[e][m] += (long long)(q[j] * (int)(short)(xu[j >> 1] & 0xFFFFu)
-                                                     + q[j + 1] * ((int)xu[j >> 1] >> 16));
+                        loom_fixed_dot<8>(q, xu, hi[e][m], lo[e][m]);
                     }
                 }
             }
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e)
+                #pragma unroll
+                for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] += 256 * (long long)hi[e][m] + lo[e][m];
         }
     } else {
         // (SwiGLU's gate and up rows in the same iterations: their loads in flight together)
@@ -327,25 +349,25 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
                     block_values(wrow[e], b, group, v[e], at);
                 }
             }
+            unsigned q[EPI + 1][LOOM_VPL];
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e) loom_fixed_bits_n<LOOM_VPL>(v[e], sc[e], shift[e], q[e]);
             #pragma unroll
             for (int m = 0; m < MAX_ROWS; ++m) {
                 if (m >= M) break;
-                int t[LOOM_VPL];
+                unsigned xu[4];
                 if (LOOM_WIDE) {
                     const uint4 p = xs.integers8(m, b, group);
-                    const unsigned u[4] = {p.x, p.y, p.z, p.w};
-                    #pragma unroll
-                    for (int j = 0; j < LOOM_VPL; ++j) t[j] = (j & 1) ? (int)u[j >> 1] >> 16 : (int)(short)(u[j >> 1] & 0xFFFFu);
+                    xu[0] = p.x; xu[1] = p.y; xu[2] = p.z; xu[3] = p.w;
                 } else {
-                    xs.integers(m, b, group, at, t);
+                    const uint2 p = xs.integers4(m, b, group);
+                    xu[0] = p.x; xu[1] = p.y;
                 }
                 #pragma unroll
                 for (int e = 0; e <= EPI; ++e) {
-                    int q[LOOM_VPL];
-                    loom_fixed_ints<LOOM_VPL>(v[e], sc[e], shift[e], q);
-                    #pragma unroll
-                    for (int j = 0; j < LOOM_VPL; j += 2)  // two products (each below 2^30) a 32-bit sum
-                        acc[e][m] += (long long)(q[j] * t[j] + q[j + 1] * t[j + 1]);
+                    int hi = 0, lo = 0;
+                    loom_fixed_dot<LOOM_VPL>(q[e], xu, hi, lo);
+                    acc[e][m] += 256 * (long long)hi + lo;
                 }
             }
         }
