@@ -21,11 +21,12 @@ Kernels:
   x_source), both compiled for their rows of x and units of K; for one row of x a block takes every
   grid-th group of output rows (gemv_grid):
   WPR warps a row of W (gemv_warps), lane l taking value group l & 7 of its units (F16/BF16: eight values,
-  8 (l & 3) .. 8 (l & 3) + 7, in one 16-byte load); each decoded value's integer times x's, two products (each below 2^30)
-  a 32-bit sum, added into int64s: exact in any order; the warps' sums meet in shared memory, and one lane
-  scales the sum by 2^(ex + ew - 30) in float64 (exact: below 2^53) and rounds once to float32. A row of x
-  or W holding inf or NaN gives IEEE's value of the sum of sign products with the infinities and NaNs
-  kept (exact._special_values), which is not finite.
+  8 (l & 3) .. 8 (l & 3) + 7, in one 16-byte load); each decoded value's integer times x's, two products a
+  dp2a instruction (x's integers split into bytes: int32 sums added into int64s every few steps), exact in
+  any order; the warps' sums meet in shared memory, and one lane scales the sum by 2^(ex + ew - 30) in
+  float64 (exact: below 2^53) and rounds once to float32. A row of x or W holding inf or NaN gives IEEE's
+  value of the sum of sign products with the infinities and NaNs kept (exact._special_values), which is not
+  finite.
 - `loom_fixed_rows`, for up to ROWS_MAX rows of x (decode batches) on the int8 tensor cores: each integer
   splits into planes, q = 256 hi + lo (hi = q >> 8 signed, lo = q & 255 unsigned: the int16's two bytes),
   and a fragment of 16 rows of x by 8 rows of W takes four m16n8k32 products a 32-value unit, hi.hi into
