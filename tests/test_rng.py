@@ -22,6 +22,21 @@ def test_draws_are_pure_functions_of_seed_stream_counter():
     assert np.array_equal(a.bits(10), a.bits(25)[:10])
 
 
+def test_small_host_draws_equal_the_array_rounds(monkeypatch):
+    """Draws of up to SMALL_BLOCKS blocks on the host take Python-int rounds (_rounds_int): the same words as
+    the NumPy rounds for every length, offset, key and counter word, 64-bit counters and block indices past
+    2^32 included."""
+    gen = np.random.default_rng(5)
+    cases = [((0, 0), 0, 4, 0), ((0xFFFFFFFF, 0xFFFFFFFF), (1 << 64) - 1, 16, 0), ((1, 2), 1 << 40, 3, (1 << 34) + 3)]
+    cases += [((int(gen.integers(2 ** 32)), int(gen.integers(2 ** 32))), int(gen.integers(2 ** 63)),
+               int(gen.integers(1, 17)), int(gen.integers(0, 2 ** 36))) for _ in range(200)]
+    small = [rng.philox(key, counter, n, offset=offset) for key, counter, n, offset in cases]
+    monkeypatch.setattr(rng, "SMALL_BLOCKS", 0)
+    for (key, counter, n, offset), got in zip(cases, small):
+        want = rng.philox(key, counter, n, offset=offset)
+        assert got.dtype == np.uint32 and np.array_equal(got, want), (key, counter, n, offset)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_uniform_range_and_moments(dtype):
     u = rng.Generator(0, "u").uniform(200_000, dtype=dtype)
