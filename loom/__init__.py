@@ -1,7 +1,6 @@
 """Loom: a deterministic neural compute runtime. Networks are portable JSON, run on CPU (NumPy) and NVIDIA GPUs (CuPy)."""
 from __future__ import annotations
 
-from . import llm  # loom.llm.load: language models from GGUF files and HuggingFace directories
 from .distributed import train
 from .engine import prime_count, primes
 from .engine.patterns import argmax, argmin, argsort, histogram, map, matmul, max, mean, min, scan, sort, sum, topk
@@ -21,6 +20,11 @@ def __getattr__(name: str):
     if name == "DETERMINISM_SPEC":
         from .spec import SPEC
         return SPEC
+    # loom.llm (loom.llm.load: language models from GGUF files and HuggingFace directories) on first use: a
+    # quarter of `import loom`'s time, which every CLI command and C ABI process paid without using it
+    if name == "llm":
+        import importlib
+        return importlib.import_module(".llm", __name__)
     raise AttributeError(f"module 'loom' has no attribute {name!r}")
 
 __all__ = ["llm", "Network", "NonFinite", "train", "evaluate", "predict", "info", "deterministic", "precision",
