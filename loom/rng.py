@@ -23,7 +23,7 @@ _M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
 _W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
 _LO32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
-SMALL_BLOCKS = 4            # host draws of at most this many blocks (16 words) take _rounds_int
+SMALL_BLOCKS = 4            # host draws (philox's xp None) of at most this many blocks (16 words) take _rounds_int
 
 
 def stream_key(seed: int, stream: str) -> tuple[int, int]:
@@ -32,16 +32,19 @@ def stream_key(seed: int, stream: str) -> tuple[int, int]:
     return int.from_bytes(digest[0:4], "little"), int.from_bytes(digest[4:8], "little")
 
 
-def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType = np, offset: int = 0) -> Any:
+def philox(key: tuple[int, int], counter: Any, n: int, xp: ModuleType | None = None, offset: int = 0) -> Any:
     """`n` uint32 words: Philox4x32-10 over counters (i, 0, counter_lo, counter_hi) for blocks i,
     from word `offset` of the stream on (a rank of a data-parallel world draws its slice of the
     global batch's words).
 
     `counter` is an int, or a uint32 array [lo, hi] on xp's device (a recorded train step reads
-    the counter from memory). Only integer operations: every backend gives the same bits."""
+    the counter from memory); xp None: host NumPy arrays, where draws of up to SMALL_BLOCKS blocks take
+    _rounds_int. Only integer operations: every backend gives the same bits."""
     first, skip = divmod(int(offset), 4)
     blocks = (skip + n + 3) // 4
-    if xp is np and isinstance(counter, (int, np.integer)) and blocks <= SMALL_BLOCKS:
+    host = xp is None
+    xp = np if host else xp
+    if host and isinstance(counter, (int, np.integer)) and blocks <= SMALL_BLOCKS:
         c2, c3 = int(counter) & 0xFFFFFFFF, (int(counter) >> 32) & 0xFFFFFFFF
         words = [w for i in range(first, first + blocks)
                  for w in _rounds_int(i & 0xFFFFFFFF, i >> 32, c2, c3, int(key[0]), int(key[1]))]
@@ -105,12 +108,12 @@ class Generator:
         self.seed, self.stream = int(seed), stream
         self.key = stream_key(seed, stream)
 
-    def bits(self, shape: int | Sequence[int], counter: Any = 0, xp: ModuleType = np, offset: int = 0) -> Any:
+    def bits(self, shape: int | Sequence[int], counter: Any = 0, xp: ModuleType | None = None, offset: int = 0) -> Any:
         shape = _shape(shape)
         return philox(self.key, counter, int(np.prod(shape, dtype=np.int64)), xp, offset).reshape(shape)
 
     def uniform(self, shape: int | Sequence[int], counter: Any = 0, dtype: DTypeLike = np.float64,
-                xp: ModuleType = np, offset: int = 0) -> Any:
+                xp: ModuleType | None = None, offset: int = 0) -> Any:
         """Uniform on [0, 1): the top 24 (float32) or 53 (float64) bits scaled by a power of two
         (exact on every backend; `xp` and `counter` as in philox()). offset: draws to skip (the
         first draw is the stream's draw number `offset`)."""
