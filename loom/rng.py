@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import DTypeLike
 
-_M0, _M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
-_W0, _W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
+M0, M1, W0, W1 = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85   # Philox4x32's multipliers and key increments
+_M0, _M1 = np.uint64(M0), np.uint64(M1)
+_W0, _W1 = np.uint32(W0), np.uint32(W1)
 _LO32 = np.uint64(0xFFFFFFFF)
 _SHIFT32 = np.uint64(32)
 SMALL_BLOCKS = 4            # host draws (philox's xp None) of at most this many blocks (16 words) take _rounds_int
@@ -76,11 +77,11 @@ def _rounds(c0, c1, c2, c3, k0, k1) -> tuple:
 
 def _rounds_int(c0: int, c1: int, c2: int, c3: int, k0: int, k1: int) -> tuple[int, int, int, int]:
     """_rounds for one block on Python ints (the same 32-bit operations, so the same words): a sampled token's
-    draw or a dropout seed, where NumPy's cost a call on one-element arrays made a draw about 300 us."""
+    draw, where NumPy's cost a call on one-element arrays made a draw about 300 us."""
     for _ in range(10):
-        p0, p1 = c0 * 0xD2511F53, c2 * 0xCD9E8D57
+        p0, p1 = c0 * M0, c2 * M1
         c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & 0xFFFFFFFF, (p0 >> 32) ^ c3 ^ k1, p0 & 0xFFFFFFFF
-        k0, k1 = (k0 + 0x9E3779B9) & 0xFFFFFFFF, (k1 + 0xBB67AE85) & 0xFFFFFFFF
+        k0, k1 = (k0 + W0) & 0xFFFFFFFF, (k1 + W1) & 0xFFFFFFFF
     return c0, c1, c2, c3
 
 
