@@ -168,9 +168,9 @@ class PagedDecodeGraph:
         if exact and self._planes():
             try:
                 self.fixed_planes = _fixed_planes(dec, self.fixed_tables)
-            except MemoryError:                 # (CuPy's OutOfMemoryError): rows_product, the same bits
-                fallback.notice_once(f"deterministic decode steps of {batch} rows take the int8 tensor-core kernel "
-                                     "in groups of its rows: no device memory for the weights' int8 planes")
+            except MemoryError:                 # (CuPy's OutOfMemoryError): gemv or rows_product, the same bits
+                fallback.notice_once(f"deterministic decode steps of {batch} rows decode the stored weights "
+                                     "in their products: no device memory for the weights' int8 planes")
         # where the batch's heads are too few blocks to fill the device, steps with a position from
         # long_from on replay a second recording whose attention cuts long windows over several blocks,
         # through this graph's own workspace (recorded at the first such step; shorter windows keep the
@@ -354,8 +354,9 @@ class PagedDecodeGraph:
 
     def _fixed_product(self, w, x, out, norm, residual, bias=None, swiglu: bool = False) -> list:
         """Deterministic mode's out = (residual +) pro(x) @ w^T ... in the dispatch table's "weight" rule
-        (exact.fixed's integers): quant_fixed's one-row kernel up to its MAX_ROWS rows (the RMSNorm made by
-        each of its blocks where x stages, else by x's integers' launch), its int8 tensor-core kernel below
+        (exact.fixed's integers): up to MAX_ROWS rows quant_fixed_planes' one-row kernel on the weight's int8
+        planes, or quant_fixed's decoding the stored weight where the device had no memory for them (the RMSNorm
+        made by each of their blocks where x stages, else by x's integers' launch), its int8 tensor-core kernel below
         PLANES_ROWS rows (after x's integers' launch, which applies the norm), from there one int8 GEMM of
         the weight's planes (quant_fixed_planes: each weight read once for the whole batch), or where the
         device had no memory for the planes the int8 kernel again, a launch for each ROWS_MAX rows."""
@@ -367,8 +368,11 @@ class PagedDecodeGraph:
             return {} if norm is None else dict(norm=norm, normed=self.normed[rows], eps=self.dec.config.eps)
 
         if self.batch <= fixed_kernels.MAX_ROWS:
-            return [partial(fixed_kernels.gemv, *_stored(w), x, out, self.fixed_tables[id(w)], residual=residual,
-                            **kw, **normed(slice(None)))]
+            data, qtype = _stored(w)
+            kernel, tables = ((decode.products_planes.gemv, self.fixed_planes)
+                              if self.fixed_planes is not None and fixed_kernels.gemv_reads_planes(qtype, x.shape[1])
+                              else (fixed_kernels.gemv, self.fixed_tables))
+            return [partial(kernel, data, qtype, x, out, tables[id(w)], residual=residual, **kw, **normed(slice(None)))]
         if self.fixed_planes is not None:
             return [partial(decode.products_planes.product, *_stored(w), x, out, self.fixed_planes[id(w)],
                             self.dec.backend.blas, residual=residual, **kw, **normed(slice(None)))]
@@ -380,9 +384,14 @@ class PagedDecodeGraph:
         return ops
 
     def _planes(self) -> bool:
-        """Whether the deterministic products take the weights' int8 planes (quant_fixed_planes: cuBLAS's
-        int8 GEMM): quant_fixed.takes_planes, as the prompt products decide it."""
-        return self.dec.backend.decode.products_fixed.takes_planes(self.batch)
+        """Whether the deterministic products read the weights' int8 planes (quant_fixed_planes: cuBLAS's int8 GEMM
+        from PLANES_ROWS rows, its gemv up to MAX_ROWS rows for the weights gemv_reads_planes names), as the prompt
+        products decide it."""
+        fixed_kernels = self.dec.backend.decode.products_fixed
+        if fixed_kernels.takes_planes(self.batch):
+            return True
+        return self.batch <= fixed_kernels.MAX_ROWS and any(
+            fixed_kernels.gemv_reads_planes(_stored(w)[1], w.shape[1]) for w in _product_weights(self.dec))
 
 
 def _fixed_planes(dec: Decoder, fixed_tables: dict) -> dict:

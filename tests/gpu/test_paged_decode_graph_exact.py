@@ -45,7 +45,7 @@ STEPS = 6
 
 def _check(graph, eager, cpu, prompts):
     """Prompts then STEPS decode steps: the recorded steps' logits, keys and values are the
-    kernel-by-kernel steps' and the CPU's bits."""
+    kernel-by-kernel steps' and the CPU's bits. Returns the recorded steps' runner."""
     inputs = fixed_inputs(STEPS, len(prompts), graph.config.vocab_size)
     got, got_k, got_v, run = steps(graph, prompts, inputs)
     assert run.stats["graph_steps"] == STEPS and run.graphs and all(g.exact for g in run.graphs.values())
@@ -57,6 +57,7 @@ def _check(graph, eager, cpu, prompts):
     ref, ref_k, _, _ = steps(cpu, prompts, inputs)
     same_bits(got, ref, "recorded steps vs CPU")
     same_bits(got_k, ref_k, "cached keys vs CPU")
+    return run
 
 
 @pytest.mark.parametrize("kind, extra", [
@@ -132,6 +133,22 @@ def test_exact_recorded_steps_with_stored_weight_types(qtype):
     with loom.deterministic(True):
         graph, eager = graph_and_eager(built(config, weights))
         _check(graph, eager, Decoder(config, weights), np.array([PROMPT, PROMPT[::-1]]))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_K", "Q8_0", "Q4_1", "F32"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_exact_recorded_steps_on_the_weights_planes(qtype, rows, monkeypatch):
+    """Steps of one and three sequences whose products read the weights' int8 planes (quant_fixed_planes' gemv,
+    GEMV_PLANES_MIN_K lowered to these small shapes): the kernel-by-kernel steps' and the CPU's bits."""
+    from loom.backend.cuda import quant_fixed
+    monkeypatch.setattr(quant_fixed, "GEMV_PLANES_MIN_K", 0)
+    cfg = config_for(qtype, cuda_quant.K_LAYOUTS)
+    weights, config = quant_weights(qtype, cfg, np.random.default_rng(rows)), DecoderConfig.from_hf(cfg)
+    prompts = np.array([PROMPT, PROMPT[::-1], [(t * 7 + 3) % 97 for t in PROMPT]][:rows])
+    with loom.deterministic(True):
+        graph, eager = graph_and_eager(built(config, weights))
+        run = _check(graph, eager, Decoder(config, weights), prompts)
+        assert all(g.fixed_planes is not None for g in run.graphs.values())
 
 
 # products past the rounded scheme's K (quant_slices in the recorded step): the down projection alone, and

@@ -358,9 +358,11 @@ class CUDAQuant:
 
     def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
                        bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> bool:
-        """The integer scheme's kernels, W read in place: quant_fixed.gemv up to its MAX_ROWS rows of x,
+        """The integer scheme's kernels: up to quant_fixed.MAX_ROWS rows of x, quant_fixed_planes' gemv on the
+        weight's int8 planes where gemv_reads_planes says so and they fit in memory (else quant_fixed.gemv, W read
+        in place),
         rows_product (int8 tensor cores) below PLANES_ROWS, quant_fixed_planes' int8 GEMM from there; the weight's
-        exponents (and planes, for the GEMM) made once into `tables`; the epilogue in each."""
+        exponents (and planes) made once into `tables`; the epilogue in each."""
         from . import quant_fixed, quant_fixed_planes
         m, k = x2.shape
         rows = data.shape[0]
@@ -371,7 +373,18 @@ class CUDAQuant:
                                              lambda: quant_fixed.w_exponents(data, qtype, rows, k))
         epilogue = {"bias": bias, "residual": residual, "swiglu": swiglu}
         if m <= quant_fixed.MAX_ROWS:
-            quant_fixed.gemv(data, qtype, x2, out, w_tables, **epilogue)
+            planes = None
+            if quant_fixed.gemv_reads_planes(qtype, k):
+                try:
+                    planes = quant_fixed.weight_tables(
+                        tables, "fixed_planes", lambda: quant_fixed_planes.w_planes(data, qtype, rows, k, w_tables))
+                except MemoryError:     # (CuPy's OutOfMemoryError): the stored weight decoded in the loop, same bits
+                    fallback.notice_once("deterministic products of a few rows decode the stored weights: no device "
+                                         "memory for their int8 planes")
+            if planes is not None:
+                quant_fixed_planes.gemv(data, qtype, x2, out, planes, **epilogue)
+            else:
+                quant_fixed.gemv(data, qtype, x2, out, w_tables, **epilogue)
         elif not quant_fixed.takes_planes(m) and int(self._be.xp.cuda.Device().compute_capability) >= 80:
             quant_fixed.rows_product(data, qtype, x2, out, w_tables, **epilogue)
         else:

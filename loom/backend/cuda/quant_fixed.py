@@ -86,6 +86,14 @@ STAGED_MIN_BLOCKS_K = 2048
 # (Llama-3.2-1B 1,567 -> 1,593, Llama-3.1-8B 7,563 -> 8,313, Qwen2-0.5B 1,166 -> 1,187).
 GLOBAL_X_AT_USE_ROWS = 2
 X_THREADS = 256
+# Whether products of up to MAX_ROWS rows of x over K >= GEMV_PLANES_MIN_K read the weight's int8 planes
+# (quant_fixed_planes_gemv: two bytes a value, the copy prompts and decode batches make anyway) rather than decode
+# the stored weight in the loop (gemv), for every stored type but the 16-bit floats. H100, decode_graph_parts.py
+# --whole --deterministic, us a step, planes / stored: Llama-3.2-1B Q4_K 1,300 / 1,852, Q8_0 1,262 / 1,778, BF16
+# 1,284 / 1,316; Llama-3.1-8B BF16 6,798 / 6,692; Qwen2-0.5B BF16 1,056 / 1,051; SmolLM2-135M (K = 576) BF16 814 /
+# 741, Q4_1 817 / 806. The 16-bit floats read as many bytes either way and decode in a few instructions.
+GEMV_PLANES = True
+GEMV_PLANES_MIN_K = 2048
 
 
 
@@ -276,6 +284,13 @@ def takes_planes(m: int) -> bool:
     """Whether a product of m rows of x takes the planes' int8 GEMM rather than gemv (up to MAX_ROWS) or one
     rows_product launch: from PLANES_ROWS rows, and past ROWS_MAX always."""
     return m > MAX_ROWS and (m >= PLANES_ROWS or m > ROWS_MAX)
+
+
+def gemv_reads_planes(qtype: str, k: int) -> bool:
+    """Whether products of up to MAX_ROWS rows of x with a weight stored as qtype over K = k read its int8 planes
+    (quant_fixed_planes' gemv) rather than the stored weight (gemv): GEMV_PLANES, from GEMV_PLANES_MIN_K, and not
+    for F16 and BF16."""
+    return bool(GEMV_PLANES) and k >= GEMV_PLANES_MIN_K and qtype not in ("F16", "BF16")
 
 
 def _epilogue_args(data: Array, m: int, out: Array, bias: Array | None, residual: Array | None,

@@ -15,7 +15,8 @@ kernel combines the four blocks and the sums in int64 (below 2^53, so exact in f
 takes IEEE's value of the sum of sign products (exact._special_values), by one thread.
 
 Decode batches of up to 64 rows of x over short rows (quant_fixed_planes_tiled.takes) take a pipelined kernel of
-their own instead, the products and their finish in one launch, on the same planes.
+their own instead, the products and their finish in one launch, on the same planes; decode steps of up to
+quant_fixed.MAX_ROWS rows, quant_fixed_planes_gemv's `gemv` (dp4a products, exported here).
 
 cuBLAS wants M, N and K multiples of 16: x's planes have padding rows, left unwritten (their products
 are never read back), the weight's rows are padded with zeros once (`w_planes`). Capturable: sizes as arguments, no sync.
@@ -34,6 +35,7 @@ from .compile import OPTIONS
 from .cublas import CuBLAS
 from .quant import BLOCK_DECODE, type_defines
 from .quant_fixed import WARPS, _check, _epilogue_args, _head, x_integers
+from .quant_fixed_planes_gemv import gemv  # noqa: F401  (the decode graphs' products_planes.gemv)
 from .quant_fixed_planes_tiled import WeightPlanes
 from .quant_fixed_source import SOURCE as FIXED_SOURCE
 

@@ -230,6 +230,24 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
                      32 * WPR);
 }
 
+// loom_fixed_ieee by the 32 lanes of a warp (all of them, together): IEEE's value of the entry of W's row wr and row m of
+// x (xs.value) where one of them holds inf or NaN, the sum of the sign products (exact in any order)
+template <class XS> __device__ __forceinline__ float loom_fixed_ieee_warp(const unsigned char* w, long long wr, int nb,
+                                                                        const XS& xs, int m) {
+    const int lane = threadIdx.x & 31;
+    const unsigned char* row = loom_fixed_row(w, wr, nb);
+    float t = 0.0f;
+    for (int b = lane >> 3; b < nb; b += 4) {
+        float v[4]; int at[4];
+        block_values(row, b, lane & 7, v, at);
+        #pragma unroll
+        for (int j = 0; j < 4; ++j)
+            t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xs.value(m, 32 * b + at[j])), loom_fixed_mark(v[j])));
+    }
+    for (int o = 16; o; o >>= 1) t = __fadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
+    return t;
+}
+
 // out[m, r] for the rows r of the output (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS)
 // rows of x: WPR warps an output row; x's integers, exponents and flags from xs (LoomFixedStored: global or
 // shared memory), W's exponents and flags wt read before the kernel's wait
@@ -404,19 +422,7 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
             const long long wr = r + e * rows;
             const long long s = acc[e][m];
             if (xb[m] || wt.bad[e]) {           // IEEE's value: sign products, infinities and NaNs kept
-                const unsigned char* row = loom_fixed_row(w, wr, nb);
-                float t = 0.0f;
-                for (int b = lane >> 3; b < nb; b += 4) {
-                    float v[4]; int at[4];
-                    block_values(row, b, lane & 7, v, at);
-                    #pragma unroll
-                    for (int j = 0; j < 4; ++j) {
-                        const float xv = xs.value(m, 32 * b + at[j]);
-                        t = __fadd_rn(t, __fmul_rn(loom_fixed_mark(xv), loom_fixed_mark(v[j])));
-                    }
-                }
-                for (int o = 16; o; o >>= 1) t = __fadd_rn(t, __shfl_xor_sync(LOOM_FULL, t, o));
-                y[e] = t;
+                y[e] = loom_fixed_ieee_warp(w, wr, nb, xs, m);
             } else {
                 y[e] = __double2float_rn(__dmul_rn((double)s, loom_fixed_pow2(xe[m] + wt.e[e] - 30)));
             }

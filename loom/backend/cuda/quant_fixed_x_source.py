@@ -4,8 +4,9 @@ for the planes' products; optionally of rms_norm(x) first). Compiled inside quan
 shared device functions it calls."""
 
 X_SOURCE = r"""
-// loom_fixed_x's planes of a row of at most 4 X_HELD X_THREADS values held in registers, four consecutive a
-// float4 (16-byte aligned rows, norm weights and normed rows; 4-byte aligned planes): the row read once, the
+// loom_fixed_x's planes of row m of x (`row`) of at most 4 X_HELD X_THREADS values held in registers, four consecutive
+// a float4 (16-byte aligned rows, norm weights and normed rows; 4-byte aligned planes), by a block of X_THREADS
+// threads (loom_fixed_x's, and quant_fixed_planes' one-row products staging x in shared memory): the row read once, the
 // norm's exact sum (exact_sum_held), one barrier for the maximum (every thread combines the warps' maxima itself)
 // and one for the sum of q, where the general path writes the normed row out and reads it back between
 // barriers; the same values
@@ -13,12 +14,11 @@ X_SOURCE = r"""
 __device__ __forceinline__ void loom_fixed_x_held(
         const float* __restrict__ row, const float* __restrict__ norm_w, float* normed, float eps, int bits,
         int* __restrict__ ex, int* __restrict__ bad, signed char* __restrict__ planes, long long* __restrict__ sums,
-        long long padded, int K, Scratch& scratch) {
+        long long padded, int K, Scratch& scratch, long long m) {
     __shared__ float top_s[X_THREADS / 32];
     __shared__ int bad_s[X_THREADS / 32];
     __shared__ long long sum_s[X_THREADS / 32];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const long long m = blockIdx.x;
     float v[4 * X_HELD];
     #pragma unroll
     for (int i = 0; i < X_HELD; ++i) {
@@ -94,7 +94,7 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     if (planes != 0 && K <= 4 * X_HELD * X_THREADS && ((unsigned long long)row & 15) == 0
             && ((unsigned long long)planes & 3) == 0
             && (norm_w == 0 || (((unsigned long long)norm_w | (unsigned long long)normed) & 15) == 0)) {
-        loom_fixed_x_held(row, norm_w, normed, eps, bits, ex, bad, planes, sums, padded, K, scratch);
+        loom_fixed_x_held(row, norm_w, normed, eps, bits, ex, bad, planes, sums, padded, K, scratch, blockIdx.x);
         return;
     }
     if (norm_w != 0) {
