@@ -13,6 +13,7 @@ from loom.kernels.exact import fixed
 from loom.kernels.quant.block import BlockQuantized
 
 from .cpu_gpu import host, same_bits
+from .test_fixed_gpu import _epilogue_case
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
@@ -99,19 +100,11 @@ def test_blocks_taking_several_groups_of_rows_give_the_same_bits(cols, source, s
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("epilogue", ["bias", "residual", "swiglu", "swiglu and bias"])
 def test_epilogues_give_the_array_codes_bits(qtype, m, epilogue):
-    rng = np.random.default_rng(len(epilogue) + m)
-    rows, cols = 72, 576
-    swiglu = epilogue.startswith("swiglu")
-    stored = 2 * rows if swiglu else rows
-    data = random_rows(qtype, stored, cols, rng, scale=0.01, plain=0.05)
-    w = BlockQuantized(data, qtype, (stored, cols)).dequantize()
-    x = rng.standard_normal((m, cols)).astype(np.float32)
-    bias = rng.standard_normal(stored).astype(np.float32) if "bias" in epilogue else None
-    residual = rng.standard_normal((m, rows)).astype(np.float32) if epilogue == "residual" else None
-    got = _planes_gemv(data, qtype, x, rows, swiglu=swiglu, bias=None if bias is None else cupy.asarray(bias),
-                       residual=None if residual is None else cupy.asarray(residual))
-    want = exact_reference(x, w, None, bias, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(got, want, f"{qtype}, {epilogue}, {m} rows")
+    def run(d, x, out, tables, stored, **epilogue_args):
+        weight = quant_fixed_planes.w_planes(d, qtype, stored, 576, tables)
+        quant_fixed_planes.gemv(d, qtype, x, out, weight, **epilogue_args)
+    out, want = _epilogue_case(qtype, m, 576, 72, epilogue, np.random.default_rng(len(epilogue) + m), run)
+    same_bits(out, want, f"{qtype}, {epilogue}, {m} rows")
 
 
 @pytest.mark.parametrize("m, cols, source", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),

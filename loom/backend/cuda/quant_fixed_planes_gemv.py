@@ -170,29 +170,7 @@ __device__ __forceinline__ void loom_planes_gemv_rows(
             #pragma unroll
             for (int m = 0; m < MAX_ROWS; ++m) acc[e][m] += loom_planes_combine(hh[e][m], mid[e][m], ll[e][m]);
     }
-    #pragma unroll
-    for (int e = 0; e <= EPI; ++e)
-        #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m) {
-            if (m >= M) break;
-            for (int o = 16; o; o >>= 1) acc[e][m] += __shfl_xor_sync(LOOM_FULL, acc[e][m], o);
-        }
-    if (WPR > 1) {
-        __shared__ long long part_s[WARPS][EPI + 1][MAX_ROWS];
-        if (lane == 0) {
-            #pragma unroll
-            for (int e = 0; e <= EPI; ++e)
-                #pragma unroll
-                for (int m = 0; m < MAX_ROWS; ++m) if (m < M) part_s[warp][e][m] = acc[e][m];
-        }
-        __syncthreads();
-        if (slice != 0 || !live) return;
-        #pragma unroll
-        for (int e = 0; e <= EPI; ++e)
-            #pragma unroll
-            for (int m = 0; m < MAX_ROWS; ++m)
-                if (m < M) for (int j = 1; j < WPR; ++j) acc[e][m] += part_s[warp + j][e][m];
-    }
+    if (!loom_fixed_row_totals(acc, M, live)) return;
     #pragma unroll
     for (int m = 0; m < MAX_ROWS; ++m) {
         if (m >= M) break;
@@ -244,24 +222,9 @@ template <int R> __device__ __forceinline__ void loom_planes_stage_warp(
         signed char* planes_s, int* ex_s, int* xbad_s, long long* sums_s) {
     const int lane = threadIdx.x & 31, m = threadIdx.x >> 5;
     if (m < M) {                        // (rms_norm(x, norm_w) first: norm_w is never null here)
-        float v[R], sq[R];
-        #pragma unroll
-        for (int i = 0; i < R; ++i) {
-            v[i] = x[(long long)m * K + lane + 32 * i];
-            sq[i] = v[i] * v[i];
-        }
-        const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
-        float top = 0.0f;
-        int nonfinite = 0;
-        #pragma unroll
-        for (int i = 0; i < R; ++i) {
-            v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
-            xf[m * K + lane + 32 * i] = v[i];
-            if (isfinite(v[i])) top = fmaxf(top, fabsf(v[i]));
-            else nonfinite = 1;
-        }
-        top = warp_reduce(top, MaxOp());
-        nonfinite = warp_reduce(nonfinite, MaxOp());
+        float v[R], top;
+        int nonfinite;
+        loom_fixed_warp_normed<R>(x, m, K, norm_w, eps, bits, xf, v, &top, &nonfinite);
         const int e = loom_fixed_exponent(top), shift = 15 - e;
         const float sc = loom_fixed_scale(shift);
         long long total = 0;

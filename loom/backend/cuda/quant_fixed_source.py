@@ -230,6 +230,37 @@ __device__ __forceinline__ void loom_fixed_prefetch(const unsigned char* w, long
                      32 * WPR);
 }
 
+// The int64 sums acc of an output row's entries: this warp's lanes' added (shuffles), then those of the WPR warps
+// sharing the row (shared memory, one barrier, which every warp of the block reaches). Returns whether this warp holds
+// the totals (slice 0 of a live row; the others are done).
+__device__ __forceinline__ bool loom_fixed_row_totals(long long (&acc)[EPI + 1][MAX_ROWS], int M, bool live) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, slice = warp % WPR;
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e)
+        #pragma unroll
+        for (int m = 0; m < MAX_ROWS; ++m) {
+            if (m >= M) break;
+            for (int o = 16; o; o >>= 1) acc[e][m] += __shfl_xor_sync(LOOM_FULL, acc[e][m], o);
+        }
+    if (WPR > 1) {
+        __shared__ long long part_s[WARPS][EPI + 1][MAX_ROWS];
+        if (lane == 0) {
+            #pragma unroll
+            for (int e = 0; e <= EPI; ++e)
+                #pragma unroll
+                for (int m = 0; m < MAX_ROWS; ++m) if (m < M) part_s[warp][e][m] = acc[e][m];
+        }
+        __syncthreads();
+        if (slice != 0 || !live) return false;
+        #pragma unroll
+        for (int e = 0; e <= EPI; ++e)
+            #pragma unroll
+            for (int m = 0; m < MAX_ROWS; ++m)
+                if (m < M) for (int j = 1; j < WPR; ++j) acc[e][m] += part_s[warp + j][e][m];
+    }
+    return true;
+}
+
 // loom_fixed_ieee by the 32 lanes of a warp (all of them, together): IEEE's value of the entry of W's row wr and row m of
 // x (xs.value) where one of them holds inf or NaN, the sum of the sign products (exact in any order)
 template <class XS> __device__ __forceinline__ float loom_fixed_ieee_warp(const unsigned char* w, long long wr, int nb,
@@ -390,29 +421,7 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
             }
         }
     }
-    #pragma unroll
-    for (int e = 0; e <= EPI; ++e)
-        #pragma unroll
-        for (int m = 0; m < MAX_ROWS; ++m) {
-            if (m >= M) break;
-            for (int o = 16; o; o >>= 1) acc[e][m] += __shfl_xor_sync(LOOM_FULL, acc[e][m], o);
-        }
-    if (WPR > 1) {
-        __shared__ long long part_s[WARPS][EPI + 1][MAX_ROWS];
-        if (lane == 0) {
-            #pragma unroll
-            for (int e = 0; e <= EPI; ++e)
-                #pragma unroll
-                for (int m = 0; m < MAX_ROWS; ++m) if (m < M) part_s[warp][e][m] = acc[e][m];
-        }
-        __syncthreads();
-        if (slice != 0 || !live) return;
-        #pragma unroll
-        for (int e = 0; e <= EPI; ++e)
-            #pragma unroll
-            for (int m = 0; m < MAX_ROWS; ++m)
-                if (m < M) for (int j = 1; j < WPR; ++j) acc[e][m] += part_s[warp + j][e][m];
-    }
+    if (!loom_fixed_row_totals(acc, M, live)) return;
     #pragma unroll
     for (int m = 0; m < MAX_ROWS; ++m) {
         if (m >= M) break;
@@ -522,6 +531,32 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
     __syncthreads();
 }
 
+// Row m of rms_norm(x, norm_w) by one warp (lane l holding entries l + 32 i, R = K / 32 of them, in v; written to xf
+// too), its largest finite magnitude (top) and whether it holds inf or NaN, for every lane
+template <int R> __device__ __forceinline__ void loom_fixed_warp_normed(
+        const float* __restrict__ x, int m, int K, const float* __restrict__ norm_w, float eps, int bits, float* xf,
+        float (&v)[R], float* top, int* nonfinite) {
+    const int lane = threadIdx.x & 31;
+    float sq[R];
+    #pragma unroll
+    for (int i = 0; i < R; ++i) {
+        v[i] = x[(long long)m * K + lane + 32 * i];
+        sq[i] = v[i] * v[i];
+    }
+    const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
+    float t = 0.0f;
+    int bad = 0;
+    #pragma unroll
+    for (int i = 0; i < R; ++i) {
+        v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
+        xf[m * K + lane + 32 * i] = v[i];
+        if (isfinite(v[i])) t = fmaxf(t, fabsf(v[i]));
+        else bad = 1;
+    }
+    *top = warp_reduce(t, MaxOp());
+    *nonfinite = warp_reduce(bad, MaxOp());
+}
+
 // loom_fixed_stage_held's values for normed x by one warp a row of x (warp m for row m < M <= WARPS; lane l holding entries
 // l + 32 i, R = K / 32 of them): no barrier but the block's one at the end, while the other warps wait. The staged
 // blocks' repeated prologue is what a decode step's small products spend their issue slots on (ncu, SmolLM2's
@@ -533,27 +568,9 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_warp(
         float* xf, short* xq_s, int* ex_s, int* xbad_s) {
     const int lane = threadIdx.x & 31, m = threadIdx.x >> 5;
     if (m < M) {                        // (rms_norm(x, norm_w) first: norm_w is never null here)
-        float v[R], sq[R];
-        #pragma unroll
-        for (int i = 0; i < R; ++i) {
-            v[i] = x[(long long)m * K + lane + 32 * i];
-            sq[i] = v[i] * v[i];
-        }
-        const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
-        #pragma unroll
-        for (int i = 0; i < R; ++i) {
-            v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
-            xf[m * K + lane + 32 * i] = v[i];
-        }
-        float top = 0.0f;
-        int nonfinite = 0;
-        #pragma unroll
-        for (int i = 0; i < R; ++i) {
-            if (isfinite(v[i])) top = fmaxf(top, fabsf(v[i]));
-            else nonfinite = 1;
-        }
-        top = warp_reduce(top, MaxOp());
-        nonfinite = warp_reduce(nonfinite, MaxOp());
+        float v[R], top;
+        int nonfinite;
+        loom_fixed_warp_normed<R>(x, m, K, norm_w, eps, bits, xf, v, &top, &nonfinite);
         const int e = loom_fixed_exponent(top), shift = 15 - e;
         if (lane == 0) { ex_s[m] = e; xbad_s[m] = nonfinite; }
         const float sc = loom_fixed_scale(shift);
