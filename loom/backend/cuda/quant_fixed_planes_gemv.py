@@ -109,7 +109,11 @@ __device__ __forceinline__ void loom_planes_prefetch(const signed char* wp, long
 }
 
 // steps (PG_VALUES values a lane) whose loads of W are in flight together
+#if PG_STEPS_SET
+#define PG_STEPS PG_STEPS_SET
+#else
 #define PG_STEPS ((EPI ? 2 : 4) * (PG_VALUES == 8 ? 2 : 1) / (MAX_ROWS > 2 ? 2 : 1))
+#endif
 
 // out[m, r] for the output rows r of group g (SwiGLU: stored rows r and rows + r) and the M (<= MAX_ROWS) rows of x:
 // WPR warps a row, lane l of slice s taking the values PG_VALUES (l + 32 (s + WPR i)) .. + PG_VALUES - 1 of step i
@@ -143,8 +147,8 @@ __device__ __forceinline__ void loom_planes_gemv_rows(
             const bool ok = live && base + u < steps && c < chunks;
             #pragma unroll
             for (int e = 0; e <= EPI; ++e) {
-                hv[e][u] = ok ? loom_planes_load(wh[e] + PG_VALUES * c, true) : loom_planes_zero();
-                lv[e][u] = ok ? loom_planes_load(wl[e] + PG_VALUES * c, true) : loom_planes_zero();
+                hv[e][u] = ok ? loom_planes_load(wh[e] + PG_VALUES * c, PG_STREAM) : loom_planes_zero();
+                lv[e][u] = ok ? loom_planes_load(wl[e] + PG_VALUES * c, PG_STREAM) : loom_planes_zero();
             }
         }
         int hh[EPI + 1][MAX_ROWS], mid[EPI + 1][MAX_ROWS], ll[EPI + 1][MAX_ROWS];  // (at most 16 PG_STEPS dp4a each)
@@ -283,11 +287,17 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_planes_gemv_staged
 # short row at work). H100, decode_graph_parts.py Q4_K --shape llama-3.2-1b --whole --deterministic: 8 values at
 # K = 2,048 (WIDE_K 4,096) 1,300 -> 1,282 us a step.
 WIDE_K = 4096
+# Steps whose loads of W are in flight together (0: PG_STEPS' own count: 4 a row of x, 2 for SwiGLU's pairs, twice
+# that at 8 values a lane), and whether W's loads stream (read once: evict first). H100, the step above: 1,284 us
+# as they are; 8 steps 1,314, 2 steps 1,320, plain loads 1,329 (8 values at K = 2,048, 4 steps: 1,295).
+STEPS = 0
+STREAM = 1
 
 
 @cache
-def _module(qtype: str, epilogue: int, units: int, wpr: int, x_rows: int, values: int):
-    return cupy.RawModule(code=_head(epilogue, units, wpr, x_rows) + f"#define PG_VALUES {values}\n" + type_defines(qtype)
+def _module(qtype: str, epilogue: int, units: int, wpr: int, x_rows: int, values: int, steps: int, stream: int):
+    return cupy.RawModule(code=_head(epilogue, units, wpr, x_rows) + f"#define PG_VALUES {values}\n"
+                          f"#define PG_STEPS_SET {steps}\n#define PG_STREAM {stream}\n" + type_defines(qtype)
                           + BLOCK_DECODE + FIXED_SOURCE + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
@@ -326,7 +336,7 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes, bi
     if norm is not None:
         _check_norm(norm, normed, x.shape)
     wpr = warps_per_row(rows, k)
-    module = _module(qtype, int(swiglu), k // 32, wpr, m, values_per_lane(k))
+    module = _module(qtype, int(swiglu), k // 32, wpr, m, values_per_lane(k), STEPS, STREAM)
     # (the blocks' staging reads x and the norm's weight as float4s)
     staged = x_source(m, k, rows) == "block" and x.data.ptr % 16 == 0 and (norm is None or norm.data.ptr % 16 == 0)
     kernel = module.get_function("loom_planes_gemv_staged" if staged else "loom_planes_gemv")
