@@ -182,7 +182,10 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ShapeError, match="1 to 4 rows"):
         quant_fixed_planes.gemv(data, "BF16", cupy.zeros((5, 64), np.float32), cupy.empty((5, 8), np.float32), weight)
     other = quant_fixed_planes.w_planes(cupy.zeros((8, 128 * 2), np.uint8), "BF16", 8, 128, tables)
-    with pytest.raises(ShapeError, match="planes must be int8"):
+    with pytest.raises(ShapeError, match="planes must be int8"):       # (planes of another K)
         quant_fixed_planes.gemv(data, "BF16", cupy.zeros((1, 64), np.float32), cupy.empty((1, 8), np.float32), other)
+    fewer = quant_fixed_planes.w_planes(data[:6], "BF16", 6, 64, quant_fixed.w_exponents(data[:6], "BF16", 6, 64))
+    with pytest.raises(ShapeError, match="stored rows"):       # (padded to 16 rows too: only the tables tell)
+        quant_fixed_planes.gemv(data, "BF16", cupy.zeros((1, 64), np.float32), cupy.empty((1, 8), np.float32), fewer)
     with pytest.raises(ShapeError, match="out must be"):
         quant_fixed_planes.gemv(data, "BF16", cupy.zeros((1, 64), np.float32), cupy.empty((1, 7), np.float32), weight)

@@ -374,11 +374,13 @@ class CUDAQuant:
         epilogue = {"bias": bias, "residual": residual, "swiglu": swiglu}
         if m <= quant_fixed.MAX_ROWS:
             planes = None
-            if quant_fixed.gemv_reads_planes(qtype, k):
+            if quant_fixed.gemv_reads_planes(qtype, k) and not tables.get("fixed_planes_short"):
                 try:
                     planes = quant_fixed.weight_tables(
                         tables, "fixed_planes", lambda: quant_fixed_planes.w_planes(data, qtype, rows, k, w_tables))
-                except MemoryError:     # (CuPy's OutOfMemoryError): the stored weight decoded in the loop, same bits
+                except MemoryError:     # (CuPy's OutOfMemoryError): the stored weight decoded in the loop, same bits,
+                    # from now on (not tried again at every product, nor inside a recording, where it would refuse)
+                    tables["fixed_planes_short"] = True
                     fallback.notice_once("deterministic products of a few rows decode the stored weights: no device "
                                          "memory for their int8 planes")
             if planes is not None:

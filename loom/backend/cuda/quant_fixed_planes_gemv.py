@@ -245,6 +245,8 @@ template <int R> __device__ __forceinline__ void loom_planes_stage_warp(
     __syncthreads();
 }
 
+static_assert(WARPS * 32 == X_THREADS, "the staged kernel's blocks run loom_fixed_x_held, written for X_THREADS threads");
+
 // the same where each block makes x's planes itself (XR <= STAGED_ROWS rows of NB units, K <= HELD_K: loom_fixed_x's
 // arithmetic, loom_fixed_x_held, or normed rows over K <= WARP_STAGE_K loom_planes_stage_warp, every block finding the
 // same integers) in static shared memory: the planes, then
@@ -328,9 +330,14 @@ def gemv(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes, bi
     if not 0 < m <= MAX_ROWS:
         raise ShapeError(f"the planes' gemv takes 1 to {MAX_ROWS} rows of x, got {m}")
     rows, epilogue = _epilogue_args(data, m, out, bias, residual, swiglu)
-    if weight.planes.shape != (2 * weight.padded, k) or weight.padded < data.shape[0]:
-        raise ShapeError(f"the weight's planes must be int8 [2 P, {k}] with P >= {data.shape[0]} stored rows, got "
-                         f"{weight.planes.dtype} {weight.planes.shape} (P {weight.padded})")
+    stored = data.shape[0]
+    if (weight.planes.dtype != np.int8 or weight.planes.shape != (2 * weight.padded, k) or weight.padded < stored
+            or not weight.planes.flags.c_contiguous
+            or any(t.shape != (stored,) for t in (weight.sums, weight.exponents, weight.bad))):
+        raise ShapeError(f"the weight's planes must be int8 [2 P, {k}], C-contiguous, with P >= {stored} stored rows and "
+                         f"their sums, exponents and flags [{stored}] (w_planes of this weight), got "
+                         f"{weight.planes.dtype} {weight.planes.shape} (P {weight.padded}) and tables of "
+                         f"{[tuple(t.shape) for t in (weight.sums, weight.exponents, weight.bad)]}")
     if rows == 0:
         return
     if norm is not None:
