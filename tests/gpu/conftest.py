@@ -29,6 +29,7 @@ TIERS = {
     "test_exact_tiles_gpu.py": "gpu_llm",
     "test_exact_rows_gpu.py": "gpu_llm",
     "test_fixed_gpu.py": "gpu_llm",
+    "test_fixed_planes_gemv_gpu.py": "gpu_llm",
     "test_fixed_tiled_gpu.py": "gpu_llm",
     "test_paged_prefill_graph.py": "gpu_llm",
     "test_tensor_core_products.py": "gpu_llm",
