@@ -1,7 +1,8 @@
-"""The CUDA source of x's integer kernel (quant_fixed.x_integers and quant_fixed_planes launch it, one block a
+"""The CUDA source of x's integers: the x kernel (quant_fixed.x_integers and quant_fixed_planes launch it, one block a
 row of x: its exponent and integers in the one-row kernels' lane order, or its int8 planes and sums of integers
-for the planes' products; optionally of rms_norm(x) first). Compiled inside quant_fixed_source.SOURCE, after the
-shared device functions it calls."""
+for the planes' products; optionally of rms_norm(x) first), and the device functions with which the one-row
+products' blocks make them in shared memory (loom_fixed_stage_held, loom_fixed_stage_warp, loom_fixed_warp_normed).
+Compiled inside quant_fixed_source.SOURCE, after the shared device functions they call."""
 
 X_SOURCE = r"""
 // loom_fixed_x's planes of row m of x (`row`) of at most 4 X_HELD X_THREADS values held in registers, four consecutive
@@ -76,6 +77,120 @@ __device__ __forceinline__ void loom_fixed_x_held(
         for (int i = 1; i < X_THREADS / 32; ++i) total += sum_s[i];
         sums[m] = total;
     }
+}
+
+// x's exponents, flags and integers (lane order) for the M rows of x in shared memory, each thread holding
+// its R values of a row (K <= R WARPS 32): one read of x and two barriers (and the norm's two) a product;
+// every thread combines the warps' maxima itself. With norm_w, of rms_norm(x, norm_w) (loom_rms_norm_row's
+// held arithmetic), whose values go to xf too. (Rounding x's integers inside the product instead, from the
+// float values, saved the second barrier but cost more: 0.2-2.5 us a product, H200.)
+template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
+        const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
+        float* xf, short* xq_s, int* ex_s, int* xbad_s, float (*top_s)[MAX_ROWS], int (*bad_s)[MAX_ROWS],
+        Scratch& scratch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    float v[MAX_ROWS][R];
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) {
+        if (m >= M) break;
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int k = threadIdx.x + i * WARPS * 32;
+            v[m][i] = k < K ? x[(long long)m * K + k] : 0.0f;
+        }
+        if (norm_w != 0) {
+            float sq[R];
+            #pragma unroll
+            for (int i = 0; i < R; ++i) sq[i] = v[m][i] * v[m][i];
+            const float inv = 1.0f / loom_sqrt(exact_sum_held(sq, bits, scratch) / (float)K + eps);
+            #pragma unroll
+            for (int i = 0; i < R; ++i) {
+                const int k = threadIdx.x + i * WARPS * 32;
+                if (k < K) { v[m][i] = (v[m][i] * inv) * norm_w[k]; xf[m * K + k] = v[m][i]; }
+            }
+        }
+        float top = 0.0f;
+        int nonfinite = 0;
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            if (isfinite(v[m][i])) top = fmaxf(top, fabsf(v[m][i]));
+            else nonfinite = 1;
+        }
+        top = warp_reduce(top, MaxOp());
+        nonfinite = warp_reduce(nonfinite, MaxOp());
+        if (lane == 0) { top_s[warp][m] = top; bad_s[warp][m] = nonfinite; }
+    }
+    __syncthreads();
+    #pragma unroll
+    for (int m = 0; m < MAX_ROWS; ++m) {
+        if (m >= M) break;
+        float top = 0.0f;
+        int nonfinite = 0;
+        #pragma unroll
+        for (int i = 0; i < WARPS; ++i) { top = fmaxf(top, top_s[i][m]); nonfinite |= bad_s[i][m]; }
+        const int e = loom_fixed_exponent(top), shift = 15 - e;
+        if (threadIdx.x == 0) { ex_s[m] = e; xbad_s[m] = nonfinite; }
+        const float sc = loom_fixed_scale(shift);
+        #pragma unroll
+        for (int i = 0; i < R; ++i) {
+            const int k = threadIdx.x + i * WARPS * 32;
+            if (k < K)
+                xq_s[m * K + (k & ~31) + loom_fixed_slot(k & 31, nibble)] =
+                    isfinite(v[m][i]) ? (short)loom_fixed_bits(v[m][i], sc, shift) : (short)0;
+        }
+    }
+    __syncthreads();
+}
+
+// Row m of rms_norm(x, norm_w) by one warp (lane l holding entries l + 32 i, R = K / 32 of them, in v; written to xf
+// too), its largest finite magnitude (top) and whether it holds inf or NaN, for every lane
+template <int R> __device__ __forceinline__ void loom_fixed_warp_normed(
+        const float* __restrict__ x, int m, int K, const float* __restrict__ norm_w, float eps, int bits, float* xf,
+        float (&v)[R], float* top, int* nonfinite) {
+    const int lane = threadIdx.x & 31;
+    float sq[R];
+    #pragma unroll
+    for (int i = 0; i < R; ++i) {
+        v[i] = x[(long long)m * K + lane + 32 * i];
+        sq[i] = v[i] * v[i];
+    }
+    const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
+    float t = 0.0f;
+    int bad = 0;
+    #pragma unroll
+    for (int i = 0; i < R; ++i) {
+        v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
+        xf[m * K + lane + 32 * i] = v[i];
+        if (isfinite(v[i])) t = fmaxf(t, fabsf(v[i]));
+        else bad = 1;
+    }
+    *top = warp_reduce(t, MaxOp());
+    *nonfinite = warp_reduce(bad, MaxOp());
+}
+
+// loom_fixed_stage_held's values for normed x by one warp a row of x (warp m for row m < M <= WARPS; lane l holding entries
+// l + 32 i, R = K / 32 of them): no barrier but the block's one at the end, while the other warps wait. The staged
+// blocks' repeated prologue is what a decode step's small products spend their issue slots on (ncu, SmolLM2's
+// qkv at batch 1: 0.58 warps issued a scheduler-cycle); one warp issues about an eighth of a block's instructions.
+// Where a norm comes first (SmolLM2's step at batch 1 / 2: 844 -> 803 / 1,226 -> 997 us, H200); rows without one
+// were slower so (o and down: 803 -> 823 / 997 -> 1,012), their block path being two barriers.
+template <int R> __device__ __forceinline__ void loom_fixed_stage_warp(
+        const float* __restrict__ x, int M, int K, int nibble, const float* __restrict__ norm_w, float eps, int bits,
+        float* xf, short* xq_s, int* ex_s, int* xbad_s) {
+    const int lane = threadIdx.x & 31, m = threadIdx.x >> 5;
+    if (m < M) {                        // (rms_norm(x, norm_w) first: norm_w is never null here)
+        float v[R], top;
+        int nonfinite;
+        loom_fixed_warp_normed<R>(x, m, K, norm_w, eps, bits, xf, v, &top, &nonfinite);
+        const int e = loom_fixed_exponent(top), shift = 15 - e;
+        if (lane == 0) { ex_s[m] = e; xbad_s[m] = nonfinite; }
+        const float sc = loom_fixed_scale(shift);
+        const int slot = loom_fixed_slot(lane, nibble);
+        #pragma unroll
+        for (int i = 0; i < R; ++i)
+            xq_s[m * K + 32 * i + slot] = isfinite(v[i]) ? (short)loom_fixed_bits(v[i], sc, shift) : (short)0;
+    }
+    __syncthreads();
 }
 
 // xq[m, :], ex[m], bad[m] for each row m of x [M, K]: a block a row. With norm_w, of rms_norm(x, norm_w)
