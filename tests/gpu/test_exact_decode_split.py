@@ -5,7 +5,9 @@ slice scheme past it) and of the slice scheme's chunk (CHUNK_KEYS: its chunks ad
 the one-block kernel's probabilities in device memory), with sliding windows, qwen3's head norms, head
 sizes 64 and 128, any number of parts, blocks of 64 to 512 threads (split and one block a head); where
 inf and NaN reach the scores or the values; and where p v cancels so that the certification must be
-settled. The one-block kernel's own bits are the CPU's (test_paged_decode_graph_exact.py); the recorded
+settled. Short windows (the softmax by one warp) give the bits of the same kernel with every window on the
+block's softmax.
+The one-block kernel's own bits are the CPU's (test_paged_decode_graph_exact.py); the recorded
 steps that replay the split kernel are checked against the CPU there too."""
 
 import numpy as np
@@ -175,3 +177,52 @@ def test_split_work_refuses_a_grid_past_the_multiprocessors():
     case = Case([900])
     with pytest.raises(ValueError, match="split workspace"):
         case.run(decode_exact.split_work(2, case.H, case.D, case.max_keys, 2))
+
+
+def _long_paths(monkeypatch):
+    """Every window on the long windows' path: the block's softmax."""
+    monkeypatch.setattr(decode_exact, "WARP_SOFTMAX", 0)
+
+
+@pytest.mark.parametrize("positions", [[0, 16], [31, 63], [64, 127], [128, 255], [256, 511],
+                                       pytest.param([512, 40], marks=pytest.mark.smoke)])
+@pytest.mark.parametrize("D, norm", [(32, False), (64, True), (128, False), (256, True)])
+def test_short_windows_give_the_long_windows_bits(monkeypatch, positions, D, norm):
+    """Windows of up to 32 WARP_SOFTMAX keys (the softmax by one warp) and longer ones, on both sides of the
+    threshold, against the same kernel with every window on the block's softmax; blocks of 64 to 512 threads; the
+    keys and values written too."""
+    case = Case(positions, H=4, KV=2, D=D, seed=sum(positions) + D, norm=norm)
+    got = case.run()
+    with monkeypatch.context() as m:
+        _long_paths(m)
+        want = case.run()
+    for what, a, b in zip(("out", "keys", "values"), got, want):
+        same_bits(a, b, f"{what}, positions {positions}, D {D}")
+    for threads in (64, 256) if D <= 64 else (256,):
+        for name in ("FEW_THREADS", "THREADS", "MANY_THREADS"):
+            monkeypatch.setattr(decode_exact, name, threads)
+        same_bits(case.run()[0], want[0], f"{threads} threads, positions {positions}")
+
+
+@pytest.mark.parametrize("where", ["nan key", "inf key", "inf value", "nan value", "huge scores"])
+def test_short_windows_special_values(monkeypatch, where):
+    case = Case([40, 200], seed=len(where))
+    case.spoil(where)
+    got = case.run()[0]
+    assert where == "inf key" or not np.isfinite(got).all()
+    _long_paths(monkeypatch)
+    same_bits(got, case.run()[0], where)
+
+
+def test_short_windows_cancelling_sums_and_sliding_windows(monkeypatch):
+    """p v cancelling past the float64 certification (settled), and sliding windows of 7 and 100 keys at
+    positions past them."""
+    case = Case([60, 301], seed=11)
+    case.cancel()
+    cancelling = case.run()[0]
+    plain = Case([400, 90], seed=12)
+    windows = [plain.run(window=w)[0] for w in (7, 100)]
+    _long_paths(monkeypatch)
+    same_bits(cancelling, case.run()[0], "cancelling")
+    for w, got in zip((7, 100), windows):
+        same_bits(got, plain.run(window=w)[0], f"window {w}")

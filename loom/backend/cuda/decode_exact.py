@@ -78,6 +78,13 @@ VALUE_LOADS = 8
 # 8,564 -> 4,804 / 8,329, Llama-3.2-1B 9,147 / 16,346 -> 8,939 / 16,045; at 16 / 1,000 positions 1,549 / 2,159 ->
 # 1,546 / 2,168 (the same bits: the sums are exact). VALUE_LOADS 16 at 1,000 positions: 2,157 -> 2,169.
 SLICE_LOADS = 16
+# Windows of up to 32 WARP_SOFTMAX keys take their softmax by the block's first warp alone, each lane holding its
+# scores in registers (the block's reductions wait at six barriers); the same bits (0: the block's for every
+# window). H100, decode_graph_parts.py --whole --deterministic at position 16, us: SmolLM2-135M Q4_1 804 -> 781,
+# Llama-3.2-1B Q4_K 1,279 -> 1,277. Measured and left out: 2, 4 or 8 threads a key for the scores of short windows
+# (a chain of D / 8 products a thread where a thread a key waits for D: the phase 1.18 -> 0.80 us alone at 17
+# keys), 793 and 1,272 us alone but 793 and 1,305 with the warp's softmax.
+WARP_SOFTMAX = 4
 MAX_SPLITS = 16
 # A block per (sequence, key/value head) for its group of query heads (decode_exact_group), reading each
 # cached key and value once for the group, where those blocks are at least 1 / GROUP_FEWEST of the
@@ -103,7 +110,7 @@ def source(head_dim: int, threads: int, group: int = 0) -> str:
     kernel for key/value heads of `group` query heads as well (decode_exact_group)."""
     head = (f"typedef float T;\n#define D {head_dim}\n#define THREADS {threads}\n#define ROUNDED_KEYS {ROUNDED_KEYS}\n"
             f"#define SPLIT_KEYS {SPLIT_KEYS}\n#define PHASES {PHASES}\n#define VALUE_LOADS {VALUE_LOADS}\n"
-            f"#define CHUNK_KEYS {CHUNK_KEYS}\n#define SLICE_LOADS {SLICE_LOADS}\n")
+            f"#define CHUNK_KEYS {CHUNK_KEYS}\n#define SLICE_LOADS {SLICE_LOADS}\n#define WARP_SOFTMAX {WARP_SOFTMAX}\n")
     grouped = f"#define GROUP {group}\n" + GROUP_SOURCE if group else ""
     return (head + helpers() + ROW_HELPERS + EXACT_ROW_SUM + ROUNDED_DEVICE + _MARK + SETTLE + OVERLAP_PROLOGUE
             + SOURCE + SPLIT_SOURCE + KERNELS + grouped)
@@ -112,8 +119,13 @@ def source(head_dim: int, threads: int, group: int = 0) -> str:
 COMPILE = OPTIONS + ("-std=c++17",)
 
 
-@cache
 def _module(head_dim: int, threads: int, group: int = 0):
+    return _built(head_dim, threads, group, WARP_SOFTMAX)
+
+
+@cache
+def _built(head_dim: int, threads: int, group: int, warp_softmax: int):
+    """(WARP_SOFTMAX keys the cache: tests set it to 0 for the block's softmax)"""
     return cupy.RawModule(code=source(head_dim, threads, group), options=COMPILE)
 
 

@@ -279,18 +279,45 @@ __device__ void exact_decode_attention(const float* qkv, Addr keys, Addr values,
                              out + ((long long)b * H + h) * D + d, top_s, bad_s, part_s, part_t, red, scratch);
         return;
     }
-    // ops.softmax over the n scores
-    T peak = loom_neg_inf(0.0f);
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) peak = max_nan(peak, p_s[j]);
-    peak = block_max(peak, red);
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = loom_exp(p_s[j] - peak);
-    __syncthreads();
+    // ops.softmax over the n scores: over up to 32 WARP_SOFTMAX keys by the first warp alone, each lane holding
+    // its scores in registers (one barrier where the block's reductions take six), else by the block; the same
+    // operations on the same values (the maximum and the exact sum take any order)
     const int nbits = 53 - (n > 1 ? 64 - __clzll(n - 1) : 0);
-    phase(4);
-    const float total = exact_row_sum([&](long long j) { return p_s[j]; }, n, nbits, scratch);
-    __syncthreads();
-    for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
-    __syncthreads();
+#if WARP_SOFTMAX > 0
+    if (n <= 32 * WARP_SOFTMAX) {
+        if (threadIdx.x < 32) {
+            float e[WARP_SOFTMAX];
+            T peak = loom_neg_inf(0.0f);
+            #pragma unroll
+            for (int i = 0; i < WARP_SOFTMAX; ++i) {
+                const long long j = threadIdx.x + 32 * i;
+                e[i] = j < n ? p_s[j] : 0.0f;
+                if (j < n) peak = max_nan(peak, e[i]);
+            }
+            peak = warp_reduce(peak, MaxNanOp());
+            phase(4);
+            #pragma unroll
+            for (int i = 0; i < WARP_SOFTMAX; ++i) e[i] = threadIdx.x + 32 * i < n ? loom_exp(e[i] - peak) : 0.0f;
+            const float total = exact_sum_warp(e, nbits);
+            #pragma unroll
+            for (int i = 0; i < WARP_SOFTMAX; ++i)
+                if (threadIdx.x + 32 * i < n) p_s[threadIdx.x + 32 * i] = e[i] / total;
+        }
+        __syncthreads();
+    } else
+#endif
+    {
+        T peak = loom_neg_inf(0.0f);
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) peak = max_nan(peak, p_s[j]);
+        peak = block_max(peak, red);
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = loom_exp(p_s[j] - peak);
+        __syncthreads();
+        phase(4);
+        const float total = exact_row_sum([&](long long j) { return p_s[j]; }, n, nbits, scratch);
+        __syncthreads();
+        for (long long j = threadIdx.x; j < n; j += blockDim.x) p_s[j] = p_s[j] / total;
+        __syncthreads();
+    }
     phase(5);
     // ctx_d = sum_j p_j v_jd: SLICES threads per d, keys j = slice, slice + SLICES, ...
     if (n > ROUNDED_KEYS) {
