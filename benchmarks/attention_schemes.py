@@ -31,16 +31,10 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from product_schemes import bf16, dense_weights, fixed, model_and_ids, report  # noqa: E402  (the repository and tests/ on the path)
+from product_schemes import bf16, dense_weights, exponents, fixed, model_and_ids, report  # noqa: E402  (the repository and tests/ on the path)
 
 SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)), ("fixed", (14, 14, 14, 14)),
            ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7))]
-
-
-def _exponents(a: np.ndarray) -> np.ndarray:
-    """e with 2^e above each row's largest |a| (0 for a zero row): fixed()'s scale."""
-    top = np.max(np.abs(a), axis=-1, keepdims=True)
-    return np.where(top > 0, np.floor(np.log2(np.where(top > 0, top, 1.0))) + 1, 0)
 
 
 def attention(kind: str, bits):
@@ -64,7 +58,7 @@ def attention(kind: str, bits):
         p = (p / p.sum(axis=-1, keepdims=True)).astype(np.float32).astype(np.float64)
         if kind == "fixed":
             bp, bv = bits[2], bits[3]
-            ev = _exponents(v)[..., 0]                                      # [B, KV, 1, n]
+            ev = exponents(v)[..., 0]                                      # [B, KV, 1, n]
             v = fixed(v.reshape(-1, D), bv).reshape(v.shape)
             big = np.max(np.where(allowed, ev[..., None, :], -np.inf), axis=-1, keepdims=True)
             w = p * np.exp2(ev[..., None, :] - big)                          # each key's scale folded into p

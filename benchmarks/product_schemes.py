@@ -39,11 +39,15 @@ SCHEMES = [("exact", None, None), ("bf16 x", None, None), ("bf16 x, W", None, No
            ("fixed", 21, 14), ("fixed", 14, 21), ("fixed", 14, 14), ("fixed", 7, 7), ("int16 (exact.fixed)", None, None)]
 
 
+def exponents(a: np.ndarray) -> np.ndarray:
+    """e with 2^e above each row's largest |a| (the last axis; 0 for a zero row), kept as an axis of 1."""
+    top = np.max(np.abs(a), axis=-1, keepdims=True)
+    return np.where(top > 0, np.floor(np.log2(np.where(top > 0, top, 1.0))) + 1, 0)
+
+
 def fixed(a: np.ndarray, bits: int) -> np.ndarray:
     """a's rows rounded to signed fixed point: multiples of 2^(e - bits), 2^e above the row's largest |a|."""
-    top = np.max(np.abs(a), axis=1, keepdims=True)
-    e = np.where(top > 0, np.floor(np.log2(np.where(top > 0, top, 1.0))) + 1, 0)
-    scale = np.exp2(bits - e)
+    scale = np.exp2(bits - exponents(a))
     return np.rint(a * scale) / scale
 
 

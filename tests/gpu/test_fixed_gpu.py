@@ -262,6 +262,17 @@ def test_epilogues_give_the_array_codes_bits(qtype, kernel, epilogue):
     same_bits(out, want, f"{qtype}, {epilogue}, {kernel}")
 
 
+def _norm_case(m, cols, rows):
+    """SwiGLU's BF16 weight (2 rows: gate, then up) over cols, stored and dequantized, x [m, cols] and an RMSNorm
+    weight, random from seed m + cols: the normed products' cases."""
+    rng = np.random.default_rng(m + cols)
+    data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
+    w = BlockQuantized(data, "BF16", (2 * rows, cols)).dequantize()
+    x = (rng.standard_normal((m, cols)) * 3.0).astype(np.float32)
+    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    return data, w, x, norm
+
+
 @pytest.mark.parametrize("m, cols, kernel", [(1, 576, "block"), (2, 2048, "block"), (1, 4096, "launch"),
                                             (3, 8192, "launch"), (2, 576, "launch"),
                                             (20, 576, "rows"), (64, 2048, "rows"), (24, 576, "planes"),
@@ -275,12 +286,8 @@ def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, kernel, ove
     twice there)."""
     if kernel in ("block", "launch"):
         _force(monkeypatch, kernel)
-    rng = np.random.default_rng(m + cols)
     rows = 40
-    data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
-    w = BlockQuantized(data, "BF16", (2 * rows, cols)).dequantize()
-    x = (rng.standard_normal((m, cols)) * 3.0).astype(np.float32)
-    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    data, w, x, norm = _norm_case(m, cols, rows)
     d = cupy.asarray(data)
     tables = quant_fixed.w_exponents(d, "BF16", 2 * rows, cols)
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)

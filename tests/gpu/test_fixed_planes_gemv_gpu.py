@@ -13,7 +13,7 @@ from loom.kernels.exact import fixed
 from loom.kernels.quant.block import BlockQuantized
 
 from .cpu_gpu import host, same_bits
-from .test_fixed_gpu import _epilogue_case
+from .test_fixed_gpu import _epilogue_case, _norm_case
 
 cupy = pytest.importorskip("cupy")
 from loom.backend.cuda import quant as cuda_quant  # noqa: E402  (imports cupy)
@@ -114,12 +114,8 @@ def test_the_norm_in_the_product_gives_the_array_codes_bits(m, cols, source, ove
     """pro(x) = rms_norm(x, norm), made by each block or by x's planes' launch (which writes the normed rows), before
     SwiGLU's gate and up products; the same through programmatic dependent launches."""
     _force(monkeypatch, source)
-    rng = np.random.default_rng(m + cols)
     rows = 40
-    data = random_rows("BF16", 2 * rows, cols, rng, scale=0.05)
-    w = BlockQuantized(data, "BF16", (2 * rows, cols)).dequantize()
-    x = (rng.standard_normal((m, cols)) * 3.0).astype(np.float32)
-    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+    data, w, x, norm = _norm_case(m, cols, rows)
     normed = cupy.full((m, cols), UNWRITTEN, dtype=np.float32)
     got = _planes_gemv(data, "BF16", x, rows, swiglu=True, norm=cupy.asarray(norm), normed=normed, eps=1e-5,
                        overlap=overlap)
