@@ -39,7 +39,9 @@ from product_schemes import bf16, exponents, fixed, report, setup  # noqa: E402 
 
 SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)), ("fixed", (14, 14, 14, 14)),
            ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7)),
-           ("integer", (21, 21, 21, 21)), ("integer", (14, 14, 14, 14)), ("integer", (14, 14, 12, 12))]
+           ("integer", (21, 21, 21, 21)), ("integer", (14, 14, 14, 14)), ("integer", (14, 14, 12, 12)),
+           ("integer", (10, 10, 14, 14)), ("integer", (14, 7, 14, 14)), ("integer", (7, 7, 14, 14)),
+           ("integer", (14, 14, 14, 8)), ("integer", (14, 14, 15, 7))]
 
 LOG2E_30 = round(np.log2(np.e) * 2 ** 30)                      # log2(e) in units of 2^-30
 EXP2_TABLE = np.array([round(2 ** 31 * 2 ** (-k / 256)) for k in range(256)], dtype=np.int64)   # 2^(-k/256), 2^-31
