@@ -41,7 +41,7 @@ SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)),
            ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7)),
            ("integer", (21, 21, 21, 21)), ("integer", (14, 14, 14, 14)), ("integer", (14, 14, 12, 12)),
            ("integer", (10, 10, 14, 14)), ("integer", (14, 7, 14, 14)), ("integer", (7, 7, 14, 14)),
-           ("integer", (14, 14, 14, 8)), ("integer", (14, 14, 15, 7))]
+           ("integer", (14, 14, 14, 8)), ("integer", (14, 14, 15, 7)), ("spec-5 reference", None)]
 
 LOG2E_30 = round(np.log2(np.e) * 2 ** 30)                      # log2(e) in units of 2^-30
 EXP2_TABLE = np.array([round(2 ** 31 * 2 ** (-k / 256)) for k in range(256)], dtype=np.int64)   # 2^(-k/256), 2^-31
@@ -68,6 +68,13 @@ def attention(kind: str, bits):
         R = H // KV
         q = np.asarray(q, np.float64).reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)      # [B, KV, R, T, D]
         k, v = np.asarray(keys, np.float64)[:, :, None], np.asarray(values, np.float64)[:, :, None]
+        if kind == "spec-5 reference":                                    # loom.kernels.exact.attention
+            from loom.kernels.exact import attention as integer_attention
+            qpos, kpos = np.arange(pos, pos + T)[:, None], np.arange(lo, lo + n)[None, :]
+            allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
+            ctx = integer_attention.attention(np, q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),
+                                              allowed, self.scale)
+            return ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         if kind == "bf16 q, k, v":
             q, k, v = bf16(q), bf16(k), bf16(v)
         elif kind in ("fixed", "integer"):
