@@ -47,6 +47,8 @@ from ..mode import is_deterministic
 from . import argmax_logits, rope
 from .decoder_config import DecoderConfig, check_weights
 
+INTEGER_ATTENTION = False     # (wip/spec5-attention: the CPU's deterministic attention in spec 5's scheme)
+
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
 
@@ -453,6 +455,13 @@ class Decoder:
             return flash.attend(q, keys, values, pos, lo, L.window, self.scale)
         R, end = H // KV, pos + T
         n = end - lo
+        if INTEGER_ATTENTION and is_deterministic() and xp is np:       # (wip: spec 5's scheme, the CPU's only)
+            from ..kernels.exact import attention as integer_attention
+            qpos, kpos = xp.arange(pos, end)[:, None], xp.arange(lo, end)[None, :]
+            allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
+            ctx = integer_attention.attention(xp, q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4),
+                                              keys[:, :, None], values[:, :, None], allowed, self.scale)
+            return ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         if T == 1 and n <= exact_dispatch.ROUNDED_MAX_K and self._exact_token_ops(q):
             ctx = _exact_token_attention(q, keys, values, R, self.scale)
