@@ -308,7 +308,7 @@ class Decoder:
         from ..backend.cpu import attend_exact, decode_exact
         c = self.config
         H, KV, D, n = c.heads, c.kv_heads, c.head_dim, len(slots)
-        if n <= exact_dispatch.ROUNDED_MAX_K:
+        if n <= exact_dispatch.ROUNDED_MAX_K and not INTEGER_ATTENTION:     # (wip: spec 5's in attend)
             values = np.empty((KV, n, D), dtype=np.float32)
             shifted = decode_exact.rope_scores(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
                                                cache_v, slots, self.scale, exact_rounded.error_factor(D), values)
@@ -457,11 +457,11 @@ class Decoder:
         n = end - lo
         if INTEGER_ATTENTION and is_deterministic() and xp is np:       # (wip: spec 5's scheme, the CPU's only)
             from ..kernels.exact import attention as integer_attention
-            qpos, kpos = xp.arange(pos, end)[:, None], xp.arange(lo, end)[None, :]
-            allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
-            ctx = integer_attention.attention(xp, q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4),
-                                              keys[:, :, None], values[:, :, None], allowed, self.scale)
-            return ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
+            q5 = np.ascontiguousarray(q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B * KV, R * T, D)
+            ctx = integer_attention.causal(q5, np.ascontiguousarray(keys).reshape(B * KV, n, D),
+                                           np.ascontiguousarray(values).reshape(B * KV, n, D), R, pos, lo, L.window,
+                                           self.scale)
+            return ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         if T == 1 and n <= exact_dispatch.ROUNDED_MAX_K and self._exact_token_ops(q):
             ctx = _exact_token_attention(q, keys, values, R, self.scale)

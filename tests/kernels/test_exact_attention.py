@@ -155,3 +155,26 @@ def test_mismatched_shapes_are_refused():
     with pytest.raises(ShapeError, match="attention takes"):
         ia.attention(np, np.zeros((2, 8), np.float32), np.zeros((3, 4), np.float32), np.zeros((3, 4), np.float32),
                      np.ones((2, 3), bool), SCALE)
+
+
+@pytest.mark.parametrize("per_group, t, n, first, window, d", [(3, 5, 9, 4, None, 16), (1, 1, 30, 29, None, 64),
+                                                               (2, 7, 20, 13, 6, 8), (3, 16, 16, 0, None, 32)])
+def test_the_compiled_rows_are_the_array_codes(per_group, t, n, first, window, d):
+    """causal(): the compiled loop (backend/cpu/attend_integer.py) against the array code, bit for bit: GQA
+    groups, a chunk after cached keys, a decode step, a sliding window, rows of mixed magnitudes, and a value
+    row with NaN (the rows that see it NaN)."""
+    from loom.backend.cpu import attend_integer
+    if not attend_integer.available():
+        pytest.skip("numba is not installed (the loom[cpu] extra)")
+    rng = np.random.default_rng(per_group * 1000 + n)
+    g = 2
+    q = (rng.standard_normal((g, per_group * t, d)) * np.exp(rng.uniform(-3, 3, (g, per_group * t, 1)))).astype(np.float32)
+    k = (rng.standard_normal((g, n, d)) * np.exp(rng.uniform(-3, 3, (g, n, 1)))).astype(np.float32)
+    v = (rng.standard_normal((g, n, d)) * np.exp(rng.uniform(-3, 3, (g, n, 1)))).astype(np.float32)
+    v[1, n - 2, 0] = np.nan
+    got = ia.causal(q, k, v, per_group, first, 0, window, SCALE)
+    qpos, kpos = np.arange(first, first + t)[:, None], np.arange(n)[None, :]
+    allowed = (kpos <= qpos) & (kpos > qpos - (10 ** 6 if window is None else window))
+    want = ia.attention(np, q.reshape(g, per_group, t, d), k[:, None], v[:, None], allowed, SCALE).reshape(q.shape)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.isnan(got[1]).any() == bool(allowed[:, n - 2].any())

@@ -84,3 +84,24 @@ def attention(xp: ModuleType, q: Array, k: Array, v: Array, allowed: Array, scal
     bad = ~xp.all(xp.isfinite(q), axis=-1)[..., None]          # a row touching inf or NaN: NaN
     bad = bad | xp.any(allowed & ~xp.all(xp.isfinite(k) & xp.isfinite(v), axis=-1)[..., None, :], axis=-1)[..., None]
     return xp.where(bad | (den == 0), np.float32(np.nan), ctx)
+
+
+def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: int, lo: int, window: int | None,
+           scale: float) -> np.ndarray:
+    """attention() on the CPU for a decoder's causal rows: q float32 [G, per_group T, D] (row r T + t of group g
+    at position first + t), k and v [G, n, D] (key j at position lo + j), keys within `window` positions (None:
+    all); compiled where numba is (backend/cpu/attend_integer.py, the same bits), else the array code."""
+    from ...backend.cpu import attend_integer
+    G, rows, D = q.shape
+    T, n = rows // per_group, k.shape[1]
+    if attend_integer.available():
+        parts = []
+        for a in (q, k, v):
+            e = row_exponents(np, a)
+            parts += [to_integers(np, a, e).astype(np.int64), e.astype(np.int64), ~np.all(np.isfinite(a), axis=-1)]
+        return attend_integer.attention(*parts, per_group, first, lo, window or 0, scale, EXP2_TABLE,
+                                        np.array([LOG2E_30, LN2_15, P_BITS, BITS], dtype=np.int64))
+    qpos, kpos = np.arange(first, first + T)[:, None], np.arange(lo, lo + n)[None, :]
+    allowed = (kpos <= qpos) & (kpos > qpos - (n + first if window is None else window))
+    out = attention(np, q.reshape(G, per_group, T, D), k[:, None], v[:, None], allowed, scale)
+    return out.reshape(G, rows, D)
