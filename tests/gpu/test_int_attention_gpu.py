@@ -1,0 +1,53 @@
+"""Spec 5's integer attention kernel (loom/backend/cuda/int_attention.py; branch wip/spec5-attention) against
+the CPU's scheme (kernels.exact.attention.causal), bit for bit: head sizes 64 and 128, groups of 1-4 query
+heads a key/value head, a decode step's one row, prompts past a block's 64 rows, keys past several 64-key
+tiles and not a multiple of them, a chunk after cached keys, a sliding window, rows of mixed magnitudes, and
+inf / NaN rows."""
+import numpy as np
+import pytest
+
+from loom.errors import ShapeError
+from loom.kernels.exact import attention as ia
+
+from .cpu_gpu import same_bits
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import int_attention  # noqa: E402  (imports cupy)
+
+pytestmark = pytest.mark.gpu
+
+
+def _rows(rng, shape, spread):
+    return (rng.standard_normal(shape) * np.exp(rng.uniform(-spread, spread, shape[:-1] + (1,)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("d", [pytest.param(64, marks=pytest.mark.smoke), 128])
+@pytest.mark.parametrize("groups, per_group, t, n, first, window", [
+    (2, 3, 1, 300, 299, None), (1, 1, 130, 130, 0, None), (3, 4, 37, 200, 163, None), (2, 2, 70, 70, 0, 16),
+    (1, 3, 64, 129, 65, 100), (4, 1, 5, 5, 0, None)])
+def test_the_kernel_gives_the_cpus_bits(d, groups, per_group, t, n, first, window):
+    rng = np.random.default_rng(d + groups * 10 + t + n)
+    q = _rows(rng, (groups, per_group * t, d), 3.0)
+    k = _rows(rng, (groups, n, d), 3.0)
+    v = _rows(rng, (groups, n, d), 3.0)
+    want = ia.causal(q, k, v, per_group, first, 0, window, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), per_group, first, 0, window, 0.125)
+    same_bits(got, want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {first}, window {window}")
+
+
+def test_inf_and_nan_rows():
+    rng = np.random.default_rng(9)
+    q, k, v = _rows(rng, (2, 40, 64), 1.0), _rows(rng, (2, 40, 64), 1.0), _rows(rng, (2, 40, 64), 1.0)
+    q[0, 3, 5] = np.nan
+    k[1, 20, 0] = np.inf
+    v[0, 30, 63] = -np.inf
+    want = ia.causal(q, k, v, 1, 0, 0, None, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 1, 0, 0, None, 0.125)
+    same_bits(got, want, "inf and NaN rows")
+    assert np.isnan(want[0, 3]).all() and np.isnan(want[1, 20:]).all() and not np.isnan(want[1, :20]).any()
+
+
+def test_shapes_it_does_not_take():
+    z = cupy.zeros((1, 4, 48), dtype=np.float32)
+    with pytest.raises(ShapeError, match="integer attention kernel"):
+        int_attention.attend(z, z, z, 1, 0, 0, None, 0.125)
