@@ -246,6 +246,8 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     if D % 32 or D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
         raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D a multiple of "
                          f"32 up to 128, got {q.shape}, {k.shape}, {v.shape} (R = {per_group})")
+    if G == 0 or rows == 0:
+        return cupy.empty((G, rows, D), dtype=np.float32)
     parts = []
     for a in (q, k, v):
         a = cupy.ascontiguousarray(a, dtype=np.float32)
