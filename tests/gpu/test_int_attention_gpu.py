@@ -22,17 +22,29 @@ def _rows(rng, shape, spread):
 
 
 @pytest.mark.parametrize("d", [pytest.param(64, marks=pytest.mark.smoke), 128])
-@pytest.mark.parametrize("groups, per_group, t, n, first, window", [
-    (2, 3, 1, 300, 299, None), (1, 1, 130, 130, 0, None), (3, 4, 37, 200, 163, None), (2, 2, 70, 70, 0, 16),
-    (1, 3, 64, 129, 65, 100), (4, 1, 5, 5, 0, None)])
-def test_the_kernel_gives_the_cpus_bits(d, groups, per_group, t, n, first, window):
+@pytest.mark.parametrize("groups, per_group, t, n, first, lo, window", [
+    (2, 3, 1, 300, 299, 0, None), (1, 1, 130, 130, 0, 0, None), (3, 4, 37, 200, 163, 0, None),
+    (2, 2, 70, 70, 0, 0, 16), (1, 3, 64, 129, 65, 0, 100), (4, 1, 5, 5, 0, 0, None),
+    (2, 4, 200, 456, 256, 0, None), (1, 2, 150, 150, 0, 0, 70), (2, 1, 90, 201, 410, 300, 130),
+    (1, 4, 1, 333, 900, 568, None)])
+def test_the_kernel_gives_the_cpus_bits(d, groups, per_group, t, n, first, lo, window):
     rng = np.random.default_rng(d + groups * 10 + t + n)
     q = _rows(rng, (groups, per_group * t, d), 3.0)
     k = _rows(rng, (groups, n, d), 3.0)
     v = _rows(rng, (groups, n, d), 3.0)
-    want = ia.causal(q, k, v, per_group, first, 0, window, 0.125)
-    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), per_group, first, 0, window, 0.125)
-    same_bits(got, want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {first}, window {window}")
+    want = ia.causal(q, k, v, per_group, first, lo, window, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), per_group, first, lo, window, 0.125)
+    same_bits(got, want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {lo}, rows from {first}, "
+                         f"window {window}")
+
+
+@pytest.mark.parametrize("d", [32, 96])
+def test_other_head_sizes(d):
+    rng = np.random.default_rng(d)
+    q, k, v = _rows(rng, (2, 2 * 80, d), 2.0), _rows(rng, (2, 150, d), 2.0), _rows(rng, (2, 150, d), 2.0)
+    want = ia.causal(q, k, v, 2, 70, 0, None, d ** -0.5)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 70, 0, None, d ** -0.5)
+    same_bits(got, want, f"D {d}")
 
 
 def test_inf_and_nan_rows():

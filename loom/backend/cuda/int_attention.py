@@ -1,18 +1,26 @@
-"""Spec 5's integer attention on the GPU (branch wip/spec5-attention; UNTESTED ON A GPU): the scheme of
-loom/kernels/exact/attention.py, its bits, on the int8 tensor cores, for a decoder's causal rows (a prompt's
-chunk or decode steps), as kernels.exact.attention.causal takes them.
+"""Spec 5's integer attention on the GPU (branch wip/spec5-attention): the scheme of loom/kernels/exact/attention.py,
+its bits, on the int8 tensor cores, for a decoder's causal rows (a prompt's chunk or decode steps), as
+kernels.exact.attention.causal takes them.
 
-A block is 4 warps over 64 query rows of one (sequence, key/value head) group, each warp 16 rows, walking the
-rows' keys twice in tiles of 64:
-1. the scores, exact: each row's and key's integers split into planes (hi = q >> 8 signed, lo = q & 255), four
-   m16n8k32 int8 products, 65536 HH + 256 (HL + LH) + LL in int64, times 2^(eq + ek - 30) as a double (exact);
-   each row's largest allowed score, its values' largest exponent E, and whether it sees inf or NaN;
-2. the scores again; p = exp_fixed((max - s) scale) by integer operations, its row sum in int64, w (v's scale
-   folded in, 14 bits) through shared memory as planes into four m16n8k32 products with v's planes (keys
-   along k), summed exactly in int64 a tile;
-then each entry's float64 quotient num / den scaled by 2^(E - 14 - 15 + 31), rounded to float32.
+Two kernels:
+- `loom_int_rows`: a warp a row of q, k or v (D <= 128 values) makes the row's exponent e, its inf/NaN flag and
+  its integers as int16 (fixed.row_exponents and to_integers' arithmetic, quant_fixed_source.SCALARS).
+- `loom_int_attend`: a block is 4 warps over 64 query rows of one key/value head's group (each warp 16 rows),
+  walking the rows' keys twice in tiles of 64 (k and v int16 in shared memory, padded rows, copied by cp.async one
+  tile ahead):
+  1. the exact scores S (int8 planes of q and k, four m16n8k32 products, 65536 HH + 256 (HL + LH) + LL); each
+     row's largest allowed S 2^(ek - 30) (a float64, exact), its values' largest exponent E and its inf/NaN flag;
+  2. the scores again, then per score d = (max - S 2^(ek - 30)) 2^eq scale (float64, rounded as the CPU's two
+     operations: scaling by 2^eq is exact), p = exp_fixed(d) by integer operations (a table in shared memory),
+     its row sum in int64, and w (v's scale folded in, P_BITS bits) straight from the scores' accumulator layout
+     into the A operand of w v: the keys of a 32-key step are ordered as a thread holds them (the sum over keys
+     does not care), and v's tile is read by ldmatrix.trans in that same order. The scores' k dimension (d of q
+     and k) is permuted the same way, to read k by ldmatrix.
+  Then each entry's float64 quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32.
 
-The rows' integers and exponents are made by the array code (kernels.exact.fixed with CuPy), int16.
+Why it is fast where the first version was not (H200, Llama-3.2-1B's 2,048-token prompt: 527 us a layer, more
+than spec 4's float64 kernels): that version made each score a float64 by ldexp, read the exp table from global
+memory, wrote w through shared memory a byte at a time and staged k and v as planes a byte at a time.
 """
 from __future__ import annotations
 
@@ -23,8 +31,9 @@ import numpy as np
 
 from ...errors import ShapeError
 from ...kernels.exact import attention as scheme
-from ...kernels.exact.fixed import BITS, row_exponents, to_integers
+from ...kernels.exact.fixed import BITS
 from .compile import OPTIONS
+from .quant_fixed_source import SCALARS
 
 BQ = 64                         # query rows a block (4 warps of 16)
 BKEYS = 64                      # keys a tile
@@ -32,137 +41,184 @@ BKEYS = 64                      # keys a tile
 _SOURCE = r"""
 #define BQ 64
 #define BKEYS 64
+#define STRIDE (D + 8)          // a tile row's int16s in shared memory: 16 bytes of padding, ldmatrix without conflicts
+#define TILE (BKEYS * STRIDE)
 
-#define LOOM_IMMA(AT, BT) asm volatile( \
-    "mma.sync.aligned.m16n8k32.row.col.s32." AT "." BT ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
-    : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3]) \
-    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]))
-// the products of A's and B's planes for a fragment: hh (s8 s8), mid (s8 u8 + u8 s8), ll (u8 u8); A's hi plane
-// unsigned where UA (w's, 0 .. 64)
-template <bool UA> __device__ __forceinline__ void loom_four(int* hh, int* mid, int* ll, const unsigned* ah,
-                                                             const unsigned* al, const unsigned* bh, const unsigned* bl) {
-    { int* c = hh; const unsigned* a = ah; const unsigned* b = bh; if (UA) LOOM_IMMA("u8", "s8"); else LOOM_IMMA("s8", "s8"); }
-    { int* c = mid; const unsigned* a = ah; const unsigned* b = bl; if (UA) LOOM_IMMA("u8", "u8"); else LOOM_IMMA("s8", "u8"); }
-    { int* c = mid; const unsigned* a = al; const unsigned* b = bh; LOOM_IMMA("u8", "s8"); }
-    { int* c = ll; const unsigned* a = al; const unsigned* b = bl; LOOM_IMMA("u8", "u8"); }
+// a row's exponent, inf/NaN flag and int16 integers (fixed.row_exponents, to_integers): a warp a row of D values
+extern "C" __global__ void __launch_bounds__(128) loom_int_rows(const float* __restrict__ x, short* __restrict__ xi,
+                                                                int* __restrict__ ex, int* __restrict__ bad, long long rows) {
+    const long long r = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
+    if (r >= rows) return;
+    const int lane = threadIdx.x & 31;
+    float v[D / 32];
+    float top = 0.0f;
+    int nonfinite = 0;
+    #pragma unroll
+    for (int j = 0; j < D / 32; ++j) {
+        v[j] = x[r * D + lane + 32 * j];
+        if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
+        else nonfinite = 1;
+    }
+    for (int o = 16; o; o >>= 1) {
+        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
+        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
+    }
+    const int e = loom_fixed_exponent(top), shift = 15 - e;
+    const float s = loom_fixed_scale(shift);
+    #pragma unroll
+    for (int j = 0; j < D / 32; ++j)
+        xi[r * D + lane + 32 * j] = isfinite(v[j]) ? (short)(loom_fixed_bits(v[j], s, shift) & 0xFFFFu) : (short)0;
+    if (lane == 0) { ex[r] = e; bad[r] = nonfinite; }
 }
 
-__device__ __forceinline__ long long loom_exp_fixed(double d, const long long* table, long long log2e, long long ln2) {
-    const long long dq = __double2ll_rn(fmin(d, 64.0) * 65536.0);
-    const long long u = (dq * log2e) >> 30;
-    const long long i = u >> 16;
-    if (i >= 62) return 0;
-    const long long p = (table[(u >> 8) & 255] * ((1LL << 31) - (u & 255) * ln2)) >> 31;
-    return p >> i;
+#define LOOM_IMMA(AT, BT, C, A, B) asm( \
+    "mma.sync.aligned.m16n8k32.row.col.s32." AT "." BT ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
+    : "+r"(C[0]), "+r"(C[1]), "+r"(C[2]), "+r"(C[3]) : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]))
+// the four plane products of a fragment: hh, mid (hl + lh), ll; A's hi plane unsigned where UA (w's, 0 .. 64)
+template <bool UA> __device__ __forceinline__ void loom_four(int* hh, int* mid, int* ll, const unsigned* ah,
+                                                             const unsigned* al, const unsigned* bh, const unsigned* bl) {
+    if (UA) { LOOM_IMMA("u8", "s8", hh, ah, bh); LOOM_IMMA("u8", "u8", mid, ah, bl); }
+    else { LOOM_IMMA("s8", "s8", hh, ah, bh); LOOM_IMMA("s8", "u8", mid, ah, bl); }
+    LOOM_IMMA("u8", "s8", mid, al, bh);
+    LOOM_IMMA("u8", "u8", ll, al, bl);
+}
+// int16 pairs a, b (values 0 1, 2 3) as their planes: hi bytes (signed), lo bytes (unsigned), value order 0 1 2 3
+__device__ __forceinline__ void loom_split(unsigned a, unsigned b, unsigned* hi, unsigned* lo) {
+    *hi = __byte_perm(a, b, 0x7531);
+    *lo = __byte_perm(a, b, 0x6420);
+}
+__device__ __forceinline__ void loom_ldsm4(unsigned* r, const short* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void loom_ldsm4t(unsigned* r, const short* p) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+__device__ __forceinline__ void loom_cp16(void* dst, const void* src, bool ok) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
+}
+__device__ __forceinline__ long long loom_combine(const int hh, const int mid, const int ll) {
+    return 65536LL * hh + 256LL * mid + ll;
 }
 
 // out [G, rows, D] from the integers qi [G, rows, D], ki, vi [G, n, D] (int16), their exponents and bad flags;
 // row r of a group at position first + r % T, key j at lo + j; window 0: none
 extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
-        const short* __restrict__ qi, const int* __restrict__ eq, const unsigned char* __restrict__ qbad,
-        const short* __restrict__ ki, const int* __restrict__ ek, const unsigned char* __restrict__ kbad,
-        const short* __restrict__ vi, const int* __restrict__ ev, const unsigned char* __restrict__ vbad,
-        const long long* __restrict__ table, float* __restrict__ out, int rows, int n, int T, long long first,
-        long long lo, int window, double scale, long long log2e, long long ln2) {
-    __shared__ __align__(16) signed char kh[BKEYS][D];
-    __shared__ __align__(16) unsigned char kl[BKEYS][D];
-    __shared__ __align__(16) signed char vht[D][BKEYS];
-    __shared__ __align__(16) unsigned char vlt[D][BKEYS];
-    __shared__ __align__(16) unsigned char wh[BQ][BKEYS];
-    __shared__ __align__(16) unsigned char wl[BQ][BKEYS];
-    __shared__ int tek[BKEYS], tev[BKEYS], tbad[BKEYS];
+        const short* __restrict__ qi, const int* __restrict__ eq, const int* __restrict__ qbad,
+        const short* __restrict__ ki, const int* __restrict__ ek, const int* __restrict__ kbad,
+        const short* __restrict__ vi, const int* __restrict__ ev, const int* __restrict__ vbad,
+        const long long* __restrict__ table, float* __restrict__ out, int rows, int n, int T, int first,
+        int lo, int window, double scale, long long log2e, long long ln2) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    short* ks = (short*)smem;                           // [2][BKEYS][STRIDE]
+    short* vs = ks + 2 * TILE;                          // [2][BKEYS][STRIDE]
+    double* kmul = (double*)(vs + 2 * TILE);            // [2][BKEYS]: 2^(ek - 30)
+    int2* kev = (int2*)(kmul + 2 * BKEYS);              // [2][BKEYS]: ev, bad (k's or v's)
+    unsigned* tab = (unsigned*)(kev + 2 * BKEYS);       // [256]: the exp table (2^-31 units, <= 2^31)
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
     const long long g = blockIdx.y;
-    const int r0 = blockIdx.x * BQ;
-    // this thread's two rows (fragment rows gq and gq + 8 of its warp's 16), their positions and exponents
-    int row[2];
-    long long qpos[2];
-    int erow[2];
-    bool badrow[2];
+    const int r0 = (gridDim.x - 1 - blockIdx.x) * BQ;   // (the longest rows first)
+    for (int i = tid; i < 256; i += 128) tab[i] = (unsigned)table[i];
+    int row[2], qpos[2];
+    double qscale[2];
+    bool bad[2];
     for (int h = 0; h < 2; ++h) {
         row[h] = r0 + 16 * warp + gq + 8 * h;
         const int rr = min(row[h], rows - 1);
         qpos[h] = first + rr % T;
-        erow[h] = eq[g * rows + rr];
-        badrow[h] = qbad[g * rows + rr] != 0;
+        const int e = eq[g * rows + rr];
+        qscale[h] = scale * __longlong_as_double((long long)(1023 + e + 16) << 52);   // scale 2^(eq + 16), exact
+        bad[h] = qbad[g * rows + rr] != 0;
     }
-    // the block's keys: those any of its rows may see
+    // the block's keys: those any of its rows may see; tiles every row sees whole need no mask
     const int last = min(r0 + BQ, rows) - 1;
-    const int tmin = (r0 / T == last / T) ? r0 % T : 0, tmax = (r0 / T == last / T) ? last % T : T - 1;
-    const long long kfirst = window ? max(0LL, first + tmin - window + 1 - lo) : 0;
-    const long long kend = min((long long)n, first + tmax - lo + 1);
-    // q's fragments (A, row-major 16 x 32 a k-step): planes of the int16 integers, loaded once
+    const bool one = r0 / T == last / T;
+    const int pmin = first + (one ? r0 % T : 0), pmax = first + (one ? last % T : T - 1);
+    const int kfirst = window ? max(0, pmin - window + 1 - lo) : 0;
+    const int kend = min(n, pmax - lo + 1);
+    const int tiles = kend > kfirst ? (kend - kfirst + BKEYS - 1) / BKEYS : 0;
+    // q's fragments: planes of the int16 integers, d permuted as ldmatrix hands k's out (k-slot 4 tq + j of a
+    // 32-step holds d = 8 (j >> 1) + 2 tq + (j & 1), slot 16 + 4 tq + j holds 16 + that)
     unsigned qh[D / 32][4], ql[D / 32][4];
+    #pragma unroll
     for (int s = 0; s < D / 32; ++s)
+        #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int rr = min(r0 + 16 * warp + gq + 8 * (e & 1), rows - 1);
-            const int col = 32 * s + 4 * tq + 16 * (e >> 1);
-            const unsigned* src = (const unsigned*)(qi + (g * rows + rr) * D + col);
-            unsigned h4, l4;
-            h4 = __byte_perm(src[0], src[1], 0x7531);
-            l4 = __byte_perm(src[0], src[1], 0x6420);
-            qh[s][e] = h4;
-            ql[s][e] = l4;
+            const short* src = qi + (g * rows + rr) * D + 32 * s + 16 * (e >> 1) + 2 * tq;
+            loom_split(*(const unsigned*)src, *(const unsigned*)(src + 8), &qh[s][e], &ql[s][e]);
         }
-    auto allowed = [&](int h, long long j) -> bool {
-        const long long kpos = lo + j;
+    auto allowed = [&](int h, int j) -> bool {
+        const int kpos = lo + j;
         return j < n && kpos <= qpos[h] && (window == 0 || kpos > qpos[h] - window);
     };
-    // a tile's keys into shared memory (planes), with their exponents and flags; with v (transposed) on pass 2
-    auto load = [&](long long j0, bool values) {
-        for (int e = tid; e < BKEYS * D / 2; e += 128) {
-            const int key = e / (D / 2), c2 = 2 * (e % (D / 2));
-            const long long j = j0 + key;
-            const unsigned pair = j < n ? *(const unsigned*)(ki + (g * n + j) * D + c2) : 0u;
-            kh[key][c2] = (signed char)((short)(pair & 0xffff) >> 8);
-            kl[key][c2] = (unsigned char)(pair & 255);
-            kh[key][c2 + 1] = (signed char)((short)(pair >> 16) >> 8);
-            kl[key][c2 + 1] = (unsigned char)((pair >> 16) & 255);
-            if (values) {
-                const unsigned vp = j < n ? *(const unsigned*)(vi + (g * n + j) * D + c2) : 0u;
-                vht[c2][key] = (signed char)((short)(vp & 0xffff) >> 8);
-                vlt[c2][key] = (unsigned char)(vp & 255);
-                vht[c2 + 1][key] = (signed char)((short)(vp >> 16) >> 8);
-                vlt[c2 + 1][key] = (unsigned char)((vp >> 16) & 255);
-            }
+    auto full = [&](int j0) -> bool {
+        return j0 + BKEYS <= n && lo + j0 + BKEYS - 1 <= pmin && (window == 0 || lo + j0 > pmax - window);
+    };
+    // tile i's k (and v) into buffer i & 1, with each key's 2^(ek - 30), ev and bad
+    auto load = [&](int i, bool values) {
+        const int j0 = kfirst + i * BKEYS, b = i & 1;
+        for (int c = tid; c < BKEYS * D / 8; c += 128) {
+            const int key = c / (D / 8), col = 8 * (c % (D / 8)), j = j0 + key;
+            const bool ok = j < n;
+            const long long at = (g * n + (ok ? j : 0)) * D + col;
+            loom_cp16(ks + b * TILE + key * STRIDE + col, ki + at, ok);
+            if (values) loom_cp16(vs + b * TILE + key * STRIDE + col, vi + at, ok);
         }
-        for (int key = tid; key < BKEYS; key += 128) {
-            const long long j = j0 + key;
-            tek[key] = j < n ? ek[g * n + j] : 0;
-            tev[key] = j < n ? ev[g * n + j] : 0;
-            tbad[key] = j < n ? (kbad[g * n + j] | vbad[g * n + j]) : 0;
+        asm volatile("cp.async.commit_group;" ::: "memory");
+        if (tid < BKEYS) {
+            const int j = j0 + tid;
+            const bool ok = j < n;
+            kmul[b * BKEYS + tid] = __longlong_as_double((long long)(1023 + (ok ? ek[g * n + j] : 0) - 30) << 52);
+            kev[b * BKEYS + tid] = make_int2(ok ? ev[g * n + j] : 0, ok ? (kbad[g * n + j] | vbad[g * n + j]) : 0);
         }
     };
-    // the scores of n-tile t (keys 8 t .. 8 t + 7 of the tile) for this thread's entries: S as int64
-    auto scores = [&](int t, long long* S) {
+    // the exact scores of n-tile t of buffer b for this thread's entries: (row gq, key 8t + 2tq), (gq, +1),
+    // (gq + 8, 8t + 2tq), (gq + 8, +1)
+    auto scores = [&](int b, int t, long long* S) {
         int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
+        #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
-            const int key = 8 * t + gq, col = 32 * s + 4 * tq;
-            const unsigned bh[2] = {*(const unsigned*)&kh[key][col], *(const unsigned*)&kh[key][col + 16]};
-            const unsigned bl[2] = {*(const unsigned*)&kl[key][col], *(const unsigned*)&kl[key][col + 16]};
+            unsigned r[4], bh[2], bl[2];
+            loom_ldsm4(r, ks + b * TILE + (8 * t + (lane & 7)) * STRIDE + 32 * s + 8 * (lane >> 3));
+            loom_split(r[0], r[1], &bh[0], &bl[0]);
+            loom_split(r[2], r[3], &bh[1], &bl[1]);
             loom_four<false>(hh, mid, ll, qh[s], ql[s], bh, bl);
         }
-        for (int e = 0; e < 4; ++e) S[e] = 65536LL * hh[e] + 256LL * mid[e] + ll[e];
+        #pragma unroll
+        for (int e = 0; e < 4; ++e) S[e] = loom_combine(hh[e], mid[e], ll[e]);
     };
-    // pass 1: each row's largest allowed score, its values' largest exponent, inf or NaN seen
+    // pass 1: each row's largest allowed S 2^(ek - 30), its values' largest exponent, inf or NaN seen
     double top[2] = {__longlong_as_double(0xfff0000000000000LL), __longlong_as_double(0xfff0000000000000LL)};
     int etop[2] = {-2147483647 - 1, -2147483647 - 1};
-    bool bad[2] = {badrow[0], badrow[1]};
-    for (long long j0 = kfirst; j0 < kend; j0 += BKEYS) {
+    if (tiles) load(0, false);
+    for (int i = 0; i < tiles; ++i) {
+        if (i + 1 < tiles) { load(i + 1, false); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+        else asm volatile("cp.async.wait_group 0;" ::: "memory");
         __syncthreads();
-        load(j0, false);
-        __syncthreads();
+        const int b = i & 1, j0 = kfirst + i * BKEYS;
+        const bool masked = !full(j0);
+        #pragma unroll 2
         for (int t = 0; t < BKEYS / 8; ++t) {
             long long S[4];
-            scores(t, S);
+            scores(b, t, S);
+            const int key = 8 * t + 2 * tq;
+            const double2 km = *(const double2*)&kmul[b * BKEYS + key];
+            const int4 kv = *(const int4*)&kev[b * BKEYS + key];
+            #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                const int h = e >> 1, key = 8 * t + 2 * tq + (e & 1);
-                if (!allowed(h, j0 + key)) continue;
-                top[h] = fmax(top[h], ldexp((double)S[e], erow[h] + tek[key] - 2 * BITS));
-                etop[h] = max(etop[h], tev[key]);
-                bad[h] = bad[h] || tbad[key];
+                const int h = e >> 1;
+                if (masked && !allowed(h, j0 + key + (e & 1))) continue;
+                top[h] = fmax(top[h], (double)S[e] * (e & 1 ? km.y : km.x));
+                etop[h] = max(etop[h], e & 1 ? kv.z : kv.x);
+                bad[h] = bad[h] || (e & 1 ? kv.w : kv.y);
             }
         }
+        __syncthreads();
     }
     for (int h = 0; h < 2; ++h)
         for (int m = 1; m < 4; m <<= 1) {
@@ -170,72 +226,105 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
             etop[h] = max(etop[h], __shfl_xor_sync(0xffffffff, etop[h], m));
             bad[h] = bad[h] || __shfl_xor_sync(0xffffffff, (int)bad[h], m);
         }
-    // pass 2: p, its sum, w through shared memory, w v
-    long long den[2] = {0, 0};
+    // pass 2: p, its sum, w in registers, w v
+    unsigned long long den[2] = {0, 0};
     long long num[D / 8][4];
     #pragma unroll
     for (int d = 0; d < D / 8; ++d)
         #pragma unroll
         for (int e = 0; e < 4; ++e) num[d][e] = 0;
-    for (long long j0 = kfirst; j0 < kend; j0 += BKEYS) {
+    if (tiles) load(0, true);
+    for (int i = 0; i < tiles; ++i) {
+        if (i + 1 < tiles) { load(i + 1, true); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+        else asm volatile("cp.async.wait_group 0;" ::: "memory");
         __syncthreads();
-        load(j0, true);
-        __syncthreads();
-        for (int t = 0; t < BKEYS / 8; ++t) {
-            long long S[4];
-            scores(t, S);
-            for (int e = 0; e < 4; ++e) {
-                const int h = e >> 1, key = 8 * t + 2 * tq + (e & 1);
-                long long w = 0;
-                if (allowed(h, j0 + key)) {
-                    const double s = ldexp((double)S[e], erow[h] + tek[key] - 2 * BITS);
-                    const long long p = loom_exp_fixed((top[h] - s) * scale, table, log2e, ln2);
-                    den[h] += p;
-                    const int sh = 31 - P_BITS + etop[h] - tev[key];
-                    w = sh < 62 ? (p + (1LL << (sh - 1))) >> sh : 0;
-                }
-                wh[16 * warp + gq + 8 * h][key] = (unsigned char)(w >> 8);
-                wl[16 * warp + gq + 8 * h][key] = (unsigned char)(w & 255);
-            }
-        }
-        __syncwarp();
+        const int b = i & 1, j0 = kfirst + i * BKEYS;
+        const bool masked = !full(j0);
         #pragma unroll
-        for (int d = 0; d < D / 8; ++d) {
-            int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
-            for (int s = 0; s < BKEYS / 32; ++s) {
-                const int col = 32 * s + 4 * tq, ra = 16 * warp + gq, dd = 8 * d + gq;
-                const unsigned ah[4] = {*(const unsigned*)&wh[ra][col], *(const unsigned*)&wh[ra + 8][col],
-                                        *(const unsigned*)&wh[ra][col + 16], *(const unsigned*)&wh[ra + 8][col + 16]};
-                const unsigned al[4] = {*(const unsigned*)&wl[ra][col], *(const unsigned*)&wl[ra + 8][col],
-                                        *(const unsigned*)&wl[ra][col + 16], *(const unsigned*)&wl[ra + 8][col + 16]};
-                const unsigned bh[2] = {*(const unsigned*)&vht[dd][col], *(const unsigned*)&vht[dd][col + 16]};
-                const unsigned bl[2] = {*(const unsigned*)&vlt[dd][col], *(const unsigned*)&vlt[dd][col + 16]};
-                loom_four<true>(hh, mid, ll, ah, al, bh, bl);
+        for (int sg = 0; sg < BKEYS / 32; ++sg) {
+            unsigned pr[4][2];                          // w of n-tiles 4 sg .. 4 sg + 3: rows gq, gq + 8, as int16 pairs
+            #pragma unroll
+            for (int tt = 0; tt < 4; ++tt) {
+                const int t = 4 * sg + tt;
+                long long S[4];
+                scores(b, t, S);
+                const int key = 8 * t + 2 * tq;
+                const double2 km = *(const double2*)&kmul[b * BKEYS + key];
+                const int4 kv = *(const int4*)&kev[b * BKEYS + key];
+                unsigned w[4];
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int h = e >> 1;
+                    w[e] = 0;
+                    if (masked && !allowed(h, j0 + key + (e & 1))) continue;
+                    const double d = fmin((top[h] - (double)S[e] * (e & 1 ? km.y : km.x)) * qscale[h], 4194304.0);
+                    const long long u = ((long long)__double2int_rn(d) * log2e) >> 30;
+                    const int ip = (int)(u >> 16);
+                    const unsigned long long t64 = (unsigned long long)tab[(u >> 8) & 255]
+                                                   * (unsigned long long)((1LL << 31) - (u & 255) * ln2);
+                    const unsigned p = ip + 31 < 64 ? (unsigned)(t64 >> (31 + ip)) : 0u;
+                    den[h] += p;
+                    const int sh = 31 - P_BITS + etop[h] - (e & 1 ? kv.z : kv.x);
+                    w[e] = sh <= 32 ? ((p >> (sh - 1)) + 1) >> 1 : 0u;
+                }
+                pr[tt][0] = w[0] | (w[1] << 16);
+                pr[tt][1] = w[2] | (w[3] << 16);
             }
-            for (int e = 0; e < 4; ++e) num[d][e] += 65536LL * hh[e] + 256LL * mid[e] + ll[e];
+            // A fragments of w (k-slot 4 tq + j: key 8 (j >> 1) + 2 tq + (j & 1) of the step, 16 + those for a2, a3)
+            unsigned ah[4], al[4];
+            loom_split(pr[0][0], pr[1][0], &ah[0], &al[0]);
+            loom_split(pr[0][1], pr[1][1], &ah[1], &al[1]);
+            loom_split(pr[2][0], pr[3][0], &ah[2], &al[2]);
+            loom_split(pr[2][1], pr[3][1], &ah[3], &al[3]);
+            #pragma unroll
+            for (int dt = 0; dt < D / 8; ++dt) {
+                unsigned r[4], bh[2], bl[2];
+                loom_ldsm4t(r, vs + b * TILE + (32 * sg + lane) * STRIDE + 8 * dt);
+                loom_split(r[0], r[1], &bh[0], &bl[0]);
+                loom_split(r[2], r[3], &bh[1], &bl[1]);
+                int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
+                loom_four<true>(hh, mid, ll, ah, al, bh, bl);
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) num[dt][e] += loom_combine(hh[e], mid[e], ll[e]);
+            }
         }
-        __syncwarp();
+        __syncthreads();
     }
     for (int h = 0; h < 2; ++h)
         for (int m = 1; m < 4; m <<= 1) den[h] += __shfl_xor_sync(0xffffffff, den[h], m);
     #pragma unroll
-    for (int d = 0; d < D / 8; ++d)
+    for (int dt = 0; dt < D / 8; ++dt)
         #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int h = e >> 1;
             if (row[h] >= rows) continue;
-            const int col = 8 * d + 2 * tq + (e & 1);
+            const int col = 8 * dt + 2 * tq + (e & 1);
             out[(g * rows + row[h]) * D + col] = bad[h] || den[h] == 0 ? __int_as_float(0x7fc00000)
-                : (float)ldexp((double)num[d][e] / (double)den[h], etop[h] - P_BITS - BITS + 31);
+                : (float)ldexp((double)num[dt][e] / (double)den[h], etop[h] - P_BITS - BITS + 31);
         }
 }
 """
 
 
 @cache
-def _kernel(head_dim: int):
+def _module(head_dim: int) -> cupy.RawModule:
     head = f"#define D {head_dim}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n"
-    return cupy.RawModule(code=head + _SOURCE, options=OPTIONS + ("-std=c++17",)).get_function("loom_int_attend")
+    return cupy.RawModule(code=head + SCALARS + _SOURCE, options=OPTIONS + ("-std=c++17",))
+
+
+def _shared_bytes(head_dim: int) -> int:
+    return 4 * BKEYS * (head_dim + 8) * 2 + 2 * BKEYS * (8 + 8) + 256 * 4
+
+
+def _integers(a):
+    """(int16 integers [..., D], int32 exponents [...], int32 inf/NaN flags [...]) of float32 rows a [..., D]."""
+    rows = a.size // a.shape[-1]
+    xi = cupy.empty(a.shape, dtype=np.int16)
+    ex = cupy.empty(a.shape[:-1], dtype=np.int32)
+    bad = cupy.empty(a.shape[:-1], dtype=np.int32)
+    if rows:
+        _module(a.shape[-1]).get_function("loom_int_rows")(((rows + 3) // 4,), (128,), (a, xi, ex, bad, np.int64(rows)))
+    return xi, ex, bad
 
 
 def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, scale: float):
@@ -246,17 +335,26 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     if D % 32 or D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
         raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D a multiple of "
                          f"32 up to 128, got {q.shape}, {k.shape}, {v.shape} (R = {per_group})")
+    if max(first + rows // per_group, lo + n) >= 1 << 30:
+        raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
+                         f"from {lo} ({n} keys)")
     if G == 0 or rows == 0:
         return cupy.empty((G, rows, D), dtype=np.float32)
     parts = []
     for a in (q, k, v):
-        a = cupy.ascontiguousarray(a, dtype=np.float32)
-        e = row_exponents(cupy, a)
-        parts += [to_integers(cupy, a, e).astype(np.int16), e.astype(np.int32),
-                  (~cupy.all(cupy.isfinite(a), axis=-1)).astype(np.uint8)]
+        parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32))
     out = cupy.empty((G, rows, D), dtype=np.float32)
-    _kernel(D)(((rows + BQ - 1) // BQ, G), (128,),
-               (*parts, cupy.asarray(scheme.EXP2_TABLE), out, np.int32(rows), np.int32(n), np.int32(rows // per_group),
-                np.int64(first), np.int64(lo), np.int32(window or 0), np.float64(np.float32(scale)),
-                np.int64(scheme.LOG2E_30), np.int64(scheme.LN2_15)))
+    kernel = _module(D).get_function("loom_int_attend")
+    shared = _shared_bytes(D)
+    if kernel.max_dynamic_shared_size_bytes < shared:
+        kernel.max_dynamic_shared_size_bytes = shared
+    kernel(((rows + BQ - 1) // BQ, G), (128,),
+           (*parts, _table(), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
+            np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(scheme.LOG2E_30),
+            np.int64(scheme.LN2_15)), shared_mem=shared)
     return out
+
+
+@cache
+def _table():
+    return cupy.asarray(scheme.EXP2_TABLE)
