@@ -17,6 +17,13 @@ from loom.backend.cuda import int_attention  # noqa: E402  (imports cupy)
 pytestmark = pytest.mark.gpu
 
 
+@pytest.fixture(params=[4, 2], autouse=True)
+def warps(request, monkeypatch):
+    """Each test on both block sizes the kernel takes (64 query rows a block and 32)."""
+    monkeypatch.setattr(int_attention, "WARPS", request.param)
+    return request.param
+
+
 def _rows(rng, shape, spread):
     return (rng.standard_normal(shape) * np.exp(rng.uniform(-spread, spread, shape[:-1] + (1,)))).astype(np.float32)
 

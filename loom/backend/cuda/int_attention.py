@@ -5,7 +5,8 @@ kernels.exact.attention.causal takes them.
 Two kernels:
 - `loom_int_rows`: a warp a row of q, k or v (D <= 128 values) makes the row's exponent e, its inf/NaN flag and
   its integers as int16 (fixed.row_exponents and to_integers' arithmetic, quant_fixed_source.SCALARS).
-- `loom_int_attend`: a block is 4 warps over 64 query rows of one key/value head's group (each warp 16 rows),
+- `loom_int_attend`: a block is 4 warps over 64 query rows of one key/value head's group (each warp 16 rows; 2
+  warps over 32 where a prompt's blocks of 64 would leave multiprocessors idle),
   walking the rows' keys twice in tiles of 64 (k and v int16 in shared memory, padded rows, copied by cp.async one
   tile ahead):
   1. the exact scores S (int8 planes of q and k, four m16n8k32 products, 65536 HH + 256 (HL + LH) + LL); each
@@ -35,11 +36,12 @@ from ...kernels.exact.fixed import BITS
 from .compile import OPTIONS
 from .quant_fixed_source import SCALARS
 
-BQ = 64                         # query rows a block (4 warps of 16)
 BKEYS = 64                      # keys a tile
+WARPS = None                    # warps a block (16 query rows each): None chooses 4, or 2 where 4 leave SMs idle
 
 _SOURCE = r"""
-#define BQ 64
+#define BQ (16 * WARPS)
+#define THREADS (32 * WARPS)
 #define BKEYS 64
 #define STRIDE (D + 8)          // a tile row's int16s in shared memory: 16 bytes of padding, ldmatrix without conflicts
 #define TILE (BKEYS * STRIDE)
@@ -101,13 +103,22 @@ __device__ __forceinline__ void loom_cp16(void* dst, const void* src, bool ok) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
 }
+// exp_fixed(d) (kernels.exact.attention: 2^-31 units, at most 2^31) of d = x 2^16 for x >= 0, in 32-bit operations:
+// dq = rint(min(d, 2^22)) (the conversion saturates: the same), u = dq log2(e) 2^30 >> 30 (below 2^23), a table entry
+// times the linear step >> 31 (below 2^32), shifted by u's integer part (0 past 31)
+__device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
+    const unsigned dq = min(__double2uint_rn(x), 4194304u);
+    const unsigned u = __funnelshift_r(dq * log2e, __umulhi(dq, log2e), 30);
+    const unsigned step = (1u << 31) - (u & 255) * ln2, t = tab[(u >> 8) & 255];
+    return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
+}
 __device__ __forceinline__ long long loom_combine(const int hh, const int mid, const int ll) {
     return 65536LL * hh + 256LL * mid + ll;
 }
 
 // out [G, rows, D] from the integers qi [G, rows, D], ki, vi [G, n, D] (int16), their exponents and bad flags;
 // row r of a group at position first + r % T, key j at lo + j; window 0: none
-extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
+extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
         const short* __restrict__ qi, const int* __restrict__ eq, const int* __restrict__ qbad,
         const short* __restrict__ ki, const int* __restrict__ ek, const int* __restrict__ kbad,
         const short* __restrict__ vi, const int* __restrict__ ev, const int* __restrict__ vbad,
@@ -122,7 +133,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
     const long long g = blockIdx.y;
     const int r0 = (gridDim.x - 1 - blockIdx.x) * BQ;   // (the longest rows first)
-    for (int i = tid; i < 256; i += 128) tab[i] = (unsigned)table[i];
+    for (int i = tid; i < 256; i += THREADS) tab[i] = (unsigned)table[i];
     int row[2], qpos[2];
     double qscale[2];
     bool bad[2];
@@ -162,7 +173,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
     // tile i's k (and v) into buffer i & 1, with each key's 2^(ek - 30), ev and bad
     auto load = [&](int i, bool values) {
         const int j0 = kfirst + i * BKEYS, b = i & 1;
-        for (int c = tid; c < BKEYS * D / 8; c += 128) {
+        for (int c = tid; c < BKEYS * D / 8; c += THREADS) {
             const int key = c / (D / 8), col = 8 * (c % (D / 8)), j = j0 + key;
             const bool ok = j < n;
             const long long at = (g * n + (ok ? j : 0)) * D + col;
@@ -227,6 +238,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
             bad[h] = bad[h] || __shfl_xor_sync(0xffffffff, (int)bad[h], m);
         }
     // pass 2: p, its sum, w in registers, w v
+    const int wshift[2] = {30 - P_BITS + etop[0], 30 - P_BITS + etop[1]};
     unsigned long long den[2] = {0, 0};
     long long num[D / 8][4];
     #pragma unroll
@@ -240,53 +252,52 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
         __syncthreads();
         const int b = i & 1, j0 = kfirst + i * BKEYS;
         const bool masked = !full(j0);
+        unsigned pr[BKEYS / 8][2];                      // w of each n-tile: rows gq, gq + 8, as int16 pairs
+        #pragma unroll
+        for (int t = 0; t < BKEYS / 8; ++t) {
+            long long S[4];
+            scores(b, t, S);
+            const int key = 8 * t + 2 * tq;
+            const double2 km = *(const double2*)&kmul[b * BKEYS + key];
+            const int4 kv = *(const int4*)&kev[b * BKEYS + key];
+            unsigned w[4];
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e >> 1;
+                w[e] = 0;
+                if (masked && !allowed(h, j0 + key + (e & 1))) continue;
+                const unsigned p = loom_exp_fixed((top[h] - (double)S[e] * (e & 1 ? km.y : km.x)) * qscale[h], tab,
+                                                  (unsigned)log2e, (unsigned)ln2);
+                den[h] += p;
+                // w = round(p 2^-sh), half up, sh = 31 - P_BITS + E - ev >= 17: ((p >> (sh - 1)) + 1) >> 1, 0 past 32
+                w[e] = (__funnelshift_rc(p, 0u, wshift[h] - (e & 1 ? kv.z : kv.x)) + 1) >> 1;
+            }
+            pr[t][0] = w[0] | (w[1] << 16);
+            pr[t][1] = w[2] | (w[3] << 16);
+        }
+        // A fragments of w for each 32-key step sg (k-slot 4 tq + j: key 8 (j >> 1) + 2 tq + (j & 1) of the step;
+        // 16 + those for a2, a3), as the scores' accumulators hold them
+        unsigned ah[BKEYS / 32][4], al[BKEYS / 32][4];
         #pragma unroll
         for (int sg = 0; sg < BKEYS / 32; ++sg) {
-            unsigned pr[4][2];                          // w of n-tiles 4 sg .. 4 sg + 3: rows gq, gq + 8, as int16 pairs
+            loom_split(pr[4 * sg][0], pr[4 * sg + 1][0], &ah[sg][0], &al[sg][0]);
+            loom_split(pr[4 * sg][1], pr[4 * sg + 1][1], &ah[sg][1], &al[sg][1]);
+            loom_split(pr[4 * sg + 2][0], pr[4 * sg + 3][0], &ah[sg][2], &al[sg][2]);
+            loom_split(pr[4 * sg + 2][1], pr[4 * sg + 3][1], &ah[sg][3], &al[sg][3]);
+        }
+        #pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt) {
+            int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
             #pragma unroll
-            for (int tt = 0; tt < 4; ++tt) {
-                const int t = 4 * sg + tt;
-                long long S[4];
-                scores(b, t, S);
-                const int key = 8 * t + 2 * tq;
-                const double2 km = *(const double2*)&kmul[b * BKEYS + key];
-                const int4 kv = *(const int4*)&kev[b * BKEYS + key];
-                unsigned w[4];
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int h = e >> 1;
-                    w[e] = 0;
-                    if (masked && !allowed(h, j0 + key + (e & 1))) continue;
-                    const double d = fmin((top[h] - (double)S[e] * (e & 1 ? km.y : km.x)) * qscale[h], 4194304.0);
-                    const long long u = ((long long)__double2int_rn(d) * log2e) >> 30;
-                    const int ip = (int)(u >> 16);
-                    const unsigned long long t64 = (unsigned long long)tab[(u >> 8) & 255]
-                                                   * (unsigned long long)((1LL << 31) - (u & 255) * ln2);
-                    const unsigned p = ip + 31 < 64 ? (unsigned)(t64 >> (31 + ip)) : 0u;
-                    den[h] += p;
-                    const int sh = 31 - P_BITS + etop[h] - (e & 1 ? kv.z : kv.x);
-                    w[e] = sh <= 32 ? ((p >> (sh - 1)) + 1) >> 1 : 0u;
-                }
-                pr[tt][0] = w[0] | (w[1] << 16);
-                pr[tt][1] = w[2] | (w[3] << 16);
-            }
-            // A fragments of w (k-slot 4 tq + j: key 8 (j >> 1) + 2 tq + (j & 1) of the step, 16 + those for a2, a3)
-            unsigned ah[4], al[4];
-            loom_split(pr[0][0], pr[1][0], &ah[0], &al[0]);
-            loom_split(pr[0][1], pr[1][1], &ah[1], &al[1]);
-            loom_split(pr[2][0], pr[3][0], &ah[2], &al[2]);
-            loom_split(pr[2][1], pr[3][1], &ah[3], &al[3]);
-            #pragma unroll
-            for (int dt = 0; dt < D / 8; ++dt) {
+            for (int sg = 0; sg < BKEYS / 32; ++sg) {
                 unsigned r[4], bh[2], bl[2];
                 loom_ldsm4t(r, vs + b * TILE + (32 * sg + lane) * STRIDE + 8 * dt);
                 loom_split(r[0], r[1], &bh[0], &bl[0]);
                 loom_split(r[2], r[3], &bh[1], &bl[1]);
-                int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
-                loom_four<true>(hh, mid, ll, ah, al, bh, bl);
-                #pragma unroll
-                for (int e = 0; e < 4; ++e) num[dt][e] += loom_combine(hh[e], mid[e], ll[e]);
+                loom_four<true>(hh, mid, ll, ah[sg], al[sg], bh, bl);
             }
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) num[dt][e] += loom_combine(hh[e], mid[e], ll[e]);
         }
         __syncthreads();
     }
@@ -307,8 +318,8 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_attend(
 
 
 @cache
-def _module(head_dim: int) -> cupy.RawModule:
-    head = f"#define D {head_dim}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n"
+def _module(head_dim: int, warps: int = 4) -> cupy.RawModule:
+    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n"
     return cupy.RawModule(code=head + SCALARS + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
@@ -344,15 +355,21 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     for a in (q, k, v):
         parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32))
     out = cupy.empty((G, rows, D), dtype=np.float32)
-    kernel = _module(D).get_function("loom_int_attend")
+    warps = WARPS or (4 if -(-rows // 64) * G >= 4 * _multiprocessors() else 2)
+    kernel = _module(D, warps).get_function("loom_int_attend")
     shared = _shared_bytes(D)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
-    kernel(((rows + BQ - 1) // BQ, G), (128,),
+    kernel((-(-rows // (16 * warps)), G), (32 * warps,),
            (*parts, _table(), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
             np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(scheme.LOG2E_30),
             np.int64(scheme.LN2_15)), shared_mem=shared)
     return out
+
+
+@cache
+def _multiprocessors() -> int:
+    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 @cache
