@@ -235,7 +235,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
         for (int m = 1; m < 4; m <<= 1) {
             top[h] = fmax(top[h], __shfl_xor_sync(0xffffffff, top[h], m));
             etop[h] = max(etop[h], __shfl_xor_sync(0xffffffff, etop[h], m));
-            bad[h] = bad[h] || __shfl_xor_sync(0xffffffff, (int)bad[h], m);
+            const int other = __shfl_xor_sync(0xffffffff, (int)bad[h], m);    // (every lane: not behind ||)
+            bad[h] = bad[h] || other;
         }
     // pass 2: p, its sum, w in registers, w v
     const int wshift[2] = {30 - P_BITS + etop[0], 30 - P_BITS + etop[1]};
