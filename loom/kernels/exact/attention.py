@@ -95,11 +95,7 @@ def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: i
     G, rows, D = q.shape
     T, n = rows // per_group, k.shape[1]
     if attend_integer.available():
-        parts = []
-        for a in (q, k, v):
-            e = row_exponents(np, a)
-            parts += [to_integers(np, a, e).astype(np.int64), e.astype(np.int64), ~np.all(np.isfinite(a), axis=-1)]
-        return attend_integer.attention(*parts, per_group, first, lo, window or 0, scale, EXP2_TABLE,
+        return attend_integer.attention(q, k, v, per_group, first, lo, window or 0, scale, EXP2_TABLE,
                                         np.array([LOG2E_30, LN2_15, P_BITS, BITS], dtype=np.int64))
     qpos, kpos = np.arange(first, first + T)[:, None], np.arange(lo, lo + n)[None, :]
     allowed = (kpos <= qpos) & (kpos > qpos - (n + first if window is None else window))
