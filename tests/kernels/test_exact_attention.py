@@ -158,11 +158,13 @@ def test_mismatched_shapes_are_refused():
 
 
 @pytest.mark.parametrize("per_group, t, n, first, window, d", [(3, 5, 9, 4, None, 16), (1, 1, 30, 29, None, 64),
-                                                               (2, 7, 20, 13, 6, 8), (3, 16, 16, 0, None, 32)])
+                                                               (2, 7, 20, 13, 6, 8), (3, 16, 16, 0, None, 32),
+                                                               (3, 1, 40, 39, None, 64), (4, 1, 70, 69, None, 128),
+                                                               (2, 1, 50, 30, None, 32)])
 def test_the_compiled_rows_are_the_array_codes(per_group, t, n, first, window, d):
     """causal(): the compiled loop (backend/cpu/attend_integer.py) against the array code, bit for bit: GQA
-    groups, a chunk after cached keys, a decode step, a sliding window, rows of mixed magnitudes, and a value
-    row with NaN (the rows that see it NaN)."""
+    groups, a chunk after cached keys, decode steps (their own kernel; one with keys past its position), a
+    sliding window, rows of mixed magnitudes, and a value row with NaN (the rows that see it NaN)."""
     from loom.backend.cpu import attend_integer
     if not attend_integer.available():
         pytest.skip("numba is not installed (the loom[cpu] extra)")
@@ -178,3 +180,30 @@ def test_the_compiled_rows_are_the_array_codes(per_group, t, n, first, window, d
     want = ia.attention(np, q.reshape(g, per_group, t, d), k[:, None], v[:, None], allowed, SCALE).reshape(q.shape)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
     assert np.isnan(got[1]).any() == bool(allowed[:, n - 2].any())
+
+
+def test_the_compiled_rows_integers_are_fixed_pys():
+    """The compiled loop's exponents and integers (attend_integer._integers: float32 fields, not frexp) against
+    fixed.row_exponents and to_integers on rows whose largest magnitude spans float32's exponents, sits at or
+    just below a rounding to 2^15, is subnormal, zero, or beside inf and NaN."""
+    from loom.backend.cpu import attend_integer
+    from loom.backend.cpu import jit as cpu_jit
+    from loom.kernels.exact.fixed import row_exponents, to_integers
+    if not attend_integer.available():
+        pytest.skip("numba is not installed (the loom[cpu] extra)")
+    rng = np.random.default_rng(1)
+    rows = []
+    for e in range(-149, 128, 3):
+        for m in (1.0, 1.5, 2 - 2 ** -14, 2 - 2 ** -15, 2 - 2 ** -16, 1.99998474):
+            r = (rng.standard_normal(8) * 0.1).astype(np.float32)
+            r[0] = np.float32(np.ldexp(m, e))
+            rows.append(r)
+    x = np.array(rows + [np.zeros(8, np.float32)], np.float32)
+    x[5, 3], x[9, 1] = np.inf, np.nan
+    x[11] = np.float32(2.0 ** -149) * np.arange(8)
+    xi, e, bad = np.empty(x.shape), np.empty(len(x), np.int64), np.empty(len(x), np.bool_)
+    cpu_jit.run(attend_integer._integers, x, 15, xi, e, bad)
+    finite = np.isfinite(x).all(axis=1)
+    np.testing.assert_array_equal(e[finite], row_exponents(np, x)[finite])
+    np.testing.assert_array_equal(xi, to_integers(np, x, row_exponents(np, x)))
+    np.testing.assert_array_equal(bad, ~finite)

@@ -15,16 +15,18 @@ import numpy as np
 
 from . import jit as cpu_jit
 
-_PARALLEL = ("_rows", "_integers")
+_PARALLEL = ("_rows", "_integers", "_step_rows")
+_PLAIN = ("_rint", "_exp_fixed", "_axpy", "_row_exponent", "_row_integers")
 _EXACT_SUMS = ("_dot",)                         # (exact integer sums: any order gives the same bits)
 prange = range          # (numba's prange once compiled)
+_ROUNDER = 6755399441055744.0                   # 1.5 2^52
 
 
 def available() -> bool:
     """Whether the compiled loop runs here."""
     if cpu_jit.compiled(globals()):
         return cpu_jit.available()
-    return cpu_jit.compile_module(globals(), plain=("_exp_fixed", "_axpy"), parallel=_PARALLEL, reassociated=_EXACT_SUMS)
+    return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_EXACT_SUMS)
 
 
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: int, lo: int, window: int,
@@ -34,36 +36,64 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first
     `window` positions (0: no window); table and consts: attention.EXP2_TABLE and (LOG2E_30, LN2_15, P_BITS,
     BITS)."""
     G, rows, D = q.shape
+    out = np.empty((G, rows, D), np.float32)
+    if rows == per_group and window == 0:           # a decode step: every row sees keys lo .. first
+        q2 = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, D)
+        qi, eq, qbad = np.empty(q2.shape), np.empty(len(q2), np.int64), np.empty(len(q2), np.bool_)
+        cpu_jit.run(_integers, q2, int(consts[3]), qi, eq, qbad)
+        cpu_jit.run(_step_rows, qi.reshape(q.shape), eq.reshape(G, rows), qbad.reshape(G, rows),
+                    np.ascontiguousarray(k, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32),
+                    min(k.shape[1], first - lo + 1), float(np.float32(scale)), table, consts, out)
+        return out
     parts = []
     for a in (q, k, v):
         a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, D)
         xi, e, bad = np.empty(a2.shape), np.empty(len(a2), np.int64), np.empty(len(a2), np.bool_)
         cpu_jit.run(_integers, a2, int(consts[3]), xi, e, bad)
         parts += [xi.reshape(a.shape), e.reshape(a.shape[:-1]), bad.reshape(a.shape[:-1])]
-    out = np.empty((G, rows, D), np.float32)
     cpu_jit.run(_rows, *parts, rows // per_group, first, lo, window, float(np.float32(scale)), table, consts, out)
     return out
 
 
 def _integers(x, bits, xi, e, bad):
     for r in prange(x.shape[0]):
-        top, nonfinite = 0.0, False
-        for c in range(x.shape[1]):
-            a = abs(np.float64(x[r, c]))
-            if math.isfinite(a):
-                top = max(top, a)
-            else:
-                nonfinite = True
-        er = 0
-        if top > 0.0:
-            er = math.frexp(top)[1]
-            if np.rint(math.ldexp(top, bits - er)) > (1 << bits) - 1:
-                er += 1
-        e[r], bad[r] = er, nonfinite
-        scale = math.ldexp(1.0, bits - er)          # (|bits - er| < 200: a float64; each product exact)
-        for c in range(x.shape[1]):
-            val = np.float64(x[r, c]) * scale
-            xi[r, c] = np.rint(val) + 0.0 if math.isfinite(val) else 0.0
+        e[r], bad[r] = _row_exponent(x[r], bits)
+        _row_integers(x[r], bits, e[r], bad[r], xi[r])
+
+
+def _row_exponent(x, bits):
+    """(fixed.row_exponents' e, whether the row holds inf or NaN) of one float32 row."""
+    bits32 = x.view(np.int32)
+    top_bits, worst = 0, 0
+    for c in range(x.shape[0]):                     # (on the bits: an integer maximum, vectorized)
+        a = np.int64(bits32[c]) & 0x7FFFFFFF
+        worst = max(worst, a)
+        top_bits = max(top_bits, a if a < 0x7F800000 else 0)
+    nonfinite = worst >= 0x7F800000
+    biased, mantissa = top_bits >> 23, top_bits & 0x7FFFFF
+    if biased > 0:                                  # a normal float32: 1.m 2^(biased - 127), frexp's e biased - 126,
+        # one more where 1.m 2^(bits - 1) rounds to 2^bits (ties to even: from half an integer below it)
+        return biased - 126 + (mantissa >= (1 << 23) - (1 << (23 - bits))), nonfinite
+    e = 0
+    if top_bits > 0:                                # (subnormal: rare, the general way)
+        top = math.ldexp(np.float64(mantissa), -149)
+        e = math.frexp(top)[1]
+        if np.rint(math.ldexp(top, bits - e)) > (1 << bits) - 1:
+            e += 1
+    return e, nonfinite
+
+
+def _row_integers(x, bits, e, nonfinite, out):
+    """to_integers of one float32 row at its exponent e into out (float64); nonfinite: whether it holds inf or
+    NaN (0 there)."""
+    scale = math.ldexp(1.0, bits - e)               # (|bits - e| < 200: a float64; each product exact)
+    if nonfinite:
+        for c in range(x.shape[0]):
+            val = np.float64(x[c]) * scale
+            out[c] = _rint(val) + 0.0 if abs(val) < np.inf else 0.0
+    else:
+        for c in range(x.shape[0]):
+            out[c] = _rint(np.float64(x[c]) * scale) + 0.0
 
 
 def _dot(a, b):
@@ -78,8 +108,14 @@ def _axpy(w, x, out):
         out[c] += w * x[c]
 
 
+def _rint(x):
+    """x rounded to an integer, ties to even, for |x| < 2^51 (a float64 addition rounds it: inlined, where libm's
+    rint is a call)."""
+    return (x + _ROUNDER) - _ROUNDER
+
+
 def _exp_fixed(d, table, log2e, ln2):
-    dq = np.int64(np.rint(min(d, 64.0) * 65536.0))
+    dq = np.int64(_rint(min(d, 64.0) * 65536.0))
     u = (dq * log2e) >> 30
     i = u >> 16
     if i >= 62:
@@ -120,3 +156,50 @@ def _rows(qi, eq, qbad, ki, ek, kbad, vi, ev, vbad, T, first, lo, window, scale,
                 out[g, i, c] = np.float32(np.nan)
             else:
                 out[g, i, c] = np.float32(math.ldexp(num[c] / float(den), top_e - p_bits - bits + 31))
+
+
+def _step_rows(qi, eq, qbad, k, v, stop, scale, table, consts, out):
+    """A decode step's rows (every row of group g sees keys 0 .. stop - 1 of k, v float32 [G, n, D]), a group a
+    thread, each key's and value's row made integers once for the group's rows (not a float64 copy of the
+    cache each step)."""
+    G, R, D = qi.shape
+    log2e, ln2, p_bits, bits = consts[0], consts[1], consts[2], consts[3]
+    for g in prange(G):
+        s = np.empty((R, stop), np.float64)
+        evs = np.empty(stop, np.int64)
+        vbad = np.empty(stop, np.bool_)
+        row = np.empty(D, np.float64)
+        top_s = np.full(R, -np.inf)
+        qscale = np.empty(R, np.float64)
+        for r in range(R):
+            qscale[r] = math.ldexp(1.0, eq[g, r])
+        top_e = -(1 << 40)
+        bad = False
+        for j in range(stop):
+            ek, kb = _row_exponent(k[g, j], bits)
+            ev, vb = _row_exponent(v[g, j], bits)
+            _row_integers(k[g, j], bits, ek, kb, row)
+            kscale = math.ldexp(1.0, ek - 2 * bits)
+            for r in range(R):      # (ldexp(sum, eq + ek - 30) as two exact products: no subnormal on the way)
+                s[r, j] = _dot(qi[g, r], row) * kscale * qscale[r]
+                top_s[r] = max(top_s[r], s[r, j])
+            evs[j] = ev
+            vbad[j] = vb
+            top_e = max(top_e, ev)
+            bad = bad or kb or vb
+        num = np.zeros((R, D), np.float64)
+        den = np.zeros(R, np.int64)
+        for j in range(stop):
+            sh = 31 - p_bits + top_e - evs[j]
+            _row_integers(v[g, j], bits, evs[j], vbad[j], row)
+            for r in range(R):
+                p = _exp_fixed((top_s[r] - s[r, j]) * scale, table, log2e, ln2)
+                den[r] += p
+                if sh < 62:
+                    _axpy(np.float64((p + (np.int64(1) << (sh - 1))) >> sh), row, num[r])
+        for r in range(R):
+            for c in range(D):
+                if bad or qbad[g, r] or den[r] == 0:
+                    out[g, r, c] = np.float32(np.nan)
+                else:
+                    out[g, r, c] = np.float32(math.ldexp(num[r, c] / float(den[r]), top_e - p_bits - bits + 31))
