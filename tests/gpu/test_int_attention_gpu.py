@@ -17,10 +17,13 @@ from loom.backend.cuda import int_attention  # noqa: E402  (imports cupy)
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(params=[4, 2], autouse=True)
-def warps(request, monkeypatch):
-    """Each test on both block sizes the kernel takes (64 query rows a block and 32)."""
-    monkeypatch.setattr(int_attention, "WARPS", request.param)
+@pytest.fixture(params=[(None, None), (4, 1), (1, 1), (4, 3), (1, 2)], ids=lambda p: f"warps {p[0]} splits {p[1]}",
+                autouse=True)
+def launch(request, monkeypatch):
+    """Each test as the kernel chooses its launch, and on both block sizes (64 query rows and 16) whole or with
+    the keys split over blocks (3 splits: some of them empty where a block has few tiles)."""
+    monkeypatch.setattr(int_attention, "WARPS", request.param[0])
+    monkeypatch.setattr(int_attention, "SPLITS", request.param[1])
     return request.param
 
 

@@ -5,8 +5,8 @@ kernels.exact.attention.causal takes them.
 Two kernels:
 - `loom_int_rows`: a warp a row of q, k or v (D <= 128 values) makes the row's exponent e, its inf/NaN flag and
   its integers as int16 (fixed.row_exponents and to_integers' arithmetic, quant_fixed_source.SCALARS).
-- `loom_int_attend`: a block is 4 warps over 64 query rows of one key/value head's group (each warp 16 rows; 2
-  warps over 32 where a prompt's blocks of 64 would leave multiprocessors idle),
+- `loom_int_attend`: a block is 4 warps over 64 query rows of one key/value head's group (each warp 16 rows; one
+  warp where there are 16 rows or fewer: a decode step's),
   walking the rows' keys twice in tiles of 64 (k and v int16 in shared memory, padded rows, copied by cp.async one
   tile ahead):
   1. the exact scores S (int8 planes of q and k, four m16n8k32 products, 65536 HH + 256 (HL + LH) + LL); each
@@ -18,6 +18,9 @@ Two kernels:
      does not care), and v's tile is read by ldmatrix.trans in that same order. The scores' k dimension (d of q
      and k) is permuted the same way, to read k by ldmatrix.
   Then each entry's float64 quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32.
+  Where blocks would leave multiprocessors idle (short prompts, decode steps), `splits` blocks share a block's
+  keys: one launch writes each split's pass-1 partials (largest score, E, inf/NaN), a second combines them and
+  writes each split's exact sums, and `loom_int_finish` adds those (exact integers: any split, the same bits).
 
 Why it is fast where the first version was not (H200, Llama-3.2-1B's 2,048-token prompt: 527 us a layer, more
 than spec 4's float64 kernels): that version made each score a float64 by ldexp, read the exp table from global
@@ -37,11 +40,13 @@ from .compile import OPTIONS
 from .quant_fixed_source import SCALARS
 
 BKEYS = 64                      # keys a tile
-WARPS = None                    # warps a block (16 query rows each): None chooses 4, or 2 where 4 leave SMs idle
+WARPS = None                    # warps a block (16 query rows each): None chooses 4, or 1 for 16 rows or fewer
+SPLITS = None                   # blocks sharing a block's keys (None: _splits chooses)
 
 _SOURCE = r"""
 #define BQ (16 * WARPS)
 #define THREADS (32 * WARPS)
+#define MIN_BLOCKS ((D <= 64 ? 12 : 8) / WARPS)   // (12 warps an SM: 168 registers; D 128's sums need 8: 255)
 #define BKEYS 64
 #define STRIDE (D + 8)          // a tile row's int16s in shared memory: 16 bytes of padding, ldmatrix without conflicts
 #define TILE (BKEYS * STRIDE)
@@ -118,12 +123,14 @@ __device__ __forceinline__ long long loom_combine(const int hh, const int mid, c
 
 // out [G, rows, D] from the integers qi [G, rows, D], ki, vi [G, n, D] (int16), their exponents and bad flags;
 // row r of a group at position first + r % T, key j at lo + j; window 0: none
-extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_attend(
         const short* __restrict__ qi, const int* __restrict__ eq, const int* __restrict__ qbad,
         const short* __restrict__ ki, const int* __restrict__ ek, const int* __restrict__ kbad,
         const short* __restrict__ vi, const int* __restrict__ ev, const int* __restrict__ vbad,
         const long long* __restrict__ table, float* __restrict__ out, int rows, int n, int T, int first,
-        int lo, int window, double scale, long long log2e, long long ln2) {
+        int lo, int window, double scale, long long log2e, long long ln2, int mode, int splits,
+        double* __restrict__ wtop, int2* __restrict__ wflags, unsigned long long* __restrict__ wden,
+        long long* __restrict__ wnum) {
     extern __shared__ __align__(16) unsigned char smem[];
     short* ks = (short*)smem;                           // [2][BKEYS][STRIDE]
     short* vs = ks + 2 * TILE;                          // [2][BKEYS][STRIDE]
@@ -151,7 +158,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
     const int pmin = first + (one ? r0 % T : 0), pmax = first + (one ? last % T : T - 1);
     const int kfirst = window ? max(0, pmin - window + 1 - lo) : 0;
     const int kend = min(n, pmax - lo + 1);
-    const int tiles = kend > kfirst ? (kend - kfirst + BKEYS - 1) / BKEYS : 0;
+    // mode 0: every tile, then out; with splits (blockIdx.z of them), each block takes its share of the tiles:
+    // mode 1 writes its rows' pass-1 partials, mode 2 combines every split's and writes its share of the sums
+    const int all = kend > kfirst ? (kend - kfirst + BKEYS - 1) / BKEYS : 0, per = (all + splits - 1) / splits;
+    const int t0 = blockIdx.z * per, tiles = max(0, min(all, t0 + per) - t0);
     // q's fragments: planes of the int16 integers, d permuted as ldmatrix hands k's out (k-slot 4 tq + j of a
     // 32-step holds d = 8 (j >> 1) + 2 tq + (j & 1), slot 16 + 4 tq + j holds 16 + that)
     unsigned qh[D / 32][4], ql[D / 32][4];
@@ -172,7 +182,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
     };
     // tile i's k (and v) into buffer i & 1, with each key's 2^(ek - 30), ev and bad
     auto load = [&](int i, bool values) {
-        const int j0 = kfirst + i * BKEYS, b = i & 1;
+        const int j0 = kfirst + (t0 + i) * BKEYS, b = i & 1;
         for (int c = tid; c < BKEYS * D / 8; c += THREADS) {
             const int key = c / (D / 8), col = 8 * (c % (D / 8)), j = j0 + key;
             const bool ok = j < n;
@@ -181,11 +191,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
             if (values) loom_cp16(vs + b * TILE + key * STRIDE + col, vi + at, ok);
         }
         asm volatile("cp.async.commit_group;" ::: "memory");
-        if (tid < BKEYS) {
-            const int j = j0 + tid;
+        for (int key = tid; key < BKEYS; key += THREADS) {
+            const int j = j0 + key;
             const bool ok = j < n;
-            kmul[b * BKEYS + tid] = __longlong_as_double((long long)(1023 + (ok ? ek[g * n + j] : 0) - 30) << 52);
-            kev[b * BKEYS + tid] = make_int2(ok ? ev[g * n + j] : 0, ok ? (kbad[g * n + j] | vbad[g * n + j]) : 0);
+            kmul[b * BKEYS + key] = __longlong_as_double((long long)(1023 + (ok ? ek[g * n + j] : 0) - 30) << 52);
+            kev[b * BKEYS + key] = make_int2(ok ? ev[g * n + j] : 0, ok ? (kbad[g * n + j] | vbad[g * n + j]) : 0);
         }
     };
     // the exact scores of n-tile t of buffer b for this thread's entries: (row gq, key 8t + 2tq), (gq, +1),
@@ -206,12 +216,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
     // pass 1: each row's largest allowed S 2^(ek - 30), its values' largest exponent, inf or NaN seen
     double top[2] = {__longlong_as_double(0xfff0000000000000LL), __longlong_as_double(0xfff0000000000000LL)};
     int etop[2] = {-2147483647 - 1, -2147483647 - 1};
-    if (tiles) load(0, false);
-    for (int i = 0; i < tiles; ++i) {
-        if (i + 1 < tiles) { load(i + 1, false); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+    const int pass1 = mode == 2 ? 0 : tiles;
+    if (pass1) load(0, false);
+    for (int i = 0; i < pass1; ++i) {
+        if (i + 1 < pass1) { load(i + 1, false); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
         else asm volatile("cp.async.wait_group 0;" ::: "memory");
         __syncthreads();
-        const int b = i & 1, j0 = kfirst + i * BKEYS;
+        const int b = i & 1, j0 = kfirst + (t0 + i) * BKEYS;
         const bool masked = !full(j0);
         #pragma unroll 2
         for (int t = 0; t < BKEYS / 8; ++t) {
@@ -238,6 +249,24 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
             const int other = __shfl_xor_sync(0xffffffff, (int)bad[h], m);    // (every lane: not behind ||)
             bad[h] = bad[h] || other;
         }
+    if (mode == 1) {                                    // this split's partials, for mode 2's blocks
+        for (int h = 0; h < 2; ++h)
+            if (tq == 0 && row[h] < rows) {
+                const long long at = (g * rows + row[h]) * splits + blockIdx.z;
+                wtop[at] = top[h];
+                wflags[at] = make_int2(etop[h], bad[h]);
+            }
+        return;
+    }
+    if (mode == 2)                                      // every split's partials: the rows' own values
+        for (int h = 0; h < 2; ++h)
+            for (int z = 0; z < splits; ++z) {
+                const long long at = (g * rows + min(row[h], rows - 1)) * splits + z;
+                top[h] = fmax(top[h], wtop[at]);
+                const int2 f = wflags[at];
+                etop[h] = max(etop[h], f.x);
+                bad[h] = bad[h] || f.y;
+            }
     // pass 2: p, its sum, w in registers, w v
     const int wshift[2] = {30 - P_BITS + etop[0], 30 - P_BITS + etop[1]};
     unsigned long long den[2] = {0, 0};
@@ -251,7 +280,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
         if (i + 1 < tiles) { load(i + 1, true); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
         else asm volatile("cp.async.wait_group 0;" ::: "memory");
         __syncthreads();
-        const int b = i & 1, j0 = kfirst + i * BKEYS;
+        const int b = i & 1, j0 = kfirst + (t0 + i) * BKEYS;
         const bool masked = !full(j0);
         unsigned pr[BKEYS / 8][2];                      // w of each n-tile: rows gq, gq + 8, as int16 pairs
         #pragma unroll
@@ -304,6 +333,19 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
     }
     for (int h = 0; h < 2; ++h)
         for (int m = 1; m < 4; m <<= 1) den[h] += __shfl_xor_sync(0xffffffff, den[h], m);
+    if (mode == 2) {                                    // this split's exact sums, for loom_int_finish
+        #pragma unroll
+        for (int dt = 0; dt < D / 8; ++dt)
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int h = e >> 1;
+                if (row[h] < rows)
+                    wnum[((g * rows + row[h]) * splits + blockIdx.z) * D + 8 * dt + 2 * tq + (e & 1)] = num[dt][e];
+            }
+        for (int h = 0; h < 2; ++h)
+            if (tq == 0 && row[h] < rows) wden[(g * rows + row[h]) * splits + blockIdx.z] = den[h];
+        return;
+    }
     #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
         #pragma unroll
@@ -314,6 +356,25 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_attend(
             out[(g * rows + row[h]) * D + col] = bad[h] || den[h] == 0 ? __int_as_float(0x7fc00000)
                 : (float)ldexp((double)num[dt][e] / (double)den[h], etop[h] - P_BITS - BITS + 31);
         }
+}
+
+// out's entries (G rows of D) from mode 2's partials of `splits` splits: the exact sums added, one quotient
+extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
+        const int2* __restrict__ wflags, const unsigned long long* __restrict__ wden,
+        const long long* __restrict__ wnum, float* __restrict__ out, long long entries, int splits) {
+    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
+    if (i >= entries) return;
+    const long long r = i / D;
+    unsigned long long den = 0;
+    long long num = 0;
+    int etop = -2147483647 - 1, bad = 0;
+    for (int z = 0; z < splits; ++z) {
+        den += wden[r * splits + z];
+        num += wnum[(r * splits + z) * D + i % D];
+        etop = max(etop, wflags[r * splits + z].x);
+        bad |= wflags[r * splits + z].y;
+    }
+    out[i] = bad || den == 0 ? __int_as_float(0x7fc00000) : (float)ldexp((double)num / (double)den, etop - P_BITS - BITS + 31);
 }
 """
 
@@ -356,16 +417,36 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     for a in (q, k, v):
         parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32))
     out = cupy.empty((G, rows, D), dtype=np.float32)
-    warps = WARPS or (4 if -(-rows // 64) * G >= 4 * _multiprocessors() else 2)
+    warps = WARPS or (1 if rows <= 16 else 4)
+    blocks = -(-rows // (16 * warps))
+    tiles = -(-min(n, first + rows // per_group - lo) // BKEYS)        # (a block's most)
+    splits = SPLITS or _splits(blocks * G, tiles, warps)
     kernel = _module(D, warps).get_function("loom_int_attend")
     shared = _shared_bytes(D)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
-    kernel((-(-rows // (16 * warps)), G), (32 * warps,),
-           (*parts, _table(), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
+    args = (*parts, _table(), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
             np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(scheme.LOG2E_30),
-            np.int64(scheme.LN2_15)), shared_mem=shared)
+            np.int64(scheme.LN2_15))
+    if splits == 1:
+        kernel((blocks, G, 1), (32 * warps,), args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 4, shared_mem=shared)
+        return out
+    entries = G * rows * splits
+    wtop, wflags = cupy.empty(entries, np.float64), cupy.empty(2 * entries, np.int32)
+    wden, wnum = cupy.empty(entries, np.uint64), cupy.empty(entries * D, np.int64)
+    for mode in (1, 2):
+        kernel((blocks, G, splits), (32 * warps,), args + (np.int32(mode), np.int32(splits), wtop, wflags, wden, wnum),
+               shared_mem=shared)
+    _module(D, warps).get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
+                                                      (wflags, wden, wnum, out, np.int64(G * rows * D), np.int32(splits)))
     return out
+
+
+def _splits(blocks: int, tiles: int, warps: int) -> int:
+    """How many blocks share a block's keys: enough blocks for three a multiprocessor (4 warps each), each
+    split at least two tiles, at most 16."""
+    want = -(-3 * _multiprocessors() * 4 // warps // blocks)
+    return max(1, min(want, tiles // 2, 16))
 
 
 @cache
