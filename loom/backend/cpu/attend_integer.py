@@ -64,11 +64,16 @@ def _integers(x, bits, xi, e, bad):
 def _row_exponent(x, bits):
     """(fixed.row_exponents' e, whether the row holds inf or NaN) of one float32 row."""
     bits32 = x.view(np.int32)
-    top_bits, worst = 0, 0
+    worst = 0
     for c in range(x.shape[0]):                     # (on the bits: an integer maximum, vectorized)
-        a = np.int64(bits32[c]) & 0x7FFFFFFF
-        worst = max(worst, a)
-        top_bits = max(top_bits, a if a < 0x7F800000 else 0)
+        worst = max(worst, bits32[c] & 0x7FFFFFFF)
+    top_bits = worst
+    if worst >= 0x7F800000:                         # inf or NaN in the row (rare): its finite maximum
+        top_bits = 0
+        for c in range(x.shape[0]):
+            a = bits32[c] & 0x7FFFFFFF
+            if a < 0x7F800000:
+                top_bits = max(top_bits, a)
     nonfinite = worst >= 0x7F800000
     biased, mantissa = top_bits >> 23, top_bits & 0x7FFFFF
     if biased > 0:                                  # a normal float32: 1.m 2^(biased - 127), frexp's e biased - 126,
@@ -87,13 +92,13 @@ def _row_integers(x, bits, e, nonfinite, out):
     """to_integers of one float32 row at its exponent e into out (float64); nonfinite: whether it holds inf or
     NaN (0 there)."""
     scale = math.ldexp(1.0, bits - e)               # (|bits - e| < 200: a float64; each product exact)
-    if nonfinite:
+    if nonfinite:                                   # (_rint's zeros are +0: R - R)
         for c in range(x.shape[0]):
             val = np.float64(x[c]) * scale
-            out[c] = _rint(val) + 0.0 if abs(val) < np.inf else 0.0
+            out[c] = _rint(val) if abs(val) < np.inf else 0.0
     else:
         for c in range(x.shape[0]):
-            out[c] = _rint(np.float64(x[c]) * scale) + 0.0
+            out[c] = _rint(np.float64(x[c]) * scale)
 
 
 def _dot(a, b):
