@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import fallback
 from ..backend.recorder import GraphCache
+from . import decoder as decoder_module
 from . import paged_forward, paged_graph, paged_prefill_graph
 from .decoder import Decoder
 from .paged_cache import PagedKVCache
@@ -33,6 +34,8 @@ class StepRunner:
         self.shared: dict = {}      # the decode recordings' shared workspaces (they replay one after another)
         self.prefills = GraphCache(PREFILL_GRAPHS_KEPT, paged_prefill_graph.describe, strict=False, record_from=2)
         why = paged_graph.why_not(dec, deterministic) if dec.backend.graphs else "no graphs"
+        if deterministic and decoder_module.INTEGER_ATTENTION:      # (wip/spec5-attention: no recorded kernel yet)
+            why = why or "spec 5's integer attention has no recorded decode step yet"
         self.graphs_off = why is not None
         if why is not None and dec.backend.graphs:
             mode = "deterministic" if deterministic else "fast"
@@ -69,7 +72,7 @@ class StepRunner:
         (Decoder.exact_in_place: its blocks would be decoded inside the recording, which would keep
         their buffers)."""
         be = self.dec.backend
-        if not self.dec.graphs or not be.graphs:
+        if not self.dec.graphs or not be.graphs or (self.deterministic and decoder_module.INTEGER_ATTENTION):
             return None
         if self.deterministic:
             fused = None
