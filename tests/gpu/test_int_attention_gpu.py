@@ -17,13 +17,14 @@ from loom.backend.cuda import int_attention  # noqa: E402  (imports cupy)
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(params=[(None, None), (4, 1), (1, 1), (4, 3), (1, 2)], ids=lambda p: f"warps {p[0]} splits {p[1]}",
-                autouse=True)
+@pytest.fixture(params=[(None, None, 0), (4, 1, 0), (1, 1, 0), (4, 3, 0), (1, 2, 0), (None, None, 1)],
+                ids=lambda p: f"warps {p[0]} splits {p[1]} split_mid {p[2]}", autouse=True)
 def launch(request, monkeypatch):
-    """Each test as the kernel chooses its launch, and on both block sizes (64 query rows and 16) whole or with
-    the keys split over blocks (3 splits: some of them empty where a block has few tiles)."""
-    monkeypatch.setattr(int_attention, "WARPS", request.param[0])
-    monkeypatch.setattr(int_attention, "SPLITS", request.param[1])
+    """Each test as the kernel chooses its launch, on both block sizes (64 query rows and 16) whole or with the
+    keys split over blocks (3 splits: some of them empty where a block has few tiles), and with HL and LH in
+    separate accumulators."""
+    for name, value in zip(("WARPS", "SPLITS", "SPLIT_MID"), request.param):
+        monkeypatch.setattr(int_attention, name, value)
     return request.param
 
 

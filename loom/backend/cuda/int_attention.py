@@ -42,6 +42,7 @@ from .quant_fixed_source import SCALARS
 BKEYS = 64                      # keys a tile
 WARPS = None                    # warps a block (16 query rows each): None chooses 4, or 1 for 16 rows or fewer
 SPLITS = None                   # blocks sharing a block's keys (None: _splits chooses)
+SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (to time next session; the same bits)
 
 _SOURCE = r"""
 #define BQ (16 * WARPS)
@@ -81,12 +82,22 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_rows(const float* __r
 #define LOOM_IMMA(AT, BT, C, A, B) asm( \
     "mma.sync.aligned.m16n8k32.row.col.s32." AT "." BT ".s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};" \
     : "+r"(C[0]), "+r"(C[1]), "+r"(C[2]), "+r"(C[3]) : "r"(A[0]), "r"(A[1]), "r"(A[2]), "r"(A[3]), "r"(B[0]), "r"(B[1]))
-// the four plane products of a fragment: hh, mid (hl + lh), ll; A's hi plane unsigned where UA (w's, 0 .. 64)
-template <bool UA> __device__ __forceinline__ void loom_four(int* hh, int* mid, int* ll, const unsigned* ah,
+// the four plane products of a fragment: hh, hl into mid, lh into lh (SPLIT_MID: its own accumulator, so that
+// the two chains run side by side) or into mid, ll; A's hi plane unsigned where UA (w's, 0 .. 64)
+#if SPLIT_MID
+#define LOOM_LH_DECL , lh[4] = {0, 0, 0, 0}
+#define LOOM_LH lh
+#define LOOM_MID(e) (mid[e] + lh[e])
+#else
+#define LOOM_LH_DECL
+#define LOOM_LH mid
+#define LOOM_MID(e) mid[e]
+#endif
+template <bool UA> __device__ __forceinline__ void loom_four(int* hh, int* mid, int* lh, int* ll, const unsigned* ah,
                                                              const unsigned* al, const unsigned* bh, const unsigned* bl) {
     if (UA) { LOOM_IMMA("u8", "s8", hh, ah, bh); LOOM_IMMA("u8", "u8", mid, ah, bl); }
     else { LOOM_IMMA("s8", "s8", hh, ah, bh); LOOM_IMMA("s8", "u8", mid, ah, bl); }
-    LOOM_IMMA("u8", "s8", mid, al, bh);
+    LOOM_IMMA("u8", "s8", lh, al, bh);
     LOOM_IMMA("u8", "u8", ll, al, bl);
 }
 // int16 pairs a, b (values 0 1, 2 3) as their planes: hi bytes (signed), lo bytes (unsigned), value order 0 1 2 3
@@ -201,17 +212,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
     // the exact scores of n-tile t of buffer b for this thread's entries: (row gq, key 8t + 2tq), (gq, +1),
     // (gq + 8, 8t + 2tq), (gq + 8, +1)
     auto scores = [&](int b, int t, long long* S) {
-        int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
+        int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0} LOOM_LH_DECL, ll[4] = {0, 0, 0, 0};
         #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
             unsigned r[4], bh[2], bl[2];
             loom_ldsm4(r, ks + b * TILE + (8 * t + (lane & 7)) * STRIDE + 32 * s + 8 * (lane >> 3));
             loom_split(r[0], r[1], &bh[0], &bl[0]);
             loom_split(r[2], r[3], &bh[1], &bl[1]);
-            loom_four<false>(hh, mid, ll, qh[s], ql[s], bh, bl);
+            loom_four<false>(hh, mid, LOOM_LH, ll, qh[s], ql[s], bh, bl);
         }
         #pragma unroll
-        for (int e = 0; e < 4; ++e) S[e] = loom_combine(hh[e], mid[e], ll[e]);
+        for (int e = 0; e < 4; ++e) S[e] = loom_combine(hh[e], LOOM_MID(e), ll[e]);
     };
     // pass 1: each row's largest allowed S 2^(ek - 30), its values' largest exponent, inf or NaN seen
     double top[2] = {__longlong_as_double(0xfff0000000000000LL), __longlong_as_double(0xfff0000000000000LL)};
@@ -317,17 +328,17 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
         }
         #pragma unroll
         for (int dt = 0; dt < D / 8; ++dt) {
-            int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0}, ll[4] = {0, 0, 0, 0};
+            int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0} LOOM_LH_DECL, ll[4] = {0, 0, 0, 0};
             #pragma unroll
             for (int sg = 0; sg < BKEYS / 32; ++sg) {
                 unsigned r[4], bh[2], bl[2];
                 loom_ldsm4t(r, vs + b * TILE + (32 * sg + lane) * STRIDE + 8 * dt);
                 loom_split(r[0], r[1], &bh[0], &bl[0]);
                 loom_split(r[2], r[3], &bh[1], &bl[1]);
-                loom_four<true>(hh, mid, ll, ah[sg], al[sg], bh, bl);
+                loom_four<true>(hh, mid, LOOM_LH, ll, ah[sg], al[sg], bh, bl);
             }
             #pragma unroll
-            for (int e = 0; e < 4; ++e) num[dt][e] += loom_combine(hh[e], mid[e], ll[e]);
+            for (int e = 0; e < 4; ++e) num[dt][e] += loom_combine(hh[e], LOOM_MID(e), ll[e]);
         }
         __syncthreads();
     }
@@ -380,8 +391,8 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
 
 
 @cache
-def _module(head_dim: int, warps: int = 4) -> cupy.RawModule:
-    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n"
+def _module(head_dim: int, warps: int = 4, split_mid: int = 0) -> cupy.RawModule:
+    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n"
     return cupy.RawModule(code=head + SCALARS + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
@@ -421,7 +432,7 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     blocks = -(-rows // (16 * warps))
     tiles = -(-min(n, first + rows // per_group - lo) // BKEYS)        # (a block's most)
     splits = SPLITS or _splits(blocks * G, tiles, warps)
-    kernel = _module(D, warps).get_function("loom_int_attend")
+    kernel = _module(D, warps, SPLIT_MID).get_function("loom_int_attend")
     shared = _shared_bytes(D)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
@@ -437,7 +448,7 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     for mode in (1, 2):
         kernel((blocks, G, splits), (32 * warps,), args + (np.int32(mode), np.int32(splits), wtop, wflags, wden, wnum),
                shared_mem=shared)
-    _module(D, warps).get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
+    _module(D, warps, SPLIT_MID).get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
                                                       (wflags, wden, wnum, out, np.int64(G * rows * D), np.int32(splits)))
     return out
 
