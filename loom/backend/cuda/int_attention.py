@@ -392,7 +392,8 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
 
 @cache
 def _module(head_dim: int, warps: int = 4, split_mid: int = 0) -> cupy.RawModule:
-    head = f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n"
+    head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {BITS}\n"
+            f"#define P_BITS {scheme.P_BITS}\n")
     return cupy.RawModule(code=head + SCALARS + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
