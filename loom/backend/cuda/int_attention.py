@@ -415,17 +415,20 @@ def _integers(a):
 
 def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, scale: float):
     """float32 [G, per_group T, D]: kernels.exact.attention.causal's bits for CuPy arrays (q [G, per_group T,
-    D], k and v [G, n, D] float32)."""
+    D], k and v [G, n, D] float32; D up to 128, padded with zeros to a multiple of 32 for the kernel)."""
     G, rows, D = q.shape
     n = k.shape[1]
-    if D % 32 or D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
-        raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D a multiple of "
-                         f"32 up to 128, got {q.shape}, {k.shape}, {v.shape} (R = {per_group})")
+    if D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
+        raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D up to 128, got "
+                         f"{q.shape}, {k.shape}, {v.shape} (R = {per_group})")
     if max(first + rows // per_group, lo + n) >= 1 << 30:
         raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
                          f"from {lo} ({n} keys)")
     if G == 0 or rows == 0:
         return cupy.empty((G, rows, D), dtype=np.float32)
+    if D % 32:                  # zeros to a multiple of 32: the same exponents and integer sums, so the same bits
+        wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
+        return attend(*wide, per_group, first, lo, window, scale)[:, :, :D]
     parts = []
     for a in (q, k, v):
         parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32))
