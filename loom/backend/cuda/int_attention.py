@@ -421,6 +421,8 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     if D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
         raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D up to 128, got "
                          f"{q.shape}, {k.shape}, {v.shape} (R = {per_group})")
+    if G > 65535:
+        raise ShapeError(f"the integer attention kernel takes at most 65535 key/value head groups a call, got {G}")
     if max(first + rows // per_group, lo + n) >= 1 << 30:
         raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
                          f"from {lo} ({n} keys)")
@@ -428,14 +430,17 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
         return cupy.empty((G, rows, D), dtype=np.float32)
     if D % 32:                  # zeros to a multiple of 32: the same exponents and integer sums, so the same bits
         wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
-        return attend(*wide, per_group, first, lo, window, scale)[:, :, :D]
+        return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale)[:, :, :D])
     parts = []
     for a in (q, k, v):
         parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32))
     out = cupy.empty((G, rows, D), dtype=np.float32)
     warps = WARPS or (1 if rows <= 16 else 4)
     blocks = -(-rows // (16 * warps))
-    tiles = -(-min(n, first + rows // per_group - lo) // BKEYS)        # (a block's most)
+    span = min(n, first + rows // per_group - lo)                      # (a block's most keys)
+    if window:
+        span = min(span, window + 16 * warps)
+    tiles = -(-span // BKEYS) + (1 if window else 0)                   # (+ 1: a window's start mid-tile)
     splits = SPLITS or _splits(blocks * G, tiles, warps)
     kernel = _module(D, warps, SPLIT_MID).get_function("loom_int_attend")
     shared = _shared_bytes(D)
