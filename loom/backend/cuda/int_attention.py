@@ -210,9 +210,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             kev[b * BKEYS + key] = make_int2(ok ? ev[g * n + j] : 0, ok ? (kbad[g * n + j] | vbad[g * n + j]) : 0);
         }
     };
-    // the exact scores of n-tile t of buffer b for this thread's entries: (row gq, key 8t + 2tq), (gq, +1),
-    // (gq + 8, 8t + 2tq), (gq + 8, +1)
-    auto scores = [&](int b, int t, long long* S) {
+    // the exact scores of n-tile t of buffer b for this thread's entries, (row gq, key 8t + 2tq), (gq, +1),
+    // (gq + 8, 8t + 2tq), (gq + 8, +1), as S 2^(ek - 30) (float64, exact); kv: the two keys' ev and bad
+    auto scores = [&](int b, int t, double* x, int4& kv) {
         int hh[4] = {0, 0, 0, 0}, mid[4] = {0, 0, 0, 0} LOOM_LH_DECL, ll[4] = {0, 0, 0, 0};
         #pragma unroll
         for (int s = 0; s < D / 32; ++s) {
@@ -222,32 +222,38 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             loom_split(r[2], r[3], &bh[1], &bl[1]);
             loom_four<false>(hh, mid, LOOM_LH, ll, qh[s], ql[s], bh, bl);
         }
+        const int key = 8 * t + 2 * tq;
+        const double2 km = *(const double2*)&kmul[b * BKEYS + key];
+        kv = *(const int4*)&kev[b * BKEYS + key];
         #pragma unroll
-        for (int e = 0; e < 4; ++e) S[e] = loom_combine(hh[e], LOOM_MID(e), ll[e]);
+        for (int e = 0; e < 4; ++e) x[e] = (double)loom_combine(hh[e], LOOM_MID(e), ll[e]) * (e & 1 ? km.y : km.x);
     };
     // pass 1: each row's largest allowed S 2^(ek - 30), its values' largest exponent, inf or NaN seen
     double top[2] = {__longlong_as_double(0xfff0000000000000LL), __longlong_as_double(0xfff0000000000000LL)};
     int etop[2] = {-2147483647 - 1, -2147483647 - 1};
+    // tile i of a walk of `count` in its buffer, visible to the block, the next one's copies issued
+    auto arrive = [&](int i, int count, bool values) {
+        if (i + 1 < count) { load(i + 1, values); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
+        else asm volatile("cp.async.wait_group 0;" ::: "memory");
+        __syncthreads();
+    };
     const int pass1 = mode == 2 ? 0 : tiles;
     if (pass1) load(0, false);
     for (int i = 0; i < pass1; ++i) {
-        if (i + 1 < pass1) { load(i + 1, false); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-        else asm volatile("cp.async.wait_group 0;" ::: "memory");
-        __syncthreads();
+        arrive(i, pass1, false);
         const int b = i & 1, j0 = kfirst + (t0 + i) * BKEYS;
         const bool masked = !full(j0);
         #pragma unroll 2
         for (int t = 0; t < BKEYS / 8; ++t) {
-            long long S[4];
-            scores(b, t, S);
+            double x[4];
+            int4 kv;
+            scores(b, t, x, kv);
             const int key = 8 * t + 2 * tq;
-            const double2 km = *(const double2*)&kmul[b * BKEYS + key];
-            const int4 kv = *(const int4*)&kev[b * BKEYS + key];
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int h = e >> 1;
                 if (masked && !allowed(h, j0 + key + (e & 1))) continue;
-                top[h] = fmax(top[h], (double)S[e] * (e & 1 ? km.y : km.x));
+                top[h] = fmax(top[h], x[e]);
                 etop[h] = max(etop[h], e & 1 ? kv.z : kv.x);
                 bad[h] = bad[h] || (e & 1 ? kv.w : kv.y);
             }
@@ -289,26 +295,23 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
         for (int e = 0; e < 4; ++e) num[d][e] = 0;
     if (tiles) load(0, true);
     for (int i = 0; i < tiles; ++i) {
-        if (i + 1 < tiles) { load(i + 1, true); asm volatile("cp.async.wait_group 1;" ::: "memory"); }
-        else asm volatile("cp.async.wait_group 0;" ::: "memory");
-        __syncthreads();
+        arrive(i, tiles, true);
         const int b = i & 1, j0 = kfirst + (t0 + i) * BKEYS;
         const bool masked = !full(j0);
         unsigned pr[BKEYS / 8][2];                      // w of each n-tile: rows gq, gq + 8, as int16 pairs
         #pragma unroll
         for (int t = 0; t < BKEYS / 8; ++t) {
-            long long S[4];
-            scores(b, t, S);
+            double x[4];
+            int4 kv;
+            scores(b, t, x, kv);
             const int key = 8 * t + 2 * tq;
-            const double2 km = *(const double2*)&kmul[b * BKEYS + key];
-            const int4 kv = *(const int4*)&kev[b * BKEYS + key];
             unsigned w[4];
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int h = e >> 1;
                 w[e] = 0;
                 if (masked && !allowed(h, j0 + key + (e & 1))) continue;
-                const unsigned p = loom_exp_fixed((top[h] - (double)S[e] * (e & 1 ? km.y : km.x)) * qscale[h], tab,
+                const unsigned p = loom_exp_fixed((top[h] - x[e]) * qscale[h], tab,
                                                   (unsigned)log2e, (unsigned)ln2);
                 den[h] += p;
                 // w = round(p 2^-sh), half up, sh = 31 - P_BITS + E - ev >= 17: ((p >> (sh - 1)) + 1) >> 1, 0 past 32
