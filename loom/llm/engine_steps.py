@@ -34,8 +34,6 @@ class StepRunner:
         self.shared: dict = {}      # the decode recordings' shared workspaces (they replay one after another)
         self.prefills = GraphCache(PREFILL_GRAPHS_KEPT, paged_prefill_graph.describe, strict=False, record_from=2)
         why = paged_graph.why_not(dec, deterministic) if dec.backend.graphs else "no graphs"
-        if deterministic and decoder_module.INTEGER_ATTENTION:      # (wip/spec5-attention: no recorded kernel yet)
-            why = why or "spec 5's integer attention has no recorded decode step yet"
         self.graphs_off = why is not None
         if why is not None and dec.backend.graphs:
             mode = "deterministic" if deterministic else "fast"

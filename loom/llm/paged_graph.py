@@ -91,6 +91,10 @@ def _kernels(be, exact: bool) -> tuple:
     if be.decode is None:
         return None, None
     if exact:
+        from . import decoder
+        if decoder.INTEGER_ATTENTION:           # (wip/spec5-attention: spec 5's decode attention kernel)
+            from ..backend.cuda import int_decode
+            return be.decode.products_exact, int_decode
         return be.decode.products_exact, be.decode.attention_exact
     return be.decode.products, be.decode.attention
 

@@ -74,24 +74,3 @@ def test_shapes_it_does_not_take():
     z = cupy.zeros((1, 4, 160), dtype=np.float32)
     with pytest.raises(ShapeError, match="integer attention kernel"):
         int_attention.attend(z, z, z, 1, 0, 0, None, 0.125)
-
-
-@pytest.mark.parametrize("arch, extra", [("llama", {}), ("qwen3", {}), ("mistral", {"sliding_window": 9})])
-def test_engine_steps_give_the_cpus_bits(arch, extra, monkeypatch):
-    """With the decoders' attention in the scheme (decoder.INTEGER_ATTENTION, both devices), a GPU batch with
-    preemption gives each sequence the tokens and log-probability bits the CPU gives it alone: prompt chunks and
-    decode steps (kernel by kernel: no recorded step takes the scheme yet)."""
-    import loom
-    from loom.llm import decoder
-    from loom.llm.batching import BatchEngine
-
-    from .test_batching_gpu import _graph_model, _requests
-    monkeypatch.setattr(decoder, "INTEGER_ATTENTION", True)
-    with loom.deterministic(True):
-        cpu, gpu = _graph_model(arch, "cpu", **extra), _graph_model(arch, "cuda", **extra)
-        reqs = _requests(256)
-        alone = [BatchEngine(cpu).generate([r])[0] for r in reqs]
-        engine = BatchEngine(gpu, max_batch=4, cache_tokens=96, block_size=8)
-        got = engine.generate(reqs)
-        for a, b in zip(alone, got):
-            assert a.tokens == b.tokens and a.logprobs == b.logprobs

@@ -1,0 +1,398 @@
+"""Spec 5's integer attention for the recorded decode step (branch wip/spec5-attention): the scheme of
+loom/kernels/exact/attention.py, its bits, for one new token per sequence over a paged KV cache, with the
+interface of decode_exact (paged_graph takes this module as its attention where decoder.INTEGER_ATTENTION is on).
+
+A block per (sequence, key/value head), THREADS threads, for the GROUP query heads of that key/value head:
+1. the heads' q and the new k (qwen3: each after its RMSNorm) through RoPE, and v, as decode_exact's head_vector
+   makes them (spec 4's bits, which spec 5 keeps); the block writes k and v into the cache;
+2. each q row's exponent and integers (a warp a row: fixed.row_exponents, to_integers), held as byte pairs for
+   dp2a;
+3. pass 1, a thread a key: the key's row exponent and integers, the GROUP exact integer scores (dp2a: a key's
+   int16 pairs against q's low and high bytes, exact in int32 for head_dim <= 128) as S 2^(ek - 30); each head's
+   largest, the values' largest exponent E and the inf/NaN flag, reduced over the block;
+4. pass 2, tiles of THREADS keys (the first tile's scores kept in registers, later ones made again): per key and
+   head d = (max - S 2^(ek - 30)) 2^eq scale (float64: the CPU's two operations, scaling by 2^eq exact),
+   p = exp_fixed(d) (the table in shared memory), its int64 sum, w = p with v's scale folded in at P_BITS bits;
+   the value's integers into shared memory; then each (head, d) entry adds its tile's w v in int64;
+5. each entry's quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32 (NaN where the row
+   or an allowed key or value holds inf or NaN).
+Every sum is an exact integer sum and every maximum order-free, so the threads' order of the keys does not
+change a bit: the CPU's decode rows (backend/cpu/attend_integer._step_rows, _rows with a window) give the same.
+Capturable: sizes as arguments, each sequence's position and block table read on the device, no sync.
+"""
+from __future__ import annotations
+
+from functools import cache
+
+import cupy
+import numpy as np
+
+from ...errors import ShapeError
+from ...kernels.exact import attention as scheme
+from ...kernels.exact.fixed import BITS
+from . import decode_exact
+from .launch import launch
+from .quant_fixed_source import SCALARS
+
+THREADS = 128                   # a block's threads: keys a tile
+GROUP_MAX = 16                  # query heads a key/value head may have
+MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bound), a multiple of 4
+PHASE_STOP = 0                  # (timing: 1-4 return after that phase; 0 runs them all)
+SPLIT_KEYS = decode_exact.SPLIT_KEYS    # (paged_graph's interface: no split form here, split_work gives None)
+CHUNK_KEYS = decode_exact.CHUNK_KEYS
+
+_SOURCE = r"""
+#define OUTS ((GROUP * D + THREADS - 1) / THREADS)     // (head, d) entries a thread sums
+#define VROW (D + 2)                                   // a value's int16s in shared memory (odd words: no conflicts)
+
+// exp_fixed(d) of x = d 2^16 (int_attention's loom_exp_fixed)
+__device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
+    const unsigned dq = min(__double2uint_rn(x), 4194304u);
+    const unsigned u = __funnelshift_r(dq * log2e, __umulhi(dq, log2e), 30);
+    const unsigned step = (1u << 31) - (u & 255) * ln2, t = tab[(u >> 8) & 255];
+    return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
+}
+
+// a row's largest finite magnitude's exponent (fixed.row_exponents) and whether it holds inf or NaN
+__device__ __forceinline__ void loom_row_top(const float* row, int& e, int& nonfinite) {
+    float top = 0.0f;
+    nonfinite = 0;
+    #pragma unroll
+    for (int d4 = 0; d4 < D / 4; ++d4) {
+        const float4 x4 = ((const float4*)row)[d4];
+        const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
+        #pragma unroll
+        for (int u = 0; u < 4; ++u) {
+            if (isfinite(xs[u])) top = fmaxf(top, fabsf(xs[u]));
+            else nonfinite = 1;
+        }
+    }
+    e = loom_fixed_exponent(top);
+}
+
+// the integers of values 4 d4 .. 4 d4 + 3 of a row at exponent e as two int16 pairs (value 2i in the low half)
+__device__ __forceinline__ void loom_row_pairs(const float* row, int d4, float s, int shift, unsigned* pr) {
+    const float4 x4 = ((const float4*)row)[d4];
+    const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
+    unsigned q[4];
+    #pragma unroll
+    for (int u = 0; u < 4; ++u) q[u] = isfinite(xs[u]) ? loom_fixed_bits(xs[u], s, shift) : 0x4B400000u;
+    pr[0] = __byte_perm(q[0], q[1], 0x5410);
+    pr[1] = __byte_perm(q[2], q[3], 0x5410);
+}
+
+// 2^e as a double (-1022 <= e <= 1023)
+__device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
+
+// the GROUP scores S 2^(ek - 30) of a key row (q's byte pairs qb [GROUP][D / 2]: low bytes, then high, of a pair)
+__device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb, double* sc, int& kbad) {
+    int ek;
+    loom_row_top(key, ek, kbad);
+    const int shift = 15 - ek;
+    const float s = loom_fixed_scale(shift);
+    int hi[GROUP], lo[GROUP];
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r) { hi[r] = 0; lo[r] = 0; }
+    #pragma unroll 4
+    for (int d4 = 0; d4 < D / 4; ++d4) {
+        unsigned kp[2];
+        loom_row_pairs(key, d4, s, shift, kp);
+        #pragma unroll
+        for (int r = 0; r < GROUP; ++r) {
+            #pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const unsigned xb = qb[r * (D / 2) + 2 * d4 + i];
+                asm("dp2a.lo.s32.u32 %0, %1, %2, %0;" : "+r"(lo[r]) : "r"(kp[i]), "r"(xb));
+                asm("dp2a.hi.s32.s32 %0, %1, %2, %0;" : "+r"(hi[r]) : "r"(kp[i]), "r"(xb));
+            }
+        }
+    }
+    const double k2 = loom_pow2(ek - 2 * BITS);
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r) sc[r] = (double)(256LL * hi[r] + lo[r]) * k2;
+}
+
+// loom_int_paged_decode: block b KV + kv; decode_exact's arguments (qkv [B, (H + 2 KV) D], the paged caches, out
+// [B, H D], cos/sin tables, the qk norm or null, positions and block tables on the device), then the exp table
+extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
+        const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
+        const float* norm, const long long* pos_g, const long long* tables, long long row, long long col,
+        int block_size, int H, int KV, int window, float scale, float eps, int dbits, const unsigned* tab_g,
+        int log2e_i, int ln2_i) {
+    const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
+    extern __shared__ __align__(16) unsigned char dyn[];
+    int* w_s = (int*)dyn;                                       // [GROUP][THREADS]: a tile's w
+    short* v_s16 = (short*)(w_s + GROUP * THREADS);             // [THREADS][VROW]: a tile's values' integers
+    __shared__ __align__(16) float q_s[GROUP * D];
+    __shared__ __align__(16) float k_s[D], v_s[D], tmp[D];
+    __shared__ Scratch scratch;
+    __shared__ unsigned qb_s[GROUP * (D / 2)];
+    __shared__ int eq_s[GROUP], qbad_s[GROUP];
+    __shared__ unsigned tab_s[256];
+    __shared__ double top_w[THREADS / 32][GROUP];
+    __shared__ int etop_w[THREADS / 32], bad_w[THREADS / 32];
+    __shared__ unsigned long long den_w[THREADS / 32][GROUP];
+
+    const int b = blockIdx.x / KV, kv = blockIdx.x % KV, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const long long* table = tables + (long long)b * row;
+    const Paged keys{cache_k, table, col, block_size, KV, kv}, values{cache_v, table, col, block_size, KV, kv};
+    const long long pos = pos_g[b];
+    const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
+    for (int i = tid; i < 256; i += THREADS) tab_s[i] = tab_g[i];
+    for (long long line = tid; line < (n - 1) * D / 32; line += THREADS) {     // (cached rows into L1 before the wait)
+        prefetch_l1(keys.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
+        prefetch_l1(values.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
+    }
+    wait_for_previous_kernel();
+    // 1: q, the new k (RoPE; qwen3's norm first) and v; k and v into the cache
+    const float* x = qkv + (long long)b * (H + 2 * KV) * D;
+    const float* cs = cos_t + pos * D;
+    const float* sn = sin_t + pos * D;
+    const int h0 = kv * GROUP;
+    if (norm == 0) {
+        for (int i = tid; i < (GROUP + 2) * D; i += THREADS) {
+            const int r = i / D, d = i % D;
+            if (r < GROUP) {
+                q_s[i] = rope_at(x + (h0 + r) * D, d, cs, sn);
+            } else if (r == GROUP) {
+                const float kd = rope_at(x + (H + kv) * D, d, cs, sn);
+                k_s[d] = kd;
+                keys.at(pos)[d] = kd;
+            } else {
+                const float vd = x[(H + KV + kv) * D + d];
+                v_s[d] = vd;
+                values.at(pos)[d] = vd;
+            }
+        }
+    } else {
+        for (int r = 0; r < GROUP; ++r)
+            head_vector(x + (h0 + r) * D, q_s + r * D, tmp, norm + (h0 + r) * D, cs, sn, eps, dbits, scratch);
+        head_vector(x + (H + kv) * D, k_s, tmp, norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
+        for (int d = tid; d < D; d += THREADS) {
+            const float vd = x[(H + KV + kv) * D + d];
+            v_s[d] = vd;
+            keys.at(pos)[d] = k_s[d];
+            values.at(pos)[d] = vd;
+        }
+    }
+    __syncthreads();
+#if PHASE_STOP == 1
+    if (tid == 0) out[b] = k_s[0];
+    return;
+#endif
+    // 2: q's integers, a warp a row, as byte pairs: low bytes (unsigned), then high (signed), of values 2i, 2i + 1
+    for (int r = warp; r < GROUP; r += THREADS / 32) {
+        float top = 0.0f;
+        int nonfinite = 0;
+        for (int d = lane; d < D; d += 32) {
+            const float v = q_s[r * D + d];
+            if (isfinite(v)) top = fmaxf(top, fabsf(v));
+            else nonfinite = 1;
+        }
+        for (int o = 16; o; o >>= 1) {
+            top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
+            nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
+        }
+        const int e = loom_fixed_exponent(top), shift = 15 - e;
+        const float s = loom_fixed_scale(shift);
+        for (int i = lane; i < D / 2; i += 32) {
+            const float v0 = q_s[r * D + 2 * i], v1 = q_s[r * D + 2 * i + 1];
+            const unsigned a = isfinite(v0) ? loom_fixed_bits(v0, s, shift) : 0x4B400000u;
+            const unsigned c = isfinite(v1) ? loom_fixed_bits(v1, s, shift) : 0x4B400000u;
+            qb_s[r * (D / 2) + i] = __byte_perm(__byte_perm(a, c, 0x5410), 0, 0x3120);
+        }
+        if (lane == 0) { eq_s[r] = e; qbad_s[r] = nonfinite; }
+    }
+    __syncthreads();
+#if PHASE_STOP == 2
+    if (tid == 0) out[b] = (float)qb_s[0];
+    return;
+#endif
+    // 3: pass 1, a thread a key: the scores' largest a head, the values' largest exponent, inf/NaN
+    double top[GROUP], kept[GROUP];
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
+    int etop = -2147483647 - 1, bad = 0;
+    for (long long j = tid; j < n; j += THREADS) {
+        const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
+        const float* val = lo + j < pos ? values.at(lo + j) : v_s;
+        double sc[GROUP];
+        int kbad, ev, vbad;
+        loom_scores(key, qb_s, sc, kbad);
+        loom_row_top(val, ev, vbad);
+        #pragma unroll
+        for (int r = 0; r < GROUP; ++r) {
+            top[r] = fmax(top[r], sc[r]);
+            if (j == tid) kept[r] = sc[r];
+        }
+        etop = max(etop, ev);
+        bad |= kbad | vbad;
+    }
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r)
+        for (int o = 16; o; o >>= 1) top[r] = fmax(top[r], __shfl_xor_sync(LOOM_FULL, top[r], o));
+    for (int o = 16; o; o >>= 1) {
+        etop = max(etop, __shfl_xor_sync(LOOM_FULL, etop, o));
+        bad |= __shfl_xor_sync(LOOM_FULL, bad, o);
+    }
+    if (lane == 0) {
+        #pragma unroll
+        for (int r = 0; r < GROUP; ++r) top_w[warp][r] = top[r];
+        etop_w[warp] = etop;
+        bad_w[warp] = bad;
+    }
+    __syncthreads();
+    for (int w = 0; w < THREADS / 32; ++w) {
+        #pragma unroll
+        for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], top_w[w][r]);
+        etop = max(etop, etop_w[w]);
+        bad |= bad_w[w];
+    }
+#if PHASE_STOP == 3
+    if (tid == 0) out[b] = (float)top[0] + etop;
+    return;
+#endif
+    double qscale[GROUP];
+    unsigned long long den[GROUP];
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r) { qscale[r] = loom_pow2(eq_s[r]); den[r] = 0; }
+    long long acc[OUTS];
+    #pragma unroll
+    for (int o = 0; o < OUTS; ++o) acc[o] = 0;
+    // 4: pass 2, tiles of THREADS keys
+    for (long long t0 = 0; t0 < n; t0 += THREADS) {
+        const long long j = t0 + tid;
+        if (j < n) {
+            const float* val = lo + j < pos ? values.at(lo + j) : v_s;
+            double sc[GROUP];
+            if (t0 == 0) {
+                #pragma unroll
+                for (int r = 0; r < GROUP; ++r) sc[r] = kept[r];
+            } else {
+                const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
+                int kbad;
+                loom_scores(key, qb_s, sc, kbad);
+            }
+            int ev, vbad;
+            loom_row_top(val, ev, vbad);
+            const int shift = 15 - ev;
+            const float s = loom_fixed_scale(shift);
+            unsigned* vrow = (unsigned*)(v_s16 + tid * VROW);
+            #pragma unroll 4
+            for (int d4 = 0; d4 < D / 4; ++d4) loom_row_pairs(val, d4, s, shift, vrow + 2 * d4);
+            const int sh = 31 - P_BITS + etop - ev;
+            #pragma unroll
+            for (int r = 0; r < GROUP; ++r) {
+                const double d = __dmul_rn(__dmul_rn(__dsub_rn(top[r], sc[r]), qscale[r]), (double)scale);
+                const unsigned p = loom_exp_fixed(__dmul_rn(d, 65536.0), tab_s, log2e, ln2);
+                den[r] += p;
+                w_s[r * THREADS + tid] = sh < 62 ? (int)(((unsigned long long)p + (1ull << (sh - 1))) >> sh) : 0;
+            }
+        }
+        __syncthreads();
+        const int count = (int)min((long long)THREADS, n - t0);
+        #pragma unroll
+        for (int o = 0; o < OUTS; ++o) {
+            const int e = tid + o * THREADS;
+            if (e < GROUP * D) {
+                const int r = e / D, d = e % D;
+                const int* w = w_s + r * THREADS;
+                const short* v = v_s16 + d;
+                long long a = 0;
+                for (int jj = 0; jj < count; ++jj) a += (long long)(w[jj] * (int)v[jj * VROW]);
+                acc[o] += a;
+            }
+        }
+        __syncthreads();
+    }
+#if PHASE_STOP == 4
+    if (tid < GROUP * D) out[b * H * D + tid] = (float)acc[0] + (float)den[0];
+    return;
+#endif
+    // 5: the heads' sums of p, then one quotient an entry
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r)
+        for (int o = 16; o; o >>= 1) den[r] += __shfl_xor_sync(LOOM_FULL, den[r], o);
+    if (lane == 0) {
+        #pragma unroll
+        for (int r = 0; r < GROUP; ++r) den_w[warp][r] = den[r];
+    }
+    __syncthreads();
+    #pragma unroll
+    for (int o = 0; o < OUTS; ++o) {
+        const int e = tid + o * THREADS;
+        if (e >= GROUP * D) continue;
+        const int r = e / D, d = e % D;
+        unsigned long long total = 0;
+        for (int w = 0; w < THREADS / 32; ++w) total += den_w[w][r];
+        out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
+            : (float)ldexp((double)acc[o] / (double)total, etop - P_BITS - BITS + 31);
+    }
+}
+"""
+
+
+def unsupported(head_dim: int, max_len: int) -> str | None:
+    """Why the kernel cannot take a model's heads, or None where it can (any cache length)."""
+    if head_dim % 4 or head_dim > MAX_HEAD:
+        return f"head_dim {head_dim} is not a multiple of 4 up to {MAX_HEAD} (spec 5's decode attention kernel)"
+    return None
+
+
+def split_work(*args, **kwargs) -> None:
+    """(decode_exact's interface) no split form: a block per (sequence, key/value head) takes every window."""
+    return None
+
+
+def split_max_keys(splits: int) -> int:
+    return splits * CHUNK_KEYS
+
+
+def probability_work(*args, **kwargs) -> None:
+    """(decode_exact's interface) no workspace: the probabilities are made a tile at a time."""
+    return None
+
+
+def _module(head_dim: int, group: int) -> cupy.RawModule:
+    return _built(head_dim, group, THREADS, PHASE_STOP)
+
+
+@cache
+def _built(head_dim: int, group: int, threads: int, stop: int) -> cupy.RawModule:
+    head = (f"#define GROUP {group}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n#define PHASE_STOP {stop}\n")
+    return cupy.RawModule(code=decode_exact.source(head_dim, threads) + SCALARS + head + _SOURCE,
+                          options=decode_exact.COMPILE)
+
+
+@cache
+def _table():
+    return cupy.asarray(scheme.EXP2_TABLE.astype(np.uint32))
+
+
+def shared_bytes(group: int, head_dim: int) -> int:
+    """The kernel's dynamic shared memory: a tile's w [GROUP][THREADS] int32 and values [THREADS][D + 2] int16."""
+    return 4 * group * THREADS + 2 * THREADS * (head_dim + 2)
+
+
+def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, block_size: int, heads: int,
+                    window: int | None, scale: float, eps: float, factor: float | None = None, overlap: bool = False,
+                    *, max_keys: int = 0, split=None, p_work=None) -> None:
+    """decode.paged_attention's operation in spec 5's integer scheme (out float32 [B, heads D]): decode_exact's
+    arguments (factor, max_keys, split and p_work are its interface's, unused: any window, one launch)."""
+    from .quant import pointer
+    _, kv_heads, D = cache_k.shape
+    B = tables.shape[0]
+    if heads % kv_heads or heads // kv_heads > GROUP_MAX or unsupported(D, 0):
+        raise ShapeError(f"spec 5's decode attention kernel takes head_dim a multiple of 4 up to {MAX_HEAD} and up "
+                         f"to {GROUP_MAX} query heads a key/value head, got head_dim {D}, {heads} heads over "
+                         f"{kv_heads}")
+    if B == 0:
+        return
+    row, col = (s // tables.itemsize for s in tables.strides)
+    group = heads // kv_heads
+    kernel = _module(D, group).get_function("loom_int_paged_decode")
+    args = (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
+            np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), _table(), np.int32(scheme.LOG2E_30),
+            np.int32(scheme.LN2_15))
+    launch(kernel, B * kv_heads, THREADS, args, overlap, shared=shared_bytes(group, D))
