@@ -34,7 +34,7 @@ from . import decode_exact
 from .launch import launch
 from .quant_fixed_source import SCALARS
 
-THREADS = 128                   # a block's threads: keys a tile
+THREADS = None                  # a block's threads, keys a tile (None: 128 for head_dim up to 64, else 64)
 GROUP_MAX = 16                  # query heads a key/value head may have
 MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bound), a multiple of 4
 PHASE_STOP = 0                  # (timing: 1-4 return after that phase; 0 runs them all)
@@ -42,8 +42,9 @@ SPLIT_KEYS = decode_exact.SPLIT_KEYS    # (paged_graph's interface: no split for
 CHUNK_KEYS = decode_exact.CHUNK_KEYS
 
 _SOURCE = r"""
-#define OUTS ((GROUP * D + THREADS - 1) / THREADS)     // (head, d) entries a thread sums
+#define OUTS ((GROUP * D + KT - 1) / KT)     // (head, d) entries a thread sums
 #define VROW (D + 2)                                   // a value's int16s in shared memory (odd words: no conflicts)
+#define FROW (D + 4)                                   // a staged row's floats (float4 reads across rows: no conflicts)
 
 // exp_fixed(d) of x = d 2^16 (int_attention's loom_exp_fixed)
 __device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
@@ -53,50 +54,82 @@ __device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab
     return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
 }
 
-// a row's largest finite magnitude's exponent (fixed.row_exponents) and whether it holds inf or NaN
-__device__ __forceinline__ void loom_row_top(const float* row, int& e, int& nonfinite) {
-    float top = 0.0f;
-    nonfinite = 0;
-    #pragma unroll
-    for (int d4 = 0; d4 < D / 4; ++d4) {
-        const float4 x4 = ((const float4*)row)[d4];
-        const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
-        #pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            if (isfinite(xs[u])) top = fmaxf(top, fabsf(xs[u]));
-            else nonfinite = 1;
-        }
-    }
-    e = loom_fixed_exponent(top);
+// A row's scale (fixed.row_exponents' e of its largest finite magnitude, shift = 15 - e, s = 2^shift) and whether
+// it holds inf or NaN; `plain`: finite with shift <= 127, its integers by one fma each (loom_fixed_bits' first form)
+struct LoomRow { int e, shift, bad; float s; bool plain; };
+
+// the exponent of a row whose largest finite magnitude has these bits: from the bits, as the CPU's _row_exponent (one
+// more where 1.m 2^(BITS - 1) rounds to 2^BITS); zero and subnormal maxima the general way
+__device__ __forceinline__ int loom_exponent_of_bits(unsigned top) {
+    const int biased = top >> 23, mantissa = top & 0x7FFFFF;
+    if (biased > 0) return biased - 126 + (mantissa >= (1 << 23) - (1 << (23 - BITS)));
+    return loom_fixed_exponent(__uint_as_float(top));
 }
 
-// the integers of values 4 d4 .. 4 d4 + 3 of a row at exponent e as two int16 pairs (value 2i in the low half)
-__device__ __forceinline__ void loom_row_pairs(const float* row, int d4, float s, int shift, unsigned* pr) {
+// a row's LoomRow: the largest magnitude as an integer maximum of the bits (four chains), the finite one again only
+// where inf or NaN is there
+__device__ __forceinline__ LoomRow loom_row_top(const float* row) {
+    unsigned worst[4] = {0u, 0u, 0u, 0u};
+    #pragma unroll
+    for (int d4 = 0; d4 < D / 4; ++d4) {
+        const uint4 x4 = ((const uint4*)row)[d4];
+        worst[0] = max(worst[0], x4.x & 0x7FFFFFFFu);
+        worst[1] = max(worst[1], x4.y & 0x7FFFFFFFu);
+        worst[2] = max(worst[2], x4.z & 0x7FFFFFFFu);
+        worst[3] = max(worst[3], x4.w & 0x7FFFFFFFu);
+    }
+    unsigned top = max(max(worst[0], worst[1]), max(worst[2], worst[3]));
+    LoomRow r;
+    r.bad = top >= 0x7F800000u;
+    if (r.bad) {                                    // (rare) the finite maximum
+        top = 0u;
+        for (int d = 0; d < D; ++d) {
+            const unsigned a = __float_as_uint(row[d]) & 0x7FFFFFFFu;
+            if (a < 0x7F800000u) top = max(top, a);
+        }
+    }
+    r.e = loom_exponent_of_bits(top);
+    r.shift = 15 - r.e;
+    r.s = loom_fixed_scale(r.shift);
+    r.plain = !r.bad && r.shift <= 127;
+    return r;
+}
+
+// the integers of values 4 d4 .. 4 d4 + 3 of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
+template <bool PLAIN>
+__device__ __forceinline__ void loom_row_pairs(const float* row, int d4, const LoomRow& rw, unsigned* pr) {
     const float4 x4 = ((const float4*)row)[d4];
     const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
     unsigned q[4];
     #pragma unroll
-    for (int u = 0; u < 4; ++u) q[u] = isfinite(xs[u]) ? loom_fixed_bits(xs[u], s, shift) : 0x4B400000u;
+    for (int u = 0; u < 4; ++u)
+        q[u] = PLAIN ? __float_as_uint(__fmaf_rn(xs[u], rw.s, 12582912.0f))
+                     : isfinite(xs[u]) ? loom_fixed_bits(xs[u], rw.s, rw.shift) : 0x4B400000u;
     pr[0] = __byte_perm(q[0], q[1], 0x5410);
     pr[1] = __byte_perm(q[2], q[3], 0x5410);
+}
+
+// a row's integers as int16 pairs into out [D / 2]
+__device__ __forceinline__ void loom_row_integers(const float* row, const LoomRow& rw, unsigned* out) {
+    if (rw.plain) {
+        #pragma unroll 4
+        for (int d4 = 0; d4 < D / 4; ++d4) loom_row_pairs<true>(row, d4, rw, out + 2 * d4);
+    } else {
+        for (int d4 = 0; d4 < D / 4; ++d4) loom_row_pairs<false>(row, d4, rw, out + 2 * d4);
+    }
 }
 
 // 2^e as a double (-1022 <= e <= 1023)
 __device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
 
-// the GROUP scores S 2^(ek - 30) of a key row (q's byte pairs qb [GROUP][D / 2]: low bytes, then high, of a pair)
-__device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb, double* sc, int& kbad) {
-    int ek;
-    loom_row_top(key, ek, kbad);
-    const int shift = 15 - ek;
-    const float s = loom_fixed_scale(shift);
-    int hi[GROUP], lo[GROUP];
-    #pragma unroll
-    for (int r = 0; r < GROUP; ++r) { hi[r] = 0; lo[r] = 0; }
+// the GROUP dot products of a key row's integers with q's (byte pairs qb [GROUP][D / 2]: low bytes, then high,
+// of a pair) by dp2a, into hi and lo (exact in int32 for D <= 128)
+template <bool PLAIN>
+__device__ __forceinline__ void loom_dots(const float* key, const LoomRow& rw, const unsigned* qb, int* hi, int* lo) {
     #pragma unroll 4
     for (int d4 = 0; d4 < D / 4; ++d4) {
         unsigned kp[2];
-        loom_row_pairs(key, d4, s, shift, kp);
+        loom_row_pairs<PLAIN>(key, d4, rw, kp);
         #pragma unroll
         for (int r = 0; r < GROUP; ++r) {
             #pragma unroll
@@ -107,39 +140,74 @@ __device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb
             }
         }
     }
-    const double k2 = loom_pow2(ek - 2 * BITS);
+}
+
+// the GROUP scores S 2^(ek - 30) of a key row, and whether it holds inf or NaN
+__device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb, double* sc, int& kbad) {
+    const LoomRow rw = loom_row_top(key);
+    kbad = rw.bad;
+    int hi[GROUP], lo[GROUP];
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r) { hi[r] = 0; lo[r] = 0; }
+    if (rw.plain) loom_dots<true>(key, rw, qb, hi, lo);
+    else loom_dots<false>(key, rw, qb, hi, lo);
+    const double k2 = loom_pow2(rw.e - 2 * BITS);
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) sc[r] = (double)(256LL * hi[r] + lo[r]) * k2;
 }
 
+// a tile's key and value rows (keys t0 .. t0 + KT - 1 of the window, those below n) into kf, vf [KT][FROW]
+// by cp.async, 16 bytes a copy, consecutive threads along a row; the new position's from k_s, v_s
+__device__ __forceinline__ void loom_stage(const Paged& keys, const Paged& values, const float* k_s, const float* v_s,
+                                           float* kf, float* vf, long long lo, long long pos, long long t0,
+                                           long long n) {
+    constexpr int per = D / 4;
+    for (int c = threadIdx.x; c < 2 * KT * per; c += KT) {
+        const int which = c >= KT * per, rem = c - which * KT * per, jj = rem / per, q = rem % per;
+        const long long j = t0 + jj;
+        if (j >= n) continue;
+        float* dst = (which ? vf : kf) + jj * FROW + 4 * q;
+        if (lo + j == pos) {
+            *(float4*)dst = ((const float4*)(which ? v_s : k_s))[q];
+            continue;
+        }
+        const float* src = (which ? values.at(lo + j) : keys.at(lo + j)) + 4 * q;
+        const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d), "l"(src) : "memory");
+    }
+    asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+}
+
 // loom_int_paged_decode: block b KV + kv; decode_exact's arguments (qkv [B, (H + 2 KV) D], the paged caches, out
 // [B, H D], cos/sin tables, the qk norm or null, positions and block tables on the device), then the exp table
-extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
+extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
         const float* norm, const long long* pos_g, const long long* tables, long long row, long long col,
         int block_size, int H, int KV, int window, float scale, float eps, int dbits, const unsigned* tab_g,
         int log2e_i, int ln2_i) {
     const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
     extern __shared__ __align__(16) unsigned char dyn[];
-    int* w_s = (int*)dyn;                                       // [GROUP][THREADS]: a tile's w
-    short* v_s16 = (short*)(w_s + GROUP * THREADS);             // [THREADS][VROW]: a tile's values' integers
+    float* kf = (float*)dyn;                                    // [KT][FROW]: a tile's key rows
+    float* vf = kf + KT * FROW;                            // [KT][FROW]: its value rows
+    int* w_s = (int*)(vf + KT * FROW);                     // [GROUP][KT]: its w
+    short* v_s16 = (short*)(w_s + GROUP * KT);             // [KT][VROW]: its values' integers
     __shared__ __align__(16) float q_s[GROUP * D];
     __shared__ __align__(16) float k_s[D], v_s[D], tmp[D];
     __shared__ Scratch scratch;
     __shared__ unsigned qb_s[GROUP * (D / 2)];
     __shared__ int eq_s[GROUP], qbad_s[GROUP];
     __shared__ unsigned tab_s[256];
-    __shared__ double top_w[THREADS / 32][GROUP];
-    __shared__ int etop_w[THREADS / 32], bad_w[THREADS / 32];
-    __shared__ unsigned long long den_w[THREADS / 32][GROUP];
+    __shared__ double top_w[KT / 32][GROUP];
+    __shared__ int etop_w[KT / 32], bad_w[KT / 32];
+    __shared__ unsigned long long den_w[KT / 32][GROUP];
 
     const int b = blockIdx.x / KV, kv = blockIdx.x % KV, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const long long* table = tables + (long long)b * row;
     const Paged keys{cache_k, table, col, block_size, KV, kv}, values{cache_v, table, col, block_size, KV, kv};
     const long long pos = pos_g[b];
     const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
-    for (int i = tid; i < 256; i += THREADS) tab_s[i] = tab_g[i];
-    for (long long line = tid; line < (n - 1) * D / 32; line += THREADS) {     // (cached rows into L1 before the wait)
+    for (int i = tid; i < 256; i += KT) tab_s[i] = tab_g[i];
+    for (long long line = tid; line < (n - 1) * D / 32; line += KT) {     // (cached rows into L1 before the wait)
         prefetch_l1(keys.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
         prefetch_l1(values.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
     }
@@ -150,7 +218,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
     const float* sn = sin_t + pos * D;
     const int h0 = kv * GROUP;
     if (norm == 0) {
-        for (int i = tid; i < (GROUP + 2) * D; i += THREADS) {
+        for (int i = tid; i < (GROUP + 2) * D; i += KT) {
             const int r = i / D, d = i % D;
             if (r < GROUP) {
                 q_s[i] = rope_at(x + (h0 + r) * D, d, cs, sn);
@@ -168,7 +236,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
         for (int r = 0; r < GROUP; ++r)
             head_vector(x + (h0 + r) * D, q_s + r * D, tmp, norm + (h0 + r) * D, cs, sn, eps, dbits, scratch);
         head_vector(x + (H + kv) * D, k_s, tmp, norm + (H + kv) * D, cs, sn, eps, dbits, scratch);
-        for (int d = tid; d < D; d += THREADS) {
+        for (int d = tid; d < D; d += KT) {
             const float vd = x[(H + KV + kv) * D + d];
             v_s[d] = vd;
             keys.at(pos)[d] = k_s[d];
@@ -181,7 +249,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
     return;
 #endif
     // 2: q's integers, a warp a row, as byte pairs: low bytes (unsigned), then high (signed), of values 2i, 2i + 1
-    for (int r = warp; r < GROUP; r += THREADS / 32) {
+    for (int r = warp; r < GROUP; r += KT / 32) {
         float top = 0.0f;
         int nonfinite = 0;
         for (int d = lane; d < D; d += 32) {
@@ -208,25 +276,30 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
     if (tid == 0) out[b] = (float)qb_s[0];
     return;
 #endif
-    // 3: pass 1, a thread a key: the scores' largest a head, the values' largest exponent, inf/NaN
+    // 3: pass 1, tiles of KT keys staged in shared memory (coalesced), a thread a key: the scores' largest a
+    // head, the values' largest exponent, inf/NaN (a window of one tile stays staged for pass 2, its scores kept)
     double top[GROUP], kept[GROUP];
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
     int etop = -2147483647 - 1, bad = 0;
-    for (long long j = tid; j < n; j += THREADS) {
-        const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
-        const float* val = lo + j < pos ? values.at(lo + j) : v_s;
-        double sc[GROUP];
-        int kbad, ev, vbad;
-        loom_scores(key, qb_s, sc, kbad);
-        loom_row_top(val, ev, vbad);
-        #pragma unroll
-        for (int r = 0; r < GROUP; ++r) {
-            top[r] = fmax(top[r], sc[r]);
-            if (j == tid) kept[r] = sc[r];
+    for (long long t0 = 0; t0 < n; t0 += KT) {
+        loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, n);
+        __syncthreads();
+        if (t0 + tid < n) {
+            double sc[GROUP];
+            int kbad;
+            loom_scores(kf + tid * FROW, qb_s, sc, kbad);
+            const LoomRow vr = loom_row_top(vf + tid * FROW);
+            const int ev = vr.e, vbad = vr.bad;
+            #pragma unroll
+            for (int r = 0; r < GROUP; ++r) {
+                top[r] = fmax(top[r], sc[r]);
+                kept[r] = sc[r];
+            }
+            etop = max(etop, ev);
+            bad |= kbad | vbad;
         }
-        etop = max(etop, ev);
-        bad |= kbad | vbad;
+        if (t0 + KT < n) __syncthreads();          // (before the next tile's copies)
     }
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
@@ -242,7 +315,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
         bad_w[warp] = bad;
     }
     __syncthreads();
-    for (int w = 0; w < THREADS / 32; ++w) {
+    for (int w = 0; w < KT / 32; ++w) {
         #pragma unroll
         for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], top_w[w][r]);
         etop = max(etop, etop_w[w]);
@@ -259,51 +332,53 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
     long long acc[OUTS];
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) acc[o] = 0;
-    // 4: pass 2, tiles of THREADS keys
-    for (long long t0 = 0; t0 < n; t0 += THREADS) {
-        const long long j = t0 + tid;
-        if (j < n) {
-            const float* val = lo + j < pos ? values.at(lo + j) : v_s;
+    // 4: pass 2, the tiles again (a window of one tile: as staged, its scores and exponents kept)
+    for (long long t0 = 0; t0 < n; t0 += KT) {
+        if (n > KT) {
+            __syncthreads();                            // (pass 1's or the last tile's reads done)
+            loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, n);
+            __syncthreads();
+        }
+        if (t0 + tid < n) {
+            const float* val = vf + tid * FROW;
             double sc[GROUP];
-            if (t0 == 0) {
+            const LoomRow vr = loom_row_top(val);
+            if (n <= KT) {
                 #pragma unroll
                 for (int r = 0; r < GROUP; ++r) sc[r] = kept[r];
             } else {
-                const float* key = lo + j < pos ? keys.at(lo + j) : k_s;
                 int kbad;
-                loom_scores(key, qb_s, sc, kbad);
+                loom_scores(kf + tid * FROW, qb_s, sc, kbad);
             }
-            int ev, vbad;
-            loom_row_top(val, ev, vbad);
-            const int shift = 15 - ev;
-            const float s = loom_fixed_scale(shift);
-            unsigned* vrow = (unsigned*)(v_s16 + tid * VROW);
-            #pragma unroll 4
-            for (int d4 = 0; d4 < D / 4; ++d4) loom_row_pairs(val, d4, s, shift, vrow + 2 * d4);
-            const int sh = 31 - P_BITS + etop - ev;
+            loom_row_integers(val, vr, (unsigned*)(v_s16 + tid * VROW));
+            const int sh = 31 - P_BITS + etop - vr.e;
             #pragma unroll
             for (int r = 0; r < GROUP; ++r) {
                 const double d = __dmul_rn(__dmul_rn(__dsub_rn(top[r], sc[r]), qscale[r]), (double)scale);
                 const unsigned p = loom_exp_fixed(__dmul_rn(d, 65536.0), tab_s, log2e, ln2);
                 den[r] += p;
-                w_s[r * THREADS + tid] = sh < 62 ? (int)(((unsigned long long)p + (1ull << (sh - 1))) >> sh) : 0;
+                w_s[r * KT + tid] = sh < 62 ? (int)(((unsigned long long)p + (1ull << (sh - 1))) >> sh) : 0;
             }
         }
         __syncthreads();
-        const int count = (int)min((long long)THREADS, n - t0);
+        const int count = (int)min((long long)KT, n - t0);
         #pragma unroll
         for (int o = 0; o < OUTS; ++o) {
-            const int e = tid + o * THREADS;
+            const int e = tid + o * KT;
             if (e < GROUP * D) {
                 const int r = e / D, d = e % D;
-                const int* w = w_s + r * THREADS;
+                const int* w = w_s + r * KT;
                 const short* v = v_s16 + d;
-                long long a = 0;
-                for (int jj = 0; jj < count; ++jj) a += (long long)(w[jj] * (int)v[jj * VROW]);
-                acc[o] += a;
+                long long a0 = 0, a1 = 0;
+                int jj = 0;
+                for (; jj + 3 < count; jj += 4) {       // (two products below 2^30 each: their sum an int32)
+                    a0 += w[jj] * (int)v[jj * VROW] + w[jj + 1] * (int)v[(jj + 1) * VROW];
+                    a1 += w[jj + 2] * (int)v[(jj + 2) * VROW] + w[jj + 3] * (int)v[(jj + 3) * VROW];
+                }
+                for (; jj < count; ++jj) a0 += w[jj] * (int)v[jj * VROW];
+                acc[o] += a0 + a1;
             }
         }
-        __syncthreads();
     }
 #if PHASE_STOP == 4
     if (tid < GROUP * D) out[b * H * D + tid] = (float)acc[0] + (float)den[0];
@@ -320,11 +395,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) loom_int_paged_decode(
     __syncthreads();
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) {
-        const int e = tid + o * THREADS;
+        const int e = tid + o * KT;
         if (e >= GROUP * D) continue;
         const int r = e / D, d = e % D;
         unsigned long long total = 0;
-        for (int w = 0; w < THREADS / 32; ++w) total += den_w[w][r];
+        for (int w = 0; w < KT / 32; ++w) total += den_w[w][r];
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
             : (float)ldexp((double)acc[o] / (double)total, etop - P_BITS - BITS + 31);
     }
@@ -353,14 +428,21 @@ def probability_work(*args, **kwargs) -> None:
     return None
 
 
+def _threads(head_dim: int) -> int:
+    return THREADS or (128 if head_dim <= 64 else 64)
+
+
 def _module(head_dim: int, group: int) -> cupy.RawModule:
-    return _built(head_dim, group, THREADS, PHASE_STOP)
+    return _built(head_dim, group, _threads(head_dim), PHASE_STOP)
 
 
 @cache
 def _built(head_dim: int, group: int, threads: int, stop: int) -> cupy.RawModule:
-    head = (f"#define GROUP {group}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n#define PHASE_STOP {stop}\n")
-    return cupy.RawModule(code=decode_exact.source(head_dim, threads) + SCALARS + head + _SOURCE,
+    head = (f"#define GROUP {group}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n#define PHASE_STOP {stop}\n"
+            f"#define KT {threads}\n")
+    # (decode_exact's helpers, head_vector's among them, compiled for blocks of at least head_dim threads; they
+    # read blockDim)
+    return cupy.RawModule(code=decode_exact.source(head_dim, max(threads, head_dim)) + SCALARS + head + _SOURCE,
                           options=decode_exact.COMPILE)
 
 
@@ -369,9 +451,10 @@ def _table():
     return cupy.asarray(scheme.EXP2_TABLE.astype(np.uint32))
 
 
-def shared_bytes(group: int, head_dim: int) -> int:
-    """The kernel's dynamic shared memory: a tile's w [GROUP][THREADS] int32 and values [THREADS][D + 2] int16."""
-    return 4 * group * THREADS + 2 * THREADS * (head_dim + 2)
+def shared_bytes(group: int, head_dim: int, threads: int) -> int:
+    """The kernel's dynamic shared memory: a tile's key and value rows [threads][D + 4] float32, its w [GROUP][threads]
+    int32 and values' integers [threads][D + 2] int16."""
+    return 8 * threads * (head_dim + 4) + 4 * group * threads + 2 * threads * (head_dim + 2)
 
 
 def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, block_size: int, heads: int,
@@ -395,4 +478,5 @@ def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, blo
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), _table(), np.int32(scheme.LOG2E_30),
             np.int32(scheme.LN2_15))
-    launch(kernel, B * kv_heads, THREADS, args, overlap, shared=shared_bytes(group, D))
+    threads = _threads(D)
+    launch(kernel, B * kv_heads, threads, args, overlap, shared=shared_bytes(group, D, threads))
