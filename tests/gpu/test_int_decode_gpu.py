@@ -25,7 +25,7 @@ def _rope(x, cs, sn):
     return x * cs + partner * sn
 
 
-def _case(seed, D, H, KV, positions, window, bs, special=None):
+def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
     rng = np.random.default_rng(seed)
     B, R = len(positions), H // KV
     per = -(-(max(positions) + 1) // bs)
@@ -60,10 +60,11 @@ def _case(seed, D, H, KV, positions, window, bs, special=None):
     dev = {name: cupy.asarray(a) for name, a in (("qkv", qkv.reshape(B, -1)), ("k", cache_k), ("v", cache_v),
                                                   ("cos", cos), ("sin", sin), ("tables", tables))}
     out = cupy.full((B, H * D), 7.0, dtype=np.float32)
+    split = int_decode.split_work(B, H, D, splits=splits) if splits else None
     int_decode.paged_attention(dev["qkv"], dev["k"].reshape(-1, KV, D), dev["v"].reshape(-1, KV, D), out, dev["cos"],
                                dev["sin"], None, cupy.asarray(np.array(positions, np.int64)), dev["tables"], bs, H,
-                               window, float(scale), 1e-5)
-    what = f"D {D}, {H} heads over {KV}, positions {positions}, window {window}, blocks of {bs}, {special}"
+                               window, float(scale), 1e-5, split=split)
+    what = f"D {D}, {H} heads over {KV}, positions {positions}, window {window}, blocks of {bs}, {special}, {splits} splits"
     same_bits(out.reshape(B, H, D), want, what)
     same_bits(dev["k"], want_k, what + ": the cached keys")
     same_bits(dev["v"], want_v, what + ": the cached values")
@@ -75,13 +76,17 @@ def _case(seed, D, H, KV, positions, window, bs, special=None):
     (64, 9, 3, [40, 1000], None, 16), (128, 8, 8, [700], None, 32), (128, 32, 2, [3, 260], None, 8),
     (32, 12, 3, [40, 129, 2], 9, 8), (96, 4, 1, [255, 256, 600], 130, 16), (8, 4, 2, [17, 1], None, 4),
     (64, 4, 4, [2100], 1500, 64), (48, 6, 2, [129], 1, 16)])
-def test_the_kernel_gives_the_cpus_bits(D, H, KV, positions, window, bs):
-    _case(D + H + sum(positions), D, H, KV, positions, window, bs)
+@pytest.mark.parametrize("splits", [None, 3, 16])
+def test_the_kernel_gives_the_cpus_bits(D, H, KV, positions, window, bs, splits):
+    """One block a (sequence, key/value head), or each window cut over 3 or 16 blocks (the split form: some
+    parts empty where windows are short)."""
+    _case(D + H + sum(positions), D, H, KV, positions, window, bs, splits=splits)
 
 
+@pytest.mark.parametrize("splits", [None, 4])
 @pytest.mark.parametrize("special", ["q", "cache"])
-def test_inf_and_nan(special):
-    want = _case(5, 64, 8, 2, [20, 200], None, 16, special)
+def test_inf_and_nan(special, splits):
+    want = _case(5, 64, 8, 2, [20, 200], None, 16, special, splits)
     if special == "q":
         assert np.isnan(want[0, 1]).all() and not np.isnan(want[0, 0]).any() and not np.isnan(want[1]).any()
     else:   # (sequence 0's key/value head 0 and the last sequence's head KV - 1)

@@ -2,27 +2,34 @@
 loom/kernels/exact/attention.py, its bits, for one new token per sequence over a paged KV cache, with the
 interface of decode_exact (paged_graph takes this module as its attention where decoder.INTEGER_ATTENTION is on).
 
-A block per (sequence, key/value head), THREADS threads, for the GROUP query heads of that key/value head:
+A block per (sequence, key/value head), KT threads (128 for head_dim up to 64, else 64), for the GROUP query heads
+of that key/value head:
 1. the heads' q and the new k (qwen3: each after its RMSNorm) through RoPE, and v, as decode_exact's head_vector
    makes them (spec 4's bits, which spec 5 keeps); the block writes k and v into the cache;
 2. each q row's exponent and integers (a warp a row: fixed.row_exponents, to_integers), held as byte pairs for
    dp2a;
-3. pass 1, a thread a key: the key's row exponent and integers, the GROUP exact integer scores (dp2a: a key's
-   int16 pairs against q's low and high bytes, exact in int32 for head_dim <= 128) as S 2^(ek - 30); each head's
-   largest, the values' largest exponent E and the inf/NaN flag, reduced over the block;
-4. pass 2, tiles of THREADS keys (the first tile's scores kept in registers, later ones made again): per key and
-   head d = (max - S 2^(ek - 30)) 2^eq scale (float64: the CPU's two operations, scaling by 2^eq exact),
+3. pass 1, tiles of KT keys: the tile's key and value rows staged in shared memory by cp.async (coalesced), then a
+   thread a key: the row's exponent from an integer maximum of its bits (the CPU's _row_exponent), its integers
+   (one fma each for a finite row), the GROUP exact integer scores (dp2a: the key's int16 pairs against q's low
+   and high bytes, exact in int32 for head_dim <= 128) as S 2^(ek - 30); each head's largest, the values' largest
+   exponent E and the inf/NaN flag, reduced over the block;
+4. pass 2, the tiles again (a window of one tile stays staged, its scores kept in registers): per key and head
+   d = (max - S 2^(ek - 30)) 2^eq scale (float64: the CPU's two operations, scaling by 2^eq exact),
    p = exp_fixed(d) (the table in shared memory), its int64 sum, w = p with v's scale folded in at P_BITS bits;
    the value's integers into shared memory; then each (head, d) entry adds its tile's w v in int64;
 5. each entry's quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32 (NaN where the row
    or an allowed key or value holds inf or NaN).
-Every sum is an exact integer sum and every maximum order-free, so the threads' order of the keys does not
-change a bit: the CPU's decode rows (backend/cpu/attend_integer._step_rows, _rows with a window) give the same.
-Capturable: sizes as arguments, each sequence's position and block table read on the device, no sync.
+Where a batch's blocks are too few to fill the device (split_work), steps past 2 SPLIT_KEYS positions replay a
+second recording whose windows are cut over `splits` blocks each: a launch writes each split's pass-1 maxima, a
+second combines them and writes each split's exact sums, and loom_int_decode_finish adds those and divides.
+Every sum is an exact integer sum and every maximum order-free, so neither the threads' order of the keys nor
+the split changes a bit: the CPU's decode rows (backend/cpu/attend_integer._step_rows, _rows with a window) give
+the same. Capturable: sizes as arguments, each sequence's position and block table read on the device, no sync.
 """
 from __future__ import annotations
 
 from functools import cache
+from typing import NamedTuple
 
 import cupy
 import numpy as np
@@ -38,7 +45,8 @@ THREADS = None                  # a block's threads, keys a tile (None: 128 for 
 GROUP_MAX = 16                  # query heads a key/value head may have
 MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bound), a multiple of 4
 PHASE_STOP = 0                  # (timing: 1-4 return after that phase; 0 runs them all)
-SPLIT_KEYS = decode_exact.SPLIT_KEYS    # (paged_graph's interface: no split form here, split_work gives None)
+SPLIT_KEYS = 128                # windows past twice this take the split form where split_work gives one
+MAX_SPLITS = 16
 CHUNK_KEYS = decode_exact.CHUNK_KEYS
 
 _SOURCE = r"""
@@ -184,7 +192,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
         const float* norm, const long long* pos_g, const long long* tables, long long row, long long col,
         int block_size, int H, int KV, int window, float scale, float eps, int dbits, const unsigned* tab_g,
-        int log2e_i, int ln2_i) {
+        int log2e_i, int ln2_i, int mode, int splits, double* wtop, int* wflags, int* wqbad, long long* wnum,
+        unsigned long long* wden) {
     const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
     extern __shared__ __align__(16) unsigned char dyn[];
     float* kf = (float*)dyn;                                    // [KT][FROW]: a tile's key rows
@@ -201,13 +210,17 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     __shared__ int etop_w[KT / 32], bad_w[KT / 32];
     __shared__ unsigned long long den_w[KT / 32][GROUP];
 
-    const int b = blockIdx.x / KV, kv = blockIdx.x % KV, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    // block (b KV + kv) splits + s; split s of `splits` takes the window's keys first .. last - 1 (mode 0: one split)
+    const int blk = blockIdx.x / splits, s = blockIdx.x % splits;
+    const int b = blk / KV, kv = blk % KV, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const long long* table = tables + (long long)b * row;
     const Paged keys{cache_k, table, col, block_size, KV, kv}, values{cache_v, table, col, block_size, KV, kv};
     const long long pos = pos_g[b];
     const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
+    const long long part = (n + splits - 1) / splits, first = min(n, s * part), last = min(n, first + part);
+    const bool writes = s == 0 && mode != 2;        // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = tab_g[i];
-    for (long long line = tid; line < (n - 1) * D / 32; line += KT) {     // (cached rows into L1 before the wait)
+    for (long long line = first * D / 32 + tid; line < min(last, n - 1) * D / 32; line += KT) {   // (into L1 before the wait)
         prefetch_l1(keys.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
         prefetch_l1(values.at(lo + line / (D / 32)) + 32 * (line % (D / 32)));
     }
@@ -225,11 +238,11 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             } else if (r == GROUP) {
                 const float kd = rope_at(x + (H + kv) * D, d, cs, sn);
                 k_s[d] = kd;
-                keys.at(pos)[d] = kd;
+                if (writes) keys.at(pos)[d] = kd;
             } else {
                 const float vd = x[(H + KV + kv) * D + d];
                 v_s[d] = vd;
-                values.at(pos)[d] = vd;
+                if (writes) values.at(pos)[d] = vd;
             }
         }
     } else {
@@ -239,8 +252,10 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         for (int d = tid; d < D; d += KT) {
             const float vd = x[(H + KV + kv) * D + d];
             v_s[d] = vd;
-            keys.at(pos)[d] = k_s[d];
-            values.at(pos)[d] = vd;
+            if (writes) {
+                keys.at(pos)[d] = k_s[d];
+                values.at(pos)[d] = vd;
+            }
         }
     }
     __syncthreads();
@@ -282,10 +297,12 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
     int etop = -2147483647 - 1, bad = 0;
-    for (long long t0 = 0; t0 < n; t0 += KT) {
-        loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, n);
+    // (mode 0 with one tile: pass 2 takes the tile as staged, its scores kept)
+    const bool keep = mode == 0 && last - first <= KT;
+    for (long long t0 = first; t0 < last && mode != 2; t0 += KT) {
+        loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
         __syncthreads();
-        if (t0 + tid < n) {
+        if (t0 + tid < last) {
             double sc[GROUP];
             int kbad;
             loom_scores(kf + tid * FROW, qb_s, sc, kbad);
@@ -299,7 +316,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             etop = max(etop, ev);
             bad |= kbad | vbad;
         }
-        if (t0 + KT < n) __syncthreads();          // (before the next tile's copies)
+        if (t0 + KT < last) __syncthreads();       // (before the next tile's copies)
     }
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
@@ -321,6 +338,25 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         etop = max(etop, etop_w[w]);
         bad |= bad_w[w];
     }
+    if (mode == 1) {                                // this split's largest scores, exponent and flag (and q's flags)
+        if (tid == 0) {
+            #pragma unroll
+            for (int r = 0; r < GROUP; ++r) wtop[(long long)blockIdx.x * GROUP + r] = top[r];
+            wflags[2 * (long long)blockIdx.x] = etop;
+            wflags[2 * (long long)blockIdx.x + 1] = bad;
+        }
+        if (s == 0 && tid < GROUP) wqbad[(long long)blk * GROUP + tid] = qbad_s[tid];
+        return;
+    }
+    if (mode == 2) {                                // every split's: the window's
+        for (int z = 0; z < splits; ++z) {
+            const long long at = (long long)blk * splits + z;
+            #pragma unroll
+            for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], wtop[at * GROUP + r]);
+            etop = max(etop, wflags[2 * at]);
+            bad |= wflags[2 * at + 1];
+        }
+    }
 #if PHASE_STOP == 3
     if (tid == 0) out[b] = (float)top[0] + etop;
     return;
@@ -333,17 +369,17 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) acc[o] = 0;
     // 4: pass 2, the tiles again (a window of one tile: as staged, its scores and exponents kept)
-    for (long long t0 = 0; t0 < n; t0 += KT) {
-        if (n > KT) {
+    for (long long t0 = first; t0 < last; t0 += KT) {
+        if (!keep) {
             __syncthreads();                            // (pass 1's or the last tile's reads done)
-            loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, n);
+            loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
             __syncthreads();
         }
-        if (t0 + tid < n) {
+        if (t0 + tid < last) {
             const float* val = vf + tid * FROW;
             double sc[GROUP];
             const LoomRow vr = loom_row_top(val);
-            if (n <= KT) {
+            if (keep) {
                 #pragma unroll
                 for (int r = 0; r < GROUP; ++r) sc[r] = kept[r];
             } else {
@@ -361,7 +397,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             }
         }
         __syncthreads();
-        const int count = (int)min((long long)KT, n - t0);
+        const int count = (int)min((long long)KT, last - t0);
         #pragma unroll
         for (int o = 0; o < OUTS; ++o) {
             const int e = tid + o * KT;
@@ -400,9 +436,38 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const int r = e / D, d = e % D;
         unsigned long long total = 0;
         for (int w = 0; w < KT / 32; ++w) total += den_w[w][r];
+        if (mode == 2) {                            // this split's exact sums, for loom_int_decode_finish
+            wnum[(long long)blockIdx.x * GROUP * D + e] = acc[o];
+            if (d == 0) wden[(long long)blockIdx.x * GROUP + r] = total;
+            continue;
+        }
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
             : (float)ldexp((double)acc[o] / (double)total, etop - P_BITS - BITS + 31);
     }
+}
+
+// out's entries from mode 2's sums of `splits` splits (entry (b, h, d): block (b KV + h / GROUP) splits + z's
+// (h % GROUP, d)): the exact sums added, one quotient
+extern "C" __global__ void __launch_bounds__(256) loom_int_decode_finish(
+        const int* wflags, const int* wqbad, const long long* wnum, const unsigned long long* wden, float* out,
+        long long entries, int H, int splits) {
+    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
+    wait_for_previous_kernel();
+    if (i >= entries) return;
+    const long long bh = i / D;
+    const long long blk = (bh / H) * (H / GROUP) + (bh % H) / GROUP;
+    const int r = (int)(bh % H) % GROUP, d = (int)(i % D);
+    long long num = 0;
+    unsigned long long den = 0;
+    int etop = -2147483647 - 1, bad = wqbad[blk * GROUP + r];
+    for (int z = 0; z < splits; ++z) {
+        const long long at = blk * splits + z;
+        num += wnum[(at * GROUP + r) * D + d];
+        den += wden[at * GROUP + r];
+        etop = max(etop, wflags[2 * at]);
+        bad |= wflags[2 * at + 1];
+    }
+    out[i] = bad || den == 0 ? __int_as_float(0x7fc00000) : (float)ldexp((double)num / (double)den, etop - P_BITS - BITS + 31);
 }
 """
 
@@ -414,13 +479,39 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
     return None
 
 
-def split_work(*args, **kwargs) -> None:
-    """(decode_exact's interface) no split form: a block per (sequence, key/value head) takes every window."""
-    return None
+class SplitWork(NamedTuple):
+    """The split form's workspace (split_work makes it): each split's largest scores [B heads splits] float64, its
+    values' largest exponent and inf/NaN flag [B heads splits, 2] int32 (sized by query heads: at least the key/value
+    heads' blocks), q's inf/NaN flags [B heads], the exact sums [B heads splits, D] int64 and [B heads splits] uint64."""
+    splits: int
+    top: object
+    flags: object
+    qbad: object
+    num: object
+    den: object
+
+
+def split_work(batch: int, heads: int, head_dim: int, max_keys: int = 0, splits: int | None = None) -> SplitWork | None:
+    """The workspace of steps whose windows past 2 SPLIT_KEYS keys are cut over several blocks a (sequence,
+    key/value head) (three launches: each split's largest scores, then its exact sums, then their total), or None
+    where the batch's blocks (at most batch x heads) already fill the device. The same bits for any split."""
+    if splits is None:
+        splits = min(MAX_SPLITS, -(-4 * _multiprocessors() // max(1, batch * heads)))
+    if splits < 2:
+        return None
+    n = batch * heads * splits
+    return SplitWork(splits, cupy.empty(n, np.float64), cupy.empty(2 * n, np.int32), cupy.empty(batch * heads, np.int32),
+                     cupy.empty(n * head_dim, np.int64), cupy.empty(n, np.uint64))
 
 
 def split_max_keys(splits: int) -> int:
-    return splits * CHUNK_KEYS
+    """(decode_exact's interface) the longest window the split form takes: any."""
+    return 1 << 62
+
+
+@cache
+def _multiprocessors() -> int:
+    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 def probability_work(*args, **kwargs) -> None:
@@ -459,9 +550,10 @@ def shared_bytes(group: int, head_dim: int, threads: int) -> int:
 
 def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, block_size: int, heads: int,
                     window: int | None, scale: float, eps: float, factor: float | None = None, overlap: bool = False,
-                    *, max_keys: int = 0, split=None, p_work=None) -> None:
+                    *, max_keys: int = 0, split: SplitWork | None = None, p_work=None) -> None:
     """decode.paged_attention's operation in spec 5's integer scheme (out float32 [B, heads D]): decode_exact's
-    arguments (factor, max_keys, split and p_work are its interface's, unused: any window, one launch)."""
+    arguments (factor, max_keys and p_work are its interface's, unused: any window). split: split_work's workspace
+    for these sizes, to cut each window over its splits (the same bits), else one block a (sequence, key/value head)."""
     from .quant import pointer
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
@@ -479,4 +571,18 @@ def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, blo
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), _table(), np.int32(scheme.LOG2E_30),
             np.int32(scheme.LN2_15))
     threads = _threads(D)
-    launch(kernel, B * kv_heads, threads, args, overlap, shared=shared_bytes(group, D, threads))
+    shared = shared_bytes(group, D, threads)
+    if split is None:
+        launch(kernel, B * kv_heads, threads, args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 5, overlap,
+               shared=shared)
+        return
+    S = split.splits
+    if split.top.size < B * heads * S or split.num.size < B * heads * S * D:
+        raise ShapeError(f"spec 5's decode attention: a split workspace for fewer than {B} sequences of {heads} heads of "
+                         f"{D} in {S} splits")
+    work = (split.top, split.flags, split.qbad, split.num, split.den)
+    for mode in (1, 2):
+        launch(kernel, B * kv_heads * S, threads, args + (np.int32(mode), np.int32(S)) + work, overlap, shared=shared)
+    launch(_module(D, group).get_function("loom_int_decode_finish"), -(-B * heads * D // 256), 256,
+           (split.flags, split.qbad, split.num, split.den, out, np.int64(B * heads * D), np.int32(heads), np.int32(S)),
+           overlap)
