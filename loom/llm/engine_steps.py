@@ -14,7 +14,6 @@ import numpy as np
 
 from .. import fallback
 from ..backend.recorder import GraphCache
-from . import decoder as decoder_module
 from . import paged_forward, paged_graph, paged_prefill_graph
 from .decoder import Decoder
 from .paged_cache import PagedKVCache
@@ -70,7 +69,7 @@ class StepRunner:
         (Decoder.exact_in_place: its blocks would be decoded inside the recording, which would keep
         their buffers)."""
         be = self.dec.backend
-        if not self.dec.graphs or not be.graphs or (self.deterministic and decoder_module.INTEGER_ATTENTION):
+        if not self.dec.graphs or not be.graphs:
             return None
         if self.deterministic:
             fused = None
