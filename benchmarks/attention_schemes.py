@@ -17,9 +17,10 @@ passage is replaced by:
   integers depend on the keys it keeps only). 14 bits is two int8 slices (four int8 products a sum).
 - `integer bq/bk/bp/bv`: the same, with the softmax's float64 exp and exact sum replaced by integer arithmetic
   (loom/kernels/exact/attention.py's `exp_fixed`): each score's distance below its row's largest, times log2(e),
-  in fixed point, its power of two from a 256-entry table and a linear step, p unnormalized (the largest 1) in units of 2^-31; the context is
-  the integer product of p's rows (each key's scale folded in, at bp bits below 1) and v's, divided once by
-  the integer sum of p, so a prompt chunk's softmax needs no float64 exp and no division a probability.
+  in fixed point, its power of two from a 256-entry table and a linear step, p unnormalized (the largest 1) in
+  units of 2^-31; the context is the integer product of p's rows (each key's scale folded in, at bp bits below
+  1) and v's, divided once by the integer sum of p, so a prompt chunk's softmax needs no float64 exp and no
+  division a probability.
 Printed per scheme: the mean negative log-likelihood of the next tokens (and its change), how often the
 argmax agrees with the exact scheme's, and the largest and mean |logit difference|.
 

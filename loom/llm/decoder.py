@@ -47,7 +47,10 @@ from ..mode import is_deterministic
 from . import argmax_logits, rope
 from .decoder_config import DecoderConfig, check_weights
 
-INTEGER_ATTENTION = False     # (wip/spec5-attention: the CPU's deterministic attention in spec 5's scheme)
+# Deterministic mode's attention for decoders: determinism spec 5's integer scheme (kernels/exact/attention.py) on
+# every device and path. False gives spec 4's float64 attention, for benchmarks' side-by-side timing only: its bits
+# are not the current spec's.
+INTEGER_ATTENTION = True
 
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
@@ -308,7 +311,7 @@ class Decoder:
         from ..backend.cpu import attend_exact, decode_exact
         c = self.config
         H, KV, D, n = c.heads, c.kv_heads, c.head_dim, len(slots)
-        if n <= exact_dispatch.ROUNDED_MAX_K and not INTEGER_ATTENTION:     # (wip: spec 5's in attend)
+        if n <= exact_dispatch.ROUNDED_MAX_K and not INTEGER_ATTENTION:     # (spec 4's: in attend under spec 5)
             values = np.empty((KV, n, D), dtype=np.float32)
             shifted = decode_exact.rope_scores(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
                                                cache_v, slots, self.scale, exact_rounded.error_factor(D), values)
@@ -455,12 +458,16 @@ class Decoder:
             return flash.attend(q, keys, values, pos, lo, L.window, self.scale)
         R, end = H // KV, pos + T
         n = end - lo
-        if INTEGER_ATTENTION and is_deterministic() and xp is np:       # (wip: spec 5's scheme, the CPU's only)
-            from ..kernels.exact import attention as integer_attention
-            q5 = np.ascontiguousarray(q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B * KV, R * T, D)
-            ctx = integer_attention.causal(q5, np.ascontiguousarray(keys).reshape(B * KV, n, D),
-                                           np.ascontiguousarray(values).reshape(B * KV, n, D), R, pos, lo, L.window,
-                                           self.scale)
+        if INTEGER_ATTENTION and is_deterministic():                     # spec 5: the integer scheme
+            q5 = xp.ascontiguousarray(q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B * KV, R * T, D)
+            k5 = xp.ascontiguousarray(keys).reshape(B * KV, n, D)
+            v5 = xp.ascontiguousarray(values).reshape(B * KV, n, D)
+            if xp is np:
+                from ..kernels.exact import attention as integer_attention
+                ctx = integer_attention.causal(q5, k5, v5, R, pos, lo, L.window, self.scale)
+            else:
+                from ..backend.cuda import int_attention
+                ctx = int_attention.attend(q5, k5, v5, R, pos, lo, L.window, self.scale)
             return ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         if T == 1 and n <= exact_dispatch.ROUNDED_MAX_K and self._exact_token_ops(q):

@@ -155,7 +155,8 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
     as flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
     (loom/llm/paged_prefill_graph.py) runs this body too."""
     xp = dec.xp
-    exact_flash = dec.backend.flash_exact if is_deterministic() else None
+    # (spec 4's prompt attention kernel; spec 5's integer attention is Decoder.attend's on every device)
+    exact_flash = dec.backend.flash_exact if is_deterministic() and not decoder_module.INTEGER_ATTENTION else None
     for i, layer in enumerate(dec.layers):
         q = dec.qkv_into_cache(layer, h, positions, slots, cache.k[i], cache.v[i])
         if q is None:
@@ -166,15 +167,6 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
         contexts = []
         for s, (row, n, pos, lo, count) in enumerate(items):
             keys = key_slots[s, :count]
-            if exact_flash is not None and decoder_module.INTEGER_ATTENTION:    # (wip: spec 5's kernel, timing)
-                from ..backend.cuda import int_attention
-                T_, KV, D = n, dec.config.kv_heads, dec.config.head_dim
-                R = dec.config.heads // KV
-                qg = q[0, row:row + n].reshape(T_, KV, R, D).transpose(1, 2, 0, 3).reshape(KV, R * T_, D)
-                kg, vg = cache.k[i][keys].transpose(1, 0, 2), cache.v[i][keys].transpose(1, 0, 2)
-                ctx_g = int_attention.attend(qg, kg, vg, R, pos, lo, layer.window, dec.scale)
-                contexts.append(ctx_g.reshape(KV, R, T_, D).transpose(2, 0, 1, 3).reshape(1, T_, KV * R * D))
-                continue
             if exact_flash is not None and n > 1 and exact_flash.unsupported(dec.config.head_dim, count) is None:
                 # deterministic prompt rows: one pass over the cached keys, the composition's bits
                 contexts.append(exact_flash.attend(q[0, row:row + n], cache.k[i], cache.v[i], keys, pos, lo,

@@ -71,6 +71,14 @@ def test_inf_and_nan_rows():
 
 
 def test_shapes_it_does_not_take():
-    z = cupy.zeros((1, 4, 160), dtype=np.float32)
+    z = cupy.zeros((1, 4, 64), dtype=np.float32)
     with pytest.raises(ShapeError, match="integer attention kernel"):
-        int_attention.attend(z, z, z, 1, 0, 0, None, 0.125)
+        int_attention.attend(z, z[:, :3], z[:, :3], 3, 0, 0, None, 0.125)
+
+
+def test_heads_past_the_kernels_take_the_array_code():
+    rng = np.random.default_rng(11)
+    q, k, v = _rows(rng, (2, 2 * 9, 160), 2.0), _rows(rng, (2, 30, 160), 2.0), _rows(rng, (2, 30, 160), 2.0)
+    want = ia.causal(q, k, v, 2, 21, 0, 7, 160 ** -0.5)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 21, 0, 7, 160 ** -0.5)
+    same_bits(got, want, "D 160")

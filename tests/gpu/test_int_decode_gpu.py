@@ -96,6 +96,7 @@ def test_inf_and_nan(special, splits):
 
 def test_shapes_it_does_not_take():
     assert int_decode.unsupported(130, 100) is not None and int_decode.unsupported(64, 1 << 20) is None
+    assert int_decode.unsupported(64, 1 << 22) is not None
     z = cupy.zeros((1, 40 * 64), dtype=np.float32)
     with pytest.raises(ShapeError, match="query heads a key/value head"):
         int_decode.paged_attention(z, cupy.zeros((4, 1, 64), np.float32), cupy.zeros((4, 1, 64), np.float32),

@@ -157,6 +157,15 @@ def test_mismatched_shapes_are_refused():
                      np.ones((2, 3), bool), SCALE)
 
 
+def test_windows_past_the_sums_bound_are_refused(monkeypatch):
+    """sum p stays below 2^53 only for windows below MAX_KEYS (2^22) keys: longer ones are refused, not rounded."""
+    monkeypatch.setattr(ia, "MAX_KEYS", 4)
+    q, k = np.ones((1, 1, 8), np.float32), np.ones((1, 4, 8), np.float32)
+    with pytest.raises(ShapeError, match="below 4 keys"):
+        ia.causal(q, k, k, 1, 3, 0, None, 0.5)
+    assert ia.causal(q, k[:, :3], k[:, :3], 1, 2, 0, None, 0.5).shape == (1, 1, 8)
+
+
 @pytest.mark.parametrize("per_group, t, n, first, window, d", [(3, 5, 9, 4, None, 16), (1, 1, 30, 29, None, 64),
                                                                (2, 7, 20, 13, 6, 8), (3, 16, 16, 0, None, 32),
                                                                (3, 1, 40, 39, None, 64), (4, 1, 70, 69, None, 128),

@@ -46,7 +46,11 @@ def _logits(dec, ids, monkeypatch, compiled: bool):
             return paged_forward.sequence_logits(dec, ids, PIECES)
 
 
-def test_compiled_steps_keep_the_composed_bits(decoder, monkeypatch):
+@pytest.mark.parametrize("spec", [4, 5])
+def test_compiled_steps_keep_the_composed_bits(decoder, monkeypatch, spec):
+    """Under spec 5 (integer attention) and spec 4's float64 attention (decoder.INTEGER_ATTENTION off, kept for
+    benchmarks), whose rows take rope_scores' compiled calls."""
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", spec == 5)
     ids = RNG.integers(0, td.VOCAB, sum(PIECES))
     taken, scored = [], []
     real, real_scores = Decoder.layer_tokens_exact, decode_exact.rope_scores
@@ -59,14 +63,17 @@ def test_compiled_steps_keep_the_composed_bits(decoder, monkeypatch):
     monkeypatch.setattr(decode_exact, "rope_scores", scores)
     compiled = _logits(decoder, ids, monkeypatch, compiled=True)
     assert len(taken) == 12 * len(decoder.layers)
-    assert scored == [True] * 12 * len(decoder.layers)     # every row's attention took the compiled calls
+    # (spec 4: every row's attention took the compiled calls; spec 5: its own)
+    assert scored == ([True] * 12 * len(decoder.layers) if spec == 4 else [])
     composed = _logits(decoder, ids, monkeypatch, compiled=False)
     np.testing.assert_array_equal(_bits(compiled), _bits(composed))
 
 
 def test_rows_the_compiled_attention_declines_take_the_composed_path(decoder, monkeypatch):
-    """A row whose scores or norms are not finite (rope_scores None), or whose keys pass the rounded
-    scheme's K (here lowered to 4 keys), runs the composed attention: the same bits."""
+    """Spec 4's float64 attention (decoder.INTEGER_ATTENTION off): a row whose scores or norms are not finite
+    (rope_scores None), or whose keys pass the rounded scheme's K (here lowered to 4 keys), runs the composed
+    attention: the same bits."""
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", False)
     ids = RNG.integers(0, td.VOCAB, sum(PIECES))
     want = _logits(decoder, ids, monkeypatch, compiled=False)
     declined = []
@@ -74,6 +81,7 @@ def test_rows_the_compiled_attention_declines_take_the_composed_path(decoder, mo
     np.testing.assert_array_equal(_bits(_logits(decoder, ids, monkeypatch, compiled=True)), _bits(want))
     assert len(declined) == 12 * len(decoder.layers)
     monkeypatch.undo()
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", False)
     monkeypatch.setattr(decoder_module.exact_dispatch, "ROUNDED_MAX_K", 4)
     got = _logits(decoder, ids, monkeypatch, compiled=True)
     monkeypatch.undo()

@@ -418,19 +418,25 @@ def _integers(a):
 
 def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, scale: float):
     """float32 [G, per_group T, D]: kernels.exact.attention.causal's bits for CuPy arrays (q [G, per_group T,
-    D], k and v [G, n, D] float32; D up to 128, padded with zeros to a multiple of 32 for the kernel)."""
+    D], k and v [G, n, D] float32; D up to 128 by the kernels, padded with zeros to a multiple of 32, larger heads
+    by the array code)."""
     G, rows, D = q.shape
     n = k.shape[1]
-    if D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
-        raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D up to 128, got "
+    if k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
+        raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D], got "
                          f"{q.shape}, {k.shape}, {v.shape} (R = {per_group})")
     if G > 65535:
         raise ShapeError(f"the integer attention kernel takes at most 65535 key/value head groups a call, got {G}")
+    if n >= scheme.MAX_KEYS:
+        raise ShapeError(f"integer attention takes windows below {scheme.MAX_KEYS} keys, got {n}")
     if max(first + rows // per_group, lo + n) >= 1 << 30:
         raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
                          f"from {lo} ({n} keys)")
     if G == 0 or rows == 0:
         return cupy.empty((G, rows, D), dtype=np.float32)
+    if D > 128:                 # (past the kernel's heads: the array code, the same bits)
+        return scheme.causal_arrays(cupy, *(cupy.asarray(a, dtype=np.float32) for a in (q, k, v)), per_group, first,
+                                    lo, window, scale)
     if D % 32:                  # zeros to a multiple of 32: the same exponents and integer sums, so the same bits
         wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
         return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale)[:, :, :D])

@@ -473,9 +473,11 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_decode_finish(
 
 
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why the kernel cannot take a model's heads, or None where it can (any cache length)."""
+    """Why the kernel cannot take a model's heads, or caches of max_len positions, or None where it can."""
     if head_dim % 4 or head_dim > MAX_HEAD:
         return f"head_dim {head_dim} is not a multiple of 4 up to {MAX_HEAD} (spec 5's decode attention kernel)"
+    if max_len >= scheme.MAX_KEYS:
+        return f"caches of {max_len} positions: integer attention takes windows below {scheme.MAX_KEYS} keys"
     return None
 
 

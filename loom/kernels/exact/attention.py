@@ -1,5 +1,5 @@
-"""Attention in integers: a proposed determinism spec 5's scheme for a language model's attention, its CPU
-reference (branch wip/spec5-attention: nothing dispatches here yet).
+"""Attention in integers: determinism spec 5's scheme for a decoder language model's attention, its CPU
+reference (exact_dispatch's "attention" rule; decoder.Decoder.attend takes it in deterministic mode).
 
 Why: under spec 4 a prompt's exact attention is float64 tensor-core products, certified and settled, and a
 softmax of mathlib's float64 exp with an exact sum: most of a 2,048-token prompt's time on the GPU
@@ -42,6 +42,7 @@ P_BITS = 14                                                     # p's integers: 
 D_FRAC = 16                                                     # d and t in units of 2^-16
 LOG2E_30 = 1549082005                                           # round(log2(e) 2^30)
 LN2_15 = 22713                                                  # round(ln(2) 2^15): 2^(-r/2^16) ~ 1 - r ln2 2^-16
+MAX_KEYS = 1 << 22                                              # keys a row may see: sum p < 2^31 2^22 = 2^53
 EXP2_TABLE = np.array([round(2.0 ** 31 * 2.0 ** (-k / 256)) for k in range(256)], dtype=np.int64)   # 2^-31 units
 
 
@@ -92,12 +93,22 @@ def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: i
     at position first + t), k and v [G, n, D] (key j at position lo + j), keys within `window` positions (None:
     all); compiled where numba is (backend/cpu/attend_integer.py, the same bits), else the array code."""
     from ...backend.cpu import attend_integer
-    G, rows, D = q.shape
-    T, n = rows // per_group, k.shape[1]
+    n = k.shape[1]
+    if n >= MAX_KEYS:
+        raise ShapeError(f"integer attention takes windows below {MAX_KEYS} keys (its sum of p must stay below "
+                         f"2^53), got {n} keys")
     if attend_integer.available():
         return attend_integer.attention(q, k, v, per_group, first, lo, window or 0, scale, EXP2_TABLE,
                                         np.array([LOG2E_30, LN2_15, P_BITS, BITS], dtype=np.int64))
-    qpos, kpos = np.arange(first, first + T)[:, None], np.arange(lo, lo + n)[None, :]
+    return causal_arrays(np, q, k, v, per_group, first, lo, window, scale)
+
+
+def causal_arrays(xp: ModuleType, q: Array, k: Array, v: Array, per_group: int, first: int, lo: int,
+                  window: int | None, scale: float) -> Array:
+    """causal()'s rows by the array code on NumPy or CuPy arrays (the GPU's kernels' head sizes past theirs)."""
+    G, rows, D = q.shape
+    T, n = rows // per_group, k.shape[1]
+    qpos, kpos = xp.arange(first, first + T)[:, None], xp.arange(lo, lo + n)[None, :]
     allowed = (kpos <= qpos) & (kpos > qpos - (n + first if window is None else window))
-    out = attention(np, q.reshape(G, per_group, T, D), k[:, None], v[:, None], allowed, scale)
+    out = attention(xp, q.reshape(G, per_group, T, D), k[:, None], v[:, None], allowed, scale)
     return out.reshape(G, rows, D)
