@@ -28,11 +28,11 @@ rounding, not bit for bit. Deterministic mode records the products of the dispat
 (exact.fixed's integers, determinism spec 4) on backend/cuda/quant_fixed.py's kernels, each weight's rows'
 exponents (and, for batches of PLANES_ROWS rows and more, its int8 planes) made once when the graph is
 built (the one-row kernel up to its MAX_ROWS rows, the int8 tensor-core kernel past, cuBLAS's int8 GEMM of
-the planes from PLANES_ROWS), and decode_exact.py's attention, which gives the array code's bits (exact.sum's
-norms and softmax, mathlib's exp): a sequence's logits are what paged_forward gives it, and the CPU's, bit
-for bit. unsupported() refuses a deterministic graph whose weights the integer kernels cannot take. The
-attention kernel takes any position (p v over more than ROUNDED_MAX_K keys in the slice scheme, in chunks of
-2^CHUNK_BITS keys past that, as the array code's product).
+the planes from PLANES_ROWS), and int_decode.py's attention (spec 5's integer scheme; decode_exact.py's, spec
+4's, where decoder.INTEGER_ATTENTION is off), which gives the array code's bits: a sequence's logits are what
+paged_forward gives it, and the CPU's, bit for bit. unsupported() refuses a deterministic graph whose
+weights the integer kernels cannot take. The attention kernel takes any position below 2^22 (spec 4's: p v
+over more than ROUNDED_MAX_K keys in the slice scheme, in chunks of 2^CHUNK_BITS keys past that).
 """
 from __future__ import annotations
 
