@@ -5,7 +5,7 @@ fingerprint() and combined()) for each of:
 - everything `loom verify` checks (verify.compute): every catalogue sample's forward output, input
   gradient, parameter gradients and buffers (and batch invariance, where verify checks it); one step
   of every optimizer; the demo convnet trained DEMO_STEPS steps with loom.train (its weights and
-  loss history); the tiny decoders below;
+  loss history);
 - every loss's value and gradient on fixed inputs;
 - every catalogue sample with parameters trained TRAIN_STEPS steps with each optimizer of
   TRAIN_OPTIMIZERS on one fixed input and an mse target (its weights and buffers, its loss history);
@@ -112,6 +112,8 @@ def fingerprints(device: str = "cpu") -> dict[str, str]:
             for opt in TRAIN_OPTIMIZERS:
                 verify.guarded(out, f"{sample[0]}{SEP}{opt} {TRAIN_STEPS} steps",
                                 lambda sample=sample, opt=opt: _training_checks(device, *sample, opt))
+        for arch in DECODERS:
+            verify.guarded(out, f"llm {arch}{SEP}logits", lambda arch=arch: _decoder_checks(device, arch))
         verify.guarded(out, f"encoder bert{SEP}embeddings", lambda: _encoder_checks(device))
         verify.guarded(out, f"sampling{SEP}top-p kept", _sampling_checks)
     return out
@@ -210,7 +212,7 @@ def tiny_decoder(arch: str, device: str = "cpu") -> CausalLM:
     return CausalLM(Decoder(cfg, weights, device), None, dict(DECODERS[arch]))
 
 
-def decoder_checks(device: str, arch: str) -> dict[str, str]:
+def _decoder_checks(device: str, arch: str) -> dict[str, str]:
     from .llm import paged_forward
     model = tiny_decoder(arch, device)
     dec, ids = model.decoder, np.asarray(LLM_IDS, dtype=np.int64)

@@ -1,6 +1,5 @@
-"""`loom verify`: fingerprint every layer, optimizer, a short demo training run and two tiny language
-models (their logits, cached decode steps and generated ids) on every backend and show where they agree
-bit-for-bit. Exit 0 when every check agrees, 1 on any mismatch.
+"""`loom verify`: fingerprint every layer, optimizer and a short demo training run on every backend
+and show where they agree bit-for-bit. Exit 0 when every check agrees, 1 on any mismatch.
 
 With --fast the same checks run in fast mode (vendor BLAS and libm), where mismatches between
 backends and thread counts are expected; they are still reported and still exit 1.
@@ -9,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-HELP = ("fingerprint every layer, optimizer, a demo training run and two tiny language models on each backend; "
-        "exit 1 on a mismatch")
+HELP = "fingerprint every layer, optimizer and a demo training run on each backend; exit 1 on a mismatch"
 DEVICES = {"all": None, "cpu": ["cpu", "cpu:1thread"], "cuda": ["cpu", "cuda"]}
 
 

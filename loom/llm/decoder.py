@@ -459,15 +459,11 @@ class Decoder:
         R, end = H // KV, pos + T
         n = end - lo
         if INTEGER_ATTENTION and is_deterministic():                     # spec 5: the integer scheme
+            from ..kernels.exact import attention as integer_attention
             q5 = xp.ascontiguousarray(q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B * KV, R * T, D)
-            k5 = xp.ascontiguousarray(keys).reshape(B * KV, n, D)
-            v5 = xp.ascontiguousarray(values).reshape(B * KV, n, D)
-            if xp is np:
-                from ..kernels.exact import attention as integer_attention
-                ctx = integer_attention.causal(q5, k5, v5, R, pos, lo, L.window, self.scale)
-            else:
-                from ..backend.cuda import int_attention
-                ctx = int_attention.attend(q5, k5, v5, R, pos, lo, L.window, self.scale)
+            ctx = integer_attention.causal(q5, xp.ascontiguousarray(keys).reshape(B * KV, n, D),
+                                           xp.ascontiguousarray(values).reshape(B * KV, n, D), R, pos, lo, L.window,
+                                           self.scale)
             return ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         if T == 1 and n <= exact_dispatch.ROUNDED_MAX_K and self._exact_token_ops(q):

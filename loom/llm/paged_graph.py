@@ -45,6 +45,7 @@ import numpy as np
 from .. import fallback
 from ..backend import Array
 from ..kernels import fused
+from ..kernels.exact import attention as integer_attention
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.block import BlockQuantized, linear
@@ -91,12 +92,17 @@ def _kernels(be, exact: bool) -> tuple:
     if be.decode is None:
         return None, None
     if exact:
-        from . import decoder
-        if decoder.INTEGER_ATTENTION:           # (wip/spec5-attention: spec 5's decode attention kernel)
+        if _integer_attention():                # spec 5's decode attention kernel
             from ..backend.cuda import int_decode
             return be.decode.products_exact, int_decode
         return be.decode.products_exact, be.decode.attention_exact
     return be.decode.products, be.decode.attention
+
+
+def _integer_attention() -> bool:
+    """Whether deterministic decoders' attention is spec 5's integer scheme (decoder.INTEGER_ATTENTION)."""
+    from . import decoder
+    return decoder.INTEGER_ATTENTION
 
 
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
@@ -116,6 +122,9 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
     if exact:
         why = why or _not_rounded(c.head_dim)           # attention's products q k
+        if _integer_attention() and c.max_positions >= integer_attention.MAX_KEYS:
+            why = why or (f"caches of {c.max_positions} positions: integer attention takes windows below "
+                          f"{integer_attention.MAX_KEYS} keys")
         # the weight products: the dispatch table's "weight" rule, on the backend's integer kernels
         fixed_kernels = getattr(be.decode, "products_fixed", None)
         for w in _product_weights(dec):
@@ -258,6 +267,8 @@ class PagedDecodeGraph:
         if self.exact:
             keywords.update(max_keys=self.max_keys if self._splitting or self._far else self.near_keys,
                             p_work=self.far_p_work if self._far else self.p_work)
+            if _integer_attention():                    # (spec 5's kernel takes the scheme's constants)
+                keywords["scheme"] = integer_attention.SCHEME
         return keywords
 
     def step(self, ids: list[int], positions: list[int], tables: list[list[int]]) -> Array:

@@ -44,7 +44,7 @@ def test_the_kernel_gives_the_cpus_bits(d, groups, per_group, t, n, first, lo, w
     k = _rows(rng, (groups, n, d), 3.0)
     v = _rows(rng, (groups, n, d), 3.0)
     want = ia.causal(q, k, v, per_group, first, lo, window, 0.125)
-    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), per_group, first, lo, window, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), per_group, first, lo, window, 0.125, *ia.SCHEME)
     same_bits(got, want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {lo}, rows from {first}, "
                          f"window {window}")
 
@@ -54,7 +54,7 @@ def test_other_head_sizes(d):
     rng = np.random.default_rng(d)
     q, k, v = _rows(rng, (2, 2 * 80, d), 2.0), _rows(rng, (2, 150, d), 2.0), _rows(rng, (2, 150, d), 2.0)
     want = ia.causal(q, k, v, 2, 70, 0, None, d ** -0.5)
-    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 70, 0, None, d ** -0.5)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 70, 0, None, d ** -0.5, *ia.SCHEME)
     same_bits(got, want, f"D {d}")
 
 
@@ -65,7 +65,7 @@ def test_inf_and_nan_rows():
     k[1, 20, 0] = np.inf
     v[0, 30, 63] = -np.inf
     want = ia.causal(q, k, v, 1, 0, 0, None, 0.125)
-    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 1, 0, 0, None, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 1, 0, 0, None, 0.125, *ia.SCHEME)
     same_bits(got, want, "inf and NaN rows")
     assert np.isnan(want[0, 3]).all() and np.isnan(want[1, 20:]).all() and not np.isnan(want[1, :20]).any()
 
@@ -73,12 +73,19 @@ def test_inf_and_nan_rows():
 def test_shapes_it_does_not_take():
     z = cupy.zeros((1, 4, 64), dtype=np.float32)
     with pytest.raises(ShapeError, match="integer attention kernel"):
-        int_attention.attend(z, z[:, :3], z[:, :3], 3, 0, 0, None, 0.125)
+        int_attention.attend(z, z[:, :3], z[:, :3], 3, 0, 0, None, 0.125, *ia.SCHEME)
+    w = cupy.zeros((1, 4, 160), dtype=np.float32)
+    with pytest.raises(ShapeError, match="D up to 128"):
+        int_attention.attend(w, w, w, 1, 0, 0, None, 0.125, *ia.SCHEME)
+    assert int_attention.causal(w, w, w, 1, 0, 0, None, 0.125, *ia.SCHEME) is None     # (declined: the array code)
 
 
-def test_heads_past_the_kernels_take_the_array_code():
+def test_causal_on_the_gpu_gives_the_cpus_bits():
+    """kernels.exact.attention.causal on CuPy arrays: the backend's kernel, or past its heads (160) the array code
+    on the GPU."""
     rng = np.random.default_rng(11)
-    q, k, v = _rows(rng, (2, 2 * 9, 160), 2.0), _rows(rng, (2, 30, 160), 2.0), _rows(rng, (2, 30, 160), 2.0)
-    want = ia.causal(q, k, v, 2, 21, 0, 7, 160 ** -0.5)
-    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 21, 0, 7, 160 ** -0.5)
-    same_bits(got, want, "D 160")
+    for d in (64, 160):
+        q, k, v = _rows(rng, (2, 2 * 9, d), 2.0), _rows(rng, (2, 30, d), 2.0), _rows(rng, (2, 30, d), 2.0)
+        want = ia.causal(q, k, v, 2, 21, 0, 7, d ** -0.5)
+        got = ia.causal(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 21, 0, 7, d ** -0.5)
+        same_bits(got, want, f"D {d}")

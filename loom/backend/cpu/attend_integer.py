@@ -29,6 +29,15 @@ def available() -> bool:
     return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_EXACT_SUMS)
 
 
+def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: int, lo: int, window: int | None,
+           scale: float, table: np.ndarray, consts: np.ndarray) -> np.ndarray | None:
+    """protocols.IntegerAttention's causal: attention()'s rows where numba runs here, else None (the array
+    code)."""
+    if not available():
+        return None
+    return attention(q, k, v, per_group, first, lo, window or 0, scale, table, consts)
+
+
 def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: int, lo: int, window: int,
               scale: float, table: np.ndarray, consts: np.ndarray) -> np.ndarray:
     """float32 [G, per_group T, D]: group g's query rows (q float32 [G, per_group T, D], row i at position

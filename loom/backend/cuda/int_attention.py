@@ -35,8 +35,7 @@ import cupy
 import numpy as np
 
 from ...errors import ShapeError
-from ...kernels.exact import attention as scheme
-from ...kernels.exact.fixed import BITS
+from .. import Array
 from .compile import OPTIONS
 from .quant_fixed_source import SCALARS
 
@@ -395,9 +394,10 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
 
 
 @cache
-def _module(head_dim: int, warps: int = 4, split_mid: int = 0) -> cupy.RawModule:
-    head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {BITS}\n"
-            f"#define P_BITS {scheme.P_BITS}\n")
+def _module(head_dim: int, warps: int = 4, split_mid: int = 0, bits: int = 15, p_bits: int = 14) -> cupy.RawModule:
+    """(bits, p_bits: the scheme's, kernels.exact.attention.SCHEME's)"""
+    head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {bits}\n"
+            f"#define P_BITS {p_bits}\n")
     return cupy.RawModule(code=head + SCALARS + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
@@ -405,59 +405,62 @@ def _shared_bytes(head_dim: int) -> int:
     return 4 * BKEYS * (head_dim + 8) * 2 + 2 * BKEYS * (8 + 8) + 256 * 4
 
 
-def _integers(a):
+def _integers(a: Array, module: cupy.RawModule) -> tuple:
     """(int16 integers [..., D], int32 exponents [...], int32 inf/NaN flags [...]) of float32 rows a [..., D]."""
     rows = a.size // a.shape[-1]
     xi = cupy.empty(a.shape, dtype=np.int16)
     ex = cupy.empty(a.shape[:-1], dtype=np.int32)
     bad = cupy.empty(a.shape[:-1], dtype=np.int32)
     if rows:
-        _module(a.shape[-1]).get_function("loom_int_rows")(((rows + 3) // 4,), (128,), (a, xi, ex, bad, np.int64(rows)))
+        module.get_function("loom_int_rows")(((rows + 3) // 4,), (128,), (a, xi, ex, bad, np.int64(rows)))
     return xi, ex, bad
 
 
-def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, scale: float):
+def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None, scale: float,
+           table: np.ndarray, consts: np.ndarray) -> Array | None:
+    """protocols.IntegerAttention's causal: attend()'s rows, or None for heads past 128 (the array code)."""
+    return attend(q, k, v, per_group, first, lo, window, scale, table, consts) if q.shape[-1] <= 128 else None
+
+
+def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None, scale: float,
+           table: np.ndarray, consts: np.ndarray) -> Array:
     """float32 [G, per_group T, D]: kernels.exact.attention.causal's bits for CuPy arrays (q [G, per_group T,
-    D], k and v [G, n, D] float32; D up to 128 by the kernels, padded with zeros to a multiple of 32, larger heads
-    by the array code)."""
+    D], k and v [G, n, D] float32; D up to 128, padded with zeros to a multiple of 32); table and consts: the
+    scheme's (kernels.exact.attention.SCHEME: its exp table; LOG2E_30, LN2_15, P_BITS, BITS)."""
     G, rows, D = q.shape
     n = k.shape[1]
-    if k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
-        raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D], got "
+    if D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
+        raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D up to 128, got "
                          f"{q.shape}, {k.shape}, {v.shape} (R = {per_group})")
     if G > 65535:
         raise ShapeError(f"the integer attention kernel takes at most 65535 key/value head groups a call, got {G}")
-    if n >= scheme.MAX_KEYS:
-        raise ShapeError(f"integer attention takes windows below {scheme.MAX_KEYS} keys, got {n}")
     if max(first + rows // per_group, lo + n) >= 1 << 30:
         raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
                          f"from {lo} ({n} keys)")
     if G == 0 or rows == 0:
         return cupy.empty((G, rows, D), dtype=np.float32)
-    if D > 128:                 # (past the kernel's heads: the array code, the same bits)
-        return scheme.causal_arrays(cupy, *(cupy.asarray(a, dtype=np.float32) for a in (q, k, v)), per_group, first,
-                                    lo, window, scale)
     if D % 32:                  # zeros to a multiple of 32: the same exponents and integer sums, so the same bits
         wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
-        return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale)[:, :, :D])
-    parts = []
-    for a in (q, k, v):
-        parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32))
+        return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale, table, consts)[:, :, :D])
     out = cupy.empty((G, rows, D), dtype=np.float32)
     warps = WARPS or (1 if rows <= 16 else 4)
+    log2e, ln2, p_bits, bits = (int(c) for c in consts)
+    module = _module(D, warps, SPLIT_MID, bits, p_bits)
+    parts = []
+    for a in (q, k, v):
+        parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32), module)
     blocks = -(-rows // (16 * warps))
     span = min(n, first + rows // per_group - lo)                      # (a block's most keys)
     if window:
         span = min(span, window + 16 * warps)
     tiles = -(-span // BKEYS) + (1 if window else 0)                   # (+ 1: a window's start mid-tile)
     splits = SPLITS or _splits(blocks * G, tiles, warps)
-    kernel = _module(D, warps, SPLIT_MID).get_function("loom_int_attend")
+    kernel = module.get_function("loom_int_attend")
     shared = _shared_bytes(D)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
-    args = (*parts, _table(), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
-            np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(scheme.LOG2E_30),
-            np.int64(scheme.LN2_15))
+    args = (*parts, _table(table), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
+            np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(log2e), np.int64(ln2))
     if splits == 1:
         kernel((blocks, G, 1), (32 * warps,), args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 4, shared_mem=shared)
         return out
@@ -467,7 +470,7 @@ def attend(q, k, v, per_group: int, first: int, lo: int, window: int | None, sca
     for mode in (1, 2):
         kernel((blocks, G, splits), (32 * warps,), args + (np.int32(mode), np.int32(splits), wtop, wflags, wden, wnum),
                shared_mem=shared)
-    _module(D, warps, SPLIT_MID).get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
+    module.get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
                                                       (wflags, wden, wnum, out, np.int64(G * rows * D), np.int32(splits)))
     return out
 
@@ -484,6 +487,12 @@ def _multiprocessors() -> int:
     return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
-@cache
-def _table():
-    return cupy.asarray(scheme.EXP2_TABLE)
+_TABLES: dict = {}
+
+
+def _table(table: np.ndarray) -> Array:
+    """The exp table on the device, made once (a recording reads it, so it is never made inside one)."""
+    key = table.tobytes()
+    if key not in _TABLES:
+        _TABLES[key] = cupy.asarray(table, dtype=np.int64)
+    return _TABLES[key]

@@ -35,8 +35,7 @@ import cupy
 import numpy as np
 
 from ...errors import ShapeError
-from ...kernels.exact import attention as scheme
-from ...kernels.exact.fixed import BITS
+from .. import Array
 from . import decode_exact
 from .launch import launch
 from .quant_fixed_source import SCALARS
@@ -473,11 +472,10 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_decode_finish(
 
 
 def unsupported(head_dim: int, max_len: int) -> str | None:
-    """Why the kernel cannot take a model's heads, or caches of max_len positions, or None where it can."""
+    """Why the kernel cannot take a model's heads, or None where it can (caches of any length: the scheme's own
+    bound on windows is the caller's, paged_graph.unsupported)."""
     if head_dim % 4 or head_dim > MAX_HEAD:
         return f"head_dim {head_dim} is not a multiple of 4 up to {MAX_HEAD} (spec 5's decode attention kernel)"
-    if max_len >= scheme.MAX_KEYS:
-        return f"caches of {max_len} positions: integer attention takes windows below {scheme.MAX_KEYS} keys"
     return None
 
 
@@ -516,7 +514,7 @@ def _multiprocessors() -> int:
     return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
-def probability_work(*args, **kwargs) -> None:
+def probability_work(*args: object, **kwargs: object) -> None:
     """(decode_exact's interface) no workspace: the probabilities are made a tile at a time."""
     return None
 
@@ -525,13 +523,13 @@ def _threads(head_dim: int) -> int:
     return THREADS or (128 if head_dim <= 64 else 64)
 
 
-def _module(head_dim: int, group: int) -> cupy.RawModule:
-    return _built(head_dim, group, _threads(head_dim), PHASE_STOP)
+def _module(head_dim: int, group: int, bits: int, p_bits: int) -> cupy.RawModule:
+    return _built(head_dim, group, _threads(head_dim), PHASE_STOP, bits, p_bits)
 
 
 @cache
-def _built(head_dim: int, group: int, threads: int, stop: int) -> cupy.RawModule:
-    head = (f"#define GROUP {group}\n#define BITS {BITS}\n#define P_BITS {scheme.P_BITS}\n#define PHASE_STOP {stop}\n"
+def _built(head_dim: int, group: int, threads: int, stop: int, bits: int, p_bits: int) -> cupy.RawModule:
+    head = (f"#define GROUP {group}\n#define BITS {bits}\n#define P_BITS {p_bits}\n#define PHASE_STOP {stop}\n"
             f"#define KT {threads}\n")
     # (decode_exact's helpers, head_vector's among them, compiled for blocks of at least head_dim threads; they
     # read blockDim)
@@ -539,9 +537,15 @@ def _built(head_dim: int, group: int, threads: int, stop: int) -> cupy.RawModule
                           options=decode_exact.COMPILE)
 
 
-@cache
-def _table():
-    return cupy.asarray(scheme.EXP2_TABLE.astype(np.uint32))
+_TABLES: dict = {}
+
+
+def _table(table: np.ndarray) -> Array:
+    """The exp table on the device as uint32, made once (the graph's first, eager body makes it)."""
+    key = table.tobytes()
+    if key not in _TABLES:
+        _TABLES[key] = cupy.asarray(table.astype(np.uint32))
+    return _TABLES[key]
 
 
 def shared_bytes(group: int, head_dim: int, threads: int) -> int:
@@ -550,12 +554,15 @@ def shared_bytes(group: int, head_dim: int, threads: int) -> int:
     return 8 * threads * (head_dim + 4) + 4 * group * threads + 2 * threads * (head_dim + 2)
 
 
-def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, block_size: int, heads: int,
-                    window: int | None, scale: float, eps: float, factor: float | None = None, overlap: bool = False,
-                    *, max_keys: int = 0, split: SplitWork | None = None, p_work=None) -> None:
+def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
+                    pos: Array, tables: Array, block_size: int, heads: int, window: int | None, scale: float, eps: float,
+                    factor: float | None = None, overlap: bool = False, *, scheme: tuple, max_keys: int = 0,
+                    split: SplitWork | None = None, p_work: Array | None = None) -> None:
     """decode.paged_attention's operation in spec 5's integer scheme (out float32 [B, heads D]): decode_exact's
-    arguments (factor, max_keys and p_work are its interface's, unused: any window). split: split_work's workspace
-    for these sizes, to cut each window over its splits (the same bits), else one block a (sequence, key/value head)."""
+    arguments (factor, max_keys and p_work are its interface's, unused: any window), and the scheme's constants
+    (kernels.exact.attention.SCHEME: its exp table; LOG2E_30, LN2_15, P_BITS, BITS). split: split_work's
+    workspace for these sizes, to cut each window over its splits (the same bits), else one block a (sequence,
+    key/value head)."""
     from .quant import pointer
     _, kv_heads, D = cache_k.shape
     B = tables.shape[0]
@@ -567,11 +574,14 @@ def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, blo
         return
     row, col = (s // tables.itemsize for s in tables.strides)
     group = heads // kv_heads
-    kernel = _module(D, group).get_function("loom_int_paged_decode")
+    table, consts = scheme
+    log2e, ln2, p_bits, bits = (int(c) for c in consts)
+    module = _module(D, group, bits, p_bits)
+    kernel = module.get_function("loom_int_paged_decode")
     args = (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
-            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), _table(), np.int32(scheme.LOG2E_30),
-            np.int32(scheme.LN2_15))
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), _table(table), np.int32(log2e),
+            np.int32(ln2))
     threads = _threads(D)
     shared = shared_bytes(group, D, threads)
     if split is None:
@@ -585,6 +595,6 @@ def paged_attention(qkv, cache_k, cache_v, out, cos, sin, norm, pos, tables, blo
     work = (split.top, split.flags, split.qbad, split.num, split.den)
     for mode in (1, 2):
         launch(kernel, B * kv_heads * S, threads, args + (np.int32(mode), np.int32(S)) + work, overlap, shared=shared)
-    launch(_module(D, group).get_function("loom_int_decode_finish"), -(-B * heads * D // 256), 256,
+    launch(module.get_function("loom_int_decode_finish"), -(-B * heads * D // 256), 256,
            (split.flags, split.qbad, split.num, split.den, out, np.int64(B * heads * D), np.int32(heads), np.int32(S)),
            overlap)

@@ -34,6 +34,7 @@ from types import ModuleType
 
 import numpy as np
 
+from ... import backend
 from ...backend import Array
 from ...errors import ShapeError
 from .fixed import BITS, row_exponents, to_integers
@@ -44,6 +45,8 @@ LOG2E_30 = 1549082005                                           # round(log2(e) 
 LN2_15 = 22713                                                  # round(ln(2) 2^15): 2^(-r/2^16) ~ 1 - r ln2 2^-16
 MAX_KEYS = 1 << 22                                              # keys a row may see: sum p < 2^31 2^22 = 2^53
 EXP2_TABLE = np.array([round(2.0 ** 31 * 2.0 ** (-k / 256)) for k in range(256)], dtype=np.int64)   # 2^-31 units
+# what the backends' kernels take (protocols.IntegerAttention): the table and (LOG2E_30, LN2_15, P_BITS, BITS)
+SCHEME = (EXP2_TABLE, np.array([LOG2E_30, LN2_15, P_BITS, BITS], dtype=np.int64))
 
 
 def exp_fixed(xp: ModuleType, d: Array) -> Array:
@@ -87,20 +90,22 @@ def attention(xp: ModuleType, q: Array, k: Array, v: Array, allowed: Array, scal
     return xp.where(bad | (den == 0), np.float32(np.nan), ctx)
 
 
-def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: int, lo: int, window: int | None,
-           scale: float) -> np.ndarray:
-    """attention() on the CPU for a decoder's causal rows: q float32 [G, per_group T, D] (row r T + t of group g
-    at position first + t), k and v [G, n, D] (key j at position lo + j), keys within `window` positions (None:
-    all); compiled where numba is (backend/cpu/attend_integer.py, the same bits), else the array code."""
-    from ...backend.cpu import attend_integer
+def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None,
+           scale: float) -> Array:
+    """attention() for a decoder's causal rows on their device: q float32 [G, per_group T, D] (row r T + t of
+    group g at position first + t), k and v [G, n, D] (key j at position lo + j), keys within `window` positions
+    (None: all); by the backend's kernels (protocols.IntegerAttention: the CPU's compiled loop, the GPU's int8
+    tensor-core kernel, the same bits) where it takes them, else the array code."""
     n = k.shape[1]
     if n >= MAX_KEYS:
         raise ShapeError(f"integer attention takes windows below {MAX_KEYS} keys (its sum of p must stay below "
                          f"2^53), got {n} keys")
-    if attend_integer.available():
-        return attend_integer.attention(q, k, v, per_group, first, lo, window or 0, scale, EXP2_TABLE,
-                                        np.array([LOG2E_30, LN2_15, P_BITS, BITS], dtype=np.int64))
-    return causal_arrays(np, q, k, v, per_group, first, lo, window, scale)
+    be = backend.of(q)
+    if be.attend_integer is not None:
+        out = be.attend_integer.causal(q, k, v, per_group, first, lo, window, scale, *SCHEME)
+        if out is not None:
+            return out
+    return causal_arrays(be.xp, q, k, v, per_group, first, lo, window, scale)
 
 
 def causal_arrays(xp: ModuleType, q: Array, k: Array, v: Array, per_group: int, first: int, lo: int,
