@@ -219,7 +219,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const long long part = (n + splits - 1) / splits, first = min(n, s * part), last = min(n, first + part);
     const bool writes = s == 0 && mode != 2;        // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = tab_g[i];
-    constexpr int LINES = D >= 32 ? D / 32 : 1;     // (128-byte lines a row; a row of fewer than 32 values: one)
+    constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
     for (long long line = first * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {   // (into L1 before the wait)
         prefetch_l1(keys.at(lo + line / LINES) + 32 * (line % LINES));
         prefetch_l1(values.at(lo + line / LINES) + 32 * (line % LINES));
