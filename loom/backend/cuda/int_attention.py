@@ -44,6 +44,19 @@ WARPS = None                    # warps a block (16 query rows each): None choos
 SPLITS = None                   # blocks sharing a block's keys (None: _splits chooses)
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (to time next session; the same bits)
 
+# exp_fixed in 32-bit operations, shared with int_decode.py's kernel
+EXP_FIXED = r"""
+// exp_fixed(d) (kernels.exact.attention: 2^-31 units, at most 2^31) of d = x 2^16 for x >= 0, in 32-bit operations:
+// dq = rint(min(d, 2^22)) (the conversion saturates: the same), u = dq log2(e) 2^30 >> 30 (below 2^23), a table entry
+// times the linear step >> 31 (below 2^32), shifted by u's integer part (0 past 31)
+__device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
+    const unsigned dq = min(__double2uint_rn(x), 4194304u);
+    const unsigned u = __funnelshift_r(dq * log2e, __umulhi(dq, log2e), 30);
+    const unsigned step = (1u << 31) - (u & 255) * ln2, t = tab[(u >> 8) & 255];
+    return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
+}
+"""
+
 _SOURCE = r"""
 #define BQ (16 * WARPS)
 #define THREADS (32 * WARPS)
@@ -118,15 +131,6 @@ __device__ __forceinline__ void loom_ldsm4t(unsigned* r, const short* p) {
 __device__ __forceinline__ void loom_cp16(void* dst, const void* src, bool ok) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
-}
-// exp_fixed(d) (kernels.exact.attention: 2^-31 units, at most 2^31) of d = x 2^16 for x >= 0, in 32-bit operations:
-// dq = rint(min(d, 2^22)) (the conversion saturates: the same), u = dq log2(e) 2^30 >> 30 (below 2^23), a table entry
-// times the linear step >> 31 (below 2^32), shifted by u's integer part (0 past 31)
-__device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
-    const unsigned dq = min(__double2uint_rn(x), 4194304u);
-    const unsigned u = __funnelshift_r(dq * log2e, __umulhi(dq, log2e), 30);
-    const unsigned step = (1u << 31) - (u & 255) * ln2, t = tab[(u >> 8) & 255];
-    return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
 }
 __device__ __forceinline__ long long loom_combine(const int hh, const int mid, const int ll) {
     return 65536LL * hh + 256LL * mid + ll;
@@ -398,7 +402,7 @@ def _module(head_dim: int, warps: int = 4, split_mid: int = 0, bits: int = 15, p
     """(bits, p_bits: the scheme's, kernels.exact.attention.SCHEME's)"""
     head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {bits}\n"
             f"#define P_BITS {p_bits}\n")
-    return cupy.RawModule(code=head + SCALARS + _SOURCE, options=OPTIONS + ("-std=c++17",))
+    return cupy.RawModule(code=head + SCALARS + EXP_FIXED + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
 def _shared_bytes(head_dim: int) -> int:
@@ -459,7 +463,7 @@ def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
     shared = _shared_bytes(D)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
-    args = (*parts, _table(table), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
+    args = (*parts, device_table(table), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
             np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(log2e), np.int64(ln2))
     if splits == 1:
         kernel((blocks, G, 1), (32 * warps,), args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 4, shared_mem=shared)
@@ -490,8 +494,8 @@ def _multiprocessors() -> int:
 _TABLES: dict = {}
 
 
-def _table(table: np.ndarray) -> Array:
-    """The exp table on the device, made once (a recording reads it, so it is never made inside one)."""
+def device_table(table: np.ndarray) -> Array:
+    """The exp table on the device (int64), made once (recordings read it, so it is never made inside one)."""
     key = table.tobytes()
     if key not in _TABLES:
         _TABLES[key] = cupy.asarray(table, dtype=np.int64)

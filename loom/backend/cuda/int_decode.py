@@ -37,6 +37,7 @@ import numpy as np
 from ...errors import ShapeError
 from .. import Array
 from . import decode_exact
+from .int_attention import EXP_FIXED, device_table
 from .launch import launch
 from .quant_fixed_source import SCALARS
 
@@ -53,14 +54,6 @@ _SOURCE = r"""
 #define VROW (D + 2)                                   // a value's int16s in shared memory (odd words: no conflicts)
 #define FROW (D + 4)                                   // a staged row's floats (float4 reads across rows: no conflicts)
 
-// exp_fixed(d) of x = d 2^16 (int_attention's loom_exp_fixed)
-__device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
-    const unsigned dq = min(__double2uint_rn(x), 4194304u);
-    const unsigned u = __funnelshift_r(dq * log2e, __umulhi(dq, log2e), 30);
-    const unsigned step = (1u << 31) - (u & 255) * ln2, t = tab[(u >> 8) & 255];
-    return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
-}
-
 // A row's scale (fixed.row_exponents' e of its largest finite magnitude, shift = 15 - e, s = 2^shift) and whether
 // it holds inf or NaN; `plain`: finite with shift <= 127, its integers by one fma each (loom_fixed_bits' first form)
 struct LoomRow { int e, shift, bad; float s; bool plain; };
@@ -71,6 +64,17 @@ __device__ __forceinline__ int loom_exponent_of_bits(unsigned top) {
     const int biased = top >> 23, mantissa = top & 0x7FFFFF;
     if (biased > 0) return biased - 126 + (mantissa >= (1 << 23) - (1 << (23 - BITS)));
     return loom_fixed_exponent(__uint_as_float(top));
+}
+
+// a row's LoomRow from its exponent and inf/NaN flag
+__device__ __forceinline__ LoomRow loom_row_scale(int e, int bad) {
+    LoomRow r;
+    r.e = e;
+    r.bad = bad;
+    r.shift = 15 - e;
+    r.s = loom_fixed_scale(r.shift);
+    r.plain = !bad && r.shift <= 127;
+    return r;
 }
 
 // a row's LoomRow: the largest magnitude as an integer maximum of the bits (four chains), the finite one again only
@@ -86,20 +90,15 @@ __device__ __forceinline__ LoomRow loom_row_top(const float* row) {
         worst[3] = max(worst[3], x4.w & 0x7FFFFFFFu);
     }
     unsigned top = max(max(worst[0], worst[1]), max(worst[2], worst[3]));
-    LoomRow r;
-    r.bad = top >= 0x7F800000u;
-    if (r.bad) {                                    // (rare) the finite maximum
+    const int bad = top >= 0x7F800000u;
+    if (bad) {                                      // (rare) the finite maximum
         top = 0u;
         for (int d = 0; d < D; ++d) {
             const unsigned a = __float_as_uint(row[d]) & 0x7FFFFFFFu;
             if (a < 0x7F800000u) top = max(top, a);
         }
     }
-    r.e = loom_exponent_of_bits(top);
-    r.shift = 15 - r.e;
-    r.s = loom_fixed_scale(r.shift);
-    r.plain = !r.bad && r.shift <= 127;
-    return r;
+    return loom_row_scale(loom_exponent_of_bits(top), bad);
 }
 
 // the integers of values 4 d4 .. 4 d4 + 3 of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
@@ -190,7 +189,7 @@ __device__ __forceinline__ void loom_stage(const Paged& keys, const Paged& value
 extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
         const float* norm, const long long* pos_g, const long long* tables, long long row, long long col,
-        int block_size, int H, int KV, int window, float scale, float eps, int dbits, const unsigned* tab_g,
+        int block_size, int H, int KV, int window, float scale, float eps, int dbits, const long long* tab_g,
         int log2e_i, int ln2_i, int mode, int splits, double* wtop, int* wflags, int* wqbad, long long* wnum,
         unsigned long long* wden) {
     const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
@@ -218,7 +217,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
     const long long part = (n + splits - 1) / splits, first = min(n, s * part), last = min(n, first + part);
     const bool writes = s == 0 && mode != 2;        // (the block that writes k and v into the cache)
-    for (int i = tid; i < 256; i += KT) tab_s[i] = tab_g[i];
+    for (int i = tid; i < 256; i += KT) tab_s[i] = (unsigned)tab_g[i];
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
     for (long long line = first * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {   // (into L1 before the wait)
         prefetch_l1(keys.at(lo + line / LINES) + 32 * (line % LINES));
@@ -294,6 +293,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     // 3: pass 1, tiles of KT keys staged in shared memory (coalesced), a thread a key: the scores' largest a
     // head, the values' largest exponent, inf/NaN (a window of one tile stays staged for pass 2, its scores kept)
     double top[GROUP], kept[GROUP];
+    int kept_ve = 0, kept_vbad = 0;                 // (the kept value row's exponent and flag)
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
     int etop = -2147483647 - 1, bad = 0;
@@ -313,6 +313,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                 top[r] = fmax(top[r], sc[r]);
                 kept[r] = sc[r];
             }
+            kept_ve = vr.e;
+            kept_vbad = vr.bad;
             etop = max(etop, ev);
             bad |= kbad | vbad;
         }
@@ -370,21 +372,21 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     for (int o = 0; o < OUTS; ++o) acc[o] = 0;
     // 4: pass 2, the tiles again (a window of one tile: as staged, its scores and exponents kept)
     for (long long t0 = first; t0 < last; t0 += KT) {
-        if (!keep) {
-            __syncthreads();                            // (pass 1's or the last tile's reads done)
+        if (!keep) {        // (the staged rows' last readers, pass 1's and the last tile's, are behind a barrier)
             loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
             __syncthreads();
         }
         if (t0 + tid < last) {
             const float* val = vf + tid * FROW;
             double sc[GROUP];
-            const LoomRow vr = loom_row_top(val);
+            LoomRow vr = loom_row_scale(kept_ve, kept_vbad);
             if (keep) {
                 #pragma unroll
                 for (int r = 0; r < GROUP; ++r) sc[r] = kept[r];
             } else {
                 int kbad;
                 loom_scores(kf + tid * FROW, qb_s, sc, kbad);
+                vr = loom_row_top(val);
             }
             loom_row_integers(val, vr, (unsigned*)(v_s16 + tid * VROW));
             const int sh = 31 - P_BITS + etop - vr.e;
@@ -534,19 +536,9 @@ def _built(head_dim: int, group: int, threads: int, stop: int, bits: int, p_bits
             f"#define KT {threads}\n")
     # (decode_exact's helpers, head_vector's among them, compiled for blocks of at least head_dim threads; they
     # read blockDim)
-    return cupy.RawModule(code=decode_exact.source(head_dim, max(threads, head_dim)) + SCALARS + head + _SOURCE,
+    return cupy.RawModule(code=decode_exact.source(head_dim, max(threads, head_dim)) + SCALARS + head + EXP_FIXED
+                          + _SOURCE,
                           options=decode_exact.COMPILE)
-
-
-_TABLES: dict = {}
-
-
-def _table(table: np.ndarray) -> Array:
-    """The exp table on the device as uint32, made once (the graph's first, eager body makes it)."""
-    key = table.tobytes()
-    if key not in _TABLES:
-        _TABLES[key] = cupy.asarray(table.astype(np.uint32))
-    return _TABLES[key]
 
 
 def shared_bytes(group: int, head_dim: int, threads: int) -> int:
@@ -581,7 +573,7 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     kernel = module.get_function("loom_int_paged_decode")
     args = (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
             np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
-            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), _table(table), np.int32(log2e),
+            np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), device_table(table), np.int32(log2e),
             np.int32(ln2))
     threads = _threads(D)
     shared = shared_bytes(group, D, threads)
