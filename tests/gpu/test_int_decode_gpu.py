@@ -77,15 +77,19 @@ def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
     (32, 12, 3, [40, 129, 2], 9, 8), (96, 4, 1, [255, 256, 600], 130, 16), (8, 4, 2, [17, 1], None, 4),
     (64, 4, 4, [2100], 1500, 64), (48, 6, 2, [129], 1, 16)])
 @pytest.mark.parametrize("splits", [None, 3, 16])
-def test_the_kernel_gives_the_cpus_bits(D, H, KV, positions, window, bs, splits):
-    """One block a (sequence, key/value head), or each window cut over 3 or 16 blocks (the split form: some
-    parts empty where windows are short)."""
+@pytest.mark.parametrize("grouped", [False, True])
+def test_the_kernel_gives_the_cpus_bits(D, H, KV, positions, window, bs, splits, grouped, monkeypatch):
+    """One block a query head (what few sequences take) or a key/value head's group of them (many sequences),
+    each window in one block or cut over 3 or 16 (the split form: some parts empty where windows are short)."""
+    monkeypatch.setattr(int_decode, "HEADS_A_BLOCK", H // KV if grouped else 1)
     _case(D + H + sum(positions), D, H, KV, positions, window, bs, splits=splits)
 
 
 @pytest.mark.parametrize("splits", [None, 4])
 @pytest.mark.parametrize("special", ["q", "cache"])
-def test_inf_and_nan(special, splits):
+@pytest.mark.parametrize("grouped", [False, True])
+def test_inf_and_nan(special, splits, grouped, monkeypatch):
+    monkeypatch.setattr(int_decode, "HEADS_A_BLOCK", 4 if grouped else 1)
     want = _case(5, 64, 8, 2, [20, 200], None, 16, special, splits)
     if special == "q":
         assert np.isnan(want[0, 1]).all() and not np.isnan(want[0, 0]).any() and not np.isnan(want[1]).any()

@@ -44,15 +44,21 @@ from .quant_fixed_source import SCALARS
 THREADS = None                  # a block's threads, keys a tile (None: 128 for head_dim up to 64, else 64)
 GROUP_MAX = 16                  # query heads a key/value head may have
 MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bound), a multiple of 4
+HEADS_A_BLOCK = None            # a block's query heads (None: heads_a_block; it must divide the group)
+LANES = None                    # a key's lanes in the passes (None: lanes_per_key)
+LANES_MAX = 8
 PHASE_STOP = 0                  # (timing: 1-4 return after that phase; 0 runs them all)
 SPLIT_KEYS = 128                # windows past twice this take the split form where split_work gives one
 MAX_SPLITS = 16
 CHUNK_KEYS = decode_exact.CHUNK_KEYS
 
 _SOURCE = r"""
-#define OUTS ((GROUP * D + KT - 1) / KT)     // (head, d) entries a thread sums
+#define ENTRIES (GROUP * D)                            // a block's (head, d) entries
+#define SLICES (ENTRIES >= KT ? 1 : KT / ENTRIES)      // threads an entry (each a share of the keys)
+#define OUTS ((ENTRIES + KT - 1) / KT)                 // entries a thread sums
 #define VROW (D + 2)                                   // a value's int16s in shared memory (odd words: no conflicts)
-#define FROW (D + 4)                                   // a staged row's floats (float4 reads across rows: no conflicts)
+// FROW (from the host, shared_bytes): a staged row's floats, padded so that the 8 lanes of a float4 read's phase
+// (8 / TPK rows) fall in different banks
 
 // A row's scale (fixed.row_exponents' e of its largest finite magnitude, shift = 15 - e, s = 2^shift) and whether
 // it holds inf or NaN; `plain`: finite with shift <= 127, its integers by one fma each (loom_fixed_bits' first form)
@@ -77,34 +83,56 @@ __device__ __forceinline__ LoomRow loom_row_scale(int e, int bad) {
     return r;
 }
 
-// a row's LoomRow: the largest magnitude as an integer maximum of the bits (four chains), the finite one again only
-// where inf or NaN is there
-__device__ __forceinline__ LoomRow loom_row_top(const float* row) {
+// a lane's part of a key's TPK lanes (consecutive lanes of one warp): float4s part, part + TPK, ... of each row
+#define GPL ((D / 4 + TPK - 1) / TPK)                  // float4s a lane takes at most
+#define HPL ((GROUP + TPK - 1) / TPK)                  // heads a lane takes in pass 2 (part, part + TPK, ...)
+
+// the largest of x over a key's lanes (mask: theirs)
+__device__ __forceinline__ unsigned loom_lanes_max(unsigned x, unsigned mask) {
+    #pragma unroll
+    for (int o = TPK / 2; o; o >>= 1) x = max(x, __shfl_xor_sync(mask, x, o));
+    return x;
+}
+
+// the sum of x over a key's lanes (int32 sums: each a part of an exact dot product that fits in int32)
+__device__ __forceinline__ int loom_lanes_sum(int x, unsigned mask) {
+    #pragma unroll
+    for (int o = TPK / 2; o; o >>= 1) x += __shfl_xor_sync(mask, x, o);
+    return x;
+}
+
+// a row's LoomRow, on each of its TPK lanes: the largest magnitude as an integer maximum of the bits, the finite one
+// again only where inf or NaN is there (a branch the row's lanes take together)
+__device__ __forceinline__ LoomRow loom_row_top(const float* row, int part, unsigned mask) {
     unsigned worst[4] = {0u, 0u, 0u, 0u};
     #pragma unroll
-    for (int d4 = 0; d4 < D / 4; ++d4) {
-        const uint4 x4 = ((const uint4*)row)[d4];
+    for (int i = 0; i < GPL; ++i) {
+        const int g = part + TPK * i;
+        if (D % (4 * TPK) != 0 && g >= D / 4) break;
+        const uint4 x4 = ((const uint4*)row)[g];
         worst[0] = max(worst[0], x4.x & 0x7FFFFFFFu);
         worst[1] = max(worst[1], x4.y & 0x7FFFFFFFu);
         worst[2] = max(worst[2], x4.z & 0x7FFFFFFFu);
         worst[3] = max(worst[3], x4.w & 0x7FFFFFFFu);
     }
-    unsigned top = max(max(worst[0], worst[1]), max(worst[2], worst[3]));
+    unsigned top = loom_lanes_max(max(max(worst[0], worst[1]), max(worst[2], worst[3])), mask);
     const int bad = top >= 0x7F800000u;
     if (bad) {                                      // (rare) the finite maximum
         top = 0u;
-        for (int d = 0; d < D; ++d) {
-            const unsigned a = __float_as_uint(row[d]) & 0x7FFFFFFFu;
-            if (a < 0x7F800000u) top = max(top, a);
-        }
+        for (int g = part; g < D / 4; g += TPK)
+            for (int u = 0; u < 4; ++u) {
+                const unsigned a = __float_as_uint(row[4 * g + u]) & 0x7FFFFFFFu;
+                if (a < 0x7F800000u) top = max(top, a);
+            }
+        top = loom_lanes_max(top, mask);
     }
     return loom_row_scale(loom_exponent_of_bits(top), bad);
 }
 
-// the integers of values 4 d4 .. 4 d4 + 3 of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
+// the integers of values 4 g .. 4 g + 3 of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
 template <bool PLAIN>
-__device__ __forceinline__ void loom_row_pairs(const float* row, int d4, const LoomRow& rw, unsigned* pr) {
-    const float4 x4 = ((const float4*)row)[d4];
+__device__ __forceinline__ void loom_row_pairs(const float* row, int g, const LoomRow& rw, unsigned* pr) {
+    const float4 x4 = ((const float4*)row)[g];
     const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
     unsigned q[4];
     #pragma unroll
@@ -115,51 +143,60 @@ __device__ __forceinline__ void loom_row_pairs(const float* row, int d4, const L
     pr[1] = __byte_perm(q[2], q[3], 0x5410);
 }
 
-// a row's integers as int16 pairs into out [D / 2]
-__device__ __forceinline__ void loom_row_integers(const float* row, const LoomRow& rw, unsigned* out) {
+// this lane's part of a row's integers as int16 pairs into out [D / 2]
+__device__ __forceinline__ void loom_row_integers(const float* row, const LoomRow& rw, unsigned* out, int part) {
     if (rw.plain) {
-        #pragma unroll 4
-        for (int d4 = 0; d4 < D / 4; ++d4) loom_row_pairs<true>(row, d4, rw, out + 2 * d4);
+        #pragma unroll
+        for (int i = 0; i < GPL; ++i) {
+            const int g = part + TPK * i;
+            if (D % (4 * TPK) != 0 && g >= D / 4) break;
+            loom_row_pairs<true>(row, g, rw, out + 2 * g);
+        }
     } else {
-        for (int d4 = 0; d4 < D / 4; ++d4) loom_row_pairs<false>(row, d4, rw, out + 2 * d4);
+        for (int g = part; g < D / 4; g += TPK) loom_row_pairs<false>(row, g, rw, out + 2 * g);
     }
 }
 
 // 2^e as a double (-1022 <= e <= 1023)
 __device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
 
-// the GROUP dot products of a key row's integers with q's (byte pairs qb [GROUP][D / 2]: low bytes, then high,
-// of a pair) by dp2a, into hi and lo (exact in int32 for D <= 128)
+// this lane's part of the GROUP dot products of a key row's integers with q's (byte pairs qb [GROUP][D / 2]: low
+// bytes, then high, of a pair) by dp2a, into hi and lo (exact in int32 for D <= 128)
 template <bool PLAIN>
-__device__ __forceinline__ void loom_dots(const float* key, const LoomRow& rw, const unsigned* qb, int* hi, int* lo) {
-    #pragma unroll 4
-    for (int d4 = 0; d4 < D / 4; ++d4) {
+__device__ __forceinline__ void loom_dots(const float* key, const LoomRow& rw, const unsigned* qb, int* hi, int* lo,
+                                          int part) {
+    #pragma unroll
+    for (int i = 0; i < GPL; ++i) {
+        const int g = part + TPK * i;
+        if (D % (4 * TPK) != 0 && g >= D / 4) break;
         unsigned kp[2];
-        loom_row_pairs<PLAIN>(key, d4, rw, kp);
+        loom_row_pairs<PLAIN>(key, g, rw, kp);
         #pragma unroll
         for (int r = 0; r < GROUP; ++r) {
             #pragma unroll
-            for (int i = 0; i < 2; ++i) {
-                const unsigned xb = qb[r * (D / 2) + 2 * d4 + i];
-                asm("dp2a.lo.s32.u32 %0, %1, %2, %0;" : "+r"(lo[r]) : "r"(kp[i]), "r"(xb));
-                asm("dp2a.hi.s32.s32 %0, %1, %2, %0;" : "+r"(hi[r]) : "r"(kp[i]), "r"(xb));
+            for (int c = 0; c < 2; ++c) {
+                const unsigned xb = qb[r * (D / 2) + 2 * g + c];
+                asm("dp2a.lo.s32.u32 %0, %1, %2, %0;" : "+r"(lo[r]) : "r"(kp[c]), "r"(xb));
+                asm("dp2a.hi.s32.s32 %0, %1, %2, %0;" : "+r"(hi[r]) : "r"(kp[c]), "r"(xb));
             }
         }
     }
 }
 
-// the GROUP scores S 2^(ek - 30) of a key row, and whether it holds inf or NaN
-__device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb, double* sc, int& kbad) {
-    const LoomRow rw = loom_row_top(key);
+// the GROUP scores S 2^(ek - 30) of a key row, on each of its TPK lanes, and whether it holds inf or NaN
+__device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb, double* sc, int& kbad, int part,
+                                            unsigned mask) {
+    const LoomRow rw = loom_row_top(key, part, mask);
     kbad = rw.bad;
     int hi[GROUP], lo[GROUP];
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) { hi[r] = 0; lo[r] = 0; }
-    if (rw.plain) loom_dots<true>(key, rw, qb, hi, lo);
-    else loom_dots<false>(key, rw, qb, hi, lo);
+    if (rw.plain) loom_dots<true>(key, rw, qb, hi, lo, part);
+    else loom_dots<false>(key, rw, qb, hi, lo, part);
     const double k2 = loom_pow2(rw.e - 2 * BITS);
     #pragma unroll
-    for (int r = 0; r < GROUP; ++r) sc[r] = (double)(256LL * hi[r] + lo[r]) * k2;
+    for (int r = 0; r < GROUP; ++r)
+        sc[r] = (double)(256LL * loom_lanes_sum(hi[r], mask) + loom_lanes_sum(lo[r], mask)) * k2;
 }
 
 // a tile's key and value rows (keys t0 .. t0 + KT - 1 of the window, those below n) into kf, vf [KT][FROW]
@@ -189,7 +226,7 @@ __device__ __forceinline__ void loom_stage(const Paged& keys, const Paged& value
 extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
         const float* norm, const long long* pos_g, const long long* tables, long long row, long long col,
-        int block_size, int H, int KV, int window, float scale, float eps, int dbits, const long long* tab_g,
+        int block_size, int H, int KV, int ratio, int window, float scale, float eps, int dbits, const long long* tab_g,
         int log2e_i, int ln2_i, int mode, int splits, double* wtop, int* wflags, int* wqbad, long long* wnum,
         unsigned long long* wden) {
     const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
@@ -198,6 +235,9 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     float* vf = kf + KT * FROW;                            // [KT][FROW]: its value rows
     int* w_s = (int*)(vf + KT * FROW);                     // [GROUP][KT]: its w
     short* v_s16 = (short*)(w_s + GROUP * KT);             // [KT][VROW]: its values' integers
+    double* kept_s = (double*)(v_s16 + KT * VROW + (KT * VROW) % 4);   // [GROUP][KT]: a kept tile's scores
+    int* kept_e = (int*)(kept_s + GROUP * KT);             // [KT]: its values' exponents
+    int* kept_bad = kept_e + KT;                           // [KT]: and inf/NaN flags
     __shared__ __align__(16) float q_s[GROUP * D];
     __shared__ __align__(16) float k_s[D], v_s[D], tmp[D];
     __shared__ Scratch scratch;
@@ -207,16 +247,18 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     __shared__ double top_w[KT / 32][GROUP];
     __shared__ int etop_w[KT / 32], bad_w[KT / 32];
     __shared__ unsigned long long den_w[KT / 32][GROUP];
+    __shared__ long long acc_s[SLICES > 1 ? KT : 1];
 
     // block (b KV + kv) splits + s; split s of `splits` takes the window's keys first .. last - 1 (mode 0: one split)
     const int blk = blockIdx.x / splits, s = blockIdx.x % splits;
-    const int b = blk / KV, kv = blk % KV, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int b = blk / (H / GROUP), h0 = blk % (H / GROUP) * GROUP, kv = h0 / ratio;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const long long* table = tables + (long long)b * row;
     const Paged keys{cache_k, table, col, block_size, KV, kv}, values{cache_v, table, col, block_size, KV, kv};
     const long long pos = pos_g[b];
     const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
-    const long long part = (n + splits - 1) / splits, first = min(n, s * part), last = min(n, first + part);
-    const bool writes = s == 0 && mode != 2;        // (the block that writes k and v into the cache)
+    const long long share = (n + splits - 1) / splits, first = min(n, s * share), last = min(n, first + share);
+    const bool writes = s == 0 && mode != 2 && h0 % ratio == 0;    // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = (unsigned)tab_g[i];
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
     for (long long line = first * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {   // (into L1 before the wait)
@@ -228,7 +270,6 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
     const float* cs = cos_t + pos * D;
     const float* sn = sin_t + pos * D;
-    const int h0 = kv * GROUP;
     if (norm == 0) {
         for (int i = tid; i < (GROUP + 2) * D; i += KT) {
             const int r = i / D, d = i % D;
@@ -290,10 +331,12 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     if (tid == 0) out[b] = (float)qb_s[0];
     return;
 #endif
-    // 3: pass 1, tiles of KT keys staged in shared memory (coalesced), a thread a key: the scores' largest a
-    // head, the values' largest exponent, inf/NaN (a window of one tile stays staged for pass 2, its scores kept)
-    double top[GROUP], kept[GROUP];
-    int kept_ve = 0, kept_vbad = 0;                 // (the kept value row's exponent and flag)
+    // 3: pass 1, tiles of KT keys staged in shared memory (coalesced), TPK lanes a key (rounds of KT / TPK keys):
+    // the scores' largest a head, the values' largest exponent, inf/NaN (a window of one tile stays staged for
+    // pass 2, each lane keeping its pass-2 heads' scores and its keys' value exponents)
+    const int part = tid % TPK;
+    const unsigned mask = TPK == 32 ? LOOM_FULL : ((1u << TPK) - 1u) << (lane & ~(TPK - 1));
+    double top[GROUP];
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
     int etop = -2147483647 - 1, bad = 0;
@@ -302,21 +345,26 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     for (long long t0 = first; t0 < last && mode != 2; t0 += KT) {
         loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
         __syncthreads();
-        if (t0 + tid < last) {
+        #pragma unroll 1
+        for (int u = 0; u < TPK; ++u) {     // (not unrolled: the loop's code stays in the instruction cache)
+            if (t0 + u * (KT / TPK) >= last) break;            // (the block together)
+            const int jj = u * (KT / TPK) + tid / TPK;
             double sc[GROUP];
             int kbad;
-            loom_scores(kf + tid * FROW, qb_s, sc, kbad);
-            const LoomRow vr = loom_row_top(vf + tid * FROW);
-            const int ev = vr.e, vbad = vr.bad;
-            #pragma unroll
-            for (int r = 0; r < GROUP; ++r) {
-                top[r] = fmax(top[r], sc[r]);
-                kept[r] = sc[r];
+            loom_scores(kf + jj * FROW, qb_s, sc, kbad, part, mask);
+            const LoomRow vr = loom_row_top(vf + jj * FROW, part, mask);
+            if (keep && part == 0) {
+                #pragma unroll
+                for (int r = 0; r < GROUP; ++r) kept_s[r * KT + jj] = sc[r];
+                kept_e[jj] = vr.e;
+                kept_bad[jj] = vr.bad;
             }
-            kept_ve = vr.e;
-            kept_vbad = vr.bad;
-            etop = max(etop, ev);
-            bad |= kbad | vbad;
+            if (t0 + jj < last) {
+                #pragma unroll
+                for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], sc[r]);
+                etop = max(etop, vr.e);
+                bad |= kbad | vr.bad;
+            }
         }
         if (t0 + KT < last) __syncthreads();       // (before the next tile's copies)
     }
@@ -363,57 +411,81 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     if (tid == 0) out[b] = (float)top[0] + etop;
     return;
 #endif
-    double qscale[GROUP];
-    unsigned long long den[GROUP];
+    double qscale[HPL], toph[HPL];                  // (this lane's heads' q scales and largest scores)
+    unsigned long long den[HPL];
     #pragma unroll
-    for (int r = 0; r < GROUP; ++r) { qscale[r] = loom_pow2(eq_s[r]); den[r] = 0; }
+    for (int h = 0; h < HPL; ++h) {
+        const int r = part + h * TPK;
+        qscale[h] = loom_pow2(r < GROUP ? eq_s[r] : 0);
+        toph[h] = 0.0;
+        #pragma unroll
+        for (int q = h * TPK; q < min(GROUP, (h + 1) * TPK); ++q)
+            if (q == r) toph[h] = top[q];
+        den[h] = 0;
+    }
     long long acc[OUTS];
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) acc[o] = 0;
-    // 4: pass 2, the tiles again (a window of one tile: as staged, its scores and exponents kept)
+    // 4: pass 2, the tiles again (a window of one tile: as staged, its scores and exponents kept), TPK lanes a key:
+    // lane part makes the p and w of heads part, part + TPK, ...
     for (long long t0 = first; t0 < last; t0 += KT) {
         if (!keep) {        // (the staged rows' last readers, pass 1's and the last tile's, are behind a barrier)
             loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
             __syncthreads();
         }
-        if (t0 + tid < last) {
-            const float* val = vf + tid * FROW;
-            double sc[GROUP];
-            LoomRow vr = loom_row_scale(kept_ve, kept_vbad);
+        #pragma unroll 1
+        for (int u = 0; u < TPK; ++u) {
+            if (t0 + u * (KT / TPK) >= last) break;            // (the block together)
+            const int jj = u * (KT / TPK) + tid / TPK;
+            const float* val = vf + jj * FROW;
+            double sc[HPL];
+            LoomRow vr;
             if (keep) {
                 #pragma unroll
-                for (int r = 0; r < GROUP; ++r) sc[r] = kept[r];
+                for (int h = 0; h < HPL; ++h) sc[h] = part + h * TPK < GROUP ? kept_s[(part + h * TPK) * KT + jj] : 0.0;
+                vr = loom_row_scale(kept_e[jj], kept_bad[jj]);
             } else {
+                double all[GROUP];
                 int kbad;
-                loom_scores(kf + tid * FROW, qb_s, sc, kbad);
-                vr = loom_row_top(val);
+                loom_scores(kf + jj * FROW, qb_s, all, kbad, part, mask);
+                #pragma unroll
+                for (int h = 0; h < HPL; ++h) {
+                    sc[h] = 0.0;
+                    #pragma unroll
+                    for (int r = h * TPK; r < min(GROUP, (h + 1) * TPK); ++r)
+                        if (r - h * TPK == part) sc[h] = all[r];
+                }
+                vr = loom_row_top(val, part, mask);
             }
-            loom_row_integers(val, vr, (unsigned*)(v_s16 + tid * VROW));
+            loom_row_integers(val, vr, (unsigned*)(v_s16 + jj * VROW), part);
             const int sh = 31 - P_BITS + etop - vr.e;
             #pragma unroll
-            for (int r = 0; r < GROUP; ++r) {
-                const double d = __dmul_rn(__dmul_rn(__dsub_rn(top[r], sc[r]), qscale[r]), (double)scale);
+            for (int h = 0; h < HPL; ++h) {
+                const int r = part + h * TPK;
+                if (r >= GROUP || t0 + jj >= last) continue;
+                const double d = __dmul_rn(__dmul_rn(__dsub_rn(toph[h], sc[h]), qscale[h]), (double)scale);
                 const unsigned p = loom_exp_fixed(__dmul_rn(d, 65536.0), tab_s, log2e, ln2);
-                den[r] += p;
-                w_s[r * KT + tid] = sh < 62 ? (int)(((unsigned long long)p + (1ull << (sh - 1))) >> sh) : 0;
+                den[h] += p;
+                w_s[r * KT + jj] = sh < 62 ? (int)(((unsigned long long)p + (1ull << (sh - 1))) >> sh) : 0;
             }
         }
         __syncthreads();
         const int count = (int)min((long long)KT, last - t0);
         #pragma unroll
         for (int o = 0; o < OUTS; ++o) {
-            const int e = tid + o * KT;
-            if (e < GROUP * D) {
+            const int e = (tid + o * KT) % ENTRIES, slice = (tid + o * KT) / ENTRIES;
+            if (slice < SLICES) {                   // (entry e's keys slice, slice + SLICES, ...)
                 const int r = e / D, d = e % D;
                 const int* w = w_s + r * KT;
                 const short* v = v_s16 + d;
                 long long a0 = 0, a1 = 0;
-                int jj = 0;
-                for (; jj + 3 < count; jj += 4) {       // (two products below 2^30 each: their sum an int32)
-                    a0 += w[jj] * (int)v[jj * VROW] + w[jj + 1] * (int)v[(jj + 1) * VROW];
-                    a1 += w[jj + 2] * (int)v[(jj + 2) * VROW] + w[jj + 3] * (int)v[(jj + 3) * VROW];
+                int jj = slice;
+                for (; jj + 3 * SLICES < count; jj += 4 * SLICES) {   // (two products below 2^30 each: an int32)
+                    a0 += w[jj] * (int)v[jj * VROW] + w[jj + SLICES] * (int)v[(jj + SLICES) * VROW];
+                    a1 += w[jj + 2 * SLICES] * (int)v[(jj + 2 * SLICES) * VROW]
+                        + w[jj + 3 * SLICES] * (int)v[(jj + 3 * SLICES) * VROW];
                 }
-                for (; jj < count; ++jj) a0 += w[jj] * (int)v[jj * VROW];
+                for (; jj < count; jj += SLICES) a0 += w[jj] * (int)v[jj * VROW];
                 acc[o] += a0 + a1;
             }
         }
@@ -424,13 +496,16 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
 #endif
     // 5: the heads' sums of p, then one quotient an entry
     #pragma unroll
-    for (int r = 0; r < GROUP; ++r)
-        for (int o = 16; o; o >>= 1) den[r] += __shfl_xor_sync(LOOM_FULL, den[r], o);
-    if (lane == 0) {
-        #pragma unroll
-        for (int r = 0; r < GROUP; ++r) den_w[warp][r] = den[r];
+    for (int r = 0; r < GROUP; ++r) {               // (head r's p sums are on lanes r % TPK)
+        unsigned long long sum = r % TPK == part ? den[r / TPK] : 0ull;
+        for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(LOOM_FULL, sum, o);
+        if (lane == 0) den_w[warp][r] = sum;
     }
+    if (SLICES > 1) acc_s[tid] = acc[0];
     __syncthreads();
+    if (SLICES > 1) {                               // (the slices' exact sums added: the same bits in any order)
+        for (int z = 1; z < SLICES && tid < ENTRIES; ++z) acc[0] += acc_s[tid + z * ENTRIES];
+    }
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) {
         const int e = tid + o * KT;
@@ -522,18 +597,38 @@ def probability_work(*args: object, **kwargs: object) -> None:
     return None
 
 
+def heads_a_block(batch: int, heads: int, kv_heads: int) -> int:
+    """A block's query heads: a key/value head's group, its keys and values read once for them all, where the
+    batch's (sequence, key/value head) blocks fill the device; else one (a block a query head: more blocks, each
+    with a shorter chain of work; the same bits)."""
+    if HEADS_A_BLOCK is not None:
+        return HEADS_A_BLOCK
+    return heads // kv_heads if batch * kv_heads >= _multiprocessors() else 1
+
+
 def _threads(head_dim: int) -> int:
     return THREADS or (128 if head_dim <= 64 else 64)
 
 
+def lanes_per_key(head_dim: int) -> int:
+    """A key's lanes in the passes: about 16 values each (a power of two up to LANES_MAX; 1 below 32 values)."""
+    return LANES or min(LANES_MAX, 1 << max(0, (head_dim // 16).bit_length() - 1))
+
+
+def row_floats(head_dim: int, lanes: int) -> int:
+    """A staged row's floats: head_dim padded so that rows start 4 lanes x 4 bytes apart in the banks (a float4
+    read's phase of 8 lanes spans 8 / lanes rows: no two of them in one bank)."""
+    return head_dim + (4 * lanes - head_dim) % 32
+
+
 def _module(head_dim: int, group: int, bits: int, p_bits: int) -> cupy.RawModule:
-    return _built(head_dim, group, _threads(head_dim), PHASE_STOP, bits, p_bits)
+    return _built(head_dim, group, _threads(head_dim), lanes_per_key(head_dim), PHASE_STOP, bits, p_bits)
 
 
 @cache
-def _built(head_dim: int, group: int, threads: int, stop: int, bits: int, p_bits: int) -> cupy.RawModule:
+def _built(head_dim: int, group: int, threads: int, lanes: int, stop: int, bits: int, p_bits: int) -> cupy.RawModule:
     head = (f"#define GROUP {group}\n#define BITS {bits}\n#define P_BITS {p_bits}\n#define PHASE_STOP {stop}\n"
-            f"#define KT {threads}\n")
+            f"#define KT {threads}\n#define TPK {lanes}\n#define FROW {row_floats(head_dim, lanes)}\n")
     # (decode_exact's helpers, head_vector's among them, compiled for blocks of at least head_dim threads; they
     # read blockDim)
     return cupy.RawModule(code=decode_exact.source(head_dim, max(threads, head_dim)) + SCALARS + head + EXP_FIXED
@@ -542,9 +637,12 @@ def _built(head_dim: int, group: int, threads: int, stop: int, bits: int, p_bits
 
 
 def shared_bytes(group: int, head_dim: int, threads: int) -> int:
-    """The kernel's dynamic shared memory: a tile's key and value rows [threads][D + 4] float32, its w [GROUP][threads]
-    int32 and values' integers [threads][D + 2] int16."""
-    return 8 * threads * (head_dim + 4) + 4 * group * threads + 2 * threads * (head_dim + 2)
+    """The kernel's dynamic shared memory: a tile's key and value rows [threads][row_floats] float32, its w
+    [GROUP][threads] int32 and values' integers [threads][D + 2] int16 (padded to 8 bytes), a kept tile's scores
+    [GROUP][threads] float64 and its values' exponents and flags [threads] int32."""
+    frow = row_floats(head_dim, lanes_per_key(head_dim))
+    ints = threads * (head_dim + 2)
+    return 8 * threads * frow + 4 * group * threads + 2 * (ints + ints % 4) + 8 * group * threads + 8 * threads
 
 
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
@@ -566,19 +664,20 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     if B == 0:
         return
     row, col = (s // tables.itemsize for s in tables.strides)
-    group = heads // kv_heads
+    group = heads_a_block(B, heads, kv_heads)
     table, consts = scheme
     log2e, ln2, p_bits, bits = (int(c) for c in consts)
     module = _module(D, group, bits, p_bits)
     kernel = module.get_function("loom_int_paged_decode")
     args = (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
-            np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(window or 0), np.float32(scale),
+            np.int32(block_size), np.int32(heads), np.int32(kv_heads), np.int32(heads // kv_heads),
+            np.int32(window or 0), np.float32(scale),
             np.float32(eps), np.int32(53 - max(0, (D - 1).bit_length())), device_table(table), np.int32(log2e),
             np.int32(ln2))
     threads = _threads(D)
     shared = shared_bytes(group, D, threads)
     if split is None:
-        launch(kernel, B * kv_heads, threads, args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 5, overlap,
+        launch(kernel, B * heads // group, threads, args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 5, overlap,
                shared=shared)
         return
     S = split.splits
@@ -587,7 +686,7 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
                          f"{D} in {S} splits")
     work = (split.top, split.flags, split.qbad, split.num, split.den)
     for mode in (1, 2):
-        launch(kernel, B * kv_heads * S, threads, args + (np.int32(mode), np.int32(S)) + work, overlap, shared=shared)
+        launch(kernel, B * heads // group * S, threads, args + (np.int32(mode), np.int32(S)) + work, overlap, shared=shared)
     launch(module.get_function("loom_int_decode_finish"), -(-B * heads * D // 256), 256,
            (split.flags, split.qbad, split.num, split.den, out, np.int64(B * heads * D), np.int32(heads), np.int32(S)),
            overlap)
