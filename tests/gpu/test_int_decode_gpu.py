@@ -60,7 +60,9 @@ def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
     dev = {name: cupy.asarray(a) for name, a in (("qkv", qkv.reshape(B, -1)), ("k", cache_k), ("v", cache_v),
                                                   ("cos", cos), ("sin", sin), ("tables", tables))}
     out = cupy.full((B, H * D), 7.0, dtype=np.float32)
-    split = int_decode.split_work(B, H, D, splits=splits) if splits else None
+    if splits:      # (a window's splits wait for each other: at most a block a multiprocessor)
+        splits = min(splits, int_decode._multiprocessors() // (B * H))
+    split = int_decode.split_work(B, H, D, splits=splits) if splits and splits > 1 else None
     int_decode.paged_attention(dev["qkv"], dev["k"].reshape(-1, KV, D), dev["v"].reshape(-1, KV, D), out, dev["cos"],
                                dev["sin"], None, cupy.asarray(np.array(positions, np.int64)), dev["tables"], bs, H,
                                window, float(scale), 1e-5, split=split, scheme=ia.SCHEME)
@@ -80,7 +82,8 @@ def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
 @pytest.mark.parametrize("grouped", [False, True])
 def test_the_kernel_gives_the_cpus_bits(D, H, KV, positions, window, bs, splits, grouped, monkeypatch):
     """One block a query head (what few sequences take) or a key/value head's group of them (many sequences),
-    each window in one block or cut over 3 or 16 (the split form: some parts empty where windows are short)."""
+    each window in one block or cut over 3 or 16 (as many as the multiprocessors hold: the split form, some parts
+    empty where windows are short)."""
     monkeypatch.setattr(int_decode, "HEADS_A_BLOCK", H // KV if grouped else 1)
     _case(D + H + sum(positions), D, H, KV, positions, window, bs, splits=splits)
 
@@ -127,3 +130,27 @@ def test_engine_steps_give_the_cpus_bits(arch, extra, monkeypatch):
         assert not engine.steps.graphs_off and engine.steps.graphs      # (the steps were recorded)
         for a, b in zip(alone, got):
             assert a.tokens == b.tokens and a.logprobs == b.logprobs
+
+
+def test_the_split_form_runs_again_on_its_workspace():
+    """The split form's arrival counters return to zero: a second launch on the same workspace (as a recorded
+    step replays) gives the same bits, and a grid past the multiprocessors is refused, not left to hang."""
+    rng = np.random.default_rng(3)
+    D, H, KV, bs, p = 64, 4, 2, 16, 300
+    per = p // bs + 1
+    tables = cupy.asarray(rng.permutation(per).reshape(1, per).astype(np.int64))
+    cache = [cupy.asarray(rng.standard_normal((per * bs, KV, D)).astype(np.float32)) for _ in range(2)]
+    qkv = cupy.asarray(rng.standard_normal((1, (H + 2 * KV) * D)).astype(np.float32))
+    trig = cupy.asarray(rng.uniform(-1, 1, (p + 1, D)).astype(np.float32))
+    split = int_decode.split_work(1, H, D, splits=8)
+    outs = []
+    for _ in range(3):
+        out = cupy.zeros((1, H * D), np.float32)
+        int_decode.paged_attention(qkv, cache[0], cache[1], out, trig, trig, None, cupy.asarray(np.array([p])),
+                                   tables, bs, H, None, 0.125, 1e-5, split=split, scheme=ia.SCHEME)
+        outs.append(out.get())
+    assert int(split.counters.sum()) == 0
+    same_bits(outs[1], outs[0], "a second launch")
+    same_bits(outs[2], outs[0], "a third launch")
+    with pytest.raises(ValueError, match="multiprocessors"):
+        int_decode.split_work(int_decode._multiprocessors(), H, D, splits=2)

@@ -2,26 +2,31 @@
 loom/kernels/exact/attention.py, its bits, for one new token per sequence over a paged KV cache, with the
 interface of decode_exact (paged_graph takes this module as its attention where decoder.INTEGER_ATTENTION is on).
 
-A block per (sequence, key/value head), KT threads (128 for head_dim up to 64, else 64), for the GROUP query heads
-of that key/value head:
+A block per (sequence, GROUP query heads): a key/value head's group where the batch's (sequence, key/value head)
+blocks fill the device (each cached row read once for the group), else one query head (heads_a_block: more
+blocks, each a shorter chain). KT threads (128 for head_dim up to 64, else 64):
 1. the heads' q and the new k (qwen3: each after its RMSNorm) through RoPE, and v, as decode_exact's head_vector
-   makes them (spec 4's bits, which spec 5 keeps); the block writes k and v into the cache;
+   makes them (spec 4's bits, which spec 5 keeps); the key/value head's first block writes k and v into the cache;
 2. each q row's exponent and integers (a warp a row: fixed.row_exponents, to_integers), held as byte pairs for
    dp2a;
-3. pass 1, tiles of KT keys: the tile's key and value rows staged in shared memory by cp.async (coalesced), then a
-   thread a key: the row's exponent from an integer maximum of its bits (the CPU's _row_exponent), its integers
-   (one fma each for a finite row), the GROUP exact integer scores (dp2a: the key's int16 pairs against q's low
-   and high bytes, exact in int32 for head_dim <= 128) as S 2^(ek - 30); each head's largest, the values' largest
-   exponent E and the inf/NaN flag, reduced over the block;
-4. pass 2, the tiles again (a window of one tile stays staged, its scores kept in registers): per key and head
+3. pass 1, tiles of KT keys: the tile's key and value rows staged in shared memory by cp.async (coalesced), then
+   TPK lanes a key (about 16 values each, lanes_per_key), rounds of KT / TPK keys: the row's exponent from an
+   integer maximum of its bits (the CPU's _row_exponent), its integers (one fma each for a finite row), the GROUP
+   exact integer scores (dp2a: the key's int16 pairs against q's low and high bytes, exact in int32 for
+   head_dim <= 128; the lanes' partial sums joined by shuffles) as S 2^(ek - 30); each head's largest, the
+   values' largest exponent E and the inf/NaN flag, reduced over the block;
+4. pass 2, the tiles again (a share of one tile stays staged, its scores kept in shared memory): per key and head
    d = (max - S 2^(ek - 30)) 2^eq scale (float64: the CPU's two operations, scaling by 2^eq exact),
    p = exp_fixed(d) (the table in shared memory), its int64 sum, w = p with v's scale folded in at P_BITS bits;
-   the value's integers into shared memory; then each (head, d) entry adds its tile's w v in int64;
+   the value's integers into shared memory; then each (head, d) entry adds its tile's w v in int64 (small
+   blocks: over SLICES slices of the keys, added after);
 5. each entry's quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32 (NaN where the row
    or an allowed key or value holds inf or NaN).
 Where a batch's blocks are too few to fill the device (split_work), steps past 2 SPLIT_KEYS positions replay a
-second recording whose windows are cut over `splits` blocks each: a launch writes each split's pass-1 maxima, a
-second combines them and writes each split's exact sums, and loom_int_decode_finish adds those and divides.
+second recording whose windows are cut over `splits` blocks each, in the same launch: each split writes its
+pass-1 maxima, the splits meet at a barrier (decode_exact's group_barrier: the grid is kept resident, a block a
+multiprocessor at most) and take the window's, each writes its exact sums, and the last to finish adds them and
+divides.
 Every sum is an exact integer sum and every maximum order-free, so neither the threads' order of the keys nor
 the split changes a bit: the CPU's decode rows (backend/cpu/attend_integer._step_rows, _rows with a window) give
 the same. Capturable: sizes as arguments, each sequence's position and block table read on the device, no sync.
@@ -47,7 +52,7 @@ MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bo
 HEADS_A_BLOCK = None            # a block's query heads (None: heads_a_block; it must divide the group)
 LANES = None                    # a key's lanes in the passes (None: lanes_per_key)
 LANES_MAX = 8
-PHASE_STOP = 0                  # (timing: 1-4 return after that phase; 0 runs them all)
+PHASE_STOP = 0                  # (timing, unsplit launches only: 1-4 return after that phase; 0 runs them all)
 SPLIT_KEYS = 128                # windows past twice this take the split form where split_work gives one
 MAX_SPLITS = 16
 CHUNK_KEYS = decode_exact.CHUNK_KEYS
@@ -227,8 +232,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const float* qkv, float* cache_k, float* cache_v, float* out, const float* cos_t, const float* sin_t,
         const float* norm, const long long* pos_g, const long long* tables, long long row, long long col,
         int block_size, int H, int KV, int ratio, int window, float scale, float eps, int dbits, const long long* tab_g,
-        int log2e_i, int ln2_i, int mode, int splits, double* wtop, int* wflags, int* wqbad, long long* wnum,
-        unsigned long long* wden) {
+        int log2e_i, int ln2_i, int mode, int splits, double* wtop, int* wflags, long long* wnum,
+        unsigned long long* wden, unsigned* counters) {
     const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
     extern __shared__ __align__(16) unsigned char dyn[];
     float* kf = (float*)dyn;                                    // [KT][FROW]: a tile's key rows
@@ -258,7 +263,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const long long pos = pos_g[b];
     const long long lo = window > 0 && pos - window + 1 > 0 ? pos - window + 1 : 0, n = pos + 1 - lo;
     const long long share = (n + splits - 1) / splits, first = min(n, s * share), last = min(n, first + share);
-    const bool writes = s == 0 && mode != 2 && h0 % ratio == 0;    // (the block that writes k and v into the cache)
+    const bool writes = s == 0 && h0 % ratio == 0;    // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = (unsigned)tab_g[i];
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
     for (long long line = first * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {   // (into L1 before the wait)
@@ -340,9 +345,9 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
     int etop = -2147483647 - 1, bad = 0;
-    // (mode 0 with one tile: pass 2 takes the tile as staged, its scores kept)
-    const bool keep = mode == 0 && last - first <= KT;
-    for (long long t0 = first; t0 < last && mode != 2; t0 += KT) {
+    // (a share of one tile: pass 2 takes the tile as staged, its scores kept)
+    const bool keep = last - first <= KT;
+    for (long long t0 = first; t0 < last; t0 += KT) {
         loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
         __syncthreads();
         #pragma unroll 1
@@ -388,23 +393,20 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         etop = max(etop, etop_w[w]);
         bad |= bad_w[w];
     }
-    if (mode == 1) {                                // this split's largest scores, exponent and flag (and q's flags)
+    if (mode == 1) {                                // this split's largest scores, exponent and flag; then the window's
         if (tid == 0) {
             #pragma unroll
             for (int r = 0; r < GROUP; ++r) wtop[(long long)blockIdx.x * GROUP + r] = top[r];
             wflags[2 * (long long)blockIdx.x] = etop;
             wflags[2 * (long long)blockIdx.x + 1] = bad;
         }
-        if (s == 0 && tid < GROUP) wqbad[(long long)blk * GROUP + tid] = qbad_s[tid];
-        return;
-    }
-    if (mode == 2) {                                // every split's: the window's
+        group_barrier(counters + blk, splits);
         for (int z = 0; z < splits; ++z) {
             const long long at = (long long)blk * splits + z;
             #pragma unroll
-            for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], wtop[at * GROUP + r]);
-            etop = max(etop, wflags[2 * at]);
-            bad |= wflags[2 * at + 1];
+            for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], __ldcg(wtop + at * GROUP + r));
+            etop = max(etop, __ldcg(wflags + 2 * at));
+            bad |= __ldcg(wflags + 2 * at + 1);
         }
     }
 #if PHASE_STOP == 3
@@ -513,7 +515,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         const int r = e / D, d = e % D;
         unsigned long long total = 0;
         for (int w = 0; w < KT / 32; ++w) total += den_w[w][r];
-        if (mode == 2) {                            // this split's exact sums, for loom_int_decode_finish
+        if (mode == 1) {                            // this split's exact sums, for the group's last block
             wnum[(long long)blockIdx.x * GROUP * D + e] = acc[o];
             if (d == 0) wden[(long long)blockIdx.x * GROUP + r] = total;
             continue;
@@ -521,30 +523,29 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
             : (float)ldexp((double)acc[o] / (double)total, etop - P_BITS - BITS + 31);
     }
-}
-
-// out's entries from mode 2's sums of `splits` splits (entry (b, h, d): block (b KV + h / GROUP) splits + z's
-// (h % GROUP, d)): the exact sums added, one quotient
-extern "C" __global__ void __launch_bounds__(256) loom_int_decode_finish(
-        const int* wflags, const int* wqbad, const long long* wnum, const unsigned long long* wden, float* out,
-        long long entries, int H, int splits) {
-    const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
-    wait_for_previous_kernel();
-    if (i >= entries) return;
-    const long long bh = i / D;
-    const long long blk = (bh / H) * (H / GROUP) + (bh % H) / GROUP;
-    const int r = (int)(bh % H) % GROUP, d = (int)(i % D);
-    long long num = 0;
-    unsigned long long den = 0;
-    int etop = -2147483647 - 1, bad = wqbad[blk * GROUP + r];
-    for (int z = 0; z < splits; ++z) {
-        const long long at = blk * splits + z;
-        num += wnum[(at * GROUP + r) * D + d];
-        den += wden[at * GROUP + r];
-        etop = max(etop, wflags[2 * at]);
-        bad |= wflags[2 * at + 1];
+    if (mode == 0) return;
+    // (split form) the group's last block to arrive adds every split's exact sums (integers: any order) and
+    // divides; it leaves the counter at zero for the next launch (every block of the group is past the barrier)
+    __shared__ int finisher;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) finisher = atomicAdd(counters + blk, 1u) == 2u * splits - 1u;
+    __syncthreads();
+    if (!finisher) return;
+    __threadfence();
+    for (int e = tid; e < GROUP * D; e += KT) {
+        const int r = e / D, d = e % D;
+        long long num = 0;
+        unsigned long long total = 0;
+        for (int z = 0; z < splits; ++z) {
+            const long long at = (long long)blk * splits + z;
+            num += __ldcg(wnum + at * GROUP * D + e);
+            total += __ldcg(wden + at * GROUP + r);
+        }
+        out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
+            : (float)ldexp((double)num / (double)total, etop - P_BITS - BITS + 31);
     }
-    out[i] = bad || den == 0 ? __int_as_float(0x7fc00000) : (float)ldexp((double)num / (double)den, etop - P_BITS - BITS + 31);
+    if (tid == 0) counters[blk] = 0u;
 }
 """
 
@@ -559,27 +560,35 @@ def unsupported(head_dim: int, max_len: int) -> str | None:
 
 class SplitWork(NamedTuple):
     """The split form's workspace (split_work makes it): each split's largest scores [B heads splits] float64, its
-    values' largest exponent and inf/NaN flag [B heads splits, 2] int32 (sized by query heads: at least the key/value
-    heads' blocks), q's inf/NaN flags [B heads], the exact sums [B heads splits, D] int64 and [B heads splits] uint64."""
+    values' largest exponent and inf/NaN flag [B heads splits, 2] int32, its exact sums [B heads splits, D] int64
+    and [B heads splits] uint64 (sized by query heads: at least a block's heads times its blocks), and each
+    block group's arrival counter [B heads] (zero between launches)."""
     splits: int
     top: object
     flags: object
-    qbad: object
     num: object
     den: object
+    counters: object
 
 
 def split_work(batch: int, heads: int, head_dim: int, max_keys: int = 0, splits: int | None = None) -> SplitWork | None:
-    """The workspace of steps whose windows past 2 SPLIT_KEYS keys are cut over several blocks a (sequence,
-    key/value head) (three launches: each split's largest scores, then its exact sums, then their total), or None
-    where the batch's blocks (at most batch x heads) already fill the device. The same bits for any split."""
+    """The workspace of steps whose windows past 2 SPLIT_KEYS keys are cut over `splits` blocks a block's heads
+    (one launch: the splits of a window meet at a barrier, their largest scores exchanged, and the last to finish
+    adds their exact sums), or None where the batch's blocks (at most batch x heads) leave no room for two splits
+    each. The splits of a window wait for each other, so the whole grid must be resident: at most a block a
+    multiprocessor (decode_exact.split_work's rule; a launch uses the workspace alone). The same bits for any
+    split."""
+    blocks, sms = batch * heads, _multiprocessors()
     if splits is None:
-        splits = min(MAX_SPLITS, -(-4 * _multiprocessors() // max(1, batch * heads)))
+        splits = min(MAX_SPLITS, sms // max(1, blocks))
     if splits < 2:
         return None
-    n = batch * heads * splits
-    return SplitWork(splits, cupy.empty(n, np.float64), cupy.empty(2 * n, np.int32), cupy.empty(batch * heads, np.int32),
-                     cupy.empty(n * head_dim, np.int64), cupy.empty(n, np.uint64))
+    if blocks * splits > sms:
+        raise ValueError(f"split_work: {blocks} blocks in {splits} splits exceed the {sms} multiprocessors (a "
+                         "window's splits must all be resident)")
+    n = blocks * splits
+    return SplitWork(splits, cupy.empty(n, np.float64), cupy.empty(2 * n, np.int32), cupy.empty(n * head_dim, np.int64),
+                     cupy.empty(n, np.uint64), cupy.zeros(blocks, np.uint32))
 
 
 def split_max_keys(splits: int) -> int:
@@ -676,17 +685,14 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
             np.int32(ln2))
     threads = _threads(D)
     shared = shared_bytes(group, D, threads)
+    blocks = B * heads // group
     if split is None:
-        launch(kernel, B * heads // group, threads, args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 5, overlap,
+        launch(kernel, blocks, threads, args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 5, overlap,
                shared=shared)
         return
     S = split.splits
-    if split.top.size < B * heads * S or split.num.size < B * heads * S * D:
-        raise ShapeError(f"spec 5's decode attention: a split workspace for fewer than {B} sequences of {heads} heads of "
-                         f"{D} in {S} splits")
-    work = (split.top, split.flags, split.qbad, split.num, split.den)
-    for mode in (1, 2):
-        launch(kernel, B * heads // group * S, threads, args + (np.int32(mode), np.int32(S)) + work, overlap, shared=shared)
-    launch(module.get_function("loom_int_decode_finish"), -(-B * heads * D // 256), 256,
-           (split.flags, split.qbad, split.num, split.den, out, np.int64(B * heads * D), np.int32(heads), np.int32(S)),
-           overlap)
+    if split.top.size < B * heads * S or split.num.size < B * heads * S * D or blocks * S > _multiprocessors():
+        raise ShapeError(f"spec 5's decode attention: a split workspace of {S} splits for fewer than {B} sequences "
+                         f"of {heads} heads of {D}, or {blocks} blocks in {S} splits past the multiprocessors")
+    launch(kernel, blocks * S, threads, args + (np.int32(1), np.int32(S), split.top, split.flags, split.num, split.den,
+                                                split.counters), overlap, shared=shared)
