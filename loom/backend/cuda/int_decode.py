@@ -204,26 +204,43 @@ __device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb
         sc[r] = (double)(256LL * loom_lanes_sum(hi[r], mask) + loom_lanes_sum(lo[r], mask)) * k2;
 }
 
-// a tile's key and value rows (keys t0 .. t0 + KT - 1 of the window, those below n) into kf, vf [KT][FROW]
-// by cp.async, 16 bytes a copy, consecutive threads along a row; the new position's from k_s, v_s
-__device__ __forceinline__ void loom_stage(const Paged& keys, const Paged& values, const float* k_s, const float* v_s,
-                                           float* kf, float* vf, long long lo, long long pos, long long t0,
-                                           long long n) {
+// a tile's cached key and value rows (keys t0 .. min(t0 + KT, n) - 1 of the window, the new position's excepted)
+// into kf, vf [KT][FROW] by cp.async, 16 bytes a copy, consecutive threads along a row: committed, not waited for
+// (the cache's rows before the position are no previous kernel's: this may run before the wait)
+__device__ __forceinline__ void loom_stage_cached(const Paged& keys, const Paged& values, float* kf, float* vf,
+                                                  long long lo, long long pos, long long t0, long long n) {
     constexpr int per = D / 4;
-    for (int c = threadIdx.x; c < 2 * KT * per; c += KT) {
-        const int which = c >= KT * per, rem = c - which * KT * per, jj = rem / per, q = rem % per;
+    const int rows = (int)min((long long)KT, n - t0);
+    for (int c = threadIdx.x; c < 2 * rows * per; c += KT) {
+        const int which = c >= rows * per, rem = c - which * rows * per, jj = rem / per, q = rem % per;
         const long long j = t0 + jj;
-        if (j >= n) continue;
+        if (lo + j == pos) continue;
         float* dst = (which ? vf : kf) + jj * FROW + 4 * q;
-        if (lo + j == pos) {
-            *(float4*)dst = ((const float4*)(which ? v_s : k_s))[q];
-            continue;
-        }
         const float* src = (which ? values.at(lo + j) : keys.at(lo + j)) + 4 * q;
         const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d), "l"(src) : "memory");
     }
-    asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+    asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+// the new position's key and value (k_s, v_s) into the tile where it falls in it, then the tile's copies waited for
+__device__ __forceinline__ void loom_stage_new(const float* k_s, const float* v_s, float* kf, float* vf, long long lo,
+                                               long long pos, long long t0, long long n) {
+    const long long jj = pos - lo - t0;
+    if (jj >= 0 && jj < KT && t0 + jj < n)
+        for (int d = threadIdx.x; d < D; d += KT) {
+            kf[jj * FROW + d] = k_s[d];
+            vf[jj * FROW + d] = v_s[d];
+        }
+    asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
+// a tile's key and value rows, the new position's from k_s, v_s (the caller's barrier after)
+__device__ __forceinline__ void loom_stage(const Paged& keys, const Paged& values, const float* k_s, const float* v_s,
+                                           float* kf, float* vf, long long lo, long long pos, long long t0,
+                                           long long n) {
+    loom_stage_cached(keys, values, kf, vf, lo, pos, t0, n);
+    loom_stage_new(k_s, v_s, kf, vf, lo, pos, t0, n);
 }
 
 // loom_int_paged_decode: block b KV + kv; decode_exact's arguments (qkv [B, (H + 2 KV) D], the paged caches, out
@@ -266,7 +283,9 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const bool writes = s == 0 && h0 % ratio == 0;    // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = (unsigned)tab_g[i];
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
-    for (long long line = first * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {   // (into L1 before the wait)
+    // (before the wait: the first tile's cached rows on their way to shared memory, the later tiles' into L1)
+    if (first < last) loom_stage_cached(keys, values, kf, vf, lo, pos, first, last);
+    for (long long line = (first + KT) * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {
         prefetch_l1(keys.at(lo + line / LINES) + 32 * (line % LINES));
         prefetch_l1(values.at(lo + line / LINES) + 32 * (line % LINES));
     }
@@ -348,7 +367,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     // (a share of one tile: pass 2 takes the tile as staged, its scores kept)
     const bool keep = last - first <= KT;
     for (long long t0 = first; t0 < last; t0 += KT) {
-        loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
+        if (t0 == first) loom_stage_new(k_s, v_s, kf, vf, lo, pos, t0, last);    // (its cached rows: before the wait)
+        else loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
         __syncthreads();
         #pragma unroll 1
         for (int u = 0; u < TPK; ++u) {     // (not unrolled: the loop's code stays in the instruction cache)
