@@ -110,6 +110,22 @@ def test_shapes_it_does_not_take():
                                    None, 0.125, 1e-5, scheme=ia.SCHEME)
 
 
+
+@pytest.mark.parametrize("knob, value, why", [("HEADS_A_BLOCK", 2, "query heads a block across"),
+                                              ("LANES", 3, "lanes a key"), ("THREADS", 48, "threads a block"),
+                                              ("PHASE_STOP", 3, "with the split form")])
+def test_knobs_it_cannot_run_are_refused(knob, value, why, monkeypatch):
+    """A block's heads in one group, warps of whole keys, no phase cut short in the split form (its counters
+    would stay set): refused before launching."""
+    monkeypatch.setattr(int_decode, knob, value)
+    H, KV, D = 6, 2, 64
+    z = cupy.zeros((1, (H + 2 * KV) * D), dtype=np.float32)
+    with pytest.raises(ShapeError, match=why):
+        int_decode.paged_attention(z, cupy.zeros((4, KV, D), np.float32), cupy.zeros((4, KV, D), np.float32),
+                                   z, z, z, None, cupy.zeros(1, np.int64), cupy.zeros((1, 1), np.int64), 4, H,
+                                   None, 0.125, 1e-5, scheme=ia.SCHEME, split=int_decode.split_work(1, H, D, splits=2))
+
+
 @pytest.mark.parametrize("arch, extra", [("llama", {}), ("qwen3", {}), ("mistral", {"sliding_window": 9})])
 def test_engine_steps_give_the_cpus_bits(arch, extra, monkeypatch):
     """With the decoders' attention in the scheme (decoder.INTEGER_ATTENTION, both devices), a GPU batch with

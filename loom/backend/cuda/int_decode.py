@@ -19,7 +19,7 @@ blocks, each a shorter chain). KT threads (128 for head_dim up to 64, else 64):
    d = (max - S 2^(ek - 30)) 2^eq scale (float64: the CPU's two operations, scaling by 2^eq exact),
    p = exp_fixed(d) (the table in shared memory), its int64 sum, w = p with v's scale folded in at P_BITS bits;
    the value's integers into shared memory; then each (head, d) entry adds its tile's w v in int64 (small
-   blocks: over SLICES slices of the keys, added after);
+   blocks: over WV_SLICES slices of the keys, added after);
 5. each entry's quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32 (NaN where the row
    or an allowed key or value holds inf or NaN).
 Where a batch's blocks are too few to fill the device (split_work), steps past 2 SPLIT_KEYS positions replay a
@@ -59,7 +59,7 @@ CHUNK_KEYS = decode_exact.CHUNK_KEYS
 
 _SOURCE = r"""
 #define ENTRIES (GROUP * D)                            // a block's (head, d) entries
-#define SLICES (ENTRIES >= KT ? 1 : KT / ENTRIES)      // threads an entry (each a share of the keys)
+#define WV_SLICES (ENTRIES >= KT ? 1 : KT / ENTRIES)      // threads an entry (each a share of the keys)
 #define OUTS ((ENTRIES + KT - 1) / KT)                 // entries a thread sums
 #define VROW (D + 2)                                   // a value's int16s in shared memory (odd words: no conflicts)
 // FROW (from the host, shared_bytes): a staged row's floats, padded so that the 8 lanes of a float4 read's phase
@@ -269,7 +269,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     __shared__ double top_w[KT / 32][GROUP];
     __shared__ int etop_w[KT / 32], bad_w[KT / 32];
     __shared__ unsigned long long den_w[KT / 32][GROUP];
-    __shared__ long long acc_s[SLICES > 1 ? KT : 1];
+    __shared__ long long acc_s[WV_SLICES > 1 ? KT : 1];
 
     // block (b KV + kv) splits + s; split s of `splits` takes the window's keys first .. last - 1 (mode 0: one split)
     const int blk = blockIdx.x / splits, s = blockIdx.x % splits;
@@ -496,18 +496,18 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         #pragma unroll
         for (int o = 0; o < OUTS; ++o) {
             const int e = (tid + o * KT) % ENTRIES, slice = (tid + o * KT) / ENTRIES;
-            if (slice < SLICES) {                   // (entry e's keys slice, slice + SLICES, ...)
+            if (slice < WV_SLICES) {                   // (entry e's keys slice, slice + WV_SLICES, ...)
                 const int r = e / D, d = e % D;
                 const int* w = w_s + r * KT;
                 const short* v = v_s16 + d;
                 long long a0 = 0, a1 = 0;
                 int jj = slice;
-                for (; jj + 3 * SLICES < count; jj += 4 * SLICES) {   // (two products below 2^30 each: an int32)
-                    a0 += w[jj] * (int)v[jj * VROW] + w[jj + SLICES] * (int)v[(jj + SLICES) * VROW];
-                    a1 += w[jj + 2 * SLICES] * (int)v[(jj + 2 * SLICES) * VROW]
-                        + w[jj + 3 * SLICES] * (int)v[(jj + 3 * SLICES) * VROW];
+                for (; jj + 3 * WV_SLICES < count; jj += 4 * WV_SLICES) {   // (two products below 2^30 each: an int32)
+                    a0 += w[jj] * (int)v[jj * VROW] + w[jj + WV_SLICES] * (int)v[(jj + WV_SLICES) * VROW];
+                    a1 += w[jj + 2 * WV_SLICES] * (int)v[(jj + 2 * WV_SLICES) * VROW]
+                        + w[jj + 3 * WV_SLICES] * (int)v[(jj + 3 * WV_SLICES) * VROW];
                 }
-                for (; jj < count; jj += SLICES) a0 += w[jj] * (int)v[jj * VROW];
+                for (; jj < count; jj += WV_SLICES) a0 += w[jj] * (int)v[jj * VROW];
                 acc[o] += a0 + a1;
             }
         }
@@ -523,10 +523,10 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(LOOM_FULL, sum, o);
         if (lane == 0) den_w[warp][r] = sum;
     }
-    if (SLICES > 1) acc_s[tid] = acc[0];
+    if (WV_SLICES > 1) acc_s[tid] = acc[0];
     __syncthreads();
-    if (SLICES > 1) {                               // (the slices' exact sums added: the same bits in any order)
-        for (int z = 1; z < SLICES && tid < ENTRIES; ++z) acc[0] += acc_s[tid + z * ENTRIES];
+    if (WV_SLICES > 1) {                               // (the slices' exact sums added: the same bits in any order)
+        for (int z = 1; z < WV_SLICES && tid < ENTRIES; ++z) acc[0] += acc_s[tid + z * ENTRIES];
     }
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) {
@@ -665,6 +665,27 @@ def _built(head_dim: int, group: int, threads: int, lanes: int, stop: int, bits:
                           options=decode_exact.COMPILE)
 
 
+def _check_knobs(threads: int, lanes: int, group: int, ratio: int, split: bool) -> None:
+    """ShapeError where the knobs (THREADS, LANES, HEADS_A_BLOCK, PHASE_STOP) give a launch the kernel cannot
+    run right: warps of whole keys, a block's heads inside one group, phases cut short only without the split
+    form (whose counters would stay set)."""
+    why = None
+    if threads % 32 or lanes & (lanes - 1) or lanes > 32 or threads % lanes:
+        why = f"{threads} threads a block with {lanes} lanes a key (warps of whole keys, lanes a power of two)"
+    elif ratio % group:
+        why = f"{group} query heads a block across key/value heads of {ratio}"
+    elif split and PHASE_STOP:
+        why = f"PHASE_STOP {PHASE_STOP} with the split form"
+    if why:
+        raise ShapeError(f"spec 5's decode attention kernel cannot take {why}")
+
+
+@cache
+def _shared_limit() -> int:
+    """The shared memory (static and dynamic) a block may opt in to."""
+    return cupy.cuda.Device().attributes["MaxSharedMemoryPerBlockOptin"]
+
+
 def shared_bytes(group: int, head_dim: int, threads: int) -> int:
     """The kernel's dynamic shared memory: a tile's key and value rows [threads][row_floats] float32, its w
     [GROUP][threads] int32 and values' integers [threads][D + 2] int16 (padded to 8 bytes), a kept tile's scores
@@ -694,6 +715,7 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
         return
     row, col = (s // tables.itemsize for s in tables.strides)
     group = heads_a_block(B, heads, kv_heads)
+    _check_knobs(_threads(D), lanes_per_key(D), group, heads // kv_heads, split is not None)
     table, consts = scheme
     log2e, ln2, p_bits, bits = (int(c) for c in consts)
     module = _module(D, group, bits, p_bits)
@@ -705,6 +727,10 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
             np.int32(ln2))
     threads = _threads(D)
     shared = shared_bytes(group, D, threads)
+    if shared + kernel.shared_size_bytes > _shared_limit():
+        raise ShapeError(f"spec 5's decode attention kernel cannot take {shared + kernel.shared_size_bytes} bytes "
+                         f"of shared memory a block (head_dim {D}, {group} heads a block, {threads} threads), past "
+                         f"the device's {_shared_limit()}")
     blocks = B * heads // group
     if split is None:
         launch(kernel, blocks, threads, args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 5, overlap,
