@@ -378,11 +378,14 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             int kbad;
             loom_scores(kf + jj * FROW, qb_s, sc, kbad, part, mask);
             const LoomRow vr = loom_row_top(vf + jj * FROW, part, mask);
-            if (keep && part == 0) {
-                #pragma unroll
-                for (int r = 0; r < GROUP; ++r) kept_s[r * KT + jj] = sc[r];
-                kept_e[jj] = vr.e;
-                kept_bad[jj] = vr.bad;
+            if (keep) {     // (a kept tile's values' integers now: they depend on the row's own exponent only)
+                loom_row_integers(vf + jj * FROW, vr, (unsigned*)(v_s16 + jj * VROW), part);
+                if (part == 0) {
+                    #pragma unroll
+                    for (int r = 0; r < GROUP; ++r) kept_s[r * KT + jj] = sc[r];
+                    kept_e[jj] = vr.e;
+                    kept_bad[jj] = vr.bad;
+                }
             }
             if (t0 + jj < last) {
                 #pragma unroll
@@ -478,8 +481,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                         if (r - h * TPK == part) sc[h] = all[r];
                 }
                 vr = loom_row_top(val, part, mask);
+                loom_row_integers(val, vr, (unsigned*)(v_s16 + jj * VROW), part);
             }
-            loom_row_integers(val, vr, (unsigned*)(v_s16 + jj * VROW), part);
             const int sh = 31 - P_BITS + etop - vr.e;
             #pragma unroll
             for (int h = 0; h < HPL; ++h) {
