@@ -325,6 +325,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     __syncthreads();
 #if PHASE_STOP == 1
     if (tid == 0) out[b] = k_s[0];
+    asm volatile("cp.async.wait_all;" ::: "memory");     // (no copy left in flight)
     return;
 #endif
     // 2: q's integers, a warp a row, as byte pairs: low bytes (unsigned), then high (signed), of values 2i, 2i + 1
@@ -353,6 +354,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     __syncthreads();
 #if PHASE_STOP == 2
     if (tid == 0) out[b] = (float)qb_s[0];
+    asm volatile("cp.async.wait_all;" ::: "memory");
     return;
 #endif
     // 3: pass 1, tiles of KT keys staged in shared memory (coalesced), TPK lanes a key (rounds of KT / TPK keys):
