@@ -9,13 +9,15 @@ blocks, each a shorter chain). KT threads (128 for head_dim up to 64, else 64):
    makes them (spec 4's bits, which spec 5 keeps); the key/value head's first block writes k and v into the cache;
 2. each q row's exponent and integers (a warp a row: fixed.row_exponents, to_integers), held as byte pairs for
    dp2a;
-3. pass 1, tiles of KT keys: the tile's key and value rows staged in shared memory by cp.async (coalesced), then
-   TPK lanes a key (about 16 values each, lanes_per_key), rounds of KT / TPK keys: the row's exponent from an
+3. pass 1, tiles of KT keys, TPK lanes a key (about 16 values each, lanes_per_key), rounds of KT / TPK keys, each
+   lane's part of the key and value rows read into registers (the first round's before the wait for the previous
+   kernel, the later rounds' prefetched into L1 then): the row's exponent from an
    integer maximum of its bits (the CPU's _row_exponent), its integers (one fma each for a finite row), the GROUP
    exact integer scores (dp2a: the key's int16 pairs against q's low and high bytes, exact in int32 for
    head_dim <= 128; the lanes' partial sums joined by shuffles) as S 2^(ek - 30); each head's largest, the
    values' largest exponent E and the inf/NaN flag, reduced over the block;
-4. pass 2, the tiles again (a share of one tile stays staged, its scores kept in shared memory): per key and head
+4. pass 2, the tiles again (a share of one tile is not read again: its scores, values' integers and exponents
+   were kept in shared memory in pass 1): per key and head
    d = (max - S 2^(ek - 30)) 2^eq scale (float64: the CPU's two operations, scaling by 2^eq exact),
    p = exp_fixed(d) (the table in shared memory), its int64 sum, w = p with v's scale folded in at P_BITS bits;
    the value's integers into shared memory; then each (head, d) entry adds its tile's w v in int64 (small
@@ -62,8 +64,6 @@ _SOURCE = r"""
 #define WV_SLICES (ENTRIES >= KT ? 1 : KT / ENTRIES)      // threads an entry (each a share of the keys)
 #define OUTS ((ENTRIES + KT - 1) / KT)                 // entries a thread sums
 #define VROW (D + 2)                                   // a value's int16s in shared memory (odd words: no conflicts)
-// FROW (from the host, shared_bytes): a staged row's floats, padded so that the 8 lanes of a float4 read's phase
-// (8 / TPK rows) fall in different banks
 
 // A row's scale (fixed.row_exponents' e of its largest finite magnitude, shift = 15 - e, s = 2^shift) and whether
 // it holds inf or NaN; `plain`: finite with shift <= 127, its integers by one fma each (loom_fixed_bits' first form)
@@ -106,38 +106,51 @@ __device__ __forceinline__ int loom_lanes_sum(int x, unsigned mask) {
     return x;
 }
 
-// a row's LoomRow, on each of its TPK lanes: the largest magnitude as an integer maximum of the bits, the finite one
-// again only where inf or NaN is there (a branch the row's lanes take together)
-__device__ __forceinline__ LoomRow loom_row_top(const float* row, int part, unsigned mask) {
+// whether float4 i of a lane's part lies inside the row (always where TPK lanes divide the row's float4s evenly)
+#define LOOM_IN_ROW(i) (D % (4 * TPK) == 0 || part + TPK * (i) < D / 4)
+
+// a lane's part of a row in registers: float4s part, part + TPK, ... (zeros past the row)
+struct LoomPart { float4 x[GPL]; };
+
+// this lane's part of `row` (global or shared memory), or zeros where row is null (a key past the window's share)
+__device__ __forceinline__ void loom_load_part(const float* row, int part, LoomPart& p) {
+    #pragma unroll
+    for (int i = 0; i < GPL; ++i)
+        p.x[i] = row != nullptr && LOOM_IN_ROW(i) ? ((const float4*)row)[part + TPK * i] : make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+// a row's LoomRow from its lanes' parts, on each of its TPK lanes: the largest magnitude as an integer maximum of
+// the bits, the finite one again only where inf or NaN is there (a branch the row's lanes take together)
+__device__ __forceinline__ LoomRow loom_row_top(const LoomPart& p, int part, unsigned mask) {
     unsigned worst[4] = {0u, 0u, 0u, 0u};
     #pragma unroll
     for (int i = 0; i < GPL; ++i) {
-        const int g = part + TPK * i;
-        if (D % (4 * TPK) != 0 && g >= D / 4) break;
-        const uint4 x4 = ((const uint4*)row)[g];
-        worst[0] = max(worst[0], x4.x & 0x7FFFFFFFu);
-        worst[1] = max(worst[1], x4.y & 0x7FFFFFFFu);
-        worst[2] = max(worst[2], x4.z & 0x7FFFFFFFu);
-        worst[3] = max(worst[3], x4.w & 0x7FFFFFFFu);
+        worst[0] = max(worst[0], __float_as_uint(p.x[i].x) & 0x7FFFFFFFu);
+        worst[1] = max(worst[1], __float_as_uint(p.x[i].y) & 0x7FFFFFFFu);
+        worst[2] = max(worst[2], __float_as_uint(p.x[i].z) & 0x7FFFFFFFu);
+        worst[3] = max(worst[3], __float_as_uint(p.x[i].w) & 0x7FFFFFFFu);
     }
     unsigned top = loom_lanes_max(max(max(worst[0], worst[1]), max(worst[2], worst[3])), mask);
     const int bad = top >= 0x7F800000u;
     if (bad) {                                      // (rare) the finite maximum
         top = 0u;
-        for (int g = part; g < D / 4; g += TPK)
+        #pragma unroll
+        for (int i = 0; i < GPL; ++i) {
+            const float xs[4] = {p.x[i].x, p.x[i].y, p.x[i].z, p.x[i].w};
+            #pragma unroll
             for (int u = 0; u < 4; ++u) {
-                const unsigned a = __float_as_uint(row[4 * g + u]) & 0x7FFFFFFFu;
+                const unsigned a = __float_as_uint(xs[u]) & 0x7FFFFFFFu;
                 if (a < 0x7F800000u) top = max(top, a);
             }
+        }
         top = loom_lanes_max(top, mask);
     }
     return loom_row_scale(loom_exponent_of_bits(top), bad);
 }
 
-// the integers of values 4 g .. 4 g + 3 of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
+// the integers of four values of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
 template <bool PLAIN>
-__device__ __forceinline__ void loom_row_pairs(const float* row, int g, const LoomRow& rw, unsigned* pr) {
-    const float4 x4 = ((const float4*)row)[g];
+__device__ __forceinline__ void loom_row_pairs(const float4& x4, const LoomRow& rw, unsigned* pr) {
     const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
     unsigned q[4];
     #pragma unroll
@@ -149,16 +162,15 @@ __device__ __forceinline__ void loom_row_pairs(const float* row, int g, const Lo
 }
 
 // this lane's part of a row's integers as int16 pairs into out [D / 2]
-__device__ __forceinline__ void loom_row_integers(const float* row, const LoomRow& rw, unsigned* out, int part) {
+__device__ __forceinline__ void loom_row_integers(const LoomPart& p, const LoomRow& rw, unsigned* out, int part) {
     if (rw.plain) {
         #pragma unroll
-        for (int i = 0; i < GPL; ++i) {
-            const int g = part + TPK * i;
-            if (D % (4 * TPK) != 0 && g >= D / 4) break;
-            loom_row_pairs<true>(row, g, rw, out + 2 * g);
-        }
+        for (int i = 0; i < GPL; ++i)
+            if (LOOM_IN_ROW(i)) loom_row_pairs<true>(p.x[i], rw, out + 2 * (part + TPK * i));
     } else {
-        for (int g = part; g < D / 4; g += TPK) loom_row_pairs<false>(row, g, rw, out + 2 * g);
+        #pragma unroll
+        for (int i = 0; i < GPL; ++i)
+            if (LOOM_IN_ROW(i)) loom_row_pairs<false>(p.x[i], rw, out + 2 * (part + TPK * i));
     }
 }
 
@@ -168,14 +180,14 @@ __device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double
 // this lane's part of the GROUP dot products of a key row's integers with q's (byte pairs qb [GROUP][D / 2]: low
 // bytes, then high, of a pair) by dp2a, into hi and lo (exact in int32 for D <= 128)
 template <bool PLAIN>
-__device__ __forceinline__ void loom_dots(const float* key, const LoomRow& rw, const unsigned* qb, int* hi, int* lo,
+__device__ __forceinline__ void loom_dots(const LoomPart& key, const LoomRow& rw, const unsigned* qb, int* hi, int* lo,
                                           int part) {
     #pragma unroll
     for (int i = 0; i < GPL; ++i) {
         const int g = part + TPK * i;
-        if (D % (4 * TPK) != 0 && g >= D / 4) break;
+        if (!LOOM_IN_ROW(i)) break;
         unsigned kp[2];
-        loom_row_pairs<PLAIN>(key, g, rw, kp);
+        loom_row_pairs<PLAIN>(key.x[i], rw, kp);
         #pragma unroll
         for (int r = 0; r < GROUP; ++r) {
             #pragma unroll
@@ -189,7 +201,7 @@ __device__ __forceinline__ void loom_dots(const float* key, const LoomRow& rw, c
 }
 
 // the GROUP scores S 2^(ek - 30) of a key row, on each of its TPK lanes, and whether it holds inf or NaN
-__device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb, double* sc, int& kbad, int part,
+__device__ __forceinline__ void loom_scores(const LoomPart& key, const unsigned* qb, double* sc, int& kbad, int part,
                                             unsigned mask) {
     const LoomRow rw = loom_row_top(key, part, mask);
     kbad = rw.bad;
@@ -204,43 +216,16 @@ __device__ __forceinline__ void loom_scores(const float* key, const unsigned* qb
         sc[r] = (double)(256LL * loom_lanes_sum(hi[r], mask) + loom_lanes_sum(lo[r], mask)) * k2;
 }
 
-// a tile's cached key and value rows (keys t0 .. min(t0 + KT, n) - 1 of the window, the new position's excepted)
-// into kf, vf [KT][FROW] by cp.async, 16 bytes a copy, consecutive threads along a row: committed, not waited for
-// (the cache's rows before the position are no previous kernel's: this may run before the wait)
-__device__ __forceinline__ void loom_stage_cached(const Paged& keys, const Paged& values, float* kf, float* vf,
-                                                  long long lo, long long pos, long long t0, long long n) {
-    constexpr int per = D / 4;
-    const int rows = (int)min((long long)KT, n - t0);
-    for (int c = threadIdx.x; c < 2 * rows * per; c += KT) {
-        const int which = c >= rows * per, rem = c - which * rows * per, jj = rem / per, q = rem % per;
-        const long long j = t0 + jj;
-        if (lo + j == pos) continue;
-        float* dst = (which ? vf : kf) + jj * FROW + 4 * q;
-        const float* src = (which ? values.at(lo + j) : keys.at(lo + j)) + 4 * q;
-        const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(d), "l"(src) : "memory");
+// key j of the window's share (lo + j the cache position) for this lane's rows: the cache's rows, the new
+// position's from shared memory (k_s, v_s), or null past the share
+__device__ __forceinline__ void loom_rows_of(const Paged& keys, const Paged& values, const float* k_s, const float* v_s,
+                                             long long lo, long long pos, long long j, long long last, const float*& kr,
+                                             const float*& vr) {
+    kr = vr = nullptr;
+    if (j < last) {
+        kr = lo + j == pos ? k_s : keys.at(lo + j);
+        vr = lo + j == pos ? v_s : values.at(lo + j);
     }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-}
-
-// the new position's key and value (k_s, v_s) into the tile where it falls in it, then the tile's copies waited for
-__device__ __forceinline__ void loom_stage_new(const float* k_s, const float* v_s, float* kf, float* vf, long long lo,
-                                               long long pos, long long t0, long long n) {
-    const long long jj = pos - lo - t0;
-    if (jj >= 0 && jj < KT && t0 + jj < n)
-        for (int d = threadIdx.x; d < D; d += KT) {
-            kf[jj * FROW + d] = k_s[d];
-            vf[jj * FROW + d] = v_s[d];
-        }
-    asm volatile("cp.async.wait_all;" ::: "memory");
-}
-
-// a tile's key and value rows, the new position's from k_s, v_s (the caller's barrier after)
-__device__ __forceinline__ void loom_stage(const Paged& keys, const Paged& values, const float* k_s, const float* v_s,
-                                           float* kf, float* vf, long long lo, long long pos, long long t0,
-                                           long long n) {
-    loom_stage_cached(keys, values, kf, vf, lo, pos, t0, n);
-    loom_stage_new(k_s, v_s, kf, vf, lo, pos, t0, n);
 }
 
 // loom_int_paged_decode: block b KV + kv; decode_exact's arguments (qkv [B, (H + 2 KV) D], the paged caches, out
@@ -253,9 +238,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         unsigned long long* wden, unsigned* counters) {
     const unsigned log2e = (unsigned)log2e_i, ln2 = (unsigned)ln2_i;
     extern __shared__ __align__(16) unsigned char dyn[];
-    float* kf = (float*)dyn;                                    // [KT][FROW]: a tile's key rows
-    float* vf = kf + KT * FROW;                            // [KT][FROW]: its value rows
-    int* w_s = (int*)(vf + KT * FROW);                     // [GROUP][KT]: its w
+    int* w_s = (int*)dyn;                                  // [GROUP][KT]: a tile's w
     short* v_s16 = (short*)(w_s + GROUP * KT);             // [KT][VROW]: its values' integers
     double* kept_s = (double*)(v_s16 + KT * VROW + (KT * VROW) % 4);   // [GROUP][KT]: a kept tile's scores
     int* kept_e = (int*)(kept_s + GROUP * KT);             // [KT]: its values' exponents
@@ -283,9 +266,19 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const bool writes = s == 0 && h0 % ratio == 0;    // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = (unsigned)tab_g[i];
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
-    // (before the wait: the first tile's cached rows on their way to shared memory, the later tiles' into L1)
-    if (first < last) loom_stage_cached(keys, values, kf, vf, lo, pos, first, last);
-    for (long long line = (first + KT) * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {
+    constexpr int ROUND = KT / TPK;                 // (keys a round of the passes)
+    // (before the wait: this lane's part of the first round's cached rows into registers, the new position's after
+    // the prologue; the later rounds' rows into L1)
+    const int part = tid % TPK;
+    const unsigned mask = TPK == 32 ? LOOM_FULL : ((1u << TPK) - 1u) << (lane & ~(TPK - 1));
+    LoomPart kp, vp;
+    {
+        const long long j = first + tid / TPK;
+        const bool cached = j < last && lo + j != pos;
+        loom_load_part(cached ? keys.at(lo + j) : nullptr, part, kp);
+        loom_load_part(cached ? values.at(lo + j) : nullptr, part, vp);
+    }
+    for (long long line = (first + ROUND) * LINES + tid; line < min(last, n - 1) * LINES; line += KT) {
         prefetch_l1(keys.at(lo + line / LINES) + 32 * (line % LINES));
         prefetch_l1(values.at(lo + line / LINES) + 32 * (line % LINES));
     }
@@ -324,8 +317,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     }
     __syncthreads();
 #if PHASE_STOP == 1
-    if (tid == 0) out[b] = k_s[0];
-    asm volatile("cp.async.wait_all;" ::: "memory");     // (no copy left in flight)
+    if (tid == 0) out[b] = k_s[0] + kp.x[0].x + vp.x[0].x;
     return;
 #endif
     // 2: q's integers, a warp a row, as byte pairs: low bytes (unsigned), then high (signed), of values 2i, 2i + 1
@@ -353,35 +345,38 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     }
     __syncthreads();
 #if PHASE_STOP == 2
-    if (tid == 0) out[b] = (float)qb_s[0];
-    asm volatile("cp.async.wait_all;" ::: "memory");
+    if (tid == 0) out[b] = (float)qb_s[0] + kp.x[0].x + vp.x[0].x;
     return;
 #endif
-    // 3: pass 1, tiles of KT keys staged in shared memory (coalesced), TPK lanes a key (rounds of KT / TPK keys):
-    // the scores' largest a head, the values' largest exponent, inf/NaN (a window of one tile stays staged for
-    // pass 2, each lane keeping its pass-2 heads' scores and its keys' value exponents)
-    const int part = tid % TPK;
-    const unsigned mask = TPK == 32 ? LOOM_FULL : ((1u << TPK) - 1u) << (lane & ~(TPK - 1));
+    // 3: pass 1, tiles of KT keys, TPK lanes a key (rounds of ROUND keys, each lane's part of the rows in registers):
+    // the scores' largest a head, the values' largest exponent, inf/NaN (a share of one tile is kept for pass 2:
+    // its scores, its values' integers and exponents in shared memory)
+    if (first + tid / TPK == pos - lo && pos - lo < last) {     // (the new position's in the first round: made)
+        loom_load_part(k_s, part, kp);
+        loom_load_part(v_s, part, vp);
+    }
     double top[GROUP];
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) top[r] = __longlong_as_double((long long)0xfff0000000000000ull);     // (-inf)
     int etop = -2147483647 - 1, bad = 0;
-    // (a share of one tile: pass 2 takes the tile as staged, its scores kept)
     const bool keep = last - first <= KT;
     for (long long t0 = first; t0 < last; t0 += KT) {
-        if (t0 == first) loom_stage_new(k_s, v_s, kf, vf, lo, pos, t0, last);    // (its cached rows: before the wait)
-        else loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
-        __syncthreads();
         #pragma unroll 1
         for (int u = 0; u < TPK; ++u) {     // (not unrolled: the loop's code stays in the instruction cache)
-            if (t0 + u * (KT / TPK) >= last) break;            // (the block together)
-            const int jj = u * (KT / TPK) + tid / TPK;
+            if (t0 + u * ROUND >= last) break;                 // (the block together)
+            const int jj = u * ROUND + tid / TPK;
+            if (t0 != first || u != 0) {                        // (the first round's rows: loaded before the wait)
+                const float *kr, *vr;
+                loom_rows_of(keys, values, k_s, v_s, lo, pos, t0 + jj, last, kr, vr);
+                loom_load_part(kr, part, kp);
+                loom_load_part(vr, part, vp);
+            }
             double sc[GROUP];
             int kbad;
-            loom_scores(kf + jj * FROW, qb_s, sc, kbad, part, mask);
-            const LoomRow vr = loom_row_top(vf + jj * FROW, part, mask);
+            loom_scores(kp, qb_s, sc, kbad, part, mask);
+            const LoomRow vr = loom_row_top(vp, part, mask);
             if (keep) {     // (a kept tile's values' integers now: they depend on the row's own exponent only)
-                loom_row_integers(vf + jj * FROW, vr, (unsigned*)(v_s16 + jj * VROW), part);
+                loom_row_integers(vp, vr, (unsigned*)(v_s16 + jj * VROW), part);
                 if (part == 0) {
                     #pragma unroll
                     for (int r = 0; r < GROUP; ++r) kept_s[r * KT + jj] = sc[r];
@@ -396,7 +391,6 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                 bad |= kbad | vr.bad;
             }
         }
-        if (t0 + KT < last) __syncthreads();       // (before the next tile's copies)
     }
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
@@ -453,18 +447,14 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     long long acc[OUTS];
     #pragma unroll
     for (int o = 0; o < OUTS; ++o) acc[o] = 0;
-    // 4: pass 2, the tiles again (a window of one tile: as staged, its scores and exponents kept), TPK lanes a key:
-    // lane part makes the p and w of heads part, part + TPK, ...
+    // 4: pass 2, the tiles again (a share of one tile: its scores, values' integers and exponents kept), TPK lanes
+    // a key: lane part makes the p and w of heads part, part + TPK, ...
     for (long long t0 = first; t0 < last; t0 += KT) {
-        if (!keep) {        // (the staged rows' last readers, pass 1's and the last tile's, are behind a barrier)
-            loom_stage(keys, values, k_s, v_s, kf, vf, lo, pos, t0, last);
-            __syncthreads();
-        }
+        if (t0 != first) __syncthreads();       // (the last tile's w v sums read w_s and v_s16)
         #pragma unroll 1
         for (int u = 0; u < TPK; ++u) {
-            if (t0 + u * (KT / TPK) >= last) break;            // (the block together)
-            const int jj = u * (KT / TPK) + tid / TPK;
-            const float* val = vf + jj * FROW;
+            if (t0 + u * ROUND >= last) break;                 // (the block together)
+            const int jj = u * ROUND + tid / TPK;
             double sc[HPL];
             LoomRow vr;
             if (keep) {
@@ -472,9 +462,13 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                 for (int h = 0; h < HPL; ++h) sc[h] = part + h * TPK < GROUP ? kept_s[(part + h * TPK) * KT + jj] : 0.0;
                 vr = loom_row_scale(kept_e[jj], kept_bad[jj]);
             } else {
+                const float *kr, *vrow;
+                loom_rows_of(keys, values, k_s, v_s, lo, pos, t0 + jj, last, kr, vrow);
+                loom_load_part(kr, part, kp);
+                loom_load_part(vrow, part, vp);
                 double all[GROUP];
                 int kbad;
-                loom_scores(kf + jj * FROW, qb_s, all, kbad, part, mask);
+                loom_scores(kp, qb_s, all, kbad, part, mask);
                 #pragma unroll
                 for (int h = 0; h < HPL; ++h) {
                     sc[h] = 0.0;
@@ -482,8 +476,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                     for (int r = h * TPK; r < min(GROUP, (h + 1) * TPK); ++r)
                         if (r - h * TPK == part) sc[h] = all[r];
                 }
-                vr = loom_row_top(val, part, mask);
-                loom_row_integers(val, vr, (unsigned*)(v_s16 + jj * VROW), part);
+                vr = loom_row_top(vp, part, mask);
+                loom_row_integers(vp, vr, (unsigned*)(v_s16 + jj * VROW), part);
             }
             const int sh = 31 - P_BITS + etop - vr.e;
             #pragma unroll
@@ -649,12 +643,6 @@ def lanes_per_key(head_dim: int) -> int:
     return LANES or min(LANES_MAX, 1 << max(0, (head_dim // 16).bit_length() - 1))
 
 
-def row_floats(head_dim: int, lanes: int) -> int:
-    """A staged row's floats: head_dim padded so that rows start 4 lanes x 4 bytes apart in the banks (a float4
-    read's phase of 8 lanes spans 8 / lanes rows: no two of them in one bank)."""
-    return head_dim + (4 * lanes - head_dim) % 32
-
-
 def _module(head_dim: int, group: int, bits: int, p_bits: int) -> cupy.RawModule:
     return _built(head_dim, group, _threads(head_dim), lanes_per_key(head_dim), PHASE_STOP, bits, p_bits)
 
@@ -662,7 +650,7 @@ def _module(head_dim: int, group: int, bits: int, p_bits: int) -> cupy.RawModule
 @cache
 def _built(head_dim: int, group: int, threads: int, lanes: int, stop: int, bits: int, p_bits: int) -> cupy.RawModule:
     head = (f"#define GROUP {group}\n#define BITS {bits}\n#define P_BITS {p_bits}\n#define PHASE_STOP {stop}\n"
-            f"#define KT {threads}\n#define TPK {lanes}\n#define FROW {row_floats(head_dim, lanes)}\n")
+            f"#define KT {threads}\n#define TPK {lanes}\n")
     # (decode_exact's helpers, head_vector's among them, compiled for blocks of at least head_dim threads; they
     # read blockDim)
     return cupy.RawModule(code=decode_exact.source(head_dim, max(threads, head_dim)) + SCALARS + head + EXP_FIXED
@@ -692,12 +680,13 @@ def _shared_limit() -> int:
 
 
 def shared_bytes(group: int, head_dim: int, threads: int) -> int:
-    """The kernel's dynamic shared memory: a tile's key and value rows [threads][row_floats] float32, its w
-    [GROUP][threads] int32 and values' integers [threads][D + 2] int16 (padded to 8 bytes), a kept tile's scores
-    [GROUP][threads] float64 and its values' exponents and flags [threads] int32."""
-    frow = row_floats(head_dim, lanes_per_key(head_dim))
+    """The kernel's dynamic shared memory: a tile's w [GROUP][threads] int32 and values' integers [threads][D + 2]
+    int16 (padded to 8 bytes), a kept tile's scores [GROUP][threads] float64 and its values' exponents and flags
+    [threads] int32. (The key and value rows themselves are read into registers, each lane its part: a block's
+    shared memory stays near spec 4's, so that the multiprocessors keep their split of L1 and shared memory between
+    it and the products around it.)"""
     ints = threads * (head_dim + 2)
-    return 8 * threads * frow + 4 * group * threads + 2 * (ints + ints % 4) + 8 * group * threads + 8 * threads
+    return 4 * group * threads + 2 * (ints + ints % 4) + 8 * group * threads + 8 * threads
 
 
 def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos: Array, sin: Array, norm: Array | None,
