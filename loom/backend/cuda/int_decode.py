@@ -4,7 +4,7 @@ interface of decode_exact (paged_graph takes this module as its attention where 
 
 A block per (sequence, GROUP query heads): a key/value head's group where the batch's (sequence, key/value head)
 blocks fill the device (each cached row read once for the group), else one query head (heads_a_block: more
-blocks, each a shorter chain). KT threads (128 for head_dim up to 64, else 64):
+blocks, each a shorter chain). KT threads (256 for head_dim up to 64, else 64):
 1. the heads' q and the new k (qwen3: each after its RMSNorm) through RoPE, and v, as decode_exact's head_vector
    makes them (spec 4's bits, which spec 5 keeps); the key/value head's first block writes k and v into the cache;
 2. each q row's exponent and integers (a warp a row: fixed.row_exponents, to_integers), held as byte pairs for
@@ -48,14 +48,19 @@ from .int_attention import EXP_FIXED, device_table
 from .launch import launch
 from .quant_fixed_source import SCALARS
 
-THREADS = None                  # a block's threads, keys a tile (None: 128 for head_dim up to 64, else 64)
+# a block's threads, keys a tile (None: 256 for head_dim up to 64, else 64). H200, SmolLM2-135M Q4_1 recorded steps
+# (decode_graph_parts.py --whole --deterministic), us, 128 / 256 threads: position 16 765-773 / 775, 100 892-906 / 826,
+# 200 926-944 (split form, SPLIT_KEYS 32-64) / 928 (one block a head); spec 4's 776, 851, 950
+THREADS = None
 GROUP_MAX = 16                  # query heads a key/value head may have
 MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bound), a multiple of 4
 HEADS_A_BLOCK = None            # a block's query heads (None: heads_a_block; it must divide the group)
 LANES = None                    # a key's lanes in the passes (None: lanes_per_key)
 LANES_MAX = 8
 PHASE_STOP = 0                  # (timing, unsplit launches only: 1-4 return after that phase; 0 runs them all)
-SPLIT_KEYS = 128                # windows past twice this take the split form where split_work gives one
+# windows past twice this take the split form where split_work gives one (H200, as above, 256 threads: position 300
+# split 1,044 us, spec 4 1,061; position 1,000 at 128 threads 1,071 against 1,607)
+SPLIT_KEYS = 128
 MAX_SPLITS = 16
 CHUNK_KEYS = decode_exact.CHUNK_KEYS
 
@@ -635,7 +640,7 @@ def heads_a_block(batch: int, heads: int, kv_heads: int) -> int:
 
 
 def _threads(head_dim: int) -> int:
-    return THREADS or (128 if head_dim <= 64 else 64)
+    return THREADS or (256 if head_dim <= 64 else 64)
 
 
 def lanes_per_key(head_dim: int) -> int:
