@@ -160,16 +160,14 @@ __device__ __forceinline__ void loom_scores(const LoomPart& key, const unsigned*
         sc[r] = (double)(256LL * loom_lanes_sum(hi[r], mask) + loom_lanes_sum(lo[r], mask)) * k2;
 }
 
-// key j of the window's share (lo + j the cache position) for this lane's rows: the cache's rows, the new
-// position's from shared memory (k_s, v_s), or null past the share
-__device__ __forceinline__ void loom_rows_of(const Paged& keys, const Paged& values, const float* k_s, const float* v_s,
-                                             long long lo, long long pos, long long j, long long last, const float*& kr,
-                                             const float*& vr) {
-    kr = vr = nullptr;
-    if (j < last) {
-        kr = lo + j == pos ? k_s : keys.at(lo + j);
-        vr = lo + j == pos ? v_s : values.at(lo + j);
-    }
+// this lane's parts of key j's rows (j of the window's share, lo + j its cache position): the cache's, the new
+// position's from shared memory (k_s, v_s), or zeros past the share
+__device__ __forceinline__ void loom_load_rows(const Paged& keys, const Paged& values, const float* k_s,
+                                               const float* v_s, long long lo, long long pos, long long j,
+                                               long long last, int part, LoomPart& kp, LoomPart& vp) {
+    const bool in = j < last, now = lo + j == pos;
+    loom_load_part(!in ? nullptr : now ? k_s : keys.at(lo + j), part, kp);
+    loom_load_part(!in ? nullptr : now ? v_s : values.at(lo + j), part, vp);
 }
 
 // loom_int_paged_decode: block b KV + kv; decode_exact's arguments (qkv [B, (H + 2 KV) D], the paged caches, out
@@ -309,12 +307,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         for (int u = 0; u < TPK; ++u) {     // (not unrolled: the loop's code stays in the instruction cache)
             if (t0 + u * ROUND >= last) break;                 // (the block together)
             const int jj = u * ROUND + tid / TPK;
-            if (t0 != first || u != 0) {                        // (the first round's rows: loaded before the wait)
-                const float *kr, *vr;
-                loom_rows_of(keys, values, k_s, v_s, lo, pos, t0 + jj, last, kr, vr);
-                loom_load_part(kr, part, kp);
-                loom_load_part(vr, part, vp);
-            }
+            if (t0 != first || u != 0)                          // (the first round's rows: loaded before the wait)
+                loom_load_rows(keys, values, k_s, v_s, lo, pos, t0 + jj, last, part, kp, vp);
             double sc[GROUP];
             int kbad;
             loom_scores(kp, qb_s, sc, kbad, part, mask);
@@ -406,10 +400,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                 for (int h = 0; h < HPL; ++h) sc[h] = part + h * TPK < GROUP ? kept_s[(part + h * TPK) * KT + jj] : 0.0;
                 vr = loom_row_scale(kept_e[jj], kept_bad[jj]);
             } else {
-                const float *kr, *vrow;
-                loom_rows_of(keys, values, k_s, v_s, lo, pos, t0 + jj, last, kr, vrow);
-                loom_load_part(kr, part, kp);
-                loom_load_part(vrow, part, vp);
+                loom_load_rows(keys, values, k_s, v_s, lo, pos, t0 + jj, last, part, kp, vp);
                 double all[GROUP];
                 int kbad;
                 loom_scores(kp, qb_s, all, kbad, part, mask);
