@@ -210,7 +210,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
     constexpr int ROUND = KT / TPK;                 // (keys a round of the passes)
     // (before the wait: this lane's part of the first round's cached rows into registers, the new position's after
-    // the prologue; the later rounds' rows into L1)
+    // the prologue; the later rounds' rows into L1. No kernel a step runs before this one writes the cache: the
+    // layer's previous attention launch, a step earlier, finished before the products between could start)
     const int part = tid % TPK;
     const unsigned mask = TPK == 32 ? LOOM_FULL : ((1u << TPK) - 1u) << (lane & ~(TPK - 1));
     LoomPart kp, vp;
