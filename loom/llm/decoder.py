@@ -39,6 +39,7 @@ from .. import backend
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
 from ..kernels import fused, mathlib, ops
+from ..kernels.exact import attention as integer_attention
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant import gemv
@@ -308,9 +309,14 @@ class Decoder:
                          slots: np.ndarray, exp) -> Array:
         """One row's context [H D] for layer_tokens_exact (qkv [(H + 2 KV) D], biases added; exp:
         mathlib's compiled loop)."""
-        from ..backend.cpu import attend_exact, decode_exact
+        from ..backend.cpu import attend_exact, attend_integer, decode_exact
         c = self.config
         H, KV, D, n = c.heads, c.kv_heads, c.head_dim, len(slots)
+        if INTEGER_ATTENTION and n < integer_attention.MAX_KEYS:         # spec 5: RoPE to context in two calls
+            ctx = attend_integer.rope_step(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
+                                           cache_v, slots, self.scale, *integer_attention.SCHEME)
+            if ctx is not None:
+                return ctx
         if n <= exact_dispatch.ROUNDED_MAX_K and not INTEGER_ATTENTION:     # (spec 4's: in attend under spec 5)
             values = np.empty((KV, n, D), dtype=np.float32)
             shifted = decode_exact.rope_scores(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
@@ -459,7 +465,6 @@ class Decoder:
         R, end = H // KV, pos + T
         n = end - lo
         if INTEGER_ATTENTION and is_deterministic():                     # spec 5: the integer scheme
-            from ..kernels.exact import attention as integer_attention
             q5 = xp.ascontiguousarray(q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B * KV, R * T, D)
             ctx = integer_attention.causal(q5, xp.ascontiguousarray(keys).reshape(B * KV, n, D),
                                            xp.ascontiguousarray(values).reshape(B * KV, n, D), R, pos, lo, L.window,

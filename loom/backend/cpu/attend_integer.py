@@ -6,6 +6,13 @@ attention), held as float64; each query row then walks its keys twice: the score
 p, w and the two exact integer sums. The integer dot products are float64 sums of exact integers below 2^53,
 so the compiler may reorder them (`_dot`: reassociated, vectorized) without changing a bit; w v's (`_axpy`)
 is elementwise and vectorizes as it is.
+
+A deterministic decode token's attention (`rope_step`, decoder.layer_tokens_exact) also takes its RoPE, the
+cache writes and q's integers in one compiled call and reads the keys and values in place from their cache
+slots: through Decoder.attend, the NumPy calls around the loop (the rotation, gathering each head's keys and
+values, the reshapes) cost SmolLM2-135M's step more than the loop itself. It calls exact_jit's RMSNorm loop
+(qwen3's per-head norms); numba's disk cache checks only this file's timestamp, so a change there needs this
+file touched too.
 """
 from __future__ import annotations
 
@@ -13,20 +20,22 @@ import math
 
 import numpy as np
 
+from . import exact_jit
 from . import jit as cpu_jit
 
 _PARALLEL = ("_rows", "_integers", "_step_rows")
-_PLAIN = ("_rint", "_exp_fixed", "_axpy", "_row_exponent", "_row_integers")
+_PLAIN = ("_rint", "_exp_fixed", "_axpy", "_row_exponent", "_row_integers", "_rope_q")
 _EXACT_SUMS = ("_dot",)                         # (exact integer sums: any order gives the same bits)
 prange = range          # (numba's prange once compiled)
 _ROUNDER = 6755399441055744.0                   # 1.5 2^52
 
 
 def available() -> bool:
-    """Whether the compiled loop runs here."""
+    """Whether the compiled loop runs here (exact_jit's, which rope_step calls, first)."""
     if cpu_jit.compiled(globals()):
         return cpu_jit.available()
-    return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_EXACT_SUMS)
+    return exact_jit.available() and cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL,
+                                                            reassociated=_EXACT_SUMS)
 
 
 def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: int, lo: int, window: int | None,
@@ -50,9 +59,11 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first
         q2 = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, D)
         qi, eq, qbad = np.empty(q2.shape), np.empty(len(q2), np.int64), np.empty(len(q2), np.bool_)
         cpu_jit.run(_integers, q2, int(consts[3]), qi, eq, qbad)
+        # (key j of group g as a cache's slot j, key/value head g: [n, G, D] views)
         cpu_jit.run(_step_rows, qi.reshape(q.shape), eq.reshape(G, rows), qbad.reshape(G, rows),
-                    np.ascontiguousarray(k, dtype=np.float32), np.ascontiguousarray(v, dtype=np.float32),
-                    min(k.shape[1], first - lo + 1), float(np.float32(scale)), table, consts, out)
+                    np.ascontiguousarray(k, dtype=np.float32).transpose(1, 0, 2),
+                    np.ascontiguousarray(v, dtype=np.float32).transpose(1, 0, 2),
+                    np.arange(min(k.shape[1], first - lo + 1)), float(np.float32(scale)), table, consts, out)
         return out
     parts = []
     for a in (q, k, v):
@@ -62,6 +73,64 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first
         parts += [xi.reshape(a.shape), e.reshape(a.shape[:-1]), bad.reshape(a.shape[:-1])]
     cpu_jit.run(_rows, *parts, rows // per_group, first, lo, window, float(np.float32(scale)), table, consts, out)
     return out
+
+
+def rope_step(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin: np.ndarray,
+              qk_norm: np.ndarray | None, eps: float, cache_k: np.ndarray, cache_v: np.ndarray, slots: np.ndarray,
+              scale: float, table: np.ndarray, consts: np.ndarray) -> np.ndarray | None:
+    """One query position's context float32 [H D] in the scheme, from its projection to its attention, with
+    the bits of Decoder.qkv's tail then Decoder.attend (decode_exact.rope_scores' arguments: qkv float32
+    [(H + 2 KV) D] with its biases added, qk_norm [H + KV, D] (qwen3) or None, cos and sin [D] at the
+    position, the caches [slots, KV, D], slots int64 [n] the keys the query sees in position order, its own
+    last, where its rotated key and its value are written); table and consts: attention.EXP2_TABLE and
+    (LOG2E_30, LN2_15, P_BITS, BITS). None where numba does not run here or a per-head norm is not finite (the
+    caller's composed path then runs the row, writing the same key and value again)."""
+    if not available():
+        return None
+    R, D = heads // kv_heads, cache_k.shape[2]
+    if slots.ndim != 1 or slots.size == 0:
+        raise ValueError(f"rope_step: at least one slot (1-D) expected, got slots of shape {slots.shape}")
+    norm = qk_norm if qk_norm is not None else np.empty((0, D), np.float32)
+    qi, eq, qbad = np.empty((heads, D)), np.empty(heads, np.int64), np.empty(heads, np.bool_)
+    if not _rope_q(qkv, heads, kv_heads, cos, sin, norm, np.float32(eps), exact_jit.sum_bits(D), cache_k, cache_v,
+                   slots[-1], int(consts[3]), qi, eq, qbad):
+        return None
+    out = np.empty((kv_heads, R, D), np.float32)
+    cpu_jit.run(_step_rows, qi.reshape(kv_heads, R, D), eq.reshape(kv_heads, R), qbad.reshape(kv_heads, R), cache_k,
+                cache_v, slots, float(np.float32(scale)), table, consts, out)
+    return out.reshape(-1)
+
+
+def _rope_q(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, own, bits, qi, eq, qbad):
+    """rope_step's q and k: qwen3's per-head norms (exact_jit's loop, fused.rms_norm's bits), decoder._rotate's
+    float32 operations one by one (decode_exact._rope_scores' loop), the rotated key and the value into slot
+    `own`, q's integers. False where a norm is not finite."""
+    d = cache_k.shape[2]
+    half = d // 2
+    rows = np.empty((heads + kv_heads, d), np.float32)          # the query heads, then the key heads
+    for h in range(heads + kv_heads):
+        for c in range(d):
+            rows[h, c] = qkv[h * d + c]
+    if norm.shape[0] > 0:
+        normed = np.empty_like(rows)
+        for h in range(heads + kv_heads):
+            if not exact_jit._rms_rows(rows[h:h + 1], norm[h], eps, norm_bits, normed[h:h + 1]):
+                return False
+        rows = normed
+    q = np.empty((heads, d), np.float32)
+    for h in range(heads + kv_heads):
+        target = q[h] if h < heads else cache_k[own, h - heads]
+        for c in range(half):
+            a, b = rows[h, c], rows[h, c + half]
+            target[c] = a * cos[c] + (-b) * sin[c]
+            target[c + half] = b * cos[c + half] + a * sin[c + half]
+    for j in range(kv_heads):
+        for c in range(d):
+            cache_v[own, j, c] = qkv[(heads + kv_heads + j) * d + c]
+    for h in range(heads):
+        eq[h], qbad[h] = _row_exponent(q[h], bits)
+        _row_integers(q[h], bits, eq[h], qbad[h], qi[h])
+    return True
 
 
 def _integers(x, bits, xi, e, bad):
@@ -172,11 +241,12 @@ def _rows(qi, eq, qbad, ki, ek, kbad, vi, ev, vbad, T, first, lo, window, scale,
                 out[g, i, c] = np.float32(math.ldexp(num[c] / float(den), top_e - p_bits - bits + 31))
 
 
-def _step_rows(qi, eq, qbad, k, v, stop, scale, table, consts, out):
-    """A decode step's rows (every row of group g sees keys 0 .. stop - 1 of k, v float32 [G, n, D]), a group a
-    thread, each key's and value's row made integers once for the group's rows (not a float64 copy of the
-    cache each step)."""
+def _step_rows(qi, eq, qbad, k, v, slots, scale, table, consts, out):
+    """A decode step's rows (every row of group g sees the keys and values k[slots[j], g], v[slots[j], g], k and
+    v float32 [slots, G, D]: a paged cache's, or gathered rows' [n, G, D] view), a group a thread, each key's and
+    value's row made integers once for the group's rows (not a float64 copy of the cache each step)."""
     G, R, D = qi.shape
+    stop = slots.shape[0]
     log2e, ln2, p_bits, bits = consts[0], consts[1], consts[2], consts[3]
     for g in prange(G):
         s = np.empty((R, stop), np.float64)
@@ -190,9 +260,9 @@ def _step_rows(qi, eq, qbad, k, v, stop, scale, table, consts, out):
         top_e = -(1 << 40)
         bad = False
         for j in range(stop):
-            ek, kb = _row_exponent(k[g, j], bits)
-            ev, vb = _row_exponent(v[g, j], bits)
-            _row_integers(k[g, j], bits, ek, kb, row)
+            ek, kb = _row_exponent(k[slots[j], g], bits)
+            ev, vb = _row_exponent(v[slots[j], g], bits)
+            _row_integers(k[slots[j], g], bits, ek, kb, row)
             kscale = math.ldexp(1.0, ek - 2 * bits)
             for r in range(R):      # (ldexp(sum, eq + ek - 30) as two exact products: no subnormal on the way)
                 s[r, j] = _dot(qi[g, r], row) * kscale * qscale[r]
@@ -205,7 +275,7 @@ def _step_rows(qi, eq, qbad, k, v, stop, scale, table, consts, out):
         den = np.zeros(R, np.int64)
         for j in range(stop):
             sh = 31 - p_bits + top_e - evs[j]
-            _row_integers(v[g, j], bits, evs[j], vbad[j], row)
+            _row_integers(v[slots[j], g], bits, evs[j], vbad[j], row)
             for r in range(R):
                 p = _exp_fixed((top_s[r] - s[r, j]) * scale, table, log2e, ln2)
                 den[r] += p
