@@ -10,9 +10,9 @@ is elementwise and vectorizes as it is.
 A deterministic decode token's attention (`rope_step`, decoder.layer_tokens_exact) also takes its RoPE, the
 cache writes and q's integers in one compiled call and reads the keys and values in place from their cache
 slots: through Decoder.attend, the NumPy calls around the loop (the rotation, gathering each head's keys and
-values, the reshapes) cost SmolLM2-135M's step more than the loop itself. It calls exact_jit's RMSNorm loop
-(qwen3's per-head norms); numba's disk cache checks only this file's timestamp, so a change there needs this
-file touched too.
+values, the reshapes) cost SmolLM2-135M's step more than the loop itself. It takes decode_exact's compiled RoPE
+(`_rope_heads`, with exact_jit's per-head norms); numba's disk cache checks only this file's timestamp, so a
+change there needs this file touched too.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from . import exact_jit
+from . import decode_exact, exact_jit
 from . import jit as cpu_jit
 
 _PARALLEL = ("_rows", "_integers", "_step_rows")
@@ -31,10 +31,10 @@ _ROUNDER = 6755399441055744.0                   # 1.5 2^52
 
 
 def available() -> bool:
-    """Whether the compiled loop runs here (exact_jit's, which rope_step calls, first)."""
+    """Whether the compiled loop runs here (decode_exact's, whose RoPE rope_step calls, first)."""
     if cpu_jit.compiled(globals()):
         return cpu_jit.available()
-    return exact_jit.available() and cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL,
+    return decode_exact.available() and cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL,
                                                             reassociated=_EXACT_SUMS)
 
 
@@ -102,31 +102,11 @@ def rope_step(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin: 
 
 
 def _rope_q(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, own, bits, qi, eq, qbad):
-    """rope_step's q and k: qwen3's per-head norms (exact_jit's loop, fused.rms_norm's bits), decoder._rotate's
-    float32 operations one by one (decode_exact._rope_scores' loop), the rotated key and the value into slot
-    `own`, q's integers. False where a norm is not finite."""
-    d = cache_k.shape[2]
-    half = d // 2
-    rows = np.empty((heads + kv_heads, d), np.float32)          # the query heads, then the key heads
-    for h in range(heads + kv_heads):
-        for c in range(d):
-            rows[h, c] = qkv[h * d + c]
-    if norm.shape[0] > 0:
-        normed = np.empty_like(rows)
-        for h in range(heads + kv_heads):
-            if not exact_jit._rms_rows(rows[h:h + 1], norm[h], eps, norm_bits, normed[h:h + 1]):
-                return False
-        rows = normed
-    q = np.empty((heads, d), np.float32)
-    for h in range(heads + kv_heads):
-        target = q[h] if h < heads else cache_k[own, h - heads]
-        for c in range(half):
-            a, b = rows[h, c], rows[h, c + half]
-            target[c] = a * cos[c] + (-b) * sin[c]
-            target[c + half] = b * cos[c + half] + a * sin[c + half]
-    for j in range(kv_heads):
-        for c in range(d):
-            cache_v[own, j, c] = qkv[(heads + kv_heads + j) * d + c]
+    """rope_step's heads (decode_exact._rope_heads: the rotated key and the value into slot `own`) and q's
+    integers. False where a norm is not finite."""
+    q = np.empty((heads, cache_k.shape[2]), np.float32)
+    if not decode_exact._rope_heads(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, own, q):
+        return False
     for h in range(heads):
         eq[h], qbad[h] = _row_exponent(q[h], bits)
         _row_integers(q[h], bits, eq[h], qbad[h], qi[h])
