@@ -83,6 +83,9 @@ def test_max_completion_tokens_and_usage_through_the_official_client(served):  #
     reply = served.client.chat.completions.create(model="tiny", messages=HELLO, max_completion_tokens=2, seed=1,
                                                   temperature=0, user="u-2", metadata={"run": "t"})
     assert reply.usage.completion_tokens == 2 and reply.choices[0].finish_reason == "length"
+    # Greedy, so that the tiny model's end-of-text cannot come second and stop the stream at one token.
     chunks = list(served.client.chat.completions.create(model="tiny", messages=HELLO, max_completion_tokens=2,
-                                                        stream=True, stream_options={"include_usage": True}))
+                                                        seed=1, temperature=0, stream=True,
+                                                        stream_options={"include_usage": True}))
     assert chunks[-1].usage.completion_tokens == 2 and not chunks[-1].choices
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["length"]
