@@ -3,6 +3,8 @@
 more than 8 arrays with an address table it copies from the host: the recurrent backward writes its
 steps into one array, parallel layers join their branches through ops.stack / ops.concatenate), and
 the trained weights have the CPU's bits. A step that cannot be recorded raises (strict, the default)."""
+import json
+
 import numpy as np
 import pytest
 from catalogue import SAMPLES, config
@@ -21,6 +23,34 @@ def test_recurrent_network_trains_with_the_cpus_bits(kind, sequences):
            "layers": [{"type": kind, "hidden": 16, "return_sequences": sequences}, {"type": "flatten"},
                       {"type": "dense", "units": 3}]}
     _trains_alike(cfg, (12, 5), len(kind) + sequences, kind)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_the_issues_lstm_trains_from_the_command_line_with_every_step_recorded(tmp_path, capsys, fast):
+    """Issue 61's report at its benchmark's LSTM shape (sequence 64, hidden 256, batch 64): `loom train
+    lstm.json --data d.npz --device cuda` (an lstm layer, then a dense one) exits 0 in the default mode, where
+    a step that cannot be recorded raises, and with --fast; fast mode would fall back to eager steps with a
+    log line only, so its TrainStep is checked to have recorded every step at this shape too."""
+    from cli_run import loom as run
+
+    from loom.nn import losses, optim
+    from loom.nn.chain import TrainStep
+    cfg = {"loom": 1, "input": {"shape": [64, 32]},
+           "layers": [{"type": "lstm", "hidden": 256}, {"type": "dense", "units": 3}]}
+    rng = np.random.default_rng(61)
+    X, Y = rng.standard_normal((128, 64, 32)).astype(np.float32), rng.integers(0, 3, 128)
+    (tmp_path / "lstm.json").write_text(json.dumps(cfg))
+    np.savez(tmp_path / "d.npz", x=X, y=Y)
+    code, out, err = run(capsys, "train", tmp_path / "lstm.json", "--data", tmp_path / "d.npz", "--out",
+                         tmp_path / "m", "--device", "cuda", "--epochs", "1", "--batch-size", "64", "--quiet",
+                         *(["--fast"] if fast else []))
+    assert code == 0, err
+    with loom.deterministic(not fast):
+        net = loom.Network.from_config(cfg).to("cuda").train()
+        step = TrainStep(net, losses.build("cross_entropy"), optim.build({"type": "adam"}, net.parameters()))
+        for start in (0, 64, 0):
+            step(X[start:start + 64], Y[start:start + 64])
+        assert step.eager_reasons == {}, f"LSTM train step not recorded: {step.eager_reasons}"
 
 
 @pytest.mark.parametrize("combine", ["concat", "add", "filter"])

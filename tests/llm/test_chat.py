@@ -38,8 +38,14 @@ def smollm_path():
 
 
 @pytest.fixture(scope="module")
-def smollm_template(smollm_path):
-    return gguf.GGUFReader(str(smollm_path)).fields["tokenizer.chat_template"].contents()
+def smollm_reader(smollm_path):
+    """The file parsed once for the module (4 s a parse, most of it the vocabulary); only read from."""
+    return gguf.GGUFReader(str(smollm_path))
+
+
+@pytest.fixture(scope="module")
+def smollm_template(smollm_reader):
+    return smollm_reader.fields["tokenizer.chat_template"].contents()
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +66,9 @@ def test_smollm2_template_matches_transformers(smollm_template, hf_smollm, index
     assert got.endswith("<|im_start|>assistant\n") == add_generation_prompt
 
 
-def test_tokenizer_apply_chat_template_uses_the_gguf_template(smollm_path, smollm_template, hf_smollm):
+def test_tokenizer_apply_chat_template_uses_the_gguf_template(smollm_reader, smollm_template, hf_smollm):
     from loom.llm.tokenizer import Tokenizer
-    reader = gguf.GGUFReader(str(smollm_path))
+    reader = smollm_reader
     metadata = {k: (f.contents() if f.types[0] != gguf.GGUFValueType.ARRAY or f.types[-1] == gguf.GGUFValueType.STRING
                     else __import__("numpy").asarray(f.contents())) for k, f in reader.fields.items()}
     tok = Tokenizer.from_gguf(metadata)

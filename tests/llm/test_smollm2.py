@@ -36,11 +36,13 @@ def reference_logits(gguf_path, model):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("gguf")
+    from gguf_once import parsed_once
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    cfg = {k: v for k, v in load_gguf_checkpoint(gguf_path)["config"].items() if not k.startswith("_")}
-    with torch.device("meta"):
-        skeleton = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
-    tensors = load_gguf_checkpoint(gguf_path, return_tensors=True, model_to_load=skeleton)["tensors"]
+    with parsed_once():         # the file parsed once for both calls (12 s less): tests/gguf_once.py
+        cfg = {k: v for k, v in load_gguf_checkpoint(gguf_path)["config"].items() if not k.startswith("_")}
+        with torch.device("meta"):
+            skeleton = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg))
+        tensors = load_gguf_checkpoint(gguf_path, return_tensors=True, model_to_load=skeleton)["tensors"]
     ref = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**cfg),
                                                         dtype=torch.float32)
     missing, unexpected = ref.load_state_dict(tensors, strict=False)
@@ -52,16 +54,27 @@ def reference_logits(gguf_path, model):
         return ids, ref(torch.tensor([ids])).logits[0].double().numpy()
 
 
+@pytest.fixture(scope="module")
+def deterministic_logits(model):
+    """model's logits for PROMPT in deterministic mode (2 s), computed once for the two tests that use
+    them: against transformers' below, and as the bits the dequantized-at-load model must give."""
+    with loom.deterministic(True):
+        return np.array(model.logits(model.tokenizer.encode(PROMPT)))      # (a copy: nothing later can write it)
+
+
 def _relative(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.mark.parametrize("deterministic", [True, False], ids=["deterministic", "fast"])
-def test_logits_match_transformers(model, reference_logits, deterministic):
+def test_logits_match_transformers(model, reference_logits, deterministic, request):
     ids, want = reference_logits
     assert len(ids) > 30
-    with loom.deterministic(deterministic):
-        got = np.asarray(model.logits(ids), dtype=np.float64)
+    if deterministic:       # model.logits(ids) in deterministic mode (reference_logits' ids are PROMPT's)
+        got = np.asarray(request.getfixturevalue("deterministic_logits"), dtype=np.float64)
+    else:
+        with loom.deterministic(False):
+            got = np.asarray(model.logits(ids), dtype=np.float64)
     assert got.shape == want.shape == (len(ids), 49152)
     assert _relative(got, want) < (3e-3 if deterministic else 1e-4)     # (int16 weight products: 1.2e-3)
     assert (got.argmax(-1) == want.argmax(-1)).mean() > 0.95
@@ -96,11 +109,11 @@ def test_generate_command_streams_the_answer(gguf_path, capsys):
     assert "Paris" in capsys.readouterr().out
 
 
-def test_weights_dequantized_at_load_give_the_same_bits_in_deterministic_mode(gguf_path, model):
+def test_weights_dequantized_at_load_give_the_same_bits_in_deterministic_mode(gguf_path, model, deterministic_logits):
     from loom.kernels.quant.block import BlockQuantized
     flat = loom.llm.load(gguf_path, dequantize=True)
     assert isinstance(model.decoder.embed, BlockQuantized) and not isinstance(flat.decoder.embed, BlockQuantized)
     ids = model.tokenizer.encode(PROMPT)
-    with loom.deterministic(True):
-        assert np.asarray(flat.logits(ids)).tobytes() == np.asarray(model.logits(ids)).tobytes()
+    with loom.deterministic(True):      # (deterministic_logits: model.logits(ids) in this mode)
+        assert np.asarray(flat.logits(ids)).tobytes() == deterministic_logits.tobytes()
         assert list(flat.generate_ids(ids, max_tokens=4)) == list(model.generate_ids(ids, max_tokens=4))

@@ -86,6 +86,10 @@ STAGED_MIN_BLOCKS_K = 2048
 # (Llama-3.2-1B 1,567 -> 1,593, Llama-3.1-8B 7,563 -> 8,313, Qwen2-0.5B 1,166 -> 1,187).
 GLOBAL_X_AT_USE_ROWS = 2
 X_THREADS = 256
+# (timing only: the one-row products return after a phase, their output meaningless: 1 the prologue and the wait for
+# the previous kernel, 2 x's integers made, 3 the products summed; 0 runs them whole. decode_graph_parts.py --set
+# loom.backend.cuda.quant_fixed.PHASE_STOP=N gives each product kind's time to that phase)
+PHASE_STOP = 0
 # Whether products of up to MAX_ROWS rows of x over K >= GEMV_PLANES_MIN_K read the weight's int8 planes
 # (quant_fixed_planes_gemv: two bytes a value, the copy prompts and decode batches make anyway) rather than decode
 # the stored weight in the loop (gemv), for every stored type but the 16-bit floats. H100, decode_graph_parts.py
@@ -108,6 +112,7 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
             f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
             f"#define STAGED_MIN_BLOCKS {STAGED_MIN_BLOCKS if x_rows == 1 and 32 * units >= STAGED_MIN_BLOCKS_K else 0}\n"
             f"#define GLOBAL_X_AT_USE {int(0 < GLOBAL_X_AT_USE_ROWS <= x_rows)}\n"
+            f"#define PHASE_STOP {PHASE_STOP}\n"
             + helpers() + ROW_HELPERS + EXACT_ROW_SUM + OVERLAP_PROLOGUE + NORM_ROW)
 
 

@@ -423,6 +423,15 @@ template <class XS> __device__ __forceinline__ void loom_fixed_gemv_rows(
             }
         }
     }
+#if PHASE_STOP == 3
+    long long kept = 0;                 // (every sum kept live: a test never true in practice)
+    #pragma unroll
+    for (int e = 0; e <= EPI; ++e)
+        #pragma unroll
+        for (int m = 0; m < MAX_ROWS; ++m) kept ^= acc[e][m];
+    if (kept == 0x7edcba9876543LL) out[r] = 1.0f;
+    return;
+#endif
     if (!loom_fixed_row_totals(acc, M, live)) return;
     #pragma unroll
     for (int m = 0; m < MAX_ROWS; ++m) {
@@ -466,6 +475,10 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_gemv(
     loom_fixed_prefetch(w, rows, nb);
     const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows, blockIdx.x);
     wait_for_previous_kernel();
+#if PHASE_STOP == 1
+    if (threadIdx.x == 0 && wt.e[0] == 12345) out[blockIdx.x] = 1.0f;     // (W's tables kept live)
+    return;
+#endif
     const LoomFixedStored xs{xq, ex, xbad, x, 32 * nb};
     loom_fixed_gemv_groups(w, ew, wbad, wt, xs, out, bias, res, rows, nb, M);
 }
@@ -501,6 +514,10 @@ extern "C" __global__ void LOOM_STAGED_BOUNDS loom_fixed_gemv_staged(
     loom_fixed_prefetch(w, rows, nb);
     const LoomFixedWRow wt = loom_fixed_w_row(ew, wbad, rows, blockIdx.x);
     wait_for_previous_kernel();
+#if PHASE_STOP == 1
+    if (threadIdx.x == 0 && wt.e[0] == 12345) out[blockIdx.x] = 1.0f;     // (W's tables kept live)
+    return;
+#endif
     float* xf = (float*)staged_s;
     short* xq_s = (short*)(staged_s + 4 * M * K);
     if (WARP_STAGE && norm_w != 0)
@@ -508,6 +525,10 @@ extern "C" __global__ void LOOM_STAGED_BOUNDS loom_fixed_gemv_staged(
     else
         loom_fixed_stage_held<(HELD >= 1 && HELD <= LOOM_HELD) ? HELD : 1>(x, M, K, nibble, norm_w, eps, bits, xf, xq_s,
                                                                           ex_s, xbad_s, top_s, bad_s, scratch);
+#if PHASE_STOP == 2
+    if (threadIdx.x == 0 && ex_s[0] == 12345) out[blockIdx.x] = xq_s[1];     // (x's integers kept live)
+    return;
+#endif
     const LoomFixedShared stored{xq_s, ex_s, xbad_s, norm_w != 0 ? xf : x, K};
     loom_fixed_gemv_groups(w, ew, wbad, wt, stored, out, bias, res, rows, nb, M);
 }
