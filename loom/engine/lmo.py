@@ -65,7 +65,8 @@ def icbrt(x: int) -> int:
 def default_y(x: int, alpha: float | None = None) -> int:
     """y = alpha x^(1/3), at least floor(x^(1/3)) + 1 and at most sqrt(x). A larger alpha makes the
     sieve (x / y) shorter and the leaves (about pi(y)^2 / 2) more numerous."""
-    if alpha is None:               # measured on an H100 (docs/performance.md): 1 up to 10^16, then more
+    if alpha is None:               # chosen on an H100 when this landed (8d6b8b0; docs/engine.md states the rule, the
+                                    # timings behind it were not recorded): 1 up to 10^16, then more
         alpha = max(1.0, 1.0 + (math.log10(max(x, 10)) - 16.0) / 2.0)
     root = icbrt(x)
     return max(root + 1, min(int(alpha * root), math.isqrt(x)))
