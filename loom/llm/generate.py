@@ -166,17 +166,22 @@ def choose(logits: np.ndarray, seen: np.ndarray, s: Sampling, step: int, allowed
     or NaN logit, all of them -inf, or a temperature too small for float32, which divides to inf), or none
     has mass, the draw is undefined and the greedy token is taken instead, as at temperature 0."""
     logits = repetition_penalty(logits, seen, s.repetition_penalty)
-    if s.temperature == 0.0:
+    mass = None if s.temperature == 0.0 else sampled_masses(logits, s, allowed)
+    if mass is None:
         return _greedy(logits, allowed)
-    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):     # (non-finite: the greedy token below)
+    u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
+    return draw(mass, u)
+
+
+def sampled_masses(logits: np.ndarray, s: Sampling, allowed: np.ndarray | None = None) -> np.ndarray | None:
+    """The int64 masses [V] a sampled step draws from (s.temperature > 0; logits after the repetition
+    penalty), or None where the draw is undefined (choose then takes the greedy token)."""
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):     # (non-finite: None below)
         scaled = (logits / np.float32(s.temperature)).astype(np.float32)
         keep = keep_mask(scaled, s, allowed)
         probs = _softmax(scaled, keep)
     mass = masses(probs)[0]
-    if not np.isfinite(probs).all() or not mass.any():
-        return _greedy(logits, allowed)
-    u = float(_generator(s.seed).uniform(1, counter=step, dtype=np.float64)[0])
-    return draw(mass, u)
+    return mass if np.isfinite(probs).all() and mass.any() else None
 
 
 def _greedy(logits: np.ndarray, allowed: np.ndarray | None) -> int:

@@ -122,7 +122,7 @@ def _frequencies(logits, sampling, n=20000, every=20):
 
     choose's token at step t is draw(mass, u_t): its masses depend on the logits and the settings
     alone, and u_t is Generator(seed, SAMPLE_STREAM).uniform(1, counter=t)[0]. So the n tokens come
-    from those masses, made once as choose makes them, and the n uniforms from rng.first_uniforms in
+    from those masses, made once by choose's sampled_masses, and the n uniforms from rng.first_uniforms in
     one pass (20,000 calls of choose took 5 to 13 s), and choose itself runs at every `every`th step
     and must give the same token there. The statistics keep their power against a wrong choose: a
     choose whose distribution is off by enough for the 5-sigma tests below to see it (a total
@@ -131,9 +131,7 @@ def _frequencies(logits, sampling, n=20000, every=20):
     from loom import rng
     seen = np.zeros(len(logits), dtype=bool)
     with loom.deterministic(False):
-        scaled = (gen.repetition_penalty(logits, seen, sampling.repetition_penalty)
-                  / np.float32(sampling.temperature)).astype(np.float32)
-        mass = gen.masses(gen._softmax(scaled, gen.keep_mask(scaled, sampling)))[0]
+        mass = gen.sampled_masses(gen.repetition_penalty(logits, seen, sampling.repetition_penalty), sampling)
         keys = np.tile(np.array(rng.stream_key(sampling.seed, gen.SAMPLE_STREAM), dtype=np.uint32), (n, 1))
         tokens = np.array([gen.draw(mass, u) for u in rng.first_uniforms(keys, np.arange(n, dtype=np.uint64))])
         checked = range(0, n, every)
