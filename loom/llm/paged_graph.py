@@ -108,7 +108,8 @@ def _integer_attention() -> bool:
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
-    128 or 256 (fast mode) or 32, 64, 128 or 256 with products over K <= 2^14 (`exact`: deterministic mode)."""
+    128 or 256 (fast mode) or, in deterministic mode (`exact`), the attention kernel's (spec 5's int_decode: a
+    multiple of 4 up to 128; spec 4's decode_exact: 32, 64, 128 or 256) with products over K <= 2^14."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
     if quant is None or kernels is None or not be.graphs:
