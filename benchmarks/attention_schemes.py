@@ -16,10 +16,11 @@ passage is replaced by:
   is 2^(E - bp - bv) times one integer product, GEMM-able over a chunk's query rows and causal (a row's
   integers depend on the keys it keeps only). 14 bits is two int8 slices (four int8 products a sum).
 - `integer bq/bk/bp/bv`: the same, with the softmax's float64 exp and exact sum replaced by integer arithmetic
-  (`exp_fixed`): each score's distance below its row's largest, times log2(e), in fixed point, its power of two
-  from a 256-entry table and a linear step, p unnormalized (the largest 1) in units of 2^-31; the context is
-  the integer product of p's rows (each key's scale folded in, at bp bits below 1) and v's, divided once by
-  the integer sum of p, so a prompt chunk's softmax needs no float64 exp and no division a probability.
+  (loom/kernels/exact/attention.py's `exp_fixed`): each score's distance below its row's largest, times log2(e),
+  in fixed point, its power of two from a 256-entry table and a linear step, p unnormalized (the largest 1) in
+  units of 2^-31; the context is the integer product of p's rows (each key's scale folded in, at bp bits below
+  1) and v's, divided once by the integer sum of p, so a prompt chunk's softmax needs no float64 exp and no
+  division a probability.
 Printed per scheme: the mean negative log-likelihood of the next tokens (and its change), how often the
 argmax agrees with the exact scheme's, and the largest and mean |logit difference|.
 
@@ -37,27 +38,13 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from product_schemes import bf16, exponents, fixed, report, setup  # noqa: E402  (the repository and tests/ on the path)
 
+from loom.kernels.exact.attention import exp_fixed  # noqa: E402  (the scheme's exp, spec 5's reference)
+
 SCHEMES = [("exact", None), ("bf16 q, k, v", None), ("fixed", (21, 21, 21, 21)), ("fixed", (14, 14, 14, 14)),
            ("fixed", (14, 14, 10, 10)), ("fixed", (10, 10, 14, 14)), ("fixed", (7, 7, 7, 7)),
            ("integer", (21, 21, 21, 21)), ("integer", (14, 14, 14, 14)), ("integer", (14, 14, 12, 12)),
            ("integer", (10, 10, 14, 14)), ("integer", (14, 7, 14, 14)), ("integer", (7, 7, 14, 14)),
-           ("integer", (14, 14, 14, 8)), ("integer", (14, 14, 15, 7))]
-
-LOG2E_30 = round(np.log2(np.e) * 2 ** 30)                      # log2(e) in units of 2^-30
-EXP2_TABLE = np.array([round(2 ** 31 * 2 ** (-k / 256)) for k in range(256)], dtype=np.int64)   # 2^(-k/256), 2^-31
-LN2_15 = round(np.log(2) * 2 ** 15)                             # 2^(-r/65536) ~ 1 - r ln2 / 65536, in units of 2^-31
-
-
-def exp_fixed(d: np.ndarray) -> np.ndarray:
-    """exp(-d) for d >= 0 (inf: 0) in units of 2^-31, by integer operations alone (the same bits on any machine
-    that rounds d to 2^-16 the same way): t = d log2(e) in units of 2^-16, 2^-t = 2^-i 2^(-k/256) 2^(-r/65536)
-    from the table and a linear step (relative error about 2^-18)."""
-    dq = np.rint(np.minimum(np.where(np.isfinite(d), d, 64.0), 64.0) * 2 ** 16).astype(np.int64)
-    u = (dq * LOG2E_30) >> 30
-    i, k, r = u >> 16, (u >> 8) & 255, u & 255
-    p = (EXP2_TABLE[k] * (2 ** 31 - r * LN2_15)) >> 31
-    return np.where(np.isfinite(d) & (i < 63), p >> np.minimum(i, 62), 0)
-
+           ("integer", (14, 14, 14, 8)), ("integer", (14, 14, 15, 7)), ("spec-5 reference", None)]
 
 def attention(kind: str, bits):
     """A replacement for Decoder.attend: queries q [B, T, H, D] at positions pos.. over keys and values
@@ -68,13 +55,18 @@ def attention(kind: str, bits):
         R = H // KV
         q = np.asarray(q, np.float64).reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)      # [B, KV, R, T, D]
         k, v = np.asarray(keys, np.float64)[:, :, None], np.asarray(values, np.float64)[:, :, None]
+        qpos, kpos = np.arange(pos, pos + T)[:, None], np.arange(lo, lo + n)[None, :]
+        allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
+        if kind == "spec-5 reference":                                    # loom.kernels.exact.attention
+            from loom.kernels.exact import attention as integer_attention
+            ctx = integer_attention.attention(np, q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),
+                                              allowed, self.scale)
+            return ctx.transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         if kind == "bf16 q, k, v":
             q, k, v = bf16(q), bf16(k), bf16(v)
         elif kind in ("fixed", "integer"):
             q, k = fixed(q.reshape(-1, D), bits[0]).reshape(q.shape), fixed(k.reshape(-1, D), bits[1]).reshape(k.shape)
         s = (q @ k.swapaxes(-1, -2)).astype(np.float32).astype(np.float64) * np.float32(self.scale)
-        qpos, kpos = np.arange(pos, pos + T)[:, None], np.arange(lo, lo + n)[None, :]
-        allowed = (kpos <= qpos) & (kpos > qpos - (n if L.window is None else L.window))
         s = np.where(allowed, s, -np.inf)
         if kind == "integer":
             return _integer_context(s, v, allowed, bits).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
@@ -101,7 +93,8 @@ def _integer_context(s, v, allowed, bits) -> np.ndarray:
     v [B, KV, 1, n, D]: p = exp_fixed(max - s), each key's scale folded into p's integers at bp bits below 1,
     an integer product with v's integers, one division by the integer sum of p."""
     bp, bv = bits[2], bits[3]
-    p = exp_fixed(s.max(axis=-1, keepdims=True) - s)                  # int64, units of 2^-31, the largest 2^31
+    d = s.max(axis=-1, keepdims=True) - s
+    p = np.where(allowed, exp_fixed(np, np.where(allowed, d, 64.0)), 0)    # int64, 2^-31 units, the largest 2^31
     ev = exponents(v)[..., 0].astype(np.int64)                          # [B, KV, 1, n]
     vi = np.rint(v * np.exp2(bv - ev[..., None]))                      # v's integers, |vi| <= 2^bv
     big = np.max(np.where(allowed, ev[..., None, :], -(1 << 40)), axis=-1, keepdims=True)

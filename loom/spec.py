@@ -23,8 +23,8 @@ tests/golden/spec{SPEC}.json stores the CPU's fingerprints; tests/test_spec.py c
 CPU and tests/gpu/test_spec_cuda.py on the GPU. Changing any of those bits is a deliberate spec
 bump: SPEC + 1, a new golden file, a CHANGELOG note (docs/determinism.md, "Spec stability").
 
-    python -m loom.spec --write tests/golden/spec4.json      # (re)generate the golden file
-    python -m loom.spec --check tests/golden/spec4.json      # list the changed names, exit 1 if any
+    python -m loom.spec --write tests/golden/spec5.json      # (re)generate the golden file
+    python -m loom.spec --check tests/golden/spec5.json      # list the changed names, exit 1 if any
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from .llm.encoder import Encoder
     from .llm.model import CausalLM
 
-SPEC = 4
+SPEC = 5
 DEMO_STEPS = 20            # loom verify's demo run, shortened so the CPU test stays quick
 TRAIN_STEPS = 3
 TRAIN_OPTIMIZERS = {"sgd": {"type": "sgd", "lr": 0.05, "momentum": 0.9},

@@ -321,6 +321,17 @@ class FlashKernels(Protocol):
         """attend for many sequences' query rows over a paged cache (key slots per sequence)."""
 
 
+class IntegerAttention(Protocol):
+    """Determinism spec 5's attention (kernels/exact/attention.py's scheme, its bits) for a decoder's causal
+    rows, compiled or as kernels; None where it declines (the caller runs the array code)."""
+
+    def causal(self, q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None,
+               scale: float, table: np.ndarray, consts: np.ndarray) -> Array | None:
+        """float32 [G, per_group T, D]: group g's query rows (row i at position first + i % T) over its keys and
+        values k, v [G, n, D] (key j at position lo + j), causal, within `window` positions; table and consts:
+        kernels.exact.attention.SCHEME (the exp table; LOG2E_30, LN2_15, P_BITS, BITS)."""
+
+
 class ExactFlashKernels(Protocol):
     """Deterministic mode's attention for prompt rows over a paged cache in one pass, with the bits of
     the composition (the exact GEMMs and the exact softmax; None: composed)."""
@@ -382,6 +393,7 @@ class Backend(Protocol):
     search: SearchKernels | None
     flash: FlashKernels | None
     flash_exact: ExactFlashKernels | None
+    attend_integer: IntegerAttention | None
     prefill: PrefillKernels | None
     collectives: Collectives | None
 

@@ -39,6 +39,7 @@ from .. import backend
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
 from ..kernels import fused, mathlib, ops
+from ..kernels.exact import attention as integer_attention
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant import gemv
@@ -46,6 +47,11 @@ from ..kernels.quant.block import BlockQuantized, linear
 from ..mode import is_deterministic
 from . import argmax_logits, rope
 from .decoder_config import DecoderConfig, check_weights
+
+# Deterministic mode's attention for decoders: determinism spec 5's integer scheme (kernels/exact/attention.py) on
+# every device and path. False gives spec 4's float64 attention, for benchmarks' side-by-side timing only: its bits
+# are not the current spec's.
+INTEGER_ATTENTION = True
 
 PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
@@ -303,10 +309,15 @@ class Decoder:
                          slots: np.ndarray, exp) -> Array:
         """One row's context [H D] for layer_tokens_exact (qkv [(H + 2 KV) D], biases added; exp:
         mathlib's compiled loop)."""
-        from ..backend.cpu import attend_exact, decode_exact
+        from ..backend.cpu import attend_exact, attend_integer, decode_exact
         c = self.config
         H, KV, D, n = c.heads, c.kv_heads, c.head_dim, len(slots)
-        if n <= exact_dispatch.ROUNDED_MAX_K:
+        if INTEGER_ATTENTION and n < integer_attention.MAX_KEYS:         # spec 5: RoPE to context in two calls
+            ctx = attend_integer.rope_step(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
+                                           cache_v, slots, self.scale, *integer_attention.SCHEME)
+            if ctx is not None:
+                return ctx
+        if n <= exact_dispatch.ROUNDED_MAX_K and not INTEGER_ATTENTION:     # (spec 4's: in attend under spec 5)
             values = np.empty((KV, n, D), dtype=np.float32)
             shifted = decode_exact.rope_scores(qkv, H, KV, self._cos[pos], self._sin[pos], L.qk_norm, c.eps, cache_k,
                                                cache_v, slots, self.scale, exact_rounded.error_factor(D), values)
@@ -453,6 +464,12 @@ class Decoder:
             return flash.attend(q, keys, values, pos, lo, L.window, self.scale)
         R, end = H // KV, pos + T
         n = end - lo
+        if INTEGER_ATTENTION and is_deterministic():                     # spec 5: the integer scheme
+            q5 = xp.ascontiguousarray(q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4)).reshape(B * KV, R * T, D)
+            ctx = integer_attention.causal(q5, xp.ascontiguousarray(keys).reshape(B * KV, n, D),
+                                           xp.ascontiguousarray(values).reshape(B * KV, n, D), R, pos, lo, L.window,
+                                           self.scale)
+            return ctx.reshape(B, KV, R, T, D).transpose(0, 3, 1, 2, 4).reshape(B, T, H * D)
         q = q.reshape(B, T, KV, R, D).transpose(0, 2, 3, 1, 4).reshape(B, KV, R * T, D)   # head h = kv*R + r
         if T == 1 and n <= exact_dispatch.ROUNDED_MAX_K and self._exact_token_ops(q):
             ctx = _exact_token_attention(q, keys, values, R, self.scale)

@@ -26,6 +26,7 @@ from ..backend.protocols import PrefillKernels
 from ..kernels import ops
 from ..kernels.exact import rounded as exact_rounded
 from ..mode import is_deterministic
+from . import decoder as decoder_module
 from .decoder import Decoder, heads_first, prefill_chunk
 from .paged_cache import PagedKVCache
 
@@ -154,7 +155,8 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
     as flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
     (loom/llm/paged_prefill_graph.py) runs this body too."""
     xp = dec.xp
-    exact_flash = dec.backend.flash_exact if is_deterministic() else None
+    # (spec 4's prompt attention kernel; spec 5's integer attention is Decoder.attend's on every device)
+    exact_flash = dec.backend.flash_exact if is_deterministic() and not decoder_module.INTEGER_ATTENTION else None
     for i, layer in enumerate(dec.layers):
         q = dec.qkv_into_cache(layer, h, positions, slots, cache.k[i], cache.v[i])
         if q is None:

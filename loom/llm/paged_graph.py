@@ -28,11 +28,11 @@ rounding, not bit for bit. Deterministic mode records the products of the dispat
 (exact.fixed's integers, determinism spec 4) on backend/cuda/quant_fixed.py's kernels, each weight's rows'
 exponents (and, for batches of PLANES_ROWS rows and more, its int8 planes) made once when the graph is
 built (the one-row kernel up to its MAX_ROWS rows, the int8 tensor-core kernel past, cuBLAS's int8 GEMM of
-the planes from PLANES_ROWS), and decode_exact.py's attention, which gives the array code's bits (exact.sum's
-norms and softmax, mathlib's exp): a sequence's logits are what paged_forward gives it, and the CPU's, bit
-for bit. unsupported() refuses a deterministic graph whose weights the integer kernels cannot take. The
-attention kernel takes any position (p v over more than ROUNDED_MAX_K keys in the slice scheme, in chunks of
-2^CHUNK_BITS keys past that, as the array code's product).
+the planes from PLANES_ROWS), and int_decode.py's attention (spec 5's integer scheme; decode_exact.py's, spec
+4's, where decoder.INTEGER_ATTENTION is off), which gives the array code's bits: a sequence's logits are what
+paged_forward gives it, and the CPU's, bit for bit. unsupported() refuses a deterministic graph whose
+weights the integer kernels cannot take. The attention kernel takes any position below 2^22 (spec 4's: p v
+over more than ROUNDED_MAX_K keys in the slice scheme, in chunks of 2^CHUNK_BITS keys past that).
 """
 from __future__ import annotations
 
@@ -45,6 +45,7 @@ import numpy as np
 from .. import fallback
 from ..backend import Array
 from ..kernels import fused
+from ..kernels.exact import attention as integer_attention
 from ..kernels.exact import dispatch as exact_dispatch
 from ..kernels.exact import rounded as exact_rounded
 from ..kernels.quant.block import BlockQuantized, linear
@@ -91,14 +92,24 @@ def _kernels(be, exact: bool) -> tuple:
     if be.decode is None:
         return None, None
     if exact:
+        if _integer_attention():                # spec 5's decode attention kernel
+            from ..backend.cuda import int_decode
+            return be.decode.products_exact, int_decode
         return be.decode.products_exact, be.decode.attention_exact
     return be.decode.products, be.decode.attention
+
+
+def _integer_attention() -> bool:
+    """Whether deterministic decoders' attention is spec 5's integer scheme (decoder.INTEGER_ATTENTION)."""
+    from . import decoder
+    return decoder.INTEGER_ATTENTION
 
 
 def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
     """Why a Decoder's step cannot run as a graph, or None where it can: that needs the CUDA backend,
     block-kernel weight types, widths multiples of 32, at most MAX_ROWS sequences, and head_dim 64,
-    128 or 256 (fast mode) or 32, 64, 128 or 256 with products over K <= 2^14 (`exact`: deterministic mode)."""
+    128 or 256 (fast mode) or, in deterministic mode (`exact`), the attention kernel's (spec 5's int_decode: a
+    multiple of 4 up to 128; spec 4's decode_exact: 32, 64, 128 or 256) with products over K <= 2^14."""
     be = dec.backend
     quant, kernels = _kernels(be, exact)
     if quant is None or kernels is None or not be.graphs:
@@ -112,6 +123,9 @@ def unsupported(dec: Decoder, batch: int, exact: bool = False) -> str | None:
         why = f"hidden size {c.hidden} or intermediate size {c.intermediate} is not a multiple of 32"
     if exact:
         why = why or _not_rounded(c.head_dim)           # attention's products q k
+        if _integer_attention() and c.max_positions >= integer_attention.MAX_KEYS:
+            why = why or (f"caches of {c.max_positions} positions: integer attention takes windows below "
+                          f"{integer_attention.MAX_KEYS} keys")
         # the weight products: the dispatch table's "weight" rule, on the backend's integer kernels
         fixed_kernels = getattr(be.decode, "products_fixed", None)
         for w in _product_weights(dec):
@@ -254,6 +268,8 @@ class PagedDecodeGraph:
         if self.exact:
             keywords.update(max_keys=self.max_keys if self._splitting or self._far else self.near_keys,
                             p_work=self.far_p_work if self._far else self.p_work)
+            if _integer_attention():                    # (spec 5's kernel takes the scheme's constants)
+                keywords["scheme"] = integer_attention.SCHEME
         return keywords
 
     def step(self, ids: list[int], positions: list[int], tables: list[list[int]]) -> Array:

@@ -24,6 +24,8 @@ TIERS = {
     "test_paged_decode_graph_exact.py": "gpu_llm",
     "test_exact_decode_split.py": "gpu_llm",
     "test_exact_decode_group.py": "gpu_llm",
+    "test_int_attention_gpu.py": "gpu_llm",
+    "test_int_decode_gpu.py": "gpu_llm",
     "test_device_sampling.py": "gpu_llm",
     "test_sliced_gemv_gpu.py": "gpu_llm",
     "test_exact_tiles_gpu.py": "gpu_llm",

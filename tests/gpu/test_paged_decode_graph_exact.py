@@ -89,6 +89,8 @@ def test_grouped_attention_gives_the_cpu_bits(kind, extra, held, tmp_path, monke
     its probabilities in shared memory (held) or in the graph's workspace: the recorded steps' logits and caches
     are the kernel-by-kernel steps' (another attention path) and the CPU's bits."""
     from loom.backend.cuda import decode_exact
+    from loom.llm import decoder
+    monkeypatch.setattr(decoder, "INTEGER_ATTENTION", False)      # (spec 4's kernel, kept where this is off)
     monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 1 << 20)
     if not held:
         monkeypatch.setattr(decode_exact, "SHARED_MAX", 0)
@@ -107,6 +109,8 @@ def test_an_engines_recordings_share_one_grouped_workspace(monkeypatch):
     """record_decode_steps records the largest bucket first; the smaller buckets' recordings take the start of
     its grouped attention workspace (they replay one after another), and their steps keep the CPU's bits."""
     from loom.backend.cuda import decode_exact
+    from loom.llm import decoder
+    monkeypatch.setattr(decoder, "INTEGER_ATTENTION", False)      # (spec 4's kernel: spec 5's keeps no workspace)
     monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 1 << 20)
     monkeypatch.setattr(decode_exact, "SHARED_MAX", 0)
     config = DecoderConfig.from_hf(CONFIG)
@@ -228,14 +232,21 @@ def _attention_form(form, monkeypatch):
     """Make the recorded steps' attention take `form` for one sequence of CONFIG's 4 heads over 2 key/value
     heads: "split" (its default past 2 SPLIT_KEYS keys: the window cut over several blocks), "one block" (a
     block a query head), "grouped" (a block a key/value head) or "past split" (the split form's longest
-    window made shorter than these steps', so that they take the first recording's one-block form)."""
-    from loom.backend.cuda import decode_exact
+    window made shorter than these steps', so that they take the first recording's one-block form), in the
+    attention kernel the recorded step takes (spec 5's int_decode, or spec 4's decode_exact where
+    decoder.INTEGER_ATTENTION is off). Returns that module."""
+    from loom.backend.cuda import decode_exact, int_decode
+    attention = int_decode if paged_graph._integer_attention() else decode_exact
     if form in ("one block", "grouped"):
-        monkeypatch.setattr(decode_exact, "MAX_SPLITS", 1)
+        monkeypatch.setattr(attention, "MAX_SPLITS", 1)
     if form == "grouped":
-        monkeypatch.setattr(decode_exact, "GROUP_FEWEST", 0)
+        if paged_graph._integer_attention():
+            monkeypatch.setattr(attention, "HEADS_A_BLOCK", CONFIG["num_attention_heads"] // CONFIG["num_key_value_heads"])
+        else:
+            monkeypatch.setattr(attention, "GROUP_FEWEST", 0)
     if form == "past split":
-        monkeypatch.setattr(decode_exact, "split_max_keys", lambda splits: CHUNK - 8)
+        monkeypatch.setattr(attention, "split_max_keys", lambda splits: CHUNK - 8)
+    return attention
 
 
 @pytest.mark.parametrize("limit, threads, form, window", [
@@ -256,9 +267,9 @@ def test_positions_past_the_rounded_scheme_and_the_chunk_record_with_the_same_bi
     the prompt and the steps hold random keys and values of spread magnitudes (a few of them zero, some
     float32 subnormals), the same on every device."""
     from loom.backend.cuda import decode_exact
-    if threads is not None:
-        monkeypatch.setattr(decode_exact, "FEW_THREADS", threads)
-    _attention_form(form, monkeypatch)
+    attention = _attention_form(form, monkeypatch)
+    if threads is not None:                     # (a block's threads: spec 5's THREADS, spec 4's FEW_THREADS)
+        monkeypatch.setattr(attention, "THREADS" if attention is not decode_exact else "FEW_THREADS", threads)
     extra = {} if window is None else {"model_type": "mistral", "sliding_window": window}
     config = DecoderConfig.from_hf({**CONFIG, "max_position_embeddings": limit + 64, **extra})
     weights = quant_weights("Q8_0", CONFIG)
@@ -289,7 +300,8 @@ def test_positions_past_the_rounded_scheme_and_the_chunk_record_with_the_same_bi
                 assert (graph.split is not None and graph.split.splits > 1) == split, form
                 assert (graph.long_graph is not None) == (form == "split"), form
                 far = limit > exact_dispatch.ROUNDED_MAX_K and form != "split"      # (windows past 2^14 keys)
-                assert (graph.far_graph is not None) == far and (graph.far_p_work is not None) == far, form
+                held = far and attention is decode_exact          # (spec 5's kernel keeps no probabilities)
+                assert (graph.far_graph is not None) == far and (graph.far_p_work is not None) == held, form
             assert counts == ([1, 2, 3, 4] if dec.graphs and dec.device == "cuda" else [0, 0, 0, 0])
     same_bits(out[0], out[1], f"recorded steps vs kernel by kernel ({form})")
     same_bits(out[0], out[2], f"recorded steps vs the CPU ({form})")

@@ -1,8 +1,8 @@
-"""Deterministic mode's compiled decode steps on the CPU (loom/backend/cpu/decode_exact.py,
-Decoder.layer_tokens_exact): the same bits as the composed operations (Decoder.qkv, attend,
-finish_layer) for llama, a sliding window, qwen2's biases and qwen3's per-head norms; the fallbacks
-(a non-finite row, keys past the rounded scheme's K) keep them too; rope_scores against the
-composed rotation and attend_exact's scores on fresh random inputs, and its refusals."""
+"""Deterministic mode's compiled decode steps on the CPU (loom/backend/cpu/decode_exact.py and, under spec 5,
+attend_integer.rope_step; Decoder.layer_tokens_exact): the same bits as the composed operations (Decoder.qkv,
+attend, finish_layer) for llama, a sliding window, qwen2's biases and qwen3's per-head norms; the fallbacks
+(a non-finite row, keys past the rounded scheme's K, a declined row) keep them too; rope_scores and rope_step
+against the composed rotation and the scheme's array code on fresh random inputs, and their refusals."""
 import os
 import sys
 
@@ -11,7 +11,8 @@ import pytest
 
 import loom
 import loom.llm
-from loom.backend.cpu import attend_exact, decode_exact
+from loom.backend.cpu import attend_exact, attend_integer, decode_exact
+from loom.kernels.exact import attention as integer_attention
 from loom.kernels.exact import rounded as exact_rounded
 from loom.llm import decoder as decoder_module
 from loom.llm import paged_forward
@@ -46,27 +47,53 @@ def _logits(dec, ids, monkeypatch, compiled: bool):
             return paged_forward.sequence_logits(dec, ids, PIECES)
 
 
-def test_compiled_steps_keep_the_composed_bits(decoder, monkeypatch):
+@pytest.mark.parametrize("spec", [4, 5])
+def test_compiled_steps_keep_the_composed_bits(decoder, monkeypatch, spec):
+    """Under spec 5 (integer attention) and spec 4's float64 attention (decoder.INTEGER_ATTENTION off, kept for
+    benchmarks), whose rows take rope_scores' compiled calls."""
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", spec == 5)
     ids = RNG.integers(0, td.VOCAB, sum(PIECES))
-    taken, scored = [], []
-    real, real_scores = Decoder.layer_tokens_exact, decode_exact.rope_scores
+    taken, scored, stepped = [], [], []
+    real, real_scores, real_step = Decoder.layer_tokens_exact, decode_exact.rope_scores, attend_integer.rope_step
     monkeypatch.setattr(Decoder, "layer_tokens_exact", lambda self, *a: taken.append(1) or real(self, *a))
 
     def scores(*args):
         out = real_scores(*args)
         scored.append(out is not None)
         return out
+
+    def step(*args):
+        out = real_step(*args)
+        stepped.append(out is not None)
+        return out
     monkeypatch.setattr(decode_exact, "rope_scores", scores)
+    monkeypatch.setattr(attend_integer, "rope_step", step)
     compiled = _logits(decoder, ids, monkeypatch, compiled=True)
     assert len(taken) == 12 * len(decoder.layers)
-    assert scored == [True] * 12 * len(decoder.layers)     # every row's attention took the compiled calls
+    # (every row's attention took its spec's compiled calls)
+    assert scored == ([True] * 12 * len(decoder.layers) if spec == 4 else [])
+    assert stepped == ([True] * 12 * len(decoder.layers) if spec == 5 else [])
     composed = _logits(decoder, ids, monkeypatch, compiled=False)
     np.testing.assert_array_equal(_bits(compiled), _bits(composed))
 
 
+def test_rows_rope_step_declines_take_the_composed_path(decoder, monkeypatch):
+    """Spec 5: a row rope_step declines (None: a per-head norm not finite) runs the composed attention, which
+    writes the same key and value again: the same bits."""
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", True)
+    ids = RNG.integers(0, td.VOCAB, sum(PIECES))
+    want = _logits(decoder, ids, monkeypatch, compiled=False)
+    declined = []
+    monkeypatch.setattr(attend_integer, "rope_step", lambda *a: declined.append(1))
+    np.testing.assert_array_equal(_bits(_logits(decoder, ids, monkeypatch, compiled=True)), _bits(want))
+    assert len(declined) == 12 * len(decoder.layers)
+
+
 def test_rows_the_compiled_attention_declines_take_the_composed_path(decoder, monkeypatch):
-    """A row whose scores or norms are not finite (rope_scores None), or whose keys pass the rounded
-    scheme's K (here lowered to 4 keys), runs the composed attention: the same bits."""
+    """Spec 4's float64 attention (decoder.INTEGER_ATTENTION off): a row whose scores or norms are not finite
+    (rope_scores None), or whose keys pass the rounded scheme's K (here lowered to 4 keys), runs the composed
+    attention: the same bits."""
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", False)
     ids = RNG.integers(0, td.VOCAB, sum(PIECES))
     want = _logits(decoder, ids, monkeypatch, compiled=False)
     declined = []
@@ -74,6 +101,7 @@ def test_rows_the_compiled_attention_declines_take_the_composed_path(decoder, mo
     np.testing.assert_array_equal(_bits(_logits(decoder, ids, monkeypatch, compiled=True)), _bits(want))
     assert len(declined) == 12 * len(decoder.layers)
     monkeypatch.undo()
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", False)
     monkeypatch.setattr(decoder_module.exact_dispatch, "ROUNDED_MAX_K", 4)
     got = _logits(decoder, ids, monkeypatch, compiled=True)
     monkeypatch.undo()
@@ -111,6 +139,66 @@ def test_rope_scores_match_the_composed_operations(heads, kv, d, n, normed):
                                        np.ascontiguousarray(cache_k[slots].transpose(1, 0, 2)), heads // kv, 0.3,
                                        factor)
     np.testing.assert_array_equal(_bits(shifted), _bits(want))
+
+
+@pytest.mark.parametrize("heads, kv, d, n, normed, special", [
+    (4, 2, 16, 1, False, None), (4, 2, 16, 9, True, None), (9, 3, 64, 37, False, None), (6, 1, 32, 20, True, None),
+    (8, 2, 64, 300, False, None), (4, 2, 16, 12, False, "key"), (4, 2, 16, 12, False, "value"),
+    (4, 2, 16, 12, False, "query"), (4, 2, 16, 12, True, "query")])
+def test_rope_step_matches_the_composed_operations(heads, kv, d, n, normed, special):
+    """The rotated key and the value written to the query's own slot (nothing else written), and the context:
+    the scheme's array code (attention.causal_arrays) on the rotated query and the keys and values gathered from
+    the slots, with fused.rms_norm's per-head norm first (qwen3); rows of mixed magnitudes, and inf / NaN in a
+    cached key or value (that group's rows NaN) or a query head."""
+    spread = np.exp(RNG.uniform(-4, 4, (heads + 2 * kv, 1)))
+    qkv = (RNG.standard_normal((heads + 2 * kv, d)) * spread).astype(np.float32).reshape(-1)
+    cos, sin = np.cos(RNG.uniform(0, 6, d)).astype(np.float32), np.sin(RNG.uniform(0, 6, d)).astype(np.float32)
+    norm = (1 + 0.3 * RNG.standard_normal((heads + kv, d))).astype(np.float32) if normed else None
+    size = max(64, 2 * n)
+    slots = RNG.permutation(size)[:n].astype(np.int64)
+    cache_k = (RNG.standard_normal((size, kv, d)) * np.exp(RNG.uniform(-3, 3, (size, kv, 1)))).astype(np.float32)
+    cache_v = (RNG.standard_normal((size, kv, d)) * np.exp(RNG.uniform(-3, 3, (size, kv, 1)))).astype(np.float32)
+    if special == "key" and n > 1:
+        cache_k[slots[0], 0, 3] = np.inf
+    elif special == "value" and n > 1:
+        cache_v[slots[1], kv - 1, 0] = np.nan
+    elif special == "query":
+        qkv[d + 2] = np.nan
+    before_k, before_v = cache_k.copy(), cache_v.copy()
+    with loom.deterministic(True):
+        ctx = attend_integer.rope_step(qkv, heads, kv, cos, sin, norm, 1e-5, cache_k, cache_v, slots, 0.3,
+                                       *integer_attention.SCHEME)
+        qk = qkv[:(heads + kv) * d].reshape(1, 1, heads + kv, d)
+        if normed:
+            qk = loom.kernels.fused.rms_norm(qk, norm, 1e-5)[0]
+        qk = _rotate(qk, cos[None, None], sin[None, None], np)[0, 0]
+    if special == "query" and normed:           # (a NaN in a head the norm takes: the composed path's row)
+        assert ctx is None
+        return
+    own = slots[-1]
+    before_k[own], before_v[own] = qk[heads:], qkv[(heads + kv) * d:].reshape(kv, d)
+    np.testing.assert_array_equal(_bits(cache_k), _bits(before_k))
+    np.testing.assert_array_equal(_bits(cache_v), _bits(before_v))
+    want = integer_attention.causal_arrays(np, np.ascontiguousarray(qk[:heads]).reshape(kv, heads // kv, d),
+                                           np.ascontiguousarray(cache_k[slots].transpose(1, 0, 2)),
+                                           np.ascontiguousarray(cache_v[slots].transpose(1, 0, 2)), heads // kv,
+                                           n - 1, 0, None, 0.3)
+    np.testing.assert_array_equal(_bits(ctx), _bits(want.reshape(-1)))
+    if special == "query":                      # (query head 1 only)
+        assert np.isnan(ctx[d:2 * d]).all() and not np.isnan(np.delete(ctx, np.arange(d, 2 * d))).any()
+    if special in ("key", "value"):
+        group = (0 if special == "key" else kv - 1) * (heads // kv) * d
+        assert np.isnan(ctx[group:group + heads // kv * d]).all() and not np.isnan(np.delete(
+            ctx, np.arange(group, group + heads // kv * d))).any()
+
+
+def test_rope_step_refuses_bad_slots():
+    heads, kv, d = 4, 2, 8
+    cache = np.zeros((8, kv, d), np.float32)
+    qkv = RNG.standard_normal((heads + 2 * kv) * d).astype(np.float32)
+    with pytest.raises(ValueError, match="slots"):
+        attend_integer.rope_step(qkv, heads, kv, np.ones(d, np.float32), np.zeros(d, np.float32), None, 1e-5,
+                                 cache, cache.copy(), np.zeros(0, np.int64), 0.5, *integer_attention.SCHEME)
 
 
 def test_rope_scores_declines_what_is_not_finite_and_refuses_bad_slots():

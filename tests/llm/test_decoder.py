@@ -244,3 +244,20 @@ def test_a_decode_step_without_its_graph_says_why_once_in_fast_mode(loom_log):
     assert got == want and len(got) == 4
     assert loom_log() == [("fast mode: decode steps run kernel by kernel, not as recorded CUDA graphs "
                            "(head_dim 8 is not 64, 128 or 256)")]
+
+
+@pytest.mark.parametrize("name", ["llama", "mistral-window", "qwen2-window", "qwen3"])
+def test_integer_attention_rows_are_the_same_in_any_chunking(saved, name, monkeypatch):
+    """(wip: spec 5's attention on the CPU) a prompt at once, as a 9-token chunk and decode steps, and in
+    chunks of 5: the same logits' bits; near spec 4's exact attention and transformers."""
+    model, lm = saved(name)
+    dec, ids = lm.decoder, _ids(24, seed=11)
+    with loom.deterministic(True):
+        exact = paged_forward.sequence_logits(dec, ids)
+        monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", True)
+        whole = paged_forward.sequence_logits(dec, ids)
+        steps = paged_forward.sequence_logits(dec, ids, [9] + [1] * 15)
+        fives = paged_forward.sequence_logits(dec, ids, [5] * 4 + [4])
+    assert np.array_equal(steps, whole) and np.array_equal(fives, whole)
+    assert td.relative_error(whole, exact) < 1e-3
+    assert td.relative_error(whole, td.hf_logits(model, ids)) < 1e-3

@@ -18,6 +18,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from ... import mixed_precision
+from . import attend_integer as attend_integer_module
 from . import dequant, exact, gemv, jit, rounded, rounded_gemv
 from .windows import CPUWindows
 
@@ -174,6 +175,7 @@ class CPUBackend:
     search = None       # loom.db.search's NumPy path is its CPU kernel
     flash = None        # prompts' attention composes its products and softmax (llm/decoder.py)
     flash_exact = None  # (in both modes)
+    attend_integer = attend_integer_module   # spec 5's attention rows, compiled (numba; else the array code)
     prefill = None      # and their layers compose their element-wise steps
     collectives = None  # loom.distributed on the CPU: its store collective (tests, debugging)
 

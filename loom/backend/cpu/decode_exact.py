@@ -31,7 +31,7 @@ import numpy as np
 from . import attend_exact, exact_jit, rounded, rounded_gemv
 from . import jit as cpu_jit
 
-_LOOPS = ("_rope_scores",)
+_LOOPS = ("_rope_heads", "_rope_scores")
 f32 = np.float32
 
 
@@ -65,11 +65,11 @@ def rope_scores(qkv: np.ndarray, heads: int, kv_heads: int, cos: np.ndarray, sin
     return shifted if ok else None
 
 
-def _rope_scores(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, slots, scale, factor,
-                 values, shifted):
+def _rope_heads(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, own, q):
+    """A query position's heads as Decoder.qkv's tail makes them: qwen3's per-head norms (norm [H + KV, D], or
+    none), decoder._rotate's float32 operations one by one; the rotated query heads into q [H, D], the rotated key
+    and the value into cache slot `own`. False where a norm is not finite (nothing written)."""
     d = cache_k.shape[2]
-    n = slots.shape[0]
-    own = slots[n - 1]
     half = d // 2
     rows = np.empty((heads + kv_heads, d), np.float32)          # the query heads, then the key heads
     for h in range(heads + kv_heads):
@@ -81,7 +81,6 @@ def _rope_scores(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, 
             if not exact_jit._rms_rows(rows[h:h + 1], norm[h], eps, norm_bits, normed[h:h + 1]):
                 return False
         rows = normed
-    q = np.empty((heads, d), np.float32)
     for h in range(heads + kv_heads):
         target = q[h] if h < heads else cache_k[own, h - heads]
         for k in range(half):                                    # decoder._rotate, operation by operation
@@ -90,6 +89,16 @@ def _rope_scores(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, 
             target[k + half] = b * cos[k + half] + a * sin[k + half]
     for j in range(kv_heads):
         cache_v[own, j] = qkv[(heads + kv_heads + j) * d:(heads + kv_heads + j + 1) * d]
+    return True
+
+
+def _rope_scores(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, slots, scale, factor,
+                 values, shifted):
+    n = slots.shape[0]
+    q = np.empty((heads, cache_k.shape[2]), np.float32)
+    if not _rope_heads(qkv, heads, kv_heads, cos, sin, norm, eps, norm_bits, cache_k, cache_v, slots[n - 1], q):
+        return False
+    for j in range(kv_heads):
         for t in range(n):
             values[j, t] = cache_v[slots[t], j]
     # rounded_gemv._stack_dots with each key read in place from its slot (a gathered copy of the keys

@@ -86,6 +86,7 @@ class CUDABackend:
             flash_exact,
             fused,
             fused_exact,
+            int_attention,
             prefill,
             quant,
             quant_exact,
@@ -103,6 +104,7 @@ class CUDABackend:
         self.windows = windows
         self.flash = flash                  # fast mode's causal attention for prompts (tensor cores)
         self.flash_exact = flash_exact      # deterministic mode's, with the composed reference's bits
+        self.attend_integer = int_attention  # spec 5's attention rows (int8 tensor cores)
         self.prefill = prefill              # fast mode's fused prompt layers (llm/decoder.py)
         self.decode = CUDADecode(quant, decode, quant_exact, quant_slices, quant_tiles, decode_exact, quant_fixed,
                                  quant_fixed_planes)

@@ -5,7 +5,7 @@ kernel). Compiled after quant_fixed._head's defines, the stored type's and BLOCK
 
 from .quant_fixed_x_source import X_SOURCE
 
-_HELPERS = r"""
+SCALARS = r"""
 #define LOOM_FULL 0xffffffffu
 #define LIMIT 32767.0f
 
@@ -26,6 +26,13 @@ __device__ __forceinline__ unsigned loom_fixed_bits(float v, float s, int shift)
                         : 0x4B400000u + (unsigned)__double2int_rn(ldexp((double)v, shift));
 }
 
+// 2^shift as a float32 for -126 <= shift <= 127 (else unused)
+__device__ __forceinline__ float loom_fixed_scale(int shift) {
+    return shift <= 127 && shift >= -126 ? __int_as_float((shift + 127) << 23) : 0.0f;
+}
+"""
+
+_HELPERS = r"""
 // loom_fixed_bits of N values of one row (the low 16 bits: q = rint(v[j] 2^shift) as an int16), the row's test of
 // shift made once for the N values: left to the compiler, a branch on it stayed around each value's fma in the
 // products' loops (H100, decode_graph_parts.py --whole --deterministic, us a step: Llama-3.2-1B at batch 1 / 2 / 4
@@ -65,11 +72,6 @@ __device__ __forceinline__ void loom_wide_values(uint4 t, float* v) {
         const unsigned h = (u[j >> 1] >> (16 * (j & 1))) & 0xFFFFu;
         v[j] = KIND == 1 ? __half2float(__ushort_as_half((unsigned short)h)) : __uint_as_float(h << 16);
     }
-}
-
-// 2^shift as a float32 for -126 <= shift <= 127 (else unused)
-__device__ __forceinline__ float loom_fixed_scale(int shift) {
-    return shift <= 127 && shift >= -126 ? __int_as_float((shift + 127) << 23) : 0.0f;
 }
 
 // quant_fixed_planes' layout: the integer q of x's value v (0 for inf and NaN, whose row takes the IEEE path)
@@ -532,4 +534,4 @@ extern "C" __global__ void LOOM_STAGED_BOUNDS loom_fixed_gemv_staged(
 }
 """
 
-SOURCE = _HELPERS + X_SOURCE + _PRODUCTS
+SOURCE = SCALARS + _HELPERS + X_SOURCE + _PRODUCTS

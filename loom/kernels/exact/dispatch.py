@@ -10,7 +10,7 @@ kernel may run on other hardware (the GPU's int8 tensor cores, compiled CPU loop
 a scheme, where the bits are the scheme's.
 
 docs/determinism.md quotes this table (`describe()` prints it); `loom.DETERMINISM_SPEC` names the
-version of these rules (loom/spec.py), and tests/golden/spec3.json pins their bits.
+version of these rules (loom/spec.py), and tests/golden/spec<N>.json pins their bits.
 """
 from __future__ import annotations
 
@@ -29,13 +29,15 @@ SUM_1 = "sum 1 slice"             # one integer slice per element, exact float64
 SUM_2 = "sum 2 slices"            # two integer slices per element
 SLICES_2X1_INT = "slices 2x1, int64 chunks"   # the 2x1 slices, the chunks' integers added exactly
 INT16 = "int16 rows"              # rows of x and W as int16 at their own scales, exact integer sums (fixed.py)
+INT_ATTENTION = "integer attention"   # q, k, v rows as int16, fixed-point exp, one quotient (attention.py; spec 5)
 
 
 @dataclass(frozen=True)
 class Rule:
     op: str                 # "matmul", "gradient" (a matmul over the batch: ops.grad_matmul), "weight" (a
-                            # decoder language model's product with its weight: block.linear) or "sum" (sums,
-                            # means, variances, norms, softmax, cumsum, index_add; over the batch too)
+                            # decoder language model's product with its weight: block.linear), "attention" (a
+                            # decoder's attention, K its keys: exact.attention) or "sum" (sums, means,
+                            # variances, norms, softmax, cumsum, index_add; over the batch too)
     dtype: str              # the operands' dtype class: "float32" (and narrower) or "float64"
     k_min: int              # reduced length K (a GEMM's inner dimension, a sum's count), inclusive
     k_max: int | None       # None: no upper limit
@@ -71,6 +73,12 @@ TABLE = (
          "integers of at most 32767 at the finest power-of-two scale of its largest magnitude, the exact "
          "integer sum (int8 tensor cores: four plane products) rounded once to float32; K < 2^23 (longer "
          "products are refused)"),
+    Rule("attention", "float32", 1, None, INT_ATTENTION,
+         "a decoder language model's attention (spec 5): each row of q, k and v rounded once to integers of at "
+         "most 32767 as for weight, exact integer scores, p = exp(-(max - score) scale) in fixed point (a "
+         "256-entry table of 2^(-k/256) and a linear step, 2^-31 units), w = p with v's row scale folded in at "
+         "14 bits, and one float64 quotient of the exact sums (w v) / (p) a row, rounded once to float32; "
+         "windows below 2^22 keys"),
     Rule("sum", "float32", 1, None, SUM_1,
          "each value rounded to 53 - ceil(log2 n) bits of the largest magnitude it is summed with, "
          "the integers summed exactly in float64, rounded once (a padded sum: n counts its nonzero terms)"),

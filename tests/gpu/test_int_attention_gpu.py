@@ -1,0 +1,91 @@
+"""Spec 5's integer attention kernel (loom/backend/cuda/int_attention.py; branch wip/spec5-attention) against
+the CPU's scheme (kernels.exact.attention.causal), bit for bit: head sizes 64 and 128, groups of 1-4 query
+heads a key/value head, a decode step's one row, prompts past a block's 64 rows, keys past several 64-key
+tiles and not a multiple of them, a chunk after cached keys, a sliding window, rows of mixed magnitudes, and
+inf / NaN rows."""
+import numpy as np
+import pytest
+
+from loom.errors import ShapeError
+from loom.kernels.exact import attention as ia
+
+from .cpu_gpu import same_bits
+
+cupy = pytest.importorskip("cupy")
+from loom.backend.cuda import int_attention  # noqa: E402  (imports cupy)
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(params=[(None, None, 0), (4, 1, 0), (1, 1, 0), (4, 3, 0), (1, 2, 0), (None, None, 1)],
+                ids=lambda p: f"warps {p[0]} splits {p[1]} split_mid {p[2]}", autouse=True)
+def launch(request, monkeypatch):
+    """Each test as the kernel chooses its launch, on both block sizes (64 query rows and 16) whole or with the
+    keys split over blocks (3 splits: some of them empty where a block has few tiles), and with HL and LH in
+    separate accumulators."""
+    for name, value in zip(("WARPS", "SPLITS", "SPLIT_MID"), request.param):
+        monkeypatch.setattr(int_attention, name, value)
+    return request.param
+
+
+def _rows(rng, shape, spread):
+    return (rng.standard_normal(shape) * np.exp(rng.uniform(-spread, spread, shape[:-1] + (1,)))).astype(np.float32)
+
+
+@pytest.mark.parametrize("d", [pytest.param(64, marks=pytest.mark.smoke), 128])
+@pytest.mark.parametrize("groups, per_group, t, n, first, lo, window", [
+    (2, 3, 1, 300, 299, 0, None), (1, 1, 130, 130, 0, 0, None), (3, 4, 37, 200, 163, 0, None),
+    (2, 2, 70, 70, 0, 0, 16), (1, 3, 64, 129, 65, 0, 100), (4, 1, 5, 5, 0, 0, None),
+    (2, 4, 200, 456, 256, 0, None), (1, 2, 150, 150, 0, 0, 70), (2, 1, 90, 201, 410, 300, 130),
+    (1, 4, 1, 333, 900, 568, None)])
+def test_the_kernel_gives_the_cpus_bits(d, groups, per_group, t, n, first, lo, window):
+    rng = np.random.default_rng(d + groups * 10 + t + n)
+    q = _rows(rng, (groups, per_group * t, d), 3.0)
+    k = _rows(rng, (groups, n, d), 3.0)
+    v = _rows(rng, (groups, n, d), 3.0)
+    want = ia.causal(q, k, v, per_group, first, lo, window, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), per_group, first, lo, window, 0.125, *ia.SCHEME)
+    same_bits(got, want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {lo}, rows from {first}, "
+                         f"window {window}")
+
+
+@pytest.mark.parametrize("d", [8, 32, 48, 96])
+def test_other_head_sizes(d):
+    rng = np.random.default_rng(d)
+    q, k, v = _rows(rng, (2, 2 * 80, d), 2.0), _rows(rng, (2, 150, d), 2.0), _rows(rng, (2, 150, d), 2.0)
+    want = ia.causal(q, k, v, 2, 70, 0, None, d ** -0.5)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 70, 0, None, d ** -0.5, *ia.SCHEME)
+    same_bits(got, want, f"D {d}")
+
+
+def test_inf_and_nan_rows():
+    rng = np.random.default_rng(9)
+    q, k, v = _rows(rng, (2, 40, 64), 1.0), _rows(rng, (2, 40, 64), 1.0), _rows(rng, (2, 40, 64), 1.0)
+    q[0, 3, 5] = np.nan
+    k[1, 20, 0] = np.inf
+    v[0, 30, 63] = -np.inf
+    want = ia.causal(q, k, v, 1, 0, 0, None, 0.125)
+    got = int_attention.attend(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 1, 0, 0, None, 0.125, *ia.SCHEME)
+    same_bits(got, want, "inf and NaN rows")
+    assert np.isnan(want[0, 3]).all() and np.isnan(want[1, 20:]).all() and not np.isnan(want[1, :20]).any()
+
+
+def test_shapes_it_does_not_take():
+    z = cupy.zeros((1, 4, 64), dtype=np.float32)
+    with pytest.raises(ShapeError, match="integer attention kernel"):
+        int_attention.attend(z, z[:, :3], z[:, :3], 3, 0, 0, None, 0.125, *ia.SCHEME)
+    w = cupy.zeros((1, 4, 160), dtype=np.float32)
+    with pytest.raises(ShapeError, match="D up to 128"):
+        int_attention.attend(w, w, w, 1, 0, 0, None, 0.125, *ia.SCHEME)
+    assert int_attention.causal(w, w, w, 1, 0, 0, None, 0.125, *ia.SCHEME) is None     # (declined: the array code)
+
+
+def test_causal_on_the_gpu_gives_the_cpus_bits():
+    """kernels.exact.attention.causal on CuPy arrays: the backend's kernel, or past its heads (160) the array code
+    on the GPU."""
+    rng = np.random.default_rng(11)
+    for d in (64, 160):
+        q, k, v = _rows(rng, (2, 2 * 9, d), 2.0), _rows(rng, (2, 30, d), 2.0), _rows(rng, (2, 30, d), 2.0)
+        want = ia.causal(q, k, v, 2, 21, 0, 7, d ** -0.5)
+        got = ia.causal(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 21, 0, 7, d ** -0.5)
+        same_bits(got, want, f"D {d}")
