@@ -64,8 +64,14 @@ def main() -> None:
     mode = "deterministic" if args.deterministic else "fast"
     print(f"{args.shape} {args.type}, {args.tokens} tokens, {mode} mode: {wall * 1e3:.1f} ms wall "
           f"(under the profiler), {total:.1f} ms of kernels, {engine.stats['prefill_graph_steps']} recorded chunk "
-          f"replays in all")
+          f"replays in all; {mempool_gb():.2f} GB in CuPy's memory pool")
     print(events.table(sort_by="self_cuda_time_total", row_limit=args.rows, max_name_column_width=60))
+
+
+def mempool_gb() -> float:
+    """Device memory CuPy's pool holds (the weights, the cache, and each recorded chunk's buffers), GB."""
+    import cupy
+    return cupy.get_default_memory_pool().total_bytes() / 1e9
 
 
 if __name__ == "__main__":

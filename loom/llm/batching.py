@@ -113,7 +113,7 @@ class BatchEngine:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.deterministic = is_deterministic()     # the mode steps run in (a thread has its own)
-        self.chunk = prefill_chunk()
+        self.chunk = prefill_chunk(self.dec.device)
         self.pipeline = True                        # greedy decode steps launched a step ahead (_Ahead)
         self.on_step: Callable[[float], None] | None = None   # each step's wall seconds, from the engine's thread
         self._ahead: _Ahead | None = None           # a launched step whose tokens are not taken yet

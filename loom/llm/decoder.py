@@ -21,8 +21,8 @@ rotated in one pass. Weights are float32 arrays or loom.kernels.quant.block.Bloc
 loom.kernels.ops, so deterministic mode gives the same bits on CPU and GPU.
 
 Prefill and decode are the same code: a prompt is T tokens at once, a decode step T = 1 (no mask).
-Long prompts run in chunks (prefill_chunk(): 512 tokens in deterministic mode, 2048 in fast mode) so
-the score arrays stay small. The model's shape and tensors: loom/llm/decoder_config.py; sequences
+Long prompts run in chunks (prefill_chunk(): 2048 tokens, 512 in deterministic mode on the CPU) so the score
+arrays stay small. The model's shape and tensors: loom/llm/decoder_config.py; sequences
 through a paged cache, alone or batched: loom/llm/paged_forward.py, driven by the engine
 (loom/llm/batching.py).
 """
@@ -53,13 +53,22 @@ from .decoder_config import DecoderConfig, check_weights
 # are not the current spec's.
 INTEGER_ATTENTION = True
 
-PREFILL_CHUNK = 512             # deterministic mode: chunk ends fix the bits of attention past 2048 keys
+PREFILL_CHUNK = 512             # deterministic mode on the CPU (its array code's score arrays stay small)
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
+# deterministic mode on a GPU under spec 5: no chunking changes a bit (every product and attention row is its own);
+# fewer, larger chunks give the int8 GEMMs larger tiles and attention fewer passes (H200, Llama-3.2-1B bf16, a
+# 2,048-token prompt, benchmarks/prefill_kernels.py: 37.5 -> 29.0 ms of kernels in chunks of 512 -> 2,048, the
+# memory pool 4.85 -> 5.92 GB)
+PREFILL_CHUNK_GPU = 2048
 
 
-def prefill_chunk() -> int:
-    """Prefill chunk length in the current mode."""
-    return PREFILL_CHUNK if is_deterministic() else PREFILL_CHUNK_FAST
+def prefill_chunk(device: str = "cpu") -> int:
+    """Prefill chunk length in the current mode on `device` ("cpu" or "cuda"). Under spec 4's attention
+    (INTEGER_ATTENTION off) deterministic chunks end at multiples of PREFILL_CHUNK on every device: its bits past
+    2048 keys depend on them."""
+    if not is_deterministic():
+        return PREFILL_CHUNK_FAST
+    return PREFILL_CHUNK_GPU if device != "cpu" and INTEGER_ATTENTION else PREFILL_CHUNK
 
 
 

@@ -5,11 +5,11 @@ tokens (a prefill chunk or one decode token) go through the projections and the 
 A row's bits do not depend on its batch-mates in deterministic mode: every product is row-invariant
 (the dispatch table picks a scheme from K alone) and each sequence's attention runs alone over
 exactly its own keys (decoder.attend). Prefill chunks end where the single-sequence path ends them
-(at multiples of decoder.prefill_chunk(), or at the prompt's end), which keeps the attention products'
-K the same as alone too. Fast mode runs the attention of all sequences at once, their queries and
-keys padded to the longest and masked (in groups that keep the scores under PADDED_ELEMENTS): the
-padding changes sums' order, so last bits may move. On the CPU a step of decode tokens only runs
-each row's attention as compiled calls instead (Decoder.token_layer: in fast mode
+(at multiples of decoder.prefill_chunk(), or at the prompt's end), which under spec 4's attention kept its
+products' K the same as alone too (spec 5's attention gives the same bits in any chunks). Fast mode runs the
+attention of all sequences at once, their queries and keys padded to the longest and masked (in groups that
+keep the scores under PADDED_ELEMENTS): the padding changes sums' order, so last bits may move. On the CPU a
+step of decode tokens only runs each row's attention as compiled calls instead (Decoder.token_layer: in fast mode
 decoder.layer_tokens_paged, backend/cpu/decode_jit.py; in deterministic mode layer_tokens_exact,
 backend/cpu/decode_exact.py, with the composed operations' bits). Where the decoder has its fused prompt kernels
 (fast mode on the tensor cores, every layer's weights in bfloat16), all rows go through them instead
@@ -103,7 +103,7 @@ def sequence_logits(dec: Decoder, ids: np.ndarray, pieces: list[int] | None = No
     check (a prompt, then one token a step)."""
     T = len(ids)
     if pieces is None:
-        step = prefill_chunk()
+        step = prefill_chunk(dec.device)
         pieces = [min(step, T - start) for start in range(0, T, step)]
     if sum(pieces) != T or min(pieces) < 1:
         raise ValueError(f"pieces {pieces} do not split {T} tokens")

@@ -358,3 +358,25 @@ def test_deterministic_replayed_chunks_give_the_eager_and_cpu_bits(cfg, qtype, l
     _, k, v = want
     for r in range(3):                      # each run's blocks keep what it wrote
         _same((cupy.asnumpy(run.cache.k[:, slots[r]]), cupy.asnumpy(run.cache.v[:, slots[r]])), (k[:, 0], v[:, 0]))
+
+
+def test_deterministic_prompts_take_the_gpus_chunks_with_the_cpus_bits():
+    """Spec 5: a deterministic prompt on the GPU runs in chunks of PREFILL_CHUNK_GPU (here one of 1,100 rows) and
+    on the CPU in chunks of PREFILL_CHUNK (512, 512, 76): the same logits bits, and through the engines (the GPU's
+    chunk seen once, then recorded and replayed) the same tokens and log-probabilities after decode steps."""
+    from loom.llm import decoder as decoder_module
+    assert decoder_module.PREFILL_CHUNK < 1100 <= decoder_module.PREFILL_CHUNK_GPU
+    with loom.deterministic(True):
+        gpu, cpu = (_graph_model("llama", d, True, max_position_embeddings=1280) for d in ("cuda", "cpu"))
+        ids = np.random.default_rng(11).integers(0, 256, 1100)
+        want = sequence_logits(cpu.decoder, ids)
+        got = cupy.asnumpy(sequence_logits(gpu.decoder, ids))
+        assert got.shape == want.shape == (1100, 256) and np.array_equal(got.view(np.uint32), want.view(np.uint32))
+        engine, ref = (BatchEngine(m, max_batch=2, block_size=16, prefix_cache=False) for m in (gpu, cpu))
+        assert engine.chunk == decoder_module.PREFILL_CHUNK_GPU and ref.chunk == decoder_module.PREFILL_CHUNK
+        reqs = [Request(ids.tolist(), max_tokens=3, stop_ids=(), logprobs=3)]
+        expected = ref.generate(reqs)
+        for _ in range(3):                  # seen once, recorded, replayed
+            for a, b in zip(engine.generate(reqs), expected):
+                assert a.tokens == b.tokens and a.logprobs == b.logprobs
+        assert engine.stats["prefill_graph_steps"] > 0 and not engine.steps.prefills.eager_reasons

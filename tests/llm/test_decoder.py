@@ -97,6 +97,31 @@ def test_chunked_prefill_matches_one_chunk(saved, monkeypatch):
     assert td.relative_error(chunked, whole) < 1e-5
 
 
+@pytest.mark.parametrize("name", ["mistral-window", "qwen3"])
+def test_deterministic_prompts_give_the_same_bits_in_any_chunks(saved, name):
+    """Spec 5: a prompt's rows have the same bits at once, in the CPU's chunks of PREFILL_CHUNK, in uneven chunks
+    and as decode steps after a prompt, so a GPU may take other chunks (PREFILL_CHUNK_GPU) than the CPU."""
+    _, lm = saved(name)
+    dec, ids = lm.decoder, _ids(20, seed=7)
+    with loom.deterministic(True):
+        assert decoder_module.prefill_chunk("cpu") == decoder_module.PREFILL_CHUNK
+        assert decoder_module.prefill_chunk("cuda") == decoder_module.PREFILL_CHUNK_GPU
+        whole = paged_forward.sequence_logits(dec, ids, [20])
+        for pieces in ([6, 6, 6, 2], [13, 7], [9] + [1] * 11):
+            assert np.array_equal(paged_forward.sequence_logits(dec, ids, pieces), whole), pieces
+    with loom.deterministic(False):
+        assert decoder_module.prefill_chunk("cpu") == decoder_module.prefill_chunk("cuda") == \
+            decoder_module.PREFILL_CHUNK_FAST
+
+
+def test_spec_4s_deterministic_chunks_end_at_prefill_chunk_on_every_device(monkeypatch):
+    """Spec 4's attention (benchmarks' comparison only) took bits past 2048 keys from the chunk ends."""
+    monkeypatch.setattr(decoder_module, "INTEGER_ATTENTION", False)
+    with loom.deterministic(True):
+        assert decoder_module.prefill_chunk("cuda") == decoder_module.prefill_chunk("cpu") == \
+            decoder_module.PREFILL_CHUNK
+
+
 def test_deterministic_rows_do_not_depend_on_the_batch(saved):
     """In deterministic mode a sequence's logits are the same bits alone or next to another sequence,
     in a prompt step and in a decode step."""
