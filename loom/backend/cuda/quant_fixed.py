@@ -85,6 +85,9 @@ STAGED_MIN_BLOCKS_K = 2048
 # loading them beside W's (0: never). H100, as above: batch 2, Llama-3.2-1B 2,015 -> 1,902 us; at one row, slower
 # (Llama-3.2-1B 1,567 -> 1,593, Llama-3.1-8B 7,563 -> 8,313, Qwen2-0.5B 1,166 -> 1,187).
 GLOBAL_X_AT_USE_ROWS = 2
+# x's kernel (loom_fixed_x): a block of X_THREADS a row. A warp a row, with shuffles in place of its four barriers, was
+# measured slower (H200, 2026-11-28, recorded steps at 64 rows: SmolLM2-135M 1,519 -> 1,633 us, Llama-3.2-1B bf16
+# 2,294 -> 2,598; branch wip/x-warps): each warp's chain over its row is the time, not the barriers
 X_THREADS = 256
 # (timing only: the one-row products return after a phase, their output meaningless: 1 the prologue and the wait for
 # the previous kernel, 2 x's integers made, 3 the products summed; 0 runs them whole. decode_graph_parts.py --set
