@@ -56,7 +56,7 @@ INTEGER_ATTENTION = True
 PREFILL_CHUNK = 512             # deterministic mode on the CPU (its array code's score arrays stay small)
 PREFILL_CHUNK_FAST = 2048       # fast mode: fewer, larger chunks (each chunk is ~40 launches a layer)
 # deterministic mode on a GPU under spec 5: no chunking changes a bit (every product and attention row is its own);
-# fewer, larger chunks give the int8 GEMMs larger tiles and attention fewer passes (H200, Llama-3.2-1B bf16, a
+# fewer, larger chunks (likely: larger int8 GEMM tiles, fewer attention passes) run faster (H200, Llama-3.2-1B bf16, a
 # 2,048-token prompt, benchmarks/prefill_kernels.py: 37.5 -> 29.0 ms of kernels in chunks of 512 -> 2,048, the
 # memory pool 4.85 -> 5.92 GB)
 PREFILL_CHUNK_GPU = 2048
