@@ -5,7 +5,7 @@ engine, a batch of one; a fresh prompt each call), on one of benchmarks/llm.py's
 
     PYTHONPATH=. python benchmarks/serve.py --device cuda [--shape S] [--streams 1,16,64] [--tokens 64]
                                             [--deterministic | --compare] [--parts prefill,decode,ttft]
-                                            [--prefill-tokens 512,2048] [--transformers]
+                                            [--prefill-tokens 512,2048] [--transformers] [--set loom.MODULE.NAME=INT]
 
 decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id;
 sampled at --temperature and --top-p where given, each stream its own seed),
@@ -45,6 +45,7 @@ from loom.llm.model import CausalLM
 
 sys.path.insert(0, os.path.dirname(__file__))
 import llm  # noqa: E402  (the benchmark's model shapes and random weights)
+from decode_graph_parts import set_constants  # noqa: E402
 
 PROMPT = 32
 
@@ -64,7 +65,10 @@ def main() -> None:
     p.add_argument("--ttft-clients", type=int, default=16)
     p.add_argument("--ttft-prompt", type=int, default=1024)
     p.add_argument("--transformers", action="store_true", help="add transformers' bf16 prefill (the anchor)")
+    p.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
+                   help="an integer constant of a loom module, changed first (repeatable; decode_graph_parts.py's)")
     args = p.parse_args()
+    set_constants(args.set)
     config = llm.SHAPES[args.shape]
     modes = (False, True) if args.compare else (args.deterministic,)
     models = {}
