@@ -106,14 +106,17 @@ class QuantKernels(Protocol):
         qtype over K = cols in the rounded scheme (or, sliced, the slice scheme), reading W in place."""
 
     def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
-                       bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> bool:
+                       bias: Array | None = None, residual: Array | None = None, swiglu: bool = False,
+                       norm: Array | None = None, normed: Array | None = None, eps: float = 0.0) -> bool:
         """out = x2 @ W.T in the integer scheme of a language model's weight products (exact.fixed: the
         dispatch table's "weight" rule), W read in place; `tables`: the weight's memo; False: declined.
         With an epilogue (the array code's bits: (residual +) the product (+ bias), or swiglu: silu(gate) *
         up of its halves, W's stored rows the gate's then the up's, out [M, rows / 2]) where the backend
-        fuses it (`fixed_epilogues`), else declined."""
+        fuses it (`fixed_epilogues`), else declined. With `norm` (float32 [K]), the product of
+        rms_norm(x2, norm, eps) (the exact RMSNorm's bits), whose rows it writes to `normed` [M, K], where the
+        backend fuses it (`fixed_epilogues`), else declined."""
 
-    fixed_epilogues: bool           # matmul_t_fixed takes bias, residual and swiglu
+    fixed_epilogues: bool           # matmul_t_fixed takes bias, residual, swiglu and norm
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:
         """Whether matmul_t_fixed takes products of any number of rows of x with a weight stored as qtype
@@ -330,6 +333,14 @@ class IntegerAttention(Protocol):
         """float32 [G, per_group T, D]: group g's query rows (row i at position first + i % T) over its keys and
         values k, v [G, n, D] (key j at position lo + j), causal, within `window` positions; table and consts:
         kernels.exact.attention.SCHEME (the exp table; LOG2E_30, LN2_15, P_BITS, BITS)."""
+
+    def causal_paged(self, q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per_group: int, first: int,
+                     lo: int, window: int | None, scale: float, table: np.ndarray, consts: np.ndarray,
+                     out: Array) -> bool:
+        """causal()'s bits in a decoder's layouts, read and written in place: one sequence's query rows q [T, H, D]
+        (H = KV per_group, at positions first ..), its keys and values at key_slots [n] (int64, positions lo ..)
+        of the paged caches [slots, KV, D], the context into out [T, H D]; False where declined (the caller
+        gathers and calls causal)."""
 
 
 class ExactFlashKernels(Protocol):

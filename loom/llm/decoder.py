@@ -431,7 +431,7 @@ class Decoder:
         if (kernels is None or L.qk_norm is not None or h.dtype != np.float32 or self._cos.dtype != np.float32
                 or cache_k.dtype != np.float32 or cache_v.dtype != np.float32):
             return None
-        qkv = _linear(self._rms(h, L.ln1), L.qkv, None, self._weight)[0]          # [N, (H + 2 KV) D]
+        qkv = self._product(h, L.qkv, None, norm=L.ln1)[0]                         # [N, (H + 2 KV) D]
         if qkv.dtype != np.float32:     # (float64 weights: the composed path, which takes this product again)
             return None
         c = self.config
@@ -504,29 +504,33 @@ class Decoder:
     def finish_layer(self, L: _Layer, h: Array, ctx: Array) -> Array:
         """The rest of a layer after attention: h + o_proj(ctx), then the MLP's residual."""
         h = self._product(ctx, L.o, L.o_bias, residual=h)
-        act = self._product(self._rms(h, L.ln2), L.gate_up, L.gate_up_bias, swiglu=True)     # [B, T, I]
+        act = self._product(h, L.gate_up, L.gate_up_bias, swiglu=True, norm=L.ln2)           # [B, T, I]
         return self._product(act, L.down, L.down_bias, residual=h)
 
     def _product(self, x: Array, w, bias: Array | None, residual: Array | None = None,
-                 swiglu: bool = False) -> Array:
-        """(residual +) x @ w^T (+ bias), or (swiglu) silu(gate) * up of its halves [..., I]. Deterministic
-        mode on a backend that fuses epilogues (the GPU's integer kernels): one launch with the epilogue
-        inside, no [rows, 2 I] product in memory, the array code's bits (quant_fixed's epilogues); else
-        _linear's product and the array code."""
+                 swiglu: bool = False, norm: Array | None = None) -> Array:
+        """(residual +) x @ w^T (+ bias), or (swiglu) silu(gate) * up of its halves [..., I]; with `norm`, of
+        _rms(x, norm). Deterministic mode on a backend that fuses epilogues (the GPU's integer kernels): one
+        launch with the epilogue inside, no [rows, 2 I] product in memory, the norm made by x's integers' launch
+        (no launch of its own), the array code's bits (quant_fixed's epilogues); else _linear's product and the
+        array code."""
         lead, k = x.shape[:-1], x.shape[-1]
         rows = int(np.prod(lead))
         w1 = self._weight(w, rows) if not isinstance(w, tuple) else w
         quant = self.backend.quant
         if (is_deterministic() and quant.fixed_epilogues and rows and isinstance(w1, BlockQuantized) and w1.shape[1] == k
-                and (bias is None or (bias.dtype == np.float32 and bias.shape == (w1.shape[0],)
-                                      and bias.flags.c_contiguous))):       # (the kernels index it flat)
+                and _flat_f32(bias, w1.shape[0]) and (norm is None or (x.dtype == np.float32 and _flat_f32(norm, k)))):
             xp = self.xp
             n = w1.shape[0] // 2 if swiglu else w1.shape[0]
             x2 = xp.ascontiguousarray(x.reshape(rows, k), dtype=np.float32)
             res = None if residual is None else xp.ascontiguousarray(residual.reshape(rows, n), dtype=np.float32)
             out = xp.empty((rows, n), dtype=np.float32)
-            if quant.matmul_t_fixed(x2, w1.data, w1.qtype, out, w1.tables, bias=bias, residual=res, swiglu=swiglu):
+            normed = {} if norm is None else dict(norm=norm, normed=xp.empty((rows, k), np.float32), eps=self.config.eps)
+            if quant.matmul_t_fixed(x2, w1.data, w1.qtype, out, w1.tables, bias=bias, residual=res, swiglu=swiglu,
+                                    **normed):
                 return out.reshape(*lead, n)
+        if norm is not None:
+            x = self._rms(x, norm)
         y = _linear(x, w, bias, self._weight)
         if swiglu:
             y = self._swiglu(y)
@@ -567,6 +571,11 @@ class Decoder:
         out = np.empty_like(h)
         compiled.rms_rows(h.reshape(-1, h.shape[-1]), weight, self.config.eps, out.reshape(-1, h.shape[-1]))
         return out
+
+
+def _flat_f32(a: Array | None, n: int) -> bool:
+    """Whether a (a bias or norm weight, or None) is what the fused kernels index flat: float32 [n], C-contiguous."""
+    return a is None or (a.dtype == np.float32 and a.shape == (n,) and a.flags.c_contiguous)
 
 
 def _exact_token_attention(q: Array, keys: Array, values: Array, per_group: int, scale: float) -> Array | None:

@@ -24,6 +24,7 @@ import numpy as np
 from ..backend import Array
 from ..backend.protocols import PrefillKernels
 from ..kernels import ops
+from ..kernels.exact import attention as integer_attention
 from ..kernels.exact import rounded as exact_rounded
 from ..mode import is_deterministic
 from . import decoder as decoder_module
@@ -155,8 +156,10 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
     as flash_plans gives them. Returns the new h. Device arrays only: a recorded deterministic prompt step
     (loom/llm/paged_prefill_graph.py) runs this body too."""
     xp = dec.xp
-    # (spec 4's prompt attention kernel; spec 5's integer attention is Decoder.attend's on every device)
+    # (spec 4's prompt attention kernel; spec 5's integer attention reads q and the cache in place where it can)
     exact_flash = dec.backend.flash_exact if is_deterministic() and not decoder_module.INTEGER_ATTENTION else None
+    integer = is_deterministic() and decoder_module.INTEGER_ATTENTION
+    c = dec.config
     for i, layer in enumerate(dec.layers):
         q = dec.qkv_into_cache(layer, h, positions, slots, cache.k[i], cache.v[i])
         if q is None:
@@ -164,6 +167,14 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
             cache.k[i][slots] = k[0]
             cache.v[i][slots] = v[0]
         key_slots, items = plans[layer.window]
+        if integer and q.dtype == np.float32 and q.flags.c_contiguous and cache.k[i].dtype == np.float32:
+            ctx = xp.empty((q.shape[1], c.heads * c.head_dim), dtype=np.float32)
+            for s, (row, n, pos, lo, count) in enumerate(items):
+                integer_attention.causal_paged(q[0, row:row + n], cache.k[i], cache.v[i], key_slots[s, :count],
+                                               c.heads // c.kv_heads, pos, lo, layer.window, dec.scale,
+                                               ctx[row:row + n])
+            h = dec.finish_layer(layer, h, ctx[None])
+            continue
         contexts = []
         for s, (row, n, pos, lo, count) in enumerate(items):
             keys = key_slots[s, :count]

@@ -89,3 +89,67 @@ def test_causal_on_the_gpu_gives_the_cpus_bits():
         want = ia.causal(q, k, v, 2, 21, 0, 7, d ** -0.5)
         got = ia.causal(cupy.asarray(q), cupy.asarray(k), cupy.asarray(v), 2, 21, 0, 7, d ** -0.5)
         same_bits(got, want, f"D {d}")
+
+
+def _paged(rng, d, groups, per_group, t, n, spare=37):
+    """A sequence's queries [t, H, d] and its n keys and values scattered over paged caches [n + spare, KV, d]
+    (key j at slot key_slots[j], a random order), as a decoder's prompt step holds them."""
+    heads = groups * per_group
+    q = _rows(rng, (t, heads, d), 3.0)
+    cache_k, cache_v = _rows(rng, (n + spare, groups, d), 3.0), _rows(rng, (n + spare, groups, d), 3.0)
+    key_slots = rng.permutation(n + spare)[:n].astype(np.int64)
+    return q, cache_k, cache_v, key_slots
+
+
+def _paged_want(q, cache_k, cache_v, key_slots, per_group, first, lo, window, scale):
+    """The CPU's causal() on the rows gathered head by head: the context [t, H d]."""
+    t, heads, d = q.shape
+    groups = heads // per_group
+    q5 = np.stack([np.concatenate([q[:, g * per_group + r] for r in range(per_group)]) for g in range(groups)])
+    k = np.stack([cache_k[key_slots, g] for g in range(groups)])
+    v = np.stack([cache_v[key_slots, g] for g in range(groups)])
+    ctx = ia.causal(q5, k, v, per_group, first, lo, window, scale)                     # [KV, R t, d]
+    out = np.empty((t, heads * d), np.float32)
+    for h in range(heads):
+        g, r = divmod(h, per_group)
+        out[:, h * d:(h + 1) * d] = ctx[g, r * t:(r + 1) * t]
+    return out
+
+
+@pytest.mark.parametrize("d", [pytest.param(64, marks=pytest.mark.smoke), 128])
+@pytest.mark.parametrize("groups, per_group, t, n, first, lo, window", [
+    (2, 3, 1, 300, 299, 0, None), (3, 4, 37, 200, 163, 0, None), (1, 3, 64, 129, 65, 0, 100),
+    (2, 4, 200, 456, 256, 0, None), (1, 2, 150, 150, 0, 0, 70), (2, 1, 90, 201, 410, 300, 130)])
+def test_the_decoders_layouts_read_in_place_give_the_cpus_bits(d, groups, per_group, t, n, first, lo, window):
+    """causal_paged: q [T, H, D] and the paged caches read where they are, the context written into rows of a
+    larger buffer (nothing outside them touched)."""
+    rng = np.random.default_rng(d + groups * 10 + t + n)
+    q, cache_k, cache_v, key_slots = _paged(rng, d, groups, per_group, t, n)
+    want = _paged_want(q, cache_k, cache_v, key_slots, per_group, first, lo, window, 0.125)
+    buffer = cupy.full((t + 5, groups * per_group * d), 7.0, dtype=np.float32)
+    taken = int_attention.causal_paged(cupy.asarray(q), cupy.asarray(cache_k), cupy.asarray(cache_v),
+                                       cupy.asarray(key_slots), per_group, first, lo, window, 0.125, *ia.SCHEME,
+                                       buffer[2:t + 2])
+    assert taken
+    same_bits(buffer[2:t + 2], want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {lo}, rows "
+                                     f"from {first}, window {window}")
+    rest = cupy.concatenate([buffer[:2], buffer[t + 2:]]).get()
+    assert (rest == 7.0).all()
+
+
+@pytest.mark.parametrize("d", [48, 64, 160])
+def test_causal_paged_on_the_gpu_gives_the_cpus_bits(d):
+    """kernels.exact.attention.causal_paged on CuPy arrays: the backend's in-place kernel (64), or gathered for
+    causal() where it declines (48: not a multiple of 32; 160: past its heads), and on NumPy arrays (the CPU
+    declines and gathers): the same bits."""
+    rng = np.random.default_rng(d)
+    q, cache_k, cache_v, key_slots = _paged(rng, d, 2, 2, 40, 90)
+    want = _paged_want(q, cache_k, cache_v, key_slots, 2, 50, 0, 33, d ** -0.5)
+    got = cupy.empty((40, 4 * d), dtype=np.float32)
+    ia.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots)), 2, 50, 0, 33, d ** -0.5, got)
+    same_bits(got, want, f"D {d} on the GPU")
+    host = np.empty((40, 4 * d), dtype=np.float32)
+    ia.causal_paged(q, cache_k, cache_v, key_slots, 2, 50, 0, 33, d ** -0.5, host)
+    np.testing.assert_array_equal(host.view(np.uint32), want.view(np.uint32))
+    assert int_attention.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots)), 2, 50, 0, 33,
+                                      d ** -0.5, *ia.SCHEME, got) == (d == 64)

@@ -216,3 +216,22 @@ def test_the_compiled_rows_integers_are_fixed_pys():
     np.testing.assert_array_equal(e[finite], row_exponents(np, x)[finite])
     np.testing.assert_array_equal(xi, to_integers(np, x, row_exponents(np, x)))
     np.testing.assert_array_equal(bad, ~finite)
+
+
+def test_causal_paged_gathers_the_decoders_layouts_for_causal():
+    """causal_paged on the CPU: one sequence's q [T, H, D] and its keys at scattered slots of paged caches [slots,
+    KV, D], the context into rows of a larger buffer: causal()'s bits, head by head; nothing else written."""
+    rng = np.random.default_rng(5)
+    t, groups, per_group, d, n = 7, 2, 3, 16, 40
+    q = rng.standard_normal((t, groups * per_group, d)).astype(np.float32)
+    cache_k, cache_v = (rng.standard_normal((n + 9, groups, d)).astype(np.float32) for _ in range(2))
+    key_slots = rng.permutation(n + 9)[:n].astype(np.int64)
+    buffer = np.full((t + 3, groups * per_group * d), 7.0, np.float32)
+    ia.causal_paged(q, cache_k, cache_v, key_slots, per_group, 33, 0, 20, 0.25, buffer[1:t + 1])
+    for h in range(groups * per_group):
+        g = h // per_group
+        want = ia.causal(q[None, :, h], cache_k[key_slots, g][None], cache_v[key_slots, g][None], 1, 33, 0, 20, 0.25)
+        np.testing.assert_array_equal(buffer[1:t + 1, h * d:(h + 1) * d].view(np.uint32), want[0].view(np.uint32))
+    assert (buffer[0] == 7.0).all() and (buffer[t + 1:] == 7.0).all()
+    with pytest.raises(ShapeError, match="windows below"):
+        ia.causal_paged(q, cache_k, cache_v, np.zeros(ia.MAX_KEYS, np.int64), per_group, 0, 0, None, 0.25, buffer[:t])

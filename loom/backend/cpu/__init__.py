@@ -108,9 +108,11 @@ class CPUQuant:
     fixed_epilogues = False
 
     def matmul_t_fixed(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict,
-                       bias: np.ndarray | None = None, residual: np.ndarray | None = None, swiglu: bool = False) -> bool:
+                       bias: np.ndarray | None = None, residual: np.ndarray | None = None, swiglu: bool = False,
+                       norm: np.ndarray | None = None, normed: np.ndarray | None = None, eps: float = 0.0) -> bool:
         from . import fixed_gemv  # the compiled loops (numba): decode-sized x
-        if bias is not None or residual is not None or swiglu or not fixed_gemv.supports(qtype, x2.shape[0]):
+        if (bias is not None or residual is not None or swiglu or norm is not None
+                or not fixed_gemv.supports(qtype, x2.shape[0])):
             return False
         if "fixed_exponents_jit" not in tables:
             ew, bad = fixed_gemv.w_exponents(data, qtype, x2.shape[1])

@@ -359,12 +359,14 @@ class CUDAQuant:
     fixed_epilogues = True
 
     def matmul_t_fixed(self, x2: Array, data: Array, qtype: str, out: Array, tables: dict,
-                       bias: Array | None = None, residual: Array | None = None, swiglu: bool = False) -> bool:
+                       bias: Array | None = None, residual: Array | None = None, swiglu: bool = False,
+                       norm: Array | None = None, normed: Array | None = None, eps: float = 0.0) -> bool:
         """The integer scheme's kernels: up to quant_fixed.MAX_ROWS rows of x, quant_fixed_planes' gemv on the
         weight's int8 planes where gemv_reads_planes says so and they fit in memory (else quant_fixed.gemv, W read
         in place),
         rows_product (int8 tensor cores) below PLANES_ROWS, quant_fixed_planes' int8 GEMM from there; the weight's
-        exponents (and planes) made once into `tables`; the epilogue in each."""
+        exponents (and planes) made once into `tables`; the epilogue in each, and the norm where given (made by x's
+        integers' launch or the product's blocks: no launch of its own)."""
         from . import quant_fixed, quant_fixed_planes
         m, k = x2.shape
         rows = data.shape[0]
@@ -374,6 +376,8 @@ class CUDAQuant:
         w_tables = quant_fixed.weight_tables(tables, "fixed_exponents",
                                              lambda: quant_fixed.w_exponents(data, qtype, rows, k))
         epilogue = {"bias": bias, "residual": residual, "swiglu": swiglu}
+        if norm is not None:
+            epilogue.update(norm=norm, normed=normed, eps=eps)
         if m <= quant_fixed.MAX_ROWS:
             planes = None
             if quant_fixed.gemv_reads_planes(qtype, k) and not tables.get("fixed_planes_short"):

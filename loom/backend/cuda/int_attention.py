@@ -65,18 +65,23 @@ _SOURCE = r"""
 #define STRIDE (D + 8)          // a tile row's int16s in shared memory: 16 bytes of padding, ldmatrix without conflicts
 #define TILE (BKEYS * STRIDE)
 
-// a row's exponent, inf/NaN flag and int16 integers (fixed.row_exponents, to_integers): a warp a row of D values
+// a row's exponent, inf/NaN flag and int16 integers (fixed.row_exponents, to_integers): a warp a row of D values.
+// Row r = (g A + a) B + b of the output reads row g sg + a sa + (idx ? idx[b] : b) sb of x (the decoder's layouts
+// read in place: a layer's q [T, H, D], a paged cache's rows [slots, KV, D] at a sequence's key slots)
 extern "C" __global__ void __launch_bounds__(128) loom_int_rows(const float* __restrict__ x, short* __restrict__ xi,
-                                                                int* __restrict__ ex, int* __restrict__ bad, long long rows) {
+                                                                int* __restrict__ ex, int* __restrict__ bad, long long rows,
+                                                                const long long* __restrict__ idx, long long A, long long B,
+                                                                long long sg, long long sa, long long sb) {
     const long long r = (long long)blockIdx.x * 4 + (threadIdx.x >> 5);
     if (r >= rows) return;
     const int lane = threadIdx.x & 31;
+    const long long b = r % B, src = r / B / A * sg + r / B % A * sa + (idx ? idx[b] : b) * sb;
     float v[D / 32];
     float top = 0.0f;
     int nonfinite = 0;
     #pragma unroll
     for (int j = 0; j < D / 32; ++j) {
-        v[j] = x[r * D + lane + 32 * j];
+        v[j] = x[src * D + lane + 32 * j];
         if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
         else nonfinite = 1;
     }
@@ -142,8 +147,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
         const short* __restrict__ qi, const int* __restrict__ eq, const int* __restrict__ qbad,
         const short* __restrict__ ki, const int* __restrict__ ek, const int* __restrict__ kbad,
         const short* __restrict__ vi, const int* __restrict__ ev, const int* __restrict__ vbad,
-        const long long* __restrict__ table, float* __restrict__ out, int rows, int n, int T, int first,
-        int lo, int window, double scale, long long log2e, long long ln2, int mode, int splits,
+        const long long* __restrict__ table, float* __restrict__ out, int osg, int osa, int osb,
+        int rows, int n, int T, int first, int lo, int window, double scale, long long log2e, long long ln2, int mode, int splits,
         double* __restrict__ wtop, int2* __restrict__ wflags, unsigned long long* __restrict__ wden,
         long long* __restrict__ wnum) {
     extern __shared__ __align__(16) unsigned char smem[];
@@ -364,6 +369,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             if (tq == 0 && row[h] < rows) wden[(g * rows + row[h]) * splits + blockIdx.z] = den[h];
         return;
     }
+    float* dst[2];                                      // (the rows' places in out: out_map's)
+    for (int h = 0; h < 2; ++h) dst[h] = out + (long long)((int)g * osg + row[h] / T * osa + row[h] % T * osb) * D;
     #pragma unroll
     for (int dt = 0; dt < D / 8; ++dt)
         #pragma unroll
@@ -371,18 +378,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             const int h = e >> 1;
             if (row[h] >= rows) continue;
             const int col = 8 * dt + 2 * tq + (e & 1);
-            out[(g * rows + row[h]) * D + col] = bad[h] || den[h] == 0 ? __int_as_float(0x7fc00000)
+            dst[h][col] = bad[h] || den[h] == 0 ? __int_as_float(0x7fc00000)
                 : (float)ldexp((double)num[dt][e] / (double)den[h], etop[h] - P_BITS - BITS + 31);
         }
 }
 
-// out's entries (G rows of D) from mode 2's partials of `splits` splits: the exact sums added, one quotient
+// out's entries (G rows of D; row g rows + a T + t at g osg + a osa + t osb) from mode 2's partials of `splits`
+// splits: the exact sums added, one quotient
 extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
         const int2* __restrict__ wflags, const unsigned long long* __restrict__ wden,
-        const long long* __restrict__ wnum, float* __restrict__ out, long long entries, int splits) {
+        const long long* __restrict__ wnum, float* __restrict__ out, long long osg, long long osa, long long osb,
+        long long rows, long long T, long long entries, int splits) {
     const long long i = (long long)blockIdx.x * 256 + threadIdx.x;
     if (i >= entries) return;
-    const long long r = i / D;
+    const long long r = i / D, at = (r / rows * osg + r % rows / T * osa + r % rows % T * osb) * D + i % D;
     unsigned long long den = 0;
     long long num = 0;
     int etop = -2147483647 - 1, bad = 0;
@@ -392,7 +401,7 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
         etop = max(etop, wflags[r * splits + z].x);
         bad |= wflags[r * splits + z].y;
     }
-    out[i] = bad || den == 0 ? __int_as_float(0x7fc00000) : (float)ldexp((double)num / (double)den, etop - P_BITS - BITS + 31);
+    out[at] = bad || den == 0 ? __int_as_float(0x7fc00000) : (float)ldexp((double)num / (double)den, etop - P_BITS - BITS + 31);
 }
 """
 
@@ -409,21 +418,59 @@ def _shared_bytes(head_dim: int) -> int:
     return 4 * BKEYS * (head_dim + 8) * 2 + 2 * BKEYS * (8 + 8) + 256 * 4
 
 
-def _integers(a: Array, module: cupy.RawModule) -> tuple:
-    """(int16 integers [..., D], int32 exponents [...], int32 inf/NaN flags [...]) of float32 rows a [..., D]."""
-    rows = a.size // a.shape[-1]
-    xi = cupy.empty(a.shape, dtype=np.int16)
-    ex = cupy.empty(a.shape[:-1], dtype=np.int32)
-    bad = cupy.empty(a.shape[:-1], dtype=np.int32)
+def _integers(a: Array, module: cupy.RawModule, rows: int | None = None, idx: Array | None = None,
+              mapping: tuple = ()) -> tuple:
+    """(int16 integers [rows, D], int32 exponents [rows], int32 inf/NaN flags [rows]) of float32 rows of a [..., D]:
+    every row in order (rows None), or row (g A + a) B + b from a's row g sg + a sa + (idx[b] or b) sb (mapping
+    (A, B, sg, sa, sb); idx int64 on the device or None)."""
+    D = a.shape[-1]
+    if rows is None:
+        rows = a.size // D
+        mapping = (1, max(rows, 1), 0, 0, 1)
+    xi = cupy.empty((rows, D), dtype=np.int16)
+    ex = cupy.empty(rows, dtype=np.int32)
+    bad = cupy.empty(rows, dtype=np.int32)
     if rows:
-        module.get_function("loom_int_rows")(((rows + 3) // 4,), (128,), (a, xi, ex, bad, np.int64(rows)))
+        module.get_function("loom_int_rows")(((rows + 3) // 4,), (128,),
+                                             (a, xi, ex, bad, np.int64(rows), _pointer(idx),
+                                              *(np.int64(m) for m in mapping)))
     return xi, ex, bad
+
+
+def _pointer(a: Array | None):
+    return np.uint64(0) if a is None else a
 
 
 def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None, scale: float,
            table: np.ndarray, consts: np.ndarray) -> Array | None:
     """protocols.IntegerAttention's causal: attend()'s rows, or None for heads past 128 (the array code)."""
     return attend(q, k, v, per_group, first, lo, window, scale, table, consts) if q.shape[-1] <= 128 else None
+
+
+def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per_group: int, first: int, lo: int,
+                 window: int | None, scale: float, table: np.ndarray, consts: np.ndarray, out: Array) -> bool:
+    """protocols.IntegerAttention's causal_paged: causal()'s bits read and written in the decoder's layouts, no
+    copies (q float32 [T, H, D], the caches [slots, KV, D], key_slots int64 [n], out float32 [T, H D], each
+    C-contiguous); False where D is not a multiple of 32 up to 128 (causal() pads those)."""
+    T, H, D = q.shape
+    KV = cache_k.shape[1]
+    n = key_slots.shape[0]
+    if (D > 128 or D % 32 or H % KV or H // KV != per_group or cache_k.shape[1:] != (KV, D)
+            or cache_v.shape != cache_k.shape or out.shape != (T, H * D) or key_slots.dtype != np.int64
+            or any(a.dtype != np.float32 or not a.flags.c_contiguous for a in (q, cache_k, cache_v, out))
+            or not key_slots.flags.c_contiguous):
+        return False
+    _check_sizes(KV, T, first, lo, n)
+    if T == 0:
+        return True
+    rows = per_group * T
+    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
+    parts = _integers(q, module, KV * rows, None, (per_group, T, per_group, 1, H))       # row (g R + r) T + t
+    for pool in (cache_k, cache_v):                                                      # row g n + j
+        parts += _integers(pool, module, KV * n, key_slots, (1, n, 1, 0, KV))
+    _launch(module, parts, KV, rows, n, D, per_group, first, lo, window, scale, table, consts, out,
+            (per_group, 1, H))
+    return True
 
 
 def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None, scale: float,
@@ -436,25 +483,50 @@ def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
     if D > 128 or k.shape != (G, n, D) or v.shape != (G, n, D) or rows % per_group:
         raise ShapeError(f"the integer attention kernel takes q [G, R T, D] and k, v [G, n, D] with D up to 128, got "
                          f"{q.shape}, {k.shape}, {v.shape} (R = {per_group})")
-    if G > 65535:
-        raise ShapeError(f"the integer attention kernel takes at most 65535 key/value head groups a call, got {G}")
-    if max(first + rows // per_group, lo + n) >= 1 << 30:
-        raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
-                         f"from {lo} ({n} keys)")
+    _check_sizes(G, rows // per_group, first, lo, n)
     if G == 0 or rows == 0:
         return cupy.empty((G, rows, D), dtype=np.float32)
     if D % 32:                  # zeros to a multiple of 32: the same exponents and integer sums, so the same bits
         wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
         return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale, table, consts)[:, :, :D])
     out = cupy.empty((G, rows, D), dtype=np.float32)
-    warps = WARPS or (1 if rows <= 16 else 4)
-    log2e, ln2, p_bits, bits = (int(c) for c in consts)
-    module = _module(D, warps, SPLIT_MID, bits, p_bits)
+    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
     parts = []
     for a in (q, k, v):
         parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32), module)
+    _launch(module, parts, G, rows, n, D, per_group, first, lo, window, scale, table, consts, out,
+            (rows, rows // per_group, 1))
+    return out
+
+
+def _check_sizes(G: int, T: int, first: int, lo: int, n: int) -> None:
+    if G > 65535:
+        raise ShapeError(f"the integer attention kernel takes at most 65535 key/value head groups a call, got {G}")
+    if max(first + T, lo + n) >= 1 << 30:
+        raise ShapeError(f"the integer attention kernel takes positions below 2^30, got rows from {first} and keys "
+                         f"from {lo} ({n} keys)")
+
+
+def _warps(rows: int) -> int:
+    return WARPS or (1 if rows <= 16 else 4)
+
+
+def _bits(consts: np.ndarray) -> tuple[int, int]:
+    """(bits, p_bits) of the scheme's constants (LOG2E_30, LN2_15, P_BITS, BITS)."""
+    return int(consts[3]), int(consts[2])
+
+
+def _launch(module: cupy.RawModule, parts: list, G: int, rows: int, n: int, D: int, per_group: int, first: int,
+            lo: int, window: int | None, scale: float, table: np.ndarray, consts: np.ndarray, out: Array,
+            out_map: tuple[int, int, int]) -> None:
+    """loom_int_attend over the integers `parts` (q's [G rows], k's and v's [G n]: integers, exponents, flags), its
+    splits' partials and their finish where the grid would leave multiprocessors idle; row a T + t of group g into
+    row g osg + a osa + t osb of out's rows of D (out_map (osg, osa, osb))."""
+    warps = _warps(rows)
+    log2e, ln2 = int(consts[0]), int(consts[1])
+    T = rows // per_group
     blocks = -(-rows // (16 * warps))
-    span = min(n, first + rows // per_group - lo)                      # (a block's most keys)
+    span = min(n, first + T - lo)                                       # (a block's most keys)
     if window:
         span = min(span, window + 16 * warps)
     tiles = -(-span // BKEYS) + (1 if window else 0)                   # (+ 1: a window's start mid-tile)
@@ -463,11 +535,12 @@ def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
     shared = _shared_bytes(D)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
-    args = (*parts, device_table(table), out, np.int32(rows), np.int32(n), np.int32(rows // per_group), np.int32(first),
+    omap = tuple(np.int32(m) for m in out_map)
+    args = (*parts, device_table(table), out, *omap, np.int32(rows), np.int32(n), np.int32(T), np.int32(first),
             np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(log2e), np.int64(ln2))
     if splits == 1:
         kernel((blocks, G, 1), (32 * warps,), args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 4, shared_mem=shared)
-        return out
+        return
     entries = G * rows * splits
     wtop, wflags = cupy.empty(entries, np.float64), cupy.empty(2 * entries, np.int32)
     wden, wnum = cupy.empty(entries, np.uint64), cupy.empty(entries * D, np.int64)
@@ -475,8 +548,8 @@ def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
         kernel((blocks, G, splits), (32 * warps,), args + (np.int32(mode), np.int32(splits), wtop, wflags, wden, wnum),
                shared_mem=shared)
     module.get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
-                                                      (wflags, wden, wnum, out, np.int64(G * rows * D), np.int32(splits)))
-    return out
+                                           (wflags, wden, wnum, out, *(np.int64(m) for m in out_map), np.int64(rows), np.int64(T),
+                                            np.int64(G * rows * D), np.int32(splits)))
 
 
 def _splits(blocks: int, tiles: int, warps: int) -> int:

@@ -108,6 +108,30 @@ def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
     return causal_arrays(be.xp, q, k, v, per_group, first, lo, window, scale)
 
 
+def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per_group: int, first: int, lo: int,
+                 window: int | None, scale: float, out: Array) -> None:
+    """causal() for one sequence's prompt rows in a decoder's layouts: its queries q float32 [T, H, D] (H =
+    KV per_group; head h of key/value head h // per_group) at positions first .., its keys and values at
+    key_slots [n] (int64) of the paged caches [slots, KV, D] at positions lo ..; the context into out [T, H D]
+    (float32, C-contiguous). By the backend's kernel where it reads these layouts in place
+    (protocols.IntegerAttention.causal_paged: no copies), else gathered for causal(): the same bits."""
+    n = key_slots.shape[0]
+    if n >= MAX_KEYS:
+        raise ShapeError(f"integer attention takes windows below {MAX_KEYS} keys (its sum of p must stay below "
+                         f"2^53), got {n} keys")
+    be = backend.of(q)
+    if be.attend_integer is not None and be.attend_integer.causal_paged(q, cache_k, cache_v, key_slots, per_group,
+                                                                        first, lo, window, scale, *SCHEME, out):
+        return
+    xp = be.xp
+    T, H, D = q.shape
+    KV = H // per_group
+    q5 = xp.ascontiguousarray(q.reshape(T, KV, per_group, D).transpose(1, 2, 0, 3)).reshape(KV, per_group * T, D)
+    k, v = (xp.ascontiguousarray(c[key_slots].transpose(1, 0, 2)) for c in (cache_k, cache_v))
+    ctx = causal(q5, k, v, per_group, first, lo, window, scale)
+    out[...] = ctx.reshape(KV, per_group, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)
+
+
 def causal_arrays(xp: ModuleType, q: Array, k: Array, v: Array, per_group: int, first: int, lo: int,
                   window: int | None, scale: float) -> Array:
     """causal()'s rows by the array code on NumPy or CuPy arrays (the GPU's kernels' head sizes past theirs)."""
