@@ -21,7 +21,9 @@ Three kernels:
   keys: one launch writes each split's pass-1 partials (largest score, E, inf/NaN), a second combines them and
   writes each split's exact sums, and `loom_int_finish` adds those (exact integers: any split, the same bits).
 
-Measured (H200, Llama-3.2-1B's attention, 8 key/value heads of 4, D 64, a layer): 2,048-token prompt 186-195 us
+In a whole prompt (H200, 2026-11-28, prefill_kernels.py --deterministic, one chunk): 630 us a layer of Llama-3.2-1B's
+2,048-token prompt (fast mode's flash kernel 187), 110 us a launch of SmolLM2-135M's (two a layer, split). Measured
+earlier (H200, Llama-3.2-1B's attention, 8 key/value heads of 4, D 64, a layer): 2,048-token prompt 186-195 us
 (spec 4's four float64 kernels 465; the first version of this one 527: ldexp a score, the exp table in global
 memory, w and the planes staged a byte at a time), 512 tokens 84 us (165; 214). Nsight Compute at 2,048 tokens:
 latency-bound (issue slots 37% busy; stalls mostly fixed-latency waits on the mma chains, 15% instruction fetch;
