@@ -47,8 +47,10 @@ SPLITS = 0                      # blocks sharing a block's keys (0: _splits choo
 # blocks a multiprocessor the splits aim for (_splits). No one value wins: H200, 2026-11-28, prefill_kernels.py
 # --deterministic, ms of the attention and its finish, 3 / 8 (the splits each chose): SmolLM2-135M 2,048 tokens 6.98
 # (2) / 6.31 (4), 1,024 tokens 2.38 (3) / 2.66 (8); Llama-3.2-1B 2,048 tokens 10.08 (1) / 9.73 (2), 1,024 3.41 (1) /
-# 3.31 (3), 512 1.29 (2) / 1.35 (4). A rule by the keys a split walks as well (about eight tiles each?) is untried
+# 3.31 (3), 512 1.29 (2) / 1.35 (4). A rule by the keys a split walks as well (SPLIT_TILES 8 with SPLIT_BLOCKS 8 would
+# choose 4, 2, 2, 2, 1 there) is untried
 SPLIT_BLOCKS = 3
+SPLIT_TILES = 2                 # 64-key tiles a split walks at least
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (the same bits; H200, 2,048-token prompts: no gain)
 
 # exp_fixed in 32-bit operations, shared with int_decode.py's kernel
@@ -561,9 +563,9 @@ def _launch(module: cupy.RawModule, parts: list, G: int, rows: int, n: int, D: i
 
 def _splits(blocks: int, tiles: int, warps: int) -> int:
     """How many blocks share a block's keys: enough blocks for SPLIT_BLOCKS a multiprocessor (4 warps each), each
-    split at least two tiles, at most 16."""
+    split at least SPLIT_TILES tiles, at most 16."""
     want = -(-SPLIT_BLOCKS * _multiprocessors() * 4 // warps // blocks)
-    return max(1, min(want, tiles // 2, 16))
+    return max(1, min(want, tiles // SPLIT_TILES, 16))
 
 
 @cache
