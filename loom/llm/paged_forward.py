@@ -167,7 +167,7 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
             cache.k[i][slots] = k[0]
             cache.v[i][slots] = v[0]
         key_slots, items = plans[layer.window]
-        if integer and q.dtype == np.float32 and q.flags.c_contiguous and cache.k[i].dtype == np.float32:
+        if integer:             # (q and the cache read in place by the backend's kernel where it takes them)
             ctx = xp.empty((q.shape[1], c.heads * c.head_dim), dtype=np.float32)
             for s, (row, n, pos, lo, count) in enumerate(items):
                 integer_attention.causal_paged(q[0, row:row + n], cache.k[i], cache.v[i], key_slots[s, :count],

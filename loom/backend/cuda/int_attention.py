@@ -39,6 +39,7 @@ import numpy as np
 from ...errors import ShapeError
 from .. import Array
 from .compile import OPTIONS
+from .quant import pointer
 from .quant_fixed_source import SCALARS
 
 BKEYS = 64                      # keys a tile
@@ -460,13 +461,9 @@ def _integers(a: Array, module: cupy.RawModule, rows: int | None = None, idx: Ar
     bad = cupy.empty(rows, dtype=np.int32)
     if rows:
         module.get_function("loom_int_rows")(((rows + 3) // 4,), (128,),
-                                             (a, xi, ex, bad, np.int64(rows), _pointer(idx),
+                                             (a, xi, ex, bad, np.int64(rows), pointer(idx),
                                               *(np.int64(m) for m in mapping)))
     return xi, ex, bad
-
-
-def _pointer(a: Array | None):
-    return np.uint64(0) if a is None else a
 
 
 def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None, scale: float,

@@ -96,10 +96,7 @@ def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
     group g at position first + t), k and v [G, n, D] (key j at position lo + j), keys within `window` positions
     (None: all); by the backend's kernels (protocols.IntegerAttention: the CPU's compiled loop, the GPU's int8
     tensor-core kernel, the same bits) where it takes them, else the array code."""
-    n = k.shape[1]
-    if n >= MAX_KEYS:
-        raise ShapeError(f"integer attention takes windows below {MAX_KEYS} keys (its sum of p must stay below "
-                         f"2^53), got {n} keys")
+    _check_keys(k.shape[1])
     be = backend.of(q)
     if be.attend_integer is not None:
         out = be.attend_integer.causal(q, k, v, per_group, first, lo, window, scale, *SCHEME)
@@ -115,10 +112,7 @@ def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per
     key_slots [n] (int64) of the paged caches [slots, KV, D] at positions lo ..; the context into out [T, H D]
     (float32, C-contiguous). By the backend's kernel where it reads these layouts in place
     (protocols.IntegerAttention.causal_paged: no copies), else gathered for causal(): the same bits."""
-    n = key_slots.shape[0]
-    if n >= MAX_KEYS:
-        raise ShapeError(f"integer attention takes windows below {MAX_KEYS} keys (its sum of p must stay below "
-                         f"2^53), got {n} keys")
+    _check_keys(key_slots.shape[0])
     be = backend.of(q)
     if be.attend_integer is not None and be.attend_integer.causal_paged(q, cache_k, cache_v, key_slots, per_group,
                                                                         first, lo, window, scale, *SCHEME, out):
@@ -130,6 +124,12 @@ def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per
     k, v = (xp.ascontiguousarray(c[key_slots].transpose(1, 0, 2)) for c in (cache_k, cache_v))
     ctx = causal(q5, k, v, per_group, first, lo, window, scale)
     out[...] = ctx.reshape(KV, per_group, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)
+
+
+def _check_keys(n: int) -> None:
+    if n >= MAX_KEYS:
+        raise ShapeError(f"integer attention takes windows below {MAX_KEYS} keys (its sum of p must stay below "
+                         f"2^53), got {n} keys")
 
 
 def causal_arrays(xp: ModuleType, q: Array, k: Array, v: Array, per_group: int, first: int, lo: int,
