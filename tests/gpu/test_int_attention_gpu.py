@@ -17,14 +17,13 @@ from loom.backend.cuda import int_attention  # noqa: E402  (imports cupy)
 pytestmark = pytest.mark.gpu
 
 
-@pytest.fixture(params=[(None, None, 0, 0), (4, 1, 0, 0), (1, 1, 0, 0), (4, 3, 0, 0), (1, 2, 0, 0), (None, None, 1, 0),
-                        (None, None, 0, 1), (1, 3, 0, 1)],
-                ids=lambda p: f"warps {p[0]} splits {p[1]} split_mid {p[2]} magic {p[3]}", autouse=True)
+@pytest.fixture(params=[(None, None, 0), (4, 1, 0), (1, 1, 0), (4, 3, 0), (1, 2, 0), (None, None, 1)],
+                ids=lambda p: f"warps {p[0]} splits {p[1]} split_mid {p[2]}", autouse=True)
 def launch(request, monkeypatch):
     """Each test as the kernel chooses its launch, on both block sizes (64 query rows and 16) whole or with the
-    keys split over blocks (3 splits: some of them empty where a block has few tiles), with HL and LH in
-    separate accumulators, and with the float64 conversions by adding 1.5 2^52 (MAGIC)."""
-    for name, value in zip(("WARPS", "SPLITS", "SPLIT_MID", "MAGIC"), request.param):
+    keys split over blocks (3 splits: some of them empty where a block has few tiles), and with HL and LH in
+    separate accumulators."""
+    for name, value in zip(("WARPS", "SPLITS", "SPLIT_MID"), request.param):
         monkeypatch.setattr(int_attention, name, value)
     return request.param
 

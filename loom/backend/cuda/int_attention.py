@@ -53,10 +53,6 @@ SPLITS = 0                      # blocks sharing a block's keys (0: _splits choo
 SPLIT_BLOCKS = 3
 SPLIT_TILES = 2                 # 64-key tiles a split walks at least
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (the same bits; H200, 2,048-token prompts: no gain)
-# 1: the scores' int64 sums to float64 and d to its integer by adding 1.5 2^52 (exact below 2^51: the same bits) on the
-# float64 pipe, in place of conversions on the slower conversion pipe (64 a key a thread in the two passes). Not yet
-# timed: benchmarks/prefill_kernels.py --deterministic --set loom.backend.cuda.int_attention.MAGIC=1 against 0
-MAGIC = 0
 
 # exp_fixed in 32-bit operations, shared with int_decode.py's kernel
 EXP_FIXED = r"""
@@ -64,11 +60,7 @@ EXP_FIXED = r"""
 // dq = rint(min(d, 2^22)) (the conversion saturates: the same), u = dq log2(e) 2^30 >> 30 (below 2^23), a table entry
 // times the linear step >> 31 (below 2^32), shifted by u's integer part (0 past 31)
 __device__ __forceinline__ unsigned loom_exp_fixed(double x, const unsigned* tab, unsigned log2e, unsigned ln2) {
-#if MAGIC   // (x >= 0 or NaN, whose row's output is NaN whatever p is: rint(min(x, 2^22)) in the low word of 1.5 2^52 + it)
-    const unsigned dq = (unsigned)__double2loint(__dadd_rn(fmin(x, 4194304.0), 6755399441055744.0));
-#else
     const unsigned dq = min(__double2uint_rn(x), 4194304u);
-#endif
     const unsigned u = __funnelshift_r(dq * log2e, __umulhi(dq, log2e), 30);
     const unsigned step = (1u << 31) - (u & 255) * ln2, t = tab[(u >> 8) & 255];
     return __funnelshift_rc(__funnelshift_r(t * step, __umulhi(t, step), 31), 0u, u >> 16);
@@ -157,15 +149,6 @@ __device__ __forceinline__ void loom_cp16(void* dst, const void* src, bool ok) {
 }
 __device__ __forceinline__ long long loom_combine(const int hh, const int mid, const int ll) {
     return 65536LL * hh + 256LL * mid + ll;
-}
-// v as a float64, exactly (|v| < 2^51: a score's sum is below 2^37); MAGIC: 1.5 2^52 + v has v in its mantissa's low
-// bits, so one integer add and one float64 subtraction (both exact) convert it
-__device__ __forceinline__ double loom_exact_double(long long v) {
-#if MAGIC
-    return __dsub_rn(__longlong_as_double(0x4338000000000000LL + v), 6755399441055744.0);
-#else
-    return (double)v;
-#endif
 }
 
 // out [G, rows, D] from the integers qi [G, rows, D], ki, vi [G, n, D] (int16), their exponents and bad flags;
@@ -261,7 +244,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
         const double2 km = *(const double2*)&kmul[b * BKEYS + key];
         kv = *(const int4*)&kev[b * BKEYS + key];
         #pragma unroll
-        for (int e = 0; e < 4; ++e) x[e] = loom_exact_double(loom_combine(hh[e], LOOM_MID(e), ll[e])) * (e & 1 ? km.y : km.x);
+        for (int e = 0; e < 4; ++e) x[e] = (double)loom_combine(hh[e], LOOM_MID(e), ll[e]) * (e & 1 ? km.y : km.x);
     };
     // pass 1: each row's largest allowed S 2^(ek - 30), its values' largest exponent, inf or NaN seen
     double top[2] = {__longlong_as_double(0xfff0000000000000LL), __longlong_as_double(0xfff0000000000000LL)};
@@ -434,11 +417,9 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
 
 
 @cache
-def _module(head_dim: int, warps: int = 4, split_mid: int = 0, bits: int = 15, p_bits: int = 14,
-            magic: int = 0) -> cupy.RawModule:
+def _module(head_dim: int, warps: int = 4, split_mid: int = 0, bits: int = 15, p_bits: int = 14) -> cupy.RawModule:
     """(bits, p_bits: the scheme's, kernels.exact.attention.SCHEME's)"""
     head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {bits}\n"
-            f"#define MAGIC {magic}\n"
             f"#define P_BITS {p_bits}\n")
     return cupy.RawModule(code=head + SCALARS + EXP_FIXED + _SOURCE, options=OPTIONS + ("-std=c++17",))
 
@@ -489,7 +470,7 @@ def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per
     if T == 0:
         return True
     rows = per_group * T
-    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts), MAGIC)
+    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
     parts = _integers(q, module, KV * rows, None, (per_group, T, per_group, 1, H))       # row (g R + r) T + t
     for pool in (cache_k, cache_v):                                                      # row g n + j
         parts += _integers(pool, module, KV * n, key_slots, (1, n, 1, 0, KV))
@@ -515,7 +496,7 @@ def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
         wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
         return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale, table, consts)[:, :, :D])
     out = cupy.empty((G, rows, D), dtype=np.float32)
-    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts), MAGIC)
+    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
     parts = []
     for a in (q, k, v):
         parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32), module)
