@@ -334,13 +334,13 @@ class IntegerAttention(Protocol):
         values k, v [G, n, D] (key j at position lo + j), causal, within `window` positions; table and consts:
         kernels.exact.attention.SCHEME (the exp table; LOG2E_30, LN2_15, P_BITS, BITS)."""
 
-    def causal_paged(self, q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per_group: int, first: int,
-                     lo: int, window: int | None, scale: float, table: np.ndarray, consts: np.ndarray,
-                     out: Array) -> bool:
-        """causal()'s bits in a decoder's layouts, read and written in place: one sequence's query rows q [T, H, D]
-        (H = KV per_group, at positions first ..), its keys and values at key_slots [n] (int64, positions lo ..)
-        of the paged caches [slots, KV, D], the context into out [T, H D]; False where declined (the caller
-        gathers and calls causal)."""
+    def causal_paged(self, q: Array, cache_k: Array, cache_v: Array, key_slots: Array, items: tuple, per_group: int,
+                     window: int | None, scale: float, table: np.ndarray, consts: np.ndarray, out: Array) -> bool:
+        """causal()'s bits in a decoder's layouts, read and written in place, for the rows of several sequences:
+        query rows q [N, H, D] (H = KV per_group), the paged caches [slots, KV, D], the contexts into out [N, H D];
+        items[s] = (first row, T, first position, lo, n): sequence s's T rows from that row at positions first ..,
+        its n keys and values at key_slots[s, :n] (int64 [S, n_max], positions lo ..); False where declined (the
+        caller gathers each sequence's and calls causal)."""
 
 
 class ExactFlashKernels(Protocol):

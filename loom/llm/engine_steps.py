@@ -1,10 +1,10 @@
 """The device side of one batch-engine step (loom/llm/batching.py plans it). The step's decode tokens
 run through a recorded paged decode step where the device has the kernels (loom/llm/paged_graph.py,
-one graph per batch bucket); each of its prompt chunks through the recorded prompt step of the
-chunk's length and position where fast mode's fused prompt kernels take every layer, or in
-deterministic mode where the exact block kernels take prompt chunks (loom/llm/paged_prefill_graph.py,
-recorded at the second sighting of that shape); what is left
-(and decode tokens no graph takes) runs together kernel by kernel through loom/llm/paged_forward.py.
+one graph per batch bucket); its prompt chunks together through the recorded prompt step of their
+lengths and positions where fast mode's fused prompt kernels take every layer, or in deterministic
+mode where the exact block kernels take prompt chunks (loom/llm/paged_prefill_graph.py, recorded at
+the second sighting of that mix); what is left (a mix seen once, and decode tokens no graph takes)
+runs together kernel by kernel through loom/llm/paged_forward.py.
 Then each item that wants logits gets its next-token input: the token itself, chosen on the device,
 for a plain greedy sequence (only ids cross to the host), else its row of logits on the host.
 """
@@ -18,7 +18,11 @@ from . import paged_forward, paged_graph, paged_prefill_graph
 from .decoder import Decoder
 from .paged_cache import PagedKVCache
 
-PREFILL_GRAPHS_KEPT = 8     # recorded prompt chunks kept (each holds its rows' activations)
+PREFILL_GRAPHS_KEPT = 8     # recorded prompt steps kept (each holds its rows' activations)
+# A prompt step of this many chunks or fewer, its mix seen once, replays each chunk's recorded step in turn; past it
+# the chunks run together kernel by kernel (H200, serve.py's 64 streams of 32-token prompts: one after another,
+# deterministic mode 154 ms, fast 75, where all 64 together cost a few ms)
+EACH_ALONE = 2
 
 
 class StepRunner:
@@ -91,19 +95,26 @@ class StepRunner:
         by_graph = set(decode) if graph is not None else set()
         rest = [i for i in range(len(work)) if i not in by_graph]
         out: list = [None] * len(work)
-        # a prompt chunk replays the recorded step of its length and position where there is one (each
-        # alone: chunks recur across requests, the mix of a step's chunks seldom does); the rest run
-        # together kernel by kernel
-        eager = []
-        for i in rest:
-            prefill = self.prefill_graph([work[i]]) if len(work[i].tokens) > 1 else None
-            if prefill is None:
-                eager.append(i)
-                continue
+        # the step's prompt chunks replay the recorded step of their lengths and positions, all in one (recorded
+        # the second time that mix is seen: a prompt alone, or prompts arriving together, as a benchmark's or a
+        # batch job's do); a mix seen once replays each chunk's own recorded step where there are few chunks (a
+        # length recurs across requests), else runs with the rest; the rest (and any decode tokens no graph
+        # took) run together kernel by kernel, each product once over all their rows
+        prompts = [i for i in rest if len(work[i].tokens) > 1]
+        groups = []
+        if prompts:
+            prefill = self.prefill_graph([work[i] for i in prompts])
+            if prefill is not None:
+                groups.append((prefill, prompts))
+            elif 1 < len(prompts) <= EACH_ALONE:
+                groups += [(g, [i]) for i in prompts if (g := self.prefill_graph([work[i]])) is not None]
+        taken = {i for _, items in groups for i in items}
+        eager = [i for i in rest if i not in taken]
+        for prefill, items in groups:
             self.stats["prefill_graph_steps"] += 1
-            logits = prefill.run([work[i]])
+            logits = prefill.run([work[i] for i in items])
             if logits is not None:
-                self._choose_rows(logits, [i], greedy, out)
+                self._choose_rows(logits, [i for i in items if work[i].logits], greedy, out)
         if eager:
             wanted = [i for i in eager if work[i].logits]       # (plain greedy rows need only the argmax)
             logits = paged_forward.forward(self.dec, self.cache, [work[i] for i in eager],

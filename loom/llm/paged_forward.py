@@ -169,10 +169,8 @@ def run_alone(dec: Decoder, cache: PagedKVCache, h: Array, cos: Array, sin: Arra
         key_slots, items = plans[layer.window]
         if integer:             # (q and the cache read in place by the backend's kernel where it takes them)
             ctx = xp.empty((q.shape[1], c.heads * c.head_dim), dtype=np.float32)
-            for s, (row, n, pos, lo, count) in enumerate(items):
-                integer_attention.causal_paged(q[0, row:row + n], cache.k[i], cache.v[i], key_slots[s, :count],
-                                               c.heads // c.kv_heads, pos, lo, layer.window, dec.scale,
-                                               ctx[row:row + n])
+            integer_attention.causal_paged(q[0], cache.k[i], cache.v[i], key_slots, items, c.heads // c.kv_heads,
+                                           layer.window, dec.scale, ctx)
             h = dec.finish_layer(layer, h, ctx[None])
             continue
         contexts = []

@@ -17,8 +17,10 @@ kernels' exact ones, each item's attention over exactly its keys), where the bac
 kernels take every stored weight's products for any number of rows (Decoder.exact_in_place; elsewhere
 the chunks run kernel by kernel, each such product decoding its weight block by block). A shape is
 recorded the second time it is seen (StepRunner keeps the few most recently used), after an eager
-run that compiles the kernels and makes the tables they read. StepRunner records one chunk a graph,
-so that a prompt length that recurs across requests replays whatever else shares its step.
+run that compiles the kernels and makes the tables they read. StepRunner records a step's chunks in
+one graph (deterministic attention: the chunks' rows in one launch a layer, int_attention.causal_paged),
+so that prompts arriving together (one alone, or several of one length) replay as one step; a mix seen
+once runs kernel by kernel, its products over all its rows at once.
 """
 from __future__ import annotations
 

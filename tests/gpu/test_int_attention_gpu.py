@@ -128,13 +128,66 @@ def test_the_decoders_layouts_read_in_place_give_the_cpus_bits(d, groups, per_gr
     want = _paged_want(q, cache_k, cache_v, key_slots, per_group, first, lo, window, 0.125)
     buffer = cupy.full((t + 5, groups * per_group * d), 7.0, dtype=np.float32)
     taken = int_attention.causal_paged(cupy.asarray(q), cupy.asarray(cache_k), cupy.asarray(cache_v),
-                                       cupy.asarray(key_slots), per_group, first, lo, window, 0.125, *ia.SCHEME,
-                                       buffer[2:t + 2])
+                                       cupy.asarray(key_slots)[None], ((0, t, first, lo, n),), per_group, window,
+                                       0.125, *ia.SCHEME, buffer[2:t + 2])
     assert taken
     same_bits(buffer[2:t + 2], want, f"D {d}, {groups} x {per_group} heads, {t} rows over {n} keys from {lo}, rows "
                                      f"from {first}, window {window}")
     rest = cupy.concatenate([buffer[:2], buffer[t + 2:]]).get()
     assert (rest == 7.0).all()
+
+
+def _sequences(rng, d, groups, per_group, shapes, spare=29):
+    """Several sequences' rows as a prompt step holds them: q [N, H, d] (each sequence's rows one after another),
+    their keys and values scattered over shared paged caches, key slots [S, n_max] (padded with slot 0) and the
+    items (first row, T, first position, lo, n) of paged_forward.flash_plans, shapes (T, first, lo)."""
+    heads, total = groups * per_group, sum(first + t - lo for t, first, lo in shapes)
+    q = _rows(rng, (sum(t for t, _, _ in shapes), heads, d), 3.0)
+    cache_k, cache_v = _rows(rng, (total + spare, groups, d), 3.0), _rows(rng, (total + spare, groups, d), 3.0)
+    order = rng.permutation(total + spare)
+    key_slots = np.zeros((len(shapes), max(first + t - lo for t, first, lo in shapes)), np.int64)
+    items, row, used = [], 0, 0
+    for s, (t, first, lo) in enumerate(shapes):
+        n = first + t - lo
+        key_slots[s, :n] = order[used:used + n]
+        items.append((row, t, first, lo, n))
+        row, used = row + t, used + n
+    return q, cache_k, cache_v, key_slots, tuple(items)
+
+
+@pytest.mark.parametrize("d", [pytest.param(64, marks=pytest.mark.smoke), 128])
+@pytest.mark.parametrize("groups, per_group, window, shapes", [
+    (3, 3, None, [(32, 0, 0)] * 9),                                           # a step of equal new prompts
+    (2, 4, None, [(1, 40, 0), (70, 0, 0), (5, 200, 0), (37, 163, 0), (1, 7, 0)]),   # prompts and decode rows
+    (1, 2, 33, [(90, 410, 300), (3, 60, 28), (130, 0, 0), (16, 16, 0)]),       # windows: keys from lo > 0
+    (2, 1, None, [(200, 256, 0), (8, 0, 0)]),
+])
+def test_several_sequences_in_one_launch_give_each_ones_cpu_bits(d, groups, per_group, window, shapes):
+    """causal_paged over several sequences (one launch): each sequence's rows have the bits of the CPU's causal()
+    on its own rows and keys; rows outside the sequences' are not written."""
+    rng = np.random.default_rng(d + len(shapes) * 7 + groups)
+    q, cache_k, cache_v, key_slots, items = _sequences(rng, d, groups, per_group, shapes)
+    N = q.shape[0]
+    buffer = cupy.full((N + 3, groups * per_group * d), 7.0, dtype=np.float32)
+    assert int_attention.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots)), items, per_group,
+                                      window, 0.125, *ia.SCHEME, buffer[1:N + 1])
+    for s, (row, t, first, lo, n) in enumerate(items):
+        want = _paged_want(q[row:row + t], cache_k, cache_v, key_slots[s, :n], per_group, first, lo, window, 0.125)
+        same_bits(buffer[1 + row:1 + row + t], want, f"D {d}, sequence {s} of {items}, window {window}")
+    assert (buffer[0].get() == 7.0).all() and (buffer[N + 1:].get() == 7.0).all()
+
+
+def test_several_sequences_through_kernels_exact_and_on_the_cpu():
+    """kernels.exact.attention.causal_paged with several sequences: the GPU's one launch, the CPU's gathers and a
+    head size the GPU kernel declines (48: gathered on the GPU too) all give the same bits."""
+    for d in (64, 48):
+        rng = np.random.default_rng(d)
+        q, cache_k, cache_v, key_slots, items = _sequences(rng, d, 2, 2, [(12, 0, 0), (1, 30, 0), (40, 5, 0)])
+        host = np.empty((q.shape[0], 4 * d), np.float32)
+        ia.causal_paged(q, cache_k, cache_v, key_slots, items, 2, None, d ** -0.5, host)
+        got = cupy.empty(host.shape, np.float32)
+        ia.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots)), items, 2, None, d ** -0.5, got)
+        same_bits(got, host, f"D {d}")
 
 
 @pytest.mark.parametrize("d", [48, 64, 160])
@@ -146,10 +199,11 @@ def test_causal_paged_on_the_gpu_gives_the_cpus_bits(d):
     q, cache_k, cache_v, key_slots = _paged(rng, d, 2, 2, 40, 90)
     want = _paged_want(q, cache_k, cache_v, key_slots, 2, 50, 0, 33, d ** -0.5)
     got = cupy.empty((40, 4 * d), dtype=np.float32)
-    ia.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots)), 2, 50, 0, 33, d ** -0.5, got)
+    one = ((0, 40, 50, 0, 90),)
+    ia.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots[None])), one, 2, 33, d ** -0.5, got)
     same_bits(got, want, f"D {d} on the GPU")
     host = np.empty((40, 4 * d), dtype=np.float32)
-    ia.causal_paged(q, cache_k, cache_v, key_slots, 2, 50, 0, 33, d ** -0.5, host)
+    ia.causal_paged(q, cache_k, cache_v, key_slots[None], one, 2, 33, d ** -0.5, host)
     np.testing.assert_array_equal(host.view(np.uint32), want.view(np.uint32))
-    assert int_attention.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots)), 2, 50, 0, 33,
+    assert int_attention.causal_paged(*(cupy.asarray(a) for a in (q, cache_k, cache_v, key_slots[None])), one, 2, 33,
                                       d ** -0.5, *ia.SCHEME, got) == (d == 64)

@@ -139,6 +139,30 @@ def _deterministic_prompt_steps(arch, extra, monkeypatch):
         assert eager.stats["prefill_graph_steps"] == 0
 
 
+@pytest.mark.parametrize("arch, extra", [pytest.param("llama", {}, marks=pytest.mark.smoke), ("mistral", {"sliding_window": 20}),
+                                         ("qwen3", {"head_dim": 128})])
+def test_deterministic_prompts_arriving_together_run_as_one_step_with_each_ones_bits(arch, extra, monkeypatch):
+    """Prompts of several lengths submitted together share one prompt step (their attention one launch a layer where
+    the kernel reads the layouts; qwen3's normed q is gathered sequence by sequence): seen once (kernel by kernel),
+    recorded, replayed as one graph; every request's tokens and log-probability bits are the CPU engine's, which
+    runs each request alone."""
+    _no_decoded_weights_on_the_gpu(monkeypatch)
+    lengths = (40, 17, 40, 33, 2)
+    with loom.deterministic(True):
+        gpu, cpu = _graph_model(arch, "cuda", True, **extra), _graph_model(arch, "cpu", True, **extra)
+        engine = BatchEngine(gpu, max_batch=len(lengths), block_size=8, prefix_cache=False)
+        alone = BatchEngine(cpu, max_batch=1, block_size=8, prefix_cache=False)
+        for seed in range(3):
+            rng = np.random.default_rng(seed)
+            reqs = [Request(rng.integers(0, 256, n).tolist(), max_tokens=3, stop_ids=(), logprobs=2) for n in lengths]
+            got, want = engine.generate(reqs), alone.generate(reqs)
+            for a, b in zip(got, want):
+                assert a.tokens == b.tokens and a.logprobs == b.logprobs
+        # one prompt step a round, its mix recorded in the second round and replayed in the third
+        assert engine.stats["prefill_graph_steps"] == 2 and len(engine.steps.prefills.entries) == 1
+        assert not engine.steps.prefills.eager_reasons
+
+
 def test_a_mixed_step_records_its_prompt_chunks_apart_from_its_decode_tokens():
     """Decode tokens go through the decode graph, the prompt chunks of the same step through the
     prompt graph: a stream of arrivals repeats the chunks' shapes, whatever else is in the step."""

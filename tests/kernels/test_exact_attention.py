@@ -219,19 +219,30 @@ def test_the_compiled_rows_integers_are_fixed_pys():
 
 
 def test_causal_paged_gathers_the_decoders_layouts_for_causal():
-    """causal_paged on the CPU: one sequence's q [T, H, D] and its keys at scattered slots of paged caches [slots,
-    KV, D], the context into rows of a larger buffer: causal()'s bits, head by head; nothing else written."""
+    """causal_paged on the CPU: two sequences' rows of q [N, H, D] and their keys at scattered slots of paged caches
+    [slots, KV, D] (key slot lists padded), the contexts into rows of a larger buffer: each sequence's causal() bits,
+    head by head; nothing else written."""
     rng = np.random.default_rng(5)
-    t, groups, per_group, d, n = 7, 2, 3, 16, 40
-    q = rng.standard_normal((t, groups * per_group, d)).astype(np.float32)
-    cache_k, cache_v = (rng.standard_normal((n + 9, groups, d)).astype(np.float32) for _ in range(2))
-    key_slots = rng.permutation(n + 9)[:n].astype(np.int64)
-    buffer = np.full((t + 3, groups * per_group * d), 7.0, np.float32)
-    ia.causal_paged(q, cache_k, cache_v, key_slots, per_group, 33, 0, 20, 0.25, buffer[1:t + 1])
-    for h in range(groups * per_group):
-        g = h // per_group
-        want = ia.causal(q[None, :, h], cache_k[key_slots, g][None], cache_v[key_slots, g][None], 1, 33, 0, 20, 0.25)
-        np.testing.assert_array_equal(buffer[1:t + 1, h * d:(h + 1) * d].view(np.uint32), want[0].view(np.uint32))
-    assert (buffer[0] == 7.0).all() and (buffer[t + 1:] == 7.0).all()
+    groups, per_group, d = 2, 3, 16
+    shapes = [(7, 33, 0, 40), (4, 11, 2, 13)]                 # (T, first position, lo, keys)
+    N = sum(t for t, _, _, _ in shapes)
+    q = rng.standard_normal((N, groups * per_group, d)).astype(np.float32)
+    cache_k, cache_v = (rng.standard_normal((70, groups, d)).astype(np.float32) for _ in range(2))
+    order = rng.permutation(70)
+    key_slots = np.zeros((2, 40), np.int64)
+    key_slots[0], key_slots[1, :13] = order[:40], order[40:53]
+    items = ((0, 7, 33, 0, 40), (7, 4, 11, 2, 13))
+    buffer = np.full((N + 3, groups * per_group * d), 7.0, np.float32)
+    ia.causal_paged(q, cache_k, cache_v, key_slots, items, per_group, 20, 0.25, buffer[1:N + 1])
+    for s, (row, t, first, lo, n) in enumerate(items):
+        slots = key_slots[s, :n]
+        for h in range(groups * per_group):
+            g = h // per_group
+            want = ia.causal(q[None, row:row + t, h], cache_k[slots, g][None], cache_v[slots, g][None], 1, first, lo,
+                             20, 0.25)
+            np.testing.assert_array_equal(buffer[1 + row:1 + row + t, h * d:(h + 1) * d].view(np.uint32),
+                                          want[0].view(np.uint32))
+    assert (buffer[0] == 7.0).all() and (buffer[N + 1:] == 7.0).all()
     with pytest.raises(ShapeError, match="windows below"):
-        ia.causal_paged(q, cache_k, cache_v, np.zeros(ia.MAX_KEYS, np.int64), per_group, 0, 0, None, 0.25, buffer[:t])
+        ia.causal_paged(q, cache_k, cache_v, np.zeros((1, ia.MAX_KEYS), np.int64), ((0, 7, 0, 0, ia.MAX_KEYS),),
+                        per_group, None, 0.25, buffer[:N])

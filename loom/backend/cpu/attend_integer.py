@@ -47,8 +47,8 @@ def causal(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first: i
     return attention(q, k, v, per_group, first, lo, window or 0, scale, table, consts)
 
 
-def causal_paged(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, key_slots: np.ndarray, per_group: int,
-                 first: int, lo: int, window: int | None, scale: float, table: np.ndarray, consts: np.ndarray,
+def causal_paged(q: np.ndarray, cache_k: np.ndarray, cache_v: np.ndarray, key_slots: np.ndarray, items: tuple,
+                 per_group: int, window: int | None, scale: float, table: np.ndarray, consts: np.ndarray,
                  out: np.ndarray) -> bool:
     """protocols.IntegerAttention's causal_paged: declined (the caller gathers the rows for causal; on the CPU the
     copies are a small share of the compiled loop's time)."""

@@ -19,17 +19,15 @@ same inputs give the same bits every time.
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections import OrderedDict
 from functools import cache
 
 import cupy
 import numpy as np
 
 from .. import Array
-from . import keep_while_recorded
 from .compile import OPTIONS, translating
+from .kept_tables import KeptTables
 from .quant import BF16_BITS
 
 BLOCK_Q = 64          # queries per block (4 warps of 16)
@@ -299,9 +297,9 @@ def attend(q: Array, keys: Array, values: Array, pos: int, lo: int, window: int 
     if keys.shape != values.shape or keys.strides != values.strides or keys.shape[0] != B:
         raise ValueError(f"flash attention: unsupported shapes q {q.shape}, keys {keys.shape}, values {values.shape}")
     _check(q, keys, values, H, D)
-    if q.strides[0] != T * q.strides[1]:
+    if B > 1 and q.strides[0] != T * q.strides[1]:        # (one sequence: its batch stride is never read)
         raise ValueError("flash attention: q's batch stride must be T times its row stride")
-    meta = _meta(tuple((b * T, T, pos, lo, n) for b in range(B)), cupy.cuda.runtime.getDevice())
+    meta = _meta(tuple((b * T, T, pos, lo, n) for b in range(B)))
     ks = [s // 4 for s in keys.strides]
     return _run(_rows(q), keys, values, ks[0], ks[1], ks[2], None, 0, meta, B, T, n, KV, window, scale, out16,
                 (B, T, H * D))
@@ -323,7 +321,7 @@ def attend_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, ite
     n_max = max((it[4] for it in items), default=0)
     if n_max > key_slots.shape[1]:
         raise ValueError(f"flash attention: {n_max} keys for key slot lists of {key_slots.shape[1]}")
-    meta = _meta(tuple(tuple(int(v) for v in it) for it in items), cupy.cuda.runtime.getDevice())
+    meta = _meta(tuple(tuple(int(v) for v in it) for it in items))
     return _run(q, cache_k, cache_v, 0, D, KV * D, key_slots, key_slots.shape[1], meta, len(items), t_max, n_max, KV,
                 window, scale, out16, (rows, H * D))
 
@@ -343,28 +341,14 @@ def _rows(q: Array) -> Array:
     return cupy.ndarray((B * T, H, D), dtype=q.dtype, memptr=q.data, strides=q.strides[1:])
 
 
-def _meta(items: tuple, device: int) -> Array:
-    """The items' descriptions as an array [S, 5] int64 on the device, kept (a prompt's chunks and
-    layers repeat them; _KEPT_META most recent). While a CUDA graph is recorded, the copy cannot be
-    captured: the kept array made by a run before the recording serves, and lives as long as the graph."""
-    key, capturing = (items, device), cupy.cuda.get_current_stream().is_capturing()
-    meta = _KEPT_META.get(key)               # (never popped: another thread's recording may want it)
-    if meta is None:
-        if capturing:
-            raise RuntimeError("flash attention records only shapes an eager run has made the item table of")
-        meta = _KEPT_META[key] = cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5))
-        while len(_KEPT_META) > KEPT_META:
-            _KEPT_META.popitem(last=False)
-    else:
-        with contextlib.suppress(KeyError):  # (evicted meanwhile by another thread)
-            _KEPT_META.move_to_end(key)
-    if capturing:
-        keep_while_recorded(meta)
-    return meta
+def _meta(items: tuple) -> Array:
+    """The items' descriptions as an array [S, 5] int64 on the device, kept (KeptTables: a prompt's chunks and
+    layers repeat them; KEPT_META most recent)."""
+    return _KEPT_META.get(items, lambda: cupy.asarray(np.array(items, dtype=np.int64).reshape(-1, 5)))
 
 
 KEPT_META = 256
-_KEPT_META: OrderedDict = OrderedDict()
+_KEPT_META = KeptTables(KEPT_META, "flash attention")
 
 
 def _run(q, keys, values, kb, kh, kt, slots, ns, meta, S, t_max, n_max, KV, window, scale, out16, shape):

@@ -44,7 +44,8 @@ import numpy as np
 from ...errors import ShapeError
 from .. import Array
 from . import decode_exact
-from .int_attention import EXP_FIXED, device_table
+from .int_attention import device_table
+from .int_attention_source import EXP_FIXED
 from .int_decode_source import SOURCE as _SOURCE
 from .launch import launch
 from .quant_fixed_source import SCALARS

@@ -1,6 +1,6 @@
 """The CUDA source of spec 5's decode attention kernel, `loom_int_paged_decode` (int_decode.py, whose docstring
 says what it computes and how; int_decode._built compiles it after decode_exact's helpers, quant_fixed_source's
-SCALARS and int_attention's EXP_FIXED, with the defines GROUP, BITS, P_BITS, PHASE_STOP, KT and TPK).
+SCALARS and int_attention_source's EXP_FIXED, with the defines GROUP, BITS, P_BITS, PHASE_STOP, KT and TPK).
 """
 
 SOURCE = r"""

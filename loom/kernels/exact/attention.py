@@ -105,25 +105,29 @@ def causal(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
     return causal_arrays(be.xp, q, k, v, per_group, first, lo, window, scale)
 
 
-def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, per_group: int, first: int, lo: int,
+def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, items: tuple, per_group: int,
                  window: int | None, scale: float, out: Array) -> None:
-    """causal() for one sequence's prompt rows in a decoder's layouts: its queries q float32 [T, H, D] (H =
-    KV per_group; head h of key/value head h // per_group) at positions first .., its keys and values at
-    key_slots [n] (int64) of the paged caches [slots, KV, D] at positions lo ..; the context into out [T, H D]
-    (float32, C-contiguous). By the backend's kernel where it reads these layouts in place
-    (protocols.IntegerAttention.causal_paged: no copies), else gathered for causal(): the same bits."""
-    _check_keys(key_slots.shape[0])
+    """causal() for the prompt rows of several sequences in a decoder's layouts: queries q float32 [N, H, D] (H =
+    KV per_group; head h of key/value head h // per_group), the paged caches [slots, KV, D], the contexts into
+    out [N, H D] (float32, C-contiguous); items[s] = (first row, T, first position, lo, n): sequence s's T rows
+    of q from that row, at positions first .., over its n keys and values at key_slots[s, :n] (int64 [S, n_max])
+    at positions lo .. (paged_forward.flash_plans' items). By the backend's kernel where it reads these layouts in
+    place (protocols.IntegerAttention.causal_paged: no copies, the sequences in one launch), else each sequence
+    gathered for causal(): the same bits."""
+    for item in items:
+        _check_keys(item[4])
     be = backend.of(q)
-    if be.attend_integer is not None and be.attend_integer.causal_paged(q, cache_k, cache_v, key_slots, per_group,
-                                                                        first, lo, window, scale, *SCHEME, out):
+    if be.attend_integer is not None and be.attend_integer.causal_paged(q, cache_k, cache_v, key_slots, items,
+                                                                        per_group, window, scale, *SCHEME, out):
         return
     xp = be.xp
-    T, H, D = q.shape
+    _, H, D = q.shape
     KV = H // per_group
-    q5 = xp.ascontiguousarray(q.reshape(T, KV, per_group, D).transpose(1, 2, 0, 3)).reshape(KV, per_group * T, D)
-    k, v = (xp.ascontiguousarray(c[key_slots].transpose(1, 0, 2)) for c in (cache_k, cache_v))
-    ctx = causal(q5, k, v, per_group, first, lo, window, scale)
-    out[...] = ctx.reshape(KV, per_group, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)
+    for s, (row, T, first, lo, n) in enumerate(items):
+        q5 = xp.ascontiguousarray(q[row:row + T].reshape(T, KV, per_group, D).transpose(1, 2, 0, 3))
+        k, v = (xp.ascontiguousarray(c[key_slots[s, :n]].transpose(1, 0, 2)) for c in (cache_k, cache_v))
+        ctx = causal(q5.reshape(KV, per_group * T, D), k, v, per_group, first, lo, window, scale)
+        out[row:row + T] = ctx.reshape(KV, per_group, T, D).transpose(2, 0, 1, 3).reshape(T, H * D)
 
 
 def _check_keys(n: int) -> None:
