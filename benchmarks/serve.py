@@ -11,10 +11,11 @@ engine, a batch of one; a fresh prompt each call), on one of benchmarks/llm.py's
 decode: each stream gets a distinct 32-token prompt and decodes --tokens greedy tokens (no stop id;
 sampled at --temperature and --top-p where given, each stream its own seed),
 all submitted at once, after two warm-up rounds of the same shapes (the second replays the prompt
-step the first recorded, as a server does from a shape's second sighting); "tok/s aggregate" counts
+step the first recorded, as a server does from a mix's second sighting); "tok/s aggregate" counts
 every generated token over the whole run's time, prefill included, so it is what a server's clients
 would see in aggregate; "decode steps alone" counts the tokens after each stream's first over the
-time after the last stream got its first.
+time after the last stream got its first, which is printed too (the prompts' phase: all the streams' prompts
+as one step, replayed as the second warm-up round recorded it, with their first tokens).
 prefill: one request of each --prefill-tokens length through a BatchEngine (loom serve's and
 generate_ids' path; the prompt and its first token, no prefix cache), best of 5, with bf16 products on
 the tensor cores (fast mode's default) launched kernel by kernel (graphs off, as a prompt shape's first
@@ -181,9 +182,12 @@ def decode(model: CausalLM, rng, args) -> dict:
         seconds = time.perf_counter() - t
         total = sum(e.token is not None for evs in events for e in evs)
         decode = (total - streams) / (seconds - (first - t)) if first is not None else float("nan")
+        prompts = (first - t) * 1e3 if first is not None else float("nan")
         print(f"BatchEngine, {streams} streams: {total / seconds:,.0f} tok/s aggregate "
               f"({seconds / (engine.stats['steps'] - steps) * 1e3:.1f} ms a step), decode steps alone "
-              f"{decode:,.0f} tok/s ({streams / decode * 1e3:.2f} ms a step)")
+              f"{decode:,.0f} tok/s ({streams / decode * 1e3:.2f} ms a step); {prompts:.1f} ms until every stream "
+              f"had its first token")
+        figures[f"{streams} streams ms to every first token"] = prompts
         figures[f"{streams} streams aggregate tok/s"] = total / seconds
         figures[f"{streams} streams decode steps tok/s"] = decode
     return figures
