@@ -132,19 +132,20 @@ def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, ite
         _launch(module, parts, KV, rows, n, D, per_group, first, lo, window, scale, table, consts, out[row:row + T],
                 (per_group, 1, H))
     elif live:
-        _launch_items(q, cache_k, cache_v, key_slots, tuple(items[s] for s in live), per_group, window, scale,
-                      table, consts, out)
+        _launch_items(q, cache_k, cache_v, key_slots, tuple((s, *(int(v) for v in items[s])) for s in live),
+                      per_group, window, scale, table, consts, out)
     return True
 
 
 def _launch_items(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, items: tuple, per_group: int,
                   window: int | None, scale: float, table: np.ndarray, consts: np.ndarray, out: Array) -> None:
-    """causal_paged's rows of several sequences in one loom_int_attend launch: q's integers for every row at
-    (g R + r) N + (its row), k's and v's for every sequence's keys one after another (key_slots' rows compacted),
-    and a table of each block's rows, sizes and offsets (_ItemBlocks, made before a recording and kept by it)."""
+    """causal_paged's rows of several sequences in one loom_int_attend launch (items: (its row of key_slots, first
+    row, T, first position, lo, n) each): q's integers for every row at (g R + r) N + (its row), k's and v's for every
+    sequence's keys one after another (key_slots' rows compacted), and a table of each block's rows, sizes and
+    offsets (_ItemBlocks, made before a recording and kept by it)."""
     N, H, D = q.shape
     KV = cache_k.shape[1]
-    warps = WARPS or (1 if max(per_group * it[1] for it in items) <= 16 else 4)
+    warps = WARPS or (1 if max(per_group * it[2] for it in items) <= 16 else 4)
     plan = _item_blocks(items, per_group, 16 * warps, key_slots.shape[1])
     module = _module(D, warps, SPLIT_MID, *_bits(consts), items=1)
     parts = _integers(q, module, KV * per_group * N, None, (per_group, N, per_group, 1, H))
@@ -172,14 +173,14 @@ def _item_blocks(items: tuple, per_group: int, rows_a_block: int, n_max: int) ->
     """The device tables of _launch_items for these items, kept (KeptTables: a prompt step's layers and its replays
     read the same). The sequences with the most keys first, and in each its last rows first."""
     def make() -> _ItemBlocks:
-        offsets = np.concatenate([[0], np.cumsum([it[4] for it in items])])
+        offsets = np.concatenate([[0], np.cumsum([it[5] for it in items])])
         entries = []
-        for s in sorted(range(len(items)), key=lambda s: -items[s][4]):
-            row, T, first, lo, n = items[s]
+        for i in sorted(range(len(items)), key=lambda i: -items[i][5]):
+            _, row, T, first, lo, n = items[i]
             rows = per_group * T
             for b in reversed(range(-(-rows // rows_a_block))):
-                entries.append((b * rows_a_block, rows, n, T, first, lo, row, offsets[s]))
-        keys = np.concatenate([s * n_max + np.arange(it[4]) for s, it in enumerate(items)]).astype(np.int64)
+                entries.append((b * rows_a_block, rows, n, T, first, lo, row, offsets[i]))
+        keys = np.concatenate([s * n_max + np.arange(n) for s, _, _, _, _, n in items]).astype(np.int64)
         return _ItemBlocks(cupy.asarray(np.array(entries, dtype=np.int32)), len(entries), cupy.asarray(keys),
                            int(offsets[-1]))
     return _KEPT_ITEM_BLOCKS.get((items, per_group, rows_a_block, n_max), make)
