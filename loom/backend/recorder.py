@@ -6,7 +6,9 @@ a KV cache's shape). A key is recorded on its `record_from`-th sighting: chains 
 step eagerly (kernels compile, lazily created state appears) and record the second; a decode step
 warms itself up inside its recording, so it records the first. The least recently used entry is
 evicted first, and an evicted key counts as unseen again, so keys taken in turn by more steps than the
-cache holds run eagerly instead of being recorded anew at every sighting.
+cache holds run eagerly instead of being recorded anew at every sighting. Keys seen once are remembered
+up to SEEN_KEPT of them, the most recent (a server's prompt steps, keyed by their mix of chunks, seldom
+repeat: the set would otherwise grow with every step).
 
 Recording needs device work free of host synchronization. When a key cannot be recorded, refuse()
 applies the determinism contract (loom/fallback.py): in deterministic mode a `strict` cache raises
@@ -22,6 +24,8 @@ from typing import Any
 from .. import fallback
 from ..errors import ConfigError, LoomError
 from ..mode import is_deterministic
+
+SEEN_KEPT = 4096        # keys seen once (not yet recorded) remembered, the most recent
 
 
 class GraphCache:
@@ -40,7 +44,7 @@ class GraphCache:
         self.strict = strict
         self.record_from = record_from
         self.entries: OrderedDict = OrderedDict()
-        self.seen: set = set()
+        self.seen: OrderedDict = OrderedDict()   # keys seen once, oldest first (used as an ordered set)
         self.eager_reasons: dict = {}
 
     def get(self, key: Hashable) -> Any | None:
@@ -57,7 +61,7 @@ class GraphCache:
         self.entries[key] = entry
         while len(self.entries) > self.size:
             evicted, _ = self.entries.popitem(last=False)
-            self.seen.discard(evicted)       # recorded again only if seen twice again: keys in turn do not churn
+            self.seen.pop(evicted, None)     # recorded again only if seen twice again: keys in turn do not churn
 
     def wants_recording(self, key: Hashable) -> bool:
         """True on the record_from-th sighting (and later) of a key that is neither recorded nor
@@ -65,7 +69,9 @@ class GraphCache:
         if key in self.eager_reasons:
             return False
         if self.record_from == 2 and key not in self.seen:
-            self.seen.add(key)
+            self.seen[key] = None
+            while len(self.seen) > SEEN_KEPT:
+                self.seen.popitem(last=False)
             return False
         return True
 

@@ -27,9 +27,10 @@ EACH_ALONE = 2
 
 class StepRunner:
     """Runs the engine's steps for decoder `dec` over `cache` in one mode (`deterministic`), keeping
-    the recorded steps it made: decode steps by batch bucket (graphs), prompt chunks by length and
-    position (prefills). stats: the engine's counters ("graph_steps", "prefill_graph_steps"). Steps replay
-    graphs only while dec.graphs is True."""
+    the recorded steps it made: decode steps by batch bucket (graphs), prompt steps by their chunks'
+    lengths, positions and wanted logits (prefills). stats: the engine's counters ("graph_steps", and
+    "prefill_graph_steps": recorded prompt steps replayed). Steps replay graphs only while dec.graphs is
+    True."""
 
     def __init__(self, dec: Decoder, cache: PagedKVCache, deterministic: bool, stats: dict):
         self.dec, self.cache, self.deterministic, self.stats = dec, cache, deterministic, stats
@@ -86,6 +87,12 @@ class StepRunner:
         return self.prefills.lookup(paged_prefill_graph.key(self.dec, work),
                                     lambda: paged_prefill_graph.PagedPrefillGraph(self.dec, self.cache, work, fused))
 
+    def recorded(self, work: list[paged_forward.Work]) -> paged_prefill_graph.PagedPrefillGraph | None:
+        """The prompt step already recorded for `work`'s shape, or None (no sighting counted, nothing recorded)."""
+        if not self.dec.graphs or not self.dec.backend.graphs:
+            return None
+        return self.prefills.get(paged_prefill_graph.key(self.dec, work))
+
     def run(self, work: list[paged_forward.Work], greedy: list[bool]) -> list:
         """Each work item's next-token input (None where its logits are not wanted): the host logits,
         or, where greedy[i] (a plain greedy sequence that needs nothing else of them), the token
@@ -97,17 +104,20 @@ class StepRunner:
         out: list = [None] * len(work)
         # the step's prompt chunks replay the recorded step of their lengths and positions, all in one (recorded
         # the second time that mix is seen: a prompt alone, or prompts arriving together, as a benchmark's or a
-        # batch job's do); a mix seen once replays each chunk's own recorded step where there are few chunks (a
-        # length recurs across requests), else runs with the rest; the rest (and any decode tokens no graph
-        # took) run together kernel by kernel, each product once over all their rows
+        # batch job's do); up to EACH_ALONE chunks replay their own recordings instead where each has one, or
+        # where the mix has none (a length recurs across requests more often than a mix does); the rest (and any
+        # decode tokens no graph took) run together kernel by kernel, each product once over all their rows
         prompts = [i for i in rest if len(work[i].tokens) > 1]
+        few = 1 < len(prompts) <= EACH_ALONE
         groups = []
-        if prompts:
+        if few and all(self.recorded([work[i]]) is not None for i in prompts):
+            groups = [(self.recorded([work[i]]), [i]) for i in prompts]
+        elif prompts:
             prefill = self.prefill_graph([work[i] for i in prompts])
             if prefill is not None:
-                groups.append((prefill, prompts))
-            elif 1 < len(prompts) <= EACH_ALONE:
-                groups += [(g, [i]) for i in prompts if (g := self.prefill_graph([work[i]])) is not None]
+                groups = [(prefill, prompts)]
+            elif few:
+                groups = [(g, [i]) for i in prompts if (g := self.prefill_graph([work[i]])) is not None]
         taken = {i for _, items in groups for i in items}
         eager = [i for i in rest if i not in taken]
         for prefill, items in groups:

@@ -1,6 +1,7 @@
 """One forward pass of many sequences through a paged KV cache: the rows of every sequence's new
 tokens (a prefill chunk or one decode token) go through the projections and the MLP together, as one
-[rows, E] matrix; attention runs per sequence over its own cached keys.
+[rows, E] matrix; attention takes each sequence over its own cached keys (several sequences in one launch
+where the backend's kernel takes them: fast mode's paged flash kernel, deterministic mode's integer attention).
 
 A row's bits do not depend on its batch-mates in deterministic mode: every product is row-invariant
 (the dispatch table picks a scheme from K alone) and each sequence's attention runs alone over

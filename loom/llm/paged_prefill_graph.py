@@ -18,9 +18,10 @@ kernels take every stored weight's products for any number of rows (Decoder.exac
 the chunks run kernel by kernel, each such product decoding its weight block by block). A shape is
 recorded the second time it is seen (StepRunner keeps the few most recently used), after an eager
 run that compiles the kernels and makes the tables they read. StepRunner records a step's chunks in
-one graph (deterministic attention: the chunks' rows in one launch a layer, int_attention.causal_paged),
-so that prompts arriving together (one alone, or several of one length) replay as one step; a mix seen
-once runs kernel by kernel, its products over all its rows at once.
+one graph (deterministic attention: the chunks' rows in one launch a layer where they fill the device,
+int_attention.causal_paged), so that a recurring mix (a prompt alone, prompts submitted together) replays
+as one step; a mix seen once runs kernel by kernel, its products over all its rows at once, unless it is
+a chunk or two that have recordings of their own (engine_steps.EACH_ALONE).
 """
 from __future__ import annotations
 

@@ -163,9 +163,13 @@ def _sequences(rng, d, groups, per_group, shapes, spare=29):
     (2, 1, None, [(200, 256, 0), (8, 0, 0)]),
     (2, 2, None, [(0, 10, 0), (12, 0, 0), (1, 30, 0)]),                      # a sequence with no rows first
 ])
-def test_several_sequences_in_one_launch_give_each_ones_cpu_bits(d, groups, per_group, window, shapes):
-    """causal_paged over several sequences (one launch): each sequence's rows have the bits of the CPU's causal()
-    on its own rows and keys; rows outside the sequences' are not written."""
+@pytest.mark.parametrize("each_alone", [False, True], ids=["one launch", "a launch each"])
+def test_several_sequences_give_each_ones_cpu_bits(d, groups, per_group, window, shapes, each_alone, monkeypatch):
+    """causal_paged over several sequences, in one launch or (where a small grid would leave long key walks unsplit)
+    a launch each: each sequence's rows have the bits of the CPU's causal() on its own rows and keys; rows outside
+    the sequences' are not written."""
+    monkeypatch.setattr(int_attention, "ITEMS_TILES", 0 if each_alone else 1 << 30)
+    monkeypatch.setattr(int_attention, "ITEMS_FROM", 1 << 30)
     rng = np.random.default_rng(d + len(shapes) * 7 + groups)
     q, cache_k, cache_v, key_slots, items = _sequences(rng, d, groups, per_group, shapes)
     N = q.shape[0]

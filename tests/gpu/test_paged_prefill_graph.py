@@ -1,13 +1,14 @@
-"""The batch engine's recorded prompt chunks (loom/llm/paged_prefill_graph.py): from the second
-sighting of a chunk's length and position the engine's device steps (loom/llm/engine_steps.py) replay a
-CUDA graph whose logits, keys and values are the eager chunk's bits, with other token ids and other
-block tables than the recording's (the blocks of earlier runs keep theirs); sliding windows, q|k|v
-biases, per-head norms, quantized weights (decoded block by block, or keep_dense's copies) and several
-chunks a prompt included; decode steps read the keys a replayed chunk wrote; deterministic mode
-records its chunks too (eager, replayed and CPU bits alike, both product schemes); Decoder.graphs False
-never records one; a recording without memory runs the chunk eagerly, the oldest
-of more shapes than PREFILL_GRAPHS_KEPT is evicted; the graphs keep the flash kernel's item tables and
-the RoPE tables they read."""
+"""The batch engine's recorded prompt steps (loom/llm/paged_prefill_graph.py): from the second
+sighting of a step's chunks (lengths, positions, wanted logits) the engine's device steps
+(loom/llm/engine_steps.py) replay a CUDA graph whose logits, keys and values are the eager step's
+bits, with other token ids and other block tables than the recording's (the blocks of earlier runs
+keep theirs); sliding windows, q|k|v biases, per-head norms, quantized weights (decoded block by
+block, or keep_dense's copies) and several chunks a prompt included; decode steps read the keys a
+replayed chunk wrote; deterministic mode records its chunks too (eager, replayed and CPU bits alike,
+both product schemes); prompts submitted together run as one step with each one's CPU bits alone;
+Decoder.graphs False never records one; a recording without memory runs the chunk eagerly, the
+oldest of more shapes than PREFILL_GRAPHS_KEPT is evicted; the graphs keep the flash kernel's item
+tables and the RoPE tables they read."""
 import numpy as np
 import pytest
 

@@ -59,6 +59,10 @@ SPLITS = 0                      # blocks sharing a block's keys (0: _splits choo
 SPLIT_BLOCKS = 3
 SPLIT_TILES = 2                 # 64-key tiles a split walks at least
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (the same bits; H200, 2,048-token prompts: no gain)
+# several sequences share one launch (no splits) unless it would have fewer blocks than ITEMS_FROM (0: the
+# multiprocessors) while a sequence has more than ITEMS_TILES tiles of keys (causal_paged: then a launch each, split)
+ITEMS_FROM = 0
+ITEMS_TILES = 32
 
 
 @cache
@@ -105,36 +109,47 @@ def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, ite
     """protocols.IntegerAttention's causal_paged: causal()'s bits for the rows of several sequences, read and written
     in the decoder's layouts, no copies (q float32 [N, H, D], the caches [slots, KV, D], key_slots int64 [S, n_max],
     out float32 [N, H D], each C-contiguous; items[s] = (first row, T, first position, lo, keys) of sequence s, its
-    keys key_slots[s, :keys]). One sequence is a launch of its own (its keys split over blocks where the grid would
-    leave multiprocessors idle), several share one. False where D is not a multiple of 32 up to 128 (causal() pads
-    those)."""
+    keys key_slots[s, :keys]). Several sequences share one launch (_launch_items), unless their blocks would leave
+    multiprocessors idle while one walks more than ITEMS_TILES tiles of keys (a few decode rows over long contexts):
+    then each is a launch of its own, its keys split over blocks. False where D is not a multiple of 32 up to 128
+    (causal() pads those)."""
     N, H, D = q.shape
     KV = cache_k.shape[1]
     if (D > 128 or D % 32 or H % KV or H // KV != per_group or cache_k.shape[1:] != (KV, D)
             or cache_v.shape != cache_k.shape or out.shape != (N, H * D) or key_slots.dtype != np.int64
-            or key_slots.ndim != 2 or key_slots.shape[0] < len(items)
+            or key_slots.ndim != 2
             or any(a.dtype != np.float32 or not a.flags.c_contiguous for a in (q, cache_k, cache_v, out))
             or not key_slots.flags.c_contiguous):
         return False
+    if key_slots.shape[0] < len(items):
+        raise ShapeError(f"integer attention: {len(items)} sequences with key slot lists for {key_slots.shape[0]}")
     for row, T, first, lo, n in items:
         if row < 0 or T < 0 or row + T > N or n > key_slots.shape[1]:
             raise ShapeError(f"integer attention: a sequence's rows {row} .. {row + T} and its {n} keys do not fit "
                              f"q's {N} rows and key slot lists of {key_slots.shape[1]}")
         _check_sizes(KV, T, first, lo, n)
-    live = [s for s, it in enumerate(items) if it[1]]
-    if len(live) == 1:
-        (row, T, first, lo, n), slots = items[live[0]], key_slots[live[0], :items[live[0]][4]]
+    live = tuple((s, *(int(v) for v in items[s])) for s in range(len(items)) if items[s][1])
+    if len(live) > 1 and not _each_alone(live, per_group, KV):
+        _launch_items(q, cache_k, cache_v, key_slots, live, per_group, window, scale, table, consts, out)
+        return True
+    for s, row, T, first, lo, n in live:
         rows = per_group * T
         module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
         parts = _integers(q[row:row + T], module, KV * rows, None, (per_group, T, per_group, 1, H))  # (g R + r) T + t
         for pool in (cache_k, cache_v):                                                               # row g n + j
-            parts += _integers(pool, module, KV * n, slots, (1, n, 1, 0, KV))
+            parts += _integers(pool, module, KV * n, key_slots[s, :n], (1, n, 1, 0, KV))
         _launch(module, parts, KV, rows, n, D, per_group, first, lo, window, scale, table, consts, out[row:row + T],
                 (per_group, 1, H))
-    elif live:
-        _launch_items(q, cache_k, cache_v, key_slots, tuple((s, *(int(v) for v in items[s])) for s in live),
-                      per_group, window, scale, table, consts, out)
     return True
+
+
+def _each_alone(live: tuple, per_group: int, KV: int) -> bool:
+    """Whether these sequences (causal_paged's live items) run a launch each: their one launch would leave
+    multiprocessors idle (fewer blocks than ITEMS_FROM, 0: the multiprocessors) while a block walks more than
+    ITEMS_TILES tiles of keys, which a launch of its own splits over several blocks."""
+    warps = WARPS or (1 if max(per_group * it[2] for it in live) <= 16 else 4)
+    blocks = KV * sum(-(-per_group * it[2] // (16 * warps)) for it in live)
+    return blocks < (ITEMS_FROM or _multiprocessors()) and max(it[5] for it in live) > ITEMS_TILES * BKEYS
 
 
 def _launch_items(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, items: tuple, per_group: int,
@@ -145,7 +160,7 @@ def _launch_items(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, it
     offsets (_ItemBlocks, made before a recording and kept by it)."""
     N, H, D = q.shape
     KV = cache_k.shape[1]
-    warps = WARPS or (1 if max(per_group * it[2] for it in items) <= 16 else 4)
+    warps = WARPS or (1 if max(per_group * it[2] for it in items) <= 16 else 4)       # (as _each_alone's)
     plan = _item_blocks(items, per_group, 16 * warps, key_slots.shape[1])
     module = _module(D, warps, SPLIT_MID, *_bits(consts), items=1)
     parts = _integers(q, module, KV * per_group * N, None, (per_group, N, per_group, 1, H))
@@ -186,7 +201,8 @@ def _item_blocks(items: tuple, per_group: int, rows_a_block: int, n_max: int) ->
     return _KEPT_ITEM_BLOCKS.get((items, per_group, rows_a_block, n_max), make)
 
 
-_KEPT_ITEM_BLOCKS = KeptTables(256, "the integer attention")
+# (an eager step of several sequences makes one too, at its positions: few are kept, each its sequences' key indices)
+_KEPT_ITEM_BLOCKS = KeptTables(32, "the integer attention")
 
 
 def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, window: int | None, scale: float,
