@@ -45,10 +45,7 @@ extern "C" __global__ void __launch_bounds__(128) loom_int_rows(const float* __r
         if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
         else nonfinite = 1;
     }
-    for (int o = 16; o; o >>= 1) {
-        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
-        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
-    }
+    loom_warp_top(top, nonfinite);
     const int e = loom_fixed_exponent(top), shift = 15 - e;
     const float s = loom_fixed_scale(shift);
     #pragma unroll

@@ -272,10 +272,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             if (isfinite(v)) top = fmaxf(top, fabsf(v));
             else nonfinite = 1;
         }
-        for (int o = 16; o; o >>= 1) {
-            top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
-            nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
-        }
+        loom_warp_top(top, nonfinite);
         const int e = loom_fixed_exponent(top), shift = 15 - e;
         const float s = loom_fixed_scale(shift);
         for (int i = lane; i < D / 2; i += 32) {

@@ -9,6 +9,14 @@ SCALARS = r"""
 #define LOOM_FULL 0xffffffffu
 #define LIMIT 32767.0f
 
+// a warp's largest finite magnitude and whether any lane saw inf or NaN, in every lane
+__device__ __forceinline__ void loom_warp_top(float& top, int& nonfinite) {
+    for (int o = 16; o; o >>= 1) {
+        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
+        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
+    }
+}
+
 // fixed.row_exponents' e for the largest finite magnitude m of a row
 __device__ __forceinline__ int loom_fixed_exponent(float m) {
     if (m == 0.0f) return 0;
@@ -157,10 +165,7 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32) loom_fixed_w_exponents(
             else nonfinite = 1;
         }
     }
-    for (int o = 16; o; o >>= 1) {
-        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
-        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
-    }
+    loom_warp_top(top, nonfinite);
     if (lane == 0) { ew[r] = loom_fixed_exponent(top); bad[r] = nonfinite; }
 }
 """

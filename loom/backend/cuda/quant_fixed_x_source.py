@@ -225,10 +225,7 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
         if (isfinite(v)) top = fmaxf(top, fabsf(v));
         else nonfinite = 1;
     }
-    for (int o = 16; o; o >>= 1) {
-        top = fmaxf(top, __shfl_xor_sync(LOOM_FULL, top, o));
-        nonfinite |= __shfl_xor_sync(LOOM_FULL, nonfinite, o);
-    }
+    loom_warp_top(top, nonfinite);
     if ((threadIdx.x & 31) == 0) { top_s[threadIdx.x >> 5] = top; bad_s[threadIdx.x >> 5] = nonfinite; }
     __syncthreads();
     if (threadIdx.x == 0) {
