@@ -6,10 +6,12 @@ one. Each product recorded 20 times into a CUDA graph, replayed; microseconds a 
 The tiled kernel is timed on every shape, also where the dispatch (quant_fixed_planes_tiled.takes) leaves a
 product to cuBLAS.
 
-    PYTHONPATH=. python benchmarks/planes_products.py [--rows 16,32,64] [--set MODULE.NAME=INT ...]
+    PYTHONPATH=. python benchmarks/planes_products.py [--rows 16,32,64] [--shapes smollm2,lm_head]
+                                                      [--set MODULE.NAME=INT ...]
 
-Shapes: Llama-3.2-1B's qkv, o, gate_up (SwiGLU) and down products, Llama-3.1-8B's gate_up and down, and
-SmolLM2-135M's gate_up and down (random bf16 weights).
+Shapes: Llama-3.2-1B's qkv, o, gate_up (SwiGLU), down and lm_head products, Llama-3.1-8B's gate_up and down, and
+SmolLM2-135M's qkv, o, gate_up, down and lm_head (random bf16 weights); --shapes keeps those whose name holds one
+of the comma-separated words.
 """
 from __future__ import annotations
 
@@ -24,8 +26,11 @@ from decode_graph_parts import set_constants  # noqa: E402  (--set, as there)
 
 SHAPES = [("llama-1b qkv", 3072, 2048, False), ("llama-1b o", 2048, 2048, False),
           ("llama-1b gate_up", 16384, 2048, True), ("llama-1b down", 2048, 8192, False),
+          ("llama-1b lm_head", 128256, 2048, False),
           ("llama-8b gate_up", 28672, 4096, True), ("llama-8b down", 4096, 14336, False),
-          ("smollm2 gate_up", 3072, 576, True), ("smollm2 down", 576, 1536, False)]
+          ("smollm2 qkv", 960, 576, False), ("smollm2 o", 576, 576, False),
+          ("smollm2 gate_up", 3072, 576, True), ("smollm2 down", 576, 1536, False),
+          ("smollm2 lm_head", 49152, 576, False)]
 REPLAYS, RECORDED = 7, 20
 
 
@@ -49,7 +54,12 @@ def main() -> None:
     ap.add_argument("--rows", default="16,32,64", help="rows of x (decode batch sizes), comma-separated")
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT",
                     help="set an integer constant of a loom module first (repeatable)")
+    ap.add_argument("--shapes", default="", help="keep the products whose name holds one of these words (comma-separated)")
     args = ap.parse_args()
+    words = [w for w in args.shapes.split(",") if w]
+    shapes = [shape for shape in SHAPES if not words or any(w in shape[0] for w in words)]
+    if not shapes:
+        raise SystemExit(f"--shapes {args.shapes!r} matches none of {', '.join(s[0] for s in SHAPES)}")
     set_constants(args.set)
     import cupy as cp
 
@@ -62,7 +72,7 @@ def main() -> None:
     print("| product | rows of x | tiled | cuBLAS int8 + finish | fast bf16 GEMM | tiled / cuBLAS | fast / tiled |")
     print("|---|---|---|---|---|---|---|")
     dispatch = (tiled.TILED, tiled.ROWS, tiled.SHORT_K)
-    for name, stored, k, swiglu in SHAPES:
+    for name, stored, k, swiglu in shapes:
         w = (rng.standard_normal((stored, k)) * 0.02).astype(np.float32)
         data = cp.asarray((w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))
         tables = quant_fixed.w_exponents(data, "BF16", stored, k)
