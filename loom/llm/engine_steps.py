@@ -19,9 +19,9 @@ from .decoder import Decoder
 from .paged_cache import PagedKVCache
 
 PREFILL_GRAPHS_KEPT = 8     # recorded prompt steps kept (each holds its rows' activations)
-# A prompt step of this many chunks or fewer, its mix seen once, replays each chunk's recorded step in turn; past it
-# the chunks run together kernel by kernel (H200, serve.py's 64 streams of 32-token prompts: one after another,
-# deterministic mode 154 ms, fast 75, where all 64 together cost a few ms)
+# A prompt step of this many chunks or fewer replays each chunk's own recording in turn where each has one, or where
+# its mix has none yet; past it a mix seen once runs its chunks together kernel by kernel (H200, serve.py's 64
+# streams of 32-token prompts one after another: deterministic mode 154 ms, fast 75, where together they cost a few)
 EACH_ALONE = 2
 
 
@@ -109,9 +109,10 @@ class StepRunner:
         # decode tokens no graph took) run together kernel by kernel, each product once over all their rows
         prompts = [i for i in rest if len(work[i].tokens) > 1]
         few = 1 < len(prompts) <= EACH_ALONE
+        own = [self.recorded([work[i]]) for i in prompts] if few else []
         groups = []
-        if few and all(self.recorded([work[i]]) is not None for i in prompts):
-            groups = [(self.recorded([work[i]]), [i]) for i in prompts]
+        if few and all(g is not None for g in own):
+            groups = [(g, [i]) for g, i in zip(own, prompts)]
         elif prompts:
             prefill = self.prefill_graph([work[i] for i in prompts])
             if prefill is not None:

@@ -147,7 +147,7 @@ def _each_alone(live: tuple, per_group: int, KV: int) -> bool:
     """Whether these sequences (causal_paged's live items) run a launch each: their one launch would leave
     multiprocessors idle (fewer blocks than ITEMS_FROM, 0: the multiprocessors) while a block walks more than
     ITEMS_TILES tiles of keys, which a launch of its own splits over several blocks."""
-    warps = WARPS or (1 if max(per_group * it[2] for it in live) <= 16 else 4)
+    warps = _warps(max(per_group * it[2] for it in live))
     blocks = KV * sum(-(-per_group * it[2] // (16 * warps)) for it in live)
     return blocks < (ITEMS_FROM or _multiprocessors()) and max(it[5] for it in live) > ITEMS_TILES * BKEYS
 
@@ -160,7 +160,7 @@ def _launch_items(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, it
     offsets (_ItemBlocks, made before a recording and kept by it)."""
     N, H, D = q.shape
     KV = cache_k.shape[1]
-    warps = WARPS or (1 if max(per_group * it[2] for it in items) <= 16 else 4)       # (as _each_alone's)
+    warps = _warps(max(per_group * it[2] for it in items))
     plan = _item_blocks(items, per_group, 16 * warps, key_slots.shape[1])
     module = _module(D, warps, SPLIT_MID, *_bits(consts), items=1)
     parts = _integers(q, module, KV * per_group * N, None, (per_group, N, per_group, 1, H))
