@@ -43,7 +43,7 @@ def test_the_tiled_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, mo
     than the stages) to 128, split as dispatched (76 chunks: unevenly), output rows not a multiple of a tile's,
     the epilogues; against the CPU's integer scheme and the decoder's array code."""
     _tiled_only(monkeypatch)
-    assert tiled.takes(m, cols)
+    assert tiled.takes(m, cols, 2 * rows)
 
     def run(d, x, out, tables, stored, **epilogue_args):
         weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
@@ -75,7 +75,11 @@ def test_every_split_of_k_gives_the_same_bits(split, m, cols, swiglu, monkeypatc
 
 def test_the_dispatch_sends_decode_batches_here(monkeypatch):
     """quant_fixed_planes.product: 16 rows over K = 2,048 and 576 and 64 over 576 take the tiled kernel; 64 rows
-    over 2,048, 16 over 4,096 and 8 over 608 (not whole 64-value chunks) cuBLAS's GEMM."""
+    over 2,048, 16 over 4,096 and 8 over 608 (not whole 64-value chunks) cuBLAS's GEMM. Over K = 2,048, W's stored
+    rows decide as well: 64 rows take the kernel against a gate_up's, 16 rows leave an lm_head's to cuBLAS."""
+    assert tiled.takes(64, 2048, tiled.LONG_WIDE_STORED) and not tiled.takes(64, 2048, tiled.LONG_WIDE_STORED - 16)
+    assert tiled.takes(16, 2048, tiled.LONG_MAX_STORED) and not tiled.takes(16, 2048, tiled.LONG_MAX_STORED + 16)
+    assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, tiled.LONG_WIDE_STORED)
     calls = []
     monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append(a[0].shape))
     rng = np.random.default_rng(3)

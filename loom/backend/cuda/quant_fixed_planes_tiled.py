@@ -71,12 +71,18 @@ class WeightPlanes(NamedTuple):
 # (Decode steps, benchmarks/decode_graph_parts.py: SmolLM2-135M at 8 / 16 / 32 / 64 rows 1,276 / 1,302 /
 # 1,503 / 1,744 -> 1,054 / 1,105 / 1,205 / 1,702 us, where 8 and 16 rows took the one-launch kernel it
 # replaces, quant_fixed_planes_mma, with no split of K and no shared-memory stages.)
+# Over K <= LONG_K, W's stored rows decide too: past LONG_MAX_STORED (an lm_head's) cuBLAS's int8 GEMM (wgmma) takes
+# even 16 rows, and from LONG_WIDE_STORED (a SwiGLU gate_up's) the kernel takes up to ROWS rows. H200, 2026-11-29,
+# us, tiled / cuBLAS and finish: Llama-3.2-1B's lm_head (128,256 rows) at 16 rows 213 / 165, at 64 315 / 212; its
+# gate_up (16,384 stored rows) at 64 rows 46.8 / 52.2, its qkv and o at 64 rows 20.7 / 12.3 and 17.7 / 11.3.
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True
 ROWS = 64
 SHORT_K = 1536
 LONG_ROWS = 16
 LONG_K = 2048
+LONG_MAX_STORED = 65536
+LONG_WIDE_STORED = 16384
 MAX_ROWS = 64           # (what the kernel compiles for: four fragments of x)
 MAX_K = 1 << 16         # past it a block's HL' + L'H could leave int32
 TILE_ROWS = 64          # stored rows of W a block takes
@@ -393,10 +399,12 @@ def _clusters() -> bool:
     return int(cupy.cuda.Device().compute_capability) >= 90
 
 
-def takes(m: int, k: int) -> bool:
-    """Whether a planes' product of m rows of x over K = k takes this kernel (else cuBLAS's GEMM)."""
+def takes(m: int, k: int, stored: int) -> bool:
+    """Whether a planes' product of m rows of x over K = k against W's `stored` rows (SwiGLU: both halves) takes
+    this kernel (else cuBLAS's GEMM)."""
+    long = k <= LONG_K and stored <= LONG_MAX_STORED and (m <= LONG_ROWS or (m <= ROWS and stored >= LONG_WIDE_STORED))
     return (TILED and m > 0 and k > 0 and k % 64 == 0 and k < MAX_K and m <= MAX_ROWS
-            and ((m <= ROWS and k <= SHORT_K) or (m <= LONG_ROWS and k <= LONG_K)) and _clusters())
+            and ((m <= ROWS and k <= SHORT_K) or long) and _clusters())
 
 
 def splits(tiles: int, chunks: int) -> int:
