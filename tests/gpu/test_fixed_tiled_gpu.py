@@ -43,7 +43,8 @@ def test_the_tiled_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, mo
     than the stages) to 128, split as dispatched (76 chunks: unevenly), output rows not a multiple of a tile's,
     the epilogues; against the CPU's integer scheme and the decoder's array code."""
     _tiled_only(monkeypatch)
-    assert tiled.takes(m, cols, 2 * rows)
+    swiglu = epilogue.startswith("swiglu")
+    assert tiled.takes(m, cols, (2 if swiglu else 1) * rows, swiglu)
 
     def run(d, x, out, tables, stored, **epilogue_args):
         weight = quant_fixed_planes.w_planes(d, qtype, stored, cols, tables)
@@ -57,29 +58,37 @@ def test_the_tiled_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, mo
 def test_every_split_of_k_gives_the_same_bits(split, m, cols, swiglu, monkeypatch):
     """K over 1, 2, 4 and 8 blocks of a cluster, forced (4,864: 76 chunks, the last block's share shorter; 320:
     five chunks, some blocks none at 8), on rows of x and W at float32's edges (inf and NaN entries take IEEE's
-    value, by one thread), SwiGLU's gate and up rows too; the CPU's bits and the array code's epilogue."""
+    value, by one thread), SwiGLU's gate and up rows too (an up row alone among them), with a residual where not
+    SwiGLU; the CPU's bits and the array code's epilogue."""
     _tiled_only(monkeypatch)
     monkeypatch.setattr(tiled, "splits", lambda tiles, chunks: split)
     rng = np.random.default_rng(split + cols)
     rows = 72
     stored = 2 * rows if swiglu else rows
     x, w = float32_edges(m, stored, cols, rng)
+    if swiglu:
+        w[rows + 20, 7] = np.inf            # (an up row holding inf under a finite gate row)
+    residual = None if swiglu else rng.standard_normal((m, rows)).astype(np.float32)
     data = cupy.asarray(w.view(np.uint8))
     weight = quant_fixed_planes.w_planes(data, "F32", stored, cols, quant_fixed.w_exponents(data, "F32", stored, cols))
     out = cupy.full((m, rows), UNWRITTEN, dtype=np.float32)
-    quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas, swiglu=swiglu)
+    quant_fixed_planes.product(data, "F32", cupy.asarray(x), out, weight, backend.get("cuda").blas, swiglu=swiglu,
+                               residual=None if residual is None else cupy.asarray(residual))
     with np.errstate(over="ignore", invalid="ignore"):
-        want = exact_reference(x, w, None, None, None, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+        want = exact_reference(x, w, None, None, residual, swiglu, product=lambda a, b: fixed.matmul_t(CPU, a, b))
     same_bits(host(out), want, f"K = {cols} over {split} blocks, at float32's edges")
 
 
 def test_the_dispatch_sends_decode_batches_here(monkeypatch):
     """quant_fixed_planes.product: 16 rows over K = 2,048 and 576 and 64 over 576 take the tiled kernel; 64 rows
     over 2,048, 16 over 4,096 and 8 over 608 (not whole 64-value chunks) cuBLAS's GEMM. Over K = 2,048, W's stored
-    rows decide as well: 64 rows take the kernel against a gate_up's, 16 rows leave an lm_head's to cuBLAS."""
-    assert tiled.takes(64, 2048, tiled.LONG_WIDE_STORED) and not tiled.takes(64, 2048, tiled.LONG_WIDE_STORED - 16)
+    rows decide as well: 64 rows take the kernel against a SwiGLU gate_up's (not another product's of as many
+    rows), 16 rows leave an lm_head's to cuBLAS."""
+    wide = tiled.LONG_WIDE_STORED
+    assert tiled.takes(64, 2048, wide, True) and not tiled.takes(64, 2048, wide - 16, True)
+    assert not tiled.takes(64, 2048, wide) and tiled.takes(16, 2048, wide)
     assert tiled.takes(16, 2048, tiled.LONG_MAX_STORED) and not tiled.takes(16, 2048, tiled.LONG_MAX_STORED + 16)
-    assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, tiled.LONG_WIDE_STORED)
+    assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, wide, True)
     calls = []
     monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append(a[0].shape))
     rng = np.random.default_rng(3)

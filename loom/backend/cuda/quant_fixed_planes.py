@@ -192,7 +192,7 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
     _, ex, xbad = x_integers(x, None, norm, normed, eps, overlap, planes=(xp, sx))
     if norm is not None:
         x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
-    if quant_fixed_planes_tiled.takes(m, k, weight.padded):     # (decode batches: pipelined, finished in the launch)
+    if quant_fixed_planes_tiled.takes(m, k, weight.padded, swiglu):     # (decode batches: pipelined, finished in the launch)
         quant_fixed_planes_tiled.product(xp, sx, ex, xbad, x, weight, data, qtype, out, epilogue, m, rows, swiglu,
                                          overlap)
         return

@@ -1,9 +1,9 @@
-"""The planes' products of decode batches in one pipelined kernel: quant_fixed_planes' int8 planes on the
-int8 tensor cores (mma.sync m16n8k32), staged through shared memory by cp.async, K split over the blocks of a
-thread-block cluster, finished in the same launch, in place of cuBLAS's GEMM and the finishing kernel, whose
-int32 blocks [2 M, 2 N] went out to memory and back (`takes` says where: one fragment of x over rows of up
-to 2,048, two over shorter ones). The same bits: the sums are exact integers, so neither the order of k nor
-the split of K over blocks can change them.
+"""The planes' products of decode batches in one pipelined kernel: quant_fixed_planes' int8 planes on the int8
+tensor cores (mma.sync m16n8k32), staged through shared memory by cp.async, K split over the blocks of a
+thread-block cluster, finished in the same launch, in place of cuBLAS's GEMM and the finishing kernel, whose int32
+blocks [2 M, 2 N] went out to memory and back (`takes` says where: up to four fragments of x over rows of up to
+1,536, one over rows of up to 2,048, four there against a SwiGLU's wide W). The same bits: the sums are exact
+integers, so neither the order of k nor the split of K over blocks can change them.
 
 A block (4 warps along W's rows, times X_WARPS along x's fragments from two of them) takes TILE_ROWS stored
 rows of W (SwiGLU: TILE_ROWS / 2 of the gate's and the matching up rows) against every row of x, over its
@@ -61,20 +61,21 @@ class WeightPlanes(NamedTuple):
 
 
 # Where the kernel takes a product (else cuBLAS's GEMM and the finishing kernel): up to ROWS rows of x over K <=
-# SHORT_K, up to LONG_ROWS over K <= LONG_K (K a whole number of 64-value chunks), on compute capability 9.0
-# (clusters). Measured on an H200 (benchmarks/planes_products.py, x's kernel included), us a product against
-# cuBLAS's GEMM and the finishing kernel: at 16 rows Llama-3.2-1B's qkv 9.4 / 10.8, o 8.3 / 9.7, gate_up
-# 33.0 / 34.0, down (K = 8,192) 15.5 / 14.8, Llama-3.1-8B's gate_up (K = 4,096) 104.9 / 80.3; SmolLM2-135M's
-# gate_up and down at 32 rows 8.9 / 10.2 and 7.5 / 9.4, at 64 rows 11.4 / 11.8 and 9.3 / 9.6; Llama-3.2-1B's
-# at 32 and 64 rows 1.04-1.95x slower. Past one fragment of x the int8 products of the four plane pairs
-# (mma.sync) take longer than W's bytes: the kernel is bound by the tensor cores' issue, not by memory.
+# SHORT_K, up to LONG_ROWS over SHORT_K < K <= LONG_K (K a whole number of 64-value chunks; W's stored rows decide
+# there too, below), on compute capability 9.0 (clusters). Measured on an H200 (benchmarks/planes_products.py, x's
+# kernel included), us a product against cuBLAS's GEMM and the finishing kernel: at 16 rows Llama-3.2-1B's qkv 9.4 /
+# 10.8, o 8.3 / 9.7, gate_up 33.0 / 34.0, down (K = 8,192) 15.5 / 14.8, Llama-3.1-8B's gate_up (K = 4,096) 104.9 /
+# 80.3; SmolLM2-135M's gate_up and down at 32 rows 8.9 / 10.2 and 7.5 / 9.4, at 64 rows 11.4 / 11.8 and 9.3 / 9.6;
+# Llama-3.2-1B's at 32 and 64 rows 1.04-1.95x slower. Past one fragment of x the int8 products of the four plane
+# pairs (mma.sync) take longer than W's bytes: the kernel is bound by the tensor cores' issue, not by memory.
 # (Decode steps, benchmarks/decode_graph_parts.py: SmolLM2-135M at 8 / 16 / 32 / 64 rows 1,276 / 1,302 /
 # 1,503 / 1,744 -> 1,054 / 1,105 / 1,205 / 1,702 us, where 8 and 16 rows took the one-launch kernel it
 # replaces, quant_fixed_planes_mma, with no split of K and no shared-memory stages.)
-# Over K <= LONG_K, W's stored rows decide too: past LONG_MAX_STORED (an lm_head's) cuBLAS's int8 GEMM (wgmma) takes
-# even 16 rows, and from LONG_WIDE_STORED (a SwiGLU gate_up's) the kernel takes up to ROWS rows. H200, 2026-11-29,
-# us, tiled / cuBLAS and finish: Llama-3.2-1B's lm_head (128,256 rows) at 16 rows 213 / 165, at 64 315 / 212; its
-# gate_up (16,384 stored rows) at 64 rows 46.8 / 52.2, its qkv and o at 64 rows 20.7 / 12.3 and 17.7 / 11.3.
+# Over SHORT_K < K <= LONG_K, W's stored (padded) rows decide too: past LONG_MAX_STORED (an lm_head's) cuBLAS's int8
+# GEMM (wgmma) takes even 16 rows, and a SwiGLU product of LONG_WIDE_STORED stored rows or more (a gate_up's) takes
+# the kernel up to ROWS rows (only that was measured faster there). H200, 2026-11-29, us, tiled / cuBLAS and finish:
+# Llama-3.2-1B's lm_head (128,256 rows) at 16 rows 213 / 165, at 64 315 / 212; its gate_up (16,384 stored rows) at
+# 64 rows 46.8 / 52.2, its qkv and o at 64 rows 20.7 / 12.3 and 17.7 / 11.3.
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True
 ROWS = 64
@@ -92,7 +93,8 @@ MIN_CHUNKS = 2          # chunks a block takes at least where K is split (4 and 
 STATIC_SHARED = 48 * 1024
 MIN_BLOCKS = 2          # blocks a multiprocessor holds at least (__launch_bounds__: registers)
 # (timing only: the kernel returns after a phase, its output meaningless: 1 the wait for the previous kernel, 2 the
-# products summed, 3 the cluster's barrier; 0 runs it whole. planes_products.py --set ...quant_fixed_planes_tiled.PHASE_STOP=N)
+# products summed, 3 the cluster's barrier; 0 runs it whole. planes_products.py --set ...quant_fixed_planes_tiled.PHASE_STOP=N;
+# compiled as TILED_PHASE, since the source defines quant_fixed's PHASE_STOP too)
 PHASE_STOP = 0
 
 _SOURCE = r"""
@@ -268,7 +270,16 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
     loom_cp_wait<0>();
     __syncthreads();                        // (the stages are free: the sums take their place)
 #if TILED_PHASE == 2
-    if (acc[0][0][0][0] == 12345) out[blockIdx.x] = 1.0f;          // (the products kept live)
+    int live = 0;                           // (every accumulator kept live: else the compiler drops their products)
+    #pragma unroll
+    for (int j = 0; j < FM; ++j)
+        #pragma unroll
+        for (int f = 0; f < 2; ++f)
+            #pragma unroll
+            for (int p = 0; p < 3; ++p)
+                #pragma unroll
+                for (int v = 0; v < 4; ++v) live ^= acc[j][f][p][v];
+    if (live == 12345) out[blockIdx.x] = 1.0f;
     return;
 #endif
     long long* sums_s = (long long*)stage_s;                    // [16 MF][SUMS_ROW]: each entry one lane's
@@ -312,7 +323,12 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
     __syncthreads();
 #endif
 #if TILED_PHASE == 3
-    if (swv[0] == 12345) out[blockIdx.x] = 1.0f;
+    long long live = 0;                     // (every table and residual loaded kept live)
+    #pragma unroll
+    for (int h = 0; h <= EPI; ++h) live ^= swv[h] ^ ewv[h] ^ wbadv[h];
+    #pragma unroll
+    for (int i = 0; i < ITER; ++i) live ^= __float_as_int(resv[i]);
+    if (live == 12345) out[blockIdx.x] = 1.0f;
     return;
 #endif
     // every block's share of each entry, all loads issued before any is added (integer additions: any order)
@@ -321,6 +337,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
     for (int i = 0; i < ITER; ++i)
         #pragma unroll
         for (int h = 0; h <= EPI; ++h) {
+            // (SwiGLU's up: the tile's second half)
             const long long* at = sums_s + min(lm0 + STEP * i, 16 * MF - 1) * SUMS_ROW + h * (TILE_ROWS / 2) + o;
             #pragma unroll
             for (int q = 0; q < SPLITS; ++q) part[i][h][q] = SPLITS > 1 ? loom_cluster_ld(at, q) : *at;
@@ -338,7 +355,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
             #pragma unroll
             for (int q = 0; q < SPLITS; ++q) s += part[i][h][q];
             bad |= xbad_s[lm] || wbadv[h];
-            y[h] = loom_planes_round(s, sx_s[lm], swv[h], K, ex_s[lm] + ewv[h]);     // (SwiGLU's up: the tile's second half)
+            y[h] = loom_planes_round(s, sx_s[lm], swv[h], K, ex_s[lm] + ewv[h]);
         }
         if (bad) {
             rare = true;
@@ -385,11 +402,11 @@ def stages(x_frags: int) -> int:
 
 
 @cache
-def _module(qtype: str, epilogue: int, x_frags: int, splits: int):
+def _module(qtype: str, epilogue: int, x_frags: int, splits: int, phase: int = 0):
     return cupy.RawModule(code=_head(epilogue) + f"#define MF {x_frags}\n#define SPLITS {splits}\n"
                           f"#define STAGES {stages(x_frags)}\n#define TILE_ROWS {TILE_ROWS}\n#define THREADS {threads(x_frags)}\n"
                           f"#define WM {threads(x_frags) // 128}\n"
-                          f"#define MIN_BLOCKS {MIN_BLOCKS}\n#define TILED_PHASE {PHASE_STOP}\n"
+                          f"#define MIN_BLOCKS {MIN_BLOCKS}\n#define TILED_PHASE {phase}\n"
                           + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
                           options=OPTIONS + ("-std=c++17",))
 
@@ -399,12 +416,13 @@ def _clusters() -> bool:
     return int(cupy.cuda.Device().compute_capability) >= 90
 
 
-def takes(m: int, k: int, stored: int) -> bool:
-    """Whether a planes' product of m rows of x over K = k against W's `stored` rows (SwiGLU: both halves) takes
-    this kernel (else cuBLAS's GEMM)."""
-    long = k <= LONG_K and stored <= LONG_MAX_STORED and (m <= LONG_ROWS or (m <= ROWS and stored >= LONG_WIDE_STORED))
+def takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
+    """Whether a planes' product of m rows of x over K = k against W's `stored` rows (padded; SwiGLU: both halves)
+    takes this kernel (else cuBLAS's GEMM)."""
+    wide_swiglu = swiglu and stored >= LONG_WIDE_STORED
+    longer_k = k <= LONG_K and stored <= LONG_MAX_STORED and (m <= LONG_ROWS or (m <= ROWS and wide_swiglu))
     return (TILED and m > 0 and k > 0 and k % 64 == 0 and k < MAX_K and m <= MAX_ROWS
-            and ((m <= ROWS and k <= SHORT_K) or long) and _clusters())
+            and ((m <= ROWS and k <= SHORT_K) or longer_k) and _clusters())
 
 
 def splits(tiles: int, chunks: int) -> int:
@@ -428,6 +446,7 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
                          f"16) over K < {MAX_K} whole 64-value chunks, got planes {xp.shape} for {m} rows")
     tiles = -(-rows // (TILE_ROWS // 2 if swiglu else TILE_ROWS))
     s = splits(tiles, k // 64)
-    launch(_module(qtype, int(swiglu), x_frags, s).get_function("loom_fixed_planes_tiled"), tiles * s, threads(x_frags),
+    kernel = _module(qtype, int(swiglu), x_frags, s, PHASE_STOP).get_function("loom_fixed_planes_tiled")
+    launch(kernel, tiles * s, threads(x_frags),
            (xp, sx, ex, xbad, x, weight.planes, weight.sums, weight.exponents, weight.bad, data, out, *epilogue,
             np.int64(m), np.int64(rows), np.int64(weight.padded), np.int32(k // 32)), overlap)
