@@ -1,10 +1,11 @@
 """The deterministic planes' products of decode batches, product by product (issue 60): quant_fixed_planes'
 pipelined kernel (quant_fixed_planes_tiled: the int8 tensor cores, K split over a cluster, finished in the
-launch) beside the path before it (cuBLAS's int8 GEMM of the planes, then the finishing kernel) and fast
+launch), its products on wgmma (quant_fixed_planes_wgmma, compute capability 9.0) and on mma.sync, beside the
+path before it (cuBLAS's int8 GEMM of the planes, then the finishing kernel), the dispatched path, and fast
 mode's bfloat16 GEMM (cuBLAS, float32 out) on the same shapes, each with x's integer kernel where it has
 one. Each product recorded 20 times into a CUDA graph, replayed; microseconds a product (median of 7 replays).
-The tiled kernel is timed on every shape, also where the dispatch (quant_fixed_planes_tiled.takes) leaves a
-product to cuBLAS.
+The tiled kernel is timed on every shape in both forms, also where the dispatch (quant_fixed_planes_tiled.takes,
+wgmma_takes) leaves a product to the other or to cuBLAS.
 
     PYTHONPATH=. python benchmarks/planes_products.py [--rows 16,32,64] [--shapes smollm2,lm_head]
                                                       [--set MODULE.NAME=INT ...]
@@ -69,9 +70,10 @@ def main() -> None:
     be = backend.get("cuda")
     rng = np.random.default_rng(0)
     print(f"# {cp.cuda.runtime.getDeviceProperties(0)['name'].decode()}: us a product (x's kernel included)")
-    print("| product | rows of x | tiled | cuBLAS int8 + finish | fast bf16 GEMM | tiled / cuBLAS | fast / tiled |")
+    print("| product | rows of x | tiled, wgmma | tiled, mma.sync | cuBLAS int8 + finish | fast bf16 GEMM | "
+          "fast / dispatched |")
     print("|---|---|---|---|---|---|---|")
-    dispatch = (tiled.TILED, tiled.ROWS, tiled.SHORT_K)
+    dispatch = (tiled.TILED, tiled.ROWS, tiled.SHORT_K, tiled.WGMMA, tiled.WG_ALL)
     for name, stored, k, swiglu in shapes:
         w = (rng.standard_normal((stored, k)) * 0.02).astype(np.float32)
         data = cp.asarray((w.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8))
@@ -82,20 +84,21 @@ def main() -> None:
             x = cp.asarray(rng.standard_normal((m, k)).astype(np.float32))
             out = cp.empty((m, stored // 2 if swiglu else stored), dtype=np.float32)
 
-            def planes(use_tiled: bool):
+            def planes(path: str):
                 # (the tiled kernel on every shape it compiles for, where the dispatch may send it to cuBLAS)
-                tiled.TILED, tiled.ROWS, tiled.SHORT_K = use_tiled, tiled.MAX_ROWS, tiled.MAX_K - 1
+                if path != "dispatched":
+                    tiled.TILED, tiled.ROWS, tiled.SHORT_K = path != "cublas", tiled.MAX_ROWS, tiled.MAX_K - 1
+                    tiled.WGMMA = tiled.WG_ALL = path == "wgmma"
                 try:
                     quant_fixed_planes.product(data, "BF16", x, out, weight, be.blas, swiglu=swiglu)
                 finally:
-                    tiled.TILED, tiled.ROWS, tiled.SHORT_K = dispatch
-            t_tiled = _time(be, cp, lambda: planes(True))
-            t_cublas = _time(be, cp, lambda: planes(False))
+                    tiled.TILED, tiled.ROWS, tiled.SHORT_K, tiled.WGMMA, tiled.WG_ALL = dispatch
+            t = {path: _time(be, cp, lambda: planes(path)) for path in ("wgmma", "mma", "cublas", "dispatched")}
             x16 = (x.view(cp.uint32) >> 16).astype(cp.uint16)
             fast_out = cp.empty((m, stored), dtype=np.float32)
             t_fast = _time(be, cp, lambda: be.blas.gemm_bf16_t(x16, w16, fast_out))
-            print(f"| {name} ({stored} x {k}) | {m} | {t_tiled:.1f} | {t_cublas:.1f} | {t_fast:.1f} | "
-                  f"{t_tiled / t_cublas:.2f} | {t_fast / t_tiled:.2f} |")
+            print(f"| {name} ({stored} x {k}) | {m} | {t['wgmma']:.1f} | {t['mma']:.1f} | {t['cublas']:.1f} | "
+                  f"{t_fast:.1f} | {t_fast / t['dispatched']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -27,22 +27,32 @@ def _hopper():
         pytest.skip("the tiled kernel's clusters need compute capability 9.0")
 
 
-def _tiled_only(monkeypatch):
+VARIANTS = [pytest.param("wgmma", marks=pytest.mark.smoke), "mma.sync"]
+
+
+def _tiled_only(monkeypatch, variant):
     """Products of up to 64 rows over any K below 2^16 take the tiled kernel (not cuBLAS's GEMM where the
-    dispatch measured that faster): every shape it compiles for, held to the same bits."""
+    dispatch measured that faster), its products on wgmma or on mma.sync for every one (not where the dispatch
+    measured each faster): every shape it compiles for, held to the same bits."""
+    if variant == "wgmma" and not tiled._hopper():
+        pytest.skip("wgmma is sm_90a code: compute capability 9.0 alone")
     monkeypatch.setattr(tiled, "ROWS", tiled.MAX_ROWS)
     monkeypatch.setattr(tiled, "SHORT_K", tiled.MAX_K)
+    monkeypatch.setattr(tiled, "WGMMA", variant == "wgmma")
+    monkeypatch.setattr(tiled, "WG_ALL", True)
 
 
-@pytest.mark.parametrize("qtype", [pytest.param("BF16", marks=pytest.mark.smoke), "Q4_1"])
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("qtype", ["BF16", "Q4_1"])
 @pytest.mark.parametrize("m, cols, rows", [(8, 2048, 300), (17, 4864, 84), (33, 576, 1100), (64, 8192, 136),
                                            (48, 2048, 72), (1, 1024, 40), (5, 64, 40)])
 @pytest.mark.parametrize("epilogue", ["none", "residual", "swiglu and bias"])
-def test_the_tiled_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, monkeypatch):
+def test_the_tiled_kernel_gives_the_cpus_bits(variant, qtype, m, cols, rows, epilogue, monkeypatch):
     """One to four fragments of x (1, 5, 8, 17, 33, 48, 64 rows: not multiples of 16 too), K from one chunk (fewer
     than the stages) to 128, split as dispatched (76 chunks: unevenly), output rows not a multiple of a tile's,
-    the epilogues; against the CPU's integer scheme and the decoder's array code."""
-    _tiled_only(monkeypatch)
+    the epilogues, on wgmma (whose 128-value chunks do not divide every K here: 576, 4,864) and on mma.sync;
+    against the CPU's integer scheme and the decoder's array code."""
+    _tiled_only(monkeypatch, variant)
     swiglu = epilogue.startswith("swiglu")
     assert tiled.takes(m, cols, (2 if swiglu else 1) * rows, swiglu)
 
@@ -53,14 +63,15 @@ def test_the_tiled_kernel_gives_the_cpus_bits(qtype, m, cols, rows, epilogue, mo
     same_bits(out, want, f"{qtype}, {m} x {cols}, {rows} rows, {epilogue}")
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("split", [1, 2, 4, 8])
 @pytest.mark.parametrize("m, cols, swiglu", [(40, 1024, False), (16, 4864, True), (64, 320, False)])
-def test_every_split_of_k_gives_the_same_bits(split, m, cols, swiglu, monkeypatch):
+def test_every_split_of_k_gives_the_same_bits(variant, split, m, cols, swiglu, monkeypatch):
     """K over 1, 2, 4 and 8 blocks of a cluster, forced (4,864: 76 chunks, the last block's share shorter; 320:
     five chunks, some blocks none at 8), on rows of x and W at float32's edges (inf and NaN entries take IEEE's
     value, by one thread), SwiGLU's gate and up rows too (an up row alone among them), with a residual where not
     SwiGLU; the CPU's bits and the array code's epilogue."""
-    _tiled_only(monkeypatch)
+    _tiled_only(monkeypatch, variant)
     monkeypatch.setattr(tiled, "splits", lambda tiles, chunks: split)
     rng = np.random.default_rng(split + cols)
     rows = 72
@@ -83,12 +94,19 @@ def test_the_dispatch_sends_decode_batches_here(monkeypatch):
     """quant_fixed_planes.product: 16 rows over K = 2,048 and 576 and 64 over 576 take the tiled kernel; 64 rows
     over 2,048, 16 over 4,096 and 8 over 608 (not whole 64-value chunks) cuBLAS's GEMM. Over K = 2,048, W's stored
     rows decide as well: 64 rows take the kernel against a SwiGLU gate_up's (not another product's of as many
-    rows), 16 rows leave an lm_head's to cuBLAS."""
-    wide = tiled.LONG_WIDE_STORED
-    assert tiled.takes(64, 2048, wide, True) and not tiled.takes(64, 2048, wide - 16, True)
-    assert not tiled.takes(64, 2048, wide) and tiled.takes(16, 2048, wide)
-    assert tiled.takes(16, 2048, tiled.LONG_MAX_STORED) and not tiled.takes(16, 2048, tiled.LONG_MAX_STORED + 16)
-    assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, wide, True)
+    rows), 16 rows leave an lm_head's to cuBLAS, except where the kernel's products run on wgmma."""
+    wide, lm_head = tiled.LONG_WIDE_STORED, tiled.LONG_MAX_STORED + 16
+    assert tiled.takes(64, 2048, wide, True) and not tiled.takes(64, 2048, wide) and tiled.takes(16, 2048, wide)
+    assert tiled.takes(16, 2048, tiled.LONG_MAX_STORED) and not tiled.takes(64, 2048, lm_head)
+    assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, wide)
+    # on compute capability 9.0 the products run on wgmma for a wide SwiGLU's (any rows, K <= 4,096), an lm_head's at
+    # up to 16 rows over K <= 2,048, which the kernel then takes (before, cuBLAS); on mma.sync for the rest
+    hopper = tiled._hopper()
+    assert not tiled.takes(64, 2048, wide - 16, True) and tiled.takes(16, 2048, lm_head) == hopper
+    assert not tiled.wgmma_takes(1, 576, 3072, True) and tiled.wgmma_takes(64, 2048, wide, True) == hopper
+    assert not tiled.wgmma_takes(16, 2048, wide) and not tiled.wgmma_takes(64, 2048, lm_head)
+    assert tiled.wgmma_takes(16, 4096, wide, True) == hopper and not tiled.wgmma_takes(16, 8192, wide, True)
+    assert not tiled.wgmma_takes(16, 4096, lm_head)
     calls = []
     monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append(a[0].shape))
     rng = np.random.default_rng(3)

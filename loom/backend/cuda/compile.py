@@ -27,3 +27,11 @@ def translating(op: str, *arrays: Array) -> Iterator[None]:
             shapes = ", ".join(f"{list(a.shape)} {a.dtype}" for a in arrays if hasattr(a, "shape"))
             raise BackendError(f"CUDA {op} failed on {shapes or 'its inputs'}: {name}: {exc}") from None
         raise
+
+
+def arch_module(code: str, options: tuple[str, ...], arch: str):
+    """A module compiled for one architecture's own instructions (arch "90a": Hopper's wgmma and setmaxnreg), which
+    run on that compute capability alone (CuPy's RawModule otherwise targets the device's portable sm_XX). CuPy's
+    NVRTC path takes the last -arch given (probed on an H200 with CuPy 13: wgmma compiled and gave numpy's sums)."""
+    import cupy
+    return cupy.RawModule(code=code, options=options + (f"-arch=sm_{arch}",))

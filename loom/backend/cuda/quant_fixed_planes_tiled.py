@@ -28,6 +28,11 @@ turn, a round trip to L2 or memory each: H200, benchmarks/planes_products.py at 
 9.2-11.0 -> 8.0-10.4 us, its lm_head 57.0 -> 49.1; decode_graph_parts.py --whole --deterministic, SmolLM2-135M's
 step at 64 / 16 rows 1,537 / 1,012 -> 1,379 / 871 us, Llama-3.2-1B's at 16 rows 1,643 -> 1,582.)
 
+That is the mma.sync form. On compute capability 9.0 the products of wide SwiGLU W and of an lm_head's at few rows
+run on wgmma instead (quant_fixed_planes_wgmma: one warpgroup a block, stages of 128 values a row in the 128-byte
+swizzle; wgmma_takes says where); the prologue and the finishing are this module's, and the stage layout
+(LOOM_ROW, LOOM_KC, LOOM_DEST) and the stages' declaration are each form's own.
+
 Clusters need compute capability 9.0 (Hopper); below it the products keep cuBLAS's GEMM. Capturable: sizes
 as arguments, no sync, no host read, no memory of its own.
 """
@@ -41,7 +46,8 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import Array
-from .compile import OPTIONS
+from . import quant_fixed_planes_wgmma
+from .compile import OPTIONS, arch_module
 from .launch import launch
 from .quant import BLOCK_DECODE, type_defines
 from .quant_exact import _multiprocessors
@@ -78,6 +84,18 @@ class WeightPlanes(NamedTuple):
 # 64 rows 46.8 / 52.2, its qkv and o at 64 rows 20.7 / 12.3 and 17.7 / 11.3.
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True
+# WGMMA: whether products may run on wgmma (quant_fixed_planes_wgmma) where compute capability is 9.0 (wgmma_takes
+# says which); WG_ALL: every product the kernel takes does (tests, benchmarks). H200, us a product (x's kernel
+# included), wgmma / mma.sync / cuBLAS and finish: Llama-3.2-1B's gate_up at 1 / 16 / 64 rows 24.1 / 30.2 / 33.6,
+# 26.5 / 31.5 / 34.4, 35.8 / 47.0 / 52.3; its lm_head 131 / 204 / 150, 142 / 213 / 164, 216 / 309 / 212; SmolLM2-135M's
+# gate_up 6.0 / 6.4 / 7.9, 6.4 / 6.9 / 8.2, 10.4 / 10.6 / 11.7; but Llama-3.2-1B's qkv 10.5 / 8.6 / 10.2 at 1 row,
+# 18.4 / 20.3 / 12.3 at 64, its down (K = 8,192) 15.5 / 14.5 / 14.0 and 27.6 / 37.8 / 19.5; Llama-3.1-8B's gate_up
+# (K = 4,096) 64.1 / 93.4 / 77.6 at 1 row, 88.4 / 143.5 / 95.8 at 64, its down (K = 14,336) 42.3 / 53.8 / 45.6 at 1
+# row, 64.3 / 91.8 / 49.2 at 64.
+WGMMA = True
+WG_ALL = False
+WG_MAX_K = 4096
+WG_WIDE_ROWS = 16
 ROWS = 64
 SHORT_K = 1536
 LONG_ROWS = 16
@@ -97,16 +115,26 @@ MIN_BLOCKS = 2          # blocks a multiprocessor holds at least (__launch_bound
 # compiled as TILED_PHASE, since the source defines quant_fixed's PHASE_STOP too)
 PHASE_STOP = 0
 
-_SOURCE = r"""
+_HEAD = r"""
 #define OUTS (EPI ? TILE_ROWS / 2 : TILE_ROWS)          // output rows a block finishes
 #define X_ROWS (32 * MF)                                // x's plane rows a stage holds (h, then l')
-#define STAGE_BYTES (64 * (2 * TILE_ROWS + X_ROWS))     // W's h and l' rows, then x's, 64 bytes each
+#define STAGE_BYTES (CHUNK * (2 * TILE_ROWS + X_ROWS))  // W's h and l' rows, then x's, CHUNK bytes each
+#define PPR (CHUNK / 16)                                 // 16-byte pieces of a row's chunk
 #define FM ((MF + WM - 1) / WM)                         // x fragments a warp takes (of WM warps along x)
-#define W_PIECES (8 * TILE_ROWS / THREADS)              // 16-byte pieces of a stage's W a thread copies
-#define X_PIECES ((4 * X_ROWS + THREADS - 1) / THREADS) // ... and of x's (at most)
+#define W_PIECES (PPR * 2 * TILE_ROWS / THREADS)        // 16-byte pieces of a stage's W a thread copies
+#define X_PIECES ((PPR * X_ROWS + THREADS - 1) / THREADS) // ... and of x's (at most)
 #define SUMS_ROW (TILE_ROWS + 1)                         // a row of the sums in shared memory (+ 1: fewer bank conflicts)
 #define STEP (SPLITS * THREADS / OUTS)                  // rows of x between a thread's entries when finishing
 #define ITER ((16 * MF + STEP - 1) / STEP)              // ... and their count
+// A thread's piece P of a stage region's chunk is row LOOM_ROW(P)'s 16-byte piece LOOM_KC(P) (consecutive threads
+// read a row's consecutive bytes), at byte LOOM_DEST(P) of the region
+#ifndef LOOM_ROW                                         // (mma.sync: row after row, static shared memory; wgmma defines its own)
+#define LOOM_STAGES_DECLARED __shared__ __align__(128) signed char stage_s[STAGES * STAGE_BYTES]
+#define LOOM_DEST(P) (16 * (P))
+#define LOOM_ROW(P) ((P) / PPR)
+#define LOOM_IN_K(k) (CHUNK == 64 || (k) < K)
+#define LOOM_KC(P) ((P) % PPR)
+#endif
 static_assert((SPLITS * THREADS) % OUTS == 0, "a thread finishes entries of one column");
 static_assert(8 * 16 * MF * (SUMS_ROW + 2) <= STAGES * STAGE_BYTES, "the sums and x's tables fit in the stages");
 // (not volatile: the compiler interleaves the products of independent accumulators)
@@ -149,9 +177,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
         const int* __restrict__ wbad, const unsigned char* __restrict__ w,
         float* __restrict__ out, const float* __restrict__ bias, const float* __restrict__ res,
         long long M, long long rows, long long padded, int nb) {
-    __shared__ __align__(16) signed char stage_s[STAGES * STAGE_BYTES];
+    LOOM_STAGES_DECLARED;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
-    const int wn = warp & 3, wm = warp >> 2;          // (the warp's W fragments; its x fragments wm, wm + WM, ...)
     const long long K = 32LL * nb, o0 = (long long)(blockIdx.x / SPLITS) * OUTS;
     const int rank = blockIdx.x % SPLITS;
     // The entries this thread finishes at the end: one column o (SPLITS * THREADS is a multiple of OUTS) of rows
@@ -165,47 +192,47 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
         prefetch_l1(sw + wr); prefetch_l1(ew + wr); prefetch_l1(wbad + wr);
     }
     // this block's chunks: a contiguous share of K's
-    const int chunks = (int)(K / 64), per = (chunks + SPLITS - 1) / SPLITS;
+    const int chunks = (int)((K + CHUNK - 1) / CHUNK), per = (chunks + SPLITS - 1) / SPLITS;
     const int first = min(chunks, rank * per), count = min(chunks, first + per) - first;
     // the 16-byte pieces this thread copies a chunk: W's (W_PIECES) and x's (X_PIECES), each from a fixed row
+    // (a chunk past K's end, the last where CHUNK does not divide K: its pieces there zeros, read from the row's start;
+    // CHUNK 64 divides K, takes says)
     const signed char* wsrc[W_PIECES];
     bool wok[W_PIECES];
+    int wk[W_PIECES], xk[X_PIECES];                       // (the piece's first value within its chunk)
     #pragma unroll
     for (int i = 0; i < W_PIECES; ++i) {
-        const int p = threadIdx.x + THREADS * i, srow = p >> 2, j = srow & (TILE_ROWS - 1);
+        const int p = threadIdx.x + THREADS * i, srow = LOOM_ROW(p), j = srow & (TILE_ROWS - 1);
         // (SwiGLU: the tile's rows j < TILE_ROWS / 2 the gate's, the rest the matching up rows)
         const long long r = EPI ? (j < TILE_ROWS / 2 ? o0 + j : rows + o0 + j - TILE_ROWS / 2) : o0 + j;
         wok[i] = r < padded;                                  // (past the planes: zeros)
-        wsrc[i] = wp + ((srow >= TILE_ROWS ? padded : 0) + (wok[i] ? r : 0)) * K + 16 * (p & 3);
+        wk[i] = 16 * LOOM_KC(p);
+        wsrc[i] = wp + ((srow >= TILE_ROWS ? padded : 0) + (wok[i] ? r : 0)) * K + wk[i];
     }
     const signed char* xsrc[X_PIECES];
     #pragma unroll
     for (int i = 0; i < X_PIECES; ++i) {
-        const int p = threadIdx.x + THREADS * i, xrow = min(p >> 2, X_ROWS - 1);
-        xsrc[i] = xp + (long long)xrow * K + 16 * (p & 3);      // (x's planes: h rows 0 .. 16 MF, then l')
+        const int p = threadIdx.x + THREADS * i, xrow = min(LOOM_ROW(p), X_ROWS - 1);
+        xk[i] = 16 * LOOM_KC(p);
+        xsrc[i] = xp + (long long)xrow * K + xk[i];      // (x's planes: h rows 0 .. 16 MF, then l')
     }
     auto load_w = [&](int stage, int chunk) {
         signed char* st = stage_s + stage * STAGE_BYTES;
         #pragma unroll
-        for (int i = 0; i < W_PIECES; ++i)
-            loom_cp16(st + 16 * (threadIdx.x + THREADS * i), wsrc[i] + 64LL * chunk, wok[i]);
+        for (int i = 0; i < W_PIECES; ++i) {
+            const bool in = LOOM_IN_K((long long)CHUNK * chunk + wk[i]);
+            loom_cp16(st + LOOM_DEST(threadIdx.x + THREADS * i), wsrc[i] + (in ? (long long)CHUNK * chunk : 0), wok[i] && in);
+        }
     };
     auto load_x = [&](int stage, int chunk) {
-        signed char* st = stage_s + stage * STAGE_BYTES + 64 * 2 * TILE_ROWS;
+        signed char* st = stage_s + stage * STAGE_BYTES + CHUNK * 2 * TILE_ROWS;
         #pragma unroll
         for (int i = 0; i < X_PIECES; ++i)
-            if (threadIdx.x + THREADS * i < 4 * X_ROWS)
-                loom_cp16(st + 16 * (threadIdx.x + THREADS * i), xsrc[i] + 64LL * chunk, true);
+            if (threadIdx.x + THREADS * i < PPR * X_ROWS) {
+                const bool in = LOOM_IN_K((long long)CHUNK * chunk + xk[i]);
+                loom_cp16(st + LOOM_DEST(threadIdx.x + THREADS * i), xsrc[i] + (in ? (long long)CHUNK * chunk : 0), in);
+            }
     };
-    int acc[FM][2][3][4];
-    #pragma unroll
-    for (int i = 0; i < FM; ++i)
-        #pragma unroll
-        for (int f = 0; f < 2; ++f)
-            #pragma unroll
-            for (int p = 0; p < 3; ++p)
-                #pragma unroll
-                for (int v = 0; v < 4; ++v) acc[i][f][p][v] = 0;
     // the first STAGES - 1 chunks: W's before the wait (the previous kernel does not write the planes), x's after;
     // a commit group each (W's all in the first)
     #pragma unroll
@@ -220,6 +247,20 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
         if (s < count) load_x(s, first + s);
         loom_cp_commit();
     }
+"""
+
+# the products on mma.sync (below compute capability 9.0 with sm_90a unavailable; and the reference design)
+_MMA_PRODUCTS = r"""
+    const int wn = warp & 3, wm = warp >> 2;          // (the warp's W fragments; its x fragments wm, wm + WM, ...)
+    int acc[FM][2][3][4];
+    #pragma unroll
+    for (int i = 0; i < FM; ++i)
+        #pragma unroll
+        for (int f = 0; f < 2; ++f)
+            #pragma unroll
+            for (int p = 0; p < 3; ++p)
+                #pragma unroll
+                for (int v = 0; v < 4; ++v) acc[i][f][p][v] = 0;
     // this warp's rows of a stage: W fragment f's row (SwiGLU: f 0 the gate's, f 1 the up's)
     const int wr0 = EPI ? 8 * wn + g : 16 * wn + g, wr1 = EPI ? TILE_ROWS / 2 + 8 * wn + g : 16 * wn + 8 + g;
     for (int it = 0; it < count; ++it) {
@@ -295,6 +336,9 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
                 sums_s[lm * SUMS_ROW + col] = loom_planes_combine(acc[j][f][0][v], acc[j][f][1][v], acc[j][f][2][v]);
             }
     }
+"""
+
+_FINISH = r"""
     // The entries' tables and residuals are loaded before the barrier, so that their latency passes with it: W's
     // for the column and the residuals in registers, x's for the tile's rows in the stages' bytes past the sums.
     long long swv[EPI + 1];
@@ -391,29 +435,61 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
 """
 
 
-def threads(x_frags: int) -> int:
-    """A block's threads: 4 warps along W's rows, times X_WARPS along x's fragments where there are two or more."""
-    return 128 * (X_WARPS if x_frags > 1 else 1)
+def threads(x_frags: int, wgmma: bool) -> int:
+    """A block's threads: one warpgroup on wgmma; on mma.sync 4 warps along W's rows, times X_WARPS along x's
+    fragments where there are two or more."""
+    return 128 * (X_WARPS if x_frags > 1 and not wgmma else 1)
 
 
-def stages(x_frags: int) -> int:
-    """Shared-memory stages a block pipelines (static shared memory: 48 KiB), at most 4."""
-    return min(4, STATIC_SHARED // (64 * (2 * TILE_ROWS + 32 * x_frags)))
+def stages(x_frags: int, wgmma: bool) -> int:
+    """Shared-memory stages a block pipelines: mma.sync's in static shared memory (48 KiB), at most 4; wgmma's in
+    WG_SHARED bytes of dynamic shared memory, at most WG_MAX_STAGES."""
+    stage = _chunk(wgmma) * (2 * TILE_ROWS + 32 * x_frags)
+    if wgmma:
+        return min(quant_fixed_planes_wgmma.WG_MAX_STAGES, quant_fixed_planes_wgmma.WG_SHARED // stage)
+    return min(4, STATIC_SHARED // stage)
 
 
 @cache
-def _module(qtype: str, epilogue: int, x_frags: int, splits: int, phase: int = 0):
-    return cupy.RawModule(code=_head(epilogue) + f"#define MF {x_frags}\n#define SPLITS {splits}\n"
-                          f"#define STAGES {stages(x_frags)}\n#define TILE_ROWS {TILE_ROWS}\n#define THREADS {threads(x_frags)}\n"
-                          f"#define WM {threads(x_frags) // 128}\n"
-                          f"#define MIN_BLOCKS {MIN_BLOCKS}\n#define TILED_PHASE {phase}\n"
-                          + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _SOURCE,
-                          options=OPTIONS + ("-std=c++17",))
+def _module(qtype: str, epilogue: int, x_frags: int, splits: int, phase: int, wgmma: bool):
+    block = threads(x_frags, wgmma)
+    code = (_head(epilogue) + f"#define MF {x_frags}\n#define SPLITS {splits}\n#define STAGES {stages(x_frags, wgmma)}\n"
+            f"#define CHUNK {_chunk(wgmma)}\n"
+            f"#define TILE_ROWS {TILE_ROWS}\n#define THREADS {block}\n#define WM {block // 128}\n"
+            f"#define MIN_BLOCKS {MIN_BLOCKS}\n#define TILED_PHASE {phase}\n"
+            + (quant_fixed_planes_wgmma.helpers(32 * x_frags) if wgmma else "")
+            + type_defines(qtype) + BLOCK_DECODE + FIXED_SOURCE + _HEAD
+            + (quant_fixed_planes_wgmma.PRODUCTS if wgmma else _MMA_PRODUCTS) + _FINISH)
+    options = OPTIONS + ("-std=c++17",)
+    return arch_module(code, options, "90a") if wgmma else cupy.RawModule(code=code, options=options)
 
 
 @cache
 def _clusters() -> bool:
     return int(cupy.cuda.Device().compute_capability) >= 90
+
+
+def _chunk(wgmma: bool) -> int:
+    """K's values a stage holds of each row (mma.sync's loop takes 64, wgmma's 128-byte swizzle 128)."""
+    return 128 if wgmma else 64
+
+
+@cache
+def _hopper() -> bool:
+    """sm_90a code (wgmma) runs on compute capability 9.0 alone."""
+    return int(cupy.cuda.Device().compute_capability) == 90
+
+
+def wgmma_takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
+    """Whether a product the kernel takes runs on wgmma (else mma.sync), where compute capability is 9.0: SwiGLU
+    products of LONG_WIDE_STORED stored rows or more over K <= WG_MAX_K (a gate_up of Llama-3.2-1B's width or wider;
+    SmolLM2-135M's decode step at 64 rows took 1,379 -> 1,479 us with its gate_up's on wgmma, H200, though the
+    product alone measured 10.6 -> 10.4), and up to WG_WIDE_ROWS rows over K <= LONG_K against W's of more than
+    LONG_MAX_STORED stored rows (an lm_head's); the kernel takes these there, not cuBLAS."""
+    if not (WGMMA and _hopper() and 0 < m <= MAX_ROWS and 0 < k < MAX_K and k % 64 == 0):
+        return False
+    wide_swiglu = swiglu and stored >= LONG_WIDE_STORED and k <= WG_MAX_K
+    return WG_ALL or wide_swiglu or (k <= LONG_K and stored > LONG_MAX_STORED and m <= WG_WIDE_ROWS)
 
 
 def takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
@@ -422,7 +498,7 @@ def takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
     wide_swiglu = swiglu and stored >= LONG_WIDE_STORED
     longer_k = k <= LONG_K and stored <= LONG_MAX_STORED and (m <= LONG_ROWS or (m <= ROWS and wide_swiglu))
     return (TILED and m > 0 and k > 0 and k % 64 == 0 and k < MAX_K and m <= MAX_ROWS
-            and ((m <= ROWS and k <= SHORT_K) or longer_k) and _clusters())
+            and ((m <= ROWS and k <= SHORT_K) or longer_k or wgmma_takes(m, k, stored, swiglu)) and _clusters())
 
 
 def splits(tiles: int, chunks: int) -> int:
@@ -445,8 +521,11 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
         raise ShapeError(f"the tiled kernel takes x's planes [2 pm, K] for m <= pm <= {MAX_ROWS} rows (pm a multiple of "
                          f"16) over K < {MAX_K} whole 64-value chunks, got planes {xp.shape} for {m} rows")
     tiles = -(-rows // (TILE_ROWS // 2 if swiglu else TILE_ROWS))
-    s = splits(tiles, k // 64)
-    kernel = _module(qtype, int(swiglu), x_frags, s, PHASE_STOP).get_function("loom_fixed_planes_tiled")
-    launch(kernel, tiles * s, threads(x_frags),
+    wgmma = wgmma_takes(m, k, weight.padded, swiglu)
+    s = splits(tiles, -(-k // _chunk(wgmma)))
+    kernel = _module(qtype, int(swiglu), x_frags, s, PHASE_STOP, wgmma).get_function("loom_fixed_planes_tiled")
+    # (wgmma: + 1 KiB, the stages' start aligned to 1,024 bytes, the swizzle's)
+    shared = stages(x_frags, True) * _chunk(True) * (2 * TILE_ROWS + 32 * x_frags) + 1024 if wgmma else 0
+    launch(kernel, tiles * s, threads(x_frags, wgmma),
            (xp, sx, ex, xbad, x, weight.planes, weight.sums, weight.exponents, weight.bad, data, out, *epilogue,
-            np.int64(m), np.int64(rows), np.int64(weight.padded), np.int32(k // 32)), overlap)
+            np.int64(m), np.int64(rows), np.int64(weight.padded), np.int32(k // 32)), overlap, shared)
