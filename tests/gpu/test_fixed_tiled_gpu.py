@@ -27,7 +27,7 @@ def _hopper():
         pytest.skip("the tiled kernel's clusters need compute capability 9.0")
 
 
-VARIANTS = [pytest.param("wgmma", marks=pytest.mark.smoke), "mma.sync"]
+VARIANTS = ["wgmma", "mma.sync"]
 
 
 def _tiled_only(monkeypatch, variant):
@@ -42,7 +42,7 @@ def _tiled_only(monkeypatch, variant):
     monkeypatch.setattr(tiled, "WG_ALL", True)
 
 
-@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("variant", [pytest.param("wgmma", marks=pytest.mark.smoke), "mma.sync"])
 @pytest.mark.parametrize("qtype", ["BF16", "Q4_1"])
 @pytest.mark.parametrize("m, cols, rows", [(8, 2048, 300), (17, 4864, 84), (33, 576, 1100), (64, 8192, 136),
                                            (48, 2048, 72), (1, 1024, 40), (5, 64, 40)])

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from ...errors import BackendError
 from .. import Array
+
+if TYPE_CHECKING:
+    import cupy
 
 # Every kernel is compiled with IEEE arithmetic: no fused multiply-add contraction, correctly rounded
 # division and square root, subnormals kept (the CPU's results, bit for bit).
@@ -29,9 +33,9 @@ def translating(op: str, *arrays: Array) -> Iterator[None]:
         raise
 
 
-def arch_module(code: str, options: tuple[str, ...], arch: str):
+def arch_module(code: str, options: tuple[str, ...], arch: str) -> cupy.RawModule:
     """A module compiled for one architecture's own instructions (arch "90a": Hopper's wgmma and setmaxnreg), which
     run on that compute capability alone (CuPy's RawModule otherwise targets the device's portable sm_XX). CuPy's
     NVRTC path takes the last -arch given (probed on an H200 with CuPy 13: wgmma compiled and gave numpy's sums)."""
-    import cupy
+    import cupy  # (this module loads without CuPy)
     return cupy.RawModule(code=code, options=options + (f"-arch=sm_{arch}",))
