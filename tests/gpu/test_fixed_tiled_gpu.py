@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from quant_rows import exact_reference, float32_edges
 
-from loom import backend
+from loom import backend, fallback
 from loom.errors import ShapeError
 from loom.kernels.exact import fixed
 
@@ -50,7 +50,7 @@ def _tiled_only(monkeypatch, variant):
 def test_the_tiled_kernel_gives_the_cpus_bits(variant, qtype, m, cols, rows, epilogue, monkeypatch):
     """One to four fragments of x (1, 5, 8, 17, 33, 48, 64 rows: not multiples of 16 too), K from one chunk (fewer
     than the stages) to 128, split as dispatched (76 chunks: unevenly), output rows not a multiple of a tile's,
-    the epilogues, on wgmma (whose 128-value chunks do not divide every K here: 576, 4,864) and on mma.sync;
+    the epilogues, on wgmma (whose 128-value chunks leave a last half chunk at K = 64 and 576) and on mma.sync;
     against the CPU's integer scheme and the decoder's array code."""
     _tiled_only(monkeypatch, variant)
     swiglu = epilogue.startswith("swiglu")
@@ -67,10 +67,10 @@ def test_the_tiled_kernel_gives_the_cpus_bits(variant, qtype, m, cols, rows, epi
 @pytest.mark.parametrize("split", [1, 2, 4, 8])
 @pytest.mark.parametrize("m, cols, swiglu", [(40, 1024, False), (16, 4864, True), (64, 320, False)])
 def test_every_split_of_k_gives_the_same_bits(variant, split, m, cols, swiglu, monkeypatch):
-    """K over 1, 2, 4 and 8 blocks of a cluster, forced (4,864: 76 chunks, the last block's share shorter; 320:
-    five chunks, some blocks none at 8), on rows of x and W at float32's edges (inf and NaN entries take IEEE's
-    value, by one thread), SwiGLU's gate and up rows too (an up row alone among them), with a residual where not
-    SwiGLU; the CPU's bits and the array code's epilogue."""
+    """K over 1, 2, 4 and 8 blocks of a cluster, forced (4,864: 76 chunks of mma.sync's 64 values, 38 of wgmma's
+    128, the last block's share shorter; 320: five chunks, or two and a half, some blocks none at 8), on rows of x
+    and W at float32's edges (inf and NaN entries take IEEE's value, by one thread), SwiGLU's gate and up rows too
+    (an up row alone among them), with a residual where not SwiGLU; the CPU's bits and the array code's epilogue."""
     _tiled_only(monkeypatch, variant)
     monkeypatch.setattr(tiled, "splits", lambda tiles, chunks: split)
     rng = np.random.default_rng(split + cols)
@@ -126,3 +126,32 @@ def test_the_tiled_kernel_refuses_shapes_it_does_not_compile_for(planes_shape, m
     xp = cupy.zeros(planes_shape, dtype=np.int8)
     with pytest.raises(ShapeError, match=r"tiled kernel.*got planes"):
         tiled.product(xp, None, None, None, None, None, None, "BF16", None, (), m, 40, False, False)
+
+
+def test_a_wgmma_form_that_does_not_compile_leaves_the_products_to_mma_sync(monkeypatch, caplog):
+    """sm_90a through CuPy rests on NVRTC behaviour no documentation promises (compile.arch_module): where the wgmma
+    form does not compile, the product runs on mma.sync with the same bits, says so once on the "loom" logger, and
+    the dispatch stops choosing wgmma."""
+    if not tiled._hopper():
+        pytest.skip("wgmma is sm_90a code: compute capability 9.0 alone")
+    _tiled_only(monkeypatch, "wgmma")
+
+    def refuse(code, options, arch):
+        raise cupy.cuda.compiler.CompileException("ptxas fatal: sm_90a refused (planted)", code, "planted.cu", options)
+    monkeypatch.setattr(tiled, "arch_module", refuse)
+    monkeypatch.setattr(tiled, "_WGMMA_FAILED", [])
+    monkeypatch.setattr(fallback, "_reported", set())
+    tiled._module.cache_clear()             # (else a wgmma module compiled by another test is found)
+    try:
+        def run(d, x, out, tables, stored, **epilogue_args):
+            weight = quant_fixed_planes.w_planes(d, "BF16", stored, 576, tables)
+            quant_fixed_planes.product(d, "BF16", x, out, weight, backend.get("cuda").blas, **epilogue_args)
+        with caplog.at_level("WARNING", logger="loom"):
+            out, want = _epilogue_case("BF16", 33, 576, 300, "swiglu and bias", np.random.default_rng(9), run)
+    finally:
+        tiled._module.cache_clear()
+    same_bits(out, want, "mma.sync after the wgmma form failed to compile")
+    assert tiled._WGMMA_FAILED and "planted" in tiled._WGMMA_FAILED[0]
+    notices = [r.getMessage() for r in caplog.records if "did not compile" in r.getMessage()]
+    assert len(notices) == 1 and "mma.sync" in notices[0] and "planted" in notices[0]
+    assert not tiled.wgmma_takes(16, 2048, tiled.LONG_WIDE_STORED, True)

@@ -35,7 +35,9 @@ def translating(op: str, *arrays: Array) -> Iterator[None]:
 
 def arch_module(code: str, options: tuple[str, ...], arch: str) -> cupy.RawModule:
     """A module compiled for one architecture's own instructions (arch "90a": Hopper's wgmma and setmaxnreg), which
-    run on that compute capability alone (CuPy's RawModule otherwise targets the device's portable sm_XX). CuPy's
-    NVRTC path takes the last -arch given (probed on an H200 with CuPy 13: wgmma compiled and gave numpy's sums)."""
+    run on that compute capability alone (CuPy's RawModule otherwise targets the device's portable sm_XX). CuPy
+    appends its own -arch=sm_90 after this one; NVRTC keeps the last architecture number and the "a" of an earlier
+    option for it (seen with NVRTC 12.9 and, through CuPy 14.2 on an H200, CUDA 13: wgmma compiled and gave numpy's
+    sums), which no documentation promises: callers fall back where the compile fails."""
     import cupy  # (this module loads without CuPy)
     return cupy.RawModule(code=code, options=options + (f"-arch=sm_{arch}",))

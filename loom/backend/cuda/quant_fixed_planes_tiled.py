@@ -2,7 +2,8 @@
 tensor cores (mma.sync m16n8k32), staged through shared memory by cp.async, K split over the blocks of a
 thread-block cluster, finished in the same launch, in place of cuBLAS's GEMM and the finishing kernel, whose int32
 blocks [2 M, 2 N] went out to memory and back (`takes` says where: up to four fragments of x over rows of up to
-1,536, one over rows of up to 2,048, four there against a SwiGLU's wide W). The same bits: the sums are exact
+1,536, one over rows of up to 2,048, four there against a SwiGLU's wide W; where the products run on wgmma, also
+a wide SwiGLU's over K <= 4,096 and an lm_head's up to 16 rows). The same bits: the sums are exact
 integers, so neither the order of k nor the split of K over blocks can change them.
 
 A block (4 warps along W's rows, times X_WARPS along x's fragments from two of them) takes TILE_ROWS stored
@@ -44,6 +45,7 @@ from typing import NamedTuple
 import cupy
 import numpy as np
 
+from ... import fallback
 from ...errors import ShapeError
 from .. import Array
 from . import quant_fixed_planes_wgmma
@@ -78,14 +80,16 @@ class WeightPlanes(NamedTuple):
 # 1,503 / 1,744 -> 1,054 / 1,105 / 1,205 / 1,702 us, where 8 and 16 rows took the one-launch kernel it
 # replaces, quant_fixed_planes_mma, with no split of K and no shared-memory stages.)
 # Over SHORT_K < K <= LONG_K, W's stored (padded) rows decide too: past LONG_MAX_STORED (an lm_head's) cuBLAS's int8
-# GEMM (wgmma) takes even 16 rows, and a SwiGLU product of LONG_WIDE_STORED stored rows or more (a gate_up's) takes
-# the kernel up to ROWS rows (only that was measured faster there). H200, 2026-11-29, us, tiled / cuBLAS and finish:
+# GEMM (wgmma) takes even 16 rows (where wgmma_takes does not send them to this kernel's wgmma form), and a SwiGLU
+# product of LONG_WIDE_STORED stored rows or more (a gate_up's) takes the kernel up to ROWS rows (only that was
+# measured faster there). H200, 2026-11-29, us, the mma.sync form / cuBLAS and finish:
 # Llama-3.2-1B's lm_head (128,256 rows) at 16 rows 213 / 165, at 64 315 / 212; its gate_up (16,384 stored rows) at
 # 64 rows 46.8 / 52.2, its qkv and o at 64 rows 20.7 / 12.3 and 17.7 / 11.3.
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True
 # WGMMA: whether products may run on wgmma (quant_fixed_planes_wgmma) where compute capability is 9.0 (wgmma_takes
-# says which); WG_ALL: every product the kernel takes does (tests, benchmarks). H200, us a product (x's kernel
+# says which; the wide SwiGLU rule measured at K = 2,048 and 4,096); WG_ALL: the kernel takes every product it
+# compiles for, and on wgmma (tests, benchmarks). H200, us a product (x's kernel
 # included), wgmma / mma.sync / cuBLAS and finish: Llama-3.2-1B's gate_up at 1 / 16 / 64 rows 24.1 / 30.2 / 33.6,
 # 26.5 / 31.5 / 34.4, 35.8 / 47.0 / 52.3; its lm_head 131 / 204 / 150, 142 / 213 / 164, 216 / 309 / 212; SmolLM2-135M's
 # gate_up 6.0 / 6.4 / 7.9, 6.4 / 6.9 / 8.2, 10.4 / 10.6 / 11.7; but Llama-3.2-1B's qkv 10.5 / 8.6 / 10.2 at 1 row,
@@ -94,6 +98,7 @@ TILED = True
 # row, 64.3 / 91.8 / 49.2 at 64.
 WGMMA = True
 WG_ALL = False
+_WGMMA_FAILED: list[str] = []   # (the compile error where the wgmma form did not compile: mma.sync from then on)
 WG_MAX_K = 4096
 WG_WIDE_ROWS = 16
 ROWS = 64
@@ -249,7 +254,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) LOOM_CLUSTER l
     }
 """
 
-# the products on mma.sync (below compute capability 9.0 with sm_90a unavailable; and the reference design)
+# the products on mma.sync (where wgmma_takes declines a product, and on compute capabilities other than 9.0)
 _MMA_PRODUCTS = r"""
     const int wn = warp & 3, wm = warp >> 2;          // (the warp's W fragments; its x fragments wm, wm + WM, ...)
     int acc[FM][2][3][4];
@@ -486,7 +491,7 @@ def wgmma_takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
     SmolLM2-135M's decode step at 64 rows took 1,379 -> 1,479 us with its gate_up's on wgmma, H200, though the
     product alone measured 10.6 -> 10.4), and up to WG_WIDE_ROWS rows over K <= LONG_K against W's of more than
     LONG_MAX_STORED stored rows (an lm_head's); the kernel takes these there, not cuBLAS."""
-    if not (WGMMA and _hopper() and 0 < m <= MAX_ROWS and 0 < k < MAX_K and k % 64 == 0):
+    if not (WGMMA and not _WGMMA_FAILED and _hopper() and 0 < m <= MAX_ROWS and 0 < k < MAX_K and k % 64 == 0):
         return False
     wide_swiglu = swiglu and stored >= LONG_WIDE_STORED and k <= WG_MAX_K
     return WG_ALL or wide_swiglu or (k <= LONG_K and stored > LONG_MAX_STORED and m <= WG_WIDE_ROWS)
@@ -522,8 +527,21 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
                          f"16) over K < {MAX_K} whole 64-value chunks, got planes {xp.shape} for {m} rows")
     tiles = -(-rows // (TILE_ROWS // 2 if swiglu else TILE_ROWS))
     wgmma = wgmma_takes(m, k, weight.padded, swiglu)
-    s = splits(tiles, -(-k // _chunk(wgmma)))
-    kernel = _module(qtype, int(swiglu), x_frags, s, PHASE_STOP, wgmma).get_function("loom_fixed_planes_tiled")
+
+    def kernel_for(wgmma: bool) -> tuple[int, cupy.RawKernel]:
+        s = splits(tiles, -(-k // _chunk(wgmma)))
+        return s, _module(qtype, int(swiglu), x_frags, s, PHASE_STOP, wgmma).get_function("loom_fixed_planes_tiled")
+    try:
+        s, kernel = kernel_for(wgmma)
+    except cupy.cuda.compiler.CompileException as exc:
+        if not wgmma:
+            raise
+        # (sm_90a through CuPy rests on NVRTC behaviour no documentation promises: compile.arch_module)
+        _WGMMA_FAILED.append(str(exc))
+        fallback.notice_once("deterministic products: the tiled kernel's wgmma form (sm_90a) did not compile, so its "
+                             f"products run on mma.sync, the same bits, slower: {str(exc).strip()[:200]}")
+        wgmma = False
+        s, kernel = kernel_for(wgmma)
     # (wgmma: + 1 KiB, the stages' start aligned to 1,024 bytes, the swizzle's)
     shared = stages(x_frags, True) * _chunk(True) * (2 * TILE_ROWS + 32 * x_frags) + 1024 if wgmma else 0
     launch(kernel, tiles * s, threads(x_frags, wgmma),
