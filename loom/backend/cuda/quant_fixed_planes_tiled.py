@@ -446,10 +446,15 @@ def threads(x_frags: int, wgmma: bool) -> int:
     return 128 * (X_WARPS if x_frags > 1 and not wgmma else 1)
 
 
+def _stage_bytes(x_frags: int, wgmma: bool) -> int:
+    """A stage's bytes (the source's STAGE_BYTES): a chunk of W's h and l' rows, then of x's planes' rows."""
+    return _chunk(wgmma) * (2 * TILE_ROWS + 32 * x_frags)
+
+
 def stages(x_frags: int, wgmma: bool) -> int:
     """Shared-memory stages a block pipelines: mma.sync's in static shared memory (48 KiB), at most 4; wgmma's in
     WG_SHARED bytes of dynamic shared memory, at most WG_MAX_STAGES."""
-    stage = _chunk(wgmma) * (2 * TILE_ROWS + 32 * x_frags)
+    stage = _stage_bytes(x_frags, wgmma)
     if wgmma:
         return min(quant_fixed_planes_wgmma.WG_MAX_STAGES, quant_fixed_planes_wgmma.WG_SHARED // stage)
     return min(4, STATIC_SHARED // stage)
@@ -543,7 +548,7 @@ def product(xp: Array, sx: Array, ex: Array, xbad: Array, x: Array, weight: Weig
         wgmma = False
         s, kernel = kernel_for(wgmma)
     # (wgmma: + 1 KiB, the stages' start aligned to 1,024 bytes, the swizzle's)
-    shared = stages(x_frags, True) * _chunk(True) * (2 * TILE_ROWS + 32 * x_frags) + 1024 if wgmma else 0
+    shared = stages(x_frags, True) * _stage_bytes(x_frags, True) + 1024 if wgmma else 0
     launch(kernel, tiles * s, threads(x_frags, wgmma),
            (xp, sx, ex, xbad, x, weight.planes, weight.sums, weight.exponents, weight.bad, data, out, *epilogue,
             np.int64(m), np.int64(rows), np.int64(weight.padded), np.int32(k // 32)), overlap, shared)
