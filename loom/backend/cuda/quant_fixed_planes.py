@@ -176,7 +176,8 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
     float32 x, C-contiguous, through one int8 GEMM of the stacked planes (`blas`: the backend's CuBLAS
     handle); the epilogue runs in the finishing kernel. With `norm` (a weight [K]), the product of
     rms_norm(x, norm, eps), which x's integers' launch writes to `normed` [M, K] on the way (quant_fixed's
-    x_integers); overlap: that launch is a programmatic dependent launch (launch.py)."""
+    x_integers); overlap: that launch is a programmatic dependent launch (launch.py) where the tiled kernel takes the
+    products (not before cuBLAS's GEMM)."""
     m, k = x.shape
     _check(qtype, k, x)
     if k >= 1 << 17:
@@ -189,10 +190,14 @@ def product(data: Array, qtype: str, x: Array, out: Array, weight: WeightPlanes,
     pm = _padded(m)
     xp = cupy.empty((2 * pm, k), dtype=np.int8)       # (padding rows' products are never read back)
     sx = cupy.empty(m, dtype=np.int64)
-    _, ex, xbad = x_integers(x, None, norm, normed, eps, overlap, planes=(xp, sx))
+    tiled = quant_fixed_planes_tiled.takes(m, k, weight.padded, swiglu)
+    # (x's launch overlaps its predecessor only where the tiled kernel follows: before cuBLAS's GEMM it cost the
+    # decode step, H200, decode_graph_parts.py --whole --deterministic, Llama-3.2-1B at 32 / 64 rows 1,709 / 2,243
+    # -> 1,530 / 1,945 us; Qwen2-0.5B's at 64 rows, one product on cuBLAS, 2,120 -> 2,127)
+    _, ex, xbad = x_integers(x, None, norm, normed, eps, overlap and tiled, planes=(xp, sx))
     if norm is not None:
         x = normed                      # (the rows the products take: an inf or NaN entry's IEEE value reads them)
-    if quant_fixed_planes_tiled.takes(m, k, weight.padded, swiglu):     # (decode batches: pipelined, finished in the launch)
+    if tiled:     # (decode batches: pipelined, finished in the launch)
         quant_fixed_planes_tiled.product(xp, sx, ex, xbad, x, weight, data, qtype, out, epilogue, m, rows, swiglu,
                                          overlap)
         return
