@@ -11,8 +11,8 @@ wgmma_takes) leaves a product to the other or to cuBLAS.
                                                       [--set MODULE.NAME=INT ...]
 
 Shapes: Llama-3.2-1B's qkv, o, gate_up (SwiGLU), down and lm_head products, Llama-3.1-8B's gate_up and down, and
-SmolLM2-135M's qkv, o, gate_up, down and lm_head (random bf16 weights); --shapes keeps those whose name holds one
-of the comma-separated words.
+SmolLM2-135M's and Qwen2-0.5B's qkv, o, gate_up, down and lm_head (random bf16 weights); --shapes keeps those
+whose name holds one of the comma-separated words.
 """
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ SHAPES = [("llama-1b qkv", 3072, 2048, False), ("llama-1b o", 2048, 2048, False)
           ("llama-8b gate_up", 28672, 4096, True), ("llama-8b down", 4096, 14336, False),
           ("smollm2 qkv", 960, 576, False), ("smollm2 o", 576, 576, False),
           ("smollm2 gate_up", 3072, 576, True), ("smollm2 down", 576, 1536, False),
-          ("smollm2 lm_head", 49152, 576, False)]
+          ("smollm2 lm_head", 49152, 576, False),
+          ("qwen2 qkv", 1152, 896, False), ("qwen2 o", 896, 896, False), ("qwen2 gate_up", 9728, 896, True),
+          ("qwen2 down", 896, 4864, False), ("qwen2 lm_head", 151936, 896, False)]
 REPLAYS, RECORDED = 7, 20
 
 

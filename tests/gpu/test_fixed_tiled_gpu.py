@@ -94,15 +94,18 @@ def test_the_dispatch_sends_decode_batches_here(monkeypatch):
     """quant_fixed_planes.product: 16 rows over K = 2,048 and 576 and 64 over 576 take the tiled kernel; 64 rows
     over 2,048, 16 over 4,096 and 8 over 608 (not whole 64-value chunks) cuBLAS's GEMM. Over K = 2,048, W's stored
     rows decide as well: 64 rows take the kernel against a SwiGLU gate_up's (not another product's of as many
-    rows), 16 rows leave an lm_head's to cuBLAS, except where the kernel's products run on wgmma."""
+    rows), 16 rows leave an lm_head's to cuBLAS, except where the kernel's products run on wgmma (which also takes
+    Qwen2-0.5B's gate_up, 9,728 stored rows)."""
     wide, lm_head = tiled.LONG_WIDE_STORED, tiled.LONG_MAX_STORED + 16
     assert tiled.takes(64, 2048, wide, True) and not tiled.takes(64, 2048, wide) and tiled.takes(16, 2048, wide)
     assert tiled.takes(16, 2048, tiled.LONG_MAX_STORED) and not tiled.takes(64, 2048, lm_head)
     assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, wide)
-    # on compute capability 9.0 the products run on wgmma for a wide SwiGLU's (any rows, K <= 4,096), an lm_head's at
-    # up to 16 rows over K <= 2,048, which the kernel then takes (before, cuBLAS); on mma.sync for the rest
-    hopper = tiled._hopper()
-    assert not tiled.takes(64, 2048, wide - 16, True) and tiled.takes(16, 2048, lm_head) == hopper
+    # on compute capability 9.0 the products run on wgmma for a SwiGLU's of WG_SWIGLU_STORED stored rows or more (any
+    # rows, K <= 4,096), an lm_head's at up to 16 rows over K <= 2,048, which the kernel then takes (before, cuBLAS);
+    # on mma.sync for the rest
+    hopper, swiglu_wg = tiled._hopper(), tiled.WG_SWIGLU_STORED
+    assert not tiled.takes(64, 2048, swiglu_wg - 16, True) and tiled.takes(16, 2048, lm_head) == hopper
+    assert tiled.takes(64, 2048, swiglu_wg, True) == hopper and tiled.wgmma_takes(64, 896, 9728, True) == hopper
     assert not tiled.wgmma_takes(1, 576, 3072, True) and tiled.wgmma_takes(64, 2048, wide, True) == hopper
     assert not tiled.wgmma_takes(16, 2048, wide) and not tiled.wgmma_takes(64, 2048, lm_head)
     assert tiled.wgmma_takes(16, 4096, wide, True) == hopper and not tiled.wgmma_takes(16, 8192, wide, True)

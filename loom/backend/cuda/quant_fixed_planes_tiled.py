@@ -88,7 +88,7 @@ class WeightPlanes(NamedTuple):
 # TILED: whether it takes any (False: cuBLAS's GEMM, as before it).
 TILED = True
 # WGMMA: whether products may run on wgmma (quant_fixed_planes_wgmma) where compute capability is 9.0 (wgmma_takes
-# says which; the wide SwiGLU rule measured at K = 2,048 and 4,096); WG_ALL: the kernel takes every product it
+# says which; the SwiGLU rule measured at K = 896, 2,048 and 4,096); WG_ALL: the kernel takes every product it
 # compiles for, and on wgmma (tests, benchmarks). H200, us a product (x's kernel
 # included), wgmma / mma.sync / cuBLAS and finish: Llama-3.2-1B's gate_up at 1 / 16 / 64 rows 24.1 / 30.2 / 33.6,
 # 26.5 / 31.5 / 34.4, 35.8 / 47.0 / 52.3; its lm_head 131 / 204 / 150, 142 / 213 / 164, 216 / 309 / 212; SmolLM2-135M's
@@ -101,6 +101,7 @@ WG_ALL = False
 _WGMMA_FAILED: list[str] = []   # (the compile error where the wgmma form did not compile: mma.sync from then on)
 WG_MAX_K = 4096
 WG_WIDE_ROWS = 16
+WG_SWIGLU_STORED = 8192
 ROWS = 64
 SHORT_K = 1536
 LONG_ROWS = 16
@@ -492,13 +493,14 @@ def _hopper() -> bool:
 
 def wgmma_takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
     """Whether a product the kernel takes runs on wgmma (else mma.sync), where compute capability is 9.0: SwiGLU
-    products of LONG_WIDE_STORED stored rows or more over K <= WG_MAX_K (a gate_up of Llama-3.2-1B's width or wider;
-    SmolLM2-135M's decode step at 64 rows took 1,379 -> 1,479 us with its gate_up's on wgmma, H200, though the
-    product alone measured 10.6 -> 10.4), and up to WG_WIDE_ROWS rows over K <= LONG_K against W's of more than
-    LONG_MAX_STORED stored rows (an lm_head's); the kernel takes these there, not cuBLAS."""
+    products of WG_SWIGLU_STORED stored rows or more over K <= WG_MAX_K (Qwen2-0.5B's gate_up, 9,728, and wider:
+    its decode step at 16 / 64 rows took 1,122 / 2,128 -> 1,076 / 1,999 us, H200; SmolLM2-135M's at 64 rows, whose
+    gate_up has 3,072, 1,379 -> 1,479 us with it on wgmma, though the product alone measured 10.6 -> 10.4), and up to
+    WG_WIDE_ROWS rows over K <= LONG_K against W's of more than LONG_MAX_STORED stored rows (an lm_head's; at 64 rows
+    Llama-3.2-1B's step took 1,947 -> 1,960 us with it on wgmma); the kernel takes these there, not cuBLAS."""
     if not (WGMMA and not _WGMMA_FAILED and _hopper() and 0 < m <= MAX_ROWS and 0 < k < MAX_K and k % 64 == 0):
         return False
-    wide_swiglu = swiglu and stored >= LONG_WIDE_STORED and k <= WG_MAX_K
+    wide_swiglu = swiglu and stored >= WG_SWIGLU_STORED and k <= WG_MAX_K
     return WG_ALL or wide_swiglu or (k <= LONG_K and stored > LONG_MAX_STORED and m <= WG_WIDE_ROWS)
 
 
