@@ -7,7 +7,8 @@ bucket and replayed for every step: the products with an RMSNorm prologue and bi
 SwiGLU epilogues (backend/cuda/quant.py), RoPE, the cache write and attention in one kernel that
 reads each sequence's own position and block table (backend/cuda/decode.py: paged_attention). The
 kernels are launched to overlap their predecessor (backend/cuda/launch.py): each fetches its
-weights while the kernel before it finishes. The products run over the batch in groups of the block
+weights while the kernel before it finishes (deterministic mode's x integers before cuBLAS's int8
+GEMM excepted: quant_fixed_planes.product). The products run over the batch in groups of the block
 kernels' MAX_ROWS rows (each group reads the weights once). In fast mode a batch of more
 than TENSOR_CORE_ROWS rows (QUANT_TENSOR_CORE_ROWS for quantized weights) takes cuBLAS GEMMs on the tensor cores:
 RMSNorm and the rounding to bfloat16 are one kernel, the attention kernel and SwiGLU write bfloat16,

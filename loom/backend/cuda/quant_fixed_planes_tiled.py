@@ -89,13 +89,14 @@ class WeightPlanes(NamedTuple):
 TILED = True
 # WGMMA: whether products may run on wgmma (quant_fixed_planes_wgmma) where compute capability is 9.0 (wgmma_takes
 # says which; the SwiGLU rule measured at K = 896, 2,048 and 4,096); WG_ALL: the kernel takes every product it
-# compiles for, and on wgmma (tests, benchmarks). H200, us a product (x's kernel
-# included), wgmma / mma.sync / cuBLAS and finish: Llama-3.2-1B's gate_up at 1 / 16 / 64 rows 24.1 / 30.2 / 33.6,
+# compiles for, and on wgmma (tests, benchmarks). H200, us a product (x's kernel included; splits before the one-wave
+# rule, `splits`), wgmma / mma.sync / cuBLAS and finish: Llama-3.2-1B's gate_up at 1 / 16 / 64 rows 24.1 / 30.2 / 33.6,
 # 26.5 / 31.5 / 34.4, 35.8 / 47.0 / 52.3; its lm_head 131 / 204 / 150, 142 / 213 / 164, 216 / 309 / 212; SmolLM2-135M's
 # gate_up 6.0 / 6.4 / 7.9, 6.4 / 6.9 / 8.2, 10.4 / 10.6 / 11.7; but Llama-3.2-1B's qkv 10.5 / 8.6 / 10.2 at 1 row,
 # 18.4 / 20.3 / 12.3 at 64, its down (K = 8,192) 15.5 / 14.5 / 14.0 and 27.6 / 37.8 / 19.5; Llama-3.1-8B's gate_up
 # (K = 4,096) 64.1 / 93.4 / 77.6 at 1 row, 88.4 / 143.5 / 95.8 at 64, its down (K = 14,336) 42.3 / 53.8 / 45.6 at 1
-# row, 64.3 / 91.8 / 49.2 at 64.
+# row, 64.3 / 91.8 / 49.2 at 64. Qwen2-0.5B's gate_up (9,728 stored rows, K = 896) at 16 / 64 rows 8.8 / 10.9 / 13.4 and
+# 17.3 / 22.9 / 19.1 (one-wave splits).
 WGMMA = True
 WG_ALL = False
 _WGMMA_FAILED: list[str] = []   # (the compile error where the wgmma form did not compile: mma.sync from then on)
