@@ -14,6 +14,14 @@ def _store(timeout: float = 10.0):
                  int(os.environ["WORLD_SIZE"]), timeout=timeout)
 
 
+def _write_pid(folder: str, rank: int) -> None:
+    """This rank's pid in folder/RANK.pid, whole or not at all (written beside it, then renamed): a test that sees
+    the file may read it at once."""
+    part = Path(folder, f"{rank}.pid.part")
+    part.write_text(str(os.getpid()))
+    os.replace(part, Path(folder, f"{rank}.pid"))
+
+
 def env(rank: int, size: int, args: list[str]) -> int:
     assert os.environ["LOCAL_RANK"] == str(rank) and os.environ["LOCAL_WORLD_SIZE"] == str(size)
     assert os.environ["MASTER_ADDR"] == "127.0.0.1" and int(os.environ["MASTER_PORT"]) > 0
@@ -24,7 +32,7 @@ def env(rank: int, size: int, args: list[str]) -> int:
 
 
 def fail(rank: int, size: int, args: list[str]) -> int:
-    Path(args[0], f"{rank}.pid").write_text(str(os.getpid()))
+    _write_pid(args[0], rank)
     if rank == 1:
         time.sleep(0.3)
         return 3
@@ -33,7 +41,7 @@ def fail(rank: int, size: int, args: list[str]) -> int:
 
 
 def hang(rank: int, size: int, args: list[str]) -> int:
-    Path(args[0], f"{rank}.pid").write_text(str(os.getpid()))
+    _write_pid(args[0], rank)
     if rank == size - 1:
         time.sleep(60)
     return 0
