@@ -15,11 +15,9 @@ def _store(timeout: float = 10.0):
 
 
 def _write_pid(folder: str, rank: int) -> None:
-    """This rank's pid in folder/RANK.pid, whole or not at all (written beside it, then renamed): a test that sees
-    the file may read it at once."""
-    part = Path(folder, f"{rank}.pid.part")
-    part.write_text(str(os.getpid()))
-    os.replace(part, Path(folder, f"{rank}.pid"))
+    """This rank's pid in folder/RANK.pid, written whole (loom.atomic): a test that sees the file may read it at once."""
+    from loom.atomic import write_bytes
+    write_bytes(Path(folder, f"{rank}.pid"), str(os.getpid()).encode())
 
 
 def env(rank: int, size: int, args: list[str]) -> int:
