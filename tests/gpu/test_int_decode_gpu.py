@@ -77,7 +77,7 @@ def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
     pytest.param(64, 8, 2, [0, 5, 127, 128, 300], None, 16, marks=pytest.mark.smoke),
     (64, 9, 3, [40, 1000], None, 16), (128, 8, 8, [700], None, 32), (128, 32, 2, [3, 260], None, 8),
     (32, 12, 3, [40, 129, 2], 9, 8), (96, 4, 1, [255, 256, 600], 130, 16), (8, 4, 2, [17, 1], None, 4),
-    (64, 4, 4, [2100], 1500, 64), (48, 6, 2, [129], 1, 16)])
+    (64, 4, 4, [2100], 1500, 64), (48, 6, 2, [129], 1, 16), (64, 14, 2, [48, 0, 97], None, 16)])
 @pytest.mark.parametrize("splits", [None, 3, 16])
 @pytest.mark.parametrize("grouped", [False, True])
 def test_the_kernel_gives_the_cpus_bits(D, H, KV, positions, window, bs, splits, grouped, monkeypatch):
@@ -99,6 +99,19 @@ def test_inf_and_nan(special, splits, grouped, monkeypatch):
     else:   # (sequence 0's key/value head 0 and the last sequence's head KV - 1)
         assert np.isnan(want[0, :4]).all() and not np.isnan(want[0, 4:]).any()
         assert np.isnan(want[1, 4:]).all() and not np.isnan(want[1, :4]).any()
+
+
+def test_a_block_takes_the_group_where_blocks_of_one_head_would_take_over_two_waves():
+    """heads_a_block: Qwen2-0.5B's 14 heads over 2 take a block a query head at 32 sequences (448 blocks) and
+    the group at 64 (896 blocks, past two waves: an H100 or H200 holds 264), as Llama-3.2-1B's 32 over 8 do from 17
+    (its (sequence, key/value head) blocks then fill an H100's or H200's 132 multiprocessors)."""
+    bits, p_bits = int(ia.SCHEME[1][3]), int(ia.SCHEME[1][2])
+    resident = int_decode._resident(64, bits, p_bits)
+    sms = int_decode._multiprocessors()
+    assert sms <= resident and int_decode.ONE_HEAD_WAVES * resident < 64 * 14
+    assert int_decode.heads_a_block(32, 14, 2, resident) == 1 and int_decode.heads_a_block(64, 14, 2, resident) == 7
+    assert int_decode.heads_a_block(-(-sms // 8), 32, 8, resident) == 4
+    assert int_decode.heads_a_block(sms // 8 - 1, 32, 8, 1 << 62) == 1
 
 
 def test_shapes_it_does_not_take():

@@ -3,8 +3,9 @@ loom/kernels/exact/attention.py, its bits, for one new token per sequence over a
 interface of decode_exact (paged_graph takes this module as its attention where decoder.INTEGER_ATTENTION is on).
 
 A block per (sequence, GROUP query heads): a key/value head's group where the batch's (sequence, key/value head)
-blocks fill the device (each cached row read once for the group), else one query head (heads_a_block: more
-blocks, each a shorter chain). KT threads (256 for head_dim up to 64, else 64):
+blocks fill the device or blocks of one query head would take more than two waves (each cached row read once
+for the group), else one query head (heads_a_block: more blocks, each a shorter chain). KT threads (256 for
+head_dim up to 64, else 64):
 1. the heads' q and the new k (qwen3: each after its RMSNorm) through RoPE, and v, as decode_exact's head_vector
    makes them (spec 4's bits, which spec 5 keeps); the key/value head's first block writes k and v into the cache;
 2. each q row's exponent and integers (a warp a row: fixed.row_exponents, to_integers), held as byte pairs for
@@ -57,6 +58,12 @@ THREADS = None
 GROUP_MAX = 16                  # query heads a key/value head may have
 MAX_HEAD = 128                  # head_dim at most this (the int32 dp2a sums' bound), a multiple of 4
 HEADS_A_BLOCK = None            # a block's query heads (None: heads_a_block; it must divide the group)
+# waves of one-head blocks past which a block takes the group. H200, Qwen2-0.5B's shape (14 heads over 2, head_dim 64:
+# 264 one-head blocks resident), recorded deterministic steps at position 48 (decode_graph_parts.py --whole), us, one
+# head / the group a block, each pair in one sitting: 64 rows (896 one-head blocks, 3.4 waves) 1,999 / 1,810 and
+# 2,019 / 1,829 (2,211 / 1,913 at position 96); 48 rows 1,689 / 1,630; 40 rows (2.1 waves) 1,672 / 1,635; 32 rows
+# (1.7 waves) 1,407 / 1,388 and 1,369 / 1,436; 16 rows 1,073 / 1,203
+ONE_HEAD_WAVES = 2
 LANES = None                    # a key's lanes in the passes (None: lanes_per_key)
 LANES_MAX = 8
 PHASE_STOP = 0                  # (timing, unsplit launches only: 1-4 return after that phase; 0 runs them all)
@@ -123,13 +130,15 @@ def probability_work(*args: object, **kwargs: object) -> None:
     return None
 
 
-def heads_a_block(batch: int, heads: int, kv_heads: int) -> int:
+def heads_a_block(batch: int, heads: int, kv_heads: int, resident: int = 1 << 62) -> int:
     """A block's query heads: a key/value head's group, its keys and values read once for them all, where the
-    batch's (sequence, key/value head) blocks fill the device; else one (a block a query head: more blocks, each
-    with a shorter chain of work; the same bits)."""
+    batch's (sequence, key/value head) blocks fill the device, or where a block a query head would take more than
+    ONE_HEAD_WAVES waves of `resident` blocks (the one-head kernel's blocks the device holds at once); else one (a
+    block a query head: more blocks, each with a shorter chain of work; the same bits)."""
     if HEADS_A_BLOCK is not None:
         return HEADS_A_BLOCK
-    return heads // kv_heads if batch * kv_heads >= _multiprocessors() else 1
+    many = batch * kv_heads >= _multiprocessors() or batch * heads > ONE_HEAD_WAVES * resident
+    return heads // kv_heads if many else 1
 
 
 def _threads(head_dim: int) -> int:
@@ -154,6 +163,23 @@ def _built(head_dim: int, group: int, threads: int, lanes: int, stop: int, bits:
     return cupy.RawModule(code=decode_exact.source(head_dim, max(threads, head_dim)) + SCALARS + head + EXP_FIXED
                           + _SOURCE,
                           options=decode_exact.COMPILE)
+
+
+def _resident(head_dim: int, bits: int, p_bits: int) -> int:
+    """Blocks of the one-head kernel (its threads, dynamic and static shared memory, registers) the device holds at
+    once."""
+    key = (cupy.cuda.Device().id, head_dim, _threads(head_dim), lanes_per_key(head_dim), PHASE_STOP, bits, p_bits)
+    if key not in _RESIDENT:
+        kernel = _module(head_dim, 1, bits, p_bits).get_function("loom_int_paged_decode")
+        threads, shared = _threads(head_dim), shared_bytes(1, head_dim, _threads(head_dim))
+        if kernel.max_dynamic_shared_size_bytes < shared:
+            kernel.max_dynamic_shared_size_bytes = shared
+        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, threads, shared)
+        _RESIDENT[key] = max(1, per_sm) * _multiprocessors()
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict = {}
 
 
 def _check_knobs(threads: int, lanes: int, group: int, ratio: int, split: bool) -> None:
@@ -206,10 +232,10 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     if B == 0:
         return
     row, col = (s // tables.itemsize for s in tables.strides)
-    group = heads_a_block(B, heads, kv_heads)
-    _check_knobs(_threads(D), lanes_per_key(D), group, heads // kv_heads, split is not None)
     table, consts = scheme
     log2e, ln2, p_bits, bits = (int(c) for c in consts)
+    group = heads_a_block(B, heads, kv_heads, _resident(D, bits, p_bits) if B * kv_heads < _multiprocessors() else 0)
+    _check_knobs(_threads(D), lanes_per_key(D), group, heads // kv_heads, split is not None)
     module = _module(D, group, bits, p_bits)
     kernel = module.get_function("loom_int_paged_decode")
     args = (qkv, cache_k, cache_v, out, cos, sin, pointer(norm), pos, tables, np.int64(row), np.int64(col),
