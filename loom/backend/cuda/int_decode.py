@@ -234,7 +234,10 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     row, col = (s // tables.itemsize for s in tables.strides)
     table, consts = scheme
     log2e, ln2, p_bits, bits = (int(c) for c in consts)
-    group = heads_a_block(B, heads, kv_heads, _resident(D, bits, p_bits) if B * kv_heads < _multiprocessors() else 0)
+    # (the one-head kernel's occupancy only where the batch's groups leave the device idle: elsewhere it is never
+    # launched, so it is not compiled to be asked)
+    fills = B * kv_heads >= _multiprocessors()
+    group = heads_a_block(B, heads, kv_heads, 1 << 62 if fills else _resident(D, bits, p_bits))
     _check_knobs(_threads(D), lanes_per_key(D), group, heads // kv_heads, split is not None)
     module = _module(D, group, bits, p_bits)
     kernel = module.get_function("loom_int_paged_decode")
