@@ -234,10 +234,10 @@ def paged_attention(qkv: Array, cache_k: Array, cache_v: Array, out: Array, cos:
     row, col = (s // tables.itemsize for s in tables.strides)
     table, consts = scheme
     log2e, ln2, p_bits, bits = (int(c) for c in consts)
-    # (the one-head kernel's occupancy only where the batch's groups leave the device idle: elsewhere it is never
-    # launched, so it is not compiled to be asked)
-    fills = B * kv_heads >= _multiprocessors()
-    group = heads_a_block(B, heads, kv_heads, 1 << 62 if fills else _resident(D, bits, p_bits))
+    # (the one-head kernel's occupancy asked only where the rule reads it: no knob set and the batch's groups
+    # leaving the device idle; elsewhere that kernel may never launch, and asking compiles it)
+    asked = HEADS_A_BLOCK is None and B * kv_heads < _multiprocessors()
+    group = heads_a_block(B, heads, kv_heads, _resident(D, bits, p_bits) if asked else 1 << 62)
     _check_knobs(_threads(D), lanes_per_key(D), group, heads // kv_heads, split is not None)
     module = _module(D, group, bits, p_bits)
     kernel = module.get_function("loom_int_paged_decode")
