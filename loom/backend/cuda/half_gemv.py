@@ -21,7 +21,7 @@ import cupy
 
 from .compile import OPTIONS
 from .gemv_device import STAGE_ROWS, WARP_REDUCTIONS
-from .launch import OVERLAP_PROLOGUE
+from .launch import OVERLAP_PROLOGUE, resident_per_sm
 
 MAX_ROWS = 2          # rows of x: past two, re-reading x from shared memory for every 8 values dominates
 MIN_VALUES = 1 << 22  # weights of at least 4M values (8 MB): a 1B model's products and up
@@ -189,14 +189,4 @@ def pick_wpr(rows: int, cols: int, resident: int) -> int:
 
 def _resident(kernel, shared: int) -> int:
     """Blocks of THREADS threads with `shared` bytes of dynamic shared memory resident on the current GPU at once."""
-    device = cupy.cuda.Device()
-    key = (device.id, kernel.kernel.ptr, shared)
-    if key not in _RESIDENT:
-        if shared > 48 * 1024:
-            kernel.max_dynamic_shared_size_bytes = shared
-        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, THREADS, shared)
-        _RESIDENT[key] = max(1, per_sm) * device.attributes["MultiProcessorCount"]
-    return _RESIDENT[key]
-
-
-_RESIDENT: dict = {}
+    return resident_per_sm(kernel, THREADS, shared) * cupy.cuda.Device().attributes["MultiProcessorCount"]

@@ -48,7 +48,7 @@ from . import decode_exact
 from .int_attention import device_table
 from .int_attention_source import EXP_FIXED
 from .int_decode_source import SOURCE as _SOURCE
-from .launch import launch
+from .launch import launch, resident_per_sm
 from .quant_fixed_source import SCALARS
 
 # a block's threads, keys a tile (None: 256 for head_dim up to 64, else 64). H200, SmolLM2-135M Q4_1 recorded steps
@@ -168,18 +168,9 @@ def _built(head_dim: int, group: int, threads: int, lanes: int, stop: int, bits:
 def _resident(head_dim: int, bits: int, p_bits: int) -> int:
     """Blocks of the one-head kernel (its threads, dynamic and static shared memory, registers) the device holds at
     once."""
-    key = (cupy.cuda.Device().id, head_dim, _threads(head_dim), lanes_per_key(head_dim), PHASE_STOP, bits, p_bits)
-    if key not in _RESIDENT:
-        kernel = _module(head_dim, 1, bits, p_bits).get_function("loom_int_paged_decode")
-        threads, shared = _threads(head_dim), shared_bytes(1, head_dim, _threads(head_dim))
-        if kernel.max_dynamic_shared_size_bytes < shared:
-            kernel.max_dynamic_shared_size_bytes = shared
-        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, threads, shared)
-        _RESIDENT[key] = max(1, per_sm) * _multiprocessors()
-    return _RESIDENT[key]
-
-
-_RESIDENT: dict = {}
+    kernel = _module(head_dim, 1, bits, p_bits).get_function("loom_int_paged_decode")
+    threads = _threads(head_dim)
+    return resident_per_sm(kernel, threads, shared_bytes(1, head_dim, threads)) * _multiprocessors()
 
 
 def _check_knobs(threads: int, lanes: int, group: int, ratio: int, split: bool) -> None:

@@ -191,9 +191,10 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     __shared__ unsigned qb_s[GROUP * (D / 2)];
     __shared__ int eq_s[GROUP], qbad_s[GROUP];
     __shared__ unsigned tab_s[256];
-    __shared__ double top_w[KT / 32][GROUP];
-    __shared__ int etop_w[KT / 32], bad_w[KT / 32];
-    __shared__ unsigned long long den_w[KT / 32][GROUP];
+    __shared__ double top_s[GROUP];                    // the block's largest score a head,
+    __shared__ double top_w[KT / 32];                  // (one head: a warp's largest)
+    __shared__ int etop_s, bad_s;                      // values' largest exponent and inf/NaN flag,
+    __shared__ unsigned long long den_w[KT / 32][GROUP];   // and a warp's sums of p a head
     __shared__ long long acc_s[WV_SLICES > 1 ? KT : 1];
 
     // block (b KV + kv) splits + s; split s of `splits` takes the window's keys first .. last - 1 (mode 0: one split)
@@ -207,6 +208,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const long long share = (n + splits - 1) / splits, first = min(n, s * share), last = min(n, first + share);
     const bool writes = s == 0 && h0 % ratio == 0;    // (the block that writes k and v into the cache)
     for (int i = tid; i < 256; i += KT) tab_s[i] = (unsigned)tab_g[i];
+    if (tid == 0) { etop_s = -2147483647 - 1; bad_s = 0; }
     constexpr int LINES = (D + 31) / 32;            // (128-byte lines a row, the last one partial)
     constexpr int ROUND = KT / TPK;                 // (keys a round of the passes)
     // (before the wait: this lane's part of the first round's cached rows into registers, the new position's after
@@ -321,33 +323,56 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                 }
             }
             if (t0 + jj < last) {
-                #pragma unroll
-                for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], sc[r]);
+                if (!keep || GROUP == 1) {      // (several heads: a kept tile's largest scores from kept_s, below)
+                    #pragma unroll
+                    for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], sc[r]);
+                }
                 etop = max(etop, vr.e);
                 bad |= kbad | vr.bad;
             }
         }
     }
-    #pragma unroll
-    for (int r = 0; r < GROUP; ++r)
-        for (int o = 16; o; o >>= 1) top[r] = fmax(top[r], __shfl_xor_sync(LOOM_FULL, top[r], o));
+    // the block's maxima. A launch runs this code once a warp, and where a block takes several heads, fetching
+    // its instructions, not their arithmetic, sets its time (Nsight Compute, Qwen2-0.5B's 64 rows: half the warps'
+    // stalls waited for instructions, most of them in this reduction unrolled over the heads): a head's largest
+    // score a warp, over the kept tile's scores or, where no tile was kept, over the threads' own largest; the
+    // values' exponent and flag by warp reductions and shared atomics. One head: in registers, by shuffles (no
+    // second barrier in the chain)
     for (int o = 16; o; o >>= 1) {
         etop = max(etop, __shfl_xor_sync(LOOM_FULL, etop, o));
         bad |= __shfl_xor_sync(LOOM_FULL, bad, o);
     }
     if (lane == 0) {
+        atomicMax(&etop_s, etop);
+        atomicOr(&bad_s, bad);
+    }
+#if GROUP == 1
+    for (int o = 16; o; o >>= 1) top[0] = fmax(top[0], __shfl_xor_sync(LOOM_FULL, top[0], o));
+    if (lane == 0) top_w[warp] = top[0];
+    __syncthreads();
+    for (int w = 0; w < KT / 32; ++w) top[0] = fmax(top[0], top_w[w]);
+#else
+    if (!keep) {
         #pragma unroll
-        for (int r = 0; r < GROUP; ++r) top_w[warp][r] = top[r];
-        etop_w[warp] = etop;
-        bad_w[warp] = bad;
+        for (int r = 0; r < GROUP; ++r) kept_s[r * KT + tid] = top[r];
     }
     __syncthreads();
-    for (int w = 0; w < KT / 32; ++w) {
-        #pragma unroll
-        for (int r = 0; r < GROUP; ++r) top[r] = fmax(top[r], top_w[w][r]);
-        etop = max(etop, etop_w[w]);
-        bad |= bad_w[w];
+    {
+        const int items = keep ? (int)(last - first) : KT;
+        #pragma unroll 1
+        for (int r = warp; r < GROUP; r += KT / 32) {
+            double m = __longlong_as_double((long long)0xfff0000000000000ull);
+            for (int i = lane; i < items; i += 32) m = fmax(m, kept_s[r * KT + i]);
+            for (int o = 16; o; o >>= 1) m = fmax(m, __shfl_xor_sync(LOOM_FULL, m, o));
+            if (lane == 0) top_s[r] = m;
+        }
     }
+    __syncthreads();
+    #pragma unroll
+    for (int r = 0; r < GROUP; ++r) top[r] = top_s[r];
+#endif
+    etop = etop_s;
+    bad = bad_s;
     if (mode == 1) {                                // this split's largest scores, exponent and flag; then the window's
         if (tid == 0) {
             #pragma unroll
@@ -448,12 +473,13 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     if (tid < GROUP * D) out[b * H * D + tid] = (float)acc[0] + (float)den[0];
     return;
 #endif
-    // 5: the heads' sums of p, then one quotient an entry
+    // 5: the heads' sums of p (lane part holds heads part, part + TPK, ...: summed over the warp's keys, the
+    // warps' sums added for each entry; integers, any order), then one quotient an entry
     #pragma unroll
-    for (int r = 0; r < GROUP; ++r) {               // (head r's p sums are on lanes r % TPK)
-        unsigned long long sum = r % TPK == part ? den[r / TPK] : 0ull;
-        for (int o = 16; o; o >>= 1) sum += __shfl_xor_sync(LOOM_FULL, sum, o);
-        if (lane == 0) den_w[warp][r] = sum;
+    for (int h = 0; h < HPL; ++h) {
+        unsigned long long sum = den[h];
+        for (int o = TPK; o < 32; o <<= 1) sum += __shfl_xor_sync(LOOM_FULL, sum, o);
+        if (lane < TPK && part + h * TPK < GROUP) den_w[warp][part + h * TPK] = sum;
     }
     if (WV_SLICES > 1) acc_s[tid] = acc[0];
     __syncthreads();

@@ -82,6 +82,24 @@ def _c_value(a):
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
 
 
+def resident_per_sm(kernel: cupy.RawKernel, threads: int, shared: int = 0) -> int:
+    """Blocks of `threads` threads with `shared` bytes of dynamic shared memory (its registers and static shared
+    memory its own) that one multiprocessor of the current GPU holds at once, by the driver's occupancy query (at
+    least 1); kept per device, kernel and size. The kernel's dynamic shared memory limit is raised to `shared`
+    where it is below, as `launch` does."""
+    import cupy  # (cupy is loaded: the kernel is one of its objects)
+    key = (cupy.cuda.Device().id, kernel.kernel.ptr, threads, shared)
+    if key not in _RESIDENT:
+        if shared and kernel.max_dynamic_shared_size_bytes < shared:
+            kernel.max_dynamic_shared_size_bytes = shared
+        per_sm = cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr, threads, shared)
+        _RESIDENT[key] = max(1, per_sm)
+    return _RESIDENT[key]
+
+
+_RESIDENT: dict = {}
+
+
 def launch(kernel: cupy.RawKernel, grid: int, block: int, args: tuple, overlap: bool, shared: int = 0) -> None:
     """kernel<<<grid, block, shared>>>(*args) for a cupy.RawKernel on CuPy's current stream; with
     overlap, as a programmatic dependent launch. shared: bytes of dynamic shared memory (the kernel's

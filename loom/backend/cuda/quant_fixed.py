@@ -52,7 +52,7 @@ from .compile import OPTIONS
 from .exact_reduce import EXACT_ROW_SUM
 from .fused import ROW_HELPERS
 from .fused_exact import helpers
-from .launch import OVERLAP_PROLOGUE, launch
+from .launch import OVERLAP_PROLOGUE, launch, resident_per_sm
 from .quant import BLOCK_DECODE, K_LAYOUTS, LAYOUTS, TYPES, pointer, type_defines
 from .quant_exact import NORM_ROW, _multiprocessors, sum_bits
 from .quant_fixed_rows_source import ROWS_SOURCE
@@ -256,15 +256,8 @@ def gemv_grid(rows: int, wpr: int, m: int, per_sm: int = 0) -> int:
 
 def _resident_per_sm(kernel) -> int:
     """Blocks of the kernel resident on one multiprocessor of the current GPU at once (its registers and static
-    shared memory), kept per kernel."""
-    key = (cupy.cuda.Device().id, kernel.kernel.ptr)
-    if key not in _RESIDENT:
-        _RESIDENT[key] = max(1, cupy.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(kernel.kernel.ptr,
-                                                                                        WARPS * 32, 0))
-    return _RESIDENT[key]
-
-
-_RESIDENT: dict = {}
+    shared memory)."""
+    return resident_per_sm(kernel, WARPS * 32)
 
 
 def gemv_warps(rows: int) -> int:
