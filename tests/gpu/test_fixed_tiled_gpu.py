@@ -110,6 +110,8 @@ def test_the_dispatch_sends_decode_batches_here(monkeypatch):
     assert not tiled.wgmma_takes(16, 2048, wide) and not tiled.wgmma_takes(64, 2048, lm_head)
     assert tiled.wgmma_takes(16, 4096, wide, True) == hopper and not tiled.wgmma_takes(16, 8192, wide, True)
     assert not tiled.wgmma_takes(16, 4096, lm_head)
+    # (an lm_head's over K <= SHORT_K, which the kernel takes at any rows: on wgmma at any rows, Qwen2-0.5B's)
+    assert tiled.wgmma_takes(64, 896, 151936) == hopper and tiled.takes(64, 896, 151936)
     calls = []
     monkeypatch.setattr(tiled, "product", lambda *a, **k: calls.append(a[0].shape))
     rng = np.random.default_rng(3)
