@@ -101,7 +101,8 @@ def test_the_dispatch_sends_decode_batches_here(monkeypatch):
     assert tiled.takes(16, 2048, tiled.LONG_MAX_STORED) and not tiled.takes(64, 2048, lm_head)
     assert tiled.takes(64, 576, 128256) and not tiled.takes(16, 4096, wide)
     # on compute capability 9.0 the products run on wgmma for a SwiGLU's of WG_SWIGLU_STORED stored rows or more (any
-    # rows, K <= 4,096), an lm_head's at up to 16 rows over K <= 2,048, which the kernel then takes (before, cuBLAS);
+    # rows, K <= 4,096), an lm_head's at up to 16 rows over K <= 2,048, which the kernel then takes (before, cuBLAS), and
+    # at any rows over K <= SHORT_K;
     # on mma.sync for the rest
     hopper, swiglu_wg = tiled._hopper(), tiled.WG_SWIGLU_STORED
     assert not tiled.takes(64, 2048, swiglu_wg - 16, True) and tiled.takes(16, 2048, lm_head) == hopper

@@ -3,8 +3,8 @@ tensor cores (mma.sync m16n8k32), staged through shared memory by cp.async, K sp
 thread-block cluster, finished in the same launch, in place of cuBLAS's GEMM and the finishing kernel, whose int32
 blocks [2 M, 2 N] went out to memory and back (`takes` says where: up to four fragments of x over rows of up to
 1,536, one over rows of up to 2,048, four there against a SwiGLU's wide W; where the products run on wgmma, also
-a wide SwiGLU's over K <= 4,096 and an lm_head's up to 16 rows). The same bits: the sums are exact
-integers, so neither the order of k nor the split of K over blocks can change them.
+a wide SwiGLU's over K <= 4,096 and an lm_head's up to 16 rows, at any rows over K <= 1,536). The same bits: the
+sums are exact integers, so neither the order of k nor the split of K over blocks can change them.
 
 A block (4 warps along W's rows, times X_WARPS along x's fragments from two of them) takes TILE_ROWS stored
 rows of W (SwiGLU: TILE_ROWS / 2 of the gate's and the matching up rows) against every row of x, over its
