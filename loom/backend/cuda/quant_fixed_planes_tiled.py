@@ -499,8 +499,9 @@ def wgmma_takes(m: int, k: int, stored: int, swiglu: bool = False) -> bool:
     gate_up has 3,072, 1,379 -> 1,479 us with it on wgmma, though the product alone measured 10.6 -> 10.4), and up to
     WG_WIDE_ROWS rows over K <= LONG_K against W's of more than LONG_MAX_STORED stored rows (an lm_head's; at 64 rows
     Llama-3.2-1B's step took 1,947 -> 1,960 us with it on wgmma), at any rows over K <= SHORT_K (where the other form
-    is mma.sync, not cuBLAS: Qwen2-0.5B's 151,936 rows over K = 896, its step at 32 / 48 / 64 rows 1,390 / 1,527 /
-    1,727 -> 1,370 / 1,500 / 1,672 us, H200, one call); the kernel takes these there, not cuBLAS."""
+    is mma.sync, not cuBLAS, and wgmma beat mma.sync on every lm_head measured: Qwen2-0.5B's 151,936 rows over
+    K = 896, the only one measured in a step, at 32 / 48 / 64 rows 1,390 / 1,527 / 1,727 -> 1,370 / 1,500 / 1,672 us,
+    H200, one call); the kernel takes these there, not cuBLAS."""
     if not (WGMMA and not _WGMMA_FAILED and _hopper() and 0 < m <= MAX_ROWS and 0 < k < MAX_K and k % 64 == 0):
         return False
     wide_swiglu = swiglu and stored >= WG_SWIGLU_STORED and k <= WG_MAX_K
