@@ -92,15 +92,30 @@ __device__ __forceinline__ LoomRow loom_row_top(const LoomPart& p, int part, uns
     return loom_row_scale(loom_exponent_of_bits(top), bad);
 }
 
-// the integers of four values of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
-template <bool PLAIN>
-__device__ __forceinline__ void loom_row_pairs(const float4& x4, const LoomRow& rw, unsigned* pr) {
+// the integers of four values of a row that is not plain (inf or NaN in it, or a shift past 127) as two int16 pairs:
+// out of line, so that the common form's code stays short and together (a launch runs it once a warp; fetching
+// its instructions costs more than running them)
+__device__ __noinline__ uint2 loom_rare_pairs(float4 x4, float s, int shift) {
     const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
     unsigned q[4];
     #pragma unroll
-    for (int u = 0; u < 4; ++u)
-        q[u] = PLAIN ? __float_as_uint(__fmaf_rn(xs[u], rw.s, 12582912.0f))
-                     : isfinite(xs[u]) ? loom_fixed_bits(xs[u], rw.s, rw.shift) : 0x4B400000u;
+    for (int u = 0; u < 4; ++u) q[u] = isfinite(xs[u]) ? loom_fixed_bits(xs[u], s, shift) : 0x4B400000u;
+    return make_uint2(__byte_perm(q[0], q[1], 0x5410), __byte_perm(q[2], q[3], 0x5410));
+}
+
+// the integers of four values of a row as two int16 pairs (value 2i in the low half); PLAIN: row.plain
+template <bool PLAIN>
+__device__ __forceinline__ void loom_row_pairs(const float4& x4, const LoomRow& rw, unsigned* pr) {
+    if (!PLAIN) {
+        const uint2 p = loom_rare_pairs(x4, rw.s, rw.shift);
+        pr[0] = p.x;
+        pr[1] = p.y;
+        return;
+    }
+    const float xs[4] = {x4.x, x4.y, x4.z, x4.w};
+    unsigned q[4];
+    #pragma unroll
+    for (int u = 0; u < 4; ++u) q[u] = __float_as_uint(__fmaf_rn(xs[u], rw.s, 12582912.0f));
     pr[0] = __byte_perm(q[0], q[1], 0x5410);
     pr[1] = __byte_perm(q[2], q[3], 0x5410);
 }
@@ -121,24 +136,22 @@ __device__ __forceinline__ void loom_row_integers(const LoomPart& p, const LoomR
 // 2^e as a double (-1022 <= e <= 1023)
 __device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
 
-// this lane's part of the GROUP dot products of a key row's integers with q's (byte pairs qb [GROUP][D / 2]: low
-// bytes, then high, of a pair) by dp2a, into hi and lo (exact in int32 for D <= 128)
-template <bool PLAIN>
-__device__ __forceinline__ void loom_dots(const LoomPart& key, const LoomRow& rw, const unsigned* qb, int* hi, int* lo,
-                                          int part) {
+// this lane's part of the GROUP dot products of a key row's integers (int16 pairs kp [2 GPL], loom_row_pairs') with
+// q's (byte pairs qb [GROUP][D / 2]: low bytes, then high, of a pair) by dp2a, into hi and lo (exact in int32 for
+// D <= 128). (The pairs made first, by either form, so that the products' code is there once: a launch runs it
+// once a warp, and fetching its instructions costs more than running them)
+__device__ __forceinline__ void loom_dots(const unsigned* kp, const unsigned* qb, int* hi, int* lo, int part) {
     #pragma unroll
     for (int i = 0; i < GPL; ++i) {
         const int g = part + TPK * i;
         if (!LOOM_IN_ROW(i)) break;
-        unsigned kp[2];
-        loom_row_pairs<PLAIN>(key.x[i], rw, kp);
         #pragma unroll
         for (int r = 0; r < GROUP; ++r) {
             #pragma unroll
             for (int c = 0; c < 2; ++c) {
                 const unsigned xb = qb[r * (D / 2) + 2 * g + c];
-                asm("dp2a.lo.s32.u32 %0, %1, %2, %0;" : "+r"(lo[r]) : "r"(kp[c]), "r"(xb));
-                asm("dp2a.hi.s32.s32 %0, %1, %2, %0;" : "+r"(hi[r]) : "r"(kp[c]), "r"(xb));
+                asm("dp2a.lo.s32.u32 %0, %1, %2, %0;" : "+r"(lo[r]) : "r"(kp[2 * i + c]), "r"(xb));
+                asm("dp2a.hi.s32.s32 %0, %1, %2, %0;" : "+r"(hi[r]) : "r"(kp[2 * i + c]), "r"(xb));
             }
         }
     }
@@ -152,8 +165,13 @@ __device__ __forceinline__ void loom_scores(const LoomPart& key, const unsigned*
     int hi[GROUP], lo[GROUP];
     #pragma unroll
     for (int r = 0; r < GROUP; ++r) { hi[r] = 0; lo[r] = 0; }
-    if (rw.plain) loom_dots<true>(key, rw, qb, hi, lo, part);
-    else loom_dots<false>(key, rw, qb, hi, lo, part);
+    unsigned kp[2 * GPL];
+    #pragma unroll
+    for (int i = 0; i < GPL; ++i) {
+        if (rw.plain) loom_row_pairs<true>(key.x[i], rw, kp + 2 * i);
+        else loom_row_pairs<false>(key.x[i], rw, kp + 2 * i);
+    }
+    loom_dots(kp, qb, hi, lo, part);
     const double k2 = loom_pow2(rw.e - 2 * BITS);
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
@@ -362,6 +380,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
         #pragma unroll 1
         for (int r = warp; r < GROUP; r += KT / 32) {
             double m = __longlong_as_double((long long)0xfff0000000000000ull);
+            #pragma unroll 1
             for (int i = lane; i < items; i += 32) m = fmax(m, kept_s[r * KT + i]);
             for (int o = 16; o; o >>= 1) m = fmax(m, __shfl_xor_sync(LOOM_FULL, m, o));
             if (lane == 0) top_s[r] = m;
@@ -464,6 +483,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
                     a1 += w[jj + 2 * WV_SLICES] * (int)v[(jj + 2 * WV_SLICES) * VROW]
                         + w[jj + 3 * WV_SLICES] * (int)v[(jj + 3 * WV_SLICES) * VROW];
                 }
+                #pragma unroll 1
                 for (; jj < count; jj += WV_SLICES) a0 += w[jj] * (int)v[jj * VROW];
                 acc[o] += a0 + a1;
             }
