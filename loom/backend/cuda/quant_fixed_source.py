@@ -29,9 +29,13 @@ __device__ __forceinline__ int loom_fixed_exponent(float m) {
 // fma rounds v s + 1.5 2^23 (v s exact inside it) to the integers of [2^23, 2^24), ties to even as rint; its
 // low 16 bits are q's as an int16 (0x4B400000's are zero). Past shift 127 s is not a float32 (rows below
 // 2^-112): float64, exactly. v must be finite (a row holding inf or NaN takes the IEEE path).
+// (The float64 form out of line: inlined at every value it made the kernels' code several times longer, and a
+// decode step's kernels each run their code about once a warp, so fetching instructions sets much of their time)
+__device__ __noinline__ unsigned loom_fixed_bits_wide(float v, int shift) {
+    return 0x4B400000u + (unsigned)__double2int_rn(ldexp((double)v, shift));
+}
 __device__ __forceinline__ unsigned loom_fixed_bits(float v, float s, int shift) {
-    return shift <= 127 ? __float_as_uint(__fmaf_rn(v, s, 12582912.0f))
-                        : 0x4B400000u + (unsigned)__double2int_rn(ldexp((double)v, shift));
+    return shift <= 127 ? __float_as_uint(__fmaf_rn(v, s, 12582912.0f)) : loom_fixed_bits_wide(v, shift);
 }
 
 // 2^shift as a float32 for -126 <= shift <= 127 (else unused)
