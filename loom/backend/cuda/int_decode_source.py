@@ -74,7 +74,9 @@ __device__ __forceinline__ LoomRow loom_row_top(const LoomPart& p, int part, uns
         worst[2] = max(worst[2], __float_as_uint(p.x[i].z) & 0x7FFFFFFFu);
         worst[3] = max(worst[3], __float_as_uint(p.x[i].w) & 0x7FFFFFFFu);
     }
-    unsigned top = loom_lanes_max(max(max(worst[0], worst[1]), max(worst[2], worst[3])), mask);
+    // (every lane of the warp runs this together: the full mask, whose shuffles need no test of the warp's
+    // convergence; the xor offsets below TPK keep each key's lanes among themselves)
+    unsigned top = loom_lanes_max(max(max(worst[0], worst[1]), max(worst[2], worst[3])), LOOM_FULL);
     const int bad = top >= 0x7F800000u;
     if (bad) {                                      // (rare) the finite maximum
         top = 0u;
@@ -175,7 +177,7 @@ __device__ __forceinline__ void loom_scores(const LoomPart& key, const unsigned*
     const double k2 = loom_pow2(rw.e - 2 * BITS);
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
-        sc[r] = (double)(256LL * loom_lanes_sum(hi[r], mask) + loom_lanes_sum(lo[r], mask)) * k2;
+        sc[r] = (double)(256LL * loom_lanes_sum(hi[r], LOOM_FULL) + loom_lanes_sum(lo[r], LOOM_FULL)) * k2;
 }
 
 // this lane's parts of key j's rows (j of the window's share, lo + j its cache position): the cache's, the new
