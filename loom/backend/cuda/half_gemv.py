@@ -21,7 +21,7 @@ import cupy
 
 from .compile import OPTIONS
 from .gemv_device import STAGE_ROWS, WARP_REDUCTIONS
-from .launch import OVERLAP_PROLOGUE, resident_per_sm
+from .launch import OVERLAP_PROLOGUE, multiprocessors, resident_per_sm
 
 MAX_ROWS = 2          # rows of x: past two, re-reading x from shared memory for every 8 values dominates
 MIN_VALUES = 1 << 22  # weights of at least 4M values (8 MB): a 1B model's products and up
@@ -189,4 +189,4 @@ def pick_wpr(rows: int, cols: int, resident: int) -> int:
 
 def _resident(kernel, shared: int) -> int:
     """Blocks of THREADS threads with `shared` bytes of dynamic shared memory resident on the current GPU at once."""
-    return resident_per_sm(kernel, THREADS, shared) * cupy.cuda.Device().attributes["MultiProcessorCount"]
+    return resident_per_sm(kernel, THREADS, shared) * multiprocessors()

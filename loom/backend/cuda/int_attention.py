@@ -45,6 +45,7 @@ from .. import Array
 from .compile import OPTIONS
 from .int_attention_source import EXP_FIXED, SOURCE
 from .kept_tables import KeptTables
+from .launch import multiprocessors as _multiprocessors
 from .quant import pointer
 from .quant_fixed_source import SCALARS
 
@@ -296,11 +297,6 @@ def _splits(blocks: int, tiles: int, warps: int) -> int:
     split at least SPLIT_TILES tiles, at most 16."""
     want = -(-SPLIT_BLOCKS * _multiprocessors() * 4 // warps // blocks)
     return max(1, min(want, tiles // SPLIT_TILES, 16))
-
-
-@cache
-def _multiprocessors() -> int:
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 _TABLES: dict = {}

@@ -49,6 +49,7 @@ from .int_attention import device_table
 from .int_attention_source import EXP_FIXED
 from .int_decode_source import SOURCE as _SOURCE
 from .launch import launch, resident_per_sm
+from .launch import multiprocessors as _multiprocessors
 from .quant_fixed_source import SCALARS
 
 # a block's threads, keys a tile (None: 256 for head_dim up to 64, else 64). H200, SmolLM2-135M Q4_1 recorded steps
@@ -118,11 +119,6 @@ def split_work(batch: int, heads: int, head_dim: int, max_keys: int = 0, splits:
 def split_max_keys(splits: int) -> int:
     """(decode_exact's interface) the longest window the split form takes: any."""
     return 1 << 62
-
-
-@cache
-def _multiprocessors() -> int:
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 def probability_work(*args: object, **kwargs: object) -> None:

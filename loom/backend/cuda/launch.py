@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -80,6 +81,13 @@ def _c_value(a):
         if isinstance(a, kind):
             return ctype(a)
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
+
+
+@cache
+def multiprocessors() -> int:
+    """The current GPU's multiprocessors (asked once: CuPy reads every attribute of the device each time)."""
+    import cupy
+    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 def resident_per_sm(kernel: cupy.RawKernel, threads: int, shared: int = 0) -> int:

@@ -41,6 +41,7 @@ from .exact_rounded import ROUNDED_DEVICE
 from .fused import ROW_HELPERS
 from .fused_exact import helpers
 from .launch import OVERLAP_PROLOGUE, launch
+from .launch import multiprocessors as _multiprocessors
 from .quant import BLOCK_DECODE, MAX_ROWS, TYPES, embed, pointer, type_defines  # noqa: F401 - embed: exact
 
 STAGE_FLOATS = 9216     # x staged in shared memory up to this many floats (36 KiB)
@@ -354,11 +355,6 @@ def warps_per_row(rows: int, cols: int) -> int:
     while wpr < 8 and 2 * wpr * rows <= slots and cols // 32 >= 8 * wpr:
         wpr *= 2
     return wpr
-
-
-@cache
-def _multiprocessors() -> int:
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
 
 
 def stages(x_rows: int, cols: int) -> bool:
