@@ -119,7 +119,8 @@ extern "C" __global__ void __launch_bounds__(RW * 32) loom_fixed_rows(
             if (xbad[m] || wbad[wr]) {          // IEEE's value, by one thread (rare)
                 y[h] = loom_fixed_ieee(loom_fixed_row(w, wr, nb), x + (long long)m * K, nb);
             } else {
-                y[h] = __double2float_rn(ldexp((double)(long long)sums_s[lm * 8 * NF + col], ex[m] + ew[wr] - 30));
+                y[h] = __double2float_rn(__dmul_rn((double)(long long)sums_s[lm * 8 * NF + col],
+                                                     loom_fixed_pow2(ex[m] + ew[wr] - 30)));
             }
         }
         loom_fixed_store(y, bias, res, out, (long long)m * rows + n, n, rows);

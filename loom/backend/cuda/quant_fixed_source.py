@@ -112,22 +112,23 @@ __device__ __forceinline__ long long loom_planes_combine(long long hh, long long
     return 65536 * hh + 256 * mid + ll;
 }
 
+// 2^e as a float64, for the e of a product's scale (x's and W's exponents, each within float32's: |e| < 400)
+__device__ __forceinline__ double loom_fixed_pow2(int e) {
+    return __longlong_as_double((long long)(1023 + e) << 52);
+}
+
 // ... and, for quant_fixed_planes' signed planes (l' = l - 128), the rows' sums of q: + 128 (sum q_x + sum q_w)
-// - 16384 K, scaled by 2^(e - 30) (e = ex + ew) and rounded once
+// - 16384 K, scaled by 2^(e - 30) (e = ex + ew) and rounded once (a product by a power of two in float64's
+// normal range: ldexp's value, in a few instructions where ldexp's general code took about 55 at each use)
 __device__ __forceinline__ float loom_planes_round(long long products, long long sum_x, long long sum_w, long long K,
                                                    int e) {
-    return __double2float_rn(ldexp((double)(products + 128 * (sum_x + sum_w) - 16384 * K), e - 30));
+    return __double2float_rn(__dmul_rn((double)(products + 128 * (sum_x + sum_w) - 16384 * K), loom_fixed_pow2(e - 30)));
 }
 
 // the slot of a unit's position p in lane order: block_values' lane i takes its four values at slots 4i ..
 // 4i + 3 (nibble types' lane i holds positions 2i, 2i + 1, 2i + 16, 2i + 17; the others' 4i .. 4i + 3)
 __device__ __forceinline__ int loom_fixed_slot(int p, int nibble) {
     return nibble ? 4 * ((p & 15) >> 1) + 2 * (p >> 4) + (p & 1) : p;
-}
-
-// 2^e as a float64, for the e of a product's scale (x's and W's exponents, each within float32's: |e| < 400)
-__device__ __forceinline__ double loom_fixed_pow2(int e) {
-    return __longlong_as_double((long long)(1023 + e) << 52);
 }
 
 __device__ __forceinline__ float loom_fixed_mark(float v) {
@@ -139,8 +140,10 @@ __device__ __forceinline__ const unsigned char* loom_fixed_row(const unsigned ch
 }
 
 // IEEE's value of an entry whose row of x or of W holds inf or NaN, by one thread (rare): the sum of the
-// sign products (exact._special_values: infinities and NaNs kept) of x's row xr and W's row
-__device__ __forceinline__ float loom_fixed_ieee(const unsigned char* row, const float* xr, int nb) {
+// sign products (exact._special_values: infinities and NaNs kept) of x's row xr and W's row. Out of line: inlined
+// at each entry a thread finishes it was most of the finishing kernels' code (the planes' finish four entries a
+// thread: 6,000 SASS instructions, 3,400 of them this), which a warp runs about once.
+__device__ __noinline__ float loom_fixed_ieee(const unsigned char* row, const float* xr, int nb) {
     float t = 0.0f;
     for (int u = 0; u < nb; ++u)
         for (int l = 0; l < 8; ++l) {
