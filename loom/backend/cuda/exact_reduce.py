@@ -86,7 +86,7 @@ template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(co
         __syncthreads();
         total = warp_reduce(lane < nwarps ? s->sums[lane] : 0.0, AddOp());
     }
-    return __double2float_rn(ldexp(total, -shift));
+    return __double2float_rn(__dmul_rn(total, __longlong_as_double((long long)(1023 - shift) << 52)));   // (ldexp's)
 }
 template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, Scratch& s) {
     return exact_sum_regs<true>(v, bits, &s);

@@ -521,7 +521,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             continue;
         }
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
-            : (float)ldexp((double)acc[o] / (double)total, etop - P_BITS - BITS + 31);
+            : (float)__dmul_rn((double)acc[o] / (double)total, loom_fixed_pow2(etop - P_BITS - BITS + 31));
     }
     if (mode == 0) return;
     // (split form) the group's last block to arrive adds every split's exact sums (integers: any order) and
@@ -543,7 +543,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             total += __ldcg(wden + at * GROUP + r);
         }
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
-            : (float)ldexp((double)num / (double)total, etop - P_BITS - BITS + 31);
+            : (float)__dmul_rn((double)num / (double)total, loom_fixed_pow2(etop - P_BITS - BITS + 31));
     }
     if (tid == 0) counters[blk] = 0u;
 }
