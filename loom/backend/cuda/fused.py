@@ -81,6 +81,15 @@ template <class V, class Op> __device__ __forceinline__ V warp_reduce(V v, Op op
     for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+// 32-bit integers' maxima and sums in one redux.sync where the device has it (compute capability 8.0 on): the
+// shuffles' values (integer maxima and wrapping sums do not depend on order) in one instruction, not five
+// dependent shuffles and operations. Non-negative floats' maxima go through it as bit patterns, which order alike.
+#if __CUDA_ARCH__ >= 800
+__device__ __forceinline__ unsigned warp_reduce(unsigned v, MaxOp) { return __reduce_max_sync(0xffffffffu, v); }
+__device__ __forceinline__ int warp_reduce(int v, MaxOp) { return __reduce_max_sync(0xffffffffu, v); }
+__device__ __forceinline__ unsigned warp_reduce(unsigned v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
+__device__ __forceinline__ int warp_reduce(int v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
+#endif
 
 // red: 32 entries of shared memory; `identity` fills the lanes past the last warp.
 template <class V, class Op> __device__ V block_reduce(V v, V* red, V identity, Op op) {

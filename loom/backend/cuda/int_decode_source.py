@@ -358,10 +358,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     // score a warp, over the kept tile's scores or, where no tile was kept, over the threads' own largest; the
     // values' exponent and flag by warp reductions and shared atomics. One head: in registers, by shuffles (no
     // second barrier in the chain)
-    for (int o = 16; o; o >>= 1) {
-        etop = max(etop, __shfl_xor_sync(LOOM_FULL, etop, o));
-        bad |= __shfl_xor_sync(LOOM_FULL, bad, o);
-    }
+    etop = warp_reduce(etop, MaxOp());
+    bad = warp_reduce(bad, MaxOp());
     if (lane == 0) {
         atomicMax(&etop_s, etop);
         atomicOr(&bad_s, bad);
