@@ -85,11 +85,12 @@ template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(co
     for (int w = 1; w < R; w *= 2)
         #pragma unroll
         for (int i = 0; i + w < R; i += 2 * w) part[i] += part[i + w];
-    double total = warp_reduce(part[0], AddOp());
+    // (through int64: a zero sum is +0.0, as the float64 sum from +0.0 was)
+    double total = (double)warp_sum_i64((long long)part[0]);
     if (nwarps > 1) {
         if (lane == 0) s->sums[warp] = total;
         __syncthreads();
-        total = warp_reduce(lane < nwarps ? s->sums[lane] : 0.0, AddOp());
+        total = (double)warp_sum_i64(lane < nwarps ? (long long)s->sums[lane] : 0LL);
     }
     return __double2float_rn(__dmul_rn(total, __longlong_as_double((long long)(1023 - shift) << 52)));   // (ldexp's)
 }

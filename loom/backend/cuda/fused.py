@@ -90,6 +90,20 @@ __device__ __forceinline__ int warp_reduce(int v, MaxOp) { return __reduce_max_s
 __device__ __forceinline__ unsigned warp_reduce(unsigned v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
 __device__ __forceinline__ int warp_reduce(int v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
 #endif
+// The warp's sum of int64 values below 2^62 in magnitude whose sum fits int64 (exact integers: the exact sums' and the
+// products' accumulators), the shuffles' value: three 21-bit chunks v = 2^42 hi + 2^21 mid + lo (hi signed), each
+// summed by one redux.sync (32 of them stay within 32 bits), in place of five dependent 64-bit shuffle steps
+__device__ __forceinline__ long long warp_sum_i64(long long v) {
+#if __CUDA_ARCH__ >= 800
+    const long long lo = __reduce_add_sync(0xffffffffu, (unsigned)(v & 0x1FFFFF));
+    const long long mid = __reduce_add_sync(0xffffffffu, (unsigned)((v >> 21) & 0x1FFFFF));
+    const long long hi = __reduce_add_sync(0xffffffffu, (int)(v >> 42));
+    return hi * (1LL << 42) + mid * (1LL << 21) + lo;
+#else
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+#endif
+}
 
 // red: 32 entries of shared memory; `identity` fills the lanes past the last warp.
 template <class V, class Op> __device__ V block_reduce(V v, V* red, V identity, Op op) {

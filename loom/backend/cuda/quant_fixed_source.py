@@ -255,7 +255,7 @@ __device__ __forceinline__ bool loom_fixed_row_totals(long long (&acc)[EPI + 1][
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) {
             if (m >= M) break;
-            for (int o = 16; o; o >>= 1) acc[e][m] += __shfl_xor_sync(LOOM_FULL, acc[e][m], o);
+            acc[e][m] = warp_sum_i64(acc[e][m]);
         }
     if (WPR > 1) {
         __shared__ long long part_s[WARPS][EPI + 1][MAX_ROWS];

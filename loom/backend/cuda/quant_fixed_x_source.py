@@ -70,7 +70,7 @@ __device__ __forceinline__ void loom_fixed_x_held(
         *(unsigned*)(planes + m * K + k) = hi;
         *(unsigned*)(planes + (padded + m) * K + k) = lo;
     }
-    total = warp_reduce(total, AddOp());
+    total = warp_sum_i64(total);
     if (lane == 0) sum_s[warp] = total;
     __syncthreads();
     if (threadIdx.x == 0) {
