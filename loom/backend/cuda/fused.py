@@ -90,8 +90,8 @@ __device__ __forceinline__ int warp_reduce(int v, MaxOp) { return __reduce_max_s
 __device__ __forceinline__ unsigned warp_reduce(unsigned v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
 __device__ __forceinline__ int warp_reduce(int v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
 #endif
-// The warp's sum of int64 values below 2^62 in magnitude whose sum fits int64 (exact integers: the exact sums' and the
-// products' accumulators), the shuffles' value: three 21-bit chunks v = 2^42 hi + 2^21 mid + lo (hi signed), each
+// The warp's sum of int64 values (exact integers: the exact sums' and the products' accumulators) where the sum lies
+// within +-(2^63 - 2^48), the shuffles' value: three 21-bit chunks v = 2^42 hi + 2^21 mid + lo (hi signed), each
 // summed by one redux.sync (32 of them stay within 32 bits), in place of five dependent 64-bit shuffle steps
 __device__ __forceinline__ long long warp_sum_i64(long long v) {
 #if __CUDA_ARCH__ >= 800
