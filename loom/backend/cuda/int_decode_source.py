@@ -135,9 +135,6 @@ __device__ __forceinline__ void loom_row_integers(const LoomPart& p, const LoomR
     }
 }
 
-// 2^e as a double (-1022 <= e <= 1023)
-__device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
-
 // this lane's part of the GROUP dot products of a key row's integers (int16 pairs kp [2 GPL], loom_row_pairs') with
 // q's (byte pairs qb [GROUP][D / 2]: low bytes, then high, of a pair) by dp2a, into hi and lo (exact in int32 for
 // D <= 128). (The pairs made first, by either form, so that the products' code is there once: a launch runs it
@@ -174,7 +171,7 @@ __device__ __forceinline__ void loom_scores(const LoomPart& key, const unsigned*
         else loom_row_pairs<false>(key.x[i], rw, kp + 2 * i);
     }
     loom_dots(kp, qb, hi, lo, part);
-    const double k2 = loom_pow2(rw.e - 2 * BITS);
+    const double k2 = loom_fixed_pow2(rw.e - 2 * BITS);
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
         sc[r] = (double)(256LL * loom_lanes_sum(hi[r], LOOM_FULL) + loom_lanes_sum(lo[r], LOOM_FULL)) * k2;
@@ -417,7 +414,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     #pragma unroll
     for (int h = 0; h < HPL; ++h) {
         const int r = part + h * TPK;
-        qscale[h] = loom_pow2(r < GROUP ? eq_s[r] : 0);
+        qscale[h] = loom_fixed_pow2(r < GROUP ? eq_s[r] : 0);
         toph[h] = 0.0;
         #pragma unroll
         for (int q = h * TPK; q < min(GROUP, (h + 1) * TPK); ++q)
