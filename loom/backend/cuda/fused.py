@@ -81,15 +81,6 @@ template <class V, class Op> __device__ __forceinline__ V warp_reduce(V v, Op op
     for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
-// 32-bit integers' maxima and sums in one redux.sync where the device has it (compute capability 8.0 on): the
-// shuffles' values (integer maxima and wrapping sums do not depend on order) in one instruction, not five
-// dependent shuffles and operations. Non-negative floats' maxima go through it as bit patterns, which order alike.
-#if __CUDA_ARCH__ >= 800
-__device__ __forceinline__ unsigned warp_reduce(unsigned v, MaxOp) { return __reduce_max_sync(0xffffffffu, v); }
-__device__ __forceinline__ int warp_reduce(int v, MaxOp) { return __reduce_max_sync(0xffffffffu, v); }
-__device__ __forceinline__ unsigned warp_reduce(unsigned v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
-__device__ __forceinline__ int warp_reduce(int v, AddOp) { return __reduce_add_sync(0xffffffffu, v); }
-#endif
 // The warp's sum of int64 values (exact integers: the exact sums' and the products' accumulators) where the sum lies
 // within +-(2^63 - 2^48), the shuffles' value: three 21-bit chunks v = 2^42 hi + 2^21 mid + lo (hi signed), each
 // summed by one redux.sync (32 of them stay within 32 bits), in place of five dependent 64-bit shuffle steps

@@ -50,7 +50,7 @@ __device__ __forceinline__ void loom_fixed_x_held(
         if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
         else nonfinite = 1;
     }
-    top = __uint_as_float(warp_reduce(__float_as_uint(top), MaxOp()));      // (>= 0: as patterns)
+    top = warp_reduce(top, MaxOp());
     nonfinite = warp_reduce(nonfinite, MaxOp());
     if (lane == 0) { top_s[warp] = top; bad_s[warp] = nonfinite; }
     __syncthreads();
@@ -116,7 +116,7 @@ template <int R> __device__ __forceinline__ void loom_fixed_stage_held(
             if (isfinite(v[m][i])) top = fmaxf(top, fabsf(v[m][i]));
             else nonfinite = 1;
         }
-        top = __uint_as_float(warp_reduce(__float_as_uint(top), MaxOp()));  // (>= 0: as patterns)
+        top = warp_reduce(top, MaxOp());
         nonfinite = warp_reduce(nonfinite, MaxOp());
         if (lane == 0) { top_s[warp][m] = top; bad_s[warp][m] = nonfinite; }
     }
@@ -168,7 +168,7 @@ template <int R> __device__ __forceinline__ void loom_fixed_warp_normed(
     for (int w = 1; w < R; w *= 2)
         #pragma unroll
         for (int i = 0; i + w < R; i += 2 * w) t[i] = fmaxf(t[i], t[i + w]);
-    *top = __uint_as_float(warp_reduce(__float_as_uint(t[0]), MaxOp()));   // (>= 0: as patterns)
+    *top = warp_reduce(t[0], MaxOp());
     *nonfinite = warp_reduce(bad, MaxOp());
 }
 
