@@ -77,16 +77,22 @@ template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(co
     const int shift = bits - loom_top_exponent(__uint_as_float(top));
     // 2^shift: |shift| < 300, so v 2^shift is exact, ldexp's value
     const double scale = __longlong_as_double((long long)(1023 + shift) << 52);
-    double total = 0.0;
+    // integers below 2^53: exact in any order, so summed as a tree (a chain of R dependent additions before)
+    double part[R];
     #pragma unroll
-    for (int i = 0; i < R; ++i) total += rint(__dmul_rn((double)v[i], scale));
-    total = warp_reduce(total, AddOp());                        // integers below 2^53: exact
+    for (int i = 0; i < R; ++i) part[i] = rint(__dmul_rn((double)v[i], scale));
+    #pragma unroll
+    for (int w = 1; w < R; w *= 2)
+        #pragma unroll
+        for (int i = 0; i + w < R; i += 2 * w) part[i] += part[i + w];
+    // (through int64: a zero sum is +0.0, as the float64 sum from +0.0 was)
+    double total = (double)warp_sum_i64((long long)part[0]);
     if (nwarps > 1) {
         if (lane == 0) s->sums[warp] = total;
         __syncthreads();
-        total = warp_reduce(lane < nwarps ? s->sums[lane] : 0.0, AddOp());
+        total = (double)warp_sum_i64(lane < nwarps ? (long long)s->sums[lane] : 0LL);
     }
-    return __double2float_rn(ldexp(total, -shift));
+    return __double2float_rn(__dmul_rn(total, __longlong_as_double((long long)(1023 - shift) << 52)));   // (ldexp's)
 }
 template <int R> __device__ float exact_sum_held(const float (&v)[R], int bits, Scratch& s) {
     return exact_sum_regs<true>(v, bits, &s);

@@ -81,6 +81,20 @@ template <class V, class Op> __device__ __forceinline__ V warp_reduce(V v, Op op
     for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+// The warp's sum of int64 values (exact integers: the exact sums' and the products' accumulators) where the sum lies
+// within +-(2^63 - 2^48), the shuffles' value: three 21-bit chunks v = 2^42 hi + 2^21 mid + lo (hi signed), each
+// summed by one redux.sync (32 of them stay within 32 bits), in place of five dependent 64-bit shuffle steps
+__device__ __forceinline__ long long warp_sum_i64(long long v) {
+#if __CUDA_ARCH__ >= 800
+    const long long lo = __reduce_add_sync(0xffffffffu, (unsigned)(v & 0x1FFFFF));
+    const long long mid = __reduce_add_sync(0xffffffffu, (unsigned)((v >> 21) & 0x1FFFFF));
+    const long long hi = __reduce_add_sync(0xffffffffu, (int)(v >> 42));
+    return hi * (1LL << 42) + mid * (1LL << 21) + lo;
+#else
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+#endif
+}
 
 // red: 32 entries of shared memory; `identity` fills the lanes past the last warp.
 template <class V, class Op> __device__ V block_reduce(V v, V* red, V identity, Op op) {

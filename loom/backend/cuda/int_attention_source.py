@@ -355,7 +355,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             if (row[h] >= rows) continue;
             const int col = 8 * dt + 2 * tq + (e & 1);
             dst[h][col] = bad[h] || den[h] == 0 ? __int_as_float(0x7fc00000)
-                : (float)ldexp((double)num[dt][e] / (double)den[h], etop[h] - P_BITS - BITS + 31);
+                : (float)__dmul_rn((double)num[dt][e] / (double)den[h], loom_fixed_pow2(etop[h] - P_BITS - BITS + 31));
         }
 }
 
@@ -377,6 +377,7 @@ extern "C" __global__ void __launch_bounds__(256) loom_int_finish(
         etop = max(etop, wflags[r * splits + z].x);
         bad |= wflags[r * splits + z].y;
     }
-    out[at] = bad || den == 0 ? __int_as_float(0x7fc00000) : (float)ldexp((double)num / (double)den, etop - P_BITS - BITS + 31);
+    out[at] = bad || den == 0 ? __int_as_float(0x7fc00000)
+                              : (float)__dmul_rn((double)num / (double)den, loom_fixed_pow2(etop - P_BITS - BITS + 31));
 }
 """

@@ -135,9 +135,6 @@ __device__ __forceinline__ void loom_row_integers(const LoomPart& p, const LoomR
     }
 }
 
-// 2^e as a double (-1022 <= e <= 1023)
-__device__ __forceinline__ double loom_pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
-
 // this lane's part of the GROUP dot products of a key row's integers (int16 pairs kp [2 GPL], loom_row_pairs') with
 // q's (byte pairs qb [GROUP][D / 2]: low bytes, then high, of a pair) by dp2a, into hi and lo (exact in int32 for
 // D <= 128). (The pairs made first, by either form, so that the products' code is there once: a launch runs it
@@ -174,7 +171,7 @@ __device__ __forceinline__ void loom_scores(const LoomPart& key, const unsigned*
         else loom_row_pairs<false>(key.x[i], rw, kp + 2 * i);
     }
     loom_dots(kp, qb, hi, lo, part);
-    const double k2 = loom_pow2(rw.e - 2 * BITS);
+    const double k2 = loom_fixed_pow2(rw.e - 2 * BITS);
     #pragma unroll
     for (int r = 0; r < GROUP; ++r)
         sc[r] = (double)(256LL * loom_lanes_sum(hi[r], LOOM_FULL) + loom_lanes_sum(lo[r], LOOM_FULL)) * k2;
@@ -358,10 +355,13 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     // score a warp, over the kept tile's scores or, where no tile was kept, over the threads' own largest; the
     // values' exponent and flag by warp reductions and shared atomics. One head: in registers, by shuffles (no
     // second barrier in the chain)
-    for (int o = 16; o; o >>= 1) {
-        etop = max(etop, __shfl_xor_sync(LOOM_FULL, etop, o));
-        bad |= __shfl_xor_sync(LOOM_FULL, bad, o);
-    }
+#if __CUDA_ARCH__ >= 800
+    etop = __reduce_max_sync(LOOM_FULL, etop);       // one redux.sync each, not five dependent shuffle steps
+    bad = __reduce_or_sync(LOOM_FULL, (unsigned)bad);
+#else
+    etop = warp_reduce(etop, MaxOp());
+    bad = warp_reduce(bad, MaxOp());
+#endif
     if (lane == 0) {
         atomicMax(&etop_s, etop);
         atomicOr(&bad_s, bad);
@@ -419,7 +419,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     #pragma unroll
     for (int h = 0; h < HPL; ++h) {
         const int r = part + h * TPK;
-        qscale[h] = loom_pow2(r < GROUP ? eq_s[r] : 0);
+        qscale[h] = loom_fixed_pow2(r < GROUP ? eq_s[r] : 0);
         toph[h] = 0.0;
         #pragma unroll
         for (int q = h * TPK; q < min(GROUP, (h + 1) * TPK); ++q)
@@ -521,7 +521,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             continue;
         }
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
-            : (float)ldexp((double)acc[o] / (double)total, etop - P_BITS - BITS + 31);
+            : (float)__dmul_rn((double)acc[o] / (double)total, loom_fixed_pow2(etop - P_BITS - BITS + 31));
     }
     if (mode == 0) return;
     // (split form) the group's last block to arrive adds every split's exact sums (integers: any order) and
@@ -543,7 +543,7 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             total += __ldcg(wden + at * GROUP + r);
         }
         out[((long long)b * H + h0 + r) * D + d] = bad || qbad_s[r] || total == 0 ? __int_as_float(0x7fc00000)
-            : (float)ldexp((double)num / (double)total, etop - P_BITS - BITS + 31);
+            : (float)__dmul_rn((double)num / (double)total, loom_fixed_pow2(etop - P_BITS - BITS + 31));
     }
     if (tid == 0) counters[blk] = 0u;
 }

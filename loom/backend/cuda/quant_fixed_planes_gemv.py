@@ -239,7 +239,7 @@ template <int R> __device__ __forceinline__ void loom_planes_stage_warp(
             planes_s[(M + m) * K + lane + 32 * i] = (signed char)((q & 255) - 128);
             total += q;
         }
-        total = warp_reduce(total, AddOp());
+        total = warp_sum_i64(total);
         if (lane == 0) { ex_s[m] = e; xbad_s[m] = nonfinite; sums_s[m] = total; }
     }
     __syncthreads();

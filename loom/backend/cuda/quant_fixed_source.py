@@ -25,6 +25,12 @@ __device__ __forceinline__ int loom_fixed_exponent(float m) {
     return rintf(ldexpf(m, 15 - e)) > LIMIT ? e + 1 : e;
 }
 
+// 2^e as a float64, for the e of a product's scale (x's and W's exponents, each within float32's: |e| < 400;
+// a product by it is ldexp's value wherever the result is a normal float64, in two instructions)
+__device__ __forceinline__ double loom_fixed_pow2(int e) {
+    return __longlong_as_double((long long)((unsigned long long)(1023 + e) << 52));
+}
+
 // 0x4B400000 + q for q = rint(v 2^shift), |q| <= 32767 (shift = 15 - the row's exponent), s = 2^shift: one
 // fma rounds v s + 1.5 2^23 (v s exact inside it) to the integers of [2^23, 2^24), ties to even as rint; its
 // low 16 bits are q's as an int16 (0x4B400000's are zero). Past shift 127 s is not a float32 (rows below
@@ -32,7 +38,7 @@ __device__ __forceinline__ int loom_fixed_exponent(float m) {
 // (The float64 form out of line: inlined at every value it made the kernels' code several times longer, and a
 // decode step's kernels each run their code about once a warp, so fetching instructions sets much of their time)
 __device__ __noinline__ unsigned loom_fixed_bits_wide(float v, int shift) {
-    return 0x4B400000u + (unsigned)__double2int_rn(ldexp((double)v, shift));
+    return 0x4B400000u + (unsigned)__double2int_rn(__dmul_rn((double)v, loom_fixed_pow2(shift)));
 }
 __device__ __forceinline__ unsigned loom_fixed_bits(float v, float s, int shift) {
     return shift <= 127 ? __float_as_uint(__fmaf_rn(v, s, 12582912.0f)) : loom_fixed_bits_wide(v, shift);
@@ -110,11 +116,6 @@ __device__ __forceinline__ long long loom_fixed_planes4(const float (&v)[4], flo
 // an entry's exact sum from its planes' products (HH, HL + LH, LL: 65536 HH + 256 (HL + LH) + LL) ...
 __device__ __forceinline__ long long loom_planes_combine(long long hh, long long mid, long long ll) {
     return 65536 * hh + 256 * mid + ll;
-}
-
-// 2^e as a float64, for the e of a product's scale (x's and W's exponents, each within float32's: |e| < 400)
-__device__ __forceinline__ double loom_fixed_pow2(int e) {
-    return __longlong_as_double((long long)(1023 + e) << 52);
 }
 
 // ... and, for quant_fixed_planes' signed planes (l' = l - 128), the rows' sums of q: + 128 (sum q_x + sum q_w)
@@ -254,7 +255,7 @@ __device__ __forceinline__ bool loom_fixed_row_totals(long long (&acc)[EPI + 1][
         #pragma unroll
         for (int m = 0; m < MAX_ROWS; ++m) {
             if (m >= M) break;
-            for (int o = 16; o; o >>= 1) acc[e][m] += __shfl_xor_sync(LOOM_FULL, acc[e][m], o);
+            acc[e][m] = warp_sum_i64(acc[e][m]);
         }
     if (WPR > 1) {
         __shared__ long long part_s[WARPS][EPI + 1][MAX_ROWS];

@@ -70,7 +70,7 @@ __device__ __forceinline__ void loom_fixed_x_held(
         *(unsigned*)(planes + m * K + k) = hi;
         *(unsigned*)(planes + (padded + m) * K + k) = lo;
     }
-    total = warp_reduce(total, AddOp());
+    total = warp_sum_i64(total);
     if (lane == 0) sum_s[warp] = total;
     __syncthreads();
     if (threadIdx.x == 0) {
@@ -155,16 +155,20 @@ template <int R> __device__ __forceinline__ void loom_fixed_warp_normed(
         sq[i] = v[i] * v[i];
     }
     const float inv = 1.0f / loom_sqrt(exact_sum_warp(sq, bits) / (float)K + eps);
-    float t = 0.0f;
+    float t[R];                         // (the finite magnitudes' maximum as a tree: any order, the same value)
     int bad = 0;
     #pragma unroll
     for (int i = 0; i < R; ++i) {
         v[i] = (v[i] * inv) * norm_w[lane + 32 * i];
         xf[m * K + lane + 32 * i] = v[i];
-        if (isfinite(v[i])) t = fmaxf(t, fabsf(v[i]));
-        else bad = 1;
+        t[i] = isfinite(v[i]) ? fabsf(v[i]) : 0.0f;
+        bad |= !isfinite(v[i]);
     }
-    *top = warp_reduce(t, MaxOp());
+    #pragma unroll
+    for (int w = 1; w < R; w *= 2)
+        #pragma unroll
+        for (int i = 0; i + w < R; i += 2 * w) t[i] = fmaxf(t[i], t[i + w]);
+    *top = warp_reduce(t[0], MaxOp());
     *nonfinite = warp_reduce(bad, MaxOp());
 }
 
