@@ -81,12 +81,8 @@ template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(co
     double part[R];
     #pragma unroll
     for (int i = 0; i < R; ++i) part[i] = rint(__dmul_rn((double)v[i], scale));
-    #pragma unroll
-    for (int w = 1; w < R; w *= 2)
-        #pragma unroll
-        for (int i = 0; i + w < R; i += 2 * w) part[i] += part[i + w];
     // (through int64: a zero sum is +0.0, as the float64 sum from +0.0 was)
-    double total = (double)warp_sum_i64((long long)part[0]);
+    double total = (double)warp_sum_i64((long long)tree_reduce(part, AddOp()));
     if (nwarps > 1) {
         if (lane == 0) s->sums[warp] = total;
         __syncthreads();

@@ -164,11 +164,7 @@ template <int R> __device__ __forceinline__ void loom_fixed_warp_normed(
         t[i] = isfinite(v[i]) ? fabsf(v[i]) : 0.0f;
         bad |= !isfinite(v[i]);
     }
-    #pragma unroll
-    for (int w = 1; w < R; w *= 2)
-        #pragma unroll
-        for (int i = 0; i + w < R; i += 2 * w) t[i] = fmaxf(t[i], t[i + w]);
-    *top = warp_reduce(t[0], MaxOp());
+    *top = warp_reduce(tree_reduce(t, MaxOp()), MaxOp());
     *nonfinite = warp_reduce(bad, MaxOp());
 }
 
