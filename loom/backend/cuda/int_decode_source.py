@@ -250,18 +250,37 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const float* cs = cos_t + pos * D;
     const float* sn = sin_t + pos * D;
     if (norm == 0) {
-        for (int i = tid; i < (GROUP + 2) * D; i += KT) {
-            const int r = i / D, d = i % D;
+        // a thread's every input first, then its arithmetic and stores: looped over, each entry had waited for its own
+        // loads behind the last one's stores (a global store, which the compiler does not move a load above)
+        constexpr int ITEMS = ((GROUP + 2) * D + KT - 1) / KT;
+        float a[ITEMS], p[ITEMS], c[ITEMS], sv[ITEMS];
+        #pragma unroll
+        for (int j = 0; j < ITEMS; ++j) {
+            const int i = tid + j * KT, r = i / D, d = i % D;
+            if (i >= (GROUP + 2) * D) break;
+            const float* v = x + (r < GROUP ? h0 + r : r == GROUP ? H + kv : H + KV + kv) * D;
+            a[j] = v[d];
+            if (r <= GROUP) {                           // (q's and k's rows: RoPE)
+                p[j] = d < D / 2 ? -v[d + D / 2] : v[d - D / 2];
+                c[j] = cs[d];
+                sv[j] = sn[d];
+            }
+        }
+        float* const kdst = writes ? keys.at(pos) : nullptr;
+        float* const vdst = writes ? values.at(pos) : nullptr;
+        #pragma unroll
+        for (int j = 0; j < ITEMS; ++j) {
+            const int i = tid + j * KT, r = i / D, d = i % D;
+            if (i >= (GROUP + 2) * D) break;
             if (r < GROUP) {
-                q_s[i] = rope_at(x + (h0 + r) * D, d, cs, sn);
+                q_s[i] = rope_of(a[j], p[j], c[j], sv[j]);
             } else if (r == GROUP) {
-                const float kd = rope_at(x + (H + kv) * D, d, cs, sn);
+                const float kd = rope_of(a[j], p[j], c[j], sv[j]);
                 k_s[d] = kd;
-                if (writes) keys.at(pos)[d] = kd;
+                if (writes) kdst[d] = kd;
             } else {
-                const float vd = x[(H + KV + kv) * D + d];
-                v_s[d] = vd;
-                if (writes) values.at(pos)[d] = vd;
+                v_s[d] = a[j];
+                if (writes) vdst[d] = a[j];
             }
         }
     } else {
