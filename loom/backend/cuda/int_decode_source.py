@@ -249,10 +249,12 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
     const float* cs = cos_t + pos * D;
     const float* sn = sin_t + pos * D;
-    if (norm == 0) {
+    constexpr int ITEMS = ((GROUP + 2) * D + KT - 1) / KT;
+    if (norm == 0 && ITEMS <= 4) {
         // a thread's every input first, then its arithmetic and stores: looped over, each entry had waited for its own
-        // loads behind the last one's stores (a global store, which the compiler does not move a load above)
-        constexpr int ITEMS = ((GROUP + 2) * D + KT - 1) / KT;
+        // loads behind the last one's stores (a global store, which the compiler does not move a load above). Up to
+        // four entries a thread (head size 64 at 128 or 256 threads): more unrolled grows the code a warp runs once
+        // (head size 128 at 64 threads, up to 36 entries)
         float a[ITEMS], p[ITEMS], c[ITEMS], sv[ITEMS];
         #pragma unroll
         for (int j = 0; j < ITEMS; ++j) {
@@ -281,6 +283,21 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
             } else {
                 v_s[d] = a[j];
                 if (writes) vdst[d] = a[j];
+            }
+        }
+    } else if (norm == 0) {
+        for (int i = tid; i < (GROUP + 2) * D; i += KT) {
+            const int r = i / D, d = i % D;
+            if (r < GROUP) {
+                q_s[i] = rope_at(x + (h0 + r) * D, d, cs, sn);
+            } else if (r == GROUP) {
+                const float kd = rope_at(x + (H + kv) * D, d, cs, sn);
+                k_s[d] = kd;
+                if (writes) keys.at(pos)[d] = kd;
+            } else {
+                const float vd = x[(H + KV + kv) * D + d];
+                v_s[d] = vd;
+                if (writes) values.at(pos)[d] = vd;
             }
         }
     } else {
