@@ -258,13 +258,12 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     if (planes == 0) {
         short* q = xq + (long long)blockIdx.x * K;
         if (holds) {
+            // (k & 31 is the thread's lane for every j: one slot)
+            short* at = q + (threadIdx.x & ~31) + loom_fixed_slot(threadIdx.x & 31, nibble);
             #pragma unroll
-            for (int j = 0; j < X_ROW_HELD; ++j) {
-                const int k = threadIdx.x + j * X_THREADS;
-                if (k < K)
-                    q[(k & ~31) + loom_fixed_slot(k & 31, nibble)] =
-                        isfinite(held[j]) ? (short)loom_fixed_bits(held[j], s, shift) : (short)0;
-            }
+            for (int j = 0; j < X_ROW_HELD; ++j)
+                if (threadIdx.x + j * X_THREADS < K)
+                    at[j * X_THREADS] = isfinite(held[j]) ? (short)loom_fixed_bits(held[j], s, shift) : (short)0;
             return;
         }
         for (int k = threadIdx.x; k < K; k += X_THREADS) {
