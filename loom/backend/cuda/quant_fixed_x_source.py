@@ -13,6 +13,7 @@ X_SOURCE = r"""
 // barriers; the same values
 #define X_HELD 2
 #define X_ROW_HELD 32                   // values a thread of loom_fixed_x holds of a longer row (K <= 8,192)
+static_assert(X_THREADS % 32 == 0, "loom_fixed_x's held rows: entry k's lane is the thread's for every k");
 __device__ __forceinline__ void loom_fixed_x_held(
         const float* __restrict__ row, const float* __restrict__ norm_w, float* normed, float eps, int bits,
         int* __restrict__ ex, int* __restrict__ bad, signed char* __restrict__ planes, long long* __restrict__ sums,
