@@ -391,13 +391,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     // score a warp, over the kept tile's scores or, where no tile was kept, over the threads' own largest; the
     // values' exponent and flag by warp reductions and shared atomics. One head: in registers, by shuffles (no
     // second barrier in the chain)
-#if __CUDA_ARCH__ >= 800
-    etop = __reduce_max_sync(LOOM_FULL, etop);       // one redux.sync each, not five dependent shuffle steps
-    bad = __reduce_or_sync(LOOM_FULL, (unsigned)bad);
-#else
-    etop = warp_reduce(etop, MaxOp());
-    bad = warp_reduce(bad, MaxOp());
-#endif
+    etop = warp_max_redux(etop);                    // (one redux.sync each, not five dependent shuffle steps)
+    bad = warp_max_redux(bad);
     if (lane == 0) {
         atomicMax(&etop_s, etop);
         atomicOr(&bad_s, bad);

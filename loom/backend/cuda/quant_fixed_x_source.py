@@ -52,8 +52,8 @@ __device__ __forceinline__ void loom_fixed_x_held(
         if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
         else nonfinite = 1;
     }
-    top = warp_reduce(top, MaxOp());
-    nonfinite = warp_reduce(nonfinite, MaxOp());
+    top = __uint_as_float(warp_max_redux(__float_as_uint(top)));      // (top >= 0: its patterns order alike)
+    nonfinite = warp_max_redux(nonfinite);
     if (lane == 0) { top_s[warp] = top; bad_s[warp] = nonfinite; }
     __syncthreads();
     #pragma unroll
