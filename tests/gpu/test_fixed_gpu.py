@@ -129,9 +129,9 @@ def test_every_split_of_a_row_over_warps_gives_the_same_bits(qtype, wpr, m, cols
               f"{qtype}, {wpr} warps a row, {m} x {cols}")
 
 
-def _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, scale):
-    """(gemv's product of x with random stored rows of qtype, with rms_norm(x, norm) first where norm is given, and
-    the CPU's bits for it)."""
+def _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, scale, bias=None, residual=None):
+    """(gemv's product of x with random stored rows of qtype, with rms_norm(x, norm) first where norm is given and
+    the epilogue's bias [rows] and residual [m, outputs] where given, and the CPU's bits for it)."""
     m, cols = x.shape
     data = random_rows(qtype, rows, cols, rng, scale=scale, plain=0.05)
     w = BlockQuantized(data, qtype, (rows, cols)).dequantize()
@@ -139,8 +139,11 @@ def _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, scale):
     out = cupy.full((m, rows // (2 if swiglu else 1)), UNWRITTEN, dtype=np.float32)
     quant_fixed.gemv(d, qtype, cupy.asarray(x), out, quant_fixed.w_exponents(d, qtype, rows, cols), swiglu=swiglu,
                      norm=None if norm is None else cupy.asarray(norm),
-                     normed=cupy.empty((m, cols), dtype=np.float32), eps=1e-5)
-    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+                     normed=cupy.empty((m, cols), dtype=np.float32), eps=1e-5,
+                     bias=None if bias is None else cupy.asarray(bias),
+                     residual=None if residual is None else cupy.asarray(residual))
+    want = exact_reference(x, w, norm, bias, residual, swiglu, eps=1e-5,
+                           product=lambda a, b: fixed.matmul_t(CPU, a, b))
     return host(out), want
 
 
@@ -160,8 +163,11 @@ def test_blocks_taking_several_groups_of_rows_give_the_same_bits(qtype, cols, so
     assert quant_fixed.gemv_grid(rows // (2 if swiglu else 1), 1, 1) == 3
     x = (rng.standard_normal((1, cols)) * 2.0).astype(np.float32)
     norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32) if source != "launch" else None
-    got, want = _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, 0.01)
-    same_bits(got, want, f"{qtype}, 1 x {cols}, x by {source}, three blocks for ten groups")
+    # (each group's bias and residual: the first group's prefetched into L1)
+    bias = rng.standard_normal(rows).astype(np.float32)
+    residual = None if swiglu else rng.standard_normal((1, rows)).astype(np.float32)
+    got, want = _gemv_and_reference(qtype, x, rows, norm, swiglu, rng, 0.01, bias, residual)
+    same_bits(got, want, f"{qtype}, 1 x {cols}, x by {source}, three blocks for ten groups, bias and residual")
 
 
 @pytest.mark.parametrize("swiglu", [False, True])

@@ -91,9 +91,13 @@ def test_blocks_taking_several_groups_of_rows_give_the_same_bits(cols, source, s
     w = BlockQuantized(data, "Q4_1", (stored, cols)).dequantize()
     x = (rng.standard_normal((1, cols)) * 2.0).astype(np.float32)
     norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32) if source == "block" else None
-    got = _planes_gemv(data, "Q4_1", x, 77, swiglu=swiglu, norm=None if norm is None else cupy.asarray(norm), eps=1e-5)
-    want = exact_reference(x, w, norm, None, None, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
-    same_bits(got, want, f"1 x {cols}, x by {source}, three blocks for ten groups")
+    # (each group's bias and residual: the first group's prefetched into L1)
+    bias = rng.standard_normal(stored).astype(np.float32)
+    residual = None if swiglu else rng.standard_normal((1, 77)).astype(np.float32)
+    got = _planes_gemv(data, "Q4_1", x, 77, swiglu=swiglu, norm=None if norm is None else cupy.asarray(norm), eps=1e-5,
+                       bias=cupy.asarray(bias), residual=None if residual is None else cupy.asarray(residual))
+    want = exact_reference(x, w, norm, bias, residual, swiglu, eps=1e-5, product=lambda a, b: fixed.matmul_t(CPU, a, b))
+    same_bits(got, want, f"1 x {cols}, x by {source}, three blocks for ten groups, bias and residual")
 
 
 @pytest.mark.parametrize("qtype", ["Q4_1", "BF16"])

@@ -7,7 +7,9 @@ into the cache."""
 import numpy as np
 import pytest
 
+import loom
 from loom.errors import ShapeError
+from loom.kernels import fused
 from loom.kernels.exact import attention as ia
 
 from .cpu_gpu import same_bits
@@ -25,7 +27,8 @@ def _rope(x, cs, sn):
     return x * cs + partner * sn
 
 
-def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
+def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None, norm=False):
+    """norm: qwen3's per-head RMSNorm of q and k before RoPE (one [H + KV, D] weight, as the decoder passes it)."""
     rng = np.random.default_rng(seed)
     B, R = len(positions), H // KV
     per = -(-(max(positions) + 1) // bs)
@@ -44,12 +47,17 @@ def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
         cache_k[tables[0, (p0 - 1) // bs], (p0 - 1) % bs, 0, 2] = np.inf
         cache_v[tables[-1, (pl - 2) // bs], (pl - 2) % bs, KV - 1, D - 1] = np.nan
     scale = np.float32(D ** -0.5)
+    norm_w = (1.0 + 0.1 * rng.standard_normal((H + KV, D))).astype(np.float32) if norm else None
     want = np.empty((B, H, D), np.float32)
     want_k, want_v = cache_k.copy(), cache_v.copy()
     for b, p in enumerate(positions):
-        q = _rope(qkv[b, :H], cos[p], sin[p])
+        heads = qkv[b, :H + KV]
+        if norm:
+            with loom.deterministic(True):                       # (the decoder's array code on the CPU)
+                heads = fused.rms_norm(heads, norm_w, 1e-5)[0]
+        q = _rope(heads[:H], cos[p], sin[p])
         slot = (tables[b, p // bs], p % bs)
-        want_k[slot] = _rope(qkv[b, H:H + KV], cos[p], sin[p])
+        want_k[slot] = _rope(heads[H:], cos[p], sin[p])
         want_v[slot] = qkv[b, H + KV:]
         rows = [(tables[b, t // bs], t % bs) for t in range(p + 1)]
         keys = np.stack([want_k[r] for r in rows], axis=1)        # [KV, p + 1, D]
@@ -64,13 +72,24 @@ def _case(seed, D, H, KV, positions, window, bs, special=None, splits=None):
         splits = min(splits, int_decode._multiprocessors() // (B * H))
     split = int_decode.split_work(B, H, D, splits=splits) if splits and splits > 1 else None
     int_decode.paged_attention(dev["qkv"], dev["k"].reshape(-1, KV, D), dev["v"].reshape(-1, KV, D), out, dev["cos"],
-                               dev["sin"], None, cupy.asarray(np.array(positions, np.int64)), dev["tables"], bs, H,
+                               dev["sin"], None if norm_w is None else cupy.asarray(norm_w),
+                               cupy.asarray(np.array(positions, np.int64)), dev["tables"], bs, H,
                                window, float(scale), 1e-5, split=split, scheme=ia.SCHEME)
-    what = f"D {D}, {H} heads over {KV}, positions {positions}, window {window}, blocks of {bs}, {special}, {splits} splits"
+    what = (f"D {D}, {H} heads over {KV}, positions {positions}, window {window}, blocks of {bs}, {special}, "
+            f"{splits} splits, {'a' if norm else 'no'} qk-norm")
     same_bits(out.reshape(B, H, D), want, what)
     same_bits(dev["k"], want_k, what + ": the cached keys")
     same_bits(dev["v"], want_v, what + ": the cached values")
     return want
+
+
+@pytest.mark.parametrize("D, H, KV, positions", [(64, 8, 2, [0, 5, 130]), (128, 8, 8, [300]), (64, 14, 2, [48, 97])])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_qk_norm_gives_the_cpus_bits(D, H, KV, positions, grouped, monkeypatch):
+    """qwen3's per-head RMSNorm of q and k before RoPE (head_vector: the norm's exact sum over the head), with a
+    block a query head and a key/value head's group a block."""
+    monkeypatch.setattr(int_decode, "HEADS_A_BLOCK", H // KV if grouped else 1)
+    _case(7 + D + H + sum(positions), D, H, KV, positions, None, 16, norm=True)
 
 
 @pytest.mark.parametrize("D, H, KV, positions, window, bs", [

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import Array
 from .compile import OPTIONS
-from .launch import OVERLAP_PROLOGUE, launch
+from .launch import OVERLAP_PROLOGUE, launch, multiprocessors
 from .quant import BF16_BITS, WARP_REDUCTIONS, pointer
 
 MAX_HEAD_DIM = 256
@@ -357,7 +357,7 @@ def split_work(batch: int, heads: int, head_dim: int, splits: int | None = None)
     A launch uses it alone: one per recorded graph (or stream)."""
     blocks = batch * heads
     if splits is None:
-        sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+        sms = multiprocessors()
         splits = min(MAX_SPLITS, sms // blocks)
     if splits <= 1:
         return None

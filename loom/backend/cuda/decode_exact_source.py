@@ -23,10 +23,12 @@ __device__ __forceinline__ void phase(int k) {
 __device__ __forceinline__ void phase(int) {}
 #endif
 
+// RoPE of entry d of a head vector from its value a, its partner p (d < D / 2: -v[d + D / 2], else v[d - D / 2]) and the
+// angle's cosine c and sine s
+__device__ __forceinline__ float rope_of(float a, float p, float c, float s) { return a * c + p * s; }
 // Entry d of a head vector v after RoPE with the position's cos and sin rows
 __device__ __forceinline__ float rope_at(const float* v, int d, const float* cs, const float* sn) {
-    const float partner = d < D / 2 ? -v[d + D / 2] : v[d - D / 2];
-    return v[d] * cs[d] + partner * sn[d];
+    return rope_of(v[d], d < D / 2 ? -v[d + D / 2] : v[d - D / 2], cs[d], sn[d]);
 }
 
 // One head vector of the Q/K/V product into dst: (rms_norm with weight norm, then) RoPE; every thread calls.

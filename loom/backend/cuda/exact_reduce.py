@@ -60,13 +60,14 @@ template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(co
         if (k < 0x7f800000u) top = max(top, k);
         else special = 1u;
     }
-    top = warp_reduce(top, MaxOp());
-    special = warp_reduce(special, MaxOp());
+    // (a block's: by redux.sync, x's own launch at many rows; a warp's alone, the one-row products' staging: shuffles)
+    top = ACROSS ? warp_max_redux(top) : warp_reduce(top, MaxOp());
+    special = ACROSS ? warp_max_redux(special) : warp_reduce(special, MaxOp());
     if (nwarps > 1) {
         if (lane == 0) { s->patterns[warp] = top; s->flags[warp] = special; }
         __syncthreads();
-        top = warp_reduce(lane < nwarps ? s->patterns[lane] : 0u, MaxOp());
-        special = warp_reduce(lane < nwarps ? s->flags[lane] : 0u, MaxOp());
+        top = warp_max_redux(lane < nwarps ? s->patterns[lane] : 0u);
+        special = warp_max_redux(lane < nwarps ? s->flags[lane] : 0u);
     }
     if (special) {                    // inf and NaN only: any order, same sum
         double specials = 0.0;
@@ -81,12 +82,8 @@ template <bool ACROSS, int R> __device__ __forceinline__ float exact_sum_regs(co
     double part[R];
     #pragma unroll
     for (int i = 0; i < R; ++i) part[i] = rint(__dmul_rn((double)v[i], scale));
-    #pragma unroll
-    for (int w = 1; w < R; w *= 2)
-        #pragma unroll
-        for (int i = 0; i + w < R; i += 2 * w) part[i] += part[i + w];
     // (through int64: a zero sum is +0.0, as the float64 sum from +0.0 was)
-    double total = (double)warp_sum_i64((long long)part[0]);
+    double total = (double)warp_sum_i64((long long)tree_reduce(part, AddOp()));
     if (nwarps > 1) {
         if (lane == 0) s->sums[warp] = total;
         __syncthreads();

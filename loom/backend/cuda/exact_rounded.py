@@ -21,6 +21,7 @@ from .. import Array
 from .compile import OPTIONS, translating
 from .exact_reduce import TOP_EXPONENT, squares_copy
 from .exact_slices import _GUARD, _batched, _elements, _product_strides
+from .launch import multiprocessors as _multiprocessors
 
 if TYPE_CHECKING:
     from . import CUDABackend
@@ -457,11 +458,6 @@ _CERTIFY_BLOCKS_PER_SM = 32
 # this scheme on them to compare) are settled by a block of 256 per listed entry, and never inside
 # the first kernel: a warp walks K / 32 strided loads in turn (milliseconds at K = 200704)
 _TEAM_FROM = 2048
-
-
-@cache
-def _multiprocessors(device: int) -> int:
-    return cupy.cuda.Device(device).attributes["MultiProcessorCount"]
 
 
 @cache

@@ -81,6 +81,26 @@ template <class V, class Op> __device__ __forceinline__ V warp_reduce(V v, Op op
     for (int o = 16; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+// op over a thread's v[0 .. R - 1] as a tree (pairs, then pairs of pairs; v is overwritten), for operations whose
+// value does not depend on the order (integers' sums, maxima): log2 R dependent steps, not R - 1
+template <int R, class V, class Op> __device__ __forceinline__ V tree_reduce(V (&v)[R], Op op) {
+    #pragma unroll
+    for (int w = 1; w < R; w *= 2)
+        #pragma unroll
+        for (int i = 0; i + w < R; i += 2 * w) v[i] = op(v[i], v[i + w]);
+    return v[0];
+}
+// The warp's maximum of 32-bit integers (int or unsigned) by one redux.sync where the device has it (compute
+// capability 8.0 on), else by shuffles: the same value. Not warp_reduce's own form for integers: on an H200 the redux
+// in the one-row products' staging made SmolLM2-135M's batch-1 step slower (663 -> 699 us, 2026-11-29), so callers
+// take it where measured.
+template <class V> __device__ __forceinline__ V warp_max_redux(V v) {
+#if __CUDA_ARCH__ >= 800
+    return __reduce_max_sync(0xffffffffu, v);
+#else
+    return warp_reduce(v, MaxOp());
+#endif
+}
 // The warp's sum of int64 values (exact integers: the exact sums' and the products' accumulators) where the sum lies
 // within +-(2^63 - 2^48), the shuffles' value: three 21-bit chunks v = 2^42 hi + 2^21 mid + lo (hi signed), each
 // summed by one redux.sync (32 of them stay within 32 bits), in place of five dependent 64-bit shuffle steps

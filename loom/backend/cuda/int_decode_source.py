@@ -249,7 +249,43 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     const float* x = qkv + (long long)b * (H + 2 * KV) * D;
     const float* cs = cos_t + pos * D;
     const float* sn = sin_t + pos * D;
-    if (norm == 0) {
+    constexpr int ITEMS = ((GROUP + 2) * D + KT - 1) / KT;
+    if (norm == 0 && ITEMS <= 4) {
+        // a thread's every input first, then its arithmetic and stores: looped over, each entry had waited for its own
+        // loads behind the last one's stores (a global store, which the compiler does not move a load above). Up to
+        // four entries a thread (head size 64 at 128 or 256 threads): more unrolled grows the code a warp runs once
+        // (head size 128 at 64 threads, up to 36 entries)
+        float a[ITEMS], p[ITEMS], c[ITEMS], sv[ITEMS];
+        #pragma unroll
+        for (int j = 0; j < ITEMS; ++j) {
+            const int i = tid + j * KT, r = i / D, d = i % D;
+            if (i >= (GROUP + 2) * D) break;
+            const float* v = x + (r < GROUP ? h0 + r : r == GROUP ? H + kv : H + KV + kv) * D;
+            a[j] = v[d];
+            if (r <= GROUP) {                           // (q's and k's rows: RoPE)
+                p[j] = d < D / 2 ? -v[d + D / 2] : v[d - D / 2];
+                c[j] = cs[d];
+                sv[j] = sn[d];
+            }
+        }
+        float* const kdst = writes ? keys.at(pos) : nullptr;
+        float* const vdst = writes ? values.at(pos) : nullptr;
+        #pragma unroll
+        for (int j = 0; j < ITEMS; ++j) {
+            const int i = tid + j * KT, r = i / D, d = i % D;
+            if (i >= (GROUP + 2) * D) break;
+            if (r < GROUP) {
+                q_s[i] = rope_of(a[j], p[j], c[j], sv[j]);
+            } else if (r == GROUP) {
+                const float kd = rope_of(a[j], p[j], c[j], sv[j]);
+                k_s[d] = kd;
+                if (writes) kdst[d] = kd;
+            } else {
+                v_s[d] = a[j];
+                if (writes) vdst[d] = a[j];
+            }
+        }
+    } else if (norm == 0) {
         for (int i = tid; i < (GROUP + 2) * D; i += KT) {
             const int r = i / D, d = i % D;
             if (r < GROUP) {
@@ -355,13 +391,8 @@ extern "C" __global__ void __launch_bounds__(KT) loom_int_paged_decode(
     // score a warp, over the kept tile's scores or, where no tile was kept, over the threads' own largest; the
     // values' exponent and flag by warp reductions and shared atomics. One head: in registers, by shuffles (no
     // second barrier in the chain)
-#if __CUDA_ARCH__ >= 800
-    etop = __reduce_max_sync(LOOM_FULL, etop);       // one redux.sync each, not five dependent shuffle steps
-    bad = __reduce_or_sync(LOOM_FULL, (unsigned)bad);
-#else
-    etop = warp_reduce(etop, MaxOp());
-    bad = warp_reduce(bad, MaxOp());
-#endif
+    etop = warp_max_redux(etop);                    // (one redux.sync each, not five dependent shuffle steps)
+    bad = warp_max_redux(bad);
     if (lane == 0) {
         atomicMax(&etop_s, etop);
         atomicOr(&bad_s, bad);

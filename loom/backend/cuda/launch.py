@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-from functools import cache
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,11 +82,19 @@ def _c_value(a):
     raise BackendError(f"kernel argument of type {type(a).__name__} cannot be passed to cuLaunchKernelEx")
 
 
-@cache
-def multiprocessors() -> int:
-    """The current GPU's multiprocessors (asked once: CuPy reads every attribute of the device each time)."""
+def multiprocessors(device: int | None = None) -> int:
+    """The multiprocessors of GPU `device` (by default the current one), asked once a device: CuPy's
+    Device.attributes reads every attribute of the device each time."""
     import cupy
-    return cupy.cuda.Device().attributes["MultiProcessorCount"]
+    if device is None:
+        device = cupy.cuda.runtime.getDevice()
+    count = _MULTIPROCESSORS.get(device)
+    if count is None:
+        count = _MULTIPROCESSORS[device] = cupy.cuda.Device(device).attributes["MultiProcessorCount"]
+    return count
+
+
+_MULTIPROCESSORS: dict = {}
 
 
 def resident_per_sm(kernel: cupy.RawKernel, threads: int, shared: int = 0) -> int:

@@ -63,6 +63,7 @@ MAX_ROWS = 4                # rows of x the one-row kernel takes (decode steps)
 STAGED_ROWS = 2             # rows of x up to which it makes x's integers itself, in shared memory
 STAGE_WAVES = 4             # ... where its grid is at most this many blocks a multiprocessor
 GEMV_WAVES = 4              # blocks a multiprocessor of a one-row, one-warp-a-row product at most (0: a block a group)
+GEMV_BLOCKS_PER_SM = 2      # blocks a multiprocessor the fewest warps a row must still give (gemv_warps)
 ONE_WAVE = 1                # ... and no more than the kernel's blocks resident at once (0: GEMV_WAVES alone)
 ROWS_MAX = 64               # rows of x loom_fixed_rows takes (decode batches)
 # rows of x from which products take the planes' int8 GEMM (quant_fixed_planes), which reads each weight
@@ -262,9 +263,10 @@ def _resident_per_sm(kernel) -> int:
 
 def gemv_warps(rows: int) -> int:
     """Warps sharing an output row in loom_fixed_gemv: the fewest (of 1, 2, 4, 8) that still give each
-    multiprocessor two blocks (a warp a row left most of them idle on SmolLM2's 576- and 960-row products)."""
+    multiprocessor GEMV_BLOCKS_PER_SM blocks (a warp a row left most of them idle on SmolLM2's 576- and 960-row
+    products)."""
     for wpr in (1, 2, 4):
-        if -(-rows // (WARPS // wpr)) >= 2 * _multiprocessors():
+        if -(-rows // (WARPS // wpr)) >= GEMV_BLOCKS_PER_SM * _multiprocessors():
             return wpr
     return 8
 

@@ -12,6 +12,8 @@ X_SOURCE = r"""
 // and one for the sum of q, where the general path writes the normed row out and reads it back between
 // barriers; the same values
 #define X_HELD 2
+#define X_ROW_HELD 32                   // values a thread of loom_fixed_x holds of a longer row (K <= 8,192)
+static_assert(X_THREADS % 32 == 0, "loom_fixed_x's held rows: entry k's lane is the thread's for every k");
 __device__ __forceinline__ void loom_fixed_x_held(
         const float* __restrict__ row, const float* __restrict__ norm_w, float* normed, float eps, int bits,
         int* __restrict__ ex, int* __restrict__ bad, signed char* __restrict__ planes, long long* __restrict__ sums,
@@ -50,8 +52,8 @@ __device__ __forceinline__ void loom_fixed_x_held(
         if (isfinite(v[j])) top = fmaxf(top, fabsf(v[j]));
         else nonfinite = 1;
     }
-    top = warp_reduce(top, MaxOp());
-    nonfinite = warp_reduce(nonfinite, MaxOp());
+    top = __uint_as_float(warp_max_redux(__float_as_uint(top)));      // (top >= 0: its patterns order alike)
+    nonfinite = warp_max_redux(nonfinite);
     if (lane == 0) { top_s[warp] = top; bad_s[warp] = nonfinite; }
     __syncthreads();
     #pragma unroll
@@ -164,11 +166,7 @@ template <int R> __device__ __forceinline__ void loom_fixed_warp_normed(
         t[i] = isfinite(v[i]) ? fabsf(v[i]) : 0.0f;
         bad |= !isfinite(v[i]);
     }
-    #pragma unroll
-    for (int w = 1; w < R; w *= 2)
-        #pragma unroll
-        for (int i = 0; i + w < R; i += 2 * w) t[i] = fmaxf(t[i], t[i + w]);
-    *top = warp_reduce(t[0], MaxOp());
+    *top = warp_reduce(tree_reduce(t, MaxOp()), MaxOp());
     *nonfinite = warp_reduce(bad, MaxOp());
 }
 
@@ -224,10 +222,27 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     }
     float top = 0.0f;
     int nonfinite = 0;
-    for (int k = threadIdx.x; k < K; k += X_THREADS) {
-        const float v = row[k];
-        if (isfinite(v)) top = fmaxf(top, fabsf(v));
-        else nonfinite = 1;
+    // a row of up to X_ROW_HELD X_THREADS values: read once, every load in flight together (looped, each round of
+    // loads waited for the last: one block makes a one-row product's x over K = 4,864 or 8,192, a down product's)
+    const bool holds = K <= X_ROW_HELD * X_THREADS;
+    float held[X_ROW_HELD];
+    if (holds) {
+        #pragma unroll
+        for (int j = 0; j < X_ROW_HELD; ++j) {
+            const int k = threadIdx.x + j * X_THREADS;
+            held[j] = k < K ? row[k] : 0.0f;
+        }
+        #pragma unroll
+        for (int j = 0; j < X_ROW_HELD; ++j) {
+            if (isfinite(held[j])) top = fmaxf(top, fabsf(held[j]));
+            else nonfinite = 1;
+        }
+    } else {
+        for (int k = threadIdx.x; k < K; k += X_THREADS) {
+            const float v = row[k];
+            if (isfinite(v)) top = fmaxf(top, fabsf(v));
+            else nonfinite = 1;
+        }
     }
     loom_warp_top(top, nonfinite);
     if ((threadIdx.x & 31) == 0) { top_s[threadIdx.x >> 5] = top; bad_s[threadIdx.x >> 5] = nonfinite; }
@@ -243,6 +258,15 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     const float s = loom_fixed_scale(shift);
     if (planes == 0) {
         short* q = xq + (long long)blockIdx.x * K;
+        if (holds) {
+            // (k & 31 is the thread's lane for every j: one slot)
+            short* at = q + (threadIdx.x & ~31) + loom_fixed_slot(threadIdx.x & 31, nibble);
+            #pragma unroll
+            for (int j = 0; j < X_ROW_HELD; ++j)
+                if (threadIdx.x + j * X_THREADS < K)
+                    at[j * X_THREADS] = isfinite(held[j]) ? (short)loom_fixed_bits(held[j], s, shift) : (short)0;
+            return;
+        }
         for (int k = threadIdx.x; k < K; k += X_THREADS) {
             const float v = row[k];
             q[(k & ~31) + loom_fixed_slot(k & 31, nibble)] = isfinite(v) ? (short)loom_fixed_bits(v, s, shift) : (short)0;
