@@ -18,7 +18,8 @@ Three kernels:
      and k) is permuted the same way, to read k by ldmatrix.
   Then each entry's float64 quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32.
   Where blocks would leave multiprocessors idle (short prompts, decode steps), `splits` blocks share a block's
-  keys: one launch writes each split's pass-1 partials (largest score, E, inf/NaN), a second combines them and
+  keys: one launch writes each split's pass-1 partials (largest score, E, inf/NaN; its module compiled for that
+  alone, TOP_ONLY: a third of the registers, twice the blocks a multiprocessor), a second combines them and
   writes each split's exact sums, and `loom_int_finish` adds those (exact integers: any split, the same bits).
   The prompt chunks of several sequences in one step share one launch instead (compiled with ITEMS: each block
   reads its sequence's rows, sizes and offsets from a table; no splits): 64 new 32-token prompts are one launch a

@@ -1,7 +1,7 @@
 """The CUDA source of spec 5's prompt attention kernels, `loom_int_rows`, `loom_int_attend` and `loom_int_finish`
 (int_attention.py, whose docstring says what they compute and how; int_attention._module compiles them after
-quant_fixed_source's SCALARS, with the defines D, WARPS, SPLIT_MID, BITS, P_BITS, LOG2E_30, LN2_15 and ITEMS), and EXP_FIXED, the
-exp_fixed device function int_decode.py's kernel shares.
+quant_fixed_source's SCALARS, with the defines D, WARPS, SPLIT_MID, BITS, P_BITS, LOG2E_30, LN2_15, ITEMS and
+TOP_ONLY), and EXP_FIXED, the exp_fixed device function int_decode.py's kernel shares.
 """
 
 # exp_fixed in 32-bit operations, shared with int_decode.py's kernel
