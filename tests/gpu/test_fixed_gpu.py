@@ -348,7 +348,8 @@ def test_the_x_kernel_gives_the_cpus_integers():
 def test_the_x_kernel_for_a_prompts_rows_gives_the_same_bits(cols, monkeypatch):
     """A prompt's rows (m >= X_MANY_ROWS) take x's launch in blocks of X_MANY_THREADS: the same integers,
     exponents, flags, planes, sums and normed rows as blocks of X_THREADS and as the CPU's, K on both sides of
-    what those blocks hold in registers (planes to 4 X_HELD X_MANY_THREADS = 1,024 values, a row to 4,096)."""
+    what those blocks hold in registers (planes to 4 X_HELD X_MANY_THREADS = 1,024 values, a row to 4,096; every
+    K here, X_MANY_K lifted)."""
     rng = np.random.default_rng(cols)
     m = 6
     x = (rng.standard_normal((m, cols)) * np.exp2(rng.integers(-20, 20, (m, 1)))).astype(np.float32)
@@ -358,6 +359,7 @@ def test_the_x_kernel_for_a_prompts_rows_gives_the_same_bits(cols, monkeypatch):
 
     def run(many_rows: int) -> list:
         monkeypatch.setattr(quant_fixed, "X_MANY_ROWS", many_rows)
+        monkeypatch.setattr(quant_fixed, "X_MANY_K", 1 << 20)
         planes, sums = cupy.full((16, cols), 99, dtype=np.int8), cupy.empty(m, dtype=np.int64)
         normed = cupy.full((m, cols), UNWRITTEN, dtype=np.float32)
         _, ex, bad = quant_fixed.x_integers(cupy.asarray(x), norm=cupy.asarray(norm), normed=normed, eps=1e-5,

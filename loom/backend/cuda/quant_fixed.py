@@ -90,11 +90,14 @@ GLOBAL_X_AT_USE_ROWS = 2
 # measured slower (H200, 2026-11-28, recorded steps at 64 rows: SmolLM2-135M 1,519 -> 1,633 us, Llama-3.2-1B bf16
 # 2,294 -> 2,598; branch wip/x-warps): each warp's chain over its row is the time, not the barriers
 X_THREADS = 256
-# ... and for a prompt's rows (m >= X_MANY_ROWS, 0: never), blocks of X_MANY_THREADS: a 2,048-token prompt's launch is
-# 2,048 blocks, and at K = 576 a block of 256 keeps 144 threads busy (H200, 2026-11-29, prefill_kernels.py, SmolLM2-135M's
-# 2,048-token prompt: loom_fixed_x 1.28 -> 0.88 ms with 128 threads for every launch)
+# ... and for a prompt's rows (m >= X_MANY_ROWS, 0: never) of K <= X_MANY_K (what such a block holds in registers
+# writing planes, 4 X_HELD X_MANY_THREADS), blocks of X_MANY_THREADS: a 2,048-token prompt's launch is 2,048 blocks, and
+# at K = 576 a block of 256 keeps 144 threads busy. H200, 2026-11-29, prefill_kernels.py, 2,048-token prompts, 128
+# threads for every K: SmolLM2-135M (K 576, 1,536) loom_fixed_x 1.28 -> 0.89 ms, Llama-3.2-1B (K 2,048, 8,192) 1.16 ->
+# 1.76 (past the held rows)
 X_MANY_ROWS = 256
 X_MANY_THREADS = 128
+X_MANY_K = 1024
 # (timing only: the one-row products return after a phase, their output meaningless: 1 the prologue and the wait for
 # the previous kernel, 2 x's integers made, 3 the products summed; 0 runs them whole. decode_graph_parts.py --set
 # loom.backend.cuda.quant_fixed.PHASE_STOP=N gives each product kind's time to that phase)
@@ -215,7 +218,7 @@ def x_integers(x: Array, qtype: str | None = None, norm: Array | None = None, no
     ex, bad = cupy.empty(m, dtype=np.int32), cupy.empty(m, dtype=np.int32)
     if m:
         # (any qtype's module holds it: the x kernel reads no weight)
-        threads = X_MANY_THREADS if 0 < X_MANY_ROWS <= m else X_THREADS
+        threads = X_MANY_THREADS if 0 < X_MANY_ROWS <= m and k <= X_MANY_K else X_THREADS
         module = _module("F32", x_threads=0 if threads == X_THREADS else threads)    # (0: the products' module)
         launch(module.get_function("loom_fixed_x"), m, threads,
                (x, pointer(xq), ex, bad, np.int32(k), np.int32(_nibble(qtype)), pointer(norm), pointer(normed),
