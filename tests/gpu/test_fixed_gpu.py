@@ -344,6 +344,45 @@ def test_the_x_kernel_gives_the_cpus_integers():
         quant_fixed.x_integers(cupy.asarray(x), planes=(cupy.empty((6, 1000), dtype=np.int8), sums))
 
 
+@pytest.mark.parametrize("cols", [576, 1000, 1536, 4100, 8192])
+def test_the_x_kernel_for_a_prompts_rows_gives_the_same_bits(cols, monkeypatch):
+    """A prompt's rows (m >= X_MANY_ROWS) take x's launch in blocks of X_MANY_THREADS: the same integers,
+    exponents, flags, planes, sums and normed rows as blocks of X_THREADS and as the CPU's, K on both sides of
+    what those blocks hold in registers (planes to 4 X_HELD X_MANY_THREADS = 1,024 values, a row to 4,096; every
+    K here, X_MANY_K lifted)."""
+    rng = np.random.default_rng(cols)
+    m = 6
+    x = (rng.standard_normal((m, cols)) * np.exp2(rng.integers(-20, 20, (m, 1)))).astype(np.float32)
+    flagged = x.copy()
+    flagged[1, 3] = np.inf
+    norm = (1.0 + 0.1 * rng.standard_normal(cols)).astype(np.float32)
+
+    def run(many_rows: int) -> list:
+        monkeypatch.setattr(quant_fixed, "X_MANY_ROWS", many_rows)
+        monkeypatch.setattr(quant_fixed, "X_MANY_K", 1 << 20)
+        planes, sums = cupy.full((16, cols), 99, dtype=np.int8), cupy.empty(m, dtype=np.int64)
+        normed = cupy.full((m, cols), UNWRITTEN, dtype=np.float32)
+        _, ex, bad = quant_fixed.x_integers(cupy.asarray(x), norm=cupy.asarray(norm), normed=normed, eps=1e-5,
+                                            planes=(planes, sums))
+        return [host(a) for a in (planes, sums, normed, ex, bad, *quant_fixed.x_integers(cupy.asarray(flagged)))]
+
+    blocks, many = run(0), run(m)
+    for a, b, what in zip(blocks, many, ("planes", "sums", "normed", "exponents", "flags", "xq", "x's exponents",
+                                         "x's flags")):
+        assert a.dtype == b.dtype and np.array_equal(a.view(np.uint8), b.view(np.uint8)), what
+    planes, sums, normed, ex, bad, xq, fex, fbad = many
+    with loom.deterministic(True):
+        same_bits(normed, fused.rms_norm(x, norm, 1e-5)[0], "the normed rows")
+    same_bits(ex, fixed.row_exponents(np, normed), "the normed rows' exponents")
+    q = fixed.to_integers(np, normed, fixed.row_exponents(np, normed)).astype(np.int64)
+    p = planes.astype(np.int64)
+    assert np.array_equal(256 * p[:m] + p[8:8 + m] + 128, q) and np.array_equal(sums, q.sum(axis=1))
+    e = fixed.row_exponents(np, flagged)
+    same_bits(fex, e, "x exponents")
+    assert np.array_equal(xq.astype(np.float64), fixed.to_integers(np, flagged, e))
+    assert fbad.tolist() == [0, 1, 0, 0, 0, 0] and bad.tolist() == [0] * m
+
+
 @pytest.mark.parametrize("epilogue", ["residual", "swiglu and bias"])
 def test_the_planes_finishing_kernels_agree(epilogue, monkeypatch):
     """The finishing kernel four entries a thread (16-byte loads and store) against one entry a thread, on

@@ -18,7 +18,8 @@ Three kernels:
      and k) is permuted the same way, to read k by ldmatrix.
   Then each entry's float64 quotient num / den scaled by 2^(E - P_BITS - 15 + 31), rounded to float32.
   Where blocks would leave multiprocessors idle (short prompts, decode steps), `splits` blocks share a block's
-  keys: one launch writes each split's pass-1 partials (largest score, E, inf/NaN), a second combines them and
+  keys: one launch writes each split's pass-1 partials (largest score, E, inf/NaN; its module compiled for that
+  alone, TOP_ONLY: a third of the registers, twice the blocks a multiprocessor), a second combines them and
   writes each split's exact sums, and `loom_int_finish` adds those (exact integers: any split, the same bits).
   The prompt chunks of several sequences in one step share one launch instead (compiled with ITEMS: each block
   reads its sequence's rows, sizes and offsets from a table; no splits): 64 new 32-token prompts are one launch a
@@ -67,17 +68,20 @@ ITEMS_TILES = 32
 
 
 @cache
-def _module(head_dim: int, warps: int = 4, split_mid: int = 0, bits: int = 15, p_bits: int = 14,
-            items: int = 0) -> cupy.RawModule:
-    """(bits, p_bits: the scheme's, kernels.exact.attention.SCHEME's; items: loom_int_attend takes a table of
-    its blocks' sequences, _launch_items')"""
+def _module(head_dim: int, warps: int, split_mid: int, bits: int, p_bits: int, log2e: int, ln2: int,
+            items: int = 0, top: int = 0) -> cupy.RawModule:
+    """(bits, p_bits, log2e, ln2: the scheme's, kernels.exact.attention.SCHEME's, compiled in: the exp's products by
+    immediates, not by constants loaded again for every score; items: loom_int_attend takes a table of its blocks'
+    sequences, _launch_items'; top: loom_int_attend is the splits' first launch alone, mode 1, TOP_ONLY)"""
     head = (f"#define D {head_dim}\n#define WARPS {warps}\n#define SPLIT_MID {split_mid}\n#define BITS {bits}\n"
-            f"#define P_BITS {p_bits}\n#define ITEMS {items}\n")
+            f"#define P_BITS {p_bits}\n#define LOG2E_30 {log2e}u\n#define LN2_15 {ln2}u\n#define ITEMS {items}\n"
+            f"#define TOP_ONLY {top}\n")
     return cupy.RawModule(code=head + SCALARS + EXP_FIXED + SOURCE, options=OPTIONS + ("-std=c++17",))
 
 
-def _shared_bytes(head_dim: int) -> int:
-    return 4 * BKEYS * (head_dim + 8) * 2 + 2 * BKEYS * (8 + 8) + 256 * 4
+def _shared_bytes(head_dim: int, top: bool = False) -> int:
+    """loom_int_attend's: k's and v's tiles (top: k's alone, its last part), the keys' scales and flags, the exp table"""
+    return (2 if top else 4) * BKEYS * (head_dim + 8) * 2 + 2 * BKEYS * (8 + 8) + 256 * 4
 
 
 def _integers(a: Array, module: cupy.RawModule, rows: int | None = None, idx: Array | None = None,
@@ -135,11 +139,12 @@ def causal_paged(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, ite
         return True
     for s, row, T, first, lo, n in live:
         rows = per_group * T
-        module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
+        key = (D, _warps(rows), SPLIT_MID, *_bits(consts))
+        module = _module(*key)
         parts = _integers(q[row:row + T], module, KV * rows, None, (per_group, T, per_group, 1, H))  # (g R + r) T + t
         for pool in (cache_k, cache_v):                                                               # row g n + j
             parts += _integers(pool, module, KV * n, key_slots[s, :n], (1, n, 1, 0, KV))
-        _launch(module, parts, KV, rows, n, D, per_group, first, lo, window, scale, table, consts, out[row:row + T],
+        _launch(key, parts, KV, rows, n, D, per_group, first, lo, window, scale, table, out[row:row + T],
                 (per_group, 1, H))
     return True
 
@@ -169,11 +174,10 @@ def _launch_items(q: Array, cache_k: Array, cache_v: Array, key_slots: Array, it
     for pool in (cache_k, cache_v):
         parts += _integers(pool, module, KV * plan.n, slots, (1, plan.n, 1, 0, KV))
     kernel, shared = _attend_kernel(module, D)
-    log2e, ln2 = int(consts[0]), int(consts[1])
     zero = np.int32(0)                                  # (the sizes each block reads from its entry)
     kernel((plan.count, KV, 1), (32 * warps,),
            (*parts, device_table(table), out, *(np.int32(m) for m in (per_group, 1, H)), zero, zero, zero, zero,
-            zero, np.int32(window or 0), np.float64(np.float32(scale)), np.int64(log2e), np.int64(ln2),
+            zero, np.int32(window or 0), np.float64(np.float32(scale)),
             np.int32(0), np.int32(1), *(np.uint64(0),) * 4, plan.blocks, np.int32(N), np.int32(plan.n)),
            shared_mem=shared)
 
@@ -223,11 +227,11 @@ def attend(q: Array, k: Array, v: Array, per_group: int, first: int, lo: int, wi
         wide = [cupy.pad(a.astype(np.float32, copy=False), ((0, 0), (0, 0), (0, 32 - D % 32))) for a in (q, k, v)]
         return cupy.ascontiguousarray(attend(*wide, per_group, first, lo, window, scale, table, consts)[:, :, :D])
     out = cupy.empty((G, rows, D), dtype=np.float32)
-    module = _module(D, _warps(rows), SPLIT_MID, *_bits(consts))
+    key = (D, _warps(rows), SPLIT_MID, *_bits(consts))
     parts = []
     for a in (q, k, v):
-        parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32), module)
-    _launch(module, parts, G, rows, n, D, per_group, first, lo, window, scale, table, consts, out,
+        parts += _integers(cupy.ascontiguousarray(a, dtype=np.float32), _module(*key))
+    _launch(key, parts, G, rows, n, D, per_group, first, lo, window, scale, table, out,
             (rows, rows // per_group, 1))
     return out
 
@@ -244,19 +248,19 @@ def _warps(rows: int) -> int:
     return WARPS or (1 if rows <= 16 else 4)
 
 
-def _bits(consts: np.ndarray) -> tuple[int, int]:
-    """(bits, p_bits) of the scheme's constants (LOG2E_30, LN2_15, P_BITS, BITS)."""
-    return int(consts[3]), int(consts[2])
+def _bits(consts: np.ndarray) -> tuple[int, int, int, int]:
+    """(bits, p_bits, log2e, ln2) of the scheme's constants (LOG2E_30, LN2_15, P_BITS, BITS)."""
+    return int(consts[3]), int(consts[2]), int(consts[0]), int(consts[1])
 
 
-def _launch(module: cupy.RawModule, parts: list, G: int, rows: int, n: int, D: int, per_group: int, first: int,
-            lo: int, window: int | None, scale: float, table: np.ndarray, consts: np.ndarray, out: Array,
+def _launch(key: tuple, parts: list, G: int, rows: int, n: int, D: int, per_group: int, first: int,
+            lo: int, window: int | None, scale: float, table: np.ndarray, out: Array,
             out_map: tuple[int, int, int]) -> None:
     """loom_int_attend over the integers `parts` (q's [G rows], k's and v's [G n]: integers, exponents, flags), its
     splits' partials and their finish where the grid would leave multiprocessors idle; row a T + t of group g into
-    row g osg + a osa + t osb of out's rows of D (out_map (osg, osa, osb))."""
+    row g osg + a osa + t osb of out's rows of D (out_map (osg, osa, osb)); key: _module's arguments."""
+    module = _module(*key)
     warps = _warps(rows)
-    log2e, ln2 = int(consts[0]), int(consts[1])
     T = rows // per_group
     blocks = -(-rows // (16 * warps))
     span = min(n, first + T - lo)                                       # (a block's most keys)
@@ -267,7 +271,7 @@ def _launch(module: cupy.RawModule, parts: list, G: int, rows: int, n: int, D: i
     kernel, shared = _attend_kernel(module, D)
     omap = tuple(np.int32(m) for m in out_map)
     args = (*parts, device_table(table), out, *omap, np.int32(rows), np.int32(n), np.int32(T), np.int32(first),
-            np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)), np.int64(log2e), np.int64(ln2))
+            np.int32(lo), np.int32(window or 0), np.float64(np.float32(scale)))
     if splits == 1:
         kernel((blocks, G, 1), (32 * warps,), args + (np.int32(0), np.int32(1)) + (np.uint64(0),) * 4,
                shared_mem=shared)
@@ -275,18 +279,19 @@ def _launch(module: cupy.RawModule, parts: list, G: int, rows: int, n: int, D: i
     entries = G * rows * splits
     wtop, wflags = cupy.empty(entries, np.float64), cupy.empty(2 * entries, np.int32)
     wden, wnum = cupy.empty(entries, np.uint64), cupy.empty(entries * D, np.int64)
-    for mode in (1, 2):
-        kernel((blocks, G, splits), (32 * warps,),
-               args + (np.int32(mode), np.int32(splits), wtop, wflags, wden, wnum), shared_mem=shared)
+    top, top_shared = _attend_kernel(_module(*key, top=1), D, top=True)
+    for mode, (launch, size) in ((1, (top, top_shared)), (2, (kernel, shared))):
+        launch((blocks, G, splits), (32 * warps,),
+               args + (np.int32(mode), np.int32(splits), wtop, wflags, wden, wnum), shared_mem=size)
     module.get_function("loom_int_finish")((-(-(G * rows * D) // 256),), (256,),
                                            (wflags, wden, wnum, out, *(np.int64(m) for m in out_map), np.int64(rows), np.int64(T),
                                             np.int64(G * rows * D), np.int32(splits)))
 
 
-def _attend_kernel(module: cupy.RawModule, D: int) -> tuple:
-    """(loom_int_attend, its dynamic shared memory bytes), allowed that much."""
+def _attend_kernel(module: cupy.RawModule, D: int, top: bool = False) -> tuple:
+    """(loom_int_attend, its dynamic shared memory bytes), allowed that much (top: a TOP_ONLY module's)."""
     kernel = module.get_function("loom_int_attend")
-    shared = _shared_bytes(D)
+    shared = _shared_bytes(D, top)
     if kernel.max_dynamic_shared_size_bytes < shared:
         kernel.max_dynamic_shared_size_bytes = shared
     return kernel, shared

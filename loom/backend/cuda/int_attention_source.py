@@ -1,7 +1,7 @@
 """The CUDA source of spec 5's prompt attention kernels, `loom_int_rows`, `loom_int_attend` and `loom_int_finish`
 (int_attention.py, whose docstring says what they compute and how; int_attention._module compiles them after
-quant_fixed_source's SCALARS, with the defines D, WARPS, SPLIT_MID, BITS, P_BITS and ITEMS), and EXP_FIXED, the
-exp_fixed device function int_decode.py's kernel shares.
+quant_fixed_source's SCALARS, with the defines D, WARPS, SPLIT_MID, BITS, P_BITS, LOG2E_30, LN2_15, ITEMS and
+TOP_ONLY), and EXP_FIXED, the exp_fixed device function int_decode.py's kernel shares.
 """
 
 # exp_fixed in 32-bit operations, shared with int_decode.py's kernel
@@ -21,6 +21,12 @@ SOURCE = r"""
 #define BQ (16 * WARPS)
 #define THREADS (32 * WARPS)
 #define MIN_BLOCKS ((D <= 64 ? 12 : 8) / WARPS)   // (12 warps an SM: 168 registers; D 128's sums need 8: 255)
+// TOP_ONLY: the module's loom_int_attend is the splits' first launch alone (mode 1: the rows' largest scores, no
+// exp, no w v), which needs a third of the registers and half the shared memory (no v tiles): twice the warps an SM
+#if TOP_ONLY
+#undef MIN_BLOCKS
+#define MIN_BLOCKS ((D <= 64 ? 24 : 16) / WARPS)
+#endif
 #define BKEYS 64
 #define STRIDE (D + 8)          // a tile row's int16s in shared memory: 16 bytes of padding, ldmatrix without conflicts
 #define TILE (BKEYS * STRIDE)
@@ -105,7 +111,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
         const short* __restrict__ ki, const int* __restrict__ ek, const int* __restrict__ kbad,
         const short* __restrict__ vi, const int* __restrict__ ev, const int* __restrict__ vbad,
         const long long* __restrict__ table, float* __restrict__ out, int osg, int osa, int osb,
-        int rows, int n, int T, int first, int lo, int window, double scale, long long log2e, long long ln2, int mode, int splits,
+        int rows, int n, int T, int first, int lo, int window, double scale, int mode, int splits,
         double* __restrict__ wtop, int2* __restrict__ wflags, unsigned long long* __restrict__ wden,
         long long* __restrict__ wnum
 #if ITEMS
@@ -113,11 +119,15 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
 #endif
         ) {
     extern __shared__ __align__(16) unsigned char smem[];
+    // (v's tiles last: TOP_ONLY's launches leave them out)
     short* ks = (short*)smem;                           // [2][BKEYS][STRIDE]
-    short* vs = ks + 2 * TILE;                          // [2][BKEYS][STRIDE]
-    double* kmul = (double*)(vs + 2 * TILE);            // [2][BKEYS]: 2^(ek - 30)
+    double* kmul = (double*)(ks + 2 * TILE);            // [2][BKEYS]: 2^(ek - 30)
     int2* kev = (int2*)(kmul + 2 * BKEYS);              // [2][BKEYS]: ev, bad (k's or v's)
     unsigned* tab = (unsigned*)(kev + 2 * BKEYS);       // [256]: the exp table (2^-31 units, <= 2^31)
+    short* vs = (short*)(tab + 256);                    // [2][BKEYS][STRIDE]
+#if TOP_ONLY
+    mode = 1;
+#endif
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gq = lane >> 2, tq = lane & 3;
     const long long g = blockIdx.y;
 #if ITEMS   // several sequences in one launch (mode 0): this block's rows, their sizes and offsets from its entry
@@ -135,7 +145,8 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
     auto qrow = [&](int rr) -> long long { return g * rows + rr; };
 #define LOOM_KN n
 #endif
-    for (int i = tid; i < 256; i += THREADS) tab[i] = (unsigned)table[i];
+    if (mode != 1)                                      // (pass 2's)
+        for (int i = tid; i < 256; i += THREADS) tab[i] = (unsigned)table[i];
     int row[2], qpos[2];
     double qscale[2];
     bool bad[2];
@@ -237,7 +248,7 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             for (int e = 0; e < 4; ++e) {
                 const int h = e >> 1;
                 if (masked && !allowed(h, j0 + key + (e & 1))) continue;
-                top[h] = fmax(top[h], x[e]);
+                top[h] = x[e] > top[h] ? x[e] : top[h];     // (no NaN, no -0: fmax's handling of those not needed)
                 etop[h] = max(etop[h], e & 1 ? kv.z : kv.x);
                 bad[h] = bad[h] || (e & 1 ? kv.w : kv.y);
             }
@@ -289,17 +300,22 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) loom_int_atten
             int4 kv;
             scores(b, t, x, kv);
             const int key = 8 * t + 2 * tq;
-            unsigned w[4];
+            // every entry's p, then a masked key's set to 0 (so its w is 0 too): one branch a tile's n-tile that only
+            // the tiles with masked keys take, not one around each score (every score's operands are finite, so the
+            // exp of a masked one is safe to compute and drop)
+            unsigned p[4], w[4];
+            #pragma unroll
+            for (int e = 0; e < 4; ++e) p[e] = loom_exp_fixed((top[e >> 1] - x[e]) * qscale[e >> 1], tab, LOG2E_30, LN2_15);
+            if (masked) {
+                #pragma unroll
+                for (int e = 0; e < 4; ++e) p[e] = allowed(e >> 1, j0 + key + (e & 1)) ? p[e] : 0u;
+            }
             #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 const int h = e >> 1;
-                w[e] = 0;
-                if (masked && !allowed(h, j0 + key + (e & 1))) continue;
-                const unsigned p = loom_exp_fixed((top[h] - x[e]) * qscale[h], tab,
-                                                  (unsigned)log2e, (unsigned)ln2);
-                den[h] += p;
+                den[h] += p[e];
                 // w = round(p 2^-sh), half up, sh = 31 - P_BITS + E - ev >= 17: ((p >> (sh - 1)) + 1) >> 1, 0 past 32
-                w[e] = (__funnelshift_rc(p, 0u, wshift[h] - (e & 1 ? kv.z : kv.x)) + 1) >> 1;
+                w[e] = (__funnelshift_rc(p[e], 0u, wshift[h] - (e & 1 ? kv.z : kv.x)) + 1) >> 1;
             }
             pr[t][0] = w[0] | (w[1] << 16);
             pr[t][1] = w[2] | (w[3] << 16);

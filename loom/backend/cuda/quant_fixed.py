@@ -90,6 +90,14 @@ GLOBAL_X_AT_USE_ROWS = 2
 # measured slower (H200, 2026-11-28, recorded steps at 64 rows: SmolLM2-135M 1,519 -> 1,633 us, Llama-3.2-1B bf16
 # 2,294 -> 2,598; branch wip/x-warps): each warp's chain over its row is the time, not the barriers
 X_THREADS = 256
+# ... and for a prompt's rows (m >= X_MANY_ROWS, 0: never) of K <= X_MANY_K (what such a block holds in registers
+# writing planes, 4 X_HELD X_MANY_THREADS), blocks of X_MANY_THREADS: a 2,048-token prompt's launch is 2,048 blocks, and
+# at K = 576 a block of 256 keeps 144 threads busy. H200, 2026-11-29, prefill_kernels.py, 2,048-token prompts, 128
+# threads for every K: SmolLM2-135M (K 576, 1,536) loom_fixed_x 1.28 -> 0.89 ms, Llama-3.2-1B (K 2,048, 8,192) 1.16 ->
+# 1.76 (past the held rows)
+X_MANY_ROWS = 256
+X_MANY_THREADS = 128
+X_MANY_K = 1024
 # (timing only: the one-row products return after a phase, their output meaningless: 1 the prologue and the wait for
 # the previous kernel, 2 x's integers made, 3 the products summed; 0 runs them whole. decode_graph_parts.py --set
 # loom.backend.cuda.quant_fixed.PHASE_STOP=N gives each product kind's time to that phase)
@@ -105,12 +113,12 @@ GEMV_PLANES_MIN_K = 2048
 
 
 
-def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
+def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0, x_threads: int = 0) -> str:
     """The kernels' #defines; units (NB): the 32-value units of a row, compiled into the products (0: an
     argument); wpr: the warps sharing a row in the one-row kernel; x_rows (XR): the rows of x it takes,
-    compiled in (0: an argument, up to MAX_ROWS)."""
+    compiled in (0: an argument, up to MAX_ROWS); x_threads: loom_fixed_x's block (0: X_THREADS)."""
     return (f"typedef float T;\n#define MAX_ROWS {x_rows or MAX_ROWS}\n#define XR {x_rows}\n#define WARPS {WARPS}\n"
-            f"#define X_THREADS {X_THREADS}\n"
+            f"#define X_THREADS {x_threads or X_THREADS}\n"
             f"#define NB {units}\n#define WPR {wpr}\n"
             f"#define RW {RW}\n#define EPI {epilogue}\n#define STAGED_ROWS {STAGED_ROWS}\n#define HELD_K {HELD_K}\n"
             f"#define WARP_STAGE_K {WARP_STAGE_K}\n"
@@ -121,8 +129,9 @@ def _head(epilogue: int, units: int = 0, wpr: int = 1, x_rows: int = 0) -> str:
 
 
 @cache
-def _module(qtype: str, epilogue: int = 0, units: int = 0, wpr: int = 1, x_rows: int = 0):
-    return cupy.RawModule(code=_head(epilogue, units, wpr, x_rows) + type_defines(qtype) + BLOCK_DECODE + SOURCE,
+def _module(qtype: str, epilogue: int = 0, units: int = 0, wpr: int = 1, x_rows: int = 0, x_threads: int = 0):
+    return cupy.RawModule(code=_head(epilogue, units, wpr, x_rows, x_threads) + type_defines(qtype) + BLOCK_DECODE
+                          + SOURCE,
                           options=OPTIONS + ("-std=c++17",))
 
 
@@ -209,7 +218,9 @@ def x_integers(x: Array, qtype: str | None = None, norm: Array | None = None, no
     ex, bad = cupy.empty(m, dtype=np.int32), cupy.empty(m, dtype=np.int32)
     if m:
         # (any qtype's module holds it: the x kernel reads no weight)
-        launch(_module("F32").get_function("loom_fixed_x"), m, X_THREADS,
+        threads = X_MANY_THREADS if 0 < X_MANY_ROWS <= m and k <= X_MANY_K else X_THREADS
+        module = _module("F32", x_threads=0 if threads == X_THREADS else threads)    # (0: the products' module)
+        launch(module.get_function("loom_fixed_x"), m, threads,
                (x, pointer(xq), ex, bad, np.int32(k), np.int32(_nibble(qtype)), pointer(norm), pointer(normed),
                 np.float32(eps), sum_bits(k), *(pointer(p) for p in planes or (None, None)), np.int64(padded)),
                overlap)
