@@ -58,10 +58,10 @@ SPLITS = 0                      # blocks sharing a block's keys (0: _splits choo
 # The splits (_splits) cut the longest walk of keys to SPLIT_SHARE % of a block slot's share of all the blocks' tiles
 # (the grid's tiles over the multiprocessors times the blocks each holds): a causal prompt's last rows walk every key, so
 # a grid of enough blocks can still wait on its longest. H200, 2026-11-29, prefill_kernels.py --deterministic, ms of
-# the attention (splits): SmolLM2-135M 2,048 tokens 5.54 (2) / 5.11 (3), Qwen2-0.5B 2,048 6.83 (1) / 6.09 (2),
-# Llama-3.2-1B 512 0.92 (2) / 0.97 (4), SmolLM2-135M 1,024 1.86 (3) / 1.84 (6); the rule before, enough blocks for 3 a
-# multiprocessor, chose the first of each
-SPLIT_SHARE = 100
+# all kernels, the rule before (enough blocks for 3 a multiprocessor) / SPLIT_SHARE 100 / 70, 2,048 tokens: SmolLM2-135M
+# 12.5 / 12.1 / 11.8 (2 / 3 / 4 splits), Qwen2-0.5B 18.5 / 18.2 / 17.9 (1 / 2 / 3), Llama-3.2-1B 25.4 / 25.5 / 25.3
+# (1 / 1 / 2); Llama-3.2-1B 1,024 11.8 / 11.9 / 11.9, 512 6.7 at each, SmolLM2-135M 512 3.7 at each
+SPLIT_SHARE = 70
 SPLIT_TILES = 2                 # 64-key tiles a split walks at least
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (the same bits; H200, 2,048-token prompts: no gain)
 # several sequences share one launch (no splits) unless it would have fewer blocks than ITEMS_FROM (0: the
