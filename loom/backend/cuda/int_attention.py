@@ -27,8 +27,8 @@ Three kernels:
 
 In a whole prompt (H200, 2026-11-29, prefill_kernels.py --deterministic, one chunk): 506 us a layer of Llama-3.2-1B's
 2,048-token prompt (fast mode's flash kernel 187; 623 before the exp's constants were compiled in and the masked keys
-zeroed without a branch), 183 us a layer of SmolLM2-135M's (two launches, split; 224 before those and the first
-launch's own module). Measured
+zeroed without a branch), 161 us a layer of SmolLM2-135M's (two launches, 4 splits by the longest walk, and their
+finish; 183 with 2 splits, 224 before the first launch had its own module). Measured
 earlier (H200, Llama-3.2-1B's attention, 8 key/value heads of 4, D 64, a layer): 2,048-token prompt 186-195 us
 (spec 4's four float64 kernels 465; the first version of this one 527: ldexp a score, the exp table in global
 memory, w and the planes staged a byte at a time), 512 tokens 84 us (165; 214). Nsight Compute at 2,048 tokens:
