@@ -27,8 +27,8 @@ Three kernels:
 
 In a whole prompt (H200, 2026-11-29, prefill_kernels.py --deterministic, one chunk): 506 us a layer of Llama-3.2-1B's
 2,048-token prompt (fast mode's flash kernel 187; 623 before the exp's constants were compiled in and the masked keys
-zeroed without a branch), 183 us a layer of SmolLM2-135M's (two launches, split; 224 before those and the first
-launch's own module). Measured
+zeroed without a branch), 161 us a layer of SmolLM2-135M's (two launches, 4 splits by the longest walk, and their
+finish; 183 with 2 splits, 224 before the first launch had its own module). Measured
 earlier (H200, Llama-3.2-1B's attention, 8 key/value heads of 4, D 64, a layer): 2,048-token prompt 186-195 us
 (spec 4's four float64 kernels 465; the first version of this one 527: ldexp a score, the exp table in global
 memory, w and the planes staged a byte at a time), 512 tokens 84 us (165; 214). Nsight Compute at 2,048 tokens:
@@ -37,7 +37,7 @@ latency-bound (issue slots 37% busy; stalls mostly fixed-latency waits on the mm
 """
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from typing import NamedTuple
 
 import cupy
@@ -55,12 +55,13 @@ from .quant_fixed_source import SCALARS
 BKEYS = 64                      # keys a tile
 WARPS = 0                       # warps a block (16 query rows each): 0 chooses 4, or 1 for 16 rows or fewer
 SPLITS = 0                      # blocks sharing a block's keys (0: _splits chooses)
-# blocks a multiprocessor the splits aim for (_splits). No one value wins: H200, 2026-11-28, prefill_kernels.py
-# --deterministic, ms of the attention and its finish, 3 / 8 (the splits each chose): SmolLM2-135M 2,048 tokens 6.98
-# (2) / 6.31 (4), 1,024 tokens 2.38 (3) / 2.66 (8); Llama-3.2-1B 2,048 tokens 10.08 (1) / 9.73 (2), 1,024 3.41 (1) /
-# 3.31 (3), 512 1.29 (2) / 1.35 (4). A rule by the keys a split walks as well (SPLIT_TILES 8 with SPLIT_BLOCKS 8 would
-# choose 4, 2, 2, 2, 1 there) is untried
-SPLIT_BLOCKS = 3
+# The splits (_splits) cut the longest walk of keys to SPLIT_SHARE % of a block slot's share of all the blocks' tiles
+# (the grid's tiles over the multiprocessors times the blocks each holds): a causal prompt's last rows walk every key, so
+# a grid of enough blocks can still wait on its longest. H200, 2026-11-29, prefill_kernels.py --deterministic, ms of
+# all kernels, the rule before (enough blocks for 3 a multiprocessor) / SPLIT_SHARE 100 / 70, 2,048 tokens: SmolLM2-135M
+# 12.5 / 12.1 / 11.8 (2 / 3 / 4 splits), Qwen2-0.5B 18.5 / 18.2 / 17.9 (1 / 2 / 3), Llama-3.2-1B 25.4 / 25.5 / 25.3
+# (1 / 1 / 2); Llama-3.2-1B 1,024 11.8 / 11.9 / 11.9, 512 6.7 at each, SmolLM2-135M 512 3.7 at each
+SPLIT_SHARE = 70
 SPLIT_TILES = 2                 # 64-key tiles a split walks at least
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (the same bits; H200, 2,048-token prompts: no gain)
 # several sequences share one launch (no splits) unless it would have fewer blocks than ITEMS_FROM (0: the
@@ -265,11 +266,7 @@ def _launch(key: tuple, parts: list, G: int, rows: int, n: int, D: int, per_grou
     warps = _warps(rows)
     T = rows // per_group
     blocks = -(-rows // (16 * warps))
-    span = min(n, first + T - lo)                                       # (a block's most keys)
-    if window:
-        span = min(span, window + 16 * warps)
-    tiles = -(-span // BKEYS) + (1 if window else 0)                   # (+ 1: a window's start mid-tile)
-    splits = SPLITS or _splits(blocks * G, tiles, warps)
+    splits = SPLITS or _splits(G, rows, n, T, first, lo, window or 0, warps, D)
     kernel, shared = _attend_kernel(module, D)
     omap = tuple(np.int32(m) for m in out_map)
     args = (*parts, device_table(table), out, *omap, np.int32(rows), np.int32(n), np.int32(T), np.int32(first),
@@ -299,11 +296,30 @@ def _attend_kernel(module: cupy.RawModule, D: int, top: bool = False) -> tuple:
     return kernel, shared
 
 
-def _splits(blocks: int, tiles: int, warps: int) -> int:
-    """How many blocks share a block's keys: enough blocks for SPLIT_BLOCKS a multiprocessor (4 warps each), each
-    split at least SPLIT_TILES tiles, at most 16."""
-    want = -(-SPLIT_BLOCKS * _multiprocessors() * 4 // warps // blocks)
-    return max(1, min(want, tiles // SPLIT_TILES, 16))
+def _splits(G: int, rows: int, n: int, T: int, first: int, lo: int, window: int, warps: int, D: int) -> int:
+    """How many blocks share a block's keys: enough that the longest walk's share is at most SPLIT_SHARE % of a block
+    slot's share of every block's tiles (the multiprocessors times the blocks each holds at 168 registers), each split
+    at least SPLIT_TILES tiles, at most 16."""
+    longest, total = _walks(rows, n, T, first, lo, window, 16 * warps)
+    if longest < 2 * SPLIT_TILES:
+        return 1
+    slots = _multiprocessors() * ((12 if D <= 64 else 8) // warps)
+    want = -(-longest * slots * 100 // (G * total * SPLIT_SHARE))
+    return max(1, min(want, longest // SPLIT_TILES, 16))
+
+
+@lru_cache(maxsize=256)
+def _walks(rows: int, n: int, T: int, first: int, lo: int, window: int, bq: int) -> tuple[int, int]:
+    """The most tiles of keys a block of loom_int_attend (bq rows of a group) walks, and all its blocks' (its rows'
+    keys, causal and windowed, as the kernel bounds them)."""
+    r0 = np.arange(-(-rows // bq), dtype=np.int64) * bq
+    last = np.minimum(r0 + bq, rows) - 1
+    one = r0 // T == last // T
+    pmin, pmax = first + np.where(one, r0 % T, 0), first + np.where(one, last % T, T - 1)
+    kfirst = np.maximum(0, pmin - window + 1 - lo) if window else 0
+    kend = np.minimum(n, pmax - lo + 1)
+    walks = np.where(kend > kfirst, (kend - kfirst + BKEYS - 1) // BKEYS, 0)
+    return int(walks.max()), int(walks.sum())
 
 
 _TABLES: dict = {}

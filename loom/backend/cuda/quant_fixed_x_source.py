@@ -223,8 +223,9 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
     float top = 0.0f;
     int nonfinite = 0;
     // a row of up to X_ROW_HELD X_THREADS values: read once, every load in flight together (looped, each round of
-    // loads waited for the last: one block makes a one-row product's x over K = 4,864 or 8,192, a down product's)
-    const bool holds = K <= X_ROW_HELD * X_THREADS;
+    // loads waited for the last: one block makes a one-row product's x over K = 4,864 or 8,192, a down product's).
+    // Only where the integers are written from them (xq): the planes' path reads the row again in its own order
+    const bool holds = planes == 0 && K <= X_ROW_HELD * X_THREADS;
     float held[X_ROW_HELD];
     if (holds) {
         #pragma unroll
@@ -295,7 +296,7 @@ extern "C" __global__ void __launch_bounds__(X_THREADS) loom_fixed_x(
         planes[(padded + m) * K + k] = (signed char)((q & 255) - 128);
         total += q;
     }
-    for (int o = 16; o; o >>= 1) total += __shfl_xor_sync(LOOM_FULL, total, o);
+    total = warp_sum_i64(total);
     if ((threadIdx.x & 31) == 0) sum_s[threadIdx.x >> 5] = total;
     __syncthreads();
     if (threadIdx.x == 0) {
