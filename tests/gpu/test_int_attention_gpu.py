@@ -82,7 +82,8 @@ def test_shapes_it_does_not_take():
 
 def test_the_splits_follow_a_causal_prompts_longest_walk(monkeypatch):
     """A block-aligned causal prompt's blocks walk 1 .. T / 64 tiles each (a triangle per query head); the splits cut
-    the longest walk to SPLIT_SHARE % of a block slot's share of them (132 multiprocessors, 3 blocks each at 4 warps)."""
+    the longest walk to SPLIT_SHARE % of a block slot's share of them (132 multiprocessors, 3 blocks each at 4 warps), in
+    splits of at least SPLIT_TILES tiles where their blocks fill more than one wave."""
     monkeypatch.setattr(int_attention, "SPLIT_SHARE", 70)
     monkeypatch.setattr(int_attention, "_multiprocessors", lambda: 132)
     for per_group, t in ((3, 2048), (7, 512), (4, 1024)):
@@ -93,6 +94,11 @@ def test_the_splits_follow_a_causal_prompts_longest_walk(monkeypatch):
     # SmolLM2-135M's, Qwen2-0.5B's and Llama-3.2-1B's 2,048-token prompts (key/value heads, query heads each)
     chosen = [int_attention._splits(g, p * 2048, 2048, 2048, 0, 0, 0, 4, 64) for g, p in ((3, 3), (2, 7), (8, 4))]
     assert chosen == [4, 3, 2]
+    # (at most a split a SPLIT_TILES tiles: SmolLM2-135M's 1,024 tokens, Llama-3.2-1B's 512; SPLIT_TILES_FEW where the
+    # split blocks fit in one wave: SmolLM2-135M's 512)
+    assert int_attention._splits(3, 3 * 1024, 1024, 1024, 0, 0, 0, 4, 64) == 4
+    assert int_attention._splits(8, 4 * 512, 512, 512, 0, 0, 0, 4, 64) == 2
+    assert int_attention._splits(3, 3 * 512, 512, 512, 0, 0, 0, 4, 64) == 4
     assert int_attention._splits(8, 4, 1000, 1, 999, 0, 0, 1, 64) == 8        # (one decode row a head: SPLIT_TILES each)
 
 

@@ -62,7 +62,12 @@ SPLITS = 0                      # blocks sharing a block's keys (0: _splits choo
 # 12.5 / 12.1 / 11.8 (2 / 3 / 4 splits), Qwen2-0.5B 18.5 / 18.2 / 17.9 (1 / 2 / 3), Llama-3.2-1B 25.4 / 25.5 / 25.3
 # (1 / 1 / 2); Llama-3.2-1B 1,024 11.8 / 11.9 / 11.9, 512 6.7 at each, SmolLM2-135M 512 3.7 at each
 SPLIT_SHARE = 70
-SPLIT_TILES = 2                 # 64-key tiles a split walks at least
+# 64-key tiles a split walks at least: SPLIT_TILES where the splits' blocks fill more than one wave, SPLIT_TILES_FEW
+# where they fit in one (H200, 2026-11-29, prefill_kernels.py --deterministic, ms of all kernels, two runs each, 2 / 4:
+# SmolLM2-135M 1,024 tokens 6.3 (8 splits) / 6.0-6.1 (4), Llama-3.2-1B 512 6.8 (4) / 6.7 (2), Qwen2-0.5B 1,024 9.0 (5)
+# / 8.9 (4), SmolLM2-135M 512 3.7 (4) / 3.9 (2): its 72 blocks a wave short of the multiprocessors' 396 places)
+SPLIT_TILES = 4
+SPLIT_TILES_FEW = 2
 SPLIT_MID = 0                   # 1: HL and LH in separate accumulators (the same bits; H200, 2,048-token prompts: no gain)
 # several sequences share one launch (no splits) unless it would have fewer blocks than ITEMS_FROM (0: the
 # multiprocessors) while a sequence has more than ITEMS_TILES tiles of keys (causal_paged: then a launch each, split)
@@ -299,13 +304,17 @@ def _attend_kernel(module: cupy.RawModule, D: int, top: bool = False) -> tuple:
 def _splits(G: int, rows: int, n: int, T: int, first: int, lo: int, window: int, warps: int, D: int) -> int:
     """How many blocks share a block's keys: enough that the longest walk's share is at most SPLIT_SHARE % of a block
     slot's share of every block's tiles (the multiprocessors times the blocks each holds at 168 registers), each split
-    at least SPLIT_TILES tiles, at most 16."""
+    at least SPLIT_TILES tiles (SPLIT_TILES_FEW while the split blocks fit in one wave), at most 16."""
     longest, total = _walks(rows, n, T, first, lo, window, 16 * warps)
-    if longest < 2 * SPLIT_TILES:
+    if total == 0:
         return 1
+    blocks = G * -(-rows // (16 * warps))
     slots = _multiprocessors() * ((12 if D <= 64 else 8) // warps)
     want = -(-longest * slots * 100 // (G * total * SPLIT_SHARE))
-    return max(1, min(want, longest // SPLIT_TILES, 16))
+    cap = longest // SPLIT_TILES
+    if blocks * cap < slots:
+        cap = min(longest // SPLIT_TILES_FEW, -(-slots // blocks))
+    return max(1, min(want, cap, 16))
 
 
 @lru_cache(maxsize=256)
@@ -319,7 +328,7 @@ def _walks(rows: int, n: int, T: int, first: int, lo: int, window: int, bq: int)
     kfirst = np.maximum(0, pmin - window + 1 - lo) if window else 0
     kend = np.minimum(n, pmax - lo + 1)
     walks = np.where(kend > kfirst, (kend - kfirst + BKEYS - 1) // BKEYS, 0)
-    return int(walks.max()), int(walks.sum())
+    return (int(walks.max()), int(walks.sum())) if walks.size else (0, 0)
 
 
 _TABLES: dict = {}
