@@ -74,3 +74,31 @@ def test_one_row_sums_round_ties_to_even_and_take_the_largest_integers():
     with loom.deterministic(True):
         got = w.matmul_t(x)
     assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_one_row_sums_over_the_float16_scales_range(qtype):
+    """The one-row sums fold each row's 2^(15 - e) into its blocks' float16 scales and sum int16 products in int64:
+    the scheme's bits for rows whose scales are float16 subnormals (2^-24: 2^(15 - e) far above 1), near float16's
+    largest (values past 2^15: 2^(15 - e) below 1), mixed within a row, and offsets m of both signs (Q4_1)."""
+    rng = np.random.default_rng(len(qtype))
+    cols, nb = 320, 10
+    width = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[qtype]
+    rows = 6
+    blocks = rng.integers(0, 256, (rows, nb, width), dtype=np.uint8)
+    exponents = {0: (-24, -24), 1: (-20, -14), 2: (10, 15), 3: (-24, 15), 4: (-8, -2), 5: (0, 0)}
+    for r, (lo, hi) in exponents.items():
+        d = (np.exp2(rng.integers(lo, hi + 1, nb)) * rng.uniform(1, 2, nb) * rng.choice([-1, 1], nb)).astype(np.float16)
+        blocks[r, :, :2] = d.view(np.uint8).reshape(-1, 2)
+        if qtype == "Q4_1":
+            m = np.clip(d.astype(np.float32) * rng.uniform(-8, 8, nb), -6e4, 6e4).astype(np.float16)
+            blocks[r, :, 2:4] = m.view(np.uint8).reshape(-1, 2)
+    data = blocks.reshape(rows, -1)
+    w = BlockQuantized(data, qtype, (rows, cols))
+    dense = w.dequantize()
+    assert np.isfinite(dense).all() and (np.abs(dense) < 2.0 ** -14).any() and (np.abs(dense) > 2.0 ** 15).any()
+    x = rng.standard_normal((1, cols)).astype(np.float32)
+    x[0, 3] = 50.0                                          # x's largest magnitude: integer 32767 or so
+    with loom.deterministic(True):
+        got = w.matmul_t(x)
+    assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))

@@ -74,8 +74,9 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray, out: 
     if not _x_integers(x2, qx, ex):
         return False
     target = out if out.dtype == np.float32 and out.flags.c_contiguous else np.empty(out.shape, np.float32)
-    cpu_jit.run(_sums, qx, ex, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(), 16,
-                target)
+    qx16 = qx.astype(np.int16)          # (row_dots' one-row sums: |q| <= 32767, exact)
+    cpu_jit.run(_sums, qx, qx16, ex, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(),
+                16, target)
     if target is not out:
         out[...] = target
     return True
@@ -127,9 +128,9 @@ def _exponents(data, kind, cols, f16, n16, out, bad):
             bad[r] = nonfinite
 
 
-def _sums(qx, ex, data, kind, ew, f16, n16, out):
+def _sums(qx, qx16, ex, data, kind, ew, f16, n16, out):
     """out[i, r]: the integer sums scaled by 2^(ex[i] + ew[r] - 30) (exact: below 2^53) and rounded once to
-    float32 (fixed.finish; past float32's range, inf)."""
+    float32 (fixed.finish; past float32's range, inf). qx16: qx as int16, for row_dots' one-row sums."""
     u16, i8 = data.view(np.uint16), data.view(np.int8)
     cols = qx.shape[1]
     for c in prange((data.shape[0] + CHUNK - 1) // CHUNK):
@@ -143,8 +144,8 @@ def _sums(qx, ex, data, kind, ew, f16, n16, out):
             # 2^(15 - e) is a float32 (the range test only guards that)
             if qx.shape[0] == 1 and kind < _ONE_ROW and -126 <= 15 - ew[r] <= 127:
                 s32 = f32(scale)
-                s = _q8_0_integers(data, r, qx, s32, f16) if kind == 0 else \
-                    _q4_0_integers(data, r, qx, s32, f16) if kind == 1 else _q4_1_integers(data, r, qx, s32, f16)
+                s = _q8_0_integers(data, r, qx16, s32, f16) if kind == 0 else \
+                    _q4_0_integers(data, r, qx16, s32, f16) if kind == 1 else _q4_1_integers(data, r, qx16, s32, f16)
                 out[0, r] = f32((s + 0.0) * _POW2[ex[0] + ew[r] - 30 + 1074])
                 continue
             rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
