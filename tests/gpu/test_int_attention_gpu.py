@@ -80,28 +80,6 @@ def test_shapes_it_does_not_take():
     assert int_attention.causal(w, w, w, 1, 0, 0, None, 0.125, *ia.SCHEME) is None     # (declined: the array code)
 
 
-def test_the_splits_follow_a_causal_prompts_longest_walk(monkeypatch):
-    """A block-aligned causal prompt's blocks walk 1 .. T / 64 tiles each (a triangle per query head); the splits cut
-    the longest walk to SPLIT_SHARE % of a block slot's share of them (132 multiprocessors, 3 blocks each at 4 warps), in
-    splits of at least SPLIT_TILES tiles where their blocks fill more than one wave."""
-    monkeypatch.setattr(int_attention, "SPLIT_SHARE", 70)
-    monkeypatch.setattr(int_attention, "_multiprocessors", lambda: 132)
-    for per_group, t in ((3, 2048), (7, 512), (4, 1024)):
-        tiles = t // 64
-        assert int_attention._walks(per_group * t, t, t, 0, 0, 0, 64) == (tiles, per_group * tiles * (tiles + 1) // 2)
-    # (a chunk after 2,048 cached keys: every block walks at least 33 tiles)
-    assert int_attention._walks(2048, 4096, 2048, 2048, 0, 0, 64) == (64, sum(range(33, 65)))
-    # SmolLM2-135M's, Qwen2-0.5B's and Llama-3.2-1B's 2,048-token prompts (key/value heads, query heads each)
-    chosen = [int_attention._splits(g, p * 2048, 2048, 2048, 0, 0, 0, 4, 64) for g, p in ((3, 3), (2, 7), (8, 4))]
-    assert chosen == [4, 3, 2]
-    # (at most a split a SPLIT_TILES tiles: SmolLM2-135M's 1,024 tokens, Llama-3.2-1B's 512; SPLIT_TILES_FEW where the
-    # split blocks fit in one wave: SmolLM2-135M's 512)
-    assert int_attention._splits(3, 3 * 1024, 1024, 1024, 0, 0, 0, 4, 64) == 4
-    assert int_attention._splits(8, 4 * 512, 512, 512, 0, 0, 0, 4, 64) == 2
-    assert int_attention._splits(3, 3 * 512, 512, 512, 0, 0, 0, 4, 64) == 4
-    assert int_attention._splits(8, 4, 1000, 1, 999, 0, 0, 1, 64) == 8        # (one decode row a head: SPLIT_TILES each)
-
-
 def test_causal_on_the_gpu_gives_the_cpus_bits():
     """kernels.exact.attention.causal on CuPy arrays: the backend's kernel, or past its heads (160) the array code
     on the GPU."""

@@ -76,29 +76,77 @@ def test_one_row_sums_round_ties_to_even_and_take_the_largest_integers():
     assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))
 
 
+FINITE_F16 = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+FINITE_F16 = FINITE_F16[np.isfinite(FINITE_F16.view(np.float16))]
+WIDTHS = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}
+
+
+def _f16(value):
+    return np.array([value], np.float16).view(np.uint8)
+
+
 @pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
 def test_one_row_sums_over_the_float16_scales_range(qtype):
     """The one-row sums fold each row's 2^(15 - e) into its blocks' float16 scales and sum int16 products in int64:
-    the scheme's bits for rows whose scales are float16 subnormals (2^-24: 2^(15 - e) far above 1), near float16's
-    largest (values past 2^15: 2^(15 - e) below 1), mixed within a row, and offsets m of both signs (Q4_1)."""
+    the scheme's bits for scales drawn from every finite float16 (subnormal ones: 2^(15 - e) up to 2^38; the
+    largest: values past 2^15, 2^(15 - e) below 1), offsets of both signs (Q4_1), rows at the ends of that range
+    (65,504 with zero codes and an offset of 2^-24; 65,504 times -128), all-zero rows, a rounding fma (a large d
+    and a subnormal m) and x at several scales."""
     rng = np.random.default_rng(len(qtype))
-    cols, nb = 320, 10
-    width = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[qtype]
-    rows = 6
-    blocks = rng.integers(0, 256, (rows, nb, width), dtype=np.uint8)
-    exponents = {0: (-24, -24), 1: (-20, -14), 2: (10, 15), 3: (-24, 15), 4: (-8, -2), 5: (0, 0)}
-    for r, (lo, hi) in exponents.items():
-        d = (np.exp2(rng.integers(lo, hi + 1, nb)) * rng.uniform(1, 2, nb) * rng.choice([-1, 1], nb)).astype(np.float16)
-        blocks[r, :, :2] = d.view(np.uint8).reshape(-1, 2)
-        if qtype == "Q4_1":
-            m = np.clip(d.astype(np.float32) * rng.uniform(-8, 8, nb), -6e4, 6e4).astype(np.float16)
-            blocks[r, :, 2:4] = m.view(np.uint8).reshape(-1, 2)
+    rows, nb = 24, 10
+    blocks = rng.integers(0, 256, (rows, nb, WIDTHS[qtype]), dtype=np.uint8)
+    blocks[:, :, :2] = rng.choice(FINITE_F16, (rows, nb)).view(np.uint8).reshape(rows, nb, 2)
+    codes = 4 if qtype == "Q4_1" else 2
+    if qtype == "Q4_1":
+        blocks[:, :, 2:4] = rng.choice(FINITE_F16, (rows, nb)).view(np.uint8).reshape(rows, nb, 2)
+        blocks[0, :, :2], blocks[0, :, 2:4], blocks[0, :, 4:] = _f16(65504), _f16(2.0 ** -24), 0
+        blocks[1, :, :2], blocks[1, :, 2:4] = _f16(32800), _f16(3 * 2.0 ** -24)
+    blocks[2, :, :2], blocks[2, :, codes:] = _f16(65504), 0x80 if qtype == "Q8_0" else 0
+    blocks[3, :, :2], blocks[3, :, codes:] = _f16(65504), 0x88 if qtype == "Q4_0" else 0      # (Q4_1: m's)
+    if qtype == "Q4_1":
+        blocks[3, :, 2:4] = 0
     data = blocks.reshape(rows, -1)
-    w = BlockQuantized(data, qtype, (rows, cols))
+    w = BlockQuantized(data, qtype, (rows, nb * 32))
     dense = w.dequantize()
     assert np.isfinite(dense).all() and (np.abs(dense) < 2.0 ** -14).any() and (np.abs(dense) > 2.0 ** 15).any()
-    x = rng.standard_normal((1, cols)).astype(np.float32)
-    x[0, 3] = 50.0                                          # x's largest magnitude: integer 32767 or so
+    for scale in (1.0, 2.0 ** -140, 2.0 ** 90):
+        x = rng.standard_normal((1, nb * 32)).astype(np.float32)
+        x[0, 3] = 50.0
+        x *= np.float32(scale)
+        with loom.deterministic(True):
+            got = w.matmul_t(x)
+        assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32)), (qtype, scale)
+
+
+def test_one_row_sums_take_the_largest_integers_everywhere():
+    """Every integer of W and x at +-32767 (W's values 31 * 1,057 = 32,767, x's 32,767 / 32,768): the largest pair of
+    products, 2 * 32767^2, summed in int32."""
+    cols = 64
+    blocks = np.zeros((2, cols // 32, 34), np.uint8)
+    blocks[:, :, :2] = _f16(1057.0)
+    blocks[0, :, 2:], blocks[1, :, 2:] = 31, np.array(-31, np.int8).view(np.uint8)
+    w = BlockQuantized(blocks.reshape(2, -1), "Q8_0", (2, cols))
+    x = np.full((1, cols), -32767 / 32768, np.float32)
+    dense = w.dequantize()
+    assert (np.abs(fixed.to_integers(np, dense, fixed.row_exponents(np, dense))) == 32767).all()
+    assert (np.abs(fixed.to_integers(np, x, fixed.row_exponents(np, x))) == 32767).all()
     with loom.deterministic(True):
         got = w.matmul_t(x)
     assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))
+
+
+@pytest.mark.parametrize("qtype", ["Q4_0", "Q4_1", "Q8_0"])
+def test_one_row_of_a_block_type_with_inf_or_nan_scales_takes_ieees_values(qtype):
+    rng = np.random.default_rng(1)
+    blocks = rng.integers(0, 256, (5, 4, WIDTHS[qtype]), dtype=np.uint8)
+    blocks[:, :, :2] = _f16(0.01)
+    if qtype == "Q4_1":
+        blocks[:, :, 2:4] = _f16(-0.05)
+    blocks[1, 2, :2], blocks[3, 0, :2] = _f16(np.nan), _f16(np.inf)
+    w = BlockQuantized(blocks.reshape(5, -1), qtype, (5, 128))
+    x = rng.standard_normal((1, 128)).astype(np.float32)
+    with loom.deterministic(True), np.errstate(all="ignore"):
+        got = w.matmul_t(x)
+        want = fixed.matmul_t(CPU, x, w.dequantize())
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert not np.isfinite(got[0, [1, 3]]).any() and np.isfinite(got[0, [0, 2, 4]]).all()

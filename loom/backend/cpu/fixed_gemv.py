@@ -36,6 +36,7 @@ f32, f64 = np.float32, np.float64
 _POW2 = np.ldexp(1.0, np.arange(-1074, 1024))
 _ONE_ROW = 3            # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' integer sums
 _q8_0_integers = _q4_0_integers = _q4_1_integers = None     # row_dots.py's intrinsics: available()
+_NO_ROW = np.zeros((1, 0), np.int16)    # (_sums' qx16 where x has several rows: unused)
 
 
 def available() -> bool:
@@ -74,7 +75,7 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray, out: 
     if not _x_integers(x2, qx, ex):
         return False
     target = out if out.dtype == np.float32 and out.flags.c_contiguous else np.empty(out.shape, np.float32)
-    qx16 = qx.astype(np.int16)          # (row_dots' one-row sums: |q| <= 32767, exact)
+    qx16 = qx.astype(np.int16) if x2.shape[0] == 1 else _NO_ROW     # (row_dots' one-row sums: |q| <= 32767)
     cpu_jit.run(_sums, qx, qx16, ex, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(),
                 16, target)
     if target is not out:

@@ -14,8 +14,8 @@ Arithmetic: float32 throughout, the codes converted exactly (small integers), th
 reassociated (the same fast-math flags as gemv.py's loops: no nnan/ninf, so inf and NaN propagate). The
 m (offset) term adds m_b * sum(x over block b), from the block sums the caller computed once per product.
 
-numba's on-disk cache keys a function by its own file: a change here reaches gemv.py's and rounded_gemv.py's
-cached kernels only when those files change too (an installed upgrade replaces all three).
+numba's on-disk cache keys a function by its own file: a change here reaches gemv.py's, rounded_gemv.py's and
+fixed_gemv.py's cached kernels only when those files change too (an installed upgrade replaces all four).
 """
 from __future__ import annotations
 

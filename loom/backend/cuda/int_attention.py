@@ -37,7 +37,7 @@ latency-bound (issue slots 37% busy; stalls mostly fixed-latency waits on the mm
 """
 from __future__ import annotations
 
-from functools import cache, lru_cache
+from functools import cache
 from typing import NamedTuple
 
 import cupy
@@ -45,14 +45,15 @@ import numpy as np
 
 from ...errors import ShapeError
 from .. import Array
+from . import int_attention_splits
 from .compile import OPTIONS
 from .int_attention_source import EXP_FIXED, SOURCE
+from .int_attention_splits import BKEYS
 from .kept_tables import KeptTables
 from .launch import multiprocessors as _multiprocessors
 from .quant import pointer
 from .quant_fixed_source import SCALARS
 
-BKEYS = 64                      # keys a tile
 WARPS = 0                       # warps a block (16 query rows each): 0 chooses 4, or 1 for 16 rows or fewer
 SPLITS = 0                      # blocks sharing a block's keys (0: _splits chooses)
 # The splits (_splits) cut the longest walk of keys to SPLIT_SHARE % of a block slot's share of all the blocks' tiles
@@ -302,33 +303,9 @@ def _attend_kernel(module: cupy.RawModule, D: int, top: bool = False) -> tuple:
 
 
 def _splits(G: int, rows: int, n: int, T: int, first: int, lo: int, window: int, warps: int, D: int) -> int:
-    """How many blocks share a block's keys: enough that the longest walk's share is at most SPLIT_SHARE % of a block
-    slot's share of every block's tiles (the multiprocessors times the blocks each holds at 168 registers), each split
-    at least SPLIT_TILES tiles (SPLIT_TILES_FEW while the split blocks fit in one wave), at most 16."""
-    longest, total = _walks(rows, n, T, first, lo, window, 16 * warps)
-    if total == 0:
-        return 1
-    blocks = G * -(-rows // (16 * warps))
-    slots = _multiprocessors() * ((12 if D <= 64 else 8) // warps)
-    want = -(-longest * slots * 100 // (G * total * SPLIT_SHARE))
-    cap = longest // SPLIT_TILES
-    if blocks * cap < slots:
-        cap = min(longest // SPLIT_TILES_FEW, -(-slots // blocks))
-    return max(1, min(want, cap, 16))
-
-
-@lru_cache(maxsize=256)
-def _walks(rows: int, n: int, T: int, first: int, lo: int, window: int, bq: int) -> tuple[int, int]:
-    """The most tiles of keys a block of loom_int_attend (bq rows of a group) walks, and all its blocks' (its rows'
-    keys, causal and windowed, as the kernel bounds them)."""
-    r0 = np.arange(-(-rows // bq), dtype=np.int64) * bq
-    last = np.minimum(r0 + bq, rows) - 1
-    one = r0 // T == last // T
-    pmin, pmax = first + np.where(one, r0 % T, 0), first + np.where(one, last % T, T - 1)
-    kfirst = np.maximum(0, pmin - window + 1 - lo) if window else 0
-    kend = np.minimum(n, pmax - lo + 1)
-    walks = np.where(kend > kfirst, (kend - kfirst + BKEYS - 1) // BKEYS, 0)
-    return (int(walks.max()), int(walks.sum())) if walks.size else (0, 0)
+    """int_attention_splits.splits with this module's settings and the device's multiprocessors."""
+    return int_attention_splits.splits(G, rows, n, T, first, lo, window, warps, D, _multiprocessors(), SPLIT_SHARE,
+                                       SPLIT_TILES, SPLIT_TILES_FEW)
 
 
 _TABLES: dict = {}
