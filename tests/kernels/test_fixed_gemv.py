@@ -18,7 +18,7 @@ CPU = backend.get("cpu")
 
 
 @pytest.mark.parametrize("qtype", fixed_gemv.TYPES)
-@pytest.mark.parametrize("m", [1, 5, 16])
+@pytest.mark.parametrize("m", [1, 5, 16, 17, 70])
 def test_integer_sums_give_the_schemes_bits(qtype, m):
     rng = np.random.default_rng(m + len(qtype))
     rows, cols = 37, 576
@@ -26,7 +26,7 @@ def test_integer_sums_give_the_schemes_bits(qtype, m):
     w = BlockQuantized(data, qtype, (rows, cols))
     x = rng.standard_normal((m, cols)).astype(np.float32)
     x[0] *= 3e4
-    assert fixed_gemv.supports(qtype, m)
+    assert fixed_gemv.supports(qtype, m) if m <= fixed_gemv.MAX_ROWS else CPU.quant.fixed_wide(qtype, cols)
     ew, bad = fixed_gemv.w_exponents(data, qtype, cols)
     dense = w.dequantize()
     assert np.array_equal(ew, fixed.row_exponents(np, dense)) and not bad.any()
@@ -150,3 +150,26 @@ def test_one_row_of_a_block_type_with_inf_or_nan_scales_takes_ieees_values(qtype
         want = fixed.matmul_t(CPU, x, w.dequantize())
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert not np.isfinite(got[0, [1, 3]]).any() and np.isfinite(got[0, [0, 2, 4]]).all()
+
+
+@pytest.mark.parametrize("qtype", ["Q4_1", "F32"])
+def test_a_prompts_rows_read_w_in_place_in_bands(qtype, monkeypatch):
+    """x of more than MAX_ROWS rows (a prompt's): W's integers a band of rows at a time (bands of CHUNK rows here,
+    and a last one shorter), one float64 GEMM each; the scheme's bits, and IEEE's values where x holds inf or NaN
+    (the array code's patch)."""
+    monkeypatch.setattr(fixed_gemv, "BAND_BYTES", 16 * 8 * 64)
+    rng = np.random.default_rng(7)
+    rows, cols = 53, 64
+    data = random_rows(qtype, rows, cols, rng, scale=0.01, plain=0.05)
+    w = BlockQuantized(data, qtype, (rows, cols))
+    assert CPU.quant.fixed_wide(qtype, cols) and w.exact_in_place()
+    x = (rng.standard_normal((40, cols)) * np.exp(rng.uniform(-20, 20, (40, 1)))).astype(np.float32)
+    dense = w.dequantize()
+    with loom.deterministic(True):
+        got = w.matmul_t(x)
+    assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))
+    x[3, 5], x[9, 0] = np.inf, np.nan
+    with loom.deterministic(True), np.errstate(invalid="ignore"):
+        got = w.matmul_t(x)
+        want = fixed.matmul_t(CPU, x, dense)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))

@@ -110,18 +110,23 @@ class CPUQuant:
     def matmul_t_fixed(self, x2: np.ndarray, data: np.ndarray, qtype: str, out: np.ndarray, tables: dict,
                        bias: np.ndarray | None = None, residual: np.ndarray | None = None, swiglu: bool = False,
                        norm: np.ndarray | None = None, normed: np.ndarray | None = None, eps: float = 0.0) -> bool:
-        from . import fixed_gemv  # the compiled loops (numba): decode-sized x
-        if (bias is not None or residual is not None or swiglu or norm is not None
-                or not fixed_gemv.supports(qtype, x2.shape[0])):
+        from . import fixed_gemv  # the compiled loops (numba): W read in place, x of any rows
+        if (bias is not None or residual is not None or swiglu or norm is not None or x2.shape[0] == 0
+                or not self.fixed_wide(qtype, x2.shape[1])):
             return False
         if "fixed_exponents_jit" not in tables:
             ew, bad = fixed_gemv.w_exponents(data, qtype, x2.shape[1])
             tables["fixed_exponents_jit"] = ew, bool(bad.any())
         ew, bad = tables["fixed_exponents_jit"]
-        return not bad and fixed_gemv.matmul_t(x2, data, qtype, ew, out)
+        if bad:                 # (rows holding inf or NaN: the array code patches IEEE's values in)
+            return False
+        if x2.shape[0] <= fixed_gemv.MAX_ROWS:
+            return fixed_gemv.matmul_t(x2, data, qtype, ew, out)
+        return fixed_gemv.matmul_t_wide(x2, data, qtype, ew, out)
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:
-        return False
+        from . import fixed_gemv
+        return qtype in fixed_gemv.TYPES and fixed_gemv.available()
 
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
         # the compiled loops for the 32-value block types (gguf's bits); else gguf's array code

@@ -1,7 +1,7 @@
 """Spec 5's integer attention on the CPU, compiled (numba, the optional `loom[cpu]` extra): the scheme of
 loom/kernels/exact/attention.py (its reference, the array code) for a prompt's rows or a decode step's, a row
 at a time, its bits. The rows' integers, exponents and inf/NaN flags are made here too (fixed.row_exponents'
-and to_integers' arithmetic, a row a thread: in NumPy they took two thirds of a SmolLM2 decode step's
+and to_integers' arithmetic, a row at a time: in NumPy they took two thirds of a SmolLM2 decode step's
 attention), held as float64; each query row then walks its keys twice: the scores and their largest, then
 p, w and the two exact integer sums. The integer dot products are float64 sums of exact integers below 2^53,
 so the compiler may reorder them (`_dot`: reassociated, vectorized) without changing a bit; w v's (`_axpy`)
@@ -23,8 +23,11 @@ import numpy as np
 from . import decode_exact, exact_jit
 from . import jit as cpu_jit
 
-_PARALLEL = ("_rows", "_integers", "_step_rows")
-_PLAIN = ("_rint", "_exp_fixed", "_axpy", "_row_exponent", "_row_integers", "_rope_q")
+# (_integers on one thread: a prompt's q, k and v rows are a fraction of a millisecond of work, and OpenMP's threads
+# waking beside OpenBLAS's, still spinning after the product before, made each call 2.3 ms: SmolLM2-135M's 256-token
+# prompt 1.34 -> 1.14 s, the 2-core VM)
+_PARALLEL = ("_rows", "_step_rows")
+_PLAIN = ("_rint", "_exp_fixed", "_axpy", "_row_exponent", "_row_integers", "_rope_q", "_integers")
 _EXACT_SUMS = ("_dot",)                         # (exact integer sums: any order gives the same bits)
 prange = range          # (numba's prange once compiled)
 _ROUNDER = 6755399441055744.0                   # 1.5 2^52
@@ -66,7 +69,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first
     if rows == per_group and window == 0:           # a decode step: every row sees keys lo .. first
         q2 = np.ascontiguousarray(q, dtype=np.float32).reshape(-1, D)
         qi, eq, qbad = np.empty(q2.shape), np.empty(len(q2), np.int64), np.empty(len(q2), np.bool_)
-        cpu_jit.run(_integers, q2, int(consts[3]), qi, eq, qbad)
+        _integers(q2, int(consts[3]), qi, eq, qbad)
         # (key j of group g as a cache's slot j, key/value head g: [n, G, D] views)
         cpu_jit.run(_step_rows, qi.reshape(q.shape), eq.reshape(G, rows), qbad.reshape(G, rows),
                     np.ascontiguousarray(k, dtype=np.float32).transpose(1, 0, 2),
@@ -77,7 +80,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, per_group: int, first
     for a in (q, k, v):
         a2 = np.ascontiguousarray(a, dtype=np.float32).reshape(-1, D)
         xi, e, bad = np.empty(a2.shape), np.empty(len(a2), np.int64), np.empty(len(a2), np.bool_)
-        cpu_jit.run(_integers, a2, int(consts[3]), xi, e, bad)
+        _integers(a2, int(consts[3]), xi, e, bad)
         parts += [xi.reshape(a.shape), e.reshape(a.shape[:-1]), bad.reshape(a.shape[:-1])]
     cpu_jit.run(_rows, *parts, rows // per_group, first, lo, window, float(np.float32(scale)), table, consts, out)
     return out
