@@ -86,8 +86,8 @@ class BatchEngine:
     shorter of the model's context and 4,096); block_size: positions per block; prefix_cache: reuse
     the blocks of shared prompt prefixes; dense_weights: keep decoded copies of block-quantized
     weights for products of many rows (Decoder.keep_dense: float32, or bfloat16 with tensor cores in
-    fast mode; default on the GPU, where deterministic mode's exact block kernels read most weights in
-    place and copy none of those)."""
+    fast mode; default on the GPU; deterministic mode copies none of the weights its integer kernels read in
+    place for any rows: the GPU's, and the CPU's compiled loops)."""
 
     def __init__(self, model: LanguageModel, max_batch: int = 16, max_queue: int = 256, cache_tokens: int | None = None,
                  block_size: int = BLOCK_SIZE, prefix_cache: bool = True, dense_weights: bool | None = None):

@@ -152,8 +152,8 @@ class Decoder:
         decode batches. The copies are float32 (4 bytes a parameter more memory; the same values, so
         deterministic mode's bits are too), or in fast mode with tensor_cores bfloat16 (2 bytes a
         parameter; none for BF16 weights). Deterministic mode makes none of a weight whose products the
-        backend's exact block kernels take for any rows (BlockQuantized.exact_in_place: the GPU's tiles
-        read W in place)."""
+        backend's exact block kernels take for any rows (BlockQuantized.exact_in_place: the GPU's tiles and the
+        CPU's compiled loops read W in place)."""
         if self._dense is None:
             self._dense = {}
 

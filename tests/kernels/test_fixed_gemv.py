@@ -4,7 +4,7 @@ type they take and 1 to 16 rows of x, the rows' exponents are fixed.row_exponent
 or NaN take IEEE's values through the decoded path."""
 import numpy as np
 import pytest
-from quant_rows import random_rows
+from quant_rows import float32_edges, random_rows
 
 pytest.importorskip("numba")
 
@@ -173,3 +173,24 @@ def test_a_prompts_rows_read_w_in_place_in_bands(qtype, monkeypatch):
         got = w.matmul_t(x)
         want = fixed.matmul_t(CPU, x, dense)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_a_prompts_rows_at_float32s_edges():
+    """x of 40 rows and W at float32's edges (overflowing, subnormal, zero and cancelling rows; inf and NaN in both,
+    so the array code patches IEEE's values in), K = 140 (not a multiple of 32), x in Fortran order and W a strided
+    slice of its stored rows: the scheme's bits."""
+    rng = np.random.default_rng(11)
+    x, values = float32_edges(40, 24, 140, rng)
+    stored = np.ascontiguousarray(np.repeat(values, 2, axis=0)).view(np.uint8)[::2]     # (rows 0, 2, 4, ...)
+    w = BlockQuantized(stored, "F32", values.shape)
+    finite = np.isfinite(x).all(axis=1)
+    for rows in (x, x[finite], np.asfortranarray(x[finite])):
+        with loom.deterministic(True), np.errstate(all="ignore"):
+            got = w.matmul_t(rows)
+            want = fixed.matmul_t(CPU, np.ascontiguousarray(rows), values)
+        assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    clean = np.delete(values, [5, 8], axis=0)                   # (no inf or NaN in W: the compiled path itself)
+    w = BlockQuantized(np.ascontiguousarray(clean).view(np.uint8), "F32", clean.shape)
+    with loom.deterministic(True), np.errstate(all="ignore"):
+        got = w.matmul_t(x[finite])
+    assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x[finite], clean).view(np.uint32))

@@ -66,6 +66,7 @@ def test_block_rows_bound_the_temporary(monkeypatch):
         return real(data, qtype, cols, out)
     monkeypatch.setattr(qz, "_decode", spy)
     monkeypatch.setattr(CPU.quant, "dequantize_bytes", 576 * 4 * 300)
+    monkeypatch.setattr(CPU.quant, "fixed_wide", lambda qtype, cols: False)     # (the array code's blocks)
     w.matmul_t(np.ones((17, 576), np.float32))
     # 4 even blocks of <= 300 rows: once for the rows' exponents (kept), once for the product
     assert [s[0] for s in calls] == [250, 250, 250, 250] * 2
@@ -177,10 +178,10 @@ def test_fast_mode_says_once_where_no_block_kernel_takes_a_type(loom_log):
 
 
 def test_deterministic_copies_where_no_block_kernel_reads_the_weight_in_place(monkeypatch):
-    """On the CPU no integer kernel reads the weights in place (QuantKernels.fixed_wide False), so
-    deterministic prompt-sized products keep reading keep_dense's float32 copies; where a backend says
-    its kernels take a weight's products for any rows (as the GPU's integer kernels do), that weight gets
-    no copy, and a decoder whose stored weights all qualify says so (exact_in_place)."""
+    """Where no integer kernel reads a weight in place for any rows (QuantKernels.fixed_wide False: the CPU without
+    numba), deterministic prompt-sized products read keep_dense's float32 copies; where the backend's kernels take a
+    weight's products for any rows (the GPU's integer kernels, the CPU's compiled loops), that weight gets no copy,
+    and a decoder whose stored weights all qualify says so (exact_in_place)."""
     from loom.llm.decoder import Decoder
     from loom.llm.decoder_config import DecoderConfig, expected_tensors
     cfg = DecoderConfig.from_hf({"model_type": "llama", "vocab_size": 64, "hidden_size": 64, "intermediate_size": 96,
@@ -189,6 +190,9 @@ def test_deterministic_copies_where_no_block_kernel_reads_the_weight_in_place(mo
     rng = np.random.default_rng(3)
     weights = {name: qz.BlockQuantized(random_rows("Q8_0", *shape, rng), "Q8_0", shape) if len(shape) == 2
                else np.ones(shape, np.float32) for name, shape in expected_tensors(cfg)[0].items()}
+    from loom.backend.cpu import fixed_gemv
+    assert CPU.quant.fixed_wide("Q8_0", 64) == fixed_gemv.available()
+    monkeypatch.setattr(CPU.quant, "fixed_wide", lambda qtype, cols: False)
     with loom.deterministic(True):
         dec = Decoder(cfg, weights)
         dec.keep_dense()
