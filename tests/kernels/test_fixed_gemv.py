@@ -35,6 +35,11 @@ def test_integer_sums_give_the_schemes_bits(qtype, m):
     assert np.array_equal(got.view(np.uint32), fixed.matmul_t(CPU, x, dense).view(np.uint32))
 
 
+def test_the_compiled_loops_take_k_below_the_schemes_bound():
+    assert fixed_gemv.MAX_K == fixed.MAX_K
+    assert CPU.quant.fixed_wide("Q8_0", fixed.MAX_K - 32) and not CPU.quant.fixed_wide("Q8_0", fixed.MAX_K)
+
+
 def test_rows_holding_inf_or_nan_take_ieees_values():
     rng = np.random.default_rng(3)
     rows, cols = 9, 64

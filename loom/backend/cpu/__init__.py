@@ -125,10 +125,8 @@ class CPUQuant:
         return fixed_gemv.matmul_t_wide(x2, data, qtype, ew, out)
 
     def fixed_wide(self, qtype: str, cols: int) -> bool:
-        from ...kernels.exact.fixed import MAX_K
         from . import fixed_gemv
-        # (K from MAX_K on: the float64 sums could round, and the array code raises)
-        return qtype in fixed_gemv.TYPES and cols < MAX_K and fixed_gemv.available()
+        return qtype in fixed_gemv.TYPES and cols < fixed_gemv.MAX_K and fixed_gemv.available()
 
     def dequantize(self, data: np.ndarray, qtype: str, out: np.ndarray) -> bool:
         # the compiled loops for the 32-value block types (gguf's bits); else gguf's array code

@@ -27,6 +27,7 @@ from . import rounded_gemv
 MAX_ROWS = 16           # x with more rows: matmul_t_wide (W's integers a band at a time, a float64 GEMM each)
 CHUNK = 16              # rows of W per parallel task
 BAND_BYTES = 8 << 20    # float64 integers of W made at once by matmul_t_wide
+MAX_K = 1 << 23         # K below this (kernels/exact/fixed.MAX_K): past it the float64 sums could round
 TYPES = tuple(rounded_gemv._KINDS)
 _PLAIN = ("_x_integers", "_exponent", "_w_integers", "_finish")
 _PARALLEL = ("_sums", "_exponents")
