@@ -202,6 +202,13 @@ def _rows(qi, eq, qbad, ki, ek, kbad, vi, ev, vbad, T, first, lo, window, scale,
     G, rows, D = qi.shape
     n = ki.shape[1]
     log2e, ln2, p_bits, bits = consts[0], consts[1], consts[2], consts[3]
+    # ldexp(sum, eq + ek - 2 bits) as two exact products by powers of two (the exponents are float32's, the sums
+    # integers below 2^53: no subnormal or overflow on the way), made once a key and a row, not a libm call a score
+    # (SmolLM2-135M's 2,048-token prompt, the 2-core VM, cProfile: this loop 10.5 -> 9.4 s of 16.8 -> 15.5)
+    kmul = np.empty((G, n), np.float64)
+    for g in range(G):
+        for j in range(n):
+            kmul[g, j] = math.ldexp(1.0, ek[g, j] - 2 * bits)
     for gi in prange(G * rows):
         g, i = gi // rows, gi % rows
         qpos = first + i % T
@@ -211,8 +218,9 @@ def _rows(qi, eq, qbad, ki, ek, kbad, vi, ev, vbad, T, first, lo, window, scale,
         top_s = -np.inf
         top_e = -(1 << 40)
         bad = qbad[g, i]
+        qmul = math.ldexp(1.0, eq[g, i])
         for j in range(start - lo, stop):
-            s[j] = math.ldexp(_dot(qi[g, i], ki[g, j]), eq[g, i] + ek[g, j] - 2 * bits)
+            s[j] = _dot(qi[g, i], ki[g, j]) * kmul[g, j] * qmul
             top_s = max(top_s, s[j])
             top_e = max(top_e, ev[g, j])
             bad = bad or kbad[g, j] or vbad[g, j]
