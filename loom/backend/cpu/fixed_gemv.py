@@ -38,7 +38,7 @@ f32, f64 = np.float32, np.float64
 _POW2 = np.ldexp(1.0, np.arange(-1074, 1024))
 _ONE_ROW = 3            # kinds below (Q8_0, Q4_0, Q4_1): one row of x takes row_dots' integer sums
 _q8_0_integers = _q4_0_integers = _q4_1_integers = None     # row_dots.py's intrinsics: available()
-_NO_ROW = np.zeros((1, 0), np.int16)    # (_sums' qx16 where x has several rows: unused)
+_q8_0_rows = _q4_0_rows = _q4_1_rows = None
 
 
 def available() -> bool:
@@ -47,11 +47,12 @@ def available() -> bool:
         return cpu_jit.available()
     if not rounded_gemv.available():
         return False
-    global _q8_0_integers, _q4_0_integers, _q4_1_integers
+    global _q8_0_integers, _q4_0_integers, _q4_1_integers, _q8_0_rows, _q4_0_rows, _q4_1_rows
     if _q4_1_integers is None:          # bound before the kernels compile: numba resolves their globals then
         from . import row_dots
         _q8_0_integers, _q4_0_integers, _q4_1_integers = (row_dots.q8_0_integers, row_dots.q4_0_integers,
                                                           row_dots.q4_1_integers)
+        _q8_0_rows, _q4_0_rows, _q4_1_rows = row_dots.q8_0_rows, row_dots.q4_0_rows, row_dots.q4_1_rows
     return cpu_jit.compile_module(globals(), plain=_PLAIN, parallel=_PARALLEL, reassociated=_REASSOCIATED)
 
 
@@ -77,7 +78,7 @@ def matmul_t(x2: np.ndarray, data: np.ndarray, qtype: str, ew: np.ndarray, out: 
     if not _x_integers(x2, qx, ex):
         return False
     target = out if out.dtype == np.float32 and out.flags.c_contiguous else np.empty(out.shape, np.float32)
-    qx16 = qx.astype(np.int16) if x2.shape[0] == 1 else _NO_ROW     # (row_dots' one-row sums: |q| <= 32767)
+    qx16 = qx.astype(np.int16)          # (row_dots' sums: |q| <= 32767, exact)
     cpu_jit.run(_sums, qx, qx16, ex, np.ascontiguousarray(data), rounded_gemv._KINDS[qtype], ew, cpu_jit.f16_table(),
                 16, target)
     if target is not out:
@@ -189,16 +190,26 @@ def _sums(qx, qx16, ex, data, kind, ew, f16, n16, out):
         w = np.empty(cols, np.float32)
         wb = np.empty(cols // 32, np.float32)
         q = np.empty(cols, np.float64)
+        totals = np.empty(qx.shape[0], np.float64)
         for r in range(c * CHUNK, min(data.shape[0], c * CHUNK + CHUNK)):
             scale = _POW2[15 - ew[r] + 1074]
-            # row_dots' sums from the stored codes for one row of x, the values scaled and rounded in float32:
-            # their float16 scales keep every finite row's largest value within [2^-24, 2^24), so its scale
-            # 2^(15 - e) is a float32 (the range test only guards that)
-            if qx.shape[0] == 1 and kind < _ONE_ROW and -126 <= 15 - ew[r] <= 127:
+            # row_dots' sums from the stored codes, the values scaled and rounded in float32: their float16 scales
+            # keep every finite row's largest value within [2^-24, 2^24), so its scale 2^(15 - e) is a float32
+            # (the range test only guards that); one row of x, or each of several with W's row decoded once
+            if kind < _ONE_ROW and -126 <= 15 - ew[r] <= 127:
                 s32 = f32(scale)
-                s = _q8_0_integers(data, r, qx16, s32, f16) if kind == 0 else \
-                    _q4_0_integers(data, r, qx16, s32, f16) if kind == 1 else _q4_1_integers(data, r, qx16, s32, f16)
-                out[0, r] = f32((s + 0.0) * _POW2[ex[0] + ew[r] - 30 + 1074])
+                if qx.shape[0] == 1:
+                    totals[0] = _q8_0_integers(data, r, qx16, s32, f16) if kind == 0 else \
+                        _q4_0_integers(data, r, qx16, s32, f16) if kind == 1 else \
+                        _q4_1_integers(data, r, qx16, s32, f16)
+                elif kind == 0:
+                    _q8_0_rows(data, r, qx16, s32, f16, totals)
+                elif kind == 1:
+                    _q4_0_rows(data, r, qx16, s32, f16, totals)
+                else:
+                    _q4_1_rows(data, r, qx16, s32, f16, totals)
+                for i in range(qx.shape[0]):
+                    out[i, r] = f32((totals[i] + 0.0) * _POW2[ex[i] + ew[r] - 30 + 1074])
                 continue
             rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
             for k in range(cols):

@@ -346,6 +346,53 @@ def _integer_sums(block_bytes: int, block_values: Callable) -> Callable:
     return sums
 
 
+def _integer_rows(block_bytes: int, block_values: Callable) -> Callable:
+    """An intrinsic (data, r, qx16, scale, table, out) writing out[i] (float64 [M]): _integer_sums' exact sum for each
+    row i of x's integers qx16 (int16 [M, K], M <= 16), row r of W decoded once for all of them (a block at a time,
+    each row's int64 lanes kept in memory)."""
+
+    @intrinsic
+    def sums(typingctx, data, r, qx16, scale, table, out):
+        def codegen(context, builder, signature, args):
+            row, array = _row_start(context, builder, signature.args[0], args[0], args[1])
+            x = context.make_array(signature.args[2])(context, builder, args[2])
+            rows_x = cgutils.unpack_tuple(builder, x.shape)[0]
+            x_stride = cgutils.unpack_tuple(builder, x.strides)[0]
+            f16 = context.make_array(signature.args[4])(context, builder, args[4]).data
+            dst = context.make_array(signature.args[5])(context, builder, args[5]).data
+            v = _Builder(builder)
+            module = builder.module
+            rint = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.rint.v16f32")
+            total = cgutils.get_or_insert_function(module, ir.FunctionType(_I64, [_I64H]),
+                                                   "llvm.vector.reduce.add.v16i64")
+            accs = cgutils.alloca_once(builder, _I64H, size=16)
+            with cgutils.for_range(builder, rows_x) as init:
+                builder.store(ir.Constant(_I64H, None), builder.gep(accs, [init.index]))
+            lanes = [ir.Constant(ir.VectorType(_I32, n), list(range(first, 2 * LANES, step)))
+                     for n, first, step in ((2 * LANES, 0, 1), (LANES, 0, 2), (LANES, 1, 2))]
+            width = cgutils.unpack_tuple(builder, array.shape)[1]
+            with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
+                b = loop.index
+                halves = block_values(v, row, builder.mul(b, _const(block_bytes)), f16, args[3])
+                q32 = [builder.fptosi(builder.call(rint, [w]), _I32H) for w in halves]
+                q = builder.sext(builder.trunc(builder.shuffle_vector(q32[0], q32[1], lanes[0]), _I16X), _I32X)
+                with cgutils.for_range(builder, rows_x) as each:
+                    at = builder.add(builder.mul(each.index, x_stride), builder.mul(b, _const(64)))
+                    p = builder.mul(q, builder.sext(v.load(x.data, at, _I16X), _I32X))
+                    pairs = builder.add(builder.shuffle_vector(p, p, lanes[1]), builder.shuffle_vector(p, p, lanes[2]))
+                    acc = builder.gep(accs, [each.index])
+                    builder.store(builder.add(builder.load(acc), builder.sext(pairs, _I64H)), acc)
+            with cgutils.for_range(builder, rows_x) as each:
+                sum_i = builder.call(total, [builder.load(builder.gep(accs, [each.index]))])
+                builder.store(builder.sitofp(sum_i, _F64), builder.gep(dst, [each.index]))
+            return context.get_dummy_value()
+        return types.none(data, r, qx16, types.float32, table, out), codegen
+    return sums
+
+
+q8_0_rows = _integer_rows(34, _q8_0_scaled)
+q4_0_rows = _integer_rows(18, _nibble_scaled(2, None))
+q4_1_rows = _integer_rows(20, _nibble_scaled(4, 2))
 q8_0_integers = _integer_sums(34, _q8_0_scaled)
 q4_0_integers = _integer_sums(18, _nibble_scaled(2, None))
 q4_1_integers = _integer_sums(20, _nibble_scaled(4, 2))
