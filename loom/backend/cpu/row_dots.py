@@ -312,6 +312,30 @@ def _q8_0_scaled(v, row, at, f16, scale_s):
                  for h in (0, 1))
 
 
+def _integer_parts(builder: ir.IRBuilder) -> tuple:
+    """(_Builder, llvm.rint, the int64 lanes' sum, the shuffle masks: 32 lanes in order, the even ones, the odd ones)
+    of the integer sums' intrinsics."""
+    module = builder.module
+    rint = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.rint.v16f32")
+    total = cgutils.get_or_insert_function(module, ir.FunctionType(_I64, [_I64H]), "llvm.vector.reduce.add.v16i64")
+    lanes = [ir.Constant(ir.VectorType(_I32, n), list(range(first, 2 * LANES, step)))
+             for n, first, step in ((2 * LANES, 0, 1), (LANES, 0, 2), (LANES, 1, 2))]
+    return _Builder(builder), rint, total, lanes
+
+
+def _integers32(builder: ir.IRBuilder, rint, lanes: list, halves: tuple) -> ir.Value:
+    """A block's 32 scaled values (two <16 x float> halves) rounded to their integers, as int16 widened to int32."""
+    q32 = [builder.fptosi(builder.call(rint, [w]), _I32H) for w in halves]
+    return builder.sext(builder.trunc(builder.shuffle_vector(q32[0], q32[1], lanes[0]), _I16X), _I32X)
+
+
+def _pair_sums(builder: ir.IRBuilder, lanes: list, q: ir.Value, x: ir.Value) -> ir.Value:
+    """<16 x i64>: the products of q (<32 x i32>, int16 values) and x (<32 x i16>) added in pairs (int32: below 2^31,
+    vpmaddwd on x86), widened."""
+    p = builder.mul(q, builder.sext(x, _I32X))
+    return builder.sext(builder.add(builder.shuffle_vector(p, p, lanes[1]), builder.shuffle_vector(p, p, lanes[2])), _I64H)
+
+
 def _integer_sums(block_bytes: int, block_values: Callable) -> Callable:
     """An intrinsic (data, r, qx16, scale, table) -> float64: the exact sum of row r's integers (its values times
     the float32 power of two `scale`, rounded: below 2^15 in magnitude, or below 2^-126 where they round to 0
@@ -323,24 +347,15 @@ def _integer_sums(block_bytes: int, block_values: Callable) -> Callable:
             row, array = _row_start(context, builder, signature.args[0], args[0], args[1])
             xs = context.make_array(signature.args[2])(context, builder, args[2]).data
             f16 = context.make_array(signature.args[4])(context, builder, args[4]).data
-            v = _Builder(builder)
-            module = builder.module
-            rint = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.rint.v16f32")
-            total = cgutils.get_or_insert_function(module, ir.FunctionType(_I64, [_I64H]),
-                                                   "llvm.vector.reduce.add.v16i64")
+            v, rint, total, lanes = _integer_parts(builder)
             acc = cgutils.alloca_once_value(builder, ir.Constant(_I64H, None))
-            lanes = [ir.Constant(ir.VectorType(_I32, n), list(range(first, 2 * LANES, step)))
-                     for n, first, step in ((2 * LANES, 0, 1), (LANES, 0, 2), (LANES, 1, 2))]
             width = cgutils.unpack_tuple(builder, array.shape)[1]
             with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
                 b = loop.index
                 x = v.load(xs, builder.mul(b, _const(64)), _I16X)
                 halves = block_values(v, row, builder.mul(b, _const(block_bytes)), f16, args[3])
-                q32 = [builder.fptosi(builder.call(rint, [w]), _I32H) for w in halves]
-                q = builder.trunc(builder.shuffle_vector(q32[0], q32[1], lanes[0]), _I16X)
-                p = builder.mul(builder.sext(q, _I32X), builder.sext(x, _I32X))
-                pairs = builder.add(builder.shuffle_vector(p, p, lanes[1]), builder.shuffle_vector(p, p, lanes[2]))
-                builder.store(builder.add(builder.load(acc), builder.sext(pairs, _I64H)), acc)
+                q = _integers32(builder, rint, lanes, halves)
+                builder.store(builder.add(builder.load(acc), _pair_sums(builder, lanes, q, x)), acc)
             return builder.sitofp(builder.call(total, [builder.load(acc)]), _F64)
         return types.float64(data, r, qx16, types.float32, table), codegen
     return sums
@@ -360,28 +375,20 @@ def _integer_rows(block_bytes: int, block_values: Callable) -> Callable:
             x_stride = cgutils.unpack_tuple(builder, x.strides)[0]
             f16 = context.make_array(signature.args[4])(context, builder, args[4]).data
             dst = context.make_array(signature.args[5])(context, builder, args[5]).data
-            v = _Builder(builder)
-            module = builder.module
-            rint = cgutils.get_or_insert_function(module, ir.FunctionType(_V, [_V]), "llvm.rint.v16f32")
-            total = cgutils.get_or_insert_function(module, ir.FunctionType(_I64, [_I64H]),
-                                                   "llvm.vector.reduce.add.v16i64")
+            v, rint, total, lanes = _integer_parts(builder)
             accs = cgutils.alloca_once(builder, _I64H, size=16)
             with cgutils.for_range(builder, rows_x) as init:
                 builder.store(ir.Constant(_I64H, None), builder.gep(accs, [init.index]))
-            lanes = [ir.Constant(ir.VectorType(_I32, n), list(range(first, 2 * LANES, step)))
-                     for n, first, step in ((2 * LANES, 0, 1), (LANES, 0, 2), (LANES, 1, 2))]
             width = cgutils.unpack_tuple(builder, array.shape)[1]
             with cgutils.for_range(builder, builder.udiv(width, _const(block_bytes))) as loop:
                 b = loop.index
                 halves = block_values(v, row, builder.mul(b, _const(block_bytes)), f16, args[3])
-                q32 = [builder.fptosi(builder.call(rint, [w]), _I32H) for w in halves]
-                q = builder.sext(builder.trunc(builder.shuffle_vector(q32[0], q32[1], lanes[0]), _I16X), _I32X)
+                q = _integers32(builder, rint, lanes, halves)
                 with cgutils.for_range(builder, rows_x) as each:
                     at = builder.add(builder.mul(each.index, x_stride), builder.mul(b, _const(64)))
-                    p = builder.mul(q, builder.sext(v.load(x.data, at, _I16X), _I32X))
-                    pairs = builder.add(builder.shuffle_vector(p, p, lanes[1]), builder.shuffle_vector(p, p, lanes[2]))
                     acc = builder.gep(accs, [each.index])
-                    builder.store(builder.add(builder.load(acc), builder.sext(pairs, _I64H)), acc)
+                    pairs = _pair_sums(builder, lanes, q, v.load(x.data, at, _I16X))
+                    builder.store(builder.add(builder.load(acc), pairs), acc)
             with cgutils.for_range(builder, rows_x) as each:
                 sum_i = builder.call(total, [builder.load(builder.gep(accs, [each.index]))])
                 builder.store(builder.sitofp(sum_i, _F64), builder.gep(dst, [each.index]))
