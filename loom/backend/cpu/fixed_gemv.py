@@ -29,7 +29,7 @@ CHUNK = 16              # rows of W per parallel task
 BAND_BYTES = 8 << 20    # float64 integers of W made at once by matmul_t_wide
 MAX_K = 1 << 23         # K below this (kernels/exact/fixed.MAX_K): past it the float64 sums could round
 TYPES = tuple(rounded_gemv._KINDS)
-_PLAIN = ("_x_integers", "_exponent", "_w_integers", "_finish")
+_PLAIN = ("_x_integers", "_exponent", "_w_integers", "_rounded", "_finish")
 _PARALLEL = ("_sums", "_exponents")
 _REASSOCIATED = ("_dot",)
 prange = range
@@ -155,30 +155,32 @@ def _exponents(data, kind, cols, f16, n16, out, bad):
 
 def _w_integers(data, kind, cols, ew, f16, n16, start, out):
     """out[i]: the integers of W's stored row start + i (fixed.to_integers of its decoded values: rint(w 2^(15 - e)),
-    exact in float64, +0 for -0, 0 for inf and NaN). One thread (about 0.1 ns a value, vectorised): OpenMP's threads
+    exact in float64, +0 for -0, 0 for inf and NaN). One thread (about 0.3 ns a value, vectorised): OpenMP's threads
     spinning after a parallel region here took the cores from the GEMM that follows (3,072 x 576 by 256 rows: 8.1
     -> 19.7 ms, the 2-core VM)."""
     u16, i8 = data.view(np.uint16), data.view(np.int8)
-    n = out.shape[0]
-    for c in prange((n + CHUNK - 1) // CHUNK):
-        w = np.empty(cols, np.float32)
-        wb = np.empty(cols // 32, np.float32)
-        for i in range(c * CHUNK, min(n, c * CHUNK + CHUNK)):
-            r = start + i
-            rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
-            scale = _POW2[15 - ew[r] + 1074]
-            for k in range(cols):
-                q = np.rint(f64(w[k]) * scale) + 0.0
-                out[i, k] = q if q - q == 0.0 else 0.0          # (inf and NaN: 0; a select, vectorised)
+    w = np.empty(cols, np.float32)
+    wb = np.empty(cols // 32, np.float32)
+    for i in range(out.shape[0]):
+        rounded_gemv._decode(kind, data, u16, i8, start + i, f16, w, n16, wb)
+        scale = _POW2[15 - ew[start + i] + 1074]
+        for k in range(cols):
+            q = np.rint(f64(w[k]) * scale) + 0.0
+            out[i, k] = q if q - q == 0.0 else 0.0          # (inf and NaN: 0; a select, vectorised)
+
+
+def _rounded(s, e):
+    """fixed.finish of one exact integer sum s (float64) at exponent e = ex + ew: s 2^(e - 30) (a product by a power
+    of two whose result the row exponents keep a normal float64: exact, ldexp's value), rounded once to float32 (past
+    its range, inf)."""
+    return f32((s + 0.0) * _POW2[e - 30 + 1074])
 
 
 def _finish(sums, ex, ew, start, out):
-    """out[i, start + j] = sums[i, j] scaled by 2^(ex[i] + ew[start + j] - 30) (exact: a product by a power of two
-    whose result the exponents keep a normal float64) and rounded once to float32 (fixed.finish; past float32's
-    range, inf). One thread, as _w_integers."""
+    """out[i, start + j] = _rounded(sums[i, j], ex[i] + ew[start + j]). One thread, as _w_integers."""
     for i in range(sums.shape[0]):
         for j in range(sums.shape[1]):
-            out[i, start + j] = f32((sums[i, j] + 0.0) * _POW2[ex[i] + ew[start + j] - 30 + 1074])
+            out[i, start + j] = _rounded(sums[i, j], ex[i] + ew[start + j])
 
 
 def _sums(qx, qx16, ex, data, kind, ew, f16, n16, out):
@@ -195,7 +197,8 @@ def _sums(qx, qx16, ex, data, kind, ew, f16, n16, out):
             scale = _POW2[15 - ew[r] + 1074]
             # row_dots' sums from the stored codes, the values scaled and rounded in float32: their float16 scales
             # keep every finite row's largest value within [2^-24, 2^24), so its scale 2^(15 - e) is a float32
-            # (the range test only guards that); one row of x, or each of several with W's row decoded once
+            # (the range test only guards that); one row of x, or each of several with W's row decoded once (one row
+            # keeps its own intrinsic: the several rows' int64 lanes live in memory, 1.6x slower for one, the 2-core VM)
             if kind < _ONE_ROW and -126 <= 15 - ew[r] <= 127:
                 s32 = f32(scale)
                 if qx.shape[0] == 1:
@@ -209,14 +212,14 @@ def _sums(qx, qx16, ex, data, kind, ew, f16, n16, out):
                 else:
                     _q4_1_rows(data, r, qx16, s32, f16, totals)
                 for i in range(qx.shape[0]):
-                    out[i, r] = f32((totals[i] + 0.0) * _POW2[ex[i] + ew[r] - 30 + 1074])
+                    out[i, r] = _rounded(totals[i], ex[i] + ew[r])
                 continue
             rounded_gemv._decode(kind, data, u16, i8, r, f16, w, n16, wb)
             for k in range(cols):
                 v = f64(w[k])
                 q[k] = np.rint(v * scale) if math.isfinite(v) else 0.0      # (inf and NaN: patched after)
             for i in range(qx.shape[0]):
-                out[i, r] = f32((_dot(qx, i, q) + 0.0) * _POW2[ex[i] + ew[r] - 30 + 1074])
+                out[i, r] = _rounded(_dot(qx, i, q), ex[i] + ew[r])
 
 
 def _dot(qx, i, q):
